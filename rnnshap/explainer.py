@@ -1,0 +1,234 @@
+"""``rnnshap.DeepExplainer``: DeepSHAP with exact rules, with the call shapes of shap's DeepExplainer."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .engine.passes import run_pass
+from .engine.safety import as_tensors, check_matching, check_model, model_device_and_dtype
+from .engine.tape import Tape
+from .errors import AdditivityError, InputError
+from .rules.base import Rule
+from .rules.registry import DEFAULT_REGISTRY, RuleRegistry
+
+Tensor = torch.Tensor
+ArrayLike = Union[Tensor, np.ndarray]
+Inputs = Union[ArrayLike, Sequence[ArrayLike]]
+
+#: relative additivity tolerance per dtype, against max(|f(x)|, |E[f]|, Σ|φ|)
+ADDITIVITY_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class DeepExplainer:
+    """Exact DeepSHAP values for a PyTorch model, recurrent layers included.
+
+    Drop-in for ``shap.DeepExplainer``: ``DeepExplainer(model, background)`` then
+    ``shap_values(X)``, with the same shapes and return types. The attributions of every sample
+    sum to ``f(x) - expected_value`` up to float rounding, which is checked by default.
+
+    Args:
+        model: an ``nn.Module`` in eval mode (or at least without active dropout or batch
+            statistics). It is not modified.
+        data: the background: a tensor or array whose first dimension indexes reference samples,
+            or a list/tuple of them for a model with several inputs.
+        batch_size: the largest number of (sample, reference) pairs run through the model at once.
+            Memory grows with it; results do not depend on it.
+        rules: rules for this explainer only, ``{torch_function_or_module_class: rule}``, on top of
+            the ones registered with :func:`rnnshap.register_rule`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Inputs,
+        *,
+        batch_size: int = 2048,
+        rules: Mapping[Any, Rule] | None = None,
+    ) -> None:
+        check_model(model)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self._rules = dict(rules or {})
+        self.multi_input = isinstance(data, (list, tuple))
+        self.device, self.dtype = model_device_and_dtype(model)
+        self.data = as_tensors(data, "background", self.multi_input, self.device, self.dtype)
+        check_matching(self.data, self.data)
+        # The background runs as a reference pass, which also finds unsupported operations now.
+        with torch.no_grad():
+            outputs = run_pass(model, list(self.data), self._registry(), Tape(), replay=False)
+        if outputs.dim() == 0 or outputs.shape[0] != self.data[0].shape[0]:
+            raise InputError(
+                f"The model maps {self.data[0].shape[0]} background rows to an output of shape "
+                f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
+            )
+        self.output_shape = tuple(outputs.shape[1:])
+        self._expected = outputs.mean(0).reshape(-1).to(torch.float64)
+        mean = outputs.mean(0).detach().cpu().numpy()
+        self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
+
+    # -- public API -------------------------------------------------------------------------------
+    def shap_values(
+        self,
+        X: Inputs,
+        ranked_outputs: int | None = None,
+        output_rank_order: str = "max",
+        check_additivity: bool | float = True,
+        *,
+        batch_size: int | None = None,
+    ) -> Any:
+        """SHAP values of ``X``, shaped like shap's DeepExplainer output.
+
+        Returns, per model input, an array of shape ``(*X.shape, *output_shape)`` (the outputs on
+        the last axes; no output axis for a model with a 1-D output), a list of such arrays for a
+        multi-input model, and ``(values, ranks)`` with ``ranked_outputs=k``, where the last axis
+        then indexes each sample's top-k outputs in the order given by ``ranks``.
+
+        ``check_additivity`` may be a float: the relative tolerance to use instead of the dtype's.
+        """
+        inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
+        check_matching(inputs, self.data)
+        n = inputs[0].shape[0]
+        n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
+        if ranked_outputs is not None:
+            if not 1 <= ranked_outputs:
+                raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
+            with torch.no_grad():
+                scores = self.model(*inputs).reshape(n, -1)
+            order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -s.abs()}
+            if output_rank_order not in order:
+                raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
+            selected = torch.argsort(order[output_rank_order](scores), dim=1, stable=True)[:, :ranked_outputs]
+        else:
+            selected = torch.arange(n_outputs, device=inputs[0].device).expand(n, n_outputs)
+
+        phis, model_outputs = self._attribute(inputs, selected, batch_size or self.batch_size)
+        if check_additivity is not False:
+            rtol = None if check_additivity is True else float(check_additivity)
+            self._check_additivity(phis, model_outputs, selected, rtol)
+
+        values = [self._shape_values(phi, ranked_outputs is not None) for phi in phis]
+        result: Any = values if self.multi_input else values[0]
+        if ranked_outputs is not None:
+            return result, selected.cpu()
+        return result
+
+    def __call__(self, X: Inputs, *, feature_names: Sequence[str] | None = None, check_additivity: bool | float = True) -> Any:
+        """A ``shap.Explanation`` of ``X`` (one per input for a multi-input model), with base values."""
+        try:
+            import shap
+        except ImportError as error:
+            raise ImportError(
+                "explainer(X) returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'. "
+                "explainer.shap_values(X) works without it."
+            ) from error
+        values = self.shap_values(X, check_additivity=check_additivity)
+        inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
+        per_input = values if self.multi_input else [values]
+        n = inputs[0].shape[0]
+        base = np.broadcast_to(np.asarray(self.expected_value), (n, *np.shape(self.expected_value))).copy()
+        explanations = [
+            shap.Explanation(values=v, base_values=base, data=x.detach().cpu().numpy(), feature_names=feature_names)
+            for v, x in zip(per_input, inputs)
+        ]
+        return explanations if self.multi_input else explanations[0]
+
+    # -- engine -----------------------------------------------------------------------------------
+    def _registry(self) -> RuleRegistry:
+        return DEFAULT_REGISTRY.merged(self._rules) if self._rules else DEFAULT_REGISTRY
+
+    def _attribute(self, inputs: list[Tensor], selected: Tensor, batch_size: int) -> tuple[list[Tensor], Tensor]:
+        """Mean over the background of multiplier × (x − r), for every (sample, selected output).
+
+        Returns float64 attributions of shape ``(n, *input_shape, k)`` per input and the model's
+        outputs on the inputs, shape ``(n, n_outputs)``.
+        """
+        registry = self._registry()
+        n, k = selected.shape
+        n_refs = self.data[0].shape[0]
+        sums = [torch.zeros((k, n, *x.shape[1:]), dtype=torch.float64, device=x.device) for x in inputs]
+        model_outputs: Tensor | None = None
+        total = n * n_refs
+        for start in range(0, total, batch_size):
+            pairs = torch.arange(start, min(start + batch_size, total), device=inputs[0].device)
+            sample, ref = pairs // n_refs, pairs % n_refs
+            references = [b[ref] for b in self.data]
+            leaves = [x[sample].requires_grad_(True) for x in inputs]
+            with torch.no_grad():
+                run_pass(self.model, references, registry, tape := Tape(), replay=False)
+            with torch.enable_grad():
+                outputs = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True)
+                flat = outputs.reshape(outputs.shape[0], -1)
+                chosen = flat.gather(1, selected[sample])
+                grads = _grads_per_output(chosen, leaves)
+            if model_outputs is None:
+                model_outputs = torch.zeros((n, flat.shape[1]), dtype=torch.float64, device=flat.device)
+            model_outputs[sample] = flat.detach().to(torch.float64)
+            for t, (grad, leaf, reference) in enumerate(zip(grads, leaves, references)):
+                contribution = (grad * (leaf.detach() - reference)).to(torch.float64)
+                sums[t].index_add_(1, sample, contribution)
+        assert model_outputs is not None
+        phis = [s.div_(n_refs).movedim(0, -1) for s in sums]
+        return phis, model_outputs
+
+    def _check_additivity(self, phis: list[Tensor], model_outputs: Tensor, selected: Tensor, rtol: float | None) -> None:
+        n, k = selected.shape
+        expected = self._expected.to(model_outputs.device)[selected]
+        fx = model_outputs.gather(1, selected)
+        totals = sum(phi.reshape(n, -1, k).sum(1) for phi in phis)
+        magnitude = sum(phi.reshape(n, -1, k).abs().sum(1) for phi in phis)
+        assert isinstance(totals, Tensor) and isinstance(magnitude, Tensor)
+        error = (totals - (fx - expected)).abs()
+        scale = torch.maximum(torch.maximum(fx.abs(), expected.abs()), magnitude)
+        rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(self.data[0].dtype, 1e-4)
+        excess = error - rtol * scale
+        if bool((excess > 0).any()):
+            flat_index = int(torch.argmax(excess / scale.clamp_min(torch.finfo(scale.dtype).tiny)).item())
+            sample, column = divmod(flat_index, k)
+            output = int(selected[sample, column])
+            raise AdditivityError(
+                f"The attributions do not add up: for sample {sample}, output {output}, "
+                f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
+                f"(error {error[sample, column]:.3g}, {error[sample, column] / scale[sample, column]:.3g} of the output's "
+                f"scale {scale[sample, column]:.3g}; tolerance {rtol:.1g} for {self.data[0].dtype}); "
+                f"{int((excess > 0).sum())} of {n * k} (sample, output) pairs fail. Likely causes: a custom rule "
+                "that does not add up, an operation registered as linear that is not, work done outside torch "
+                "(numpy, .item()), or a forward() whose result depends on something other than its inputs. "
+                "Pass check_additivity=False to get the values anyway."
+            )
+
+    def _shape_values(self, phi: Tensor, ranked: bool) -> np.ndarray:
+        """(n, *input_shape, k) → the output layout of shap for this model's output shape."""
+        array = phi.detach().cpu().numpy()
+        if ranked:
+            return array
+        if not self.output_shape:
+            return array[..., 0]
+        return array.reshape(*array.shape[:-1], *self.output_shape)
+
+
+def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+    """Gradients of every column of ``chosen`` w.r.t. ``leaves``: shape (k, *leaf.shape) each.
+
+    All columns go through one batched backward pass (``is_grads_batched``), not one per output.
+    """
+    k = chosen.shape[1]
+    if k == 1:
+        grads = torch.autograd.grad(chosen, leaves, torch.ones_like(chosen), allow_unused=True)
+        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves)]
+    eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
+    grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
+    grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
+    return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves)]
+
+
+def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:
+    if grad is not None:
+        return grad
+    shape = leaf.shape if k is None else (k, *leaf.shape)
+    return torch.zeros(shape, dtype=leaf.dtype, device=leaf.device)

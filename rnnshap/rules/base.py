@@ -1,0 +1,140 @@
+"""The rule interface: what an attribution rule receives and must return.
+
+A rule replaces one operation during the input pass. It receives an :class:`OpCall` that holds
+the operation, its arguments on the input side and the same arguments on the reference side,
+and returns the operation's output on the input side, built so that backpropagating through it
+multiplies by the rule's DeepLIFT multipliers instead of the local derivatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils._pytree import TreeSpec, tree_unflatten
+
+
+@dataclass
+class OpCall:
+    """One call of an operation, seen on both the input and the reference side.
+
+    ``leaves`` are the flattened ``(args, kwargs)`` of the input side and ``ref_leaves`` those of
+    the reference side; they differ only at the positions in ``tracked``, the tensors that depend
+    on the explained input. Everything else (parameters, masks, python numbers) is shared.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    leaves: list[Any]
+    ref_leaves: list[Any]
+    spec: TreeSpec
+    tracked: tuple[int, ...]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return tree_unflatten(self.leaves, self.spec)[0]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return tree_unflatten(self.leaves, self.spec)[1]
+
+    @property
+    def ref_args(self) -> tuple[Any, ...]:
+        return tree_unflatten(self.ref_leaves, self.spec)[0]
+
+    @property
+    def ref_kwargs(self) -> dict[str, Any]:
+        return tree_unflatten(self.ref_leaves, self.spec)[1]
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        """The input-dependent tensor operands, input side."""
+        return [self.leaves[i] for i in self.tracked]
+
+    @property
+    def references(self) -> list[torch.Tensor]:
+        """The input-dependent tensor operands, reference side (same order as ``inputs``)."""
+        return [self.ref_leaves[i] for i in self.tracked]
+
+    def tracked_positions(self) -> tuple[int, ...]:
+        """Positional-argument index of each tracked leaf (-1 for keyword or nested leaves)."""
+        args = self.args
+        positions = []
+        for leaf_index in self.tracked:
+            leaf = self.leaves[leaf_index]
+            positions.append(next((i for i, a in enumerate(args) if a is leaf), -1))
+        return tuple(positions)
+
+    def evaluate(self, players: Sequence[torch.Tensor]) -> Any:
+        """Call the operation with the tracked operands replaced by ``players``.
+
+        Untracked operands keep their (shared) values, so ``evaluate(inputs)`` is the input-side
+        output and ``evaluate(references)`` the reference-side output.
+        """
+        leaves = list(self.leaves)
+        for i, player in zip(self.tracked, players):
+            leaves[i] = player
+        args, kwargs = tree_unflatten(leaves, self.spec)
+        return self.fn(*args, **kwargs)
+
+
+class Rule:
+    """Base class of attribution rules.
+
+    Subclasses implement :meth:`attribute`. A rule may declare that, for some patterns of which
+    operands are input-dependent, the operation is linear in them (a product with a constant), in
+    which case the engine passes the ordinary gradient and records nothing.
+    """
+
+    def is_linear(self, call: OpCall) -> bool:  # noqa: ARG002 - part of the interface
+        """Whether the ordinary gradient is exact for this call."""
+        return False
+
+    def attribute(self, call: OpCall) -> Any:
+        """Return the input-side output of ``call`` with the rule's multipliers as its gradient."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linear(Rule):
+    """The operation is linear in its input-dependent operands: the ordinary gradient is exact."""
+
+    def is_linear(self, call: OpCall) -> bool:
+        return True
+
+    def attribute(self, call: OpCall) -> Any:
+        return call.evaluate(call.inputs)
+
+
+class Constant(Rule):
+    """The result does not depend on the values of the input-dependent operands (``zeros_like``)."""
+
+    def is_linear(self, call: OpCall) -> bool:
+        return True
+
+    def attribute(self, call: OpCall) -> Any:
+        return call.evaluate(call.inputs)
+
+
+class Refuse(Rule):
+    """An operation that must never see an input-dependent tensor; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Refuse({self.reason!r})"
+
+
+class EvalOnly(Linear):
+    """Linear at inference (dropout, batch norm with running statistics), refused in training.
+
+    ``is_active(call)`` tells from the call's arguments whether the training behaviour is on.
+    """
+
+    def __init__(self, is_active: Callable[["OpCall"], bool], what: str) -> None:
+        self.is_active = is_active
+        self.what = what

@@ -1,0 +1,295 @@
+"""Which rule applies to which operation or module.
+
+Operations are keyed by the function object that ``torch.overrides.TorchFunctionMode`` sees:
+``torch.sigmoid``, ``torch.Tensor.sigmoid``, ``torch.nn.functional.relu`` and so on, so the
+module, functional and method forms of one operation share one rule. In-place forms
+(``x.relu_()``, ``F.relu(x, inplace=True)``, ``x *= y``) are mapped to their out-of-place form by
+the engine before the lookup. Modules are keyed by class; the most specific registered class wins.
+
+Anything not listed here and applied to an input-dependent tensor is refused by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Constant, EvalOnly, Linear, Refuse, Rule
+from .elementwise import Bilinear, Product, Rescale, Shapley
+from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
+
+OpKey = Any  # a function object, or ("getter", attribute name) for tensor properties
+
+
+def _namespaces() -> list[Any]:
+    return [torch, torch.Tensor, F, torch.special, torch._C._nn, torch.nn.functional, torch.linalg]
+
+
+def forms(*names: str) -> list[Any]:
+    """Every function object reachable under these names in torch's namespaces."""
+    found: list[Any] = []
+    for name in names:
+        for namespace in _namespaces():
+            fn = getattr(namespace, name, None)
+            if fn is not None and callable(fn) and not any(fn is f for f in found):
+                found.append(fn)
+    return found
+
+
+def op_name(func: Any) -> str:
+    """A readable name for an operation: ``torch.Tensor.mul``, ``torch.nn.functional.relu``."""
+    if isinstance(func, tuple):
+        return f"torch.Tensor.{func[1]}"
+    self_obj = getattr(func, "__self__", None)
+    if type(func).__name__ == "method-wrapper" and self_obj is not None:
+        return f"torch.Tensor.{getattr(self_obj, '__name__', '?')}"
+    name = getattr(func, "__name__", repr(func))
+    qualname = getattr(func, "__qualname__", name)
+    module = getattr(func, "__module__", None)
+    if qualname.startswith(("TensorBase.", "Tensor.", "_TensorBase.")):
+        return f"torch.Tensor.{name}"
+    if qualname.startswith("_VariableFunctionsClass."):
+        return f"torch.{name}"
+    if module in ("torch._C._nn", "torch.nn.functional") or module is None and hasattr(F, name):
+        return f"torch.nn.functional.{name}"
+    if module:
+        return f"{module}.{name}"
+    return name
+
+
+def op_key(func: Any) -> OpKey:
+    """The registry key of an intercepted function (property getters are keyed by name)."""
+    if type(func).__name__ == "method-wrapper" and getattr(func, "__name__", "") == "__get__":
+        return ("getter", getattr(func.__self__, "__name__", "?"))
+    return func
+
+
+def _argument(call: Any, name: str, position: int, default: Any) -> Any:
+    """An argument of a call by keyword or position (C builtins have no inspectable signature)."""
+    if name in call.kwargs:
+        return call.kwargs[name]
+    args = call.args
+    return args[position] if len(args) > position else default
+
+
+def _dropout_active(call: Any) -> bool:
+    default = "alpha" not in getattr(call.fn, "__name__", "")  # F.alpha_dropout defaults to training=False
+    training = _argument(call, "training", 2, None)
+    if training is None:
+        training = _argument(call, "train", 2, default)
+    return bool(training) and float(_argument(call, "p", 1, 0.5)) > 0.0
+
+
+def _batch_norm_active(call: Any) -> bool:
+    return bool(_argument(call, "training", 5, False))
+
+
+LINEAR_OPS = (
+    # arithmetic that is linear in every input-dependent operand jointly
+    "add", "sub", "subtract", "neg", "negative", "positive", "__add__", "__radd__", "__sub__",
+    "__rsub__", "__neg__", "__pos__", "rsub",
+    # reductions and scans
+    "sum", "mean", "cumsum", "diff", "trace",
+    # joining, splitting and indexing
+    "cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack",
+    "split", "split_with_sizes", "chunk", "unbind", "tensor_split", "hsplit", "vsplit",
+    "__getitem__", "__setitem__", "narrow", "select", "index_select", "gather", "take_along_dim",
+    "masked_fill", "masked_select", "where", "index_add", "index_copy", "scatter", "scatter_add",
+    "index_put", "masked_scatter", "diagonal", "diag", "diag_embed", "tril", "triu",
+    # shape
+    "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze",
+    "unsqueeze", "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t",
+    "contiguous", "clone", "expand", "expand_as", "broadcast_to", "repeat", "tile",
+    "repeat_interleave", "flip", "fliplr", "flipud", "roll", "rot90", "unfold", "fold",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "atleast_1d", "atleast_2d",
+    "atleast_3d", "__iter__", "__reversed__",
+    # dtype and device moves between floating types
+    "to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu", "cuda",
+    # layers that are affine in their input (weights are parameters, not input-dependent)
+    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pad", "interpolate", "upsample",
+    "upsample_nearest", "upsample_bilinear", "grid_sample", "embedding", "embedding_bag",
+    "identity", "real",
+)
+
+BILINEAR_OPS = (
+    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum", "outer", "ger", "dot",
+    "inner", "vdot", "tensordot", "kron", "bilinear",
+)
+
+CONSTANT_OPS = (
+    "zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
+    "new_full", "new_tensor",
+)
+
+# unary elementwise: smooth ones take the midpoint derivative for tiny Δ, piecewise ones do not
+SMOOTH_UNARY = (
+    "sigmoid", "expit", "tanh", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt",
+    "rsqrt", "reciprocal", "square", "gelu", "silu", "softplus", "elu", "celu", "mish",
+    "softsign", "tanhshrink", "logsigmoid", "log_sigmoid", "erf", "erfc", "sin", "cos", "atan",
+    "asinh", "sinh", "cosh", "xlogy",
+)
+PIECEWISE_UNARY = (
+    "relu", "relu6", "leaky_relu", "selu", "hardtanh", "clamp", "clip", "clamp_min",
+    "clamp_max", "threshold", "hardsigmoid", "hardswish", "abs", "absolute", "hardshrink",
+    "softshrink", "prelu", "rrelu",
+)
+DIVISION = ("div", "divide", "true_divide", "__truediv__", "__div__")
+REVERSE_DIVISION = ("__rtruediv__", "__rdiv__")
+POWER = ("pow", "__pow__", "__rpow__", "float_power")
+EXTREMA = ("maximum", "minimum", "fmax", "fmin")
+
+ESCAPES = {
+    "item": "turns an input-dependent tensor into a python number",
+    "tolist": "turns an input-dependent tensor into python numbers",
+    "numpy": "takes an input-dependent tensor out of torch",
+    "__array__": "takes an input-dependent tensor out of torch",
+    "__bool__": "branches on the value of an input-dependent tensor",
+    "__int__": "turns an input-dependent tensor into a python number",
+    "__float__": "turns an input-dependent tensor into a python number",
+    "__index__": "turns an input-dependent tensor into a python number",
+    "detach": "cuts the path from the input to the output, so the cut part gets no attribution",
+    "detach_": "cuts the path from the input to the output, so the cut part gets no attribution",
+}
+
+
+def default_op_rules() -> dict[OpKey, Rule]:
+    """The built-in table: operation → rule."""
+    table: dict[OpKey, Rule] = {}
+
+    def put(names: Iterable[str], rule: Rule) -> None:
+        for fn in forms(*names):
+            table[fn] = rule
+
+    put(LINEAR_OPS, Linear())
+    put(BILINEAR_OPS, Bilinear())
+    put(CONSTANT_OPS, Constant())
+    put(SMOOTH_UNARY, Rescale(smooth=True))
+    put(PIECEWISE_UNARY, Rescale(smooth=False))
+    put(("mul", "multiply", "__mul__", "__rmul__"), Product())
+    put(DIVISION, Shapley(linear_in=(0,)))
+    put(REVERSE_DIVISION, Shapley())
+    put(POWER, Shapley())
+    put(EXTREMA, Shapley(smooth=False))
+    put(("softmax",), Softmax())
+    put(("log_softmax",), LogSoftmax())
+    put(("layer_norm",), LayerNorm())
+    put(("max",), MaxReduction(largest=True))
+    put(("min",), MaxReduction(largest=False))
+    put(("amax",), MaxReduction(largest=True, returns_indices=False))
+    put(("amin",), MaxReduction(largest=False, returns_indices=False))
+    for dims in (1, 2, 3):
+        with_indices = getattr(F, f"max_pool{dims}d_with_indices")
+        for fn in forms(f"max_pool{dims}d", f"max_pool{dims}d_with_indices"):
+            table[fn] = MaxPool(with_indices, dims)
+        adaptive = getattr(F, f"adaptive_max_pool{dims}d_with_indices")
+        for fn in forms(f"adaptive_max_pool{dims}d", f"adaptive_max_pool{dims}d_with_indices"):
+            table[fn] = MaxPool(adaptive, dims)
+    dropout = EvalOnly(_dropout_active, "dropout in training mode")
+    put(("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"), dropout)
+    put(("batch_norm",), EvalOnly(_batch_norm_active, "batch norm with batch statistics (training mode)"))
+    for name, reason in ESCAPES.items():
+        put((name,), Refuse(reason))
+    for attribute in ("T", "mT", "H", "mH", "real"):
+        table[("getter", attribute)] = Linear()
+    table[("getter", "data")] = Refuse("`.data` cuts the path from the input to the output")
+    return table
+
+
+def _validate_target(target: Any) -> None:
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        return
+    if inspect.isfunction(target) and not _is_torch_callable(target):
+        raise TypeError(
+            f"{getattr(target, '__qualname__', target)} is a plain python function: rnnshap sees "
+            "torch operations, not python functions, so a rule for it would never apply. Wrap the "
+            "function in an nn.Module and register the rule for that module class instead."
+        )
+    if not callable(target):
+        raise TypeError(f"register_rule takes an nn.Module subclass or a torch function, not {target!r}")
+
+
+def _is_torch_callable(fn: Any) -> bool:
+    module = getattr(fn, "__module__", "") or ""
+    return module.startswith("torch")
+
+
+class RuleRegistry:
+    """Rules for operations (by function object) and for modules (by class)."""
+
+    def __init__(self, ops: dict[OpKey, Rule] | None = None, modules: dict[type, Rule] | None = None) -> None:
+        self.ops: dict[OpKey, Rule] = dict(ops or {})
+        self.modules: dict[type, Rule] = dict(modules or {})
+
+    def register(self, target: Any, rule: Rule) -> "RuleHandle":
+        """Use ``rule`` for ``target`` (an nn.Module subclass or a torch function)."""
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule must be an rnnshap.rules.Rule instance, got {rule!r}")
+        _validate_target(target)
+        table: dict[Any, Rule] = self.modules if isinstance(target, type) and issubclass(target, nn.Module) else self.ops
+        key = target if table is self.modules else op_key(target)
+        previous = table.get(key)
+        table[key] = rule
+        return RuleHandle(table, key, previous, rule)
+
+    def op_rule(self, func: Any) -> Rule | None:
+        return self.ops.get(op_key(func))
+
+    def module_rule(self, module: nn.Module) -> Rule | None:
+        for cls in type(module).__mro__:
+            rule = self.modules.get(cls)
+            if rule is not None:
+                return rule
+        return None
+
+    def merged(self, overrides: dict[Any, Rule] | None) -> "RuleRegistry":
+        """A copy of this registry with ``overrides`` registered on top."""
+        copy = RuleRegistry(self.ops, self.modules)
+        for target, rule in (overrides or {}).items():
+            copy.register(target, rule)
+        return copy
+
+
+class RuleHandle:
+    """Undoes one registration; also a context manager (``with register_rule(...):``)."""
+
+    def __init__(self, table: dict[Any, Rule], key: Any, previous: Rule | None, rule: Rule) -> None:
+        self._table, self._key, self._previous, self._rule = table, key, previous, rule
+
+    def remove(self) -> None:
+        if self._table.get(self._key) is not self._rule:
+            return
+        if self._previous is None:
+            del self._table[self._key]
+        else:
+            self._table[self._key] = self._previous
+
+    def __enter__(self) -> "RuleHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+DEFAULT_REGISTRY = RuleRegistry(default_op_rules())
+
+
+def register_rule(target: Any, rule: Rule) -> RuleHandle:
+    """Register ``rule`` for a module class or a torch function, for every explainer.
+
+    A rule for a module class takes precedence over the rules of the operations inside the
+    module: the module is then attributed as one operation. Returns a handle whose ``remove()``
+    undoes the registration; the handle is also a context manager.
+    """
+    return DEFAULT_REGISTRY.register(target, rule)
+
+
+def registered_ops() -> Iterator[tuple[str, Rule]]:
+    """(name, rule) for every registered operation, for documentation and debugging."""
+    for key, rule in DEFAULT_REGISTRY.ops.items():
+        yield op_name(key), rule
