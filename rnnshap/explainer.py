@@ -59,6 +59,9 @@ class DeepExplainer:
         self.device, self.dtype = model_device_and_dtype(model)
         self.data = as_tensors(data, "background", self.multi_input, self.device, self.dtype)
         check_matching(self.data, self.data)
+        if not any(b.is_floating_point() for b in self.data):
+            raise InputError("No input is floating point, so there is nothing to attribute to; integer inputs are context (lengths, masks)")
+        self._base_values = torch.zeros(0)
         # The background runs as a reference pass, which also finds unsupported operations now.
         with torch.no_grad():
             outputs = run_pass(model, list(self.data), self._registry(), Tape(), replay=False)
@@ -68,7 +71,6 @@ class DeepExplainer:
                 f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
             )
         self.output_shape = tuple(outputs.shape[1:])
-        self._expected = outputs.mean(0).reshape(-1).to(torch.float64)
         mean = outputs.mean(0).detach().cpu().numpy()
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
 
@@ -131,7 +133,7 @@ class DeepExplainer:
         inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
         per_input = values if self.multi_input else [values]
         n = inputs[0].shape[0]
-        base = np.broadcast_to(np.asarray(self.expected_value), (n, *np.shape(self.expected_value))).copy()
+        base = self._base_values.reshape(n, *self.output_shape).cpu().numpy()
         explanations = [
             shap.Explanation(values=v, base_values=base, data=x.detach().cpu().numpy(), feature_names=feature_names)
             for v, x in zip(per_input, inputs)
@@ -153,32 +155,39 @@ class DeepExplainer:
         n_refs = self.data[0].shape[0]
         sums = [torch.zeros((k, n, *x.shape[1:]), dtype=torch.float64, device=x.device) for x in inputs]
         model_outputs: Tensor | None = None
+        base_values: Tensor | None = None
         total = n * n_refs
         for start in range(0, total, batch_size):
             pairs = torch.arange(start, min(start + batch_size, total), device=inputs[0].device)
             sample, ref = pairs // n_refs, pairs % n_refs
-            references = [b[ref] for b in self.data]
-            leaves = [x[sample].requires_grad_(True) for x in inputs]
+            # context inputs (integer or boolean: lengths, masks) take the explained sample's values on both sides
+            references = [b[ref] if b.is_floating_point() else x[sample] for x, b in zip(inputs, self.data)]
+            leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
             with torch.no_grad():
-                run_pass(self.model, references, registry, tape := Tape(), replay=False)
+                ref_outputs = run_pass(self.model, references, registry, tape := Tape(), replay=False)
             with torch.enable_grad():
                 outputs = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True)
                 flat = outputs.reshape(outputs.shape[0], -1)
                 chosen = flat.gather(1, selected[sample])
-                grads = _grads_per_output(chosen, leaves)
-            if model_outputs is None:
+                grads = _grads_per_output(chosen, [leaf for leaf in leaves if leaf.requires_grad])
+            if model_outputs is None or base_values is None:
                 model_outputs = torch.zeros((n, flat.shape[1]), dtype=torch.float64, device=flat.device)
+                base_values = torch.zeros_like(model_outputs)
             model_outputs[sample] = flat.detach().to(torch.float64)
-            for t, (grad, leaf, reference) in enumerate(zip(grads, leaves, references)):
-                contribution = (grad * (leaf.detach() - reference)).to(torch.float64)
-                sums[t].index_add_(1, sample, contribution)
-        assert model_outputs is not None
+            base_values.index_add_(0, sample, ref_outputs.reshape(flat.shape).to(torch.float64))
+            attributed = iter(grads)
+            for t, (leaf, reference) in enumerate(zip(leaves, references)):
+                if leaf.requires_grad:
+                    contribution = (next(attributed) * (leaf.detach() - reference)).to(torch.float64)
+                    sums[t].index_add_(1, sample, contribution)
+        assert model_outputs is not None and base_values is not None
+        self._base_values = base_values.div_(n_refs)
         phis = [s.div_(n_refs).movedim(0, -1) for s in sums]
         return phis, model_outputs
 
     def _check_additivity(self, phis: list[Tensor], model_outputs: Tensor, selected: Tensor, rtol: float | None) -> None:
         n, k = selected.shape
-        expected = self._expected.to(model_outputs.device)[selected]
+        expected = self._base_values.gather(1, selected)
         fx = model_outputs.gather(1, selected)
         totals = sum(phi.reshape(n, -1, k).sum(1) for phi in phis)
         magnitude = sum(phi.reshape(n, -1, k).abs().sum(1) for phi in phis)

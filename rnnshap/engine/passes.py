@@ -170,7 +170,7 @@ class AttributionMode(TorchFunctionMode):
             if isinstance(rule, Constant):
                 return result
             outputs = [leaf for leaf in tree_flatten(result)[0] if isinstance(leaf, Tensor)]
-            if any(not (t.is_floating_point() or t.is_complex()) for t in outputs):
+            if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
                 self._refuse(name, "its result is not floating point, so the input's influence through it is lost")
             self.track(result)
             if target is not None:

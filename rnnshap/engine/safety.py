@@ -89,6 +89,8 @@ def as_tensors(
 
 
 def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.dtype | None) -> Tensor:
+    """A checked tensor on the model's device. Floating inputs take the model's dtype; integer and
+    boolean inputs (lengths, masks) are context: they keep their dtype and get no attribution."""
     if not isinstance(value, Tensor):
         try:
             array = np.asarray(value)
@@ -100,20 +102,14 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
     tensor = value.detach()
     if tensor.is_complex():
         raise InputError(f"{what} is complex ({tensor.dtype}); rnnshap explains real-valued inputs")
-    if not tensor.is_floating_point():
-        raise InputError(
-            f"{what} has dtype {tensor.dtype}. DeepSHAP attributes through gradients and needs floating "
-            "point inputs. For token ids feeding an nn.Embedding, explain the embedded sequence: split the "
-            "model at the embedding and pass embedding(tokens) as the input."
-        )
     if tensor.dim() == 0:
         raise InputError(f"{what} is a scalar; inputs need a leading batch dimension")
     if tensor.shape[0] == 0:
         raise InputError(f"{what} is empty (its first dimension, the batch, has size 0)")
-    if not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
         raise InputError(f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
-    if dtype is not None and tensor.dtype != dtype:
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if device is not None and tensor.device != device:
         tensor = tensor.to(device)

@@ -57,6 +57,10 @@ class OpCall:
         """The input-dependent tensor operands, reference side (same order as ``inputs``)."""
         return [self.ref_leaves[i] for i in self.tracked]
 
+    def is_tracked_value(self, value: Any) -> bool:
+        """Whether ``value`` is one of the input-dependent operands."""
+        return any(value is self.leaves[i] for i in self.tracked)
+
     def tracked_positions(self) -> tuple[int, ...]:
         """Positional-argument index of each tracked leaf (-1 for keyword or nested leaves)."""
         args = self.args

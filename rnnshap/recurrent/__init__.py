@@ -1,0 +1,10 @@
+"""Exact attribution through recurrent layers and cells (LSTM, GRU, Elman RNN).
+
+``rules.py`` parses the fused torch ops, ``fused.py`` holds one autograd Function per layer (the
+fast path), ``decomposed.py`` the same layers step by step through the elementwise rules (the
+cross-check), ``weights.py`` the weight layout.
+"""
+
+from .rules import RecurrentCell, RecurrentLayer, recurrent_rules
+
+__all__ = ["RecurrentCell", "RecurrentLayer", "recurrent_rules"]

@@ -1,0 +1,275 @@
+r"""One autograd Function per recurrent layer and direction: the fast path.
+
+The forward pass runs the input trajectory and the reference trajectory side by side (one
+batch of 2B rows, the input projection of all steps as one matrix product), then computes every
+step's multipliers at once over the whole sequence. The backward pass runs the reverse-time
+multiplier recurrence: per step a few elementwise products and one small matrix product, and at
+the end one large product for the input projection. See ``docs/recurrent.md`` for the formulas.
+
+Every layer takes ``mask``, a (T, B, 1) boolean tensor or None: rows where it is False are past
+the end of their sequence (packed input); their states are carried over unchanged and their
+outputs are zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..rules.elementwise import small_delta_threshold
+from .weights import CellWeights
+
+Tensor = torch.Tensor
+
+
+def secant(act: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], u: Tensor, u_r: Tensor, y: Tensor, y_r: Tensor, smooth: bool) -> Tensor:
+    """Rescale multiplier (y − y_r)/(u − u_r), or the derivative where |u − u_r| is tiny."""
+    delta = u - u_r
+    small = delta.abs() <= small_delta_threshold(u.dtype, smooth)
+    at = (u + u_r) / 2 if smooth else u
+    return torch.where(small, derivative(at), (y - y_r) / torch.where(small, torch.ones_like(delta), delta))
+
+
+def _dsigmoid(u: Tensor) -> Tensor:
+    s = torch.sigmoid(u)
+    return s * (1 - s)
+
+
+def _dtanh(u: Tensor) -> Tensor:
+    return 1 - torch.tanh(u) ** 2
+
+
+def _drelu(u: Tensor) -> Tensor:
+    return (u > 0).to(u.dtype)
+
+
+def _mid(a: Tensor, b: Tensor) -> Tensor:
+    return (a + b) / 2
+
+
+def _input_projection(x: Tensor, x_ref: Tensor, w: CellWeights) -> Tensor:
+    """W_ih [x; x_r] + b_ih + b_hh for all steps at once: (T, 2B, G)."""
+    both = torch.cat([x, x_ref], dim=1)
+    bias = None
+    if w.b_ih is not None and w.b_hh is not None:
+        bias = w.b_ih + w.b_hh
+    return torch.nn.functional.linear(both, w.w_ih, bias)
+
+
+def _carry(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
+    if mask is None:
+        return new
+    m = torch.cat([mask[t], mask[t]], dim=0)
+    return torch.where(m, new, old)
+
+
+def _split(t: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    return t[:, :batch], t[:, batch:]
+
+
+class FusedLSTM(torch.autograd.Function):
+    """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
+
+    @staticmethod
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        steps, batch = x.shape[0], x.shape[1]
+        hidden = w.w_hh.shape[0] // 4
+        projected = _input_projection(x, x_ref, w)
+        h, c = torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref])
+        pre, previous, cells, outs = [], [], [], []
+        w_hh_t = w.w_hh.t()
+        for t in range(steps):
+            u = torch.addmm(projected[t], h, w_hh_t)
+            i, f, g, o = u.chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            if w.w_hr is not None:
+                h_new = h_new @ w.w_hr.t()
+            previous.append(c)
+            c = _carry(mask, t, c_new, c)
+            h = _carry(mask, t, h_new, h)
+            pre.append(u)
+            cells.append(c_new)
+            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+        u_all = torch.stack(pre)
+        out_all = torch.stack(outs)
+
+        # multipliers of all steps at once
+        (u_x, u_r) = _split(u_all, batch)
+        acts = [torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid]
+        derivs = [_dsigmoid, _dsigmoid, _dtanh, _dsigmoid]
+        gates_x = [a(v) for a, v in zip(acts, u_x.chunk(4, dim=2))]
+        gates_r = [a(v) for a, v in zip(acts, u_r.chunk(4, dim=2))]
+        m = [secant(a, d, ux, ur, gx, gr, True) for a, d, ux, ur, gx, gr in zip(acts, derivs, u_x.chunk(4, dim=2), u_r.chunk(4, dim=2), gates_x, gates_r)]
+        (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = gates_x, gates_r
+        c_new_x, c_new_r = _split(torch.stack(cells), batch)
+        c_prev_x, c_prev_r = _split(torch.stack(previous), batch)
+        k_x, k_r = torch.tanh(c_new_x), torch.tanh(c_new_r)
+        m_k = secant(torch.tanh, _dtanh, c_new_x, c_new_r, k_x, k_r, True)
+        coefficients = torch.cat(
+            [
+                _mid(g_x, g_r) * m[0],  # d u_i = dc · A_i
+                _mid(c_prev_x, c_prev_r) * m[1],  # d u_f = dc · A_f
+                _mid(i_x, i_r) * m[2],  # d u_g = dc · A_g
+                _mid(k_x, k_r) * m[3],  # d u_o = dh · A_o
+                _mid(o_x, o_r) * m_k,  # dc += dh · A_k
+                _mid(f_x, f_r),  # dc_prev = dc · A_c
+            ],
+            dim=2,
+        )
+        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
+        ctx.weights, ctx.hidden, ctx.has_mask = w, hidden, mask is not None
+        out_x, out_r = _split(out_all, batch)
+        h_x, h_r = h[:batch], h[batch:]
+        c_x, c_r = c[:batch], c[batch:]
+        ctx.mark_non_differentiable(out_r, h_r, c_r)
+        return out_x, h_x, c_x, out_r, h_r, c_r
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        coefficients, mask = ctx.saved_tensors
+        w: CellWeights = ctx.weights
+        hidden = ctx.hidden
+        a_i, a_f, a_g, a_o, a_k, a_c = coefficients.split(hidden, dim=2)
+        dh, dc = d_h, d_c
+        du_steps = []
+        for t in reversed(range(coefficients.shape[0])):
+            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
+            dh = dh + d_output
+            dh_full = dh @ w.w_hr if w.w_hr is not None else dh
+            dcc = dc + dh_full * a_k[t]
+            du = torch.cat([dcc * a_i[t], dcc * a_f[t], dcc * a_g[t], dh_full * a_o[t]], dim=-1)
+            dh_prev, dc_prev = du @ w.w_hh, dcc * a_c[t]
+            if ctx.has_mask:
+                du = du * mask[t]
+                dh_prev = torch.where(mask[t], dh_prev, dh)
+                dc_prev = torch.where(mask[t], dc_prev, dc)
+            dh, dc = dh_prev, dc_prev
+            du_steps.append(du)
+        du_all = torch.stack(du_steps[::-1])
+        dx = du_all @ w.w_ih
+        return None, None, dx, dh, dc, None, None, None
+
+
+class FusedGRU(torch.autograd.Function):
+    """One GRU layer-direction: returns (outputs, h_T) and, not differentiable, their references."""
+
+    @staticmethod
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        steps, batch = x.shape[0], x.shape[1]
+        hidden = w.w_hh.shape[0] // 3
+        both = torch.cat([x, x_ref], dim=1)
+        projected = torch.nn.functional.linear(both, w.w_ih, w.b_ih)  # (T, 2B, 3H)
+        h = torch.cat([h0, h0_ref])
+        hid, xs, previous, outs = [], [], [], []
+        for t in range(steps):
+            a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (2B, 3H): W_h[r,z,n] h + b_h
+            px = projected[t]
+            rz = torch.sigmoid(px[:, : 2 * hidden] + a[:, : 2 * hidden])
+            r, z = rz.chunk(2, dim=1)
+            n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
+            h_new = (1 - z) * n + z * h
+            previous.append(h)
+            h = _carry(mask, t, h_new, h)
+            hid.append(a)
+            xs.append(px)
+            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+        a_all, px_all, h_prev, out_all = torch.stack(hid), torch.stack(xs), torch.stack(previous), torch.stack(outs)
+        a_x, a_r = _split(a_all, batch)
+        p_x, p_r = _split(px_all, batch)
+        hp_x, hp_r = _split(h_prev, batch)
+        u_rz_x = p_x[..., : 2 * hidden] + a_x[..., : 2 * hidden]
+        u_rz_r = p_r[..., : 2 * hidden] + a_r[..., : 2 * hidden]
+        g_x, g_r = torch.sigmoid(u_rz_x), torch.sigmoid(u_rz_r)
+        m_rz = secant(torch.sigmoid, _dsigmoid, u_rz_x, u_rz_r, g_x, g_r, True)
+        (r_x, z_x), (r_r, z_r), (m_r, m_z) = g_x.chunk(2, 2), g_r.chunk(2, 2), m_rz.chunk(2, 2)
+        an_x, an_r = a_x[..., 2 * hidden :], a_r[..., 2 * hidden :]
+        v_x, v_r = p_x[..., 2 * hidden :] + r_x * an_x, p_r[..., 2 * hidden :] + r_r * an_r
+        n_x, n_r = torch.tanh(v_x), torch.tanh(v_r)
+        m_n = secant(torch.tanh, _dtanh, v_x, v_r, n_x, n_r, True)
+        coefficients = torch.cat(
+            [
+                (2 - z_x - z_r) / 2 * m_n,  # dv = dh · A_n
+                (_mid(hp_x, hp_r) - _mid(n_x, n_r)) * m_z,  # du_z = dh · A_z
+                _mid(z_x, z_r),  # dh_prev (direct) = dh · A_h
+                _mid(an_x, an_r) * m_r,  # du_r = dv · A_r
+                _mid(r_x, r_r),  # da_n = dv · A_a
+            ],
+            dim=2,
+        )
+        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
+        ctx.weights, ctx.hidden, ctx.has_mask = w, hidden, mask is not None
+        out_x, out_r = _split(out_all, batch)
+        h_x, h_r = h[:batch], h[batch:]
+        ctx.mark_non_differentiable(out_r, h_r)
+        return out_x, h_x, out_r, h_r
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        coefficients, mask = ctx.saved_tensors
+        w: CellWeights = ctx.weights
+        a_n, a_z, a_h, a_r, a_a = coefficients.split(ctx.hidden, dim=2)
+        dh = d_h
+        dx_steps = []
+        for t in reversed(range(coefficients.shape[0])):
+            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
+            dh = dh + d_output
+            dv = dh * a_n[t]
+            du_r, du_z, da_n = dv * a_r[t], dh * a_z[t], dv * a_a[t]
+            d_hidden = torch.cat([du_r, du_z, da_n], dim=-1)
+            d_input = torch.cat([du_r, du_z, dv], dim=-1)
+            dh_prev = dh * a_h[t] + d_hidden @ w.w_hh
+            if ctx.has_mask:
+                d_input = d_input * mask[t]
+                dh_prev = torch.where(mask[t], dh_prev, dh)
+            dh = dh_prev
+            dx_steps.append(d_input)
+        dx = torch.stack(dx_steps[::-1]) @ w.w_ih
+        return None, None, dx, dh, None, None
+
+
+class FusedRNN(torch.autograd.Function):
+    """One Elman RNN layer-direction (tanh or relu)."""
+
+    @staticmethod
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        steps, batch = x.shape[0], x.shape[1]
+        projected = _input_projection(x, x_ref, w)
+        act = torch.relu if relu else torch.tanh
+        h = torch.cat([h0, h0_ref])
+        w_hh_t = w.w_hh.t()
+        pre, outs = [], []
+        for t in range(steps):
+            u = torch.addmm(projected[t], h, w_hh_t)
+            h_new = act(u)
+            h = _carry(mask, t, h_new, h)
+            pre.append(u)
+            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+        u_x, u_r = _split(torch.stack(pre), batch)
+        coefficients = secant(act, _drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
+        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
+        ctx.weights, ctx.has_mask = w, mask is not None
+        out_x, out_r = _split(torch.stack(outs), batch)
+        h_x, h_r = h[:batch], h[batch:]
+        ctx.mark_non_differentiable(out_r, h_r)
+        return out_x, h_x, out_r, h_r
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        coefficients, mask = ctx.saved_tensors
+        w: CellWeights = ctx.weights
+        dh = d_h
+        du_steps = []
+        for t in reversed(range(coefficients.shape[0])):
+            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
+            dh = dh + d_output
+            du = dh * coefficients[t]
+            dh_prev = du @ w.w_hh
+            if ctx.has_mask:
+                du = du * mask[t]
+                dh_prev = torch.where(mask[t], dh_prev, dh)
+            dh = dh_prev
+            du_steps.append(du)
+        dx = torch.stack(du_steps[::-1]) @ w.w_ih
+        return None, None, None, dx, dh, None, None

@@ -1,0 +1,181 @@
+"""Rules for the fused recurrent ops behind nn.LSTM / nn.GRU / nn.RNN and their cells.
+
+``nn.LSTM`` calls ``torch.lstm`` with either the padded signature
+``(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)`` or the
+packed one ``(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional)``;
+``nn.GRU`` and ``nn.RNN`` call ``torch.gru`` / ``torch.rnn_tanh`` / ``torch.rnn_relu`` the same way.
+Cells call ``torch.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)`` and the like. Each layer and
+direction runs as one fused autograd Function (``fused.py``) or, with ``fused=False``, step by step
+through the elementwise rules (``decomposed.py``); both give the same multipliers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ModelStateError
+from ..rules.base import OpCall, Rule
+from . import decomposed, fused
+from .weights import CellWeights, split_weights
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Layout:
+    """Where time and batch are, and the masks of a packed input."""
+
+    packed: bool
+    batch_first: bool
+    mask: Tensor | None = None  # (T, B, 1) bool, packed only
+    positions: Tensor | None = None  # flat (t * B + b) positions of the packed rows
+    reverse_index: Tensor | None = None  # (T, B) per-row time reversal, packed only
+
+
+def _packed_layout(batch_sizes: Tensor, device: torch.device) -> _Layout:
+    sizes = batch_sizes.to(device=device, dtype=torch.long)
+    steps, batch = sizes.shape[0], int(sizes[0])
+    lengths = (sizes[:, None] > torch.arange(batch, device=device)[None, :]).sum(0)  # (B,)
+    time = torch.arange(steps, device=device)[:, None]
+    active = time < lengths[None, :]  # (T, B)
+    positions = torch.nonzero(active.reshape(-1)).squeeze(1)
+    reverse_index = torch.where(active, lengths[None, :] - 1 - time, time.expand(steps, batch))
+    return _Layout(True, False, active[..., None], positions, reverse_index)
+
+
+def _to_padded(data: Tensor, layout: _Layout) -> Tensor:
+    assert layout.mask is not None and layout.positions is not None
+    steps, batch = layout.mask.shape[:2]
+    flat = data.new_zeros(steps * batch, data.shape[-1]).index_copy(0, layout.positions, data)
+    return flat.reshape(steps, batch, data.shape[-1])
+
+
+def _from_padded(padded: Tensor, layout: _Layout) -> Tensor:
+    assert layout.positions is not None
+    return padded.reshape(-1, padded.shape[-1]).index_select(0, layout.positions)
+
+
+def _reverse(sequence: Tensor, layout: _Layout) -> Tensor:
+    if layout.reverse_index is None:
+        return sequence.flip(0)
+    index = layout.reverse_index[..., None].expand(-1, -1, sequence.shape[-1])
+    return sequence.gather(0, index)
+
+
+class RecurrentLayer(Rule):
+    """``torch.lstm`` / ``torch.gru`` / ``torch.rnn_tanh`` / ``torch.rnn_relu``, padded or packed."""
+
+    def __init__(self, kind: str, relu: bool = False, fused: bool = True) -> None:
+        if kind not in ("lstm", "gru", "rnn"):
+            raise ValueError(f"kind must be 'lstm', 'gru' or 'rnn', not {kind!r}")
+        self.kind, self.relu, self.fused = kind, relu, fused
+
+    def __repr__(self) -> str:
+        return f"RecurrentLayer({self.kind!r}, relu={self.relu}, fused={self.fused})"
+
+    def attribute(self, call: OpCall) -> Any:
+        args, ref_args = call.args, call.ref_args
+        packed = isinstance(args[1], Tensor) if self.kind == "lstm" else isinstance(args[2], Tensor)
+        if packed:
+            data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional = args
+            data_r, _, hx_r = ref_args[:3]
+            layout = _packed_layout(batch_sizes, data.device)
+            x, x_r = _to_padded(data, layout), _to_padded(data_r, layout)
+        else:
+            x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
+            x_r, hx_r = ref_args[0], ref_args[1]
+            layout = _Layout(False, bool(batch_first))
+            if x.dim() != 3:
+                raise ValueError(f"{call.name}: expected a 3-D input, got shape {tuple(x.shape)}")
+            if batch_first:
+                x, x_r = x.transpose(0, 1), x_r.transpose(0, 1)
+        if train and dropout > 0 and num_layers > 1:
+            raise ModelStateError(f"{call.name} runs with dropout={dropout} in training mode; call model.eval() before explaining")
+        if any(call.is_tracked_value(p) for p in params):
+            raise ValueError(f"{call.name}: rnnshap attributes to the inputs of a recurrent layer, not to its weights")
+        layers = split_weights(params, has_biases, num_layers, bidirectional)
+        if self.kind == "lstm":
+            (h0, c0), (h0_r, c0_r) = hx, hx_r
+        else:
+            h0, c0, h0_r, c0_r = hx, None, hx_r, None
+        output, h_n, c_n = self._stack(layers, layout, x, x_r, h0, h0_r, c0, c0_r)
+        if packed:
+            output = _from_padded(output, layout)
+        elif layout.batch_first:
+            output = output.transpose(0, 1)
+        return (output, h_n, c_n) if self.kind == "lstm" else (output, h_n)
+
+    def _stack(self, layers: list[list[CellWeights]], layout: _Layout, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        directions = len(layers[0])
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        for l, row in enumerate(layers):
+            outputs, outputs_r = [], []
+            for d, weights in enumerate(row):
+                index = l * directions + d
+                seq, seq_r = (x, x_r) if d == 0 else (_reverse(x, layout), _reverse(x_r, layout))
+                states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
+                out, out_r, h_last, c_last = self._layer(weights, layout.mask, seq, seq_r, *states)
+                if d == 1:
+                    out, out_r = _reverse(out, layout), _reverse(out_r, layout)
+                outputs.append(out)
+                outputs_r.append(out_r)
+                h_n.append(h_last)
+                if c_last is not None:
+                    c_n.append(c_last)
+            x, x_r = (outputs[0], outputs_r[0]) if directions == 1 else (torch.cat(outputs, -1), torch.cat(outputs_r, -1))
+        return x, torch.stack(h_n), torch.stack(c_n) if c_n else None
+
+    def _layer(self, w: CellWeights, mask: Tensor | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One layer-direction; returns (output, reference output, h_T, c_T)."""
+        engine = fused if self.fused else decomposed
+        if self.kind == "lstm":
+            assert c0 is not None and c0_r is not None
+            out, h, c, out_r, _, _ = engine.FusedLSTM.apply(w, mask, x, h0, c0, x_r, h0_r, c0_r) if self.fused else decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
+            return out, out_r, h, c
+        if self.kind == "gru":
+            out, h, out_r, _ = engine.FusedGRU.apply(w, mask, x, h0, x_r, h0_r) if self.fused else decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
+            return out, out_r, h, None
+        out, h, out_r, _ = engine.FusedRNN.apply(w, mask, self.relu, x, h0, x_r, h0_r) if self.fused else decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
+        return out, out_r, h, None
+
+
+class RecurrentCell(RecurrentLayer):
+    """``torch.lstm_cell`` / ``gru_cell`` / ``rnn_tanh_cell`` / ``rnn_relu_cell``: one step, as a layer with T = 1."""
+
+    def __repr__(self) -> str:
+        return f"RecurrentCell({self.kind!r}, relu={self.relu}, fused={self.fused})"
+
+    def attribute(self, call: OpCall) -> Any:
+        (x, hx, w_ih, w_hh, *biases), (x_r, hx_r) = call.args, call.ref_args[:2]
+        b_ih, b_hh = (biases + [None, None])[:2]
+        weights = CellWeights(w_ih, w_hh, b_ih, b_hh)
+        if any(call.is_tracked_value(p) for p in (w_ih, w_hh, b_ih, b_hh) if p is not None):
+            raise ValueError(f"{call.name}: rnnshap attributes to the inputs of a recurrent cell, not to its weights")
+        if self.kind == "lstm":
+            (h, c), (h_r, c_r) = hx, hx_r
+            out, _, _, c_new = self._layer(weights, None, x[None], x_r[None], h, h_r, c, c_r)
+            assert c_new is not None
+            return out[0], c_new
+        out, _, _, _ = self._layer(weights, None, x[None], x_r[None], hx, hx_r, None, None)
+        return out[0]
+
+
+def recurrent_rules() -> dict[Any, Rule]:
+    """The registry entries for every recurrent op."""
+    return {
+        torch.lstm: RecurrentLayer("lstm"),
+        torch.gru: RecurrentLayer("gru"),
+        torch.rnn_tanh: RecurrentLayer("rnn"),
+        torch.rnn_relu: RecurrentLayer("rnn", relu=True),
+        torch.lstm_cell: RecurrentCell("lstm"),
+        torch.gru_cell: RecurrentCell("gru"),
+        torch.rnn_tanh_cell: RecurrentCell("rnn"),
+        torch.rnn_relu_cell: RecurrentCell("rnn", relu=True),
+    }
+
+
+__all__: Sequence[str] = ["RecurrentCell", "RecurrentLayer", "recurrent_rules"]
