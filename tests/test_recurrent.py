@@ -1,0 +1,297 @@
+"""Exactness through every recurrent layer and cell, against the independent float64 reference.
+
+The oracle (tests/reference/rnn_deeplift.py) is a numpy implementation of the DeepLIFT rules of
+DESIGN.md §1 for one (input, reference) pair at a time, sharing no code with rnnshap. DeepSHAP
+is its mean over the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnshap
+from rnnshap.recurrent import RecurrentCell, RecurrentLayer
+
+from .reference.rnn_deeplift import rnn_deeplift
+
+
+@dataclass(frozen=True)
+class Arch:
+    kind: str
+    input_size: int = 3
+    hidden_size: int = 4
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = True
+    proj_size: int = 0
+    bias: bool = True
+    relu: bool = False
+    packed: bool = False
+    enforce_sorted: bool = False
+
+    def layer(self) -> nn.RNNBase:
+        common = dict(num_layers=self.num_layers, bidirectional=self.bidirectional, batch_first=self.batch_first, bias=self.bias)
+        if self.kind == "lstm":
+            return nn.LSTM(self.input_size, self.hidden_size, proj_size=self.proj_size, **common)
+        if self.kind == "gru":
+            return nn.GRU(self.input_size, self.hidden_size, **common)
+        return nn.RNN(self.input_size, self.hidden_size, nonlinearity="relu" if self.relu else "tanh", **common)
+
+    @property
+    def out_features(self) -> int:
+        return (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size)
+
+    def reference_kwargs(self) -> dict:
+        return dict(
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            hidden_size=self.hidden_size,
+            proj_size=self.proj_size,
+            nonlinearity="relu" if self.relu else "tanh",
+            bias=self.bias,
+        )
+
+
+class Readout(nn.Module):
+    """y = Σ_{t,k} W[t,k] · out[t,k] over the layer's full output sequence (batch-first input)."""
+
+    def __init__(self, arch: Arch, steps: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.rnn = arch.layer()
+        self.readout = nn.Parameter(torch.randn(steps, arch.out_features))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        seq = x if self.arch.batch_first else x.transpose(0, 1)
+        if self.arch.packed:
+            assert lengths is not None
+            packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=self.arch.batch_first, enforce_sorted=self.arch.enforce_sorted)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=self.arch.batch_first, total_length=x.shape[1])
+        else:
+            out, _ = self.rnn(seq)
+        out = out if self.arch.batch_first else out.transpose(0, 1)
+        return (out * self.readout).sum((1, 2))
+
+
+def reference_shap(model: Readout, x: np.ndarray, background: np.ndarray, lengths: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over the background of the oracle's per-pair attributions, and the per-sample Δ."""
+    params = {k: v.detach().double().numpy() for k, v in model.rnn.state_dict().items()}
+    readout = model.readout.detach().double().numpy()
+    phis, deltas = np.zeros_like(x, dtype=np.float64), np.zeros(len(x))
+    for i, xi in enumerate(x):
+        length = None if lengths is None else lengths[i]
+        for r in background:
+            result = rnn_deeplift(model.arch.kind, params, xi, r, readout, length=length, **model.arch.reference_kwargs())
+            phis[i] += result["x"] / len(background)
+            deltas[i] += result["delta"] / len(background)
+    return phis, deltas
+
+
+def explain(model: nn.Module, x: torch.Tensor, background: torch.Tensor, lengths: torch.Tensor | None, **kwargs) -> np.ndarray:
+    if lengths is None:
+        return rnnshap.DeepExplainer(model, background, **kwargs).shap_values(x)
+    context = torch.full((background.shape[0],), x.shape[1], dtype=torch.long)
+    return rnnshap.DeepExplainer(model, [background, context], **kwargs).shap_values([x, lengths])[0]
+
+
+@st.composite
+def architectures(draw: st.DrawFn, max_steps: int = 12) -> tuple[Arch, int]:
+    kind = draw(st.sampled_from(["lstm", "gru", "rnn"]))
+    packed = draw(st.booleans())
+    arch = Arch(
+        kind=kind,
+        input_size=draw(st.integers(1, 4)),
+        hidden_size=draw(st.integers(1, 5)),
+        num_layers=draw(st.integers(1, 3)),
+        bidirectional=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        proj_size=draw(st.integers(0, 2)) if kind == "lstm" else 0,
+        bias=draw(st.booleans()),
+        relu=kind == "rnn" and draw(st.booleans()),
+        packed=packed,
+        enforce_sorted=packed and draw(st.booleans()),
+    )
+    if arch.proj_size >= arch.hidden_size:
+        arch = Arch(**{**arch.__dict__, "proj_size": 0})
+    return arch, draw(st.integers(1, max_steps))
+
+
+def _case(arch: Arch, steps: int, seed: int, dtype: torch.dtype, n: int = 3, n_refs: int = 4):
+    torch.manual_seed(seed)
+    model = Readout(arch, steps).eval().to(dtype)
+    scale = 2.0
+    x = scale * torch.randn(n, steps, arch.input_size, dtype=dtype)
+    background = scale * torch.randn(n_refs, steps, arch.input_size, dtype=dtype)
+    lengths = None
+    if arch.packed:
+        lengths = torch.randint(1, steps + 1, (n,))
+        lengths[0] = steps
+        if arch.enforce_sorted:
+            lengths = lengths.sort(descending=True).values
+    return model, x, background, lengths
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(architectures(), st.integers(0, 2**16))
+def test_float64_values_match_the_reference_and_add_up(case: tuple[Arch, int], seed: int) -> None:
+    arch, steps = case
+    model, x, background, lengths = _case(arch, steps, seed, torch.float64)
+    phi = explain(model, x, background, lengths)
+    expected, deltas = reference_shap(model, x.numpy(), background.numpy(), None if lengths is None else lengths.tolist())
+    np.testing.assert_allclose(phi, expected, rtol=0, atol=1e-9 * max(1.0, np.abs(expected).max()))
+    sums = phi.reshape(len(phi), -1).sum(1)
+    assert np.all(np.abs(sums - deltas) <= 1e-10 * np.maximum(1.0, np.abs(deltas)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(architectures(max_steps=64), st.integers(0, 2**16))
+def test_float32_attributions_add_up(case: tuple[Arch, int], seed: int) -> None:
+    arch, steps = case
+    model, x, background, lengths = _case(arch, steps, seed, torch.float32)
+    explainer_inputs = (x, background, lengths)
+    phi = explain(model, *explainer_inputs)
+    with torch.no_grad():
+        fx = model(x, lengths).double().numpy()
+        context = None if lengths is None else lengths
+        base = np.mean([model(background[j : j + 1].expand_as(x), context).double().numpy() for j in range(len(background))], axis=0)
+    delta = fx - base
+    sums = phi.reshape(len(phi), -1).sum(1)
+    assert np.all(np.abs(sums - delta) <= 1e-5 * np.maximum(1.0, np.abs(delta)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_sequences_add_up(kind: str, dtype: torch.dtype) -> None:
+    arch = Arch(kind=kind, input_size=2, hidden_size=8, num_layers=2, bidirectional=True)
+    model, x, background, _ = _case(arch, 500, 0, dtype, n=2, n_refs=3)
+    phi = explain(model, x, background, None)
+    with torch.no_grad():
+        delta = (model(x) - model(background).mean()).double().numpy()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    sums = phi.reshape(len(phi), -1).sum(1)
+    assert np.all(np.abs(sums - delta) <= tolerance * np.maximum(1.0, np.abs(delta)))
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(architectures(max_steps=64), st.integers(0, 2**16))
+def test_float64_reference_exhaustive(case: tuple[Arch, int], seed: int) -> None:
+    test_float64_values_match_the_reference_and_add_up.hypothesis.inner_test(case, seed)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        Arch("lstm", num_layers=2, bidirectional=True, proj_size=2),
+        Arch("gru", num_layers=2, bidirectional=True, packed=True),
+        Arch("rnn", relu=True, packed=True, bidirectional=True),
+        Arch("lstm", packed=True, enforce_sorted=True, bias=False),
+    ],
+)
+def test_fused_and_step_by_step_paths_agree(arch: Arch) -> None:
+    model, x, background, lengths = _case(arch, 9, 1, torch.float64)
+    op = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_relu if arch.relu else torch.rnn_tanh}[arch.kind]
+    fused = explain(model, x, background, lengths)
+    stepwise = explain(model, x, background, lengths, rules={op: RecurrentLayer(arch.kind, relu=arch.relu, fused=False)})
+    np.testing.assert_allclose(fused, stepwise, rtol=0, atol=1e-12 * np.abs(fused).max())
+
+
+class WithInitialState(nn.Module):
+    """LSTM whose initial states are model inputs, batch first: h0, c0 of shape (N, layers·dirs, H)."""
+
+    def __init__(self, arch: Arch, steps: int) -> None:
+        super().__init__()
+        self.inner = Readout(arch, steps)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+        out, _ = self.inner.rnn(x, (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous()))
+        return (out * self.inner.readout).sum((1, 2))
+
+
+def test_initial_states_given_as_inputs_get_their_attributions() -> None:
+    arch = Arch("lstm", num_layers=2, bidirectional=True, hidden_size=3)
+    torch.manual_seed(3)
+    steps, groups = 6, 4
+    model = WithInitialState(arch, steps).double().eval()
+    x, background = torch.randn(2, steps, 3, dtype=torch.float64), torch.randn(3, steps, 3, dtype=torch.float64)
+    h0, c0 = torch.randn(2, groups, 3, dtype=torch.float64), torch.randn(2, groups, 3, dtype=torch.float64)
+    h0_b, c0_b = torch.randn(3, groups, 3, dtype=torch.float64), torch.randn(3, groups, 3, dtype=torch.float64)
+    phi_x, phi_h, phi_c = rnnshap.DeepExplainer(model, [background, h0_b, c0_b]).shap_values([x, h0, c0])
+    params = {k: v.numpy() for k, v in model.inner.rnn.state_dict().items()}
+    readout = model.inner.readout.detach().numpy()
+    for i in range(2):
+        results = [
+            rnn_deeplift("lstm", params, x[i].numpy(), background[j].numpy(), readout, h0[i].numpy(), c0[i].numpy(), h0_b[j].numpy(), c0_b[j].numpy(), **arch.reference_kwargs())
+            for j in range(3)
+        ]
+        np.testing.assert_allclose(phi_x[i], np.mean([r["x"] for r in results], 0), atol=1e-10)
+        np.testing.assert_allclose(phi_h[i], np.mean([r["h0"] for r in results], 0), atol=1e-10)
+        np.testing.assert_allclose(phi_c[i], np.mean([r["c0"] for r in results], 0), atol=1e-10)
+    assert np.abs(phi_h).max() > 1e-3 and np.abs(phi_c).max() > 1e-3
+
+
+class CellLoop(nn.Module):
+    """A Python loop over a cell, equivalent to a one-layer recurrent layer with the same weights."""
+
+    def __init__(self, kind: str, steps: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[kind](3, 4)
+        self.readout = nn.Parameter(torch.randn(steps, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+        c = torch.zeros_like(h)
+        total = 0
+        for t in range(x.shape[1]):
+            if self.kind == "lstm":
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+            total = total + (h * self.readout[t]).sum(-1)
+        return total
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_cells_in_python_loops_match_the_reference(kind: str, fused: bool) -> None:
+    torch.manual_seed(4)
+    steps = 5
+    model = CellLoop(kind, steps).double().eval()
+    x, background = 2 * torch.randn(3, steps, 3, dtype=torch.float64), 2 * torch.randn(4, steps, 3, dtype=torch.float64)
+    op = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[kind]
+    phi = rnnshap.DeepExplainer(model, background, rules={op: RecurrentCell(kind, fused=fused)}).shap_values(x)
+    params = {f"{k.replace('weight_ih', 'weight_ih_l0').replace('weight_hh', 'weight_hh_l0').replace('bias_ih', 'bias_ih_l0').replace('bias_hh', 'bias_hh_l0')}": v.numpy() for k, v in model.cell.state_dict().items()}
+    readout = model.readout.detach().numpy()
+    for i in range(3):
+        expected = np.mean(
+            [rnn_deeplift(kind, params, x[i].numpy(), r.numpy(), readout, num_layers=1, bidirectional=False, hidden_size=4)["x"] for r in background], 0
+        )
+        np.testing.assert_allclose(phi[i], expected, atol=1e-10)
+
+
+def test_plain_gradient_times_delta_misses_additivity_where_rnnshap_does_not() -> None:
+    """What shap and Captum compute for an LSTM (gradient × Δ) is not what rnnshap computes."""
+    arch = Arch("lstm", num_layers=2, hidden_size=6)
+    model, x, background, _ = _case(arch, 10, 5, torch.float64)
+    phi = explain(model, x, background, None)
+    gradient_phi = np.zeros_like(phi)
+    for r in background:
+        xs = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(xs).sum(), xs)
+        gradient_phi += (grad * (x - r)).numpy() / len(background)
+    with torch.no_grad():
+        delta = (model(x) - model(background).mean()).numpy()
+    gradient_error = np.abs(gradient_phi.reshape(3, -1).sum(1) - delta)
+    assert gradient_error.max() > 1e-2 * np.abs(delta).max()
+    assert np.abs(phi.reshape(3, -1).sum(1) - delta).max() < 1e-10 * max(1, np.abs(delta).max())
+    assert np.abs(phi - gradient_phi).max() > 1e-3
