@@ -59,12 +59,23 @@ class DeepExplainer:
         self.device, self.dtype = model_device_and_dtype(model)
         self.data = as_tensors(data, "background", self.multi_input, self.device, self.dtype)
         check_matching(self.data, self.data)
-        if not any(b.is_floating_point() for b in self.data):
-            raise InputError("No input is floating point, so there is nothing to attribute to; integer inputs are context (lengths, masks)")
         self._base_values = torch.zeros(0)
-        # The background runs as a reference pass, which also finds unsupported operations now.
+        # The background runs as a reference pass, which also finds unsupported operations now and
+        # tells which integer inputs are token ids (they feed an embedding) and which are context.
+        integer_inputs = [i for i, b in enumerate(self.data) if not b.is_floating_point()]
         with torch.no_grad():
-            outputs = run_pass(model, list(self.data), self._registry(), Tape(), replay=False)
+            outputs, probe = run_pass(model, list(self.data), self._registry(), Tape(), replay=False, follow=integer_inputs)
+        for index in sorted(probe.token_uses & set(probe.context_uses)):
+            raise InputError(
+                f"Input {index} holds token ids that feed an embedding, and {probe.context_uses[index]} also uses "
+                "them directly (a padding mask or lengths computed from the tokens?). Their values differ between "
+                "the input and its reference, so that use cannot be attributed. Pass the mask or lengths to the "
+                "model as a separate input: integer inputs that feed no embedding are context, used as given."
+            )
+        #: integer inputs whose attributions are taken at their embedding (per token)
+        self.token_inputs = sorted(probe.token_uses)
+        if not self.token_inputs and not any(b.is_floating_point() for b in self.data):
+            raise InputError("No input is floating point or feeds an embedding, so there is nothing to attribute to")
         if outputs.dim() == 0 or outputs.shape[0] != self.data[0].shape[0]:
             raise InputError(
                 f"The model maps {self.data[0].shape[0]} background rows to an output of shape "
@@ -82,6 +93,7 @@ class DeepExplainer:
         output_rank_order: str = "max",
         check_additivity: bool | float = True,
         *,
+        outputs: Sequence[int | tuple[int, ...]] | None = None,
         batch_size: int | None = None,
     ) -> Any:
         """SHAP values of ``X``, shaped like shap's DeepExplainer output.
@@ -92,12 +104,20 @@ class DeepExplainer:
         then indexes each sample's top-k outputs in the order given by ``ranks``.
 
         ``check_additivity`` may be a float: the relative tolerance to use instead of the dtype's.
+
+        ``outputs`` picks which outputs to explain, as indices into the model's output shape (without
+        the batch): ``[(t, k), ...]`` for a sequence output of shape (N, T, K), ``[k, ...]`` for
+        (N, K). The last axis of the result then follows that list. By default all are explained.
         """
         inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
         check_matching(inputs, self.data)
         n = inputs[0].shape[0]
         n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
-        if ranked_outputs is not None:
+        if outputs is not None and ranked_outputs is not None:
+            raise ValueError("give either ranked_outputs or outputs, not both")
+        if outputs is not None:
+            selected = self._select(outputs).to(inputs[0].device).expand(n, -1)
+        elif ranked_outputs is not None:
             if not 1 <= ranked_outputs:
                 raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
             with torch.no_grad():
@@ -114,7 +134,7 @@ class DeepExplainer:
             rtol = None if check_additivity is True else float(check_additivity)
             self._check_additivity(phis, model_outputs, selected, rtol)
 
-        values = [self._shape_values(phi, ranked_outputs is not None) for phi in phis]
+        values = [self._shape_values(phi, ranked_outputs is not None or outputs is not None) for phi in phis]
         result: Any = values if self.multi_input else values[0]
         if ranked_outputs is not None:
             return result, selected.cpu()
@@ -140,6 +160,19 @@ class DeepExplainer:
         ]
         return explanations if self.multi_input else explanations[0]
 
+    def _select(self, outputs: Sequence[int | tuple[int, ...]]) -> Tensor:
+        """Flat output indices of ``outputs`` (indices into ``output_shape``)."""
+        shape = self.output_shape or (1,)
+        flat = []
+        for index in outputs:
+            multi = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
+            if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape)):
+                raise ValueError(f"output index {index!r} does not fit the model's output shape {self.output_shape}")
+            flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape)), shape)))
+        if not flat:
+            raise ValueError("outputs is empty; give at least one output index")
+        return torch.tensor(flat, dtype=torch.long)[None, :]
+
     # -- engine -----------------------------------------------------------------------------------
     def _registry(self) -> RuleRegistry:
         return DEFAULT_REGISTRY.merged(self._rules) if self._rules else DEFAULT_REGISTRY
@@ -160,16 +193,20 @@ class DeepExplainer:
         for start in range(0, total, batch_size):
             pairs = torch.arange(start, min(start + batch_size, total), device=inputs[0].device)
             sample, ref = pairs // n_refs, pairs % n_refs
-            # context inputs (integer or boolean: lengths, masks) take the explained sample's values on both sides
-            references = [b[ref] if b.is_floating_point() else x[sample] for x, b in zip(inputs, self.data)]
+            # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
+            # sample's values on both sides; token ids are compared with the background's tokens
+            references = [
+                b[ref] if b.is_floating_point() or t in self.token_inputs else x[sample] for t, (x, b) in enumerate(zip(inputs, self.data))
+            ]
             leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
             with torch.no_grad():
-                ref_outputs = run_pass(self.model, references, registry, tape := Tape(), replay=False)
+                ref_outputs, _ = run_pass(self.model, references, registry, tape := Tape(), replay=False, follow=self.token_inputs)
             with torch.enable_grad():
-                outputs = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True)
+                outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True, follow=self.token_inputs)
                 flat = outputs.reshape(outputs.shape[0], -1)
                 chosen = flat.gather(1, selected[sample])
-                grads = _grads_per_output(chosen, [leaf for leaf in leaves if leaf.requires_grad])
+                attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [leaf for _, leaf, _ in mode.embedded]
+                grads = _grads_per_output(chosen, attributed_leaves)
             if model_outputs is None or base_values is None:
                 model_outputs = torch.zeros((n, flat.shape[1]), dtype=torch.float64, device=flat.device)
                 base_values = torch.zeros_like(model_outputs)
@@ -180,6 +217,14 @@ class DeepExplainer:
                 if leaf.requires_grad:
                     contribution = (next(attributed) * (leaf.detach() - reference)).to(torch.float64)
                     sums[t].index_add_(1, sample, contribution)
+            for (t, embedding, embedding_ref), grad in zip(mode.embedded, attributed):
+                per_token = (grad * (embedding.detach() - embedding_ref)).sum(-1).to(torch.float64)
+                if per_token.shape[2:] != sums[t].shape[2:]:
+                    raise InputError(
+                        f"Input {t} (token ids) of shape {tuple(inputs[t].shape)} reaches an embedding with shape "
+                        f"{tuple(embedding.shape[:-1])}; apply the embedding to the token input as given (before reshaping it)."
+                    )
+                sums[t].index_add_(1, sample, per_token)
         assert model_outputs is not None and base_values is not None
         self._base_values = base_values.div_(n_refs)
         phis = [s.div_(n_refs).movedim(0, -1) for s in sums]

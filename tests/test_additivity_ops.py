@@ -139,6 +139,8 @@ FORMS: list[Form] = [
     Form("hardtanh", "functional", U, lambda: F.hardtanh),
     Form("hardtanh", "functional-inplace", U, lambda: lambda z: F.hardtanh(z, -0.3, 0.6, inplace=True)),
     Form("hardtanh", "functional-underscore", U, lambda: F.hardtanh_),
+    Form("elu", "functional-underscore", U, lambda: F.elu_),
+    Form("leaky_relu", "functional-underscore", U, lambda: lambda z: F.leaky_relu_(z, 0.1)),
     Form("clamp", "functional", U, lambda: lambda z: torch.clamp(z, -0.4, 0.5)),
     Form("clamp", "functional-clip", U, lambda: lambda z: torch.clip(z, min=-0.2)),
     Form("clamp", "method", U, lambda: lambda z: z.clamp(max=0.3)),
@@ -198,6 +200,33 @@ FORMS: list[Form] = [
     Form("min", "functional-dim", U, lambda: _pool(lambda t: torch.min(t, dim=1).values, 4, 4)),
     Form("amin", "method", U, lambda: _pool(lambda t: t.amin(-1), 4, 4)),
 ]
+
+
+_UNDERSCORE_BUG = (
+    "bug: the in-place functionals of torch._C._nn (F.hardtanh_, F.elu_, F.leaky_relu_) are not mapped to "
+    "their out-of-place form by engine/passes.py::_out_of_place, which looks the plain name up on torch only"
+)
+_MAX_DIM_BUG = (
+    "bug: MaxReduction over a dim other than the last moves the reduced dims to the end twice "
+    "(rules/structured.py, MaxReduction.attribute: select() re-applies _moved_last to the already moved tensor)"
+)
+#: forms that expose library bugs: strict xfail in the per-form test, left out of the random draws
+KNOWN_BUGS = {
+    "hardtanh-functional-underscore": _UNDERSCORE_BUG,
+    "elu-functional-underscore": _UNDERSCORE_BUG,
+    "leaky_relu-functional-underscore": _UNDERSCORE_BUG,
+    "max-functional-keepdim": _MAX_DIM_BUG,
+    "amax-method-dims": _MAX_DIM_BUG,
+    "min-functional-dim": _MAX_DIM_BUG,
+}
+WORKING_FORMS = [f for f in FORMS if f.id not in KNOWN_BUGS]
+
+
+def _with_known_bugs(forms: list[Form]) -> list[Any]:
+    return [
+        pytest.param(f, id=f.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f.id])) if f.id in KNOWN_BUGS else pytest.param(f, id=f.id)
+        for f in forms
+    ]
 
 
 class OpBlock(nn.Module):
@@ -277,7 +306,7 @@ DTYPE_IDS = ["f32", "f64"]
 
 # -- every op in every form ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("spec", FORMS, ids=lambda f: f.id)
+@pytest.mark.parametrize("spec", _with_known_bugs(FORMS))
 def test_every_op_form_is_additive(spec: Form, dtype: torch.dtype) -> None:
     values, model, X, background = _explain([spec], dtype, scale=2.0)
     assert values.shape == (*X.shape, 3)
@@ -301,7 +330,7 @@ def test_op_table_covers_every_op_in_every_form_kind() -> None:
 @st.composite
 def random_models(draw: st.DrawFn) -> dict[str, Any]:
     return dict(
-        specs=draw(st.lists(st.sampled_from(FORMS), min_size=1, max_size=3)),
+        specs=draw(st.lists(st.sampled_from(WORKING_FORMS), min_size=1, max_size=3)),
         dtype=draw(st.sampled_from(DTYPES)),
         seed=draw(st.integers(0, 2**16)),
         d=draw(st.integers(1, 6)),

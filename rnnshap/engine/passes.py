@@ -17,7 +17,7 @@ not, so ``x * weight`` is a product with a constant.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ModelStateError, UnsupportedOperationError
-from ..rules.base import Constant, EvalOnly, OpCall, Refuse, Rule
+from ..rules.base import Constant, EvalOnly, Linear, OpCall, Refuse, Rule
 from ..rules.registry import RuleRegistry, op_key, op_name
 from .tape import Tape, TapeEntry
 
@@ -88,6 +88,12 @@ class AttributionMode(TorchFunctionMode):
         self.replay = replay
         self._tracked: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.unsupported: dict[str, str] = {}
+        # integer inputs followed to see whether they are token ids (consumed by an embedding)
+        self._discrete: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.token_uses: set[int] = set()
+        self.context_uses: dict[int, str] = {}
+        #: (input index, embedding output leaf, its reference) for every embedding of a token input
+        self.embedded: list[tuple[int, Tensor, Tensor]] = []
 
     # -- tracking -------------------------------------------------------------------------------
     def track(self, value: Any) -> None:
@@ -107,9 +113,18 @@ class AttributionMode(TorchFunctionMode):
             raise UnsupportedOperationError(list(self.unsupported.items()))
 
     # -- interception ---------------------------------------------------------------------------
+    def follow_discrete(self, index: int, tensor: Tensor) -> None:
+        """Follow the integer input ``index`` (token ids or context such as lengths)."""
+        self._discrete[tensor] = index
+
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         leaves, _ = tree_flatten((args, kwargs))
+        discrete = [self._discrete[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._discrete]
+        if discrete:
+            handled, result = self._discrete_op(func, args, kwargs, discrete[0])
+            if handled:
+                return result
         if not any(self.is_tracked(leaf) for leaf in leaves):
             return func(*args, **kwargs)
         rule = self.registry.op_rule(func)
@@ -121,6 +136,36 @@ class AttributionMode(TorchFunctionMode):
                 rule = self.registry.op_rule(base)
         name = op_name(func)
         return self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name)
+
+    def _discrete_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> tuple[bool, Any]:
+        """An operation on a followed integer input: an embedding lookup makes it a token input,
+        whose attribution is taken at the embedding's output; shape and indexing operations pass
+        it on; anything else is a context use (the values are used as they are, unattributed)."""
+        if func in _EMBEDDINGS:
+            self.token_uses.add(index)
+            result = func(*args, **kwargs)
+            name, shapes = op_name(func), (tuple(result.shape),)
+            if not self.replay:
+                self.tape.append(TapeEntry(func, name, (), shapes, [result.detach().clone()]))
+                self.track(result)
+                return True, result
+            entry = self.tape.take(func, name, (), shapes)
+            assert entry.references is not None
+            leaf = result.detach().requires_grad_(True)
+            self.embedded.append((index, leaf, entry.references[0]))
+            output = leaf.clone()
+            self.track(output)
+            return True, output
+        rule = self.registry.op_rule(func)
+        if type(rule) is Linear:
+            result = func(*args, **kwargs)
+            outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
+            if outputs and not any(t.is_floating_point() for t in outputs):
+                for t in outputs:
+                    self._discrete[t] = index
+                return True, result
+        self.context_uses.setdefault(index, op_name(func))
+        return False, None
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule | None, name: str = "") -> OpCall:
         leaves, spec = tree_flatten((args, kwargs))
@@ -241,20 +286,30 @@ class ModuleRules:
         self._patched.clear()
 
 
+_EMBEDDINGS = (torch.nn.functional.embedding,)
+
+
 def run_pass(
     model: nn.Module,
     inputs: list[Tensor],
     registry: RuleRegistry,
     tape: Tape,
     replay: bool,
-) -> Tensor:
-    """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass."""
+    follow: Sequence[int] = (),
+) -> tuple[Tensor, AttributionMode]:
+    """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
+
+    ``follow`` lists integer inputs to follow as possible token ids. Returns the output and the
+    mode, which holds the embedding leaves of token inputs and what was learned about them.
+    """
     mode = AttributionMode(registry, tape, replay)
     module_rules = ModuleRules(model, registry)
     module_rules.install(mode)
     try:
         with mode:
             mode.track(inputs)
+            for index in follow:
+                mode.follow_discrete(index, inputs[index])
             output = model(*inputs)
     finally:
         module_rules.remove()
@@ -270,7 +325,7 @@ def run_pass(
         raise UnsupportedOperationError(
             [("the model's output", "it does not depend on the explained inputs through operations rnnshap can see")]
         )
-    return output
+    return output, mode
 
 
 __all__ = ["AttributionMode", "ModuleRules", "run_pass", "tree_unflatten"]
