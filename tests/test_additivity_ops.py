@@ -21,7 +21,7 @@ from torch import nn
 
 import rnnshap
 
-from .conftest import ADDITIVITY_TOL, additivity_excess, assert_additive, output_gap, phi_totals, relative_to_max
+from .conftest import ADDITIVITY_TOL, additivity_excess, assert_additive, model_outputs, output_gap, phi_totals
 
 Tensor = torch.Tensor
 
@@ -300,6 +300,9 @@ def _explain(specs: list[Form], dtype: torch.dtype, seed: int = 0, d: int = 5, k
     return values, model, X, background
 
 
+#: chunked vs unchunked, relative to max|φ| + max(1, |f(x)|); measured worst over 400 random chains:
+#: 1.7e-6 (float32, three divisions in a row), 2.6e-13 (float64)
+CHUNK_TOL = {torch.float32: 3e-6, torch.float64: 1e-12}
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
 
@@ -352,14 +355,18 @@ def test_random_op_chains_are_additive(config: dict[str, Any]) -> None:
 
 @given(config=random_models())
 def test_chunked_equals_unchunked(config: dict[str, Any]) -> None:
-    """batch_size=3 splits the background of a sample across chunks; the result must not change."""
+    """batch_size=3 splits the background of a sample across chunks; the result must not change.
+
+    Only float rounding may differ: a Linear layer run on 3 rows rounds differently from one run on
+    24, and the Rescale quotient amplifies that where Δx is small (by up to eps**(-1/3)), so the
+    tolerance is relative to the size of the numbers the model computes, max|φ| + max(1, |f(x)|).
+    """
     config = {**config, "n_bg": max(config["n_bg"], 4), "n_x": max(config["n_x"], 2)}
-    chunked, *_ = _explain(**config, batch_size=3)
+    chunked, model, X, _ = _explain(**config, batch_size=3)
     whole, *_ = _explain(**config, batch_size=4096)
-    if config["dtype"] == torch.float64:
-        np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
-    else:
-        assert relative_to_max(chunked, whole) <= 1e-6
+    scale = np.abs(whole).max() + max(1.0, np.abs(model_outputs(model, X)).max())
+    tol = CHUNK_TOL[config["dtype"]]
+    assert np.abs(chunked - whole).max() <= tol * scale
 
 
 # -- the rules matter ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ fast path), ``decomposed.py`` the same layers step by step through the elementwi
 cross-check), ``weights.py`` the weight layout.
 """
 
+from .cell_step import CellStepAttribution, explain_cell_step
 from .rules import RecurrentCell, RecurrentLayer, recurrent_rules
 
-__all__ = ["RecurrentCell", "RecurrentLayer", "recurrent_rules"]
+__all__ = ["CellStepAttribution", "RecurrentCell", "RecurrentLayer", "explain_cell_step", "recurrent_rules"]
