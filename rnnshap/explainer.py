@@ -156,7 +156,7 @@ class DeepExplainer:
         base = self._base_values.reshape(n, *self.output_shape).cpu().numpy()
         explanations = [
             shap.Explanation(values=v, base_values=base, data=x.detach().cpu().numpy(), feature_names=feature_names)
-            for v, x in zip(per_input, inputs)
+            for v, x in zip(per_input, inputs, strict=False)
         ]
         return explanations if self.multi_input else explanations[0]
 
@@ -166,9 +166,9 @@ class DeepExplainer:
         flat = []
         for index in outputs:
             multi = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
-            if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape)):
+            if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
                 raise ValueError(f"output index {index!r} does not fit the model's output shape {self.output_shape}")
-            flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape)), shape)))
+            flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
         if not flat:
             raise ValueError("outputs is empty; give at least one output index")
         return torch.tensor(flat, dtype=torch.long)[None, :]
@@ -196,7 +196,7 @@ class DeepExplainer:
             # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
             # sample's values on both sides; token ids are compared with the background's tokens
             references = [
-                b[ref] if b.is_floating_point() or t in self.token_inputs else x[sample] for t, (x, b) in enumerate(zip(inputs, self.data))
+                b[ref] if b.is_floating_point() or t in self.token_inputs else x[sample] for t, (x, b) in enumerate(zip(inputs, self.data, strict=False))
             ]
             leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
             with torch.no_grad():
@@ -213,11 +213,11 @@ class DeepExplainer:
             model_outputs[sample] = flat.detach().to(torch.float64)
             base_values.index_add_(0, sample, ref_outputs.reshape(flat.shape).to(torch.float64))
             attributed = iter(grads)
-            for t, (leaf, reference) in enumerate(zip(leaves, references)):
+            for t, (leaf, reference) in enumerate(zip(leaves, references, strict=False)):
                 if leaf.requires_grad:
                     contribution = (next(attributed) * (leaf.detach() - reference)).to(torch.float64)
                     sums[t].index_add_(1, sample, contribution)
-            for (t, embedding, embedding_ref), grad in zip(mode.embedded, attributed):
+            for (t, embedding, embedding_ref), grad in zip(mode.embedded, attributed, strict=False):
                 per_token = (grad * (embedding.detach() - embedding_ref)).sum(-1).to(torch.float64)
                 if per_token.shape[2:] != sums[t].shape[2:]:
                     raise InputError(
@@ -274,11 +274,11 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     k = chosen.shape[1]
     if k == 1:
         grads = torch.autograd.grad(chosen, leaves, torch.ones_like(chosen), allow_unused=True)
-        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves)]
+        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves, strict=False)]
     eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
     grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
     grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
-    return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves)]
+    return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=False)]
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:

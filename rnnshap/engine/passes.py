@@ -234,7 +234,7 @@ class AttributionMode(TorchFunctionMode):
         entry = self.tape.take(key, name, call.tracked, shapes)
         assert entry.references is not None
         ref_leaves = list(call.leaves)
-        for i, reference in zip(call.tracked, entry.references):
+        for i, reference in zip(call.tracked, entry.references, strict=False):
             ref_leaves[i] = reference
         call = OpCall(call.fn, name, call.leaves, ref_leaves, call.spec, call.tracked)
         result = rule.attribute(call)

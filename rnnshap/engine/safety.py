@@ -121,7 +121,7 @@ def check_matching(inputs: list[Tensor], background: list[Tensor]) -> None:
     if len(inputs) != len(background):
         raise InputError(f"The model was given {len(background)} background input(s) but {len(inputs)} input(s) to explain")
     n = inputs[0].shape[0]
-    for i, (x, b) in enumerate(zip(inputs, background)):
+    for i, (x, b) in enumerate(zip(inputs, background, strict=False)):
         if x.shape[1:] != b.shape[1:]:
             raise InputError(
                 f"Input {i} has shape {tuple(x.shape)} but its background has shape {tuple(b.shape)}: all "

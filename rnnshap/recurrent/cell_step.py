@@ -73,9 +73,9 @@ def _lstm(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: 
     u_r = _affine(x_r, h_r, w_ih, w_hh, cell.bias_ih, cell.bias_hh).chunk(4, 1)
     acts = (torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid)
     derivatives = (_dsigmoid, _dsigmoid, _dtanh, _dsigmoid)
-    gates = [a(v) for a, v in zip(acts, u)]
-    gates_r = [a(v) for a, v in zip(acts, u_r)]
-    m = [secant(a, d, v, v_r, g, g_r, True) for a, d, v, v_r, g, g_r in zip(acts, derivatives, u, u_r, gates, gates_r)]
+    gates = [a(v) for a, v in zip(acts, u, strict=False)]
+    gates_r = [a(v) for a, v in zip(acts, u_r, strict=False)]
+    m = [secant(a, d, v, v_r, g, g_r, True) for a, d, v, v_r, g, g_r in zip(acts, derivatives, u, u_r, gates, gates_r, strict=False)]
     (i, f, g, o), (i_r, f_r, g_r, o_r) = gates, gates_r
     c_new, c_new_r = f * c + i * g, f_r * c_r + i_r * g_r
     k, k_r = torch.tanh(c_new), torch.tanh(c_new_r)

@@ -99,9 +99,9 @@ class FusedLSTM(torch.autograd.Function):
         (u_x, u_r) = _split(u_all, batch)
         acts = [torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid]
         derivs = [_dsigmoid, _dsigmoid, _dtanh, _dsigmoid]
-        gates_x = [a(v) for a, v in zip(acts, u_x.chunk(4, dim=2))]
-        gates_r = [a(v) for a, v in zip(acts, u_r.chunk(4, dim=2))]
-        m = [secant(a, d, ux, ur, gx, gr, True) for a, d, ux, ur, gx, gr in zip(acts, derivs, u_x.chunk(4, dim=2), u_r.chunk(4, dim=2), gates_x, gates_r)]
+        gates_x = [a(v) for a, v in zip(acts, u_x.chunk(4, dim=2), strict=False)]
+        gates_r = [a(v) for a, v in zip(acts, u_r.chunk(4, dim=2), strict=False)]
+        m = [secant(a, d, ux, ur, gx, gr, True) for a, d, ux, ur, gx, gr in zip(acts, derivs, u_x.chunk(4, dim=2), u_r.chunk(4, dim=2), gates_x, gates_r, strict=False)]
         (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = gates_x, gates_r
         c_new_x, c_new_r = _split(torch.stack(cells), batch)
         c_prev_x, c_prev_r = _split(torch.stack(previous), batch)

@@ -112,10 +112,10 @@ class RecurrentLayer(Rule):
         directions = len(layers[0])
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
-        for l, row in enumerate(layers):
+        for layer, row in enumerate(layers):
             outputs, outputs_r = [], []
             for d, weights in enumerate(row):
-                index = l * directions + d
+                index = layer * directions + d
                 seq, seq_r = (x, x_r) if d == 0 else (_reverse(x, layout), _reverse(x_r, layout))
                 states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
                 out, out_r, h_last, c_last = self._layer(weights, layout.mask, seq, seq_r, *states)

@@ -77,7 +77,7 @@ class OpCall:
         output and ``evaluate(references)`` the reference-side output.
         """
         leaves = list(self.leaves)
-        for i, player in zip(self.tracked, players):
+        for i, player in zip(self.tracked, players, strict=False):
             leaves[i] = player
         args, kwargs = tree_unflatten(leaves, self.spec)
         return self.fn(*args, **kwargs)
@@ -139,6 +139,6 @@ class EvalOnly(Linear):
     ``is_active(call)`` tells from the call's arguments whether the training behaviour is on.
     """
 
-    def __init__(self, is_active: Callable[["OpCall"], bool], what: str) -> None:
+    def __init__(self, is_active: Callable[[OpCall], bool], what: str) -> None:
         self.is_active = is_active
         self.what = what

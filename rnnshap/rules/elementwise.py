@@ -62,7 +62,7 @@ class _MultiplierFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grads = [(grad * m).sum_to_size(shape) for m, shape in zip(ctx.saved_tensors, ctx.shapes)]
+        grads = [(grad * m).sum_to_size(shape) for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False)]
         return (None, *grads)
 
 

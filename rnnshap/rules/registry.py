@@ -12,7 +12,7 @@ Anything not listed here and applied to an input-dependent tensor is refused by 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -231,7 +231,7 @@ class RuleRegistry:
         self.ops: dict[OpKey, Rule] = dict(ops or {})
         self.modules: dict[type, Rule] = dict(modules or {})
 
-    def register(self, target: Any, rule: Rule) -> "RuleHandle":
+    def register(self, target: Any, rule: Rule) -> RuleHandle:
         """Use ``rule`` for ``target`` (an nn.Module subclass or a torch function)."""
         if not isinstance(rule, Rule):
             raise TypeError(f"rule must be an rnnshap.rules.Rule instance, got {rule!r}")
@@ -252,7 +252,7 @@ class RuleRegistry:
                 return rule
         return None
 
-    def merged(self, overrides: dict[Any, Rule] | None) -> "RuleRegistry":
+    def merged(self, overrides: dict[Any, Rule] | None) -> RuleRegistry:
         """A copy of this registry with ``overrides`` registered on top."""
         copy = RuleRegistry(self.ops, self.modules)
         for target, rule in (overrides or {}).items():
@@ -274,7 +274,7 @@ class RuleHandle:
         else:
             self._table[self._key] = self._previous
 
-    def __enter__(self) -> "RuleHandle":
+    def __enter__(self) -> RuleHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
