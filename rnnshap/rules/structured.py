@@ -184,7 +184,7 @@ class MaxReduction(Rule):
         reduce = torch.max if self.largest else torch.min
 
         def select(t: Tensor) -> tuple[Tensor, Tensor]:
-            return reduce(_moved_last(t, dims), dim=-1, keepdim=True)
+            return reduce(t, dim=-1, keepdim=True)
 
         flat_x = _moved_last(x, dims)
         flat_r = _moved_last(r, dims)

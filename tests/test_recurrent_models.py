@@ -1,0 +1,124 @@
+"""Models built around recurrent layers: attention, pooling over time, sequence outputs, tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+
+
+class Attention(nn.Module):
+    """Embedding → LSTM → softmax attention over time (weighted sum) → Linear."""
+
+    def __init__(self, vocabulary: int = 20) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, 5)
+        self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(12, 1)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        states, _ = self.lstm(self.embedding(tokens))
+        weights = torch.softmax(self.score(states).squeeze(-1), dim=1)
+        return self.out((weights.unsqueeze(-1) * states).sum(1))
+
+
+class Pooled(nn.Module):
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.pool = pool
+        self.gru = nn.GRU(3, 5, batch_first=True, num_layers=2)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(x)
+        pooled = states.mean(1) if self.pool == "mean" else states.max(dim=1).values
+        return self.out(pooled)
+
+
+class SequenceOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.lstm(x)[0])  # (N, T, 2)
+
+
+def _additivity(values: np.ndarray, outputs: np.ndarray, base: np.ndarray, feature_axes: tuple[int, ...]) -> float:
+    return float(np.abs(values.sum(feature_axes) - (outputs - base)).max())
+
+
+def test_embedding_lstm_attention_is_attributed_per_token_and_adds_up() -> None:
+    torch.manual_seed(0)
+    model = Attention().double().eval()
+    background, tokens = torch.randint(0, 20, (6, 9)), torch.randint(0, 20, (4, 9))
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(tokens)
+    assert values.shape == (4, 9, 3)
+    with torch.no_grad():
+        outputs = model(tokens).numpy()
+        base = model(background).mean(0).numpy()
+    assert _additivity(values, outputs, base, (1,)) < 1e-10
+    # a token equal to every reference token at its position gets no attribution
+    same = background[0:1].clone()
+    single = rnnshap.DeepExplainer(model, background[0:1]).shap_values(same)
+    assert np.abs(single).max() == 0.0
+
+
+def test_token_mask_computed_from_the_tokens_is_refused() -> None:
+    class Masked(Attention):
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return super().forward(tokens) * (tokens != 0).any(1, keepdim=True)
+
+    with pytest.raises(rnnshap.InputError, match="separate input"):
+        rnnshap.DeepExplainer(Masked().eval(), torch.randint(0, 20, (3, 5)))
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooling_over_time_adds_up(pool: str) -> None:
+    torch.manual_seed(1)
+    model = Pooled(pool).double().eval()
+    background, x = torch.randn(5, 7, 3, dtype=torch.float64), torch.randn(3, 7, 3, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(x)
+    with torch.no_grad():
+        outputs = model(x).numpy()
+    assert values.shape == (3, 7, 3, 2)
+    assert _additivity(values, outputs, explainer.expected_value, (1, 2)) < 1e-10
+
+
+def test_sequence_output_explains_all_outputs_or_the_chosen_ones() -> None:
+    torch.manual_seed(2)
+    model = SequenceOutput().double().eval()
+    background, x = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(2, 6, 3, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    everything = explainer.shap_values(x)
+    assert everything.shape == (2, 6, 3, 6, 2)
+    with torch.no_grad():
+        outputs = model(x).numpy()
+    assert _additivity(everything, outputs, explainer.expected_value, (1, 2)) < 1e-10
+    chosen = explainer.shap_values(x, outputs=[(5, 1), (2, 0), (-1, 0)])
+    assert chosen.shape == (2, 6, 3, 3)
+    np.testing.assert_array_equal(chosen[..., 0], everything[..., 5, 1])
+    np.testing.assert_array_equal(chosen[..., 1], everything[..., 2, 0])
+    np.testing.assert_array_equal(chosen[..., 2], everything[..., 5, 0])
+    # causality: the output at step 2 owes nothing to later inputs
+    assert np.abs(everything[:, 3:, :, 2, :]).max() == 0.0
+    with pytest.raises(ValueError, match="output shape"):
+        explainer.shap_values(x, outputs=[(6, 0)])
+
+
+def test_all_outputs_in_one_batched_backward_equal_one_output_at_a_time() -> None:
+    torch.manual_seed(3)
+    model = Pooled("mean").double().eval()
+    background, x = torch.randn(5, 7, 3, dtype=torch.float64), torch.randn(3, 7, 3, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    together = explainer.shap_values(x)
+    for k in range(2):
+        alone = explainer.shap_values(x, outputs=[k])[..., 0]
+        np.testing.assert_allclose(together[..., k], alone, rtol=0, atol=1e-14)
