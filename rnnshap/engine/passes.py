@@ -37,11 +37,23 @@ def _shapes(leaves: list[Any], tracked: tuple[int, ...]) -> tuple[tuple[int, ...
     return tuple(tuple(leaves[i].shape) for i in tracked)
 
 
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """``inspect.signature(fn)``, cached (it is slow and asked for on every operation)."""
     try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):
+        return _SIGNATURES[fn]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
         return None
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    _SIGNATURES[fn] = signature
+    return signature
 
 
 def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any], Tensor | None]:
