@@ -63,8 +63,17 @@ class DeepExplainer:
         # The background runs as a reference pass, which also finds unsupported operations now and
         # tells which integer inputs are token ids (they feed an embedding) and which are context.
         integer_inputs = [i for i, b in enumerate(self.data) if not b.is_floating_point()]
-        with torch.no_grad():
-            outputs, probe = run_pass(model, list(self.data), self._registry(), Tape(), replay=False, follow=integer_inputs)
+        try:
+            with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
+                outputs, probe = run_pass(model, [b.clone() for b in self.data], self._registry(), Tape(), replay=False, follow=integer_inputs)
+        except RuntimeError as error:
+            if not integer_inputs:
+                raise
+            raise InputError(
+                f"The model failed on the background ({error}). Input(s) {integer_inputs} are integers: rnnshap "
+                "treats integer inputs as token ids (when they feed an nn.Embedding) or as context such as lengths "
+                "(used as given). If they are numbers to attribute to, pass them as floating point."
+            ) from error
         for index in sorted(probe.token_uses & set(probe.context_uses)):
             raise InputError(
                 f"Input {index} holds token ids that feed an embedding, and {probe.context_uses[index]} also uses "
@@ -200,7 +209,8 @@ class DeepExplainer:
             ]
             leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
             with torch.no_grad():
-                ref_outputs, _ = run_pass(self.model, references, registry, tape := Tape(), replay=False, follow=self.token_inputs)
+                copies = [r.clone() for r in references]  # forward() may work in place on its inputs
+                ref_outputs, _ = run_pass(self.model, copies, registry, tape := Tape(), replay=False, follow=self.token_inputs)
             with torch.enable_grad():
                 outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True, follow=self.token_inputs)
                 flat = outputs.reshape(outputs.shape[0], -1)

@@ -72,8 +72,8 @@ def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
         if plain is not None:
             return plain, args, kwargs, args[0]
     if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], Tensor):
-        owner = torch.Tensor if "Tensor" in getattr(func, "__qualname__", "") else torch
-        plain = getattr(owner, name[:-1], None)
+        owners = (torch.Tensor,) if "Tensor" in getattr(func, "__qualname__", "") else (torch, torch._C._nn, torch.nn.functional)
+        plain = next((getattr(owner, name[:-1]) for owner in owners if hasattr(owner, name[:-1])), None)
         if plain is not None:
             return plain, args, kwargs, args[0]
     if kwargs.get("inplace") is True:
@@ -219,10 +219,8 @@ class AttributionMode(TorchFunctionMode):
             )
 
         if rule.is_linear(call):
-            if self.replay:
-                self.tape.take(key, name, call.tracked, shapes)
-            else:
-                self.tape.append(TapeEntry(key, name, call.tracked, shapes))
+            # Linear operations need nothing from the reference pass and stay off the tape: the
+            # input pass may run extra ones (autograd's backward hooks wrap inputs in views).
             result = func(*args, **kwargs)
             if isinstance(rule, Constant):
                 return result

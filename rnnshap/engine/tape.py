@@ -11,11 +11,10 @@ from ..errors import TapeMismatchError
 
 @dataclass
 class TapeEntry:
-    """One operation on input-dependent tensors, as the reference pass ran it.
+    """One operation with a rule other than the gradient, as the reference pass ran it.
 
-    ``references`` holds copies of the input-dependent operands for operations that have a rule
-    other than the gradient; linear operations keep only their name and shapes, which is enough
-    to tell when the two passes diverge.
+    ``references`` holds copies of its input-dependent operands; the name and shapes tell when the
+    two passes diverge.
     """
 
     key: object
