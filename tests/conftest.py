@@ -51,7 +51,7 @@ def as_list(x: object) -> list:
 
 def model_outputs(model: torch.nn.Module, inputs: object) -> np.ndarray:
     """The model's outputs on ``inputs`` (a tensor or a list of tensors), as float64 ``(n, k)``."""
-    tensors = [torch.as_tensor(t) for t in as_list(inputs)]
+    tensors = [torch.as_tensor(t).clone() for t in as_list(inputs)]  # a model may modify its input in place
     with torch.no_grad():
         out = model(*tensors)
     return out.reshape(out.shape[0], -1).detach().to(torch.float64).cpu().numpy()
@@ -89,6 +89,9 @@ def assert_additive(values: ArrayOrList, model: torch.nn.Module, X: object, back
 
 def relative_to_max(a: ArrayOrList, b: ArrayOrList) -> float:
     """max|a − b| / max|b| over every array of a (list of) array(s)."""
-    diff = max(float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()) for x, y in zip(as_list(a), as_list(b)))
+    diff = max(
+        float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max())
+        for x, y in zip(as_list(a), as_list(b), strict=True)
+    )
     scale = max(float(np.abs(np.asarray(y, np.float64)).max()) for y in as_list(b))
     return diff / max(scale, np.finfo(np.float64).tiny)

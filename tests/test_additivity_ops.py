@@ -50,7 +50,9 @@ def _den(z: Tensor) -> Tensor:
     return torch.sigmoid(z) + 0.5
 
 
-def _inplace(method: str, *extra: Any, prepare: Callable[[Tensor], Tensor] = lambda z: z, **kw: Any) -> Callable[[Tensor], Tensor]:
+def _inplace(
+    method: str, *extra: Any, prepare: Callable[[Tensor], Tensor] = lambda z: z, **kw: Any
+) -> Callable[[Tensor], Tensor]:
     def f(z: Tensor) -> Tensor:
         z = prepare(z)
         getattr(z, method)(*extra, **kw)
@@ -202,29 +204,16 @@ FORMS: list[Form] = [
 ]
 
 
-_UNDERSCORE_BUG = (
-    "bug: the in-place functionals of torch._C._nn (F.hardtanh_, F.elu_, F.leaky_relu_) are not mapped to "
-    "their out-of-place form by engine/passes.py::_out_of_place, which looks the plain name up on torch only"
-)
-_MAX_DIM_BUG = (
-    "bug: MaxReduction over a dim other than the last moves the reduced dims to the end twice "
-    "(rules/structured.py, MaxReduction.attribute: select() re-applies _moved_last to the already moved tensor)"
-)
 #: forms that expose library bugs: strict xfail in the per-form test, left out of the random draws
-KNOWN_BUGS = {
-    "hardtanh-functional-underscore": _UNDERSCORE_BUG,
-    "elu-functional-underscore": _UNDERSCORE_BUG,
-    "leaky_relu-functional-underscore": _UNDERSCORE_BUG,
-    "max-functional-keepdim": _MAX_DIM_BUG,
-    "amax-method-dims": _MAX_DIM_BUG,
-    "min-functional-dim": _MAX_DIM_BUG,
-}
+KNOWN_BUGS: dict[str, str] = {}
 WORKING_FORMS = [f for f in FORMS if f.id not in KNOWN_BUGS]
 
 
 def _with_known_bugs(forms: list[Form]) -> list[Any]:
     return [
-        pytest.param(f, id=f.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f.id])) if f.id in KNOWN_BUGS else pytest.param(f, id=f.id)
+        pytest.param(f, id=f.id, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[f.id]))
+        if f.id in KNOWN_BUGS
+        else pytest.param(f, id=f.id)
         for f in forms
     ]
 
@@ -280,7 +269,9 @@ class OpNet(nn.Module):
         return self.head(x)
 
 
-def _inputs(seed: int, d: int, n_bg: int, n_x: int, dtype: torch.dtype, spread: float, with_edge_cases: bool) -> tuple[Tensor, Tensor]:
+def _inputs(
+    seed: int, d: int, n_bg: int, n_x: int, dtype: torch.dtype, spread: float, with_edge_cases: bool
+) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     background = torch.randn(n_bg, d, generator=g, dtype=dtype) * spread
     X = torch.randn(n_x, d, generator=g, dtype=dtype) * spread
@@ -291,8 +282,19 @@ def _inputs(seed: int, d: int, n_bg: int, n_x: int, dtype: torch.dtype, spread: 
     return background, X
 
 
-def _explain(specs: list[Form], dtype: torch.dtype, seed: int = 0, d: int = 5, k: int = 3, n_bg: int = 6, n_x: int = 4,
-             spread: float = 1.0, scale: float = 1.0, edge: bool = True, **kw: Any) -> tuple[np.ndarray, nn.Module, Tensor, Tensor]:
+def _explain(
+    specs: list[Form],
+    dtype: torch.dtype,
+    seed: int = 0,
+    d: int = 5,
+    k: int = 3,
+    n_bg: int = 6,
+    n_x: int = 4,
+    spread: float = 1.0,
+    scale: float = 1.0,
+    edge: bool = True,
+    **kw: Any,
+) -> tuple[np.ndarray, nn.Module, Tensor, Tensor]:
     torch.manual_seed(seed)
     model = OpNet(d, specs, k, dtype, scale)
     background, X = _inputs(seed, d, n_bg, n_x, dtype, spread, edge)
@@ -320,9 +322,33 @@ def test_op_table_covers_every_op_in_every_form_kind() -> None:
     """Bookkeeping: the issue's op list is fully present, with module/functional/method forms."""
     ops = {f.op for f in FORMS}
     required = {
-        "sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "silu", "softplus", "exp", "log", "sqrt", "rsqrt",
-        "hardtanh", "clamp", "mul", "div", "maximum", "minimum", "pow", "softmax", "log_softmax", "max_pool1d",
-        "max_pool2d", "max_pool3d", "max", "amax",
+        "sigmoid",
+        "tanh",
+        "relu",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "gelu",
+        "silu",
+        "softplus",
+        "exp",
+        "log",
+        "sqrt",
+        "rsqrt",
+        "hardtanh",
+        "clamp",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "pow",
+        "softmax",
+        "log_softmax",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "max",
+        "amax",
     }
     assert required <= ops
     kinds = {f.form.split("-")[0] for f in FORMS}
@@ -393,6 +419,51 @@ def test_gradient_times_delta_misses_additivity_but_rules_do_not() -> None:
 def test_gradient_rule_on_a_nonlinearity_breaks_additivity() -> None:
     """DeepSHAP with the plain gradient through tanh (a Linear rule) does not add up."""
     spec = next(f for f in FORMS if f.id == "tanh-functional")
-    values, model, X, background = _explain([spec], torch.float64, scale=2.0, spread=2.0, edge=False,
-                                            rules={torch.tanh: rnnshap.rules.Linear()})
+    values, model, X, background = _explain(
+        [spec], torch.float64, scale=2.0, spread=2.0, edge=False, rules={torch.tanh: rnnshap.rules.Linear()}
+    )
     assert additivity_excess(values, model, X, background).max() > 1e-3
+
+
+# -- structures shap gets wrong ----------------------------------------------------------------------
+class SharedModules(nn.Module):
+    """The same Linear and the same Tanh module applied twice (shap's module hooks mix them up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(self.lin(self.act(self.lin(x)))))
+
+
+class InputProduct(nn.Module):
+    """Two model inputs meeting in a product and a division."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        u, v = self.a(a), self.b(b)
+        return u * torch.sigmoid(v) + u / (v.exp() + 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_module_used_twice_is_additive(dtype: torch.dtype) -> None:
+    model = SharedModules().to(dtype).eval()
+    background, X = torch.randn(6, 4, dtype=dtype) * 2, torch.randn(4, 4, dtype=dtype) * 2
+    values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)
+    assert_additive(values, model, X, background, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_two_inputs_meeting_in_nonlinear_ops_are_additive(dtype: torch.dtype) -> None:
+    model = InputProduct().to(dtype).eval()
+    background = [torch.randn(6, 4, dtype=dtype), torch.randn(6, 2, dtype=dtype)]
+    X = [torch.randn(3, 4, dtype=dtype), torch.randn(3, 2, dtype=dtype)]
+    values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)
+    assert [v.shape for v in values] == [(3, 4, 3), (3, 2, 3)]
+    assert_additive(values, model, X, background, dtype)

@@ -87,12 +87,24 @@ class Case:
 
 
 CASES = [
-    Case("mlp_relu", lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)), ((6,),), smooth=False),
+    Case(
+        "mlp_relu",
+        lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)),
+        ((6,),),
+        smooth=False,
+    ),
     Case("mlp_sigmoid", lambda: nn.Sequential(nn.Linear(6, 16), nn.Sigmoid(), nn.Linear(16, 3)), ((6,),), smooth=True),
-    Case("mlp_tanh", lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)), ((6,),), smooth=True),
+    Case(
+        "mlp_tanh",
+        lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)),
+        ((6,),),
+        smooth=True,
+    ),
     Case(
         "mlp_mixed",
-        lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 4)),
+        lambda: nn.Sequential(
+            nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 4)
+        ),
         ((6,),),
         smooth=True,
     ),
@@ -120,7 +132,9 @@ CASES = [
     Case("conv2d_bn_maxpool", ConvImageNet, ((2, 8, 8),), smooth=False),
     Case(
         "conv2d_maxpool_tanh_head",
-        lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 6), nn.Tanh(), nn.Linear(6, 3)),
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 6), nn.Tanh(), nn.Linear(6, 3)
+        ),
         ((1, 8, 8),),
         smooth=True,
     ),
@@ -165,7 +179,7 @@ def test_float32_values_match_shap(case: Case) -> None:
 
     # same container types and shapes as shap
     assert type(values) is type(shap_values)
-    for v, s in zip(as_list(values), as_list(shap_values)):
+    for v, s in zip(as_list(values), as_list(shap_values), strict=True):
         assert isinstance(v, np.ndarray) and isinstance(s, np.ndarray)
         assert v.shape == s.shape
     np.testing.assert_allclose(np.asarray(ours.expected_value), np.asarray(theirs.expected_value), rtol=1e-6, atol=1e-7)
@@ -186,7 +200,9 @@ def test_float64_values_match_shap(case: Case) -> None:
 
 
 @pytest.mark.parametrize("order", ["max", "min", "max_abs"])
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("mlp_mixed", "conv2d_bn_maxpool", "two_inputs")], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name in ("mlp_mixed", "conv2d_bn_maxpool", "two_inputs")], ids=lambda c: c.name
+)
 def test_ranked_outputs_match_shap(case: Case, order: str) -> None:
     model = _model(case)
     background, X = _data(case, torch.float32)
@@ -199,9 +215,13 @@ def test_ranked_outputs_match_shap(case: Case, order: str) -> None:
     assert isinstance(ranks, torch.Tensor) and isinstance(shap_ranks, torch.Tensor)
     assert torch.equal(ranks.to(torch.int64), shap_ranks.to(torch.int64))
     assert type(values) is type(shap_values)
-    for v, s in zip(as_list(values), as_list(shap_values)):
+    for v, s in zip(as_list(values), as_list(shap_values), strict=True):
         assert isinstance(v, np.ndarray) and v.shape == s.shape
-    reference = _exact_reference(model, background, X, ranked_outputs=k, output_rank_order=order, check_additivity=False)[0] if case.smooth else shap_values
+    reference = (
+        _exact_reference(model, background, X, ranked_outputs=k, output_rank_order=order, check_additivity=False)[0]
+        if case.smooth
+        else shap_values
+    )
     assert relative_to_max(values, reference) <= PARITY_TOL_F32
 
 

@@ -46,17 +46,19 @@ def _softmax_parts(call: OpCall) -> tuple[Tensor, Tensor, int]:
 
 
 class Softmax(Rule):
-    r"""softmax(x) = e / Σe with e = exp(x − c): Rescale on exp, linear sum, Shapley on the division.
+    r"""softmax(x) = exp(log_softmax(x)), each part by its rule: Rescale on exp, the linear sum,
+    Rescale on log, the linear difference, Rescale on the final exp.
 
-    c is the larger of the row maxima of x and r, shared by both, which keeps exp finite and
-    changes no attribution.
+    DESIGN.md first proposed e / Σe with Shapley on the division; its cross terms e/Σe_r grow
+    like exp(max x − max r), so for confident logits the exact values reach 1e7 on an output in
+    [0, 1] and cancel, which float32 cannot carry. This decomposition stays bounded.
     """
 
     def attribute(self, call: OpCall) -> Any:
         x, r, dim = _softmax_parts(call)
         e, e_ref = rescale(torch.exp, x, r)
-        total, total_ref = e.sum(dim, keepdim=True), e_ref.sum(dim, keepdim=True)
-        output, _ = shapley(lambda p: p[0] / p[1], [e, total], [e_ref, total_ref])
+        log_total, log_total_ref = rescale(torch.log, e.sum(dim, keepdim=True), e_ref.sum(dim, keepdim=True))
+        output, _ = rescale(torch.exp, x - log_total, r - log_total_ref)
         return output
 
 

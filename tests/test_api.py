@@ -1,0 +1,180 @@
+"""The public API: ``explainer(X)`` → ``shap.Explanation``, errors that say what failed, rank orders."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+
+from .conftest import additivity_excess, model_outputs
+
+shap = pytest.importorskip("shap")
+
+Tensor = torch.Tensor
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.a(a) + self.b(b)))
+
+
+def _mlp(k: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, k)).eval()
+
+
+# -- explainer(X) ---------------------------------------------------------------------------------------------------
+def test_call_returns_explanation_with_values_base_values_and_data() -> None:
+    model = _mlp()
+    background, X = torch.randn(6, 5), torch.randn(4, 5)
+    explanation = rnnshap.DeepExplainer(model, background)(X)
+    assert isinstance(explanation, shap.Explanation)
+    values = np.asarray(explanation.values)
+    base = np.asarray(explanation.base_values)
+    assert values.shape == (4, 5, 3)
+    assert base.shape == (4, 3)
+    np.testing.assert_allclose(base, np.broadcast_to(model_outputs(model, background).mean(0), (4, 3)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(explanation.data), X.numpy())
+    # the explanation adds up on its own: base + Σ values = f(x)
+    np.testing.assert_allclose(base + values.sum(1), model_outputs(model, X), rtol=1e-5, atol=1e-5)
+
+
+def test_call_with_feature_names() -> None:
+    names = [f"f{i}" for i in range(5)]
+    explanation = rnnshap.DeepExplainer(_mlp(), torch.randn(6, 5))(torch.randn(2, 5), feature_names=names)
+    assert list(explanation.feature_names) == names
+
+
+def test_call_on_multi_input_model_returns_one_explanation_per_input() -> None:
+    model = TwoInputs().eval()
+    background = [torch.randn(5, 4), torch.randn(5, 3)]
+    X = [torch.randn(3, 4), torch.randn(3, 3)]
+    explanations = rnnshap.DeepExplainer(model, background)(X)
+    assert isinstance(explanations, list) and len(explanations) == 2
+    for explanation, x in zip(explanations, X, strict=True):
+        assert isinstance(explanation, shap.Explanation)
+        assert np.asarray(explanation.values).shape == (*x.shape, 2)
+        assert np.asarray(explanation.base_values).shape == (3, 2)
+        np.testing.assert_array_equal(np.asarray(explanation.data), x.numpy())
+    total = sum(np.asarray(e.values).reshape(3, -1, 2).sum(1) for e in explanations)
+    np.testing.assert_allclose(np.asarray(explanations[0].base_values) + total, model_outputs(model, X), rtol=1e-5, atol=1e-5)
+
+
+def test_call_without_shap_raises_import_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    explainer = rnnshap.DeepExplainer(_mlp(), torch.randn(6, 5))
+    X = torch.randn(2, 5)
+    monkeypatch.setitem(sys.modules, "shap", None)  # `import shap` now raises ImportError
+    with pytest.raises(ImportError, match=re.escape("rnnshap[shap]")):
+        explainer(X)
+    values = explainer.shap_values(X)
+    assert isinstance(values, np.ndarray) and values.shape == (2, 5, 3)
+
+
+def test_numpy_inputs_give_the_same_values_as_tensors() -> None:
+    model = _mlp()
+    background, X = torch.randn(6, 5), torch.randn(3, 5)
+    from_tensors = rnnshap.DeepExplainer(model, background).shap_values(X)
+    from_arrays = rnnshap.DeepExplainer(model, background.numpy()).shap_values(X.numpy())
+    assert isinstance(from_arrays, np.ndarray)
+    np.testing.assert_array_equal(from_arrays, from_tensors)
+    assert additivity_excess(from_arrays, model, X, background).max() <= 1e-5
+
+
+def test_multi_input_numpy_and_tuple_inputs() -> None:
+    model = TwoInputs().eval()
+    background = (
+        np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32),
+        np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32),
+    )
+    X = [
+        np.random.default_rng(2).normal(size=(2, 4)).astype(np.float32),
+        np.random.default_rng(3).normal(size=(2, 3)).astype(np.float32),
+    ]
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert isinstance(values, list) and [v.shape for v in values] == [(2, 4, 2), (2, 3, 2)]
+    tensors = [torch.from_numpy(x) for x in X]
+    assert additivity_excess(values, model, tensors, [torch.from_numpy(b) for b in background]).max() <= 1e-5
+
+
+# -- additivity errors --------------------------------------------------------------------------------------------------
+def test_wrong_custom_rule_raises_additivity_error_naming_sample_and_output() -> None:
+    """Linear() for tanh is the plain gradient: the values cannot add up, and the error says where."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
+    with torch.no_grad():
+        model[0].weight.mul_(3)
+    background, X = torch.randn(6, 5, dtype=torch.float64) * 2, torch.randn(4, 5, dtype=torch.float64) * 2
+    explainer = rnnshap.DeepExplainer(model, background, rules={torch.tanh: rnnshap.rules.Linear()})
+    with pytest.raises(rnnshap.AdditivityError) as info:
+        explainer.shap_values(X)
+    assert isinstance(info.value, AssertionError)  # shap users catch AssertionError
+    match = re.search(r"sample (\d+), output (\d+)", str(info.value))
+    assert match, f"no sample/output in: {info.value}"
+    sample, output = int(match.group(1)), int(match.group(2))
+
+    values = explainer.shap_values(X, check_additivity=False)
+    assert isinstance(values, np.ndarray) and values.shape == (4, 5, 3)
+    excess = additivity_excess(values, model, X, background)
+    assert excess.max() > 1e-3
+    # the pair the message names is the worst one (or at least one that fails)
+    assert excess[sample, output] > 1e-6
+    assert excess[sample, output] >= 0.5 * excess.max()
+
+
+def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
+    class Grid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(5, 6)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.tanh(self.lin(x) * 3).reshape(-1, 2, 3)
+
+    background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(Grid().double().eval(), background, rules={torch.tanh: rnnshap.rules.Linear()})
+    with pytest.raises(rnnshap.AdditivityError, match=r"sample [01], output [0-5]\b"):
+        explainer.shap_values(X)
+    assert explainer.shap_values(X, check_additivity=False).shape == (2, 5, 2, 3)
+
+
+# -- ranked outputs ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ["max", "min", "max_abs"])
+def test_ranked_outputs_select_by_order_and_match_unranked_values(order: str) -> None:
+    torch.manual_seed(0)
+    model = _mlp(k=5)
+    background, X = torch.randn(6, 5), torch.randn(4, 5)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values, ranks = explainer.shap_values(X, ranked_outputs=2, output_rank_order=order)
+    scores = model_outputs(model, X)
+    key = {"max": -scores, "min": scores, "max_abs": -np.abs(scores)}[order]
+    assert isinstance(ranks, torch.Tensor)
+    np.testing.assert_array_equal(ranks.numpy(), np.argsort(key, axis=1, kind="stable")[:, :2])
+    assert values.shape == (4, 5, 2)
+    full = explainer.shap_values(X)  # (4, 5, 5)
+    for i in range(4):
+        for c in range(2):
+            np.testing.assert_allclose(values[i, :, c], full[i, :, int(ranks[i, c])], rtol=1e-6, atol=1e-7)
+
+
+def test_bad_rank_order_is_rejected() -> None:
+    explainer = rnnshap.DeepExplainer(_mlp(), torch.randn(6, 5))
+    with pytest.raises(ValueError, match="output_rank_order"):
+        explainer.shap_values(torch.randn(2, 5), ranked_outputs=1, output_rank_order="median")
+
+
+def test_expected_value_is_background_mean_of_outputs() -> None:
+    model = _mlp()
+    background = torch.randn(7, 5)
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert isinstance(explainer.expected_value, np.ndarray)
+    np.testing.assert_allclose(explainer.expected_value, model_outputs(model, background).mean(0), rtol=1e-6, atol=1e-7)
