@@ -12,8 +12,9 @@ one warm-up run:
    (its own check fails on recurrent layers; the error is computed here instead);
 4. ``captum DeepLiftShap``: ``DeepLiftShap(model).attribute(X, baselines=background, target=0)``;
 5. ``captum IG-50``: ``IntegratedGradients(model).attribute(..., n_steps=50)`` averaged over the
-   background rows as baselines (``--ig-mode``: one call with the pairs tiled, or one call per
-   background row).
+   background rows as baselines (``--ig-mode``: ``loop``, the default, is one call per background
+   row on all inputs, inputs × 50 rows per forward; ``tiled`` is one call on all pairs, pairs × 50
+   rows. ``loop`` measured 1.2–2.8× faster, and internal_batch_size did not help).
 
 and prints, per method, seconds, ratio to ``native`` and the relative additivity error
 
@@ -28,13 +29,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import platform
 import pstats
 import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,21 +110,21 @@ def make_problem(config: Config, seed: int) -> tuple[nn.Module, torch.Tensor, to
 @dataclass
 class Result:
     method: str
-    seconds: float | None = None
+    seconds: float | None = None  # median
+    fastest: float | None = None  # min
     error: float | None = None  # relative additivity error; None where it does not apply
     crashed: str | None = None
-    note: str = ""
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run, and its last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+@dataclass
+class Method:
+    """One row of a table: ``call()`` runs the method once and returns its attributions (or None)."""
+
+    name: str
+    call: Callable[[], Any]
+    times: list[float] = field(default_factory=list)
+    output: Any = None
+    crashed: str | None = None
 
 
 def additivity_error(phi: Any, model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> float:
@@ -142,55 +144,47 @@ def additivity_error(phi: Any, model: nn.Module, x: torch.Tensor, background: to
     return float(np.max(np.abs(totals - delta)) / np.max(np.abs(delta)))
 
 
-def run_native(model: nn.Module, x: torch.Tensor, background: torch.Tensor, repeats: int) -> Result:
-    n, m = x.shape[0], background.shape[0]
-    tiled = x.repeat_interleave(m, dim=0)  # the same (input, reference) pair layout rnnshap uses
+def native(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
+    """Forward + backward of the model on all pairs, gradient w.r.t. the input only.
 
-    def step() -> torch.Tensor:
+    ``torch.autograd.grad`` rather than ``.backward()``: no attribution method needs the
+    parameter gradients, and rnnshap does not compute them either.
+    """
+    tiled = x.repeat_interleave(background.shape[0], dim=0)  # the (input, reference) pair layout rnnshap uses
+
+    def call() -> None:
         leaf = tiled.detach().requires_grad_(True)
-        model(leaf).sum().backward()
-        assert leaf.grad is not None
-        return leaf.grad
+        torch.autograd.grad(model(leaf).sum(), leaf)
 
-    assert tiled.shape[0] == n * m
-    seconds, _ = timed(step, repeats)
-    model.zero_grad(set_to_none=True)
-    return Result("native fwd+bwd (tiled)", seconds)
+    return Method("native fwd+bwd (tiled)", call)
 
 
-def run_rnnshap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, repeats: int) -> Result:
+def with_rnnshap(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
     pairs = x.shape[0] * background.shape[0]
     explainer = rnnshap.DeepExplainer(model, background, batch_size=max(pairs, 2048))
-    seconds, phi = timed(lambda: explainer.shap_values(x, check_additivity=True), repeats)
-    return Result("rnnshap DeepExplainer", seconds, additivity_error(phi, model, x, background))
+    return Method("rnnshap DeepExplainer", lambda: explainer.shap_values(x, check_additivity=True))
 
 
-def run_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, repeats: int) -> Result:
+def with_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
     import shap
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        explainer = shap.DeepExplainer(model, background)
-        seconds, phi = timed(lambda: explainer.shap_values(x, check_additivity=False), repeats)
-    return Result("shap DeepExplainer", seconds, additivity_error(phi, model, x, background))
+    explainer = shap.DeepExplainer(model, background)
+    return Method("shap DeepExplainer", lambda: explainer.shap_values(x, check_additivity=False))
 
 
-def run_captum_dls(model: nn.Module, x: torch.Tensor, background: torch.Tensor, repeats: int) -> Result:
+def with_captum_dls(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
     from captum.attr import DeepLiftShap
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        method = DeepLiftShap(model)
-        seconds, phi = timed(lambda: method.attribute(x, baselines=background, target=0), repeats)
-    return Result("captum DeepLiftShap", seconds, additivity_error(phi, model, x, background))
+    method = DeepLiftShap(model)
+    return Method("captum DeepLiftShap", lambda: method.attribute(x, baselines=background, target=0))
 
 
-def run_captum_ig(model: nn.Module, x: torch.Tensor, background: torch.Tensor, repeats: int, mode: str) -> Result:
+def with_captum_ig(model: nn.Module, x: torch.Tensor, background: torch.Tensor, mode: str) -> Method:
     """Integrated Gradients, n_steps = 50, averaged over the background rows as baselines.
 
-    ``tiled``: one ``attribute`` call on all (input, baseline) pairs (pairs × 50 rows in one
-    forward/backward), then the mean over baselines. ``loop``: one call per background row with
-    that row broadcast as the baseline of all inputs (inputs × 50 rows per call).
+    ``loop``: one ``attribute`` call per background row, broadcast as the baseline of all inputs
+    (inputs × 50 rows per forward/backward). ``tiled``: one call on all (input, baseline) pairs
+    (pairs × 50 rows), then the mean over baselines.
     """
     from captum.attr import IntegratedGradients
 
@@ -201,48 +195,100 @@ def run_captum_ig(model: nn.Module, x: torch.Tensor, background: torch.Tensor, r
         tiled_x = x.repeat_interleave(m, dim=0)
         tiled_b = background.repeat(n, 1, 1)
 
-        def attribute() -> torch.Tensor:
+        def call() -> torch.Tensor:
             phi = method.attribute(tiled_x, baselines=tiled_b, target=0, n_steps=50)
             return phi.reshape(n, m, *x.shape[1:]).mean(1)
     else:
 
-        def attribute() -> torch.Tensor:
+        def call() -> torch.Tensor:
             total = torch.zeros_like(x)
             for r in range(m):
                 total += method.attribute(x, baselines=background[r : r + 1], target=0, n_steps=50)
             return total / m
 
-    seconds, phi = timed(attribute, repeats)
-    return Result(f"captum IG-50 ({mode})", seconds, additivity_error(phi, model, x, background))
+    return Method(f"captum IG-50 ({mode})", call)
 
 
-def guarded(name: str, fn: Callable[[], Result]) -> Result:
-    try:
-        return fn()
-    except Exception as error:  # a peer crashing is a result, not the end of the run
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
-        if len(message) > 160:
-            message = message[:157] + "..."
-        return Result(name, crashed=message)
+def crash_message(error: BaseException) -> str:
+    message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    return message if len(message) <= 160 else message[:157] + "..."
+
+
+def measure(
+    factories: list[tuple[str, Callable[[], Method]]],
+    model: nn.Module,
+    x: torch.Tensor,
+    background: torch.Tensor,
+    repeats: int,
+    label: str,
+) -> list[Result]:
+    """Build every method, warm each up once, then time them round-robin ``repeats`` times.
+
+    Round-robin (rather than all repeats of one method, then the next) spreads any slowdown of a
+    shared machine over all methods alike, so the ratios stay meaningful. A method that raises
+    (when built, warmed up or timed) is reported as crashed and leaves the rotation.
+    """
+    methods = []
+    for name, factory in factories:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                method = factory()
+        except Exception as error:  # a peer crashing is a result, not the end of the run
+            method = Method(name, lambda: None, crashed=crash_message(error))
+        methods.append(method)
+    for round_ in range(repeats + 1):  # round 0 is the warm-up
+        for method in methods:
+            if method.crashed is not None:
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    start = time.perf_counter()
+                    output = method.call()
+                    elapsed = time.perf_counter() - start
+            except Exception as error:
+                method.crashed = crash_message(error)
+                continue
+            if round_ == 0:
+                method.output = output
+            else:
+                method.times.append(elapsed)
+        print(f"  [{label}] round {round_}/{repeats} done", file=sys.stderr, flush=True)
+
+    results = []
+    for method in methods:
+        if method.crashed is not None:
+            results.append(Result(method.name, crashed=method.crashed))
+            continue
+        error = None
+        if method.output is not None:
+            try:
+                error = additivity_error(method.output, model, x, background)
+            except Exception as failure:
+                results.append(Result(method.name, crashed=f"additivity check: {crash_message(failure)}"))
+                continue
+        results.append(Result(method.name, statistics.median(method.times), min(method.times), error))
+    return results
 
 
 # -- report ------------------------------------------------------------------------------------------
 def table(config: Config, results: list[Result]) -> str:
-    native = results[0].seconds
+    limit = results[0].seconds
     lines = [
         f"### Config {config.name}: {config.describe()}",
         "",
-        "| method | seconds | × native | additivity error (rel.) |",
-        "|---|---:|---:|---:|",
+        "| method | seconds (median) | seconds (min) | × native | additivity error (rel.) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in results:
         if r.crashed is not None:
-            lines.append(f"| {r.method} | crashed: {r.crashed} | | |")
+            lines.append(f"| {r.method} | crashed: {r.crashed} | | | |")
             continue
         assert r.seconds is not None
-        ratio = f"{r.seconds / native:.2f}" if native else "—"
+        ratio = f"{r.seconds / limit:.2f}" if limit else "—"
         error = "—" if r.error is None else f"{r.error:.2e}"
-        lines.append(f"| {r.method} | {r.seconds:.4f} | {ratio} | {error} |")
+        lines.append(f"| {r.method} | {r.seconds:.4f} | {r.fastest:.4f} | {ratio} | {error} |")
     return "\n".join(lines)
 
 
@@ -268,17 +314,29 @@ def profile_rnnshap(config: Config, seed: int, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models and data, one repeat: a smoke test (< 30 s)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per method after the warm-up (default 5; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny models and data, three repeats: a smoke test (< 30 s)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per method after the warm-up (default 5; 3 with --quick)"
+    )
     parser.add_argument("--configs", default="A,B,A-GRU", help="comma-separated subset of A, B, A-GRU (default all)")
-    parser.add_argument("--ig-mode", choices=["tiled", "loop"], default="tiled", help="how IG is averaged over baselines (default tiled: one call)")
+    parser.add_argument(
+        "--ig-mode",
+        choices=["tiled", "loop"],
+        default="loop",
+        help="how IG is averaged over baselines (default loop: one call per background row, measured fastest)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default alone)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peers", action="store_true", help="time only native and rnnshap")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the rnnshap call on the first config")
     parser.add_argument("--profile-top", type=int, default=15, help="functions shown by --profile (by cumulative time)")
     args = parser.parse_args(argv)
 
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     catalogue = QUICK_CONFIGS if args.quick else CONFIGS
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in catalogue]
@@ -296,36 +354,35 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# rnnshap {rnnshap.__version__} benchmark ({'quick' if args.quick else 'full'}): "
         f"{', '.join(versions)}; {platform.processor() or platform.machine()}, "
-        f"torch threads {torch.get_num_threads()}; median of {repeats} after 1 warm-up; float32, CPU"
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+        f"median of {repeats} after 1 warm-up; float32, CPU"
     )
     summary = []
     for name in names:
         config = catalogue[name]
         model, x, background = make_problem(config, args.seed)
-        runs: list[tuple[str, Callable[[], Result]]] = [
-            ("native fwd+bwd (tiled)", lambda: run_native(model, x, background, repeats)),
-            ("rnnshap DeepExplainer", lambda: run_rnnshap(model, x, background, repeats)),
+        factories: list[tuple[str, Callable[[], Method]]] = [
+            ("native fwd+bwd (tiled)", lambda: native(model, x, background)),
+            ("rnnshap DeepExplainer", lambda: with_rnnshap(model, x, background)),
         ]
         if not args.skip_peers:
-            runs += [
-                ("shap DeepExplainer", lambda: run_shap(model, x, background, repeats)),
-                ("captum DeepLiftShap", lambda: run_captum_dls(model, x, background, repeats)),
-                (f"captum IG-50 ({args.ig_mode})", lambda: run_captum_ig(model, x, background, repeats, args.ig_mode)),
+            factories += [
+                ("shap DeepExplainer", lambda: with_shap(model, x, background)),
+                ("captum DeepLiftShap", lambda: with_captum_dls(model, x, background)),
+                (f"captum IG-50 ({args.ig_mode})", lambda: with_captum_ig(model, x, background, args.ig_mode)),
             ]
-        results = []
-        for label, fn in runs:
-            results.append(guarded(label, fn))
-            print(f"  [{config.name}] {label}: done", file=sys.stderr, flush=True)
+        results = measure(factories, model, x, background, repeats, config.name)
         print()
         print(table(config, results))
-        native, ours, ig = seconds_of(results, "native"), seconds_of(results, "rnnshap"), seconds_of(results, "captum IG")
+        limit, ours, ig = seconds_of(results, "native"), seconds_of(results, "rnnshap"), seconds_of(results, "captum IG")
         parts = [f"config {config.name}:"]
-        parts.append(f"rnnshap/native = {ours / native:.2f}×" if ours and native else "rnnshap/native = n/a")
+        parts.append(f"rnnshap/native = {ours / limit:.2f}×" if ours and limit else "rnnshap/native = n/a")
         parts.append(f"IG-50/rnnshap = {ig / ours:.1f}×" if ig and ours else "IG-50/rnnshap = n/a")
         summary.append(" ".join(parts))
 
     print()
     print("Summary: " + "; ".join(summary))
+    print(f"(load average at the end: {os.getloadavg()[0]:.2f})")
 
     if args.profile:
         config = catalogue[names[0]]

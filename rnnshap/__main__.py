@@ -8,7 +8,10 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "demo":
-        print("usage: rnnshap demo [--samples N] [--layer lstm|gru|bidirectional] [--seed S] [--device D]")
+        print(
+            "usage: rnnshap demo [--samples N] [--layer lstm|gru|bidirectional] [--seed S] [--device D] [--epochs E] "
+            "[--background B] [--out FOLDER] [--no-report]"
+        )
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     from .demo import main as demo
 

@@ -1,23 +1,30 @@
 """The main job: train a small recurrent model on bundled data and explain it exactly.
 
 Each 8×8 handwritten digit is read row by row (8 time steps of 8 pixels). A small LSTM (or GRU,
-or bidirectional LSTM) learns to classify it in a few seconds on a CPU; rnnshap then explains
-held-out digits and reports how exactly the attributions add up.
+or bidirectional LSTM) learns to classify it in about a second on a CPU; rnnshap then explains
+held-out digits, prints how exactly the attributions add up, and writes a report folder
+(index.html with plots, the PNG files and summary.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import time
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from .explainer import DeepExplainer
+
+HIDDEN = 32
+TEST_SIZE = 300
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +37,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 class RowReader(nn.Module):
     """A recurrent layer over the image rows, then a linear read-out of the last hidden state."""
 
-    def __init__(self, layer: str, hidden: int = 32) -> None:
+    def __init__(self, layer: str, hidden: int = HIDDEN) -> None:
         super().__init__()
         bidirectional = layer == "bidirectional"
         cls = nn.GRU if layer == "gru" else nn.LSTM
@@ -45,55 +52,115 @@ class RowReader(nn.Module):
 @dataclass
 class DemoResult:
     model: RowReader
+    layer: str
+    seed: int
+    epochs: int
+    device: str
     accuracy: float
-    x: np.ndarray
+    x: np.ndarray  # (n, 8, 8) explained digits
     labels: np.ndarray
     predictions: np.ndarray
+    outputs: np.ndarray  # (n, 10) model outputs (logits) on the explained digits
     shap_values: np.ndarray  # (n, 8, 8, 10)
-    expected_value: np.ndarray
-    additivity_error: float
+    expected_value: np.ndarray  # (10,)
+    additivity_error: float  # max |Σφ − (f(x) − E[f])| over samples and classes
     train_seconds: float
     explain_seconds: float
+    n_train: int
+    n_test: int
+    n_background: int
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def kind(self) -> str:
+        return {"lstm": "LSTM", "gru": "GRU", "bidirectional": "bidirectional LSTM"}[self.layer]
+
+    def describe_model(self) -> str:
+        kind = self.kind
+        return f"{kind} (8 → {HIDDEN} per direction) over the 8 rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
 
 
-def run(samples: int = 8, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 15, background: int = 50) -> DemoResult:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    images, labels = load_digits()
-    order = rng.permutation(len(images))
-    test, train = order[:300], order[300:]
-    x_train = torch.from_numpy(images[train]).to(device)
-    y_train = torch.from_numpy(labels[train]).to(device)
-    model = RowReader(layer).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(train), device=device).split(128):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
-            optimizer.step()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    x_test = torch.from_numpy(images[test]).to(device)
-    with torch.no_grad():
-        accuracy = float((model(x_test).argmax(1).cpu().numpy() == labels[test]).mean())
-    explained = x_test[:samples]
-    reference = x_train[torch.from_numpy(rng.choice(len(train), background, replace=False)).to(device)]
-    start = time.perf_counter()
-    explainer = DeepExplainer(model, reference)
-    values = explainer.shap_values(explained)
-    explain_seconds = time.perf_counter() - start
-    with torch.no_grad():
-        outputs = model(explained).cpu().numpy()
+@contextlib.contextmanager
+def _deterministic(device: str) -> Iterator[None]:
+    """One CPU thread (the model is tiny: threads only add overhead and run-to-run variation) and
+    deterministic cuDNN, restored afterwards."""
+    threads = torch.get_num_threads()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.set_num_threads(1)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def run(
+    samples: int = 8, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
+) -> DemoResult:
+    """Train on all but 300 digits, explain the first ``samples`` held-out ones against ``background`` training digits."""
+    if layer not in ("lstm", "gru", "bidirectional"):
+        raise ValueError(f"layer must be 'lstm', 'gru' or 'bidirectional', got {layer!r}")
+    if not 1 <= samples <= TEST_SIZE:
+        raise ValueError(f"samples must be between 1 and {TEST_SIZE}, got {samples}")
+    with _deterministic(device):
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        images, labels = load_digits()
+        order = rng.permutation(len(images))
+        test, train = order[:TEST_SIZE], order[TEST_SIZE:]
+        x_train = torch.from_numpy(images[train]).to(device)
+        y_train = torch.from_numpy(labels[train]).to(device)
+        model = RowReader(layer).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        start = time.perf_counter()
+        for _ in range(epochs):
+            for batch in torch.randperm(len(train)).to(device).split(128):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+                optimizer.step()
+        train_seconds = time.perf_counter() - start
+        model.eval()
+        x_test = torch.from_numpy(images[test]).to(device)
+        with torch.no_grad():
+            accuracy = float((model(x_test).argmax(1).cpu().numpy() == labels[test]).mean())
+        explained = x_test[:samples]
+        reference = x_train[torch.from_numpy(rng.choice(len(train), background, replace=False)).to(device)]
+        start = time.perf_counter()
+        explainer = DeepExplainer(model, reference, progress=False)
+        values = explainer.shap_values(explained)
+        explain_seconds = time.perf_counter() - start
+        with torch.no_grad():
+            outputs = model(explained).cpu().numpy()
     expected = np.asarray(explainer.expected_value)
-    error = float(np.abs(values.sum((1, 2)) - (outputs - expected)).max())
+    error = float(np.abs(values.astype(np.float64).sum((1, 2)) - (outputs.astype(np.float64) - expected)).max())
     return DemoResult(
-        model, accuracy, explained.cpu().numpy(), labels[test][:samples], outputs.argmax(1), values, expected, error, train_seconds, explain_seconds
+        model=model,
+        layer=layer,
+        seed=seed,
+        epochs=epochs,
+        device=str(device),
+        accuracy=accuracy,
+        x=explained.cpu().numpy(),
+        labels=labels[test][:samples],
+        predictions=outputs.argmax(1),
+        outputs=outputs,
+        shap_values=values,
+        expected_value=expected,
+        additivity_error=error,
+        train_seconds=train_seconds,
+        explain_seconds=explain_seconds,
+        n_train=len(train),
+        n_test=len(test),
+        n_background=background,
     )
 
 
-def _print(result: DemoResult, layer: str) -> None:
-    print(f"rnnshap demo: {layer} over the rows of 8x8 handwritten digits (UCI, CC BY 4.0)")
+def _print(result: DemoResult) -> None:
+    print(f"rnnshap demo: {result.layer} over the rows of 8x8 handwritten digits (UCI, CC BY 4.0)")
     print(f"trained in {result.train_seconds:.1f} s; held-out accuracy {result.accuracy:.1%}")
     print(
         f"explained {len(result.x)} digits x {result.shap_values.shape[-1]} classes in {result.explain_seconds:.2f} s; "
@@ -103,7 +170,9 @@ def _print(result: DemoResult, layer: str) -> None:
     for i in range(len(result.x)):
         phi = result.shap_values[i, :, :, result.predictions[i]]
         scale = np.abs(phi).max() or 1.0
-        print(f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}; image | attribution to the predicted class (+ / -)")
+        print(
+            f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}; image | attribution to the predicted class (+ / -)"
+        )
         for row in range(8):
             image = "".join(shades[min(9, int(v * 9.99))] for v in result.x[i, row])
             attribution = "".join(("+" if v > 0 else "-") if abs(v) > 0.25 * scale else "." for v in phi[row])
@@ -111,12 +180,29 @@ def _print(result: DemoResult, layer: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rnnshap demo", description=__doc__)
-    parser.add_argument("--samples", type=int, default=8, help="held-out digits to explain")
-    parser.add_argument("--layer", choices=["lstm", "gru", "bidirectional"], default="lstm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser = argparse.ArgumentParser(
+        prog="rnnshap demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=8, help="held-out digits to explain (default 8)")
+    parser.add_argument(
+        "--layer", choices=["lstm", "gru", "bidirectional"], default="lstm", help="the recurrent layer (default lstm)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the training and the background (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device to train and explain on (default cpu)")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    parser.add_argument("--background", type=int, default=50, help="background (reference) digits (default 50)")
+    parser.add_argument("--out", default="rnnshap-report", help="folder of the report (default rnnshap-report)")
+    parser.add_argument("--no-report", action="store_true", help="print the text output only")
     args = parser.parse_args(argv)
-    result = run(args.samples, args.layer, args.seed, args.device, args.epochs)
-    _print(result, args.layer)
+    start = time.perf_counter()
+    result = run(args.samples, args.layer, args.seed, args.device, args.epochs, args.background)
+    _print(result)
+    if args.no_report:
+        return
+    from .demo_report import write_report
+
+    command = "rnnshap demo " + " ".join(argv if argv is not None else [])
+    report = write_report(result, Path(args.out), command=command.strip(), started=start)
+    print(f"\nreport: {report.index} ({len(report.files)} files, {report.total_seconds:.1f} s in all)")
+    if not report.has_plots:
+        print("matplotlib is not installed, so the report has no plots: pip install 'rnnshap[plot]'")

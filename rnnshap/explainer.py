@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+import sys
+import warnings
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -39,6 +41,8 @@ class DeepExplainer:
             Memory grows with it; results do not depend on it.
         rules: rules for this explainer only, ``{torch_function_or_module_class: rule}``, on top of
             the ones registered with :func:`rnnshap.register_rule`.
+        progress: show a tqdm progress bar over the batches of (sample, reference) pairs. ``None``
+            (the default): only when stderr is a terminal and there is more than one batch.
     """
 
     def __init__(
@@ -48,12 +52,14 @@ class DeepExplainer:
         *,
         batch_size: int = 2048,
         rules: Mapping[Any, Rule] | None = None,
+        progress: bool | None = None,
     ) -> None:
         check_model(model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.batch_size = int(batch_size)
+        self.progress = progress
         self._rules = dict(rules or {})
         self.multi_input = isinstance(data, (list, tuple))
         self.device, self.dtype = model_device_and_dtype(model)
@@ -104,6 +110,7 @@ class DeepExplainer:
         *,
         outputs: Sequence[int | tuple[int, ...]] | None = None,
         batch_size: int | None = None,
+        progress: bool | None = None,
     ) -> Any:
         """SHAP values of ``X``, shaped like shap's DeepExplainer output.
 
@@ -117,6 +124,8 @@ class DeepExplainer:
         ``outputs`` picks which outputs to explain, as indices into the model's output shape (without
         the batch): ``[(t, k), ...]`` for a sequence output of shape (N, T, K), ``[k, ...]`` for
         (N, K). The last axis of the result then follows that list. By default all are explained.
+
+        ``progress`` overrides the explainer's ``progress`` setting for this call.
         """
         inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
         check_matching(inputs, self.data)
@@ -138,7 +147,8 @@ class DeepExplainer:
         else:
             selected = torch.arange(n_outputs, device=inputs[0].device).expand(n, n_outputs)
 
-        phis, model_outputs = self._attribute(inputs, selected, batch_size or self.batch_size)
+        show = self.progress if progress is None else progress
+        phis, model_outputs = self._attribute(inputs, selected, batch_size or self.batch_size, show)
         if check_additivity is not False:
             rtol = None if check_additivity is True else float(check_additivity)
             self._check_additivity(phis, model_outputs, selected, rtol)
@@ -149,8 +159,26 @@ class DeepExplainer:
             return result, selected.cpu()
         return result
 
-    def __call__(self, X: Inputs, *, feature_names: Sequence[str] | None = None, check_additivity: bool | float = True) -> Any:
-        """A ``shap.Explanation`` of ``X`` (one per input for a multi-input model), with base values."""
+    def __call__(
+        self,
+        X: Inputs,
+        *,
+        feature_names: Sequence[Any] | None = None,
+        time_labels: Sequence[Any] | None = None,
+        output_names: Sequence[str] | None = None,
+        check_additivity: bool | float = True,
+    ) -> Any:
+        """A ``shap.Explanation`` of ``X`` (one per input for a multi-input model), with base values.
+
+        Labels: for an input of shape (N, F), or token ids (N, T), ``feature_names`` (or
+        ``time_labels``) name axis 1, as in shap. For a sequence input (N, T, F), ``feature_names``
+        name the F features and ``time_labels`` the T steps (default ``f0, f1, ...`` and
+        ``t0, t1, ...`` when only one is given); the Explanation's ``feature_names`` then hold, per
+        sample, the name ``"<time label>:<feature name>"`` of every (t, f), the layout that survives
+        shap's slicing. :func:`rnnshap.plots.flatten` turns it into (N, T·F) named features for
+        shap's plots. With several inputs, give a list of names per input. ``output_names`` label
+        the model's outputs.
+        """
         try:
             import shap
         except ImportError as error:
@@ -163,9 +191,17 @@ class DeepExplainer:
         per_input = values if self.multi_input else [values]
         n = inputs[0].shape[0]
         base = self._base_values.reshape(n, *self.output_shape).cpu().numpy()
+        features = _per_input(feature_names, len(inputs)) if self.multi_input else [feature_names]
+        times = _per_input(time_labels, len(inputs)) if self.multi_input else [time_labels]
         explanations = [
-            shap.Explanation(values=v, base_values=base, data=x.detach().cpu().numpy(), feature_names=feature_names)
-            for v, x in zip(per_input, inputs, strict=False)
+            shap.Explanation(
+                values=v,
+                base_values=base,
+                data=x.detach().cpu().numpy(),
+                feature_names=_axis_labels(tuple(x.shape), f, t),
+                output_names=None if output_names is None else list(output_names),
+            )
+            for v, x, f, t in zip(per_input, inputs, features, times, strict=True)
         ]
         return explanations if self.multi_input else explanations[0]
 
@@ -186,7 +222,7 @@ class DeepExplainer:
     def _registry(self) -> RuleRegistry:
         return DEFAULT_REGISTRY.merged(self._rules) if self._rules else DEFAULT_REGISTRY
 
-    def _attribute(self, inputs: list[Tensor], selected: Tensor, batch_size: int) -> tuple[list[Tensor], Tensor]:
+    def _attribute(self, inputs: list[Tensor], selected: Tensor, batch_size: int, progress: bool | None = None) -> tuple[list[Tensor], Tensor]:
         """Mean over the background of multiplier × (x − r), for every (sample, selected output).
 
         Returns float64 attributions of shape ``(n, *input_shape, k)`` per input and the model's
@@ -199,7 +235,7 @@ class DeepExplainer:
         model_outputs: Tensor | None = None
         base_values: Tensor | None = None
         total = n * n_refs
-        for start in range(0, total, batch_size):
+        for start in _progress(range(0, total, batch_size), progress):
             pairs = torch.arange(start, min(start + batch_size, total), device=inputs[0].device)
             sample, ref = pairs // n_refs, pairs % n_refs
             # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
@@ -296,3 +332,58 @@ def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor
         return grad
     shape = leaf.shape if k is None else (k, *leaf.shape)
     return torch.zeros(shape, dtype=leaf.dtype, device=leaf.device)
+
+
+def _progress(batches: range, enabled: bool | None) -> Iterable[int]:
+    """``batches`` wrapped in a tqdm progress bar when ``enabled``; ``None``: only when stderr is a
+    terminal and there is more than one batch. Without tqdm there is no bar (a warning if asked for)."""
+    explicit = enabled is not None
+    if enabled is None:
+        try:
+            enabled = len(batches) > 1 and sys.stderr is not None and sys.stderr.isatty()
+        except (AttributeError, ValueError):  # stderr replaced by an object without isatty, or closed
+            enabled = False
+    if not enabled:
+        return batches
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if explicit:
+            warnings.warn("progress=True needs tqdm (pip install tqdm); explaining without a progress bar", stacklevel=4)
+        return batches
+    return tqdm(batches, total=len(batches), desc="rnnshap", unit="batch")  # closes itself when the loop ends
+
+
+
+def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:
+    """Labels given for a multi-input model: one list per input (or None for all)."""
+    if labels is None:
+        return [None] * count
+    if len(labels) != count or any(isinstance(item, str) or not hasattr(item, "__len__") for item in labels if item is not None):
+        raise ValueError(f"the model has {count} inputs: give one list of labels per input (None for an input without)")
+    return list(labels)
+
+
+def _axis_labels(shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None) -> Any:
+    """The ``feature_names`` of a shap.Explanation for an input of ``shape`` (batch first)."""
+    if feature_names is None and time_labels is None:
+        return None
+    axes = shape[1:]
+
+    def checked(labels: Sequence[Any] | None, size: int, what: str, default: str) -> list[str]:
+        if labels is None:
+            return [f"{default}{i}" for i in range(size)]
+        if len(labels) != size:
+            raise ValueError(f"{len(labels)} {what} for an input of shape {shape}: it needs {size}")
+        return [str(label) for label in labels]
+
+    if len(axes) == 1:
+        if feature_names is not None and time_labels is not None:
+            raise ValueError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
+        return checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", "f")
+    if len(axes) == 2:
+        times = checked(time_labels, axes[0], "time_labels", "t")
+        features = checked(feature_names, axes[1], "feature_names", "f")
+        grid = np.array([[f"{t}:{f}" for f in features] for t in times])
+        return np.broadcast_to(grid, (shape[0], *grid.shape)).copy()  # per sample: see __call__
+    raise ValueError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")

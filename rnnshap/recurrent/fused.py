@@ -27,8 +27,11 @@ def secant(act: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tenso
     """Rescale multiplier (y − y_r)/(u − u_r), or the derivative where |u − u_r| is tiny."""
     delta = u - u_r
     small = delta.abs() <= small_delta_threshold(u.dtype, smooth)
-    at = (u + u_r) / 2 if smooth else u
-    return torch.where(small, derivative(at), (y - y_r) / torch.where(small, torch.ones_like(delta), delta))
+    quotient = (y - y_r) / delta.masked_fill(small, 1.0)
+    if bool(small.any()):
+        at = (u + u_r) / 2 if smooth else u
+        quotient = torch.where(small, derivative(at), quotient)
+    return quotient
 
 
 def _dsigmoid(u: Tensor) -> Tensor:
@@ -68,32 +71,69 @@ def _split(t: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     return t[:, :batch], t[:, batch:]
 
 
+def _native_params(w: CellWeights) -> list[Tensor]:
+    params = [w.w_ih, w.w_hh]
+    if w.b_ih is not None and w.b_hh is not None:
+        params += [w.b_ih, w.b_hh]
+    if w.w_hr is not None:
+        params.append(w.w_hr)
+    return params
+
+
+def _native(op: Callable[..., Any], w: CellWeights, both: Tensor, state: Any) -> Any:
+    """One layer-direction of ``torch.lstm`` / ``gru`` / ``rnn_*`` on (T, 2B, F), torch's own kernel."""
+    return op(both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
+
+
+def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """Both trajectories as one batch of 2B rows.
+
+    Returns the gate pre-activations u (T, 2B, 4H), the cell state before and after each step,
+    the outputs (T, 2B, H_out) and the final h and c. Without a mask, torch's LSTM kernel runs the
+    trajectories; the pre-activations of all steps are then one matrix product and the cell
+    states one fused multiply-add per step.
+    """
+    steps = x.shape[0]
+    projected = _input_projection(x, x_ref, w)
+    if mask is None:
+        out, h_last, _ = _native(torch.lstm, w, torch.cat([x, x_ref], 1), (h[None], c[None]))
+        h_prev = torch.cat([h[None], out[:-1]])
+        u = torch.baddbmm(projected, h_prev, w.w_hh.t().expand(steps, -1, -1))
+        i, f, g, o = u.chunk(4, dim=2)
+        ig = torch.sigmoid(i) * torch.tanh(g)
+        forget = torch.sigmoid(f)
+        cells = torch.empty_like(ig)
+        initial = c
+        for t in range(steps):
+            c = torch.addcmul(ig[t], forget[t], c)
+            cells[t] = c
+        return u, torch.cat([initial[None], cells[:-1]]), cells, out, h_last[0], c
+    pre, previous_list, cells_list, outs = [], [], [], []
+    w_hh_t = w.w_hh.t()
+    for t in range(steps):
+        u_t = torch.addmm(projected[t], h, w_hh_t)
+        i, f, g, o = u_t.chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        if w.w_hr is not None:
+            h_new = h_new @ w.w_hr.t()
+        previous_list.append(c)
+        c = _carry(mask, t, c_new, c)
+        h = _carry(mask, t, h_new, h)
+        pre.append(u_t)
+        cells_list.append(c_new)
+        outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+    return torch.stack(pre), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
+
+
 class FusedLSTM(torch.autograd.Function):
     """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
 
     @staticmethod
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        steps, batch = x.shape[0], x.shape[1]
+        batch = x.shape[1]
         hidden = w.w_hh.shape[0] // 4
-        projected = _input_projection(x, x_ref, w)
-        h, c = torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref])
-        pre, previous, cells, outs = [], [], [], []
-        w_hh_t = w.w_hh.t()
-        for t in range(steps):
-            u = torch.addmm(projected[t], h, w_hh_t)
-            i, f, g, o = u.chunk(4, dim=1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(c_new)
-            if w.w_hr is not None:
-                h_new = h_new @ w.w_hr.t()
-            previous.append(c)
-            c = _carry(mask, t, c_new, c)
-            h = _carry(mask, t, h_new, h)
-            pre.append(u)
-            cells.append(c_new)
-            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-        u_all = torch.stack(pre)
-        out_all = torch.stack(outs)
+        u_all, c_prev_all, c_new_all, out_all, h, c = _lstm_trajectories(w, mask, x, x_ref, torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref]))
 
         # multipliers of all steps at once
         (u_x, u_r) = _split(u_all, batch)
@@ -103,8 +143,8 @@ class FusedLSTM(torch.autograd.Function):
         gates_r = [a(v) for a, v in zip(acts, u_r.chunk(4, dim=2), strict=False)]
         m = [secant(a, d, ux, ur, gx, gr, True) for a, d, ux, ur, gx, gr in zip(acts, derivs, u_x.chunk(4, dim=2), u_r.chunk(4, dim=2), gates_x, gates_r, strict=False)]
         (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = gates_x, gates_r
-        c_new_x, c_new_r = _split(torch.stack(cells), batch)
-        c_prev_x, c_prev_r = _split(torch.stack(previous), batch)
+        c_new_x, c_new_r = _split(c_new_all, batch)
+        c_prev_x, c_prev_r = _split(c_prev_all, batch)
         k_x, k_r = torch.tanh(c_new_x), torch.tanh(c_new_r)
         m_k = secant(torch.tanh, _dtanh, c_new_x, c_new_r, k_x, k_r, True)
         coefficients = torch.cat(
@@ -162,20 +202,23 @@ class FusedGRU(torch.autograd.Function):
         both = torch.cat([x, x_ref], dim=1)
         projected = torch.nn.functional.linear(both, w.w_ih, w.b_ih)  # (T, 2B, 3H)
         h = torch.cat([h0, h0_ref])
-        hid, xs, previous, outs = [], [], [], []
-        for t in range(steps):
-            a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (2B, 3H): W_h[r,z,n] h + b_h
-            px = projected[t]
-            rz = torch.sigmoid(px[:, : 2 * hidden] + a[:, : 2 * hidden])
-            r, z = rz.chunk(2, dim=1)
-            n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
-            h_new = (1 - z) * n + z * h
-            previous.append(h)
-            h = _carry(mask, t, h_new, h)
-            hid.append(a)
-            xs.append(px)
-            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-        a_all, px_all, h_prev, out_all = torch.stack(hid), torch.stack(xs), torch.stack(previous), torch.stack(outs)
+        if mask is None:  # torch's kernel runs both trajectories; everything else is vectorized over time
+            out_all, h_last = _native(torch.gru, w, both, h[None])
+            h_prev = torch.cat([h[None], out_all[:-1]])
+            a_all, px_all, h = torch.nn.functional.linear(h_prev, w.w_hh, w.b_hh), projected, h_last[0]
+        else:
+            hid, previous, outs = [], [], []
+            for t in range(steps):
+                a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (2B, 3H): W_h[r,z,n] h + b_h
+                px = projected[t]
+                r, z = torch.sigmoid(px[:, : 2 * hidden] + a[:, : 2 * hidden]).chunk(2, dim=1)
+                n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
+                h_new = (1 - z) * n + z * h
+                previous.append(h)
+                h = _carry(mask, t, h_new, h)
+                hid.append(a)
+                outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+            a_all, px_all, h_prev, out_all = torch.stack(hid), projected, torch.stack(previous), torch.stack(outs)
         a_x, a_r = _split(a_all, batch)
         p_x, p_r = _split(px_all, batch)
         hp_x, hp_r = _split(h_prev, batch)
@@ -238,19 +281,25 @@ class FusedRNN(torch.autograd.Function):
         projected = _input_projection(x, x_ref, w)
         act = torch.relu if relu else torch.tanh
         h = torch.cat([h0, h0_ref])
-        w_hh_t = w.w_hh.t()
-        pre, outs = [], []
-        for t in range(steps):
-            u = torch.addmm(projected[t], h, w_hh_t)
-            h_new = act(u)
-            h = _carry(mask, t, h_new, h)
-            pre.append(u)
-            outs.append(h_new if mask is None else h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-        u_x, u_r = _split(torch.stack(pre), batch)
+        if mask is None:  # torch's kernel runs both trajectories; the pre-activations are one product
+            out_all, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, torch.cat([x, x_ref], 1), h[None])
+            h_prev = torch.cat([h[None], out_all[:-1]])
+            u_all, h = torch.baddbmm(projected, h_prev, w.w_hh.t().expand(steps, -1, -1)), h_last[0]
+        else:
+            w_hh_t = w.w_hh.t()
+            pre, outs = [], []
+            for t in range(steps):
+                u = torch.addmm(projected[t], h, w_hh_t)
+                h_new = act(u)
+                h = _carry(mask, t, h_new, h)
+                pre.append(u)
+                outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+            u_all, out_all = torch.stack(pre), torch.stack(outs)
+        u_x, u_r = _split(u_all, batch)
         coefficients = secant(act, _drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
         ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
         ctx.weights, ctx.has_mask = w, mask is not None
-        out_x, out_r = _split(torch.stack(outs), batch)
+        out_x, out_r = _split(out_all, batch)
         h_x, h_r = h[:batch], h[batch:]
         ctx.mark_non_differentiable(out_r, h_r)
         return out_x, h_x, out_r, h_r
