@@ -23,14 +23,17 @@ from .weights import CellWeights
 Tensor = torch.Tensor
 
 
-def secant(act: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], u: Tensor, u_r: Tensor, y: Tensor, y_r: Tensor, smooth: bool) -> Tensor:
-    """Rescale multiplier (y − y_r)/(u − u_r), or the derivative where |u − u_r| is tiny."""
+def secant(derivative: Callable[[Tensor], Tensor], u: Tensor, u_r: Tensor, y: Tensor, y_r: Tensor, smooth: bool) -> Tensor:
+    """Rescale multiplier (y − y_r)/(u − u_r), or the derivative where |u − u_r| is tiny.
+
+    The derivative is evaluated only at the (few) tiny-Δ elements.
+    """
     delta = u - u_r
     small = delta.abs() <= small_delta_threshold(u.dtype, smooth)
-    quotient = (y - y_r) / delta.masked_fill(small, 1.0)
+    quotient = (y - y_r).div_(delta.masked_fill_(small, 1.0))
     if bool(small.any()):
-        at = (u + u_r) / 2 if smooth else u
-        quotient = torch.where(small, derivative(at), quotient)
+        at = (u[small] + u_r[small]) / 2 if smooth else u[small]
+        quotient[small] = derivative(at)
     return quotient
 
 
@@ -51,13 +54,18 @@ def _mid(a: Tensor, b: Tensor) -> Tensor:
     return (a + b) / 2
 
 
-def _input_projection(x: Tensor, x_ref: Tensor, w: CellWeights) -> Tensor:
+def _input_projection(both: Tensor, w: CellWeights) -> Tensor:
     """W_ih [x; x_r] + b_ih + b_hh for all steps at once: (T, 2B, G)."""
-    both = torch.cat([x, x_ref], dim=1)
     bias = None
     if w.b_ih is not None and w.b_hh is not None:
         bias = w.b_ih + w.b_hh
     return torch.nn.functional.linear(both, w.w_ih, bias)
+
+
+def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
+    """projected + W_hh h_prev for all steps, as one matrix product, in place of ``projected``."""
+    flat = projected.view(-1, projected.shape[-1])
+    return flat.addmm_(h_prev.reshape(-1, h_prev.shape[-1]), w_hh.t()).view(projected.shape)
 
 
 def _carry(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
@@ -85,36 +93,44 @@ def _native(op: Callable[..., Any], w: CellWeights, both: Tensor, state: Any) ->
     return op(both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
 
 
+def _lstm_gates(u: Tensor) -> Tensor:
+    """σ on the i, f, o blocks and tanh on the g block of pre-activations (..., 4H)."""
+    gates = torch.sigmoid(u)
+    hidden = u.shape[-1] // 4
+    torch.tanh(u[..., 2 * hidden : 3 * hidden], out=gates[..., 2 * hidden : 3 * hidden])
+    return gates
+
+
 def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
     """Both trajectories as one batch of 2B rows.
 
-    Returns the gate pre-activations u (T, 2B, 4H), the cell state before and after each step,
-    the outputs (T, 2B, H_out) and the final h and c. Without a mask, torch's LSTM kernel runs the
-    trajectories; the pre-activations of all steps are then one matrix product and the cell
-    states one fused multiply-add per step.
+    Returns the gate pre-activations u and activations (T, 2B, 4H), the cell state before and
+    after each step, the outputs (T, 2B, H_out) and the final h and c. Without a mask, torch's
+    LSTM kernel runs the trajectories; the pre-activations of all steps are then one matrix
+    product and the cell states one fused multiply-add per step.
     """
     steps = x.shape[0]
-    projected = _input_projection(x, x_ref, w)
+    both = torch.cat([x, x_ref], 1)
+    projected = _input_projection(both, w)
     if mask is None:
-        out, h_last, _ = _native(torch.lstm, w, torch.cat([x, x_ref], 1), (h[None], c[None]))
-        h_prev = torch.cat([h[None], out[:-1]])
-        u = torch.baddbmm(projected, h_prev, w.w_hh.t().expand(steps, -1, -1))
-        i, f, g, o = u.chunk(4, dim=2)
-        ig = torch.sigmoid(i) * torch.tanh(g)
-        forget = torch.sigmoid(f)
+        out, h_last, _ = _native(torch.lstm, w, both, (h[None], c[None]))
+        u = _add_recurrent(projected, torch.cat([h[None], out[:-1]]), w.w_hh)
+        gates = _lstm_gates(u)
+        i, f, g, _ = gates.chunk(4, dim=2)
+        ig = i * g
         cells = torch.empty_like(ig)
-        initial = c
+        previous = torch.empty_like(ig)
         for t in range(steps):
-            c = torch.addcmul(ig[t], forget[t], c)
-            cells[t] = c
-        return u, torch.cat([initial[None], cells[:-1]]), cells, out, h_last[0], c
+            previous[t] = c
+            c = torch.addcmul(ig[t], f[t], c, out=cells[t])
+        return u, gates, previous, cells, out, h_last[0], c
     pre, previous_list, cells_list, outs = [], [], [], []
     w_hh_t = w.w_hh.t()
     for t in range(steps):
         u_t = torch.addmm(projected[t], h, w_hh_t)
-        i, f, g, o = u_t.chunk(4, dim=1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        i, f, g, o = _lstm_gates(u_t).chunk(4, dim=1)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
         if w.w_hr is not None:
             h_new = h_new @ w.w_hr.t()
         previous_list.append(c)
@@ -123,7 +139,8 @@ def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Te
         pre.append(u_t)
         cells_list.append(c_new)
         outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-    return torch.stack(pre), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
+    u = torch.stack(pre)
+    return u, _lstm_gates(u), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -133,31 +150,27 @@ class FusedLSTM(torch.autograd.Function):
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         batch = x.shape[1]
         hidden = w.w_hh.shape[0] // 4
-        u_all, c_prev_all, c_new_all, out_all, h, c = _lstm_trajectories(w, mask, x, x_ref, torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref]))
+        trajectories = _lstm_trajectories(w, mask, x, x_ref, torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref]))
+        u_all, gates_all, c_prev_all, c_new_all, out_all, h, c = trajectories
 
-        # multipliers of all steps at once
-        (u_x, u_r) = _split(u_all, batch)
-        acts = [torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid]
-        derivs = [_dsigmoid, _dsigmoid, _dtanh, _dsigmoid]
-        gates_x = [a(v) for a, v in zip(acts, u_x.chunk(4, dim=2), strict=False)]
-        gates_r = [a(v) for a, v in zip(acts, u_r.chunk(4, dim=2), strict=False)]
-        m = [secant(a, d, ux, ur, gx, gr, True) for a, d, ux, ur, gx, gr in zip(acts, derivs, u_x.chunk(4, dim=2), u_r.chunk(4, dim=2), gates_x, gates_r, strict=False)]
-        (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = gates_x, gates_r
+        # multipliers of all steps at once; every coefficient is a mean of the two sides times a
+        # Rescale multiplier, written straight into its slice of one (T, B, 6H) tensor
+        u_x, u_r = _split(u_all, batch)
+        a_x, a_r = _split(gates_all, batch)
+        derivatives = (_dsigmoid, _dsigmoid, _dtanh, _dsigmoid)
+        m = [secant(d, ux, ur, gx, gr, True) for d, ux, ur, gx, gr in zip(derivatives, u_x.chunk(4, 2), u_r.chunk(4, 2), a_x.chunk(4, 2), a_r.chunk(4, 2), strict=True)]
+        (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = a_x.chunk(4, 2), a_r.chunk(4, 2)
         c_new_x, c_new_r = _split(c_new_all, batch)
         c_prev_x, c_prev_r = _split(c_prev_all, batch)
         k_x, k_r = torch.tanh(c_new_x), torch.tanh(c_new_r)
-        m_k = secant(torch.tanh, _dtanh, c_new_x, c_new_r, k_x, k_r, True)
-        coefficients = torch.cat(
-            [
-                _mid(g_x, g_r) * m[0],  # d u_i = dc · A_i
-                _mid(c_prev_x, c_prev_r) * m[1],  # d u_f = dc · A_f
-                _mid(i_x, i_r) * m[2],  # d u_g = dc · A_g
-                _mid(k_x, k_r) * m[3],  # d u_o = dh · A_o
-                _mid(o_x, o_r) * m_k,  # dc += dh · A_k
-                _mid(f_x, f_r),  # dc_prev = dc · A_c
-            ],
-            dim=2,
-        )
+        m_k = secant(_dtanh, c_new_x, c_new_r, k_x, k_r, True)
+        coefficients = x.new_empty((x.shape[0], batch, 6 * hidden))
+        blocks = coefficients.split(hidden, dim=2)
+        pairs = ((g_x, g_r, m[0]), (c_prev_x, c_prev_r, m[1]), (i_x, i_r, m[2]), (k_x, k_r, m[3]), (o_x, o_r, m_k))
+        for block, (a, b, multiplier) in zip(blocks, pairs, strict=False):
+            torch.mul(torch.add(a, b), multiplier, out=block)  # A_i, A_f, A_g, A_o, A_k (× 2)
+        torch.add(f_x, f_r, out=blocks[5])  # A_c (× 2)
+        coefficients.mul_(0.5)
         ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
         ctx.weights, ctx.hidden, ctx.has_mask = w, hidden, mask is not None
         out_x, out_r = _split(out_all, batch)
@@ -225,12 +238,12 @@ class FusedGRU(torch.autograd.Function):
         u_rz_x = p_x[..., : 2 * hidden] + a_x[..., : 2 * hidden]
         u_rz_r = p_r[..., : 2 * hidden] + a_r[..., : 2 * hidden]
         g_x, g_r = torch.sigmoid(u_rz_x), torch.sigmoid(u_rz_r)
-        m_rz = secant(torch.sigmoid, _dsigmoid, u_rz_x, u_rz_r, g_x, g_r, True)
+        m_rz = secant(_dsigmoid, u_rz_x, u_rz_r, g_x, g_r, True)
         (r_x, z_x), (r_r, z_r), (m_r, m_z) = g_x.chunk(2, 2), g_r.chunk(2, 2), m_rz.chunk(2, 2)
         an_x, an_r = a_x[..., 2 * hidden :], a_r[..., 2 * hidden :]
         v_x, v_r = p_x[..., 2 * hidden :] + r_x * an_x, p_r[..., 2 * hidden :] + r_r * an_r
         n_x, n_r = torch.tanh(v_x), torch.tanh(v_r)
-        m_n = secant(torch.tanh, _dtanh, v_x, v_r, n_x, n_r, True)
+        m_n = secant(_dtanh, v_x, v_r, n_x, n_r, True)
         coefficients = torch.cat(
             [
                 (2 - z_x - z_r) / 2 * m_n,  # dv = dh · A_n
@@ -278,13 +291,13 @@ class FusedRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         steps, batch = x.shape[0], x.shape[1]
-        projected = _input_projection(x, x_ref, w)
+        both = torch.cat([x, x_ref], 1)
+        projected = _input_projection(both, w)
         act = torch.relu if relu else torch.tanh
         h = torch.cat([h0, h0_ref])
         if mask is None:  # torch's kernel runs both trajectories; the pre-activations are one product
-            out_all, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, torch.cat([x, x_ref], 1), h[None])
-            h_prev = torch.cat([h[None], out_all[:-1]])
-            u_all, h = torch.baddbmm(projected, h_prev, w.w_hh.t().expand(steps, -1, -1)), h_last[0]
+            out_all, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h[None])
+            u_all, h = _add_recurrent(projected, torch.cat([h[None], out_all[:-1]]), w.w_hh), h_last[0]
         else:
             w_hh_t = w.w_hh.t()
             pre, outs = [], []
@@ -296,7 +309,7 @@ class FusedRNN(torch.autograd.Function):
                 outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
             u_all, out_all = torch.stack(pre), torch.stack(outs)
         u_x, u_r = _split(u_all, batch)
-        coefficients = secant(act, _drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
+        coefficients = secant(_drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
         ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
         ctx.weights, ctx.has_mask = w, mask is not None
         out_x, out_r = _split(out_all, batch)
