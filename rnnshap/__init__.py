@@ -5,7 +5,7 @@
 >>> shap_values = explainer.shap_values(x)                      # doctest: +SKIP
 """
 
-from . import rules
+from . import plots, recurrent, rules
 from .errors import (
     AdditivityError,
     InputError,
@@ -27,6 +27,8 @@ __all__ = [
     "RnnShapError",
     "TapeMismatchError",
     "UnsupportedOperationError",
+    "plots",
+    "recurrent",
     "register_rule",
     "rules",
 ]

@@ -349,7 +349,7 @@ def _progress(batches: range, enabled: bool | None) -> Iterable[int]:
         from tqdm.auto import tqdm
     except ImportError:
         if explicit:
-            warnings.warn("progress=True needs tqdm (pip install tqdm); explaining without a progress bar", stacklevel=4)
+            warnings.warn("progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=4)
         return batches
     return tqdm(batches, total=len(batches), desc="rnnshap", unit="batch")  # closes itself when the loop ends
 
