@@ -5,7 +5,10 @@ fast path), ``decomposed.py`` the same layers step by step through the elementwi
 cross-check), ``weights.py`` the weight layout.
 """
 
+from ..rules.registry import DEFAULT_REGISTRY
 from .cell_step import CellStepAttribution, explain_cell_step
 from .rules import RecurrentCell, RecurrentLayer, recurrent_rules
+
+DEFAULT_REGISTRY.ops.update(recurrent_rules())
 
 __all__ = ["CellStepAttribution", "RecurrentCell", "RecurrentLayer", "explain_cell_step", "recurrent_rules"]

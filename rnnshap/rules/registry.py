@@ -200,10 +200,7 @@ def default_op_rules() -> dict[OpKey, Rule]:
     table[("getter", "data")] = Refuse("`.data` cuts the path from the input to the output")
     for fn in (torch._pack_padded_sequence, torch._pad_packed_sequence):
         table[fn] = Linear()  # their integer outputs (batch sizes, lengths) come from the lengths, not the data
-    from ..recurrent import recurrent_rules
-
-    table.update(recurrent_rules())
-    return table
+    return table  # the recurrent ops are added by rnnshap.recurrent when it is imported
 
 
 def _validate_target(target: Any) -> None:
