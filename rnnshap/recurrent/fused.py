@@ -143,6 +143,17 @@ def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Te
     return u, _lstm_gates(u), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
 
 
+def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, batch: int, outputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+    """Save what the backward needs and return (outputs, final states, and the same for the
+    reference side, not differentiable), splitting the 2B rows into input and reference halves."""
+    ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
+    ctx.weights, ctx.has_mask = w, mask is not None
+    out_x, out_r = _split(outputs, batch)
+    finals_x, finals_r = [s[:batch] for s in states], [s[batch:] for s in states]
+    ctx.mark_non_differentiable(out_r, *finals_r)
+    return (out_x, *finals_x, out_r, *finals_r)
+
+
 class FusedLSTM(torch.autograd.Function):
     """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
 
@@ -171,13 +182,8 @@ class FusedLSTM(torch.autograd.Function):
             torch.mul(torch.add(a, b), multiplier, out=block)  # A_i, A_f, A_g, A_o, A_k (× 2)
         torch.add(f_x, f_r, out=blocks[5])  # A_c (× 2)
         coefficients.mul_(0.5)
-        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
-        ctx.weights, ctx.hidden, ctx.has_mask = w, hidden, mask is not None
-        out_x, out_r = _split(out_all, batch)
-        h_x, h_r = h[:batch], h[batch:]
-        c_x, c_r = c[:batch], c[batch:]
-        ctx.mark_non_differentiable(out_r, h_r, c_r)
-        return out_x, h_x, c_x, out_r, h_r, c_r
+        ctx.hidden = hidden
+        return _finish(ctx, w, mask, coefficients, batch, out_all, h, c)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -254,12 +260,8 @@ class FusedGRU(torch.autograd.Function):
             ],
             dim=2,
         )
-        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
-        ctx.weights, ctx.hidden, ctx.has_mask = w, hidden, mask is not None
-        out_x, out_r = _split(out_all, batch)
-        h_x, h_r = h[:batch], h[batch:]
-        ctx.mark_non_differentiable(out_r, h_r)
-        return out_x, h_x, out_r, h_r
+        ctx.hidden = hidden
+        return _finish(ctx, w, mask, coefficients, batch, out_all, h)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -310,12 +312,7 @@ class FusedRNN(torch.autograd.Function):
             u_all, out_all = torch.stack(pre), torch.stack(outs)
         u_x, u_r = _split(u_all, batch)
         coefficients = secant(_drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
-        ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
-        ctx.weights, ctx.has_mask = w, mask is not None
-        out_x, out_r = _split(out_all, batch)
-        h_x, h_r = h[:batch], h[batch:]
-        ctx.mark_non_differentiable(out_r, h_r)
-        return out_x, h_x, out_r, h_r
+        return _finish(ctx, w, mask, coefficients, batch, out_all, h)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
