@@ -140,13 +140,13 @@ class AttributionMode(TorchFunctionMode):
         if not any(self.is_tracked(leaf) for leaf in leaves):
             return func(*args, **kwargs)
         rule = self.registry.op_rule(func)
-        target = None
-        base, base_args, base_kwargs = func, args, kwargs
-        if rule is None or rule.is_linear(self._call(func, args, kwargs, rule)) is False:
+        name = op_name(func)
+        base, base_args, base_kwargs, target = func, args, kwargs, None
+        if rule is None or not rule.is_linear(self._call(func, args, kwargs, name)):
+            # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
             base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
             if target is not None:
                 rule = self.registry.op_rule(base)
-        name = op_name(func)
         return self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name)
 
     def _discrete_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> tuple[bool, Any]:
@@ -179,10 +179,11 @@ class AttributionMode(TorchFunctionMode):
         self.context_uses.setdefault(index, op_name(func))
         return False, None
 
-    def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule | None, name: str = "") -> OpCall:
+    def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
+        """The call with both sides equal (the reference side is filled in from the tape later)."""
         leaves, spec = tree_flatten((args, kwargs))
         tracked = tuple(i for i, leaf in enumerate(leaves) if self.is_tracked(leaf))
-        return OpCall(fn, name or op_name(fn), leaves, leaves, spec, tracked)
+        return OpCall(fn, name, leaves, leaves, spec, tracked)
 
     def dispatch(
         self,
@@ -201,7 +202,7 @@ class AttributionMode(TorchFunctionMode):
         ``func(*args, **kwargs)`` is the call as the model made it; ``base`` with its arguments
         is the same call out of place, writing into ``target`` when the original was in place.
         """
-        call = self._call(base, base_args, base_kwargs, rule, name)
+        call = self._call(base, base_args, base_kwargs, name)
         key = op_key(base)
         shapes = _shapes(call.leaves, call.tracked)
 
