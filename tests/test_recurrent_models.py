@@ -122,3 +122,35 @@ def test_all_outputs_in_one_batched_backward_equal_one_output_at_a_time() -> Non
     for k in range(2):
         alone = explainer.shap_values(x, outputs=[k])[..., 0]
         np.testing.assert_allclose(together[..., k], alone, rtol=0, atol=1e-14)
+
+
+class StateFromInput(nn.Module):
+    """The LSTM's initial states are computed from the input itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.init_h = nn.Linear(3, 4)
+        self.init_c = nn.Linear(3, 4)
+        self.lstm = nn.LSTM(3, 4, batch_first=True, num_layers=2, dropout=0.5)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        summary = x.mean(1)
+        h0 = torch.tanh(self.init_h(summary)).expand(2, -1, -1).contiguous()
+        c0 = self.init_c(summary).expand(2, -1, -1).contiguous()
+        return self.out(self.lstm(x, (h0, c0))[0][:, -1])
+
+
+def test_initial_states_computed_from_the_input_and_eval_mode_dropout_add_up() -> None:
+    torch.manual_seed(5)
+    model = StateFromInput().double().eval()
+    background, x = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(x)
+    with torch.no_grad():
+        outputs = model(x).numpy()
+    assert _additivity(values, outputs, explainer.expected_value, (1, 2)) < 1e-10
+    # in training mode the dropout between the two layers is active: refused
+    model.train()
+    with pytest.raises(rnnshap.ModelStateError):
+        rnnshap.DeepExplainer(model, background)
