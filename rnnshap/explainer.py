@@ -14,6 +14,7 @@ from .engine.passes import run_pass
 from .engine.safety import as_tensors, check_matching, check_model, model_device_and_dtype
 from .engine.tape import Tape
 from .errors import AdditivityError, InputError
+from .keras import is_keras_model
 from .rules.base import Rule
 from .rules.registry import DEFAULT_REGISTRY, RuleRegistry
 
@@ -32,6 +33,9 @@ class DeepExplainer:
     ``shap_values(X)``, with the same shapes and return types. The attributions of every sample
     sum to ``f(x) - expected_value`` up to float rounding, which is checked by default.
 
+    A Keras 3 model (TensorFlow backend) gets :class:`rnnshap.keras.explainer.KerasDeepExplainer`,
+    a subclass with the same arguments and results; TensorFlow is imported only then.
+
     Args:
         model: an ``nn.Module`` in eval mode (or at least without active dropout or batch
             statistics). It is not modified.
@@ -44,6 +48,14 @@ class DeepExplainer:
         progress: show a tqdm progress bar over the batches of (sample, reference) pairs. ``None``
             (the default): only when stderr is a terminal and there is more than one batch.
     """
+
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> DeepExplainer:
+        # A Keras model goes to the Keras explainer (a subclass); TensorFlow is imported only then.
+        if cls is DeepExplainer and is_keras_model(model):
+            from .keras.explainer import KerasDeepExplainer
+
+            return super().__new__(KerasDeepExplainer)
+        return super().__new__(cls)
 
     def __init__(
         self,

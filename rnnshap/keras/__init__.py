@@ -1,0 +1,36 @@
+"""Keras 3 (TensorFlow backend) support: ``rnnshap.DeepExplainer(keras_model, background)``.
+
+Importing this package does not import TensorFlow; :class:`~rnnshap.DeepExplainer` hands a Keras
+model to :class:`rnnshap.keras.explainer.KerasDeepExplainer`, which does. The results, shapes and
+errors are those of the PyTorch explainer.
+
+Supported: Functional and Sequential models (nested too) of Dense and Conv1D/Conv2D (with any
+elementwise activation, softmax or log-softmax), Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,
+Embedding (integer inputs are token ids, attributed per token), LSTM, GRU (``reset_after`` True or
+False), SimpleRNN, ``RNN`` over LSTMCell/GRUCell/SimpleRNNCell or StackedRNNCells, the cells called
+on their own, Bidirectional (every merge mode), TimeDistributed, Masking and
+``Embedding(mask_zero=True)``, reshaping, average pooling, merging (Add, Subtract, Average,
+Concatenate, Multiply of two inputs), BatchNormalization and dropout at inference, and the linear
+keras ops of a Functional graph (slicing, sum, mean, add, ...). Recurrent layers take
+``return_sequences``, ``return_state``, ``go_backwards`` and initial states given as inputs.
+
+With a mask, each reference is read with the mask of the input it is paired with (as packed
+sequences are on the PyTorch side): masked steps get no attribution, and the attributions of a
+sample add up to its output minus the mean output over references read with its mask
+(``explainer(X).base_values``). Anything else (max pooling, layer normalization, attention layers,
+Lambda layers, stateful RNNs, subclassed models) is refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_KERAS_MODULES = ("keras", "tf_keras", "tensorflow")
+
+
+def is_keras_model(model: Any) -> bool:
+    """Whether ``model`` is a Keras layer or model, checked by module name without importing TensorFlow."""
+    return any(getattr(klass, "__module__", "").startswith(_KERAS_MODULES) for klass in type(model).__mro__)
+
+
+__all__ = ["is_keras_model"]

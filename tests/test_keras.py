@@ -1,0 +1,354 @@
+"""Keras 3 models (TensorFlow backend): exactness, parity with the PyTorch explainer, the API contract.
+
+The reference values here come from the Keras model itself (``model(x)``), never from rnnshap.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import rnnshap  # noqa: E402
+
+L = keras.layers
+T, F = 5, 3
+TOL = {"float32": 1e-5, "float64": 1e-10}
+
+
+def outputs_of(model: Any, x: Any) -> np.ndarray:
+    out = np.asarray(model(x, training=False), dtype=np.float64)
+    return out.reshape(out.shape[0], -1)
+
+
+def worst_additivity(values: Any, model: Any, x: Any, background: Any) -> float:
+    """max |Σφ − (f(x) − E f(r))| / max(1, |Δ|), computed from the model's own outputs."""
+    gap = outputs_of(model, x) - outputs_of(model, background).mean(0, keepdims=True)
+    n, k = gap.shape
+    totals = sum(np.asarray(v, np.float64).reshape(n, -1, k).sum(1) for v in (values if isinstance(values, list) else [values]))
+    return float((np.abs(totals - gap) / np.maximum(1.0, np.abs(gap))).max())
+
+
+def sequential(dtype: str, *layers: Any, shape: tuple[int, ...] = (T, F)) -> Any:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input(shape, dtype=dtype), *[make(dtype) for make in layers]])
+
+
+def _functional_return_state(dtype: str) -> Any:
+    inputs = keras.Input((T, F), dtype=dtype)
+    output, h, c = L.LSTM(4, return_state=True, dtype=dtype)(inputs)
+    return keras.Model(inputs, L.Dense(2, dtype=dtype)(L.Concatenate(dtype=dtype)([output, h, c])))
+
+
+def _bidirectional_none_times(dtype: str) -> Any:
+    inputs = keras.Input((T, F), dtype=dtype)
+    forward, backward = L.Bidirectional(L.GRU(3, return_sequences=True, dtype=dtype), merge_mode=None, dtype=dtype)(inputs)
+    return keras.Model(inputs, L.Dense(2, dtype=dtype)(L.Flatten(dtype=dtype)(L.Multiply(dtype=dtype)([forward, backward]))))
+
+
+ARCHITECTURES: dict[str, Callable[[str], Any]] = {
+    "lstm": lambda d: sequential(d, lambda d: L.LSTM(4, dtype=d), lambda d: L.Dense(3, dtype=d)),
+    "gru": lambda d: sequential(d, lambda d: L.GRU(4, dtype=d), lambda d: L.Dense(3, activation="softmax", dtype=d)),
+    "gru-reset-before": lambda d: sequential(d, lambda d: L.GRU(4, reset_after=False, dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "simple-rnn-relu": lambda d: sequential(d, lambda d: L.SimpleRNN(4, activation="relu", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "stacked-sequences": lambda d: sequential(
+        d, lambda d: L.LSTM(4, return_sequences=True, dtype=d), lambda d: L.GRU(3, return_sequences=True, dtype=d), lambda d: L.Dense(2, activation="tanh", dtype=d)
+    ),
+    "bidirectional-mul": lambda d: sequential(d, lambda d: L.Bidirectional(L.LSTM(4, dtype=d), merge_mode="mul", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "bidirectional-ave": lambda d: sequential(
+        d, lambda d: L.Bidirectional(L.GRU(3, return_sequences=True, dtype=d), merge_mode="ave", dtype=d), lambda d: L.GlobalAveragePooling1D(dtype=d), lambda d: L.Dense(2, dtype=d)
+    ),
+    "bidirectional-sum": lambda d: sequential(d, lambda d: L.Bidirectional(L.SimpleRNN(3, dtype=d), merge_mode="sum", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "bidirectional-none": _bidirectional_none_times,
+    "go-backwards": lambda d: sequential(d, lambda d: L.LSTM(4, go_backwards=True, return_sequences=True, dtype=d), lambda d: L.Flatten(dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "rnn-stacked-cells": lambda d: sequential(d, lambda d: L.RNN(L.StackedRNNCells([L.LSTMCell(4, dtype=d), L.GRUCell(3, dtype=d)], dtype=d), dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "return-state": _functional_return_state,
+    "conv2d-activation-layers": lambda d: sequential(
+        d,
+        lambda d: L.Reshape((T, F, 1), dtype=d),
+        lambda d: L.Conv2D(2, (2, 2), padding="same", dtype=d),
+        lambda d: L.PReLU(alpha_initializer=keras.initializers.Constant(0.2), dtype=d),
+        lambda d: L.Reshape((T, 2 * F), dtype=d),
+        lambda d: L.LeakyReLU(0.1, dtype=d),
+        lambda d: L.ELU(dtype=d),
+        lambda d: L.BatchNormalization(dtype=d),
+        lambda d: L.Dropout(0.5, dtype=d),
+        lambda d: L.SimpleRNN(3, dtype=d),
+        lambda d: L.Dense(2, activation="softplus", dtype=d),
+    ),
+    "time-distributed": lambda d: sequential(
+        d,
+        lambda d: L.GRU(3, return_sequences=True, dtype=d),
+        lambda d: L.TimeDistributed(L.Dense(2, activation="sigmoid", dtype=d), dtype=d),
+        lambda d: L.Flatten(dtype=d),
+        lambda d: L.Dense(1, dtype=d),
+    ),
+    "conv-lstm-gelu": lambda d: sequential(
+        d, lambda d: L.Conv1D(4, 3, padding="same", activation="relu", dtype=d), lambda d: L.LSTM(3, dtype=d), lambda d: L.Dense(2, activation="gelu", dtype=d)
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_attributions_add_up(name: str, dtype: str) -> None:
+    model = ARCHITECTURES[name](dtype)
+    rng = np.random.default_rng(1)
+    background, x = rng.normal(size=(4, T, F)).astype(dtype), rng.normal(size=(3, T, F)).astype(dtype)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(x)
+    out_shape = tuple(model.output_shape[1:])
+    assert values.shape == (3, T, F, *out_shape) if out_shape != (1,) else values.shape[:3] == (3, T, F)
+    assert worst_additivity(values, model, x, background) <= TOL[dtype]
+    np.testing.assert_allclose(explainer.expected_value, outputs_of(model, background).mean(0).reshape(out_shape), rtol=1e-6)
+
+
+def test_long_sequences_run_compiled_steps_and_add_up() -> None:
+    from rnnshap.keras.layers import COMPILE_MIN_STEPS
+
+    steps = COMPILE_MIN_STEPS
+    model = sequential("float32", lambda d: L.GRU(2, return_sequences=True, dtype=d), lambda d: L.LSTM(2, dtype=d), lambda d: L.Dense(1, dtype=d), shape=(steps, 2))
+    rng = np.random.default_rng(7)
+    background, x = rng.normal(size=(3, steps, 2)).astype(np.float32), rng.normal(size=(2, steps, 2)).astype(np.float32)
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert values.shape == (2, steps, 2, 1)
+    assert worst_additivity(values, model, x, background) <= TOL["float32"]
+
+
+def test_keras_ops_in_a_functional_graph() -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((T, F), dtype="float64")
+    states = L.LSTM(4, return_sequences=True, dtype="float64")(inputs)
+    gate = L.Dense(4, activation="sigmoid", dtype="float64")(states[:, -1])
+    mixed = keras.ops.mean(states, axis=1) * gate - keras.ops.sum(states[:, :2], axis=1)
+    model = keras.Model(inputs, L.Dense(2, dtype="float64")(mixed))
+    rng = np.random.default_rng(11)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+
+
+def test_single_lstm_cell_step_over_x_h_c() -> None:
+    x_in, h_in, c_in = keras.Input((F,), dtype="float64"), keras.Input((4,), dtype="float64"), keras.Input((4,), dtype="float64")
+    keras.utils.set_random_seed(0)
+    h, (_, c) = L.LSTMCell(4, dtype="float64")(x_in, [h_in, c_in])
+    model = keras.Model([x_in, h_in, c_in], L.Concatenate(dtype="float64")([h, c]))
+    rng = np.random.default_rng(2)
+    background = [rng.normal(size=(3, size)) for size in (F, 4, 4)]
+    x = [rng.normal(size=(2, size)) for size in (F, 4, 4)]
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert [v.shape for v in values] == [(2, F, 8), (2, 4, 8), (2, 4, 8)]
+    assert worst_additivity(values, model, x, background) <= 1e-12
+
+
+def test_embedding_softmax_attention_attributes_per_token() -> None:
+    tokens = keras.Input((T,), dtype="int32")
+    keras.utils.set_random_seed(0)
+    states = L.LSTM(4, return_sequences=True, dtype="float64")(L.Embedding(11, 3, dtype="float64")(tokens))
+    weights = L.Softmax(axis=1, dtype="float64")(L.Flatten(dtype="float64")(L.Dense(1, dtype="float64")(states)))
+    spread = L.Permute((2, 1), dtype="float64")(L.RepeatVector(4, dtype="float64")(weights))  # (N, T, 4)
+    pooled = L.GlobalAveragePooling1D(dtype="float64")(L.Multiply(dtype="float64")([spread, states]))
+    model = keras.Model(tokens, L.Dense(2, dtype="float64")(pooled))
+    rng = np.random.default_rng(3)
+    background, x = rng.integers(0, 11, (4, T)), rng.integers(0, 11, (3, T))
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(x)
+    assert values.shape == (3, T, 2)
+    assert worst_additivity(values, model, x, background) <= 1e-10
+    same = rnnshap.DeepExplainer(model, background[:1]).shap_values(background[:1])
+    assert np.abs(same).max() == 0.0
+
+
+# -- parity with the PyTorch explainer -----------------------------------------------------------
+def _gru_blocks(w: torch.Tensor) -> np.ndarray:
+    """torch GRU blocks r, z, n → keras z, r, h (rows of (3H, ·) or a (3H,) bias)."""
+    r, z, n = w.detach().numpy().astype(np.float32).reshape(3, -1, *w.shape[1:])
+    return np.concatenate([z, r, n])
+
+
+def _copy_into(cell: Any, module: nn.RNNBase, suffix: str) -> None:
+    w_ih, w_hh = getattr(module, f"weight_ih{suffix}"), getattr(module, f"weight_hh{suffix}")
+    b_ih, b_hh = getattr(module, f"bias_ih{suffix}"), getattr(module, f"bias_hh{suffix}")
+    if isinstance(module, nn.GRU):
+        cell.kernel.assign(_gru_blocks(w_ih).T)
+        cell.recurrent_kernel.assign(_gru_blocks(w_hh).T)
+        cell.bias.assign(np.stack([_gru_blocks(b_ih), _gru_blocks(b_hh)]))
+    else:
+        cell.kernel.assign(w_ih.detach().numpy().T)
+        cell.recurrent_kernel.assign(w_hh.detach().numpy().T)
+        cell.bias.assign((b_ih + b_hh).detach().numpy())
+
+
+class TorchModel(nn.Module):
+    def __init__(self, kind: str, num_layers: int, bidirectional: bool) -> None:
+        super().__init__()
+        layer = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = layer(F, 4, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
+        self.head = nn.Linear(T * 4 * (2 if bidirectional else 1), 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0].flatten(1))
+
+
+def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: bool) -> Any:
+    layers = []
+    for _ in range(num_layers):
+        rnn = L.LSTM(4, return_sequences=True) if kind == "lstm" else L.GRU(4, return_sequences=True, reset_after=True)
+        layers.append(L.Bidirectional(rnn) if bidirectional else rnn)
+    model = keras.Sequential([keras.Input((T, F)), *layers, L.Flatten(), L.Dense(3)])
+    for index, layer in enumerate(layers):
+        if bidirectional:
+            _copy_into(layer.forward_layer.cell, module.rnn, f"_l{index}")
+            _copy_into(layer.backward_layer.cell, module.rnn, f"_l{index}_reverse")
+        else:
+            _copy_into(layer.cell, module.rnn, f"_l{index}")
+    model.layers[-1].kernel.assign(module.head.weight.detach().numpy().T)
+    model.layers[-1].bias.assign(module.head.bias.detach().numpy())
+    return model
+
+
+@pytest.mark.parametrize(("kind", "num_layers", "bidirectional"), [("lstm", 1, False), ("gru", 1, False), ("lstm", 1, True), ("gru", 2, False), ("lstm", 2, True)])
+def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    module = TorchModel(kind, num_layers, bidirectional).eval()
+    model = _keras_twin(module, kind, num_layers, bidirectional)
+    rng = np.random.default_rng(4)
+    background, x = rng.normal(size=(4, T, F)).astype(np.float32), rng.normal(size=(3, T, F)).astype(np.float32)
+    np.testing.assert_allclose(outputs_of(model, x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+    from_keras = rnnshap.DeepExplainer(model, background).shap_values(x)
+    from_torch = rnnshap.DeepExplainer(module, torch.from_numpy(background)).shap_values(torch.from_numpy(x))
+    assert np.abs(from_keras - from_torch).max() <= 1e-5 * np.abs(from_torch).max()
+
+
+# -- the API contract ----------------------------------------------------------------------------
+def test_keras_model_gets_the_keras_explainer_and_torch_never_imports_tensorflow() -> None:
+    model = ARCHITECTURES["lstm"]("float32")
+    explainer = rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
+    assert isinstance(explainer, rnnshap.DeepExplainer) and type(explainer).__name__ == "KerasDeepExplainer"
+    script = "import sys, torch, rnnshap; rnnshap.DeepExplainer(torch.nn.Linear(2, 1).eval(), torch.zeros(2, 2)); assert 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_ranked_outputs_expected_value_and_model_unchanged() -> None:
+    model = ARCHITECTURES["gru"]("float64")
+    before = [w.numpy().copy() for w in model.weights]
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    explainer = rnnshap.DeepExplainer(model, background)
+    full = explainer.shap_values(x)
+    top, ranks = explainer.shap_values(x, ranked_outputs=2)
+    assert top.shape == (3, T, F, 2) and ranks.shape == (3, 2)
+    np.testing.assert_array_equal(ranks, np.argsort(-outputs_of(model, x), axis=1, kind="stable")[:, :2])
+    for i in range(3):
+        np.testing.assert_allclose(top[i], full[i][..., ranks[i]], atol=1e-14)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights, strict=True))
+
+
+def test_additivity_failure_raises_additivity_error() -> None:
+    model = ARCHITECTURES["lstm"]("float32")
+    rng = np.random.default_rng(6)
+    explainer = rnnshap.DeepExplainer(model, rng.normal(size=(3, T, F)).astype(np.float32))
+    with pytest.raises(rnnshap.AdditivityError, match="do not add up"):
+        explainer.shap_values(rng.normal(size=(2, T, F)).astype(np.float32) * 5, check_additivity=1e-30)
+
+
+def test_bad_input_is_an_input_error() -> None:
+    model = ARCHITECTURES["lstm"]("float32")
+    explainer = rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
+    with pytest.raises(rnnshap.InputError, match="shape"):
+        explainer.shap_values(np.zeros((2, T, F + 1), np.float32))
+    with pytest.raises(rnnshap.InputError, match="list"):
+        explainer.shap_values([np.zeros((2, T, F), np.float32)])
+
+
+def test_unsupported_layers_are_refused_together_by_name() -> None:
+    model = keras.Sequential([keras.Input((T, F)), L.LayerNormalization(name="norm"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")])
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
+    assert "norm (LayerNormalization)" in str(info.value) and "squared (Dense)" in str(info.value)
+
+
+def test_integer_input_that_feeds_no_embedding_is_refused() -> None:
+    inputs = keras.Input((T, F), dtype="int32")
+    model = keras.Model(inputs, L.Dense(2)(L.LSTM(3)(inputs)))
+    with pytest.raises(rnnshap.InputError, match="integers"):
+        rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.int32))
+
+
+# -- masks ---------------------------------------------------------------------------------------
+MASKED: dict[str, Callable[[], Any]] = {
+    "lstm-sequences": lambda: [L.LSTM(3, return_sequences=True, dtype="float64"), L.GlobalAveragePooling1D(dtype="float64"), L.Dense(2, dtype="float64")],
+    "gru-backwards": lambda: [L.GRU(3, go_backwards=True, dtype="float64"), L.Dense(2, dtype="float64")],
+    "bidirectional-stacked": lambda: [
+        L.Bidirectional(L.LSTM(3, return_sequences=True, dtype="float64"), dtype="float64"),
+        L.Bidirectional(L.SimpleRNN(2, dtype="float64"), merge_mode="mul", dtype="float64"),
+        L.Dense(2, dtype="float64"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED))
+def test_masked_steps_read_references_with_the_inputs_mask(name: str) -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), *MASKED[name]()])
+    rng = np.random.default_rng(8)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    x[0, -2:] = 0.0  # padded at the end
+    x[1, 1] = 0.0  # a masked step inside
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    masked = np.all(x == 0.0, axis=-1)
+    assert np.abs(values[masked]).max() == 0.0
+    for i in range(3):  # the reference is read with the input's mask: masked steps set to the mask value
+        references = np.where(masked[i][None, :, None], 0.0, background)
+        gap = outputs_of(model, x[i : i + 1]) - outputs_of(model, references).mean(0)
+        np.testing.assert_allclose(values[i].reshape(T * F, -1).sum(0), gap[0], atol=1e-10)
+
+
+def test_embedding_mask_zero_with_a_recurrent_layer() -> None:
+    tokens = keras.Input((T,), dtype="int32")
+    keras.utils.set_random_seed(0)
+    hidden = L.LSTM(3, dtype="float64")(L.Embedding(9, 2, mask_zero=True, dtype="float64")(tokens))
+    model = keras.Model(tokens, L.Dense(2, dtype="float64")(hidden))
+    rng = np.random.default_rng(9)
+    background, x = rng.integers(1, 9, (4, T)), rng.integers(1, 9, (2, T))
+    x[0, -2:] = 0
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert values.shape == (2, T, 2) and np.abs(values[0, -2:]).max() == 0.0
+    for i in range(2):
+        references = np.where(x[i][None] == 0, 0, background)
+        gap = outputs_of(model, x[i : i + 1]) - outputs_of(model, references).mean(0)
+        np.testing.assert_allclose(values[i].sum(0), gap[0], atol=1e-10)
+
+
+def test_initial_states_as_inputs_and_a_nested_model() -> None:
+    keras.utils.set_random_seed(0)
+    x_in, h_in, c_in = keras.Input((T, F), dtype="float64"), keras.Input((4,), dtype="float64"), keras.Input((4,), dtype="float64")
+    head = keras.Sequential([keras.Input((4,), dtype="float64"), L.Dense(3, activation="sigmoid", dtype="float64"), L.Dense(2, dtype="float64")])
+    model = keras.Model([x_in, h_in, c_in], head(L.LSTM(4, dtype="float64")(x_in, initial_state=[h_in, c_in])))
+    rng = np.random.default_rng(10)
+    background = [rng.normal(size=(3, *shape)) for shape in ((T, F), (4,), (4,))]
+    x = [rng.normal(size=(2, *shape)) for shape in ((T, F), (4,), (4,))]
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert [v.shape for v in values] == [(2, T, F, 2), (2, 4, 2), (2, 4, 2)]
+    assert np.abs(values[1]).max() > 0 and np.abs(values[2]).max() > 0
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+
+
+def test_sequential_without_input_and_integer_tokens() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([L.Embedding(7, 2), L.GRU(3), L.Dense(2)])
+    rng = np.random.default_rng(12)
+    background, x = rng.integers(0, 7, (3, T)), rng.integers(0, 7, (2, T))
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert values.shape == (2, T, 2)
+    assert worst_additivity(values, model, x, background) <= TOL["float32"]
