@@ -93,6 +93,16 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
         lambda d: L.Flatten(dtype=d),
         lambda d: L.Dense(1, dtype=d),
     ),
+    "unrolled-lstm-global-max": lambda d: sequential(
+        d, lambda d: L.LSTM(4, return_sequences=True, unroll=True, dtype=d), lambda d: L.GlobalMaxPooling1D(dtype=d), lambda d: L.Dense(2, dtype=d)
+    ),
+    "unrolled-gru-global-max-keepdims": lambda d: sequential(
+        d,
+        lambda d: L.GRU(4, return_sequences=True, unroll=True, dtype=d),
+        lambda d: L.GlobalMaxPooling1D(keepdims=True, dtype=d),
+        lambda d: L.Flatten(dtype=d),
+        lambda d: L.Dense(2, dtype=d),
+    ),
     "conv-lstm-gelu": lambda d: sequential(
         d, lambda d: L.Conv1D(4, 3, padding="same", activation="relu", dtype=d), lambda d: L.LSTM(3, dtype=d), lambda d: L.Dense(2, activation="gelu", dtype=d)
     ),
@@ -190,22 +200,26 @@ def _copy_into(cell: Any, module: nn.RNNBase, suffix: str) -> None:
 
 
 class TorchModel(nn.Module):
-    def __init__(self, kind: str, num_layers: int, bidirectional: bool) -> None:
+    """Recurrent layer(s), then all steps flattened (``pool="flatten"``) or the max over time, then Linear."""
+
+    def __init__(self, kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> None:
         super().__init__()
         layer = nn.LSTM if kind == "lstm" else nn.GRU
+        self.pool = pool
         self.rnn = layer(F, 4, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
-        self.head = nn.Linear(T * 4 * (2 if bidirectional else 1), 3)
+        self.head = nn.Linear((T if pool == "flatten" else 1) * 4 * (2 if bidirectional else 1), 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0].flatten(1))
+        states = self.rnn(x)[0]
+        return self.head(states.flatten(1) if self.pool == "flatten" else states.max(dim=1).values)
 
 
-def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: bool) -> Any:
+def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> Any:
     layers = []
     for _ in range(num_layers):
         rnn = L.LSTM(4, return_sequences=True) if kind == "lstm" else L.GRU(4, return_sequences=True, reset_after=True)
         layers.append(L.Bidirectional(rnn) if bidirectional else rnn)
-    model = keras.Sequential([keras.Input((T, F)), *layers, L.Flatten(), L.Dense(3)])
+    model = keras.Sequential([keras.Input((T, F)), *layers, L.Flatten() if pool == "flatten" else L.GlobalMaxPooling1D(), L.Dense(3)])
     for index, layer in enumerate(layers):
         if bidirectional:
             _copy_into(layer.forward_layer.cell, module.rnn, f"_l{index}")
@@ -217,11 +231,14 @@ def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: b
     return model
 
 
-@pytest.mark.parametrize(("kind", "num_layers", "bidirectional"), [("lstm", 1, False), ("gru", 1, False), ("lstm", 1, True), ("gru", 2, False), ("lstm", 2, True)])
-def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, bidirectional: bool) -> None:
+@pytest.mark.parametrize(
+    ("kind", "num_layers", "bidirectional", "pool"),
+    [("lstm", 1, False, "flatten"), ("gru", 1, False, "flatten"), ("lstm", 1, True, "flatten"), ("gru", 2, False, "flatten"), ("lstm", 2, True, "flatten"), ("gru", 1, True, "max")],
+)
+def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, bidirectional: bool, pool: str) -> None:
     torch.manual_seed(0)
-    module = TorchModel(kind, num_layers, bidirectional).eval()
-    model = _keras_twin(module, kind, num_layers, bidirectional)
+    module = TorchModel(kind, num_layers, bidirectional, pool).eval()
+    model = _keras_twin(module, kind, num_layers, bidirectional, pool)
     rng = np.random.default_rng(4)
     background, x = rng.normal(size=(4, T, F)).astype(np.float32), rng.normal(size=(3, T, F)).astype(np.float32)
     np.testing.assert_allclose(outputs_of(model, x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-5)

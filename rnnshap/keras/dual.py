@@ -126,3 +126,25 @@ def log_softmax(u: Dual, axis: int = -1) -> Dual:
     log_total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
     return shifted - log_total
 
+
+
+def max_over(u: Dual, axis: int, keepdims: bool = False) -> Dual:
+    """A max reduction over ``axis`` by shap's max-pool rule, as ``rnnshap.rules.routed_max``.
+
+    With y = max x, y_r = max r and c = max(y, y_r), the part c − y_r is credited to the position
+    of x's maximum and y − c to that of r's; a position's multiplier is its credit over its Δ.
+    """
+    ux = tf.stop_gradient(u.x)
+    y, y_r = tf.reduce_max(ux, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)
+    cross = tf.maximum(y, y_r)
+    depth = ux.shape[axis]
+    at_x = tf.one_hot(tf.argmax(ux, axis), depth, axis=axis, dtype=ux.dtype)
+    at_r = tf.one_hot(tf.argmax(u.r, axis), depth, axis=axis, dtype=ux.dtype)
+    credit = at_x * (cross - y_r) + at_r * (y - cross)
+    delta = ux - u.r
+    zero = tf.equal(delta, 0)
+    multiplier = tf.where(zero, tf.zeros_like(delta), credit / tf.where(zero, tf.ones_like(delta), delta))
+    out = tf.stop_gradient(y) + tf.reduce_sum(tf.stop_gradient(multiplier) * (u.x - ux), axis, keepdims=True)
+    if not keepdims:
+        out, y_r = tf.squeeze(out, axis), tf.squeeze(y_r, axis)
+    return Dual(out, y_r)

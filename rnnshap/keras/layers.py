@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
@@ -37,6 +38,7 @@ _LINEAR = (
     L.UpSampling1D, L.Identity, L.BatchNormalization,
 )  # fmt: skip
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
+_GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 #: boolean keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual)
 _MASK_OPS = {"NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot"}
@@ -105,6 +107,8 @@ def problem(layer: Any) -> str | None:
         return activation_problem(layer.activation)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax)):
         return None
+    if isinstance(layer, _GLOBAL_MAX):
+        return None if layer.data_format == "channels_last" else "global max pooling with channels_first is not supported"
     if isinstance(layer, L.TimeDistributed):
         return problem(layer.layer)
     if isinstance(layer, (L.Embedding, L.Masking)):
@@ -290,6 +294,14 @@ def _call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         batch, steps = tf.shape(value.x)[0], value.x.shape[1]
         inner = call_layer(layer.layer, run, value.map(lambda z: tf.reshape(z, (-1, *z.shape[2:]))))
         return Dual(*(tf.reshape(z, tf.concat([[batch, steps], tf.shape(z)[1:]], 0)) for z in (inner.x, inner.r)))
+    if isinstance(layer, _GLOBAL_MAX):
+        (value,) = args
+        spatial = value.x.shape[1:-1]
+        flat = value.map(lambda t: tf.reshape(t, (-1, int(np.prod(spatial)), t.shape[-1])))
+        pooled = dual.max_over(flat, 1, keepdims=False)
+        if layer.keepdims:
+            pooled = pooled.map(lambda t: tf.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
+        return pooled
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
         return dual.rescale(lambda t: layer(t), value, smooth=isinstance(layer, L.ELU))
@@ -342,7 +354,7 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
         f"rnnshap cannot attribute {len(ops)} layer(s) of this Keras model exactly:\n{lines}\n"
         "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
-        "Bidirectional, Masking, linear reshaping, pooling (average), merging and dropout layers, Multiply of two "
+        "Bidirectional, Masking, linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two "
         "inputs, and Functional/Sequential models of them.",
     )
     return error
