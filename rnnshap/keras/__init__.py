@@ -9,7 +9,7 @@ elementwise activation, softmax or log-softmax), Activation, ReLU, LeakyReLU, PR
 Embedding (integer inputs are token ids, attributed per token), LSTM, GRU (``reset_after`` True or
 False), SimpleRNN, ``RNN`` over LSTMCell/GRUCell/SimpleRNNCell or StackedRNNCells, the cells called
 on their own, Bidirectional (every merge mode), TimeDistributed, Masking and
-``Embedding(mask_zero=True)``, reshaping, average pooling, merging (Add, Subtract, Average,
+``Embedding(mask_zero=True)``, reshaping, average pooling, global max pooling, merging (Add, Subtract, Average,
 Concatenate, Multiply of two inputs), BatchNormalization and dropout at inference, and the linear
 keras ops of a Functional graph (slicing, sum, mean, add, ...). Recurrent layers take
 ``return_sequences``, ``return_state``, ``go_backwards`` and initial states given as inputs.
@@ -17,7 +17,7 @@ keras ops of a Functional graph (slicing, sum, mean, add, ...). Recurrent layers
 With a mask, each reference is read with the mask of the input it is paired with (as packed
 sequences are on the PyTorch side): masked steps get no attribution, and the attributions of a
 sample add up to its output minus the mean output over references read with its mask
-(``explainer(X).base_values``). Anything else (max pooling, layer normalization, attention layers,
+(``explainer(X).base_values``). Anything else (windowed max pooling, layer normalization, attention layers,
 Lambda layers, stateful RNNs, subclassed models) is refused by name.
 """
 
