@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -142,22 +142,12 @@ class DeepExplainer:
         inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
         check_matching(inputs, self.data)
         n = inputs[0].shape[0]
-        n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
-        if outputs is not None and ranked_outputs is not None:
-            raise ValueError("give either ranked_outputs or outputs, not both")
-        if outputs is not None:
-            selected = self._select(outputs).to(inputs[0].device).expand(n, -1)
-        elif ranked_outputs is not None:
-            if not 1 <= ranked_outputs:
-                raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
+        def scores() -> np.ndarray:
             with torch.no_grad():
-                scores = self.model(*inputs).reshape(n, -1)
-            order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -s.abs()}
-            if output_rank_order not in order:
-                raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
-            selected = torch.argsort(order[output_rank_order](scores), dim=1, stable=True)[:, :ranked_outputs]
-        else:
-            selected = torch.arange(n_outputs, device=inputs[0].device).expand(n, n_outputs)
+                return self.model(*inputs).reshape(n, -1).cpu().numpy()
+
+        chosen = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, scores)
+        selected = torch.from_numpy(chosen).to(inputs[0].device)
 
         show = self.progress if progress is None else progress
         phis, model_outputs = self._attribute(inputs, selected, batch_size or self.batch_size, show)
@@ -216,6 +206,30 @@ class DeepExplainer:
             for v, x, f, t in zip(per_input, inputs, features, times, strict=True)
         ]
         return explanations if self.multi_input else explanations[0]
+
+    def _selected_outputs(
+        self,
+        n: int,
+        ranked_outputs: int | None,
+        output_rank_order: str,
+        outputs: Sequence[int | tuple[int, ...]] | None,
+        scores: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """(n, k) flat indices of the outputs to explain for each sample: the chosen ``outputs``,
+        each sample's top ``ranked_outputs`` by ``scores()`` (the model's outputs), or all."""
+        if outputs is not None and ranked_outputs is not None:
+            raise ValueError("give either ranked_outputs or outputs, not both")
+        if outputs is not None:
+            return np.broadcast_to(self._select(outputs).numpy(), (n, len(outputs))).copy()
+        if ranked_outputs is not None:
+            if not 1 <= ranked_outputs:
+                raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
+            order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -np.abs(s)}
+            if output_rank_order not in order:
+                raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
+            return np.argsort(order[output_rank_order](scores()), axis=1, kind="stable")[:, :ranked_outputs].astype(np.int64)
+        n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
+        return np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
 
     def _select(self, outputs: Sequence[int | tuple[int, ...]]) -> Tensor:
         """Flat output indices of ``outputs`` (indices into ``output_shape``)."""

@@ -143,23 +143,9 @@ class KerasDeepExplainer(DeepExplainer):
         """SHAP values of ``X``; see :meth:`rnnshap.DeepExplainer.shap_values`."""
         inputs = self._arrays(X, "X")
         n = inputs[0].shape[0]
-        n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
-        if outputs is not None and ranked_outputs is not None:
-            raise ValueError("give either ranked_outputs or outputs, not both")
-        if outputs is not None:
-            selected = np.broadcast_to(self._select(outputs).numpy(), (n, len(outputs)))
-        elif ranked_outputs is not None:
-            if not 1 <= ranked_outputs:
-                raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
-            scores = self._predict(inputs).reshape(n, -1)
-            order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -np.abs(s)}
-            if output_rank_order not in order:
-                raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
-            selected = np.argsort(order[output_rank_order](scores), axis=1, kind="stable")[:, :ranked_outputs]
-        else:
-            selected = np.broadcast_to(np.arange(n_outputs), (n, n_outputs))
+        selected = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, lambda: self._predict(inputs).reshape(n, -1))
         show = self.progress if progress is None else progress
-        phis, model_outputs = self._attribute_keras(inputs, np.ascontiguousarray(selected), batch_size or self.batch_size, show)
+        phis, model_outputs = self._attribute_keras(inputs, selected, batch_size or self.batch_size, show)
         if check_additivity is not False:
             rtol = None if check_additivity is True else float(check_additivity)
             self._check(phis, model_outputs, selected, rtol)
