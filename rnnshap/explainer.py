@@ -15,7 +15,7 @@ from .engine.safety import as_tensors, check_matching, check_model, model_device
 from .engine.tape import Tape
 from .errors import AdditivityError, InputError
 from .keras import is_keras_model
-from .rules.base import Rule
+from .rules.base import PairGrid, Rule
 from .rules.registry import DEFAULT_REGISTRY, RuleRegistry
 
 Tensor = torch.Tensor
@@ -261,8 +261,12 @@ class DeepExplainer:
         model_outputs: Tensor | None = None
         base_values: Tensor | None = None
         total = n * n_refs
-        for start in _progress(range(0, total, batch_size), progress):
-            pairs = torch.arange(start, min(start + batch_size, total), device=inputs[0].device)
+        # whole samples per chunk where the batch size allows: rules may then compute on the
+        # distinct rows of each side only (see PairGrid)
+        step = batch_size - batch_size % n_refs if batch_size >= n_refs else batch_size
+        for start in _progress(range(0, total, step), progress):
+            pairs = torch.arange(start, min(start + step, total), device=inputs[0].device)
+            grid = PairGrid(pairs.shape[0] // n_refs, n_refs) if step % n_refs == 0 else None
             sample, ref = pairs // n_refs, pairs % n_refs
             # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
             # sample's values on both sides; token ids are compared with the background's tokens
@@ -272,9 +276,9 @@ class DeepExplainer:
             leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
             with torch.no_grad():
                 copies = [r.clone() for r in references]  # forward() may work in place on its inputs
-                ref_outputs, _ = run_pass(self.model, copies, registry, tape := Tape(), replay=False, follow=self.token_inputs)
+                ref_outputs, _ = run_pass(self.model, copies, registry, tape := Tape(), replay=False, follow=self.token_inputs, pairs=grid)
             with torch.enable_grad():
-                outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True, follow=self.token_inputs)
+                outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True, follow=self.token_inputs, pairs=grid)
                 flat = outputs.reshape(outputs.shape[0], -1)
                 chosen = flat.gather(1, selected[sample])
                 attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [leaf for _, leaf, _ in mode.embedded]

@@ -30,7 +30,7 @@ def test_progress_true_shows_a_bar_and_changes_nothing(capsys: pytest.CaptureFix
     assert capsys.readouterr().err == ""
     shown = explainer.shap_values(X, progress=True)
     err = capsys.readouterr().err
-    assert "rnnshap" in err and "3/3" in err  # 4 samples x 5 references in batches of 7
+    assert "rnnshap" in err and "4/4" in err  # 4 samples x 5 references, batch_size 7: one whole sample (5 pairs) per batch
     np.testing.assert_array_equal(quiet, shown)
     on, _ = _explainer(progress=True)
     on.shap_values(X)

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..errors import ModelStateError, UnsupportedOperationError
-from ..rules.base import Constant, EvalOnly, Linear, OpCall, Refuse, Rule
+from ..rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ..rules.registry import RuleRegistry, op_key, op_name
 from .tape import Tape, TapeEntry
 
@@ -93,11 +93,12 @@ def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
 class AttributionMode(TorchFunctionMode):
     """Intercepts torch operations for one pass of the engine (see the module docstring)."""
 
-    def __init__(self, registry: RuleRegistry, tape: Tape, replay: bool) -> None:
+    def __init__(self, registry: RuleRegistry, tape: Tape, replay: bool, pairs: PairGrid | None = None) -> None:
         super().__init__()
         self.registry = registry
         self.tape = tape
         self.replay = replay
+        self.pairs = pairs
         self._tracked: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.unsupported: dict[str, str] = {}
         # integer inputs followed to see whether they are token ids (consumed by an embedding)
@@ -183,7 +184,7 @@ class AttributionMode(TorchFunctionMode):
         """The call with both sides equal (the reference side is filled in from the tape later)."""
         leaves, spec = tree_flatten((args, kwargs))
         tracked = tuple(i for i, leaf in enumerate(leaves) if self.is_tracked(leaf))
-        return OpCall(fn, name, leaves, leaves, spec, tracked)
+        return OpCall(fn, name, leaves, leaves, spec, tracked, self.pairs)
 
     def dispatch(
         self,
@@ -236,7 +237,7 @@ class AttributionMode(TorchFunctionMode):
         if not self.replay:
             references = [call.leaves[i].detach().clone() for i in call.tracked]
             self.tape.append(TapeEntry(key, name, call.tracked, shapes, references))
-            result = func(*args, **kwargs)
+            result = rule.reference(call) if target is None and func is base else func(*args, **kwargs)
             self.track(result)
             if target is not None:
                 self.track(target)
@@ -247,7 +248,7 @@ class AttributionMode(TorchFunctionMode):
         ref_leaves = list(call.leaves)
         for i, reference in zip(call.tracked, entry.references, strict=False):
             ref_leaves[i] = reference
-        call = OpCall(call.fn, name, call.leaves, ref_leaves, call.spec, call.tracked)
+        call = OpCall(call.fn, name, call.leaves, ref_leaves, call.spec, call.tracked, self.pairs)
         result = rule.attribute(call)
         if target is not None:
             target.copy_(result)
@@ -307,13 +308,15 @@ def run_pass(
     tape: Tape,
     replay: bool,
     follow: Sequence[int] = (),
+    pairs: PairGrid | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
-    ``follow`` lists integer inputs to follow as possible token ids. Returns the output and the
+    ``follow`` lists integer inputs to follow as possible token ids; ``pairs`` says how the batch
+    is made of (sample, reference) pairs, when it is (see :class:`PairGrid`). Returns the output and the
     mode, which holds the embedding leaves of token inputs and what was learned about them.
     """
-    mode = AttributionMode(registry, tape, replay)
+    mode = AttributionMode(registry, tape, replay, pairs)
     module_rules = ModuleRules(model, registry)
     module_rules.install(mode)
     try:

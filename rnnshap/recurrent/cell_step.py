@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fused import _dsigmoid, _dtanh, secant
+from .fused import SIGMOID, TANH, smooth_secant
 
 Tensor = torch.Tensor
 
@@ -72,14 +72,14 @@ def _lstm(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: 
     u = _affine(x, h, w_ih, w_hh, cell.bias_ih, cell.bias_hh).chunk(4, 1)
     u_r = _affine(x_r, h_r, w_ih, w_hh, cell.bias_ih, cell.bias_hh).chunk(4, 1)
     acts = (torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid)
-    derivatives = (_dsigmoid, _dsigmoid, _dtanh, _dsigmoid)
+    kinds = (SIGMOID, SIGMOID, TANH, SIGMOID)
     gates = [a(v) for a, v in zip(acts, u, strict=False)]
     gates_r = [a(v) for a, v in zip(acts, u_r, strict=False)]
-    m = [secant(d, v, v_r, g, g_r, True) for d, v, v_r, g, g_r in zip(derivatives, u, u_r, gates, gates_r, strict=True)]
+    m = [smooth_secant(v, v_r, g, g_r, *kind) for kind, v, v_r, g, g_r in zip(kinds, u, u_r, gates, gates_r, strict=True)]
     (i, f, g, o), (i_r, f_r, g_r, o_r) = gates, gates_r
     c_new, c_new_r = f * c + i * g, f_r * c_r + i_r * g_r
     k, k_r = torch.tanh(c_new), torch.tanh(c_new_r)
-    m_k = secant(_dtanh, c_new, c_new_r, k, k_r, True)
+    m_k = smooth_secant(c_new, c_new_r, k, k_r, *TANH)
     w_i, w_f, w_g, w_o = w_ih.chunk(4, 0)
     v_i, v_f, v_g, v_o = w_hh.chunk(4, 0)
     dx, dh, dc = x - x_r, h - h_r, c - c_r
@@ -107,12 +107,12 @@ def _gru(cell: nn.GRUCell, x: Tensor, h: Tensor, x_r: Tensor, h_r: Tensor) -> Ce
     a, a_r = nn.functional.linear(h, cell.weight_hh, cell.bias_hh), nn.functional.linear(h_r, cell.weight_hh, cell.bias_hh)
     u_rz, u_rz_r = px[:, : 2 * size] + a[:, : 2 * size], px_r[:, : 2 * size] + a_r[:, : 2 * size]
     g, g_r = torch.sigmoid(u_rz), torch.sigmoid(u_rz_r)
-    m_r, m_z = secant(_dsigmoid, u_rz, u_rz_r, g, g_r, True).chunk(2, 1)
+    m_r, m_z = smooth_secant(u_rz, u_rz_r, g, g_r, *SIGMOID).chunk(2, 1)
     (r, z), (r_r, z_r) = g.chunk(2, 1), g_r.chunk(2, 1)
     a_n, a_n_r = a[:, 2 * size :], a_r[:, 2 * size :]
     v, v_ref = px[:, 2 * size :] + r * a_n, px_r[:, 2 * size :] + r_r * a_n_r
     n, n_r = torch.tanh(v), torch.tanh(v_ref)
-    m_n = secant(_dtanh, v, v_ref, n, n_r, True)
+    m_n = smooth_secant(v, v_ref, n, n_r, *TANH)
     dx, dh = x - x_r, h - h_r
     # h' = (1 − z) ⊙ n + z ⊙ h; n = tanh(W_n x + b_in + r ⊙ (V_n h + b_hn))
     scale_z = ((h + h_r) - (n + n_r)) / 2 * m_z

@@ -1,61 +1,156 @@
 r"""One autograd Function per recurrent layer and direction: the fast path.
 
-The forward pass runs the input trajectory and the reference trajectory side by side (one
-batch of 2B rows, the input projection of all steps as one matrix product), then computes every
-step's multipliers at once over the whole sequence. The backward pass runs the reverse-time
-multiplier recurrence: per step a few elementwise products and one small matrix product, and at
-the end one large product for the input projection. See ``docs/recurrent.md`` for the formulas.
+Forward: the input trajectory and the reference trajectory run as one batch through torch's own
+kernel, on the distinct rows of each side only (``pairs.py``: ``S`` samples and ``R`` references
+instead of ``S x R`` pairs each); the gate pre-activations of all steps are then one matrix
+product. The multipliers, which depend on both sides, are computed per pair by broadcasting the
+two sides against each other, a few time steps at a time so that the temporaries stay in cache,
+and only arithmetic (no masks, no ``torch.where``), which is what makes them cheap.
 
-Every layer takes ``mask``, a (T, B, 1) boolean tensor or None: rows where it is False are past
+Backward: the reverse-time multiplier recurrence, per step a few elementwise products and one
+small matrix product, then one large product for the input projection. See
+``docs/recurrent.md`` for the formulas.
+
+Every layer takes ``mask``, a (T, P, 1) boolean tensor or None: rows where it is False are past
 the end of their sequence (packed input); their states are carried over unchanged and their
 outputs are zero.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
+from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
+from .pairs import Side, pair_sides
 from .weights import CellWeights
 
 Tensor = torch.Tensor
 
+#: elements per temporary in the per-pair phase (2 MiB in float32, so that they stay in cache)
+_CHUNK_ELEMENTS = 1 << 19
 
-def secant(derivative: Callable[[Tensor], Tensor], u: Tensor, u_r: Tensor, y: Tensor, y_r: Tensor, smooth: bool) -> Tensor:
-    """Rescale multiplier (y − y_r)/(u − u_r), or the derivative where |u − u_r| is tiny.
+# σ(u) and tanh(u) written as κ − (a − μ)² at the secant's limit: see smooth_secant
+SIGMOID, TANH = (0.5, 0.25), (0.0, 1.0)
 
-    The derivative is evaluated only at the (few) tiny-Δ elements.
+
+# -- the Rescale multiplier of σ and tanh -------------------------------------------------------
+def _secant_into(out: Tensor, du: Tensor, da: Tensor, u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, centred_x_e4: Tensor, centred_r: Tensor, kappa_e4: Tensor, eps4: float) -> None:
+    """``out`` = the Rescale multiplier of σ or tanh for every pair of ``(u_x, a_x)`` and
+    ``(u_r, a_r)`` (which broadcast to ``out``), with ``du`` and ``da`` as scratch.
+
+    ``centred_* = a − μ`` (the x side already multiplied by ε⁴) and ``kappa_e4 = ε⁴ κ``; see
+    :func:`smooth_secant` for the formula. Nine arithmetic passes, no branches.
     """
-    delta = u - u_r
-    small = delta.abs() <= small_delta_threshold(u.dtype, smooth)
-    quotient = (y - y_r).div_(delta.masked_fill_(small, 1.0))
-    if bool(small.any()):
-        at = (u[small] + u_r[small]) / 2 if smooth else u[small]
-        quotient[small] = derivative(at)
-    return quotient
+    torch.sub(u_x, u_r, out=du)
+    torch.sub(a_x, a_r, out=da)
+    torch.addcmul(kappa_e4, centred_x_e4, centred_r, value=-1, out=out)  # ε⁴ F
+    da.mul_(du)  # Δa Δu
+    du.mul_(du)  # Δu²
+    out.addcmul_(da, du)  # ε⁴ F + Δa Δu³
+    du.mul_(du).add_(eps4)  # Δu⁴ + ε⁴
+    out.div_(du)
 
 
-def _dsigmoid(u: Tensor) -> Tensor:
-    s = torch.sigmoid(u)
-    return s * (1 - s)
+def _eps4(dtype: torch.dtype) -> float:
+    return small_delta_threshold(dtype, True) ** 4
 
 
-def _dtanh(u: Tensor) -> Tensor:
-    return 1 - torch.tanh(u) ** 2
+def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor | float, kappa: Tensor | float) -> Tensor:
+    r"""Rescale multiplier :math:`(a_x - a_r)/(u_x - u_r)` of :math:`a = σ(u)` or :math:`\tanh(u)`.
+
+    Both functions satisfy :math:`(a_x - a_r)/(u_x - u_r) = F \cdot \tanh(δ)/δ` with
+    :math:`F = κ - (a_x - μ)(a_r - μ)` (σ: μ = ½, κ = ¼, δ = Δu/2; tanh: μ = 0, κ = 1, δ = Δu),
+    so :math:`F` is the multiplier's limit as :math:`Δu → 0`, within a factor
+    :math:`1 - O(Δu^2)`. The quotient loses about ``eps/|Δu|`` of its accuracy to cancellation,
+    so the multiplier blends the two without a branch,
+
+    .. math:: m = \frac{Δa\,Δu^3 + ε^4 F}{Δu^4 + ε^4}, \qquad ε = \mathrm{eps}^{1/3},
+
+    which is the quotient to within :math:`(ε/Δu)^4` where :math:`|Δu| \gg ε` and :math:`F` where
+    :math:`|Δu| \ll ε`; the largest deviation from the exact secant is about :math:`ε^2/6` of
+    it (4e-6 in float32, 6e-12 in float64), where :math:`|Δu| ≈ ε`. Arguments broadcast.
+    """
+    eps4 = _eps4(u_x.dtype)
+    shape = torch.broadcast_shapes(u_x.shape, u_r.shape, a_x.shape, a_r.shape)
+    out, du, da = (u_x.new_empty(shape) for _ in range(3))
+    kappa_e4 = torch.as_tensor(kappa, dtype=u_x.dtype, device=u_x.device) * eps4
+    _secant_into(out, du, da, u_x, u_r, a_x, a_r, (a_x - mu) * eps4, a_r - mu, kappa_e4, eps4)
+    return out
 
 
-def _drelu(u: Tensor) -> Tensor:
-    return (u > 0).to(u.dtype)
+def _columns(blocks: Sequence[tuple[tuple[float, float], int]], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-column μ and κ for activation blocks ``[(SIGMOID or TANH, width), ...]``."""
+    mu = torch.cat([like.new_full((width,), constants[0]) for constants, width in blocks])
+    kappa = torch.cat([like.new_full((width,), constants[1]) for constants, width in blocks])
+    return mu, kappa
 
 
-def _mid(a: Tensor, b: Tensor) -> Tensor:
-    return (a + b) / 2
+def _pairwise_coefficients(
+    sides: tuple[Side, Side],
+    rows_x: int,
+    pre: Tensor,
+    act: Tensor,
+    blocks: Sequence[tuple[tuple[float, float], int]],
+    halves: Tensor | None,
+) -> Tensor:
+    """Per-pair coefficients from per-row tensors over the distinct rows (x rows first).
+
+    ``pre`` and ``act`` (T, rows, C) are the pre-activations and activations of the blocks;
+    the result is (T, pairs, W): ``(halves_x + halves_r) ⊙ [m, 1, …]`` when ``halves``
+    (T, rows, W ≥ C) is given (mean of the two sides times the multiplier, the Shapley share of a
+    product), else the multipliers ``m`` themselves (W = C).
+    """
+    side_x, side_r = sides
+    steps, width = pre.shape[0], pre.shape[-1]
+    samples, references = side_x.samples, side_x.references
+    eps4 = _eps4(pre.dtype)
+    mu, kappa = _columns(blocks, pre)
+    centred = act - mu
+
+    def split(t: Tensor) -> tuple[Tensor, Tensor]:
+        return side_x.grid(t[:, :rows_x]), side_r.grid(t[:, rows_x:])
+
+    (u_x, u_r), (a_x, a_r) = split(pre), split(act)
+    c_x = side_x.grid(centred[:, :rows_x] * eps4)
+    c_r = side_r.grid(centred[:, rows_x:])
+    out_width = width if halves is None else halves.shape[-1]
+    coefficients = pre.new_empty((steps, samples, references, out_width))
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, samples * references * width))
+    scratch = [pre.new_empty((min(chunk, steps), samples, references, width)) for _ in range(3)]
+    h_x, h_r = split(halves) if halves is not None else (None, None)
+    for start in range(0, steps, chunk):
+        t = slice(start, min(start + chunk, steps))
+        n = t.stop - start
+        m, du, da = (s[:n] for s in scratch)
+        if halves is None:
+            m = coefficients[t]
+        _secant_into(m, du, da, u_x[t], u_r[t], a_x[t], a_r[t], c_x[t], c_r[t], kappa * eps4, eps4)
+        if h_x is not None and h_r is not None:
+            torch.add(h_x[t], h_r[t], out=coefficients[t])
+            coefficients[t][..., :width].mul_(m)
+    return coefficients.flatten(1, 2)
+
+
+# -- shared pieces ------------------------------------------------------------------------------
+def _native_params(w: CellWeights) -> list[Tensor]:
+    params = [w.w_ih, w.w_hh]
+    if w.b_ih is not None and w.b_hh is not None:
+        params += [w.b_ih, w.b_hh]
+    if w.w_hr is not None:
+        params.append(w.w_hr)
+    return params
+
+
+def _native(op: Callable[..., Any], w: CellWeights, both: Tensor, state: Any) -> Any:
+    """One layer-direction of ``torch.lstm`` / ``gru`` / ``rnn_*`` on (T, rows, F), torch's own kernel."""
+    return op(both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
 
 
 def _input_projection(both: Tensor, w: CellWeights) -> Tensor:
-    """W_ih [x; x_r] + b_ih + b_hh for all steps at once: (T, 2B, G)."""
+    """W_ih x + b_ih + b_hh for all steps at once: (T, rows, G)."""
     bias = None
     if w.b_ih is not None and w.b_hh is not None:
         bias = w.b_ih + w.b_hh
@@ -69,30 +164,50 @@ def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
 
 
 def _carry(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
-    if mask is None:
-        return new
-    m = torch.cat([mask[t], mask[t]], dim=0)
-    return torch.where(m, new, old)
+    return new if mask is None else torch.where(mask[t], new, old)
 
 
-def _split(t: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    return t[:, :batch], t[:, batch:]
+def _emit(mask: Tensor | None, t: int, h: Tensor) -> Tensor:
+    return h if mask is None else h * mask[t].to(h.dtype)
 
 
-def _native_params(w: CellWeights) -> list[Tensor]:
-    params = [w.w_ih, w.w_hh]
-    if w.b_ih is not None and w.b_hh is not None:
-        params += [w.b_ih, w.b_hh]
-    if w.w_hr is not None:
-        params.append(w.w_hr)
-    return params
+class _Rows:
+    """The distinct rows of both sides of one layer call, stacked x rows first."""
+
+    def __init__(self, grid: PairGrid | None, mask: Tensor | None, sequences: tuple[Tensor, Tensor], *states: tuple[Tensor, Tensor]) -> None:
+        x, x_r = sequences
+        self.pairs = x.shape[1]
+        inputs = [(x, 1), (mask, 1), *((s, 0) for s, _ in states)]
+        references = [(x_r, 1), (mask, 1), *((s, 0) for _, s in states)]
+        self.sides = pair_sides(grid, self.pairs, inputs, references)
+        self.rows_x = self.sides[0].rows
+        self.sequence = self.stack(x, x_r, 1)
+        self.states = [self.stack(s, s_r, 0) for s, s_r in states]
+        self.mask = None if mask is None else self.stack(mask, mask, 1)
+
+    def stack(self, t: Tensor, t_r: Tensor, dim: int) -> Tensor:
+        side_x, side_r = self.sides
+        return torch.cat([side_x.take(t, dim), side_r.take(t_r, dim)], dim)
+
+    def spread(self, t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+        """Per-row results back to one row per pair: (input side, reference side)."""
+        side_x, side_r = self.sides
+        return side_x.spread(t.narrow(dim, 0, self.rows_x), dim), side_r.spread(t.narrow(dim, self.rows_x, t.shape[dim] - self.rows_x), dim)
 
 
-def _native(op: Callable[..., Any], w: CellWeights, both: Tensor, state: Any) -> Any:
-    """One layer-direction of ``torch.lstm`` / ``gru`` / ``rnn_*`` on (T, 2B, F), torch's own kernel."""
-    return op(both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
+def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, rows: _Rows, outputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+    """Save what the backward needs and return (outputs, final states) of the input side and,
+    not differentiable, the same of the reference side, one row per pair."""
+    ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
+    ctx.weights, ctx.has_mask = w, mask is not None
+    out_x, out_r = rows.spread(outputs, 1)
+    finals = [rows.spread(s, 0) for s in states]
+    finals_x, finals_r = [f[0] for f in finals], [f[1] for f in finals]
+    ctx.mark_non_differentiable(out_r, *finals_r)
+    return (out_x, *finals_x, out_r, *finals_r)
 
 
+# -- LSTM ---------------------------------------------------------------------------------------
 def _lstm_gates(u: Tensor) -> Tensor:
     """σ on the i, f, o blocks and tanh on the g block of pre-activations (..., 4H)."""
     gates = torch.sigmoid(u)
@@ -101,19 +216,17 @@ def _lstm_gates(u: Tensor) -> Tensor:
     return gates
 
 
-def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
-    """Both trajectories as one batch of 2B rows.
+def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """The trajectories of all rows: gate pre-activations u and activations (T, rows, 4H), the
+    cell state before and after each step, the outputs (T, rows, H_out) and the final h and c.
 
-    Returns the gate pre-activations u and activations (T, 2B, 4H), the cell state before and
-    after each step, the outputs (T, 2B, H_out) and the final h and c. Without a mask, torch's
-    LSTM kernel runs the trajectories; the pre-activations of all steps are then one matrix
-    product and the cell states one fused multiply-add per step.
+    Without a mask torch's LSTM kernel runs the rows; the pre-activations of all steps are then one
+    matrix product and the cell states one fused multiply-add per step.
     """
     steps = x.shape[0]
-    both = torch.cat([x, x_ref], 1)
-    projected = _input_projection(both, w)
+    projected = _input_projection(x, w)
     if mask is None:
-        out, h_last, _ = _native(torch.lstm, w, both, (h[None], c[None]))
+        out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
         u = _add_recurrent(projected, torch.cat([h[None], out[:-1]]), w.w_hh)
         gates = _lstm_gates(u)
         i, f, g, _ = gates.chunk(4, dim=2)
@@ -123,7 +236,7 @@ def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Te
         for t in range(steps):
             previous[t] = c
             c = torch.addcmul(ig[t], f[t], c, out=cells[t])
-        return u, gates, previous, cells, out, h_last[0], c
+        return u, gates, previous, cells, out, out[-1], c
     pre, previous_list, cells_list, outs = [], [], [], []
     w_hh_t = w.w_hh.t()
     for t in range(steps):
@@ -138,67 +251,46 @@ def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, x_ref: Te
         h = _carry(mask, t, h_new, h)
         pre.append(u_t)
         cells_list.append(c_new)
-        outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
+        outs.append(_emit(mask, t, h_new))
     u = torch.stack(pre)
     return u, _lstm_gates(u), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
-
-
-def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, batch: int, outputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-    """Save what the backward needs and return (outputs, final states, and the same for the
-    reference side, not differentiable), splitting the 2B rows into input and reference halves."""
-    ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
-    ctx.weights, ctx.has_mask = w, mask is not None
-    out_x, out_r = _split(outputs, batch)
-    finals_x, finals_r = [s[:batch] for s in states], [s[batch:] for s in states]
-    ctx.mark_non_differentiable(out_r, *finals_r)
-    return (out_x, *finals_x, out_r, *finals_r)
 
 
 class FusedLSTM(torch.autograd.Function):
     """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        batch = x.shape[1]
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         hidden = w.w_hh.shape[0] // 4
-        trajectories = _lstm_trajectories(w, mask, x, x_ref, torch.cat([h0, h0_ref]), torch.cat([c0, c0_ref]))
-        u_all, gates_all, c_prev_all, c_new_all, out_all, h, c = trajectories
-
-        # multipliers of all steps at once; every coefficient is a mean of the two sides times a
-        # Rescale multiplier, written straight into its slice of one (T, B, 6H) tensor
-        u_x, u_r = _split(u_all, batch)
-        a_x, a_r = _split(gates_all, batch)
-        derivatives = (_dsigmoid, _dsigmoid, _dtanh, _dsigmoid)
-        m = [secant(d, ux, ur, gx, gr, True) for d, ux, ur, gx, gr in zip(derivatives, u_x.chunk(4, 2), u_r.chunk(4, 2), a_x.chunk(4, 2), a_r.chunk(4, 2), strict=True)]
-        (i_x, f_x, g_x, o_x), (i_r, f_r, g_r, o_r) = a_x.chunk(4, 2), a_r.chunk(4, 2)
-        c_new_x, c_new_r = _split(c_new_all, batch)
-        c_prev_x, c_prev_r = _split(c_prev_all, batch)
-        k_x, k_r = torch.tanh(c_new_x), torch.tanh(c_new_r)
-        m_k = secant(_dtanh, c_new_x, c_new_r, k_x, k_r, True)
-        coefficients = x.new_empty((x.shape[0], batch, 6 * hidden))
-        blocks = coefficients.split(hidden, dim=2)
-        pairs = ((g_x, g_r, m[0]), (c_prev_x, c_prev_r, m[1]), (i_x, i_r, m[2]), (k_x, k_r, m[3]), (o_x, o_r, m_k))
-        for block, (a, b, multiplier) in zip(blocks, pairs, strict=False):
-            torch.mul(torch.add(a, b), multiplier, out=block)  # A_i, A_f, A_g, A_o, A_k (× 2)
-        torch.add(f_x, f_r, out=blocks[5])  # A_c (× 2)
-        coefficients.mul_(0.5)
+        rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref), (c0, c0_ref))
+        u, gates, c_prev, c_new, out, h, c = _lstm_trajectories(w, rows.mask, rows.sequence, *rows.states)
+        i, f, g, o = gates.chunk(4, dim=2)
+        k = torch.tanh(c_new)
+        # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
+        # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
+        halves = torch.cat([g, c_prev, i, k, o, f], dim=2).mul_(0.5)
+        blocks = [(SIGMOID, 2 * hidden), (TANH, hidden), (SIGMOID, hidden), (TANH, hidden)]
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, torch.cat([u, c_new], 2), torch.cat([gates, k], 2), blocks, halves)
         ctx.hidden = hidden
-        return _finish(ctx, w, mask, coefficients, batch, out_all, h, c)
+        return _finish(ctx, w, mask, coefficients, rows, out, h, c)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
         hidden = ctx.hidden
-        a_i, a_f, a_g, a_o, a_k, a_c = coefficients.split(hidden, dim=2)
+        steps, pairs = coefficients.shape[:2]
+        a_ifg = coefficients[..., : 3 * hidden].unflatten(-1, (3, hidden))
+        a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
         dh, dc = d_h, d_c
-        du_steps = []
+        du_steps: list[Tensor] = []
+        # no out= or in-place writes: several outputs go through here at once under vmap
         for t in reversed(range(coefficients.shape[0])):
-            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
-            dh = dh + d_output
+            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
             dh_full = dh @ w.w_hr if w.w_hr is not None else dh
-            dcc = dc + dh_full * a_k[t]
-            du = torch.cat([dcc * a_i[t], dcc * a_f[t], dcc * a_g[t], dh_full * a_o[t]], dim=-1)
+            dcc = torch.addcmul(dc, dh_full, a_k[t])
+            ifg = dcc.unsqueeze(-2) * a_ifg[t]
+            du = torch.cat([ifg.reshape(*ifg.shape[:-2], 3 * hidden), dh_full * a_o[t]], dim=-1)
             dh_prev, dc_prev = du @ w.w_hh, dcc * a_c[t]
             if ctx.has_mask:
                 du = du * mask[t]
@@ -206,123 +298,125 @@ class FusedLSTM(torch.autograd.Function):
                 dc_prev = torch.where(mask[t], dc_prev, dc)
             dh, dc = dh_prev, dc_prev
             du_steps.append(du)
-        du_all = torch.stack(du_steps[::-1])
-        dx = du_all @ w.w_ih
-        return None, None, dx, dh, dc, None, None, None
+        dx = torch.stack(du_steps[::-1]) @ w.w_ih
+        return None, None, None, dx, dh, dc, None, None, None
 
 
+# -- GRU ----------------------------------------------------------------------------------------
 class FusedGRU(torch.autograd.Function):
     """One GRU layer-direction: returns (outputs, h_T) and, not differentiable, their references."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        steps, batch = x.shape[0], x.shape[1]
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         hidden = w.w_hh.shape[0] // 3
-        both = torch.cat([x, x_ref], dim=1)
-        projected = torch.nn.functional.linear(both, w.w_ih, w.b_ih)  # (T, 2B, 3H)
-        h = torch.cat([h0, h0_ref])
-        if mask is None:  # torch's kernel runs both trajectories; everything else is vectorized over time
-            out_all, h_last = _native(torch.gru, w, both, h[None])
-            h_prev = torch.cat([h[None], out_all[:-1]])
-            a_all, px_all, h = torch.nn.functional.linear(h_prev, w.w_hh, w.b_hh), projected, h_last[0]
+        rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
+        both, (h,), row_mask = rows.sequence, rows.states, rows.mask
+        projected = torch.nn.functional.linear(both, w.w_ih, w.b_ih)  # (T, rows, 3H)
+        if row_mask is None:  # torch's kernel runs the rows; everything else is vectorised over time
+            out, h_last = _native(torch.gru, w, both, h[None])
+            h_prev = torch.cat([h[None], out[:-1]])
+            recurrent, h = torch.nn.functional.linear(h_prev, w.w_hh, w.b_hh), h_last[0]
         else:
             hid, previous, outs = [], [], []
-            for t in range(steps):
-                a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (2B, 3H): W_h[r,z,n] h + b_h
+            for t in range(both.shape[0]):
+                a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (rows, 3H): W_h[r,z,n] h + b_h
                 px = projected[t]
                 r, z = torch.sigmoid(px[:, : 2 * hidden] + a[:, : 2 * hidden]).chunk(2, dim=1)
                 n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
                 h_new = (1 - z) * n + z * h
                 previous.append(h)
-                h = _carry(mask, t, h_new, h)
+                h = _carry(row_mask, t, h_new, h)
                 hid.append(a)
-                outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-            a_all, px_all, h_prev, out_all = torch.stack(hid), projected, torch.stack(previous), torch.stack(outs)
-        a_x, a_r = _split(a_all, batch)
-        p_x, p_r = _split(px_all, batch)
-        hp_x, hp_r = _split(h_prev, batch)
-        u_rz_x = p_x[..., : 2 * hidden] + a_x[..., : 2 * hidden]
-        u_rz_r = p_r[..., : 2 * hidden] + a_r[..., : 2 * hidden]
-        g_x, g_r = torch.sigmoid(u_rz_x), torch.sigmoid(u_rz_r)
-        m_rz = secant(_dsigmoid, u_rz_x, u_rz_r, g_x, g_r, True)
-        (r_x, z_x), (r_r, z_r), (m_r, m_z) = g_x.chunk(2, 2), g_r.chunk(2, 2), m_rz.chunk(2, 2)
-        an_x, an_r = a_x[..., 2 * hidden :], a_r[..., 2 * hidden :]
-        v_x, v_r = p_x[..., 2 * hidden :] + r_x * an_x, p_r[..., 2 * hidden :] + r_r * an_r
-        n_x, n_r = torch.tanh(v_x), torch.tanh(v_r)
-        m_n = secant(_dtanh, v_x, v_r, n_x, n_r, True)
-        coefficients = torch.cat(
-            [
-                (2 - z_x - z_r) / 2 * m_n,  # dv = dh · A_n
-                (_mid(hp_x, hp_r) - _mid(n_x, n_r)) * m_z,  # du_z = dh · A_z
-                _mid(z_x, z_r),  # dh_prev (direct) = dh · A_h
-                _mid(an_x, an_r) * m_r,  # du_r = dv · A_r
-                _mid(r_x, r_r),  # da_n = dv · A_a
-            ],
-            dim=2,
-        )
+                outs.append(_emit(row_mask, t, h_new))
+            recurrent, h_prev, out = torch.stack(hid), torch.stack(previous), torch.stack(outs)
+        u_rz = projected[..., : 2 * hidden] + recurrent[..., : 2 * hidden]
+        r, z = torch.sigmoid(u_rz).chunk(2, dim=2)
+        a_n = recurrent[..., 2 * hidden :]
+        v = torch.addcmul(projected[..., 2 * hidden :], r, a_n)
+        n = torch.tanh(v)
+        # coefficients [A_r, A_z, A_n, A_h, A_a]: du_r = dv·A_r, du_z = dh·A_z, dv = dh·A_n,
+        # dh_prev (direct) = dh·A_h, da_n = dv·A_a (see docs/recurrent.md)
+        halves = torch.cat([a_n, h_prev - n, 1 - z, z, r], dim=2).mul_(0.5)
+        blocks = [(SIGMOID, 2 * hidden), (TANH, hidden)]
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, torch.cat([u_rz, v], 2), torch.cat([r, z, n], 2), blocks, halves)
         ctx.hidden = hidden
-        return _finish(ctx, w, mask, coefficients, batch, out_all, h)
+        return _finish(ctx, w, mask, coefficients, rows, out, h)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        a_n, a_z, a_h, a_r, a_a = coefficients.split(ctx.hidden, dim=2)
+        hidden = ctx.hidden
+        steps, pairs = coefficients.shape[:2]
+        a_rz = coefficients[..., : 2 * hidden]
+        a_n, a_h, a_a = coefficients[..., 2 * hidden :].split(hidden, dim=2)
         dh = d_h
-        dx_steps = []
+        d_inputs: list[Tensor] = []
         for t in reversed(range(coefficients.shape[0])):
-            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
-            dh = dh + d_output
+            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
             dv = dh * a_n[t]
-            du_r, du_z, da_n = dv * a_r[t], dh * a_z[t], dv * a_a[t]
-            d_hidden = torch.cat([du_r, du_z, da_n], dim=-1)
-            d_input = torch.cat([du_r, du_z, dv], dim=-1)
-            dh_prev = dh * a_h[t] + d_hidden @ w.w_hh
+            du_rz = torch.cat([dv, dh], dim=-1) * a_rz[t]
+            d_hidden = torch.cat([du_rz, dv * a_a[t]], dim=-1)  # [du_r, du_z, da_n]
+            d_input = torch.cat([du_rz, dv], dim=-1)  # [du_r, du_z, dv]
+            dh_prev = torch.addmm(dh * a_h[t], d_hidden, w.w_hh) if dh.dim() == 2 else dh * a_h[t] + d_hidden @ w.w_hh
             if ctx.has_mask:
                 d_input = d_input * mask[t]
                 dh_prev = torch.where(mask[t], dh_prev, dh)
             dh = dh_prev
-            dx_steps.append(d_input)
-        dx = torch.stack(dx_steps[::-1]) @ w.w_ih
-        return None, None, dx, dh, None, None
+            d_inputs.append(d_input)
+        dx = torch.stack(d_inputs[::-1]) @ w.w_ih
+        return None, None, None, dx, dh, None, None
+
+
+# -- Elman RNN ----------------------------------------------------------------------------------
+def _relu_secant(rows: _Rows, u: Tensor) -> Tensor:
+    """(relu(u_x) − relu(u_r)) / (u_x − u_r) per pair, the derivative where u_x = u_r."""
+    side_x, side_r = rows.sides
+    u_x, u_r = side_x.grid(u[:, : rows.rows_x]), side_r.grid(u[:, rows.rows_x :])
+    du = u_x - u_r
+    quotient = (torch.relu(u_x) - torch.relu(u_r)) / du
+    equal = du == 0
+    if bool(equal.any()):
+        quotient = torch.where(equal, (u_x > 0).to(u.dtype), quotient)
+    return quotient.flatten(1, 2)
 
 
 class FusedRNN(torch.autograd.Function):
     """One Elman RNN layer-direction (tanh or relu)."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        steps, batch = x.shape[0], x.shape[1]
-        both = torch.cat([x, x_ref], 1)
+    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
+        both, (h,), row_mask = rows.sequence, rows.states, rows.mask
         projected = _input_projection(both, w)
         act = torch.relu if relu else torch.tanh
-        h = torch.cat([h0, h0_ref])
-        if mask is None:  # torch's kernel runs both trajectories; the pre-activations are one product
-            out_all, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h[None])
-            u_all, h = _add_recurrent(projected, torch.cat([h[None], out_all[:-1]]), w.w_hh), h_last[0]
+        if row_mask is None:  # torch's kernel runs the rows; the pre-activations are one product
+            out, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h[None])
+            u, h = _add_recurrent(projected, torch.cat([h[None], out[:-1]]), w.w_hh), h_last[0]
         else:
             w_hh_t = w.w_hh.t()
             pre, outs = [], []
-            for t in range(steps):
-                u = torch.addmm(projected[t], h, w_hh_t)
-                h_new = act(u)
-                h = _carry(mask, t, h_new, h)
-                pre.append(u)
-                outs.append(h_new * torch.cat([mask[t], mask[t]]).to(h_new.dtype))
-            u_all, out_all = torch.stack(pre), torch.stack(outs)
-        u_x, u_r = _split(u_all, batch)
-        coefficients = secant(_drelu if relu else _dtanh, u_x, u_r, act(u_x), act(u_r), not relu)
-        return _finish(ctx, w, mask, coefficients, batch, out_all, h)
+            for t in range(both.shape[0]):
+                u_t = torch.addmm(projected[t], h, w_hh_t)
+                h_new = act(u_t)
+                h = _carry(row_mask, t, h_new, h)
+                pre.append(u_t)
+                outs.append(_emit(row_mask, t, h_new))
+            u, out = torch.stack(pre), torch.stack(outs)
+        if relu:
+            coefficients = _relu_secant(rows, u)
+        else:
+            coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, u, torch.tanh(u), [(TANH, u.shape[-1])], None)
+        return _finish(ctx, w, mask, coefficients, rows, out, h)
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
         dh = d_h
-        du_steps = []
+        du_steps: list[Tensor] = []
         for t in reversed(range(coefficients.shape[0])):
-            d_output = d_out[t] if not ctx.has_mask else d_out[t] * mask[t]
-            dh = dh + d_output
+            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
             du = dh * coefficients[t]
             dh_prev = du @ w.w_hh
             if ctx.has_mask:
@@ -331,4 +425,4 @@ class FusedRNN(torch.autograd.Function):
             dh = dh_prev
             du_steps.append(du)
         dx = torch.stack(du_steps[::-1]) @ w.w_ih
-        return None, None, None, dx, dh, None, None
+        return None, None, None, None, dx, dh, None, None

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ModelStateError
-from ..rules.base import OpCall, Rule
+from ..rules.base import OpCall, PairGrid, Rule
 from . import decomposed, fused
+from .pairs import Side
 from .weights import CellWeights, split_weights
 
 Tensor = torch.Tensor
@@ -101,14 +102,23 @@ class RecurrentLayer(Rule):
             (h0, c0), (h0_r, c0_r) = hx, hx_r
         else:
             h0, c0, h0_r, c0_r = hx, None, hx_r, None
-        output, h_n, c_n = self._stack(layers, layout, x, x_r, h0, h0_r, c0, c0_r)
+        output, h_n, c_n = self._stack(layers, layout, call.pairs, x, x_r, h0, h0_r, c0, c0_r)
         if packed:
             output = _from_padded(output, layout)
         elif layout.batch_first:
             output = output.transpose(0, 1)
         return (output, h_n, c_n) if self.kind == "lstm" else (output, h_n)
 
-    def _stack(self, layers: list[list[CellWeights]], layout: _Layout, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def reference(self, call: OpCall) -> Any:
+        """The reference pass: torch's kernel on the distinct reference rows only, when the
+        batch cycles through the references (the usual case; see ``pairs.py``)."""
+        args = call.args
+        packed = isinstance(args[1], Tensor) if self.kind == "lstm" else isinstance(args[2], Tensor)
+        if packed:
+            return super().reference(call)
+        return _on_distinct_references(call, 0 if args[8] else 1, 1)
+
+    def _stack(self, layers: list[list[CellWeights]], layout: _Layout, grid: PairGrid | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         directions = len(layers[0])
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
@@ -118,7 +128,7 @@ class RecurrentLayer(Rule):
                 index = layer * directions + d
                 seq, seq_r = (x, x_r) if d == 0 else (_reverse(x, layout), _reverse(x_r, layout))
                 states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
-                out, out_r, h_last, c_last = self._layer(weights, layout.mask, seq, seq_r, *states)
+                out, out_r, h_last, c_last = self._layer(weights, layout.mask, grid, seq, seq_r, *states)
                 if d == 1:
                     out, out_r = _reverse(out, layout), _reverse(out_r, layout)
                 outputs.append(out)
@@ -129,17 +139,16 @@ class RecurrentLayer(Rule):
             x, x_r = (outputs[0], outputs_r[0]) if directions == 1 else (torch.cat(outputs, -1), torch.cat(outputs_r, -1))
         return x, torch.stack(h_n), torch.stack(c_n) if c_n else None
 
-    def _layer(self, w: CellWeights, mask: Tensor | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _layer(self, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """One layer-direction; returns (output, reference output, h_T, c_T)."""
-        engine = fused if self.fused else decomposed
         if self.kind == "lstm":
             assert c0 is not None and c0_r is not None
-            out, h, c, out_r, _, _ = engine.FusedLSTM.apply(w, mask, x, h0, c0, x_r, h0_r, c0_r) if self.fused else decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
+            out, h, c, out_r, _, _ = fused.FusedLSTM.apply(w, mask, grid, x, h0, c0, x_r, h0_r, c0_r) if self.fused else decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
             return out, out_r, h, c
         if self.kind == "gru":
-            out, h, out_r, _ = engine.FusedGRU.apply(w, mask, x, h0, x_r, h0_r) if self.fused else decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
+            out, h, out_r, _ = fused.FusedGRU.apply(w, mask, grid, x, h0, x_r, h0_r) if self.fused else decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
             return out, out_r, h, None
-        out, h, out_r, _ = engine.FusedRNN.apply(w, mask, self.relu, x, h0, x_r, h0_r) if self.fused else decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
+        out, h, out_r, _ = fused.FusedRNN.apply(w, mask, grid, self.relu, x, h0, x_r, h0_r) if self.fused else decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
         return out, out_r, h, None
 
 
@@ -149,6 +158,9 @@ class RecurrentCell(RecurrentLayer):
     def __repr__(self) -> str:
         return f"RecurrentCell({self.kind!r}, relu={self.relu}, fused={self.fused})"
 
+    def reference(self, call: OpCall) -> Any:
+        return _on_distinct_references(call, 0, 0)
+
     def attribute(self, call: OpCall) -> Any:
         (x, hx, w_ih, w_hh, *biases), (x_r, hx_r) = call.args, call.ref_args[:2]
         b_ih, b_hh = (biases + [None, None])[:2]
@@ -157,11 +169,29 @@ class RecurrentCell(RecurrentLayer):
             raise ValueError(f"{call.name}: rnnshap attributes to the inputs of a recurrent cell, not to its weights")
         if self.kind == "lstm":
             (h, c), (h_r, c_r) = hx, hx_r
-            out, _, _, c_new = self._layer(weights, None, x[None], x_r[None], h, h_r, c, c_r)
+            out, _, _, c_new = self._layer(weights, None, call.pairs, x[None], x_r[None], h, h_r, c, c_r)
             assert c_new is not None
             return out[0], c_new
-        out, _, _, _ = self._layer(weights, None, x[None], x_r[None], hx, hx_r, None, None)
+        out, _, _, _ = self._layer(weights, None, call.pairs, x[None], x_r[None], hx, hx_r, None, None)
         return out[0]
+
+
+def _on_distinct_references(call: OpCall, input_dim: int, state_dim: int) -> Any:
+    """Run ``call`` (input, hx, *rest) on the distinct rows of a reference batch and spread the
+    results back to one row per pair; run it as it is when the rows do not cycle."""
+    (x, hx, *rest), kwargs = call.args, call.kwargs
+    states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+    if call.pairs is None or kwargs or not all(isinstance(s, Tensor) for s in states):
+        return call.fn(*call.args, **kwargs)
+    side = Side.of("reference", call.pairs, x.shape[input_dim], [(x, input_dim), *((s, state_dim) for s in states)])
+    if side.axis is None:
+        return call.fn(*call.args, **kwargs)
+    distinct = [side.take(s, state_dim) for s in states]
+    result = call.fn(side.take(x, input_dim), tuple(distinct) if isinstance(hx, (tuple, list)) else distinct[0], *rest)
+    if isinstance(result, Tensor):
+        return side.spread(result, input_dim)
+    output, *finals = result
+    return (side.spread(output, input_dim), *(side.spread(f, state_dim) for f in finals))
 
 
 def recurrent_rules() -> dict[Any, Rule]:

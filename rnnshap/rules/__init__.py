@@ -14,13 +14,13 @@ Building blocks for rules of your own: :func:`rescale`, :func:`shapley`, :func:`
 and returns the input-side result whose gradient is the rule's multiplier.
 """
 
-from .base import Constant, EvalOnly, Linear, OpCall, Refuse, Rule
+from .base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from .elementwise import Bilinear, Product, Rescale, Shapley, product, rescale, shapley, with_multipliers
 from .registry import register_rule
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax, routed_max
 
 __all__ = [
     "Bilinear", "Constant", "EvalOnly", "LayerNorm", "Linear", "LogSoftmax", "MaxPool", "MaxReduction",
-    "OpCall", "Product", "Refuse", "Rescale", "Rule", "Shapley", "Softmax", "product", "register_rule",
+    "OpCall", "PairGrid", "Product", "Refuse", "Rescale", "Rule", "Shapley", "Softmax", "product", "register_rule",
     "rescale", "routed_max", "shapley", "with_multipliers",
 ]

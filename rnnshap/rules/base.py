@@ -15,6 +15,25 @@ import torch
 from torch.utils._pytree import TreeSpec, tree_unflatten
 
 
+@dataclass(frozen=True)
+class PairGrid:
+    """How the batch of a pass is made of (sample, reference) pairs.
+
+    Row ``p`` pairs sample ``p // references`` with reference ``p % references``, for ``samples``
+    consecutive samples. On the input side a row therefore repeats its sample's values
+    ``references`` times; on the reference side the rows cycle through the references, unless
+    something sample-specific (a context input such as lengths) entered the computation. Rules
+    may use this to compute on the distinct rows only, after checking that the rows really repeat.
+    """
+
+    samples: int
+    references: int
+
+    @property
+    def pairs(self) -> int:
+        return self.samples * self.references
+
+
 @dataclass
 class OpCall:
     """One call of an operation, seen on both the input and the reference side.
@@ -30,6 +49,8 @@ class OpCall:
     ref_leaves: list[Any]
     spec: TreeSpec
     tracked: tuple[int, ...]
+    #: the pair structure of the batch, when the explainer runs whole samples (None: unknown)
+    pairs: PairGrid | None = None
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -98,6 +119,14 @@ class Rule:
     def attribute(self, call: OpCall) -> Any:
         """Return the input-side output of ``call`` with the rule's multipliers as its gradient."""
         raise NotImplementedError
+
+    def reference(self, call: OpCall) -> Any:
+        """The operation's output in the reference pass (``call`` holds the reference operands).
+
+        The default runs the operation; a rule may compute the same value faster, for example on
+        the distinct rows of ``call.pairs`` only.
+        """
+        return call.fn(*call.args, **call.kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

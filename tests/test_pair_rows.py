@@ -1,0 +1,135 @@
+"""Recurrent layers run both trajectories on the distinct rows of each side of the pair batch.
+
+The explainer pairs every sample with every reference, so S x R pairs hold S distinct input rows
+and R distinct reference rows. These tests check that the fused layers really use that (the
+kernel sees S + R rows, not 2 S R), that they check it instead of assuming it (a reference side
+made sample-specific by a context input keeps all its rows), and that the values do not depend
+on it (the same as with the pair structure unknown, to float64 rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+import rnnshap
+from rnnshap.recurrent.pairs import Side
+from rnnshap.rules import PairGrid
+
+_KERNELS = (torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu)
+
+
+class KernelRows(TorchFunctionMode):
+    """Records how many rows each call of torch's recurrent kernels gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in _KERNELS:
+            x, batch_first = args[0], args[-1]
+            self.rows.append(x.shape[0] if batch_first else x.shape[1])
+        return func(*args, **(kwargs or {}))
+
+
+class Net(nn.Module):
+    def __init__(self, kind: str, **options: Any) -> None:
+        super().__init__()
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+        self.rnn = cls(3, 5, batch_first=True, **options)
+        width = options.get("proj_size") or 5
+        self.head = nn.Linear(width * (2 if options.get("bidirectional") else 1), 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class ScaledByContext(Net):
+    """The sequence is scaled by an integer context input first, so the reference side seen by
+    the recurrent layer differs from sample to sample."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x * scale[:, None, None].to(x.dtype))
+
+
+ARCHITECTURES = [
+    ("lstm", {}),
+    ("lstm", {"num_layers": 2, "bidirectional": True, "proj_size": 2}),
+    ("gru", {"num_layers": 2}),
+    ("gru", {"bidirectional": True, "bias": False}),
+    ("rnn", {"nonlinearity": "relu", "num_layers": 2}),
+    ("rnn", {"bidirectional": True}),
+]
+
+
+def _problem(kind: str, options: dict, n: int = 4, n_refs: int = 3, steps: int = 7) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    model = Net(kind, **options).double().eval()
+    return model, torch.randn(n, steps, 3, dtype=torch.float64), torch.randn(n_refs, steps, 3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("kind", "options"), ARCHITECTURES)
+def test_values_do_not_depend_on_the_pair_structure(kind: str, options: dict) -> None:
+    model, x, background = _problem(kind, options)
+    whole = rnnshap.DeepExplainer(model, background).shap_values(x)  # 4 samples x 3 references at once
+    unknown = rnnshap.DeepExplainer(model, background, batch_size=2).shap_values(x)  # chunks cut samples: no grid
+    for a, b in zip(whole, unknown, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(a).max())
+
+
+@pytest.mark.parametrize(("kind", "options"), ARCHITECTURES)
+def test_the_kernel_runs_on_the_distinct_rows_only(kind: str, options: dict) -> None:
+    model, x, background = _problem(kind, options, n=6, n_refs=5)
+    explainer = rnnshap.DeepExplainer(model, background)
+    with KernelRows() as spy:
+        explainer.shap_values(x)
+    assert spy.rows, "torch's recurrent kernel was not called"
+    # reference pass: the 5 references; input pass: 6 samples + 5 references (not 2 x 30 pairs)
+    assert max(spy.rows) <= 6 + 5, spy.rows
+    with KernelRows() as spy:
+        rnnshap.DeepExplainer(model, background, batch_size=4).shap_values(x)
+    assert max(spy.rows) == 2 * 4, spy.rows  # pairs of a chunk that cuts samples: no reduction
+
+
+def test_a_sample_specific_reference_side_keeps_its_rows_and_stays_exact() -> None:
+    torch.manual_seed(5)
+    model = ScaledByContext("lstm", num_layers=2).double().eval()
+    x, background = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
+    scale = torch.tensor([1, 2, 3, 4])
+    explainer = rnnshap.DeepExplainer(model, [background, torch.ones(3, dtype=torch.long)])
+    with KernelRows() as spy:
+        phi = explainer.shap_values([x, scale])
+    assert max(spy.rows) == 4 + 4 * 3, spy.rows  # 4 distinct input rows, all 12 reference rows
+    per_pair = rnnshap.DeepExplainer(model, [background, torch.ones(3, dtype=torch.long)], batch_size=1).shap_values([x, scale])
+    assert phi[0].shape == (4, 6, 3, 2) and not np.any(phi[1])  # (samples, steps, features, outputs); context: none
+    np.testing.assert_allclose(phi[0], per_pair[0], rtol=0, atol=1e-12 * np.abs(phi[0]).max())
+    with torch.no_grad():
+        fx = model(x, scale)
+        base = torch.stack([model(background[j : j + 1].expand_as(x), scale) for j in range(3)]).mean(0)
+    totals = phi[0].reshape(4, -1, 2).sum(1)
+    np.testing.assert_allclose(totals, (fx - base).numpy(), rtol=0, atol=1e-10)
+
+
+def test_side_reduces_only_rows_that_repeat() -> None:
+    grid = PairGrid(samples=3, references=2)
+    samples, references = torch.randn(5, 3, 4), torch.randn(5, 2, 4)  # (T, rows, C)
+    inputs = samples.repeat_interleave(2, dim=1)  # pair p holds sample p // 2
+    refs = references.repeat(1, 3, 1)  # pair p holds reference p % 2
+    side_x = Side.of("input", grid, 6, [(inputs, 1)])
+    side_r = Side.of("reference", grid, 6, [(refs, 1)])
+    assert (side_x.axis, side_x.rows, side_r.axis, side_r.rows) == (0, 3, 1, 2)
+    assert torch.equal(side_x.take(inputs, 1), samples) and torch.equal(side_r.take(refs, 1), references)
+    assert torch.equal(side_x.spread(samples, 1), inputs) and torch.equal(side_r.spread(references, 1), refs)
+    pairs = (side_x.grid(samples) - side_r.grid(references)).flatten(1, 2)
+    assert torch.equal(pairs, inputs - refs)
+    refs[:, 3] += 1e-6  # one pair's reference differs: the side keeps every row
+    kept = Side.of("reference", grid, 6, [(refs, 1)])
+    assert kept.axis is None and kept.rows == 6 and torch.equal(kept.take(refs, 1), refs)
+    assert Side.of("input", PairGrid(2, 2), 6, [(inputs, 1)]).axis is None  # the grid does not fit the batch
