@@ -81,56 +81,52 @@ def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor
     return out
 
 
-def _columns(blocks: Sequence[tuple[tuple[float, float], int]], like: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-column μ and κ for activation blocks ``[(SIGMOID or TANH, width), ...]``."""
-    mu = torch.cat([like.new_full((width,), constants[0]) for constants, width in blocks])
-    kappa = torch.cat([like.new_full((width,), constants[1]) for constants, width in blocks])
-    return mu, kappa
+def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]], factors: Sequence[Tensor] = ()) -> Tensor:
+    """Per-pair coefficients from tensors over the distinct rows of both sides (x rows first).
 
-
-def _pairwise_coefficients(
-    sides: tuple[Side, Side],
-    rows_x: int,
-    pre: Tensor,
-    act: Tensor,
-    blocks: Sequence[tuple[tuple[float, float], int]],
-    halves: Tensor | None,
-) -> Tensor:
-    """Per-pair coefficients from per-row tensors over the distinct rows (x rows first).
-
-    ``pre`` and ``act`` (T, rows, C) are the pre-activations and activations of the blocks;
-    the result is (T, pairs, W): ``(halves_x + halves_r) ⊙ [m, 1, …]`` when ``halves``
-    (T, rows, W ≥ C) is given (mean of the two sides times the multiplier, the Shapley share of a
-    product), else the multipliers ``m`` themselves (W = C).
+    ``secants`` holds (pre-activation, activation, SIGMOID or TANH) blocks, each (T, rows, C_i),
+    whose Rescale multipliers m fill the first columns. Without ``factors`` the coefficients are
+    m; with them, block j of the coefficients is the mean of ``factors[j]`` (T, rows, H_j) over the
+    two sides (the Shapley share of a product), times the multipliers of the columns it lines up
+    with. Returns (T, pairs, width).
     """
     side_x, side_r = sides
-    steps, width = pre.shape[0], pre.shape[-1]
+    steps, dtype = secants[0][0].shape[0], secants[0][0].dtype
     samples, references = side_x.samples, side_x.references
-    eps4 = _eps4(pre.dtype)
-    mu, kappa = _columns(blocks, pre)
-    centred = act - mu
+    width = sum(pre.shape[-1] for pre, _, _ in secants)
+    eps4 = _eps4(dtype)
 
     def split(t: Tensor) -> tuple[Tensor, Tensor]:
         return side_x.grid(t[:, :rows_x]), side_r.grid(t[:, rows_x:])
 
-    (u_x, u_r), (a_x, a_r) = split(pre), split(act)
-    c_x = side_x.grid(centred[:, :rows_x] * eps4)
-    c_r = side_r.grid(centred[:, rows_x:])
-    out_width = width if halves is None else halves.shape[-1]
-    coefficients = pre.new_empty((steps, samples, references, out_width))
+    blocks = []
+    for pre, act, (mu, kappa) in secants:
+        centred_x = side_x.grid((act[:, :rows_x] - mu).mul_(eps4))
+        centred_r = side_r.grid(act[:, rows_x:] - mu)
+        blocks.append((*split(pre), *split(act), centred_x, centred_r, pre.new_tensor(kappa * eps4), pre.shape[-1]))
+    means = [split(f) for f in factors]
+    new = secants[0][0].new_empty
+    coefficients = new((steps, samples, references, sum(f.shape[-1] for f in factors) if factors else width))
     chunk = max(1, _CHUNK_ELEMENTS // max(1, samples * references * width))
-    scratch = [pre.new_empty((min(chunk, steps), samples, references, width)) for _ in range(3)]
-    h_x, h_r = split(halves) if halves is not None else (None, None)
+    scratch = [new((min(chunk, steps), samples, references, width)) for _ in range(3)]
     for start in range(0, steps, chunk):
         t = slice(start, min(start + chunk, steps))
-        n = t.stop - start
-        m, du, da = (s[:n] for s in scratch)
-        if halves is None:
-            m = coefficients[t]
-        _secant_into(m, du, da, u_x[t], u_r[t], a_x[t], a_r[t], c_x[t], c_r[t], kappa * eps4, eps4)
-        if h_x is not None and h_r is not None:
-            torch.add(h_x[t], h_r[t], out=coefficients[t])
-            coefficients[t][..., :width].mul_(m)
+        out = coefficients[t]
+        m, du, da = (s[: t.stop - start] for s in scratch)
+        if not factors:
+            m = out
+        column = 0
+        for u_x, u_r, a_x, a_r, centred_x, centred_r, kappa_e4, size in blocks:
+            cols = slice(column, column + size)
+            _secant_into(m[..., cols], du[..., cols], da[..., cols], u_x[t], u_r[t], a_x[t], a_r[t], centred_x[t], centred_r[t], kappa_e4, eps4)
+            column += size
+        column = 0
+        for f_x, f_r in means:
+            size = f_x.shape[-1]
+            torch.lerp(f_x[t], f_r[t], 0.5, out=out[..., column : column + size])
+            column += size
+        if factors:
+            out[..., :width].mul_(m)
     return coefficients.flatten(1, 2)
 
 
@@ -268,9 +264,8 @@ class FusedLSTM(torch.autograd.Function):
         k = torch.tanh(c_new)
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
         # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
-        halves = torch.cat([g, c_prev, i, k, o, f], dim=2).mul_(0.5)
-        blocks = [(SIGMOID, 2 * hidden), (TANH, hidden), (SIGMOID, hidden), (TANH, hidden)]
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, torch.cat([u, c_new], 2), torch.cat([gates, k], 2), blocks, halves)
+        secants = [(u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID), (u[..., 2 * hidden : 3 * hidden], g, TANH), (u[..., 3 * hidden :], o, SIGMOID), (c_new, k, TANH)]
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f])
         ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, h, c)
 
@@ -330,15 +325,15 @@ class FusedGRU(torch.autograd.Function):
                 outs.append(_emit(row_mask, t, h_new))
             recurrent, h_prev, out = torch.stack(hid), torch.stack(previous), torch.stack(outs)
         u_rz = projected[..., : 2 * hidden] + recurrent[..., : 2 * hidden]
-        r, z = torch.sigmoid(u_rz).chunk(2, dim=2)
+        # coefficients [A_r, A_z, A_n, A_h, A_a]: du_r = dv·A_r, du_z = dh·A_z, dv = dh·A_n,
+        # dh_prev (direct) = dh·A_h, da_n = dv·A_a (see docs/recurrent.md)
+        rz = torch.sigmoid(u_rz)
+        r, z = rz.chunk(2, dim=2)
         a_n = recurrent[..., 2 * hidden :]
         v = torch.addcmul(projected[..., 2 * hidden :], r, a_n)
         n = torch.tanh(v)
-        # coefficients [A_r, A_z, A_n, A_h, A_a]: du_r = dv·A_r, du_z = dh·A_z, dv = dh·A_n,
-        # dh_prev (direct) = dh·A_h, da_n = dv·A_a (see docs/recurrent.md)
-        halves = torch.cat([a_n, h_prev - n, 1 - z, z, r], dim=2).mul_(0.5)
-        blocks = [(SIGMOID, 2 * hidden), (TANH, hidden)]
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, torch.cat([u_rz, v], 2), torch.cat([r, z, n], 2), blocks, halves)
+        secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r])
         ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, h)
 
@@ -406,7 +401,7 @@ class FusedRNN(torch.autograd.Function):
         if relu:
             coefficients = _relu_secant(rows, u)
         else:
-            coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, u, torch.tanh(u), [(TANH, u.shape[-1])], None)
+            coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, [(u, torch.tanh(u), TANH)])
         return _finish(ctx, w, mask, coefficients, rows, out, h)
 
     @staticmethod
