@@ -165,6 +165,25 @@ def with_rnnshap(model: nn.Module, x: torch.Tensor, background: torch.Tensor) ->
     return Method("rnnshap DeepExplainer", lambda: explainer.shap_values(x, check_additivity=True))
 
 
+def with_rnnshap_per_pair(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
+    """rnnshap with the recurrent layers' distinct-row reduction switched off: every pair's two
+    trajectories on their own rows, as for packed sequences or a sample-specific reference side."""
+    from rnnshap.recurrent.pairs import Side
+
+    pairs = x.shape[0] * background.shape[0]
+    explainer = rnnshap.DeepExplainer(model, background, batch_size=max(pairs, 2048))
+    reducing = Side.__dict__["of"]
+
+    def call() -> Any:
+        Side.of = classmethod(lambda cls, which, grid, n, tensors: reducing.__func__(cls, which, None, n, tensors))  # type: ignore[method-assign, assignment]
+        try:
+            return explainer.shap_values(x, check_additivity=True)
+        finally:
+            Side.of = reducing  # type: ignore[method-assign]
+
+    return Method("rnnshap, one row per pair", call)
+
+
 def with_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> Method:
     import shap
 
@@ -329,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default alone)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--per-pair", action="store_true", help="add a row for rnnshap with the distinct-row reduction of recurrent layers switched off"
+    )
     parser.add_argument("--skip-peers", action="store_true", help="time only native and rnnshap")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the rnnshap call on the first config")
     parser.add_argument("--profile-top", type=int, default=15, help="functions shown by --profile (by cumulative time)")
@@ -365,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             ("native fwd+bwd (tiled)", lambda: native(model, x, background)),
             ("rnnshap DeepExplainer", lambda: with_rnnshap(model, x, background)),
         ]
+        if args.per_pair:
+            factories.append(("rnnshap, one row per pair", lambda: with_rnnshap_per_pair(model, x, background)))
         if not args.skip_peers:
             factories += [
                 ("shap DeepExplainer", lambda: with_shap(model, x, background)),

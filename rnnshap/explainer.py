@@ -41,8 +41,10 @@ class DeepExplainer:
             statistics). It is not modified.
         data: the background: a tensor or array whose first dimension indexes reference samples,
             or a list/tuple of them for a model with several inputs.
-        batch_size: the largest number of (sample, reference) pairs run through the model at once.
-            Memory grows with it; results do not depend on it.
+        batch_size: the largest number of (sample, reference) pairs run through the model at once,
+            rounded down to whole samples (a multiple of the background size) when it is at least
+            that, so that recurrent layers can run on the distinct rows of each side. Memory grows
+            with it; results do not depend on it.
         rules: rules for this explainer only, ``{torch_function_or_module_class: rule}``, on top of
             the ones registered with :func:`rnnshap.register_rule`.
         progress: show a tqdm progress bar over the batches of (sample, reference) pairs. ``None``
@@ -317,8 +319,10 @@ class DeepExplainer:
         scale = torch.maximum(torch.maximum(fx.abs(), expected.abs()), magnitude)
         rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(self.data[0].dtype, 1e-4)
         excess = error - rtol * scale
-        if bool((excess > 0).any()):
-            flat_index = int(torch.argmax(excess / scale.clamp_min(torch.finfo(scale.dtype).tiny)).item())
+        failing = ~(error <= rtol * scale)  # NaN fails too
+        if bool(failing.any()):
+            ranking = (excess / scale.clamp_min(torch.finfo(scale.dtype).tiny)).nan_to_num(nan=float("inf"))
+            flat_index = int(torch.argmax(ranking).item())
             sample, column = divmod(flat_index, k)
             output = int(selected[sample, column])
             raise AdditivityError(
@@ -326,7 +330,7 @@ class DeepExplainer:
                 f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
                 f"(error {error[sample, column]:.3g}, {error[sample, column] / scale[sample, column]:.3g} of the output's "
                 f"scale {scale[sample, column]:.3g}; tolerance {rtol:.1g} for {self.data[0].dtype}); "
-                f"{int((excess > 0).sum())} of {n * k} (sample, output) pairs fail. Likely causes: a custom rule "
+                f"{int(failing.sum())} of {n * k} (sample, output) pairs fail. Likely causes: a custom rule "
                 "that does not add up, an operation registered as linear that is not, work done outside torch "
                 "(numpy, .item()), or a forward() whose result depends on something other than its inputs. "
                 "Pass check_additivity=False to get the values anyway."

@@ -131,6 +131,22 @@ def test_wrong_custom_rule_raises_additivity_error_naming_sample_and_output() ->
     assert excess[sample, output] >= 0.5 * excess.max()
 
 
+def test_nan_attributions_fail_the_additivity_check() -> None:
+    """NaN compares false with everything: the check must treat it as a failure, not a pass."""
+
+    class NanTanh(rnnshap.rules.Rule):
+        def attribute(self, call: rnnshap.rules.OpCall) -> Tensor:
+            (x,) = call.inputs
+            y = torch.tanh(x)
+            return rnnshap.rules.with_multipliers(y, [x], [torch.full_like(y, float("nan"))])
+
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
+    explainer = rnnshap.DeepExplainer(model, torch.randn(3, 5), rules={torch.tanh: NanTanh()})
+    with pytest.raises(rnnshap.AdditivityError, match="do not add up"):
+        explainer.shap_values(torch.randn(2, 5))
+    assert np.isnan(explainer.shap_values(torch.randn(2, 5), check_additivity=False)).all()
+
+
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
     class Grid(nn.Module):
         def __init__(self) -> None:

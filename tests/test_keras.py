@@ -279,6 +279,16 @@ def test_additivity_failure_raises_additivity_error() -> None:
         explainer.shap_values(rng.normal(size=(2, T, F)).astype(np.float32) * 5, check_additivity=1e-30)
 
 
+def test_nan_attributions_fail_the_additivity_check() -> None:
+    model = ARCHITECTURES["lstm"]("float32")
+    kernel = model.layers[-1].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))  # NaN out of a finite input
+    rng = np.random.default_rng(7)
+    explainer = rnnshap.DeepExplainer(model, rng.normal(size=(3, T, F)).astype(np.float32))
+    with pytest.raises(rnnshap.AdditivityError, match="do not add up"):
+        explainer.shap_values(rng.normal(size=(2, T, F)).astype(np.float32))
+
+
 def test_bad_input_is_an_input_error() -> None:
     model = ARCHITECTURES["lstm"]("float32")
     explainer = rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))

@@ -231,13 +231,15 @@ class KerasDeepExplainer(DeepExplainer):
         dtype = self._dtypes[0] if not self.token_inputs else str(self.model.compute_dtype)
         rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(dtype, 1e-4)
         excess = error - rtol * scale
-        if (excess > 0).any():
-            sample, column = np.unravel_index(int(np.argmax(excess / np.maximum(scale, np.finfo(np.float64).tiny))), excess.shape)
+        failing = ~(error <= rtol * scale)  # NaN fails too
+        if failing.any():
+            ranking = np.nan_to_num(excess / np.maximum(scale, np.finfo(np.float64).tiny), nan=np.inf)
+            sample, column = np.unravel_index(int(np.argmax(ranking)), excess.shape)
             raise AdditivityError(
                 f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
                 f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
                 f"(error {error[sample, column]:.3g}; tolerance {rtol:.1g} of the scale {scale[sample, column]:.3g} for {dtype}); "
-                f"{int((excess > 0).sum())} of {n * k} (sample, output) pairs fail. "
+                f"{int(failing.sum())} of {n * k} (sample, output) pairs fail. "
                 "Pass check_additivity=False to get the values anyway."
             )
 
