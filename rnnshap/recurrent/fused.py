@@ -32,7 +32,7 @@ Tensor = torch.Tensor
 #: elements per temporary in the per-pair phase (2 MiB in float32, so that they stay in cache)
 _CHUNK_ELEMENTS = 1 << 19
 
-# σ(u) and tanh(u) written as κ − (a − μ)² at the secant's limit: see smooth_secant
+#: (μ, κ) of σ and of tanh: the Rescale multiplier's limit is κ − (a_x − μ)(a_r − μ) (smooth_secant)
 SIGMOID, TANH = (0.5, 0.25), (0.0, 1.0)
 
 
