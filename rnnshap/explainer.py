@@ -111,7 +111,7 @@ class DeepExplainer:
                 f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
             )
         self.output_shape = tuple(outputs.shape[1:])
-        mean = outputs.mean(0).detach().cpu().numpy()
+        mean = _numpy(outputs.mean(0))
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
 
     # -- public API -------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class DeepExplainer:
         n = inputs[0].shape[0]
         def scores() -> np.ndarray:
             with torch.no_grad():
-                return self.model(*inputs).reshape(n, -1).cpu().numpy()
+                return _numpy(self.model(*inputs).reshape(n, -1))
 
         chosen = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, scores)
         selected = torch.from_numpy(chosen).to(inputs[0].device)
@@ -201,7 +201,7 @@ class DeepExplainer:
             shap.Explanation(
                 values=v,
                 base_values=base,
-                data=x.detach().cpu().numpy(),
+                data=_numpy(x),
                 feature_names=_axis_labels(tuple(x.shape), f, t),
                 output_names=None if output_names is None else list(output_names),
             )
@@ -344,6 +344,12 @@ class DeepExplainer:
         if not self.output_shape:
             return array[..., 0]
         return array.reshape(*array.shape[:-1], *self.output_shape)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """``t`` as a numpy array; bfloat16, which numpy lacks, as float32."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:

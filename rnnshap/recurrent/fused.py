@@ -54,6 +54,9 @@ def _secant_into(out: Tensor, du: Tensor, da: Tensor, u_x: Tensor, u_r: Tensor, 
     out.div_(du)
 
 
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
 def _eps4(dtype: torch.dtype) -> float:
     return small_delta_threshold(dtype, True) ** 4
 
@@ -73,12 +76,14 @@ def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor
     :math:`|Δu| \ll ε`; the largest deviation from the exact secant is about :math:`ε^2/6` of
     it (4e-6 in float32, 6e-12 in float64), where :math:`|Δu| ≈ ε`. Arguments broadcast.
     """
-    eps4 = _eps4(u_x.dtype)
+    dtype, eps4 = u_x.dtype, _eps4(u_x.dtype)
+    if dtype in _UPCAST:  # Δu⁴ would overflow float16: float32 arithmetic with the dtype's ε
+        u_x, u_r, a_x, a_r = (t.float() for t in (u_x, u_r, a_x, a_r))
     shape = torch.broadcast_shapes(u_x.shape, u_r.shape, a_x.shape, a_r.shape)
     out, du, da = (u_x.new_empty(shape) for _ in range(3))
     kappa_e4 = torch.as_tensor(kappa, dtype=u_x.dtype, device=u_x.device) * eps4
     _secant_into(out, du, da, u_x, u_r, a_x, a_r, (a_x - mu) * eps4, a_r - mu, kappa_e4, eps4)
-    return out
+    return out.to(dtype)
 
 
 def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]], factors: Sequence[Tensor] = ()) -> Tensor:
@@ -95,6 +100,9 @@ def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Seque
     samples, references = side_x.samples, side_x.references
     width = sum(pre.shape[-1] for pre, _, _ in secants)
     eps4 = _eps4(dtype)
+    if dtype in _UPCAST:  # Δu⁴ would overflow float16: float32 arithmetic with the dtype's ε
+        secants = [(pre.float(), act.float(), kind) for pre, act, kind in secants]
+        factors = [f.float() for f in factors]
 
     def split(t: Tensor) -> tuple[Tensor, Tensor]:
         return side_x.grid(t[:, :rows_x]), side_r.grid(t[:, rows_x:])
@@ -127,7 +135,7 @@ def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Seque
             column += size
         if factors:
             out[..., :width].mul_(m)
-    return coefficients.flatten(1, 2)
+    return coefficients.flatten(1, 2).to(dtype)
 
 
 # -- shared pieces ------------------------------------------------------------------------------
