@@ -21,11 +21,13 @@ def _affine(x: Tensor, h: Tensor, w: CellWeights) -> Tensor:
     return F.linear(x, w.w_ih, w.b_ih) + F.linear(h, w.w_hh, w.b_hh)
 
 
-def _keep(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
+def carry(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
+    """The state after step ``t``: rows past the end of their sequence keep the old one."""
     return new if mask is None else torch.where(mask[t], new, old)
 
 
-def _emit(mask: Tensor | None, t: int, h: Tensor) -> Tensor:
+def emit(mask: Tensor | None, t: int, h: Tensor) -> Tensor:
+    """The output of step ``t``: zero for rows past the end of their sequence."""
     return h if mask is None else h * mask[t].to(h.dtype)
 
 
@@ -72,10 +74,10 @@ def lstm_layer(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, c: Ten
     outs, outs_r = [], []
     for t in range(x.shape[0]):
         h_new, c_new, h_new_r, c_new_r = lstm_step(w, x[t], h, c, x_r[t], h_r, c_r)
-        h, c = _keep(mask, t, h_new, h), _keep(mask, t, c_new, c)
-        h_r, c_r = _keep(mask, t, h_new_r, h_r), _keep(mask, t, c_new_r, c_r)
-        outs.append(_emit(mask, t, h_new))
-        outs_r.append(_emit(mask, t, h_new_r))
+        h, c = carry(mask, t, h_new, h), carry(mask, t, c_new, c)
+        h_r, c_r = carry(mask, t, h_new_r, h_r), carry(mask, t, c_new_r, c_r)
+        outs.append(emit(mask, t, h_new))
+        outs_r.append(emit(mask, t, h_new_r))
     return torch.stack(outs), h, c, torch.stack(outs_r), h_r, c_r
 
 
@@ -84,9 +86,9 @@ def gru_layer(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, x_r: Te
     outs, outs_r = [], []
     for t in range(x.shape[0]):
         h_new, h_new_r = gru_step(w, x[t], h, x_r[t], h_r)
-        h, h_r = _keep(mask, t, h_new, h), _keep(mask, t, h_new_r, h_r)
-        outs.append(_emit(mask, t, h_new))
-        outs_r.append(_emit(mask, t, h_new_r))
+        h, h_r = carry(mask, t, h_new, h), carry(mask, t, h_new_r, h_r)
+        outs.append(emit(mask, t, h_new))
+        outs_r.append(emit(mask, t, h_new_r))
     return torch.stack(outs), h, torch.stack(outs_r), h_r
 
 
@@ -95,7 +97,7 @@ def rnn_layer(w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h: Ten
     outs, outs_r = [], []
     for t in range(x.shape[0]):
         h_new, h_new_r = rnn_step(w, relu, x[t], h, x_r[t], h_r)
-        h, h_r = _keep(mask, t, h_new, h), _keep(mask, t, h_new_r, h_r)
-        outs.append(_emit(mask, t, h_new))
-        outs_r.append(_emit(mask, t, h_new_r))
+        h, h_r = carry(mask, t, h_new, h), carry(mask, t, h_new_r, h_r)
+        outs.append(emit(mask, t, h_new))
+        outs_r.append(emit(mask, t, h_new_r))
     return torch.stack(outs), h, torch.stack(outs_r), h_r

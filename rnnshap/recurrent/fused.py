@@ -24,6 +24,7 @@ import torch
 
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
+from .decomposed import carry, emit
 from .pairs import Side, pair_sides
 from .weights import CellWeights
 
@@ -167,14 +168,6 @@ def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
     return flat.addmm_(h_prev.reshape(-1, h_prev.shape[-1]), w_hh.t()).view(projected.shape)
 
 
-def _carry(mask: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
-    return new if mask is None else torch.where(mask[t], new, old)
-
-
-def _emit(mask: Tensor | None, t: int, h: Tensor) -> Tensor:
-    return h if mask is None else h * mask[t].to(h.dtype)
-
-
 class _Rows:
     """The distinct rows of both sides of one layer call, stacked x rows first."""
 
@@ -251,11 +244,11 @@ def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor
         if w.w_hr is not None:
             h_new = h_new @ w.w_hr.t()
         previous_list.append(c)
-        c = _carry(mask, t, c_new, c)
-        h = _carry(mask, t, h_new, h)
+        c = carry(mask, t, c_new, c)
+        h = carry(mask, t, h_new, h)
         pre.append(u_t)
         cells_list.append(c_new)
-        outs.append(_emit(mask, t, h_new))
+        outs.append(emit(mask, t, h_new))
     u = torch.stack(pre)
     return u, _lstm_gates(u), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
 
@@ -328,9 +321,9 @@ class FusedGRU(torch.autograd.Function):
                 n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
                 h_new = (1 - z) * n + z * h
                 previous.append(h)
-                h = _carry(row_mask, t, h_new, h)
+                h = carry(row_mask, t, h_new, h)
                 hid.append(a)
-                outs.append(_emit(row_mask, t, h_new))
+                outs.append(emit(row_mask, t, h_new))
             recurrent, h_prev, out = torch.stack(hid), torch.stack(previous), torch.stack(outs)
         u_rz = projected[..., : 2 * hidden] + recurrent[..., : 2 * hidden]
         # coefficients [A_r, A_z, A_n, A_h, A_a]: du_r = dv·A_r, du_z = dh·A_z, dv = dh·A_n,
@@ -361,7 +354,7 @@ class FusedGRU(torch.autograd.Function):
             du_rz = torch.cat([dv, dh], dim=-1) * a_rz[t]
             d_hidden = torch.cat([du_rz, dv * a_a[t]], dim=-1)  # [du_r, du_z, da_n]
             d_input = torch.cat([du_rz, dv], dim=-1)  # [du_r, du_z, dv]
-            dh_prev = torch.addmm(dh * a_h[t], d_hidden, w.w_hh) if dh.dim() == 2 else dh * a_h[t] + d_hidden @ w.w_hh
+            dh_prev = dh * a_h[t] + d_hidden @ w.w_hh
             if ctx.has_mask:
                 d_input = d_input * mask[t]
                 dh_prev = torch.where(mask[t], dh_prev, dh)
@@ -402,9 +395,9 @@ class FusedRNN(torch.autograd.Function):
             for t in range(both.shape[0]):
                 u_t = torch.addmm(projected[t], h, w_hh_t)
                 h_new = act(u_t)
-                h = _carry(row_mask, t, h_new, h)
+                h = carry(row_mask, t, h_new, h)
                 pre.append(u_t)
-                outs.append(_emit(row_mask, t, h_new))
+                outs.append(emit(row_mask, t, h_new))
             u, out = torch.stack(pre), torch.stack(outs)
         if relu:
             coefficients = _relu_secant(rows, u)
