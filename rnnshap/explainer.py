@@ -1,118 +1,102 @@
-"""``rnnshap.DeepExplainer``: DeepSHAP with exact rules, with the call shapes of shap's DeepExplainer."""
+"""``rnnshap.DeepExplainer``: the one front door, with the call shapes of shap's DeepExplainer.
+
+Everything a user sees is done here once for every engine: argument checks, output selection,
+batching into blocks of (sample, reference) pairs, the additivity check, the shapes of the results,
+Explanations and streaming summaries. An engine (:mod:`rnnshap.engines`) only turns blocks of pairs
+into sums of multiplier × (x − r).
+"""
 
 from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
-import torch
-from torch import nn
 
-from .engine.passes import run_pass
-from .engine.safety import as_tensors, check_matching, check_model, model_device_and_dtype
-from .engine.tape import Tape
-from .errors import AdditivityError, InputError
-from .keras import is_keras_model
-from .rules.base import PairGrid, Rule
-from .rules.registry import DEFAULT_REGISTRY, RuleRegistry
+from .engines import Block, Engine, engine_for
+from .errors import AdditivityError
 
-Tensor = torch.Tensor
-ArrayLike = Union[Tensor, np.ndarray]
-Inputs = Union[ArrayLike, Sequence[ArrayLike]]
+Inputs = Union[Any, Sequence[Any]]
 
 #: relative additivity tolerance per dtype, against max(|f(x)|, |E[f]|, Σ|φ|)
-ADDITIVITY_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+ADDITIVITY_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+@dataclass
+class Attribution:
+    """The attributions of a batch of samples, before shaping: float64 arrays."""
+
+    #: per input, ``(n, *input_shape, k)``: mean over the background of multiplier × (x − r)
+    values: list[np.ndarray]
+    #: ``(n, k)`` flat indices of the attributed outputs
+    selected: np.ndarray
+    #: ``(n, n_outputs)``: the model's outputs
+    outputs: np.ndarray
+    #: ``(n, n_outputs)``: the mean output over each sample's references (E[f], per sample)
+    base_values: np.ndarray
 
 
 class DeepExplainer:
-    """Exact DeepSHAP values for a PyTorch model, recurrent layers included.
+    """Exact DeepSHAP values for a PyTorch model or a Keras 3 model, recurrent layers included.
 
     Drop-in for ``shap.DeepExplainer``: ``DeepExplainer(model, background)`` then
     ``shap_values(X)``, with the same shapes and return types. The attributions of every sample
     sum to ``f(x) - expected_value`` up to float rounding, which is checked by default.
 
-    A Keras 3 model (TensorFlow backend) gets :class:`rnnshap.keras.explainer.KerasDeepExplainer`,
-    a subclass with the same arguments and results; TensorFlow is imported only then.
-
     Args:
         model: an ``nn.Module`` in eval mode (or at least without active dropout or batch
-            statistics). It is not modified.
+            statistics), or a Keras 3 model on the TensorFlow backend. It is not modified.
         data: the background: a tensor or array whose first dimension indexes reference samples,
             or a list/tuple of them for a model with several inputs.
-        batch_size: the largest number of (sample, reference) pairs run through the model at once,
-            rounded down to whole samples (a multiple of the background size) when it is at least
-            that, so that recurrent layers can run on the distinct rows of each side. Memory grows
-            with it; results do not depend on it.
+        batch_size: the largest number of (sample, reference) pairs run through the model at once.
+            Pairs run in blocks of whole samples (all references) when ``batch_size`` is at least
+            the background size, which lets recurrent layers run on the distinct rows of each side.
+            Memory grows with it; results do not depend on it.
         rules: rules for this explainer only, ``{torch_function_or_module_class: rule}``, on top of
-            the ones registered with :func:`rnnshap.register_rule`.
-        progress: show a tqdm progress bar over the batches of (sample, reference) pairs. ``None``
-            (the default): only when stderr is a terminal and there is more than one batch.
+            the ones registered with :func:`rnnshap.register_rule` (PyTorch models).
+        progress: show a tqdm progress bar over the blocks of pairs. ``None`` (the default): only
+            when stderr is a terminal and there is more than one block.
     """
-
-    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> DeepExplainer:
-        # A Keras model goes to the Keras explainer (a subclass); TensorFlow is imported only then.
-        if cls is DeepExplainer and is_keras_model(model):
-            from .keras.explainer import KerasDeepExplainer
-
-            return super().__new__(KerasDeepExplainer)
-        return super().__new__(cls)
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,
         data: Inputs,
         *,
         batch_size: int = 2048,
-        rules: Mapping[Any, Rule] | None = None,
+        rules: Mapping[Any, Any] | None = None,
         progress: bool | None = None,
     ) -> None:
-        check_model(model)
-        if batch_size < 1:
+        if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress
-        self._rules = dict(rules or {})
-        self.multi_input = isinstance(data, (list, tuple))
-        self.device, self.dtype = model_device_and_dtype(model)
-        self.data = as_tensors(data, "background", self.multi_input, self.device, self.dtype)
-        check_matching(self.data, self.data)
-        self._base_values = torch.zeros(0)
-        # The background runs as a reference pass, which also finds unsupported operations now and
-        # tells which integer inputs are token ids (they feed an embedding) and which are context.
-        integer_inputs = [i for i, b in enumerate(self.data) if not b.is_floating_point()]
-        try:
-            with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
-                outputs, probe = run_pass(model, [b.clone() for b in self.data], self._registry(), Tape(), replay=False, follow=integer_inputs)
-        except RuntimeError as error:
-            if not integer_inputs:
-                raise
-            raise InputError(
-                f"The model failed on the background ({error}). Input(s) {integer_inputs} are integers: rnnshap "
-                "treats integer inputs as token ids (when they feed an nn.Embedding) or as context such as lengths "
-                "(used as given). If they are numbers to attribute to, pass them as floating point."
-            ) from error
-        for index in sorted(probe.token_uses & set(probe.context_uses)):
-            raise InputError(
-                f"Input {index} holds token ids that feed an embedding, and {probe.context_uses[index]} also uses "
-                "them directly (a padding mask or lengths computed from the tokens?). Their values differ between "
-                "the input and its reference, so that use cannot be attributed. Pass the mask or lengths to the "
-                "model as a separate input: integer inputs that feed no embedding are context, used as given."
-            )
-        #: integer inputs whose attributions are taken at their embedding (per token)
-        self.token_inputs = sorted(probe.token_uses)
-        if not self.token_inputs and not any(b.is_floating_point() for b in self.data):
-            raise InputError("No input is floating point or feeds an embedding, so there is nothing to attribute to")
-        if outputs.dim() == 0 or outputs.shape[0] != self.data[0].shape[0]:
-            raise InputError(
-                f"The model maps {self.data[0].shape[0]} background rows to an output of shape "
-                f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
-            )
-        self.output_shape = tuple(outputs.shape[1:])
-        mean = _numpy(outputs.mean(0))
+        #: the engine for the model's framework (:mod:`rnnshap.engines`)
+        self.engine: Engine = engine_for(model, data, rules=rules)
+        mean = self.engine.background_outputs.mean(0)
+        #: the mean model output over the background, shaped like one sample's output
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
+
+    @property
+    def multi_input(self) -> bool:
+        return self.engine.multi_input
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's output (without the batch axis)."""
+        return self.engine.output_shape
+
+    @property
+    def token_inputs(self) -> list[int]:
+        """Integer inputs attributed per token at the embedding they feed."""
+        return self.engine.token_inputs
+
+    @property
+    def n_outputs(self) -> int:
+        return int(np.prod(self.output_shape)) if self.output_shape else 1
 
     # -- public API -------------------------------------------------------------------------------
     def shap_values(
@@ -141,26 +125,13 @@ class DeepExplainer:
 
         ``progress`` overrides the explainer's ``progress`` setting for this call.
         """
-        inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
-        check_matching(inputs, self.data)
-        n = inputs[0].shape[0]
-        def scores() -> np.ndarray:
-            with torch.no_grad():
-                return _numpy(self.model(*inputs).reshape(n, -1))
-
-        chosen = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, scores)
-        selected = torch.from_numpy(chosen).to(inputs[0].device)
-
-        show = self.progress if progress is None else progress
-        phis, model_outputs = self._attribute(inputs, selected, batch_size or self.batch_size, show)
-        if check_additivity is not False:
-            rtol = None if check_additivity is True else float(check_additivity)
-            self._check_additivity(phis, model_outputs, selected, rtol)
-
-        values = [self._shape_values(phi, ranked_outputs is not None or outputs is not None) for phi in phis]
+        inputs = self.engine.inputs(X, "X")
+        attribution = self._explain(inputs, ranked_outputs, output_rank_order, outputs, check_additivity, batch_size, progress)
+        ranked = ranked_outputs is not None or outputs is not None
+        values = [self._shape_values(phi, ranked) for phi in attribution.values]
         result: Any = values if self.multi_input else values[0]
         if ranked_outputs is not None:
-            return result, selected.cpu()
+            return result, self.engine.ranks(attribution.selected)
         return result
 
     def __call__(
@@ -190,24 +161,62 @@ class DeepExplainer:
                 "explainer(X) returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'. "
                 "explainer.shap_values(X) works without it."
             ) from error
-        values = self.shap_values(X, check_additivity=check_additivity)
-        inputs = as_tensors(X, "X", self.multi_input, self.device, self.dtype)
-        per_input = values if self.multi_input else [values]
-        n = inputs[0].shape[0]
-        base = self._base_values.reshape(n, *self.output_shape).cpu().numpy()
-        features = _per_input(feature_names, len(inputs)) if self.multi_input else [feature_names]
-        times = _per_input(time_labels, len(inputs)) if self.multi_input else [time_labels]
+        inputs = self.engine.inputs(X, "X")
+        attribution = self._explain(inputs, None, "max", None, check_additivity, None, None)
+        n = self.engine.rows(inputs)
+        base = attribution.base_values.reshape(n, *self.output_shape)
+        data = self.engine.to_numpy(inputs)
+        features = _per_input(feature_names, len(data)) if self.multi_input else [feature_names]
+        times = _per_input(time_labels, len(data)) if self.multi_input else [time_labels]
         explanations = [
             shap.Explanation(
-                values=v,
+                values=self._shape_values(v, False),
                 base_values=base,
-                data=_numpy(x),
+                data=x,
                 feature_names=_axis_labels(tuple(x.shape), f, t),
                 output_names=None if output_names is None else list(output_names),
             )
-            for v, x, f, t in zip(per_input, inputs, features, times, strict=True)
+            for v, x, f, t in zip(attribution.values, data, features, times, strict=True)
         ]
         return explanations if self.multi_input else explanations[0]
+
+    # -- the steps every engine shares ----------------------------------------------------------------
+    def _explain(
+        self,
+        inputs: list[Any],
+        ranked_outputs: int | None,
+        output_rank_order: str,
+        outputs: Sequence[int | tuple[int, ...]] | None,
+        check_additivity: bool | float,
+        batch_size: int | None,
+        progress: bool | None,
+    ) -> Attribution:
+        """Select the outputs, attribute block by block, check additivity."""
+        n = self.engine.rows(inputs)
+        selected = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, lambda: self.engine.predict(inputs))
+        show = self.progress if progress is None else progress
+        attribution = self._attribute(inputs, selected, batch_size or self.batch_size, show)
+        if check_additivity is not False:
+            rtol = None if check_additivity is True else float(check_additivity)
+            self._check_additivity(attribution, rtol)
+        return attribution
+
+    def _attribute(self, inputs: list[Any], selected: np.ndarray, batch_size: int, progress: bool | None) -> Attribution:
+        """Mean over the background of multiplier × (x − r), for every (sample, selected output)."""
+        n, k = selected.shape
+        n_refs = self.engine.references
+        sums = [np.zeros((k, n, *x.shape[1:])) for x in inputs]
+        model_outputs = np.zeros((n, self.n_outputs))
+        reference_outputs = np.zeros((n, self.n_outputs))
+        pairs = max(1, batch_size // self.engine.rows_per_pair(k))
+        for block in _progress(_blocks(n, n_refs, pairs), progress):
+            result = self.engine.attribute(inputs, block, selected[block.s0 : block.s1])
+            for total, part in zip(sums, result.sums, strict=True):
+                total[:, block.s0 : block.s1] += part
+            model_outputs[block.s0 : block.s1] = result.outputs
+            reference_outputs[block.s0 : block.s1] += result.reference_outputs
+        values = [np.moveaxis(total / n_refs, 0, -1) for total in sums]
+        return Attribution(values, selected, model_outputs, reference_outputs / n_refs)
 
     def _selected_outputs(
         self,
@@ -222,7 +231,7 @@ class DeepExplainer:
         if outputs is not None and ranked_outputs is not None:
             raise ValueError("give either ranked_outputs or outputs, not both")
         if outputs is not None:
-            return np.broadcast_to(self._select(outputs).numpy(), (n, len(outputs))).copy()
+            return np.broadcast_to(self._select(outputs), (n, len(outputs))).copy()
         if ranked_outputs is not None:
             if not 1 <= ranked_outputs:
                 raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
@@ -230,11 +239,10 @@ class DeepExplainer:
             if output_rank_order not in order:
                 raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
             return np.argsort(order[output_rank_order](scores()), axis=1, kind="stable")[:, :ranked_outputs].astype(np.int64)
-        n_outputs = int(np.prod(self.output_shape)) if self.output_shape else 1
-        return np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
+        return np.broadcast_to(np.arange(self.n_outputs, dtype=np.int64), (n, self.n_outputs)).copy()
 
-    def _select(self, outputs: Sequence[int | tuple[int, ...]]) -> Tensor:
-        """Flat output indices of ``outputs`` (indices into ``output_shape``)."""
+    def _select(self, outputs: Sequence[int | tuple[int, ...]]) -> np.ndarray:
+        """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (1, k)."""
         shape = self.output_shape or (1,)
         flat = []
         for index in outputs:
@@ -244,137 +252,71 @@ class DeepExplainer:
             flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
         if not flat:
             raise ValueError("outputs is empty; give at least one output index")
-        return torch.tensor(flat, dtype=torch.long)[None, :]
+        return np.asarray(flat, dtype=np.int64)[None, :]
 
-    # -- engine -----------------------------------------------------------------------------------
-    def _registry(self) -> RuleRegistry:
-        return DEFAULT_REGISTRY.merged(self._rules) if self._rules else DEFAULT_REGISTRY
-
-    def _attribute(self, inputs: list[Tensor], selected: Tensor, batch_size: int, progress: bool | None = None) -> tuple[list[Tensor], Tensor]:
-        """Mean over the background of multiplier × (x − r), for every (sample, selected output).
-
-        Returns float64 attributions of shape ``(n, *input_shape, k)`` per input and the model's
-        outputs on the inputs, shape ``(n, n_outputs)``.
-        """
-        registry = self._registry()
+    def _check_additivity(self, attribution: Attribution, rtol: float | None) -> None:
+        """Raise :class:`AdditivityError` where Σφ misses f(x) − E[f] by more than the tolerance."""
+        selected = attribution.selected
         n, k = selected.shape
-        n_refs = self.data[0].shape[0]
-        sums = [torch.zeros((k, n, *x.shape[1:]), dtype=torch.float64, device=x.device) for x in inputs]
-        model_outputs: Tensor | None = None
-        base_values: Tensor | None = None
-        total = n * n_refs
-        # whole samples per chunk where the batch size allows: rules may then compute on the
-        # distinct rows of each side only (see PairGrid)
-        step = batch_size - batch_size % n_refs if batch_size >= n_refs else batch_size
-        for start in _progress(range(0, total, step), progress):
-            pairs = torch.arange(start, min(start + step, total), device=inputs[0].device)
-            grid = PairGrid(pairs.shape[0] // n_refs, n_refs) if step % n_refs == 0 else None
-            sample, ref = pairs // n_refs, pairs % n_refs
-            # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
-            # sample's values on both sides; token ids are compared with the background's tokens
-            references = [
-                b[ref] if b.is_floating_point() or t in self.token_inputs else x[sample] for t, (x, b) in enumerate(zip(inputs, self.data, strict=False))
-            ]
-            leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
-            with torch.no_grad():
-                copies = [r.clone() for r in references]  # forward() may work in place on its inputs
-                ref_outputs, _ = run_pass(self.model, copies, registry, tape := Tape(), replay=False, follow=self.token_inputs, pairs=grid)
-            with torch.enable_grad():
-                outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], registry, tape, replay=True, follow=self.token_inputs, pairs=grid)
-                flat = outputs.reshape(outputs.shape[0], -1)
-                chosen = flat.gather(1, selected[sample])
-                attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [leaf for _, leaf, _ in mode.embedded]
-                grads = _grads_per_output(chosen, attributed_leaves)
-            if model_outputs is None or base_values is None:
-                model_outputs = torch.zeros((n, flat.shape[1]), dtype=torch.float64, device=flat.device)
-                base_values = torch.zeros_like(model_outputs)
-            model_outputs[sample] = flat.detach().to(torch.float64)
-            base_values.index_add_(0, sample, ref_outputs.reshape(flat.shape).to(torch.float64))
-            attributed = iter(grads)
-            for t, (leaf, reference) in enumerate(zip(leaves, references, strict=False)):
-                if leaf.requires_grad:
-                    contribution = (next(attributed) * (leaf.detach() - reference)).to(torch.float64)
-                    sums[t].index_add_(1, sample, contribution)
-            for (t, embedding, embedding_ref), grad in zip(mode.embedded, attributed, strict=False):
-                per_token = (grad * (embedding.detach() - embedding_ref)).sum(-1).to(torch.float64)
-                if per_token.shape[2:] != sums[t].shape[2:]:
-                    raise InputError(
-                        f"Input {t} (token ids) of shape {tuple(inputs[t].shape)} reaches an embedding with shape "
-                        f"{tuple(embedding.shape[:-1])}; apply the embedding to the token input as given (before reshaping it)."
-                    )
-                sums[t].index_add_(1, sample, per_token)
-        assert model_outputs is not None and base_values is not None
-        self._base_values = base_values.div_(n_refs)
-        phis = [s.div_(n_refs).movedim(0, -1) for s in sums]
-        return phis, model_outputs
-
-    def _check_additivity(self, phis: list[Tensor], model_outputs: Tensor, selected: Tensor, rtol: float | None) -> None:
-        n, k = selected.shape
-        expected = self._base_values.gather(1, selected)
-        fx = model_outputs.gather(1, selected)
-        totals = sum(phi.reshape(n, -1, k).sum(1) for phi in phis)
-        magnitude = sum(phi.reshape(n, -1, k).abs().sum(1) for phi in phis)
-        assert isinstance(totals, Tensor) and isinstance(magnitude, Tensor)
-        error = (totals - (fx - expected)).abs()
-        scale = torch.maximum(torch.maximum(fx.abs(), expected.abs()), magnitude)
-        rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(self.data[0].dtype, 1e-4)
-        excess = error - rtol * scale
+        rows = np.arange(n)[:, None]
+        expected, fx = attribution.base_values[rows, selected], attribution.outputs[rows, selected]
+        totals = sum(phi.reshape(n, -1, k).sum(1) for phi in attribution.values)
+        magnitude = sum(np.abs(phi.reshape(n, -1, k)).sum(1) for phi in attribution.values)
+        error = np.abs(totals - (fx - expected))
+        scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), magnitude)
+        dtype = self.engine.dtype
+        rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(dtype, 1e-4)
         failing = ~(error <= rtol * scale)  # NaN fails too
-        if bool(failing.any()):
-            ranking = (excess / scale.clamp_min(torch.finfo(scale.dtype).tiny)).nan_to_num(nan=float("inf"))
-            flat_index = int(torch.argmax(ranking).item())
-            sample, column = divmod(flat_index, k)
-            output = int(selected[sample, column])
-            raise AdditivityError(
-                f"The attributions do not add up: for sample {sample}, output {output}, "
-                f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
-                f"(error {error[sample, column]:.3g}, {error[sample, column] / scale[sample, column]:.3g} of the output's "
-                f"scale {scale[sample, column]:.3g}; tolerance {rtol:.1g} for {self.data[0].dtype}); "
-                f"{int(failing.sum())} of {n * k} (sample, output) pairs fail. Likely causes: a custom rule "
-                "that does not add up, an operation registered as linear that is not, work done outside torch "
-                "(numpy, .item()), or a forward() whose result depends on something other than its inputs. "
-                "Pass check_additivity=False to get the values anyway."
+        if not failing.any():
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ranking = np.nan_to_num((error - rtol * scale) / np.maximum(scale, np.finfo(np.float64).tiny), nan=np.inf)
+        sample, column = np.unravel_index(int(np.argmax(ranking)), error.shape)
+        relative = error[sample, column] / scale[sample, column]
+        if not np.isfinite(totals[sample, column]):
+            causes = (
+                "The attributions are not finite: an operation produced NaN or inf on the way (an -inf mask "
+                "before exp or softmax, a log or division at 0, an overflow in a 16-bit dtype)."
             )
+        elif dtype in ("float32", "float16", "bfloat16") and relative < 100 * rtol:
+            causes = (
+                f"The error is small ({relative:.2g} of the scale): {dtype} rounding of a long or ill-conditioned "
+                "computation can reach it. Explain a float64 copy of the model (model.double()) to confirm, or "
+                "pass a looser check_additivity tolerance."
+            )
+        else:
+            causes = (
+                "Likely causes: a custom rule that does not add up, an operation registered as linear that is "
+                "not, work done outside the framework (numpy, .item()), or a forward() whose result depends on "
+                "something other than its inputs."
+            )
+        raise AdditivityError(
+            f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
+            f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
+            f"(error {error[sample, column]:.3g}, {relative:.3g} of the output's scale {scale[sample, column]:.3g}; "
+            f"tolerance {rtol:.1g} for {dtype}); {int(failing.sum())} of {n * k} (sample, output) pairs fail. "
+            f"{causes} Pass check_additivity=False to get the values anyway."
+        )
 
-    def _shape_values(self, phi: Tensor, ranked: bool) -> np.ndarray:
+    def _shape_values(self, phi: np.ndarray, ranked: bool) -> np.ndarray:
         """(n, *input_shape, k) → the output layout of shap for this model's output shape."""
-        array = phi.detach().cpu().numpy()
         if ranked:
-            return array
+            return phi
         if not self.output_shape:
-            return array[..., 0]
-        return array.reshape(*array.shape[:-1], *self.output_shape)
+            return phi[..., 0]
+        return phi.reshape(*phi.shape[:-1], *self.output_shape)
 
 
-def _numpy(t: Tensor) -> np.ndarray:
-    """``t`` as a numpy array; bfloat16, which numpy lacks, as float32."""
-    t = t.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+def _blocks(samples: int, references: int, pairs: int) -> list[Block]:
+    """The sample × reference grid cut into blocks of at most ``pairs`` pairs: whole samples when
+    ``pairs`` holds at least one, otherwise one sample's references a part at a time."""
+    if pairs >= references:
+        per_block = pairs // references
+        return [Block(s, min(s + per_block, samples), 0, references) for s in range(0, samples, per_block)]
+    return [Block(s, s + 1, r, min(r + pairs, references)) for s in range(samples) for r in range(0, references, pairs)]
 
 
-def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
-    """Gradients of every column of ``chosen`` w.r.t. ``leaves``: shape (k, *leaf.shape) each.
-
-    All columns go through one batched backward pass (``is_grads_batched``), not one per output.
-    """
-    k = chosen.shape[1]
-    if k == 1:
-        grads = torch.autograd.grad(chosen, leaves, torch.ones_like(chosen), allow_unused=True)
-        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves, strict=False)]
-    eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
-    grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
-    grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
-    return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=False)]
-
-
-def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:
-    if grad is not None:
-        return grad
-    shape = leaf.shape if k is None else (k, *leaf.shape)
-    return torch.zeros(shape, dtype=leaf.dtype, device=leaf.device)
-
-
-def _progress(batches: range, enabled: bool | None) -> Iterable[int]:
+def _progress(batches: list[Block], enabled: bool | None) -> Iterable[Block]:
     """``batches`` wrapped in a tqdm progress bar when ``enabled``; ``None``: only when stderr is a
     terminal and there is more than one batch. Without tqdm there is no bar (a warning if asked for)."""
     explicit = enabled is not None
@@ -389,7 +331,7 @@ def _progress(batches: range, enabled: bool | None) -> Iterable[int]:
         from tqdm.auto import tqdm
     except ImportError:
         if explicit:
-            warnings.warn("progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=4)
+            warnings.warn("progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=5)
         return batches
     return tqdm(batches, total=len(batches), desc="rnnshap", unit="batch")  # closes itself when the loop ends
 

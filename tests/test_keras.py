@@ -124,7 +124,7 @@ def test_attributions_add_up(name: str, dtype: str) -> None:
 
 
 def test_long_sequences_run_compiled_steps_and_add_up() -> None:
-    from rnnshap.keras.layers import COMPILE_MIN_STEPS
+    from rnnshap.engines.keras.layers import COMPILE_MIN_STEPS
 
     steps = COMPILE_MIN_STEPS
     model = sequential("float32", lambda d: L.GRU(2, return_sequences=True, dtype=d), lambda d: L.LSTM(2, dtype=d), lambda d: L.Dense(1, dtype=d), shape=(steps, 2))
@@ -248,10 +248,12 @@ def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, 
 
 
 # -- the API contract ----------------------------------------------------------------------------
-def test_keras_model_gets_the_keras_explainer_and_torch_never_imports_tensorflow() -> None:
+def test_keras_model_gets_the_keras_engine_behind_the_same_front_door_and_torch_never_imports_tensorflow() -> None:
+    from rnnshap.engines.keras.engine import KerasEngine
+
     model = ARCHITECTURES["lstm"]("float32")
     explainer = rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
-    assert isinstance(explainer, rnnshap.DeepExplainer) and type(explainer).__name__ == "KerasDeepExplainer"
+    assert type(explainer) is rnnshap.DeepExplainer and isinstance(explainer.engine, KerasEngine)
     script = "import sys, torch, rnnshap; rnnshap.DeepExplainer(torch.nn.Linear(2, 1).eval(), torch.zeros(2, 2)); assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", script], check=True)
 

@@ -25,9 +25,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..errors import ModelStateError, UnsupportedOperationError
-from ..rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
-from ..rules.registry import RuleRegistry, op_key, op_name
+from ...errors import ModelStateError, UnsupportedOperationError
+from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.registry import RuleRegistry, op_key, op_name
 from .tape import Tape, TapeEntry
 
 Tensor = torch.Tensor

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import TapeMismatchError
+from ...errors import TapeMismatchError
 
 
 @dataclass

@@ -172,7 +172,7 @@ def _no_tokens(layer: Any, *values: Any) -> None:
 
 
 def _integer_input_error(index: int, layer: Any) -> Exception:
-    from ..errors import InputError
+    from ...errors import InputError
 
     return InputError(
         f"Input {index} holds integers and reaches layer {layer.name!r} ({type(layer).__name__}) directly: rnnshap "
@@ -332,7 +332,7 @@ def _cast(value: Any, dtype: str) -> Any:
 
 
 def _embedding_error(layer: Any) -> Exception:
-    from ..errors import InputError
+    from ...errors import InputError
 
     return InputError(
         f"Embedding {layer.name!r} reads a tensor computed inside the model; rnnshap attributes token ids at an "
@@ -346,7 +346,7 @@ def _unsupported(layer: Any, why: str) -> Exception:
 
 def refusal(ops: list[tuple[str, str]]) -> Exception:
     """An UnsupportedOperationError for Keras layers, listing each one by name."""
-    from ..errors import UnsupportedOperationError
+    from ...errors import UnsupportedOperationError
 
     error = UnsupportedOperationError(ops)
     lines = "\n".join(f"  - {name}: {why}" for name, why in ops)

@@ -1,7 +1,7 @@
-"""Keras 3 (TensorFlow backend) support: ``rnnshap.DeepExplainer(keras_model, background)``.
+"""Keras 3 (TensorFlow backend) support: the Keras engine of ``rnnshap.DeepExplainer(keras_model, background)``.
 
 Importing this package does not import TensorFlow; :class:`~rnnshap.DeepExplainer` hands a Keras
-model to :class:`rnnshap.keras.explainer.KerasDeepExplainer`, which does. The results, shapes and
+model to :class:`rnnshap.engines.keras.engine.KerasEngine`, which does. The results, shapes and
 errors are those of the PyTorch explainer.
 
 Supported: Functional and Sequential models (nested too) of Dense and Conv1D/Conv2D (with any

@@ -1,0 +1,111 @@
+"""The contract between the front door (:class:`rnnshap.DeepExplainer`) and an engine.
+
+An engine knows one framework. It checks and converts inputs, runs the model, and turns a block of
+(sample, reference) pairs into sums of multiplier × (x − r); it knows nothing of output selection,
+batching, additivity, result shapes, Explanations or summaries, which the front door does once for
+every engine. Engines never import each other.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of the sample × reference grid: samples ``[s0, s1)`` of a batch of inputs paired
+    with background rows ``[r0, r1)``. Its pairs are ordered sample-major: pair ``p`` holds sample
+    ``s0 + p // (r1 - r0)`` and reference ``r0 + p % (r1 - r0)``."""
+
+    s0: int
+    s1: int
+    r0: int
+    r1: int
+
+    @property
+    def samples(self) -> int:
+        return self.s1 - self.s0
+
+    @property
+    def references(self) -> int:
+        return self.r1 - self.r0
+
+    @property
+    def pairs(self) -> int:
+        return self.samples * self.references
+
+
+@dataclass
+class BlockResult:
+    """What an engine returns for one :class:`Block`, in float64 numpy arrays.
+
+    ``sums[i]``: shape ``(k, samples, *input_i_shape)``, Σ over the block's references of
+    multiplier × (x − r) for each of the k selected outputs (zeros for a context input).
+    ``outputs``: ``(samples, n_outputs)``, the model's outputs on the samples.
+    ``reference_outputs``: ``(samples, n_outputs)``, Σ over the block's references of the model's
+    outputs on the reference side of each pair (which may depend on the sample: masks, context).
+    """
+
+    sums: list[np.ndarray]
+    outputs: np.ndarray
+    reference_outputs: np.ndarray
+
+
+class Engine(ABC):
+    """One framework's side of DeepSHAP. Set by the constructor of a subclass:"""
+
+    #: a short name for messages: "pytorch", "keras (tensorflow)"
+    name: str
+    #: whether the model takes a list of inputs (the background was given as a list)
+    multi_input: bool
+    #: the shape of one sample's output, without the batch axis
+    output_shape: tuple[int, ...]
+    #: integer inputs attributed per token at the embedding they feed
+    token_inputs: list[int]
+    #: the floating dtype the model computes in, by name ("float32", ...): it sets the additivity tolerance
+    dtype: str
+    #: the number of background rows
+    references: int
+    #: the model's outputs on the background, float64, shape ``(references, *output_shape)``
+    background_outputs: np.ndarray
+
+    @abstractmethod
+    def inputs(self, X: Any, what: str) -> list[Any]:
+        """``X`` (one array or a list per input) checked against the background and converted to
+        the engine's arrays; raises :class:`~rnnshap.InputError` with a clear message."""
+
+    @abstractmethod
+    def predict(self, inputs: list[Any]) -> np.ndarray:
+        """The model's outputs on ``inputs``, float64, flattened to ``(n, n_outputs)``."""
+
+    @abstractmethod
+    def attribute(self, inputs: list[Any], block: Block, columns: np.ndarray) -> BlockResult:
+        """Run the pairs of ``block``; ``columns`` ``(block.samples, k)`` are the flat indices of
+        the outputs to attribute for each of its samples."""
+
+    @abstractmethod
+    def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:
+        """``inputs`` as numpy arrays (the ``data`` of an Explanation)."""
+
+    def rows_per_pair(self, outputs: int) -> int:
+        """How many rows of the model's batch one pair takes when ``outputs`` outputs are attributed
+        (the front door sizes blocks with it so that ``batch_size`` bounds memory)."""
+        return 1
+
+    def ranks(self, selected: np.ndarray) -> Any:
+        """The ranks ``shap_values(..., ranked_outputs=k)`` returns, in the framework's array type
+        (as shap does: a tensor for PyTorch models)."""
+        return selected
+
+    @staticmethod
+    def rows(inputs: list[Any]) -> int:
+        return int(inputs[0].shape[0])
+
+    @staticmethod
+    def take(inputs: list[Any], start: int, stop: int) -> list[Any]:
+        """Rows ``[start, stop)`` of every input."""
+        return [x[start:stop] for x in inputs]

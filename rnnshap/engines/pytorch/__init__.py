@@ -1,0 +1,1 @@
+"""The PyTorch engine: a reference pass that records, an input pass that replays through the rules."""
