@@ -16,6 +16,7 @@ from .errors import (
 )
 from .explainer import DeepExplainer
 from .rules.registry import register_rule
+from .summary import Summary
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "InputError",
     "ModelStateError",
     "RnnShapError",
+    "Summary",
     "TapeMismatchError",
     "UnsupportedOperationError",
     "plots",

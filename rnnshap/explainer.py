@@ -8,15 +8,17 @@ into sums of multiplier × (x − r).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from .engines import Block, Engine, engine_for
-from .errors import AdditivityError
+from .errors import AdditivityError, InputError
+from .summary import ParquetShards, Summary
 
 Inputs = Union[Any, Sequence[Any]]
 
@@ -180,6 +182,90 @@ class DeepExplainer:
         ]
         return explanations if self.multi_input else explanations[0]
 
+    def summarize(
+        self,
+        data: Any,
+        batch_size: int | None = None,
+        *,
+        outputs: Sequence[int | tuple[int, ...]] | None = None,
+        check_additivity: bool | float = True,
+        sample_size: int = 1000,
+        seed: int | None = None,
+        parquet: str | os.PathLike[str] | None = None,
+        feature_names: Any = None,
+        output_names: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> Summary:
+        """Explain a dataset batch by batch into a :class:`rnnshap.Summary`, never holding all attributions.
+
+        Args:
+            data: the samples to explain: an array or tensor (a list per input for a multi-input
+                model), cut into batches of ``batch_size`` samples; or any iterable of batches (a
+                generator, a ``DataLoader``), each one what :meth:`shap_values` takes. Batches are
+                pulled one at a time.
+            batch_size: samples per batch when ``data`` is an array (default: enough samples for
+                about one block of ``self.batch_size`` pairs, at least 1).
+            outputs: which outputs to summarize, as for :meth:`shap_values` (default: all).
+            sample_size: how many per-sample attributions the summary keeps, a uniform sample.
+            seed: seeds the sample's random keys.
+            parquet: a directory to write every sample's attributions and base values to, one
+                Parquet file per batch (needs pyarrow); read them back with
+                :func:`rnnshap.summary.read_shards`.
+        """
+        summary: Summary | None = None
+        shards = None
+        if parquet is not None:
+            floating = self.engine.dtype if self.engine.dtype in ("float32", "float64") else "float32"
+            shards = ParquetShards(parquet, self.multi_input, floating)
+        start = 0
+        for batch in self._batches(data, batch_size):
+            inputs = self.engine.inputs(batch, "a batch of data")
+            n = self.engine.rows(inputs)
+            attribution = self._explain(inputs, None, "max", outputs, check_additivity, None, progress)
+            values = [self._shape_values(phi, outputs is not None) for phi in attribution.values]
+            base = attribution.base_values.reshape(n, *self.output_shape)
+            if outputs is not None:
+                base = attribution.base_values[np.arange(n)[:, None], attribution.selected]
+            data_arrays = self.engine.to_numpy(inputs)
+            rows = np.arange(start, start + n, dtype=np.int64)
+            if summary is None:
+                summary = Summary(
+                    [v.shape[1:] for v in values], [d.shape[1:] for d in data_arrays], tuple(base.shape[1:]),
+                    multi_input=self.multi_input, sample_size=sample_size, seed=seed,
+                    feature_names=feature_names, output_names=output_names,
+                )  # fmt: skip
+            summary.update(values, base, data_arrays, rows)
+            if shards is not None:
+                shards.write(values if self.multi_input else values[:1], base, rows)
+            start += n
+        if summary is None:
+            raise InputError("summarize got no samples: data is empty")
+        return summary
+
+    def _batches(self, data: Any, batch_size: int | None) -> Iterator[Any]:
+        """Batches of ``data`` for :meth:`summarize` (see there), pulled lazily."""
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if _is_array(data) or (self.multi_input and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data)):
+            inputs = self.engine.inputs(data, "data")
+            n = self.engine.rows(inputs)
+            step = int(batch_size) if batch_size else max(1, self.batch_size // self.engine.references)
+            for begin in range(0, n, step):
+                part = self.engine.take(inputs, begin, begin + step)
+                yield part if self.multi_input else part[0]
+            return
+        if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+            raise InputError(f"summarize takes an array, a list per input, or an iterable of batches, not {type(data).__name__}")
+        for batch in data:
+            if not self.multi_input and isinstance(batch, (list, tuple)):
+                if len(batch) != 1:
+                    raise InputError(
+                        f"a batch of data is a {type(batch).__name__} of {len(batch)} items but the model takes one input. "
+                        "For a DataLoader that yields (inputs, labels), pass (x for x, _ in loader)."
+                    )
+                batch = batch[0]
+            yield batch
+
     # -- the steps every engine shares ----------------------------------------------------------------
     def _explain(
         self,
@@ -305,6 +391,11 @@ class DeepExplainer:
         if not self.output_shape:
             return phi[..., 0]
         return phi.reshape(*phi.shape[:-1], *self.output_shape)
+
+
+def _is_array(value: Any) -> bool:
+    """A numpy array or a framework tensor (anything with a shape and a dtype), not a list of them."""
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (list, tuple))
 
 
 def _blocks(samples: int, references: int, pairs: int) -> list[Block]:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
+from .summary import Summary
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -386,13 +388,23 @@ def global_importance(
 
     Args:
         values: (N, T, F) or (N, T) attributions of N samples, with a last output axis (…, K) chosen
-            by ``output``; or a shap.Explanation.
+            by ``output``; a shap.Explanation; or a :class:`rnnshap.Summary` of a whole dataset.
         output: one output for all samples (index or name), or one index per sample (for instance
             each sample's predicted class).
         time_axis: ``"y"``, ``"x"`` or ``"auto"``, as for :func:`heatmap`.
     """
     plt = _pyplot()
-    parts = _unpack(values)
+    count: int | None = None
+    if isinstance(values, Summary):
+        # mean |φ| of a streamed summary: one row whose mean over samples is itself
+        if values.multi_input:
+            raise ValueError("the summary is of a multi-input model: pass one input's mean_abs[i][None] with its labels")
+        count = values.count
+        parts = _Parts(np.asarray(values.mean_abs)[None], None, len(values.output_shape), None, None, values.output_names, None)
+        if output is not None and not isinstance(output, (int, np.integer, str)):
+            raise ValueError("a Summary holds no per-sample outputs: choose one output for all samples")
+    else:
+        parts = _unpack(values)
     phi = parts.values
     label = None
     if output is not None:
@@ -424,7 +436,7 @@ def global_importance(
     by_time, by_feature = importance.sum(1), importance.sum(0)
     bar_color = "#5e4fa2"
     if title is None:
-        title = f"Mean |φ| over {phi.shape[0]} samples" + (f" ({label})" if label else "")
+        title = f"Mean |φ| over {count if count is not None else phi.shape[0]} samples" + (f" ({label})" if label else "")
     if features == 1:
         fig, ax = plt.subplots(figsize=figsize or (float(np.clip(steps * 0.4 + 2.0, 6.0, 14.0)), 3.6), layout="constrained")
         ax.bar(np.arange(steps), by_time, color=bar_color, width=0.75)

@@ -1,0 +1,168 @@
+"""Explain a ``ray.data.Dataset`` on a Ray cluster: actors build the model once and keep the explainer.
+
+>>> import rnnshap.ray                                               # doctest: +SKIP
+>>> explained = rnnshap.ray.explain(ds, make_model, background, column="x", batch_size=256)
+>>> summary = rnnshap.ray.summarize(ds, make_model, background, column="x", batch_size=256)
+
+``model_fn()`` builds the model (in eval mode) inside each actor, so nothing but the function and
+the background travels to the workers. The values are those of :class:`rnnshap.DeepExplainer` in
+one process. Needs Ray Data: ``pip install 'rnnshap[ray]'``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .explainer import DeepExplainer
+from .summary import Summary
+
+try:
+    import ray
+    import ray.data
+except ImportError as error:  # pragma: no cover - exercised only without ray
+    raise ImportError("rnnshap.ray needs Ray Data: pip install 'rnnshap[ray]'") from error
+
+
+def _columns(column: str | Sequence[str]) -> list[str]:
+    columns = [column] if isinstance(column, str) else list(column)
+    if not columns or not all(isinstance(c, str) for c in columns):
+        raise ValueError(f"column must be a column name or a list of them (one per model input), got {column!r}")
+    return columns
+
+
+class _Worker:
+    """State of one actor: the model, built once, and its explainer."""
+
+    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any]) -> None:
+        self.columns = columns
+        self.explainer = DeepExplainer(model_fn(), background, **dict(explainer_options))
+
+    def inputs(self, batch: Mapping[str, np.ndarray]) -> Any:
+        missing = [c for c in self.columns if c not in batch]
+        if missing:
+            raise KeyError(f"the dataset has no column(s) {missing}; it has {sorted(batch)}")
+        arrays = [np.asarray(batch[c]) for c in self.columns]
+        for name, array in zip(self.columns, arrays, strict=True):
+            if array.dtype == object:
+                raise ValueError(f"column {name!r} holds rows of different shapes; rnnshap needs one shape per column (pad the sequences)")
+        return arrays if self.explainer.multi_input else arrays[0]
+
+
+class _Explain(_Worker):
+    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]) -> None:
+        super().__init__(model_fn, background, columns, explainer_options)
+        self.call_options = dict(call_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = self.explainer.engine.inputs(self.inputs(batch), "a batch of the dataset")
+        options = self.call_options
+        attribution = self.explainer._explain(inputs, None, "max", options.get("outputs"), options.get("check_additivity", True), None, False)
+        chosen = options.get("outputs") is not None
+        values = [self.explainer._shape_values(phi, chosen) for phi in attribution.values]
+        n = len(values[0])
+        if chosen:
+            base = attribution.base_values[np.arange(n)[:, None], attribution.selected]
+        else:
+            base = attribution.base_values.reshape(n, *self.explainer.output_shape)
+        out = dict(batch)
+        if self.explainer.multi_input:
+            for name, v in zip(self.columns, values, strict=True):
+                out[f"shap_values_{name}"] = v
+        else:
+            out["shap_values"] = values[0]
+        out["base_values"] = base
+        return out
+
+
+class _Summarize(_Worker):
+    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]) -> None:
+        super().__init__(model_fn, background, columns, explainer_options)
+        self.call_options = dict(call_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        summary = self.explainer.summarize(self.inputs(batch), batch_size=len(next(iter(batch.values()))), progress=False, **self.call_options)
+        summary.sample_rows[:] = -1  # row numbers of a batch mean nothing across the dataset
+        return {"summary": np.array([pickle.dumps(summary)], dtype=object)}
+
+
+def _concurrency(concurrency: int | tuple[int, int] | None, num_gpus: float) -> int | tuple[int, int]:
+    if concurrency is not None:
+        return concurrency
+    resources = ray.cluster_resources()
+    available = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1)
+    return (1, max(1, int(available)))
+
+
+def explain(
+    dataset: ray.data.Dataset,
+    model_fn: Callable[[], Any],
+    background: Any,
+    *,
+    column: str | Sequence[str],
+    batch_size: int,
+    concurrency: int | tuple[int, int] | None = None,
+    num_gpus: float = 0,
+    outputs: Sequence[int | tuple[int, ...]] | None = None,
+    check_additivity: bool | float = True,
+    explainer_options: Mapping[str, Any] | None = None,
+) -> ray.data.Dataset:
+    """The rows of ``dataset`` with ``shap_values`` and ``base_values`` columns added.
+
+    Args:
+        dataset: rows with the model's input in ``column`` (a list of columns, one per input, for
+            a multi-input model; each then gets a ``shap_values_<column>`` column).
+        model_fn: builds the model; called once in each actor.
+        background: the reference samples, as for :class:`rnnshap.DeepExplainer`.
+        batch_size: rows per batch handed to an actor.
+        concurrency: actors to run, or ``(min, max)`` for an autoscaling pool (default: up to
+            one per CPU, or per ``num_gpus`` GPUs).
+        num_gpus: GPUs per actor (``model_fn`` then puts the model on ``"cuda"``).
+        outputs, check_additivity: as for :meth:`rnnshap.DeepExplainer.shap_values`.
+        explainer_options: more arguments for :class:`rnnshap.DeepExplainer` (``batch_size`` in pairs, ``rules``).
+    """
+    return dataset.map_batches(
+        _Explain,
+        fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), {"outputs": outputs, "check_additivity": check_additivity}),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=_concurrency(concurrency, num_gpus),
+        num_gpus=num_gpus,
+    )
+
+
+def summarize(
+    dataset: ray.data.Dataset,
+    model_fn: Callable[[], Any],
+    background: Any,
+    *,
+    column: str | Sequence[str],
+    batch_size: int,
+    concurrency: int | tuple[int, int] | None = None,
+    num_gpus: float = 0,
+    outputs: Sequence[int | tuple[int, ...]] | None = None,
+    check_additivity: bool | float = True,
+    sample_size: int = 1000,
+    explainer_options: Mapping[str, Any] | None = None,
+) -> Summary:
+    """A :class:`rnnshap.Summary` of the whole ``dataset``: each batch is summarized where it is
+    explained and only the summaries travel back, to be merged here. Arguments as for :func:`explain`;
+    the sampled rows' ``sample_rows`` are -1 (a batch does not know its rows' place in the dataset)."""
+    options = {"outputs": outputs, "check_additivity": check_additivity, "sample_size": sample_size}
+    parts = dataset.map_batches(
+        _Summarize,
+        fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), options),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=_concurrency(concurrency, num_gpus),
+        num_gpus=num_gpus,
+    )
+    summaries = [pickle.loads(row["summary"]) for row in parts.iter_rows()]
+    if not summaries:
+        raise ValueError("the dataset has no rows")
+    return Summary.combine(summaries)
+
+
+__all__ = ["explain", "summarize"]
