@@ -143,21 +143,32 @@ class DeepExplainer:
         feature_names: Sequence[Any] | None = None,
         time_labels: Sequence[Any] | None = None,
         output_names: Sequence[str] | None = None,
+        vocabulary: Sequence[str] | Mapping[int, str] | None = None,
         check_additivity: bool | float = True,
     ) -> Any:
         """A ``shap.Explanation`` of ``X`` (one per input for a multi-input model), with base values.
 
+        Shaped as shap's Explainer API: ``values`` have the input's shape for a model with one
+        output per sample (an output of shape (N,) or (N, 1)), and the outputs last otherwise,
+        sliceable by ``output_names`` (``ex[..., "cat"]``); ``base_values`` are (N,) or
+        (N, *outputs).
+
         Labels: for an input of shape (N, F), or token ids (N, T), ``feature_names`` (or
         ``time_labels``) name axis 1, as in shap. For a sequence input (N, T, F), ``feature_names``
         name the F features and ``time_labels`` the T steps (default ``f0, f1, ...`` and
-        ``t0, t1, ...`` when only one is given); the Explanation's ``feature_names`` then hold, per
-        sample, the name ``"<time label>:<feature name>"`` of every (t, f), the layout that survives
-        shap's slicing. :func:`rnnshap.plots.flatten` turns it into (N, T·F) named features for
-        shap's plots. With several inputs, give a list of names per input. ``output_names`` label
-        the model's outputs.
+        ``t0, t1, ...``). A sequence Explanation keeps these names through shap's idioms:
+        ``ex.sum(1)`` is per feature (summed over time, named by the features), ``ex.sum(2)`` per
+        step (named by the time labels), both with the base values, ready for ``shap.plots.bar``,
+        ``beeswarm``, ``violin``, ``heatmap`` and, for one sample, ``waterfall``
+        (:mod:`rnnshap.explanation`). With several inputs, give a list of names per input.
+
+        ``vocabulary`` (a list or a mapping from token id to string) turns the ``data`` of token
+        inputs into their strings, so that ``shap.plots.text(ex[i])`` shows sample ``i``'s text.
         """
         try:
-            import shap
+            import shap  # noqa: F401
+
+            from . import explanation
         except ImportError as error:
             raise ImportError(
                 "explainer(X) returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'. "
@@ -166,20 +177,26 @@ class DeepExplainer:
         inputs = self.engine.inputs(X, "X")
         attribution = self._explain(inputs, None, "max", None, check_additivity, None, None)
         n = self.engine.rows(inputs)
-        base = attribution.base_values.reshape(n, *self.output_shape)
+        single = self.n_outputs == 1 and len(self.output_shape) <= 1
+        output_shape = () if single else self.output_shape
+        output_axes = [explanation.OUTPUT] if len(output_shape) == 1 else [f"{explanation.OUTPUT}{i}" for i in range(len(output_shape))]
+        if output_names is not None:
+            if not output_shape or len(output_names) != output_shape[-1]:
+                raise ValueError(f"{len(output_names)} output_names for a model whose outputs have shape {self.output_shape}")
+        base = attribution.base_values.reshape(n, *output_shape)
         data = self.engine.to_numpy(inputs)
         features = _per_input(feature_names, len(data)) if self.multi_input else [feature_names]
         times = _per_input(time_labels, len(data)) if self.multi_input else [time_labels]
-        explanations = [
-            shap.Explanation(
-                values=self._shape_values(v, False),
-                base_values=base,
-                data=x,
-                feature_names=_axis_labels(tuple(x.shape), f, t),
-                output_names=None if output_names is None else list(output_names),
-            )
-            for v, x, f, t in zip(attribution.values, data, features, times, strict=True)
-        ]
+        explanations = []
+        for index, (phi, x, f, t) in enumerate(zip(attribution.values, data, features, times, strict=True)):
+            token = index in self.token_inputs
+            axes, labels = _input_axes(tuple(x.shape), f, t, token=token)
+            if token and vocabulary is not None:
+                x = _token_strings(x, vocabulary)
+            if output_axes:
+                labels[output_axes[-1]] = None if output_names is None else [str(name) for name in output_names]
+            values = phi.reshape(*phi.shape[:-1], *output_shape)
+            explanations.append(explanation.make(values, base, x, axes + output_axes, labels))
         return explanations if self.multi_input else explanations[0]
 
     def summarize(
@@ -437,26 +454,35 @@ def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:
     return list(labels)
 
 
-def _axis_labels(shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None) -> Any:
-    """The ``feature_names`` of a shap.Explanation for an input of ``shape`` (batch first)."""
-    if feature_names is None and time_labels is None:
-        return None
-    axes = shape[1:]
+def _token_strings(ids: np.ndarray, vocabulary: Sequence[str] | Mapping[int, str]) -> np.ndarray:
+    """Token ids as their strings (an object array of the same shape)."""
+    try:
+        return np.vectorize(lambda i: str(vocabulary[int(i)]), otypes=[object])(ids)
+    except (IndexError, KeyError) as error:
+        raise ValueError(f"the vocabulary has no string for token id {error.args[0] if error.args else '?'}") from error
 
-    def checked(labels: Sequence[Any] | None, size: int, what: str, default: str) -> list[str]:
+
+def _input_axes(shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None, token: bool) -> tuple[list[str], dict[str, Any]]:
+    """The axis names and labels of an input of ``shape`` (batch first) for an Explanation."""
+
+    def checked(labels: Sequence[Any] | None, size: int, what: str, default: str | None) -> list[str] | None:
         if labels is None:
-            return [f"{default}{i}" for i in range(size)]
-        if len(labels) != size:
+            return None if default is None else [f"{default}{i}" for i in range(size)]
+        if isinstance(labels, str) or len(labels) != size:
             raise ValueError(f"{len(labels)} {what} for an input of shape {shape}: it needs {size}")
         return [str(label) for label in labels]
 
+    axes = shape[1:]
     if len(axes) == 1:
         if feature_names is not None and time_labels is not None:
             raise ValueError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
-        return checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", "f")
+        axis = "time" if token or (time_labels is not None and feature_names is None) else "feature"
+        return ["sample", axis], {axis: checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", None)}
     if len(axes) == 2:
-        times = checked(time_labels, axes[0], "time_labels", "t")
-        features = checked(feature_names, axes[1], "feature_names", "f")
-        grid = np.array([[f"{t}:{f}" for f in features] for t in times])
-        return np.broadcast_to(grid, (shape[0], *grid.shape)).copy()  # per sample: see __call__
-    raise ValueError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")
+        return ["sample", "time", "feature"], {
+            "time": checked(time_labels, axes[0], "time_labels", "t"),
+            "feature": checked(feature_names, axes[1], "feature_names", "f"),
+        }
+    if feature_names is not None or time_labels is not None:
+        raise ValueError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")
+    return ["sample", *[f"axis{i}" for i in range(1, len(shape))]], {}

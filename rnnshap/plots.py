@@ -57,7 +57,8 @@ def _headless() -> bool:
 
 
 def _is_explanation(obj: Any) -> bool:
-    return type(obj).__name__ == "Explanation" and hasattr(obj, "values") and hasattr(obj, "base_values")
+    """A shap.Explanation or a subclass of it (rnnshap's SequenceExplanation), without importing shap."""
+    return any(klass.__name__ == "Explanation" for klass in type(obj).__mro__) and hasattr(obj, "values") and hasattr(obj, "base_values")
 
 
 @dataclass
