@@ -58,6 +58,8 @@ class DemoResult:
     device: str
     accuracy: float
     x: np.ndarray  # (n, 8, 8) explained digits
+    indices: np.ndarray  # (n,) their positions in the held-out set (see choose_digits)
+    held_out_errors: int  # how many of the held-out digits the model gets wrong
     labels: np.ndarray
     predictions: np.ndarray
     outputs: np.ndarray  # (n, 10) model outputs (logits) on the explained digits
@@ -83,6 +85,32 @@ class DemoResult:
         return f"{kind} (8 → {HIDDEN} per direction) over the 8 rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
 
 
+def choose_digits(labels: np.ndarray, predictions: np.ndarray, samples: int) -> np.ndarray:
+    """Which held-out digits to explain: different classes, and one the model gets wrong.
+
+    The first correctly classified digit of each class in turn (so the digits differ from each
+    other), then, with at least two samples, the first misclassified digit last; more than ten
+    samples are filled up with the next digits in order.
+    """
+    wrong = np.flatnonzero(predictions != labels)
+    mistakes = [int(wrong[0])] if samples >= 2 and wrong.size else []
+    chosen: list[int] = []
+    classes: set[int] = set()
+    for right in np.flatnonzero(predictions == labels).tolist():
+        if len(chosen) + len(mistakes) == samples:
+            break
+        if int(labels[right]) not in classes:
+            chosen.append(right)
+            classes.add(int(labels[right]))
+    chosen.sort(key=lambda i: int(labels[i]))
+    for i in range(len(labels)):
+        if len(chosen) + len(mistakes) >= samples:
+            break
+        if i not in chosen and i not in mistakes:
+            chosen.append(i)
+    return np.asarray(chosen + mistakes, dtype=np.int64)
+
+
 @contextlib.contextmanager
 def _deterministic(device: str) -> Iterator[None]:
     """One CPU thread (the model is tiny: threads only add overhead and run-to-run variation) and
@@ -101,7 +129,8 @@ def _deterministic(device: str) -> Iterator[None]:
 def run(
     samples: int = 8, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
 ) -> DemoResult:
-    """Train on all but 300 digits, explain the first ``samples`` held-out ones against ``background`` training digits."""
+    """Train on all but 300 digits, explain ``samples`` held-out ones (:func:`choose_digits`) against
+    ``background`` training digits."""
     if layer not in ("lstm", "gru", "bidirectional"):
         raise ValueError(f"layer must be 'lstm', 'gru' or 'bidirectional', got {layer!r}")
     if not 1 <= samples <= TEST_SIZE:
@@ -126,8 +155,10 @@ def run(
         model.eval()
         x_test = torch.from_numpy(images[test]).to(device)
         with torch.no_grad():
-            accuracy = float((model(x_test).argmax(1).cpu().numpy() == labels[test]).mean())
-        explained = x_test[:samples]
+            test_predictions = model(x_test).argmax(1).cpu().numpy()
+        accuracy = float((test_predictions == labels[test]).mean())
+        chosen = choose_digits(labels[test], test_predictions, samples)
+        explained = x_test[torch.from_numpy(chosen).to(device)]
         reference = x_train[torch.from_numpy(rng.choice(len(train), background, replace=False)).to(device)]
         start = time.perf_counter()
         explainer = DeepExplainer(model, reference, progress=False)
@@ -145,7 +176,9 @@ def run(
         device=str(device),
         accuracy=accuracy,
         x=explained.cpu().numpy(),
-        labels=labels[test][:samples],
+        indices=chosen,
+        held_out_errors=int((test_predictions != labels[test]).sum()),
+        labels=labels[test][chosen],
         predictions=outputs.argmax(1),
         outputs=outputs,
         shap_values=values,
@@ -170,8 +203,10 @@ def _print(result: DemoResult) -> None:
     for i in range(len(result.x)):
         phi = result.shap_values[i, :, :, result.predictions[i]]
         scale = np.abs(phi).max() or 1.0
+        verdict = "" if result.predictions[i] == result.labels[i] else " (wrong)"
         print(
-            f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}; image | attribution to the predicted class (+ / -)"
+            f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}{verdict}; "
+            "image | attribution to the predicted class (+ / -)"
         )
         for row in range(8):
             image = "".join(shades[min(9, int(v * 9.99))] for v in result.x[i, row])
@@ -183,7 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="rnnshap demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--samples", type=int, default=8, help="held-out digits to explain (default 8)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help="held-out digits to explain, of different classes and one the model gets wrong (default 8)",
+    )
     parser.add_argument(
         "--layer", choices=["lstm", "gru", "bidirectional"], default="lstm", help="the recurrent layer (default lstm)"
     )

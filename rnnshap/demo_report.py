@@ -1,7 +1,10 @@
 """The demo's report folder: ``index.html``, its PNG plots and ``summary.json``.
 
 The plots need matplotlib (``pip install 'rnnshap[plot]'``); without it the report is written
-without them and says how to get them. ``summary.json`` holds the numbers of the summary:
+without them and says how to get them. Each family of figures (the digits' heatmaps, their row
+charts, the classes of one digit, the misclassified digit's comparison) has one colour scale, so
+its figures compare at a glance; the PNGs are drawn at 1.5× for sharp text and shown at their
+natural size (about 11 px per point of text) on a wide page. ``summary.json`` holds the numbers of the summary:
 ``results`` (the same on every run with the same seed and settings), ``timing`` and
 ``environment`` (which vary).
 """
@@ -26,7 +29,8 @@ from .demo import DemoResult
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DPI = 100
+DPI = 150  # pixels per inch of the PNG files; the page shows them at 100 per inch (sharp on dense screens)
+SHOWN_DPI = 100
 ROW_LABELS = [f"row {i}" for i in range(8)]
 COLUMN_LABELS = [f"col {i}" for i in range(8)]
 
@@ -60,6 +64,8 @@ def summarize(result: DemoResult) -> dict[str, Any]:
             "additivity_error": result.additivity_error,
             "relative_additivity_error": relative,
             "expected_value": [float(v) for v in result.expected_value],
+            "held_out_indices": [int(v) for v in result.indices],
+            "held_out_errors": result.held_out_errors,
             "labels": [int(v) for v in result.labels],
             "predictions": [int(v) for v in result.predictions],
             "predicted_output": [float(result.outputs[i, p]) for i, p in enumerate(result.predictions)],
@@ -81,19 +87,19 @@ def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo"
     out.mkdir(parents=True, exist_ok=True)
     report = Report(index=out / "index.html", summary=summarize(result))
     start = time.perf_counter()
-    figures: dict[str, str] = {}
+    figures: dict[str, tuple[str, int]] = {}  # name: (file, width shown in CSS pixels)
     try:
-        plt = plots._pyplot()
+        import matplotlib  # noqa: F401
     except ImportError:
-        plt = None
-    if plt is not None:
+        report.has_plots = False
+    else:
         report.has_plots = True
-        for name, make in _figures(result):
-            fig = make()
+        scales = _Scales.of(result)
+        for name, make in _figures(result, scales):
+            fig = make()  # a Figure outside pyplot: nothing to close
             path = out / f"{name}.png"
             fig.savefig(path, dpi=DPI, facecolor="white")
-            plt.close(fig)
-            figures[name] = path.name
+            figures[name] = (path.name, round(fig.get_figwidth() * SHOWN_DPI))
             report.files.append(path)
     report.summary["timing"]["report_seconds"] = time.perf_counter() - start
     report.total_seconds = time.perf_counter() - (started if started is not None else start)
@@ -106,7 +112,42 @@ def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo"
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
-def _figures(result: DemoResult) -> list[tuple[str, Any]]:
+def _predicted_phi(result: DemoResult) -> np.ndarray:
+    """(n, 8, 8): each digit's attributions to its predicted class."""
+    return np.stack([result.shap_values[i, :, :, p] for i, p in enumerate(result.predictions)]).astype(np.float64)
+
+
+def _wrong(result: DemoResult) -> list[int]:
+    return [i for i in range(len(result.x)) if result.predictions[i] != result.labels[i]]
+
+
+@dataclass
+class _Scales:
+    """One scale per family of figures."""
+
+    phi: float  # colour limit of every digit's heatmap (φ to its predicted class)
+    bars: tuple[float, float]  # y range of every row chart's bars (φ per row)
+    totals: tuple[float, float]  # y range of every row chart's running total
+
+    @staticmethod
+    def of(result: DemoResult) -> _Scales:
+        phi = _predicted_phi(result)
+        per_row = phi.sum(-1)
+        base = np.array([result.expected_value[p] for p in result.predictions])
+        running = base[:, None] + np.concatenate([np.zeros((len(phi), 1)), np.cumsum(per_row, 1)], axis=1)
+        return _Scales(
+            plots._scale(phi, None, 99.0).limit,
+            _padded(min(0.0, per_row.min()), max(0.0, per_row.max())),
+            _padded(running.min(), running.max()),
+        )
+
+
+def _padded(low: float, high: float, pad: float = 0.08) -> tuple[float, float]:
+    span = (high - low) or 1.0
+    return float(low - pad * span), float(high + pad * span)
+
+
+def _figures(result: DemoResult, scales: _Scales) -> list[tuple[str, Any]]:
     made: list[tuple[str, Any]] = [
         (
             "global_importance",
@@ -116,70 +157,151 @@ def _figures(result: DemoResult) -> list[tuple[str, Any]]:
                 feature_names=COLUMN_LABELS,
                 time_labels=ROW_LABELS,
                 title=f"Mean |φ| over the {len(result.x)} explained digits, each for its predicted class",
-                figsize=(7.5, 6.2),
+                figsize=(7.2, 6.0),
             ),
         ),
         ("classes_0", lambda: _classes(result, 0)),
     ]
     for i in range(len(result.x)):
-        made.append((f"sample_{i}", lambda i=i: _sample(result, i)))
-        made.append((f"over_time_{i}", lambda i=i: _over_time(result, i)))
+        made.append((f"sample_{i}", lambda i=i: _sample(result, i, scales)))
+        made.append((f"over_time_{i}", lambda i=i: _over_time(result, i, scales)))
+    for i in _wrong(result):
+        made.append((f"pushed_{i}", lambda i=i: _pushed(result, i)))
     return made
 
 
-def _sample(result: DemoResult, i: int) -> Figure:
+def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
+    """The digit, and its attributions to the predicted class with their values, on the family's colour scale."""
     predicted = int(result.predictions[i])
-    gap = float(result.shap_values[i, :, :, predicted].sum())
-    return plots.heatmap(
-        result.shap_values,
-        result.x,
-        sample=i,
-        output=predicted,
-        feature_names=COLUMN_LABELS,
-        time_labels=ROW_LABELS,
-        title=f"Digit {i}: attributions to class {predicted}, Σφ = f(x) − E[f] = {gap:+.3f}",
-        figsize=(9.6, 4.4),
-    )
-
-
-def _over_time(result: DemoResult, i: int) -> Figure:
-    predicted = int(result.predictions[i])
-    return plots.over_time(
+    phi = result.shap_values[i, :, :, predicted]
+    fig = plots._figure((6.0, 4.8))
+    layout = fig.add_gridspec(1, 2, width_ratios=[1.0, 3.6])
+    thumb, main = fig.add_subplot(layout[0]), fig.add_subplot(layout[1])
+    thumb.imshow(result.x[i], cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    thumb.set_title("the digit", fontsize=10)
+    thumb.set_xticks([])
+    thumb.set_yticks([])
+    plots.heatmap(
         result.shap_values,
         sample=i,
         output=predicted,
+        feature_names=[str(c) for c in range(8)],
         time_labels=ROW_LABELS,
-        title=f"Digit {i}: class {predicted} row by row",
-        figsize=(5.4, 4.4),
+        vmax=scales.phi,
+        annotate=True,
+        ax=main,
+        title=f"φ to class {predicted}",
     )
+    main.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.7, alpha=0.55)
+    main.set_xlabel("pixel column (feature)")
+    main.set_ylabel("image row (time step)")
+    verdict = "right" if predicted == result.labels[i] else "wrong"
+    base = float(result.expected_value[predicted])
+    fig.suptitle(
+        f"Digit {i}: a {result.labels[i]}, predicted {predicted} ({verdict})\n{plots._identity(base, float(phi.sum()))}",
+        fontsize=11,
+    )
+    return fig
+
+
+def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
+    predicted = int(result.predictions[i])
+    phi = result.shap_values[i, :, :, predicted]
+    fig = plots.over_time(
+        result.shap_values,
+        sample=i,
+        output=predicted,
+        base_value=result.expected_value,
+        time_labels=[str(r) for r in range(8)],
+        title=f"Digit {i}, class {predicted}, row by row:\n{plots._identity(float(result.expected_value[predicted]), float(phi.sum()))}",
+        figsize=(4.6, 4.8),
+    )
+    total_ax, bars_ax = fig.axes
+    bars_ax.set_ylim(*scales.bars)
+    total_ax.set_ylim(*scales.totals)
+    bars_ax.set_xlabel("image row (time step)")
+    bars_ax.set_ylabel("φ of the row")
+    return fig
 
 
 def _classes(result: DemoResult, i: int) -> Figure:
     """Attributions of one digit to each of the 10 classes, on one colour scale, with the digit's outline."""
-    plt = plots._pyplot()
-    phi = result.shap_values[i]
-    limit = float(np.abs(phi).max()) or 1.0
-    fig, axes = plt.subplots(2, 5, figsize=(11, 5.2), layout="constrained")
-    image = None
+    phi = result.shap_values[i].astype(np.float64)
+    limit = plots._scale(phi, None, 99.0)
+    fig = plots._figure((11.0, 5.6))
+    axes = fig.subplots(2, 5)
+    image: Any = None
     for k, ax in enumerate(axes.flat):
-        image = ax.imshow(phi[:, :, k], cmap=plots.DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest")
+        image = ax.imshow(phi[:, :, k], cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
         ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
-        weight = "bold" if k == result.predictions[i] else "normal"
+        identity = plots._identity(float(result.expected_value[k]), float(phi[:, :, k].sum())).removeprefix("f(x) = E[f] + Σφ ")
+        chosen = k == result.predictions[i]
         ax.set_title(
-            f"class {k}: f(x) = {result.outputs[i, k]:+.2f}\n= E[f] {result.expected_value[k]:+.2f} + Σφ {phi[:, :, k].sum():+.2f}",
-            fontsize=9,
-            fontweight=weight,
+            f"class {k}{' (predicted)' if chosen else ''}\n{identity}", fontsize=9, fontweight="bold" if chosen else "normal"
         )
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
-            spine.set_color("#bbbbbb")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="φ (red raises the class, blue lowers it)")
+            spine.set_color("#222222" if chosen else "#bbbbbb")
+            spine.set_linewidth(2.0 if chosen else 0.8)
+    fig.colorbar(
+        image, ax=axes, shrink=0.8, extend=plots._extend(phi, -limit.limit, limit.limit),
+        label=limit.label("φ: red raises the class, blue lowers it"),
+    )  # fmt: skip
     fig.suptitle(
-        f"Digit {i} (label {result.labels[i]}, predicted {result.predictions[i]}): attributions to every class; f(x) = E[f] + Σφ",
-        fontsize=12,
+        f"Digit {i} (a {result.labels[i]}, predicted {result.predictions[i]}): its attributions to every class, one colour scale\n"
+        "each title: f(x) = E[f] + Σφ for that class",
+        fontsize=11,
     )
     return fig
+
+
+def _pushed(result: DemoResult, i: int) -> Figure:
+    """A misclassified digit: φ to the predicted class, to the true one, and their difference, on one colour scale."""
+    predicted, label = int(result.predictions[i]), int(result.labels[i])
+    to_predicted = result.shap_values[i, :, :, predicted].astype(np.float64)
+    to_label = result.shap_values[i, :, :, label].astype(np.float64)
+    difference = to_predicted - to_label
+    panels = [
+        (to_predicted, f"φ to {predicted} (predicted)\nΣφ = {plots._plain(float(to_predicted.sum()))}"),
+        (to_label, f"φ to {label} (the true class)\nΣφ = {plots._plain(float(to_label.sum()))}"),
+        (difference, f"difference: what pushed it to {predicted}\nΣ = {plots._plain(float(difference.sum()))}"),
+    ]
+    limit = plots._scale(np.stack([p for p, _ in panels]), None, 99.0)
+    fig = plots._figure((11.0, 4.9))
+    axes = fig.subplots(1, 3)
+    image: Any = None
+    for ax, (values, title) in zip(axes, panels, strict=True):
+        image = ax.imshow(values, cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
+        ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for (r, c), value in np.ndenumerate(difference):
+        text = plots._format(float(value), limit.limit)
+        if text != "0":
+            axes[2].text(
+                c, r, text, ha="center", va="center", fontsize=7.5, color="white" if abs(value) > 0.6 * limit.limit else "#222222"
+            )
+    fig.colorbar(
+        image, ax=axes, shrink=0.85, extend=plots._extend(np.stack([p for p, _ in panels]), -limit.limit, limit.limit),
+        label=limit.label(f"φ, one scale for the three\ndifference: red pushed to {predicted}, blue to {label}"),
+    )  # fmt: skip
+    base_gap = float(result.expected_value[predicted] - result.expected_value[label])
+    number = plots._numbers(base_gap, float(difference.sum()), base_gap + float(difference.sum()))
+    p, q = _subscript(predicted), _subscript(label)
+    total = float(difference.sum())
+    fig.suptitle(
+        f"Digit {i} is a {label}, and the model says {predicted}. Why {predicted} over {label}:\n"
+        f"f{p}(x) − f{q}(x) = (E[f{p}] − E[f{q}]) + Σ difference = {number(base_gap)} {'+' if total >= 0 else '−'} {number(abs(total))}"
+        f" = {number(base_gap + total)}",
+        fontsize=11,
+    )
+    return fig
+
+
+def _subscript(number: int) -> str:
+    return str(number).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
 
 
 # -- html -----------------------------------------------------------------------------------------------------------
@@ -192,35 +314,59 @@ _STYLE = """
   header { border-bottom: 3px solid var(--accent); padding-bottom: 14px; margin-bottom: 22px; }
   h1 { font-size: 28px; margin: 0 0 6px; }
   h2 { font-size: 20px; margin: 34px 0 12px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-  h3 { font-size: 16px; margin: 0 0 8px; }
-  p.lead { color: var(--muted); margin: 0; max-width: 900px; }
+  h3 { font-size: 16px; margin: 0 0 4px; }
+  p { max-width: 900px; }
+  p.lead { color: var(--muted); margin: 0; }
+  .identity { font-variant-numeric: tabular-nums; color: var(--muted); margin: 0 0 10px; font-size: 14px; }
   .stats { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 14px; }
   .stat { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; }
   .stat .value { font-size: 26px; font-weight: 650; }
   .stat .label { color: var(--muted); font-size: 13px; }
   .stat.good .value { color: #1a7f37; }
   table { border-collapse: collapse; width: 100%; font-size: 14px; }
-  th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+  th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; overflow-wrap: anywhere; }
   th { width: 260px; color: var(--muted); font-weight: 500; }
   td.num { font-variant-numeric: tabular-nums; }
   .sample { border: 1px solid var(--line); border-radius: 10px; padding: 16px; margin: 0 0 18px; }
-  .figures { display: grid; grid-template-columns: 960fr 540fr; gap: 10px; align-items: start; }
-  .figures img { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
-  @media (max-width: 800px) { .figures { grid-template-columns: 1fr; } }
-  img.wide { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
+  .sample.wrong { border-color: #f0c36d; background: #fffbf2; }
+  .badge { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 8px; border-radius: 999px; vertical-align: 2px; }
+  .badge.right { background: #dcf3e3; color: #1a7f37; }
+  .badge.wrong { background: #fde2c4; color: #8a4b00; }
+  .figures { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+  figure { margin: 0; max-width: 100%; }
+  img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; display: block; }
   .tokens { margin-top: 10px; }
-  .tokens .caption { color: var(--muted); font-size: 13px; }
+  .tokens .caption, .note { color: var(--muted); font-size: 13px; }
   .notice { background: #fff6e5; border: 1px solid #f0c36d; border-radius: 8px; padding: 12px 16px; margin: 18px 0; }
   code, pre { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
   pre { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; overflow-x: auto; }
   footer { margin-top: 40px; color: var(--muted); font-size: 13px; border-top: 1px solid var(--line); padding-top: 12px; }
+  @media (max-width: 640px) {
+    body { font-size: 15px; }
+    main { padding: 16px 12px 32px; }
+    h1 { font-size: 23px; }
+    h2 { font-size: 18px; margin-top: 26px; }
+    .stats { grid-template-columns: 1fr 1fr; gap: 8px; }
+    .stat { padding: 10px 12px; }
+    .stat .value { font-size: 20px; }
+    th, td { display: block; width: auto; padding: 2px 4px; }
+    th { border-bottom: none; padding-top: 8px; }
+    .sample { padding: 10px; }
+  }
 """
 
 
-def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, str], command: str) -> str:
+def _image(figures: dict[str, tuple[str, int]], name: str, alt: str) -> str:
+    """The figure at its natural size (never wider than the page), linked to the full-size PNG."""
+    source, width = figures[name]
+    return f'<figure><a href="{source}"><img src="{source}" width="{width}" alt="{html.escape(alt)}"></a></figure>'
+
+
+def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
     results, timing, environment = summary["results"], summary["timing"], summary["environment"]
     e = html.escape
     n = len(result.x)
+    wrong = _wrong(result)
     stats = [
         ("good", f"{results['accuracy']:.1%}", f"held-out accuracy ({results['test_size']} digits)"),
         ("good", f"{results['additivity_error']:.1e}", "largest |Σφ − (f(x) − E[f])| over all digits and classes"),
@@ -231,6 +377,11 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, str], 
         ),
         ("", f"{timing['train_seconds']:.1f} s", f"to train, {results['epochs']} epochs on {results['train_size']} digits"),
     ]
+    chosen = (
+        f"{n} held-out digits: the first one the model gets right of {'each class' if n > 2 else 'a class'}"
+        + (", and the first one it gets wrong" if wrong else "")
+        + f" ({results['held_out_errors']} of the {results['test_size']} held-out digits are misclassified)"
+    )
     rows = [
         ("Model", e(result.describe_model())),
         (
@@ -238,10 +389,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, str], 
             f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row as 8 time steps of 8 pixels",
         ),
         ("Held-out accuracy", f"{results['accuracy']:.2%}"),
-        (
-            "Explained",
-            f"the first {n} held-out digits, all 10 classes, against {results['background']} training digits as background",
-        ),
+        ("Explained", f"{chosen}; all 10 classes, against {results['background']} training digits as background"),
         (
             "Largest additivity error",
             f"{results['additivity_error']:.3e} absolute; {results['relative_additivity_error']:.2e} relative to the output's scale",
@@ -267,7 +415,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, str], 
         "<header><h1>rnnshap demo report</h1>",
         f'<p class="lead">{"An" if result.layer == "lstm" else "A"} {e(result.kind)} reads handwritten digits row by row. rnnshap explains its '
         "predictions with DeepSHAP and exact rules through the recurrent layer: for every digit and class the attributions φ "
-        "add up to the model's output minus its mean over the background, f(x) − E[f], to float precision.</p></header>",
+        "add up to the model's output minus its mean over the background, f(x) = E[f] + Σφ, to float precision.</p></header>",
         '<section class="stats">',
         *(
             f'<div class="stat {cls}"><div class="value">{value}</div><div class="label">{e(label)}</div></div>'
@@ -281,38 +429,73 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, str], 
             "<code>pip install 'rnnshap[plot]'</code>, and run the demo again for the heatmaps.</div>"
         )
     parts += ["<h2>Summary</h2><table>", *(f'<tr><th>{k}</th><td class="num">{v}</td></tr>' for k, v in rows), "</table>"]
+    parts += [
+        "<h2>How to read it</h2>",
+        "<p>Each explained digit gets φ, one number per pixel, for the class the model predicts. Red pixels raise that "
+        "class's score f(x), blue ones lower it. The numbers always add up: the score is the mean score over the background "
+        "E[f] plus the sum of all φ, <strong>f(x) = E[f] + Σφ</strong>, written with its numbers above every figure. "
+        "Because the model reads the image row by row, φ summed over a row is what that row (time step) added; the row "
+        "chart starts at E[f], adds each row's φ and ends at f(x).</p>",
+    ]
     if "global_importance" in figures:
         parts += [
             "<h2>What the model looks at</h2>",
-            "<p>Mean |φ| of the explained digits for their predicted class, per row (time step) and pixel column (feature).</p>",
-            f'<img class="wide" src="{figures["global_importance"]}" alt="mean absolute attribution by time step and feature">',
+            "<p>Mean |φ| of the explained digits for their predicted class, per row (time step) and pixel column (feature), "
+            "with its sums by row and by column.</p>",
+            _image(figures, "global_importance", "mean absolute attribution by time step and feature"),
         ]
     parts.append("<h2>Explained digits</h2>")
-    scale = float(np.abs([result.shap_values[i, :, :, p].sum(-1) for i, p in enumerate(result.predictions)]).max()) or 1.0
+    scale = float(np.abs(_predicted_phi(result).sum(-1)).max()) or 1.0
+    if figures:
+        scales = _Scales.of(result)
+        parts.append(
+            f"<p>All digits' heatmaps share one colour scale (full colour at |φ| = {scales.phi:.3g}; beyond it, colours are "
+            "clipped and the colour bar's arrows say so), and all row charts share their y scales, so the digits compare at "
+            "a glance. Click a figure for its full-size image.</p>"
+        )
     for i in range(n):
         predicted = int(result.predictions[i])
         phi = result.shap_values[i, :, :, predicted]
-        verdict = "correct" if predicted == result.labels[i] else "wrong"
+        right = predicted == result.labels[i]
+        badge = '<span class="badge right">right</span>' if right else '<span class="badge wrong">wrong</span>'
+        identity = plots._identity(float(result.expected_value[predicted]), float(phi.sum()))
         parts.append(
-            f'<article class="sample" id="sample-{i}"><h3>Digit {i}: label {result.labels[i]}, predicted {predicted} ({verdict}); '
-            f"f(x) = {result.outputs[i, predicted]:+.3f} = E[f] {result.expected_value[predicted]:+.3f} + Σφ {phi.sum():+.3f}</h3>"
+            f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>Digit {i}: a {result.labels[i]}, '
+            f"predicted {predicted} {badge}</h3>"
+            f'<p class="identity">score of class {predicted}: {e(identity)}</p>'
         )
-        images = [figures.get(f"sample_{i}"), figures.get(f"over_time_{i}")]
-        if any(images):
+        shown = [name for name in (f"sample_{i}", f"over_time_{i}") if name in figures]
+        if shown:
             parts.append('<div class="figures">')
-            parts += [f'<img src="{src}" alt="attributions of digit {i}">' for src in images if src]
+            parts += [_image(figures, name, f"attributions of digit {i}") for name in shown]
             parts.append("</div>")
+        if not right and f"pushed_{i}" in figures:
+            parts += [
+                f"<p>What pushed it to {predicted} rather than {result.labels[i]}: φ to each of the two classes and their "
+                f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones {result.labels[i]}; "
+                "the difference adds up to the gap between the two scores, less the gap between their means over the background.</p>",
+                '<div class="figures">',
+                _image(figures, f"pushed_{i}", f"why digit {i} was classified as {predicted}"),
+                "</div>",
+            ]
         parts.append(
             '<div class="tokens"><div class="caption">Each row\'s total attribution to the predicted class '
             "(hover for the value; one colour scale for all digits):</div>"
             f"{plots.token_html(ROW_LABELS, phi.sum(-1), max_abs=scale)}</div></article>"
+        )
+    if not wrong:
+        parts.append(
+            f'<p class="note">No explained digit is misclassified: the model gets {results["held_out_errors"]} of the '
+            f"{results['test_size']} held-out digits wrong"
+            + (", and a single explained digit shows a correct one." if n == 1 else ".")
+            + "</p>"
         )
     if "classes_0" in figures:
         parts += [
             "<h2>Every class at once</h2>",
             "<p>The attributions of digit 0 to each of the ten classes, on one colour scale, with the digit's outline. "
             "Each class's attributions add up to its own f(x) − E[f].</p>",
-            f'<img class="wide" src="{figures["classes_0"]}" alt="attributions of digit 0 to every class">',
+            _image(figures, "classes_0", "attributions of digit 0 to every class"),
         ]
     parts += [
         "<h2>Model</h2>",

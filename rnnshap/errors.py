@@ -2,7 +2,93 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
+
+#: What to do about a refused operation, by kind. :class:`UnsupportedOperationError` prints the
+#: advice of every kind among its operations once, after the list; ``{op}`` is the first such op.
+ADVICE: dict[str, str] = {
+    "rule": (
+        "No rule is registered for {op}. If it is an elementwise function of one input-dependent "
+        "tensor, give it the Rescale rule:\n"
+        "    rnnshap.register_rule({op}, rnnshap.rules.Rescale())\n"
+        "(rnnshap.rules.Shapley() for several input-dependent operands), or register a rule for the "
+        "module that contains it: a module rule replaces the decomposition of its inside. See "
+        "docs/custom_rules.md."
+    ),
+    "control": (
+        "forward() turns input values into Python values ({op}) to branch or loop on them. The "
+        "reference and the input would take different paths, and a decision has no multiplier. Make "
+        "the control flow independent of the input's values: pass what the decision needs as a "
+        "separate input (integer and bool inputs are context, used as given), or write the branch "
+        "as arithmetic that computes both sides (torch.where with a mask that is not computed from "
+        "the input, torch.maximum, relu, clamp)."
+    ),
+    "comparison": (
+        "{op} turns input values into a bool (or integer) mask: a step function, whose change has no "
+        "multiplier. If the mask is a feature of its own, compute it outside the model and pass it as a "
+        "separate bool or integer input (context: used as given, not attributed). To gate values by "
+        "their sign or size use torch.where(x >= 0, f(x), g(x)) (a piecewise function of x, attributed "
+        "exactly), relu, torch.maximum/minimum or clamp, which have exact rules."
+    ),
+    "step": (
+        "{op} is piecewise constant in its input (rounding, floor division, remainder): it jumps, "
+        "and its derivative is zero elsewhere, so DeepLIFT has no exact rule for it. Compute the "
+        "quantity outside the model and pass it as an input, or, if you accept the secant multiplier "
+        "(f(x) - f(r)) / (x - r) across the jumps, register it explicitly:\n"
+        "    rnnshap.register_rule({op}, rnnshap.rules.Rescale(smooth=False))"
+    ),
+    "selection": (
+        "{op} selects or orders elements by their input-dependent values, and which elements it "
+        "picks differs between the input and its reference. The largest or smallest value is "
+        "attributed exactly: use torch.max / torch.min / amax / amin and their values (routed like "
+        "max-pool) instead of sorting, top-k, or gathering with argmax/argmin indices."
+    ),
+    "no_grad": (
+        "forward() computes on input-dependent tensors with gradients disabled ({op}): rnnshap "
+        "takes its multipliers from a backward pass, so that part of the path would get no "
+        "attribution. Remove torch.no_grad() / torch.inference_mode() (or @torch.no_grad()) from the "
+        "path from the input to the output; the explainer already runs the model without training it."
+    ),
+    "function": (
+        "{op} is a custom torch.autograd.Function whose forward() rnnshap cannot follow through torch "
+        "operations (it runs a kernel or library outside torch's Python API, or it fails when run "
+        "with gradients enabled). Its backward() gives gradients, not DeepLIFT multipliers, so it is "
+        "refused. Write its forward with torch operations, or wrap the call in an nn.Module and "
+        "register a rule for that module (rnnshap.register_rule(MyScan, rule))."
+    ),
+    "attention": (
+        "{op} is a fused attention kernel with no exact rule. Write the attention out with torch "
+        "operations, which have exact rules: q, k, v from nn.Linear projections, "
+        "weights = torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1), out = weights @ v "
+        "(an nn.MultiheadAttention can be replaced by such a module with the same weights)."
+    ),
+    "detach": (
+        "{op} cuts the path from the input to the output, so what flows through the cut would get no "
+        "attribution and the rest would not add up. Remove .detach() / .data from that path (the "
+        "explainer does not train the model, so a stop-gradient there is not needed)."
+    ),
+    "escape": (
+        "{op} takes input-dependent values out of torch (to numpy or Python), out of rnnshap's "
+        "sight. Keep that computation in torch operations."
+    ),
+    "integer": (
+        "{op} turns input-dependent values into integers or bools, a step function whose change has "
+        "no multiplier. Keep input-dependent values floating point; integer quantities computed from "
+        "the input can be passed as a separate input (context, used as given)."
+    ),
+    "output": (
+        "The model's output does not depend on the explained inputs through torch operations rnnshap "
+        "sees: check that forward() uses its inputs, and that they do not leave torch on the way "
+        "(numpy, .item(), a kernel outside torch's Python API)."
+    ),
+    "operands": (
+        "The rule registered for {op} does not apply to this call (see the reason above): register a "
+        "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "
+        "or rewrite the call so that the input-dependent tensors are where the rule expects them."
+    ),
+}
+
+Op = Union[tuple[str, str], tuple[str, str, str]]
 
 
 class RnnShapError(Exception):
@@ -13,20 +99,24 @@ class UnsupportedOperationError(RnnShapError, TypeError):
     """The model applies operations to input-dependent tensors that rnnshap has no exact rule for.
 
     All such operations found in one forward pass are listed together, so that a user can deal
-    with every one of them at once.
+    with every one of them at once. ``ops`` holds ``(name, reason)`` pairs; each operation may come
+    with the kind of advice that fits it (a key of :data:`ADVICE`; ``"rule"`` by default), in
+    ``advice``.
     """
 
-    def __init__(self, ops: Sequence[tuple[str, str]]) -> None:
-        self.ops = list(ops)
+    def __init__(self, ops: Sequence[Op]) -> None:
+        self.ops: list[tuple[str, str]] = [(op[0], op[1]) for op in ops]
+        self.advice: dict[str, str] = {op[0]: (op[2] if len(op) > 2 else "rule") for op in ops}  # type: ignore[misc]
         lines = [f"  - {name}: {why}" for name, why in self.ops]
+        first: dict[str, str] = {}
+        for name, kind in self.advice.items():
+            first.setdefault(kind if kind in ADVICE else "rule", name)
+        advice = [ADVICE[kind].format(op=name) for kind, name in first.items()]
         message = (
             f"rnnshap cannot attribute {len(self.ops)} operation(s) of this model exactly:\n"
             + "\n".join(lines)
-            + "\nrnnshap refuses rather than return attributions that do not add up. To go on, "
-            "give each operation a rule, for example\n"
-            "    rnnshap.register_rule(torch.special.erf, rnnshap.rules.Rescale())\n"
-            "or, for a whole module, rnnshap.register_rule(MyLayer, rnnshap.rules.Rescale()) "
-            "(a module rule replaces the decomposition of its inside); see docs/custom_rules.md."
+            + "\nrnnshap refuses rather than return attributions that do not add up.\n"
+            + "\n".join(f"* {text}" for text in advice)
         )
         super().__init__(message)
 

@@ -97,6 +97,11 @@ class DeepExplainer:
         return self.engine.token_inputs
 
     @property
+    def number_inputs(self) -> list[int]:
+        """Integer inputs used as numbers (cast to floating point inside the model), attributed as numbers."""
+        return self.engine.number_inputs
+
+    @property
     def n_outputs(self) -> int:
         return int(np.prod(self.output_shape)) if self.output_shape else 1
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnshap import demo
+from rnnshap import demo, demo_report
 from rnnshap.__main__ import main as cli
 from rnnshap.demo_report import summarize
 
@@ -53,21 +53,63 @@ def test_demo_prints_and_writes_every_file_it_promises(report: tuple[Path, str])
     assert "held-out accuracy" in stdout and "largest additivity error" in stdout
     assert f"report: {out / 'index.html'}" in stdout
     assert stdout.count("digit ") >= 2 and "row total" in stdout  # the text output is kept
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    results = summary["results"]
+    wrong = [i for i, (y, p) in enumerate(zip(results["labels"], results["predictions"], strict=True)) if y != p]
     promised = ["index.html", "summary.json", "global_importance.png", "classes_0.png"]
     promised += [f"{kind}_{i}.png" for kind in ("sample", "over_time") for i in range(2)]
+    promised += [f"pushed_{i}.png" for i in wrong]  # what pushed a misclassified digit to its wrong class
     assert sorted(p.name for p in out.iterdir()) == sorted(promised)
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     page = (out / "index.html").read_text(encoding="utf-8")
     sources = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert sorted(sources) == sorted(p for p in promised if p.endswith(".png"))
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    results = summary["results"]
+    for source, width in re.findall(r'<img src="([^"]+)" width="(\d+)"', page):  # shown at 100 px per inch: text at its size
+        assert abs(int(width) * 1.5 - _png_width(out / source)) <= 2
     assert results["samples"] == 2 and results["epochs"] == 2 and results["layer"] == "lstm"
     assert results["additivity_error"] < 1e-4 and 0.0 <= results["accuracy"] <= 1.0
     for shown in (f"{results['accuracy']:.1%}", f"{results['additivity_error']:.1e}", "Largest additivity error", "LSTM (8 → 32"):
         assert shown in page
     assert {"train_seconds", "explain_seconds", "total_seconds"} <= set(summary["timing"])
+
+
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_the_explained_digits_differ_and_include_a_misclassified_one() -> None:
+    labels = np.array([3, 3, 1, 7, 1, 0, 9, 2, 2, 5])
+    predictions = np.array([3, 3, 1, 1, 1, 0, 9, 2, 8, 5])
+    chosen = demo.choose_digits(labels, predictions, 5)
+    assert list(chosen) == [5, 2, 0, 6, 3]  # the first right digit of four classes, by class, then the first wrong one
+    assert list(demo.choose_digits(labels, predictions, 1)) == [0]
+    assert len(set(demo.choose_digits(labels, predictions, 10).tolist())) == 10
+    all_right = demo.choose_digits(labels, labels, 3)
+    assert len(set(labels[all_right])) == 3
+
+
+def test_the_report_keeps_one_scale_per_family_and_starts_the_running_total_at_the_base() -> None:
+    pytest.importorskip("matplotlib")
+    result = demo.run(samples=3, seed=1, epochs=1, background=5)
+    assert len(set(result.indices.tolist())) == 3
+    assert (result.predictions != result.labels).any()  # one epoch: the model gets digits wrong, and one is shown
+    scales = demo_report._Scales.of(result)
+    figures = dict(demo_report._figures(result, scales))
+    for i, predicted in enumerate(result.predictions):
+        sample = figures[f"sample_{i}"]()
+        (image,) = [ax.images[0] for ax in sample.axes if ax.get_title().startswith("φ to class")]
+        assert image.get_clim() == (-scales.phi, scales.phi)
+        total_ax, bars_ax = figures[f"over_time_{i}"]().axes
+        assert bars_ax.get_ylim() == scales.bars and total_ax.get_ylim() == scales.totals
+        running = total_ax.lines[0].get_ydata()
+        assert running[0] == pytest.approx(result.expected_value[predicted])
+        assert running[-1] == pytest.approx(result.outputs[i, predicted], abs=1e-4)
+        assert "f(x) = E[f] + Σφ = " in sample._suptitle.get_text()
+    wrong = int(np.flatnonzero(result.predictions != result.labels)[0])
+    pushed = figures[f"pushed_{wrong}"]()
+    clims = {ax.images[0].get_clim() for ax in pushed.axes if ax.images}
+    assert len(clims) == 1  # the three panels of the misclassified digit share a scale
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
@@ -143,3 +185,31 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, str], tmp_path:
     assert white < 0.97, f"{white:.1%} of the screenshot is white"
     dark = np.all(rgb < 80, axis=1).mean()
     assert dark > 0.002  # text was drawn
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package: chromium)")
+def test_report_fits_a_420_pixel_wide_screen(report: tuple[Path, str], tmp_path: Path) -> None:
+    """Nothing is wider than a phone's screen. Headless Chromium's window is at least 500 px wide, so the
+    page is opened in a 420 px frame, whose scroll width must stay within it."""
+    out, _ = report
+    frame = out / "probe.html"
+    frame.write_text(
+        '<!doctype html><body><iframe id="f" src="index.html" style="width:420px;height:900px;border:0"></iframe><script>'
+        "document.getElementById('f').addEventListener('load', () => { const d = document.getElementById('f').contentDocument;"
+        "document.body.setAttribute('data-width', d.defaultView.innerWidth);"
+        "document.body.setAttribute('data-scroll-width', d.documentElement.scrollWidth); });</script></body>",
+        encoding="utf-8",
+    )
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,900",
+        "--allow-file-access-from-files", "--virtual-time-budget=5000", "--dump-dom",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run([str(CHROMIUM), *flags, frame.as_uri()], capture_output=True, text=True, timeout=90)
+    finally:
+        frame.unlink()
+    width, scroll = re.search(r'data-width="(\d+)"', done.stdout), re.search(r'data-scroll-width="(\d+)"', done.stdout)
+    assert width and scroll, f"no measurement (exit {done.returncode}): {done.stderr[-2000:]}"
+    assert int(width.group(1)) == 420 and int(scroll.group(1)) <= 420

@@ -52,11 +52,13 @@ class Net(nn.Module):
 
 
 class ScaledByContext(Net):
-    """The sequence is scaled by an integer context input first, so the reference side seen by
-    the recurrent layer differs from sample to sample."""
+    """The sequence is masked by an integer context input first (steps ``t < scale + 2`` kept: a
+    comparison, so the integers are context, not numbers), so the reference side seen by the
+    recurrent layer differs from sample to sample."""
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x * scale[:, None, None].to(x.dtype))
+        kept = torch.arange(x.shape[1]) < scale[:, None] + 2
+        return super().forward(x * kept.unsqueeze(-1).to(x.dtype))
 
 
 ARCHITECTURES = [

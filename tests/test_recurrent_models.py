@@ -70,13 +70,21 @@ def test_embedding_lstm_attention_is_attributed_per_token_and_adds_up() -> None:
     assert np.abs(single).max() == 0.0
 
 
-def test_token_mask_computed_from_the_tokens_is_refused() -> None:
-    class Masked(Attention):
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return super().forward(tokens) * (tokens != 0).any(1, keepdim=True)
+def test_token_mask_computed_from_the_tokens_is_the_explained_samples() -> None:
+    """A mask made from the token ids is taken from the explained sample on both sides, as if it
+    were a context input (see tests/test_tokens.py)."""
 
-    with pytest.raises(rnnshap.InputError, match="separate input"):
-        rnnshap.DeepExplainer(Masked().eval(), torch.randint(0, 20, (3, 5)))
+    class Masked(Attention):
+        def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            return super().forward(tokens) * (tokens != 0 if mask is None else mask).any(1, keepdim=True)
+
+    model = Masked().double().eval()
+    background, tokens = torch.randint(0, 20, (3, 5)), torch.randint(0, 20, (2, 5))
+    tokens[1] = 0
+    values = rnnshap.DeepExplainer(model, background).shap_values(tokens)
+    given = rnnshap.DeepExplainer(model, [background, background != 0]).shap_values([tokens, tokens != 0])
+    np.testing.assert_allclose(values, given[0], rtol=0, atol=1e-12)
+    assert np.abs(values[1]).max() == 0.0  # all padding: masked on both sides
 
 
 @pytest.mark.parametrize("pool", ["mean", "max"])

@@ -457,7 +457,7 @@ def test_every_unsupported_op_is_named_in_one_error() -> None:
         pytest.param(lambda z: torch.special.erfinv(torch.tanh(z) * 0.9), id="erfinv"),
         pytest.param(lambda z: torch.sort(z, dim=1).values, id="sort"),
         pytest.param(lambda z: z * (z > 0), id="comparison-mask"),
-        pytest.param(lambda z: torch.where(z > 0, z, 0.0), id="comparison-in-where"),
+        pytest.param(lambda z: torch.where(z > 0, 1.0, 0.0), id="comparison-as-a-feature"),
         pytest.param(lambda z: z + torch.randn_like(z), id="noise"),
     ],
 )

@@ -3,7 +3,8 @@
 - :mod:`rnnshap.engines.pytorch`: PyTorch ``nn.Module`` models (the reference tape, the rules of
   :mod:`rnnshap.rules` and :mod:`rnnshap.recurrent`).
 - :mod:`rnnshap.engines.keras`: Keras 3 models on the TensorFlow backend (a dual pass over the
-  model's layer graph).
+  model's layer graph). On the torch backend a Keras model is an ``nn.Module`` and goes to the
+  PyTorch engine (:mod:`rnnshap.engines.pytorch.keras`); the JAX backend is refused.
 
 :func:`engine_for` picks one by the model's type; a framework is imported only when its engine is.
 """
@@ -22,12 +23,21 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None)
         import keras
 
         backend = keras.backend.backend()
+        if backend == "torch":  # the model is an nn.Module running torch operations
+            from .pytorch.engine import TorchEngine
+            from .pytorch.keras import KerasModule
+
+            return TorchEngine(KerasModule(model), data, rules=rules)
         if backend != "tensorflow":
             from ..errors import InputError
 
-            raise InputError(f"rnnshap explains Keras models on the TensorFlow backend; this Keras runs on {backend!r}")
+            raise InputError(
+                f"rnnshap explains Keras models on the TensorFlow and torch backends; this Keras runs on {backend!r}. "
+                "Save the model and load it with KERAS_BACKEND=tensorflow or torch set before keras is imported: "
+                "the attributions are the same on both."
+            )
         if rules:
-            raise ValueError("custom rules are supported for PyTorch models only")
+            raise ValueError("custom rules are for PyTorch models and Keras models on the torch backend only")
         from .keras.engine import KerasEngine
 
         return KerasEngine(model, data)

@@ -66,6 +66,8 @@ class Engine(ABC):
     output_shape: tuple[int, ...]
     #: integer inputs attributed per token at the embedding they feed
     token_inputs: list[int]
+    #: integer inputs used as numbers (cast to floating point inside the model), attributed as numbers
+    number_inputs: list[int] = []
     #: the floating dtype the model computes in, by name ("float32", ...): it sets the additivity tolerance
     dtype: str
     #: the number of background rows

@@ -6,7 +6,11 @@ Rule classes (for :func:`rnnshap.register_rule`):
 - :class:`Rescale`: m = (f(x) − f(r)) / (x − r) for elementwise operations of one input.
 - :class:`Shapley`: exact Shapley values over up to four input-dependent elementwise operands.
 - :class:`Bilinear`: operations linear in each of two operands (matmul), gradient at midpoints.
-- :class:`Softmax`, :class:`LogSoftmax`, :class:`LayerNorm`: by decomposition.
+- :class:`Multilinear`: einsum and chains of matmuls over up to four input-dependent operands (exact Shapley).
+- :class:`Softmax`, :class:`LogSoftmax`, :class:`LogSumExp`, :class:`LayerNorm`, :class:`RMSNorm`,
+  :class:`GroupNorm`, :class:`Glu`, :class:`Lerp`, :class:`Variance`, :class:`Deviation`,
+  :class:`Normalize`, :class:`LogCumSumExp`: by decomposition into exact parts (-inf masks included).
+- :class:`Comparison`, :class:`Where`: ``where(x >= 0, f(x), g(x))`` as one piecewise function.
 - :class:`MaxPool`, :class:`MaxReduction`: shap's max-pool rule.
 
 Building blocks for rules of your own: :func:`rescale`, :func:`shapley`, :func:`product`,
@@ -15,12 +19,16 @@ and returns the input-side result whose gradient is the rule's multiplier.
 """
 
 from .base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
+from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance
+from .coverage import Multilinear
 from .elementwise import Bilinear, Product, Rescale, Shapley, product, rescale, shapley, with_multipliers
+from .gates import Comparison, Where
 from .registry import register_rule
-from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax, routed_max
+from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, MaxPool, MaxReduction, RMSNorm, Softmax, routed_max
 
 __all__ = [
-    "Bilinear", "Constant", "EvalOnly", "LayerNorm", "Linear", "LogSoftmax", "MaxPool", "MaxReduction",
-    "OpCall", "PairGrid", "Product", "Refuse", "Rescale", "Rule", "Shapley", "Softmax", "product", "register_rule",
-    "rescale", "routed_max", "shapley", "with_multipliers",
+    "Bilinear", "Comparison", "Constant", "Deviation", "EvalOnly", "Glu", "GroupNorm", "LayerNorm", "Lerp", "Linear",
+    "LogCumSumExp", "LogSoftmax", "LogSumExp", "MaxPool", "MaxReduction", "Multilinear", "Normalize", "OpCall",
+    "PairGrid", "Product", "RMSNorm", "Refuse", "Rescale", "Rule", "Shapley", "Softmax", "Variance", "Where", "product",
+    "register_rule", "rescale", "routed_max", "shapley", "with_multipliers",
 ]

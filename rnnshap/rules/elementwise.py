@@ -121,8 +121,23 @@ def shapley_multipliers(
                 for mask in others
             )
             multiplier = torch.where(small, slope, multiplier)
-        multipliers.append(multiplier)
+        multipliers.append(_finite_where_still(multiplier, inputs[i], references[i], output, ref_output))
     return output, ref_output, multipliers
+
+
+def _finite_where_still(multiplier: Tensor, x: Tensor, r: Tensor, output: Tensor, ref_output: Tensor) -> Tensor:
+    """0 instead of a non-finite multiplier where nothing moves.
+
+    An operand that is the same infinity on both sides (a ``-inf`` mask entry) gives Δ = inf − inf
+    = NaN; no finite change upstream moves it, so its multiplier is 0. A derivative that is
+    infinite where Δ = 0 (``sqrt`` at 0) is replaced by 0 too, as is any non-finite multiplier where
+    the output is the same on both sides: 0 · inf would otherwise make the backward pass NaN.
+    """
+    finite = torch.isfinite(multiplier)
+    if bool(finite.all()):
+        return multiplier
+    still = (x == r) | (output == ref_output)
+    return torch.where(~finite & still, torch.zeros_like(multiplier), multiplier)
 
 
 def shapley(

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Constant, EvalOnly, Linear, Refuse, Rule
+from .catalog import extra_op_rules
+from .coverage import coverage_op_rules
 from .elementwise import Bilinear, Product, Rescale, Shapley
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
 
@@ -200,6 +202,8 @@ def default_op_rules() -> dict[OpKey, Rule]:
     table[("getter", "data")] = Refuse("`.data` cuts the path from the input to the output")
     for fn in (torch._pack_padded_sequence, torch._pad_packed_sequence):
         table[fn] = Linear()  # their integer outputs (batch sizes, lengths) come from the lengths, not the data
+    table.update(coverage_op_rules(forms))  # rnnshap/rules/coverage.py: refusals with advice, einsum, clamp
+    table.update(extra_op_rules(forms))  # rnnshap/rules/catalog.py
     return table  # the recurrent ops are added by rnnshap.recurrent when it is imported
 
 

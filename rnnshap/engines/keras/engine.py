@@ -3,10 +3,16 @@
 The model's own layer graph runs on pairs of tensors (:class:`~rnnshap.engines.keras.dual.Dual`):
 the explained inputs and their references, each pair through every layer by its rule, with one
 ``tf.GradientTape`` gradient for all selected outputs giving the multipliers.
+
+Because that pass re-implements each layer, every pass checks its outputs against the model's own
+(:meth:`KerasEngine._verify`): on the input side against ``model(x)``, on the reference side against
+the model on the reference rows wherever the reference is read with the masks the model computes on
+it (see :class:`~rnnshap.engines.keras.layers.Run`). A mismatch is an :class:`~rnnshap.RnnShapError`.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -16,6 +22,18 @@ from ...errors import InputError, RnnShapError
 from ..base import Block, BlockResult, Engine
 from .dual import Dual
 from .layers import Run, TokenDual, problems, refusal, run_model
+
+#: floating dtypes from the least to the most precise
+_PRECISION = ("bfloat16", "float16", "float32", "float64")
+#: relative tolerance, per dtype, of the check that the dual pass reproduces the model's outputs
+#: (against the largest |output|): rounding differences stay far below it, a misread layer does not
+CHECK_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+#: the model runs on this many explained rows at a time for the check (one call serves several blocks)
+MODEL_ROWS = 256
+
+
+def _floating(dtype: str | None) -> bool:
+    return dtype is not None and dtype in _PRECISION
 
 
 class KerasEngine(Engine):
@@ -29,58 +47,120 @@ class KerasEngine(Engine):
             raise refusal(found)
         self.model = model
         self.multi_input = isinstance(data, (list, tuple))
-        self._dtypes = self._input_dtypes(model, len(data) if self.multi_input else 1)
         self.background: list[np.ndarray] = []
-        self.background = self.inputs(data, "background")
+        arrays = self._arrays(data, "background")
+        declared = self._input_dtypes(model, len(arrays))
+        # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
+        # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype
+        self.token_inputs = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.integer) and not _floating(declared[i])]
+        self._dtypes = [("int64" if declared[i] == "int64" else "int32") if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
+        self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])
         outputs = self._call(self.background)
+        declared = self._input_dtypes(model, len(arrays))  # a Sequential without keras.Input has one now
+        while True:  # a dual pass over two background rows finds unsupported layers and integer inputs that are numbers
+            try:
+                self._probe(outputs)
+                break
+            except InputError as error:
+                index = getattr(error, "input_index", None)
+                if index not in self.token_inputs or declared[index] in ("int32", "int64", "int16", "int8", "uint8"):
+                    raise
+                self.token_inputs.remove(index)
+                self._dtypes[index] = self._float_dtype(declared[index])
+                self.background = self._conform(arrays, "background")
         self.output_shape = tuple(outputs.shape[1:])
         self.background_outputs = outputs.astype(np.float64)
-        self.token_inputs = [i for i, b in enumerate(self.background) if not np.issubdtype(b.dtype, np.floating)]
-        floating = [self._dtypes[i] for i in range(len(self._dtypes)) if i not in self.token_inputs]
-        self.dtype = floating[0] if floating else str(model.compute_dtype)
-        # a dual pass over a few background rows finds unsupported layers and misused integer inputs now
-        probe = [b[:2] for b in self.background]
-        dual_out, _, _ = self._dual_pass(probe, [b[-2:] for b in self.background], tape=None)
-        gap = float(np.abs(np.asarray(dual_out.x, np.float64) - outputs[:2].astype(np.float64)).max())
-        if gap > 1e-3 * max(1.0, float(np.abs(outputs[:2]).max())):
-            raise RnnShapError(f"rnnshap's pass through this Keras model gives outputs {gap:.3g} away from the model's own; please report this model")
+        self.dtype = self._least_precise()
+
+    def _float_dtype(self, declared: str | None) -> str:
+        return declared if declared is not None and _floating(declared) else str(self.model.compute_dtype)
+
+    def _least_precise(self) -> str:
+        """The least precise floating dtype the model computes in (numeric inputs and layers): it sets the
+        tolerance of the additivity check and of the pass's check against the model."""
+        dtypes = {self._dtypes[i] for i in range(len(self._dtypes)) if i not in self.token_inputs}
+        try:
+            layers = list(self.model._flatten_layers(include_self=False, recursive=True))
+        except (AttributeError, TypeError):
+            layers = list(getattr(self.model, "layers", []))
+        import keras
+
+        for layer in layers:
+            if not isinstance(layer, (keras.Model, keras.layers.InputLayer)):
+                dtypes.add(str(getattr(layer, "compute_dtype", "")))
+        known = [d for d in _PRECISION if d in dtypes]
+        return known[0] if known else str(self.model.compute_dtype)
+
+    def _probe(self, outputs: np.ndarray) -> None:
+        xs, rs = [b[:2] for b in self.background], [b[-2:] for b in self.background]
+        out, _, run = self._dual_pass(xs, rs, tape=None)
+        self.dtype = self._least_precise()
+        n = len(xs[0])  # pairs (x_i, r_i): a grid of n samples with one reference each
+        self._verify(out, run, outputs[:2].reshape(1, n, 1, -1), outputs[-2:].reshape(1, n, 1, -1), (1, n, 1))
 
     # -- inputs ------------------------------------------------------------------------------------
     @staticmethod
-    def _input_dtypes(model: Any, count: int) -> list[str]:
-        inputs = getattr(model, "inputs", None)
+    def _input_dtypes(model: Any, count: int) -> list[str | None]:
+        """The dtypes of the model's ``keras.Input``s (None where not known: a Sequential not built yet)."""
         try:
-            dtypes = [str(getattr(t, "dtype", model.compute_dtype)) for t in inputs] if inputs else []
+            inputs = model.inputs
+            dtypes = [str(t.dtype).replace("tf.", "") for t in inputs] if inputs else []
         except (AttributeError, ValueError):
             dtypes = []
-        if len(dtypes) != count:
-            dtypes = [str(model.compute_dtype)] * count
-        return [d.replace("tf.", "") for d in dtypes]
+        return list(dtypes) if len(dtypes) == count else [None] * count
 
-    def inputs(self, X: Any, what: str) -> list[np.ndarray]:
-        if self.multi_input != isinstance(X, (list, tuple)):
+    def _arrays(self, X: Any, what: str) -> list[np.ndarray]:
+        """``X`` as checked numpy arrays: numbers, finite, with a batch dimension that is not empty."""
+        if self.background and self.multi_input != isinstance(X, (list, tuple)):
             given = "a list" if isinstance(X, (list, tuple)) else "one array"
             raise InputError(f"{what} is {given} but the background was {'a list' if self.multi_input else 'one array'}; pass both the same way")
+        items = list(X) if isinstance(X, (list, tuple)) else [X]
+        if not items:
+            raise InputError(f"{what} is an empty list; give one array per model input")
         arrays = []
-        for index, (value, dtype) in enumerate(zip(X if self.multi_input else [X], self._dtypes, strict=False)):
-            array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        for index, value in enumerate(items):
+            name = f"{what}[{index}]" if isinstance(X, (list, tuple)) else what
+            try:
+                array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            except Exception as error:  # noqa: BLE001 - report any conversion failure the same way
+                raise InputError(f"{name} cannot be turned into an array: {error}") from error
+            if array.dtype == object or array.dtype.kind in "USVc":
+                raise InputError(f"{name} has dtype {array.dtype}; rnnshap needs real numbers")
             if array.ndim == 0:
-                raise InputError(f"{what}[{index}] is a scalar; its first dimension must index samples")
-            if np.issubdtype(array.dtype, np.integer):  # token ids: attributed at the Embedding that reads them
-                arrays.append(array.astype(np.int64 if dtype == "int64" else np.int32))
-            elif np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
-                arrays.append(array.astype(dtype))
-            else:
-                raise InputError(f"{what}[{index}] has dtype {array.dtype}; rnnshap needs numbers")
-        if len(arrays) != len(self._dtypes):
-            raise InputError(f"{what}: the model takes {len(self._dtypes)} input(s), got {len(arrays)}")
+                raise InputError(f"{name} is a scalar; its first dimension must index samples")
+            if array.shape[0] == 0:
+                raise InputError(f"{name} is empty (its first dimension, the batch, has size 0)")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad = np.argwhere(~np.isfinite(array))[0].tolist()
+                raise InputError(f"{name} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
+            arrays.append(array)
+        if self.background:
+            if len(arrays) != len(self.background):
+                raise InputError(f"{what}: the model takes {len(self.background)} input(s), got {len(arrays)}")
+            for index, (a, b) in enumerate(zip(arrays, self.background, strict=True)):
+                if a.shape[1:] != b.shape[1:]:
+                    raise InputError(f"{what}[{index}] has shape {a.shape}; the background has rows of shape {b.shape[1:]}")
         if len({a.shape[0] for a in arrays}) != 1:
             raise InputError(f"{what}: the inputs have different numbers of rows: {[a.shape[0] for a in arrays]}")
-        for index, (a, b) in enumerate(zip(arrays, self.background, strict=False)):
-            if a.shape[1:] != b.shape[1:]:
-                raise InputError(f"{what}[{index}] has shape {a.shape}; the background has rows of shape {b.shape[1:]}")
         return arrays
+
+    def _conform(self, arrays: list[np.ndarray], what: str) -> list[np.ndarray]:
+        """Each array in its input's dtype: token ids as integers, numbers in the floating dtype."""
+        if len(arrays) != len(self._dtypes):
+            raise InputError(f"{what}: the model takes {len(self._dtypes)} input(s), got {len(arrays)}")
+        out = []
+        for index, (array, dtype) in enumerate(zip(arrays, self._dtypes, strict=True)):
+            if index in self.token_inputs and array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+                raise InputError(
+                    f"{what}[{index}] has non-integer values, but input {index} holds token ids (integers) for an Embedding; "
+                    "pass the token ids as integers"
+                )
+            out.append(array.astype(dtype))
+        return out
+
+    def inputs(self, X: Any, what: str) -> list[np.ndarray]:
+        return self._conform(self._arrays(X, what), what)
 
     def _call(self, arrays: list[np.ndarray]) -> np.ndarray:
         args = arrays if self.multi_input else arrays[0]
@@ -96,14 +176,30 @@ class KerasEngine(Engine):
         return result
 
     def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
-        return self._call(inputs).reshape(inputs[0].shape[0], -1).astype(np.float64)
+        outputs = self._call(inputs).reshape(inputs[0].shape[0], -1).astype(np.float64)
+        self._outputs_cache = (weakref.ref(inputs[0]), outputs, np.ones(len(outputs), bool))
+        return outputs
+
+    def _model_outputs(self, inputs: list[np.ndarray], start: int, stop: int) -> np.ndarray:
+        """The model's outputs on rows ``[start, stop)`` of ``inputs`` (float64, flat), for the check of
+        :meth:`attribute`: computed :data:`MODEL_ROWS` rows at a time and kept for the next blocks."""
+        cache = getattr(self, "_outputs_cache", None)
+        if cache is None or cache[0]() is not inputs[0]:
+            n = int(inputs[0].shape[0])
+            cache = self._outputs_cache = (weakref.ref(inputs[0]), np.zeros((n, int(np.prod(self.output_shape or (1,))))), np.zeros(n, bool))
+        _, outputs, done = cache
+        if not done[start:stop].all():
+            end = min(len(done), max(stop, start + MODEL_ROWS))
+            outputs[start:end] = self._call([x[start:end] for x in inputs]).reshape(end - start, -1)
+            done[start:end] = True
+        return outputs[start:stop]
 
     def to_numpy(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return list(inputs)
 
     # -- the dual pass -----------------------------------------------------------------------------
     def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None) -> tuple[Dual, list[tf.Tensor], Run]:
-        run = Run(tape)
+        run = Run(tape, int(xs[0].shape[0]))
         watched: list[tf.Tensor] = []
         duals: list[Dual] = []
         for index, (x, r) in enumerate(zip(xs, rs, strict=True)):
@@ -120,6 +216,33 @@ class KerasEngine(Engine):
             raise InputError("The model has several outputs; rnnshap explains models with one output tensor")
         return out, watched, run
 
+    def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
+        """Check that the pass computed the model: ``out`` holds the pass's outputs for a grid of
+        (copies, samples, references) rows; ``model_x`` and ``model_r`` the model's outputs on the
+        samples and on the references, broadcastable to ``(*grid, n_outputs)``. The reference side is
+        checked on the rows whose masks match those the model computes on the reference."""
+        scale_values = np.abs(np.concatenate([model_x.reshape(-1), model_r.reshape(-1)]).astype(np.float64))
+        finite = scale_values[np.isfinite(scale_values)]
+        scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        tol = CHECK_RTOL.get(self.dtype, 1e-4) * scale
+        checks = [("input", out.x, model_x, None), ("reference", out.r, model_r, run.agree)]
+        for side, got_tensor, want, rows in checks:
+            got = np.asarray(got_tensor, np.float64).reshape(*grid, -1)
+            want = np.broadcast_to(np.asarray(want, np.float64), got.shape)
+            with np.errstate(invalid="ignore"):
+                bad = ~((np.abs(got - want) <= tol) | (got == want) | (np.isnan(got) & np.isnan(want)))
+            if rows is not None:
+                bad &= np.asarray(rows, bool).reshape(*grid, 1)
+            if bad.any():
+                copy, sample, reference, output = (int(i) for i in np.argwhere(bad)[0])
+                a, b = got[copy, sample, reference, output], want[copy, sample, reference, output]
+                raise RnnShapError(
+                    f"rnnshap's pass through this Keras model does not reproduce the model on the {side} side: for sample "
+                    f"{sample} paired with reference {reference}, output {output} is {a:.9g} where the model gives {b:.9g} "
+                    f"(gap {abs(a - b):.3g}, tolerance {tol:.3g} for {self.dtype}; {int(bad.sum())} values off). Its "
+                    "attributions would explain another function, so rnnshap stops; please report this model."
+                )
+
     def rows_per_pair(self, outputs: int) -> int:
         return outputs  # every pair runs once per selected output (see attribute)
 
@@ -127,7 +250,8 @@ class KerasEngine(Engine):
         """Σ over the block's references of multiplier × (x − r) for each selected output.
 
         Every pair runs once per selected output, as k copies in one batch, each copy
-        differentiating its own output: one gradient for all outputs.
+        differentiating its own output: one gradient for all outputs. The pass's outputs are checked
+        against the model's (see :meth:`_model_outputs`).
         """
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         p = s * n_refs
@@ -138,6 +262,9 @@ class KerasEngine(Engine):
             out, watched, run = self._dual_pass(xs, rs, tape)
             flat = tf.reshape(out.x, (k * p, -1))
             chosen = tf.gather(flat, tf.convert_to_tensor(chosen_columns[:, None]), batch_dims=1)
+        model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
+        model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)
+        self._verify(out, run, model_x, model_r, (k, s, n_refs))
         sources = watched + [e for _, e, _ in run.embedded]
         grads = tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 

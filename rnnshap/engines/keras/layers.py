@@ -15,6 +15,8 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src import backend as keras_backend
+from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
 from . import dual
@@ -40,16 +42,40 @@ _LINEAR = (
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
 _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
-#: boolean keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual)
-_MASK_OPS = {"NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot"}
+#: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
+#: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
+_MASK_OPS = {"NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "ZerosLike", "OnesLike"}
 
 
 class Run:
-    """What one dual pass collects: the tape, and the embeddings that token inputs reach."""
+    """What one dual pass collects: the tape, the embeddings that token inputs reach, and which
+    pairs read their reference with the masks the model itself computes on that reference.
 
-    def __init__(self, tape: tf.GradientTape | None) -> None:
+    Masks are computed on the input side and used on both (see :func:`call_layer`). Wherever a mask
+    is computed from values, the mask the reference would get is computed too: ``agree`` marks the
+    rows (pairs) where every such mask is the same on both sides, whose reference side is then the
+    model's own function of the reference (``None``: no mask was computed from values, every row).
+    """
+
+    def __init__(self, tape: tf.GradientTape | None, rows: int) -> None:
         self.tape = tape
+        self.rows = rows
         self.embedded: list[tuple[int, tf.Tensor, tf.Tensor]] = []  # (input index, input side, reference side)
+        self.agree: tf.Tensor | None = None
+
+    def compare(self, mask_x: Any, mask_r: Any) -> None:
+        """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``."""
+        if mask_x is mask_r:
+            return
+        same: tf.Tensor
+        if mask_x is None or mask_r is None or not hasattr(mask_x, "shape") or mask_x.shape != mask_r.shape:
+            same = tf.zeros((self.rows,), tf.bool)
+        elif mask_x.shape.rank == 0 or mask_x.shape[0] != self.rows:
+            same = tf.fill((self.rows,), tf.reduce_all(tf.equal(mask_x, mask_r)))
+        else:
+            equal = tf.equal(mask_x, mask_r)
+            same = tf.reduce_all(equal, axis=list(range(1, equal.shape.rank))) if equal.shape.rank > 1 else equal
+        self.agree = same if self.agree is None else tf.logical_and(self.agree, same)
 
 
 class TokenDual(Dual):
@@ -89,10 +115,22 @@ def _is_mask_op(op: Any) -> bool:
     return type(op).__name__ in _MASK_OPS and type(op).__module__.startswith("keras.src.ops")
 
 
+def _custom_call(layer: Any) -> str | None:
+    """The name of a class outside keras between ``type(layer)`` and keras that overrides ``call``, or None."""
+    for klass in type(layer).__mro__:
+        if klass.__module__.startswith("keras."):
+            return None
+        if "call" in vars(klass) or "__call__" in vars(klass):
+            return klass.__name__
+    return None
+
+
 def problem(layer: Any) -> str | None:
     """Why ``layer`` cannot be explained exactly, or None."""
     if _is_mask_op(layer) or _is_keras_op(layer, _LINEAR_OPS | {"Multiply"}):
         return None  # mask ops run on the explained input (see call_layer); the others are linear or a product
+    if (custom := _custom_call(layer)) is not None:
+        return f"{custom} overrides call(); rnnshap re-implements the keras layers it supports and cannot follow a custom call"
     if isinstance(layer, (keras.Sequential, Functional)):
         return None  # its layers are checked one by one
     if isinstance(layer, L.InputLayer) or isinstance(layer, _LINEAR + _MERGE) or isinstance(layer, L.Multiply):
@@ -127,6 +165,8 @@ def problem(layer: Any) -> str | None:
         for cell in cells:
             if not isinstance(cell, _RECURRENT_CELLS):
                 return f"recurrent cell {type(cell).__name__} is not supported (LSTMCell, GRUCell, SimpleRNNCell are)"
+            if (custom := _custom_call(cell)) is not None:
+                return f"cell {custom} overrides call(); rnnshap re-implements the keras cells and cannot follow a custom call"
             for fn in (cell.activation, getattr(cell, "recurrent_activation", None)):
                 if fn is not None and (why := activation_problem(fn)):
                     return f"{type(cell).__name__}: {why}"
@@ -137,7 +177,7 @@ def problem(layer: Any) -> str | None:
 def problems(model: Any) -> list[tuple[str, str]]:
     """Every (layer name, reason) of ``model`` and the models inside it that cannot be explained."""
     found: list[tuple[str, str]] = []
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not isinstance(model, (keras.Sequential, Functional)) or _custom_call(model) is not None:
         return [(model.name, f"{type(model).__name__} is a subclassed Keras model; rnnshap explains Functional and Sequential models")]
     layers = model.layers if isinstance(model, keras.Sequential) else model.operations
     for layer in layers:
@@ -161,8 +201,17 @@ def run_model(model: Any, inputs: list[Dual], run: Run) -> Any:
             out = call_layer(layer, run, out)
         return out
     if isinstance(model, Functional):
+        inputs = [_as_input(value, spec) for value, spec in zip(inputs, model.inputs, strict=False)]
         return model._run_through_graph(inputs, operation_fn=lambda op: (lambda *args, **kwargs: call_layer(op, run, *args, **kwargs)))
     raise TypeError(f"{type(model).__name__} is not a Functional or Sequential Keras model")
+
+
+def _as_input(value: Any, spec: Any) -> Any:
+    """A Functional converts each input to the dtype of its ``keras.Input``: floating values here."""
+    dtype = str(getattr(spec, "dtype", "")).replace("tf.", "")
+    if isinstance(value, Dual) and not isinstance(value, TokenDual) and value.x.dtype.is_floating and dtype.startswith(("float", "bfloat")):
+        return _cast(value, dtype)
+    return value
 
 
 def _no_tokens(layer: Any, *values: Any) -> None:
@@ -174,11 +223,13 @@ def _no_tokens(layer: Any, *values: Any) -> None:
 def _integer_input_error(index: int, layer: Any) -> Exception:
     from ...errors import InputError
 
-    return InputError(
+    error = InputError(
         f"Input {index} holds integers and reaches layer {layer.name!r} ({type(layer).__name__}) directly: rnnshap "
         "treats integer inputs as token ids, attributed at the Embedding that reads them. Pass numbers to attribute "
-        "to as floating point."
+        "to as floating point (and declare the keras.Input floating)."
     )
+    error.input_index = index  # type: ignore[attr-defined]  # the engine reads it to treat the input as numbers
+    return error
 
 
 def _side(values: Any, which: int) -> Any:
@@ -198,87 +249,155 @@ def _flat(values: Any) -> list[Any]:
     return [values]
 
 
-def _masks(values: Any) -> list[tf.Tensor | None]:
-    if isinstance(values, (list, tuple)):
-        return [m for v in values for m in _masks(v)]
-    return [values.mask] if isinstance(values, Dual) else []
+def _mask_of(value: Any) -> Any:
+    """The Keras masks of ``value`` in its structure (``tree.map_structure(get_keras_mask, value)``)."""
+    if isinstance(value, Dual):
+        return value.mask
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_of(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _mask_of(v) for key, v in value.items()}
+    return None
+
+
+def _is_tensor_argument(value: Any) -> bool:
+    """Whether Keras counts a call argument as a tensor argument (a tensor, or a nest of tensors and Nones)."""
+    if isinstance(value, (Dual, tf.Tensor)):
+        return True
+    if isinstance(value, (list, tuple, dict)) and len(value) > 0:
+        leaves = _flat(list(value.values()) if isinstance(value, dict) else value)
+        return all(v is None or isinstance(v, (Dual, tf.Tensor)) for v in leaves)
+    return False
+
+
+def keras_masks(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(call mask, previous mask, first argument)`` of ``layer(*args, **kwargs)`` as Keras 3's
+    ``Layer.__call__`` computes them: the mask ``call()`` receives (an explicit ``mask=``, or the mask of
+    the only tensor argument when ``call()`` takes one), and the mask that ``compute_mask`` gets."""
+    try:
+        bound = layer._call_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+    except (AttributeError, TypeError):
+        arguments = {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+    names = list(arguments)
+    first = arguments[names[0]] if names else None
+    tensors = [name for name in names if _is_tensor_argument(arguments[name])]
+    call_mask = arguments.get("mask")
+    if isinstance(call_mask, Dual):
+        call_mask = call_mask.x
+    if call_mask is None and "mask" in arguments and len(tensors) == 1:
+        call_mask = _mask_of(arguments[tensors[0]])
+    return call_mask, (call_mask if call_mask is not None else _mask_of(first)), first
+
+
+def _output_masks(layer: Any, run: Run, out: Any, first: Any, previous_mask: Any) -> Any:
+    """Set the masks of ``out`` as ``Layer.__call__`` does: a layer that supports masking fills the
+    masks its call did not set with ``compute_mask``; any other layer sets none (Keras drops the mask)."""
+    if not getattr(layer, "supports_masking", False):
+        return out
+    flat = [d for d in _flat(list(out.values()) if isinstance(out, dict) else out) if isinstance(d, Dual)]
+    if flat and all(d.mask is not None for d in flat):
+        return out  # the call set them (Masking, Multiply)
+    masks = layer.compute_mask(_side(first, 0), previous_mask)
+    if masks is None:
+        return out
+    masks_r = layer.compute_mask(_side(first, 1), previous_mask)
+    for d, m, m_r in zip(flat, keras_tree.flatten(masks), keras_tree.flatten(masks_r), strict=False):
+        if d.mask is None and m is not None:
+            d.mask = m
+            run.compare(m, m_r)
+    return out
 
 
 def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
-    """One layer (or nested model) on Duals.
+    """One layer (or nested model, or keras op) on Duals.
 
-    Masks follow Keras: the explained input's mask (from Masking or Embedding(mask_zero=True)) is
-    used on both sides, so a reference is read with the mask of the input it is paired with.
+    Masks follow Keras 3 (``Layer.__call__``, see :func:`keras_masks` and :func:`_output_masks`): a
+    layer's ``call`` gets the mask Keras would give it, a layer that does not support masking drops it,
+    keras ops keep none. Masks are computed on the explained input and used on both sides, so a
+    reference is read with the mask of the input it is paired with.
     """
     kwargs.pop("training", None)
-    kwargs.pop("mask", None)  # the Duals carry the mask (equal to this one)
     if _is_mask_op(layer):
-        return layer(*[a.x if isinstance(a, Dual) else a for a in args], **kwargs)
+        out = layer(*_side(args, 0), **_side(kwargs, 0))
+        if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
+            run.compare(out, layer(*_side(args, 1), **_side(kwargs, 1)))
+        return out
     if _is_keras_op(layer, _LINEAR_OPS | {"Multiply"}):
-        _no_tokens(layer, *_flat(args))
-    if _is_keras_op(layer, _LINEAR_OPS):
-        return Dual(layer(*_side(args, 0), **_side(kwargs, 0)), layer(*_side(args, 1), **_side(kwargs, 1)))
-    if _is_keras_op(layer, {"Multiply"}):
-        a, b = args
-        if isinstance(a, Dual) and isinstance(b, Dual):
-            return dual.product(a, b)
-        return Dual(layer(*_side(args, 0)), layer(*_side(args, 1)))
+        if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
+            return layer(*args, **kwargs)  # on masks only (Concatenate's compute_mask in the graph)
+        _no_tokens(layer, *_flat([*args, *kwargs.values()]))
+        if _is_keras_op(layer, {"Multiply"}) and all(isinstance(a, Dual) for a in args) and len(args) == 2 and not kwargs:
+            return dual.product(*args)
+        x, r = layer(*_side(args, 0), **_side(kwargs, 0)), layer(*_side(args, 1), **_side(kwargs, 1))
+        if isinstance(x, (list, tuple)):
+            return type(x)(Dual(a, b) for a, b in zip(x, r, strict=True))
+        out = Dual(x, r)
+        for value in _flat([*args, *kwargs.values()]):  # an op that returns its input keeps that tensor's mask
+            if isinstance(value, Dual) and value.x is x:
+                out.mask = value.mask
+        return out
     if any(isinstance(a, tf.Tensor) for a in _flat(args)):
         raise _unsupported(layer, "a tensor computed from a mask reaches this layer as data")
-    masks = _masks(args)
-    if any(m is not None for m in masks) and not isinstance(layer, (keras.Sequential, Functional, L.RNN, L.Bidirectional)):
-        out = _call_layer(layer, run, *args, **kwargs)
-        if isinstance(out, Dual):
-            first = args[0]
-            inputs = [v.x for v in first] if isinstance(first, (list, tuple)) else first.x
-            mask_in = [v.mask for v in first] if isinstance(first, (list, tuple)) else first.mask
-            out.mask = layer.compute_mask(inputs, mask_in)
-        return out
-    return _call_layer(layer, run, *args, **kwargs)
+    if not isinstance(layer, (keras.Sequential, Functional)):
+        dtype = getattr(layer, "input_dtype", None) if getattr(layer, "autocast", True) else None
+        if dtype is not None:
+            args = tuple(_cast(a, dtype) for a in args)  # keras casts floating inputs to the layer's dtype
+            kwargs = {key: _cast(value, dtype) for key, value in kwargs.items()}
+    call_mask, previous_mask, first = keras_masks(layer, args, kwargs)
+    kwargs.pop("mask", None)
+    out = _call_layer(layer, run, call_mask, *args, **kwargs)
+    return _output_masks(layer, run, out, first, previous_mask)
 
 
-def _call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
-    dtype = getattr(layer, "compute_dtype", None)
-    if dtype is not None and not isinstance(layer, (keras.Sequential, Functional)):
-        args = tuple(_cast(a, dtype) for a in args)  # keras casts floating inputs to the layer's dtype
-        kwargs = {key: _cast(value, dtype) for key, value in kwargs.items()}
+def _bare(t: tf.Tensor) -> tf.Tensor:
+    """``t`` without the Keras mask a real layer call attached to it (the Duals carry masks)."""
+    if keras_backend.get_keras_mask(t) is not None:
+        keras_backend.set_keras_mask(t, None)
+    return t
+
+
+def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any) -> Any:
     if isinstance(layer, (keras.Sequential, Functional)):
-        inputs = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
-        return run_model(layer, list(inputs), run)
+        inputs = list(args[0]) if isinstance(args[0], (list, tuple)) else [args[0]]
+        if call_mask is not None:  # Functional.call sets the masks it is given on its inputs
+            for index, mask in enumerate(keras_tree.flatten(call_mask)[: len(inputs)]):
+                if mask is not None and isinstance(inputs[index], Dual):
+                    inputs[index] = _with_mask(inputs[index], mask)
+        return run_model(layer, inputs, run)
     if isinstance(layer, L.Embedding):
         (tokens,) = args
         if not isinstance(tokens, TokenDual):
             raise _integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer)
-        ex, er = layer(tokens.x), layer(tokens.r)
+        ex, er = _bare(layer(tokens.x)), _bare(layer(tokens.r))
         if run.tape is not None:
             run.tape.watch(ex)
         run.embedded.append((tokens.index, ex, er))
-        return Dual(ex, er, tokens.x != 0 if layer.mask_zero else None)
-    _no_tokens(layer, *args)
+        return Dual(ex, er)
+    _no_tokens(layer, *_flat([*args, *kwargs.values()]))
     if isinstance(layer, L.Masking):
         (value,) = args
         keep = tf.reduce_any(tf.not_equal(value.x, layer.mask_value), axis=-1)
+        run.compare(keep, tf.reduce_any(tf.not_equal(value.r, layer.mask_value), axis=-1))
         weight = tf.cast(keep[..., None], value.x.dtype)
-        return Dual(value.x * weight, value.r * weight, keep)
+        return Dual(value.x * weight, value.r * weight, keep)  # Masking's call sets the mask itself
+    uses_mask = call_mask is not None and any(m is not None for m in keras_tree.flatten(call_mask))
     if isinstance(layer, _LINEAR):
         (value,) = args
-        if value.mask is not None and layer._call_has_mask_arg:
-            kwargs["mask"] = value.mask
-        return value.map(lambda t: layer(t, training=False, **kwargs))
-    if any(m is not None for m in _masks(args)) and getattr(layer, "_call_has_mask_arg", False) and not isinstance(layer, (L.RNN, L.Bidirectional)):
+        if layer._call_has_mask_arg:
+            kwargs["mask"] = call_mask
+        return value.map(lambda t: _bare(layer(t, training=False, **kwargs)))
+    if uses_mask and layer._call_has_mask_arg and not isinstance(layer, (L.RNN, L.Bidirectional, L.Softmax, L.TimeDistributed)):
         raise _unsupported(layer, "a Keras mask reaches this layer, which uses it; rnnshap has no rule for that")
     if isinstance(layer, _MERGE):
         (values,) = args
-        _no_tokens(layer, *values)
         return Dual(layer([v.x for v in values]), layer([v.r for v in values]))
     if isinstance(layer, L.Multiply):
         (values,) = args
-        out = values[0]
-        for value in values[1:]:
-            if len(values) > 2:
-                raise _unsupported(layer, "Multiply of more than two inputs (the pairwise Shapley rule is not exact for three)")
-            out = dual.product(out, value)
-        return out
+        if len(values) > 2:
+            raise _unsupported(layer, "Multiply of more than two inputs (the pairwise Shapley rule is not exact for three)")
+        return _masked_product(values) if any(v.mask is not None for v in values) else dual.product(*values)
     if isinstance(layer, L.Dense):
         (value,) = args
         u = value.map(lambda t: _dense(layer, t))
@@ -292,7 +411,10 @@ def _call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     if isinstance(layer, L.TimeDistributed):
         (value,) = args
         batch, steps = tf.shape(value.x)[0], value.x.shape[1]
-        inner = call_layer(layer.layer, run, value.map(lambda z: tf.reshape(z, (-1, *z.shape[2:]))))
+        inner_kwargs = {}
+        if uses_mask and layer.layer._call_has_mask_arg:  # TimeDistributed hands each step its mask
+            inner_kwargs["mask"] = tf.reshape(call_mask, (-1, *call_mask.shape[2:]))
+        inner = call_layer(layer.layer, run, value.map(lambda z: tf.reshape(z, (-1, *z.shape[2:]))), **inner_kwargs)
         return Dual(*(tf.reshape(z, tf.concat([[batch, steps], tf.shape(z)[1:]], 0)) for z in (inner.x, inner.r)))
     if isinstance(layer, _GLOBAL_MAX):
         (value,) = args
@@ -304,7 +426,7 @@ def _call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         return pooled
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
-        return dual.rescale(lambda t: layer(t), value, smooth=isinstance(layer, L.ELU))
+        return dual.rescale(lambda t: _bare(layer(t)), value, smooth=isinstance(layer, L.ELU))
     if isinstance(layer, L.Softmax):
         (value,) = args
         axis = layer.axis
@@ -312,15 +434,53 @@ def _call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
             if len(axis) != 1:
                 raise _unsupported(layer, "softmax over several axes")
             axis = axis[0]
+        if uses_mask:  # Softmax's call puts a large negative number at masked positions, on both sides
+            keep = call_mask if call_mask.dtype == tf.bool else tf.greater(call_mask, tf.cast(0.5, call_mask.dtype))
+            floor = tf.cast(_large_negative(value.x.dtype), value.x.dtype)
+            value = value.map(lambda t: tf.where(keep, t, floor))
         return dual.softmax(value, axis)
     if isinstance(layer, L.Bidirectional):
+        kwargs["mask"] = call_mask
         return bidirectional(layer, run, *args, **kwargs)
     if isinstance(layer, _RECURRENT_CELLS):
         return cell_step(layer, *args, **kwargs)
     if isinstance(layer, L.RNN):
+        kwargs["mask"] = call_mask
         return recurrent(layer, *args, **kwargs)
     why = problem(layer) or f"{type(layer).__name__} has no rule in rnnshap's Keras support"
     raise _unsupported(layer, why)
+
+
+def _large_negative(dtype: tf.DType) -> float:
+    from keras.src.layers.activations.softmax import _large_negative_number
+
+    return float(_large_negative_number(dtype.name))
+
+
+def _with_mask(value: Dual, mask: Any) -> Dual:
+    copy = TokenDual(value.x, value.r, value.index) if isinstance(value, TokenDual) else Dual(value.x, value.r)
+    copy.mask = mask
+    return copy
+
+
+def _masked_product(values: list[Dual]) -> Dual:
+    """Keras's Multiply of masked inputs: masked entries count as 1, and where every input is masked the
+    product is 0; the masks (of the input side) hold on both sides, the product is the Shapley rule."""
+    factors, output_mask = [], None
+    every = all(v.mask is not None for v in values)
+    for v in values:
+        if v.mask is None:
+            factors.append(v)
+            continue
+        keep = tf.broadcast_to(tf.expand_dims(v.mask, -1), tf.shape(v.x))
+        factors.append(Dual(tf.where(keep, v.x, tf.ones_like(v.x)), tf.where(keep, v.r, tf.ones_like(v.r))))
+        if every:
+            output_mask = keep if output_mask is None else tf.logical_or(output_mask, keep)
+    out = dual.product(*factors)
+    if output_mask is None:
+        return out
+    zeros = tf.zeros_like(out.x)
+    return Dual(tf.where(output_mask, out.x, zeros), tf.where(output_mask, out.r, zeros), tf.reduce_any(output_mask, axis=-1))
 
 
 def _cast(value: Any, dtype: str) -> Any:
@@ -328,6 +488,8 @@ def _cast(value: Any, dtype: str) -> Any:
         return type(value)(_cast(v, dtype) for v in value)
     if isinstance(value, Dual) and not isinstance(value, TokenDual) and value.x.dtype.is_floating and value.x.dtype.name != dtype:
         return Dual(tf.cast(value.x, dtype), tf.cast(value.r, dtype), value.mask)
+    if isinstance(value, tf.Tensor) and value.dtype.is_floating and value.dtype.name != dtype:
+        return tf.cast(value, dtype)  # a floating tensor argument (an explicit float mask) is cast too
     return value
 
 
@@ -335,8 +497,9 @@ def _embedding_error(layer: Any) -> Exception:
     from ...errors import InputError
 
     return InputError(
-        f"Embedding {layer.name!r} reads a tensor computed inside the model; rnnshap attributes token ids at an "
-        "Embedding that reads a model input directly."
+        f"Embedding {layer.name!r} reads floating point values (a floating keras.Input, or a tensor computed inside "
+        "the model); rnnshap attributes token ids at an Embedding that reads an integer model input directly: declare "
+        "keras.Input(..., dtype='int32') and pass the token ids as integers."
     )
 
 
@@ -378,22 +541,34 @@ def activate(fn: Any, u: Dual) -> Dual:
     raise ValueError(activation_problem(fn))
 
 
+def _weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
+    """A layer's variable as its call reads it: cast to the compute dtype (mixed precision policies)."""
+    value = tf.convert_to_tensor(variable)
+    return value if value.dtype == dtype else tf.cast(value, dtype)
+
+
 def _dense(layer: Any, t: tf.Tensor) -> tf.Tensor:
-    out = tf.tensordot(t, tf.convert_to_tensor(layer.kernel), [[t.shape.rank - 1], [0]])
-    return out + layer.bias if layer.use_bias else out
+    out = tf.tensordot(t, _weight(layer.kernel, t.dtype), [[t.shape.rank - 1], [0]])
+    return out + _weight(layer.bias, t.dtype) if layer.use_bias else out
 
 
 def _conv(layer: Any, t: tf.Tensor) -> tf.Tensor:
-    out = layer.convolution_op(t, layer.kernel)
+    if layer.padding == "causal":  # Conv1D pads on the left, then convolves with "valid" padding
+        t = tf.pad(t, layer._compute_causal_padding())
+        out = keras.ops.conv(
+            t, _weight(layer.kernel, t.dtype), strides=list(layer.strides), padding="valid", dilation_rate=layer.dilation_rate, data_format=layer.data_format
+        )
+    else:
+        out = layer.convolution_op(t, _weight(layer.kernel, t.dtype))
     if layer.use_bias:
         shape = (1,) * (layer.rank + 1) + (layer.filters,) if layer.data_format == "channels_last" else (1, layer.filters) + (1,) * layer.rank
-        out = out + tf.reshape(layer.bias, shape)
+        out = out + tf.reshape(_weight(layer.bias, t.dtype), shape)
     return out
 
 
 # -- recurrent layers ----------------------------------------------------------------------------
 def _matmul(t: tf.Tensor, w: Any) -> tf.Tensor:
-    return tf.tensordot(t, tf.convert_to_tensor(w), [[t.shape.rank - 1], [0]])
+    return tf.tensordot(t, _weight(w, t.dtype), [[t.shape.rank - 1], [0]])
 
 
 def _zeros(like: tf.Tensor, units: int) -> tf.Tensor:
@@ -415,7 +590,7 @@ def _cell_sequence(cell: Any, seq: Dual, states: list[Dual], mask: tf.Tensor | N
     """
     projected = seq.map(lambda t: _matmul(t, cell.kernel))
     if cell.use_bias:
-        bias = tf.convert_to_tensor(cell.bias)
+        bias = _weight(cell.bias, projected.x.dtype)
         input_bias = bias[0] if isinstance(cell, L.GRUCell) and cell.reset_after else bias
         projected = projected.map(lambda t: t + input_bias)
     step_fn = _compiled_step(cell) if seq.x.shape[1] >= COMPILE_MIN_STEPS else partial(_eager_step, cell)
@@ -455,7 +630,7 @@ def _eager_step(cell: Any, p_x: tf.Tensor, p_r: tf.Tensor, *flat: tf.Tensor) -> 
 
 def _step(cell: Any, p: Dual, states: list[Dual]) -> list[Dual]:
     """One step of ``cell`` on both sides from the projected input ``p`` (input bias included)."""
-    recurrent_kernel = tf.convert_to_tensor(cell.recurrent_kernel)
+    recurrent_kernel = _weight(cell.recurrent_kernel, p.x.dtype)
     act = lambda u: activate(cell.activation, u)
     if isinstance(cell, L.LSTMCell):
         h, c = states
@@ -473,7 +648,7 @@ def _step(cell: Any, p: Dual, states: list[Dual]) -> list[Dual]:
         if cell.reset_after:
             rec = h.map(lambda t: tf.matmul(t, recurrent_kernel))
             if cell.use_bias:
-                recurrent_bias = tf.convert_to_tensor(cell.bias)[1]
+                recurrent_bias = _weight(cell.bias, p.x.dtype)[1]
                 rec = rec.map(lambda t: t + recurrent_bias)
             rz, rr, rh = _split(rec, 3)
             z, r = ra(px_z + rz), ra(px_r + rr)
@@ -505,15 +680,20 @@ def _state_count(cell: Any) -> int:
     return 2 if isinstance(cell, L.LSTMCell) else 1
 
 
-def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, **kwargs: Any) -> Any:
-    """A keras RNN layer (LSTM, GRU, SimpleRNN, RNN(cell), RNN(StackedRNNCells)) on Duals."""
+def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any = None, **kwargs: Any) -> Any:
+    """A keras RNN layer (LSTM, GRU, SimpleRNN, RNN(cell), RNN(StackedRNNCells)) on Duals, with the
+    mask its ``call`` gets (see :func:`keras_masks`)."""
     if kwargs:
         raise _unsupported(layer, f"call arguments {sorted(kwargs)} are not supported")
     if layer.stateful:
         raise _unsupported(layer, "stateful recurrent layers are not supported")
     cells = list(layer.cell.cells) if isinstance(layer.cell, L.StackedRNNCells) else [layer.cell]
     given = [] if initial_state is None else list(initial_state if isinstance(initial_state, (list, tuple)) else [initial_state])
-    seq, mask = sequences, sequences.mask
+    if isinstance(mask, (list, tuple)):
+        mask = keras_tree.flatten(mask)[0]
+    if mask is not None and mask.dtype != tf.bool:
+        mask = tf.cast(mask, tf.bool)
+    seq = sequences
     if layer.go_backwards:
         seq = seq.map(lambda t: tf.reverse(t, [1]))
         mask = None if mask is None else tf.reverse(mask, [1])
@@ -528,29 +708,29 @@ def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, **kwargs: 
         outputs, states = _cell_sequence(cell, seq, states, mask, bool(getattr(layer, "zero_output_for_mask", False)))
         final_states += states
         seq = Dual(tf.stack([o.x for o in outputs], 1), tf.stack([o.r for o in outputs], 1))
-    output = Dual(seq.x, seq.r, sequences.mask) if layer.return_sequences else outputs[-1]
+    output = seq if layer.return_sequences else outputs[-1]
     if layer.return_state:
         return [output, *final_states]
     return output
 
 
-def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = None, **kwargs: Any) -> Any:
+def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = None, mask: Any = None, **kwargs: Any) -> Any:
     forward_state = backward_state = None
     if initial_state is not None:
         half = len(initial_state) // 2
         forward_state, backward_state = initial_state[:half], initial_state[half:]
-    y: Any = recurrent(layer.forward_layer, sequences, forward_state, **kwargs)
-    y_rev: Any = recurrent(layer.backward_layer, sequences, backward_state, **kwargs)
+    y: Any = recurrent(layer.forward_layer, sequences, forward_state, mask=mask, **kwargs)
+    y_rev: Any = recurrent(layer.backward_layer, sequences, backward_state, mask=mask, **kwargs)
     states: list[Dual] = []
     if layer.return_state:
         states = list(y[1:]) + list(y_rev[1:])
         y, y_rev = y[0], y_rev[0]
     if layer.return_sequences:
-        y_rev = Dual(tf.reverse(y_rev.x, [1]), tf.reverse(y_rev.r, [1]), y_rev.mask)
+        y_rev = y_rev.map(lambda t: tf.reverse(t, [1]))
     merged: Any
     mode = layer.merge_mode
     if mode == "concat":
-        merged = Dual(tf.concat([y.x, y_rev.x], -1), tf.concat([y.r, y_rev.r], -1), y.mask)
+        merged = Dual(tf.concat([y.x, y_rev.x], -1), tf.concat([y.r, y_rev.r], -1))
     elif mode == "sum":
         merged = y + y_rev
     elif mode == "ave":
@@ -561,9 +741,6 @@ def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = No
         merged = [y, y_rev]
     else:
         raise _unsupported(layer, f"merge_mode {mode!r}")
-    if isinstance(merged, Dual):
-        merged.mask = y.mask
     if layer.return_state:
         return (merged if mode is None else [merged]) + states
     return merged
-

@@ -17,8 +17,9 @@ from ...errors import InputError
 from ...rules.base import PairGrid, Rule
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
-from .passes import run_pass
-from .safety import as_tensors, check_matching, check_model, model_device_and_dtype
+from .discrete import CONTEXT, MASK, NUMBER, TOKEN
+from .passes import AttributionMode, run_pass
+from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
 from .tape import Tape
 
 Tensor = torch.Tensor
@@ -39,29 +40,28 @@ class TorchEngine(Engine):
         check_matching(self.background, self.background)
         self.references = int(self.background[0].shape[0])
         # The background runs as a reference pass, which also finds unsupported operations now and
-        # tells which integer inputs are token ids (they feed an embedding) and which are context.
-        integer_inputs = [i for i, b in enumerate(self.background) if not b.is_floating_point()]
-        try:
-            with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
-                outputs, probe = run_pass(model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=integer_inputs)
-        except RuntimeError as error:
-            if not integer_inputs:
-                raise
-            raise InputError(
-                f"The model failed on the background ({error}). Input(s) {integer_inputs} are integers: rnnshap "
-                "treats integer inputs as token ids (when they feed an nn.Embedding) or as context such as lengths "
-                "(used as given). If they are numbers to attribute to, pass them as floating point."
-            ) from error
-        for index in sorted(probe.token_uses & set(probe.context_uses)):
-            raise InputError(
-                f"Input {index} holds token ids that feed an embedding, and {probe.context_uses[index]} also uses "
-                "them directly (a padding mask or lengths computed from the tokens?). Their values differ between "
-                "the input and its reference, so that use cannot be attributed. Pass the mask or lengths to the "
-                "model as a separate input: integer inputs that feed no embedding are context, used as given."
-            )
-        self.token_inputs = sorted(probe.token_uses)
-        if not self.token_inputs and not any(b.is_floating_point() for b in self.background):
-            raise InputError("No input is floating point or feeds an embedding, so there is nothing to attribute to")
+        # tells which integer inputs are token ids (they feed an embedding), numbers (cast to float)
+        # and context (see passes.discrete). Boolean inputs are masks: always context.
+        integer_inputs = [i for i, b in enumerate(self.background) if not b.is_floating_point() and b.dtype != torch.bool]
+        outputs, probe = self._probe(integer_inputs)
+        if probe.discrete.unfollowable and len(integer_inputs) > 1:
+            # Positions were lost where integers of several inputs met (ids.masked_fill(mask == 0, pad)
+            # with `mask` an integer input). Context inputs are not followed when attributing, so
+            # tell each input's role alone, and probe again following the attributed ones only.
+            alone = {i: self._probe([i])[1].discrete for i in integer_inputs}
+            attributed = [i for i, d in alone.items() if i in d.unfollowable or {TOKEN, NUMBER} & set(d.uses.get(i, {}))]
+            if attributed != integer_inputs:
+                outputs, probe = self._probe(attributed)
+        uses = probe.discrete.uses
+        for index in sorted(uses):
+            _check_integer_uses(index, uses[index], probe.discrete.unfollowable.get(index))
+        #: integer inputs attributed per token at the embedding they feed
+        self.token_inputs = sorted(i for i in uses if TOKEN in uses[i])
+        #: integer inputs cast to floating point: attributed as numbers at the cast
+        self.number_inputs = sorted(i for i in uses if NUMBER in uses[i])
+        self.followed_inputs = sorted(self.token_inputs + self.number_inputs)
+        if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
+            raise InputError("No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to")
         if outputs.dim() == 0 or outputs.shape[0] != self.references:
             raise InputError(
                 f"The model maps {self.references} background rows to an output of shape "
@@ -69,9 +69,24 @@ class TorchEngine(Engine):
             )
         self.output_shape = tuple(outputs.shape[1:])
         self.background_outputs = numpy(outputs).astype(np.float64)
-        floating = [b.dtype for b in self.background if b.is_floating_point()]
-        dtype = floating[0] if floating else (self.model_dtype or outputs.dtype)
-        self.dtype = str(dtype).replace("torch.", "")
+        # the least precise dtype the model computes input-dependent values in (a float64 model that
+        # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
+        computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
+        self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
+
+    def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
+        """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
+        try:
+            with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
+                return run_pass(self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow)
+        except RuntimeError as error:
+            if not follow:
+                raise
+            raise InputError(
+                f"The model failed on the background ({error}). Input(s) {follow} are integers: rnnshap treats "
+                "integer inputs as token ids (when they feed an embedding), numbers (when cast to floating point) "
+                "or context such as lengths and masks (used as given)."
+            ) from error
 
     # -- inputs -----------------------------------------------------------------------------------
     def inputs(self, X: Any, what: str) -> list[Tensor]:
@@ -80,8 +95,12 @@ class TorchEngine(Engine):
         return tensors
 
     def predict(self, inputs: list[Tensor]) -> np.ndarray:
-        with torch.no_grad():
-            out = self.model(*inputs)
+        state = PreservedState(self.model)  # explaining never changes the model, ranking outputs included
+        try:
+            with torch.no_grad():
+                out = self.model(*inputs)
+        finally:
+            state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
 
     def to_numpy(self, inputs: list[Tensor]) -> list[np.ndarray]:
@@ -98,22 +117,26 @@ class TorchEngine(Engine):
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
         ref = torch.arange(block.r0, block.r1, device=device).repeat(s)
         grid = PairGrid(s, n_refs)  # rules may compute on the distinct rows of each side
-        # context inputs (integer inputs that feed no embedding: lengths, masks) take the explained
-        # sample's values on both sides; token ids are compared with the background's tokens
+        # context inputs (integer inputs that are neither token ids nor numbers: lengths, masks) take
+        # the explained sample's values on both sides; token ids and numbers are compared with the
+        # background's, and the masks made from them are the explained sample's (their shadows)
+        followed = self.followed_inputs
         references = [
-            b[ref] if b.is_floating_point() or t in self.token_inputs else x[sample]
-            for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
+            b[ref] if b.is_floating_point() or t in followed else x[sample] for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
         ]
+        shadows = {t: inputs[t][sample] for t in followed}
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
         with torch.no_grad():
             copies = [r.clone() for r in references]  # forward() may work in place on its inputs
-            ref_outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, follow=self.token_inputs, pairs=grid)
+            ref_outputs, _ = run_pass(
+                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=grid, shadows=shadows
+            )
         with torch.enable_grad():
-            outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=self.token_inputs, pairs=grid)
+            outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid)
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
-            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [leaf for _, leaf, _ in mode.embedded]
+            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             grads = _grads_per_output(chosen, attributed_leaves)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
@@ -126,17 +149,61 @@ class TorchEngine(Engine):
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
                 sums[t] += per_sample(next(attributed) * (leaf.detach() - reference))
-        for (t, embedding, embedding_ref), grad in zip(mode.embedded, attributed, strict=False):
-            per_token = (grad * (embedding.detach() - embedding_ref)).sum(-1)
-            if per_token.shape[2:] != sums[t].shape[2:]:
-                raise InputError(
-                    f"Input {t} (token ids) of shape {tuple(inputs[t].shape)} reaches an embedding with shape "
-                    f"{tuple(embedding.shape[:-1])}; apply the embedding to the token input as given (before reshaping it)."
-                )
-            sums[t] += per_sample(per_token)
+        if mode.embedded:
+            # every embedding output and cast of an integer input: its contribution per input position
+            # (summed over the embedding's vector) is added to the position its ids name (0: none)
+            integers = mode.discrete
+            per_position = torch.zeros(k, integers.size + 1, dtype=torch.float64, device=device)
+            for entry, grad in zip(mode.embedded, attributed, strict=True):
+                part = grad * (entry.leaf.detach() - entry.reference)
+                if entry.feature_dims:
+                    part = part.sum(tuple(range(-entry.feature_dims, 0)))
+                per_position.index_add_(1, entry.ids.reshape(-1), part.reshape(k, -1).to(torch.float64))
+            for t in followed:
+                start = 1 + integers.offsets[t]
+                x = inputs[t]
+                rows = per_position[:, start : start + sample.numel() * (x.numel() // x.shape[0])]
+                sums[t] += per_sample(rows.reshape(k, sample.numel(), *x.shape[1:]))
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+
+def _check_integer_uses(index: int, uses: dict[str, str], lost: str | None) -> None:
+    """Refuse an integer input whose uses cannot all be attributed exactly (see passes.discrete)."""
+    token, number, mask, context = (uses.get(kind) for kind in (TOKEN, NUMBER, MASK, CONTEXT))
+    if lost is not None:
+        raise InputError(
+            f"Input {index} (integers): {lost}, an integer operation whose result rnnshap cannot follow back to "
+            "the input's positions (it follows shape, indexing, padding, concatenation and elementwise operations "
+            "on integers). Apply that operation after the embedding or after casting to floating point, or pass "
+            "its result to the model as a separate input."
+        )
+    if token and number:
+        raise InputError(
+            f"Input {index} is used both as token ids (by {token}) and as a number (cast to floating point by "
+            f"{number}); rnnshap attributes an integer input one way. Pass a copy of it as a second input: "
+            "a floating-point tensor for the number."
+        )
+    role = f"holds token ids (they feed {token})" if token else f"is used as a number (cast to floating point by {number})"
+    if (token or number) and context:
+        advice = (
+            "build the mask or lengths from a comparison (`ids != pad`, `(ids != pad).sum(1)`): masks made from "
+            "token ids are taken from the explained sample on both sides"
+            if token
+            else "pass its values as lengths or indices in a separate integer input, which is then context"
+        )
+        raise InputError(
+            f"Input {index} {role}, and {context} also uses its values directly (as lengths, indices or in a "
+            "reduction). Those values differ between the input and its reference, and that use cannot be "
+            f"attributed. Either {advice}, or pass them to the model as a separate integer input: integer inputs "
+            "that are neither token ids nor numbers are context, used as given by the explained sample."
+        )
+    if number and mask:
+        raise InputError(
+            f"Input {index} {role}, and {mask} compares its values: a comparison is a step of the number that "
+            "rnnshap cannot attribute. Pass the mask to the model as a separate (boolean) input, which is context."
+        )
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The two passes of the engine, as one ``TorchFunctionMode``.
 
-1. Reference pass (``replay=False``, no grad): the model runs on the references. Every operation
+1. Reference pass (``replay=False``): the model runs on the references. Every operation
    that touches an input-dependent ("tracked") tensor is looked up in the rule registry; ones
    with a rule other than the gradient copy their reference operands to the tape; ones with no
    rule are collected and reported together.
@@ -11,13 +11,22 @@
 Which tensors are tracked is decided the same way in both passes: the model's inputs are, and so
 is every floating-point result of an operation with a tracked operand (and the target of an
 in-place operation with a tracked operand). Parameters and anything computed from them alone are
-not, so ``x * weight`` is a product with a constant.
+not, so ``x * weight`` is a product with a constant. A view of a tensor written into in place
+with a tracked value (``outs[:, t] = h`` into ``outs = torch.zeros(...)``) is tracked too.
+
+Both passes run with gradients enabled as the model sees them (the reference pass records no graph:
+each operation runs with gradients off), so that ``torch.no_grad()`` inside forward() is seen, and
+refused, in the reference pass the constructor runs. Custom ``torch.autograd.Function`` calls and
+``torch.utils.checkpoint`` are run through their forward's operations (see ``functions.py``);
+integer results of rules (the indices of ``torch.max``) are followed, and any use of them refused.
+Every pass leaves the model's buffers and tensor attributes as it found them (``PreservedState``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +36,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.coverage import misfit
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
 from ...rules.registry import RuleRegistry, op_key, op_name
+from .discrete import Integers, Leaf
+from .functions import enclosing_function, function_name, routed_functions
+from .safety import PreservedState
 from .tape import Tape, TapeEntry
 
 Tensor = torch.Tensor
@@ -90,6 +104,45 @@ def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
     return func, args, kwargs, None
 
 
+def _in_place_target(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """The tensor a linear call writes into (``outs[:, t] = h``, ``buf.index_put_(i, h)``,
+    ``buf.copy_(h)``, ``out=``), or None when it is not in place."""
+    out = kwargs.get("out")
+    if isinstance(out, Tensor):
+        return out
+    if not args or not isinstance(args[0], Tensor):
+        return None
+    name = getattr(func, "__name__", "")
+    if name == "__setitem__" or (name.startswith("__i") and name.endswith("__")) or (name.endswith("_") and not name.endswith("__")):
+        return args[0]
+    if kwargs.get("inplace") is True:
+        return args[0]
+    return None
+
+
+def _eval_only_advice(call: OpCall, name: str) -> str:
+    """What to do about a layer that is random or couples the samples of a batch (EvalOnly)."""
+    coupling = "which makes its output random or couples the samples of a batch, so no attribution can add up."
+    args = call.args
+    running_mean = args[1] if len(args) > 1 else call.kwargs.get("running_mean")
+    if "batch_norm" in name and running_mean is None:
+        return (
+            f"{coupling} It has no running statistics (a BatchNorm built with track_running_stats=False), so it "
+            "normalizes with the batch's statistics even in eval mode: give it running statistics, or use a "
+            "normalization within each sample (LayerNorm, GroupNorm)."
+        )
+    return (
+        f"{coupling} Call model.eval() before explaining. If the model is in eval mode already, forward() asks for "
+        "training behaviour itself (training=True in a functional call): pass training=self.training instead."
+    )
+
+
+_SET_GRAD_ENABLED = torch._C._set_grad_enabled
+
+
+_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
+
+
 class AttributionMode(TorchFunctionMode):
     """Intercepts torch operations for one pass of the engine (see the module docstring)."""
 
@@ -101,12 +154,22 @@ class AttributionMode(TorchFunctionMode):
         self.pairs = pairs
         self._tracked: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.unsupported: dict[str, str] = {}
-        # integer inputs followed to see whether they are token ids (consumed by an embedding)
-        self._discrete: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.token_uses: set[int] = set()
-        self.context_uses: dict[int, str] = {}
-        #: (input index, embedding output leaf, its reference) for every embedding of a token input
-        self.embedded: list[tuple[int, Tensor, Tensor]] = []
+        #: the kind of advice for each refused operation (a key of rnnshap.errors.ADVICE)
+        self.advice: dict[str, str] = {}
+        #: bases written into in place with tracked values: their views are tracked too
+        self._written: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
+        self._indices: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
+        self._decisions: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
+        self._quiet = 0
+        #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
+        self.discrete = Integers(self)
+        #: where the followed integer inputs are attributed: every embedding output and cast to float
+        self.embedded: list[Leaf] = self.discrete.leaves
+        #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
+        self.dtypes: set[torch.dtype] = set()
 
     # -- tracking -------------------------------------------------------------------------------
     def track(self, value: Any) -> None:
@@ -114,28 +177,167 @@ class AttributionMode(TorchFunctionMode):
         for leaf in tree_flatten(value)[0]:
             if isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex()):
                 self._tracked[leaf] = True
+                self.dtypes.add(leaf.dtype)
 
     def is_tracked(self, value: Any) -> bool:
-        return isinstance(value, Tensor) and value in self._tracked
+        if not isinstance(value, Tensor):
+            return False
+        if value in self._tracked:
+            return True
+        if self._written:  # a view of a buffer that a tracked value was written into
+            base = value._base
+            return base is not None and base in self._written
+        return False
 
-    def _refuse(self, name: str, reason: str) -> None:
-        self.unsupported.setdefault(name, reason)
+    def _written_into(self, target: Tensor) -> None:
+        """``target`` (and the tensor it is a view of) received a tracked value in place."""
+        self.track(target)
+        root = target._base if target._base is not None else target
+        if root.is_floating_point() or root.is_complex():
+            self._tracked[root] = True
+            self._written[root] = True
+
+    def _refuse(self, name: str, reason: str, advice: str = "rule") -> None:
+        """Refuse ``name``; ``advice`` is the kind of advice that fits (a key of rnnshap.errors.ADVICE)."""
+        if name not in self.unsupported:
+            self.unsupported[name] = reason
+            self.advice[name] = advice
+
+    def refuse(self, name: str, reason: str, advice: str = "rule") -> None:
+        self._refuse(name, reason, advice)
+
+    def opaque(self, run: Callable[[], Any], track: bool = True) -> Any:
+        """Run a custom Function as torch does, gradients disabled inside (a refused one, to go on to
+        the end of the pass, with its outputs tracked; or one of torch's own, such as the identity of
+        backward hooks, whose operations track their results themselves)."""
+        self._quiet += 1
+        try:
+            result = run()
+        finally:
+            self._quiet -= 1
+        if track:
+            self.track(result)
+        return result
+
+    def _refuse_grad_off(self, name: str) -> None:
+        """``name`` runs on a tracked tensor with gradients disabled: refuse what disabled them."""
+        if self._quiet:
+            return
+        function = enclosing_function()
+        if function is not None:  # torch runs a custom Function's forward (not routed to the pass)
+            self._refuse(
+                f"{function_name(function)} (a custom torch.autograd.Function)",
+                "torch runs its forward() with gradients disabled and takes its backward(), which gives gradients, "
+                "not DeepLIFT multipliers",
+                "function",
+            )
+            return
+        site = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
+        self._refuse(f"{site} in forward()", f"{name} runs on an input-dependent tensor with gradients disabled", "no_grad")
+
+    def _mark_indices(self, result: Any, name: str) -> None:
+        """Integer results of a rule (the indices of torch.max) are followed: see ``_index_use``."""
+        for leaf in tree_flatten(result)[0]:
+            if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
+                self._indices[leaf] = name
+
+    def _index_use(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
+        """An operation on indices chosen from a tracked tensor (``x.max(1).indices``): shape and
+        indexing operations on them alone pass them on; any other use is refused, since they differ
+        between the input and its reference and the choice has no multiplier."""
+        origin = next((self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices), None)
+        if origin is None:
+            return False, None
+        rule = self.registry.op_rule(func)
+        name = op_name(func)
+        reason = (
+            f"it uses the indices that {origin} picked from an input-dependent tensor; they differ between the input "
+            "and its reference, and which element is picked has no multiplier"
+        )
+        if (rule is None or type(rule) in (Linear, Constant)) and not any(self.is_tracked(leaf) for leaf in leaves):
+            result = func(*args, **kwargs)
+            outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
+            target = _in_place_target(func, args, kwargs) if type(rule) is Linear else None
+            if target is not None:  # written into a buffer (picked[:, t] = idx): the buffer holds them now
+                self._indices[target] = origin
+                return True, result
+            if not outputs or type(rule) is Constant:
+                return True, result  # a query (idx.shape) or a constant (zeros_like)
+            if type(rule) is Linear and not any(t.is_floating_point() or t.is_complex() for t in outputs):
+                for t in outputs:
+                    self._indices[t] = origin
+                return True, result
+            self._refuse_index_use(func, name, origin, reason)
+            return True, result
+        claim = getattr(rule, "takes_gate", None)  # where(x >= 0, f(x), g(x)): the gate rule takes the comparison
+        if claim is not None and any(self.is_tracked(leaf) for leaf in leaves) and claim(self._call(func, args, kwargs, name)):
+            return False, None
+        self._refuse_index_use(func, name, origin, reason)
+        return False, None
+
+    def _refuse_index_use(self, func: Any, name: str, origin: str, reason: str) -> None:
+        """Refuse a use of picked indices, or of a comparison's mask outside a ``where`` gate, with
+        the advice that fits: a comparison is named itself (a step function), a branch on it as control flow."""
+        if origin.rsplit(".", 1)[-1] not in _COMPARISON_NAMES:
+            self._refuse(name, reason, "selection")
+            return
+        rule = self.registry.op_rule(func)
+        if isinstance(rule, Refuse) and getattr(rule, "advice", None) == "control":
+            self._refuse(name, f"{rule.reason}: a value computed by {origin} from input-dependent values", "control")
+        else:
+            self._refuse(origin, f"it compares input-dependent values and {name} uses the mask outside a where(mask, f(x), g(x)) gate", "comparison")
+
+    def _decision_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
+        """An operation on the bool or integer result of a refused operation (``x > 0``): refused
+        itself when it turns it into a Python value (``if (x > 0).any():``), so that the branch is
+        named with the comparison. (Only after a refusal: the pass fails anyway, speed is moot.)"""
+        origin = next(self._decisions[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._decisions)
+        rule = self.registry.op_rule(func)
+        if isinstance(rule, Refuse) and getattr(rule, "advice", None) == "control":
+            self._refuse(op_name(func), f"{rule.reason}: a value computed by {origin} from input-dependent values", "control")
+        result = self._intercept(func, types, args, kwargs, user_grad, decided=True)
+        self._mark_decisions(result, origin)
+        return result
+
+    def _mark_decisions(self, result: Any, name: str) -> None:
+        for leaf in tree_flatten(result)[0]:
+            if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
+                self._decisions[leaf] = name
 
     def raise_if_unsupported(self) -> None:
         if self.unsupported:
-            raise UnsupportedOperationError(list(self.unsupported.items()))
+            raise UnsupportedOperationError([(name, why, self.advice.get(name, "rule")) for name, why in self.unsupported.items()])
 
     # -- interception ---------------------------------------------------------------------------
-    def follow_discrete(self, index: int, tensor: Tensor) -> None:
-        """Follow the integer input ``index`` (token ids or context such as lengths)."""
-        self._discrete[tensor] = index
+    def follow_discrete(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
+        """Follow the integer input ``index`` (token ids, a number, or context such as lengths);
+        ``shadow``: in the reference pass, the explained samples' values of the same input."""
+        self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        if func is _SET_GRAD_ENABLED:
+            return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
+        user_grad = torch.is_grad_enabled()
+        if self.replay or not user_grad:
+            return self._intercept(func, types, args, kwargs, user_grad)
+        # the reference pass runs with gradients enabled as the model sees them, but records no graph
+        torch._C._set_grad_enabled(False)
+        try:
+            return self._intercept(func, types, args, kwargs, user_grad)
+        finally:
+            torch._C._set_grad_enabled(True)
+
+    def _intercept(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False) -> Any:
         kwargs = kwargs or {}
         leaves, _ = tree_flatten((args, kwargs))
-        discrete = [self._discrete[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._discrete]
-        if discrete:
-            handled, result = self._discrete_op(func, args, kwargs, discrete[0])
+        if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
+            return self._decision_use(func, types, args, kwargs, leaves, user_grad)
+        if self.discrete.involves(leaves):
+            handled, result = self.discrete.op(func, types, args, kwargs, leaves, user_grad)
+            if handled:
+                return result
+        if self._indices:
+            handled, result = self._index_use(func, args, kwargs, leaves)
             if handled:
                 return result
         if not any(self.is_tracked(leaf) for leaf in leaves):
@@ -148,37 +350,12 @@ class AttributionMode(TorchFunctionMode):
             base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
             if target is not None:
                 rule = self.registry.op_rule(base)
-        return self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name)
-
-    def _discrete_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> tuple[bool, Any]:
-        """An operation on a followed integer input: an embedding lookup makes it a token input,
-        whose attribution is taken at the embedding's output; shape and indexing operations pass
-        it on; anything else is a context use (the values are used as they are, unattributed)."""
-        if func in _EMBEDDINGS:
-            self.token_uses.add(index)
-            result = func(*args, **kwargs)
-            name, shapes = op_name(func), (tuple(result.shape),)
-            if not self.replay:
-                self.tape.append(TapeEntry(func, name, (), shapes, [result.detach().clone()]))
-                self.track(result)
-                return True, result
-            entry = self.tape.take(func, name, (), shapes)
-            assert entry.references is not None
-            leaf = result.detach().requires_grad_(True)
-            self.embedded.append((index, leaf, entry.references[0]))
-            output = leaf.clone()
-            self.track(output)
-            return True, output
-        rule = self.registry.op_rule(func)
-        if type(rule) is Linear:
-            result = func(*args, **kwargs)
-            outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
-            if outputs and not any(t.is_floating_point() for t in outputs):
-                for t in outputs:
-                    self._discrete[t] = index
-                return True, result
-        self.context_uses.setdefault(index, op_name(func))
-        return False, None
+        else:  # linear and maybe in place (outs[:, t] = h, buf.index_put_(..., h)): the target becomes tracked
+            target = _in_place_target(func, args, kwargs)
+        result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name)
+        if not user_grad and any(self.is_tracked(leaf) for leaf in tree_flatten(result)[0]):
+            self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
+        return result
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
         """The call with both sides equal (the reference side is filled in from the tape later)."""
@@ -211,14 +388,15 @@ class AttributionMode(TorchFunctionMode):
             result = func(*args, **kwargs)
             if rule is None and not any(isinstance(leaf, Tensor) for leaf in tree_flatten(result)[0]):
                 return result  # a query such as x.shape or x.dim(): no value flows on
-            self._refuse(name, rule.reason if isinstance(rule, Refuse) else "no attribution rule is registered for it")
+            if isinstance(rule, Refuse):
+                self._refuse(name, rule.reason, getattr(rule, "advice", "rule"))
+            else:
+                self._refuse(name, "no attribution rule is registered for it")
             self.track(result)
+            self._mark_decisions(result, name)
             return result
         if isinstance(rule, EvalOnly) and rule.is_active(call):
-            raise ModelStateError(
-                f"The model runs {rule.what} ({name}), which makes its output random or couples the "
-                "samples of a batch, so no attribution can add up. Call model.eval() before explaining."
-            )
+            raise ModelStateError(f"The model runs {rule.what} ({name}), {_eval_only_advice(call, name)}")
 
         if rule.is_linear(call):
             # Linear operations need nothing from the reference pass and stay off the tape: the
@@ -228,10 +406,20 @@ class AttributionMode(TorchFunctionMode):
                 return result
             outputs = [leaf for leaf in tree_flatten(result)[0] if isinstance(leaf, Tensor)]
             if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
-                self._refuse(name, "its result is not floating point, so the input's influence through it is lost")
+                self._refuse(name, "its result is not floating point, so the input's influence through it is lost", "integer")
+                self._mark_decisions(result, name)
             self.track(result)
             if target is not None:
-                self.track(target)
+                self._written_into(target)
+            return result
+
+        why = misfit(rule, call)
+        if why is not None:  # the rule would fail in the input pass: refuse it now, by name
+            self._refuse(name, why, "operands")
+            result = func(*args, **kwargs)
+            self.track(result)
+            if target is not None:
+                self._written_into(target)
             return result
 
         if not self.replay:
@@ -239,8 +427,9 @@ class AttributionMode(TorchFunctionMode):
             self.tape.append(TapeEntry(key, name, call.tracked, shapes, references))
             result = rule.reference(call) if target is None and func is base else func(*args, **kwargs)
             self.track(result)
+            self._mark_indices(result, name)
             if target is not None:
-                self.track(target)
+                self._written_into(target)
             return result
 
         entry = self.tape.take(key, name, call.tracked, shapes)
@@ -249,11 +438,16 @@ class AttributionMode(TorchFunctionMode):
         for i, reference in zip(call.tracked, entry.references, strict=False):
             ref_leaves[i] = reference
         call = OpCall(call.fn, name, call.leaves, ref_leaves, call.spec, call.tracked, self.pairs)
-        result = rule.attribute(call)
+        try:
+            result = rule.attribute(call)
+        except ValueError as error:  # a rule that does not fit this call and did not say so in time
+            raise UnsupportedOperationError([(name, str(error), "operands")]) from error
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]
+            self._written_into(target)
         self.track(result)
+        self._mark_indices(result, name)
         return result
 
     # -- modules with their own rule --------------------------------------------------------------
@@ -263,7 +457,10 @@ class AttributionMode(TorchFunctionMode):
         if not any(self.is_tracked(leaf) for leaf in leaves):
             return forward(*args, **kwargs)
         name = f"{type(module).__module__}.{type(module).__qualname__}"
-        with torch._C.DisableTorchFunction():
+        if not torch.is_grad_enabled():
+            self._refuse_grad_off(name)
+        no_graph = torch.no_grad() if not self.replay else contextlib.nullcontext()
+        with torch._C.DisableTorchFunction(), no_graph:
             return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
 
 
@@ -298,9 +495,6 @@ class ModuleRules:
         self._patched.clear()
 
 
-_EMBEDDINGS = (torch.nn.functional.embedding,)
-
-
 def run_pass(
     model: nn.Module,
     inputs: list[Tensor],
@@ -309,24 +503,29 @@ def run_pass(
     replay: bool,
     follow: Sequence[int] = (),
     pairs: PairGrid | None = None,
+    shadows: Mapping[int, Tensor] | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
-    ``follow`` lists integer inputs to follow as possible token ids; ``pairs`` says how the batch
-    is made of (sample, reference) pairs, when it is (see :class:`PairGrid`). Returns the output and the
-    mode, which holds the embedding leaves of token inputs and what was learned about them.
+    ``follow`` lists integer inputs to follow (token ids, numbers or context; see discrete.py);
+    ``shadows``, in the reference pass, holds the explained samples' values of followed inputs (the
+    masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
+    of (sample, reference) pairs, when it is (see :class:`PairGrid`). Returns the output and the
+    mode, which holds the attribution leaves of the integer inputs and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
     module_rules = ModuleRules(model, registry)
+    state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
     module_rules.install(mode)
     try:
-        with mode:
+        with torch.enable_grad(), routed_functions(mode), mode:
             mode.track(inputs)
             for index in follow:
-                mode.follow_discrete(index, inputs[index])
+                mode.follow_discrete(index, inputs[index], None if shadows is None else shadows.get(index))
             output = model(*inputs)
     finally:
         module_rules.remove()
+        state.restore()
     mode.raise_if_unsupported()
     if replay:
         tape.check_consumed()
@@ -337,7 +536,7 @@ def run_pass(
         )
     if not mode.is_tracked(output):
         raise UnsupportedOperationError(
-            [("the model's output", "it does not depend on the explained inputs through operations rnnshap can see")]
+            [("the model's output", "it does not depend on the explained inputs through operations rnnshap can see", "output")]
         )
     return output, mode
 

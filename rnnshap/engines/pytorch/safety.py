@@ -1,4 +1,5 @@
-"""Checks that a model and its inputs can be explained exactly, with errors that say what to do."""
+"""Checks that a model and its inputs can be explained exactly, with errors that say what to do,
+and :class:`PreservedState`, which leaves the model as it was found after every pass."""
 
 from __future__ import annotations
 
@@ -7,10 +8,58 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ...errors import InputError, ModelStateError
 
 Tensor = torch.Tensor
+
+
+class PreservedState:
+    """The state a forward pass may change, taken before a pass and put back after it.
+
+    A forward pass may write into the model: ``spectral_norm`` in training mode runs a power
+    iteration that updates its ``u`` and ``v`` buffers, ``weight_norm`` and the old
+    ``spectral_norm`` store the weight they compute as a plain attribute, and a model may cache
+    tensors on itself. Every buffer (its values, bit for bit, and the object itself) and every
+    tensor-valued attribute of every module is restored after each pass, so that explaining leaves
+    the model bit-identical and every pass (reference and input alike) starts from the same state:
+    the explained function is the model's forward as it would run next on the model as given.
+    Parameters are not copied: they are restored as objects, and forward() should not write into them.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+        self.parameters: list[tuple[nn.Module, dict[str, Any]]] = []
+        self.attributes: list[tuple[nn.Module, dict[str, Tensor]]] = []
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    self.buffers.append((module, name, buffer, buffer.detach().clone()))
+            if module._parameters:
+                self.parameters.append((module, dict(module._parameters)))
+            tensors = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
+            self.attributes.append((module, tensors))
+
+    def restore(self) -> None:
+        for module, name, buffer, saved in self.buffers:
+            if module._buffers.get(name) is not buffer:
+                module._buffers[name] = buffer
+            if buffer.shape != saved.shape or buffer.dtype != saved.dtype or not torch.equal(buffer, saved):
+                with torch.no_grad():
+                    if buffer.shape != saved.shape:
+                        buffer.resize_(saved.shape)
+                    buffer.copy_(saved)
+        for module, parameters in self.parameters:
+            now = module._parameters
+            if now.keys() != parameters.keys() or any(now[key] is not value for key, value in parameters.items()):
+                module._parameters.clear()
+                module._parameters.update(parameters)
+        for module, tensors in self.attributes:
+            own = vars(module)
+            for key in [key for key, value in own.items() if isinstance(value, Tensor) and key not in tensors]:
+                del own[key]
+            own.update(tensors)
 
 
 def check_model(model: Any) -> None:
@@ -32,6 +81,20 @@ def check_model(model: Any) -> None:
             raise ModelStateError(
                 f"{where} was compiled with torch.compile, whose graphs run out of rnnshap's sight. "
                 "Explain the original module instead (model._orig_mod)."
+            )
+        if any(p.is_meta for p in module.parameters(recurse=False)) or any(b.is_meta for b in module.buffers(recurse=False)):
+            raise ModelStateError(
+                f"{where} ({type(module).__name__}) has parameters or buffers on the meta device: they have "
+                "shapes but no values, so the model cannot run. Materialize and load the weights first "
+                "(model.to_empty(device='cpu') then model.load_state_dict(...))."
+            )
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            raise ModelStateError(
+                f"{where} ({type(module).__name__}) was built with track_running_stats=False, so it normalizes "
+                "with the mean and variance of the batch even in eval mode: one sample's output depends on the "
+                "other samples of the batch, and no attribution can add up. Give it running statistics "
+                "(track_running_stats=True, estimated on training data) or replace it with a normalization "
+                "within each sample (nn.LayerNorm, nn.GroupNorm)."
             )
         if module.training and _has_active_randomness(module):
             raise ModelStateError(
@@ -69,6 +132,14 @@ def as_tensors(
     dtype: torch.dtype | None,
 ) -> list[Tensor]:
     """Turn ``value`` (a tensor, an array, or a list/tuple of them) into checked tensors."""
+    packed = [v for v in ([value] + list(value) if isinstance(value, (list, tuple)) else [value]) if isinstance(v, PackedSequence)]
+    if packed:
+        raise InputError(
+            f"{what} is a PackedSequence, which has no batch dimension to pair samples with references. Give "
+            "rnnshap the padded tensor, (batch, time, features), and the lengths as a second (integer) input, "
+            "and pack inside forward(): nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, "
+            "enforce_sorted=False). Integer inputs that feed no embedding are context, used as given."
+        )
     if multi_input:
         if not isinstance(value, (list, tuple)):
             raise InputError(
@@ -100,6 +171,8 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
             raise InputError(f"{what} has dtype {array.dtype}; give numbers (a float tensor or array)")
         value = torch.from_numpy(np.ascontiguousarray(array))
     tensor = value.detach()
+    if tensor.is_meta:
+        raise InputError(f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device).")
     if tensor.is_complex():
         raise InputError(f"{what} is complex ({tensor.dtype}); rnnshap explains real-valued inputs")
     if tensor.dim() == 0:
@@ -117,7 +190,10 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
 
 
 def check_matching(inputs: list[Tensor], background: list[Tensor]) -> None:
-    """Inputs and background must agree in count and in every dimension but the batch."""
+    """Inputs and background must agree in count, kind (floating or not) and in every dimension but
+    the batch. A floating input whose dtype differs from its background's takes the background's
+    dtype (``inputs`` is updated in place): for a model with floating parameters both already have
+    the model's dtype, and a model without any computes in the dtype of what it is given."""
     if len(inputs) != len(background):
         raise InputError(f"The model was given {len(background)} background input(s) but {len(inputs)} input(s) to explain")
     n = inputs[0].shape[0]
@@ -131,3 +207,17 @@ def check_matching(inputs: list[Tensor], background: list[Tensor]) -> None:
             raise InputError(f"All inputs need the same number of samples; input 0 has {n}, input {i} has {x.shape[0]}")
         if x.device != b.device:
             raise InputError(f"Input {i} is on {x.device} but its background is on {b.device}")
+        if x.is_floating_point() != b.is_floating_point():
+            raise InputError(
+                f"Input {i} is {str(x.dtype).replace('torch.', '')} but its background is "
+                f"{str(b.dtype).replace('torch.', '')}. "
+                + (
+                    "The background is floating point, so the model takes numbers there: pass the input as "
+                    "floating point too (x.float())."
+                    if b.is_floating_point()
+                    else "The background is integer or bool (token ids, lengths or masks): pass the input with "
+                    "the same kind of values."
+                )
+            )
+        if x.is_floating_point() and x.dtype != b.dtype:
+            inputs[i] = x.to(b.dtype)

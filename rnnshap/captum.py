@@ -1,0 +1,464 @@
+"""Captum's ``DeepLift`` and ``DeepLiftShap`` call, answered by rnnshap's exact rules.
+
+Change one import and keep the code that calls Captum::
+
+    from captum.attr import DeepLiftShap          # before
+    from rnnshap.captum import DeepLiftShap       # after
+
+    explainer = DeepLiftShap(model)
+    attributions, delta = explainer.attribute(x, baselines=background, target=3, return_convergence_delta=True)
+
+``attribute`` takes Captum's arguments (``inputs``, ``baselines``, ``target``,
+``additional_forward_args``, ``return_convergence_delta``) and returns what Captum returns, in
+Captum's shapes, dtypes and devices: a tensor for a tensor, a tuple for a tuple, and with
+``return_convergence_delta=True`` the pair ``(attributions, delta)``. What differs is the rules:
+Captum hooks activation modules (``nn.ReLU``, ``nn.Tanh``, ...) and takes plain gradients through
+everything else, which includes the gates of ``nn.LSTM`` / ``nn.GRU`` and every product of two
+input-dependent tensors, so its attributions miss ``f(x) - f(baseline)`` there (``delta`` shows by
+how much). rnnshap's rules are exact: ``delta`` is float rounding. On models made of linear layers
+and hooked activations only (a ReLU or tanh MLP) both compute the same DeepLIFT Rescale values.
+
+This module does not need Captum installed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .explainer import DeepExplainer
+
+Tensor = torch.Tensor
+TensorOrTuple = Union[Tensor, tuple[Tensor, ...]]
+#: Captum's target forms: None, an int, a tuple of ints, a list of ints or tuples, a tensor
+Target = Union[None, int, tuple[int, ...], Tensor, Sequence[Union[int, tuple[int, ...]]]]
+
+
+class DeepLift:
+    """DeepLIFT of each input row against its own baseline row, with ``captum.attr.DeepLift``'s call.
+
+    ``DeepLift(model).attribute(inputs, baselines=..., target=...)`` pairs input row ``i`` with
+    baseline row ``i`` (a baseline with one row, a number, or the default zeros, serves every row),
+    as Captum does, and returns ``multiplier × (x − baseline)`` from rnnshap's exact rules: the
+    attributions of each row sum to ``f(x_i) − f(baseline_i)`` at its target output.
+
+    With one baseline for every row (zeros, a number, a first dimension of 1, or equal rows) this is
+    :class:`rnnshap.DeepExplainer` with that row as its background. With a baseline per row, all the
+    pairs still run through one explainer: its background is a row of zeros, and pair ``i`` is
+    explained as the input ``x_i − b_i`` of the model ``u ↦ f(u + b_i)`` (``b_i`` looked up by the
+    pair's index, a context input). Both sides of the pair then see exactly what ``f`` sees for
+    ``(x_i, b_i)``; adding a constant has multiplier 1, so the attributions are those of the pair.
+    The only cost is the rounding of ``(x_i − b_i) + b_i``: about an ulp of ``max(|x_i|, |b_i|)``.
+
+    Args:
+        model: the ``nn.Module`` to explain, in eval mode. It is not modified (no hooks are left on it).
+        multiply_by_inputs: must be True (Captum's default): rnnshap returns attributions, not the
+            multipliers alone, which cannot be recovered from them where an input equals its baseline.
+        eps: accepted for Captum's signature and unused. Captum falls back to the gradient where an
+            activation's input changes by less than ``eps``; rnnshap's rules handle small and zero
+            changes exactly on their own.
+        batch_size: the most (sample, reference) pairs run through the model at once (as for
+            :class:`rnnshap.DeepExplainer`); results do not depend on it.
+        rules: extra rules for this explainer, as for :class:`rnnshap.DeepExplainer`.
+        check_additivity: check, as :meth:`rnnshap.DeepExplainer.shap_values` does, that the
+            attributions add up, and raise :class:`rnnshap.AdditivityError` if not (a float: the
+            relative tolerance). Captum never raises; ``False`` leaves it to ``delta``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        multiply_by_inputs: bool = True,
+        eps: float = 1e-10,
+        *,
+        batch_size: int = 2048,
+        rules: Mapping[Any, Any] | None = None,
+        check_additivity: bool | float = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"rnnshap.captum explains a torch.nn.Module, not {type(model).__name__}")
+        if not multiply_by_inputs:
+            raise ValueError(
+                "rnnshap.captum supports multiply_by_inputs=True only (Captum's default). rnnshap computes "
+                "attributions, multiplier × (x − baseline), with exact rules for each (input, baseline) pair; the "
+                "multipliers alone (Captum's 'local' DeepLIFT) cannot be recovered from them where an input equals "
+                "its baseline. For multipliers use captum.attr.DeepLift(model, multiply_by_inputs=False)."
+            )
+        self.model = model
+        self.forward_func = model
+        self.eps = eps
+        self.batch_size = int(batch_size)
+        self.rules = rules
+        self.check_additivity = check_additivity
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Target = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        custom_attribution_func: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Attributions of ``inputs`` against ``baselines``, as ``captum.attr.DeepLift.attribute``.
+
+        Args:
+            inputs: a floating-point tensor, or a tuple of them for a model with several inputs; the
+                first axis is the batch.
+            baselines: one per input (a tuple for tuple inputs): a tensor shaped like the input, or
+                with a first dimension of 1 (used for every row), or a number; default zeros.
+            target: which output to explain, as in Captum: None for a model with one output per
+                sample; an int (or a one-element tensor) or a tuple of ints for every sample; a list
+                of ints or tuples, or a 1-D tensor, with one per sample.
+            additional_forward_args: more arguments of ``model.forward`` after the inputs, not
+                attributed: a tensor whose first dimension is the batch is taken row by row (row
+                ``i`` on both sides of the pair of row ``i``), anything else as it is.
+            return_convergence_delta: also return ``delta``, shape ``(n,)``: the sum of each row's
+                attributions minus ``f(x_i) − f(baseline_i)`` at its target.
+            custom_attribution_func: not supported (must be None).
+
+        Returns:
+            attributions shaped like ``inputs`` (a tensor or a tuple of them), in the inputs' dtype
+            and on their device; with ``return_convergence_delta=True`` also ``delta``.
+        """
+        _no_custom_function(custom_attribution_func)
+        is_tuple, xs = _format_inputs(inputs)
+        n = int(xs[0].shape[0])
+        bases = [b[:1] if torch.equal(b, b[:1].expand_as(b)) else b for b in _deeplift_baselines(baselines, xs)]
+        rows = np.arange(n)
+        if all(b.shape[0] == 1 for b in bases):  # one baseline for every row: it is the background
+            values, delta = self._pairs(xs, bases, None, rows, target, additional_forward_args, return_convergence_delta)
+        else:
+            shifts = [b.expand(n, *b.shape[1:]) for b in bases]
+            values, delta = self._pairs(xs, _zeros(xs), shifts, rows, target, additional_forward_args, return_convergence_delta)
+        result = _format_result(is_tuple, values, xs)
+        if return_convergence_delta:
+            return result, _as_tensor(delta, xs[0].dtype, xs[0].device)
+        return result
+
+    def compute_convergence_delta(
+        self,
+        attributions: TensorOrTuple,
+        start_point: Any,
+        end_point: TensorOrTuple,
+        target: Target = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor:
+        """Σ attributions − (f(end_point) − f(start_point)) per row at the target, as Captum's."""
+        _, ends = _format_inputs(end_point)
+        starts = [s.expand_as(e) for s, e in zip(_deeplift_baselines(start_point, ends), ends, strict=True)]
+        _, attrs = _format_inputs(attributions)
+        n = int(ends[0].shape[0])
+        extra = _format_extra(additional_forward_args)
+        with torch.no_grad():
+            f_end = self.model(*ends, *extra)
+            f_start = self.model(*starts, *extra)
+        columns = torch.as_tensor(_flat_targets(target, n, tuple(f_end.shape[1:])), device=f_end.device)
+        rows = torch.arange(n, device=f_end.device)
+        gap = f_end.reshape(n, -1)[rows, columns] - f_start.reshape(n, -1)[rows, columns]
+        total = sum(a.detach().reshape(n, -1).sum(1).to(gap.device, gap.dtype) for a in attrs)
+        return total - gap
+
+    def _pairs(
+        self,
+        xs: list[Tensor],
+        background: list[Tensor],
+        shifts: list[Tensor] | None,
+        sample_of: np.ndarray,
+        target: Target,
+        additional_forward_args: Any,
+        with_delta: bool,
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Attributions of ``len(sample_of)`` rows, row ``p`` being sample ``sample_of[p]`` of ``xs``.
+
+        Without ``shifts``, each row is explained against ``background`` (mean over its rows). With
+        ``shifts`` (a tensor of one row per explained row, per input) and a background of zeros, row
+        ``p`` is explained against the baseline ``shifts[p]`` alone (see :class:`DeepLift`).
+        Returns the attributions in float64, ``(len(sample_of), *input_shape)`` per input, and when
+        ``with_delta`` each row's Σφ − (f(x) − f(reference)) at its target (else zeros).
+        """
+        n, count, device = int(xs[0].shape[0]), len(sample_of), xs[0].device
+        samples = torch.as_tensor(sample_of, device=device)
+        bound = _Bound(self.model, _format_extra(additional_forward_args), n, samples, shifts)
+        extra = [torch.zeros(int(background[0].shape[0]), dtype=torch.long, device=device)] if bound.indexed else []
+        explainer = DeepExplainer(bound if bound.needed else self.model, background + extra, batch_size=self.batch_size, rules=self.rules, progress=False)
+        given = [x[samples] for x in xs]
+        if shifts is not None:
+            given = [g - s.to(g.dtype) for g, s in zip(given, shifts, strict=True)]
+        if bound.indexed:
+            given.append(torch.arange(count, device=device))
+        shape = explainer.output_shape
+        targets = _flat_targets(target, n, shape)
+        columns = targets[sample_of]
+        values = [np.zeros((count, *x.shape[1:])) for x in xs]
+        reference_outputs = np.zeros(count)
+        for column in np.unique(columns):  # one call per distinct target
+            rows = np.flatnonzero(columns == column)
+            index = torch.as_tensor(rows, device=device)
+            inputs = explainer.engine.inputs([g[index] for g in given], "inputs")
+            output = 0 if not shape else tuple(int(i) for i in np.unravel_index(int(column), shape))
+            attribution = explainer._explain(inputs, None, "max", [output], self.check_additivity, None, False)
+            for total, phi in zip(values, attribution.values, strict=False):  # the index input, last, has none
+                total[rows] = phi[..., 0]
+            reference_outputs[rows] = attribution.base_values[:, column]
+        if not with_delta:
+            return values, np.zeros(count)
+        with torch.no_grad():  # f(x) as Captum computes it: the model on the inputs as given
+            outputs = self.model(*xs, *_format_extra(additional_forward_args))
+        f_x = outputs.detach().reshape(n, -1).to(torch.float64).cpu().numpy()[np.arange(n), targets]
+        sums = sum(v.reshape(count, -1).sum(1) for v in values)
+        return values, sums - (f_x[sample_of] - reference_outputs)
+
+
+class DeepLiftShap(DeepLift):
+    """DeepSHAP over a distribution of baselines, with ``captum.attr.DeepLiftShap``'s call.
+
+    ``DeepLiftShap(model).attribute(inputs, baselines=background, target=...)`` averages, for each
+    input row, the exact DeepLIFT attributions against every baseline row: it is
+    ``rnnshap.DeepExplainer(model, background).shap_values(inputs, outputs=[target])``.
+
+    With ``return_convergence_delta=True`` the delta is Captum's, one per (input row, baseline row)
+    pair, shape ``(n * n_baselines,)``, ordered by input row, then baseline: the sum of the pair's
+    own attributions minus ``f(x_i) − f(b_j)``. An explainer with the whole background returns the
+    mean over the pairs only, so for the delta the ``n * n_baselines`` pairs run as pairs instead,
+    in one explainer, as :class:`DeepLift` runs a baseline per row; each pair's delta is then
+    measured, not inferred. (Every rnnshap rule adds up pair by pair, so the per-row sum of the
+    default path would only say the mean of a row's deltas is zero.) The attributions returned
+    are the mean of the pairs' and equal the default path's to float rounding. The pairs are the
+    same, but a recurrent layer then runs a trajectory per pair (``2 * n * n_baselines``) instead of
+    one per distinct row of each side (``n + n_baselines``), so this costs more: ask for the delta
+    when you want it.
+
+    Args: as for :class:`DeepLift`.
+    """
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any,
+        target: Target = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        custom_attribution_func: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Attributions of ``inputs`` averaged over the baseline distribution, as Captum's.
+
+        Args:
+            inputs: a floating-point tensor, or a tuple of them (first axis: the batch).
+            baselines: the baseline distribution: a tensor (a tuple for tuple inputs) whose first
+                axis indexes at least 2 baselines and whose other axes match the input's; or a
+                callable returning one, called with ``inputs`` if it takes an argument.
+            target, additional_forward_args: as for :meth:`DeepLift.attribute`; a per-row additional
+                argument is used with every baseline of its row.
+            return_convergence_delta: also return ``delta``, shape ``(n * n_baselines,)``: see the
+                class docstring.
+            custom_attribution_func: not supported (must be None).
+        """
+        _no_custom_function(custom_attribution_func)
+        is_tuple, xs = _format_inputs(inputs)
+        n = int(xs[0].shape[0])
+        bases = _distribution(baselines, inputs, xs)
+        if not return_convergence_delta:
+            values, _ = self._pairs(xs, bases, None, np.arange(n), target, additional_forward_args, False)
+            return _format_result(is_tuple, values, xs)
+        count = int(bases[0].shape[0])
+        shifts = [b.repeat(n, *[1] * (b.dim() - 1)) for b in bases]  # pair i * count + j: baseline j
+        pairs, delta = self._pairs(xs, _zeros(xs), shifts, np.repeat(np.arange(n), count), target, additional_forward_args, True)
+        values = [v.reshape(n, count, *v.shape[1:]).mean(1) for v in pairs]
+        return _format_result(is_tuple, values, xs), _as_tensor(delta, xs[0].dtype, xs[0].device)
+
+
+# -- the model the explainer sees -----------------------------------------------------------------
+class _Bound(nn.Module):
+    """``model(*(inputs + shift), *args)`` for a row of the explained batch.
+
+    The additional arguments are constants. Per-row ones (a tensor with the batch's rows), and the
+    per-row baselines of the ``shifts``, are looked up by the row's index: an integer input that
+    rnnshap treats as context (the explained row's value on both sides of every pair). The lookup
+    runs out of rnnshap's sight, so the values come in as constants; adding the shift to the input is
+    an addition of a constant, which rnnshap attributes with multiplier 1.
+    """
+
+    def __init__(self, model: nn.Module, args: tuple[Any, ...], n: int, samples: Tensor, shifts: list[Tensor] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.args = args
+        self.per_row = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == n]
+        self.samples = samples  # the explained rows' samples, for the per-row arguments
+        self.shifts = shifts
+        self.indexed = bool(self.per_row) or shifts is not None
+        self.needed = self.indexed or bool(args)
+
+    def forward(self, *inputs: Tensor) -> Any:
+        if not self.indexed:
+            return self.model(*inputs, *self.args)
+        *given, index = inputs
+        args = list(self.args)
+        with torch._C.DisableTorchFunction():  # constants for the row, not operations to attribute
+            for i in self.per_row:
+                args[i] = args[i][self.samples[index.to(self.samples.device)].to(args[i].device)]
+            shifts = [s[index.to(s.device)].to(g.device, g.dtype) for s, g in zip(self.shifts, given, strict=True)] if self.shifts is not None else None
+        if shifts is not None:
+            given = [g + s for g, s in zip(given, shifts, strict=True)]
+        return self.model(*given, *args)
+
+
+def _zeros(xs: list[Tensor]) -> list[Tensor]:
+    return [torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device) for x in xs]
+
+
+def _format_extra(additional_forward_args: Any) -> tuple[Any, ...]:
+    if additional_forward_args is None:
+        return ()
+    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+
+
+# -- inputs, baselines, targets -------------------------------------------------------------------
+def _no_custom_function(custom_attribution_func: Callable[..., Any] | None) -> None:
+    if custom_attribution_func is not None:
+        raise NotImplementedError(
+            "rnnshap.captum does not take custom_attribution_func: its attributions are multiplier × (x − baseline) "
+            "from exact rules. Use captum.attr for custom attribution functions."
+        )
+
+
+def _format_inputs(inputs: Any) -> tuple[bool, list[Tensor]]:
+    """(whether ``inputs`` is a tuple, its tensors detached), checked."""
+    is_tuple = isinstance(inputs, tuple)
+    items = inputs if is_tuple else (inputs,)
+    if not items or not all(isinstance(x, Tensor) for x in items):
+        raise TypeError(f"inputs must be a tensor or a non-empty tuple of tensors, as for Captum, not {type(inputs).__name__}")
+    xs = [x.detach() for x in items]
+    for i, x in enumerate(xs):
+        if not x.is_floating_point():
+            raise TypeError(
+                f"input {i} has dtype {x.dtype}: DeepLift attributes to floating-point inputs (as in Captum). Pass "
+                "integer or bool tensors the model also needs (lengths, masks) in additional_forward_args; for token "
+                "ids attributed at their embedding, use rnnshap.DeepExplainer."
+            )
+        if x.dim() == 0 or x.shape[0] != xs[0].shape[0]:
+            raise ValueError(f"every input needs the same first (batch) dimension; got shapes {[tuple(x.shape) for x in xs]}")
+    return is_tuple, xs
+
+
+def _deeplift_baselines(baselines: Any, xs: list[Tensor]) -> list[Tensor]:
+    """One baseline tensor per input, with one row or one per input row (Captum's DeepLift forms)."""
+    if baselines is None:
+        given: tuple[Any, ...] = (0,) * len(xs)
+    else:
+        given = baselines if isinstance(baselines, tuple) else (baselines,)
+    if len(given) != len(xs):
+        raise ValueError(f"{len(xs)} input(s) but {len(given)} baseline(s): give one baseline per input")
+    result = []
+    for i, (b, x) in enumerate(zip(given, xs, strict=True)):
+        if isinstance(b, (int, float)):
+            result.append(torch.full((1, *x.shape[1:]), b, dtype=x.dtype, device=x.device))
+            continue
+        if not isinstance(b, Tensor):
+            raise TypeError(f"baseline {i} must be a tensor or a number, not {type(b).__name__}")
+        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"baseline {i} has shape {tuple(b.shape)} for an input of shape {tuple(x.shape)}: DeepLift pairs each "
+                "input row with a baseline row, so give the input's shape, or a first dimension of 1 for every row "
+                "(for a distribution of baselines to average over, use DeepLiftShap)"
+            )
+        result.append(b.detach().to(x.device, x.dtype))
+    return result
+
+
+def _distribution(baselines: Any, inputs: Any, xs: list[Tensor]) -> list[Tensor]:
+    """DeepLiftShap's baselines: tensors of at least two rows each (Captum's forms, callables included)."""
+    if callable(baselines) and not isinstance(baselines, Tensor):
+        baselines = baselines(inputs) if inspect.signature(baselines).parameters else baselines()
+    given = baselines if isinstance(baselines, tuple) else (baselines,)
+    if len(given) != len(xs):
+        raise ValueError(f"{len(xs)} input(s) but {len(given)} baseline distribution(s): give one per input")
+    if not all(isinstance(b, Tensor) for b in given):
+        raise TypeError(
+            "DeepLiftShap's baselines are a distribution: a tensor (a tuple of tensors for several inputs) whose first "
+            "dimension indexes the baselines. For a single baseline or a number, use DeepLift."
+        )
+    count = int(given[0].shape[0]) if given[0].dim() else 0
+    if count < 2:
+        raise ValueError(
+            f"DeepLiftShap needs a distribution of at least 2 baselines (as Captum), got {count}. "
+            "For a single baseline, use DeepLift."
+        )
+    for i, (b, x) in enumerate(zip(given, xs, strict=True)):
+        if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] != count:
+            raise ValueError(
+                f"baseline distribution {i} has shape {tuple(b.shape)} for an input of shape {tuple(x.shape)}: its "
+                f"first dimension indexes the {count} baselines and the others must match the input's"
+            )
+    return [b.detach().to(x.device, x.dtype) for b, x in zip(given, xs, strict=True)]
+
+
+def _flat_targets(target: Target, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Captum's ``target`` as one flat output index per sample, for outputs of ``shape`` per sample."""
+    if target is None:
+        if int(np.prod(shape)) != 1:
+            raise ValueError(
+                f"the model has outputs of shape {shape} per sample: give target= (an output index, a tuple of "
+                "indices, or one per sample), as for Captum"
+            )
+        return np.zeros(n, dtype=np.int64)
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            value = target.item()
+            if not isinstance(value, int) or target.dtype == torch.bool:
+                raise ValueError(f"a target tensor must hold integer indices, got {target}")
+            return np.full(n, _flat_index((value,), shape), dtype=np.int64)
+        if target.dim() != 1 or target.numel() != n or target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(f"a target tensor holds one integer index per sample ({n}), got shape {tuple(target.shape)}")
+        return np.asarray([_flat_index((int(t),), shape) for t in target.tolist()], dtype=np.int64)
+    if isinstance(target, (int, np.integer)):
+        return np.full(n, _flat_index((int(target),), shape), dtype=np.int64)
+    if isinstance(target, tuple):
+        return np.full(n, _flat_index(target, shape), dtype=np.int64)
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"a target list holds one target per sample: {n} samples but {len(target)} targets")
+        return np.asarray([_flat_index(t if isinstance(t, tuple) else (t,), shape) for t in target], dtype=np.int64)
+    raise TypeError(f"target must be None, an int, a tuple, a list or a tensor, as for Captum, not {type(target).__name__}")
+
+
+def _flat_index(index: tuple[Any, ...], shape: tuple[int, ...]) -> int:
+    """The flat position of the output at ``index`` (leading indices; trailing axes of size 1 may be left out)."""
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in index):
+        raise ValueError(f"target {index!r} must hold integer indices")
+    if len(index) > len(shape) or any(size != 1 for size in shape[len(index) :]):
+        raise ValueError(
+            f"target {index!r} does not pick one output of a model whose outputs have shape {shape} per sample: "
+            f"give {len(shape)} index(es), one per output dimension" + (" (or target=None)" if not shape else "")
+        )
+    full = tuple(int(i) for i in index) + (0,) * (len(shape) - len(index))
+    for i, size in zip(full, shape, strict=True):
+        if not -size <= i < size:
+            raise ValueError(f"target {index!r} is out of range for outputs of shape {shape} per sample")
+    if not shape:
+        return 0
+    return int(np.ravel_multi_index(tuple(i % size for i, size in zip(full, shape, strict=True)), shape))
+
+
+# -- results --------------------------------------------------------------------------------------
+def _as_tensor(values: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device=device, dtype=dtype)
+
+
+def _format_result(is_tuple: bool, values: list[np.ndarray], xs: list[Tensor]) -> TensorOrTuple:
+    tensors = tuple(_as_tensor(v, x.dtype, x.device) for v, x in zip(values, xs, strict=True))
+    return tensors if is_tuple else tensors[0]
+
+
+__all__ = ["DeepLift", "DeepLiftShap"]

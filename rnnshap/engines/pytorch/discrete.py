@@ -1,0 +1,809 @@
+"""Integer inputs in the two passes: token ids, numbers, and context.
+
+Every integer input the engine follows carries, alongside each tensor computed from it, the
+*ids* of the input positions its elements come from: the same operation applied to a tensor of
+position ids (``1 +`` the flat index into the followed inputs, laid end to end; ``0`` for a
+constant such as padding). Shape, indexing, padding and elementwise integer operations move the
+ids with the values, so wherever the integers end up, each element knows its input position.
+
+Where a followed integer tensor ends up decides what the input is:
+
+* **token ids**: it indexes a floating-point table that does not depend on the explained inputs
+  (``F.embedding``, ``nn.Embedding``, ``nn.EmbeddingBag``, ``weight[ids]``,
+  ``weight.index_select(0, ids)``). The lookup's output becomes a leaf of the input pass, and
+  each token's contribution (the sum over the looked-up vector of gradient × (x − r)) is added
+  to the input position its ids name. ``F.embedding_bag`` is decomposed into the lookup, the
+  weighting and the bag's sum, mean or max (the max by rnnshap's max rule), so that each token
+  of a bag is attributed.
+* **a number**: it is cast to floating point (``x.float()``, ``.to(torch.float32)``, or
+  arithmetic with floats). The cast's output is the leaf; contribution = gradient × (x − r).
+* **context**: anything else that reads its values (lengths, indices, reductions). Context is
+  used as given by the explained sample on both sides and gets no attribution, so an input that
+  is also token ids or a number cannot have such a use (the engine refuses it).
+
+Comparisons (``ids != pad``, ``ids < 0``, ``ids.bool()``) make masks, followed like the ids. A
+mask that chooses between the ids and constants at the same positions (``where(ids >= V, UNK,
+ids)``) is part of each element's value, computed on each side's own ids. Any other use of a mask
+(on floating-point values, as lengths, to index) is context: like a context input, it takes the
+explained sample's values on both sides of every pair. For that, in the reference pass every
+followed tensor also carries its *shadow*, the same tensor computed from the explained samples'
+values, and context uses run on the shadows. Reading metadata (shape, dtype, device) is not a
+use, and integer-to-integer casts are followed through.
+
+The engine's first pass, on the background, follows every integer input to tell their kinds apart
+(``uses``) and to find what cannot be followed (``unfollowable``); the attribution passes follow the
+token and number inputs only, while context inputs simply take the explained sample's values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ...rules.registry import (
+    BILINEAR_OPS,
+    CONSTANT_OPS,
+    DIVISION,
+    EXTREMA,
+    POWER,
+    REVERSE_DIVISION,
+    SMOOTH_UNARY,
+    forms,
+    op_key,
+    op_name,
+)
+from .tape import TapeEntry
+
+if TYPE_CHECKING:
+    from .passes import AttributionMode
+
+Tensor = torch.Tensor
+
+#: kinds of use of a followed integer input
+TOKEN, NUMBER, MASK, CONTEXT = "token", "number", "mask", "context"
+
+
+@dataclass
+class Followed:
+    """What is known of an integer tensor computed from followed inputs."""
+
+    #: the followed inputs it is computed from
+    inputs: frozenset[int]
+    #: int64, its shape: the id of the input position of every element (0: a constant); None when
+    #: it went through an operation the positions cannot be followed through (named by ``via``)
+    ids: Tensor | None
+    #: reference pass: the same tensor computed from the explained samples' values (for masks)
+    shadow: Tensor | None = None
+    #: the operation that lost the positions (when ``ids`` is None)
+    via: str = ""
+    #: made by comparing ids (``ids != pad``): used on floating-point values or as lengths, it is
+    #: context, and takes the explained sample's values
+    mask: bool = False
+
+
+@dataclass
+class Leaf:
+    """Where an integer input is attributed: an embedding lookup's output or a cast to float."""
+
+    #: int64: the input position id of each looked-up vector or cast element (0: none)
+    ids: Tensor
+    #: the input pass's value, a leaf that requires grad: ``ids.shape + feature shape``
+    leaf: Tensor
+    #: its value in the reference pass
+    reference: Tensor
+    #: how many trailing dimensions belong to one position (the embedding's vector): summed
+    feature_dims: int
+
+
+def _floating_dtype(value: Any) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor in ``value``, if any."""
+    for out in tree_flatten(value)[0]:
+        if isinstance(out, Tensor) and (out.is_floating_point() or out.is_complex()):
+            return out.dtype
+    return None
+
+
+def _keys(*names: str) -> frozenset[Any]:
+    return frozenset(op_key(fn) for fn in forms(*names))
+
+
+def _getters(*names: str) -> frozenset[Any]:
+    return frozenset(("getter", name) for name in names)
+
+
+#: reading these is not a use of the values
+_META = _keys(
+    "size", "dim", "ndimension", "numel", "nelement", "__len__", "stride", "is_contiguous",
+    "is_floating_point", "is_complex", "is_signed", "element_size", "get_device", "data_ptr",
+    "storage_offset", "__format__", "__repr__", "__str__", "__hash__",
+) | _getters(
+    "shape", "ndim", "dtype", "device", "is_cuda", "is_cpu", "is_mps", "layout", "requires_grad",
+    "is_leaf", "names", "is_sparse", "is_quantized", "is_meta", "is_nested", "itemsize", "nbytes",
+    "grad_fn", "grad", "output_nr", "_version",
+)
+#: the result depends on the shape, dtype or device of the followed operand only
+_CONSTANT = _keys(*CONSTANT_OPS, "rand_like", "randn_like", "randint_like")
+#: ops whose second tensor operand only lends its shape or dtype
+_SHAPE_OF_OTHER = _keys("expand_as", "view_as", "reshape_as", "type_as")
+_CASTS = _keys(
+    "to", "type", "type_as", "long", "int", "short", "char", "byte", "bool", "float", "double", "half",
+    "bfloat16", "cpu", "cuda",
+)
+_COMPARISONS = _keys(
+    "eq", "ne", "lt", "le", "gt", "ge", "greater", "less", "greater_equal", "less_equal", "not_equal",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "isin", "logical_not", "logical_and",
+    "logical_or", "logical_xor",
+)
+#: elementwise integer arithmetic: each element of the result comes from one element of each operand
+_ELEMENTWISE = _keys(
+    "add", "sub", "subtract", "rsub", "mul", "multiply", "neg", "negative", "positive", "abs", "absolute",
+    "remainder", "fmod", "floor_divide", "div", "divide", "clamp", "clip", "clamp_min", "clamp_max",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift", "bitwise_right_shift",
+    "maximum", "minimum", "sign", "sgn", "square", "pow", "relu", "__add__", "__radd__", "__sub__",
+    "__rsub__", "__mul__", "__rmul__", "__mod__", "__rmod__", "__floordiv__", "__rfloordiv__",
+    "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__", "__rlshift__",
+    "__rshift__", "__rrshift__", "__neg__", "__pos__", "__abs__", "__pow__", "__rpow__", "__invert__",
+)
+#: floating-point operations that may take integers as numbers (implicit casts)
+_NUMERIC = _ELEMENTWISE | _keys(
+    *SMOOTH_UNARY, *DIVISION, *REVERSE_DIVISION, *POWER, *EXTREMA, *BILINEAR_OPS, "true_divide", "hardtanh",
+    "leaky_relu", "relu6", "threshold", "linear", "sum", "mean", "cumsum",
+)
+
+
+# -- how the operations that move values take their operands ------------------------------------
+#: ``spec(args, kwargs, data, fill, condition)`` rebuilds a call with ``data`` applied to the operands
+#: whose values move into the result, ``fill`` to constants written into it, and ``condition`` to the
+#: masks that choose between them; None when the call has another form
+Mapper = Callable[[Any], Any]
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+Spec = Callable[[tuple[Any, ...], dict[str, Any], Mapper, Mapper, Mapper], "Call | None"]
+
+
+def _first(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    """op(t, ...): the values move from ``t``."""
+    if args:
+        return (data(args[0]), *args[1:]), kwargs
+    for name in ("input", "self"):
+        if name in kwargs:
+            return args, {**kwargs, name: data(kwargs[name])}
+    return None
+
+
+def _sequence(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    """cat / stack: every tensor of the sequence."""
+    sequence = args[0] if args else kwargs.get("tensors")
+    if not isinstance(sequence, (list, tuple)):
+        return None
+    moved = [data(t) for t in sequence]
+    return ((moved, *args[1:]), kwargs) if args else (args, {**kwargs, "tensors": moved})
+
+
+def _where(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    """torch.where(condition, input, other)."""
+    names = ("condition", "input", "other")
+    values = list(args) + [kwargs[n] for n in names[len(args) :] if n in kwargs]
+    if len(values) != 3:
+        return None  # where(condition): the indices of the true elements
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    return (condition(values[0]), data(values[1]), data(values[2])), rest
+
+
+def _where_method(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    """t.where(condition, other)."""
+    if len(args) < 3:
+        return None
+    return (data(args[0]), condition(args[1]), data(args[2]), *args[3:]), kwargs
+
+
+def _masked_fill(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    if len(args) >= 3:
+        return (data(args[0]), condition(args[1]), fill(args[2]), *args[3:]), kwargs
+    if len(args) == 2 and "value" in kwargs:
+        return (data(args[0]), condition(args[1])), {**kwargs, "value": fill(kwargs["value"])}
+    return None
+
+
+def _pad(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
+    """F.pad(input, pad, mode="constant", value=None): the padding is a constant."""
+    if not args:
+        return None
+    if len(args) >= 4:
+        return (data(args[0]), args[1], args[2], fill(args[3]), *args[4:]), kwargs
+    if "value" in kwargs:
+        return (data(args[0]), *args[1:]), {**kwargs, "value": fill(kwargs["value"])}
+    return (data(args[0]), *args[1:]), kwargs
+
+
+_MOVES: dict[Any, Spec] = {}
+for _fn in forms(
+    "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze", "unsqueeze",
+    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "contiguous", "clone",
+    "expand", "expand_as", "broadcast_to", "repeat", "tile", "repeat_interleave", "flip", "fliplr", "flipud",
+    "roll", "rot90", "narrow", "select", "diagonal", "split", "split_with_sizes", "chunk", "unbind",
+    "tensor_split", "hsplit", "vsplit", "dsplit", "__getitem__", "index_select", "gather", "take_along_dim",
+    "take", "tril", "triu", "atleast_1d", "atleast_2d", "atleast_3d", "masked_select", "detach",
+):
+    _MOVES[op_key(_fn)] = _first
+_MOVES[op_key(torch.Tensor.unfold)] = _first  # the sliding windows of a tensor, not F.unfold's patches
+for _name in ("T", "mT", "data"):
+    _MOVES[("getter", _name)] = _first
+for _fn in forms("cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack", "row_stack"):
+    _MOVES[op_key(_fn)] = _sequence
+_MOVES[op_key(torch.where)] = _where
+_MOVES[op_key(torch.Tensor.where)] = _where_method
+for _fn in forms("masked_fill"):
+    _MOVES[op_key(_fn)] = _masked_fill
+_MOVES[op_key(F.pad)] = _pad
+_MOVES[op_key(torch._C._nn.pad)] = _pad
+
+_GETITEM = op_key(torch.Tensor.__getitem__)
+_SETITEM = op_key(torch.Tensor.__setitem__)
+_INDEX_SELECT = _keys("index_select")
+_VIEW = _keys("view")
+_ONE_HOT = _keys("one_hot")
+_EMBEDDING = op_key(F.embedding)
+_TORCH_EMBEDDING = op_key(torch.embedding)
+_EMBEDDING_BAG = op_key(F.embedding_bag)
+_EMBEDDING_BAG_SIGNATURE = inspect.signature(F.embedding_bag)
+_EMBEDDING_SIGNATURE = inspect.signature(F.embedding)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.dtype == torch.bool
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _floating(value: Any) -> bool:
+    return isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+class Integers:
+    """The integer inputs of one pass: their positions, their uses, and their attribution leaves."""
+
+    def __init__(self, mode: AttributionMode) -> None:
+        self.mode = mode
+        self._followed: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        #: input index → {kind of use: the first operation that made it}
+        self.uses: dict[int, dict[str, str]] = {}
+        #: input index → why its positions were lost on the way to an embedding or a cast
+        self.unfollowable: dict[int, str] = {}
+        #: every embedding output and cast of a followed input (input pass only)
+        self.leaves: list[Leaf] = []
+        #: input index → its first id minus one (ids run over the followed inputs laid end to end)
+        self.offsets: dict[int, int] = {}
+        self.size = 0
+        self._user_grad = True
+        self._bypass = 0
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def follow(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
+        """Follow integer input ``index``; ``shadow`` is its explained samples' values (reference pass)."""
+        ids = torch.arange(self.size + 1, self.size + 1 + tensor.numel(), device=tensor.device).reshape(tensor.shape)
+        self.offsets[index] = self.size
+        self.size += tensor.numel()
+        self._followed[tensor] = Followed(frozenset((index,)), ids, shadow)
+        self.uses.setdefault(index, {})
+
+    def involves(self, leaves: Iterable[Any]) -> bool:
+        return not self._bypass and len(self._followed) > 0 and any(isinstance(leaf, Tensor) and leaf in self._followed for leaf in leaves)
+
+    def _get(self, value: Any) -> Followed | None:
+        return self._followed.get(value) if isinstance(value, Tensor) else None
+
+    def _all(self, values: Iterable[Any]) -> list[Followed]:
+        return [f for value in values if (f := self._get(value)) is not None]
+
+    def _use(self, followed: Iterable[Followed], kind: str, name: str) -> None:
+        """Record a use of the inputs behind ``followed`` (a mask's context use is a MASK use)."""
+        for f in followed:
+            for index in f.inputs:
+                self.uses.setdefault(index, {}).setdefault(MASK if kind == CONTEXT and f.mask else kind, name)
+
+    def _lose(self, followed: Followed, what: str) -> None:
+        for index in followed.inputs:
+            self.unfollowable.setdefault(index, f"{what} after {followed.via}")
+
+    def _register(self, value: Any, ids: Any, shadow: Any, followed: list[Followed], via: str = "") -> None:
+        """Record the integer outputs of an operation on ``followed`` (``ids``/``shadow`` mirror ``value``)."""
+        inputs = frozenset().union(*(f.inputs for f in followed))
+        mask = all(f.mask for f in followed)
+        via = via or next((f.via for f in followed if f.ids is None), "")
+        outs = tree_flatten(value)[0]
+        id_outs = tree_flatten(ids)[0] if ids is not None else [None] * len(outs)
+        shadow_outs = tree_flatten(shadow)[0] if shadow is not None else [None] * len(outs)
+        for out, out_ids, out_shadow in zip(outs, id_outs, shadow_outs, strict=True):
+            if isinstance(out, Tensor) and not _floating(out):
+                if out_ids is not None and tuple(out_ids.shape) != tuple(out.shape):
+                    out_ids, via = None, via or "an operation that changes the layout of the integers"
+                self._followed[out] = Followed(inputs, out_ids, out_shadow, via, mask)
+
+    def _substitute(self, args: tuple[Any, ...], kwargs: dict[str, Any], replace: Callable[[Tensor, Followed], Any]) -> Call:
+        flat, spec = tree_flatten((args, kwargs))
+        replaced = [replace(leaf, f) if (f := self._get(leaf)) is not None else leaf for leaf in flat]
+        new_args, new_kwargs = tree_unflatten(replaced, spec)
+        return new_args, new_kwargs
+
+    def _shadowed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """The call with every followed tensor replaced by its shadow (where it has one)."""
+        return self._substitute(args, kwargs, lambda leaf, f: f.shadow if f.shadow is not None else leaf)
+
+    def _shadow_of_call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's result on the explained samples' values; None when no operand has a shadow."""
+        if not any(f.shadow is not None for f in self._all(tree_flatten((args, kwargs))[0])):
+            return None
+        shadow_args, shadow_kwargs = self._shadowed(args, kwargs)
+        return func(*shadow_args, **shadow_kwargs)
+
+    @staticmethod
+    def _combined(followed: list[Followed], shape: torch.Size) -> Tensor | None:
+        """The ids of an elementwise result of ``followed`` operands: each element must come from
+        at most one input position (operands from other positions would make it a function of
+        several tokens). None when it does not."""
+        if not followed or any(f.ids is None for f in followed):
+            return None
+        ids = torch.broadcast_to(followed[0].ids, shape)  # type: ignore[arg-type]
+        for f in followed[1:]:
+            other = torch.broadcast_to(f.ids, shape)  # type: ignore[arg-type]
+            if bool(((ids != 0) & (other != 0) & (ids != other)).any()):
+                return None
+            ids = torch.where(ids != 0, ids, other)
+        return ids
+
+    @contextlib.contextmanager
+    def _through_mode(self) -> Iterator[None]:
+        """Run operations through the mode again (the floating-point path and its rules), with the
+        model's grad mode; followed integers left in them are used as they are."""
+        self._bypass += 1
+        try:
+            with torch.set_grad_enabled(self._user_grad), self.mode:
+                yield
+        finally:
+            self._bypass -= 1
+
+    # -- interception -----------------------------------------------------------------------------
+    def op(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool = True
+    ) -> tuple[bool, Any]:
+        """An operation with a followed integer operand: ``(True, result)`` when handled here,
+        ``(False, None)`` when the ordinary path runs it as it is. ``user_grad``: whether the
+        model runs it with gradients enabled (operations run through the mode again see that)."""
+        self._user_grad = user_grad
+        key = op_key(func)
+        if key in _META:
+            return True, func(*args, **kwargs)
+        tracked = any(self.mode.is_tracked(leaf) for leaf in leaves)
+        if key in _CONSTANT:
+            return (False, None) if tracked else (True, func(*args, **kwargs))
+        if key == _SETITEM:
+            return self._setitem(func, args, kwargs, tracked)
+        from .passes import _out_of_place  # the same in-place detection as the floating-point path
+
+        base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
+        if target is None:
+            return self._apply(func, args, kwargs, leaves, tracked)
+        if _floating(target):
+            # x.add_(ids), out=x: the integers enter a floating-point tensor as numbers
+            if key in _NUMERIC or op_key(base) in _NUMERIC:
+                return True, self._as_numbers(func, args, kwargs, self._all(leaves), op_name(func), target.dtype)
+            return self._other(func, args, kwargs, leaves, tracked, op_name(func))
+        handled, value = self._apply(base, base_args, base_kwargs, tree_flatten((base_args, base_kwargs))[0], tracked)
+        if not handled:
+            return False, None
+        followed = self._get(value)
+        target.copy_(value)
+        if followed is not None:
+            self._followed[target] = followed
+        elif target in self._followed:
+            del self._followed[target]
+        return True, target
+
+    def _apply(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool) -> tuple[bool, Any]:
+        key, name = op_key(func), op_name(func)
+        if key in _SHAPE_OF_OTHER and self._get(args[0] if args else None) is None:
+            return False, None  # x.expand_as(ids), x.type_as(ids): the integers lend their shape or dtype
+        if key in _CASTS:
+            return self._cast(func, args, kwargs, leaves, tracked, name)
+        if key in _COMPARISONS and not tracked:
+            return self._elementwise(func, args, kwargs, leaves, name, comparison=True)
+        if key in (_EMBEDDING, _TORCH_EMBEDDING):
+            return self._embedding(func, args, kwargs, leaves, tracked, name, key == _TORCH_EMBEDDING)
+        if key == _EMBEDDING_BAG:
+            result = self._bag(func, args, kwargs, name)
+            return (True, result) if result is not None else self._other(func, args, kwargs, leaves, tracked, name)
+        if key in _ONE_HOT:
+            return self._one_hot(func, args, kwargs, leaves, tracked, name)
+        if (key == _GETITEM or key in _INDEX_SELECT) and args and self._get(args[0]) is None:
+            return self._indexed_table(func, args, kwargs, leaves, tracked, name, key)
+        if key in _MOVES:
+            return self._move(func, args, kwargs, leaves, tracked, name, _MOVES[key])
+        if key in _NUMERIC:
+            value = func(*args, **kwargs)
+            dtype = _floating_dtype(value)
+            if dtype is not None:
+                return True, self._as_numbers(func, args, kwargs, self._all(leaves), name, dtype)
+            if key in _ELEMENTWISE:
+                return self._elementwise(func, args, kwargs, leaves, name, value=value)
+        return self._other(func, args, kwargs, leaves, tracked, name)
+
+    # -- kinds of operation -----------------------------------------------------------------------
+    def _other(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+        """A context use: the values are read in a way that cannot be followed to positions
+        (lengths, indices, reductions, a mask on floating-point values). Like a context input,
+        the followed tensors take the explained sample's values (their shadows) on both sides.
+        What a mask makes this way is context too; integers made from anything else are followed
+        as 'derived', so that an embedding or cast they reach can be refused by name."""
+        followed = self._all(leaves)
+        self._use(followed, CONTEXT, name)
+        shadow_args, shadow_kwargs = self._shadowed(args, kwargs)
+        if tracked:
+            with self._through_mode():
+                return True, func(*shadow_args, **shadow_kwargs)
+        value = func(*shadow_args, **shadow_kwargs)
+        if all(f.mask for f in followed):
+            return True, value
+        for out in tree_flatten(value)[0]:
+            if _floating(out):
+                for f in followed:
+                    self._lose(dataclasses.replace(f, via=f.via or name), f"{name} computes floating-point values from it")
+        self._register(value, None, None, followed, via=name)
+        return True, value
+
+    def _cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+        followed = self._get(args[0] if args else None)
+        if followed is None:
+            return (False, None) if tracked else (True, func(*args, **kwargs))  # x.to(ids): dtype and device only
+        value = func(*args, **kwargs)
+        if not isinstance(value, Tensor):
+            return True, value  # ids.type() → 'torch.LongTensor'
+        if _floating(value):
+            if followed.mask:  # a mask made from the ids, as floats: context
+                return self._other(func, args, kwargs, leaves, tracked, name)
+            return True, self._number(value, followed, name)
+        ids = None if followed.ids is None else followed.ids.to(value.device)
+        self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
+        return True, value
+
+    def _elementwise(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], name: str, comparison: bool = False, value: Any = None
+    ) -> tuple[bool, Any]:
+        """Elementwise integer operations and comparisons: each element of the result keeps the
+        input position of its operands (which must agree), computed on each side's own values."""
+        followed = self._all(leaves)
+        if value is None:
+            value = func(*args, **kwargs)
+        if not isinstance(value, Tensor):
+            return self._other(func, args, kwargs, leaves, False, name)
+        ids = self._combined(followed, value.shape)
+        shadow = self._shadow_of_call(func, args, kwargs)
+        if comparison:
+            followed = [dataclasses.replace(f, mask=True) for f in followed]
+        self._register(value, ids, shadow, followed, via="" if ids is not None or any(f.ids is None for f in followed) else name)
+        return True, value
+
+    def _move(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str, spec: Spec
+    ) -> tuple[bool, Any]:
+        """Values move (shape, index, pad, cat, where, masked_fill): the ids move the same way.
+        A mask made from the ids that chooses between values (``where(ids >= V, UNK, ids)``) is
+        computed on each side's own values: each element then depends on one position."""
+        data: list[Any] = []
+        conditions: list[Any] = []
+
+        def collect(into: list[Any]) -> Mapper:
+            def add(x: Any) -> Any:
+                into.append(x)
+                return x
+
+            return add
+
+        if spec(args, kwargs, collect(data), _identity, collect(conditions)) is None or self._view_as_dtype(func, args):
+            return self._other(func, args, kwargs, leaves, tracked, name)
+        moved = self._all(data)
+        choosing = self._all(conditions)
+        if not moved:  # the integers only index or mask what moves: a context use
+            return self._other(func, args, kwargs, leaves, tracked, name)
+        value = func(*args, **kwargs)
+        own_choice = bool(choosing) and _floating_dtype(value) is None and self._chooses_own(moved, choosing, value)
+        context = [
+            leaf
+            for leaf in leaves
+            if self._get(leaf) is not None and not any(leaf is x for x in data) and not (own_choice and any(leaf is x for x in conditions))
+        ]
+        if context and op_key(func) not in _SHAPE_OF_OTHER:
+            # an index made from followed integers, or a mask made from other positions or inputs (a
+            # padding mask): context, taken from the explained sample
+            self._use(self._all(context), CONTEXT, name)
+            args, kwargs = self._substitute(
+                args, kwargs, lambda leaf, f: f.shadow if f.shadow is not None and any(leaf is c for c in context) else leaf
+            )
+            value = func(*args, **kwargs)
+        dtype = _floating_dtype(value)
+        if dtype is not None:  # cat([x, ids]), where(c, ids, 0.5): the integers join floats as numbers
+            return True, self._as_numbers(func, args, kwargs, moved, name, dtype)
+        shadow = self._shadow_of_call(func, args, kwargs)
+        if own_choice:  # where(ids >= V, UNK, ids): each element a function of the id at its position
+            self._register(value, self._combined(moved + choosing, value.shape), shadow, moved)
+            return True, value
+        if any(f.ids is None for f in moved):
+            self._register(value, None, shadow, moved)
+            return True, value
+
+        def ids_of(x: Any) -> Any:
+            followed = self._get(x)
+            if followed is not None:
+                return followed.ids
+            if isinstance(x, Tensor):
+                return torch.zeros(x.shape, dtype=torch.int64, device=x.device)
+            return 0 if isinstance(x, (int, float, bool)) else x
+
+        def no_id(v: Any) -> Any:
+            return 0 if isinstance(v, (int, float, bool, Tensor)) else v
+
+        id_call = spec(args, kwargs, ids_of, no_id, _identity)
+        assert id_call is not None
+        self._register(value, func(*id_call[0], **id_call[1]), shadow, moved)
+        return True, value
+
+    def _chooses_own(self, moved: list[Followed], choosing: list[Followed], value: Any) -> bool:
+        """Whether the masks ``choosing`` between the ``moved`` ids are made from those same ids, at
+        the same positions (``where(ids >= V, UNK, ids)``, ``ids.masked_fill(ids < 0, 0)``)."""
+        if not isinstance(value, Tensor) or any(f.ids is None for f in moved + choosing):
+            return False
+        chosen = self._combined(moved, value.shape)
+        if chosen is None:
+            return False
+        for f in choosing:
+            mask_ids = torch.broadcast_to(f.ids, value.shape)  # type: ignore[arg-type]
+            if not bool(((mask_ids == 0) | (mask_ids == chosen)).all()):
+                return False
+        return True
+
+    @staticmethod
+    def _view_as_dtype(func: Any, args: tuple[Any, ...]) -> bool:
+        """``ids.view(torch.int32)`` reinterprets the bits: not a move."""
+        return op_key(func) in _VIEW and any(isinstance(a, torch.dtype) for a in args[1:])
+
+    def _as_numbers(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], numbers: list[Followed], name: str, dtype: torch.dtype) -> Any:
+        """Run ``func`` with its followed integer operands cast to ``dtype`` (the floating dtype of
+        its result, as torch's type promotion does), each cast a number leaf, and the operation
+        itself through its rule. Masks made from the ids, and integers that only index, are
+        context: they take the explained sample's values."""
+        casts: dict[int, Any] = {}
+
+        def replace(leaf: Tensor, followed: Followed) -> Any:
+            if id(leaf) not in casts:
+                if followed.mask or not any(followed is f for f in numbers):
+                    self._use([followed], CONTEXT, name)
+                    casts[id(leaf)] = followed.shadow if followed.shadow is not None else leaf
+                else:
+                    casts[id(leaf)] = self._number(leaf.to(dtype), followed, name)
+            return casts[id(leaf)]
+
+        new_args, new_kwargs = self._substitute(args, kwargs, replace)
+        with self._through_mode():
+            return func(*new_args, **new_kwargs)
+
+    def _number(self, value: Tensor, followed: Followed, name: str) -> Tensor:
+        """A followed integer tensor cast to floating point: attributed at the cast."""
+        if followed.ids is None:
+            self._lose(followed, f"it is used as a number ({name})")
+            self.mode.track(value)  # the pass goes on, to report every problem; the engine refuses
+            return value
+        self._use([followed], NUMBER, name)
+        return self._leaf(("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0)
+
+    def _token(self, key: Any, name: str, value: Tensor, followed: Followed, feature_dims: int) -> Tensor:
+        """The output of an embedding lookup of followed ids: attributed per token."""
+        if followed.ids is None:
+            self._lose(followed, f"it reaches an embedding ({name})")
+            self.mode.track(value)
+            return value
+        self._use([followed], TOKEN, name)
+        return self._leaf(key, name, value, followed.ids, feature_dims)
+
+    def _leaf(self, key: Any, name: str, value: Tensor, ids: Tensor, feature_dims: int) -> Tensor:
+        """Reference pass: record ``value``; input pass: make it a leaf and remember where it goes."""
+        mode = self.mode
+        shapes = (tuple(value.shape),)
+        if not mode.replay:
+            mode.tape.append(TapeEntry(key, name, (), shapes, [value.detach().clone()]))
+            mode.track(value)
+            return value
+        entry = mode.tape.take(key, name, (), shapes)
+        assert entry.references is not None
+        leaf = value.detach().requires_grad_(True)
+        self.leaves.append(Leaf(ids, leaf, entry.references[0], feature_dims))
+        output = leaf.clone()
+        mode.track(output)
+        return output
+
+    def _embedding(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str, swapped: bool
+    ) -> tuple[bool, Any]:
+        if swapped:  # torch.embedding(weight, indices, ...)
+            weight = args[0] if args else kwargs.get("weight")
+            indices = args[1] if len(args) > 1 else kwargs.get("indices")
+            max_norm = None
+        else:
+            try:
+                bound = _EMBEDDING_SIGNATURE.bind(*args, **kwargs)
+            except TypeError:
+                return self._other(func, args, kwargs, leaves, tracked, name)
+            weight, indices, max_norm = bound.arguments.get("weight"), bound.arguments.get("input"), bound.arguments.get("max_norm")
+        followed = self._get(indices)
+        if followed is None or not _floating(weight) or self.mode.is_tracked(weight):
+            return self._other(func, args, kwargs, leaves, tracked, name)
+        if max_norm is not None:
+            self.mode._refuse(
+                name,
+                "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up, which "
+                "differ between the reference and input passes; renormalise the table once and drop max_norm",
+            )
+        return True, self._token(func, name, func(*args, **kwargs), followed, 1)
+
+    def _indexed_table(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str, key: Any
+    ) -> tuple[bool, Any]:
+        """``table[ids]`` or ``table.index_select(0, ids)`` on a table that does not depend on the
+        explained inputs: an embedding lookup (a floating table) or a mapping of the ids (an
+        integer table)."""
+        table = args[0]
+        if key == _GETITEM:
+            indices = args[1] if len(args) > 1 else None
+        else:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            indices = (args[2] if len(args) > 2 else kwargs.get("index")) if dim == 0 else None
+        followed = self._get(indices)
+        if followed is None or not isinstance(table, Tensor) or self.mode.is_tracked(table) or followed.mask and followed.ids is not None and _is_bool(indices):
+            return self._other(func, args, kwargs, leaves, tracked, name)
+        value = func(*args, **kwargs)
+        extra = table.dim() - 1
+        if _floating(table):
+            return True, self._token(func, name, value, followed, extra)
+        ids = None if followed.ids is None else followed.ids.reshape(*followed.ids.shape, *([1] * extra)).expand(value.shape)
+        self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
+        return True, value
+
+    def _one_hot(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+        followed = self._get(args[0] if args else kwargs.get("input"))
+        if followed is None:
+            return self._other(func, args, kwargs, leaves, tracked, name)
+        value = func(*args, **kwargs)
+        ids = None if followed.ids is None else followed.ids.unsqueeze(-1).expand(value.shape)
+        self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
+        return True, value
+
+    def _setitem(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], tracked: bool) -> tuple[bool, Any]:
+        """``t[index] = value`` with followed integers on either side, or in the index."""
+        name = op_name(func)
+        target, index, value = args[0], args[1], args[2]
+        target_f, value_f = self._get(target), self._get(value)
+        index_f = self._get(index)
+        if index_f is not None and index.dtype == torch.bool and not _floating(target) and tuple(index.shape) == tuple(target.shape):
+            # ids[ids >= V] = UNK: the masked_fill of the same positions
+            handled, result = self._move(torch.Tensor.masked_fill, (target, index, value), {}, [target, index, value], tracked, name, _masked_fill)
+            if handled and isinstance(result, Tensor):
+                filled = self._get(result)
+                target.copy_(result)
+                if filled is not None:
+                    self._followed[target] = filled
+                return True, None
+        others = self._all(tree_flatten(index)[0])
+        if others:
+            self._use(others, CONTEXT, name)
+            index = self._shadowed((index,), {})[0][0]
+        if _floating(target) or tracked or (target_f is None and value_f is None):
+            if value_f is not None:
+                if _floating(target):
+                    value = self._as_numbers(torch.Tensor.to, (value, target.dtype), {}, [value_f], name, target.dtype)
+                else:
+                    self._use([value_f], CONTEXT, name)
+            if tracked:
+                with self._through_mode():
+                    func(target, index, value)
+                return True, None
+            return True, func(target, index, value)
+        followed = [f for f in (target_f, value_f) if f is not None]
+        if any(f.ids is None for f in followed):
+            func(target, index, value)
+            self._register(target, None, None, followed)
+            return True, None
+        ids = target_f.ids.clone() if target_f is not None and target_f.ids is not None else torch.zeros(target.shape, dtype=torch.int64, device=target.device)
+        ids[index] = value_f.ids if value_f is not None and value_f.ids is not None else 0
+        shadow = None
+        if any(f.shadow is not None for f in followed):
+            shadow = (target_f.shadow if target_f is not None and target_f.shadow is not None else target).clone()
+            shadow[index] = value_f.shadow if value_f is not None and value_f.shadow is not None else value
+        func(target, index, value)
+        self._register(target, ids, shadow, followed)
+        return True, None
+
+    # -- embedding bags ---------------------------------------------------------------------------
+    def _bag(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Tensor | None:
+        """``F.embedding_bag`` as the lookup of every token (a leaf), its weight, and the bag's
+        sum, mean or max, run through their rules, so that each token gets its share. The tokens
+        ``padding_idx`` leaves out are the explained sample's, on both sides (like a padding mask)."""
+        try:
+            bound = _EMBEDDING_BAG_SIGNATURE.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        a = bound.arguments
+        tokens, weight, offsets = a["input"], a["weight"], a["offsets"]
+        followed = self._get(tokens)
+        if followed is None or not _floating(weight) or self.mode.is_tracked(weight):
+            return None
+        value = func(*args, **kwargs)  # torch checks the arguments
+        if followed.ids is None:
+            self._lose(followed, f"it reaches an embedding bag ({name})")
+            self.mode.track(value)
+            return value
+        if a["max_norm"] is not None:
+            self.mode._refuse(name, "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up; drop it")
+            return value
+        offsets_f = self._get(offsets)
+        if offsets_f is not None:
+            self._use([offsets_f], CONTEXT, name)
+            offsets = offsets_f.shadow if offsets_f.shadow is not None else offsets
+        bag_mode, weights, padding_idx = a["mode"], a["per_sample_weights"], a["padding_idx"]
+        device = tokens.device
+        n = tokens.numel()
+        position = torch.arange(n, device=device)
+        if tokens.dim() == 2:
+            bags, width = tokens.shape
+            bag = position // max(width, 1)
+            within = position % max(width, 1)
+            keep = torch.ones(n, dtype=torch.bool, device=device)
+        else:
+            assert isinstance(offsets, Tensor)
+            starts = offsets.to(torch.int64)
+            if a["include_last_offset"]:
+                ends, starts = starts[1:], starts[:-1]
+            else:
+                ends = torch.cat([starts[1:], torch.tensor([n], device=device)])
+            bags = int(starts.numel())
+            bag = (torch.searchsorted(starts, position, right=True) - 1).clamp(min=0)
+            within = position - starts[bag]
+            keep = (position >= starts[bag]) & (position < ends[bag]) if bags else torch.zeros(n, dtype=torch.bool, device=device)
+        if padding_idx is not None:
+            pad = padding_idx + weight.shape[0] if padding_idx < 0 else padding_idx
+            shadow = followed.shadow if followed.shadow is not None else tokens
+            keep = keep & (shadow.reshape(-1) != pad)  # the explained sample's padding, on both sides
+        assert followed.ids is not None
+        looked_up = self._token(func, name, F.embedding(tokens.reshape(-1), weight), dataclasses.replace(followed, ids=followed.ids.reshape(-1)), 1)
+        dim, dtype = weight.shape[1], weight.dtype
+        with self._through_mode():
+            if bag_mode in ("sum", "mean"):
+                coefficient = keep.to(dtype)
+                if weights is not None:
+                    coefficient = weights.reshape(-1) * coefficient
+                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(0, bag, looked_up * coefficient.unsqueeze(-1))
+                if bag_mode == "mean":
+                    count = torch.zeros(bags, dtype=dtype, device=device).index_add(0, bag, keep.to(dtype))
+                    result = result / count.clamp(min=1).unsqueeze(-1)
+                return result
+            kept = keep.nonzero().squeeze(1)
+            length = int(within[kept].max()) + 1 if kept.numel() else 0
+            if length == 0:
+                return torch.zeros(bags, dim, dtype=dtype, device=device)
+            fill = float(weight.detach().min()) - 1.0  # below every row: never a bag's maximum, equal on both sides
+            slots = bag[kept] * length + within[kept]
+            padded = torch.full((bags * length, dim), fill, dtype=dtype, device=device).index_copy(0, slots, looked_up[kept])
+            maxima = padded.reshape(bags, length, dim).amax(1)
+            nonempty = torch.zeros(bags, dtype=torch.bool, device=device).index_fill(0, bag[kept], True)
+            return torch.where(nonempty.unsqueeze(-1), maxima, torch.zeros((), dtype=dtype, device=device))
+
+
+__all__ = ["Followed", "Integers", "Leaf", "TOKEN", "NUMBER", "MASK", "CONTEXT"]

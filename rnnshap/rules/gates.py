@@ -1,0 +1,182 @@
+r"""Comparisons used as gates: ``torch.where(x >= 0, f(x), g(x))`` (minGRU's ``g``).
+
+A comparison is a step of the difference of its operands, :math:`c = 1[d \ge 0]` with
+:math:`d = u - v` (any comparison: ``>=``, ``>``, ``<=``, ``<``, ``==``, ``!=``). As a unary function
+of :math:`d` it has the exact Rescale multiplier :math:`m = (c - c_r) / (d - d_r)` (0 where the
+step does not change). ``torch.where(c, a, b) = b + c\,(a - b)`` is an elementwise function of
+the step and the branches, attributed by exact Shapley over those of them that depend on the
+input. Every rule in the chain is exact, so the chain is: for ``where(cond(x), f(x), g(x))`` with
+elementwise ``f``, ``g`` and ``cond`` every path ends on the same element of ``x``, and the total
+multiplier is the Rescale multiplier of the piecewise function :math:`h` itself,
+:math:`(h(x) - h(r)) / (x - r)`.
+
+The comparison returns the bool mask the model asks for; the step (a float tensor carrying the
+multiplier) and the reference side's mask are kept beside it, in :data:`GATES`, for the ``where``
+that consumes it. Any other use of the mask (``mask.float()``, ``x * mask``, ``~mask``) has no
+rule here and must stay refused by the engine.
+
+These rules need the engine's cooperation (the mask is a bool result of a rule on an
+input-dependent tensor, whose uses the engine refuses): :func:`gate_rules` returns the table to
+register once the engine lets a rule with ``takes_gate`` claim such a use; see
+``docs/custom_rules.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .base import OpCall, Rule
+from .elementwise import shapley_multipliers, with_multipliers
+
+Tensor = torch.Tensor
+
+COMPARISONS = ("ge", "gt", "le", "lt", "eq", "ne", "greater_equal", "greater", "less_equal", "less", "not_equal")
+COMPARISON_DUNDERS = ("__ge__", "__gt__", "__le__", "__lt__", "__eq__", "__ne__")
+
+
+@dataclass
+class Gate:
+    """What a comparison of input-dependent values leaves for the ``where`` that uses its mask."""
+
+    name: str
+    #: the mask on the reference side (None in the reference pass, where only the marker matters)
+    reference: Tensor | None = None
+    #: the mask as 0/1 floats, whose gradient is the step's Rescale multiplier (input pass only)
+    step: Tensor | None = None
+
+
+#: bool masks made by :class:`Comparison` → their :class:`Gate` (weakly keyed: dropped with the mask)
+GATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def gate_of(value: Any) -> Gate | None:
+    """The :class:`Gate` of a mask made by :class:`Comparison`, or None."""
+    if not isinstance(value, Tensor):
+        return None
+    return GATES.get(value)
+
+
+def _as(value: Any, dtype: torch.dtype) -> Tensor:
+    """``value`` (a tensor, keeping its graph, or a number) as a tensor of ``dtype``."""
+    return value.to(dtype) if isinstance(value, Tensor) else torch.tensor(value, dtype=dtype)
+
+
+def _float_dtype(call: OpCall) -> torch.dtype:
+    return next(t.dtype for t in call.inputs if t.is_floating_point())
+
+
+class Comparison(Rule):
+    r"""A comparison of input-dependent values, as the step of the difference of its operands.
+
+    Returns the comparison's bool mask, and records beside it (:data:`GATES`) the reference
+    side's mask and the step as 0/1 floats, whose gradient is the exact Rescale multiplier
+    :math:`(c - c_r)/(d - d_r)` on :math:`d = u - v` (0 where the mask does not change).
+    """
+
+    advice = "comparison"
+    reason = "it compares input-dependent values; its result is a step function of the input"
+
+    def refusal(self, call: OpCall) -> str | None:
+        args = call.args
+        if len(args) != 2 or call.kwargs:
+            return "a comparison is attributed with its two operands given by position"
+        return None
+
+    def reference(self, call: OpCall) -> Any:
+        mask = call.fn(*call.args, **call.kwargs)
+        GATES[mask] = Gate(call.name)
+        return mask
+
+    def attribute(self, call: OpCall) -> Any:
+        (u, v), (u_ref, v_ref) = call.args, call.ref_args
+        with torch.no_grad():
+            mask = call.fn(*call.args)
+            mask_ref = call.fn(*call.ref_args)
+        dtype = _float_dtype(call)
+        difference = _as(u, dtype) - _as(v, dtype)
+        difference_ref = _as(u_ref, dtype) - _as(v_ref, dtype)
+        step, step_ref = mask.to(dtype), mask_ref.to(dtype)
+        moved = step != step_ref
+        gap = difference.detach() - difference_ref
+        multiplier = torch.where(moved, (step - step_ref) / torch.where(moved, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+        GATES[mask] = Gate(call.name, mask_ref, with_multipliers(step, [difference], [multiplier.expand(step.shape)]))
+        return mask
+
+
+def _where_parts(call: OpCall) -> tuple[Any, Any, Any]:
+    """(condition, input, other) of ``torch.where(condition, input, other)`` or ``input.where(condition, other)``."""
+    args, kwargs = call.args, call.kwargs
+    if getattr(call.fn, "__qualname__", "").startswith(("Tensor.", "TensorBase.")) or call.fn is torch.Tensor.where:
+        input_, condition = args[0], args[1] if len(args) > 1 else kwargs["condition"]
+        other = args[2] if len(args) > 2 else kwargs.get("other", kwargs.get("y"))
+        return condition, input_, other
+    condition = args[0] if args else kwargs["condition"]
+    input_ = args[1] if len(args) > 1 else kwargs.get("input", kwargs.get("self", kwargs.get("x")))
+    other = args[2] if len(args) > 2 else kwargs.get("other", kwargs.get("y"))
+    return condition, input_, other
+
+
+class Where(Rule):
+    r"""``torch.where(condition, a, b)``: linear in the branches for a condition that does not depend
+    on the input (a mask); exact Shapley over the step and the input-dependent branches when the
+    condition is a :class:`Comparison` of input-dependent values (a gate).
+    """
+
+    def takes_gate(self, call: OpCall) -> bool:
+        """Whether this call uses a gate's mask as its condition, and only there (asked by the engine)."""
+        condition, input_, other = _where_parts(call)
+        return gate_of(condition) is not None and gate_of(input_) is None and gate_of(other) is None
+
+    def is_linear(self, call: OpCall) -> bool:
+        return gate_of(_where_parts(call)[0]) is None
+
+    def refusal(self, call: OpCall) -> str | None:
+        condition, input_, other = _where_parts(call)
+        if gate_of(input_) is not None or gate_of(other) is not None:
+            return "it uses a comparison's mask as a value, not as the condition"
+        if call.is_tracked_value(condition):
+            return "its condition is a floating-point tensor"
+        return None
+
+    def reference(self, call: OpCall) -> Any:
+        condition, input_, other = _where_parts(call)
+        return torch.where(condition, input_, other)
+
+    def attribute(self, call: OpCall) -> Any:
+        condition, input_, other = _where_parts(call)
+        gate = gate_of(condition)
+        if gate is None or gate.step is None or gate.reference is None:
+            raise ValueError(f"{call.name}: the condition's comparison was not attributed in this pass")
+        sides = {id(call.leaves[i]): call.ref_leaves[i] for i in call.tracked}
+        branches = [(input_, sides.get(id(input_))), (other, sides.get(id(other)))]
+        players = [gate.step] + [side for side, ref in branches if ref is not None]
+        references = [gate.reference.to(gate.step.dtype)] + [ref for _, ref in branches if ref is not None]
+
+        def where(p: list[Tensor]) -> Tensor:
+            rest = iter(p[1:])
+            chosen = [next(rest) if ref is not None else side for side, ref in branches]
+            # + 0 · step: the step's derivative (asked for where it does not change) is 0, not missing
+            return torch.where(p[0] > 0.5, chosen[0], chosen[1]) + 0 * p[0]
+
+        output, _, multipliers = shapley_multipliers(where, players, references, smooth=False)
+        return with_multipliers(output, players, multipliers)
+
+
+def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
+    """Operation → rule for gates: the comparisons and ``where`` (see the module docstring)."""
+    table: dict[Any, Rule] = {}
+    comparison, where = Comparison(), Where()
+    for fn in forms(*COMPARISONS):
+        table[fn] = comparison
+    for name in COMPARISON_DUNDERS:
+        table[getattr(torch.Tensor, name)] = comparison
+    for fn in forms("where"):
+        table[fn] = where
+    return table
+
+
+__all__ = ["COMPARISONS", "COMPARISON_DUNDERS", "GATES", "Comparison", "Gate", "Where", "gate_of", "gate_rules"]

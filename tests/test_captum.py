@@ -1,0 +1,394 @@
+"""rnnshap.captum: Captum's DeepLift / DeepLiftShap call, answered by rnnshap's exact rules.
+
+Where Captum's rules are exact too (linear layers and hooked nn.ReLU / nn.Tanh modules) the values
+equal Captum's; on recurrent layers Captum's convergence delta is large and rnnshap's is rounding.
+Shapes, dtypes, devices and the tensor/tuple form of the results follow Captum's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+import rnnshap.captum
+from rnnshap.captum import DeepLift, DeepLiftShap
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Setting forward, backward hooks:UserWarning", "ignore:Input Tensor .* did not already require gradients:UserWarning"
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+@pytest.fixture(scope="module")
+def captum_attr() -> Any:
+    return pytest.importorskip("captum.attr")
+
+
+def mlp(activation: type[nn.Module], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Linear layers and activation modules only: Captum's DeepLIFT rules are exact on it too."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), activation(), nn.Linear(12, 8), activation(), nn.Linear(8, 3)).eval().to(dtype)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, layer: type[nn.RNNBase] = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn = layer(4, 12, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def recurrent(layer: type[nn.RNNBase] = nn.LSTM) -> nn.Module:
+    torch.manual_seed(0)
+    return Recurrent(layer).eval()
+
+
+class TwoInputs(nn.Module):
+    """forward(x, y, scale=..., mode=...): two attributed inputs and additional arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 8), nn.Linear(3, 8)
+        self.relu, self.tanh = nn.ReLU(), nn.Tanh()
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, scale: Any = 1.0, mode: str = "sum") -> torch.Tensor:
+        hidden = self.relu(self.a(x)) + self.tanh(self.b(y)) if mode == "sum" else self.relu(self.a(x))
+        return self.out(hidden) * scale
+
+
+def two_inputs() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoInputs().eval()
+
+
+def data(*shape: int, n: int = 5, baselines: int = 4, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, *shape, generator=generator, dtype=dtype), torch.randn(baselines, *shape, generator=generator, dtype=dtype)
+
+
+def assert_close(ours: Any, theirs: Any, atol: float) -> None:
+    if isinstance(theirs, tuple):
+        assert isinstance(ours, tuple) and len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert_close(a, b, atol)
+        return
+    assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=0, atol=atol)
+
+
+# -- values: equal to Captum's where Captum's rules are exact -------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
+def test_deeplift_shap_equals_captum_on_an_mlp(captum_attr: Any, activation: type[nn.Module], dtype: torch.dtype) -> None:
+    model = mlp(activation, dtype)
+    x, background = data(6, n=6, baselines=5, dtype=dtype)
+    targets = [0, 2, 1, 1, 0, 2]
+    ours, delta = DeepLiftShap(model).attribute(x, baselines=background, target=targets, return_convergence_delta=True)
+    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(x, baselines=background, target=targets, return_convergence_delta=True)
+    assert_close(ours, theirs, TOLERANCE[dtype])
+    assert_close(delta, their_delta, TOLERANCE[dtype])
+    # and it is DeepExplainer's DeepSHAP, value for value
+    same = DeepLiftShap(model).attribute(x, baselines=background, target=1)
+    expected = rnnshap.DeepExplainer(model, background).shap_values(x, outputs=[1])[..., 0]
+    np.testing.assert_allclose(same.numpy(), expected, rtol=0, atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
+@pytest.mark.parametrize("baselines", ["none", "scalar", "one_row", "zeros_like", "per_row"])
+def test_deeplift_equals_captum_on_an_mlp(captum_attr: Any, activation: type[nn.Module], dtype: torch.dtype, baselines: str) -> None:
+    model = mlp(activation, dtype)
+    x, background = data(6, n=6, baselines=6, dtype=dtype)
+    given = {"none": None, "scalar": 0.25, "one_row": background[:1], "zeros_like": torch.zeros_like(x), "per_row": background}[baselines]
+    ours, delta = DeepLift(model).attribute(x, baselines=given, target=2, return_convergence_delta=True)
+    theirs, their_delta = captum_attr.DeepLift(model).attribute(x, baselines=given, target=2, return_convergence_delta=True)
+    assert_close(ours, theirs, TOLERANCE[dtype])
+    assert_close(delta, their_delta, TOLERANCE[dtype])
+
+
+def test_deeplift_pairs_each_row_with_its_own_baseline(captum_attr: Any) -> None:
+    """Per-row baselines give each row DeepLIFT against its own baseline row, not an average."""
+    model = mlp(nn.ReLU, torch.float64)
+    x, background = data(6, n=4, baselines=4, dtype=torch.float64)
+    per_row = DeepLift(model).attribute(x, baselines=background, target=0)
+    for i in range(4):
+        alone = DeepLift(model).attribute(x[i : i + 1], baselines=background[i : i + 1], target=0)
+        np.testing.assert_allclose(per_row[i : i + 1].numpy(), alone.numpy(), rtol=0, atol=1e-12)
+
+
+# -- recurrent layers: rnnshap adds up, Captum does not ---------------------------------------------------
+@pytest.mark.parametrize("layer", [nn.LSTM, nn.GRU], ids=["lstm", "gru"])
+def test_on_recurrent_layers_the_delta_is_rounding_where_captums_is_not(captum_attr: Any, layer: type[nn.RNNBase]) -> None:
+    model = recurrent(layer)
+    x, background = data(7, 4, n=4, baselines=3)
+    ours, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
+    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
+    assert delta.shape == their_delta.shape == (4 * 3,)
+    assert delta.abs().max() < 1e-5
+    # A documented fact, not a wish: Captum takes plain gradients through the gates of nn.LSTM / nn.GRU
+    # (it hooks activation modules only), so its attributions miss f(x) - f(b) by percents.
+    assert their_delta.abs().max() > 1e-2
+    assert (ours - theirs).abs().max() > 1e-3
+    single, single_delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
+    _, captum_single_delta = captum_attr.DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
+    assert single_delta.abs().max() < 1e-5 and captum_single_delta.abs().max() > 1e-2
+    # the attributions of every row add up to f(x) - f(b) for its own baseline
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(background[:1])[:, 1]
+    np.testing.assert_allclose(single.sum((1, 2)).numpy(), gap.numpy(), rtol=0, atol=1e-5)
+
+
+def test_the_delta_of_deeplift_shap_is_each_pairs_own() -> None:
+    """With the delta, DeepLiftShap runs every (row, baseline) pair as a pair: its delta is that pair's
+    DeepLift delta, in Captum's order (row-major), and its values are the mean of the pairs'."""
+    model = recurrent().double()
+    x, background = data(6, 4, n=3, baselines=4, dtype=torch.float64)
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=2, return_convergence_delta=True)
+    plain = DeepLiftShap(model).attribute(x, baselines=background, target=2)
+    np.testing.assert_allclose(values.numpy(), plain.numpy(), rtol=0, atol=1e-12)
+    rows, references = x.repeat_interleave(4, dim=0), background.repeat(3, 1, 1)
+    pairs, pair_delta = DeepLift(model).attribute(rows, baselines=references, target=2, return_convergence_delta=True)
+    np.testing.assert_allclose(values.numpy(), pairs.reshape(3, 4, 6, 4).mean(1).numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(delta.numpy(), pair_delta.numpy(), rtol=0, atol=1e-12)
+    assert delta.abs().max() < 1e-12
+    # a pair's delta is its own: Σφ of pair (i, j) - (f(x_i) - f(b_j))
+    with torch.no_grad():
+        gap = model(rows)[:, 2] - model(references)[:, 2]
+    np.testing.assert_allclose(pairs.sum((1, 2)).numpy() - gap.numpy(), delta.numpy(), rtol=0, atol=1e-12)
+
+
+# -- shapes, dtypes, devices, forms ----------------------------------------------------------------------
+class SequenceOutput(nn.Module):
+    """Outputs (N, T, K): targets are tuples (t, k)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.relu, self.out = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.relu(self.inner(x)))
+
+
+class OneOutput(nn.Module):
+    """Outputs (N,) or (N, 1): no target needed."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__()
+        self.inner, self.relu, self.out, self.keep = nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 1), keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.out(self.relu(self.inner(x)))
+        return y if self.keep else y[:, 0]
+
+
+def _sequence_output() -> nn.Module:
+    torch.manual_seed(0)
+    return SequenceOutput().eval()
+
+
+def _one_output(keep: bool) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return OneOutput(keep).eval()
+
+    return make
+
+
+TARGETS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], Any]] = [
+    ("int", lambda: mlp(nn.ReLU), (6,), 1),
+    ("negative int", lambda: mlp(nn.ReLU), (6,), -1),
+    ("one-element tensor", lambda: mlp(nn.ReLU), (6,), torch.tensor(2)),
+    ("list of ints", lambda: mlp(nn.ReLU), (6,), [0, 1, 2, 1, 0]),
+    ("tensor per sample", lambda: mlp(nn.ReLU), (6,), torch.tensor([2, 2, 0, 1, 0])),
+    ("tuple", _sequence_output, (7, 4), (3, 2)),
+    ("list of tuples", _sequence_output, (7, 4), [(0, 1), (6, 2), (3, 0), (3, 0), (1, 1)]),
+    ("None, (N,) output", _one_output(False), (6,), None),
+    ("None, (N, 1) output", _one_output(True), (6,), None),
+]
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+@pytest.mark.parametrize(("make", "shape", "target"), [t[1:] for t in TARGETS], ids=[t[0] for t in TARGETS])
+def test_every_target_form_gives_captums_values_and_shapes(captum_attr: Any, method: str, make: Callable[[], nn.Module], shape: tuple[int, ...], target: Any) -> None:
+    model = make()
+    x, background = data(*shape, n=5, baselines=3)
+    baselines = background if method == "DeepLiftShap" else background[:1]
+    ours, delta = getattr(rnnshap.captum, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
+    theirs, their_delta = getattr(captum_attr, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
+    assert_close(ours, theirs, 1e-5)
+    assert delta.shape == their_delta.shape and delta.dtype == their_delta.dtype and delta.device == their_delta.device
+    assert delta.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+@pytest.mark.parametrize("form", ["tensor", "tuple of one", "tuple of two"])
+def test_tensor_in_tensor_out_tuple_in_tuple_out(captum_attr: Any, method: str, form: str) -> None:
+    if form == "tuple of two":
+        model = two_inputs()
+        (x, bx), (y, by) = data(5, n=4, baselines=3), data(3, n=4, baselines=3)
+        inputs: Any = (x, y)
+        baselines: Any = (bx, by) if method == "DeepLiftShap" else (bx[:1], 0.5)
+    else:
+        model = mlp(nn.Tanh)
+        x, bx = data(6, n=4, baselines=3)
+        inputs = x if form == "tensor" else (x,)
+        one = bx if method == "DeepLiftShap" else bx[:1]
+        baselines = one if form == "tensor" else (one,)
+    ours = getattr(rnnshap.captum, method)(model).attribute(inputs, baselines=baselines, target=1)
+    theirs = getattr(captum_attr, method)(model).attribute(inputs, baselines=baselines, target=1)
+    assert type(ours) is type(theirs)
+    assert_close(ours, theirs, 1e-5)
+    for tensor, given in zip(ours if isinstance(ours, tuple) else (ours,), inputs if isinstance(inputs, tuple) else (inputs,), strict=True):
+        assert tensor.device == given.device and not tensor.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_results_come_back_on_the_inputs_device() -> None:
+    model = recurrent().cuda()
+    x, background = (t.cuda() for t in data(5, 4, n=3, baselines=3))
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
+    assert values.device == x.device == delta.device and values.dtype == torch.float32 and values.shape == x.shape
+    values, delta = DeepLift(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
+    assert values.device == x.device == delta.device and delta.abs().max() < 1e-5
+
+
+def test_baselines_may_be_a_callable(captum_attr: Any) -> None:
+    model = mlp(nn.ReLU)
+    x, background = data(6, n=3, baselines=4)
+    for baselines in (lambda: background, lambda inputs: background + 0 * inputs[:1]):
+        ours = DeepLiftShap(model).attribute(x, baselines=baselines, target=0)
+        theirs = captum_attr.DeepLiftShap(model).attribute(x, baselines=baselines, target=0)
+        assert_close(ours, theirs, 1e-5)
+
+
+# -- additional_forward_args -----------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+@pytest.mark.parametrize("extra", ["constants", "a tensor per row", "a single tensor"])
+def test_additional_forward_args_are_passed_and_not_attributed(captum_attr: Any, method: str, extra: str) -> None:
+    model = two_inputs().double()
+    (x, bx), (y, by) = data(5, n=4, baselines=3, dtype=torch.float64), data(3, n=4, baselines=3, dtype=torch.float64)
+    scale = torch.linspace(0.5, 2.0, 4, dtype=torch.float64)[:, None]
+    args = {"constants": (2.0, "sum"), "a tensor per row": (scale, "sum"), "a single tensor": scale}[extra]
+    baselines = (bx, by) if method == "DeepLiftShap" else (bx[2:3], by[2:3])
+    ours, delta = getattr(rnnshap.captum, method)(model).attribute(
+        (x, y), baselines=baselines, target=[0, 1, 1, 0], additional_forward_args=args, return_convergence_delta=True
+    )
+    # Captum's DeepLiftShap iterates a bare tensor argument row by row (its DeepLift takes it): give it a tuple
+    their_args = (args,) if method == "DeepLiftShap" and not isinstance(args, tuple) else args
+    theirs, their_delta = getattr(captum_attr, method)(model).attribute(
+        (x, y), baselines=baselines, target=[0, 1, 1, 0], additional_forward_args=their_args, return_convergence_delta=True
+    )
+    assert_close(ours, theirs, 1e-10)
+    assert_close(delta, their_delta, 1e-10)
+    # the argument changes the values: row i's scale multiplies row i's attributions
+    unscaled = getattr(rnnshap.captum, method)(model).attribute((x, y), baselines=baselines, target=[0, 1, 1, 0])
+    factor = 2.0 if extra == "constants" else scale
+    np.testing.assert_allclose(ours[0].numpy(), (unscaled[0] * factor).numpy(), rtol=0, atol=1e-12)
+
+
+class Packed(nn.Module):
+    """An LSTM over packed sequences, with lengths and token ids given as additional arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(10, 3)
+        self.lstm = nn.LSTM(4 + 3, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([x, self.embedding(tokens)], -1)
+        packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return self.head(h[-1])
+
+
+def test_integer_additional_args_are_context_row_by_row() -> None:
+    """Lengths and token ids in additional_forward_args are used as given, row by row, on both sides of
+    every pair (even when they feed an embedding): the attributions of each pair add up."""
+    torch.manual_seed(0)
+    model = Packed().eval()
+    x, background = data(6, 4, n=4, baselines=3)
+    lengths, tokens = torch.tensor([6, 3, 5, 2]), torch.randint(0, 10, (4, 6), generator=torch.Generator().manual_seed(2))
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    assert delta.shape == (12,) and delta.abs().max() < 1e-5
+    assert values[1, 3:].abs().max() == 0 and values[3, 2:].abs().max() == 0  # steps past a row's length
+    values, delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    assert delta.abs().max() < 1e-5
+    # per-row baselines with per-row arguments: each row is its own pair
+    _, delta = DeepLift(model).attribute(x, baselines=torch.cat([background, background[:1]]), target=0, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    assert delta.shape == (4,) and delta.abs().max() < 1e-5
+
+
+def test_compute_convergence_delta_is_captums(captum_attr: Any) -> None:
+    model = recurrent()
+    x, background = data(5, 4, n=3, baselines=3)
+    values = DeepLift(model).attribute(x, baselines=background, target=[0, 1, 2])
+    ours = DeepLift(model).compute_convergence_delta(values, background, x, target=[0, 1, 2])
+    theirs = captum_attr.DeepLift(model).compute_convergence_delta(values, background, x, target=[0, 1, 2])
+    assert_close(ours, theirs, 1e-6)
+
+
+# -- what is refused ----------------------------------------------------------------------------------------
+def test_what_is_refused_is_refused_clearly() -> None:
+    model = mlp(nn.ReLU)
+    x, background = data(6, n=3, baselines=3)
+    with pytest.raises(ValueError, match="multiply_by_inputs=True only"):
+        DeepLift(model, multiply_by_inputs=False)
+    with pytest.raises(ValueError, match="at least 2 baselines"):
+        DeepLiftShap(model).attribute(x, baselines=background[:1], target=0)
+    with pytest.raises(TypeError, match="distribution"):
+        DeepLiftShap(model).attribute(x, baselines=0.0, target=0)
+    with pytest.raises(NotImplementedError, match="custom_attribution_func"):
+        DeepLift(model).attribute(x, target=0, custom_attribution_func=lambda m: m)
+    with pytest.raises(ValueError, match="give target="):
+        DeepLift(model).attribute(x)
+    with pytest.raises(ValueError, match="out of range"):
+        DeepLift(model).attribute(x, target=3)
+    with pytest.raises(ValueError, match="one target per sample"):
+        DeepLift(model).attribute(x, target=[0, 1])
+    with pytest.raises(ValueError, match="pairs each input row"):
+        DeepLift(model).attribute(x, baselines=background[:2], target=0)
+    with pytest.raises(TypeError, match="floating-point"):
+        DeepLift(model).attribute(x.long(), target=0)
+
+
+def test_the_module_does_not_need_captum(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "captum" or m.startswith("captum.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "captum", None)  # import captum now raises ImportError
+    try:
+        module = importlib.reload(rnnshap.captum)
+        x, background = data(6, n=2, baselines=2)
+        values = module.DeepLiftShap(mlp(nn.ReLU)).attribute(x, baselines=background, target=0)
+        assert values.shape == x.shape
+    finally:
+        monkeypatch.undo()
+        importlib.reload(rnnshap.captum)
+
+
+def test_the_examples_of_the_docs_page_run() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "captum.md").read_text(), flags=re.S)
+    assert blocks
+    namespace: dict[str, object] = {"__name__": "docs_captum"}
+    for number, block in enumerate(blocks, 1):
+        if "captum.attr" in block and importlib.util.find_spec("captum") is None:
+            continue
+        try:
+            exec(compile(block, f"captum.md, example {number}", "exec"), namespace)
+        except Exception as error:  # pragma: no cover - the message is the point
+            raise AssertionError(f"example {number} of docs/captum.md fails: {error!r}\n{block}") from error
