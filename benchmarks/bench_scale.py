@@ -106,7 +106,7 @@ def packed(n: int, b: int, repeats: int) -> tuple[float, float]:
 
 
 _MEMORY_SCRIPT = """
-import resource, sys, torch
+import os, sys, threading, time, torch
 sys.path.insert(0, {root!r})
 import rnnshap
 from benchmarks.bench_scale import make_classifier
@@ -115,20 +115,36 @@ model = make_classifier()
 x, background = torch.randn({n}, {steps}, 32), torch.randn({b}, {steps}, 32)
 explainer = rnnshap.DeepExplainer(model, background, batch_size={n} * {b})
 tiled = x.repeat_interleave({b}, 0)
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-before = peak()
-if {which!r} == "native":
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+peak, running = [0], [True]
+def sample():  # resident memory every millisecond: the peak of this call, not of the imports before it
+    while running[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.001)
+def native():
     leaf = tiled.detach().requires_grad_(True)
     torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
-else:
+def ours():
     explainer.shap_values(x, outputs=[0])
-print((peak() - before) / 1024)
+call = native if {which!r} == "native" else ours
+call()  # warm-up: allocator caches and lazy initialisation
+before = rss()
+peak[0] = before
+thread = threading.Thread(target=sample)
+thread.start()
+call()
+running[0] = False
+thread.join()
+print((peak[0] - before) / 2**20)
 """
 
 
 def peak_memory(n: int, b: int, steps: int) -> tuple[float, float]:
-    """Peak RSS growth in MiB of one native fwd+bwd and one ``shap_values`` (one output), each in a fresh process."""
+    """Peak resident-memory growth in MiB during one native fwd+bwd and one ``shap_values`` (one
+    output), each in a fresh process after a warm-up call, sampled every millisecond."""
     root = str(Path(__file__).resolve().parents[1])
     found = []
     for which in ("native", "rnnshap"):
@@ -184,20 +200,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="outputs,packed,memory,throughput", help="which measurements to run, comma-separated")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
     n, b, steps = (8, 4, 10) if args.quick else (64, 10, 50)
     repeats = 1 if args.quick else args.repeats
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; {n} samples x {b} references")
-    floor, ours = several_outputs(n, b, steps, repeats)
-    print(f"K = 10 outputs, LSTM(32->64, 2 layers), T = {steps}: native fwd + 10 bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
-    floor, ours = packed(n, b, repeats)
-    print(f"packed bidirectional LSTM, lengths 10-50: native fwd+bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
-    floor, ours = peak_memory(n, b, steps)
-    print(f"peak memory growth, one output: native {floor:.0f} MiB, rnnshap {ours:.0f} MiB: {ours / max(floor, 1e-9):.2f}x")
-    rates = throughput(n * 4, b, steps, 32 if not args.quick else 8, [1, 2])
-    for name, rate in rates.items():
-        print(f"throughput, {name}: {rate:.1f} samples/s")
+    if "outputs" in parts:
+        floor, ours = several_outputs(n, b, steps, repeats)
+        print(f"K = 10 outputs, LSTM(32->64, 2 layers), T = {steps}: native fwd + 10 bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
+    if "packed" in parts:
+        floor, ours = packed(n, b, repeats)
+        print(f"packed bidirectional LSTM, lengths 10-50: native fwd+bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
+    if "memory" in parts:
+        floor, ours = peak_memory(n, b, steps)
+        print(f"peak memory growth, one output: native {floor:.0f} MiB, rnnshap {ours:.0f} MiB: {ours / max(floor, 1e-9):.2f}x")
+    if "throughput" in parts:
+        rates = throughput(n * 16 if not args.quick else n, b, steps, 64 if not args.quick else 8, [1, 2])
+        for name, rate in rates.items():
+            print(f"throughput, {name}: {rate:.1f} samples/s")
 
 
 if __name__ == "__main__":

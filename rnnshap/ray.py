@@ -88,12 +88,17 @@ class _Summarize(_Worker):
         return {"summary": np.array([pickle.dumps(summary)], dtype=object)}
 
 
-def _concurrency(concurrency: int | tuple[int, int] | None, num_gpus: float) -> int | tuple[int, int]:
-    if concurrency is not None:
-        return concurrency
-    resources = ray.cluster_resources()
-    available = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1)
-    return (1, max(1, int(available)))
+def _actors(concurrency: int | tuple[int, int] | None, num_gpus: float) -> ray.data.ActorPoolStrategy:
+    """The actor pool: ``concurrency`` actors, or an autoscaling pool of ``(min, max)``; by default up
+    to one actor per CPU (or per ``num_gpus`` GPUs) of the cluster."""
+    if isinstance(concurrency, int):
+        return ray.data.ActorPoolStrategy(size=concurrency)
+    if concurrency is None:
+        resources = ray.cluster_resources()
+        available = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1)
+        concurrency = (1, max(1, int(available)))
+    low, high = concurrency
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
 
 
 def explain(
@@ -128,7 +133,7 @@ def explain(
         fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), {"outputs": outputs, "check_additivity": check_additivity}),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=_concurrency(concurrency, num_gpus),
+        compute=_actors(concurrency, num_gpus),
         num_gpus=num_gpus,
     )
 
@@ -156,7 +161,7 @@ def summarize(
         fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), options),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=_concurrency(concurrency, num_gpus),
+        compute=_actors(concurrency, num_gpus),
         num_gpus=num_gpus,
     )
     summaries = [pickle.loads(row["summary"]) for row in parts.iter_rows()]
