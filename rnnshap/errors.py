@@ -57,10 +57,10 @@ ADVICE: dict[str, str] = {
         "register a rule for that module (rnnshap.register_rule(MyScan, rule))."
     ),
     "attention": (
-        "{op} is a fused attention kernel with no exact rule. Write the attention out with torch "
-        "operations, which have exact rules: q, k, v from nn.Linear projections, "
-        "weights = torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1), out = weights @ v "
-        "(an nn.MultiheadAttention can be replaced by such a module with the same weights)."
+        "{op} is one of torch's fused attention kernels, called directly. Call nn.MultiheadAttention, "
+        "nn.Transformer*Layer or F.scaled_dot_product_attention instead, which rnnshap attributes "
+        "exactly, or write the attention out with torch operations (softmax(q @ k.transpose(-2, -1) / "
+        "d ** 0.5) @ v), which have exact rules."
     ),
     "detach": (
         "{op} cuts the path from the input to the output, so what flows through the cut would get no "

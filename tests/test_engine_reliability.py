@@ -469,22 +469,6 @@ def test_every_refusal_of_a_forward_is_listed_together() -> None:
         assert advice in message
 
 
-def test_multihead_attention_gets_its_own_advice() -> None:
-    class Attention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.mha, self.head = nn.Linear(3, 4), nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.lin(x)
-            return self.head(self.mha(h, h, h)[0].mean(1))
-
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="multi_head_attention_forward") as info:
-        rnnshap.DeepExplainer(Attention().eval(), torch.randn(3, 5, 3))
-    assert "softmax(q @ k.transpose" in str(info.value)
-    assert "Rescale()" not in str(info.value)
-
-
 def test_a_rule_that_does_not_fit_the_call_is_refused_at_construction() -> None:
     """Rescale registered for an op called with two input-dependent operands: named when the
     explainer is built, not a ValueError from shap_values."""

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from .attention import attention_op_rules
 from .base import Rule
 from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance
 from .gates import gate_rules
@@ -35,6 +36,7 @@ def extra_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     put(("group_norm",), GroupNorm())
     put(("normalize",), Normalize())
     put(("logcumsumexp",), LogCumSumExp())
+    table.update(attention_op_rules(forms))  # scaled_dot_product_attention, multi_head_attention_forward
     table.update(gate_rules(forms))  # comparisons as gates of where(x >= 0, f(x), g(x))
     return table
 

@@ -6,7 +6,7 @@ r"""Registry entries that keep explanations exact at the edges of the rule table
   on the input (one of them: the Rescale rule).
 - :class:`Refusal`: operations refused by name, each with the kind of advice that fits it (a key
   of :data:`rnnshap.errors.ADVICE`): comparisons, step functions (rounding, floor division),
-  sorting and selection by value, Python bools of input values, fused attention.
+  sorting and selection by value, Python bools of input values, torch's fused attention kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from .attention import FUSED_KERNELS
 from .base import Constant, Linear, OpCall, Refuse, Rule
 from .elementwise import MAX_SHAPLEY_PLAYERS, Bilinear, Rescale, Shapley
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
@@ -144,8 +145,15 @@ def coverage_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     put(forms(*SELECTIONS), Refusal("which elements it selects or how it orders them depends on the input's values", "selection"))
     python_bool = Refusal("it compares input-dependent values and returns a Python bool, which forward() can branch on", "control")
     put([*forms(*PYTHON_BOOLS), *_tensor_forms("__contains__")], python_bool)
-    attention = Refusal("a fused multi-head attention kernel, with no exact rule", "attention")
-    put(forms("multi_head_attention_forward"), attention)
+    # F.scaled_dot_product_attention and F.multi_head_attention_forward have exact rules (attention.py);
+    # torch's fused kernels behind them are refused when called directly on input-dependent tensors
+    fused = Refusal(
+        "a fused attention kernel, with no exact rule: torch calls it only outside rnnshap (its inference fast "
+        "path is off while rnnshap runs the model); call nn.MultiheadAttention, nn.TransformerEncoderLayer or "
+        "F.scaled_dot_product_attention instead, which are attributed exactly",
+        "attention",
+    )
+    put(forms(*FUSED_KERNELS), fused)
     escapes = {
         "item": ("turns an input-dependent tensor into a python number", "control"),
         "tolist": ("turns an input-dependent tensor into python numbers", "control"),
