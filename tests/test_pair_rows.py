@@ -137,3 +137,50 @@ def test_side_reduces_only_rows_that_repeat() -> None:
     kept = Side.of("reference", grid, 6, [(refs, 1)])
     assert kept.axis is None and kept.rows == 6 and torch.equal(kept.take(refs, 1), refs)
     assert Side.of("input", PairGrid(2, 2), 6, [(inputs, 1)]).axis is None  # the grid does not fit the batch
+
+
+class PackedNet(nn.Module):
+    """A recurrent layer over ``pack_padded_sequence`` (unsorted lengths, a context input)."""
+
+    def __init__(self, kind: str, **options: Any) -> None:
+        super().__init__()
+        self.kind = kind
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](3, 5, batch_first=True, **options)
+        self.head = nn.Linear(5 * (2 if options.get("bidirectional") else 1), 2)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        h = h[0] if self.kind == "lstm" else h
+        return self.head(torch.cat(list(h[-(2 if self.rnn.bidirectional else 1) :]), 1))
+
+
+class PaddedKernelRows(KernelRows):
+    """Records the rows of the padded (3-D input) kernel calls only."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in _KERNELS and args[0].dim() == 3:
+            self.rows.append(args[0].shape[0] if args[-1] else args[0].shape[1])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_a_packed_layer_runs_the_forward_direction_on_the_distinct_references(kind: str) -> None:
+    torch.manual_seed(7)
+    model = PackedNet(kind, bidirectional=True).double().eval()
+    x, background = torch.randn(6, 8, 3, dtype=torch.float64), torch.randn(5, 8, 3, dtype=torch.float64)
+    lengths = torch.tensor([8, 3, 5, 3, 8, 1])  # 4 distinct lengths
+    explainer = rnnshap.DeepExplainer(model, [background, torch.full((5,), 8)])
+    with PaddedKernelRows() as spy:
+        phi = explainer.shap_values([x, lengths])
+    # forward: 6 samples + 5 references, each reference truncated at each sample's length sharing the
+    # trajectory of the untruncated one; reverse (starts at each length's last step): 6 + 5 x 4 lengths
+    assert 6 + 5 in spy.rows and 6 + 5 * 4 in spy.rows, spy.rows
+    assert max(spy.rows) <= 6 + 5 * 4, spy.rows  # never 6 x 5 pairs a side
+    per_pair = rnnshap.DeepExplainer(model, [background, torch.full((5,), 8)], batch_size=1).shap_values([x, lengths])
+    np.testing.assert_allclose(phi[0], per_pair[0], rtol=0, atol=1e-12 * np.abs(phi[0]).max())
+    with torch.no_grad():
+        fx = model(x, lengths)
+        base = torch.stack([model(background[j : j + 1].expand_as(x), lengths) for j in range(5)]).mean(0)
+    totals = phi[0].reshape(6, -1, 2).sum(1)
+    np.testing.assert_allclose(totals, (fx - base).numpy(), rtol=0, atol=1e-10)

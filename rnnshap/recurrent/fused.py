@@ -24,7 +24,6 @@ import torch
 
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
-from .decomposed import carry, emit
 from .pairs import Side, pair_sides
 from .weights import CellWeights
 
@@ -87,6 +86,21 @@ def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor
     return out.to(dtype)
 
 
+class _Gathered:
+    """A side whose distinct rows are not a grid axis (``Side.index``), gathered to every pair a
+    few time steps at a time (indexing by a slice of steps gives (steps, samples, references, C))."""
+
+    def __init__(self, t: Tensor, side: Side) -> None:
+        self.t, self.side = t, side
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.t.shape
+
+    def __getitem__(self, steps: slice) -> Tensor:
+        return self.side.grid(self.t[steps])
+
+
 def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]], factors: Sequence[Tensor] = ()) -> Tensor:
     """Per-pair coefficients from tensors over the distinct rows of both sides (x rows first).
 
@@ -105,13 +119,16 @@ def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Seque
         secants = [(pre.float(), act.float(), kind) for pre, act, kind in secants]
         factors = [f.float() for f in factors]
 
-    def split(t: Tensor) -> tuple[Tensor, Tensor]:
-        return side_x.grid(t[:, :rows_x]), side_r.grid(t[:, rows_x:])
+    def grid(side: Side, t: Tensor) -> Tensor | _Gathered:
+        return side.grid(t) if side.index is None else _Gathered(t, side)
+
+    def split(t: Tensor) -> tuple[Tensor | _Gathered, Tensor | _Gathered]:
+        return grid(side_x, t[:, :rows_x]), grid(side_r, t[:, rows_x:])
 
     blocks = []
     for pre, act, (mu, kappa) in secants:
-        centred_x = side_x.grid((act[:, :rows_x] - mu).mul_(eps4))
-        centred_r = side_r.grid(act[:, rows_x:] - mu)
+        centred_x = grid(side_x, (act[:, :rows_x] - mu).mul_(eps4))
+        centred_r = grid(side_r, act[:, rows_x:] - mu)
         blocks.append((*split(pre), *split(act), centred_x, centred_r, pre.new_tensor(kappa * eps4), pre.shape[-1]))
     means = [split(f) for f in factors]
     new = secants[0][0].new_empty
@@ -169,18 +186,26 @@ def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
 
 
 class _Rows:
-    """The distinct rows of both sides of one layer call, stacked x rows first."""
+    """The distinct rows of both sides of one layer call, stacked x rows first.
+
+    With a mask (packed input) each distinct row runs the whole length unmasked: its trajectory
+    is exact up to the length of every pair that uses it, which is all that is used (the
+    reference side shares rows across lengths, see :meth:`Side.masked`); the outputs
+    and final states are then taken per pair at its own length.
+    """
 
     def __init__(self, grid: PairGrid | None, mask: Tensor | None, sequences: tuple[Tensor, Tensor], *states: tuple[Tensor, Tensor]) -> None:
         x, x_r = sequences
         self.pairs = x.shape[1]
-        inputs = [(x, 1), (mask, 1), *((s, 0) for s, _ in states)]
-        references = [(x_r, 1), (mask, 1), *((s, 0) for _, s in states)]
-        self.sides = pair_sides(grid, self.pairs, inputs, references)
+        self.mask = mask
+        if mask is None:
+            inputs, references = [(x, 1), *((s, 0) for s, _ in states)], [(x_r, 1), *((s, 0) for _, s in states)]
+            self.sides = pair_sides(grid, self.pairs, inputs, references)
+        else:
+            self.sides = (Side.masked(mask, x, [s for s, _ in states]), Side.masked(mask, x_r, [s for _, s in states]))
         self.rows_x = self.sides[0].rows
         self.sequence = self.stack(x, x_r, 1)
         self.states = [self.stack(s, s_r, 0) for s, s_r in states]
-        self.mask = None if mask is None else self.stack(mask, mask, 1)
 
     def stack(self, t: Tensor, t_r: Tensor, dim: int) -> Tensor:
         side_x, side_r = self.sides
@@ -191,14 +216,63 @@ class _Rows:
         side_x, side_r = self.sides
         return side_x.spread(t.narrow(dim, 0, self.rows_x), dim), side_r.spread(t.narrow(dim, self.rows_x, t.shape[dim] - self.rows_x), dim)
 
+    def outputs(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row outputs (T, rows, H) as (input side, reference side), (T, pairs, H) each,
+        zero past each pair's length."""
+        out_x, out_r = self.spread(out, 1)
+        if self.mask is None:
+            return out_x, out_r
+        zero = out.new_zeros(())
+        return torch.where(self.mask, out_x, zero), torch.where(self.mask, out_r, zero)
 
-def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, rows: _Rows, outputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+    def finals(self, initial: Tensor, after: Tensor) -> tuple[Tensor, Tensor]:
+        """The final states per pair from the initial states (rows, H) and the states after each
+        step (T, rows, H): (input side, reference side), (pairs, H) each."""
+        if self.mask is None:
+            return self.spread(after[-1], 0)
+        side_x, side_r = self.sides
+        device = initial.device
+        rows = torch.cat([side_x.row_of_pairs(device), side_r.row_of_pairs(device) + self.rows_x])
+        finals = _at_lengths(self.mask.repeat(1, 2, 1), initial, after, rows)
+        return finals[: self.pairs], finals[self.pairs :]
+
+
+def _at_lengths(mask: Tensor, initial: Tensor, after: Tensor, rows: Tensor) -> Tensor:
+    """The state of row ``rows[p]`` after the last unmasked step of pair ``p`` (mask (T, pairs, 1)),
+    from the initial states (rows, H) and the states after each step (T, rows, H): (pairs, H)."""
+    states = torch.cat([initial[None], after]).flatten(0, 1)  # (T + 1) * rows: after step L - 1 is block L
+    lengths = mask.reshape(mask.shape[0], -1).sum(0)
+    return states.index_select(0, lengths * initial.shape[0] + rows)
+
+
+def masked_layer(kind: str, relu: bool, w: CellWeights, mask: Tensor, x: Tensor, h0: Tensor, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One masked (packed) layer-direction on one side only (the reference pass), on its distinct
+    rows (:meth:`Side.masked`): (outputs (T, pairs, H), zero past each length, h_T, c_T)."""
+    side = Side.masked(mask, x, [h0] if c0 is None else [h0, c0])
+    sequence, h = side.take(x, 1), side.take(h0, 0)
+    c_after = c = None
+    if kind == "lstm":
+        assert c0 is not None
+        c = side.take(c0, 0)
+        _, _, _, c_after, out = _lstm_trajectories(w, sequence, h, c)
+    elif kind == "gru":
+        out, _ = _native(torch.gru, w, sequence, h[None])
+    else:
+        out, _ = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, sequence, h[None])
+    rows = side.row_of_pairs(x.device)
+    outputs = torch.where(mask, side.spread(out, 1), out.new_zeros(()))
+    c_n = None if c is None or c_after is None else _at_lengths(mask, c, c_after, rows)
+    return outputs, _at_lengths(mask, h, out, rows), c_n
+
+
+def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, rows: _Rows, outputs: Tensor, *states: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
     """Save what the backward needs and return (outputs, final states) of the input side and,
-    not differentiable, the same of the reference side, one row per pair."""
+    not differentiable, the same of the reference side, one row per pair. ``states`` are
+    (initial, after each step) pairs of the rows (see :meth:`_Rows.finals`)."""
     ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
     ctx.weights, ctx.has_mask = w, mask is not None
-    out_x, out_r = rows.spread(outputs, 1)
-    finals = [rows.spread(s, 0) for s in states]
+    out_x, out_r = rows.outputs(outputs)
+    finals = [rows.finals(*s) for s in states]
     finals_x, finals_r = [f[0] for f in finals], [f[1] for f in finals]
     ctx.mark_non_differentiable(out_r, *finals_r)
     return (out_x, *finals_x, out_r, *finals_r)
@@ -213,44 +287,24 @@ def _lstm_gates(u: Tensor) -> Tensor:
     return gates
 
 
-def _lstm_trajectories(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
-    """The trajectories of all rows: gate pre-activations u and activations (T, rows, 4H), the
-    cell state before and after each step, the outputs (T, rows, H_out) and the final h and c.
+def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """The trajectories of all rows, unmasked: gate pre-activations u and activations
+    (T, rows, 4H), the cell state before and after each step and the outputs (T, rows, H_out).
 
-    Without a mask torch's LSTM kernel runs the rows; the pre-activations of all steps are then one
-    matrix product and the cell states one fused multiply-add per step.
+    torch's LSTM kernel runs the rows; the pre-activations of all steps are then one matrix
+    product and the cell states one fused multiply-add per step.
     """
-    steps = x.shape[0]
-    projected = _input_projection(x, w)
-    if mask is None:
-        out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
-        u = _add_recurrent(projected, torch.cat([h[None], out[:-1]]), w.w_hh)
-        gates = _lstm_gates(u)
-        i, f, g, _ = gates.chunk(4, dim=2)
-        ig = i * g
-        cells = torch.empty_like(ig)
-        previous = torch.empty_like(ig)
-        for t in range(steps):
-            previous[t] = c
-            c = torch.addcmul(ig[t], f[t], c, out=cells[t])
-        return u, gates, previous, cells, out, out[-1], c
-    pre, previous_list, cells_list, outs = [], [], [], []
-    w_hh_t = w.w_hh.t()
-    for t in range(steps):
-        u_t = torch.addmm(projected[t], h, w_hh_t)
-        i, f, g, o = _lstm_gates(u_t).chunk(4, dim=1)
-        c_new = f * c + i * g
-        h_new = o * torch.tanh(c_new)
-        if w.w_hr is not None:
-            h_new = h_new @ w.w_hr.t()
-        previous_list.append(c)
-        c = carry(mask, t, c_new, c)
-        h = carry(mask, t, h_new, h)
-        pre.append(u_t)
-        cells_list.append(c_new)
-        outs.append(emit(mask, t, h_new))
-    u = torch.stack(pre)
-    return u, _lstm_gates(u), torch.stack(previous_list), torch.stack(cells_list), torch.stack(outs), h, c
+    out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
+    u = _add_recurrent(_input_projection(x, w), torch.cat([h[None], out[:-1]]), w.w_hh)
+    gates = _lstm_gates(u)
+    i, f, g, _ = gates.chunk(4, dim=2)
+    ig = i * g
+    cells = torch.empty_like(ig)
+    previous = torch.empty_like(ig)
+    for t in range(x.shape[0]):
+        previous[t] = c
+        c = torch.addcmul(ig[t], f[t], c, out=cells[t])
+    return u, gates, previous, cells, out
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -260,7 +314,8 @@ class FusedLSTM(torch.autograd.Function):
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         hidden = w.w_hh.shape[0] // 4
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref), (c0, c0_ref))
-        u, gates, c_prev, c_new, out, h, c = _lstm_trajectories(w, rows.mask, rows.sequence, *rows.states)
+        h0_rows, c0_rows = rows.states
+        u, gates, c_prev, c_new, out = _lstm_trajectories(w, rows.sequence, h0_rows, c0_rows)
         i, f, g, o = gates.chunk(4, dim=2)
         k = torch.tanh(c_new)
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
@@ -268,7 +323,7 @@ class FusedLSTM(torch.autograd.Function):
         secants = [(u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID), (u[..., 2 * hidden : 3 * hidden], g, TANH), (u[..., 3 * hidden :], o, SIGMOID), (c_new, k, TANH)]
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f])
         ctx.hidden = hidden
-        return _finish(ctx, w, mask, coefficients, rows, out, h, c)
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new))
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -289,7 +344,7 @@ class FusedLSTM(torch.autograd.Function):
             du = torch.cat([ifg.reshape(*ifg.shape[:-2], 3 * hidden), dh_full * a_o[t]], dim=-1)
             dh_prev, dc_prev = du @ w.w_hh, dcc * a_c[t]
             if ctx.has_mask:
-                du = du * mask[t]
+                du = torch.where(mask[t], du, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
                 dc_prev = torch.where(mask[t], dc_prev, dc)
             dh, dc = dh_prev, dc_prev
@@ -306,25 +361,12 @@ class FusedGRU(torch.autograd.Function):
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         hidden = w.w_hh.shape[0] // 3
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
-        both, (h,), row_mask = rows.sequence, rows.states, rows.mask
+        both, (h0_rows,) = rows.sequence, rows.states
         projected = torch.nn.functional.linear(both, w.w_ih, w.b_ih)  # (T, rows, 3H)
-        if row_mask is None:  # torch's kernel runs the rows; everything else is vectorised over time
-            out, h_last = _native(torch.gru, w, both, h[None])
-            h_prev = torch.cat([h[None], out[:-1]])
-            recurrent, h = torch.nn.functional.linear(h_prev, w.w_hh, w.b_hh), h_last[0]
-        else:
-            hid, previous, outs = [], [], []
-            for t in range(both.shape[0]):
-                a = torch.nn.functional.linear(h, w.w_hh, w.b_hh)  # (rows, 3H): W_h[r,z,n] h + b_h
-                px = projected[t]
-                r, z = torch.sigmoid(px[:, : 2 * hidden] + a[:, : 2 * hidden]).chunk(2, dim=1)
-                n = torch.tanh(px[:, 2 * hidden :] + r * a[:, 2 * hidden :])
-                h_new = (1 - z) * n + z * h
-                previous.append(h)
-                h = carry(row_mask, t, h_new, h)
-                hid.append(a)
-                outs.append(emit(row_mask, t, h_new))
-            recurrent, h_prev, out = torch.stack(hid), torch.stack(previous), torch.stack(outs)
+        # torch's kernel runs the rows; everything else is vectorised over time
+        out, _ = _native(torch.gru, w, both, h0_rows[None])
+        h_prev = torch.cat([h0_rows[None], out[:-1]])
+        recurrent = torch.nn.functional.linear(h_prev, w.w_hh, w.b_hh)
         u_rz = projected[..., : 2 * hidden] + recurrent[..., : 2 * hidden]
         # coefficients [A_r, A_z, A_n, A_h, A_a]: du_r = dv·A_r, du_z = dh·A_z, dv = dh·A_n,
         # dh_prev (direct) = dh·A_h, da_n = dv·A_a (see docs/recurrent.md)
@@ -336,7 +378,7 @@ class FusedGRU(torch.autograd.Function):
         secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r])
         ctx.hidden = hidden
-        return _finish(ctx, w, mask, coefficients, rows, out, h)
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -356,7 +398,7 @@ class FusedGRU(torch.autograd.Function):
             d_input = torch.cat([du_rz, dv], dim=-1)  # [du_r, du_z, dv]
             dh_prev = dh * a_h[t] + d_hidden @ w.w_hh
             if ctx.has_mask:
-                d_input = d_input * mask[t]
+                d_input = torch.where(mask[t], d_input, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
             dh = dh_prev
             d_inputs.append(d_input)
@@ -383,27 +425,15 @@ class FusedRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
-        both, (h,), row_mask = rows.sequence, rows.states, rows.mask
-        projected = _input_projection(both, w)
-        act = torch.relu if relu else torch.tanh
-        if row_mask is None:  # torch's kernel runs the rows; the pre-activations are one product
-            out, h_last = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h[None])
-            u, h = _add_recurrent(projected, torch.cat([h[None], out[:-1]]), w.w_hh), h_last[0]
-        else:
-            w_hh_t = w.w_hh.t()
-            pre, outs = [], []
-            for t in range(both.shape[0]):
-                u_t = torch.addmm(projected[t], h, w_hh_t)
-                h_new = act(u_t)
-                h = carry(row_mask, t, h_new, h)
-                pre.append(u_t)
-                outs.append(emit(row_mask, t, h_new))
-            u, out = torch.stack(pre), torch.stack(outs)
+        both, (h0_rows,) = rows.sequence, rows.states
+        # torch's kernel runs the rows; the pre-activations are one product
+        out, _ = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h0_rows[None])
+        u = _add_recurrent(_input_projection(both, w), torch.cat([h0_rows[None], out[:-1]]), w.w_hh)
         if relu:
             coefficients = _relu_secant(rows, u)
         else:
             coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, [(u, torch.tanh(u), TANH)])
-        return _finish(ctx, w, mask, coefficients, rows, out, h)
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
@@ -416,7 +446,7 @@ class FusedRNN(torch.autograd.Function):
             du = dh * coefficients[t]
             dh_prev = du @ w.w_hh
             if ctx.has_mask:
-                du = du * mask[t]
+                du = torch.where(mask[t], du, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
             dh = dh_prev
             du_steps.append(du)

@@ -9,6 +9,10 @@ makes the fused layers cost less than torch's own forward and backward pass on t
 
 Nothing is assumed: a side is reduced only after checking that its rows repeat exactly as the
 grid says; otherwise it keeps all its rows and the result is the same, only slower.
+
+Packed sequences (a mask) are sorted by length, out of grid order, and each pair's reference is
+truncated at its sample's length; :meth:`Side.masked` groups their rows by value instead, a row
+standing for every row whose unmasked steps are a prefix of its own.
 """
 
 from __future__ import annotations
@@ -23,18 +27,23 @@ from ..rules.base import PairGrid
 Tensor = torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Side:
     """One side of a batch of ``samples x references`` pairs.
 
     ``axis`` is the grid axis along which the side's distinct rows vary: 0 for the input side
     reduced to one row per sample, 1 for the reference side reduced to one row per reference,
-    None for a side that keeps one row per pair.
+    None for a side that keeps one row per pair (or, with ``index``, one row per group of pairs).
+
+    Masked (packed) sequences only (:meth:`masked`): ``reps`` (rows,) names the pair whose row
+    stands for each distinct row and ``index`` (pairs,) the distinct row of each pair.
     """
 
     samples: int
     references: int
     axis: Literal[0, 1] | None
+    reps: Tensor | None = None
+    index: Tensor | None = None
 
     @classmethod
     def of(cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]) -> Side:
@@ -47,9 +56,48 @@ class Side:
             return reduced
         return cls(grid.samples, grid.references, None)
 
+    @classmethod
+    def masked(cls, mask: Tensor, sequence: Tensor, states: Sequence[Tensor]) -> Side:
+        """One side of a masked (packed) layer, reduced to the rows that differ: ``sequence``
+        (T, pairs, C) with ``mask`` (T, pairs, 1), ``states`` (pairs, H).
+
+        A packed batch is sorted by length, so its rows are not in grid order; the rows are
+        grouped by their values instead. A masked row's trajectory up to its length depends only
+        on its steps up to its length and its initial state, and nothing past its length is used,
+        so a row can stand for every row whose unmasked steps are a prefix of its own: one row
+        per reference in the forward direction (each pair holds its reference truncated at its
+        sample's length), one row per (reference, length) in the reverse direction, which starts
+        at the last step. Rows are grouped by their first steps (those every row has), the
+        longest of a group stands for it, and the groups are checked on the values; where that
+        fails, only rows equal up to their (equal) length are grouped. The result has
+        ``samples`` = pairs, ``references`` = 1 and an ``index``.
+        """
+        steps, pairs = mask.shape[:2]
+        if pairs < 2 or steps == 0:
+            return cls(pairs, 1, None)
+        lengths = mask.reshape(steps, pairs).sum(0)
+        flat_states = [s.reshape(pairs, -1) for s in states]
+        common = int(lengths.min())
+        first = torch.cat([sequence[:common].transpose(0, 1).reshape(pairs, -1), *flat_states], 1)
+        whole = torch.cat([torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1), lengths[:, None].to(sequence.dtype), *flat_states], 1)
+        pair = torch.arange(pairs, device=lengths.device)
+        for key in (first, whole):
+            _, index = torch.unique(key, dim=0, return_inverse=True)
+            rows = int(index.max()) + 1
+            if rows == pairs:
+                break
+            longest = lengths.new_zeros(rows).scatter_reduce_(0, index, lengths, "amax")
+            candidate = torch.where(lengths == longest[index], pair, pairs)
+            reps = torch.full((rows,), pairs, dtype=torch.long, device=index.device).scatter_reduce_(0, index, candidate, "amin")
+            if _same_prefixes(mask, sequence, states, reps[index]):
+                return cls(pairs, 1, None, reps=reps, index=index)
+        return cls(pairs, 1, None)
+
     @property
     def rows(self) -> int:
         """Number of distinct rows."""
+        if self.reps is not None:
+            return self.reps.shape[0]
         if self.axis == 0:
             return self.samples
         if self.axis == 1:
@@ -58,12 +106,16 @@ class Side:
 
     def take(self, t: Tensor, dim: int) -> Tensor:
         """The distinct rows of a per-pair tensor (batch along ``dim``)."""
+        if self.reps is not None:
+            return t.index_select(dim, self.reps)
         if self.axis is None:
             return t
         return t.unflatten(dim, (self.samples, self.references)).select(dim + 1 - self.axis, 0)
 
     def spread(self, t: Tensor, dim: int) -> Tensor:
         """Distinct rows back to one row per pair (a new tensor)."""
+        if self.index is not None:
+            return t.index_select(dim, self.index)
         if self.axis is None:
             return t
         spread = self._repeated(t, dim).flatten(dim, dim + 1)
@@ -72,8 +124,17 @@ class Side:
     def grid(self, t: Tensor) -> Tensor:
         """A (T, rows, C) tensor as a (T, samples | 1, references | 1, C) view that broadcasts
         against the other side to every pair."""
+        if self.index is not None:
+            return t.index_select(1, self.index).unflatten(1, (self.samples, self.references))
         shape = {0: (self.samples, 1), 1: (1, self.references), None: (self.samples, self.references)}[self.axis]
         return t.unflatten(1, shape)
+
+    def row_of_pairs(self, device: torch.device) -> Tensor:
+        """The distinct row of every pair, (pairs,)."""
+        if self.index is not None:
+            return self.index
+        pair = torch.arange(self.samples * self.references, device=device)
+        return {0: pair // self.references, 1: pair % self.references, None: pair}[self.axis]
 
     def _repeated(self, rows: Tensor, dim: int) -> Tensor:
         """``rows`` broadcast to (…, samples, references, …) at ``dim``, without copying."""
@@ -83,6 +144,16 @@ class Side:
         shape = list(expanded.shape)
         shape[dim], shape[dim + 1] = self.samples, self.references
         return expanded.expand(shape)
+
+
+def _same_prefixes(mask: Tensor, sequence: Tensor, states: Sequence[Tensor], source: Tensor) -> bool:
+    """Whether every pair's unmasked steps and initial states equal those of pair ``source[p]``."""
+    if bool((mask.index_select(1, source) < mask).any()):  # the source must run at least as long
+        return False
+    if not all(torch.equal(s, s.index_select(0, source)) for s in states):
+        return False
+    zero = sequence.new_zeros(())
+    return torch.equal(torch.where(mask, sequence, zero), torch.where(mask, sequence.index_select(1, source), zero))
 
 
 def pair_sides(grid: PairGrid | None, pairs: int, inputs: Sequence[tuple[Tensor | None, int]], references: Sequence[tuple[Tensor | None, int]]) -> tuple[Side, Side]:

@@ -115,8 +115,36 @@ class RecurrentLayer(Rule):
         args = call.args
         packed = isinstance(args[1], Tensor) if self.kind == "lstm" else isinstance(args[2], Tensor)
         if packed:
-            return super().reference(call)
+            return self._packed_reference(call)
         return _on_distinct_references(call, 0 if args[8] else 1, 1)
+
+    def _packed_reference(self, call: OpCall) -> Any:
+        """The reference pass of a packed layer on the distinct rows of each layer-direction
+        (``fused.masked_layer``), torch's kernel unmasked on them."""
+        data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional = call.args
+        states = list(hx) if self.kind == "lstm" else [hx]
+        if call.kwargs or (train and dropout > 0 and num_layers > 1) or not all(isinstance(s, Tensor) for s in states) or data.dim() != 2:
+            return super().reference(call)
+        layout = _packed_layout(batch_sizes, data.device)
+        assert layout.mask is not None
+        x = _to_padded(data, layout)
+        h0, c0 = states[0], states[1] if self.kind == "lstm" else None
+        layers = split_weights(params, has_biases, num_layers, bidirectional)
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        for layer, row in enumerate(layers):
+            outputs = []
+            for d, weights in enumerate(row):
+                index = layer * len(row) + d
+                sequence = x if d == 0 else _reverse(x, layout)
+                out, h, c = fused.masked_layer(self.kind, self.relu, weights, layout.mask, sequence, h0[index], None if c0 is None else c0[index])
+                outputs.append(out if d == 0 else _reverse(out, layout))
+                h_n.append(h)
+                if c is not None:
+                    c_n.append(c)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+        output = _from_padded(x, layout)
+        return (output, torch.stack(h_n), torch.stack(c_n)) if self.kind == "lstm" else (output, torch.stack(h_n))
 
     def _stack(self, layers: list[list[CellWeights]], layout: _Layout, grid: PairGrid | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         directions = len(layers[0])
