@@ -4,16 +4,19 @@ Importing this package does not import TensorFlow; :class:`~rnnshap.DeepExplaine
 model to :class:`rnnshap.engines.keras.engine.KerasEngine`, which does. The results, shapes and
 errors are those of the PyTorch explainer.
 
-Supported: Functional and Sequential models (nested too) of Dense and Conv1D/Conv2D (any padding,
-``"causal"`` included; with any elementwise activation, softmax or log-softmax), Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,
-Embedding (integer inputs are token ids, attributed per token), LSTM, GRU (``reset_after`` True or
-False), SimpleRNN, ``RNN`` over LSTMCell/GRUCell/SimpleRNNCell or StackedRNNCells, the cells called
-on their own, Bidirectional (every merge mode), TimeDistributed, Masking and
-``Embedding(mask_zero=True)``, reshaping, average pooling, global max pooling, merging (Add, Subtract, Average,
-Concatenate, Multiply of two inputs), BatchNormalization and dropout at inference, and the linear
-keras ops of a Functional graph (slicing, sum, mean, add, ...). Recurrent layers take
-``return_sequences``, ``return_state``, ``go_backwards`` and initial states given as inputs. Layers
-compute in their own dtype policy (``mixed_float16`` too, checked at that precision).
+Supported: Functional and Sequential models (nested too) and subclassed models of Dense, EinsumDense and
+Conv1D/Conv2D (any padding, ``"causal"`` included; with any elementwise activation, softmax or log-softmax),
+Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Embedding (integer inputs are token ids, attributed per
+token), LSTM, GRU (``reset_after`` True or False), SimpleRNN, ``RNN`` over LSTMCell/GRUCell/SimpleRNNCell or
+StackedRNNCells, the cells called on their own, Bidirectional (every merge mode), TimeDistributed, Masking and
+``Embedding(mask_zero=True)``, Attention, AdditiveAttention, MultiHeadAttention (:mod:`.attention`),
+LayerNormalization, GroupNormalization, RMSNormalization, reshaping, average pooling, global max pooling,
+merging (Add, Subtract, Average, Concatenate, Multiply of two inputs), BatchNormalization and dropout at
+inference, keras ops (:mod:`.kops`), and Lambda layers and Layer/Model subclasses whose ``call()`` traces
+into those or into TensorFlow ops with rules (:mod:`.trace`). Recurrent layers take ``return_sequences``,
+``return_state``, ``go_backwards`` and initial states given as inputs. Layers compute in their own dtype
+policy (``mixed_float16`` too, checked at that precision). A model with several outputs is explained as one
+flat output vector (``KerasEngine.output_layout``), or one output with ``output_index``.
 
 Masks propagate as in Keras 3's ``Layer.__call__``: a layer's ``call`` gets the mask Keras would
 give it (none to a recurrent layer given initial states), and a layer that does not support masking
@@ -24,8 +27,8 @@ output over references read with its mask (``explainer(X).base_values``).
 
 Every explained block checks that the pass reproduces the model: the input side against
 ``model(x)``, the reference side against the model on the references wherever a reference is read
-with the masks the model computes on it; a mismatch raises :class:`~rnnshap.RnnShapError`. Anything else (windowed max pooling, layer normalization, attention layers,
-Lambda layers, stateful RNNs, subclassed models) is refused by name.
+with the masks the model computes on it; a mismatch raises :class:`~rnnshap.RnnShapError`. Anything else (windowed max pooling,
+stateful RNNs, ops without a rule, calls that cannot be traced) is refused by name.
 """
 
 from __future__ import annotations

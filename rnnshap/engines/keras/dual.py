@@ -14,7 +14,7 @@ chain rule, as the PyTorch side does with its custom autograd Functions.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -107,7 +107,7 @@ def product(a: Dual, b: Dual) -> Dual:
     return Dual(attach(ax * bx, [(a.x, (bx + b.r) / 2), (b.x, (ax + a.r) / 2)]), a.r * b.r)
 
 
-def softmax(u: Dual, axis: int = -1) -> Dual:
+def softmax(u: Dual, axis: Any = -1) -> Dual:
     """softmax = exp(u − c − log Σ exp(u − c)): Rescale on exp and log, the rest linear.
 
     The shift c (the larger maximum of the two sides, a constant) cancels; it keeps exp bounded.
@@ -119,7 +119,7 @@ def softmax(u: Dual, axis: int = -1) -> Dual:
     return rescale(tf.exp, shifted - log_total, derivative=tf.exp)
 
 
-def log_softmax(u: Dual, axis: int = -1) -> Dual:
+def log_softmax(u: Dual, axis: Any = -1) -> Dual:
     shift = tf.stop_gradient(tf.maximum(tf.reduce_max(u.x, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)))
     shifted = u.map(lambda t: t - shift)
     e = rescale(tf.exp, shifted, derivative=tf.exp)
@@ -148,3 +148,120 @@ def max_over(u: Dual, axis: int, keepdims: bool = False) -> Dual:
     if not keepdims:
         out, y_r = tf.squeeze(out, axis), tf.squeeze(y_r, axis)
     return Dual(out, y_r)
+
+
+def bilinear(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], a: Dual, b: Dual) -> Dual:
+    """Exact two-player Shapley rule for ``fn(a, b)`` linear in each operand (matmul, einsum, a ⊙ b):
+    the multiplier of ``a`` is ``fn(·, (b + b_r)/2)``, that of ``b`` is ``fn((a + a_r)/2, ·)``.
+
+    The value is ``fn(a, b)`` exactly: the two added terms are ``fn`` of an exact zero.
+    """
+    ax, bx = tf.stop_gradient(a.x), tf.stop_gradient(b.x)
+    a_mid, b_mid = tf.stop_gradient((ax + a.r) / 2), tf.stop_gradient((bx + b.r) / 2)
+    out = tf.stop_gradient(fn(ax, bx)) + fn(a.x - ax, b_mid) + fn(a_mid, b.x - bx)
+    return Dual(out, fn(a.r, b.r))
+
+
+def _ratio(numerator: tf.Tensor, t: tf.Tensor, limit: float) -> tf.Tensor:
+    zero = tf.equal(t, 0)
+    return tf.where(zero, tf.fill(tf.shape(t), tf.cast(limit, t.dtype)), numerator / tf.where(zero, tf.ones_like(t), t))
+
+
+def rsqrt_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    return -(tf.math.rsqrt(x) * tf.math.rsqrt(r)) / (tf.sqrt(x) + tf.sqrt(r))
+
+
+def sqrt_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    return 1 / (tf.sqrt(x) + tf.sqrt(r))
+
+
+def square_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    return x + r
+
+
+def reciprocal_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    return -1 / (x * r)
+
+
+def exp_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    h = (x - r) / 2
+    near = tf.abs(h) <= 0.5  # the closed form where the quotient would cancel, the quotient elsewhere
+    closed = tf.exp((x + r) / 2) * _ratio(tf.sinh(h), h, 1.0)
+    quotient = (tf.exp(x) - tf.exp(r)) / tf.where(near, tf.ones_like(h), 2 * h)
+    return tf.where(near, closed, quotient)
+
+
+def log_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    q = (x - r) / (x + r)
+    near = tf.abs(q) <= 0.5
+    closed = 2 / (x + r) * _ratio(tf.atanh(tf.where(near, q, tf.zeros_like(q))), q, 1.0)
+    quotient = (tf.math.log(x) - tf.math.log(r)) / tf.where(near, tf.ones_like(x), x - r)
+    return tf.where(near, closed, quotient)
+
+
+def secant(fn: Fn, u: Dual, slope: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Dual:
+    """Rescale with the secant slope in closed form (as :mod:`rnnshap.rules.secant`): exact for every Δ,
+    0 where nothing moves and the slope is not finite."""
+    ux = tf.stop_gradient(u.x)
+    m = slope(ux, u.r)
+    m = tf.where(tf.equal(ux, u.r) & ~tf.math.is_finite(m), tf.zeros_like(m), m)
+    return Dual(attach(fn(ux), [(u.x, m)]), fn(u.r))
+
+
+def reciprocal(u: Dual) -> Dual:
+    return secant(tf.math.reciprocal, u, reciprocal_slope)
+
+
+def shapley2(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], a: Dual, b: Dual, smooth: bool = True) -> Dual:
+    """Exact two-player Shapley rule for an elementwise ``fn(a, b)`` (broadcasting):
+    φ_a = ½[fn(a, b_r) − fn(a_r, b_r) + fn(a, b) − fn(a_r, b)], multiplier φ_a / Δa (the derivative at
+    the midpoint where |Δa| is tiny and ``fn`` is smooth); the same for b."""
+    ax, bx = tf.stop_gradient(a.x), tf.stop_gradient(b.x)
+    y, y_r = fn(ax, bx), fn(a.r, b.r)
+    ab_r, a_rb = fn(ax, b.r), fn(a.r, bx)
+    phi_a = ((ab_r - y_r) + (y - a_rb)) / 2
+    phi_b = ((a_rb - y_r) + (y - ab_r)) / 2
+
+    shape = tf.shape(y)
+    a_mid, b_mid = tf.broadcast_to((ax + a.r) / 2, shape), tf.broadcast_to((bx + b.r) / 2, shape)
+
+    def multiplier(phi: tf.Tensor, delta: tf.Tensor, which: int) -> tf.Tensor:
+        delta = tf.broadcast_to(delta, shape)
+        small = tf.abs(delta) <= small_delta_threshold(delta.dtype, smooth)
+        quotient = phi / tf.where(small, tf.ones_like(delta), delta)
+        if not smooth:
+            return tf.where(small, tf.zeros_like(quotient), quotient)
+        # the derivative at the operand's midpoint, averaged over the other operand's two values (as φ is)
+        ends = [tf.broadcast_to(t, shape) for t in ((b.r, bx) if which == 0 else (a.r, ax))]
+        point = a_mid if which == 0 else b_mid
+        with tf.GradientTape() as tape:
+            tape.watch(point)
+            total = sum(fn(point, e) if which == 0 else fn(e, point) for e in ends)
+        slope = tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO) / 2
+        return tf.where(small, slope, quotient)
+
+    m_a, m_b = multiplier(phi_a, ax - a.r, 0), multiplier(phi_b, bx - b.r, 1)
+    return Dual(attach(y, [(a.x, m_a), (b.x, m_b)]), y_r)
+
+
+def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None) -> Dual:
+    r"""``c / sqrt(mean(c ⊙ c) + ε)`` over ``axes``, ``c`` the centred input, as the PyTorch side's
+    :func:`rnnshap.rules.structured.standardize`: centring and the mean linear, c ⊙ c by the Shapley
+    rule, :math:`(v + \epsilon)^{-1/2}` by Rescale with its closed-form secant, the product by the
+    Shapley rule. ``centre=False``: the variance of the input itself (RMS); ``centre_output=False``:
+    the input, not ``c``, times the inverse deviation (Keras's ``rms_scaling``)."""
+    axes = list(axes)
+    c = u.map(lambda t: t - tf.reduce_mean(t, axes, keepdims=True)) if centre else u
+    square = product(c, c)
+    variance = square.map(lambda t: tf.reduce_mean(t, axes, keepdims=True) + tf.constant(epsilon, t.dtype))
+    inverse = secant(tf.math.rsqrt, variance, rsqrt_slope)
+    return product(c if (centre_output is None or centre_output) else u, inverse)
+
+
+def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
+    """log Σ exp(u): Rescale on exp, the linear sum, Rescale on log (the shift c cancels)."""
+    shift = tf.stop_gradient(tf.maximum(tf.reduce_max(u.x, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)))
+    e = rescale(tf.exp, u.map(lambda t: t - shift), derivative=tf.exp)
+    total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
+    out = total.map(lambda t: t + shift)
+    return out if keepdims else out.map(lambda t: tf.squeeze(t, axis))

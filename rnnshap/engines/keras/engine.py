@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from keras.src import tree as keras_tree
 
 from ...errors import InputError, RnnShapError
 from ..base import Block, BlockResult, Engine
@@ -32,6 +33,19 @@ CHECK_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-
 MODEL_ROWS = 256
 
 
+_INTEGER = ("int32", "int64", "int16", "int8", "uint8", "bool")
+
+
+def _concatenate(parts: list[Dual]) -> Dual:
+    """Several output Duals as one: each flattened per row, in a common dtype, concatenated."""
+    dtype = max((d.x.dtype for d in parts), key=lambda t: t.size)
+
+    def flat(t: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.reshape(t, (tf.shape(t)[0], -1)), dtype)
+
+    return Dual(tf.concat([flat(d.x) for d in parts], 1), tf.concat([flat(d.r) for d in parts], 1))
+
+
 def _floating(dtype: str | None) -> bool:
     return dtype is not None and dtype in _PRECISION
 
@@ -41,19 +55,24 @@ class KerasEngine(Engine):
 
     name = "keras (tensorflow)"
 
-    def __init__(self, model: Any, data: Any) -> None:
+    def __init__(self, model: Any, data: Any, output_index: int | str | None = None) -> None:
         found = problems(model)
         if found:
             raise refusal(found)
         self.model = model
+        self.output_index = output_index
+        #: ``(name, shape, start, stop)`` per model output, in the order their values are flattened into one
+        #: output vector for a model with several outputs (see :meth:`_select`); set by the first call
+        self.output_layout: list[tuple[str, tuple[int, ...], int, int]] = []
         self.multi_input = isinstance(data, (list, tuple))
         self.background: list[np.ndarray] = []
         arrays = self._arrays(data, "background")
         declared = self._input_dtypes(model, len(arrays))
         # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
-        # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype
-        self.token_inputs = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.integer) and not _floating(declared[i])]
-        self._dtypes = [("int64" if declared[i] == "int64" else "int32") if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
+        # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype.
+        # Boolean data (or integers) may also be masks (MultiHeadAttention's attention_mask): never attributed.
+        self.token_inputs = [i for i, a in enumerate(arrays) if (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_) and not _floating(declared[i])]
+        self._dtypes = [self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
         self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])
         outputs = self._call(self.background)
@@ -64,7 +83,7 @@ class KerasEngine(Engine):
                 break
             except InputError as error:
                 index = getattr(error, "input_index", None)
-                if index not in self.token_inputs or declared[index] in ("int32", "int64", "int16", "int8", "uint8"):
+                if index not in self.token_inputs or declared[index] in _INTEGER or self._dtypes[index] == "bool":
                     raise
                 self.token_inputs.remove(index)
                 self._dtypes[index] = self._float_dtype(declared[index])
@@ -72,6 +91,12 @@ class KerasEngine(Engine):
         self.output_shape = tuple(outputs.shape[1:])
         self.background_outputs = outputs.astype(np.float64)
         self.dtype = self._least_precise()
+
+    @staticmethod
+    def _token_dtype(array: np.ndarray, declared: str | None) -> str:
+        if declared in _INTEGER:
+            return str(declared)
+        return "bool" if array.dtype == np.bool_ else "int32"
 
     def _float_dtype(self, declared: str | None) -> str:
         return declared if declared is not None and _floating(declared) else str(self.model.compute_dtype)
@@ -93,8 +118,12 @@ class KerasEngine(Engine):
         return known[0] if known else str(self.model.compute_dtype)
 
     def _probe(self, outputs: np.ndarray) -> None:
+        """A pass over two pairs of background rows: it lists every operation without a rule (in traced
+        custom calls too) and checks that the pass computes the model."""
         xs, rs = [b[:2] for b in self.background], [b[-2:] for b in self.background]
-        out, _, run = self._dual_pass(xs, rs, tape=None)
+        out, _, run = self._dual_pass(xs, rs, tape=None, collect=True)
+        if run.collect:
+            raise refusal(run.collect)
         self.dtype = self._least_precise()
         n = len(xs[0])  # pairs (x_i, r_i): a grid of n samples with one reference each
         self._verify(out, run, outputs[:2].reshape(1, n, 1, -1), outputs[-2:].reshape(1, n, 1, -1), (1, n, 1))
@@ -168,12 +197,50 @@ class KerasEngine(Engine):
             out = self.model(args, training=False)
         except Exception as error:  # keras raises ValueError, TypeError or TF errors on a bad shape
             raise InputError(f"The model failed on inputs of shape {[a.shape for a in arrays]}: {error}") from error
-        if isinstance(out, (list, tuple, dict)):
-            raise InputError("The model has several outputs; rnnshap explains models with one output tensor")
-        result = np.asarray(out)
-        if result.ndim == 0 or result.shape[0] != arrays[0].shape[0]:
-            raise InputError(f"The model maps {arrays[0].shape[0]} rows to an output of shape {result.shape}; the output's first dimension must be the batch")
-        return result
+        rows = arrays[0].shape[0]
+        flat = [np.asarray(t) for t in keras_tree.flatten(out)]
+        for index, result in enumerate(flat):
+            if result.ndim == 0 or result.shape[0] != rows:
+                which = "output" if len(flat) == 1 else f"output {index}"
+                raise InputError(f"The model maps {rows} rows to an {which} of shape {result.shape}; the output's first dimension must be the batch")
+        if not self.output_layout:
+            self._set_layout(out, flat)
+        return self._select(flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1))
+
+    def _set_layout(self, out: Any, flat: list[Any]) -> None:
+        """The names, shapes and places of the model's outputs; checks ``output_index``."""
+        if isinstance(out, dict):
+            names = [str(k) for k in sorted(out)]
+        else:
+            given = list(getattr(self.model, "output_names", None) or [])
+            names = given if len(given) == len(flat) else [f"output_{i}" for i in range(len(flat))]
+        start = 0
+        for name, array in zip(names, flat, strict=True):
+            size = int(np.prod(array.shape[1:]))
+            self.output_layout.append((name, tuple(int(d) for d in array.shape[1:]), start, start + size))
+            start += size
+        if self.output_index is not None:
+            self._output_position()
+
+    def _output_position(self) -> int:
+        index = self.output_index
+        names = [name for name, *_ in self.output_layout]
+        if isinstance(index, str):
+            if index not in names:
+                raise InputError(f"output_index={index!r}: the model's outputs are named {names}")
+            return names.index(index)
+        if not isinstance(index, (int, np.integer)) or not -len(names) <= int(index) < len(names):
+            raise InputError(f"output_index={index!r}: the model has {len(names)} output(s) {names}")
+        return int(index) % len(names)
+
+    def _select(self, flat: list[Any], concatenate: Any) -> Any:
+        """The explained output from the model's flattened outputs: the one chosen by ``output_index``,
+        the only one, or all of them flattened per sample and concatenated in :attr:`output_layout`'s order."""
+        if self.output_index is not None:
+            return flat[self._output_position()]
+        if len(flat) == 1:
+            return flat[0]
+        return concatenate(flat)
 
     def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
         outputs = self._call(inputs).reshape(inputs[0].shape[0], -1).astype(np.float64)
@@ -198,8 +265,10 @@ class KerasEngine(Engine):
         return list(inputs)
 
     # -- the dual pass -----------------------------------------------------------------------------
-    def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None) -> tuple[Dual, list[tf.Tensor], Run]:
+    def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
+        if collect:
+            run.collect = []
         watched: list[tf.Tensor] = []
         duals: list[Dual] = []
         for index, (x, r) in enumerate(zip(xs, rs, strict=True)):
@@ -211,10 +280,10 @@ class KerasEngine(Engine):
                     tape.watch(tx)
                 watched.append(tx)
                 duals.append(Dual(tx, tr))
-        out = run_model(self.model, duals, run)
-        if not isinstance(out, Dual):
-            raise InputError("The model has several outputs; rnnshap explains models with one output tensor")
-        return out, watched, run
+        flat = keras_tree.flatten(run_model(self.model, duals, run, as_list=self.multi_input))
+        if not all(isinstance(d, Dual) for d in flat):
+            raise RnnShapError("An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it")
+        return self._select(flat, _concatenate), watched, run
 
     def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
         """Check that the pass computed the model: ``out`` holds the pass's outputs for a grid of

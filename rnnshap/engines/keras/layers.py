@@ -8,6 +8,7 @@ trajectories step by step: gates by Rescale, gate ⊙ state products by the exac
 
 from __future__ import annotations
 
+import sys
 import weakref
 from functools import partial
 from typing import Any
@@ -19,7 +20,7 @@ from keras.src import backend as keras_backend
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
-from . import dual
+from . import attention, dual, kops, trace
 from .dual import Dual
 
 L = keras.layers
@@ -44,7 +45,13 @@ _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
 #: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
-_MASK_OPS = {"NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "ZerosLike", "OnesLike"}
+_MASK_OPS = {
+    "NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "LogicalXor", "ZerosLike", "OnesLike",
+    "FullLike", "Greater", "GreaterEqual", "Less", "LessEqual", "Isnan", "Isfinite", "Isinf",
+}  # fmt: skip
+#: attention layers and normalization layers with their own rules (rnnshap/engines/keras/attention.py)
+_ATTENTION = (L.Attention, L.AdditiveAttention, L.MultiHeadAttention)
+_NORMALIZATION = (L.LayerNormalization, L.GroupNormalization, *((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ()))
 
 
 class Run:
@@ -62,6 +69,10 @@ class Run:
         self.rows = rows
         self.embedded: list[tuple[int, tf.Tensor, tf.Tensor]] = []  # (input index, input side, reference side)
         self.agree: tf.Tensor | None = None
+        #: the probe collects every refusal here instead of raising at the first (see unsupported_in)
+        self.collect: list[tuple[str, str]] | None = None
+        #: the traced layers (Lambda, custom call()) the pass is inside, outermost first, for refusals
+        self.scope: list[str] = []
 
     def compare(self, mask_x: Any, mask_r: Any) -> None:
         """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``."""
@@ -100,19 +111,12 @@ def activation_problem(fn: Any) -> str | None:
     return f"activation {name!r} has no rule (supported: linear, softmax, log_softmax, {', '.join(sorted(_ELEMENTWISE))})"
 
 
-#: keras ops (as nodes of a Functional graph) that are linear in their input-dependent arguments
-_LINEAR_OPS = {
-    "GetItem", "Add", "Subtract", "Negative", "Reshape", "Transpose", "Concatenate", "Stack", "Sum", "Mean",
-    "Squeeze", "ExpandDims", "Flip", "Moveaxis", "Swapaxes", "Tile", "Repeat", "Cast",
-}  # fmt: skip
-
-
-def _is_keras_op(op: Any, names: set[str]) -> bool:
-    return type(op).__name__ in names and type(op).__module__.startswith("keras.src.ops")
-
-
 def _is_mask_op(op: Any) -> bool:
     return type(op).__name__ in _MASK_OPS and type(op).__module__.startswith("keras.src.ops")
+
+
+def _keras_base(layer: Any) -> str:
+    return next((k.__name__ for k in type(layer).__mro__ if k.__module__.startswith("keras.")), "keras")
 
 
 def _custom_call(layer: Any) -> str | None:
@@ -127,10 +131,31 @@ def _custom_call(layer: Any) -> str | None:
 
 def problem(layer: Any) -> str | None:
     """Why ``layer`` cannot be explained exactly, or None."""
-    if _is_mask_op(layer) or _is_keras_op(layer, _LINEAR_OPS | {"Multiply"}):
-        return None  # mask ops run on the explained input (see call_layer); the others are linear or a product
+    if _is_mask_op(layer):
+        return None  # mask ops run on the explained input (see call_layer)
+    if kops.is_keras_op(layer):
+        return None  # checked when it runs: an op without a rule is refused where an input-dependent tensor reaches it
+    if trace.traced_kind(layer) is not None:
+        return None  # its call() is traced when it runs (rnnshap/engines/keras/trace.py)
     if (custom := _custom_call(layer)) is not None:
-        return f"{custom} overrides call(); rnnshap re-implements the keras layers it supports and cannot follow a custom call"
+        return (
+            f"{custom} overrides call() of the built-in {_keras_base(layer)} layer, which rnnshap re-implements; subclass "
+            "keras.layers.Layer instead (rnnshap traces the call() of Layer and Model subclasses), or build it functionally"
+        )
+    if isinstance(layer, getattr(L, "GroupQueryAttention", ())):
+        return "GroupedQueryAttention has no rule in rnnshap (MultiHeadAttention, Attention and AdditiveAttention do)"
+    if isinstance(layer, _ATTENTION + _NORMALIZATION):
+        hooks = ("_compute_attention", "_masked_softmax", "_calculate_scores", "_apply_scores", "_calculate_score_mask", "_reshape_into_groups")
+        for klass in type(layer).__mro__:
+            if klass.__module__.startswith("keras."):
+                break
+            if changed := [name for name in hooks if name in vars(klass)]:
+                return f"{klass.__name__} overrides {', '.join(changed)} of {_keras_base(layer)}, which rnnshap re-implements"
+        return None
+    if isinstance(layer, L.EinsumDense):
+        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+            return "quantized or LoRA layers are not supported"
+        return None if layer.activation is None else activation_problem(layer.activation)
     if isinstance(layer, (keras.Sequential, Functional)):
         return None  # its layers are checked one by one
     if isinstance(layer, L.InputLayer) or isinstance(layer, _LINEAR + _MERGE) or isinstance(layer, L.Multiply):
@@ -178,7 +203,9 @@ def problems(model: Any) -> list[tuple[str, str]]:
     """Every (layer name, reason) of ``model`` and the models inside it that cannot be explained."""
     found: list[tuple[str, str]] = []
     if not isinstance(model, (keras.Sequential, Functional)) or _custom_call(model) is not None:
-        return [(model.name, f"{type(model).__name__} is a subclassed Keras model; rnnshap explains Functional and Sequential models")]
+        if trace.traced_kind(model) is not None:
+            return []  # a subclassed model: its call() is traced when it runs
+        return [(model.name, f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model with its own call()")]
     layers = model.layers if isinstance(model, keras.Sequential) else model.operations
     for layer in layers:
         if isinstance(layer, (keras.Sequential, Functional)) or isinstance(layer, keras.Model):
@@ -189,8 +216,9 @@ def problems(model: Any) -> list[tuple[str, str]]:
 
 
 # -- running a model -----------------------------------------------------------------------------
-def run_model(model: Any, inputs: list[Dual], run: Run) -> Any:
-    """``model`` on Duals: a Dual (or the structure of the model's outputs, of Duals)."""
+def run_model(model: Any, inputs: list[Dual], run: Run, as_list: bool = True) -> Any:
+    """``model`` on Duals: a Dual (or the structure of the model's outputs, of Duals). ``as_list``: a
+    subclassed model takes its inputs as a list (else the one Dual), as the engine calls it."""
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is not None:
@@ -200,10 +228,12 @@ def run_model(model: Any, inputs: list[Dual], run: Run) -> Any:
         for layer in model.layers:
             out = call_layer(layer, run, out)
         return out
-    if isinstance(model, Functional):
+    if isinstance(model, Functional) and _custom_call(model) is None:
         inputs = [_as_input(value, spec) for value, spec in zip(inputs, model.inputs, strict=False)]
         return model._run_through_graph(inputs, operation_fn=lambda op: (lambda *args, **kwargs: call_layer(op, run, *args, **kwargs)))
-    raise TypeError(f"{type(model).__name__} is not a Functional or Sequential Keras model")
+    if trace.traced_kind(model) is not None:  # a subclassed model: called as the engine calls it
+        return call_layer(model, run, inputs if as_list else inputs[0])
+    raise TypeError(f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model")
 
 
 def _as_input(value: Any, spec: Any) -> Any:
@@ -324,20 +354,34 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
             run.compare(out, layer(*_side(args, 1), **_side(kwargs, 1)))
         return out
-    if _is_keras_op(layer, _LINEAR_OPS | {"Multiply"}):
+    if kops.is_keras_op(layer):
         if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
-            return layer(*args, **kwargs)  # on masks only (Concatenate's compute_mask in the graph)
-        _no_tokens(layer, *_flat([*args, *kwargs.values()]))
-        if _is_keras_op(layer, {"Multiply"}) and all(isinstance(a, Dual) for a in args) and len(args) == 2 and not kwargs:
-            return dual.product(*args)
-        x, r = layer(*_side(args, 0), **_side(kwargs, 0)), layer(*_side(args, 1), **_side(kwargs, 1))
-        if isinstance(x, (list, tuple)):
-            return type(x)(Dual(a, b) for a, b in zip(x, r, strict=True))
-        out = Dual(x, r)
-        for value in _flat([*args, *kwargs.values()]):  # an op that returns its input keeps that tensor's mask
-            if isinstance(value, Dual) and value.x is x:
-                out.mask = value.mask
+            return layer(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
+        values = [v for v in _flat([*args, *kwargs.values()]) if isinstance(v, Dual)]
+        tokens = [v for v in values if isinstance(v, TokenDual)]
+        if tokens and type(layer).__name__ == "Cast" and str(layer.dtype) == "bool":
+            out = layer(*_side(args, 0), **_side(kwargs, 0))  # token ids (0/1) cast to a mask: a mask op
+            run.compare(out, layer(*_side(args, 1), **_side(kwargs, 1)))
+            return out
+        structural = type(layer).__name__ in kops.STRUCTURAL and not (type(layer).__name__ == "Cast" and str(layer.dtype).startswith(("float", "bfloat")))
+        if tokens and len(tokens) == len(values) and structural:  # token ids (or an integer mask) moved around
+            x, r = layer(*_side(args, 0), **_side(kwargs, 0)), layer(*_side(args, 1), **_side(kwargs, 1))
+            return TokenDual(x, r, tokens[0].index)
+        _no_tokens(layer, *tokens)
+        try:
+            out = kops.call_op(layer, run, args, kwargs, _unsupported)
+        except Exception as error:
+            if not _is_refusal(error):
+                raise
+            out = unsupported_in(layer, run, _refusal_reason(error), lambda: kops._both(layer, args, kwargs))
+        if isinstance(out, Dual) and out.mask is None:
+            for value in _flat([*args, *kwargs.values()]):  # an op that returns its input keeps that tensor's mask
+                if isinstance(value, Dual) and value.x is out.x:
+                    out.mask = value.mask
         return out
+    if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])) and not isinstance(layer, (keras.Sequential, Functional)):
+        out = layer(*args, **kwargs)  # on constants only (positions from ops.arange): a constant, the same on both sides
+        return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
     if any(isinstance(a, tf.Tensor) for a in _flat(args)):
         raise _unsupported(layer, "a tensor computed from a mask reaches this layer as data")
     if not isinstance(layer, (keras.Sequential, Functional)):
@@ -375,7 +419,31 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
             run.tape.watch(ex)
         run.embedded.append((tokens.index, ex, er))
         return Dual(ex, er)
+    if isinstance(layer, L.MultiHeadAttention):  # its attention_mask may be a model input (token ids, 0/1)
+        _no_tokens(layer, *_flat(args[:3]), *(kwargs.get(k) for k in ("query", "value", "key")))
+        return attention.multi_head_attention(layer, run, call_layer, *args, **kwargs)
+    if (kind := trace.traced_kind(layer)) is not None:  # its call() may take token ids (to an Embedding inside)
+        takes_mask = layer._fn_expects_mask_arg if kind == "lambda" else layer._call_has_mask_arg
+        if call_mask is not None and any(m is not None for m in keras_tree.flatten(call_mask)) and takes_mask:
+            return unsupported_in(layer, run, "a Keras mask reaches its call(), which takes it; rnnshap traces call() without masks", lambda: _plain(layer, args, kwargs))
+        run.scope.append(f"{layer.name} ({type(layer).__name__})")
+        try:
+            return trace.call_traced(layer, run, args, kwargs, sys.modules[__name__])
+        except trace.TraceError as error:
+            return unsupported_in(layer, run, str(error), lambda: _plain(layer, args, kwargs))
+        finally:
+            run.scope.pop()
     _no_tokens(layer, *_flat([*args, *kwargs.values()]))
+    if isinstance(layer, (L.Attention, L.AdditiveAttention)):
+        return attention.attention(layer, run, *args, **{**kwargs, "mask": call_mask})
+    if isinstance(layer, L.LayerNormalization):
+        return attention.layer_normalization(layer, args[0])
+    if isinstance(layer, L.GroupNormalization):
+        return attention.group_normalization(layer, args[0])
+    if isinstance(layer, _NORMALIZATION):  # RMSNormalization
+        return attention.rms_normalization(layer, args[0])
+    if isinstance(layer, L.EinsumDense):
+        return attention.einsum_dense(layer, args[0], activate)
     if isinstance(layer, L.Masking):
         (value,) = args
         keep = tf.reduce_any(tf.not_equal(value.x, layer.mask_value), axis=-1)
@@ -451,6 +519,13 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
     raise _unsupported(layer, why)
 
 
+def _plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The layer itself on each side (for the probe that lists refusals; never attributed)."""
+    x = layer(*_side(args, 0), **_side(kwargs, 0))
+    r = layer(*_side(args, 1), **_side(kwargs, 1))
+    return keras_tree.map_structure(lambda a, b: Dual(_bare(a), _bare(b)), x, r)
+
+
 def _large_negative(dtype: tf.DType) -> float:
     from keras.src.layers.activations.softmax import _large_negative_number
 
@@ -515,12 +590,39 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
     lines = "\n".join(f"  - {name}: {why}" for name, why in ops)
     error.args = (
         f"rnnshap cannot attribute {len(ops)} layer(s) of this Keras model exactly:\n{lines}\n"
-        "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, Conv1D/2D, "
+        "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
-        "Bidirectional, Masking, linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two "
-        "inputs, and Functional/Sequential models of them.",
+        "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
+        "linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two inputs, keras ops "
+        "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
+        "Functional/Sequential models of them.",
     )
     return error
+
+
+def _is_refusal(error: Exception) -> bool:
+    from ...errors import UnsupportedOperationError
+
+    return isinstance(error, UnsupportedOperationError)
+
+
+def _refusal_reason(error: Exception) -> str:
+    ops = getattr(error, "ops", None)
+    return "; ".join(why for _, why in ops) if ops else str(error)
+
+
+def unsupported_in(layer: Any, run: Run, why: str, fallback: Any) -> Any:
+    """Refuse ``layer`` (an op or layer without a rule) by name, or, in the probe that lists every
+    refusal of a model (``run.collect``), record it and go on with ``fallback()`` (its values on
+    both sides; the probe's attributions are never used)."""
+    own = f"{layer.name} ({type(layer).__name__})"
+    name = " > ".join(run.scope if run.scope and run.scope[-1] == own else [*run.scope, own])
+    if run.collect is None:
+        raise refusal([(name, why)])
+    entry = (name, why)
+    if entry not in run.collect:
+        run.collect.append(entry)
+    return fallback()
 
 
 def activate(fn: Any, u: Dual) -> Dual:
@@ -744,3 +846,4 @@ def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = No
     if layer.return_state:
         return (merged if mode is None else [merged]) + states
     return merged
+

@@ -1,0 +1,260 @@
+r"""Attention and normalization layers on :class:`~rnnshap.engines.keras.dual.Dual` tensors.
+
+Each layer runs its own computation, with every nonlinear step by its rule:
+
+- scores ``q·kᵀ`` and the weighted sum ``softmax(scores)·v`` are products of two input-dependent
+  tensors: the exact two-player Shapley rule (:func:`~rnnshap.engines.keras.dual.bilinear`);
+- ``tanh`` of the additive (``concat``) scores by Rescale, softmax by its decomposition;
+- masks (Keras masks, ``attention_mask``, causal masks) are read on the explained input and hold on
+  both sides, as everywhere in the Keras engine: a masked key gets a constant score on both sides, so
+  it gets exactly zero attribution through the scores and zero weight on its value;
+- layer and group normalization by :func:`~rnnshap.engines.keras.dual.standardize`, the rule of
+  the PyTorch side's ``layer_norm`` and ``group_norm``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from . import dual
+from .dual import Dual
+
+L = keras.layers
+
+
+def _mask_side(value: Any, run: Any) -> tf.Tensor | None:
+    """A mask given as a tensor of the model (a Dual: a mask input, or computed from one) as a boolean
+    tensor of the explained input; the reference side is recorded for the check against the model."""
+    if value is None:
+        return None
+    if isinstance(value, Dual):
+        mask_x, mask_r = tf.cast(value.x, tf.bool), tf.cast(value.r, tf.bool)
+        run.compare(mask_x, mask_r)
+        return mask_x
+    return tf.cast(value, tf.bool)
+
+
+def _weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
+    value = tf.convert_to_tensor(variable)
+    return value if value.dtype == dtype else tf.cast(value, dtype)
+
+
+# -- Attention, AdditiveAttention ------------------------------------------------------------------
+def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any = None, return_attention_scores: bool = False, use_causal_mask: bool = False) -> Any:
+    """``keras.layers.Attention`` (``score_mode`` dot or concat) and ``AdditiveAttention``."""
+    del training  # dropout is off at inference
+    q, v = inputs[0], inputs[1]
+    k = inputs[2] if len(inputs) > 2 else v
+    q_mask = _mask_side(mask[0], run) if mask else None
+    v_mask = _mask_side(mask[1], run) if mask else None
+    dtype = q.x.dtype
+    additive = isinstance(layer, L.AdditiveAttention)
+    if not additive and layer.score_mode == "dot":
+        scores = dual.bilinear(lambda a, b: tf.matmul(a, b, transpose_b=True), q, k)
+        if layer.scale is not None:
+            scale = _weight(layer.scale, dtype)
+            scores = scores.map(lambda t: t * scale)
+    else:
+        summed = q.map(lambda t: tf.expand_dims(t, -2)) + k.map(lambda t: tf.expand_dims(t, -3))
+        if additive:
+            scale = _weight(layer.scale, dtype) if layer.use_scale else None
+            scores = dual.tanh(summed)
+            scores = scores.map(lambda t: tf.reduce_sum(t if scale is None else scale * t, -1))
+        else:
+            if layer.scale is not None:
+                scale = _weight(layer.scale, dtype)
+                summed = summed.map(lambda t: scale * t)
+            weight = _weight(layer.concat_score_weight, dtype)
+            scores = dual.tanh(summed).map(lambda t: weight * tf.reduce_sum(t, -1))
+    scores_mask = layer._calculate_score_mask(scores.x, v_mask, use_causal_mask)
+    if scores_mask is not None:
+        padding = tf.logical_not(tf.cast(scores_mask, tf.bool))
+        if padding.shape.rank == 2:
+            padding = tf.expand_dims(padding, -2)
+        max_value = tf.cast(65504.0 if dtype == tf.float16 else 1.0e9, dtype)
+        scores = scores.map(lambda t: tf.where(padding, t - max_value, t))
+    weights = dual.softmax(scores, -1)
+    out = dual.bilinear(tf.matmul, weights, v)
+    if q_mask is not None:
+        keep = tf.expand_dims(q_mask, -1)
+        out = out.map(lambda t: tf.where(keep, t, tf.zeros_like(t)))
+    return (out, weights) if return_attention_scores else out
+
+
+# -- MultiHeadAttention ----------------------------------------------------------------------------
+def einsum_dense(layer: Any, value: Dual, activate: Any) -> Dual:
+    """``EinsumDense``: the einsum with the kernel and the bias (linear), then the activation."""
+    kernel = _weight(layer.kernel, value.x.dtype)
+    bias = None if layer.bias is None else _weight(layer.bias, value.x.dtype)
+
+    def linear(t: tf.Tensor) -> tf.Tensor:
+        out = tf.einsum(layer.equation, t, kernel)
+        return out if bias is None else out + bias
+
+    return activate(layer.activation, value.map(linear))
+
+
+def multi_head_attention(
+    layer: Any,
+    run: Any,
+    call_layer: Any,
+    query: Dual,
+    value: Dual,
+    key: Dual | None = None,
+    query_mask: Any = None,
+    value_mask: Any = None,
+    key_mask: Any = None,
+    attention_mask: Any = None,
+    return_attention_scores: bool = False,
+    training: Any = None,
+    use_causal_mask: bool = False,
+) -> Any:
+    """``keras.layers.MultiHeadAttention`` as its ``call`` computes it (Keras 3): the projections
+    (``EinsumDense``, linear), the scaled dot products (Shapley), the masked softmax, the weighted sum
+    of the values (Shapley), the optional gate (Shapley) and the output projection."""
+    del training, query_mask  # dropout is off at inference; MHA reads the query's Keras mask itself
+    if key is None:
+        key = value
+    q_mask = query.mask
+    v_mask = value_mask if value_mask is not None else value.mask
+    k_mask = key_mask if key_mask is not None else (key.mask if key is not value else None)
+    v_mask, k_mask = _mask_side(v_mask, run), _mask_side(k_mask, run)
+    given_mask = _mask_side(attention_mask, run)
+    causal_only = (
+        use_causal_mask
+        and q_mask is None
+        and v_mask is None
+        and k_mask is None
+        and given_mask is None
+        and getattr(layer, "_sliding_window", None) is None
+    )
+    if causal_only:
+        mask = None
+    else:
+        mask = layer._compute_attention_mask(
+            query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask, use_causal_mask=use_causal_mask
+        )
+    gate = call_layer(layer._gate_dense, run, query) if getattr(layer, "_use_gate", False) else None
+    q = call_layer(layer._query_dense, run, query)
+    k = call_layer(layer._key_dense, run, key)
+    v = call_layer(layer._value_dense, run, value)
+    dot_product_path = not (layer._dropout > 0.0 or return_attention_scores or q.x.shape.rank != 4)
+    half = q.x.dtype in (tf.float16, tf.bfloat16)
+    scale = layer._inverse_sqrt_key_dim
+    if dot_product_path:  # ops.dot_product_attention: scaled logits in float32 at least, masked by `where`
+        logits = dual.bilinear(lambda a, b: tf.einsum("BTNH,BSNH->BNTS", a, b), q, k)
+        if half:
+            logits = logits.map(lambda t: tf.cast(t, tf.float32))
+        logits = logits.map(lambda t: t * tf.cast(scale, t.dtype))
+        keep = None
+        if causal_only:
+            steps_q, steps_k = logits.x.shape[2], logits.x.shape[3]
+            keep = tf.linalg.band_part(tf.ones((steps_q, steps_k), tf.bool), -1, 0)[None, None]
+        elif mask is not None:
+            keep = tf.cast(mask, tf.bool)
+            for _ in range(4 - keep.shape.rank):
+                keep = tf.expand_dims(keep, -len(layer._attention_axes) * 2 - 1)
+        if keep is not None:
+            from keras.src.backend.tensorflow.nn import _get_large_negative
+
+            floor = _get_large_negative(logits.x.dtype)
+            keep = tf.broadcast_to(keep, tf.shape(logits.x))
+            logits = logits.map(lambda t: tf.where(keep, t, tf.cast(floor, t.dtype)))
+        weights = dual.softmax(logits, -1)
+        if half:
+            weights = weights.map(lambda t: tf.cast(t, v.x.dtype))
+        out = dual.bilinear(lambda a, b: tf.einsum("BNTS,BSNH->BTNH", a, b), weights, v)
+    else:  # the explicit path: scaled query, einsum, Softmax layer (an additive mask), einsum
+        if use_causal_mask and mask is None:
+            mask = layer._compute_causal_mask(query.x, value.x)
+        q = q.map(lambda t: t * tf.cast(scale, t.dtype))
+        scores = dual.bilinear(lambda a, b: tf.einsum(layer._dot_product_equation, a, b), k, q)
+        axes = tuple(range(scores.x.shape.rank - len(layer._attention_axes), scores.x.shape.rank))
+        if mask is not None:
+            mask = tf.cast(mask, tf.bool)
+            for _ in range(scores.x.shape.rank - mask.shape.rank):
+                mask = tf.expand_dims(mask, -len(layer._attention_axes) * 2 - 1)
+            from keras.src.layers.activations.softmax import _large_negative_number
+
+            adder = (1.0 - tf.cast(mask, scores.x.dtype)) * tf.cast(_large_negative_number(scores.x.dtype.name), scores.x.dtype)
+            scores = scores.map(lambda t: t + adder)
+        weights = dual.softmax(scores, axes if len(axes) > 1 else axes[0])
+        out = dual.bilinear(lambda a, b: tf.einsum(layer._combine_equation, a, b), weights, v)
+    if gate is not None:
+        out = dual.product(out, gate)
+    out = call_layer(layer._output_dense, run, out)
+    if return_attention_scores:
+        return out, weights
+    return out
+
+
+# -- normalization ---------------------------------------------------------------------------------
+def layer_normalization(layer: Any, value: Dual) -> Dual:
+    """``LayerNormalization`` over any axes, with or without centre and scale, and ``rms_scaling``
+    (Keras's: the input, not centred, over its standard deviation)."""
+    original = value.x.dtype
+    compute = tf.float64 if original == tf.float64 else tf.float32
+    u = value.map(lambda t: tf.cast(t, compute)) if original != compute else value
+    rank = u.x.shape.rank
+    axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
+    epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+    rms = bool(getattr(layer, "rms_scaling", False))
+    out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
+    shape = [1] * rank
+    for a in axes:
+        shape[a] = u.x.shape[a]
+    gamma = None if layer.gamma is None else tf.reshape(_weight(layer.gamma, compute), shape)
+    beta = None if (layer.beta is None or rms) else tf.reshape(_weight(layer.beta, compute), shape)
+    if gamma is not None:
+        out = out.map(lambda t: t * gamma)
+    if beta is not None:
+        out = out.map(lambda t: t + beta)
+    target = tf.as_dtype(layer.compute_dtype)
+    return out.map(lambda t: tf.cast(t, target)) if target != compute else out
+
+
+def group_normalization(layer: Any, value: Dual) -> Dual:
+    """``GroupNormalization``: the channels in groups, each group standardized over its channels
+    and the other non-batch axes, then the per-channel scale and centre (linear)."""
+    grouped = value.map(layer._reshape_into_groups)
+    original = grouped.x.dtype
+    compute = tf.float64 if original == tf.float64 else tf.float32
+    if original != compute:
+        grouped = grouped.map(lambda t: tf.cast(t, compute))
+    axes = list(range(1, grouped.x.shape.rank))
+    axes.pop(-2 if layer.axis == -1 else layer.axis - 1)
+    out = dual.standardize(grouped, axes, layer.epsilon)
+    broadcast = layer._create_broadcast_shape(value.x.shape)
+    if layer.scale:
+        gamma = tf.reshape(_weight(layer.gamma, compute), broadcast)
+        out = out.map(lambda t: t * gamma)
+    if layer.center:
+        beta = tf.reshape(_weight(layer.beta, compute), broadcast)
+        out = out.map(lambda t: t + beta)
+    shape = tf.shape(value.x)
+    out = out.map(lambda t: tf.reshape(tf.cast(t, original), shape))
+    target = tf.as_dtype(layer.compute_dtype)
+    return out.map(lambda t: tf.cast(t, target)) if target != original else out
+
+
+def rms_normalization(layer: Any, value: Dual) -> Dual:
+    """``RMSNormalization``: the input over its root mean square (Shapley on x ⊙ x, Rescale on the
+    inverse root), times the scale."""
+    original = value.x.dtype
+    compute = tf.float64 if original == tf.float64 else tf.float32
+    u = value.map(lambda t: tf.cast(t, compute)) if original != compute else value
+    rank = u.x.shape.rank
+    axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
+    epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+    out = dual.standardize(u, axes, epsilon, centre=False)
+    if getattr(layer, "scale", None) is not None:
+        shape = [1] * rank
+        for a in axes:
+            shape[a] = u.x.shape[a]
+        scale = tf.reshape(_weight(layer.scale, compute), shape)
+        out = out.map(lambda t: t * scale)
+    target = tf.as_dtype(layer.compute_dtype)
+    return out.map(lambda t: tf.cast(t, target)) if target != compute else out

@@ -1,0 +1,255 @@
+r"""Keras ops (``keras.ops.*``, nodes of a Functional graph, of a traced ``Lambda`` or of a traced
+custom ``call``) on :class:`~rnnshap.engines.keras.dual.Dual` tensors, each by its rule:
+
+- linear ops (reshaping, indexing, sums, means, concatenation, convolution with a constant kernel,
+  ``multiply``/``matmul``/``einsum``/``divide`` with one input-dependent operand, ...) run on both sides;
+- products of two input-dependent tensors (``multiply``, ``matmul``, ``einsum``, ``tensordot``, ...)
+  take the exact two-player Shapley rule, ``divide`` by an input-dependent tensor the Shapley rule on
+  ``a ⊙ (1/b)``;
+- elementwise nonlinear ops take Rescale (with one input-dependent operand) or the exact two-player
+  Shapley rule (``maximum``, ``power``, ... of two);
+- ``softmax``, ``log_softmax``, ``logsumexp``, ``max``/``min`` reductions and ``layer_normalization``
+  their decompositions, as the layers do.
+
+Comparisons and logical ops are mask ops (read on the explained input, see ``layers.call_layer``).
+Any other op that an input-dependent tensor reaches is refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from . import dual
+from .dual import Dual
+
+#: linear in every input-dependent argument: both sides run through the op itself
+LINEAR = {
+    "GetItem", "Add", "Subtract", "Negative", "Reshape", "Transpose", "Concatenate", "Stack", "Sum", "Mean",
+    "Squeeze", "ExpandDims", "Flip", "Moveaxis", "Swapaxes", "Tile", "Repeat", "Cast", "BroadcastTo", "Cumsum",
+    "Roll", "Tril", "Triu", "Diagonal", "Diag", "Split", "ArraySplit", "Hsplit", "Vsplit", "Dsplit", "Unstack",
+    "Ravel", "Trace", "Copy", "Hstack", "Vstack", "Dstack", "Fliplr", "Flipud", "Rot90", "Slice", "Diff",
+    "Append", "Deg2rad", "Rad2deg", "SliceUpdate", "ScatterUpdate", "Real", "Identity", "View", "ConvertToTensor",
+}  # fmt: skip
+#: linear in the argument at these positions, which alone may be input-dependent
+LINEAR_IN = {
+    "Take": (0,), "TakeAlongAxis": (0,), "SegmentSum": (0,), "Pad": (0,), "Average": (0,), "Conv": (0,),
+    "DepthwiseConv": (0,), "SeparableConv": (0,), "ConvTranspose": (0,), "AveragePool": (0,),
+    "AdaptiveAveragePool": (0,), "Where": (1, 2),
+}  # fmt: skip
+#: linear in each operand: with two input-dependent operands, the exact two-player Shapley rule
+BILINEAR = {"Multiply", "Matmul", "Einsum", "Tensordot", "Dot", "Inner", "Outer", "Kron", "Vdot"}
+DIVISION = {"Divide", "TrueDivide"}
+#: ops that move or copy elements: on token ids (or an integer mask input) they give token ids
+STRUCTURAL = {
+    "GetItem", "Reshape", "ExpandDims", "Squeeze", "Transpose", "Tile", "Repeat", "BroadcastTo", "Flip", "Moveaxis",
+    "Swapaxes", "Ravel", "Concatenate", "Stack", "Cast", "ConvertToTensor",
+}  # fmt: skip
+#: unary elementwise ops: smooth ones take the midpoint derivative where |Δ| is tiny
+SMOOTH_UNARY = {
+    "Exp", "Exp2", "Expm1", "Log", "Log10", "Log1p", "Log2", "Sqrt", "Rsqrt", "Square", "Reciprocal", "Tanh",
+    "Sinh", "Cosh", "Sin", "Cos", "Tan", "Arctan", "Arcsinh", "Arctanh", "Arcsin", "Arccos", "Cbrt", "Erf",
+    "Erfc", "Sigmoid", "Softplus", "Softsign", "Silu", "Gelu", "Elu", "Selu", "Celu", "LogSigmoid", "Squareplus",
+    "TanhShrink", "SparsePlus", "Sinc",
+}  # fmt: skip
+PIECEWISE_UNARY = {
+    "Abs", "Absolute", "Fabs", "Relu", "Relu6", "LeakyRelu", "HardSigmoid", "HardSilu", "HardTanh",
+    "HardShrink", "SoftShrink", "Threshold", "Clip", "SparseSigmoid",
+}  # fmt: skip
+#: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
+BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
+STRUCTURED = {"Softmax", "LogSoftmax", "Logsumexp", "Max", "Min", "Amax", "Amin", "LayerNorm", "RMSNorm"}
+#: closed-form secant slopes for these unary ops (better conditioned than the quotient)
+SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
+    "Sqrt": (tf.sqrt, dual.sqrt_slope),
+    "Rsqrt": (tf.math.rsqrt, dual.rsqrt_slope),
+    "Square": (tf.square, dual.square_slope),
+    "Exp": (tf.exp, dual.exp_slope),
+    "Log": (tf.math.log, dual.log_slope),
+    "Reciprocal": (tf.math.reciprocal, dual.reciprocal_slope),
+}
+
+
+def name(op: Any) -> str:
+    return type(op).__name__
+
+
+def is_keras_op(op: Any) -> bool:
+    return type(op).__module__.startswith("keras.src.ops")
+
+
+def supported(op: Any) -> bool:
+    """Whether rnnshap has a rule for the keras op ``op`` (on input-dependent arguments)."""
+    n = name(op)
+    return n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
+
+
+def _flat(values: Any) -> list[Any]:
+    if isinstance(values, (list, tuple)):
+        return [item for v in values for item in _flat(v)]
+    if isinstance(values, dict):
+        return [item for v in values.values() for item in _flat(v)]
+    return [values]
+
+
+def _side(values: Any, which: int) -> Any:
+    if isinstance(values, Dual):
+        return values.x if which == 0 else values.r
+    if isinstance(values, (list, tuple)):
+        return type(values)(_side(v, which) for v in values)
+    if isinstance(values, dict):
+        return {key: _side(v, which) for key, v in values.items()}
+    return values
+
+
+def _both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The op on each side: a Dual (or a list of Duals for an op with several outputs)."""
+    x, r = op(*_side(args, 0), **_side(kwargs, 0)), op(*_side(args, 1), **_side(kwargs, 1))
+    if isinstance(x, (list, tuple)):
+        return type(x)(Dual(a, b) for a, b in zip(x, r, strict=True))
+    return Dual(x, r)
+
+
+def _positions(args: tuple[Any, ...], kwargs: dict[str, Any], op: Any) -> list[tuple[Any, Dual]]:
+    """(position, Dual) of the input-dependent arguments: an index of ``args`` or a keyword."""
+    found: list[tuple[Any, Dual]] = []
+    for index, value in enumerate(args):
+        if isinstance(value, Dual):
+            found.append((index, value))
+        elif any(isinstance(v, Dual) for v in _flat(value)):
+            found.append((index, None))  # type: ignore[arg-type]  # a Dual inside a list (a nest)
+    for key, value in kwargs.items():
+        if isinstance(value, Dual) or any(isinstance(v, Dual) for v in _flat(value)):
+            found.append((key, value if isinstance(value, Dual) else None))  # type: ignore[arg-type]
+    return found
+
+
+def _with(args: tuple[Any, ...], kwargs: dict[str, Any], replace: dict[Any, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    new_args = tuple(replace.get(i, a) for i, a in enumerate(args))
+    new_kwargs = {k: replace.get(k, v) for k, v in kwargs.items()}
+    return new_args, new_kwargs
+
+
+def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any) -> Callable[[tf.Tensor], tf.Tensor]:
+    def fn(t: tf.Tensor) -> tf.Tensor:
+        a, k = _with(args, kwargs, {where: t})
+        return op(*a, **k)
+
+    return fn
+
+
+def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Any:
+    """The keras op ``op(*args, **kwargs)`` with Duals among its arguments, by its rule."""
+    n = name(op)
+    found = _positions(args, kwargs, op)
+    where = [p for p, _ in found]
+    if n == "Cast" and not str(op.dtype).startswith(("float", "bfloat")):
+        raise unsupported(op, f"casts an input-dependent tensor to {op.dtype} (a step function); rnnshap has no rule for it")
+    if n in LINEAR:
+        return _both(op, args, kwargs)
+    if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where):
+        return _both(op, args, kwargs)
+    single = len(found) == 1 and found[0][1] is not None
+    if n in BILINEAR or n in DIVISION:
+        if len(found) == 1:
+            position, value = found[0]
+            if n in DIVISION and position not in (0, "x1"):
+                if value is None:
+                    raise unsupported(op, f"{n} by a nest of input-dependent tensors")
+                return _divide_by(op, args, kwargs, position, dual.reciprocal(value))
+            return _both(op, args, kwargs)
+        if len(found) == 2 and all(d is not None for _, d in found):
+            (pa, a), (pb, b) = found
+            if n in DIVISION:  # a / b = a ⊙ (1/b): the Shapley rule on the product, Rescale on 1/b
+                return dual.product(a, dual.reciprocal(b))
+
+            def fn(ta: tf.Tensor, tb: tf.Tensor) -> tf.Tensor:
+                new_args, new_kwargs = _with(args, kwargs, {pa: ta, pb: tb})
+                return op(*new_args, **new_kwargs)
+
+            return dual.bilinear(fn, a, b)
+        raise unsupported(op, f"{n} of {len(found)} input-dependent tensors (the exact Shapley split is done for two)")
+    if (n in SMOOTH_UNARY or n in PIECEWISE_UNARY) and single:
+        position, value = found[0]
+        if n in SLOPES and position in (0, "x") and len(args) + len(kwargs) == 1:
+            unary, slope = SLOPES[n]
+            return dual.secant(unary, value, slope)
+        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY)
+    if n in BINARY:
+        if single:
+            position, value = found[0]
+            return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=BINARY[n])
+        if len(found) == 2 and all(d is not None for _, d in found):
+            (pa, a), (pb, b) = found
+
+            def fn2(ta: tf.Tensor, tb: tf.Tensor) -> tf.Tensor:
+                new_args, new_kwargs = _with(args, kwargs, {pa: ta, pb: tb})
+                return op(*new_args, **new_kwargs)
+
+            return dual.shapley2(fn2, a, b, smooth=BINARY[n])
+    if n in STRUCTURED and single and where in ([0], ["x"]):
+        return _structured(op, n, found[0][1], args, kwargs, unsupported)
+    if n in ("LayerNorm", "RMSNorm") and where and where[0] in (0, "x") and all(d is not None for _, d in found[:1]) and len(found) == 1:
+        return _structured(op, n, found[0][1], args, kwargs, unsupported)
+    raise unsupported(op, f"keras op {n} on an input-dependent tensor has no rule in rnnshap (at argument(s) {where})")
+
+
+def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, inverse: Dual) -> Dual:
+    """``c / b`` for a constant ``c``: ``c ⊙ (1/b)``, linear in the Rescaled ``1/b``."""
+    numerator = args[0] if position != 0 and args else kwargs.get("x1")
+
+    def scaled(t: tf.Tensor) -> tf.Tensor:
+        if numerator is None:
+            return t
+        constant = tf.constant(numerator, t.dtype) if isinstance(numerator, (int, float)) else tf.cast(tf.convert_to_tensor(numerator), t.dtype)
+        return constant * t
+
+    return inverse.map(scaled)
+
+
+def _axes(axis: Any, rank: int) -> list[int]:
+    if axis is None:
+        return list(range(1, rank))
+    return [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+
+
+def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Dual:
+    rank = value.x.shape.rank
+    if n in ("Softmax", "LogSoftmax"):
+        axis = op.axis if not isinstance(op.axis, (list, tuple)) or len(op.axis) != 1 else op.axis[0]
+        return dual.softmax(value, axis) if n == "Softmax" else dual.log_softmax(value, axis)
+    if n == "Logsumexp":
+        if op.axis is None:
+            raise unsupported(op, "logsumexp over every axis mixes the samples of the batch")
+        return dual.logsumexp(value, _axes(op.axis, rank), keepdims=op.keepdims)
+    if n in ("Max", "Min", "Amax", "Amin"):
+        axes = _axes(op.axis, rank) if op.axis is not None else None
+        if axes is None or len(axes) != 1 or 0 in axes or getattr(op, "initial", None) is not None:
+            raise unsupported(op, f"{n} over axes {op.axis}: rnnshap routes a max over one non-batch axis")
+        if n in ("Max", "Amax"):
+            return dual.max_over(value, axes[0], keepdims=op.keepdims)
+        negated = dual.max_over(value.map(lambda t: -t), axes[0], keepdims=op.keepdims)
+        return negated.map(lambda t: -t)
+    # LayerNorm / RMSNorm ops: the weights are constants (keras variables)
+    bound = dict(zip(("x", "gamma", "beta") if n == "LayerNorm" else ("x", "scale"), args, strict=False))
+    bound.update(kwargs)
+    axes = _axes(op.axis, rank)
+    epsilon = op.epsilon if op.epsilon is not None else keras.config.epsilon()
+    if n == "LayerNorm":
+        out = dual.standardize(value, axes, epsilon, centre=True, centre_output=not op.rms_scaling)
+        gamma, beta = bound.get("gamma"), bound.get("beta")
+    else:
+        out = dual.standardize(value, axes, epsilon, centre=False)
+        gamma, beta = bound.get("scale"), None
+    shape = [1] * rank
+    for a in axes:
+        shape[a] = value.x.shape[a]
+    if gamma is not None:
+        g = tf.reshape(tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])
+        out = out.map(lambda t: t * g)
+    if beta is not None and not op.rms_scaling:
+        b = tf.reshape(tf.cast(tf.convert_to_tensor(beta), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])
+        out = out.map(lambda t: t + b)
+    return out
