@@ -1,0 +1,97 @@
+"""neuralforecast: LSTM, GRU, RNN, DilatedRNN, xLSTM and TFT, each with historic, future and static
+exogenous inputs, explained through the model's own ``forward(windows_batch)``.
+
+neuralforecast scales the windows before ``forward`` (``scaler_type``) and maps the network's
+output back afterwards, both outside ``forward``: the wrapper explains the network on scaled
+inputs, which is what ``forward`` sees. Models are built (not trained): random initial weights
+from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
+
+pytest.importorskip("neuralforecast")
+from neuralforecast.models import GRU, LSTM, RNN, TFT, DilatedRNN  # noqa: E402
+
+try:
+    from neuralforecast.models import xLSTM
+except ImportError:  # older neuralforecast, or xlstm missing
+    xLSTM = None
+
+L, H = 6, 3  # input window, horizon
+QUIET = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False)
+
+
+class Window(nn.Module):
+    """``f(y, hist, futr, stat)``: the model's ``forward`` on one batch of windows, the forecast (N, H).
+
+    y: (N, L, 1) past target; hist: (N, L, X) historic exogenous; futr: (N, L + H, F) future
+    exogenous over the window and the horizon; stat: (N, S) static exogenous."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+        batch = {"insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat}
+        return self.model(batch)[..., 0]  # (N, H, 1 output of the MAE loss) -> (N, H)
+
+
+def _data(n: int) -> list[torch.Tensor]:
+    return [torch.randn(n, L, 1), torch.randn(n, L, 2), torch.randn(n, L + H, 1), torch.randn(n, 1)]
+
+
+def _build(cls: Any, **kwargs: Any) -> Callable[[], Case]:
+    def build() -> Case:
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+        torch.manual_seed(0)
+        model = cls(
+            h=H, input_size=L, hist_exog_list=["a", "b"], futr_exog_list=["c"], stat_exog_list=["s"],
+            max_steps=1, random_seed=0, **QUIET, **kwargs,
+        )  # fmt: skip
+        return Case(Window(model).eval(), _data(N_BACKGROUND), _data(N_EXPLAINED))
+
+    return build
+
+
+SMALL_RNN = dict(encoder_hidden_size=8, decoder_hidden_size=8, encoder_n_layers=1)
+ZOO = {
+    "LSTM": Spec(_build(LSTM, **SMALL_RNN)),
+    "GRU": Spec(_build(GRU, **SMALL_RNN)),
+    "RNN": Spec(_build(RNN, **SMALL_RNN)),
+    "DilatedRNN": Spec(_build(DilatedRNN, encoder_hidden_size=8, decoder_hidden_size=8, dilations=[[1, 2]])),
+    "TFT": Spec(_build(TFT, hidden_size=8, n_head=2)),
+}
+if xLSTM is not None:
+    ZOO["xLSTM"] = Spec(_build(xLSTM, encoder_hidden_size=8, decoder_hidden_size=8, encoder_n_blocks=1))
+
+#: models whose forecast for horizon step j reads the window only up to position L − H + j (the
+#: encoder is causal and the forecast is read off its last H states; DilatedRNN and xLSTM map the
+#: whole window to the horizon with a linear layer over time)
+CAUSAL = {"LSTM", "GRU", "RNN"}
+
+
+@pytest.mark.parametrize("name", params(ZOO))
+def test_exact(name: str) -> None:
+    """Exact, and what the forecast for horizon step j must not see gets exactly 0.
+
+    Every model reads the future exogenous of horizon step j' only in the forecast for j'. The causal
+    encoders also give the past target exactly 0 after position L − H + j. TFT's decoder attends to
+    the past and the horizon up to j only (a causal mask).
+    """
+    values = check(ZOO[name]).values
+    y, futr = values[0], values[2]  # (N, L, 1, H), (N, L + H, 1, H)
+    for j in range(H):
+        later = [L + k for k in range(H) if k > j] if name == "TFT" else [L + k for k in range(H) if k != j]
+        assert_zero(futr[:, later, :, j], f"{name}: future exogenous of other horizon steps for step {j}")
+        if name in CAUSAL:
+            assert_zero(y[:, L - H + j + 1 :, :, j], f"{name}: target after position {L - H + j} for step {j}")
