@@ -8,7 +8,7 @@ multiplies by the rule's DeepLIFT multipliers instead of the local derivatives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -41,6 +41,7 @@ class OpCall:
     ``leaves`` are the flattened ``(args, kwargs)`` of the input side and ``ref_leaves`` those of
     the reference side; they differ only at the positions in ``tracked``, the tensors that depend
     on the explained input. Everything else (parameters, masks, python numbers) is shared.
+    A call is not changed once made (its arguments are rebuilt from the leaves once and kept).
     """
 
     fn: Callable[..., Any]
@@ -51,22 +52,65 @@ class OpCall:
     tracked: tuple[int, ...]
     #: the pair structure of the batch, when the explainer runs whole samples (None: unknown)
     pairs: PairGrid | None = None
+    #: ``(len(args), keyword names)`` when every argument is a leaf, which lets the arguments be
+    #: rebuilt without ``tree_unflatten`` (the engine sets it; None: use ``spec``)
+    layout: tuple[int, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    #: the operation's output on the reference side, when the engine kept it from the reference
+    #: pass (None: not kept; a rule that needs it computes it, ``evaluate(references)``)
+    ref_output: Any = field(default=None, repr=False, compare=False)
+    _sides: list[Any] = field(default_factory=lambda: [None, None], init=False, repr=False, compare=False)
+
+    @classmethod
+    def flat(
+        cls,
+        fn: Callable[..., Any],
+        name: str,
+        leaves: list[Any],
+        spec: TreeSpec,
+        tracked: tuple[int, ...],
+        pairs: PairGrid | None,
+        layout: tuple[int, tuple[str, ...]] | None,
+    ) -> OpCall:
+        """The call with both sides equal (the engine fills in the reference side later)."""
+        return cls(fn, name, leaves, leaves, spec, tracked, pairs, layout)
+
+    def with_references(self, ref_leaves: list[Any], ref_output: Any = None) -> OpCall:
+        """This call with ``ref_leaves`` as its reference side (and ``ref_output`` as its output there)."""
+        call = OpCall(self.fn, self.name, self.leaves, ref_leaves, self.spec, self.tracked, self.pairs, self.layout, ref_output)
+        call._sides[0] = self._sides[0]
+        return call
+
+    def _unflatten(self, leaves: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        layout = self.layout
+        if layout is None:
+            args, kwargs = tree_unflatten(leaves, self.spec)
+            return tuple(args), kwargs
+        count, names = layout
+        return tuple(leaves[:count]), dict(zip(names, leaves[count:], strict=True))
+
+    def _side(self, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.layout is None:  # containers among the arguments: fresh ones on every access, as before
+            return self._unflatten(self.ref_leaves if index else self.leaves)
+        side = self._sides[index]
+        if side is None:
+            side = self._sides[index] = self._unflatten(self.ref_leaves if index else self.leaves)
+        return side
 
     @property
     def args(self) -> tuple[Any, ...]:
-        return tree_unflatten(self.leaves, self.spec)[0]
+        return self._side(0)[0]
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return tree_unflatten(self.leaves, self.spec)[1]
+        return dict(self._side(0)[1])
 
     @property
     def ref_args(self) -> tuple[Any, ...]:
-        return tree_unflatten(self.ref_leaves, self.spec)[0]
+        return self._side(1)[0]
 
     @property
     def ref_kwargs(self) -> dict[str, Any]:
-        return tree_unflatten(self.ref_leaves, self.spec)[1]
+        return dict(self._side(1)[1])
 
     @property
     def inputs(self) -> list[torch.Tensor]:
@@ -100,7 +144,7 @@ class OpCall:
         leaves = list(self.leaves)
         for i, player in zip(self.tracked, players, strict=False):
             leaves[i] = player
-        args, kwargs = tree_unflatten(leaves, self.spec)
+        args, kwargs = self._unflatten(leaves)
         return self.fn(*args, **kwargs)
 
 

@@ -21,6 +21,7 @@ to :math:`\Delta = 0`).
 
 from __future__ import annotations
 
+import math
 from math import factorial
 from typing import Any, Callable, Sequence
 
@@ -43,7 +44,13 @@ def small_delta_threshold(dtype: torch.dtype, smooth: bool) -> float:
     """
     if not smooth:
         return 0.0
-    return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
+    threshold = _THRESHOLDS.get(dtype)
+    if threshold is None:
+        threshold = _THRESHOLDS[dtype] = float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
+    return threshold
+
+
+_THRESHOLDS: dict[torch.dtype, float] = {}
 
 
 class _MultiplierFunction(torch.autograd.Function):
@@ -62,8 +69,11 @@ class _MultiplierFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grads = [(grad * m).sum_to_size(shape) for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False)]
-        return (None, *grads)
+        grads: list[Any] = [None]
+        for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False):
+            g = grad * m
+            grads.append(g if g.shape == shape else g.sum_to_size(shape))
+        return tuple(grads)
 
 
 def with_multipliers(output: Tensor, operands: Players, multipliers: Players) -> Tensor:
@@ -71,8 +81,19 @@ def with_multipliers(output: Tensor, operands: Players, multipliers: Players) ->
     if not any(op.requires_grad for op in operands):
         return output
     # The output is handed over in a closure: a custom Function may not return one of its inputs.
-    computed = (output.detach(), [m.detach() for m in multipliers])
-    return _MultiplierFunction.apply(lambda: computed, *operands)
+    computed = (output.detach(), [m.detach() if m.requires_grad else m for m in multipliers])
+    if _TRANSFORMS_ACTIVE is None or _TRANSFORMS_ACTIVE():
+        return _MultiplierFunction.apply(lambda: computed, *operands)
+    # what Function.apply does when no functorch transform is active (this Function has no
+    # setup_context), without its Python steps: it is called for every nonlinear operation
+    return _APPLY_MULTIPLIERS(lambda: computed, *operands)
+
+
+_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+try:
+    _APPLY_MULTIPLIERS = super(torch.autograd.Function, _MultiplierFunction).apply
+except AttributeError:  # a torch whose Function is laid out otherwise: Function.apply always
+    _TRANSFORMS_ACTIVE = None
 
 
 def _derivative(g: Callable[[list[Tensor]], Tensor], players: list[Tensor], index: int, shape: torch.Size) -> Tensor:
@@ -87,11 +108,16 @@ def _derivative(g: Callable[[list[Tensor]], Tensor], players: list[Tensor], inde
 
 
 def shapley_multipliers(
-    g: Callable[[list[Tensor]], Tensor], inputs: Players, references: Players, smooth: bool = True
+    g: Callable[[list[Tensor]], Tensor],
+    inputs: Players,
+    references: Players,
+    smooth: bool = True,
+    reference_output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Exact Shapley multipliers of an elementwise function of ``len(inputs)`` operands.
 
     Returns ``(output, reference_output, multipliers)``; each multiplier has the output's shape.
+    ``reference_output``, when given, is ``g(references)`` computed already (it is not computed again).
     """
     n = len(inputs)
     if n > MAX_SHAPLEY_PLAYERS:
@@ -100,6 +126,9 @@ def shapley_multipliers(
     references = [r.detach() for r in references]
     values: dict[int, Tensor] = {}
     for mask in range(2**n):
+        if mask == 0 and reference_output is not None:
+            values[mask] = reference_output
+            continue
         values[mask] = g([inputs[i] if mask >> i & 1 else references[i] for i in range(n)])
     full = 2**n - 1
     output, ref_output = values[full], values[0]
@@ -112,7 +141,7 @@ def shapley_multipliers(
         phi = sum(weights[bin(mask).count("1")] * (values[mask | bit] - values[mask]) for mask in others)
         delta = (inputs[i] - references[i]).expand(shape)
         small = delta.abs() <= small_delta_threshold(delta.dtype, smooth)
-        multiplier = phi / torch.where(small, torch.ones_like(delta), delta)
+        multiplier = phi / delta.masked_fill(small, 1)
         if bool(small.any()):
             at = (inputs[i] + references[i]) / 2 if smooth else inputs[i]
             slope = sum(
@@ -133,19 +162,86 @@ def _finite_where_still(multiplier: Tensor, x: Tensor, r: Tensor, output: Tensor
     infinite where Δ = 0 (``sqrt`` at 0) is replaced by 0 too, as is any non-finite multiplier where
     the output is the same on both sides: 0 · inf would otherwise make the backward pass NaN.
     """
+    if bool(torch.isfinite(multiplier.sum())):  # one reduction: any inf or nan entry makes the sum one
+        return multiplier
     finite = torch.isfinite(multiplier)
-    if bool(finite.all()):
+    if bool(finite.all()):  # the sum overflowed
         return multiplier
     still = (x == r) | (output == ref_output)
     return torch.where(~finite & still, torch.zeros_like(multiplier), multiplier)
 
 
 def shapley(
-    g: Callable[[list[Tensor]], Tensor], inputs: Players, references: Players, smooth: bool = True
+    g: Callable[[list[Tensor]], Tensor],
+    inputs: Players,
+    references: Players,
+    smooth: bool = True,
+    reference_output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Apply ``g`` elementwise with exact Shapley multipliers; returns ``(output, reference_output)``."""
-    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth)
+    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth, reference_output)
     return with_multipliers(output, inputs, multipliers), ref_output
+
+
+def _result_backwards() -> dict[Any, Callable[[Tensor, Tensor], Tensor]]:
+    """Smooth unary operations whose derivative autograd computes from their result, with the
+    kernel it calls: ``torch.sigmoid`` → ``aten.sigmoid_backward(grad, result)``, and tanh."""
+    table: dict[Any, Callable[[Tensor, Tensor], Tensor]] = {}
+    aten = torch.ops.aten
+    for backward, fns in (
+        (aten.sigmoid_backward, (torch.sigmoid, torch.Tensor.sigmoid)),
+        (aten.tanh_backward, (torch.tanh, torch.Tensor.tanh)),
+    ):
+        for fn in fns:
+            table[fn] = backward
+    return table
+
+
+#: see ``_result_backwards``
+RESULT_BACKWARDS = _result_backwards()
+
+
+def rescale_from_result(
+    f: Callable[[Tensor], Tensor],
+    backward: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    r: Tensor,
+    reference_output: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``shapley_multipliers(lambda p: f(p[0]), [x], [r])`` for a smooth unary ``f`` of
+    ``RESULT_BACKWARDS`` (sigmoid, tanh) of real floating-point ``x`` and ``r``: the same values
+    with fewer operations.
+
+    - The midpoint derivative, where ``|Δ|`` is below the threshold, is ``backward(1, f(midpoint))``,
+      the kernel autograd runs for it, called directly (autograd's derivative needs a clone of the
+      midpoint, a graph and a backward pass per call).
+    - The quotient is taken over Δ as it is: where Δ is small it is replaced by that derivative, so
+      what it is there does not matter (the generic path first sets those Δ to 1).
+    - The least and greatest ``|Δ|`` (one float reduction) tell whether any Δ is small and whether
+      all are finite: then so are ``x`` and ``r``, the quotients (|Δ| above the threshold, outputs
+      in [-1, 1]) and the derivatives, and the check for non-finite multipliers is not needed.
+    - The generic path's ``0 + 1.0 * t`` sums are left out: they change no value of these
+      functions, whose results and derivatives are never ``-0.0`` where the quotient is used.
+
+    Returns ``(output, reference_output, multiplier)``.
+    """
+    x, r = x.detach(), r.detach()
+    ref_output = f(r) if reference_output is None else reference_output
+    output = f(x)
+    delta = x - r
+    size = delta.abs()
+    threshold = small_delta_threshold(delta.dtype, True)
+    multiplier = (output - ref_output) / delta
+    if not size.numel():
+        return output, ref_output, multiplier
+    least, greatest = (float(v) for v in torch.aminmax(size))
+    finite = math.isfinite(greatest)
+    if least <= threshold if finite else bool((size <= threshold).any()):
+        at = f((x + r) * 0.5)  # the same values as (x + r) / 2
+        multiplier = torch.where(size <= threshold, backward(torch.ones_like(at), at), multiplier)
+    if finite:
+        return output, ref_output, multiplier
+    return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
 
 
 def rescale(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, smooth: bool = True) -> tuple[Tensor, Tensor]:
@@ -175,12 +271,17 @@ class Shapley(Rule):
         self.smooth = smooth
         self.linear_in = tuple(linear_in)
 
+    #: the engine may keep the reference pass's output for ``OpCall.ref_output`` (see tape.py)
+    reuses_reference_output = True
+
     def is_linear(self, call: OpCall) -> bool:
+        if not self.linear_in:
+            return False
         positions = call.tracked_positions()
         return len(positions) == 1 and positions[0] in self.linear_in
 
     def attribute(self, call: OpCall) -> Any:
-        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth)
+        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth, call.ref_output)
         return output
 
     def __repr__(self) -> str:
@@ -196,7 +297,12 @@ class Rescale(Shapley):
                 f"Rescale applies to operations with one input-dependent operand; {call.name} has "
                 f"{len(call.tracked)}. Use rnnshap.rules.Shapley() for several operands."
             )
-        return super().attribute(call)
+        backward = RESULT_BACKWARDS.get(call.fn) if self.smooth and len(call.leaves) == 1 else None
+        x = call.leaves[0]
+        if backward is None or not x.is_floating_point():  # (complex tanh is unbounded: the generic path)
+            return super().attribute(call)
+        output, _, multiplier = rescale_from_result(call.fn, backward, x, call.ref_leaves[0], call.ref_output)
+        return with_multipliers(output, [x], [multiplier])
 
 
 class Product(Rule):
@@ -207,8 +313,11 @@ class Product(Rule):
 
     def attribute(self, call: OpCall) -> Any:
         (a, b), (a_ref, b_ref) = call.inputs, call.references
-        output, _ = product(a, b, a_ref, b_ref)
-        return output
+        a_in, b_in = a.detach(), b.detach()
+        # product() without the reference output, which is not needed here, and without expanding
+        # the multipliers to the output's shape: the backward broadcasts them the same way
+        output = a_in * b_in
+        return with_multipliers(output, [a, b], [(b_in + b_ref) * 0.5, (a_in + a_ref) * 0.5])
 
 
 class Bilinear(Rule):

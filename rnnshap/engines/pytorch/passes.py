@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+import weakref
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
-from torch.utils.weak import WeakIdKeyDictionary
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.coverage import misfit
+from ...rules.elementwise import Bilinear, Product
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .discrete import Integers, Leaf
@@ -48,7 +49,162 @@ Tensor = torch.Tensor
 
 
 def _shapes(leaves: list[Any], tracked: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(leaves[i].shape) for i in tracked)
+    """The shapes of the tracked operands (``torch.Size``, a tuple)."""
+    if len(tracked) == 1:
+        return (leaves[tracked[0]].shape,)
+    return tuple([leaves[i].shape for i in tracked])
+
+
+# -- the per-operation fast paths ----------------------------------------------------------------
+# Every torch call in a pass goes through __torch_function__, so its Python cost is paid once per
+# operation per pass: a model that loops over time in Python makes thousands of calls on small
+# tensors. What is below does what torch's pytree and WeakIdKeyDictionary do, for the cases that
+# occur on every call, with fewer Python steps; anything else takes torch's own path.
+
+#: types that torch's pytree treats as leaves (a Tensor, of any subclass, is a leaf too)
+_LEAF_TYPES = frozenset(
+    {int, float, bool, complex, str, bytes, type(None), slice, type(Ellipsis), torch.dtype, torch.device, torch.layout, torch.memory_format}
+)
+#: the spec of ``(args, kwargs)`` for each call structure met (see ``_flatten``), and its flat layout
+_SPECS: dict[Any, tuple[TreeSpec, tuple[int, tuple[str, ...]] | None]] = {}
+_MAX_SPECS = 4096
+
+
+def _flatten(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], TreeSpec, tuple[int, tuple[str, ...]] | None]:
+    """``tree_flatten((args, kwargs))``, and the call's flat layout ``(len(args), kwargs' names)``
+    when every argument is a leaf (None otherwise; see ``OpCall``).
+
+    Arguments that are leaves, or tuples and lists of leaves, and keyword arguments that are leaves
+    are flattened here and their spec taken from a cache keyed by the call's structure; any other
+    structure goes through ``tree_flatten``. The leaves and the spec are the same either way.
+    """
+    leaves: list[Any] = []
+    structure: list[Any] = []
+    flat = True
+    for a in args:
+        kind = type(a)
+        if kind in _LEAF_TYPES or isinstance(a, Tensor):
+            leaves.append(a)
+            structure.append(None)
+        elif (kind is tuple or kind is list) and all(type(e) in _LEAF_TYPES or isinstance(e, Tensor) for e in a):
+            leaves.extend(a)
+            structure.append((kind, len(a)))
+            flat = False
+        else:
+            return _flatten_any(args, kwargs)
+    if kwargs:
+        for v in kwargs.values():
+            if not (type(v) in _LEAF_TYPES or isinstance(v, Tensor)):
+                return _flatten_any(args, kwargs)
+        leaves.extend(kwargs.values())
+    key = (tuple(structure), tuple(kwargs))
+    cached = _SPECS.get(key)
+    if cached is None:
+        spec = tree_flatten((args, kwargs))[1]
+        cached = (spec, (len(args), tuple(kwargs)) if flat else None)
+        if len(_SPECS) < _MAX_SPECS:
+            _SPECS[key] = cached
+    return leaves, cached[0], cached[1]
+
+
+def _flatten_any(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], TreeSpec, None]:
+    leaves, spec = tree_flatten((args, kwargs))
+    return leaves, spec, None
+
+
+def _tensors_of(value: Any) -> list[Any]:
+    """The leaves of an operation's result (most results are one tensor, or a tuple of tensors)."""
+    if isinstance(value, Tensor):
+        return [value]
+    if type(value) is tuple and all(isinstance(t, Tensor) for t in value):
+        return list(value)
+    return tree_flatten(value)[0]
+
+
+class TensorMap:
+    """Tensors, by identity and held weakly, each with a value: what ``torch.utils.weak.WeakIdKeyDictionary``
+    does, for a map that lives one pass, with lookups that cost one dict access (several are made per
+    operation of a pass).
+
+    Entries hold plain weak references and no callbacks: a lookup checks that the entry's tensor is
+    the very one asked about, so the entry of a dead tensor never matches a new tensor that got its
+    id (it is replaced when that tensor is added). Dead entries are dropped whenever the map has
+    doubled since they were last dropped.
+    """
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref[Tensor], Any]] = {}
+        self._limit = 1024
+
+    def __contains__(self, key: Any) -> bool:
+        entry = self._entries.get(id(key))
+        return entry is not None and entry[0]() is key
+
+    def __getitem__(self, key: Any) -> Any:
+        entry = self._entries.get(id(key))
+        if entry is None or entry[0]() is not key:
+            raise KeyError(key)
+        return entry[1]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        entry = self._entries.get(id(key))
+        return entry[1] if entry is not None and entry[0]() is key else default
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        entries = self._entries
+        entry = entries.get(id(key))
+        if entry is not None and entry[0]() is key:
+            entries[id(key)] = (entry[0], value)
+            return
+        entries[id(key)] = (weakref.ref(key), value)
+        if len(entries) > self._limit:
+            for ident in [ident for ident, (ref, _) in entries.items() if ref() is None]:
+                del entries[ident]
+            self._limit = max(1024, 2 * len(entries))
+
+    def __delitem__(self, key: Any) -> None:
+        if key not in self:
+            raise KeyError(key)
+        del self._entries[id(key)]
+
+    def __len__(self) -> int:
+        return sum(1 for ref, _ in self._entries.values() if ref() is not None)
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def __iter__(self) -> Iterator[Any]:
+        for ref, _ in list(self._entries.values()):
+            key = ref()
+            if key is not None:
+                key._fix_weakref()  # type: ignore[attr-defined]  # as WeakIdRef does before handing out a tensor
+                yield key
+
+
+_NAMES: dict[Any, str] = {}
+
+
+def _op_name(func: Any) -> str:
+    """``op_name(func)``, cached per function object (not for bound method-wrappers such as a
+    property's ``__get__``, which are made anew on every access)."""
+    name = _NAMES.get(func) if type(func) in _NAMED_TYPES else None
+    if name is None:
+        name = op_name(func)
+        if _cacheable(func) and len(_NAMES) < _MAX_SPECS:
+            _NAMES[func] = name
+    return name
+
+
+#: the types of torch's functions (builtins, method and slot descriptors, Python functions)
+_NAMED_TYPES = frozenset({type(torch.sigmoid), type(torch.Tensor.sigmoid), type(torch.Tensor.__add__), type(torch.nn.functional.relu)})
+
+
+def _cacheable(func: Any) -> bool:
+    """Whether ``func`` may be a key of a cache that lives as long as the process: one of torch's
+    functions, not a method bound to a tensor (which the cache would keep alive)."""
+    return type(func) in _NAMED_TYPES and not isinstance(getattr(func, "__self__", None), Tensor)
 
 
 _SIGNATURES: dict[Any, inspect.Signature | None] = {}
@@ -107,17 +263,32 @@ def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
 def _in_place_target(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
     """The tensor a linear call writes into (``outs[:, t] = h``, ``buf.index_put_(i, h)``,
     ``buf.copy_(h)``, ``out=``), or None when it is not in place."""
-    out = kwargs.get("out")
-    if isinstance(out, Tensor):
-        return out
+    if kwargs:
+        out = kwargs.get("out")
+        if isinstance(out, Tensor):
+            return out
     if not args or not isinstance(args[0], Tensor):
         return None
-    name = getattr(func, "__name__", "")
-    if name == "__setitem__" or (name.startswith("__i") and name.endswith("__")) or (name.endswith("_") and not name.endswith("__")):
+    if _writes_by_name(func):
         return args[0]
-    if kwargs.get("inplace") is True:
+    if kwargs and kwargs.get("inplace") is True:
         return args[0]
     return None
+
+
+_WRITES: dict[Any, bool] = {}
+
+
+def _writes_by_name(func: Any) -> bool:
+    """Whether ``func``'s name says it writes into its first argument (``__setitem__``, ``__iadd__``,
+    ``add_``), cached per function object."""
+    writes = _WRITES.get(func) if type(func) in _NAMED_TYPES else None
+    if writes is None:
+        name = getattr(func, "__name__", "")
+        writes = name == "__setitem__" or (name.startswith("__i") and name.endswith("__")) or (name.endswith("_") and not name.endswith("__"))
+        if _cacheable(func) and len(_WRITES) < _MAX_SPECS:
+            _WRITES[func] = writes
+    return writes
 
 
 def _eval_only_advice(call: OpCall, name: str) -> str:
@@ -152,16 +323,16 @@ class AttributionMode(TorchFunctionMode):
         self.tape = tape
         self.replay = replay
         self.pairs = pairs
-        self._tracked: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._tracked = TensorMap()
         self.unsupported: dict[str, str] = {}
         #: the kind of advice for each refused operation (a key of rnnshap.errors.ADVICE)
         self.advice: dict[str, str] = {}
         #: bases written into in place with tracked values: their views are tracked too
-        self._written: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._written = TensorMap()
         #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
-        self._indices: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._indices = TensorMap()
         #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
-        self._decisions: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._decisions = TensorMap()
         #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
         self._quiet = 0
         #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
@@ -170,11 +341,18 @@ class AttributionMode(TorchFunctionMode):
         self.embedded: list[Leaf] = self.discrete.leaves
         #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
         self.dtypes: set[torch.dtype] = set()
+        #: whether any integer input is followed (until one is, no operation involves one)
+        self._following = False
 
     # -- tracking -------------------------------------------------------------------------------
     def track(self, value: Any) -> None:
         """Mark every floating-point tensor in ``value`` as input-dependent."""
-        for leaf in tree_flatten(value)[0]:
+        if isinstance(value, Tensor):
+            if value.is_floating_point() or value.is_complex():
+                self._tracked[value] = True
+                self.dtypes.add(value.dtype)
+            return
+        for leaf in _tensors_of(value):
             if isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex()):
                 self._tracked[leaf] = True
                 self.dtypes.add(leaf.dtype)
@@ -188,6 +366,15 @@ class AttributionMode(TorchFunctionMode):
             base = value._base
             return base is not None and base in self._written
         return False
+
+    def _tracked_among(self, leaves: list[Any]) -> tuple[int, ...]:
+        """The positions of the tracked tensors among ``leaves`` (``is_tracked`` of each, inlined)."""
+        tracked, written = self._tracked, self._written
+        found: list[int] = []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor) and (leaf in tracked or (written and leaf._base is not None and leaf._base in written)):
+                found.append(i)
+        return tuple(found)
 
     def _written_into(self, target: Tensor) -> None:
         """``target`` (and the tensor it is a view of) received a tracked value in place."""
@@ -237,6 +424,8 @@ class AttributionMode(TorchFunctionMode):
 
     def _mark_indices(self, result: Any, name: str) -> None:
         """Integer results of a rule (the indices of torch.max) are followed: see ``_index_use``."""
+        if isinstance(result, Tensor) and (result.is_floating_point() or result.is_complex()):
+            return
         for leaf in tree_flatten(result)[0]:
             if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
                 self._indices[leaf] = name
@@ -312,6 +501,7 @@ class AttributionMode(TorchFunctionMode):
     def follow_discrete(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
         """Follow the integer input ``index`` (token ids, a number, or context such as lengths);
         ``shadow``: in the reference pass, the explained samples' values of the same input."""
+        self._following = True
         self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -329,10 +519,10 @@ class AttributionMode(TorchFunctionMode):
 
     def _intercept(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False) -> Any:
         kwargs = kwargs or {}
-        leaves, _ = tree_flatten((args, kwargs))
+        leaves, spec, layout = _flatten(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
-        if self.discrete.involves(leaves):
+        if self._following and self.discrete.involves(leaves):
             handled, result = self.discrete.op(func, types, args, kwargs, leaves, user_grad)
             if handled:
                 return result
@@ -340,28 +530,39 @@ class AttributionMode(TorchFunctionMode):
             handled, result = self._index_use(func, args, kwargs, leaves)
             if handled:
                 return result
-        if not any(self.is_tracked(leaf) for leaf in leaves):
+        tracked = self._tracked_among(leaves)
+        if not tracked:
             return func(*args, **kwargs)
         rule = self.registry.op_rule(func)
-        name = op_name(func)
+        name = _op_name(func)
+        kind = type(rule)
+        if rule is not None and (kind is Linear or (len(tracked) == 1 and (kind is Product or kind is Bilinear))):
+            # the most common cases (shapes, indexing, sums, linear layers, a product or matmul with a
+            # constant): linear, as the rule's is_linear says, without an OpCall to ask it with
+            result = self._linear(func, args, kwargs, _in_place_target(func, args, kwargs), rule, name)
+            if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
+                self._refuse_grad_off(name)
+            return result
+        call = OpCall.flat(func, name, leaves, spec, tracked, self.pairs, layout)
         base, base_args, base_kwargs, target = func, args, kwargs, None
-        if rule is None or not rule.is_linear(self._call(func, args, kwargs, name)):
+        linear = rule is not None and rule.is_linear(call)
+        if not linear:
             # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
             base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
-            if target is not None:
-                rule = self.registry.op_rule(base)
         else:  # linear and maybe in place (outs[:, t] = h, buf.index_put_(..., h)): the target becomes tracked
             target = _in_place_target(func, args, kwargs)
-        result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name)
-        if not user_grad and any(self.is_tracked(leaf) for leaf in tree_flatten(result)[0]):
+        if linear or target is None:
+            result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name, call, linear)
+        else:  # another call, out of place: dispatch looks at it afresh
+            result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, self.registry.op_rule(base), name)
+        if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
             self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
         return result
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
         """The call with both sides equal (the reference side is filled in from the tape later)."""
-        leaves, spec = tree_flatten((args, kwargs))
-        tracked = tuple(i for i, leaf in enumerate(leaves) if self.is_tracked(leaf))
-        return OpCall(fn, name, leaves, leaves, spec, tracked, self.pairs)
+        leaves, spec, layout = _flatten(args, kwargs)
+        return OpCall.flat(fn, name, leaves, spec, self._tracked_among(leaves), self.pairs, layout)
 
     def dispatch(
         self,
@@ -374,19 +575,22 @@ class AttributionMode(TorchFunctionMode):
         target: Tensor | None,
         rule: Rule | None,
         name: str,
+        call: OpCall | None = None,
+        linear: bool | None = None,
     ) -> Any:
         """Run one operation with tracked operands through its rule (see the module docstring).
 
         ``func(*args, **kwargs)`` is the call as the model made it; ``base`` with its arguments
         is the same call out of place, writing into ``target`` when the original was in place.
+        ``call`` is ``base``'s call when the caller has it already, and ``linear`` what
+        ``rule.is_linear(call)`` answered (None: not asked yet).
         """
-        call = self._call(base, base_args, base_kwargs, name)
-        key = op_key(base)
-        shapes = _shapes(call.leaves, call.tracked)
+        if call is None:
+            call = self._call(base, base_args, base_kwargs, name)
 
         if rule is None or isinstance(rule, Refuse):
             result = func(*args, **kwargs)
-            if rule is None and not any(isinstance(leaf, Tensor) for leaf in tree_flatten(result)[0]):
+            if rule is None and not any(isinstance(leaf, Tensor) for leaf in _tensors_of(result)):
                 return result  # a query such as x.shape or x.dim(): no value flows on
             if isinstance(rule, Refuse):
                 self._refuse(name, rule.reason, getattr(rule, "advice", "rule"))
@@ -398,20 +602,8 @@ class AttributionMode(TorchFunctionMode):
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise ModelStateError(f"The model runs {rule.what} ({name}), {_eval_only_advice(call, name)}")
 
-        if rule.is_linear(call):
-            # Linear operations need nothing from the reference pass and stay off the tape: the
-            # input pass may run extra ones (autograd's backward hooks wrap inputs in views).
-            result = func(*args, **kwargs)
-            if isinstance(rule, Constant):
-                return result
-            outputs = [leaf for leaf in tree_flatten(result)[0] if isinstance(leaf, Tensor)]
-            if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
-                self._refuse(name, "its result is not floating point, so the input's influence through it is lost", "integer")
-                self._mark_decisions(result, name)
-            self.track(result)
-            if target is not None:
-                self._written_into(target)
-            return result
+        if linear if linear is not None else rule.is_linear(call):
+            return self._linear(func, args, kwargs, target, rule, name)
 
         why = misfit(rule, call)
         if why is not None:  # the rule would fail in the input pass: refuse it now, by name
@@ -422,10 +614,16 @@ class AttributionMode(TorchFunctionMode):
                 self._written_into(target)
             return result
 
+        key = op_key(base)
+        shapes = _shapes(call.leaves, call.tracked)
         if not self.replay:
             references = [call.leaves[i].detach().clone() for i in call.tracked]
-            self.tape.append(TapeEntry(key, name, call.tracked, shapes, references))
-            result = rule.reference(call) if target is None and func is base else func(*args, **kwargs)
+            entry = TapeEntry(key, name, call.tracked, shapes, references)
+            self.tape.append(entry)
+            plain = target is None and func is base
+            result = rule.reference(call) if plain else func(*args, **kwargs)
+            if plain and getattr(rule, "reuses_reference_output", False) and isinstance(result, Tensor):
+                self._keep_output(entry, rule, call, references, result)
             self.track(result)
             self._mark_indices(result, name)
             if target is not None:
@@ -437,7 +635,8 @@ class AttributionMode(TorchFunctionMode):
         ref_leaves = list(call.leaves)
         for i, reference in zip(call.tracked, entry.references, strict=False):
             ref_leaves[i] = reference
-        call = OpCall(call.fn, name, call.leaves, ref_leaves, call.spec, call.tracked, self.pairs)
+        kept = entry.kept_output(_context(call)) if entry.output is not None else None
+        call = call.with_references(ref_leaves, kept)
         try:
             result = rule.attribute(call)
         except ValueError as error:  # a rule that does not fit this call and did not say so in time
@@ -449,6 +648,48 @@ class AttributionMode(TorchFunctionMode):
         self.track(result)
         self._mark_indices(result, name)
         return result
+
+    def _linear(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor | None, rule: Rule, name: str) -> Any:
+        """Run an operation that is linear in its tracked operands (see ``dispatch``).
+
+        Linear operations need nothing from the reference pass and stay off the tape: the input
+        pass may run extra ones (autograd's backward hooks wrap inputs in views).
+        """
+        result = func(*args, **kwargs)
+        if isinstance(rule, Constant):
+            return result
+        if isinstance(result, Tensor) and result.is_floating_point():
+            self.track(result)
+            if target is not None:
+                self._written_into(target)
+            return result
+        outputs = [leaf for leaf in _tensors_of(result) if isinstance(leaf, Tensor)]
+        if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
+            self._refuse(name, "its result is not floating point, so the input's influence through it is lost", "integer")
+            self._mark_decisions(result, name)
+        self.track(result)
+        if target is not None:
+            self._written_into(target)
+        return result
+
+    @staticmethod
+    def _keep_output(entry: TapeEntry, rule: Rule, call: OpCall, references: list[Tensor], result: Tensor) -> None:
+        """Keep the reference pass's output for the input pass, where the rule would compute it again
+        from the copies of the operands on the tape (``OpCall.ref_output``), when that would give the
+        very same values: the rule computes it as the operation does (``Rule.reference``), every other
+        leaf of the call is a Python value (compared again in the input pass), and every copy has the
+        strides of its operand, so that torch runs the same kernel over the same layout. (A copy of a
+        non-contiguous operand, a ``chunk`` of the gates, is contiguous: over another layout, torch's
+        vectorized and scalar loops share the elements out differently, and the vector and libm
+        results of sigmoid or tanh may differ in the last bit.)"""
+        if type(rule).reference is not Rule.reference or result.is_inference():  # (no version counter to check)
+            return
+        if any(copy.stride() != call.leaves[i].stride() for copy, i in zip(references, call.tracked, strict=True)):
+            return
+        context = _context(call)
+        if any(isinstance(leaf, Tensor) for leaf in context):
+            return
+        entry.keep_output(result, context)
 
     # -- modules with their own rule --------------------------------------------------------------
     def module_call(self, module: nn.Module, forward: Callable[..., Any], rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -462,6 +703,14 @@ class AttributionMode(TorchFunctionMode):
         no_graph = torch.no_grad() if not self.replay else contextlib.nullcontext()
         with torch._C.DisableTorchFunction(), no_graph:
             return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
+
+
+def _context(call: OpCall) -> tuple[Any, ...]:
+    """The leaves of ``call`` other than its tracked tensors."""
+    tracked = call.tracked
+    if len(tracked) == len(call.leaves):
+        return ()
+    return tuple(leaf for i, leaf in enumerate(call.leaves) if i not in tracked)
 
 
 class ModuleRules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -22,6 +23,26 @@ class TapeEntry:
     tracked: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     references: list[torch.Tensor] | None = None
+    #: the operation's output in the reference pass, kept for rules that would compute it again from
+    #: ``references`` (see ``keep_output``), with its version counter and the call's other leaves
+    output: torch.Tensor | None = None
+    output_version: int = 0
+    output_context: tuple[Any, ...] = ()
+
+    def keep_output(self, output: torch.Tensor, context: tuple[Any, ...]) -> None:
+        """Keep ``output``, which the operation computed from operands equal to ``references`` (in
+        value and layout) and from ``context`` (its other leaves, none of them a tensor)."""
+        self.output, self.output_version, self.output_context = output, output._version, context
+
+    def kept_output(self, context: tuple[Any, ...]) -> torch.Tensor | None:
+        """The kept output, if the input pass's call has the same other leaves and the output has
+        not been written into since (a later in-place operation of the model)."""
+        output = self.output
+        if output is None or output._version != self.output_version or len(context) != len(self.output_context):
+            return None
+        if any(type(a) is not type(b) or a != b for a, b in zip(context, self.output_context, strict=True)):
+            return None
+        return output
 
 
 @dataclass
@@ -44,10 +65,11 @@ class Tape:
         if entry.key != key or entry.tracked != tracked or entry.shapes != shapes:
             raise TapeMismatchError(
                 f"The two passes diverged at operation #{index + 1} on input-dependent tensors: the "
-                f"reference pass ran {entry.name} on shapes {list(entry.shapes)}, the input pass ran "
-                f"{name} on shapes {list(shapes)}. {_CAUSES}"
+                f"reference pass ran {entry.name} on shapes {[tuple(s) for s in entry.shapes]}, the input pass ran "
+                f"{name} on shapes {[tuple(s) for s in shapes]}. {_CAUSES}"
             )
         self.cursor += 1
+        self.entries[index] = _TAKEN  # the input pass holds it while it needs it: its copies are freed then
         return entry
 
     def check_consumed(self) -> None:
@@ -58,6 +80,9 @@ class Tape:
                 f"the reference pass went on with {entry.name}. {_CAUSES}"
             )
 
+
+#: what the tape holds in place of an entry the input pass has taken (never read again)
+_TAKEN = TapeEntry("taken", "", (), ())
 
 _CAUSES = (
     "rnnshap runs the model once on the references and once on the inputs and pairs their "

@@ -1,0 +1,110 @@
+"""The engine's per-operation fast paths give what the general paths give, bit for bit."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+import rnnshap
+from rnnshap.engines.pytorch.passes import TensorMap, _flatten
+from rnnshap.rules.elementwise import RESULT_BACKWARDS, rescale_from_result, shapley_multipliers
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+def _cases(dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    gates = torch.randn(64, 200, generator=g, dtype=dtype)
+    x = gates[:, 50:100]  # a chunk: not contiguous, rows of 50
+    cases = [(x, torch.randn(64, 50, generator=g, dtype=dtype)), (x * 8, torch.randn(64, 50, generator=g, dtype=dtype))]
+    near = x.clone()
+    near[::3] += 1e-4  # |Δ| below the threshold: the midpoint derivative
+    cases.append((x, near))
+    odd = x.clone()
+    odd[0, 0], odd[1, 1] = float("nan"), float("inf")
+    ref = near.clone()
+    ref[2, 2] = float("-inf")
+    cases.append((odd, ref))
+    cases.append((x[0, 0], near[0, 0]))  # 0-d
+    cases.append((x.t(), near.t()))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("f", [torch.sigmoid, torch.tanh])
+def test_rescale_of_sigmoid_and_tanh_equals_the_generic_rule(f: object, dtype: torch.dtype) -> None:
+    for x, r in _cases(dtype):
+        output, ref_output, multiplier = rescale_from_result(f, RESULT_BACKWARDS[f], x, r)  # type: ignore[arg-type]
+        output_g, ref_output_g, (multiplier_g,) = shapley_multipliers(lambda p: f(p[0]), [x], [r], True)  # type: ignore[operator]
+        assert torch.equal(_bits(multiplier), _bits(multiplier_g))
+        assert torch.equal(_bits(output), _bits(output_g)) and torch.equal(_bits(ref_output), _bits(ref_output_g))
+
+
+def test_flatten_equals_pytree() -> None:
+    x, p = torch.randn(2), nn.Parameter(torch.randn(2))
+    calls = [
+        ((x,), {}),
+        ((x, p, 2.0), {"alpha": 3}),
+        ((x, (slice(None), 1)), {}),
+        (([x, p], 0), {}),
+        ((torch.Size([2, 1]),), {}),
+        ((x, (1, (2, 3))), {}),
+        ((x,), {"out": None, "dims": [1]}),
+        ((None, Ellipsis, "s", torch.float32, torch.device("cpu")), {}),
+    ]
+    for args, kwargs in calls:
+        for _ in range(2):  # the second time from the cache
+            leaves, spec, layout = _flatten(args, kwargs)
+            expected, expected_spec = tree_flatten((args, kwargs))
+            assert len(leaves) == len(expected) and all(a is b for a, b in zip(leaves, expected, strict=True))
+            assert spec == expected_spec
+            assert layout is None or layout == (len(args), tuple(kwargs))
+
+
+def test_tensor_map_holds_tensors_weakly_by_identity() -> None:
+    seen = TensorMap()
+    a = torch.zeros(3)
+    seen[a] = "a"
+    assert a in seen and seen[a] == "a" and torch.zeros(3) not in seen
+    ident = id(a)
+    del a
+    gc.collect()
+    reuse = [torch.zeros(3) for _ in range(1000)]  # one of them may get the dead tensor's id
+    assert not any(t in seen for t in reuse if id(t) == ident)
+    assert len(seen) == 0
+
+
+class _WritesIntoItsActivations(nn.Module):
+    """A loop whose sigmoid outputs are written into in place after use, and a tanh with ``out=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], 8)
+        for t in range(x.shape[1]):
+            z = self.step(x[:, t]) + h
+            gate = torch.sigmoid(z)
+            gate.mul_(0.5)  # the reference pass's output of sigmoid, kept for the input pass, changes
+            h = torch.tanh(z).sigmoid_() * gate + 0.5 * h
+            h = torch.tanh(h, out=torch.empty_like(h)) + 0.1 * h
+        return self.head(h)
+
+
+def test_kept_reference_outputs_written_into_are_not_used() -> None:
+    torch.manual_seed(0)
+    model = _WritesIntoItsActivations().eval()
+    x, background = torch.randn(3, 5, 6), torch.randn(4, 5, 6)
+    explainer = rnnshap.DeepExplainer(model, background)
+    phi = explainer.shap_values(x, check_additivity=True)
+    with torch.no_grad():
+        delta = (model(x) - model(background).mean(0)).reshape(-1).numpy()
+    assert abs(phi.reshape(3, -1).sum(1) - delta).max() < 1e-5
