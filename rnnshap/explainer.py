@@ -244,10 +244,7 @@ class DeepExplainer:
             inputs = self.engine.inputs(batch, "a batch of data")
             n = self.engine.rows(inputs)
             attribution = self._explain(inputs, None, "max", outputs, check_additivity, None, progress)
-            values = [self._shape_values(phi, outputs is not None) for phi in attribution.values]
-            base = attribution.base_values.reshape(n, *self.output_shape)
-            if outputs is not None:
-                base = attribution.base_values[np.arange(n)[:, None], attribution.selected]
+            values, base = self._per_sample(attribution, outputs is not None)
             data_arrays = self.engine.to_numpy(inputs)
             rows = np.arange(start, start + n, dtype=np.int64)
             if summary is None:
@@ -405,6 +402,15 @@ class DeepExplainer:
             f"tolerance {rtol:.1g} for {dtype}); {int(failing.sum())} of {n * k} (sample, output) pairs fail. "
             f"{causes} Pass check_additivity=False to get the values anyway."
         )
+
+    def _per_sample(self, attribution: Attribution, chosen: bool) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per input, the values in shap's layout, and the base values: ``(n, *output_shape)``, or
+        ``(n, k)`` for chosen outputs."""
+        values = [self._shape_values(phi, chosen) for phi in attribution.values]
+        n = attribution.base_values.shape[0]
+        if chosen:
+            return values, attribution.base_values[np.arange(n)[:, None], attribution.selected]
+        return values, attribution.base_values.reshape(n, *self.output_shape)
 
     def _shape_values(self, phi: np.ndarray, ranked: bool) -> np.ndarray:
         """(n, *input_shape, k) → the output layout of shap for this model's output shape."""

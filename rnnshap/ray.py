@@ -34,11 +34,14 @@ def _columns(column: str | Sequence[str]) -> list[str]:
 
 
 class _Worker:
-    """State of one actor: the model, built once, and its explainer."""
+    """State of one actor: the model, built once, its explainer, and the options of each call."""
 
-    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]
+    ) -> None:
         self.columns = columns
         self.explainer = DeepExplainer(model_fn(), background, **dict(explainer_options))
+        self.call_options = dict(call_options)
 
     def inputs(self, batch: Mapping[str, np.ndarray]) -> Any:
         missing = [c for c in self.columns if c not in batch]
@@ -52,21 +55,11 @@ class _Worker:
 
 
 class _Explain(_Worker):
-    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]) -> None:
-        super().__init__(model_fn, background, columns, explainer_options)
-        self.call_options = dict(call_options)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self.explainer.engine.inputs(self.inputs(batch), "a batch of the dataset")
-        options = self.call_options
-        attribution = self.explainer._explain(inputs, None, "max", options.get("outputs"), options.get("check_additivity", True), None, False)
-        chosen = options.get("outputs") is not None
-        values = [self.explainer._shape_values(phi, chosen) for phi in attribution.values]
-        n = len(values[0])
-        if chosen:
-            base = attribution.base_values[np.arange(n)[:, None], attribution.selected]
-        else:
-            base = attribution.base_values.reshape(n, *self.explainer.output_shape)
+        outputs = self.call_options["outputs"]
+        attribution = self.explainer._explain(inputs, None, "max", outputs, self.call_options["check_additivity"], None, False)
+        values, base = self.explainer._per_sample(attribution, outputs is not None)
         out = dict(batch)
         if self.explainer.multi_input:
             for name, v in zip(self.columns, values, strict=True):
@@ -78,14 +71,26 @@ class _Explain(_Worker):
 
 
 class _Summarize(_Worker):
-    def __init__(self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]) -> None:
-        super().__init__(model_fn, background, columns, explainer_options)
-        self.call_options = dict(call_options)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summary = self.explainer.summarize(self.inputs(batch), batch_size=len(next(iter(batch.values()))), progress=False, **self.call_options)
         summary.sample_rows[:] = -1  # row numbers of a batch mean nothing across the dataset
         return {"summary": np.array([pickle.dumps(summary)], dtype=object)}
+
+
+def _map(
+    dataset: ray.data.Dataset, worker: type[_Worker], model_fn: Callable[[], Any], background: Any, column: str | Sequence[str],
+    batch_size: int, concurrency: int | tuple[int, int] | None, num_gpus: float, explainer_options: Mapping[str, Any] | None,
+    call_options: Mapping[str, Any],
+) -> ray.data.Dataset:  # fmt: skip
+    """``dataset`` mapped batch by batch through a pool of ``worker`` actors."""
+    return dataset.map_batches(
+        worker,
+        fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), dict(call_options)),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=_actors(concurrency, num_gpus),
+        num_gpus=num_gpus,
+    )
 
 
 def _actors(concurrency: int | tuple[int, int] | None, num_gpus: float) -> ray.data.ActorPoolStrategy:
@@ -128,14 +133,8 @@ def explain(
         outputs, check_additivity: as for :meth:`rnnshap.DeepExplainer.shap_values`.
         explainer_options: more arguments for :class:`rnnshap.DeepExplainer` (``batch_size`` in pairs, ``rules``).
     """
-    return dataset.map_batches(
-        _Explain,
-        fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), {"outputs": outputs, "check_additivity": check_additivity}),
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=_actors(concurrency, num_gpus),
-        num_gpus=num_gpus,
-    )
+    options = {"outputs": outputs, "check_additivity": check_additivity}
+    return _map(dataset, _Explain, model_fn, background, column, batch_size, concurrency, num_gpus, explainer_options, options)
 
 
 def summarize(
@@ -156,14 +155,7 @@ def summarize(
     explained and only the summaries travel back, to be merged here. Arguments as for :func:`explain`;
     the sampled rows' ``sample_rows`` are -1 (a batch does not know its rows' place in the dataset)."""
     options = {"outputs": outputs, "check_additivity": check_additivity, "sample_size": sample_size}
-    parts = dataset.map_batches(
-        _Summarize,
-        fn_constructor_args=(model_fn, background, _columns(column), dict(explainer_options or {}), options),
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=_actors(concurrency, num_gpus),
-        num_gpus=num_gpus,
-    )
+    parts = _map(dataset, _Summarize, model_fn, background, column, batch_size, concurrency, num_gpus, explainer_options, options)
     summaries = [pickle.loads(row["summary"]) for row in parts.iter_rows()]
     if not summaries:
         raise ValueError("the dataset has no rows")

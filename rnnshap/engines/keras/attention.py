@@ -192,20 +192,25 @@ def multi_head_attention(
 
 
 # -- normalization ---------------------------------------------------------------------------------
-def layer_normalization(layer: Any, value: Dual) -> Dual:
-    """``LayerNormalization`` over any axes, with or without centre and scale, and ``rms_scaling``
-    (Keras's: the input, not centred, over its standard deviation)."""
-    original = value.x.dtype
-    compute = tf.float64 if original == tf.float64 else tf.float32
-    u = value.map(lambda t: tf.cast(t, compute)) if original != compute else value
+def _normalized_axes(layer: Any, value: Dual) -> tuple[Dual, tf.DType, list[int], float, list[int]]:
+    """What LayerNormalization and RMSNormalization share: the input in their compute dtype
+    (float64 stays, anything else float32), the normalized axes, epsilon, and the shape that
+    broadcasts a per-axis weight."""
+    compute = tf.float64 if value.x.dtype == tf.float64 else tf.float32
+    u = value.map(lambda t: tf.cast(t, compute)) if value.x.dtype != compute else value
     rank = u.x.shape.rank
     axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
     epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+    shape = [u.x.shape[a] if a in axes else 1 for a in range(rank)]
+    return u, compute, axes, epsilon, shape
+
+
+def layer_normalization(layer: Any, value: Dual) -> Dual:
+    """``LayerNormalization`` over any axes, with or without centre and scale, and ``rms_scaling``
+    (Keras's: the input, not centred, over its standard deviation)."""
+    u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     rms = bool(getattr(layer, "rms_scaling", False))
     out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
-    shape = [1] * rank
-    for a in axes:
-        shape[a] = u.x.shape[a]
     gamma = None if layer.gamma is None else tf.reshape(_weight(layer.gamma, compute), shape)
     beta = None if (layer.beta is None or rms) else tf.reshape(_weight(layer.beta, compute), shape)
     if gamma is not None:
@@ -243,17 +248,9 @@ def group_normalization(layer: Any, value: Dual) -> Dual:
 def rms_normalization(layer: Any, value: Dual) -> Dual:
     """``RMSNormalization``: the input over its root mean square (Shapley on x ⊙ x, Rescale on the
     inverse root), times the scale."""
-    original = value.x.dtype
-    compute = tf.float64 if original == tf.float64 else tf.float32
-    u = value.map(lambda t: tf.cast(t, compute)) if original != compute else value
-    rank = u.x.shape.rank
-    axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
-    epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
+    u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     out = dual.standardize(u, axes, epsilon, centre=False)
     if getattr(layer, "scale", None) is not None:
-        shape = [1] * rank
-        for a in axes:
-            shape[a] = u.x.shape[a]
         scale = tf.reshape(_weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)
     target = tf.as_dtype(layer.compute_dtype)

@@ -48,6 +48,18 @@ class Dual:
         return f"Dual(shape={tuple(self.x.shape)}, dtype={self.x.dtype.name})"
 
 
+def side(values: Any, which: int) -> Any:
+    """``values`` (a structure of lists, tuples and dicts) with every Dual replaced by its input
+    side (0) or reference side (1)."""
+    if isinstance(values, Dual):
+        return values.x if which == 0 else values.r
+    if isinstance(values, (list, tuple)):
+        return type(values)(side(v, which) for v in values)
+    if isinstance(values, dict):
+        return {key: side(v, which) for key, v in values.items()}
+    return values
+
+
 def small_delta_threshold(dtype: tf.DType, smooth: bool) -> float:
     """|Δ| below which the multiplier is the derivative (at the midpoint) instead of the quotient."""
     return float(np.finfo(dtype.as_numpy_dtype).eps) ** (1.0 / 3.0) if smooth else 0.0

@@ -94,19 +94,9 @@ def _flat(values: Any) -> list[Any]:
     return [values]
 
 
-def _side(values: Any, which: int) -> Any:
-    if isinstance(values, Dual):
-        return values.x if which == 0 else values.r
-    if isinstance(values, (list, tuple)):
-        return type(values)(_side(v, which) for v in values)
-    if isinstance(values, dict):
-        return {key: _side(v, which) for key, v in values.items()}
-    return values
-
-
 def _both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The op on each side: a Dual (or a list of Duals for an op with several outputs)."""
-    x, r = op(*_side(args, 0), **_side(kwargs, 0)), op(*_side(args, 1), **_side(kwargs, 1))
+    x, r = op(*dual.side(args, 0), **dual.side(kwargs, 0)), op(*dual.side(args, 1), **dual.side(kwargs, 1))
     if isinstance(x, (list, tuple)):
         return type(x)(Dual(a, b) for a, b in zip(x, r, strict=True))
     return Dual(x, r)

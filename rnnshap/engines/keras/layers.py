@@ -262,17 +262,6 @@ def _integer_input_error(index: int, layer: Any) -> Exception:
     return error
 
 
-def _side(values: Any, which: int) -> Any:
-    """``values`` with every Dual replaced by its input side (0) or reference side (1)."""
-    if isinstance(values, Dual):
-        return values.x if which == 0 else values.r
-    if isinstance(values, (list, tuple)):
-        return type(values)(_side(v, which) for v in values)
-    if isinstance(values, dict):
-        return {key: _side(v, which) for key, v in values.items()}
-    return values
-
-
 def _flat(values: Any) -> list[Any]:
     if isinstance(values, (list, tuple)):
         return [item for v in values for item in _flat(v)]
@@ -329,10 +318,10 @@ def _output_masks(layer: Any, run: Run, out: Any, first: Any, previous_mask: Any
     flat = [d for d in _flat(list(out.values()) if isinstance(out, dict) else out) if isinstance(d, Dual)]
     if flat and all(d.mask is not None for d in flat):
         return out  # the call set them (Masking, Multiply)
-    masks = layer.compute_mask(_side(first, 0), previous_mask)
+    masks = layer.compute_mask(dual.side(first, 0), previous_mask)
     if masks is None:
         return out
-    masks_r = layer.compute_mask(_side(first, 1), previous_mask)
+    masks_r = layer.compute_mask(dual.side(first, 1), previous_mask)
     for d, m, m_r in zip(flat, keras_tree.flatten(masks), keras_tree.flatten(masks_r), strict=False):
         if d.mask is None and m is not None:
             d.mask = m
@@ -350,9 +339,9 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     """
     kwargs.pop("training", None)
     if _is_mask_op(layer):
-        out = layer(*_side(args, 0), **_side(kwargs, 0))
+        out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
         if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
-            run.compare(out, layer(*_side(args, 1), **_side(kwargs, 1)))
+            run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
         return out
     if kops.is_keras_op(layer):
         if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
@@ -360,12 +349,12 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         values = [v for v in _flat([*args, *kwargs.values()]) if isinstance(v, Dual)]
         tokens = [v for v in values if isinstance(v, TokenDual)]
         if tokens and type(layer).__name__ == "Cast" and str(layer.dtype) == "bool":
-            out = layer(*_side(args, 0), **_side(kwargs, 0))  # token ids (0/1) cast to a mask: a mask op
-            run.compare(out, layer(*_side(args, 1), **_side(kwargs, 1)))
+            out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))  # token ids (0/1) cast to a mask: a mask op
+            run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
             return out
         structural = type(layer).__name__ in kops.STRUCTURAL and not (type(layer).__name__ == "Cast" and str(layer.dtype).startswith(("float", "bfloat")))
         if tokens and len(tokens) == len(values) and structural:  # token ids (or an integer mask) moved around
-            x, r = layer(*_side(args, 0), **_side(kwargs, 0)), layer(*_side(args, 1), **_side(kwargs, 1))
+            x, r = layer(*dual.side(args, 0), **dual.side(kwargs, 0)), layer(*dual.side(args, 1), **dual.side(kwargs, 1))
             return TokenDual(x, r, tokens[0].index)
         _no_tokens(layer, *tokens)
         try:
@@ -521,8 +510,8 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
 
 def _plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The layer itself on each side (for the probe that lists refusals; never attributed)."""
-    x = layer(*_side(args, 0), **_side(kwargs, 0))
-    r = layer(*_side(args, 1), **_side(kwargs, 1))
+    x = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
+    r = layer(*dual.side(args, 1), **dual.side(kwargs, 1))
     return keras_tree.map_structure(lambda a, b: Dual(_bare(a), _bare(b)), x, r)
 
 
