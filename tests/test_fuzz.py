@@ -40,16 +40,6 @@ REPRODUCERS = Path(__file__).parent / "fuzz" / "reproducers"
 
 #: grammar elements ("choice=option") left out of the draws, by the defect they expose
 KNOWN_DEFECTS_TORCH: dict[str, str] = {
-    "norm=rms": (
-        "RMSNorm with its default eps (None = finfo.eps) on an all-zero row (a padding_idx embedding, a "
-        "masked_fill'ed step) gives attributions of order 1/sqrt(eps) whose sum misses f(x) − E f by ~1e-8 "
-        "in float64 (reproducers/rmsnorm_zero_row.py)"
-    ),
-    "norm=normalize": (
-        "F.normalize (p=2, eps=1e-12) on an all-zero row gives attributions of order |r|/eps ≈ 1e10 whose sum misses "
-        "f(x) − E f by ~1e-5 in float64, silently (reproducers/normalize_zero_row.py)"
-    ),
-    "norm=normalize_p1": "as norm=normalize, with p=1 (reproducers/normalize_zero_row.py)",
     "context_dtype=uint8_bool": (
         "an integer mask input turned into a bool mask by .bool() and then cast to float is attributed as a "
         "number (nonzero φ, references with their own masks) or refused (InputError; through nn.MultiheadAttention's "
@@ -125,8 +115,6 @@ def test_many_random_keras_models_are_refused_by_name_or_exact(data: st.DataObje
 @pytest.mark.parametrize(
     "script",
     [
-        pytest.param("rmsnorm_zero_row.py", marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS_TORCH["norm=rms"])),
-        pytest.param("normalize_zero_row.py", marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS_TORCH["norm=normalize"])),
         pytest.param(
             "int_mask_bool_is_a_number.py",
             marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS_TORCH["context_dtype=uint8_bool"]),

@@ -21,8 +21,9 @@ from typing import Any, Callable
 import torch
 
 from .base import OpCall, Rule
-from .elementwise import product, rescale, with_multipliers
-from .secant import exp_ratio_slope, exp_slope, secant, secant_slope
+from .elementwise import Shapley, product, rescale, with_multipliers
+from .secant import exp_ratio_slope, exp_slope, reciprocal_slope, secant, secant_slope
+from .structured import scaled
 
 Tensor = torch.Tensor
 
@@ -54,18 +55,59 @@ class _FirstOperand(Rule):
         return _not_first(call)
 
 
-def quotient(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``a / b`` with the exact two-player Shapley rule, in closed form.
+def quotient_multipliers(a: Any, b: Tensor, a_ref: Any, b_ref: Tensor) -> tuple[Any, Tensor]:
+    r"""The exact two-player Shapley multipliers of ``a / b`` in closed form:
+    :math:`m_a = \tfrac12(1/b + 1/b_r)`, :math:`m_b = -\tfrac{a + a_r}{2\,b\,b_r}` (0 where ``b``
+    does not move and the multiplier is not finite). No difference quotient, so no cancellation and
+    no small-Δ switch, however small the operands; ``a`` may be a constant (a python number)."""
+    m_a = (1 / b + 1 / b_ref) / 2
+    m_b = -(a + a_ref) / (2 * b * b_ref)
+    still = (b == b_ref) & ~torch.isfinite(m_b)
+    if bool(still.any()):
+        m_b = torch.where(still, torch.zeros_like(m_b), m_b)
+    return m_a, m_b
 
-    :math:`\phi_a = \tfrac12(1/b + 1/b_r)\,\Delta a` and
-    :math:`\phi_b = -\tfrac{a + a_r}{2\,b\,b_r}\,\Delta b`: no difference quotient, so no
-    cancellation and no small-Δ switch, however small the operands.
-    """
+
+def quotient(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
+    """``a / b`` with the exact two-player Shapley rule (:func:`quotient_multipliers`)."""
     ad, bd = a.detach(), b.detach()
     output, ref_output = ad / bd, a_ref / b_ref
-    m_a = ((1 / bd + 1 / b_ref) / 2).expand(output.shape)
-    m_b = (-(ad + a_ref) / (2 * bd * b_ref)).expand(output.shape)
-    return with_multipliers(output, [a, b], [m_a, m_b]), ref_output
+    m_a, m_b = quotient_multipliers(ad, bd, a_ref, b_ref)
+    return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)]), ref_output
+
+
+def _quotient_operands(call: OpCall) -> tuple[Any, Any, bool] | None:
+    """(numerator, denominator, reversed) of a true division call, or None if it is not one."""
+    if len(call.leaves) != 2 or len(call.args) != 2:
+        return None
+    a, b = call.args
+    reverse = call.name.endswith(("__rtruediv__", "__rdiv__"))
+    return (b, a, True) if reverse else (a, b, False)
+
+
+class Quotient(Shapley):
+    """True division ``a / b``: linear in ``a`` alone; with ``b`` tracked the exact two-player
+    Shapley rule in closed form (:func:`quotient_multipliers`), exact on the small denominators of
+    a normalization written by hand. Other calls (a rounding mode) take the generic rule."""
+
+    def __init__(self, reverse: bool = False) -> None:
+        super().__init__(linear_in=() if reverse else (0,))
+
+    def attribute(self, call: OpCall) -> Any:
+        operands = _quotient_operands(call)
+        if operands is None:
+            return super().attribute(call)
+        a, b, _ = operands
+        tracked = [call.leaves[i] for i in call.tracked]
+        if not any(b is t for t in tracked) or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tracked):
+            return super().attribute(call)
+        side = {id(call.leaves[i]): call.ref_leaves[i] for i in call.tracked}
+        a_ref, b_ref = side.get(id(a), a), side[id(b)]
+        output = call.evaluate([t.detach() for t in tracked])
+        m_a, m_b = quotient_multipliers(a.detach() if isinstance(a, Tensor) else a, b.detach(), a_ref, b_ref)
+        if any(a is t for t in tracked):
+            return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
+        return with_multipliers(output, [b], [m_b.expand(output.shape)])
 
 
 # -- glu -----------------------------------------------------------------------------------------------
@@ -177,8 +219,10 @@ class Normalize(_FirstOperand):
 
     p = 2: the squares by Shapley (multiplier :math:`x + x_r`), the sum linear, the root by Rescale
     (closed-form secant); p = 1: Rescale on :math:`|x|` (exact quotient), the sum linear. Then
-    Rescale on the clamp at eps (piecewise: the quotient is exact) and the exact Shapley rule of the
-    division (:func:`quotient`). Other p are refused.
+    Rescale on the clamp at eps (piecewise: the quotient is exact), Rescale on the inverse
+    (closed-form secant :math:`-1/(n n_r)`) and x ⊙ inverse by the scale-weighted rule of
+    :func:`~rnnshap.rules.structured.scaled` (the Shapley rule where the two norms are close,
+    bounded where an all-zero row is clamped at eps = 1e-12). Other p are refused.
     """
 
     def refusal(self, call: OpCall) -> str | None:
@@ -200,7 +244,8 @@ class Normalize(_FirstOperand):
         else:
             raise ValueError(f"{call.name}: rnnshap attributes F.normalize for p = 1 and p = 2 only, not p = {p}")
         clamped, clamped_ref = rescale(lambda t: t.clamp_min(eps), norm, norm_ref, smooth=False)
-        output, _ = quotient(x, clamped, r, clamped_ref)
+        inverse, inverse_ref = secant(torch.reciprocal, clamped, clamped_ref, reciprocal_slope)
+        output, _ = scaled(x, inverse, r, inverse_ref)
         return output
 
 
@@ -269,4 +314,15 @@ class LogCumSumExp(_FirstOperand):
         return output.movedim(-1, dim)
 
 
-__all__ = ["Deviation", "Glu", "Lerp", "LogCumSumExp", "Normalize", "Variance", "midpoint_quadratic", "quotient"]
+__all__ = [
+    "Deviation",
+    "Glu",
+    "Lerp",
+    "LogCumSumExp",
+    "Normalize",
+    "Quotient",
+    "Variance",
+    "midpoint_quadratic",
+    "quotient",
+    "quotient_multipliers",
+]

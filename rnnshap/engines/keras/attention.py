@@ -43,7 +43,15 @@ def _weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
 
 
 # -- Attention, AdditiveAttention ------------------------------------------------------------------
-def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any = None, return_attention_scores: bool = False, use_causal_mask: bool = False) -> Any:
+def attention(
+    layer: Any,
+    run: Any,
+    inputs: Any,
+    mask: Any = None,
+    training: Any = None,
+    return_attention_scores: bool = False,
+    use_causal_mask: bool = False,
+) -> Any:
     """``keras.layers.Attention`` (``score_mode`` dot or concat) and ``AdditiveAttention``."""
     del training  # dropout is off at inference
     q, v = inputs[0], inputs[1]
@@ -135,7 +143,13 @@ def multi_head_attention(
         mask = None
     else:
         mask = layer._compute_attention_mask(
-            query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask, use_causal_mask=use_causal_mask
+            query.x,
+            value.x,
+            query_mask=q_mask,
+            value_mask=v_mask,
+            key_mask=k_mask,
+            attention_mask=given_mask,
+            use_causal_mask=use_causal_mask,
         )
     gate = call_layer(layer._gate_dense, run, query) if getattr(layer, "_use_gate", False) else None
     q = call_layer(layer._query_dense, run, query)
@@ -210,7 +224,9 @@ def layer_normalization(layer: Any, value: Dual) -> Dual:
     (Keras's: the input, not centred, over its standard deviation)."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     rms = bool(getattr(layer, "rms_scaling", False))
-    out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
+    out = dual.standardize(
+        u, axes, epsilon, centre=True, centre_output=not rms, weighted=dual.fused_norm(axes, u.x.shape.rank, rms)
+    )
     gamma = None if layer.gamma is None else tf.reshape(_weight(layer.gamma, compute), shape)
     beta = None if (layer.beta is None or rms) else tf.reshape(_weight(layer.beta, compute), shape)
     if gamma is not None:
@@ -231,7 +247,7 @@ def group_normalization(layer: Any, value: Dual) -> Dual:
         grouped = grouped.map(lambda t: tf.cast(t, compute))
     axes = list(range(1, grouped.x.shape.rank))
     axes.pop(-2 if layer.axis == -1 else layer.axis - 1)
-    out = dual.standardize(grouped, axes, layer.epsilon)
+    out = dual.standardize(grouped, axes, layer.epsilon, weighted=False)  # Keras writes it with its ops
     broadcast = layer._create_broadcast_shape(value.x.shape)
     if layer.scale:
         gamma = tf.reshape(_weight(layer.gamma, compute), broadcast)
@@ -249,7 +265,7 @@ def rms_normalization(layer: Any, value: Dual) -> Dual:
     """``RMSNormalization``: the input over its root mean square (Shapley on x ⊙ x, Rescale on the
     inverse root), times the scale."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
-    out = dual.standardize(u, axes, epsilon, centre=False)
+    out = dual.standardize(u, axes, epsilon, centre=False, weighted=dual.fused_norm(axes, u.x.shape.rank))
     if getattr(layer, "scale", None) is not None:
         scale = tf.reshape(_weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)

@@ -119,6 +119,23 @@ def product(a: Dual, b: Dual) -> Dual:
     return Dual(attach(ax * bx, [(a.x, (bx + b.r) / 2), (b.x, (ax + a.r) / 2)]), a.r * b.r)
 
 
+def scaled(c: Dual, s: Dual) -> Dual:
+    """c ⊙ s for a positive scale s (an inverse deviation), as the PyTorch side's
+    :func:`rnnshap.rules.structured.scaled`: the two orders weighted by the scales,
+    m_c = 2 s s_r / (s + s_r), m_s = (s c + s_r c_r) / (s + s_r); bounded on all-zero rows."""
+    cx, sx = tf.stop_gradient(c.x), tf.stop_gradient(s.x)
+    total = sx + s.r
+    return Dual(attach(cx * sx, [(c.x, 2 * sx * s.r / total), (s.x, (sx * cx + s.r * c.r) / total)]), c.r * s.r)
+
+
+def fused_norm(axes: Sequence[int], rank: int, rms_scaling: bool = False) -> bool:
+    """Whether Keras on the torch backend computes this layer or rms normalization with torch's own
+    ``F.layer_norm`` / ``F.rms_norm`` (trailing axes, no ``rms_scaling``), whose rule weights the
+    product by the scales; elsewhere it writes the normalization with elementwise ops, whose
+    products take the Shapley rule. The TensorFlow side follows, so both backends agree."""
+    return not rms_scaling and sorted(a % rank for a in axes) == list(range(rank - len(axes), rank))
+
+
 def softmax(u: Dual, axis: Any = -1) -> Dual:
     """softmax = exp(u − c − log Σ exp(u − c)): Rescale on exp and log, the rest linear.
 
@@ -137,7 +154,6 @@ def log_softmax(u: Dual, axis: Any = -1) -> Dual:
     e = rescale(tf.exp, shifted, derivative=tf.exp)
     log_total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
     return shifted - log_total
-
 
 
 def max_over(u: Dual, axis: int, keepdims: bool = False) -> Dual:
@@ -256,18 +272,21 @@ def shapley2(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], a: Dual, b: Dual, 
     return Dual(attach(y, [(a.x, m_a), (b.x, m_b)]), y_r)
 
 
-def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None) -> Dual:
+def standardize(
+    u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None, weighted: bool = True
+) -> Dual:
     r"""``c / sqrt(mean(c ⊙ c) + ε)`` over ``axes``, ``c`` the centred input, as the PyTorch side's
     :func:`rnnshap.rules.structured.standardize`: centring and the mean linear, c ⊙ c by the Shapley
     rule, :math:`(v + \epsilon)^{-1/2}` by Rescale with its closed-form secant, the product by the
-    Shapley rule. ``centre=False``: the variance of the input itself (RMS); ``centre_output=False``:
+    scale-weighted rule of :func:`scaled` (``weighted=False``: the Shapley rule, as the PyTorch
+    engine gives the same normalization written with elementwise ops). ``centre=False``: the variance of the input itself (RMS); ``centre_output=False``:
     the input, not ``c``, times the inverse deviation (Keras's ``rms_scaling``)."""
     axes = list(axes)
     c = u.map(lambda t: t - tf.reduce_mean(t, axes, keepdims=True)) if centre else u
     square = product(c, c)
     variance = square.map(lambda t: tf.reduce_mean(t, axes, keepdims=True) + tf.constant(epsilon, t.dtype))
     inverse = secant(tf.math.rsqrt, variance, rsqrt_slope)
-    return product(c if (centre_output is None or centre_output) else u, inverse)
+    return (scaled if weighted else product)(c if (centre_output is None or centre_output) else u, inverse)
 
 
 def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
