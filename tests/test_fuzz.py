@@ -16,8 +16,10 @@ norms, residuals, elementwise activations, heads with 1..3 outputs or one per st
   values.
 
 Anything else is a defect. Grammar elements that expose a known defect are left out of the draws
-(``KNOWN_DEFECTS_*``), each with a strict-xfail test of its minimal reproducer below, so that CI stays
-green and a fix is noticed. The default budget runs in CI (derandomized); ``-m slow`` runs a longer one.
+(``KNOWN_DEFECTS_*``, "choice=option" → the defect, with a strict-xfail test of a minimal reproducer,
+so that CI stays green and a fix is noticed; empty today: the defects found so far, all-zero rows under
+RMSNorm and F.normalize and integer masks made boolean by ``.bool()``, are fixed and guarded by
+tests/test_rules_new.py and tests/test_tokens.py). The default budget runs in CI (derandomized); ``-m slow`` runs a longer one.
 ``python -m tests.fuzz.census torch 300`` counts outcomes over every element, known defects included
 (``RNNSHAP_FUZZ_TALLY=file`` makes the tests below log each model's outcome, to count a pytest run);
 ``python -m tests.fuzz.shrink torch SEED`` shrinks a census seed's defect to a small spec.
@@ -26,8 +28,6 @@ green and a fix is noticed. The default budget runs in CI (derandomized); ``-m s
 from __future__ import annotations
 
 import os
-import runpy
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -36,18 +36,8 @@ from hypothesis import strategies as st
 from .fuzz import torch_grammar
 from .fuzz.choosers import HypothesisChooser
 
-REPRODUCERS = Path(__file__).parent / "fuzz" / "reproducers"
-
 #: grammar elements ("choice=option") left out of the draws, by the defect they expose
-KNOWN_DEFECTS_TORCH: dict[str, str] = {
-    "context_dtype=uint8_bool": (
-        "an integer mask input turned into a bool mask by .bool() and then cast to float is attributed as a "
-        "number (nonzero φ, references with their own masks) or refused (InputError; through nn.MultiheadAttention's "
-        "key_padding_mask even 'the model's output does not depend on the explained inputs'), though docs/concepts.md "
-        "lists ids.bool() as a comparison, i.e. context (reproducers/int_mask_bool_is_a_number.py)"
-    ),
-    "context_dtype=int64_tobool": "as context_dtype=uint8_bool, with .to(torch.bool)",
-}
+KNOWN_DEFECTS_TORCH: dict[str, str] = {}
 KNOWN_DEFECTS_KERAS: dict[str, str] = {}
 
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
@@ -109,19 +99,3 @@ def test_many_random_torch_models_are_refused_by_name_or_exact(data: st.DataObje
 @given(data=st.data())
 def test_many_random_keras_models_are_refused_by_name_or_exact(data: st.DataObject) -> None:
     _keras_model(data)
-
-
-# -- the known defects, each by its minimal reproducer: strict xfail, so that a fix is noticed -------
-@pytest.mark.parametrize(
-    "script",
-    [
-        pytest.param(
-            "int_mask_bool_is_a_number.py",
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS_TORCH["context_dtype=uint8_bool"]),
-        ),
-    ],
-)
-def test_known_defect_is_fixed(script: str) -> None:
-    """Each reproducer exposes ``check()``, which asserts the promised behaviour."""
-    namespace = runpy.run_path(str(REPRODUCERS / script), run_name="reproducer")
-    namespace["check"]()

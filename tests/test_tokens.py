@@ -26,6 +26,7 @@ from .conftest import assert_additive, model_outputs
 V, D, T = 11, 3, 6
 BOS = 1
 Tensor = torch.Tensor
+F64 = torch.float64
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> None:
@@ -487,6 +488,64 @@ def test_an_integer_mask_input_applied_to_the_ids_is_context() -> None:
     assert np.abs(values[1]).max() == 0 and np.abs(values[0][X[1].numpy() == 0]).max() == 0
     base = np.mean([model_outputs(model, [background[0][j : j + 1].expand_as(X[0]), X[1]]) for j in range(4)], axis=0)
     np.testing.assert_allclose(values[0].sum(1), model_outputs(model, X) - base, rtol=0, atol=1e-10)
+
+
+class MaskedMean(nn.Module):
+    """The mean of x over the steps an integer 0/1 mask input keeps, the mask made boolean as ``how`` says."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.head = nn.Linear(2, 1)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        keep = {
+            "!= 0": lambda: mask != 0,
+            "bool()": mask.bool,
+            "to(bool)": lambda: mask.to(torch.bool),
+            "type(bool)": lambda: mask.type(torch.bool),
+        }[self.how]()
+        w = keep[..., None].to(x.dtype)
+        return self.head((x * w).sum(1) / w.sum(1))
+
+
+@pytest.mark.parametrize("how", ["!= 0", "bool()", "to(bool)", "type(bool)"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_an_integer_mask_made_boolean_by_a_cast_is_context(how: str, dtype: torch.dtype) -> None:
+    """``mask.bool()`` is ``mask != 0``: a comparison, so the mask is context (found by the fuzzer:
+    it was attributed as a number, φ up to 0.11, the references run with their own masks)."""
+    torch.manual_seed(0)
+    model = MaskedMean(how).double().eval()
+    background = [torch.randn(2, 4, 2, dtype=F64), torch.ones(2, 4, dtype=dtype)]
+    X = [torch.randn(2, 4, 2, dtype=F64), torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1]], dtype=dtype)]
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert np.abs(values[1]).max() == 0 and np.abs(values[0][X[1].numpy() == 0]).max() == 0
+    base = np.mean([model_outputs(model, [background[0][j : j + 1].expand_as(X[0]), X[1]]) for j in range(2)], axis=0)
+    np.testing.assert_allclose(values[0].sum((1, 2)), model_outputs(model, X) - base, rtol=0, atol=1e-12)
+
+
+class TokensAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 4)
+        self.mha = nn.MultiheadAttention(4, 1, batch_first=True)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        h = self.emb(ids)
+        return self.head(self.mha(h, h, h, key_padding_mask=~mask.bool(), need_weights=False)[0][:, -1])
+
+
+def test_a_key_padding_mask_cast_from_an_integer_input_is_context() -> None:
+    """``key_padding_mask=~mask.bool()`` (uint8 mask): was refused as 'does not depend on the inputs'."""
+    torch.manual_seed(0)
+    model = TokensAttention().double().eval()
+    background = [torch.randint(0, 5, (3, 4)), torch.ones(3, 4, dtype=torch.uint8)]
+    X = [torch.randint(0, 5, (2, 4)), torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=torch.uint8)]  # the last step, the query, is kept
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert np.abs(values[1]).max() == 0 and np.abs(values[0][X[1].numpy() == 0]).max() == 0
+    base = np.mean([model_outputs(model, [background[0][j : j + 1].expand_as(X[0]), X[1]]) for j in range(3)], axis=0)
+    np.testing.assert_allclose(values[0].sum(1), model_outputs(model, X) - base, rtol=0, atol=1e-12)
 
 
 # -- integer operations that cannot be followed ------------------------------------------------------------

@@ -658,6 +658,8 @@ class Integers:
             if followed.mask:  # a mask made from the ids, as floats: context
                 return self._other(func, args, kwargs, leaves, tracked, name)
             return True, self._number(value, followed, name)
+        if value.dtype == torch.bool and not followed.mask:  # ids.bool() is ids != 0: a comparison
+            return self._elementwise(func, args, kwargs, leaves, name, comparison=True, value=value)
         ids = None if followed.ids is None else followed.ids.to(value.device)
         self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
         return True, value
