@@ -192,13 +192,7 @@ class DeepLift:
         samples = torch.as_tensor(sample_of, device=device)
         bound = _Bound(self.model, _format_extra(additional_forward_args), n, samples, shifts)
         extra = [torch.zeros(int(background[0].shape[0]), dtype=torch.long, device=device)] if bound.indexed else []
-        explainer = DeepExplainer(
-            bound if bound.needed else self.model,
-            background + extra,
-            batch_size=self.batch_size,
-            rules=self.rules,
-            progress=False,
-        )
+        explainer = DeepExplainer(bound if bound.needed else self.model, background + extra, batch_size=self.batch_size, rules=self.rules, progress=False)
         given = [x[samples] for x in xs]
         if shifts is not None:
             given = [g - s.to(g.dtype) for g, s in zip(given, shifts, strict=True)]
@@ -314,11 +308,7 @@ class _Bound(nn.Module):
         with torch._C.DisableTorchFunction():  # constants for the row, not operations to attribute
             for i in self.per_row:
                 args[i] = args[i][self.samples[index.to(self.samples.device)].to(args[i].device)]
-            shifts = (
-                [s[index.to(s.device)].to(g.device, g.dtype) for s, g in zip(self.shifts, given, strict=True)]
-                if self.shifts is not None
-                else None
-            )
+            shifts = [s[index.to(s.device)].to(g.device, g.dtype) for s, g in zip(self.shifts, given, strict=True)] if self.shifts is not None else None
         if shifts is not None:
             given = [g + s for g, s in zip(given, shifts, strict=True)]
         return self.model(*given, *args)

@@ -63,9 +63,9 @@ ADVICE: dict[str, str] = {
         "d ** 0.5) @ v), which have exact rules."
     ),
     "detach": (
-        "{op} cuts the path from the input to the output, so what flows through the cut would get no "
-        "attribution and the rest would not add up. Remove .detach() / .data from that path (the "
-        "explainer does not train the model, so a stop-gradient there is not needed)."
+        "{op} cuts the path from the input to the output in a way rnnshap cannot follow. Write "
+        "t.detach() (out of place) instead: rnnshap follows the function through .detach(), which "
+        "changes training, not the value the model computes."
     ),
     "escape": (
         "{op} takes input-dependent values out of torch (to numpy or Python), out of rnnshap's "

@@ -184,9 +184,7 @@ class DeepExplainer:
         n = self.engine.rows(inputs)
         single = self.n_outputs == 1 and len(self.output_shape) <= 1
         output_shape = () if single else self.output_shape
-        output_axes = (
-            [explanation.OUTPUT] if len(output_shape) == 1 else [f"{explanation.OUTPUT}{i}" for i in range(len(output_shape))]
-        )
+        output_axes = [explanation.OUTPUT] if len(output_shape) == 1 else [f"{explanation.OUTPUT}{i}" for i in range(len(output_shape))]
         if output_names is not None:
             if not output_shape or len(output_names) != output_shape[-1]:
                 raise ValueError(f"{len(output_names)} output_names for a model whose outputs have shape {self.output_shape}")
@@ -452,11 +450,10 @@ def _progress(batches: list[Block], enabled: bool | None) -> Iterable[Block]:
         from tqdm.auto import tqdm
     except ImportError:
         if explicit:
-            warnings.warn(
-                "progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=5
-            )
+            warnings.warn("progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=5)
         return batches
     return tqdm(batches, total=len(batches), desc="rnnshap", unit="batch")  # closes itself when the loop ends
+
 
 
 def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:
@@ -476,9 +473,7 @@ def _token_strings(ids: np.ndarray, vocabulary: Sequence[str] | Mapping[int, str
         raise ValueError(f"the vocabulary has no string for token id {error.args[0] if error.args else '?'}") from error
 
 
-def _input_axes(
-    shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None, token: bool
-) -> tuple[list[str], dict[str, Any]]:
+def _input_axes(shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None, token: bool) -> tuple[list[str], dict[str, Any]]:
     """The axis names and labels of an input of ``shape`` (batch first) for an Explanation."""
 
     def checked(labels: Sequence[Any] | None, size: int, what: str, default: str | None) -> list[str] | None:
@@ -493,9 +488,7 @@ def _input_axes(
         if feature_names is not None and time_labels is not None:
             raise ValueError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
         axis = "time" if token or (time_labels is not None and feature_names is None) else "feature"
-        return ["sample", axis], {
-            axis: checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", None)
-        }
+        return ["sample", axis], {axis: checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", None)}
     if len(axes) == 2:
         return ["sample", "time", "feature"], {
             "time": checked(time_labels, axes[0], "time_labels", "t"),

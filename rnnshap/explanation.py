@@ -38,9 +38,7 @@ def make(values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | 
     inner = [a for a in axes if a != SAMPLE and not a.startswith(OUTPUT)]
     if len(inner) <= 1 and not outputs:
         names = labels.get(inner[0]) if inner else None
-        return shap.Explanation(
-            values=values, base_values=base_values, data=data, feature_names=None if names is None else list(names)
-        )
+        return shap.Explanation(values=values, base_values=base_values, data=data, feature_names=None if names is None else list(names))
     return SequenceExplanation(values, base_values, data, axes, labels)
 
 
@@ -53,21 +51,13 @@ class SequenceExplanation(shap.Explanation):
     one ``"<time>:<feature>"`` name per cell and sample, the layout shap's slicing keeps.
     """
 
-    def __init__(
-        self, values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | None, axes: Sequence[str], labels: Labels
-    ) -> None:
+    def __init__(self, values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | None, axes: Sequence[str], labels: Labels) -> None:
         self.axes = list(axes)
         self.labels: Labels = {a: (None if labels.get(a) is None else list(labels[a])) for a in self.axes}  # type: ignore[arg-type]
         if len(self.axes) != np.ndim(values):
             raise ValueError(f"{len(self.axes)} axis names for values of shape {np.shape(values)}")
         output_names = self.labels.get(self.axes[-1]) if self.axes[-1].startswith(OUTPUT) else None
-        super().__init__(
-            values=values,
-            base_values=base_values,
-            data=data,
-            feature_names=self._grid_names(np.shape(values)),
-            output_names=output_names,
-        )
+        super().__init__(values=values, base_values=base_values, data=data, feature_names=self._grid_names(np.shape(values)), output_names=output_names)
 
     def _grid_names(self, shape: tuple[int, ...]) -> Any:
         """shap's feature_names: the labels of the one input axis, or per sample a ``"time:feature"``
@@ -101,9 +91,7 @@ class SequenceExplanation(shap.Explanation):
         value = getattr(self, name)
         return None if value is None else np.asarray(value)
 
-    def _rebuild(
-        self, values: np.ndarray, base: np.ndarray | None, data: np.ndarray | None, axes: list[str], labels: Labels
-    ) -> Any:
+    def _rebuild(self, values: np.ndarray, base: np.ndarray | None, data: np.ndarray | None, axes: list[str], labels: Labels) -> Any:
         return make(values, base, data, axes, labels)
 
     # -- slicing ------------------------------------------------------------------------------------
@@ -176,9 +164,7 @@ class SequenceExplanation(shap.Explanation):
 
     def sum(self, axis: int | None = None, grouping: dict[str, str] | None = None) -> Any:  # type: ignore[override]
         if axis is None or grouping is not None:
-            raise ValueError(
-                "give the axis to sum over: ex.sum(1) sums over time, ex.sum(2) over features (for (N, T, F) inputs)"
-            )
+            raise ValueError("give the axis to sum over: ex.sum(1) sums over time, ex.sum(2) over features (for (N, T, F) inputs)")
         return self._reduce("sum", axis)
 
     def mean(self, axis: int) -> Any:  # type: ignore[override]
@@ -192,9 +178,7 @@ class SequenceExplanation(shap.Explanation):
 
     @property
     def abs(self) -> Any:  # type: ignore[override]
-        return SequenceExplanation(
-            np.abs(np.asarray(self.values)), self._array("base_values"), self._array("data"), self.axes, self.labels
-        )
+        return SequenceExplanation(np.abs(np.asarray(self.values)), self._array("base_values"), self._array("data"), self.axes, self.labels)
 
     def __repr__(self) -> str:
         return f"SequenceExplanation(axes={self.axes}, shape={np.shape(self.values)})"

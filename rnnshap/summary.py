@@ -94,9 +94,7 @@ class Summary:
         return f"Summary(count={self.count}, value shape {shapes}, {len(self._keys)} sampled)"
 
     # -- writing --------------------------------------------------------------------------------
-    def update(
-        self, values: Sequence[np.ndarray], base_values: np.ndarray, data: Sequence[np.ndarray], rows: np.ndarray | None = None
-    ) -> None:
+    def update(self, values: Sequence[np.ndarray], base_values: np.ndarray, data: Sequence[np.ndarray], rows: np.ndarray | None = None) -> None:
         """Add a batch: per input, ``values`` ``(n, *value_shape)`` and ``data`` ``(n, *input_shape)``;
         ``base_values`` ``(n, *output_shape)``; ``rows`` the samples' row numbers (default: counting on)."""
         values = [np.asarray(v, dtype=np.float64) for v in values]
@@ -113,18 +111,13 @@ class Summary:
         self.count += n
         self._keep(np.asarray(self._rng.random(n)), values, [np.asarray(d) for d in data], base, rows)
 
-    def _keep(
-        self, keys: np.ndarray, values: list[np.ndarray], data: list[np.ndarray], base: np.ndarray, rows: np.ndarray
-    ) -> None:
+    def _keep(self, keys: np.ndarray, values: list[np.ndarray], data: list[np.ndarray], base: np.ndarray, rows: np.ndarray) -> None:
         """Add candidates to the sample and keep the ``sample_size`` smallest keys."""
         keys = np.concatenate([self._keys, keys])
         order = np.argsort(keys, kind="stable")[: self.sample_size]
         self._keys = keys[order]
         self.sample_values = [np.concatenate([old, new])[order] for old, new in zip(self.sample_values, values, strict=True)]
-        self.sample_data = [
-            np.concatenate([old.astype(new.dtype, copy=False), new])[order]
-            for old, new in zip(self.sample_data, data, strict=True)
-        ]
+        self.sample_data = [np.concatenate([old.astype(new.dtype, copy=False), new])[order] for old, new in zip(self.sample_data, data, strict=True)]
         self.sample_base_values = np.concatenate([self.sample_base_values, base])[order]
         self.sample_rows = np.concatenate([self.sample_rows, rows])[order]
 

@@ -484,18 +484,35 @@ def test_registering_a_rule_for_an_unsupported_op_makes_it_work() -> None:
         rnnshap.DeepExplainer(model, background)
 
 
-def test_detach_in_forward_is_refused() -> None:
-    class Detaching(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
+class Detaching(nn.Module):
+    """``how``: "detach" uses ``.detach()`` where "plain" does not; the two compute the same function."""
 
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            return torch.tanh(z) * z.detach()
+    def __init__(self, how: str, straight_through: bool = False) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 4)
+        self.how, self.straight_through = how, straight_through
 
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="detach"):
-        rnnshap.DeepExplainer(Detaching().eval(), torch.randn(4, 5))
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.lin(x)
+        cut = (lambda t: t.detach()) if self.how == "detach" else (lambda t: t)
+        if self.straight_through:  # z + (tanh(z) - z).detach() is tanh(z)
+            return z + cut(torch.tanh(z) - z) if self.how == "detach" else torch.tanh(z)
+        mean = cut(z.mean(-1, keepdim=True))  # reversible instance norm's detached statistics
+        return torch.tanh(z - mean) * cut(z) + mean
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_detach_in_forward_follows_the_function(straight_through: bool) -> None:
+    """``.detach()`` changes training, not the function: the values equal those of the same model
+    without it, and add up (it was refused)."""
+    torch.manual_seed(0)
+    plain = Detaching("plain", straight_through).double().eval()
+    detaching = Detaching("detach", straight_through).double().eval()
+    detaching.load_state_dict(plain.state_dict())
+    background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    values = rnnshap.DeepExplainer(detaching, background).shap_values(X)
+    assert_additive(values, detaching, X, background, torch.float64)
+    np.testing.assert_allclose(values, rnnshap.DeepExplainer(plain, background).shap_values(X), rtol=1e-12, atol=1e-14)
 
 
 # -- data-dependent control flow ----------------------------------------------------------------------------------

@@ -382,16 +382,10 @@ def _cat(parts: list[Sides], dim: int) -> Sides:
 #: torch's fused attention kernels: never reached through the modules while rnnshap runs a model
 #: (the engine's mode turns their fast paths off), refused by name when called directly
 FUSED_KERNELS = (
-    "_native_multi_head_attention",
-    "_transformer_encoder_layer_fwd",
-    "_scaled_dot_product_attention_math",
-    "_scaled_dot_product_attention_math_for_mps",
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_flash_attention_forward_no_dropout_inplace",
-    "_triton_multi_head_attention",
+    "_native_multi_head_attention", "_transformer_encoder_layer_fwd", "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_flash_attention_forward_no_dropout_inplace", "_triton_multi_head_attention",
     "_triton_scaled_dot_attention",
 )
 
@@ -407,13 +401,6 @@ def attention_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 
 __all__ = [
-    "FUSED_KERNELS",
-    "MultiHeadAttention",
-    "ScaledDotProductAttention",
-    "Sides",
-    "attend",
-    "attention_op_rules",
-    "bilinear",
-    "linear",
-    "softmax",
+    "FUSED_KERNELS", "MultiHeadAttention", "ScaledDotProductAttention", "Sides", "attend", "attention_op_rules", "bilinear",
+    "linear", "softmax",
 ]

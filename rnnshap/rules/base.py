@@ -186,6 +186,20 @@ class Linear(Rule):
         return call.evaluate(call.inputs)
 
 
+class Identity(Rule):
+    """An operation whose value is its input but which cuts the autograd graph (``detach``).
+
+    It changes how a model trains, not the function it computes: ``x - x.mean().detach()`` is
+    ``x - x.mean()`` as a function of the input. The rule passes its input on with the path kept,
+    so the attribution follows the function (as for reversible instance norm's detached
+    statistics, or ``x + (f(x) - x).detach()``, which is ``f(x)``).
+    """
+
+    def attribute(self, call: OpCall) -> Any:
+        (x,) = call.inputs
+        return x.view_as(x)
+
+
 class Constant(Rule):
     """The result does not depend on the values of the input-dependent operands (``zeros_like``)."""
 

@@ -112,46 +112,15 @@ def _tensor_forms(*names: str) -> list[Any]:
 
 
 COMPARISONS = (
-    "gt",
-    "lt",
-    "ge",
-    "le",
-    "eq",
-    "ne",
-    "greater",
-    "less",
-    "greater_equal",
-    "less_equal",
-    "not_equal",
-    "isclose",
-    "signbit",
-    "logical_and",
-    "logical_or",
-    "logical_xor",
-    "logical_not",
-    "isin",
-    "heaviside",
+    "gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal",
+    "isclose", "signbit", "logical_and", "logical_or", "logical_xor", "logical_not", "isin", "heaviside",
 )
 COMPARISON_DUNDERS = ("__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "__and__", "__or__", "__xor__", "__invert__")
 STEPS = ("floor", "ceil", "round", "trunc", "fix", "frac", "sign", "sgn", "floor_divide", "remainder", "fmod", "bucketize")
 STEP_DUNDERS = ("__floordiv__", "__rfloordiv__", "__mod__", "__rmod__")
 SELECTIONS = (
-    "sort",
-    "argsort",
-    "msort",
-    "topk",
-    "kthvalue",
-    "median",
-    "nanmedian",
-    "mode",
-    "argmax",
-    "argmin",
-    "cummax",
-    "cummin",
-    "unique",
-    "unique_consecutive",
-    "nonzero",
-    "argwhere",
+    "sort", "argsort", "msort", "topk", "kthvalue", "median", "nanmedian", "mode", "argmax", "argmin", "cummax",
+    "cummin", "unique", "unique_consecutive", "nonzero", "argwhere",
 )
 PYTHON_BOOLS = ("allclose", "equal", "is_nonzero")
 
@@ -174,9 +143,7 @@ def coverage_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     step = Refusal("its result is piecewise constant in the input (it jumps where the input crosses a step)", "step")
     put([*forms(*STEPS), *_tensor_forms(*STEP_DUNDERS)], step)
     put(forms(*SELECTIONS), Refusal("which elements it selects or how it orders them depends on the input's values", "selection"))
-    python_bool = Refusal(
-        "it compares input-dependent values and returns a Python bool, which forward() can branch on", "control"
-    )
+    python_bool = Refusal("it compares input-dependent values and returns a Python bool, which forward() can branch on", "control")
     put([*forms(*PYTHON_BOOLS), *_tensor_forms("__contains__")], python_bool)
     # F.scaled_dot_product_attention and F.multi_head_attention_forward have exact rules (attention.py);
     # torch's fused kernels behind them are refused when called directly on input-dependent tensors
@@ -196,8 +163,7 @@ def coverage_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
         "__int__": ("turns an input-dependent tensor into a python number", "control"),
         "__float__": ("turns an input-dependent tensor into a python number", "control"),
         "__index__": ("turns an input-dependent tensor into a python number", "control"),
-        "detach": ("cuts the path from the input to the output, so the cut part gets no attribution", "detach"),
-        "detach_": ("cuts the path from the input to the output, so the cut part gets no attribution", "detach"),
+        "detach_": ("detaches an input-dependent tensor in place", "detach"),
     }
     for name, (reason, advice) in escapes.items():
         put([*forms(name), *_tensor_forms(name)], Refusal(reason, advice))

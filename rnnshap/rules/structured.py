@@ -431,17 +431,4 @@ class GroupNorm(Rule):
         return normalized
 
 
-__all__ = [
-    "Softmax",
-    "LogSoftmax",
-    "LogSumExp",
-    "shifted_logsumexp",
-    "MaxPool",
-    "MaxReduction",
-    "LayerNorm",
-    "RMSNorm",
-    "GroupNorm",
-    "scaled",
-    "standardize",
-    "routed_max",
-]
+__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max"]

@@ -43,15 +43,7 @@ def _weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
 
 
 # -- Attention, AdditiveAttention ------------------------------------------------------------------
-def attention(
-    layer: Any,
-    run: Any,
-    inputs: Any,
-    mask: Any = None,
-    training: Any = None,
-    return_attention_scores: bool = False,
-    use_causal_mask: bool = False,
-) -> Any:
+def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any = None, return_attention_scores: bool = False, use_causal_mask: bool = False) -> Any:
     """``keras.layers.Attention`` (``score_mode`` dot or concat) and ``AdditiveAttention``."""
     del training  # dropout is off at inference
     q, v = inputs[0], inputs[1]
@@ -143,13 +135,7 @@ def multi_head_attention(
         mask = None
     else:
         mask = layer._compute_attention_mask(
-            query.x,
-            value.x,
-            query_mask=q_mask,
-            value_mask=v_mask,
-            key_mask=k_mask,
-            attention_mask=given_mask,
-            use_causal_mask=use_causal_mask,
+            query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask, use_causal_mask=use_causal_mask
         )
     gate = call_layer(layer._gate_dense, run, query) if getattr(layer, "_use_gate", False) else None
     q = call_layer(layer._query_dense, run, query)

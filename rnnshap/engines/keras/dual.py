@@ -156,6 +156,7 @@ def log_softmax(u: Dual, axis: Any = -1) -> Dual:
     return shifted - log_total
 
 
+
 def max_over(u: Dual, axis: int, keepdims: bool = False) -> Dual:
     """A max reduction over ``axis`` by shap's max-pool rule, as ``rnnshap.rules.routed_max``.
 

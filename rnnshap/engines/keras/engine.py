@@ -71,15 +71,8 @@ class KerasEngine(Engine):
         # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
         # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype.
         # Boolean data (or integers) may also be masks (MultiHeadAttention's attention_mask): never attributed.
-        self.token_inputs = [
-            i
-            for i, a in enumerate(arrays)
-            if (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_) and not _floating(declared[i])
-        ]
-        self._dtypes = [
-            self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i])
-            for i in range(len(arrays))
-        ]
+        self.token_inputs = [i for i, a in enumerate(arrays) if (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_) and not _floating(declared[i])]
+        self._dtypes = [self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
         self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])
         outputs = self._call(self.background)
@@ -150,9 +143,7 @@ class KerasEngine(Engine):
         """``X`` as checked numpy arrays: numbers, finite, with a batch dimension that is not empty."""
         if self.background and self.multi_input != isinstance(X, (list, tuple)):
             given = "a list" if isinstance(X, (list, tuple)) else "one array"
-            raise InputError(
-                f"{what} is {given} but the background was {'a list' if self.multi_input else 'one array'}; pass both the same way"
-            )
+            raise InputError(f"{what} is {given} but the background was {'a list' if self.multi_input else 'one array'}; pass both the same way")
         items = list(X) if isinstance(X, (list, tuple)) else [X]
         if not items:
             raise InputError(f"{what} is an empty list; give one array per model input")
@@ -171,9 +162,7 @@ class KerasEngine(Engine):
                 raise InputError(f"{name} is empty (its first dimension, the batch, has size 0)")
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 bad = np.argwhere(~np.isfinite(array))[0].tolist()
-                raise InputError(
-                    f"{name} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined"
-                )
+                raise InputError(f"{name} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
             arrays.append(array)
         if self.background:
             if len(arrays) != len(self.background):
@@ -213,14 +202,10 @@ class KerasEngine(Engine):
         for index, result in enumerate(flat):
             if result.ndim == 0 or result.shape[0] != rows:
                 which = "output" if len(flat) == 1 else f"output {index}"
-                raise InputError(
-                    f"The model maps {rows} rows to an {which} of shape {result.shape}; the output's first dimension must be the batch"
-                )
+                raise InputError(f"The model maps {rows} rows to an {which} of shape {result.shape}; the output's first dimension must be the batch")
         if not self.output_layout:
             self._set_layout(out, flat)
-        return self._select(
-            flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1)
-        )
+        return self._select(flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1))
 
     def _set_layout(self, out: Any, flat: list[Any]) -> None:
         """The names, shapes and places of the model's outputs; checks ``output_index``."""
@@ -268,11 +253,7 @@ class KerasEngine(Engine):
         cache = getattr(self, "_outputs_cache", None)
         if cache is None or cache[0]() is not inputs[0]:
             n = int(inputs[0].shape[0])
-            cache = self._outputs_cache = (
-                weakref.ref(inputs[0]),
-                np.zeros((n, int(np.prod(self.output_shape or (1,))))),
-                np.zeros(n, bool),
-            )
+            cache = self._outputs_cache = (weakref.ref(inputs[0]), np.zeros((n, int(np.prod(self.output_shape or (1,))))), np.zeros(n, bool))
         _, outputs, done = cache
         if not done[start:stop].all():
             end = min(len(done), max(stop, start + MODEL_ROWS))
@@ -284,9 +265,7 @@ class KerasEngine(Engine):
         return list(inputs)
 
     # -- the dual pass -----------------------------------------------------------------------------
-    def _dual_pass(
-        self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False
-    ) -> tuple[Dual, list[tf.Tensor], Run]:
+    def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
         if collect:
             run.collect = []
@@ -303,9 +282,7 @@ class KerasEngine(Engine):
                 duals.append(Dual(tx, tr))
         flat = keras_tree.flatten(run_model(self.model, duals, run, as_list=self.multi_input))
         if not all(isinstance(d, Dual) for d in flat):
-            raise RnnShapError(
-                "An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it"
-            )
+            raise RnnShapError("An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it")
         return self._select(flat, _concatenate), watched, run
 
     def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
@@ -369,13 +346,9 @@ class KerasEngine(Engine):
         for t, grad in zip(floating, grads[: len(floating)], strict=True):
             sums[t] += per_sample(grad.numpy().astype(np.float64) * (xs[t].astype(np.float64) - rs[t].astype(np.float64)))
         for (t, ex, er), grad in zip(run.embedded, grads[len(floating) :], strict=True):
-            per_token = (grad.numpy().astype(np.float64) * (ex.numpy().astype(np.float64) - er.numpy().astype(np.float64))).sum(
-                -1
-            )
+            per_token = (grad.numpy().astype(np.float64) * (ex.numpy().astype(np.float64) - er.numpy().astype(np.float64))).sum(-1)
             if per_token.shape[1:] != sums[t].shape[2:]:
-                raise InputError(
-                    f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}"
-                )
+                raise InputError(f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}")
             sums[t] += per_sample(per_token)
         model_outputs = flat[:p].numpy().astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = tf.reshape(out.r, flat.shape)[:p].numpy().astype(np.float64).reshape(s, n_refs, -1).sum(1)

@@ -59,16 +59,7 @@ PIECEWISE_UNARY = {
     "HardShrink", "SoftShrink", "Threshold", "Clip", "SparseSigmoid",
 }  # fmt: skip
 #: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
-BINARY = {
-    "Maximum": False,
-    "Minimum": False,
-    "Fmax": False,
-    "Fmin": False,
-    "Power": True,
-    "Arctan2": True,
-    "Hypot": True,
-    "Logaddexp": True,
-}
+BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
 STRUCTURED = {"Softmax", "LogSoftmax", "Logsumexp", "Max", "Min", "Amax", "Amin", "LayerNorm", "RMSNorm"}
 #: closed-form secant slopes for these unary ops (better conditioned than the quotient)
 SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
@@ -92,16 +83,7 @@ def is_keras_op(op: Any) -> bool:
 def supported(op: Any) -> bool:
     """Whether rnnshap has a rule for the keras op ``op`` (on input-dependent arguments)."""
     n = name(op)
-    return (
-        n in LINEAR
-        or n in LINEAR_IN
-        or n in BILINEAR
-        or n in DIVISION
-        or n in SMOOTH_UNARY
-        or n in PIECEWISE_UNARY
-        or n in BINARY
-        or n in STRUCTURED
-    )
+    return n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
 
 
 def _flat(values: Any) -> list[Any]:
@@ -148,9 +130,7 @@ def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any
     return fn
 
 
-def call_op(
-    op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]
-) -> Any:
+def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Any:
     """The keras op ``op(*args, **kwargs)`` with Duals among its arguments, by its rule."""
     n = name(op)
     found = _positions(args, kwargs, op)
@@ -159,9 +139,7 @@ def call_op(
         raise unsupported(op, f"casts an input-dependent tensor to {op.dtype} (a step function); rnnshap has no rule for it")
     if n in LINEAR:
         return _both(op, args, kwargs)
-    if n in LINEAR_IN and all(
-        p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where
-    ):
+    if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where):
         return _both(op, args, kwargs)
     single = len(found) == 1 and found[0][1] is not None
     if n in BILINEAR or n in DIVISION:
@@ -203,13 +181,7 @@ def call_op(
             return dual.shapley2(fn2, a, b, smooth=BINARY[n])
     if n in STRUCTURED and single and where in ([0], ["x"]):
         return _structured(op, n, found[0][1], args, kwargs, unsupported)
-    if (
-        n in ("LayerNorm", "RMSNorm")
-        and where
-        and where[0] in (0, "x")
-        and all(d is not None for _, d in found[:1])
-        and len(found) == 1
-    ):
+    if n in ("LayerNorm", "RMSNorm") and where and where[0] in (0, "x") and all(d is not None for _, d in found[:1]) and len(found) == 1:
         return _structured(op, n, found[0][1], args, kwargs, unsupported)
     raise unsupported(op, f"keras op {n} on an input-dependent tensor has no rule in rnnshap (at argument(s) {where})")
 
@@ -221,11 +193,7 @@ def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position:
     def scaled(t: tf.Tensor) -> tf.Tensor:
         if numerator is None:
             return t
-        constant = (
-            tf.constant(numerator, t.dtype)
-            if isinstance(numerator, (int, float))
-            else tf.cast(tf.convert_to_tensor(numerator), t.dtype)
-        )
+        constant = tf.constant(numerator, t.dtype) if isinstance(numerator, (int, float)) else tf.cast(tf.convert_to_tensor(numerator), t.dtype)
         return constant * t
 
     return inverse.map(scaled)
@@ -237,9 +205,7 @@ def _axes(axis: Any, rank: int) -> list[int]:
     return [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
 
 
-def _structured(
-    op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]
-) -> Dual:
+def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Dual:
     rank = value.x.shape.rank
     if n in ("Softmax", "LogSoftmax"):
         axis = op.axis if not isinstance(op.axis, (list, tuple)) or len(op.axis) != 1 else op.axis[0]
@@ -278,9 +244,7 @@ def _structured(
     for a in axes:
         shape[a] = value.x.shape[a]
     if gamma is not None:
-        g = tf.reshape(
-            tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1]
-        )
+        g = tf.reshape(tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])
         out = out.map(lambda t: t * g)
     if beta is not None and not op.rms_scaling:
         b = tf.reshape(tf.cast(tf.convert_to_tensor(beta), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])

@@ -145,14 +145,7 @@ def problem(layer: Any) -> str | None:
     if isinstance(layer, getattr(L, "GroupQueryAttention", ())):
         return "GroupedQueryAttention has no rule in rnnshap (MultiHeadAttention, Attention and AdditiveAttention do)"
     if isinstance(layer, _ATTENTION + _NORMALIZATION):
-        hooks = (
-            "_compute_attention",
-            "_masked_softmax",
-            "_calculate_scores",
-            "_apply_scores",
-            "_calculate_score_mask",
-            "_reshape_into_groups",
-        )
+        hooks = ("_compute_attention", "_masked_softmax", "_calculate_scores", "_apply_scores", "_calculate_score_mask", "_reshape_into_groups")
         for klass in type(layer).__mro__:
             if klass.__module__.startswith("keras."):
                 break
@@ -212,9 +205,7 @@ def problems(model: Any) -> list[tuple[str, str]]:
     if not isinstance(model, (keras.Sequential, Functional)) or _custom_call(model) is not None:
         if trace.traced_kind(model) is not None:
             return []  # a subclassed model: its call() is traced when it runs
-        return [
-            (model.name, f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model with its own call()")
-        ]
+        return [(model.name, f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model with its own call()")]
     layers = model.layers if isinstance(model, keras.Sequential) else model.operations
     for layer in layers:
         if isinstance(layer, (keras.Sequential, Functional)) or isinstance(layer, keras.Model):
@@ -239,9 +230,7 @@ def run_model(model: Any, inputs: list[Dual], run: Run, as_list: bool = True) ->
         return out
     if isinstance(model, Functional) and _custom_call(model) is None:
         inputs = [_as_input(value, spec) for value, spec in zip(inputs, model.inputs, strict=False)]
-        return model._run_through_graph(
-            inputs, operation_fn=lambda op: lambda *args, **kwargs: call_layer(op, run, *args, **kwargs)
-        )
+        return model._run_through_graph(inputs, operation_fn=lambda op: (lambda *args, **kwargs: call_layer(op, run, *args, **kwargs)))
     if trace.traced_kind(model) is not None:  # a subclassed model: called as the engine calls it
         return call_layer(model, run, inputs if as_list else inputs[0])
     raise TypeError(f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model")
@@ -250,12 +239,7 @@ def run_model(model: Any, inputs: list[Dual], run: Run, as_list: bool = True) ->
 def _as_input(value: Any, spec: Any) -> Any:
     """A Functional converts each input to the dtype of its ``keras.Input``: floating values here."""
     dtype = str(getattr(spec, "dtype", "")).replace("tf.", "")
-    if (
-        isinstance(value, Dual)
-        and not isinstance(value, TokenDual)
-        and value.x.dtype.is_floating
-        and dtype.startswith(("float", "bfloat"))
-    ):
+    if isinstance(value, Dual) and not isinstance(value, TokenDual) and value.x.dtype.is_floating and dtype.startswith(("float", "bfloat")):
         return _cast(value, dtype)
     return value
 
@@ -368,9 +352,7 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
             out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))  # token ids (0/1) cast to a mask: a mask op
             run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
             return out
-        structural = type(layer).__name__ in kops.STRUCTURAL and not (
-            type(layer).__name__ == "Cast" and str(layer.dtype).startswith(("float", "bfloat"))
-        )
+        structural = type(layer).__name__ in kops.STRUCTURAL and not (type(layer).__name__ == "Cast" and str(layer.dtype).startswith(("float", "bfloat")))
         if tokens and len(tokens) == len(values) and structural:  # token ids (or an integer mask) moved around
             x, r = layer(*dual.side(args, 0), **dual.side(kwargs, 0)), layer(*dual.side(args, 1), **dual.side(kwargs, 1))
             return TokenDual(x, r, tokens[0].index)
@@ -386,9 +368,7 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
                 if isinstance(value, Dual) and value.x is out.x:
                     out.mask = value.mask
         return out
-    if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])) and not isinstance(
-        layer, (keras.Sequential, Functional)
-    ):
+    if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])) and not isinstance(layer, (keras.Sequential, Functional)):
         out = layer(*args, **kwargs)  # on constants only (positions from ops.arange): a constant, the same on both sides
         return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
     if any(isinstance(a, tf.Tensor) for a in _flat(args)):
@@ -434,12 +414,7 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
     if (kind := trace.traced_kind(layer)) is not None:  # its call() may take token ids (to an Embedding inside)
         takes_mask = layer._fn_expects_mask_arg if kind == "lambda" else layer._call_has_mask_arg
         if call_mask is not None and any(m is not None for m in keras_tree.flatten(call_mask)) and takes_mask:
-            return unsupported_in(
-                layer,
-                run,
-                "a Keras mask reaches its call(), which takes it; rnnshap traces call() without masks",
-                lambda: _plain(layer, args, kwargs),
-            )
+            return unsupported_in(layer, run, "a Keras mask reaches its call(), which takes it; rnnshap traces call() without masks", lambda: _plain(layer, args, kwargs))
         run.scope.append(f"{layer.name} ({type(layer).__name__})")
         try:
             return trace.call_traced(layer, run, args, kwargs, sys.modules[__name__])
@@ -672,21 +647,12 @@ def _conv(layer: Any, t: tf.Tensor) -> tf.Tensor:
     if layer.padding == "causal":  # Conv1D pads on the left, then convolves with "valid" padding
         t = tf.pad(t, layer._compute_causal_padding())
         out = keras.ops.conv(
-            t,
-            _weight(layer.kernel, t.dtype),
-            strides=list(layer.strides),
-            padding="valid",
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
+            t, _weight(layer.kernel, t.dtype), strides=list(layer.strides), padding="valid", dilation_rate=layer.dilation_rate, data_format=layer.data_format
         )
     else:
         out = layer.convolution_op(t, _weight(layer.kernel, t.dtype))
     if layer.use_bias:
-        shape = (
-            (1,) * (layer.rank + 1) + (layer.filters,)
-            if layer.data_format == "channels_last"
-            else (1, layer.filters) + (1,) * layer.rank
-        )
+        shape = (1,) * (layer.rank + 1) + (layer.filters,) if layer.data_format == "channels_last" else (1, layer.filters) + (1,) * layer.rank
         out = out + tf.reshape(_weight(layer.bias, t.dtype), shape)
     return out
 
@@ -705,9 +671,7 @@ def _split(d: Dual, parts: int) -> list[Dual]:
     return [Dual(a, b) for a, b in zip(xs, rs, strict=True)]
 
 
-def _cell_sequence(
-    cell: Any, seq: Dual, states: list[Dual], mask: tf.Tensor | None = None, zero_output: bool = False
-) -> tuple[list[Dual], list[Dual]]:
+def _cell_sequence(cell: Any, seq: Dual, states: list[Dual], mask: tf.Tensor | None = None, zero_output: bool = False) -> tuple[list[Dual], list[Dual]]:
     """One cell over all steps of ``seq`` (B, T, F): its outputs per step and its final states.
 
     The input projection of all steps is one product. For sequences of at least
@@ -745,6 +709,7 @@ _COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 def _compiled_step(cell: Any) -> Any:
     if cell not in _COMPILED:
+
         _COMPILED[cell] = tf.function(partial(_eager_step, cell), reduce_retracing=True)
     return _COMPILED[cell]
 
@@ -870,3 +835,4 @@ def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = No
     if layer.return_state:
         return (merged if mode is None else [merged]) + states
     return merged
+

@@ -101,9 +101,7 @@ class TraceError(Exception):
 def call_traced(layer: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], walker: Any) -> Any:
     """``layer(*args, **kwargs)`` on Duals through the trace of its ``call``."""
     if any(isinstance(v, tf.Tensor) for v in kops._flat((args, kwargs))):
-        raise TraceError(
-            "a tensor computed from a mask (or a Keras mask) reaches its custom call(); rnnshap traces call() on model tensors only"
-        )
+        raise TraceError("a tensor computed from a mask (or a Keras mask) reaches its custom call(); rnnshap traces call() on model tensors only")
     kwargs = dict(kwargs)
     if "training" not in kwargs and _accepts(layer, "training"):
         kwargs["training"] = False
@@ -185,22 +183,7 @@ TF_DIVISION = {"RealDiv", "Div", "DivNoNan"}
 #: ops whose output depends on their inputs' shapes only
 TF_SHAPE = {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"}
 #: comparisons and logic: mask ops, read on the explained input
-TF_MASK = {
-    "Equal",
-    "NotEqual",
-    "Greater",
-    "GreaterEqual",
-    "Less",
-    "LessEqual",
-    "LogicalAnd",
-    "LogicalOr",
-    "LogicalNot",
-    "Any",
-    "All",
-    "IsNan",
-    "IsFinite",
-    "IsInf",
-}
+TF_MASK = {"Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "Any", "All", "IsNan", "IsFinite", "IsInf"}
 TF_SMOOTH = {
     "Tanh", "Sigmoid", "Elu", "Selu", "Softplus", "Softsign", "Exp", "Expm1", "Log", "Log1p", "Sqrt", "Rsqrt",
     "Square", "Reciprocal", "Inv", "Sin", "Cos", "Tan", "Atan", "Asinh", "Atanh", "Sinh", "Cosh", "Erf", "Erfc",
@@ -319,12 +302,7 @@ class GraphTrace:
             if id(op) in self.records:
                 sub, a, k, flat = self.records[id(op)]
                 value = lambda t: env[id(t)] if isinstance(t, tf.Tensor) else t  # noqa: E731
-                out = walker.call_layer(
-                    sub,
-                    run,
-                    *keras_tree.map_structure(value, list(a)),
-                    **{key: keras_tree.map_structure(value, v) for key, v in k.items()},
-                )
+                out = walker.call_layer(sub, run, *keras_tree.map_structure(value, list(a)), **{key: keras_tree.map_structure(value, v) for key, v in k.items()})
                 for t, v in zip(flat, _flat_out(out), strict=True):
                     env[id(t)] = v
                 continue
@@ -332,9 +310,7 @@ class GraphTrace:
             try:
                 outs = self._op(op, inputs, run)
             except TraceError as error:
-                outs = walker.unsupported_in(
-                    self.layer, run, f"TensorFlow op {op.type} ({op.name}) in its call(): {error}", lambda: _fallback(op, inputs)
-                )
+                outs = walker.unsupported_in(self.layer, run, f"TensorFlow op {op.type} ({op.name}) in its call(): {error}", lambda: _fallback(op, inputs))
             for t, v in zip(op.outputs, outs, strict=False):
                 env[id(t)] = v
         return keras_tree.map_structure(lambda t: env[id(t)] if isinstance(t, tf.Tensor) else t, self.outputs)

@@ -121,172 +121,41 @@ def _getters(*names: str) -> frozenset[Any]:
 
 #: reading these is not a use of the values
 _META = _keys(
-    "size",
-    "dim",
-    "ndimension",
-    "numel",
-    "nelement",
-    "__len__",
-    "stride",
-    "is_contiguous",
-    "is_floating_point",
-    "is_complex",
-    "is_signed",
-    "element_size",
-    "get_device",
-    "data_ptr",
-    "storage_offset",
-    "__format__",
-    "__repr__",
-    "__str__",
-    "__hash__",
+    "size", "dim", "ndimension", "numel", "nelement", "__len__", "stride", "is_contiguous",
+    "is_floating_point", "is_complex", "is_signed", "element_size", "get_device", "data_ptr",
+    "storage_offset", "__format__", "__repr__", "__str__", "__hash__",
 ) | _getters(
-    "shape",
-    "ndim",
-    "dtype",
-    "device",
-    "is_cuda",
-    "is_cpu",
-    "is_mps",
-    "layout",
-    "requires_grad",
-    "is_leaf",
-    "names",
-    "is_sparse",
-    "is_quantized",
-    "is_meta",
-    "is_nested",
-    "itemsize",
-    "nbytes",
-    "grad_fn",
-    "grad",
-    "output_nr",
-    "_version",
+    "shape", "ndim", "dtype", "device", "is_cuda", "is_cpu", "is_mps", "layout", "requires_grad",
+    "is_leaf", "names", "is_sparse", "is_quantized", "is_meta", "is_nested", "itemsize", "nbytes",
+    "grad_fn", "grad", "output_nr", "_version",
 )
 #: the result depends on the shape, dtype or device of the followed operand only
 _CONSTANT = _keys(*CONSTANT_OPS, "rand_like", "randn_like", "randint_like")
 #: ops whose second tensor operand only lends its shape or dtype
 _SHAPE_OF_OTHER = _keys("expand_as", "view_as", "reshape_as", "type_as")
 _CASTS = _keys(
-    "to",
-    "type",
-    "type_as",
-    "long",
-    "int",
-    "short",
-    "char",
-    "byte",
-    "bool",
-    "float",
-    "double",
-    "half",
-    "bfloat16",
-    "cpu",
-    "cuda",
+    "to", "type", "type_as", "long", "int", "short", "char", "byte", "bool", "float", "double", "half",
+    "bfloat16", "cpu", "cuda",
 )
 _COMPARISONS = _keys(
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "greater",
-    "less",
-    "greater_equal",
-    "less_equal",
-    "not_equal",
-    "__eq__",
-    "__ne__",
-    "__lt__",
-    "__le__",
-    "__gt__",
-    "__ge__",
-    "isin",
-    "logical_not",
-    "logical_and",
-    "logical_or",
-    "logical_xor",
+    "eq", "ne", "lt", "le", "gt", "ge", "greater", "less", "greater_equal", "less_equal", "not_equal",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "isin", "logical_not", "logical_and",
+    "logical_or", "logical_xor",
 )
 #: elementwise integer arithmetic: each element of the result comes from one element of each operand
 _ELEMENTWISE = _keys(
-    "add",
-    "sub",
-    "subtract",
-    "rsub",
-    "mul",
-    "multiply",
-    "neg",
-    "negative",
-    "positive",
-    "abs",
-    "absolute",
-    "remainder",
-    "fmod",
-    "floor_divide",
-    "div",
-    "divide",
-    "clamp",
-    "clip",
-    "clamp_min",
-    "clamp_max",
-    "bitwise_and",
-    "bitwise_or",
-    "bitwise_xor",
-    "bitwise_not",
-    "bitwise_left_shift",
-    "bitwise_right_shift",
-    "maximum",
-    "minimum",
-    "sign",
-    "sgn",
-    "square",
-    "pow",
-    "relu",
-    "__add__",
-    "__radd__",
-    "__sub__",
-    "__rsub__",
-    "__mul__",
-    "__rmul__",
-    "__mod__",
-    "__rmod__",
-    "__floordiv__",
-    "__rfloordiv__",
-    "__and__",
-    "__rand__",
-    "__or__",
-    "__ror__",
-    "__xor__",
-    "__rxor__",
-    "__lshift__",
-    "__rlshift__",
-    "__rshift__",
-    "__rrshift__",
-    "__neg__",
-    "__pos__",
-    "__abs__",
-    "__pow__",
-    "__rpow__",
-    "__invert__",
+    "add", "sub", "subtract", "rsub", "mul", "multiply", "neg", "negative", "positive", "abs", "absolute",
+    "remainder", "fmod", "floor_divide", "div", "divide", "clamp", "clip", "clamp_min", "clamp_max",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift", "bitwise_right_shift",
+    "maximum", "minimum", "sign", "sgn", "square", "pow", "relu", "__add__", "__radd__", "__sub__",
+    "__rsub__", "__mul__", "__rmul__", "__mod__", "__rmod__", "__floordiv__", "__rfloordiv__",
+    "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__", "__rlshift__",
+    "__rshift__", "__rrshift__", "__neg__", "__pos__", "__abs__", "__pow__", "__rpow__", "__invert__",
 )
 #: floating-point operations that may take integers as numbers (implicit casts)
 _NUMERIC = _ELEMENTWISE | _keys(
-    *SMOOTH_UNARY,
-    *DIVISION,
-    *REVERSE_DIVISION,
-    *POWER,
-    *EXTREMA,
-    *BILINEAR_OPS,
-    "true_divide",
-    "hardtanh",
-    "leaky_relu",
-    "relu6",
-    "threshold",
-    "linear",
-    "sum",
-    "mean",
-    "cumsum",
+    *SMOOTH_UNARY, *DIVISION, *REVERSE_DIVISION, *POWER, *EXTREMA, *BILINEAR_OPS, "true_divide", "hardtanh",
+    "leaky_relu", "relu6", "threshold", "linear", "sum", "mean", "cumsum",
 )
 
 
@@ -356,58 +225,12 @@ def _pad(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapp
 
 _MOVES: dict[Any, Spec] = {}
 for _fn in forms(
-    "reshape",
-    "view",
-    "view_as",
-    "reshape_as",
-    "flatten",
-    "unflatten",
-    "ravel",
-    "squeeze",
-    "unsqueeze",
-    "transpose",
-    "swapaxes",
-    "swapdims",
-    "permute",
-    "movedim",
-    "moveaxis",
-    "t",
-    "contiguous",
-    "clone",
-    "expand",
-    "expand_as",
-    "broadcast_to",
-    "repeat",
-    "tile",
-    "repeat_interleave",
-    "flip",
-    "fliplr",
-    "flipud",
-    "roll",
-    "rot90",
-    "narrow",
-    "select",
-    "diagonal",
-    "split",
-    "split_with_sizes",
-    "chunk",
-    "unbind",
-    "tensor_split",
-    "hsplit",
-    "vsplit",
-    "dsplit",
-    "__getitem__",
-    "index_select",
-    "gather",
-    "take_along_dim",
-    "take",
-    "tril",
-    "triu",
-    "atleast_1d",
-    "atleast_2d",
-    "atleast_3d",
-    "masked_select",
-    "detach",
+    "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze", "unsqueeze",
+    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "contiguous", "clone",
+    "expand", "expand_as", "broadcast_to", "repeat", "tile", "repeat_interleave", "flip", "fliplr", "flipud",
+    "roll", "rot90", "narrow", "select", "diagonal", "split", "split_with_sizes", "chunk", "unbind",
+    "tensor_split", "hsplit", "vsplit", "dsplit", "__getitem__", "index_select", "gather", "take_along_dim",
+    "take", "tril", "triu", "atleast_1d", "atleast_2d", "atleast_3d", "masked_select", "detach",
 ):
     _MOVES[op_key(_fn)] = _first
 _MOVES[op_key(torch.Tensor.unfold)] = _first  # the sliding windows of a tensor, not F.unfold's patches
@@ -474,11 +297,7 @@ class Integers:
         self.uses.setdefault(index, {})
 
     def involves(self, leaves: Iterable[Any]) -> bool:
-        return (
-            not self._bypass
-            and len(self._followed) > 0
-            and any(isinstance(leaf, Tensor) and leaf in self._followed for leaf in leaves)
-        )
+        return not self._bypass and len(self._followed) > 0 and any(isinstance(leaf, Tensor) and leaf in self._followed for leaf in leaves)
 
     def _get(self, value: Any) -> Followed | None:
         return self._followed.get(value) if isinstance(value, Tensor) else None
@@ -590,9 +409,7 @@ class Integers:
             del self._followed[target]
         return True, target
 
-    def _apply(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool
-    ) -> tuple[bool, Any]:
+    def _apply(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool) -> tuple[bool, Any]:
         key, name = op_key(func), op_name(func)
         if key in _SHAPE_OF_OTHER and self._get(args[0] if args else None) is None:
             return False, None  # x.expand_as(ids), x.type_as(ids): the integers lend their shape or dtype
@@ -621,9 +438,7 @@ class Integers:
         return self._other(func, args, kwargs, leaves, tracked, name)
 
     # -- kinds of operation -----------------------------------------------------------------------
-    def _other(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
-    ) -> tuple[bool, Any]:
+    def _other(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
         """A context use: the values are read in a way that cannot be followed to positions
         (lengths, indices, reductions, a mask on floating-point values). Like a context input,
         the followed tensors take the explained sample's values (their shadows) on both sides.
@@ -645,9 +460,7 @@ class Integers:
         self._register(value, None, None, followed, via=name)
         return True, value
 
-    def _cast(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
-    ) -> tuple[bool, Any]:
+    def _cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else None)
         if followed is None:
             return (False, None) if tracked else (True, func(*args, **kwargs))  # x.to(ids): dtype and device only
@@ -665,14 +478,7 @@ class Integers:
         return True, value
 
     def _elementwise(
-        self,
-        func: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        leaves: list[Any],
-        name: str,
-        comparison: bool = False,
-        value: Any = None,
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], name: str, comparison: bool = False, value: Any = None
     ) -> tuple[bool, Any]:
         """Elementwise integer operations and comparisons: each element of the result keeps the
         input position of its operands (which must agree), computed on each side's own values."""
@@ -715,9 +521,7 @@ class Integers:
         context = [
             leaf
             for leaf in leaves
-            if self._get(leaf) is not None
-            and not any(leaf is x for x in data)
-            and not (own_choice and any(leaf is x for x in conditions))
+            if self._get(leaf) is not None and not any(leaf is x for x in data) and not (own_choice and any(leaf is x for x in conditions))
         ]
         if context and op_key(func) not in _SHAPE_OF_OTHER:
             # an index made from followed integers, or a mask made from other positions or inputs (a
@@ -773,9 +577,7 @@ class Integers:
         """``ids.view(torch.int32)`` reinterprets the bits: not a move."""
         return op_key(func) in _VIEW and any(isinstance(a, torch.dtype) for a in args[1:])
 
-    def _as_numbers(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], numbers: list[Followed], name: str, dtype: torch.dtype
-    ) -> Any:
+    def _as_numbers(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], numbers: list[Followed], name: str, dtype: torch.dtype) -> Any:
         """Run ``func`` with its followed integer operands cast to ``dtype`` (the floating dtype of
         its result, as torch's type promotion does), each cast a number leaf, and the operation
         itself through its rule. Masks made from the ids, and integers that only index, are
@@ -802,9 +604,7 @@ class Integers:
             self.mode.track(value)  # the pass goes on, to report every problem; the engine refuses
             return value
         self._use([followed], NUMBER, name)
-        return self._leaf(
-            ("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0
-        )
+        return self._leaf(("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0)
 
     def _token(self, key: Any, name: str, value: Tensor, followed: Followed, feature_dims: int) -> Tensor:
         """The output of an embedding lookup of followed ids: attributed per token."""
@@ -843,11 +643,7 @@ class Integers:
                 bound = _EMBEDDING_SIGNATURE.bind(*args, **kwargs)
             except TypeError:
                 return self._other(func, args, kwargs, leaves, tracked, name)
-            weight, indices, max_norm = (
-                bound.arguments.get("weight"),
-                bound.arguments.get("input"),
-                bound.arguments.get("max_norm"),
-            )
+            weight, indices, max_norm = bound.arguments.get("weight"), bound.arguments.get("input"), bound.arguments.get("max_norm")
         followed = self._get(indices)
         if followed is None or not _floating(weight) or self.mode.is_tracked(weight):
             return self._other(func, args, kwargs, leaves, tracked, name)
@@ -872,14 +668,7 @@ class Integers:
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             indices = (args[2] if len(args) > 2 else kwargs.get("index")) if dim == 0 else None
         followed = self._get(indices)
-        if (
-            followed is None
-            or not isinstance(table, Tensor)
-            or self.mode.is_tracked(table)
-            or followed.mask
-            and followed.ids is not None
-            and _is_bool(indices)
-        ):
+        if followed is None or not isinstance(table, Tensor) or self.mode.is_tracked(table) or followed.mask and followed.ids is not None and _is_bool(indices):
             return self._other(func, args, kwargs, leaves, tracked, name)
         value = func(*args, **kwargs)
         extra = table.dim() - 1
@@ -889,9 +678,7 @@ class Integers:
         self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
         return True, value
 
-    def _one_hot(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
-    ) -> tuple[bool, Any]:
+    def _one_hot(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else kwargs.get("input"))
         if followed is None:
             return self._other(func, args, kwargs, leaves, tracked, name)
@@ -906,16 +693,9 @@ class Integers:
         target, index, value = args[0], args[1], args[2]
         target_f, value_f = self._get(target), self._get(value)
         index_f = self._get(index)
-        if (
-            index_f is not None
-            and index.dtype == torch.bool
-            and not _floating(target)
-            and tuple(index.shape) == tuple(target.shape)
-        ):
+        if index_f is not None and index.dtype == torch.bool and not _floating(target) and tuple(index.shape) == tuple(target.shape):
             # ids[ids >= V] = UNK: the masked_fill of the same positions
-            handled, result = self._move(
-                torch.Tensor.masked_fill, (target, index, value), {}, [target, index, value], tracked, name, _masked_fill
-            )
+            handled, result = self._move(torch.Tensor.masked_fill, (target, index, value), {}, [target, index, value], tracked, name, _masked_fill)
             if handled and isinstance(result, Tensor):
                 filled = self._get(result)
                 target.copy_(result)
@@ -942,11 +722,7 @@ class Integers:
             func(target, index, value)
             self._register(target, None, None, followed)
             return True, None
-        ids = (
-            target_f.ids.clone()
-            if target_f is not None and target_f.ids is not None
-            else torch.zeros(target.shape, dtype=torch.int64, device=target.device)
-        )
+        ids = target_f.ids.clone() if target_f is not None and target_f.ids is not None else torch.zeros(target.shape, dtype=torch.int64, device=target.device)
         ids[index] = value_f.ids if value_f is not None and value_f.ids is not None else 0
         shadow = None
         if any(f.shadow is not None for f in followed):
@@ -977,9 +753,7 @@ class Integers:
             self.mode.track(value)
             return value
         if a["max_norm"] is not None:
-            self.mode._refuse(
-                name, "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up; drop it"
-            )
+            self.mode._refuse(name, "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up; drop it")
             return value
         offsets_f = self._get(offsets)
         if offsets_f is not None:
@@ -1010,18 +784,14 @@ class Integers:
             shadow = followed.shadow if followed.shadow is not None else tokens
             keep = keep & (shadow.reshape(-1) != pad)  # the explained sample's padding, on both sides
         assert followed.ids is not None
-        looked_up = self._token(
-            func, name, F.embedding(tokens.reshape(-1), weight), dataclasses.replace(followed, ids=followed.ids.reshape(-1)), 1
-        )
+        looked_up = self._token(func, name, F.embedding(tokens.reshape(-1), weight), dataclasses.replace(followed, ids=followed.ids.reshape(-1)), 1)
         dim, dtype = weight.shape[1], weight.dtype
         with self._through_mode():
             if bag_mode in ("sum", "mean"):
                 coefficient = keep.to(dtype)
                 if weights is not None:
                     coefficient = weights.reshape(-1) * coefficient
-                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(
-                    0, bag, looked_up * coefficient.unsqueeze(-1)
-                )
+                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(0, bag, looked_up * coefficient.unsqueeze(-1))
                 if bag_mode == "mean":
                     count = torch.zeros(bags, dtype=dtype, device=device).index_add(0, bag, keep.to(dtype))
                     result = result / count.clamp(min=1).unsqueeze(-1)

@@ -61,9 +61,7 @@ class TorchEngine(Engine):
         self.number_inputs = sorted(i for i in uses if NUMBER in uses[i])
         self.followed_inputs = sorted(self.token_inputs + self.number_inputs)
         if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
-            raise InputError(
-                "No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to"
-            )
+            raise InputError("No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to")
         if outputs.dim() == 0 or outputs.shape[0] != self.references:
             raise InputError(
                 f"The model maps {self.references} background rows to an output of shape "
@@ -80,9 +78,7 @@ class TorchEngine(Engine):
         """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
         try:
             with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
-                return run_pass(
-                    self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow
-                )
+                return run_pass(self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow)
         except RuntimeError as error:
             if not follow:
                 raise
@@ -126,8 +122,7 @@ class TorchEngine(Engine):
         # background's, and the masks made from them are the explained sample's (their shadows)
         followed = self.followed_inputs
         references = [
-            b[ref] if b.is_floating_point() or t in followed else x[sample]
-            for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
+            b[ref] if b.is_floating_point() or t in followed else x[sample] for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
         ]
         shadows = {t: inputs[t][sample] for t in followed}
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
@@ -138,9 +133,7 @@ class TorchEngine(Engine):
                 self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=grid, shadows=shadows
             )
         with torch.enable_grad():
-            outputs, mode = run_pass(
-                self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid
-            )
+            outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid)
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]

@@ -63,21 +63,7 @@ def _shapes(leaves: list[Any], tracked: tuple[int, ...]) -> tuple[tuple[int, ...
 
 #: types that torch's pytree treats as leaves (a Tensor, of any subclass, is a leaf too)
 _LEAF_TYPES = frozenset(
-    {
-        int,
-        float,
-        bool,
-        complex,
-        str,
-        bytes,
-        type(None),
-        slice,
-        type(Ellipsis),
-        torch.dtype,
-        torch.device,
-        torch.layout,
-        torch.memory_format,
-    }
+    {int, float, bool, complex, str, bytes, type(None), slice, type(Ellipsis), torch.dtype, torch.device, torch.layout, torch.memory_format}
 )
 #: the spec of ``(args, kwargs)`` for each call structure met (see ``_flatten``), and its flat layout
 _SPECS: dict[Any, tuple[TreeSpec, tuple[int, tuple[str, ...]] | None]] = {}
@@ -212,9 +198,7 @@ def _op_name(func: Any) -> str:
 
 
 #: the types of torch's functions (builtins, method and slot descriptors, Python functions)
-_NAMED_TYPES = frozenset(
-    {type(torch.sigmoid), type(torch.Tensor.sigmoid), type(torch.Tensor.__add__), type(torch.nn.functional.relu)}
-)
+_NAMED_TYPES = frozenset({type(torch.sigmoid), type(torch.Tensor.sigmoid), type(torch.Tensor.__add__), type(torch.nn.functional.relu)})
 
 
 def _cacheable(func: Any) -> bool:
@@ -242,9 +226,7 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     return signature
 
 
-def _out_of_place(
-    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Any, tuple[Any, ...], dict[str, Any], Tensor | None]:
+def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any], Tensor | None]:
     """The out-of-place form of an in-place call, and the tensor the call writes into.
 
     ``x.relu_()`` → ``(Tensor.relu, (x,), {}, x)``; ``F.relu(x, inplace=True)`` →
@@ -303,11 +285,7 @@ def _writes_by_name(func: Any) -> bool:
     writes = _WRITES.get(func) if type(func) in _NAMED_TYPES else None
     if writes is None:
         name = getattr(func, "__name__", "")
-        writes = (
-            name == "__setitem__"
-            or (name.startswith("__i") and name.endswith("__"))
-            or (name.endswith("_") and not name.endswith("__"))
-        )
+        writes = name == "__setitem__" or (name.startswith("__i") and name.endswith("__")) or (name.endswith("_") and not name.endswith("__"))
         if _cacheable(func) and len(_WRITES) < _MAX_SPECS:
             _WRITES[func] = writes
     return writes
@@ -496,15 +474,9 @@ class AttributionMode(TorchFunctionMode):
         if isinstance(rule, Refuse) and getattr(rule, "advice", None) == "control":
             self._refuse(name, f"{rule.reason}: a value computed by {origin} from input-dependent values", "control")
         else:
-            self._refuse(
-                origin,
-                f"it compares input-dependent values and {name} uses the mask outside a where(mask, f(x), g(x)) gate",
-                "comparison",
-            )
+            self._refuse(origin, f"it compares input-dependent values and {name} uses the mask outside a where(mask, f(x), g(x)) gate", "comparison")
 
-    def _decision_use(
-        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool
-    ) -> Any:
+    def _decision_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
         """An operation on the bool or integer result of a refused operation (``x > 0``): refused
         itself when it turns it into a Python value (``if (x > 0).any():``), so that the branch is
         named with the comparison. (Only after a refusal: the pass fails anyway, speed is moot.)"""
@@ -523,9 +495,7 @@ class AttributionMode(TorchFunctionMode):
 
     def raise_if_unsupported(self) -> None:
         if self.unsupported:
-            raise UnsupportedOperationError(
-                [(name, why, self.advice.get(name, "rule")) for name, why in self.unsupported.items()]
-            )
+            raise UnsupportedOperationError([(name, why, self.advice.get(name, "rule")) for name, why in self.unsupported.items()])
 
     # -- interception ---------------------------------------------------------------------------
     def follow_discrete(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
@@ -547,9 +517,7 @@ class AttributionMode(TorchFunctionMode):
         finally:
             torch._C._set_grad_enabled(True)
 
-    def _intercept(
-        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False
-    ) -> Any:
+    def _intercept(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False) -> Any:
         kwargs = kwargs or {}
         leaves, spec, layout = _flatten(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
@@ -681,9 +649,7 @@ class AttributionMode(TorchFunctionMode):
         self._mark_indices(result, name)
         return result
 
-    def _linear(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor | None, rule: Rule, name: str
-    ) -> Any:
+    def _linear(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor | None, rule: Rule, name: str) -> Any:
         """Run an operation that is linear in its tracked operands (see ``dispatch``).
 
         Linear operations need nothing from the reference pass and stay off the tape: the input
@@ -726,9 +692,7 @@ class AttributionMode(TorchFunctionMode):
         entry.keep_output(result, context)
 
     # -- modules with their own rule --------------------------------------------------------------
-    def module_call(
-        self, module: nn.Module, forward: Callable[..., Any], rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def module_call(self, module: nn.Module, forward: Callable[..., Any], rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A call of a module that has a module-level rule: attributed as one operation."""
         leaves, _ = tree_flatten((args, kwargs))
         if not any(self.is_tracked(leaf) for leaf in leaves):

@@ -132,9 +132,7 @@ def as_tensors(
     dtype: torch.dtype | None,
 ) -> list[Tensor]:
     """Turn ``value`` (a tensor, an array, or a list/tuple of them) into checked tensors."""
-    packed = [
-        v for v in ([value] + list(value) if isinstance(value, (list, tuple)) else [value]) if isinstance(v, PackedSequence)
-    ]
+    packed = [v for v in ([value] + list(value) if isinstance(value, (list, tuple)) else [value]) if isinstance(v, PackedSequence)]
     if packed:
         raise InputError(
             f"{what} is a PackedSequence, which has no batch dimension to pair samples with references. Give "
@@ -174,9 +172,7 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
         value = torch.from_numpy(np.ascontiguousarray(array))
     tensor = value.detach()
     if tensor.is_meta:
-        raise InputError(
-            f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device)."
-        )
+        raise InputError(f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device).")
     if tensor.is_complex():
         raise InputError(f"{what} is complex ({tensor.dtype}); rnnshap explains real-valued inputs")
     if tensor.dim() == 0:
@@ -185,9 +181,7 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
         raise InputError(f"{what} is empty (its first dimension, the batch, has size 0)")
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
-        raise InputError(
-            f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined"
-        )
+        raise InputError(f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if device is not None and tensor.device != device:
