@@ -60,6 +60,11 @@ class DeepExplainer:
             the ones registered with :func:`rnnshap.register_rule` (PyTorch models).
         progress: show a tqdm progress bar over the blocks of pairs. ``None`` (the default): only
             when stderr is a terminal and there is more than one block.
+        output: for a model that returns several tensors (a list, a tuple or a dict), the one to
+            explain, by index or name (a dict key, a Keras output name). ``None`` (the default):
+            all of them, each flattened per sample and concatenated in the model's order (a dict's
+            by sorted key); ``explainer.engine.output_layout`` lists ``(name, shape, start, stop)``
+            per tensor.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class DeepExplainer:
         batch_size: int = 2048,
         rules: Mapping[Any, Any] | None = None,
         progress: bool | None = None,
+        output: int | str | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -77,7 +83,7 @@ class DeepExplainer:
         self.batch_size = int(batch_size)
         self.progress = progress
         #: the engine for the model's framework (:mod:`rnnshap.engines`)
-        self.engine: Engine = engine_for(model, data, rules=rules)
+        self.engine: Engine = engine_for(model, data, rules=rules, output=output)
         mean = self.engine.background_outputs.mean(0)
         #: the mean model output over the background, shaped like one sample's output
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean

@@ -194,3 +194,52 @@ def test_expected_value_is_background_mean_of_outputs() -> None:
     explainer = rnnshap.DeepExplainer(model, background)
     assert isinstance(explainer.expected_value, np.ndarray)
     np.testing.assert_allclose(explainer.expected_value, model_outputs(model, background).mean(0), rtol=1e-6, atol=1e-7)
+
+
+# -- models that return several tensors ------------------------------------------------------------------
+class SeveralOutputs(nn.Module):
+    """An LSTM with a per-step head and a final head, returned as a tuple, a list or a dict."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+        self.per_step, self.final = nn.Linear(4, 2), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> object:
+        states = self.lstm(x)[0]
+        per_step, final = self.per_step(states), self.final(states[:, -1])
+        if self.how == "dict":
+            return {"per_step": per_step, "final": final}
+        return (per_step, final) if self.how == "tuple" else [per_step, final]
+
+
+class Concatenated(SeveralOutputs):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        states = self.lstm(x)[0]
+        return torch.cat([self.final(states[:, -1]), self.per_step(states).flatten(1)], 1)
+
+
+@pytest.mark.parametrize("how", ["tuple", "list", "dict"])
+def test_several_output_tensors_are_one_flat_vector_or_one_by_name(how: str) -> None:
+    """All of them: the values of the same model returning one concatenated tensor (a dict's in sorted
+    key order: "final" first); ``output=`` picks one by name or index, with its own shape."""
+    torch.manual_seed(0)
+    model = SeveralOutputs(how).double().eval()
+    concatenated = Concatenated(how).double().eval()
+    concatenated.load_state_dict(model.state_dict())
+    background, X = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    order = ["final", "per_step"] if how == "dict" else ["output_0", "output_1"]
+    assert [name for name, *_ in explainer.engine.output_layout] == order
+    values = explainer.shap_values(X)
+    if how == "dict":
+        np.testing.assert_allclose(values, rnnshap.DeepExplainer(concatenated, background).shap_values(X), rtol=1e-12, atol=1e-14)
+    else:
+        assert values.shape == (2, 5, 3, 11)
+    final = rnnshap.DeepExplainer(model, background, output="final" if how == "dict" else 1)
+    assert final.output_shape == (1,)
+    final_column = explainer.engine.output_layout[0 if how == "dict" else 1][2]  # (name, shape, start, stop)
+    np.testing.assert_allclose(final.shap_values(X)[..., 0], values[..., final_column], rtol=1e-12, atol=1e-14)  # (N, 1) output
+    with pytest.raises(rnnshap.InputError, match="output"):
+        rnnshap.DeepExplainer(model, background, output=5 if how != "dict" else "missing")

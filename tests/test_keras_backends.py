@@ -43,7 +43,19 @@ MODELS: dict[str, Callable[[], Any]] = {
         [keras.Input((T, F), dtype="float64"), L.Bidirectional(L.SimpleRNN(3, dtype="float64"), dtype="float64"), L.Dense(1, dtype="float64")]
     ),
     "pooled-states": _functional_attention,
+    "two-outputs": lambda: _two_outputs(),
+    "two-outputs-final": lambda: _two_outputs(),
 }
+#: DeepExplainer options per model (the same on both backends)
+OPTIONS: dict[str, dict[str, Any]] = {"two-outputs-final": {"output": "final"}}
+
+
+def _two_outputs() -> Any:
+    """Several outputs: explained as one flat vector in the model's order, or one by its name."""
+    inputs = keras.Input((T, F), dtype="float64")
+    states = L.LSTM(3, return_sequences=True, dtype="float64")(inputs)
+    per_step = L.Dense(2, name="per_step", dtype="float64")(states)
+    return keras.Model(inputs, [per_step, L.Dense(1, name="final", dtype="float64")(states[:, -1])])
 
 _TORCH_SIDE = """
 import json, sys
@@ -54,9 +66,13 @@ found = {}
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     model = keras.saving.load_model(folder / "model.keras")
     x, background = np.load(folder / "x.npy"), np.load(folder / "background.npy")
-    explainer = rnnshap.DeepExplainer(model, background)
+    explainer = rnnshap.DeepExplainer(model, background, **json.loads((folder / "options.json").read_text()))
     np.save(folder / "torch.npy", explainer.shap_values(x))
-    found[folder.name] = {"engine": type(explainer.engine).__name__, "expected": np.asarray(explainer.expected_value).tolist()}
+    found[folder.name] = {
+        "engine": type(explainer.engine).__name__,
+        "expected": np.asarray(explainer.expected_value).tolist(),
+        "layout": explainer.engine.output_layout,
+    }
 print(json.dumps(found))
 """
 
@@ -69,10 +85,11 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         keras.utils.set_random_seed(0)
         model = make()
         x, background = rng.normal(size=(5, T, F)), rng.normal(size=(4, T, F))
-        explainer = rnnshap.DeepExplainer(model, background)
-        tensorflow_side[name] = (explainer.shap_values(x), explainer.expected_value)
+        explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
+        tensorflow_side[name] = (explainer.shap_values(x), explainer.expected_value, explainer.engine.output_layout)
         folder = tmp_path / name
         folder.mkdir()
+        (folder / "options.json").write_text(json.dumps(OPTIONS.get(name, {})))
         model.save(folder / "model.keras")
         np.save(folder / "x.npy", x)
         np.save(folder / "background.npy", background)
@@ -81,8 +98,9 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
     done = subprocess.run([sys.executable, "-c", _TORCH_SIDE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, (values, expected) in tensorflow_side.items():
+    for name, (values, expected, layout) in tensorflow_side.items():
         assert found[name]["engine"] == "TorchEngine", name
+        assert [(n, tuple(shape), a, b) for n, shape, a, b in found[name]["layout"]] == layout, name
         torch_values = np.load(tmp_path / name / "torch.npy")
         assert torch_values.shape == values.shape, name
         # Keras on torch runs matmul in float32 even for float64 operands, so the model itself differs

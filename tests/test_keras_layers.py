@@ -23,7 +23,6 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
-from rnnshap.engines.keras.engine import KerasEngine  # noqa: E402
 
 L = keras.layers
 ops = keras.ops
@@ -388,20 +387,18 @@ def test_several_outputs_are_explained_as_one_flat_vector_in_a_documented_order(
     assert worst_additivity(values, model, x, background) <= TOL["float64"]
 
 
-def test_one_output_of_several_by_output_index() -> None:
+def test_one_output_of_several_by_its_name_or_index() -> None:
     model = _two_outputs()
     rng = np.random.default_rng(10)
     background, x = rng.normal(size=(3, T, F)), rng.normal(size=(2, T, F))
-    explainer = rnnshap.DeepExplainer(model, background)
-    explainer.engine = KerasEngine(model, background, output_index="final")  # the front door will pass it through
-    values = explainer.shap_values(x)
+    values = rnnshap.DeepExplainer(model, background, output="final").shap_values(x)
     assert values.shape == (2, T, F, 1)
     assert worst_additivity(values, keras.Model(model.inputs[0], model.outputs[1]), x, background) <= TOL["float64"]
-    by_position = KerasEngine(model, background, output_index=0)
+    by_position = rnnshap.DeepExplainer(model, background, output=0)
     assert by_position.output_shape == (T, 2)
-    np.testing.assert_array_equal(by_position.predict(by_position.inputs(x, "X")), outputs_of(model, x)[:, : 2 * T])
+    np.testing.assert_array_equal(by_position.engine.predict(by_position.engine.inputs(x, "X")), outputs_of(model, x)[:, : 2 * T])
     with pytest.raises(rnnshap.InputError, match="per_step"):
-        KerasEngine(model, background, output_index="missing")
+        rnnshap.DeepExplainer(model, background, output="missing")
 
 
 # -- the same model on the torch backend -----------------------------------------------------------

@@ -15,10 +15,12 @@ from typing import Any, Mapping
 
 from .base import Block, BlockResult, Engine
 from .keras import is_keras_model
+from .outputs import OutputChoice
 
 
-def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None) -> Engine:
-    """The engine for ``model``, set up with the background ``data``."""
+def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None, output: OutputChoice = None) -> Engine:
+    """The engine for ``model``, set up with the background ``data``, explaining the output tensor
+    ``output`` of a model with several (all of them, flattened and concatenated, for None)."""
     if is_keras_model(model):
         import keras
 
@@ -27,7 +29,7 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None)
             from .pytorch.engine import TorchEngine
             from .pytorch.keras import KerasModule
 
-            return TorchEngine(KerasModule(model), data, rules=rules)
+            return TorchEngine(KerasModule(model), data, rules=rules, output=output)
         if backend != "tensorflow":
             from ..errors import InputError
 
@@ -40,10 +42,10 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None)
             raise ValueError("custom rules are for PyTorch models and Keras models on the torch backend only")
         from .keras.engine import KerasEngine
 
-        return KerasEngine(model, data)
+        return KerasEngine(model, data, output=output)
     from .pytorch.engine import TorchEngine
 
-    return TorchEngine(model, data, rules=rules)
+    return TorchEngine(model, data, rules=rules, output=output)
 
 
 __all__ = ["Block", "BlockResult", "Engine", "engine_for", "is_keras_model"]

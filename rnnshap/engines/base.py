@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .outputs import OutputLayout
+
 
 @dataclass(frozen=True)
 class Block:
@@ -74,6 +76,14 @@ class Engine(ABC):
     references: int
     #: the model's outputs on the background, float64, shape ``(references, *output_shape)``
     background_outputs: np.ndarray
+    #: which output tensor of a model with several is explained (``output=``), and where each sits
+    outputs: OutputLayout
+
+    @property
+    def output_layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:
+        """``(name, shape, start, stop)`` per output tensor of a model with several, in the order their
+        values are flattened into one output vector (a dict's by sorted key); empty for one tensor."""
+        return self.outputs.parts
 
     @abstractmethod
     def inputs(self, X: Any, what: str) -> list[Any]:

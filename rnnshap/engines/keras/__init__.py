@@ -16,7 +16,7 @@ inference, keras ops (:mod:`.kops`), and Lambda layers and Layer/Model subclasse
 into those or into TensorFlow ops with rules (:mod:`.trace`). Recurrent layers take ``return_sequences``,
 ``return_state``, ``go_backwards`` and initial states given as inputs. Layers compute in their own dtype
 policy (``mixed_float16`` too, checked at that precision). A model with several outputs is explained as one
-flat output vector (``KerasEngine.output_layout``), or one output with ``output_index``.
+flat output vector (``engine.output_layout``), or one output with ``output=`` (:mod:`rnnshap.engines.outputs`).
 
 Masks propagate as in Keras 3's ``Layer.__call__``: a layer's ``call`` gets the mask Keras would
 give it (none to a recurrent layer given initial states), and a layer that does not support masking

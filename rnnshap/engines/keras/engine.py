@@ -21,6 +21,7 @@ from keras.src import tree as keras_tree
 
 from ...errors import InputError, RnnShapError
 from ..base import Block, BlockResult, Engine
+from ..outputs import OutputChoice, OutputLayout
 from .dual import Dual
 from .layers import Run, TokenDual, problems, refusal, run_model
 
@@ -55,15 +56,13 @@ class KerasEngine(Engine):
 
     name = "keras (tensorflow)"
 
-    def __init__(self, model: Any, data: Any, output_index: int | str | None = None) -> None:
+    def __init__(self, model: Any, data: Any, output: OutputChoice = None) -> None:
         found = problems(model)
         if found:
             raise refusal(found)
         self.model = model
-        self.output_index = output_index
-        #: ``(name, shape, start, stop)`` per model output, in the order their values are flattened into one
-        #: output vector for a model with several outputs (see :meth:`_select`); set by the first call
-        self.output_layout: list[tuple[str, tuple[int, ...], int, int]] = []
+        #: which output tensor is explained (``output=``), and where each sits in the output vector
+        self.outputs = OutputLayout(output)
         self.multi_input = isinstance(data, (list, tuple))
         self.background: list[np.ndarray] = []
         arrays = self._arrays(data, "background")
@@ -203,44 +202,11 @@ class KerasEngine(Engine):
             if result.ndim == 0 or result.shape[0] != rows:
                 which = "output" if len(flat) == 1 else f"output {index}"
                 raise InputError(f"The model maps {rows} rows to an {which} of shape {result.shape}; the output's first dimension must be the batch")
-        if not self.output_layout:
-            self._set_layout(out, flat)
-        return self._select(flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1))
+        return self._take(out, flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1))
 
-    def _set_layout(self, out: Any, flat: list[Any]) -> None:
-        """The names, shapes and places of the model's outputs; checks ``output_index``."""
-        if isinstance(out, dict):
-            names = [str(k) for k in sorted(out)]
-        else:
-            given = list(getattr(self.model, "output_names", None) or [])
-            names = given if len(given) == len(flat) else [f"output_{i}" for i in range(len(flat))]
-        start = 0
-        for name, array in zip(names, flat, strict=True):
-            size = int(np.prod(array.shape[1:]))
-            self.output_layout.append((name, tuple(int(d) for d in array.shape[1:]), start, start + size))
-            start += size
-        if self.output_index is not None:
-            self._output_position()
-
-    def _output_position(self) -> int:
-        index = self.output_index
-        names = [name for name, *_ in self.output_layout]
-        if isinstance(index, str):
-            if index not in names:
-                raise InputError(f"output_index={index!r}: the model's outputs are named {names}")
-            return names.index(index)
-        if not isinstance(index, (int, np.integer)) or not -len(names) <= int(index) < len(names):
-            raise InputError(f"output_index={index!r}: the model has {len(names)} output(s) {names}")
-        return int(index) % len(names)
-
-    def _select(self, flat: list[Any], concatenate: Any) -> Any:
-        """The explained output from the model's flattened outputs: the one chosen by ``output_index``,
-        the only one, or all of them flattened per sample and concatenated in :attr:`output_layout`'s order."""
-        if self.output_index is not None:
-            return flat[self._output_position()]
-        if len(flat) == 1:
-            return flat[0]
-        return concatenate(flat)
+    def _take(self, out: Any, flat: list[Any], concatenate: Any) -> Any:
+        names = [str(k) for k in sorted(out)] if isinstance(out, dict) else getattr(self.model, "output_names", None)
+        return self.outputs.take(flat, names, lambda t: getattr(t, "x", t).shape, concatenate)
 
     def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
         outputs = self._call(inputs).reshape(inputs[0].shape[0], -1).astype(np.float64)
@@ -280,10 +246,11 @@ class KerasEngine(Engine):
                     tape.watch(tx)
                 watched.append(tx)
                 duals.append(Dual(tx, tr))
-        flat = keras_tree.flatten(run_model(self.model, duals, run, as_list=self.multi_input))
+        out = run_model(self.model, duals, run, as_list=self.multi_input)
+        flat = keras_tree.flatten(out)
         if not all(isinstance(d, Dual) for d in flat):
             raise RnnShapError("An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it")
-        return self._select(flat, _concatenate), watched, run
+        return self._take(out, flat, _concatenate), watched, run
 
     def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
         """Check that the pass computed the model: ``out`` holds the pass's outputs for a grid of

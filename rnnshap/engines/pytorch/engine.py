@@ -17,6 +17,7 @@ from ...errors import InputError
 from ...rules.base import PairGrid, Rule
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
+from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .passes import AttributionMode, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
@@ -30,9 +31,11 @@ class TorchEngine(Engine):
 
     name = "pytorch"
 
-    def __init__(self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None) -> None:
+    def __init__(self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
         check_model(model)
         self.model = model
+        #: which output tensor is explained (``output=``), and where each sits in the output vector
+        self.outputs = OutputLayout(output)
         self.registry: RuleRegistry = DEFAULT_REGISTRY.merged(dict(rules)) if rules else DEFAULT_REGISTRY
         self.multi_input = isinstance(data, (list, tuple))
         self.device, self.model_dtype = model_device_and_dtype(model)
@@ -74,11 +77,22 @@ class TorchEngine(Engine):
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
 
+    def _take(self, out: Any) -> Any:
+        """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
+        if isinstance(out, Tensor) and self.outputs.choice is None:
+            return out
+        flat, names = output_parts(out)
+        if not flat or not all(isinstance(t, Tensor) for t in flat):
+            return out  # run_pass says what the model returned
+        return self.outputs.take(
+            flat, names or getattr(self.model, "output_names", None), lambda t: t.shape, lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
+        )
+
     def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
         """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
         try:
             with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
-                return run_pass(self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow)
+                return run_pass(self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow, take=self._take)
         except RuntimeError as error:
             if not follow:
                 raise
@@ -98,7 +112,7 @@ class TorchEngine(Engine):
         state = PreservedState(self.model)  # explaining never changes the model, ranking outputs included
         try:
             with torch.no_grad():
-                out = self.model(*inputs)
+                out = self._take(self.model(*inputs))
         finally:
             state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
@@ -130,10 +144,12 @@ class TorchEngine(Engine):
         with torch.no_grad():
             copies = [r.clone() for r in references]  # forward() may work in place on its inputs
             ref_outputs, _ = run_pass(
-                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=grid, shadows=shadows
+                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=grid, shadows=shadows, take=self._take
             )
         with torch.enable_grad():
-            outputs, mode = run_pass(self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid)
+            outputs, mode = run_pass(
+                self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take
+            )
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]

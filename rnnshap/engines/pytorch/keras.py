@@ -20,9 +20,11 @@ class KerasModule(nn.Module):
         super().__init__()
         self.keras_model = model
 
+    @property
+    def output_names(self) -> list[str] | None:
+        """The Keras model's output names (for a model with several outputs, see engines/outputs.py)."""
+        return getattr(self.keras_model, "output_names", None)
+
     def forward(self, *inputs: Any) -> Any:
         args = inputs[0] if len(inputs) == 1 else list(inputs)
-        out = self.keras_model(args, training=False)
-        if isinstance(out, (list, tuple, dict)):
-            raise TypeError("The Keras model has several outputs; rnnshap explains models with one output tensor")
-        return out
+        return self.keras_model(args, training=False)  # several outputs: the engine flattens them or picks one

@@ -753,13 +753,15 @@ def run_pass(
     follow: Sequence[int] = (),
     pairs: PairGrid | None = None,
     shadows: Mapping[int, Tensor] | None = None,
+    take: Callable[[Any], Any] | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
     ``follow`` lists integer inputs to follow (token ids, numbers or context; see discrete.py);
     ``shadows``, in the reference pass, holds the explained samples' values of followed inputs (the
     masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
-    of (sample, reference) pairs, when it is (see :class:`PairGrid`). Returns the output and the
+    of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
+    tensor of a result with several, inside the pass (see engines/outputs.py). Returns the output and the
     mode, which holds the attribution leaves of the integer inputs and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
@@ -772,6 +774,8 @@ def run_pass(
             for index in follow:
                 mode.follow_discrete(index, inputs[index], None if shadows is None else shadows.get(index))
             output = model(*inputs)
+            if take is not None:
+                output = take(output)
     finally:
         module_rules.remove()
         state.restore()
@@ -780,8 +784,9 @@ def run_pass(
         tape.check_consumed()
     if not isinstance(output, Tensor):
         raise TypeError(
-            f"The model returned {type(output).__name__}; rnnshap explains models that return one "
-            "tensor. Wrap the model in an nn.Module whose forward() returns the tensor to explain."
+            f"The model returned {type(output).__name__}; rnnshap explains models that return a tensor, or a "
+            "list, tuple or dict of tensors (DeepExplainer(..., output=i_or_name) picks one). Wrap the model "
+            "in an nn.Module whose forward() returns the tensor to explain."
         )
     if not mode.is_tracked(output):
         raise UnsupportedOperationError(

@@ -1,0 +1,93 @@
+"""Models with several output tensors: which one is explained, or how they become one output vector.
+
+A model may return a list, a tuple or a dict of tensors (a forecast and a quantile head, a per-step
+and a final output). Every engine explains one output tensor: by default all of them, each flattened
+per sample and concatenated in the model's order (a dict by sorted key), or the one chosen with
+``DeepExplainer(model, data, output=i_or_name)``. :class:`OutputLayout` holds that choice and, after
+the first call, where each output sits in the vector; it knows nothing of the framework (the engine
+passes its own flatten and concatenate).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..errors import InputError
+
+#: which output tensor to explain: an index into the model's outputs, a name, or None for all of them
+OutputChoice = int | str | None
+
+
+def output_parts(out: Any) -> tuple[list[Any], list[str] | None]:
+    """The output tensors of a model's result, in order, with their names for a dict (sorted keys)."""
+    if isinstance(out, dict):
+        keys = sorted(out)
+        return [out[k] for k in keys], [str(k) for k in keys]
+    if isinstance(out, (list, tuple)) and not hasattr(out, "_fields"):
+        return list(out), None
+    if isinstance(out, tuple):  # a named tuple
+        return list(out), [str(f) for f in out._fields]  # type: ignore[attr-defined]
+    return [out], None
+
+
+class OutputLayout:
+    """The explained output of a model with one or several output tensors.
+
+    ``parts`` lists ``(name, shape, start, stop)`` per output tensor, in the order their values are
+    flattened into one vector, set by the first call of :meth:`take` (empty for one output tensor).
+    """
+
+    def __init__(self, choice: OutputChoice = None) -> None:
+        if choice is not None and (isinstance(choice, bool) or not isinstance(choice, (int, str))):
+            raise InputError(f"output={choice!r}: give the index or the name of one of the model's outputs, or None for all")
+        self.choice = choice
+        self.parts: list[tuple[str, tuple[int, ...], int, int]] = []
+
+    def take(
+        self,
+        flat: list[Any],
+        names: Sequence[str] | None,
+        shape_of: Callable[[Any], Sequence[int]],
+        concatenate: Callable[[list[Any]], Any],
+    ) -> Any:
+        """The explained output from the model's output tensors ``flat`` (in order, see
+        :func:`output_parts`): the chosen one, the only one, or all of them concatenated
+        (``concatenate`` flattens each per sample and joins them).
+
+        ``names`` name the tensors (dict keys, Keras' ``output_names``) where they fit; otherwise
+        they are ``output_0``, ``output_1``, ...
+        """
+        if not self.parts and (len(flat) > 1 or self.choice is not None):
+            self._set(flat, list(names) if names and len(names) == len(flat) else None, shape_of)
+        if self.choice is not None:
+            return flat[self.position()]
+        return flat[0] if len(flat) == 1 else concatenate(flat)
+
+    def _set(self, flat: list[Any], names: list[str] | None, shape_of: Callable[[Any], Sequence[int]]) -> None:
+        names = names or [f"output_{i}" for i in range(len(flat))]
+        start = 0
+        for name, value in zip(names, flat, strict=True):
+            shape = tuple(int(d) for d in shape_of(value)[1:])
+            size = 1
+            for d in shape:
+                size *= d
+            self.parts.append((name, shape, start, start + size))
+            start += size
+        if self.choice is not None:
+            self.position()  # a choice that fits no output fails now
+
+    def position(self) -> int:
+        """The place of the chosen output among the model's outputs."""
+        names = [name for name, *_ in self.parts]
+        choice = self.choice
+        if isinstance(choice, str):
+            if choice not in names:
+                raise InputError(f"output={choice!r}: the model's outputs are named {names}")
+            return names.index(choice)
+        assert choice is not None
+        if not -len(names) <= int(choice) < len(names):
+            raise InputError(f"output={choice!r}: the model has {len(names)} output(s) {names}")
+        return int(choice) % len(names)
+
+
+__all__ = ["OutputChoice", "OutputLayout", "output_parts"]
