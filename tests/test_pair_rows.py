@@ -184,3 +184,28 @@ def test_a_packed_layer_runs_the_forward_direction_on_the_distinct_references(ki
         base = torch.stack([model(background[j : j + 1].expand_as(x), lengths) for j in range(5)]).mean(0)
     totals = phi[0].reshape(6, -1, 2).sum(1)
     np.testing.assert_allclose(totals, (fx - base).numpy(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "rnn-relu"])
+def test_a_packed_layer_skips_the_finished_pairs_with_the_same_values(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A packed batch is sorted by length, so the pairs still running at step t are a prefix: the
+    per-pair coefficients and the backward pass run on those only (as torch's packed kernel does).
+    Same values as masking every step (``where``), for several outputs at once (the batched backward)
+    and for a stacked bidirectional layer."""
+    from rnnshap.recurrent import fused
+
+    torch.manual_seed(8)
+    options = {"nonlinearity": "relu"} if kind == "rnn-relu" else {}
+    model = PackedNet(kind.split("-")[0], bidirectional=True, num_layers=2, **options).double().eval()
+    x, background = torch.randn(6, 8, 3, dtype=torch.float64), torch.randn(5, 8, 3, dtype=torch.float64)
+    lengths = torch.tensor([8, 3, 5, 3, 7, 1])
+    context = torch.full((5,), 8)
+    active: list[list[int] | None] = []
+    real = fused._active_rows
+    monkeypatch.setattr(fused, "_active_rows", lambda mask: active.append(real(mask)) or active[-1])
+    skipping = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, lengths])
+    assert active and all(a is not None and a[0] > a[-1] for a in active)  # the prefix path ran, finished pairs dropped
+    monkeypatch.setattr(fused, "_active_rows", lambda mask: None)
+    masking = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, lengths])
+    np.testing.assert_allclose(skipping[0], masking[0], rtol=0, atol=1e-13 * np.abs(masking[0]).max())
+    assert np.abs(skipping[0][1, 3:]).max() == 0 and np.abs(skipping[0][5, 1:]).max() == 0  # steps past the lengths

@@ -100,15 +100,49 @@ class _Gathered:
     def __getitem__(self, steps: slice) -> Tensor:
         return self.side.grid(self.t[steps])
 
+    def first_pairs(self, steps: slice, pairs: int) -> Tensor:
+        """``self[steps]`` for the first ``pairs`` pairs only (the active ones of a packed batch)."""
+        assert self.side.index is not None
+        return self.t[steps].index_select(1, self.side.index[:pairs]).unflatten(1, (pairs, 1))
 
-def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]], factors: Sequence[Tensor] = ()) -> Tensor:
+
+def _active_rows(mask: Tensor | None) -> list[int] | None:
+    """For a packed batch's mask (T, pairs, 1): the number of active pairs at each step, when the
+    active pairs are a prefix at every step (a packed batch is sorted by length, longest first,
+    in both directions); None otherwise. The per-pair phase then skips the finished pairs, as
+    torch's packed kernel does."""
+    if mask is None:
+        return None
+    steps, pairs = mask.shape[:2]
+    counts = mask.reshape(steps, pairs).sum(1)
+    prefix = torch.arange(pairs, device=mask.device)[None, :] < counts[:, None]
+    return [int(c) for c in counts.tolist()] if torch.equal(prefix, mask.reshape(steps, pairs)) else None
+
+
+def _at(value: Tensor | _Gathered, steps: slice, pairs: int | None) -> Tensor:
+    """``value[steps]`` (steps, samples, references, C), for the first ``pairs`` pairs of a masked side."""
+    if pairs is None:
+        return value[steps]
+    if isinstance(value, _Gathered):
+        return value.first_pairs(steps, pairs)
+    return value[steps][:, :pairs]
+
+
+def _pairwise_coefficients(
+    sides: tuple[Side, Side],
+    rows_x: int,
+    secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]],
+    factors: Sequence[Tensor] = (),
+    active: Sequence[int] | None = None,
+) -> Tensor:
     """Per-pair coefficients from tensors over the distinct rows of both sides (x rows first).
 
     ``secants`` holds (pre-activation, activation, SIGMOID or TANH) blocks, each (T, rows, C_i),
     whose Rescale multipliers m fill the first columns. Without ``factors`` the coefficients are
     m; with them, block j of the coefficients is the mean of ``factors[j]`` (T, rows, H_j) over the
     two sides (the Shapley share of a product), times the multipliers of the columns it lines up
-    with. Returns (T, pairs, width).
+    with. Returns (T, pairs, width). With ``active`` (a packed batch, :func:`_active_rows`) only the
+    first ``active[t]`` pairs of step t are computed: the rest is never read.
     """
     side_x, side_r = sides
     steps, dtype = secants[0][0].shape[0], secants[0][0].dtype
@@ -137,19 +171,23 @@ def _pairwise_coefficients(sides: tuple[Side, Side], rows_x: int, secants: Seque
     scratch = [new((min(chunk, steps), samples, references, width)) for _ in range(3)]
     for start in range(0, steps, chunk):
         t = slice(start, min(start + chunk, steps))
-        out = coefficients[t]
-        m, du, da = (s[: t.stop - start] for s in scratch)
+        n = None if active is None else active[start]  # the active pairs of the chunk's first (longest) step
+        if n == 0:
+            continue
+        out = coefficients[t] if n is None else coefficients[t][:, :n]
+        m, du, da = (s[: t.stop - start] if n is None else s[: t.stop - start, :n] for s in scratch)
         if not factors:
             m = out
         column = 0
         for u_x, u_r, a_x, a_r, centred_x, centred_r, kappa_e4, size in blocks:
             cols = slice(column, column + size)
-            _secant_into(m[..., cols], du[..., cols], da[..., cols], u_x[t], u_r[t], a_x[t], a_r[t], centred_x[t], centred_r[t], kappa_e4, eps4)
+            ux, ur, ax, ar, cx, cr = (_at(v, t, n) for v in (u_x, u_r, a_x, a_r, centred_x, centred_r))
+            _secant_into(m[..., cols], du[..., cols], da[..., cols], ux, ur, ax, ar, cx, cr, kappa_e4, eps4)
             column += size
         column = 0
         for f_x, f_r in means:
             size = f_x.shape[-1]
-            torch.lerp(f_x[t], f_r[t], 0.5, out=out[..., column : column + size])
+            torch.lerp(_at(f_x, t, n), _at(f_r, t, n), 0.5, out=out[..., column : column + size])
             column += size
         if factors:
             out[..., :width].mul_(m)
@@ -321,7 +359,8 @@ class FusedLSTM(torch.autograd.Function):
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
         # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
         secants = [(u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID), (u[..., 2 * hidden : 3 * hidden], g, TANH), (u[..., 3 * hidden :], o, SIGMOID), (c_new, k, TANH)]
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f])
+        ctx.active = _active_rows(mask)
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
         ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new))
 
@@ -335,14 +374,25 @@ class FusedLSTM(torch.autograd.Function):
         a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
         dh, dc = d_h, d_c
         du_steps: list[Tensor] = []
-        # no out= or in-place writes: several outputs go through here at once under vmap
-        for t in reversed(range(coefficients.shape[0])):
-            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
+
+        def step(dh: Tensor, dc: Tensor, t: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
+            """du, dh_prev, dc_prev of step t for the first n pairs."""
             dh_full = dh @ w.w_hr if w.w_hr is not None else dh
-            dcc = torch.addcmul(dc, dh_full, a_k[t])
-            ifg = dcc.unsqueeze(-2) * a_ifg[t]
-            du = torch.cat([ifg.reshape(*ifg.shape[:-2], 3 * hidden), dh_full * a_o[t]], dim=-1)
-            dh_prev, dc_prev = du @ w.w_hh, dcc * a_c[t]
+            dcc = torch.addcmul(dc, dh_full, a_k[t, :n])
+            ifg = dcc.unsqueeze(-2) * a_ifg[t, :n]
+            du = torch.cat([ifg.reshape(*ifg.shape[:-2], 3 * hidden), dh_full * a_o[t, :n]], dim=-1)
+            return du, du @ w.w_hh, dcc * a_c[t, :n]
+
+        # no out= or in-place writes: several outputs go through here at once under vmap
+        for t in reversed(range(steps)):
+            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
+                n = ctx.active[t]
+                du, dh_prev, dc_prev = step(dh[:n] + d_out[t][:n], dc[:n], t, n)
+                dh, dc = torch.cat([dh_prev, dh[n:]]), torch.cat([dc_prev, dc[n:]])
+                du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
+                continue
+            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
+            du, dh_prev, dc_prev = step(dh, dc, t, pairs)
             if ctx.has_mask:
                 du = torch.where(mask[t], du, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
@@ -376,7 +426,8 @@ class FusedGRU(torch.autograd.Function):
         v = torch.addcmul(projected[..., 2 * hidden :], r, a_n)
         n = torch.tanh(v)
         secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r])
+        ctx.active = _active_rows(mask)
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r], ctx.active)
         ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
 
@@ -390,13 +441,24 @@ class FusedGRU(torch.autograd.Function):
         a_n, a_h, a_a = coefficients[..., 2 * hidden :].split(hidden, dim=2)
         dh = d_h
         d_inputs: list[Tensor] = []
-        for t in reversed(range(coefficients.shape[0])):
-            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
-            dv = dh * a_n[t]
-            du_rz = torch.cat([dv, dh], dim=-1) * a_rz[t]
-            d_hidden = torch.cat([du_rz, dv * a_a[t]], dim=-1)  # [du_r, du_z, da_n]
+
+        def step(dh: Tensor, t: int, n: int) -> tuple[Tensor, Tensor]:
+            """d_input, dh_prev of step t for the first n pairs."""
+            dv = dh * a_n[t, :n]
+            du_rz = torch.cat([dv, dh], dim=-1) * a_rz[t, :n]
+            d_hidden = torch.cat([du_rz, dv * a_a[t, :n]], dim=-1)  # [du_r, du_z, da_n]
             d_input = torch.cat([du_rz, dv], dim=-1)  # [du_r, du_z, dv]
-            dh_prev = dh * a_h[t] + d_hidden @ w.w_hh
+            return d_input, dh * a_h[t, :n] + d_hidden @ w.w_hh
+
+        for t in reversed(range(steps)):
+            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
+                n = ctx.active[t]
+                d_input, dh_prev = step(dh[:n] + d_out[t][:n], t, n)
+                dh = torch.cat([dh_prev, dh[n:]])
+                d_inputs.append(torch.nn.functional.pad(d_input, (0, 0, 0, pairs - n)))
+                continue
+            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
+            d_input, dh_prev = step(dh, t, pairs)
             if ctx.has_mask:
                 d_input = torch.where(mask[t], d_input, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
@@ -429,10 +491,11 @@ class FusedRNN(torch.autograd.Function):
         # torch's kernel runs the rows; the pre-activations are one product
         out, _ = _native(torch.rnn_relu if relu else torch.rnn_tanh, w, both, h0_rows[None])
         u = _add_recurrent(_input_projection(both, w), torch.cat([h0_rows[None], out[:-1]]), w.w_hh)
+        ctx.active = _active_rows(mask)
         if relu:
             coefficients = _relu_secant(rows, u)
         else:
-            coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, [(u, torch.tanh(u), TANH)])
+            coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, [(u, torch.tanh(u), TANH)], active=ctx.active)
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
 
     @staticmethod
@@ -441,7 +504,14 @@ class FusedRNN(torch.autograd.Function):
         w: CellWeights = ctx.weights
         dh = d_h
         du_steps: list[Tensor] = []
+        pairs = coefficients.shape[1]
         for t in reversed(range(coefficients.shape[0])):
+            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
+                n = ctx.active[t]
+                du = (dh[:n] + d_out[t][:n]) * coefficients[t, :n]
+                dh = torch.cat([du @ w.w_hh, dh[n:]])
+                du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
+                continue
             dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
             du = dh * coefficients[t]
             dh_prev = du @ w.w_hh
