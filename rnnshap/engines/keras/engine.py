@@ -63,6 +63,10 @@ class KerasEngine(Engine):
         self.model = model
         #: which output tensor is explained (``output=``), and where each sits in the output vector
         self.outputs = OutputLayout(output)
+        #: the compiled dual pass (see :meth:`_graph_pass`): None until first used, False where it cannot be traced
+        self._graph: Any = None
+        #: the compiled model call (see :meth:`_compiled_call`), the same way
+        self._model_graph: Any = None
         self.multi_input = isinstance(data, (list, tuple))
         self.background: list[np.ndarray] = []
         arrays = self._arrays(data, "background")
@@ -191,11 +195,13 @@ class KerasEngine(Engine):
         return self._conform(self._arrays(X, what), what)
 
     def _call(self, arrays: list[np.ndarray]) -> np.ndarray:
-        args = arrays if self.multi_input else arrays[0]
-        try:
-            out = self.model(args, training=False)
-        except Exception as error:  # keras raises ValueError, TypeError or TF errors on a bad shape
-            raise InputError(f"The model failed on inputs of shape {[a.shape for a in arrays]}: {error}") from error
+        out = self._compiled_call(arrays)
+        if out is None:
+            args = arrays if self.multi_input else arrays[0]
+            try:
+                out = self.model(args, training=False)
+            except Exception as error:  # keras raises ValueError, TypeError or TF errors on a bad shape
+                raise InputError(f"The model failed on inputs of shape {[a.shape for a in arrays]}: {error}") from error
         rows = arrays[0].shape[0]
         flat = [np.asarray(t) for t in keras_tree.flatten(out)]
         for index, result in enumerate(flat):
@@ -230,7 +236,46 @@ class KerasEngine(Engine):
     def to_numpy(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return list(inputs)
 
+    def _compiled_call(self, arrays: list[np.ndarray]) -> Any:
+        """The model's outputs from a compiled call (``tf.function``, traced once per shape), or None
+        where that fails: the caller then calls the model eagerly (and reports a bad input)."""
+        if self._model_graph is False:
+            return None
+        if self._model_graph is None:
+            multi = self.multi_input
+            self._model_graph = tf.function(lambda tensors: self.model(tensors if multi else tensors[0], training=False))
+        try:
+            return self._model_graph([tf.convert_to_tensor(a) for a in arrays])
+        except Exception:  # noqa: BLE001 - any failure: the eager call decides, and says what is wrong
+            return None
+
     # -- the dual pass -----------------------------------------------------------------------------
+    def _graph_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray) -> tuple[Dual, Run, list[tf.Tensor]] | None:
+        """The dual pass and its gradient as one compiled TensorFlow graph (``tf.function``, traced
+        once per block shape): the same operations as the eager pass without Python's cost per
+        operation and time step. None where the pass cannot be traced (token inputs, a layer whose
+        rule needs eager values): the caller runs it eagerly; a failed trace is not tried again."""
+        if self._graph is False or self.token_inputs:
+            return None
+        if self._graph is None:
+            self._graph = tf.function(self._graph_body)
+        try:
+            x, r, agree, grads = self._graph([tf.convert_to_tensor(x) for x in xs], [tf.convert_to_tensor(r) for r in rs], tf.convert_to_tensor(chosen_columns))
+        except (TypeError, ValueError, NotImplementedError, AttributeError, tf.errors.OperatorNotAllowedInGraphError):
+            self._graph = False
+            return None
+        run = Run(None, int(xs[0].shape[0]))
+        run.agree = agree
+        return Dual(x, r), run, grads
+
+    def _graph_body(self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor) -> tuple[Any, ...]:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            out, watched, run = self._dual_pass(xs, rs, tape)
+            chosen = tf.gather(tf.reshape(out.x, (int(chosen_columns.shape[0]), -1)), chosen_columns[:, None], batch_dims=1)
+        grads = tape.gradient(chosen, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
+        return out.x, out.r, agree, grads
+
     def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
         if collect:
@@ -294,15 +339,19 @@ class KerasEngine(Engine):
         xs = [np.concatenate([np.repeat(x[block.s0 : block.s1], n_refs, axis=0)] * k) for x in inputs]
         rs = [np.concatenate([np.tile(b[block.r0 : block.r1], (s,) + (1,) * (b.ndim - 1))] * k) for b in self.background]
         chosen_columns = np.repeat(columns, n_refs, axis=0).T.reshape(-1)  # copy j differentiates output columns[:, j]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            out, watched, run = self._dual_pass(xs, rs, tape)
-            flat = tf.reshape(out.x, (k * p, -1))
-            chosen = tf.gather(flat, tf.convert_to_tensor(chosen_columns[:, None]), batch_dims=1)
+        graph = self._graph_pass(xs, rs, chosen_columns)
+        if graph is not None:
+            out, run, grads = graph
+        else:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                out, watched, run = self._dual_pass(xs, rs, tape)
+                chosen = tf.gather(tf.reshape(out.x, (k * p, -1)), tf.convert_to_tensor(chosen_columns[:, None]), batch_dims=1)
+            sources = watched + [e for _, e, _ in run.embedded]
+            grads = tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        flat = tf.reshape(out.x, (k * p, -1))
         model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
         model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)
         self._verify(out, run, model_x, model_r, (k, s, n_refs))
-        sources = watched + [e for _, e, _ in run.embedded]
-        grads = tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         def per_sample(contribution: np.ndarray) -> np.ndarray:
             """(k·pairs, *shape) → Σ over each sample's references, (k, s, *shape)."""
