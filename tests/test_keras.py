@@ -123,6 +123,21 @@ def test_attributions_add_up(name: str, dtype: str) -> None:
     np.testing.assert_allclose(explainer.expected_value, outputs_of(model, background).mean(0).reshape(out_shape), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
+    """The dual pass runs as one tf.function graph: the same operations, so the same values as the
+    eager pass (which runs where tracing fails)."""
+    model = ARCHITECTURES[name]("float64")
+    rng = np.random.default_rng(2)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    compiled = rnnshap.DeepExplainer(model, background)
+    values = compiled.shap_values(x)
+    assert compiled.engine._graph not in (None, False)  # the graph ran
+    eager = rnnshap.DeepExplainer(model, background)
+    eager.engine._graph = eager.engine._model_graph = False
+    np.testing.assert_allclose(values, eager.shap_values(x), rtol=0, atol=1e-12 * np.abs(values).max())
+
+
 def test_long_sequences_run_compiled_steps_and_add_up() -> None:
     from rnnshap.engines.keras.layers import COMPILE_MIN_STEPS
 

@@ -243,7 +243,7 @@ class KerasEngine(Engine):
             return None
         if self._model_graph is None:
             multi = self.multi_input
-            self._model_graph = tf.function(lambda tensors: self.model(tensors if multi else tensors[0], training=False))
+            self._model_graph = tf.function(lambda tensors: self.model(tensors if multi else tensors[0], training=False), autograph=False)
         try:
             return self._model_graph([tf.convert_to_tensor(a) for a in arrays])
         except Exception:  # noqa: BLE001 - any failure: the eager call decides, and says what is wrong
@@ -258,7 +258,7 @@ class KerasEngine(Engine):
         if self._graph is False or self.token_inputs:
             return None
         if self._graph is None:
-            self._graph = tf.function(self._graph_body)
+            self._graph = tf.function(self._graph_body, autograph=False)
         try:
             x, r, agree, grads = self._graph([tf.convert_to_tensor(x) for x in xs], [tf.convert_to_tensor(r) for r in rs], tf.convert_to_tensor(chosen_columns))
         except (TypeError, ValueError, NotImplementedError, AttributeError, tf.errors.OperatorNotAllowedInGraphError):
