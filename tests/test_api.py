@@ -243,3 +243,10 @@ def test_several_output_tensors_are_one_flat_vector_or_one_by_name(how: str) -> 
     np.testing.assert_allclose(final.shap_values(X)[..., 0], values[..., final_column], rtol=1e-12, atol=1e-14)  # (N, 1) output
     with pytest.raises(rnnshap.InputError, match="output"):
         rnnshap.DeepExplainer(model, background, output=5 if how != "dict" else "missing")
+
+
+def test_output_takes_numpy_integers() -> None:
+    torch.manual_seed(0)
+    model = SeveralOutputs("tuple").double().eval()
+    background = torch.randn(3, 5, 3, dtype=torch.float64)
+    assert rnnshap.DeepExplainer(model, background, output=np.int64(1)).output_shape == (1,)

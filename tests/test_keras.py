@@ -398,3 +398,34 @@ def test_sequential_without_input_and_integer_tokens() -> None:
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
     assert values.shape == (2, T, 2)
     assert worst_additivity(values, model, x, background) <= TOL["float32"]
+
+
+def test_two_explainers_on_one_model_with_a_traced_lambda() -> None:
+    """A Lambda's trace is cached per layer; made inside the compiled pass, it held that graph's
+    constants and broke every later pass (a second explainer, the eager fallback)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((T, F), dtype="float64")
+    h = L.Lambda(lambda t: t * keras.ops.ones((4,), dtype="float64") * 2.0, dtype="float64")(L.GRU(4, dtype="float64")(inputs))
+    model = keras.Model(inputs, L.Dense(2, dtype="float64")(h))
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    first = rnnshap.DeepExplainer(model, background).shap_values(x)
+    np.testing.assert_array_equal(rnnshap.DeepExplainer(model, background).shap_values(x), first)
+    eager = rnnshap.DeepExplainer(model, background)
+    eager.engine._graph = False
+    np.testing.assert_allclose(eager.shap_values(x), first, rtol=0, atol=1e-12 * np.abs(first).max())
+
+
+def test_stop_gradient_is_the_identity() -> None:
+    """keras.ops.stop_gradient changes training, not the function (as detach on the torch side)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((T, F), dtype="float64")
+    h = L.GRU(4, dtype="float64")(inputs)
+    stopped = keras.Model(inputs, L.Dense(1, dtype="float64")(L.Lambda(lambda t: t + keras.ops.stop_gradient(t * t), dtype="float64")(h)))
+    plain = keras.Model(inputs, L.Dense(1, dtype="float64")(L.Lambda(lambda t: t + t * t, dtype="float64")(h)))
+    plain.set_weights(stopped.get_weights())
+    rng = np.random.default_rng(6)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    values = rnnshap.DeepExplainer(stopped, background).shap_values(x)
+    assert worst_additivity(values, stopped, x, background) <= TOL["float64"]
+    np.testing.assert_allclose(values, rnnshap.DeepExplainer(plain, background).shap_values(x), rtol=1e-10, atol=1e-14)

@@ -453,24 +453,64 @@ def test_min_gru_gate_through_the_engine_is_exact() -> None:
 
 
 # -- the closed-form secants -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["sqrt", "rsqrt", "square", "exp", "log"])
+@pytest.mark.parametrize("name", ["sqrt", "rsqrt", "square", "reciprocal", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p"])
 def test_closed_form_secants_equal_the_difference_quotient(name: str) -> None:
-    from rnnshap.rules.secant import SLOPES, secant
+    from rnnshap.rules.secant import SLOPES_BY_NAME, secant
 
-    f = getattr(torch, name)
+    f, slope = getattr(torch, name), SLOPES_BY_NAME[name]
     g = torch.Generator().manual_seed(10)
     x, r = torch.rand(400, generator=g, dtype=F64) * 4 + 0.05, torch.rand(400, generator=g, dtype=F64) * 4 + 0.05
     x = x.requires_grad_(True)
-    out, ref_out = secant(f, x, r)
+    out, ref_out = secant(f, x, r, slope)
     torch.testing.assert_close(out.detach(), f(x.detach()), rtol=0, atol=0)
     torch.testing.assert_close(ref_out, f(r), rtol=0, atol=0)
     (m,) = torch.autograd.grad(out, x, torch.ones_like(out))
     torch.testing.assert_close(m, (f(x.detach()) - f(r)) / (x.detach() - r), rtol=1e-9, atol=1e-12)
-    # Δ = 0 and Δ = 1e-9: the derivative, from the same closed form
+    # Δ = 0: the derivative, from the same closed form; Δ = 1e-9: within Δ·|f''/f'| (≤ 1e-8 here) of it
     at = torch.linspace(0.1, 3.0, 30, dtype=F64).requires_grad_(True)
     (derivative,) = torch.autograd.grad(f(at).sum(), at)
-    for delta in (0.0, 1e-9):
-        torch.testing.assert_close(SLOPES[f](at.detach() + delta, at.detach()), derivative, rtol=1e-8, atol=0)
+    for delta, rtol in ((0.0, 1e-12), (1e-9, 1e-7)):
+        torch.testing.assert_close(slope(at.detach() + delta, at.detach()), derivative, rtol=rtol, atol=0)
+
+
+class Powered(nn.Module):
+    """``(W x − 1) ** p``, written with ``**`` (the Power rule) or with ``torch.float_power`` (the
+    generic exact Shapley rule, float64): the same function, so the same values."""
+
+    def __init__(self, p: float, how: str) -> None:
+        super().__init__()
+        self.p, self.how = p, how
+        self.lin = nn.Linear(3, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.lin(x) - 1
+        y = z**self.p if self.how == "pow" else torch.float_power(z, self.p)
+        return y.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("p", [-2.0, -1.0, 1.0, 2.0, 3.0, 0.5, 1.5, -0.5])
+def test_power_rule_equals_the_generic_rule_on_any_base(p: float) -> None:
+    """Positive, negative and zero bases, and pairs where the sample is its reference (Δ = 0), for
+    integer p; positive bases for fractional p (a regression: Δ = 0 at a base ≤ 0 got multiplier 0)."""
+    torch.manual_seed(3)
+    power, generic = Powered(p, "pow").double().eval(), Powered(p, "float_power").double().eval()
+    generic.load_state_dict(power.state_dict())
+    g = torch.Generator().manual_seed(4)
+    background, X = torch.randn(4, 3, generator=g, dtype=F64), torch.randn(3, 3, generator=g, dtype=F64)
+    if p != int(p):  # fractional powers: positive bases only
+        with torch.no_grad():
+            power.lin.weight.abs_(), power.lin.bias.fill_(3.0)
+            generic.load_state_dict(power.state_dict())
+        background, X = background.abs(), X.abs()
+    X[0] = background[0]
+    values = rnnshap.DeepExplainer(power, background).shap_values(X)
+    np.testing.assert_allclose(values, rnnshap.DeepExplainer(generic, background).shap_values(X), rtol=1e-9, atol=1e-12)
+
+
+def test_log1p_at_a_zero_delta_takes_its_derivative() -> None:
+    """log1p(x0 + x1 + 3) at x = (1, −1), r = 0: the argument does not move, φ = 1/(1 + 3) · Δx (was Δx)."""
+    values = _explain(lambda t: torch.log1p(t.sum(1, keepdim=True) + 3), torch.zeros(1, 2, dtype=F64), torch.tensor([[1.0, -1.0]], dtype=F64))
+    np.testing.assert_allclose(values.reshape(2), [0.25, -0.25], rtol=1e-12)
 
 
 def test_rsqrt_secant_in_float32_at_small_variances() -> None:

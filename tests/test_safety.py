@@ -590,3 +590,23 @@ def test_module_rule_hides_unsupported_ops_inside() -> None:
     assert_additive(values, model, X, background, torch.float64)
     gap = output_gap(model, X, background)
     assert np.abs(phi_totals(values, *gap.shape)).max() > 0
+
+
+@pytest.mark.parametrize("rounding_mode", ["floor", "trunc"])
+@pytest.mark.parametrize("divisor", ["constant", "tracked"])
+def test_rounded_division_is_refused_by_name(rounding_mode: str, divisor: str) -> None:
+    """torch.div(..., rounding_mode=...) is a step function: refused (it was taken as linear by a
+    constant, φ = 0)."""
+
+    class Rounded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(5, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            z = self.lin(x)
+            by = 0.5 if divisor == "constant" else z[:, 1:] + 3
+            return torch.div(z[:, :1], by, rounding_mode=rounding_mode)
+
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="rounding_mode"):
+        rnnshap.DeepExplainer(Rounded().eval(), torch.randn(4, 5))

@@ -10,6 +10,7 @@ passes its own flatten and concatenate).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Sequence
 
 from ..errors import InputError
@@ -38,7 +39,9 @@ class OutputLayout:
     """
 
     def __init__(self, choice: OutputChoice = None) -> None:
-        if choice is not None and (isinstance(choice, bool) or not isinstance(choice, (int, str))):
+        if isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
+            choice = int(choice)  # numpy integers too
+        elif choice is not None and not isinstance(choice, str):
             raise InputError(f"output={choice!r}: give the index or the name of one of the model's outputs, or None for all")
         self.choice = choice
         self.parts: list[tuple[str, tuple[int, ...], int, int]] = []

@@ -116,7 +116,8 @@ def _active_rows(mask: Tensor | None) -> list[int] | None:
     steps, pairs = mask.shape[:2]
     counts = mask.reshape(steps, pairs).sum(1)
     prefix = torch.arange(pairs, device=mask.device)[None, :] < counts[:, None]
-    return [int(c) for c in counts.tolist()] if torch.equal(prefix, mask.reshape(steps, pairs)) else None
+    shrinking = bool((counts[1:] <= counts[:-1]).all())  # a chunk of steps computes its first step's pairs
+    return [int(c) for c in counts.tolist()] if shrinking and torch.equal(prefix, mask.reshape(steps, pairs)) else None
 
 
 def _at(value: Tensor | _Gathered, steps: slice, pairs: int | None) -> Tensor:

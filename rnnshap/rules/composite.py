@@ -76,28 +76,40 @@ def quotient(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor
     return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)]), ref_output
 
 
-def _quotient_operands(call: OpCall) -> tuple[Any, Any, bool] | None:
-    """(numerator, denominator, reversed) of a true division call, or None if it is not one."""
+def _quotient_operands(call: OpCall) -> tuple[Any, Any] | None:
+    """(numerator, denominator) of a true division call, or None if it is not one."""
     if len(call.leaves) != 2 or len(call.args) != 2:
         return None
     a, b = call.args
-    reverse = call.name.endswith(("__rtruediv__", "__rdiv__"))
-    return (b, a, True) if reverse else (a, b, False)
+    return (b, a) if call.name.endswith(("__rtruediv__", "__rdiv__")) else (a, b)
+
+
+def _rounding_mode(call: OpCall) -> Any:
+    return call.kwargs.get("rounding_mode", call.args[2] if len(call.args) > 2 else None)
 
 
 class Quotient(Shapley):
     """True division ``a / b``: linear in ``a`` alone; with ``b`` tracked the exact two-player
     Shapley rule in closed form (:func:`quotient_multipliers`), exact on the small denominators of
-    a normalization written by hand. Other calls (a rounding mode) take the generic rule."""
+    a normalization written by hand. A rounding mode (floor or trunc division) is refused."""
 
     def __init__(self, reverse: bool = False) -> None:
         super().__init__(linear_in=() if reverse else (0,))
+
+    def refusal(self, call: OpCall) -> str | None:
+        """Why this call cannot be attributed (asked by the engine in both passes), or None."""
+        if _rounding_mode(call) is not None:
+            return "it rounds the quotient (rounding_mode): a step function, whose change has no multiplier"
+        return None
+
+    def is_linear(self, call: OpCall) -> bool:
+        return _rounding_mode(call) is None and super().is_linear(call)
 
     def attribute(self, call: OpCall) -> Any:
         operands = _quotient_operands(call)
         if operands is None:
             return super().attribute(call)
-        a, b, _ = operands
+        a, b = operands
         tracked = [call.leaves[i] for i in call.tracked]
         if not any(b is t for t in tracked) or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tracked):
             return super().attribute(call)

@@ -75,16 +75,18 @@ def expm1_slope(x: Tensor, r: Tensor) -> Tensor:
 
 def log1p_slope(x: Tensor, r: Tensor) -> Tensor:
     d = x - r  # log1p(x) − log1p(r) = log1p(d / (1 + r)), accurate however small d or r
-    return _ratio(torch.log1p(d / (1 + r)), d, 1.0) if d.numel() else d
+    zero = d == 0
+    return torch.where(zero, 1 / (1 + r), torch.log1p(d / (1 + r)) / torch.where(zero, torch.ones_like(d), d))
 
 
-def _scaled(slope: Slope, inner: float, outer: float) -> Slope:
+def _rescaled(slope: Slope, inner: float, outer: float, name: str) -> Slope:
     """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
 
-    def scaled(x: Tensor, r: Tensor) -> Tensor:
+    def rescaled(x: Tensor, r: Tensor) -> Tensor:
         return slope(x * inner, r * inner) * (inner * outer)
 
-    return scaled
+    rescaled.__name__ = name
+    return rescaled
 
 
 def power_slope(x: Tensor, r: Tensor, p: float) -> Tensor:
@@ -95,6 +97,8 @@ def power_slope(x: Tensor, r: Tensor, p: float) -> Tensor:
     :math:`x \approx r`; the difference quotient where :math:`|L| > 1/2`. Other entries are NaN:
     the caller takes the generic rule there.
     """
+    if p == 1:
+        return torch.ones_like(x + r)
     if p == 2:
         return x + r
     if p == 0.5:
@@ -116,14 +120,6 @@ def exp_ratio_slope(d: Tensor) -> Tensor:
     return _ratio(d, torch.expm1(d), 1.0)
 
 
-SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {
-    torch.sqrt: sqrt_slope,
-    torch.rsqrt: rsqrt_slope,
-    torch.square: square_slope,
-    torch.exp: exp_slope,
-    torch.log: log_slope,
-}
-
 #: unary operations (by name, in every form the registry knows) → their closed-form secant slope
 SLOPES_BY_NAME: dict[str, Slope] = {
     "sqrt": sqrt_slope,
@@ -131,13 +127,16 @@ SLOPES_BY_NAME: dict[str, Slope] = {
     "square": square_slope,
     "reciprocal": reciprocal_slope,
     "exp": exp_slope,
-    "exp2": _scaled(exp_slope, math.log(2), 1.0),
+    "exp2": _rescaled(exp_slope, math.log(2), 1.0, "exp2_slope"),
     "expm1": expm1_slope,
     "log": log_slope,
-    "log2": _scaled(log_slope, 1.0, 1 / math.log(2)),
-    "log10": _scaled(log_slope, 1.0, 1 / math.log(10)),
+    "log2": _rescaled(log_slope, 1.0, 1 / math.log(2), "log2_slope"),
+    "log10": _rescaled(log_slope, 1.0, 1 / math.log(10), "log10_slope"),
     "log1p": log1p_slope,
 }
+
+#: the unary torch functions :func:`secant` knows without a ``slope=``
+SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {getattr(torch, name): SLOPES_BY_NAME[name] for name in ("sqrt", "rsqrt", "square", "exp", "log")}
 
 
 def secant_slope(slope: Slope, x: Tensor, r: Tensor) -> Tensor:
@@ -193,9 +192,6 @@ class Secant(Rescale):
         return f"Secant({self.slope.__name__})"
 
 
-def _pow_signature(input: Any, exponent: Any) -> None: ...
-
-
 class Power(Shapley):
     r"""``base ** exponent`` with one of the two a constant: the closed-form secant of
     :math:`t^p` (:func:`power_slope`) for a tracked positive base, of :math:`c^t = e^{t \ln c}`
@@ -221,11 +217,10 @@ class Power(Shapley):
             m = exp_slope(xd * log_base, rd * log_base) * log_base
         else:
             return super().attribute(call)
-        m = secant_slope(lambda _x, _r: m, xd, rd)
         generic = ~torch.isfinite(m)
-        if bool(generic.any()):  # non-positive bases: the exact rule from the difference quotient
+        if bool(generic.any()):  # non-positive bases: the exact rule (difference quotient, midpoint derivative)
             _, _, (fallback,) = shapley_multipliers(lambda p: call.evaluate(p), [x], [r], True, call.ref_output)
-            m = torch.where(generic, fallback.expand(m.shape), m)
+            m = torch.where(generic, fallback, m)
         return with_multipliers(output, [x], [m.expand(output.shape)])
 
 

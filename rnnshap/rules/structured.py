@@ -305,17 +305,22 @@ def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, 
     r"""``c ⊙ s`` for a positive scale ``s`` (the inverse norm of a normalization), exactly additive
     and well conditioned however far apart :math:`s` and :math:`s_r` are.
 
-    The two orders of the pair's players (c first, or s first) are weighted by
-    :math:`s_r/(s + s_r)` and :math:`s/(s + s_r)` instead of ½ each (a weighted Shapley value):
-    :math:`m_c = 2 s s_r/(s + s_r)`, the harmonic mean of the two scales, and
-    :math:`m_s = (s c + s_r c_r)/(s + s_r)`. Then
-    :math:`m_c \Delta c + m_s \Delta s = s c - s_r c_r` exactly, and where :math:`s \approx s_r`
-    (every usual case) the values are the Shapley rule's. Where one side's row is all zeros and its
-    scale is :math:`\epsilon^{-1/2}` (a padded step under an RMSNorm with eps = 1e-16), the Shapley
-    rule's terms are of that order and cancel (attributions of 1e7 for an output that moves by 1,
-    additive only to 1e-8 in float64), while these stay of the size of the output's change:
-    :math:`m_c \le 2\min(s, s_r)` and :math:`m_s \Delta s` is bounded by :math:`|s c| + |s_r c_r|`.
-    Swapping the two sides negates every attribution, as with the Shapley rule.
+    The two orders of the pair's players are weighted by the scales instead of ½ each (a weighted
+    Shapley value): c first (at :math:`s_r`) with weight :math:`s/(s + s_r)`, s first (at
+    :math:`c_r`) with :math:`s_r/(s + s_r)`. So :math:`m_c = 2 s s_r/(s + s_r)`, the harmonic mean
+    of the two scales, and :math:`m_s = (s c + s_r c_r)/(s + s_r)`, and
+    :math:`m_c \Delta c + m_s \Delta s = s c - s_r c_r` exactly. Swapping the two sides negates
+    every attribution, as with the Shapley rule. Where one side's row is all zeros and its scale is
+    :math:`\epsilon^{-1/2}` (a padded step under an RMSNorm with eps = 1e-16), the Shapley rule's
+    terms are of that order and cancel (attributions of 1e7 for an output that moves by 1, additive
+    only to 1e-8 in float64), while these stay of the size of the output's change:
+    :math:`m_c \le 2\min(s, s_r)` and :math:`|m_s \Delta s| \le |s c| + |s_r c_r|`.
+
+    The price: the values are not the Shapley rule's. Its :math:`m_c` is the arithmetic mean
+    :math:`(s + s_r)/2`, larger by :math:`(s - s_r)^2 / (2 (s + s_r))` (11 % of it where one
+    side's deviation is twice the other's, 0.2 % where they differ by 10 %), so a normalization
+    written with elementwise ops (plain products, the Shapley rule) gets different values from the
+    built-in one wherever the two sides' scales differ.
     """
     cd, sd = c.detach(), s.detach()
     output, ref_output = cd * sd, c_ref * s_ref

@@ -51,6 +51,24 @@ def _floating(dtype: str | None) -> bool:
     return dtype is not None and dtype in _PRECISION
 
 
+#: the compiled call of each model (by whether it takes a list of inputs), shared by its explainers
+_MODEL_CALLS: weakref.WeakKeyDictionary[Any, dict[bool, Any]] = weakref.WeakKeyDictionary()
+
+
+def _model_call(model: Any, multi_input: bool) -> Any:
+    """``model(inputs, training=False)`` as a tf.function, one per model: traced once for every batch
+    size (``reduce_retracing`` leaves the batch dimension unknown) and reused by every explainer."""
+    calls = _MODEL_CALLS.setdefault(model, {})
+    if multi_input not in calls:
+        held = weakref.ref(model)  # the cache must not keep the model alive
+
+        def call(tensors: list[tf.Tensor]) -> Any:
+            return held()(tensors if multi_input else tensors[0], training=False)  # type: ignore[misc]
+
+        calls[multi_input] = tf.function(call, autograph=False, reduce_retracing=True)
+    return calls[multi_input]
+
+
 class KerasEngine(Engine):
     """DeepSHAP for a Keras 3 Functional or Sequential model (TensorFlow backend)."""
 
@@ -242,11 +260,11 @@ class KerasEngine(Engine):
         if self._model_graph is False:
             return None
         if self._model_graph is None:
-            multi = self.multi_input
-            self._model_graph = tf.function(lambda tensors: self.model(tensors if multi else tensors[0], training=False), autograph=False)
+            self._model_graph = _model_call(self.model, self.multi_input)
         try:
             return self._model_graph([tf.convert_to_tensor(a) for a in arrays])
         except Exception:  # noqa: BLE001 - any failure: the eager call decides, and says what is wrong
+            self._model_graph = False
             return None
 
     # -- the dual pass -----------------------------------------------------------------------------

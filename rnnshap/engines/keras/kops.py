@@ -83,7 +83,7 @@ def is_keras_op(op: Any) -> bool:
 def supported(op: Any) -> bool:
     """Whether rnnshap has a rule for the keras op ``op`` (on input-dependent arguments)."""
     n = name(op)
-    return n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
+    return n == "StopGradient" or n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
 
 
 def _flat(values: Any) -> list[Any]:
@@ -139,6 +139,8 @@ def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], un
         raise unsupported(op, f"casts an input-dependent tensor to {op.dtype} (a step function); rnnshap has no rule for it")
     if n in LINEAR:
         return _both(op, args, kwargs)
+    if n == "StopGradient" and len(found) == 1 and found[0][1] is not None:
+        return found[0][1]  # changes training, not the function: the identity (detach on the torch side)
     if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where):
         return _both(op, args, kwargs)
     single = len(found) == 1 and found[0][1] is not None

@@ -109,7 +109,8 @@ def call_traced(layer: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, A
     traces = _TRACES.setdefault(layer, {})
     trace = traces.get(key)
     if trace is None:
-        trace = traces[key] = _trace(layer, args, kwargs)
+        with tf.init_scope():  # outside any tf.function being traced, so that later passes can reuse it
+            trace = traces[key] = _trace(layer, args, kwargs)
     leaves = _leaves((args, kwargs))
     return trace.run(leaves, run, walker)
 
@@ -374,8 +375,8 @@ class GraphTrace:
             if t == "Max":
                 return [dual.max_over(inputs[0], axes[0], keepdims=keep)]
             return [dual.max_over(inputs[0].map(lambda u: -u), axes[0], keepdims=keep).map(lambda u: -u)]
-        if t == "StopGradient":
-            raise TraceError("stops the gradient of an input-dependent tensor, cutting its path to the output")
+        if t == "StopGradient":  # changes training, not the function: the identity (as detach on torch)
+            return [inputs[0]]
         raise TraceError("no rule for this op on an input-dependent tensor")
 
 
