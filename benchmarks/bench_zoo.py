@@ -4,7 +4,7 @@ For every entry of every ``tests/zoo/test_<library>.py`` whose library is instal
 
 - **status**: exact, refused (with the operation the constructor names), or a known bug;
 - **float32 / float64 error**: ``max |Σφ − (f(x) − mean_r f(r))| / max(1, |Δ|)`` on the zoo's own
-  case (the model's outputs, both dtypes, the float64 one on a ``.double()`` copy);
+  case (the model's outputs, both dtypes, the float64 one on a ``.double()`` copy, or the case's own float64 build);
 - **× native**: ``shap_values`` (explainer built outside the timed region, ``check_additivity=False``
   so that the known-bug entries run too) against one native forward + backward of the model on the
   same tiled (sample, reference) pairs, gradient w.r.t. the floating-point inputs only
@@ -65,7 +65,7 @@ def grow(case: Case, refs: int, samples: int, seed: int = 0) -> Case:
 def errors(case: Case) -> tuple[float, float]:
     model = case.model.eval()
     e32 = float(additivity_excess(explain(model, case.background, case.X), model, case.X, case.background).max())
-    model64 = copy.deepcopy(model).double()
+    model64 = (copy.deepcopy(model) if case.model64 is None else case.model64).double().eval()  # see Case.model64
     b64, x64 = double(case.background), double(case.X)
     e64 = float(additivity_excess(explain(model64, b64, x64), model64, x64, b64).max())
     return e32, e64
