@@ -126,6 +126,13 @@ class OpCall:
         """Whether ``value`` is one of the input-dependent operands."""
         return any(value is self.leaves[i] for i in self.tracked)
 
+    def reference_of(self, value: Any, default: Any = None) -> Any:
+        """The reference side of ``value`` if it is one of the input-dependent operands, else ``default``."""
+        for i in self.tracked:
+            if self.leaves[i] is value:
+                return self.ref_leaves[i]
+        return default
+
     def tracked_positions(self) -> tuple[int, ...]:
         """Positional-argument index of each tracked leaf (-1 for keyword or nested leaves)."""
         args = self.args

@@ -113,8 +113,7 @@ class Quotient(Shapley):
         tracked = [call.leaves[i] for i in call.tracked]
         if not any(b is t for t in tracked) or not all(isinstance(t, Tensor) and t.is_floating_point() for t in tracked):
             return super().attribute(call)
-        side = {id(call.leaves[i]): call.ref_leaves[i] for i in call.tracked}
-        a_ref, b_ref = side.get(id(a), a), side[id(b)]
+        a_ref, b_ref = call.reference_of(a, a), call.reference_of(b)
         output = call.evaluate([t.detach() for t in tracked])
         m_a, m_b = quotient_multipliers(a.detach() if isinstance(a, Tensor) else a, b.detach(), a_ref, b_ref)
         if any(a is t for t in tracked):
@@ -155,9 +154,8 @@ class Lerp(Rule):
 
     def attribute(self, call: OpCall) -> Any:
         bound = _bind(_lerp_signature, call)
-        leaves = {id(call.leaves[i]): call.ref_leaves[i] for i in call.tracked}
         a, b, w = bound["input"], bound["end"], bound["weight"]
-        a_ref, b_ref, w_ref = (leaves.get(id(t), t) for t in (a, b, w))
+        a_ref, b_ref, w_ref = (call.reference_of(t, t) for t in (a, b, w))
         span, span_ref = b - a, b_ref - a_ref
         moved, _ = product(w, span, w_ref, span_ref)
         return a + moved

@@ -151,8 +151,7 @@ class Where(Rule):
         gate = gate_of(condition)
         if gate is None or gate.step is None or gate.reference is None:
             raise ValueError(f"{call.name}: the condition's comparison was not attributed in this pass")
-        sides = {id(call.leaves[i]): call.ref_leaves[i] for i in call.tracked}
-        branches = [(input_, sides.get(id(input_))), (other, sides.get(id(other)))]
+        branches = [(input_, call.reference_of(input_)), (other, call.reference_of(other))]
         players = [gate.step] + [side for side, ref in branches if ref is not None]
         references = [gate.reference.to(gate.step.dtype)] + [ref for _, ref in branches if ref is not None]
 

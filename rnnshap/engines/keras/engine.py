@@ -287,12 +287,18 @@ class KerasEngine(Engine):
         return Dual(x, r), run, grads
 
     def _graph_body(self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor) -> tuple[Any, ...]:
+        out, run, grads = self._pass_and_gradient(xs, rs, chosen_columns)
+        agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
+        return out.x, out.r, agree, grads
+
+    def _pass_and_gradient(self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor) -> tuple[Dual, Run, list[tf.Tensor]]:
+        """The dual pass, and the gradient of row i's output ``chosen_columns[i]`` with respect to the
+        floating inputs and then the embeddings the token inputs reach."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             out, watched, run = self._dual_pass(xs, rs, tape)
             chosen = tf.gather(tf.reshape(out.x, (int(chosen_columns.shape[0]), -1)), chosen_columns[:, None], batch_dims=1)
-        grads = tape.gradient(chosen, watched, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
-        return out.x, out.r, agree, grads
+        sources = watched + [e for _, e, _ in run.embedded]
+        return out, run, tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
@@ -358,14 +364,7 @@ class KerasEngine(Engine):
         rs = [np.concatenate([np.tile(b[block.r0 : block.r1], (s,) + (1,) * (b.ndim - 1))] * k) for b in self.background]
         chosen_columns = np.repeat(columns, n_refs, axis=0).T.reshape(-1)  # copy j differentiates output columns[:, j]
         graph = self._graph_pass(xs, rs, chosen_columns)
-        if graph is not None:
-            out, run, grads = graph
-        else:
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                out, watched, run = self._dual_pass(xs, rs, tape)
-                chosen = tf.gather(tf.reshape(out.x, (k * p, -1)), tf.convert_to_tensor(chosen_columns[:, None]), batch_dims=1)
-            sources = watched + [e for _, e, _ in run.embedded]
-            grads = tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        out, run, grads = graph if graph is not None else self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns))
         flat = tf.reshape(out.x, (k * p, -1))
         model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
         model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)
