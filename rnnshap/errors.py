@@ -39,9 +39,10 @@ ADVICE: dict[str, str] = {
     ),
     "selection": (
         "{op} selects or orders elements by their input-dependent values, and which elements it "
-        "picks differs between the input and its reference. The largest or smallest value is "
-        "attributed exactly: use torch.max / torch.min / amax / amin and their values (routed like "
-        "max-pool) instead of sorting, top-k, or gathering with argmax/argmin indices."
+        "picks differs between the input and its reference. The largest or smallest value and its "
+        "index are attributed exactly: use torch.max / torch.min / amax / amin, argmax / argmin or "
+        "topk with k = 1 (their values are routed like max-pool, their indices may select with gather, "
+        "indexing, embedding or one_hot) instead of sorting or top-k with k > 1."
     ),
     "no_grad": (
         "forward() computes on input-dependent tensors with gradients disabled ({op}): rnnshap "

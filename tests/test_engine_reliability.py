@@ -11,7 +11,8 @@ a feature the model ignores, which must get exactly 0.
 2. Writing into a preallocated buffer (``outs[:, t] = h``, ``copy_``, ``index_put_``, ``add_`` into a
    view, a view taken before the writes) makes the buffer input-dependent.
 3. ``torch.utils.checkpoint`` (both variants), ``clamp`` with tensor bounds, ``einsum`` of three
-   operands are exact; sorting, top-k and the indices of max/argmax used downstream are refused.
+   operands are exact, and so are the indices of max/argmax used downstream; sorting and top-k
+   with k > 1 are refused.
 4. Refusals come from the constructor, all listed together, with advice that fits each one.
 5. Explaining leaves the model bit-identical (``spectral_norm`` in training mode), and bad inputs
    (a PackedSequence, integers for a float model, meta tensors, batch norm without running
@@ -360,16 +361,7 @@ class Selecting(nn.Module):
         return self.head(y)
 
 
-@pytest.mark.parametrize(
-    ("how", "named"),
-    [
-        ("gather-argmax", "argmax"),
-        ("gather-max-indices", "torch.Tensor.gather"),
-        ("index-min-indices", "torch.min"),
-        ("sort", "torch.sort"),
-        ("topk", "torch.topk"),
-    ],
-)
+@pytest.mark.parametrize(("how", "named"), [("sort", "torch.sort"), ("topk", "torch.topk")])
 def test_selections_and_their_indices_are_refused_by_name(how: str, named: str) -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(Selecting(how).eval(), torch.randn(4, 5))
@@ -377,6 +369,14 @@ def test_selections_and_their_indices_are_refused_by_name(how: str, named: str) 
     assert named in message
     assert "torch.max / torch.min / amax / amin" in message  # the advice that fits
     assert "Rescale()" not in message
+
+
+@pytest.mark.parametrize("how", ["gather-argmax", "gather-max-indices", "index-min-indices"])
+def test_picked_indices_used_downstream_are_exact(how: str) -> None:
+    """(tests/test_picked.py holds their closed-form and written-two-ways checks.)"""
+    model = Selecting(how).to(D).eval()
+    background, X = torch.randn(5, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    assert_additive(_explain(model, background, X), model, X, background, D)
 
 
 def test_max_values_with_unused_indices_stay_exact() -> None:

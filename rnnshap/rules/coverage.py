@@ -119,7 +119,7 @@ COMPARISON_DUNDERS = ("__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__"
 STEPS = ("floor", "ceil", "round", "trunc", "fix", "frac", "sign", "sgn", "floor_divide", "remainder", "fmod", "bucketize")
 STEP_DUNDERS = ("__floordiv__", "__rfloordiv__", "__mod__", "__rmod__")
 SELECTIONS = (
-    "sort", "argsort", "msort", "topk", "kthvalue", "median", "nanmedian", "mode", "argmax", "argmin", "cummax",
+    "sort", "argsort", "msort", "kthvalue", "median", "nanmedian", "mode", "cummax",
     "cummin", "unique", "unique_consecutive", "nonzero", "argwhere",
 )
 PYTHON_BOOLS = ("allclose", "equal", "is_nonzero")

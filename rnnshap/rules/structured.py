@@ -206,6 +206,54 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
     return output
 
 
+class _PickedIndex(torch.autograd.Function):
+    """The picked index as a floating-point value whose change is credited to the deciding position."""
+
+    @staticmethod
+    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor) -> Tensor:  # type: ignore[override]
+        output, saved = computed()
+        ctx.save_for_backward(*saved)
+        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        deciding, factor = ctx.saved_tensors
+        credit = (grad.reshape(deciding.shape) * factor).to(ctx.input_dtype)
+        routed = torch.zeros((*deciding.shape[:-1], ctx.input_shape[-1]), dtype=ctx.input_dtype, device=grad.device)
+        return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
+
+
+def picked_index(x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
+    r"""The index of the maximum (minimum) of ``x`` over its last axis as a float64 tensor ``(..., 1)``
+    whose multiplier is the DeepLIFT multiplier of a step function of ``x``.
+
+    A picked index is piecewise constant in ``x``: it changes from :math:`j_r` (the reference's pick)
+    to :math:`j_x` only because some values moved past others. Whatever a use of the index makes of
+    that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`routed_max` credits a
+    maximum's change, to the position that decided the pick: :math:`j_x` where the input's maximum is
+    at least the reference's, else :math:`j_r` (and the other one where the deciding position did not
+    move), with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
+    """
+    with torch.no_grad():
+        xd = x.detach()
+        select = torch.max if largest else torch.min
+        y, index_x = select(xd, -1, keepdim=True)
+        y_ref, index_r = select(r, -1, keepdim=True)
+        delta_x = (xd.gather(-1, index_x) - r.gather(-1, index_x))
+        delta_r = (xd.gather(-1, index_r) - r.gather(-1, index_r))
+        x_decides = (y >= y_ref) if largest else (y <= y_ref)
+        usable_x, usable_r = (delta_x != 0) & torch.isfinite(delta_x), (delta_r != 0) & torch.isfinite(delta_r)
+        at_x = (x_decides & usable_x) | ~usable_r
+        deciding = torch.where(at_x, index_x, index_r)
+        delta = torch.where(at_x, delta_x, delta_r)
+        moved = (index_x - index_r).to(torch.float64)
+        usable = (moved != 0) & (delta != 0) & torch.isfinite(delta)
+        factor = torch.where(usable, moved / torch.where(usable, delta, torch.ones_like(delta)).to(torch.float64), torch.zeros_like(moved))
+    computed = (index_x.to(torch.float64), (deciding, factor))
+    return _PickedIndex.apply(lambda: computed, x)
+
+
 def _flat_last(t: Tensor, index_shape: torch.Size) -> Tensor:
     """``t`` reshaped so that its leading axes match ``index_shape`` and the rest is one axis."""
     lead = index_shape[:-1]
@@ -291,6 +339,14 @@ class MaxReduction(Rule):
             result_type = torch.return_types.max if self.largest else torch.return_types.min
             return result_type((values, indices))
         return values
+
+    def index_handle(self, call: OpCall, indices: Tensor) -> Tensor | None:
+        """The picked indices as a value with the pick's multipliers (see :func:`picked_index`)."""
+        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+        if not isinstance(dim, int) or len(call.tracked) != 1:
+            return None
+        x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
+        return picked_index(x, r, self.largest).reshape(indices.shape)
 
 
 def _layer_norm_signature(
@@ -436,4 +492,4 @@ class GroupNorm(Rule):
         return normalized
 
 
-__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max"]
+__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max", "picked_index"]

@@ -188,7 +188,7 @@ def draw_spec(c: Chooser, max_blocks: int = 3) -> ModelSpec:
         pools += ["hn", "luong"]
     if context != "none":
         pools += ["attn_pool"]
-    pools += ["logsumexp", "sum", "adaptive_avg", "adaptive_max"]
+    pools += ["logsumexp", "sum", "adaptive_avg", "adaptive_max", "hard_attn"]
     pool = "step" if causal else c.one("pool", pools)
     k = c.integer(1, 3)
     head_act = c.one("head_act", ["none", "tanh", "sigmoid", "softmax"])
@@ -351,7 +351,7 @@ class FuzzNet(nn.Module):
             size = first.proj or first.hidden
             self.static_h = nn.Linear(s.static, layers * dirs * size)
             self.static_c = nn.Linear(s.static, layers * dirs * first.hidden)
-        if s.pool == "attn_pool":
+        if s.pool in ("attn_pool", "hard_attn"):
             self.score = nn.Linear(d, 1)
         if s.pool == "luong":
             self.query = nn.Linear(final_width(s.blocks[-1]), d)
@@ -462,6 +462,11 @@ class FuzzNet(nn.Module):
         elif s.pool == "attn_pool":
             scores = self.score(x)[..., 0].masked_fill(~keep, INF)
             pooled = (torch.softmax(scores, 1)[..., None] * x).sum(1)
+        elif s.pool == "hard_attn":  # the step with the highest score, picked by argmax (masked steps never win)
+            scores = self.score(x)[..., 0]
+            if keep is not None:
+                scores = scores.masked_fill(~keep, INF)
+            pooled = x[torch.arange(x.shape[0]), scores.argmax(1)]
         else:
             raise AssertionError(s.pool)
         out = self.head(pooled)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -40,6 +41,7 @@ from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
 from ...rules.registry import RuleRegistry, op_key, op_name
+from ...rules.selection import Selection, selection_of
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
 from .safety import PreservedState
@@ -312,6 +314,19 @@ _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
+#: operations that read a tensor's metadata only
+_QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
+
+
+@dataclass
+class Picked:
+    """Indices chosen from an input-dependent tensor (``x.argmax(1)``), or a comparison's mask.
+
+    ``origin`` names the operation that chose them; ``handle`` (picked indices only) is the same
+    indices as a tracked float64 tensor that carries the pick's multipliers (rules/selection.py)."""
+
+    origin: str
+    handle: Tensor | None = None
 
 
 class AttributionMode(TorchFunctionMode):
@@ -422,21 +437,38 @@ class AttributionMode(TorchFunctionMode):
         site = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
         self._refuse(f"{site} in forward()", f"{name} runs on an input-dependent tensor with gradients disabled", "no_grad")
 
-    def _mark_indices(self, result: Any, name: str) -> None:
-        """Integer results of a rule (the indices of torch.max) are followed: see ``_index_use``."""
+    def _mark_indices(self, result: Any, name: str, rule: Rule | None = None, call: OpCall | None = None) -> None:
+        """Integer results of a rule (the indices of torch.max) are followed: see ``_index_use``.
+
+        Where the rule picks (``index_handle``: argmax, max and min over a dimension, top-1), each
+        carries its handle: the indices as float64 values, tracked, with the pick's multipliers in
+        the input pass (see rnnshap/rules/selection.py)."""
         if isinstance(result, Tensor) and (result.is_floating_point() or result.is_complex()):
             return
+        handle_of = getattr(rule, "index_handle", None) if rule is not None else None
         for leaf in tree_flatten(result)[0]:
             if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
-                self._indices[leaf] = name
+                handle = None
+                if handle_of is not None and leaf.dtype != torch.bool:
+                    handle = handle_of(call, leaf) if self.replay else leaf.to(torch.float64)
+                    if handle is not None:
+                        self.track(handle)
+                self._indices[leaf] = Picked(name, handle)
 
-    def _index_use(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
-        """An operation on indices chosen from a tracked tensor (``x.max(1).indices``): shape and
-        indexing operations on them alone pass them on; any other use is refused, since they differ
-        between the input and its reference and the choice has no multiplier."""
-        origin = next((self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices), None)
-        if origin is None:
+    def _index_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> tuple[bool, Any]:
+        """An operation on indices chosen from a tracked tensor (``x.max(1).indices``).
+
+        Picked indices with a handle are exact: a selection by them (a gather, an indexing, an
+        embedding lookup, a one-hot) takes the rule of rnnshap/rules/selection.py, and any other
+        operation runs on their handles with its own rule. Other chosen indices (and comparison
+        masks outside a ``where`` gate): shape and indexing operations on them alone pass them on;
+        any other use is refused, since they differ between the input and its reference."""
+        picked = [self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices]
+        if not picked:
             return False, None
+        origin = picked[0].origin
+        if all(p.handle is not None for p in picked) and not self._indices_unchanged(func, leaves):
+            return True, self._picked_use(func, types, args, kwargs, leaves, user_grad)
         rule = self.registry.op_rule(func)
         name = op_name(func)
         reason = (
@@ -448,13 +480,13 @@ class AttributionMode(TorchFunctionMode):
             outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
             target = _in_place_target(func, args, kwargs) if type(rule) is Linear else None
             if target is not None:  # written into a buffer (picked[:, t] = idx): the buffer holds them now
-                self._indices[target] = origin
+                self._indices[target] = Picked(origin, None)
                 return True, result
             if not outputs or type(rule) is Constant:
                 return True, result  # a query (idx.shape) or a constant (zeros_like)
             if type(rule) is Linear and not any(t.is_floating_point() or t.is_complex() for t in outputs):
                 for t in outputs:
-                    self._indices[t] = origin
+                    self._indices[t] = Picked(origin, None)
                 return True, result
             self._refuse_index_use(func, name, origin, reason)
             return True, result
@@ -463,6 +495,52 @@ class AttributionMode(TorchFunctionMode):
             return False, None
         self._refuse_index_use(func, name, origin, reason)
         return False, None
+
+    def _indices_unchanged(self, func: Any, leaves: list[Any]) -> bool:
+        """A query of the indices' metadata (``idx.shape``) or a constant made from them (``zeros_like``)."""
+        rule = self.registry.op_rule(func)
+        if type(rule) is Constant or (rule is None and getattr(func, "__name__", "") in _QUERIES):
+            return True
+        return False
+
+    def _picked_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
+        """A use of picked indices that have handles (see ``_index_use``)."""
+        handles = {id(leaf): self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices}
+        selection = selection_of(func, args, kwargs, lambda v: isinstance(v, Tensor) and id(v) in handles)
+        name = _op_name(func)
+        if selection is not None:
+            index, reduce, integer = selection
+            flat, spec, layout = _flatten(args, kwargs)
+            position = next(i for i, leaf in enumerate(flat) if leaf is index)
+            flat[position] = handles[id(index)].handle
+            tracked = self._tracked_among(flat)
+            if len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
+                self._refuse(name, "it selects by picked indices from a tensor in a form rnnshap does not attribute (several "
+                             "input-dependent operands, or index_select from an input-dependent tensor)", "selection")
+                return func(*args, **kwargs)
+            call = OpCall.flat(func, name, flat, spec, tracked, self.pairs, layout)
+            new_args, new_kwargs = call.args, call.kwargs
+            return self.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, Selection(position, reduce, integer), name, call, False)
+        target = _in_place_target(func, args, kwargs)
+        if target is not None and not (target.is_floating_point() or target.is_complex()) and target not in self._indices:
+            result = func(*args, **kwargs)  # picked[:, t] = idx: the buffer holds indices, no longer followed
+            self._indices[target] = Picked(handles[next(iter(handles))].origin, None)
+            return result
+        with torch.no_grad():
+            real = func(*args, **kwargs)
+        outputs = [t for t in tree_flatten(real)[0] if isinstance(t, Tensor)]
+        floating = next((t.dtype for t in outputs if t.is_floating_point() or t.is_complex()), None)
+        dtype = floating or torch.float64
+        mirrored_leaves = [handles[id(leaf)].handle.to(dtype) if isinstance(leaf, Tensor) and id(leaf) in handles else leaf for leaf in leaves]
+        _, spec, _ = _flatten(args, kwargs)
+        new_args, new_kwargs = tree_unflatten(mirrored_leaves, spec)
+        mirrored = self._intercept(func, types, tuple(new_args), new_kwargs, user_grad)
+        if floating is not None or all(t.dtype == torch.bool for t in outputs):
+            return mirrored  # a value (idx.float(), idx * x) or a comparison (idx == k), run on the handles
+        origin = next(iter(handles.values())).origin
+        for out, handle in zip(outputs, [t for t in tree_flatten(mirrored)[0] if isinstance(t, Tensor)], strict=True):
+            self._indices[out] = Picked(origin, handle if self.is_tracked(handle) else None)
+        return real
 
     def _refuse_index_use(self, func: Any, name: str, origin: str, reason: str) -> None:
         """Refuse a use of picked indices, or of a comparison's mask outside a ``where`` gate, with
@@ -527,7 +605,7 @@ class AttributionMode(TorchFunctionMode):
             if handled:
                 return result
         if self._indices:
-            handled, result = self._index_use(func, args, kwargs, leaves)
+            handled, result = self._index_use(func, types, args, kwargs, leaves, user_grad)
             if handled:
                 return result
         tracked = self._tracked_among(leaves)
@@ -607,7 +685,7 @@ class AttributionMode(TorchFunctionMode):
 
         why = misfit(rule, call)
         if why is not None:  # the rule would fail in the input pass: refuse it now, by name
-            self._refuse(name, why, "operands")
+            self._refuse(name, why, getattr(rule, "refusal_advice", "operands"))
             result = func(*args, **kwargs)
             self.track(result)
             if target is not None:
@@ -625,7 +703,7 @@ class AttributionMode(TorchFunctionMode):
             if plain and getattr(rule, "reuses_reference_output", False) and isinstance(result, Tensor):
                 self._keep_output(entry, rule, call, references, result)
             self.track(result)
-            self._mark_indices(result, name)
+            self._mark_indices(result, name, rule, call)
             if target is not None:
                 self._written_into(target)
             return result
@@ -646,7 +724,7 @@ class AttributionMode(TorchFunctionMode):
             result = target if func is not base or "out" not in kwargs else kwargs["out"]
             self._written_into(target)
         self.track(result)
-        self._mark_indices(result, name)
+        self._mark_indices(result, name, rule, call)
         return result
 
     def _linear(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor | None, rule: Rule, name: str) -> Any:

@@ -1,0 +1,282 @@
+r"""Indices picked by a maximum or minimum, and their uses: argmax routing, gathers, greedy decoding.
+
+A picked index (``u.argmax(dim)``, ``torch.max(u, dim).indices``, ``u.topk(1, dim).indices``) is a
+step function of ``u``. The engine carries it alongside a floating-point *handle*: the same
+indices as float64 values, whose multiplier is that of a step function (see
+:func:`~rnnshap.rules.structured.picked_index`: the change a use makes of it is credited to the
+position that decided the pick). Arithmetic and shape operations on the indices run on the handle
+with their own rules, and a cast to floating point (``idx.float()``) is the handle itself.
+
+An operation that *uses* the indices to select (:class:`Selection`: ``gather``,
+``take_along_dim``, indexing ``h[rows, idx]``, ``index_select`` from a table, ``F.embedding``,
+``F.one_hot``) computes :math:`s(h, i)`, linear in ``h`` for a fixed index ``i``: a product of the
+selector and ``h``. The Shapley rule on that product gives
+
+.. math::
+
+    s(h_x, i_x) - s(h_r, i_r) = \tfrac12\,[s(\Delta h, i_x) + s(\Delta h, i_r)]
+    + [s(\bar h, i_x) - s(\bar h, i_r)], \qquad \bar h = \tfrac12 (h_x + h_r),
+
+``h``'s multiplier the mean of the two selections and the selector the second term, which goes to
+the handle (divided by :math:`i_x - i_r`) and from there to the deciding position. So
+``h.gather(1, idx)``, ``h[rows, idx]`` and ``(F.one_hot(idx).float() * h).sum(1)`` get the same values.
+Sorting and top-k with k > 1 stay refused: the k-th pick can change while neither its position
+nor the previous one moves, so its change cannot be credited to the picked positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .base import OpCall, Rule
+from .structured import picked_index, routed_max
+
+Tensor = torch.Tensor
+
+
+def _extremum_dim(call: OpCall) -> tuple[int | None, bool]:
+    args, kwargs = call.args, call.kwargs
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    return dim, keepdim
+
+
+class ArgExtremum(Rule):
+    """``argmax`` / ``argmin``: the indices, with a handle for their uses (see the module docstring)."""
+
+    def __init__(self, largest: bool = True) -> None:
+        self.largest = largest
+
+    def refusal(self, call: OpCall) -> str | None:
+        if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
+            return "rnnshap picks through the first argument only, but another argument depends on the input"
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        return call.evaluate([call.inputs[0].detach()])
+
+    def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
+        dim, _ = _extremum_dim(call)
+        x, r = call.inputs[0], call.references[0]
+        if dim is None:
+            x, r = x.reshape(-1), r.reshape(-1)  # an index into the flattened tensor
+        else:
+            x, r = x.movedim(dim, -1), r.movedim(dim, -1)
+        return picked_index(x, r, self.largest).reshape(indices.shape)
+
+
+class TopOne(Rule):
+    """``topk`` with k = 1: the maximum (minimum) routed like max-pool, and its index with a handle.
+
+    Top-k with k > 1 is refused by name (see the module docstring).
+    """
+
+    #: the kind of advice for a refusal (a key of rnnshap.errors.ADVICE)
+    refusal_advice = "selection"
+
+    @staticmethod
+    def _bound(call: OpCall) -> tuple[int, int, bool]:
+        args, kwargs = call.args, call.kwargs
+        k: Any = args[1] if len(args) > 1 else kwargs.get("k")
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+        largest = bool(args[3] if len(args) > 3 else kwargs.get("largest", True))
+        return int(k), int(dim), largest
+
+    def refusal(self, call: OpCall) -> str | None:
+        if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
+            return "rnnshap picks through the first argument only, but another argument depends on the input"
+        k, _, _ = self._bound(call)
+        if k != 1:
+            return (
+                f"top-k with k = {k}: which elements it selects depends on the input's values, and past the first pick "
+                "the k-th can change while neither its position nor the previous one moves, so the change cannot be "
+                "credited to the picked positions as the max rule does (k = 1, argmax and torch.max are exact)"
+            )
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        _, dim, largest = self._bound(call)
+        x, r = call.inputs[0], call.references[0]
+        select = torch.max if largest else torch.min
+
+        def pick(t: Tensor) -> tuple[Tensor, Tensor]:
+            return select(t, dim=-1, keepdim=True)
+
+        values = routed_max(pick, x.movedim(dim, -1), r.movedim(dim, -1), largest).movedim(-1, dim)
+        indices = call.evaluate([x.detach()]).indices
+        return torch.return_types.topk((values, indices))
+
+    def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
+        _, dim, largest = self._bound(call)
+        x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
+        return picked_index(x, r, largest).movedim(-1, dim).reshape(indices.shape)
+
+
+# -- the uses --------------------------------------------------------------------------------------
+#: how many leading and trailing axes of a selection's output go with one index element
+Reduce = Callable[[Tensor, Tensor], Tensor]
+
+
+def _same_shape(out: Tensor, index: Tensor) -> Tensor:
+    """gather / take_along_dim: one output element per index element (broadcast over the rest)."""
+    return out.sum_to_size(index.shape)
+
+
+def _trailing(out: Tensor, index: Tensor) -> Tensor:
+    """embedding / one_hot: the index's shape, then the looked-up vector."""
+    return out.reshape(*index.shape, -1).sum(-1)
+
+
+class Selection(Rule):
+    """A selection by picked indices (see the module docstring): the Shapley rule on the product of
+    the selector and the selected tensor.
+
+    ``index`` is the leaf position of the picked indices' handle in the call, ``reduce`` sums an
+    output-shaped tensor onto the index elements, and ``integer`` is true for ``one_hot``, whose
+    result (integers) gets a handle of its own.
+    """
+
+    def __init__(self, index: int, reduce: Reduce, integer: bool = False) -> None:
+        self.index, self.reduce, self.integer = index, reduce, integer
+
+    def _run(self, call: OpCall, index: Tensor, values: Tensor | None) -> Any:
+        leaves = list(call.leaves)
+        leaves[self.index] = index
+        if values is not None:
+            leaves[self._values(call)] = values
+        args, kwargs = call._unflatten(leaves)
+        return call.fn(*args, **kwargs)
+
+    def _values(self, call: OpCall) -> int:
+        return next(i for i in call.tracked if i != self.index)
+
+    def reference(self, call: OpCall) -> Any:
+        leaves = list(call.ref_leaves)
+        leaves[self.index] = leaves[self.index].long()
+        args, kwargs = call._unflatten(leaves)
+        return call.fn(*args, **kwargs)
+
+    def _sides(self, call: OpCall) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        handle = call.leaves[self.index]
+        index_x, index_r = handle.detach().long(), call.ref_leaves[self.index].long()
+        values = [i for i in call.tracked if i != self.index]
+        h = call.leaves[values[0]] if values else None
+        h_ref = call.ref_leaves[values[0]] if values else None
+        return handle, index_x, index_r, h, h_ref
+
+    def _inverse_moves(self, call: OpCall) -> Tensor:
+        """1 / (i_x − i_r) per index element, 0 where the pick did not change."""
+        moved = (call.leaves[self.index].detach() - call.ref_leaves[self.index]).to(torch.float64)
+        changed = moved != 0
+        return torch.where(changed, 1 / torch.where(changed, moved, torch.ones_like(moved)), torch.zeros_like(moved))
+
+    def attribute(self, call: OpCall) -> Any:
+        handle, index_x, index_r, h, h_ref = self._sides(call)
+        if self.integer:  # one_hot: integers out; their handle is index_handle's
+            return self._run(call, index_x, None)
+        inverse = self._inverse_moves(call)
+        with torch.no_grad():
+            output = self._run(call, index_x, None if h is None else h.detach())
+
+        def backward(grad: Tensor) -> tuple[Tensor | None, ...]:
+            with torch.no_grad():  # the selector's part, to the handle
+                mean = None if h is None or h_ref is None else (h.detach() + h_ref) / 2
+                change = self._run(call, index_x, mean) - self._run(call, index_r, mean)
+                grad_handle = self.reduce((grad * change).to(torch.float64), index_x) * inverse
+            if h is None:
+                return (grad_handle,)
+            with torch.enable_grad():  # h's part: the mean of the two selections (linear in h)
+                probe = h.detach().requires_grad_(True)
+                both = self._run(call, index_x, probe) + self._run(call, index_r, probe)
+                (grad_h,) = torch.autograd.grad(both, probe, grad / 2)
+            return grad_handle, grad_h
+
+        return _WithMultipliers.apply(lambda: output, backward, handle, *(() if h is None else (h,)))
+
+    def index_handle(self, call: OpCall, result: Tensor) -> Tensor:
+        """one_hot's integers as float64 values; their change goes back to the picked index's handle."""
+        handle, index_x, index_r, _, _ = self._sides(call)
+        inverse = self._inverse_moves(call)
+
+        def backward(grad: Tensor) -> tuple[Tensor]:
+            change = (result - self._run(call, index_r, None)).to(torch.float64)
+            return (self.reduce(grad * change, index_x) * inverse,)
+
+        return _WithMultipliers.apply(lambda: result.to(torch.float64), backward, handle)
+
+
+class _WithMultipliers(torch.autograd.Function):
+    """``computed()`` as the output, with the multipliers that ``backward(grad)`` returns for ``inputs``."""
+
+    @staticmethod
+    def forward(ctx: Any, computed: Callable[[], Tensor], backward: Callable[[Tensor], tuple[Tensor | None, ...]], *inputs: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.multipliers = backward
+        return computed()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        return (None, None, *ctx.multipliers(grad))
+
+
+def _getitem_reduce(key: Any, position: int, ndim: int) -> Reduce | None:
+    """For ``h[key]`` with the picked index at ``key`` entry ``position``: the reduction onto the index
+    elements, when the tensor entries of ``key`` come first (after slices only) and are adjacent, the
+    rest being slices or an Ellipsis; None for other forms."""
+    entries = key if isinstance(key, tuple) else (key,)
+    tensors = [i for i, e in enumerate(entries) if isinstance(e, Tensor)]
+    if any(e is None or isinstance(e, (bool, int)) for e in entries) or any(isinstance(e, Tensor) and e.dtype == torch.bool for e in entries):
+        return None
+    if tensors != list(range(tensors[0], tensors[-1] + 1)) or any(e is Ellipsis for e in entries[: tensors[0]]):
+        return None
+    before = tensors[0]  # slices before the tensors: their axes come first in the output
+
+    def reduce(out: Tensor, index: Tensor) -> Tensor:
+        shape = torch.broadcast_shapes(*(entries[i].shape for i in tensors))
+        span = range(before, before + len(shape))
+        rest = [d for d in range(out.dim()) if d not in span]
+        if rest:
+            out = out.sum(rest)
+        return out.sum_to_size(index.shape)
+
+    return reduce
+
+
+def selection_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], is_picked: Callable[[Any], bool]) -> tuple[Any, Reduce, bool] | None:
+    """Whether ``func(*args, **kwargs)`` selects by picked indices: (the index operand, the
+    reduction onto it, whether the result is integers) or None. Exactly one picked index operand."""
+    name = getattr(func, "__name__", "")
+    index: Any = None
+    reduce: Reduce | None = None
+    integer = False
+    if name == "gather":
+        index, reduce = (args[2] if len(args) > 2 else kwargs.get("index")), _same_shape
+    elif name == "take_along_dim":
+        index, reduce = (args[1] if len(args) > 1 else kwargs.get("indices")), _same_shape
+    elif func is F.embedding:
+        index, reduce = (args[0] if args else kwargs.get("input")), _trailing
+    elif name == "embedding" and len(args) > 1:  # torch.embedding(weight, indices, ...)
+        index, reduce = args[1], _trailing
+    elif name == "one_hot":
+        index, reduce, integer = (args[0] if args else kwargs.get("tensor")), _trailing, True
+    elif name == "index_select":
+        dim: Any = args[1] if len(args) > 1 else kwargs.get("dim")
+        index = args[2] if len(args) > 2 else kwargs.get("index")
+
+        def reduce(out: Tensor, picked: Tensor, dim: int = int(dim)) -> Tensor:
+            return out.movedim(dim, 0).reshape(picked.numel(), -1).sum(1).reshape(picked.shape)
+    elif name == "__getitem__" and len(args) == 2:
+        key = args[1]
+        entries = key if isinstance(key, tuple) else (key,)
+        found = [i for i, e in enumerate(entries) if is_picked(e)]
+        if len(found) != 1:
+            return None
+        index, reduce = entries[found[0]], _getitem_reduce(key, found[0], args[0].dim())
+    if index is None or reduce is None or not is_picked(index):
+        return None
+    return index, reduce, integer
+
+
+__all__ = ["ArgExtremum", "Selection", "TopOne", "selection_of"]
