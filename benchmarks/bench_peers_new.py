@@ -69,6 +69,7 @@ MODELS = {
     "minGRU-parallel": "mingru",
     "minLSTM-parallel": "mingru",
     "xLSTMBlockStack-mLSTM": "xlstm",
+    "xLSTMBlockStack-sLSTM-vanilla": "xlstm",
     "Mamba-pscan": "mambapy",
     "Mamba-sequential": "mambapy",
     "CfC-default": "ncps",

@@ -576,3 +576,68 @@ def test_batch_norm_without_running_statistics_gets_a_true_message() -> None:
 
     with pytest.raises(rnnshap.ModelStateError, match="no running statistics"):
         rnnshap.DeepExplainer(Functional().eval(), torch.randn(4, 5))
+
+
+# -- branches on a condition that holds for every row ---------------------------------------------------------
+class Normalizer(nn.Module):
+    """A recurrence that branches as xlstm's sLSTM does: ``if torch.all(n == 0)`` (true for the initial
+    state only), and the same function written without the branch."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.branch, self.proj = branch, nn.Linear(3, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+        m = torch.zeros_like(n)
+        for t in range(x.shape[1]):
+            u = self.proj(x[:, t])
+            if self.branch and torch.all(n == 0.0):
+                m_new = u
+            elif self.branch:
+                m_new = torch.maximum(u, m)
+            else:
+                m_new = u if t == 0 else torch.maximum(u, m)
+            n = n * torch.exp(m - m_new) + torch.exp(u - m_new)
+            m = m_new
+        return (m + torch.log(n)).sum(1, keepdim=True)
+
+
+def test_a_branch_that_every_row_takes_alike_is_followed() -> None:
+    background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(3, 4, 3, dtype=D)
+    branched, plain = Normalizer(True).to(D).eval(), Normalizer(False).to(D).eval()
+    plain.load_state_dict(branched.state_dict())
+    values = _explain(branched, background, X)
+    assert_additive(values, branched, X, background, D)
+    np.testing.assert_array_equal(values, _explain(plain, background, X))
+
+
+class RowBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.proj(x)
+        if torch.all(u > 0):  # true for some rows and not others: the branch depends on the batch
+            return u * 2
+        return u
+
+
+def test_a_branch_that_rows_take_differently_is_refused_by_name() -> None:
+    background = torch.randn(8, 3, dtype=D)
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(RowBranch().to(D).eval(), background)
+    message = str(info.value)
+    assert "torch.all" in message and "differ" in message
+
+
+def test_a_branch_that_goes_one_way_on_the_references_and_another_on_the_inputs_is_an_error() -> None:
+    model = RowBranch().to(D).eval()
+    with torch.no_grad():
+        model.proj.weight.fill_(1.0)
+        model.proj.bias.zero_()
+    background = torch.full((4, 3), -1.0, dtype=D)  # every row below 0: the branch is false for all
+    explainer = rnnshap.DeepExplainer(model, background)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="references and"):
+        explainer.shap_values(torch.full((2, 3), 1.0, dtype=D))  # every row above 0: true for all

@@ -471,6 +471,8 @@ class AttributionMode(TorchFunctionMode):
             return True, self._picked_use(func, types, args, kwargs, leaves, user_grad)
         rule = self.registry.op_rule(func)
         name = op_name(func)
+        if origin.rsplit(".", 1)[-1] in _COMPARISON_NAMES and getattr(func, "__name__", "") in ("all", "any") and len(leaves) == 1:
+            return True, self._uniform_decision(func, args, kwargs, leaves[0], name, origin)
         reason = (
             f"it uses the indices that {origin} picked from an input-dependent tensor; they differ between the input "
             "and its reference, and which element is picked has no multiplier"
@@ -495,6 +497,37 @@ class AttributionMode(TorchFunctionMode):
             return False, None
         self._refuse_index_use(func, name, origin, reason)
         return False, None
+
+    def _uniform_decision(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], mask: Tensor, name: str, origin: str) -> Any:
+        """``torch.all(mask)`` / ``mask.any()`` over a whole comparison mask, to branch on
+        (``if torch.all(n == 0):``, as xlstm's sLSTM writes its first step).
+
+        Where the mask is the same for every element, every row of the batch, alone or with any
+        others, takes the branch the batch takes: the pass follows the model's own function on each
+        row. The decision is kept on the tape, and the input pass must take it the same way as the
+        reference pass (else the two passes would run different operations). A mask that differs
+        between elements is refused: the batch's branch is not each row's."""
+        result = func(*args, **kwargs)
+        what = f"{name} of {origin}"
+        if not (bool(mask.all()) or not bool(mask.any())):
+            self._refuse(what, "forward() branches on a comparison of input-dependent values that differ between the rows (or elements) of the batch, so the branch the batch takes is not each row's", "control")
+            self._mark_decisions(result, origin)
+            return result
+        key = ("decision", what)
+        taken = bool(mask.flatten()[0]) if mask.numel() else True
+        if not self.replay:
+            self.tape.append(TapeEntry(key, what, (), (), [torch.tensor(taken)]))
+            return result
+        entry = self.tape.take(key, what, (), ())
+        assert entry.references is not None
+        if bool(entry.references[0]) != taken:
+            raise UnsupportedOperationError([(
+                what,
+                f"forward() branches on it, and the comparison is {bool(entry.references[0])} on the references and "
+                f"{taken} on the inputs, so the two passes would run different operations",
+                "control",
+            )])
+        return result
 
     def _indices_unchanged(self, func: Any, leaves: list[Any]) -> bool:
         """A query of the indices' metadata (``idx.shape``) or a constant made from them (``zeros_like``)."""
