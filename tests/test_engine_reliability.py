@@ -641,3 +641,15 @@ def test_a_branch_that_goes_one_way_on_the_references_and_another_on_the_inputs_
     explainer = rnnshap.DeepExplainer(model, background)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="references and"):
         explainer.shap_values(torch.full((2, 3), 1.0, dtype=D))  # every row above 0: true for all
+
+
+def test_a_branch_that_rows_of_the_explained_inputs_take_differently_is_refused_by_name() -> None:
+    model = RowBranch().to(D).eval()
+    with torch.no_grad():
+        model.proj.weight.fill_(1.0)
+        model.proj.bias.zero_()
+    background = torch.full((4, 3), 1.0, dtype=D) + torch.rand(4, 3, dtype=D)  # every row above 0
+    explainer = rnnshap.DeepExplainer(model, background)
+    positive = torch.rand(2, 3, dtype=D) + 0.5
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="differ between the rows"):
+        explainer.shap_values(torch.cat([positive, -positive]))

@@ -221,3 +221,80 @@ def test_orderings_beyond_the_first_are_refused_by_name(select: Callable[[Tensor
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(Selecting(select).eval(), torch.randn(4, 5))
     assert named in str(info.value)
+
+
+# -- found in review: ties, casts, the forms that are refused --------------------------------------------------
+def test_a_tie_takes_the_index_the_operation_itself_picks() -> None:
+    """topk breaks a tie as it does (not as torch.max would): the pass computes the model's function."""
+
+    class TopRoute(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.router, self.experts = nn.Linear(3, 4), nn.Linear(3, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            u = torch.relu(self.router(x))  # rows where every logit is <= 0 tie at 0
+            return self.experts(x).gather(1, u.topk(1, dim=1).indices)
+
+    model = TopRoute().to(D).eval()
+    with torch.no_grad():
+        model.router.weight.copy_(torch.eye(4, 3, dtype=D))
+        model.router.bias.zero_()
+    background = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]], dtype=D)
+    X = torch.tensor([[-1.0, -2.0, -3.0], [2.0, -1.0, 0.5]], dtype=D)
+    assert_additive(_explain(model, background, X), model, X, background, D)
+
+
+class Cast(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.score, self.h = how, nn.Linear(4, 5), nn.Linear(4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u, h = self.score(x), self.h(x)
+        idx = u.argmax(1)
+        if self.how == "one-hot-float":
+            return (F.one_hot(idx, 5).to(x.dtype) * h).sum(1, keepdim=True)
+        if self.how == "index-float":
+            return idx.unsqueeze(1).to(x.dtype) * x[:, :1]
+        if self.how == "long":
+            return h.gather(1, idx.long().unsqueeze(1))
+        if self.how == "no-grad":
+            with torch.no_grad():
+                idx = u.argmax(1)
+            return h.gather(1, idx.unsqueeze(1))
+        raise ValueError(self.how)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("how", ["one-hot-float", "index-float", "long", "no-grad"])
+def test_casts_of_picked_indices_and_a_pick_under_no_grad_stay_exact(how: str, dtype: torch.dtype) -> None:
+    model = Cast(how).to(dtype).eval()
+    background, X = torch.randn(6, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, dtype)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda h, u: h[..., u.argmax(1)],  # an Ellipsis before the index
+        lambda h, u: h[:, u.argmax(1)],  # mixes the rows: h[:, idx] is (B, B)
+        lambda h, u: torch.zeros_like(h).scatter(1, u.argmax(1, keepdim=True), 1.0) * h,
+        lambda h, u: h.gather(1, u.argmax(1, keepdim=True).expand(-1, 5).gather(1, u.argmin(1, keepdim=True))),  # picked by picked
+        lambda h, u: h * u.argmax(),  # over the whole batch
+        lambda h, u: h[:, u.argmax(1).tolist()[0]],  # Python values
+    ],
+)
+def test_unattributed_uses_of_picked_indices_are_refused_by_name(use: Callable[[Tensor, Tensor], Tensor]) -> None:
+    class Use(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.score, self.h = nn.Linear(4, 5), nn.Linear(4, 5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return use(self.h(x), self.score(x)).reshape(x.shape[0], -1)[:, :1]
+
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(Use().to(D).eval(), torch.randn(6, 4, dtype=D))
+    assert "argmax" in str(info.value) or "picked" in str(info.value)

@@ -47,25 +47,29 @@ def _extremum_dim(call: OpCall) -> tuple[int | None, bool]:
 class ArgExtremum(Rule):
     """``argmax`` / ``argmin``: the indices, with a handle for their uses (see the module docstring)."""
 
+    #: the kind of advice for a refusal (a key of rnnshap.errors.ADVICE)
+    refusal_advice = "selection"
+
     def __init__(self, largest: bool = True) -> None:
         self.largest = largest
 
     def refusal(self, call: OpCall) -> str | None:
         if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
             return "rnnshap picks through the first argument only, but another argument depends on the input"
+        if _extremum_dim(call)[0] is None:
+            return "without a dimension it picks over the whole batch, so every row's pick depends on the other rows: give it the dimension to pick along"
         return None
 
     def attribute(self, call: OpCall) -> Any:
         return call.evaluate([call.inputs[0].detach()])
 
     def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
-        dim, _ = _extremum_dim(call)
-        x, r = call.inputs[0], call.references[0]
-        if dim is None:
-            x, r = x.reshape(-1), r.reshape(-1)  # an index into the flattened tensor
-        else:
-            x, r = x.movedim(dim, -1), r.movedim(dim, -1)
-        return picked_index(x, r, self.largest).reshape(indices.shape)
+        dim, keepdim = _extremum_dim(call)
+        assert dim is not None
+        x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
+        index_r = call.evaluate(call.references)
+        index_x, index_r = (t if keepdim else t.unsqueeze(dim) for t in (indices, index_r))
+        return picked_index(x, r, index_x.movedim(dim, -1), index_r.movedim(dim, -1), self.largest).reshape(indices.shape)
 
 
 class TopOne(Rule):
@@ -112,7 +116,8 @@ class TopOne(Rule):
     def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
         _, dim, largest = self._bound(call)
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        return picked_index(x, r, largest).movedim(-1, dim).reshape(indices.shape)
+        index_r = call.evaluate(call.references).indices
+        return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim).reshape(indices.shape)
 
 
 # -- the uses --------------------------------------------------------------------------------------
@@ -223,15 +228,15 @@ class _WithMultipliers(torch.autograd.Function):
 
 def _getitem_reduce(key: Any, position: int, ndim: int) -> Reduce | None:
     """For ``h[key]`` with the picked index at ``key`` entry ``position``: the reduction onto the index
-    elements, when the tensor entries of ``key`` come first (after slices only) and are adjacent, the
-    rest being slices or an Ellipsis; None for other forms."""
+    elements, when the tensor entries of ``key`` come first and are adjacent, the rest being slices
+    or an Ellipsis (``h[idx]``, ``h[torch.arange(B), idx]``, ``h[rows, idx, :]``); None for other forms."""
     entries = key if isinstance(key, tuple) else (key,)
     tensors = [i for i, e in enumerate(entries) if isinstance(e, Tensor)]
     if any(e is None or isinstance(e, (bool, int)) for e in entries) or any(isinstance(e, Tensor) and e.dtype == torch.bool for e in entries):
         return None
-    if tensors != list(range(tensors[0], tensors[-1] + 1)) or any(e is Ellipsis for e in entries[: tensors[0]]):
-        return None
-    before = tensors[0]  # slices before the tensors: their axes come first in the output
+    if tensors != list(range(len(tensors))):
+        return None  # the tensors index the leading axes (the batch first); h[:, idx] would mix the rows
+    before = 0
 
     def reduce(out: Tensor, index: Tensor) -> Tensor:
         shape = torch.broadcast_shapes(*(entries[i].shape for i in tensors))

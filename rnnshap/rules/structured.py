@@ -224,9 +224,11 @@ class _PickedIndex(torch.autograd.Function):
         return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
 
 
-def picked_index(x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
-    r"""The index of the maximum (minimum) of ``x`` over its last axis as a float64 tensor ``(..., 1)``
-    whose multiplier is the DeepLIFT multiplier of a step function of ``x``.
+def picked_index(x: Tensor, r: Tensor, index_x: Tensor, index_r: Tensor, largest: bool = True) -> Tensor:
+    r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., 1)``,
+    those it picks from the reference ``r`` being ``index_r``: the operation's own, ties broken as
+    it breaks them), as a float64 tensor whose multiplier is the DeepLIFT multiplier of a step
+    function of ``x``.
 
     A picked index is piecewise constant in ``x``: it changes from :math:`j_r` (the reference's pick)
     to :math:`j_x` only because some values moved past others. Whatever a use of the index makes of
@@ -237,11 +239,9 @@ def picked_index(x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
     """
     with torch.no_grad():
         xd = x.detach()
-        select = torch.max if largest else torch.min
-        y, index_x = select(xd, -1, keepdim=True)
-        y_ref, index_r = select(r, -1, keepdim=True)
-        delta_x = (xd.gather(-1, index_x) - r.gather(-1, index_x))
-        delta_r = (xd.gather(-1, index_r) - r.gather(-1, index_r))
+        y, y_ref = xd.gather(-1, index_x), r.gather(-1, index_r)
+        delta_x = y - r.gather(-1, index_x)
+        delta_r = xd.gather(-1, index_r) - y_ref
         x_decides = (y >= y_ref) if largest else (y <= y_ref)
         usable_x, usable_r = (delta_x != 0) & torch.isfinite(delta_x), (delta_r != 0) & torch.isfinite(delta_r)
         at_x = (x_decides & usable_x) | ~usable_r
@@ -345,8 +345,11 @@ class MaxReduction(Rule):
         dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
         if not isinstance(dim, int) or len(call.tracked) != 1:
             return None
+        keepdim = bool(call.args[2] if len(call.args) > 2 else call.kwargs.get("keepdim", False))
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        return picked_index(x, r, self.largest).reshape(indices.shape)
+        index_r = call.evaluate(call.references).indices
+        index_x, index_r = (t if keepdim else t.unsqueeze(dim) for t in (indices, index_r))
+        return picked_index(x, r, index_x.movedim(dim, -1), index_r.movedim(dim, -1), self.largest).reshape(indices.shape)
 
 
 def _layer_norm_signature(

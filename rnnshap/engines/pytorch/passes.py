@@ -318,6 +318,37 @@ _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
 _QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
 
 
+#: casts that keep integer values as they are (``idx.long()``): the handle goes with them
+_INTEGER_CASTS = frozenset(op_key(fn) for fn in (torch.Tensor.long, torch.Tensor.int, torch.Tensor.to, torch.Tensor.type, torch.Tensor.short))
+#: operations that index a tensor with their integer arguments
+_INDEXING = frozenset(
+    op_key(fn)
+    for fn in (
+        torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put, torch.Tensor.index_put_, torch.index_put,
+        torch.Tensor.scatter, torch.Tensor.scatter_, torch.scatter, torch.Tensor.scatter_add, torch.Tensor.scatter_add_,
+        torch.scatter_add, torch.Tensor.index_fill, torch.Tensor.index_fill_, torch.index_fill, torch.Tensor.index_add,
+        torch.Tensor.index_add_, torch.index_add, torch.Tensor.index_copy, torch.Tensor.index_copy_, torch.index_copy,
+        torch.bincount, torch.Tensor.bincount, torch.take, torch.Tensor.take,
+    )
+)
+
+
+def _is_floating(t: Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _indexes_with(func: Any, args: tuple[Any, ...], handles: dict[int, Any]) -> bool:
+    """Whether ``func`` uses one of the picked tensors (``handles``, by id) as an index: anywhere in
+    a ``__getitem__`` / ``__setitem__`` key, or as any argument but the first of an indexing op."""
+    key = op_key(func)
+    if key not in _INDEXING:
+        return False
+    if key in (op_key(torch.bincount), op_key(torch.Tensor.bincount)):
+        return True
+    rest = args[1:]
+    return any(isinstance(leaf, Tensor) and id(leaf) in handles for leaf in tree_flatten(rest)[0])
+
+
 @dataclass
 class Picked:
     """Indices chosen from an input-dependent tensor (``x.argmax(1)``), or a comparison's mask.
@@ -450,7 +481,11 @@ class AttributionMode(TorchFunctionMode):
             if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
                 handle = None
                 if handle_of is not None and leaf.dtype != torch.bool:
-                    handle = handle_of(call, leaf) if self.replay else leaf.to(torch.float64)
+                    if self.replay:
+                        with torch.enable_grad():  # (an argmax under no_grad() picks all the same)
+                            handle = handle_of(call, leaf)
+                    else:
+                        handle = leaf.to(torch.float64)
                     if handle is not None:
                         self.track(handle)
                 self._indices[leaf] = Picked(name, handle)
@@ -509,16 +544,19 @@ class AttributionMode(TorchFunctionMode):
         between elements is refused: the batch's branch is not each row's."""
         result = func(*args, **kwargs)
         what = f"{name} of {origin}"
+        key = ("decision", what)
+        entry = self.tape.take(key, what, (), ()) if self.replay else None
+        differ = "forward() branches on a comparison of input-dependent values that differ between the rows (or elements) of the batch, so the branch the batch takes is not each row's"
         if not (bool(mask.all()) or not bool(mask.any())):
-            self._refuse(what, "forward() branches on a comparison of input-dependent values that differ between the rows (or elements) of the batch, so the branch the batch takes is not each row's", "control")
+            if self.replay:
+                raise UnsupportedOperationError([(what, f"{differ} (here on the inputs explained)", "control")])
+            self._refuse(what, differ, "control")
             self._mark_decisions(result, origin)
             return result
-        key = ("decision", what)
         taken = bool(mask.flatten()[0]) if mask.numel() else True
-        if not self.replay:
+        if entry is None:
             self.tape.append(TapeEntry(key, what, (), (), [torch.tensor(taken)]))
             return result
-        entry = self.tape.take(key, what, (), ())
         assert entry.references is not None
         if bool(entry.references[0]) != taken:
             raise UnsupportedOperationError([(
@@ -537,43 +575,82 @@ class AttributionMode(TorchFunctionMode):
         return False
 
     def _picked_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
-        """A use of picked indices that have handles (see ``_index_use``)."""
+        """A use of picked indices that have handles (see ``_index_use``): a selection by them, a
+        cast, or an operation on them as values (run on their handles)."""
         handles = {id(leaf): self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices}
+        origin = next(iter(handles.values())).origin
         selection = selection_of(func, args, kwargs, lambda v: isinstance(v, Tensor) and id(v) in handles)
         name = _op_name(func)
+        unattributed = (
+            f"it uses the indices that {origin} picked from an input-dependent tensor in a form rnnshap does not attribute "
+            "(it attributes gather, take_along_dim, h[torch.arange(B), idx], index_select or embedding from a table, "
+            "one_hot, and arithmetic, shape operations and casts on the indices)"
+        )
         if selection is not None:
             index, reduce, integer = selection
             flat, spec, layout = _flatten(args, kwargs)
             position = next(i for i, leaf in enumerate(flat) if leaf is index)
             flat[position] = handles[id(index)].handle
             tracked = self._tracked_among(flat)
-            if len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
-                self._refuse(name, "it selects by picked indices from a tensor in a form rnnshap does not attribute (several "
-                             "input-dependent operands, or index_select from an input-dependent tensor)", "selection")
-                return func(*args, **kwargs)
+            others = len(handles) > 1  # a selection from picked indices, or by two of them
+            if others or len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
+                self._refuse(name, unattributed, "selection")
+                return self._unattributed(func, args, kwargs, origin)
             call = OpCall.flat(func, name, flat, spec, tracked, self.pairs, layout)
             new_args, new_kwargs = call.args, call.kwargs
             return self.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, Selection(position, reduce, integer), name, call, False)
+        if _indexes_with(func, args, handles):  # h[..., idx] in a form selection_of does not take, scatter, index_put, ...
+            self._refuse(name, unattributed, "selection")
+            return self._unattributed(func, args, kwargs, origin)
         target = _in_place_target(func, args, kwargs)
         if target is not None and not (target.is_floating_point() or target.is_complex()) and target not in self._indices:
             result = func(*args, **kwargs)  # picked[:, t] = idx: the buffer holds indices, no longer followed
-            self._indices[target] = Picked(handles[next(iter(handles))].origin, None)
+            self._indices[target] = Picked(origin, None)
             return result
         with torch.no_grad():
             real = func(*args, **kwargs)
         outputs = [t for t in tree_flatten(real)[0] if isinstance(t, Tensor)]
-        floating = next((t.dtype for t in outputs if t.is_floating_point() or t.is_complex()), None)
+        if not outputs and not isinstance(real, (torch.Size, torch.dtype, torch.device)):  # idx.tolist(), idx.item(): Python values
+            self._refuse(name, f"it turns the indices that {origin} picked from an input-dependent tensor into Python values", "control")
+            return real
+        if op_key(func) in _INTEGER_CASTS and len(handles) == 1 and len(outputs) == 1 and not _is_floating(outputs[0]) and outputs[0].dtype != torch.bool:
+            self._indices[outputs[0]] = Picked(origin, next(iter(handles.values())).handle)  # idx.long(): the same values
+            return real
+        floating = next((t.dtype for t in outputs if _is_floating(t)), None)
         dtype = floating or torch.float64
-        mirrored_leaves = [handles[id(leaf)].handle.to(dtype) if isinstance(leaf, Tensor) and id(leaf) in handles else leaf for leaf in leaves]
+        mirrored_leaves = list(leaves)
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, Tensor) and id(leaf) in handles:
+                handle = handles[id(leaf)].handle
+                assert handle is not None
+                converted = handle.to(dtype)  # differentiable: the pick's multipliers stay behind it
+                self.track(converted)
+                mirrored_leaves[i] = converted
         _, spec, _ = _flatten(args, kwargs)
         new_args, new_kwargs = tree_unflatten(mirrored_leaves, spec)
-        mirrored = self._intercept(func, types, tuple(new_args), new_kwargs, user_grad)
+        try:
+            mirrored = self._intercept(func, types, tuple(new_args), new_kwargs, user_grad)
+        except (IndexError, RuntimeError, TypeError, ValueError, NotImplementedError):  # an operation on integers only
+            self._refuse(name, unattributed, "selection")
+            return self._unattributed(func, args, kwargs, origin)
         if floating is not None or all(t.dtype == torch.bool for t in outputs):
             return mirrored  # a value (idx.float(), idx * x) or a comparison (idx == k), run on the handles
-        origin = next(iter(handles.values())).origin
         for out, handle in zip(outputs, [t for t in tree_flatten(mirrored)[0] if isinstance(t, Tensor)], strict=True):
             self._indices[out] = Picked(origin, handle if self.is_tracked(handle) else None)
         return real
+
+    def _unattributed(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], origin: str) -> Any:
+        """Run a refused use of picked indices as torch does (to reach the end of the pass), its
+        integer results still followed (for their own refusals) and its floating ones tracked."""
+        with torch.no_grad():
+            result = func(*args, **kwargs)
+        for out in tree_flatten(result)[0]:
+            if isinstance(out, Tensor):
+                if _is_floating(out):
+                    self.track(out)
+                else:
+                    self._indices[out] = Picked(origin, None)
+        return result
 
     def _refuse_index_use(self, func: Any, name: str, origin: str, reason: str) -> None:
         """Refuse a use of picked indices, or of a comparison's mask outside a ``where`` gate, with
