@@ -161,8 +161,8 @@ def test_a_walker_that_drifts_from_the_model_is_caught_on_the_explained_block(si
     explainer = rnnshap.DeepExplainer(model, background)
     dual_pass = KerasEngine._dual_pass
 
-    def drifting(self: Any, *args: Any) -> Any:
-        out, watched, run = dual_pass(self, *args)
+    def drifting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out, watched, run = dual_pass(self, *args, **kwargs)
         if side == "input":
             return walker.Dual(out.x * (1 + 1e-6), out.r), watched, run
         return walker.Dual(out.x, out.r * (1 + 1e-6)), watched, run

@@ -268,7 +268,7 @@ class KerasEngine(Engine):
             return None
 
     # -- the dual pass -----------------------------------------------------------------------------
-    def _graph_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray) -> tuple[Dual, Run, list[tf.Tensor]] | None:
+    def _graph_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None = None) -> tuple[Dual, Run, list[tf.Tensor]] | None:
         """The dual pass and its gradient as one compiled TensorFlow graph (``tf.function``, traced
         once per block shape): the same operations as the eager pass without Python's cost per
         operation and time step. None where the pass cannot be traced (token inputs, a layer whose
@@ -278,7 +278,7 @@ class KerasEngine(Engine):
         if self._graph is None:
             self._graph = tf.function(self._graph_body, autograph=False)
         try:
-            x, r, agree, grads = self._graph([tf.convert_to_tensor(x) for x in xs], [tf.convert_to_tensor(r) for r in rs], tf.convert_to_tensor(chosen_columns))
+            x, r, agree, grads = self._graph([tf.convert_to_tensor(x) for x in xs], [tf.convert_to_tensor(r) for r in rs], tf.convert_to_tensor(chosen_columns), grid)
         except (TypeError, ValueError, NotImplementedError, AttributeError, tf.errors.OperatorNotAllowedInGraphError):
             self._graph = False
             return None
@@ -286,22 +286,26 @@ class KerasEngine(Engine):
         run.agree = agree
         return Dual(x, r), run, grads
 
-    def _graph_body(self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor) -> tuple[Any, ...]:
-        out, run, grads = self._pass_and_gradient(xs, rs, chosen_columns)
+    def _graph_body(self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None) -> tuple[Any, ...]:
+        out, run, grads = self._pass_and_gradient(xs, rs, chosen_columns, grid)
         agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
         return out.x, out.r, agree, grads
 
-    def _pass_and_gradient(self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor) -> tuple[Dual, Run, list[tf.Tensor]]:
+    def _pass_and_gradient(self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None = None) -> tuple[Dual, Run, list[tf.Tensor]]:
         """The dual pass, and the gradient of row i's output ``chosen_columns[i]`` with respect to the
-        floating inputs and then the embeddings the token inputs reach."""
+        floating inputs and then the embeddings the token inputs reach. ``grid``: the rows' layout
+        of (copies, samples, references) pairs, which lets recurrent layers run on distinct rows."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            out, watched, run = self._dual_pass(xs, rs, tape)
+            out, watched, run = self._dual_pass(xs, rs, tape, grid=grid)
             chosen = tf.gather(tf.reshape(out.x, (int(chosen_columns.shape[0]), -1)), chosen_columns[:, None], batch_dims=1)
         sources = watched + [e for _, e, _ in run.embedded]
         return out, run, tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def _dual_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False) -> tuple[Dual, list[tf.Tensor], Run]:
+    def _dual_pass(
+        self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False, grid: tuple[int, int, int] | None = None
+    ) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
+        run.grid = grid
         if collect:
             run.collect = []
         watched: list[tf.Tensor] = []
@@ -363,8 +367,9 @@ class KerasEngine(Engine):
         xs = [np.concatenate([np.repeat(x[block.s0 : block.s1], n_refs, axis=0)] * k) for x in inputs]
         rs = [np.concatenate([np.tile(b[block.r0 : block.r1], (s,) + (1,) * (b.ndim - 1))] * k) for b in self.background]
         chosen_columns = np.repeat(columns, n_refs, axis=0).T.reshape(-1)  # copy j differentiates output columns[:, j]
-        graph = self._graph_pass(xs, rs, chosen_columns)
-        out, run, grads = graph if graph is not None else self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns))
+        grid = (k, s, n_refs)
+        graph = self._graph_pass(xs, rs, chosen_columns, grid)
+        out, run, grads = graph if graph is not None else self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns), grid)
         flat = tf.reshape(out.x, (k * p, -1))
         model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
         model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)

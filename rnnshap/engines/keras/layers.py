@@ -20,7 +20,7 @@ from keras.src import backend as keras_backend
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
-from . import attention, dual, kops, trace
+from . import attention, dual, fused, kops, trace
 from .dual import Dual
 
 L = keras.layers
@@ -73,6 +73,12 @@ class Run:
         self.collect: list[tuple[str, str]] | None = None
         #: the traced layers (Lambda, custom call()) the pass is inside, outermost first, for refusals
         self.scope: list[str] = []
+        #: ``(copies, samples, references)`` when the rows are that grid of pairs, sample-major (the
+        #: input side of a row depends on its sample only, the reference side on its reference only)
+        self.grid: tuple[int, int, int] | None = None
+        #: a Keras mask has been met: the reference side of a row is read with its input's mask, so
+        #: it depends on the sample too, and recurrent layers run on every row (see fused.py)
+        self.masked = False
 
     def compare(self, mask_x: Any, mask_r: Any) -> None:
         """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``."""
@@ -339,6 +345,7 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     """
     kwargs.pop("training", None)
     if _is_mask_op(layer):
+        run.masked = True
         out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
         if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
             run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
@@ -380,8 +387,12 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
             kwargs = {key: _cast(value, dtype) for key, value in kwargs.items()}
     call_mask, previous_mask, first = keras_masks(layer, args, kwargs)
     kwargs.pop("mask", None)
-    out = _call_layer(layer, run, call_mask, *args, **kwargs)
-    return _output_masks(layer, run, out, first, previous_mask)
+    if call_mask is not None and any(m is not None for m in keras_tree.flatten(call_mask)):
+        run.masked = True
+    out = _output_masks(layer, run, _call_layer(layer, run, call_mask, *args, **kwargs), first, previous_mask)
+    if any(isinstance(d, Dual) and d.mask is not None for d in keras_tree.flatten(out)):
+        run.masked = True  # the reference side is read with the input side's mask from here on
+    return out
 
 
 def _bare(t: tf.Tensor) -> tf.Tensor:
@@ -503,7 +514,7 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         return cell_step(layer, *args, **kwargs)
     if isinstance(layer, L.RNN):
         kwargs["mask"] = call_mask
-        return recurrent(layer, *args, **kwargs)
+        return recurrent(layer, *args, run=run, **kwargs)
     why = problem(layer) or f"{type(layer).__name__} has no rule in rnnshap's Keras support"
     raise _unsupported(layer, why)
 
@@ -671,14 +682,20 @@ def _split(d: Dual, parts: int) -> list[Dual]:
     return [Dual(a, b) for a, b in zip(xs, rs, strict=True)]
 
 
-def _cell_sequence(cell: Any, seq: Dual, states: list[Dual], mask: tf.Tensor | None = None, zero_output: bool = False) -> tuple[list[Dual], list[Dual]]:
+def _cell_sequence(
+    cell: Any, seq: Dual, states: list[Dual], mask: tf.Tensor | None = None, zero_output: bool = False, grid: tuple[int, int, int] | None = None, zero_start: bool = False
+) -> tuple[list[Dual], list[Dual]]:
     """One cell over all steps of ``seq`` (B, T, F): its outputs per step and its final states.
 
-    The input projection of all steps is one product. For sequences of at least
-    :data:`COMPILE_MIN_STEPS` steps each step runs as one compiled ``tf.function`` (traced once per
-    cell and batch shape, recorded by the gradient tape as one operation); shorter ones run eagerly,
-    where tracing would cost more than it saves.
+    An LSTM cell from zero states without a mask, in a pass over a grid of pairs, takes the fast
+    path of ``fused.py``. Otherwise the input projection of all steps is one product; for sequences
+    of at least :data:`COMPILE_MIN_STEPS` steps each step runs as one compiled ``tf.function``
+    (traced once per cell and batch shape, recorded by the gradient tape as one operation); shorter
+    ones run eagerly, where tracing would cost more than it saves.
     """
+    if fused.applies(cell, mask, zero_start, grid, int(seq.x.shape[1])):
+        assert grid is not None
+        return (fused.lstm if isinstance(cell, L.LSTMCell) else fused.gru)(cell, seq, grid, _weight)
     projected = seq.map(lambda t: _matmul(t, cell.kernel))
     if cell.use_bias:
         bias = _weight(cell.bias, projected.x.dtype)
@@ -771,7 +788,7 @@ def _state_count(cell: Any) -> int:
     return 2 if isinstance(cell, L.LSTMCell) else 1
 
 
-def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any = None, **kwargs: Any) -> Any:
+def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any = None, *, run: Run | None = None, **kwargs: Any) -> Any:
     """A keras RNN layer (LSTM, GRU, SimpleRNN, RNN(cell), RNN(StackedRNNCells)) on Duals, with the
     mask its ``call`` gets (see :func:`keras_masks`)."""
     if kwargs:
@@ -792,11 +809,13 @@ def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any 
     outputs: list[Dual] = []
     for cell in cells:
         count = _state_count(cell)
+        zero_start = not given
         if given:
             states, given = list(given[:count]), given[count:]
         else:
             states = [Dual(_zeros(seq.x, cell.units), _zeros(seq.r, cell.units)) for _ in range(count)]
-        outputs, states = _cell_sequence(cell, seq, states, mask, bool(getattr(layer, "zero_output_for_mask", False)))
+        grid = None if run is None or run.masked else run.grid
+        outputs, states = _cell_sequence(cell, seq, states, mask, bool(getattr(layer, "zero_output_for_mask", False)), grid, zero_start)
         final_states += states
         seq = Dual(tf.stack([o.x for o in outputs], 1), tf.stack([o.r for o in outputs], 1))
     output = seq if layer.return_sequences else outputs[-1]
@@ -810,8 +829,8 @@ def bidirectional(layer: Any, run: Run, sequences: Dual, initial_state: Any = No
     if initial_state is not None:
         half = len(initial_state) // 2
         forward_state, backward_state = initial_state[:half], initial_state[half:]
-    y: Any = recurrent(layer.forward_layer, sequences, forward_state, mask=mask, **kwargs)
-    y_rev: Any = recurrent(layer.backward_layer, sequences, backward_state, mask=mask, **kwargs)
+    y: Any = recurrent(layer.forward_layer, sequences, forward_state, mask=mask, run=run, **kwargs)
+    y_rev: Any = recurrent(layer.backward_layer, sequences, backward_state, mask=mask, run=run, **kwargs)
     states: list[Dual] = []
     if layer.return_state:
         states = list(y[1:]) + list(y_rev[1:])

@@ -1,0 +1,91 @@
+"""The fast path of Keras LSTM layers (rnnshap/engines/keras/fused.py) against the step-by-step path.
+
+The fast path runs the recurrence on the distinct rows of each side and gives the layer its
+multipliers by a custom gradient; the step-by-step path composes the same rules op by op. Both
+explain the same function, so they must give the same values (float64: to rounding), with the
+model's own outputs adding up, and exactly 0 for a feature the model ignores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+keras = pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+import rnnshap  # noqa: E402
+from rnnshap.engines.keras import fused  # noqa: E402
+
+L = keras.layers
+T, F = 9, 4
+
+
+def _model(kind: str, dtype: str) -> keras.Model:
+    inp = keras.Input((T, F), dtype=dtype)
+    seq = L.Lambda(lambda t: t[..., :3], dtype=dtype)(inp)  # the last feature is never read
+    if kind == "states":  # every step's output, and the final states
+        out, h_state, c_state = L.LSTM(5, return_sequences=True, return_state=True, dtype=dtype)(seq)
+        h = L.Concatenate(dtype=dtype)([L.Flatten(dtype=dtype)(out), h_state, c_state])
+    elif kind == "gru":  # GRU (reset_after, Keras 3's default), stacked
+        h = L.GRU(4, dtype=dtype)(L.GRU(5, return_sequences=True, dtype=dtype)(seq))
+    elif kind == "bidirectional":  # a backward layer, and an LSTM stacked on the pair
+        h = L.Bidirectional(L.LSTM(4, return_sequences=True, dtype=dtype), dtype=dtype)(seq)
+        h = L.LSTM(5, dtype=dtype)(h)
+    else:
+        raise ValueError(kind)
+    return keras.Model(inp, L.Dense(3, dtype=dtype)(h))
+
+
+def _values(model: keras.Model, background: np.ndarray, X: np.ndarray, fast: bool, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> tuple[np.ndarray, bool]:
+    """The values with the fast path allowed (``fast``) or not, and whether it ran."""
+    taken: list[int] = []
+    applies = fused.applies
+
+    def counted(*args: object) -> bool:
+        answer = fast and applies(*args)  # type: ignore[arg-type]
+        taken.append(int(answer))
+        return answer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fused, "applies", counted)
+        values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X, **kwargs))
+    return values, any(taken)
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [("states", "float64"), ("states", "float32"), ("gru", "float64"), ("gru", "float32"), ("bidirectional", "float64")],
+)
+def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    keras.utils.set_random_seed(0)
+    model = _model(kind, dtype)
+    rng = np.random.default_rng(0)
+    background, X = rng.normal(size=(7, T, F)).astype(dtype), rng.normal(size=(5, T, F)).astype(dtype)
+    fast, ran = _values(model, background, X, True, monkeypatch, batch_size=3)  # blocks of 3 samples x 7 references
+    slow, _ = _values(model, background, X, False, monkeypatch, batch_size=3)
+    assert ran
+    tolerance = 1e-12 if dtype == "float64" else 1e-5
+    assert np.abs(fast - slow).max() <= tolerance * np.abs(slow).max()
+    assert np.all(fast[:, :, F - 1] == 0)  # the feature the model ignores
+    gap = np.asarray(model(X), np.float64) - np.asarray(model(background), np.float64).mean(0)
+    total = fast.reshape(len(X), -1, 3).sum(1)
+    assert np.abs(total - gap).max() <= (1e-10 if dtype == "float64" else 1e-5) * max(1.0, float(np.abs(gap).max()))
+
+
+@pytest.mark.parametrize("layer", ["masked-lstm", "gru-reset-before"])
+def test_other_layers_take_the_step_by_step_path(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A masked LSTM (the masked steps get exactly 0), and a GRU with reset_after=False."""
+    inp = keras.Input((T, F))
+    h = L.LSTM(5)(L.Masking(0.0)(inp)) if layer == "masked-lstm" else L.GRU(5, reset_after=False)(L.Lambda(lambda t: t * 1.0)(inp))
+    model = keras.Model(inp, L.Dense(1)(h))
+    rng = np.random.default_rng(1)
+    background, X = rng.normal(size=(4, T, F)).astype("float32"), rng.normal(size=(2, T, F)).astype("float32")
+    X[:, -3:] = 0.0
+    values, ran = _values(model, background, X, True, monkeypatch)
+    assert not ran
+    if layer == "masked-lstm":
+        assert np.all(values[:, -3:] == 0)
