@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -41,9 +40,9 @@ from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
 from ...rules.registry import RuleRegistry, op_key, op_name
-from ...rules.selection import Selection, selection_of
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
+from .picked import Picked, PickedUses
 from .safety import PreservedState
 from .tape import Tape, TapeEntry
 
@@ -318,48 +317,6 @@ _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
 _QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
 
 
-#: casts that keep integer values as they are (``idx.long()``): the handle goes with them
-_INTEGER_CASTS = frozenset(op_key(fn) for fn in (torch.Tensor.long, torch.Tensor.int, torch.Tensor.to, torch.Tensor.type, torch.Tensor.short))
-#: operations that index a tensor with their integer arguments
-_INDEXING = frozenset(
-    op_key(fn)
-    for fn in (
-        torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put, torch.Tensor.index_put_, torch.index_put,
-        torch.Tensor.scatter, torch.Tensor.scatter_, torch.scatter, torch.Tensor.scatter_add, torch.Tensor.scatter_add_,
-        torch.scatter_add, torch.Tensor.index_fill, torch.Tensor.index_fill_, torch.index_fill, torch.Tensor.index_add,
-        torch.Tensor.index_add_, torch.index_add, torch.Tensor.index_copy, torch.Tensor.index_copy_, torch.index_copy,
-        torch.bincount, torch.Tensor.bincount, torch.take, torch.Tensor.take,
-    )
-)
-
-
-def _is_floating(t: Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
-
-
-def _indexes_with(func: Any, args: tuple[Any, ...], handles: dict[int, Any]) -> bool:
-    """Whether ``func`` uses one of the picked tensors (``handles``, by id) as an index: anywhere in
-    a ``__getitem__`` / ``__setitem__`` key, or as any argument but the first of an indexing op."""
-    key = op_key(func)
-    if key not in _INDEXING:
-        return False
-    if key in (op_key(torch.bincount), op_key(torch.Tensor.bincount)):
-        return True
-    rest = args[1:]
-    return any(isinstance(leaf, Tensor) and id(leaf) in handles for leaf in tree_flatten(rest)[0])
-
-
-@dataclass
-class Picked:
-    """Indices chosen from an input-dependent tensor (``x.argmax(1)``), or a comparison's mask.
-
-    ``origin`` names the operation that chose them; ``handle`` (picked indices only) is the same
-    indices as a tracked float64 tensor that carries the pick's multipliers (rules/selection.py)."""
-
-    origin: str
-    handle: Tensor | None = None
-
-
 class AttributionMode(TorchFunctionMode):
     """Intercepts torch operations for one pass of the engine (see the module docstring)."""
 
@@ -383,6 +340,8 @@ class AttributionMode(TorchFunctionMode):
         self._quiet = 0
         #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
         self.discrete = Integers(self)
+        #: the uses of indices picked by argmax, max or min, top-1 (see picked.py)
+        self.picks = PickedUses(self)
         #: where the followed integer inputs are attributed: every embedding output and cast to float
         self.embedded: list[Leaf] = self.discrete.leaves
         #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
@@ -503,7 +462,7 @@ class AttributionMode(TorchFunctionMode):
             return False, None
         origin = picked[0].origin
         if all(p.handle is not None for p in picked) and not self._indices_unchanged(func, leaves):
-            return True, self._picked_use(func, types, args, kwargs, leaves, user_grad)
+            return True, self.picks.use(func, types, args, kwargs, leaves, user_grad)
         rule = self.registry.op_rule(func)
         name = op_name(func)
         if origin.rsplit(".", 1)[-1] in _COMPARISON_NAMES and getattr(func, "__name__", "") in ("all", "any") and len(leaves) == 1:
@@ -573,84 +532,6 @@ class AttributionMode(TorchFunctionMode):
         if type(rule) is Constant or (rule is None and getattr(func, "__name__", "") in _QUERIES):
             return True
         return False
-
-    def _picked_use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
-        """A use of picked indices that have handles (see ``_index_use``): a selection by them, a
-        cast, or an operation on them as values (run on their handles)."""
-        handles = {id(leaf): self._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices}
-        origin = next(iter(handles.values())).origin
-        selection = selection_of(func, args, kwargs, lambda v: isinstance(v, Tensor) and id(v) in handles)
-        name = _op_name(func)
-        unattributed = (
-            f"it uses the indices that {origin} picked from an input-dependent tensor in a form rnnshap does not attribute "
-            "(it attributes gather, take_along_dim, h[torch.arange(B), idx], index_select or embedding from a table, "
-            "one_hot, and arithmetic, shape operations and casts on the indices)"
-        )
-        if selection is not None:
-            index, reduce, integer = selection
-            flat, spec, layout = _flatten(args, kwargs)
-            position = next(i for i, leaf in enumerate(flat) if leaf is index)
-            flat[position] = handles[id(index)].handle
-            tracked = self._tracked_among(flat)
-            others = len(handles) > 1  # a selection from picked indices, or by two of them
-            if others or len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
-                self._refuse(name, unattributed, "selection")
-                return self._unattributed(func, args, kwargs, origin)
-            call = OpCall.flat(func, name, flat, spec, tracked, self.pairs, layout)
-            new_args, new_kwargs = call.args, call.kwargs
-            return self.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, Selection(position, reduce, integer), name, call, False)
-        if _indexes_with(func, args, handles):  # h[..., idx] in a form selection_of does not take, scatter, index_put, ...
-            self._refuse(name, unattributed, "selection")
-            return self._unattributed(func, args, kwargs, origin)
-        target = _in_place_target(func, args, kwargs)
-        if target is not None and not (target.is_floating_point() or target.is_complex()) and target not in self._indices:
-            result = func(*args, **kwargs)  # picked[:, t] = idx: the buffer holds indices, no longer followed
-            self._indices[target] = Picked(origin, None)
-            return result
-        with torch.no_grad():
-            real = func(*args, **kwargs)
-        outputs = [t for t in tree_flatten(real)[0] if isinstance(t, Tensor)]
-        if not outputs and not isinstance(real, (torch.Size, torch.dtype, torch.device)):  # idx.tolist(), idx.item(): Python values
-            self._refuse(name, f"it turns the indices that {origin} picked from an input-dependent tensor into Python values", "control")
-            return real
-        if op_key(func) in _INTEGER_CASTS and len(handles) == 1 and len(outputs) == 1 and not _is_floating(outputs[0]) and outputs[0].dtype != torch.bool:
-            self._indices[outputs[0]] = Picked(origin, next(iter(handles.values())).handle)  # idx.long(): the same values
-            return real
-        floating = next((t.dtype for t in outputs if _is_floating(t)), None)
-        dtype = floating or torch.float64
-        mirrored_leaves = list(leaves)
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, Tensor) and id(leaf) in handles:
-                handle = handles[id(leaf)].handle
-                assert handle is not None
-                converted = handle.to(dtype)  # differentiable: the pick's multipliers stay behind it
-                self.track(converted)
-                mirrored_leaves[i] = converted
-        _, spec, _ = _flatten(args, kwargs)
-        new_args, new_kwargs = tree_unflatten(mirrored_leaves, spec)
-        try:
-            mirrored = self._intercept(func, types, tuple(new_args), new_kwargs, user_grad)
-        except (IndexError, RuntimeError, TypeError, ValueError, NotImplementedError):  # an operation on integers only
-            self._refuse(name, unattributed, "selection")
-            return self._unattributed(func, args, kwargs, origin)
-        if floating is not None or all(t.dtype == torch.bool for t in outputs):
-            return mirrored  # a value (idx.float(), idx * x) or a comparison (idx == k), run on the handles
-        for out, handle in zip(outputs, [t for t in tree_flatten(mirrored)[0] if isinstance(t, Tensor)], strict=True):
-            self._indices[out] = Picked(origin, handle if self.is_tracked(handle) else None)
-        return real
-
-    def _unattributed(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], origin: str) -> Any:
-        """Run a refused use of picked indices as torch does (to reach the end of the pass), its
-        integer results still followed (for their own refusals) and its floating ones tracked."""
-        with torch.no_grad():
-            result = func(*args, **kwargs)
-        for out in tree_flatten(result)[0]:
-            if isinstance(out, Tensor):
-                if _is_floating(out):
-                    self.track(out)
-                else:
-                    self._indices[out] = Picked(origin, None)
-        return result
 
     def _refuse_index_use(self, func: Any, name: str, origin: str, reason: str) -> None:
         """Refuse a use of picked indices, or of a comparison's mask outside a ``where`` gate, with
