@@ -121,7 +121,7 @@ class TopOne(Rule):
 
 
 # -- the uses --------------------------------------------------------------------------------------
-#: how many leading and trailing axes of a selection's output go with one index element
+#: ``reduce(out, index)``: an output-shaped tensor summed onto the index elements it came from
 Reduce = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -148,21 +148,12 @@ class Selection(Rule):
         self.index, self.reduce, self.integer = index, reduce, integer
 
     def _run(self, call: OpCall, index: Tensor, values: Tensor | None) -> Any:
-        leaves = list(call.leaves)
-        leaves[self.index] = index
-        if values is not None:
-            leaves[self._values(call)] = values
-        args, kwargs = call._unflatten(leaves)
-        return call.fn(*args, **kwargs)
-
-    def _values(self, call: OpCall) -> int:
-        return next(i for i in call.tracked if i != self.index)
+        """The selection by ``index`` (integers) from ``values`` (None: the input side's operand)."""
+        players = [index if i == self.index else (call.leaves[i] if values is None else values) for i in call.tracked]
+        return call.evaluate(players)
 
     def reference(self, call: OpCall) -> Any:
-        leaves = list(call.ref_leaves)
-        leaves[self.index] = leaves[self.index].long()
-        args, kwargs = call._unflatten(leaves)
-        return call.fn(*args, **kwargs)
+        return call.evaluate([call.ref_leaves[i].long() if i == self.index else call.ref_leaves[i] for i in call.tracked])
 
     def _sides(self, call: OpCall) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         handle = call.leaves[self.index]
