@@ -82,7 +82,7 @@ class PickedUses:
     def use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
         """A use of picked indices that have handles (see the module docstring): a selection by
         them, a cast, or an operation on them as values (run on their handles)."""
-        from .passes import _flatten, _in_place_target, _op_name  # (passes.py imports this module)
+        from .passes import _in_place_target, _op_name  # (passes.py imports this module)
 
         mode = self.mode
         handles = {id(leaf): mode._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in mode._indices}
@@ -95,18 +95,7 @@ class PickedUses:
             "one_hot, and arithmetic, shape operations and casts on the indices)"
         )
         if selection is not None:
-            index, reduce, integer = selection
-            flat, spec, layout = _flatten(args, kwargs)
-            position = next(i for i, leaf in enumerate(flat) if leaf is index)
-            flat[position] = handles[id(index)].handle
-            tracked = mode._tracked_among(flat)
-            others = len(handles) > 1  # a selection from picked indices, or by two of them
-            if others or len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
-                mode._refuse(name, unattributed, "selection")
-                return self.unattributed(func, args, kwargs, origin)
-            call = OpCall.flat(func, name, flat, spec, tracked, mode.pairs, layout)
-            new_args, new_kwargs = call.args, call.kwargs
-            return mode.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, Selection(position, reduce, integer), name, call, False)
+            return self._select(func, args, kwargs, selection, handles, name, unattributed)
         if _indexes_with(func, args, handles):  # h[..., idx] in a form selection_of does not take, scatter, index_put, ...
             mode._refuse(name, unattributed, "selection")
             return self.unattributed(func, args, kwargs, origin)
@@ -115,6 +104,35 @@ class PickedUses:
             result = func(*args, **kwargs)  # picked[:, t] = idx: the buffer holds indices, no longer followed
             mode._indices[target] = Picked(origin, None)
             return result
+        return self._mirror(func, types, args, kwargs, leaves, user_grad, handles, name, unattributed)
+
+    def _select(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], selection: tuple[Any, Any, bool], handles: dict[int, Picked], name: str, unattributed: str) -> Any:
+        """A selection by picked indices: the Selection rule, with the index's handle in its place."""
+        from .passes import _flatten
+
+        mode = self.mode
+        origin = next(iter(handles.values())).origin
+        index, reduce, integer = selection
+        flat, spec, layout = _flatten(args, kwargs)
+        position = next(i for i, leaf in enumerate(flat) if leaf is index)
+        flat[position] = handles[id(index)].handle
+        tracked = mode._tracked_among(flat)
+        others = len(handles) > 1  # a selection from picked indices, or by two of them
+        if others or len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
+            mode._refuse(name, unattributed, "selection")
+            return self.unattributed(func, args, kwargs, origin)
+        call = OpCall.flat(func, name, flat, spec, tracked, mode.pairs, layout)
+        new_args, new_kwargs = call.args, call.kwargs
+        return mode.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, Selection(position, reduce, integer), name, call, False)
+
+    def _mirror(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool, handles: dict[int, Picked], name: str, unattributed: str
+    ) -> Any:
+        """Any other use: a cast keeps the values; anything else runs on the handles, with its own rule."""
+        from .passes import _flatten
+
+        mode = self.mode
+        origin = next(iter(handles.values())).origin
         with torch.no_grad():
             real = func(*args, **kwargs)
         outputs = [t for t in tree_flatten(real)[0] if isinstance(t, Tensor)]
