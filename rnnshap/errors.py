@@ -82,6 +82,12 @@ ADVICE: dict[str, str] = {
         "sees: check that forward() uses its inputs, and that they do not leave torch on the way "
         "(numpy, .item(), a kernel outside torch's Python API)."
     ),
+    "keras_masking": (
+        "{op}: explain the model on the TensorFlow backend (KERAS_BACKEND=tensorflow; save it and load it "
+        "there), where rnnshap's Keras engine follows Keras masks: each reference is read with the mask of "
+        "the input it is paired with, and masked steps get exactly 0 (docs/keras.md). On the torch backend, "
+        "drop Masking and pass the padding as a separate boolean input to the model instead."
+    ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "
         "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "

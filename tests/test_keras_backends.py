@@ -114,3 +114,15 @@ def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(rnnshap.InputError, match="jax.*KERAS_BACKEND"):
         rnnshap.DeepExplainer(model, np.zeros((2, T, F)))
+
+
+def test_masking_on_the_torch_backend_is_refused_with_advice_for_keras(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras' Masking compares input values (a step function): on the torch backend the PyTorch engine
+    refuses it, by the layer's name, pointing to the TensorFlow backend, where masks follow Keras."""
+    inp = keras.Input((T, F))
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(3)(keras.layers.Masking(0.0, name="padding")(inp))))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
+    message = str(info.value)
+    assert "Masking (padding)" in message and "KERAS_BACKEND=tensorflow" in message

@@ -12,6 +12,23 @@ from typing import Any
 
 from torch import nn
 
+from ...errors import UnsupportedOperationError
+
+
+def refuse_masking(model: Any) -> None:
+    """Refuse a Keras ``Masking`` layer by name, before the engine's pass would refuse the comparison
+    it makes: on the torch backend it is ``any(x != mask_value)`` of the input's values, a step
+    function with no multiplier (on TensorFlow rnnshap's Keras engine follows Keras masks instead)."""
+    import keras
+
+    layers = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Masking)]
+    if layers:
+        reason = (
+            "on the torch backend it computes its mask from the input's values (any(x != mask_value)), a step "
+            "function of the input with no multiplier"
+        )
+        raise UnsupportedOperationError([(f"keras.layers.Masking ({layer.name})", reason, "keras_masking") for layer in layers])
+
 
 class KerasModule(nn.Module):
     """``forward(*inputs)`` → ``model(inputs, training=False)``, the calling convention the engine uses."""
