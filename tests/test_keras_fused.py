@@ -52,8 +52,8 @@ def _values(model: keras.Model, background: np.ndarray, X: np.ndarray, fast: boo
 
     with monkeypatch.context() as patch:
         patch.setattr(fused, "applies", counted)
-        values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X, **kwargs))
-    return values, any(taken)
+        values = rnnshap.DeepExplainer(model, background).shap_values(X, **kwargs)
+    return (np.asarray(values) if not isinstance(values, list) else values), any(taken)  # (a list for several inputs)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +89,33 @@ def test_other_layers_take_the_step_by_step_path(layer: str, monkeypatch: pytest
     assert not ran
     if layer == "masked-lstm":
         assert np.all(values[:, -3:] == 0)
+
+
+def _time_distributed() -> tuple[keras.Model, list[np.ndarray], list[np.ndarray]]:
+    """TimeDistributed(LSTM) over (B, N, T, F): the LSTM's batch is B·N rows, not the grid of pairs."""
+    inp = keras.Input((3, T, F), dtype="float64")
+    h = L.Flatten(dtype="float64")(L.TimeDistributed(L.LSTM(4, dtype="float64"), dtype="float64")(inp))
+    rng = np.random.default_rng(2)
+    return keras.Model(inp, L.Dense(1, dtype="float64")(h)), [rng.normal(size=(4, 3, T, F))], [rng.normal(size=(2, 3, T, F))]
+
+
+def _where_mask() -> tuple[keras.Model, list[np.ndarray], list[np.ndarray]]:
+    """A 0/1 integer input cast to bool gates the sequence before the LSTM: a mask computed on the input side,
+    which the reference side is read with, so the reference side depends on the sample."""
+    seq, keep = keras.Input((T, F), dtype="float64"), keras.Input((T, 1), dtype="int32")
+    gated = keras.ops.where(keras.ops.cast(keep, "bool"), seq, 0.0)
+    model = keras.Model([seq, keep], L.Dense(1, dtype="float64")(L.LSTM(4, dtype="float64")(gated)))
+    rng = np.random.default_rng(3)
+    background = [rng.normal(size=(4, T, F)), (rng.random((4, T, 1)) > 0.4).astype("int32")]
+    X = [rng.normal(size=(3, T, F)), (rng.random((3, T, 1)) > 0.4).astype("int32")]
+    return model, background, X
+
+
+@pytest.mark.parametrize("build", [_time_distributed, _where_mask])
+def test_layers_off_the_grid_or_after_a_mask_take_the_step_by_step_path(build: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, background, X = build()  # type: ignore[operator]
+    fast, ran = _values(model, background, X, True, monkeypatch)
+    slow, _ = _values(model, background, X, False, monkeypatch)
+    assert not ran
+    for got, want in zip(fast if isinstance(fast, list) else [fast], slow if isinstance(slow, list) else [slow], strict=True):
+        np.testing.assert_array_equal(got, want)

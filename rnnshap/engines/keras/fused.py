@@ -1,4 +1,4 @@
-r"""The fast path of Keras LSTM layers: the PyTorch side's ``recurrent/fused.py`` in TensorFlow.
+r"""The fast path of Keras LSTM and GRU layers: the PyTorch side's ``recurrent/fused.py`` in TensorFlow.
 
 The dual pass runs a block of pairs laid out as ``(copies, samples, references)`` rows: the input
 side of a row depends on its sample only and the reference side on its reference only. So the
@@ -16,8 +16,11 @@ the midpoint where ``|Δz|`` is below the threshold) and the exact Shapley rule 
     G_{c_{t-1}} = G_c \bar f, \quad G_{h_{t-1}} \mathrel{+}= G_z U^\top, \quad G_{x_t} = G_z W^\top
 
 with :math:`\bar v = (v_x + v_r)/2` and :math:`G_z` the gate gradients times their Rescale
-multipliers, per pair. Used for LSTM layers with sigmoid / tanh activations, no mask and zero
-initial states; anything else takes the step-by-step path.
+multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``reset_after``).
+Used for layers with sigmoid / tanh activations, zero initial states, a batch that is the grid of
+pairs (not inside ``TimeDistributed``), and no Keras mask anywhere before them: a mask computed on
+the input side is read on the reference side too (``Run.masked``), which makes the reference side
+depend on the sample. Anything else takes the step-by-step path.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from .dual import Dual, small_delta_threshold
 L = keras.layers
 
 
-def applies(cell: Any, mask: Any, zero_start: bool, grid: tuple[int, int, int] | None, steps: int) -> bool:
+def applies(cell: Any, mask: Any, zero_start: bool, grid: tuple[int, int, int] | None, steps: int, rows: int) -> bool:
     """Whether the fast path computes this call of ``cell`` (see the module docstring): an LSTM cell,
     or a GRU cell with ``reset_after`` (Keras 3's default)."""
     if grid is None or mask is not None or not zero_start or steps < 2:
+        return False
+    if rows != grid[0] * grid[1] * grid[2]:  # TimeDistributed, or rows concatenated inside a layer: not the grid
         return False
     if type(cell) is not L.LSTMCell and not (type(cell) is L.GRUCell and cell.reset_after):
         return False
@@ -140,7 +145,7 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
     steps, units = int(seq.x.shape[1]), cell.units
     kernel, recurrent_kernel = weight(cell.kernel, dtype), weight(cell.recurrent_kernel, dtype)
     x_rows, r_rows = _distinct(seq, grid)
-    both = tf.concat([tf.stop_gradient(x_rows), r_rows], 0)  # forward on the distinct rows of both sides at once
+    both = tf.stop_gradient(tf.concat([x_rows, r_rows], 0))  # forward on the distinct rows of both sides at once
     projected = tf.tensordot(both, kernel, [[2], [0]])
     if cell.use_bias:
         projected = projected + weight(cell.bias, dtype)
@@ -214,7 +219,7 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list
     kernel, recurrent_kernel = weight(cell.kernel, dtype), weight(cell.recurrent_kernel, dtype)
     bias = weight(cell.bias, dtype) if cell.use_bias else None
     x_rows, r_rows = _distinct(seq, grid)
-    both = tf.concat([tf.stop_gradient(x_rows), r_rows], 0)
+    both = tf.stop_gradient(tf.concat([x_rows, r_rows], 0))
     projected = tf.tensordot(both, kernel, [[2], [0]])
     if bias is not None:
         projected = projected + bias[0]

@@ -81,9 +81,11 @@ class Run:
         self.masked = False
 
     def compare(self, mask_x: Any, mask_r: Any) -> None:
-        """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``."""
+        """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``.
+        (A mask computed on the input side is read on the reference side too: see ``masked``.)"""
         if mask_x is mask_r:
             return
+        self.masked = True
         same: tf.Tensor
         if mask_x is None or mask_r is None or not hasattr(mask_x, "shape") or mask_x.shape != mask_r.shape:
             same = tf.zeros((self.rows,), tf.bool)
@@ -687,13 +689,13 @@ def _cell_sequence(
 ) -> tuple[list[Dual], list[Dual]]:
     """One cell over all steps of ``seq`` (B, T, F): its outputs per step and its final states.
 
-    An LSTM cell from zero states without a mask, in a pass over a grid of pairs, takes the fast
-    path of ``fused.py``. Otherwise the input projection of all steps is one product; for sequences
+    An LSTM or GRU cell from zero states without a mask, in a pass over a grid of pairs, takes the
+    fast path of ``fused.py``. Otherwise the input projection of all steps is one product; for sequences
     of at least :data:`COMPILE_MIN_STEPS` steps each step runs as one compiled ``tf.function``
     (traced once per cell and batch shape, recorded by the gradient tape as one operation); shorter
     ones run eagerly, where tracing would cost more than it saves.
     """
-    if fused.applies(cell, mask, zero_start, grid, int(seq.x.shape[1])):
+    if fused.applies(cell, mask, zero_start, grid, int(seq.x.shape[1]), int(seq.x.shape[0])):
         assert grid is not None
         return (fused.lstm if isinstance(cell, L.LSTMCell) else fused.gru)(cell, seq, grid, _weight)
     projected = seq.map(lambda t: _matmul(t, cell.kernel))
