@@ -73,12 +73,12 @@ def attach(value: tf.Tensor, pairs: Sequence[tuple[tf.Tensor, tf.Tensor]]) -> tf
     return out
 
 
-def _dsigmoid(u: tf.Tensor) -> tf.Tensor:
+def dsigmoid(u: tf.Tensor) -> tf.Tensor:
     s = tf.sigmoid(u)
     return s * (1 - s)
 
 
-def _dtanh(u: tf.Tensor) -> tf.Tensor:
+def dtanh(u: tf.Tensor) -> tf.Tensor:
     return 1 - tf.tanh(u) ** 2
 
 
@@ -96,21 +96,26 @@ def rescale(fn: Fn, u: Dual, smooth: bool = True, derivative: Fn | None = None) 
     """Rescale rule for an elementwise ``fn``: m = Δy/Δu, or ``fn'`` at the midpoint where |Δu| is tiny."""
     ux = tf.stop_gradient(u.x)
     yx, yr = fn(ux), fn(u.r)
-    delta = ux - u.r
-    small = tf.abs(delta) <= small_delta_threshold(ux.dtype, smooth)
-    quotient = (yx - yr) / tf.where(small, tf.ones_like(delta), delta)
-    at = (ux + u.r) / 2 if smooth else ux
-    slope = (derivative or _autodiff(fn))(at)
-    multiplier = tf.where(small, slope, quotient)
+    multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth)
     return Dual(attach(yx, [(u.x, multiplier)]), yr)
 
 
+def secant_multiplier(yx: tf.Tensor, yr: tf.Tensor, ux: tf.Tensor, ur: tf.Tensor, derivative: Fn, smooth: bool = True) -> tf.Tensor:
+    """The Rescale multiplier of ``y = f(u)``: Δy/Δu, or ``derivative`` at the midpoint (at ``ux``
+    for piecewise ``f``) where |Δu| is below the threshold. Arguments broadcast."""
+    delta = ux - ur
+    small = tf.abs(delta) <= small_delta_threshold(ux.dtype, smooth)
+    quotient = (yx - yr) / tf.where(small, tf.ones_like(delta), delta)
+    at = (ux + ur) / 2 if smooth else ux
+    return tf.where(small, derivative(at), quotient)
+
+
 def sigmoid(u: Dual) -> Dual:
-    return rescale(tf.sigmoid, u, derivative=_dsigmoid)
+    return rescale(tf.sigmoid, u, derivative=dsigmoid)
 
 
 def tanh(u: Dual) -> Dual:
-    return rescale(tf.tanh, u, derivative=_dtanh)
+    return rescale(tf.tanh, u, derivative=dtanh)
 
 
 def product(a: Dual, b: Dual) -> Dual:

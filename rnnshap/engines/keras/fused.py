@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from .dual import Dual, small_delta_threshold
+from .dual import Dual, dsigmoid, dtanh, secant_multiplier
 
 L = keras.layers
 
@@ -45,23 +45,6 @@ def applies(cell: Any, mask: Any, zero_start: bool, grid: tuple[int, int, int] |
     if type(cell) is not L.LSTMCell and not (type(cell) is L.GRUCell and cell.reset_after):
         return False
     return getattr(cell.activation, "__name__", "") == "tanh" and getattr(cell.recurrent_activation, "__name__", "") == "sigmoid"
-
-
-def _secant(y_x: tf.Tensor, y_r: tf.Tensor, u_x: tf.Tensor, u_r: tf.Tensor, derivative: Any) -> tf.Tensor:
-    """dual.rescale's multiplier: (y_x − y_r)/(u_x − u_r), or the derivative at the midpoint where |Δu| is tiny."""
-    delta = u_x - u_r
-    small = tf.abs(delta) <= small_delta_threshold(u_x.dtype, True)
-    quotient = (y_x - y_r) / tf.where(small, tf.ones_like(delta), delta)
-    return tf.where(small, derivative((u_x + u_r) / 2), quotient)
-
-
-def _dsigmoid(u: tf.Tensor) -> tf.Tensor:
-    s = tf.sigmoid(u)
-    return s * (1 - s)
-
-
-def _dtanh(u: tf.Tensor) -> tf.Tensor:
-    return 1 - tf.tanh(u) ** 2
 
 
 Grid = tuple[int, int, int]
@@ -106,7 +89,7 @@ def _mean(rows: tf.Tensor, samples: int, grid: Grid) -> tf.Tensor:
 
 def _rescale(y: tf.Tensor, u: tf.Tensor, samples: int, grid: Grid, derivative: Any) -> tf.Tensor:
     """The Rescale multiplier per pair of ``y = f(u)`` from the stacked distinct rows."""
-    return _per_pair(_secant(*_split_sides(y, samples), *_split_sides(u, samples), derivative), grid)
+    return _per_pair(secant_multiplier(*_split_sides(y, samples), *_split_sides(u, samples), derivative), grid)
 
 
 #: elements of one per-pair temporary over a block of steps (16 MiB in float32)
@@ -168,7 +151,7 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
     h_x, h_r = _pairs(out[:samples], 0, grid), _pairs(out[samples:], 1, grid)
     c_x, c_r = _pairs(c_last[:samples], 0, grid), _pairs(c_last[samples:], 1, grid)
     z_all, a_all, c_all, tc_all = tf.stack(zs, 1), tf.stack(acts, 1), tf.stack(cs, 1), tf.stack(tcs, 1)
-    gates = (_dsigmoid, _dsigmoid, _dtanh, _dsigmoid)  # i, f, g, o
+    gates = (dsigmoid, dsigmoid, dtanh, dsigmoid)  # i, f, g, o
 
     def per_pair(t0: int, t1: int) -> list[tf.Tensor]:
         """For steps t0..t1: the gates' means and multipliers, tanh(c)'s mean and multiplier, c_{t−1}'s mean."""
@@ -177,7 +160,7 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
             _mean(a_all[:, steps_], samples, grid),
             _gate_rescale(a_all[:, steps_], z_all[:, steps_], samples, grid, gates),
             _mean(tc_all[:, steps_], samples, grid),
-            _rescale(tc_all[:, steps_], c_all[:, t0 + 1 : t1 + 1], samples, grid, _dtanh),
+            _rescale(tc_all[:, steps_], c_all[:, t0 + 1 : t1 + 1], samples, grid, dtanh),
             _mean(c_all[:, steps_], samples, grid),
         ]
 
@@ -250,9 +233,9 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list
         at = {name: value[:, t0:t1] for name, value in stacked.items()}
         return [
             _mean(at["act"], samples, grid),
-            _rescale(at["act"], at["pre"], samples, grid, _dsigmoid),
+            _rescale(at["act"], at["pre"], samples, grid, dsigmoid),
             _mean(at["h"], samples, grid) - _mean(at["hh"], samples, grid),
-            _rescale(at["hh"], at["a"], samples, grid, _dtanh),
+            _rescale(at["hh"], at["a"], samples, grid, dtanh),
             _mean(at["rh"], samples, grid),
         ]
 
