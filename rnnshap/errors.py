@@ -39,10 +39,11 @@ ADVICE: dict[str, str] = {
     ),
     "selection": (
         "{op} selects or orders elements by their input-dependent values, and which elements it "
-        "picks differs between the input and its reference. The largest or smallest value and its "
-        "index are attributed exactly: use torch.max / torch.min / amax / amin, argmax / argmin or "
-        "topk with k = 1 (their values are routed like max-pool, their indices may select with gather, "
-        "indexing, embedding or one_hot) instead of sorting or top-k with k > 1."
+        "picks differs between the input and its reference. Orderings along one dimension of each "
+        "row are attributed exactly: torch.max / torch.min / amax / amin, argmax / argmin, sort, "
+        "argsort, topk (sorted), kthvalue and median with a dimension (their values are routed like "
+        "max-pool, rank by rank, and their indices may select with gather, indexing, embedding or "
+        "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
     "no_grad": (
         "forward() computes on input-dependent tensors with gradients disabled ({op}): rnnshap "

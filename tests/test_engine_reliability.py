@@ -11,8 +11,8 @@ a feature the model ignores, which must get exactly 0.
 2. Writing into a preallocated buffer (``outs[:, t] = h``, ``copy_``, ``index_put_``, ``add_`` into a
    view, a view taken before the writes) makes the buffer input-dependent.
 3. ``torch.utils.checkpoint`` (both variants), ``clamp`` with tensor bounds, ``einsum`` of three
-   operands are exact, and so are the indices of max/argmax used downstream; sorting and top-k
-   with k > 1 are refused.
+   operands are exact, and so are sorting, top-k and the indices of max/argmax/topk used
+   downstream (tests/test_orderings.py); a sort over the batch (msort) is refused.
 4. Refusals come from the constructor, all listed together, with advice that fits each one.
 5. Explaining leaves the model bit-identical (``spectral_norm`` in training mode), and bad inputs
    (a PackedSequence, integers for a float model, meta tensors, batch norm without running
@@ -356,22 +356,23 @@ class Selecting(nn.Module):
             "index-min-indices": lambda: b[torch.arange(b.shape[0]), torch.min(a, dim=1).indices].unsqueeze(1) * a,
             "sort": lambda: torch.sort(a, dim=1).values,
             "topk": lambda: torch.topk(a, 2, dim=1).values.repeat(1, 2),
+            "gather-topk-indices": lambda: b.gather(1, a.topk(2, dim=1).indices).repeat(1, 2),
+            "msort": lambda: torch.msort(a),
             "max-values": lambda: a.max(1, keepdim=True).values * b,  # exact: routed like max-pool
         }[self.how]()
         return self.head(y)
 
 
-@pytest.mark.parametrize(("how", "named"), [("sort", "torch.sort"), ("topk", "torch.topk")])
-def test_selections_and_their_indices_are_refused_by_name(how: str, named: str) -> None:
+def test_a_sort_over_the_batch_is_refused_by_name() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Selecting(how).eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(Selecting("msort").eval(), torch.randn(4, 5))
     message = str(info.value)
-    assert named in message
-    assert "torch.max / torch.min / amax / amin" in message  # the advice that fits
+    assert "torch.msort" in message
+    assert "sort, argsort, topk (sorted), kthvalue and median" in message  # the advice that fits
     assert "Rescale()" not in message
 
 
-@pytest.mark.parametrize("how", ["gather-argmax", "gather-max-indices", "index-min-indices"])
+@pytest.mark.parametrize("how", ["gather-argmax", "gather-max-indices", "index-min-indices", "sort", "topk", "gather-topk-indices"])
 def test_picked_indices_used_downstream_are_exact(how: str) -> None:
     """(tests/test_picked.py holds their closed-form and written-two-ways checks.)"""
     model = Selecting(how).to(D).eval()

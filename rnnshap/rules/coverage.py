@@ -6,7 +6,8 @@ r"""Registry entries that keep explanations exact at the edges of the rule table
   on the input (one of them: the Rescale rule).
 - :class:`Refusal`: operations refused by name, each with the kind of advice that fits it (a key
   of :data:`rnnshap.errors.ADVICE`): comparisons, step functions (rounding, floor division),
-  sorting and selection by value, Python bools of input values, torch's fused attention kernels.
+  selections by value that are not an ordering along one dimension (msort over the batch, mode,
+  unique, nonzero), Python bools of input values, torch's fused attention kernels.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ COMPARISON_DUNDERS = ("__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__"
 STEPS = ("floor", "ceil", "round", "trunc", "fix", "frac", "sign", "sgn", "floor_divide", "remainder", "fmod", "bucketize")
 STEP_DUNDERS = ("__floordiv__", "__rfloordiv__", "__mod__", "__rmod__")
 SELECTIONS = (
-    "sort", "argsort", "msort", "kthvalue", "median", "nanmedian", "mode", "cummax",
+    "msort", "nanmedian", "mode", "cummax",
     "cummin", "unique", "unique_consecutive", "nonzero", "argwhere",
 )
 PYTHON_BOOLS = ("allclose", "equal", "is_nonzero")

@@ -24,7 +24,7 @@ from .composite import Quotient
 from .coverage import coverage_op_rules
 from .elementwise import Bilinear, Product, Rescale, Shapley
 from .secant import SLOPES_BY_NAME, Power, Secant
-from .selection import ArgExtremum, TopOne
+from .selection import ArgExtremum, Ordering
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
 
 OpKey = Any  # a function object, or ("getter", attribute name) for tensor properties
@@ -179,7 +179,8 @@ def default_op_rules() -> dict[OpKey, Rule]:
     put(("amin",), MaxReduction(largest=False, returns_indices=False))
     put(("argmax",), ArgExtremum(largest=True))  # picked indices: rnnshap/rules/selection.py
     put(("argmin",), ArgExtremum(largest=False))
-    put(("topk",), TopOne())
+    for kind in ("topk", "sort", "argsort", "kthvalue", "median"):  # orderings: rnnshap/rules/selection.py
+        put((kind,), Ordering(kind))
     for dims in (1, 2, 3):
         with_indices = getattr(F, f"max_pool{dims}d_with_indices")
         for fn in forms(f"max_pool{dims}d", f"max_pool{dims}d_with_indices"):

@@ -20,8 +20,15 @@ selector and ``h``. The Shapley rule on that product gives
 ``h``'s multiplier the mean of the two selections and the selector the second term, which goes to
 the handle (divided by :math:`i_x - i_r`) and from there to the deciding position. So
 ``h.gather(1, idx)``, ``h[rows, idx]`` and ``(F.one_hot(idx).float() * h).sum(1)`` get the same values.
-Sorting and top-k with k > 1 stay refused: the k-th pick can change while neither its position
-nor the previous one moves, so its change cannot be credited to the picked positions.
+Orderings (:class:`Ordering`: ``sort``, ``argsort``, ``topk`` with any k, ``kthvalue``, ``median``)
+extend this rank by rank. The value at rank ``j`` changes only because positions moved past that
+rank, so its change is credited to one that did (:func:`~rnnshap.rules.structured.ranked_values`):
+where it rose, among the positions ranked at most ``j`` in the input and at least ``j`` in the
+reference (one always is both), the one ranked last in the input; where it fell, the same with the
+sides swapped. Its :math:`|\Delta u|` is at least the value's, so the multiplier is at most 1. At
+rank 0 that is the max-pool rule above, so ``topk(k)[..., 0]`` gets ``torch.max``'s values, and
+where the order does not change the multipliers are the sorting permutation. The index at each rank
+carries the same routing for its uses.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import OpCall, Rule
-from .structured import picked_index, routed_max
+from .structured import picked_index, ranked_values
 
 Tensor = torch.Tensor
 
@@ -72,52 +79,91 @@ class ArgExtremum(Rule):
         return picked_index(x, r, index_x.movedim(dim, -1), index_r.movedim(dim, -1), self.largest).reshape(indices.shape)
 
 
-class TopOne(Rule):
-    """``topk`` with k = 1: the maximum (minimum) routed like max-pool, and its index with a handle.
+class Ordering(Rule):
+    """Sorting and order statistics along one axis: ``sort``, ``argsort``, ``topk``, ``kthvalue`` and
+    ``median`` over a dimension. Each value at a rank has its change credited to the position that
+    decided that rank (:func:`~rnnshap.rules.structured.ranked_values`; at the first rank, shap's
+    max-pool rule, so ``topk(1)`` and ``sort(...)[..., -1]`` get the values of ``torch.max``), and
+    the indices carry a handle (:func:`~rnnshap.rules.structured.picked_index`) for their uses.
 
-    Top-k with k > 1 is refused by name (see the module docstring).
+    ``kind`` is the operation: ``"topk"``, ``"sort"``, ``"argsort"``, ``"kthvalue"`` or ``"median"``.
     """
 
     #: the kind of advice for a refusal (a key of rnnshap.errors.ADVICE)
     refusal_advice = "selection"
 
-    @staticmethod
-    def _bound(call: OpCall) -> tuple[int, int, bool]:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def _bound(self, call: OpCall) -> tuple[int | None, bool, int | None, bool]:
+        """(dim, largest, the rank it returns (1-based; None: the first k or all), keepdim)."""
         args, kwargs = call.args, call.kwargs
-        k: Any = args[1] if len(args) > 1 else kwargs.get("k")
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-        largest = bool(args[3] if len(args) > 3 else kwargs.get("largest", True))
-        return int(k), int(dim), largest
+
+        def arg(position: int, name: str, default: Any) -> Any:
+            return args[position] if len(args) > position else kwargs.get(name, default)
+
+        if self.kind == "topk":
+            return int(arg(2, "dim", -1)), bool(arg(3, "largest", True)), None, True
+        if self.kind in ("sort", "argsort"):
+            return int(arg(1, "dim", -1)), bool(arg(2, "descending", False)), None, True
+        if self.kind == "kthvalue":
+            dim = int(arg(2, "dim", -1))
+            return dim, False, int(arg(1, "k", None)), bool(arg(3, "keepdim", False))
+        dim = arg(1, "dim", None)  # median
+        if dim is None:
+            return None, False, None, False
+        n = call.inputs[0].shape[int(dim)] if call.inputs[0].dim() else 1
+        return int(dim), False, (n + 1) // 2, bool(arg(2, "keepdim", False))
 
     def refusal(self, call: OpCall) -> str | None:
         if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
-            return "rnnshap picks through the first argument only, but another argument depends on the input"
-        k, _, _ = self._bound(call)
-        if k != 1:
-            return (
-                f"top-k with k = {k}: which elements it selects depends on the input's values, and past the first pick "
-                "the k-th can change while neither its position nor the previous one moves, so the change cannot be "
-                "credited to the picked positions as the max rule does (k = 1, argmax and torch.max are exact)"
-            )
+            return "rnnshap orders by the first argument only, but another argument depends on the input"
+        dim = self._bound(call)[0]
+        if dim is None:
+            return "without a dimension it takes the median of the whole batch, so every row's value depends on the other rows: give it the dimension"
+        if self.kind == "topk" and not bool(call.args[4] if len(call.args) > 4 else call.kwargs.get("sorted", True)):
+            return "with sorted=False it returns its k picks in an order torch does not specify, so the input's picks cannot be paired with the reference's by rank: use sorted=True"
+        if call.inputs[0].dim() == 0:
+            return "it orders a single number; take the value itself"
         return None
 
+    def _orders(self, call: OpCall, dim: int, largest: bool, rank: int | None) -> tuple[Tensor, Tensor]:
+        """The positions at the ranks the operation returns (up to ``rank``), both sides, over the last axis."""
+        sides = (call.inputs[0].detach(), call.references[0])
+        if self.kind in ("topk", "sort", "argsort"):
+            picked = [call.evaluate([t]) for t in sides]
+            indices = [p if isinstance(p, Tensor) else p.indices for p in picked]
+            return indices[0].movedim(dim, -1), indices[1].movedim(dim, -1)
+        assert rank is not None
+        ordered = [torch.sort(t.movedim(dim, -1), dim=-1, descending=largest, stable=True).indices[..., :rank] for t in sides]
+        return ordered[0], ordered[1]
+
     def attribute(self, call: OpCall) -> Any:
-        _, dim, largest = self._bound(call)
-        x, r = call.inputs[0], call.references[0]
-        select = torch.max if largest else torch.min
-
-        def pick(t: Tensor) -> tuple[Tensor, Tensor]:
-            return select(t, dim=-1, keepdim=True)
-
-        values = routed_max(pick, x.movedim(dim, -1), r.movedim(dim, -1), largest).movedim(-1, dim)
-        indices = call.evaluate([x.detach()]).indices
-        return torch.return_types.topk((values, indices))
+        dim, largest, rank, keepdim = self._bound(call)
+        assert dim is not None
+        result = call.evaluate([call.inputs[0].detach()])
+        if self.kind == "argsort":
+            return result
+        x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
+        order_x, order_r = self._orders(call, dim, largest, rank)
+        values = ranked_values(x, r, order_x, order_r, largest)
+        if rank is not None:  # kthvalue, median: the last rank
+            values = values[..., -1:] if keepdim else values[..., -1]
+            return type(result)((values if not keepdim else values.movedim(-1, dim), result.indices))
+        return type(result)((values.movedim(-1, dim), result.indices))
 
     def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
-        _, dim, largest = self._bound(call)
+        dim, largest, rank, keepdim = self._bound(call)
+        assert dim is not None
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        index_r = call.evaluate(call.references).indices
-        return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim).reshape(indices.shape)
+        index_r = call.evaluate(call.references)
+        index_r = index_r if isinstance(index_r, Tensor) else index_r.indices
+        if rank is None:
+            return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim)
+        order_x, order_r = self._orders(call, dim, largest, rank)
+        index_x, index_r = (t.unsqueeze(-1) if not keepdim else t.movedim(dim, -1) for t in (indices, index_r))
+        handle = picked_index(x, r, index_x, index_r, largest, order_x, order_r)
+        return handle.movedim(-1, dim) if keepdim else handle.squeeze(-1)
 
 
 # -- the uses --------------------------------------------------------------------------------------
@@ -275,4 +321,4 @@ def selection_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], is_pi
     return index, reduce, integer
 
 
-__all__ = ["ArgExtremum", "Selection", "TopOne", "selection_of"]
+__all__ = ["ArgExtremum", "Ordering", "Selection", "selection_of"]

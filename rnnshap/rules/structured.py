@@ -206,8 +206,9 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
     return output
 
 
-class _PickedIndex(torch.autograd.Function):
-    """The picked index as a floating-point value whose change is credited to the deciding position."""
+class _Routed(torch.autograd.Function):
+    """``computed()``'s output, each element's change credited to one position of ``x`` along its last
+    axis: the multiplier there is the incoming gradient times ``factor`` (see :func:`_deciding`)."""
 
     @staticmethod
     def forward(ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor) -> Tensor:  # type: ignore[override]
@@ -224,34 +225,103 @@ class _PickedIndex(torch.autograd.Function):
         return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
 
 
-def picked_index(x: Tensor, r: Tensor, index_x: Tensor, index_r: Tensor, largest: bool = True) -> Tensor:
-    r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., 1)``,
-    those it picks from the reference ``r`` being ``index_r``: the operation's own, ties broken as
-    it breaks them), as a float64 tensor whose multiplier is the DeepLIFT multiplier of a step
-    function of ``x``.
+def _latest_candidate(order: Tensor, other_rank: Tensor) -> Tensor:
+    """For every rank ``j`` (0-based, along the last axis): the largest ``p <= j`` with
+    ``other_rank[..., p] >= j`` (one always exists, see :func:`_deciding`), as a position of
+    ``order``."""
+    k = order.shape[-1]
+    ranks = torch.arange(k, device=order.device)
+    candidate = (ranks[None, :] <= ranks[:, None]) & (other_rank.unsqueeze(-2) >= ranks[:, None])  # (..., j, p)
+    latest = torch.where(candidate, ranks, -1).amax(-1)
+    return order.gather(-1, latest)
+
+
+def _ranks(order: Tensor, n: int) -> Tensor:
+    """The 0-based rank of every position of an axis of ``n`` given ``order`` (the positions at
+    ranks 0, 1, ..., k−1); ``k`` for the positions ranked below those."""
+    k = order.shape[-1]
+    ranks = torch.full((*order.shape[:-1], n), k, dtype=torch.long, device=order.device)
+    return ranks.scatter(-1, order, torch.arange(k, device=order.device).expand(order.shape))
+
+
+def _deciding(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The position that decides each rank of an ordering along the last axis, and ``x − r`` there.
+
+    ``order_x`` (``(..., k)``) lists the positions of ``x`` at ranks 0..k−1 from the largest (the
+    smallest: ``largest=False``), as the operation orders them, ties included; ``order_r`` those of
+    ``r``. With :math:`y_j` and :math:`y_{r,j}` the values at rank ``j``:
+
+    - where :math:`y_j \ge y_{r,j}` (``≤`` for the smallest), among the positions ranked ``≤ j`` in
+      ``x`` and ``≥ j`` in ``r`` (there are ``j + 1`` of the first and ``n − j`` of the second, so
+      one is both), the one ranked last in ``x``. Its :math:`\Delta x` is at least
+      :math:`y_j - y_{r,j}`: it rose past the rank. At rank 0 this is ``x``'s maximum, as in
+      shap's max-pool rule; at rank ``j`` it is the position now at rank ``j`` unless that one
+      was higher in ``r`` (then one that rose above it).
+    - otherwise the same with the sides swapped (the position that fell past the rank).
+    - either one where its :math:`\Delta x` is 0 or not finite, and the other can take the credit.
+
+    Returns (deciding positions, their ``x − r``, :math:`y_j`, :math:`y_{r,j}`), each ``(..., k)``.
+    """
+    xd = x.detach()
+    n = x.shape[-1]
+    rising = _latest_candidate(order_x, _ranks(order_r, n).gather(-1, order_x))
+    falling = _latest_candidate(order_r, _ranks(order_x, n).gather(-1, order_r))
+    y, y_ref = xd.gather(-1, order_x), r.gather(-1, order_r)
+    delta_x, delta_r = xd.gather(-1, rising) - r.gather(-1, rising), xd.gather(-1, falling) - r.gather(-1, falling)
+    x_decides = (y >= y_ref) if largest else (y <= y_ref)
+    usable_x, usable_r = (delta_x != 0) & torch.isfinite(delta_x), (delta_r != 0) & torch.isfinite(delta_r)
+    at_x = (x_decides & usable_x) | ~usable_r
+    return torch.where(at_x, rising, falling), torch.where(at_x, delta_x, delta_r), y, y_ref
+
+
+def _quotient(change: Tensor, delta: Tensor) -> Tensor:
+    """change / delta, 0 where the change is 0 or either is not finite."""
+    usable = (change != 0) & torch.isfinite(change) & (delta != 0) & torch.isfinite(delta)
+    return torch.where(usable, change / torch.where(usable, delta, torch.ones_like(delta)), torch.zeros_like(change))
+
+
+def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
+    r"""The values of ``x`` at the ranks ``order_x`` lists along its last axis (``order_r`` for the
+    reference ``r``; see :func:`_deciding`), each with its change :math:`y_j - y_{r,j}` credited to
+    the position that decided rank ``j``: sorted values, top-k values, k-th values and medians.
+
+    At rank 0 this is shap's max-pool rule (:func:`routed_max`). Where the ordering does not
+    change, the multipliers are the permutation that sorts ``x``. Values that are the same infinity
+    on both sides (masked entries) get multiplier 0.
+    """
+    with torch.no_grad():
+        deciding, delta, y, y_ref = _deciding(x, r, order_x, order_r, largest)
+        factor = torch.where(y == y_ref, torch.zeros_like(y), _quotient(y - y_ref, delta))
+    computed = (y, (deciding, factor))
+    return _Routed.apply(lambda: computed, x)
+
+
+def picked_index(
+    x: Tensor, r: Tensor, index_x: Tensor, index_r: Tensor, largest: bool = True, order_x: Tensor | None = None, order_r: Tensor | None = None
+) -> Tensor:
+    r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., k)``:
+    the positions at ranks 0..k−1, those it picks from the reference ``r`` being ``index_r``: the
+    operation's own, ties broken as it breaks them), as a float64 tensor whose multiplier is the
+    DeepLIFT multiplier of a step function of ``x``. ``order_x`` and ``order_r`` give the ranks
+    0..k−1 when the indices are not those ranks' positions (the k-th value: its last rank).
 
     A picked index is piecewise constant in ``x``: it changes from :math:`j_r` (the reference's pick)
     to :math:`j_x` only because some values moved past others. Whatever a use of the index makes of
-    that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`routed_max` credits a
-    maximum's change, to the position that decided the pick: :math:`j_x` where the input's maximum is
-    at least the reference's, else :math:`j_r` (and the other one where the deciding position did not
-    move), with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
+    that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`ranked_values`
+    credits a value's change, to the position that decided the rank (see :func:`_deciding`; for the
+    maximum, :math:`j_x` where the input's maximum is at least the reference's, else :math:`j_r`),
+    with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
     """
     with torch.no_grad():
-        xd = x.detach()
-        y, y_ref = xd.gather(-1, index_x), r.gather(-1, index_r)
-        delta_x = y - r.gather(-1, index_x)
-        delta_r = xd.gather(-1, index_r) - y_ref
-        x_decides = (y >= y_ref) if largest else (y <= y_ref)
-        usable_x, usable_r = (delta_x != 0) & torch.isfinite(delta_x), (delta_r != 0) & torch.isfinite(delta_r)
-        at_x = (x_decides & usable_x) | ~usable_r
-        deciding = torch.where(at_x, index_x, index_r)
-        delta = torch.where(at_x, delta_x, delta_r)
+        rank_x = index_x if order_x is None else order_x
+        rank_r = index_r if order_r is None else order_r
+        deciding, delta, _, _ = _deciding(x, r, rank_x, rank_r, largest)
+        if order_x is not None:  # only the last rank is the index's
+            deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
-        usable = (moved != 0) & (delta != 0) & torch.isfinite(delta)
-        factor = torch.where(usable, moved / torch.where(usable, delta, torch.ones_like(delta)).to(torch.float64), torch.zeros_like(moved))
+        factor = _quotient(moved, delta.to(torch.float64))
     computed = (index_x.to(torch.float64), (deciding, factor))
-    return _PickedIndex.apply(lambda: computed, x)
+    return _Routed.apply(lambda: computed, x)
 
 
 def _flat_last(t: Tensor, index_shape: torch.Size) -> Tensor:
@@ -495,4 +565,4 @@ class GroupNorm(Rule):
         return normalized
 
 
-__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max", "picked_index"]
+__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max", "ranked_values", "picked_index"]

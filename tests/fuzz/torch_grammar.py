@@ -188,7 +188,7 @@ def draw_spec(c: Chooser, max_blocks: int = 3) -> ModelSpec:
         pools += ["hn", "luong"]
     if context != "none":
         pools += ["attn_pool"]
-    pools += ["logsumexp", "sum", "adaptive_avg", "adaptive_max", "hard_attn"]
+    pools += ["logsumexp", "sum", "adaptive_avg", "adaptive_max", "hard_attn", "kmax", "top2_attn"]
     pool = "step" if causal else c.one("pool", pools)
     k = c.integer(1, 3)
     head_act = c.one("head_act", ["none", "tanh", "sigmoid", "softmax"])
@@ -351,7 +351,7 @@ class FuzzNet(nn.Module):
             size = first.proj or first.hidden
             self.static_h = nn.Linear(s.static, layers * dirs * size)
             self.static_c = nn.Linear(s.static, layers * dirs * first.hidden)
-        if s.pool in ("attn_pool", "hard_attn"):
+        if s.pool in ("attn_pool", "hard_attn", "top2_attn"):
             self.score = nn.Linear(d, 1)
         if s.pool == "luong":
             self.query = nn.Linear(final_width(s.blocks[-1]), d)
@@ -467,6 +467,17 @@ class FuzzNet(nn.Module):
             if keep is not None:
                 scores = scores.masked_fill(~keep, INF)
             pooled = x[torch.arange(x.shape[0]), scores.argmax(1)]
+        elif s.pool == "kmax":  # k-max pooling over time: the mean of each unit's two largest steps
+            if keep is not None:
+                x = x.masked_fill(~keep[..., None], -1e4)  # masked steps lose to every kept one
+            pooled = x.topk(min(2, x.shape[1]), dim=1).values.mean(1)
+        elif s.pool == "top2_attn":  # the two steps with the highest scores, weighted by a softmax of them
+            scores = self.score(x)[..., 0]
+            if keep is not None:
+                scores = scores.masked_fill(~keep, INF)
+            top = scores.topk(min(2, x.shape[1]), dim=1)
+            picked = x.gather(1, top.indices[..., None].expand(-1, -1, x.shape[2]))
+            pooled = (torch.softmax(top.values, 1)[..., None] * picked).sum(1)
         else:
             raise AssertionError(s.pool)
         out = self.head(pooled)

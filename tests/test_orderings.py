@@ -1,0 +1,208 @@
+"""Sorting and order statistics: ``sort``, ``argsort``, ``topk`` with any k, ``kthvalue``, ``median``.
+
+The value at rank ``j`` of an ordering changes from :math:`y_{r,j}` to :math:`y_j` only because
+positions moved past that rank. The rule credits the whole change to one position that did: where
+:math:`y_j > y_{r,j}`, among the positions ranked at most ``j`` in the input and at least ``j`` in
+the reference (one always is both), the one ranked last in the input; where it fell, the same with
+the sides swapped. At rank 0 that is shap's max-pool rule. The indices carry the same routing for
+their uses (a gather, an indexing, a one-hot), as picked indices do (tests/test_picked.py).
+
+Every check compares with an independent reference: the rule written here from those sentences
+with numpy sets and loops in float64, the same function written with other operations (``topk``
+= ``sort`` = ``max``, ``median`` = ``kthvalue``), the model's own outputs (additivity) and a feature
+the model ignores (exactly 0).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnnshap
+
+from .conftest import assert_additive
+
+Tensor = torch.Tensor
+D = torch.float64
+
+
+def _explain(model: nn.Module, background: Tensor, X: Tensor) -> np.ndarray:
+    return np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+
+
+class Ordered(nn.Module):
+    """``how(u, h)`` of two linear maps of the input, then a sum: one output."""
+
+    def __init__(self, how: Callable[[Tensor, Tensor], Tensor], d: int = 5, n: int = 6) -> None:
+        super().__init__()
+        self.how = how
+        self.u, self.h = nn.Linear(d, n), nn.Linear(d, n)
+        self.w = nn.Parameter(torch.randn(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.how(self.u(x), self.h(x))
+        return (out * self.w[: out.shape[1]]).sum(1, keepdim=True)
+
+
+def _order(u: np.ndarray, largest: bool) -> list[int]:
+    return [int(i) for i in np.argsort(-u if largest else u, kind="stable")]
+
+
+def _decider(ux: np.ndarray, ur: np.ndarray, j: int, largest: bool) -> int | None:
+    """The position that decided rank ``j``, from the rule's sentences (None: the value did not move
+    and no position rose or fell past the rank)."""
+    ox, orr = _order(ux, largest), _order(ur, largest)
+    sign = 1.0 if largest else -1.0
+    rose = [p for p in range(j + 1) if orr.index(ox[p]) >= j]  # ranked <= j in x and >= j in r
+    fell = [q for q in range(j + 1) if ox.index(orr[q]) >= j]
+    up, down = ox[max(rose)], orr[max(fell)]
+    if sign * ux[ox[j]] >= sign * ur[orr[j]] and ux[up] != ur[up]:
+        return up
+    return down if ux[down] != ur[down] else up if ux[up] != ur[up] else None
+
+
+def _sorted_reference(model: Ordered, X: Tensor, background: Tensor, largest: bool) -> np.ndarray:
+    """The rule's values for ``sort(u)`` weighted by ``w``, float64 numpy: (n, d)."""
+    A, a = model.u.weight.detach().numpy(), model.u.bias.detach().numpy()
+    w = model.w.detach().numpy()
+    values = np.zeros(X.shape)
+    for i, x in enumerate(X.numpy()):
+        for r in background.numpy():
+            ux, ur = A @ x + a, A @ r + a
+            ox, orr = _order(ux, largest), _order(ur, largest)
+            for j in range(len(ux)):
+                change = ux[ox[j]] - ur[orr[j]]
+                if change == 0:
+                    continue
+                d = _decider(ux, ur, j, largest)
+                assert d is not None and abs(ux[d] - ur[d]) >= abs(change) - 1e-12  # it rose (fell) past the rank
+                values[i] += w[j] * change / (ux[d] - ur[d]) * A[d] * (x - r) / len(background)
+    return values
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_sorted_values_match_the_rule_written_from_its_equations(descending: bool) -> None:
+    torch.manual_seed(1)
+    model = Ordered(lambda u, h: torch.sort(u, dim=1, descending=descending).values).to(D).eval()
+    background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
+    orders = model.u(torch.cat([X, background])).argsort(1)
+    assert len({tuple(o) for o in orders.tolist()}) > 3  # the orderings differ between samples and references
+    values = _explain(model, background, X)[..., 0]
+    np.testing.assert_allclose(values, _sorted_reference(model, X, background, descending), rtol=1e-10, atol=1e-12)
+    assert_additive(values[..., None], model, X, background, D)
+
+
+def _routing_reference(model: Ordered, X: Tensor, background: Tensor, k: int) -> np.ndarray:
+    """``Σ_j w_j h[topk(u, k).indices_j]``: the selection's Shapley split (h the mean of the two
+    selections, the selector's change credited to the rank's deciding position), float64 numpy."""
+    A, a = model.u.weight.detach().numpy(), model.u.bias.detach().numpy()
+    B, b = model.h.weight.detach().numpy(), model.h.bias.detach().numpy()
+    w = model.w.detach().numpy()
+    values = np.zeros(X.shape)
+    for i, x in enumerate(X.numpy()):
+        for r in background.numpy():
+            ux, ur, hx, hr = A @ x + a, A @ r + a, B @ x + b, B @ r + b
+            ox, orr = _order(ux, True), _order(ur, True)
+            for j in range(k):
+                jx, jr = ox[j], orr[j]
+                phi = 0.5 * (B[jx] + B[jr]) * (x - r)
+                if jx != jr:
+                    mean = 0.5 * (hx + hr)
+                    d = _decider(ux, ur, j, True)
+                    assert d is not None
+                    phi = phi + (mean[jx] - mean[jr]) * A[d] * (x - r) / (ux[d] - ur[d])
+                values[i] += w[j] * phi / len(background)
+    return values
+
+
+def test_top_k_routing_matches_the_rule_written_from_its_equations() -> None:
+    torch.manual_seed(2)
+    model = Ordered(lambda u, h: h.gather(1, u.topk(3, dim=1).indices)).to(D).eval()
+    background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
+    values = _explain(model, background, X)[..., 0]
+    np.testing.assert_allclose(values, _routing_reference(model, X, background, 3), rtol=1e-10, atol=1e-12)
+    assert_additive(values[..., None], model, X, background, D)
+
+
+SAME: list[tuple[str, Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = [
+    ("topk(n) = sort descending", lambda u, h: u.topk(6, 1).values, lambda u, h: u.sort(1, descending=True).values),
+    ("topk(3) = the first 3 sorted", lambda u, h: u.topk(3, 1).values, lambda u, h: u.sort(1, descending=True).values[:, :3]),
+    ("largest sorted = max", lambda u, h: u.sort(1).values[:, -1:], lambda u, h: u.max(1, keepdim=True).values),
+    ("topk(2)[0] = max", lambda u, h: u.topk(2, 1).values[:, :1], lambda u, h: u.amax(1, keepdim=True)),
+    ("smallest top-k = min", lambda u, h: u.topk(4, 1, largest=False).values[:, :1], lambda u, h: u.min(1, keepdim=True).values),
+    ("kthvalue(n) = max", lambda u, h: u.kthvalue(6, 1, keepdim=True).values, lambda u, h: u.max(1, keepdim=True).values),
+    ("median = kthvalue", lambda u, h: u.median(1, keepdim=True).values, lambda u, h: torch.kthvalue(u, 3, 1, keepdim=True).values),
+    ("kthvalue = ascending sort", lambda u, h: u.kthvalue(2, 1).values[:, None], lambda u, h: u.sort(1).values[:, 1:2]),
+    ("argsort = sort's indices", lambda u, h: h.gather(1, u.argsort(1, descending=True)), lambda u, h: h.gather(1, u.sort(1, descending=True).indices)),
+    ("top-2 gather = indexing = one-hot", lambda u, h: h.gather(1, u.topk(2, 1).indices), lambda u, h: (F.one_hot(u.topk(2, 1).indices, 6).to(h.dtype) * h[:, None]).sum(2)),
+    ("median's index = kthvalue's", lambda u, h: h.gather(1, u.median(1, keepdim=True).indices), lambda u, h: h.gather(1, u.kthvalue(3, 1, keepdim=True).indices)),
+]
+
+
+@pytest.mark.parametrize(("name", "one", "other"), SAME, ids=[s[0] for s in SAME])
+def test_the_same_ordering_written_another_way_gets_the_same_values(name: str, one: Callable[..., Tensor], other: Callable[..., Tensor]) -> None:
+    torch.manual_seed(3)
+    model, twin = Ordered(one).to(D).eval(), Ordered(other).to(D).eval()
+    twin.load_state_dict(model.state_dict())
+    background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
+    values, expected = _explain(model, background, X), _explain(twin, background, X)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(values, expected, rtol=1e-11, atol=1e-13)
+    assert_additive(values, model, X, background, D)
+
+
+class KMaxPooled(nn.Module):
+    """LSTM over time, k-max pooling over the time steps of each hidden unit, top-2 expert routing."""
+
+    def __init__(self, features: int = 4, hidden: int = 6, k: int = 3, experts: int = 4) -> None:
+        super().__init__()
+        self.k = k
+        self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.router, self.experts = nn.Linear(hidden * k, experts), nn.Linear(hidden * k, experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(x[..., :-1] * 1.0)  # the last feature is never read
+        pooled = out.topk(self.k, dim=1).values.flatten(1)  # (B, k, H): the k largest steps of each unit
+        top = self.router(pooled).topk(2, dim=1)
+        weights = torch.softmax(top.values, dim=1)
+        return (weights * self.experts(pooled).gather(1, top.indices)).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_k_max_pooling_and_top_two_routing_after_an_lstm_are_exact(dtype: torch.dtype) -> None:
+    torch.manual_seed(4)
+    model = KMaxPooled().to(dtype).eval()
+    background, X = torch.randn(5, 9, 5, dtype=dtype), torch.randn(4, 9, 5, dtype=dtype)
+    values = _explain(model, background, X)
+    assert np.all(values[:, :, -1] == 0)  # the unread feature
+    assert_additive(values, model, X, background, dtype)
+
+
+def test_ties_take_the_order_the_operation_itself_gives() -> None:
+    """relu makes ties at 0 on both sides; the rule follows the operation's own order."""
+    model = Ordered(lambda u, h: h.gather(1, torch.relu(u).sort(dim=1, descending=True, stable=True).indices) + torch.relu(u).topk(3, 1).values.sum(1, keepdim=True)).to(D).eval()
+    with torch.no_grad():
+        model.u.weight.copy_(torch.eye(6, 5, dtype=D))
+        model.u.bias.zero_()
+    background = torch.tensor([[1.0, 2.0, 3.0, -1.0, -2.0], [3.0, -1.0, 2.0, 0.0, 1.0]], dtype=D)
+    X = torch.tensor([[-1.0, -2.0, -3.0, 1.0, 2.0], [2.0, -1.0, 0.5, -3.0, 0.0]], dtype=D)
+    assert_additive(_explain(model, background, X), model, X, background, D)
+
+
+@pytest.mark.parametrize(
+    ("how", "named", "says"),
+    [
+        (lambda u, h: u.topk(2, 1, sorted=False).values, "topk", "sorted=True"),
+        (lambda u, h: torch.msort(u), "msort", "depends on the input"),
+        (lambda u, h: u - u.median(), "median", "give it the dimension"),
+    ],
+)
+def test_orderings_that_cannot_be_paired_by_rank_are_refused_by_name(how: Callable[..., Tensor], named: str, says: str) -> None:
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(Ordered(how).eval(), torch.randn(4, 5))
+    assert named in str(info.value) and says in str(info.value)
