@@ -1,4 +1,5 @@
-"""Recurrent layers run both trajectories on the distinct rows of each side of the pair batch.
+"""Recurrent layers run both trajectories on the distinct rows of each side of the pair batch, and
+the reference pass runs on the distinct references (its tape repeated for the pairs).
 
 The explainer pairs every sample with every reference, so S x R pairs hold S distinct input rows
 and R distinct reference rows. These tests check that the fused layers really use that (the
@@ -209,3 +210,96 @@ def test_a_packed_layer_skips_the_finished_pairs_with_the_same_values(kind: str,
     masking = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, lengths])
     np.testing.assert_allclose(skipping[0], masking[0], rtol=0, atol=1e-13 * np.abs(masking[0]).max())
     assert np.abs(skipping[0][1, 3:]).max() == 0 and np.abs(skipping[0][5, 1:]).max() == 0  # steps past the lengths
+
+
+# -- the reference pass on the distinct references --------------------------------------------------
+class LoopCell(nn.Module):
+    """A GRU-like cell written as a Python loop over time: every step runs op by op."""
+
+    def __init__(self, features: int = 3, hidden: int = 4) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.x, self.h, self.head = nn.Linear(features, 2 * hidden), nn.Linear(hidden, 2 * hidden), nn.Linear(hidden, 2)
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        h = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            z, g = (self.x(x[:, t]) + self.h(h)).chunk(2, 1)
+            z = torch.sigmoid(z)
+            h = z * h + (1 - z) * torch.tanh(g)
+        return self.head(h)
+
+
+class TimeMajorFold(nn.Module):
+    """Folds time before the batch (rows t * B + b): a reference pass on the distinct references
+    would be repeated block after block along that axis, which is not this layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps, batch = x.shape[1], x.shape[0]
+        folded = torch.tanh(self.a(x.transpose(0, 1).reshape(steps * batch, 3)))
+        return self.head(folded.reshape(steps, batch, 4).mean(0))
+
+
+class Squashed(LoopCell):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(super().forward(x))
+
+
+class SizeDependent(LoopCell):
+    """Squashed on batches of more than 16 rows only, which the check at construction (on at most
+    16) does not see."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return torch.sigmoid(out) if x.shape[0] > 16 else out
+
+
+def _loop_problem(model: nn.Module, n: int = 5, n_refs: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(7)
+    return model.double().eval(), torch.randn(n, 6, 3, dtype=torch.float64), torch.randn(n_refs, 6, 3, dtype=torch.float64)
+
+
+def _every_pair(model: nn.Module, background: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    explainer = rnnshap.DeepExplainer(model, background)
+    explainer.engine.distinct_references = False
+    return np.asarray(explainer.shap_values(x))
+
+
+def test_the_reference_pass_runs_on_the_distinct_references_with_the_same_values() -> None:
+    model, x, background = _loop_problem(LoopCell())
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.distinct_references
+    model.batches.clear()
+    values = np.asarray(explainer.shap_values(x))
+    assert model.batches == [4, 5 * 4], model.batches  # the references once, then every pair
+    np.testing.assert_allclose(values, _every_pair(model, background, x), rtol=0, atol=1e-13 * np.abs(values).max())
+    with torch.no_grad():
+        expected = (model(x) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(values.reshape(5, -1, 2).sum(1), expected, rtol=0, atol=1e-12)
+
+
+def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
+    model, x, background = _loop_problem(TimeMajorFold())
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert not explainer.engine.distinct_references  # found at construction, on the values
+    values = np.asarray(explainer.shap_values(x))
+    with torch.no_grad():
+        expected = (model(x) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(values.reshape(5, -1).sum(1), expected[:, 0], rtol=0, atol=1e-12)
+
+
+def test_passes_that_diverge_with_the_batch_size_fall_back_to_every_pair() -> None:
+    model, x, background = _loop_problem(SizeDependent())
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.distinct_references  # 8 and 16 rows take the same path
+    values = np.asarray(explainer.shap_values(x))  # 20 pairs: the input pass takes the squashed path
+    assert not explainer.engine.distinct_references
+    squashed = Squashed().double().eval()
+    squashed.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(values, _every_pair(squashed, background, x), rtol=0, atol=1e-13 * np.abs(values).max())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import InputError
+from ...errors import InputError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
@@ -21,7 +21,7 @@ from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .passes import AttributionMode, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
-from .tape import Tape
+from .tape import Tape, batch_axis, repeat_along
 
 Tensor = torch.Tensor
 
@@ -76,6 +76,43 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
+        #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
+        self.distinct_references = not self.followed_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
+
+    def _rows_alone(self) -> bool:
+        """Whether the reference pass may run on a block's distinct references, its tape then repeated
+        along each operand's batch axis for the input pass (``Tape.repeats``): the model must compute
+        every row alone, and lay each operand out with the batch's rows as whole blocks along one axis
+        (a time-major fold of batch and time would not be). Checked on the values: run on a few
+        background rows and on the same rows twice over (two samples' pairs), every operand the
+        second pass records must be the first one's repeated so, and so must the output."""
+        m = min(self.references, 8)
+        if m < 2:
+            return False
+        rows = [b[:m] for b in self.background]
+        try:
+            with torch.no_grad():
+                once, twice = Tape(), Tape()
+                out_once, _ = run_pass(self.model, [r.clone() for r in rows], self.registry, once, replay=False, take=self._take)
+                doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
+                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=PairGrid(2, m), take=self._take)
+        except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
+            return False
+        if len(once.entries) != len(twice.entries) or not _repeats(out_once, out_twice, 0):
+            return False
+        for a, b in zip(once.entries, twice.entries, strict=True):
+            if a.key != b.key or a.tracked != b.tracked or len(a.references or ()) != len(b.references or ()):
+                return False
+            if not a.tracked:  # a decision: the same on both
+                if not all(torch.equal(x, y) for x, y in zip(a.references or (), b.references or (), strict=True)):
+                    return False
+                continue
+            axes = [batch_axis(x, y, 2) for x, y in zip(a.shapes, b.shapes, strict=True)]
+            if -1 in axes or not all(_repeats(x, y, axis) for x, y, axis in zip(a.references or (), b.references or (), axes, strict=True)):
+                return False
+            if a.output is not None and b.output is not None and a.output.shape == a.shapes[0] and not _repeats(a.output, b.output, axes[0]):
+                return False
+        return True
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -141,15 +178,28 @@ class TorchEngine(Engine):
         shadows = {t: inputs[t][sample] for t in followed}
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
+        distinct = self.distinct_references and s > 1 and n_refs > 1
         with torch.no_grad():
-            copies = [r.clone() for r in references]  # forward() may work in place on its inputs
+            # forward() may work in place on its inputs: copies. With distinct references the reference
+            # pass runs on the block's references once, and the tape repeats them for the pairs.
+            copies = [b[block.r0 : block.r1].clone() for b in self.background] if distinct else [r.clone() for r in references]
             ref_outputs, _ = run_pass(
-                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=grid, shadows=shadows, take=self._take
+                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=None if distinct else grid, shadows=shadows, take=self._take
             )
+        if distinct:
+            tape.repeats = s
+            ref_outputs = repeat_along(ref_outputs, 0, s)
+        try:
+            with torch.enable_grad():
+                outputs, mode = run_pass(
+                    self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take
+                )
+        except TapeMismatchError:
+            if not distinct:
+                raise
+            self.distinct_references = False  # the check at construction missed a layout: every pair from now on
+            return self.attribute(inputs, block, columns)
         with torch.enable_grad():
-            outputs, mode = run_pass(
-                self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take
-            )
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
@@ -220,6 +270,20 @@ def _check_integer_uses(index: int, uses: dict[str, str], lost: str | None) -> N
             f"Input {index} {role}, and {mask} compares its values: a comparison is a step of the number that "
             "rnnshap cannot attribute. Pass the mask to the model as a separate (boolean) input, which is context."
         )
+
+
+def _repeats(once: Tensor, twice: Tensor, axis: int | None) -> bool:
+    """Whether ``twice`` is ``once`` repeated twice along ``axis``, up to the rounding of kernels that
+    may sum in another order for another number of rows."""
+    if not isinstance(once, Tensor) or not isinstance(twice, Tensor):
+        return False
+    repeated = repeat_along(once, axis, 2) if axis is not None else once
+    if repeated.shape != twice.shape:
+        return False
+    if not (repeated.is_floating_point() or repeated.is_complex()):
+        return torch.equal(repeated, twice)
+    scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
+    return torch.allclose(repeated, twice, rtol=1e-4, atol=1e-6 * max(1.0, scale), equal_nan=True)
 
 
 def numpy(t: Tensor) -> np.ndarray:

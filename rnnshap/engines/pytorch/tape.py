@@ -49,12 +49,18 @@ class TapeEntry:
 class Tape:
     entries: list[TapeEntry] = field(default_factory=list)
     cursor: int = 0
+    #: how many times the input pass's batch holds each row of the reference pass's: 1 where the
+    #: reference pass ran on the reference side of every pair, the number of samples where it ran on
+    #: the distinct references only (then ``take`` repeats each operand along its batch axis)
+    repeats: int = 1
 
     def append(self, entry: TapeEntry) -> None:
         self.entries.append(entry)
 
     def take(self, key: object, name: str, tracked: tuple[int, ...], shapes: tuple[tuple[int, ...], ...]) -> TapeEntry:
-        """The next entry, which must be the same operation on operands of the same shapes."""
+        """The next entry, which must be the same operation on operands of the same shapes (with
+        ``repeats``: of the shapes repeated along one axis, the batch's; the entry returned then
+        holds its operands and output repeated so)."""
         index = self.cursor
         if index >= len(self.entries):
             raise TapeMismatchError(
@@ -62,7 +68,9 @@ class Tape:
                 f"reference pass stopped after {len(self.entries)} such operations. {_CAUSES}"
             )
         entry = self.entries[index]
-        if entry.key != key or entry.tracked != tracked or entry.shapes != shapes:
+        axes: list[int | None] = [None] * len(shapes) if self.repeats == 1 or not tracked else [batch_axis(r, s, self.repeats) for r, s in zip(entry.shapes, shapes, strict=False)]
+        same = entry.shapes == shapes if self.repeats == 1 or not tracked else len(entry.shapes) == len(shapes) and -1 not in axes
+        if entry.key != key or entry.tracked != tracked or not same:
             raise TapeMismatchError(
                 f"The two passes diverged at operation #{index + 1} on input-dependent tensors: the "
                 f"reference pass ran {entry.name} on shapes {[tuple(s) for s in entry.shapes]}, the input pass ran "
@@ -70,7 +78,21 @@ class Tape:
             )
         self.cursor += 1
         self.entries[index] = _TAKEN  # the input pass holds it while it needs it: its copies are freed then
+        if self.repeats > 1 and tracked:
+            return self._repeated(entry, tracked, axes)
         return entry
+
+    def _repeated(self, entry: TapeEntry, tracked: tuple[int, ...], axes: list[int | None]) -> TapeEntry:
+        """``entry`` with its operands (and output, where it has the first operand's shape) repeated
+        along their batch axes, as the input pass's batch repeats the references."""
+        assert entry.references is not None
+        shaped = dict(zip(tracked, axes, strict=False))
+        references = [repeat_along(r, shaped.get(i), self.repeats) for i, r in zip(entry.tracked, entry.references, strict=False)]
+        out = TapeEntry(entry.key, entry.name, entry.tracked, entry.shapes, references)
+        kept = entry.kept_output(entry.output_context) if entry.output is not None else None
+        if kept is not None and kept.shape == entry.references[0].shape:  # (elementwise: the operand's axes)
+            out.keep_output(repeat_along(kept, axes[0], self.repeats), entry.output_context)
+        return out
 
     def check_consumed(self) -> None:
         if self.cursor != len(self.entries):
@@ -79,6 +101,29 @@ class Tape:
                 f"The input pass stopped after {self.cursor} operations on input-dependent tensors but "
                 f"the reference pass went on with {entry.name}. {_CAUSES}"
             )
+
+
+def batch_axis(reference: tuple[int, ...], shape: tuple[int, ...], repeats: int) -> int | None:
+    """The axis along which ``shape`` is ``reference`` repeated ``repeats`` times: the only axis
+    where the sizes differ, by that factor (None: ``repeats`` is 1; -1: no such axis)."""
+    if repeats == 1:
+        return None if tuple(reference) == tuple(shape) else -1
+    if len(reference) != len(shape):
+        return -1
+    differ = [a for a, (r, s) in enumerate(zip(reference, shape, strict=True)) if r != s]
+    if len(differ) != 1 or shape[differ[0]] != reference[differ[0]] * repeats:
+        return -1
+    return differ[0]
+
+
+def repeat_along(t: torch.Tensor, axis: int | None, repeats: int) -> torch.Tensor:
+    """``t`` repeated ``repeats`` times along ``axis`` (whole, block after block, as the pairs of
+    a block hold the references: row ``p`` pairs with reference ``p % references``)."""
+    if axis is None or repeats == 1:
+        return t
+    shape = t.shape
+    expanded = t.unsqueeze(axis).expand(*shape[:axis], repeats, *shape[axis:])  # (a copy by reshape: faster than repeat)
+    return expanded.reshape(*shape[:axis], repeats * shape[axis], *shape[axis + 1 :])
 
 
 #: what the tape holds in place of an entry the input pass has taken (never read again)
