@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
+import ml_dtypes  # (a dependency of keras and tensorflow)
 import tensorflow as tf
 
 Fn = Callable[[tf.Tensor], tf.Tensor]
@@ -62,7 +62,7 @@ def side(values: Any, which: int) -> Any:
 
 def small_delta_threshold(dtype: tf.DType, smooth: bool) -> float:
     """|Δ| below which the multiplier is the derivative (at the midpoint) instead of the quotient."""
-    return float(np.finfo(dtype.as_numpy_dtype).eps) ** (1.0 / 3.0) if smooth else 0.0
+    return float(ml_dtypes.finfo(dtype.as_numpy_dtype).eps) ** (1.0 / 3.0) if smooth else 0.0  # (numpy's finfo lacks bfloat16)
 
 
 def attach(value: tf.Tensor, pairs: Sequence[tuple[tf.Tensor, tf.Tensor]]) -> tf.Tensor:
