@@ -84,10 +84,10 @@ ADVICE: dict[str, str] = {
         "(numpy, .item(), a kernel outside torch's Python API)."
     ),
     "keras_masking": (
-        "{op}: explain the model on the TensorFlow backend (KERAS_BACKEND=tensorflow; save it and load it "
-        "there), where rnnshap's Keras engine follows Keras masks: each reference is read with the mask of "
-        "the input it is paired with, and masked steps get exactly 0 (docs/keras.md). On the torch backend, "
-        "drop Masking and pass the padding as a separate boolean input to the model instead."
+        "{op}: apply Masking to a model input (on the torch backend its comparison then reads the explained "
+        "sample's values on both sides of each pair, as rnnshap's Keras engine on TensorFlow does, and masked "
+        "steps get exactly 0), or explain the model on the TensorFlow backend (KERAS_BACKEND=tensorflow; save it "
+        "and load it there), whose engine follows Keras masks wherever they are made (docs/keras.md)."
     ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "

@@ -45,7 +45,14 @@ MODELS: dict[str, Callable[[], Any]] = {
     "pooled-states": _functional_attention,
     "two-outputs": lambda: _two_outputs(),
     "two-outputs-final": lambda: _two_outputs(),
+    "masking": lambda: keras.Sequential(
+        [keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), L.LSTM(4, dtype="float64"), L.Dense(2, dtype="float64")]
+    ),
+    "masking-two-inputs": lambda: _masked_two_inputs(),
 }
+#: models whose inputs are padded with the Masking layer's value (the steps of ``PADDED``)
+MASKED = {"masking", "masking-two-inputs"}
+PADDED = {"x": [(1, slice(4, None)), (3, slice(0, 2))], "background": [(0, slice(5, None))]}
 #: DeepExplainer options per model (the same on both backends)
 OPTIONS: dict[str, dict[str, Any]] = {"two-outputs-final": {"output": "final"}}
 
@@ -57,6 +64,25 @@ def _two_outputs() -> Any:
     per_step = L.Dense(2, name="per_step", dtype="float64")(states)
     return keras.Model(inputs, [per_step, L.Dense(1, name="final", dtype="float64")(states[:, -1])])
 
+def _masked_two_inputs() -> Any:
+    """A Masking on the first of two inputs, a bidirectional GRU over it, the second input beside."""
+    steps, extra = keras.Input((T, F), dtype="float64"), keras.Input((T, F), dtype="float64")
+    states = L.Bidirectional(L.GRU(3, return_sequences=True, dtype="float64"), dtype="float64")(L.Masking(0.0, dtype="float64")(steps))
+    pooled = L.GlobalAveragePooling1D(dtype="float64")(states)
+    return keras.Model([steps, extra], L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([pooled, L.Flatten(dtype="float64")(extra)])))
+
+
+def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
+    x, background = rng.normal(size=(5, T, F)), rng.normal(size=(4, T, F))
+    if name in MASKED:
+        for array, where in ((x, PADDED["x"]), (background, PADDED["background"])):
+            for row, steps in where:
+                array[row, steps] = 0.0
+    if name == "masking-two-inputs":
+        return [x, rng.normal(size=(5, T, F))], [background, rng.normal(size=(4, T, F))]
+    return x, background
+
+
 _TORCH_SIDE = """
 import json, sys
 from pathlib import Path
@@ -66,8 +92,10 @@ found = {}
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     model = keras.saving.load_model(folder / "model.keras")
     x, background = np.load(folder / "x.npy"), np.load(folder / "background.npy")
+    if (folder / "several").exists():  # several inputs of one shape, stacked
+        x, background = list(x), list(background)
     explainer = rnnshap.DeepExplainer(model, background, **json.loads((folder / "options.json").read_text()))
-    np.save(folder / "torch.npy", explainer.shap_values(x))
+    np.save(folder / "torch.npy", np.asarray(explainer.shap_values(x)))
     found[folder.name] = {
         "engine": type(explainer.engine).__name__,
         "expected": np.asarray(explainer.expected_value).tolist(),
@@ -84,15 +112,17 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
     for name, make in MODELS.items():
         keras.utils.set_random_seed(0)
         model = make()
-        x, background = rng.normal(size=(5, T, F)), rng.normal(size=(4, T, F))
+        x, background = _data(name, rng)
         explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
-        tensorflow_side[name] = (explainer.shap_values(x), explainer.expected_value, explainer.engine.output_layout)
+        tensorflow_side[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
         folder = tmp_path / name
         folder.mkdir()
         (folder / "options.json").write_text(json.dumps(OPTIONS.get(name, {})))
         model.save(folder / "model.keras")
-        np.save(folder / "x.npy", x)
-        np.save(folder / "background.npy", background)
+        np.save(folder / "x.npy", np.asarray(x))  # several inputs of one shape: stacked
+        np.save(folder / "background.npy", np.asarray(background))
+        if isinstance(x, list):
+            (folder / "several").touch()
     # one subprocess for all models: Keras fixes its backend at import
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     done = subprocess.run([sys.executable, "-c", _TORCH_SIDE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
@@ -106,6 +136,11 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         # Keras on torch runs matmul in float32 even for float64 operands, so the model itself differs
         # from its TensorFlow twin by float32 rounding: 1e-6 of the largest attribution
         np.testing.assert_allclose(torch_values, values, rtol=0, atol=1e-6 * np.abs(values).max(), err_msg=name)
+        if name in MASKED:  # the padded steps of the explained inputs get exactly 0 on both backends
+            masked_values = torch_values[0] if name == "masking-two-inputs" else torch_values
+            for row, steps in PADDED["x"]:
+                assert np.all(masked_values[row, steps] == 0), name
+            assert np.abs(masked_values[1, :4]).max() > 0, name
         np.testing.assert_allclose(found[name]["expected"], expected, rtol=0, atol=1e-6 * max(1e-3, float(np.abs(expected).max())), err_msg=name)
 
 
@@ -116,13 +151,14 @@ def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch)
         rnnshap.DeepExplainer(model, np.zeros((2, T, F)))
 
 
-def test_masking_on_the_torch_backend_is_refused_with_advice_for_keras(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keras' Masking compares input values (a step function): on the torch backend the PyTorch engine
-    refuses it, by the layer's name, pointing to the TensorFlow backend, where masks follow Keras."""
+def test_a_masking_of_a_computed_tensor_on_the_torch_backend_is_refused_with_advice_for_keras(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Masking on a model input takes the explained sample's mask (the equality test above); one
+    on a tensor the model computes is refused by the layer's name, with advice that fits Keras."""
     inp = keras.Input((T, F))
-    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(3)(keras.layers.Masking(0.0, name="padding")(inp))))
+    masked = keras.layers.Masking(0.0, name="padding")(keras.layers.Dense(F)(inp))
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(3)(masked)))
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
     message = str(info.value)
-    assert "Masking (padding)" in message and "KERAS_BACKEND=tensorflow" in message
+    assert "Masking (padding)" in message and "apply Masking to a model input" in message and "KERAS_BACKEND=tensorflow" in message

@@ -27,9 +27,8 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None,
         backend = keras.backend.backend()
         if backend == "torch":  # the model is an nn.Module running torch operations
             from .pytorch.engine import TorchEngine
-            from .pytorch.keras import KerasModule, refuse_masking
+            from .pytorch.keras import KerasModule
 
-            refuse_masking(model)
             return TorchEngine(KerasModule(model), data, rules=rules, output=output)
         if backend != "tensorflow":
             from ..errors import InputError

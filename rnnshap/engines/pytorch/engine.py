@@ -19,6 +19,7 @@ from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
+from .keras import KerasModule
 from .passes import AttributionMode, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
 from .tape import Tape, batch_axis, repeat_along
@@ -42,6 +43,9 @@ class TorchEngine(Engine):
         self.background = as_tensors(data, "background", self.multi_input, self.device, self.model_dtype)
         check_matching(self.background, self.background)
         self.references = int(self.background[0].shape[0])
+        #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
+        #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras.py)
+        self.masked_inputs: dict[int, Any] = model.masked_inputs if isinstance(model, KerasModule) else {}
         # The background runs as a reference pass, which also finds unsupported operations now and
         # tells which integer inputs are token ids (they feed an embedding), numbers (cast to float)
         # and context (see passes.discrete). Boolean inputs are masks: always context.
@@ -77,7 +81,9 @@ class TorchEngine(Engine):
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
-        self.distinct_references = not self.followed_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
+        self.distinct_references = (
+            not self.followed_inputs and not self.masked_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
+        )
 
     def _rows_alone(self) -> bool:
         """Whether the reference pass may run on a block's distinct references, its tape then repeated
@@ -129,7 +135,9 @@ class TorchEngine(Engine):
         """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
         try:
             with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
-                return run_pass(self.model, [b.clone() for b in self.background], self.registry, Tape(), replay=False, follow=follow, take=self._take)
+                copies = [b.clone() for b in self.background]
+                masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+                return run_pass(self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks)
         except RuntimeError as error:
             if not follow:
                 raise
@@ -179,21 +187,32 @@ class TorchEngine(Engine):
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
         distinct = self.distinct_references and s > 1 and n_refs > 1
+        # both sides of a pair compare the explained sample's values where the model masks by them
+        masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         with torch.no_grad():
             # forward() may work in place on its inputs: copies. With distinct references the reference
             # pass runs on the block's references once, and the tape repeats them for the pairs.
             copies = [b[block.r0 : block.r1].clone() for b in self.background] if distinct else [r.clone() for r in references]
             ref_outputs, _ = run_pass(
-                self.model, copies, self.registry, tape := Tape(), replay=False, follow=followed, pairs=None if distinct else grid, shadows=shadows, take=self._take
+                self.model,
+                copies,
+                self.registry,
+                tape := Tape(),
+                replay=False,
+                follow=followed,
+                pairs=None if distinct else grid,
+                shadows=shadows,
+                take=self._take,
+                sample_masks=masks,
             )
         if distinct:
             tape.repeats = s
             ref_outputs = repeat_along(ref_outputs, 0, s)
         try:
             with torch.enable_grad():
-                outputs, mode = run_pass(
-                    self.model, [leaf.clone() for leaf in leaves], self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take
-                )
+                copies = [leaf.clone() for leaf in leaves]
+                masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+                outputs, mode = run_pass(self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks)
         except TapeMismatchError:
             if not distinct:
                 raise

@@ -10,24 +10,60 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...errors import UnsupportedOperationError
 
+Tensor = torch.Tensor
 
-def refuse_masking(model: Any) -> None:
-    """Refuse a Keras ``Masking`` layer by name, before the engine's pass would refuse the comparison
-    it makes: on the torch backend it is ``any(x != mask_value)`` of the input's values, a step
-    function with no multiplier (on TensorFlow rnnshap's Keras engine follows Keras masks instead)."""
+
+def input_maskings(model: Any) -> list[tuple[Any, int]]:
+    """The model's Keras ``Masking`` layers, each with the index of the model input it masks; those
+    whose input is computed inside the model are refused by name.
+
+    On the torch backend a ``Masking`` layer computes its mask from its input's values,
+    ``any(x != mask_value)``: a step function of the input with no multiplier. Keras' convention
+    (and rnnshap's Keras engine on TensorFlow) reads each reference with the mask of the input it is
+    paired with, and masked steps get exactly 0. For a ``Masking`` on a model input, the engine does the
+    same: its comparison of the input with the mask value reads the explained sample's values on both sides
+    (``run_pass(sample_masks=...)``), so the two backends give the same values."""
     import keras
 
-    layers = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.Masking)]
-    if layers:
+    found, refused = [], []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Masking):
+            index = _input_index(layer, model)
+            if index is None:
+                refused.append(layer)
+            else:
+                found.append((layer, index))
+    if refused:
         reason = (
-            "on the torch backend it computes its mask from the input's values (any(x != mask_value)), a step "
-            "function of the input with no multiplier"
+            "on the torch backend it computes its mask from the values of its input, which the model computes, a step "
+            "function with no multiplier (a Masking applied to a model input takes the explained sample's mask, as on "
+            "TensorFlow)"
         )
-        raise UnsupportedOperationError([(f"keras.layers.Masking ({layer.name})", reason, "keras_masking") for layer in layers])
+        raise UnsupportedOperationError([(f"keras.layers.Masking ({layer.name})", reason, "keras_masking") for layer in refused])
+    return found
+
+
+def _input_index(layer: Any, model: Any) -> int | None:
+    """The index of the model input that ``layer`` is applied to, or None where any of its calls
+    (a loaded model's layers keep one node per build) takes a tensor the model computes."""
+    import keras
+
+    inputs = list(getattr(model, "inputs", None) or [])
+    index = None
+    for node in getattr(layer, "_inbound_nodes", []):
+        tensors = list(node.input_tensors)
+        history = getattr(tensors[0], "_keras_history", None) if len(tensors) == 1 else None
+        if history is None or not isinstance(history[0], keras.layers.InputLayer):
+            return None
+        index = next((i for i, t in enumerate(inputs) if t is tensors[0]), index)
+    if index is None and isinstance(model, keras.Sequential) and model.layers and model.layers[0] is layer and len(inputs) == 1:
+        index = 0  # a Sequential's first layer: its only input
+    return index
 
 
 class KerasModule(nn.Module):
@@ -36,11 +72,18 @@ class KerasModule(nn.Module):
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.keras_model = model
+        #: Masking layers on model inputs, with the input's index (see ``input_maskings``)
+        self.maskings = input_maskings(model)
 
     @property
     def output_names(self) -> list[str] | None:
         """The Keras model's output names (for a model with several outputs, see engines/outputs.py)."""
         return getattr(self.keras_model, "output_names", None)
+
+    @property
+    def masked_inputs(self) -> dict[int, Any]:
+        """The model inputs a ``Masking`` layer masks: index → the mask value it compares with."""
+        return {index: layer.mask_value for layer, index in self.maskings}
 
     def forward(self, *inputs: Any) -> Any:
         args = inputs[0] if len(inputs) == 1 else list(inputs)

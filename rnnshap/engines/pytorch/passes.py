@@ -313,6 +313,8 @@ _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
+#: the comparison a Keras ``Masking`` makes (see ``AttributionMode._sample_mask``)
+_NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
 #: operations that read a tensor's metadata only
 _QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
 
@@ -338,6 +340,9 @@ class AttributionMode(TorchFunctionMode):
         self._decisions = TensorMap()
         #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
         self._quiet = 0
+        #: inputs the model masks by comparing them with a value → (the explained samples' values, the value):
+        #: the comparison reads the sample's values on both sides (see ``_sample_mask``)
+        self.sample_masks = TensorMap()
         #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
         self.discrete = Integers(self)
         #: the uses of indices picked by argmax, max or min, top-1 (see picked.py)
@@ -588,6 +593,10 @@ class AttributionMode(TorchFunctionMode):
 
     def _intercept(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False) -> Any:
         kwargs = kwargs or {}
+        if self.sample_masks and len(args) == 2 and func in _NOT_EQUAL and args[0] in self.sample_masks:
+            masked = self._sample_mask(func, args, kwargs)
+            if masked is not None:
+                return masked
         leaves, spec, layout = _flatten(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
@@ -627,6 +636,18 @@ class AttributionMode(TorchFunctionMode):
         if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
             self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
         return result
+
+    def _sample_mask(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+        """``input != value`` where the model masks ``input`` by ``value`` (a Keras ``Masking``): the
+        mask of the explained samples on both sides of their pairs, context and not attributed, as
+        masks made from token ids are; None for a comparison with anything else."""
+        values, value = self.sample_masks[args[0]]
+        other = args[1]
+        if self.is_tracked(other) or not (isinstance(other, (int, float)) or (isinstance(other, Tensor) and other.dim() == 0)):
+            return None
+        if float(other) != float(value):
+            return None
+        return func(values, other, **kwargs)
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
         """The call with both sides equal (the reference side is filled in from the tape later)."""
@@ -823,6 +844,7 @@ def run_pass(
     pairs: PairGrid | None = None,
     shadows: Mapping[int, Tensor] | None = None,
     take: Callable[[Any], Any] | None = None,
+    sample_masks: Mapping[int, tuple[Tensor, Any]] | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
@@ -830,7 +852,9 @@ def run_pass(
     ``shadows``, in the reference pass, holds the explained samples' values of followed inputs (the
     masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
     of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
-    tensor of a result with several, inside the pass (see engines/outputs.py). Returns the output and the
+    tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
+    float inputs the model masks by comparing them with a value to (the explained samples' values,
+    that value): those comparisons read the samples' values. Returns the output and the
     mode, which holds the attribution leaves of the integer inputs and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
@@ -840,6 +864,8 @@ def run_pass(
     try:
         with torch.enable_grad(), routed_functions(mode), mode:
             mode.track(inputs)
+            for index, (values, value) in (sample_masks or {}).items():
+                mode.sample_masks[inputs[index]] = (values, value)
             for index in follow:
                 mode.follow_discrete(index, inputs[index], None if shadows is None else shadows.get(index))
             output = model(*inputs)
