@@ -142,9 +142,27 @@ def test_nan_attributions_fail_the_additivity_check() -> None:
 
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
     explainer = rnnshap.DeepExplainer(model, torch.randn(3, 5), rules={torch.tanh: NanTanh()})
-    with pytest.raises(rnnshap.AdditivityError, match="do not add up"):
+    with pytest.raises(rnnshap.AdditivityError, match="do not add up") as info:
         explainer.shap_values(torch.randn(2, 5))
+    assert "not finite" in str(info.value) and "-inf mask" in str(info.value)  # the causes that fit
     assert np.isnan(explainer.shap_values(torch.randn(2, 5), check_additivity=False)).all()
+
+
+def test_a_small_float32_additivity_error_names_rounding_as_a_cause() -> None:
+    class SlightlyOff(rnnshap.rules.Rule):
+        """tanh's Rescale multiplier, 0.1 % too large: a float32-sized error."""
+
+        def attribute(self, call: rnnshap.rules.OpCall) -> Tensor:
+            (x,), (r,) = call.inputs, call.references
+            output, ref_output = torch.tanh(x.detach()), torch.tanh(r)
+            return rnnshap.rules.with_multipliers(output, [x], [(output - ref_output) / (x.detach() - r) * 1.001])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
+    explainer = rnnshap.DeepExplainer(model, torch.randn(3, 5), rules={torch.tanh: SlightlyOff()})
+    with pytest.raises(rnnshap.AdditivityError) as info:
+        explainer.shap_values(torch.randn(2, 5))
+    assert "float32 rounding" in str(info.value) and "model.double()" in str(info.value)
 
 
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:

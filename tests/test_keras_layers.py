@@ -214,6 +214,13 @@ def test_unsupported_ops_in_lambdas_are_refused_together_by_name() -> None:
     assert "branching (Lambda): its call() could not be traced" in message
 
 
+def test_a_cast_to_integers_in_a_lambda_is_refused_by_name() -> None:
+    model = keras.Sequential([keras.Input((T, F)), L.Lambda(lambda t: ops.cast(t * 3, "int32"), name="caster"), L.Flatten(), L.Dense(2)])
+    with pytest.raises(rnnshap.UnsupportedOperationError) as info:
+        rnnshap.DeepExplainer(model, np.ones((2, T, F), np.float32))
+    assert "caster (Lambda) > cast (Cast)" in str(info.value) and "int32" in str(info.value)
+
+
 class GraphInfo:
     def __init__(self, edges: tuple[list[int], list[int]], num_nodes: int) -> None:
         self.edges = edges

@@ -273,6 +273,41 @@ class Lookup(nn.Module):
         return self.out(self.gru(e)[0][:, -1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_token_only_model_is_checked_at_the_tolerance_of_the_dtype_it_computes_in(dtype: torch.dtype) -> None:
+    """Its only input is int64: the additivity tolerance is that of the embeddings and the GRU."""
+    model = Lookup("module").to(dtype).eval()
+    explainer = rnnshap.DeepExplainer(model, torch.randint(0, V, (3, T)))
+    assert explainer.engine.dtype == str(dtype).replace("torch.", "")
+
+
+class IndexedByInput(nn.Module):
+    """Reads the GRU's state at the step an integer input names (the last of each sequence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.out = nn.GRU(2, 4, batch_first=True), nn.Linear(4, 1)
+
+    def forward(self, x: Tensor, last: Tensor) -> Tensor:
+        states, _ = self.gru(x)
+        return self.out(states[torch.arange(x.shape[0]), last])
+
+
+def test_an_integer_input_used_as_an_index_is_context() -> None:
+    torch.manual_seed(8)
+    model = IndexedByInput().double().eval()
+    background = [torch.randn(3, T, 2, dtype=torch.float64), torch.full((3,), T - 1)]
+    X = [torch.randn(2, T, 2, dtype=torch.float64), torch.tensor([2, 4])]
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert not np.any(values[1])  # context: used as given, not attributed
+    for row, last in enumerate(X[1].tolist()):
+        assert not np.any(values[0][row, last + 1 :]) and np.abs(values[0][row, : last + 1]).max() > 0  # steps after it are unread
+    with torch.no_grad():  # the references are read at the explained sample's index
+        base = torch.stack([model(background[0][j : j + 1].expand_as(X[0]), X[1]) for j in range(3)]).mean(0)
+        gap = (model(*X) - base).numpy()
+    np.testing.assert_allclose(values[0].reshape(2, -1, 1).sum(1), gap, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("how", ["weight_index", "functional", "index_select"])
 def test_every_form_of_lookup_is_an_embedding(how: str) -> None:
     torch.manual_seed(5)
