@@ -54,16 +54,20 @@ def _order(u: np.ndarray, largest: bool) -> list[int]:
 
 
 def _decider(ux: np.ndarray, ur: np.ndarray, j: int, largest: bool) -> int | None:
-    """The position that decided rank ``j``, from the rule's sentences (None: the value did not move
-    and no position rose or fell past the rank)."""
+    """The position that decided rank ``j``, from the rule's sentences (None: no position moved)."""
     ox, orr = _order(ux, largest), _order(ur, largest)
-    sign = 1.0 if largest else -1.0
-    rose = [p for p in range(j + 1) if orr.index(ox[p]) >= j]  # ranked <= j in x and >= j in r
-    fell = [q for q in range(j + 1) if ox.index(orr[q]) >= j]
-    up, down = ox[max(rose)], orr[max(fell)]
-    if sign * ux[ox[j]] >= sign * ur[orr[j]] and ux[up] != ur[up]:
-        return up
-    return down if ux[down] != ur[down] else up if ux[up] != ur[up] else None
+    n = len(ux)
+    x_side = [i for i in range(n) if ox.index(i) <= j and orr.index(i) >= j]  # on the value's side of j in x only
+    r_side = [i for i in range(n) if orr.index(i) <= j and ox.index(i) >= j]
+    up, down = (x_side, r_side) if largest else (r_side, x_side)  # x_i >= y_j and r_i <= y_r,j; the reverse
+    rose_at = min(up, key=lambda i: (ux[i], i))  # nearest the rank in x
+    fell_at = min(down, key=lambda i: (ur[i], i))  # nearest the rank in r
+    y, y_ref = ux[ox[j]], ur[orr[j]]
+    if y > y_ref or (y == y_ref and largest):
+        first, second = rose_at, fell_at
+    else:
+        first, second = fell_at, rose_at
+    return first if ux[first] != ur[first] else second if ux[second] != ur[second] else None
 
 
 def _sorted_reference(model: Ordered, X: Tensor, background: Tensor, largest: bool) -> np.ndarray:
@@ -138,6 +142,9 @@ SAME: list[tuple[str, Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tens
     ("kthvalue(n) = max", lambda u, h: u.kthvalue(6, 1, keepdim=True).values, lambda u, h: u.max(1, keepdim=True).values),
     ("median = kthvalue", lambda u, h: u.median(1, keepdim=True).values, lambda u, h: torch.kthvalue(u, 3, 1, keepdim=True).values),
     ("kthvalue = ascending sort", lambda u, h: u.kthvalue(2, 1).values[:, None], lambda u, h: u.sort(1).values[:, 1:2]),
+    ("descending sort = ascending sort reversed", lambda u, h: u.sort(1, descending=True).values, lambda u, h: u.sort(1).values.flip(1)),
+    ("kthvalue(3) = the 4th largest", lambda u, h: u.kthvalue(3, 1, keepdim=True).values, lambda u, h: u.topk(4, 1).values[:, -1:]),
+    ("top-4 smallest = ascending sort", lambda u, h: u.topk(4, 1, largest=False).values, lambda u, h: u.sort(1).values[:, :4]),
     ("argsort = sort's indices", lambda u, h: h.gather(1, u.argsort(1, descending=True)), lambda u, h: h.gather(1, u.sort(1, descending=True).indices)),
     ("top-2 gather = indexing = one-hot", lambda u, h: h.gather(1, u.topk(2, 1).indices), lambda u, h: (F.one_hot(u.topk(2, 1).indices, 6).to(h.dtype) * h[:, None]).sum(2)),
     ("median's index = kthvalue's", lambda u, h: h.gather(1, u.median(1, keepdim=True).indices), lambda u, h: h.gather(1, u.kthvalue(3, 1, keepdim=True).indices)),
@@ -191,6 +198,44 @@ def test_ties_take_the_order_the_operation_itself_gives() -> None:
         model.u.bias.zero_()
     background = torch.tensor([[1.0, 2.0, 3.0, -1.0, -2.0], [3.0, -1.0, 2.0, 0.0, 1.0]], dtype=D)
     X = torch.tensor([[-1.0, -2.0, -3.0, 1.0, 2.0], [2.0, -1.0, 0.5, -3.0, 0.0]], dtype=D)
+    assert_additive(_explain(model, background, X), model, X, background, D)
+
+
+class Identity(nn.Module):
+    """``how(x, h)``: the explained input itself is ordered; ``h`` a fixed linear map of it."""
+
+    def __init__(self, how: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.how, self.h = how, nn.Linear(5, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.how(x, self.h(x)).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("how", "X", "background"),
+    [
+        # topk orders tied zeros by the other values: index 2 of [1,0,0,0,0] is 4, of [2,0,0,0,-1] another
+        (lambda x, h: h.gather(1, x.topk(5, 1).indices), [[1.0, 0, 0, 0, 0]], [[2.0, 0, 0, 0, -1]]),
+        (lambda x, h: h.gather(1, torch.relu(x).topk(5, 1).indices), [[1.0, -1, 0, -2, 0]], [[2.0, 0, -3, 0, -1]]),
+        # kthvalue's index among tied values is its own, not a stable sort's
+        (lambda x, h: h.gather(1, x.kthvalue(2, 1, keepdim=True).indices), [[3.0, 0, 0, 0, -1]], [[0.0, 0, 0, 0, 0]]),
+        (lambda x, h: h.gather(1, x.median(1, keepdim=True).indices), [[3.0, 0, 0, 0, -1]], [[0.0, 0, 0, 1, 0]]),
+    ],
+)
+def test_indices_that_ties_move_without_any_value_moving_still_add_up(how: Callable[..., Tensor], X: list, background: list) -> None:
+    torch.manual_seed(9)
+    model = Identity(how).to(D).eval()
+    x, b = torch.tensor(X, dtype=D), torch.tensor(background, dtype=D)
+    assert_additive(_explain(model, b, x), model, x, b, D)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_of_relu_ties_adds_up(seed: int) -> None:
+    """(Found in review: relu makes many exact ties, which topk orders by the other values.)"""
+    torch.manual_seed(seed)
+    model = Ordered(lambda u, h: h.gather(1, torch.relu(u).topk(5, 1).indices)).to(D).eval()
+    background, X = torch.randn(4, 5, dtype=D), torch.randn(4, 5, dtype=D)
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 

@@ -23,9 +23,10 @@ the handle (divided by :math:`i_x - i_r`) and from there to the deciding positio
 Orderings (:class:`Ordering`: ``sort``, ``argsort``, ``topk`` with any k, ``kthvalue``, ``median``)
 extend this rank by rank. The value at rank ``j`` changes only because positions moved past that
 rank, so its change is credited to one that did (:func:`~rnnshap.rules.structured.ranked_values`):
-where it rose, among the positions ranked at most ``j`` in the input and at least ``j`` in the
-reference (one always is both), the one ranked last in the input; where it fell, the same with the
-sides swapped. Its :math:`|\Delta u|` is at least the value's, so the multiplier is at most 1. At
+where it rose, among the positions on the value's side of rank ``j`` in the input and on the other
+side in the reference (one always is both), the one nearest the rank in the input; where it fell,
+the same with the sides swapped. Its :math:`|\Delta u|` is at least the value's, so the multiplier
+is at most 1, and the choice does not depend on the direction the operation orders in. At
 rank 0 that is the max-pool rule above, so ``topk(k)[..., 0]`` gets ``torch.max``'s values, and
 where the order does not change the multipliers are the sorting permutation. The index at each rank
 carries the same routing for its uses.

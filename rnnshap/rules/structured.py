@@ -225,15 +225,11 @@ class _Routed(torch.autograd.Function):
         return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
 
 
-def _latest_candidate(order: Tensor, other_rank: Tensor) -> Tensor:
-    """For every rank ``j`` (0-based, along the last axis): the largest ``p <= j`` with
-    ``other_rank[..., p] >= j`` (one always exists, see :func:`_deciding`), as a position of
-    ``order``."""
-    k = order.shape[-1]
-    ranks = torch.arange(k, device=order.device)
-    candidate = (ranks[None, :] <= ranks[:, None]) & (other_rank.unsqueeze(-2) >= ranks[:, None])  # (..., j, p)
-    latest = torch.where(candidate, ranks, -1).amax(-1)
-    return order.gather(-1, latest)
+def _nearest(candidates: Tensor, key: Tensor) -> Tensor:
+    """For every rank (``candidates``: ``(..., k, n)``, the positions that may take its credit): the
+    candidate with the least ``key`` (``(..., n)``), the first position among equals."""
+    keyed = torch.where(candidates, key.unsqueeze(-2), torch.full((), float("inf"), dtype=key.dtype, device=key.device))
+    return keyed.argmin(-1)
 
 
 def _ranks(order: Tensor, n: int) -> Tensor:
@@ -251,27 +247,41 @@ def _deciding(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: b
     smallest: ``largest=False``), as the operation orders them, ties included; ``order_r`` those of
     ``r``. With :math:`y_j` and :math:`y_{r,j}` the values at rank ``j``:
 
-    - where :math:`y_j \ge y_{r,j}` (``≤`` for the smallest), among the positions ranked ``≤ j`` in
-      ``x`` and ``≥ j`` in ``r`` (there are ``j + 1`` of the first and ``n − j`` of the second, so
-      one is both), the one ranked last in ``x``. Its :math:`\Delta x` is at least
-      :math:`y_j - y_{r,j}`: it rose past the rank. At rank 0 this is ``x``'s maximum, as in
-      shap's max-pool rule; at rank ``j`` it is the position now at rank ``j`` unless that one
-      was higher in ``r`` (then one that rose above it).
-    - otherwise the same with the sides swapped (the position that fell past the rank).
+    - where the value rose (:math:`y_j > y_{r,j}`), a position with :math:`x_i \ge y_j` and
+      :math:`r_i \le y_{r,j}` (by rank, ties as the operation orders them: ranked on the value's
+      side of rank ``j`` in ``x`` and on the other side in ``r``; there are ``j + 1`` and ``n − j``
+      of those, so one is both) rose past the rank, by at least the value's change. The credit goes
+      to the one nearest the rank in ``x`` (the least :math:`x_i`). At the first rank of a maximum
+      this is ``x``'s maximum, as in shap's max-pool rule, and at rank ``j`` the position now at
+      rank ``j`` unless that one was past it in ``r`` already.
+    - where it fell, the same with the sides swapped: the one nearest the rank in ``r``.
+    - where it did not change (an index may still move), the position on ``x``'s side.
     - either one where its :math:`\Delta x` is 0 or not finite, and the other can take the credit.
+
+    The choice depends on the values only, not on the direction the operation orders in, so a sort
+    in descending order and the reverse of an ascending one get the same values.
 
     Returns (deciding positions, their ``x − r``, :math:`y_j`, :math:`y_{r,j}`), each ``(..., k)``.
     """
     xd = x.detach()
-    n = x.shape[-1]
-    rising = _latest_candidate(order_x, _ranks(order_r, n).gather(-1, order_x))
-    falling = _latest_candidate(order_r, _ranks(order_x, n).gather(-1, order_r))
+    n, k = x.shape[-1], order_x.shape[-1]
     y, y_ref = xd.gather(-1, order_x), r.gather(-1, order_r)
-    delta_x, delta_r = xd.gather(-1, rising) - r.gather(-1, rising), xd.gather(-1, falling) - r.gather(-1, falling)
-    x_decides = (y >= y_ref) if largest else (y <= y_ref)
-    usable_x, usable_r = (delta_x != 0) & torch.isfinite(delta_x), (delta_r != 0) & torch.isfinite(delta_r)
-    at_x = (x_decides & usable_x) | ~usable_r
-    return torch.where(at_x, rising, falling), torch.where(at_x, delta_x, delta_r), y, y_ref
+    if k == 0:
+        return order_x, y - y_ref, y, y_ref
+    rank_x, rank_r = (_ranks(order, n).unsqueeze(-2) for order in (order_x, order_r))
+    j = torch.arange(k, device=x.device)[:, None]
+    x_side = (rank_x <= j) & (rank_r >= j)  # (..., k, n): on the value's side of rank j in x, not in r
+    r_side = (rank_r <= j) & (rank_x >= j)
+    up, down = (x_side, r_side) if largest else (r_side, x_side)
+    rose_at, fell_at = _nearest(up, xd), _nearest(down, r)
+    rose, fell = y > y_ref, y < y_ref
+    first_x, first_r = (rose_at, fell_at) if largest else (fell_at, rose_at)  # where the value did not change
+    primary = torch.where(rose, rose_at, torch.where(fell, fell_at, first_x))
+    secondary = torch.where(rose, fell_at, torch.where(fell, rose_at, first_r))
+    delta_p, delta_s = (xd.gather(-1, at) - r.gather(-1, at) for at in (primary, secondary))
+    usable_p, usable_s = (delta_p != 0) & torch.isfinite(delta_p), (delta_s != 0) & torch.isfinite(delta_s)
+    at_p = usable_p | ~usable_s
+    return torch.where(at_p, primary, secondary), torch.where(at_p, delta_p, delta_s), y, y_ref
 
 
 def _quotient(change: Tensor, delta: Tensor) -> Tensor:
@@ -319,6 +329,15 @@ def picked_index(
         if order_x is not None:  # only the last rank is the index's
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
+        # an index can move while no position moves past its rank: equal values that the operation
+        # orders differently on the two sides (topk's order of ties depends on the other values).
+        # Then the position of the row that moved most takes the credit.
+        stuck = (moved != 0) & ~((delta != 0) & torch.isfinite(delta))
+        if bool(stuck.any()):
+            change = (x.detach() - r).abs().nan_to_num(0.0, 0.0, 0.0)
+            most = change.argmax(-1, keepdim=True).expand(deciding.shape)
+            deciding = torch.where(stuck, most, deciding)
+            delta = torch.where(stuck, x.detach().gather(-1, deciding) - r.gather(-1, deciding), delta)
         factor = _quotient(moved, delta.to(torch.float64))
     computed = (index_x.to(torch.float64), (deciding, factor))
     return _Routed.apply(lambda: computed, x)
