@@ -49,9 +49,14 @@ MODELS: dict[str, Callable[[], Any]] = {
         [keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), L.LSTM(4, dtype="float64"), L.Dense(2, dtype="float64")]
     ),
     "masking-two-inputs": lambda: _masked_two_inputs(),
+    # (found in review) Keras casts a float64 input to a float32 Masking; one Masking shared by two
+    # inputs; two Maskings with different values on one input
+    "masking-cast": lambda: keras.Sequential([keras.Input((T, F), dtype="float64"), L.Masking(0.0), L.LSTM(4), L.Dense(2)]),
+    "masking-shared": lambda: _masking_shared(),
+    "masking-two-values": lambda: _masking_two_values(),
 }
 #: models whose inputs are padded with the Masking layer's value (the steps of ``PADDED``)
-MASKED = {"masking", "masking-two-inputs"}
+MASKED = {"masking", "masking-two-inputs", "masking-cast", "masking-shared", "masking-two-values"}
 PADDED = {"x": [(1, slice(4, None)), (3, slice(0, 2))], "background": [(0, slice(5, None))]}
 #: DeepExplainer options per model (the same on both backends)
 OPTIONS: dict[str, dict[str, Any]] = {"two-outputs-final": {"output": "final"}}
@@ -72,6 +77,20 @@ def _masked_two_inputs() -> Any:
     return keras.Model([steps, extra], L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([pooled, L.Flatten(dtype="float64")(extra)])))
 
 
+def _masking_shared() -> Any:
+    first, second = keras.Input((T, F), dtype="float64"), keras.Input((T, F), dtype="float64")
+    masking, lstm = L.Masking(0.0, dtype="float64"), L.LSTM(3, dtype="float64")
+    merged = L.Concatenate(dtype="float64")([lstm(masking(first)), lstm(masking(second))])
+    return keras.Model([first, second], L.Dense(2, dtype="float64")(merged))
+
+
+def _masking_two_values() -> Any:
+    steps = keras.Input((T, F), dtype="float64")
+    by_zero = L.LSTM(3, dtype="float64")(L.Masking(0.0, dtype="float64")(steps))
+    by_minus_one = L.GRU(3, dtype="float64")(L.Masking(-1.0, dtype="float64")(steps))
+    return keras.Model(steps, L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([by_zero, by_minus_one])))
+
+
 def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
     x, background = rng.normal(size=(5, T, F)), rng.normal(size=(4, T, F))
     if name in MASKED:
@@ -80,6 +99,12 @@ def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
                 array[row, steps] = 0.0
     if name == "masking-two-inputs":
         return [x, rng.normal(size=(5, T, F))], [background, rng.normal(size=(4, T, F))]
+    if name == "masking-shared":  # the second input padded at other steps
+        other, other_background = rng.normal(size=(5, T, F)), rng.normal(size=(4, T, F))
+        other[0, 3:] = 0.0
+        return [x, other], [background, other_background]
+    if name == "masking-two-values":
+        x[2, :1] = -1.0  # masked by the second Masking only
     return x, background
 
 
@@ -136,8 +161,8 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         # Keras on torch runs matmul in float32 even for float64 operands, so the model itself differs
         # from its TensorFlow twin by float32 rounding: 1e-6 of the largest attribution
         np.testing.assert_allclose(torch_values, values, rtol=0, atol=1e-6 * np.abs(values).max(), err_msg=name)
-        if name in MASKED:  # the padded steps of the explained inputs get exactly 0 on both backends
-            masked_values = torch_values[0] if name == "masking-two-inputs" else torch_values
+        if name in MASKED - {"masking-two-values"}:  # padded steps get exactly 0 (there a GRU reads them unmasked)
+            masked_values = torch_values[0] if name in ("masking-two-inputs", "masking-shared") else torch_values
             for row, steps in PADDED["x"]:
                 assert np.all(masked_values[row, steps] == 0), name
             assert np.abs(masked_values[1, :4]).max() > 0, name

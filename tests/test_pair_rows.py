@@ -96,8 +96,9 @@ def test_the_kernel_runs_on_the_distinct_rows_only(kind: str, options: dict) -> 
     assert spy.rows, "torch's recurrent kernel was not called"
     # reference pass: the 5 references; input pass: 6 samples + 5 references (not 2 x 30 pairs)
     assert max(spy.rows) <= 6 + 5, spy.rows
+    blocks = rnnshap.DeepExplainer(model, background, batch_size=4)  # (built outside: its checks run other batches)
     with KernelRows() as spy:
-        rnnshap.DeepExplainer(model, background, batch_size=4).shap_values(x)
+        blocks.shap_values(x)
     # a batch smaller than the background cuts each sample's references into blocks of one sample x up to
     # 4 references: still a grid, so the input pass runs 1 sample row + at most 4 reference rows (not 2 x 4 pairs)
     assert max(spy.rows) <= 1 + 4, spy.rows
@@ -288,6 +289,18 @@ def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
     model, x, background = _loop_problem(TimeMajorFold())
     explainer = rnnshap.DeepExplainer(model, background)
     assert not explainer.engine.distinct_references  # found at construction, on the values
+    values = np.asarray(explainer.shap_values(x))
+    with torch.no_grad():
+        expected = (model(x) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(values.reshape(5, -1).sum(1), expected[:, 0], rtol=0, atol=1e-12)
+
+
+def test_equal_background_rows_do_not_hide_a_layout_the_repeats_would_break() -> None:
+    """(Found in review: eight all-zero baselines first, the check ran on those only and passed.)"""
+    model, x, background = _loop_problem(TimeMajorFold(), n_refs=4)
+    background = torch.cat([torch.zeros(8, 6, 3, dtype=torch.float64), background])
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert not explainer.engine.distinct_references
     values = np.asarray(explainer.shap_values(x))
     with torch.no_grad():
         expected = (model(x) - model(background).mean(0)).numpy()

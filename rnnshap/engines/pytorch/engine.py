@@ -45,7 +45,7 @@ class TorchEngine(Engine):
         self.references = int(self.background[0].shape[0])
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
         #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras.py)
-        self.masked_inputs: dict[int, Any] = model.masked_inputs if isinstance(model, KerasModule) else {}
+        self.masked_inputs: dict[int, frozenset[float]] = model.masked_inputs if isinstance(model, KerasModule) else {}
         # The background runs as a reference pass, which also finds unsupported operations now and
         # tells which integer inputs are token ids (they feed an embedding), numbers (cast to float)
         # and context (see passes.discrete). Boolean inputs are masks: always context.
@@ -91,17 +91,26 @@ class TorchEngine(Engine):
         every row alone, and lay each operand out with the batch's rows as whole blocks along one axis
         (a time-major fold of batch and time would not be). Checked on the values: run on a few
         background rows and on the same rows twice over (two samples' pairs), every operand the
-        second pass records must be the first one's repeated so, and so must the output."""
+        second pass records must be the first one's repeated so, and so must the output. The rows are
+        a few background rows and the same rows slightly perturbed, so that rows that are equal (all
+        zero baselines) or constant along an axis cannot hide a wrong layout."""
         m = min(self.references, 8)
         if m < 2:
             return False
-        rows = [b[:m] for b in self.background]
+        generator = torch.Generator(device="cpu").manual_seed(0)
+
+        def perturbed(b: Tensor) -> Tensor:
+            spread = 0.01 * (float(b.std()) if b.numel() > 1 else 0.0) + 1e-3
+            noise = torch.randn(b[:m].shape, generator=generator, dtype=torch.float64)
+            return b[:m] + (spread * noise).to(b.dtype).to(b.device)
+
+        rows = [torch.cat([b[:m], perturbed(b)]) for b in self.background]
         try:
             with torch.no_grad():
                 once, twice = Tape(), Tape()
                 out_once, _ = run_pass(self.model, [r.clone() for r in rows], self.registry, once, replay=False, take=self._take)
                 doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
-                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=PairGrid(2, m), take=self._take)
+                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=PairGrid(2, 2 * m), take=self._take)
         except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
             return False
         if len(once.entries) != len(twice.entries) or not _repeats(out_once, out_twice, 0):
@@ -302,7 +311,8 @@ def _repeats(once: Tensor, twice: Tensor, axis: int | None) -> bool:
     if not (repeated.is_floating_point() or repeated.is_complex()):
         return torch.equal(repeated, twice)
     scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
-    return torch.allclose(repeated, twice, rtol=1e-4, atol=1e-6 * max(1.0, scale), equal_nan=True)
+    rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
+    return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -33,37 +33,36 @@ def input_maskings(model: Any) -> list[tuple[Any, int]]:
     found, refused = [], []
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.Masking):
-            index = _input_index(layer, model)
-            if index is None:
+            indices = _input_indices(layer, model)
+            if not indices:
                 refused.append(layer)
-            else:
-                found.append((layer, index))
+            found += [(layer, index) for index in indices]
     if refused:
         reason = (
-            "on the torch backend it computes its mask from the values of its input, which the model computes, a step "
-            "function with no multiplier (a Masking applied to a model input takes the explained sample's mask, as on "
-            "TensorFlow)"
+            "on the torch backend it computes its mask from the values of its input, a step function with no multiplier, "
+            "and rnnshap cannot trace that input to a model input here (a tensor the model computes, or a nested "
+            "model's input); a Masking applied to a model input takes the explained sample's mask, as on TensorFlow"
         )
         raise UnsupportedOperationError([(f"keras.layers.Masking ({layer.name})", reason, "keras_masking") for layer in refused])
     return found
 
 
-def _input_index(layer: Any, model: Any) -> int | None:
-    """The index of the model input that ``layer`` is applied to, or None where any of its calls
-    (a loaded model's layers keep one node per build) takes a tensor the model computes."""
+def _input_indices(layer: Any, model: Any) -> list[int]:
+    """The indices of the model inputs that ``layer`` is applied to; none where any of its calls
+    (a loaded model's layers keep one node per build) takes a tensor that is not a model input."""
     import keras
 
     inputs = list(getattr(model, "inputs", None) or [])
-    index = None
+    indices: list[int] = []
     for node in getattr(layer, "_inbound_nodes", []):
         tensors = list(node.input_tensors)
         history = getattr(tensors[0], "_keras_history", None) if len(tensors) == 1 else None
         if history is None or not isinstance(history[0], keras.layers.InputLayer):
-            return None
-        index = next((i for i, t in enumerate(inputs) if t is tensors[0]), index)
-    if index is None and isinstance(model, keras.Sequential) and model.layers and model.layers[0] is layer and len(inputs) == 1:
-        index = 0  # a Sequential's first layer: its only input
-    return index
+            return []
+        indices += [i for i, t in enumerate(inputs) if t is tensors[0] and i not in indices]
+    if not indices and isinstance(model, keras.Sequential) and model.layers and model.layers[0] is layer and len(inputs) == 1:
+        indices = [0]  # a Sequential's first layer: its only input
+    return indices
 
 
 class KerasModule(nn.Module):
@@ -81,9 +80,12 @@ class KerasModule(nn.Module):
         return getattr(self.keras_model, "output_names", None)
 
     @property
-    def masked_inputs(self) -> dict[int, Any]:
-        """The model inputs a ``Masking`` layer masks: index → the mask value it compares with."""
-        return {index: layer.mask_value for layer, index in self.maskings}
+    def masked_inputs(self) -> dict[int, frozenset[float]]:
+        """The model inputs ``Masking`` layers mask: index → the mask values they compare with."""
+        masked: dict[int, set[float]] = {}
+        for layer, index in self.maskings:
+            masked.setdefault(index, set()).add(float(layer.mask_value))
+        return {index: frozenset(values) for index, values in masked.items()}
 
     def forward(self, *inputs: Any) -> Any:
         args = inputs[0] if len(inputs) == 1 else list(inputs)

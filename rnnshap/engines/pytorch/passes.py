@@ -315,6 +315,8 @@ _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
 #: the comparison a Keras ``Masking`` makes (see ``AttributionMode._sample_mask``)
 _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
+#: dtype conversions, followed from a masked input to the tensor that is compared
+_CASTS = frozenset({torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.as_tensor})
 #: operations that read a tensor's metadata only
 _QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
 
@@ -340,8 +342,8 @@ class AttributionMode(TorchFunctionMode):
         self._decisions = TensorMap()
         #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
         self._quiet = 0
-        #: inputs the model masks by comparing them with a value → (the explained samples' values, the value):
-        #: the comparison reads the sample's values on both sides (see ``_sample_mask``)
+        #: inputs the model masks by comparing them with values → (the explained samples' values, the values):
+        #: the comparison reads the sample's values on both sides (see ``_on_masked_input``)
         self.sample_masks = TensorMap()
         #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
         self.discrete = Integers(self)
@@ -591,12 +593,12 @@ class AttributionMode(TorchFunctionMode):
         finally:
             torch._C._set_grad_enabled(True)
 
-    def _intercept(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False) -> Any:
+    def _intercept(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False, masks: bool = True
+    ) -> Any:
         kwargs = kwargs or {}
-        if self.sample_masks and len(args) == 2 and func in _NOT_EQUAL and args[0] in self.sample_masks:
-            masked = self._sample_mask(func, args, kwargs)
-            if masked is not None:
-                return masked
+        if masks and self.sample_masks and args and isinstance(args[0], Tensor) and args[0] in self.sample_masks:
+            return self._on_masked_input(func, types, args, kwargs, user_grad, decided)
         leaves, spec, layout = _flatten(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
@@ -637,17 +639,22 @@ class AttributionMode(TorchFunctionMode):
             self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
         return result
 
-    def _sample_mask(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
-        """``input != value`` where the model masks ``input`` by ``value`` (a Keras ``Masking``): the
-        mask of the explained samples on both sides of their pairs, context and not attributed, as
-        masks made from token ids are; None for a comparison with anything else."""
-        values, value = self.sample_masks[args[0]]
-        other = args[1]
-        if self.is_tracked(other) or not (isinstance(other, (int, float)) or (isinstance(other, Tensor) and other.dim() == 0)):
-            return None
-        if float(other) != float(value):
-            return None
-        return func(values, other, **kwargs)
+    def _on_masked_input(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], user_grad: bool, decided: bool) -> Any:
+        """An operation on an input the model masks by comparing it with a value (a Keras ``Masking``):
+        that comparison (``input != value``) is the mask of the explained samples on both sides of
+        their pairs, context and not attributed, as masks made from token ids are; a cast of the input
+        (Keras casts it to the layer's dtype) is followed with the samples' values cast alike; any
+        other operation runs as usual."""
+        values, compared = self.sample_masks[args[0]]
+        other = args[1] if len(args) == 2 else None
+        if func in _NOT_EQUAL and other is not None and not self.is_tracked(other):
+            if isinstance(other, (int, float)) or (isinstance(other, Tensor) and other.dim() == 0):
+                if float(other) in compared:
+                    return func(values, other, **kwargs)
+        result = self._intercept(func, types, args, kwargs, user_grad, decided, masks=False)
+        if func in _CASTS and isinstance(result, Tensor) and result is not args[0] and result.is_floating_point():
+            self.sample_masks[result] = (func(values, *args[1:], **kwargs), compared)
+        return result
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
         """The call with both sides equal (the reference side is filled in from the tape later)."""
@@ -844,7 +851,7 @@ def run_pass(
     pairs: PairGrid | None = None,
     shadows: Mapping[int, Tensor] | None = None,
     take: Callable[[Any], Any] | None = None,
-    sample_masks: Mapping[int, tuple[Tensor, Any]] | None = None,
+    sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
@@ -853,8 +860,8 @@ def run_pass(
     masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
     of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
     tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
-    float inputs the model masks by comparing them with a value to (the explained samples' values,
-    that value): those comparisons read the samples' values. Returns the output and the
+    float inputs the model masks by comparing them with values to (the explained samples' values,
+    those values): those comparisons read the samples' values. Returns the output and the
     mode, which holds the attribution leaves of the integer inputs and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
