@@ -313,7 +313,7 @@ _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
-#: the comparison a Keras ``Masking`` makes (see ``AttributionMode._sample_mask``)
+#: the comparison a Keras ``Masking`` makes (see ``AttributionMode._on_masked_input``)
 _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
 #: dtype conversions, followed from a masked input to the tensor that is compared
 _CASTS = frozenset({torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.as_tensor})
