@@ -128,13 +128,13 @@ class Ordering(Rule):
             return "it orders a single number; take the value itself"
         return None
 
-    def _orders(self, call: OpCall, dim: int, largest: bool, rank: int | None) -> tuple[Tensor, Tensor]:
-        """The positions at the ranks the operation returns (up to ``rank``), both sides, over the last axis."""
+    def _orders(self, call: OpCall, dim: int, largest: bool, rank: int | None, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The positions at the ranks the operation returns (up to ``rank``), both sides, over the last
+        axis; ``indices``: the operation's own on the input side."""
         sides = (call.inputs[0].detach(), call.references[0])
         if self.kind in ("topk", "sort", "argsort"):
-            picked = [call.evaluate([t]) for t in sides]
-            indices = [p if isinstance(p, Tensor) else p.indices for p in picked]
-            return indices[0].movedim(dim, -1), indices[1].movedim(dim, -1)
+            reference = call.evaluate([sides[1]])
+            return indices.movedim(dim, -1), (reference if isinstance(reference, Tensor) else reference.indices).movedim(dim, -1)
         assert rank is not None
         ordered = [torch.sort(t.movedim(dim, -1), dim=-1, descending=largest, stable=True).indices[..., :rank] for t in sides]
         return ordered[0], ordered[1]
@@ -146,7 +146,7 @@ class Ordering(Rule):
         if self.kind == "argsort":
             return result
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        order_x, order_r = self._orders(call, dim, largest, rank)
+        order_x, order_r = self._orders(call, dim, largest, rank, result.indices)
         values = ranked_values(x, r, order_x, order_r, largest)
         if rank is not None:  # kthvalue, median: the last rank
             values = values[..., -1:] if keepdim else values[..., -1]
@@ -161,7 +161,7 @@ class Ordering(Rule):
         index_r = index_r if isinstance(index_r, Tensor) else index_r.indices
         if rank is None:
             return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim)
-        order_x, order_r = self._orders(call, dim, largest, rank)
+        order_x, order_r = self._orders(call, dim, largest, rank, indices)
         index_x, index_r = (t.unsqueeze(-1) if not keepdim else t.movedim(dim, -1) for t in (indices, index_r))
         handle = picked_index(x, r, index_x, index_r, largest, order_x, order_r)
         return handle.movedim(-1, dim) if keepdim else handle.squeeze(-1)

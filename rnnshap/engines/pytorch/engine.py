@@ -300,12 +300,12 @@ def _check_integer_uses(index: int, uses: dict[str, str], lost: str | None) -> N
         )
 
 
-def _repeats(once: Tensor, twice: Tensor, axis: int | None) -> bool:
+def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     """Whether ``twice`` is ``once`` repeated twice along ``axis``, up to the rounding of kernels that
     may sum in another order for another number of rows."""
     if not isinstance(once, Tensor) or not isinstance(twice, Tensor):
         return False
-    repeated = repeat_along(once, axis, 2) if axis is not None else once
+    repeated = repeat_along(once, axis, 2)
     if repeated.shape != twice.shape:
         return False
     if not (repeated.is_floating_point() or repeated.is_complex()):

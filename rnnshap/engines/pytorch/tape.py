@@ -68,8 +68,12 @@ class Tape:
                 f"reference pass stopped after {len(self.entries)} such operations. {_CAUSES}"
             )
         entry = self.entries[index]
-        axes: list[int | None] = [None] * len(shapes) if self.repeats == 1 or not tracked else [batch_axis(r, s, self.repeats) for r, s in zip(entry.shapes, shapes, strict=False)]
-        same = entry.shapes == shapes if self.repeats == 1 or not tracked else len(entry.shapes) == len(shapes) and -1 not in axes
+        repeated = self.repeats > 1 and bool(tracked)
+        if repeated:
+            axes = [batch_axis(r, s, self.repeats) for r, s in zip(entry.shapes, shapes, strict=False)]
+            same = len(entry.shapes) == len(shapes) and -1 not in axes
+        else:
+            same = entry.shapes == shapes
         if entry.key != key or entry.tracked != tracked or not same:
             raise TapeMismatchError(
                 f"The two passes diverged at operation #{index + 1} on input-dependent tensors: the "
@@ -78,16 +82,13 @@ class Tape:
             )
         self.cursor += 1
         self.entries[index] = _TAKEN  # the input pass holds it while it needs it: its copies are freed then
-        if self.repeats > 1 and tracked:
-            return self._repeated(entry, tracked, axes)
-        return entry
+        return self._repeated(entry, axes) if repeated else entry
 
-    def _repeated(self, entry: TapeEntry, tracked: tuple[int, ...], axes: list[int | None]) -> TapeEntry:
+    def _repeated(self, entry: TapeEntry, axes: list[int]) -> TapeEntry:
         """``entry`` with its operands (and output, where it has the first operand's shape) repeated
-        along their batch axes, as the input pass's batch repeats the references."""
+        along their batch axes ``axes``, as the input pass's batch repeats the references."""
         assert entry.references is not None
-        shaped = dict(zip(tracked, axes, strict=False))
-        references = [repeat_along(r, shaped.get(i), self.repeats) for i, r in zip(entry.tracked, entry.references, strict=False)]
+        references = [repeat_along(r, axis, self.repeats) for r, axis in zip(entry.references, axes, strict=True)]
         out = TapeEntry(entry.key, entry.name, entry.tracked, entry.shapes, references)
         kept = entry.kept_output(entry.output_context) if entry.output is not None else None
         if kept is not None and kept.shape == entry.references[0].shape:  # (elementwise: the operand's axes)
@@ -103,11 +104,9 @@ class Tape:
             )
 
 
-def batch_axis(reference: tuple[int, ...], shape: tuple[int, ...], repeats: int) -> int | None:
-    """The axis along which ``shape`` is ``reference`` repeated ``repeats`` times: the only axis
-    where the sizes differ, by that factor (None: ``repeats`` is 1; -1: no such axis)."""
-    if repeats == 1:
-        return None if tuple(reference) == tuple(shape) else -1
+def batch_axis(reference: tuple[int, ...], shape: tuple[int, ...], repeats: int) -> int:
+    """The axis along which ``shape`` is ``reference`` repeated ``repeats`` (> 1) times: the only
+    axis where the sizes differ, by that factor (-1: no such axis)."""
     if len(reference) != len(shape):
         return -1
     differ = [a for a, (r, s) in enumerate(zip(reference, shape, strict=True)) if r != s]
