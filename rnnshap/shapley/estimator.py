@@ -13,10 +13,18 @@ it is chosen whenever the budget covers it.
 **Sampling** runs permutation walks: a walk adds the players one at a time in a random order, all
 against one background row r, and each player's marginal contribution v_r(S ∪ i) − v_r(S) is a
 sample of its Shapley value in the game of that one reference. A unit is an antithetic pair (an
-order and its reverse, the same r), which is exact for games with at most pairwise interactions;
-the references are cycled evenly through the background (a fresh random order each cycle), so that
-after c cycles every reference has been used c times. A walk costs P − 1 rows (v_r(∅) = f(r) is
-known, v_r(N) = f(x) is evaluated once per sample).
+order and its reverse, the same r), which is exact for games with at most pairwise interactions,
+so the noise left comes from interactions of three players and more within each reference's game.
+A walk costs P − 1 rows (v_r(∅) = f(r) and v_r(N) = f(x) are run once).
+
+**Orders from a design.** Units come in blocks of three whose orders are a fixed design
+(:func:`_design`) relabelled by one random permutation: across the three orders and their
+reverses, each player of every triple is the middle one as evenly as can be found, which balances
+the three-player interactions that a single pair leaves. Each order alone is uniformly random, so
+the estimate stays unbiased. Once the budget gives every reference three units, each reference
+runs one whole block (the per-reference games' interactions are what dominates); below that,
+consecutive units form the blocks and the references are cycled evenly (a fresh random order each
+cycle).
 
 **Control variate.** Each unit's estimate subtracts a per-reference value c_r whose mean over the
 whole background is known, and the mean is added back:
@@ -29,12 +37,11 @@ estimate removes the variance of DeepSHAP's part between references. Without a b
 (:class:`rnnshap.ShapleyExplainer`) c_r splits f(x) − f(r) evenly over the players. Either makes
 every estimate efficient: its values sum to f(x) − E[f] exactly, whatever the references drawn.
 
-**Standard errors** come from the spread of the units: sd/√U while fewer than one cycle of
-references is used (a conservative bound: the references are drawn without replacement), and from
-the spread within each reference once whole cycles are run (then every reference has the same
-weight and the variance between references no longer enters the estimate). The sampling runs in
-whole cycles once it reaches one, so that this holds. ``tol`` stops a sample after the round
-(one cycle) where every standard error has fallen to tol × max(1, |f(x) − E[f]|).
+**Standard errors** (:class:`_Stats`): while fewer units than references have run, the units are
+a sample of references without replacement: the plain mean, and sd/√U (a conservative bound).
+Once every reference has a unit, each reference weighs the same (the mean of its units) and the
+error comes from the spread within references. ``tol`` stops a sample after the round (a cycle of
+references) where every standard error has fallen to tol × max(1, |f(x) − E[f]|).
 
 Every random choice comes from ``random_state`` and the sample's position, before any row is
 evaluated; rows are evaluated in chunks of 256 rows (fewer where ``batch_size`` is smaller) and each lands
@@ -44,6 +51,8 @@ smaller ones too where the model's kernels round each row the same in batches of
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -152,13 +161,13 @@ def estimate(
     single = units == 0  # room for one walk only: no reverse, no standard error
     if single:
         units = 1
-    elif units >= B:
-        units = (units // B) * B  # whole cycles: every reference the same weight
-    rounds = [B] * (units // B) if units >= B and tol is not None else [units]
-    orders, refs = _plan(seeds, units, P, B)
-    sums = np.zeros((n, P, k))
-    per_unit = np.zeros((n, units, P, k))
-    done = np.zeros(n, dtype=np.int64)
+    design = _design(P)
+    m = 1 if design is None or single else len(design)
+    blocks = units // (m * B) if m > 1 else 0  # cycles of per-reference design blocks
+    cycle = m * B if blocks else B
+    rounds = [cycle] * (units // cycle) + ([units % cycle] if units % cycle else []) if tol is not None else [units]
+    orders, refs = _plan(seeds, units, P, B, design, blocks)
+    stats = _Stats(n, B, P, k)
     active = np.arange(n)
     scale = np.ones((n, k))
     c: np.ndarray | None = control
@@ -166,7 +175,7 @@ def estimate(
     for round_size in progress_bar(rounds, progress and len(rounds) > 1, desc="rnnshap shapley", unit="round", total=len(rounds)):
         if active.size == 0:
             break
-        start = int(done[active[0]])
+        start = int(stats.done[active[0]])
         stop = start + round_size
         # f(x) and v_r(∅) run in the first round's forward passes, beside the walks' rows, so that a
         # player the model ignores changes no output by a rounding of another batch size's kernels
@@ -181,18 +190,66 @@ def estimate(
                 split = (fx_k[:, None, :] - np.take_along_axis(empty, game.columns[:, None, :], axis=2)) / P  # (n, B, k)
                 c = np.broadcast_to(split[:, :, None, :], (n, B, P, k))
         assert c is not None
-        per_unit[active, start:stop] = estimates - c[active[:, None], refs[active, start:stop]]
-        sums[active] += per_unit[active, start:stop].sum(1)
-        done[active] = stop
+        stats.add(active, refs[active, start:stop], estimates - c[active[:, None], refs[active, start:stop]])
         if tol is not None:
-            se = _stderr(per_unit, refs, done, B)
+            _, se = stats.mean_and_stderr()
             finished = (se[active] <= tol * scale[active, None, :]).all(axis=(1, 2))
             active = active[~finished]
     assert c is not None
-    values = sums / done[:, None, None] + c.mean(1)
-    stderr = np.full_like(values, np.inf) if single else _stderr(per_unit, refs, done, B)
-    n_evals = fixed + done * (1 if single else 2) * walk_rows
-    return Result(values, stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), done)
+    mean, stderr = stats.mean_and_stderr()
+    if single:
+        stderr = np.full_like(mean, np.inf)
+    n_evals = fixed + stats.done * (1 if single else 2) * walk_rows
+    return Result(mean + c.mean(1), stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), stats.done)
+
+
+class _Stats:
+    """Per sample and reference: the count, sum and sum of squares of the units' control-variate
+    residuals, and from them the estimate and its standard error.
+
+    Once every reference has a unit, each reference weighs the same (the mean of its units), so the
+    estimate is the game of the whole background, and the standard error comes from the spread
+    within references (pooled over those with two units or more): the variance between references
+    no longer enters. Before that, the units are a sample of references without replacement: the
+    plain mean, and sd/√U (a conservative bound)."""
+
+    def __init__(self, n: int, B: int, P: int, k: int) -> None:
+        self.count = np.zeros((n, B), dtype=np.int64)
+        self.sum = np.zeros((n, B, P, k))
+        self.squares = np.zeros((n, B, P, k))
+        self.done = np.zeros(n, dtype=np.int64)
+
+    def add(self, samples: np.ndarray, refs: np.ndarray, residuals: np.ndarray) -> None:
+        for row, (sample, sample_refs) in enumerate(zip(samples, refs, strict=True)):
+            np.add.at(self.count[sample], sample_refs, 1)
+            np.add.at(self.sum[sample], sample_refs, residuals[row])
+            np.add.at(self.squares[sample], sample_refs, residuals[row] ** 2)
+        self.done[samples] += refs.shape[1]
+
+    def mean_and_stderr(self) -> tuple[np.ndarray, np.ndarray]:
+        n, B = self.count.shape
+        mean = np.zeros(self.sum.shape[:1] + self.sum.shape[2:])
+        stderr = np.full_like(mean, np.inf)
+        for i in range(n):
+            count = self.count[i]
+            units = int(self.done[i])
+            if units == 0:
+                continue
+            if (count > 0).all():
+                per_reference = self.sum[i] / count[:, None, None]
+                mean[i] = per_reference.mean(0)
+                repeated = count >= 2
+                if repeated.any():
+                    within = (self.squares[i][repeated] - count[repeated, None, None] * per_reference[repeated] ** 2).sum(0)
+                    variance = np.maximum(within, 0) / int((count[repeated] - 1).sum())
+                    stderr[i] = np.sqrt(variance * (1.0 / count).sum() / B**2)
+                    continue
+            else:
+                mean[i] = self.sum[i].sum(0) / units
+            if units >= 2:
+                spread = np.maximum(self.squares[i].sum(0) - units * mean[i] ** 2, 0) / (units - 1)
+                stderr[i] = np.sqrt(spread / units)
+        return mean, stderr
 
 
 def _entropy(random_state: Any) -> Any:
@@ -205,17 +262,77 @@ def _entropy(random_state: Any) -> Any:
     raise InputError(f"random_state must be a non-negative integer, a numpy Generator or None, not {random_state!r}")
 
 
-def _plan(seeds: Sequence[np.random.SeedSequence], units: int, P: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: the order of each unit's forward walk (n, U, P) and its reference (n, U), the
-    references cycled evenly (a fresh random order each cycle)."""
+def _plan(seeds: Sequence[np.random.SeedSequence], units: int, P: int, B: int, design: np.ndarray | None, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the order of each unit's forward walk (n, U, P) and its reference (n, U).
+
+    The orders are the ``design``'s (:func:`_design`), the players relabelled by a random
+    permutation per block of units, so that each order alone is uniformly random (the estimate
+    stays unbiased) and a block balances the interactions of three players. The first ``blocks``
+    cycles give every reference one block of its own (m·B units per cycle: reference rho[q] runs
+    the m design orders, one relabelling); the units after them run one design block after another
+    over the references cycled evenly (a fresh random order each cycle). Without a design the
+    orders are drawn independently."""
     orders = np.empty((len(seeds), units, P), dtype=np.int64)
     refs = np.empty((len(seeds), units), dtype=np.int64)
+    m = 1 if design is None else len(design)
     for i, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
-        orders[i] = rng.permuted(np.broadcast_to(np.arange(P), (units, P)), axis=1)
-        cycles = -(-units // B)
-        refs[i] = np.concatenate([rng.permutation(B) for _ in range(cycles)])[:units]
+        start = 0
+        for _ in range(blocks):
+            assert design is not None
+            rho = rng.permutation(B)
+            relabel = rng.permuted(np.broadcast_to(np.arange(P), (B, P)), axis=1)  # one per reference
+            for j in range(m):
+                orders[i, start + j * B : start + (j + 1) * B] = relabel[:, design[j]]
+                refs[i, start + j * B : start + (j + 1) * B] = rho
+            start += m * B
+        rest = units - start
+        if rest == 0:
+            continue
+        refs[i, start:] = np.concatenate([rng.permutation(B) for _ in range(-(-rest // B))])[:rest]
+        if design is None:
+            orders[i, start:] = rng.permuted(np.broadcast_to(np.arange(P), (rest, P)), axis=1)
+        else:
+            unit = np.arange(rest)
+            relabel = rng.permuted(np.broadcast_to(np.arange(P), (-(-rest // m), P)), axis=1)
+            orders[i, start:] = np.take_along_axis(relabel[unit // m], design[unit % m], axis=1)
     return orders, refs
+
+
+@functools.cache
+def _design(P: int) -> np.ndarray | None:
+    """Three walk orders of P players chosen so that, over the three (and their reverses), each
+    player of every triple is the middle one of the three as evenly as can be found: a block of
+    antithetic pairs relabelled by one random permutation is then exact for interactions of up to
+    two players (as one pair is) and nearly balanced for those of three, which are what is left of
+    the walks' noise. Found by a fixed, seeded annealing search (the same on every machine), for
+    3 ≤ P ≤ 24 (None otherwise: orders are drawn independently)."""
+    if not 3 <= P <= 24:
+        return None
+    triples = np.array(list(itertools.combinations(range(P), 3)))
+    rng = np.random.default_rng(20261123)
+
+    def imbalance(orders: np.ndarray) -> float:
+        positions = np.argsort(orders, axis=1)[:, triples]  # (3, triples, 3)
+        middle = np.argsort(positions, axis=2)[:, :, 1]
+        counts = np.stack([(middle == a).sum(0) for a in range(3)], 1)
+        return float(((counts - 1) ** 2).sum())
+
+    orders = np.stack([rng.permutation(P) for _ in range(3)])
+    cost = imbalance(orders)
+    best, lowest = orders, cost
+    steps = 4000
+    for step in range(steps):
+        temperature = 2.0 * (1 - step / steps) + 0.01
+        row, (a, b) = rng.integers(3), rng.choice(P, 2, replace=False)
+        candidate = orders.copy()
+        candidate[row, [a, b]] = candidate[row, [b, a]]
+        new = imbalance(candidate)
+        if new <= cost or rng.random() < math.exp(-(new - cost) / temperature):
+            orders, cost = candidate, new
+            if cost < lowest:
+                best, lowest = orders, cost
+    return best
 
 
 def _walks(
@@ -330,25 +447,3 @@ def _enumerate(game: Game, batch_size: int, progress: bool | None, rows: int) ->
         without = codes[~masks[:, i]]
         values[:, i] = ((v[:, without | (1 << i)] - v[:, without]) * weights[sizes[without]][None, :, None]).sum(1)
     return Result(values, np.zeros_like(values), v[:, 0], v[:, -1], np.full(n, rows), np.ones(n, dtype=bool), np.zeros(n, dtype=np.int64))
-
-
-def _stderr(per_unit: np.ndarray, refs: np.ndarray, done: np.ndarray, B: int) -> np.ndarray:
-    """Standard errors of the mean of each sample's first ``done`` units (n, P, k): see the module."""
-    n = per_unit.shape[0]
-    se = np.full(per_unit.shape[:1] + per_unit.shape[2:], np.inf)
-    for i in range(n):
-        u = int(done[i])
-        if u < 2:
-            continue
-        e = per_unit[i, :u]
-        if u >= B and u % B == 0 and u // B >= 2:
-            groups = refs[i, :u]
-            means = np.zeros((B, *e.shape[1:]))
-            np.add.at(means, groups, e)
-            means /= u // B
-            within = ((e - means[groups]) ** 2).sum(0) / (u - B)
-            se[i] = np.sqrt(within / u)
-        else:
-            se[i] = e.std(0, ddof=1) / math.sqrt(u)
-    return se
-
