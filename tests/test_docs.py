@@ -14,7 +14,7 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["large_datasets.md", "../README.md"])
+@pytest.mark.parametrize("page", ["large_datasets.md", "shapley.md", "../README.md"])
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
     blocks = python_blocks(DOCS / page)

@@ -37,10 +37,10 @@ estimate removes the variance of DeepSHAP's part between references. Without a b
 (:class:`rnnshap.ShapleyExplainer`) c_r splits f(x) − f(r) evenly over the players. Either makes
 every estimate efficient: its values sum to f(x) − E[f] exactly, whatever the references drawn.
 
-**Standard errors** (:class:`_Stats`): while fewer units than references have run, the units are
-a sample of references without replacement: the plain mean, and sd/√U (a conservative bound).
-Once every reference has a unit, each reference weighs the same (the mean of its units) and the
-error comes from the spread within references. ``tol`` stops a sample after the round (a cycle of
+**Standard errors** (:class:`_Stats`): sd/√U over the units (a conservative bound: the references
+are drawn without replacement), until every reference has two units or more; from then on, from
+the spread within references. Once every reference has a unit each weighs the same (the mean of
+its units). ``tol`` stops a sample after the round (a cycle of
 references) where every standard error has fallen to tol × max(1, |f(x) − E[f]|).
 
 Every random choice comes from ``random_state`` and the sample's position, before any row is
@@ -208,10 +208,12 @@ class _Stats:
     residuals, and from them the estimate and its standard error.
 
     Once every reference has a unit, each reference weighs the same (the mean of its units), so the
-    estimate is the game of the whole background, and the standard error comes from the spread
-    within references (pooled over those with two units or more): the variance between references
-    no longer enters. Before that, the units are a sample of references without replacement: the
-    plain mean, and sd/√U (a conservative bound)."""
+    estimate is the game of the whole background; once every reference has two, the standard error
+    comes from the spread within references (pooled): the variance between references no longer
+    enters. Before that, sd/√U over the units (conservative: it counts the variance between
+    references, which the even cycling removes in part). A pooled spread from the few references
+    that have two units misses the players that matter for a few references only (a pixel column
+    that is blank in most digits), so it is not used."""
 
     def __init__(self, n: int, B: int, P: int, k: int) -> None:
         self.count = np.zeros((n, B), dtype=np.int64)
@@ -238,16 +240,16 @@ class _Stats:
             if (count > 0).all():
                 per_reference = self.sum[i] / count[:, None, None]
                 mean[i] = per_reference.mean(0)
-                repeated = count >= 2
-                if repeated.any():
-                    within = (self.squares[i][repeated] - count[repeated, None, None] * per_reference[repeated] ** 2).sum(0)
-                    variance = np.maximum(within, 0) / int((count[repeated] - 1).sum())
+                if (count >= 2).all():
+                    within = (self.squares[i] - count[:, None, None] * per_reference**2).sum(0)
+                    variance = np.maximum(within, 0) / int((count - 1).sum())
                     stderr[i] = np.sqrt(variance * (1.0 / count).sum() / B**2)
                     continue
             else:
                 mean[i] = self.sum[i].sum(0) / units
             if units >= 2:
-                spread = np.maximum(self.squares[i].sum(0) - units * mean[i] ** 2, 0) / (units - 1)
+                centre = self.sum[i].sum(0) / units
+                spread = np.maximum(self.squares[i].sum(0) - units * centre**2, 0) / (units - 1)
                 stderr[i] = np.sqrt(spread / units)
         return mean, stderr
 
