@@ -228,3 +228,60 @@ def test_keras_inputs_and_output_tensors_explain_the_network_between_them(backen
     assert result["additivity"] <= tolerance
     assert result["expected"] <= 1e-14
     assert result["whole_additivity"] <= tolerance
+
+
+# -- Keras MaxPooling (shap's Keras CNN test): the same network in PyTorch is the reference ----------------
+MAXPOOL_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import keras
+    import torch
+    import torch.nn.functional as F
+    import rnnshap
+
+    L = keras.layers
+    keras.utils.set_random_seed(1)
+    results = {}
+    for padding in ("valid", "same"):
+        model = keras.Sequential([
+            keras.Input((7, 6, 2), dtype="float64"), L.Conv2D(3, 2, activation="tanh", dtype="float64"),
+            L.MaxPooling2D((2, 2), strides=(1, 2), padding=padding, dtype="float64"), L.Flatten(dtype="float64"),
+            L.Dense(2, dtype="float64"),
+        ])
+        rs = np.random.RandomState(1)
+        background, X = rs.randn(5, 7, 6, 2), rs.randn(3, 7, 6, 2)
+        values = rnnshap.DeepExplainer(model, background).shap_values(X)
+        kernel, bias = (torch.from_numpy(np.asarray(w)) for w in model.layers[0].get_weights())
+        dense_w, dense_b = (torch.from_numpy(np.asarray(w)) for w in model.layers[3].get_weights())
+
+        class Same(torch.nn.Module):
+            def forward(self, x):
+                h = torch.tanh(F.conv2d(x.permute(0, 3, 1, 2), kernel.permute(3, 2, 0, 1), bias))  # NCHW
+                if padding == "same":  # keras pads the bottom/right of an odd total; the lowest value never wins
+                    h = F.pad(h, (0, 1, 0, 1), value=float(torch.finfo(h.dtype).min))
+                h = F.max_pool2d(h, (2, 2), stride=(1, 2))
+                return h.permute(0, 2, 3, 1).flatten(1) @ dense_w + dense_b
+
+        reference = rnnshap.DeepExplainer(Same(), torch.from_numpy(background)).shap_values(torch.from_numpy(X))
+        gap = np.asarray(model(X)) - np.asarray(model(background)).mean(0)
+        results[padding] = {
+            "vs_torch": float(np.abs(values - reference).max()),
+            "additivity": float(np.abs(values.sum((1, 2, 3)) - gap).max()),
+            "outputs": float(np.abs(Same()(torch.from_numpy(X)).detach().numpy() - np.asarray(model(X))).max()),
+        }
+    print(json.dumps(results))
+    """
+)
+
+
+def test_keras_max_pooling_is_shaps_max_rule_as_in_pytorch() -> None:
+    pytest.importorskip("tensorflow")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", MAXPOOL_SCRIPT], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for padding, result in results.items():
+        assert result["outputs"] <= 1e-12, padding  # the PyTorch network is the Keras one
+        assert result["vs_torch"] <= 1e-12, padding
+        assert result["additivity"] <= 1e-12, padding
