@@ -627,7 +627,7 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
         "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
         "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
-        "linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two inputs, keras ops "
+        "linear reshaping, pooling (average; max, windowed and global), merging and dropout layers, Multiply of two inputs, keras ops "
         "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
         "Functional/Sequential models of them.",
     )
