@@ -24,6 +24,7 @@ reuses a module, which rnnshap explains correctly instead (docs/captum.md).
 
     python benchmarks/conformance.py                      # GitHub, else the PyPI sdist (shap)
     python benchmarks/conformance.py --shap-source ~/src/shap --captum-source ~/src/captum
+    python benchmarks/conformance.py --only shap --keras-backend torch
     python benchmarks/conformance.py --only shap -- -x   # arguments after -- go to pytest
 """
 
@@ -146,7 +147,7 @@ def fetch(suite: str, source: Path | None, scratch: Path) -> tuple[dict[str, byt
     raise SystemExit(f"{reason}, and Captum's sdist ships no tests: give a checkout with --captum-source")
 
 
-def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str], seed: int) -> list[tuple[str, str, str]]:
+def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str], seed: int, keras_backend: str | None) -> list[tuple[str, str, str]]:
     """Run the suite under the plugin; (test, outcome, message) per test."""
     where = root / suite
     for path, content in files.items():
@@ -157,6 +158,8 @@ def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str],
     report = root / f"{suite}.xml"
     repository = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(repository), os.environ.get("PYTHONPATH", "")]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if keras_backend:
+        env["KERAS_BACKEND"] = keras_backend
     command = [sys.executable, "-m", "pytest", "-p", "rnnshap_conformance", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "--rootdir", str(where)]
     if suite == "shap":
         command += ["--random-seed", str(seed)]
@@ -182,6 +185,7 @@ def main() -> int:
     parser.add_argument("--captum-source", type=Path, help="a captum checkout or git directory (default: GitHub)")
     parser.add_argument("--only", choices=sorted(REPOSITORIES), help="run one suite")
     parser.add_argument("--seed", type=int, default=0, help="shap's --random-seed (default 0)")
+    parser.add_argument("--keras-backend", choices=["tensorflow", "torch"], help="run shap's Keras tests on this backend (KERAS_BACKEND)")
     parser.add_argument("--keep", type=Path, help="fetch and run in this directory and keep it (default: a temporary one)")
     parser.add_argument("pytest_args", nargs="*", help="after --: more arguments for pytest")
     args = parser.parse_args()
@@ -191,9 +195,10 @@ def main() -> int:
         root.mkdir(parents=True, exist_ok=True)
         for suite in [args.only] if args.only else ["shap", "captum"]:
             files, origin = fetch(suite, getattr(args, f"{suite}_source"), root)
-            outcomes = run(suite, files, root, args.pytest_args, args.seed)
+            outcomes = run(suite, files, root, args.pytest_args, args.seed, args.keras_backend)
             counts = {kind: sum(1 for _, outcome, _ in outcomes if outcome == kind) for kind in ("passed", "failed", "error", "skipped")}
-            print(f"\n== {suite}: {origin}")
+            backend = f", Keras backend {args.keras_backend}" if args.keras_backend and suite == "shap" else ""
+            print(f"\n== {suite}: {origin}{backend}")
             for name, outcome, message in outcomes:
                 expected = outcome in ("failed", "error") and name in EXPECTED_FAILURES
                 unexpected += outcome in ("failed", "error") and not expected
