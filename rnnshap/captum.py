@@ -139,8 +139,6 @@ class DeepLift:
         """
         is_tuple, xs = _format_inputs(inputs)
         n = int(xs[0].shape[0])
-        if callable(baselines) and not isinstance(baselines, Tensor):
-            baselines = _called(baselines, inputs)
         given = _deeplift_baselines(baselines, xs)
         bases = [b[:1] if torch.equal(b, b[:1].expand_as(b)) else b for b in given]
         multipliers = not self._multiply_by_inputs or custom_attribution_func is not None
