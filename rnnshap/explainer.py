@@ -49,8 +49,12 @@ class DeepExplainer:
     sum to ``f(x) - expected_value`` up to float rounding, which is checked by default.
 
     Args:
-        model: an ``nn.Module`` in eval mode (or at least without active dropout or batch
-            statistics), or a Keras 3 model on the TensorFlow backend. It is not modified.
+        model: an ``nn.Module`` or a Keras 3 model (TensorFlow or torch backend), or one of shap's
+            tuple forms: ``(inputs, output)`` of Keras symbolic tensors (the network between them),
+            ``(module, layer)`` for PyTorch (attributions to the input of ``layer``, for ``data`` and
+            ``X`` given as the model's inputs). A PyTorch model in training mode with dropout or batch
+            statistics is explained in eval mode, as shap does, with one warning. It is not modified.
+            See docs/api.md, "Model forms".
         data: the background: a tensor or array whose first dimension indexes reference samples,
             or a list/tuple of them for a model with several inputs.
         batch_size: the largest number of (sample, reference) pairs run through the model at once.

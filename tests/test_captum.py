@@ -343,18 +343,100 @@ def test_compute_convergence_delta_is_captums(captum_attr: Any) -> None:
     assert_close(ours, theirs, 1e-6)
 
 
-# -- what is refused ----------------------------------------------------------------------------------------
+# -- Captum's whole signature: multipliers, custom functions, never raising on additivity ------------------
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
+def test_multipliers_equal_captums_local_attributions(captum_attr: Any, method: str, activation: type[nn.Module]) -> None:
+    model = mlp(activation, torch.float64)
+    x, background = data(6, n=5, baselines=5, dtype=torch.float64)
+    ours = getattr(rnnshap.captum, method)(model, multiply_by_inputs=False).attribute(x, baselines=background, target=1)
+    theirs = getattr(captum_attr, method)(model, multiply_by_inputs=False).attribute(x, baselines=background, target=1)
+    assert_close(ours, theirs, 1e-10)
+    assert not getattr(rnnshap.captum, method)(model, multiply_by_inputs=False).multiplies_by_inputs
+
+
+def test_multipliers_times_the_step_are_the_attributions_on_a_recurrent_model() -> None:
+    """Where Captum's rules are not exact (an LSTM), the truth is rnnshap's own additive attributions:
+    multiplier × (x − b) per row gives them back, and a row equal to its baseline keeps its multiplier."""
+    model = recurrent().double()
+    x, background = data(6, 4, n=4, baselines=4, dtype=torch.float64)
+    background[2] = x[2]  # a row equal to its baseline: attributions 0, multipliers not
+    multipliers = DeepLift(model, multiply_by_inputs=False).attribute(x, baselines=background, target=0)
+    values, delta = DeepLift(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
+    np.testing.assert_allclose((multipliers * (x - background)).numpy(), values.numpy(), rtol=0, atol=1e-13)
+    assert delta.abs().max() < 1e-12 and float(multipliers[2].abs().max()) > 1e-3
+    # DeepLiftShap: the mean over the baselines of each pair's multipliers
+    shap_multipliers = DeepLiftShap(model, multiply_by_inputs=False).attribute(x, baselines=background, target=0)
+    pairs = [DeepLift(model, multiply_by_inputs=False).attribute(x, baselines=background[j : j + 1], target=0) for j in range(4)]
+    np.testing.assert_allclose(shap_multipliers.numpy(), torch.stack(pairs).mean(0).numpy(), rtol=0, atol=1e-13)
+
+
+def _times_step(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(m * (x - b) for m, x, b in zip(multipliers, inputs, baselines, strict=True))
+
+
+def _hypothetical(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Hypothetical contributions of one-hot inputs (DeepLIFT's genomics use): feature k set to 1."""
+    out = []
+    for m, x, b in zip(multipliers, inputs, baselines, strict=True):
+        parts = torch.zeros_like(x)
+        for k in range(x.shape[-1]):
+            one_hot = torch.zeros_like(x)
+            one_hot[..., k] = 1.0
+            parts[..., k] = ((one_hot - b) * m).sum(-1)
+        out.append(parts)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+def test_custom_attribution_func_gets_multipliers_inputs_and_baselines(captum_attr: Any, method: str) -> None:
+    model = mlp(nn.Tanh, torch.float64)
+    x, background = data(6, n=4, baselines=4, dtype=torch.float64)
+    explainer = getattr(rnnshap.captum, method)(model)
+    # multiplier × (x − b) as a custom function is the default attribution
+    custom = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_times_step)
+    np.testing.assert_allclose(custom.numpy(), explainer.attribute(x, baselines=background, target=2).numpy(), rtol=0, atol=1e-13)
+    ours, delta = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True)
+    theirs, their_delta = getattr(captum_attr, method)(model).attribute(
+        x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True
+    )
+    assert_close(ours, theirs, 1e-10)
+    assert_close(delta, their_delta, 1e-10)
+    with pytest.raises(ValueError, match="one tensor per input"):
+        explainer.attribute(x, baselines=background, target=2, custom_attribution_func=lambda m, i, b: m[0][:1])
+
+
+def test_the_delta_is_compute_convergence_delta_bit_for_bit_and_attribute_never_raises() -> None:
+    """Logits near 1e5 in float32 (Captum's classification models): the outputs' differences are
+    rounding, the values come back with their delta, which is compute_convergence_delta's exactly."""
+    model = mlp(nn.ReLU)
+    with torch.no_grad():
+        model[-1].weight.mul_(3e4)
+        model[-1].bias.add_(7.6e4)
+    x, background = data(6, n=5, baselines=5)
+    for baselines in (background, background[:1], 0.5, None):
+        values, delta = DeepLift(model).attribute(x, baselines=baselines, target=[0, 1, 2, 0, 1], return_convergence_delta=True)
+        external = DeepLift(model).compute_convergence_delta(values, baselines if baselines is not None else 0.0, x, target=[0, 1, 2, 0, 1])
+        assert torch.equal(delta, external)
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
+    assert torch.equal(values, DeepLiftShap(model).attribute(x, baselines=background, target=1))  # the same values
+    scale = float(model(x).abs().max())
+    assert delta.shape == (25,) and float(delta.abs().max()) <= 64 * torch.finfo(torch.float32).eps * scale
+    with pytest.raises(rnnshap.AdditivityError):  # opt-in: rnnshap's own check at rnnshap's float32 tolerance
+        DeepLift(model, check_additivity=1e-12).attribute(x, baselines=background, target=0)
+
+
 def test_what_is_refused_is_refused_clearly() -> None:
     model = mlp(nn.ReLU)
     x, background = data(6, n=3, baselines=3)
-    with pytest.raises(ValueError, match="multiply_by_inputs=True only"):
-        DeepLift(model, multiply_by_inputs=False)
-    with pytest.raises(ValueError, match="at least 2 baselines"):
+    with pytest.raises(AssertionError, match="at least 2 baselines"):  # Captum asserts: so does rnnshap
         DeepLiftShap(model).attribute(x, baselines=background[:1], target=0)
-    with pytest.raises(TypeError, match="distribution"):
+    with pytest.raises(AssertionError, match="distribution"):
         DeepLiftShap(model).attribute(x, baselines=0.0, target=0)
-    with pytest.raises(NotImplementedError, match="custom_attribution_func"):
-        DeepLift(model).attribute(x, target=0, custom_attribution_func=lambda m: m)
+    with pytest.raises(rnnshap.captum.BaselineError, match="distribution"):
+        DeepLiftShap(model).attribute(x, baselines=lambda: ([[0.0] * 6, [1.0] * 6],), target=0)
+    with pytest.raises(NotImplementedError):
+        DeepLift(model).attribute_future()
     with pytest.raises(ValueError, match="give target="):
         DeepLift(model).attribute(x)
     with pytest.raises(ValueError, match="out of range"):

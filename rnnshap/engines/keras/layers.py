@@ -42,6 +42,7 @@ _LINEAR = (
 )  # fmt: skip
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
 _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
+_WINDOW_MAX = (L.MaxPooling1D, L.MaxPooling2D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
 #: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
@@ -180,6 +181,8 @@ def problem(layer: Any) -> str | None:
         return None
     if isinstance(layer, _GLOBAL_MAX):
         return None if layer.data_format == "channels_last" else "global max pooling with channels_first is not supported"
+    if isinstance(layer, _WINDOW_MAX):
+        return None if layer.data_format == "channels_last" else "max pooling with channels_first is not supported"
     if isinstance(layer, L.TimeDistributed):
         return problem(layer.layer)
     if isinstance(layer, (L.Embedding, L.Masking)):
@@ -397,6 +400,32 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     return out
 
 
+def _window_max(layer: Any, value: Dual) -> Dual:
+    """MaxPooling1D/2D (channels last) by shap's max-pool rule in every window (:func:`dual.max_over`
+    over the window's positions). ``"same"`` padding pads with the dtype's lowest value, which
+    never wins a window and has a zero step."""
+    one = isinstance(layer, L.MaxPooling1D)
+    pool = (1, *layer.pool_size) if one else tuple(layer.pool_size)
+    strides = (1, *layer.strides) if one else tuple(layer.strides)
+    x = value.map(lambda t: t[:, None] if one else t)  # (N, H, W, C)
+    if layer.padding == "same":
+        pads = [[0, 0]]
+        for size, window, stride in zip(x.x.shape[1:3], pool, strides, strict=True):
+            total = max((-(-int(size) // stride) - 1) * stride + window - int(size), 0)
+            pads.append([total // 2, total - total // 2])
+        pads.append([0, 0])
+        lowest = x.x.dtype.min
+        x = x.map(lambda t: tf.pad(t, pads, constant_values=lowest))
+    channels = int(x.x.shape[-1])
+
+    def patches(t: tf.Tensor) -> tf.Tensor:
+        found = tf.image.extract_patches(t, sizes=[1, *pool, 1], strides=[1, *strides, 1], rates=[1, 1, 1, 1], padding="VALID")
+        return tf.reshape(found, (-1, found.shape[1], found.shape[2], pool[0] * pool[1], channels))
+
+    pooled = dual.max_over(x.map(patches), 3, keepdims=False)
+    return pooled.map(lambda t: t[:, 0]) if one else pooled
+
+
 def _bare(t: tf.Tensor) -> tf.Tensor:
     """``t`` without the Keras mask a real layer call attached to it (the Duals carry masks)."""
     if keras_backend.get_keras_mask(t) is not None:
@@ -494,6 +523,9 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         if layer.keepdims:
             pooled = pooled.map(lambda t: tf.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
         return pooled
+    if isinstance(layer, _WINDOW_MAX):
+        (value,) = args
+        return _window_max(layer, value)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
         return dual.rescale(lambda t: _bare(layer(t)), value, smooth=isinstance(layer, L.ELU))
@@ -595,7 +627,7 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
         "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
         "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
-        "linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two inputs, keras ops "
+        "linear reshaping, pooling (average; max, windowed and global), merging and dropout layers, Multiply of two inputs, keras ops "
         "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
         "Functional/Sequential models of them.",
     )

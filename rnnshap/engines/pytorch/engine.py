@@ -31,6 +31,9 @@ class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
+    #: return the multipliers themselves (summed over references) instead of multiplier × (x − r):
+    #: Captum's ``multiply_by_inputs=False`` (float inputs only; set by :mod:`rnnshap.captum`)
+    multipliers = False
 
     def __init__(self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
         check_model(model)
@@ -244,7 +247,8 @@ class TorchEngine(Engine):
         attributed = iter(grads)
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
-                sums[t] += per_sample(next(attributed) * (leaf.detach() - reference))
+                grad = next(attributed)
+                sums[t] += per_sample(grad if self.multipliers else grad * (leaf.detach() - reference))
         if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
