@@ -187,6 +187,9 @@ def shap_permutation(f: Callable, x: torch.Tensor, background: torch.Tensor, ids
         def shape(self, *args: Any) -> tuple[int, int]:
             return len(flat_background), P
 
+        def mask_shapes(self, *args: Any) -> list[tuple[int]]:
+            return [(P,)]
+
         def __call__(self, mask: np.ndarray, row: np.ndarray) -> np.ndarray:
             return (np.where(mask[ids_flat][None], row[None], flat_background),)
 
