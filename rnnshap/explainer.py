@@ -253,6 +253,12 @@ class DeepExplainer:
         from .shapley.door import ModelView, shapley_values
 
         engine = self.engine
+        if not engine.attributes_model_inputs:
+            raise InputError(
+                "shapley_values plays the model's own inputs, and this explainer attributes to a layer's input "
+                "(shap's (model, layer) form). Explain the part of the model after the layer as a model of its "
+                "own, with the layer's inputs as data, or use DeepExplainer(model, data).shapley_values."
+            )
         background = engine.to_numpy(engine.background)
         followed = set(engine.token_inputs) | set(engine.number_inputs)
         attributed = [bool(np.issubdtype(b.dtype, np.floating)) or t in followed for t, b in enumerate(background)]

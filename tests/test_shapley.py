@@ -289,3 +289,23 @@ def test_keras_on_tensorflow_matches_the_oracle() -> None:
     assert np.abs(estimate.values[0] - truth).max() <= 1e-5 * max(1.0, np.abs(truth).max())
     sampled = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=3 * 3 + 1 + 4 * 3 * 2, random_state=0)
     assert sampled.deepshap is not None and not sampled.exact.any()
+
+
+def test_shaps_interim_layer_form_is_refused_with_advice() -> None:
+    torch.manual_seed(10)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=4, B=3, N=1)
+    explainer = rnnshap.DeepExplainer((model, model.head), bg)
+    with pytest.raises(InputError, match="layer's input"):
+        explainer.shapley_values(x, "features")
+
+
+def test_a_model_in_training_mode_is_played_in_eval_mode_and_left_as_it_was() -> None:
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(12, 2)).double().train()
+    x, bg = _data(torch.float64, T=4, F=3, B=3, N=1)
+    with pytest.warns(UserWarning, match="training mode"):
+        estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+    assert all(m.training for m in model.modules())
+    truth = oracle(model.eval(), [x[0]], [bg], [_steps(4, 3)])
+    assert np.allclose(estimate.values[0], truth, atol=1e-12)

@@ -76,6 +76,9 @@ class Engine(ABC):
     references: int
     #: the background, per input, in the engine's array type
     background: list[Any]
+    #: whether the values are for the model's own inputs (False for shap's (model, layer) form, whose
+    #: values are for a layer's input): the Shapley mode plays the model's inputs
+    attributes_model_inputs: bool = True
     #: the model's outputs on the background, float64, shape ``(references, *output_shape)``
     background_outputs: np.ndarray
     #: which output tensor of a model with several is explained (``output=``), and where each sits

@@ -139,6 +139,8 @@ class InterimEngine(TorchEngine):
     layer's input is then not a cut, and no attribution to it alone adds up.
     """
 
+    attributes_model_inputs = False
+
     def __init__(self, model: nn.Module, layer: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
         if not any(module is layer for module in model.modules()):
             raise InputError(
