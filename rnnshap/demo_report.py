@@ -25,6 +25,7 @@ import torch
 
 from . import __version__, plots
 from .demo import DemoResult
+from .plots import style
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -136,7 +137,7 @@ class _Scales:
         base = np.array([result.expected_value[p] for p in result.predictions])
         running = base[:, None] + np.concatenate([np.zeros((len(phi), 1)), np.cumsum(per_row, 1)], axis=1)
         return _Scales(
-            plots._scale(phi, None, 99.0).limit,
+            style.color_scale(phi, None, 99.0).limit,
             _padded(min(0.0, per_row.min()), max(0.0, per_row.max())),
             _padded(running.min(), running.max()),
         )
@@ -174,7 +175,7 @@ def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
     """The digit, and its attributions to the predicted class with their values, on the family's colour scale."""
     predicted = int(result.predictions[i])
     phi = result.shap_values[i, :, :, predicted]
-    fig = plots._figure((6.0, 4.8))
+    fig = style.new_figure((6.0, 4.8))
     layout = fig.add_gridspec(1, 2, width_ratios=[1.0, 3.6])
     thumb, main = fig.add_subplot(layout[0]), fig.add_subplot(layout[1])
     thumb.imshow(result.x[i], cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
@@ -198,7 +199,7 @@ def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
     verdict = "right" if predicted == result.labels[i] else "wrong"
     base = float(result.expected_value[predicted])
     fig.suptitle(
-        f"Digit {i}: a {result.labels[i]}, predicted {predicted} ({verdict})\n{plots._identity(base, float(phi.sum()))}",
+        f"Digit {i}: a {result.labels[i]}, predicted {predicted} ({verdict})\n{style.identity(base, float(phi.sum()))}",
         fontsize=11,
     )
     return fig
@@ -213,7 +214,7 @@ def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
         output=predicted,
         base_value=result.expected_value,
         time_labels=[str(r) for r in range(8)],
-        title=f"Digit {i}, class {predicted}, row by row:\n{plots._identity(float(result.expected_value[predicted]), float(phi.sum()))}",
+        title=f"Digit {i}, class {predicted}, row by row:\n{style.identity(float(result.expected_value[predicted]), float(phi.sum()))}",
         figsize=(4.6, 4.8),
     )
     total_ax, bars_ax = fig.axes
@@ -227,14 +228,14 @@ def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
 def _classes(result: DemoResult, i: int) -> Figure:
     """Attributions of one digit to each of the 10 classes, on one colour scale, with the digit's outline."""
     phi = result.shap_values[i].astype(np.float64)
-    limit = plots._scale(phi, None, 99.0)
-    fig = plots._figure((11.0, 5.6))
+    limit = style.color_scale(phi, None, 99.0)
+    fig = style.new_figure((11.0, 5.6))
     axes = fig.subplots(2, 5)
     image: Any = None
     for k, ax in enumerate(axes.flat):
-        image = ax.imshow(phi[:, :, k], cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
+        image = ax.imshow(phi[:, :, k], cmap=style.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
         ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
-        identity = plots._identity(float(result.expected_value[k]), float(phi[:, :, k].sum())).removeprefix("f(x) = E[f] + Σφ ")
+        identity = style.identity(float(result.expected_value[k]), float(phi[:, :, k].sum())).removeprefix("f(x) = E[f] + Σφ ")
         chosen = k == result.predictions[i]
         ax.set_title(
             f"class {k}{' (predicted)' if chosen else ''}\n{identity}", fontsize=9, fontweight="bold" if chosen else "normal"
@@ -245,7 +246,7 @@ def _classes(result: DemoResult, i: int) -> Figure:
             spine.set_color("#222222" if chosen else "#bbbbbb")
             spine.set_linewidth(2.0 if chosen else 0.8)
     fig.colorbar(
-        image, ax=axes, shrink=0.8, extend=plots._extend(phi, -limit.limit, limit.limit),
+        image, ax=axes, shrink=0.8, extend=style.extend_arrows(phi, -limit.limit, limit.limit),
         label=limit.label("φ: red raises the class, blue lowers it"),
     )  # fmt: skip
     fig.suptitle(
@@ -263,32 +264,32 @@ def _pushed(result: DemoResult, i: int) -> Figure:
     to_label = result.shap_values[i, :, :, label].astype(np.float64)
     difference = to_predicted - to_label
     panels = [
-        (to_predicted, f"φ to {predicted} (predicted)\nΣφ = {plots._plain(float(to_predicted.sum()))}"),
-        (to_label, f"φ to {label} (the true class)\nΣφ = {plots._plain(float(to_label.sum()))}"),
-        (difference, f"difference: what pushed it to {predicted}\nΣ = {plots._plain(float(difference.sum()))}"),
+        (to_predicted, f"φ to {predicted} (predicted)\nΣφ = {style.plain(float(to_predicted.sum()))}"),
+        (to_label, f"φ to {label} (the true class)\nΣφ = {style.plain(float(to_label.sum()))}"),
+        (difference, f"difference: what pushed it to {predicted}\nΣ = {style.plain(float(difference.sum()))}"),
     ]
-    limit = plots._scale(np.stack([p for p, _ in panels]), None, 99.0)
-    fig = plots._figure((11.0, 4.9))
+    limit = style.color_scale(np.stack([p for p, _ in panels]), None, 99.0)
+    fig = style.new_figure((11.0, 4.9))
     axes = fig.subplots(1, 3)
     image: Any = None
     for ax, (values, title) in zip(axes, panels, strict=True):
-        image = ax.imshow(values, cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
+        image = ax.imshow(values, cmap=style.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
         ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     for (r, c), value in np.ndenumerate(difference):
-        text = plots._format(float(value), limit.limit)
+        text = style.cell_text(float(value), limit.limit)
         if text != "0":
             axes[2].text(
                 c, r, text, ha="center", va="center", fontsize=7.5, color="white" if abs(value) > 0.6 * limit.limit else "#222222"
             )
     fig.colorbar(
-        image, ax=axes, shrink=0.85, extend=plots._extend(np.stack([p for p, _ in panels]), -limit.limit, limit.limit),
+        image, ax=axes, shrink=0.85, extend=style.extend_arrows(np.stack([p for p, _ in panels]), -limit.limit, limit.limit),
         label=limit.label(f"φ, one scale for the three\ndifference: red pushed to {predicted}, blue to {label}"),
     )  # fmt: skip
     base_gap = float(result.expected_value[predicted] - result.expected_value[label])
-    number = plots._numbers(base_gap, float(difference.sum()), base_gap + float(difference.sum()))
+    number = style.number_format(base_gap, float(difference.sum()), base_gap + float(difference.sum()))
     p, q = _subscript(predicted), _subscript(label)
     total = float(difference.sum())
     fig.suptitle(
@@ -458,7 +459,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
         phi = result.shap_values[i, :, :, predicted]
         right = predicted == result.labels[i]
         badge = '<span class="badge right">right</span>' if right else '<span class="badge wrong">wrong</span>'
-        identity = plots._identity(float(result.expected_value[predicted]), float(phi.sum()))
+        identity = style.identity(float(result.expected_value[predicted]), float(phi.sum()))
         parts.append(
             f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>Digit {i}: a {result.labels[i]}, '
             f"predicted {predicted} {badge}</h3>"
