@@ -127,7 +127,7 @@ def _deterministic(device: str) -> Iterator[None]:
 
 
 def run(
-    samples: int = 8, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
+    samples: int = 11, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
 ) -> DemoResult:
     """Train on all but 300 digits, explain ``samples`` held-out ones (:func:`choose_digits`) against
     ``background`` training digits."""
@@ -205,7 +205,7 @@ def _print(result: DemoResult) -> None:
         scale = np.abs(phi).max() or 1.0
         verdict = "" if result.predictions[i] == result.labels[i] else " (wrong)"
         print(
-            f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}{verdict}; "
+            f"\nexample {i} (a {result.labels[i]}): predicted {result.predictions[i]}{verdict}; "
             "image | attribution to the predicted class (+ / -)"
         )
         for row in range(8):
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--samples",
         type=int,
-        default=8,
-        help="held-out digits to explain, of different classes and one the model gets wrong (default 8)",
+        default=11,
+        help="held-out digits to explain: one of each class and one the model gets wrong (default 11)",
     )
     parser.add_argument(
         "--layer", choices=["lstm", "gru", "bidirectional"], default="lstm", help="the recurrent layer (default lstm)"

@@ -103,37 +103,21 @@ def over_time(
         start = 0.0 if base is None else base
         number = number_format(start, float(per_step.sum()), start + float(per_step.sum()))
         running = start + np.concatenate([[0.0], np.cumsum(per_step)])  # running[t]: before step t
-        xs = np.concatenate([[positions[0] - 0.5], positions + 0.5])
+        # the total after each step sits on that step's tick, above its bar; the line starts half a step
+        # before the first one, at the total before it (E[f] for the whole sequence)
+        xs = np.concatenate([[positions[0] - 0.5], positions])
         ys = running[window[0] : window[-1] + 2]
-        total_ax.plot(xs, ys, color=INK, linewidth=1.4, marker="o" if n <= 40 else None, markersize=3.5, drawstyle="default")
-        total_ax.axhline(start, color="#888888", linewidth=0.9, linestyle="--")
         start_text = "E[f]" if base is not None else "start (E[f] not given)"
-        end_gap = float(running[window[-1] + 1] - start)
-        span = float(np.ptp(running[window[0] : window[-1] + 2])) or 1.0
-        below = 0 <= end_gap < 0.15 * span  # at the right end, above the line unless the curve ends just above it
-        total_ax.annotate(
-            f"{start_text} = {number(start)}", (1.0, start), xycoords=("axes fraction", "data"), xytext=(-2, -3 if below else 3),
-            textcoords="offset points", fontsize=9, color="#555555", ha="right", va="top" if below else "bottom",
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0}, annotation_clip=False,
+        end_text = "f(x)" if base is not None else "Σφ"
+        whole = window[-1] == count - 1
+        total_ax.plot(
+            xs, ys, color=INK, linewidth=1.4, marker="o" if n <= 40 else None, markersize=3.5, markevery=list(range(1, len(xs))),
+            label=f"running total, ending at {end_text} = {number(float(running[-1]))}" if whole else "running total",
         )  # fmt: skip
-        if window[-1] == count - 1:
-            end = float(running[-1])
-            end_text = "f(x)" if base is not None else "Σφ"
-            total_ax.annotate(
-                f"{end_text} =\n{number(end)}",
-                (1.0, end),
-                xycoords=("axes fraction", "data"),
-                xytext=(5, 0),
-                textcoords="offset points",
-                ha="left",
-                va="center",
-                fontsize=9,
-                fontweight="bold",
-                color=INK,
-                annotation_clip=False,
-            )  # fmt: skip  (in the right margin, clear of the curve)
+        total_ax.axhline(start, color="#888888", linewidth=0.9, linestyle="--", label=f"{start_text} = {number(start)}")
+        # the numbers in a legend that matplotlib places where it hides no line
+        total_ax.legend(loc="best", fontsize=8.5, frameon=True, framealpha=0.9, edgecolor="none", handlelength=1.6)
         total_ax.set_ylabel("running total\nE[f] + Σφ so far" if base is not None else "running Σφ")
-        total_ax.tick_params(labelbottom=False)
         style_axes(total_ax, "y")
     if title is None:
         head = f"{label} over time" if label else "Attribution over time"
