@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .demo_report import DemoRun, write_report
 from .explainer import DeepExplainer
 
 HIDDEN = 32
@@ -79,6 +81,12 @@ class DemoResult:
     @property
     def kind(self) -> str:
         return {"lstm": "LSTM", "gru": "GRU", "bidirectional": "bidirectional LSTM"}[self.layer]
+
+    def for_report(self) -> DemoRun:
+        """The run as plain data, for the report (``demo_report.write_report``)."""
+        fields = {f.name for f in dataclasses.fields(DemoRun)}
+        given = {name: getattr(self, name) for name in fields - {"model_description", "model_text"}}
+        return DemoRun(**given, model_description=self.describe_model(), model_text=str(self.model))
 
     def describe_model(self) -> str:
         kind = self.kind
@@ -239,10 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     _print(result)
     if args.no_report:
         return
-    from .demo_report import write_report
-
     command = "rnnshap demo " + " ".join(argv if argv is not None else [])
-    report = write_report(result, Path(args.out), command=command.strip(), started=start)
+    report = write_report(result.for_report(), Path(args.out), command=command.strip(), started=start)
     print(f"\nreport: {report.index} ({len(report.files)} files, {report.total_seconds:.1f} s in all)")
     if not report.has_plots:
         print("matplotlib is not installed, so the report has no plots: pip install 'rnnshap[plot]'")

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from . import __version__, plots
-from .demo import DemoResult
 from .plots import style
 
 if TYPE_CHECKING:
@@ -37,6 +36,35 @@ COLUMN_LABELS = [f"col {i}" for i in range(8)]
 
 
 @dataclass
+class DemoRun:
+    """What the report shows of one run of the demo: plain data, handed over by ``rnnshap.demo``."""
+
+    layer: str  # "lstm", "gru" or "bidirectional"
+    kind: str  # the layer as the page names it ("LSTM")
+    model_description: str  # one sentence on the model
+    model_text: str  # the model as torch prints it
+    n_parameters: int
+    seed: int
+    epochs: int
+    device: str
+    accuracy: float
+    x: np.ndarray  # (n, 8, 8) explained digits
+    indices: np.ndarray  # (n,) their positions in the held-out set
+    held_out_errors: int  # how many of the held-out digits the model gets wrong
+    labels: np.ndarray  # (n,)
+    predictions: np.ndarray  # (n,)
+    outputs: np.ndarray  # (n, 10) model outputs (logits)
+    shap_values: np.ndarray  # (n, 8, 8, 10)
+    expected_value: np.ndarray  # (10,)
+    additivity_error: float  # max |Σφ − (f(x) − E[f])| over samples and classes
+    train_seconds: float
+    explain_seconds: float
+    n_train: int
+    n_test: int
+    n_background: int
+
+
+@dataclass
 class Report:
     index: Path
     files: list[Path] = field(default_factory=list)
@@ -45,7 +73,7 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def summarize(result: DemoResult) -> dict[str, Any]:
+def summarize(result: DemoRun) -> dict[str, Any]:
     """The numbers of the report. ``results`` depends only on the settings and the seed."""
     values = result.shap_values.astype(np.float64)
     gap = result.outputs.astype(np.float64) - result.expected_value
@@ -83,7 +111,7 @@ def summarize(result: DemoResult) -> dict[str, Any]:
     }
 
 
-def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
+def write_report(result: DemoRun, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
     """Write the report into ``out`` (created if needed); return what was written."""
     out.mkdir(parents=True, exist_ok=True)
     report = Report(index=out / "index.html", summary=summarize(result))
@@ -113,12 +141,12 @@ def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo"
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
-def _predicted_phi(result: DemoResult) -> np.ndarray:
+def _predicted_phi(result: DemoRun) -> np.ndarray:
     """(n, 8, 8): each digit's attributions to its predicted class."""
     return np.stack([result.shap_values[i, :, :, p] for i, p in enumerate(result.predictions)]).astype(np.float64)
 
 
-def _wrong(result: DemoResult) -> list[int]:
+def _wrong(result: DemoRun) -> list[int]:
     return [i for i in range(len(result.x)) if result.predictions[i] != result.labels[i]]
 
 
@@ -132,7 +160,7 @@ class _Scales:
     rows: float  # colour limit of φ per row (the row chips), the largest |φ of a row|
 
     @staticmethod
-    def of(result: DemoResult) -> _Scales:
+    def of(result: DemoRun) -> _Scales:
         phi = _predicted_phi(result)
         per_row = phi.sum(-1)
         base = np.array([result.expected_value[p] for p in result.predictions])
@@ -152,7 +180,7 @@ def _padded(low: float, high: float, pad: float = 0.08) -> tuple[float, float]:
     return float(low - pad * span), float(high + pad * span)
 
 
-def _figures(result: DemoResult, scales: _Scales) -> list[tuple[str, Any]]:
+def _figures(result: DemoRun, scales: _Scales) -> list[tuple[str, Any]]:
     made: list[tuple[str, Any]] = [
         (
             "global_importance",
@@ -175,7 +203,7 @@ def _figures(result: DemoResult, scales: _Scales) -> list[tuple[str, Any]]:
     return made
 
 
-def _name(result: DemoResult, i: int) -> str:
+def _name(result: DemoRun, i: int) -> str:
     """How the report, its figures and the console name an explained digit: "example 3 (a 4)"."""
     return f"example {i} (a {result.labels[i]})"
 
@@ -201,7 +229,7 @@ def _grid_ticks(ax: Any, rows: bool = True, columns: bool = True) -> None:
     ax.tick_params(length=0, pad=2)
 
 
-def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _sample(result: DemoRun, i: int, scales: _Scales) -> Figure:
     """The digit, and its attributions to the predicted class with their values, on the family's colour scale."""
     predicted = int(result.predictions[i])
     fig = style.new_figure((6.0, 4.8))
@@ -230,7 +258,7 @@ def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
     return fig
 
 
-def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _over_time(result: DemoRun, i: int, scales: _Scales) -> Figure:
     predicted = int(result.predictions[i])
     fig = plots.over_time(
         result.shap_values,
@@ -254,7 +282,7 @@ def _two_decimals(value: float) -> str:
     return ("0.00" if float(text) == 0 else text).replace("-", "−")
 
 
-def _classes(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _classes(result: DemoRun, i: int, scales: _Scales) -> Figure:
     """Attributions of one digit to each of the 10 classes, on the heatmaps' colour scale, with the digit's outline."""
     phi = result.shap_values[i].astype(np.float64)
     limit = scales.phi
@@ -291,7 +319,7 @@ def _classes(result: DemoResult, i: int, scales: _Scales) -> Figure:
     return fig
 
 
-def _pushed(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _pushed(result: DemoRun, i: int, scales: _Scales) -> Figure:
     """A misclassified digit: φ to the predicted class, to the true one, and their difference, on one colour scale."""
     predicted, label = int(result.predictions[i]), int(result.labels[i])
     to_predicted = result.shap_values[i, :, :, predicted].astype(np.float64)
@@ -398,7 +426,7 @@ def _image(figures: dict[str, tuple[str, int]], name: str, alt: str) -> str:
     return f'<figure><a href="{source}"><img src="{source}" width="{width}" alt="{html.escape(alt)}"></a></figure>'
 
 
-def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
+def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
     results, timing, environment = summary["results"], summary["timing"], summary["environment"]
     e = html.escape
     n = len(result.x)
@@ -427,7 +455,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
         + f" (the model misclassifies {results['held_out_errors']} of the {results['test_size']} held-out digits)"
     )
     rows = [
-        ("Model", e(result.describe_model())),
+        ("Model", e(result.model_description)),
         (
             "Data",
             f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row as 8 time steps of 8 pixels",
@@ -544,7 +572,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
         ]
     parts += [
         "<h2>Model</h2>",
-        f"<pre>{e(str(result.model))}</pre>",
+        f"<pre>{e(result.model_text)}</pre>",
         f"<footer>Made by <code>{e(command)}</code> with rnnshap {environment['rnnshap']} on Python {e(sys.version.split()[0])}. "
         "The numbers under <em>results</em> in <code>summary.json</code> are the same on every run with the same seed and settings.</footer>",
         "</main></body></html>",

@@ -95,7 +95,7 @@ def test_the_explained_digits_differ_and_include_a_misclassified_one() -> None:
 
 def test_the_report_keeps_one_scale_per_family_and_starts_the_running_total_at_the_base() -> None:
     pytest.importorskip("matplotlib")
-    result = demo.run(samples=3, seed=1, epochs=1, background=5)
+    result = demo.run(samples=3, seed=1, epochs=1, background=5).for_report()
     assert len(set(result.indices.tolist())) == 3
     assert (result.predictions != result.labels).any()  # one epoch: the model gets digits wrong, and one is shown
     scales = demo_report._Scales.of(result)
@@ -140,9 +140,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     first = demo.run(samples=2, seed=3, epochs=2, background=10)
     second = demo.run(samples=2, seed=3, epochs=2, background=10)
     other = demo.run(samples=2, seed=4, epochs=2, background=10)
-    assert summarize(first)["results"] == summarize(second)["results"]
+    assert summarize(first.for_report())["results"] == summarize(second.for_report())["results"]
     np.testing.assert_array_equal(first.shap_values, second.shap_values)
-    assert summarize(first)["results"] != summarize(other)["results"]
+    assert summarize(first.for_report())["results"] != summarize(other.for_report())["results"]
 
 
 @pytest.mark.parametrize("layer", ["gru", "bidirectional"])
