@@ -35,3 +35,30 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
             exec(compile(block, f"{page}, example {number}", "exec"), namespace)
         except Exception as error:  # pragma: no cover - the message is the point
             raise AssertionError(f"example {number} of docs/{page} fails: {error!r}\n{block}") from error
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[list[str]]:
+    return [[line for line in block.splitlines() if line.strip()] for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_the_readme_installs_in_a_venv_and_tests_with_the_command_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    install, tests = _bash_blocks(readme)[:2]
+    for block in (install, tests):
+        assert "venv" in block[0], block  # a fresh virtual environment first
+        assert any(line.startswith("pip install torch==") and "/whl/cpu" in line for line in block), block  # the CPU build
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert tests[-1] == ci[-1] == "python -m pytest -q"
+
+
+def test_the_readme_names_every_option_of_the_demo() -> None:
+    from rnnshap import demo
+
+    text = (ROOT / "README.md").read_text()
+    options = re.findall(r"add_argument\(\s*\"(--[a-z-]+)\"", Path(demo.__file__).read_text())
+    assert len(options) >= 8
+    missing = [option for option in options if f"`{option}" not in text]
+    assert not missing, f"the README's demo options miss {missing}"
