@@ -22,7 +22,7 @@ from ...errors import InputError
 from ...rules.base import Rule
 from ..outputs import OutputChoice
 from .engine import TorchEngine
-from .safety import PreservedState, _has_active_randomness, as_tensors, check_matching, model_device_and_dtype
+from .safety import PreservedState, as_tensors, check_matching, has_active_randomness, model_device_and_dtype
 
 Tensor = torch.Tensor
 
@@ -49,7 +49,7 @@ def training_randomness(model: nn.Module) -> list[str]:
     return [
         f"{name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
         for name, module in model.named_modules()
-        if module.training and (_has_active_randomness(module) or (isinstance(module, nn.MultiheadAttention) and module.dropout > 0))
+        if module.training and (has_active_randomness(module) or (isinstance(module, nn.MultiheadAttention) and module.dropout > 0))
     ]
 
 
