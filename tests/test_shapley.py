@@ -309,3 +309,26 @@ def test_a_model_in_training_mode_is_played_in_eval_mode_and_left_as_it_was() ->
     assert all(m.training for m in model.modules())
     truth = oracle(model.eval(), [x[0]], [bg], [_steps(4, 3)])
     assert np.allclose(estimate.values[0], truth, atol=1e-12)
+
+
+def test_the_plots_draw_the_intervals_and_deepshap_beside() -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.collections import LineCollection
+
+    torch.manual_seed(12)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=5, B=4, N=2)
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=120, random_state=0)
+    assert estimate.deepshap is not None and np.isfinite(estimate.stderr).all()
+    fig = rnnshap.plots.shapley_bars(estimate, sample=1, output=2)
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert np.allclose(heights[:5], estimate.values[1, :, 2]) and np.allclose(heights[5:10], estimate.deepshap[1, :, 2])
+    (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    lengths = [abs(seg[1][1] - seg[0][1]) for seg in bars.get_segments()]
+    assert np.allclose(lengths, 2 * 1.96 * estimate.stderr[1, :, 2])
+    timeline = rnnshap.plots.over_time(estimate, sample=1, output=2)
+    (bars,) = [c for c in timeline.axes[1].collections if isinstance(c, LineCollection)]
+    assert np.allclose([abs(s[1][1] - s[0][1]) for s in bars.get_segments()], 2 * 1.96 * estimate.stderr[1, :, 2])
+    with pytest.raises(ValueError, match="players"):
+        rnnshap.plots.over_time(rnnshap.DeepExplainer(model, bg).shapley_values(x, "features", budget=120), sample=0, output=0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from .interop import flatten
 from .many_samples import beeswarm_over_time, global_importance
 from .one_sample import heatmap, output_map
+from .shapley import shapley_bars
 from .style import BAR, DIVERGING, GRID, IMPORTANCE, INK, NEGATIVE, POSITIVE, VALUES  # noqa: F401  (public colours)
 from .timeline import over_time, signal
 from .tokens import token_html
@@ -38,6 +39,7 @@ __all__ = [
     "flatten",
     "global_importance",
     "heatmap",
+    "shapley_bars",
     "output_map",
     "over_time",
     "signal",

@@ -35,6 +35,31 @@ class Parts:
     explanation: bool = False
 
 
+def is_estimate(obj: Any) -> bool:
+    """A :class:`rnnshap.ShapleyEstimate` (duck-typed: the plots import nothing of the explainers)."""
+    return hasattr(obj, "stderr") and hasattr(obj, "n_players") and hasattr(obj, "deepshap")
+
+
+def from_estimate(
+    values: Any, errors: Any, base_value: Any, what: str, sample: int | None, players: tuple[str, ...] = ("steps",)
+) -> tuple[Any, Any, Any]:
+    """``values``, ``errors`` and ``base_value`` of a plot's arguments, read from a ShapleyEstimate
+    given as ``values`` (its values per player as a (N, P, 1, *outputs) batch of sequences of one
+    feature, and the base values of ``sample``), or as given."""
+    if not is_estimate(values):
+        return values, errors, base_value
+    if values.players not in players or isinstance(values.values, list):
+        raise ValueError(f"{what} draws a ShapleyEstimate with players {' or '.join(repr(p) for p in players)}, not {values.players!r}")
+    if errors is not None:
+        raise ValueError(f"{what}: a ShapleyEstimate brings its own standard errors; do not pass errors= too")
+
+    def per_player(a: np.ndarray) -> np.ndarray:
+        return np.expand_dims(np.asarray(a, dtype=np.float64), 2)
+
+    base = values.base_values[sample] if base_value is None and sample is not None else base_value
+    return per_player(values.values), per_player(values.stderr), base
+
+
 def unpack(values: Any, data: Any = None, base_value: Any = None) -> Parts:
     if not is_explanation(values):
         return Parts(

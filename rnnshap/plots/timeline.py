@@ -11,6 +11,7 @@ from .inputs import (
     Output,
     Steps,
     axis_labels,
+    from_estimate,
     pick_sequence,
     step_window,
     top_features,
@@ -50,10 +51,16 @@ def over_time(
     base_value: Any = None,
     title: str | None = None,
     cumulative: bool = True,
+    errors: Any = None,
     ax: Axes | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """Attribution per time step (summed over features) of one sequence, under its running total.
+
+    ``values`` may also be a :class:`rnnshap.ShapleyEstimate` with players ``"steps"``: its values
+    are drawn with their 95 % intervals (± 1.96 standard errors) as error bars, and its base values
+    start the running total. ``errors=``: standard errors shaped like ``values`` to draw so with
+    any other values (per step: with features, they are the errors of the step's sum).
 
     ``values`` as for :func:`heatmap`: (T, F) or (T,) per sequence, a batch with ``sample``, an
     output axis with ``output``, or a shap.Explanation. The top panel (``cumulative=True``) is the
@@ -62,9 +69,16 @@ def over_time(
     accepted for symmetry with the other plots (features are summed here).
     """
     del feature_names  # summed over
+    values, errors, base_value = from_estimate(values, errors, base_value, "over_time", sample)
     parts = unpack(values, None, base_value)
     phi, _, label, base = pick_sequence(parts, sample, output, (1, 2), "over_time")
     per_step = phi.sum(-1) if phi.ndim == 2 else phi
+    step_errors = None
+    if errors is not None:
+        se, _, _, _ = pick_sequence(unpack(np.asarray(errors, dtype=np.float64)), sample, output, (1, 2), "over_time (errors)")
+        if se.shape != phi.shape:
+            raise ValueError(f"errors of shape {np.shape(errors)} do not match the values' shape {np.shape(parts.values)}")
+        step_errors = se if se.ndim == 1 else np.sqrt((se**2).sum(-1))
     count = len(per_step)
     times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
     window = step_window(steps, count)
@@ -87,11 +101,16 @@ def over_time(
     colors = [rgb(POSITIVE) if v >= 0 else rgb(NEGATIVE) for v in shown]
     bars_ax.bar(positions, shown, color=colors, width=0.8 if n <= 60 else 1.0, linewidth=0)
     bars_ax.axhline(0.0, color="#444444", linewidth=0.8)
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    handles: list[Any] = [Patch(color=rgb(POSITIVE), label="raises the output"), Patch(color=rgb(NEGATIVE), label="lowers it")]
+    if step_errors is not None:
+        bars_ax.errorbar(positions, shown, yerr=1.96 * step_errors[window], fmt="none", ecolor=INK, elinewidth=1.0, capsize=2.5)
+        handles.append(Line2D([], [], color=INK, marker="|", linestyle="none", markersize=8, label="95 % interval"))
     bars_ax.legend(
-        handles=[Patch(color=rgb(POSITIVE), label="raises the output"), Patch(color=rgb(NEGATIVE), label="lowers it")],
-        frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, borderaxespad=0.1,
+        handles=handles,
+        frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles), borderaxespad=0.1,
     )  # fmt: skip
     bars_ax.set_ylabel("φ of the step\n(Σ over features)")
     bars_ax.set_xlabel("time step")
