@@ -123,6 +123,8 @@ for folder in sorted(Path(sys.argv[1]).iterdir()):
         x, background = list(x), list(background)
     explainer = rnnshap.DeepExplainer(model, background, **json.loads((folder / "options.json").read_text()))
     np.save(folder / "torch.npy", np.asarray(explainer.shap_values(x)))
+    if folder.name == "lstm":  # the Shapley mode on the torch backend: every coalition, exact
+        np.save(folder / "shapley.npy", explainer.shapley_values(x, "steps", budget=10**6).values)
     found[folder.name] = {
         "engine": type(explainer.engine).__name__,
         "expected": np.asarray(explainer.expected_value).tolist(),
@@ -142,6 +144,9 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         x, background = _data(name, rng)
         explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
         tensorflow_side[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
+        if name == "lstm":
+            exact_shapley = explainer.shapley_values(x, "steps", budget=10**6)
+            assert exact_shapley.exact.all()
         folder = tmp_path / name
         folder.mkdir()
         (folder / "options.json").write_text(json.dumps(OPTIONS.get(name, {})))
@@ -169,6 +174,7 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
                 assert np.all(masked_values[row, steps] == 0), name
             assert np.abs(masked_values[1, :4]).max() > 0, name
         assert_rounding_close(np.reshape(found[name]["expected"], np.shape(expected)), expected, np.float32, what=f"{name}: E[f]")
+    assert_rounding_close(np.load(tmp_path / "lstm" / "shapley.npy"), exact_shapley.values, np.float32, what="lstm: Shapley values")
 
 
 def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
