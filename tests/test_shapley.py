@@ -145,9 +145,10 @@ def test_the_same_seed_gives_bit_identical_values_whatever_the_batch_size() -> N
     round a row differently in batches of other sizes)."""
     torch.manual_seed(4)
     model = Reader().eval()
-    x, bg = _data(torch.float32, T=6, B=4, N=3)
+    x, bg = _data(torch.float32, T=6, B=4, N=35)  # two groups of samples
     explainer = rnnshap.DeepExplainer(model, bg)
     runs = [explainer.shapley_values(x, "steps", budget=150, random_state=7, batch_size=size) for size in (256, 1000, 4096)]
+    assert np.abs(runs[0].values.sum(1) - (runs[0].outputs - runs[0].base_values)).max() <= 1e-5
     for other in runs[1:]:
         assert np.array_equal(runs[0].values, other.values) and np.array_equal(runs[0].stderr, other.stderr)
     different = explainer.shapley_values(x, "steps", budget=150, random_state=8)

@@ -65,6 +65,8 @@ from .players import Players
 
 #: rows per forward pass: the values are bit-identical for every batch_size of at least this
 CHUNK = 256
+#: samples estimated together (their rows share forward passes): bounds the memory of a call
+GROUP = 32
 
 #: forward(rows per input, each (m, *shape)) → (m, n_outputs) float64
 Forward = Callable[[list[np.ndarray]], np.ndarray]
@@ -153,6 +155,31 @@ def estimate(
     if exhaustive <= budget:
         return _enumerate(game, batch_size, progress, exhaustive)
     seeds = np.random.SeedSequence(_entropy(random_state)).spawn(n)
+    if n > GROUP:  # a fixed number of samples at a time bounds memory (not batch_size: bit-identical values)
+        parts = []
+        for start in progress_bar(list(range(0, n, GROUP)), progress, desc="rnnshap shapley", unit="group"):
+            chosen = slice(start, start + GROUP)
+            part = Game(game.forward, [x[chosen] for x in game.x], game.background, game.background_outputs, game.players, game.columns[chosen])
+            parts.append(
+                _sample(part, budget, fixed, seeds[chosen], tol, batch_size, False, None if control is None else control[chosen])
+            )
+        return Result(*(np.concatenate([getattr(r, name) for r in parts]) for name in Result.__dataclass_fields__))
+    return _sample(game, budget, fixed, seeds, tol, batch_size, progress, control)
+
+
+def _sample(
+    game: Game,
+    budget: int,
+    fixed: int,
+    seeds: Sequence[np.random.SeedSequence],
+    tol: float | None,
+    batch_size: int,
+    progress: bool | None,
+    control: np.ndarray | None,
+) -> Result:
+    """Antithetic walks for the samples of ``game`` (see the module): ``fixed`` rows per sample
+    are spent outside the walks."""
+    n, B, P = game.samples, game.references, game.players.count
     rows_n = np.arange(n)[:, None]
     k = game.columns.shape[1]
     walk_rows = max(P - 1, 0)
@@ -165,7 +192,7 @@ def estimate(
     m = 1 if design is None or single else len(design)
     blocks = units // (m * B) if m > 1 else 0  # cycles of per-reference design blocks
     cycle = m * B if blocks else B
-    rounds = [cycle] * (units // cycle) + ([units % cycle] if units % cycle else []) if tol is not None else [units]
+    rounds = [cycle] * (units // cycle) + ([units % cycle] if units % cycle else [])  # tol may stop a sample after each
     orders, refs = _plan(seeds, units, P, B, design, blocks)
     stats = _Stats(n, B, P, k)
     active = np.arange(n)
