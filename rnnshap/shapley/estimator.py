@@ -207,7 +207,7 @@ def _sample(
         # f(x) and v_r(∅) run in the first round's forward passes, beside the walks' rows, so that a
         # player the model ignores changes no output by a rounding of another batch size's kernels
         head = _head(game) if start == 0 else None
-        estimates, head_out = _walks(game, active, orders[:, start:stop], refs[:, start:stop], head, batch_size, single)
+        estimates, head_out = _walks(game, active, orders[active, start:stop], refs[active, start:stop], head, batch_size, single)
         if head_out is not None:
             fx, empty = head_out
             base = empty.mean(1)[rows_n, game.columns]  # (n, k)
