@@ -337,14 +337,20 @@ def figure(records: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = [c for c in dict.fromkeys(r["case"] for r in records)]
-    fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 3.4), sharey=True, squeeze=False)
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    columns = min(4, len(cases))
+    rows = -(-len(cases) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.0 * rows), squeeze=False)
     styles = {"shapley_values": ("C0", "o-"), "ShapleyExplainer": ("C1", "s-"), "permutation": ("C2", "^--"), "shap Permutation": ("C4", "v:"), "Captum SVS": ("C5", "d:"), "IG": ("C3", "x-.")}
-    for ax, case in zip(axes[0], cases, strict=True):
+    for ax, case in zip(axes.flat, cases, strict=False):
         for method, (colour, style) in styles.items():
             points = [(r["multiple"], r["error"]) for r in records if r["case"] == case and r["method"] == method and r["error"] is not None]
+            exact = [m for m, e in points if e < 1e-6]  # exact to rounding (IG on a multilinear function): no place on a log axis
+            points = [(m, e) for m, e in points if e >= 1e-6]
             if points:
                 ax.plot(*zip(*points, strict=True), style, color=colour, label=method, markersize=4)
+            if exact:
+                ax.text(0.98, 0.97, f"{method}: exact (0)", transform=ax.transAxes, ha="right", va="top", fontsize=7, color=colour)
         deep = [r["error"] for r in records if r["case"] == case and r["method"] == "DeepSHAP"]
         if deep:
             ax.axhline(deep[0], color="k", lw=1, ls="--", label="DeepSHAP (1×)")
@@ -352,10 +358,15 @@ def figure(records: list[dict[str, Any]], path: str) -> None:
         ax.set_yscale("log")
         ax.set_xticks(list(MULTIPLES), [f"{m}×" for m in MULTIPLES])
         ax.set_title(case, fontsize=9)
-        ax.set_xlabel("cost (× DeepSHAP's)")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("median relative L2 to exact")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    for ax in axes.flat[len(cases) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("cost (× DeepSHAP's)")
+    for row in axes:
+        row[0].set_ylabel("median relative L2 to exact")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", bbox_to_anchor=(0.98, 0.08), fontsize=8, frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
