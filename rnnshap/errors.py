@@ -96,6 +96,13 @@ ADVICE: dict[str, str] = {
     ),
 }
 
+#: The door that still works where DeepSHAP's decomposition cannot follow a model (said by each such refusal)
+SHAPLEY_DOOR = (
+    "Shapley values of the same model need only its forward: rnnshap.ShapleyExplainer(model, background)"
+    ".shapley_values(x) still works (exact where the budget covers every coalition, with standard errors "
+    "otherwise; docs/shapley.md)."
+)
+
 Op = Union[tuple[str, str], tuple[str, str, str]]
 
 
@@ -125,9 +132,8 @@ class UnsupportedOperationError(RnnShapError, TypeError):
             + "\n".join(lines)
             + "\nrnnshap refuses rather than return attributions that do not add up.\n"
             + "\n".join(f"* {text}" for text in advice)
-            + "\n* Shapley values of the same model need only its forward: rnnshap.ShapleyExplainer(model, "
-            "background).shapley_values(x) still works (exact where the budget covers every coalition, "
-            "with standard errors otherwise; docs/shapley.md)."
+            + "\n* "
+            + SHAPLEY_DOOR
         )
         super().__init__(message)
 

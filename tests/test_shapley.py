@@ -316,7 +316,7 @@ def test_a_model_in_training_mode_is_played_in_eval_mode_and_left_as_it_was() ->
     torch.manual_seed(11)
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(12, 2)).double().train()
     x, bg = _data(torch.float64, T=4, F=3, B=3, N=1)
-    with pytest.warns(UserWarning, match="training mode"):
+    with pytest.warns(UserWarning, match="training mode with Dropout"):
         estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
     assert all(m.training for m in model.modules())
     truth = oracle(model.eval(), [x[0]], [bg], [_steps(4, 3)])
@@ -344,3 +344,13 @@ def test_the_plots_draw_the_intervals_and_deepshap_beside() -> None:
     assert np.allclose([abs(s[1][1] - s[0][1]) for s in bars.get_segments()], 2 * 1.96 * estimate.stderr[1, :, 2])
     with pytest.raises(ValueError, match="players"):
         rnnshap.plots.over_time(rnnshap.DeepExplainer(model, bg).shapley_values(x, "features", budget=120), sample=0, output=0)
+
+
+def test_a_torchscript_model_deepexplainer_refuses_is_played_by_its_forward() -> None:
+    torch.manual_seed(13)
+    model = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(6, 2), nn.Tanh()).double().eval())
+    x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
+    with pytest.raises(rnnshap.ModelStateError, match="ShapleyExplainer"):
+        rnnshap.DeepExplainer(model, bg)
+    estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+    assert np.allclose(estimate.values[0], oracle(model, [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)

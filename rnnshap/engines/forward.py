@@ -100,10 +100,20 @@ def _torch_numpy(value: Any) -> np.ndarray:
 def _torch_call(model: Any) -> Callable[[list[np.ndarray]], Any]:
     import torch
 
-    from .pytorch.safety import PreservedState, model_device_and_dtype
+    from .pytorch.safety import PreservedState, has_active_randomness, model_device_and_dtype
 
     device, dtype = model_device_and_dtype(model)
-    warned: list[bool] = []
+    # modules whose training mode draws randomness or batch statistics (dropout, batch norm) run in
+    # eval mode, the function shap and DeepExplainer explain; their flags are put back after each call
+    switched = [m for m in model.modules() if m.training and has_active_randomness(m)]
+    if switched:
+        names = sorted({type(m).__name__ for m in switched})
+        warnings.warn(
+            f"the model is in training mode with {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}: "
+            "ShapleyExplainer explains its eval-mode function and leaves every module's training flag as it was",
+            stacklevel=4,
+        )
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
     def call(rows: list[np.ndarray]) -> Any:
         tensors = []
@@ -112,24 +122,16 @@ def _torch_call(model: Any) -> Callable[[list[np.ndarray]], Any]:
             if t.is_floating_point() and dtype is not None:
                 t = t.to(dtype)
             tensors.append(t.to(device) if device is not None else t)
-        training = [m for m in model.modules() if m.training]
-        if training and not warned:
-            names = sorted({type(m).__name__ for m in training})
-            warnings.warn(
-                f"the model is in training mode ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): "
-                "ShapleyExplainer explains its eval-mode function and leaves the modules' training flags as they were",
-                stacklevel=4,
-            )
-            warned.append(True)
-        state = PreservedState(model)
+        state = None if scripted else PreservedState(model)  # TorchScript keeps its state out of Python's reach
         try:
-            for m in training:
+            for m in switched:
                 m.training = False
             with torch.no_grad():
                 return model(*tensors)
         finally:
-            for m in training:
+            for m in switched:
                 m.training = True
-            state.restore()
+            if state is not None:
+                state.restore()
 
     return call

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ...errors import InputError, ModelStateError
+from ...errors import SHAPLEY_DOOR, InputError, ModelStateError
 
 Tensor = torch.Tensor
 
@@ -75,7 +75,7 @@ def check_model(model: Any) -> None:
             raise ModelStateError(
                 f"{where} is a TorchScript module ({type(module).__name__}). Its operations run inside "
                 "the TorchScript interpreter, out of rnnshap's sight, so attributions through it would "
-                "be silently wrong. Explain the original Python nn.Module instead."
+                "be silently wrong. Explain the original Python nn.Module instead. " + SHAPLEY_DOOR
             )
         if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
             raise ModelStateError(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ...errors import TapeMismatchError
+from ...errors import SHAPLEY_DOOR, TapeMismatchError
 
 
 @dataclass
@@ -132,5 +132,6 @@ _CAUSES = (
     "rnnshap runs the model once on the references and once on the inputs and pairs their "
     "operations in order, so both must run the same operations. Control flow that depends on "
     "input values, randomness in forward(), or state that changes between calls break this; "
-    "make the model's forward() deterministic and independent of the input's values."
+    "make the model's forward() deterministic and independent of the input's values. Where the "
+    "control flow is the model's own (and deterministic): " + SHAPLEY_DOOR
 )
