@@ -288,13 +288,15 @@ class DeepExplainer:
             batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
         )  # fmt: skip
 
-    def _pair_values(self, inputs: list[Any], columns: np.ndarray, players: Any) -> np.ndarray:
+    def _pair_values(self, inputs: list[Any], columns: np.ndarray, players: Any, batch_size: int) -> np.ndarray:
         """DeepSHAP's values of every (sample, reference) pair summed to ``players``: (n, B, P, k)."""
         n, k = columns.shape
         B = self.engine.references
         values = np.zeros((n, B, players.count, k))
-        pairs = max(1, self.batch_size // self.engine.rows_per_pair(k))
-        for block in _blocks(n, B, pairs):
+        # one sample's pairs per block (its references in parts if batch_size holds fewer): the values do
+        # not then depend on batch_size, nor on the other samples of the call
+        pairs = max(1, batch_size // self.engine.rows_per_pair(k))
+        for block in _blocks(n, B, min(pairs, B)):
             result = self.engine.attribute(inputs, block, columns[block.s0 : block.s1], per_pair=True)
             per_entry = [part.reshape(k * block.pairs, *part.shape[3:]) for part in result.sums]
             summed = players.per_player(per_entry).reshape(k, block.samples, block.references, players.count)

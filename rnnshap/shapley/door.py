@@ -9,11 +9,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .estimator import Forward, Game, default_budget, enumeration_rows, estimate
+from .estimator import GROUP, Forward, Game, default_budget, enumeration_rows, estimate
 from .players import Players, resolve
 
-#: DeepSHAP's values per (sample, reference) pair summed to the players: (inputs, columns, players) → (n, B, P, k)
-PairValues = Callable[[list[Any], np.ndarray, Players], np.ndarray]
+#: DeepSHAP's values per (sample, reference) pair summed to the players: (inputs, columns, players,
+#: batch_size) → (n, B, P, k)
+PairValues = Callable[[list[Any], np.ndarray, Players, int], np.ndarray]
 
 
 @dataclass
@@ -144,26 +145,37 @@ def shapley_values(
     control_rows = 3 * B
     follows_same = all((ids is None) == (not attributed) for ids, attributed in zip(plan.ids, view.attributed, strict=True))
     exhaustive = enumeration_rows(P, B, game.empty_follows_x)
+    background_share = 0 if game.empty_follows_x else -(-B // min(n, GROUP))  # f(r) rows, once per group
     if exhaustive <= budget:  # exact; DeepSHAP's pass too where the budget covers both
         use_deepshap = exhaustive + control_rows <= budget
     else:
-        use_deepshap = budget >= control_rows + 1 + (B if game.empty_follows_x else 0) + 4 * max(P - 1, 1)
+        use_deepshap = budget >= control_rows + 1 + (B if game.empty_follows_x else background_share) + 4 * max(P - 1, 1)
     use_deepshap = use_deepshap and view.deepshap is not None and follows_same
-    pair_values = view.deepshap(native, columns, plan) if use_deepshap and view.deepshap is not None else None
     enumerated = exhaustive <= budget
+    means: list[np.ndarray] = []
+
+    def pair_values(start: int, stop: int) -> np.ndarray:
+        """DeepSHAP's per-pair values of samples [start, stop), (m, B, P, k); their means kept."""
+        assert view.deepshap is not None
+        values = view.deepshap([a[start:stop] for a in native], columns[start:stop], plan, int(batch_size))
+        means.append(values.mean(1))
+        return values
+
     result = estimate(
         game,
-        int(budget) - (control_rows if pair_values is not None and enumerated else 0),
+        int(budget) - (control_rows if use_deepshap and enumerated else 0),
         tol=tol,
         random_state=random_state,
         batch_size=int(batch_size),
         progress=progress,
-        control=None if enumerated else pair_values,
-        control_rows=control_rows if pair_values is not None and not enumerated else 0,
+        control=pair_values if use_deepshap and not enumerated else None,
+        control_rows=control_rows if use_deepshap and not enumerated else 0,
     )
-    if pair_values is not None and enumerated:
+    if use_deepshap and enumerated:
+        for start in range(0, n, GROUP):
+            pair_values(start, min(start + GROUP, n))
         result.n_evals = result.n_evals + control_rows
-    deepshap = pair_values.mean(1) if pair_values is not None else None  # (n, P, k)
+    deepshap = np.concatenate(means) if means else None  # (n, P, k)
 
     def shaped(a: np.ndarray | None) -> Any:
         if a is None:

@@ -114,6 +114,7 @@ class Result:
     n_evals: np.ndarray  # (n,) rows per sample
     exact: np.ndarray  # (n,) bool
     units: np.ndarray  # (n,) antithetic walk pairs run (0 where enumerated)
+    control_mean: np.ndarray | None = None  # (n, P, k): the mean over the background of the control values given
 
 
 def enumeration_rows(players: int, references: int, empty_follows_x: bool) -> int:
@@ -135,15 +136,18 @@ def estimate(
     random_state: Any,
     batch_size: int,
     progress: bool | None,
-    control: np.ndarray | None = None,
+    control: Callable[[int, int], np.ndarray] | None = None,
     control_rows: int = 0,
 ) -> Result:
     """Shapley values of ``game`` for every sample, with at most ``budget`` rows per sample.
 
-    ``control``: (n, B, P, k) per-reference values whose mean over B is known (DeepSHAP's), costing
-    ``control_rows`` of the budget per sample; None: f(x) − v_r(∅) split evenly over the players."""
+    ``control(start, stop)``: (stop − start, B, P, k) per-reference values of samples [start,
+    stop) (DeepSHAP's), costing ``control_rows`` of the budget per sample; None: f(x) − v_r(∅)
+    split evenly over the players. The background's own rows run once per group of samples, and
+    count as their share per sample."""
     n, B, P = game.samples, game.references, game.players.count
-    fixed = 1 + (B if game.empty_follows_x else 0) + control_rows
+    background_share = 0 if game.empty_follows_x else -(-B // min(n, GROUP))
+    fixed = 1 + (B if game.empty_follows_x else background_share) + control_rows
     if budget < max(P + 1, fixed + P - 1):
         raise InputError(
             f"budget={budget} is below one permutation walk: {P} players cost {P + 1} rows per sample"
@@ -155,16 +159,15 @@ def estimate(
     if exhaustive <= budget:
         return _enumerate(game, batch_size, progress, exhaustive)
     seeds = np.random.SeedSequence(_entropy(random_state)).spawn(n)
-    if n > GROUP:  # a fixed number of samples at a time bounds memory (not batch_size: bit-identical values)
-        parts = []
-        for start in progress_bar(list(range(0, n, GROUP)), progress, desc="rnnshap shapley", unit="group"):
-            chosen = slice(start, start + GROUP)
-            part = Game(game.forward, [x[chosen] for x in game.x], game.background, game.background_outputs, game.players, game.columns[chosen])
-            parts.append(
-                _sample(part, budget, fixed, seeds[chosen], tol, batch_size, False, None if control is None else control[chosen])
-            )
-        return Result(*(np.concatenate([getattr(r, name) for r in parts]) for name in Result.__dataclass_fields__))
-    return _sample(game, budget, fixed, seeds, tol, batch_size, progress, control)
+    parts = []
+    starts = list(range(0, n, GROUP))  # a fixed number of samples at a time bounds memory (not batch_size: bit-identical values)
+    for start in progress_bar(starts, progress if len(starts) > 1 else False, desc="rnnshap shapley", unit="group"):
+        chosen = slice(start, start + GROUP)
+        part = Game(game.forward, [x[chosen] for x in game.x], game.background, game.background_outputs, game.players, game.columns[chosen])
+        values = None if control is None else control(start, min(start + GROUP, n))
+        parts.append(_sample(part, budget, fixed, seeds[chosen], tol, batch_size, progress if len(starts) == 1 else False, values))
+    joined = {name: None if getattr(parts[0], name) is None else np.concatenate([getattr(r, name) for r in parts]) for name in Result.__dataclass_fields__}
+    return Result(**joined)  # type: ignore[arg-type]
 
 
 def _sample(
@@ -213,9 +216,17 @@ def _sample(
             base = empty.mean(1)[rows_n, game.columns]  # (n, k)
             fx_k = fx[rows_n, game.columns]
             scale = np.maximum(1.0, np.abs(fx_k - base))
+            gaps = fx_k[:, None, :] - np.take_along_axis(empty, game.columns[:, None, :], axis=2)  # (n, B, k): f(x) − v_r(∅)
             if c is None:  # f(x) − v_r(∅) split evenly over the players
-                split = (fx_k[:, None, :] - np.take_along_axis(empty, game.columns[:, None, :], axis=2)) / P  # (n, B, k)
-                c = np.broadcast_to(split[:, :, None, :], (n, B, P, k))
+                c = np.broadcast_to((gaps / P)[:, :, None, :], (n, B, P, k))
+            else:
+                # what DeepSHAP's values of a pair miss of the walk's total (rounding; or, where the reference
+                # side reads the sample's masks, f(r) read so) is split in proportion to their sizes: still a
+                # known mean, every unit efficient, and a player DeepSHAP gives exactly 0 keeps 0
+                size = np.abs(c)
+                total = size.sum(2, keepdims=True)
+                share = np.where(total > 0, size / np.where(total > 0, total, 1.0), 1.0 / P)
+                c = c + (gaps - c.sum(2))[:, :, None, :] * share
         assert c is not None
         stats.add(active, refs[active, start:stop], estimates - c[active[:, None], refs[active, start:stop]])
         if tol is not None:
@@ -227,7 +238,7 @@ def _sample(
     if single:
         stderr = np.full_like(mean, np.inf)
     n_evals = fixed + stats.done * (1 if single else 2) * walk_rows
-    return Result(mean + c.mean(1), stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), stats.done)
+    return Result(mean + c.mean(1), stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), stats.done, None if control is None else control.mean(1))
 
 
 class _Stats:
