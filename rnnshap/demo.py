@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .demo_report import DemoRun, write_report
+from .demo_report import DemoRun, example_name, write_report
 from .explainer import DeepExplainer
 
 HIDDEN = 32
@@ -90,7 +90,7 @@ class DemoResult:
 
     def describe_model(self) -> str:
         kind = self.kind
-        return f"{kind} (8 → {HIDDEN} per direction) over the 8 rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
+        return f"{kind} (8 → {HIDDEN} per direction) over the image's rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
 
 
 def choose_digits(labels: np.ndarray, predictions: np.ndarray, samples: int) -> np.ndarray:
@@ -213,7 +213,7 @@ def _print(result: DemoResult) -> None:
         scale = np.abs(phi).max() or 1.0
         verdict = "" if result.predictions[i] == result.labels[i] else " (wrong)"
         print(
-            f"\nexample {i} (a {result.labels[i]}): predicted {result.predictions[i]}{verdict}; "
+            f"\n{example_name(i, int(result.labels[i]))}: predicted {result.predictions[i]}{verdict}; "
             "image | attribution to the predicted class (+ / -)"
         )
         for row in range(8):

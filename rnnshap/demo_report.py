@@ -203,9 +203,13 @@ def _figures(result: DemoRun, scales: _Scales) -> list[tuple[str, Any]]:
     return made
 
 
+def example_name(i: int, label: int) -> str:
+    """How the report, its figures and the console name an explained digit: "example 3 (a 4)", "example 5 (an 8)"."""
+    return f"example {i} ({'an' if int(label) == 8 else 'a'} {int(label)})"
+
+
 def _name(result: DemoRun, i: int) -> str:
-    """How the report, its figures and the console name an explained digit: "example 3 (a 4)"."""
-    return f"example {i} (a {result.labels[i]})"
+    return example_name(i, int(result.labels[i]))
 
 
 def _outline(ax: Any, image: np.ndarray, threshold: float = 0.35) -> None:
@@ -458,7 +462,7 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         ("Model", e(result.model_description)),
         (
             "Data",
-            f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row as 8 time steps of 8 pixels",
+            f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row, one row per time step, its pixels the features",
         ),
         ("Held-out accuracy", f"{results['accuracy']:.2%}"),
         ("Explained", f"{chosen}; each explained for every class, against {results['background']} training digits as background"),

@@ -34,6 +34,15 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rnnshap"))
 
+# The suite's models are small and their tensors tiny: torch's intra-op threads cost more than they
+# give. On 2 shared cores a GRU over 500 steps took 5.8 s a call with 2 threads and 0.05-0.18 s with
+# one. One thread here, and in the processes the tests start (Keras on torch, Ray and Spark workers);
+# RNNSHAP_TEST_THREADS sets another number.
+TEST_THREADS = int(os.environ.get("RNNSHAP_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(TEST_THREADS))  # read when TensorFlow starts (a test module imports it later)
+
 def eps(dtype: object) -> float:
     """The machine epsilon of a torch dtype, a numpy dtype or a dtype name ("float32")."""
     name = getattr(dtype, "__name__", None) or str(dtype).removeprefix("torch.")  # np.float32 is a class

@@ -56,7 +56,8 @@ def test_demo_prints_and_writes_every_file_it_promises(report: tuple[Path, str])
     assert "held-out accuracy" in stdout and "largest additivity error" in stdout
     assert f"report: {out / 'index.html'}" in stdout
     assert stdout.count("example ") >= 2 and "row total" in stdout  # the text output is kept
-    assert re.search(r"^example 0 \(a \d\): predicted \d", stdout, flags=re.M)  # an example, then its class: not "digit 3: a 4"
+    assert re.search(r"^example 0 \(an? \d\): predicted \d", stdout, flags=re.M)  # an example, then its class: not "digit 3: a 4"
+    assert demo_report.example_name(3, 4) == "example 3 (a 4)" and demo_report.example_name(5, 8) == "example 5 (an 8)"
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     results = summary["results"]
     wrong = [i for i, (y, p) in enumerate(zip(results["labels"], results["predictions"], strict=True)) if y != p]
@@ -115,7 +116,7 @@ def test_the_report_keeps_one_scale_per_family_and_starts_the_running_total_at_t
         legend = [t.get_text() for t in total_ax.get_legend().get_texts()]
         assert any("f(x) = " in text for text in legend) and any("E[f] = " in text for text in legend)
         assert not [t for t in total_ax.texts]  # no label drawn where a line may run
-        assert sample._suptitle.get_text().startswith(f"example {i} (a {result.labels[i]}), predicted {predicted}")
+        assert sample._suptitle.get_text().startswith(f"{demo_report.example_name(i, result.labels[i])}, predicted {predicted}")
     wrong = int(np.flatnonzero(result.predictions != result.labels)[0])
     pushed = figures[f"pushed_{wrong}"]()
     classes = figures["classes_0"]()
