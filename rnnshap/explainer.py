@@ -247,7 +247,7 @@ class DeepExplainer:
                 tol x max(1, |f(x) - base value|).
             outputs: which outputs, as for :meth:`shap_values` (default: all).
             random_state: an integer seed (or a numpy Generator): the same seed gives the same
-                values, whatever ``batch_size`` is.
+                values, bit for bit, for every ``batch_size`` of at least 256.
             batch_size: the most rows per forward (default: the explainer's ``batch_size``).
         """
         from .shapley.door import ModelView, shapley_values

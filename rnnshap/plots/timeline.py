@@ -60,7 +60,8 @@ def over_time(
     ``values`` may also be a :class:`rnnshap.ShapleyEstimate` with players ``"steps"``: its values
     are drawn with their 95 % intervals (± 1.96 standard errors) as error bars, and its base values
     start the running total. ``errors=``: standard errors shaped like ``values`` to draw so with
-    any other values (per step: with features, they are the errors of the step's sum).
+    any other values (per step: with features, the step's error is their root sum of squares, which
+    treats the features' errors as independent).
 
     ``values`` as for :func:`heatmap`: (T, F) or (T,) per sequence, a batch with ``sample``, an
     output axis with ``output``, or a shap.Explanation. The top panel (``cumulative=True``) is the

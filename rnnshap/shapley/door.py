@@ -52,7 +52,7 @@ class ShapleyEstimate:
 
     #: the estimates
     values: Any
-    #: their standard errors (0 where every coalition was enumerated, inf after a single walk)
+    #: their standard errors (0 where every coalition was enumerated; inf where fewer than two walk pairs ran)
     stderr: Any
     #: per sample and output: v(∅), the mean output over the background (with context inputs at the sample's)
     base_values: np.ndarray
@@ -62,7 +62,9 @@ class ShapleyEstimate:
     n_evals: np.ndarray
     #: per sample: True where every coalition was enumerated (the values are exact)
     exact: np.ndarray
-    #: DeepSHAP's values summed to the same players (DeepExplainer's door; None on ShapleyExplainer)
+    #: DeepSHAP's values summed to the same players (DeepExplainer's door; None on ShapleyExplainer, and
+    #: where the budget leaves no room for DeepSHAP's pass: 3 rows per background row and two walk pairs,
+    #: or 3 per background row beside the enumeration)
     deepshap: Any = None
     #: ``values - deepshap`` (None without deepshap); its standard error is ``stderr``
     deepshap_gap: Any = None

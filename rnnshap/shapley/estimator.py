@@ -6,7 +6,7 @@ The game, for an explained sample x, a background of B rows r and players 1..P:
 
 so that v(N) = f(x) and v(∅) = E[f(background)], and the Shapley values sum to f(x) − E[f].
 
-**Enumeration** evaluates every coalition against every background row ((2^P − 2)·B rows and f(x))
+**Enumeration** evaluates every coalition against every background row (2^P·B rows, the empty and full coalitions included)
 and applies the definition: φ_i = Σ_{S ∌ i} |S|!(P−|S|−1)!/P! · (v(S ∪ i) − v(S)). It is exact, and
 it is chosen whenever the budget covers it.
 
@@ -124,7 +124,7 @@ def enumeration_rows(players: int, references: int, empty_follows_x: bool) -> in
 
 def default_budget(players: int, references: int) -> int:
     """16× DeepSHAP's cost (3 rows per sample-reference pair: 48 per background row), and at least
-    20 antithetic walk pairs."""
+    the rows of 20 antithetic walk pairs."""
     return max(48 * references, 40 * max(players - 1, 1) + 1)
 
 

@@ -31,7 +31,8 @@ class ShapleyExplainer:
         progress: a progress bar over long runs (None: only on a terminal).
         output: for a model with several output tensors, the one to explain (index or name).
         context: indices of inputs that are context (lengths, masks): never players, always the
-            explained sample's values. Boolean inputs are always context.
+            explained sample's values. Boolean inputs, and integer inputs with one value per sample
+            (lengths, indices), are always context.
     """
 
     def __init__(
@@ -54,7 +55,9 @@ class ShapleyExplainer:
         for index in context:
             if not 0 <= int(index) < len(background):
                 raise InputError(f"context={list(context)}: the model has {len(background)} input(s)")
-        self.context = sorted({int(i) for i in context} | {t for t, b in enumerate(background) if b.dtype == np.bool_})
+        # bool inputs are masks, and an integer per sample (a length, an index) is context by default
+        defaults = {t for t, b in enumerate(background) if b.dtype == np.bool_ or (np.issubdtype(b.dtype, np.integer) and b.ndim == 1)}
+        self.context = sorted({int(i) for i in context} | defaults)
         mean = self.forward.background_outputs.mean(0).reshape(self.forward.output_shape)
         #: the mean model output over the background, shaped like one sample's output
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean

@@ -95,7 +95,8 @@ def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[boo
             else:
                 raise InputError(
                     f"players='steps' needs input {t} to have a time axis, (N, T, F); it is (N, {', '.join(map(str, shape))}). "
-                    "Use players='features' for an (N, F) input, or give player ids as an integer array shaped like one sample."
+                    "Use players='features' for an (N, F) input, give player ids as an integer array shaped like one sample, "
+                    "or, for a lengths or mask input, make it context (ShapleyExplainer(..., context=[index]))."
                 )
         else:
             if tokens[t]:
