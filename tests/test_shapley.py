@@ -342,7 +342,7 @@ def test_keras_on_tensorflow_matches_the_oracle() -> None:
     rng = np.random.default_rng(0)
     bg, x = rng.normal(size=(3, 4, 2)).astype("float32"), rng.normal(size=(1, 4, 2)).astype("float32")
     estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
-    truth = oracle(lambda a: torch.from_numpy(np.asarray(model(a.numpy()))), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(4, 2)])
+    truth = oracle(lambda a: torch.from_numpy(np.array(model(a.numpy()))), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(4, 2)])
     assert np.abs(estimate.values[0] - truth).max() <= 1e-5 * max(1.0, np.abs(truth).max())
     sampled = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=3 * 3 + 1 + 3 + 4 * 3 * 2, random_state=0)
     assert sampled.deepshap is not None and not sampled.exact.any()
