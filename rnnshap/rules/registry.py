@@ -142,7 +142,7 @@ SMOOTH_UNARY = (
 PIECEWISE_UNARY = (
     "relu", "relu6", "leaky_relu", "selu", "hardtanh", "clamp", "clip", "clamp_min",
     "clamp_max", "threshold", "hardsigmoid", "hardswish", "abs", "absolute", "hardshrink",
-    "softshrink", "prelu", "rrelu",
+    "softshrink", "prelu", "rrelu", "nan_to_num",
 )
 DIVISION = ("div", "divide", "true_divide", "__truediv__", "__div__")
 REVERSE_DIVISION = ("__rtruediv__", "__rdiv__")

@@ -38,7 +38,7 @@ from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
@@ -312,7 +312,7 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
-_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
+_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
 #: the comparison a Keras ``Masking`` makes (see ``AttributionMode._on_masked_input``)
 _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
 #: dtype conversions, followed from a masked input to the tensor that is compared
