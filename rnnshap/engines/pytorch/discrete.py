@@ -246,6 +246,7 @@ _MOVES[op_key(F.pad)] = _pad
 _MOVES[op_key(torch._C._nn.pad)] = _pad
 
 _GETITEM = op_key(torch.Tensor.__getitem__)
+_CONTAINS = op_key(torch.Tensor.__contains__)
 _SETITEM = op_key(torch.Tensor.__setitem__)
 _INDEX_SELECT = _keys("index_select")
 _VIEW = _keys("view")
@@ -417,6 +418,8 @@ class Integers:
             return self._cast(func, args, kwargs, leaves, tracked, name)
         if key in _COMPARISONS and not tracked:
             return self._elementwise(func, args, kwargs, leaves, name, comparison=True)
+        if key == _CONTAINS and len(args) == 2 and self._get(args[1]) is None and not tracked:
+            return True, self._membership(args[0], args[1], name)
         if key in (_EMBEDDING, _TORCH_EMBEDDING):
             return self._embedding(func, args, kwargs, leaves, tracked, name, key == _TORCH_EMBEDDING)
         if key == _EMBEDDING_BAG:
@@ -459,6 +462,29 @@ class Integers:
                     self._lose(dataclasses.replace(f, via=f.via or name), f"{name} computes floating-point values from it")
         self._register(value, None, None, followed, via=name)
         return True, value
+
+    def _membership(self, values: Tensor, element: Any, name: str) -> bool:
+        """``element in ids`` (transformers' padding check, ``pad_token_id in input_ids``): a comparison
+        whose answer is one Python bool for the whole batch. Followed where every row answers alike, on
+        the explained samples and on the references: each row alone then takes the batch's branch,
+        and both passes take the same one. Refused by name where the rows answer differently."""
+        followed = self._get(values)
+        assert followed is not None
+
+        def rows(t: Tensor) -> Tensor:
+            found = t == element
+            return found.reshape(found.shape[0], -1).any(1) if found.dim() else found.reshape(1)
+
+        answers = torch.cat([rows(values)] + ([rows(followed.shadow)] if followed.shadow is not None else []))
+        if bool(answers.all()) or not bool(answers.any()):
+            return bool(answers[0]) if answers.numel() else False
+        self.mode._refuse(
+            name,
+            "it asks whether a value occurs among integer inputs (`value in ids`), and the rows of the batch answer "
+            "differently, so the branch forward() takes on the whole batch is not each row's",
+            "control",
+        )
+        return bool(answers.any())
 
     def _cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else None)

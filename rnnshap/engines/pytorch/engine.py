@@ -51,6 +51,12 @@ class TorchEngine(Engine):
         # and context (see passes.discrete). Boolean inputs are masks: always context.
         integer_inputs = [i for i, b in enumerate(self.background) if not b.is_floating_point() and b.dtype != torch.bool]
         outputs, probe = self._probe(integer_inputs)
+        #: integer inputs a comparison reads into a mask (lengths: `arange(T) < lengths[:, None]`), other
+        #: than token ids: metadata, context wherever they are used (a cast to float included), so not followed
+        self.compared_inputs = sorted(i for i, u in probe.discrete.uses.items() if MASK in u and TOKEN not in u)
+        if self.compared_inputs:
+            integer_inputs = [i for i in integer_inputs if i not in self.compared_inputs]
+            outputs, probe = self._probe(integer_inputs)
         if probe.discrete.unfollowable and len(integer_inputs) > 1:
             # Positions were lost where integers of several inputs met (ids.masked_fill(mask == 0, pad)
             # with `mask` an integer input). Context inputs are not followed when attributing, so
