@@ -317,7 +317,7 @@ def test_bad_input_is_an_input_error() -> None:
 
 def test_unsupported_layers_are_refused_together_by_name() -> None:
     model = keras.Sequential(
-        [keras.Input((T, F)), L.MaxPooling1D(2, padding="same", name="pool"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")]
+        [keras.Input((T, F)), L.MaxPooling1D(2, padding="same", data_format="channels_first", name="pool"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")]
     )
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))

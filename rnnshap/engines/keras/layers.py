@@ -42,6 +42,7 @@ _LINEAR = (
 )  # fmt: skip
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
 _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
+_WINDOW_MAX = (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
 #: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
@@ -178,8 +179,8 @@ def problem(layer: Any) -> str | None:
         return activation_problem(layer.activation)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax)):
         return None
-    if isinstance(layer, _GLOBAL_MAX):
-        return None if layer.data_format == "channels_last" else "global max pooling with channels_first is not supported"
+    if isinstance(layer, _GLOBAL_MAX + _WINDOW_MAX):
+        return None if layer.data_format == "channels_last" else "max pooling with channels_first is not supported"
     if isinstance(layer, L.TimeDistributed):
         return problem(layer.layer)
     if isinstance(layer, (L.Embedding, L.Masking)):
@@ -494,6 +495,9 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         if layer.keepdims:
             pooled = pooled.map(lambda t: tf.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
         return pooled
+    if isinstance(layer, _WINDOW_MAX):
+        (value,) = args
+        return _window_max(layer, value)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
         return dual.rescale(lambda t: _bare(layer(t)), value, smooth=isinstance(layer, L.ELU))
@@ -519,6 +523,44 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         return recurrent(layer, *args, run=run, **kwargs)
     why = problem(layer) or f"{type(layer).__name__} has no rule in rnnshap's Keras support"
     raise _unsupported(layer, why)
+
+
+def _windows(spatial: tuple[int, ...], pool: tuple[int, ...], strides: tuple[int, ...], same: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+    """For a pooling over ``spatial`` positions: the flat position of every element of every window,
+    ``(windows, window size)``, with ``prod(spatial)`` where a window reaches into the padding; and
+    the output's spatial shape. Padding as TensorFlow's "SAME" (the extra one at the end)."""
+    per_axis, out_shape = [], []
+    for n, p, s in zip(spatial, pool, strides, strict=True):
+        out = -(-n // s) if same else (n - p) // s + 1
+        before = max((out - 1) * s + p - n, 0) // 2 if same else 0
+        positions = np.arange(out)[:, None] * s - before + np.arange(p)[None, :]  # (out, p)
+        per_axis.append(positions)
+        out_shape.append(out)
+    grids = np.meshgrid(*[np.arange(o) for o in out_shape], *[np.arange(p) for p in pool], indexing="ij")
+    axes = len(spatial)
+    coordinates = [per_axis[a][grids[a], grids[axes + a]] for a in range(axes)]
+    inside = np.all([(c >= 0) & (c < n) for c, n in zip(coordinates, spatial, strict=True)], axis=0)
+    flat = np.ravel_multi_index([np.clip(c, 0, n - 1) for c, n in zip(coordinates, spatial, strict=True)], spatial)
+    flat = np.where(inside, flat, int(np.prod(spatial)))
+    return flat.reshape(int(np.prod(out_shape)), int(np.prod(pool))), tuple(out_shape)
+
+
+def _window_max(layer: Any, value: Dual) -> Dual:
+    """``MaxPooling1D/2D/3D`` (channels last): every window gathered (a linear move, padding at the
+    dtype's lowest value, never a window's maximum where the window holds a value), then each window's
+    maximum by shap's max-pool rule, as the PyTorch engine's ``max_pool`` rule routes it."""
+    spatial = tuple(int(d) for d in value.x.shape[1:-1])
+    index, out_shape = _windows(spatial, tuple(layer.pool_size), tuple(layer.strides), layer.padding == "same")
+    channels = int(value.x.shape[-1])
+    lowest = value.x.dtype.min
+
+    def windows(t: tf.Tensor) -> tf.Tensor:
+        flat = tf.reshape(t, (-1, int(np.prod(spatial)), channels))
+        padded = tf.concat([flat, tf.fill((tf.shape(flat)[0], 1, channels), tf.cast(lowest, t.dtype))], 1)
+        return tf.gather(padded, index, axis=1)  # (N, windows, window size, channels)
+
+    pooled = dual.max_over(value.map(windows), 2, keepdims=False)
+    return pooled.map(lambda t: tf.reshape(t, (-1, *out_shape, channels)))
 
 
 def _plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -595,7 +637,7 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
         "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
         "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
-        "linear reshaping, pooling (average; global max), merging and dropout layers, Multiply of two inputs, keras ops "
+        "linear reshaping, pooling (average, max, global max), merging and dropout layers, Multiply of two inputs, keras ops "
         "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
         "Functional/Sequential models of them.",
     )
