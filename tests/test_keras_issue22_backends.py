@@ -103,3 +103,34 @@ def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
         # float32 models: a few hundred eps of the largest attribution, the rounding of two implementations
         tolerance = 300 * np.finfo(np.float32).eps if name in FLOAT32 else 1e-6
         np.testing.assert_allclose(torch_values, values, rtol=0, atol=tolerance * np.abs(values).max(), err_msg=name)
+
+
+# -- tutorial text models: an Embedding first, with no integer keras.Input (item 2) --------------------------
+V = 20
+
+
+def _tutorial(with_int_input: bool) -> Any:
+    """``Sequential([Embedding(V, d, input_shape=(T,)), LSTM, Dense])``: keras makes the Input float32 and casts
+    it to integers at the Embedding; or the same model with ``keras.Input((T,), dtype="int32")``."""
+    head = [keras.Input((T,), dtype="int32"), L.Embedding(V, 4, dtype=D)] if with_int_input else [L.Embedding(V, 4, input_shape=(T,), dtype=D)]
+    return keras.Sequential([*head, L.LSTM(5, dtype=D), L.Dense(2, dtype=D)])
+
+
+def test_an_embedding_without_an_integer_input_explains_token_ids_as_with_one() -> None:
+    keras.utils.set_random_seed(0)
+    tutorial, declared = _tutorial(False), _tutorial(True)
+    declared.set_weights(tutorial.get_weights())
+    rng = np.random.default_rng(1)
+    background, x = rng.integers(0, V, (5, T)), rng.integers(0, V, (3, T))
+    explainer = rnnshap.DeepExplainer(tutorial, background)
+    values = np.asarray(explainer.shap_values(x))  # additive: shap_values checks it
+    assert explainer.engine.token_inputs == [0]  # type: ignore[attr-defined]
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, np.asarray(rnnshap.DeepExplainer(declared, background).shap_values(x)), rtol=0, atol=1e-12 * np.abs(values).max())
+
+
+def test_an_embedding_given_fractional_values_is_refused_by_name() -> None:
+    keras.utils.set_random_seed(0)
+    background = np.random.default_rng(2).integers(0, V, (5, T)) + 0.5
+    with pytest.raises(rnnshap.InputError, match=r"Embedding 'embedding\w*' receives fractional values"):
+        rnnshap.DeepExplainer(_tutorial(False), background)

@@ -91,8 +91,10 @@ class KerasEngine(Engine):
         declared = self._input_dtypes(model, len(arrays))
         # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
         # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype.
+        # A floating keras.Input read by an Embedding (Sequential([Embedding(..., input_shape=(T,)), ...]),
+        # whose Input keras makes float32 and casts to integers at the Embedding) takes token ids all the same.
         # Boolean data (or integers) may also be masks (MultiHeadAttention's attention_mask): never attributed.
-        self.token_inputs = [i for i, a in enumerate(arrays) if (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_) and not _floating(declared[i])]
+        self.token_inputs = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_]
         self._dtypes = [self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
         self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])

@@ -416,7 +416,7 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
     if isinstance(layer, L.Embedding):
         (tokens,) = args
         if not isinstance(tokens, TokenDual):
-            raise _integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer)
+            raise _integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer, tokens)
         ex, er = _bare(layer(tokens.x)), _bare(layer(tokens.r))
         if run.tape is not None:
             run.tape.watch(ex)
@@ -612,13 +612,21 @@ def _cast(value: Any, dtype: str) -> Any:
     return value
 
 
-def _embedding_error(layer: Any) -> Exception:
+def _embedding_error(layer: Any, tokens: Dual) -> Exception:
     from ...errors import InputError
 
+    fractional = [t for t in (tokens.x, tokens.r) if bool(tf.reduce_any(tf.not_equal(t, tf.round(t))))]
+    if fractional:
+        example = float(tf.boolean_mask(fractional[0], tf.not_equal(fractional[0], tf.round(fractional[0])))[0])
+        return InputError(
+            f"Embedding {layer.name!r} receives fractional values ({example:g}): Keras casts them to integer ids, a "
+            "step function of the values, which has no multiplier. Pass the token ids as integers (an integer array), "
+            "or compute the Embedding's input inside the model from integers only."
+        )
     return InputError(
         f"Embedding {layer.name!r} reads floating point values (a floating keras.Input, or a tensor computed inside "
         "the model); rnnshap attributes token ids at an Embedding that reads an integer model input directly: declare "
-        "keras.Input(..., dtype='int32') and pass the token ids as integers."
+        "keras.Input(..., dtype='int32') where the model declares its inputs, and pass the token ids as an integer array."
     )
 
 
