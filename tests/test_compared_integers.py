@@ -96,3 +96,37 @@ def test_membership_that_rows_answer_differently_is_refused_by_name() -> None:
     background[2, -1] = PAD
     with pytest.raises(rnnshap.UnsupportedOperationError, match="__contains__"):
         rnnshap.DeepExplainer(Tokens(True).eval(), background)
+
+
+class RoundTrip(nn.Module):
+    """Token ids cast to float and back before the embedding (what Keras on torch does with a float32
+    ``keras.Input`` before an ``Embedding``), or not; ``number``: the float cast also used as a number."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.embedding, self.lstm, self.head = nn.Embedding(V, 4), nn.LSTM(4, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        as_float = ids.to(torch.float32)
+        assert as_float.shape == ids.shape  # reading its shape is not a use
+        tokens = ids if self.how == "direct" else as_float.to(torch.int32)
+        out = self.head(self.lstm(self.embedding(tokens))[0][:, -1])
+        return out + as_float[:, :1] if self.how == "number" else out
+
+
+def test_integers_cast_to_float_and_back_are_the_token_ids() -> None:
+    model, direct = RoundTrip("round-trip").to(F64).eval(), RoundTrip("direct").to(F64).eval()
+    direct.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(4)
+    background, X = torch.randint(0, V, (5, T), generator=g), torch.randint(0, V, (3, T), generator=g)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(X)
+    assert explainer.engine.token_inputs == [0]  # type: ignore[attr-defined]
+    assert_additive(values, model, X, background, F64)
+    assert relative_to_max(values, rnnshap.DeepExplainer(direct, background).shap_values(X)) <= 1e-12
+
+
+def test_a_float_cast_also_used_as_a_number_is_still_refused_with_the_token_ids() -> None:
+    with pytest.raises(rnnshap.InputError, match="both as token ids"):
+        rnnshap.DeepExplainer(RoundTrip("number").eval(), torch.randint(0, V, (5, T)))

@@ -2,7 +2,10 @@
 torch (the PyTorch engine), float64, within 1e-6 of the largest attribution (Keras on torch runs
 matmul in float32), each side additive.
 
-- windowed max pooling (``MaxPooling1D/2D/3D``) in a CNN-LSTM, by the max-pool routing rule;
+- windowed max pooling (``MaxPooling1D/2D/3D``) in a CNN-LSTM, by the max-pool routing rule (item 1);
+- a tutorial text model, ``Embedding(..., input_shape=(T,))`` with no integer ``keras.Input``: Keras
+  casts the integer data to a float32 Input and back at the Embedding; token ids on both backends
+  (item 2), with the values of the model written with an int Input (TensorFlow test below);
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "maxpool2d": _cnn_2d(lambda: L.MaxPooling2D((2, 2), dtype=D)),
     "maxpool2d-same-strided": _cnn_2d(lambda: L.MaxPooling2D((3, 2), strides=(2, 1), padding="same", dtype=D)),
     "maxpool3d": _cnn_3d,
+    "embedding-without-int-input": lambda: _tutorial(False),
 }
 
 
@@ -67,6 +71,8 @@ FLOAT32 = {"maxpool3d"}
 
 
 def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
+    if name.startswith("embedding"):
+        return rng.integers(0, V, (4, T)), rng.integers(0, V, (5, T))
     return rng.normal(size=(4, T, F)), rng.normal(size=(5, T, F))
 
 

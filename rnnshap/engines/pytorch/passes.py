@@ -628,6 +628,10 @@ class AttributionMode(TorchFunctionMode):
             handled, result = self.discrete.op(func, types, args, kwargs, leaves, user_grad)
             if handled:
                 return result
+        if self._following and self.discrete.numbers and any(isinstance(leaf, Tensor) and leaf in self.discrete.numbers for leaf in leaves):
+            handled, result = self.discrete.on_number(func, types, args, kwargs, leaves, user_grad)
+            if handled:
+                return result
         if self._indices:
             handled, result = self._index_use(func, types, args, kwargs, leaves, user_grad)
             if handled:
