@@ -140,3 +140,43 @@ def test_an_embedding_given_fractional_values_is_refused_by_name() -> None:
     background = np.random.default_rng(2).integers(0, V, (5, T)) + 0.5
     with pytest.raises(rnnshap.InputError, match=r"Embedding 'embedding\w*' receives fractional values"):
         rnnshap.DeepExplainer(_tutorial(False), background)
+
+
+# -- subclassed models that loop a cell over time from constant zero states (item 3) -------------------------
+class CellLoop(keras.Model):
+    """``call()`` loops an LSTMCell or GRUCell over the steps, from ``ops.zeros((n, units))`` or the cell's
+    ``get_initial_state(n)``."""
+
+    def __init__(self, kind: str, start: str) -> None:
+        super().__init__(dtype=D)
+        self.kind, self.start = kind, start
+        self.cell = L.LSTMCell(5, dtype=D) if kind == "lstm" else L.GRUCell(5, dtype=D)
+        self.head = L.Dense(2, dtype=D)
+
+    def call(self, x: Any) -> Any:
+        n = keras.ops.shape(x)[0]
+        if self.start == "zeros":
+            states = [keras.ops.zeros((n, 5), dtype=D) for _ in range(2 if self.kind == "lstm" else 1)]
+        else:
+            states = self.cell.get_initial_state(n)
+        for t in range(x.shape[1]):
+            h, states = self.cell(x[:, t], states)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("start", ["zeros", "get_initial_state"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_cell_loop_from_zero_states_gets_the_values_of_the_recurrent_layer(kind: str, start: str) -> None:
+    rng = np.random.default_rng(3)
+    background, x = rng.normal(size=(5, T, F)), rng.normal(size=(3, T, F))
+    keras.utils.set_random_seed(0)
+    loop = CellLoop(kind, start)
+    loop(x)
+    layer = L.LSTM(5, dtype=D) if kind == "lstm" else L.GRU(5, dtype=D)
+    written = keras.Sequential([keras.Input((T, F), dtype=D), layer, L.Dense(2, dtype=D)])
+    written.set_weights(loop.get_weights())
+    np.testing.assert_allclose(np.asarray(written(x)), np.asarray(loop(x)), rtol=0, atol=1e-12)
+    values = np.asarray(rnnshap.DeepExplainer(loop, background).shap_values(x))  # additive: shap_values checks it
+    expected = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-10 * np.abs(expected).max())

@@ -80,6 +80,15 @@ class Run:
         #: a Keras mask has been met: the reference side of a row is read with its input's mask, so
         #: it depends on the sample too, and recurrent layers run on every row (see fused.py)
         self.masked = False
+        #: plain tensors the pass computed from masks (by id, held): any other plain tensor a layer gets
+        #: is a constant of the model's graph (``ops.zeros((n, units))`` as a cell's initial state)
+        self.from_masks: dict[int, Any] = {}
+
+    def computed_from_masks(self, out: Any) -> Any:
+        for t in keras_tree.flatten(out):
+            if isinstance(t, tf.Tensor):
+                self.from_masks[id(t)] = t
+        return out
 
     def compare(self, mask_x: Any, mask_r: Any) -> None:
         """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``.
@@ -352,10 +361,15 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
         if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
             run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
-        return out
+        return run.computed_from_masks(out)
     if kops.is_keras_op(layer):
         if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
-            return layer(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
+            out = layer(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
+            if any(isinstance(a, tf.Tensor) for a in _flat([*args, *kwargs.values()])):
+                return run.computed_from_masks(out)  # computed from masks: read on the explained input
+            # made from Python values alone (ops.zeros((n, units)), a cell's get_initial_state): a constant the
+            # model makes, the same on both sides
+            return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
         values = [v for v in _flat([*args, *kwargs.values()]) if isinstance(v, Dual)]
         tokens = [v for v in values if isinstance(v, TokenDual)]
         if tokens and type(layer).__name__ == "Cast" and str(layer.dtype) == "bool":
@@ -381,8 +395,10 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])) and not isinstance(layer, (keras.Sequential, Functional)):
         out = layer(*args, **kwargs)  # on constants only (positions from ops.arange): a constant, the same on both sides
         return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
-    if any(isinstance(a, tf.Tensor) for a in _flat(args)):
+    if any(isinstance(a, tf.Tensor) and id(a) in run.from_masks for a in _flat(args)):
         raise _unsupported(layer, "a tensor computed from a mask reaches this layer as data")
+    # constants of the model's graph (a cell loop's zero initial states): the same on both sides
+    args = keras_tree.map_structure(lambda a: Dual(a, a) if isinstance(a, tf.Tensor) else a, args)
     if not isinstance(layer, (keras.Sequential, Functional)):
         dtype = getattr(layer, "input_dtype", None) if getattr(layer, "autocast", True) else None
         if dtype is not None:
