@@ -6,6 +6,7 @@ matmul in float32), each side additive.
 - a tutorial text model, ``Embedding(..., input_shape=(T,))`` with no integer ``keras.Input``: Keras
   casts the integer data to a float32 Input and back at the Embedding; token ids on both backends
   (item 2), with the values of the model written with an int Input (TensorFlow test below);
+- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule (item 4).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
 
+from .keras_orderings import Ordered  # noqa: E402
 from .test_keras_backends import _TORCH_SIDE  # noqa: E402
 
 L = keras.layers
@@ -63,7 +65,17 @@ MODELS: dict[str, Callable[[], Any]] = {
     "maxpool2d-same-strided": _cnn_2d(lambda: L.MaxPooling2D((3, 2), strides=(2, 1), padding="same", dtype=D)),
     "maxpool3d": _cnn_3d,
     "embedding-without-int-input": lambda: _tutorial(False),
+    "sort-over-time": lambda: _ordered(Ordered(axis=1, dtype=D)),
+    "sort-over-units": lambda: _ordered(Ordered(dtype=D)),
+    "top-k-values": lambda: _ordered(Ordered(k=3, dtype=D)),
 }
+
+
+def _ordered(order: Any) -> Any:
+    """An LSTM's states ordered by a keras op in a subclassed layer (item 4), then a linear head."""
+    inputs = keras.Input((T, F), dtype=D)
+    states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
+    return keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(order(states))))
 
 
 #: models in float32 (the others are float64)
@@ -98,7 +110,8 @@ def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
         np.save(folder / "x.npy", np.asarray(x))
         np.save(folder / "background.npy", np.asarray(background))
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run([sys.executable, "-c", _TORCH_SIDE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    torch_side = "import tests.keras_orderings  # registers Ordered\n" + _TORCH_SIDE
+    done = subprocess.run([sys.executable, "-c", torch_side, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     for name, values in tensorflow_side.items():
@@ -180,3 +193,34 @@ def test_a_cell_loop_from_zero_states_gets_the_values_of_the_recurrent_layer(kin
     expected = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))
     assert np.abs(values).max() > 0
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+# -- orderings in a Lambda (item 4): the values of the subclassed layer; top_k's indices refused by name -------
+def _lambda_ordered(order: Callable[[Any], Any], width: int) -> Any:
+    inputs = keras.Input((T, F), dtype=D)
+    states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
+    ordered = L.Lambda(order, output_shape=(T, width), dtype=D)(states)
+    return keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(ordered)))
+
+
+@pytest.mark.parametrize(("order", "layer", "width"), [
+    (lambda t: keras.ops.sort(t, axis=1), lambda: Ordered(axis=1, dtype=D), 5),
+    (lambda t: keras.ops.top_k(t, 2)[0], lambda: Ordered(k=2, dtype=D), 2),
+])  # fmt: skip
+def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(order: Callable[[Any], Any], layer: Callable[[], Any], width: int) -> None:
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(5, T, F)), rng.normal(size=(3, T, F))
+    keras.utils.set_random_seed(0)
+    written = _lambda_ordered(order, width)
+    subclassed = _ordered(layer())
+    subclassed.set_weights(written.get_weights())
+    values = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))
+    expected = np.asarray(rnnshap.DeepExplainer(subclassed, background).shap_values(x))
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_a_use_of_top_k_indices_is_refused_by_name_on_tensorflow() -> None:
+    model = _lambda_ordered(lambda t: keras.ops.cast(keras.ops.top_k(t, 2)[1], D), 2)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="indices top_k picked"):
+        rnnshap.DeepExplainer(model, np.random.default_rng(6).normal(size=(4, T, F)))

@@ -356,6 +356,12 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     reference is read with the mask of the input it is paired with.
     """
     kwargs.pop("training", None)
+    if any(isinstance(a, dual.PickedIndices) for a in _flat([*args, *kwargs.values()])):
+        raise _unsupported(
+            layer,
+            "it uses the indices top_k picked from an input-dependent tensor, which differ between the input and its "
+            "reference; on TensorFlow rnnshap attributes top_k's values only (on the torch backend its indices too)",
+        )
     if _is_mask_op(layer):
         run.masked = True
         out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
