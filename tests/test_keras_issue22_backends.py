@@ -224,3 +224,17 @@ def test_a_use_of_top_k_indices_is_refused_by_name_on_tensorflow() -> None:
     model = _lambda_ordered(lambda t: keras.ops.cast(keras.ops.top_k(t, 2)[1], D), 2)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="indices top_k picked"):
         rnnshap.DeepExplainer(model, np.random.default_rng(6).normal(size=(4, T, F)))
+
+
+# -- a background that does not fit the model (items 8-10), on TensorFlow -------------------------------------
+def test_a_background_that_does_not_fit_says_what_reached_the_model() -> None:
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(5), L.Dense(1)])
+    rng = np.random.default_rng(7)
+    with pytest.raises(rnnshap.InputError, match=r"\(6, 8, 4\)"):
+        rnnshap.DeepExplainer(model, rng.normal(size=(6, T, F + 1)))
+    with pytest.raises(rnnshap.InputError, match="a list of 6 inputs") as info:
+        rnnshap.DeepExplainer(model, rng.normal(size=(6, T, F)).tolist())
+    assert "np.asarray(background)" in str(info.value)
+    with pytest.raises(rnnshap.InputError, match=r"x\[None\]"):
+        rnnshap.DeepExplainer(model, rng.normal(size=(T, F)))
+    rnnshap.DeepExplainer(model, rng.normal(size=(T, F))[None])  # the advice works
