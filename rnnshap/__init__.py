@@ -16,6 +16,7 @@ from .errors import (
 )
 from .explainer import DeepExplainer
 from .rules.registry import register_rule
+from .shapley import ShapleyEstimate, ShapleyExplainer
 from .summary import Summary
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "InputError",
     "ModelStateError",
     "RnnShapError",
+    "ShapleyEstimate",
+    "ShapleyExplainer",
     "Summary",
     "TapeMismatchError",
     "UnsupportedOperationError",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError
 from .explainer import DeepExplainer
 
 Tensor = torch.Tensor
@@ -56,17 +57,20 @@ class DeepLift:
 
     Args:
         model: the ``nn.Module`` to explain, in eval mode. It is not modified (no hooks are left on it).
-        multiply_by_inputs: must be True (Captum's default): rnnshap returns attributions, not the
-            multipliers alone, which cannot be recovered from them where an input equals its baseline.
+        multiply_by_inputs: True (Captum's default): attributions, ``multiplier × (x − baseline)``.
+            False: Captum's "local" attributions, the multipliers themselves (for DeepLiftShap their
+            mean over the baselines), taken from the backward pass of rnnshap's rules.
         eps: accepted for Captum's signature and unused. Captum falls back to the gradient where an
             activation's input changes by less than ``eps``; rnnshap's rules handle small and zero
             changes exactly on their own.
         batch_size: the most (sample, reference) pairs run through the model at once (as for
             :class:`rnnshap.DeepExplainer`); results do not depend on it.
         rules: extra rules for this explainer, as for :class:`rnnshap.DeepExplainer`.
-        check_additivity: check, as :meth:`rnnshap.DeepExplainer.shap_values` does, that the
-            attributions add up, and raise :class:`rnnshap.AdditivityError` if not (a float: the
-            relative tolerance). Captum never raises; ``False`` leaves it to ``delta``.
+        check_additivity: False (the default), as Captum: ``attribute`` never raises on additivity,
+            and ``return_convergence_delta=True`` reports it. True (or a float, the relative
+            tolerance): check as :meth:`rnnshap.DeepExplainer.shap_values` does and raise
+            :class:`rnnshap.AdditivityError` (attributions with ``multiply_by_inputs=True`` and no
+            ``custom_attribution_func`` only).
     """
 
     def __init__(
@@ -77,17 +81,11 @@ class DeepLift:
         *,
         batch_size: int = 2048,
         rules: Mapping[Any, Any] | None = None,
-        check_additivity: bool | float = True,
+        check_additivity: bool | float = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"rnnshap.captum explains a torch.nn.Module, not {type(model).__name__}")
-        if not multiply_by_inputs:
-            raise ValueError(
-                "rnnshap.captum supports multiply_by_inputs=True only (Captum's default). rnnshap computes "
-                "attributions, multiplier × (x − baseline), with exact rules for each (input, baseline) pair; the "
-                "multipliers alone (Captum's 'local' DeepLIFT) cannot be recovered from them where an input equals "
-                "its baseline. For multipliers use captum.attr.DeepLift(model, multiply_by_inputs=False)."
-            )
+        self._multiply_by_inputs = bool(multiply_by_inputs)
         self.model = model
         self.forward_func = model
         self.eps = eps
@@ -100,7 +98,11 @@ class DeepLift:
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return True
+        return self._multiply_by_inputs
+
+    def attribute_future(self) -> Any:
+        """Not implemented, as in Captum."""
+        raise NotImplementedError("attribute_future is not implemented for DeepLift (as in Captum)")
 
     def attribute(
         self,
@@ -126,25 +128,33 @@ class DeepLift:
                 ``i`` on both sides of the pair of row ``i``), anything else as it is.
             return_convergence_delta: also return ``delta``, shape ``(n,)``: the sum of each row's
                 attributions minus ``f(x_i) − f(baseline_i)`` at its target.
-            custom_attribution_func: not supported (must be None).
+            custom_attribution_func: ``f(multipliers, inputs, baselines)``, each a tuple with a tensor per
+                input (the baselines expanded to the inputs' shape), returning the attributions (a tuple
+                or a tensor), as in Captum; default: ``multiplier × (x − baseline)``.
 
         Returns:
             attributions shaped like ``inputs`` (a tensor or a tuple of them), in the inputs' dtype
-            and on their device; with ``return_convergence_delta=True`` also ``delta``.
+            and on their device; with ``return_convergence_delta=True`` also ``delta``, which is
+            ``compute_convergence_delta(attributions, baselines, inputs, target, additional_forward_args)``.
         """
-        _no_custom_function(custom_attribution_func)
         is_tuple, xs = _format_inputs(inputs)
         n = int(xs[0].shape[0])
-        bases = [b[:1] if torch.equal(b, b[:1].expand_as(b)) else b for b in _deeplift_baselines(baselines, xs)]
+        given = _deeplift_baselines(baselines, xs)
+        bases = [b[:1] if torch.equal(b, b[:1].expand_as(b)) else b for b in given]
+        multipliers = not self._multiply_by_inputs or custom_attribution_func is not None
         rows = np.arange(n)
         if all(b.shape[0] == 1 for b in bases):  # one baseline for every row: it is the background
-            values, delta = self._pairs(xs, bases, None, rows, target, additional_forward_args, return_convergence_delta)
+            values = self._pairs(xs, bases, None, rows, target, additional_forward_args, multipliers)
         else:
             shifts = [b.expand(n, *b.shape[1:]) for b in bases]
-            values, delta = self._pairs(xs, _zeros(xs), shifts, rows, target, additional_forward_args, return_convergence_delta)
-        result = _format_result(is_tuple, values, xs)
+            values = self._pairs(xs, _zeros(xs), shifts, rows, target, additional_forward_args, multipliers)
+        tensors = tuple(_as_tensor(v, x.dtype, x.device) for v, x in zip(values, xs, strict=True))
+        if custom_attribution_func is not None:
+            expanded = tuple(b.expand_as(x) for b, x in zip(given, xs, strict=True))
+            tensors = _custom(custom_attribution_func, tensors, tuple(xs), expanded)
+        result = tensors if is_tuple else tensors[0]
         if return_convergence_delta:
-            return result, _as_tensor(delta, xs[0].dtype, xs[0].device)
+            return result, self.compute_convergence_delta(result, tuple(given), tuple(xs), target, additional_forward_args)
         return result
 
     def compute_convergence_delta(
@@ -178,47 +188,40 @@ class DeepLift:
         sample_of: np.ndarray,
         target: Target,
         additional_forward_args: Any,
-        with_delta: bool,
-    ) -> tuple[list[np.ndarray], np.ndarray]:
+        multipliers: bool = False,
+    ) -> list[np.ndarray]:
         """Attributions of ``len(sample_of)`` rows, row ``p`` being sample ``sample_of[p]`` of ``xs``.
 
         Without ``shifts``, each row is explained against ``background`` (mean over its rows). With
         ``shifts`` (a tensor of one row per explained row, per input) and a background of zeros, row
         ``p`` is explained against the baseline ``shifts[p]`` alone (see :class:`DeepLift`).
-        Returns the attributions in float64, ``(len(sample_of), *input_shape)`` per input, and when
-        ``with_delta`` each row's Σφ − (f(x) − f(reference)) at its target (else zeros).
+        Returns the attributions in float64, ``(len(sample_of), *input_shape)`` per input; with
+        ``multipliers``, the multipliers instead (their mean over the background).
         """
         n, count, device = int(xs[0].shape[0]), len(sample_of), xs[0].device
         samples = torch.as_tensor(sample_of, device=device)
         bound = _Bound(self.model, _format_extra(additional_forward_args), n, samples, shifts)
         extra = [torch.zeros(int(background[0].shape[0]), dtype=torch.long, device=device)] if bound.indexed else []
         explainer = DeepExplainer(bound if bound.needed else self.model, background + extra, batch_size=self.batch_size, rules=self.rules, progress=False)
+        explainer.engine.multipliers = multipliers  # type: ignore[attr-defined]
+        check = False if multipliers else self.check_additivity
         given = [x[samples] for x in xs]
         if shifts is not None:
             given = [g - s.to(g.dtype) for g, s in zip(given, shifts, strict=True)]
         if bound.indexed:
             given.append(torch.arange(count, device=device))
         shape = explainer.output_shape
-        targets = _flat_targets(target, n, shape)
-        columns = targets[sample_of]
+        columns = _flat_targets(target, n, shape)[sample_of]
         values = [np.zeros((count, *x.shape[1:])) for x in xs]
-        reference_outputs = np.zeros(count)
         for column in np.unique(columns):  # one call per distinct target
             rows = np.flatnonzero(columns == column)
             index = torch.as_tensor(rows, device=device)
             inputs = explainer.engine.inputs([g[index] for g in given], "inputs")
             output = 0 if not shape else tuple(int(i) for i in np.unravel_index(int(column), shape))
-            attribution = explainer._explain(inputs, None, "max", [output], self.check_additivity, None, False)
+            attribution = explainer._explain(inputs, None, "max", [output], check, None, False)
             for total, phi in zip(values, attribution.values, strict=False):  # the index input, last, has none
                 total[rows] = phi[..., 0]
-            reference_outputs[rows] = attribution.base_values[:, column]
-        if not with_delta:
-            return values, np.zeros(count)
-        with torch.no_grad():  # f(x) as Captum computes it: the model on the inputs as given
-            outputs = self.model(*xs, *_format_extra(additional_forward_args))
-        f_x = outputs.detach().reshape(n, -1).to(torch.float64).cpu().numpy()[np.arange(n), targets]
-        sums = sum(v.reshape(count, -1).sum(1) for v in values)
-        return values, sums - (f_x[sample_of] - reference_outputs)
+        return values
 
 
 class DeepLiftShap(DeepLift):
@@ -230,15 +233,16 @@ class DeepLiftShap(DeepLift):
 
     With ``return_convergence_delta=True`` the delta is Captum's, one per (input row, baseline row)
     pair, shape ``(n * n_baselines,)``, ordered by input row, then baseline: the sum of the pair's
-    own attributions minus ``f(x_i) − f(b_j)``. An explainer with the whole background returns the
-    mean over the pairs only, so for the delta the ``n * n_baselines`` pairs run as pairs instead,
-    in one explainer, as :class:`DeepLift` runs a baseline per row; each pair's delta is then
-    measured, not inferred. (Every rnnshap rule adds up pair by pair, so the per-row sum of the
-    default path would only say the mean of a row's deltas is zero.) The attributions returned
-    are the mean of the pairs' and equal the default path's to float rounding. The pairs are the
-    same, but a recurrent layer then runs a trajectory per pair (``2 * n * n_baselines``) instead of
-    one per distinct row of each side (``n + n_baselines``), so this costs more: ask for the delta
-    when you want it.
+    own attributions minus ``f(x_i) − f(b_j)``, computed by :meth:`compute_convergence_delta` on the
+    pairs (the inputs repeated per baseline, the baselines tiled), as Captum does. An explainer with
+    the whole background returns the mean over the pairs only, so for the delta the
+    ``n * n_baselines`` pairs also run as pairs, in one explainer, as :class:`DeepLift` runs a
+    baseline per row; each pair's delta is then measured, not inferred. The attributions returned
+    are those of the call without the delta, bit for bit. A recurrent layer runs a trajectory per
+    pair there (``2 * n * n_baselines``) instead of one per distinct row of each side, so this costs
+    more: ask for the delta when you want it. ``custom_attribution_func`` also runs on the pairs
+    (the multipliers of each pair, with the inputs and baselines expanded to the pairs), and its
+    results are averaged over the baselines, as in Captum.
 
     Args: as for :class:`DeepLift`.
     """
@@ -263,20 +267,34 @@ class DeepLiftShap(DeepLift):
                 argument is used with every baseline of its row.
             return_convergence_delta: also return ``delta``, shape ``(n * n_baselines,)``: see the
                 class docstring.
-            custom_attribution_func: not supported (must be None).
+            custom_attribution_func: as for :meth:`DeepLift.attribute`, called on the pairs.
         """
-        _no_custom_function(custom_attribution_func)
         is_tuple, xs = _format_inputs(inputs)
         n = int(xs[0].shape[0])
         bases = _distribution(baselines, inputs, xs)
-        if not return_convergence_delta:
-            values, _ = self._pairs(xs, bases, None, np.arange(n), target, additional_forward_args, False)
-            return _format_result(is_tuple, values, xs)
         count = int(bases[0].shape[0])
+        multipliers = not self._multiply_by_inputs or custom_attribution_func is not None
+        result: tuple[Tensor, ...] | None = None
+        if custom_attribution_func is None:
+            values = self._pairs(xs, bases, None, np.arange(n), target, additional_forward_args, multipliers)
+            result = tuple(_as_tensor(v, x.dtype, x.device) for v, x in zip(values, xs, strict=True))
+            if not return_convergence_delta:
+                return result if is_tuple else result[0]
         shifts = [b.repeat(n, *[1] * (b.dim() - 1)) for b in bases]  # pair i * count + j: baseline j
-        pairs, delta = self._pairs(xs, _zeros(xs), shifts, np.repeat(np.arange(n), count), target, additional_forward_args, True)
-        values = [v.reshape(n, count, *v.shape[1:]).mean(1) for v in pairs]
-        return _format_result(is_tuple, values, xs), _as_tensor(delta, xs[0].dtype, xs[0].device)
+        pairs = self._pairs(xs, _zeros(xs), shifts, np.repeat(np.arange(n), count), target, additional_forward_args, multipliers)
+        per_pair = tuple(_as_tensor(v, x.dtype, x.device) for v, x in zip(pairs, xs, strict=True))
+        expanded_inputs = tuple(x.repeat_interleave(count, dim=0) for x in xs)
+        if custom_attribution_func is not None:
+            per_pair = _custom(custom_attribution_func, per_pair, expanded_inputs, tuple(shifts))
+            result = tuple(a.reshape(n, count, *a.shape[1:]).mean(1) for a in per_pair)
+        assert result is not None
+        formatted = result if is_tuple else result[0]
+        if not return_convergence_delta:
+            return formatted
+        delta = self.compute_convergence_delta(
+            per_pair, tuple(shifts), expanded_inputs, _expand_target(target, n, count), _expand_args(additional_forward_args, n, count)
+        )
+        return formatted, delta
 
 
 # -- the model the explainer sees -----------------------------------------------------------------
@@ -325,12 +343,45 @@ def _format_extra(additional_forward_args: Any) -> tuple[Any, ...]:
 
 
 # -- inputs, baselines, targets -------------------------------------------------------------------
-def _no_custom_function(custom_attribution_func: Callable[..., Any] | None) -> None:
-    if custom_attribution_func is not None:
-        raise NotImplementedError(
-            "rnnshap.captum does not take custom_attribution_func: its attributions are multiplier × (x − baseline) "
-            "from exact rules. Use captum.attr for custom attribution functions."
+class BaselineError(InputError, AssertionError):
+    """DeepLiftShap's baselines are not a distribution; an ``AssertionError`` too, as Captum raises."""
+
+
+def _called(baselines: Callable[..., Any], inputs: Any) -> Any:
+    """Captum's baselines given as a function: called with ``inputs`` if it takes an argument."""
+    return baselines(inputs) if inspect.signature(baselines).parameters else baselines()
+
+
+def _custom(function: Callable[..., Any], multipliers: tuple[Tensor, ...], inputs: tuple[Tensor, ...], baselines: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``custom_attribution_func(multipliers, inputs, baselines)`` as a tuple of tensors shaped like the inputs."""
+    result = function(multipliers, inputs, baselines)
+    result = result if isinstance(result, tuple) else (result,)
+    if len(result) != len(inputs) or not all(isinstance(r, Tensor) and r.shape == x.shape for r, x in zip(result, inputs, strict=False)):
+        raise ValueError(
+            "custom_attribution_func must return one tensor per input, shaped like it (a tuple for several inputs); got "
+            + ", ".join(str(tuple(r.shape)) if isinstance(r, Tensor) else type(r).__name__ for r in result)
+            + f" for inputs of shapes {', '.join(str(tuple(x.shape)) for x in inputs)}"
         )
+    return tuple(result)
+
+
+def _expand_target(target: Target, n: int, count: int) -> Target:
+    """A per-row target repeated for each row's ``count`` pairs (Captum's expansion); others as given."""
+    if isinstance(target, list):
+        return [t for t in target for _ in range(count)]
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return target.repeat_interleave(count, dim=0)
+    return target
+
+
+def _expand_args(additional_forward_args: Any, n: int, count: int) -> Any:
+    """Per-row additional arguments (tensors with ``n`` rows) repeated for each row's ``count`` pairs."""
+    if additional_forward_args is None:
+        return None
+    return tuple(
+        a.repeat_interleave(count, dim=0) if isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == n else a
+        for a in _format_extra(additional_forward_args)
+    )
 
 
 def _format_inputs(inputs: Any) -> tuple[bool, list[Tensor]]:
@@ -380,24 +431,24 @@ def _deeplift_baselines(baselines: Any, xs: list[Tensor]) -> list[Tensor]:
 def _distribution(baselines: Any, inputs: Any, xs: list[Tensor]) -> list[Tensor]:
     """DeepLiftShap's baselines: tensors of at least two rows each (Captum's forms, callables included)."""
     if callable(baselines) and not isinstance(baselines, Tensor):
-        baselines = baselines(inputs) if inspect.signature(baselines).parameters else baselines()
+        baselines = _called(baselines, inputs)
     given = baselines if isinstance(baselines, tuple) else (baselines,)
     if len(given) != len(xs):
-        raise ValueError(f"{len(xs)} input(s) but {len(given)} baseline distribution(s): give one per input")
+        raise BaselineError(f"{len(xs)} input(s) but {len(given)} baseline distribution(s): give one per input")
     if not all(isinstance(b, Tensor) for b in given):
-        raise TypeError(
+        raise BaselineError(
             "DeepLiftShap's baselines are a distribution: a tensor (a tuple of tensors for several inputs) whose first "
             "dimension indexes the baselines. For a single baseline or a number, use DeepLift."
         )
     count = int(given[0].shape[0]) if given[0].dim() else 0
     if count < 2:
-        raise ValueError(
+        raise BaselineError(
             f"DeepLiftShap needs a distribution of at least 2 baselines (as Captum), got {count}. "
             "For a single baseline, use DeepLift."
         )
     for i, (b, x) in enumerate(zip(given, xs, strict=True)):
         if b.dim() != x.dim() or b.shape[1:] != x.shape[1:] or b.shape[0] != count:
-            raise ValueError(
+            raise BaselineError(
                 f"baseline distribution {i} has shape {tuple(b.shape)} for an input of shape {tuple(x.shape)}: its "
                 f"first dimension indexes the {count} baselines and the others must match the input's"
             )
@@ -456,9 +507,4 @@ def _as_tensor(values: np.ndarray, dtype: torch.dtype, device: torch.device) -> 
     return torch.from_numpy(np.ascontiguousarray(values)).to(device=device, dtype=dtype)
 
 
-def _format_result(is_tuple: bool, values: list[np.ndarray], xs: list[Tensor]) -> TensorOrTuple:
-    tensors = tuple(_as_tensor(v, x.dtype, x.device) for v, x in zip(values, xs, strict=True))
-    return tensors if is_tuple else tensors[0]
-
-
-__all__ = ["DeepLift", "DeepLiftShap"]
+__all__ = ["BaselineError", "DeepLift", "DeepLiftShap"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .demo_report import DemoRun, write_report
 from .explainer import DeepExplainer
 
 HIDDEN = 32
@@ -80,6 +82,12 @@ class DemoResult:
     def kind(self) -> str:
         return {"lstm": "LSTM", "gru": "GRU", "bidirectional": "bidirectional LSTM"}[self.layer]
 
+    def for_report(self) -> DemoRun:
+        """The run as plain data, for the report (``demo_report.write_report``)."""
+        fields = {f.name for f in dataclasses.fields(DemoRun)}
+        given = {name: getattr(self, name) for name in fields - {"model_description", "model_text"}}
+        return DemoRun(**given, model_description=self.describe_model(), model_text=str(self.model))
+
     def describe_model(self) -> str:
         kind = self.kind
         return f"{kind} (8 → {HIDDEN} per direction) over the 8 rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
@@ -127,7 +135,7 @@ def _deterministic(device: str) -> Iterator[None]:
 
 
 def run(
-    samples: int = 8, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
+    samples: int = 11, layer: str = "lstm", seed: int = 0, device: str = "cpu", epochs: int = 40, background: int = 50
 ) -> DemoResult:
     """Train on all but 300 digits, explain ``samples`` held-out ones (:func:`choose_digits`) against
     ``background`` training digits."""
@@ -205,7 +213,7 @@ def _print(result: DemoResult) -> None:
         scale = np.abs(phi).max() or 1.0
         verdict = "" if result.predictions[i] == result.labels[i] else " (wrong)"
         print(
-            f"\ndigit {i}: label {result.labels[i]}, predicted {result.predictions[i]}{verdict}; "
+            f"\nexample {i} (a {result.labels[i]}): predicted {result.predictions[i]}{verdict}; "
             "image | attribution to the predicted class (+ / -)"
         )
         for row in range(8):
@@ -221,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--samples",
         type=int,
-        default=8,
-        help="held-out digits to explain, of different classes and one the model gets wrong (default 8)",
+        default=11,
+        help="held-out digits to explain: one of each class and one the model gets wrong (default 11)",
     )
     parser.add_argument(
         "--layer", choices=["lstm", "gru", "bidirectional"], default="lstm", help="the recurrent layer (default lstm)"
@@ -239,10 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     _print(result)
     if args.no_report:
         return
-    from .demo_report import write_report
-
     command = "rnnshap demo " + " ".join(argv if argv is not None else [])
-    report = write_report(result, Path(args.out), command=command.strip(), started=start)
+    report = write_report(result.for_report(), Path(args.out), command=command.strip(), started=start)
     print(f"\nreport: {report.index} ({len(report.files)} files, {report.total_seconds:.1f} s in all)")
     if not report.has_plots:
         print("matplotlib is not installed, so the report has no plots: pip install 'rnnshap[plot]'")

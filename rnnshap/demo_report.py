@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__, plots
-from .demo import DemoResult
+from .plots import style
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,6 +36,35 @@ COLUMN_LABELS = [f"col {i}" for i in range(8)]
 
 
 @dataclass
+class DemoRun:
+    """What the report shows of one run of the demo: plain data, handed over by ``rnnshap.demo``."""
+
+    layer: str  # "lstm", "gru" or "bidirectional"
+    kind: str  # the layer as the page names it ("LSTM")
+    model_description: str  # one sentence on the model
+    model_text: str  # the model as torch prints it
+    n_parameters: int
+    seed: int
+    epochs: int
+    device: str
+    accuracy: float
+    x: np.ndarray  # (n, 8, 8) explained digits
+    indices: np.ndarray  # (n,) their positions in the held-out set
+    held_out_errors: int  # how many of the held-out digits the model gets wrong
+    labels: np.ndarray  # (n,)
+    predictions: np.ndarray  # (n,)
+    outputs: np.ndarray  # (n, 10) model outputs (logits)
+    shap_values: np.ndarray  # (n, 8, 8, 10)
+    expected_value: np.ndarray  # (10,)
+    additivity_error: float  # max |Σφ − (f(x) − E[f])| over samples and classes
+    train_seconds: float
+    explain_seconds: float
+    n_train: int
+    n_test: int
+    n_background: int
+
+
+@dataclass
 class Report:
     index: Path
     files: list[Path] = field(default_factory=list)
@@ -44,7 +73,7 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def summarize(result: DemoResult) -> dict[str, Any]:
+def summarize(result: DemoRun) -> dict[str, Any]:
     """The numbers of the report. ``results`` depends only on the settings and the seed."""
     values = result.shap_values.astype(np.float64)
     gap = result.outputs.astype(np.float64) - result.expected_value
@@ -82,7 +111,7 @@ def summarize(result: DemoResult) -> dict[str, Any]:
     }
 
 
-def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
+def write_report(result: DemoRun, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
     """Write the report into ``out`` (created if needed); return what was written."""
     out.mkdir(parents=True, exist_ok=True)
     report = Report(index=out / "index.html", summary=summarize(result))
@@ -112,33 +141,37 @@ def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo"
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
-def _predicted_phi(result: DemoResult) -> np.ndarray:
+def _predicted_phi(result: DemoRun) -> np.ndarray:
     """(n, 8, 8): each digit's attributions to its predicted class."""
     return np.stack([result.shap_values[i, :, :, p] for i, p in enumerate(result.predictions)]).astype(np.float64)
 
 
-def _wrong(result: DemoResult) -> list[int]:
+def _wrong(result: DemoRun) -> list[int]:
     return [i for i in range(len(result.x)) if result.predictions[i] != result.labels[i]]
 
 
 @dataclass
 class _Scales:
-    """One scale per family of figures."""
+    """One scale for one quantity, in every figure that shows it."""
 
-    phi: float  # colour limit of every digit's heatmap (φ to its predicted class)
+    phi: float  # colour limit of φ per pixel: every heatmap, the classes of example 0, the misclassified digits
     bars: tuple[float, float]  # y range of every row chart's bars (φ per row)
     totals: tuple[float, float]  # y range of every row chart's running total
+    rows: float  # colour limit of φ per row (the row chips), the largest |φ of a row|
 
     @staticmethod
-    def of(result: DemoResult) -> _Scales:
+    def of(result: DemoRun) -> _Scales:
         phi = _predicted_phi(result)
         per_row = phi.sum(-1)
         base = np.array([result.expected_value[p] for p in result.predictions])
         running = base[:, None] + np.concatenate([np.zeros((len(phi), 1)), np.cumsum(per_row, 1)], axis=1)
+        shown = [phi, np.moveaxis(result.shap_values[0], -1, 0)]  # φ to the predicted classes; example 0 to every class
+        shown += [result.shap_values[i, :, :, result.labels[i]][None] for i in _wrong(result)]  # and to the true classes
         return _Scales(
-            plots._scale(phi, None, 99.0).limit,
+            style.color_scale(np.concatenate(shown).astype(np.float64), None, 99.0).limit,
             _padded(min(0.0, per_row.min()), max(0.0, per_row.max())),
             _padded(running.min(), running.max()),
+            float(np.abs(per_row).max()) or 1.0,
         )
 
 
@@ -147,7 +180,7 @@ def _padded(low: float, high: float, pad: float = 0.08) -> tuple[float, float]:
     return float(low - pad * span), float(high + pad * span)
 
 
-def _figures(result: DemoResult, scales: _Scales) -> list[tuple[str, Any]]:
+def _figures(result: DemoRun, scales: _Scales) -> list[tuple[str, Any]]:
     made: list[tuple[str, Any]] = [
         (
             "global_importance",
@@ -160,21 +193,46 @@ def _figures(result: DemoResult, scales: _Scales) -> list[tuple[str, Any]]:
                 figsize=(7.2, 6.0),
             ),
         ),
-        ("classes_0", lambda: _classes(result, 0)),
+        ("classes_0", lambda: _classes(result, 0, scales)),
     ]
     for i in range(len(result.x)):
         made.append((f"sample_{i}", lambda i=i: _sample(result, i, scales)))
         made.append((f"over_time_{i}", lambda i=i: _over_time(result, i, scales)))
     for i in _wrong(result):
-        made.append((f"pushed_{i}", lambda i=i: _pushed(result, i)))
+        made.append((f"pushed_{i}", lambda i=i: _pushed(result, i, scales)))
     return made
 
 
-def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _name(result: DemoRun, i: int) -> str:
+    """How the report, its figures and the console name an explained digit: "example 3 (a 4)"."""
+    return f"example {i} (a {result.labels[i]})"
+
+
+def _outline(ax: Any, image: np.ndarray, threshold: float = 0.35) -> None:
+    """The digit's outline along the edges of its cells, so that it never crosses a cell's value
+    (a contour through the cells would, and draws a small diamond around a lone pixel)."""
+    from matplotlib.collections import LineCollection
+
+    ink = np.pad(image >= threshold, 1)
+    segments = []
+    for r, c in zip(*np.nonzero(ink[1:, 1:-1] != ink[:-1, 1:-1]), strict=True):  # a horizontal edge above cell (r, c)
+        segments.append([(c - 0.5, r - 0.5), (c + 0.5, r - 0.5)])
+    for r, c in zip(*np.nonzero(ink[1:-1, 1:] != ink[1:-1, :-1]), strict=True):  # a vertical edge left of cell (r, c)
+        segments.append([(c - 0.5, r - 0.5), (c - 0.5, r + 0.5)])
+    ax.add_collection(LineCollection(segments, colors="#222222", linewidths=1.0, alpha=0.6, capstyle="projecting"))
+
+
+def _grid_ticks(ax: Any, rows: bool = True, columns: bool = True) -> None:
+    """Row and column numbers of an 8 × 8 map."""
+    ax.set_xticks(range(8), [str(c) for c in range(8)] if columns else [], fontsize=8)
+    ax.set_yticks(range(8), [str(r) for r in range(8)] if rows else [], fontsize=8)
+    ax.tick_params(length=0, pad=2)
+
+
+def _sample(result: DemoRun, i: int, scales: _Scales) -> Figure:
     """The digit, and its attributions to the predicted class with their values, on the family's colour scale."""
     predicted = int(result.predictions[i])
-    phi = result.shap_values[i, :, :, predicted]
-    fig = plots._figure((6.0, 4.8))
+    fig = style.new_figure((6.0, 4.8))
     layout = fig.add_gridspec(1, 2, width_ratios=[1.0, 3.6])
     thumb, main = fig.add_subplot(layout[0]), fig.add_subplot(layout[1])
     thumb.imshow(result.x[i], cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
@@ -192,28 +250,23 @@ def _sample(result: DemoResult, i: int, scales: _Scales) -> Figure:
         ax=main,
         title=f"φ to class {predicted}",
     )
-    main.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.7, alpha=0.55)
+    _outline(main, result.x[i])
     main.set_xlabel("pixel column (feature)")
     main.set_ylabel("image row (time step)")
     verdict = "right" if predicted == result.labels[i] else "wrong"
-    base = float(result.expected_value[predicted])
-    fig.suptitle(
-        f"Digit {i}: a {result.labels[i]}, predicted {predicted} ({verdict})\n{plots._identity(base, float(phi.sum()))}",
-        fontsize=11,
-    )
+    fig.suptitle(f"{_name(result, i)}, predicted {predicted} ({verdict})", fontsize=11)
     return fig
 
 
-def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
+def _over_time(result: DemoRun, i: int, scales: _Scales) -> Figure:
     predicted = int(result.predictions[i])
-    phi = result.shap_values[i, :, :, predicted]
     fig = plots.over_time(
         result.shap_values,
         sample=i,
         output=predicted,
         base_value=result.expected_value,
         time_labels=[str(r) for r in range(8)],
-        title=f"Digit {i}, class {predicted}, row by row:\n{plots._identity(float(result.expected_value[predicted]), float(phi.sum()))}",
+        title=f"{_name(result, i)}: φ to class {predicted}, row by row",
         figsize=(4.6, 4.8),
     )
     total_ax, bars_ax = fig.axes
@@ -224,75 +277,86 @@ def _over_time(result: DemoResult, i: int, scales: _Scales) -> Figure:
     return fig
 
 
-def _classes(result: DemoResult, i: int) -> Figure:
-    """Attributions of one digit to each of the 10 classes, on one colour scale, with the digit's outline."""
+def _two_decimals(value: float) -> str:
+    text = f"{value:.2f}"
+    return ("0.00" if float(text) == 0 else text).replace("-", "−")
+
+
+def _classes(result: DemoRun, i: int, scales: _Scales) -> Figure:
+    """Attributions of one digit to each of the 10 classes, on the heatmaps' colour scale, with the digit's outline."""
     phi = result.shap_values[i].astype(np.float64)
-    limit = plots._scale(phi, None, 99.0)
-    fig = plots._figure((11.0, 5.6))
+    limit = scales.phi
+    fig = style.new_figure((11.0, 5.8))
     axes = fig.subplots(2, 5)
     image: Any = None
     for k, ax in enumerate(axes.flat):
-        image = ax.imshow(phi[:, :, k], cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
-        ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
-        identity = plots._identity(float(result.expected_value[k]), float(phi[:, :, k].sum())).removeprefix("f(x) = E[f] + Σφ ")
+        image = ax.imshow(phi[:, :, k], cmap=style.DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest")
+        _outline(ax, result.x[i])
+        base, total = float(result.expected_value[k]), float(phi[:, :, k].sum())
+        sums = f"{_two_decimals(base)} {'+' if total >= 0 else '−'} {_two_decimals(abs(total))} = {_two_decimals(base + total)}"
         chosen = k == result.predictions[i]
         ax.set_title(
-            f"class {k}{' (predicted)' if chosen else ''}\n{identity}", fontsize=9, fontweight="bold" if chosen else "normal"
+            f"class {k}{' (predicted)' if chosen else ''}\n{sums}", fontsize=9, fontweight="bold" if chosen else "normal"
         )
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _grid_ticks(ax, rows=k % 5 == 0, columns=k >= 5)
         for spine in ax.spines.values():
             spine.set_color("#222222" if chosen else "#bbbbbb")
             spine.set_linewidth(2.0 if chosen else 0.8)
+    fig.supxlabel("pixel column (feature)", fontsize=10)
+    fig.supylabel("image row (time step)", fontsize=10)
     fig.colorbar(
-        image, ax=axes, shrink=0.8, extend=plots._extend(phi, -limit.limit, limit.limit),
-        label=limit.label("φ: red raises the class, blue lowers it"),
-    )  # fmt: skip
+        image,
+        ax=axes,
+        shrink=0.8,
+        extend=style.extend_arrows(phi, -limit, limit),
+        label="φ (red raises the class, blue lowers it)",
+    )
     fig.suptitle(
-        f"Digit {i} (a {result.labels[i]}, predicted {result.predictions[i]}): its attributions to every class, one colour scale\n"
-        "each title: f(x) = E[f] + Σφ for that class",
+        f"{_name(result, i)}, predicted {result.predictions[i]}: its attributions to every class\n"
+        "each title: E[f] + Σφ = f(x) for that class",
         fontsize=11,
     )
     return fig
 
 
-def _pushed(result: DemoResult, i: int) -> Figure:
+def _pushed(result: DemoRun, i: int, scales: _Scales) -> Figure:
     """A misclassified digit: φ to the predicted class, to the true one, and their difference, on one colour scale."""
     predicted, label = int(result.predictions[i]), int(result.labels[i])
     to_predicted = result.shap_values[i, :, :, predicted].astype(np.float64)
     to_label = result.shap_values[i, :, :, label].astype(np.float64)
     difference = to_predicted - to_label
     panels = [
-        (to_predicted, f"φ to {predicted} (predicted)\nΣφ = {plots._plain(float(to_predicted.sum()))}"),
-        (to_label, f"φ to {label} (the true class)\nΣφ = {plots._plain(float(to_label.sum()))}"),
-        (difference, f"difference: what pushed it to {predicted}\nΣ = {plots._plain(float(difference.sum()))}"),
+        (to_predicted, f"φ to {predicted} (predicted)\nΣφ = {style.plain(float(to_predicted.sum()))}"),
+        (to_label, f"φ to {label} (the true class)\nΣφ = {style.plain(float(to_label.sum()))}"),
+        (difference, f"difference: what pushed it to {predicted}\nΣ = {style.plain(float(difference.sum()))}"),
     ]
-    limit = plots._scale(np.stack([p for p, _ in panels]), None, 99.0)
-    fig = plots._figure((11.0, 4.9))
+    limit = scales.phi
+    fig = style.new_figure((11.0, 5.0))
     axes = fig.subplots(1, 3)
     image: Any = None
-    for ax, (values, title) in zip(axes, panels, strict=True):
-        image = ax.imshow(values, cmap=plots.DIVERGING, vmin=-limit.limit, vmax=limit.limit, interpolation="nearest")
-        ax.contour(result.x[i], levels=[0.35], colors="#222222", linewidths=0.8)
+    for k, (ax, (values, title)) in enumerate(zip(axes, panels, strict=True)):
+        image = ax.imshow(values, cmap=style.DIVERGING, vmin=-limit, vmax=limit, interpolation="nearest")
+        _outline(ax, result.x[i])
         ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _grid_ticks(ax, rows=k == 0)
+        ax.set_xlabel("pixel column (feature)", fontsize=9)
+    axes[0].set_ylabel("image row (time step)", fontsize=9)
     for (r, c), value in np.ndenumerate(difference):
-        text = plots._format(float(value), limit.limit)
+        text = style.cell_text(float(value), limit)
         if text != "0":
             axes[2].text(
-                c, r, text, ha="center", va="center", fontsize=7.5, color="white" if abs(value) > 0.6 * limit.limit else "#222222"
+                c, r, text, ha="center", va="center", fontsize=7.5, color="white" if abs(value) > 0.6 * limit else "#222222"
             )
     fig.colorbar(
-        image, ax=axes, shrink=0.85, extend=plots._extend(np.stack([p for p, _ in panels]), -limit.limit, limit.limit),
-        label=limit.label(f"φ, one scale for the three\ndifference: red pushed to {predicted}, blue to {label}"),
+        image, ax=axes, shrink=0.85, extend=style.extend_arrows(np.stack([p for p, _ in panels]), -limit, limit),
+        label="φ (the heatmaps' scale)",
     )  # fmt: skip
     base_gap = float(result.expected_value[predicted] - result.expected_value[label])
-    number = plots._numbers(base_gap, float(difference.sum()), base_gap + float(difference.sum()))
+    number = style.number_format(base_gap, float(difference.sum()), base_gap + float(difference.sum()))
     p, q = _subscript(predicted), _subscript(label)
     total = float(difference.sum())
     fig.suptitle(
-        f"Digit {i} is a {label}, and the model says {predicted}. Why {predicted} over {label}:\n"
+        f"{_name(result, i)}: the model says {predicted}. Why {predicted} over {label}? Red in the difference pushed to {predicted}, blue to {label}\n"
         f"f{p}(x) − f{q}(x) = (E[f{p}] − E[f{q}]) + Σ difference = {number(base_gap)} {'+' if total >= 0 else '−'} {number(abs(total))}"
         f" = {number(base_gap + total)}",
         fontsize=11,
@@ -362,7 +426,7 @@ def _image(figures: dict[str, tuple[str, int]], name: str, alt: str) -> str:
     return f'<figure><a href="{source}"><img src="{source}" width="{width}" alt="{html.escape(alt)}"></a></figure>'
 
 
-def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
+def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
     results, timing, environment = summary["results"], summary["timing"], summary["environment"]
     e = html.escape
     n = len(result.x)
@@ -377,19 +441,27 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
         ),
         ("", f"{timing['train_seconds']:.1f} s", f"to train, {results['epochs']} epochs on {results['train_size']} digits"),
     ]
+    classes = len(set(result.labels.tolist()))
+    right = n - len(wrong)
     chosen = (
-        f"{n} held-out digits: the first one the model gets right of {'each class' if n > 2 else 'a class'}"
+        (
+            f"one example of each of the {classes} classes that the model gets right"
+            if right == classes and classes > 1
+            else f"{right} examples the model gets right, of different classes"
+            if right > 1
+            else "one example the model gets right"
+        )
         + (", and the first one it gets wrong" if wrong else "")
-        + f" ({results['held_out_errors']} of the {results['test_size']} held-out digits are misclassified)"
+        + f" (the model misclassifies {results['held_out_errors']} of the {results['test_size']} held-out digits)"
     )
     rows = [
-        ("Model", e(result.describe_model())),
+        ("Model", e(result.model_description)),
         (
             "Data",
             f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row as 8 time steps of 8 pixels",
         ),
         ("Held-out accuracy", f"{results['accuracy']:.2%}"),
-        ("Explained", f"{chosen}; all 10 classes, against {results['background']} training digits as background"),
+        ("Explained", f"{chosen}; each explained for every class, against {results['background']} training digits as background"),
         (
             "Largest additivity error",
             f"{results['additivity_error']:.3e} absolute; {results['relative_additivity_error']:.2e} relative to the output's scale",
@@ -445,29 +517,30 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
             _image(figures, "global_importance", "mean absolute attribution by time step and feature"),
         ]
     parts.append("<h2>Explained digits</h2>")
-    scale = float(np.abs(_predicted_phi(result).sum(-1)).max()) or 1.0
+    scales = _Scales.of(result)
+    scale = scales.rows
     if figures:
-        scales = _Scales.of(result)
         parts.append(
-            f"<p>All digits' heatmaps share one colour scale (full colour at |φ| = {scales.phi:.3g}; beyond it, colours are "
-            "clipped and the colour bar's arrows say so), and all row charts share their y scales, so the digits compare at "
-            "a glance. Click a figure for its full-size image.</p>"
+            f"<p>One colour scale for φ of a pixel in every figure of this report (full colour at |φ| = {scales.phi:.3g}; beyond "
+            "it, colours are clipped and the colour bar's arrows say so), one for φ of a row (the row chips, full colour at "
+            f"|φ| = {scale:.3g}), and one pair of y scales for all row charts, so the examples compare at a glance. Click a "
+            "figure for its full-size image.</p>"
         )
     for i in range(n):
         predicted = int(result.predictions[i])
         phi = result.shap_values[i, :, :, predicted]
         right = predicted == result.labels[i]
         badge = '<span class="badge right">right</span>' if right else '<span class="badge wrong">wrong</span>'
-        identity = plots._identity(float(result.expected_value[predicted]), float(phi.sum()))
+        identity = style.identity(float(result.expected_value[predicted]), float(phi.sum()))
         parts.append(
-            f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>Digit {i}: a {result.labels[i]}, '
+            f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>{e(_name(result, i)).capitalize()}, '
             f"predicted {predicted} {badge}</h3>"
             f'<p class="identity">score of class {predicted}: {e(identity)}</p>'
         )
         shown = [name for name in (f"sample_{i}", f"over_time_{i}") if name in figures]
         if shown:
             parts.append('<div class="figures">')
-            parts += [_image(figures, name, f"attributions of digit {i}") for name in shown]
+            parts += [_image(figures, name, f"attributions of {_name(result, i)}") for name in shown]
             parts.append("</div>")
         if not right and f"pushed_{i}" in figures:
             parts += [
@@ -475,7 +548,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
                 f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones {result.labels[i]}; "
                 "the difference adds up to the gap between the two scores, less the gap between their means over the background.</p>",
                 '<div class="figures">',
-                _image(figures, f"pushed_{i}", f"why digit {i} was classified as {predicted}"),
+                _image(figures, f"pushed_{i}", f"why {_name(result, i)} was classified as {predicted}"),
                 "</div>",
             ]
         parts.append(
@@ -493,13 +566,13 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
     if "classes_0" in figures:
         parts += [
             "<h2>Every class at once</h2>",
-            "<p>The attributions of digit 0 to each of the ten classes, on one colour scale, with the digit's outline. "
+            "<p>The attributions of example 0 to each of the ten classes, on the heatmaps' colour scale, with the digit's outline. "
             "Each class's attributions add up to its own f(x) − E[f].</p>",
             _image(figures, "classes_0", "attributions of digit 0 to every class"),
         ]
     parts += [
         "<h2>Model</h2>",
-        f"<pre>{e(str(result.model))}</pre>",
+        f"<pre>{e(result.model_text)}</pre>",
         f"<footer>Made by <code>{e(command)}</code> with rnnshap {environment['rnnshap']} on Python {e(sys.version.split()[0])}. "
         "The numbers under <em>results</em> in <code>summary.json</code> are the same on every run with the same seed and settings.</footer>",
         "</main></body></html>",

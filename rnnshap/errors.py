@@ -126,6 +126,9 @@ class UnsupportedOperationError(RnnShapError, TypeError):
             + "\n".join(lines)
             + "\nrnnshap refuses rather than return attributions that do not add up.\n"
             + "\n".join(f"* {text}" for text in advice)
+            + "\n* Shapley values of the same model need only its forward: rnnshap.ShapleyExplainer(model, "
+            "background).shapley_values(x) still works (exact where the budget covers every coalition, "
+            "with standard errors otherwise; docs/shapley.md)."
         )
         super().__init__(message)
 

@@ -9,15 +9,16 @@ into sums of multiplier × (x − r).
 from __future__ import annotations
 
 import os
-import sys
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from .engines import Block, Engine, engine_for
 from .errors import AdditivityError, InputError
+from .progress import progress_bar
+from .shapley.door import ShapleyEstimate
+from .shapley.explainer import select_outputs
 from .summary import ParquetShards, Summary
 
 Inputs = Union[Any, Sequence[Any]]
@@ -48,8 +49,12 @@ class DeepExplainer:
     sum to ``f(x) - expected_value`` up to float rounding, which is checked by default.
 
     Args:
-        model: an ``nn.Module`` in eval mode (or at least without active dropout or batch
-            statistics), or a Keras 3 model on the TensorFlow backend. It is not modified.
+        model: an ``nn.Module`` or a Keras 3 model (TensorFlow or torch backend), or one of shap's
+            tuple forms: ``(inputs, output)`` of Keras symbolic tensors (the network between them),
+            ``(module, layer)`` for PyTorch (attributions to the input of ``layer``, for ``data`` and
+            ``X`` given as the model's inputs). A PyTorch model in training mode with dropout or batch
+            statistics is explained in eval mode, as shap does, with one warning. It is not modified.
+            See docs/api.md, "Model forms".
         data: the background: a tensor or array whose first dimension indexes reference samples,
             or a list/tuple of them for a model with several inputs.
         batch_size: the largest number of (sample, reference) pairs run through the model at once.
@@ -210,6 +215,92 @@ class DeepExplainer:
             explanations.append(explanation.make(values, base, x, axes + output_axes, labels))
         return explanations if self.multi_input else explanations[0]
 
+    def shapley_values(
+        self,
+        X: Inputs,
+        players: Any = "steps",
+        budget: int | None = None,
+        *,
+        tol: float | None = None,
+        outputs: Sequence[int | tuple[int, ...]] | None = None,
+        random_state: Any = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> ShapleyEstimate:
+        """Shapley values of ``X`` with standard errors, and how far DeepSHAP's are from them.
+
+        The game is the one DeepSHAP approximates: v(S) = mean over the background rows r of
+        f(x on the players in S, r elsewhere). Where ``budget`` covers every coalition against every
+        background row the values are exact (``exact``, ``stderr`` 0); otherwise antithetic
+        permutation walks estimate them, with DeepSHAP's per-reference values as a control variate
+        (docs/shapley.md).
+
+        Args:
+            players: ``"steps"`` (each time step's feature vector; an (N, T, F) input, or token
+                positions of an (N, T) token input), ``"features"`` (one feature at every step),
+                ``"cells"`` (every entry), or an integer array of player ids shaped like one sample
+                of the input (a list per input; None for an input that is not a player). Context
+                inputs (lengths, masks) are never players.
+            budget: the most rows per sample run through the model (DeepSHAP's pass counts 3 per
+                background row). Default: 16x DeepSHAP's cost, 48 rows per background row.
+            tol: stop a sample early once every standard error is at most
+                tol x max(1, |f(x) - base value|).
+            outputs: which outputs, as for :meth:`shap_values` (default: all).
+            random_state: an integer seed (or a numpy Generator): the same seed gives the same
+                values, whatever ``batch_size`` is.
+            batch_size: the most rows per forward (default: the explainer's ``batch_size``).
+        """
+        from .shapley.door import ModelView, shapley_values
+
+        engine = self.engine
+        if not engine.attributes_model_inputs:
+            raise InputError(
+                "shapley_values plays the model's own inputs, and this explainer attributes to a layer's input "
+                "(shap's (model, layer) form). Explain the part of the model after the layer as a model of its "
+                "own, with the layer's inputs as data, or use DeepExplainer(model, data).shapley_values."
+            )
+        background = engine.to_numpy(engine.background)
+        followed = set(engine.token_inputs) | set(engine.number_inputs)
+        attributed = [bool(np.issubdtype(b.dtype, np.floating)) or t in followed for t, b in enumerate(background)]
+
+        def convert(X: Any) -> tuple[list[np.ndarray], Any]:
+            inputs = engine.inputs(X, "X")
+            return engine.to_numpy(inputs), inputs
+
+        def forward(rows: list[np.ndarray]) -> np.ndarray:
+            return engine.predict(engine.inputs(rows if self.multi_input else rows[0], "coalition rows"))
+
+        view = ModelView(
+            forward=forward,
+            convert=convert,
+            background=background,
+            background_outputs=engine.background_outputs.reshape(engine.references, -1),
+            output_shape=self.output_shape,
+            attributed=attributed,
+            tokens=[t in engine.token_inputs for t in range(len(background))],
+            multi_input=self.multi_input,
+            dtype=engine.dtype,
+            deepshap=self._pair_values,
+            select=lambda chosen: select_outputs(self.output_shape, chosen),
+        )
+        return shapley_values(
+            view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
+            batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
+        )  # fmt: skip
+
+    def _pair_values(self, inputs: list[Any], columns: np.ndarray, players: Any) -> np.ndarray:
+        """DeepSHAP's values of every (sample, reference) pair summed to ``players``: (n, B, P, k)."""
+        n, k = columns.shape
+        B = self.engine.references
+        values = np.zeros((n, B, players.count, k))
+        pairs = max(1, self.batch_size // self.engine.rows_per_pair(k))
+        for block in _blocks(n, B, pairs):
+            result = self.engine.attribute(inputs, block, columns[block.s0 : block.s1], per_pair=True)
+            per_entry = [part.reshape(k * block.pairs, *part.shape[3:]) for part in result.sums]
+            summed = players.per_player(per_entry).reshape(k, block.samples, block.references, players.count)
+            values[block.s0 : block.s1, block.r0 : block.r1] = summed.transpose(1, 2, 3, 0)
+        return values
+
     def summarize(
         self,
         data: Any,
@@ -320,7 +411,7 @@ class DeepExplainer:
         model_outputs = np.zeros((n, self.n_outputs))
         reference_outputs = np.zeros((n, self.n_outputs))
         pairs = max(1, batch_size // self.engine.rows_per_pair(k))
-        for block in _progress(_blocks(n, n_refs, pairs), progress):
+        for block in progress_bar(_blocks(n, n_refs, pairs), progress):
             result = self.engine.attribute(inputs, block, selected[block.s0 : block.s1])
             for total, part in zip(sums, result.sums, strict=True):
                 total[:, block.s0 : block.s1] += part
@@ -354,16 +445,7 @@ class DeepExplainer:
 
     def _select(self, outputs: Sequence[int | tuple[int, ...]]) -> np.ndarray:
         """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (1, k)."""
-        shape = self.output_shape or (1,)
-        flat = []
-        for index in outputs:
-            multi = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
-            if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
-                raise ValueError(f"output index {index!r} does not fit the model's output shape {self.output_shape}")
-            flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
-        if not flat:
-            raise ValueError("outputs is empty; give at least one output index")
-        return np.asarray(flat, dtype=np.int64)[None, :]
+        return select_outputs(self.output_shape, outputs)[None, :]
 
     def _check_additivity(self, attribution: Attribution, rtol: float | None) -> None:
         """Raise :class:`AdditivityError` where Σφ misses f(x) − E[f] by more than the tolerance."""
@@ -439,27 +521,6 @@ def _blocks(samples: int, references: int, pairs: int) -> list[Block]:
         per_block = pairs // references
         return [Block(s, min(s + per_block, samples), 0, references) for s in range(0, samples, per_block)]
     return [Block(s, s + 1, r, min(r + pairs, references)) for s in range(samples) for r in range(0, references, pairs)]
-
-
-def _progress(batches: list[Block], enabled: bool | None) -> Iterable[Block]:
-    """``batches`` wrapped in a tqdm progress bar when ``enabled``; ``None``: only when stderr is a
-    terminal and there is more than one batch. Without tqdm there is no bar (a warning if asked for)."""
-    explicit = enabled is not None
-    if enabled is None:
-        try:
-            enabled = len(batches) > 1 and sys.stderr is not None and sys.stderr.isatty()
-        except (AttributeError, ValueError):  # stderr replaced by an object without isatty, or closed
-            enabled = False
-    if not enabled:
-        return batches
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        if explicit:
-            warnings.warn("progress=True needs tqdm (pip install 'rnnshap[progress]'); explaining without a progress bar", stacklevel=5)
-        return batches
-    return tqdm(batches, total=len(batches), desc="rnnshap", unit="batch")  # closes itself when the loop ends
-
 
 
 def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:

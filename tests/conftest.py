@@ -34,8 +34,61 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "rnnshap"))
 
-#: additivity tolerances of the issue: |Σφ − Δ| ≤ TOL·max(1, |Δ|)
+def eps(dtype: object) -> float:
+    """The machine epsilon of a torch dtype, a numpy dtype or a dtype name ("float32")."""
+    name = getattr(dtype, "__name__", None) or str(dtype).removeprefix("torch.")  # np.float32 is a class
+    return float(torch.finfo(getattr(torch, name)).eps)  # torch knows bfloat16, numpy does not
+
+
+#: Float tolerances are in units of the dtype's eps, relative to max(1, |what is compared|):
+#: values of order one (activations, outputs) carry an absolute rounding error of a few eps per
+#: operation, larger values a relative one.
+#:
+#: ROUNDING_ULPS: the same float computation done twice in another way (another batch size or
+#: order, another kernel: oneDNN or not, AVX-512 or not, another framework) differs by rounding
+#: only. The models here are a few layers deep and a few dozen wide: a few dozen roundings on the
+#: longest path, so 64 eps (7.6e-6 in float32) has margin on any CPU and is far below any error
+#: of substance (a wrong row, a wrong mean: 1e-2 and more).
+ROUNDING_ULPS = 64
+
+#: additivity tolerances of the issue: |Σφ − Δ| ≤ TOL·max(1, |Δ|), about 84 eps in float32 (a
+#: backward pass adds roundings of its own to those of the forward)
 ADDITIVITY_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+#: float32 attributions against the same model's float64 ones, relative to max|φ|: the secants
+#: (f(x) − f(r))/(x − r) of the rules lose digits where x − r is small (eps·|f|/|x − r|), so the
+#: bound is 2^13 eps (1e-3), far below the size of an error of substance (a wrong rule: 1e-1).
+FLOAT32_VS_FLOAT64 = 2**13 * float(np.finfo(np.float32).eps)
+
+
+def additivity_tol(dtype: object) -> float:
+    """:data:`ADDITIVITY_TOL` for a torch dtype, a numpy dtype or a dtype name."""
+    return ADDITIVITY_TOL[{eps(d): d for d in ADDITIVITY_TOL}[eps(dtype)]]
+
+
+def secant_rounding_tol(dtype: object) -> float:
+    """Two computations of the same attributions in another order (blocks of pairs, a fused path):
+    a rounding difference of eps in a Rescale quotient's numerator is divided by its Δx, which the
+    rule allows down to eps**(1/3) (below it takes the midpoint derivative), so eps**(2/3) relative
+    to the size of the numbers computed: 2.4e-5 in float32, 3.7e-11 in float64."""
+    return eps(dtype) ** (2 / 3)
+
+
+def rounding_tol(dtype: object, ulps: float = ROUNDING_ULPS) -> float:
+    """``ulps`` eps of ``dtype``: a relative tolerance for use with :func:`assert_rounding_close`."""
+    return ulps * eps(dtype)
+
+
+def assert_rounding_close(actual: object, expected: object, dtype: object, ulps: float = ROUNDING_ULPS, what: str = "") -> None:
+    """|actual − expected| ≤ ulps·eps(dtype)·max(1, |expected|), element by element: two computations
+    of the same float quantity that may differ by rounding only."""
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shapes {a.shape} and {b.shape}"
+    excess = np.abs(a - b) / np.maximum(1.0, np.abs(b))
+    tol = rounding_tol(dtype, ulps)
+    worst = float(excess.max()) if excess.size else 0.0
+    assert worst <= tol, f"{what}: |a − b| / max(1, |b|) = {worst:.3g} > {ulps:g} eps of {dtype} ({tol:.3g})"
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +148,8 @@ def relative_to_max(a: ArrayOrList, b: ArrayOrList) -> float:
     )
     scale = max(float(np.abs(np.asarray(y, np.float64)).max()) for y in as_list(b))
     return diff / max(scale, np.finfo(np.float64).tiny)
+
+
+def assert_adds_up_to(predicted: object, outputs: object, dtype: object, what: str = "E[f] + Σφ against f(x)") -> None:
+    """E[f] + Σφ against the model's own f(x): the additivity tolerance, relative to max(1, |f(x)|)."""
+    assert_rounding_close(predicted, outputs, dtype, ulps=additivity_tol(dtype) / eps(dtype), what=what)

@@ -12,7 +12,7 @@ from torch import nn
 
 import rnnshap
 
-from .conftest import additivity_excess, model_outputs
+from .conftest import ADDITIVITY_TOL, additivity_excess, assert_adds_up_to, assert_rounding_close, model_outputs
 
 shap = pytest.importorskip("shap")
 
@@ -43,10 +43,10 @@ def test_call_returns_explanation_with_values_base_values_and_data() -> None:
     base = np.asarray(explanation.base_values)
     assert values.shape == (4, 5, 3)
     assert base.shape == (4, 3)
-    np.testing.assert_allclose(base, np.broadcast_to(model_outputs(model, background).mean(0), (4, 3)), rtol=1e-6, atol=1e-7)
+    assert_rounding_close(base, np.broadcast_to(model_outputs(model, background).mean(0), (4, 3)), torch.float32, what="E[f]")
     np.testing.assert_array_equal(np.asarray(explanation.data), X.numpy())
     # the explanation adds up on its own: base + Σ values = f(x)
-    np.testing.assert_allclose(base + values.sum(1), model_outputs(model, X), rtol=1e-5, atol=1e-5)
+    assert_adds_up_to(base + values.sum(1), model_outputs(model, X), torch.float32)
 
 
 def test_call_with_feature_names() -> None:
@@ -67,7 +67,7 @@ def test_call_on_multi_input_model_returns_one_explanation_per_input() -> None:
         assert np.asarray(explanation.base_values).shape == (3, 2)
         np.testing.assert_array_equal(np.asarray(explanation.data), x.numpy())
     total = sum(np.asarray(e.values).reshape(3, -1, 2).sum(1) for e in explanations)
-    np.testing.assert_allclose(np.asarray(explanations[0].base_values) + total, model_outputs(model, X), rtol=1e-5, atol=1e-5)
+    assert_adds_up_to(np.asarray(explanations[0].base_values) + total, model_outputs(model, X), torch.float32)
 
 
 def test_call_without_shap_raises_import_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +87,7 @@ def test_numpy_inputs_give_the_same_values_as_tensors() -> None:
     from_arrays = rnnshap.DeepExplainer(model, background.numpy()).shap_values(X.numpy())
     assert isinstance(from_arrays, np.ndarray)
     np.testing.assert_array_equal(from_arrays, from_tensors)
-    assert additivity_excess(from_arrays, model, X, background).max() <= 1e-5
+    assert additivity_excess(from_arrays, model, X, background).max() <= ADDITIVITY_TOL[torch.float32]
 
 
 def test_multi_input_numpy_and_tuple_inputs() -> None:
@@ -103,7 +103,7 @@ def test_multi_input_numpy_and_tuple_inputs() -> None:
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert isinstance(values, list) and [v.shape for v in values] == [(2, 4, 2), (2, 3, 2)]
     tensors = [torch.from_numpy(x) for x in X]
-    assert additivity_excess(values, model, tensors, [torch.from_numpy(b) for b in background]).max() <= 1e-5
+    assert additivity_excess(values, model, tensors, [torch.from_numpy(b) for b in background]).max() <= ADDITIVITY_TOL[torch.float32]
 
 
 # -- additivity errors --------------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_ranked_outputs_select_by_order_and_match_unranked_values(order: str) ->
     full = explainer.shap_values(X)  # (4, 5, 5)
     for i in range(4):
         for c in range(2):
-            np.testing.assert_allclose(values[i, :, c], full[i, :, int(ranks[i, c])], rtol=1e-6, atol=1e-7)
+            assert_rounding_close(values[i, :, c], full[i, :, int(ranks[i, c])], torch.float32, what="ranked against full")
 
 
 def test_bad_rank_order_is_rejected() -> None:
@@ -211,7 +211,7 @@ def test_expected_value_is_background_mean_of_outputs() -> None:
     background = torch.randn(7, 5)
     explainer = rnnshap.DeepExplainer(model, background)
     assert isinstance(explainer.expected_value, np.ndarray)
-    np.testing.assert_allclose(explainer.expected_value, model_outputs(model, background).mean(0), rtol=1e-6, atol=1e-7)
+    assert_rounding_close(explainer.expected_value, model_outputs(model, background).mean(0), torch.float32, what="E[f]")
 
 
 # -- models that return several tensors ------------------------------------------------------------------

@@ -23,12 +23,18 @@ import rnnshap
 import rnnshap.captum
 from rnnshap.captum import DeepLift, DeepLiftShap
 
+from .conftest import ADDITIVITY_TOL, assert_adds_up_to, assert_rounding_close, eps, rounding_tol
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning", "ignore:Input Tensor .* did not already require gradients:UserWarning"
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: ours against Captum's: the same formula computed in another order, so rounding apart, relative to
+#: max(1, |value|) like the additivity check; a convergence delta is Σφ − Δ, within the additivity
+#: tolerance (the outputs of these small models are below 1, so max(1, |Δ|) is 1)
+TOLERANCE = ADDITIVITY_TOL
+DELTA_TOL = ADDITIVITY_TOL[torch.float32]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,7 @@ def assert_close(ours: Any, theirs: Any, atol: float) -> None:
             assert_close(a, b, atol)
         return
     assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
-    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=0, atol=atol)
+    assert_rounding_close(ours.numpy(), theirs.detach().numpy(), ours.dtype, ulps=atol / eps(ours.dtype))
 
 
 # -- values: equal to Captum's where Captum's rules are exact -------------------------------------------
@@ -105,7 +111,7 @@ def test_deeplift_shap_equals_captum_on_an_mlp(captum_attr: Any, activation: typ
     # and it is DeepExplainer's DeepSHAP, value for value
     same = DeepLiftShap(model).attribute(x, baselines=background, target=1)
     expected = rnnshap.DeepExplainer(model, background).shap_values(x, outputs=[1])[..., 0]
-    np.testing.assert_allclose(same.numpy(), expected, rtol=0, atol=TOLERANCE[dtype])
+    assert_rounding_close(same.numpy(), expected, dtype, ulps=TOLERANCE[dtype] / eps(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -139,18 +145,18 @@ def test_on_recurrent_layers_the_delta_is_rounding_where_captums_is_not(captum_a
     ours, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
     theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
     assert delta.shape == their_delta.shape == (4 * 3,)
-    assert delta.abs().max() < 1e-5
+    assert delta.abs().max() < DELTA_TOL
     # A documented fact, not a wish: Captum takes plain gradients through the gates of nn.LSTM / nn.GRU
     # (it hooks activation modules only), so its attributions miss f(x) - f(b) by percents.
     assert their_delta.abs().max() > 1e-2
     assert (ours - theirs).abs().max() > 1e-3
     single, single_delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
     _, captum_single_delta = captum_attr.DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
-    assert single_delta.abs().max() < 1e-5 and captum_single_delta.abs().max() > 1e-2
+    assert single_delta.abs().max() < DELTA_TOL and captum_single_delta.abs().max() > 1e-2
     # the attributions of every row add up to f(x) - f(b) for its own baseline
     with torch.no_grad():
         gap = model(x)[:, 1] - model(background[:1])[:, 1]
-    np.testing.assert_allclose(single.sum((1, 2)).numpy(), gap.numpy(), rtol=0, atol=1e-5)
+    assert_adds_up_to(single.sum((1, 2)).numpy(), gap.numpy(), torch.float32, what="Σφ against f(x) − f(b)")
 
 
 def test_the_delta_of_deeplift_shap_is_each_pairs_own() -> None:
@@ -230,9 +236,9 @@ def test_every_target_form_gives_captums_values_and_shapes(captum_attr: Any, met
     baselines = background if method == "DeepLiftShap" else background[:1]
     ours, delta = getattr(rnnshap.captum, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
     theirs, their_delta = getattr(captum_attr, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
-    assert_close(ours, theirs, 1e-5)
+    assert_close(ours, theirs, TOLERANCE[torch.float32])
     assert delta.shape == their_delta.shape and delta.dtype == their_delta.dtype and delta.device == their_delta.device
-    assert delta.abs().max() < 1e-5
+    assert delta.abs().max() < DELTA_TOL
 
 
 @pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
@@ -252,7 +258,7 @@ def test_tensor_in_tensor_out_tuple_in_tuple_out(captum_attr: Any, method: str, 
     ours = getattr(rnnshap.captum, method)(model).attribute(inputs, baselines=baselines, target=1)
     theirs = getattr(captum_attr, method)(model).attribute(inputs, baselines=baselines, target=1)
     assert type(ours) is type(theirs)
-    assert_close(ours, theirs, 1e-5)
+    assert_close(ours, theirs, TOLERANCE[torch.float32])
     for tensor, given in zip(ours if isinstance(ours, tuple) else (ours,), inputs if isinstance(inputs, tuple) else (inputs,), strict=True):
         assert tensor.device == given.device and not tensor.requires_grad
 
@@ -264,7 +270,7 @@ def test_results_come_back_on_the_inputs_device() -> None:
     values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
     assert values.device == x.device == delta.device and values.dtype == torch.float32 and values.shape == x.shape
     values, delta = DeepLift(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
-    assert values.device == x.device == delta.device and delta.abs().max() < 1e-5
+    assert values.device == x.device == delta.device and delta.abs().max() < DELTA_TOL
 
 
 def test_baselines_may_be_a_callable(captum_attr: Any) -> None:
@@ -273,7 +279,7 @@ def test_baselines_may_be_a_callable(captum_attr: Any) -> None:
     for baselines in (lambda: background, lambda inputs: background + 0 * inputs[:1]):
         ours = DeepLiftShap(model).attribute(x, baselines=baselines, target=0)
         theirs = captum_attr.DeepLiftShap(model).attribute(x, baselines=baselines, target=0)
-        assert_close(ours, theirs, 1e-5)
+        assert_close(ours, theirs, TOLERANCE[torch.float32])
 
 
 # -- additional_forward_args -----------------------------------------------------------------------------
@@ -325,13 +331,13 @@ def test_integer_additional_args_are_context_row_by_row() -> None:
     x, background = data(6, 4, n=4, baselines=3)
     lengths, tokens = torch.tensor([6, 3, 5, 2]), torch.randint(0, 10, (4, 6), generator=torch.Generator().manual_seed(2))
     values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
-    assert delta.shape == (12,) and delta.abs().max() < 1e-5
+    assert delta.shape == (12,) and delta.abs().max() < DELTA_TOL
     assert values[1, 3:].abs().max() == 0 and values[3, 2:].abs().max() == 0  # steps past a row's length
     values, delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
-    assert delta.abs().max() < 1e-5
+    assert delta.abs().max() < DELTA_TOL
     # per-row baselines with per-row arguments: each row is its own pair
     _, delta = DeepLift(model).attribute(x, baselines=torch.cat([background, background[:1]]), target=0, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
-    assert delta.shape == (4,) and delta.abs().max() < 1e-5
+    assert delta.shape == (4,) and delta.abs().max() < DELTA_TOL
 
 
 def test_compute_convergence_delta_is_captums(captum_attr: Any) -> None:
@@ -340,21 +346,103 @@ def test_compute_convergence_delta_is_captums(captum_attr: Any) -> None:
     values = DeepLift(model).attribute(x, baselines=background, target=[0, 1, 2])
     ours = DeepLift(model).compute_convergence_delta(values, background, x, target=[0, 1, 2])
     theirs = captum_attr.DeepLift(model).compute_convergence_delta(values, background, x, target=[0, 1, 2])
-    assert_close(ours, theirs, 1e-6)
+    assert_close(ours, theirs, rounding_tol(torch.float32))  # the same sums in another order
 
 
-# -- what is refused ----------------------------------------------------------------------------------------
+# -- Captum's whole signature: multipliers, custom functions, never raising on additivity ------------------
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
+def test_multipliers_equal_captums_local_attributions(captum_attr: Any, method: str, activation: type[nn.Module]) -> None:
+    model = mlp(activation, torch.float64)
+    x, background = data(6, n=5, baselines=5, dtype=torch.float64)
+    ours = getattr(rnnshap.captum, method)(model, multiply_by_inputs=False).attribute(x, baselines=background, target=1)
+    theirs = getattr(captum_attr, method)(model, multiply_by_inputs=False).attribute(x, baselines=background, target=1)
+    assert_close(ours, theirs, 1e-10)
+    assert not getattr(rnnshap.captum, method)(model, multiply_by_inputs=False).multiplies_by_inputs
+
+
+def test_multipliers_times_the_step_are_the_attributions_on_a_recurrent_model() -> None:
+    """Where Captum's rules are not exact (an LSTM), the truth is rnnshap's own additive attributions:
+    multiplier × (x − b) per row gives them back, and a row equal to its baseline keeps its multiplier."""
+    model = recurrent().double()
+    x, background = data(6, 4, n=4, baselines=4, dtype=torch.float64)
+    background[2] = x[2]  # a row equal to its baseline: attributions 0, multipliers not
+    multipliers = DeepLift(model, multiply_by_inputs=False).attribute(x, baselines=background, target=0)
+    values, delta = DeepLift(model).attribute(x, baselines=background, target=0, return_convergence_delta=True)
+    np.testing.assert_allclose((multipliers * (x - background)).numpy(), values.numpy(), rtol=0, atol=1e-13)
+    assert delta.abs().max() < 1e-12 and float(multipliers[2].abs().max()) > 1e-3
+    # DeepLiftShap: the mean over the baselines of each pair's multipliers
+    shap_multipliers = DeepLiftShap(model, multiply_by_inputs=False).attribute(x, baselines=background, target=0)
+    pairs = [DeepLift(model, multiply_by_inputs=False).attribute(x, baselines=background[j : j + 1], target=0) for j in range(4)]
+    np.testing.assert_allclose(shap_multipliers.numpy(), torch.stack(pairs).mean(0).numpy(), rtol=0, atol=1e-13)
+
+
+def _times_step(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(m * (x - b) for m, x, b in zip(multipliers, inputs, baselines, strict=True))
+
+
+def _hypothetical(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Hypothetical contributions of one-hot inputs (DeepLIFT's genomics use): feature k set to 1."""
+    out = []
+    for m, x, b in zip(multipliers, inputs, baselines, strict=True):
+        parts = torch.zeros_like(x)
+        for k in range(x.shape[-1]):
+            one_hot = torch.zeros_like(x)
+            one_hot[..., k] = 1.0
+            parts[..., k] = ((one_hot - b) * m).sum(-1)
+        out.append(parts)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
+def test_custom_attribution_func_gets_multipliers_inputs_and_baselines(captum_attr: Any, method: str) -> None:
+    model = mlp(nn.Tanh, torch.float64)
+    x, background = data(6, n=4, baselines=4, dtype=torch.float64)
+    explainer = getattr(rnnshap.captum, method)(model)
+    # multiplier × (x − b) as a custom function is the default attribution
+    custom = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_times_step)
+    np.testing.assert_allclose(custom.numpy(), explainer.attribute(x, baselines=background, target=2).numpy(), rtol=0, atol=1e-13)
+    ours, delta = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True)
+    theirs, their_delta = getattr(captum_attr, method)(model).attribute(
+        x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True
+    )
+    assert_close(ours, theirs, 1e-10)
+    assert_close(delta, their_delta, 1e-10)
+    with pytest.raises(ValueError, match="one tensor per input"):
+        explainer.attribute(x, baselines=background, target=2, custom_attribution_func=lambda m, i, b: m[0][:1])
+
+
+def test_the_delta_is_compute_convergence_delta_bit_for_bit_and_attribute_never_raises() -> None:
+    """Logits near 1e5 in float32 (Captum's classification models): the outputs' differences are
+    rounding, the values come back with their delta, which is compute_convergence_delta's exactly."""
+    model = mlp(nn.ReLU)
+    with torch.no_grad():
+        model[-1].weight.mul_(3e4)
+        model[-1].bias.add_(7.6e4)
+    x, background = data(6, n=5, baselines=5)
+    for baselines in (background, background[:1], 0.5, None):
+        values, delta = DeepLift(model).attribute(x, baselines=baselines, target=[0, 1, 2, 0, 1], return_convergence_delta=True)
+        external = DeepLift(model).compute_convergence_delta(values, baselines if baselines is not None else 0.0, x, target=[0, 1, 2, 0, 1])
+        assert torch.equal(delta, external)
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
+    assert torch.equal(values, DeepLiftShap(model).attribute(x, baselines=background, target=1))  # the same values
+    scale = float(model(x).abs().max())
+    assert delta.shape == (25,) and float(delta.abs().max()) <= 64 * torch.finfo(torch.float32).eps * scale
+    with pytest.raises(rnnshap.AdditivityError):  # opt-in: rnnshap's own check at rnnshap's float32 tolerance
+        DeepLift(model, check_additivity=1e-12).attribute(x, baselines=background, target=0)
+
+
 def test_what_is_refused_is_refused_clearly() -> None:
     model = mlp(nn.ReLU)
     x, background = data(6, n=3, baselines=3)
-    with pytest.raises(ValueError, match="multiply_by_inputs=True only"):
-        DeepLift(model, multiply_by_inputs=False)
-    with pytest.raises(ValueError, match="at least 2 baselines"):
+    with pytest.raises(AssertionError, match="at least 2 baselines"):  # Captum asserts: so does rnnshap
         DeepLiftShap(model).attribute(x, baselines=background[:1], target=0)
-    with pytest.raises(TypeError, match="distribution"):
+    with pytest.raises(AssertionError, match="distribution"):
         DeepLiftShap(model).attribute(x, baselines=0.0, target=0)
-    with pytest.raises(NotImplementedError, match="custom_attribution_func"):
-        DeepLift(model).attribute(x, target=0, custom_attribution_func=lambda m: m)
+    with pytest.raises(rnnshap.captum.BaselineError, match="distribution"):
+        DeepLiftShap(model).attribute(x, baselines=lambda: ([[0.0] * 6, [1.0] * 6],), target=0)
+    with pytest.raises(NotImplementedError):
+        DeepLift(model).attribute_future()
     with pytest.raises(ValueError, match="give target="):
         DeepLift(model).attribute(x)
     with pytest.raises(ValueError, match="out of range"):

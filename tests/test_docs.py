@@ -14,7 +14,7 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["large_datasets.md", "../README.md"])
+@pytest.mark.parametrize("page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "../README.md"])  # the page starts Ray
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
     blocks = python_blocks(DOCS / page)
@@ -35,3 +35,32 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
             exec(compile(block, f"{page}, example {number}", "exec"), namespace)
         except Exception as error:  # pragma: no cover - the message is the point
             raise AssertionError(f"example {number} of docs/{page} fails: {error!r}\n{block}") from error
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[list[str]]:
+    return [[line for line in block.splitlines() if line.strip()] for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_the_readme_installs_in_a_venv_and_tests_with_the_command_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    install, tests = _bash_blocks(readme)[:2]
+    for block in (install, tests):
+        assert "venv" in block[0], block  # a fresh virtual environment first
+        assert any(line.startswith("pip install torch==") and "/whl/cpu" in line for line in block), block  # the CPU build
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert tests[-1].split("#")[0].strip() == ci[-1] == "python -m pytest -q"
+    runs = [line.split("#")[0].strip() for line in tests if "pytest" in line]
+    assert runs == [line for line in ci if "pytest" in line]  # CI runs the README's test commands, no more, no fewer
+
+
+def test_the_readme_names_every_option_of_the_demo() -> None:
+    from rnnshap import demo
+
+    text = (ROOT / "README.md").read_text()
+    options = re.findall(r"add_argument\(\s*\"(--[a-z-]+)\"", Path(demo.__file__).read_text())
+    assert len(options) >= 8
+    missing = [option for option in options if f"`{option}" not in text]
+    assert not missing, f"the README's demo options miss {missing}"

@@ -23,6 +23,8 @@ keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
 
+from .conftest import assert_rounding_close  # noqa: E402
+
 L = keras.layers
 T, F = 6, 3
 
@@ -159,14 +161,14 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         torch_values = np.load(tmp_path / name / "torch.npy")
         assert torch_values.shape == values.shape, name
         # Keras on torch runs matmul in float32 even for float64 operands, so the model itself differs
-        # from its TensorFlow twin by float32 rounding: 1e-6 of the largest attribution
-        np.testing.assert_allclose(torch_values, values, rtol=0, atol=1e-6 * np.abs(values).max(), err_msg=name)
+        # from its TensorFlow twin by float32 rounding
+        assert_rounding_close(torch_values, values, np.float32, what=name)
         if name in MASKED - {"masking-two-values"}:  # padded steps get exactly 0 (there a GRU reads them unmasked)
             masked_values = torch_values[0] if name in ("masking-two-inputs", "masking-shared") else torch_values
             for row, steps in PADDED["x"]:
                 assert np.all(masked_values[row, steps] == 0), name
             assert np.abs(masked_values[1, :4]).max() > 0, name
-        np.testing.assert_allclose(found[name]["expected"], expected, rtol=0, atol=1e-6 * max(1e-3, float(np.abs(expected).max())), err_msg=name)
+        assert_rounding_close(np.reshape(found[name]["expected"], np.shape(expected)), expected, np.float32, what=f"{name}: E[f]")
 
 
 def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:

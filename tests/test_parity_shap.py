@@ -25,12 +25,13 @@ from torch import nn
 
 import rnnshap
 
-from .conftest import as_list, assert_additive, relative_to_max
+from .conftest import ADDITIVITY_TOL, as_list, assert_additive, assert_rounding_close, relative_to_max
 
 shap = pytest.importorskip("shap")
 
-PARITY_TOL_F32 = 1e-5
-PARITY_TOL_F64 = 1e-10
+#: φ against shap's or the float64 reference, relative to max|φ|: the additivity tolerance of the dtype
+PARITY_TOL_F32 = ADDITIVITY_TOL[torch.float32]
+PARITY_TOL_F64 = ADDITIVITY_TOL[torch.float64]
 
 
 class TwoInputNet(nn.Module):
@@ -182,7 +183,7 @@ def test_float32_values_match_shap(case: Case) -> None:
     for v, s in zip(as_list(values), as_list(shap_values), strict=True):
         assert isinstance(v, np.ndarray) and isinstance(s, np.ndarray)
         assert v.shape == s.shape
-    np.testing.assert_allclose(np.asarray(ours.expected_value), np.asarray(theirs.expected_value), rtol=1e-6, atol=1e-7)
+    assert_rounding_close(np.asarray(ours.expected_value), np.asarray(theirs.expected_value), torch.float32, what="E[f]")
 
     reference = _exact_reference(model, background, X) if case.smooth else shap_values
     error = relative_to_max(values, reference)
@@ -256,7 +257,7 @@ def test_one_dimensional_output_gives_values_shaped_like_input() -> None:
     with torch.no_grad():
         expected = float(model(background).mean())
     assert np.ndim(explainer.expected_value) == 0
-    assert abs(float(explainer.expected_value) - expected) <= 1e-6
+    assert_rounding_close(float(explainer.expected_value), expected, torch.float32, what="E[f]")
     assert_additive(values, model, X, background, torch.float32)
     # and the values are those of the same network with a (n, 1) output, computed by shap in float64
     reference = _exact_reference(model.net, background, X)

@@ -14,6 +14,7 @@ from torch import nn
 
 import rnnshap
 from rnnshap import plots
+from rnnshap.plots import inputs, style
 
 from .conftest import model_outputs
 
@@ -222,7 +223,7 @@ def test_explanation_carries_feature_names_and_time_labels(explained: dict) -> N
     assert grid[0, 3, 2] == "12:03:c"
     assert np.asarray(explanation[1].feature_names).shape == (T, F)  # survives slicing a sample
     assert np.asarray(explanation[:, :, :, 0].feature_names).shape == (5, T, F)
-    assert plots._names(explanation.feature_names) == (times, names)
+    assert inputs.split_names(explanation.feature_names) == (times, names)
     only_features = plots_explanation(explained, feature_names=names)
     assert np.asarray(only_features.feature_names)[0, 0, 0] == "t0:a"
     unnamed = np.asarray(plots_explanation(explained).feature_names)  # default labels, so that ex.sum(1) names its features
@@ -413,7 +414,7 @@ def test_titles_say_f_of_x_equals_base_plus_sum_with_the_numbers(explained: dict
     base, fx = explainer.expected_value[2], model_outputs(explained["model"], explained["X"])[0, 2]
     total = values[0, :, :, 2].sum()
     sign = "+" if total >= 0 else "−"
-    expected = plots._identity(base, total)
+    expected = style.identity(base, total)
     assert expected.startswith("f(x) = E[f] + Σφ = ") and f" {sign} " in expected
     base_text, _, rest = expected.removeprefix("f(x) = E[f] + Σφ = ").partition(f" {sign} ")
     total_text, _, fx_text = rest.partition(" = ")
@@ -442,13 +443,13 @@ def test_single_output_explanations_with_and_without_an_output_axis() -> None:
             np.testing.assert_allclose(
                 next(ax.images[0] for ax in fig.axes if ax.images and ax.get_title() == "attribution φ").get_array(), values[1]
             )
-            assert plots._identity(-0.25, values[1].sum()) in fig._suptitle.get_text()
-        assert plots._identity(1.0, values[2].sum()) in plots.over_time(explanation, sample=2)._suptitle.get_text()
+            assert style.identity(-0.25, values[1].sum()) in fig._suptitle.get_text()
+        assert style.identity(1.0, values[2].sum()) in plots.over_time(explanation, sample=2)._suptitle.get_text()
         plots.signal(explanation, sample=0)
         plots.beeswarm_over_time(explanation)
         plots.global_importance(explanation)
     numpy_trailing = plots.heatmap(values[..., None], data, sample=1, base_value=0.3)  # numpy output with a trailing axis of 1
-    assert plots._identity(0.3, values[1].sum()) in numpy_trailing._suptitle.get_text()
+    assert style.identity(0.3, values[1].sum()) in numpy_trailing._suptitle.get_text()
 
 
 def test_signal_draws_each_features_input_over_its_attributions(explained: dict) -> None:

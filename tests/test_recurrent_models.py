@@ -158,7 +158,9 @@ def test_initial_states_computed_from_the_input_and_eval_mode_dropout_add_up() -
     with torch.no_grad():
         outputs = model(x).numpy()
     assert _additivity(values, outputs, explainer.expected_value, (1, 2)) < 1e-10
-    # in training mode the dropout between the two layers is active: refused
+    # in training mode the dropout between the two layers is active: explained in eval mode, as shap does
     model.train()
-    with pytest.raises(rnnshap.ModelStateError):
-        rnnshap.DeepExplainer(model, background)
+    with pytest.warns(UserWarning, match="training mode"):
+        in_training = rnnshap.DeepExplainer(model, background).shap_values(x)
+    np.testing.assert_array_equal(in_training, values)
+    assert all(m.training for m in model.modules())

@@ -16,7 +16,7 @@ from torch import nn
 
 import rnnshap
 
-from .conftest import assert_additive, relative_to_max
+from .conftest import FLOAT32_VS_FLOAT64, assert_additive, eps, relative_to_max
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -49,7 +49,7 @@ def test_layer_norm_after_lstm_is_exact_in_float32(scale: float) -> None:
         m, b, x = model.to(dtype), background.to(dtype), X.to(dtype)
         values[dtype] = rnnshap.DeepExplainer(m, b).shap_values(x, check_additivity=False)
         assert_additive(values[dtype], m, x, b, dtype)
-    assert relative_to_max(values[torch.float32], values[F64]) < 1e-3
+    assert relative_to_max(values[torch.float32], values[F64]) < FLOAT32_VS_FLOAT64
 
 
 # -- every new op, in a small model, at every scale ---------------------------------------------------------
@@ -158,7 +158,7 @@ def test_new_op_is_exact_across_scales(name: str) -> None:
             assert np.isfinite(values[dtype]).all()
             if dtype == F64 or scale <= FLOAT32_ADDITIVITY_UP_TO.get(name, np.inf):
                 assert_additive(values[dtype], model, X, background, dtype)
-        assert relative_to_max(values[torch.float32], values[F64]) < 1e-3, f"scale {scale}"
+        assert relative_to_max(values[torch.float32], values[F64]) < FLOAT32_VS_FLOAT64, f"scale {scale}"
 
 
 # -- closed forms, float64 ---------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_zero_row_under_a_normalization_is_exact_and_bounded(name: str, side: st
     # float32: additive at its own tolerance, within 1e-3 of the float64 values
     values32 = rnnshap.DeepExplainer(model.float(), background.float()).shap_values(X.float())
     assert_additive(values32, model, X.float(), background.float(), torch.float32)
-    assert relative_to_max(values32, values) < 1e-3
+    assert relative_to_max(values32, values) < FLOAT32_VS_FLOAT64
 
 
 def _log_sum_exp_pair(x: np.ndarray, r: np.ndarray, cumulative: bool) -> np.ndarray:
@@ -372,7 +372,7 @@ def test_logcumsumexp_with_far_drifting_totals_is_finite_and_exact() -> None:
     gap = model(X).numpy() - model(background).mean(0).numpy()
     excess = np.abs(values[torch.float32].sum(1) - gap) / np.maximum(1.0, np.abs(model(X).numpy()))
     assert excess.max() < 1e-5
-    assert relative_to_max(values[torch.float32], values[F64]) < 1e-3
+    assert relative_to_max(values[torch.float32], values[F64]) < FLOAT32_VS_FLOAT64
 
 
 # -- what stays refused -------------------------------------------------------------------------------------
@@ -523,4 +523,4 @@ def test_rsqrt_secant_in_float32_at_small_variances() -> None:
     w = v * (1 + (torch.rand(1000, generator=g, dtype=F64) - 0.5) * 0.4)
     exact = (torch.rsqrt(v) - torch.rsqrt(w)) / (v - w)
     closed = rsqrt_slope(v.float(), w.float()).double()
-    assert ((closed - exact).abs() / exact.abs()).max() < 1e-6
+    assert ((closed - exact).abs() / exact.abs()).max() < 8 * eps(torch.float32)  # a few roundings of float32

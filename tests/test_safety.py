@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -287,22 +288,64 @@ def _with_train_dropout_inside(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "build",
+    ("build", "named"),
     [
-        pytest.param(lambda: nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train(), id="dropout"),
+        pytest.param(lambda: nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train(), ["'1' (Dropout)"], id="dropout"),
         pytest.param(
-            lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Dropout1d(0.2), nn.Linear(4, 2)).train(), id="dropout1d"
+            lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Dropout1d(0.2), nn.Linear(4, 2)).train(), ["'2' (Dropout1d)"], id="dropout1d"
         ),
-        pytest.param(lambda: nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train(), id="batchnorm"),
+        pytest.param(lambda: _with_statistics(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).train()), ["'1' (BatchNorm1d)"], id="batchnorm"),
         pytest.param(
             lambda: _with_train_dropout_inside(nn.Sequential(nn.Linear(5, 4), nn.Sequential(nn.Tanh(), nn.Dropout(0.1))).eval()),
+            ["'1.1' (Dropout)"],
             id="nested",
         ),
     ],
 )
-def test_train_mode_randomness_is_refused(build: Any) -> None:
-    with pytest.raises(rnnshap.ModelStateError):
-        rnnshap.DeepExplainer(build(), torch.randn(4, 5))
+def test_train_mode_is_explained_in_eval_mode_and_left_as_given(build: Any, named: list[str]) -> None:
+    """shap calls model.eval(): the eval-mode function is explained (the truth: the same explainer on an
+    eval-mode copy), one warning names the modules switched, and every flag and buffer is put back."""
+    torch.manual_seed(11)
+    model = build().double()
+    flags = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="training mode") as caught:
+        explainer = rnnshap.DeepExplainer(model, background)
+        values = explainer.shap_values(X)
+    assert len([w for w in caught if "training mode" in str(w.message)]) == 1  # once, at construction
+    message = str(caught[0].message)
+    for name in named:
+        assert name in message
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    evaluated = copy.deepcopy(model).eval()
+    truth = rnnshap.DeepExplainer(evaluated, background).shap_values(X)
+    np.testing.assert_array_equal(values, truth)
+    assert_additive(values, evaluated, X, background, torch.float64)
+    assert not torch.equal(model(X), evaluated(X))  # the train-mode function differs: eval mode was needed
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_randomness_eval_cannot_turn_off_stays_refused_in_training_mode() -> None:
+    class Always(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.drop = nn.Linear(5, 4), nn.Dropout(0.3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.dropout(self.drop(self.lin(x)), 0.5, training=True)
+
+    model = Always().train()
+    with pytest.warns(UserWarning, match="training mode"), pytest.raises(rnnshap.ModelStateError, match="dropout"):
+        rnnshap.DeepExplainer(model, torch.randn(4, 5))
+    assert model.training and model.drop.training
 
 
 def test_functional_dropout_in_training_is_refused() -> None:

@@ -25,6 +25,10 @@ pytest.importorskip("pandas")
 
 import rnnshap  # noqa: E402
 
+from .conftest import assert_rounding_close  # noqa: E402
+
+pytestmark = pytest.mark.cluster  # a step of its own in CI: python -m pytest -q -m cluster
+
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "large_datasets.md"
 
 
@@ -115,9 +119,9 @@ def test_explained_rows_hold_the_in_process_values_of_their_id(example: dict[str
     assert [row.id for row in rows] == list(range(len(x)))
     explainer, expected = _in_process(example)
     values = np.stack([np.reshape(row.shap_values, shape) for row in rows])
-    np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-6)
+    assert_rounding_close(values, expected, np.float32, what="φ")
     np.testing.assert_array_equal([row.base_values for row in rows], np.full(len(x), explainer.expected_value))
-    np.testing.assert_allclose(example["phi"], expected[0], rtol=1e-6, atol=1e-6)
+    assert_rounding_close(example["phi"], expected[0], np.float32, what="φ of row 0")
 
 
 def test_merged_summary_equals_the_in_process_summary(example: dict[str, Any]) -> None:
@@ -126,9 +130,9 @@ def test_merged_summary_equals_the_in_process_summary(example: dict[str, Any]) -
     explainer, expected = _in_process(example)
     local = explainer.summarize(x)
     assert summary.count == len(x)
-    np.testing.assert_allclose(summary.mean, local.mean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(example["importance"], local.mean_abs, rtol=1e-6, atol=1e-7)
+    assert_rounding_close(summary.mean, local.mean, np.float32, what="mean φ")
+    assert_rounding_close(example["importance"], local.mean_abs, np.float32, what="mean |φ|")
     np.testing.assert_allclose(summary.base_value, local.base_value, rtol=1e-12)
     assert sorted(summary.sample_rows) == list(range(len(x)))  # sample_size 100 keeps all 64, named by id
-    np.testing.assert_allclose(summary.sample, expected[summary.sample_rows], rtol=1e-6, atol=1e-6)
+    assert_rounding_close(summary.sample, expected[summary.sample_rows], np.float32, what="sampled φ")
     np.testing.assert_array_equal(summary.sample_data[0], x[summary.sample_rows])

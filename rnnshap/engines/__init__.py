@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 from .base import Block, BlockResult, Engine
@@ -20,7 +21,24 @@ from .outputs import OutputChoice
 
 def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None, output: OutputChoice = None) -> Engine:
     """The engine for ``model``, set up with the background ``data``, explaining the output tensor
-    ``output`` of a model with several (all of them, flattened and concatenated, for None)."""
+    ``output`` of a model with several (all of them, flattened and concatenated, for None).
+
+    ``model`` may also take shap's other forms: ``(inputs, output)`` of Keras symbolic tensors (the
+    sub-model between them), and ``(module, layer)`` for PyTorch (attributions to the input of
+    ``layer``, see :mod:`rnnshap.engines.pytorch.forms`). A PyTorch model in training mode with
+    dropout or batch statistics is explained in eval mode, as shap does, and left as given."""
+    model = keras_submodel(model, data)
+    if isinstance(model, tuple) and len(model) == 2 and _is_module(model[0]) and _is_module(model[1]):
+        from .pytorch.forms import InterimEngine, in_eval_mode
+
+        whole, layer = model
+        return in_eval_mode(whole, lambda m: InterimEngine(m, layer, data, rules=rules, output=output))  # type: ignore[no-any-return]
+    if isinstance(model, tuple):
+        raise TypeError(
+            "rnnshap.DeepExplainer takes a model, or one of shap's two tuple forms: (inputs, output) of Keras symbolic "
+            "tensors (e.g. (model.inputs, model.layers[-2].output)), or (torch_model, layer) with layer one of its "
+            f"submodules; got a tuple of {', '.join(type(part).__name__ for part in model)}"
+        )
     if is_keras_model(model):
         import keras
 
@@ -45,7 +63,40 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None,
         return KerasEngine(model, data, output=output)
     from .pytorch.engine import TorchEngine
 
+    if _is_module(model):
+        from .pytorch.forms import in_eval_mode
+
+        return in_eval_mode(model, lambda m: TorchEngine(m, data, rules=rules, output=output))  # type: ignore[no-any-return]
     return TorchEngine(model, data, rules=rules, output=output)
+
+
+def _is_module(value: Any) -> bool:
+    """Whether ``value`` is a ``torch.nn.Module`` (and not a Keras model), without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.nn.Module) and not is_keras_model(value)
+
+
+def keras_submodel(model: Any, data: Any) -> Any:
+    """shap's TensorFlow form ``(inputs, output)``: Keras symbolic tensors (a tensor or a list of them
+    each), as ``keras.Model(inputs, output)``, the network between them; anything else as it is. A
+    one-element list of inputs for a background that is one array is that input alone."""
+    if not isinstance(model, tuple) or len(model) != 2:
+        return model
+    inputs, output = model
+
+    def symbolic(value: Any) -> bool:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return bool(items) and all(type(item).__name__ == "KerasTensor" for item in items)
+
+    if not (symbolic(inputs) and symbolic(output)):
+        return model
+    import keras
+
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1 and not isinstance(data, (list, tuple)):
+        inputs = inputs[0]
+    if isinstance(output, (list, tuple)) and len(output) == 1:
+        output = output[0]
+    return keras.Model(inputs=inputs, outputs=output)
 
 
 __all__ = ["Block", "BlockResult", "Engine", "engine_for", "is_keras_model"]

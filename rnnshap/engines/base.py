@@ -74,6 +74,11 @@ class Engine(ABC):
     dtype: str
     #: the number of background rows
     references: int
+    #: the background, per input, in the engine's array type
+    background: list[Any]
+    #: whether the values are for the model's own inputs (False for shap's (model, layer) form, whose
+    #: values are for a layer's input): the Shapley mode plays the model's inputs
+    attributes_model_inputs: bool = True
     #: the model's outputs on the background, float64, shape ``(references, *output_shape)``
     background_outputs: np.ndarray
     #: which output tensor of a model with several is explained (``output=``), and where each sits
@@ -95,9 +100,10 @@ class Engine(ABC):
         """The model's outputs on ``inputs``, float64, flattened to ``(n, n_outputs)``."""
 
     @abstractmethod
-    def attribute(self, inputs: list[Any], block: Block, columns: np.ndarray) -> BlockResult:
+    def attribute(self, inputs: list[Any], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
         """Run the pairs of ``block``; ``columns`` ``(block.samples, k)`` are the flat indices of
-        the outputs to attribute for each of its samples."""
+        the outputs to attribute for each of its samples. With ``per_pair``, ``sums[i]`` keep each
+        pair's values: ``(k, samples, references, *input_i_shape)``."""
 
     @abstractmethod
     def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:

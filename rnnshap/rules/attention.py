@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..errors import ModelStateError
 from .base import OpCall, Rule
 from .secant import secant
-from .structured import _finite_total, shifted_logsumexp
+from .structured import finite_total, shifted_logsumexp
 
 Tensor = torch.Tensor
 INF = float("-inf")
@@ -114,7 +114,7 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
             value = torch.where(torch.isnan(value), torch.zeros_like(value), value)
         return Sides(value, value, False)
     xs, rs, total, total_ref, _ = shifted_logsumexp(scores.x, scores.r, dim)
-    safe, safe_ref = _finite_total(total, total_ref)
+    safe, safe_ref = finite_total(total, total_ref)
     with torch.no_grad():
         reference_shifted = rs - safe_ref
     output, reference = secant(torch.exp, xs - safe, reference_shifted)

@@ -82,7 +82,7 @@ def shifted_logsumexp(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> tuple
     return xs, rs, log_total, log_total_ref, top
 
 
-def _finite_total(total: Tensor, total_ref: Tensor) -> tuple[Tensor, Tensor]:
+def finite_total(total: Tensor, total_ref: Tensor) -> tuple[Tensor, Tensor]:
     """The totals with rows masked throughout (``-inf`` on both sides) replaced by 0: no gradient
     flows there, and the outputs there become ``-inf`` instead of ``-inf - (-inf)``."""
     dead = torch.isneginf(total.detach()) & torch.isneginf(total_ref)
@@ -115,7 +115,7 @@ class Softmax(Rule):
     def attribute(self, call: OpCall) -> Any:
         x, r, dim = _softmax_parts(call)
         xs, rs, total, total_ref, _ = shifted_logsumexp(x, r, dim)
-        safe, safe_ref = _finite_total(total, total_ref)
+        safe, safe_ref = finite_total(total, total_ref)
         output, _ = secant(torch.exp, xs - safe, rs - safe_ref)
         return _as_torch_in_dead_rows(output, total)
 
@@ -129,7 +129,7 @@ class LogSoftmax(Rule):
     def attribute(self, call: OpCall) -> Any:
         x, r, dim = _softmax_parts(call)
         xs, rs, total, total_ref, _ = shifted_logsumexp(x, r, dim)
-        safe, _ = _finite_total(total, total_ref)
+        safe, _ = finite_total(total, total_ref)
         output = xs - safe
         masked = torch.isneginf(xs.detach()) & torch.isneginf(rs)
         if bool(masked.any()):  # -inf on both sides: nothing moves, so no gradient either

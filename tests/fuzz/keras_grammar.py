@@ -55,7 +55,7 @@ class KSpec:
     kernel: int
     conv_act: str
     rnns: list[KRnn] = field(default_factory=list)
-    extra: str = "none"  # none | layernorm | maxpool_window (refused by name, per keras.md)
+    extra: str = "none"  # none | layernorm | maxpool_window
     attn: str = "none"  # none | mha | dot | concat | additive: self-attention over the recurrent outputs
     attn_causal: bool = False
     attn_residual: bool = False

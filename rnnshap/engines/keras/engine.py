@@ -378,8 +378,9 @@ class KerasEngine(Engine):
     def rows_per_pair(self, outputs: int) -> int:
         return outputs  # every pair runs once per selected output (see attribute)
 
-    def attribute(self, inputs: list[np.ndarray], block: Block, columns: np.ndarray) -> BlockResult:
-        """Σ over the block's references of multiplier × (x − r) for each selected output.
+    def attribute(self, inputs: list[np.ndarray], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
+        """Σ over the block's references of multiplier × (x − r) for each selected output (each
+        pair's own with ``per_pair``).
 
         Every pair runs once per selected output, as k copies in one batch, each copy
         differentiating its own output: one gradient for all outputs. The pass's outputs are checked
@@ -399,16 +400,18 @@ class KerasEngine(Engine):
         self._verify(out, run, model_x, model_r, (k, s, n_refs))
 
         def per_sample(contribution: np.ndarray) -> np.ndarray:
-            """(k·pairs, *shape) → Σ over each sample's references, (k, s, *shape)."""
-            return contribution.reshape(k, s, n_refs, *contribution.shape[1:]).sum(2)
+            """(k·pairs, *shape) → Σ over each sample's references, (k, s, *shape) ((k, s, n_refs,
+            *shape) with ``per_pair``)."""
+            pairs = contribution.reshape(k, s, n_refs, *contribution.shape[1:])
+            return pairs if per_pair else pairs.sum(2)
 
-        sums = [np.zeros((k, s, *x.shape[1:])) for x in inputs]
+        sums = [np.zeros((k, s, *((n_refs,) if per_pair else ()), *x.shape[1:])) for x in inputs]
         floating = [t for t in range(len(inputs)) if t not in self.token_inputs]
         for t, grad in zip(floating, grads[: len(floating)], strict=True):
             sums[t] += per_sample(grad.numpy().astype(np.float64) * (xs[t].astype(np.float64) - rs[t].astype(np.float64)))
         for (t, ex, er), grad in zip(run.embedded, grads[len(floating) :], strict=True):
             per_token = (grad.numpy().astype(np.float64) * (ex.numpy().astype(np.float64) - er.numpy().astype(np.float64))).sum(-1)
-            if per_token.shape[1:] != sums[t].shape[2:]:
+            if per_token.shape[1:] != sums[t].shape[3 if per_pair else 2 :]:
                 raise InputError(f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}")
             sums[t] += per_sample(per_token)
         model_outputs = flat[:p].numpy().astype(np.float64).reshape(s, n_refs, -1)[:, 0]

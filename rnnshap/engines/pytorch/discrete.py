@@ -41,7 +41,7 @@ import contextlib
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +60,8 @@ from ...rules.registry import (
     op_key,
     op_name,
 )
+from .calls import PassMode, out_of_place
 from .tape import TapeEntry
-
-if TYPE_CHECKING:
-    from .passes import AttributionMode
 
 Tensor = torch.Tensor
 
@@ -273,7 +271,7 @@ def _floating(value: Any) -> bool:
 class Integers:
     """The integer inputs of one pass: their positions, their uses, and their attribution leaves."""
 
-    def __init__(self, mode: AttributionMode) -> None:
+    def __init__(self, mode: PassMode) -> None:
         self.mode = mode
         self._followed: WeakIdKeyDictionary = WeakIdKeyDictionary()
         #: input index → {kind of use: the first operation that made it}
@@ -393,9 +391,7 @@ class Integers:
             return (False, None) if tracked else (True, func(*args, **kwargs))
         if key == _SETITEM:
             return self._setitem(func, args, kwargs, tracked)
-        from .passes import _out_of_place  # the same in-place detection as the floating-point path
-
-        base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
+        base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)  # the same in-place detection as the floating-point path
         if target is None:
             return self._apply(func, args, kwargs, leaves, tracked)
         if _floating(target):

@@ -31,6 +31,9 @@ class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
+    #: return the multipliers themselves (summed over references) instead of multiplier × (x − r):
+    #: Captum's ``multiply_by_inputs=False`` (float inputs only; set by :mod:`rnnshap.captum`)
+    multipliers = False
 
     def __init__(self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
         check_model(model)
@@ -221,8 +224,9 @@ class TorchEngine(Engine):
         return torch.from_numpy(selected)
 
     # -- attribution ------------------------------------------------------------------------------
-    def attribute(self, inputs: list[Tensor], block: Block, columns: np.ndarray) -> BlockResult:
-        """Σ over the block's references of multiplier × (x − r), for each selected output."""
+    def attribute(self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
+        """Σ over the block's references of multiplier × (x − r), for each selected output (each
+        pair's own with ``per_pair``)."""
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         device = inputs[0].device
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
@@ -269,7 +273,7 @@ class TorchEngine(Engine):
             if not distinct:
                 raise
             self.distinct_references = False  # the check at construction missed a layout: every pair from now on
-            return self.attribute(inputs, block, columns)
+            return self.attribute(inputs, block, columns, per_pair)
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
@@ -277,15 +281,17 @@ class TorchEngine(Engine):
             grads = _grads_per_output(chosen, attributed_leaves)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
-            """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64."""
-            summed = contribution.to(torch.float64).reshape(k, s, n_refs, *contribution.shape[2:]).sum(2)
-            return summed.detach().cpu().numpy()
+            """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
+            ((k, s, n_refs, *shape) with ``per_pair``)."""
+            pairs = contribution.to(torch.float64).reshape(k, s, n_refs, *contribution.shape[2:])
+            return (pairs if per_pair else pairs.sum(2)).detach().cpu().numpy()
 
-        sums = [np.zeros((k, s, *x.shape[1:])) for x in inputs]
+        sums = [np.zeros((k, s, *((n_refs,) if per_pair else ()), *x.shape[1:])) for x in inputs]
         attributed = iter(grads)
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
-                sums[t] += per_sample(next(attributed) * (leaf.detach() - reference))
+                grad = next(attributed)
+                sums[t] += per_sample(grad if self.multipliers else grad * (leaf.detach() - reference))
         if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)

@@ -25,14 +25,13 @@ Every pass leaves the model's buffers and tensor attributes as it found them (``
 from __future__ import annotations
 
 import contextlib
-import inspect
 import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
@@ -40,6 +39,7 @@ from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES
 from ...rules.registry import RuleRegistry, op_key, op_name
+from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
 from .picked import Picked, PickedUses
@@ -56,62 +56,10 @@ def _shapes(leaves: list[Any], tracked: tuple[int, ...]) -> tuple[tuple[int, ...
     return tuple([leaves[i].shape for i in tracked])
 
 
-# -- the per-operation fast paths ----------------------------------------------------------------
+# -- the per-operation fast paths (the flattening and op names are in calls.py) ----------------------
 # Every torch call in a pass goes through __torch_function__, so its Python cost is paid once per
-# operation per pass: a model that loops over time in Python makes thousands of calls on small
-# tensors. What is below does what torch's pytree and WeakIdKeyDictionary do, for the cases that
-# occur on every call, with fewer Python steps; anything else takes torch's own path.
-
-#: types that torch's pytree treats as leaves (a Tensor, of any subclass, is a leaf too)
-_LEAF_TYPES = frozenset(
-    {int, float, bool, complex, str, bytes, type(None), slice, type(Ellipsis), torch.dtype, torch.device, torch.layout, torch.memory_format}
-)
-#: the spec of ``(args, kwargs)`` for each call structure met (see ``_flatten``), and its flat layout
-_SPECS: dict[Any, tuple[TreeSpec, tuple[int, tuple[str, ...]] | None]] = {}
-_MAX_SPECS = 4096
-
-
-def _flatten(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], TreeSpec, tuple[int, tuple[str, ...]] | None]:
-    """``tree_flatten((args, kwargs))``, and the call's flat layout ``(len(args), kwargs' names)``
-    when every argument is a leaf (None otherwise; see ``OpCall``).
-
-    Arguments that are leaves, or tuples and lists of leaves, and keyword arguments that are leaves
-    are flattened here and their spec taken from a cache keyed by the call's structure; any other
-    structure goes through ``tree_flatten``. The leaves and the spec are the same either way.
-    """
-    leaves: list[Any] = []
-    structure: list[Any] = []
-    flat = True
-    for a in args:
-        kind = type(a)
-        if kind in _LEAF_TYPES or isinstance(a, Tensor):
-            leaves.append(a)
-            structure.append(None)
-        elif (kind is tuple or kind is list) and all(type(e) in _LEAF_TYPES or isinstance(e, Tensor) for e in a):
-            leaves.extend(a)
-            structure.append((kind, len(a)))
-            flat = False
-        else:
-            return _flatten_any(args, kwargs)
-    if kwargs:
-        for v in kwargs.values():
-            if not (type(v) in _LEAF_TYPES or isinstance(v, Tensor)):
-                return _flatten_any(args, kwargs)
-        leaves.extend(kwargs.values())
-    key = (tuple(structure), tuple(kwargs))
-    cached = _SPECS.get(key)
-    if cached is None:
-        spec = tree_flatten((args, kwargs))[1]
-        cached = (spec, (len(args), tuple(kwargs)) if flat else None)
-        if len(_SPECS) < _MAX_SPECS:
-            _SPECS[key] = cached
-    return leaves, cached[0], cached[1]
-
-
-def _flatten_any(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], TreeSpec, None]:
-    leaves, spec = tree_flatten((args, kwargs))
-    return leaves, spec, None
-
+# operation per pass. What is below does what torch's pytree and WeakIdKeyDictionary do, for the
+# cases that occur on every call, with fewer Python steps; anything else takes torch's own path.
 
 def _tensors_of(value: Any) -> list[Any]:
     """The leaves of an operation's result (most results are one tensor, or a tuple of tensors)."""
@@ -182,114 +130,6 @@ class TensorMap:
             if key is not None:
                 key._fix_weakref()  # type: ignore[attr-defined]  # as WeakIdRef does before handing out a tensor
                 yield key
-
-
-_NAMES: dict[Any, str] = {}
-
-
-def _op_name(func: Any) -> str:
-    """``op_name(func)``, cached per function object (not for bound method-wrappers such as a
-    property's ``__get__``, which are made anew on every access)."""
-    name = _NAMES.get(func) if type(func) in _NAMED_TYPES else None
-    if name is None:
-        name = op_name(func)
-        if _cacheable(func) and len(_NAMES) < _MAX_SPECS:
-            _NAMES[func] = name
-    return name
-
-
-#: the types of torch's functions (builtins, method and slot descriptors, Python functions)
-_NAMED_TYPES = frozenset({type(torch.sigmoid), type(torch.Tensor.sigmoid), type(torch.Tensor.__add__), type(torch.nn.functional.relu)})
-
-
-def _cacheable(func: Any) -> bool:
-    """Whether ``func`` may be a key of a cache that lives as long as the process: one of torch's
-    functions, not a method bound to a tensor (which the cache would keep alive)."""
-    return type(func) in _NAMED_TYPES and not isinstance(getattr(func, "__self__", None), Tensor)
-
-
-_SIGNATURES: dict[Any, inspect.Signature | None] = {}
-
-
-def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
-    """``inspect.signature(fn)``, cached (it is slow and asked for on every operation)."""
-    try:
-        return _SIGNATURES[fn]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable
-        return None
-    try:
-        signature: inspect.Signature | None = inspect.signature(fn)
-    except (TypeError, ValueError):
-        signature = None
-    _SIGNATURES[fn] = signature
-    return signature
-
-
-def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any], Tensor | None]:
-    """The out-of-place form of an in-place call, and the tensor the call writes into.
-
-    ``x.relu_()`` → ``(Tensor.relu, (x,), {}, x)``; ``F.relu(x, inplace=True)`` →
-    ``(F.relu, (x,), {"inplace": False}, x)``; ``torch.tanh(x, out=y)`` → ``(torch.tanh, (x,), {}, y)``.
-    Calls that are not in place come back unchanged with ``None``.
-    """
-    if "out" in kwargs and isinstance(kwargs["out"], Tensor):
-        kwargs = dict(kwargs)
-        return func, args, kwargs, kwargs.pop("out")
-    name = getattr(func, "__name__", "")
-    if name.startswith("__i") and name.endswith("__") and args:
-        plain = getattr(torch.Tensor, "__" + name[3:], None)
-        if plain is not None:
-            return plain, args, kwargs, args[0]
-    if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], Tensor):
-        owners = (torch.Tensor,) if "Tensor" in getattr(func, "__qualname__", "") else (torch, torch._C._nn, torch.nn.functional)
-        plain = next((getattr(owner, name[:-1]) for owner in owners if hasattr(owner, name[:-1])), None)
-        if plain is not None:
-            return plain, args, kwargs, args[0]
-    if kwargs.get("inplace") is True:
-        return func, args, {**kwargs, "inplace": False}, args[0]
-    signature = _signature(func) if len(args) > 1 else None
-    if signature is not None and "inplace" in signature.parameters:
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:
-            return func, args, kwargs, None
-        if bound.arguments.get("inplace") is True:
-            bound.arguments["inplace"] = False
-            return func, bound.args, bound.kwargs, args[0]
-    return func, args, kwargs, None
-
-
-def _in_place_target(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
-    """The tensor a linear call writes into (``outs[:, t] = h``, ``buf.index_put_(i, h)``,
-    ``buf.copy_(h)``, ``out=``), or None when it is not in place."""
-    if kwargs:
-        out = kwargs.get("out")
-        if isinstance(out, Tensor):
-            return out
-    if not args or not isinstance(args[0], Tensor):
-        return None
-    if _writes_by_name(func):
-        return args[0]
-    if kwargs and kwargs.get("inplace") is True:
-        return args[0]
-    return None
-
-
-_WRITES: dict[Any, bool] = {}
-
-
-def _writes_by_name(func: Any) -> bool:
-    """Whether ``func``'s name says it writes into its first argument (``__setitem__``, ``__iadd__``,
-    ``add_``), cached per function object."""
-    writes = _WRITES.get(func) if type(func) in _NAMED_TYPES else None
-    if writes is None:
-        name = getattr(func, "__name__", "")
-        writes = name == "__setitem__" or (name.startswith("__i") and name.endswith("__")) or (name.endswith("_") and not name.endswith("__"))
-        if _cacheable(func) and len(_WRITES) < _MAX_SPECS:
-            _WRITES[func] = writes
-    return writes
 
 
 def _eval_only_advice(call: OpCall, name: str) -> str:
@@ -482,7 +322,7 @@ class AttributionMode(TorchFunctionMode):
         if (rule is None or type(rule) in (Linear, Constant)) and not any(self.is_tracked(leaf) for leaf in leaves):
             result = func(*args, **kwargs)
             outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
-            target = _in_place_target(func, args, kwargs) if type(rule) is Linear else None
+            target = in_place_target(func, args, kwargs) if type(rule) is Linear else None
             if target is not None:  # written into a buffer (picked[:, t] = idx): the buffer holds them now
                 self._indices[target] = Picked(origin, None)
                 return True, result
@@ -621,7 +461,7 @@ class AttributionMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if masks and self.sample_masks and args and isinstance(args[0], Tensor) and args[0] in self.sample_masks:
             return self._on_masked_input(func, types, args, kwargs, user_grad, decided)
-        leaves, spec, layout = _flatten(args, kwargs)
+        leaves, spec, layout = flatten_call(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
         if self._following and self.discrete.involves(leaves):
@@ -640,12 +480,12 @@ class AttributionMode(TorchFunctionMode):
         if not tracked:
             return func(*args, **kwargs)
         rule = self.registry.op_rule(func)
-        name = _op_name(func)
+        name = cached_op_name(func)
         kind = type(rule)
         if rule is not None and (kind is Linear or (len(tracked) == 1 and (kind is Product or kind is Bilinear))):
             # the most common cases (shapes, indexing, sums, linear layers, a product or matmul with a
             # constant): linear, as the rule's is_linear says, without an OpCall to ask it with
-            result = self._linear(func, args, kwargs, _in_place_target(func, args, kwargs), rule, name)
+            result = self._linear(func, args, kwargs, in_place_target(func, args, kwargs), rule, name)
             if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
                 self._refuse_grad_off(name)
             return result
@@ -654,9 +494,9 @@ class AttributionMode(TorchFunctionMode):
         linear = rule is not None and rule.is_linear(call)
         if not linear:
             # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
-            base, base_args, base_kwargs, target = _out_of_place(func, args, kwargs)
+            base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)
         else:  # linear and maybe in place (outs[:, t] = h, buf.index_put_(..., h)): the target becomes tracked
-            target = _in_place_target(func, args, kwargs)
+            target = in_place_target(func, args, kwargs)
         if linear or target is None:
             result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name, call, linear)
         else:  # another call, out of place: dispatch looks at it afresh
@@ -684,7 +524,7 @@ class AttributionMode(TorchFunctionMode):
 
     def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> OpCall:
         """The call with both sides equal (the reference side is filled in from the tape later)."""
-        leaves, spec, layout = _flatten(args, kwargs)
+        leaves, spec, layout = flatten_call(args, kwargs)
         return OpCall.flat(fn, name, leaves, spec, self._tracked_among(leaves), self.pairs, layout)
 
     def dispatch(

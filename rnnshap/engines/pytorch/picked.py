@@ -16,7 +16,7 @@ credited to the position that decided the pick). The mode keeps each picked tens
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -24,9 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ...rules.base import OpCall
 from ...rules.registry import op_key
 from ...rules.selection import Selection, selection_of
-
-if TYPE_CHECKING:
-    from .passes import AttributionMode
+from .calls import PassMode, cached_op_name, flatten_call, in_place_target
 
 Tensor = torch.Tensor
 
@@ -76,19 +74,18 @@ def _indexes_with(func: Any, args: tuple[Any, ...], handles: dict[int, Any]) -> 
 class PickedUses:
     """The uses of picked indices in one pass (see the module docstring)."""
 
-    def __init__(self, mode: AttributionMode) -> None:
+    def __init__(self, mode: PassMode) -> None:
         self.mode = mode
 
     def use(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> Any:
         """A use of picked indices that have handles (see the module docstring): a selection by
         them, a cast, or an operation on them as values (run on their handles)."""
-        from .passes import _in_place_target, _op_name  # (passes.py imports this module)
 
         mode = self.mode
         handles = {id(leaf): mode._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in mode._indices}
         origin = next(iter(handles.values())).origin
         selection = selection_of(func, args, kwargs, lambda v: isinstance(v, Tensor) and id(v) in handles)
-        name = _op_name(func)
+        name = cached_op_name(func)
         unattributed = (
             f"it uses the indices that {origin} picked from an input-dependent tensor in a form rnnshap does not attribute "
             "(it attributes gather, take_along_dim, h[torch.arange(B), idx], index_select or embedding from a table, "
@@ -99,7 +96,7 @@ class PickedUses:
         if _indexes_with(func, args, handles):  # h[..., idx] in a form selection_of does not take, scatter, index_put, ...
             mode._refuse(name, unattributed, "selection")
             return self.unattributed(func, args, kwargs, origin)
-        target = _in_place_target(func, args, kwargs)
+        target = in_place_target(func, args, kwargs)
         if target is not None and not (target.is_floating_point() or target.is_complex()) and target not in mode._indices:
             result = func(*args, **kwargs)  # picked[:, t] = idx: the buffer holds indices, no longer followed
             mode._indices[target] = Picked(origin, None)
@@ -108,12 +105,10 @@ class PickedUses:
 
     def _select(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], selection: tuple[Any, Any, bool], handles: dict[int, Picked], name: str, unattributed: str) -> Any:
         """A selection by picked indices: the Selection rule, with the index's handle in its place."""
-        from .passes import _flatten
-
         mode = self.mode
         origin = next(iter(handles.values())).origin
         index, reduce, integer = selection
-        flat, spec, layout = _flatten(args, kwargs)
+        flat, spec, layout = flatten_call(args, kwargs)
         position = next(i for i, leaf in enumerate(flat) if leaf is index)
         flat[position] = handles[id(index)].handle
         tracked = mode._tracked_among(flat)
@@ -129,8 +124,6 @@ class PickedUses:
         self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool, handles: dict[int, Picked], name: str, unattributed: str
     ) -> Any:
         """Any other use: a cast keeps the values; anything else runs on the handles, with its own rule."""
-        from .passes import _flatten
-
         mode = self.mode
         origin = next(iter(handles.values())).origin
         with torch.no_grad():
@@ -152,7 +145,7 @@ class PickedUses:
                 converted = handle.to(dtype)  # differentiable: the pick's multipliers stay behind it
                 mode.track(converted)
                 mirrored_leaves[i] = converted
-        _, spec, _ = _flatten(args, kwargs)
+        _, spec, _ = flatten_call(args, kwargs)
         new_args, new_kwargs = tree_unflatten(mirrored_leaves, spec)
         try:
             mirrored = mode._intercept(func, types, tuple(new_args), new_kwargs, user_grad)

@@ -96,7 +96,7 @@ def check_model(model: Any) -> None:
                 "(track_running_stats=True, estimated on training data) or replace it with a normalization "
                 "within each sample (nn.LayerNorm, nn.GroupNorm)."
             )
-        if module.training and _has_active_randomness(module):
+        if module.training and has_active_randomness(module):
             raise ModelStateError(
                 f"{where} ({type(module).__name__}) is in training mode with active dropout or batch "
                 "statistics, which make the output random or couple the samples of a batch, so no "
@@ -104,7 +104,7 @@ def check_model(model: Any) -> None:
             )
 
 
-def _has_active_randomness(module: nn.Module) -> bool:
+def has_active_randomness(module: nn.Module) -> bool:
     if isinstance(module, nn.modules.dropout._DropoutNd):
         return module.p > 0
     if isinstance(module, nn.RNNBase):

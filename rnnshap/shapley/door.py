@@ -1,0 +1,204 @@
+"""``shapley_values``: the one method behind both doors (:class:`rnnshap.DeepExplainer` and
+:class:`rnnshap.ShapleyExplainer`), and the :class:`ShapleyEstimate` it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .estimator import Forward, Game, default_budget, enumeration_rows, estimate
+from .players import Players, resolve
+
+#: DeepSHAP's values per (sample, reference) pair summed to the players: (inputs, columns, players) → (n, B, P, k)
+PairValues = Callable[[list[Any], np.ndarray, Players], np.ndarray]
+
+
+@dataclass
+class ModelView:
+    """What the Shapley mode needs of a model, whichever door and framework."""
+
+    #: rows per input (numpy, each (m, *shape)) → (m, n_outputs) float64
+    forward: Forward
+    #: X → per input, a checked numpy array (n, *shape), and the door's own form of it
+    convert: Callable[[Any], tuple[list[np.ndarray], Any]]
+    background: list[np.ndarray]
+    background_outputs: np.ndarray
+    output_shape: tuple[int, ...]
+    #: per input: whether its entries may be players (False: context, used as given)
+    attributed: list[bool]
+    #: per input: whether it holds one token id per position (N, T)
+    tokens: list[bool]
+    multi_input: bool
+    #: "float32", ... (sets the tolerance of the efficiency check in the tests and docs)
+    dtype: str
+    #: DeepSHAP's per-pair values (DeepExplainer's door), or None
+    deepshap: PairValues | None = None
+    #: flat output indices of ``outputs=`` (n_outputs-sized output vector)
+    select: Callable[[Sequence[Any]], np.ndarray] | None = None
+
+
+@dataclass
+class ShapleyEstimate:
+    """Shapley values of the game v(S) = mean over background rows r of f(x on S, r elsewhere),
+    with standard errors (see docs/shapley.md).
+
+    Arrays are shaped ``(N, P, *outputs)`` (players ``"cells"``: like the input, then the outputs;
+    a list per input for a model with several), the outputs following ``shap_values``' conventions.
+    """
+
+    #: the estimates
+    values: Any
+    #: their standard errors (0 where every coalition was enumerated, inf after a single walk)
+    stderr: Any
+    #: per sample and output: v(∅), the mean output over the background (with context inputs at the sample's)
+    base_values: np.ndarray
+    #: per sample and output: f(x)
+    outputs: np.ndarray
+    #: per sample: the rows run through the model's forward (DeepSHAP's pass counts 3 per pair); never above the budget
+    n_evals: np.ndarray
+    #: per sample: True where every coalition was enumerated (the values are exact)
+    exact: np.ndarray
+    #: DeepSHAP's values summed to the same players (DeepExplainer's door; None on ShapleyExplainer)
+    deepshap: Any = None
+    #: ``values - deepshap`` (None without deepshap); its standard error is ``stderr``
+    deepshap_gap: Any = None
+    #: "steps", "features", "cells" or "mask"
+    players: str = "steps"
+    #: the number of players P
+    n_players: int = 0
+    #: the sampling's antithetic walk pairs per sample (0 where enumerated)
+    walk_pairs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def deepshap_gap_stderr(self) -> Any:
+        """The standard error of ``deepshap_gap`` (DeepSHAP's values are not random: ``stderr``)."""
+        return None if self.deepshap_gap is None else self.stderr
+
+    def explanation(self, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Any:
+        """A ``shap.Explanation`` of the estimates, with ``error_std`` set to the standard errors
+        (players ``"steps"`` and ``"features"`` and player masks; ``"cells"``: per input)."""
+        try:
+            import shap
+        except ImportError as error:
+            raise ImportError("explanation() returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'") from error
+        if isinstance(self.values, list):
+            return [self._one(shap, v, s, None, output_names) for v, s in zip(self.values, self.stderr, strict=True)]
+        names = feature_names
+        if names is None and self.players != "cells":
+            prefix = {"steps": "t", "features": "f"}.get(self.players, "player ")
+            names = [f"{prefix}{i}" for i in range(self.n_players)]
+        return self._one(shap, self.values, self.stderr, names, output_names)
+
+    def _one(self, shap: Any, values: np.ndarray, stderr: np.ndarray, names: Sequence[str] | None, output_names: Sequence[str] | None) -> Any:
+        return shap.Explanation(
+            values=values,
+            base_values=self.base_values,
+            error_std=stderr,
+            feature_names=None if names is None else list(names),
+            output_names=None if output_names is None else list(output_names),
+        )
+
+
+def shapley_values(
+    view: ModelView,
+    X: Any,
+    players: Any = "steps",
+    budget: int | None = None,
+    *,
+    tol: float | None = None,
+    outputs: Sequence[Any] | None = None,
+    random_state: Any = None,
+    batch_size: int,
+    progress: bool | None = None,
+) -> ShapleyEstimate:
+    """See :meth:`rnnshap.DeepExplainer.shapley_values`."""
+    x, native = view.convert(X)
+    n = int(x[0].shape[0])
+    B = int(view.background[0].shape[0])
+    shapes = [tuple(b.shape[1:]) for b in view.background]
+    plan = resolve(players, shapes, view.attributed, view.tokens)
+    P = plan.count
+    n_outputs = int(view.background_outputs.shape[1])
+    chosen = outputs is not None
+    if chosen:
+        assert view.select is not None
+        columns = np.broadcast_to(view.select(outputs), (n, len(outputs))).copy()  # type: ignore[arg-type]
+    else:
+        columns = np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
+    if budget is None:
+        budget = default_budget(P, B)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
+    if tol is not None and not tol > 0:
+        raise InputError(f"tol must be positive, got {tol}")
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    game = Game(view.forward, x, view.background, view.background_outputs, plan, columns)
+    k = columns.shape[1]
+    # DeepSHAP's per-pair values serve as the control variate where they describe the same game:
+    # the entries that follow x are DeepSHAP's context inputs, and the budget covers their pass
+    # (3 rows per pair) and two antithetic walk pairs besides
+    control_rows = 3 * B
+    follows_same = all((ids is None) == (not attributed) for ids, attributed in zip(plan.ids, view.attributed, strict=True))
+    exhaustive = enumeration_rows(P, B, game.empty_follows_x)
+    if exhaustive <= budget:  # exact; DeepSHAP's pass too where the budget covers both
+        use_deepshap = exhaustive + control_rows <= budget
+    else:
+        use_deepshap = budget >= control_rows + 1 + (B if game.empty_follows_x else 0) + 4 * max(P - 1, 1)
+    use_deepshap = use_deepshap and view.deepshap is not None and follows_same
+    pair_values = view.deepshap(native, columns, plan) if use_deepshap and view.deepshap is not None else None
+    enumerated = exhaustive <= budget
+    result = estimate(
+        game,
+        int(budget) - (control_rows if pair_values is not None and enumerated else 0),
+        tol=tol,
+        random_state=random_state,
+        batch_size=int(batch_size),
+        progress=progress,
+        control=None if enumerated else pair_values,
+        control_rows=control_rows if pair_values is not None and not enumerated else 0,
+    )
+    if pair_values is not None and enumerated:
+        result.n_evals = result.n_evals + control_rows
+    deepshap = pair_values.mean(1) if pair_values is not None else None  # (n, P, k)
+
+    def shaped(a: np.ndarray | None) -> Any:
+        if a is None:
+            return None
+        return _shape(a, plan, view, chosen, k)
+
+    values = shaped(result.values)
+    gap = None if deepshap is None else shaped(result.values - deepshap)
+    base_shape = (k,) if chosen else view.output_shape
+    return ShapleyEstimate(
+        values=values,
+        stderr=shaped(result.stderr),
+        base_values=result.base_values.reshape(n, *base_shape),
+        outputs=result.outputs.reshape(n, *base_shape),
+        n_evals=result.n_evals,
+        exact=result.exact,
+        deepshap=shaped(deepshap),
+        deepshap_gap=gap,
+        players=plan.kind,
+        n_players=P,
+        walk_pairs=result.units,
+    )
+
+
+def _shape(a: np.ndarray, plan: Players, view: ModelView, chosen: bool, k: int) -> Any:
+    """(n, P, k) → (n, P, *outputs), or per input (n, *shape, *outputs) for players "cells"."""
+    n = a.shape[0]
+    outputs: tuple[int, ...] = (k,) if chosen else view.output_shape
+    if plan.kind != "cells":
+        return a.reshape(n, plan.count, *outputs)
+    per_input = []
+    for ids, b in zip(plan.ids, view.background, strict=True):
+        shape = tuple(b.shape[1:])
+        if ids is None:
+            per_input.append(np.zeros((n, *shape, *outputs)))
+        else:
+            per_input.append(a[:, ids.reshape(-1)].reshape(n, *shape, *outputs))
+    return per_input if view.multi_input else per_input[0]

@@ -1,0 +1,123 @@
+"""``rnnshap.ShapleyExplainer``: Shapley values with standard errors from the model's forward alone."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..engines.forward import forward_model
+from ..engines.outputs import OutputChoice
+from ..errors import InputError
+from .door import ModelView, ShapleyEstimate, shapley_values
+
+
+class ShapleyExplainer:
+    """Shapley values of the game DeepSHAP approximates, for any model, from its forward only.
+
+    v(S) = mean over the background rows r of f(x on the players in S, r elsewhere). The values are
+    exact where the budget covers every coalition, and otherwise estimated by antithetic permutation
+    walks with standard errors (:meth:`shapley_values`, docs/shapley.md). Nothing of the model is
+    inspected, so it explains every model, including those :class:`rnnshap.DeepExplainer` refuses;
+    on a model DeepExplainer takes, its ``shapley_values`` is better: DeepSHAP's values then serve as
+    a control variate and are reported beside the estimate.
+
+    Args:
+        model: an ``nn.Module`` (run without gradients; a module in training mode is run in eval
+            mode and left as it was), a Keras 3 model, or a function of numpy arrays
+            ``f(*inputs) -> array`` whose first dimension is the batch.
+        data: the background, one array or tensor (a list per input for a model with several).
+        batch_size: the most rows run through the model at once.
+        progress: a progress bar over long runs (None: only on a terminal).
+        output: for a model with several output tensors, the one to explain (index or name).
+        context: indices of inputs that are context (lengths, masks): never players, always the
+            explained sample's values. Boolean inputs are always context.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        data: Any,
+        *,
+        batch_size: int = 2048,
+        progress: bool | None = None,
+        output: OutputChoice = None,
+        context: Sequence[int] = (),
+    ) -> None:
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.forward = forward_model(model, data, output)
+        background = self.forward.background
+        for index in context:
+            if not 0 <= int(index) < len(background):
+                raise InputError(f"context={list(context)}: the model has {len(background)} input(s)")
+        self.context = sorted({int(i) for i in context} | {t for t, b in enumerate(background) if b.dtype == np.bool_})
+        mean = self.forward.background_outputs.mean(0).reshape(self.forward.output_shape)
+        #: the mean model output over the background, shaped like one sample's output
+        self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.forward.output_shape
+
+    def _view(self) -> ModelView:
+        forward = self.forward
+        attributed = [t not in self.context for t in range(len(forward.background))]
+        tokens = [attributed[t] and np.issubdtype(b.dtype, np.integer) and b.ndim == 2 for t, b in enumerate(forward.background)]
+
+        def convert(X: Any) -> tuple[list[np.ndarray], Any]:
+            arrays = forward.arrays(X, "X")
+            return arrays, arrays
+
+        return ModelView(
+            forward=forward,
+            convert=convert,
+            background=forward.background,
+            background_outputs=forward.background_outputs,
+            output_shape=forward.output_shape,
+            attributed=attributed,
+            tokens=tokens,
+            multi_input=forward.multi_input,
+            dtype=forward.dtype,
+            select=lambda outputs: select_outputs(forward.output_shape, outputs),
+        )
+
+    def shapley_values(
+        self,
+        X: Any,
+        players: Any = "steps",
+        budget: int | None = None,
+        *,
+        tol: float | None = None,
+        outputs: Sequence[Any] | None = None,
+        random_state: Any = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> ShapleyEstimate:
+        """Shapley values of ``X`` with standard errors: see :meth:`rnnshap.DeepExplainer.shapley_values`
+        (here ``deepshap`` and ``deepshap_gap`` are None)."""
+        return shapley_values(
+            self._view(), X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
+            batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
+        )  # fmt: skip
+
+    def __call__(self, X: Any, players: Any = "steps", budget: int | None = None, *, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None, **options: Any) -> Any:
+        """A ``shap.Explanation`` of the Shapley values of ``X``, with ``error_std`` set."""
+        return self.shapley_values(X, players, budget, **options).explanation(feature_names=feature_names, output_names=output_names)
+
+
+def select_outputs(output_shape: tuple[int, ...], outputs: Sequence[Any]) -> np.ndarray:
+    """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (k,)."""
+    shape = output_shape or (1,)
+    flat = []
+    for index in outputs:
+        multi = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
+        if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
+            raise ValueError(f"output index {index!r} does not fit the model's output shape {output_shape}")
+        flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
+    if not flat:
+        raise ValueError("outputs is empty; give at least one output index")
+    return np.asarray(flat, dtype=np.int64)

@@ -1,0 +1,311 @@
+"""The Shapley mode (``shapley_values``, ``ShapleyExplainer``), checked against oracles written from
+the definition of the game, never against the estimator itself:
+
+    v(S) = mean over background rows r of f(x on the players in S, r elsewhere)
+    φ_i = Σ_{S ∌ i} |S|! (P − |S| − 1)! / P! · (v(S ∪ i) − v(S))
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+from rnnshap import InputError, ShapleyExplainer
+
+
+def oracle(f, x: list[torch.Tensor], background: list[torch.Tensor], ids: list[np.ndarray | None]) -> np.ndarray:
+    """Exact Shapley values of one sample, (P, n_outputs), by looping over every coalition, in float64."""
+    players = sorted({int(i) for a in ids if a is not None for i in np.unique(a)})
+    P = len(players)
+
+    def v(coalition: frozenset[int]) -> np.ndarray:
+        total = 0.0
+        for r in range(background[0].shape[0]):
+            row = []
+            for xs, b, a in zip(x, background, ids, strict=True):
+                if a is None:
+                    row.append(xs[None])
+                else:
+                    take = torch.from_numpy(np.isin(a, list(coalition)))
+                    row.append(torch.where(take, xs, b[r])[None])
+            with torch.no_grad():
+                total = total + f(*row).double().reshape(-1).numpy()
+        return total / background[0].shape[0]
+
+    values = np.zeros((P, np.size(v(frozenset()))))
+    cache: dict[frozenset[int], np.ndarray] = {}
+    for i in players:
+        others = [p for p in players if p != i]
+        for size in range(P):
+            weight = math.factorial(size) * math.factorial(P - size - 1) / math.factorial(P)
+            for subset in itertools.combinations(others, size):
+                s = frozenset(subset)
+                with_i = s | {i}
+                for key in (s, with_i):
+                    if key not in cache:
+                        cache[key] = v(key)
+                values[i] += weight * (cache[with_i] - cache[s])
+    return values
+
+
+class Reader(nn.Module):
+    """A GRU over the steps and a read-out of its last state to 3 outputs."""
+
+    def __init__(self, features: int = 3, hidden: int = 5, ignore_first: bool = False) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 3)
+        self.ignore_first = ignore_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ignore_first:
+            x = x[:, 1:]
+        out, _ = self.rnn(x)
+        return self.head(torch.tanh(out[:, -1]) * out[:, -1])
+
+
+def _data(dtype: torch.dtype, T: int = 4, F: int = 3, B: int = 5, N: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, T, F, generator=g).to(dtype), torch.randn(B, T, F, generator=g).to(dtype)
+
+
+def _steps(T: int, F: int) -> np.ndarray:
+    return np.repeat(np.arange(T)[:, None], F, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("door", ["deep", "shapley"])
+def test_a_budget_of_every_coalition_gives_the_exact_values(dtype: torch.dtype, door: str) -> None:
+    torch.manual_seed(0)
+    model = Reader().to(dtype).eval()
+    x, bg = _data(dtype)
+    explainer = rnnshap.DeepExplainer(model, bg) if door == "deep" else ShapleyExplainer(model, bg)
+    estimate = explainer.shapley_values(x, "steps", budget=10_000)
+    assert estimate.exact.all() and (estimate.stderr == 0).all()
+    assert (estimate.n_evals <= 10_000).all()
+    for n in range(x.shape[0]):
+        truth = oracle(model, [x[n]], [bg], [_steps(4, 3)])
+        tolerance = 1e-9 if dtype == torch.float64 else 1e-5
+        assert np.abs(estimate.values[n] - truth).max() <= tolerance * max(1.0, np.abs(truth).max())
+
+
+def test_feature_players_cells_and_masks_match_the_oracle() -> None:
+    torch.manual_seed(1)
+    model = Reader(features=2).double().eval()
+    x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
+    explainer = ShapleyExplainer(model, bg)
+    features = explainer.shapley_values(x, "features", budget=10**6)
+    assert np.allclose(features.values[0], oracle(model, [x[0]], [bg], [np.repeat(np.arange(2)[None], 3, 0)]), atol=1e-12)
+    cells = explainer.shapley_values(x, "cells", budget=10**6)
+    assert cells.values.shape == (1, 3, 2, 3)
+    truth = oracle(model, [x[0]], [bg], [np.arange(6).reshape(3, 2)])
+    assert np.allclose(cells.values[0].reshape(6, 3), truth, atol=1e-12)
+    mask = np.array([[5, 5], [7, 5], [7, 9]])  # ids need not be 0..P-1; renumbered in sorted order
+    grouped = explainer.shapley_values(x, mask, budget=10**6)
+    assert grouped.values.shape == (1, 3, 3)
+    assert np.allclose(grouped.values[0], oracle(model, [x[0]], [bg], [np.searchsorted([5, 7, 9], mask)]), atol=1e-12)
+
+
+def test_an_additive_model_is_exact_at_any_budget_with_either_door() -> None:
+    """For f(x) = Σ_t w_t · x_t the Shapley value of step t is w_t · (x_t − mean r_t): every walk
+    gives it for its reference, and the control variate makes the reference drawn irrelevant."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    x, bg = _data(torch.float64, T=4, F=3, B=7, N=3)
+    w = model[1].weight.detach().reshape(2, 4, 3)
+    truth = torch.einsum("ktf,ntf->ntk", w, x - bg.mean(0)).numpy()
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=21 + 1 + 12, random_state=3)
+    assert not estimate.exact.any()
+    assert np.allclose(estimate.values, truth, atol=1e-12)
+    assert np.allclose(estimate.deepshap_gap, 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget", [9, 40, 200])
+def test_values_add_up_at_every_budget(budget: int) -> None:
+    torch.manual_seed(3)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=6, B=4, N=3)
+    for explainer in (rnnshap.DeepExplainer(model, bg), ShapleyExplainer(model, bg)):
+        estimate = explainer.shapley_values(x, "steps", budget=budget, random_state=0)
+        assert (estimate.n_evals <= budget).all()
+        gap = estimate.outputs - estimate.base_values
+        scale = np.maximum(1.0, np.abs(gap))
+        assert np.abs(estimate.values.sum(1) - gap).max() <= 50 * np.finfo(np.float32).eps * scale.max()
+
+
+def test_the_same_seed_gives_bit_identical_values_whatever_the_batch_size() -> None:
+    """Every random choice is made before a row runs, every row's output has its own slot, and the
+    forward passes take chunks of 256 rows whatever batch_size is above that (torch's CPU kernels
+    round a row differently in batches of other sizes)."""
+    torch.manual_seed(4)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=6, B=4, N=3)
+    explainer = rnnshap.DeepExplainer(model, bg)
+    runs = [explainer.shapley_values(x, "steps", budget=150, random_state=7, batch_size=size) for size in (256, 1000, 4096)]
+    for other in runs[1:]:
+        assert np.array_equal(runs[0].values, other.values) and np.array_equal(runs[0].stderr, other.stderr)
+    different = explainer.shapley_values(x, "steps", budget=150, random_state=8)
+    assert not np.array_equal(runs[0].values, different.values)
+
+
+def test_a_step_the_model_ignores_gets_exactly_zero() -> None:
+    torch.manual_seed(5)
+    model = Reader(ignore_first=True).eval()
+    x, bg = _data(torch.float32, T=5, B=4, N=2)
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=100, random_state=0)
+    assert (estimate.values[:, 0] == 0).all() and (estimate.stderr[:, 0] == 0).all()
+    # ShapleyExplainer splits f(x) - f(r) evenly as its control variate: exact zeros once every
+    # reference has the same number of walks (whole cycles)
+    whole = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=1 + 4 * 2 * 4 * 2, random_state=0)
+    assert (whole.walk_pairs % 4 == 0).all()
+    assert np.abs(whole.values[:, 0]).max() <= 1e-12
+
+
+def test_standard_errors_cover_and_tol_stops_early() -> None:
+    torch.manual_seed(6)
+    model = Reader(features=2, hidden=8).double().eval()
+    x, bg = _data(torch.float64, T=6, F=2, B=6, N=4)
+    explainer = rnnshap.DeepExplainer(model, bg)
+    exact = explainer.shapley_values(x, "steps", budget=10**6).values
+    covered = []
+    for seed in range(10):
+        estimate = explainer.shapley_values(x, "steps", budget=300, random_state=seed)
+        assert not estimate.exact.any()
+        covered.append(np.abs(estimate.values - exact) <= 1.96 * estimate.stderr)
+    assert 0.8 <= np.mean(covered) <= 1.0
+    loose = explainer.shapley_values(x, "steps", budget=380, tol=0.5, random_state=0)
+    full = explainer.shapley_values(x, "steps", budget=380, random_state=0)
+    assert (loose.n_evals < full.n_evals).all()
+    scale = np.maximum(1.0, np.abs(loose.outputs - loose.base_values))
+    assert (loose.stderr <= 0.5 * scale[:, None, :]).all()
+
+
+def test_deepshap_beside_the_estimate_is_deepshap_summed_to_the_players() -> None:
+    torch.manual_seed(7)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=5, B=4, N=2)
+    explainer = rnnshap.DeepExplainer(model, bg)
+    estimate = explainer.shapley_values(x, "features", budget=300, outputs=[2, 0], random_state=0)
+    values = explainer.shap_values(x, outputs=[2, 0])
+    assert estimate.values.shape == (2, 3, 2)
+    assert np.allclose(estimate.deepshap, values.sum(1), atol=1e-6)
+    assert np.array_equal(estimate.deepshap_gap, estimate.values - estimate.deepshap)
+    assert ShapleyExplainer(model, bg).shapley_values(x, "features", budget=300).deepshap is None
+
+
+class TokenReader(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 4)
+        self.rnn = nn.LSTM(4, 6, batch_first=True)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        last = out[torch.arange(ids.shape[0]), lengths - 1]
+        return self.head(last)
+
+
+def test_token_positions_are_players_and_context_follows_the_sample() -> None:
+    torch.manual_seed(8)
+    model = TokenReader().double().eval()
+    ids = torch.randint(0, 11, (2, 4))
+    lengths = torch.tensor([4, 3])
+    bg_ids, bg_lengths = torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])
+    explainer = rnnshap.DeepExplainer(model, [bg_ids, bg_lengths])
+    estimate = explainer.shapley_values([ids, lengths], "steps", budget=10**5)
+    assert estimate.exact.all()
+    for n in range(2):
+        truth = oracle(model, [ids[n], lengths[n]], [bg_ids, bg_lengths], [np.arange(4), None])
+        assert np.allclose(estimate.values[n], truth, atol=1e-12)
+    assert np.allclose(estimate.values[1, 3], 0, atol=1e-12)  # a step past the sample's length
+    sampled = explainer.shapley_values([ids, lengths], "steps", budget=3 * 3 + 1 + 3 + 4 * 3, random_state=0)
+    assert np.abs(sampled.values.sum(1) - (sampled.outputs - sampled.base_values)).max() <= 1e-12
+
+
+def test_bad_input_is_refused_with_advice() -> None:
+    torch.manual_seed(9)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=4, B=3, N=1)
+    explainer = ShapleyExplainer(model, bg)
+    with pytest.raises(InputError, match="below one permutation walk"):
+        explainer.shapley_values(x, "steps", budget=4)
+    with pytest.raises(InputError, match="shape"):
+        explainer.shapley_values(x, np.zeros((3, 3), dtype=int))
+    with pytest.raises(InputError, match="integer array"):
+        explainer.shapley_values(x, np.zeros((4, 3)))
+    with pytest.raises(InputError, match="time axis"):
+        ShapleyExplainer(nn.Linear(3, 2), torch.randn(3, 3)).shapley_values(torch.randn(1, 3), "steps")
+    token = rnnshap.DeepExplainer(TokenReader().eval(), [torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])])
+    with pytest.raises(InputError, match="context"):
+        token.shapley_values([torch.randint(0, 11, (1, 4)), torch.tensor([4])], [np.arange(4), np.zeros((), dtype=int)])
+    with pytest.raises(InputError, match="players="):
+        explainer.shapley_values(x, "rows")
+
+
+def test_a_model_deepexplainer_refuses_names_the_door_that_works() -> None:
+    class Rounds(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.round(x * 3).sum((1, 2))[:, None]
+
+    x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="ShapleyExplainer"):
+        rnnshap.DeepExplainer(Rounds(), bg)
+    estimate = ShapleyExplainer(Rounds(), bg).shapley_values(x, "steps", budget=10**4)
+    assert np.allclose(estimate.values[0], oracle(Rounds(), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
+
+
+def test_a_function_of_numpy_arrays_and_the_explanation() -> None:
+    pytest.importorskip("shap")
+    rng = np.random.default_rng(0)
+    bg, x = rng.normal(size=(5, 3, 2)), rng.normal(size=(2, 3, 2))
+
+    def f(a: np.ndarray) -> np.ndarray:
+        return (a[:, 0, 0] * a[:, 2, 1] + a[:, 1].sum(1))[:, None]
+
+    explainer = ShapleyExplainer(f, bg)
+    explanation = explainer(x, "steps", budget=10**4)
+    truth = oracle(lambda a: torch.from_numpy(f(a.numpy())), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(3, 2)])
+    assert np.allclose(explanation.values[0], truth, atol=1e-12)
+    assert explanation.error_std is not None and explanation.feature_names == ["t0", "t1", "t2"]
+
+
+def test_keras_on_tensorflow_matches_the_oracle() -> None:
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow backend")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.LSTM(5), keras.layers.Dense(2)])
+    rng = np.random.default_rng(0)
+    bg, x = rng.normal(size=(3, 4, 2)).astype("float32"), rng.normal(size=(1, 4, 2)).astype("float32")
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+    truth = oracle(lambda a: torch.from_numpy(np.asarray(model(a.numpy()))), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(4, 2)])
+    assert np.abs(estimate.values[0] - truth).max() <= 1e-5 * max(1.0, np.abs(truth).max())
+    sampled = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=3 * 3 + 1 + 4 * 3 * 2, random_state=0)
+    assert sampled.deepshap is not None and not sampled.exact.any()
+
+
+def test_shaps_interim_layer_form_is_refused_with_advice() -> None:
+    torch.manual_seed(10)
+    model = Reader().eval()
+    x, bg = _data(torch.float32, T=4, B=3, N=1)
+    explainer = rnnshap.DeepExplainer((model, model.head), bg)
+    with pytest.raises(InputError, match="layer's input"):
+        explainer.shapley_values(x, "features")
+
+
+def test_a_model_in_training_mode_is_played_in_eval_mode_and_left_as_it_was() -> None:
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(12, 2)).double().train()
+    x, bg = _data(torch.float64, T=4, F=3, B=3, N=1)
+    with pytest.warns(UserWarning, match="training mode"):
+        estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+    assert all(m.training for m in model.modules())
+    truth = oracle(model.eval(), [x[0]], [bg], [_steps(4, 3)])
+    assert np.allclose(estimate.values[0], truth, atol=1e-12)
