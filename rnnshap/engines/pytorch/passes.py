@@ -449,7 +449,7 @@ class AttributionMode(TorchFunctionMode):
         Function's forward (refused: see ``_refuse_grad_off``)."""
         if self._quiet or torch.is_inference_mode_enabled():
             return False
-        leaves = _flatten(args, kwargs or {})[0]
+        leaves = flatten_call(args, kwargs or {})[0]
         involved = bool(self._tracked_among(leaves)) or (self._following and self.discrete.involves(leaves))
         if not involved and self._indices:
             involved = any(isinstance(leaf, Tensor) and leaf in self._indices for leaf in leaves)
