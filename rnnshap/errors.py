@@ -46,10 +46,11 @@ ADVICE: dict[str, str] = {
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
     "no_grad": (
-        "forward() computes on input-dependent tensors with gradients disabled ({op}): rnnshap "
-        "takes its multipliers from a backward pass, so that part of the path would get no "
-        "attribution. Remove torch.no_grad() / torch.inference_mode() (or @torch.no_grad()) from the "
-        "path from the input to the output; the explainer already runs the model without training it."
+        "forward() computes on input-dependent tensors in inference mode ({op}): rnnshap "
+        "takes its multipliers from a backward pass, and tensors made in inference mode cannot "
+        "enter one. Use torch.no_grad() there instead (what it computes is followed as detach() is), "
+        "or remove torch.inference_mode() from the path from the input to the output; the explainer "
+        "already runs the model without training it."
     ),
     "function": (
         "{op} is a custom torch.autograd.Function whose forward() rnnshap cannot follow through torch "

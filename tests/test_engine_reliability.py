@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 import rnnshap
 from rnnshap.rules import Rescale
 
-from .conftest import assert_additive, phi_totals
+from .conftest import assert_additive, phi_totals, relative_to_max
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -406,9 +406,7 @@ def _decorated(z: Tensor) -> Tensor:
 
 REFUSED: dict[str, tuple[Callable[[Tensor], Tensor], str, str]] = {
     # name: (what forward does, what the error names, a phrase of the advice that fits)
-    "no_grad": (_no_grad, "torch.no_grad()", "Remove torch.no_grad()"),
-    "no_grad-decorator": (lambda z: _decorated(z) + z, "torch.no_grad()", "Remove torch.no_grad()"),
-    "inference_mode": (_inference_mode, "torch.inference_mode()", "Remove torch.no_grad() / torch.inference_mode()"),
+    "inference_mode": (_inference_mode, "torch.inference_mode()", "Use torch.no_grad() there instead"),
     "floor-division": (lambda z: z // 0.5, "__floordiv__", "piecewise constant"),
     "remainder": (lambda z: torch.remainder(z, 0.5), "remainder", "piecewise constant"),
     "round": (lambda z: torch.round(z * 3), "round", "piecewise constant"),
@@ -442,6 +440,36 @@ def test_refusals_come_from_the_constructor_with_advice_that_fits(case: str) -> 
     assert "Rescale()" not in message or case in ("floor-division", "remainder", "round", "trunc"), message
 
 
+@pytest.mark.parametrize("how", ["block", "decorator"])
+def test_no_grad_in_forward_is_followed_as_detach(how: str) -> None:
+    """Statistics computed under torch.no_grad() (gluonts' StdScaler, RecurrentGemma) are part of the
+    function all the same: the values are those of the same model written without no_grad()."""
+
+    def stats(z: Tensor) -> tuple[Tensor, Tensor]:
+        return z.mean(1, keepdim=True), (z.var(1, keepdim=True) + 1e-5).sqrt()
+
+    decorated = torch.no_grad()(stats)
+
+    def scaled(z: Tensor) -> Tensor:
+        if how == "block":
+            with torch.no_grad():
+                loc, scale = stats(z)
+        else:
+            loc, scale = decorated(z)
+        return torch.tanh((z - loc) / scale) + _decorated(z) * loc
+
+    def plain(z: Tensor) -> Tensor:
+        loc, scale = stats(z)
+        return torch.tanh((z - loc) / scale) + torch.tanh(z) * loc
+
+    model, reference = Refused(scaled).to(D).eval(), Refused(plain).to(D).eval()
+    reference.load_state_dict(model.state_dict())
+    background, X = torch.randn(6, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    values = _explain(model, background, X)
+    assert_additive(values, model, X, background, D)
+    assert relative_to_max(values, _explain(reference, background, X)) <= 1e-12
+
+
 def test_no_grad_that_computes_nothing_from_the_input_is_allowed() -> None:
     def harmless(z: Tensor) -> Tensor:
         with torch.no_grad():
@@ -456,17 +484,17 @@ def test_no_grad_that_computes_nothing_from_the_input_is_allowed() -> None:
 
 def test_every_refusal_of_a_forward_is_listed_together() -> None:
     def many(z: Tensor) -> Tensor:
-        w = _no_grad(z)
+        w = _inference_mode(z)
         w = torch.round(w) + w
         return torch.tanh(w) if torch.allclose(w, z) else (w > 0).float() * w
 
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(Refused(many).eval(), torch.randn(4, 5))
     names = [name for name, _ in info.value.ops]
-    for expected in ("torch.no_grad()", "round", "allclose", "gt"):
+    for expected in ("torch.inference_mode()", "round", "allclose", "gt"):
         assert any(expected in name for name in names), (expected, names)
     message = str(info.value)
-    for advice in ("Remove torch.no_grad()", "piecewise constant", "control flow independent", "separate bool or integer input"):
+    for advice in ("Use torch.no_grad() there instead", "piecewise constant", "control flow independent", "separate bool or integer input"):
         assert advice in message
 
 

@@ -340,3 +340,44 @@ class Bilinear(Rule):
         with torch.no_grad():
             value = call.evaluate([a.detach(), b.detach()])
         return surrogate + (value - surrogate).detach()
+
+
+class AddedProduct(Bilinear):
+    r"""``beta · input + alpha · (a ∘ b)`` with ``∘`` a matrix product (``addmm``, ``baddbmm``,
+    ``addbmm``, ``addmv``, ``addr``; GPT-2's ``Conv1D``).
+
+    Linear in ``input`` and in each factor: the ordinary gradient is exact unless both factors
+    depend on the input. Then the product term takes the midpoint rule of :class:`Bilinear`
+    (the Shapley split of every product term) and ``input``, when it depends on the input too, its
+    gradient ``beta``: the same values as ``beta * input + alpha * (a @ b)`` written out.
+    """
+
+    def _factors(self, call: OpCall) -> tuple[Any, Any]:
+        args, kwargs = call.args, call.kwargs
+        names = [n for n in kwargs if n not in ("input", "self", "beta", "alpha", "out")]
+        rest = [*args[1:3], *(kwargs[n] for n in names)]
+        return (rest[0], rest[1]) if len(rest) >= 2 else (None, None)
+
+    def is_linear(self, call: OpCall) -> bool:
+        a, b = self._factors(call)
+        return not (call.is_tracked_value(a) and call.is_tracked_value(b))
+
+    def refusal(self, call: OpCall) -> str | None:
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        a, b = self._factors(call)
+        players = call.inputs
+        slot_a = [k for k, p in enumerate(players) if p is a][0]
+        slot_b = [k for k, p in enumerate(players) if p is b][-1]  # (a @ a: two slots of one tensor)
+        a_mid = ((a + call.references[slot_a]) / 2).detach()
+        b_mid = ((b + call.references[slot_b]) / 2).detach()
+        fixed = [p.detach() for p in players]
+        first = list(players)
+        first[slot_b] = b_mid  # d/da and d/d(input)
+        second = list(fixed)
+        second[slot_a], second[slot_b] = a_mid, b
+        surrogate = call.evaluate(first) + call.evaluate(second)
+        with torch.no_grad():
+            value = call.evaluate(fixed)
+        return surrogate + (value - surrogate).detach()

@@ -36,6 +36,8 @@ Tensor = torch.Tensor
 
 COMPARISONS = ("ge", "gt", "le", "lt", "eq", "ne", "greater_equal", "greater", "less_equal", "less", "not_equal")
 COMPARISON_DUNDERS = ("__ge__", "__gt__", "__le__", "__lt__", "__eq__", "__ne__")
+#: tests of one operand's values (an imputation model's check of its input), comparisons too
+PREDICATES = ("isnan", "isinf", "isfinite", "isposinf", "isneginf")
 
 
 @dataclass
@@ -107,9 +109,51 @@ class Comparison(Rule):
         return mask
 
 
+class Predicate(Rule):
+    r"""``isnan``, ``isinf``, ``isfinite`` (``isposinf``, ``isneginf``) of an input-dependent tensor:
+    comparisons of one operand with NaN or infinity.
+
+    On values where the test gives the same answer on both sides of a pair (finite data: never
+    NaN) its step does not move, so it passes nothing back: its mask is a gate with multiplier 0
+    (``where(isnan(x), 0, x)``), and a branch on ``isnan(x).any()`` is followed where every row
+    answers alike (see the engine's uniform decisions). Where the answer differs between an input
+    and its reference, the step moves by an infinite or undefined ``Δ``: refused by name.
+    """
+
+    advice = "comparison"
+
+    def refusal(self, call: OpCall) -> str | None:
+        if len(call.tracked) != 1 or len(call.args) != 1 or call.kwargs:
+            return "a test of values is attributed on one input-dependent tensor given by position"
+        return None
+
+    def reference(self, call: OpCall) -> Any:
+        mask = call.fn(*call.args)
+        GATES[mask] = Gate(call.name)
+        return mask
+
+    def attribute(self, call: OpCall) -> Any:
+        (x,), (x_ref,) = call.inputs, call.references
+        with torch.no_grad():
+            mask, mask_ref = call.fn(x), call.fn(x_ref)
+        if bool((mask != mask_ref).any()):
+            raise ValueError(
+                "it answers differently for an input and its reference (a NaN or infinite value on one side only), "
+                "and that step has no finite multiplier: fill the missing values before explaining, or pass the "
+                "missingness as a separate bool input"
+            )
+        step = mask.to(x.dtype)
+        GATES[mask] = Gate(call.name, mask_ref, with_multipliers(step, [x], [torch.zeros_like(step)]))
+        return mask
+
+
 def _where_parts(call: OpCall) -> tuple[Any, Any, Any]:
-    """(condition, input, other) of ``torch.where(condition, input, other)`` or ``input.where(condition, other)``."""
+    """(condition, input, other) of ``torch.where(condition, input, other)``, ``input.where(condition, other)``
+    or ``other.masked_fill(condition, input)``."""
     args, kwargs = call.args, call.kwargs
+    if getattr(call.fn, "__name__", "") == "masked_fill":  # x.masked_fill(mask, value) = where(mask, value, x)
+        mask = args[1] if len(args) > 1 else kwargs["mask"]
+        return mask, args[2] if len(args) > 2 else kwargs["value"], args[0] if args else kwargs["input"]
     if getattr(call.fn, "__qualname__", "").startswith(("Tensor.", "TensorBase.")) or call.fn is torch.Tensor.where:
         input_, condition = args[0], args[1] if len(args) > 1 else kwargs["condition"]
         other = args[2] if len(args) > 2 else kwargs.get("other", kwargs.get("y"))
@@ -173,9 +217,11 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
         table[fn] = comparison
     for name in COMPARISON_DUNDERS:
         table[getattr(torch.Tensor, name)] = comparison
-    for fn in forms("where"):
+    for fn in forms("where", "masked_fill"):
         table[fn] = where
+    for fn in forms(*PREDICATES):
+        table[fn] = Predicate()
     return table
 
 
-__all__ = ["COMPARISONS", "COMPARISON_DUNDERS", "GATES", "Comparison", "Gate", "Where", "gate_of", "gate_rules"]
+__all__ = ["COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "Predicate", "Where", "gate_of", "gate_rules"]

@@ -22,7 +22,7 @@ from .base import Constant, EvalOnly, Identity, Linear, Rule
 from .catalog import extra_op_rules
 from .composite import Quotient
 from .coverage import coverage_op_rules
-from .elementwise import Bilinear, Product, Rescale, Shapley
+from .elementwise import AddedProduct, Bilinear, Product, Rescale, Shapley
 from .secant import SLOPES_BY_NAME, Power, Secant
 from .selection import ArgExtremum, Ordering
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
@@ -142,7 +142,7 @@ SMOOTH_UNARY = (
 PIECEWISE_UNARY = (
     "relu", "relu6", "leaky_relu", "selu", "hardtanh", "clamp", "clip", "clamp_min",
     "clamp_max", "threshold", "hardsigmoid", "hardswish", "abs", "absolute", "hardshrink",
-    "softshrink", "prelu", "rrelu",
+    "softshrink", "prelu", "rrelu", "nan_to_num",
 )
 DIVISION = ("div", "divide", "true_divide", "__truediv__", "__div__")
 REVERSE_DIVISION = ("__rtruediv__", "__rdiv__")
@@ -160,6 +160,7 @@ def default_op_rules() -> dict[OpKey, Rule]:
 
     put(LINEAR_OPS, Linear())
     put(BILINEAR_OPS, Bilinear())
+    put(("addmm", "baddbmm", "addbmm", "addmv", "addr"), AddedProduct())  # beta·input + alpha·(a @ b)
     put(CONSTANT_OPS, Constant())
     put(SMOOTH_UNARY, Rescale(smooth=True))
     for name, slope in SLOPES_BY_NAME.items():  # closed-form secants: exact on small arguments too

@@ -11,6 +11,7 @@ with ``n_samples=None``, its teacher-forced distribution parameters; sampling is
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from typing import Any, Callable
@@ -119,3 +120,55 @@ def test_exact(name: str) -> None:
         assert_zero(decoder_cat[:, j + 1 :, :, outputs], f"{name}: decoder categoricals after step {j}")
         assert_zero(decoder_cont[:, j:, VALUE, outputs], f"{name}: the target from step {j} on")
     assert np.abs(encoder_cont).max() > 0
+
+
+# -- TFT with real covariates only, its lengths passed as inputs (issue 22, item 5) ---------------------------
+LENGTH_KEYS = ["encoder_cont", "decoder_cont", "encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "target_scale"]
+
+
+class ForecastWithLengths(nn.Module):
+    """The network's ``forward`` on the batch tensors, the encoder and decoder lengths among them
+    (TFT sorts the encoder lengths and indexes with them: context, as lengths compared into masks are)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.network(dict(zip(LENGTH_KEYS, tensors, strict=True)))["prediction"][..., 3]
+
+
+def _reals_only() -> Case:
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    series, length = 4, 12
+    frame = pd.DataFrame({
+        "series": np.repeat([f"s{i}" for i in range(series)], length),
+        "time_idx": np.tile(np.arange(length), series),
+        "value": rng.normal(size=series * length).cumsum() * 0.1 + 5.0,
+        "temp": rng.normal(size=series * length),
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = TimeSeriesDataSet(
+            frame, time_idx="time_idx", target="value", group_ids=["series"],
+            max_encoder_length=L, min_encoder_length=L, max_prediction_length=H, min_prediction_length=H,
+            time_varying_unknown_reals=["value"], time_varying_known_reals=["temp"],
+        )  # fmt: skip
+        network = TemporalFusionTransformer.from_dataset(data, hidden_size=8, attention_head_size=2, hidden_continuous_size=4)
+    batch, _ = next(iter(data.to_dataloader(train=False, batch_size=N_BACKGROUND + N_EXPLAINED, shuffle=False)))
+    tensors = [batch[key] for key in LENGTH_KEYS]
+    # without categoricals TFT makes its static embedding in its LightningModule dtype, which only
+    # the network's own .double() sets (not a wrapper's)
+    model64 = ForecastWithLengths(copy.deepcopy(network).double())
+    return Case(ForecastWithLengths(network).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors], model64)
+
+
+def test_tft_without_categoricals_takes_its_lengths_as_context() -> None:
+    """Was refused: 'index_select computes floating-point values from it after torch.sort'."""
+    values = check(Spec(_reals_only)).values
+    assert_zero(values[4], "TFT: the encoder lengths")
+    assert_zero(values[5], "TFT: the decoder lengths")
+    assert_zero(values[1][:, :, VALUE], "TFT: the target in the decoder")
+    assert np.abs(values[0]).max() > 0

@@ -302,3 +302,58 @@ def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
     total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
     out = total.map(lambda t: t + shift)
     return out if keepdims else out.map(lambda t: tf.squeeze(t, axis))
+
+
+class PickedIndices(Dual):
+    """The indices an ordering picked from an input-dependent tensor (``top_k``'s): a step function of
+    the values, with no rule on TensorFlow for their uses (the torch backend has): any use is refused."""
+
+
+def _argnearest(candidates: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """For every rank (``candidates``: ``(..., k, n)``), the candidate with the least ``key`` (``(..., n)``)."""
+    keyed = tf.where(candidates, key[..., None, :], tf.cast(float("inf"), key.dtype))
+    return tf.argmin(keyed, axis=-1, output_type=tf.int32)
+
+
+def _ranks(order: tf.Tensor, n: int) -> tf.Tensor:
+    """The rank of every position of the last axis given ``order`` (positions at ranks 0..k−1); k below those."""
+    k = order.shape[-1]
+    placed = tf.one_hot(order, n, dtype=tf.int32)  # (..., k, n)
+    return k + tf.reduce_sum(placed * (tf.range(k)[:, None] - k), axis=-2)
+
+
+def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
+    """The values at ranks 0..k−1 along the last axis (from the largest, or the smallest), each with its
+    change credited to the position that decided its rank: the PyTorch engine's rule for ``sort`` and
+    ``topk`` (``rnnshap.rules.structured.ranked_values``; at rank 0 shap's max-pool rule), so both
+    backends give the same values."""
+    ux, r = tf.stop_gradient(u.x), u.r
+    n = int(ux.shape[-1])
+    direction = "DESCENDING" if largest else "ASCENDING"
+    order_x = tf.argsort(ux, axis=-1, direction=direction, stable=True)[..., :k]
+    order_r = tf.argsort(r, axis=-1, direction=direction, stable=True)[..., :k]
+    batch = ux.shape.rank - 1
+    y, y_r = tf.gather(ux, order_x, batch_dims=batch), tf.gather(r, order_r, batch_dims=batch)
+    rank_x, rank_r = _ranks(order_x, n)[..., None, :], _ranks(order_r, n)[..., None, :]
+    j = tf.range(k)[:, None]
+    x_side = tf.logical_and(rank_x <= j, rank_r >= j)
+    r_side = tf.logical_and(rank_r <= j, rank_x >= j)
+    up, down = (x_side, r_side) if largest else (r_side, x_side)
+    rose_at, fell_at = _argnearest(up, ux), _argnearest(down, r)
+    rose, fell = y > y_r, y < y_r
+    first_x, first_r = (rose_at, fell_at) if largest else (fell_at, rose_at)
+    primary = tf.where(rose, rose_at, tf.where(fell, fell_at, first_x))
+    secondary = tf.where(rose, fell_at, tf.where(fell, rose_at, first_r))
+    delta = ux - r
+    delta_p, delta_s = tf.gather(delta, primary, batch_dims=batch), tf.gather(delta, secondary, batch_dims=batch)
+
+    def usable(t: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(tf.not_equal(t, 0), tf.math.is_finite(t))
+
+    at_p = tf.logical_or(usable(delta_p), tf.logical_not(usable(delta_s)))
+    deciding, delta_d = tf.where(at_p, primary, secondary), tf.where(at_p, delta_p, delta_s)
+    change = y - y_r
+    ok = tf.logical_and(usable(change), usable(delta_d))
+    factor = tf.where(ok, change / tf.where(ok, delta_d, tf.ones_like(delta_d)), tf.zeros_like(change))
+    out = tf.stop_gradient(y) + tf.gather(u.x - ux, deciding, batch_dims=batch) * tf.stop_gradient(factor)
+    return Dual(out, y_r)

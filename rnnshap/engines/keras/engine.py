@@ -86,13 +86,17 @@ class KerasEngine(Engine):
         #: the compiled model call (see :meth:`_compiled_call`), the same way
         self._model_graph: Any = None
         self.multi_input = isinstance(data, (list, tuple))
+        #: a Python list of Python lists or numbers (``bg.tolist()``), read as one input per item
+        self._nested_list = self.multi_input and len(data) > 0 and all(isinstance(d, (list, tuple, int, float)) for d in data)
         self.background: list[np.ndarray] = []
         arrays = self._arrays(data, "background")
         declared = self._input_dtypes(model, len(arrays))
         # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
         # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype.
+        # A floating keras.Input read by an Embedding (Sequential([Embedding(..., input_shape=(T,)), ...]),
+        # whose Input keras makes float32 and casts to integers at the Embedding) takes token ids all the same.
         # Boolean data (or integers) may also be masks (MultiHeadAttention's attention_mask): never attributed.
-        self.token_inputs = [i for i, a in enumerate(arrays) if (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_) and not _floating(declared[i])]
+        self.token_inputs = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_]
         self._dtypes = [self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
         self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])
@@ -212,6 +216,25 @@ class KerasEngine(Engine):
     def inputs(self, X: Any, what: str) -> list[np.ndarray]:
         return self._conform(self._arrays(X, what), what)
 
+    def _misfit(self, arrays: list[np.ndarray], error: Exception) -> str:
+        """What to say when arrays do not fit the model: the shapes that reached it, its own message, and
+        what the shapes suggest (a nested Python list read as several inputs, one sequence without its
+        batch dimension)."""
+        count = len(arrays)
+        message = f"The model failed on {count} input{'s' if count > 1 else ''} of shape{'s' if count > 1 else ''} {', '.join(str(a.shape) for a in arrays)}: {error}"
+        if self._nested_list:
+            message += (
+                f"\nThe background is a Python list of Python lists, read as a list of {count} inputs (one per model "
+                "input, as for a model with several inputs). For a model with one input, pass one array: "
+                "np.asarray(background)."
+            )
+        elif any(a.ndim == 2 and a.dtype.kind == "f" for a in arrays):
+            message += (
+                "\nA 2-D input is (batch, features). If the model expects (batch, time, features) and the 2-D array is "
+                "one sequence, add the batch dimension: x[None] (and background[None]) for one sample."
+            )
+        return message
+
     def _call(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = self._compiled_call(arrays)
         if out is None:
@@ -219,7 +242,7 @@ class KerasEngine(Engine):
             try:
                 out = self.model(args, training=False)
             except Exception as error:  # keras raises ValueError, TypeError or TF errors on a bad shape
-                raise InputError(f"The model failed on inputs of shape {[a.shape for a in arrays]}: {error}") from error
+                raise InputError(self._misfit(arrays, error)) from error
         rows = arrays[0].shape[0]
         flat = [np.asarray(t) for t in keras_tree.flatten(out)]
         for index, result in enumerate(flat):

@@ -42,7 +42,7 @@ _LINEAR = (
 )  # fmt: skip
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
 _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
-_WINDOW_MAX = (L.MaxPooling1D, L.MaxPooling2D)
+_WINDOW_MAX = (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
 #: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
@@ -80,6 +80,15 @@ class Run:
         #: a Keras mask has been met: the reference side of a row is read with its input's mask, so
         #: it depends on the sample too, and recurrent layers run on every row (see fused.py)
         self.masked = False
+        #: plain tensors the pass computed from masks (by id, held): any other plain tensor a layer gets
+        #: is a constant of the model's graph (``ops.zeros((n, units))`` as a cell's initial state)
+        self.from_masks: dict[int, Any] = {}
+
+    def computed_from_masks(self, out: Any) -> Any:
+        for t in keras_tree.flatten(out):
+            if isinstance(t, tf.Tensor):
+                self.from_masks[id(t)] = t
+        return out
 
     def compare(self, mask_x: Any, mask_r: Any) -> None:
         """Record, per row, whether the input side's mask ``mask_x`` equals the reference side's ``mask_r``.
@@ -179,9 +188,7 @@ def problem(layer: Any) -> str | None:
         return activation_problem(layer.activation)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax)):
         return None
-    if isinstance(layer, _GLOBAL_MAX):
-        return None if layer.data_format == "channels_last" else "global max pooling with channels_first is not supported"
-    if isinstance(layer, _WINDOW_MAX):
+    if isinstance(layer, _GLOBAL_MAX + _WINDOW_MAX):
         return None if layer.data_format == "channels_last" else "max pooling with channels_first is not supported"
     if isinstance(layer, L.TimeDistributed):
         return problem(layer.layer)
@@ -349,15 +356,26 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     reference is read with the mask of the input it is paired with.
     """
     kwargs.pop("training", None)
+    if any(isinstance(a, dual.PickedIndices) for a in _flat([*args, *kwargs.values()])):
+        raise _unsupported(
+            layer,
+            "it uses the indices top_k picked from an input-dependent tensor, which differ between the input and its "
+            "reference; on TensorFlow rnnshap attributes top_k's values only (on the torch backend its indices too)",
+        )
     if _is_mask_op(layer):
         run.masked = True
         out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
         if any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
             run.compare(out, layer(*dual.side(args, 1), **dual.side(kwargs, 1)))
-        return out
+        return run.computed_from_masks(out)
     if kops.is_keras_op(layer):
         if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])):
-            return layer(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
+            out = layer(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
+            if any(isinstance(a, tf.Tensor) for a in _flat([*args, *kwargs.values()])):
+                return run.computed_from_masks(out)  # computed from masks: read on the explained input
+            # made from Python values alone (ops.zeros((n, units)), a cell's get_initial_state): a constant the
+            # model makes, the same on both sides
+            return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
         values = [v for v in _flat([*args, *kwargs.values()]) if isinstance(v, Dual)]
         tokens = [v for v in values if isinstance(v, TokenDual)]
         if tokens and type(layer).__name__ == "Cast" and str(layer.dtype) == "bool":
@@ -383,8 +401,10 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     if not any(isinstance(a, Dual) for a in _flat([*args, *kwargs.values()])) and not isinstance(layer, (keras.Sequential, Functional)):
         out = layer(*args, **kwargs)  # on constants only (positions from ops.arange): a constant, the same on both sides
         return keras_tree.map_structure(lambda t: Dual(_bare(t), _bare(t)) if isinstance(t, tf.Tensor) else t, out)
-    if any(isinstance(a, tf.Tensor) for a in _flat(args)):
+    if any(isinstance(a, tf.Tensor) and id(a) in run.from_masks for a in _flat(args)):
         raise _unsupported(layer, "a tensor computed from a mask reaches this layer as data")
+    # constants of the model's graph (a cell loop's zero initial states): the same on both sides
+    args = keras_tree.map_structure(lambda a: Dual(a, a) if isinstance(a, tf.Tensor) else a, args)
     if not isinstance(layer, (keras.Sequential, Functional)):
         dtype = getattr(layer, "input_dtype", None) if getattr(layer, "autocast", True) else None
         if dtype is not None:
@@ -398,32 +418,6 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     if any(isinstance(d, Dual) and d.mask is not None for d in keras_tree.flatten(out)):
         run.masked = True  # the reference side is read with the input side's mask from here on
     return out
-
-
-def _window_max(layer: Any, value: Dual) -> Dual:
-    """MaxPooling1D/2D (channels last) by shap's max-pool rule in every window (:func:`dual.max_over`
-    over the window's positions). ``"same"`` padding pads with the dtype's lowest value, which
-    never wins a window and has a zero step."""
-    one = isinstance(layer, L.MaxPooling1D)
-    pool = (1, *layer.pool_size) if one else tuple(layer.pool_size)
-    strides = (1, *layer.strides) if one else tuple(layer.strides)
-    x = value.map(lambda t: t[:, None] if one else t)  # (N, H, W, C)
-    if layer.padding == "same":
-        pads = [[0, 0]]
-        for size, window, stride in zip(x.x.shape[1:3], pool, strides, strict=True):
-            total = max((-(-int(size) // stride) - 1) * stride + window - int(size), 0)
-            pads.append([total // 2, total - total // 2])
-        pads.append([0, 0])
-        lowest = x.x.dtype.min
-        x = x.map(lambda t: tf.pad(t, pads, constant_values=lowest))
-    channels = int(x.x.shape[-1])
-
-    def patches(t: tf.Tensor) -> tf.Tensor:
-        found = tf.image.extract_patches(t, sizes=[1, *pool, 1], strides=[1, *strides, 1], rates=[1, 1, 1, 1], padding="VALID")
-        return tf.reshape(found, (-1, found.shape[1], found.shape[2], pool[0] * pool[1], channels))
-
-    pooled = dual.max_over(x.map(patches), 3, keepdims=False)
-    return pooled.map(lambda t: t[:, 0]) if one else pooled
 
 
 def _bare(t: tf.Tensor) -> tf.Tensor:
@@ -444,7 +438,7 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
     if isinstance(layer, L.Embedding):
         (tokens,) = args
         if not isinstance(tokens, TokenDual):
-            raise _integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer)
+            raise _integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer, tokens)
         ex, er = _bare(layer(tokens.x)), _bare(layer(tokens.r))
         if run.tape is not None:
             run.tape.watch(ex)
@@ -553,6 +547,44 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
     raise _unsupported(layer, why)
 
 
+def _windows(spatial: tuple[int, ...], pool: tuple[int, ...], strides: tuple[int, ...], same: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+    """For a pooling over ``spatial`` positions: the flat position of every element of every window,
+    ``(windows, window size)``, with ``prod(spatial)`` where a window reaches into the padding; and
+    the output's spatial shape. Padding as TensorFlow's "SAME" (the extra one at the end)."""
+    per_axis, out_shape = [], []
+    for n, p, s in zip(spatial, pool, strides, strict=True):
+        out = -(-n // s) if same else (n - p) // s + 1
+        before = max((out - 1) * s + p - n, 0) // 2 if same else 0
+        positions = np.arange(out)[:, None] * s - before + np.arange(p)[None, :]  # (out, p)
+        per_axis.append(positions)
+        out_shape.append(out)
+    grids = np.meshgrid(*[np.arange(o) for o in out_shape], *[np.arange(p) for p in pool], indexing="ij")
+    axes = len(spatial)
+    coordinates = [per_axis[a][grids[a], grids[axes + a]] for a in range(axes)]
+    inside = np.all([(c >= 0) & (c < n) for c, n in zip(coordinates, spatial, strict=True)], axis=0)
+    flat = np.ravel_multi_index([np.clip(c, 0, n - 1) for c, n in zip(coordinates, spatial, strict=True)], spatial)
+    flat = np.where(inside, flat, int(np.prod(spatial)))
+    return flat.reshape(int(np.prod(out_shape)), int(np.prod(pool))), tuple(out_shape)
+
+
+def _window_max(layer: Any, value: Dual) -> Dual:
+    """``MaxPooling1D/2D/3D`` (channels last): every window gathered (a linear move, padding at the
+    dtype's lowest value, never a window's maximum where the window holds a value), then each window's
+    maximum by shap's max-pool rule, as the PyTorch engine's ``max_pool`` rule routes it."""
+    spatial = tuple(int(d) for d in value.x.shape[1:-1])
+    index, out_shape = _windows(spatial, tuple(layer.pool_size), tuple(layer.strides), layer.padding == "same")
+    channels = int(value.x.shape[-1])
+    lowest = value.x.dtype.min
+
+    def windows(t: tf.Tensor) -> tf.Tensor:
+        flat = tf.reshape(t, (-1, int(np.prod(spatial)), channels))
+        padded = tf.concat([flat, tf.fill((tf.shape(flat)[0], 1, channels), tf.cast(lowest, t.dtype))], 1)
+        return tf.gather(padded, index, axis=1)  # (N, windows, window size, channels)
+
+    pooled = dual.max_over(value.map(windows), 2, keepdims=False)
+    return pooled.map(lambda t: tf.reshape(t, (-1, *out_shape, channels)))
+
+
 def _plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The layer itself on each side (for the probe that lists refusals; never attributed)."""
     x = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
@@ -602,13 +634,21 @@ def _cast(value: Any, dtype: str) -> Any:
     return value
 
 
-def _embedding_error(layer: Any) -> Exception:
+def _embedding_error(layer: Any, tokens: Dual) -> Exception:
     from ...errors import InputError
 
+    fractional = [t for t in (tokens.x, tokens.r) if bool(tf.reduce_any(tf.not_equal(t, tf.round(t))))]
+    if fractional:
+        example = float(tf.boolean_mask(fractional[0], tf.not_equal(fractional[0], tf.round(fractional[0])))[0])
+        return InputError(
+            f"Embedding {layer.name!r} receives fractional values ({example:g}): Keras casts them to integer ids, a "
+            "step function of the values, which has no multiplier. Pass the token ids as integers (an integer array), "
+            "or compute the Embedding's input inside the model from integers only."
+        )
     return InputError(
         f"Embedding {layer.name!r} reads floating point values (a floating keras.Input, or a tensor computed inside "
         "the model); rnnshap attributes token ids at an Embedding that reads an integer model input directly: declare "
-        "keras.Input(..., dtype='int32') and pass the token ids as integers."
+        "keras.Input(..., dtype='int32') where the model declares its inputs, and pass the token ids as an integer array."
     )
 
 
@@ -627,7 +667,7 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
         "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
         "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
-        "linear reshaping, pooling (average; max, windowed and global), merging and dropout layers, Multiply of two inputs, keras ops "
+        "linear reshaping, pooling (average, max, global max), merging and dropout layers, Multiply of two inputs, keras ops "
         "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
         "Functional/Sequential models of them.",
     )

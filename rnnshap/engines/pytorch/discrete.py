@@ -244,6 +244,7 @@ _MOVES[op_key(F.pad)] = _pad
 _MOVES[op_key(torch._C._nn.pad)] = _pad
 
 _GETITEM = op_key(torch.Tensor.__getitem__)
+_CONTAINS = op_key(torch.Tensor.__contains__)
 _SETITEM = op_key(torch.Tensor.__setitem__)
 _INDEX_SELECT = _keys("index_select")
 _VIEW = _keys("view")
@@ -284,6 +285,10 @@ class Integers:
         self.size = 0
         self._user_grad = True
         self._bypass = 0
+        #: casts of followed integers to float whose use as numbers is not yet known → (the integers, their
+        #: Followed, the cast's name): cast back to integers or compared (Keras' float32 Input before an
+        #: Embedding), they are the integers again; any other use makes the input a number
+        self.numbers: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def follow(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
@@ -413,6 +418,8 @@ class Integers:
             return self._cast(func, args, kwargs, leaves, tracked, name)
         if key in _COMPARISONS and not tracked:
             return self._elementwise(func, args, kwargs, leaves, name, comparison=True)
+        if key == _CONTAINS and len(args) == 2 and self._get(args[1]) is None and not tracked:
+            return True, self._membership(args[0], args[1], name)
         if key in (_EMBEDDING, _TORCH_EMBEDDING):
             return self._embedding(func, args, kwargs, leaves, tracked, name, key == _TORCH_EMBEDDING)
         if key == _EMBEDDING_BAG:
@@ -456,6 +463,29 @@ class Integers:
         self._register(value, None, None, followed, via=name)
         return True, value
 
+    def _membership(self, values: Tensor, element: Any, name: str) -> bool:
+        """``element in ids`` (transformers' padding check, ``pad_token_id in input_ids``): a comparison
+        whose answer is one Python bool for the whole batch. Followed where every row answers alike, on
+        the explained samples and on the references: each row alone then takes the batch's branch,
+        and both passes take the same one. Refused by name where the rows answer differently."""
+        followed = self._get(values)
+        assert followed is not None
+
+        def rows(t: Tensor) -> Tensor:
+            found = t == element
+            return found.reshape(found.shape[0], -1).any(1) if found.dim() else found.reshape(1)
+
+        answers = torch.cat([rows(values)] + ([rows(followed.shadow)] if followed.shadow is not None else []))
+        if bool(answers.all()) or not bool(answers.any()):
+            return bool(answers[0]) if answers.numel() else False
+        self.mode._refuse(
+            name,
+            "it asks whether a value occurs among integer inputs (`value in ids`), and the rows of the batch answer "
+            "differently, so the branch forward() takes on the whole batch is not each row's",
+            "control",
+        )
+        return bool(answers.any())
+
     def _cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else None)
         if followed is None:
@@ -466,7 +496,7 @@ class Integers:
         if _floating(value):
             if followed.mask:  # a mask made from the ids, as floats: context
                 return self._other(func, args, kwargs, leaves, tracked, name)
-            return True, self._number(value, followed, name)
+            return True, self._number(value, followed, name, args[0])
         if value.dtype == torch.bool and not followed.mask:  # ids.bool() is ids != 0: a comparison
             return self._elementwise(func, args, kwargs, leaves, name, comparison=True, value=value)
         ids = None if followed.ids is None else followed.ids.to(value.device)
@@ -593,14 +623,51 @@ class Integers:
         with self._through_mode():
             return func(*new_args, **new_kwargs)
 
-    def _number(self, value: Tensor, followed: Followed, name: str) -> Tensor:
-        """A followed integer tensor cast to floating point: attributed at the cast."""
+    def _number(self, value: Tensor, followed: Followed, name: str, source: Tensor | None = None) -> Tensor:
+        """A followed integer tensor cast to floating point: attributed at the cast. With ``source``, the
+        integers of an explicit cast, its use as a number waits for the cast's first use (``on_number``)."""
         if followed.ids is None:
             self._lose(followed, f"it is used as a number ({name})")
             self.mode.track(value)  # the pass goes on, to report every problem; the engine refuses
             return value
-        self._use([followed], NUMBER, name)
-        return self._leaf(("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0)
+        if source is None:
+            self._use([followed], NUMBER, name)
+        output = self._leaf(("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0)
+        if source is not None:
+            self.numbers[output] = (source, followed, name)
+        return output
+
+    def on_number(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> tuple[bool, Any]:
+        """An operation on a cast of followed integers to float (see ``numbers``). A cast back to integers
+        or a comparison with constants runs on the integers themselves (the float holds them exactly), as if
+        the round trip had not been made: Keras on torch casts integer data to a float32 ``keras.Input`` and
+        back to integers at the ``Embedding``. Any other use makes the input a number, attributed at the cast."""
+        key = op_key(func)
+        if key in _META or key in _CONSTANT:
+            return False, None  # its shape or dtype only: not a use
+        pending = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf in self.numbers]
+        others = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf not in self.numbers and self.mode.is_tracked(leaf)]
+        source = self.numbers[pending[0]][0]
+        back = key in _CASTS and len(pending) == 1 and args and args[0] is pending[0] and not others
+        if back:
+            back = not _floating(func(*args, **kwargs))  # integers (or bools) again
+        compared = key in _COMPARISONS and len(pending) == 1 and not others
+        if back or compared:
+            exact = bool(torch.equal(pending[0].detach(), source.to(pending[0].dtype)))
+            if exact:
+                new_args, new_kwargs = self._substitute_value(args, kwargs, pending[0], source)
+                new_leaves = tree_flatten((new_args, new_kwargs))[0]
+                return self.op(func, types, new_args, new_kwargs, new_leaves, user_grad)
+        for leaf in pending:
+            _, followed, name = self.numbers.pop(leaf)
+            self._use([followed], NUMBER, name)
+        return False, None
+
+    @staticmethod
+    def _substitute_value(args: tuple[Any, ...], kwargs: dict[str, Any], old: Tensor, new: Tensor) -> Call:
+        flat, spec = tree_flatten((args, kwargs))
+        new_args, new_kwargs = tree_unflatten([new if leaf is old else leaf for leaf in flat], spec)
+        return new_args, new_kwargs
 
     def _token(self, key: Any, name: str, value: Tensor, followed: Followed, feature_dims: int) -> Tensor:
         """The output of an embedding lookup of followed ids: attributed per token."""

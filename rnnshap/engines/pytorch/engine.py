@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import InputError, TapeMismatchError
+from ...errors import InputError, RnnShapError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
@@ -42,6 +42,8 @@ class TorchEngine(Engine):
         self.outputs = OutputLayout(output)
         self.registry: RuleRegistry = DEFAULT_REGISTRY.merged(dict(rules)) if rules else DEFAULT_REGISTRY
         self.multi_input = isinstance(data, (list, tuple))
+        #: a Python list of Python lists or numbers (``bg.tolist()``), read as one input per item
+        self._nested_list = self.multi_input and len(data) > 0 and all(isinstance(d, (list, tuple, int, float)) for d in data)
         self.device, self.model_dtype = model_device_and_dtype(model)
         self.background = as_tensors(data, "background", self.multi_input, self.device, self.model_dtype)
         check_matching(self.background, self.background)
@@ -54,6 +56,12 @@ class TorchEngine(Engine):
         # and context (see passes.discrete). Boolean inputs are masks: always context.
         integer_inputs = [i for i, b in enumerate(self.background) if not b.is_floating_point() and b.dtype != torch.bool]
         outputs, probe = self._probe(integer_inputs)
+        #: integer inputs a comparison reads into a mask (lengths: `arange(T) < lengths[:, None]`), other
+        #: than token ids: metadata, context wherever they are used (a cast to float included), so not followed
+        self.compared_inputs = sorted(i for i, u in probe.discrete.uses.items() if MASK in u and TOKEN not in u)
+        if self.compared_inputs:
+            integer_inputs = [i for i in integer_inputs if i not in self.compared_inputs]
+            outputs, probe = self._probe(integer_inputs)
         if probe.discrete.unfollowable and len(integer_inputs) > 1:
             # Positions were lost where integers of several inputs met (ids.masked_fill(mask == 0, pad)
             # with `mask` an integer input). Context inputs are not followed when attributing, so
@@ -150,7 +158,12 @@ class TorchEngine(Engine):
                 copies = [b.clone() for b in self.background]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 return run_pass(self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks)
-        except RuntimeError as error:
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:
+            if isinstance(error, RnnShapError):
+                raise
+            failure = self._plain_failure()
+            if failure is not None:  # the model fails on the background without rnnshap too
+                raise InputError(self._misfit(failure)) from error
             if not follow:
                 raise
             raise InputError(
@@ -158,6 +171,36 @@ class TorchEngine(Engine):
                 "integer inputs as token ids (when they feed an embedding), numbers (when cast to floating point) "
                 "or context such as lengths and masks (used as given)."
             ) from error
+
+    def _plain_failure(self) -> BaseException | None:
+        """The model's own error on the background, run as it is (without rnnshap), or None."""
+        try:
+            with torch.no_grad():
+                self.model(*[b.clone() for b in self.background])
+        except Exception as error:  # noqa: BLE001 - any failure of the model is reported as it is
+            return error
+        return None
+
+    def _misfit(self, error: BaseException) -> str:
+        """What to say when the background does not fit the model: what reached it, and the model's message."""
+        shapes = ", ".join(f"{tuple(b.shape)} {str(b.dtype).replace('torch.', '')}" for b in self.background)
+        count = len(self.background)
+        message = (
+            f"The background was run through the model as {count} input{'s' if count > 1 else ''} of shape{'s' if count > 1 else ''} {shapes}, "
+            f"and the model failed: {type(error).__name__}: {error}"
+        )
+        if self._nested_list:
+            message += (
+                f". The background is a Python list of Python lists, read as a list of {count} inputs (one per model "
+                "input, as for a model with several inputs). For a model with one input, pass one array: "
+                "np.asarray(background) or torch.tensor(background)"
+            )
+        elif any(b.dim() == 2 and b.is_floating_point() for b in self.background):
+            message += (
+                ". A 2-D input is (batch, features). If the model expects (batch, time, features) and the 2-D array "
+                "is one sequence, add the batch dimension: x[None] (and background[None]) for one sample"
+            )
+        return message + "."
 
     # -- inputs -----------------------------------------------------------------------------------
     def inputs(self, X: Any, what: str) -> list[Tensor]:

@@ -37,7 +37,7 @@ from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .discrete import Integers, Leaf
@@ -152,7 +152,7 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
-_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS)
+_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
 #: the comparison a Keras ``Masking`` makes (see ``AttributionMode._on_masked_input``)
 _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
 #: dtype conversions, followed from a masked input to the tensor that is compared
@@ -271,8 +271,9 @@ class AttributionMode(TorchFunctionMode):
                 "function",
             )
             return
-        site = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
-        self._refuse(f"{site} in forward()", f"{name} runs on an input-dependent tensor with gradients disabled", "no_grad")
+        if not torch.is_inference_mode_enabled():
+            return  # the model's no_grad(): followed as detach() is (see __torch_function__)
+        self._refuse("torch.inference_mode() in forward()", f"{name} runs on an input-dependent tensor in inference mode", "no_grad")
 
     def _mark_indices(self, result: Any, name: str, rule: Rule | None = None, call: OpCall | None = None) -> None:
         """Integer results of a rule (the indices of torch.max) are followed: see ``_index_use``.
@@ -424,6 +425,14 @@ class AttributionMode(TorchFunctionMode):
         if func is _SET_GRAD_ENABLED:
             return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
         user_grad = torch.is_grad_enabled()
+        if not user_grad and self.replay and self._follows_no_grad(args, kwargs):
+            # the model's own no_grad(): statistics computed without gradients are part of the
+            # function all the same, followed as detach() is (rules/base.py, Identity)
+            torch._C._set_grad_enabled(True)
+            try:
+                return self._intercept(func, types, args, kwargs, True)
+            finally:
+                torch._C._set_grad_enabled(False)
         if self.replay or not user_grad:
             return self._intercept(func, types, args, kwargs, user_grad)
         # the reference pass runs with gradients enabled as the model sees them, but records no graph
@@ -432,6 +441,19 @@ class AttributionMode(TorchFunctionMode):
             return self._intercept(func, types, args, kwargs, user_grad)
         finally:
             torch._C._set_grad_enabled(True)
+
+    def _follows_no_grad(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
+        """Whether an operation the model runs under its own ``torch.no_grad()`` involves an
+        input-dependent tensor, and runs in the input pass with gradients, as under ``detach()``:
+        not in ``torch.inference_mode()`` (its tensors cannot enter a graph) nor in a custom
+        Function's forward (refused: see ``_refuse_grad_off``)."""
+        if self._quiet or torch.is_inference_mode_enabled():
+            return False
+        leaves = flatten_call(args, kwargs or {})[0]
+        involved = bool(self._tracked_among(leaves)) or (self._following and self.discrete.involves(leaves))
+        if not involved and self._indices:
+            involved = any(isinstance(leaf, Tensor) and leaf in self._indices for leaf in leaves)
+        return involved and enclosing_function() is None
 
     def _intercept(
         self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, user_grad: bool, decided: bool = False, masks: bool = True
@@ -444,6 +466,10 @@ class AttributionMode(TorchFunctionMode):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
         if self._following and self.discrete.involves(leaves):
             handled, result = self.discrete.op(func, types, args, kwargs, leaves, user_grad)
+            if handled:
+                return result
+        if self._following and self.discrete.numbers and any(isinstance(leaf, Tensor) and leaf in self.discrete.numbers for leaf in leaves):
+            handled, result = self.discrete.on_number(func, types, args, kwargs, leaves, user_grad)
             if handled:
                 return result
         if self._indices:
@@ -637,7 +663,7 @@ class AttributionMode(TorchFunctionMode):
         name = f"{type(module).__module__}.{type(module).__qualname__}"
         if not torch.is_grad_enabled():
             self._refuse_grad_off(name)
-        no_graph = torch.no_grad() if not self.replay else contextlib.nullcontext()
+        no_graph = torch.no_grad() if not self.replay else torch.enable_grad() if self._follows_no_grad(args, kwargs) else contextlib.nullcontext()
         with torch._C.DisableTorchFunction(), no_graph:
             return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
 

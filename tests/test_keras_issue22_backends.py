@@ -1,0 +1,240 @@
+"""Keras models of issue 22 on both backends: the same values on TensorFlow (the Keras engine) and on
+torch (the PyTorch engine), float64, within 1e-6 of the largest attribution (Keras on torch runs
+matmul in float32), each side additive.
+
+- windowed max pooling (``MaxPooling1D/2D/3D``) in a CNN-LSTM, by the max-pool routing rule (item 1);
+- a tutorial text model, ``Embedding(..., input_shape=(T,))`` with no integer ``keras.Input``: Keras
+  casts the integer data to a float32 Input and back at the Embedding; token ids on both backends
+  (item 2), with the values of the model written with an int Input (TensorFlow test below);
+- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule (item 4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import rnnshap  # noqa: E402
+
+from .keras_orderings import Ordered  # noqa: E402
+from .test_keras_backends import _TORCH_SIDE  # noqa: E402
+
+L = keras.layers
+T, F = 8, 3
+D = "float64"
+
+
+def _cnn_lstm(pool: Any) -> Callable[[], Any]:
+    return lambda: keras.Sequential([
+        keras.Input((T, F), dtype=D), L.Conv1D(4, 3, padding="same", activation="relu", dtype=D), pool(),
+        L.LSTM(5, dtype=D), L.Dense(2, dtype=D),
+    ])  # fmt: skip
+
+
+def _cnn_2d(pool: Any) -> Callable[[], Any]:
+    return lambda: keras.Sequential([
+        keras.Input((T, F), dtype=D), L.Reshape((T, F, 1), dtype=D), L.Conv2D(3, 2, padding="same", activation="tanh", dtype=D),
+        pool(), L.Flatten(dtype=D), L.Dense(2, dtype=D),
+    ])  # fmt: skip
+
+
+def _cnn_3d() -> Any:
+    """float32: TensorFlow's MaxPool3D has no float64 kernel."""
+    return keras.Sequential([
+        keras.Input((T, F)), L.Dense(2, activation="tanh"), L.Reshape((2, T // 2, 2, 1)),
+        L.MaxPooling3D((1, 2, 2), padding="same"), L.Flatten(), L.Dense(2),
+    ])  # fmt: skip
+
+
+MODELS: dict[str, Callable[[], Any]] = {
+    "maxpool1d": _cnn_lstm(lambda: L.MaxPooling1D(2, dtype=D)),
+    "maxpool1d-overlapping-same": _cnn_lstm(lambda: L.MaxPooling1D(3, strides=2, padding="same", dtype=D)),
+    "maxpool1d-valid-odd": _cnn_lstm(lambda: L.MaxPooling1D(3, strides=1, dtype=D)),
+    "maxpool2d": _cnn_2d(lambda: L.MaxPooling2D((2, 2), dtype=D)),
+    "maxpool2d-same-strided": _cnn_2d(lambda: L.MaxPooling2D((3, 2), strides=(2, 1), padding="same", dtype=D)),
+    "maxpool3d": _cnn_3d,
+    "embedding-without-int-input": lambda: _tutorial(False),
+    "sort-over-time": lambda: _ordered(Ordered(axis=1, dtype=D)),
+    "sort-over-units": lambda: _ordered(Ordered(dtype=D)),
+    "top-k-values": lambda: _ordered(Ordered(k=3, dtype=D)),
+}
+
+
+def _ordered(order: Any) -> Any:
+    """An LSTM's states ordered by a keras op in a subclassed layer (item 4), then a linear head."""
+    inputs = keras.Input((T, F), dtype=D)
+    states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
+    return keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(order(states))))
+
+
+#: models in float32 (the others are float64)
+FLOAT32 = {"maxpool3d"}
+
+
+def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
+    if name.startswith("embedding"):
+        return rng.integers(0, V, (4, T)), rng.integers(0, V, (5, T))
+    return rng.normal(size=(4, T, F)), rng.normal(size=(5, T, F))
+
+
+def _explain_tensorflow(model: Any, x: Any, background: Any) -> np.ndarray:
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert type(explainer.engine).__name__ == "KerasEngine"
+    return np.asarray(explainer.shap_values(x))  # the additivity check of shap_values holds too
+
+
+def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    tensorflow_side = {}
+    for name, make in MODELS.items():
+        keras.utils.set_random_seed(0)
+        model = make()
+        x, background = _data(name, rng)
+        tensorflow_side[name] = _explain_tensorflow(model, x, background)
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "options.json").write_text("{}")
+        model.save(folder / "model.keras")
+        np.save(folder / "x.npy", np.asarray(x))
+        np.save(folder / "background.npy", np.asarray(background))
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    torch_side = "import tests.keras_orderings  # registers Ordered\n" + _TORCH_SIDE
+    done = subprocess.run([sys.executable, "-c", torch_side, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, values in tensorflow_side.items():
+        assert found[name]["engine"] == "TorchEngine", name
+        torch_values = np.load(tmp_path / name / "torch.npy")
+        assert torch_values.shape == values.shape, name
+        assert np.abs(values).max() > 0, name
+        # float32 models: a few hundred eps of the largest attribution, the rounding of two implementations
+        tolerance = 300 * np.finfo(np.float32).eps if name in FLOAT32 else 1e-6
+        np.testing.assert_allclose(torch_values, values, rtol=0, atol=tolerance * np.abs(values).max(), err_msg=name)
+
+
+# -- tutorial text models: an Embedding first, with no integer keras.Input (item 2) --------------------------
+V = 20
+
+
+def _tutorial(with_int_input: bool) -> Any:
+    """``Sequential([Embedding(V, d, input_shape=(T,)), LSTM, Dense])``: keras makes the Input float32 and casts
+    it to integers at the Embedding; or the same model with ``keras.Input((T,), dtype="int32")``."""
+    head = [keras.Input((T,), dtype="int32"), L.Embedding(V, 4, dtype=D)] if with_int_input else [L.Embedding(V, 4, input_shape=(T,), dtype=D)]
+    return keras.Sequential([*head, L.LSTM(5, dtype=D), L.Dense(2, dtype=D)])
+
+
+def test_an_embedding_without_an_integer_input_explains_token_ids_as_with_one() -> None:
+    keras.utils.set_random_seed(0)
+    tutorial, declared = _tutorial(False), _tutorial(True)
+    declared.set_weights(tutorial.get_weights())
+    rng = np.random.default_rng(1)
+    background, x = rng.integers(0, V, (5, T)), rng.integers(0, V, (3, T))
+    explainer = rnnshap.DeepExplainer(tutorial, background)
+    values = np.asarray(explainer.shap_values(x))  # additive: shap_values checks it
+    assert explainer.engine.token_inputs == [0]  # type: ignore[attr-defined]
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, np.asarray(rnnshap.DeepExplainer(declared, background).shap_values(x)), rtol=0, atol=1e-12 * np.abs(values).max())
+
+
+def test_an_embedding_given_fractional_values_is_refused_by_name() -> None:
+    keras.utils.set_random_seed(0)
+    background = np.random.default_rng(2).integers(0, V, (5, T)) + 0.5
+    with pytest.raises(rnnshap.InputError, match=r"Embedding 'embedding\w*' receives fractional values"):
+        rnnshap.DeepExplainer(_tutorial(False), background)
+
+
+# -- subclassed models that loop a cell over time from constant zero states (item 3) -------------------------
+class CellLoop(keras.Model):
+    """``call()`` loops an LSTMCell or GRUCell over the steps, from ``ops.zeros((n, units))`` or the cell's
+    ``get_initial_state(n)``."""
+
+    def __init__(self, kind: str, start: str) -> None:
+        super().__init__(dtype=D)
+        self.kind, self.start = kind, start
+        self.cell = L.LSTMCell(5, dtype=D) if kind == "lstm" else L.GRUCell(5, dtype=D)
+        self.head = L.Dense(2, dtype=D)
+
+    def call(self, x: Any) -> Any:
+        n = keras.ops.shape(x)[0]
+        if self.start == "zeros":
+            states = [keras.ops.zeros((n, 5), dtype=D) for _ in range(2 if self.kind == "lstm" else 1)]
+        else:
+            states = self.cell.get_initial_state(n)
+        for t in range(x.shape[1]):
+            h, states = self.cell(x[:, t], states)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("start", ["zeros", "get_initial_state"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_cell_loop_from_zero_states_gets_the_values_of_the_recurrent_layer(kind: str, start: str) -> None:
+    rng = np.random.default_rng(3)
+    background, x = rng.normal(size=(5, T, F)), rng.normal(size=(3, T, F))
+    keras.utils.set_random_seed(0)
+    loop = CellLoop(kind, start)
+    loop(x)
+    layer = L.LSTM(5, dtype=D) if kind == "lstm" else L.GRU(5, dtype=D)
+    written = keras.Sequential([keras.Input((T, F), dtype=D), layer, L.Dense(2, dtype=D)])
+    written.set_weights(loop.get_weights())
+    np.testing.assert_allclose(np.asarray(written(x)), np.asarray(loop(x)), rtol=0, atol=1e-12)
+    values = np.asarray(rnnshap.DeepExplainer(loop, background).shap_values(x))  # additive: shap_values checks it
+    expected = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+# -- orderings in a Lambda (item 4): the values of the subclassed layer; top_k's indices refused by name -------
+def _lambda_ordered(order: Callable[[Any], Any], width: int) -> Any:
+    inputs = keras.Input((T, F), dtype=D)
+    states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
+    ordered = L.Lambda(order, output_shape=(T, width), dtype=D)(states)
+    return keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(ordered)))
+
+
+@pytest.mark.parametrize(("order", "layer", "width"), [
+    (lambda t: keras.ops.sort(t, axis=1), lambda: Ordered(axis=1, dtype=D), 5),
+    (lambda t: keras.ops.top_k(t, 2)[0], lambda: Ordered(k=2, dtype=D), 2),
+])  # fmt: skip
+def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(order: Callable[[Any], Any], layer: Callable[[], Any], width: int) -> None:
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(5, T, F)), rng.normal(size=(3, T, F))
+    keras.utils.set_random_seed(0)
+    written = _lambda_ordered(order, width)
+    subclassed = _ordered(layer())
+    subclassed.set_weights(written.get_weights())
+    values = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))
+    expected = np.asarray(rnnshap.DeepExplainer(subclassed, background).shap_values(x))
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_a_use_of_top_k_indices_is_refused_by_name_on_tensorflow() -> None:
+    model = _lambda_ordered(lambda t: keras.ops.cast(keras.ops.top_k(t, 2)[1], D), 2)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="indices top_k picked"):
+        rnnshap.DeepExplainer(model, np.random.default_rng(6).normal(size=(4, T, F)))
+
+
+# -- a background that does not fit the model (items 8-10), on TensorFlow -------------------------------------
+def test_a_background_that_does_not_fit_says_what_reached_the_model() -> None:
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(5), L.Dense(1)])
+    rng = np.random.default_rng(7)
+    with pytest.raises(rnnshap.InputError, match=r"\(6, 8, 4\)"):
+        rnnshap.DeepExplainer(model, rng.normal(size=(6, T, F + 1)))
+    with pytest.raises(rnnshap.InputError, match="a list of 6 inputs") as info:
+        rnnshap.DeepExplainer(model, rng.normal(size=(6, T, F)).tolist())
+    assert "np.asarray(background)" in str(info.value)
+    with pytest.raises(rnnshap.InputError, match=r"x\[None\]"):
+        rnnshap.DeepExplainer(model, rng.normal(size=(T, F)))
+    rnnshap.DeepExplainer(model, rng.normal(size=(T, F))[None])  # the advice works

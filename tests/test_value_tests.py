@@ -1,0 +1,59 @@
+"""``isnan`` / ``isinf`` / ``isfinite`` of an input-dependent tensor (issue 22, item 13): comparisons, as an
+imputation model writes them. On data without missing values they change nothing: the values are those
+of the same model written without them, and a branch on them that every row takes alike is followed."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+import rnnshap
+
+from .conftest import assert_additive, relative_to_max
+
+Tensor = torch.Tensor
+F64 = torch.float64
+
+
+def _impute(x: Tensor) -> Tensor:
+    if torch.isnan(x).any():  # a branch on whether any value is missing (pypots BRITS, gluonts)
+        x = torch.nan_to_num(x)
+    x = torch.where(torch.isnan(x), torch.zeros_like(x), x)  # fill the missing values
+    x = torch.where(torch.isinf(x), 0.0, x)
+    if not torch.isfinite(x).all():
+        raise ValueError("not finite")
+    return x.masked_fill(torch.isneginf(x), 0.0)
+
+
+class Imputing(nn.Module):
+    def __init__(self, clean: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.clean = clean
+        self.lstm, self.head = nn.LSTM(3, 6, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lstm(self.clean(x))[0][:, -1])
+
+
+def test_value_tests_on_complete_data_give_the_values_of_the_model_without_them() -> None:
+    model, plain = Imputing(_impute).to(F64).eval(), Imputing(lambda x: x).to(F64).eval()
+    plain.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(2)
+    background, X = torch.randn(6, 5, 3, generator=g, dtype=F64), torch.randn(3, 5, 3, generator=g, dtype=F64)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, F64)
+    assert relative_to_max(values, rnnshap.DeepExplainer(plain, background).shap_values(X)) <= 1e-12
+
+
+def test_masked_fill_by_a_comparison_is_the_gate_where_is() -> None:
+    """``x.masked_fill(x < 0, 0)`` is relu written another way: the same values as ``relu``."""
+    model = Imputing(lambda x: x.masked_fill(x < 0, 0.0) + x.masked_fill(torch.isnan(x), 1.0)).to(F64).eval()
+    plain = Imputing(lambda x: torch.relu(x) + x).to(F64).eval()
+    plain.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(3)
+    background, X = torch.randn(6, 5, 3, generator=g, dtype=F64), torch.randn(3, 5, 3, generator=g, dtype=F64)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, F64)
+    assert relative_to_max(values, rnnshap.DeepExplainer(plain, background).shap_values(X)) <= 1e-12
