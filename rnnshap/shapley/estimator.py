@@ -148,12 +148,14 @@ def estimate(
     n, B, P = game.samples, game.references, game.players.count
     background_share = 0 if game.empty_follows_x else -(-B // min(n, GROUP))
     fixed = 1 + (B if game.empty_follows_x else background_share) + control_rows
-    if budget < max(P + 1, fixed + P - 1):
+    minimum = max(P + 1, fixed + P - 1)
+    if budget < minimum:
         raise InputError(
-            f"budget={budget} is below one permutation walk: {P} players cost {P + 1} rows per sample"
-            + (f" ({fixed - control_rows} fixed: f(x) and v(∅) per reference)" if game.empty_follows_x else "")
-            + (f", plus {control_rows} for DeepSHAP's values" if control is not None else "")
-            + ". Raise the budget or use fewer players (players='features', or a player mask that groups entries)."
+            f"budget={budget} is below one permutation walk: {P} players need {minimum} rows per sample here "
+            f"(the walk's {P - 1} coalitions, f(x)"
+            + (f", v(∅) against each of the {B} references (context follows the sample)" if game.empty_follows_x else f", the background's {B} rows shared by {min(n, GROUP)} sample(s)")
+            + (f" and {control_rows} for DeepSHAP's pass" if control is not None else "")
+            + "). Raise the budget or use fewer players (players='features', or a player mask that groups entries)."
         )
     exhaustive = enumeration_rows(P, B, game.empty_follows_x)
     if exhaustive <= budget:
