@@ -279,7 +279,6 @@ class DeepExplainer:
             attributed=attributed,
             tokens=[t in engine.token_inputs for t in range(len(background))],
             multi_input=self.multi_input,
-            dtype=engine.dtype,
             deepshap=self._pair_values,
             select=lambda chosen: select_outputs(self.output_shape, chosen),
         )

@@ -29,8 +29,6 @@ class ForwardModel:
         out = self(self.background)
         self.output_shape: tuple[int, ...] = self._shape
         self.background_outputs = out
-        floating = [b.dtype for b in self.background if np.issubdtype(b.dtype, np.floating)]
-        self.dtype = str(out.dtype if not floating else max(floating, key=lambda d: np.finfo(d).eps))
 
     def arrays(self, X: Any, what: str) -> list[np.ndarray]:
         """``X`` (one array or a list per input) as numpy arrays, checked against the background."""

@@ -33,8 +33,6 @@ class ModelView:
     #: per input: whether it holds one token id per position (N, T)
     tokens: list[bool]
     multi_input: bool
-    #: "float32", ... (sets the tolerance of the efficiency check in the tests and docs)
-    dtype: str
     #: DeepSHAP's per-pair values (DeepExplainer's door), or None
     deepshap: PairValues | None = None
     #: flat output indices of ``outputs=`` (n_outputs-sized output vector)

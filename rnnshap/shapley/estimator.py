@@ -86,8 +86,6 @@ class Game:
     players: Players
     #: (n, k): the flat output indices explained per sample
     columns: np.ndarray
-    #: f(x) (n, n_outputs) and v_r(∅) (n, B, n_outputs), once the first round has run them
-    known: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     @property
     def samples(self) -> int:
@@ -204,6 +202,7 @@ def _sample(
     scale = np.ones((n, k))
     c: np.ndarray | None = control
     base = fx_k = np.zeros((n, k))
+    known: tuple[np.ndarray, np.ndarray] | None = None  # f(x) and v_r(∅), once the first round has run them
     for round_size in progress_bar(rounds, progress and len(rounds) > 1, desc="rnnshap shapley", unit="round", total=len(rounds)):
         if active.size == 0:
             break
@@ -212,9 +211,9 @@ def _sample(
         # f(x) and v_r(∅) run in the first round's forward passes, beside the walks' rows, so that a
         # player the model ignores changes no output by a rounding of another batch size's kernels
         head = _head(game) if start == 0 else None
-        estimates, head_out = _walks(game, active, orders[active, start:stop], refs[active, start:stop], head, batch_size, single)
+        estimates, head_out = _walks(game, active, orders[active, start:stop], refs[active, start:stop], head, known, batch_size, single)
         if head_out is not None:
-            fx, empty = head_out
+            known = fx, empty = head_out
             base = empty.mean(1)[rows_n, game.columns]  # (n, k)
             fx_k = fx[rows_n, game.columns]
             scale = np.maximum(1.0, np.abs(fx_k - base))
@@ -383,12 +382,14 @@ def _walks(
     orders: np.ndarray,
     refs: np.ndarray,
     head: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    known: tuple[np.ndarray, np.ndarray] | None,
     batch_size: int,
     single: bool,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """Antithetic walk pairs (or one forward walk when ``single``): per sample and unit, the mean of
     the two walks' marginal contributions, (s, U, P, k). ``head``: the rows of f(x) and v_r(∅)
-    (:func:`_head`), run first in the same forward passes, and returned as (fx, empty)."""
+    (:func:`_head`), run first in the same forward passes, and returned as (fx, empty); without it,
+    ``known`` holds them from an earlier round."""
     s, U, P = orders.shape
     directions = [orders] if single else [orders, orders[:, :, ::-1]]
     D = len(directions)
@@ -406,9 +407,9 @@ def _walks(
         row_refs = np.concatenate([head[2], row_refs])
     outputs = _evaluate(game, row_samples, flat_masks, row_refs, batch_size)
     head_out = _split_head(game, outputs[:head_rows]) if head is not None else None
-    if head_out is not None:
-        game.known = head_out
-    fx, empty = game.known
+    ends = head_out if head_out is not None else known
+    assert ends is not None
+    fx, empty = ends
     k = game.columns.shape[1]
     columns = game.columns[samples]
     chosen = np.take_along_axis(outputs[head_rows:].reshape(s, -1, outputs.shape[1]), columns[:, None, :], axis=2)

@@ -84,7 +84,6 @@ class ShapleyExplainer:
             attributed=attributed,
             tokens=tokens,
             multi_input=forward.multi_input,
-            dtype=forward.dtype,
             select=lambda outputs: select_outputs(forward.output_shape, outputs),
         )
 
