@@ -316,3 +316,68 @@ def test_passes_that_diverge_with_the_batch_size_fall_back_to_every_pair() -> No
     squashed = Squashed().double().eval()
     squashed.load_state_dict(model.state_dict())
     np.testing.assert_allclose(values, _every_pair(squashed, background, x), rtol=0, atol=1e-13 * np.abs(values).max())
+
+
+class ScaledLoopCell(LoopCell):
+    """forward() reads a Python attribute, which the user may change between calls."""
+
+    scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.scale)
+
+
+def _reference_passes(explainer: Any, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, int]:
+    """The values of a call, and how many reference passes it ran."""
+    from rnnshap.engines.pytorch import engine
+
+    passes: list[bool] = []
+    run = engine.run_pass
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(kwargs["replay"])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_pass", counted)
+    values = np.asarray(explainer.shap_values(x))
+    monkeypatch.setattr(engine, "run_pass", run)
+    return values, passes.count(False)
+
+
+def test_a_later_call_reuses_the_reference_pass_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x, background = _loop_problem(LoopCell())
+    explainer = rnnshap.DeepExplainer(model, background)
+    first, passes = _reference_passes(explainer, x, monkeypatch)
+    assert passes == 1
+    again, passes = _reference_passes(explainer, x, monkeypatch)
+    assert passes == 0  # the first call's tape, checked by a plain forward of the references
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, _every_pair(model, background, x), rtol=0, atol=1e-13 * np.abs(first).max())
+    # blocks of two samples (8 pairs) share one reference pass; the last block, of one sample, runs
+    # the reference side of its own pairs
+    blocks, passes = _reference_passes(rnnshap.DeepExplainer(model, background, batch_size=8), x, monkeypatch)
+    assert passes == 2
+    np.testing.assert_allclose(blocks, first, rtol=0, atol=1e-13 * np.abs(first).max())
+
+
+@pytest.mark.parametrize("change", ["parameters", "attribute", "background"])
+def test_a_model_changed_between_calls_runs_the_reference_pass_again(change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept reference tape is reused only while the model still computes its outputs: trained
+    parameters, an attribute forward() reads or a background changed in place each change them."""
+    model, x, background = _loop_problem(ScaledLoopCell())
+    explainer = rnnshap.DeepExplainer(model, background)
+    _reference_passes(explainer, x, monkeypatch)
+    if change == "parameters":
+        with torch.no_grad():
+            model.h.weight.mul_(1.5)
+    elif change == "attribute":
+        model.scale = 2.5
+    else:
+        explainer.engine.background[0].mul_(0.5)
+        background = explainer.engine.background[0].clone()
+    values, passes = _reference_passes(explainer, x, monkeypatch)
+    assert passes == 1
+    np.testing.assert_allclose(values, _every_pair(model, background, x), rtol=0, atol=1e-13 * np.abs(values).max())
+    with torch.no_grad():
+        expected = (model(x) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(values.reshape(5, -1, 2).sum(1), expected, rtol=0, atol=1e-12)

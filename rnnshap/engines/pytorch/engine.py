@@ -23,7 +23,7 @@ from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras import KerasModule
 from .passes import AttributionMode, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
-from .tape import Tape, batch_axis, repeat_along
+from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
 Tensor = torch.Tensor
 
@@ -92,6 +92,8 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
+        #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
+        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor]] = {}
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
             not self.followed_inputs and not self.masked_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
@@ -140,6 +142,43 @@ class TorchEngine(Engine):
             if a.output is not None and b.output is not None and a.output.shape == a.shapes[0] and not _repeats(a.output, b.output, axes[0]):
                 return False
         return True
+
+    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor]:
+        """The reference pass on the block's distinct references: its tape (to be consumed by one
+        input pass) and outputs.
+
+        With distinct references it depends on the model and those background rows only, so it is
+        kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
+        same rows. Reused only while the model still computes the kept outputs from those rows, bit
+        for bit, in a plain forward (a fraction of a pass's cost: no operation is intercepted):
+        parameters trained or replaced, a changed attribute that forward() reads, or a background
+        changed in place, each changes them, and the pass runs again."""
+        key = (block.r0, block.r1)
+        kept = self._kept_tapes.get(key)
+        if kept is not None:
+            entries, outputs = kept
+            if self._computes(block, outputs):
+                return Tape(list(entries)), outputs
+            del self._kept_tapes[key]
+        copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
+        outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
+        size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
+        if size + sum(_tape_bytes(Tape(e)) for e, _ in self._kept_tapes.values()) <= KEPT_TAPE_BYTES:
+            self._kept_tapes[key] = (list(tape.entries), outputs)  # (the input pass replaces the entries it takes in tape's own list)
+        return tape, outputs
+
+    def _computes(self, block: Block, outputs: Tensor) -> bool:
+        """Whether a plain forward of the block's references gives ``outputs`` exactly (see
+        ``_distinct_reference_pass``); the model's state is left as it was."""
+        state = PreservedState(self.model)
+        try:
+            with torch.no_grad():
+                now = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
+        except Exception:  # noqa: BLE001 (the pass runs again and reports what fails)
+            return False
+        finally:
+            state.restore()
+        return isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype and bool(torch.equal(now, outputs))
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -247,21 +286,23 @@ class TorchEngine(Engine):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         with torch.no_grad():
-            # forward() may work in place on its inputs: copies. With distinct references the reference
-            # pass runs on the block's references once, and the tape repeats them for the pairs.
-            copies = [b[block.r0 : block.r1].clone() for b in self.background] if distinct else [r.clone() for r in references]
-            ref_outputs, _ = run_pass(
-                self.model,
-                copies,
-                self.registry,
-                tape := Tape(),
-                replay=False,
-                follow=followed,
-                pairs=None if distinct else grid,
-                shadows=shadows,
-                take=self._take,
-                sample_masks=masks,
-            )
+            if distinct:
+                # the reference pass runs on the block's references once, and the tape repeats them
+                # for the pairs; it depends on nothing else, so a later block or call reuses it
+                tape, ref_outputs = self._distinct_reference_pass(block)
+            else:  # forward() may work in place on its inputs: copies
+                ref_outputs, _ = run_pass(
+                    self.model,
+                    [r.clone() for r in references],
+                    self.registry,
+                    tape := Tape(),
+                    replay=False,
+                    follow=followed,
+                    pairs=grid,
+                    shadows=shadows,
+                    take=self._take,
+                    sample_masks=masks,
+                )
         if distinct:
             tape.repeats = s
             ref_outputs = repeat_along(ref_outputs, 0, s)
@@ -311,6 +352,19 @@ class TorchEngine(Engine):
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+
+#: the most bytes of reference tapes an engine keeps for later blocks and calls
+KEPT_TAPE_BYTES = 64 * 2**20
+
+
+def _tape_bytes(tape: Tape) -> int:
+    """The bytes of the tensors ``tape``'s entries hold."""
+    size = 0
+    for entry in tape.entries:
+        for t in [*(entry.references or ()), *(() if entry.output is None else (entry.output,))]:
+            size += t.numel() * t.element_size()
+    return size
 
 
 def _check_integer_uses(index: int, uses: dict[str, str], lost: str | None) -> None:
