@@ -5,7 +5,9 @@ custom ``call``) on :class:`~rnnshap.engines.keras.dual.Dual` tensors, each by i
   ``multiply``/``matmul``/``einsum``/``divide`` with one input-dependent operand, ...) run on both sides;
 - products of two input-dependent tensors (``multiply``, ``matmul``, ``einsum``, ``tensordot``, ...)
   take the exact two-player Shapley rule, ``divide`` by an input-dependent tensor the Shapley rule on
-  ``a ⊙ (1/b)``;
+  ``a ⊙ (1/b)``; a product with an inverse root (``rsqrt``, ``power(·, -0.5)``) or a division by a
+  root (``sqrt``), a normalization written with keras ops, the normalizations' scale-weighted rule
+  (``dual.scaled``), as on the torch backend;
 - elementwise nonlinear ops take Rescale (with one input-dependent operand) or the exact two-player
   Shapley rule (``maximum``, ``power``, ... of two);
 - ``softmax``, ``log_softmax``, ``logsumexp``, ``max``/``min`` reductions and ``layer_normalization``
