@@ -432,6 +432,12 @@ def build(dtype="float64"):
     h = L.Attention(score_mode="concat", use_scale=True, dtype=dtype)([h, L.Dense(4, dtype=dtype)(h)])
     h = L.AdditiveAttention(dtype=dtype)([h, h], use_causal_mask=True)
     h = L.GroupNormalization(groups=2, dtype=dtype)(h)
+    # normalizations written with keras ops: the scale-weighted rule of the layers on both backends
+    h = L.Lambda(
+        lambda t: t * ops.power(ops.mean(ops.square(t), axis=-1, keepdims=True) + 1e-3, -0.5)
+        + t / ops.sqrt(ops.mean(ops.square(t - ops.mean(t, axis=-1, keepdims=True)), axis=-1, keepdims=True) + 1e-3),
+        dtype=dtype,
+    )(h)
     h = L.Lambda(lambda t: ops.tanh(t) * ops.mean(t, axis=1, keepdims=True), dtype=dtype)(h)
     h = Gate(dtype=dtype)(h)
     return keras.Model(inputs, L.Dense(2, dtype=dtype)(L.GRU(3, dtype=dtype)(h)))

@@ -11,7 +11,7 @@ import torch
 
 from .attention import attention_op_rules
 from .base import Rule
-from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance
+from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance, VectorNorm
 from .gates import gate_rules
 from .structured import GroupNorm, LogSumExp, RMSNorm
 
@@ -35,6 +35,8 @@ def extra_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     put(("rms_norm",), RMSNorm())
     put(("group_norm",), GroupNorm())
     put(("normalize",), Normalize())
+    for norm in (torch.norm, torch.Tensor.norm, torch.linalg.vector_norm):  # (not torch.linalg.norm: matrix norms too)
+        table[norm] = VectorNorm()
     put(("logcumsumexp",), LogCumSumExp())
     table.update(attention_op_rules(forms))  # scaled_dot_product_attention, multi_head_attention_forward
     table.update(gate_rules(forms))  # comparisons as gates of where(x >= 0, f(x), g(x))

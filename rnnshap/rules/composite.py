@@ -121,6 +121,59 @@ class Quotient(Shapley):
         return with_multipliers(output, [b], [m_b.expand(output.shape)])
 
 
+def scaled_quotient_multipliers(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The multipliers of ``a / b`` for a root ``b`` (a norm, a standard deviation) by the
+    scale-weighted rule of :func:`~rnnshap.rules.structured.scaled` on ``a ⊙ (1/b)``:
+    :math:`m_a = 2/(b + b_r)`, :math:`m_b = -(a b_r + a_r b) / (b b_r (b + b_r))`, so that
+    ``c / sqrt(v + eps)`` gets the values of ``c * rsqrt(v + eps)`` and of the built-in norms. Bounded
+    where one side's row is all zeros and its ``b`` is :math:`\sqrt{\epsilon}`. Where ``b`` and
+    ``b_r`` are not of one sign, the Shapley multipliers (:func:`quotient_multipliers`)."""
+    total = b + b_ref
+    m_a = 2 / total
+    m_b = -(a * b_ref + a_ref * b) / (b * b_ref * total)
+    same = b * b_ref > 0
+    if not bool(same.all()):
+        shapley_a, shapley_b = quotient_multipliers(a, b, a_ref, b_ref)
+        m_a, m_b = torch.where(same, m_a, shapley_a), torch.where(same, m_b, shapley_b)
+    return m_a, m_b
+
+
+class ScaledQuotient(Quotient):
+    """``a / b``, both input-dependent, ``b`` a root (``sqrt``, ``std``, a norm): a normalization
+    written by hand. The scale-weighted rule of the built-in norms (:func:`scaled_quotient_multipliers`);
+    the engine chooses it (rnnshap/engines/pytorch/scales.py)."""
+
+    def attribute(self, call: OpCall) -> Any:
+        operands = _quotient_operands(call)
+        if operands is None or len(call.tracked) != 2:
+            return super().attribute(call)
+        a, b = operands
+        a_ref, b_ref = call.reference_of(a), call.reference_of(b)
+        output = call.evaluate([t.detach() for t in call.inputs])
+        m_a, m_b = scaled_quotient_multipliers(a.detach(), b.detach(), a_ref, b_ref)
+        return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
+
+
+class ScaledProduct(Rule):
+    """``c * s``, both input-dependent, ``s`` an inverse root (``rsqrt``, ``1 / sqrt``, ``pow(-0.5)``):
+    a normalization written by hand, by the scale-weighted rule of the built-in norms
+    (:func:`~rnnshap.rules.structured.scaled`). ``scale`` is the position of ``s`` among the two
+    input-dependent operands; the engine chooses it (rnnshap/engines/pytorch/scales.py)."""
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+
+    def attribute(self, call: OpCall) -> Any:
+        if len(call.tracked) != 2:
+            raise ValueError(f"{call.name}: the scale-weighted product takes two input-dependent operands")
+        k = self.scale
+        output, _ = scaled(call.inputs[1 - k], call.inputs[k], call.references[1 - k], call.references[k])
+        return output
+
+    def __repr__(self) -> str:
+        return f"ScaledProduct(scale={self.scale})"
+
+
 # -- glu -----------------------------------------------------------------------------------------------
 def _glu_signature(input: Tensor, dim: int = -1) -> None: ...
 
@@ -259,6 +312,54 @@ class Normalize(_FirstOperand):
         return output
 
 
+# -- vector norms ----------------------------------------------------------------------------------------
+def _norm_arguments(call: OpCall) -> tuple[Any, Any, bool, Any]:
+    """(p, dim, keepdim, dtype) of ``torch.norm``, ``Tensor.norm`` or ``torch.linalg.vector_norm``."""
+    args, kwargs = call.args, call.kwargs
+    vector = getattr(call.fn, "__name__", "") == "linalg_vector_norm"
+    p = args[1] if len(args) > 1 else kwargs.get("ord" if vector else "p", 2 if vector else "fro")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    keepdim = bool(args[3] if len(args) > 3 else kwargs.get("keepdim", False))
+    return p, dim, keepdim, kwargs.get("dtype")
+
+
+class VectorNorm(_FirstOperand):
+    r"""``torch.norm``, ``Tensor.norm`` and ``torch.linalg.vector_norm`` over given dimensions, p = 2
+    (or ``"fro"``) and p = 1, decomposed as ``F.normalize`` decomposes its norm: p = 2 the squares by
+    Shapley (multiplier :math:`x + x_r`), the sum linear, the root by Rescale (closed-form secant);
+    p = 1 Rescale on :math:`|x|`, the sum linear. So ``x / x.norm(dim=1, keepdim=True).clamp_min(eps)``
+    gets the values of ``F.normalize(x, dim=1)``. Other p, no dimension (a norm over the batch) and
+    a ``dtype`` are refused."""
+
+    def refusal(self, call: OpCall) -> str | None:
+        why = _not_first(call)
+        if why is not None:
+            return why
+        p, dim, _, dtype = _norm_arguments(call)
+        if p not in (1, 2, 1.0, 2.0, "fro"):
+            return f"rnnshap attributes vector norms for p = 1 and p = 2 only, not p = {p!r}"
+        if dim is None:
+            return "a norm over every dimension mixes the samples of the batch: give dim"
+        if dtype is not None:
+            return "rnnshap attributes a norm in its input's dtype: cast the input instead of passing dtype"
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        why = self.refusal(call)
+        if why is not None:
+            raise ValueError(f"{call.name}: {why}")
+        x, r = _first_operand(call)
+        p, dim, keepdim, _ = _norm_arguments(call)
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        if p in (1, 1.0):
+            size, size_ref = rescale(torch.abs, x, r, smooth=False)
+            norm = size.sum(dims, keepdim=keepdim)
+        else:
+            square, square_ref = product(x, x, r, r)
+            norm, _ = secant(torch.sqrt, square.sum(dims, keepdim=keepdim), square_ref.sum(dims, keepdim=keepdim))
+        return norm
+
+
 # -- logcumsumexp ----------------------------------------------------------------------------------------
 class _CumulativeLogSumExp(torch.autograd.Function):
     r"""Backward of :math:`L_t = \log \sum_{s \le t} e^{x_s}` (last axis) with the multipliers
@@ -331,8 +432,12 @@ __all__ = [
     "LogCumSumExp",
     "Normalize",
     "Quotient",
+    "ScaledProduct",
+    "ScaledQuotient",
     "Variance",
+    "VectorNorm",
     "midpoint_quadratic",
     "quotient",
     "quotient_multipliers",
+    "scaled_quotient_multipliers",
 ]

@@ -466,16 +466,22 @@ def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, 
 
     The price: the values are not the Shapley rule's. Its :math:`m_c` is the arithmetic mean
     :math:`(s + s_r)/2`, larger by :math:`(s - s_r)^2 / (2 (s + s_r))` (11 % of it where one
-    side's deviation is twice the other's, 0.2 % where they differ by 10 %), so a normalization
-    written with elementwise ops (plain products, the Shapley rule) gets different values from the
-    built-in one wherever the two sides' scales differ.
+    side's deviation is twice the other's, 0.2 % where they differ by 10 %). A normalization written
+    with elementwise ops takes this rule too (the engine recognises the product with an inverse
+    root and the division by a root: rnnshap/engines/pytorch/scales.py), so it gets the values of the
+    built-in one. Where ``s`` and ``s_r`` are not of one sign (a root times a weight of 0) the
+    element takes the Shapley rule, the limit of this one there.
     """
     cd, sd = c.detach(), s.detach()
     output, ref_output = cd * sd, c_ref * s_ref
     total = sd + s_ref
-    m_c = (2 * sd * s_ref / total).expand(output.shape)
-    m_s = ((sd * cd + s_ref * c_ref) / total).expand(output.shape)
-    return with_multipliers(output, [c, s], [m_c, m_s]), ref_output
+    m_c = 2 * sd * s_ref / total
+    m_s = (sd * cd + s_ref * c_ref) / total
+    same = sd * s_ref > 0
+    if not bool(same.all()):  # (a scale times a weight of 0, or of another sign on the two sides: the Shapley rule)
+        m_c = torch.where(same, m_c, (sd + s_ref) / 2)
+        m_s = torch.where(same, m_s, (cd + c_ref) / 2)
+    return with_multipliers(output, [c, s], [m_c.expand(output.shape), m_s.expand(output.shape)]), ref_output
 
 
 def standardize(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, centre: bool = True) -> tuple[Tensor, Tensor]:

@@ -210,9 +210,7 @@ def layer_normalization(layer: Any, value: Dual) -> Dual:
     (Keras's: the input, not centred, over its standard deviation)."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     rms = bool(getattr(layer, "rms_scaling", False))
-    out = dual.standardize(
-        u, axes, epsilon, centre=True, centre_output=not rms, weighted=dual.fused_norm(axes, u.x.shape.rank, rms)
-    )
+    out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
     gamma = None if layer.gamma is None else tf.reshape(_weight(layer.gamma, compute), shape)
     beta = None if (layer.beta is None or rms) else tf.reshape(_weight(layer.beta, compute), shape)
     if gamma is not None:
@@ -233,7 +231,7 @@ def group_normalization(layer: Any, value: Dual) -> Dual:
         grouped = grouped.map(lambda t: tf.cast(t, compute))
     axes = list(range(1, grouped.x.shape.rank))
     axes.pop(-2 if layer.axis == -1 else layer.axis - 1)
-    out = dual.standardize(grouped, axes, layer.epsilon, weighted=False)  # Keras writes it with its ops
+    out = dual.standardize(grouped, axes, layer.epsilon)
     broadcast = layer._create_broadcast_shape(value.x.shape)
     if layer.scale:
         gamma = tf.reshape(_weight(layer.gamma, compute), broadcast)
@@ -251,7 +249,7 @@ def rms_normalization(layer: Any, value: Dual) -> Dual:
     """``RMSNormalization``: the input over its root mean square (Shapley on x ⊙ x, Rescale on the
     inverse root), times the scale."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
-    out = dual.standardize(u, axes, epsilon, centre=False, weighted=dual.fused_norm(axes, u.x.shape.rank))
+    out = dual.standardize(u, axes, epsilon, centre=False)
     if getattr(layer, "scale", None) is not None:
         scale = tf.reshape(_weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)

@@ -26,10 +26,13 @@ class Dual:
     """One tensor on the input side and on the reference side (a plain class: keras's tree must not
     flatten it), with the Keras mask of the explained input where one is set (both sides use it)."""
 
-    __slots__ = ("x", "r", "mask")
+    __slots__ = ("x", "r", "mask", "mark")
 
     def __init__(self, x: tf.Tensor, r: tf.Tensor, mask: tf.Tensor | None = None) -> None:
         self.x, self.r, self.mask = x, r, mask
+        #: a root (1: sqrt) or an inverse root (-1: rsqrt) of keras ops, whose products take the
+        #: scale-weighted rule of the normalizations (see ``kops.call_op``); None for anything else
+        self.mark: int | None = None
 
     def map(self, fn: Fn) -> Dual:
         """A linear operation applied to both sides."""
@@ -125,20 +128,22 @@ def product(a: Dual, b: Dual) -> Dual:
 
 
 def scaled(c: Dual, s: Dual) -> Dual:
-    """c ⊙ s for a positive scale s (an inverse deviation), as the PyTorch side's
+    """c ⊙ s for a scale s (an inverse deviation), as the PyTorch side's
     :func:`rnnshap.rules.structured.scaled`: the two orders weighted by the scales,
-    m_c = 2 s s_r / (s + s_r), m_s = (s c + s_r c_r) / (s + s_r); bounded on all-zero rows."""
+    m_c = 2 s s_r / (s + s_r), m_s = (s c + s_r c_r) / (s + s_r); bounded on all-zero rows. Where s
+    and s_r are not of one sign (a weight of 0), the Shapley rule, the limit of this one there.
+
+    Every normalization takes it, however it is written: the layers, ``ops.layer_normalization`` /
+    ``ops.rms_normalization``, and the same written with keras ops (a product with an inverse root,
+    a division by a root: see ``kops.call_op``), as on the PyTorch side (torch's ``F.layer_norm`` and
+    the product of an inverse root, rnnshap/engines/pytorch/scales.py), so both backends agree."""
     cx, sx = tf.stop_gradient(c.x), tf.stop_gradient(s.x)
     total = sx + s.r
-    return Dual(attach(cx * sx, [(c.x, 2 * sx * s.r / total), (s.x, (sx * cx + s.r * c.r) / total)]), c.r * s.r)
-
-
-def fused_norm(axes: Sequence[int], rank: int, rms_scaling: bool = False) -> bool:
-    """Whether Keras on the torch backend computes this layer or rms normalization with torch's own
-    ``F.layer_norm`` / ``F.rms_norm`` (trailing axes, no ``rms_scaling``), whose rule weights the
-    product by the scales; elsewhere it writes the normalization with elementwise ops, whose
-    products take the Shapley rule. The TensorFlow side follows, so both backends agree."""
-    return not rms_scaling and sorted(a % rank for a in axes) == list(range(rank - len(axes), rank))
+    same = sx * s.r > 0
+    safe = tf.where(same, total, tf.ones_like(total))
+    m_c = tf.where(same, 2 * sx * s.r / safe, (sx + s.r) / 2)
+    m_s = tf.where(same, (sx * cx + s.r * c.r) / safe, (cx + c.r) / 2)
+    return Dual(attach(cx * sx, [(c.x, m_c), (s.x, m_s)]), c.r * s.r)
 
 
 def softmax(u: Dual, axis: Any = -1) -> Dual:
@@ -278,21 +283,18 @@ def shapley2(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], a: Dual, b: Dual, 
     return Dual(attach(y, [(a.x, m_a), (b.x, m_b)]), y_r)
 
 
-def standardize(
-    u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None, weighted: bool = True
-) -> Dual:
+def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None) -> Dual:
     r"""``c / sqrt(mean(c ⊙ c) + ε)`` over ``axes``, ``c`` the centred input, as the PyTorch side's
     :func:`rnnshap.rules.structured.standardize`: centring and the mean linear, c ⊙ c by the Shapley
     rule, :math:`(v + \epsilon)^{-1/2}` by Rescale with its closed-form secant, the product by the
-    scale-weighted rule of :func:`scaled` (``weighted=False``: the Shapley rule, as the PyTorch
-    engine gives the same normalization written with elementwise ops). ``centre=False``: the variance of the input itself (RMS); ``centre_output=False``:
-    the input, not ``c``, times the inverse deviation (Keras's ``rms_scaling``)."""
+    scale-weighted rule of :func:`scaled`. ``centre=False``: the variance of the input itself (RMS);
+    ``centre_output=False``: the input, not ``c``, times the inverse deviation (Keras's ``rms_scaling``)."""
     axes = list(axes)
     c = u.map(lambda t: t - tf.reduce_mean(t, axes, keepdims=True)) if centre else u
     square = product(c, c)
     variance = square.map(lambda t: tf.reduce_mean(t, axes, keepdims=True) + tf.constant(epsilon, t.dtype))
     inverse = secant(tf.math.rsqrt, variance, rsqrt_slope)
-    return (scaled if weighted else product)(c if (centre_output is None or centre_output) else u, inverse)
+    return scaled(c if (centre_output is None or centre_output) else u, inverse)
 
 
 def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:

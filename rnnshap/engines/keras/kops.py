@@ -5,7 +5,9 @@ custom ``call``) on :class:`~rnnshap.engines.keras.dual.Dual` tensors, each by i
   ``multiply``/``matmul``/``einsum``/``divide`` with one input-dependent operand, ...) run on both sides;
 - products of two input-dependent tensors (``multiply``, ``matmul``, ``einsum``, ``tensordot``, ...)
   take the exact two-player Shapley rule, ``divide`` by an input-dependent tensor the Shapley rule on
-  ``a ⊙ (1/b)``;
+  ``a ⊙ (1/b)``; a product with an inverse root (``rsqrt``, ``power(·, -0.5)``) or a division by a
+  root (``sqrt``), a normalization written with keras ops, the normalizations' scale-weighted rule
+  (``dual.scaled``), as on the torch backend;
 - elementwise nonlinear ops take Rescale (with one input-dependent operand) or the exact two-player
   Shapley rule (``maximum``, ``power``, ... of two);
 - ``softmax``, ``log_softmax``, ``logsumexp``, ``max``/``min`` reductions and ``layer_normalization``
@@ -17,6 +19,7 @@ Any other op that an input-dependent tensor reaches is refused by name.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import keras
@@ -132,10 +135,71 @@ def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any
     return fn
 
 
+#: a normalization written with keras ops (as the PyTorch side's rnnshap/engines/pytorch/scales.py):
+#: roots and inverse roots, and the ops that keep one (constants added, multiplied, clamped; moves)
+SCALE, INVERSE = 1, -1
+_ROOTS = {"Sqrt": SCALE, "Rsqrt": INVERSE}
+_KEEPS = {
+    "Add", "Subtract", "Multiply", "Negative", "Clip", "Maximum", "Fmax", "Reshape", "ExpandDims", "Squeeze",
+    "Transpose", "BroadcastTo", "Cast", "Tile", "Repeat", "GetItem", "Slice", "Moveaxis", "Swapaxes", "Copy",
+    "Identity", "ConvertToTensor", "StopGradient",
+}  # fmt: skip
+
+
+def _mark(n: str, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, value: Dual) -> int | None:
+    """The mark of the result of op ``n`` whose only input-dependent argument is ``value`` at ``position``."""
+    if n in _ROOTS:
+        return _ROOTS[n]
+    prior = value.mark
+    if n == "Power":
+        exponent = args[1] if len(args) > 1 else kwargs.get("x2")
+        if position not in (0, "x1") or not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
+            return None
+        if prior is None:
+            return SCALE if exponent == 0.5 else INVERSE if exponent == -0.5 else None
+        return prior if exponent == 1 else -prior if exponent == -1 else None
+    if prior is None:
+        return None
+    if n == "Reciprocal":
+        return -prior
+    if n in DIVISION:
+        return prior if position in (0, "x1") else -prior
+    return prior if n in _KEEPS else None
+
+
+def _normalizing(n: str, found: list[tuple[Any, Dual]]) -> Dual | None:
+    """A product of an inverse root with an input-dependent value, or a division of one by a root:
+    the scale-weighted rule of the normalizations (:func:`dual.scaled`), as on the torch backend."""
+    if len(found) != 2 or any(d is None for _, d in found):
+        return None
+    (pa, a), (pb, b) = found
+    if n == "Multiply" and [a.mark, b.mark].count(INVERSE) == 1 and [a.mark, b.mark].count(None) == 1:
+        return dual.scaled(a, b) if b.mark == INVERSE else dual.scaled(b, a)
+    if n in DIVISION and pa in (0, "x1") and b.mark == SCALE and a.mark is None:
+        return dual.scaled(a, dual.reciprocal(b))
+    return None
+
+
 def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Any:
     """The keras op ``op(*args, **kwargs)`` with Duals among its arguments, by its rule."""
     n = name(op)
     found = _positions(args, kwargs, op)
+    normalized = _normalizing(n, found)
+    if normalized is not None:
+        return normalized
+    result = _by_rule(op, n, found, args, kwargs, unsupported)
+    if len(found) == 1 and found[0][1] is not None and isinstance(result, Dual):
+        mark = _mark(n, args, kwargs, *found[0])
+        if mark is not None:
+            if result is found[0][1]:
+                result = Dual(result.x, result.r, result.mask)
+            result.mark = mark
+    return result
+
+
+def _by_rule(
+    op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]
+) -> Any:
     where = [p for p, _ in found]
     if n == "Cast" and not str(op.dtype).startswith(("float", "bfloat")):
         raise unsupported(op, f"casts an input-dependent tensor to {op.dtype} (a step function); rnnshap has no rule for it")
@@ -253,17 +317,10 @@ def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dic
     axes = _axes(op.axis, rank)
     epsilon = op.epsilon if op.epsilon is not None else keras.config.epsilon()
     if n == "LayerNorm":
-        out = dual.standardize(
-            value,
-            axes,
-            epsilon,
-            centre=True,
-            centre_output=not op.rms_scaling,
-            weighted=dual.fused_norm(axes, rank, op.rms_scaling),
-        )
+        out = dual.standardize(value, axes, epsilon, centre=True, centre_output=not op.rms_scaling)
         gamma, beta = bound.get("gamma"), bound.get("beta")
     else:
-        out = dual.standardize(value, axes, epsilon, centre=False, weighted=dual.fused_norm(axes, rank))
+        out = dual.standardize(value, axes, epsilon, centre=False)
         gamma, beta = bound.get("scale"), None
     shape = [1] * rank
     for a in axes:

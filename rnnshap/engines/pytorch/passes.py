@@ -35,6 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.composite import Quotient
 from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES
@@ -44,6 +45,7 @@ from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
 from .picked import Picked, PickedUses
 from .safety import PreservedState
+from .scales import mark_of, mark_result, normalizing_rule
 from .tape import Tape, TapeEntry
 
 Tensor = torch.Tensor
@@ -193,6 +195,9 @@ class AttributionMode(TorchFunctionMode):
         self.embedded: list[Leaf] = self.discrete.leaves
         #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
         self.dtypes: set[torch.dtype] = set()
+        #: roots and inverse roots among the tracked tensors (see scales.py): a normalization written by
+        #: hand takes the built-in norms' rule
+        self.scales = TensorMap()
         #: whether any integer input is followed (until one is, no operation involves one)
         self._following = False
 
@@ -488,6 +493,8 @@ class AttributionMode(TorchFunctionMode):
             result = self._linear(func, args, kwargs, in_place_target(func, args, kwargs), rule, name)
             if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
                 self._refuse_grad_off(name)
+            if len(tracked) == 1:
+                self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
             return result
         call = OpCall.flat(func, name, leaves, spec, tracked, self.pairs, layout)
         base, base_args, base_kwargs, target = func, args, kwargs, None
@@ -503,7 +510,19 @@ class AttributionMode(TorchFunctionMode):
             result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, self.registry.op_rule(base), name)
         if not user_grad and any(self.is_tracked(leaf) for leaf in _tensors_of(result)):
             self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
+        if len(tracked) == 1:
+            self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
+        elif self.scales and target is not None and target in self.scales:
+            del self.scales[target]  # (written into in place with an unmarked value)
         return result
+
+    def _mark_scale(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], operand: Tensor, result: Any) -> None:
+        """Mark ``result`` as a root or an inverse root where ``func`` makes or keeps one (see scales.py)."""
+        mark = mark_of(func, args, kwargs, operand, self.scales)
+        if mark is not None:
+            mark_result(result, mark, getattr(func, "__name__", ""), self.scales)
+        elif self.scales and isinstance(result, Tensor) and result in self.scales:
+            del self.scales[result]  # (a marked tensor written into in place with an unmarked value)
 
     def _on_masked_input(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], user_grad: bool, decided: bool) -> Any:
         """An operation on an input the model masks by comparing it with a value (a Keras ``Masking``):
@@ -567,6 +586,8 @@ class AttributionMode(TorchFunctionMode):
 
         if linear if linear is not None else rule.is_linear(call):
             return self._linear(func, args, kwargs, target, rule, name)
+        if self.scales and (type(rule) is Product or type(rule) is Quotient):
+            rule = normalizing_rule(rule, call, self.scales)  # a normalization written by hand (scales.py)
 
         why = misfit(rule, call)
         if why is not None:  # the rule would fail in the input pass: refuse it now, by name
