@@ -21,7 +21,8 @@ from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras import KerasModule
-from .passes import AttributionMode, run_pass
+from .passes import AttributionMode, attribute_from_tape, run_pass
+from .plan import Fingerprint, Plan, PlanMismatch, Recorder
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
@@ -92,8 +93,11 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
-        #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
-        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor]] = {}
+        #: the tapes, outputs and fingerprints of reference passes on distinct references, by (r0, r1)
+        #: (see _distinct_reference_pass)
+        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, tuple[Any, ...]]] = {}
+        #: input passes recorded as plans (see plan.py), by block shape
+        self._plans: dict[Any, Plan] = {}
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
             not self.followed_inputs and not self.masked_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
@@ -143,42 +147,58 @@ class TorchEngine(Engine):
                 return False
         return True
 
-    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor]:
+    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor, tuple[Any, ...]]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
-        input pass) and outputs.
+        input pass), its outputs, and the fingerprint of a plain forward of those rows (see
+        plan.py).
 
         With distinct references it depends on the model and those background rows only, so it is
         kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
-        same rows. Reused only while the model still computes the kept outputs from those rows, bit
-        for bit, in a plain forward (a fraction of a pass's cost: no operation is intercepted):
-        parameters trained or replaced, a changed attribute that forward() reads, or a background
-        changed in place, each changes them, and the pass runs again."""
+        same rows. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
+        operation is intercepted) still gives the kept outputs bit for bit, making the same calls
+        with the same arguments other than tensors: parameters trained or replaced, a changed
+        attribute that forward() reads, or a background changed in place each change them, and the
+        pass runs again."""
         key = (block.r0, block.r1)
+        now = self._plain_forward(block)
         kept = self._kept_tapes.get(key)
         if kept is not None:
-            entries, outputs = kept
-            if self._computes(block, outputs):
-                return Tape(list(entries)), outputs
+            entries, outputs, fingerprint = kept
+            if now is not None and now[1] == fingerprint and _same(now[0], outputs):
+                return Tape(list(entries)), outputs, fingerprint
             del self._kept_tapes[key]
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
         outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
+        fingerprint = now[1] if now is not None and _same(now[0], outputs) else ()
         size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        if size + sum(_tape_bytes(Tape(e)) for e, _ in self._kept_tapes.values()) <= KEPT_TAPE_BYTES:
-            self._kept_tapes[key] = (list(tape.entries), outputs)  # (the input pass replaces the entries it takes in tape's own list)
-        return tape, outputs
+        if fingerprint and size + sum(_tape_bytes(Tape(e)) for e, _, _ in self._kept_tapes.values()) <= KEPT_TAPE_BYTES:
+            self._kept_tapes[key] = (list(tape.entries), outputs, fingerprint)  # (the input pass replaces the entries it takes in tape's own list)
+        return tape, outputs, fingerprint
 
-    def _computes(self, block: Block, outputs: Tensor) -> bool:
-        """Whether a plain forward of the block's references gives ``outputs`` exactly (see
-        ``_distinct_reference_pass``); the model's state is left as it was."""
+    def _run_plan(self, plan: Plan, inputs: list[Tensor], tape: Tape, grid: PairGrid) -> Tensor:
+        """The input pass by ``plan`` (see plan.py); raises PlanMismatch where it does not hold."""
         state = PreservedState(self.model)
         try:
-            with torch.no_grad():
-                now = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
-        except Exception:  # noqa: BLE001 (the pass runs again and reports what fails)
-            return False
+            output = plan.run(inputs, lambda call, rule, key, name: attribute_from_tape(tape, call, rule, key, name)[0], grid)
+        except TapeMismatchError as error:
+            raise PlanMismatch(str(error)) from error
         finally:
             state.restore()
-        return isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype and bool(torch.equal(now, outputs))
+        tape.check_consumed()
+        return output
+
+    def _plain_forward(self, block: Block) -> tuple[Any, tuple[Any, ...]] | None:
+        """A plain forward of the block's references: its output and fingerprint (None where it
+        fails); the model's state is left as it was."""
+        state = PreservedState(self.model)
+        try:
+            with torch.no_grad(), Fingerprint() as fingerprint:
+                output = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
+        except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
+            return None
+        finally:
+            state.restore()
+        return output, tuple(fingerprint.calls)
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -289,7 +309,7 @@ class TorchEngine(Engine):
             if distinct:
                 # the reference pass runs on the block's references once, and the tape repeats them
                 # for the pairs; it depends on nothing else, so a later block or call reuses it
-                tape, ref_outputs = self._distinct_reference_pass(block)
+                tape, ref_outputs, fingerprint = self._distinct_reference_pass(block)
             else:  # forward() may work in place on its inputs: copies
                 ref_outputs, _ = run_pass(
                     self.model,
@@ -306,11 +326,27 @@ class TorchEngine(Engine):
         if distinct:
             tape.repeats = s
             ref_outputs = repeat_along(ref_outputs, 0, s)
+        plan_key = (s, n_refs, tuple((x.shape, x.dtype) for x in leaves)) if distinct and fingerprint else None
+        plan = self._plans.get(plan_key) if plan_key is not None else None
+        embedded: list[Any] = []
         try:
             with torch.enable_grad():
                 copies = [leaf.clone() for leaf in leaves]
-                masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                outputs, mode = run_pass(self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks)
+                if plan is not None and plan.fingerprint == fingerprint:
+                    outputs = self._run_plan(plan, copies, tape, grid)
+                else:
+                    masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+                    recorder = Recorder(copies) if plan_key is not None and len(self._plans) < MAX_PLANS else None
+                    outputs, mode = run_pass(
+                        self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, recorder=recorder
+                    )
+                    embedded = mode.embedded
+                    made = recorder.plan(outputs, fingerprint) if recorder is not None else None
+                    if made is not None:
+                        self._plans[plan_key] = made
+        except PlanMismatch:
+            del self._plans[plan_key]
+            return self.attribute(inputs, block, columns, per_pair)
         except TapeMismatchError:
             if not distinct:
                 raise
@@ -319,7 +355,7 @@ class TorchEngine(Engine):
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
-            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
+            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in embedded]
             grads = _grads_per_output(chosen, attributed_leaves)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
@@ -334,12 +370,12 @@ class TorchEngine(Engine):
             if leaf.requires_grad:
                 grad = next(attributed)
                 sums[t] += per_sample(grad if self.multipliers else grad * (leaf.detach() - reference))
-        if mode.embedded:
+        if embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
-            integers = mode.discrete
+            integers = mode.discrete  # (mode: the pass that followed them; a plan follows no integers)
             per_position = torch.zeros(k, integers.size + 1, dtype=torch.float64, device=device)
-            for entry, grad in zip(mode.embedded, attributed, strict=True):
+            for entry, grad in zip(embedded, attributed, strict=True):
                 part = grad * (entry.leaf.detach() - entry.reference)
                 if entry.feature_dims:
                     part = part.sum(tuple(range(-entry.feature_dims, 0)))
@@ -356,6 +392,14 @@ class TorchEngine(Engine):
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
+
+
+#: the most input-pass plans an engine keeps (one per block shape)
+MAX_PLANS = 8
+
+
+def _same(a: Any, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
 def _tape_bytes(tape: Tape) -> int:
@@ -443,10 +487,15 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     try:
         with warnings.catch_warnings():  # an operation without a batching rule runs once per output, as before
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
-            grads = torch.func.vmap(lambda v: torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True))(grad_outputs)
+            grads = torch.func.vmap(lambda v: _zeros_for_unused(torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True), leaves))(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
         grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
+
+
+def _zeros_for_unused(grads: tuple[Tensor | None, ...], leaves: list[Tensor]) -> tuple[Tensor, ...]:
+    """Zeros for the leaves the output does not depend on (vmap takes tensors only)."""
+    return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves, strict=True))
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:
