@@ -30,7 +30,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .base import OpCall, Rule
-from .elementwise import shapley_multipliers, with_multipliers
+from .elementwise import with_multipliers
 
 Tensor = torch.Tensor
 
@@ -195,18 +195,29 @@ class Where(Rule):
         gate = gate_of(condition)
         if gate is None or gate.step is None or gate.reference is None:
             raise ValueError(f"{call.name}: the condition's comparison was not attributed in this pass")
-        branches = [(input_, call.reference_of(input_)), (other, call.reference_of(other))]
-        players = [gate.step] + [side for side, ref in branches if ref is not None]
-        references = [gate.reference.to(gate.step.dtype)] + [ref for _, ref in branches if ref is not None]
-
-        def where(p: list[Tensor]) -> Tensor:
-            rest = iter(p[1:])
-            chosen = [next(rest) if ref is not None else side for side, ref in branches]
-            # + 0 · step: the step's derivative (asked for where it does not change) is 0, not missing
-            return torch.where(p[0] > 0.5, chosen[0], chosen[1]) + 0 * p[0]
-
-        output, _, multipliers = shapley_multipliers(where, players, references, smooth=False)
-        return with_multipliers(output, players, multipliers)
+        # with the step s ∈ {0, 1}, where(s, a, b) = b + s·a − s·b: the exact Shapley values over
+        # (s, a, b) are those of each product term, split at the midpoints, with no quotient to take:
+        # m_a = s̄, m_b = 1 − s̄, m_s = ā − b̄ (s̄ = (s + s_r)/2, ā = (a + a_r)/2, b̄ likewise). m_s is
+        # 0 where the step does not move: what passes through it is Δs·m_s = 0 there (and an infinite
+        # branch, a -inf mask fill, gives no 0·inf)
+        dtype = gate.step.dtype
+        step, step_ref = gate.step.detach(), gate.reference.to(dtype)
+        a_ref, b_ref = call.reference_of(input_), call.reference_of(other)
+        a_x, b_x = _as(input_, dtype).detach(), _as(other, dtype).detach()
+        a_r = a_x if a_ref is None else a_ref.detach()
+        b_r = b_x if b_ref is None else b_ref.detach()
+        mean_step = (step + step_ref) * 0.5
+        moved = step != step_ref
+        m_step = torch.where(moved, (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5, torch.zeros((), dtype=dtype, device=step.device))
+        output = torch.where(condition, input_.detach() if isinstance(input_, Tensor) else input_, other.detach() if isinstance(other, Tensor) else other)
+        players, multipliers = [gate.step], [m_step]
+        if a_ref is not None:
+            players.append(input_)
+            multipliers.append(mean_step)
+        if b_ref is not None:
+            players.append(other)
+            multipliers.append(1 - mean_step)
+        return with_multipliers(output, players, [m.expand(output.shape) for m in multipliers])
 
 
 def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
