@@ -443,7 +443,11 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     try:
         with warnings.catch_warnings():  # an operation without a batching rule runs once per output, as before
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
-            grads = torch.func.vmap(lambda v: torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True))(grad_outputs)
+            def backward(v: Tensor) -> tuple[Tensor, ...]:  # a leaf no output reads (token ids cast to floats): zeros, vmap takes no None
+                found = torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True)
+                return tuple(_or_zeros(g, leaf) for g, leaf in zip(found, leaves, strict=True))
+
+            grads = torch.func.vmap(backward)(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
         grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
