@@ -6,7 +6,9 @@ matmul in float32), each side additive.
 - a tutorial text model, ``Embedding(..., input_shape=(T,))`` with no integer ``keras.Input``: Keras
   casts the integer data to a float32 Input and back at the Embedding; token ids on both backends
   (item 2), with the values of the model written with an int Input (TensorFlow test below);
-- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule (item 4).
+- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule (item 4);
+- the indices ``argmax``, ``argmin`` and ``top_k`` pick, used to select (``take_along_axis``, ``one_hot``, an
+  ``Embedding``), as numbers and cast, by the PyTorch engine's picked-index rule (item 4).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
 
-from .keras_orderings import Ordered  # noqa: E402
+from .conftest import assert_rounding_close  # noqa: E402
+from .keras_orderings import Ordered, Picks  # noqa: E402
 from .test_keras_backends import _TORCH_SIDE  # noqa: E402
 
 L = keras.layers
@@ -57,6 +60,9 @@ def _cnn_3d() -> Any:
     ])  # fmt: skip
 
 
+#: uses of picked indices (tests/keras_orderings.py's Picks)
+PICKS = ("take-argmax", "take-argmin-keepdims", "one-hot-argmax", "top-k-gather", "cast-argmax", "embed-argmax")
+
 MODELS: dict[str, Callable[[], Any]] = {
     "maxpool1d": _cnn_lstm(lambda: L.MaxPooling1D(2, dtype=D)),
     "maxpool1d-overlapping-same": _cnn_lstm(lambda: L.MaxPooling1D(3, strides=2, padding="same", dtype=D)),
@@ -68,6 +74,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "sort-over-time": lambda: _ordered(Ordered(axis=1, dtype=D)),
     "sort-over-units": lambda: _ordered(Ordered(dtype=D)),
     "top-k-values": lambda: _ordered(Ordered(k=3, dtype=D)),
+    **{f"picked-{use}": (lambda use=use: _ordered(Picks(use, dtype=D))) for use in PICKS},
 }
 
 
@@ -220,9 +227,79 @@ def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(order: Callable[[A
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
 
 
-def test_a_use_of_top_k_indices_is_refused_by_name_on_tensorflow() -> None:
-    model = _lambda_ordered(lambda t: keras.ops.cast(keras.ops.top_k(t, 2)[1], D), 2)
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="indices top_k picked"):
+# -- picked indices (item 4): argmax / argmin / top_k's indices used to select, on TensorFlow ----------------
+K = 4
+
+
+def _one_hot_over_linear(weights: np.ndarray, form: str) -> Any:
+    """``y = h[argmax(x)]`` with ``h = x @ W``, in a Lambda: as a one-hot product or a ``take_along_axis``."""
+    ops = keras.ops
+
+    def pick(t: Any) -> Any:
+        h, at = ops.matmul(t, weights), ops.argmax(t, axis=-1)
+        if form == "one-hot":
+            return ops.sum(ops.one_hot(at, K, dtype=D) * h, axis=-1, keepdims=True)
+        return ops.take_along_axis(h, ops.expand_dims(at, -1), axis=-1)
+
+    inputs = keras.Input((K,), dtype=D)
+    return keras.Model(inputs, L.Lambda(pick, output_shape=(1,), dtype=D)(inputs))
+
+
+def _closed_form(weights: np.ndarray, x: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """DeepSHAP of ``h[argmax(x)]``, ``h = x @ W``, by the picked-index rule written out per pair: ``h``'s
+    multiplier is the mean of the two selections, ``W[:, i_x]`` and ``W[:, i_r]``; the selector's part,
+    ``h̄[i_x] − h̄[i_r]`` (``h̄`` the mean of both sides' ``h``), goes to the position that decided the pick:
+    the input's argmax where its maximum is at least the reference's, else the reference's argmax."""
+    values = np.zeros_like(x)
+    for r in background:
+        for n, row in enumerate(x):
+            i_x, i_r = int(np.argmax(row)), int(np.argmax(r))
+            mean_h = (row @ weights + r @ weights) / 2
+            values[n] += (weights[:, i_x] + weights[:, i_r]) / 2 * (row - r)
+            deciding = i_x if row.max() >= r.max() else i_r
+            values[n, deciding] += mean_h[i_x] - mean_h[i_r]
+    return values / len(background)
+
+
+@pytest.mark.parametrize("form", ["one-hot", "take-along-axis"])
+def test_argmax_selecting_from_a_linear_function_gets_the_closed_form(form: str) -> None:
+    rng = np.random.default_rng(8)
+    weights, background, x = rng.normal(size=(K, K)), rng.normal(size=(6, K)), rng.normal(size=(5, K))
+    assert any(np.argmax(row) != np.argmax(r) for row in x for r in background)  # the picks move
+    values = np.asarray(rnnshap.DeepExplainer(_one_hot_over_linear(weights, form), background).shap_values(x))[..., 0]
+    expected = _closed_form(weights, x, background)
+    assert_rounding_close(values, expected, np.float64, what=form)
+
+
+def test_the_uses_of_picked_indices_in_lambdas_get_the_values_of_the_layers() -> None:
+    """Uses of Picks written as Lambdas of the layer's call, in one model with a shared linear head (the
+    closed-form test above has argmax's in Lambdas)."""
+    rng = np.random.default_rng(9)
+    background, x = rng.normal(size=(5, T, 5)), rng.normal(size=(3, T, 5))
+    layers = [Picks(use, dtype=D) for use in ("take-argmin-keepdims", "top-k-gather")]
+    inputs, head = keras.Input((T, 5), dtype=D), L.Dense(2, dtype=D)
+
+    def model(wrap: Callable[[Any], Any]) -> Any:
+        return keras.Model(inputs, head(L.Concatenate(dtype=D)([L.Flatten(dtype=D)(wrap(layer)(inputs)) for layer in layers])))
+
+    subclassed = model(lambda layer: layer)
+    written = model(lambda layer: L.Lambda(layer.call, output_shape=layer.compute_output_shape((None, T, 5)), dtype=D))
+    values = np.asarray(rnnshap.DeepExplainer(written, background).shap_values(x))  # additive: shap_values checks it
+    expected = np.asarray(rnnshap.DeepExplainer(subclassed, background).shap_values(x))
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("use", "match"), [
+    (lambda t: t * keras.ops.cast(keras.ops.argmax(t), D), "argmax without an axis picks over the whole batch"),
+    (lambda t: keras.ops.sum(keras.ops.take(t, keras.ops.argmax(t[:, 0], axis=-1), axis=-1), -1), "take.*takes an input-dependent tensor by"),
+    (lambda t: keras.ops.where(keras.ops.expand_dims(keras.ops.argmax(t, axis=-1), -1) > 0, t, -t), "compares the indices argmax picked"),
+])  # fmt: skip
+def test_a_pick_or_a_use_without_a_rule_is_refused_by_name_on_tensorflow(use: Callable[[Any], Any], match: str) -> None:
+    inputs = keras.Input((T, F), dtype=D)
+    states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
+    model = keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(L.Lambda(use, dtype=D)(states))))
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=match):
         rnnshap.DeepExplainer(model, np.random.default_rng(6).normal(size=(4, T, F)))
 
 

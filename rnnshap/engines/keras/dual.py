@@ -307,8 +307,21 @@ def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
 
 
 class PickedIndices(Dual):
-    """The indices an ordering picked from an input-dependent tensor (``top_k``'s): a step function of
-    the values, with no rule on TensorFlow for their uses (the torch backend has): any use is refused."""
+    """Integer indices picked from an input-dependent tensor (``argmax``, ``argmin``, ``top_k``'s indices;
+    a step function of its values), on both sides, with their *handle*: the input side's indices as
+    float64 values whose gradient is the pick's multipliers (:func:`picked_index`), as the PyTorch
+    engine carries them (rnnshap/engines/pytorch/picked.py). The uses of the indices are attributed
+    through the handle (:mod:`~rnnshap.engines.keras.picked`); ``origin`` names the op that picked them."""
+
+    __slots__ = ("handle", "origin")
+
+    def __init__(self, x: tf.Tensor, r: tf.Tensor, handle: tf.Tensor, origin: str) -> None:
+        super().__init__(x, r)
+        self.handle, self.origin = handle, origin
+
+    def values(self, dtype: tf.DType = tf.float64) -> Dual:
+        """The indices as numbers in ``dtype``: the handle on the input side, the reference's indices."""
+        return Dual(tf.cast(self.handle, dtype), tf.cast(self.r, dtype))
 
 
 def _argnearest(candidates: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
@@ -324,20 +337,22 @@ def _ranks(order: tf.Tensor, n: int) -> tf.Tensor:
     return k + tf.reduce_sum(placed * (tf.range(k)[:, None] - k), axis=-2)
 
 
-def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
-    """The values at ranks 0..k−1 along the last axis (from the largest, or the smallest), each with its
-    change credited to the position that decided its rank: the PyTorch engine's rule for ``sort`` and
-    ``topk`` (``rnnshap.rules.structured.ranked_values``; at rank 0 shap's max-pool rule), so both
-    backends give the same values."""
-    ux, r = tf.stop_gradient(u.x), u.r
+def _usable(t: tf.Tensor) -> tf.Tensor:
+    return tf.logical_and(tf.not_equal(t, 0), tf.math.is_finite(t))
+
+
+def _deciding(ux: tf.Tensor, r: tf.Tensor, order_x: tf.Tensor, order_r: tf.Tensor, largest: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The position that decides each rank of an ordering along the last axis, and ``x − r`` there, as
+    ``rnnshap.rules.structured._deciding``: where the value at rank ``j`` rose, among the positions on
+    its side of the rank in the input and on the other side in the reference, the one nearest the rank
+    in the input; where it fell, the same with the sides swapped; either where the other's Δ is 0.
+    ``order_x``, ``order_r``: the positions at ranks 0..k−1 (``(..., k)``). Returns (deciding positions,
+    their Δ, the values at the ranks on both sides), each ``(..., k)``."""
     n = int(ux.shape[-1])
-    direction = "DESCENDING" if largest else "ASCENDING"
-    order_x = tf.argsort(ux, axis=-1, direction=direction, stable=True)[..., :k]
-    order_r = tf.argsort(r, axis=-1, direction=direction, stable=True)[..., :k]
     batch = ux.shape.rank - 1
     y, y_r = tf.gather(ux, order_x, batch_dims=batch), tf.gather(r, order_r, batch_dims=batch)
     rank_x, rank_r = _ranks(order_x, n)[..., None, :], _ranks(order_r, n)[..., None, :]
-    j = tf.range(k)[:, None]
+    j = tf.range(order_x.shape[-1])[:, None]
     x_side = tf.logical_and(rank_x <= j, rank_r >= j)
     r_side = tf.logical_and(rank_r <= j, rank_x >= j)
     up, down = (x_side, r_side) if largest else (r_side, x_side)
@@ -348,14 +363,47 @@ def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
     secondary = tf.where(rose, fell_at, tf.where(fell, rose_at, first_r))
     delta = ux - r
     delta_p, delta_s = tf.gather(delta, primary, batch_dims=batch), tf.gather(delta, secondary, batch_dims=batch)
+    at_p = tf.logical_or(_usable(delta_p), tf.logical_not(_usable(delta_s)))
+    return tf.where(at_p, primary, secondary), tf.where(at_p, delta_p, delta_s), y, y_r
 
-    def usable(t: tf.Tensor) -> tf.Tensor:
-        return tf.logical_and(tf.not_equal(t, 0), tf.math.is_finite(t))
 
-    at_p = tf.logical_or(usable(delta_p), tf.logical_not(usable(delta_s)))
-    deciding, delta_d = tf.where(at_p, primary, secondary), tf.where(at_p, delta_p, delta_s)
+def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
+    """The values at ranks 0..k−1 along the last axis (from the largest, or the smallest), each with its
+    change credited to the position that decided its rank: the PyTorch engine's rule for ``sort`` and
+    ``topk`` (``rnnshap.rules.structured.ranked_values``; at rank 0 shap's max-pool rule), so both
+    backends give the same values."""
+    ux, r = tf.stop_gradient(u.x), u.r
+    direction = "DESCENDING" if largest else "ASCENDING"
+    order_x = tf.argsort(ux, axis=-1, direction=direction, stable=True)[..., :k]
+    order_r = tf.argsort(r, axis=-1, direction=direction, stable=True)[..., :k]
+    deciding, delta_d, y, y_r = _deciding(ux, r, order_x, order_r, largest)
     change = y - y_r
-    ok = tf.logical_and(usable(change), usable(delta_d))
+    ok = tf.logical_and(_usable(change), _usable(delta_d))
     factor = tf.where(ok, change / tf.where(ok, delta_d, tf.ones_like(delta_d)), tf.zeros_like(change))
-    out = tf.stop_gradient(y) + tf.gather(u.x - ux, deciding, batch_dims=batch) * tf.stop_gradient(factor)
+    out = tf.stop_gradient(y) + tf.gather(u.x - ux, deciding, batch_dims=ux.shape.rank - 1) * tf.stop_gradient(factor)
     return Dual(out, y_r)
+
+
+def picked_index(u: Dual, index_x: tf.Tensor, index_r: tf.Tensor, largest: bool) -> tf.Tensor:
+    r"""The handle of the indices ``index_x`` (``(..., k)``: the positions at ranks 0..k−1 along the last
+    axis of ``u``; ``index_r`` the reference's), as ``rnnshap.rules.structured.picked_index``: the indices
+    as float64 values whose gradient is the multiplier of a step function of ``u``. Whatever a use makes
+    of an index's change :math:`i_x - i_r` is credited to the position that decided its rank
+    (:func:`_deciding`), with multiplier :math:`(i_x - i_r) / \Delta u` there; nothing where the index
+    did not move. Where an index moved but no position moved past its rank (ties ordered differently
+    on the two sides), the position of the row that moved most takes the credit."""
+    ux, r = tf.stop_gradient(u.x), u.r
+    batch = ux.shape.rank - 1
+    deciding, delta, _, _ = _deciding(ux, r, index_x, index_r, largest)
+    moved = tf.cast(index_x - index_r, tf.float64)
+    stuck = tf.logical_and(tf.not_equal(moved, 0), tf.logical_not(_usable(delta)))
+    change = tf.abs(ux - r)
+    change = tf.where(tf.math.is_finite(change), change, tf.zeros_like(change))
+    most = tf.broadcast_to(tf.argmax(change, axis=-1, output_type=tf.int32)[..., None], tf.shape(deciding))
+    deciding = tf.where(stuck, most, deciding)
+    delta = tf.where(stuck, tf.gather(ux - r, deciding, batch_dims=batch), delta)
+    delta = tf.cast(delta, tf.float64)
+    ok = tf.logical_and(_usable(moved), _usable(delta))
+    factor = tf.where(ok, moved / tf.where(ok, delta, tf.ones_like(delta)), tf.zeros_like(moved))
+    routed = tf.cast(tf.gather(u.x - ux, deciding, batch_dims=batch), tf.float64)
+    return tf.cast(index_x, tf.float64) + routed * tf.stop_gradient(factor)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from . import dual
+from . import dual, picked
 from .dual import Dual
 
 #: linear in every input-dependent argument: both sides run through the op itself
@@ -63,8 +63,10 @@ PIECEWISE_UNARY = {
 }  # fmt: skip
 #: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
 BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
-#: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices are refused where used)
+#: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices with their handle)
 ORDERINGS = {"Sort", "TopK"}
+#: picks along one axis: the indices, with the handle their uses are attributed through (rnnshap/engines/keras/picked.py)
+PICKS = {"Argmax", "Argmin"}
 STRUCTURED = {"Softmax", "LogSoftmax", "Logsumexp", "Max", "Min", "Amax", "Amin", "LayerNorm", "RMSNorm"}
 #: closed-form secant slopes for these unary ops (better conditioned than the quotient)
 SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
@@ -88,7 +90,7 @@ def is_keras_op(op: Any) -> bool:
 def supported(op: Any) -> bool:
     """Whether rnnshap has a rule for the keras op ``op`` (on input-dependent arguments)."""
     n = name(op)
-    return n == "StopGradient" or n in ORDERINGS or n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
+    return n == "StopGradient" or n in ORDERINGS or n in PICKS or n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
 
 
 def _flat(values: Any) -> list[Any]:
@@ -249,6 +251,8 @@ def _by_rule(
             return dual.shapley2(fn2, a, b, smooth=BINARY[n])
     if n in ORDERINGS and single and where in ([0], ["x"]):
         return _ordering(op, n, found[0][1], unsupported)
+    if n in PICKS and single and where in ([0], ["x"]):
+        return picked.pick(op, found[0][1], unsupported)
     if n in STRUCTURED and single and where in ([0], ["x"]):
         return _structured(op, n, found[0][1], args, kwargs, unsupported)
     if n in ("LayerNorm", "RMSNorm") and where and where[0] in (0, "x") and all(d is not None for _, d in found[:1]) and len(found) == 1:
@@ -257,16 +261,17 @@ def _by_rule(
 
 
 def _ordering(op: Any, n: str, value: Dual, unsupported: Callable[[Any, str], Exception]) -> Any:
-    """``sort`` (ascending, along ``axis``) and ``top_k`` (its values along the last axis, and indices that
-    no use may take): each value's change credited to the position that decided its rank (see
-    :func:`dual.ranked_values`), the values of the torch backend's ``torch.sort`` / ``torch.topk`` rules."""
+    """``sort`` (ascending, along ``axis``) and ``top_k`` (its values along the last axis, and its indices
+    with their handle, :mod:`~rnnshap.engines.keras.picked`): each value's change credited to the position
+    that decided its rank (see :func:`dual.ranked_values`), the values of the torch backend's ``torch.sort``
+    / ``torch.topk`` rules."""
     rank = value.x.shape.rank
     if n == "TopK":
         if not op.sorted:
             raise unsupported(op, "top_k with sorted=False returns its picks in no specified order, so the input's cannot be paired with the reference's by rank: use sorted=True")
         values = dual.ranked_values(value, int(op.k), largest=True)
-        indices = [tf.math.top_k(t, k=int(op.k), sorted=True).indices for t in (tf.stop_gradient(value.x), value.r)]
-        return values, dual.PickedIndices(*indices)
+        index_x, index_r = (tf.math.top_k(t, k=int(op.k), sorted=True).indices for t in (tf.stop_gradient(value.x), value.r))
+        return values, picked.top_k_indices(value, index_x, index_r)
     axis = -1 if op.axis is None else int(op.axis) % rank
     if op.axis is None or axis == 0:
         raise unsupported(op, f"sort over axis {op.axis} orders across the samples of the batch")

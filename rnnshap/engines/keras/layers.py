@@ -20,7 +20,7 @@ from keras.src import backend as keras_backend
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
-from . import attention, dual, fused, kops, trace
+from . import attention, dual, fused, kops, picked, trace
 from .dual import Dual
 
 L = keras.layers
@@ -356,12 +356,9 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     reference is read with the mask of the input it is paired with.
     """
     kwargs.pop("training", None)
-    if any(isinstance(a, dual.PickedIndices) for a in _flat([*args, *kwargs.values()])):
-        raise _unsupported(
-            layer,
-            "it uses the indices top_k picked from an input-dependent tensor, which differ between the input and its "
-            "reference; on TensorFlow rnnshap attributes top_k's values only (on the torch backend its indices too)",
-        )
+    chosen = [a for a in _flat([*args, *kwargs.values()]) if isinstance(a, dual.PickedIndices)]
+    if chosen:
+        return _picked_use(layer, run, chosen[0], args, kwargs)
     if _is_mask_op(layer):
         run.masked = True
         out = layer(*dual.side(args, 0), **dual.side(kwargs, 0))
@@ -418,6 +415,26 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     if any(isinstance(d, Dual) and d.mask is not None for d in keras_tree.flatten(out)):
         run.masked = True  # the reference side is read with the input side's mask from here on
     return out
+
+
+def _picked_use(layer: Any, run: Run, index: dual.PickedIndices, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A use of indices picked from an input-dependent tensor (``argmax``, ``top_k``'s): a keras op or an
+    ``Embedding`` by the picked-index rules (rnnshap/engines/keras/picked.py); anything else is refused."""
+    if kops.is_keras_op(layer) and not _is_mask_op(layer):
+
+        def by_rule(new_args: tuple[Any, ...], new_kwargs: dict[str, Any]) -> Any:
+            return call_layer(layer, run, *new_args, **new_kwargs)
+
+        try:
+            return picked.use(layer, args, kwargs, by_rule, _unsupported)
+        except Exception as error:
+            if not _is_refusal(error):
+                raise
+            return unsupported_in(layer, run, _refusal_reason(error), lambda: kops._both(layer, args, kwargs))
+    if isinstance(layer, L.Embedding) and len(args) == 1 and args[0] is index and not kwargs:
+        return picked.select(lambda _, i: _bare(layer(i)), None, index, lambda t: t[..., None])  # greedy decoding
+    how = "compares" if _is_mask_op(layer) else "reads as data"
+    raise _unsupported(layer, f"it {how} the indices {index.origin} picked from an input-dependent tensor; {picked.ATTRIBUTED}")
 
 
 def _bare(t: tf.Tensor) -> tf.Tensor:

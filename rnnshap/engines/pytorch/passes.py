@@ -38,7 +38,7 @@ from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, 
 from ...rules.composite import Quotient
 from ...rules.coverage import misfit
 from ...rules.elementwise import Bilinear, Product
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES, gate_of
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .discrete import Integers, Leaf
@@ -317,7 +317,11 @@ class AttributionMode(TorchFunctionMode):
         if not picked:
             return False, None
         origin = picked[0].origin
-        if all(p.handle is not None for p in picked) and not self._indices_unchanged(func, leaves):
+        # picked indices with handles, and masks of comparisons of those (a gate: where(idx < 0, idx + n, idx),
+        # as Keras' torch backend normalizes indices): run on the handles
+        handled = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices and self._indices[leaf].handle is not None]
+        gates = all(self._indices[leaf].handle is not None or gate_of(leaf) is not None for leaf in leaves if isinstance(leaf, Tensor) and leaf in self._indices)
+        if handled and gates and not self._indices_unchanged(func, leaves):
             return True, self.picks.use(func, types, args, kwargs, leaves, user_grad)
         rule = self.registry.op_rule(func)
         name = op_name(func)

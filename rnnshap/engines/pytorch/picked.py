@@ -82,7 +82,7 @@ class PickedUses:
         them, a cast, or an operation on them as values (run on their handles)."""
 
         mode = self.mode
-        handles = {id(leaf): mode._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in mode._indices}
+        handles = {id(leaf): mode._indices[leaf] for leaf in leaves if isinstance(leaf, Tensor) and leaf in mode._indices and mode._indices[leaf].handle is not None}
         origin = next(iter(handles.values())).origin
         selection = selection_of(func, args, kwargs, lambda v: isinstance(v, Tensor) and id(v) in handles)
         name = cached_op_name(func)
