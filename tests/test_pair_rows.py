@@ -321,12 +321,17 @@ def test_passes_that_diverge_with_the_batch_size_fall_back_to_every_pair() -> No
 
 
 class ScaledLoopCell(LoopCell):
-    """forward() reads a Python attribute, which the user may change between calls."""
+    """forward() reads a Python attribute and a tensor attribute, which the user may change (or
+    replace) between calls."""
 
     scale = 1.0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.zeros(3, dtype=torch.float64)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x * self.scale)
+        return super().forward(x * self.scale + self.offset)
 
 
 def _reference_passes(explainer: Any, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, int]:
@@ -445,11 +450,16 @@ def test_a_later_call_runs_the_recorded_plan_with_the_same_values(make: type, mo
     np.testing.assert_array_equal(planned, np.asarray(rnnshap.DeepExplainer(model, background).shap_values(other)))
 
 
-def test_a_plan_is_not_run_after_an_attribute_forward_reads_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("attribute", ["number", "tensor"])
+def test_a_plan_is_not_run_after_an_attribute_forward_reads_changed(attribute: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, background = _loop_problem(ScaledLoopCell())
     explainer = rnnshap.DeepExplainer(model, background)
     _replays(explainer, x, monkeypatch)
-    model.scale = 2.5  # a constant of the plan's steps: the fingerprint of the references' forward differs
+    # a constant of the plan's steps: the fingerprint of the references' forward differs
+    if attribute == "number":
+        model.scale = 2.5
+    else:
+        model.offset = torch.full((3,), 0.5, dtype=torch.float64)  # another object, of the same shape
     values, passes = _replays(explainer, x, monkeypatch)
     assert passes == 1
     np.testing.assert_array_equal(values, np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x)))

@@ -167,12 +167,14 @@ class TorchEngine(Engine):
             if now is not None and now[1] == fingerprint and _same(now[0], outputs):
                 return Tape(list(entries)), outputs, fingerprint
             del self._kept_tapes[key]
+            self._plans.clear()  # recorded against what the model computed then
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
         outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
         fingerprint = now[1] if now is not None and _same(now[0], outputs) else ()
         size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        if fingerprint and size + sum(_tape_bytes(Tape(e)) for e, _, _ in self._kept_tapes.values()) <= KEPT_TAPE_BYTES:
-            self._kept_tapes[key] = (list(tape.entries), outputs, fingerprint)  # (the input pass replaces the entries it takes in tape's own list)
+        if not fingerprint or size + sum(_tape_bytes(Tape(e)) for e, _, _ in self._kept_tapes.values()) > KEPT_TAPE_BYTES:
+            return tape, outputs, ()  # not kept: no plan either, which is checked against the kept tape's fingerprint
+        self._kept_tapes[key] = (list(tape.entries), outputs, fingerprint)  # (the input pass replaces the entries it takes in tape's own list)
         return tape, outputs, fingerprint
 
     def _run_plan(self, plan: Plan, inputs: list[Tensor], tape: Tape, grid: PairGrid) -> Tensor:
@@ -191,9 +193,10 @@ class TorchEngine(Engine):
         """A plain forward of the block's references: its output and fingerprint (None where it
         fails); the model's state is left as it was."""
         state = PreservedState(self.model)
+        copies = [b[block.r0 : block.r1].clone() for b in self.background]
         try:
-            with torch.no_grad(), Fingerprint() as fingerprint:
-                output = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
+            with torch.no_grad(), Fingerprint(copies) as fingerprint:
+                output = self._take(self.model(*copies))
         except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
             return None
         finally:

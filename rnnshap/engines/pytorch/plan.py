@@ -211,18 +211,29 @@ class Recorder:
 
 
 class Fingerprint(TorchFunctionMode):
-    """The calls a plain forward makes, each with its arguments other than tensors (a tensor is
-    named by its shape and dtype): what a plan's steps take as constants."""
+    """The calls a plain forward makes on ``inputs``, each with its arguments other than tensors,
+    and with its tensors named by shape and dtype, and by identity where they do not come from the
+    inputs through the calls (parameters, buffers, tensor attributes): what a plan's steps take as
+    constants. A tensor attribute replaced by another object changes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: list[Tensor]) -> None:
         super().__init__()
         self.calls: list[Any] = []
+        self._made: dict[int, Tensor] = {id(t): t for t in inputs}
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         leaves = flatten_call(args, kwargs)[0]
-        self.calls.append((func, tuple((leaf.shape, leaf.dtype) if isinstance(leaf, Tensor) else _constant(leaf) for leaf in leaves)))
-        return func(*args, **kwargs)
+        self.calls.append((func, tuple(self._tensor(leaf) if isinstance(leaf, Tensor) else _constant(leaf) for leaf in leaves)))
+        result = func(*args, **kwargs)
+        for t in [result] if isinstance(result, Tensor) else tree_flatten(result)[0]:
+            if isinstance(t, Tensor):
+                self._made[id(t)] = t  # (held: no other tensor takes its id during the forward)
+        return result
+
+    def _tensor(self, leaf: Tensor) -> Any:
+        made = self._made.get(id(leaf)) is leaf
+        return (leaf.shape, leaf.dtype) if made else ("constant", id(leaf), leaf.shape, leaf.dtype)
 
 
 def _constant(leaf: Any) -> Any:
