@@ -496,3 +496,17 @@ def test_a_plan_gives_up_where_a_result_shape_changes() -> None:
     np.testing.assert_array_equal(values, np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x)))
     with pytest.raises(PlanMismatch):
         plan.run([t.clone() for t in [x.repeat_interleave(4, 0)]], lambda *a: None, None)
+
+
+def test_a_reference_pass_over_the_bytes_kept_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnshap.engines.pytorch import engine
+
+    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", 1024)
+    model, x, background = _loop_problem(LoopCell())
+    explainer = rnnshap.DeepExplainer(model, background)
+    first, passes = _reference_passes(explainer, x, monkeypatch)
+    model.batches.clear()
+    again, passes = _reference_passes(explainer, x, monkeypatch)
+    assert passes == 1 and not explainer.engine._kept_tapes and not explainer.engine._plans
+    assert model.batches == [4, 5 * 4]  # no plain forward to check a kept pass against
+    np.testing.assert_array_equal(again, first)

@@ -98,6 +98,8 @@ class TorchEngine(Engine):
         self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, tuple[Any, ...]]] = {}
         #: input passes recorded as plans (see plan.py), by block shape
         self._plans: dict[Any, Plan] = {}
+        #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward matches it)
+        self._unkept: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
             not self.followed_inputs and not self.masked_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
@@ -160,6 +162,9 @@ class TorchEngine(Engine):
         attribute that forward() reads, or a background changed in place each change them, and the
         pass runs again."""
         key = (block.r0, block.r1)
+        if key in self._unkept:  # not kept: the pass alone, without the plain forward that checks a kept one
+            outputs, _ = run_pass(self.model, [b[block.r0 : block.r1].clone() for b in self.background], self.registry, tape := Tape(), replay=False, take=self._take)
+            return tape, outputs, ()
         now = self._plain_forward(block)
         kept = self._kept_tapes.get(key)
         if kept is not None:
@@ -173,6 +178,7 @@ class TorchEngine(Engine):
         fingerprint = now[1] if now is not None and _same(now[0], outputs) else ()
         size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
         if not fingerprint or size + sum(_tape_bytes(Tape(e)) for e, _, _ in self._kept_tapes.values()) > KEPT_TAPE_BYTES:
+            self._unkept.add(key)
             return tape, outputs, ()  # not kept: no plan either, which is checked against the kept tape's fingerprint
         self._kept_tapes[key] = (list(tape.entries), outputs, fingerprint)  # (the input pass replaces the entries it takes in tape's own list)
         return tape, outputs, fingerprint
