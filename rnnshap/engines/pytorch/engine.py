@@ -98,6 +98,9 @@ class TorchEngine(Engine):
         self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, tuple[Any, ...]]] = {}
         #: input passes recorded as plans (see plan.py), by block shape
         self._plans: dict[Any, Plan] = {}
+        #: block shapes for which no plan is recorded: the pass took a path a plan cannot record, or a
+        #: plan did not hold
+        self._unplanned: set[Any] = set()
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward matches it)
         self._unkept: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
@@ -336,6 +339,8 @@ class TorchEngine(Engine):
             tape.repeats = s
             ref_outputs = repeat_along(ref_outputs, 0, s)
         plan_key = (s, n_refs, tuple((x.shape, x.dtype) for x in leaves)) if distinct and fingerprint else None
+        if plan_key in self._unplanned:
+            plan_key = None
         plan = self._plans.get(plan_key) if plan_key is not None else None
         embedded: list[Any] = []
         try:
@@ -353,8 +358,11 @@ class TorchEngine(Engine):
                     made = recorder.plan(outputs, fingerprint) if recorder is not None else None
                     if made is not None:
                         self._plans[plan_key] = made
+                    elif recorder is not None:
+                        self._unplanned.add(plan_key)  # (its forward takes a path a plan cannot record)
         except PlanMismatch:
             del self._plans[plan_key]
+            self._unplanned.add(plan_key)  # (a shape that depends on the values: the next plan would not hold either)
             return self.attribute(inputs, block, columns, per_pair)
         except TapeMismatchError:
             if not distinct:
