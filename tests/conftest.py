@@ -8,12 +8,14 @@ fail.
 from __future__ import annotations
 
 import os
-from typing import Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from .keras_process import KerasProcess
 
 ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -162,3 +164,20 @@ def relative_to_max(a: ArrayOrList, b: ArrayOrList) -> float:
 def assert_adds_up_to(predicted: object, outputs: object, dtype: object, what: str = "E[f] + Σφ against f(x)") -> None:
     """E[f] + Σφ against the model's own f(x): the additivity tolerance, relative to max(1, |f(x)|)."""
     assert_rounding_close(predicted, outputs, dtype, ulps=additivity_tol(dtype) / eps(dtype), what=what)
+
+
+@pytest.fixture(scope="session")
+def keras_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], KerasProcess]]:
+    """``keras_process(backend).run(script, *args)``: ``script`` run as ``python -c script args`` with
+    ``KERAS_BACKEND=backend``, in one process per backend for the whole session (tests/keras_process.py)."""
+    started: dict[str, KerasProcess] = {}
+    folder = tmp_path_factory.mktemp("keras-process")
+
+    def get(backend: str) -> KerasProcess:
+        if backend not in started:
+            started[backend] = KerasProcess(backend, folder / f"{backend}.stderr")
+        return started[backend]
+
+    yield get
+    for process in started.values():
+        process.close()

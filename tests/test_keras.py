@@ -320,11 +320,52 @@ def test_bad_input_is_an_input_error() -> None:
 
 def test_unsupported_layers_are_refused_together_by_name() -> None:
     model = keras.Sequential(
-        [keras.Input((T, F)), L.MaxPooling1D(2, padding="same", data_format="channels_first", name="pool"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")]
+        [keras.Input((T, F)), L.Conv1DTranspose(2, 2, name="deconv"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")]
     )
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
-    assert "pool (MaxPooling1D)" in str(info.value) and "squared (Dense)" in str(info.value)
+    assert "deconv (Conv1DTranspose)" in str(info.value) and "squared (Dense)" in str(info.value)
+
+
+#: channels_first max pooling: (input shape, dtype, the pooling layer given a data format and dtype); TensorFlow's
+#: MaxPool3D has no float64 kernel
+CHANNELS_FIRST_POOLS = {
+    "maxpool1d-same-strided": ((4, 7), "float64", lambda f, d: L.MaxPooling1D(3, strides=2, padding="same", data_format=f, dtype=d)),
+    "maxpool2d-valid": ((2, 5, 6), "float64", lambda f, d: L.MaxPooling2D((2, 2), strides=(1, 2), data_format=f, dtype=d)),
+    "maxpool2d-same": ((2, 5, 5), "float64", lambda f, d: L.MaxPooling2D((2, 3), padding="same", data_format=f, dtype=d)),
+    "maxpool3d": ((2, 3, 4, 4), "float32", lambda f, d: L.MaxPooling3D((1, 2, 2), padding="same", data_format=f, dtype=d)),
+    "global-max1d": ((4, 7), "float64", lambda f, d: L.GlobalMaxPooling1D(data_format=f, dtype=d)),
+    "global-max2d-keepdims": ((2, 5, 6), "float64", lambda f, d: L.GlobalMaxPooling2D(data_format=f, keepdims=True, dtype=d)),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANNELS_FIRST_POOLS))
+def test_channels_first_max_pooling_gives_the_values_of_the_channels_last_model(name: str) -> None:
+    """The truth is an independent network: the same layers with the pooling in channels_last between
+    two Permutes (a linear move), checked against PyTorch's max-pool rule in test_keras_issue22_backends."""
+    shape, dtype, pool = CHANNELS_FIRST_POOLS[name]
+    rank = len(shape) - 1
+    keras.utils.set_random_seed(3)
+    # the shared layers: a tanh Dense over the channels (moved last and back), a Dense head
+    mix, head = L.Dense(3, activation="tanh", dtype=dtype), L.Dense(2, dtype=dtype)
+    inputs = keras.Input(shape, dtype=dtype)
+    last = mix(L.Permute((*range(2, rank + 2), 1), dtype=dtype)(inputs))  # (N, *spatial, 3)
+    first = L.Permute((rank + 1, *range(1, rank + 1)), dtype=dtype)(last)  # (N, 3, *spatial)
+    pooled_first = pool("channels_first", dtype)(first)
+    pooled_last = pool("channels_last", dtype)(last)
+    if len(pooled_last.shape) > 2:  # back to channels first, so both flatten in the same order
+        pooled_last = L.Permute((rank + 1, *range(1, rank + 1)), dtype=dtype)(pooled_last)
+    model = keras.Model(inputs, head(L.Flatten(dtype=dtype)(pooled_first)))
+    reference = keras.Model(inputs, head(L.Flatten(dtype=dtype)(pooled_last)))
+    rng = np.random.default_rng(4)
+    background, x = rng.normal(size=(5, *shape)).astype(dtype), rng.normal(size=(3, *shape)).astype(dtype)
+    np.testing.assert_array_equal(outputs_of(model, x), outputs_of(reference, x))  # one function, two layouts
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    expected = rnnshap.DeepExplainer(reference, background).shap_values(x)
+    assert values.shape == (3, *shape, 2)
+    assert_rounding_close(values, expected, dtype, what="channels_first against channels_last")
+    assert worst_additivity(values, model, x, background) <= TOL[dtype]
+    assert float(np.abs(values).max()) > 0.01  # the pooled values move: not a vacuous match
 
 
 def test_integer_input_that_feeds_no_embedding_is_refused() -> None:

@@ -2,15 +2,14 @@
 
 A Keras 3 model saved under the TensorFlow backend (explained by the Keras engine) and loaded
 under the torch backend (an nn.Module there, explained by the PyTorch engine) gets the same
-attributions. The torch side runs in a subprocess: Keras fixes its backend at import.
+attributions. The torch side runs in another process (the session's, tests/keras_process.py): Keras fixes its
+backend at import.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ keras = pytest.importorskip("keras")
 import rnnshap  # noqa: E402
 
 from .conftest import assert_rounding_close  # noqa: E402
+from .keras_process import KerasProcess  # noqa: E402
 
 L = keras.layers
 T, F = 6, 3
@@ -134,19 +134,15 @@ print(json.dumps(found))
 """
 
 
-def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
+def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
     pytest.importorskip("torch")
     rng = np.random.default_rng(0)
-    tensorflow_side = {}
+    built = {}
     for name, make in MODELS.items():
         keras.utils.set_random_seed(0)
         model = make()
         x, background = _data(name, rng)
-        explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
-        tensorflow_side[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
-        if name == "lstm":
-            exact_shapley = explainer.shapley_values(x, "steps", budget=10**6)
-            assert exact_shapley.exact.all()
+        built[name] = (model, x, background)
         folder = tmp_path / name
         folder.mkdir()
         (folder / "options.json").write_text(json.dumps(OPTIONS.get(name, {})))
@@ -155,11 +151,17 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
         np.save(folder / "background.npy", np.asarray(background))
         if isinstance(x, list):
             (folder / "several").touch()
-    # one subprocess for all models: Keras fixes its backend at import
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run([sys.executable, "-c", _TORCH_SIDE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    # one job for all models in the session's torch-backend process (Keras fixes its backend at import),
+    # running while this process explains them on TensorFlow
+    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(tmp_path))
+    tensorflow_side = {}
+    for name, (model, x, background) in built.items():
+        explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
+        tensorflow_side[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
+        if name == "lstm":
+            exact_shapley = explainer.shapley_values(x, "steps", budget=10**6)
+            assert exact_shapley.exact.all()
+    found = json.loads(torch_side().strip().splitlines()[-1])
     for name, (values, expected, layout) in tensorflow_side.items():
         assert found[name]["engine"] == "TorchEngine", name
         assert [(n, tuple(shape), a, b) for n, shape, a, b in found[name]["layout"]] == layout, name

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +29,7 @@ import rnnshap  # noqa: E402
 
 from .conftest import assert_rounding_close  # noqa: E402
 from .keras_orderings import Ordered, Picks  # noqa: E402
+from .keras_process import KerasProcess  # noqa: E402
 from .test_keras_backends import _TORCH_SIDE  # noqa: E402
 
 L = keras.layers
@@ -101,26 +100,25 @@ def _explain_tensorflow(model: Any, x: Any, background: Any) -> np.ndarray:
     return np.asarray(explainer.shap_values(x))  # the additivity check of shap_values holds too
 
 
-def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
+def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
     pytest.importorskip("torch")
     rng = np.random.default_rng(0)
-    tensorflow_side = {}
+    built = {}
     for name, make in MODELS.items():
         keras.utils.set_random_seed(0)
         model = make()
         x, background = _data(name, rng)
-        tensorflow_side[name] = _explain_tensorflow(model, x, background)
+        built[name] = (model, x, background)
         folder = tmp_path / name
         folder.mkdir()
         (folder / "options.json").write_text("{}")
         model.save(folder / "model.keras")
         np.save(folder / "x.npy", np.asarray(x))
         np.save(folder / "background.npy", np.asarray(background))
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    torch_side = "import tests.keras_orderings  # registers Ordered\n" + _TORCH_SIDE
-    done = subprocess.run([sys.executable, "-c", torch_side, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    # the torch side runs in the session's torch-backend process while this one explains on TensorFlow
+    torch_side = keras_process("torch").submit("import tests.keras_orderings  # registers Ordered\n" + _TORCH_SIDE, str(tmp_path))
+    tensorflow_side = {name: _explain_tensorflow(model, x, background) for name, (model, x, background) in built.items()}
+    found = json.loads(torch_side().strip().splitlines()[-1])
     for name, values in tensorflow_side.items():
         assert found[name]["engine"] == "TorchEngine", name
         torch_values = np.load(tmp_path / name / "torch.npy")

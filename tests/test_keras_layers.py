@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +24,7 @@ keras = pytest.importorskip("keras")
 import rnnshap  # noqa: E402
 
 from .conftest import additivity_tol, assert_rounding_close  # noqa: E402
+from .keras_process import KerasProcess  # noqa: E402
 
 L = keras.layers
 ops = keras.ops
@@ -458,21 +457,20 @@ print(json.dumps({"engine": type(explainer.engine).__name__, "outputs": outputs.
 """
 
 
-def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path) -> None:
+def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
     pytest.importorskip("torch")
     namespace: dict[str, Any] = {}
     exec(_SHARED, namespace)  # noqa: S102 - the model's code, shared with the torch process
     model = namespace["build"]()
     rng = np.random.default_rng(11)
     background, x = rng.normal(size=(3, T, F)), rng.normal(size=(2, T, F))
-    values = rnnshap.DeepExplainer(model, background).shap_values(x)
-    assert worst_additivity(values, model, x, background) <= TOL["float64"]
     path = tmp_path / "model.npz"
     np.savez(path, background=background, x=x, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    done = subprocess.run([sys.executable, "-c", _TORCH_SIDE, str(path), _SHARED], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    # the torch side runs in the session's torch-backend process while this one explains on TensorFlow
+    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(path), _SHARED)
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+    found = json.loads(torch_side().strip().splitlines()[-1])
     assert found["engine"] == "TorchEngine"
     # Keras on torch runs matmul in float32 even for float64 operands, so the two models differ by float32
     # rounding (amplified by the normalizations): the attributions agree to that, far below any rule's difference

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ import torch
 from torch import nn
 
 import rnnshap
+
+from .keras_process import KerasProcess
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -212,14 +212,11 @@ KERAS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
-def test_keras_inputs_and_output_tensors_explain_the_network_between_them(backend: str) -> None:
+def test_keras_inputs_and_output_tensors_explain_the_network_between_them(backend: str, keras_process: Callable[[str], KerasProcess]) -> None:
     pytest.importorskip("keras")
     if backend == "tensorflow":
         pytest.importorskip("tensorflow")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", KERAS_SCRIPT], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(keras_process(backend).run(KERAS_SCRIPT, timeout=300).strip().splitlines()[-1])
     assert result["backend"] == backend
     assert result["shape"] == [4, 5, 3, 3]  # (*X.shape, logits)
     assert result["vs_by_hand"] <= 1e-13  # the same sub-model: the same values
@@ -275,12 +272,10 @@ MAXPOOL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_keras_max_pooling_is_shaps_max_rule_as_in_pytorch() -> None:
+def test_keras_max_pooling_is_shaps_max_rule_as_in_pytorch(keras_process: Callable[[str], KerasProcess]) -> None:
+    pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", MAXPOOL_SCRIPT], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = json.loads(keras_process("tensorflow").run(MAXPOOL_SCRIPT, timeout=300).strip().splitlines()[-1])
     for padding, result in results.items():
         assert result["outputs"] <= 1e-12, padding  # the PyTorch network is the Keras one
         assert result["vs_torch"] <= 1e-12, padding

@@ -10,8 +10,8 @@ Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax, Embedding (integer inputs are 
 token), LSTM, GRU (``reset_after`` True or False), SimpleRNN, ``RNN`` over LSTMCell/GRUCell/SimpleRNNCell or
 StackedRNNCells, the cells called on their own, Bidirectional (every merge mode), TimeDistributed, Masking and
 ``Embedding(mask_zero=True)``, Attention, AdditiveAttention, MultiHeadAttention (:mod:`.attention`),
-LayerNormalization, GroupNormalization, RMSNormalization, reshaping, average pooling, global max pooling,
-merging (Add, Subtract, Average, Concatenate, Multiply of two inputs), BatchNormalization and dropout at
+LayerNormalization, GroupNormalization, RMSNormalization, reshaping, average pooling, max pooling
+(MaxPooling1D/2D/3D, GlobalMaxPooling1D/2D, channels last or first), merging (Add, Subtract, Average, Concatenate, Multiply of two inputs), BatchNormalization and dropout at
 inference, keras ops (:mod:`.kops`), and Lambda layers and Layer/Model subclasses whose ``call()`` traces
 into those or into TensorFlow ops with rules (:mod:`.trace`). Recurrent layers take ``return_sequences``,
 ``return_state``, ``go_backwards`` and initial states given as inputs. Layers compute in their own dtype
@@ -27,8 +27,7 @@ output over references read with its mask (``explainer(X).base_values``).
 
 Every explained block checks that the pass reproduces the model: the input side against
 ``model(x)``, the reference side against the model on the references wherever a reference is read
-with the masks the model computes on it; a mismatch raises :class:`~rnnshap.RnnShapError`. Anything else (windowed max pooling,
-stateful RNNs, ops without a rule, calls that cannot be traced) is refused by name.
+with the masks the model computes on it; a mismatch raises :class:`~rnnshap.RnnShapError`. Anything else (stateful RNNs, ops without a rule, calls that cannot be traced) is refused by name.
 """
 
 from __future__ import annotations

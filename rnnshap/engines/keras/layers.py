@@ -189,7 +189,7 @@ def problem(layer: Any) -> str | None:
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax)):
         return None
     if isinstance(layer, _GLOBAL_MAX + _WINDOW_MAX):
-        return None if layer.data_format == "channels_last" else "max pooling with channels_first is not supported"
+        return None
     if isinstance(layer, L.TimeDistributed):
         return problem(layer.layer)
     if isinstance(layer, (L.Embedding, L.Masking)):
@@ -528,14 +528,19 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         return Dual(*(tf.reshape(z, tf.concat([[batch, steps], tf.shape(z)[1:]], 0)) for z in (inner.x, inner.r)))
     if isinstance(layer, _GLOBAL_MAX):
         (value,) = args
+        first = layer.data_format == "channels_first"
+        value = _channels_last(value) if first else value
         spatial = value.x.shape[1:-1]
         flat = value.map(lambda t: tf.reshape(t, (-1, int(np.prod(spatial)), t.shape[-1])))
         pooled = dual.max_over(flat, 1, keepdims=False)
         if layer.keepdims:
             pooled = pooled.map(lambda t: tf.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
+            return _channels_first(pooled) if first else pooled
         return pooled
     if isinstance(layer, _WINDOW_MAX):
         (value,) = args
+        if layer.data_format == "channels_first":
+            return _channels_first(_window_max(layer, _channels_last(value)))
         return _window_max(layer, value)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
@@ -584,8 +589,20 @@ def _windows(spatial: tuple[int, ...], pool: tuple[int, ...], strides: tuple[int
     return flat.reshape(int(np.prod(out_shape)), int(np.prod(pool))), tuple(out_shape)
 
 
+def _channels_last(value: Dual) -> Dual:
+    """(N, C, *spatial) → (N, *spatial, C) on both sides: a linear move."""
+    order = [0, *range(2, len(value.x.shape)), 1]
+    return value.map(lambda t: tf.transpose(t, order))
+
+
+def _channels_first(value: Dual) -> Dual:
+    """(N, *spatial, C) → (N, C, *spatial) on both sides: a linear move."""
+    rank = len(value.x.shape)
+    return value.map(lambda t: tf.transpose(t, [0, rank - 1, *range(1, rank - 1)]))
+
+
 def _window_max(layer: Any, value: Dual) -> Dual:
-    """``MaxPooling1D/2D/3D`` (channels last): every window gathered (a linear move, padding at the
+    """``MaxPooling1D/2D/3D`` (channels last; a channels_first layer's input is moved there and back): every window gathered (a linear move, padding at the
     dtype's lowest value, never a window's maximum where the window holds a value), then each window's
     maximum by shap's max-pool rule, as the PyTorch engine's ``max_pool`` rule routes it."""
     spatial = tuple(int(d) for d in value.x.shape[1:-1])
