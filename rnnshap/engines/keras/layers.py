@@ -434,7 +434,10 @@ def _picked_use(layer: Any, run: Run, index: dual.PickedIndices, args: tuple[Any
     if isinstance(layer, L.Embedding) and len(args) == 1 and args[0] is index and not kwargs:
         return picked.select(lambda _, i: _bare(layer(i)), None, index, lambda t: t[..., None])  # greedy decoding
     how = "compares" if _is_mask_op(layer) else "reads as data"
-    raise _unsupported(layer, f"it {how} the indices {index.origin} picked from an input-dependent tensor; {picked.ATTRIBUTED}")
+    why = f"it {how} the indices {index.origin} picked from an input-dependent tensor; {picked.ATTRIBUTED}"
+    if kops.is_keras_op(layer):  # refused with the model's other refusals, by its path (lambda > op)
+        return unsupported_in(layer, run, why, lambda: kops._both(layer, args, kwargs))
+    raise _unsupported(layer, why)
 
 
 def _bare(t: tf.Tensor) -> tf.Tensor:
