@@ -21,8 +21,7 @@ from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras import KerasModule
-from .passes import AttributionMode, attribute_from_tape, run_pass
-from .plan import Fingerprint, Plan, PlanMismatch, Recorder
+from .passes import AttributionMode, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
@@ -93,15 +92,9 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
-        #: the tapes, outputs and fingerprints of reference passes on distinct references, by (r0, r1)
-        #: (see _distinct_reference_pass)
-        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, tuple[Any, ...]]] = {}
-        #: input passes recorded as plans (see plan.py), by block shape
-        self._plans: dict[Any, Plan] = {}
-        #: block shapes for which no plan is recorded: the pass took a path a plan cannot record, or a
-        #: plan did not hold
-        self._unplanned: set[Any] = set()
-        #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward matches it)
+        #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
+        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor]] = {}
+        #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
         self._unkept: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
@@ -152,65 +145,46 @@ class TorchEngine(Engine):
                 return False
         return True
 
-    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor, tuple[Any, ...]]:
+    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
-        input pass), its outputs, and the fingerprint of a plain forward of those rows (see
-        plan.py).
+        input pass) and its outputs.
 
         With distinct references it depends on the model and those background rows only, so it is
         kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
         same rows. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
-        operation is intercepted) still gives the kept outputs bit for bit, making the same calls
-        with the same arguments other than tensors: parameters trained or replaced, a changed
-        attribute that forward() reads, or a background changed in place each change them, and the
-        pass runs again."""
+        operation is intercepted) still gives the kept outputs bit for bit: parameters trained or
+        replaced, a changed attribute that forward() reads, or a background changed in place each
+        change them, and the pass runs again."""
         key = (block.r0, block.r1)
-        if key in self._unkept:  # not kept: the pass alone, without the plain forward that checks a kept one
-            outputs, _ = run_pass(self.model, [b[block.r0 : block.r1].clone() for b in self.background], self.registry, tape := Tape(), replay=False, take=self._take)
-            return tape, outputs, ()
-        now = self._plain_forward(block)
-        kept = self._kept_tapes.get(key)
-        if kept is not None:
-            entries, outputs, fingerprint = kept
-            if now is not None and now[1] == fingerprint and _same(now[0], outputs):
-                return Tape(list(entries)), outputs, fingerprint
-            del self._kept_tapes[key]
-            self._plans.clear()  # recorded against what the model computed then
+        if key not in self._unkept:
+            kept = self._kept_tapes.get(key)
+            if kept is not None:
+                entries, outputs = kept
+                if self._computes(block, outputs):
+                    return Tape(list(entries)), outputs
+                del self._kept_tapes[key]
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
         outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
-        fingerprint = now[1] if now is not None and _same(now[0], outputs) else ()
-        size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        if not fingerprint or size + sum(_tape_bytes(Tape(e)) for e, _, _ in self._kept_tapes.values()) > KEPT_TAPE_BYTES:
-            self._unkept.add(key)
-            return tape, outputs, ()  # not kept: no plan either, which is checked against the kept tape's fingerprint
-        self._kept_tapes[key] = (list(tape.entries), outputs, fingerprint)  # (the input pass replaces the entries it takes in tape's own list)
-        return tape, outputs, fingerprint
+        if key not in self._unkept:
+            size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
+            if size + sum(_tape_bytes(Tape(e)) for e, _ in self._kept_tapes.values()) > KEPT_TAPE_BYTES or not self._computes(block, outputs):
+                self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
+            else:
+                self._kept_tapes[key] = (list(tape.entries), outputs)  # (the input pass replaces the entries it takes in tape's own list)
+        return tape, outputs
 
-    def _run_plan(self, plan: Plan, inputs: list[Tensor], tape: Tape, grid: PairGrid) -> Tensor:
-        """The input pass by ``plan`` (see plan.py); raises PlanMismatch where it does not hold."""
+    def _computes(self, block: Block, outputs: Tensor) -> bool:
+        """Whether a plain forward of the block's references gives ``outputs`` bit for bit (see
+        ``_distinct_reference_pass``); the model's state is left as it was."""
         state = PreservedState(self.model)
         try:
-            output = plan.run(inputs, lambda call, rule, key, name: attribute_from_tape(tape, call, rule, key, name)[0], grid)
-        except TapeMismatchError as error:
-            raise PlanMismatch(str(error)) from error
-        finally:
-            state.restore()
-        tape.check_consumed()
-        return output
-
-    def _plain_forward(self, block: Block) -> tuple[Any, tuple[Any, ...]] | None:
-        """A plain forward of the block's references: its output and fingerprint (None where it
-        fails); the model's state is left as it was."""
-        state = PreservedState(self.model)
-        copies = [b[block.r0 : block.r1].clone() for b in self.background]
-        try:
-            with torch.no_grad(), Fingerprint(copies) as fingerprint:
-                output = self._take(self.model(*copies))
+            with torch.no_grad():
+                now = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
         except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
-            return None
+            return False
         finally:
             state.restore()
-        return output, tuple(fingerprint.calls)
+        return isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype and bool(torch.equal(now, outputs))
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -321,7 +295,7 @@ class TorchEngine(Engine):
             if distinct:
                 # the reference pass runs on the block's references once, and the tape repeats them
                 # for the pairs; it depends on nothing else, so a later block or call reuses it
-                tape, ref_outputs, fingerprint = self._distinct_reference_pass(block)
+                tape, ref_outputs = self._distinct_reference_pass(block)
             else:  # forward() may work in place on its inputs: copies
                 ref_outputs, _ = run_pass(
                     self.model,
@@ -338,32 +312,11 @@ class TorchEngine(Engine):
         if distinct:
             tape.repeats = s
             ref_outputs = repeat_along(ref_outputs, 0, s)
-        plan_key = (s, n_refs, tuple((x.shape, x.dtype) for x in leaves)) if distinct and fingerprint else None
-        if plan_key in self._unplanned:
-            plan_key = None
-        plan = self._plans.get(plan_key) if plan_key is not None else None
-        embedded: list[Any] = []
         try:
             with torch.enable_grad():
                 copies = [leaf.clone() for leaf in leaves]
-                if plan is not None and plan.fingerprint == fingerprint:
-                    outputs = self._run_plan(plan, copies, tape, grid)
-                else:
-                    masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                    recorder = Recorder(copies) if plan_key is not None and len(self._plans) < MAX_PLANS else None
-                    outputs, mode = run_pass(
-                        self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, recorder=recorder
-                    )
-                    embedded = mode.embedded
-                    made = recorder.plan(outputs, fingerprint) if recorder is not None else None
-                    if made is not None:
-                        self._plans[plan_key] = made
-                    elif recorder is not None:
-                        self._unplanned.add(plan_key)  # (its forward takes a path a plan cannot record)
-        except PlanMismatch:
-            del self._plans[plan_key]
-            self._unplanned.add(plan_key)  # (a shape that depends on the values: the next plan would not hold either)
-            return self.attribute(inputs, block, columns, per_pair)
+                masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+                outputs, mode = run_pass(self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks)
         except TapeMismatchError:
             if not distinct:
                 raise
@@ -372,7 +325,7 @@ class TorchEngine(Engine):
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
-            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in embedded]
+            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             grads = _grads_per_output(chosen, attributed_leaves)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
@@ -387,12 +340,12 @@ class TorchEngine(Engine):
             if leaf.requires_grad:
                 grad = next(attributed)
                 sums[t] += per_sample(grad if self.multipliers else grad * (leaf.detach() - reference))
-        if embedded:
+        if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
-            integers = mode.discrete  # (mode: the pass that followed them; a plan follows no integers)
+            integers = mode.discrete
             per_position = torch.zeros(k, integers.size + 1, dtype=torch.float64, device=device)
-            for entry, grad in zip(embedded, attributed, strict=True):
+            for entry, grad in zip(mode.embedded, attributed, strict=True):
                 part = grad * (entry.leaf.detach() - entry.reference)
                 if entry.feature_dims:
                     part = part.sum(tuple(range(-entry.feature_dims, 0)))
@@ -409,14 +362,6 @@ class TorchEngine(Engine):
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
-
-
-#: the most input-pass plans an engine keeps (one per block shape)
-MAX_PLANS = 8
-
-
-def _same(a: Any, b: Tensor) -> bool:
-    return isinstance(a, Tensor) and a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
 def _tape_bytes(tape: Tape) -> int:

@@ -174,9 +174,6 @@ def _runs_as_torch_does(cls: Any) -> bool:
 def call_function(mode: Any, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``cls.apply(*args, **kwargs)`` inside a pass: ``forward()`` run under the mode, so that its
     operations are attributed by their rules; the custom ``backward()`` is not used."""
-    recorder = getattr(mode, "recorder", None)
-    if recorder is not None:  # (its call is not a torch call: a plan would not see it)
-        recorder.stop(f"forward() calls the custom Function {function_name(cls)}")
     if _CHECKPOINT_FUNCTION is not None and cls is _CHECKPOINT_FUNCTION:
         run_function, _preserve_rng_state, *inputs = args
         return run_function(*inputs)

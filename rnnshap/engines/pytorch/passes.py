@@ -44,7 +44,6 @@ from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
 from .picked import Picked, PickedUses
-from .plan import RULE, RUN, Recorder
 from .safety import PreservedState
 from .scales import mark_of, mark_result, normalizing_rule
 from .tape import Tape, TapeEntry
@@ -201,8 +200,6 @@ class AttributionMode(TorchFunctionMode):
         self.scales = TensorMap()
         #: whether any integer input is followed (until one is, no operation involves one)
         self._following = False
-        #: records the input pass as a plan where it takes plain paths only (see plan.py), or None
-        self.recorder: Recorder | None = None
 
     # -- tracking -------------------------------------------------------------------------------
     def track(self, value: Any) -> None:
@@ -434,18 +431,6 @@ class AttributionMode(TorchFunctionMode):
         self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        recorder = self.recorder
-        if recorder is None or recorder.stopped is not None:
-            return self._torch_function(func, types, args, kwargs)
-        if not torch.is_grad_enabled():
-            recorder.stop("forward() disables gradients")
-        before = recorder.opened()
-        try:
-            return self._torch_function(func, types, args, kwargs)
-        finally:
-            recorder.closed(before, cached_op_name(func))
-
-    def _torch_function(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
         if func is _SET_GRAD_ENABLED:
             return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
         user_grad = torch.is_grad_enabled()
@@ -502,11 +487,7 @@ class AttributionMode(TorchFunctionMode):
                 return result
         tracked = self._tracked_among(leaves)
         if not tracked:
-            if self.recorder is None:
-                return func(*args, **kwargs)
-            result = func(*args, **kwargs)
-            self.recorder.add(RUN, func, cached_op_name(func), leaves, spec, layout, result)
-            return result
+            return func(*args, **kwargs)
         rule = self.registry.op_rule(func)
         name = cached_op_name(func)
         kind = type(rule)
@@ -596,8 +577,6 @@ class AttributionMode(TorchFunctionMode):
         if rule is None or isinstance(rule, Refuse):
             result = func(*args, **kwargs)
             if rule is None and not any(isinstance(leaf, Tensor) for leaf in _tensors_of(result)):
-                if self.recorder is not None:
-                    self.recorder.add_call(func, name, args, kwargs, result)
                 return result  # a query such as x.shape or x.dim(): no value flows on
             if isinstance(rule, Refuse):
                 self._refuse(name, rule.reason, getattr(rule, "advice", "rule"))
@@ -640,11 +619,6 @@ class AttributionMode(TorchFunctionMode):
             return result
 
         result, call = attribute_from_tape(self.tape, call, rule, key, name, shapes)
-        if self.recorder is not None:
-            if target is not None:
-                self.recorder.stop(f"{name} writes a rule's result in place")
-            else:
-                self.recorder.add(RULE, base, name, call.leaves, call.spec, call.layout, result, rule, key, call.tracked)
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]
@@ -660,8 +634,6 @@ class AttributionMode(TorchFunctionMode):
         pass may run extra ones (autograd's backward hooks wrap inputs in views).
         """
         result = func(*args, **kwargs)
-        if self.recorder is not None:
-            self.recorder.add_call(func, name, args, kwargs, result)
         if isinstance(rule, Constant):
             return result
         if isinstance(result, Tensor) and result.is_floating_point():
@@ -707,14 +679,8 @@ class AttributionMode(TorchFunctionMode):
         if not torch.is_grad_enabled():
             self._refuse_grad_off(name)
         no_graph = torch.no_grad() if not self.replay else torch.enable_grad() if self._follows_no_grad(args, kwargs) else contextlib.nullcontext()
-        recorder = self.recorder
-        before = recorder.opened() if recorder is not None else 0
-        try:
-            with torch._C.DisableTorchFunction(), no_graph:
-                return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
-        finally:
-            if recorder is not None:
-                recorder.closed(before, name)
+        with torch._C.DisableTorchFunction(), no_graph:
+            return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
 
 
 def attribute_from_tape(tape: Tape, call: OpCall, rule: Rule, key: object, name: str, shapes: tuple[tuple[int, ...], ...] | None = None) -> tuple[Any, OpCall]:
@@ -784,7 +750,6 @@ def run_pass(
     shadows: Mapping[int, Tensor] | None = None,
     take: Callable[[Any], Any] | None = None,
     sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
-    recorder: Recorder | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
@@ -794,12 +759,10 @@ def run_pass(
     of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
     tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
     float inputs the model masks by comparing them with values to (the explained samples' values,
-    those values): those comparisons read the samples' values; ``recorder``, in an input pass,
-    records it as a plan where it can (see plan.py). Returns the output and the
+    those values): those comparisons read the samples' values. Returns the output and the
     mode, which holds the attribution leaves of the integer inputs and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
-    mode.recorder = recorder
     module_rules = ModuleRules(model, registry)
     state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
     module_rules.install(mode)
