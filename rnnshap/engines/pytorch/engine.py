@@ -93,7 +93,7 @@ class TorchEngine(Engine):
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
         #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
-        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor]] = {}
+        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, int]] = {}
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
         self._unkept: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
@@ -159,7 +159,7 @@ class TorchEngine(Engine):
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
-                entries, outputs = kept
+                entries, outputs, _ = kept
                 if self._computes(block, outputs):
                     return Tape(list(entries)), outputs
                 del self._kept_tapes[key]
@@ -167,11 +167,14 @@ class TorchEngine(Engine):
         outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
         if key not in self._unkept:
             size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-            if size + sum(_tape_bytes(Tape(e)) for e, _ in self._kept_tapes.values()) > KEPT_TAPE_BYTES or not self._computes(block, outputs):
+            if size + self._kept_bytes() > KEPT_TAPE_BYTES or not self._computes(block, outputs):
                 self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
             else:
-                self._kept_tapes[key] = (list(tape.entries), outputs)  # (the input pass replaces the entries it takes in tape's own list)
+                self._kept_tapes[key] = (list(tape.entries), outputs, size)  # (the input pass replaces the entries it takes in tape's own list)
         return tape, outputs
+
+    def _kept_bytes(self) -> int:
+        return sum(size for _, _, size in self._kept_tapes.values())
 
     def _computes(self, block: Block, outputs: Tensor) -> bool:
         """Whether a plain forward of the block's references gives ``outputs`` bit for bit (see
@@ -311,6 +314,9 @@ class TorchEngine(Engine):
                 )
         if distinct:
             tape.repeats = s
+            # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
+            kept = self._kept_tapes.get((block.r0, block.r1))
+            tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
             ref_outputs = repeat_along(ref_outputs, 0, s)
         try:
             with torch.enable_grad():

@@ -28,6 +28,9 @@ class TapeEntry:
     output: torch.Tensor | None = None
     output_version: int = 0
     output_context: tuple[Any, ...] = ()
+    #: the entry repeated for an input pass (see ``Tape.keeps_repeats``): (repeats, entry, the
+    #: version counters of its tensors)
+    repeated: tuple[int, TapeEntry, tuple[int, ...]] | None = None
 
     def keep_output(self, output: torch.Tensor, context: tuple[Any, ...]) -> None:
         """Keep ``output``, which the operation computed from operands equal to ``references`` (in
@@ -53,6 +56,10 @@ class Tape:
     #: reference pass ran on the reference side of every pair, the number of samples where it ran on
     #: the distinct references only (then ``take`` repeats each operand along its batch axis)
     repeats: int = 1
+    #: whether the repeated entries are kept on the entries, for the next input pass of as many
+    #: samples (a kept tape, see the engine): each is handed out again while no tensor of it has
+    #: been written into (its version counters)
+    keeps_repeats: bool = False
 
     def append(self, entry: TapeEntry) -> None:
         self.entries.append(entry)
@@ -82,7 +89,16 @@ class Tape:
             )
         self.cursor += 1
         self.entries[index] = _TAKEN  # the input pass holds it while it needs it: its copies are freed then
-        return self._repeated(entry, axes) if repeated else entry
+        if not repeated:
+            return entry
+        if self.keeps_repeats and entry.repeated is not None:
+            count, kept, versions = entry.repeated
+            if count == self.repeats and _versions(kept) == versions:
+                return kept
+        out = self._repeated(entry, axes)
+        if self.keeps_repeats:
+            entry.repeated = (self.repeats, out, _versions(out))
+        return out
 
     def _repeated(self, entry: TapeEntry, axes: list[int]) -> TapeEntry:
         """``entry`` with its operands (and output, where it has the first operand's shape) repeated
@@ -102,6 +118,10 @@ class Tape:
                 f"The input pass stopped after {self.cursor} operations on input-dependent tensors but "
                 f"the reference pass went on with {entry.name}. {_CAUSES}"
             )
+
+
+def _versions(entry: TapeEntry) -> tuple[int, ...]:
+    return tuple(t._version for t in [*(entry.references or ()), *(() if entry.output is None else (entry.output,))])
 
 
 def batch_axis(reference: tuple[int, ...], shape: tuple[int, ...], repeats: int) -> int:
