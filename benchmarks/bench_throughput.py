@@ -16,6 +16,7 @@ additivity check on, as users run it (the explainer is built before the timed re
 
     python benchmarks/bench_throughput.py                 # all four cases, median of 7
     python benchmarks/bench_throughput.py --cases loop --profile 25
+    python benchmarks/bench_throughput.py --threads 1     # one torch thread: steadier on a busy machine
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=None, help="override every case's sample count")
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="cProfile one rnnshap call per case: top K by total time")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = [name for name in args.cases.split(",") if name]
     calls: dict[str, Callable[[], Any]] = {}
     for name in names:
