@@ -22,6 +22,15 @@ import tensorflow as tf
 Fn = Callable[[tf.Tensor], tf.Tensor]
 
 
+def flat_values(values: Any) -> list[Any]:
+    """The leaves of nested lists, tuples and dicts (a keras op's arguments), in order."""
+    if isinstance(values, (list, tuple)):
+        return [item for v in values for item in flat_values(v)]
+    if isinstance(values, dict):
+        return [item for v in values.values() for item in flat_values(v)]
+    return [values]
+
+
 class Dual:
     """One tensor on the input side and on the reference side (a plain class: keras's tree must not
     flatten it), with the Keras mask of the explained input where one is set (both sides use it)."""

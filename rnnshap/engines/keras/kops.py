@@ -25,6 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
 from .dual import Dual
 
@@ -93,12 +94,6 @@ def supported(op: Any) -> bool:
     return n == "StopGradient" or n in ORDERINGS or n in PICKS or n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
 
 
-def _flat(values: Any) -> list[Any]:
-    if isinstance(values, (list, tuple)):
-        return [item for v in values for item in _flat(v)]
-    if isinstance(values, dict):
-        return [item for v in values.values() for item in _flat(v)]
-    return [values]
 
 
 def _both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -115,10 +110,10 @@ def _positions(args: tuple[Any, ...], kwargs: dict[str, Any], op: Any) -> list[t
     for index, value in enumerate(args):
         if isinstance(value, Dual):
             found.append((index, value))
-        elif any(isinstance(v, Dual) for v in _flat(value)):
+        elif any(isinstance(v, Dual) for v in dual.flat_values(value)):
             found.append((index, None))  # type: ignore[arg-type]  # a Dual inside a list (a nest)
     for key, value in kwargs.items():
-        if isinstance(value, Dual) or any(isinstance(v, Dual) for v in _flat(value)):
+        if isinstance(value, Dual) or any(isinstance(v, Dual) for v in dual.flat_values(value)):
             found.append((key, value if isinstance(value, Dual) else None))  # type: ignore[arg-type]
     return found
 
@@ -139,7 +134,6 @@ def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any
 
 #: a normalization written with keras ops (as the PyTorch side's rnnshap/engines/pytorch/scales.py):
 #: roots and inverse roots, and the ops that keep one (constants added, multiplied, clamped; moves)
-SCALE, INVERSE = 1, -1
 _ROOTS = {"Sqrt": SCALE, "Rsqrt": INVERSE}
 _KEEPS = {
     "Add", "Subtract", "Multiply", "Negative", "Clip", "Maximum", "Fmax", "Reshape", "ExpandDims", "Squeeze",
@@ -157,9 +151,7 @@ def _mark(n: str, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, 
         exponent = args[1] if len(args) > 1 else kwargs.get("x2")
         if position not in (0, "x1") or not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
             return None
-        if prior is None:
-            return SCALE if exponent == 0.5 else INVERSE if exponent == -0.5 else None
-        return prior if exponent == 1 else -prior if exponent == -1 else None
+        return power_mark(prior, exponent)
     if prior is None:
         return None
     if n == "Reciprocal":

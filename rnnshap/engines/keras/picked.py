@@ -106,7 +106,7 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callabl
     """The keras op ``op(*args, **kwargs)`` with picked indices among its arguments, by the rules of the
     module docstring; ``by_rule(args, kwargs)`` runs an op on Duals by its own rule."""
     n = _name(op)
-    leaves = [v for v in _leaves(args, kwargs) if isinstance(v, Dual)]
+    leaves = [v for v in dual.flat_values((args, kwargs)) if isinstance(v, Dual)]
     picked = [v for v in leaves if isinstance(v, PickedIndices)]
     index = picked[0]
     if len(picked) > 1:
@@ -140,17 +140,6 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callabl
             raise _refuse(op, index, unsupported, "casts to booleans (a comparison)")
         return PickedIndices(op(index.x), op(index.r), index.handle, index.origin)  # the same values
     return _mirror(op, args, kwargs, index, by_rule, unsupported)
-
-
-def _leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    def flat(values: Any) -> list[Any]:
-        if isinstance(values, (list, tuple)):
-            return [item for v in values for item in flat(v)]
-        if isinstance(values, dict):
-            return [item for v in values.values() for item in flat(v)]
-        return [values]
-
-    return flat([*args, *kwargs.values()])
 
 
 def _mirror(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: PickedIndices, by_rule: Callable[[tuple[Any, ...], dict[str, Any]], Any], unsupported: Unsupported) -> Any:

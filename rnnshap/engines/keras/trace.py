@@ -28,7 +28,7 @@ import tensorflow as tf
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
-from . import dual, kops
+from . import dual
 from .dual import Dual
 
 #: traces per layer: {signature of the call: KerasTrace | GraphTrace}
@@ -100,7 +100,7 @@ class TraceError(Exception):
 
 def call_traced(layer: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], walker: Any) -> Any:
     """``layer(*args, **kwargs)`` on Duals through the trace of its ``call``."""
-    if any(isinstance(v, tf.Tensor) for v in kops._flat((args, kwargs))):
+    if any(isinstance(v, tf.Tensor) for v in dual.flat_values((args, kwargs))):
         raise TraceError("a tensor computed from a mask (or a Keras mask) reaches its custom call(); rnnshap traces call() on model tensors only")
     kwargs = dict(kwargs)
     if "training" not in kwargs and _accepts(layer, "training"):
@@ -289,7 +289,7 @@ class GraphTrace:
             needed.add(id(op))
             if id(op) in self.records:
                 _, a, k, _ = self.records[id(op)]
-                stack.extend(t for t in kops._flat((a, k)) if isinstance(t, tf.Tensor))
+                stack.extend(t for t in dual.flat_values((a, k)) if isinstance(t, tf.Tensor))
             else:
                 stack.extend(op.inputs)
         return [op for op in graph.get_operations() if id(op) in needed]

@@ -29,13 +29,11 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ...rules.composite import Quotient, ScaledProduct, ScaledQuotient
+from ...rules.composite import INVERSE, SCALE, Quotient, ScaledProduct, ScaledQuotient, power_mark
 from ...rules.registry import DIVISION, REVERSE_DIVISION
 
 Tensor = torch.Tensor
 
-#: marks: a root (a norm, a standard deviation) and an inverse root (rsqrt)
-SCALE, INVERSE = 1, -1
 
 _ROOTS = {"sqrt": SCALE, "rsqrt": INVERSE, "std": SCALE, "std_mean": SCALE, "norm": SCALE, "linalg_vector_norm": SCALE}
 _POWERS = frozenset({"pow", "__pow__", "float_power"})
@@ -87,10 +85,7 @@ def mark_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], operand: T
     if name in _POWERS:
         if not args or args[0] is not operand:
             return None
-        exponent = _number(args[1] if len(args) > 1 else kwargs.get("exponent"))
-        if prior is None:
-            return SCALE if exponent == 0.5 else INVERSE if exponent == -0.5 else None
-        return prior if exponent == 1.0 else -prior if exponent == -1.0 else None
+        return power_mark(prior, _number(args[1] if len(args) > 1 else kwargs.get("exponent")))
     if prior is None:
         return None
     if name == "reciprocal":
