@@ -82,7 +82,7 @@ class Side:
         whole = torch.cat([torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1), lengths[:, None].to(sequence.dtype), *flat_states], 1)
         pair = torch.arange(pairs, device=lengths.device)
         for key in (first, whole):
-            _, index = torch.unique(key, dim=0, return_inverse=True)
+            index = _groups_of_equal_rows(key)
             rows = int(index.max()) + 1
             if rows == pairs:
                 break
@@ -144,6 +144,21 @@ class Side:
         shape = list(expanded.shape)
         shape[dim], shape[dim + 1] = self.samples, self.references
         return expanded.expand(shape)
+
+
+#: the integer type of each float size, to read a float's bits as
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _groups_of_equal_rows(key: Tensor) -> Tensor:
+    """A group index per row of ``key`` (rows, columns) such that rows with the same bits share one:
+    the rows' bit patterns hashed with integer arithmetic (exact, so equal rows hash alike) and the
+    hashes grouped, instead of ``torch.unique(key, dim=0)``, whose row sort compares the rows
+    pairwise. Rows that collide are grouped too; the caller checks every group on the values."""
+    bits = key.contiguous().view(_BITS[key.element_size()]).to(torch.int64)
+    weights = torch.arange(1, bits.shape[1] + 1, dtype=torch.int64, device=bits.device) * 0x9E3779B1 + 0x85EBCA6B
+    hashed = (bits * weights).sum(1) ^ (bits.sum(1) * 0xC2B2AE35)
+    return torch.unique(hashed, return_inverse=True)[1]
 
 
 def _same_prefixes(mask: Tensor, sequence: Tensor, states: Sequence[Tensor], source: Tensor) -> bool:
