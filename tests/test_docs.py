@@ -51,7 +51,7 @@ def test_the_readme_installs_in_a_venv_and_tests_with_the_command_ci_runs() -> N
         assert "venv" in block[0], block  # a fresh virtual environment first
         assert any(line.startswith("pip install torch==") and "/whl/cpu" in line for line in block), block  # the CPU build
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert tests[-1].split("#")[0].strip() == ci[-1] == "python -m pytest -q"
+    assert tests[-1].split("#")[0].strip() == ci[-1] == "python -m pytest -q -n 2"
     runs = [line.split("#")[0].strip() for line in tests if "pytest" in line]
     assert runs == [line for line in ci if "pytest" in line]  # CI runs the README's test commands, no more, no fewer
 
