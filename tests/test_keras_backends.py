@@ -134,23 +134,32 @@ print(json.dumps(found))
 """
 
 
-def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
-    pytest.importorskip("torch")
+def saved_for_the_torch_side(
+    folder: Path, models: dict[str, Callable[[], Any]], data: Callable[[str, np.random.Generator], tuple[Any, Any]], options: dict[str, dict[str, Any]] | None = None
+) -> dict[str, tuple[Any, Any, Any]]:
+    """Each model built (seed 0) with its inputs and background from ``data(name, rng)``, saved under
+    ``folder / name`` as ``_TORCH_SIDE`` reads them; returns name → (model, x, background)."""
     rng = np.random.default_rng(0)
     built = {}
-    for name, make in MODELS.items():
+    for name, make in models.items():
         keras.utils.set_random_seed(0)
         model = make()
-        x, background = _data(name, rng)
+        x, background = data(name, rng)
         built[name] = (model, x, background)
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "options.json").write_text(json.dumps(OPTIONS.get(name, {})))
-        model.save(folder / "model.keras")
-        np.save(folder / "x.npy", np.asarray(x))  # several inputs of one shape: stacked
-        np.save(folder / "background.npy", np.asarray(background))
+        own = folder / name
+        own.mkdir()
+        (own / "options.json").write_text(json.dumps((options or {}).get(name, {})))
+        model.save(own / "model.keras")
+        np.save(own / "x.npy", np.asarray(x))  # several inputs of one shape: stacked
+        np.save(own / "background.npy", np.asarray(background))
         if isinstance(x, list):
-            (folder / "several").touch()
+            (own / "several").touch()
+    return built
+
+
+def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+    pytest.importorskip("torch")
+    built = saved_for_the_torch_side(tmp_path, MODELS, _data, OPTIONS)
     # one job for all models in the session's torch-backend process (Keras fixes its backend at import),
     # running while this process explains them on TensorFlow
     torch_side = keras_process("torch").submit(_TORCH_SIDE, str(tmp_path))

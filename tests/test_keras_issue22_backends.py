@@ -30,7 +30,7 @@ import rnnshap  # noqa: E402
 from .conftest import assert_rounding_close  # noqa: E402
 from .keras_orderings import Ordered, Picks  # noqa: E402
 from .keras_process import KerasProcess  # noqa: E402
-from .test_keras_backends import _TORCH_SIDE  # noqa: E402
+from .test_keras_backends import _TORCH_SIDE, saved_for_the_torch_side  # noqa: E402
 
 L = keras.layers
 T, F = 8, 3
@@ -102,19 +102,7 @@ def _explain_tensorflow(model: Any, x: Any, background: Any) -> np.ndarray:
 
 def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
     pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    built = {}
-    for name, make in MODELS.items():
-        keras.utils.set_random_seed(0)
-        model = make()
-        x, background = _data(name, rng)
-        built[name] = (model, x, background)
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "options.json").write_text("{}")
-        model.save(folder / "model.keras")
-        np.save(folder / "x.npy", np.asarray(x))
-        np.save(folder / "background.npy", np.asarray(background))
+    built = saved_for_the_torch_side(tmp_path, MODELS, _data)
     # the torch side runs in the session's torch-backend process while this one explains on TensorFlow
     torch_side = keras_process("torch").submit("import tests.keras_orderings  # registers Ordered\n" + _TORCH_SIDE, str(tmp_path))
     tensorflow_side = {name: _explain_tensorflow(model, x, background) for name, (model, x, background) in built.items()}

@@ -53,10 +53,11 @@ class Forecast(nn.Module):
         return self.network(x)["prediction"][..., self.outputs].reshape(n, -1)
 
 
-def _dataset(**kwargs: Any) -> TimeSeriesDataSet:
+def _frame() -> pd.DataFrame:
+    """Four series of 12 steps: the target, a real covariate, and two categoricals."""
     rng = np.random.default_rng(0)
     series, length = 4, 12
-    frame = pd.DataFrame({
+    return pd.DataFrame({
         "series": np.repeat([f"s{i}" for i in range(series)], length),
         "time_idx": np.tile(np.arange(length), series),
         "value": rng.normal(size=series * length).cumsum() * 0.1 + 5.0,
@@ -64,8 +65,11 @@ def _dataset(**kwargs: Any) -> TimeSeriesDataSet:
         "weekday": np.tile([str(d % 7) for d in range(length)], series),
         "group": np.repeat(["a", "a", "b", "b"], length),
     })  # fmt: skip
+
+
+def _dataset(**kwargs: Any) -> TimeSeriesDataSet:
     return TimeSeriesDataSet(
-        frame, time_idx="time_idx", target="value", group_ids=["series"],
+        _frame(), time_idx="time_idx", target="value", group_ids=["series"],
         max_encoder_length=L, min_encoder_length=L, max_prediction_length=H, min_prediction_length=H,
         time_varying_unknown_reals=["value"], time_varying_known_reals=["temp"],
         time_varying_known_categoricals=["weekday"], static_categoricals=["group"], **kwargs,
@@ -141,14 +145,7 @@ class ForecastWithLengths(nn.Module):
 def _reals_only() -> Case:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    series, length = 4, 12
-    frame = pd.DataFrame({
-        "series": np.repeat([f"s{i}" for i in range(series)], length),
-        "time_idx": np.tile(np.arange(length), series),
-        "value": rng.normal(size=series * length).cumsum() * 0.1 + 5.0,
-        "temp": rng.normal(size=series * length),
-    })  # fmt: skip
+    frame = _frame()[["series", "time_idx", "value", "temp"]]  # no categoricals
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = TimeSeriesDataSet(

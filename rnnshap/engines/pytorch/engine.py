@@ -455,15 +455,10 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     try:
         with warnings.catch_warnings():  # an operation without a batching rule runs once per output, as before
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
-            grads = torch.func.vmap(lambda v: _zeros_for_unused(torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True), leaves))(grad_outputs)
+            grads = torch.func.vmap(lambda v: tuple(_or_zeros(g, leaf) for g, leaf in zip(torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True), leaves, strict=True)))(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
         grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
-
-
-def _zeros_for_unused(grads: tuple[Tensor | None, ...], leaves: list[Tensor]) -> tuple[Tensor, ...]:
-    """Zeros for the leaves the output does not depend on (vmap takes tensors only)."""
-    return tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves, strict=True))
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:

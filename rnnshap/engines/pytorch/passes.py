@@ -618,7 +618,17 @@ class AttributionMode(TorchFunctionMode):
                 self._written_into(target)
             return result
 
-        result, call = attribute_from_tape(self.tape, call, rule, key, name, shapes)
+        entry = self.tape.take(key, name, call.tracked, shapes)
+        assert entry.references is not None
+        ref_leaves = list(call.leaves)
+        for i, reference in zip(call.tracked, entry.references, strict=False):
+            ref_leaves[i] = reference
+        kept = entry.kept_output(_context(call)) if entry.output is not None else None
+        call = call.with_references(ref_leaves, kept)
+        try:
+            result = rule.attribute(call)
+        except ValueError as error:  # a rule that does not fit this call and did not say so in time
+            raise UnsupportedOperationError([(name, str(error), "operands")]) from error
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]
@@ -681,23 +691,6 @@ class AttributionMode(TorchFunctionMode):
         no_graph = torch.no_grad() if not self.replay else torch.enable_grad() if self._follows_no_grad(args, kwargs) else contextlib.nullcontext()
         with torch._C.DisableTorchFunction(), no_graph:
             return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
-
-
-def attribute_from_tape(tape: Tape, call: OpCall, rule: Rule, key: object, name: str, shapes: tuple[tuple[int, ...], ...] | None = None) -> tuple[Any, OpCall]:
-    """Run ``rule`` on ``call`` of the input pass against the next entry of ``tape`` (which must be
-    the same operation on operands of the same shapes): its result, and the call with its
-    reference side."""
-    entry = tape.take(key, name, call.tracked, _shapes(call.leaves, call.tracked) if shapes is None else shapes)
-    assert entry.references is not None
-    ref_leaves = list(call.leaves)
-    for i, reference in zip(call.tracked, entry.references, strict=False):
-        ref_leaves[i] = reference
-    kept = entry.kept_output(_context(call)) if entry.output is not None else None
-    call = call.with_references(ref_leaves, kept)
-    try:
-        return rule.attribute(call), call
-    except ValueError as error:  # a rule that does not fit this call and did not say so in time
-        raise UnsupportedOperationError([(name, str(error), "operands")]) from error
 
 
 def _context(call: OpCall) -> tuple[Any, ...]:
