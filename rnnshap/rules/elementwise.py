@@ -54,15 +54,16 @@ _THRESHOLDS: dict[torch.dtype, float] = {}
 
 
 class _MultiplierFunction(torch.autograd.Function):
-    """Returns a precomputed output whose backward multiplies by precomputed multipliers.
+    """Returns a precomputed output whose backward multiplies by precomputed multipliers (and by a
+    common factor, when there is one).
 
     Only the multipliers are saved, so in-place changes to the operands after this op cannot
     corrupt the backward pass.
     """
 
     @staticmethod
-    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, Players]], *operands: Tensor) -> Tensor:  # type: ignore[override]
-        output, multipliers = computed()
+    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, Players, Tensor | None]], *operands: Tensor) -> Tensor:  # type: ignore[override]
+        output, multipliers, ctx.factor = computed()
         ctx.save_for_backward(*multipliers)
         ctx.shapes = [op.shape for op in operands]
         return output
@@ -70,18 +71,21 @@ class _MultiplierFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         grads: list[Any] = [None]
+        if ctx.factor is not None:
+            grad = grad * ctx.factor
         for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False):
             g = grad * m
             grads.append(g if g.shape == shape else g.sum_to_size(shape))
         return tuple(grads)
 
 
-def with_multipliers(output: Tensor, operands: Players, multipliers: Players) -> Tensor:
-    """Attach ``multipliers`` (one per operand, broadcast to ``output``) as the gradient of ``output``."""
+def with_multipliers(output: Tensor, operands: Players, multipliers: Players, factor: Tensor | None = None) -> Tensor:
+    """Attach ``multipliers`` (one per operand, broadcast to ``output``) as the gradient of ``output``;
+    each times ``factor`` (a 0-d tensor), when given, which the backward applies once for all."""
     if not any(op.requires_grad for op in operands):
         return output
     # The output is handed over in a closure: a custom Function may not return one of its inputs.
-    computed = (output.detach(), [m.detach() if m.requires_grad else m for m in multipliers])
+    computed = (output.detach(), [m.detach() if m.requires_grad else m for m in multipliers], factor)
     if _TRANSFORMS_ACTIVE is None or _TRANSFORMS_ACTIVE():
         return _MultiplierFunction.apply(lambda: computed, *operands)
     # what Function.apply does when no functorch transform is active (this Function has no
@@ -183,45 +187,74 @@ def shapley(
     return with_multipliers(output, inputs, multipliers), ref_output
 
 
-def _result_backwards() -> dict[Any, Callable[[Tensor, Tensor], Tensor]]:
-    """Smooth unary operations whose derivative autograd computes from their result, with the
-    kernel it calls: ``torch.sigmoid`` → ``aten.sigmoid_backward(grad, result)``, and tanh."""
-    table: dict[Any, Callable[[Tensor, Tensor], Tensor]] = {}
-    aten = torch.ops.aten
-    for backward, fns in (
-        (aten.sigmoid_backward, (torch.sigmoid, torch.Tensor.sigmoid)),
-        (aten.tanh_backward, (torch.tanh, torch.Tensor.tanh)),
-    ):
-        for fn in fns:
-            table[fn] = backward
-    return table
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once: an operation with a
+    Python number wraps it in a new tensor on every call (a fill and a copy, about as long as the
+    operation itself on the small tensors of a step), with a 0-d tensor it reads the value as the
+    number, with the same results."""
+    key = (value, like.dtype, like.device)
+    constant = _SCALARS.get(key)
+    if constant is None:
+        constant = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return constant
 
 
-#: see ``_result_backwards``
-RESULT_BACKWARDS = _result_backwards()
+_SCALARS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+
+
+def _tanh_secant_near(output: Tensor, ref_output: Tensor, delta: Tensor) -> Tensor:
+    r"""The secant slope of tanh from its two results, for small :math:`|\Delta|`.
+
+    :math:`\tanh x - \tanh r = \tanh(\Delta)\,(1 - \tanh x \tanh r)`, and
+    :math:`\tanh(\Delta)/\Delta = 1 - \Delta^2/3 + 2\Delta^4/15 - \dots`: below the threshold
+    (:math:`|\Delta| \le \epsilon^{1/3}`) the first two terms are the quotient to within
+    :math:`\Delta^4 \le \epsilon^{4/3}`, below the dtype's rounding.
+    """
+    one = _scalar(1.0, delta)
+    return torch.addcmul(one, output, ref_output, value=-1) * torch.addcmul(one, delta, delta, value=-1 / 3)
+
+
+def _sigmoid_secant_near(output: Tensor, ref_output: Tensor, delta: Tensor) -> Tensor:
+    r"""The secant slope of the logistic sigmoid :math:`\sigma` from its two results, for small
+    :math:`|\Delta|`.
+
+    With :math:`\sigma(t) = (1 + \tanh(t/2))/2`, :math:`\sigma(x) - \sigma(r) = \tanh(\Delta/2)
+    \,[\sigma(x) + \sigma(r) - 2\sigma(x)\sigma(r)]` and :math:`\tanh(\Delta/2)/\Delta =
+    1/2 - \Delta^2/24 + \dots`, within :math:`\Delta^4` of the quotient as for tanh. (Where both
+    sides saturate towards 1 the bracket cancels, as the derivative :math:`\sigma(1 - \sigma)` does.)
+    """
+    both = torch.addcmul(output + ref_output, output, ref_output, value=-2)
+    return both * torch.addcmul(_scalar(0.5, delta), delta, delta, value=-1 / 24)
+
+
+#: smooth unary operations whose exact secant slope for small ``|Δ|`` has a closed form in their two
+#: results (see ``rescale_from_result``)
+RESULT_SECANTS: dict[Any, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    torch.sigmoid: _sigmoid_secant_near,
+    torch.Tensor.sigmoid: _sigmoid_secant_near,
+    torch.tanh: _tanh_secant_near,
+    torch.Tensor.tanh: _tanh_secant_near,
+}
 
 
 def rescale_from_result(
     f: Callable[[Tensor], Tensor],
-    backward: Callable[[Tensor, Tensor], Tensor],
+    secant_near: Callable[[Tensor, Tensor, Tensor], Tensor],
     x: Tensor,
     r: Tensor,
     reference_output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``shapley_multipliers(lambda p: f(p[0]), [x], [r])`` for a smooth unary ``f`` of
-    ``RESULT_BACKWARDS`` (sigmoid, tanh) of real floating-point ``x`` and ``r``: the same values
-    with fewer operations.
+    """The Rescale rule of a smooth unary ``f`` of ``RESULT_SECANTS`` (sigmoid, tanh) on real
+    floating-point ``x`` and ``r``, in few operations.
 
-    - The midpoint derivative, where ``|Δ|`` is below the threshold, is ``backward(1, f(midpoint))``,
-      the kernel autograd runs for it, called directly (autograd's derivative needs a clone of the
-      midpoint, a graph and a backward pass per call).
-    - The quotient is taken over Δ as it is: where Δ is small it is replaced by that derivative, so
-      what it is there does not matter (the generic path first sets those Δ to 1).
+    - The multiplier is the quotient ``(f(x) − f(r)) / Δ`` where ``|Δ|`` is above the threshold
+      (the generic rule's values, bit for bit), and ``secant_near(f(x), f(r), Δ)``, the secant in
+      closed form, below it, where the quotient would cancel. The generic rule takes the
+      derivative at the midpoint there, within ``Δ²`` of the secant; the closed form is within the
+      rounding, and needs no second evaluation of ``f`` nor of its derivative.
     - The least and greatest ``|Δ|`` (one float reduction) tell whether any Δ is small and whether
       all are finite: then so are ``x`` and ``r``, the quotients (|Δ| above the threshold, outputs
-      in [-1, 1]) and the derivatives, and the check for non-finite multipliers is not needed.
-    - The generic path's ``0 + 1.0 * t`` sums are left out: they change no value of these
-      functions, whose results and derivatives are never ``-0.0`` where the quotient is used.
+      in [-1, 1]) and the closed forms, and the check for non-finite multipliers is not needed.
 
     Returns ``(output, reference_output, multiplier)``.
     """
@@ -229,16 +262,15 @@ def rescale_from_result(
     ref_output = f(r) if reference_output is None else reference_output
     output = f(x)
     delta = x - r
+    multiplier = (output - ref_output) / delta
+    if not delta.numel():
+        return output, ref_output, multiplier
     size = delta.abs()
     threshold = small_delta_threshold(delta.dtype, True)
-    multiplier = (output - ref_output) / delta
-    if not size.numel():
-        return output, ref_output, multiplier
     least, greatest = (float(v) for v in torch.aminmax(size))
     finite = math.isfinite(greatest)
     if least <= threshold if finite else bool((size <= threshold).any()):
-        at = f((x + r) * 0.5)  # the same values as (x + r) / 2
-        multiplier = torch.where(size <= threshold, backward(torch.ones_like(at), at), multiplier)
+        multiplier = torch.where(size <= _scalar(threshold, size), secant_near(output, ref_output, delta), multiplier)
     if finite:
         return output, ref_output, multiplier
     return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
@@ -297,11 +329,11 @@ class Rescale(Shapley):
                 f"Rescale applies to operations with one input-dependent operand; {call.name} has "
                 f"{len(call.tracked)}. Use rnnshap.rules.Shapley() for several operands."
             )
-        backward = RESULT_BACKWARDS.get(call.fn) if self.smooth and len(call.leaves) == 1 else None
+        secant_near = RESULT_SECANTS.get(call.fn) if self.smooth and len(call.leaves) == 1 else None
         x = call.leaves[0]
-        if backward is None or not x.is_floating_point():  # (complex tanh is unbounded: the generic path)
+        if secant_near is None or not x.is_floating_point():  # (complex tanh is unbounded: the generic path)
             return super().attribute(call)
-        output, _, multiplier = rescale_from_result(call.fn, backward, x, call.ref_leaves[0], call.ref_output)
+        output, _, multiplier = rescale_from_result(call.fn, secant_near, x, call.ref_leaves[0], call.ref_output)
         return with_multipliers(output, [x], [multiplier])
 
 
@@ -314,10 +346,11 @@ class Product(Rule):
     def attribute(self, call: OpCall) -> Any:
         (a, b), (a_ref, b_ref) = call.inputs, call.references
         a_in, b_in = a.detach(), b.detach()
-        # product() without the reference output, which is not needed here, and without expanding
-        # the multipliers to the output's shape: the backward broadcasts them the same way
+        # product() without the reference output, which is not needed here, without expanding the
+        # multipliers to the output's shape (the backward broadcasts them the same way), and with
+        # their common ½ applied once to the gradient (exact: a power of two)
         output = a_in * b_in
-        return with_multipliers(output, [a, b], [(b_in + b_ref) * 0.5, (a_in + a_ref) * 0.5])
+        return with_multipliers(output, [a, b], [b_in + b_ref, a_in + a_ref], _scalar(0.5, output))
 
 
 class Bilinear(Rule):
