@@ -59,17 +59,32 @@ def _values(model: keras.Model, background: np.ndarray, X: np.ndarray, fast: boo
 
 
 @pytest.mark.parametrize(
-    ("kind", "dtype"),
-    [("states", "float64"), ("states", "float32"), ("gru", "float64"), ("gru", "float32"), ("bidirectional", "float64")],
+    ("kind", "dtype", "xla"),
+    [
+        ("states", "float64", False),
+        ("states", "float32", False),
+        ("gru", "float64", False),
+        ("gru", "float32", False),
+        ("bidirectional", "float64", False),
+        # the per-pair coefficients compiled by XLA, as for blocks of at least fused.XLA_ELEMENTS
+        ("states", "float64", True),
+        ("states", "float32", True),
+        ("gru", "float32", True),
+    ],
 )
-def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, xla: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "XLA_ELEMENTS", 0 if xla else 1 << 62)
+    compiled: list[int] = []
+    if xla:
+        body = fused._secants_compiled
+        monkeypatch.setattr(fused, "_secants_compiled", lambda *args: compiled.append(1) or body(*args))
     keras.utils.set_random_seed(0)
     model = _model(kind, dtype)
     rng = np.random.default_rng(0)
     background, X = rng.normal(size=(7, T, F)).astype(dtype), rng.normal(size=(5, T, F)).astype(dtype)
     fast, ran = _values(model, background, X, True, monkeypatch, batch_size=3)  # blocks of 3 samples x 7 references
     slow, _ = _values(model, background, X, False, monkeypatch, batch_size=3)
-    assert ran
+    assert ran and bool(compiled) == xla
     assert np.abs(fast - slow).max() <= secant_rounding_tol(dtype) * max(1.0, float(np.abs(slow).max()))  # the same values in another order
     assert np.all(fast[:, :, F - 1] == 0)  # the feature the model ignores
     gap = np.asarray(model(X), np.float64) - np.asarray(model(background), np.float64).mean(0)

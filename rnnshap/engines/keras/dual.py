@@ -20,6 +20,8 @@ import ml_dtypes  # (a dependency of keras and tensorflow)
 import tensorflow as tf
 
 Fn = Callable[[tf.Tensor], tf.Tensor]
+#: the secant slope of an activation from its two results and Δ, for small |Δ|
+Near = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def flat_values(values: Any) -> list[Any]:
@@ -85,13 +87,16 @@ def attach(value: tf.Tensor, pairs: Sequence[tuple[tf.Tensor, tf.Tensor]]) -> tf
     return out
 
 
-def dsigmoid(u: tf.Tensor) -> tf.Tensor:
-    s = tf.sigmoid(u)
-    return s * (1 - s)
+def sigmoid_secant_near(yx: tf.Tensor, yr: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """The logistic sigmoid's secant slope from its two results for small |Δ|: (σ_x + σ_r − 2σ_xσ_r)
+    (1/2 − Δ²/24), within Δ⁴ of the quotient (rnnshap/rules/elementwise.py, ``_sigmoid_secant_near``)."""
+    return (yx + yr - 2 * yx * yr) * (0.5 - delta * delta / 24)
 
 
-def dtanh(u: tf.Tensor) -> tf.Tensor:
-    return 1 - tf.tanh(u) ** 2
+def tanh_secant_near(yx: tf.Tensor, yr: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """tanh's secant slope from its two results for small |Δ|: (1 − tanh_x tanh_r)(1 − Δ²/3)
+    (rnnshap/rules/elementwise.py, ``_tanh_secant_near``)."""
+    return (1 - yx * yr) * (1 - delta * delta / 3)
 
 
 def _autodiff(fn: Fn) -> Fn:
@@ -104,30 +109,35 @@ def _autodiff(fn: Fn) -> Fn:
     return derivative
 
 
-def rescale(fn: Fn, u: Dual, smooth: bool = True, derivative: Fn | None = None) -> Dual:
-    """Rescale rule for an elementwise ``fn``: m = Δy/Δu, or ``fn'`` at the midpoint where |Δu| is tiny."""
+def rescale(fn: Fn, u: Dual, smooth: bool = True, derivative: Fn | None = None, near: Near | None = None) -> Dual:
+    """Rescale rule for an elementwise ``fn``: m = Δy/Δu where |Δu| is above the threshold, below it
+    the secant in closed form ``near`` where given, else ``fn'`` (``derivative``) at the midpoint."""
     ux = tf.stop_gradient(u.x)
     yx, yr = fn(ux), fn(u.r)
-    multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth)
+    multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth, near)
     return Dual(attach(yx, [(u.x, multiplier)]), yr)
 
 
-def secant_multiplier(yx: tf.Tensor, yr: tf.Tensor, ux: tf.Tensor, ur: tf.Tensor, derivative: Fn, smooth: bool = True) -> tf.Tensor:
-    """The Rescale multiplier of ``y = f(u)``: Δy/Δu, or ``derivative`` at the midpoint (at ``ux``
-    for piecewise ``f``) where |Δu| is below the threshold. Arguments broadcast."""
+def secant_multiplier(yx: tf.Tensor, yr: tf.Tensor, ux: tf.Tensor, ur: tf.Tensor, derivative: Fn | None, smooth: bool = True, near: Near | None = None) -> tf.Tensor:
+    """The Rescale multiplier of ``y = f(u)``: Δy/Δu, or where |Δu| is below the threshold
+    ``near(yx, yr, Δu)`` (the secant in closed form, for sigmoid and tanh) or else ``derivative`` at
+    the midpoint (at ``ux`` for piecewise ``f``). Arguments broadcast."""
     delta = ux - ur
     small = tf.abs(delta) <= small_delta_threshold(ux.dtype, smooth)
-    quotient = (yx - yr) / tf.where(small, tf.ones_like(delta), delta)
+    quotient = (yx - yr) / delta  # (where Δ = 0, not selected: the values of tf.where's other branch)
+    if near is not None:
+        return tf.where(small, near(yx, yr, delta), quotient)
+    assert derivative is not None
     at = (ux + ur) / 2 if smooth else ux
     return tf.where(small, derivative(at), quotient)
 
 
 def sigmoid(u: Dual) -> Dual:
-    return rescale(tf.sigmoid, u, derivative=dsigmoid)
+    return rescale(tf.sigmoid, u, near=sigmoid_secant_near)
 
 
 def tanh(u: Dual) -> Dual:
-    return rescale(tf.tanh, u, derivative=dtanh)
+    return rescale(tf.tanh, u, near=tanh_secant_near)
 
 
 def product(a: Dual, b: Dual) -> Dual:

@@ -5,8 +5,8 @@ side of a row depends on its sample only and the reference side on its reference
 forward recurrence runs on the distinct rows of each side (``samples + references`` rows instead of
 ``2 x copies x samples x references``), and one ``tf.custom_gradient`` gives the layer the
 DeepLIFT multipliers of the step-by-step dual path (:func:`rnnshap.engines.keras.layers._step`):
-Rescale on the gates (:func:`rnnshap.engines.keras.dual.rescale`: the secant, or the derivative at
-the midpoint where ``|Δz|`` is below the threshold) and the exact Shapley rule on ``f ⊙ c``,
+Rescale on the gates (:func:`rnnshap.engines.keras.dual.rescale`: the quotient, or the secant in
+closed form where ``|Δz|`` is below the threshold) and the exact Shapley rule on ``f ⊙ c``,
 ``i ⊙ g`` and ``o ⊙ tanh(c)``, composed by the reverse-time recurrence
 
 .. math::
@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from .dual import Dual, dsigmoid, dtanh, secant_multiplier
+from .dual import Dual, small_delta_threshold
 
 L = keras.layers
 
@@ -81,15 +81,75 @@ def _split_sides(rows: tf.Tensor, samples: int) -> tuple[tf.Tensor, tf.Tensor]:
     return rows[:samples][None, :, None], rows[samples:][None, None, :]
 
 
-def _mean(rows: tf.Tensor, samples: int, grid: Grid) -> tf.Tensor:
-    """(v_x + v_r)/2 per pair of the stacked distinct rows ``rows`` (S + R, ...)."""
-    x, r = _split_sides(rows, samples)
-    return _per_pair((x + r) / 2, grid)
+def _half_mean(rows: tf.Tensor, samples: int, grid: Grid) -> tf.Tensor:
+    """(v_x + v_r)/2 per pair of the stacked distinct rows ``rows`` (S + R, ...), the ½ taken on the rows."""
+    x, r = _split_sides(rows * 0.5, samples)
+    return _per_pair(x + r, grid)
 
 
-def _rescale(y: tf.Tensor, u: tf.Tensor, samples: int, grid: Grid, derivative: Any) -> tf.Tensor:
-    """The Rescale multiplier per pair of ``y = f(u)`` from the stacked distinct rows."""
-    return _per_pair(secant_multiplier(*_split_sides(y, samples), *_split_sides(u, samples), derivative), grid)
+#: per activation: (μ, κ, c) of the secant's closed form for small |Δu|, (κ − (a_x − μ)(a_r − μ))(1 − c Δu²)
+_CLOSED_FORMS = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
+
+
+def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None = None) -> tf.Tensor:
+    r"""Per pair, the Rescale multiplier of every column of ``y = act(u)`` (stacked distinct rows
+    (S + R, n, W); ``columns``: (width, "sigmoid" | "tanh") from the left), times the mean of
+    ``factors`` (S + R, n, W) over the pair's two sides where given (the Shapley share of the
+    product the activation enters): (pairs, n, W).
+
+    The quotient :math:`Δy/Δu`, and where :math:`|Δu|` is below the threshold the secant in closed
+    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (:func:`rnnshap.engines.keras.dual.sigmoid_secant_near`
+    and ``tanh_secant_near`` with the constants of each column), in one pass over all columns; the
+    mean's ½ is taken on the distinct rows.
+    """
+    pairs_elements = grid[0] * grid[1] * grid[2] * int(y.shape[1]) * int(y.shape[2])
+    if pairs_elements >= XLA_ELEMENTS and _xla_compiles():
+        return _secants_compiled(y, u, columns, samples, grid, factors)
+    return _secants_body(y, u, columns, samples, grid, factors)
+
+
+#: a block of per-pair coefficients of at least this many elements is computed by one XLA-compiled
+#: function: a dozen elementwise passes fused into one, where each would read and write the whole
+#: block (memory-bound: 1.9x the floor at 16 samples before, 1.5x after). Below it, the compile time
+#: (about half a second, once per block shape) would not be paid back.
+XLA_ELEMENTS = 1 << 20
+
+
+def _xla_compiles() -> bool:
+    """Whether TensorFlow compiles with XLA here (tried once)."""
+    global _XLA
+    if _XLA is None:
+        try:
+            tf.function(lambda t: t * 2 + 1, jit_compile=True)(tf.ones((2,)))
+            _XLA = True
+        except Exception:  # noqa: BLE001 - a TensorFlow build without XLA's CPU or GPU compiler: the plain graph
+            _XLA = False
+    return _XLA
+
+
+_XLA: bool | None = None
+
+
+def _secants_body(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None) -> tf.Tensor:
+    dtype = y.dtype
+    mu, kappa, c = (tf.constant([value for width, kind in columns for value in [_CLOSED_FORMS[kind][k]] * width], dtype) for k in range(3))
+    half = 0.5 if factors is not None else 1.0
+    threshold = small_delta_threshold(dtype, True)
+    u_x, u_r = _split_sides(u, samples)
+    y_x, y_r = _split_sides(y * half, samples)
+    centred_x, centred_r = _split_sides(y - mu, samples)
+    du = u_x - u_r
+    du2 = du * du
+    quotient = (y_x - y_r) / du  # (where Δu = 0, not selected)
+    near = (kappa * half - centred_x * half * centred_r) * (1 - c * du2)
+    m = tf.where(du2 <= threshold * threshold, near, quotient)
+    if factors is not None:
+        f_x, f_r = _split_sides(factors, samples)
+        m = m * (f_x + f_r)
+    return _per_pair(m, grid)
+
+
+_secants_compiled = tf.function(_secants_body, jit_compile=True, autograph=False)
 
 
 #: elements of one per-pair temporary over a block of steps (16 MiB in float32)
@@ -111,12 +171,6 @@ class _Blocks:
         if start != self.start:
             self.start, self.values = start, self.compute(start, min(self.steps, start + self.size))
         return [v[:, t - start] for v in self.values]
-
-
-def _gate_rescale(y: tf.Tensor, u: tf.Tensor, samples: int, grid: Grid, derivatives: tuple[Any, ...]) -> tf.Tensor:
-    """Rescale multipliers of gates stacked on the last axis, each with its own derivative."""
-    parts = zip(tf.split(y, len(derivatives), axis=-1), tf.split(u, len(derivatives), axis=-1), derivatives, strict=True)
-    return tf.concat([_rescale(a, v, samples, grid, derivative) for a, v, derivative in parts], -1)
 
 
 def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list[Dual]]:
@@ -151,18 +205,19 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
     h_x, h_r = _pairs(out[:samples], 0, grid), _pairs(out[samples:], 1, grid)
     c_x, c_r = _pairs(c_last[:samples], 0, grid), _pairs(c_last[samples:], 1, grid)
     z_all, a_all, c_all, tc_all = tf.stack(zs, 1), tf.stack(acts, 1), tf.stack(cs, 1), tf.stack(tcs, 1)
-    gates = (dsigmoid, dsigmoid, dtanh, dsigmoid)  # i, f, g, o
+
+    columns = [(units, "sigmoid"), (units, "sigmoid"), (units, "tanh"), (units, "sigmoid"), (units, "tanh")]  # i, f, g, o, tanh(c)
 
     def per_pair(t0: int, t1: int) -> list[tf.Tensor]:
-        """For steps t0..t1: the gates' means and multipliers, tanh(c)'s mean and multiplier, c_{t−1}'s mean."""
+        """For steps t0..t1, per pair: the gates' coefficients (each gate's Rescale multiplier times
+        the mean of the factor it multiplies: ḡ, c̄_{t−1}, ī, mean tanh(c)), tanh(c)'s (its multiplier
+        times ō), and f̄."""
         steps_ = slice(t0, t1)
-        return [
-            _mean(a_all[:, steps_], samples, grid),
-            _gate_rescale(a_all[:, steps_], z_all[:, steps_], samples, grid, gates),
-            _mean(tc_all[:, steps_], samples, grid),
-            _rescale(tc_all[:, steps_], c_all[:, t0 + 1 : t1 + 1], samples, grid, dtanh),
-            _mean(c_all[:, steps_], samples, grid),
-        ]
+        a, tc = a_all[:, steps_], tc_all[:, steps_]
+        i, f, g, o = tf.split(a, 4, axis=-1)
+        factors = tf.concat([g, c_all[:, steps_], i, tc, o], -1)  # on the distinct rows
+        both = _secants(tf.concat([a, tc], -1), tf.concat([z_all[:, steps_], c_all[:, t0 + 1 : t1 + 1]], -1), columns, samples, grid, factors)
+        return [both[..., : 4 * units], both[..., 4 * units :], _half_mean(f, samples, grid)]
 
     @tf.custom_gradient
     def attributed(seq_x: tf.Tensor) -> Any:
@@ -170,14 +225,13 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
             grad_h = tf.zeros_like(h_x) if grad_h is None else grad_h
             g_c = tf.zeros_like(c_x) if grad_c is None else grad_c
             g_h = tf.zeros_like(g_c)
-            blocks = _Blocks(steps, int(h_x.shape[0]) * 4 * units, per_pair)
+            blocks = _Blocks(steps, int(h_x.shape[0]) * 6 * units, per_pair)
             g_inputs = []
             for t in reversed(range(steps)):
-                gate_mean, m_gates, tc_mean, m_tc, c_prev_mean = blocks.at(t)
-                i_mean, f_mean, g_mean, o_mean = tf.split(gate_mean, 4, axis=-1)
+                k_gates, k_tc, f_mean = blocks.at(t)
                 g_h = g_h + grad_h[:, t]
-                g_c = g_c + g_h * o_mean * m_tc
-                g_z = tf.concat([g_c * g_mean, g_c * c_prev_mean, g_c * i_mean, g_h * tc_mean], -1) * m_gates
+                g_c = g_c + g_h * k_tc
+                g_z = tf.concat([g_c, g_c, g_c, g_h], -1) * k_gates
                 g_c = g_c * f_mean
                 g_h = tf.matmul(g_z, recurrent_kernel, transpose_b=True)
                 g_inputs.append(g_z)
@@ -228,30 +282,30 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list
     h_x, h_r = _pairs(out[:samples], 0, grid), _pairs(out[samples:], 1, grid)
     stacked = {name: tf.stack(values, 1) for name, values in saved.items()}
 
+    columns = [(2 * units, "sigmoid"), (units, "tanh")]  # z and r, tanh
+
     def per_pair(t0: int, t1: int) -> list[tf.Tensor]:
-        """For steps t0..t1: z's and r's means and multipliers, h̄_{t−1} − h̃̄, tanh's multiplier, the mean of h U_h + b_h."""
+        """For steps t0..t1, per pair: z's and r's coefficients (their multipliers times the means of
+        h_{t−1} − h̃ and of h U_h + b_h), tanh's (its multiplier times 1 − z̄), and z̄, r̄."""
         at = {name: value[:, t0:t1] for name, value in stacked.items()}
-        return [
-            _mean(at["act"], samples, grid),
-            _rescale(at["act"], at["pre"], samples, grid, dsigmoid),
-            _mean(at["h"], samples, grid) - _mean(at["hh"], samples, grid),
-            _rescale(at["hh"], at["a"], samples, grid, dtanh),
-            _mean(at["rh"], samples, grid),
-        ]
+        z = at["act"][..., :units]
+        factors = tf.concat([at["h"] - at["hh"], at["rh"], 1 - z], -1)  # on the distinct rows
+        both = _secants(tf.concat([at["act"], at["hh"]], -1), tf.concat([at["pre"], at["a"]], -1), columns, samples, grid, factors)
+        return [both[..., : 2 * units], both[..., 2 * units :], _half_mean(at["act"], samples, grid)]
 
     @tf.custom_gradient
     def attributed(seq_x: tf.Tensor) -> Any:
         def backward(grad_h: tf.Tensor | None) -> tf.Tensor:
             grad_h = tf.zeros_like(h_x) if grad_h is None else grad_h
             g_h = tf.zeros_like(h_x[:, 0])
-            blocks = _Blocks(steps, int(h_x.shape[0]) * 3 * units, per_pair)
+            blocks = _Blocks(steps, int(h_x.shape[0]) * 5 * units, per_pair)
             g_inputs = []
             for t in reversed(range(steps)):
-                act_mean, m_act, h_minus_hh, m_hh, rh_mean = blocks.at(t)
+                k_act, k_hh, act_mean = blocks.at(t)
                 z_mean, r_mean = tf.split(act_mean, 2, axis=-1)
                 g_h = g_h + grad_h[:, t]
-                g_a = g_h * (1 - z_mean) * m_hh
-                g_pre = tf.concat([g_h * h_minus_hh, g_a * rh_mean], -1) * m_act
+                g_a = g_h * k_hh
+                g_pre = tf.concat([g_h, g_a], -1) * k_act
                 g_h = g_h * z_mean + tf.matmul(tf.concat([g_pre, g_a * r_mean], -1), recurrent_kernel, transpose_b=True)
                 g_inputs.append(tf.concat([g_pre, g_a], -1))
             g_p = tf.stack(g_inputs[::-1], 1)  # (pairs, T, 3H)

@@ -62,6 +62,8 @@ PIECEWISE_UNARY = {
     "Abs", "Absolute", "Fabs", "Relu", "Relu6", "LeakyRelu", "HardSigmoid", "HardSilu", "HardTanh",
     "HardShrink", "SoftShrink", "Threshold", "Clip", "SparseSigmoid",
 }  # fmt: skip
+#: the secant in closed form from the two results, for small |Δ|, instead of the midpoint derivative
+NEARS = {"Sigmoid": dual.sigmoid_secant_near, "Tanh": dual.tanh_secant_near}
 #: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
 BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
 #: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices with their handle)
@@ -228,7 +230,7 @@ def _by_rule(
         if n in SLOPES and position in (0, "x") and len(args) + len(kwargs) == 1:
             unary, slope = SLOPES[n]
             return dual.secant(unary, value, slope)
-        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY)
+        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY, near=NEARS.get(n))
     if n in BINARY:
         if single:
             position, value = found[0]
