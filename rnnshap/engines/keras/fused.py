@@ -110,8 +110,8 @@ def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples
 
 #: a block of per-pair coefficients of at least this many elements is computed by one XLA-compiled
 #: function: a dozen elementwise passes fused into one, where each would read and write the whole
-#: block (memory-bound: 1.9x the floor at 16 samples before, 1.5x after). Below it, the compile time
-#: (about half a second, once per block shape) would not be paid back.
+#: block (memory-bound: an LSTM at 16 samples took 1.9-2x its compiled floor, 1.1-1.4x since). Below
+#: it, the compile time (about half a second, once per block shape) would not be paid back.
 XLA_ELEMENTS = 1 << 20
 
 
