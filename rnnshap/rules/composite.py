@@ -27,9 +27,18 @@ from .structured import scaled
 
 Tensor = torch.Tensor
 
+#: the signatures :func:`_bind` has read, by function (the module-level torch functions the rules serve)
+_SIGNATURES: dict[Any, inspect.Signature] = {}
+
 
 def _bind(fn: Callable[..., Any], call: OpCall) -> dict[str, Any]:
-    bound = inspect.signature(fn).bind(*call.args, **call.kwargs)
+    try:
+        signature = _SIGNATURES[fn]
+    except KeyError:
+        signature = _SIGNATURES[fn] = inspect.signature(fn)  # (slow: asked for on every call of the rule)
+    except TypeError:  # unhashable
+        signature = inspect.signature(fn)
+    bound = signature.bind(*call.args, **call.kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
 
