@@ -135,3 +135,26 @@ def test_layers_off_the_grid_or_after_a_mask_take_the_step_by_step_path(build: o
     assert not ran
     for got, want in zip(fast if isinstance(fast, list) else [fast], slow if isinstance(slow, list) else [slow], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_failing_xla_compile_falls_back_to_the_plain_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where XLA cannot compile the coefficients (a TensorFlow build without it, a dtype it lacks),
+    the graph is traced again without it and gives the plain graph's values."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = _model("states", "float32")
+    rng = np.random.default_rng(0)
+    background, X = rng.normal(size=(7, T, F)).astype("float32"), rng.normal(size=(5, T, F)).astype("float32")
+    monkeypatch.setattr(fused, "XLA_ELEMENTS", 1 << 62)
+    plain = rnnshap.DeepExplainer(model, background).shap_values(X)
+
+    def fails(*args: object) -> object:
+        raise tf.errors.UnimplementedError(None, None, "no XLA here")
+
+    monkeypatch.setattr(fused, "XLA_ELEMENTS", 0)
+    monkeypatch.setattr(fused, "_XLA", True)
+    monkeypatch.setattr(fused, "_secants_compiled", fails)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert fused._XLA is False  # not tried again
+    assert np.array_equal(values, plain)

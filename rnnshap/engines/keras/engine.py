@@ -22,6 +22,7 @@ from keras.src import tree as keras_tree
 from ...errors import InputError, RnnShapError
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
+from . import fused
 from .dual import Dual
 from .layers import Run, TokenDual, problems, refusal, run_model
 
@@ -305,6 +306,11 @@ class KerasEngine(Engine):
         except (TypeError, ValueError, NotImplementedError, AttributeError, tf.errors.OperatorNotAllowedInGraphError):
             self._graph = False
             return None
+        except tf.errors.OpError:
+            if not fused.give_up_compiling():
+                raise
+            self._graph = None  # XLA failed on the fused layers' coefficients: the plain graph, traced afresh
+            return self._graph_pass(xs, rs, chosen_columns, grid)
         run = Run(None, int(xs[0].shape[0]))
         run.agree = agree
         return Dual(x, r), run, grads

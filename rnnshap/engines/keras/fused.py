@@ -104,6 +104,8 @@ def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples
     """
     pairs_elements = grid[0] * grid[1] * grid[2] * int(y.shape[1]) * int(y.shape[2])
     if pairs_elements >= XLA_ELEMENTS and _xla_compiles():
+        global _COMPILED
+        _COMPILED = True
         return _secants_compiled(y, u, columns, samples, grid, factors)
     return _secants_body(y, u, columns, samples, grid, factors)
 
@@ -128,6 +130,16 @@ def _xla_compiles() -> bool:
 
 
 _XLA: bool | None = None
+#: whether a graph has been built with the compiled coefficients
+_COMPILED = False
+
+
+def give_up_compiling() -> bool:
+    """After an error running a graph: stop compiling the coefficients, and say whether any graph
+    used them (then the caller traces its graph again, without; otherwise the error is not ours)."""
+    global _XLA, _COMPILED
+    used, _XLA, _COMPILED = _COMPILED, False, False
+    return used
 
 
 def _secants_body(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None) -> tf.Tensor:
