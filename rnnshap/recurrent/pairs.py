@@ -78,11 +78,16 @@ class Side:
         lengths = mask.reshape(steps, pairs).sum(0)
         flat_states = [s.reshape(pairs, -1) for s in states]
         common = int(lengths.min())
-        first = torch.cat([sequence[:common].transpose(0, 1).reshape(pairs, -1), *flat_states], 1)
-        whole = torch.cat([torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1), lengths[:, None].to(sequence.dtype), *flat_states], 1)
+
+        def first() -> Tensor:
+            return torch.cat([sequence[:common].transpose(0, 1).reshape(pairs, -1), *flat_states], 1)
+
+        def whole() -> Tensor:  # (made only where the first steps do not group the rows)
+            return torch.cat([torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1), lengths[:, None].to(sequence.dtype), *flat_states], 1)
+
         pair = torch.arange(pairs, device=lengths.device)
         for key in (first, whole):
-            index = _groups_of_equal_rows(key)
+            index = _groups_of_equal_rows(key())
             rows = int(index.max()) + 1
             if rows == pairs:
                 break

@@ -33,7 +33,7 @@ class _Layout:
     batch_first: bool
     mask: Tensor | None = None  # (T, B, 1) bool, packed only
     positions: Tensor | None = None  # flat (t * B + b) positions of the packed rows
-    reverse_index: Tensor | None = None  # (T, B) per-row time reversal, packed only
+    reverse_rows: Tensor | None = None  # (T * B,) the flat (t * B + b) row each row takes in the per-row time reversal, packed only
 
 
 def _packed_layout(batch_sizes: Tensor, device: torch.device) -> _Layout:
@@ -43,8 +43,9 @@ def _packed_layout(batch_sizes: Tensor, device: torch.device) -> _Layout:
     time = torch.arange(steps, device=device)[:, None]
     active = time < lengths[None, :]  # (T, B)
     positions = torch.nonzero(active.reshape(-1)).squeeze(1)
-    reverse_index = torch.where(active, lengths[None, :] - 1 - time, time.expand(steps, batch))
-    return _Layout(True, False, active[..., None], positions, reverse_index)
+    reverse_time = torch.where(active, lengths[None, :] - 1 - time, time.expand(steps, batch))
+    reverse_rows = (reverse_time * batch + torch.arange(batch, device=device)[None, :]).reshape(-1)
+    return _Layout(True, False, active[..., None], positions, reverse_rows)
 
 
 def _to_padded(data: Tensor, layout: _Layout) -> Tensor:
@@ -60,10 +61,10 @@ def _from_padded(padded: Tensor, layout: _Layout) -> Tensor:
 
 
 def _reverse(sequence: Tensor, layout: _Layout) -> Tensor:
-    if layout.reverse_index is None:
+    if layout.reverse_rows is None:
         return sequence.flip(0)
-    index = layout.reverse_index[..., None].expand(-1, -1, sequence.shape[-1])
-    return sequence.gather(0, index)
+    # whole rows of C values moved (index_select), not every value looked up on its own (gather)
+    return sequence.flatten(0, 1).index_select(0, layout.reverse_rows).unflatten(0, sequence.shape[:2])
 
 
 class RecurrentLayer(Rule):
