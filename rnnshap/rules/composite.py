@@ -15,6 +15,7 @@ r"""Rules for composite operations, each by decomposition into exact rules.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -27,17 +28,13 @@ from .structured import scaled
 
 Tensor = torch.Tensor
 
-#: the signatures :func:`_bind` has read, by function (the module-level torch functions the rules serve)
-_SIGNATURES: dict[Any, inspect.Signature] = {}
+#: ``inspect.signature``, read once per function (the module-level stubs of the torch functions the
+#: rules serve; it is slow, and asked for on every call of a rule)
+_signature = functools.cache(inspect.signature)
 
 
 def _bind(fn: Callable[..., Any], call: OpCall) -> dict[str, Any]:
-    try:
-        signature = _SIGNATURES[fn]
-    except KeyError:
-        signature = _SIGNATURES[fn] = inspect.signature(fn)  # (slow: asked for on every call of the rule)
-    except TypeError:  # unhashable
-        signature = inspect.signature(fn)
+    signature = _signature(fn)
     bound = signature.bind(*call.args, **call.kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)

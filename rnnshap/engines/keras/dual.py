@@ -87,16 +87,23 @@ def attach(value: tf.Tensor, pairs: Sequence[tuple[tf.Tensor, tf.Tensor]]) -> tf
     return out
 
 
-def sigmoid_secant_near(yx: tf.Tensor, yr: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
-    """The logistic sigmoid's secant slope from its two results for small |Δ|: (σ_x + σ_r − 2σ_xσ_r)
-    (1/2 − Δ²/24), within Δ⁴ of the quotient (rnnshap/rules/elementwise.py, ``_sigmoid_secant_near``)."""
-    return (yx + yr - 2 * yx * yr) * (0.5 - delta * delta / 24)
+#: per activation, (μ, κ, c) of its secant slope from its two results for small |Δ|:
+#: (κ − (y_x − μ)(y_r − μ))(1 − cΔ²), within Δ⁴ of the quotient (for σ, (σ_x + σ_r − 2σ_xσ_r)/2 ·
+#: (1 − Δ²/12); see rnnshap/rules/elementwise.py, ``_sigmoid_secant_near`` and ``_tanh_secant_near``)
+CLOSED_FORMS = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
 
 
-def tanh_secant_near(yx: tf.Tensor, yr: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
-    """tanh's secant slope from its two results for small |Δ|: (1 − tanh_x tanh_r)(1 − Δ²/3)
-    (rnnshap/rules/elementwise.py, ``_tanh_secant_near``)."""
-    return (1 - yx * yr) * (1 - delta * delta / 3)
+def _secant_near(kind: str) -> Near:
+    mu, kappa, c = CLOSED_FORMS[kind]
+
+    def near(yx: tf.Tensor, yr: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+        return (kappa - (yx - mu) * (yr - mu)) * (1 - c * delta * delta)
+
+    near.__name__ = f"{kind}_secant_near"
+    return near
+
+
+sigmoid_secant_near, tanh_secant_near = _secant_near("sigmoid"), _secant_near("tanh")
 
 
 def _autodiff(fn: Fn) -> Fn:

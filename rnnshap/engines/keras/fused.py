@@ -30,7 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from .dual import Dual, small_delta_threshold
+from .dual import CLOSED_FORMS, Dual, small_delta_threshold
 
 L = keras.layers
 
@@ -87,10 +87,6 @@ def _half_mean(rows: tf.Tensor, samples: int, grid: Grid) -> tf.Tensor:
     return _per_pair(x + r, grid)
 
 
-#: per activation: (μ, κ, c) of the secant's closed form for small |Δu|, (κ − (a_x − μ)(a_r − μ))(1 − c Δu²)
-_CLOSED_FORMS = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
-
-
 def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None = None) -> tf.Tensor:
     r"""Per pair, the Rescale multiplier of every column of ``y = act(u)`` (stacked distinct rows
     (S + R, n, W); ``columns``: (width, "sigmoid" | "tanh") from the left), times the mean of
@@ -98,8 +94,8 @@ def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples
     product the activation enters): (pairs, n, W).
 
     The quotient :math:`Δy/Δu`, and where :math:`|Δu|` is below the threshold the secant in closed
-    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (:func:`rnnshap.engines.keras.dual.sigmoid_secant_near`
-    and ``tanh_secant_near`` with the constants of each column), in one pass over all columns; the
+    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (``dual.CLOSED_FORMS``, the constants of each
+    column), in one pass over all columns; the
     mean's ½ is taken on the distinct rows.
     """
     pairs_elements = grid[0] * grid[1] * grid[2] * int(y.shape[1]) * int(y.shape[2])
@@ -144,7 +140,7 @@ def give_up_compiling() -> bool:
 
 def _secants_body(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None) -> tf.Tensor:
     dtype = y.dtype
-    mu, kappa, c = (tf.constant([value for width, kind in columns for value in [_CLOSED_FORMS[kind][k]] * width], dtype) for k in range(3))
+    mu, kappa, c = (tf.constant([value for width, kind in columns for value in [CLOSED_FORMS[kind][k]] * width], dtype) for k in range(3))
     half = 0.5 if factors is not None else 1.0
     threshold = small_delta_threshold(dtype, True)
     u_x, u_r = _split_sides(u, samples)
