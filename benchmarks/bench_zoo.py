@@ -12,6 +12,12 @@ For every entry of every ``tests/zoo/test_<library>.py`` whose library is instal
   only). The two are timed round-robin after a warm-up, median of
   ``--repeats``, on a bigger case: the zoo case's background and samples resampled to ``--refs`` and
   ``--samples`` rows, floating-point inputs jittered so that every row is distinct.
+- **× native, k backward**: the same ``shap_values`` against one forward and a batched backward of
+  each of the model's k outputs (``is_grads_batched``), what a gradient method pays to explain every
+  output (``shap_values`` explains all k; the floor of ``bench_throughput.py``'s K-outputs case). The
+  column before it is against one backward of the outputs' sum, whatever k.
+
+The last lines give the median and the worst of both ratio columns.
 
 Run from the repository root, in an environment with the zoo's libraries
 (``pip install -e '.[zoo]' -c constraints/cpu-torch.txt``)::
@@ -26,6 +32,7 @@ import argparse
 import copy
 import importlib
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -90,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
           f"timing on {args.samples} samples × {args.refs} references = {args.samples * args.refs} pairs\n")  # fmt: skip
-    print("| library | model | status | float32 error | float64 error | shap_values s | native fwd+bwd s | × native |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| library | model | status | float32 error | float64 error | k | shap_values s | native fwd+bwd s | × native | native fwd + k bwd s | × native, k bwd |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    blank = " | | | | | | |"
+    ratios: dict[str, list[tuple[float, str]]] = {"× native": [], "× native, k bwd": []}
     for library in args.libraries.split(","):
         try:
             module = importlib.import_module(f"tests.zoo.test_{library}")
@@ -106,19 +115,29 @@ def main(argv: list[str] | None = None) -> int:
                 if spec.refused is not None:
                     try:
                         rnnshap.DeepExplainer(case.model.eval(), case.background[0] if len(case.background) == 1 else case.background)
-                        row += " not refused any more! | | | | |"
+                        row += " not refused any more!" + blank
                     except rnnshap.UnsupportedOperationError as error:
-                        row += " " + ", ".join(f"`{op}`" for op, _ in error.ops) + " | | | | |"
+                        row += " " + ", ".join(f"`{op}`" for op, _ in error.ops) + blank
                     print(row, flush=True)
                     continue
                 e32, e64 = errors(case)
                 big = grow(case, args.refs, args.samples)
-                seconds = median_seconds({"ours": shap_call(big), "native": native_call(big)}, args.repeats)
-                ours, native = seconds["ours"], seconds["native"]
-                row += f" {e32:.1e} | {e64:.1e} | {ours:.3f} | {native:.4f} | {ours / native:.1f} |"
+                calls = {"ours": shap_call(big), "native": native_call(big), "per output": native_call(big, per_output=True)}
+                seconds = median_seconds(calls, args.repeats)
+                ours, native, per_output = seconds["ours"], seconds["native"], seconds["per output"]
+                with torch.no_grad():
+                    k = case.model.eval()(*case.X).reshape(len(case.X[0]), -1).shape[1]
+                row += f" {e32:.1e} | {e64:.1e} | {k} | {ours:.3f} | {native:.4f} | {ours / native:.1f} | {per_output:.4f} | {ours / per_output:.1f} |"
+                ratios["× native"].append((ours / native, name))
+                ratios["× native, k bwd"].append((ours / per_output, name))
             except Exception as failure:  # one entry failing does not stop the table
-                row += f" crashed: {type(failure).__name__}: {str(failure).splitlines()[0][:120]} | | | | |"
+                row += f" crashed: {type(failure).__name__}: {str(failure).splitlines()[0][:120]}" + blank
             print(row, flush=True)
+    for column, values in ratios.items():
+        if values:
+            worst = max(values)
+            print(f"\n{column}: median {statistics.median(v for v, _ in values):.1f}, worst {worst[0]:.1f} ({worst[1]}), over {len(values)} models", end="")
+    print()
     print(f"\n{time.time() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

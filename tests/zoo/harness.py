@@ -175,10 +175,14 @@ def assert_causal(phi: np.ndarray, T: int, name: str) -> None:
 
 
 # -- cost against one native forward + backward (benchmarks/bench_zoo.py) -------------------------------
-def native_call(case: Case) -> Callable[[], None]:
+def native_call(case: Case, per_output: bool = False) -> Callable[[], None]:
     """One forward + backward of the model on the tiled (sample, reference) pairs, with respect to
     the floating-point inputs (benchmarks/bench_recurrent.py's ``native``), or, for a model of
-    token ids only, with respect to its parameters (the embedding's gradient, at least)."""
+    token ids only, with respect to its parameters (the embedding's gradient, at least).
+
+    The backward is of the outputs' sum, or with ``per_output`` of each of the model's k outputs
+    (one forward and a batched backward of k, ``is_grads_batched``: what any gradient method pays
+    to explain every output, as in ``benchmarks/bench_throughput.py``'s K-outputs floor)."""
     n_refs = case.background[0].shape[0]
     tiled = [x.repeat_interleave(n_refs, dim=0) for x in case.X]
     parameters = [p for p in case.model.parameters() if p.requires_grad]
@@ -186,7 +190,13 @@ def native_call(case: Case) -> Callable[[], None]:
     def call() -> None:
         leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tiled]
         wrt = [t for t in leaves if t.requires_grad] or parameters
-        torch.autograd.grad(case.model(*leaves).sum(), wrt, allow_unused=True)
+        out = case.model(*leaves)
+        if not per_output:
+            torch.autograd.grad(out.sum(), wrt, allow_unused=True)
+            return
+        flat = out.reshape(out.shape[0], -1)
+        eye = torch.eye(flat.shape[1], dtype=flat.dtype)[:, None, :].expand(flat.shape[1], *flat.shape)
+        torch.autograd.grad(flat, wrt, eye, is_grads_batched=True, allow_unused=True)
 
     return call
 

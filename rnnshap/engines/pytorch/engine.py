@@ -145,7 +145,7 @@ class TorchEngine(Engine):
                 return False
         return True
 
-    def _distinct_reference_pass(self, block: Block) -> tuple[Tape, Tensor]:
+    def _distinct_reference_pass(self, block: Block, state: PreservedState) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
         input pass) and its outputs.
 
@@ -154,20 +154,21 @@ class TorchEngine(Engine):
         same rows. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
         operation is intercepted) still gives the kept outputs bit for bit: parameters trained or
         replaced, a changed attribute that forward() reads, or a background changed in place each
-        change them, and the pass runs again."""
+        change them, and the pass runs again. ``state``: the model's state, taken before (each pass
+        and plain forward here restores it)."""
         key = (block.r0, block.r1)
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
                 entries, outputs, _ = kept
-                if self._computes(block, outputs):
+                if self._computes(block, outputs, state):
                     return Tape(list(entries)), outputs
                 del self._kept_tapes[key]
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
-        outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take)
+        outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take, state=state)
         if key not in self._unkept:
             size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-            if size + self._kept_bytes() > KEPT_TAPE_BYTES or not self._computes(block, outputs):
+            if size + self._kept_bytes() > KEPT_TAPE_BYTES or not self._computes(block, outputs, state):
                 self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
             else:
                 self._kept_tapes[key] = (list(tape.entries), outputs, size)  # (the input pass replaces the entries it takes in tape's own list)
@@ -176,10 +177,9 @@ class TorchEngine(Engine):
     def _kept_bytes(self) -> int:
         return sum(size for _, _, size in self._kept_tapes.values())
 
-    def _computes(self, block: Block, outputs: Tensor) -> bool:
+    def _computes(self, block: Block, outputs: Tensor, state: PreservedState) -> bool:
         """Whether a plain forward of the block's references gives ``outputs`` bit for bit (see
-        ``_distinct_reference_pass``); the model's state is left as it was."""
-        state = PreservedState(self.model)
+        ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before)."""
         try:
             with torch.no_grad():
                 now = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
@@ -294,11 +294,12 @@ class TorchEngine(Engine):
         distinct = self.distinct_references and s > 1 and n_refs > 1
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
+        state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
         with torch.no_grad():
             if distinct:
                 # the reference pass runs on the block's references once, and the tape repeats them
                 # for the pairs; it depends on nothing else, so a later block or call reuses it
-                tape, ref_outputs = self._distinct_reference_pass(block)
+                tape, ref_outputs = self._distinct_reference_pass(block, state)
             else:  # forward() may work in place on its inputs: copies
                 ref_outputs, _ = run_pass(
                     self.model,
@@ -311,6 +312,7 @@ class TorchEngine(Engine):
                     shadows=shadows,
                     take=self._take,
                     sample_masks=masks,
+                    state=state,
                 )
         if distinct:
             tape.repeats = s
@@ -322,7 +324,9 @@ class TorchEngine(Engine):
             with torch.enable_grad():
                 copies = [leaf.clone() for leaf in leaves]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                outputs, mode = run_pass(self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks)
+                outputs, mode = run_pass(
+                    self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, state=state
+                )
         except TapeMismatchError:
             if not distinct:
                 raise

@@ -743,6 +743,7 @@ def run_pass(
     shadows: Mapping[int, Tensor] | None = None,
     take: Callable[[Any], Any] | None = None,
     sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
+    state: PreservedState | None = None,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
@@ -752,12 +753,15 @@ def run_pass(
     of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
     tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
     float inputs the model masks by comparing them with values to (the explained samples' values,
-    those values): those comparisons read the samples' values. Returns the output and the
-    mode, which holds the attribution leaves of the integer inputs and what was learned about them.
+    those values): those comparisons read the samples' values; ``state``, the model's state taken
+    before the pass (one taken for several passes in a row, each of which restores it), else taken
+    here. Returns the output and the mode, which holds the attribution leaves of the integer inputs
+    and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
     module_rules = ModuleRules(model, registry)
-    state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
+    if state is None:
+        state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
     module_rules.install(mode)
     try:
         with torch.enable_grad(), routed_functions(mode), mode:
