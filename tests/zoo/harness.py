@@ -182,10 +182,12 @@ def native_call(case: Case, per_output: bool = False) -> Callable[[], None]:
 
     The backward is of the outputs' sum, or with ``per_output`` of each of the model's k outputs
     (one forward and a batched backward of k, ``is_grads_batched``: what any gradient method pays
-    to explain every output, as in ``benchmarks/bench_throughput.py``'s K-outputs floor)."""
+    to explain every output, as in ``benchmarks/bench_throughput.py``'s K-outputs floor; where
+    torch cannot batch the model's backward, k backward passes in a loop)."""
     n_refs = case.background[0].shape[0]
     tiled = [x.repeat_interleave(n_refs, dim=0) for x in case.X]
     parameters = [p for p in case.model.parameters() if p.requires_grad]
+    batched = [True]
 
     def call() -> None:
         leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tiled]
@@ -196,7 +198,14 @@ def native_call(case: Case, per_output: bool = False) -> Callable[[], None]:
             return
         flat = out.reshape(out.shape[0], -1)
         eye = torch.eye(flat.shape[1], dtype=flat.dtype)[:, None, :].expand(flat.shape[1], *flat.shape)
-        torch.autograd.grad(flat, wrt, eye, is_grads_batched=True, allow_unused=True)
+        if batched[0]:
+            try:
+                torch.autograd.grad(flat, wrt, eye, is_grads_batched=True, allow_unused=True, retain_graph=True)
+                return
+            except RuntimeError:  # an operation of the backward that torch's vmap cannot batch
+                batched[0] = False
+        for j in range(flat.shape[1]):
+            torch.autograd.grad(flat, wrt, eye[j], allow_unused=True, retain_graph=j < flat.shape[1] - 1)
 
     return call
 
