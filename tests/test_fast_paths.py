@@ -15,7 +15,13 @@ from torch.utils._pytree import tree_flatten
 import rnnshap
 from rnnshap.engines.pytorch.calls import flatten_call
 from rnnshap.engines.pytorch.passes import TensorMap
-from rnnshap.rules.elementwise import RESULT_SECANTS, rescale_from_result, shapley_multipliers, small_delta_threshold
+from rnnshap.rules.elementwise import (
+    RESULT_SECANTS,
+    coalition_multipliers,
+    rescale_from_result,
+    shapley_multipliers,
+    small_delta_threshold,
+)
 
 from .conftest import ADDITIVITY_TOL
 
@@ -150,3 +156,47 @@ def test_kept_reference_outputs_written_into_are_not_used() -> None:
     with torch.no_grad():
         delta = (model(x) - model(background).mean(0)).reshape(-1).numpy()
     assert (abs(phi.reshape(3, -1).sum(1) - delta) / np.maximum(1.0, abs(delta))).max() <= ADDITIVITY_TOL[torch.float32]
+
+
+def _one_player_functions() -> list[tuple[str, object, bool]]:
+    """(name, g over one operand, smooth): unary activations and an extremum with a constant."""
+    F = torch.nn.functional
+    wall = torch.linspace(-1, 1, 50)  # broadcasts a (64, 1) operand to (64, 50)
+    return [
+        ("silu", lambda p: F.silu(p[0]), True),
+        ("softplus", lambda p: F.softplus(p[0], beta=2.0, threshold=3.0), True),
+        ("elu", lambda p: F.elu(p[0], alpha=0.7), True),
+        ("gelu", lambda p: F.gelu(p[0]), True),
+        ("gelu-tanh", lambda p: F.gelu(p[0], approximate="tanh"), True),
+        ("logsigmoid", lambda p: F.logsigmoid(p[0]), True),
+        ("sin", lambda p: torch.sin(p[0]), True),
+        ("relu", lambda p: F.relu(p[0]), False),
+        ("leaky_relu", lambda p: F.leaky_relu(p[0], 0.1), False),
+        ("abs", lambda p: p[0].abs(), False),
+        ("hardtanh", lambda p: F.hardtanh(p[0], -0.5, 0.5), False),
+        ("minimum", lambda p: torch.minimum(p[0], wall), False),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, g, smooth", _one_player_functions(), ids=[name for name, _, _ in _one_player_functions()])
+def test_one_operand_rule_equals_the_sum_over_coalitions(name: str, g: object, smooth: bool, dtype: torch.dtype) -> None:
+    """The one-operand path of the exact Shapley rule (Rescale: the quotient, the derivative where
+    |Δ| is at most the threshold, 0 for a non-finite multiplier where nothing moves) gives what the
+    general sum over coalitions gives for one operand, for every Δ: large, small, zero, infinite."""
+    cases = _cases(dtype)
+    zero = cases[0][0].clone()
+    zero[::2] = cases[0][1][::2]  # Δ = 0 exactly on half the rows: the derivative (at the input, for a piecewise g)
+    cases.append((zero, cases[0][1]))
+    g_ = torch.Generator().manual_seed(1)
+    column = torch.randn(64, 1, generator=g_, dtype=dtype)
+    cases.append((column, column + torch.randn(64, 1, generator=g_, dtype=dtype) * 1e-4))  # (64, 1): broadcast by `minimum`
+    for x, r in cases:
+        if name == "minimum" and x.shape[-1:] not in ((1,), (50,)):
+            continue
+        fast = shapley_multipliers(g, [x], [r], smooth)  # type: ignore[arg-type]
+        general = coalition_multipliers(g, [x], [r], smooth)  # type: ignore[arg-type]
+        for a, b in zip([fast[0], fast[1], *fast[2]], [general[0], general[1], *general[2]], strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)), name
+            assert torch.equal(a.isinf(), b.isinf()) and torch.equal(a[a.isinf()], b[b.isinf()]), name

@@ -123,6 +123,48 @@ def shapley_multipliers(
     Returns ``(output, reference_output, multipliers)``; each multiplier has the output's shape.
     ``reference_output``, when given, is ``g(references)`` computed already (it is not computed again).
     """
+    if len(inputs) == 1:
+        output, ref_output, multiplier = rescale_multiplier(g, inputs[0], references[0], smooth, reference_output)
+        return output, ref_output, [multiplier]
+    return coalition_multipliers(g, inputs, references, smooth, reference_output)
+
+
+def rescale_multiplier(
+    g: Callable[[list[Tensor]], Tensor],
+    x: Tensor,
+    r: Tensor,
+    smooth: bool = True,
+    reference_output: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The one-operand case of :func:`coalition_multipliers` (the Rescale rule), with its values,
+    in fewer operations: there the sum over coalitions is one difference with weight 1, so the
+    multiplier is the quotient ``(g(x) − g(r)) / Δ``, the derivative (at the midpoint, or at ``x``
+    for a piecewise ``g``) where ``|Δ|`` is at most the threshold, and 0 for a non-finite multiplier
+    where nothing moves. It is called for every unary activation that has no closed form (silu,
+    softplus, elu, gelu, relu, ...) and every extremum with a constant. Returns ``(output,
+    reference_output, multiplier)``, the multiplier with the output's shape.
+    """
+    x, r = x.detach(), r.detach()
+    output = g([x])
+    ref_output = g([r]) if reference_output is None else reference_output
+    shape = output.shape
+    delta = (x - r).expand(shape)
+    multiplier = (output - ref_output) / delta
+    small = delta.abs() <= small_delta_threshold(delta.dtype, smooth)
+    if bool(small.any()):
+        at = (x + r) / 2 if smooth else x
+        multiplier = torch.where(small, _derivative(g, [at], 0, shape), multiplier)
+    return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
+
+
+def coalition_multipliers(
+    g: Callable[[list[Tensor]], Tensor],
+    inputs: Players,
+    references: Players,
+    smooth: bool = True,
+    reference_output: Tensor | None = None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """:func:`shapley_multipliers` as the sum over coalitions written out, for any number of operands."""
     n = len(inputs)
     if n > MAX_SHAPLEY_PLAYERS:
         raise ValueError(f"exact Shapley over {n} operands needs 2**{n} evaluations; at most {MAX_SHAPLEY_PLAYERS} are supported")
