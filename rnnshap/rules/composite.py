@@ -34,8 +34,7 @@ _signature = functools.cache(inspect.signature)
 
 
 def _bind(fn: Callable[..., Any], call: OpCall) -> dict[str, Any]:
-    signature = _signature(fn)
-    bound = signature.bind(*call.args, **call.kwargs)
+    bound = _signature(fn).bind(*call.args, **call.kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
 

@@ -200,6 +200,7 @@ def native_call(case: Case, per_output: bool = False) -> Callable[[], None]:
         eye = torch.eye(flat.shape[1], dtype=flat.dtype)[:, None, :].expand(flat.shape[1], *flat.shape)
         if batched[0]:
             try:
+                # (the graph is kept: where torch cannot batch the backward, the loop below runs on it)
                 torch.autograd.grad(flat, wrt, eye, is_grads_batched=True, allow_unused=True, retain_graph=True)
                 return
             except RuntimeError:  # an operation of the backward that torch's vmap cannot batch
