@@ -5,6 +5,14 @@
 >>> shap_values = explainer.shap_values(x)                      # doctest: +SKIP
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+try:  # one source for the version: the package metadata (pyproject.toml)
+    __version__ = _version("rnnshap")
+except _PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 from . import plots, recurrent, rules
 from .errors import (
     AdditivityError,
@@ -18,8 +26,6 @@ from .explainer import DeepExplainer
 from .rules.registry import register_rule
 from .shapley import ShapleyEstimate, ShapleyExplainer
 from .summary import Summary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdditivityError",
