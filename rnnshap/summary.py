@@ -17,7 +17,7 @@ import numpy as np
 
 
 class Summary:
-    """Count, mean φ, mean |φ| and a bounded uniform sample of per-sample attributions.
+    """Count, mean φ, mean ``|φ|`` and a bounded uniform sample of per-sample attributions.
 
     ``mean`` and ``mean_abs`` are shaped like one sample's ``shap_values`` (a list per input for a
     multi-input model). They are kept as float64 sums, so merging the summaries of two halves of a
@@ -76,7 +76,7 @@ class Summary:
 
     @property
     def mean_abs(self) -> Any:
-        """Mean |φ| over the samples (global importance), shaped like one sample's ``shap_values``."""
+        """Mean ``|φ|`` over the samples (global importance), shaped like one sample's ``shap_values``."""
         return self._per_input([s / max(self.count, 1) for s in self._sum_abs])
 
     @property

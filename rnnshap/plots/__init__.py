@@ -15,8 +15,8 @@ numpy.
 
 Long and wide sequences: ``steps=`` draws a window of time steps (``slice(100, 200)`` or
 ``(100, 200)``; tick labels keep the original step numbers), ``max_features=`` keeps the features
-with the largest mean |φ| (the others summed into one row), ticks are thinned to round step
-numbers, and colour limits are a high percentile of |φ| (``percentile=``), the colour bar saying
+with the largest mean ``|φ|`` (the others summed into one row), ticks are thinned to round step
+numbers, and colour limits are a high percentile of ``|φ|`` (``percentile=``), the colour bar saying
 when colours are clipped.
 
 Colours: red raises the output, blue lowers it, on a diverging scale centred at zero. Titles of

@@ -1,4 +1,4 @@
-"""Plots over many samples: the spread of each step's attribution, and mean |φ| by time and feature."""
+"""Plots over many samples: the spread of each step's attribution, and mean ``|φ|`` by time and feature."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def beeswarm_over_time(
 
     Each dot is one sample at one step: its height the step's φ (summed over features, or of
     ``feature``), its colour the sample's value of ``feature`` at that step (default when summing:
-    the feature with the largest mean |φ|, or ``color_by``), dots spread sideways where they are
+    the feature with the largest mean ``|φ|``, or ``color_by``), dots spread sideways where they are
     dense. The black line is the mean over samples.
 
     Args:
@@ -171,14 +171,14 @@ def global_importance(
     percentile: float | None = 99.0,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Mean |φ| over many samples: a time × feature map with its sums by time step and by feature.
+    """Mean ``|φ|`` over many samples: a time × feature map with its sums by time step and by feature.
 
     Args:
         values: (N, T, F) or (N, T) attributions of N samples, with a last output axis (…, K) chosen
             by ``output``; a shap.Explanation; or a :class:`rnnshap.Summary` of a whole dataset.
         output: one output for all samples (index or name), or one index per sample (for instance
             each sample's predicted class).
-        steps, max_features: a window of time steps; the features with the largest mean |φ| (the
+        steps, max_features: a window of time steps; the features with the largest mean ``|φ|`` (the
             others summed into one row), as for :func:`heatmap`.
         time_axis: ``"y"``, ``"x"`` or ``"auto"``, as for :func:`heatmap`.
     """

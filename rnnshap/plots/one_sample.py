@@ -71,7 +71,7 @@ def heatmap(
         output: which output (index, tuple of indices, or name for an Explanation with output names).
         feature_names, time_labels: axis labels (default: the Explanation's, else f0…, 0…).
         steps: a window of time steps, ``slice(a, b)`` or ``(a, b)``.
-        max_features: draw the features with the largest mean |φ| over the drawn steps, largest
+        max_features: draw the features with the largest mean ``|φ|`` over the drawn steps, largest
             first, and sum the others into one row; ``None`` draws all.
         base_value: E[f] for the title, with numpy output (``explainer.expected_value``; indexed
             by ``output``). An Explanation brings its own.
@@ -79,7 +79,7 @@ def heatmap(
         annotate: write each cell's value (default: when there are at most 100 cells).
         time_axis: ``"y"`` (time runs down the rows), ``"x"`` (time runs left to right) or
             ``"auto"``: ``"x"`` for sequences much longer than they are wide, else ``"y"``.
-        vmax: the colour limit (default: the ``percentile`` of |φ|, or the largest |φ| when that
+        vmax: the colour limit (default: the ``percentile`` of ``|φ|``, or the largest ``|φ|`` when that
             is within 10 % of it; pass a common ``vmax`` to compare sequences).
         ax: draw the attributions (without the input) into this axes.
     """

@@ -167,7 +167,7 @@ def signal(
 ) -> Figure:
     """Each feature's raw signal over time, with the time steps behind it coloured by their φ.
 
-    One panel per feature (the ``max_features`` with the largest mean |φ| over the drawn steps,
+    One panel per feature (the ``max_features`` with the largest mean ``|φ|`` over the drawn steps,
     largest first; all in input order when they fit): the input as a black line, each step's
     background red where that (step, feature) raises the output and blue where it lowers it, on
     one colour scale for all panels. Beside each name, that feature's Σφ. ``values`` and ``data``

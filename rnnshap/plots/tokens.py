@@ -34,8 +34,8 @@ def token_html(
 ) -> str:
     """Tokens highlighted by their attribution, as an HTML fragment (inline styles, no matplotlib).
 
-    Red tokens raise the output, blue ones lower it; the colour's strength is |φ| / ``max_abs``
-    (default: the largest |φ| of these tokens; pass a common value to compare several sequences).
+    Red tokens raise the output, blue ones lower it; the colour's strength is ``|φ|`` / ``max_abs``
+    (default: the largest ``|φ|`` of these tokens; pass a common value to compare several sequences).
     Each token carries its value in a tooltip and a ``data-phi`` attribute, and the class
     ``rnnshap-pos`` or ``rnnshap-neg``. ``values``: (T,) per token, a batch with ``sample``, an
     output axis with ``output``, or a shap.Explanation. In a notebook:
