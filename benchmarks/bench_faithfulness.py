@@ -18,6 +18,10 @@ pair (a forward of each side and a backward), 150 here. At budgets of 1, 2, 4, 8
 - **DeepSHAP**: ``rnnshap.DeepExplainer(...).shap_values`` summed to the players (cost 1×);
 - **shapley_values**: ``DeepExplainer.shapley_values`` (DeepSHAP's per-pair values as control
   variate: its cost is part of the budget);
+- **shrunk (pooled weight)**: its ``shrunk`` values, DeepSHAP moved towards the estimate by one
+  empirical-Bayes weight per call (docs/shapley.md), with the median of its actual error over its
+  ``shrunk_rmse`` (printed after the table); **shrunk (per-sample weight)**: the same blend with a
+  James–Stein weight per sample, computed here for comparison;
 - **ShapleyExplainer**: the forward-only door (f(x) − f(r) split evenly as control variate);
 - **permutation**: plain permutation sampling, independent orders and references, written here;
 - **shap Permutation**: ``shap.PermutationExplainer`` with a masker that averages the background
@@ -266,7 +270,7 @@ def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Ten
     for multiple in MULTIPLES:
         rows = multiple * rows_1x
         for method, explainer in (("shapley_values", deep), ("ShapleyExplainer", forward)):
-            errors, covered = [], []
+            errors, covered, shrunk, per_sample, rmse_ratio = [], [], [], [], []
             for seed in range(seeds):
                 estimate = explainer.shapley_values(x, players=kind, budget=rows, random_state=seed)
                 v = estimate.values[picked, :, out] if estimate.values.ndim == 3 else estimate.values
@@ -274,7 +278,22 @@ def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Ten
                 assert (estimate.n_evals <= rows).all()
                 errors.extend(relative(v, exact))
                 covered.append(np.abs(v - exact) <= 1.96 * se)
+                if estimate.shrunk is not None:
+                    blend = estimate.shrunk[picked, :, out] if estimate.shrunk.ndim == 3 else estimate.shrunk
+                    shrunk.extend(relative(blend, exact))
+                    rmse = estimate.shrunk_rmse[picked, out] if estimate.shrunk_rmse.ndim == 2 else estimate.shrunk_rmse
+                    rmse_ratio.extend(np.linalg.norm(blend - exact, axis=1) / np.maximum(rmse, 1e-300))
+                    # another weight, for comparison: one per sample (James–Stein), not pooled over the call
+                    d = estimate.deepshap[picked, :, out] if estimate.deepshap.ndim == 3 else estimate.deepshap
+                    g, noise, size = v - d, (se**2).sum(1), (d**2).sum(1)
+                    signal = np.maximum(0.0, (g**2).sum(1) - noise)
+                    w = np.where(noise == 0, 1.0, signal / np.maximum(signal + noise, 1e-300))
+                    per_sample.extend(relative(d + w[:, None] * g, exact))
             records.append({"case": name, "method": method, "multiple": multiple, "error": float(np.median(errors)), "coverage": float(np.mean(covered))})
+            if shrunk:
+                records.append({"case": name, "method": "shrunk (pooled weight)", "multiple": multiple, "error": float(np.median(shrunk)),
+                                "coverage": None, "rmse_ratio": float(np.median(rmse_ratio))})  # fmt: skip
+                records.append({"case": name, "method": "shrunk (per-sample weight)", "multiple": multiple, "error": float(np.median(per_sample)), "coverage": None})
         errors, covered = [], []
         for seed in range(seeds):
             v, se = permutation_sampling(model, x, background, ids, out, rows, seed)
@@ -372,13 +391,43 @@ def figure(records: list[dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=130)
 
 
+def interactions_section(samples: int = 10, references: int = 20) -> str:
+    """Shapley interactions (k-SII and STII of order 2, through shapiq) of the digit LSTM's 8 steps against
+    their exact values (every coalition), at budgets of 16 to 128 coalitions: median relative L2 (Frobenius)
+    distance of the (P, P) maps, per shapiq's default approximator for the index."""
+    model, background, x = digits_model("lstm")
+    background, x = background[:references], x[:samples]
+    with torch.no_grad():
+        out = model(x).argmax(1).numpy()
+    explainer = rnnshap.DeepExplainer(model, background)
+    lines = ["| index | " + " | ".join(f"{c} coalitions ({c * references} rows)" for c in (16, 32, 64, 128)) + " |", "|---|" + "---:|" * 4]
+    for index in ("k-SII", "STII"):
+        cells = []
+        exact = [explainer.shapley_interactions(x[i : i + 1], index=index, outputs=[int(out[i])]).matrix()[0, :, :, 0] for i in range(samples)]
+        for coalitions in (16, 32, 64, 128):
+            errors = []
+            for i in range(samples):
+                for seed in range(3):
+                    m = explainer.shapley_interactions(x[i : i + 1], index=index, outputs=[int(out[i])], budget=coalitions * references, random_state=seed).matrix()[0, :, :, 0]
+                    errors.append(np.linalg.norm(m - exact[i]) / np.linalg.norm(exact[i]))
+            cells.append(f"{np.median(errors):.3f}")
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="LSTM steps and the synthetic task, one seed, no peers")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--figure", default=None, help="write the error-against-budget figure here")
+    parser.add_argument("--interactions", action="store_true", help="only the interactions section (needs shapiq)")
     args = parser.parse_args()
+    if args.interactions:
+        torch.set_num_threads(1)
+        print("Shapley interactions of the digit LSTM's 8 steps (2^8 = 256 coalitions: exact), median relative L2:")
+        print(interactions_section())
+        return
     torch.set_num_threads(1)
     seeds = 1 if args.quick else args.seeds
     peers = not (args.quick or args.skip_peers)
@@ -400,6 +449,11 @@ def main() -> None:
     print("synthetic closed form ...", flush=True)
     records += run_case("synthetic (closed form), steps", synthetic, background, x, "steps", seeds, peers, synthetic.shapley(x, background))
     print(table(records))
+    ratios = [r for r in records if r.get("rmse_ratio") is not None]
+    if ratios:
+        print("\nshrunk: median of (actual L2 error / shrunk_rmse), per case and budget (1 = calibrated, < 1 = conservative):")
+        for r in ratios:
+            print(f"  {r['case']} {r['multiple']}×: {r['rmse_ratio']:.2f}")
     print("\nwall time, 30 digits × 10 classes, 50 background rows (median of 3):")
     print("| model | shap_values | shapley_values at 4× | ratio |\n|---|---:|---:|---:|")
     for layer, (deep, shapley) in timings.items():

@@ -399,3 +399,43 @@ def test_a_torchscript_model_deepexplainer_refuses_is_played_by_its_forward() ->
         rnnshap.DeepExplainer(model, bg)
     estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
     assert np.allclose(estimate.values[0], oracle(model, [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
+
+
+# -- the empirical-Bayes blend of DeepSHAP and the estimate (issue 29, part 4) --------------------------
+def test_shrunk_values_add_up_and_follow_their_definition() -> None:
+    torch.manual_seed(3)
+    gru = _ShrinkReader().double().eval()
+    background, X = torch.randn(6, 5, 2, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
+    estimate = rnnshap.DeepExplainer(gru, background).shapley_values(X, players="steps", budget=150, random_state=0)
+    assert estimate.shrunk is not None and not estimate.exact.any()
+    # each sample's values add up, as DeepSHAP's and the estimate's do
+    np.testing.assert_allclose(estimate.shrunk.sum(1), estimate.outputs - estimate.base_values, rtol=1e-9, atol=1e-12)
+    # the definition, written out again from the issue's specification
+    g = estimate.values - estimate.deepshap
+    s, nu = (estimate.stderr**2).sum(1), (estimate.deepshap**2).sum(1)
+    tau2 = max(0.0, float(np.mean(((g**2).sum(1) - s) / nu)))
+    w = tau2 * nu / (tau2 * nu + s)
+    np.testing.assert_allclose(estimate.shrink_weight, w, rtol=1e-12)
+    np.testing.assert_allclose(estimate.shrunk, estimate.deepshap + w[:, None] * g, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(estimate.shrunk_rmse, np.sqrt(w**2 * s + (1 - w) ** 2 * (g**2).sum(1)), rtol=1e-12)
+    assert ((0 <= w) & (w <= 1)).all()
+
+
+def test_shrunk_values_are_the_exact_ones_where_every_coalition_was_enumerated() -> None:
+    torch.manual_seed(3)
+    gru = _ShrinkReader().double().eval()
+    background, X = torch.randn(4, 5, 2, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
+    exact = rnnshap.DeepExplainer(gru, background).shapley_values(X, players="steps", budget=2**5 * 4 + 3 * 4)
+    assert exact.exact.all() and exact.deepshap is not None
+    np.testing.assert_array_equal(exact.shrink_weight, 1.0)
+    np.testing.assert_allclose(exact.shrunk, exact.values, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(exact.shrunk_rmse, 0.0)
+
+
+class _ShrinkReader(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.head = nn.GRU(2, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(x)[0][:, -1])

@@ -7,7 +7,6 @@ keeps a mergeable summary (mean absolute φ, mean φ, a uniform sample of per-sa
 attribution: global importance of the digits LSTM over 1,000 digits, drawn from the summary.
 """
 
-import numpy as np
 import torch
 
 import rnnshap

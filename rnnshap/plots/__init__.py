@@ -26,6 +26,7 @@ one sequence's plots read ``f(x) = E[f] + Σφ = …`` with the numbers (with nu
 
 from __future__ import annotations
 
+from .interactions import interactions
 from .interop import flatten
 from .many_samples import beeswarm_over_time, global_importance
 from .one_sample import heatmap, output_map
@@ -38,6 +39,7 @@ __all__ = [
     "beeswarm_over_time",
     "flatten",
     "global_importance",
+    "interactions",
     "heatmap",
     "shapley_bars",
     "output_map",

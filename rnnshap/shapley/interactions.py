@@ -1,0 +1,236 @@
+"""Shapley interactions between players (time steps, features, cells, groups), through shapiq.
+
+rnnshap supplies the game, shapiq the interaction indices and their estimators. For one explained
+sample x, one output and background rows r, the game is the one the Shapley mode plays:
+
+    v(S) = mean over r of f(x on the players in S, r elsewhere)
+
+evaluated in batches of rows through the model's forward, context inputs taking x's values, token
+inputs taking the reference's tokens outside the coalition, several inputs played together
+(:mod:`rnnshap.shapley.players`). Each (sample, output) is a ``shapiq.Game`` (:class:`SequenceGame`);
+every shapiq approximator or the exact computer runs on it. A coalition costs B rows (one per background
+row), the budget is counted in rows as in ``shapley_values``, and the values of a coalition are kept
+for every output, so explaining k outputs costs the rows of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .door import ModelView
+from .players import Players, resolve
+
+#: the interaction indices shapiq computes that rnnshap exposes, with whether they are efficient
+#: (their values of every order up to ``order`` add up to v(N) − v(∅))
+INDICES = {"k-SII": True, "STII": True, "FSII": True, "SII": False, "FBII": False, "SV": True, "BV": False}
+
+
+def _shapiq() -> Any:
+    try:
+        import shapiq
+    except ImportError as error:
+        raise ImportError("shapley_interactions uses shapiq's interaction indices: pip install 'rnnshap[interactions]'") from error
+    return shapiq
+
+
+class ValueTable:
+    """v(S) of one explained sample for every output, evaluated in batches of rows and kept by coalition."""
+
+    def __init__(self, view: ModelView, plan: Players, x: list[np.ndarray], columns: np.ndarray, batch_size: int) -> None:
+        self.view, self.plan, self.x, self.columns = view, plan, x, columns
+        self.batch_size = max(1, int(batch_size))
+        self.known: dict[bytes, np.ndarray] = {}
+        #: rows run through the model's forward so far
+        self.rows = 0
+
+    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
+        """``coalitions`` (m, P) bool → (m, k): v(S) of each, for every explained output."""
+        coalitions = np.asarray(coalitions, dtype=bool)
+        keys = [c.tobytes() for c in coalitions]
+        missing = sorted({key: c for key, c in zip(keys, coalitions, strict=True) if key not in self.known}.items())
+        if missing:
+            masks = np.stack([c for _, c in missing])
+            for key, value in zip((k for k, _ in missing), self._evaluate(masks), strict=True):
+                self.known[key] = value
+        return np.stack([self.known[key] for key in keys])
+
+    def _evaluate(self, masks: np.ndarray) -> np.ndarray:
+        background = self.view.background
+        B = int(background[0].shape[0])
+        per_chunk = max(1, self.batch_size // B)
+        out = np.empty((masks.shape[0], self.columns.shape[0]))
+        for start in range(0, masks.shape[0], per_chunk):
+            chunk = masks[start : start + per_chunk]
+            m = chunk.shape[0]
+            rows = self.plan.coalition_rows(
+                np.repeat(chunk, B, axis=0), self.x, [np.tile(b, (m,) + (1,) * (b.ndim - 1)) for b in background]
+            )
+            outputs = self.view.forward(rows)[:, self.columns]  # (m·B, k)
+            out[start : start + m] = outputs.reshape(m, B, -1).mean(1)
+            self.rows += m * B
+        return out
+
+
+def _game_class() -> Any:
+    shapiq = _shapiq()
+
+    class SequenceGame(shapiq.Game):  # type: ignore[misc,name-defined]
+        """One explained sample and output as a shapiq game, centred at v(∅)."""
+
+        def __init__(self, table: ValueTable, output: int, n_players: int, player_names: list[str] | None = None) -> None:
+            self.table, self.output = table, output
+            empty = float(table(np.zeros((1, n_players), dtype=bool))[0, output])
+            super().__init__(n_players, normalization_value=empty, player_names=player_names)
+
+        def value_function(self, coalitions: np.ndarray) -> np.ndarray:
+            return self.table(coalitions)[:, self.output]
+
+    return SequenceGame
+
+
+@dataclass
+class InteractionEstimate:
+    """Shapley interactions of a batch of samples, one ``shapiq.InteractionValues`` per sample and output.
+
+    ``interactions[i][j]`` is sample i's for output j: shapiq's object, which shapiq's plots take
+    (``shapiq.network_plot``, ``upset_plot``, ``force_plot``...); :meth:`matrix` gives arrays."""
+
+    #: per sample, per explained output: shapiq's ``InteractionValues`` (values relative to v(∅))
+    interactions: list[list[Any]]
+    #: (n, k): v(∅), the mean output over the background (context inputs at the sample's)
+    base_values: np.ndarray
+    #: (n, k): v(N) = f(x)
+    outputs: np.ndarray
+    #: the flat output indices explained, (n, k)
+    columns: np.ndarray
+    index: str
+    order: int
+    n_players: int
+    #: "steps", "features", "cells" or "mask"
+    players: str
+    #: per sample: True where every coalition was evaluated (the values are the index's, exactly)
+    exact: np.ndarray
+    #: per sample: the rows run through the model's forward
+    n_evals: np.ndarray
+
+    def matrix(self) -> np.ndarray:
+        """Order-2 values as arrays ``(N, P, P, k)``: the first-order values on the diagonal and each
+        pair's value split in half over its two cells, so that for an efficient index (k-SII, STII,
+        FSII) the whole matrix adds up to f(x) − v(∅), as shap's interaction values do."""
+        if self.order < 2:
+            raise InputError(f"matrix() needs interactions of order 2, these are of order {self.order}")
+        n, k, P = len(self.interactions), self.columns.shape[1], self.n_players
+        out = np.zeros((n, P, P, k))
+        for i, per_output in enumerate(self.interactions):
+            for j, values in enumerate(per_output):
+                for players, value in values.dict_values.items():
+                    if len(players) == 1:
+                        out[i, players[0], players[0], j] = value
+                    elif len(players) == 2:
+                        a, b = players
+                        out[i, a, b, j] += value / 2
+                        out[i, b, a, j] += value / 2
+        return out
+
+    def first_order(self) -> np.ndarray:
+        """The values of single players, ``(N, P, k)``."""
+        n, k, P = len(self.interactions), self.columns.shape[1], self.n_players
+        out = np.zeros((n, P, k))
+        for i, per_output in enumerate(self.interactions):
+            for j, values in enumerate(per_output):
+                for players, value in values.dict_values.items():
+                    if len(players) == 1:
+                        out[i, players[0], j] = value
+        return out
+
+
+def default_interaction_budget(players: int, references: int) -> int:
+    """Every coalition where that costs at most 256 rows per background row (P ≤ 8); else 64·P² rows
+    per background row, what shapiq's regression estimators of pairs need to settle."""
+    return references * (2**players if players <= 8 else 64 * players * players)
+
+
+def shapley_interactions(
+    view: ModelView,
+    X: Any,
+    players: Any = "steps",
+    *,
+    index: str = "k-SII",
+    order: int = 2,
+    budget: int | None = None,
+    approximator: Any = "auto",
+    outputs: Sequence[Any] | None = None,
+    random_state: int | None = None,
+    batch_size: int,
+    player_names: Sequence[str] | None = None,
+) -> InteractionEstimate:
+    """See :meth:`rnnshap.DeepExplainer.shapley_interactions`."""
+    shapiq = _shapiq()
+    from shapiq.explainer.configuration import setup_approximator
+
+    if index not in INDICES:
+        raise InputError(f"index={index!r}: choose one of {', '.join(INDICES)} (shapiq's interaction indices)")
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise InputError(f"order must be a positive integer, got {order!r}")
+    x, _ = view.convert(X)
+    n = int(x[0].shape[0])
+    B = int(view.background[0].shape[0])
+    plan = resolve(players, [tuple(b.shape[1:]) for b in view.background], view.attributed, view.tokens)
+    P = plan.count
+    if order > P:
+        raise InputError(f"order={order} is more than the {P} players")
+    n_outputs = int(view.background_outputs.shape[1])
+    if outputs is not None:
+        assert view.select is not None
+        columns = np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
+    else:
+        columns = np.arange(n_outputs, dtype=np.int64)
+    if budget is None:
+        budget = default_interaction_budget(P, B)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
+    coalitions = int(budget) // B
+    if coalitions < 2:
+        raise InputError(f"budget={budget} rows buys {coalitions} coalition(s) against the {B} background rows; give at least {2 * B}")
+    if player_names is not None and len(player_names) != P:
+        raise InputError(f"player_names has {len(player_names)} names for {P} players")
+    names = None if player_names is None else [str(name) for name in player_names]
+    enumerate_all = 2**P <= coalitions
+    # one seed per call: every output of a sample samples the same coalitions (evaluated once, kept)
+    seed = int(np.random.default_rng(random_state).integers(2**31 - 1)) if random_state is None or not isinstance(random_state, int) else random_state
+    Game = _game_class()
+    results: list[list[Any]] = []
+    base = np.zeros((n, columns.size))
+    full = np.zeros((n, columns.size))
+    n_evals = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        table = ValueTable(view, plan, [a[i] for a in x], columns, batch_size)
+        empty_full = table(np.stack([np.zeros(P, dtype=bool), np.ones(P, dtype=bool)]))
+        base[i], full[i] = empty_full
+        per_output = []
+        for j in range(columns.size):
+            game = Game(table, j, P, names)
+            if enumerate_all:
+                values = shapiq.ExactComputer(game=game, n_players=P)(index, order)
+            else:
+                estimator = setup_approximator(approximator, index, order, P, seed + i)  # type: ignore[arg-type]
+                values = estimator.approximate(budget=coalitions, game=game)
+            per_output.append(values)
+        results.append(per_output)
+        n_evals[i] = table.rows
+    return InteractionEstimate(
+        interactions=results,
+        base_values=base,
+        outputs=full,
+        columns=np.broadcast_to(columns, (n, columns.size)).copy(),
+        index=index,
+        order=int(order),
+        n_players=P,
+        players=plan.kind,
+        exact=np.full(n, enumerate_all),
+        n_evals=n_evals,
+    )
