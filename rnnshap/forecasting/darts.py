@@ -1,0 +1,584 @@
+"""darts: ``ShapExplainer`` with darts' call and result types, answered by rnnshap (exact in sum).
+
+``rnnshap.darts.ShapExplainer`` is a subclass of ``darts.explainability.ShapExplainer``: the same
+constructor arguments (model, background series and covariates, ``background_num_samples``,
+``batch_size``), the same ``explain()``, ``explain_single()``, ``summary_plot()`` and ``force_plot()``,
+and darts' own ``ShapExplainabilityResult`` / ``ShapSingleExplainabilityResult`` with darts' feature
+names (``create_lagged_component_names``: ``Y_target_lag-2``, ``month_futcov_lag0``). What differs:
+
+- the values come from rnnshap (:func:`rnnshap.forecasting.attribute`): DeepSHAP by default (one pass;
+  the values of each forecast plus its base value add up to the forecast darts' ``predict`` returns), or
+  the Shapley values of the lag players (``method="shapley"``, ``budget=``, ``random_state=``), exact where
+  the budget covers every coalition, else unbiased estimates with standard errors;
+- the explained function is darts' own prediction code, ``PLForecastingModule._get_batch_prediction`` on
+  the windows of darts' own inference dataset: with ``n`` beyond ``output_chunk_length`` it is the
+  auto-regressive forecast of ``predict(n)`` (the model's predictions fed back), one function of the input
+  window and of the covariates ``predict(n)`` reads, explained exactly for every horizon up to ``n``;
+- a likelihood model is explained through its likelihood parameters (quantiles, distribution
+  parameters: darts' ``predict_likelihood_parameters=True`` outputs), never a sampled forecast;
+- a fitted darts ``Scaler`` of the target (``target_scaler=``) may be given: its affine map is then part of
+  the explained function, so that the values are in the units of the unscaled series and add up to
+  ``target_scaler.inverse_transform(model.predict(n, series=target_scaler.transform(series)))``.
+
+This module imports darts; ``import rnnshap`` does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+try:
+    import pandas as pd
+    import shap
+    import torch
+    from darts import TimeSeries
+    from darts.explainability.explainability import _ForecastingModelExplainer
+    from darts.explainability.explainability_result import ShapExplainabilityResult, ShapSingleExplainabilityResult
+    from darts.explainability.shap_adapters.shap_adapter import MAX_BACKGROUND_SAMPLE, MIN_BACKGROUND_SAMPLE, DartsShapExplanation
+    from darts.explainability.shap_adapters.torch_shap_adapter import TorchShapAdapter
+    from darts.explainability.shap_explainer import ShapExplainer as _DartsShapExplainer
+    from darts.explainability.utils import process_horizons_and_targets
+    from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
+    from darts.utils.data import TorchInferenceBatch
+    from darts.utils.data.tabularization import create_lagged_component_names
+    from darts.utils.historical_forecasts.optimized_historical_forecasts_torch import _create_dataset_bounds
+    from darts.utils.ts_utils import series2seq
+except ImportError as _error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"rnnshap.darts needs darts (and shap, which darts' explainers use): pip install 'rnnshap[darts]' ({_error})"
+    ) from _error
+from torch import nn
+
+from ..errors import InputError
+from . import METHODS, WindowAttribution, attribute, check_method
+
+__all__ = ["METHODS", "ShapExplainabilityResult", "ShapExplainer", "ShapSingleExplainabilityResult", "forecast_module", "standard_errors"]
+
+#: darts' inference sample fields, in the order of darts' flat feature array (``future_past_covariates``,
+#: the past covariates ``predict(n > output_chunk_length)`` reads after the forecast start, after the past ones)
+FIELDS = (
+    "past_target",
+    "past_covariates",
+    "future_past_covariates",
+    "historic_future_covariates",
+    "future_covariates",
+    "static_covariates",
+)
+
+
+class _Forecast(nn.Module):
+    """``f(*windows) -> (N, n · targets)``: darts' own ``_get_batch_prediction(n, batch, roll_size)`` on the
+    windows (darts' ``predict`` loop for one batch: the network's forward in the predict stage, rolled
+    forward with its predictions fed back when ``n > output_chunk_length``), flattened horizon-major as
+    darts' ShapExplainer lays its outputs out; optionally followed by a target scaler's inverse."""
+
+    def __init__(self, module: nn.Module, fields: Sequence[str], n: int, roll_size: int, affine: Any = None) -> None:
+        super().__init__()
+        self.module: Any = module
+        self.fields = list(fields)
+        self.n = n
+        self.roll_size = roll_size
+        # (scale, offset) per target component: x_scaled = x · scale + offset, applied to the past target;
+        # the forecast (per likelihood parameter) is mapped back with (y − offset) / scale
+        self.affine = affine
+
+    def forward(self, *windows: torch.Tensor) -> torch.Tensor:
+        tensors = dict(zip(self.fields, windows, strict=True))
+        if self.affine is not None:
+            scale, offset = self.affine
+            tensors["past_target"] = tensors["past_target"] * scale.to(windows[0]) + offset.to(windows[0])
+        batch = TorchInferenceBatch(**tensors)
+        prediction = self.module._get_batch_prediction(self.n, batch, self.roll_size)  # (N, n, targets[, params])
+        if self.affine is not None:
+            scale, offset = self.affine
+            per = prediction.shape[2] // scale.shape[0]  # likelihood parameters per target component
+            prediction = (prediction - offset.repeat_interleave(per).to(prediction)) / scale.repeat_interleave(per).to(prediction)
+        return prediction.flatten(1)
+
+
+class _PredictState:
+    """Sets darts' predict parameters (and eval mode) on the Lightning module for the explanation, and
+    puts back everything it or the forward changed: explaining never changes the model.
+
+    Every submodule's attributes and buffers are put back as they were (darts' TFT caches its attention
+    mask and batch size in the forward); buffers made under ``torch.inference_mode`` by an earlier
+    ``predict`` are replaced by plain copies while explaining (autograd cannot save inference tensors)."""
+
+    NAMES = ("pred_n", "pred_num_samples", "pred_roll_size", "pred_batch_size", "predict_likelihood_parameters", "pred_mc_dropout")
+    KEEP = ("_parameters", "_buffers", "_modules")
+
+    def __init__(self, module: Any, n: int, roll_size: int, batch_size: int, likelihood_parameters: bool) -> None:
+        self.module, self.arguments = module, (n, 1, roll_size, batch_size, likelihood_parameters, False)
+
+    def __enter__(self) -> None:
+        self.saved = [
+            (m, {k: v for k, v in m.__dict__.items() if k not in self.KEEP}, dict(m._buffers)) for m in self.module.modules()
+        ]
+        for m in self.module.modules():
+            for name, buffer in m._buffers.items():
+                if buffer is not None and buffer.is_inference():
+                    m._buffers[name] = buffer.clone()
+        self.module.set_predict_parameters(*self.arguments)
+        self.module.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, attributes, buffers in self.saved:
+            for k in [k for k in m.__dict__ if k not in self.KEEP and k not in attributes]:
+                del m.__dict__[k]
+            m.__dict__.update(attributes)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+
+
+def _affine_of(scaler: Any, target_components: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, offset)`` per component of a fitted darts ``Scaler`` of one target series whose sklearn
+    transformer is an affine map (``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``),
+    read by applying it to 0 and 1; anything else is refused by name."""
+    transformers = getattr(scaler, "_fitted_params", None)
+    if not transformers:
+        raise InputError("target_scaler: give a darts Scaler fitted on the target series (Scaler(...).fit(series))")
+    if len(transformers) != 1:
+        raise InputError(f"target_scaler was fitted on {len(transformers)} series; give one fitted on a single target series")
+    transformer = transformers[0]
+    name = type(transformer).__name__
+    if name not in ("MinMaxScaler", "StandardScaler", "MaxAbsScaler", "RobustScaler"):
+        raise InputError(f"target_scaler: {name} is not an affine map rnnshap can include; explain the scaled model instead")
+    k = len(target_components)
+    zero = transformer.transform(np.zeros((1, k)))[0]
+    one = transformer.transform(np.ones((1, k)))[0]
+    return torch.as_tensor(one - zero, dtype=torch.float64), torch.as_tensor(zero, dtype=torch.float64)
+
+
+class _RnnshapTorchAdapter(TorchShapAdapter):
+    """darts' TorchShapAdapter with rnnshap's values: darts' window building, names and result
+    assembly, with the flat feature array split back into the windows of darts' inference dataset."""
+
+    def __init__(self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any, **kwargs: Any):
+        self.method, self.budget, self.random_state = method, budget, random_state
+        self.rnnshap_batch_size, self.affine = rnnshap_batch_size, affine
+        self.last: WindowAttribution | None = None
+        super().__init__(*args, **kwargs)
+
+    # -- darts' windows, with the past covariates predict(n > output_chunk_length) reads -----------------------
+    def _layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The window fields the model reads and their shapes per sample, in darts' flat order."""
+        model, n, L = self.model, self.n, self.model.input_chunk_length
+        ocl = self.output_chunk_length
+        layout: list[tuple[str, tuple[int, ...]]] = [("past_target", (L, self.n_targets))]
+        if self.n_past_covs:
+            layout.append(("past_covariates", (L, self.n_past_covs)))
+            if n > ocl:
+                layout.append(("future_past_covariates", (n - ocl, self.n_past_covs)))
+        if self.n_future_covs:
+            layout.append(("historic_future_covariates", (L, self.n_future_covs)))
+            layout.append(("future_covariates", (max(n, ocl), self.n_future_covs)))
+        if self.n_static_covs and model.uses_static_covariates:
+            layout.append(("static_covariates", (-1, self.n_static_covs)))
+        return layout
+
+    def create_shap_input(
+        self,
+        series: Any,
+        past_covariates: Any,
+        future_covariates: Any,
+        n_samples: int | None = None,
+        input_type: str = "background",
+    ) -> tuple[np.ndarray, pd.Index]:
+        """darts' own inference dataset (``_build_inference_dataset`` over ``_create_dataset_bounds``, as
+        darts' adapter builds it), flattened in darts' feature order; with ``n > output_chunk_length`` the
+        past covariates after the forecast start (``future_past_covariates``) follow the past ones."""
+        series, past_covariates, future_covariates = series2seq(series), series2seq(past_covariates), series2seq(future_covariates)
+        _check_lengths(self.model, self.n, series, past_covariates, future_covariates, input_type)
+        bounds, _ = _create_dataset_bounds(
+            model=self.model,
+            series=series,
+            past_covariates=past_covariates,
+            future_covariates=future_covariates,
+            start=None,
+            forecast_horizon=self.n,
+            stride=1,
+            overlap_end=True,
+            show_warnings=False,
+        )
+        dataset = self.model._build_inference_dataset(
+            n=self.n, series=series, past_covariates=past_covariates, future_covariates=future_covariates, stride=1, bounds=bounds
+        )
+        n_samples = n_samples or len(dataset)
+        if input_type == "background":
+            if len(dataset) < MIN_BACKGROUND_SAMPLE:
+                raise InputError(
+                    f"Background series must contain at least {MIN_BACKGROUND_SAMPLE} samples to create a valid background "
+                    f"(windows of input_chunk_length={self.model.input_chunk_length} followed by n={self.n} forecast steps). "
+                    f"Got background dataset length={len(dataset)}."
+                )
+            n_samples = min(n_samples, MAX_BACKGROUND_SAMPLE)
+        indices: Any = np.random.choice(len(dataset), size=n_samples, replace=False) if n_samples < len(dataset) else range(len(dataset))
+        batch = [dataset[i] for i in indices]
+        arrays = []
+        for name, shape in self._layout():
+            stacked = np.stack([getattr(sample, name) for sample in batch])
+            if shape[0] >= 0 and stacked.shape[1:] != shape:
+                raise InputError(f"darts built {name} windows of shape {stacked.shape[1:]}, expected {shape}")
+            arrays.append(stacked.reshape(stacked.shape[0], -1))
+        self._static_shape = None if batch[0].static_covariates is None else batch[0].static_covariates.shape
+        return np.concatenate(arrays, axis=-1), pd.Index([sample.pred_time for sample in batch])
+
+    def _build_feature_names(self) -> list[str]:
+        """darts' names (``create_lagged_component_names``), with the lags after the forecast start that
+        ``predict(n > output_chunk_length)`` reads from the covariates."""
+        L, ocl = self.model.input_chunk_length, self.output_chunk_length
+        lags_past = list(range(-L, 0))
+        names, _ = create_lagged_component_names(
+            target_series=self.background_series,
+            past_covariates=self.background_past_covariates,
+            future_covariates=self.background_future_covariates,
+            lags=lags_past,
+            lags_past_covariates=lags_past + list(range(max(self.n - ocl, 0))),
+            lags_future_covariates=lags_past + list(range(max(self.n, ocl))),
+            output_chunk_length=ocl,
+            concatenate=False,
+            use_static_covariates=self.model.uses_static_covariates,
+        )
+        return list(names)
+
+    # -- rnnshap's values ----------------------------------------------------------------------------------
+    def _build_explainer(self, model: Any, background_arr: np.ndarray, shap_method: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            raise InputError(f"rnnshap.darts.ShapExplainer takes no shap explainer keyword arguments; got {sorted(kwargs)}")
+        self.module = forecast_module(model, self.n, [name for name, _ in self._layout()], self.affine)
+        self.background_windows = self._windows(background_arr)
+        return self._explain
+
+    def _windows(self, arr: np.ndarray) -> list[torch.Tensor]:
+        """Split darts' flat feature array back into the window tensors, in the module's dtype."""
+        pl_module = self.model.model
+        x = torch.as_tensor(np.asarray(arr), dtype=pl_module.dtype, device=pl_module.device)
+        out, offset = [], 0
+        for name, shape in self._layout():
+            if name == "static_covariates":
+                size = int(np.prod(self._static_shape)) if self._static_shape is not None else x.shape[1] - offset
+                out.append(x[:, offset : offset + size].reshape(x.shape[0], *(self._static_shape or (-1, shape[1]))))
+            else:
+                size = int(np.prod(shape))
+                out.append(x[:, offset : offset + size].reshape(x.shape[0], *shape))
+            offset += size
+        if offset != x.shape[1]:
+            raise InputError(f"the feature array has {x.shape[1]} columns, the model's windows {offset}")
+        return out
+
+    def _explain(self, foreground_arr: np.ndarray, **kwargs: Any) -> shap.Explanation:
+        """What darts' adapter calls its shap explainer with: the flat foreground array; returns a
+        ``shap.Explanation`` with values ``(E, F, n · targets)`` and base values ``(E, n · targets)``."""
+        if kwargs:
+            raise InputError(f"rnnshap.darts.ShapExplainer takes no shap explainer keyword arguments; got {sorted(kwargs)}")
+        X = self._windows(foreground_arr)
+        model = self.model
+        with _PredictState(model.model, self.n, self.output_chunk_length, self.rnnshap_batch_size, model.supports_likelihood_parameter_prediction):
+            result = attribute(
+                self.module,
+                self.background_windows,
+                X,
+                method=self.method,
+                budget=self.budget,
+                random_state=self.random_state,
+                batch_size=self.rnnshap_batch_size,
+                what=f"darts {type(model).__name__}",
+            )
+        self.last = result
+        E = foreground_arr.shape[0]
+        values = np.concatenate([v.reshape(E, -1, v.shape[-1]) for v in result.values], axis=1)
+        stderr = None if result.stderr is None else np.concatenate([s.reshape(E, -1, s.shape[-1]) for s in result.stderr], axis=1)
+        return shap.Explanation(values=values, base_values=result.base_values, data=np.asarray(foreground_arr), error_std=stderr)
+
+    def shap_explanations(self, foreground_arr: np.ndarray, foreground_times: pd.Index, horizons: Sequence[int], target_components: Sequence[str], **kwargs: Any) -> dict[int, dict[str, DartsShapExplanation]]:  # type: ignore[override]
+        """darts' assembly per horizon and component, plus the standard errors (``error_std``) in the
+        Shapley mode."""
+        explanations = super().shap_explanations(foreground_arr, foreground_times, horizons, target_components, **kwargs)
+        result = self.last
+        stderr = None if result is None or result.stderr is None else np.concatenate(
+            [s.reshape(s.shape[0], -1, s.shape[-1]) for s in result.stderr], axis=1
+        )
+        for h in horizons:
+            for t_idx, t in enumerate(self.target_components_likelihood):
+                if t not in explanations[h]:
+                    continue
+                e = explanations[h][t]
+                column = self.n_targets_likelihood * (h - 1) + t_idx
+                explanations[h][t] = DartsShapExplanation(
+                    values=e.values,
+                    data=e.data,
+                    base_values=e.base_values,
+                    feature_names=e.feature_names,
+                    time_index=e.time_index,
+                    error_std=None if stderr is None else stderr[:, :, column],
+                )
+        return explanations
+
+    def shap_explanations_single(self, foreground_arr: np.ndarray, foreground_times: pd.Index, target_components: Sequence[str], **kwargs: Any) -> dict[str, DartsShapExplanation]:  # type: ignore[override]
+        """darts' single-forecast assembly (one row per horizon), with ``error_std`` in the Shapley mode."""
+        horizons = list(range(1, self.n + 1))
+        explanations = self.shap_explanations(foreground_arr[-1:], foreground_times[-1:], horizons, target_components, **kwargs)
+        out = {}
+        for t in target_components:
+            parts = [explanations[h][t] for h in horizons]
+            errors = [e.error_std for e in parts]
+            out[t] = DartsShapExplanation(
+                values=np.concatenate([np.atleast_2d(e.values) for e in parts], axis=0),
+                data=np.concatenate([np.atleast_2d(e.data) for e in parts], axis=0),
+                base_values=np.concatenate([np.atleast_1d(e.base_values) for e in parts]),
+                feature_names=parts[0].feature_names,
+                time_index=parts[0].time_index,
+                error_std=None if errors[0] is None else np.concatenate([np.atleast_2d(s) for s in errors], axis=0),
+            )
+        return out
+
+
+def forecast_module(model: Any, n: int, fields: Sequence[str], affine: Any = None) -> nn.Module:
+    """The function rnnshap explains for a fitted darts ``TorchForecastingModel``: darts' own prediction
+    loop for one batch (``_get_batch_prediction(n, batch, output_chunk_length)``) on the window tensors
+    named by ``fields`` (darts' ``TorchInferenceBatch`` fields), flattened to ``(N, n · targets)``.
+
+    Call it with darts' predict parameters set (``ShapExplainer`` does).
+
+    Example::
+
+        module = forecast_module(model, 4, ["past_target", "past_covariates", "future_past_covariates"])
+        model.model.set_predict_parameters(4, 1, model.output_chunk_length, 2048, False, False)
+        module(past_target, past_covariates, future_past_covariates)   # (N, 4 · targets): predict(4)
+    """
+    return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine)
+
+
+def _check_lengths(model: Any, n: int, series: Sequence[Any], past: Sequence[Any] | None, future: Sequence[Any] | None, input_type: str) -> None:
+    """darts' terms for a series too short for one window, and for covariates the model was not fit with."""
+    L = model.input_chunk_length
+    for i, s in enumerate(series):
+        if len(s) < L:
+            raise InputError(
+                f"The {input_type} series at index {i} has {len(s)} time steps, shorter than the model's "
+                f"input_chunk_length={L}: no forecast can be made from it."
+            )
+    if past is not None and not model.uses_past_covariates:
+        raise InputError(f"{input_type}_past_covariates were given, but the model was fit without past covariates")
+    if future is not None and not model.uses_future_covariates:
+        raise InputError(f"{input_type}_future_covariates were given, but the model was fit without future covariates")
+
+
+class ShapExplainer(_DartsShapExplainer):
+    """darts' ``ShapExplainer``, answered by rnnshap: DeepSHAP (exact in sum) or the Shapley mode.
+
+    Parameters
+    ----------
+    model
+        A fitted darts ``TorchForecastingModel`` (``RNNModel``, ``BlockRNNModel``, ``TCNModel``, ``NBEATSModel``,
+        ``NHiTSModel``, ``TiDEModel``, ``DLinearModel``, ``NLinearModel``, ``TSMixerModel``, ``TFTModel``, ...).
+    background_series, background_past_covariates, background_future_covariates
+        As for darts' ``ShapExplainer``: the reference windows (default: the series the model was fit on).
+    background_num_samples
+        Optionally, the number of background windows drawn at random (darts' argument).
+    batch_size
+        The most (sample, reference) pairs rnnshap runs through the model at once (default 2048).
+    n
+        The forecast horizon explained (default ``output_chunk_length``). Beyond ``output_chunk_length`` the
+        forecast is darts' auto-regressive ``predict(n)``: explained exactly, every horizon up to ``n``.
+    method
+        ``"deepshap"`` (default: one pass; the values of each forecast add up to darts' forecast minus the
+        base value) or ``"shapley"`` (the Shapley values of the lag players, with standard errors).
+    budget, random_state
+        Shapley mode: the most rows per forecast run through the model (default: 16x DeepSHAP's cost; exact
+        where it covers every coalition against every background window), and the seed.
+    target_scaler
+        Optionally, a darts ``Scaler`` fitted on the (single) target series the model was trained on after
+        scaling. The series passed are then unscaled, and the values are in their units.
+    test_stationarity
+        darts' argument (default False here: the check only warns).
+
+    Raises
+    ------
+    ValueError
+        darts' own checks (an unfitted model, missing covariates, a bad ``horizons``); an
+        :class:`rnnshap.InputError` (a ValueError) for what rnnshap adds: a series shorter than the input
+        window, covariates the model was fit without, a model that is not a ``TorchForecastingModel``.
+    rnnshap.UnsupportedOperationError
+        from ``explain`` with ``method="deepshap"``, for a model with an operation DeepSHAP has no exact
+        rule for, naming the operation and ``method="shapley"`` as the fallback.
+
+    Examples
+    --------
+    >>> from rnnshap.darts import ShapExplainer                       # doctest: +SKIP
+    >>> explainer = ShapExplainer(model, background_num_samples=50)  # doctest: +SKIP
+    >>> result = explainer.explain(series)                           # doctest: +SKIP
+    >>> result.get_explanation(horizon=1)                            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        background_series: Any = None,
+        background_past_covariates: Any = None,
+        background_future_covariates: Any = None,
+        background_num_samples: int | None = None,
+        shap_method: str | None = None,
+        batch_size: int | None = None,
+        test_stationarity: bool = False,
+        *,
+        n: int | None = None,
+        method: str = "deepshap",
+        budget: int | None = None,
+        random_state: Any = None,
+        target_scaler: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, TorchForecastingModel):
+            raise InputError(
+                f"rnnshap.darts.ShapExplainer explains darts' TorchForecastingModel networks; {type(model).__name__} is not one. "
+                "For an SKLearnModel (LinearRegressionModel, LightGBMModel, ...) use darts.explainability.ShapExplainer: "
+                "shap's Tree and Linear explainers are exact for those."
+            )
+        if shap_method is not None:
+            raise InputError(
+                f"shap_method={shap_method!r}: rnnshap.darts.ShapExplainer computes its own values; choose method='deepshap' "
+                "or method='shapley' (or use darts.explainability.ShapExplainer for shap's samplers)"
+            )
+        self.method = check_method(method)
+        _ForecastingModelExplainer.__init__(
+            self,
+            model=model,
+            background_series=background_series,
+            background_past_covariates=background_past_covariates,
+            background_future_covariates=background_future_covariates,
+            requires_background=True,
+            requires_covariates_encoding=True,
+            check_component_names=True,
+            test_stationarity=test_stationarity,
+        )
+        ocl = model.output_chunk_length or 1
+        if n is not None:
+            if int(n) < 1:
+                raise InputError(f"n={n}: the forecast horizon must be at least 1")
+            if int(n) > ocl and model.output_chunk_shift:
+                raise InputError(
+                    f"n={n} > output_chunk_length={ocl}: darts cannot auto-regress a model with output_chunk_shift="
+                    f"{model.output_chunk_shift}, so neither can the explanation"
+                )
+            if int(n) > ocl and model.likelihood is not None:
+                raise InputError(
+                    f"n={n} > output_chunk_length={ocl}: darts forecasts a likelihood model beyond output_chunk_length by "
+                    "feeding back sampled values (and refuses predict_likelihood_parameters=True there), a random function "
+                    "with nothing exact to explain; explain its likelihood parameters up to n=output_chunk_length"
+                )
+            self.n = int(n)
+        affine = None
+        if target_scaler is not None:
+            if model.likelihood is not None and type(model.likelihood).__name__ != "QuantileRegression":
+                raise InputError(
+                    f"target_scaler with a {type(model.likelihood).__name__}: its parameters are not all in the target's units "
+                    "(a scale parameter takes the scaler's factor without its offset); explain the scaled model instead"
+                )
+            affine = _affine_of(target_scaler, self.target_components)
+        _check_lengths(model, self.n, self.background_series, None, None, "background")
+        self.explainer = _RnnshapTorchAdapter(
+            model=self.model,
+            n=self.n,
+            target_components=self.target_components,
+            past_covariates_components=self.past_covariates_components,
+            future_covariates_components=self.future_covariates_components,
+            static_covariates_components=self.static_covariates_components,
+            background_series=self.background_series,
+            background_past_covariates=self.background_past_covariates,
+            background_future_covariates=self.background_future_covariates,
+            background_num_samples=background_num_samples,
+            shap_method="permutation",  # darts' adapter wants one of its names; the values are rnnshap's
+            batch_size=batch_size,
+            method=self.method,
+            budget=budget,
+            random_state=random_state,
+            rnnshap_batch_size=int(batch_size or 2048),
+            affine=affine,
+            **kwargs,
+        )
+
+    def _process_foreground(self, foreground_series: Any = None, foreground_past_covariates: Any = None, foreground_future_covariates: Any = None) -> Any:
+        if foreground_series is not None:
+            _check_lengths(
+                self.model, self.n, series2seq(foreground_series), series2seq(foreground_past_covariates),
+                series2seq(foreground_future_covariates), "foreground",
+            )  # fmt: skip
+        return super()._process_foreground(foreground_series, foreground_past_covariates, foreground_future_covariates)
+
+    def _process_horizons_and_targets(self, horizons: int | Sequence[int] | None, target_components: str | Sequence[str] | None) -> tuple[Sequence[int], Sequence[str]]:
+        """darts' check, with the horizon ``n`` this explainer was built for (not ``output_chunk_length``)."""
+        if horizons is not None:
+            hs = [horizons] if isinstance(horizons, int) else list(horizons)
+            if any(int(h) > self.n or int(h) < 1 for h in hs):
+                raise InputError(
+                    f"horizons={hs}: every horizon must be between 1 and n={self.n} (build the explainer with "
+                    f"ShapExplainer(..., n=...) to explain the auto-regressive forecast further)"
+                )
+        return process_horizons_and_targets(
+            horizons=horizons,
+            fallback_horizon=self.n,
+            target_components=target_components,
+            fallback_target_components=self.target_components_likelihood,
+            check_component_names=self.check_component_names,
+        )
+
+    def explain_single(  # type: ignore[override]
+        self,
+        foreground_series: Any = None,
+        foreground_past_covariates: Any = None,
+        foreground_future_covariates: Any = None,
+        target_components: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> ShapSingleExplainabilityResult:
+        """darts' ``explain_single``: the forecast ``model.predict(n, series=...)`` makes from the end of the
+        (last) series. darts' own explainer explains the last forecast the covariates allow, which is an
+        earlier one where they end too soon; this one raises then, as ``predict`` does."""
+        result = super().explain_single(foreground_series, foreground_past_covariates, foreground_future_covariates, target_components, **kwargs)
+        last = series2seq(foreground_series if foreground_series is not None else self.background_series)[-1]
+        if not self.model.output_chunk_shift:
+            start = result.get_explanation(result.available_components[0]).start_time()
+            expected = last.end_time() + last.freq
+            if start != expected:
+                raise InputError(
+                    f"predict(n={self.n}) from the end of the series forecasts from {expected}, but the covariates end too "
+                    f"soon for it: the last forecast they allow starts at {start}. Extend the covariates as predict(n={self.n}) "
+                    "needs them, or explain() every forecast they allow."
+                )
+        return result
+
+    @property
+    def last_attribution(self) -> WindowAttribution | None:
+        """The raw :class:`rnnshap.forecasting.WindowAttribution` of the last call (per window tensor; with
+        ``n_evals`` and ``exact`` in the Shapley mode)."""
+        return self.explainer.last
+
+
+def standard_errors(result: Any, horizon: int | None = None, component: str | None = None) -> TimeSeries | list[TimeSeries]:
+    """The standard errors of a Shapley-mode result, as a ``TimeSeries`` shaped like ``get_explanation``'s
+    (0 where the values are exact); for a ``ShapSingleExplainabilityResult`` leave ``horizon`` out.
+
+    Raises InputError for a DeepSHAP result (it has no standard errors: its values are exact in sum).
+
+    Example::
+
+        result = ShapExplainer(model, method="shapley", budget=2000, random_state=0).explain(series)
+        standard_errors(result, horizon=1)   # a TimeSeries, one column per darts feature name
+    """
+
+    def one(e: Any, values: TimeSeries) -> TimeSeries:
+        if e.error_std is None:
+            raise InputError("this result has no standard errors: explain with method='shapley'")
+        return TimeSeries(times=values.time_index, values=np.asarray(e.error_std), components=values.components)
+
+    if isinstance(result, ShapSingleExplainabilityResult):
+        return one(result.get_shap_explanation_object(component), result.get_explanation(component))
+    if horizon is None:
+        raise InputError("give the horizon of the standard errors")
+    objects, values = result.get_shap_explanation_object(horizon, component), result.get_explanation(horizon, component)
+    if isinstance(objects, list):
+        return [one(e, v) for e, v in zip(objects, values, strict=True)]
+    return one(objects, values)

@@ -1,0 +1,560 @@
+"""neuralforecast's ``NeuralForecast.explain`` call, answered with rnnshap's exact DeepSHAP or Shapley values.
+
+``explain(nf, ...)`` takes ``NeuralForecast.explain``'s arguments and returns what it returns,
+``(fcsts_df, explanations)``, with ``explanations[model_name]`` a dict of ``insample``, ``futr_exog``,
+``hist_exog``, ``stat_exog`` and ``baseline_predictions`` in neuralforecast's shapes. It runs
+neuralforecast's own ``predict`` (its windows, its scaling, its recursion over horizons and its
+forecast frame) and answers the attribution of each batch of windows in one rnnshap call, in place of
+Captum's loop over horizons and outputs.
+
+What it covers beyond neuralforecast's own explainers: recurrent models (``recurrent=True``, LSTM, GRU,
+RNN, DilatedRNN, xLSTM: the forecast rolled out with its own predictions fed back is one function of
+the window, explained exactly), ``DistributionLoss`` models (their distribution parameters, in the
+units of the data) and MQLoss / IQLoss outputs by index.
+
+Semantics are neuralforecast's: the inputs are the windows as the network reads them (scaled by the
+model's ``scaler_type`` with the statistics of the explained window, held fixed, as neuralforecast's
+explainers do), the reference is every input at zero, and ``baseline_predictions`` is the forecast
+at that reference, in the units of the data. For each explained forecast the attributions summed over
+``insample`` (target and mask), ``futr_exog``, ``hist_exog`` and ``stat_exog``, plus
+``baseline_predictions``, equal the forecast ``nf.predict`` returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from . import attribute, check_method
+
+__all__ = ["explain", "supported"]
+
+#: the window tensors neuralforecast's networks read, in the order they are explained
+WINDOW_KEYS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
+#: the model attributes neuralforecast's explain path sets, restored afterwards
+_STATE = ("explain", "explainer_config", "_explain_batch", "explanations")
+_CAPTUM_EXPLAINERS = ("IntegratedGradients", "ShapleyValueSampling", "InputXGradient")
+
+
+def _import_neuralforecast() -> Any:
+    try:
+        import neuralforecast
+    except ImportError as error:  # pragma: no cover - exercised where neuralforecast is missing
+        raise ImportError("rnnshap.neuralforecast needs neuralforecast: pip install 'rnnshap[neuralforecast]'") from error
+    return neuralforecast
+
+
+def _name(model: Any) -> str:
+    alias = getattr(model.hparams, "alias", None) if hasattr(model, "hparams") else None
+    return str(alias) if alias else type(model).__name__
+
+
+def _is_distribution(model: Any) -> bool:
+    return bool(getattr(model.loss, "is_distribution_output", False))
+
+
+def _n_outputs(model: Any) -> int:
+    """How many outputs ``outputs=`` indexes: the distribution's parameters, else the loss's outputs."""
+    if _is_distribution(model):
+        return len(model.loss.param_names)
+    return len(model.loss.output_names)
+
+
+#: the mean of each distribution neuralforecast's recurrent rollout feeds back, from its parameters
+_MEANS = {
+    "Normal": lambda args: args[0],
+    "StudentT": lambda args: args[1],  # df = 3 + softplus(...) > 1
+    "Poisson": lambda args: args[0],
+    "Bernoulli": lambda args: args[0],
+    "NegativeBinomial": lambda args: args[0] * args[1] / (1 - args[1]),
+}
+
+
+def _distribution_mean(distribution: str, args: Sequence[Any]) -> Any:
+    return _MEANS[distribution](args)
+
+
+def supported(model: Any) -> str | None:
+    """None where :func:`explain` takes ``model``, else why not (in neuralforecast's terms)."""
+    name = _name(model)
+    if getattr(model, "MULTIVARIATE", False):
+        return (
+            f"{name} is a multivariate model (MULTIVARIATE=True): rnnshap.neuralforecast explains univariate models; "
+            "for this one use the recipe path (docs/recipes.md) with rnnshap.ShapleyExplainer (method='shapley')"
+        )
+    if _is_distribution(model):
+        loss = model.loss
+        if getattr(loss, "distribution", None) in ("ISQF", "Tweedie") or type(loss).__name__ in ("PMM", "GMM", "NBMM"):
+            return (
+                f"{name} uses {type(loss).__name__}({getattr(loss, 'distribution', '')}), whose parameters have no fixed "
+                "per-window mapping rnnshap follows; explain a point, MQLoss/IQLoss or Normal/StudentT/Poisson/"
+                "NegativeBinomial DistributionLoss model"
+            )
+        if model.RECURRENT and getattr(loss, "distribution", None) not in _MEANS:
+            return f"{name} is recurrent with a {loss.distribution} DistributionLoss, whose mean rnnshap does not roll out"
+    return None
+
+
+class _Forecast:
+    """Builds the module ``f(*windows) -> (n, k)`` explained for one batch of windows of one model."""
+
+    def __init__(self, model: Any, y_idx: Any, horizons: list[int], outputs: list[int], present: list[str]) -> None:
+        self.model, self.y_idx, self.horizons, self.outputs, self.present = model, y_idx, horizons, outputs, present
+
+    def point_module(self) -> Any:
+        """The forecast in the network's scaled units (the scaler neutralized by the caller): (n, H·O)."""
+        from torch import nn
+
+        parent = self
+
+        class Forecast(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = parent.model
+
+            def forward(self, *windows: Any) -> Any:
+                batch = parent._batch(windows)
+                model = self.net
+                step = model._predict_step_recurrent_batch if model.RECURRENT else model._predict_step_direct_batch
+                y_hat = step(y_idx=parent.y_idx, **batch)  # (n, H, n_outputs), MQLoss direct: (n, H, 1, Q)
+                y_hat = y_hat.reshape(y_hat.shape[0], y_hat.shape[1], -1)
+                return y_hat[:, parent.horizons][:, :, parent.outputs].reshape(y_hat.shape[0], -1)
+
+        return Forecast()
+
+    def distribution_module(self, loc: Any, scale: Any) -> Any:
+        """The distribution's parameters in the data's units for one window (its loc, scale fixed): (n, H·O)."""
+        import torch
+        from torch import nn
+
+        parent = self
+
+        class Parameters(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = parent.model
+
+            def forward(self, *windows: Any) -> Any:
+                batch = parent._batch(windows)
+                model = self.net
+                n = batch["insample_y"].shape[0]
+                where = {"loc": loc.expand(n, *loc.shape[1:]), "scale": scale.expand(n, *scale.shape[1:])}
+                if model.RECURRENT:
+                    params = parent._rollout(batch, where)
+                else:
+                    output = model.loss.domain_map(model(batch))
+                    args = model.loss.scale_decouple(output=output, **where)
+                    params = torch.stack([a.reshape(n, a.shape[1]) for a in args], dim=-1)  # (n, H, P)
+                return params[:, parent.horizons][:, :, parent.outputs].reshape(n, -1)
+
+        return Parameters()
+
+    def _rollout(self, batch: dict[str, Any], where: dict[str, Any]) -> Any:
+        """``_predict_step_recurrent_batch`` with a DistributionLoss, the sampling left out: each step's
+        distribution parameters, the distribution's mean (scaled) fed back as the next input. (n, H, P)"""
+        import torch
+
+        model = self.model
+        loss, L = model.loss, model.input_size
+        model.rnn_state, model.maintain_state, model.h = None, True, 1
+        try:
+            steps = []
+            y = batch["insample_y"][:, :L]
+            mask = None if batch["insample_mask"] is None else batch["insample_mask"][:, :L]
+            for tau in range(model.predict_horizon):
+                def exog(key: str) -> Any:
+                    x = batch[key]
+                    if x is None or key == "stat_exog":
+                        return x
+                    return x[:, :L] if tau == 0 else x[:, L + tau - 1].unsqueeze(1)
+
+                windows = {"insample_y": y, "insample_mask": mask, "futr_exog": exog("futr_exog"), "hist_exog": exog("hist_exog"), "stat_exog": batch["stat_exog"]}
+                args = loss.scale_decouple(output=loss.domain_map(model(windows)), **where)
+                steps.append(torch.stack([a.reshape(a.shape[0], -1)[:, -1] for a in args], dim=-1))  # (n, P)
+                mean = _distribution_mean(loss.distribution, args)
+                y, mask = model.scaler.scaler(mean, where["loc"], where["scale"]), None
+            return torch.stack(steps, dim=1)
+        finally:
+            model.maintain_state, model.rnn_state, model.h = False, None, model.horizon_backup
+
+    def _batch(self, windows: Sequence[Any]) -> dict[str, Any]:
+        batch: dict[str, Any] = {key: None for key in WINDOW_KEYS}
+        batch.update(zip(self.present, windows, strict=True))
+        return batch
+
+
+class _Run:
+    """What one ``explain`` call needs inside neuralforecast's predict loop."""
+
+    def __init__(
+        self, method: str, budget: int | None, random_state: Any, batch_size: int, check_additivity: bool | float, background: Any
+    ) -> None:
+        self.method, self.budget, self.random_state = method, budget, random_state
+        self.batch_size, self.check_additivity, self.background = batch_size, check_additivity, background
+        #: per model name: (recursive step, standard errors and rows per window) of each call (Shapley mode)
+        self.stderr: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+
+    def explain_batch(
+        self,
+        model: Any,
+        insample_y: Any,
+        insample_mask: Any,
+        futr_exog: Any,
+        hist_exog: Any,
+        stat_exog: Any,
+        y_idx: Any,
+        y_hat_shape: Any,
+        recursive_step: int = 0,
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        """``model._explain_batch``'s contract: attributions of one batch of windows, in its shapes."""
+        import torch
+
+        if model.RECURRENT:  # one rollout over the whole horizon (model.h is back at the fitted h by now)
+            step_start, step_end = 0, model.predict_horizon
+        else:  # neuralforecast's recursion for h > model.h: explained chunk by chunk, as its own explain does
+            step_start = recursive_step * model.h
+            step_end = min((recursive_step + 1) * model.h, model.predict_horizon)
+        wanted = model.explainer_config.get("horizons", list(range(model.predict_horizon)))
+        local = [h - step_start for h in wanted if step_start <= h < step_end]
+        outputs = list(model.explainer_config.get("output_index", [0]))
+        if not local:  # neuralforecast's own empty answer for a recursive step with nothing to explain
+            return type(model)._explain_batch(
+                model, insample_y, insample_mask, futr_exog, hist_exog, stat_exog, y_idx, y_hat_shape, recursive_step
+            )
+        given = {"insample_y": insample_y, "insample_mask": insample_mask, "futr_exog": futr_exog, "hist_exog": hist_exog, "stat_exog": stat_exog}
+        present = [key for key in WINDOW_KEYS if given[key] is not None]
+        # recurrent models carry the horizon's unknown (NaN) targets in their L + h windows and never read them:
+        # they are set to 0 here, the reference's value, so they get exactly 0
+        X = [torch.nan_to_num(given[key].detach().clone(), nan=0.0) for key in present]
+        background = self._background(present, X)
+        build = _Forecast(model, y_idx, local, outputs, present)
+        y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1)
+        n = X[0].shape[0]
+        what = f"neuralforecast's {_name(model)}"
+        with torch.enable_grad():
+            if _is_distribution(model):
+                parts = []
+                for i in range(n):
+                    module = build.distribution_module(y_loc[i : i + 1], y_scale[i : i + 1])
+                    parts.append(self._attribute(module, background, [x[i : i + 1] for x in X], what))
+                values = [np.concatenate([p.values[j] for p in parts]) for j in range(len(X))]
+                stderr = None if parts[0].stderr is None else [np.concatenate([p.stderr[j] for p in parts]) for j in range(len(X))]  # type: ignore[index]
+                base = np.concatenate([p.base_values for p in parts])
+                n_evals = None if parts[0].n_evals is None else np.concatenate([p.n_evals for p in parts])  # type: ignore[misc]
+            else:
+                scaler = model.scaler
+                shift, scale = scaler.x_shift, scaler.x_scale
+                try:  # the forecast in the network's units; the window's fixed affine map is applied below
+                    scaler.x_shift = torch.zeros_like(shift[:1]).detach()
+                    scaler.x_scale = torch.ones_like(scale[:1]).detach()
+                    result = self._attribute(build.point_module(), background, X, what)
+                finally:
+                    scaler.x_shift, scaler.x_scale = shift, scale
+                a = y_loc.reshape(n, 1).double().cpu().numpy()
+                b = y_scale.reshape(n, 1).double().cpu().numpy()
+                values = [v * b.reshape(n, *([1] * (v.ndim - 1))) for v in result.values]
+                stderr = None if result.stderr is None else [s * b.reshape(n, *([1] * (s.ndim - 1))) for s in result.stderr]
+                base = a + b * result.base_values
+                n_evals = result.n_evals
+        shaped = self._shape(model, present, values, len(local), len(outputs), X)
+        if stderr is not None:
+            part: dict[str, Any] = self._shape(model, present, stderr, len(local), len(outputs), X)
+            part["n_evals"] = np.asarray(n_evals)
+            self.stderr.setdefault(_name(model), []).append((recursive_step, part))
+        dtype, device = insample_y.dtype, insample_y.device
+        baseline = torch.as_tensor(base.reshape(n, len(local), 1, len(outputs)), dtype=dtype, device=device)
+        return (
+            torch.as_tensor(shaped["insample"], dtype=dtype, device=device),
+            None if "futr_exog" not in shaped else torch.as_tensor(shaped["futr_exog"], dtype=dtype, device=device),
+            None if "hist_exog" not in shaped else torch.as_tensor(shaped["hist_exog"], dtype=dtype, device=device),
+            None if "stat_exog" not in shaped else torch.as_tensor(shaped["stat_exog"], dtype=dtype, device=device),
+            baseline,
+        )
+
+    def _attribute(self, module: Any, background: list[Any], X: list[Any], what: str) -> Any:
+        return attribute(
+            module, background, X, method=self.method, budget=self.budget, random_state=self.random_state,
+            batch_size=self.batch_size, check_additivity=self.check_additivity, what=what,
+        )  # fmt: skip
+
+    def _background(self, present: list[str], X: list[Any]) -> list[Any]:
+        import torch
+
+        if self.background is None:
+            return [torch.zeros_like(x[:1]) for x in X]
+        rows = []
+        for key, x in zip(present, X, strict=True):
+            if key not in self.background:
+                raise InputError(f"background has no {key!r}: give every window tensor the model reads ({', '.join(present)})")
+            r = torch.as_tensor(self.background[key], dtype=x.dtype, device=x.device)
+            if tuple(r.shape[1:]) != tuple(x.shape[1:]):
+                raise InputError(f"background[{key!r}] has windows shaped {tuple(r.shape[1:])}; the model reads {tuple(x.shape[1:])}")
+            rows.append(r)
+        if len({r.shape[0] for r in rows}) != 1:
+            raise InputError("background: every window tensor needs the same number of rows")
+        return rows
+
+    @staticmethod
+    def _shape(model: Any, present: list[str], values: list[np.ndarray], n_h: int, n_o: int, X: list[Any]) -> dict[str, np.ndarray]:
+        """rnnshap's ``(n, *input_shape, H·O)`` per input -> neuralforecast's ``[n, H, 1, O, ...]`` per stream."""
+        import torch
+
+        out: dict[str, np.ndarray] = {}
+        moved = {}
+        for key, v, x in zip(present, values, X, strict=True):
+            v = v.reshape(x.shape[0], *x.shape[1:], n_h, 1, n_o)
+            moved[key] = np.moveaxis(v, (-3, -2, -1), (1, 2, 3))  # (n, H, 1, O, *input_shape)
+        y = moved["insample_y"].reshape(*moved["insample_y"].shape[:5])  # univariate: (n, H, 1, O, L)
+        mask = moved["insample_mask"].reshape(y.shape)
+        out["insample"] = np.stack([y, mask], axis=-1)
+        lists = {
+            "futr_exog": (model.futr_exog_list, model.futr_cat_exog_list),
+            "hist_exog": (model.hist_exog_list, model.hist_cat_exog_list),
+            "stat_exog": (model.stat_exog_list, model.stat_cat_exog_list),
+        }
+        for key in ("futr_exog", "hist_exog", "stat_exog"):
+            if key in moved:
+                names, cats = lists[key]
+                out[key] = model._reduce_cat_attr(torch.as_tensor(moved[key]), names, cats, -1).numpy()
+        return out
+
+
+def _affine_target_scaler(nf: Any, record: dict[str, Any]) -> Any:
+    """A stand-in for ``nf._scalers_target_inverse_transform`` that also records, per series, the affine
+    map it applies (``local_scaler_type``): intercept and slope, from the scaler itself."""
+    original = nf._scalers_target_inverse_transform
+
+    def inverse(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+        zero = original(np.zeros_like(data), indptr)[:, :1]
+        one = original(np.ones_like(data), indptr)[:, :1]
+        two = original(np.full_like(data, 2.0), indptr)[:, :1]
+        slope = one - zero
+        if not np.allclose(two - zero, 2 * slope, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(zero).max(initial=0)))):
+            raise InputError(
+                f"local_scaler_type={nf.local_scaler_type!r} is not an affine map of the forecast: the attributions "
+                "cannot be put in the units of the data. Use an affine local_scaler_type (standard, robust, minmax) "
+                "or the model's scaler_type"
+            )
+        starts = np.asarray(indptr[:-1], dtype=np.int64)
+        record["intercept"], record["slope"] = zero[starts, 0], slope[starts, 0]
+        return original(data, indptr)
+
+    return inverse
+
+
+def explain(
+    nf: Any,
+    horizons: list[int] | None = None,
+    outputs: list[int] | None = [0],  # noqa: B006 - neuralforecast's default, never mutated
+    series: list[int] | None = None,
+    explainer: str | None = None,
+    df: Any = None,
+    static_df: Any = None,
+    futr_df: Any = None,
+    h: int | None = None,
+    verbose: bool = True,
+    engine: Any = None,
+    level: list[int | float] | None = None,
+    quantiles: list[float] | None = None,
+    *,
+    method: str = "deepshap",
+    budget: int | None = None,
+    random_state: Any = None,
+    background: Mapping[str, Any] | None = None,
+    batch_size: int = 2048,
+    check_additivity: bool | float = True,
+    **data_kwargs: Any,
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """``NeuralForecast.explain``, answered exactly by rnnshap: ``(fcsts_df, explanations)``.
+
+    Args:
+        nf: a fitted ``NeuralForecast``.
+        horizons, outputs, series, df, static_df, futr_df, h, verbose, engine, level, quantiles, data_kwargs:
+            as for ``NeuralForecast.explain``. ``outputs`` indexes the loss's outputs (MQLoss / IQLoss
+            quantiles in ``loss.output_names`` order) and, for a ``DistributionLoss``, its distribution
+            parameters (``loss.param_names`` order: Normal's loc and scale, in the data's units).
+        explainer: None, ``"DeepSHAP"`` or ``"Shapley"`` (an alias of ``method``); Captum's explainer names
+            are neuralforecast's own ``explain``'s.
+        method: ``"deepshap"`` (one pass, exact in sum) or ``"shapley"`` (Shapley values of every window
+            entry with standard errors, exact where ``budget`` covers every coalition).
+        budget, random_state: the Shapley mode's rows per forecast and seed.
+        background: reference windows in the network's layout (scaled, as ``forward`` reads them):
+            ``{"insample_y": (B, L, 1), "insample_mask": (B, L, 1), "futr_exog": ..., "hist_exog": ...,
+            "stat_exog": ...}``; None (neuralforecast's reference): every input at zero.
+        batch_size: the most (window, reference) pairs run through the network at once.
+        check_additivity: DeepSHAP's own check that each forecast's values add up (True: rnnshap's
+            tolerance; a float: that relative tolerance; False: off).
+
+    Returns:
+        ``fcsts_df``, neuralforecast's forecast frame, and ``explanations[model_name]``: ``insample``
+        [batch, horizon, 1, output, L, 2] (target, availability mask), ``futr_exog`` [..., F, L + h],
+        ``hist_exog`` [..., X, L], ``stat_exog`` [..., S], ``baseline_predictions`` [batch, horizon, 1,
+        output] (recurrent models' windows are L + h − 1 long, as neuralforecast's); in the Shapley mode
+        also ``insample_stderr``, ``futr_exog_stderr``, ``hist_exog_stderr``, ``stat_exog_stderr`` (shaped
+        like the values) and ``n_evals`` (rows run per window). Torch tensors, as neuralforecast returns them.
+
+    Raises:
+        InputError: an unfitted ``nf``, a horizon, output or series out of range, a model rnnshap.neuralforecast
+            does not take (named, with the alternative), a non-affine global scaler.
+        UnsupportedOperationError: DeepSHAP has no exact rule for an operation of the model (method='shapley'
+            explains it from its forward alone).
+
+    Example:
+        >>> from rnnshap.neuralforecast import explain
+        >>> fcsts_df, explanations = explain(nf, horizons=[0, 2], outputs=[0])
+        >>> e = explanations["LSTM"]
+        >>> total = e["insample"].sum((-1, -2)) + e["baseline_predictions"]   # + futr/hist/stat exog sums
+    """
+    _import_neuralforecast()
+
+    if explainer is not None:
+        if str(explainer).lower() in ("deepshap", "shapley"):
+            method = str(explainer).lower()
+        elif explainer in _CAPTUM_EXPLAINERS:
+            raise InputError(
+                f"explainer={explainer!r} is Captum's, which neuralforecast's own nf.explain() runs; "
+                "rnnshap.neuralforecast.explain computes DeepSHAP (method='deepshap') or Shapley values (method='shapley')"
+            )
+        else:
+            raise InputError(f"explainer={explainer!r}: choose 'DeepSHAP' or 'Shapley' (or pass method=)")
+    method = check_method(method)
+    for model in nf.models:
+        why = supported(model)
+        if why is not None:
+            raise InputError(why)
+    if not getattr(nf, "_fitted", False):
+        raise InputError("You must fit the model before explaining: call nf.fit(df) first (the NeuralForecast object is not fitted).")
+    h_explain = nf.h if h is None else int(h)
+    if horizons is None:
+        horizons = list(range(h_explain))
+    elif not horizons or len(horizons) > h_explain or any(not 0 <= int(k) < h_explain for k in horizons):
+        raise InputError(
+            f"Invalid indices. Make sure to select horizon steps within {list(range(h_explain))} or set it to None to explain all horizon steps"
+        )
+    horizons = [int(k) for k in horizons]
+    n_out = min(_n_outputs(model) for model in nf.models)
+    if outputs is None:
+        outputs = [0]
+    elif not outputs or any(not 0 <= int(o) < n_out for o in outputs):
+        raise InputError(
+            f"Invalid output indices. Based on the models being explained, valid outputs are in {list(range(n_out))} "
+            "(distribution parameters for a DistributionLoss model, loss outputs otherwise)."
+        )
+    if series is not None and list(series) != [0]:
+        raise InputError("Invalid series indices. Valid indices are [0] for univariate models. Set series=None to explain all series.")
+    if nf.scalers_ and getattr(nf, "local_scaler_type", None) == "boxcox":
+        raise InputError(
+            "local_scaler_type='boxcox' is not an affine map of the forecast: the attributions cannot be put in the units "
+            "of the data. Use an affine local_scaler_type (standard, robust, minmax) or the model's scaler_type"
+        )
+
+    run = _Run(method, budget, random_state, batch_size, check_additivity, background)
+    config = {"explainer": None, "horizons": horizons, "output_index": [int(o) for o in outputs], "series": [0]}
+    record: dict[str, Any] = {}
+    saved = [(m, {k: m.__dict__[k] for k in _STATE if k in m.__dict__}) for m in nf.models]
+    for model in nf.models:
+        model._explain_batch = _bound(run, model)
+    if nf.scalers_:
+        nf._scalers_target_inverse_transform = _affine_target_scaler(nf, record)
+    try:
+        # neuralforecast's predict leaves the chunks of a direct model's recursion (h > model.h) unsliced when it
+        # explains (ceil(h / model.h) * model.h rows per series: a misaligned frame, and an error beside other
+        # models): such models are explained one at a time, and the frame is a plain predict's
+        chunked = any(not m.RECURRENT and h_explain > m.h for m in nf.models)
+        for models in [[m] for m in nf.models] if chunked else [nf.models]:
+            one = copy.copy(nf)
+            one.models = models
+            with warnings.catch_warnings():
+                if not verbose:
+                    warnings.simplefilter("ignore")
+                fcsts_df = one.predict(
+                    df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
+                    level=level, quantiles=quantiles, explainer_config=config, **data_kwargs,
+                )  # fmt: skip
+        explanations = {_name(model): _collect(model, run, record) for model in nf.models if model.__dict__.get("explanations") is not None}
+        if chunked:
+            with warnings.catch_warnings():
+                if not verbose:
+                    warnings.simplefilter("ignore")
+                fcsts_df = nf.predict(
+                    df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
+                    level=level, quantiles=quantiles, **data_kwargs,
+                )  # fmt: skip
+    finally:
+        nf.__dict__.pop("_scalers_target_inverse_transform", None)
+        for model, attrs in saved:
+            for key in _STATE:
+                model.__dict__.pop(key, None)
+            model.__dict__.update(attrs)
+    return fcsts_df, explanations
+
+
+def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]:
+    """One model's explanations in ``NeuralForecast.explain``'s layout (exogenous as [..., features, temporal])."""
+    import torch
+
+    stored = model.__dict__["explanations"]
+    futr, hist = stored["futr_exog_explanations"], stored["hist_exog_explanations"]
+    entry: dict[str, Any] = {
+        "insample": stored["insample_explanations"],
+        "futr_exog": None if futr is None else futr.transpose(-2, -1),
+        "hist_exog": None if hist is None else hist.transpose(-2, -1),
+        "stat_exog": stored["stat_exog_explanations"],
+        "baseline_predictions": stored["baseline_predictions"],
+    }
+    calls = run.stderr.get(_name(model))
+    if calls:
+        # calls in neuralforecast's order: per dataloader batch, per recursive step (a chunk of the horizon), per
+        # batch of windows; neuralforecast stacks windows on axis 0, the steps' chunks on axis 1, then the batches
+        groups: list[dict[int, list[dict[str, Any]]]] = []
+        previous = None
+        for step, part in calls:
+            if not groups or (step == 0 and previous != 0):
+                groups.append({})
+            groups[-1].setdefault(step, []).append(part)
+            previous = step
+
+        def stack(key: str) -> Any:
+            return torch.cat(
+                [torch.cat([torch.cat([torch.as_tensor(p[key]) for p in g[k]], dim=0) for k in sorted(g)], dim=1) for g in groups], dim=0
+            )
+
+        for key in ("insample", "futr_exog", "hist_exog", "stat_exog"):
+            if key in calls[0][1]:
+                err = stack(key)
+                entry[f"{key}_stderr"] = err.transpose(-2, -1) if key in ("futr_exog", "hist_exog") else err
+        n_evals = [sum(np.concatenate([np.asarray(p["n_evals"]) for p in g[k]]) for k in sorted(g)) for g in groups]
+        entry["n_evals"] = np.concatenate(n_evals)  # rows per window, summed over the horizon's chunks
+    if record:
+        _to_data_units(entry, record)
+    return entry
+
+
+def _bound(run: _Run, model: Any) -> Any:
+    def explain_batch(*args: Any, **kwargs: Any) -> Any:
+        return run.explain_batch(model, *args, **kwargs)
+
+    return explain_batch
+
+
+def _to_data_units(entry: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """Apply a global ``local_scaler_type``'s per-series affine map (intercept a, slope b) to the values."""
+    import torch
+
+    intercept, slope = record["intercept"], record["slope"]
+    n = len(slope)
+    for key, value in list(entry.items()):
+        if value is None or key == "n_evals":
+            continue
+        t = torch.as_tensor(value)
+        if t.shape[0] != n:  # recursive steps or a batch layout this map does not follow: refuse rather than guess
+            raise InputError(f"the global scaler's map has {n} series; the explanations have {t.shape[0]} windows")
+        b = torch.as_tensor(slope, dtype=t.dtype).reshape(n, *([1] * (t.ndim - 1)))
+        if key == "baseline_predictions":
+            entry[key] = torch.as_tensor(intercept, dtype=t.dtype).reshape(b.shape) + b * t
+        else:
+            entry[key] = t * b.abs() if key.endswith("_stderr") else t * b
