@@ -439,3 +439,52 @@ class _ShrinkReader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.gru(x)[0][:, -1])
+
+
+# -- temporal pruning (issue 29, part 3) ------------------------------------------------------------------
+class _Recent(nn.Module):
+    """An LSTM that reads only the last ``window`` steps: the older ones are null players."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.lstm, self.head = nn.LSTM(2, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x[:, -self.window :])[0][:, -1])
+
+
+def test_pruning_groups_exactly_the_steps_the_model_ignores_and_keeps_their_values() -> None:
+    torch.manual_seed(0)
+    T, window = 12, 3
+    model = _Recent(window).double().eval()
+    background, X = torch.randn(4, T, 2, dtype=torch.float64), torch.randn(2, T, 2, dtype=torch.float64)
+    explainer = rnnshap.ShapleyExplainer(model, background)
+    pruned = explainer.shapley_values(X, players="steps", prune=1e-12, budget=10_000)
+    np.testing.assert_array_equal(pruned.pruned_steps, T - window)
+    np.testing.assert_array_equal(pruned.pruned, 0.0)             # the ignored steps, one null player
+    np.testing.assert_array_equal(pruned.values[:, : T - window], 0.0)
+    assert pruned.exact.all()                                       # 2^(1 + 3) coalitions × 4 rows fit
+    # the recent steps' values are the exact Shapley values of the whole game (null players change nothing)
+    mask = np.r_[np.full(T - window, window), np.arange(window)]
+    full = explainer.shapley_values(X, players=mask[:, None].repeat(2, 1), budget=2**4 * 4)
+    np.testing.assert_allclose(pruned.values[:, T - window :], full.values[:, :window], rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(pruned.values.sum(1) + pruned.pruned, pruned.outputs - pruned.base_values, rtol=1e-10, atol=1e-12)
+    assert (pruned.n_evals <= 10_000).all()
+
+
+def test_pruning_keeps_every_step_a_model_reads_and_checks_its_arguments() -> None:
+    torch.manual_seed(0)
+    model = _Recent(6).double().eval()
+    background, X = torch.randn(4, 6, 2, dtype=torch.float64), torch.randn(1, 6, 2, dtype=torch.float64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    # the pruning's own rows (v of the old and recent blocks at each split) count in the budget
+    estimate = explainer.shapley_values(X, players="steps", prune=0.0, budget=2**6 * 4 + 12 + 2 * 6 * 4)
+    np.testing.assert_array_equal(estimate.pruned_steps, 0)
+    assert estimate.exact.all()
+    exact = explainer.shapley_values(X, players="steps", budget=2**6 * 4 + 12)
+    np.testing.assert_allclose(estimate.values, exact.values, rtol=1e-12)
+    with pytest.raises(InputError, match="players='steps'"):
+        explainer.shapley_values(X, players="features", prune=0.1)
+    with pytest.raises(InputError, match="non-negative"):
+        explainer.shapley_values(X, players="steps", prune=-1.0)

@@ -81,6 +81,12 @@ class ShapleyEstimate:
     shrunk_rmse: np.ndarray | None = None
     #: the weight ``shrunk`` gives the estimate's gap to DeepSHAP, per sample and output (1 where exact)
     shrink_weight: np.ndarray | None = None
+    #: with ``prune=``: per sample, how many of the oldest steps were grouped into one player (0: none)
+    pruned_steps: np.ndarray | None = None
+    #: with ``prune=``: that group's value per sample and output (its steps' entries in ``values`` are 0)
+    pruned: np.ndarray | None = None
+    #: with ``prune=``: its standard error
+    pruned_stderr: np.ndarray | None = None
 
     @property
     def deepshap_gap_stderr(self) -> Any:
@@ -147,8 +153,12 @@ def shapley_values(
     random_state: Any = None,
     batch_size: int,
     progress: bool | None = None,
+    prune: float | None = None,
 ) -> ShapleyEstimate:
     """See :meth:`rnnshap.DeepExplainer.shapley_values`."""
+    if prune is not None:
+        return _pruned(view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
+                       batch_size=batch_size, progress=progress, prune=prune)  # fmt: skip
     x, native = view.convert(X)
     n = int(x[0].shape[0])
     B = int(view.background[0].shape[0])
@@ -253,3 +263,99 @@ def _shape(a: np.ndarray, plan: Players, view: ModelView, chosen: bool, k: int) 
         else:
             per_input.append(a[:, ids.reshape(-1)].reshape(n, *shape, *outputs))
     return per_input if view.multi_input else per_input[0]
+
+
+def pruning_point(table: Any, steps: int, scale: np.ndarray, prune: float) -> tuple[int, np.ndarray]:
+    """TimeSHAP's temporal coalition pruning on one sample's game: the most old steps that can be one
+    player. For t = T − 1, T − 2, ...: the two-player game of the old steps [0, t) and the recent ones
+    [t, T) gives the old block the Shapley value ½[(v(old) − v(∅)) + (v(N) − v(recent))]; the first t
+    (from the end) where that is at most ``prune`` × scale for every output is the pruning point.
+    Returns t (0: nothing grouped) and the old block's two-player value there."""
+    ids = np.arange(steps)
+    empty, full = table(np.stack([np.zeros(steps, dtype=bool), np.ones(steps, dtype=bool)]))
+    for t in range(steps - 1, 0, -1):
+        old = ids < t
+        v_old, v_recent = table(np.stack([old, ~old]))
+        block = 0.5 * ((v_old - empty) + (full - v_recent))
+        if (np.abs(block) <= prune * scale).all():
+            return t, block
+    return 0, np.zeros_like(empty)
+
+
+def _pruned(view: ModelView, X: Any, players: Any, budget: int | None, *, prune: float, **options: Any) -> ShapleyEstimate:
+    """``players="steps"`` with the oldest steps grouped into one player where their joint contribution
+    is below ``prune`` × max(1, |f(x) − v(∅)|) (TimeSHAP): each sample estimated on its own grouping, the
+    pruning's rows counted in its budget; values shaped as for steps, the group's in ``pruned``."""
+    from .interactions import ValueTable
+
+    if not (isinstance(players, str) and players == "steps"):
+        raise InputError(f"prune= groups old time steps: it needs players='steps', not {players!r}")
+    if isinstance(prune, bool) or not isinstance(prune, (int, float, np.floating)) or not prune >= 0:
+        raise InputError(f"prune must be a non-negative tolerance (a share of |f(x) - base value|), got {prune!r}")
+    x, _ = view.convert(X)
+    n = int(x[0].shape[0])
+    B = int(view.background[0].shape[0])
+    shapes = [tuple(b.shape[1:]) for b in view.background]
+    plan = resolve("steps", shapes, view.attributed, view.tokens)
+    T = plan.count
+    outputs = options.pop("outputs")
+    if outputs is not None:
+        assert view.select is not None
+        columns = np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
+    else:
+        columns = np.arange(int(view.background_outputs.shape[1]), dtype=np.int64)
+    if budget is None:
+        budget = default_budget(T, B)
+    parts: list[ShapleyEstimate] = []
+    points = np.zeros(n, dtype=np.int64)
+    spent = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        table = ValueTable(view, plan, [a[i] for a in x], columns, int(options["batch_size"]))
+        empty, full = table(np.stack([np.zeros(T, dtype=bool), np.ones(T, dtype=bool)]))
+        points[i], _ = pruning_point(table, T, np.maximum(1.0, np.abs(full - empty)), float(prune))
+        spent[i] = table.rows
+        mask = [None if ids is None else np.where(ids < points[i], 0, ids - points[i] + (1 if points[i] else 0)) for ids in plan.ids]
+        one = [a[i : i + 1] for a in x]
+        parts.append(shapley_values(view, one if view.multi_input else one[0], mask if view.multi_input else mask[0],
+                                    int(budget) - int(spent[i]), outputs=outputs, **options))  # fmt: skip
+
+    k = columns.size
+    out_shape: tuple[int, ...] = (k,) if outputs is not None else view.output_shape
+
+    def per_step(field: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if getattr(parts[0], field) is None:
+            return None, None
+        steps = np.zeros((n, T, k))
+        group = np.zeros((n, k))
+        for i, part in enumerate(parts):
+            a = np.asarray(getattr(part, field), dtype=np.float64).reshape(part.n_players, k)
+            offset = 1 if points[i] else 0
+            steps[i, points[i] :] = a[offset:]
+            group[i] = a[0] if points[i] else 0.0
+        return steps.reshape(n, T, *out_shape), group.reshape(n, *out_shape)
+
+    values, pruned = per_step("values")
+    stderr, pruned_stderr = per_step("stderr")
+    deepshap, _ = per_step("deepshap")
+    gap, _ = per_step("deepshap_gap")
+    shrunk, _ = per_step("shrunk")
+    assert values is not None and stderr is not None
+    return ShapleyEstimate(
+        values=values,
+        stderr=stderr,
+        base_values=np.concatenate([p.base_values for p in parts]),
+        outputs=np.concatenate([p.outputs for p in parts]),
+        n_evals=np.concatenate([p.n_evals for p in parts]) + spent,
+        exact=np.concatenate([p.exact for p in parts]),
+        deepshap=deepshap,
+        deepshap_gap=gap,
+        players="steps",
+        n_players=T,
+        walk_pairs=np.concatenate([p.walk_pairs for p in parts]),
+        shrunk=shrunk,
+        shrunk_rmse=None if parts[0].shrunk_rmse is None else np.concatenate([p.shrunk_rmse for p in parts]),  # type: ignore[misc]
+        shrink_weight=None if parts[0].shrink_weight is None else np.concatenate([p.shrink_weight for p in parts]),  # type: ignore[misc]
+        pruned_steps=points,
+        pruned=pruned,
+        pruned_stderr=pruned_stderr,
+    )
