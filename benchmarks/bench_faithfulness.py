@@ -285,7 +285,7 @@ def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Ten
                     rmse_ratio.extend(np.linalg.norm(blend - exact, axis=1) / np.maximum(rmse, 1e-300))
                     # another weight, for comparison: one per sample (James–Stein), not pooled over the call
                     d = estimate.deepshap[picked, :, out] if estimate.deepshap.ndim == 3 else estimate.deepshap
-                    g, noise, size = v - d, (se**2).sum(1), (d**2).sum(1)
+                    g, noise = v - d, (se**2).sum(1)  # per sample, tau^2 nu = max(0, |g|^2 - s)
                     signal = np.maximum(0.0, (g**2).sum(1) - noise)
                     w = np.where(noise == 0, 1.0, signal / np.maximum(signal + noise, 1e-300))
                     per_sample.extend(relative(d + w[:, None] * g, exact))
