@@ -222,6 +222,31 @@ def _print(result: DemoResult) -> None:
             print(f"  t={row}  {image}  |  {attribution}   row total {phi[row].sum():+.3f}")
 
 
+def _check_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the demo's options, in a sentence, or None."""
+    n_train = 1797 - TEST_SIZE
+    if not 1 <= args.samples <= TEST_SIZE:
+        return f"--samples must be between 1 and {TEST_SIZE} (the held-out digits), got {args.samples}"
+    if not 1 <= args.background <= n_train:
+        return f"--background must be between 1 and {n_train} (the training digits), got {args.background}"
+    if args.epochs < 1:
+        return f"--epochs must be at least 1, got {args.epochs}"
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as error:
+        return f"--device {args.device!r} is not a torch device ({error}); give cpu, cuda, cuda:0, mps, ..."
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(device.type)
+    if available is False:
+        return f"--device {args.device}: this torch build or machine has no {device.type} device (torch.{device.type}.is_available() is False); use --device cpu"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)"
+    if not args.no_report:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            return f"--out {args.out}: a file of that name exists; give a folder for the report"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="rnnshap demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -242,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="rnnshap-report", help="folder of the report (default rnnshap-report)")
     parser.add_argument("--no-report", action="store_true", help="print the text output only")
     args = parser.parse_args(argv)
+    problem = _check_options(args)
+    if problem:
+        parser.error(problem)  # (a usage line and the problem on stderr, exit status 2: no traceback)
     start = time.perf_counter()
     result = run(args.samples, args.layer, args.seed, args.device, args.epochs, args.background)
     _print(result)

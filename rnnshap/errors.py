@@ -15,6 +15,13 @@ ADVICE: dict[str, str] = {
         "module that contains it: a module rule replaces the decomposition of its inside. See "
         "docs/custom_rules.md."
     ),
+    "rule_operands": (
+        "No rule is registered for {op}, which takes several input-dependent operands here. If it is an elementwise "
+        "function of them, give it the Shapley rule (exact for up to 4 operands):\n"
+        "    rnnshap.register_rule({op}, rnnshap.rules.Shapley())\n"
+        "or register a rule for the module that contains it: a module rule replaces the decomposition of its "
+        "inside. See docs/custom_rules.md."
+    ),
     "control": (
         "forward() turns input values into Python values ({op}) to branch or loop on them. The "
         "reference and the input would take different paths, and a decision has no multiplier. Make "
@@ -89,6 +96,12 @@ ADVICE: dict[str, str] = {
         "sample's values on both sides of each pair, as rnnshap's Keras engine on TensorFlow does, and masked "
         "steps get exactly 0), or explain the model on the TensorFlow backend (KERAS_BACKEND=tensorflow; save it "
         "and load it there), whose engine follows Keras masks wherever they are made (docs/keras.md)."
+    ),
+    "stateful": (
+        "{op} carries its state from one call to the next. Explain the function of one call from a given state: "
+        "build the same model with stateful=False (and no fixed batch size), copy the weights over "
+        "(new.set_weights(model.get_weights())), and, where the carried state matters, pass it as an input "
+        "(initial_state=...). The model as given is left untouched."
     ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "

@@ -8,6 +8,9 @@ into sums of multiplier × (x − r).
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
@@ -66,7 +69,8 @@ class DeepExplainer:
         progress: show a tqdm progress bar over the blocks of pairs. ``None`` (the default): only
             when stderr is a terminal and there is more than one block.
         output: for a model that returns several tensors (a list, a tuple or a dict), the one to
-            explain, by index or name (a dict key, a Keras output name). ``None`` (the default):
+            explain, by index or name (a dict key, a Keras output name), or by a path into a nested
+            result (``output=(1, 0)`` for ``h`` of ``(logits, (h, c))``). ``None`` (the default):
             all of them, each flattened per sample and concatenated in the model's order (a dict's
             by sorted key); ``explainer.engine.output_layout`` lists ``(name, shape, start, stop)``
             per tensor.
@@ -80,18 +84,38 @@ class DeepExplainer:
         batch_size: int = 2048,
         rules: Mapping[Any, Any] | None = None,
         progress: bool | None = None,
-        output: int | str | None = None,
+        output: int | str | tuple[int | str, ...] | None = None,
     ) -> None:
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress
         #: the engine for the model's framework (:mod:`rnnshap.engines`)
-        self.engine: Engine = engine_for(model, data, rules=rules, output=output)
-        mean = self.engine.background_outputs.mean(0)
-        #: the mean model output over the background, shaped like one sample's output
-        self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
+        with _normal_mode():
+            self.engine: Engine = engine_for(model, data, rules=rules, output=output)
+        self._model_version = self.engine.model_version()
+        self._expected_value = _mean_output(self.engine.background_outputs)
+
+    @property
+    def expected_value(self) -> float | np.ndarray:
+        """The mean model output over the background, shaped like one sample's output: of the model as
+        it is now (recomputed where it was changed in place since, as fine-tuning the same object does)."""
+        with _normal_mode():
+            self._follow_model()
+        return self._expected_value
+
+    @expected_value.setter
+    def expected_value(self, value: float | np.ndarray) -> None:
+        self._expected_value = value
+
+    def _follow_model(self) -> None:
+        """Recompute the background's outputs where the model's parameters or buffers changed since."""
+        version = self.engine.model_version()
+        if version is not None and version != self._model_version:
+            self.engine.refresh_background_outputs()
+            self._model_version = self.engine.model_version()
+            self._expected_value = _mean_output(self.engine.background_outputs)
 
     @property
     def multi_input(self) -> bool:
@@ -124,7 +148,7 @@ class DeepExplainer:
         output_rank_order: str = "max",
         check_additivity: bool | float = True,
         *,
-        outputs: Sequence[int | tuple[int, ...]] | None = None,
+        outputs: int | Sequence[int | tuple[int, ...]] | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
     ) -> Any:
@@ -143,8 +167,9 @@ class DeepExplainer:
 
         ``progress`` overrides the explainer's ``progress`` setting for this call.
         """
-        inputs = self.engine.inputs(X, "X")
-        attribution = self._explain(inputs, ranked_outputs, output_rank_order, outputs, check_additivity, batch_size, progress)
+        with _normal_mode():
+            inputs = self.engine.inputs(X, "X")
+            attribution = self._explain(inputs, ranked_outputs, output_rank_order, outputs, check_additivity, batch_size, progress)
         ranked = ranked_outputs is not None or outputs is not None
         values = [self._shape_values(phi, ranked) for phi in attribution.values]
         result: Any = values if self.multi_input else values[0]
@@ -190,15 +215,16 @@ class DeepExplainer:
                 "explainer(X) returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'. "
                 "explainer.shap_values(X) works without it."
             ) from error
-        inputs = self.engine.inputs(X, "X")
-        attribution = self._explain(inputs, None, "max", None, check_additivity, None, None)
+        with _normal_mode():
+            inputs = self.engine.inputs(X, "X")
+            attribution = self._explain(inputs, None, "max", None, check_additivity, None, None)
         n = self.engine.rows(inputs)
         single = self.n_outputs == 1 and len(self.output_shape) <= 1
         output_shape = () if single else self.output_shape
         output_axes = [explanation.OUTPUT] if len(output_shape) == 1 else [f"{explanation.OUTPUT}{i}" for i in range(len(output_shape))]
         if output_names is not None:
             if not output_shape or len(output_names) != output_shape[-1]:
-                raise ValueError(f"{len(output_names)} output_names for a model whose outputs have shape {self.output_shape}")
+                raise InputError(f"{len(output_names)} output_names for a model whose outputs have shape {self.output_shape}")
         base = attribution.base_values.reshape(n, *output_shape)
         data = self.engine.to_numpy(inputs)
         features = _per_input(feature_names, len(data)) if self.multi_input else [feature_names]
@@ -226,6 +252,7 @@ class DeepExplainer:
         random_state: Any = None,
         batch_size: int | None = None,
         progress: bool | None = None,
+        prune: float | None = None,
     ) -> ShapleyEstimate:
         """Shapley values of ``X`` with standard errors, and how far DeepSHAP's are from them.
 
@@ -244,20 +271,91 @@ class DeepExplainer:
             budget: the most rows per sample run through the model (DeepSHAP's pass counts 3 per
                 background row). Default: 16x DeepSHAP's cost, 48 rows per background row.
             tol: stop a sample early once every standard error is at most
-                tol x max(1, |f(x) - base value|).
+                tol x max(1, ``|f(x) - base value|``).
             outputs: which outputs, as for :meth:`shap_values` (default: all).
             random_state: an integer seed (or a numpy Generator): the same seed gives the same
                 values, bit for bit, for every ``batch_size`` of at least 256.
             batch_size: the most rows per forward (default: the explainer's ``batch_size``).
+            prune: with ``players="steps"``, group the oldest steps into one player while their joint
+                contribution (their Shapley value in the two-player game of old and recent steps) is at most
+                ``prune`` x max(1, ``|f(x) - base value|``) for every output (TimeSHAP's temporal pruning, on
+                the game itself): long sequences then spend the budget on the steps that matter. Each
+                sample's grouping is in ``pruned_steps``, the group's value in ``pruned`` (its steps' entries
+                in ``values`` are 0); the pruning's rows count in the budget.
         """
-        from .shapley.door import ModelView, shapley_values
+        from .shapley.door import shapley_values
+
+        view = self._shapley_view("shapley_values")
+        with _normal_mode():
+            return shapley_values(
+                view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
+                batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
+                prune=prune,
+            )  # fmt: skip
+
+    def shapley_interactions(
+        self,
+        X: Inputs,
+        players: Any = "steps",
+        *,
+        index: str = "k-SII",
+        order: int = 2,
+        budget: int | None = None,
+        approximator: Any = "auto",
+        outputs: Sequence[int | tuple[int, ...]] | None = None,
+        random_state: int | None = None,
+        batch_size: int | None = None,
+        player_names: Sequence[str] | None = None,
+    ) -> Any:
+        """Shapley interactions between players (time steps, features, cells, groups), through shapiq.
+
+        The game is :meth:`shapley_values`': v(S) = mean over the background rows r of f(x on the
+        players in S, r elsewhere); shapiq (``pip install 'rnnshap[interactions]'``) computes the
+        interaction index on it, exactly where ``budget`` covers every coalition against every background
+        row (2^P·B rows), else with its ``approximator`` (``"auto"``: shapiq's choice for the index; or
+        ``"regression"``, ``"permutation"``, ``"montecarlo"``, ``"svarm"``, or a shapiq approximator).
+
+        Args:
+            players: as for :meth:`shapley_values` (``"steps"``, ``"features"``, ``"cells"``, a mask).
+            index: ``"k-SII"`` (default), ``"STII"``, ``"FSII"`` (efficient: every order's values add up
+                to f(x) − v(∅)), ``"SII"``, ``"FBII"``, ``"SV"``, ``"BV"``.
+            order: the highest order of interaction (2: pairs).
+            budget: the most rows per sample run through the model; a coalition costs one row per
+                background row. Default: every coalition for up to 8 players, else 64·P² coalitions.
+            outputs: which outputs, as for :meth:`shap_values` (default: all; they share the rows).
+            random_state: an integer seed for the approximator (the same seed, the same values).
+            player_names: names of the players, for shapiq's plots.
+
+        Returns:
+            An :class:`rnnshap.shapley.interactions.InteractionEstimate`: shapiq's ``InteractionValues`` per
+            sample and output (``interactions[i][j]``), ``matrix()`` as arrays ``(N, P, P, k)`` with the first
+            order on the diagonal, ``base_values``, ``outputs``, ``exact``, ``n_evals``.
+
+        Example:
+            >>> result = explainer.shapley_interactions(x, players="steps", index="k-SII")   # doctest: +SKIP
+            >>> rnnshap.plots.interactions(result, sample=0, output=0)                     # doctest: +SKIP
+        """
+        from .shapley.interactions import shapley_interactions
+
+        view = self._shapley_view("shapley_interactions")
+        with _normal_mode():
+            return shapley_interactions(
+                view, X, players, index=index, order=order, budget=budget, approximator=approximator, outputs=outputs,
+                random_state=random_state, batch_size=batch_size or self.batch_size, player_names=player_names,
+            )  # fmt: skip
+
+    def _shapley_view(self, method: str) -> Any:
+        """What the Shapley mode needs of the model (:class:`rnnshap.shapley.door.ModelView`), DeepSHAP's
+        per-pair values included."""
+        from .shapley.door import ModelView
 
         engine = self.engine
+        self._follow_model()
         if not engine.attributes_model_inputs:
             raise InputError(
-                "shapley_values plays the model's own inputs, and this explainer attributes to a layer's input "
+                f"{method} plays the model's own inputs, and this explainer attributes to a layer's input "
                 "(shap's (model, layer) form). Explain the part of the model after the layer as a model of its "
-                "own, with the layer's inputs as data, or use DeepExplainer(model, data).shapley_values."
+                f"own, with the layer's inputs as data, or use DeepExplainer(model, data).{method}."
             )
         background = engine.to_numpy(engine.background)
         followed = set(engine.token_inputs) | set(engine.number_inputs)
@@ -270,7 +368,7 @@ class DeepExplainer:
         def forward(rows: list[np.ndarray]) -> np.ndarray:
             return engine.predict(engine.inputs(rows if self.multi_input else rows[0], "coalition rows"))
 
-        view = ModelView(
+        return ModelView(
             forward=forward,
             convert=convert,
             background=background,
@@ -282,10 +380,6 @@ class DeepExplainer:
             deepshap=self._pair_values,
             select=lambda chosen: select_outputs(self.output_shape, chosen),
         )
-        return shapley_values(
-            view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
-            batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
-        )  # fmt: skip
 
     def _pair_values(self, inputs: list[Any], columns: np.ndarray, players: Any, batch_size: int) -> np.ndarray:
         """DeepSHAP's values of every (sample, reference) pair summed to ``players``: (n, B, P, k)."""
@@ -339,9 +433,10 @@ class DeepExplainer:
             shards = ParquetShards(parquet, self.multi_input, floating)
         start = 0
         for batch in self._batches(data, batch_size):
-            inputs = self.engine.inputs(batch, "a batch of data")
-            n = self.engine.rows(inputs)
-            attribution = self._explain(inputs, None, "max", outputs, check_additivity, None, progress)
+            with _normal_mode():
+                inputs = self.engine.inputs(batch, "a batch of data")
+                n = self.engine.rows(inputs)
+                attribution = self._explain(inputs, None, "max", outputs, check_additivity, None, progress)
             values, base = self._per_sample(attribution, outputs is not None)
             data_arrays = self.engine.to_numpy(inputs)
             rows = np.arange(start, start + n, dtype=np.int64)
@@ -362,7 +457,7 @@ class DeepExplainer:
     def _batches(self, data: Any, batch_size: int | None) -> Iterator[Any]:
         """Batches of ``data`` for :meth:`summarize` (see there), pulled lazily."""
         if batch_size is not None and int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if _is_array(data) or (self.multi_input and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data)):
             inputs = self.engine.inputs(data, "data")
             n = self.engine.rows(inputs)
@@ -389,12 +484,14 @@ class DeepExplainer:
         inputs: list[Any],
         ranked_outputs: int | None,
         output_rank_order: str,
-        outputs: Sequence[int | tuple[int, ...]] | None,
+        outputs: int | Sequence[int | tuple[int, ...]] | None,
         check_additivity: bool | float,
         batch_size: int | None,
         progress: bool | None,
     ) -> Attribution:
         """Select the outputs, attribute block by block, check additivity."""
+        check_additivity = _additivity_option(check_additivity)
+        self._follow_model()
         n = self.engine.rows(inputs)
         selected = self._selected_outputs(n, ranked_outputs, output_rank_order, outputs, lambda: self.engine.predict(inputs))
         show = self.progress if progress is None else progress
@@ -426,21 +523,27 @@ class DeepExplainer:
         n: int,
         ranked_outputs: int | None,
         output_rank_order: str,
-        outputs: Sequence[int | tuple[int, ...]] | None,
+        outputs: int | Sequence[int | tuple[int, ...]] | None,
         scores: Callable[[], np.ndarray],
     ) -> np.ndarray:
         """(n, k) flat indices of the outputs to explain for each sample: the chosen ``outputs``,
         each sample's top ``ranked_outputs`` by ``scores()`` (the model's outputs), or all."""
+        if isinstance(outputs, (numbers.Integral, np.integer)) and not isinstance(outputs, bool):
+            outputs = [int(outputs)]  # one output, by its index
+        assert not isinstance(outputs, (int, np.integer))
+        if ranked_outputs is not None and (isinstance(ranked_outputs, bool) or not isinstance(ranked_outputs, (numbers.Integral, np.integer))):
+            raise InputError(f"ranked_outputs must be a positive integer (how many top outputs to explain per sample), got {ranked_outputs!r}")
         if outputs is not None and ranked_outputs is not None:
-            raise ValueError("give either ranked_outputs or outputs, not both")
+            raise InputError("give either ranked_outputs or outputs, not both")
         if outputs is not None:
-            return np.broadcast_to(self._select(outputs), (n, len(outputs))).copy()
+            chosen = self._select(outputs)
+            return np.broadcast_to(chosen, (n, chosen.shape[1])).copy()
         if ranked_outputs is not None:
             if not 1 <= ranked_outputs:
-                raise ValueError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
+                raise InputError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
             order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -np.abs(s)}
             if output_rank_order not in order:
-                raise ValueError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
+                raise InputError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
             return np.argsort(order[output_rank_order](scores()), axis=1, kind="stable")[:, :ranked_outputs].astype(np.int64)
         return np.broadcast_to(np.arange(self.n_outputs, dtype=np.int64), (n, self.n_outputs)).copy()
 
@@ -484,6 +587,9 @@ class DeepExplainer:
                 "not, work done outside the framework (numpy, .item()), or a forward() whose result depends on "
                 "something other than its inputs."
             )
+        note = getattr(self.engine, "precision_note", None)
+        if note:
+            causes = f"{note} {causes}"
         raise AdditivityError(
             f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
             f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
@@ -510,6 +616,33 @@ class DeepExplainer:
         return phi.reshape(*phi.shape[:-1], *self.output_shape)
 
 
+def _normal_mode() -> Any:
+    """Outside ``torch.inference_mode()`` where a caller is inside it: the engines take multipliers
+    from a backward pass, which tensors made in inference mode cannot enter. The model runs as under
+    ``torch.no_grad()`` all the same (no graph is kept, nothing is trained)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
+
+
+def _additivity_option(check: Any) -> bool | float:
+    """``check_additivity``: True, False, or a positive relative tolerance."""
+    if isinstance(check, (bool, np.bool_)):
+        return bool(check)
+    if isinstance(check, numbers.Real) and math.isfinite(float(check)) and float(check) > 0:
+        return float(check)
+    raise InputError(f"check_additivity must be True, False or a positive relative tolerance (such as 1e-6), got {check!r}")
+
+
+def _mean_output(outputs: np.ndarray) -> float | np.ndarray:
+    """The mean of the background's outputs: a float for a scalar output, else shaped like one."""
+    mean = outputs.mean(0)
+    return float(mean) if mean.ndim == 0 else mean
+
+
 def _is_array(value: Any) -> bool:
     """A numpy array or a framework tensor (anything with a shape and a dtype), not a list of them."""
     return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (list, tuple))
@@ -529,7 +662,7 @@ def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:
     if labels is None:
         return [None] * count
     if len(labels) != count or any(isinstance(item, str) or not hasattr(item, "__len__") for item in labels if item is not None):
-        raise ValueError(f"the model has {count} inputs: give one list of labels per input (None for an input without)")
+        raise InputError(f"the model has {count} inputs: give one list of labels per input (None for an input without)")
     return list(labels)
 
 
@@ -538,7 +671,7 @@ def _token_strings(ids: np.ndarray, vocabulary: Sequence[str] | Mapping[int, str
     try:
         return np.vectorize(lambda i: str(vocabulary[int(i)]), otypes=[object])(ids)
     except (IndexError, KeyError) as error:
-        raise ValueError(f"the vocabulary has no string for token id {error.args[0] if error.args else '?'}") from error
+        raise InputError(f"the vocabulary has no string for token id {error.args[0] if error.args else '?'}") from error
 
 
 def _input_axes(shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None, token: bool) -> tuple[list[str], dict[str, Any]]:
@@ -548,20 +681,21 @@ def _input_axes(shape: tuple[int, ...], feature_names: Sequence[Any] | None, tim
         if labels is None:
             return None if default is None else [f"{default}{i}" for i in range(size)]
         if isinstance(labels, str) or len(labels) != size:
-            raise ValueError(f"{len(labels)} {what} for an input of shape {shape}: it needs {size}")
+            raise InputError(f"{len(labels)} {what} for an input of shape {shape}: it needs {size}")
         return [str(label) for label in labels]
 
     axes = shape[1:]
     if len(axes) == 1:
         if feature_names is not None and time_labels is not None:
-            raise ValueError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
+            raise InputError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
         axis = "time" if token or (time_labels is not None and feature_names is None) else "feature"
-        return ["sample", axis], {axis: checked(feature_names if feature_names is not None else time_labels, axes[0], "labels", None)}
+        given, what = (feature_names, "feature_names") if feature_names is not None else (time_labels, "time_labels")
+        return ["sample", axis], {axis: checked(given, axes[0], what, None)}
     if len(axes) == 2:
         return ["sample", "time", "feature"], {
             "time": checked(time_labels, axes[0], "time_labels", "t"),
             "feature": checked(feature_names, axes[1], "feature_names", "f"),
         }
     if feature_names is not None or time_labels is not None:
-        raise ValueError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")
+        raise InputError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")
     return ["sample", *[f"axis{i}" for i in range(1, len(shape))]], {}

@@ -480,3 +480,64 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
     torch_values = np.load(str(path) + ".torch.npy")
     assert_rounding_close(torch_values, values, np.float32, what="φ on torch against TensorFlow")
     print(f"model gap {model_gap:.2g}, attribution gap {np.abs(torch_values - values).max() / np.abs(values).max():.2g}")
+
+
+# -- issue 31, item 24: Conv3D and an adapted Normalization (exact on the torch backend already) --------------------------
+def test_issue31_an_adapted_normalization_is_affine_and_exact() -> None:
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(30, F)) * np.array([2.0, 0.5, 3.0]) + 1.0
+    for invert in (False, True):
+        keras.utils.set_random_seed(0)
+        norm = L.Normalization(dtype="float64", invert=invert)
+        norm.adapt(data)
+        inputs = keras.Input((F,), dtype="float64")
+        model = keras.Model(inputs, L.Dense(2, activation="tanh", dtype="float64")(norm(inputs)))
+        weights = [w.copy() for w in model.get_weights()]
+        background, x = rng.normal(size=(6, F)), rng.normal(size=(3, F))
+        values = rnnshap.DeepExplainer(model, background).shap_values(x)
+        assert worst_additivity(values, model, x, background) <= TOL["float64"]
+        # the model written another way: the normalization as arithmetic in a Lambda
+        mean, std = np.asarray(norm.mean, np.float64), np.sqrt(np.asarray(norm.variance, np.float64))
+        dense = model.layers[-1]
+        written_in = keras.Input((F,), dtype="float64")
+        scaled = L.Lambda(lambda t: t * std + mean if invert else (t - mean) / std, dtype="float64")(written_in)
+        written = keras.Model(written_in, L.Dense(2, activation="tanh", dtype="float64")(scaled))
+        written.layers[-1].set_weights(dense.get_weights())
+        expected = rnnshap.DeepExplainer(written, background).shap_values(x)
+        assert_rounding_close(values, expected, "float64", what=f"Normalization(invert={invert}) against the arithmetic")
+        assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
+
+
+def test_issue31_conv3d_is_exact_and_gives_zero_to_voxels_it_skips() -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 4, 2), dtype="float64")
+    hidden = L.Conv3D(3, 1, strides=2, activation="tanh", dtype="float64")(inputs)  # reads the even voxels only
+    model = keras.Model(inputs, L.Dense(2, dtype="float64")(L.Flatten(dtype="float64")(hidden)))
+    weights = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(4, 4, 4, 4, 2)), rng.normal(size=(2, 4, 4, 4, 2))
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+    skipped = np.ones((4, 4, 4), bool)
+    skipped[::2, ::2, ::2] = False
+    assert np.abs(values[:, skipped]).max() == 0.0 and np.abs(values[:, ~skipped]).max() > 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_issue31_conv_lstm_is_exact_and_gives_zero_to_positions_it_skips(rank: int) -> None:
+    keras.utils.set_random_seed(0)
+    layer = {1: L.ConvLSTM1D, 2: L.ConvLSTM2D, 3: L.ConvLSTM3D}[rank]
+    spatial = (4,) * rank
+    inputs = keras.Input((3, *spatial, 2), dtype="float64")
+    hidden = layer(2, 1, strides=2, return_sequences=rank == 2, dtype="float64")(inputs)  # reads even positions only
+    model = keras.Model(inputs, L.Dense(2, dtype="float64")(L.Flatten(dtype="float64")(hidden)))
+    weights = [w.copy() for w in model.get_weights()]
+    rng = np.random.default_rng(6)
+    background, x = rng.normal(size=(3, 3, *spatial, 2)), rng.normal(size=(2, 3, *spatial, 2))
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+    read = np.zeros(spatial, bool)
+    read[(slice(None, None, 2),) * rank] = True
+    assert np.abs(values[:, :, ~read]).max() == 0.0 and np.abs(values[:, :, read]).max() > 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))

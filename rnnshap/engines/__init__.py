@@ -64,8 +64,13 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None,
     from .pytorch.engine import TorchEngine
 
     if _is_module(model):
-        from .pytorch.forms import in_eval_mode
+        from .pytorch.forms import DictInputs, in_eval_mode
 
+        if isinstance(data, dict):  # a model called with a dict of inputs: one input per key, in the dict's order
+            names = list(data)
+            engine = in_eval_mode(model, lambda m: TorchEngine(DictInputs(m, names), [data[k] for k in names], rules=rules, output=output))
+            engine.input_names = names
+            return engine  # type: ignore[no-any-return]
         return in_eval_mode(model, lambda m: TorchEngine(m, data, rules=rules, output=output))  # type: ignore[no-any-return]
     return TorchEngine(model, data, rules=rules, output=output)
 

@@ -109,6 +109,17 @@ class Engine(ABC):
     def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:
         """``inputs`` as numpy arrays (the ``data`` of an Explanation)."""
 
+    def model_version(self) -> Any:
+        """A value that changes when the model's parameters or buffers are changed in place or
+        replaced (fine-tuning the same object after the explainer was built), or None where the
+        engine cannot tell: the front door then recomputes ``background_outputs``
+        (:meth:`refresh_background_outputs`)."""
+        return None
+
+    def refresh_background_outputs(self) -> None:
+        """Recompute ``background_outputs`` with the model as it is now."""
+        self.background_outputs = self.predict(self.background).reshape(self.references, *self.output_shape)
+
     def rows_per_pair(self, outputs: int) -> int:
         """How many rows of the model's batch one pair takes when ``outputs`` outputs are attributed
         (the front door sizes blocks with it so that ``batch_size`` bounds memory)."""

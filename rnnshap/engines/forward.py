@@ -49,10 +49,16 @@ class ForwardModel:
     def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
         """f on ``rows``: (m, n_outputs) float64."""
         out = self._call(rows)
-        flat, names = output_parts(out)
-        arrays = [self._to_numpy(t) for t in flat]
-        taken = self.outputs.take(arrays, names, lambda a: a.shape, lambda parts: np.concatenate([p.reshape(p.shape[0], -1) for p in parts], 1))
-        taken = np.asarray(taken)
+        if isinstance(out, list) and not any(hasattr(t, "shape") for t in out):
+            out = np.asarray(out)  # a Python list of numbers (or of lists): one value (or vector) per row
+        leaf = self.outputs.leaf(out, lambda t: hasattr(t, "shape"))  # (a nested result: the tensor output= picks)
+        if leaf is not None:
+            taken = np.asarray(self._to_numpy(leaf))
+        else:
+            flat, names = output_parts(out)
+            arrays = [self._to_numpy(t) for t in flat]
+            taken = self.outputs.take(arrays, names, lambda a: a.shape, lambda parts: np.concatenate([p.reshape(p.shape[0], -1) for p in parts], 1))
+            taken = np.asarray(taken)
         m = rows[0].shape[0]
         if taken.ndim == 0 or taken.shape[0] != m:
             raise InputError(f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch")

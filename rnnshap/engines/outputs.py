@@ -15,8 +15,23 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InputError
 
-#: which output tensor to explain: an index into the model's outputs, a name, or None for all of them
-OutputChoice = int | str | None
+#: which output tensor to explain: an index into the model's outputs, a name, a path into a nested
+#: structure (``(1, 0)``: the first tensor of the second item of ``(logits, (h, c))``), or None for all
+OutputChoice = int | str | tuple[int | str, ...] | None
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, (list, tuple, dict))
+
+
+def _describe(value: Any) -> str:
+    """A short picture of a model's result: ``(Tensor, (Tensor, Tensor))``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        inside = ", ".join(_describe(v) for v in value)
+        return f"[{inside}]" if isinstance(value, list) else f"({inside}{',' if len(value) == 1 else ''})"
+    return type(value).__name__
 
 
 def output_parts(out: Any) -> tuple[list[Any], list[str] | None]:
@@ -41,8 +56,15 @@ class OutputLayout:
     def __init__(self, choice: OutputChoice = None) -> None:
         if isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
             choice = int(choice)  # numpy integers too
+        elif isinstance(choice, (tuple, list)) and choice and all(isinstance(c, (str, numbers.Integral)) and not isinstance(c, bool) for c in choice):
+            choice = tuple(c if isinstance(c, str) else int(c) for c in choice)
+            if len(choice) == 1:
+                choice = choice[0]
         elif choice is not None and not isinstance(choice, str):
-            raise InputError(f"output={choice!r}: give the index or the name of one of the model's outputs, or None for all")
+            raise InputError(
+                f"output={choice!r}: give the index or the name of one of the model's outputs, a path into a nested "
+                "result (output=(1, 0)), or None for all"
+            )
         self.choice = choice
         self.parts: list[tuple[str, tuple[int, ...], int, int]] = []
 
@@ -64,7 +86,52 @@ class OutputLayout:
             self._set(flat, list(names) if names and len(names) == len(flat) else None, shape_of)
         if self.choice is not None:
             return flat[self.position()]
+        if len(flat) > 1:
+            for t, (name, *_) in zip(flat, self.parts, strict=False):
+                if len(shape_of(t)) == 0:
+                    raise InputError(
+                        f"The model's output {name!r} is a scalar, with no batch axis, so the outputs cannot be explained "
+                        f"together: pick one with a batch axis by output= (the outputs: {[n for n, *_ in self.parts]})."
+                    )
         return flat[0] if len(flat) == 1 else concatenate(flat)
+
+    def leaf(self, out: Any, is_leaf: Callable[[Any], bool]) -> Any:
+        """For a result with nested structures (``(logits, (h, c))``), the tensor ``output=`` picks by
+        index, name or path; None for a result without nesting (:meth:`take` then picks).
+
+        Raises :class:`InputError` where no ``output=`` is given, or it does not lead to one tensor."""
+        if not _nested(out) or not (isinstance(self.choice, tuple) or any(_nested(v) for v in (out.values() if isinstance(out, dict) else out))):
+            return None
+        shown = _describe(out)
+        if self.choice is None:
+            raise InputError(
+                f"The model returns a nested structure, {shown}: pick the tensor to explain with output=, an index or a "
+                "name (output=0) or a path into the structure (output=(1, 0) for the first tensor of the second item)."
+            )
+        path = self.choice if isinstance(self.choice, tuple) else (self.choice,)
+        value = out
+        for step, key in enumerate(path):
+            where = f"output={self.choice!r}: step {step} ({key!r}) of the path"
+            if isinstance(value, dict):
+                if key not in value:
+                    raise InputError(f"{where} names no key of {{{', '.join(map(repr, value))}}} in the model's result {shown}")
+                value = value[key]
+            elif isinstance(value, (list, tuple)):
+                fields = list(getattr(value, "_fields", ()))
+                if isinstance(key, str) and key in fields:
+                    value = value[fields.index(key)]
+                elif isinstance(key, int) and -len(value) <= key < len(value):
+                    value = value[key]
+                else:
+                    raise InputError(f"{where} does not index the {len(value)} items of the model's result {shown}")
+            else:
+                raise InputError(f"{where} goes into a {type(value).__name__}, in the model's result {shown}")
+        if not is_leaf(value):
+            raise InputError(
+                f"output={self.choice!r} picks {_describe(value)} of the model's result {shown}, not one tensor: give the "
+                "path to one tensor (output=(1, 0))."
+            )
+        return value
 
     def _set(self, flat: list[Any], names: list[str] | None, shape_of: Callable[[Any], Sequence[int]]) -> None:
         names = names or [f"output_{i}" for i in range(len(flat))]
@@ -88,6 +155,8 @@ class OutputLayout:
                 raise InputError(f"output={choice!r}: the model's outputs are named {names}")
             return names.index(choice)
         assert choice is not None
+        if isinstance(choice, tuple):
+            raise InputError(f"output={choice!r}: a path into a nested result, but the model's outputs {names} are not nested")
         if not -len(names) <= int(choice) < len(names):
             raise InputError(f"output={choice!r}: the model has {len(names)} output(s) {names}")
         return int(choice) % len(names)

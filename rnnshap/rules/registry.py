@@ -129,7 +129,7 @@ BILINEAR_OPS = (
 
 CONSTANT_OPS = (
     "zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
-    "new_full", "new_tensor",
+    "new_full", "new_tensor", "new",
 )
 
 # unary elementwise: smooth ones take the midpoint derivative for tiny Δ, piecewise ones do not

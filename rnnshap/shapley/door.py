@@ -265,6 +265,44 @@ def _shape(a: np.ndarray, plan: Players, view: ModelView, chosen: bool, k: int) 
     return per_input if view.multi_input else per_input[0]
 
 
+class ValueTable:
+    """v(S) of one explained sample for every output, evaluated in batches of rows and kept by coalition."""
+
+    def __init__(self, view: ModelView, plan: Players, x: list[np.ndarray], columns: np.ndarray, batch_size: int) -> None:
+        self.view, self.plan, self.x, self.columns = view, plan, x, columns
+        self.batch_size = max(1, int(batch_size))
+        self.known: dict[bytes, np.ndarray] = {}
+        #: rows run through the model's forward so far
+        self.rows = 0
+
+    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
+        """``coalitions`` (m, P) bool → (m, k): v(S) of each, for every explained output."""
+        coalitions = np.asarray(coalitions, dtype=bool)
+        keys = [c.tobytes() for c in coalitions]
+        missing = sorted({key: c for key, c in zip(keys, coalitions, strict=True) if key not in self.known}.items())
+        if missing:
+            masks = np.stack([c for _, c in missing])
+            for key, value in zip((k for k, _ in missing), self._evaluate(masks), strict=True):
+                self.known[key] = value
+        return np.stack([self.known[key] for key in keys])
+
+    def _evaluate(self, masks: np.ndarray) -> np.ndarray:
+        background = self.view.background
+        B = int(background[0].shape[0])
+        per_chunk = max(1, self.batch_size // B)
+        out = np.empty((masks.shape[0], self.columns.shape[0]))
+        for start in range(0, masks.shape[0], per_chunk):
+            chunk = masks[start : start + per_chunk]
+            m = chunk.shape[0]
+            rows = self.plan.coalition_rows(
+                np.repeat(chunk, B, axis=0), self.x, [np.tile(b, (m,) + (1,) * (b.ndim - 1)) for b in background]
+            )
+            outputs = self.view.forward(rows)[:, self.columns]  # (m·B, k)
+            out[start : start + m] = outputs.reshape(m, B, -1).mean(1)
+            self.rows += m * B
+        return out
+
+
 def pruning_point(table: Any, steps: int, scale: np.ndarray, prune: float) -> tuple[int, np.ndarray]:
     """TimeSHAP's temporal coalition pruning on one sample's game: the most old steps that can be one
     player. For t = T − 1, T − 2, ...: the two-player game of the old steps [0, t) and the recent ones
@@ -286,8 +324,6 @@ def _pruned(view: ModelView, X: Any, players: Any, budget: int | None, *, prune:
     """``players="steps"`` with the oldest steps grouped into one player where their joint contribution
     is below ``prune`` × max(1, |f(x) − v(∅)|) (TimeSHAP): each sample estimated on its own grouping, the
     pruning's rows counted in its budget; values shaped as for steps, the group's in ``pruned``."""
-    from .interactions import ValueTable
-
     if not (isinstance(players, str) and players == "steps"):
         raise InputError(f"prune= groups old time steps: it needs players='steps', not {players!r}")
     if isinstance(prune, bool) or not isinstance(prune, (int, float, np.floating)) or not prune >= 0:

@@ -98,13 +98,24 @@ class ShapleyExplainer:
         random_state: Any = None,
         batch_size: int | None = None,
         progress: bool | None = None,
+        prune: float | None = None,
     ) -> ShapleyEstimate:
         """Shapley values of ``X`` with standard errors: see :meth:`rnnshap.DeepExplainer.shapley_values`
         (here ``deepshap`` and ``deepshap_gap`` are None)."""
         return shapley_values(
             self._view(), X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
             batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
+            prune=prune,
         )  # fmt: skip
+
+    def shapley_interactions(self, X: Any, players: Any = "steps", **options: Any) -> Any:
+        """Shapley interactions between players, through shapiq, from the forward alone: see
+        :meth:`rnnshap.DeepExplainer.shapley_interactions` (the same arguments and result)."""
+        from .interactions import shapley_interactions
+
+        options.setdefault("batch_size", self.batch_size)
+        options["batch_size"] = options["batch_size"] or self.batch_size
+        return shapley_interactions(self._view(), X, players, **options)
 
     def __call__(self, X: Any, players: Any = "steps", budget: int | None = None, *, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None, **options: Any) -> Any:
         """A ``shap.Explanation`` of the Shapley values of ``X``, with ``error_std`` set."""
@@ -114,12 +125,16 @@ class ShapleyExplainer:
 def select_outputs(output_shape: tuple[int, ...], outputs: Sequence[Any]) -> np.ndarray:
     """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (k,)."""
     shape = output_shape or (1,)
+    if isinstance(outputs, (int, np.integer)) and not isinstance(outputs, bool):
+        outputs = [int(outputs)]  # one output, by its index
     flat = []
     for index in outputs:
-        multi = (index,) if isinstance(index, (int, np.integer)) else tuple(index)
+        if isinstance(index, bool) or not (isinstance(index, (int, np.integer)) or (isinstance(index, (tuple, list)) and all(isinstance(i, (int, np.integer)) for i in index))):
+            raise InputError(f"output index {index!r}: give an integer, or a tuple of integers for a multidimensional output {output_shape}")
+        multi = (int(index),) if isinstance(index, (int, np.integer)) else tuple(int(i) for i in index)
         if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
-            raise ValueError(f"output index {index!r} does not fit the model's output shape {output_shape}")
+            raise InputError(f"output index {index!r} does not fit the model's output shape {output_shape}")
         flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
     if not flat:
-        raise ValueError("outputs is empty; give at least one output index")
+        raise InputError("outputs is empty; give at least one output index")
     return np.asarray(flat, dtype=np.int64)

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .door import ModelView
-from .players import Players, resolve
+from .door import ModelView, ValueTable
+from .players import resolve
 
 #: the interaction indices shapiq computes that rnnshap exposes, with whether they are efficient
 #: (their values of every order up to ``order`` add up to v(N) − v(∅))
@@ -35,44 +35,6 @@ def _shapiq() -> Any:
     except ImportError as error:
         raise ImportError("shapley_interactions uses shapiq's interaction indices: pip install 'rnnshap[interactions]'") from error
     return shapiq
-
-
-class ValueTable:
-    """v(S) of one explained sample for every output, evaluated in batches of rows and kept by coalition."""
-
-    def __init__(self, view: ModelView, plan: Players, x: list[np.ndarray], columns: np.ndarray, batch_size: int) -> None:
-        self.view, self.plan, self.x, self.columns = view, plan, x, columns
-        self.batch_size = max(1, int(batch_size))
-        self.known: dict[bytes, np.ndarray] = {}
-        #: rows run through the model's forward so far
-        self.rows = 0
-
-    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
-        """``coalitions`` (m, P) bool → (m, k): v(S) of each, for every explained output."""
-        coalitions = np.asarray(coalitions, dtype=bool)
-        keys = [c.tobytes() for c in coalitions]
-        missing = sorted({key: c for key, c in zip(keys, coalitions, strict=True) if key not in self.known}.items())
-        if missing:
-            masks = np.stack([c for _, c in missing])
-            for key, value in zip((k for k, _ in missing), self._evaluate(masks), strict=True):
-                self.known[key] = value
-        return np.stack([self.known[key] for key in keys])
-
-    def _evaluate(self, masks: np.ndarray) -> np.ndarray:
-        background = self.view.background
-        B = int(background[0].shape[0])
-        per_chunk = max(1, self.batch_size // B)
-        out = np.empty((masks.shape[0], self.columns.shape[0]))
-        for start in range(0, masks.shape[0], per_chunk):
-            chunk = masks[start : start + per_chunk]
-            m = chunk.shape[0]
-            rows = self.plan.coalition_rows(
-                np.repeat(chunk, B, axis=0), self.x, [np.tile(b, (m,) + (1,) * (b.ndim - 1)) for b in background]
-            )
-            outputs = self.view.forward(rows)[:, self.columns]  # (m·B, k)
-            out[start : start + m] = outputs.reshape(m, B, -1).mean(1)
-            self.rows += m * B
-        return out
 
 
 def _game_class() -> Any:

@@ -39,11 +39,18 @@ _LINEAR = (
     L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D,
     L.Cropping2D, L.AveragePooling1D, L.AveragePooling2D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
     L.UpSampling1D, L.Identity, L.BatchNormalization,
+    L.Normalization,  # (adapted or given mean and variance: (x - mean) / sqrt(variance), or its inverse: affine)
 )  # fmt: skip
 _MERGE = (L.Concatenate, L.Add, L.Subtract, L.Average)
 _GLOBAL_MAX = (L.GlobalMaxPooling1D, L.GlobalMaxPooling2D)
 _WINDOW_MAX = (L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D)
 _RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
+try:  # the cell of ConvLSTM1D/2D/3D (not exported by keras.layers)
+    from keras.src.layers.rnn.conv_lstm import ConvLSTMCell as _ConvLSTMCell
+
+    _CONV_CELLS: tuple[type, ...] = (_ConvLSTMCell,)
+except ImportError:  # pragma: no cover - another keras layout
+    _CONV_CELLS = ()
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
 #: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
 _MASK_OPS = {
@@ -180,7 +187,7 @@ def problem(layer: Any) -> str | None:
         if isinstance(layer, L.BatchNormalization) and getattr(layer, "renorm", False):
             return "BatchNormalization with renorm is not supported"
         return None
-    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D)):
+    if isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
         if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
             return "quantized or LoRA layers are not supported"
         return None if layer.activation is None else activation_problem(layer.activation)
@@ -206,8 +213,10 @@ def problem(layer: Any) -> str | None:
             return "stateful recurrent layers are not supported (the state would carry between calls)"
         cells = layer.cell.cells if isinstance(layer.cell, L.StackedRNNCells) else [layer.cell]
         for cell in cells:
-            if not isinstance(cell, _RECURRENT_CELLS):
-                return f"recurrent cell {type(cell).__name__} is not supported (LSTMCell, GRUCell, SimpleRNNCell are)"
+            if isinstance(cell, _CONV_CELLS) and getattr(cell, "data_format", None) != "channels_last":
+                return "ConvLSTM with data_format='channels_first' is not supported (channels_last is)"
+            if not isinstance(cell, _RECURRENT_CELLS + _CONV_CELLS):
+                return f"recurrent cell {type(cell).__name__} is not supported (LSTMCell, GRUCell, SimpleRNNCell, ConvLSTM's are)"
             if (custom := _custom_call(cell)) is not None:
                 return f"cell {custom} overrides call(); rnnshap re-implements the keras cells and cannot follow a custom call"
             for fn in (cell.activation, getattr(cell, "recurrent_activation", None)):
@@ -515,7 +524,7 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         (value,) = args
         u = value.map(lambda t: _dense(layer, t))
         return activate(layer.activation, u)
-    if isinstance(layer, (L.Conv1D, L.Conv2D)):
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
         (value,) = args
         return activate(layer.activation, value.map(lambda t: _conv(layer, t)))
     if isinstance(layer, L.Activation):
@@ -701,9 +710,9 @@ def refusal(ops: list[tuple[str, str]]) -> Exception:
     lines = "\n".join(f"  - {name}: {why}" for name, why in ops)
     error.args = (
         f"rnnshap cannot attribute {len(ops)} layer(s) of this Keras model exactly:\n{lines}\n"
-        "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D, "
+        "rnnshap refuses rather than return attributions that do not add up. Supported: Dense, EinsumDense, Conv1D/2D/3D, "
         "Embedding, Activation/ReLU/Softmax, LSTM/GRU/SimpleRNN, RNN over their cells or StackedRNNCells, "
-        "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, "
+        "Bidirectional, Masking, Attention, AdditiveAttention, MultiHeadAttention, LayerNormalization, GroupNormalization, Normalization, "
         "linear reshaping, pooling (average, max, global max), merging and dropout layers, Multiply of two inputs, keras ops "
         "(rnnshap/engines/keras/kops.py), Lambda layers and Layer/Model subclasses whose call() traces into those, and "
         "Functional/Sequential models of them.",
@@ -896,7 +905,39 @@ def cell_step(cell: Any, inputs: Dual, states: Any, **kwargs: Any) -> Any:
 
 
 def _state_count(cell: Any) -> int:
-    return 2 if isinstance(cell, L.LSTMCell) else 1
+    return 2 if isinstance(cell, (L.LSTMCell, *_CONV_CELLS)) else 1
+
+
+def _conv_zeros(cell: Any, seq: Dual) -> Dual:
+    """ConvLSTM's zero state: shaped like the input convolution of one step (its spatial output, ``filters``)."""
+    kernel = _weight(cell.kernel, seq.x.dtype)[..., : cell.filters]
+    zeros = tf.zeros_like(cell.input_conv(seq.x[:, 0], kernel, None, padding=cell.padding))
+    return Dual(zeros, tf.zeros_like(zeros))
+
+
+def _conv_lstm_sequence(cell: Any, seq: Dual, states: list[Dual]) -> tuple[list[Dual], list[Dual]]:
+    """ConvLSTM's cell over every step of ``seq`` (B, T, *spatial, channels), as keras' ConvLSTMCell.call:
+    the gates from an input and a recurrent convolution (linear), activated by their rules, the state's
+    products by the product rule."""
+    dtype = seq.x.dtype
+    kernel, recurrent_kernel = _weight(cell.kernel, dtype), _weight(cell.recurrent_kernel, dtype)
+    bias = _weight(cell.bias, dtype) if cell.use_bias else None
+    act = lambda u: activate(cell.activation, u)  # noqa: E731
+    ra = lambda u: activate(cell.recurrent_activation, u)  # noqa: E731
+    h, c = states
+    outputs = []
+    for step in range(seq.x.shape[1]):
+        x = seq.map(lambda t: t[:, step])
+        projected = x.map(lambda t: cell.input_conv(t, kernel, None, padding=cell.padding))
+        if bias is not None:  # (channels last: the four gates' biases along the last axis)
+            projected = projected.map(lambda t: t + bias)
+        z = projected + h.map(lambda t: cell.recurrent_conv(t, recurrent_kernel))
+        zi, zf, zc, zo = _split(z, 4)
+        i, f, o = ra(zi), ra(zf), ra(zo)
+        c = dual.product(f, c) + dual.product(i, act(zc))
+        h = dual.product(o, act(c))
+        outputs.append(h)
+    return outputs, [h, c]
 
 
 def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any = None, *, run: Run | None = None, **kwargs: Any) -> Any:
@@ -921,6 +962,17 @@ def recurrent(layer: Any, sequences: Dual, initial_state: Any = None, mask: Any 
     for cell in cells:
         count = _state_count(cell)
         zero_start = not given
+        if isinstance(cell, _CONV_CELLS):
+            if mask is not None:
+                raise _unsupported(layer, "a mask reaching a ConvLSTM layer is not supported")
+            if given:
+                states, given = list(given[:count]), given[count:]
+            else:
+                states = [_conv_zeros(cell, seq) for _ in range(count)]
+            outputs, states = _conv_lstm_sequence(cell, seq, states)
+            final_states += states
+            seq = Dual(tf.stack([o.x for o in outputs], 1), tf.stack([o.r for o in outputs], 1))
+            continue
         if given:
             states, given = list(given[:count]), given[count:]
         else:

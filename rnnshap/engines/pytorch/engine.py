@@ -87,11 +87,24 @@ class TorchEngine(Engine):
                 f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
             )
         self.output_shape = tuple(outputs.shape[1:])
+        self._check_rows_independent()
         self.background_outputs = numpy(outputs).astype(np.float64)
         # the least precise dtype the model computes input-dependent values in (a float64 model that
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
-        self.dtype = str(max(computed, key=lambda d: torch.finfo(d).eps)).replace("torch.", "")
+        least = max(computed, key=lambda d: torch.finfo(d).eps)
+        self.dtype = str(least).replace("torch.", "")
+        given = [d for d in [self.model_dtype, *(b.dtype for b in self.background)] if d is not None and d.is_floating_point]
+        #: where the model computes in a less precise dtype than its parameters and inputs (Keras' matmul on
+        #: torch casts float64 to float32): said by the additivity check's report
+        self.precision_note: str | None = None
+        if given and torch.finfo(least).eps > min(torch.finfo(d).eps for d in given):
+            most = min(given, key=lambda d: torch.finfo(d).eps)
+            self.precision_note = (
+                f"The model's parameters and inputs are {str(most).replace('torch.', '')}, but it computes in {self.dtype} "
+                f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
+                f"precision, and the check uses {self.dtype}'s tolerance."
+            )
         #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
         self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, int]] = {}
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
@@ -145,6 +158,54 @@ class TorchEngine(Engine):
                 return False
         return True
 
+    def _check_rows_independent(self) -> None:
+        """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
+        to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, up
+        to rounding. A recurrent layer without ``batch_first`` given (batch, time, features) reads axis
+        0 as time, and row b's output then depends on rows 0..b."""
+        m = min(self.references, 64)
+        if m < 2:
+            return
+        rows = [b[:m] for b in self.background]
+        order = torch.arange(m - 1, -1, -1, device=rows[0].device)
+        state = PreservedState(self.model)
+        try:
+            outs = []
+            with torch.no_grad():  # in both orders, twice: a forward that changes from call to call is not judged here
+                for index in (None, order, order, None):
+                    outs.append(self._take(self.model(*[(r if index is None else r[index]).clone() for r in rows])))
+                    state.restore()
+        except Exception:  # noqa: BLE001 (a model that fails on fewer rows: the passes report what fails)
+            return
+        finally:
+            state.restore()
+        if not all(isinstance(o, Tensor) and o.shape == outs[0].shape for o in outs) or outs[0].dim() == 0 or outs[0].shape[0] != m:
+            return
+        ahead, reversed_ = outs[0], outs[1]
+        if not (_repeats_close(ahead, outs[3]) and _repeats_close(reversed_, outs[2])) or _repeats_close(ahead[order], reversed_):
+            return
+        differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
+        row = int(order[int(differ.argmax())])
+        seq_first = [
+            f"{name!r} ({type(module).__name__})"
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.RNNBase) and not module.batch_first
+        ]
+        advice = (
+            f" The model has recurrent layers without batch_first: {', '.join(seq_first)}. Such a layer reads axis 0 of its "
+            "input as time: build it with batch_first=True, or transpose inside forward() (x.transpose(0, 1)) so that "
+            "axis 0 of the data given to rnnshap is the batch."
+            if seq_first
+            else " Check which axis the model reads as time (a recurrent layer without batch_first reads axis 0), and "
+            "that no layer normalizes over the batch."
+        )
+        raise InputError(
+            f"The model mixes the rows of axis 0 of its input: its output for one row depends on the other rows of the "
+            f"batch (run on {m} background rows in reverse order, the output for row {row} changes). rnnshap reads axis 0 "
+            "as the batch, and the attributions of a sample need its output to be a function of that sample alone."
+            + advice
+        )
+
     def _distinct_reference_pass(self, block: Block, state: PreservedState) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
         input pass) and its outputs.
@@ -193,6 +254,9 @@ class TorchEngine(Engine):
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
         if isinstance(out, Tensor) and self.outputs.choice is None:
             return out
+        leaf = self.outputs.leaf(out, lambda t: isinstance(t, Tensor))
+        if leaf is not None:
+            return leaf
         flat, names = output_parts(out)
         if not flat or not all(isinstance(t, Tensor) for t in flat):
             return out  # run_pass says what the model returned
@@ -206,7 +270,9 @@ class TorchEngine(Engine):
             with torch.no_grad():  # copies: a forward() that works in place must not rewrite the background
                 copies = [b.clone() for b in self.background]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                return run_pass(self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks)
+                return run_pass(
+                    self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks, watch_random=True
+                )
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             if isinstance(error, RnnShapError):
                 raise
@@ -252,7 +318,14 @@ class TorchEngine(Engine):
         return message + "."
 
     # -- inputs -----------------------------------------------------------------------------------
+    #: the keys of a model called with a dict of inputs (the background was a dict; see engines.engine_for)
+    input_names: list[Any] | None = None
+
     def inputs(self, X: Any, what: str) -> list[Tensor]:
+        if isinstance(X, dict) and self.input_names is not None:
+            if set(X) != set(self.input_names):
+                raise InputError(f"{what} has the keys {sorted(map(str, X))}, the background {sorted(map(str, self.input_names))}: give the same inputs")
+            X = [X[k] for k in self.input_names]
         tensors = as_tensors(X, what, self.multi_input, self.device, self.model_dtype)
         check_matching(tensors, self.background)
         return tensors
@@ -265,6 +338,22 @@ class TorchEngine(Engine):
         finally:
             state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
+
+    def model_version(self) -> Any:
+        """Every parameter and buffer of the model, by identity and version counter: an optimizer
+        step, ``load_state_dict`` or a write under ``no_grad()`` bumps a version, replacing one
+        changes an identity (see :meth:`Engine.model_version`)."""
+        version = []
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            try:
+                version.append((id(t), t._version))
+            except RuntimeError:  # an inference tensor has no version counter: its identity only
+                version.append((id(t), -1))
+        return tuple(version)
+
+    def refresh_background_outputs(self) -> None:
+        # copies: a forward() that works in place must not rewrite the background
+        self.background_outputs = self.predict([b.clone() for b in self.background]).reshape(self.references, *self.output_shape)
 
     def to_numpy(self, inputs: list[Tensor]) -> list[np.ndarray]:
         return [numpy(x) for x in inputs]
@@ -433,6 +522,15 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
     rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
     return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
+
+
+def _repeats_close(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are equal up to the rounding of kernels that sum in another order."""
+    if not (a.is_floating_point() or a.is_complex()):
+        return bool(torch.equal(a, b))
+    scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
+    rtol = 1e3 * torch.finfo(b.dtype).eps
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True))
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ...errors import InputError
+from ...errors import InputError, ModelStateError
 from ...rules.base import Rule
 from ..outputs import OutputChoice
 from .engine import TorchEngine
@@ -66,13 +67,49 @@ class EvalMode(nn.Module):
             return self.module(*inputs)
 
 
+class DictInputs(nn.Module):
+    """A model called with a dict of inputs (``forward(batch: dict)``), as a model of one input per key:
+    ``forward(*tensors)`` calls ``model(dict(zip(names, tensors)))``."""
+
+    def __init__(self, model: nn.Module, names: list[Any]) -> None:
+        super().__init__()
+        self.module = model
+        self.names = names
+
+    def forward(self, *inputs: Any) -> Any:
+        return self.module(dict(zip(self.names, inputs, strict=True)))
+
+
 def in_eval_mode(model: nn.Module, build: Any) -> Any:
     """``build(model)``, for a model in training mode with randomness ``build(EvalMode(model))`` built
     with the model in eval mode (the engine checks and probes it then), with one warning that names
     the modules switched."""
     switched = training_randomness(model)
     if not switched:
-        return build(model)
+        try:
+            return build(model)
+        except ModelStateError as error:
+            # forward() draws random numbers or updates running statistics: where it does so in training mode
+            # only (a GaussianNoise, a running normalization), the model forgot .eval(): explained in eval mode
+            training = [name or "the model" for name, module in model.named_modules() if module.training]
+            if not getattr(error, "eval_may_help", False) or not training:
+                raise
+            first = error
+        warnings.warn(
+            f"The model is in training mode ({len(training)} module(s), e.g. {', '.join(map(repr, training[:4]))}) and its "
+            f"forward() is not a function of its input there: {str(first).split(':')[0]}. rnnshap explains the function it "
+            "computes in eval mode, as for dropout; each pass switches every module to eval and puts its training flag "
+            "back afterwards, so the model is left as given. Call model.eval() before explaining to silence this.",
+            UserWarning,
+            stacklevel=4,
+        )
+        try:
+            with _Evaluating(model):
+                return build(EvalMode(model))
+        except ModelStateError as again:
+            if getattr(again, "eval_may_help", False):
+                raise again from None  # (in eval mode too: the error as it is)
+            raise
     shown = ", ".join(switched[:6]) + (f" and {len(switched) - 6} more" if len(switched) > 6 else "")
     warnings.warn(
         f"The model is in training mode, with {shown}: rnnshap explains the function it computes in eval mode, as "
@@ -94,7 +131,7 @@ class FromLayer(nn.Module):
     the batch) and is discarded where it feeds ``layer``; :class:`InterimEngine` checks that nothing of
     it reaches the output another way."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[int]) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[tuple[int, int]]) -> None:
         super().__init__()
         self.model = model
         self.layer_name = _name_of(model, layer)
@@ -112,10 +149,10 @@ class FromLayer(nn.Module):
             calls += 1
             if calls > 1:
                 raise InputError(_reused(self.layer_name))
-            replaced = list(args)
-            for position, value in zip(self.positions, z, strict=True):
-                replaced[position] = value
-            return tuple(replaced)
+            leaves, spec = tree_flatten(args)
+            for (position, axis), value in zip(self.positions, z, strict=True):
+                leaves[position] = value.movedim(0, axis)
+            return tuple(tree_unflatten(leaves, spec))
 
         handle = self.hooked.register_forward_pre_hook(replace)
         try:
@@ -163,9 +200,18 @@ class InterimEngine(TorchEngine):
         super().__init__(self.split, layered, rules=rules, output=output)
         self._check_cut(z, direct)
 
-    def _layer_inputs(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any, list[int]]:
-        """The floating-point positional inputs of ``layer`` when the model runs on ``inputs``, the
-        model's output, and their positions among the layer's arguments."""
+    def refresh_background_outputs(self) -> None:
+        """The layer's inputs on the background were computed by the model as it was: refuse."""
+        raise ModelStateError(
+            f"The model was changed (its parameters or buffers written or replaced) after this (model, layer) explainer "
+            f"was built, and the background's inputs to the layer {self.layer_name!r} were computed by the model as it "
+            "was. Build a new explainer for the model as it is now."
+        )
+
+    def _layer_inputs(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any, list[tuple[int, int]]]:
+        """The floating-point positional inputs of ``layer`` (nested ones too) when the model runs on
+        ``inputs``, each with its batch axis first, the model's output, and for each its position among
+        the flattened arguments and its batch axis there."""
         seen: list[tuple[Any, ...]] = []
 
         def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -183,17 +229,24 @@ class InterimEngine(TorchEngine):
             raise InputError(f"The layer {self.layer_name!r} given with the model was not called by its forward()")
         if len(seen) > 1:
             raise InputError(_reused(self.layer_name))
-        args = seen[0]
-        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.is_floating_point()]
+        # every floating tensor the layer takes positionally, nested ones included (an LSTM's (h0, c0)), with
+        # the axis of the batch (an LSTM's states are (layers, batch, hidden)): attributed with the batch first
+        leaves = tree_flatten(seen[0])[0]
+        batch = int(inputs[0].shape[0])
+        positions: list[tuple[int, int]] = []
+        for i, a in enumerate(leaves):
+            if not (isinstance(a, Tensor) and a.is_floating_point()):
+                continue
+            axes = [d for d in range(a.dim()) if a.shape[d] == batch]
+            if not axes:
+                raise InputError(
+                    f"The input of the layer {self.layer_name!r} has shape {tuple(a.shape)} for a batch of {batch}: "
+                    "none of its dimensions is the batch"
+                )
+            positions.append((i, axes[0]))
         if not positions:
             raise InputError(f"The layer {self.layer_name!r} takes no floating-point tensor as a positional input: there is nothing to attribute to")
-        z = [args[i].detach().clone() for i in positions]
-        for i in positions:
-            if args[i].dim() == 0 or args[i].shape[0] != inputs[0].shape[0]:
-                raise InputError(
-                    f"The input of the layer {self.layer_name!r} has shape {tuple(args[i].shape)} for a batch of "
-                    f"{inputs[0].shape[0]}: its first dimension must be the batch"
-                )
+        z = [leaves[i].detach().movedim(axis, 0).clone() for i, axis in positions]
         return z, out, positions
 
     def _check_cut(self, z: list[Tensor], direct: Any) -> None:

@@ -65,11 +65,27 @@ def _input_indices(layer: Any, model: Any) -> list[int]:
     return indices
 
 
+def refuse_stateful(model: Any) -> None:
+    """Refuse, before anything runs, the recurrent layers built with ``stateful=True``: each call starts
+    from the state the previous call left and writes a new one (the explainer would change it), and
+    its batch size is fixed. The Keras engine on TensorFlow refuses them alike."""
+    import keras
+
+    stateful = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.RNN) and getattr(layer, "stateful", False)]
+    if stateful:
+        reason = (
+            "stateful=True: each call starts from the state the previous call left (and writes a new one), so the output is "
+            "not a function of the input alone, and the batch size is fixed"
+        )
+        raise UnsupportedOperationError([(f"keras.layers.{type(layer).__name__} ({layer.name})", reason, "stateful") for layer in stateful])
+
+
 class KerasModule(nn.Module):
     """``forward(*inputs)`` → ``model(inputs, training=False)``, the calling convention the engine uses."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
+        refuse_stateful(model)
         self.keras_model = model
         #: Masking layers on model inputs, with the input's index (see ``input_maskings``)
         self.maskings = input_maskings(model)

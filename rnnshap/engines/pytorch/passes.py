@@ -33,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ...errors import ModelStateError, UnsupportedOperationError
+from ...errors import InputError, ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.coverage import misfit
@@ -44,7 +44,7 @@ from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .discrete import Integers, Leaf
 from .functions import enclosing_function, function_name, routed_functions
 from .picked import Picked, PickedUses
-from .safety import PreservedState
+from .safety import PreservedState, RandomStates, random_forward_error
 from .scales import mark_of, mark_result, normalizing_rule
 from .tape import Tape, TapeEntry
 
@@ -154,6 +154,11 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 
 
+def _is_data_getter(func: Any) -> bool:
+    """Whether ``func`` is the getter of ``Tensor.data`` (a fresh method-wrapper on each access)."""
+    return type(func).__name__ == "method-wrapper" and getattr(func, "__name__", "") == "__get__" and op_key(func) == ("getter", "data")
+
+
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
 #: the comparison a Keras ``Masking`` makes (see ``AttributionMode._on_masked_input``)
 _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
@@ -161,6 +166,36 @@ _NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor
 _CASTS = frozenset({torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16, torch.as_tensor})
 #: operations that read a tensor's metadata only
 _QUERIES = frozenset({"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"})
+#: operations whose second operand gives only a shape (or a dtype): ``idx.expand_as(src)`` as PyG's scatter
+#: writes it. With only that operand input-dependent, the result is a constant.
+_SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as})
+#: ``torch.broadcast_tensors``: each result is its operand broadcast (linear in it alone)
+_BROADCASTS = frozenset(f for f in (torch.broadcast_tensors, getattr(torch.functional, "broadcast_tensors", None)) if f is not None)
+#: operations that read only the shape, dtype or device of a tensor: all a ``.data`` view may be used for
+_SHAPE_READS = frozenset({"new", "new_zeros", "new_ones", "new_empty", "new_full", "size", "dim", "numel", "__len__", "stride",
+                          "is_contiguous", "nelement", "ndimension", "element_size", "zeros_like", "ones_like", "empty_like",
+                          "full_like", "__get__"})
+#: kinds of refusal never deferred (see ``AttributionMode._defer``): values taken out of torch, branches
+_NEVER_DEFERRED = frozenset({"control", "escape", "integer", "no_grad", "function", "detach"})
+#: reductions of a comparison's mask that a check makes (``(value == value).all(-1)`` in torch.distributions'
+#: argument validation, ``torch._is_all_true``): followed where the mask is the same everywhere
+_MASK_REDUCTIONS = frozenset({"all", "any", "_is_all_true", "_is_any_true"})
+#: torch's functions that draw random numbers (torch.distributions samples through them): named in the
+#: refusal of a forward whose draws change a generator's state (see ``RandomStates``)
+_RANDOM = frozenset(
+    f
+    for f in [
+        *(getattr(torch, name, None) for name in (
+            "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "bernoulli",
+            "multinomial", "poisson", "binomial", "_standard_gamma", "_sample_dirichlet", "rrelu", "rrelu_",
+        )),
+        *(getattr(torch.Tensor, name, None) for name in (
+            "uniform_", "normal_", "bernoulli_", "bernoulli", "exponential_", "geometric_", "log_normal_", "cauchy_",
+            "random_", "multinomial",
+        )),
+    ]
+    if f is not None
+)  # fmt: skip
 
 
 class AttributionMode(TorchFunctionMode):
@@ -195,11 +230,23 @@ class AttributionMode(TorchFunctionMode):
         self.embedded: list[Leaf] = self.discrete.leaves
         #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
         self.dtypes: set[torch.dtype] = set()
+        #: the operation that first made an input-dependent tensor of each dtype (said where precision drops)
+        self.dtype_origins: dict[torch.dtype, str] = {}
+        self._last_name = "the model's input"
         #: roots and inverse roots among the tracked tensors (see scales.py): a normalization written by
         #: hand takes the built-in norms' rule
         self.scales = TensorMap()
         #: whether any integer input is followed (until one is, no operation involves one)
         self._following = False
+        #: the random functions forward() called (None: not watched; see ``run_pass``'s ``watch_random``)
+        self.random_draws: list[str] | None = None
+        #: ``.data`` of input-dependent tensors: usable for their shape, dtype and device only (``x.data.new(...)``)
+        self._data_views = TensorMap()
+        #: refusals of operations whose results may not reach the output: name → (reason, advice), refused
+        #: only where the output depends on them (see ``_defer`` and ``raise_if_unsupported``)
+        self.deferred: dict[str, tuple[str, str]] = {}
+        #: tensors computed from the results of deferred refusals → the names of those operations
+        self._taints = TensorMap()
 
     # -- tracking -------------------------------------------------------------------------------
     def track(self, value: Any) -> None:
@@ -207,12 +254,16 @@ class AttributionMode(TorchFunctionMode):
         if isinstance(value, Tensor):
             if value.is_floating_point() or value.is_complex():
                 self._tracked[value] = True
-                self.dtypes.add(value.dtype)
+                if value.dtype not in self.dtypes:
+                    self.dtypes.add(value.dtype)
+                    self.dtype_origins[value.dtype] = self._last_name
             return
         for leaf in _tensors_of(value):
             if isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex()):
                 self._tracked[leaf] = True
-                self.dtypes.add(leaf.dtype)
+                if leaf.dtype not in self.dtypes:
+                    self.dtypes.add(leaf.dtype)
+                    self.dtype_origins[leaf.dtype] = self._last_name
 
     def is_tracked(self, value: Any) -> bool:
         if not isinstance(value, Tensor):
@@ -322,8 +373,18 @@ class AttributionMode(TorchFunctionMode):
             return True, self.picks.use(func, types, args, kwargs, leaves, user_grad)
         rule = self.registry.op_rule(func)
         name = op_name(func)
-        if origin.rsplit(".", 1)[-1] in _COMPARISON_NAMES and getattr(func, "__name__", "") in ("all", "any") and len(leaves) == 1:
-            return True, self._uniform_decision(func, args, kwargs, leaves[0], name, origin)
+        if origin.rsplit(".", 1)[-1] in _COMPARISON_NAMES and getattr(func, "__name__", "") in _MASK_REDUCTIONS and isinstance(leaves[0], Tensor):
+            if len(leaves) == 1:
+                return True, self._uniform_decision(func, args, kwargs, leaves[0], name, origin)
+            mask = leaves[0]
+            if not any(isinstance(leaf, Tensor) for leaf in leaves[1:]) and (bool(mask.all()) or not bool(mask.any())):
+                # a reduction along a dimension of a mask that is the same everywhere (the validation of
+                # torch.distributions: (value == value).all(-1)): as uniform as the mask; a branch on it is
+                # a decision of _uniform_decision
+                result = func(*args, **kwargs)
+                if isinstance(result, Tensor):
+                    self._indices[result] = Picked(origin, None)
+                return True, result
         reason = (
             f"it uses the indices that {origin} picked from an input-dependent tensor; they differ between the input "
             "and its reference, and which element is picked has no multiplier"
@@ -420,6 +481,8 @@ class AttributionMode(TorchFunctionMode):
                 self._decisions[leaf] = name
 
     def raise_if_unsupported(self) -> None:
+        """Raise for every refused operation (the deferred ones the output depends on are refused by
+        ``refuse_deferred``, which ``run_pass`` calls first)."""
         if self.unsupported:
             raise UnsupportedOperationError([(name, why, self.advice.get(name, "rule")) for name, why in self.unsupported.items()])
 
@@ -431,8 +494,60 @@ class AttributionMode(TorchFunctionMode):
         self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        if self._taints:
+            result = self._run(func, types, args, kwargs)
+            self._spread_taint(func, args, kwargs or {}, result)
+            return result
+        return self._run(func, types, args, kwargs)
+
+    def _spread_taint(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+        """Results (and the targets written in place, with the tensors they are views of) of an operation
+        on tensors computed from a deferred refusal's result carry its name on (see ``_defer``)."""
+        leaves = flatten_call(args, kwargs)[0]
+        names: set[str] = set()
+        for leaf in leaves:
+            if isinstance(leaf, Tensor):
+                names |= self._taints.get(leaf, set())
+                if leaf._base is not None:
+                    names |= self._taints.get(leaf._base, set())
+        if not names:
+            return
+        targets = [t for t in _tensors_of(result) if isinstance(t, Tensor)]
+        target = in_place_target(func, args, kwargs)
+        if target is None and args and isinstance(args[0], Tensor) and getattr(func, "__name__", "").endswith("_"):
+            target = args[0]
+        if target is not None:
+            targets += [target] + ([target._base] if target._base is not None else [])
+        for t in targets:
+            self._taints[t] = self._taints.get(t, set()) | names
+
+    def _defer(self, name: str, reason: str, advice: str, result: Any) -> None:
+        """Refuse ``name`` only if the output turns out to depend on its ``result`` (a norm that only feeds a
+        training loss changes no value of the output): its results carry its name on."""
+        if name not in self.unsupported:
+            self.deferred.setdefault(name, (reason, advice))
+        for t in _tensors_of(result):
+            if isinstance(t, Tensor):
+                self._taints[t] = self._taints.get(t, set()) | {name}
+
+    def refuse_deferred(self, output: Any) -> None:
+        """Refuse the deferred operations that ``output`` depends on (see ``_defer``)."""
+        reached: set[str] = set()
+        for t in _tensors_of(output):
+            if isinstance(t, Tensor):
+                reached |= self._taints.get(t, set())
+                if t._base is not None:
+                    reached |= self._taints.get(t._base, set())
+        for name in sorted(reached):
+            if name in self.deferred:
+                reason, advice = self.deferred[name]
+                self._refuse(name, reason, advice)
+
+    def _run(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         if func is _SET_GRAD_ENABLED:
             return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
+        if self.random_draws is not None and func in _RANDOM:
+            self.random_draws.append(op_name(func))
         user_grad = torch.is_grad_enabled()
         if not user_grad and self.replay and self._follows_no_grad(args, kwargs):
             # the model's own no_grad(): statistics computed without gradients are part of the
@@ -485,11 +600,21 @@ class AttributionMode(TorchFunctionMode):
             handled, result = self._index_use(func, types, args, kwargs, leaves, user_grad)
             if handled:
                 return result
+        if self._data_views and any(isinstance(leaf, Tensor) and leaf in self._data_views for leaf in leaves):
+            return self._data_use(func, args, kwargs, leaves)
         tracked = self._tracked_among(leaves)
         if not tracked:
             return func(*args, **kwargs)
+        if tracked[0] != 0 and len(tracked) == 1 and func in _SHAPE_GIVERS:
+            return func(*args, **kwargs)  # idx.expand_as(src): src gives the shape only
+        if func in _BROADCASTS:
+            return self._broadcast(func, args, kwargs, leaves, tracked)
         rule = self.registry.op_rule(func)
-        name = cached_op_name(func)
+        if isinstance(rule, Refuse) and _is_data_getter(func):
+            result = func(*args, **kwargs)  # (refused where it is used for more than its shape: see _data_use)
+            self._data_views[result] = "torch.Tensor.data"
+            return result
+        name = self._last_name = cached_op_name(func)
         kind = type(rule)
         if rule is not None and (kind is Linear or (len(tracked) == 1 and (kind is Product or kind is Bilinear))):
             # the most common cases (shapes, indexing, sums, linear layers, a product or matmul with a
@@ -518,6 +643,30 @@ class AttributionMode(TorchFunctionMode):
             self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
         elif self.scales and target is not None and target in self.scales:
             del self.scales[target]  # (written into in place with an unmarked value)
+        return result
+
+    def _broadcast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: tuple[int, ...]) -> Any:
+        """``torch.broadcast_tensors(*tensors)``: each result is its operand broadcast, a linear function of it
+        alone, so the results of input-dependent operands are tracked and the others are constants."""
+        result = func(*args, **kwargs)
+        outputs = list(result)
+        if len(outputs) == len(leaves):
+            for i in tracked:
+                self.track(outputs[i])
+        else:  # (an unusual call: every result depends on every operand as far as is known)
+            self.track(result)
+        return result
+
+    def _data_use(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> Any:
+        """An operation on the ``.data`` of an input-dependent tensor: one that reads its shape, dtype or
+        device only (``x.data.new(*size).zero_()``, OpenNMT-py's state init) makes a constant; any other
+        use is refused, since ``.data`` cuts the path from the input to the output."""
+        name = getattr(func, "__name__", "")
+        if name in _SHAPE_READS or type(self.registry.op_rule(func)) is Constant:
+            return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        self._refuse("torch.Tensor.data", "`.data` cuts the path from the input to the output", "detach")
+        self.track(result)
         return result
 
     def _mark_scale(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], operand: Tensor, result: Any) -> None:
@@ -579,9 +728,15 @@ class AttributionMode(TorchFunctionMode):
             if rule is None and not any(isinstance(leaf, Tensor) for leaf in _tensors_of(result)):
                 return result  # a query such as x.shape or x.dim(): no value flows on
             if isinstance(rule, Refuse):
-                self._refuse(name, rule.reason, getattr(rule, "advice", "rule"))
+                reason, advice = rule.reason, getattr(rule, "advice", "rule")
+            else:  # (Rescale is advice for one input-dependent operand only)
+                reason, advice = "no attribution rule is registered for it", "rule" if len(call.tracked) < 2 else "rule_operands"
+            outputs = [t for t in _tensors_of(result) if isinstance(t, Tensor)]
+            deferrable = not self._indices and not self._following  # (picked indices and integer inputs: not followed)
+            if deferrable and target is None and func is base and outputs and all(t.is_floating_point() for t in outputs) and advice not in _NEVER_DEFERRED:
+                self._defer(name, reason, advice, result)  # refused where the output depends on it
             else:
-                self._refuse(name, "no attribution rule is registered for it")
+                self._refuse(name, reason, advice)
             self.track(result)
             self._mark_decisions(result, name)
             return result
@@ -625,8 +780,15 @@ class AttributionMode(TorchFunctionMode):
             ref_leaves[i] = reference
         kept = entry.kept_output(_context(call)) if entry.output is not None else None
         call = call.with_references(ref_leaves, kept)
+        autocast = _autocast_of(base, call)
+        if autocast is not None:
+            call = _cast_call(call, autocast[1])
         try:
-            result = rule.attribute(call)
+            if autocast is None:
+                result = rule.attribute(call)
+            else:  # (the rule computes in the dtype autocast gives the op; inside it nothing is cast again)
+                with torch.autocast(autocast[0], enabled=False):
+                    result = rule.attribute(call)
         except ValueError as error:  # a rule that does not fit this call and did not say so in time
             raise UnsupportedOperationError([(name, str(error), "operands")]) from error
         if target is not None:
@@ -690,7 +852,43 @@ class AttributionMode(TorchFunctionMode):
             self._refuse_grad_off(name)
         no_graph = torch.no_grad() if not self.replay else torch.enable_grad() if self._follows_no_grad(args, kwargs) else contextlib.nullcontext()
         with torch._C.DisableTorchFunction(), no_graph:
-            return self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
+            result = self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
+        if self._taints:
+            self._spread_taint(forward, args, kwargs, result)
+        return result
+
+
+#: operations that torch's autocast runs in its lower precision dtype with every floating operand cast to
+#: it, and whose rules compute with several operations (some of which autocast would not cast, such as an
+#: in-place addmm_): the rule runs on the operands cast as autocast casts them, with autocast off inside
+_AUTOCAST_LOWERED = frozenset(
+    f
+    for f in (getattr(torch, name, None) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"))
+    if f is not None
+)
+
+
+def _autocast_of(func: Any, call: OpCall) -> tuple[str, torch.dtype] | None:
+    """``(device type, dtype)`` where ``func`` is an operation of :data:`_AUTOCAST_LOWERED` called under
+    ``torch.autocast`` on its operands' device; else None."""
+    if func not in _AUTOCAST_LOWERED or not call.tracked:
+        return None
+    device = call.leaves[call.tracked[0]].device.type
+    try:
+        if not torch.is_autocast_enabled(device):
+            return None
+        return device, torch.get_autocast_dtype(device)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return None
+
+
+def _cast_call(call: OpCall, dtype: torch.dtype) -> OpCall:
+    """``call`` with every floating tensor operand (both sides) cast to ``dtype``, as autocast casts them."""
+
+    def cast(leaves: list[Any]) -> list[Any]:
+        return [leaf.to(dtype) if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dtype != dtype else leaf for leaf in leaves]
+
+    return OpCall(call.fn, call.name, cast(call.leaves), cast(call.ref_leaves), call.spec, call.tracked, call.pairs, call.layout, None)
 
 
 def _context(call: OpCall) -> tuple[Any, ...]:
@@ -744,6 +942,7 @@ def run_pass(
     take: Callable[[Any], Any] | None = None,
     sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
     state: PreservedState | None = None,
+    watch_random: bool = False,
 ) -> tuple[Tensor, AttributionMode]:
     """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
 
@@ -755,13 +954,18 @@ def run_pass(
     float inputs the model masks by comparing them with values to (the explained samples' values,
     those values): those comparisons read the samples' values; ``state``, the model's state taken
     before the pass (one taken for several passes in a row, each of which restores it), else taken
-    here. Returns the output and the mode, which holds the attribution leaves of the integer inputs
+    here; ``watch_random``: refuse a forward that draws random numbers (the constructor's probe).
+    Returns the output and the mode, which holds the attribution leaves of the integer inputs
     and what was learned about them.
     """
     mode = AttributionMode(registry, tape, replay, pairs)
     module_rules = ModuleRules(model, registry)
     if state is None:
         state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
+    randoms = None
+    if watch_random:
+        mode.random_draws = []
+        randoms = RandomStates(model)
     module_rules.install(mode)
     try:
         with torch.enable_grad(), routed_functions(mode), mode:
@@ -773,12 +977,36 @@ def run_pass(
             output = model(*inputs)
             if take is not None:
                 output = take(output)
+        written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if watch_random else []
     finally:
+        drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
         module_rules.remove()
         state.restore()
+    if drawn:  # named with the random functions of torch that forward() called
+        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
+        error.eval_may_help = True  # type: ignore[attr-defined]  # (see forms.in_eval_mode)
+        raise error
+    if mode.deferred:
+        mode.refuse_deferred(output)
+    if written:
+        error = ModelStateError(
+            f"forward() writes values computed from its inputs into the buffer(s) {', '.join(map(repr, written))} (running "
+            "statistics updated in place), so each call changes the function the next call computes, and the output of a "
+            "batch depends on the batches before it. rnnshap explains the model as it is: stop the update when not "
+            "training (if self.training: ...), or keep the statistics out of forward(). The model is left as given."
+        )
+        error.eval_may_help = True  # type: ignore[attr-defined]
+        raise error
     mode.raise_if_unsupported()
     if replay:
         tape.check_consumed()
+    if isinstance(output, torch.distributions.Distribution):
+        raise InputError(
+            f"The model returns a distribution ({type(output).__name__}), not a tensor: rnnshap explains numbers the model "
+            "computes. Explain the distribution's parameters or summaries: wrap the model in an nn.Module whose forward() "
+            "returns them, e.g. `d = model(x); return torch.cat([d.mean, d.stddev], -1)` (or d.loc, d.scale, d.logits, "
+            "d.probs), then pick one with output= or outputs=. Drawing a sample is random and cannot be explained."
+        )
     if not isinstance(output, Tensor):
         raise TypeError(
             f"The model returned {type(output).__name__}; rnnshap explains models that return a tensor, or a "

@@ -3,6 +3,7 @@ and :class:`PreservedState`, which leaves the model as it was found after every 
 
 from __future__ import annotations
 
+import random
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,6 +33,8 @@ class PreservedState:
         self.buffers: list[tuple[nn.Module, str, Tensor, Tensor]] = []
         self.parameters: list[tuple[nn.Module, dict[str, Any]]] = []
         self.attributes: list[tuple[nn.Module, dict[str, Tensor]]] = []
+        #: random number generators the model holds (a draw from one is refused; its state is put back)
+        self.generators: list[tuple[torch.Generator, Tensor]] = []
         for module in model.modules():
             for name, buffer in module._buffers.items():
                 if buffer is not None:
@@ -40,11 +43,17 @@ class PreservedState:
                 self.parameters.append((module, dict(module._parameters)))
             tensors = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
             self.attributes.append((module, tensors))
+            self.generators.extend((g, g.get_state()) for g in vars(module).values() if isinstance(g, torch.Generator))
 
     def restore(self) -> None:
         for module, name, buffer, saved in self.buffers:
             if module._buffers.get(name) is not buffer:
                 module._buffers[name] = buffer
+            if buffer.layout != torch.strided:  # sparse (a graph's adjacency): torch.equal does not take it
+                if not _same_sparse(buffer, saved):
+                    with torch.no_grad():
+                        buffer.copy_(saved)
+                continue
             if buffer.shape != saved.shape or buffer.dtype != saved.dtype or not torch.equal(buffer, saved):
                 with torch.no_grad():
                     if buffer.shape != saved.shape:
@@ -60,6 +69,92 @@ class PreservedState:
             for key in [key for key, value in own.items() if isinstance(value, Tensor) and key not in tensors]:
                 del own[key]
             own.update(tensors)
+        for generator, state in self.generators:
+            generator.set_state(state)
+
+
+def _same_sparse(a: Tensor, b: Tensor) -> bool:
+    """Whether two sparse tensors hold the same values (compared dense: buffers are small)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.layout != b.layout:
+        return False
+    try:
+        return bool(torch.equal(a.to_dense(), b.to_dense()))
+    except RuntimeError:  # a layout without to_dense: assume changed (copy_ puts it back)
+        return False
+
+
+class RandomStates:
+    """The global random states a forward may draw from (Python's ``random``, numpy's global
+    generator, torch's CPU and CUDA generators): taken before a pass, compared and put back after it.
+
+    A forward whose output is not a function of its inputs (teacher forcing decided by
+    ``random.random()``, a sampled head) cannot be attributed: two calls on the same x differ. A
+    draw is seen by the state it changes: the global generators', and those of the generators the
+    model holds as attributes of its modules. A generator made and seeded inside forward() changes
+    no state that outlives the call: its draws are a constant, and the forward a function. The
+    pass records which of torch's random functions forward() called
+    (``AttributionMode.random_draws``), to name them."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        #: generators the model holds as attributes of its modules: torch's, numpy's, Python's
+        self.held: list[tuple[str, Any, Any]] = []
+        for name, module in (model.named_modules() if model is not None else []):
+            for key, value in vars(module).items():
+                where = f"{name}.{key}" if name else key
+                if isinstance(value, torch.Generator):
+                    self.held.append((f"the torch.Generator {where!r}", value, value.get_state()))
+                elif isinstance(value, np.random.Generator):
+                    self.held.append((f"the numpy Generator {where!r}", value, value.bit_generator.state))
+                elif isinstance(value, random.Random):
+                    self.held.append((f"the random.Random {where!r}", value, value.getstate()))
+        self.python = random.getstate()
+        self.numpy: Any = np.random.get_state()
+        self.torch = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def drawn(self) -> list[str]:
+        """The generators drawn from since the states were taken (each then put back)."""
+        sources = []
+        for what, generator, state in self.held:
+            if isinstance(generator, torch.Generator):
+                if not torch.equal(generator.get_state(), state):
+                    sources.append(what)
+                    generator.set_state(state)
+            elif isinstance(generator, np.random.Generator):
+                if generator.bit_generator.state != state:
+                    sources.append(what)
+                    generator.bit_generator.state = state
+            elif generator.getstate() != state:
+                sources.append(what)
+                generator.setstate(state)
+        if random.getstate() != self.python:
+            sources.append("Python's random module")
+            random.setstate(self.python)
+        now: Any = np.random.get_state()
+        if now[0] != self.numpy[0] or not np.array_equal(now[1], self.numpy[1]) or now[2:] != self.numpy[2:]:
+            sources.append("numpy.random (the global generator)")
+            np.random.set_state(self.numpy)
+        if not torch.equal(torch.get_rng_state(), self.torch):
+            sources.append("torch's global random number generator")
+            torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            cuda = torch.cuda.get_rng_state_all()
+            if len(cuda) != len(self.cuda) or any(not torch.equal(a, b) for a, b in zip(cuda, self.cuda, strict=False)):
+                sources.append("torch's CUDA random number generator")
+                torch.cuda.set_rng_state_all(self.cuda)
+        return sources
+
+
+def random_forward_error(sources: Sequence[str]) -> ModelStateError:
+    """The refusal of a forward that draws random numbers from ``sources``."""
+    return ModelStateError(
+        f"forward() draws random numbers ({', '.join(sources)}), so its output is not a function of its inputs: "
+        "two calls on the same x differ (teacher forcing decided by a draw, noise added, a value sampled from a "
+        "distribution), and no attribution of one call can add up to another. Explain the deterministic function "
+        "the model computes at inference: wrap it in an nn.Module whose forward() takes no random decision "
+        "(teacher_forcing_ratio=0, the distribution's mean or parameters instead of a sample, no noise), or call "
+        "model.eval() if the draws happen in training mode only. The Shapley mode needs a deterministic forward too."
+    )
 
 
 def check_model(model: Any) -> None:
@@ -140,6 +235,8 @@ def as_tensors(
             "and pack inside forward(): nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, "
             "enforce_sorted=False). Integer inputs that feed no embedding are context, used as given."
         )
+    if isinstance(value, dict):
+        return [_as_tensor(value, what, device, dtype)]  # (refused there, with what to do)
     if multi_input:
         if not isinstance(value, (list, tuple)):
             raise InputError(
@@ -163,6 +260,22 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
     """A checked tensor on the model's device. Floating inputs take the model's dtype; integer and
     boolean inputs (lengths, masks) are context: they keep their dtype and get no attribution."""
     if not isinstance(value, Tensor):
+        if isinstance(value, dict):
+            keys = list(value)
+            raise InputError(
+                f"{what} is a dict of inputs ({', '.join(map(repr, keys[:6]))}), and the background was not. For a model "
+                "called with a dict (forward(batch: dict)), give the background as a dict too (one tensor per key): the "
+                "values then come as a list, one array per key in the background's order. For a model of several "
+                "positional inputs, give a list of tensors."
+            )
+        if isinstance(value, torch.utils.data.DataLoader) or (
+            not hasattr(value, "__array__") and not hasattr(value, "__len__") and hasattr(value, "__iter__")
+        ):
+            raise InputError(
+                f"{what} is a {type(value).__name__}, an iterable of batches: give the tensor itself. For a DataLoader "
+                "that yields (inputs, labels), torch.cat([x for x, _ in loader]) (a few hundred rows are a background); "
+                "explainer.summarize(loader) explains a whole loader batch by batch."
+            )
         try:
             array = np.asarray(value)
         except Exception as error:  # noqa: BLE001 - report any conversion failure the same way
@@ -171,6 +284,9 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
             raise InputError(f"{what} has dtype {array.dtype}; give numbers (a float tensor or array)")
         value = torch.from_numpy(np.ascontiguousarray(array))
     tensor = value.detach()
+    if tensor.is_inference():  # made under torch.inference_mode(): a normal copy, which autograd can take
+        with torch.inference_mode(False):
+            tensor = tensor.clone()
     if tensor.is_meta:
         raise InputError(f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device).")
     if tensor.is_complex():
