@@ -227,8 +227,19 @@ class _Run:
             )
         given = {"insample_y": insample_y, "insample_mask": insample_mask, "futr_exog": futr_exog, "hist_exog": hist_exog, "stat_exog": stat_exog}
         present = [key for key in WINDOW_KEYS if given[key] is not None]
-        # recurrent models carry the horizon's unknown (NaN) targets in their L + h windows and never read them:
-        # they are set to 0 here, the reference's value, so they get exactly 0
+        # recurrent models carry the horizon's unknown (NaN) targets after the input window (positions input_size and
+        # on of their longer windows) and never read them: they are set to 0 here, the reference's value, so they get
+        # exactly 0. A NaN anywhere else is data the model reads, which makes nf.predict NaN too: refused, not
+        # papered over.
+        for key in present:
+            missing = torch.isnan(given[key])
+            if key == "insample_y" and model.RECURRENT:
+                missing[:, model.input_size :] = False
+            if bool(missing.any()):
+                raise InputError(
+                    f"{_name(model)}'s {key} holds {int(missing.sum())} NaN value(s) that the model reads (not marked "
+                    "unavailable by insample_mask): its forecast would be NaN too. Fill or drop them in df / futr_df / static_df."
+                )
         X = [torch.nan_to_num(given[key].detach().clone(), nan=0.0) for key in present]
         background = self._background(present, X)
         build = _Forecast(model, y_idx, local, outputs, present)
