@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The wheel stands alone: built from the tree, installed into a fresh venv with the core dependencies
-# only (the pinned CPU torch and numpy), imported and run from outside the source tree.
+# only (the pinned CPU torch and numpy), imported and run from outside the source tree; then, with the
+# plot extra, the demo (its bundled data and report) and the README's PyTorch quickstart, as written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python -m pip wheel --quiet --no-deps . -w "$work/dist"
@@ -29,4 +31,16 @@ values = explainer.shap_values(x)
 gap = model(x).detach().numpy() - explainer.expected_value
 assert abs(values.sum((1, 2)) - gap).max() < 1e-5
 print(f"wheel rnnshap {rnnshap.__version__} (metadata {importlib.metadata.version('rnnshap')}) alone: exact, values {values.shape}")
+PY
+wheel=$(ls "$work"/dist/rnnshap-*.whl)
+"$work/venv/bin/python" -m pip install --quiet "rnnshap[plot] @ file://$wheel"
+"$work/venv/bin/rnnshap" --version
+"$work/venv/bin/python" -m rnnshap demo --samples 3 --epochs 5 --out "$work/report" | tail -3
+test -f "$work/report/index.html"
+readme="$root/README.md"
+"$work/venv/bin/python" - "$readme" <<'PY'
+import re, sys
+blocks = re.findall(r"```python\n(.*?)```", open(sys.argv[1]).read(), flags=re.S)
+exec(compile(blocks[0], "README.md, the PyTorch quickstart", "exec"), {"__name__": "quickstart"})
+print("the README's PyTorch quickstart runs against the installed wheel")
 PY

@@ -53,25 +53,29 @@ def _library() -> Any:
 class ForecastExplanation:
     """The attributions of pytorch-forecasting forecasts to their named inputs.
 
-    Shapes: ``n`` explained windows, ``L`` encoder steps, ``H`` decoder (horizon) steps, ``K``
-    outputs per horizon step (quantiles, distribution parameters, or one point forecast). The last
-    two axes of every value array are ``(H, K)``: the forecast being explained. For every window,
-    horizon step and output::
+    Shapes: ``n`` explained windows, ``L`` encoder steps, ``H`` decoder steps (the prediction length),
+    ``J`` explained horizon steps (:attr:`horizons`: all ``H`` by default), ``K`` outputs per horizon
+    step (quantiles, distribution parameters, or one point forecast). The last two axes of every value
+    array are ``(J, K)``: the forecast being explained. The encoder axis is right-aligned: position
+    ``p`` is relative step ``p - L`` for every window (``-1`` the last observed step); a window with a
+    shorter encoder of ``l`` steps has them at ``L - l .. L - 1`` and exact zeros in front. For every
+    window, explained horizon step and output::
 
         encoder.sum((1, 2)) + decoder.sum((1, 2)) + static.sum(1) + target_scale == prediction - base_values
     """
 
-    #: ``(n, L, V, H, K)``: per encoder step and time-varying variable (``time_varying_variables``)
+    #: ``(n, L, V, J, K)``: per encoder step (right-aligned: position p is step p - L) and time-varying
+    #: variable (``time_varying_variables``)
     encoder: np.ndarray
-    #: ``(n, H, V, H, K)``: per decoder step (the known future) and time-varying variable
+    #: ``(n, H, V, J, K)``: per decoder step (the known future) and time-varying variable
     decoder: np.ndarray
-    #: ``(n, S, H, K)``: per static variable (``static_variables``), summed over the steps it is repeated at
+    #: ``(n, S, J, K)``: per static variable (``static_variables``), summed over the steps it is repeated at
     static: np.ndarray
-    #: ``(n, H, K)``: the share of ``target_scale``, the target normalizer's center and scale of each window
+    #: ``(n, J, K)``: the share of ``target_scale``, the target normalizer's center and scale of each window
     target_scale: np.ndarray
-    #: ``(n, H, K)``: what each forecast's values add up from: the mean forecast over the background windows
+    #: ``(n, J, K)``: what each forecast's values add up from: the mean forecast over the background windows
     base_values: np.ndarray
-    #: ``(n, H, K)``: the explained forecasts (what ``model.predict`` returns in this ``mode``)
+    #: ``(n, J, K)``: the explained forecasts (what ``model.predict`` returns in this ``mode``)
     prediction: np.ndarray
     time_varying_variables: list[str]
     static_variables: list[str]
@@ -80,7 +84,8 @@ class ForecastExplanation:
     #: the variables the model reads in its encoder and decoder (pytorch-forecasting's lists)
     encoder_variables: list[str]
     decoder_variables: list[str]
-    #: ``(n,)``: each window's encoder and decoder length (windows are right-padded to ``L`` and ``H``)
+    #: ``(n,)``: each window's encoder and decoder length (a shorter encoder is right-aligned in
+    #: ``encoder``, zeros in front; all explained windows have ``H`` decoder steps)
     encoder_lengths: np.ndarray
     decoder_lengths: np.ndarray
     #: the data set's index of the explained windows: time index of the first forecast and group ids
@@ -88,14 +93,41 @@ class ForecastExplanation:
     #: "deepshap" or "shapley"
     method: str
     mode: str
-    #: standard errors shaped like the values (Shapley mode; 0 where exact), else None
+    #: Shapley mode: per part ("encoder", "decoder", "static", "target_scale"), an uncertainty scale
+    #: shaped like the values (0 where exact), else None. It is NOT the standard error of a variable's
+    #: value: each entry is the root of the sum of the squared standard errors of the input cells
+    #: summed into it (a static variable's repeated steps, target_scale's entries, a variable read
+    #: through two batch tensors such as the target in encoder_cont and encoder_target, a group of
+    #: categoricals), and those cells' estimates come from the same sampled walks and are correlated,
+    #: so the standard error of their sum can be smaller or larger. Where one cell maps to one entry
+    #: it is that cell's standard error.
     stderr: dict[str, np.ndarray] | None = None
     #: per window: whether the values are exact Shapley values (Shapley mode)
     exact: np.ndarray | None = None
     #: per window: the rows run through the model (Shapley mode)
     n_evals: np.ndarray | None = None
-    #: the input tensors' own attributions, before they were mapped to variables
+    #: the input tensors' own attributions, before they were mapped to variables (encoder tensors
+    #: right-aligned like ``encoder``)
     raw: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: ``(J,)``: the explained horizon steps (0 the first forecast step), in the order of the ``J`` axis;
+    #: None: all ``H``. The accessors' ``horizon=`` takes these step numbers.
+    horizons: np.ndarray | None = None
+
+    def _horizon_steps(self) -> np.ndarray:
+        return np.arange(self.prediction.shape[1]) if self.horizons is None else np.asarray(self.horizons)
+
+    def _horizon_position(self, horizon: int) -> int:
+        """The position on the ``J`` axis of horizon step ``horizon`` (negative: from the last of the ``H`` steps)."""
+        steps = self._horizon_steps()
+        H = self.decoder.shape[1]
+        if not -H <= int(horizon) < H:
+            raise InputError(f"horizon {horizon} out of range: the model forecasts {H} steps (0 to {H - 1})")
+        step = int(horizon) % H
+        if step not in steps:
+            raise InputError(
+                f"horizon {horizon} was not explained: explained horizon steps {steps.tolist()} (explain's horizons=)"
+            )
+        return int(np.flatnonzero(steps == step)[0])
 
     # -- accessors ------------------------------------------------------------------------------
     def total(self) -> np.ndarray:
@@ -116,14 +148,11 @@ class ForecastExplanation:
         return int(output) % len(self.output_names)
 
     def _select(self, values: np.ndarray, horizon: int | None, output: int | str | None) -> np.ndarray:
-        """``values[..., horizon, output]``; all horizon steps (a new last axis) when ``horizon`` is None."""
-        H = self.prediction.shape[1]
+        """``values[..., horizon, output]``; all explained horizon steps (a new last axis) when ``horizon`` is None."""
         k = self.output_index(output)
         if horizon is None:
             return values[..., k]
-        if not -H <= int(horizon) < H:
-            raise InputError(f"horizon {horizon} out of range: the model forecasts {H} steps (0 to {H - 1})")
-        return values[..., int(horizon), k][..., None]
+        return values[..., self._horizon_position(horizon), k][..., None]
 
     def importance(
         self, part: str = "encoder", *, horizon: int | None = None, output: int | str | None = None
@@ -143,8 +172,9 @@ class ForecastExplanation:
         return {name: float(per[:, self.time_varying_variables.index(name)].mean()) for name in names}
 
     def over_time(self, *, sample: int | None = None, horizon: int | None = None, output: int | str | None = None) -> np.ndarray:
-        """``(L + H,)``: the values summed over variables at each step, relative time ``-L .. H-1``:
-        signed for one ``sample``, else the mean |value| over windows (and horizon steps)."""
+        """``(L + H,)``: the values summed over variables at each step, relative time ``-L .. H-1``
+        (position p is step p - L for every window, whatever its encoder length): signed for one
+        ``sample``, else the mean |value| over windows (and horizon steps)."""
         steps = np.concatenate(
             [self._select(self.encoder, horizon, output), self._select(self.decoder, horizon, output)], axis=1
         ).sum(2)
@@ -153,35 +183,40 @@ class ForecastExplanation:
         return np.abs(steps).mean((0, 2))
 
     def to_dataframe(self, *, horizon: int | None = None, output: int | str | None = None) -> Any:
-        """A long pandas DataFrame: one row per window, part, variable, step, horizon step and output."""
+        """A long pandas DataFrame: one row per window, part, variable, step, horizon step and output.
+
+        ``step``: relative time, ``-L .. -1`` in the encoder (-1 the last observed step, for every
+        window: a shorter encoder's missing steps are rows of exact zeros), ``0 .. H-1`` in the decoder,
+        0 for the static and ``target_scale`` rows. ``horizon``: the explained horizon step."""
         import pandas as pd
 
         rows: list[Any] = []
-        H, K = self.prediction.shape[1:]
-        horizons = range(H) if horizon is None else [int(horizon) % H]
+        K = self.prediction.shape[2]
+        steps_explained = self._horizon_steps()
+        positions = range(len(steps_explained)) if horizon is None else [self._horizon_position(horizon)]
         outputs = range(K) if output is None else [self.output_index(output)]
         for part, values, steps in (
             ("encoder", self.encoder, range(-self.encoder.shape[1], 0)),
             ("decoder", self.decoder, range(self.decoder.shape[1])),
         ):
-            for h in horizons:
+            for h in positions:
                 for k in outputs:
                     block = values[..., h, k]  # (n, T, V)
                     n, T, V = block.shape
                     rows.append(pd.DataFrame({
                         "window": np.repeat(np.arange(n), T * V), "part": part,
                         "variable": np.tile(np.asarray(self.time_varying_variables, dtype=object), n * T),
-                        "step": np.tile(np.repeat(np.asarray(list(steps)), V), n), "horizon": h, "output": self.output_names[k],
+                        "step": np.tile(np.repeat(np.asarray(list(steps)), V), n), "horizon": int(steps_explained[h]), "output": self.output_names[k],
                         "value": block.reshape(-1),
                     }))  # fmt: skip
-        for h in horizons:
+        for h in positions:
             for k in outputs:
                 block = np.concatenate([self.static[..., h, k], self.target_scale[:, None, h, k]], axis=1)
                 n, S = block.shape
                 names = [*self.static_variables, "target_scale"]
                 rows.append(pd.DataFrame({
                     "window": np.repeat(np.arange(n), S), "part": np.tile(np.asarray(["static"] * (S - 1) + ["target_scale"], dtype=object), n),
-                    "variable": np.tile(np.asarray(names, dtype=object), n), "step": 0, "horizon": h, "output": self.output_names[k],
+                    "variable": np.tile(np.asarray(names, dtype=object), n), "step": 0, "horizon": int(steps_explained[h]), "output": self.output_names[k],
                     "value": block.reshape(-1),
                 }))  # fmt: skip
         return pd.concat(rows, ignore_index=True)
@@ -240,6 +275,7 @@ class ForecastExplanation:
             self.encoder[pick], self.decoder[pick], self.static[pick], self.target_scale[pick], self.base_values[pick],
             self.prediction[pick], self.time_varying_variables, self.static_variables, self.output_names, self.encoder_variables,
             self.decoder_variables, self.encoder_lengths[pick], self.decoder_lengths[pick], None, self.method, self.mode,
+            horizons=self.horizons,
         )  # fmt: skip
 
 
@@ -273,12 +309,15 @@ def _leaves(x: dict[str, Any], keys: Sequence[str]) -> list[tuple[str, int | Non
     return out
 
 
-def _module(model: Any, leaves: list[tuple[str, int | None]], mode: str, distribution_columns: int) -> Any:
+def _module(
+    model: Any, leaves: list[tuple[str, int | None]], mode: str, distribution_columns: int, columns: list[int] | None = None
+) -> Any:
     import torch
     from torch import nn
 
     class Forecast(nn.Module):
-        """``f(*window tensors) -> (n, H·K)``: the model's forward and its output conversion."""
+        """``f(*window tensors) -> (n, H·K)``: the model's forward and its output conversion (only the
+        ``columns`` of the explained horizon steps where given)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -291,8 +330,8 @@ def _module(model: Any, leaves: list[tuple[str, int | None]], mode: str, distrib
                     x[key] = tensor
                 else:
                     x.setdefault(key, []).append(tensor)
-            out = self.model(x)
-            return _convert(self.model, out, mode, distribution_columns)
+            out = _convert(self.model, self.model(x), mode, distribution_columns)
+            return out if columns is None else out[:, columns]
 
     return Forecast()
 
@@ -477,12 +516,14 @@ def explain(
     mode: str = "raw",
     background: Any = None,
     windows: Sequence[int] | None = None,
+    horizons: Sequence[int] | None = None,
     n_background: int = 50,
     budget: int | None = None,
     random_state: Any = None,
     batch_size: int = 2048,
     check_additivity: bool | float = True,
     dtype: str | None = "float64",
+    teacher_forced: bool = False,
 ) -> ForecastExplanation:
     """Explain a pytorch-forecasting model's forecasts per named variable, step, horizon and output.
 
@@ -503,6 +544,8 @@ def explain(
             At most ``n_background`` of them are used, drawn at random where there are more, always
             with seed 0 (the Shapley mode's ``random_state`` does not change the reference).
         windows: indices of ``data``'s windows to explain (default: all).
+        horizons: the horizon steps to explain (0: the first forecast step; negative from the last;
+            default: all). The result's horizon axis holds these steps, in this order.
         budget, random_state: the Shapley mode's rows per window and seed.
         batch_size: the most (window, reference) pairs per pass.
         check_additivity: DeepSHAP's own check (True, False, or a relative tolerance).
@@ -510,12 +553,20 @@ def explain(
             to float64 precision (a deep float32 network such as TFT rounds to ~1e-4 of its forecast);
             the forecasts are the model's own up to float32 rounding. None: the model's own dtype
             (faster; the model itself is explained, its training flags restored afterwards).
+        teacher_forced: DeepAR only. Its ``n_samples=None`` forward (what ``predict(n_samples=None)``
+            runs) is teacher-forced: the parameters of horizon step j >= 1 are computed from the
+            realized target at decoder step j - 1 (the future, or whatever filler a prediction frame
+            holds there), not from DeepAR's own forecast, which feeds back sampled draws. So by default
+            only the first step (``horizons=[0]``, which reads no future) is explained for DeepAR, and
+            later steps are refused; ``teacher_forced=True`` explains the teacher-forced function for
+            every step, knowingly: its values on the decoder's target are reads of the realized future.
 
     Returns:
         A :class:`ForecastExplanation`.
 
     Raises:
-        InputError: a data set the model was not built from, no windows, a bad mode, window or output.
+        InputError: a data set the model was not built from, no windows, a bad mode, window, horizon,
+            ``n_background`` or output; DeepAR horizon steps after the first without ``teacher_forced=True``.
         UnsupportedOperationError: a model type that is not supported, or operations DeepSHAP has no
             exact rule for (``method="shapley"`` explains those from the forward alone).
 
@@ -532,7 +583,15 @@ def explain(
     method = check_method(method)
     if mode not in MODES:
         raise InputError(f"mode={mode!r}: choose one of {MODES} (as model.predict's mode)")
+    if isinstance(n_background, (bool, np.bool_)) or not isinstance(n_background, (int, np.integer)) or n_background < 1:
+        raise InputError(f"n_background must be a positive integer (the most background windows used), got {n_background!r}")
     _check_model(model)
+    deepar = isinstance(model, _library().DeepAR)
+    if teacher_forced and not deepar:
+        raise InputError(
+            f"teacher_forced=True applies to DeepAR's teacher-forced decoder only; {type(model).__name__} does not read the realized "
+            "future target: leave it out"
+        )
     dataset = _dataset(data, model, "data")
     _check_fits(model, dataset)
     reference = dataset if background is None else _dataset(background, model, "background", predict=False)
@@ -541,7 +600,7 @@ def explain(
     if windows is None:
         explained = np.arange(len(dataset))
     else:
-        explained = np.asarray(list(windows), dtype=np.int64).reshape(-1)
+        explained = _indices(windows, "windows")
         if explained.size == 0 or explained.min() < -len(dataset) or explained.max() >= len(dataset):
             raise InputError(f"windows must index the data set's {len(dataset)} windows, got {list(explained)[:10]}")
         explained = explained % len(dataset)
@@ -573,6 +632,25 @@ def explain(
     device = torch.device("cpu") if first is None else first.device
     x = {k: _cast(v, float_dtype, device) for k, v in x.items()}  # a float64 model (model.double()) reads float64 windows
     B, n = len(chosen), len(explained)
+    H = int(x["decoder_lengths"][B:].max())  # the explained prediction length (one for all windows, checked below)
+    if horizons is None:
+        steps = np.arange(H)
+    else:
+        steps = _indices(horizons, "horizons")
+        if steps.size == 0 or steps.min() < -H or steps.max() >= H or len(set((steps % H).tolist())) < steps.size:
+            raise InputError(
+                f"horizons must be distinct horizon steps of the {H} forecast (0 to {H - 1}, or negative from the last), got {steps.tolist()}"
+            )
+        steps = steps % H
+    if deepar and not teacher_forced and steps.max() >= 1:
+        raise InputError(
+            f"DeepAR: horizon steps {[int(j) for j in steps if j >= 1]} cannot be explained as its forecast. Its n_samples=None forward "
+            "(predict(n_samples=None)) is teacher-forced: the parameters of step j >= 1 are computed from the realized target at decoder "
+            "step j - 1 (the actual future, or a prediction frame's filler), while DeepAR's forecast feeds back its own sampled draws "
+            "(random, not explainable exactly). Exact: the first step's distribution parameters, which read no future: pass "
+            "horizons=[0]. To explain the teacher-forced function anyway (its decoder-target values are reads of the realized "
+            "future), pass teacher_forced=True."
+        )
     states = {name: module.training for name, module in model.named_modules()}
     try:
         model.eval()
@@ -582,7 +660,7 @@ def explain(
                 out = model(recorder)
                 if distribution and mode == "prediction":
                     _check_distribution_mean(model.loss, out["prediction"])
-                _convert(model, out, mode, distribution_columns)
+                converted = _convert(model, out, mode, distribution_columns)
             except KeyError as error:  # pragma: no cover - a forward that reads what a batch does not have
                 raise InputError(
                     f"{type(model).__name__}.forward reads {error} which this TimeSeriesDataSet's batches do not have"
@@ -594,7 +672,9 @@ def explain(
             )
         keys = [k for k in _ATTRIBUTED + _CONTEXT if k in recorder.read]
         leaves = _leaves(x, keys)
-        module = _module(model, leaves, mode, distribution_columns)
+        K = int(converted.shape[1]) // int(x["decoder_lengths"].max())  # outputs per horizon step
+        columns = None if horizons is None else [int(j) * K + k for j in steps for k in range(K)]
+        module = _module(model, leaves, mode, distribution_columns, columns)
         attribution = _by_encoder_length(
             module, leaves, x, B, n, method=method, budget=budget, random_state=random_state, batch_size=batch_size,
             check_additivity=check_additivity, what=type(model).__name__,
@@ -603,12 +683,21 @@ def explain(
         for name, module_ in model.named_modules():
             module_.train(states[name])
 
-    H = int(x["decoder_lengths"][B:].max())  # the explained prediction length (one for all windows)
     names = _output_names(model, mode, distribution_columns, list(dataset.target_names))
-    K = attribution.outputs.shape[1] // H
+    K = attribution.outputs.shape[1] // len(steps)
     if K != len(names):  # pragma: no cover - a loss with outputs this adapter does not name
         names = [f"output{i}" for i in range(K)]
-    return _assemble(model, dataset, x, leaves, attribution, B, n, H, K, names, method, mode)
+    result = _assemble(model, dataset, x, leaves, attribution, B, n, H, len(steps), K, names, method, mode)
+    result.horizons = steps
+    return result
+
+
+def _indices(values: Any, what: str) -> np.ndarray:
+    """``values`` as a 1-d int64 array, or an InputError (floats, booleans and other objects are refused, not truncated)."""
+    array = np.asarray(list(np.atleast_1d(values) if np.ndim(values) == 0 else values), dtype=object).reshape(-1)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in array):
+        raise InputError(f"{what} must be integer indices, got {array.tolist()[:10]}")
+    return array.astype(np.int64)
 
 
 def _by_encoder_length(
@@ -617,11 +706,13 @@ def _by_encoder_length(
     """:func:`attribute` once per encoder length of the explained windows (the rows ``B:`` of the batch
     ``x``; the background: rows ``:B``).
 
-    pytorch-forecasting right-pads shorter encoders, so position p of a window of length l is its step
-    p - l. For the windows of length l, every reference longer than that gives its last l steps (the
-    same time before the forecast), the tensors are cut to l steps, and all lengths are l: the values
-    pair equal times, the base value is the mean forecast over the references at that length, and TFT,
-    which reads the batch's longest length as its width, sees the width it expects."""
+    pytorch-forecasting's batches pad shorter encoders after their steps, so position p of a window of
+    length l in the batch is its step p - l. For the windows of length l, every reference longer than
+    that gives its last l steps (the same time before the forecast), the tensors are cut to l steps,
+    and all lengths are l: the values pair equal times, the base value is the mean forecast over the
+    references at that length, and TFT, which reads the batch's longest length as its width, sees the
+    width it expects. The returned encoder values are right-aligned: a window's l steps sit at
+    positions L - l .. L - 1 (zeros in front), so position p is step p - L for every window."""
     import torch
 
     lengths = x["encoder_lengths"]
@@ -676,19 +767,25 @@ def _by_encoder_length(
     first = parts[0][1]
     k = first.outputs.shape[1]
 
-    def merged(arrays: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
-        """Each part's rows, placed at the start of every axis of the full shape (zeros after)."""
+    def merged(arrays: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, ...], encoder_steps: bool) -> np.ndarray:
+        """Each part's rows in the full shape: a window's l encoder steps at the end of the encoder axis
+        (positions L - l .. L - 1, so position p is step p - L for every window; zeros in front), every
+        other axis from its start."""
         out = np.zeros((n, *shape, k))
         for rows, v in arrays:
-            index: tuple[Any, ...] = (rows, *(slice(0, size) for size in v.shape[1:-1]))
+            sizes = v.shape[1:-1]
+            index: tuple[Any, ...] = (rows, *(slice(0, size) for size in sizes))
+            if encoder_steps:
+                index = (rows, slice(shape[0] - sizes[0], shape[0]), *index[2:])
             out[index] = v
         return out
 
-    values = [merged([(rows, part.values[i]) for rows, part in parts], shape) for i, shape in enumerate(shapes)]
+    steps = [key.startswith("encoder_") and key != "encoder_lengths" for key, _ in leaves]
+    values = [merged([(rows, part.values[i]) for rows, part in parts], shape, steps[i]) for i, shape in enumerate(shapes)]
     stderr = None
     if first.stderr is not None:
         stderr = [
-            merged([(rows, part.stderr[i]) for rows, part in parts if part.stderr is not None], shape)
+            merged([(rows, part.stderr[i]) for rows, part in parts if part.stderr is not None], shape, steps[i])
             for i, shape in enumerate(shapes)
         ]
 
@@ -708,9 +805,10 @@ def _by_encoder_length(
 
 def _assemble(
     model: Any, dataset: Any, x: dict[str, Any], leaves: list[tuple[str, int | None]], attribution: WindowAttribution,
-    B: int, n: int, H: int, K: int, names: list[str], method: str, mode: str,
+    B: int, n: int, H: int, J: int, K: int, names: list[str], method: str, mode: str,
 ) -> ForecastExplanation:  # fmt: skip
-    """Map the tensors' values to the data set's named variables."""
+    """Map the tensors' values to the data set's named variables (``H`` decoder steps, ``J`` explained
+    horizon steps of ``K`` outputs each)."""
     reals, cats = list(dataset.reals), list(dataset.flat_categoricals)
     groups = dataset.variable_to_group_mapping
     static = list(dataset.static_categoricals or []) + list(dataset.static_reals or [])
@@ -720,7 +818,7 @@ def _assemble(
         if name not in static and name not in time_varying:
             time_varying.append(name)
     L = int(x["encoder_cont"].shape[1])
-    HK = H * K
+    HK = J * K
 
     def parts(values: list[np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -755,7 +853,7 @@ def _assemble(
             elif key == "target_scale":
                 scale += f(v.reshape(n, -1, HK)).sum(1)
             # lengths: context, 0 by construction
-        shape = (H, K)
+        shape = (J, K)
         return {
             "encoder": enc.reshape(n, L, -1, *shape), "decoder": dec.reshape(n, H, -1, *shape), "static": stat.reshape(n, -1, *shape),
             "target_scale": scale.reshape(n, *shape),
@@ -775,7 +873,7 @@ def _assemble(
     decoder_variables = [v for v in getattr(model, "decoder_variables", time_varying) if v in time_varying]
     return ForecastExplanation(
         encoder=values["encoder"], decoder=values["decoder"], static=values["static"], target_scale=values["target_scale"],
-        base_values=attribution.base_values.reshape(n, H, K), prediction=attribution.outputs.reshape(n, H, K), time_varying_variables=time_varying,
+        base_values=attribution.base_values.reshape(n, J, K), prediction=attribution.outputs.reshape(n, J, K), time_varying_variables=time_varying,
         static_variables=static, output_names=names, encoder_variables=encoder_variables, decoder_variables=decoder_variables,
         encoder_lengths=x["encoder_lengths"][B : B + n].cpu().numpy(), decoder_lengths=x["decoder_lengths"][B : B + n].cpu().numpy(), index=index,
         method=method, mode=mode, stderr=stderr, exact=attribution.exact, n_evals=attribution.n_evals, raw=raw,

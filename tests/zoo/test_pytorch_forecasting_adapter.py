@@ -115,6 +115,9 @@ MODELS: dict[str, tuple[Callable[[TimeSeriesDataSet], Any], dict[str, Any]]] = {
 }
 #: models whose forecast for step j reads the known inputs of later decoder steps (an MLP over the whole future)
 NOT_CAUSAL = ("NHiTS", "TiDE")
+#: explain's options per model in the zoo: DeepAR's steps after the first are explained only on the explicit
+#: opt-in to its teacher-forced decoder (what predict(n_samples=None) runs), which reads the realized future target
+EXPLAIN: dict[str, dict[str, Any]] = {"DeepAR": {"teacher_forced": True}}
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +129,7 @@ def zoo() -> dict[str, tuple[Any, TimeSeriesDataSet, ForecastExplanation]]:
         torch.manual_seed(0)
         data = _dataset(**options)
         model = make(data)
-        out[name] = (model, data, explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND))
+        out[name] = (model, data, explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, **EXPLAIN.get(name, {})))
     return out
 
 
@@ -180,23 +183,43 @@ def test_names_and_shapes(zoo: Any) -> None:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_what_the_model_cannot_read_gets_exactly_zero(zoo: Any, name: str) -> None:
-    """The target after the forecast start is never read (DeepAR, teacher-forced, reads the target
-    up to step j - 1 for step j); the decoders of the recurrent models, TFT and DecoderMLP are causal
-    (the forecast for step j reads no known input after j); NBeats reads no decoder input at all,
-    DecoderMLP no encoder input."""
-    _, _, result = zoo[name]
+    """The target after the forecast start is never read (DeepAR: its first step, the default; its
+    teacher-forced later steps are the opt-in tested below); the decoders of the recurrent models, TFT
+    and DecoderMLP are causal (the forecast for step j reads no known input after j); NBeats reads no
+    decoder input at all, DecoderMLP no encoder input."""
+    model, data, result = zoo[name]
+    if name == "DeepAR":
+        result = explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, horizons=[0])
     target = result.time_varying_variables.index("value")
-    for j in range(H):
-        first_unread = j if name == "DeepAR" else 0
-        assert not result.decoder[:, first_unread:, target, j].any(), (
-            f"{name}: the target from decoder step {first_unread} on, horizon {j}"
-        )
+    assert not result.decoder[:, :, target].any(), f"{name}: the target in the decoder"
+    for position, j in enumerate(result.horizons):
         if name not in NOT_CAUSAL:
-            assert not result.decoder[:, j + 1 :, :, j].any(), f"{name}: known inputs after step {j}, horizon {j}"
+            assert not result.decoder[:, j + 1 :, :, position].any(), f"{name}: known inputs after step {j}, horizon {j}"
     if name == "NBeats":
         assert not result.decoder.any()
     if name == "DecoderMLP":
         assert not result.encoder.any()
+
+
+def test_deepar_steps_after_the_first_are_refused_unless_teacher_forced(zoo: Any) -> None:
+    """DeepAR's n_samples=None decoder is teacher-forced: its parameters for step j >= 1 read the realized
+    target at decoder step j - 1 (not DeepAR's forecast, which feeds back its own draws). Refused by
+    default; horizons=[0] (the first step, which reads no future) is exact and equals predict's; the
+    opt-in teacher_forced=True explains the teacher-forced function, which reads the future target."""
+    model, data, forced = zoo["DeepAR"]
+    with pytest.raises(InputError, match="teacher-forced") as error:
+        explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND)
+    assert "horizons=[0]" in str(error.value) and "teacher_forced=True" in str(error.value)
+    with pytest.raises(InputError, match="teacher-forced"):
+        explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, horizons=[0, 1], mode="prediction")
+    first = explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, horizons=[0])
+    assert first.prediction.shape == (len(WINDOWS), 1, 2) and list(first.horizons) == [0]
+    assert _relative(first.total() + first.base_values, _predict(model, data)[:, :1]) <= TOL32
+    target = first.time_varying_variables.index("value")
+    assert not first.decoder[:, :, target].any()
+    # the opt-in: the step-1 parameters read the realized target of decoder step 0 (the leak the default refuses)
+    assert list(forced.horizons) == [0, 1, 2]
+    assert np.abs(forced.decoder[:, 0, target, 1]).max() > 0
 
 
 def test_baseline_closed_form() -> None:
@@ -286,9 +309,10 @@ def test_prediction_mode_is_predicts_point_forecast(zoo: Any, name: str) -> None
 
 def test_deepar_distribution_mean_is_the_affine_map_of_its_loc(zoo: Any) -> None:
     """mode="prediction" of DeepAR: the Normal's mean in the user's units, center + scale · loc,
-    from predict's raw parameters (closed form); sampling is never explained."""
+    from predict's raw parameters (closed form; every step: the teacher-forced opt-in, as
+    predict(n_samples=None) runs it); sampling is never explained."""
     model, data, _ = zoo["DeepAR"]
-    result = explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, mode="prediction")
+    result = explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, mode="prediction", teacher_forced=True)
     raw = (
         model.predict(data, mode="raw", n_samples=None, trainer_kwargs=dict(logger=False))["prediction"].detach().numpy()[WINDOWS]
     )
@@ -300,6 +324,20 @@ def test_deepar_distribution_mean_is_the_affine_map_of_its_loc(zoo: Any) -> None
     assert _relative(result.total() + result.base_values, mean[..., None]) <= TOL32
     with pytest.raises(InputError, match="samples the quantiles"):
         explain(model, data, windows=[0], mode="quantiles")
+
+
+def test_horizons_explains_the_chosen_steps_only(zoo: Any) -> None:
+    """horizons=[2]: the forecast of step 2 alone, predict's, added up; the accessors take the step's
+    own number and refuse the steps not explained."""
+    model, data, _ = zoo["RecurrentNetwork-GRU"]
+    result = explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND, horizons=[-1])
+    assert list(result.horizons) == [H - 1] and result.prediction.shape == (len(WINDOWS), 1, 1)
+    assert result.encoder.shape == (len(WINDOWS), L, 3, 1, 1) and result.decoder.shape == (len(WINDOWS), H, 3, 1, 1)
+    assert _relative(result.total() + result.base_values, _predict(model, data)[:, H - 1 :]) <= TOL32
+    assert result.importance("encoder", horizon=H - 1) == result.importance("encoder")
+    assert set(result.to_dataframe()["horizon"]) == {H - 1}
+    with pytest.raises(InputError, match="horizon 0 was not explained"):
+        result.over_time(horizon=0)
 
 
 @pytest.mark.parametrize("normalizer", ["encoder", "log", "softplus"])
@@ -318,7 +356,7 @@ def test_other_target_normalizers_add_up_to_predict(normalizer: str) -> None:
 @pytest.mark.parametrize("name", ["RecurrentNetwork-GRU", "TFT-reals"])
 def test_variable_encoder_lengths_add_up_to_predict(name: str) -> None:
     """Windows with encoders of 3 to 5 steps: the lengths are context (each reference runs with the
-    window's lengths), the padding gets exactly 0."""
+    window's lengths), the padding (in front: the encoder axis is right-aligned) gets exactly 0."""
     _quiet()
     torch.manual_seed(0)
     data = _dataset(categoricals=False, min_encoder_length=3)
@@ -327,7 +365,41 @@ def test_variable_encoder_lengths_add_up_to_predict(name: str) -> None:
     assert len(set(result.encoder_lengths.tolist())) > 1
     assert _relative(result.total() + result.base_values, _predict(model, data)) <= TOL32
     for i, length in enumerate(result.encoder_lengths):
-        assert not result.encoder[i, length:].any()
+        assert not result.encoder[i, : L - length].any()
+        assert np.abs(result.encoder[i, L - 1]).max() > 0, "the last observed step is read"
+
+
+def test_shorter_encoders_are_labelled_at_their_own_lags() -> None:
+    """Baseline repeats the last observed target: for windows of every encoder length (3 to 5), the
+    whole of each forecast's value (predict's forecast minus the base value) sits on the target at
+    step -1, in ``encoder``, ``to_dataframe`` and ``over_time``; every other step gets exactly 0."""
+    _quiet()
+    data = _dataset(min_encoder_length=3)
+    windows = [i for i in range(len(data)) if i % 3 == 0]
+    batch, _ = data._collate_fn([data[i] for i in windows])
+    assert sorted(set(batch["encoder_lengths"].tolist())) == [3, 4, 5]
+    result = explain(Baseline(), data, windows=windows, n_background=N_BACKGROUND)
+    np.testing.assert_array_equal(result.encoder_lengths, batch["encoder_lengths"].numpy())
+    truth = Baseline().predict(data, mode="raw", trainer_kwargs=dict(logger=False))["prediction"].detach().numpy()[windows]
+    assert _relative(result.prediction[..., 0], truth) <= TOL32
+    whole = result.prediction - result.base_values  # (n, H, K)
+    target = result.time_varying_variables.index("value")
+    np.testing.assert_allclose(result.encoder[:, L - 1, target], whole, rtol=0, atol=1e-12)
+    others = result.encoder.copy()
+    others[:, L - 1, target] = 0
+    assert not others.any()
+    frame = result.to_dataframe(horizon=1)
+    encoder = frame[frame["part"] == "encoder"]
+    assert set(encoder.loc[encoder["value"] != 0, "step"]) == {-1}
+    last = encoder[(encoder["step"] == -1) & (encoder["variable"] == "value")].sort_values("window")
+    np.testing.assert_allclose(last["value"].to_numpy(), whole[:, 1, 0], rtol=0, atol=1e-12)
+    for i in range(len(windows)):
+        steps = result.over_time(sample=i, horizon=1)
+        assert steps.shape == (L + H,) and not np.delete(steps, L - 1).any()
+        np.testing.assert_allclose(steps[L - 1], whole[i, 1, 0], rtol=0, atol=1e-12)
+    mean = result.over_time()
+    assert not np.delete(mean, L - 1).any()
+    np.testing.assert_allclose(mean[L - 1], np.abs(whole).mean(), rtol=0, atol=1e-12)
 
 
 def test_fitted_model_and_the_data_forms() -> None:
@@ -447,6 +519,17 @@ def test_bad_arguments(zoo: Any) -> None:
         explain(model, data, mode="samples")
     with pytest.raises(InputError, match="windows"):
         explain(model, data, windows=[len(data)])
+    with pytest.raises(InputError, match="windows must be integer indices"):
+        explain(model, data, windows=[0.5])
+    for bad in (-1, 0, 2.5, True):
+        with pytest.raises(InputError, match="n_background must be a positive integer"):
+            explain(model, data, windows=[0], n_background=bad)
+    with pytest.raises(InputError, match="horizons"):
+        explain(model, data, windows=[0], horizons=[H])
+    with pytest.raises(InputError, match="horizons must be integer"):
+        explain(model, data, windows=[0], horizons=[0.5])
+    with pytest.raises(InputError, match="teacher_forced"):
+        explain(model, data, windows=[0], teacher_forced=True)
     with pytest.raises(InputError, match="method"):
         explain(model, data, method="kernel")
     with pytest.raises(InputError, match="horizon 3 out of range"):
