@@ -384,6 +384,7 @@ def test_the_plots_draw_the_intervals_and_deepshap_beside() -> None:
     (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
     lengths = [abs(seg[1][1] - seg[0][1]) for seg in bars.get_segments()]
     assert np.allclose(lengths, 2 * 1.96 * estimate.stderr[1, :, 2])
+    assert ax.get_xlabel() == "time step" and "output 2" in fig.texts[0].get_text()  # names what it draws
     timeline = rnnshap.plots.over_time(estimate, sample=1, output=2)
     (bars,) = [c for c in timeline.axes[1].collections if isinstance(c, LineCollection)]
     assert np.allclose([abs(s[1][1] - s[0][1]) for s in bars.get_segments()], 2 * 1.96 * estimate.stderr[1, :, 2])

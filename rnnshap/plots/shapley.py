@@ -85,6 +85,7 @@ def shapley_bars(
     axes.set_xticks(positions, names, rotation=0 if count <= 16 else 90, fontsize=8.5)
     axes.set_xlim(-0.6, count - 0.4)
     axes.set_ylabel("φ")
+    axes.set_xlabel({"steps": "time step", "features": "feature", "cells": "input entry"}.get(estimate.players, "player"))
     axes.legend(handles=handles, frameon=False, fontsize=8, loc="best")
     style_axes(axes, "y")
     if title is None:
@@ -92,7 +93,8 @@ def shapley_bars(
         base = np.asarray(estimate.base_values, dtype=np.float64)[sample]
         base_value = float(base.reshape(-1)[0]) if base.size == 1 else (float(base[output]) if output is not None else None)
         how = "exact (every coalition)" if exact else f"estimated from {int(np.asarray(estimate.n_evals)[sample])} rows"
-        title = f"Shapley values of sample {sample}, {how}: {identity(base_value, total)}"
+        which = "" if output is None else f", output {output}"
+        title = f"Shapley values of sample {sample}{which}, {how}: {identity(base_value, total)}"
     put_title(fig, ax, title)
     return fig
 
