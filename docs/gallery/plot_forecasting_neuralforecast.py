@@ -1,6 +1,6 @@
 """
 neuralforecast: a recurrent LSTM on AirPassengers, which neuralforecast's explain skips
-======================================================================================
+=======================================================================================
 
 What this shows: ``rnnshap.neuralforecast.explain(nf)`` takes ``NeuralForecast.explain``'s arguments and
 returns its ``(fcsts_df, explanations)``, for a recurrent LSTM that neuralforecast's own Integrated Gradients

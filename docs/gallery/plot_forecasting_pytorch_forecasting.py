@@ -1,6 +1,6 @@
 """
 pytorch-forecasting: a Temporal Fusion Transformer of US unemployment, per named variable
-========================================================================================
+=========================================================================================
 
 What this shows: ``rnnshap.pytorch_forecasting.explain(model, data)`` explains a fitted TFT's forecasts per
 named variable, time step, horizon step and quantile, from its ``TimeSeriesDataSet``; base value plus values

@@ -69,18 +69,49 @@ FIELDS = (
 )
 
 
+#: the seed of the background draw (``background_num_samples``) when no ``random_state`` is given
+BACKGROUND_SEED = 0
+
+
+def _count(value: Any, name: str) -> int:
+    """``value`` as an int if it is an integer of at least 1 (a Python or numpy integer, not a bool); else an
+    InputError naming it: a count given as a float is refused, never truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name}={value}: must be an integer, not {type(value).__name__}")
+    if value < 1:
+        raise InputError(f"{name}={value}: must be at least 1")
+    return int(value)
+
+
+def _background_rng(random_state: Any) -> np.random.Generator:
+    """The generator of the background draw: seeded by ``random_state`` (a non-negative integer, or a numpy
+    Generator, used as given), else by :data:`BACKGROUND_SEED`; never numpy's global random state."""
+    if random_state is None:
+        return np.random.default_rng(BACKGROUND_SEED)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0:
+        return np.random.default_rng(int(random_state))
+    raise InputError(f"random_state must be a non-negative integer, a numpy Generator or None, not {random_state!r}")
+
+
 class _Forecast(nn.Module):
     """``f(*windows) -> (N, n · targets)``: darts' own ``_get_batch_prediction(n, batch, roll_size)`` on the
     windows (darts' ``predict`` loop for one batch: the network's forward in the predict stage, rolled
     forward with its predictions fed back when ``n > output_chunk_length``), flattened horizon-major as
-    darts' ShapExplainer lays its outputs out; optionally followed by a target scaler's inverse."""
+    darts' ShapExplainer lays its outputs out; optionally followed by a target scaler's inverse.
 
-    def __init__(self, module: nn.Module, fields: Sequence[str], n: int, roll_size: int, affine: Any = None) -> None:
+    Call it inside ``with module.predicting():`` (darts' predict parameters and eval mode, put back after)."""
+
+    def __init__(
+        self, module: nn.Module, fields: Sequence[str], n: int, roll_size: int, affine: Any = None, likelihood_parameters: bool = False
+    ) -> None:
         super().__init__()
         self.module: Any = module
         self.fields = list(fields)
         self.n = n
         self.roll_size = roll_size
+        self.likelihood_parameters = likelihood_parameters
         # (scale, offset) per target component: x_scaled = x · scale + offset, applied to the past target;
         # the forecast (per likelihood parameter) is mapped back with (y − offset) / scale
         self.affine = affine
@@ -98,6 +129,12 @@ class _Forecast(nn.Module):
             prediction = (prediction - offset.repeat_interleave(per).to(prediction)) / scale.repeat_interleave(per).to(prediction)
         return prediction.flatten(1)
 
+    def predicting(self, batch_size: int = 2048) -> _PredictState:
+        """A context manager: darts' predict parameters for this forecast (``n``, one sample, the roll size,
+        the likelihood's parameters where the model has any) and eval mode set on the Lightning module, and
+        everything it or the forward changed put back on exit."""
+        return _PredictState(self.module, self.n, self.roll_size, batch_size, self.likelihood_parameters)
+
 
 class _PredictState:
     """Sets darts' predict parameters (and eval mode) on the Lightning module for the explanation, and
@@ -107,7 +144,6 @@ class _PredictState:
     mask and batch size in the forward); buffers made under ``torch.inference_mode`` by an earlier
     ``predict`` are replaced by plain copies while explaining (autograd cannot save inference tensors)."""
 
-    NAMES = ("pred_n", "pred_num_samples", "pred_roll_size", "pred_batch_size", "predict_likelihood_parameters", "pred_mc_dropout")
     KEEP = ("_parameters", "_buffers", "_modules")
 
     def __init__(self, module: Any, n: int, roll_size: int, batch_size: int, likelihood_parameters: bool) -> None:
@@ -133,10 +169,9 @@ class _PredictState:
             m._buffers.update(buffers)
 
 
-def _affine_of(scaler: Any, target_components: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, offset)`` per component of a fitted darts ``Scaler`` of one target series whose sklearn
-    transformer is an affine map (``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``),
-    read by applying it to 0 and 1; anything else is refused by name."""
+def _scaler_transformer(scaler: Any) -> Any:
+    """The sklearn transformer of a fitted darts ``Scaler`` of one target series, if it is an affine map
+    (``MinMaxScaler``, ``StandardScaler``, ``MaxAbsScaler``, ``RobustScaler``); anything else is refused by name."""
     transformers = getattr(scaler, "_fitted_params", None)
     if not transformers:
         raise InputError("target_scaler: give a darts Scaler fitted on the target series (Scaler(...).fit(series))")
@@ -146,6 +181,13 @@ def _affine_of(scaler: Any, target_components: Sequence[str]) -> tuple[torch.Ten
     name = type(transformer).__name__
     if name not in ("MinMaxScaler", "StandardScaler", "MaxAbsScaler", "RobustScaler"):
         raise InputError(f"target_scaler: {name} is not an affine map rnnshap can include; explain the scaled model instead")
+    return transformer
+
+
+def _affine_of(scaler: Any, target_components: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, offset)`` per component of a fitted darts ``Scaler`` of one target series whose sklearn
+    transformer is an affine map (:func:`_scaler_transformer`), read by applying it to 0 and 1."""
+    transformer = _scaler_transformer(scaler)
     k = len(target_components)
     zero = transformer.transform(np.zeros((1, k)))[0]
     one = transformer.transform(np.ones((1, k)))[0]
@@ -159,6 +201,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
     def __init__(self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any, **kwargs: Any):
         self.method, self.budget, self.random_state = method, budget, random_state
         self.rnnshap_batch_size, self.affine = rnnshap_batch_size, affine
+        self.rng = _background_rng(random_state)  # the background draw (background_num_samples)
         self.last: WindowAttribution | None = None
         super().__init__(*args, **kwargs)
 
@@ -215,7 +258,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                     f"Got background dataset length={len(dataset)}."
                 )
             n_samples = min(n_samples, MAX_BACKGROUND_SAMPLE)
-        indices: Any = np.random.choice(len(dataset), size=n_samples, replace=False) if n_samples < len(dataset) else range(len(dataset))
+        indices: Any = self.rng.choice(len(dataset), size=n_samples, replace=False) if n_samples < len(dataset) else range(len(dataset))
         batch = [dataset[i] for i in indices]
         arrays = []
         for name, shape in self._layout():
@@ -276,7 +319,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
             raise InputError(f"rnnshap.darts.ShapExplainer takes no shap explainer keyword arguments; got {sorted(kwargs)}")
         X = self._windows(foreground_arr)
         model = self.model
-        with _PredictState(model.model, self.n, self.output_chunk_length, self.rnnshap_batch_size, model.supports_likelihood_parameter_prediction):
+        with self.module.predicting(self.rnnshap_batch_size):
             result = attribute(
                 self.module,
                 self.background_windows,
@@ -336,20 +379,23 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         return out
 
 
-def forecast_module(model: Any, n: int, fields: Sequence[str], affine: Any = None) -> nn.Module:
+def forecast_module(model: Any, n: int, fields: Sequence[str], affine: Any = None) -> _Forecast:
     """The function rnnshap explains for a fitted darts ``TorchForecastingModel``: darts' own prediction
     loop for one batch (``_get_batch_prediction(n, batch, output_chunk_length)``) on the window tensors
-    named by ``fields`` (darts' ``TorchInferenceBatch`` fields), flattened to ``(N, n · targets)``.
+    named by ``fields`` (darts' ``TorchInferenceBatch`` fields), flattened to ``(N, n · targets)``; a
+    likelihood model's outputs are its likelihood parameters (darts' ``predict_likelihood_parameters=True``).
 
-    Call it with darts' predict parameters set (``ShapExplainer`` does).
+    Call it inside ``with module.predicting():``, which sets darts' predict parameters and eval mode on
+    ``model.model`` and puts back on exit everything they and the forward changed (``ShapExplainer`` does
+    this): the model is left as it was.
 
     Example::
 
         module = forecast_module(model, 4, ["past_target", "past_covariates", "future_past_covariates"])
-        model.model.set_predict_parameters(4, 1, model.output_chunk_length, 2048, False, False)
-        module(past_target, past_covariates, future_past_covariates)   # (N, 4 · targets): predict(4)
+        with module.predicting():
+            module(past_target, past_covariates, future_past_covariates)   # (N, 4 · targets): predict(4)
     """
-    return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine)
+    return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine, model.supports_likelihood_parameter_prediction)
 
 
 def _check_lengths(model: Any, n: int, series: Sequence[Any], past: Sequence[Any] | None, future: Sequence[Any] | None, input_type: str) -> None:
@@ -376,9 +422,13 @@ class ShapExplainer(_DartsShapExplainer):
         A fitted darts ``TorchForecastingModel`` (``RNNModel``, ``BlockRNNModel``, ``TCNModel``, ``NBEATSModel``,
         ``NHiTSModel``, ``TiDEModel``, ``DLinearModel``, ``NLinearModel``, ``TSMixerModel``, ``TFTModel``, ...).
     background_series, background_past_covariates, background_future_covariates
-        As for darts' ``ShapExplainer``: the reference windows (default: the series the model was fit on).
+        As for darts' ``ShapExplainer``: the reference windows (default: the series the model was fit on;
+        with ``target_scaler``, its unscaled copy ``target_scaler.inverse_transform(model.training_series)``).
+        The background series is also the default foreground of ``explain()`` / ``explain_single()``.
     background_num_samples
-        Optionally, the number of background windows drawn at random (darts' argument).
+        Optionally, the number of background windows drawn at random (darts' argument), without replacement,
+        by a numpy Generator seeded with ``random_state`` (default: the fixed seed :data:`BACKGROUND_SEED`), so
+        that the same call draws the same background; numpy's global random state is neither used nor moved.
     batch_size
         The most (sample, reference) pairs rnnshap runs through the model at once (default 2048).
     n
@@ -389,10 +439,12 @@ class ShapExplainer(_DartsShapExplainer):
         base value) or ``"shapley"`` (the Shapley values of the lag players, with standard errors).
     budget, random_state
         Shapley mode: the most rows per forecast run through the model (default: 16x DeepSHAP's cost; exact
-        where it covers every coalition against every background window), and the seed.
+        where it covers every coalition against every background window), and the seed (a non-negative
+        integer or a numpy Generator, which is then advanced), also the seed of the background draw.
     target_scaler
         Optionally, a darts ``Scaler`` fitted on the (single) target series the model was trained on after
-        scaling. The series passed are then unscaled, and the values are in their units.
+        scaling. The series passed are then unscaled, and the values are in their units (the default
+        background and foreground too: the training series, unscaled by ``target_scaler.inverse_transform``).
     test_stationarity
         darts' argument (default False here: the check only warns).
 
@@ -401,7 +453,9 @@ class ShapExplainer(_DartsShapExplainer):
     ValueError
         darts' own checks (an unfitted model, missing covariates, a bad ``horizons``); an
         :class:`rnnshap.InputError` (a ValueError) for what rnnshap adds: a series shorter than the input
-        window, covariates the model was fit without, a model that is not a ``TorchForecastingModel``.
+        window, covariates the model was fit without, a model that is not a ``TorchForecastingModel``, a count
+        (``n``, ``horizons``, ``background_num_samples``, ``batch_size``) that is not an integer of at least 1
+        (never truncated), a ``random_state`` that is not a seed.
     rnnshap.UnsupportedOperationError
         from ``explain`` with ``method="deepshap"``, for a model with an operation DeepSHAP has no exact
         rule for, naming the operation and ``method="shapley"`` as the fallback.
@@ -413,6 +467,8 @@ class ShapExplainer(_DartsShapExplainer):
     >>> result = explainer.explain(series)                           # doctest: +SKIP
     >>> result.get_explanation(horizon=1)                            # doctest: +SKIP
     """
+
+    background_series: Sequence[TimeSeries]  # set by darts' _ForecastingModelExplainer.__init__
 
     def __init__(
         self,
@@ -444,6 +500,8 @@ class ShapExplainer(_DartsShapExplainer):
                 "or method='shapley' (or use darts.explainability.ShapExplainer for shap's samplers)"
             )
         self.method = check_method(method)
+        if target_scaler is not None:
+            _scaler_transformer(target_scaler)
         _ForecastingModelExplainer.__init__(
             self,
             model=model,
@@ -455,22 +513,25 @@ class ShapExplainer(_DartsShapExplainer):
             check_component_names=True,
             test_stationarity=test_stationarity,
         )
+        if background_num_samples is not None:
+            background_num_samples = _count(background_num_samples, "background_num_samples")
+        if batch_size is not None:
+            batch_size = _count(batch_size, "batch_size")
         ocl = model.output_chunk_length or 1
         if n is not None:
-            if int(n) < 1:
-                raise InputError(f"n={n}: the forecast horizon must be at least 1")
-            if int(n) > ocl and model.output_chunk_shift:
+            n = _count(n, "n")
+            if n > ocl and model.output_chunk_shift:
                 raise InputError(
                     f"n={n} > output_chunk_length={ocl}: darts cannot auto-regress a model with output_chunk_shift="
                     f"{model.output_chunk_shift}, so neither can the explanation"
                 )
-            if int(n) > ocl and model.likelihood is not None:
+            if n > ocl and model.likelihood is not None:
                 raise InputError(
                     f"n={n} > output_chunk_length={ocl}: darts forecasts a likelihood model beyond output_chunk_length by "
                     "feeding back sampled values (and refuses predict_likelihood_parameters=True there), a random function "
                     "with nothing exact to explain; explain its likelihood parameters up to n=output_chunk_length"
                 )
-            self.n = int(n)
+            self.n = n
         affine = None
         if target_scaler is not None:
             if model.likelihood is not None and type(model.likelihood).__name__ != "QuantileRegression":
@@ -479,6 +540,11 @@ class ShapExplainer(_DartsShapExplainer):
                     "(a scale parameter takes the scaler's factor without its offset); explain the scaled model instead"
                 )
             affine = _affine_of(target_scaler, self.target_components)
+            if background_series is None:
+                # darts fell back to the series the model was fit on (and its covariates): the *scaled* series.
+                # The scaler's map is part of the explained function, so the background (and the default
+                # foreground, which is the background) is its unscaled copy, in the units explain() takes
+                self.background_series = [target_scaler.inverse_transform(s) for s in self.background_series]
         _check_lengths(model, self.n, self.background_series, None, None, "background")
         self.explainer = _RnnshapTorchAdapter(
             model=self.model,
@@ -496,7 +562,7 @@ class ShapExplainer(_DartsShapExplainer):
             method=self.method,
             budget=budget,
             random_state=random_state,
-            rnnshap_batch_size=int(batch_size or 2048),
+            rnnshap_batch_size=batch_size or 2048,
             affine=affine,
             **kwargs,
         )
@@ -512,12 +578,17 @@ class ShapExplainer(_DartsShapExplainer):
     def _process_horizons_and_targets(self, horizons: int | Sequence[int] | None, target_components: str | Sequence[str] | None) -> tuple[Sequence[int], Sequence[str]]:
         """darts' check, with the horizon ``n`` this explainer was built for (not ``output_chunk_length``)."""
         if horizons is not None:
-            hs = [horizons] if isinstance(horizons, int) else list(horizons)
-            if any(int(h) > self.n or int(h) < 1 for h in hs):
+            hs: list[Any]
+            try:
+                hs = [horizons] if isinstance(horizons, str) else list(horizons)  # type: ignore[arg-type]
+            except TypeError:  # one horizon
+                hs = [horizons]
+            if not hs or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= self.n for h in hs):
                 raise InputError(
-                    f"horizons={hs}: every horizon must be between 1 and n={self.n} (build the explainer with "
+                    f"horizons={horizons}: give integers between 1 and n={self.n} (build the explainer with "
                     f"ShapExplainer(..., n=...) to explain the auto-regressive forecast further)"
                 )
+            horizons = [int(h) for h in hs]
         return process_horizons_and_targets(
             horizons=horizons,
             fallback_horizon=self.n,

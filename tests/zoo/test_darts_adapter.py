@@ -4,7 +4,7 @@ The truths are independent of rnnshap: darts' own ``predict`` / ``historical_for
 every forecast plus its base value add up to what darts returns, in the user's units), the recipe path
 (the network's ``forward(PLModuleInput)`` and ``rnnshap.DeepExplainer`` on windows sliced by hand from the
 series, docs/recipes.md), the closed form of a linear model (DLinear: DeepSHAP = Shapley = w · (x − mean
-background), w from autograd), and zeros additivity cannot see (the past covariates after the forecast
+background), w from darts' own ``predict`` of a float64 model), and zeros additivity cannot see (the past covariates after the forecast
 start for the first output chunk; RNNModel's first historic future covariate).
 
 Models are tiny and fitted once per module for one epoch on a short random walk.
@@ -12,7 +12,6 @@ Models are tiny and fitted once per module for one epoch on a short random walk.
 
 from __future__ import annotations
 
-import copy
 import logging
 import subprocess
 import sys
@@ -48,8 +47,7 @@ from darts.utils.likelihood_models import GaussianLikelihood, QuantileRegression
 from torch import nn  # noqa: E402
 
 import rnnshap  # noqa: E402
-from rnnshap.darts import ShapExplainer, standard_errors  # noqa: E402
-from rnnshap.forecasting.darts import _PredictState  # noqa: E402
+from rnnshap.darts import ShapExplainer, forecast_module, standard_errors  # noqa: E402
 
 L, H, N = 6, 2, 5  # input chunk, output chunk, auto-regressive horizon
 TRAINER = dict(
@@ -329,39 +327,78 @@ def test_zero_for_what_the_model_cannot_read(fitted: Any) -> None:
 
 
 # -- a closed form: DLinear is linear ------------------------------------------------------------------------
-@pytest.mark.parametrize("n", [None, N])
-def test_dlinear_closed_form(fitted: Any, n: int | None) -> None:
+T64, COV64 = TARGET.astype(np.float64), COV.astype(np.float64)
+COLUMNS = {"target": ["y"], "pastcov": ["a", "b"], "futcov": ["a", "b"]}
+
+
+def _lagged(name: str) -> tuple[str, int, int]:
+    """darts' feature name -> (role, column, lag): ``a_pastcov_lag-2`` -> ("pastcov", 0, -2)."""
+    stem, lag = name.rsplit("_lag", 1)
+    component, role = stem.rsplit("_", 1)
+    return role, COLUMNS[role].index(component), int(lag)
+
+
+@pytest.fixture(scope="module")
+def dlinear64() -> Any:
+    """DLinear fitted in float64 (darts builds a float64 network for float64 series)."""
+    _quiet()
+    torch.manual_seed(0)
+    model = DLinearModel(input_chunk_length=L, output_chunk_length=H, kernel_size=3, **TRAINER)
+    model.fit(T64, past_covariates=COV64, future_covariates=COV64, verbose=False)
+    assert model.model.dtype == torch.float64
+    return model
+
+
+@pytest.mark.parametrize("n", [H, N])
+def test_dlinear_closed_form(dlinear64: Any, n: int) -> None:
     """DLinear (and its auto-regressive forecast: linear in its inputs too) is f(x) = W x + b: DeepSHAP
-    and the Shapley values are W (x − mean background), W from autograd; the Shapley mode gets them
-    (every walk of an additive game is exact) with standard errors of rounding size."""
-    model = fitted["DLinearModel"]
-    ex = explainer(model, "pf", n=n)
-    result = ex.explain(FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV)
-    adapter = ex.explainer
-    x = torch.as_tensor(result.get_feature_values(1).values(), dtype=torch.float64)
-    background = torch.as_tensor(adapter.background_arr, dtype=torch.float64)
-    module = copy.deepcopy(adapter.module).double()
+    and the Shapley values are W (x − mean background). W comes from darts alone: ``model.predict(n)`` of
+    the float64 model with each input of one forecast moved by 1 (exact for an affine map, up to rounding),
+    the input named by darts' feature name (its series, component and lag); x and the background windows
+    are sliced by hand from the series. The Shapley mode gets the same values (every walk of an additive
+    game is exact), with standard errors of rounding size."""
+    model = dlinear64
+    foreground, background = T64[14:26], T64[:18]
+    kwargs = dict(background_past_covariates=COV64, background_future_covariates=COV64, n=n)
+    ex = ShapExplainer(model, background, **kwargs)
+    result = ex.explain(foreground, foreground_past_covariates=COV64, foreground_future_covariates=COV64)
+    names = result.get_explanation(1).components.tolist()
+    lagged = [_lagged(name) for name in names]
+    arrays = {"target": T64.values(), "pastcov": COV64.values(), "futcov": COV64.values()}
 
-    with _PredictState(module.module, ex.n, H, 256, False):
-        jacobian = torch.autograd.functional.jacobian(lambda row: module(*_split(adapter, row[None]))[0], x[0])
-    closed = torch.einsum("kf,ef->efk", jacobian, x - background.mean(0)).numpy()  # (E, F, n)
-    shapley = explainer(model, "pf", n=n, method="shapley", budget=400, random_state=0).explain(
-        FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV
+    # W (F, n): darts' predict(n) from t0 = 26 (the end of the foreground), each input moved by 1 in turn
+    t0 = 26
+    inputs = []
+    for moved in [None, *lagged]:
+        a = {role: array.copy() for role, array in arrays.items()}
+        if moved is not None:
+            role, column, lag = moved
+            a[role][t0 + lag, column] += 1.0
+        inputs.append({role: TimeSeries.from_values(a[role][:t0] if role == "target" else a[role], columns=COLUMNS[role]) for role in a})
+    forecasts = model.predict(
+        n, series=[i["target"] for i in inputs], past_covariates=[i["pastcov"] for i in inputs],
+        future_covariates=[i["futcov"] for i in inputs], verbose=False, show_warnings=False,
+    )  # fmt: skip
+    base = forecasts[0].values()[:, 0]
+    W = np.stack([f.values()[:, 0] - base for f in forecasts[1:]])  # (F, n)
+    assert np.count_nonzero(W) > len(names)  # the test is not vacuous: the forecast reads the inputs
+    later = [j for j, (role, _, lag) in enumerate(lagged) if role == "pastcov" and lag >= 0]
+    assert np.all(W[later, :H] == 0)  # darts' own zeros: the first chunk cannot read the later past covariates
+
+    # x and the mean background window, by darts' feature name, sliced by hand
+    starts = list(result.get_explanation(1).time_index)
+    background_starts = range(L, len(background) + 1)
+    assert ex.explainer.background_arr.shape[0] == len(background_starts)  # every background window is used
+    x = np.array([[arrays[role][t + lag, column] for role, column, lag in lagged] for t in starts])  # (E, F)
+    mean = np.array([[arrays[role][t + lag, column] for role, column, lag in lagged] for t in background_starts]).mean(0)
+    closed = np.einsum("fk,ef->efk", W, x - mean)  # (E, F, n)
+    shapley = ShapExplainer(model, background, method="shapley", budget=400, random_state=0, **kwargs).explain(
+        foreground, foreground_past_covariates=COV64, foreground_future_covariates=COV64
     )
-    for h in range(1, ex.n + 1):
-        np.testing.assert_allclose(result.get_explanation(h).values(), closed[:, :, h - 1], atol=2e-5)
-        np.testing.assert_allclose(shapley.get_explanation(h).values(), closed[:, :, h - 1], atol=2e-5)
-        assert standard_errors(shapley, h).values().max() < 1e-4
-
-
-def _split(adapter: Any, row: torch.Tensor) -> list[torch.Tensor]:
-    """The adapter's window split, in float64 and differentiable (for the Jacobian)."""
-    out, offset = [], 0
-    for _, shape in adapter._layout():
-        size = int(np.prod(shape))
-        out.append(row[:, offset : offset + size].reshape(row.shape[0], *shape))
-        offset += size
-    return out
+    for h in range(1, n + 1):
+        np.testing.assert_allclose(result.get_explanation(h).values(), closed[:, :, h - 1], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(shapley.get_explanation(h).values(), closed[:, :, h - 1], rtol=1e-10, atol=1e-10)
+        assert standard_errors(shapley, h).values().max() < 1e-9
 
 
 # -- the Shapley mode ---------------------------------------------------------------------------------------
@@ -439,19 +476,56 @@ def test_refused_by_name_with_the_shapley_fallback() -> None:
 
 
 # -- scaling -------------------------------------------------------------------------------------------------
-def test_target_scaler_in_the_users_units(fitted: Any) -> None:
+@pytest.fixture(scope="module")
+def scaled() -> tuple[Any, Any]:
+    """A darts Scaler fitted on TARGET and a BlockRNNModel fitted on the scaled TARGET with past covariates."""
+    _quiet()
+    torch.manual_seed(0)
+    scaler = Scaler().fit(TARGET)
+    model = BlockRNNModel(input_chunk_length=L, output_chunk_length=H, model="GRU", hidden_dim=8, **TRAINER)
+    model.fit(scaler.transform(TARGET), past_covariates=COV, verbose=False)
+    return scaler, model
+
+
+def test_target_scaler_in_the_users_units(scaled: Any) -> None:
     """With a fitted darts Scaler of the target, the values are in the unscaled series' units and add up
     to ``scaler.inverse_transform(model.predict(n, series=scaler.transform(series)))``."""
     _quiet()
-    scaler = Scaler().fit(TARGET)
-    model = BlockRNNModel(input_chunk_length=L, output_chunk_length=H, model="GRU", hidden_dim=8, **TRAINER)
-    model.fit(scaler.transform(TARGET), verbose=False)
-    ex = ShapExplainer(model, BACKGROUND, n=N, target_scaler=scaler)
-    result = ex.explain_single(FOREGROUND)
+    scaler, model = scaled
+    ex = ShapExplainer(model, BACKGROUND, background_past_covariates=COV, n=N, target_scaler=scaler)
+    result = ex.explain_single(FOREGROUND, foreground_past_covariates=COV)
     e = result.get_shap_explanation_object()
-    truth = scaler.inverse_transform(model.predict(N, series=scaler.transform(FOREGROUND), verbose=False, show_warnings=False))
+    truth = scaler.inverse_transform(model.predict(N, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False))
     _assert_adds_up(e.values.sum(1) + e.base_values, truth.values()[:, 0], "scaled BlockRNNModel")
     assert np.allclose(result.get_feature_values().values()[0, :L], FOREGROUND.values()[-L:, 0])  # unscaled inputs
+
+
+def test_target_scaler_default_background_and_foreground_are_unscaled(scaled: Any) -> None:
+    """With no background series darts falls back to ``model.training_series``, which is the *scaled*
+    series the model was fit on; with ``target_scaler`` the explainer uses its unscaled copy (the scaler's
+    map is part of the explained function and must be applied once). The base value equals the one with
+    the unscaled training series given explicitly, and the default foreground (no series: the training
+    series) adds up to darts' own forecast from the end of the training series, unscaled."""
+    _quiet()
+    scaler, model = scaled
+    default = ShapExplainer(model, target_scaler=scaler)  # darts' fallback: the training series and covariates
+    given = ShapExplainer(model, TARGET, background_past_covariates=COV, target_scaler=scaler)
+    truth = scaler.inverse_transform(model.predict(H, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False))
+    bases = []
+    for ex in (default, given):
+        e = ex.explain_single(FOREGROUND, foreground_past_covariates=COV).get_shap_explanation_object()
+        _assert_adds_up(e.values.sum(1) + e.base_values, truth.values()[:, 0], "default background" if ex is default else "TARGET")
+        bases.append(e.base_values)
+    np.testing.assert_allclose(bases[0], bases[1], rtol=TOL, err_msg="the default background's base value is not the unscaled training series'")
+    # no foreground: the training series, explained in its own (unscaled) units
+    forecast = scaler.inverse_transform(model.predict(H, verbose=False, show_warnings=False)).values()[:, 0]  # from the training series' end
+    single = default.explain_single()
+    e = single.get_shap_explanation_object()
+    _assert_adds_up(e.values.sum(1) + e.base_values, forecast, "explain_single() with no series")
+    np.testing.assert_allclose(single.get_feature_values().values()[0, :L], TARGET.values()[-L:, 0], rtol=1e-6)  # unscaled inputs
+    result = default.explain(horizons=[1])
+    last = result.get_shap_explanation_object(1)
+    _assert_adds_up(last.values.sum(1)[-1] + last.base_values[-1], forecast[0], "explain() with no series, last forecast")
 
 
 # -- darts' own result API and plots --------------------------------------------------------------------------
@@ -492,6 +566,29 @@ def test_explaining_never_changes_the_model(fitted: Any) -> None:
     assert attrs == {k: v for k, v in vars(module).items() if isinstance(v, (int, float, bool, str, type(None)))}
 
 
+def test_forecast_module_as_documented_restores_the_model(fitted: Any) -> None:
+    """forecast_module's documented use (``with module.predicting(): module(*windows)``) is darts'
+    ``predict(n)`` on windows sliced by hand, and leaves the Lightning module's predict parameters,
+    training flags and cached attributes as they were."""
+    model = fitted["BlockRNNModel"]
+    truth = _predict(model, N, FOREGROUND, "p").values()[:, 0]
+    model.predict(1, series=FOREGROUND, past_covariates=COV, verbose=False, show_warnings=False)  # other predict parameters
+    pl = model.model
+    training = pl.training
+    pl.train()
+    attrs = {k: v for k, v in vars(pl).items() if isinstance(v, (int, float, bool, str, type(None)))}
+    t0 = int(FOREGROUND.end_time()) + 1
+    target, cov = TARGET.values(), COV.values()
+    windows = [torch.from_numpy(w[None]) for w in (target[t0 - L : t0], cov[t0 - L : t0], cov[t0 : t0 + N - H])]
+    module = forecast_module(model, N, ["past_target", "past_covariates", "future_past_covariates"])
+    with module.predicting():
+        out = module(*windows).detach().numpy()[0]
+    _assert_adds_up(out, truth, "forecast_module")
+    assert all(m.training for m in pl.modules()), "the training flags were not put back"
+    assert attrs == {k: v for k, v in vars(pl).items() if isinstance(v, (int, float, bool, str, type(None)))}
+    pl.train(training)
+
+
 # -- bad input in darts' terms ------------------------------------------------------------------------------
 def test_bad_input(fitted: Any) -> None:
     _quiet()
@@ -521,6 +618,47 @@ def test_bad_input(fitted: Any) -> None:
         explainer(model, "p", n=N).explain_single(TARGET[:25], foreground_past_covariates=COV[:26])
     with pytest.raises(ValueError, match="feeding back sampled values"):
         explainer(fitted["BlockRNNModel-quantiles"], "p", n=N)
+
+
+def test_integer_arguments(fitted: Any) -> None:
+    """n, horizons, background_num_samples and batch_size are counts: a float (or a bool) is refused by name,
+    never truncated (n=2.5 used to explain n=2, horizons=[1.5] to fail inside darts' indexing)."""
+    _quiet()
+    model = fitted["BlockRNNModel"]
+    for kwargs, name in [
+        (dict(n=2.5), "n=2.5"), (dict(n=0.5), "n=0.5"), (dict(n=np.float64(2.0)), "n=2.0"), (dict(n=True), "n=True"),
+        (dict(background_num_samples=10.5), "background_num_samples=10.5"), (dict(background_num_samples=0), "background_num_samples=0"),
+        (dict(batch_size=100.5), "batch_size=100.5"), (dict(batch_size=0), "batch_size=0"),
+    ]:  # fmt: skip
+        with pytest.raises(rnnshap.InputError, match=rf"{name}: .*(integer|at least 1)"):
+            explainer(model, "p", **kwargs)
+    ex = explainer(model, "p", n=np.int64(N))
+    assert ex.n == N and type(ex.n) is int
+    for horizons in ([1.5], 1.0, [True], [1, "2"]):
+        with pytest.raises(rnnshap.InputError, match=r"horizons=.*integers between 1 and n=5"):
+            ex.explain(FOREGROUND, foreground_past_covariates=COV, horizons=horizons)
+    assert ex.explain(FOREGROUND, foreground_past_covariates=COV, horizons=np.int64(2)).available_horizons == [2]
+    assert ex.explain(FOREGROUND, foreground_past_covariates=COV, horizons=np.array([1, N])).available_horizons == [1, N]
+
+
+def test_background_sampling_is_seeded(fitted: Any) -> None:
+    """background_num_samples draws its windows with a numpy Generator seeded by random_state (default: a
+    fixed seed): the same seed gives the same background, and numpy's global random state is untouched."""
+    model = fitted["BlockRNNModel"]
+    np.random.seed(123)
+    state = np.random.get_state()
+    draws = [
+        explainer(model, "p", background_num_samples=10, **kwargs).explainer.background_arr
+        for kwargs in (dict(), dict(), dict(random_state=1), dict(random_state=1), dict(random_state=2))
+    ]
+    after = np.random.get_state()
+    assert np.array_equal(state[1], after[1]) and state[2:] == after[2:], "the global numpy random state moved"
+    assert draws[0].shape[0] == 10 and len(BACKGROUND) - L + 1 > 10  # a draw, not every window
+    np.testing.assert_array_equal(draws[0], draws[1])
+    np.testing.assert_array_equal(draws[2], draws[3])
+    assert not np.array_equal(draws[2], draws[4])
+    generator = np.random.default_rng(1)
+    np.testing.assert_array_equal(explainer(model, "p", background_num_samples=10, random_state=generator).explainer.background_arr, draws[2])
 
 
 def test_import_rnnshap_does_not_import_darts() -> None:
