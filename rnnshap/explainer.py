@@ -55,9 +55,9 @@ class DeepExplainer:
         model: an ``nn.Module`` or a Keras 3 model (TensorFlow or torch backend), or one of shap's
             tuple forms: ``(inputs, output)`` of Keras symbolic tensors (the network between them),
             ``(module, layer)`` for PyTorch (attributions to the input of ``layer``, for ``data`` and
-            ``X`` given as the model's inputs). A PyTorch model in training mode with dropout or batch
-            statistics is explained in eval mode, as shap does, with one warning. It is not modified.
-            See docs/api.md, "Model forms".
+            ``X`` given as the model's inputs; with ``layer_output=True``, to its output). A PyTorch model
+            in training mode with dropout or batch statistics is explained in eval mode, as shap does, with
+            one warning. It is not modified. See docs/api.md, "Model forms".
         data: the background: a tensor or array whose first dimension indexes reference samples,
             or a list/tuple of them for a model with several inputs.
         batch_size: the largest number of (sample, reference) pairs run through the model at once.
@@ -74,6 +74,16 @@ class DeepExplainer:
             all of them, each flattened per sample and concatenated in the model's order (a dict's
             by sorted key); ``explainer.engine.output_layout`` lists ``(name, shape, start, stop)``
             per tensor.
+        layer_output: with ``model=(module, layer)`` (PyTorch), attribute to the output of ``layer``
+            instead of its input: to every floating-point tensor it returns, each shaped like that tensor
+            per sample with its batch axis first, outputs last (a list where there are several: an
+            ``nn.LSTM`` gives ``[out, h_n, c_n]``, its hidden states over time, then its final states).
+            ``data`` and ``X`` stay the model's inputs; the values add up to ``f(x) − expected_value``.
+            A model whose output depends on its inputs other than through that output is refused.
+
+    Example:
+        >>> explainer = DeepExplainer((model, model.lstm), background, layer_output=True)   # doctest: +SKIP
+        >>> out, h_n, c_n = explainer.shap_values(X)       # out: (N, T, hidden, n_outputs)  # doctest: +SKIP
     """
 
     def __init__(
@@ -85,6 +95,7 @@ class DeepExplainer:
         rules: Mapping[Any, Any] | None = None,
         progress: bool | None = None,
         output: int | str | tuple[int | str, ...] | None = None,
+        layer_output: bool = False,
     ) -> None:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
@@ -93,7 +104,10 @@ class DeepExplainer:
         self.progress = progress
         #: the engine for the model's framework (:mod:`rnnshap.engines`)
         with _normal_mode():
-            self.engine: Engine = engine_for(model, data, rules=rules, output=output)
+            if layer_output:
+                self.engine: Engine = _layer_output_engine(model, data, rules=rules, output=output)
+            else:
+                self.engine = engine_for(model, data, rules=rules, output=output)
         self._model_version = self.engine.model_version()
         self._expected_value = _mean_output(self.engine.background_outputs)
 
@@ -353,9 +367,10 @@ class DeepExplainer:
         self._follow_model()
         if not engine.attributes_model_inputs:
             raise InputError(
-                f"{method} plays the model's own inputs, and this explainer attributes to a layer's input "
-                "(shap's (model, layer) form). Explain the part of the model after the layer as a model of its "
-                f"own, with the layer's inputs as data, or use DeepExplainer(model, data).{method}."
+                f"{method} plays the model's own inputs, and this explainer attributes to a layer's "
+                f"{getattr(engine, 'side', 'input')} (shap's (model, layer) form). Explain the part of the model after "
+                f"the cut as a model of its own, with the layer's {getattr(engine, 'side', 'input')}s as data, or use "
+                f"DeepExplainer(model, data).{method}."
             )
         background = engine.to_numpy(engine.background)
         followed = set(engine.token_inputs) | set(engine.number_inputs)
@@ -635,6 +650,28 @@ def _additivity_option(check: Any) -> bool | float:
     if isinstance(check, numbers.Real) and math.isfinite(float(check)) and float(check) > 0:
         return float(check)
     raise InputError(f"check_additivity must be True, False or a positive relative tolerance (such as 1e-6), got {check!r}")
+
+
+def _layer_output_engine(model: Any, data: Inputs, *, rules: Mapping[Any, Any] | None, output: Any) -> Engine:
+    """The engine of ``DeepExplainer((module, layer), data, layer_output=True)``: attributions to the
+    output of ``layer`` (:class:`rnnshap.engines.pytorch.forms.InterimEngine` with ``side="output"``)."""
+    if not (isinstance(model, tuple) and len(model) == 2 and all(_is_torch_module(part) for part in model)):
+        raise InputError(
+            "layer_output=True attributes to the output of a layer: give model=(module, layer), a PyTorch model and one "
+            f"of its submodules, e.g. DeepExplainer((model, model.lstm), data, layer_output=True); got {type(model).__name__}"
+        )
+    from .engines.pytorch.forms import InterimEngine, in_eval_mode
+
+    whole, layer = model
+    return in_eval_mode(whole, lambda m: InterimEngine(m, layer, data, rules=rules, output=output, side="output"))  # type: ignore[no-any-return]
+
+
+def _is_torch_module(value: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(value, torch.nn.Module)
 
 
 def _mean_output(outputs: np.ndarray) -> float | np.ndarray:

@@ -6,7 +6,9 @@
 - ``(model, layer)``, shap's "interim layer" form: the values are attributions to the input of
   ``layer``, for samples and background given as the model's own inputs. :class:`InterimEngine`
   explains :class:`FromLayer`, the model split at ``layer`` (the layer's input is the function's
-  input), on the layer's inputs computed from the model's.
+  input), on the layer's inputs computed from the model's. With ``layer_output=True`` the split is
+  after ``layer``: the values are attributions to its output (every floating-point tensor of it: an
+  ``nn.LSTM``'s ``out``, ``h_n`` and ``c_n``), the hidden states over time of a recurrent layer.
 """
 
 from __future__ import annotations
@@ -124,41 +126,49 @@ def in_eval_mode(model: nn.Module, build: Any) -> Any:
 
 
 class FromLayer(nn.Module):
-    """The model split at ``layer``: ``forward(*z)`` runs the model with the layer's floating-point
-    positional inputs replaced by ``z``.
+    """The model split at ``layer``: ``forward(*z, *args)`` runs the model with the layer's floating-point
+    positional inputs (``side="input"``) or the floating-point tensors of its output (``side="output"``)
+    replaced by ``z``; ``args`` follow the model's inputs unchanged.
 
-    What the model computes before ``layer`` runs on a constant (the first background row, repeated to
-    the batch) and is discarded where it feeds ``layer``; :class:`InterimEngine` checks that nothing of
-    it reaches the output another way."""
+    What the model computes before the cut runs on a constant (``anchor``: one row of the model's
+    inputs, repeated to the batch) and is discarded where it reaches the cut; :class:`InterimEngine`
+    (and :mod:`rnnshap.captum`'s layer classes) check that nothing of it reaches the output another way."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[tuple[int, int]]) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[tuple[int, int]], side: str = "input") -> None:
         super().__init__()
+        if side not in ("input", "output"):
+            raise ValueError(f"side is 'input' or 'output', not {side!r}")
         self.model = model
         self.layer_name = _name_of(model, layer)
         self.hooked: nn.Module
         object.__setattr__(self, "hooked", layer)  # a submodule of model, not registered twice
         self.anchor = anchor
         self.positions = positions
+        self.side = side
 
-    def forward(self, *z: Tensor) -> Any:
+    def forward(self, *given: Any) -> Any:
+        z, args = given[: len(self.positions)], given[len(self.positions) :]
         batch = int(z[0].shape[0])
         calls = 0
 
-        def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        def replaced(tensors: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls > 1:
                 raise InputError(_reused(self.layer_name))
-            leaves, spec = tree_flatten(args)
+            leaves, spec = tree_flatten(tensors)
             for (position, axis), value in zip(self.positions, z, strict=True):
                 leaves[position] = value.movedim(0, axis)
-            return tuple(tree_unflatten(leaves, spec))
+            return tree_unflatten(leaves, spec)
 
-        handle = self.hooked.register_forward_pre_hook(replace)
+        if self.side == "input":
+            handle = self.hooked.register_forward_pre_hook(lambda module, inputs: tuple(replaced(inputs)))
+        else:
+            handle = self.hooked.register_forward_hook(lambda module, inputs, output: replaced(output))
         try:
             with torch._C.DisableTorchFunction():  # a constant, not an operation to attribute
                 inputs = [a.expand(batch, *a.shape[1:]) for a in self.anchor]
-            out = self.model(*inputs)
+            out = self.model(*inputs, *args)
         finally:
             handle.remove()
         if calls == 0:
@@ -166,88 +176,146 @@ class FromLayer(nn.Module):
         return out
 
 
+def layer_tensors(
+    model: nn.Module, layer: nn.Module, inputs: list[Tensor], args: tuple[Any, ...] = (), side: str = "input"
+) -> tuple[list[Any], Any]:
+    """The flattened leaves of ``layer``'s positional inputs (``side="input"``) or of its output
+    (``side="output"``) when ``model(*inputs, *args)`` runs without grad, and the model's output; the
+    model's parameters, buffers and flags are put back afterwards. Refuses a layer that is not called, or
+    called more than once."""
+    name = _name_of(model, layer)
+    seen: list[Any] = []
+    if side == "input":
+        handle = layer.register_forward_pre_hook(lambda module, given: seen.append(given))
+    else:
+        handle = layer.register_forward_hook(lambda module, given, output: seen.append(output))
+    state = PreservedState(model)
+    try:
+        with torch.no_grad():
+            out = model(*inputs, *args)
+    finally:
+        handle.remove()
+        state.restore()
+    if not seen:
+        raise InputError(f"The layer {name!r} given with the model was not called by its forward()")
+    if len(seen) > 1:
+        raise InputError(_reused(name))
+    return tree_flatten(seen[0])[0], out
+
+
+def batch_axes(leaves: list[Any], batch: int, other: list[Any] | None, other_batch: int, name: str, side: str) -> list[tuple[int, int]]:
+    """For each floating-point tensor among ``leaves`` (the layer's tensors for a batch of ``batch``), its
+    position and its batch axis: the first axis of size ``batch`` that has size ``other_batch`` in
+    ``other`` (the same tensors for another batch size), which tells an LSTM's ``h_n`` of shape
+    ``(layers, batch, hidden)`` from one whose layer count equals the batch."""
+    positions: list[tuple[int, int]] = []
+    for i, a in enumerate(leaves):
+        if not (isinstance(a, Tensor) and a.is_floating_point()):
+            continue
+        twin = other[i] if other is not None and i < len(other) and isinstance(other[i], Tensor) else None
+        axes = [
+            d for d in range(a.dim())
+            if a.shape[d] == batch and (twin is None or (twin.dim() == a.dim() and twin.shape[d] == other_batch))
+        ]  # fmt: skip
+        if not axes:
+            raise InputError(
+                f"The {side} of the layer {name!r} has a tensor of shape {tuple(a.shape)} for a batch of {batch}: "
+                "none of its dimensions is the batch"
+            )
+        positions.append((i, axes[0]))
+    if not positions:
+        raise InputError(
+            f"The layer {name!r} takes no floating-point tensor as a positional input: there is nothing to attribute to"
+            if side == "input"
+            else f"The output of the layer {name!r} holds no floating-point tensor: there is nothing to attribute to"
+        )
+    return positions
+
+
+def probe_positions(model: nn.Module, layer: nn.Module, inputs: list[Tensor], args: tuple[Any, ...], side: str) -> list[tuple[int, int]]:
+    """The positions and batch axes of the layer's floating-point tensors (:func:`batch_axes`), found by
+    running the model on ``inputs`` and on a batch of another size (the first row, or two copies of it)."""
+    batch = int(inputs[0].shape[0])
+    leaves, _ = layer_tensors(model, layer, inputs, args, side)
+    other_batch = 1 if batch > 1 else 2
+    per_row = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == batch]
+    pick = torch.zeros(other_batch, dtype=torch.long)
+    other_args = tuple(a[pick.to(a.device)] if i in per_row else a for i, a in enumerate(args))
+    other: list[Any] | None
+    try:
+        other, _ = layer_tensors(model, layer, [x[pick.to(x.device)] for x in inputs], other_args, side)
+    except InputError:
+        raise
+    except Exception:  # a model that cannot run another batch size: the first axis of the batch's size
+        other = None
+    return batch_axes(leaves, batch, other, other_batch, _name_of(model, layer), side)
+
+
 class InterimEngine(TorchEngine):
-    """``DeepExplainer((model, layer), data)``: attributions to the input of ``layer`` (shap's form).
+    """``DeepExplainer((model, layer), data)``: attributions to the input of ``layer`` (shap's form), or
+    with ``side="output"`` (``DeepExplainer(..., layer_output=True)``) to its output.
 
     ``data`` and every ``X`` are the model's inputs; :meth:`inputs` turns them into the layer's inputs
-    (one forward pass), which the engine then explains as the inputs of :class:`FromLayer`. The base
-    value is the mean model output over the background, as in shap. A model whose output depends on
-    its inputs other than through the layer's input (a skip connection around it) is refused: the
-    layer's input is then not a cut, and no attribution to it alone adds up.
+    (or outputs: one forward pass), which the engine then explains as the inputs of :class:`FromLayer`.
+    The base value is the mean model output over the background, as in shap. A model whose output
+    depends on its inputs other than through the cut (a skip connection around it) is refused: no
+    attribution to the layer's tensors alone adds up then.
     """
 
     attributes_model_inputs = False
 
-    def __init__(self, model: nn.Module, layer: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None,
+        side: str = "input",
+    ) -> None:  # fmt: skip
         if not any(module is layer for module in model.modules()):
             raise InputError(
                 f"(model, layer): the layer ({type(layer).__name__}) is not a submodule of the model; give one of "
                 "model.modules(), e.g. (model, model.features[3])"
             )
+        if side not in ("input", "output"):
+            raise ValueError(f"side is 'input' or 'output', not {side!r}")
         self.whole = model
+        self.side = side
         self.model_multi_input = isinstance(data, (list, tuple))
         device, dtype = model_device_and_dtype(model)
         self.model_background = as_tensors(data, "background", self.model_multi_input, device, dtype)
         check_matching(self.model_background, self.model_background)
         self.layer_name = _name_of(model, layer)
         self.layer = layer
-        z, direct, self.positions = self._layer_inputs(self.model_background)
+        self.positions = probe_positions(model, layer, self.model_background, (), side)
+        z, direct = self._layer_inputs(self.model_background)
         anchor = [b[:1].clone() for b in self.model_background]
-        self.split = FromLayer(model, layer, anchor, self.positions)
-        #: the layer inputs this engine made, by id (a weak reference tells that it is the same tensor)
+        self.split = FromLayer(model, layer, anchor, self.positions, side)
+        #: the layer tensors this engine made, by id (a weak reference tells that it is the same tensor)
         self._converted: dict[int, weakref.ref[Tensor]] = {}
         layered: Any = z if len(z) > 1 or self.model_multi_input else z[0]
         super().__init__(self.split, layered, rules=rules, output=output)
         self._check_cut(z, direct)
 
     def refresh_background_outputs(self) -> None:
-        """The layer's inputs on the background were computed by the model as it was: refuse."""
+        """The layer's tensors on the background were computed by the model as it was: refuse."""
         raise ModelStateError(
             f"The model was changed (its parameters or buffers written or replaced) after this (model, layer) explainer "
-            f"was built, and the background's inputs to the layer {self.layer_name!r} were computed by the model as it "
-            "was. Build a new explainer for the model as it is now."
+            f"was built, and the background's {self.side}s of the layer {self.layer_name!r} were computed by the model as "
+            "it was. Build a new explainer for the model as it is now."
         )
 
-    def _layer_inputs(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any, list[tuple[int, int]]]:
-        """The floating-point positional inputs of ``layer`` (nested ones too) when the model runs on
-        ``inputs``, each with its batch axis first, the model's output, and for each its position among
-        the flattened arguments and its batch axis there."""
-        seen: list[tuple[Any, ...]] = []
-
-        def capture(module: nn.Module, args: tuple[Any, ...]) -> None:
-            seen.append(args)
-
-        handle = self.layer.register_forward_pre_hook(capture)
-        state = PreservedState(self.whole)
-        try:
-            with torch.no_grad():
-                out = self.whole(*inputs)
-        finally:
-            handle.remove()
-            state.restore()
-        if not seen:
-            raise InputError(f"The layer {self.layer_name!r} given with the model was not called by its forward()")
-        if len(seen) > 1:
-            raise InputError(_reused(self.layer_name))
-        # every floating tensor the layer takes positionally, nested ones included (an LSTM's (h0, c0)), with
-        # the axis of the batch (an LSTM's states are (layers, batch, hidden)): attributed with the batch first
-        leaves = tree_flatten(seen[0])[0]
+    def _layer_inputs(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any]:
+        """The layer's floating-point tensors (its positional inputs, nested ones too, or its output's)
+        when the model runs on ``inputs``, each with its batch axis first, and the model's output."""
+        leaves, out = layer_tensors(self.whole, self.layer, inputs, (), self.side)
         batch = int(inputs[0].shape[0])
-        positions: list[tuple[int, int]] = []
-        for i, a in enumerate(leaves):
-            if not (isinstance(a, Tensor) and a.is_floating_point()):
-                continue
-            axes = [d for d in range(a.dim()) if a.shape[d] == batch]
-            if not axes:
+        z = []
+        for i, axis in self.positions:
+            a = leaves[i] if i < len(leaves) else None
+            if not (isinstance(a, Tensor) and a.is_floating_point() and a.dim() > axis and a.shape[axis] == batch):
                 raise InputError(
-                    f"The input of the layer {self.layer_name!r} has shape {tuple(a.shape)} for a batch of {batch}: "
-                    "none of its dimensions is the batch"
+                    f"The {self.side} of the layer {self.layer_name!r} for these inputs does not have the structure it has for "
+                    "the background (a floating-point tensor with the batch on the same axis)"
                 )
-            positions.append((i, axes[0]))
-        if not positions:
-            raise InputError(f"The layer {self.layer_name!r} takes no floating-point tensor as a positional input: there is nothing to attribute to")
-        z = [leaves[i].detach().movedim(axis, 0).clone() for i, axis in positions]
-        return z, out, positions
+            z.append(a.detach().movedim(axis, 0).clone())
+        return z, out
 
     def _check_cut(self, z: list[Tensor], direct: Any) -> None:
         """Refuse a model whose output on ``z`` from a constant upstream differs from its own output."""
@@ -262,20 +330,20 @@ class InterimEngine(TorchEngine):
         tolerance = 64 * torch.finfo(whole.dtype).eps * max(scale, 1.0) if whole.is_floating_point() else 0.0
         if split.shape != whole.shape or float((split - whole).abs().max()) > tolerance:
             raise InputError(
-                f"The model's output depends on its inputs other than through the input of the layer "
+                f"The model's output depends on its inputs other than through the {self.side} of the layer "
                 f"{self.layer_name!r} (a path around the layer: a skip connection, or an input used after it). "
-                "Attributions to the layer's input alone cannot add up then (shap's interim-layer form would "
-                "silently drop that path). Pick a layer whose input every path to the output goes through."
+                f"Attributions to the layer's {self.side} alone cannot add up then (shap's interim-layer form would "
+                f"silently drop that path). Pick a layer whose {self.side} every path to the output goes through."
             )
 
     def inputs(self, X: Any, what: str) -> list[Tensor]:
-        """``X``, the model's inputs, as the inputs of ``layer`` (already converted ones pass)."""
+        """``X``, the model's inputs, as the layer's tensors (already converted ones pass)."""
         items = X if isinstance(X, (list, tuple)) else [X]
         if items and all(isinstance(x, Tensor) and self._made(x) for x in items):
             return super().inputs(X, what)
         tensors = as_tensors(X, what, self.model_multi_input, *model_device_and_dtype(self.whole))
         check_matching(tensors, self.model_background)
-        z, direct, _ = self._layer_inputs(tensors)
+        z, direct = self._layer_inputs(tensors)
         self._check_cut(z, direct)
         result = super().inputs(z if len(z) > 1 or self.model_multi_input else z[0], what)
         self._remember(result)
