@@ -157,7 +157,7 @@ class ForecastExplanation:
     def importance(
         self, part: str = "encoder", *, horizon: int | None = None, output: int | str | None = None
     ) -> dict[str, float]:
-        """Mean |value| per variable of ``part`` ("encoder", "decoder" or "static"), summed over its
+        """Mean absolute value per variable of ``part`` ("encoder", "decoder" or "static"), summed over its
         time steps, averaged over windows and the chosen horizon steps (all by default).
 
         Units: the forecast's (the target's) units. Returns ``{variable: importance}``."""
@@ -174,7 +174,7 @@ class ForecastExplanation:
     def over_time(self, *, sample: int | None = None, horizon: int | None = None, output: int | str | None = None) -> np.ndarray:
         """``(L + H,)``: the values summed over variables at each step, relative time ``-L .. H-1``
         (position p is step p - L for every window, whatever its encoder length): signed for one
-        ``sample``, else the mean |value| over windows (and horizon steps)."""
+        ``sample``, else the mean absolute value over windows (and horizon steps)."""
         steps = np.concatenate(
             [self._select(self.encoder, horizon, output), self._select(self.decoder, horizon, output)], axis=1
         ).sum(2)
@@ -225,9 +225,9 @@ class ForecastExplanation:
         self, *, sample: int | None = None, horizon: int | None = None, output: int | str | None = None
     ) -> dict[str, Any]:
         """Figures like TFT's ``plot_interpretation``: ``"static_variables"``, ``"encoder_variables"``
-        and ``"decoder_variables"`` (bars of mean |value| per variable, in the target's units, largest
+        and ``"decoder_variables"`` (bars of mean absolute value per variable, in the target's units, largest
         on top) and ``"time"`` (the values summed over variables per relative time step; signed for
-        one ``sample``, mean |value| otherwise). Needs matplotlib. Returns ``{name: Figure}``."""
+        one ``sample``, mean absolute value otherwise). Needs matplotlib. Returns ``{name: Figure}``."""
         from matplotlib.figure import Figure
 
         figs: dict[str, Any] = {}
