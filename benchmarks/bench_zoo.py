@@ -48,7 +48,7 @@ import rnnshap  # noqa: E402
 from tests.conftest import additivity_excess  # noqa: E402
 from tests.zoo.harness import Case, Spec, double, explain, median_seconds, native_call, shap_call  # noqa: E402
 
-LIBRARIES = ["neuralforecast", "pytorch_forecasting", "darts", "ncps", "xlstm", "mambapy", "mingru"]
+LIBRARIES = ["neuralforecast", "pytorch_forecasting", "darts", "ncps", "xlstm", "mambapy", "mingru", "sb3_contrib", "torch_geometric"]
 
 
 def grow(case: Case, refs: int, samples: int, seed: int = 0) -> Case:

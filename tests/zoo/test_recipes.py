@@ -21,6 +21,8 @@ LIBRARIES = {
     "xlstm": "xlstm",
     "mambapy": "mambapy",
     "mingru-pytorch": "minGRU_pytorch",
+    "sb3-contrib": "sb3_contrib",
+    "torch_geometric": "torch_geometric",
 }
 
 
