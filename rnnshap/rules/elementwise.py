@@ -117,14 +117,16 @@ def shapley_multipliers(
     references: Players,
     smooth: bool = True,
     reference_output: Tensor | None = None,
+    kinks: tuple[float, ...] = (),
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Exact Shapley multipliers of an elementwise function of ``len(inputs)`` operands.
 
     Returns ``(output, reference_output, multipliers)``; each multiplier has the output's shape.
     ``reference_output``, when given, is ``g(references)`` computed already (it is not computed again).
+    ``kinks``: of a unary ``g``, see :func:`rescale_multiplier`.
     """
     if len(inputs) == 1:
-        output, ref_output, multiplier = rescale_multiplier(g, inputs[0], references[0], smooth, reference_output)
+        output, ref_output, multiplier = rescale_multiplier(g, inputs[0], references[0], smooth, reference_output, kinks)
         return output, ref_output, [multiplier]
     return coalition_multipliers(g, inputs, references, smooth, reference_output)
 
@@ -135,13 +137,16 @@ def rescale_multiplier(
     r: Tensor,
     smooth: bool = True,
     reference_output: Tensor | None = None,
+    kinks: tuple[float, ...] = (),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The one-operand case of :func:`coalition_multipliers` (the Rescale rule), with its values,
     in fewer operations: there the sum over coalitions is one difference with weight 1, so the
     multiplier is the quotient ``(g(x) − g(r)) / Δ``, the derivative (at the midpoint, or at ``x``
     for a piecewise ``g``) where ``|Δ|`` is at most the threshold, and 0 for a non-finite multiplier
     where nothing moves. It is called for every unary activation that has no closed form (silu,
-    softplus, elu, gelu, relu, ...) and every extremum with a constant. Returns ``(output,
+    softplus, elu, gelu, relu, ...) and every extremum with a constant. ``kinks``: points where a
+    smooth ``g``'s second derivative jumps (softsign, elu at 0): where ``[r, x]`` holds one inside, the
+    midpoint derivative is off by a fraction of Δ, so the quotient is kept there. Returns ``(output,
     reference_output, multiplier)``, the multiplier with the output's shape.
     """
     x, r = x.detach(), r.detach()
@@ -152,6 +157,8 @@ def rescale_multiplier(
     multiplier = (output - ref_output) / delta
     small = delta.abs() <= small_delta_threshold(delta.dtype, smooth)
     if bool(small.any()):
+        for kink in kinks:  # (only where a small Δ is: no cost on the common path)
+            small = small & ~((torch.minimum(x, r) < kink) & (kink < torch.maximum(x, r))).expand(shape)
         at = (x + r) / 2 if smooth else x
         multiplier = torch.where(small, _derivative(g, [at], 0, shape), multiplier)
     return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
@@ -223,9 +230,10 @@ def shapley(
     references: Players,
     smooth: bool = True,
     reference_output: Tensor | None = None,
+    kinks: tuple[float, ...] = (),
 ) -> tuple[Tensor, Tensor]:
     """Apply ``g`` elementwise with exact Shapley multipliers; returns ``(output, reference_output)``."""
-    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth, reference_output)
+    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth, reference_output, kinks)
     return with_multipliers(output, inputs, multipliers), ref_output
 
 
@@ -338,12 +346,15 @@ class Shapley(Rule):
     ``linear_in`` lists positional arguments in which the operation is linear when it is the only
     input-dependent operand (the numerator of a division), so the plain gradient is used then.
     ``smooth=False`` marks piecewise operations (relu, clamp, maximum): their multipliers are
-    never taken from a derivative at a midpoint, which could sit on a kink.
+    never taken from a derivative at a midpoint, which could sit on a kink. ``kinks`` marks the points
+    where a smooth unary operation's second derivative jumps (softsign, elu at 0): no midpoint
+    derivative across them (:func:`rescale_multiplier`).
     """
 
-    def __init__(self, smooth: bool = True, linear_in: Sequence[int] = ()) -> None:
+    def __init__(self, smooth: bool = True, linear_in: Sequence[int] = (), kinks: Sequence[float] = ()) -> None:
         self.smooth = smooth
         self.linear_in = tuple(linear_in)
+        self.kinks = tuple(float(k) for k in kinks)
 
     #: the engine may keep the reference pass's output for ``OpCall.ref_output`` (see tape.py)
     reuses_reference_output = True
@@ -355,11 +366,12 @@ class Shapley(Rule):
         return len(positions) == 1 and positions[0] in self.linear_in
 
     def attribute(self, call: OpCall) -> Any:
-        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth, call.ref_output)
+        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth, call.ref_output, self.kinks)
         return output
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(smooth={self.smooth})"
+        kinks = f", kinks={self.kinks}" if self.kinks else ""
+        return f"{type(self).__name__}(smooth={self.smooth}{kinks})"
 
 
 class Rescale(Shapley):

@@ -12,18 +12,18 @@ Anything not listed here and applied to an input-dependent tensor is refused by 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Constant, EvalOnly, Identity, Linear, Rule
-from .catalog import extra_op_rules
+from .catalog import ELEMENTWISE, catalog_op_rules, extra_op_rules
 from .composite import Quotient
 from .coverage import coverage_op_rules
 from .elementwise import AddedProduct, Bilinear, Product, Rescale, Shapley
-from .secant import SLOPES_BY_NAME, Power, Secant
+from .secant import Power
 from .selection import ArgExtremum, Ordering
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
 
@@ -132,18 +132,10 @@ CONSTANT_OPS = (
     "new_full", "new_tensor", "new",
 )
 
-# unary elementwise: smooth ones take the midpoint derivative for tiny Δ, piecewise ones do not
-SMOOTH_UNARY = (
-    "sigmoid", "expit", "tanh", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt",
-    "rsqrt", "reciprocal", "square", "gelu", "silu", "softplus", "elu", "celu", "mish",
-    "softsign", "tanhshrink", "logsigmoid", "log_sigmoid", "erf", "erfc", "sin", "cos", "atan",
-    "asinh", "sinh", "cosh", "xlogy",
-)
-PIECEWISE_UNARY = (
-    "relu", "relu6", "leaky_relu", "selu", "hardtanh", "clamp", "clip", "clamp_min",
-    "clamp_max", "threshold", "hardsigmoid", "hardswish", "abs", "absolute", "hardshrink",
-    "softshrink", "prelu", "rrelu", "nan_to_num",
-)
+# unary elementwise operations: the catalog (rnnshap/rules/catalog.py), and these of two operands
+SMOOTH_BINARY = ("xlogy",)
+#: the torch names of the smooth ones (with xlogy): floating-point operations that take integers as numbers
+SMOOTH_UNARY = (*(name for entry in ELEMENTWISE if entry.smooth for name in entry.torch_names), *SMOOTH_BINARY)
 DIVISION = ("div", "divide", "true_divide", "__truediv__", "__div__")
 REVERSE_DIVISION = ("__rtruediv__", "__rdiv__")
 POWER = ("pow", "__pow__", "__rpow__", "float_power")
@@ -162,10 +154,8 @@ def default_op_rules() -> dict[OpKey, Rule]:
     put(BILINEAR_OPS, Bilinear())
     put(("addmm", "baddbmm", "addbmm", "addmv", "addr"), AddedProduct())  # beta·input + alpha·(a @ b)
     put(CONSTANT_OPS, Constant())
-    put(SMOOTH_UNARY, Rescale(smooth=True))
-    for name, slope in SLOPES_BY_NAME.items():  # closed-form secants: exact on small arguments too
-        put((name,), Secant(slope))
-    put(PIECEWISE_UNARY, Rescale(smooth=False))
+    table.update(catalog_op_rules(forms))  # unary elementwise: rnnshap/rules/catalog.py, read by both engines
+    put(SMOOTH_BINARY, Rescale(smooth=True))
     put(("mul", "multiply", "__mul__", "__rmul__"), Product())
     put(DIVISION, Quotient())
     put(REVERSE_DIVISION, Quotient(reverse=True))
@@ -288,9 +278,3 @@ def register_rule(target: Any, rule: Rule) -> RuleHandle:
     undoes the registration; the handle is also a context manager.
     """
     return DEFAULT_REGISTRY.register(target, rule)
-
-
-def registered_ops() -> Iterator[tuple[str, Rule]]:
-    """(name, rule) for every registered operation, for documentation and debugging."""
-    for key, rule in DEFAULT_REGISTRY.ops.items():
-        yield op_name(key), rule

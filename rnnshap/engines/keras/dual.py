@@ -14,6 +14,7 @@ chain rule, as the PyTorch side does with its custom autograd Functions.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import ml_dtypes  # (a dependency of keras and tensorflow)
@@ -116,19 +117,32 @@ def _autodiff(fn: Fn) -> Fn:
     return derivative
 
 
-def rescale(fn: Fn, u: Dual, smooth: bool = True, derivative: Fn | None = None, near: Near | None = None) -> Dual:
+def rescale(
+    fn: Fn, u: Dual, smooth: bool = True, derivative: Fn | None = None, near: Near | None = None, kinks: Sequence[float] = ()
+) -> Dual:
     """Rescale rule for an elementwise ``fn``: m = Δy/Δu where |Δu| is above the threshold, below it
-    the secant in closed form ``near`` where given, else ``fn'`` (``derivative``) at the midpoint."""
+    the secant in closed form ``near`` where given, else ``fn'`` (``derivative``) at the midpoint, except
+    across ``kinks`` (where a smooth ``fn``'s second derivative jumps: the quotient there)."""
     ux = tf.stop_gradient(u.x)
     yx, yr = fn(ux), fn(u.r)
-    multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth, near)
+    multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth, near, kinks)
     return Dual(attach(yx, [(u.x, multiplier)]), yr)
 
 
-def secant_multiplier(yx: tf.Tensor, yr: tf.Tensor, ux: tf.Tensor, ur: tf.Tensor, derivative: Fn | None, smooth: bool = True, near: Near | None = None) -> tf.Tensor:
+def secant_multiplier(
+    yx: tf.Tensor,
+    yr: tf.Tensor,
+    ux: tf.Tensor,
+    ur: tf.Tensor,
+    derivative: Fn | None,
+    smooth: bool = True,
+    near: Near | None = None,
+    kinks: Sequence[float] = (),
+) -> tf.Tensor:
     """The Rescale multiplier of ``y = f(u)``: Δy/Δu, or where |Δu| is below the threshold
     ``near(yx, yr, Δu)`` (the secant in closed form, for sigmoid and tanh) or else ``derivative`` at
-    the midpoint (at ``ux`` for piecewise ``f``). Arguments broadcast."""
+    the midpoint (at ``ux`` for piecewise ``f``), where it is finite and ``[ur, ux]`` holds none of
+    ``kinks`` inside (as ``rnnshap.rules.elementwise.rescale_multiplier``). Arguments broadcast."""
     delta = ux - ur
     small = tf.abs(delta) <= small_delta_threshold(ux.dtype, smooth)
     quotient = (yx - yr) / delta  # (where Δ = 0, not selected: the values of tf.where's other branch)
@@ -136,7 +150,12 @@ def secant_multiplier(yx: tf.Tensor, yr: tf.Tensor, ux: tf.Tensor, ur: tf.Tensor
         return tf.where(small, near(yx, yr, delta), quotient)
     assert derivative is not None
     at = (ux + ur) / 2 if smooth else ux
-    return tf.where(small, derivative(at), quotient)
+    slope = derivative(at)
+    for kink in kinks:
+        small = small & ~((tf.minimum(ux, ur) < kink) & (kink < tf.maximum(ux, ur)))
+    multiplier = tf.where(small & tf.math.is_finite(slope), slope, quotient)
+    # 0 where nothing moves and the derivative is not finite (cbrt at 0, sinc's 0/0), as the PyTorch side
+    return tf.where(tf.equal(delta, 0) & ~tf.math.is_finite(multiplier), tf.zeros_like(multiplier), multiplier)
 
 
 def sigmoid(u: Dual) -> Dual:
@@ -263,6 +282,44 @@ def log_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
     quotient = (tf.math.log(x) - tf.math.log(r)) / tf.where(near, tf.ones_like(x), x - r)
     return tf.where(near, closed, quotient)
 
+
+
+def expm1_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    return exp_slope(x, r)  # expm1(x) − expm1(r) = e^x − e^r
+
+
+def log1p_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    d = x - r  # log1p(x) − log1p(r) = log1p(d / (1 + r)), accurate however small d or r
+    zero = tf.equal(d, 0)
+    return tf.where(zero, 1 / (1 + r), tf.math.log1p(d / (1 + r)) / tf.where(zero, tf.ones_like(d), d))
+
+
+def _rescaled(slope: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], inner: float, outer: float, name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
+
+    def rescaled(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+        return slope(x * inner, r * inner) * (inner * outer)
+
+    rescaled.__name__ = name
+    return rescaled
+
+
+#: the closed-form secant slopes of the catalog's ``"secant"`` entries (rnnshap/rules/catalog.py), by the
+#: entry's name, with the function itself (None: the keras op's own): the TensorFlow kernels of
+#: ``rnnshap.rules.secant.SLOPES_BY_NAME``
+SLOPES_BY_NAME: dict[str, tuple[Fn | None, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
+    "sqrt": (tf.sqrt, sqrt_slope),
+    "rsqrt": (tf.math.rsqrt, rsqrt_slope),
+    "square": (tf.square, square_slope),
+    "reciprocal": (tf.math.reciprocal, reciprocal_slope),
+    "exp": (tf.exp, exp_slope),
+    "exp2": (None, _rescaled(exp_slope, math.log(2), 1.0, "exp2_slope")),
+    "expm1": (tf.math.expm1, expm1_slope),
+    "log": (tf.math.log, log_slope),
+    "log2": (None, _rescaled(log_slope, 1.0, 1 / math.log(2), "log2_slope")),
+    "log10": (None, _rescaled(log_slope, 1.0, 1 / math.log(10), "log10_slope")),
+    "log1p": (tf.math.log1p, log1p_slope),
+}
 
 def secant(fn: Fn, u: Dual, slope: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Dual:
     """Rescale with the secant slope in closed form (as :mod:`rnnshap.rules.secant`): exact for every Δ,

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from ...rules.catalog import KERAS_PARAMETRIC_PIECEWISE, keras_op_families
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
 from .dual import Dual
@@ -51,19 +52,13 @@ STRUCTURAL = {
     "GetItem", "Reshape", "ExpandDims", "Squeeze", "Transpose", "Tile", "Repeat", "BroadcastTo", "Flip", "Moveaxis",
     "Swapaxes", "Ravel", "Concatenate", "Stack", "Cast", "ConvertToTensor",
 }  # fmt: skip
-#: unary elementwise ops: smooth ones take the midpoint derivative where |Δ| is tiny
-SMOOTH_UNARY = {
-    "Exp", "Exp2", "Expm1", "Log", "Log10", "Log1p", "Log2", "Sqrt", "Rsqrt", "Square", "Reciprocal", "Tanh",
-    "Sinh", "Cosh", "Sin", "Cos", "Tan", "Arctan", "Arcsinh", "Arctanh", "Arcsin", "Arccos", "Cbrt", "Erf",
-    "Erfc", "Sigmoid", "Softplus", "Softsign", "Silu", "Gelu", "Elu", "Selu", "Celu", "LogSigmoid", "Squareplus",
-    "TanhShrink", "SparsePlus", "Sinc",
-}  # fmt: skip
-PIECEWISE_UNARY = {
-    "Abs", "Absolute", "Fabs", "Relu", "Relu6", "LeakyRelu", "HardSigmoid", "HardSilu", "HardTanh",
-    "HardShrink", "SoftShrink", "Threshold", "Clip", "SparseSigmoid",
-}  # fmt: skip
+#: unary elementwise ops: the catalog's view (rnnshap/rules/catalog.py): op class name → its entry
+ELEMENTWISE = keras_op_families(lambda op: hasattr(keras.ops, op))
+#: smooth ones take the midpoint derivative where |Δ| is tiny (or their closed-form secant), piecewise ones never
+SMOOTH_UNARY = {n for n, entry in ELEMENTWISE.items() if entry.smooth}
+PIECEWISE_UNARY = {n for n, entry in ELEMENTWISE.items() if not entry.smooth} | set(KERAS_PARAMETRIC_PIECEWISE)
 #: the secant in closed form from the two results, for small |Δ|, instead of the midpoint derivative
-NEARS = {"Sigmoid": dual.sigmoid_secant_near, "Tanh": dual.tanh_secant_near}
+NEARS = {n: getattr(dual, f"{entry.near}_secant_near") for n, entry in ELEMENTWISE.items() if entry.near}
 #: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
 BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
 #: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices with their handle)
@@ -71,14 +66,10 @@ ORDERINGS = {"Sort", "TopK"}
 #: picks along one axis: the indices, with the handle their uses are attributed through (rnnshap/engines/keras/picked.py)
 PICKS = {"Argmax", "Argmin"}
 STRUCTURED = {"Softmax", "LogSoftmax", "Logsumexp", "Max", "Min", "Amax", "Amin", "LayerNorm", "RMSNorm"}
-#: closed-form secant slopes for these unary ops (better conditioned than the quotient)
-SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
-    "Sqrt": (tf.sqrt, dual.sqrt_slope),
-    "Rsqrt": (tf.math.rsqrt, dual.rsqrt_slope),
-    "Square": (tf.square, dual.square_slope),
-    "Exp": (tf.exp, dual.exp_slope),
-    "Log": (tf.math.log, dual.log_slope),
-    "Reciprocal": (tf.math.reciprocal, dual.reciprocal_slope),
+#: closed-form secant slopes for these unary ops (better conditioned than the quotient), with the
+#: function (None: the op's own)
+SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor] | None, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
+    n: dual.SLOPES_BY_NAME[entry.name] for n, entry in ELEMENTWISE.items() if entry.family == "secant"
 }
 
 
@@ -98,7 +89,7 @@ def supported(op: Any) -> bool:
 
 
 
-def _both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The op on each side: a Dual (or a list of Duals for an op with several outputs)."""
     x, r = op(*dual.side(args, 0), **dual.side(kwargs, 0)), op(*dual.side(args, 1), **dual.side(kwargs, 1))
     if isinstance(x, (list, tuple)):
@@ -200,11 +191,11 @@ def _by_rule(
     if n == "Cast" and not str(op.dtype).startswith(("float", "bfloat")):
         raise unsupported(op, f"casts an input-dependent tensor to {op.dtype} (a step function); rnnshap has no rule for it")
     if n in LINEAR:
-        return _both(op, args, kwargs)
+        return both(op, args, kwargs)
     if n == "StopGradient" and len(found) == 1 and found[0][1] is not None:
         return found[0][1]  # changes training, not the function: the identity (detach on the torch side)
     if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where):
-        return _both(op, args, kwargs)
+        return both(op, args, kwargs)
     single = len(found) == 1 and found[0][1] is not None
     if n in BILINEAR or n in DIVISION:
         if len(found) == 1:
@@ -213,7 +204,7 @@ def _by_rule(
                 if value is None:
                     raise unsupported(op, f"{n} by a nest of input-dependent tensors")
                 return _divide_by(op, args, kwargs, position, dual.reciprocal(value))
-            return _both(op, args, kwargs)
+            return both(op, args, kwargs)
         if len(found) == 2 and all(d is not None for _, d in found):
             (pa, a), (pb, b) = found
             if n in DIVISION:  # a / b = a ⊙ (1/b): the Shapley rule on the product, Rescale on 1/b
@@ -229,8 +220,10 @@ def _by_rule(
         position, value = found[0]
         if n in SLOPES and position in (0, "x") and len(args) + len(kwargs) == 1:
             unary, slope = SLOPES[n]
-            return dual.secant(unary, value, slope)
-        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY, near=NEARS.get(n))
+            return dual.secant(unary or _unary_fn(op, args, kwargs, position), value, slope)
+        entry = ELEMENTWISE.get(n)
+        kinks = entry.kinks if entry is not None and entry.smooth else ()
+        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY, near=NEARS.get(n), kinks=kinks)
     if n in BINARY:
         if single:
             position, value = found[0]

@@ -20,17 +20,14 @@ from keras.src import backend as keras_backend
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
+from ...rules.catalog import keras_activation_families
 from . import attention, dual, fused, kops, picked, trace
 from .dual import Dual
 
 L = keras.layers
 
-#: elementwise activations by name: whether they are smooth (midpoint derivative for tiny Δ)
-_ELEMENTWISE = {
-    "sigmoid": True, "tanh": True, "softplus": True, "softsign": True, "elu": True, "selu": True, "gelu": True,
-    "silu": True, "exponential": True, "mish": True, "hard_silu": True, "celu": True, "log_sigmoid": True,
-    "relu": False, "relu6": False, "leaky_relu": False, "hard_sigmoid": False, "hard_tanh": False,
-}  # fmt: skip
+#: elementwise activations by name: the catalog's view (rnnshap/rules/catalog.py), those keras has
+_ELEMENTWISE = {name: entry for name, entry in keras_activation_families().items() if hasattr(keras.activations, name)}
 _STRUCTURED = {"softmax": dual.softmax, "log_softmax": dual.log_softmax}
 
 #: layers that are linear in their input at inference: both sides run through the layer itself
@@ -398,7 +395,7 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
         except Exception as error:
             if not _is_refusal(error):
                 raise
-            out = unsupported_in(layer, run, _refusal_reason(error), lambda: kops._both(layer, args, kwargs))
+            out = unsupported_in(layer, run, _refusal_reason(error), lambda: kops.both(layer, args, kwargs))
         if isinstance(out, Dual) and out.mask is None:
             for value in _flat([*args, *kwargs.values()]):  # an op that returns its input keeps that tensor's mask
                 if isinstance(value, Dual) and value.x is out.x:
@@ -439,13 +436,13 @@ def _picked_use(layer: Any, run: Run, index: dual.PickedIndices, args: tuple[Any
         except Exception as error:
             if not _is_refusal(error):
                 raise
-            return unsupported_in(layer, run, _refusal_reason(error), lambda: kops._both(layer, args, kwargs))
+            return unsupported_in(layer, run, _refusal_reason(error), lambda: kops.both(layer, args, kwargs))
     if isinstance(layer, L.Embedding) and len(args) == 1 and args[0] is index and not kwargs:
         return picked.select(lambda _, i: _bare(layer(i)), None, index, lambda t: t[..., None])  # greedy decoding
     how = "compares" if _is_mask_op(layer) else "reads as data"
     why = f"it {how} the indices {index.origin} picked from an input-dependent tensor; {picked.ATTRIBUTED}"
     if kops.is_keras_op(layer):  # refused with the model's other refusals, by its path (lambda > op)
-        return unsupported_in(layer, run, why, lambda: kops._both(layer, args, kwargs))
+        return unsupported_in(layer, run, why, lambda: kops.both(layer, args, kwargs))
     raise _unsupported(layer, why)
 
 
@@ -556,7 +553,8 @@ def _call_layer(layer: Any, run: Run, call_mask: Any, *args: Any, **kwargs: Any)
         return _window_max(layer, value)
     if isinstance(layer, (L.ReLU, L.LeakyReLU, L.PReLU, L.ELU)):
         (value,) = args
-        return dual.rescale(lambda t: _bare(layer(t)), value, smooth=isinstance(layer, L.ELU))
+        elu = isinstance(layer, L.ELU)  # (smooth but for its second derivative at 0, and its first where alpha ≠ 1)
+        return dual.rescale(lambda t: _bare(layer(t)), value, smooth=elu, kinks=(0.0,) if elu else ())
     if isinstance(layer, L.Softmax):
         (value,) = args
         axis = layer.axis
@@ -758,8 +756,13 @@ def activate(fn: Any, u: Dual) -> Dual:
         return dual.tanh(u)
     if name in _STRUCTURED:
         return _STRUCTURED[name](u, -1)
-    if name in _ELEMENTWISE:
-        return dual.rescale(fn, u, smooth=_ELEMENTWISE[name])
+    entry = _ELEMENTWISE.get(name)
+    if entry is not None:
+        if entry.family == "secant":
+            unary, slope = dual.SLOPES_BY_NAME[entry.name]
+            return dual.secant(unary or fn, u, slope)
+        near = getattr(dual, f"{entry.near}_secant_near") if entry.near else None
+        return dual.rescale(fn, u, smooth=entry.smooth, near=near, kinks=entry.kinks if entry.smooth else ())
     raise ValueError(activation_problem(fn))
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
+from ...rules.catalog import tf_op_families
 from . import dual
 from .dual import Dual
 
@@ -185,16 +186,13 @@ TF_DIVISION = {"RealDiv", "Div", "DivNoNan"}
 TF_SHAPE = {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"}
 #: comparisons and logic: mask ops, read on the explained input
 TF_MASK = {"Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "Any", "All", "IsNan", "IsFinite", "IsInf"}
-TF_SMOOTH = {
-    "Tanh", "Sigmoid", "Elu", "Selu", "Softplus", "Softsign", "Exp", "Expm1", "Log", "Log1p", "Sqrt", "Rsqrt",
-    "Square", "Reciprocal", "Inv", "Sin", "Cos", "Tan", "Atan", "Asinh", "Atanh", "Sinh", "Cosh", "Erf", "Erfc",
-}  # fmt: skip
-TF_PIECEWISE = {"Relu", "Relu6", "LeakyRelu", "Abs", "ClipByValue"}
+#: unary elementwise graph ops: the catalog's view (rnnshap/rules/catalog.py), op type → its entry
+TF_ELEMENTWISE = tf_op_families(lambda op: hasattr(tf.raw_ops, op))
+TF_SMOOTH = {t for t, entry in TF_ELEMENTWISE.items() if entry.smooth}
+TF_PIECEWISE = {t for t, entry in TF_ELEMENTWISE.items() if not entry.smooth} | {"ClipByValue"}
 TF_BINARY = {"Maximum": False, "Minimum": False, "Pow": True, "Atan2": True, "SquaredDifference": True}
-TF_SLOPES = {
-    "Sqrt": dual.sqrt_slope, "Rsqrt": dual.rsqrt_slope, "Square": dual.square_slope, "Exp": dual.exp_slope,
-    "Log": dual.log_slope, "Reciprocal": dual.reciprocal_slope, "Inv": dual.reciprocal_slope,
-}  # fmt: skip
+#: closed-form secant slopes (the TensorFlow kernels of the catalog's "secant" entries)
+TF_SLOPES = {t: dual.SLOPES_BY_NAME[entry.name][1] for t, entry in TF_ELEMENTWISE.items() if entry.family == "secant"}
 
 _RAW_SIGNATURES: dict[str, list[str]] = {}
 
@@ -357,7 +355,8 @@ class GraphTrace:
         if (t in TF_SMOOTH or t in TF_PIECEWISE) and single and duals == [0]:
             if t in TF_SLOPES:
                 return [dual.secant(lambda u: rerun(op, [u])[0], inputs[0], TF_SLOPES[t])]
-            return [dual.rescale(lambda u: rerun(op, _put(xs, {0: u}))[0], inputs[0], smooth=t in TF_SMOOTH)]
+            kinks = TF_ELEMENTWISE[t].kinks if t in TF_SMOOTH else ()
+            return [dual.rescale(lambda u: rerun(op, _put(xs, {0: u}))[0], inputs[0], smooth=t in TF_SMOOTH, kinks=kinks)]
         if t in TF_BINARY:
             if single:
                 i = duals[0]
