@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wheel stands alone: built from the tree, installed into a fresh venv with the core dependencies
 # only (the pinned CPU torch and numpy), imported and run from outside the source tree; then, with the
-# plot extra, the demo (its bundled data and report) and the README's PyTorch quickstart, as written.
+# plot extra, the demo (its bundled data and report) and the README's PyTorch quickstart, as written; with
+# the tf extra, its Keras quickstart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,4 +44,13 @@ import re, sys
 blocks = re.findall(r"```python\n(.*?)```", open(sys.argv[1]).read(), flags=re.S)
 exec(compile(blocks[0], "README.md, the PyTorch quickstart", "exec"), {"__name__": "quickstart"})
 print("the README's PyTorch quickstart runs against the installed wheel")
+PY
+# the Keras quickstart, with the tf extra installed from the wheel (TensorFlow and Keras at the pinned versions)
+"$work/venv/bin/python" -m pip install --quiet "rnnshap[tf] @ file://$wheel" -c "$root/constraints/cpu-torch.txt"
+TF_CPP_MIN_LOG_LEVEL=3 "$work/venv/bin/python" - "$readme" <<'PY'
+import re, sys
+blocks = re.findall(r"```python\n(.*?)```", open(sys.argv[1]).read(), flags=re.S)
+assert "keras" in blocks[1], "the README's second python block is the Keras quickstart"
+exec(compile(blocks[1], "README.md, the Keras quickstart", "exec"), {"__name__": "quickstart"})
+print("the README's Keras quickstart runs against the installed wheel")
 PY

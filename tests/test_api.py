@@ -268,3 +268,18 @@ def test_output_takes_numpy_integers() -> None:
     model = SeveralOutputs("tuple").double().eval()
     background = torch.randn(3, 5, 3, dtype=torch.float64)
     assert rnnshap.DeepExplainer(model, background, output=np.int64(1)).output_shape == (1,)
+
+
+def test_a_read_only_array_is_taken_without_a_warning() -> None:
+    """Ray hands batches as read-only arrays; torch warns on them unless they are copied."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2)).eval()
+    background = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    background.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer = rnnshap.DeepExplainer(model, background)
+        values = explainer.shap_values(background[:2])
+    assert values.shape == (2, 3, 2)

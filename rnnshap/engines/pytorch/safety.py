@@ -282,7 +282,10 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
             raise InputError(f"{what} cannot be turned into an array: {error}") from error
         if array.dtype == object or array.dtype.kind in "USV":
             raise InputError(f"{what} has dtype {array.dtype}; give numbers (a float tensor or array)")
-        value = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # Ray's batches, memory maps: torch warns on a read-only buffer; it is only read
+            array = array.copy()
+        value = torch.from_numpy(array)
     tensor = value.detach()
     if tensor.is_inference():  # made under torch.inference_mode(): a normal copy, which autograd can take
         with torch.inference_mode(False):
