@@ -489,3 +489,36 @@ def test_pruning_keeps_every_step_a_model_reads_and_checks_its_arguments() -> No
         explainer.shapley_values(X, players="features", prune=0.1)
     with pytest.raises(InputError, match="non-negative"):
         explainer.shapley_values(X, players="steps", prune=-1.0)
+
+
+# -- a random forward is refused by the forward-only door too (issue 31, item 1) ---------------------------
+class _Noisy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + 0.1 * torch.randn(x.shape[0], 1)
+
+
+def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None:
+    import random
+
+    from rnnshap.errors import ModelStateError
+
+    torch.manual_seed(0)
+    background = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    with pytest.raises(ModelStateError, match="torch's global random number generator"):
+        ShapleyExplainer(_Noisy().eval(), background)
+    with pytest.raises(ModelStateError, match="Python's random module"):
+        ShapleyExplainer(lambda x: x.sum(1) + random.random(), background)
+    with pytest.raises(ModelStateError, match="numpy.random"):
+        ShapleyExplainer(lambda x: x.sum(1) + np.random.normal(size=len(x)), background)
+    # a generator made and seeded inside the call is a constant: accepted
+    ShapleyExplainer(lambda x: x.sum(1) + np.random.default_rng(0).normal(size=len(x)), background)
+    # and the global states are left as they were by the refused calls
+    noisy = _Noisy().eval()  # (its initialisation draws; the explainer's call must not)
+    state = torch.get_rng_state()
+    with pytest.raises(ModelStateError):
+        ShapleyExplainer(noisy, background)
+    assert torch.equal(state, torch.get_rng_state())

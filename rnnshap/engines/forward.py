@@ -18,7 +18,13 @@ from .outputs import OutputChoice, OutputLayout, output_parts
 class ForwardModel:
     """A model's forward on numpy rows, with its background checked and evaluated once."""
 
-    def __init__(self, call: Callable[[list[np.ndarray]], Any], data: Any, output: OutputChoice, to_numpy: Callable[[Any], np.ndarray]) -> None:
+    def __init__(
+        self, call: Callable[[list[np.ndarray]], Any], data: Any, output: OutputChoice, to_numpy: Callable[[Any], np.ndarray], model: Any = None
+    ) -> None:
+        from torch import nn
+
+        from .pytorch.safety import RandomStates, random_forward_error
+
         self._call = call
         self._to_numpy = to_numpy
         self.outputs = OutputLayout(output)
@@ -26,7 +32,13 @@ class ForwardModel:
         self.background = self.arrays(data, "background")
         if any(b.shape[0] == 0 for b in self.background):
             raise InputError("the background is empty: give at least one reference row")
+        # a forward that draws random numbers is not a function of its inputs: no game to play (the states
+        # it drew from are put back)
+        states = RandomStates(model if isinstance(model, nn.Module) else None)
         out = self(self.background)
+        drawn = states.drawn()
+        if drawn:
+            raise random_forward_error(drawn)
         self.output_shape: tuple[int, ...] = self._shape
         self.background_outputs = out
 
@@ -83,9 +95,9 @@ def forward_model(model: Any, data: Any, output: OutputChoice = None) -> Forward
     except ImportError:  # pragma: no cover - torch is a core dependency
         torch = None  # type: ignore[assignment]
     if torch is not None and isinstance(model, nn.Module):
-        return ForwardModel(_torch_call(model), data, output, _torch_numpy)
+        return ForwardModel(_torch_call(model), data, output, _torch_numpy, model)
     if callable(model):
-        return ForwardModel(lambda rows: model(*rows), data, output, np.asarray)
+        return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model)
     raise InputError(f"ShapleyExplainer takes an nn.Module, a Keras model or a function of numpy arrays, not {type(model).__name__}")
 
 
