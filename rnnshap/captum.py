@@ -305,7 +305,26 @@ class DeepLiftShap(DeepLift):
 
 
 # -- layers and neurons ---------------------------------------------------------------------------
-class LayerDeepLift(DeepLift):
+class _AtLayer(DeepLift):
+    """What the layer and neuron doors share: Captum's constructor, with the layer checked to be a submodule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module,
+        multiply_by_inputs: bool = True,
+        eps: float = 1e-10,
+        *,
+        batch_size: int = 2048,
+        rules: Mapping[Any, Any] | None = None,
+        check_additivity: bool | float = False,
+    ) -> None:
+        super().__init__(model, multiply_by_inputs, eps, batch_size=batch_size, rules=rules, check_additivity=check_additivity)
+        self.layer = _checked_layer(model, layer)
+        self.device_ids = None
+
+
+class LayerDeepLift(_AtLayer):
     """DeepLIFT attributions to a layer's output (or input), with ``captum.attr.LayerDeepLift``'s call.
 
     ``LayerDeepLift(model, layer).attribute(inputs, baselines=..., target=...)`` returns, per input row,
@@ -333,21 +352,6 @@ class LayerDeepLift(DeepLift):
         >>> attributions = LayerDeepLift(model, model.lstm).attribute(x, baselines=b, target=1)  # doctest: +SKIP
         >>> out, h_n, c_n = attributions              # out: (N, T, hidden), the hidden states   # doctest: +SKIP
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: nn.Module,
-        multiply_by_inputs: bool = True,
-        eps: float = 1e-10,
-        *,
-        batch_size: int = 2048,
-        rules: Mapping[Any, Any] | None = None,
-        check_additivity: bool | float = False,
-    ) -> None:
-        super().__init__(model, multiply_by_inputs, eps, batch_size=batch_size, rules=rules, check_additivity=check_additivity)
-        self.layer = _checked_layer(model, layer)
-        self.device_ids = None
 
     def attribute(  # type: ignore[override]
         self,
@@ -460,7 +464,7 @@ class LayerDeepLiftShap(LayerDeepLift):
         return _layer_result((mean, delta) if return_convergence_delta else mean, len(zx), return_convergence_delta)
 
 
-class NeuronDeepLift(DeepLift):
+class NeuronDeepLift(_AtLayer):
     """DeepLIFT attributions of one neuron of a layer to the model's inputs, with
     ``captum.attr.NeuronDeepLift``'s call.
 
@@ -482,21 +486,6 @@ class NeuronDeepLift(DeepLift):
     Example:
         >>> unit = NeuronDeepLift(model, model.lstm).attribute(x, lambda out: out[0][:, -1, 3], baselines=b)  # doctest: +SKIP
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: nn.Module,
-        multiply_by_inputs: bool = True,
-        eps: float = 1e-10,
-        *,
-        batch_size: int = 2048,
-        rules: Mapping[Any, Any] | None = None,
-        check_additivity: bool | float = False,
-    ) -> None:
-        super().__init__(model, multiply_by_inputs, eps, batch_size=batch_size, rules=rules, check_additivity=check_additivity)
-        self.layer = _checked_layer(model, layer)
-        self.device_ids = None
 
     def has_convergence_delta(self) -> bool:
         return False
