@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from .engines import Block, Engine, engine_for
+from .engines.base import RTOL
 from .errors import AdditivityError, InputError
 from .progress import progress_bar
 from .shapley.door import ShapleyEstimate
@@ -26,8 +27,6 @@ from .summary import ParquetShards, Summary
 
 Inputs = Union[Any, Sequence[Any]]
 
-#: relative additivity tolerance per dtype, against max(|f(x)|, |E[f]|, Σ|φ|)
-ADDITIVITY_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 
 
 @dataclass
@@ -577,7 +576,7 @@ class DeepExplainer:
         error = np.abs(totals - (fx - expected))
         scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), magnitude)
         dtype = self.engine.dtype
-        rtol = rtol if rtol is not None else ADDITIVITY_RTOL.get(dtype, 1e-4)
+        rtol = rtol if rtol is not None else RTOL.get(dtype, 1e-4)
         failing = ~(error <= rtol * scale)  # NaN fails too
         if not failing.any():
             return

@@ -16,6 +16,12 @@ import numpy as np
 
 from .outputs import OutputLayout
 
+#: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
+#: additivity check (against max(|f(x)|, |E[f]|, Σ|φ|)) in the front door, and an engine's check that its
+#: pass reproduces the model's outputs (against the largest |output|). Rounding stays far below it; a
+#: misread operation does not.
+RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
 
 @dataclass(frozen=True)
 class Block:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras.src import tree as keras_tree
 
 from ...errors import InputError, RnnShapError
-from ..base import Block, BlockResult, Engine
+from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
 from . import fused
 from .dual import Dual
@@ -28,9 +28,6 @@ from .layers import Run, TokenDual, problems, refusal, run_model
 
 #: floating dtypes from the least to the most precise
 _PRECISION = ("bfloat16", "float16", "float32", "float64")
-#: relative tolerance, per dtype, of the check that the dual pass reproduces the model's outputs
-#: (against the largest |output|): rounding differences stay far below it, a misread layer does not
-CHECK_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 #: the model runs on this many explained rows at a time for the check (one call serves several blocks)
 MODEL_ROWS = 256
 
@@ -362,7 +359,7 @@ class KerasEngine(Engine):
         scale_values = np.abs(np.concatenate([model_x.reshape(-1), model_r.reshape(-1)]).astype(np.float64))
         finite = scale_values[np.isfinite(scale_values)]
         scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        tol = CHECK_RTOL.get(self.dtype, 1e-4) * scale
+        tol = RTOL.get(self.dtype, 1e-4) * scale
         checks = [("input", out.x, model_x, None), ("reference", out.r, model_r, run.agree)]
         for side, got_tensor, want, rows in checks:
             got = np.asarray(got_tensor, np.float64).reshape(*grid, -1)
