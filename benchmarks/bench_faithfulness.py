@@ -114,7 +114,9 @@ class Synthetic(nn.Module):
                 phi[:, i] += b[t] * 0.5 * ((s[:, i, None] - r[None, :, i]) * (s[:, j, None] + r[None, :, j])).mean(1)
         for i, j, k in ((0, 3, 5), (3, 0, 5), (5, 0, 3)):
             sj, sk, rj, rk = s[:, j, None], s[:, k, None], r[None, :, j], r[None, :, k]
-            phi[:, i] += self.c * ((s[:, i, None] - r[None, :, i]) * (rj * rk / 3 + (sj * rk + rj * sk) / 6 + sj * sk / 3)).mean(1)
+            phi[:, i] += self.c * (
+                (s[:, i, None] - r[None, :, i]) * (rj * rk / 3 + (sj * rk + rj * sk) / 6 + sj * sk / 3)
+            ).mean(1)
         return phi
 
 
@@ -124,7 +126,9 @@ def player_ids(kind: str, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.arange(T)[:, None], F, 1) if kind == "steps" else np.repeat(np.arange(F)[None], T, 0)
 
 
-def exact_shapley(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+def exact_shapley(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray
+) -> np.ndarray:
     """(N, P): every coalition against every background row, the definition's weighted sum."""
     P = int(ids.max()) + 1
     coalitions = np.array(list(itertools.product([False, True], repeat=P)))
@@ -148,7 +152,9 @@ def exact_shapley(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ba
 
 
 # -- the estimators ----------------------------------------------------------------------------------
-def permutation_sampling(f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def permutation_sampling(
+    f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Plain permutation sampling: independent orders, each against a background row drawn at random."""
     rng = np.random.default_rng(seed)
     P = int(ids.max()) + 1
@@ -175,7 +181,9 @@ def permutation_sampling(f: Callable, x: torch.Tensor, background: torch.Tensor,
     return values, errors
 
 
-def shap_permutation(f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int) -> np.ndarray | None:
+def shap_permutation(
+    f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int
+) -> np.ndarray | None:
     import shap
 
     P = int(ids.max()) + 1
@@ -213,7 +221,9 @@ def shap_permutation(f: Callable, x: torch.Tensor, background: torch.Tensor, ids
     return values
 
 
-def captum_svs(f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int, seed: int) -> np.ndarray | None:
+def captum_svs(
+    f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, rows: int, seed: int
+) -> np.ndarray | None:
     from captum.attr import ShapleyValueSampling
 
     P = int(ids.max()) + 1
@@ -232,14 +242,18 @@ def captum_svs(f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.n
     return np.stack([per_entry[:, ids == p][:, 0] for p in range(P)], 1)  # Captum gives each entry its group's value
 
 
-def captum_ig(f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, multiple: int) -> np.ndarray:
+def captum_ig(
+    f: Callable, x: torch.Tensor, background: torch.Tensor, ids: np.ndarray, out: np.ndarray, multiple: int
+) -> np.ndarray:
     from captum.attr import IntegratedGradients
 
     B = len(background)
     inputs = x.repeat_interleave(B, 0)
     baselines = background.repeat(len(x), 1, 1)
     target = torch.from_numpy(out).repeat_interleave(B)
-    attribution = IntegratedGradients(f).attribute(inputs, baselines=baselines, target=target, n_steps=max(2, multiple), internal_batch_size=4096)
+    attribution = IntegratedGradients(f).attribute(
+        inputs, baselines=baselines, target=target, n_steps=max(2, multiple), internal_batch_size=4096
+    )
     per_entry = attribution.double().reshape(len(x), B, *x.shape[1:]).mean(1).numpy()
     P = int(ids.max()) + 1
     return np.stack([per_entry[:, ids == p].sum(1) for p in range(P)], 1)
@@ -250,7 +264,10 @@ def relative(estimate: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.linalg.norm(estimate - exact, axis=1) / np.linalg.norm(exact, axis=1)
 
 
-def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Tensor, kind: str, seeds: int, peers: bool, closed_form: np.ndarray | None) -> list[dict[str, Any]]:
+def run_case(
+    name: str, model: nn.Module, background: torch.Tensor, x: torch.Tensor, kind: str, seeds: int, peers: bool,
+    closed_form: np.ndarray | None
+) -> list[dict[str, Any]]:
     with torch.no_grad():
         outputs = model(x)
     out = outputs.argmax(1).numpy() if outputs.shape[1] > 1 else np.zeros(len(x), dtype=np.int64)
@@ -266,7 +283,9 @@ def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Ten
     values = deep.shap_values(x, check_additivity=False)
     values = values[picked, ..., out] if values.ndim == 4 else values
     ds = np.stack([values[:, ids == p].sum(1) for p in range(int(ids.max()) + 1)], 1)
-    records.append({"case": name, "method": "DeepSHAP", "multiple": 1, "error": float(np.median(relative(ds, exact))), "coverage": None})
+    records.append(
+        {"case": name, "method": "DeepSHAP", "multiple": 1, "error": float(np.median(relative(ds, exact))), "coverage": None}
+    )
     for multiple in MULTIPLES:
         rows = multiple * rows_1x
         for method, explainer in (("shapley_values", deep), ("ShapleyExplainer", forward)):
@@ -289,24 +308,44 @@ def run_case(name: str, model: nn.Module, background: torch.Tensor, x: torch.Ten
                     signal = np.maximum(0.0, (g**2).sum(1) - noise)
                     w = np.where(noise == 0, 1.0, signal / np.maximum(signal + noise, 1e-300))
                     per_sample.extend(relative(d + w[:, None] * g, exact))
-            records.append({"case": name, "method": method, "multiple": multiple, "error": float(np.median(errors)), "coverage": float(np.mean(covered))})
+            records.append({
+                "case": name, "method": method, "multiple": multiple, "error": float(np.median(errors)),
+                "coverage": float(np.mean(covered))
+            })
             if shrunk:
-                records.append({"case": name, "method": "shrunk (pooled weight)", "multiple": multiple, "error": float(np.median(shrunk)),
+                records.append({"case": name, "method": "shrunk (pooled weight)", "multiple": multiple, "error": float(
+                    np.median(shrunk)
+                ),
                                 "coverage": None, "rmse_ratio": float(np.median(rmse_ratio))})  # fmt: skip
-                records.append({"case": name, "method": "shrunk (per-sample weight)", "multiple": multiple, "error": float(np.median(per_sample)), "coverage": None})
+                records.append({
+                    "case": name, "method": "shrunk (per-sample weight)", "multiple": multiple,
+                    "error": float(np.median(per_sample)), "coverage": None
+                })
         errors, covered = [], []
         for seed in range(seeds):
             v, se = permutation_sampling(model, x, background, ids, out, rows, seed)
             errors.extend(relative(v, exact))
             covered.append(np.abs(v - exact) <= 1.96 * se)
-        records.append({"case": name, "method": "permutation", "multiple": multiple, "error": float(np.median(errors)), "coverage": float(np.mean(covered))})
+        records.append({
+            "case": name, "method": "permutation", "multiple": multiple, "error": float(np.median(errors)),
+            "coverage": float(np.mean(covered))
+        })
         if peers:
             v = shap_permutation(model, x, background, ids, out, rows)
-            records.append({"case": name, "method": "shap Permutation", "multiple": multiple, "error": None if v is None else float(np.median(relative(v, exact))), "coverage": None})
+            records.append({
+                "case": name, "method": "shap Permutation", "multiple": multiple,
+                "error": None if v is None else float(np.median(relative(v, exact))), "coverage": None
+            })
             v = captum_svs(model, x, background, ids, out, rows, 0)
-            records.append({"case": name, "method": "Captum SVS", "multiple": multiple, "error": None if v is None else float(np.median(relative(v, exact))), "coverage": None})
+            records.append({
+                "case": name, "method": "Captum SVS", "multiple": multiple,
+                "error": None if v is None else float(np.median(relative(v, exact))), "coverage": None
+            })
             v = captum_ig(model, x, background, ids, out, multiple)
-            records.append({"case": name, "method": "IG", "multiple": multiple, "error": float(np.median(relative(v, exact))), "coverage": None})
+            records.append({
+                "case": name, "method": "IG", "multiple": multiple, "error": float(np.median(relative(v, exact))),
+                "coverage": None
+            })
     return records
 
 
@@ -360,16 +399,23 @@ def figure(records: list[dict[str, Any]], path: str) -> None:
     columns = min(4, len(cases))
     rows = -(-len(cases) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.0 * rows), squeeze=False)
-    styles = {"shapley_values": ("C0", "o-"), "ShapleyExplainer": ("C1", "s-"), "permutation": ("C2", "^--"), "shap Permutation": ("C4", "v:"), "Captum SVS": ("C5", "d:"), "IG": ("C3", "x-.")}
+    styles = {
+        "shapley_values": ("C0", "o-"), "ShapleyExplainer": ("C1", "s-"), "permutation": ("C2", "^--"),
+        "shap Permutation": ("C4", "v:"), "Captum SVS": ("C5", "d:"), "IG": ("C3", "x-.")
+    }
     for ax, case in zip(axes.flat, cases, strict=False):
         for method, (colour, style) in styles.items():
-            points = [(r["multiple"], r["error"]) for r in records if r["case"] == case and r["method"] == method and r["error"] is not None]
+            points = [(
+                r["multiple"], r["error"]
+            ) for r in records if r["case"] == case and r["method"] == method and r["error"] is not None]
             exact = [m for m, e in points if e < 1e-6]  # exact to rounding (IG on a multilinear function): no place on a log axis
             points = [(m, e) for m, e in points if e >= 1e-6]
             if points:
                 ax.plot(*zip(*points, strict=True), style, color=colour, label=method, markersize=4)
             if exact:
-                ax.text(0.98, 0.97, f"{method}: exact (0)", transform=ax.transAxes, ha="right", va="top", fontsize=7, color=colour)
+                ax.text(
+                    0.98, 0.97, f"{method}: exact (0)", transform=ax.transAxes, ha="right", va="top", fontsize=7, color=colour
+                )
         deep = [r["error"] for r in records if r["case"] == case and r["method"] == "DeepSHAP"]
         if deep:
             ax.axhline(deep[0], color="k", lw=1, ls="--", label="DeepSHAP (1×)")
@@ -400,15 +446,22 @@ def interactions_section(samples: int = 10, references: int = 20) -> str:
     with torch.no_grad():
         out = model(x).argmax(1).numpy()
     explainer = rnnshap.DeepExplainer(model, background)
-    lines = ["| index | " + " | ".join(f"{c} coalitions ({c * references} rows)" for c in (16, 32, 64, 128)) + " |", "|---|" + "---:|" * 4]
+    lines = [
+        "| index | " + " | ".join(f"{c} coalitions ({c * references} rows)" for c in (16, 32, 64, 128)) + " |",
+        "|---|" + "---:|" * 4
+    ]
     for index in ("k-SII", "STII"):
         cells = []
-        exact = [explainer.shapley_interactions(x[i : i + 1], index=index, outputs=[int(out[i])]).matrix()[0, :, :, 0] for i in range(samples)]
+        exact = [explainer.shapley_interactions(
+            x[i : i + 1], index=index, outputs=[int(out[i])]
+        ).matrix()[0, :, :, 0] for i in range(samples)]
         for coalitions in (16, 32, 64, 128):
             errors = []
             for i in range(samples):
                 for seed in range(3):
-                    m = explainer.shapley_interactions(x[i : i + 1], index=index, outputs=[int(out[i])], budget=coalitions * references, random_state=seed).matrix()[0, :, :, 0]
+                    m = explainer.shapley_interactions(
+                        x[i : i + 1], index=index, outputs=[int(out[i])], budget=coalitions * references, random_state=seed
+                    ).matrix()[0, :, :, 0]
                     errors.append(np.linalg.norm(m - exact[i]) / np.linalg.norm(exact[i]))
             cells.append(f"{np.median(errors):.3f}")
         lines.append(f"| {index} | " + " | ".join(cells) + " |")
@@ -447,7 +500,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     background, x = torch.randn(BACKGROUND, 8, 4, generator=g), torch.randn(SAMPLES, 8, 4, generator=g)
     print("synthetic closed form ...", flush=True)
-    records += run_case("synthetic (closed form), steps", synthetic, background, x, "steps", seeds, peers, synthetic.shapley(x, background))
+    records += run_case(
+        "synthetic (closed form), steps", synthetic, background, x, "steps", seeds, peers, synthetic.shapley(x, background)
+    )
     print(table(records))
     ratios = [r for r in records if r.get("rmse_ratio") is not None]
     if ratios:

@@ -57,13 +57,17 @@ def sunspots() -> Any:
 
     frame = sm.datasets.sunspots.load_pandas().data
     series = TimeSeries.from_times_and_values(
-        pd.date_range(start="1700", periods=len(frame), freq="YS"), frame["SUNACTIVITY"].to_numpy(np.float32), columns=["sunspots"]
+        pd.date_range(
+            start="1700", periods=len(frame), freq="YS"
+        ), frame["SUNACTIVITY"].to_numpy(np.float32), columns=["sunspots"]
     )
     return Scaler().fit_transform(series)
 
 
 TRAINER = dict(
-    pl_trainer_kwargs=dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"),
+    pl_trainer_kwargs=dict(
+        enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"
+    ),
     random_state=0, batch_size=32,
 )  # fmt: skip
 
@@ -75,7 +79,9 @@ def build(kind: str, L: int, hidden: int, epochs: int, series: Any) -> Any:
     if kind == "RNNModel":
         model = RNNModel(input_chunk_length=L, model="LSTM", hidden_dim=hidden, training_length=L + 4, n_epochs=epochs, **TRAINER)
     else:
-        model = BlockRNNModel(input_chunk_length=L, output_chunk_length=3, model="GRU", hidden_dim=hidden, n_epochs=epochs, **TRAINER)
+        model = BlockRNNModel(
+            input_chunk_length=L, output_chunk_length=3, model="GRU", hidden_dim=hidden, n_epochs=epochs, **TRAINER
+        )
     model.fit(series[:200], verbose=False)
     return model
 
@@ -190,7 +196,9 @@ def speed(models: dict[str, Any], series: Any, L: int, repeats: int, n_forecasts
     return rows
 
 
-def faithfulness(models: dict[str, Any], series: Any, L: int, n_forecasts: int, n_background: int, evals: list[int]) -> list[dict[str, Any]]:
+def faithfulness(
+    models: dict[str, Any], series: Any, L: int, n_forecasts: int, n_background: int, evals: list[int]
+) -> list[dict[str, Any]]:
     import shap  # noqa: F401  (darts' explainer needs it)
 
     out = []
@@ -217,14 +225,21 @@ def faithfulness(models: dict[str, Any], series: Any, L: int, n_forecasts: int, 
             finally:
                 counter.close()
             rows = counter.rows // n_forecasts
-            out.append(dict(model=name, rows=rows, method=f"darts ShapExplainer (permutation, max_evals={max_evals})", distance=distance(darts_values)))
+            out.append(dict(
+                model=name, rows=rows, method=f"darts ShapExplainer (permutation, max_evals={max_evals})",
+                distance=distance(darts_values)
+            ))
             ours = rnnshap_explainer(model, background, method="shapley", budget=rows, random_state=0)
             ours_values = values_of(ours.explain(foreground), k)
             used = int(np.max(ours.last_attribution.n_evals))
             assert used <= rows, (used, rows)
-            out.append(dict(model=name, rows=rows, method=f"rnnshap Shapley mode (budget={rows}, used {used})", distance=distance(ours_values)))
+            out.append(dict(
+                model=name, rows=rows, method=f"rnnshap Shapley mode (budget={rows}, used {used})", distance=distance(ours_values)
+            ))
         for row in out[-(1 + 2 * len(evals)) :]:
-            print(f"{name}: {row['method']}: rows/forecast {row['rows']}, median rel. L2 to exact {row['distance']:.2e}", flush=True)
+            print(
+                f"{name}: {row['method']}: rows/forecast {row['rows']}, median rel. L2 to exact {row['distance']:.2e}", flush=True
+            )
     return out
 
 
@@ -251,7 +266,10 @@ def main() -> None:
         base, fast = mine["darts ShapExplainer, batch_size default"], mine["darts ShapExplainer, batch_size=2048"]
         for method, ms in mine.items():
             print(f"| {name} | {method} | {ms:.2f} | {base / ms:.0f}x | {fast / ms:.1f}x |")
-    print("\n### Faithfulness: median relative L2 to the exact Shapley values of 8 lag players (49 forecasts, 50 background windows)\n")
+    print(
+        "\n### Faithfulness: median relative L2 to the exact Shapley values of 8 lag players "
+        "(49 forecasts, 50 background windows)\n"
+    )
     print("| model | rows / forecast | method | median rel. L2 to exact |")
     print("|---|---:|---|---:|")
     for r in faith_rows:

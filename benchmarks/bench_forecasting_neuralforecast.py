@@ -106,10 +106,12 @@ def speed(repeats: int, steps: int) -> list[str]:
     nf.fit(df, static_df=static)
     rows = [
         f"Speed: {n} series, L={L}, h={H}, future + historic + static exogenous, {steps} training steps; seconds per explained "
-        f"forecast (one window, all {H} horizon steps), median of {repeats} interleaved rounds, neuralforecast's predict pipeline "
+        f"forecast (one window, all {H} horizon steps), median of {repeats} interleaved rounds, neuralforecast's predict "
+        "pipeline "
         "included on both sides.",
         "",
-        "| model | nf.predict alone | nf.explain (IntegratedGradients) | rnnshap DeepSHAP | IG / DeepSHAP | rnnshap Shapley mode |",
+        "| model | nf.predict alone | nf.explain (IntegratedGradients) | rnnshap DeepSHAP | IG / DeepSHAP | rnnshap Shapley "
+        "mode |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for model in models:
@@ -122,13 +124,16 @@ def speed(repeats: int, steps: int) -> list[str]:
             calls["ig"] = lambda sub=sub: sub.explain(futr_df=futr, static_df=static, verbose=False)
         t = timed(calls, repeats)
         # the Shapley mode (default budget: 16x DeepSHAP's cost, at least 20 walk pairs over the 109 players) once
-        t |= timed({"shapley": lambda sub=sub: explain(sub, futr_df=futr, static_df=static, method="shapley", random_state=0, verbose=False)}, 1, warm=False)
+        t |= timed({"shapley": lambda sub=sub: explain(
+            sub, futr_df=futr, static_df=static, method="shapley", random_state=0, verbose=False
+        )}, 1, warm=False)
         ig = t.get("ig")
         label = name_of(model) + (" (recurrent)" if model.RECURRENT else "")
         ig_cell = "skipped (recurrent)" if ig is None else f"{ig / n * 1e3:.1f} ms"
         ratio = "—" if ig is None else f"{ig / t['deepshap']:.0f}x"
         rows.append(
-            f"| {label} | {t['predict'] / n * 1e3:.2f} ms | {ig_cell} | {t['deepshap'] / n * 1e3:.2f} ms | {ratio} | {t['shapley'] / n * 1e3:.1f} ms |"
+            f"| {label} | {t['predict'] / n * 1e3:.2f} ms | {ig_cell} | {t['deepshap'] / n * 1e3:.2f} ms | {ratio} | "
+            f"{t['shapley'] / n * 1e3:.1f} ms |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -173,7 +178,9 @@ def faithfulness(repeats: int, steps: int, seeds: int) -> list[str]:
         assert bool(torch.all(exact[name_of(model)]["insample_stderr"] == 0)), "the enumeration did not run"
         calls: dict[str, Callable[[], Any]] = {
             "nf ShapleyValueSampling": lambda sub=sub: sub.explain(explainer="ShapleyValueSampling", verbose=False),
-            "rnnshap Shapley mode": lambda sub=sub: explain(sub, method="shapley", budget=svs_rows, random_state=0, verbose=False),
+            "rnnshap Shapley mode": lambda sub=sub: explain(
+                sub, method="shapley", budget=svs_rows, random_state=0, verbose=False
+            ),
             "rnnshap DeepSHAP": lambda sub=sub: explain(sub, verbose=False),
         }
         if not model.RECURRENT:
@@ -182,12 +189,18 @@ def faithfulness(repeats: int, steps: int, seeds: int) -> list[str]:
         errors: dict[str, list[float]] = {k: [] for k in calls}
         for seed in range(seeds):
             torch.manual_seed(seed)
-            errors["nf ShapleyValueSampling"].append(relative_l2(sub.explain(explainer="ShapleyValueSampling", verbose=False)[1][name_of(model)]["insample"], exact_values))
-            ours = explain(sub, method="shapley", budget=svs_rows, random_state=seed, verbose=False)[1][name_of(model)]["insample"]
+            errors["nf ShapleyValueSampling"].append(relative_l2(
+                sub.explain(explainer="ShapleyValueSampling", verbose=False)[1][name_of(model)]["insample"], exact_values
+            ))
+            ours = explain(
+                sub, method="shapley", budget=svs_rows, random_state=seed, verbose=False
+            )[1][name_of(model)]["insample"]
             errors["rnnshap Shapley mode"].append(relative_l2(ours, exact_values))
         errors["rnnshap DeepSHAP"].append(relative_l2(explain(sub, verbose=False)[1][name_of(model)]["insample"], exact_values))
         if "nf IntegratedGradients" in calls:
-            errors["nf IntegratedGradients"].append(relative_l2(sub.explain(verbose=False)[1][name_of(model)]["insample"], exact_values))
+            errors["nf IntegratedGradients"].append(
+                relative_l2(sub.explain(verbose=False)[1][name_of(model)]["insample"], exact_values)
+            )
         cost = {
             "nf ShapleyValueSampling": f"{svs_rows} per step",
             "rnnshap Shapley mode": f"{svs_rows} for all steps",

@@ -74,11 +74,16 @@ def main() -> None:
     values = explainer.shap_values(x)
     gap = np.asarray(model(x), np.float64) - np.asarray(model(background), np.float64).mean(0)
     error = float(np.abs(values.reshape(args.samples, -1, args.outputs).sum(1) - gap).max())
-    print(f"{args.layer}({args.features}->{args.hidden}), T={args.steps}, {args.samples} inputs x {args.background} background, {args.outputs} output(s)")
+    print(
+        f"{args.layer}({args.features}->{args.hidden}), T={args.steps}, {args.samples} inputs x {args.background} background, "
+        f"{args.outputs} output(s)"
+    )
     print(f"  tf.GradientTape forward+backward on the tiled batch: {t_floor * 1e3:8.1f} ms")
     print(f"  the same, compiled (tf.function):                    {t_compiled * 1e3:8.1f} ms")
     print(f"  rnnshap shap_values:                                 {t_rnnshap * 1e3:8.1f} ms")
-    print(f"  ratio: {t_rnnshap / t_floor:.2f}x eager, {t_rnnshap / t_compiled:.2f}x compiled   (max additivity error {error:.2g})")
+    print(
+        f"  ratio: {t_rnnshap / t_floor:.2f}x eager, {t_rnnshap / t_compiled:.2f}x compiled   (max additivity error {error:.2g})"
+    )
 
 
 if __name__ == "__main__":

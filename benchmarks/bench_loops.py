@@ -169,7 +169,9 @@ def load_baseline(directory: str) -> Any:
     import rnnshap.engines.pytorch.functions  # noqa: F401
 
     root = Path(directory) / "rnnshap"
-    spec = importlib.util.spec_from_file_location("rnnshap_baseline", root / "__init__.py", submodule_search_locations=[str(root)])
+    spec = importlib.util.spec_from_file_location(
+        "rnnshap_baseline", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"no package at {root}")
     module = importlib.util.module_from_spec(spec)
@@ -194,7 +196,9 @@ def explainer_call(package: Any, model: nn.Module, x: Tensor, background: Tensor
     return lambda: explainer.shap_values(x, check_additivity=True)
 
 
-def measure(calls: dict[str, Callable[[], Any]], repeats: int, clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, float], dict[str, Any]]:
+def measure(
+    calls: dict[str, Callable[[], Any]], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Round-robin: one warm-up round (whose outputs are kept), then ``repeats`` timed rounds."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     outputs: dict[str, Any] = {}

@@ -175,7 +175,9 @@ def with_rnnshap_per_pair(model: nn.Module, x: torch.Tensor, background: torch.T
     reducing = Side.__dict__["of"]
 
     def call() -> Any:
-        Side.of = classmethod(lambda cls, which, grid, n, tensors: reducing.__func__(cls, which, None, n, tensors))  # type: ignore[method-assign, assignment]
+        Side.of = classmethod(  # type: ignore[method-assign, assignment]
+            lambda cls, which, grid, n, tensors: reducing.__func__(cls, which, None, n, tensors)
+        )
         try:
             return explainer.shap_values(x, check_additivity=True)
         finally:
@@ -349,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--per-pair", action="store_true", help="add a row for rnnshap with the distinct-row reduction of recurrent layers switched off"
+        "--per-pair", action="store_true",
+        help="add a row for rnnshap with the distinct-row reduction of recurrent layers switched off",
     )
     parser.add_argument("--skip-peers", action="store_true", help="time only native and rnnshap")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the rnnshap call on the first config")

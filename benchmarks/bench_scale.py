@@ -180,10 +180,14 @@ def throughput(n: int, b: int, steps: int, batch: int, ray_workers: list[int]) -
         dataset = ray.data.from_numpy(x).rename_columns({"data": "x"}).repartition(max(1, n // batch)).materialize()
         for workers in ray_workers:
             start = time.perf_counter()
-            rnnshap_ray.explain(dataset, _one_thread_classifier, background, column="x", batch_size=batch, concurrency=workers, outputs=[0]).materialize()
+            rnnshap_ray.explain(
+                dataset, _one_thread_classifier, background, column="x", batch_size=batch, concurrency=workers, outputs=[0]
+            ).materialize()
             rates[f"ray explain, {workers} actor(s)"] = n / (time.perf_counter() - start)
             start = time.perf_counter()
-            rnnshap_ray.summarize(dataset, _one_thread_classifier, background, column="x", batch_size=batch, concurrency=workers, outputs=[0])
+            rnnshap_ray.summarize(
+                dataset, _one_thread_classifier, background, column="x", batch_size=batch, concurrency=workers, outputs=[0]
+            )
             rates[f"ray summarize, {workers} actor(s)"] = n / (time.perf_counter() - start)
     finally:
         ray.shutdown()
@@ -209,10 +213,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; {n} samples x {b} references")
     if "outputs" in parts:
         floor, ours = several_outputs(n, b, steps, repeats)
-        print(f"K = 10 outputs, LSTM(32->64, 2 layers), T = {steps}: native fwd + 10 bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
+        print(
+            f"K = 10 outputs, LSTM(32->64, 2 layers), T = {steps}: native fwd + 10 bwd {floor:.3f} s, rnnshap {ours:.3f} s: "
+            f"{ours / floor:.2f}x"
+        )
     if "packed" in parts:
         floor, ours = packed(n, b, repeats)
-        print(f"packed bidirectional LSTM, lengths 10-50: native fwd+bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x")
+        print(
+            f"packed bidirectional LSTM, lengths 10-50: native fwd+bwd {floor:.3f} s, rnnshap {ours:.3f} s: {ours / floor:.2f}x"
+        )
     if "memory" in parts:
         floor, ours = peak_memory(n, b, steps)
         print(f"peak memory growth, one output: native {floor:.0f} MiB, rnnshap {ours:.0f} MiB: {ours / max(floor, 1e-9):.2f}x")

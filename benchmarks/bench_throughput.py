@@ -6,8 +6,8 @@ reference) pairs:
 
 | case | model | samples | floor |
 |---|---|---:|---|
-| ``outputs`` | LSTM(32→64, 2 layers) → Linear(64→10), all K = 10 outputs | 32 | one forward + 10 backward (``is_grads_batched``) |
-| ``packed`` | bidirectional LSTM(32→64) over a ``PackedSequence``, lengths 10–50 | 32 | the packed model's forward + backward |
+| ``outputs`` | LSTM(32→64, 2 layers) → Linear(64→10), K = 10 outputs | 32 | forward + 10 backward (``is_grads_batched``) |
+| ``packed`` | bidirectional LSTM(32→64) over a ``PackedSequence``, lengths 10–50 | 32 | the packed forward + backward |
 | ``loop`` | textbook LSTM cell (16→32) written with torch ops, looped in Python | 32 | forward + backward |
 | ``keras`` | Keras ``LSTM(64)`` on (T, 32) → ``Dense(1)``, TensorFlow | 16 | compiled ``tf.GradientTape`` forward + backward |
 
@@ -74,7 +74,9 @@ def packed_case(samples: int) -> Case:
         leaf = tiled.detach().requires_grad_(True)
         return torch.autograd.grad(model(leaf, tiled_lengths).sum(), leaf)
 
-    explainer = rnnshap.DeepExplainer(model, [background, torch.full((REFERENCES,), STEPS)], batch_size=max(samples * REFERENCES, 2048))
+    explainer = rnnshap.DeepExplainer(
+        model, [background, torch.full((REFERENCES,), STEPS)], batch_size=max(samples * REFERENCES, 2048)
+    )
     return floor, lambda: explainer.shap_values([x, lengths])
 
 
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=None, help="override every case's sample count")
-    parser.add_argument("--profile", type=int, default=0, metavar="K", help="cProfile one rnnshap call per case: top K by total time")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="K", help="cProfile one rnnshap call per case: top K by total time"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -151,13 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         floor, ours = CASES[name][1](args.samples or CASES[name][2])
         calls[f"{name}/floor"], calls[f"{name}/rnnshap"] = floor, ours
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; T = {STEPS}, {REFERENCES} references, median of {args.repeats} round-robin")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}; T = {STEPS}, "
+        f"{REFERENCES} references, median of {args.repeats} round-robin"
+    )
     medians = measure(calls, args.repeats)
     print("| case | samples | floor | rnnshap | rnnshap / floor | target |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         floor, ours = medians[f"{name}/floor"], medians[f"{name}/rnnshap"]
-        print(f"| {CASES[name][0]} | {args.samples or CASES[name][2]} | {floor * 1e3:.1f} ms | {ours * 1e3:.1f} ms | {ours / floor:.2f}x | <= {TARGETS[name]}x |")
+        print(
+            f"| {CASES[name][0]} | {args.samples or CASES[name][2]} | {floor * 1e3:.1f} ms | {ours * 1e3:.1f} ms | "
+            f"{ours / floor:.2f}x | <= {TARGETS[name]}x |"
+        )
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     for name in names if args.profile else []:
         profiler = cProfile.Profile()

@@ -48,7 +48,9 @@ import rnnshap  # noqa: E402
 from tests.conftest import additivity_excess  # noqa: E402
 from tests.zoo.harness import Case, Spec, double, explain, median_seconds, native_call, shap_call  # noqa: E402
 
-LIBRARIES = ["neuralforecast", "pytorch_forecasting", "darts", "ncps", "xlstm", "mambapy", "mingru", "sb3_contrib", "torch_geometric"]
+LIBRARIES = [
+    "neuralforecast", "pytorch_forecasting", "darts", "ncps", "xlstm", "mambapy", "mingru", "sb3_contrib", "torch_geometric"
+]
 
 
 def grow(case: Case, refs: int, samples: int, seed: int = 0) -> Case:
@@ -97,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
           f"timing on {args.samples} samples × {args.refs} references = {args.samples * args.refs} pairs\n")  # fmt: skip
-    print("| library | model | status | float32 error | float64 error | k | shap_values s | native fwd+bwd s | × native | native fwd + k bwd s | × native, k bwd |")
+    print(
+        "| library | model | status | float32 error | float64 error | k | shap_values s | native fwd+bwd s | × native | native "
+        "fwd + k bwd s | × native, k bwd |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     blank = " | | | | | | |"
     ratios: dict[str, list[tuple[float, str]]] = {"× native": [], "× native, k bwd": []}
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 case = spec.build()
                 if spec.refused is not None:
                     try:
-                        rnnshap.DeepExplainer(case.model.eval(), case.background[0] if len(case.background) == 1 else case.background)
+                        rnnshap.DeepExplainer(
+                            case.model.eval(), case.background[0] if len(case.background) == 1 else case.background
+                        )
                         row += " not refused any more!" + blank
                     except rnnshap.UnsupportedOperationError as error:
                         row += " " + ", ".join(f"`{op}`" for op, _ in error.ops) + blank
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 ours, native, per_output = seconds["ours"], seconds["native"], seconds["per output"]
                 with torch.no_grad():
                     k = case.model.eval()(*case.X).reshape(len(case.X[0]), -1).shape[1]
-                row += f" {e32:.1e} | {e64:.1e} | {k} | {ours:.3f} | {native:.4f} | {ours / native:.1f} | {per_output:.4f} | {ours / per_output:.1f} |"
+                row += f" {e32:.1e} | {e64:.1e} | {k} | {ours:.3f} | {native:.4f} | {ours / native:.1f} |"
+                row += f" {per_output:.4f} | {ours / per_output:.1f} |"
                 ratios["× native"].append((ours / native, name))
                 ratios["× native, k bwd"].append((ours / per_output, name))
             except Exception as failure:  # one entry failing does not stop the table
@@ -136,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     for column, values in ratios.items():
         if values:
             worst = max(values)
-            print(f"\n{column}: median {statistics.median(v for v, _ in values):.1f}, worst {worst[0]:.1f} ({worst[1]}), over {len(values)} models", end="")
+            print(
+                f"\n{column}: median {statistics.median(v for v, _ in values):.1f}, worst {worst[0]:.1f} ({worst[1]}), "
+                f"over {len(values)} models",
+                end=""
+            )
     print()
     print(f"\n{time.time() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.1f}")
     return 0

@@ -56,9 +56,14 @@ def _delta(library: str, name: str, seed: int) -> float:
     worst = 0.0
     for target in (2, 1):
         inputs, baselines, model, kind = _setup(name, seed)
-        classes = {"captum": {"DeepLift": DeepLift, "DeepLiftShap": DeepLiftShap}, "rnnshap": {"DeepLift": rnnshap.captum.DeepLift, "DeepLiftShap": rnnshap.captum.DeepLiftShap}}
+        classes = {
+            "captum": {"DeepLift": DeepLift, "DeepLiftShap": DeepLiftShap},
+            "rnnshap": {"DeepLift": rnnshap.captum.DeepLift, "DeepLiftShap": rnnshap.captum.DeepLiftShap}
+        }
         chosen = torch.tensor([target] * len(inputs)) if kind == "DeepLift" else torch.tensor(target)
-        _, delta = classes[library][kind](model).attribute(inputs.requires_grad_(library == "captum"), baselines=baselines, target=chosen, return_convergence_delta=True)
+        _, delta = classes[library][kind](model).attribute(
+            inputs.requires_grad_(library == "captum"), baselines=baselines, target=chosen, return_convergence_delta=True
+        )
         worst = max(worst, float(delta.abs().max()))
     return worst
 
@@ -74,22 +79,32 @@ def _model_rounding(name: str, seed: int) -> tuple[float, float, float]:
         model64 = model.double()
         change64 = model64(inputs.double())[:, None, :] - model64(references.double())[None, :, :]
     targets = [2, 1]
-    return float(change32[..., targets].abs().max()), float(change64[..., targets].abs().max()), float((logits[:, None] - logits_ref[None]).abs().max())
+    return float(change32[..., targets].abs().max()), float(change64[..., targets].abs().max()), float(
+        (logits[:, None] - logits_ref[None]).abs().max()
+    )
 
 
 def main() -> None:
     warnings.filterwarnings("ignore")
     ulp = float(np.spacing(np.float32(0.1)))
     print(f"|delta| must be < {LIMIT}; ulp(0.1) in float32 = {ulp:.2g}\n")
-    print("| test | Captum's delta | rnnshap's delta | exact values' delta (f32 rounding) | f64 model's f(x) − f(b) | max |Δlogit| | ulp(0.1)·max|Δlogit| | passes over seeds 0–19: Captum / rnnshap / exact |")
+    print(
+        "| test | Captum's delta | rnnshap's delta | exact values' delta (f32 rounding) | f64 model's f(x) − f(b) | max "
+        "|Δlogit| | ulp(0.1)·max|Δlogit| | passes over seeds 0–19: Captum / rnnshap / exact |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in TESTS:
         captum, ours = _delta("captum", name, 1234), _delta("rnnshap", name, 1234)
         rounding32, change64, logit_change = _model_rounding(name, 1234)
         seeds = range(20)
-        passes = [sum(value < LIMIT for value in column) for column in zip(*((_delta("captum", name, s), _delta("rnnshap", name, s), _model_rounding(name, s)[0]) for s in seeds), strict=True)]
+        passes = [sum(value < LIMIT for value in column) for column in zip(
+            *((_delta("captum", name, s), _delta("rnnshap", name, s), _model_rounding(name, s)[0]) for s in seeds), strict=True
+        )]
         short = name.removeprefix("test_softmax_classification_")
-        print(f"| {short} | {captum:.4f} | {ours:.4f} | {rounding32:.4f} | {change64:.1e} | {logit_change:.2e} | {ulp * logit_change:.4f} | {passes[0]} / {passes[1]} / {passes[2]} |")
+        print(
+            f"| {short} | {captum:.4f} | {ours:.4f} | {rounding32:.4f} | {change64:.1e} | {logit_change:.2e} | "
+            f"{ulp * logit_change:.4f} | {passes[0]} / {passes[1]} / {passes[2]} |"
+        )
 
 
 if __name__ == "__main__":

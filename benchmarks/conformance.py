@@ -118,7 +118,9 @@ def _from_github(repository: str, commit: str, path: str) -> bytes:
 
 def _from_sdist(name: str, version: str, paths: list[str], scratch: Path) -> dict[str, bytes]:
     """The files of the PyPI sdist of ``name==version``, fetched with pip (no build, no dependencies)."""
-    command = [sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps", "--no-binary", name, "-d", str(scratch), "-q"]
+    command = [
+        sys.executable, "-m", "pip", "download", f"{name}=={version}", "--no-deps", "--no-binary", name, "-d", str(scratch), "-q"
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     archives = sorted(scratch.glob(f"{name}-{version}.tar.gz"))
     if not archives:
@@ -147,7 +149,9 @@ def fetch(suite: str, source: Path | None, scratch: Path) -> tuple[dict[str, byt
     raise SystemExit(f"{reason}, and Captum's sdist ships no tests: give a checkout with --captum-source")
 
 
-def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str], seed: int, keras_backend: str | None) -> list[tuple[str, str, str]]:
+def run(
+    suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str], seed: int, keras_backend: str | None
+) -> list[tuple[str, str, str]]:
     """Run the suite under the plugin; (test, outcome, message) per test."""
     where = root / suite
     for path, content in files.items():
@@ -157,10 +161,16 @@ def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str],
     (root / "rnnshap_conformance.py").write_text(PLUGIN)
     report = root / f"{suite}.xml"
     repository = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(repository), os.environ.get("PYTHONPATH", "")]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(repository), os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "3"
+    }
     if keras_backend:
         env["KERAS_BACKEND"] = keras_backend
-    command = [sys.executable, "-m", "pytest", "-p", "rnnshap_conformance", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "--rootdir", str(where)]
+    command = [
+        sys.executable, "-m", "pytest", "-p", "rnnshap_conformance", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+        "--rootdir", str(where)
+    ]
     if suite == "shap":
         command += ["--random-seed", str(seed)]
     command += [str(where / path) for path in files if Path(path).name.startswith("test_")] + pytest_args
@@ -181,11 +191,15 @@ def run(suite: str, files: dict[str, bytes], root: Path, pytest_args: list[str],
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shap-source", type=Path, help="a shap checkout or git directory (default: GitHub, else the PyPI sdist)")
+    parser.add_argument(
+        "--shap-source", type=Path, help="a shap checkout or git directory (default: GitHub, else the PyPI sdist)"
+    )
     parser.add_argument("--captum-source", type=Path, help="a captum checkout or git directory (default: GitHub)")
     parser.add_argument("--only", choices=sorted(REPOSITORIES), help="run one suite")
     parser.add_argument("--seed", type=int, default=0, help="shap's --random-seed (default 0)")
-    parser.add_argument("--keras-backend", choices=["tensorflow", "torch"], help="run shap's Keras tests on this backend (KERAS_BACKEND)")
+    parser.add_argument(
+        "--keras-backend", choices=["tensorflow", "torch"], help="run shap's Keras tests on this backend (KERAS_BACKEND)"
+    )
     parser.add_argument("--keep", type=Path, help="fetch and run in this directory and keep it (default: a temporary one)")
     parser.add_argument("pytest_args", nargs="*", help="after --: more arguments for pytest")
     args = parser.parse_args()
@@ -196,15 +210,21 @@ def main() -> int:
         for suite in [args.only] if args.only else ["shap", "captum"]:
             files, origin = fetch(suite, getattr(args, f"{suite}_source"), root)
             outcomes = run(suite, files, root, args.pytest_args, args.seed, args.keras_backend)
-            counts = {kind: sum(1 for _, outcome, _ in outcomes if outcome == kind) for kind in ("passed", "failed", "error", "skipped")}
+            counts = {
+                kind: sum(1 for _, outcome, _ in outcomes if outcome == kind) for kind in ("passed", "failed", "error", "skipped")
+            }
             backend = f", Keras backend {args.keras_backend}" if args.keras_backend and suite == "shap" else ""
             print(f"\n== {suite}: {origin}{backend}")
             for name, outcome, message in outcomes:
                 expected = outcome in ("failed", "error") and name in EXPECTED_FAILURES
                 unexpected += outcome in ("failed", "error") and not expected
-                note = f" (expected: {EXPECTED_FAILURES[name]})" if expected else (f"  {message}" if message and outcome != "passed" else "")
+                note = f" (expected: {EXPECTED_FAILURES[name]})" if expected else (
+                    f"  {message}" if message and outcome != "passed" else ""
+                )
                 print(f"   {outcome:8} {name}{note}")
-            print(f"== {suite}: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, {counts['skipped']} skipped")
+            print(
+                f"== {suite}: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, {counts['skipped']} skipped"
+            )
     return 1 if unexpected else 0
 
 

@@ -13,19 +13,111 @@ back into a plain Explanation once the result is one that shap's plots take:
 >>> shap.plots.beeswarm(ex[..., "cat"].sum(2))     # per time step                   # doctest: +SKIP
 >>> shap.plots.waterfall(ex[0, ..., "cat"].sum(0))  # one sample, per feature          # doctest: +SKIP
 
-Importing this module imports shap.
+:func:`explanations` assembles them for ``explainer(X)``: the axis names and labels of each input, token
+ids as strings, the base values. Importing this module imports shap.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import shap
 
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .attribution import Attribution
+
 SAMPLE, TIME, FEATURE, OUTPUT = "sample", "time", "feature", "output"
 
 Labels = dict[str, "list[str] | None"]
+
+
+def explanations(
+    attribution: Attribution,
+    data: list[np.ndarray],
+    output_shape: tuple[int, ...],
+    multi_input: bool,
+    token_inputs: Sequence[int],
+    *,
+    feature_names: Sequence[Any] | None,
+    time_labels: Sequence[Any] | None,
+    output_names: Sequence[str] | None,
+    vocabulary: Sequence[str] | Mapping[int, str] | None,
+) -> Any:
+    """The Explanations of ``explainer(X)`` (see :meth:`rnnshap.DeepExplainer.__call__`): one per input
+    for a ``multi_input`` model, of ``attribution`` (all outputs) and the inputs' ``data``."""
+    n = attribution.base_values.shape[0]
+    n_outputs = int(np.prod(output_shape)) if output_shape else 1
+    single = n_outputs == 1 and len(output_shape) <= 1
+    shape = () if single else output_shape
+    output_axes = [OUTPUT] if len(shape) == 1 else [f"{OUTPUT}{i}" for i in range(len(shape))]
+    if output_names is not None:
+        if not shape or len(output_names) != shape[-1]:
+            raise InputError(f"{len(output_names)} output_names for a model whose outputs have shape {output_shape}")
+    base = attribution.base_values.reshape(n, *shape)
+    features = _per_input(feature_names, len(data)) if multi_input else [feature_names]
+    times = _per_input(time_labels, len(data)) if multi_input else [time_labels]
+    made = []
+    for index, (phi, x, f, t) in enumerate(zip(attribution.values, data, features, times, strict=True)):
+        token = index in token_inputs
+        axes, labels = _input_axes(tuple(x.shape), f, t, token=token)
+        if token and vocabulary is not None:
+            x = _token_strings(x, vocabulary)
+        if output_axes:
+            labels[output_axes[-1]] = None if output_names is None else [str(name) for name in output_names]
+        values = phi.reshape(*phi.shape[:-1], *shape)
+        made.append(make(values, base, x, axes + output_axes, labels))
+    return made if multi_input else made[0]
+
+
+def _per_input(labels: Sequence[Any] | None, count: int) -> list[Any]:
+    """Labels given for a multi-input model: one list per input (or None for all)."""
+    if labels is None:
+        return [None] * count
+    if len(labels) != count or any(
+        isinstance(item, str) or not hasattr(item, "__len__") for item in labels if item is not None
+    ):
+        raise InputError(f"the model has {count} inputs: give one list of labels per input (None for an input without)")
+    return list(labels)
+
+
+def _token_strings(ids: np.ndarray, vocabulary: Sequence[str] | Mapping[int, str]) -> np.ndarray:
+    """Token ids as their strings (an object array of the same shape)."""
+    try:
+        return np.vectorize(lambda i: str(vocabulary[int(i)]), otypes=[object])(ids)
+    except (IndexError, KeyError) as error:
+        raise InputError(f"the vocabulary has no string for token id {error.args[0] if error.args else '?'}") from error
+
+
+def _input_axes(
+    shape: tuple[int, ...], feature_names: Sequence[Any] | None, time_labels: Sequence[Any] | None, token: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """The axis names and labels of an input of ``shape`` (batch first) for an Explanation."""
+
+    def checked(labels: Sequence[Any] | None, size: int, what: str, default: str | None) -> list[str] | None:
+        if labels is None:
+            return None if default is None else [f"{default}{i}" for i in range(size)]
+        if isinstance(labels, str) or len(labels) != size:
+            raise InputError(f"{len(labels)} {what} for an input of shape {shape}: it needs {size}")
+        return [str(label) for label in labels]
+
+    axes = shape[1:]
+    if len(axes) == 1:
+        if feature_names is not None and time_labels is not None:
+            raise InputError(f"an input of shape {shape} has one axis to label: give feature_names or time_labels, not both")
+        axis = "time" if token or (time_labels is not None and feature_names is None) else "feature"
+        given, what = (feature_names, "feature_names") if feature_names is not None else (time_labels, "time_labels")
+        return ["sample", axis], {axis: checked(given, axes[0], what, None)}
+    if len(axes) == 2:
+        return ["sample", "time", "feature"], {
+            "time": checked(time_labels, axes[0], "time_labels", "t"),
+            "feature": checked(feature_names, axes[1], "feature_names", "f"),
+        }
+    if feature_names is not None or time_labels is not None:
+        raise InputError(f"labels for an input of shape {shape} are not supported: only (N, F) and (N, T, F) inputs take names")
+    return ["sample", *[f"axis{i}" for i in range(1, len(shape))]], {}
 
 
 def make(values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | None, axes: Sequence[str], labels: Labels) -> Any:
@@ -38,7 +130,9 @@ def make(values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | 
     inner = [a for a in axes if a != SAMPLE and not a.startswith(OUTPUT)]
     if len(inner) <= 1 and not outputs:
         names = labels.get(inner[0]) if inner else None
-        return shap.Explanation(values=values, base_values=base_values, data=data, feature_names=None if names is None else list(names))
+        return shap.Explanation(
+            values=values, base_values=base_values, data=data, feature_names=None if names is None else list(names)
+        )
     return SequenceExplanation(values, base_values, data, axes, labels)
 
 
@@ -51,13 +145,21 @@ class SequenceExplanation(shap.Explanation):
     one ``"<time>:<feature>"`` name per cell and sample, the layout shap's slicing keeps.
     """
 
-    def __init__(self, values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | None, axes: Sequence[str], labels: Labels) -> None:
+    def __init__(
+        self, values: np.ndarray, base_values: np.ndarray | None, data: np.ndarray | None, axes: Sequence[str], labels: Labels
+    ) -> None:
         self.axes = list(axes)
         self.labels: Labels = {a: (None if labels.get(a) is None else list(labels[a])) for a in self.axes}  # type: ignore[arg-type]
         if len(self.axes) != np.ndim(values):
             raise ValueError(f"{len(self.axes)} axis names for values of shape {np.shape(values)}")
         output_names = self.labels.get(self.axes[-1]) if self.axes[-1].startswith(OUTPUT) else None
-        super().__init__(values=values, base_values=base_values, data=data, feature_names=self._grid_names(np.shape(values)), output_names=output_names)
+        super().__init__(
+            values=values,
+            base_values=base_values,
+            data=data,
+            feature_names=self._grid_names(np.shape(values)),
+            output_names=output_names,
+        )
 
     def _grid_names(self, shape: tuple[int, ...]) -> Any:
         """shap's feature_names: the labels of the one input axis, or per sample a ``"time:feature"``
@@ -91,7 +193,9 @@ class SequenceExplanation(shap.Explanation):
         value = getattr(self, name)
         return None if value is None else np.asarray(value)
 
-    def _rebuild(self, values: np.ndarray, base: np.ndarray | None, data: np.ndarray | None, axes: list[str], labels: Labels) -> Any:
+    def _rebuild(
+        self, values: np.ndarray, base: np.ndarray | None, data: np.ndarray | None, axes: list[str], labels: Labels
+    ) -> Any:
         return make(values, base, data, axes, labels)
 
     # -- slicing ------------------------------------------------------------------------------------
@@ -164,7 +268,9 @@ class SequenceExplanation(shap.Explanation):
 
     def sum(self, axis: int | None = None, grouping: dict[str, str] | None = None) -> Any:  # type: ignore[override]
         if axis is None or grouping is not None:
-            raise ValueError("give the axis to sum over: ex.sum(1) sums over time, ex.sum(2) over features (for (N, T, F) inputs)")
+            raise ValueError(
+                "give the axis to sum over: ex.sum(1) sums over time, ex.sum(2) over features (for (N, T, F) inputs)"
+            )
         return self._reduce("sum", axis)
 
     def mean(self, axis: int) -> Any:  # type: ignore[override]
@@ -178,7 +284,8 @@ class SequenceExplanation(shap.Explanation):
 
     @property
     def abs(self) -> Any:  # type: ignore[override]
-        return SequenceExplanation(np.abs(np.asarray(self.values)), self._array("base_values"), self._array("data"), self.axes, self.labels)
+        values = np.abs(np.asarray(self.values))
+        return SequenceExplanation(values, self._array("base_values"), self._array("data"), self.axes, self.labels)
 
     def __repr__(self) -> str:
         return f"SequenceExplanation(axes={self.axes}, shape={np.shape(self.values)})"

@@ -37,7 +37,12 @@ class _Worker:
     """State of one actor: the model, built once, its explainer, and the options of each call."""
 
     def __init__(
-        self, model_fn: Callable[[], Any], background: Any, columns: list[str], explainer_options: Mapping[str, Any], call_options: Mapping[str, Any]
+        self,
+        model_fn: Callable[[], Any],
+        background: Any,
+        columns: list[str],
+        explainer_options: Mapping[str, Any],
+        call_options: Mapping[str, Any],
     ) -> None:
         self.columns = columns
         self.explainer = DeepExplainer(model_fn(), background, **dict(explainer_options))
@@ -50,7 +55,9 @@ class _Worker:
         arrays = [np.asarray(batch[c]) for c in self.columns]
         for name, array in zip(self.columns, arrays, strict=True):
             if array.dtype == object:
-                raise ValueError(f"column {name!r} holds rows of different shapes; rnnshap needs one shape per column (pad the sequences)")
+                raise ValueError(
+                    f"column {name!r} holds rows of different shapes; rnnshap needs one shape per column (pad the sequences)"
+                )
         return arrays if self.explainer.multi_input else arrays[0]
 
 
@@ -58,8 +65,9 @@ class _Explain(_Worker):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self.explainer.engine.inputs(self.inputs(batch), "a batch of the dataset")
         outputs = self.call_options["outputs"]
-        attribution = self.explainer._explain(inputs, None, "max", outputs, self.call_options["check_additivity"], None, False)
-        values, base = self.explainer._per_sample(attribution, outputs is not None)
+        check = self.call_options["check_additivity"]
+        attribution = self.explainer.attribution(inputs, outputs=outputs, check_additivity=check, progress=False)
+        values, base = attribution.per_sample(self.explainer.output_shape, outputs is not None)
         out = dict(batch)
         if self.explainer.multi_input:
             for name, v in zip(self.columns, values, strict=True):
@@ -72,7 +80,8 @@ class _Explain(_Worker):
 
 class _Summarize(_Worker):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        summary = self.explainer.summarize(self.inputs(batch), batch_size=len(next(iter(batch.values()))), progress=False, **self.call_options)
+        rows = len(next(iter(batch.values())))
+        summary = self.explainer.summarize(self.inputs(batch), batch_size=rows, progress=False, **self.call_options)
         summary.sample_rows[:] = -1  # row numbers of a batch mean nothing across the dataset
         return {"summary": np.array([pickle.dumps(summary)], dtype=object)}
 

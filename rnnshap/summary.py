@@ -3,7 +3,7 @@
 :meth:`rnnshap.DeepExplainer.summarize` feeds a :class:`Summary` batch by batch and never keeps all
 attributions; summaries of parts of a dataset (processes, Ray actors, days) :meth:`~Summary.merge`
 into the summary of the whole. Per-sample attributions can be written to Parquet shards on the way
-(:class:`ParquetShards`, read back with :func:`read_shards`).
+(:class:`ParquetShards`, read back with :func:`read_shards`). :func:`summarize` is that method's body.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
+
+from .engines.base import normal_mode
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .attribution import Attribution
+    from .engines.base import Engine
 
 
 class Summary:
@@ -94,7 +101,9 @@ class Summary:
         return f"Summary(count={self.count}, value shape {shapes}, {len(self._keys)} sampled)"
 
     # -- writing --------------------------------------------------------------------------------
-    def update(self, values: Sequence[np.ndarray], base_values: np.ndarray, data: Sequence[np.ndarray], rows: np.ndarray | None = None) -> None:
+    def update(
+        self, values: Sequence[np.ndarray], base_values: np.ndarray, data: Sequence[np.ndarray], rows: np.ndarray | None = None
+    ) -> None:
         """Add a batch: per input, ``values`` ``(n, *value_shape)`` and ``data`` ``(n, *input_shape)``;
         ``base_values`` ``(n, *output_shape)``; ``rows`` the samples' row numbers (default: counting on)."""
         values = [np.asarray(v, dtype=np.float64) for v in values]
@@ -111,13 +120,18 @@ class Summary:
         self.count += n
         self._keep(np.asarray(self._rng.random(n)), values, [np.asarray(d) for d in data], base, rows)
 
-    def _keep(self, keys: np.ndarray, values: list[np.ndarray], data: list[np.ndarray], base: np.ndarray, rows: np.ndarray) -> None:
+    def _keep(
+        self, keys: np.ndarray, values: list[np.ndarray], data: list[np.ndarray], base: np.ndarray, rows: np.ndarray
+    ) -> None:
         """Add candidates to the sample and keep the ``sample_size`` smallest keys."""
         keys = np.concatenate([self._keys, keys])
         order = np.argsort(keys, kind="stable")[: self.sample_size]
         self._keys = keys[order]
         self.sample_values = [np.concatenate([old, new])[order] for old, new in zip(self.sample_values, values, strict=True)]
-        self.sample_data = [np.concatenate([old.astype(new.dtype, copy=False), new])[order] for old, new in zip(self.sample_data, data, strict=True)]
+        self.sample_data = [
+            np.concatenate([old.astype(new.dtype, copy=False), new])[order]
+            for old, new in zip(self.sample_data, data, strict=True)
+        ]
         self.sample_base_values = np.concatenate([self.sample_base_values, base])[order]
         self.sample_rows = np.concatenate([self.sample_rows, rows])[order]
 
@@ -216,3 +230,102 @@ def read_shards(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             array = column.to_numpy_ndarray() if hasattr(column, "to_numpy_ndarray") else column.to_numpy()
             parts.setdefault(name, []).append(array)
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+class Explains(Protocol):
+    """What :func:`summarize` needs of the explainer (:class:`rnnshap.DeepExplainer`)."""
+
+    engine: Engine
+    batch_size: int
+
+    @property
+    def multi_input(self) -> bool: ...
+
+    @property
+    def output_shape(self) -> tuple[int, ...]: ...
+
+    def attribution(
+        self,
+        inputs: list[Any],
+        *,
+        outputs: Any = None,
+        check_additivity: bool | float = True,
+        progress: bool | None = None,
+    ) -> Attribution: ...
+
+
+def summarize(
+    explainer: Explains,
+    data: Any,
+    batch_size: int | None,
+    *,
+    outputs: Sequence[int | tuple[int, ...]] | None,
+    check_additivity: bool | float,
+    sample_size: int,
+    seed: int | None,
+    parquet: str | os.PathLike[str] | None,
+    feature_names: Any,
+    output_names: Sequence[str] | None,
+    progress: bool | None,
+) -> Summary:
+    """:meth:`rnnshap.DeepExplainer.summarize` (see there): ``data`` explained batch by batch into a
+    :class:`Summary`, and written to Parquet shards on the way with ``parquet``."""
+    engine = explainer.engine
+    summary: Summary | None = None
+    shards = None
+    if parquet is not None:
+        floating = engine.dtype if engine.dtype in ("float32", "float64") else "float32"
+        shards = ParquetShards(parquet, explainer.multi_input, floating)
+    start = 0
+    for batch in _batches(explainer, data, batch_size):
+        with normal_mode():
+            inputs = engine.inputs(batch, "a batch of data")
+            n = engine.rows(inputs)
+            attribution = explainer.attribution(inputs, outputs=outputs, check_additivity=check_additivity, progress=progress)
+        values, base = attribution.per_sample(explainer.output_shape, outputs is not None)
+        data_arrays = engine.to_numpy(inputs)
+        rows = np.arange(start, start + n, dtype=np.int64)
+        if summary is None:
+            summary = Summary(
+                [v.shape[1:] for v in values], [d.shape[1:] for d in data_arrays], tuple(base.shape[1:]),
+                multi_input=explainer.multi_input, sample_size=sample_size, seed=seed,
+                feature_names=feature_names, output_names=output_names,
+            )  # fmt: skip
+        summary.update(values, base, data_arrays, rows)
+        if shards is not None:
+            shards.write(values if explainer.multi_input else values[:1], base, rows)
+        start += n
+    if summary is None:
+        raise InputError("summarize got no samples: data is empty")
+    return summary
+
+
+def _batches(explainer: Explains, data: Any, batch_size: int | None) -> Iterator[Any]:
+    """Batches of ``data`` for :func:`summarize` (see there), pulled lazily."""
+    engine, multi_input = explainer.engine, explainer.multi_input
+    if batch_size is not None and int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if _is_array(data) or (multi_input and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data)):
+        inputs = engine.inputs(data, "data")
+        n = engine.rows(inputs)
+        step = int(batch_size) if batch_size else max(1, explainer.batch_size // engine.references)
+        for begin in range(0, n, step):
+            part = engine.take(inputs, begin, begin + step)
+            yield part if multi_input else part[0]
+        return
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise InputError(f"summarize takes an array, a list per input, or an iterable of batches, not {type(data).__name__}")
+    for batch in data:
+        if not multi_input and isinstance(batch, (list, tuple)):
+            if len(batch) != 1:
+                raise InputError(
+                    f"a batch of data is a {type(batch).__name__} of {len(batch)} items but the model takes one input. "
+                    "For a DataLoader that yields (inputs, labels), pass (x for x, _ in loader)."
+                )
+            batch = batch[0]
+        yield batch
+
+
+def _is_array(value: Any) -> bool:
+    """A numpy array or a framework tensor (anything with a shape and a dtype), not a list of them."""
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (list, tuple))

@@ -94,8 +94,14 @@ class KerasProcess:
     def _start(self) -> subprocess.Popen[str]:
         """The worker, started; its first line (its backend) is read before the first answer."""
         self._log = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 - kept open for the session
-        env = {**os.environ, "KERAS_BACKEND": self.backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-        worker = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env, cwd=ROOT)
+        env = {
+            **os.environ, "KERAS_BACKEND": self.backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
+            cwd=ROOT,
+        )
         # its answers, a line each, read by a thread (a timeout on a queue, not select() on a buffered pipe);
         # "" when it exits
         self._lines = queue.Queue()

@@ -42,7 +42,9 @@ CASES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Ten
     ),
     # both factors and the added term depend on the input, with beta and alpha
     "addmm-bilinear": (
-        lambda h, x: torch.stack([torch.addmm(h[i, :2, :3], h[i, 1:3], h[i].T[:, :3], beta=0.5, alpha=2.0) for i in range(h.shape[0])]),
+        lambda h, x: torch.stack(
+            [torch.addmm(h[i, :2, :3], h[i, 1:3], h[i].T[:, :3], beta=0.5, alpha=2.0) for i in range(h.shape[0])]
+        ),
         lambda h, x: torch.stack([0.5 * h[i, :2, :3] + 2.0 * (h[i, 1:3] @ h[i].T[:, :3]) for i in range(h.shape[0])]),
     ),
     "baddbmm": (
@@ -54,8 +56,12 @@ CASES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Ten
         lambda h, x: 2.0 * x[:, :, :1].repeat(1, 1, 4) + h @ h.transpose(1, 2).tanh(),
     ),
     "addbmm": (
-        lambda h, x: torch.stack([torch.addbmm(x[i, :, :2], h[i : i + 1], h[i : i + 1].transpose(1, 2)[:, :, :2]) for i in range(h.shape[0])]),
-        lambda h, x: torch.stack([x[i, :, :2] + (h[i : i + 1] @ h[i : i + 1].transpose(1, 2)[:, :, :2]).sum(0) for i in range(h.shape[0])]),
+        lambda h, x: torch.stack(
+            [torch.addbmm(x[i, :, :2], h[i : i + 1], h[i : i + 1].transpose(1, 2)[:, :, :2]) for i in range(h.shape[0])]
+        ),
+        lambda h, x: torch.stack(
+            [x[i, :, :2] + (h[i : i + 1] @ h[i : i + 1].transpose(1, 2)[:, :, :2]).sum(0) for i in range(h.shape[0])]
+        ),
     ),
     "addmv": (
         lambda h, x: torch.stack([torch.addmv(x[i, :, 0], h[i], h[i, -1], alpha=-1.5) for i in range(h.shape[0])]),

@@ -171,7 +171,8 @@ def _mha_written(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: 
         mask, pad = F.pad(mask, (0, 1)), F.pad(pad, (0, 1))
     q, k, v = (t.reshape(t.shape[0], n * heads, hd).transpose(0, 1) for t in (q, k, v))
     if mha.add_zero_attn:
-        k, v = torch.cat([k, torch.zeros(n * heads, 1, hd, dtype=k.dtype)], 1), torch.cat([v, torch.zeros(n * heads, 1, hd, dtype=v.dtype)], 1)
+        k = torch.cat([k, torch.zeros(n * heads, 1, hd, dtype=k.dtype)], 1)
+        v = torch.cat([v, torch.zeros(n * heads, 1, hd, dtype=v.dtype)], 1)
         mask, pad = F.pad(mask, (0, 1)), F.pad(pad, (0, 1))
     S = k.shape[1]
     mask = mask + pad.reshape(n, 1, 1, S).expand(-1, heads, -1, -1).reshape(n * heads, 1, S)
@@ -237,8 +238,11 @@ class Mha(nn.Module):
         if self.written:
             q, k, v = (t.transpose(0, 1) for t in (query, key, value)) if self.batch_first else (query, key, value)
             need = kw.get("need_weights", True)
-            out, weights = _mha_written(self.mha, q, k, v, kw.get("key_padding_mask"), kw.get("attn_mask") if not kw.get("is_causal") else
-                                        torch.triu(torch.ones(T, T, dtype=torch.bool), 1), need, kw.get("average_attn_weights", True))
+            causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+            mask = kw.get("attn_mask") if not kw.get("is_causal") else causal
+            out, weights = _mha_written(
+                self.mha, q, k, v, kw.get("key_padding_mask"), mask, need, kw.get("average_attn_weights", True)
+            )
             out = out.transpose(0, 1) if self.batch_first else out
         else:
             out, weights = self.mha(query, key, value, **kw)
@@ -273,7 +277,8 @@ class StaticKeys(nn.Module):
     def __init__(self, written: bool = False) -> None:
         super().__init__()
         self.written = written
-        self.lin, self.keys, self.mha, self.out = nn.Linear(3, D), nn.Linear(3, D), nn.MultiheadAttention(D, 2), nn.Linear(T * D, 1)
+        self.lin, self.keys = nn.Linear(3, D), nn.Linear(3, D)
+        self.mha, self.out = nn.MultiheadAttention(D, 2), nn.Linear(T * D, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         query = self.lin(x).transpose(0, 1)  # (T, n, D)
@@ -358,7 +363,9 @@ class LstmEncoder(nn.Module):
     def __init__(self, norm_first: bool, activation: str) -> None:
         super().__init__()
         self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first)
+        self.layer = nn.TransformerEncoderLayer(
+            8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first
+        )
         self.head = nn.Linear(8, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -459,7 +466,8 @@ def test_attention_dropout_in_training_is_explained_in_eval_mode() -> None:
     class Train(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lin, self.mha, self.out = nn.Linear(3, D), nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True), nn.Linear(D, 1)
+            self.lin, self.out = nn.Linear(3, D), nn.Linear(D, 1)
+            self.mha = nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True)
 
         def forward(self, x: Tensor) -> Tensor:
             h = self.lin(x)

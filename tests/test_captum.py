@@ -84,7 +84,8 @@ def two_inputs() -> nn.Module:
 
 def data(*shape: int, n: int = 5, baselines: int = 4, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(n, *shape, generator=generator, dtype=dtype), torch.randn(baselines, *shape, generator=generator, dtype=dtype)
+    x = torch.randn(n, *shape, generator=generator, dtype=dtype)
+    return x, torch.randn(baselines, *shape, generator=generator, dtype=dtype)
 
 
 def assert_close(ours: Any, theirs: Any, atol: float) -> None:
@@ -105,7 +106,9 @@ def test_deeplift_shap_equals_captum_on_an_mlp(captum_attr: Any, activation: typ
     x, background = data(6, n=6, baselines=5, dtype=dtype)
     targets = [0, 2, 1, 1, 0, 2]
     ours, delta = DeepLiftShap(model).attribute(x, baselines=background, target=targets, return_convergence_delta=True)
-    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(x, baselines=background, target=targets, return_convergence_delta=True)
+    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(
+        x, baselines=background, target=targets, return_convergence_delta=True
+    )
     assert_close(ours, theirs, TOLERANCE[dtype])
     assert_close(delta, their_delta, TOLERANCE[dtype])
     # and it is DeepExplainer's DeepSHAP, value for value
@@ -117,10 +120,13 @@ def test_deeplift_shap_equals_captum_on_an_mlp(captum_attr: Any, activation: typ
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh], ids=["relu", "tanh"])
 @pytest.mark.parametrize("baselines", ["none", "scalar", "one_row", "zeros_like", "per_row"])
-def test_deeplift_equals_captum_on_an_mlp(captum_attr: Any, activation: type[nn.Module], dtype: torch.dtype, baselines: str) -> None:
+def test_deeplift_equals_captum_on_an_mlp(
+    captum_attr: Any, activation: type[nn.Module], dtype: torch.dtype, baselines: str
+) -> None:
     model = mlp(activation, dtype)
     x, background = data(6, n=6, baselines=6, dtype=dtype)
-    given = {"none": None, "scalar": 0.25, "one_row": background[:1], "zeros_like": torch.zeros_like(x), "per_row": background}[baselines]
+    forms = {"none": None, "scalar": 0.25, "one_row": background[:1], "zeros_like": torch.zeros_like(x), "per_row": background}
+    given = forms[baselines]
     ours, delta = DeepLift(model).attribute(x, baselines=given, target=2, return_convergence_delta=True)
     theirs, their_delta = captum_attr.DeepLift(model).attribute(x, baselines=given, target=2, return_convergence_delta=True)
     assert_close(ours, theirs, TOLERANCE[dtype])
@@ -143,7 +149,9 @@ def test_on_recurrent_layers_the_delta_is_rounding_where_captums_is_not(captum_a
     model = recurrent(layer)
     x, background = data(7, 4, n=4, baselines=3)
     ours, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
-    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
+    theirs, their_delta = captum_attr.DeepLiftShap(model).attribute(
+        x, baselines=background, target=1, return_convergence_delta=True
+    )
     assert delta.shape == their_delta.shape == (4 * 3,)
     assert delta.abs().max() < DELTA_TOL
     # A documented fact, not a wish: Captum takes plain gradients through the gates of nn.LSTM / nn.GRU
@@ -151,7 +159,9 @@ def test_on_recurrent_layers_the_delta_is_rounding_where_captums_is_not(captum_a
     assert their_delta.abs().max() > 1e-2
     assert (ours - theirs).abs().max() > 1e-3
     single, single_delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
-    _, captum_single_delta = captum_attr.DeepLift(model).attribute(x, baselines=background[:1], target=1, return_convergence_delta=True)
+    _, captum_single_delta = captum_attr.DeepLift(model).attribute(
+        x, baselines=background[:1], target=1, return_convergence_delta=True
+    )
     assert single_delta.abs().max() < DELTA_TOL and captum_single_delta.abs().max() > 1e-2
     # the attributions of every row add up to f(x) - f(b) for its own baseline
     with torch.no_grad():
@@ -230,12 +240,15 @@ TARGETS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], Any]] = [
 
 @pytest.mark.parametrize("method", ["DeepLift", "DeepLiftShap"])
 @pytest.mark.parametrize(("make", "shape", "target"), [t[1:] for t in TARGETS], ids=[t[0] for t in TARGETS])
-def test_every_target_form_gives_captums_values_and_shapes(captum_attr: Any, method: str, make: Callable[[], nn.Module], shape: tuple[int, ...], target: Any) -> None:
+def test_every_target_form_gives_captums_values_and_shapes(
+    captum_attr: Any, method: str, make: Callable[[], nn.Module], shape: tuple[int, ...], target: Any
+) -> None:
     model = make()
     x, background = data(*shape, n=5, baselines=3)
     baselines = background if method == "DeepLiftShap" else background[:1]
-    ours, delta = getattr(rnnshap.captum, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
-    theirs, their_delta = getattr(captum_attr, method)(model).attribute(x, baselines=baselines, target=target, return_convergence_delta=True)
+    options = {"baselines": baselines, "target": target, "return_convergence_delta": True}
+    ours, delta = getattr(rnnshap.captum, method)(model).attribute(x, **options)
+    theirs, their_delta = getattr(captum_attr, method)(model).attribute(x, **options)
     assert_close(ours, theirs, TOLERANCE[torch.float32])
     assert delta.shape == their_delta.shape and delta.dtype == their_delta.dtype and delta.device == their_delta.device
     assert delta.abs().max() < DELTA_TOL
@@ -259,7 +272,8 @@ def test_tensor_in_tensor_out_tuple_in_tuple_out(captum_attr: Any, method: str, 
     theirs = getattr(captum_attr, method)(model).attribute(inputs, baselines=baselines, target=1)
     assert type(ours) is type(theirs)
     assert_close(ours, theirs, TOLERANCE[torch.float32])
-    for tensor, given in zip(ours if isinstance(ours, tuple) else (ours,), inputs if isinstance(inputs, tuple) else (inputs,), strict=True):
+    as_tuple = [value if isinstance(value, tuple) else (value,) for value in (ours, inputs)]
+    for tensor, given in zip(*as_tuple, strict=True):
         assert tensor.device == given.device and not tensor.requires_grad
 
 
@@ -330,13 +344,14 @@ def test_integer_additional_args_are_context_row_by_row() -> None:
     model = Packed().eval()
     x, background = data(6, 4, n=4, baselines=3)
     lengths, tokens = torch.tensor([6, 3, 5, 2]), torch.randint(0, 10, (4, 6), generator=torch.Generator().manual_seed(2))
-    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    extra = {"additional_forward_args": (lengths, tokens), "return_convergence_delta": True}
+    values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, **extra)
     assert delta.shape == (12,) and delta.abs().max() < DELTA_TOL
     assert values[1, 3:].abs().max() == 0 and values[3, 2:].abs().max() == 0  # steps past a row's length
-    values, delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    values, delta = DeepLift(model).attribute(x, baselines=background[:1], target=1, **extra)
     assert delta.abs().max() < DELTA_TOL
     # per-row baselines with per-row arguments: each row is its own pair
-    _, delta = DeepLift(model).attribute(x, baselines=torch.cat([background, background[:1]]), target=0, additional_forward_args=(lengths, tokens), return_convergence_delta=True)
+    _, delta = DeepLift(model).attribute(x, baselines=torch.cat([background, background[:1]]), target=0, **extra)
     assert delta.shape == (4,) and delta.abs().max() < DELTA_TOL
 
 
@@ -377,11 +392,15 @@ def test_multipliers_times_the_step_are_the_attributions_on_a_recurrent_model() 
     np.testing.assert_allclose(shap_multipliers.numpy(), torch.stack(pairs).mean(0).numpy(), rtol=0, atol=1e-13)
 
 
-def _times_step(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _times_step(
+    multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
     return tuple(m * (x - b) for m, x, b in zip(multipliers, inputs, baselines, strict=True))
 
 
-def _hypothetical(multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _hypothetical(
+    multipliers: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...], baselines: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
     """Hypothetical contributions of one-hot inputs (DeepLIFT's genomics use): feature k set to 1."""
     out = []
     for m, x, b in zip(multipliers, inputs, baselines, strict=True):
@@ -402,7 +421,9 @@ def test_custom_attribution_func_gets_multipliers_inputs_and_baselines(captum_at
     # multiplier × (x − b) as a custom function is the default attribution
     custom = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_times_step)
     np.testing.assert_allclose(custom.numpy(), explainer.attribute(x, baselines=background, target=2).numpy(), rtol=0, atol=1e-13)
-    ours, delta = explainer.attribute(x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True)
+    ours, delta = explainer.attribute(
+        x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True
+    )
     theirs, their_delta = getattr(captum_attr, method)(model).attribute(
         x, baselines=background, target=2, custom_attribution_func=_hypothetical, return_convergence_delta=True
     )
@@ -422,7 +443,8 @@ def test_the_delta_is_compute_convergence_delta_bit_for_bit_and_attribute_never_
     x, background = data(6, n=5, baselines=5)
     for baselines in (background, background[:1], 0.5, None):
         values, delta = DeepLift(model).attribute(x, baselines=baselines, target=[0, 1, 2, 0, 1], return_convergence_delta=True)
-        external = DeepLift(model).compute_convergence_delta(values, baselines if baselines is not None else 0.0, x, target=[0, 1, 2, 0, 1])
+        start = baselines if baselines is not None else 0.0
+        external = DeepLift(model).compute_convergence_delta(values, start, x, target=[0, 1, 2, 0, 1])
         assert torch.equal(delta, external)
     values, delta = DeepLiftShap(model).attribute(x, baselines=background, target=1, return_convergence_delta=True)
     assert torch.equal(values, DeepLiftShap(model).attribute(x, baselines=background, target=1))  # the same values

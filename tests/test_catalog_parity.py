@@ -58,7 +58,8 @@ def test_keras_selu_model_straddling_zero_adds_up_as_the_torch_one_does() -> Non
     with torch.no_grad():
         torch_model[0].weight.copy_(torch.tensor(w1.T)), torch_model[0].bias.zero_()
         torch_model[2].weight.copy_(torch.tensor(w2.T)), torch_model[2].bias.zero_()
-    torch_values = np.asarray(rnnshap.DeepExplainer(torch_model, torch.tensor(background)).shap_values(torch.tensor(x)), np.float64)
+    explainer = rnnshap.DeepExplainer(torch_model, torch.tensor(background))
+    torch_values = np.asarray(explainer.shap_values(torch.tensor(x)), np.float64)
     torch_values = torch_values.reshape(2, -1)
     scale = np.abs(gap).max()
     assert np.abs(values.sum(1) - gap).max() <= 1e-5 * scale
@@ -131,8 +132,12 @@ REFERENCES: dict[str, object] = {
     "abs": np.abs,
     "relu": lambda x: np.maximum(x, 0.0),
     "relu6": _relu6,
-    "leaky_relu": {"torch": lambda x: np.where(x > 0, x, 0.01 * x), "keras_op": lambda x: np.where(x > 0, x, 0.2 * x),
-                   "keras_activation": lambda x: np.where(x > 0, x, 0.2 * x), "tf_op": lambda x: np.where(x > 0, x, 0.2 * x)},  # fmt: skip
+    "leaky_relu": {
+        "torch": lambda x: np.where(x > 0, x, 0.01 * x),
+        "keras_op": lambda x: np.where(x > 0, x, 0.2 * x),
+        "keras_activation": lambda x: np.where(x > 0, x, 0.2 * x),
+        "tf_op": lambda x: np.where(x > 0, x, 0.2 * x),
+    },
     "selu": lambda x: _SELU_SCALE * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0))),
     "hard_silu": lambda x: x * _relu6(x + 3) / 6,
     "hard_sigmoid": lambda x: _relu6(x + 3) / 6,
@@ -186,12 +191,17 @@ def _pairs(entry: Elementwise) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], r[keep]
 
 
-def _check(side: str, entry: Elementwise, x: np.ndarray, r: np.ndarray, values: np.ndarray, out_x: np.ndarray, out_r: np.ndarray) -> None:
+def _check(
+    side: str, entry: Elementwise, x: np.ndarray, r: np.ndarray, values: np.ndarray, out_x: np.ndarray, out_r: np.ndarray
+) -> None:
     """One engine's attributions φ = m·Δ against the model's own outputs and the float64 reference."""
     ref = _reference(entry, side)
     fx, fr = ref(x.astype(np.float64)), ref(r.astype(np.float64))  # type: ignore[operator]
     for out, exact in ((out_x, fx), (out_r, fr)):  # the side computes the reference's function (to its float32 rounding)
-        np.testing.assert_allclose(out, exact, rtol=4e-6, atol=4e-6 * max(1.0, float(np.abs(exact).max())), err_msg=f"{side} {entry.name}: not the reference function")
+        np.testing.assert_allclose(
+            out, exact, rtol=4e-6, atol=4e-6 * max(1.0, float(np.abs(exact).max())),
+            err_msg=f"{side} {entry.name}: not the reference function",
+        )
     delta = x.astype(np.float64) - r.astype(np.float64)
     # what the side's float32 function is off the reference (erf-based gelu in its tail, expm1 written as exp − 1):
     # no rule can do better than the function it explains, evaluated again; twice that is allowed for it
@@ -200,13 +210,18 @@ def _check(side: str, entry: Elementwise, x: np.ndarray, r: np.ndarray, values: 
     size = np.maximum.reduce([np.abs(fx), np.abs(fr), np.abs(delta)])  # (x − tanh x near 0: f is Δ³, its error Δ·eps)
     gap = np.abs(values - (fx - fr)) / (2e-5 * size + rounding)
     worst = int(np.argmax(gap))
-    assert gap[worst] <= 1, f"{side} {entry.name} at x={x[worst]!r}, r={r[worst]!r}: Δ·m = {values[worst]:.8g}, f(x) − f(r) = {fx[worst] - fr[worst]:.8g}"
+    assert gap[worst] <= 1, (
+        f"{side} {entry.name} at x={x[worst]!r}, r={r[worst]!r}: Δ·m = {values[worst]:.8g}, "
+        f"f(x) − f(r) = {fx[worst] - fr[worst]:.8g}"
+    )
     # exactness: the multiplier is the float64 secant, to within that rounding
     secant, multiplier = (fx - fr) / delta, values / delta
     allowed = 1e-4 * np.maximum(1.0, np.abs(secant)) + rounding / np.abs(delta)
     off = np.abs(multiplier - secant) / allowed
     worst = int(np.argmax(off))
-    assert off[worst] <= 1, f"{side} {entry.name} at x={x[worst]!r}, r={r[worst]!r}: multiplier {multiplier[worst]:.8g}, secant {secant[worst]:.8g}"
+    assert off[worst] <= 1, (
+        f"{side} {entry.name} at x={x[worst]!r}, r={r[worst]!r}: multiplier {multiplier[worst]:.8g}, secant {secant[worst]:.8g}"
+    )
 
 
 def test_every_entry_has_a_reference() -> None:

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from rnnshap import demo, demo_report
+from rnnshap import demo
 from rnnshap.__main__ import main as cli
-from rnnshap.demo_report import summarize
+from rnnshap.demo import report as demo_report
+from rnnshap.demo.report import summarize
 
 from .conftest import ADDITIVITY_TOL
 
@@ -74,7 +75,8 @@ def test_demo_prints_and_writes_every_file_it_promises(report: tuple[Path, str])
         assert abs(int(width) * 1.5 - _png_width(out / source)) <= 2
     assert results["samples"] == 2 and results["epochs"] == 2 and results["layer"] == "lstm"
     assert results["additivity_error"] < 1e-4 and 0.0 <= results["accuracy"] <= 1.0
-    for shown in (f"{results['accuracy']:.1%}", f"{results['additivity_error']:.1e}", "Largest additivity error", "LSTM (8 → 32"):
+    shown_numbers = (f"{results['accuracy']:.1%}", f"{results['additivity_error']:.1e}")
+    for shown in (*shown_numbers, "Largest additivity error", "LSTM (8 → 32"):
         assert shown in page
     assert {"train_seconds", "explain_seconds", "total_seconds"} <= set(summary["timing"])
 
@@ -96,11 +98,11 @@ def test_the_explained_digits_differ_and_include_a_misclassified_one() -> None:
 
 def test_the_report_keeps_one_scale_per_family_and_starts_the_running_total_at_the_base() -> None:
     pytest.importorskip("matplotlib")
-    result = demo.run(samples=3, seed=1, epochs=1, background=5).for_report()
+    result = demo.run(samples=3, seed=1, epochs=1, background=5)
     assert len(set(result.indices.tolist())) == 3
     assert (result.predictions != result.labels).any()  # one epoch: the model gets digits wrong, and one is shown
-    scales = demo_report._Scales.of(result)
-    figures = dict(demo_report._figures(result, scales))
+    scales = demo_report.Scales.of(result)
+    figures = dict(demo_report.figure_makers(result, scales))
     for i, predicted in enumerate(result.predictions):
         sample = figures[f"sample_{i}"]()
         (image,) = [ax.images[0] for ax in sample.axes if ax.get_title().startswith("φ to class")]
@@ -141,9 +143,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     first = demo.run(samples=2, seed=3, epochs=2, background=10)
     second = demo.run(samples=2, seed=3, epochs=2, background=10)
     other = demo.run(samples=2, seed=4, epochs=2, background=10)
-    assert summarize(first.for_report())["results"] == summarize(second.for_report())["results"]
+    assert summarize(first)["results"] == summarize(second)["results"]
     np.testing.assert_array_equal(first.shap_values, second.shap_values)
-    assert summarize(first.for_report())["results"] != summarize(other.for_report())["results"]
+    assert summarize(first)["results"] != summarize(other)["results"]
 
 
 @pytest.mark.parametrize("layer", ["gru", "bidirectional"])

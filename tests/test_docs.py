@@ -14,7 +14,8 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "../README.md"])  # the page starts Ray
+# large_datasets.md starts Ray
+@pytest.mark.parametrize("page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "../README.md"])
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
     blocks = python_blocks(DOCS / page)
@@ -50,7 +51,8 @@ def test_the_readme_installs_in_a_venv_and_tests_with_the_command_ci_runs() -> N
     for block in (install, tests):
         assert "venv" in block[0], block  # a fresh virtual environment first
         assert any(line.startswith("pip install torch==") and "/whl/cpu" in line for line in block), block  # the CPU build
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert tests[-1].split("#")[0].strip() == ci[-1] == "python -m pytest -q -n 2"
     runs = [line.split("#")[0].strip() for line in tests if "pytest" in line]
     assert runs == [line for line in ci if "pytest" in line]  # CI runs the README's test commands, no more, no fewer

@@ -372,7 +372,9 @@ def test_a_sort_over_the_batch_is_refused_by_name() -> None:
     assert "Rescale()" not in message
 
 
-@pytest.mark.parametrize("how", ["gather-argmax", "gather-max-indices", "index-min-indices", "sort", "topk", "gather-topk-indices"])
+@pytest.mark.parametrize(
+    "how", ["gather-argmax", "gather-max-indices", "index-min-indices", "sort", "topk", "gather-topk-indices"]
+)
 def test_picked_indices_used_downstream_are_exact(how: str) -> None:
     """(tests/test_picked.py holds their closed-form and written-two-ways checks.)"""
     model = Selecting(how).to(D).eval()
@@ -494,7 +496,10 @@ def test_every_refusal_of_a_forward_is_listed_together() -> None:
     for expected in ("torch.inference_mode()", "round", "allclose", "gt"):
         assert any(expected in name for name in names), (expected, names)
     message = str(info.value)
-    for advice in ("Use torch.no_grad() there instead", "piecewise constant", "control flow independent", "separate bool or integer input"):
+    advices = (
+        "Use torch.no_grad() there instead", "piecewise constant", "control flow independent", "separate bool or integer input"
+    )
+    for advice in advices:
         assert advice in message
 
 

@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 
 import rnnshap
 from rnnshap.engines.pytorch.calls import flatten_call
-from rnnshap.engines.pytorch.passes import TensorMap
+from rnnshap.engines.pytorch.tensor_map import TensorMap
 from rnnshap.rules.elementwise import (
     RESULT_SECANTS,
     coalition_multipliers,
@@ -91,7 +91,8 @@ def test_rescale_of_sigmoid_and_tanh_is_the_exact_secant(f: object, dtype: torch
         assert (np.abs(m - exact)[near] <= 2 * eps * (1 + np.abs(exact))[near]).all()
         quotient = far.numpy() & np.isfinite(exact)
         assert (np.abs(m - exact)[quotient] <= 4 * eps * (np.abs(exact) + (o + o_r) / delta.double().numpy())[quotient]).all()
-        assert np.isfinite(m[~np.isnan(x.double().numpy() - r.double().numpy())]).all()  # (a NaN operand: NaN, as the generic rule)
+        # (a NaN operand: NaN, as the generic rule)
+        assert np.isfinite(m[~np.isnan(x.double().numpy() - r.double().numpy())]).all()
 
 
 def test_flatten_equals_pytree() -> None:
@@ -198,5 +199,6 @@ def test_one_operand_rule_equals_the_sum_over_coalitions(name: str, g: object, s
         general = coalition_multipliers(g, [x], [r], smooth)  # type: ignore[arg-type]
         for a, b in zip([fast[0], fast[1], *fast[2]], [general[0], general[1], *general[2]], strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype
-            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)), name
+            assert torch.equal(a.isnan(), b.isnan()), name
+            assert torch.equal(a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)), name
             assert torch.equal(a.isinf(), b.isinf()) and torch.equal(a[a.isinf()], b[b.isinf()]), name

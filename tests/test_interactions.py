@@ -74,7 +74,9 @@ def _sii(v: dict, i: int, j: int) -> np.ndarray:
 def _stii(v: dict, i: int, j: int) -> np.ndarray:
     rest = [p for p in range(T) if p not in (i, j)]
     return sum(
-        2 / T * _delta(v, i, j, frozenset(S)) / comb(T - 1, len(S)) for size in range(T - 1) for S in itertools.combinations(rest, size)
+        2 / T * _delta(v, i, j, frozenset(S)) / comb(T - 1, len(S))
+        for size in range(T - 1)
+        for S in itertools.combinations(rest, size)
     )
 
 

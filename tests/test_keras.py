@@ -62,18 +62,32 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
     "lstm": lambda d: sequential(d, lambda d: L.LSTM(4, dtype=d), lambda d: L.Dense(3, dtype=d)),
     "gru": lambda d: sequential(d, lambda d: L.GRU(4, dtype=d), lambda d: L.Dense(3, activation="softmax", dtype=d)),
     "gru-reset-before": lambda d: sequential(d, lambda d: L.GRU(4, reset_after=False, dtype=d), lambda d: L.Dense(2, dtype=d)),
-    "simple-rnn-relu": lambda d: sequential(d, lambda d: L.SimpleRNN(4, activation="relu", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "simple-rnn-relu": lambda d: sequential(
+        d, lambda d: L.SimpleRNN(4, activation="relu", dtype=d), lambda d: L.Dense(2, dtype=d)
+    ),
     "stacked-sequences": lambda d: sequential(
-        d, lambda d: L.LSTM(4, return_sequences=True, dtype=d), lambda d: L.GRU(3, return_sequences=True, dtype=d), lambda d: L.Dense(2, activation="tanh", dtype=d)
+        d, lambda d: L.LSTM(4, return_sequences=True, dtype=d), lambda d: L.GRU(3, return_sequences=True, dtype=d),
+        lambda d: L.Dense(2, activation="tanh", dtype=d)
     ),
-    "bidirectional-mul": lambda d: sequential(d, lambda d: L.Bidirectional(L.LSTM(4, dtype=d), merge_mode="mul", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "bidirectional-mul": lambda d: sequential(
+        d, lambda d: L.Bidirectional(L.LSTM(4, dtype=d), merge_mode="mul", dtype=d), lambda d: L.Dense(2, dtype=d)
+    ),
     "bidirectional-ave": lambda d: sequential(
-        d, lambda d: L.Bidirectional(L.GRU(3, return_sequences=True, dtype=d), merge_mode="ave", dtype=d), lambda d: L.GlobalAveragePooling1D(dtype=d), lambda d: L.Dense(2, dtype=d)
+        d, lambda d: L.Bidirectional(L.GRU(3, return_sequences=True, dtype=d), merge_mode="ave", dtype=d),
+        lambda d: L.GlobalAveragePooling1D(dtype=d), lambda d: L.Dense(2, dtype=d)
     ),
-    "bidirectional-sum": lambda d: sequential(d, lambda d: L.Bidirectional(L.SimpleRNN(3, dtype=d), merge_mode="sum", dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "bidirectional-sum": lambda d: sequential(
+        d, lambda d: L.Bidirectional(L.SimpleRNN(3, dtype=d), merge_mode="sum", dtype=d), lambda d: L.Dense(2, dtype=d)
+    ),
     "bidirectional-none": _bidirectional_none_times,
-    "go-backwards": lambda d: sequential(d, lambda d: L.LSTM(4, go_backwards=True, return_sequences=True, dtype=d), lambda d: L.Flatten(dtype=d), lambda d: L.Dense(2, dtype=d)),
-    "rnn-stacked-cells": lambda d: sequential(d, lambda d: L.RNN(L.StackedRNNCells([L.LSTMCell(4, dtype=d), L.GRUCell(3, dtype=d)], dtype=d), dtype=d), lambda d: L.Dense(2, dtype=d)),
+    "go-backwards": lambda d: sequential(
+        d, lambda d: L.LSTM(4, go_backwards=True, return_sequences=True, dtype=d), lambda d: L.Flatten(dtype=d),
+        lambda d: L.Dense(2, dtype=d),
+    ),
+    "rnn-stacked-cells": lambda d: sequential(
+        d, lambda d: L.RNN(L.StackedRNNCells([L.LSTMCell(4, dtype=d), L.GRUCell(3, dtype=d)], dtype=d), dtype=d),
+        lambda d: L.Dense(2, dtype=d),
+    ),
     "return-state": _functional_return_state,
     "conv2d-activation-layers": lambda d: sequential(
         d,
@@ -96,7 +110,8 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
         lambda d: L.Dense(1, dtype=d),
     ),
     "unrolled-lstm-global-max": lambda d: sequential(
-        d, lambda d: L.LSTM(4, return_sequences=True, unroll=True, dtype=d), lambda d: L.GlobalMaxPooling1D(dtype=d), lambda d: L.Dense(2, dtype=d)
+        d, lambda d: L.LSTM(4, return_sequences=True, unroll=True, dtype=d), lambda d: L.GlobalMaxPooling1D(dtype=d),
+        lambda d: L.Dense(2, dtype=d)
     ),
     "unrolled-gru-global-max-keepdims": lambda d: sequential(
         d,
@@ -106,7 +121,8 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
         lambda d: L.Dense(2, dtype=d),
     ),
     "conv-lstm-gelu": lambda d: sequential(
-        d, lambda d: L.Conv1D(4, 3, padding="same", activation="relu", dtype=d), lambda d: L.LSTM(3, dtype=d), lambda d: L.Dense(2, activation="gelu", dtype=d)
+        d, lambda d: L.Conv1D(4, 3, padding="same", activation="relu", dtype=d), lambda d: L.LSTM(3, dtype=d),
+        lambda d: L.Dense(2, activation="gelu", dtype=d)
     ),
 }
 
@@ -142,10 +158,13 @@ def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
 
 
 def test_long_sequences_run_compiled_steps_and_add_up() -> None:
-    from rnnshap.engines.keras.layers import COMPILE_MIN_STEPS
+    from rnnshap.engines.keras.recurrent import COMPILE_MIN_STEPS
 
     steps = COMPILE_MIN_STEPS
-    model = sequential("float32", lambda d: L.GRU(2, return_sequences=True, dtype=d), lambda d: L.LSTM(2, dtype=d), lambda d: L.Dense(1, dtype=d), shape=(steps, 2))
+    model = sequential(
+        "float32", lambda d: L.GRU(2, return_sequences=True, dtype=d), lambda d: L.LSTM(2, dtype=d),
+        lambda d: L.Dense(1, dtype=d), shape=(steps, 2),
+    )
     rng = np.random.default_rng(7)
     background, x = rng.normal(size=(3, steps, 2)).astype(np.float32), rng.normal(size=(2, steps, 2)).astype(np.float32)
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
@@ -237,7 +256,9 @@ def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: b
     for _ in range(num_layers):
         rnn = L.LSTM(4, return_sequences=True) if kind == "lstm" else L.GRU(4, return_sequences=True, reset_after=True)
         layers.append(L.Bidirectional(rnn) if bidirectional else rnn)
-    model = keras.Sequential([keras.Input((T, F)), *layers, L.Flatten() if pool == "flatten" else L.GlobalMaxPooling1D(), L.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((T, F)), *layers, L.Flatten() if pool == "flatten" else L.GlobalMaxPooling1D(), L.Dense(3)]
+    )
     for index, layer in enumerate(layers):
         if bidirectional:
             _copy_into(layer.forward_layer.cell, module.rnn, f"_l{index}")
@@ -251,7 +272,10 @@ def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: b
 
 @pytest.mark.parametrize(
     ("kind", "num_layers", "bidirectional", "pool"),
-    [("lstm", 1, False, "flatten"), ("gru", 1, False, "flatten"), ("lstm", 1, True, "flatten"), ("gru", 2, False, "flatten"), ("lstm", 2, True, "flatten"), ("gru", 1, True, "max")],
+    [
+        ("lstm", 1, False, "flatten"), ("gru", 1, False, "flatten"), ("lstm", 1, True, "flatten"), ("gru", 2, False, "flatten"),
+        ("lstm", 2, True, "flatten"), ("gru", 1, True, "max"),
+    ],
 )
 def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, bidirectional: bool, pool: str) -> None:
     torch.manual_seed(0)
@@ -259,7 +283,9 @@ def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, 
     model = _keras_twin(module, kind, num_layers, bidirectional, pool)
     rng = np.random.default_rng(4)
     background, x = rng.normal(size=(4, T, F)).astype(np.float32), rng.normal(size=(3, T, F)).astype(np.float32)
-    assert_rounding_close(outputs_of(model, x), module(torch.from_numpy(x)).detach().numpy(), np.float32, what="Keras twin's f(x)")
+    assert_rounding_close(
+        outputs_of(model, x), module(torch.from_numpy(x)).detach().numpy(), np.float32, what="Keras twin's f(x)"
+    )
     from_keras = rnnshap.DeepExplainer(model, background).shap_values(x)
     from_torch = rnnshap.DeepExplainer(module, torch.from_numpy(background)).shap_values(torch.from_numpy(x))
     assert_rounding_close(from_keras, from_torch, np.float32, what="φ from Keras against φ from PyTorch")
@@ -272,7 +298,10 @@ def test_keras_model_gets_the_keras_engine_behind_the_same_front_door_and_torch_
     model = ARCHITECTURES["lstm"]("float32")
     explainer = rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
     assert type(explainer) is rnnshap.DeepExplainer and isinstance(explainer.engine, KerasEngine)
-    script = "import sys, torch, rnnshap; rnnshap.DeepExplainer(torch.nn.Linear(2, 1).eval(), torch.zeros(2, 2)); assert 'tensorflow' not in sys.modules"
+    script = (
+        "import sys, torch, rnnshap; rnnshap.DeepExplainer(torch.nn.Linear(2, 1).eval(), torch.zeros(2, 2)); "
+        "assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
@@ -320,7 +349,10 @@ def test_bad_input_is_an_input_error() -> None:
 
 def test_unsupported_layers_are_refused_together_by_name() -> None:
     model = keras.Sequential(
-        [keras.Input((T, F)), L.Conv1DTranspose(2, 2, name="deconv"), L.LSTM(3), L.Dense(2, activation=lambda t: t**2, name="squared")]
+        [
+            keras.Input((T, F)), L.Conv1DTranspose(2, 2, name="deconv"), L.LSTM(3),
+            L.Dense(2, activation=lambda t: t**2, name="squared"),
+        ]
     )
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
@@ -330,7 +362,9 @@ def test_unsupported_layers_are_refused_together_by_name() -> None:
 #: channels_first max pooling: (input shape, dtype, the pooling layer given a data format and dtype); TensorFlow's
 #: MaxPool3D has no float64 kernel
 CHANNELS_FIRST_POOLS = {
-    "maxpool1d-same-strided": ((4, 7), "float64", lambda f, d: L.MaxPooling1D(3, strides=2, padding="same", data_format=f, dtype=d)),
+    "maxpool1d-same-strided": (
+        (4, 7), "float64", lambda f, d: L.MaxPooling1D(3, strides=2, padding="same", data_format=f, dtype=d)
+    ),
     "maxpool2d-valid": ((2, 5, 6), "float64", lambda f, d: L.MaxPooling2D((2, 2), strides=(1, 2), data_format=f, dtype=d)),
     "maxpool2d-same": ((2, 5, 5), "float64", lambda f, d: L.MaxPooling2D((2, 3), padding="same", data_format=f, dtype=d)),
     "maxpool3d": ((2, 3, 4, 4), "float32", lambda f, d: L.MaxPooling3D((1, 2, 2), padding="same", data_format=f, dtype=d)),
@@ -342,7 +376,7 @@ CHANNELS_FIRST_POOLS = {
 @pytest.mark.parametrize("name", list(CHANNELS_FIRST_POOLS))
 def test_channels_first_max_pooling_gives_the_values_of_the_channels_last_model(name: str) -> None:
     """The truth is an independent network: the same layers with the pooling in channels_last between
-    two Permutes (a linear move), checked against PyTorch's max-pool rule in test_keras_issue22_backends."""
+    two Permutes (a linear move), checked against PyTorch's max-pool rule in test_keras_orderings_picks_pooling.py."""
     shape, dtype, pool = CHANNELS_FIRST_POOLS[name]
     rank = len(shape) - 1
     keras.utils.set_random_seed(3)
@@ -377,7 +411,9 @@ def test_integer_input_that_feeds_no_embedding_is_refused() -> None:
 
 # -- masks ---------------------------------------------------------------------------------------
 MASKED: dict[str, Callable[[], Any]] = {
-    "lstm-sequences": lambda: [L.LSTM(3, return_sequences=True, dtype="float64"), L.GlobalAveragePooling1D(dtype="float64"), L.Dense(2, dtype="float64")],
+    "lstm-sequences": lambda: [
+        L.LSTM(3, return_sequences=True, dtype="float64"), L.GlobalAveragePooling1D(dtype="float64"), L.Dense(2, dtype="float64")
+    ],
     "gru-backwards": lambda: [L.GRU(3, go_backwards=True, dtype="float64"), L.Dense(2, dtype="float64")],
     "bidirectional-stacked": lambda: [
         L.Bidirectional(L.LSTM(3, return_sequences=True, dtype="float64"), dtype="float64"),
@@ -422,8 +458,11 @@ def test_embedding_mask_zero_with_a_recurrent_layer() -> None:
 
 def test_initial_states_as_inputs_and_a_nested_model() -> None:
     keras.utils.set_random_seed(0)
-    x_in, h_in, c_in = keras.Input((T, F), dtype="float64"), keras.Input((4,), dtype="float64"), keras.Input((4,), dtype="float64")
-    head = keras.Sequential([keras.Input((4,), dtype="float64"), L.Dense(3, activation="sigmoid", dtype="float64"), L.Dense(2, dtype="float64")])
+    x_in = keras.Input((T, F), dtype="float64")
+    h_in, c_in = keras.Input((4,), dtype="float64"), keras.Input((4,), dtype="float64")
+    head = keras.Sequential(
+        [keras.Input((4,), dtype="float64"), L.Dense(3, activation="sigmoid", dtype="float64"), L.Dense(2, dtype="float64")]
+    )
     model = keras.Model([x_in, h_in, c_in], head(L.LSTM(4, dtype="float64")(x_in, initial_state=[h_in, c_in])))
     rng = np.random.default_rng(10)
     background = [rng.normal(size=(3, *shape)) for shape in ((T, F), (4,), (4,))]
@@ -465,7 +504,9 @@ def test_stop_gradient_is_the_identity() -> None:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((T, F), dtype="float64")
     h = L.GRU(4, dtype="float64")(inputs)
-    stopped = keras.Model(inputs, L.Dense(1, dtype="float64")(L.Lambda(lambda t: t + keras.ops.stop_gradient(t * t), dtype="float64")(h)))
+    stopped = keras.Model(
+        inputs, L.Dense(1, dtype="float64")(L.Lambda(lambda t: t + keras.ops.stop_gradient(t * t), dtype="float64")(h))
+    )
     plain = keras.Model(inputs, L.Dense(1, dtype="float64")(L.Lambda(lambda t: t + t * t, dtype="float64")(h)))
     plain.set_weights(stopped.get_weights())
     rng = np.random.default_rng(6)

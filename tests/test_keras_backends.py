@@ -37,18 +37,29 @@ def _functional_attention() -> Any:
 
 
 MODELS: dict[str, Callable[[], Any]] = {
-    "lstm": lambda: keras.Sequential([keras.Input((T, F), dtype="float64"), L.LSTM(5, dtype="float64"), L.Dense(2, dtype="float64")]),
+    "lstm": lambda: keras.Sequential(
+        [keras.Input((T, F), dtype="float64"), L.LSTM(5, dtype="float64"), L.Dense(2, dtype="float64")]
+    ),
     "gru-sequences": lambda: keras.Sequential(
-        [keras.Input((T, F), dtype="float64"), L.GRU(4, return_sequences=True, dtype="float64"), L.Flatten(dtype="float64"), L.Dense(2, dtype="float64")]
+        [
+            keras.Input((T, F), dtype="float64"), L.GRU(4, return_sequences=True, dtype="float64"), L.Flatten(dtype="float64"),
+            L.Dense(2, dtype="float64"),
+        ]
     ),
     "bidirectional": lambda: keras.Sequential(
-        [keras.Input((T, F), dtype="float64"), L.Bidirectional(L.SimpleRNN(3, dtype="float64"), dtype="float64"), L.Dense(1, dtype="float64")]
+        [
+            keras.Input((T, F), dtype="float64"), L.Bidirectional(L.SimpleRNN(3, dtype="float64"), dtype="float64"),
+            L.Dense(1, dtype="float64"),
+        ]
     ),
     "pooled-states": _functional_attention,
     "two-outputs": lambda: _two_outputs(),
     "two-outputs-final": lambda: _two_outputs(),
     "masking": lambda: keras.Sequential(
-        [keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), L.LSTM(4, dtype="float64"), L.Dense(2, dtype="float64")]
+        [
+            keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), L.LSTM(4, dtype="float64"),
+            L.Dense(2, dtype="float64"),
+        ]
     ),
     "masking-two-inputs": lambda: _masked_two_inputs(),
     # (found in review) Keras casts a float64 input to a float32 Masking; one Masking shared by two
@@ -74,9 +85,12 @@ def _two_outputs() -> Any:
 def _masked_two_inputs() -> Any:
     """A Masking on the first of two inputs, a bidirectional GRU over it, the second input beside."""
     steps, extra = keras.Input((T, F), dtype="float64"), keras.Input((T, F), dtype="float64")
-    states = L.Bidirectional(L.GRU(3, return_sequences=True, dtype="float64"), dtype="float64")(L.Masking(0.0, dtype="float64")(steps))
+    masked = L.Masking(0.0, dtype="float64")(steps)
+    states = L.Bidirectional(L.GRU(3, return_sequences=True, dtype="float64"), dtype="float64")(masked)
     pooled = L.GlobalAveragePooling1D(dtype="float64")(states)
-    return keras.Model([steps, extra], L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([pooled, L.Flatten(dtype="float64")(extra)])))
+    return keras.Model(
+        [steps, extra], L.Dense(2, dtype="float64")(L.Concatenate(dtype="float64")([pooled, L.Flatten(dtype="float64")(extra)]))
+    )
 
 
 def _masking_shared() -> Any:
@@ -135,7 +149,8 @@ print(json.dumps(found))
 
 
 def saved_for_the_torch_side(
-    folder: Path, models: dict[str, Callable[[], Any]], data: Callable[[str, np.random.Generator], tuple[Any, Any]], options: dict[str, dict[str, Any]] | None = None
+    folder: Path, models: dict[str, Callable[[], Any]], data: Callable[[str, np.random.Generator], tuple[Any, Any]],
+    options: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, tuple[Any, Any, Any]]:
     """Each model built (seed 0) with its inputs and background from ``data(name, rng)``, saved under
     ``folder / name`` as ``_TORCH_SIDE`` reads them; returns name → (model, x, background)."""
@@ -157,7 +172,9 @@ def saved_for_the_torch_side(
     return built
 
 
-def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
+    tmp_path: Path, keras_process: Callable[[str], KerasProcess]
+) -> None:
     pytest.importorskip("torch")
     built = saved_for_the_torch_side(tmp_path, MODELS, _data, OPTIONS)
     # one job for all models in the session's torch-backend process (Keras fixes its backend at import),
@@ -185,7 +202,9 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
                 assert np.all(masked_values[row, steps] == 0), name
             assert np.abs(masked_values[1, :4]).max() > 0, name
         assert_rounding_close(np.reshape(found[name]["expected"], np.shape(expected)), expected, np.float32, what=f"{name}: E[f]")
-    assert_rounding_close(np.load(tmp_path / "lstm" / "shapley.npy"), exact_shapley.values, np.float32, what="lstm: Shapley values")
+    assert_rounding_close(
+        np.load(tmp_path / "lstm" / "shapley.npy"), exact_shapley.values, np.float32, what="lstm: Shapley values"
+    )
 
 
 def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,7 +214,9 @@ def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch)
         rnnshap.DeepExplainer(model, np.zeros((2, T, F)))
 
 
-def test_a_masking_of_a_computed_tensor_on_the_torch_backend_is_refused_with_advice_for_keras(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_masking_of_a_computed_tensor_on_the_torch_backend_is_refused_with_advice_for_keras(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A Masking on a model input takes the explained sample's mask (the equality test above); one
     on a tensor the model computes is refused by the layer's name, with advice that fits Keras."""
     inp = keras.Input((T, F))
@@ -205,4 +226,5 @@ def test_a_masking_of_a_computed_tensor_on_the_torch_backend_is_refused_with_adv
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
     message = str(info.value)
-    assert "Masking (padding)" in message and "apply Masking to a model input" in message and "KERAS_BACKEND=tensorflow" in message
+    assert "Masking (padding)" in message and "apply Masking to a model input" in message
+    assert "KERAS_BACKEND=tensorflow" in message

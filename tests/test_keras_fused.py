@@ -42,7 +42,9 @@ def _model(kind: str, dtype: str) -> keras.Model:
     return keras.Model(inp, L.Dense(3, dtype=dtype)(h))
 
 
-def _values(model: keras.Model, background: np.ndarray, X: np.ndarray, fast: bool, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> tuple[np.ndarray, bool]:
+def _values(
+    model: keras.Model, background: np.ndarray, X: np.ndarray, fast: bool, monkeypatch: pytest.MonkeyPatch, **kwargs: object
+) -> tuple[np.ndarray, bool]:
     """The values with the fast path allowed (``fast``) or not, and whether it ran."""
     taken: list[int] = []
     applies = fused.applies
@@ -85,7 +87,8 @@ def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, xla:
     fast, ran = _values(model, background, X, True, monkeypatch, batch_size=3)  # blocks of 3 samples x 7 references
     slow, _ = _values(model, background, X, False, monkeypatch, batch_size=3)
     assert ran and bool(compiled) == xla
-    assert np.abs(fast - slow).max() <= secant_rounding_tol(dtype) * max(1.0, float(np.abs(slow).max()))  # the same values in another order
+    # the same values in another order
+    assert np.abs(fast - slow).max() <= secant_rounding_tol(dtype) * max(1.0, float(np.abs(slow).max()))
     assert np.all(fast[:, :, F - 1] == 0)  # the feature the model ignores
     gap = np.asarray(model(X), np.float64) - np.asarray(model(background), np.float64).mean(0)
     total = fast.reshape(len(X), -1, 3).sum(1)
@@ -96,7 +99,10 @@ def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, xla:
 def test_other_layers_take_the_step_by_step_path(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A masked LSTM (the masked steps get exactly 0), and a GRU with reset_after=False."""
     inp = keras.Input((T, F))
-    h = L.LSTM(5)(L.Masking(0.0)(inp)) if layer == "masked-lstm" else L.GRU(5, reset_after=False)(L.Lambda(lambda t: t * 1.0)(inp))
+    if layer == "masked-lstm":
+        h = L.LSTM(5)(L.Masking(0.0)(inp))
+    else:
+        h = L.GRU(5, reset_after=False)(L.Lambda(lambda t: t * 1.0)(inp))
     model = keras.Model(inp, L.Dense(1)(h))
     rng = np.random.default_rng(1)
     background, X = rng.normal(size=(4, T, F)).astype("float32"), rng.normal(size=(2, T, F)).astype("float32")

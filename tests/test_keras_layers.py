@@ -68,21 +68,33 @@ class Gated(L.Layer):
 
 
 LAYERS: dict[str, Callable[[Any, str], Any]] = {
-    "attention-dot-scale-causal": lambda i, d: L.Attention(use_scale=True, dtype=d)([L.Dense(4, dtype=d)(i), L.Dense(4, dtype=d)(i)], use_causal_mask=True),
+    "attention-dot-scale-causal": lambda i, d: L.Attention(use_scale=True, dtype=d)(
+        [L.Dense(4, dtype=d)(i), L.Dense(4, dtype=d)(i)], use_causal_mask=True
+    ),
     "attention-query-value-key": lambda i, d: L.Attention(dtype=d)([L.Dense(4, dtype=d)(i), i, L.Dense(4, dtype=d)(i)]),
-    "attention-concat-scale": lambda i, d: L.Attention(score_mode="concat", use_scale=True, dtype=d)([L.Dense(4, dtype=d)(i), L.Dense(4, dtype=d)(i)]),
+    "attention-concat-scale": lambda i, d: L.Attention(score_mode="concat", use_scale=True, dtype=d)(
+        [L.Dense(4, dtype=d)(i), L.Dense(4, dtype=d)(i)]
+    ),
     "additive-attention": lambda i, d: L.AdditiveAttention(dtype=d)([L.Dense(4, dtype=d)(i), L.Dense(4, dtype=d)(i)]),
     "mha-self": lambda i, d: L.MultiHeadAttention(2, 3, dtype=d)(i, i),
-    "mha-dims-causal": lambda i, d: L.MultiHeadAttention(2, 3, value_dim=2, output_shape=(4,), dtype=d)(i, L.Dense(4, dtype=d)(i), key=i, use_causal_mask=True),
+    "mha-dims-causal": lambda i, d: L.MultiHeadAttention(2, 3, value_dim=2, output_shape=(4,), dtype=d)(
+        i, L.Dense(4, dtype=d)(i), key=i, use_causal_mask=True
+    ),
     "mha-scores-dropout": lambda i, d: L.MultiHeadAttention(2, 2, dropout=0.3, dtype=d)(i, i, return_attention_scores=True)[0],
-    "mha-attention-axes": lambda i, d: L.MultiHeadAttention(2, 2, attention_axes=(2,), dtype=d)(L.Reshape((T, F, 1), dtype=d)(i), L.Reshape((T, F, 1), dtype=d)(i)),
+    "mha-attention-axes": lambda i, d: L.MultiHeadAttention(2, 2, attention_axes=(2,), dtype=d)(
+        L.Reshape((T, F, 1), dtype=d)(i), L.Reshape((T, F, 1), dtype=d)(i)
+    ),
     "layer-norm": lambda i, d: L.LSTM(3, return_sequences=True, dtype=d)(L.LayerNormalization(dtype=d)(i)),
     "layer-norm-axes-no-centre": lambda i, d: L.LayerNormalization(axis=[1, 2], center=False, dtype=d)(i),
     "layer-norm-no-scale": lambda i, d: L.LayerNormalization(axis=1, scale=False, dtype=d)(i),
     "rms-normalization": lambda i, d: L.RMSNormalization(dtype=d)(i),
     "group-norm": lambda i, d: L.GroupNormalization(groups=2, dtype=d)(L.Dense(4, dtype=d)(i)),
-    "lambda-keras-ops": lambda i, d: L.Lambda(lambda t: ops.softmax(t * t, axis=1) * ops.exp(t) / (1 + ops.abs(t)) + ops.max(t, axis=1, keepdims=True), dtype=d)(i),
-    "lambda-tf-ops": lambda i, d: L.Lambda(lambda t: tf.reduce_sum(tf.gather(tf.nn.relu(t), [0, 2, 2], axis=1) ** 2, axis=1) / tf.reduce_max(t, axis=1), dtype=d)(i),
+    "lambda-keras-ops": lambda i, d: L.Lambda(
+        lambda t: ops.softmax(t * t, axis=1) * ops.exp(t) / (1 + ops.abs(t)) + ops.max(t, axis=1, keepdims=True), dtype=d
+    )(i),
+    "lambda-tf-ops": lambda i, d: L.Lambda(
+        lambda t: tf.reduce_sum(tf.gather(tf.nn.relu(t), [0, 2, 2], axis=1) ** 2, axis=1) / tf.reduce_max(t, axis=1), dtype=d
+    )(i),
     "subclassed-layer": lambda i, d: Gated(4, dtype=d)(i),
 }
 
@@ -116,7 +128,9 @@ def _per_step(layer: Callable[[Any], Any]) -> Any:
 @pytest.mark.parametrize(
     "layer",
     [
-        lambda i: L.Attention(dtype="float64")([L.Dense(4, dtype="float64")(i), L.Dense(4, dtype="float64")(i)], use_causal_mask=True),
+        lambda i: L.Attention(dtype="float64")(
+            [L.Dense(4, dtype="float64")(i), L.Dense(4, dtype="float64")(i)], use_causal_mask=True
+        ),
         lambda i: L.Attention(score_mode="concat", dtype="float64")([i, i], use_causal_mask=True),
         lambda i: L.MultiHeadAttention(2, 3, dtype="float64")(i, i, use_causal_mask=True),
         lambda i: L.MultiHeadAttention(2, 3, dtype="float64")(i, i, use_causal_mask=True, return_attention_scores=True)[0],
@@ -141,7 +155,10 @@ def test_masked_tokens_get_exactly_zero_and_references_read_the_mask(kind: str) 
     tokens = keras.Input((T,), dtype="int32")
     keras.utils.set_random_seed(0)
     embedded = L.Embedding(9, 4, mask_zero=True, dtype="float64")(tokens)  # token 0 is masked, its embedding is not zero
-    attended = L.Attention(dtype="float64")([embedded, embedded]) if kind == "attention" else L.MultiHeadAttention(2, 3, dtype="float64")(embedded, embedded)
+    if kind == "attention":
+        attended = L.Attention(dtype="float64")([embedded, embedded])
+    else:
+        attended = L.MultiHeadAttention(2, 3, dtype="float64")(embedded, embedded)
     model = keras.Model(tokens, L.Dense(2, dtype="float64")(L.GlobalAveragePooling1D(dtype="float64")(attended)))
     rng = np.random.default_rng(4)
     background, x = rng.integers(1, 9, (3, T)), rng.integers(1, 9, (2, T))
@@ -187,7 +204,9 @@ def test_a_masked_value_via_a_mask_op_gets_exactly_zero() -> None:
     keras.utils.set_random_seed(0)
     query, value = keras.Input((T, F), dtype="float64"), keras.Input((T, F), dtype="float64")
     value_mask = ops.not_equal(value[..., 0], 0.0)  # a step whose first feature is 0 is padding
-    attended = L.Attention(dtype="float64")([L.Dense(4, dtype="float64")(query), L.Dense(4, dtype="float64")(value)], mask=[None, value_mask])
+    attended = L.Attention(dtype="float64")(
+        [L.Dense(4, dtype="float64")(query), L.Dense(4, dtype="float64")(value)], mask=[None, value_mask]
+    )
     model = keras.Model([query, value], L.Dense(2, dtype="float64")(L.Flatten(dtype="float64")(attended)))
     rng = np.random.default_rng(6)
     background = [rng.normal(size=(3, T, F)), rng.normal(size=(3, T, F))]
@@ -202,7 +221,7 @@ def test_unsupported_ops_in_lambdas_are_refused_together_by_name() -> None:
     model = keras.Sequential(
         [
             keras.Input((T, F)),
-            # (a comparison of picked indices: argmax's own uses are exact, tests/test_keras_issue22_backends.py)
+            # (a comparison of picked indices: argmax's own uses are exact, tests/test_keras_orderings_picks_pooling.py)
             L.Lambda(lambda t: ops.cast(ops.equal(ops.argmax(t, axis=1), 0), "float32")[:, None, :] * t, name="picker"),
             L.Lambda(lambda t: tf.math.cumprod(t, axis=1), name="products"),
             L.Lambda(lambda t: t if float(tf.reduce_sum(t)) > 0 else -t, name="branching"),
@@ -218,10 +237,13 @@ def test_unsupported_ops_in_lambdas_are_refused_together_by_name() -> None:
 
 
 def test_a_cast_to_integers_in_a_lambda_is_refused_by_name() -> None:
-    model = keras.Sequential([keras.Input((T, F)), L.Lambda(lambda t: ops.cast(t * 3, "int32"), name="caster"), L.Flatten(), L.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((T, F)), L.Lambda(lambda t: ops.cast(t * 3, "int32"), name="caster"), L.Flatten(), L.Dense(2)]
+    )
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, np.ones((2, T, F), np.float32))
-    assert re.search(r"caster \(Lambda\) > cast(_\d+)? \(Cast\): casts an input-dependent tensor to int32", str(info.value)), str(info.value)
+    pattern = r"caster \(Lambda\) > cast(_\d+)? \(Cast\): casts an input-dependent tensor to int32"
+    assert re.search(pattern, str(info.value)), str(info.value)
 
 
 class GraphInfo:
@@ -234,11 +256,16 @@ class GraphConv(L.Layer):
     """keras-io's "Traffic forecasting using graph neural networks and LSTM" graph convolution, as
     published (Keras 3 version): tf.gather and tf.math.unsorted_segment_mean over the node axis."""
 
-    def __init__(self, in_feat: int, out_feat: int, graph_info: GraphInfo, aggregation_type: str = "mean", combination_type: str = "concat", activation: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, in_feat: int, out_feat: int, graph_info: GraphInfo, aggregation_type: str = "mean",
+        combination_type: str = "concat", activation: Any = None, **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.in_feat, self.out_feat, self.graph_info = in_feat, out_feat, graph_info
         self.aggregation_type, self.combination_type = aggregation_type, combination_type
-        self.weight = self.add_weight(initializer=keras.initializers.GlorotUniform(), shape=(in_feat, out_feat), dtype="float32", trainable=True)
+        self.weight = self.add_weight(
+            initializer=keras.initializers.GlorotUniform(), shape=(in_feat, out_feat), dtype="float32", trainable=True
+        )
         self.activation = L.Activation(activation)
 
     def aggregate(self, neighbour_representations: Any) -> Any:
@@ -266,7 +293,10 @@ class GraphConv(L.Layer):
 class LSTMGC(L.Layer):
     """keras-io's LSTM-GC: graph convolution, then an LSTM per node (batch and nodes merged), then Dense."""
 
-    def __init__(self, in_feat: int, out_feat: int, lstm_units: int, input_seq_len: int, output_seq_len: int, graph_info: GraphInfo, graph_conv_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, in_feat: int, out_feat: int, lstm_units: int, input_seq_len: int, output_seq_len: int, graph_info: GraphInfo,
+        graph_conv_params: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if graph_conv_params is None:
             graph_conv_params = {"aggregation_type": "mean", "combination_type": "concat", "activation": None}
@@ -294,12 +324,15 @@ def test_keras_io_lstm_gc_traffic_forecaster() -> None:
     node_indices, neighbor_indices = np.where(adjacency == 1)
     graph = GraphInfo((node_indices.tolist(), neighbor_indices.tolist()), nodes)
     keras.utils.set_random_seed(0)
-    st_gcn = LSTMGC(1, 3, 4, steps, horizon, graph, {"aggregation_type": "mean", "combination_type": "concat", "activation": "tanh"})
+    st_gcn = LSTMGC(
+        1, 3, 4, steps, horizon, graph, {"aggregation_type": "mean", "combination_type": "concat", "activation": "tanh"}
+    )
     inputs = L.Input((steps, nodes, 1))
     model = keras.Model(inputs, st_gcn(inputs))
     counts = [(layer, len(layer._inbound_nodes)) for layer in st_gcn._flatten_layers(include_self=False)]
     rng = np.random.default_rng(7)
-    background, x = rng.normal(size=(3, steps, nodes, 1)).astype(np.float32), rng.normal(size=(2, steps, nodes, 1)).astype(np.float32)
+    background = rng.normal(size=(3, steps, nodes, 1)).astype(np.float32)
+    x = rng.normal(size=(2, steps, nodes, 1)).astype(np.float32)
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
     assert values.shape == (2, steps, nodes, 1, horizon, nodes)
     assert worst_additivity(values, model, x, background) <= TOL["float32"]
@@ -329,7 +362,8 @@ class TransformerBlock(L.Layer):
         policy = self.dtype_policy
         self.att = L.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim, dtype=policy)
         self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu", dtype=policy), L.Dense(embed_dim, dtype=policy)])
-        self.layernorm1, self.layernorm2 = L.LayerNormalization(epsilon=1e-6, dtype=policy), L.LayerNormalization(epsilon=1e-6, dtype=policy)
+        self.layernorm1 = L.LayerNormalization(epsilon=1e-6, dtype=policy)
+        self.layernorm2 = L.LayerNormalization(epsilon=1e-6, dtype=policy)
         self.dropout1, self.dropout2 = L.Dropout(rate, dtype=policy), L.Dropout(rate, dtype=policy)
 
     def call(self, inputs: Any, training: bool = False) -> Any:
@@ -341,7 +375,9 @@ def test_keras_io_transformer_text_classifier() -> None:
     keras.utils.set_random_seed(0)
     tokens = L.Input(shape=(T,), dtype="int32")
     hidden = TransformerBlock(4, 2, 8, dtype="float64")(TokenAndPositionEmbedding(T, 20, 4, dtype="float64")(tokens))
-    model = keras.Model(tokens, L.Dense(2, activation="softmax", dtype="float64")(L.GlobalAveragePooling1D(dtype="float64")(hidden)))
+    model = keras.Model(
+        tokens, L.Dense(2, activation="softmax", dtype="float64")(L.GlobalAveragePooling1D(dtype="float64")(hidden))
+    )
     rng = np.random.default_rng(12)
     background, x = rng.integers(0, 20, (3, T)), rng.integers(0, 20, (2, T))
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
@@ -383,7 +419,9 @@ def _two_outputs() -> Any:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((T, F), dtype="float64")
     states = L.LSTM(3, return_sequences=True, dtype="float64")(inputs)
-    return keras.Model(inputs, [L.Dense(2, name="per_step", dtype="float64")(states), L.Dense(1, name="final", dtype="float64")(states[:, -1])])
+    return keras.Model(
+        inputs, [L.Dense(2, name="per_step", dtype="float64")(states), L.Dense(1, name="final", dtype="float64")(states[:, -1])]
+    )
 
 
 def test_several_outputs_are_explained_as_one_flat_vector_in_a_documented_order() -> None:
@@ -458,7 +496,9 @@ print(json.dumps({"engine": type(explainer.engine).__name__, "outputs": outputs.
 """
 
 
-def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
+    tmp_path: Path, keras_process: Callable[[str], KerasProcess]
+) -> None:
     pytest.importorskip("torch")
     namespace: dict[str, Any] = {}
     exec(_SHARED, namespace)  # noqa: S102 - the model's code, shared with the torch process
@@ -482,8 +522,8 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(tmp_path: P
     print(f"model gap {model_gap:.2g}, attribution gap {np.abs(torch_values - values).max() / np.abs(values).max():.2g}")
 
 
-# -- issue 31, item 24: Conv3D and an adapted Normalization (exact on the torch backend already) --------------------------
-def test_issue31_an_adapted_normalization_is_affine_and_exact() -> None:
+# -- Conv3D, ConvLSTM and an adapted Normalization (exact on the torch backend already) ---------------------------------
+def test_an_adapted_normalization_is_affine_and_exact() -> None:
     rng = np.random.default_rng(4)
     data = rng.normal(size=(30, F)) * np.array([2.0, 0.5, 3.0]) + 1.0
     for invert in (False, True):
@@ -508,7 +548,7 @@ def test_issue31_an_adapted_normalization_is_affine_and_exact() -> None:
         assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
 
 
-def test_issue31_conv3d_is_exact_and_gives_zero_to_voxels_it_skips() -> None:
+def test_conv3d_is_exact_and_gives_zero_to_voxels_it_skips() -> None:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 4, 2), dtype="float64")
     hidden = L.Conv3D(3, 1, strides=2, activation="tanh", dtype="float64")(inputs)  # reads the even voxels only
@@ -525,7 +565,7 @@ def test_issue31_conv3d_is_exact_and_gives_zero_to_voxels_it_skips() -> None:
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_issue31_conv_lstm_is_exact_and_gives_zero_to_positions_it_skips(rank: int) -> None:
+def test_conv_lstm_is_exact_and_gives_zero_to_positions_it_skips(rank: int) -> None:
     keras.utils.set_random_seed(0)
     layer = {1: L.ConvLSTM1D, 2: L.ConvLSTM2D, 3: L.ConvLSTM3D}[rank]
     spatial = (4,) * rank

@@ -1,6 +1,6 @@
 """Keras on TensorFlow: a normalization written with keras ops gets the values of the normalization layer.
 
-Issue 22, item 7, on the TensorFlow engine. Every normalization takes the scale-weighted rule
+On the TensorFlow engine, every normalization takes the scale-weighted rule
 (``dual.scaled``), the layers and the same function written with ``keras.ops`` in a ``Lambda``
 (a product with ``rsqrt``, a division by ``sqrt``) alike, as on the torch backend, where Keras runs
 the same ops through the PyTorch engine (tests/test_norm_forms.py holds the torch forms, and
@@ -43,7 +43,9 @@ FORMS: dict[str, tuple[Callable[[], Any], dict[str, Callable[[Any], Any]]]] = {
             "rsqrt": lambda t: _centred(t) * ops.rsqrt(ops.mean(ops.square(_centred(t)), axis=-1, keepdims=True) + EPS),
             "divide-sqrt": lambda t: _centred(t) / ops.sqrt(ops.mean(_centred(t) * _centred(t), axis=-1, keepdims=True) + EPS),
             "power": lambda t: _centred(t) * ops.power(ops.mean(ops.square(_centred(t)), axis=-1, keepdims=True) + EPS, -0.5),
-            "reciprocal": lambda t: _centred(t) * (1.0 / ops.sqrt(ops.mean(ops.square(_centred(t)), axis=-1, keepdims=True) + EPS)),
+            "reciprocal": lambda t: _centred(t) * (
+                1.0 / ops.sqrt(ops.mean(ops.square(_centred(t)), axis=-1, keepdims=True) + EPS)
+            ),
         },
     ),
     "rms-normalization": (

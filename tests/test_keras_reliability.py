@@ -21,7 +21,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("shap")
 
 import rnnshap  # noqa: E402
-from rnnshap.engines.keras import layers as walker  # noqa: E402
+from rnnshap.engines.keras.dual import Dual  # noqa: E402
 
 from .conftest import additivity_tol, assert_adds_up_to, assert_rounding_close, eps  # noqa: E402
 
@@ -45,7 +45,9 @@ def explain(model: Any, background: Any, x: Any) -> tuple[np.ndarray, np.ndarray
     return np.asarray(explanation.values, np.float64).reshape(n, -1, base.shape[1]), base
 
 
-def assert_adds_up_to_the_model(values: np.ndarray, base: np.ndarray, fx: np.ndarray, expected_base: np.ndarray, dtype: str) -> None:
+def assert_adds_up_to_the_model(
+    values: np.ndarray, base: np.ndarray, fx: np.ndarray, expected_base: np.ndarray, dtype: str
+) -> None:
     assert_adds_up_to(values.sum(1) + base, fx, dtype)
     assert_rounding_close(base, expected_base, dtype, what="E[f]")
 
@@ -70,14 +72,18 @@ def _masked_multiply(dtype: str) -> Any:
 
 
 def _nested(dtype: str) -> Any:
-    inner = keras.Sequential([keras.Input((T, F), dtype=dtype), L.Dense(4, dtype=dtype), L.Conv1D(3, 2, padding="same", dtype=dtype)])
+    inner = keras.Sequential(
+        [keras.Input((T, F), dtype=dtype), L.Dense(4, dtype=dtype), L.Conv1D(3, 2, padding="same", dtype=dtype)]
+    )
     x_in = keras.Input((T, F), dtype=dtype)
     return keras.Model(x_in, L.Dense(2, dtype=dtype)(L.LSTM(3, dtype=dtype)(inner(L.Masking(0.0, dtype=dtype)(x_in)))))
 
 
 def _stack(*layers: Callable[[str], Any]) -> Callable[[str], Any]:
     def build(dtype: str) -> Any:
-        return keras.Sequential([keras.Input((T, F), dtype=dtype), L.Masking(0.0, dtype=dtype), *[make(dtype) for make in layers]])
+        return keras.Sequential(
+            [keras.Input((T, F), dtype=dtype), L.Masking(0.0, dtype=dtype), *[make(dtype) for make in layers]]
+        )
 
     return build
 
@@ -93,7 +99,10 @@ MASK_STACKS: dict[str, Callable[[str], Any]] = {
     "permute": _stack(lambda d: L.Permute((1, 2), dtype=d), lambda d: L.SimpleRNN(3, dtype=d), _head),
     "zero-padding": _stack(lambda d: L.ZeroPadding1D(1, dtype=d), lambda d: L.LSTM(3, dtype=d), _head),
     "up-sampling": _stack(lambda d: L.UpSampling1D(2, dtype=d), lambda d: L.GRU(3, dtype=d), _head),
-    "dense-3d-keeps-it": _stack(lambda d: L.Dense(4, activation="relu", dtype=d), lambda d: L.LSTM(3, return_sequences=True, dtype=d), lambda d: L.GlobalAveragePooling1D(dtype=d), _head),
+    "dense-3d-keeps-it": _stack(
+        lambda d: L.Dense(4, activation="relu", dtype=d), lambda d: L.LSTM(3, return_sequences=True, dtype=d),
+        lambda d: L.GlobalAveragePooling1D(dtype=d), _head,
+    ),
     "initial-state": _initial_state,
     "multiply": _masked_multiply,
     "nested-model": _nested,
@@ -165,11 +174,13 @@ def test_a_walker_that_drifts_from_the_model_is_caught_on_the_explained_block(si
     def drifting(self: Any, *args: Any, **kwargs: Any) -> Any:
         out, watched, run = dual_pass(self, *args, **kwargs)
         if side == "input":
-            return walker.Dual(out.x * (1 + 1e-6), out.r), watched, run
-        return walker.Dual(out.x, out.r * (1 + 1e-6)), watched, run
+            return Dual(out.x * (1 + 1e-6), out.r), watched, run
+        return Dual(out.x, out.r * (1 + 1e-6)), watched, run
 
     monkeypatch.setattr(KerasEngine, "_dual_pass", drifting)
-    with pytest.raises(rnnshap.RnnShapError, match=f"{side.split('-')[0]} side" + (": for sample 2 " if side == "reference-masked" else "")):
+    with pytest.raises(
+        rnnshap.RnnShapError, match=f"{side.split('-')[0]} side" + (": for sample 2 " if side == "reference-masked" else "")
+    ):
         explainer.shap_values(x)
 
 
@@ -253,12 +264,16 @@ def test_causal_conv1d_and_future_steps_get_exactly_zero() -> None:
         assert np.abs(values[:, t, :, t, :]).max() > 0
 
 
-@pytest.mark.parametrize(("policy_name", "computed", "ulps"), [("mixed_float16", "float16", 10), ("mixed_bfloat16", "bfloat16", 6.4)])
+@pytest.mark.parametrize(
+    ("policy_name", "computed", "ulps"), [("mixed_float16", "float16", 10), ("mixed_bfloat16", "bfloat16", 6.4)]
+)
 def test_mixed_precision_policies(policy_name: str, computed: str, ulps: float) -> None:
     """(bfloat16, which numpy's finfo does not know, raised a numpy ValueError.)"""
     keras.utils.set_random_seed(0)
     policy = keras.mixed_precision.DTypePolicy(policy_name)
-    model = keras.Sequential([keras.Input((T, F)), L.LSTM(4, dtype=policy), L.Dense(2, dtype=policy), L.Activation("linear", dtype="float32")])
+    model = keras.Sequential(
+        [keras.Input((T, F)), L.LSTM(4, dtype=policy), L.Dense(2, dtype=policy), L.Activation("linear", dtype="float32")]
+    )
     rng = np.random.default_rng(7)
     background, x = rng.normal(size=(3, T, F)).astype(np.float32), rng.normal(size=(2, T, F)).astype(np.float32)
     explainer = rnnshap.DeepExplainer(model, background)
@@ -294,3 +309,36 @@ def test_a_subclass_that_overrides_call_is_refused_by_name() -> None:
     model = keras.Sequential([keras.Input((T, F)), L.RNN(Cell(3), name="custom_rnn"), Doubled(2, name="doubled")])
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)custom_rnn.*Cell overrides call.*doubled"):
         rnnshap.DeepExplainer(model, np.zeros((2, T, F), np.float32))
+
+
+# -- named inputs: a dict where the model takes one -------------------------------------------------
+def _named_inputs(as_dict: bool) -> Any:
+    """One network, its inputs named ``x`` (a sequence) and ``z`` (extra features): taken as a dict or a list."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((T, F), name="x", dtype="float64")
+    z = keras.Input((2,), name="z", dtype="float64")
+    h = L.LSTM(3, dtype="float64")(x)
+    out = L.Dense(2, activation="tanh", dtype="float64")(L.Concatenate(dtype="float64")([h, L.Dense(2, dtype="float64")(z)]))
+    return keras.Model({"z": z, "x": x} if as_dict else [x, z], out)
+
+
+def test_a_dict_of_named_inputs_is_explained_per_key_as_the_positional_model() -> None:
+    named, positional = _named_inputs(True), _named_inputs(False)
+    positional.set_weights(named.get_weights())
+    weights = [w.copy() for w in named.get_weights()]
+    rng = np.random.default_rng(11)
+    background = {"z": rng.normal(size=(4, 2)), "x": rng.normal(size=(4, T, F))}
+    X = {"x": rng.normal(size=(3, T, F)), "z": rng.normal(size=(3, 2))}
+    explainer = rnnshap.DeepExplainer(named, background)  # a dict where the model takes one
+    values = explainer.shap_values(X)
+    assert [v.shape for v in values] == [(3, 2, 2), (3, T, F, 2)]  # one per key, in the background's order
+    expected = rnnshap.DeepExplainer(positional, [background["x"], background["z"]]).shap_values([X["x"], X["z"]])
+    np.testing.assert_allclose(values[0], expected[1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(values[1], expected[0], rtol=1e-12, atol=1e-14)
+    gap = model_outputs(named, X) - model_outputs(named, background).mean(0)  # the model's own outputs
+    assert_adds_up_to(values[0].sum((1,)) + values[1].sum((1, 2)), gap, "float64")
+    assert all(np.array_equal(a, b) for a, b in zip(named.get_weights(), weights, strict=True))
+    with pytest.raises(rnnshap.InputError, match="keys"):
+        explainer.shap_values({"x": X["x"]})
+    with pytest.raises(rnnshap.InputError, match="keys"):
+        rnnshap.DeepExplainer(named, {"x": background["x"], "w": background["z"]})

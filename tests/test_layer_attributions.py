@@ -117,28 +117,38 @@ def _close(ours: Any, theirs: Any) -> None:
 
 
 # -- Captum parity where Captum is exact ----------------------------------------------------------
-def _parity(captum_attr: Any, model: nn.Module, layers: list[tuple[nn.Module, bool, tuple[Any, ...]]], x: Tensor, b: Tensor, bg: Tensor) -> None:
+def _parity(
+    captum_attr: Any, model: nn.Module, layers: list[tuple[nn.Module, bool, tuple[Any, ...]]], x: Tensor, b: Tensor, bg: Tensor
+) -> None:
     """Layer and Neuron classes against Captum's on each (layer, attribute_to_layer_input, neuron index)."""
     before = _state(model)
     for layer, to_input, index in layers:
-        ours = LayerDeepLift(model, layer).attribute(x, b, target=1, attribute_to_layer_input=to_input, return_convergence_delta=True)
-        theirs = captum_attr.LayerDeepLift(model, layer).attribute(x, b, target=1, attribute_to_layer_input=to_input, return_convergence_delta=True)
+        options = {"attribute_to_layer_input": to_input, "return_convergence_delta": True}
+        ours = LayerDeepLift(model, layer).attribute(x, b, target=1, **options)
+        theirs = captum_attr.LayerDeepLift(model, layer).attribute(x, b, target=1, **options)
         _close(ours[0], theirs[0])
         _close(ours[1], theirs[1])
         assert float(ours[1].abs().max()) < ATOL
-        ours = LayerDeepLiftShap(model, layer).attribute(x, bg, target=2, attribute_to_layer_input=to_input, return_convergence_delta=True)
-        theirs = captum_attr.LayerDeepLiftShap(model, layer).attribute(x, bg, target=2, attribute_to_layer_input=to_input, return_convergence_delta=True)
+        ours = LayerDeepLiftShap(model, layer).attribute(x, bg, target=2, **options)
+        theirs = captum_attr.LayerDeepLiftShap(model, layer).attribute(x, bg, target=2, **options)
         _close(ours[0], theirs[0])
         assert ours[1].shape == theirs[1].shape == (len(x) * len(bg),)
         _close(ours[1], theirs[1])
         local = LayerDeepLift(model, layer, multiply_by_inputs=False).attribute(x, b, target=0, attribute_to_layer_input=to_input)
-        _close(local, captum_attr.LayerDeepLift(model, layer, multiply_by_inputs=False).attribute(x, b, target=0, attribute_to_layer_input=to_input))
-        def doubled(multipliers: tuple[Tensor, ...], given: tuple[Tensor, ...], reference: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        captum_local = captum_attr.LayerDeepLift(model, layer, multiply_by_inputs=False)
+        _close(local, captum_local.attribute(x, b, target=0, attribute_to_layer_input=to_input))
+
+        def doubled(
+            multipliers: tuple[Tensor, ...], given: tuple[Tensor, ...], reference: tuple[Tensor, ...]
+        ) -> tuple[Tensor, ...]:
             return tuple(2 * m * (g - r) for m, g, r in zip(multipliers, given, reference, strict=True))
 
+        custom = {
+            "inputs": x, "baselines": bg, "target": 0, "attribute_to_layer_input": to_input, "custom_attribution_func": doubled,
+        }  # fmt: skip
         _close(
-            LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, attribute_to_layer_input=to_input, custom_attribution_func=doubled),
-            captum_attr.LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, attribute_to_layer_input=to_input, custom_attribution_func=doubled),
+            LayerDeepLiftShap(model, layer).attribute(**custom),
+            captum_attr.LayerDeepLiftShap(model, layer).attribute(**custom),
         )
         for pick in (index, (slice(0, 2), *index[1:])):  # one neuron; the sum over a slice of them
             _close(
@@ -157,7 +167,10 @@ def test_captum_parity_on_an_mlp(captum_attr: Any) -> None:
     x, b, bg = _randn(4, 5, seed=1), _randn(4, 5, seed=2), _randn(6, 5, seed=3)
     # every Linear's input and output, and the activations' outputs (not their inputs: see below)
     one = (1,)
-    layers = [(model[0], True, one), (model[0], False, one), (model[1], False, one), (model[2], True, one), (model[2], False, one), (model[3], False, one), (model[4], True, one)]
+    layers = [
+        (model[0], True, one), (model[0], False, one), (model[1], False, one), (model[2], True, one), (model[2], False, one),
+        (model[3], False, one), (model[4], True, one),
+    ]  # fmt: skip
     _parity(captum_attr, model, layers, x, b, bg)
 
 
@@ -166,7 +179,10 @@ def test_captum_parity_on_a_cnn(captum_attr: Any) -> None:
     model = CNN().double().eval()
     x, b, bg = _randn(3, 2, 8, 8, seed=4), _randn(3, 2, 8, 8, seed=5), _randn(4, 2, 8, 8, seed=6)
     cell = (1, 0, 1)
-    layers = [(model.conv1, False, cell), (model.relu1, False, cell), (model.conv2, True, cell), (model.conv2, False, cell), (model.fc, True, (3,))]
+    layers = [
+        (model.conv1, False, cell), (model.relu1, False, cell), (model.conv2, True, cell), (model.conv2, False, cell),
+        (model.fc, True, (3,)),
+    ]  # fmt: skip
     _parity(captum_attr, model, layers, x, b, bg)
 
 
@@ -184,8 +200,9 @@ def test_per_row_arguments_match_captum(captum_attr: Any) -> None:
     model = Scaled().eval()
     x, bg, scale = _randn(3, 5, seed=7), _randn(4, 5, seed=8), torch.tensor([0.5, 1.0, 2.0], dtype=F64)
     for layer in (model.net[1], model.net[2]):
-        ours = LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, additional_forward_args=(scale,), return_convergence_delta=True)
-        theirs = captum_attr.LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, additional_forward_args=(scale,), return_convergence_delta=True)
+        options = {"additional_forward_args": (scale,), "return_convergence_delta": True}
+        ours = LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, **options)
+        theirs = captum_attr.LayerDeepLiftShap(model, layer).attribute(x, bg, target=0, **options)
         _close(ours[0], theirs[0])
         _close(ours[1], theirs[1])
 
@@ -195,8 +212,9 @@ def test_captum_misses_at_an_activations_input_where_rnnshap_adds_up(captum_attr
     model = _mlp()
     x, b = _randn(4, 5, seed=1), _randn(4, 5, seed=2)
     for layer in (model[1], model[3]):
-        ours, delta = LayerDeepLift(model, layer).attribute(x, b, target=1, attribute_to_layer_input=True, return_convergence_delta=True)
-        _, theirs = captum_attr.LayerDeepLift(model, layer).attribute(x, b, target=1, attribute_to_layer_input=True, return_convergence_delta=True)
+        options = {"attribute_to_layer_input": True, "return_convergence_delta": True}
+        ours, delta = LayerDeepLift(model, layer).attribute(x, b, target=1, **options)
+        _, theirs = captum_attr.LayerDeepLift(model, layer).attribute(x, b, target=1, **options)
         assert float(delta.abs().max()) < ATOL
         assert float(theirs.detach().abs().max()) > 1e-3  # measured: 0.070 and 0.020
 
@@ -226,7 +244,9 @@ def test_hidden_states_of_an_lstm_and_a_gru_add_up() -> None:
         for ours, door in zip(shap_values, front, strict=True):
             np.testing.assert_allclose(ours.numpy(), door[..., 0], rtol=0, atol=ATOL)
         with torch.no_grad():
-            states = model.lstm(torch.relu(model.pre(x)))[0] if layer is model.lstm else model.gru(model.lstm(torch.relu(model.pre(x)))[0])[0]
+            states = model.lstm(torch.relu(model.pre(x)))[0]
+            if layer is not model.lstm:
+                states = model.gru(states)[0]
         if importlib.util.find_spec("shap") is not None:
             explanation = explainer(x)[0]  # an Explanation's data is the layer's output
             np.testing.assert_array_equal(explanation.data, states.numpy())
@@ -259,7 +279,9 @@ def test_hidden_states_where_captum_misses(captum_attr: Any) -> None:
     ours, delta = LayerDeepLiftShap(model, model.tap).attribute(x, bg, target=0, return_convergence_delta=True)
     at_lstm = LayerDeepLiftShap(model, model.lstm).attribute(x, bg, target=0)
     np.testing.assert_allclose(ours.numpy(), at_lstm[0].numpy(), rtol=0, atol=ATOL)
-    theirs, captum_delta = captum_attr.LayerDeepLiftShap(model, model.tap).attribute(x, bg, target=0, return_convergence_delta=True)
+    theirs, captum_delta = captum_attr.LayerDeepLiftShap(model, model.tap).attribute(
+        x, bg, target=0, return_convergence_delta=True
+    )
     assert float(delta.abs().max()) < ATOL
     assert float(captum_delta.detach().abs().max()) > 1e-4  # measured: 9.3e-4
     assert float((ours - theirs.detach()).abs().max()) > 1e-5  # measured: 1.0e-4
@@ -272,7 +294,9 @@ def test_captum_is_not_exact_before_a_recurrent_layer(captum_attr: Any) -> None:
     model = Stacked().double().eval()
     x, bg = _randn(4, 7, 3, seed=9), _randn(5, 7, 3, seed=11)
     ours, delta = LayerDeepLiftShap(model, model.pre).attribute(x, bg, target=0, return_convergence_delta=True)
-    theirs, captum_delta = captum_attr.LayerDeepLiftShap(model, model.pre).attribute(x, bg, target=0, return_convergence_delta=True)
+    theirs, captum_delta = captum_attr.LayerDeepLiftShap(model, model.pre).attribute(
+        x, bg, target=0, return_convergence_delta=True
+    )
     with torch.no_grad():
         gap = (model(x)[:, 0] - model(bg)[:, 0].mean()).abs().max()
     assert float(delta.abs().max()) < ATOL

@@ -65,10 +65,18 @@ FORMS: dict[str, tuple[Norm, dict[str, Norm]]] = {
         lambda n, z: F.layer_norm(z, (8,), n.weight, n.bias, EPS),
         {
             "rsqrt": lambda n, z: _centred(z) * torch.rsqrt(_centred(z).pow(2).mean(-1, keepdim=True) + EPS) * n.weight + n.bias,
-            "var-rsqrt-method": lambda n, z: (z - z.mean(-1, keepdim=True)) * (z.var(-1, unbiased=False, keepdim=True) + EPS).rsqrt() * n.weight + n.bias,
-            "div-sqrt": lambda n, z: n.weight * (_centred(z) / torch.sqrt((_centred(z) * _centred(z)).mean(-1, keepdim=True) + EPS)) + n.bias,
-            "pow-minus-half": lambda n, z: _centred(z) * (n.weight * (_centred(z) ** 2).mean(-1, keepdim=True).add(EPS).pow(-0.5)) + n.bias,
-            "reciprocal-sqrt": lambda n, z: _centred(z) * (1.0 / torch.sqrt(torch.var(z, -1, keepdim=True, correction=0) + EPS)) * n.weight + n.bias,
+            "var-rsqrt-method": lambda n, z: (
+                (z - z.mean(-1, keepdim=True)) * (z.var(-1, unbiased=False, keepdim=True) + EPS).rsqrt() * n.weight + n.bias
+            ),
+            "div-sqrt": lambda n, z: (
+                n.weight * (_centred(z) / torch.sqrt((_centred(z) * _centred(z)).mean(-1, keepdim=True) + EPS)) + n.bias
+            ),
+            "pow-minus-half": lambda n, z: (
+                _centred(z) * (n.weight * (_centred(z) ** 2).mean(-1, keepdim=True).add(EPS).pow(-0.5)) + n.bias
+            ),
+            "reciprocal-sqrt": lambda n, z: (
+                _centred(z) * (1.0 / torch.sqrt(torch.var(z, -1, keepdim=True, correction=0) + EPS)) * n.weight + n.bias
+            ),
             "div-pow-half": lambda n, z: _centred(z) / (z.var(-1, keepdim=True, unbiased=False) + EPS) ** 0.5 * n.weight + n.bias,
         },
     ),
@@ -86,7 +94,9 @@ FORMS: dict[str, tuple[Norm, dict[str, Norm]]] = {
             "div-sqrt": lambda n, z: _groups(
                 z, lambda g: (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + EPS), n
             ),
-            "rsqrt": lambda n, z: _groups(z, lambda g: _centred(g) * torch.rsqrt(_centred(g).pow(2).mean(-1, keepdim=True) + EPS), n),
+            "rsqrt": lambda n, z: _groups(
+                z, lambda g: _centred(g) * torch.rsqrt(_centred(g).pow(2).mean(-1, keepdim=True) + EPS), n
+            ),
         },
     ),
     "normalize": (
@@ -147,7 +157,9 @@ ZERO_ROWS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor
         lambda t: F.rms_norm(t, (3,), eps=1e-16),
         lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-16),
     ),
-    "layer_norm": (lambda t: F.layer_norm(t, (3,)), lambda t: _centred(t) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5)),
+    "layer_norm": (
+        lambda t: F.layer_norm(t, (3,)), lambda t: _centred(t) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    ),
     "normalize": (lambda t: F.normalize(t, dim=-1), lambda t: t / torch.sqrt((t * t).sum(-1, keepdim=True)).clamp_min(1e-12)),
 }
 

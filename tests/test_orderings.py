@@ -140,19 +140,45 @@ SAME: list[tuple[str, Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tens
     ("topk(2)[0] = max", lambda u, h: u.topk(2, 1).values[:, :1], lambda u, h: u.amax(1, keepdim=True)),
     ("smallest top-k = min", lambda u, h: u.topk(4, 1, largest=False).values[:, :1], lambda u, h: u.min(1, keepdim=True).values),
     ("kthvalue(n) = max", lambda u, h: u.kthvalue(6, 1, keepdim=True).values, lambda u, h: u.max(1, keepdim=True).values),
-    ("median = kthvalue", lambda u, h: u.median(1, keepdim=True).values, lambda u, h: torch.kthvalue(u, 3, 1, keepdim=True).values),
+    (
+        "median = kthvalue",
+        lambda u, h: u.median(1, keepdim=True).values,
+        lambda u, h: torch.kthvalue(u, 3, 1, keepdim=True).values,
+    ),
     ("kthvalue = ascending sort", lambda u, h: u.kthvalue(2, 1).values[:, None], lambda u, h: u.sort(1).values[:, 1:2]),
-    ("descending sort = ascending sort reversed", lambda u, h: u.sort(1, descending=True).values, lambda u, h: u.sort(1).values.flip(1)),
-    ("kthvalue(3) = the 4th largest", lambda u, h: u.kthvalue(3, 1, keepdim=True).values, lambda u, h: u.topk(4, 1).values[:, -1:]),
+    (
+        "descending sort = ascending sort reversed",
+        lambda u, h: u.sort(1, descending=True).values,
+        lambda u, h: u.sort(1).values.flip(1),
+    ),
+    (
+        "kthvalue(3) = the 4th largest",
+        lambda u, h: u.kthvalue(3, 1, keepdim=True).values,
+        lambda u, h: u.topk(4, 1).values[:, -1:],
+    ),
     ("top-4 smallest = ascending sort", lambda u, h: u.topk(4, 1, largest=False).values, lambda u, h: u.sort(1).values[:, :4]),
-    ("argsort = sort's indices", lambda u, h: h.gather(1, u.argsort(1, descending=True)), lambda u, h: h.gather(1, u.sort(1, descending=True).indices)),
-    ("top-2 gather = indexing = one-hot", lambda u, h: h.gather(1, u.topk(2, 1).indices), lambda u, h: (F.one_hot(u.topk(2, 1).indices, 6).to(h.dtype) * h[:, None]).sum(2)),
-    ("median's index = kthvalue's", lambda u, h: h.gather(1, u.median(1, keepdim=True).indices), lambda u, h: h.gather(1, u.kthvalue(3, 1, keepdim=True).indices)),
+    (
+        "argsort = sort's indices",
+        lambda u, h: h.gather(1, u.argsort(1, descending=True)),
+        lambda u, h: h.gather(1, u.sort(1, descending=True).indices),
+    ),
+    (
+        "top-2 gather = indexing = one-hot",
+        lambda u, h: h.gather(1, u.topk(2, 1).indices),
+        lambda u, h: (F.one_hot(u.topk(2, 1).indices, 6).to(h.dtype) * h[:, None]).sum(2),
+    ),
+    (
+        "median's index = kthvalue's",
+        lambda u, h: h.gather(1, u.median(1, keepdim=True).indices),
+        lambda u, h: h.gather(1, u.kthvalue(3, 1, keepdim=True).indices),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "one", "other"), SAME, ids=[s[0] for s in SAME])
-def test_the_same_ordering_written_another_way_gets_the_same_values(name: str, one: Callable[..., Tensor], other: Callable[..., Tensor]) -> None:
+def test_the_same_ordering_written_another_way_gets_the_same_values(
+    name: str, one: Callable[..., Tensor], other: Callable[..., Tensor]
+) -> None:
     torch.manual_seed(3)
     model, twin = Ordered(one).to(D).eval(), Ordered(other).to(D).eval()
     twin.load_state_dict(model.state_dict())
@@ -192,7 +218,10 @@ def test_k_max_pooling_and_top_two_routing_after_an_lstm_are_exact(dtype: torch.
 
 def test_ties_take_the_order_the_operation_itself_gives() -> None:
     """relu makes ties at 0 on both sides; the rule follows the operation's own order."""
-    model = Ordered(lambda u, h: h.gather(1, torch.relu(u).sort(dim=1, descending=True, stable=True).indices) + torch.relu(u).topk(3, 1).values.sum(1, keepdim=True)).to(D).eval()
+    model = Ordered(
+        lambda u, h: h.gather(1, torch.relu(u).sort(dim=1, descending=True, stable=True).indices)
+        + torch.relu(u).topk(3, 1).values.sum(1, keepdim=True)
+    ).to(D).eval()
     with torch.no_grad():
         model.u.weight.copy_(torch.eye(6, 5, dtype=D))
         model.u.bias.zero_()
@@ -223,7 +252,9 @@ class Identity(nn.Module):
         (lambda x, h: h.gather(1, x.median(1, keepdim=True).indices), [[3.0, 0, 0, 0, -1]], [[0.0, 0, 0, 1, 0]]),
     ],
 )
-def test_indices_that_ties_move_without_any_value_moving_still_add_up(how: Callable[..., Tensor], X: list, background: list) -> None:
+def test_indices_that_ties_move_without_any_value_moving_still_add_up(
+    how: Callable[..., Tensor], X: list, background: list
+) -> None:
     torch.manual_seed(9)
     model = Identity(how).to(D).eval()
     x, b = torch.tensor(X, dtype=D), torch.tensor(background, dtype=D)

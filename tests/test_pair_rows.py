@@ -72,7 +72,9 @@ ARCHITECTURES = [
 ]
 
 
-def _problem(kind: str, options: dict, n: int = 4, n_refs: int = 3, steps: int = 7) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _problem(
+    kind: str, options: dict, n: int = 4, n_refs: int = 3, steps: int = 7
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(3)
     model = Net(kind, **options).double().eval()
     return model, torch.randn(n, steps, 3, dtype=torch.float64), torch.randn(n_refs, steps, 3, dtype=torch.float64)

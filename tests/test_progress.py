@@ -21,7 +21,9 @@ class _Terminal(io.StringIO):
 
 def _explainer(**kwargs: object) -> tuple[rnnshap.DeepExplainer, torch.Tensor]:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 2)).eval()
-    return rnnshap.DeepExplainer(model, torch.randn(5, 4, 3), batch_size=7, **kwargs), torch.randn(4, 4, 3)  # type: ignore[arg-type]
+    return rnnshap.DeepExplainer(  # type: ignore[arg-type]
+        model, torch.randn(5, 4, 3), batch_size=7, **kwargs
+    ), torch.randn(4, 4, 3)
 
 
 def test_progress_true_shows_a_bar_and_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,14 +63,17 @@ def test_explain_adds_the_in_process_values_to_every_row(local_ray: Any) -> None
     explainer = rnnshap.DeepExplainer(make_model(), background)
     expected = explainer.shap_values(x)
     assert_rounding_close(np.stack([row["shap_values"] for row in rows]), expected, np.float32, what="φ")
-    assert_rounding_close(np.stack([row["base_values"] for row in rows]), np.broadcast_to(explainer.expected_value, (24, 2)), np.float32, what="E[f]")
+    base_values = np.stack([row["base_values"] for row in rows])
+    assert_rounding_close(base_values, np.broadcast_to(explainer.expected_value, (24, 2)), np.float32, what="E[f]")
     np.testing.assert_array_equal(np.stack([row["x"] for row in rows]), x)  # the rows themselves are kept
 
 
 def test_summarize_equals_the_in_process_summary(local_ray: Any) -> None:
     x, background = _data()
     dataset = ray.data.from_numpy(x).rename_columns({"data": "x"})
-    summary = rnnshap.ray.summarize(dataset, make_model, background, column="x", batch_size=7, concurrency=2, sample_size=10, outputs=[1])
+    summary = rnnshap.ray.summarize(
+        dataset, make_model, background, column="x", batch_size=7, concurrency=2, sample_size=10, outputs=[1]
+    )
     explainer = rnnshap.DeepExplainer(make_model(), background)
     local = explainer.summarize(x, outputs=[1])
     assert summary.count == 24
@@ -79,7 +82,8 @@ def test_summarize_equals_the_in_process_summary(local_ray: Any) -> None:
     assert summary.sample.shape == (10, 5, 3, 1)
     values = explainer.shap_values(x, outputs=[1])
     for sampled in summary.sample:  # each sampled row is one sample's attributions
-        assert (np.abs(values - sampled) / np.maximum(1.0, np.abs(values))).reshape(24, -1).max(1).min() <= rounding_tol(np.float32)
+        relative = np.abs(values - sampled) / np.maximum(1.0, np.abs(values))
+        assert relative.reshape(24, -1).max(1).min() <= rounding_tol(np.float32)
 
 
 def test_missing_column_is_named(local_ray: Any) -> None:

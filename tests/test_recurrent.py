@@ -74,7 +74,9 @@ class Readout(nn.Module):
         seq = x if self.arch.batch_first else x.transpose(0, 1)
         if self.arch.packed:
             assert lengths is not None
-            packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=self.arch.batch_first, enforce_sorted=self.arch.enforce_sorted)
+            packed = pack_padded_sequence(
+                seq, lengths.cpu(), batch_first=self.arch.batch_first, enforce_sorted=self.arch.enforce_sorted
+            )
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=self.arch.batch_first, total_length=x.shape[1])
         else:
@@ -83,7 +85,9 @@ class Readout(nn.Module):
         return (out * self.readout).sum((1, 2))
 
 
-def reference_shap(model: Readout, x: np.ndarray, background: np.ndarray, lengths: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def reference_shap(
+    model: Readout, x: np.ndarray, background: np.ndarray, lengths: list[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean over the background of the oracle's per-pair attributions, and the per-sample Δ."""
     params = {k: v.detach().double().numpy() for k, v in model.rnn.state_dict().items()}
     readout = model.readout.detach().double().numpy()
@@ -163,7 +167,9 @@ def test_float32_attributions_add_up(case: tuple[Arch, int], seed: int) -> None:
     with torch.no_grad():
         fx = model(x, lengths).double().numpy()
         context = None if lengths is None else lengths
-        base = np.mean([model(background[j : j + 1].expand_as(x), context).double().numpy() for j in range(len(background))], axis=0)
+        base = np.mean(
+            [model(background[j : j + 1].expand_as(x), context).double().numpy() for j in range(len(background))], axis=0
+        )
     delta = fx - base
     sums = phi.reshape(len(phi), -1).sum(1)
     assert np.all(np.abs(sums - delta) <= ADDITIVITY_TOL[torch.float32] * np.maximum(1.0, np.abs(delta)))
@@ -230,7 +236,10 @@ def test_initial_states_given_as_inputs_get_their_attributions() -> None:
     readout = model.inner.readout.detach().numpy()
     for i in range(2):
         results = [
-            rnn_deeplift("lstm", params, x[i].numpy(), background[j].numpy(), readout, h0[i].numpy(), c0[i].numpy(), h0_b[j].numpy(), c0_b[j].numpy(), **arch.reference_kwargs())
+            rnn_deeplift(
+                "lstm", params, x[i].numpy(), background[j].numpy(), readout,
+                h0[i].numpy(), c0[i].numpy(), h0_b[j].numpy(), c0_b[j].numpy(), **arch.reference_kwargs(),
+            )
             for j in range(3)
         ]
         np.testing.assert_allclose(phi_x[i], np.mean([r["x"] for r in results], 0), atol=1e-10)
@@ -270,11 +279,18 @@ def test_cells_in_python_loops_match_the_reference(kind: str, fused: bool) -> No
     x, background = 2 * torch.randn(3, steps, 3, dtype=torch.float64), 2 * torch.randn(4, steps, 3, dtype=torch.float64)
     op = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[kind]
     phi = rnnshap.DeepExplainer(model, background, rules={op: RecurrentCell(kind, fused=fused)}).shap_values(x)
-    params = {f"{k.replace('weight_ih', 'weight_ih_l0').replace('weight_hh', 'weight_hh_l0').replace('bias_ih', 'bias_ih_l0').replace('bias_hh', 'bias_hh_l0')}": v.numpy() for k, v in model.cell.state_dict().items()}
+    layer_names = {"weight_ih": "weight_ih_l0", "weight_hh": "weight_hh_l0", "bias_ih": "bias_ih_l0", "bias_hh": "bias_hh_l0"}
+    params = {layer_names.get(k, k): v.numpy() for k, v in model.cell.state_dict().items()}
     readout = model.readout.detach().numpy()
     for i in range(3):
         expected = np.mean(
-            [rnn_deeplift(kind, params, x[i].numpy(), r.numpy(), readout, num_layers=1, bidirectional=False, hidden_size=4)["x"] for r in background], 0
+            [
+                rnn_deeplift(
+                    kind, params, x[i].numpy(), r.numpy(), readout, num_layers=1, bidirectional=False, hidden_size=4
+                )["x"]
+                for r in background
+            ],
+            0,
         )
         np.testing.assert_allclose(phi[i], expected, atol=1e-10)
 

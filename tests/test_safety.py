@@ -290,11 +290,19 @@ def _with_train_dropout_inside(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize(
     ("build", "named"),
     [
-        pytest.param(lambda: nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train(), ["'1' (Dropout)"], id="dropout"),
         pytest.param(
-            lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Dropout1d(0.2), nn.Linear(4, 2)).train(), ["'2' (Dropout1d)"], id="dropout1d"
+            lambda: nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train(), ["'1' (Dropout)"], id="dropout"
         ),
-        pytest.param(lambda: _with_statistics(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).train()), ["'1' (BatchNorm1d)"], id="batchnorm"),
+        pytest.param(
+            lambda: nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Dropout1d(0.2), nn.Linear(4, 2)).train(),
+            ["'2' (Dropout1d)"],
+            id="dropout1d",
+        ),
+        pytest.param(
+            lambda: _with_statistics(nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).train()),
+            ["'1' (BatchNorm1d)"],
+            id="batchnorm",
+        ),
         pytest.param(
             lambda: _with_train_dropout_inside(nn.Sequential(nn.Linear(5, 4), nn.Sequential(nn.Tanh(), nn.Dropout(0.1))).eval()),
             ["'1.1' (Dropout)"],

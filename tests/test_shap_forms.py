@@ -93,7 +93,8 @@ def test_interim_layer_of_a_model_in_training_mode() -> None:
     """shap's test form: the first layer of a CNN with batch norm and dropout, in training mode."""
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6, 5), nn.BatchNorm1d(5), nn.Dropout(0.3), nn.ReLU(), nn.Linear(5, 2)
+        nn.Conv1d(2, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6, 5), nn.BatchNorm1d(5), nn.Dropout(0.3), nn.ReLU(),
+        nn.Linear(5, 2),
     ).double()
     with torch.no_grad():
         model[4].running_mean.uniform_(-1, 1)
@@ -205,14 +206,18 @@ KERAS_SCRIPT = textwrap.dedent(
         "additivity": float(np.abs(values.sum((1, 2)) - gap).max()),
         "scale": float(np.abs(outputs).max()),
         "expected": float(np.abs(explainer.expected_value - keras.ops.convert_to_numpy(by_hand(background)).mean(0)).max()),
-        "whole_additivity": float(np.abs(single.sum((1, 2)) - (keras.ops.convert_to_numpy(model(X)) - keras.ops.convert_to_numpy(model(background)).mean(0))).max()),
+        "whole_additivity": float(np.abs(
+            single.sum((1, 2)) - (keras.ops.convert_to_numpy(model(X)) - keras.ops.convert_to_numpy(model(background)).mean(0))
+        ).max()),
     }))
     """
 )
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
-def test_keras_inputs_and_output_tensors_explain_the_network_between_them(backend: str, keras_process: Callable[[str], KerasProcess]) -> None:
+def test_keras_inputs_and_output_tensors_explain_the_network_between_them(
+    backend: str, keras_process: Callable[[str], KerasProcess]
+) -> None:
     pytest.importorskip("keras")
     if backend == "tensorflow":
         pytest.importorskip("tensorflow")

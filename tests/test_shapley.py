@@ -120,7 +120,8 @@ def test_an_additive_model_is_exact_at_any_budget_with_either_door() -> None:
     x, bg = _data(torch.float64, T=4, F=3, B=7, N=3)
     w = model[1].weight.detach().reshape(2, 4, 3)
     truth = torch.einsum("ktf,ntf->ntk", w, x - bg.mean(0)).numpy()
-    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=21 + 1 + 3 + 12, random_state=3)  # DeepSHAP's pass, f(x), f(r) / 3 samples, 2 walk pairs
+    # DeepSHAP's pass, f(x), f(r) / 3 samples, 2 walk pairs
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=21 + 1 + 3 + 12, random_state=3)
     assert not estimate.exact.any()
     assert np.allclose(estimate.values, truth, atol=1e-12)
     assert np.allclose(estimate.deepshap_gap, 0, atol=1e-12)
@@ -191,11 +192,16 @@ def test_the_sampled_values_average_to_the_exact_values(budget: int) -> None:
 
     def f(a: np.ndarray) -> np.ndarray:
         s = a[:, :, 0]
-        return (s[:, 0] * s[:, 1] * s[:, 2] + 2 * s[:, 1] * s[:, 3] * s[:, 4] * s[:, 0] + np.tanh(s.sum(1)) + s[:, 2] ** 2)[:, None]
+        products = s[:, 0] * s[:, 1] * s[:, 2] + 2 * s[:, 1] * s[:, 3] * s[:, 4] * s[:, 0]
+        return (products + np.tanh(s.sum(1)) + s[:, 2] ** 2)[:, None]
 
-    truth = oracle(lambda a: torch.from_numpy(f(a.numpy())), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(5, 1)])[:, 0]
+    truth = oracle(
+        lambda a: torch.from_numpy(f(a.numpy())), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(5, 1)]
+    )[:, 0]
     explainer = ShapleyExplainer(f, bg)
-    runs = np.stack([explainer.shapley_values(x, "steps", budget=budget, random_state=seed).values[0, :, 0] for seed in range(400)])
+    runs = np.stack(
+        [explainer.shapley_values(x, "steps", budget=budget, random_state=seed).values[0, :, 0] for seed in range(400)]
+    )
     assert not explainer.shapley_values(x, "steps", budget=budget).exact.any()
     z = (runs.mean(0) - truth) / (runs.std(0, ddof=1) / np.sqrt(len(runs)))
     assert np.abs(z).max() <= 4.5, z
@@ -342,7 +348,9 @@ def test_keras_on_tensorflow_matches_the_oracle() -> None:
     rng = np.random.default_rng(0)
     bg, x = rng.normal(size=(3, 4, 2)).astype("float32"), rng.normal(size=(1, 4, 2)).astype("float32")
     estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
-    truth = oracle(lambda a: torch.from_numpy(np.array(model(a.numpy()))), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(4, 2)])
+    truth = oracle(
+        lambda a: torch.from_numpy(np.array(model(a.numpy()))), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(4, 2)]
+    )
     assert np.abs(estimate.values[0] - truth).max() <= 1e-5 * max(1.0, np.abs(truth).max())
     sampled = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=3 * 3 + 1 + 3 + 4 * 3 * 2, random_state=0)
     assert sampled.deepshap is not None and not sampled.exact.any()

@@ -156,7 +156,8 @@ def test_parquet_shards_hold_every_sample_and_read_back() -> None:
     with tempfile.TemporaryDirectory() as directory:
         explainer.summarize(x, batch_size=5, parquet=directory)
         columns = read_shards(directory)
-        assert sorted(p.name for p in __import__("pathlib").Path(directory).glob("*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
+        written = sorted(p.name for p in __import__("pathlib").Path(directory).glob("*.parquet"))
+        assert written == [f"part-0000{i}.parquet" for i in range(3)]
         with pytest.raises(FileExistsError):
             explainer.summarize(x, parquet=directory)
     np.testing.assert_array_equal(columns["row"], np.arange(13))

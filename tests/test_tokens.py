@@ -301,7 +301,8 @@ def test_an_integer_input_used_as_an_index_is_context() -> None:
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert not np.any(values[1])  # context: used as given, not attributed
     for row, last in enumerate(X[1].tolist()):
-        assert not np.any(values[0][row, last + 1 :]) and np.abs(values[0][row, : last + 1]).max() > 0  # steps after it are unread
+        assert not np.any(values[0][row, last + 1 :])  # steps after it are unread
+        assert np.abs(values[0][row, : last + 1]).max() > 0
     with torch.no_grad():  # the references are read at the explained sample's index
         base = torch.stack([model(background[0][j : j + 1].expand_as(X[0]), X[1]) for j in range(3)]).mean(0)
         gap = (model(*X) - base).numpy()
@@ -576,7 +577,8 @@ def test_a_key_padding_mask_cast_from_an_integer_input_is_context() -> None:
     torch.manual_seed(0)
     model = TokensAttention().double().eval()
     background = [torch.randint(0, 5, (3, 4)), torch.ones(3, 4, dtype=torch.uint8)]
-    X = [torch.randint(0, 5, (2, 4)), torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=torch.uint8)]  # the last step, the query, is kept
+    # the last step, the query, is kept
+    X = [torch.randint(0, 5, (2, 4)), torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=torch.uint8)]
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert np.abs(values[1]).max() == 0 and np.abs(values[0][X[1].numpy() == 0]).max() == 0
     base = np.mean([model_outputs(model, [background[0][j : j + 1].expand_as(X[0]), X[1]]) for j in range(3)], axis=0)

@@ -55,4 +55,6 @@ def test_value_tests_on_complete_data_give_the_values_of_the_model_without_them(
 
 def test_masked_fill_by_a_comparison_is_the_gate_where_is() -> None:
     """``x.masked_fill(x < 0, 0)`` is relu written another way: the same values as ``relu``."""
-    _assert_written_two_ways(lambda x: x.masked_fill(x < 0, 0.0) + x.masked_fill(torch.isnan(x), 1.0), lambda x: torch.relu(x) + x, seed=3)
+    _assert_written_two_ways(
+        lambda x: x.masked_fill(x < 0, 0.0) + x.masked_fill(torch.isnan(x), 1.0), lambda x: torch.relu(x) + x, seed=3
+    )

@@ -4,7 +4,7 @@
   :mod:`rnnshap.rules` and :mod:`rnnshap.recurrent`).
 - :mod:`rnnshap.engines.keras`: Keras 3 models on the TensorFlow backend (a dual pass over the
   model's layer graph). On the torch backend a Keras model is an ``nn.Module`` and goes to the
-  PyTorch engine (:mod:`rnnshap.engines.pytorch.keras`); the JAX backend is refused.
+  PyTorch engine (:mod:`rnnshap.engines.pytorch.keras_on_torch`); the JAX backend is refused.
 
 :func:`engine_for` picks one by the model's type; a framework is imported only when its engine is.
 """
@@ -19,20 +19,41 @@ from .keras import is_keras_model
 from .outputs import OutputChoice
 
 
-def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None, output: OutputChoice = None) -> Engine:
+def engine_for(
+    model: Any,
+    data: Any,
+    *,
+    rules: Mapping[Any, Any] | None = None,
+    output: OutputChoice = None,
+    layer_output: bool = False,
+) -> Engine:
     """The engine for ``model``, set up with the background ``data``, explaining the output tensor
     ``output`` of a model with several (all of them, flattened and concatenated, for None).
 
     ``model`` may also take shap's other forms: ``(inputs, output)`` of Keras symbolic tensors (the
     sub-model between them), and ``(module, layer)`` for PyTorch (attributions to the input of
-    ``layer``, see :mod:`rnnshap.engines.pytorch.forms`). A PyTorch model in training mode with
-    dropout or batch statistics is explained in eval mode, as shap does, and left as given."""
+    ``layer``, see :mod:`rnnshap.engines.pytorch.model_forms`). A PyTorch model in training mode with
+    dropout or batch statistics is explained in eval mode, as shap does, and left as given.
+
+    ``layer_output``: with ``(module, layer)``, attributions to the output of ``layer`` instead of its
+    input (``InterimEngine`` with ``side="output"``)."""
+    pair = isinstance(model, tuple) and len(model) == 2 and _is_module(model[0]) and _is_module(model[1])
+    if layer_output and not pair:
+        from ..errors import InputError
+
+        raise InputError(
+            "layer_output=True attributes to the output of a layer: give model=(module, layer), a PyTorch model and one "
+            f"of its submodules, e.g. DeepExplainer((model, model.lstm), data, layer_output=True); got {type(model).__name__}"
+        )
     model = keras_submodel(model, data)
-    if isinstance(model, tuple) and len(model) == 2 and _is_module(model[0]) and _is_module(model[1]):
-        from .pytorch.forms import InterimEngine, in_eval_mode
+    if pair:
+        from .pytorch.model_forms import InterimEngine, in_eval_mode
 
         whole, layer = model
-        return in_eval_mode(whole, lambda m: InterimEngine(m, layer, data, rules=rules, output=output))  # type: ignore[no-any-return]
+        side = "output" if layer_output else "input"
+        return in_eval_mode(  # type: ignore[no-any-return]
+            whole, lambda m: InterimEngine(m, layer, data, rules=rules, output=output, side=side)
+        )
     if isinstance(model, tuple):
         raise TypeError(
             "rnnshap.DeepExplainer takes a model, or one of shap's two tuple forms: (inputs, output) of Keras symbolic "
@@ -45,7 +66,7 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None,
         backend = keras.backend.backend()
         if backend == "torch":  # the model is an nn.Module running torch operations
             from .pytorch.engine import TorchEngine
-            from .pytorch.keras import KerasModule
+            from .pytorch.keras_on_torch import KerasModule
 
             return TorchEngine(KerasModule(model), data, rules=rules, output=output)
         if backend != "tensorflow":
@@ -64,11 +85,12 @@ def engine_for(model: Any, data: Any, *, rules: Mapping[Any, Any] | None = None,
     from .pytorch.engine import TorchEngine
 
     if _is_module(model):
-        from .pytorch.forms import DictInputs, in_eval_mode
+        from .pytorch.model_forms import DictInputs, in_eval_mode
 
         if isinstance(data, dict):  # a model called with a dict of inputs: one input per key, in the dict's order
             names = list(data)
-            engine = in_eval_mode(model, lambda m: TorchEngine(DictInputs(m, names), [data[k] for k in names], rules=rules, output=output))
+            inputs = [data[k] for k in names]
+            engine = in_eval_mode(model, lambda m: TorchEngine(DictInputs(m, names), inputs, rules=rules, output=output))
             engine.input_names = names
             return engine  # type: ignore[no-any-return]
         return in_eval_mode(model, lambda m: TorchEngine(m, data, rules=rules, output=output))  # type: ignore[no-any-return]

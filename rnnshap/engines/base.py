@@ -4,10 +4,15 @@ An engine knows one framework. It checks and converts inputs, runs the model, an
 (sample, reference) pairs into sums of multiplier × (x − r); it knows nothing of output selection,
 batching, additivity, result shapes, Explanations or summaries, which the front door does once for
 every engine. Engines never import each other.
+
+:func:`blocks` cuts the sample × reference grid into the :class:`Block` s an engine runs, and
+:func:`normal_mode` is the context every call into an engine runs in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +50,25 @@ class Block:
     @property
     def pairs(self) -> int:
         return self.samples * self.references
+
+
+def blocks(samples: int, references: int, pairs: int) -> list[Block]:
+    """The sample × reference grid cut into blocks of at most ``pairs`` pairs: whole samples when
+    ``pairs`` holds at least one, otherwise one sample's references a part at a time."""
+    if pairs >= references:
+        per_block = pairs // references
+        return [Block(s, min(s + per_block, samples), 0, references) for s in range(0, samples, per_block)]
+    return [Block(s, s + 1, r, min(r + pairs, references)) for s in range(samples) for r in range(0, references, pairs)]
+
+
+def normal_mode() -> Any:
+    """Outside ``torch.inference_mode()`` where a caller is inside it: the engines take multipliers
+    from a backward pass, which tensors made in inference mode cannot enter. The model runs as under
+    ``torch.no_grad()`` all the same (no graph is kept, nothing is trained)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.is_inference_mode_enabled():
+        return torch.inference_mode(False)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -89,6 +113,10 @@ class Engine(ABC):
     background_outputs: np.ndarray
     #: which output tensor of a model with several is explained (``output=``), and where each sits
     outputs: OutputLayout
+    #: return Σ over the references of the multipliers instead of multiplier × (x − r) (Captum's
+    #: ``multiply_by_inputs=False``). The PyTorch engine reads it; the front door sets it for one call
+    #: (:meth:`rnnshap.DeepExplainer.attribution`) and refuses it for other engines.
+    multipliers: bool = False
 
     @property
     def output_layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:

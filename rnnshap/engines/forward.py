@@ -19,7 +19,12 @@ class ForwardModel:
     """A model's forward on numpy rows, with its background checked and evaluated once."""
 
     def __init__(
-        self, call: Callable[[list[np.ndarray]], Any], data: Any, output: OutputChoice, to_numpy: Callable[[Any], np.ndarray], model: Any = None
+        self,
+        call: Callable[[list[np.ndarray]], Any],
+        data: Any,
+        output: OutputChoice,
+        to_numpy: Callable[[Any], np.ndarray],
+        model: Any = None,
     ) -> None:
         from torch import nn
 
@@ -55,7 +60,10 @@ class ForwardModel:
                 raise InputError(f"{what} has {len(arrays)} input(s) but the background has {len(background)}")
             for t, (a, b) in enumerate(zip(arrays, background, strict=True)):
                 if a.shape[1:] != b.shape[1:]:
-                    raise InputError(f"input {t} of {what} has shape {a.shape}, its background {b.shape}: all dimensions after the first must agree")
+                    raise InputError(
+                        f"input {t} of {what} has shape {a.shape}, its background {b.shape}: all dimensions after the first "
+                        "must agree"
+                    )
         return arrays
 
     def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
@@ -69,11 +77,15 @@ class ForwardModel:
         else:
             flat, names = output_parts(out)
             arrays = [self._to_numpy(t) for t in flat]
-            taken = self.outputs.take(arrays, names, lambda a: a.shape, lambda parts: np.concatenate([p.reshape(p.shape[0], -1) for p in parts], 1))
+            taken = self.outputs.take(
+                arrays, names, lambda a: a.shape, lambda parts: np.concatenate([p.reshape(p.shape[0], -1) for p in parts], 1)
+            )
             taken = np.asarray(taken)
         m = rows[0].shape[0]
         if taken.ndim == 0 or taken.shape[0] != m:
-            raise InputError(f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch")
+            raise InputError(
+                f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch"
+            )
         self._shape = tuple(taken.shape[1:])
         return taken.reshape(m, -1).astype(np.float64)
 
@@ -98,7 +110,9 @@ def forward_model(model: Any, data: Any, output: OutputChoice = None) -> Forward
         return ForwardModel(_torch_call(model), data, output, _torch_numpy, model)
     if callable(model):
         return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model)
-    raise InputError(f"ShapleyExplainer takes an nn.Module, a Keras model or a function of numpy arrays, not {type(model).__name__}")
+    raise InputError(
+        f"ShapleyExplainer takes an nn.Module, a Keras model or a function of numpy arrays, not {type(model).__name__}"
+    )
 
 
 def _torch_numpy(value: Any) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Models with several output tensors: which one is explained, or how they become one output vector.
+"""Which outputs are explained: the output tensor of a model with several, and the outputs of that vector.
 
 A model may return a list, a tuple or a dict of tensors (a forecast and a quantile head, a per-step
 and a final output). Every engine explains one output tensor: by default all of them, each flattened
@@ -6,12 +6,18 @@ per sample and concatenated in the model's order (a dict by sorted key), or the 
 ``DeepExplainer(model, data, output=i_or_name)``. :class:`OutputLayout` holds that choice and, after
 the first call, where each output sits in the vector; it knows nothing of the framework (the engine
 passes its own flatten and concatenate).
+
+Within that output vector, :func:`select_outputs` turns the indices a user gives (``outputs=``) into
+flat positions, and :func:`selected_outputs` picks the columns each sample is explained for (the
+chosen outputs, the top ``ranked_outputs``, or all), for both doors.
 """
 
 from __future__ import annotations
 
 import numbers
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ..errors import InputError
 
@@ -56,7 +62,11 @@ class OutputLayout:
     def __init__(self, choice: OutputChoice = None) -> None:
         if isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
             choice = int(choice)  # numpy integers too
-        elif isinstance(choice, (tuple, list)) and choice and all(isinstance(c, (str, numbers.Integral)) and not isinstance(c, bool) for c in choice):
+        elif (
+            isinstance(choice, (tuple, list))
+            and choice
+            and all(isinstance(c, (str, numbers.Integral)) and not isinstance(c, bool) for c in choice)
+        ):
             choice = tuple(c if isinstance(c, str) else int(c) for c in choice)
             if len(choice) == 1:
                 choice = choice[0]
@@ -100,7 +110,8 @@ class OutputLayout:
         index, name or path; None for a result without nesting (:meth:`take` then picks).
 
         Raises :class:`InputError` where no ``output=`` is given, or it does not lead to one tensor."""
-        if not _nested(out) or not (isinstance(self.choice, tuple) or any(_nested(v) for v in (out.values() if isinstance(out, dict) else out))):
+        items = out.values() if isinstance(out, dict) else out
+        if not _nested(out) or not (isinstance(self.choice, tuple) or any(_nested(v) for v in items)):
             return None
         shown = _describe(out)
         if self.choice is None:
@@ -162,4 +173,62 @@ class OutputLayout:
         return int(choice) % len(names)
 
 
-__all__ = ["OutputChoice", "OutputLayout", "output_parts"]
+def select_outputs(output_shape: tuple[int, ...], outputs: Sequence[Any]) -> np.ndarray:
+    """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (k,)."""
+    shape = output_shape or (1,)
+    if isinstance(outputs, (int, np.integer)) and not isinstance(outputs, bool):
+        outputs = [int(outputs)]  # one output, by its index
+    flat = []
+    for index in outputs:
+        if isinstance(index, bool) or not (
+            isinstance(index, (int, np.integer))
+            or (isinstance(index, (tuple, list)) and all(isinstance(i, (int, np.integer)) for i in index))
+        ):
+            raise InputError(
+                f"output index {index!r}: give an integer, or a tuple of integers for a multidimensional output {output_shape}"
+            )
+        multi = (int(index),) if isinstance(index, (int, np.integer)) else tuple(int(i) for i in index)
+        if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
+            raise InputError(f"output index {index!r} does not fit the model's output shape {output_shape}")
+        flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
+    if not flat:
+        raise InputError("outputs is empty; give at least one output index")
+    return np.asarray(flat, dtype=np.int64)
+
+
+def selected_outputs(
+    output_shape: tuple[int, ...],
+    n: int,
+    ranked_outputs: int | None,
+    output_rank_order: str,
+    outputs: int | Sequence[int | tuple[int, ...]] | None,
+    scores: Callable[[], np.ndarray],
+) -> np.ndarray:
+    """(n, k) flat indices of the outputs to explain for each of ``n`` samples: the chosen ``outputs``,
+    each sample's top ``ranked_outputs`` by ``scores()`` (the model's outputs), or all."""
+    if isinstance(outputs, (numbers.Integral, np.integer)) and not isinstance(outputs, bool):
+        outputs = [int(outputs)]  # one output, by its index
+    assert not isinstance(outputs, (int, np.integer))
+    if ranked_outputs is not None and (
+        isinstance(ranked_outputs, bool) or not isinstance(ranked_outputs, (numbers.Integral, np.integer))
+    ):
+        raise InputError(
+            f"ranked_outputs must be a positive integer (how many top outputs to explain per sample), got {ranked_outputs!r}"
+        )
+    if outputs is not None and ranked_outputs is not None:
+        raise InputError("give either ranked_outputs or outputs, not both")
+    if outputs is not None:
+        chosen = select_outputs(output_shape, outputs)[None, :]
+        return np.broadcast_to(chosen, (n, chosen.shape[1])).copy()
+    if ranked_outputs is not None:
+        if not 1 <= ranked_outputs:
+            raise InputError(f"ranked_outputs must be a positive integer, got {ranked_outputs}")
+        order = {"max": lambda s: -s, "min": lambda s: s, "max_abs": lambda s: -np.abs(s)}
+        if output_rank_order not in order:
+            raise InputError(f"output_rank_order must be 'max', 'min' or 'max_abs', got {output_rank_order!r}")
+        return np.argsort(order[output_rank_order](scores()), axis=1, kind="stable")[:, :ranked_outputs].astype(np.int64)
+    n_outputs = int(np.prod(output_shape)) if output_shape else 1
+    return np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
+
+
+__all__ = ["OutputChoice", "OutputLayout", "output_parts", "select_outputs", "selected_outputs"]

@@ -14,16 +14,25 @@ tensors its network reads, and a module ``f(*windows) -> (n, k)`` that is the li
 scaling included where that is an affine map fixed by the window or a fitted scaler), then
 :func:`attribute` explains ``f`` with either of rnnshap's answers, and the adapter puts the values back
 into the library's result type. :func:`attribute` is the one place where the method is chosen.
+
+The parts the adapters share (package-internal, public so that the adapters may use them):
+:func:`preserved` puts the library's model back as it was after an explanation; :func:`affine_probe`
+reads the affine map of a fitted scaler by applying it to 0 and 1; :func:`check_version` refuses a
+library version outside the range the adapter was verified on (:data:`VERIFIED`), since every adapter
+calls private functions of its library.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from importlib import metadata
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError, UnsupportedOperationError
+from ..errors import InputError, RnnShapError, UnsupportedOperationError
 
 #: the answers every adapter offers
 METHODS = ("deepshap", "shapley")
@@ -55,7 +64,9 @@ def check_method(method: str) -> str:
     """``method`` lower-cased, or an InputError naming the choices."""
     name = str(method).lower()
     if name not in METHODS:
-        raise InputError(f"method={method!r}: choose 'deepshap' (one pass, exact in sum) or 'shapley' (Shapley values with standard errors)")
+        raise InputError(
+            f"method={method!r}: choose 'deepshap' (one pass, exact in sum) or 'shapley' (Shapley values with standard errors)"
+        )
     return name
 
 
@@ -125,3 +136,87 @@ def attribute(
         exact=np.asarray(estimate.exact),
         n_evals=np.asarray(estimate.n_evals),
     )
+
+
+# -- the parts the adapters share ----------------------------------------------------------------------------
+#: per distribution, the release series each adapter was verified on: ``(lowest, first not verified)``,
+#: from the versions pinned in ``constraints/cpu-torch.txt``. Each adapter calls private symbols of its
+#: library (darts' ``_get_batch_prediction``, neuralforecast's ``_explain_batch``, pytorch-forecasting's
+#: ``_collate_fn``), which may change in any release.
+VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "darts": ((0, 48), (0, 49)),
+    "neuralforecast": ((3, 3), (3, 4)),
+    "pytorch-forecasting": ((1, 8), (1, 9)),
+}
+
+
+class UnverifiedVersionError(RnnShapError, ImportError):
+    """The installed forecasting library is outside the versions its rnnshap adapter was verified on."""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: "0.48.1" -> (0, 48, 1); "3.3.0rc1" -> (3, 3, 0)."""
+    numbers = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
+
+
+def check_version(distribution: str) -> str:
+    """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an
+    :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
+    installed = metadata.version(distribution)
+    low, high = VERIFIED[distribution]
+    if not low <= _release(installed) < high:
+        verified = ".".join(map(str, low)) + ".x"
+        raise UnverifiedVersionError(
+            f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and calls "
+            f"private functions of it that other versions may change; {installed} is installed. Install "
+            f"'{distribution}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}', or explain the model through the recipe "
+            "path (docs/recipes.md)"
+        )
+    return installed
+
+
+@contextlib.contextmanager
+def preserved(module: Any) -> Iterator[None]:
+    """Put ``module`` and every submodule back as they were on exit, whatever the explanation changed.
+
+    Restored, bit for bit: each submodule's plain attributes (its ``training`` flag and whatever a forward
+    or the library's predict caches on it; attributes added inside are removed), its tables of parameters,
+    buffers and submodules (the same objects: a buffer replaced inside is put back), and each parameter's
+    data (the original tensor, so a ``.double()`` or ``.to()`` inside is undone) and ``requires_grad``.
+    Nothing is copied: values written in place into a parameter's storage are not undone (rnnshap writes none)."""
+    keep = ("_parameters", "_buffers", "_modules")
+    saved = []
+    for m in module.modules():
+        attributes = {k: v for k, v in m.__dict__.items() if k not in keep}
+        parameters = [(p, p.data, p.requires_grad) for p in m._parameters.values() if p is not None]
+        saved.append((m, attributes, dict(m._parameters), parameters, dict(m._buffers), dict(m._modules)))
+    try:
+        yield
+    finally:
+        for m, attributes, parameter_table, parameters, buffers, modules in saved:
+            for k in [k for k in m.__dict__ if k not in keep and k not in attributes]:
+                del m.__dict__[k]
+            m.__dict__.update(attributes)
+            for table, entries in ((m._parameters, parameter_table), (m._buffers, buffers), (m._modules, modules)):
+                table.clear()
+                table.update(entries)
+            for p, data, requires_grad in parameters:
+                if p.dtype != data.dtype or p.device != data.device or p.data_ptr() != data.data_ptr() or p.shape != data.shape:
+                    p.data = data
+                p.requires_grad_(requires_grad)
+
+
+def affine_probe(apply: Callable[[np.ndarray], np.ndarray], like: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A scaler's map read as affine, ``apply(x) = intercept + slope · x`` entry by entry, from ``apply`` on
+    zeros and ones shaped like ``like``.
+
+    Returns ``(intercept, slope, affine)``: ``apply(0)``, ``apply(1) − apply(0)``, and whether ``apply(2)``
+    agrees (``apply(2) − apply(0) = 2 · slope`` to 1e-6, relative), for a caller that does not know the
+    map is affine."""
+    zero = apply(np.zeros_like(like))
+    one = apply(np.ones_like(like))
+    two = apply(np.full_like(like, 2.0))
+    slope = one - zero
+    affine = np.allclose(two - zero, 2 * slope, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(zero).max(initial=0))))
+    return zero, slope, bool(affine)

@@ -20,12 +20,16 @@ names (``create_lagged_component_names``: ``Y_target_lag-2``, ``month_futcov_lag
   the explained function, so that the values are in the units of the unscaled series and add up to
   ``target_scaler.inverse_transform(model.predict(n, series=target_scaler.transform(series)))``.
 
-This module imports darts; ``import rnnshap`` does not.
+This module imports darts; ``import rnnshap`` does not. It is one file (over 600 lines) because its parts
+are one unit shaped by darts' classes: the explainer and adapter subclasses override darts' methods, which
+call each other, and share the window layout (``_layout``) and the window splitting; apart, they would
+reach into each other's private members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,9 +57,12 @@ except ImportError as _error:  # pragma: no cover - depends on the environment
 from torch import nn
 
 from ..errors import InputError
-from . import METHODS, WindowAttribution, attribute, check_method
+from . import METHODS, WindowAttribution, affine_probe, attribute, check_method, check_version, preserved
 
-__all__ = ["METHODS", "ShapExplainabilityResult", "ShapExplainer", "ShapSingleExplainabilityResult", "forecast_module", "standard_errors"]
+__all__ = [
+    "METHODS", "ShapExplainabilityResult", "ShapExplainer", "ShapSingleExplainabilityResult", "forecast_module",
+    "standard_errors",
+]  # fmt: skip
 
 #: darts' inference sample fields, in the order of darts' flat feature array (``future_past_covariates``,
 #: the past covariates ``predict(n > output_chunk_length)`` reads after the forecast start, after the past ones)
@@ -104,7 +111,8 @@ class _Forecast(nn.Module):
     Call it inside ``with module.predicting():`` (darts' predict parameters and eval mode, put back after)."""
 
     def __init__(
-        self, module: nn.Module, fields: Sequence[str], n: int, roll_size: int, affine: Any = None, likelihood_parameters: bool = False
+        self, module: nn.Module, fields: Sequence[str], n: int, roll_size: int, affine: Any = None,
+        likelihood_parameters: bool = False,
     ) -> None:
         super().__init__()
         self.module: Any = module
@@ -129,44 +137,23 @@ class _Forecast(nn.Module):
             prediction = (prediction - offset.repeat_interleave(per).to(prediction)) / scale.repeat_interleave(per).to(prediction)
         return prediction.flatten(1)
 
-    def predicting(self, batch_size: int = 2048) -> _PredictState:
+    @contextlib.contextmanager
+    def predicting(self, batch_size: int = 2048) -> Iterator[None]:
         """A context manager: darts' predict parameters for this forecast (``n``, one sample, the roll size,
         the likelihood's parameters where the model has any) and eval mode set on the Lightning module, and
-        everything it or the forward changed put back on exit."""
-        return _PredictState(self.module, self.n, self.roll_size, batch_size, self.likelihood_parameters)
+        everything it or the forward changed put back on exit (:func:`rnnshap.forecasting.preserved`:
+        darts' TFT caches its attention mask and batch size in the forward): explaining never changes the model.
 
-
-class _PredictState:
-    """Sets darts' predict parameters (and eval mode) on the Lightning module for the explanation, and
-    puts back everything it or the forward changed: explaining never changes the model.
-
-    Every submodule's attributes and buffers are put back as they were (darts' TFT caches its attention
-    mask and batch size in the forward); buffers made under ``torch.inference_mode`` by an earlier
-    ``predict`` are replaced by plain copies while explaining (autograd cannot save inference tensors)."""
-
-    KEEP = ("_parameters", "_buffers", "_modules")
-
-    def __init__(self, module: Any, n: int, roll_size: int, batch_size: int, likelihood_parameters: bool) -> None:
-        self.module, self.arguments = module, (n, 1, roll_size, batch_size, likelihood_parameters, False)
-
-    def __enter__(self) -> None:
-        self.saved = [
-            (m, {k: v for k, v in m.__dict__.items() if k not in self.KEEP}, dict(m._buffers)) for m in self.module.modules()
-        ]
-        for m in self.module.modules():
-            for name, buffer in m._buffers.items():
-                if buffer is not None and buffer.is_inference():
-                    m._buffers[name] = buffer.clone()
-        self.module.set_predict_parameters(*self.arguments)
-        self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, attributes, buffers in self.saved:
-            for k in [k for k in m.__dict__ if k not in self.KEEP and k not in attributes]:
-                del m.__dict__[k]
-            m.__dict__.update(attributes)
-            m._buffers.clear()
-            m._buffers.update(buffers)
+        Buffers made under ``torch.inference_mode`` by an earlier ``predict`` are replaced by plain copies
+        while explaining (autograd cannot save inference tensors), and put back on exit."""
+        with preserved(self.module):
+            for m in self.module.modules():
+                for name, buffer in m._buffers.items():
+                    if buffer is not None and buffer.is_inference():
+                        m._buffers[name] = buffer.clone()
+            self.module.set_predict_parameters(self.n, 1, self.roll_size, batch_size, self.likelihood_parameters, False)
+            self.module.eval()
+            yield
 
 
 def _scaler_transformer(scaler: Any) -> Any:
@@ -186,19 +173,19 @@ def _scaler_transformer(scaler: Any) -> Any:
 
 def _affine_of(scaler: Any, target_components: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, offset)`` per component of a fitted darts ``Scaler`` of one target series whose sklearn
-    transformer is an affine map (:func:`_scaler_transformer`), read by applying it to 0 and 1."""
+    transformer is an affine map (:func:`_scaler_transformer`), read by applying it to 0 and 1 (:func:`affine_probe`)."""
     transformer = _scaler_transformer(scaler)
-    k = len(target_components)
-    zero = transformer.transform(np.zeros((1, k)))[0]
-    one = transformer.transform(np.ones((1, k)))[0]
-    return torch.as_tensor(one - zero, dtype=torch.float64), torch.as_tensor(zero, dtype=torch.float64)
+    zero, scale, _ = affine_probe(lambda x: transformer.transform(x)[0], np.zeros((1, len(target_components))))
+    return torch.as_tensor(scale, dtype=torch.float64), torch.as_tensor(zero, dtype=torch.float64)
 
 
 class _RnnshapTorchAdapter(TorchShapAdapter):
     """darts' TorchShapAdapter with rnnshap's values: darts' window building, names and result
     assembly, with the flat feature array split back into the windows of darts' inference dataset."""
 
-    def __init__(self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any, **kwargs: Any):
+    def __init__(
+        self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any, **kwargs: Any
+    ):
         self.method, self.budget, self.random_state = method, budget, random_state
         self.rnnshap_batch_size, self.affine = rnnshap_batch_size, affine
         self.rng = _background_rng(random_state)  # the background draw (background_num_samples)
@@ -233,7 +220,8 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         """darts' own inference dataset (``_build_inference_dataset`` over ``_create_dataset_bounds``, as
         darts' adapter builds it), flattened in darts' feature order; with ``n > output_chunk_length`` the
         past covariates after the forecast start (``future_past_covariates``) follow the past ones."""
-        series, past_covariates, future_covariates = series2seq(series), series2seq(past_covariates), series2seq(future_covariates)
+        series, past_covariates = series2seq(series), series2seq(past_covariates)
+        future_covariates = series2seq(future_covariates)
         _check_lengths(self.model, self.n, series, past_covariates, future_covariates, input_type)
         bounds, _ = _create_dataset_bounds(
             model=self.model,
@@ -258,7 +246,9 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                     f"Got background dataset length={len(dataset)}."
                 )
             n_samples = min(n_samples, MAX_BACKGROUND_SAMPLE)
-        indices: Any = self.rng.choice(len(dataset), size=n_samples, replace=False) if n_samples < len(dataset) else range(len(dataset))
+        indices: Any = range(len(dataset))
+        if n_samples < len(dataset):
+            indices = self.rng.choice(len(dataset), size=n_samples, replace=False)
         batch = [dataset[i] for i in indices]
         arrays = []
         for name, shape in self._layout():
@@ -336,7 +326,10 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         stderr = None if result.stderr is None else np.concatenate([s.reshape(E, -1, s.shape[-1]) for s in result.stderr], axis=1)
         return shap.Explanation(values=values, base_values=result.base_values, data=np.asarray(foreground_arr), error_std=stderr)
 
-    def shap_explanations(self, foreground_arr: np.ndarray, foreground_times: pd.Index, horizons: Sequence[int], target_components: Sequence[str], **kwargs: Any) -> dict[int, dict[str, DartsShapExplanation]]:  # type: ignore[override]
+    def shap_explanations(  # type: ignore[override]
+        self, foreground_arr: np.ndarray, foreground_times: pd.Index, horizons: Sequence[int], target_components: Sequence[str],
+        **kwargs: Any,
+    ) -> dict[int, dict[str, DartsShapExplanation]]:
         """darts' assembly per horizon and component, plus the standard errors (``error_std``) in the
         Shapley mode."""
         explanations = super().shap_explanations(foreground_arr, foreground_times, horizons, target_components, **kwargs)
@@ -360,7 +353,9 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                 )
         return explanations
 
-    def shap_explanations_single(self, foreground_arr: np.ndarray, foreground_times: pd.Index, target_components: Sequence[str], **kwargs: Any) -> dict[str, DartsShapExplanation]:  # type: ignore[override]
+    def shap_explanations_single(  # type: ignore[override]
+        self, foreground_arr: np.ndarray, foreground_times: pd.Index, target_components: Sequence[str], **kwargs: Any
+    ) -> dict[str, DartsShapExplanation]:
         """darts' single-forecast assembly (one row per horizon), with ``error_std`` in the Shapley mode."""
         horizons = list(range(1, self.n + 1))
         explanations = self.shap_explanations(foreground_arr[-1:], foreground_times[-1:], horizons, target_components, **kwargs)
@@ -395,10 +390,14 @@ def forecast_module(model: Any, n: int, fields: Sequence[str], affine: Any = Non
         with module.predicting():
             module(past_target, past_covariates, future_past_covariates)   # (N, 4 · targets): predict(4)
     """
-    return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine, model.supports_likelihood_parameter_prediction)
+    check_version("darts")
+    likelihood_parameters = model.supports_likelihood_parameter_prediction
+    return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine, likelihood_parameters)
 
 
-def _check_lengths(model: Any, n: int, series: Sequence[Any], past: Sequence[Any] | None, future: Sequence[Any] | None, input_type: str) -> None:
+def _check_lengths(
+    model: Any, n: int, series: Sequence[Any], past: Sequence[Any] | None, future: Sequence[Any] | None, input_type: str
+) -> None:
     """darts' terms for a series too short for one window, and for covariates the model was not fit with."""
     L = model.input_chunk_length
     for i, s in enumerate(series):
@@ -456,6 +455,9 @@ class ShapExplainer(_DartsShapExplainer):
         window, covariates the model was fit without, a model that is not a ``TorchForecastingModel``, a count
         (``n``, ``horizons``, ``background_num_samples``, ``batch_size``) that is not an integer of at least 1
         (never truncated), a ``random_state`` that is not a seed.
+    rnnshap.forecasting.UnverifiedVersionError
+        darts is installed at a version outside the series this adapter was verified on
+        (:data:`rnnshap.forecasting.VERIFIED`).
     rnnshap.UnsupportedOperationError
         from ``explain`` with ``method="deepshap"``, for a model with an operation DeepSHAP has no exact
         rule for, naming the operation and ``method="shapley"`` as the fallback.
@@ -488,6 +490,7 @@ class ShapExplainer(_DartsShapExplainer):
         target_scaler: Any = None,
         **kwargs: Any,
     ) -> None:
+        check_version("darts")
         if not isinstance(model, TorchForecastingModel):
             raise InputError(
                 f"rnnshap.darts.ShapExplainer explains darts' TorchForecastingModel networks; {type(model).__name__} is not one. "
@@ -567,7 +570,9 @@ class ShapExplainer(_DartsShapExplainer):
             **kwargs,
         )
 
-    def _process_foreground(self, foreground_series: Any = None, foreground_past_covariates: Any = None, foreground_future_covariates: Any = None) -> Any:
+    def _process_foreground(
+        self, foreground_series: Any = None, foreground_past_covariates: Any = None, foreground_future_covariates: Any = None
+    ) -> Any:
         if foreground_series is not None:
             _check_lengths(
                 self.model, self.n, series2seq(foreground_series), series2seq(foreground_past_covariates),
@@ -575,7 +580,9 @@ class ShapExplainer(_DartsShapExplainer):
             )  # fmt: skip
         return super()._process_foreground(foreground_series, foreground_past_covariates, foreground_future_covariates)
 
-    def _process_horizons_and_targets(self, horizons: int | Sequence[int] | None, target_components: str | Sequence[str] | None) -> tuple[Sequence[int], Sequence[str]]:
+    def _process_horizons_and_targets(
+        self, horizons: int | Sequence[int] | None, target_components: str | Sequence[str] | None
+    ) -> tuple[Sequence[int], Sequence[str]]:
         """darts' check, with the horizon ``n`` this explainer was built for (not ``output_chunk_length``)."""
         if horizons is not None:
             hs: list[Any]
@@ -608,7 +615,9 @@ class ShapExplainer(_DartsShapExplainer):
         """darts' ``explain_single``: the forecast ``model.predict(n, series=...)`` makes from the end of the
         (last) series. darts' own explainer explains the last forecast the covariates allow, which is an
         earlier one where they end too soon; this one raises then, as ``predict`` does."""
-        result = super().explain_single(foreground_series, foreground_past_covariates, foreground_future_covariates, target_components, **kwargs)
+        result = super().explain_single(
+            foreground_series, foreground_past_covariates, foreground_future_covariates, target_components, **kwargs
+        )
         last = series2seq(foreground_series if foreground_series is not None else self.background_series)[-1]
         if not self.model.output_chunk_shift:
             start = result.get_explanation(result.available_components[0]).start_time()

@@ -22,6 +22,7 @@ at that reference, in the units of the data. For each explained forecast the att
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any, Mapping, Sequence
@@ -29,14 +30,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from . import attribute, check_method
+from . import affine_probe, attribute, check_method, check_version, preserved
 
 __all__ = ["explain", "supported"]
 
 #: the window tensors neuralforecast's networks read, in the order they are explained
 WINDOW_KEYS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
-#: the model attributes neuralforecast's explain path sets, restored afterwards
-_STATE = ("explain", "explainer_config", "_explain_batch", "explanations")
 _CAPTUM_EXPLAINERS = ("IntegratedGradients", "ShapleyValueSampling", "InputXGradient")
 
 
@@ -172,7 +171,10 @@ class _Forecast:
                         return x
                     return x[:, :L] if tau == 0 else x[:, L + tau - 1].unsqueeze(1)
 
-                windows = {"insample_y": y, "insample_mask": mask, "futr_exog": exog("futr_exog"), "hist_exog": exog("hist_exog"), "stat_exog": batch["stat_exog"]}
+                windows = {
+                    "insample_y": y, "insample_mask": mask, "futr_exog": exog("futr_exog"), "hist_exog": exog("hist_exog"),
+                    "stat_exog": batch["stat_exog"],
+                }  # fmt: skip
                 args = loss.scale_decouple(output=loss.domain_map(model(windows)), **where)
                 steps.append(torch.stack([a.reshape(a.shape[0], -1)[:, -1] for a in args], dim=-1))  # (n, P)
                 mean = _distribution_mean(loss.distribution, args)
@@ -225,7 +227,10 @@ class _Run:
             return type(model)._explain_batch(
                 model, insample_y, insample_mask, futr_exog, hist_exog, stat_exog, y_idx, y_hat_shape, recursive_step
             )
-        given = {"insample_y": insample_y, "insample_mask": insample_mask, "futr_exog": futr_exog, "hist_exog": hist_exog, "stat_exog": stat_exog}
+        given = {
+            "insample_y": insample_y, "insample_mask": insample_mask, "futr_exog": futr_exog, "hist_exog": hist_exog,
+            "stat_exog": stat_exog,
+        }  # fmt: skip
         present = [key for key in WINDOW_KEYS if given[key] is not None]
         # recurrent models carry the horizon's unknown (NaN) targets after the input window (positions input_size and
         # on of their longer windows) and never read them: they are set to 0 here, the reference's value, so they get
@@ -253,18 +258,17 @@ class _Run:
                     module = build.distribution_module(y_loc[i : i + 1], y_scale[i : i + 1])
                     parts.append(self._attribute(module, background, [x[i : i + 1] for x in X], what))
                 values = [np.concatenate([p.values[j] for p in parts]) for j in range(len(X))]
-                stderr = None if parts[0].stderr is None else [np.concatenate([p.stderr[j] for p in parts]) for j in range(len(X))]  # type: ignore[index]
+                stderr = None
+                if parts[0].stderr is not None:
+                    stderr = [np.concatenate([p.stderr[j] for p in parts]) for j in range(len(X))]  # type: ignore[index]
                 base = np.concatenate([p.base_values for p in parts])
                 n_evals = None if parts[0].n_evals is None else np.concatenate([p.n_evals for p in parts])  # type: ignore[misc]
             else:
                 scaler = model.scaler
-                shift, scale = scaler.x_shift, scaler.x_scale
-                try:  # the forecast in the network's units; the window's fixed affine map is applied below
-                    scaler.x_shift = torch.zeros_like(shift[:1]).detach()
-                    scaler.x_scale = torch.ones_like(scale[:1]).detach()
+                with preserved(scaler):  # the forecast in the network's units; the window's fixed affine map is applied below
+                    scaler.x_shift = torch.zeros_like(scaler.x_shift[:1]).detach()
+                    scaler.x_scale = torch.ones_like(scaler.x_scale[:1]).detach()
                     result = self._attribute(build.point_module(), background, X, what)
-                finally:
-                    scaler.x_shift, scaler.x_scale = shift, scale
                 a = y_loc.reshape(n, 1).double().cpu().numpy()
                 b = y_scale.reshape(n, 1).double().cpu().numpy()
                 values = [v * b.reshape(n, *([1] * (v.ndim - 1))) for v in result.values]
@@ -303,14 +307,18 @@ class _Run:
                 raise InputError(f"background has no {key!r}: give every window tensor the model reads ({', '.join(present)})")
             r = torch.as_tensor(self.background[key], dtype=x.dtype, device=x.device)
             if tuple(r.shape[1:]) != tuple(x.shape[1:]):
-                raise InputError(f"background[{key!r}] has windows shaped {tuple(r.shape[1:])}; the model reads {tuple(x.shape[1:])}")
+                raise InputError(
+                    f"background[{key!r}] has windows shaped {tuple(r.shape[1:])}; the model reads {tuple(x.shape[1:])}"
+                )
             rows.append(r)
         if len({r.shape[0] for r in rows}) != 1:
             raise InputError("background: every window tensor needs the same number of rows")
         return rows
 
     @staticmethod
-    def _shape(model: Any, present: list[str], values: list[np.ndarray], n_h: int, n_o: int, X: list[Any]) -> dict[str, np.ndarray]:
+    def _shape(
+        model: Any, present: list[str], values: list[np.ndarray], n_h: int, n_o: int, X: list[Any]
+    ) -> dict[str, np.ndarray]:
         """rnnshap's ``(n, *input_shape, H·O)`` per input -> neuralforecast's ``[n, H, 1, O, ...]`` per stream."""
         import torch
 
@@ -336,15 +344,12 @@ class _Run:
 
 def _affine_target_scaler(nf: Any, record: dict[str, Any]) -> Any:
     """A stand-in for ``nf._scalers_target_inverse_transform`` that also records, per series, the affine
-    map it applies (``local_scaler_type``): intercept and slope, from the scaler itself."""
+    map it applies (``local_scaler_type``): intercept and slope, from the scaler itself (:func:`affine_probe`)."""
     original = nf._scalers_target_inverse_transform
 
     def inverse(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-        zero = original(np.zeros_like(data), indptr)[:, :1]
-        one = original(np.ones_like(data), indptr)[:, :1]
-        two = original(np.full_like(data, 2.0), indptr)[:, :1]
-        slope = one - zero
-        if not np.allclose(two - zero, 2 * slope, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(zero).max(initial=0)))):
+        zero, slope, affine = affine_probe(lambda x: original(x, indptr)[:, :1], data)
+        if not affine:
             raise InputError(
                 f"local_scaler_type={nf.local_scaler_type!r} is not an affine map of the forecast: the attributions "
                 "cannot be put in the units of the data. Use an affine local_scaler_type (standard, robust, minmax) "
@@ -409,6 +414,8 @@ def explain(
         like the values) and ``n_evals`` (rows run per window). Torch tensors, as neuralforecast returns them.
 
     Raises:
+        UnverifiedVersionError: neuralforecast is installed at a version outside the series this adapter was
+            verified on (:data:`rnnshap.forecasting.VERIFIED`).
         InputError: an unfitted ``nf``, a horizon, output or series out of range, a model rnnshap.neuralforecast
             does not take (named, with the alternative), a non-affine global scaler.
         UnsupportedOperationError: DeepSHAP has no exact rule for an operation of the model (method='shapley'
@@ -421,6 +428,7 @@ def explain(
         >>> total = e["insample"].sum((-1, -2)) + e["baseline_predictions"]   # + futr/hist/stat exog sums
     """
     _import_neuralforecast()
+    check_version("neuralforecast")
 
     if explainer is not None:
         if str(explainer).lower() in ("deepshap", "shapley"):
@@ -438,13 +446,16 @@ def explain(
         if why is not None:
             raise InputError(why)
     if not getattr(nf, "_fitted", False):
-        raise InputError("You must fit the model before explaining: call nf.fit(df) first (the NeuralForecast object is not fitted).")
+        raise InputError(
+            "You must fit the model before explaining: call nf.fit(df) first (the NeuralForecast object is not fitted)."
+        )
     h_explain = nf.h if h is None else int(h)
     if horizons is None:
         horizons = list(range(h_explain))
     elif not horizons or len(horizons) > h_explain or any(not 0 <= int(k) < h_explain for k in horizons):
         raise InputError(
-            f"Invalid indices. Make sure to select horizon steps within {list(range(h_explain))} or set it to None to explain all horizon steps"
+            f"Invalid indices. Make sure to select horizon steps within {list(range(h_explain))} or set it to None to explain "
+            "all horizon steps"
         )
     horizons = [int(k) for k in horizons]
     n_out = min(_n_outputs(model) for model in nf.models)
@@ -456,7 +467,9 @@ def explain(
             "(distribution parameters for a DistributionLoss model, loss outputs otherwise)."
         )
     if series is not None and list(series) != [0]:
-        raise InputError("Invalid series indices. Valid indices are [0] for univariate models. Set series=None to explain all series.")
+        raise InputError(
+            "Invalid series indices. Valid indices are [0] for univariate models. Set series=None to explain all series."
+        )
     if nf.scalers_ and getattr(nf, "local_scaler_type", None) == "boxcox":
         raise InputError(
             "local_scaler_type='boxcox' is not an affine map of the forecast: the attributions cannot be put in the units "
@@ -466,12 +479,13 @@ def explain(
     run = _Run(method, budget, random_state, batch_size, check_additivity, background)
     config = {"explainer": None, "horizons": horizons, "output_index": [int(o) for o in outputs], "series": [0]}
     record: dict[str, Any] = {}
-    saved = [(m, {k: m.__dict__[k] for k in _STATE if k in m.__dict__}) for m in nf.models]
-    for model in nf.models:
-        model._explain_batch = _bound(run, model)
-    if nf.scalers_:
-        nf._scalers_target_inverse_transform = _affine_target_scaler(nf, record)
-    try:
+    with contextlib.ExitStack() as restore:
+        for model in nf.models:  # neuralforecast's explain path sets explain, explainer_config and explanations on them
+            restore.enter_context(preserved(model))
+            model._explain_batch = _bound(run, model)
+        restore.callback(nf.__dict__.pop, "_scalers_target_inverse_transform", None)
+        if nf.scalers_:
+            nf._scalers_target_inverse_transform = _affine_target_scaler(nf, record)
         # neuralforecast's predict leaves the chunks of a direct model's recursion (h > model.h) unsliced when it
         # explains (ceil(h / model.h) * model.h rows per series: a misaligned frame, and an error beside other
         # models): such models are explained one at a time, and the frame is a plain predict's
@@ -486,7 +500,9 @@ def explain(
                     df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
                     level=level, quantiles=quantiles, explainer_config=config, **data_kwargs,
                 )  # fmt: skip
-        explanations = {_name(model): _collect(model, run, record) for model in nf.models if model.__dict__.get("explanations") is not None}
+        explanations = {
+            _name(model): _collect(model, run, record) for model in nf.models if model.__dict__.get("explanations") is not None
+        }
         if chunked:
             with warnings.catch_warnings():
                 if not verbose:
@@ -495,12 +511,6 @@ def explain(
                     df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
                     level=level, quantiles=quantiles, **data_kwargs,
                 )  # fmt: skip
-    finally:
-        nf.__dict__.pop("_scalers_target_inverse_transform", None)
-        for model, attrs in saved:
-            for key in _STATE:
-                model.__dict__.pop(key, None)
-            model.__dict__.update(attrs)
     return fcsts_df, explanations
 
 
@@ -530,9 +540,10 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]
             previous = step
 
         def stack(key: str) -> Any:
-            return torch.cat(
-                [torch.cat([torch.cat([torch.as_tensor(p[key]) for p in g[k]], dim=0) for k in sorted(g)], dim=1) for g in groups], dim=0
-            )
+            def steps(g: dict[int, list[dict[str, Any]]]) -> Any:
+                return torch.cat([torch.cat([torch.as_tensor(p[key]) for p in g[k]], dim=0) for k in sorted(g)], dim=1)
+
+            return torch.cat([steps(g) for g in groups], dim=0)
 
         for key in ("insample", "futr_exog", "hist_exog", "stat_exog"):
             if key in calls[0][1]:

@@ -49,7 +49,8 @@ def from_estimate(
     if not is_estimate(values):
         return values, errors, base_value
     if values.players not in players or isinstance(values.values, list):
-        raise ValueError(f"{what} draws a ShapleyEstimate with players {' or '.join(repr(p) for p in players)}, not {values.players!r}")
+        wanted = " or ".join(repr(p) for p in players)
+        raise ValueError(f"{what} draws a ShapleyEstimate with players {wanted}, not {values.players!r}")
     if errors is not None:
         raise ValueError(f"{what}: a ShapleyEstimate brings its own standard errors; do not pass errors= too")
 

@@ -293,8 +293,8 @@ def output_map(
         inside = [(t, r) for r, t in enumerate(output_steps) if window[0] <= t <= window[-1]]
         if inside:
             panel.plot(
-                [t for t, _ in inside], [r for _, r in inside], linestyle="none", marker="s", markersize=max(2.5, min(7.0, 150 / rows)),
-                markerfacecolor="none", markeredgecolor=INK, markeredgewidth=0.9,
+                [t for t, _ in inside], [r for _, r in inside], linestyle="none", marker="s",
+                markersize=max(2.5, min(7.0, 150 / rows)), markerfacecolor="none", markeredgecolor=INK, markeredgewidth=0.9,
             )  # fmt: skip
     totals = per_step.sum(0)
     if rows <= 40:
@@ -306,7 +306,8 @@ def output_map(
             spine.set_visible(False)
     fig.colorbar(
         image, ax=panel, location="bottom", shrink=0.6, aspect=40, pad=0.02,
-        extend=extend_arrows(grid, -scale.limit, scale.limit), label=scale.label("φ summed over features: red raises the output, blue lowers it"),
+        extend=extend_arrows(grid, -scale.limit, scale.limit),
+        label=scale.label("φ summed over features: red raises the output, blue lowers it"),
     )  # fmt: skip
     if title is None:
         title = "Which input steps each explained output draws on"

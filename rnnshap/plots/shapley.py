@@ -33,7 +33,9 @@ def shapley_bars(
     if not is_estimate(estimate):
         raise TypeError(f"shapley_bars draws a ShapleyEstimate (explainer.shapley_values(X)), not {type(estimate).__name__}")
     if isinstance(estimate.values, list):
-        raise ValueError("shapley_bars draws one input's players: this estimate has a list per input (players='cells' on several inputs)")
+        raise ValueError(
+            "shapley_bars draws one input's players: this estimate has a list per input (players='cells' on several inputs)"
+        )
     n = estimate.values.shape[0]
     if not -n <= sample < n:
         raise ValueError(f"sample={sample} for an estimate of {n} samples")
@@ -76,7 +78,10 @@ def shapley_bars(
     ]
     finite = np.isfinite(stderr) & (stderr > 0)
     if finite.any():
-        axes.errorbar(positions[finite] - shift, values[finite], yerr=1.96 * stderr[finite], fmt="none", ecolor=INK, elinewidth=1.0, capsize=2.5)
+        axes.errorbar(
+            positions[finite] - shift, values[finite], yerr=1.96 * stderr[finite], fmt="none", ecolor=INK, elinewidth=1.0,
+            capsize=2.5,
+        )
         handles.append(Line2D([], [], color=INK, marker="|", linestyle="none", markersize=8, label="95 % interval"))
     if deepshap is not None:
         axes.bar(positions + shift, deepshap, width=width, color="none", edgecolor="#666666", linewidth=1.0, hatch="////")

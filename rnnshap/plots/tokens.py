@@ -64,6 +64,8 @@ def token_html(
         note = (
             '<div style="font-size: 0.8em; color: #555555; margin-top: 0.35em">'
             f'<span style="color: rgb{POSITIVE}">■</span> raises the output, '
-            f'<span style="color: rgb{NEGATIVE}">■</span> lowers it; <span style="white-space: nowrap">full colour at |φ| = {scale:.3g}</span></div>'
+            f'<span style="color: rgb{NEGATIVE}">■</span> lowers it; '
+            f'<span style="white-space: nowrap">full colour at |φ| = {scale:.3g}</span></div>'
         )
-    return f'<div class="rnnshap-tokens" style="line-height: 2.1; font-family: ui-monospace, Menlo, Consolas, monospace">{body}{note}</div>'
+    font = "ui-monospace, Menlo, Consolas, monospace"
+    return f'<div class="rnnshap-tokens" style="line-height: 2.1; font-family: {font}">{body}{note}</div>'

@@ -2,13 +2,11 @@
 
 ``rules.py`` parses the fused torch ops, ``fused.py`` holds one autograd Function per layer (the
 fast path), ``decomposed.py`` the same layers step by step through the elementwise rules (the
-cross-check), ``weights.py`` the weight layout.
+cross-check), ``weights.py`` the weight layout. The rule registry takes the recurrent ops' rules from
+:func:`recurrent_rules` when it builds its table (``rnnshap/rules/registry.py``), whatever is imported first.
 """
 
-from ..rules.registry import DEFAULT_REGISTRY
 from .cell_step import CellStepAttribution, explain_cell_step
 from .rules import RecurrentCell, RecurrentLayer, recurrent_rules
-
-DEFAULT_REGISTRY.ops.update(recurrent_rules())
 
 __all__ = ["CellStepAttribution", "RecurrentCell", "RecurrentLayer", "explain_cell_step", "recurrent_rules"]

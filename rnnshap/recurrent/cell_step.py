@@ -60,7 +60,8 @@ def explain_cell_step(
     """
     if isinstance(cell, nn.LSTMCell):
         (h, c), (h_r, c_r) = hx, hx_ref  # type: ignore[misc]
-        return _lstm(cell, x, h, c, *torch.broadcast_tensors(x_ref, x)[:1], *torch.broadcast_tensors(h_r, h)[:1], *torch.broadcast_tensors(c_r, c)[:1])
+        references = [torch.broadcast_tensors(r, t)[0] for r, t in ((x_ref, x), (h_r, h), (c_r, c))]
+        return _lstm(cell, x, h, c, *references)
     if isinstance(cell, nn.GRUCell):
         assert isinstance(hx, Tensor) and isinstance(hx_ref, Tensor)
         return _gru(cell, x, hx, torch.broadcast_tensors(x_ref, x)[0], torch.broadcast_tensors(hx_ref, hx)[0])

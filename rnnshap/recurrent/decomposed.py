@@ -31,7 +31,9 @@ def emit(mask: Tensor | None, t: int, h: Tensor) -> Tensor:
     return h if mask is None else h * mask[t].to(h.dtype)
 
 
-def lstm_step(w: CellWeights, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: Tensor, c_r: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def lstm_step(
+    w: CellWeights, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: Tensor, c_r: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One LSTM step on both sides: returns (h', c', h'_r, c'_r)."""
     u, u_r = _affine(x, h, w), _affine(x_r, h_r, w).detach()
     (ui, uf, ug, uo), (ui_r, uf_r, ug_r, uo_r) = u.chunk(4, -1), u_r.chunk(4, -1)
@@ -55,7 +57,8 @@ def gru_step(w: CellWeights, x: Tensor, h: Tensor, x_r: Tensor, h_r: Tensor) -> 
     a, a_r = F.linear(h, w.w_hh, w.b_hh), F.linear(h_r, w.w_hh, w.b_hh)
     hidden = w.w_hh.shape[0] // 3
     r, r_r = rescale(torch.sigmoid, px[..., :hidden] + a[..., :hidden], px_r[..., :hidden] + a_r[..., :hidden])
-    z, z_r = rescale(torch.sigmoid, px[..., hidden : 2 * hidden] + a[..., hidden : 2 * hidden], px_r[..., hidden : 2 * hidden] + a_r[..., hidden : 2 * hidden])
+    update = slice(hidden, 2 * hidden)
+    z, z_r = rescale(torch.sigmoid, px[..., update] + a[..., update], px_r[..., update] + a_r[..., update])
     q, q_r = product(r, a[..., 2 * hidden :], r_r, a_r[..., 2 * hidden :])
     n, n_r = rescale(torch.tanh, px[..., 2 * hidden :] + q, px_r[..., 2 * hidden :] + q_r)
     keep, keep_r = product(1 - z, n, 1 - z_r, n_r)
@@ -69,7 +72,9 @@ def rnn_step(w: CellWeights, relu: bool, x: Tensor, h: Tensor, x_r: Tensor, h_r:
     return rescale(act, _affine(x, h, w), _affine(x_r, h_r, w), smooth=not relu)
 
 
-def lstm_layer(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: Tensor, c_r: Tensor) -> tuple[Tensor, ...]:
+def lstm_layer(
+    w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: Tensor, c_r: Tensor
+) -> tuple[Tensor, ...]:
     """(outputs, h_T, c_T, reference outputs, reference h_T, reference c_T), like ``fused.FusedLSTM``."""
     outs, outs_r = [], []
     for t in range(x.shape[0]):
@@ -92,7 +97,9 @@ def gru_layer(w: CellWeights, mask: Tensor | None, x: Tensor, h: Tensor, x_r: Te
     return torch.stack(outs), h, torch.stack(outs_r), h_r
 
 
-def rnn_layer(w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h: Tensor, x_r: Tensor, h_r: Tensor) -> tuple[Tensor, ...]:
+def rnn_layer(
+    w: CellWeights, mask: Tensor | None, relu: bool, x: Tensor, h: Tensor, x_r: Tensor, h_r: Tensor
+) -> tuple[Tensor, ...]:
     """(outputs, h_T, reference outputs, reference h_T), like ``fused.FusedRNN``."""
     outs, outs_r = [], []
     for t in range(x.shape[0]):

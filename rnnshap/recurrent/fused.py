@@ -37,7 +37,19 @@ SIGMOID, TANH = (0.5, 0.25), (0.0, 1.0)
 
 
 # -- the Rescale multiplier of σ and tanh -------------------------------------------------------
-def _secant_into(out: Tensor, du: Tensor, da: Tensor, u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, centred_x_e4: Tensor, centred_r: Tensor, kappa_e4: Tensor, eps4: float) -> None:
+def _secant_into(
+    out: Tensor,
+    du: Tensor,
+    da: Tensor,
+    u_x: Tensor,
+    u_r: Tensor,
+    a_x: Tensor,
+    a_r: Tensor,
+    centred_x_e4: Tensor,
+    centred_r: Tensor,
+    kappa_e4: Tensor,
+    eps4: float,
+) -> None:
     """``out`` = the Rescale multiplier of σ or tanh for every pair of ``(u_x, a_x)`` and
     ``(u_r, a_r)`` (which broadcast to ``out``), with ``du`` and ``da`` as scratch.
 
@@ -233,7 +245,9 @@ class _Rows:
     and final states are then taken per pair at its own length.
     """
 
-    def __init__(self, grid: PairGrid | None, mask: Tensor | None, sequences: tuple[Tensor, Tensor], *states: tuple[Tensor, Tensor]) -> None:
+    def __init__(
+        self, grid: PairGrid | None, mask: Tensor | None, sequences: tuple[Tensor, Tensor], *states: tuple[Tensor, Tensor]
+    ) -> None:
         x, x_r = sequences
         self.pairs = x.shape[1]
         self.mask = mask
@@ -253,7 +267,8 @@ class _Rows:
     def spread(self, t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
         """Per-row results back to one row per pair: (input side, reference side)."""
         side_x, side_r = self.sides
-        return side_x.spread(t.narrow(dim, 0, self.rows_x), dim), side_r.spread(t.narrow(dim, self.rows_x, t.shape[dim] - self.rows_x), dim)
+        rows_x = self.rows_x
+        return side_x.spread(t.narrow(dim, 0, rows_x), dim), side_r.spread(t.narrow(dim, rows_x, t.shape[dim] - rows_x), dim)
 
     def outputs(self, out: Tensor) -> tuple[Tensor, Tensor]:
         """Per-row outputs (T, rows, H) as (input side, reference side), (T, pairs, H) each,
@@ -284,7 +299,9 @@ def _at_lengths(mask: Tensor, initial: Tensor, after: Tensor, rows: Tensor) -> T
     return states.index_select(0, lengths * initial.shape[0] + rows)
 
 
-def masked_layer(kind: str, relu: bool, w: CellWeights, mask: Tensor, x: Tensor, h0: Tensor, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+def masked_layer(
+    kind: str, relu: bool, w: CellWeights, mask: Tensor, x: Tensor, h0: Tensor, c0: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One masked (packed) layer-direction on one side only (the reference pass), on its distinct
     rows (:meth:`Side.masked`): (outputs (T, pairs, H), zero past each length, h_T, c_T)."""
     side = Side.masked(mask, x, [h0] if c0 is None else [h0, c0])
@@ -304,7 +321,15 @@ def masked_layer(kind: str, relu: bool, w: CellWeights, mask: Tensor, x: Tensor,
     return outputs, _at_lengths(mask, h, out, rows), c_n
 
 
-def _finish(ctx: Any, w: CellWeights, mask: Tensor | None, coefficients: Tensor, rows: _Rows, outputs: Tensor, *states: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+def _finish(
+    ctx: Any,
+    w: CellWeights,
+    mask: Tensor | None,
+    coefficients: Tensor,
+    rows: _Rows,
+    outputs: Tensor,
+    *states: tuple[Tensor, Tensor],
+) -> tuple[Tensor, ...]:
     """Save what the backward needs and return (outputs, final states) of the input side and,
     not differentiable, the same of the reference side, one row per pair. ``states`` are
     (initial, after each step) pairs of the rows (see :meth:`_Rows.finals`)."""
@@ -350,7 +375,18 @@ class FusedLSTM(torch.autograd.Function):
     """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, c0: Tensor, x_ref: Tensor, h0_ref: Tensor, c0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        w: CellWeights,
+        mask: Tensor | None,
+        grid: PairGrid | None,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        x_ref: Tensor,
+        h0_ref: Tensor,
+        c0_ref: Tensor,
+    ) -> tuple[Tensor, ...]:
         hidden = w.w_hh.shape[0] // 4
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref), (c0, c0_ref))
         h0_rows, c0_rows = rows.states
@@ -359,7 +395,12 @@ class FusedLSTM(torch.autograd.Function):
         k = torch.tanh(c_new)
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
         # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
-        secants = [(u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID), (u[..., 2 * hidden : 3 * hidden], g, TANH), (u[..., 3 * hidden :], o, SIGMOID), (c_new, k, TANH)]
+        secants = [
+            (u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID),
+            (u[..., 2 * hidden : 3 * hidden], g, TANH),
+            (u[..., 3 * hidden :], o, SIGMOID),
+            (c_new, k, TANH),
+        ]
         ctx.active = _active_rows(mask)
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
         ctx.hidden = hidden
@@ -414,7 +455,9 @@ class FusedGRU(torch.autograd.Function):
     """One GRU layer-direction: returns (outputs, h_T) and, not differentiable, their references."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor
+    ) -> tuple[Tensor, ...]:
         hidden = w.w_hh.shape[0] // 3
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
         both, (h0_rows,) = rows.sequence, rows.states
@@ -496,7 +539,17 @@ class FusedRNN(torch.autograd.Function):
     """One Elman RNN layer-direction (tanh or relu)."""
 
     @staticmethod
-    def forward(ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, relu: bool, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        w: CellWeights,
+        mask: Tensor | None,
+        grid: PairGrid | None,
+        relu: bool,
+        x: Tensor,
+        h0: Tensor,
+        x_ref: Tensor,
+        h0_ref: Tensor,
+    ) -> tuple[Tensor, ...]:
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
         both, (h0_rows,) = rows.sequence, rows.states
         # torch's kernel runs the rows; the pre-activations are one product

@@ -46,13 +46,16 @@ class Side:
     index: Tensor | None = None
 
     @classmethod
-    def of(cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]) -> Side:
+    def of(
+        cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]
+    ) -> Side:
         """The side for ``tensors`` (each with its batch dimension), reduced where they allow it."""
         if grid is None or grid.pairs != pairs or pairs == 0:
             return cls(pairs, 1, None)
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
         present = [(t, dim) for t, dim in tensors if t is not None]
-        if all(torch.equal(t.unflatten(dim, (reduced.samples, reduced.references)), reduced._repeated(reduced.take(t, dim), dim)) for t, dim in present):
+        shape = (reduced.samples, reduced.references)
+        if all(torch.equal(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)) for t, dim in present):
             return reduced
         return cls(grid.samples, grid.references, None)
 
@@ -83,7 +86,8 @@ class Side:
             return torch.cat([sequence[:common].transpose(0, 1).reshape(pairs, -1), *flat_states], 1)
 
         def whole() -> Tensor:  # (made only where the first steps do not group the rows)
-            return torch.cat([torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1), lengths[:, None].to(sequence.dtype), *flat_states], 1)
+            steps = torch.where(mask, sequence, sequence.new_zeros(())).transpose(0, 1).reshape(pairs, -1)
+            return torch.cat([steps, lengths[:, None].to(sequence.dtype), *flat_states], 1)
 
         pair = torch.arange(pairs, device=lengths.device)
         for key in (first, whole):
@@ -176,7 +180,12 @@ def _same_prefixes(mask: Tensor, sequence: Tensor, states: Sequence[Tensor], sou
     return torch.equal(torch.where(mask, sequence, zero), torch.where(mask, sequence.index_select(1, source), zero))
 
 
-def pair_sides(grid: PairGrid | None, pairs: int, inputs: Sequence[tuple[Tensor | None, int]], references: Sequence[tuple[Tensor | None, int]]) -> tuple[Side, Side]:
+def pair_sides(
+    grid: PairGrid | None,
+    pairs: int,
+    inputs: Sequence[tuple[Tensor | None, int]],
+    references: Sequence[tuple[Tensor | None, int]],
+) -> tuple[Side, Side]:
     """The input side and the reference side of one call."""
     return Side.of("input", grid, pairs, inputs), Side.of("reference", grid, pairs, references)
 

@@ -33,7 +33,8 @@ class _Layout:
     batch_first: bool
     mask: Tensor | None = None  # (T, B, 1) bool, packed only
     positions: Tensor | None = None  # flat (t * B + b) positions of the packed rows
-    reverse_rows: Tensor | None = None  # (T * B,) the flat (t * B + b) row each row takes in the per-row time reversal, packed only
+    #: (T * B,) the flat (t * B + b) row each row takes in the per-row time reversal, packed only
+    reverse_rows: Tensor | None = None
 
 
 def _packed_layout(batch_sizes: Tensor, device: torch.device) -> _Layout:
@@ -95,7 +96,9 @@ class RecurrentLayer(Rule):
             if batch_first:
                 x, x_r = x.transpose(0, 1), x_r.transpose(0, 1)
         if train and dropout > 0 and num_layers > 1:
-            raise ModelStateError(f"{call.name} runs with dropout={dropout} in training mode; call model.eval() before explaining")
+            raise ModelStateError(
+                f"{call.name} runs with dropout={dropout} in training mode; call model.eval() before explaining"
+            )
         if any(call.is_tracked_value(p) for p in params):
             raise ValueError(f"{call.name}: rnnshap attributes to the inputs of a recurrent layer, not to its weights")
         layers = split_weights(params, has_biases, num_layers, bidirectional)
@@ -124,7 +127,8 @@ class RecurrentLayer(Rule):
         (``fused.masked_layer``), torch's kernel unmasked on them."""
         data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional = call.args
         states = list(hx) if self.kind == "lstm" else [hx]
-        if call.kwargs or (train and dropout > 0 and num_layers > 1) or not all(isinstance(s, Tensor) for s in states) or data.dim() != 2:
+        dropping = train and dropout > 0 and num_layers > 1
+        if call.kwargs or dropping or not all(isinstance(s, Tensor) for s in states) or data.dim() != 2:
             return super().reference(call)
         layout = _packed_layout(batch_sizes, data.device)
         assert layout.mask is not None
@@ -138,7 +142,8 @@ class RecurrentLayer(Rule):
             for d, weights in enumerate(row):
                 index = layer * len(row) + d
                 sequence = x if d == 0 else _reverse(x, layout)
-                out, h, c = fused.masked_layer(self.kind, self.relu, weights, layout.mask, sequence, h0[index], None if c0 is None else c0[index])
+                c0_index = None if c0 is None else c0[index]
+                out, h, c = fused.masked_layer(self.kind, self.relu, weights, layout.mask, sequence, h0[index], c0_index)
                 outputs.append(out if d == 0 else _reverse(out, layout))
                 h_n.append(h)
                 if c is not None:
@@ -147,7 +152,18 @@ class RecurrentLayer(Rule):
         output = _from_padded(x, layout)
         return (output, torch.stack(h_n), torch.stack(c_n)) if self.kind == "lstm" else (output, torch.stack(h_n))
 
-    def _stack(self, layers: list[list[CellWeights]], layout: _Layout, grid: PairGrid | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _stack(
+        self,
+        layers: list[list[CellWeights]],
+        layout: _Layout,
+        grid: PairGrid | None,
+        x: Tensor,
+        x_r: Tensor,
+        h0: Tensor,
+        h0_r: Tensor,
+        c0: Tensor | None,
+        c0_r: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         directions = len(layers[0])
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
@@ -168,16 +184,36 @@ class RecurrentLayer(Rule):
             x, x_r = (outputs[0], outputs_r[0]) if directions == 1 else (torch.cat(outputs, -1), torch.cat(outputs_r, -1))
         return x, torch.stack(h_n), torch.stack(c_n) if c_n else None
 
-    def _layer(self, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, x_r: Tensor, h0: Tensor, h0_r: Tensor, c0: Tensor | None, c0_r: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _layer(
+        self,
+        w: CellWeights,
+        mask: Tensor | None,
+        grid: PairGrid | None,
+        x: Tensor,
+        x_r: Tensor,
+        h0: Tensor,
+        h0_r: Tensor,
+        c0: Tensor | None,
+        c0_r: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """One layer-direction; returns (output, reference output, h_T, c_T)."""
         if self.kind == "lstm":
             assert c0 is not None and c0_r is not None
-            out, h, c, out_r, _, _ = fused.FusedLSTM.apply(w, mask, grid, x, h0, c0, x_r, h0_r, c0_r) if self.fused else decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
+            if self.fused:
+                out, h, c, out_r, _, _ = fused.FusedLSTM.apply(w, mask, grid, x, h0, c0, x_r, h0_r, c0_r)
+            else:
+                out, h, c, out_r, _, _ = decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
             return out, out_r, h, c
         if self.kind == "gru":
-            out, h, out_r, _ = fused.FusedGRU.apply(w, mask, grid, x, h0, x_r, h0_r) if self.fused else decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
+            if self.fused:
+                out, h, out_r, _ = fused.FusedGRU.apply(w, mask, grid, x, h0, x_r, h0_r)
+            else:
+                out, h, out_r, _ = decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
             return out, out_r, h, None
-        out, h, out_r, _ = fused.FusedRNN.apply(w, mask, grid, self.relu, x, h0, x_r, h0_r) if self.fused else decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
+        if self.fused:
+            out, h, out_r, _ = fused.FusedRNN.apply(w, mask, grid, self.relu, x, h0, x_r, h0_r)
+        else:
+            out, h, out_r, _ = decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
         return out, out_r, h, None
 
 

@@ -20,8 +20,7 @@ and returns the input-side result whose gradient is the rule's multiplier.
 
 from .base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance
-from .coverage import Multilinear
-from .elementwise import Bilinear, Product, Rescale, Shapley, product, rescale, shapley, with_multipliers
+from .elementwise import Bilinear, Multilinear, Product, Rescale, Shapley, product, rescale, shapley, with_multipliers
 from .gates import Comparison, Where
 from .registry import register_rule
 from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, MaxPool, MaxReduction, RMSNorm, Softmax, routed_max

@@ -21,7 +21,7 @@ DeepLIFT multipliers. Attention dropout that is active (``dropout_p > 0`` in tra
 torch's inference fast paths (``torch._native_multi_head_attention``,
 ``torch._transformer_encoder_layer_fwd``) are never taken while rnnshap runs a model: they require
 that no tensor argument has a ``__torch_function__`` override, and the engine's mode is one in both
-passes. Called directly on an input-dependent tensor, they are refused by name (``coverage.py``).
+passes. Called directly on an input-dependent tensor, they are refused by name (``refusals.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ where they match on a side and given where they differ; a derived name a side la
 
 Views of it: :func:`catalog_op_rules` (the PyTorch registry's elementwise entries),
 :func:`keras_op_families` (``rnnshap/engines/keras/kops.py``) and :func:`keras_activation_families`
-(``rnnshap/engines/keras/layers.py``). ``tests/test_catalog_parity.py`` runs every entry on both
+(``rnnshap/engines/keras/activations.py``). ``tests/test_catalog_parity.py`` runs every entry on both
 engines against a float64 reference; adding an entry here and its reference there is all it takes
 to add an activation (docs/custom_rules.md).
 

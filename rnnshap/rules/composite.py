@@ -146,7 +146,7 @@ def scaled_quotient_multipliers(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tens
 class ScaledQuotient(Quotient):
     """``a / b``, both input-dependent, ``b`` a root (``sqrt``, ``std``, a norm): a normalization
     written by hand. The scale-weighted rule of the built-in norms (:func:`scaled_quotient_multipliers`);
-    the engine chooses it (rnnshap/engines/pytorch/scales.py)."""
+    the engine chooses it (rnnshap/engines/pytorch/handwritten_norms.py)."""
 
     def attribute(self, call: OpCall) -> Any:
         operands = _quotient_operands(call)
@@ -159,7 +159,7 @@ class ScaledQuotient(Quotient):
         return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
 
 
-#: the marks a normalization's scale carries (rnnshap/engines/pytorch/scales.py and the Keras engine's
+#: the marks a normalization's scale carries (rnnshap/engines/pytorch/handwritten_norms.py and the Keras engine's
 #: kops.py, which recognise hand-written norms): a root (a norm, a standard deviation) and an inverse root
 SCALE, INVERSE = 1, -1
 
@@ -176,7 +176,7 @@ class ScaledProduct(Rule):
     """``c * s``, both input-dependent, ``s`` an inverse root (``rsqrt``, ``1 / sqrt``, ``pow(-0.5)``):
     a normalization written by hand, by the scale-weighted rule of the built-in norms
     (:func:`~rnnshap.rules.structured.scaled`). ``scale`` is the position of ``s`` among the two
-    input-dependent operands; the engine chooses it (rnnshap/engines/pytorch/scales.py)."""
+    input-dependent operands; the engine chooses it (rnnshap/engines/pytorch/handwritten_norms.py)."""
 
     def __init__(self, scale: int) -> None:
         self.scale = scale
@@ -384,7 +384,9 @@ class _CumulativeLogSumExp(torch.autograd.Function):
     :math:`W_{st} = k_s\, g_t\, e^{\mu_s - \Lambda_t}` (see :class:`LogCumSumExp`)."""
 
     @staticmethod
-    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
+    ) -> Tensor:
         output, saved = computed()
         ctx.save_for_backward(*saved)
         return output

@@ -209,7 +209,9 @@ class Where(Rule):
         mean_step = (step + step_ref) * 0.5
         moved = step != step_ref
         m_step = torch.where(moved, (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5, torch.zeros((), dtype=dtype, device=step.device))
-        output = torch.where(condition, input_.detach() if isinstance(input_, Tensor) else input_, other.detach() if isinstance(other, Tensor) else other)
+        chosen = input_.detach() if isinstance(input_, Tensor) else input_
+        otherwise = other.detach() if isinstance(other, Tensor) else other
+        output = torch.where(condition, chosen, otherwise)
         players, multipliers = [gate.step], [m_step]
         if a_ref is not None:
             players.append(input_)
@@ -235,4 +237,7 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     return table
 
 
-__all__ = ["COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "Predicate", "Where", "gate_of", "gate_rules"]
+__all__ = [
+    "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "Predicate", "Where", "gate_of",
+    "gate_rules",
+]

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..recurrent.rules import recurrent_rules
 from .base import Constant, EvalOnly, Identity, Linear, Rule
 from .catalog import ELEMENTWISE, catalog_op_rules, extra_op_rules
 from .composite import Quotient
-from .coverage import coverage_op_rules
-from .elementwise import AddedProduct, Bilinear, Product, Rescale, Shapley
+from .elementwise import AddedProduct, Bilinear, Multilinear, Product, Rescale, Shapley
+from .refusals import refusal_op_rules, tensor_methods
 from .secant import Power
 from .selection import ArgExtremum, Ordering
 from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
@@ -182,14 +183,22 @@ def default_op_rules() -> dict[OpKey, Rule]:
     dropout = EvalOnly(_dropout_active, "dropout in training mode")
     put(("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"), dropout)
     put(("batch_norm",), EvalOnly(_batch_norm_active, "batch norm with batch statistics (training mode)"))
-    put(("detach",), Identity())  # the same function, the path kept (.item(), .data, detach_: coverage.py)
+    put(("detach",), Identity())  # the same function, the path kept (.item(), .data, detach_: refusals.py)
     for attribute in ("T", "mT", "H", "mH", "real"):
         table[("getter", attribute)] = Linear()
     for fn in (torch._pack_padded_sequence, torch._pad_packed_sequence):
         table[fn] = Linear()  # their integer outputs (batch sizes, lengths) come from the lengths, not the data
-    table.update(coverage_op_rules(forms))  # rnnshap/rules/coverage.py: refusals with advice, einsum, clamp
+    put(("einsum", "multi_dot", "chain_matmul"), Multilinear())  # any number of input-dependent operands
+    put(("clamp", "clip", "clamp_min", "clamp_max"), Shapley(smooth=False))  # exact over value and tensor bounds
+    # writing into a buffer: linear in what is written (the buffer becomes tracked: see engines/pytorch/passes.py)
+    for fn in tensor_methods("copy_"):
+        table[fn] = Linear()
+    for fn in tensor_methods("zero_"):
+        table[fn] = Constant()
+    table.update(refusal_op_rules(forms))  # rnnshap/rules/refusals.py: operations refused by name, with advice
     table.update(extra_op_rules(forms))  # rnnshap/rules/catalog.py
-    return table  # the recurrent ops are added by rnnshap.recurrent when it is imported
+    table.update(recurrent_rules())  # torch.lstm, gru, rnn_* and their cells: rnnshap/recurrent/rules.py
+    return table
 
 
 def _validate_target(target: Any) -> None:

@@ -136,7 +136,9 @@ SLOPES_BY_NAME: dict[str, Slope] = {
 }
 
 #: the unary torch functions :func:`secant` knows without a ``slope=``
-SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {getattr(torch, name): SLOPES_BY_NAME[name] for name in ("sqrt", "rsqrt", "square", "exp", "log")}
+SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {
+    getattr(torch, name): SLOPES_BY_NAME[name] for name in ("sqrt", "rsqrt", "square", "exp", "log")
+}
 
 
 def secant_slope(slope: Slope, x: Tensor, r: Tensor) -> Tensor:

@@ -65,7 +65,10 @@ class ArgExtremum(Rule):
         if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
             return "rnnshap picks through the first argument only, but another argument depends on the input"
         if _extremum_dim(call)[0] is None:
-            return "without a dimension it picks over the whole batch, so every row's pick depends on the other rows: give it the dimension to pick along"
+            return (
+                "without a dimension it picks over the whole batch, so every row's pick depends on the other rows: "
+                "give it the dimension to pick along"
+            )
         return None
 
     def attribute(self, call: OpCall) -> Any:
@@ -121,9 +124,15 @@ class Ordering(Rule):
             return "rnnshap orders by the first argument only, but another argument depends on the input"
         dim = self._bound(call)[0]
         if dim is None:
-            return "without a dimension it takes the median of the whole batch, so every row's value depends on the other rows: give it the dimension"
+            return (
+                "without a dimension it takes the median of the whole batch, so every row's value depends on the other rows: "
+                "give it the dimension"
+            )
         if self.kind == "topk" and not bool(call.args[4] if len(call.args) > 4 else call.kwargs.get("sorted", True)):
-            return "with sorted=False it returns its k picks in an order torch does not specify, so the input's picks cannot be paired with the reference's by rank: use sorted=True"
+            return (
+                "with sorted=False it returns its k picks in an order torch does not specify, so the input's picks cannot "
+                "be paired with the reference's by rank: use sorted=True"
+            )
         if call.inputs[0].dim() == 0:
             return "it orders a single number; take the value itself"
         return None
@@ -255,7 +264,9 @@ class _WithMultipliers(torch.autograd.Function):
     """``computed()`` as the output, with the multipliers that ``backward(grad)`` returns for ``inputs``."""
 
     @staticmethod
-    def forward(ctx: Any, computed: Callable[[], Tensor], backward: Callable[[Tensor], tuple[Tensor | None, ...]], *inputs: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], Tensor], backward: Callable[[Tensor], tuple[Tensor | None, ...]], *inputs: Tensor
+    ) -> Tensor:
         ctx.multipliers = backward
         return computed()
 
@@ -270,7 +281,7 @@ def _getitem_reduce(key: Any, position: int, ndim: int) -> Reduce | None:
     or an Ellipsis (``h[idx]``, ``h[torch.arange(B), idx]``, ``h[rows, idx, :]``); None for other forms."""
     entries = key if isinstance(key, tuple) else (key,)
     tensors = [i for i, e in enumerate(entries) if isinstance(e, Tensor)]
-    if any(e is None or isinstance(e, (bool, int)) for e in entries) or any(isinstance(e, Tensor) and e.dtype == torch.bool for e in entries):
+    if any(e is None or isinstance(e, (bool, int)) or (isinstance(e, Tensor) and e.dtype == torch.bool) for e in entries):
         return None
     if tensors != list(range(len(tensors))):
         return None  # the tensors index the leading axes (the batch first); h[:, idx] would mix the rows
@@ -287,7 +298,9 @@ def _getitem_reduce(key: Any, position: int, ndim: int) -> Reduce | None:
     return reduce
 
 
-def selection_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], is_picked: Callable[[Any], bool]) -> tuple[Any, Reduce, bool] | None:
+def selection_of(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], is_picked: Callable[[Any], bool]
+) -> tuple[Any, Reduce, bool] | None:
     """Whether ``func(*args, **kwargs)`` selects by picked indices: (the index operand, the
     reduction onto it, whether the result is integers) or None. Exactly one picked index operand."""
     name = getattr(func, "__name__", "")

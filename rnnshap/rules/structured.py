@@ -166,7 +166,9 @@ class _RoutedMaximum(torch.autograd.Function):
     """Backward of a max selection: each output's change goes to the winning input position."""
 
     @staticmethod
-    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
+    ) -> Tensor:
         output, saved = computed()
         ctx.save_for_backward(*saved)
         ctx.input_shape = x.shape
@@ -211,7 +213,9 @@ class _Routed(torch.autograd.Function):
     axis: the multiplier there is the incoming gradient times ``factor`` (see :func:`_deciding`)."""
 
     @staticmethod
-    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
+    ) -> Tensor:
         output, saved = computed()
         ctx.save_for_backward(*saved)
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
@@ -307,7 +311,13 @@ def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, larges
 
 
 def picked_index(
-    x: Tensor, r: Tensor, index_x: Tensor, index_r: Tensor, largest: bool = True, order_x: Tensor | None = None, order_r: Tensor | None = None
+    x: Tensor,
+    r: Tensor,
+    index_x: Tensor,
+    index_r: Tensor,
+    largest: bool = True,
+    order_x: Tensor | None = None,
+    order_r: Tensor | None = None,
 ) -> Tensor:
     r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., k)``:
     the positions at ranks 0..k−1, those it picks from the reference ``r`` being ``index_r``: the
@@ -468,7 +478,7 @@ def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, 
     :math:`(s + s_r)/2`, larger by :math:`(s - s_r)^2 / (2 (s + s_r))` (11 % of it where one
     side's deviation is twice the other's, 0.2 % where they differ by 10 %). A normalization written
     with elementwise ops takes this rule too (the engine recognises the product with an inverse
-    root and the division by a root: rnnshap/engines/pytorch/scales.py), so it gets the values of the
+    root and the division by a root: rnnshap/engines/pytorch/handwritten_norms.py), so it gets the values of the
     built-in one. Where ``s`` and ``s_r`` are not of one sign (a root times a weight of 0) the
     element takes the Shapley rule, the limit of this one there.
     """
@@ -590,4 +600,7 @@ class GroupNorm(Rule):
         return normalized
 
 
-__all__ = ["Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm", "scaled", "standardize", "routed_max", "ranked_values", "picked_index"]
+__all__ = [
+    "Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm",
+    "scaled", "standardize", "routed_max", "ranked_values", "picked_index",
+]

@@ -1,5 +1,9 @@
 """``shapley_values``: the one method behind both doors (:class:`rnnshap.DeepExplainer` and
-:class:`rnnshap.ShapleyExplainer`), and the :class:`ShapleyEstimate` it returns."""
+:class:`rnnshap.ShapleyExplainer`), and the :class:`ShapleyEstimate` it returns.
+
+Each door hands it a :class:`ModelView` of its model: :func:`engine_view` is DeepExplainer's (an engine's
+forward, and DeepSHAP's per-pair values from :func:`pair_values` as the control variate).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..engines.base import Engine, blocks
+from ..engines.outputs import select_outputs
 from ..errors import InputError
 from .estimator import GROUP, Forward, Game, default_budget, enumeration_rows, estimate
 from .players import Players, resolve
@@ -37,6 +43,60 @@ class ModelView:
     deepshap: PairValues | None = None
     #: flat output indices of ``outputs=`` (n_outputs-sized output vector)
     select: Callable[[Sequence[Any]], np.ndarray] | None = None
+
+
+def engine_view(engine: Engine, method: str) -> ModelView:
+    """What the Shapley mode needs of the model behind a DeepExplainer's ``engine``, DeepSHAP's per-pair
+    values included (``method`` names the explainer's method in the error for a layer's attributions)."""
+    if not engine.attributes_model_inputs:
+        raise InputError(
+            f"{method} plays the model's own inputs, and this explainer attributes to a layer's "
+            f"{getattr(engine, 'side', 'input')} (shap's (model, layer) form). Explain the part of the model after "
+            f"the cut as a model of its own, with the layer's {getattr(engine, 'side', 'input')}s as data, or use "
+            f"DeepExplainer(model, data).{method}."
+        )
+    background = engine.to_numpy(engine.background)
+    followed = set(engine.token_inputs) | set(engine.number_inputs)
+    attributed = [bool(np.issubdtype(b.dtype, np.floating)) or t in followed for t, b in enumerate(background)]
+
+    def convert(X: Any) -> tuple[list[np.ndarray], Any]:
+        inputs = engine.inputs(X, "X")
+        return engine.to_numpy(inputs), inputs
+
+    def forward(rows: list[np.ndarray]) -> np.ndarray:
+        return engine.predict(engine.inputs(rows if engine.multi_input else rows[0], "coalition rows"))
+
+    def deepshap(inputs: list[Any], columns: np.ndarray, players: Players, batch_size: int) -> np.ndarray:
+        return pair_values(engine, inputs, columns, players, batch_size)
+
+    return ModelView(
+        forward=forward,
+        convert=convert,
+        background=background,
+        background_outputs=engine.background_outputs.reshape(engine.references, -1),
+        output_shape=engine.output_shape,
+        attributed=attributed,
+        tokens=[t in engine.token_inputs for t in range(len(background))],
+        multi_input=engine.multi_input,
+        deepshap=deepshap,
+        select=lambda chosen: select_outputs(engine.output_shape, chosen),
+    )
+
+
+def pair_values(engine: Engine, inputs: list[Any], columns: np.ndarray, players: Players, batch_size: int) -> np.ndarray:
+    """DeepSHAP's values of every (sample, reference) pair summed to ``players``: (n, B, P, k)."""
+    n, k = columns.shape
+    B = engine.references
+    values = np.zeros((n, B, players.count, k))
+    # one sample's pairs per block (its references in parts if batch_size holds fewer): the values do
+    # not then depend on batch_size, nor on the other samples of the call
+    pairs = max(1, batch_size // engine.rows_per_pair(k))
+    for block in blocks(n, B, min(pairs, B)):
+        result = engine.attribute(inputs, block, columns[block.s0 : block.s1], per_pair=True)
+        per_entry = [part.reshape(k * block.pairs, *part.shape[3:]) for part in result.sums]
+        summed = players.per_player(per_entry).reshape(k, block.samples, block.references, players.count)
+        values[block.s0 : block.s1, block.r0 : block.r1] = summed.transpose(1, 2, 3, 0)
+    return values
 
 
 @dataclass
@@ -88,11 +148,6 @@ class ShapleyEstimate:
     #: with ``prune=``: its standard error
     pruned_stderr: np.ndarray | None = None
 
-    @property
-    def deepshap_gap_stderr(self) -> Any:
-        """The standard error of ``deepshap_gap`` (DeepSHAP's values are not random: ``stderr``)."""
-        return None if self.deepshap_gap is None else self.stderr
-
     def explanation(self, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Any:
         """A ``shap.Explanation`` of the estimates, with ``error_std`` set to the standard errors
         (players ``"steps"`` and ``"features"`` and player masks; ``"cells"``: per input)."""
@@ -108,7 +163,9 @@ class ShapleyEstimate:
             names = [f"{prefix}{i}" for i in range(self.n_players)]
         return self._one(shap, self.values, self.stderr, names, output_names)
 
-    def _one(self, shap: Any, values: np.ndarray, stderr: np.ndarray, names: Sequence[str] | None, output_names: Sequence[str] | None) -> Any:
+    def _one(
+        self, shap: Any, values: np.ndarray, stderr: np.ndarray, names: Sequence[str] | None, output_names: Sequence[str] | None
+    ) -> Any:
         return shap.Explanation(
             values=values,
             base_values=self.base_values,
@@ -350,7 +407,8 @@ def _pruned(view: ModelView, X: Any, players: Any, budget: int | None, *, prune:
         empty, full = table(np.stack([np.zeros(T, dtype=bool), np.ones(T, dtype=bool)]))
         points[i], _ = pruning_point(table, T, np.maximum(1.0, np.abs(full - empty)), float(prune))
         spent[i] = table.rows
-        mask = [None if ids is None else np.where(ids < points[i], 0, ids - points[i] + (1 if points[i] else 0)) for ids in plan.ids]
+        first = 1 if points[i] else 0
+        mask = [None if ids is None else np.where(ids < points[i], 0, ids - points[i] + first) for ids in plan.ids]
         one = [a[i : i + 1] for a in x]
         parts.append(shapley_values(view, one if view.multi_input else one[0], mask if view.multi_input else mask[0],
                                     int(budget) - int(spent[i]), outputs=outputs, **options))  # fmt: skip

@@ -151,7 +151,11 @@ def estimate(
         raise InputError(
             f"budget={budget} is below one permutation walk: {P} players need {minimum} rows per sample here "
             f"(the walk's {P - 1} coalitions, f(x)"
-            + (f", v(∅) against each of the {B} references (context follows the sample)" if game.empty_follows_x else f", the background's {B} rows shared by {min(n, GROUP)} sample(s)")
+            + (
+                f", v(∅) against each of the {B} references (context follows the sample)"
+                if game.empty_follows_x
+                else f", the background's {B} rows shared by {min(n, GROUP)} sample(s)"
+            )
             + (f" and {control_rows} for DeepSHAP's pass" if control is not None else "")
             + "). Raise the budget or use fewer players (players='features', or a player mask that groups entries)."
         )
@@ -163,10 +167,15 @@ def estimate(
     starts = list(range(0, n, GROUP))  # a fixed number of samples at a time bounds memory (not batch_size: bit-identical values)
     for start in progress_bar(starts, progress if len(starts) > 1 else False, desc="rnnshap shapley", unit="group"):
         chosen = slice(start, start + GROUP)
-        part = Game(game.forward, [x[chosen] for x in game.x], game.background, game.background_outputs, game.players, game.columns[chosen])
+        rows = [x[chosen] for x in game.x]
+        part = Game(game.forward, rows, game.background, game.background_outputs, game.players, game.columns[chosen])
         values = None if control is None else control(start, min(start + GROUP, n))
-        parts.append(_sample(part, budget, fixed, seeds[chosen], tol, batch_size, progress if len(starts) == 1 else False, values))
-    joined = {name: None if getattr(parts[0], name) is None else np.concatenate([getattr(r, name) for r in parts]) for name in Result.__dataclass_fields__}
+        shown = progress if len(starts) == 1 else False
+        parts.append(_sample(part, budget, fixed, seeds[chosen], tol, batch_size, shown, values))
+    joined = {
+        name: None if getattr(parts[0], name) is None else np.concatenate([getattr(r, name) for r in parts])
+        for name in Result.__dataclass_fields__
+    }
     return Result(**joined)  # type: ignore[arg-type]
 
 
@@ -211,7 +220,9 @@ def _sample(
         # f(x) and v_r(∅) run in the first round's forward passes, beside the walks' rows, so that a
         # player the model ignores changes no output by a rounding of another batch size's kernels
         head = _head(game) if start == 0 else None
-        estimates, head_out = _walks(game, active, orders[active, start:stop], refs[active, start:stop], head, known, batch_size, single)
+        estimates, head_out = _walks(
+            game, active, orders[active, start:stop], refs[active, start:stop], head, known, batch_size, single
+        )
         if head_out is not None:
             known = fx, empty = head_out
             base = empty.mean(1)[rows_n, game.columns]  # (n, k)
@@ -239,7 +250,8 @@ def _sample(
     if single:
         stderr = np.full_like(mean, np.inf)
     n_evals = fixed + stats.done * (1 if single else 2) * walk_rows
-    return Result(mean + c.mean(1), stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), stats.done, None if control is None else control.mean(1))
+    controls = None if control is None else control.mean(1)
+    return Result(mean + c.mean(1), stderr, base, fx_k, n_evals, np.zeros(n, dtype=bool), stats.done, controls)
 
 
 class _Stats:
@@ -303,7 +315,9 @@ def _entropy(random_state: Any) -> Any:
     raise InputError(f"random_state must be a non-negative integer, a numpy Generator or None, not {random_state!r}")
 
 
-def _plan(seeds: Sequence[np.random.SeedSequence], units: int, P: int, B: int, design: np.ndarray | None, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+def _plan(
+    seeds: Sequence[np.random.SeedSequence], units: int, P: int, B: int, design: np.ndarray | None, blocks: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: the order of each unit's forward walk (n, U, P) and its reference (n, U).
 
     The orders are the ``design``'s (:func:`_design`), the players relabelled by a random
@@ -418,7 +432,12 @@ def _walks(
     start = np.take_along_axis(start, refs[:, :, None], axis=1)  # (s, U, k)
     end = fx[samples][np.arange(s)[:, None], columns]  # (s, k)
     path = np.concatenate(
-        [np.broadcast_to(start[:, :, None, None], (s, U, D, 1, k)), inner_values, np.broadcast_to(end[:, None, None, None], (s, U, D, 1, k))], axis=3
+        [
+            np.broadcast_to(start[:, :, None, None], (s, U, D, 1, k)),
+            inner_values,
+            np.broadcast_to(end[:, None, None, None], (s, U, D, 1, k)),
+        ],
+        axis=3,
     )  # (s, U, D, P+1, k): v along each walk
     steps = np.diff(path, axis=3)  # (s, U, D, P, k): the marginal of the player added at each position
     marginals = np.zeros((s, U, D, P, k))
@@ -489,4 +508,6 @@ def _enumerate(game: Game, batch_size: int, progress: bool | None, rows: int) ->
     for i in range(P):
         without = codes[~masks[:, i]]
         values[:, i] = ((v[:, without | (1 << i)] - v[:, without]) * weights[sizes[without]][None, :, None]).sum(1)
-    return Result(values, np.zeros_like(values), v[:, 0], v[:, -1], np.full(n, rows), np.ones(n, dtype=bool), np.zeros(n, dtype=np.int64))
+    return Result(
+        values, np.zeros_like(values), v[:, 0], v[:, -1], np.full(n, rows), np.ones(n, dtype=bool), np.zeros(n, dtype=np.int64)
+    )

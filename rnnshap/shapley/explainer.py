@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..engines.forward import forward_model
-from ..engines.outputs import OutputChoice
+from ..engines.outputs import OutputChoice, select_outputs
 from ..errors import InputError
 from .door import ModelView, ShapleyEstimate, shapley_values
 
@@ -56,7 +56,9 @@ class ShapleyExplainer:
             if not 0 <= int(index) < len(background):
                 raise InputError(f"context={list(context)}: the model has {len(background)} input(s)")
         # bool inputs are masks, and an integer per sample (a length, an index) is context by default
-        defaults = {t for t, b in enumerate(background) if b.dtype == np.bool_ or (np.issubdtype(b.dtype, np.integer) and b.ndim == 1)}
+        defaults = {
+            t for t, b in enumerate(background) if b.dtype == np.bool_ or (np.issubdtype(b.dtype, np.integer) and b.ndim == 1)
+        }
         self.context = sorted({int(i) for i in context} | defaults)
         mean = self.forward.background_outputs.mean(0).reshape(self.forward.output_shape)
         #: the mean model output over the background, shaped like one sample's output
@@ -117,24 +119,16 @@ class ShapleyExplainer:
         options["batch_size"] = options["batch_size"] or self.batch_size
         return shapley_interactions(self._view(), X, players, **options)
 
-    def __call__(self, X: Any, players: Any = "steps", budget: int | None = None, *, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None, **options: Any) -> Any:
+    def __call__(
+        self,
+        X: Any,
+        players: Any = "steps",
+        budget: int | None = None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Any:
         """A ``shap.Explanation`` of the Shapley values of ``X``, with ``error_std`` set."""
-        return self.shapley_values(X, players, budget, **options).explanation(feature_names=feature_names, output_names=output_names)
-
-
-def select_outputs(output_shape: tuple[int, ...], outputs: Sequence[Any]) -> np.ndarray:
-    """Flat output indices of ``outputs`` (indices into ``output_shape``), shape (k,)."""
-    shape = output_shape or (1,)
-    if isinstance(outputs, (int, np.integer)) and not isinstance(outputs, bool):
-        outputs = [int(outputs)]  # one output, by its index
-    flat = []
-    for index in outputs:
-        if isinstance(index, bool) or not (isinstance(index, (int, np.integer)) or (isinstance(index, (tuple, list)) and all(isinstance(i, (int, np.integer)) for i in index))):
-            raise InputError(f"output index {index!r}: give an integer, or a tuple of integers for a multidimensional output {output_shape}")
-        multi = (int(index),) if isinstance(index, (int, np.integer)) else tuple(int(i) for i in index)
-        if len(multi) != len(shape) or any(not -size <= i < size for i, size in zip(multi, shape, strict=False)):
-            raise InputError(f"output index {index!r} does not fit the model's output shape {output_shape}")
-        flat.append(int(np.ravel_multi_index(tuple(i % size for i, size in zip(multi, shape, strict=False)), shape)))
-    if not flat:
-        raise InputError("outputs is empty; give at least one output index")
-    return np.asarray(flat, dtype=np.int64)
+        estimate = self.shapley_values(X, players, budget, **options)
+        return estimate.explanation(feature_names=feature_names, output_names=output_names)

@@ -33,7 +33,9 @@ def _shapiq() -> Any:
     try:
         import shapiq
     except ImportError as error:
-        raise ImportError("shapley_interactions uses shapiq's interaction indices: pip install 'rnnshap[interactions]'") from error
+        raise ImportError(
+            "shapley_interactions uses shapiq's interaction indices: pip install 'rnnshap[interactions]'"
+        ) from error
     return shapiq
 
 
@@ -157,13 +159,18 @@ def shapley_interactions(
         raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
     coalitions = int(budget) // B
     if coalitions < 2:
-        raise InputError(f"budget={budget} rows buys {coalitions} coalition(s) against the {B} background rows; give at least {2 * B}")
+        raise InputError(
+            f"budget={budget} rows buys {coalitions} coalition(s) against the {B} background rows; give at least {2 * B}"
+        )
     if player_names is not None and len(player_names) != P:
         raise InputError(f"player_names has {len(player_names)} names for {P} players")
     names = None if player_names is None else [str(name) for name in player_names]
     enumerate_all = 2**P <= coalitions
     # one seed per call: every output of a sample samples the same coalitions (evaluated once, kept)
-    seed = int(np.random.default_rng(random_state).integers(2**31 - 1)) if random_state is None or not isinstance(random_state, int) else random_state
+    if random_state is None or not isinstance(random_state, int):
+        seed = int(np.random.default_rng(random_state).integers(2**31 - 1))
+    else:
+        seed = random_state
     Game = _game_class()
     results: list[list[Any]] = []
     base = np.zeros((n, columns.size))

@@ -69,7 +69,10 @@ def resolve(
     holds token ids, one token per position (its last axis is time)."""
     if isinstance(players, str):
         if players not in NAMED:
-            raise InputError(f"players={players!r}: give 'steps', 'features', 'cells', or an integer array of player ids shaped like one sample's input")
+            raise InputError(
+                f"players={players!r}: give 'steps', 'features', 'cells', or an integer array of player ids shaped like one "
+                "sample's input"
+            )
         if players == "cells":
             return _cells(shapes, attributed)
         return _axis(players, shapes, attributed, tokens)
@@ -88,7 +91,9 @@ def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[boo
         if kind == "steps":
             if tokens[t]:
                 if len(shape) != 1:
-                    raise InputError(f"players='steps' needs token input {t} shaped (N, T); it is (N, {', '.join(map(str, shape))})")
+                    raise InputError(
+                        f"players='steps' needs token input {t} shaped (N, T); it is (N, {', '.join(map(str, shape))})"
+                    )
                 axis_size, grid = shape[0], np.arange(shape[0])
             elif len(shape) == 2:
                 axis_size, grid = shape[0], np.repeat(np.arange(shape[0])[:, None], shape[1], 1)
@@ -109,7 +114,9 @@ def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[boo
             elif len(shape) == 2:
                 axis_size, grid = shape[1], np.repeat(np.arange(shape[1])[None, :], shape[0], 0)
             else:
-                raise InputError(f"players='features' needs input {t} shaped (N, F) or (N, T, F); it is (N, {', '.join(map(str, shape))})")
+                raise InputError(
+                    f"players='features' needs input {t} shaped (N, F) or (N, T, F); it is (N, {', '.join(map(str, shape))})"
+                )
         if count is not None and axis_size != count:
             raise InputError(
                 f"players={kind!r}: the inputs disagree on the number of {kind} ({count} and {axis_size} in input {t}). "
@@ -143,7 +150,10 @@ def _mask(players: Any, shapes: Sequence[tuple[int, ...]], attributed: Sequence[
     inputs. The ids are renumbered 0..P-1 in sorted order."""
     given = list(players) if isinstance(players, (list, tuple)) else [players]
     if len(given) != len(shapes):
-        raise InputError(f"players: {len(given)} player-id array(s) for a model with {len(shapes)} input(s); give one per input (None for a context input)")
+        raise InputError(
+            f"players: {len(given)} player-id array(s) for a model with {len(shapes)} input(s); give one per input "
+            "(None for a context input)"
+        )
     arrays: list[np.ndarray | None] = []
     for t, (mask, shape) in enumerate(zip(given, shapes, strict=True)):
         if mask is None:
@@ -161,8 +171,8 @@ def _mask(players: Any, shapes: Sequence[tuple[int, ...]], attributed: Sequence[
             array = array[0]  # Captum's feature_mask has a batch axis of 1
         if array.shape != tuple(shape):
             raise InputError(
-                f"players: the player ids of input {t} have shape {array.shape}, but one sample of the input has shape {tuple(shape)}; "
-                "give one integer id per entry of one sample"
+                f"players: the player ids of input {t} have shape {array.shape}, but one sample of the input has shape "
+                f"{tuple(shape)}; give one integer id per entry of one sample"
             )
         arrays.append(array.astype(np.int64))
     present = [a for a in arrays if a is not None]

@@ -294,7 +294,8 @@ def evaluate(s: KSpec) -> Outcome:
         i, j = np.unravel_index(int(excess.argmax()), excess.shape)
         return Outcome(
             "defect",
-            f"not additive: sample {i} output {j}: Σφ = {total[i, j]:.10g}, f(x) − E f(r) = {gap[i, j]:.10g} (relative error {excess.max():.3g})",
+            f"not additive: sample {i} output {j}: Σφ = {total[i, j]:.10g}, f(x) − E f(r) = {gap[i, j]:.10g} (relative error "
+            f"{excess.max():.3g})",
             s,
         )
     flat = values.reshape(*X.shape, k)

@@ -22,7 +22,9 @@ SIMPLER: dict[str, list[Any]] = {
     "proj": [0], "nonlinearity": ["tanh"], "packed": [False], "h0": [False], "residual": [False], "norm": ["layer"],
     "affine": [True, False], "causal": ["none", "masked_fill"], "key_padding": [False], "heads": [1], "carry_mask": [False],
     "state": ["h"], "bias": [True], "dropout": [False], "sort": [False], "chain": [False], "twice": [False], "reverse": [False],
-    "key_padding_form": ["masked_fill"], "units": [1, 2], "filters": [1, 2], "kernel": [1, 2], "rnns": [], "dense_act": ["linear"],
+    "key_padding_form": [
+        "masked_fill"
+    ], "units": [1, 2], "filters": [1, 2], "kernel": [1, 2], "rnns": [], "dense_act": ["linear"],
     "conv": ["none"], "mask": ["none"], "merge": ["concat"], "return_sequences": [False], "go_backwards": [False],
     "reset_after": [True], "activation": ["tanh"], "time_dense": [False],
 }  # fmt: skip

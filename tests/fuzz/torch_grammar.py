@@ -202,7 +202,10 @@ def draw_spec(c: Chooser, max_blocks: int = 3) -> ModelSpec:
         batch_size=c.one("batch_size", [0, 0, 1, 2, 3, 5]), dups=c.flag("dups"), tiny=kind == "float" and c.flag("tiny"),
         select=c.one("select", ["all", "all", "outputs", "ranked"]), unk=unk,
         number=number,
-        context_dtype=c.one("context_dtype", {"lengths": ["int64", "int32"], "bool": ["bool", "uint8_bool", "int64_ne", "int64_tobool"]}.get(context, ["default"])),
+        context_dtype=c.one(
+            "context_dtype",
+            {"lengths": ["int64", "int32"], "bool": ["bool", "uint8_bool", "int64_ne", "int64_tobool"]}.get(context, ["default"])
+        ),
         head=c.one("head", ["plain", "flatten"]) if pool in ("step", "luong_step") else "plain",
     )  # fmt: skip
 
@@ -881,7 +884,8 @@ def evaluate(s: ModelSpec) -> Outcome:
         i, j = np.unravel_index(int(excess.argmax()), excess.shape)
         return Outcome(
             "defect",
-            f"not additive: sample {i} output {j}: Σφ = {total[i, j]:.10g}, f(x) − E f(r) = {gap[i, j]:.10g} (relative error {excess.max():.3g})",
+            f"not additive: sample {i} output {j}: Σφ = {total[i, j]:.10g}, f(x) − E f(r) = {gap[i, j]:.10g} (relative error "
+            f"{excess.max():.3g})",
             s,
         )
     flat = main.reshape(*X[0].shape, k)
@@ -908,7 +912,8 @@ def evaluate(s: ModelSpec) -> Outcome:
                 if leak != 0.0:
                     return Outcome(
                         "defect",
-                        f"causal model: input step {src} (read at model step {first_use}) gets {leak:.3g} for an earlier output step",
+                        f"causal model: input step {src} (read at model step {first_use}) gets {leak:.3g} for an earlier "
+                        "output step",
                         s,
                     )
     if s.select != "all":
@@ -942,7 +947,8 @@ def _check_selection(explainer: Any, s: ModelSpec, x_arg: Any, full: list[np.nda
         want = np.stack([f[i][..., columns[i]] for i in range(s.n_x)])
         scale = max(1.0, float(np.abs(f).max()))
         if v.shape != want.shape or np.abs(v - want).max() > 1e-10 * scale:
-            return f"shap_values({s.select}) differs from the full explanation: shapes {v.shape} vs {want.shape}, max diff {np.abs(v - want).max() if v.shape == want.shape else 'n/a'}"
+            diff = np.abs(v - want).max() if v.shape == want.shape else "n/a"
+            return f"shap_values({s.select}) differs from the full explanation: shapes {v.shape} vs {want.shape}, max diff {diff}"
     return None
 
 

@@ -27,7 +27,9 @@ from darts.utils.data.torch_datasets.utils import ModuleStage, PLModuleInput  # 
 
 L, H = 6, 2  # input and output chunk lengths
 TRAINER = dict(
-    pl_trainer_kwargs=dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"),
+    pl_trainer_kwargs=dict(
+        enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"
+    ),
     random_state=0, n_epochs=1, batch_size=16,
 )  # fmt: skip
 

@@ -4,8 +4,8 @@ The truths are independent of rnnshap: darts' own ``predict`` / ``historical_for
 every forecast plus its base value add up to what darts returns, in the user's units), the recipe path
 (the network's ``forward(PLModuleInput)`` and ``rnnshap.DeepExplainer`` on windows sliced by hand from the
 series, docs/recipes.md), the closed form of a linear model (DLinear: DeepSHAP = Shapley = w · (x − mean
-background), w from darts' own ``predict`` of a float64 model), and zeros additivity cannot see (the past covariates after the forecast
-start for the first output chunk; RNNModel's first historic future covariate).
+background), w from darts' own ``predict`` of a float64 model), and zeros additivity cannot see (the past covariates
+after the forecast start for the first output chunk; RNNModel's first historic future covariate).
 
 Models are tiny and fitted once per module for one epoch on a short random walk.
 """
@@ -51,7 +51,9 @@ from rnnshap.darts import ShapExplainer, forecast_module, standard_errors  # noq
 
 L, H, N = 6, 2, 5  # input chunk, output chunk, auto-regressive horizon
 TRAINER = dict(
-    pl_trainer_kwargs=dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"),
+    pl_trainer_kwargs=dict(
+        enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, accelerator="cpu"
+    ),
     random_state=0, n_epochs=1, batch_size=16,
 )  # fmt: skip
 TOL = 1e-5  # float32 models: relative to max(1, |forecast|)
@@ -71,26 +73,35 @@ def _quiet() -> None:
 
 BUILDERS: dict[str, tuple[Any, str]] = {
     "RNNModel": (lambda: RNNModel(input_chunk_length=L, model="LSTM", hidden_dim=8, training_length=L + 2, **TRAINER), "f"),
-    "BlockRNNModel": (lambda: BlockRNNModel(input_chunk_length=L, output_chunk_length=H, model="GRU", hidden_dim=8, **TRAINER), "p"),
+    "BlockRNNModel": (
+        lambda: BlockRNNModel(input_chunk_length=L, output_chunk_length=H, model="GRU", hidden_dim=8, **TRAINER), "p"
+    ),
     "TCNModel": (lambda: TCNModel(input_chunk_length=L, output_chunk_length=H, kernel_size=2, num_filters=4, **TRAINER), "p"),
     "NBEATSModel": (
-        lambda: NBEATSModel(input_chunk_length=L, output_chunk_length=H, num_stacks=2, num_blocks=1, num_layers=2, layer_widths=8, **TRAINER),
+        lambda: NBEATSModel(
+            input_chunk_length=L, output_chunk_length=H, num_stacks=2, num_blocks=1, num_layers=2, layer_widths=8, **TRAINER
+        ),
         "p",
     ),
     "NHiTSModel": (
-        lambda: NHiTSModel(input_chunk_length=L, output_chunk_length=H, num_stacks=2, num_blocks=1, num_layers=2, layer_widths=8, **TRAINER),
+        lambda: NHiTSModel(
+            input_chunk_length=L, output_chunk_length=H, num_stacks=2, num_blocks=1, num_layers=2, layer_widths=8, **TRAINER
+        ),
         "p",
     ),
     "TiDEModel": (
-        lambda: TiDEModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=4, temporal_decoder_hidden=4,
-                          temporal_width_past=0, temporal_width_future=0, use_reversible_instance_norm=True, **TRAINER),
+        lambda: TiDEModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=4,
+                          temporal_decoder_hidden=4, temporal_width_past=0, temporal_width_future=0,
+                          use_reversible_instance_norm=True, **TRAINER),
         "pf",
     ),  # fmt: skip
     "DLinearModel": (lambda: DLinearModel(input_chunk_length=L, output_chunk_length=H, kernel_size=3, **TRAINER), "pf"),
-    "TSMixerModel": (lambda: TSMixerModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, ff_size=8, num_blocks=1, **TRAINER), "pf"),
+    "TSMixerModel": (
+        lambda: TSMixerModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, ff_size=8, num_blocks=1, **TRAINER), "pf"
+    ),
     "TFTModel": (
-        lambda: TFTModel(input_chunk_length=L, output_chunk_length=H, hidden_size=4, lstm_layers=1, num_attention_heads=1, hidden_continuous_size=2,
-                         likelihood=QuantileRegression([0.1, 0.5, 0.9]), **TRAINER),
+        lambda: TFTModel(input_chunk_length=L, output_chunk_length=H, hidden_size=4, lstm_layers=1, num_attention_heads=1,
+                         hidden_continuous_size=2, likelihood=QuantileRegression([0.1, 0.5, 0.9]), **TRAINER),
         "pf",
     ),  # fmt: skip
     "BlockRNNModel-quantiles": (
@@ -99,8 +110,8 @@ BUILDERS: dict[str, tuple[Any, str]] = {
         "p",
     ),  # fmt: skip
     "TiDEModel-gaussian": (
-        lambda: TiDEModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=4, temporal_decoder_hidden=4,
-                          likelihood=GaussianLikelihood(), **TRAINER),
+        lambda: TiDEModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=4,
+                          temporal_decoder_hidden=4, likelihood=GaussianLikelihood(), **TRAINER),
         "p",
     ),  # fmt: skip
 }
@@ -138,7 +149,9 @@ def explainer(model: Any, kinds: str, **kwargs: Any) -> ShapExplainer:
 
 def _predict(model: Any, n: int, series: TimeSeries, kinds: str) -> TimeSeries:
     likelihood = model.supports_likelihood_parameter_prediction
-    return model.predict(n, series=series, verbose=False, show_warnings=False, predict_likelihood_parameters=likelihood, **covariates(kinds))
+    return model.predict(
+        n, series=series, verbose=False, show_warnings=False, predict_likelihood_parameters=likelihood, **covariates(kinds)
+    )
 
 
 def _assert_adds_up(totals: np.ndarray, truth: np.ndarray, where: str) -> None:
@@ -173,7 +186,9 @@ def test_explain_adds_up_to_historical_forecasts(fitted: Any, name: str, n: int 
     assert checked >= (len(FOREGROUND) - L - horizon) * horizon  # (darts stops where its covariates end)
 
 
-ALL = ["RNNModel", "BlockRNNModel", "TCNModel", "NBEATSModel", "NHiTSModel", "TiDEModel", "DLinearModel", "TSMixerModel", "TFTModel"]
+ALL = [
+    "RNNModel", "BlockRNNModel", "TCNModel", "NBEATSModel", "NHiTSModel", "TiDEModel", "DLinearModel", "TSMixerModel", "TFTModel"
+]
 
 
 @pytest.mark.parametrize("name", ALL + ["BlockRNNModel-quantiles", "TiDEModel-gaussian"])
@@ -211,7 +226,9 @@ def test_several_series_static_covariates_and_components() -> None:
     series = [one(i) for i in range(3)]
     cov = [TimeSeries.from_values(r.normal(size=(30, 1)).astype(np.float32), columns=["c"]) for _ in range(3)]
     torch.manual_seed(0)
-    model = TiDEModel(input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=2, temporal_decoder_hidden=4, **TRAINER)
+    model = TiDEModel(
+        input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=2, temporal_decoder_hidden=4, **TRAINER
+    )
     model.fit(series, past_covariates=cov, verbose=False)
     ex = ShapExplainer(model, series, background_past_covariates=cov, n=4)
     assert ex.explainer.feature_names[-2:] == ["size_statcov_target_global_components", "kind_statcov_target_global_components"]
@@ -261,9 +278,13 @@ def test_equals_the_recipe_path(fitted: Any) -> None:
     for h in (1, H):
         values = result.get_explanation(h)
         for lag in range(1, L + 1):
-            np.testing.assert_allclose(values[f"y_target_lag-{lag}"].values()[:, 0], phi_target[:, L - lag, 0, h - 1], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                values[f"y_target_lag-{lag}"].values()[:, 0], phi_target[:, L - lag, 0, h - 1], rtol=1e-5, atol=1e-6
+            )
             for c, comp in enumerate(["a", "b"]):
-                np.testing.assert_allclose(values[f"{comp}_pastcov_lag-{lag}"].values()[:, 0], phi_cov[:, L - lag, c, h - 1], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    values[f"{comp}_pastcov_lag-{lag}"].values()[:, 0], phi_cov[:, L - lag, c, h - 1], rtol=1e-5, atol=1e-6
+                )
         np.testing.assert_allclose(result.get_shap_explanation_object(h).base_values, recipe.expected_value[h - 1], rtol=1e-6)
     assert names[:2] == ["y_target_lag-6", "y_target_lag-5"] and names[L] == "a_pastcov_lag-6"
 
@@ -294,7 +315,9 @@ def test_every_model_equals_the_recipe_path(fitted: Any, name: str) -> None:
     result = ex.explain(FOREGROUND, **covariates(kinds, "foreground_"))
     adapter = ex.explainer
     names = [field for field, _ in adapter._layout()]
-    X = adapter._windows(adapter.create_shap_input(FOREGROUND, *[covariates(kinds).get(k) for k in ("past_covariates", "future_covariates")],
+    X = adapter._windows(adapter.create_shap_input(FOREGROUND, *[
+        covariates(kinds).get(k) for k in ("past_covariates", "future_covariates")
+    ],
                                                    input_type="foreground")[0])  # fmt: skip
     training = model.model.training
     recipe = rnnshap.DeepExplainer(NetworkRecipe(model.model, names).eval(), adapter.background_windows)
@@ -374,7 +397,9 @@ def test_dlinear_closed_form(dlinear64: Any, n: int) -> None:
         if moved is not None:
             role, column, lag = moved
             a[role][t0 + lag, column] += 1.0
-        inputs.append({role: TimeSeries.from_values(a[role][:t0] if role == "target" else a[role], columns=COLUMNS[role]) for role in a})
+        inputs.append(
+            {role: TimeSeries.from_values(a[role][:t0] if role == "target" else a[role], columns=COLUMNS[role]) for role in a}
+        )
     forecasts = model.predict(
         n, series=[i["target"] for i in inputs], past_covariates=[i["pastcov"] for i in inputs],
         future_covariates=[i["futcov"] for i in inputs], verbose=False, show_warnings=False,
@@ -469,9 +494,14 @@ def test_refused_by_name_with_the_shapley_fallback() -> None:
     model.model.fc = _Spectral(model.model.fc)
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*fft_rfft"):
         explainer(model, "p").explain_single(FOREGROUND, foreground_past_covariates=COV)
-    result = explainer(model, "p", method="shapley", budget=200, random_state=0).explain_single(FOREGROUND, foreground_past_covariates=COV)
+    result = explainer(
+        model, "p", method="shapley", budget=200, random_state=0
+    ).explain_single(FOREGROUND, foreground_past_covariates=COV)
     e = result.get_shap_explanation_object()
-    _assert_adds_up(e.values.sum(1) + e.base_values, _predict(model, H, FOREGROUND, "p").values()[:, 0], "spectral BlockRNNModel, Shapley mode")
+    _assert_adds_up(
+        e.values.sum(1) + e.base_values, _predict(model, H, FOREGROUND, "p").values()[:, 0],
+        "spectral BlockRNNModel, Shapley mode"
+    )
     assert (e.error_std > 0).any()
 
 
@@ -495,7 +525,9 @@ def test_target_scaler_in_the_users_units(scaled: Any) -> None:
     ex = ShapExplainer(model, BACKGROUND, background_past_covariates=COV, n=N, target_scaler=scaler)
     result = ex.explain_single(FOREGROUND, foreground_past_covariates=COV)
     e = result.get_shap_explanation_object()
-    truth = scaler.inverse_transform(model.predict(N, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False))
+    truth = scaler.inverse_transform(
+        model.predict(N, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False)
+    )
     _assert_adds_up(e.values.sum(1) + e.base_values, truth.values()[:, 0], "scaled BlockRNNModel")
     assert np.allclose(result.get_feature_values().values()[0, :L], FOREGROUND.values()[-L:, 0])  # unscaled inputs
 
@@ -510,15 +542,23 @@ def test_target_scaler_default_background_and_foreground_are_unscaled(scaled: An
     scaler, model = scaled
     default = ShapExplainer(model, target_scaler=scaler)  # darts' fallback: the training series and covariates
     given = ShapExplainer(model, TARGET, background_past_covariates=COV, target_scaler=scaler)
-    truth = scaler.inverse_transform(model.predict(H, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False))
+    truth = scaler.inverse_transform(
+        model.predict(H, series=scaler.transform(FOREGROUND), past_covariates=COV, verbose=False, show_warnings=False)
+    )
     bases = []
     for ex in (default, given):
         e = ex.explain_single(FOREGROUND, foreground_past_covariates=COV).get_shap_explanation_object()
-        _assert_adds_up(e.values.sum(1) + e.base_values, truth.values()[:, 0], "default background" if ex is default else "TARGET")
+        _assert_adds_up(
+            e.values.sum(1) + e.base_values, truth.values()[:, 0], "default background" if ex is default else "TARGET"
+        )
         bases.append(e.base_values)
-    np.testing.assert_allclose(bases[0], bases[1], rtol=TOL, err_msg="the default background's base value is not the unscaled training series'")
+    np.testing.assert_allclose(
+        bases[0], bases[1], rtol=TOL, err_msg="the default background's base value is not the unscaled training series'"
+    )
     # no foreground: the training series, explained in its own (unscaled) units
-    forecast = scaler.inverse_transform(model.predict(H, verbose=False, show_warnings=False)).values()[:, 0]  # from the training series' end
+    forecast = scaler.inverse_transform(
+        model.predict(H, verbose=False, show_warnings=False)
+    ).values()[:, 0]  # from the training series' end
     single = default.explain_single()
     e = single.get_shap_explanation_object()
     _assert_adds_up(e.values.sum(1) + e.base_values, forecast, "explain_single() with no series")
@@ -543,7 +583,9 @@ def test_darts_result_api_and_plots(fitted: Any) -> None:
     assert result.get_feature_values(N).values().shape == result.get_explanation(N).values().shape
     shaps = ex.summary_plot(FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV, horizons=N)
     assert set(shaps) == {N}
-    ex.force_plot(FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV, horizon=N, plot_kwargs={"matplotlib": False})
+    ex.force_plot(
+        FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV, horizon=N, plot_kwargs={"matplotlib": False}
+    )
     plt.close("all")
 
 
@@ -558,7 +600,9 @@ def test_explaining_never_changes_the_model(fitted: Any) -> None:
     flags = [m.training for m in module.modules()]
     attrs = {k: v for k, v in vars(module).items() if isinstance(v, (int, float, bool, str, type(None)))}
     for kwargs in (dict(), dict(method="shapley", budget=60, random_state=0)):
-        explainer(model, "pf", **kwargs).explain_single(FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV)
+        explainer(model, "pf", **kwargs).explain_single(
+            FOREGROUND, foreground_past_covariates=COV, foreground_future_covariates=COV
+        )
     after = module.state_dict(keep_vars=True)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(b, dict(module.named_buffers())[k]) for k, b in buffers.items() if b is not None)
@@ -627,7 +671,9 @@ def test_integer_arguments(fitted: Any) -> None:
     model = fitted["BlockRNNModel"]
     for kwargs, name in [
         (dict(n=2.5), "n=2.5"), (dict(n=0.5), "n=0.5"), (dict(n=np.float64(2.0)), "n=2.0"), (dict(n=True), "n=True"),
-        (dict(background_num_samples=10.5), "background_num_samples=10.5"), (dict(background_num_samples=0), "background_num_samples=0"),
+        (
+            dict(background_num_samples=10.5), "background_num_samples=10.5"
+        ), (dict(background_num_samples=0), "background_num_samples=0"),
         (dict(batch_size=100.5), "batch_size=100.5"), (dict(batch_size=0), "batch_size=0"),
     ]:  # fmt: skip
         with pytest.raises(rnnshap.InputError, match=rf"{name}: .*(integer|at least 1)"):
@@ -658,7 +704,9 @@ def test_background_sampling_is_seeded(fitted: Any) -> None:
     np.testing.assert_array_equal(draws[2], draws[3])
     assert not np.array_equal(draws[2], draws[4])
     generator = np.random.default_rng(1)
-    np.testing.assert_array_equal(explainer(model, "p", background_num_samples=10, random_state=generator).explainer.background_arr, draws[2])
+    np.testing.assert_array_equal(
+        explainer(model, "p", background_num_samples=10, random_state=generator).explainer.background_arr, draws[2]
+    )
 
 
 def test_import_rnnshap_does_not_import_darts() -> None:

@@ -46,7 +46,9 @@ class MambaHead(nn.Module):
 def _build(scale: float = 1.0, **kwargs: bool) -> Callable[[], Case]:
     def build() -> Case:
         torch.manual_seed(0)
-        return Case(MambaHead(**kwargs).eval(), [torch.randn(N_BACKGROUND, T, F) * scale], [torch.randn(N_EXPLAINED, T, F) * scale])
+        return Case(
+            MambaHead(**kwargs).eval(), [torch.randn(N_BACKGROUND, T, F) * scale], [torch.randn(N_EXPLAINED, T, F) * scale]
+        )
 
     return build
 

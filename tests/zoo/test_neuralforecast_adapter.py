@@ -29,7 +29,9 @@ from rnnshap.errors import InputError  # noqa: E402
 from rnnshap.neuralforecast import explain  # noqa: E402
 
 L, H = 6, 3
-QUIET = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, max_steps=2, random_seed=0)
+QUIET = dict(
+    enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, max_steps=2, random_seed=0
+)
 EXOG = dict(futr_exog_list=["trend"], hist_exog_list=["y_[lag12]"], stat_exog_list=["airline1"])
 RECURRENT = ("LSTM", "GRU", "RNN")
 POINT = (*RECURRENT, "DilatedRNN", "xLSTM", "TFT", "NHITS", "MLP", "DLinear")
@@ -161,8 +163,12 @@ def test_baseline_and_linear_values_are_neuralforecasts(point: dict[str, Any], d
     assert set(theirs) == {"DilatedRNN", "xLSTM", "TFT", "NHITS", "MLP", "DLinear"}  # it skips the recurrent models
     for name, e in theirs.items():
         ours = point["ex"][name]
-        np.testing.assert_allclose(ours["baseline_predictions"].numpy(), e["baseline_predictions"].detach().numpy(), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(point["ex"]["DLinear"]["insample"].numpy(), theirs["DLinear"]["insample"].detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            ours["baseline_predictions"].numpy(), e["baseline_predictions"].detach().numpy(), rtol=1e-5, atol=1e-4
+        )
+    np.testing.assert_allclose(
+        point["ex"]["DLinear"]["insample"].numpy(), theirs["DLinear"]["insample"].detach().numpy(), rtol=1e-4, atol=1e-4
+    )
 
 
 def _windows(data: dict[str, Any], series: int) -> dict[str, np.ndarray]:
@@ -192,20 +198,27 @@ def test_recipe_path(point: dict[str, Any], data: dict[str, Any]) -> None:
 
         class Window(torch.nn.Module):
             def forward(self, y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
-                batch = {"insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat}
+                batch = {
+                    "insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat
+                }
                 return model(batch)[..., 0] * sy + my
 
         def t(a: Any) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float32))
 
-        X = [t((w["y"] - my) / sy)[None, :, None], t((w["hist"] - mh) / sh)[None, :, None], t((w["futr"] - mf) / sf)[None, :, None], t([[w["stat"]]])]
+        X = [
+            t((w["y"] - my) / sy)[None, :, None], t((w["hist"] - mh) / sh)[None, :, None],
+            t((w["futr"] - mf) / sf)[None, :, None], t([[w["stat"]]])
+        ]
         explainer = rnnshap.DeepExplainer(Window().eval(), [torch.zeros_like(x) for x in X])
         phi = explainer.shap_values(X)
         e = point["ex"]["TFT"]
         np.testing.assert_allclose(e["insample"][series, :, 0, 0, :, 0].numpy(), phi[0][0, :, 0].T, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(e["hist_exog"][series, :, 0, 0, 0].numpy(), phi[1][0, :, 0].T, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(e["futr_exog"][series, :, 0, 0, 0].numpy(), phi[2][0, :, 0].T, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(e["baseline_predictions"][series, :, 0, 0].numpy(), np.ravel(explainer.expected_value), rtol=1e-5)
+        np.testing.assert_allclose(
+            e["baseline_predictions"][series, :, 0, 0].numpy(), np.ravel(explainer.expected_value), rtol=1e-5
+        )
 
 
 def test_dlinear_closed_form(point: dict[str, Any], data: dict[str, Any]) -> None:
@@ -217,7 +230,10 @@ def test_dlinear_closed_form(point: dict[str, Any], data: dict[str, Any]) -> Non
         eye = np.diag(y).astype(np.float32)
         rows = torch.as_tensor(np.vstack([eye, np.zeros((1, L), np.float32)]))[:, :, None]
         with torch.no_grad():
-            out = model({"insample_y": rows, "insample_mask": torch.ones_like(rows), "futr_exog": None, "hist_exog": None, "stat_exog": None})[..., 0]
+            out = model({
+                "insample_y": rows, "insample_mask": torch.ones_like(rows), "futr_exog": None, "hist_exog": None,
+                "stat_exog": None
+            })[..., 0]
         closed = (out[:L] - out[L:]).numpy()  # (lag, horizon)
         np.testing.assert_allclose(e["insample"][series, :, 0, 0, :, 0].numpy(), closed.T, rtol=1e-4, atol=1e-3)
 
@@ -237,14 +253,19 @@ def test_shapley_mode_exact_on_linear(point: dict[str, Any]) -> None:
     e = ex["DLinear"]
     assert (e["insample_stderr"] == 0).all()
     np.testing.assert_allclose(e["insample"].numpy(), point["ex"]["DLinear"]["insample"].numpy(), rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(e["baseline_predictions"].numpy(), point["ex"]["DLinear"]["baseline_predictions"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        e["baseline_predictions"].numpy(), point["ex"]["DLinear"]["baseline_predictions"].numpy(), rtol=1e-5
+    )
 
 
 def test_shapley_mode_estimates(point: dict[str, Any], data: dict[str, Any]) -> None:
     """method='shapley' on a recurrent LSTM rollout: efficient (adds up to nf.predict), standard errors shaped
     like the values and positive somewhere, the same zeros where the forecast cannot read an input."""
     nf = _only(point["nf"], "LSTM")
-    fcsts, ex = explain(nf, horizons=[1], futr_df=data["futr_df"], static_df=data["static_df"], method="shapley", budget=400, random_state=0, verbose=False)
+    fcsts, ex = explain(
+        nf, horizons=[1], futr_df=data["futr_df"], static_df=data["static_df"], method="shapley", budget=400, random_state=0,
+        verbose=False
+    )
     e = ex["LSTM"]
     assert e["insample_stderr"].shape == e["insample"].shape and e["futr_exog_stderr"].shape == e["futr_exog"].shape
     assert (e["insample_stderr"] > 0).any()
@@ -256,7 +277,10 @@ def test_shapley_mode_estimates(point: dict[str, Any], data: dict[str, Any]) -> 
 def target_only(data: dict[str, Any]) -> NeuralForecast:
     kw = dict(h=H, input_size=L, **QUIET)
     # MLP with one series per batch: neuralforecast's predict loop runs twice, each with its recursive steps
-    models = [LSTM(encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True, **kw), MLP(hidden_size=8, num_layers=1, valid_batch_size=1, **kw)]
+    models = [
+        LSTM(encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True, **kw),
+        MLP(hidden_size=8, num_layers=1, valid_batch_size=1, **kw)
+    ]
     return _fit(models, {"df": data["df"][["unique_id", "ds", "y"]], "static_df": None})
 
 
@@ -290,7 +314,10 @@ def test_background_windows(point: dict[str, Any], data: dict[str, Any]) -> None
     _, ex = explain(nf, futr_df=data["futr_df"], static_df=data["static_df"], background=zeros, verbose=False)
     np.testing.assert_array_equal(ex["MLP"]["insample"].numpy(), point["ex"]["MLP"]["insample"].numpy())
     with pytest.raises(InputError, match="background has no 'insample_mask'"):
-        explain(nf, futr_df=data["futr_df"], static_df=data["static_df"], background={"insample_y": zeros["insample_y"]}, verbose=False)
+        explain(
+            nf, futr_df=data["futr_df"], static_df=data["static_df"], background={"insample_y": zeros["insample_y"]},
+            verbose=False
+        )
 
 
 def test_global_scaler(data: dict[str, Any]) -> None:
@@ -298,7 +325,9 @@ def test_global_scaler(data: dict[str, Any]) -> None:
     data's units and add up to nf.predict (neuralforecast's explain warns that additivity may not hold)."""
     _quiet()
     torch.manual_seed(0)
-    nf = NeuralForecast(models=[MLP(h=H, input_size=L, hidden_size=8, num_layers=1, **QUIET)], freq="ME", local_scaler_type="standard")
+    nf = NeuralForecast(
+        models=[MLP(h=H, input_size=L, hidden_size=8, num_layers=1, **QUIET)], freq="ME", local_scaler_type="standard"
+    )
     nf.fit(data["df"][["unique_id", "ds", "y"]])
     fcsts, ex = explain(nf, verbose=False)
     _assert_adds_up(_total(ex["MLP"])[:, :, 0, 0], fcsts["MLP"].to_numpy().reshape(2, H), "MLP, global scaler")
@@ -310,12 +339,17 @@ def probabilistic(data: dict[str, Any]) -> dict[str, Any]:
     models = [
         MLP(hidden_size=8, num_layers=1, loss=MQLoss(level=[80]), scaler_type="robust", **kw),
         NHITS(mlp_units=[[8, 8]] * 3, loss=DistributionLoss("Normal", return_params=True), scaler_type="standard", **kw),
-        LSTM(encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True, loss=DistributionLoss("StudentT", return_params=True), **kw),
+        LSTM(
+            encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True, loss=DistributionLoss("StudentT", return_params=True),
+            **kw
+        ),
         GRU(encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True, loss=MQLoss(level=[80]), **kw),
     ]
     nf = _fit(models, data)
     nf.predict(futr_df=data["futr_df"], static_df=data["static_df"], verbose=False)  # what a plain predict sets
-    before = {type(m).__name__: ({k: v.clone() for k, v in m.state_dict().items()}, set(m.__dict__), m.h, m.training) for m in nf.models}
+    before = {
+        type(m).__name__: ({k: v.clone() for k, v in m.state_dict().items()}, set(m.__dict__), m.h, m.training) for m in nf.models
+    }
     fcsts, ex = explain(nf, outputs=[0, 1], futr_df=data["futr_df"], static_df=data["static_df"], verbose=False)
     return {"nf": nf, "fcsts": fcsts, "ex": ex, "before": before}
 

@@ -42,7 +42,10 @@ class Forecast(nn.Module):
         self.network = network
         self.outputs = outputs
 
-    def forward(self, encoder_cont: torch.Tensor, decoder_cont: torch.Tensor, encoder_cat: torch.Tensor, decoder_cat: torch.Tensor, target_scale: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, encoder_cont: torch.Tensor, decoder_cont: torch.Tensor, encoder_cat: torch.Tensor, decoder_cat: torch.Tensor,
+        target_scale: torch.Tensor
+    ) -> torch.Tensor:
         n = encoder_cont.shape[0]
         x = {
             "encoder_cont": encoder_cont, "decoder_cont": decoder_cont, "encoder_cat": encoder_cat, "decoder_cat": decoder_cat,
@@ -94,13 +97,23 @@ def _build(make: Callable[[TimeSeriesDataSet], nn.Module], outputs: list[int], *
 ZOO = {
     # DeepAR's prediction: (target_scale center, scale, loc, scale) per step; loc and scale are its own
     "DeepAR": Spec(
-        _build(lambda d: DeepAR.from_dataset(d, hidden_size=8, rnn_layers=2), [2, 3], target_normalizer=GroupNormalizer(groups=["series"]))
+        _build(
+            lambda d: DeepAR.from_dataset(d, hidden_size=8, rnn_layers=2), [2, 3],
+            target_normalizer=GroupNormalizer(groups=["series"])
+        )
     ),
-    "RecurrentNetwork-LSTM": Spec(_build(lambda d: RecurrentNetwork.from_dataset(d, hidden_size=8, rnn_layers=2, cell_type="LSTM"), [0])),
-    "RecurrentNetwork-GRU": Spec(_build(lambda d: RecurrentNetwork.from_dataset(d, hidden_size=8, rnn_layers=1, cell_type="GRU"), [0])),
+    "RecurrentNetwork-LSTM": Spec(
+        _build(lambda d: RecurrentNetwork.from_dataset(d, hidden_size=8, rnn_layers=2, cell_type="LSTM"), [0])
+    ),
+    "RecurrentNetwork-GRU": Spec(
+        _build(lambda d: RecurrentNetwork.from_dataset(d, hidden_size=8, rnn_layers=1, cell_type="GRU"), [0])
+    ),
     # TFT's prediction: 7 quantiles per step; the median
     "TFT": Spec(
-        _build(lambda d: TemporalFusionTransformer.from_dataset(d, hidden_size=8, attention_head_size=2, hidden_continuous_size=4), [3])
+        _build(
+            lambda d: TemporalFusionTransformer.from_dataset(d, hidden_size=8, attention_head_size=2, hidden_continuous_size=4),
+            [3]
+        )
     ),
 }
 
@@ -159,7 +172,9 @@ def _reals_only() -> Case:
     # without categoricals TFT makes its static embedding in its LightningModule dtype, which only
     # the network's own .double() sets (not a wrapper's)
     model64 = ForecastWithLengths(copy.deepcopy(network).double())
-    return Case(ForecastWithLengths(network).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors], model64)
+    return Case(
+        ForecastWithLengths(network).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors], model64
+    )
 
 
 def test_tft_without_categoricals_takes_its_lengths_as_context() -> None:

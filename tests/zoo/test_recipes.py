@@ -28,7 +28,10 @@ LIBRARIES = {
 
 def sections() -> dict[str, list[str]]:
     parts = re.split(r"^## (.+)$", PAGE.read_text(), flags=re.M)
-    return {title.strip(): re.findall(r"```python\n(.*?)```", body, flags=re.S) for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {
+        title.strip(): re.findall(r"```python\n(.*?)```", body, flags=re.S) for title,
+        body in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 def test_every_library_has_a_recipe() -> None:

@@ -79,7 +79,9 @@ class Policy(nn.Module):
         return torch.cat([parameters, values], -1).reshape(n, T, -1)[:, steps(T)].flatten(1)
 
 
-def _case(policy: nn.Module, observations: Callable[[int], list[torch.Tensor]], start: int | None, keys: list[str] | None = None) -> Case:
+def _case(
+    policy: nn.Module, observations: Callable[[int], list[torch.Tensor]], start: int | None, keys: list[str] | None = None
+) -> Case:
     starts = torch.zeros(T)
     if start is not None:
         starts[start] = 1.0
@@ -98,7 +100,10 @@ POLICY_KWARGS = dict(lstm_hidden_size=HIDDEN, n_lstm_layers=LAYERS, net_arch=[8]
 def _ppo(env: str, start: int | None, **policy_kwargs: Any) -> Callable[[], Case]:
     def build() -> Case:
         torch.manual_seed(0)
-        model = RecurrentPPO("MlpLstmPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu", policy_kwargs={**POLICY_KWARGS, **policy_kwargs})
+        model = RecurrentPPO(
+            "MlpLstmPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu",
+            policy_kwargs={**POLICY_KWARGS, **policy_kwargs}
+        )
         shape = model.observation_space.shape
         return _case(model.policy, lambda n: [torch.randn(n, T, *shape)], start)
 
@@ -108,7 +113,10 @@ def _ppo(env: str, start: int | None, **policy_kwargs: Any) -> Callable[[], Case
 def _cnn() -> Case:
     torch.manual_seed(0)
     space = spaces.Box(0.0, 1.0, (1, 36, 36), np.float32)  # NatureCNN's smallest image; already normalized
-    policy = CnnLstmPolicy(space, spaces.Discrete(3), lambda _: 3e-4, normalize_images=False, features_extractor_kwargs=dict(features_dim=8), **POLICY_KWARGS)
+    policy = CnnLstmPolicy(
+        space, spaces.Discrete(3), lambda _: 3e-4, normalize_images=False, features_extractor_kwargs=dict(features_dim=8),
+        **POLICY_KWARGS
+    )
     return _case(policy, lambda n: [torch.rand(n, T, 1, 36, 36)], START)
 
 
@@ -170,7 +178,9 @@ def test_zoo(name: str) -> None:
             assert_zero(phi[..., m // 2 : m], f"{name}: the standard deviation")
     if "episode_start" in name:
         for phi in obs:
-            assert_zero(phi[:, :START, ..., 1, :], f"{name}: observations before the episode start for the readouts at step {last}")
+            assert_zero(
+                phi[:, :START, ..., 1, :], f"{name}: observations before the episode start for the readouts at step {last}"
+            )
             assert np.count_nonzero(phi[:, START:, ..., 1, :]) > 0, f"{name}: the episode's observations get 0 at step {last}"
         for phi in [h_pi, c_pi, h_vf, c_vf]:
             assert_zero(phi[..., 1, :], f"{name}: the initial states for the readouts after the episode start")

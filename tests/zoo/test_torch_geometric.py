@@ -64,7 +64,9 @@ class TGCNCell(nn.Module):
         self.convs = nn.ModuleList(GCNConv(features, hidden) for _ in range(3))
         self.linears = nn.ModuleList(nn.Linear(2 * hidden, hidden) for _ in range(3))
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor, edge_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         conv_u, conv_r, conv_c = (conv(x, edge_index, edge_weight) for conv in self.convs)
         u = torch.sigmoid(self.linears[0](torch.cat([conv_u, h], -1)))
         r = torch.sigmoid(self.linears[1](torch.cat([conv_r, h], -1)))

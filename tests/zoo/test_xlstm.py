@@ -144,7 +144,9 @@ def test_mlstm_backend_alone_is_exact() -> None:
             super().__init__()
             self.project = nn.Linear(F, heads * (3 * dim + 2))
             self.backend = mLSTMBackend(
-                mLSTMBackendConfig(chunkwise_kernel="chunkwise--native_autograd", mode="inference", chunk_size=4, autocast_kernel_dtype="float32")
+                mLSTMBackendConfig(
+                    chunkwise_kernel="chunkwise--native_autograd", mode="inference", chunk_size=4, autocast_kernel_dtype="float32"
+                )
             )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

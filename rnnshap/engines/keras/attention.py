@@ -14,18 +14,20 @@ Each layer runs its own computation, with every nonlinear step by its rule:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
 from . import dual
+from .activations import weight
 from .dual import Dual
+from .pass_state import Run
 
 L = keras.layers
 
 
-def _mask_side(value: Any, run: Any) -> tf.Tensor | None:
+def _mask_side(value: Any, run: Run) -> tf.Tensor | None:
     """A mask given as a tensor of the model (a Dual: a mask input, or computed from one) as a boolean
     tensor of the explained input; the reference side is recorded for the check against the model."""
     if value is None:
@@ -37,13 +39,16 @@ def _mask_side(value: Any, run: Any) -> tf.Tensor | None:
     return tf.cast(value, tf.bool)
 
 
-def _weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
-    value = tf.convert_to_tensor(variable)
-    return value if value.dtype == dtype else tf.cast(value, dtype)
-
-
 # -- Attention, AdditiveAttention ------------------------------------------------------------------
-def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any = None, return_attention_scores: bool = False, use_causal_mask: bool = False) -> Any:
+def attention(
+    layer: keras.layers.Attention,
+    run: Run,
+    inputs: Any,
+    mask: Any = None,
+    training: Any = None,
+    return_attention_scores: bool = False,
+    use_causal_mask: bool = False,
+) -> Any:
     """``keras.layers.Attention`` (``score_mode`` dot or concat) and ``AdditiveAttention``."""
     del training  # dropout is off at inference
     q, v = inputs[0], inputs[1]
@@ -55,20 +60,20 @@ def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any
     if not additive and layer.score_mode == "dot":
         scores = dual.bilinear(lambda a, b: tf.matmul(a, b, transpose_b=True), q, k)
         if layer.scale is not None:
-            scale = _weight(layer.scale, dtype)
+            scale = weight(layer.scale, dtype)
             scores = scores.map(lambda t: t * scale)
     else:
         summed = q.map(lambda t: tf.expand_dims(t, -2)) + k.map(lambda t: tf.expand_dims(t, -3))
         if additive:
-            scale = _weight(layer.scale, dtype) if layer.use_scale else None
+            scale = weight(layer.scale, dtype) if layer.use_scale else None
             scores = dual.tanh(summed)
             scores = scores.map(lambda t: tf.reduce_sum(t if scale is None else scale * t, -1))
         else:
             if layer.scale is not None:
-                scale = _weight(layer.scale, dtype)
+                scale = weight(layer.scale, dtype)
                 summed = summed.map(lambda t: scale * t)
-            weight = _weight(layer.concat_score_weight, dtype)
-            scores = dual.tanh(summed).map(lambda t: weight * tf.reduce_sum(t, -1))
+            score_weight = weight(layer.concat_score_weight, dtype)
+            scores = dual.tanh(summed).map(lambda t: score_weight * tf.reduce_sum(t, -1))
     scores_mask = layer._calculate_score_mask(scores.x, v_mask, use_causal_mask)
     if scores_mask is not None:
         padding = tf.logical_not(tf.cast(scores_mask, tf.bool))
@@ -85,10 +90,12 @@ def attention(layer: Any, run: Any, inputs: Any, mask: Any = None, training: Any
 
 
 # -- MultiHeadAttention ----------------------------------------------------------------------------
-def einsum_dense(layer: Any, value: Dual, activate: Any) -> Dual:
+def einsum_dense(
+    layer: keras.layers.EinsumDense, value: Dual, activate: Callable[[Callable[..., Any] | None, Dual], Dual]
+) -> Dual:
     """``EinsumDense``: the einsum with the kernel and the bias (linear), then the activation."""
-    kernel = _weight(layer.kernel, value.x.dtype)
-    bias = None if layer.bias is None else _weight(layer.bias, value.x.dtype)
+    kernel = weight(layer.kernel, value.x.dtype)
+    bias = None if layer.bias is None else weight(layer.bias, value.x.dtype)
 
     def linear(t: tf.Tensor) -> tf.Tensor:
         out = tf.einsum(layer.equation, t, kernel)
@@ -98,9 +105,9 @@ def einsum_dense(layer: Any, value: Dual, activate: Any) -> Dual:
 
 
 def multi_head_attention(
-    layer: Any,
-    run: Any,
-    call_layer: Any,
+    layer: keras.layers.MultiHeadAttention,
+    run: Run,
+    call_layer: Callable[..., Any],
     query: Dual,
     value: Dual,
     key: Dual | None = None,
@@ -135,7 +142,8 @@ def multi_head_attention(
         mask = None
     else:
         mask = layer._compute_attention_mask(
-            query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask, use_causal_mask=use_causal_mask
+            query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask,
+            use_causal_mask=use_causal_mask,
         )
     gate = call_layer(layer._gate_dense, run, query) if getattr(layer, "_use_gate", False) else None
     q = call_layer(layer._query_dense, run, query)
@@ -192,7 +200,7 @@ def multi_head_attention(
 
 
 # -- normalization ---------------------------------------------------------------------------------
-def _normalized_axes(layer: Any, value: Dual) -> tuple[Dual, tf.DType, list[int], float, list[int]]:
+def _normalized_axes(layer: keras.layers.Layer, value: Dual) -> tuple[Dual, tf.DType, list[int], float, list[int]]:
     """What LayerNormalization and RMSNormalization share: the input in their compute dtype
     (float64 stays, anything else float32), the normalized axes, epsilon, and the shape that
     broadcasts a per-axis weight."""
@@ -205,14 +213,14 @@ def _normalized_axes(layer: Any, value: Dual) -> tuple[Dual, tf.DType, list[int]
     return u, compute, axes, epsilon, shape
 
 
-def layer_normalization(layer: Any, value: Dual) -> Dual:
+def layer_normalization(layer: keras.layers.LayerNormalization, value: Dual) -> Dual:
     """``LayerNormalization`` over any axes, with or without centre and scale, and ``rms_scaling``
     (Keras's: the input, not centred, over its standard deviation)."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     rms = bool(getattr(layer, "rms_scaling", False))
     out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
-    gamma = None if layer.gamma is None else tf.reshape(_weight(layer.gamma, compute), shape)
-    beta = None if (layer.beta is None or rms) else tf.reshape(_weight(layer.beta, compute), shape)
+    gamma = None if layer.gamma is None else tf.reshape(weight(layer.gamma, compute), shape)
+    beta = None if (layer.beta is None or rms) else tf.reshape(weight(layer.beta, compute), shape)
     if gamma is not None:
         out = out.map(lambda t: t * gamma)
     if beta is not None:
@@ -221,7 +229,7 @@ def layer_normalization(layer: Any, value: Dual) -> Dual:
     return out.map(lambda t: tf.cast(t, target)) if target != compute else out
 
 
-def group_normalization(layer: Any, value: Dual) -> Dual:
+def group_normalization(layer: keras.layers.GroupNormalization, value: Dual) -> Dual:
     """``GroupNormalization``: the channels in groups, each group standardized over its channels
     and the other non-batch axes, then the per-channel scale and centre (linear)."""
     grouped = value.map(layer._reshape_into_groups)
@@ -234,10 +242,10 @@ def group_normalization(layer: Any, value: Dual) -> Dual:
     out = dual.standardize(grouped, axes, layer.epsilon)
     broadcast = layer._create_broadcast_shape(value.x.shape)
     if layer.scale:
-        gamma = tf.reshape(_weight(layer.gamma, compute), broadcast)
+        gamma = tf.reshape(weight(layer.gamma, compute), broadcast)
         out = out.map(lambda t: t * gamma)
     if layer.center:
-        beta = tf.reshape(_weight(layer.beta, compute), broadcast)
+        beta = tf.reshape(weight(layer.beta, compute), broadcast)
         out = out.map(lambda t: t + beta)
     shape = tf.shape(value.x)
     out = out.map(lambda t: tf.reshape(tf.cast(t, original), shape))
@@ -245,13 +253,13 @@ def group_normalization(layer: Any, value: Dual) -> Dual:
     return out.map(lambda t: tf.cast(t, target)) if target != original else out
 
 
-def rms_normalization(layer: Any, value: Dual) -> Dual:
+def rms_normalization(layer: keras.layers.Layer, value: Dual) -> Dual:
     """``RMSNormalization``: the input over its root mean square (Shapley on x ⊙ x, Rescale on the
     inverse root), times the scale."""
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     out = dual.standardize(u, axes, epsilon, centre=False)
     if getattr(layer, "scale", None) is not None:
-        scale = tf.reshape(_weight(layer.scale, compute), shape)
+        scale = tf.reshape(weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)
     target = tf.as_dtype(layer.compute_dtype)
     return out.map(lambda t: tf.cast(t, target)) if target != compute else out

@@ -181,7 +181,7 @@ def scaled(c: Dual, s: Dual) -> Dual:
     Every normalization takes it, however it is written: the layers, ``ops.layer_normalization`` /
     ``ops.rms_normalization``, and the same written with keras ops (a product with an inverse root,
     a division by a root: see ``kops.call_op``), as on the PyTorch side (torch's ``F.layer_norm`` and
-    the product of an inverse root, rnnshap/engines/pytorch/scales.py), so both backends agree."""
+    the product of an inverse root, rnnshap/engines/pytorch/handwritten_norms.py), so both backends agree."""
     cx, sx = tf.stop_gradient(c.x), tf.stop_gradient(s.x)
     total = sx + s.r
     same = sx * s.r > 0
@@ -294,7 +294,9 @@ def log1p_slope(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
     return tf.where(zero, 1 / (1 + r), tf.math.log1p(d / (1 + r)) / tf.where(zero, tf.ones_like(d), d))
 
 
-def _rescaled(slope: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], inner: float, outer: float, name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def _rescaled(
+    slope: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], inner: float, outer: float, name: str
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
 
     def rescaled(x: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
@@ -424,7 +426,9 @@ def _usable(t: tf.Tensor) -> tf.Tensor:
     return tf.logical_and(tf.not_equal(t, 0), tf.math.is_finite(t))
 
 
-def _deciding(ux: tf.Tensor, r: tf.Tensor, order_x: tf.Tensor, order_r: tf.Tensor, largest: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+def _deciding(
+    ux: tf.Tensor, r: tf.Tensor, order_x: tf.Tensor, order_r: tf.Tensor, largest: bool
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The position that decides each rank of an ordering along the last axis, and ``x − r`` there, as
     ``rnnshap.rules.structured._deciding``: where the value at rank ``j`` rose, among the positions on
     its side of the rank in the input and on the other side in the reference, the one nearest the rank

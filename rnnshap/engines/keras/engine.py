@@ -7,7 +7,7 @@ the explained inputs and their references, each pair through every layer by its 
 Because that pass re-implements each layer, every pass checks its outputs against the model's own
 (:meth:`KerasEngine._verify`): on the input side against ``model(x)``, on the reference side against
 the model on the reference rows wherever the reference is read with the masks the model computes on
-it (see :class:`~rnnshap.engines.keras.layers.Run`). A mismatch is an :class:`~rnnshap.RnnShapError`.
+it (see :class:`~rnnshap.engines.keras.pass_state.Run`). A mismatch is an :class:`~rnnshap.RnnShapError`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from keras.src import tree as keras_tree
+from keras.src.models.functional import Functional
 
 from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
 from . import fused
 from .dual import Dual
-from .layers import Run, TokenDual, problems, refusal, run_model
+from .layer_rules import problems
+from .pass_state import Run, TokenDual, refusal
+from .walker import run_model
 
 #: floating dtypes from the least to the most precise
 _PRECISION = ("bfloat16", "float16", "float32", "float64")
@@ -50,21 +53,35 @@ def _floating(dtype: str | None) -> bool:
 
 
 #: the compiled call of each model (by whether it takes a list of inputs), shared by its explainers
-_MODEL_CALLS: weakref.WeakKeyDictionary[Any, dict[bool, Any]] = weakref.WeakKeyDictionary()
+_MODEL_CALLS: weakref.WeakKeyDictionary[Any, dict[tuple[bool, tuple[str, ...] | None], Any]] = weakref.WeakKeyDictionary()
 
 
-def _model_call(model: Any, multi_input: bool) -> Any:
+def _model_call(model: Any, multi_input: bool, names: tuple[str, ...] | None = None) -> Any:
     """``model(inputs, training=False)`` as a tf.function, one per model: traced once for every batch
-    size (``reduce_retracing`` leaves the batch dimension unknown) and reused by every explainer."""
+    size (``reduce_retracing`` leaves the batch dimension unknown) and reused by every explainer.
+    ``names``: the model takes its inputs as a dict with these keys."""
     calls = _MODEL_CALLS.setdefault(model, {})
-    if multi_input not in calls:
+    key = (multi_input, names)
+    if key not in calls:
         held = weakref.ref(model)  # the cache must not keep the model alive
 
         def call(tensors: list[tf.Tensor]) -> Any:
-            return held()(tensors if multi_input else tensors[0], training=False)  # type: ignore[misc]
+            inputs = dict(zip(names, tensors, strict=True)) if names else tensors if multi_input else tensors[0]
+            return held()(inputs, training=False)  # type: ignore[misc]
 
-        calls[multi_input] = tf.function(call, autograph=False, reduce_retracing=True)
-    return calls[multi_input]
+        calls[key] = tf.function(call, autograph=False, reduce_retracing=True)
+    return calls[key]
+
+
+def _input_names(model: Any) -> list[str] | None:
+    """The keys a Functional model takes its inputs by, in the order of ``model.inputs`` (a model built
+    on a dict of ``keras.Input``: its keys; else the Inputs' names), or None for another model."""
+    if not isinstance(model, Functional):
+        return None
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        return [str(key) for key in sorted(struct)]  # (keras flattens a dict by sorted key)
+    return [str(t.name) for t in model.inputs]
 
 
 class KerasEngine(Engine):
@@ -83,23 +100,30 @@ class KerasEngine(Engine):
         self._graph: Any = None
         #: the compiled model call (see :meth:`_compiled_call`), the same way
         self._model_graph: Any = None
+        #: for each model input, the index of the engine's input it reads (the model's order of named inputs)
+        self._model_order: list[int] | None = None
+        if isinstance(data, dict):
+            data = self._named(model, data)
         self.multi_input = isinstance(data, (list, tuple))
         #: a Python list of Python lists or numbers (``bg.tolist()``), read as one input per item
         self._nested_list = self.multi_input and len(data) > 0 and all(isinstance(d, (list, tuple, int, float)) for d in data)
         self.background: list[np.ndarray] = []
         arrays = self._arrays(data, "background")
-        declared = self._input_dtypes(model, len(arrays))
+        declared = self._in_model_order(self._input_dtypes(model, len(arrays)))
         # integer data are token ids (read by an Embedding) unless they turn out to feed other layers and the
         # keras.Input is not declared integer: then they are numbers, which keras casts to the Input's dtype.
         # A floating keras.Input read by an Embedding (Sequential([Embedding(..., input_shape=(T,)), ...]),
         # whose Input keras makes float32 and casts to integers at the Embedding) takes token ids all the same.
         # Boolean data (or integers) may also be masks (MultiHeadAttention's attention_mask): never attributed.
         self.token_inputs = [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_]
-        self._dtypes = [self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i]) for i in range(len(arrays))]
+        self._dtypes = [
+            self._token_dtype(arrays[i], declared[i]) if i in self.token_inputs else self._float_dtype(declared[i])
+            for i in range(len(arrays))
+        ]
         self.background = self._conform(arrays, "background")
         self.references = int(self.background[0].shape[0])
         outputs = self._call(self.background)
-        declared = self._input_dtypes(model, len(arrays))  # a Sequential without keras.Input has one now
+        declared = self._in_model_order(self._input_dtypes(model, len(arrays)))  # a Sequential without keras.Input has one now
         while True:  # a dual pass over two background rows finds unsupported layers and integer inputs that are numbers
             try:
                 self._probe(outputs)
@@ -152,6 +176,32 @@ class KerasEngine(Engine):
         self._verify(out, run, outputs[:2].reshape(1, n, 1, -1), outputs[-2:].reshape(1, n, 1, -1), (1, n, 1))
 
     # -- inputs ------------------------------------------------------------------------------------
+    #: the keys of a model's named inputs given as a dict (the background's keys, in its order), else None
+    input_names: list[str] | None = None
+
+    def _named(self, model: Any, data: dict[Any, Any]) -> list[Any]:
+        """A background given as a dict of named inputs: one input per key, in the dict's order."""
+        names = _input_names(model)
+        if names is None:
+            raise InputError(
+                "The background is a dict of inputs: rnnshap takes one for a Functional model built on named "
+                "keras.Inputs (the dict's keys); pass a list of arrays, one per model input, for this model"
+            )
+        if set(map(str, data)) != set(names) or len(data) != len(names):
+            raise InputError(
+                f"The background has the keys {sorted(map(str, data))}; the model's inputs are named {names}: give one "
+                "array per named input"
+            )
+        self.input_names = [str(key) for key in data]
+        self._model_order = [self.input_names.index(name) for name in names]
+        return list(data.values())
+
+    def _in_model_order(self, values: list[Any]) -> list[Any]:
+        """The model's per-input ``values`` (in the model's order) in the engine's order of inputs."""
+        if self._model_order is None or len(values) != len(self._model_order):
+            return values
+        return [values[self._model_order.index(i)] for i in range(len(values))]
+
     @staticmethod
     def _input_dtypes(model: Any, count: int) -> list[str | None]:
         """The dtypes of the model's ``keras.Input``s (None where not known: a Sequential not built yet)."""
@@ -166,7 +216,8 @@ class KerasEngine(Engine):
         """``X`` as checked numpy arrays: numbers, finite, with a batch dimension that is not empty."""
         if self.background and self.multi_input != isinstance(X, (list, tuple)):
             given = "a list" if isinstance(X, (list, tuple)) else "one array"
-            raise InputError(f"{what} is {given} but the background was {'a list' if self.multi_input else 'one array'}; pass both the same way")
+            background = "a list" if self.multi_input else "one array"
+            raise InputError(f"{what} is {given} but the background was {background}; pass both the same way")
         items = list(X) if isinstance(X, (list, tuple)) else [X]
         if not items:
             raise InputError(f"{what} is an empty list; give one array per model input")
@@ -185,7 +236,9 @@ class KerasEngine(Engine):
                 raise InputError(f"{name} is empty (its first dimension, the batch, has size 0)")
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 bad = np.argwhere(~np.isfinite(array))[0].tolist()
-                raise InputError(f"{name} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
+                raise InputError(
+                    f"{name} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined"
+                )
             arrays.append(array)
         if self.background:
             if len(arrays) != len(self.background):
@@ -212,6 +265,15 @@ class KerasEngine(Engine):
         return out
 
     def inputs(self, X: Any, what: str) -> list[np.ndarray]:
+        if isinstance(X, dict):
+            if self.input_names is None:
+                raise InputError(f"{what} is a dict of inputs: give the background as a dict of the same inputs too")
+            if set(map(str, X)) != set(self.input_names) or len(X) != len(self.input_names):
+                raise InputError(
+                    f"{what} has the keys {sorted(map(str, X))}, the background {sorted(self.input_names)}: give the same inputs"
+                )
+            by_name = {str(key): value for key, value in X.items()}
+            X = [by_name[name] for name in self.input_names]
         return self._conform(self._arrays(X, what), what)
 
     def _misfit(self, arrays: list[np.ndarray], error: Exception) -> str:
@@ -219,7 +281,8 @@ class KerasEngine(Engine):
         what the shapes suggest (a nested Python list read as several inputs, one sequence without its
         batch dimension)."""
         count = len(arrays)
-        message = f"The model failed on {count} input{'s' if count > 1 else ''} of shape{'s' if count > 1 else ''} {', '.join(str(a.shape) for a in arrays)}: {error}"
+        plural = "s" if count > 1 else ""
+        message = f"The model failed on {count} input{plural} of shape{plural} {', '.join(str(a.shape) for a in arrays)}: {error}"
         if self._nested_list:
             message += (
                 f"\nThe background is a Python list of Python lists, read as a list of {count} inputs (one per model "
@@ -236,7 +299,9 @@ class KerasEngine(Engine):
     def _call(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = self._compiled_call(arrays)
         if out is None:
-            args = arrays if self.multi_input else arrays[0]
+            args: Any = arrays if self.multi_input else arrays[0]
+            if self.input_names is not None:
+                args = dict(zip(self.input_names, arrays, strict=True))
             try:
                 out = self.model(args, training=False)
             except Exception as error:  # keras raises ValueError, TypeError or TF errors on a bad shape
@@ -246,8 +311,15 @@ class KerasEngine(Engine):
         for index, result in enumerate(flat):
             if result.ndim == 0 or result.shape[0] != rows:
                 which = "output" if len(flat) == 1 else f"output {index}"
-                raise InputError(f"The model maps {rows} rows to an {which} of shape {result.shape}; the output's first dimension must be the batch")
-        return self._take(out, flat, lambda parts: np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1))
+                raise InputError(
+                    f"The model maps {rows} rows to an {which} of shape {result.shape}; "
+                    "the output's first dimension must be the batch"
+                )
+
+        def concatenate(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([p.reshape(rows, -1).astype(np.result_type(*parts)) for p in parts], axis=1)
+
+        return self._take(out, flat, concatenate)
 
     def _take(self, out: Any, flat: list[Any], concatenate: Any) -> Any:
         names = [str(k) for k in sorted(out)] if isinstance(out, dict) else getattr(self.model, "output_names", None)
@@ -264,7 +336,8 @@ class KerasEngine(Engine):
         cache = getattr(self, "_outputs_cache", None)
         if cache is None or cache[0]() is not inputs[0]:
             n = int(inputs[0].shape[0])
-            cache = self._outputs_cache = (weakref.ref(inputs[0]), np.zeros((n, int(np.prod(self.output_shape or (1,))))), np.zeros(n, bool))
+            width = int(np.prod(self.output_shape or (1,)))
+            cache = self._outputs_cache = (weakref.ref(inputs[0]), np.zeros((n, width)), np.zeros(n, bool))
         _, outputs, done = cache
         if not done[start:stop].all():
             end = min(len(done), max(stop, start + MODEL_ROWS))
@@ -281,7 +354,8 @@ class KerasEngine(Engine):
         if self._model_graph is False:
             return None
         if self._model_graph is None:
-            self._model_graph = _model_call(self.model, self.multi_input)
+            names = tuple(self.input_names) if self.input_names is not None else None
+            self._model_graph = _model_call(self.model, self.multi_input, names)
         try:
             return self._model_graph([tf.convert_to_tensor(a) for a in arrays])
         except Exception:  # noqa: BLE001 - any failure: the eager call decides, and says what is wrong
@@ -289,7 +363,9 @@ class KerasEngine(Engine):
             return None
 
     # -- the dual pass -----------------------------------------------------------------------------
-    def _graph_pass(self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None = None) -> tuple[Dual, Run, list[tf.Tensor]] | None:
+    def _graph_pass(
+        self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None = None
+    ) -> tuple[Dual, Run, list[tf.Tensor]] | None:
         """The dual pass and its gradient as one compiled TensorFlow graph (``tf.function``, traced
         once per block shape): the same operations as the eager pass without Python's cost per
         operation and time step. None where the pass cannot be traced (token inputs, a layer whose
@@ -299,7 +375,12 @@ class KerasEngine(Engine):
         if self._graph is None:
             self._graph = tf.function(self._graph_body, autograph=False)
         try:
-            x, r, agree, grads = self._graph([tf.convert_to_tensor(x) for x in xs], [tf.convert_to_tensor(r) for r in rs], tf.convert_to_tensor(chosen_columns), grid)
+            x, r, agree, grads = self._graph(
+                [tf.convert_to_tensor(x) for x in xs],
+                [tf.convert_to_tensor(r) for r in rs],
+                tf.convert_to_tensor(chosen_columns),
+                grid,
+            )
         except (TypeError, ValueError, NotImplementedError, AttributeError, tf.errors.OperatorNotAllowedInGraphError):
             self._graph = False
             return None
@@ -312,12 +393,16 @@ class KerasEngine(Engine):
         run.agree = agree
         return Dual(x, r), run, grads
 
-    def _graph_body(self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None) -> tuple[Any, ...]:
+    def _graph_body(
+        self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None
+    ) -> tuple[tf.Tensor, ...]:
         out, run, grads = self._pass_and_gradient(xs, rs, chosen_columns, grid)
         agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
         return out.x, out.r, agree, grads
 
-    def _pass_and_gradient(self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None = None) -> tuple[Dual, Run, list[tf.Tensor]]:
+    def _pass_and_gradient(
+        self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None = None
+    ) -> tuple[Dual, Run, list[tf.Tensor]]:
         """The dual pass, and the gradient of row i's output ``chosen_columns[i]`` with respect to the
         floating inputs and then the embeddings the token inputs reach. ``grid``: the rows' layout
         of (copies, samples, references) pairs, which lets recurrent layers run on distinct rows."""
@@ -328,7 +413,12 @@ class KerasEngine(Engine):
         return out, run, tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def _dual_pass(
-        self, xs: list[np.ndarray], rs: list[np.ndarray], tape: tf.GradientTape | None, collect: bool = False, grid: tuple[int, int, int] | None = None
+        self,
+        xs: list[np.ndarray],
+        rs: list[np.ndarray],
+        tape: tf.GradientTape | None,
+        collect: bool = False,
+        grid: tuple[int, int, int] | None = None,
     ) -> tuple[Dual, list[tf.Tensor], Run]:
         run = Run(tape, int(xs[0].shape[0]))
         run.grid = grid
@@ -345,10 +435,14 @@ class KerasEngine(Engine):
                     tape.watch(tx)
                 watched.append(tx)
                 duals.append(Dual(tx, tr))
+        if self._model_order is not None:  # the model's named inputs, in its order
+            duals = [duals[i] for i in self._model_order]
         out = run_model(self.model, duals, run, as_list=self.multi_input)
         flat = keras_tree.flatten(out)
         if not all(isinstance(d, Dual) for d in flat):
-            raise RnnShapError("An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it")
+            raise RnnShapError(
+                "An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it"
+            )
         return self._take(out, flat, _concatenate), watched, run
 
     def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
@@ -396,7 +490,9 @@ class KerasEngine(Engine):
         chosen_columns = np.repeat(columns, n_refs, axis=0).T.reshape(-1)  # copy j differentiates output columns[:, j]
         grid = (k, s, n_refs)
         graph = self._graph_pass(xs, rs, chosen_columns, grid)
-        out, run, grads = graph if graph is not None else self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns), grid)
+        if graph is None:
+            graph = self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns), grid)
+        out, run, grads = graph
         flat = tf.reshape(out.x, (k * p, -1))
         model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
         model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)
@@ -413,9 +509,12 @@ class KerasEngine(Engine):
         for t, grad in zip(floating, grads[: len(floating)], strict=True):
             sums[t] += per_sample(grad.numpy().astype(np.float64) * (xs[t].astype(np.float64) - rs[t].astype(np.float64)))
         for (t, ex, er), grad in zip(run.embedded, grads[len(floating) :], strict=True):
-            per_token = (grad.numpy().astype(np.float64) * (ex.numpy().astype(np.float64) - er.numpy().astype(np.float64))).sum(-1)
+            difference = ex.numpy().astype(np.float64) - er.numpy().astype(np.float64)
+            per_token = (grad.numpy().astype(np.float64) * difference).sum(-1)
             if per_token.shape[1:] != sums[t].shape[3 if per_pair else 2 :]:
-                raise InputError(f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}")
+                raise InputError(
+                    f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}"
+                )
             sums[t] += per_sample(per_token)
         model_outputs = flat[:p].numpy().astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = tf.reshape(out.r, flat.shape)[:p].numpy().astype(np.float64).reshape(s, n_refs, -1).sum(1)

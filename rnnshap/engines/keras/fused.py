@@ -4,7 +4,7 @@ The dual pass runs a block of pairs laid out as ``(copies, samples, references)`
 side of a row depends on its sample only and the reference side on its reference only. So the
 forward recurrence runs on the distinct rows of each side (``samples + references`` rows instead of
 ``2 x copies x samples x references``), and one ``tf.custom_gradient`` gives the layer the
-DeepLIFT multipliers of the step-by-step dual path (:func:`rnnshap.engines.keras.layers._step`):
+DeepLIFT multipliers of the step-by-step dual path (:func:`rnnshap.engines.keras.recurrent._step`):
 Rescale on the gates (:func:`rnnshap.engines.keras.dual.rescale`: the quotient, or the secant in
 closed form where ``|Δz|`` is below the threshold) and the exact Shapley rule on ``f ⊙ c``,
 ``i ⊙ g`` and ``o ⊙ tanh(c)``, composed by the reverse-time recurrence
@@ -25,7 +25,7 @@ depend on the sample. Anything else takes the step-by-step path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -48,6 +48,8 @@ def applies(cell: Any, mask: Any, zero_start: bool, grid: tuple[int, int, int] |
 
 
 Grid = tuple[int, int, int]
+#: ``weight(variable, dtype)``: a layer's variable as its call reads it (``activations.weight``)
+Weight = Callable[[Any, tf.DType], tf.Tensor]
 
 
 def _distinct(seq: Dual, grid: Grid) -> tuple[tf.Tensor, tf.Tensor]:
@@ -87,7 +89,9 @@ def _half_mean(rows: tf.Tensor, samples: int, grid: Grid) -> tf.Tensor:
     return _per_pair(x + r, grid)
 
 
-def _secants(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None = None) -> tf.Tensor:
+def _secants(
+    y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None = None
+) -> tf.Tensor:
     r"""Per pair, the Rescale multiplier of every column of ``y = act(u)`` (stacked distinct rows
     (S + R, n, W); ``columns``: (width, "sigmoid" | "tanh") from the left), times the mean of
     ``factors`` (S + R, n, W) over the pair's two sides where given (the Shapley share of the
@@ -138,9 +142,13 @@ def give_up_compiling() -> bool:
     return used
 
 
-def _secants_body(y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None) -> tf.Tensor:
+def _secants_body(
+    y: tf.Tensor, u: tf.Tensor, columns: list[tuple[int, str]], samples: int, grid: Grid, factors: tf.Tensor | None
+) -> tf.Tensor:
     dtype = y.dtype
-    mu, kappa, c = (tf.constant([value for width, kind in columns for value in [CLOSED_FORMS[kind][k]] * width], dtype) for k in range(3))
+    mu, kappa, c = (
+        tf.constant([value for width, kind in columns for value in [CLOSED_FORMS[kind][k]] * width], dtype) for k in range(3)
+    )
     half = 0.5 if factors is not None else 1.0
     threshold = small_delta_threshold(dtype, True)
     u_x, u_r = _split_sides(u, samples)
@@ -181,7 +189,7 @@ class _Blocks:
         return [v[:, t - start] for v in self.values]
 
 
-def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list[Dual]]:
+def lstm(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], list[Dual]]:
     """``cell`` over every step of ``seq`` (pairs, T, F) from zero states: the outputs of every step
     and the final states ``[h, c]``, as ``_cell_sequence`` returns them. ``weight(variable, dtype)``
     reads a variable as the cell's call does."""
@@ -214,7 +222,8 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
     c_x, c_r = _pairs(c_last[:samples], 0, grid), _pairs(c_last[samples:], 1, grid)
     z_all, a_all, c_all, tc_all = tf.stack(zs, 1), tf.stack(acts, 1), tf.stack(cs, 1), tf.stack(tcs, 1)
 
-    columns = [(units, "sigmoid"), (units, "sigmoid"), (units, "tanh"), (units, "sigmoid"), (units, "tanh")]  # i, f, g, o, tanh(c)
+    # i, f, g, o, tanh(c)
+    columns = [(units, "sigmoid"), (units, "sigmoid"), (units, "tanh"), (units, "sigmoid"), (units, "tanh")]
 
     def per_pair(t0: int, t1: int) -> list[tf.Tensor]:
         """For steps t0..t1, per pair: the gates' coefficients (each gate's Rescale multiplier times
@@ -224,7 +233,8 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
         a, tc = a_all[:, steps_], tc_all[:, steps_]
         i, f, g, o = tf.split(a, 4, axis=-1)
         factors = tf.concat([g, c_all[:, steps_], i, tc, o], -1)  # on the distinct rows
-        both = _secants(tf.concat([a, tc], -1), tf.concat([z_all[:, steps_], c_all[:, t0 + 1 : t1 + 1]], -1), columns, samples, grid, factors)
+        inputs = tf.concat([z_all[:, steps_], c_all[:, t0 + 1 : t1 + 1]], -1)
+        both = _secants(tf.concat([a, tc], -1), inputs, columns, samples, grid, factors)
         return [both[..., : 4 * units], both[..., 4 * units :], _half_mean(f, samples, grid)]
 
     @tf.custom_gradient
@@ -253,7 +263,7 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], lis
     return outputs, [outputs[-1], Dual(c_last_x, c_r)]
 
 
-def gru(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list[Dual]]:
+def gru(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], list[Dual]]:
     """A GRU cell (``reset_after``) over every step of ``seq`` from a zero state, as :func:`lstm`.
 
     ``h' = z ⊙ h + (1 − z) ⊙ tanh(p_h + r ⊙ (h U_h + b_h))`` with ``z, r`` sigmoid gates: the
@@ -298,7 +308,8 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Any) -> tuple[list[Dual], list
         at = {name: value[:, t0:t1] for name, value in stacked.items()}
         z = at["act"][..., :units]
         factors = tf.concat([at["h"] - at["hh"], at["rh"], 1 - z], -1)  # on the distinct rows
-        both = _secants(tf.concat([at["act"], at["hh"]], -1), tf.concat([at["pre"], at["a"]], -1), columns, samples, grid, factors)
+        inputs = tf.concat([at["pre"], at["a"]], -1)
+        both = _secants(tf.concat([at["act"], at["hh"]], -1), inputs, columns, samples, grid, factors)
         return [both[..., : 2 * units], both[..., 2 * units :], _half_mean(at["act"], samples, grid)]
 
     @tf.custom_gradient

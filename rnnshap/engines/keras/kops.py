@@ -13,7 +13,7 @@ custom ``call``) on :class:`~rnnshap.engines.keras.dual.Dual` tensors, each by i
 - ``softmax``, ``log_softmax``, ``logsumexp``, ``max``/``min`` reductions and ``layer_normalization``
   their decompositions, as the layers do.
 
-Comparisons and logical ops are mask ops (read on the explained input, see ``layers.call_layer``).
+Comparisons and logical ops are mask ops (read on the explained input, see ``walker.call_layer``).
 Any other op that an input-dependent tensor reaches is refused by name.
 """
 
@@ -28,7 +28,9 @@ import tensorflow as tf
 from ...rules.catalog import KERAS_PARAMETRIC_PIECEWISE, keras_op_families
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
-from .dual import Dual
+from .dual import Dual, PickedIndices
+from .pass_state import Run
+from .picked import Unsupported
 
 #: linear in every input-dependent argument: both sides run through the op itself
 LINEAR = {
@@ -60,7 +62,10 @@ PIECEWISE_UNARY = {n for n, entry in ELEMENTWISE.items() if not entry.smooth} | 
 #: the secant in closed form from the two results, for small |Δ|, instead of the midpoint derivative
 NEARS = {n: getattr(dual, f"{entry.near}_secant_near") for n, entry in ELEMENTWISE.items() if entry.near}
 #: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
-BINARY = {"Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True, "Logaddexp": True}
+BINARY = {
+    "Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True,
+    "Logaddexp": True,
+}  # fmt: skip
 #: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices with their handle)
 ORDERINGS = {"Sort", "TopK"}
 #: picks along one axis: the indices, with the handle their uses are attributed through (rnnshap/engines/keras/picked.py)
@@ -81,12 +86,26 @@ def is_keras_op(op: Any) -> bool:
     return type(op).__module__.startswith("keras.src.ops")
 
 
+#: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
+#: Concatenate: ZerosLike, OnesLike, LogicalOr): they read only the input side (or only its shape)
+MASK_OPS = {
+    "NotEqual", "Equal", "Any", "All", "LogicalAnd", "LogicalOr", "LogicalNot", "LogicalXor", "ZerosLike", "OnesLike",
+    "FullLike", "Greater", "GreaterEqual", "Less", "LessEqual", "Isnan", "Isfinite", "Isinf",
+}  # fmt: skip
+
+
+def is_mask_op(op: Any) -> bool:
+    """Whether ``op`` is a keras op that computes a mask (run on the explained input, see ``walker.call_layer``)."""
+    return type(op).__name__ in MASK_OPS and type(op).__module__.startswith("keras.src.ops")
+
+
 def supported(op: Any) -> bool:
     """Whether rnnshap has a rule for the keras op ``op`` (on input-dependent arguments)."""
     n = name(op)
-    return n == "StopGradient" or n in ORDERINGS or n in PICKS or n in LINEAR or n in LINEAR_IN or n in BILINEAR or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
-
-
+    return (
+        n == "StopGradient" or n in ORDERINGS or n in PICKS or n in LINEAR or n in LINEAR_IN or n in BILINEAR
+        or n in DIVISION or n in SMOOTH_UNARY or n in PIECEWISE_UNARY or n in BINARY or n in STRUCTURED
+    )  # fmt: skip
 
 
 def both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -125,7 +144,7 @@ def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any
     return fn
 
 
-#: a normalization written with keras ops (as the PyTorch side's rnnshap/engines/pytorch/scales.py):
+#: a normalization written with keras ops (as the PyTorch side's rnnshap/engines/pytorch/handwritten_norms.py):
 #: roots and inverse roots, and the ops that keep one (constants added, multiplied, clamped; moves)
 _ROOTS = {"Sqrt": SCALE, "Rsqrt": INVERSE}
 _KEEPS = {
@@ -167,7 +186,7 @@ def _normalizing(n: str, found: list[tuple[Any, Dual]]) -> Dual | None:
     return None
 
 
-def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Any:
+def call_op(op: Any, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Unsupported) -> Any:
     """The keras op ``op(*args, **kwargs)`` with Duals among its arguments, by its rule."""
     n = name(op)
     found = _positions(args, kwargs, op)
@@ -185,7 +204,7 @@ def call_op(op: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], un
 
 
 def _by_rule(
-    op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]
+    op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Unsupported
 ) -> Any:
     where = [p for p, _ in found]
     if n == "Cast" and not str(op.dtype).startswith(("float", "bfloat")):
@@ -194,7 +213,8 @@ def _by_rule(
         return both(op, args, kwargs)
     if n == "StopGradient" and len(found) == 1 and found[0][1] is not None:
         return found[0][1]  # changes training, not the function: the identity (detach on the torch side)
-    if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in ("x", "x1", "x2", "inputs", "data")) for p in where):
+    named = ("x", "x1", "x2", "inputs", "data")
+    if n in LINEAR_IN and all(p in LINEAR_IN[n] or (isinstance(p, str) and p in named) for p in where):
         return both(op, args, kwargs)
     single = len(found) == 1 and found[0][1] is not None
     if n in BILINEAR or n in DIVISION:
@@ -223,7 +243,8 @@ def _by_rule(
             return dual.secant(unary or _unary_fn(op, args, kwargs, position), value, slope)
         entry = ELEMENTWISE.get(n)
         kinks = entry.kinks if entry is not None and entry.smooth else ()
-        return dual.rescale(_unary_fn(op, args, kwargs, position), value, smooth=n in SMOOTH_UNARY, near=NEARS.get(n), kinks=kinks)
+        of_value = _unary_fn(op, args, kwargs, position)
+        return dual.rescale(of_value, value, smooth=n in SMOOTH_UNARY, near=NEARS.get(n), kinks=kinks)
     if n in BINARY:
         if single:
             position, value = found[0]
@@ -242,12 +263,15 @@ def _by_rule(
         return picked.pick(op, found[0][1], unsupported)
     if n in STRUCTURED and single and where in ([0], ["x"]):
         return _structured(op, n, found[0][1], args, kwargs, unsupported)
-    if n in ("LayerNorm", "RMSNorm") and where and where[0] in (0, "x") and all(d is not None for _, d in found[:1]) and len(found) == 1:
+    if (
+        n in ("LayerNorm", "RMSNorm") and where and where[0] in (0, "x")
+        and all(d is not None for _, d in found[:1]) and len(found) == 1
+    ):  # fmt: skip
         return _structured(op, n, found[0][1], args, kwargs, unsupported)
     raise unsupported(op, f"keras op {n} on an input-dependent tensor has no rule in rnnshap (at argument(s) {where})")
 
 
-def _ordering(op: Any, n: str, value: Dual, unsupported: Callable[[Any, str], Exception]) -> Any:
+def _ordering(op: Any, n: str, value: Dual, unsupported: Unsupported) -> Dual | tuple[Dual, PickedIndices]:
     """``sort`` (ascending, along ``axis``) and ``top_k`` (its values along the last axis, and its indices
     with their handle, :mod:`~rnnshap.engines.keras.picked`): each value's change credited to the position
     that decided its rank (see :func:`dual.ranked_values`), the values of the torch backend's ``torch.sort``
@@ -255,7 +279,11 @@ def _ordering(op: Any, n: str, value: Dual, unsupported: Callable[[Any, str], Ex
     rank = value.x.shape.rank
     if n == "TopK":
         if not op.sorted:
-            raise unsupported(op, "top_k with sorted=False returns its picks in no specified order, so the input's cannot be paired with the reference's by rank: use sorted=True")
+            raise unsupported(
+                op,
+                "top_k with sorted=False returns its picks in no specified order, so the input's cannot be paired with "
+                "the reference's by rank: use sorted=True",
+            )
         values = dual.ranked_values(value, int(op.k), largest=True)
         index_x, index_r = (tf.math.top_k(t, k=int(op.k), sorted=True).indices for t in (tf.stop_gradient(value.x), value.r))
         return values, picked.top_k_indices(value, index_x, index_r)
@@ -274,7 +302,10 @@ def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position:
     def scaled(t: tf.Tensor) -> tf.Tensor:
         if numerator is None:
             return t
-        constant = tf.constant(numerator, t.dtype) if isinstance(numerator, (int, float)) else tf.cast(tf.convert_to_tensor(numerator), t.dtype)
+        if isinstance(numerator, (int, float)):
+            constant = tf.constant(numerator, t.dtype)
+        else:
+            constant = tf.cast(tf.convert_to_tensor(numerator), t.dtype)
         return constant * t
 
     return inverse.map(scaled)
@@ -286,7 +317,7 @@ def _axes(axis: Any, rank: int) -> list[int]:
     return [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
 
 
-def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Callable[[Any, str], Exception]) -> Dual:
+def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Unsupported) -> Dual:
     rank = value.x.shape.rank
     if n in ("Softmax", "LogSoftmax"):
         axis = op.axis if not isinstance(op.axis, (list, tuple)) or len(op.axis) != 1 else op.axis[0]
@@ -317,10 +348,11 @@ def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dic
     shape = [1] * rank
     for a in axes:
         shape[a] = value.x.shape[a]
+    weight_shape = shape if len(axes) > 1 or axes != [rank - 1] else [-1]
     if gamma is not None:
-        g = tf.reshape(tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])
+        g = tf.reshape(tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), weight_shape)
         out = out.map(lambda t: t * g)
     if beta is not None and not op.rms_scaling:
-        b = tf.reshape(tf.cast(tf.convert_to_tensor(beta), value.x.dtype), shape if len(axes) > 1 or axes != [rank - 1] else [-1])
+        b = tf.reshape(tf.cast(tf.convert_to_tensor(beta), value.x.dtype), weight_shape)
         out = out.map(lambda t: t + b)
     return out

@@ -28,7 +28,10 @@ import tensorflow as tf
 from . import dual
 from .dual import Dual, PickedIndices
 
+#: ``unsupported(op, why)``: the refusal of an op, by name (``pass_state.unsupported``)
 Unsupported = Callable[[Any, str], Exception]
+#: ``by_rule(args, kwargs)``: an op on Duals by its own rule
+ByRule = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 #: a selection ``fn(h, i)`` from ``h`` (None: a selection from a constant, or ``one_hot``) by the integer indices ``i``
 Select = Callable[[Any, tf.Tensor], tf.Tensor]
 
@@ -47,7 +50,11 @@ def pick(op: Any, value: Dual, unsupported: Unsupported) -> PickedIndices:
     """``argmax`` / ``argmin`` of an input-dependent tensor along one axis: the indices, with their handle."""
     rank = value.x.shape.rank
     if op.axis is None:
-        raise unsupported(op, f"{_name(op).lower()} without an axis picks over the whole batch, so every row's pick depends on the other rows: give it the axis to pick along")
+        raise unsupported(
+            op,
+            f"{_name(op).lower()} without an axis picks over the whole batch, so every row's pick depends on the other "
+            "rows: give it the axis to pick along",
+        )
     axis = int(op.axis) % rank
     if axis == 0:
         raise unsupported(op, f"{_name(op).lower()} over axis 0 picks across the samples of the batch")
@@ -102,7 +109,7 @@ def _refuse(op: Any, index: PickedIndices, unsupported: Unsupported, how: str) -
     return unsupported(op, f"it {how} the indices {index.origin} picked from an input-dependent tensor; {ATTRIBUTED}")
 
 
-def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callable[[tuple[Any, ...], dict[str, Any]], Any], unsupported: Unsupported) -> Any:
+def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: ByRule, unsupported: Unsupported) -> Any:
     """The keras op ``op(*args, **kwargs)`` with picked indices among its arguments, by the rules of the
     module docstring; ``by_rule(args, kwargs)`` runs an op on Duals by its own rule."""
     n = _name(op)
@@ -114,7 +121,8 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callabl
     if n == "TakeAlongAxis":
         values, indices = _argument(args, kwargs, 0, "x"), _argument(args, kwargs, 1, "indices")
         if indices is not index or op.axis is None:
-            raise _refuse(op, index, unsupported, "takes along no axis (over the whole batch) by" if op.axis is None else "takes from")
+            how = "takes along no axis (over the whole batch) by" if op.axis is None else "takes from"
+            raise _refuse(op, index, unsupported, how)
 
         def along(h: Any, i: tf.Tensor) -> tf.Tensor:
             return op(values if h is None else h, i)
@@ -124,11 +132,13 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callabl
     if n == "Take":
         table, indices = _argument(args, kwargs, 0, "x"), _argument(args, kwargs, 1, "indices")
         if indices is not index or isinstance(table, Dual):
-            raise _refuse(op, index, unsupported, "takes an input-dependent tensor by (use take_along_axis) with" if indices is index else "takes from")
+            how = "takes an input-dependent tensor by (use take_along_axis) with" if indices is index else "takes from"
+            raise _refuse(op, index, unsupported, how)
         table = tf.convert_to_tensor(table)
         before = 0 if op.axis is None else int(op.axis) % table.shape.rank
         after = 0 if op.axis is None else table.shape.rank - before - 1
-        return select(lambda _, i: op(table, i), None, index, lambda t: tf.reshape(t, [*([1] * before), *t.shape, *([1] * after)]))
+        expand = lambda t: tf.reshape(t, [*([1] * before), *t.shape, *([1] * after)])  # noqa: E731
+        return select(lambda _, i: op(table, i), None, index, expand)
     if n == "OneHot":
         if _argument(args, kwargs, 0, "x") is not index or op.sparse:
             raise _refuse(op, index, unsupported, "one-hot encodes (sparse) or by")
@@ -142,7 +152,9 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: Callabl
     return _mirror(op, args, kwargs, index, by_rule, unsupported)
 
 
-def _mirror(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: PickedIndices, by_rule: Callable[[tuple[Any, ...], dict[str, Any]], Any], unsupported: Unsupported) -> Any:
+def _mirror(
+    op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], index: PickedIndices, by_rule: ByRule, unsupported: Unsupported
+) -> Any:
     """Any other op: run on the handle (as numbers, in the result's floating dtype or float64) with its
     own rule; an integer result keeps that as its handle."""
     real_x = op(*dual.side(args, 0), **dual.side(kwargs, 0))

@@ -31,6 +31,7 @@ from keras.src.models.functional import Functional
 from ...rules.catalog import tf_op_families
 from . import dual
 from .dual import Dual
+from .pass_state import Run, Walker, unsupported_in
 
 #: traces per layer: {signature of the call: KerasTrace | GraphTrace}
 _TRACES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
@@ -40,7 +41,7 @@ _TRACES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDiction
 _TRACED_BASES = ("Layer", "Model", "Lambda")
 
 
-def traced_kind(layer: Any) -> str | None:
+def traced_kind(layer: keras.layers.Layer) -> str | None:
     """``"lambda"``, ``"subclass"`` (a Layer or Model subclass with its own ``call``), or None."""
     if isinstance(layer, keras.layers.Lambda) and type(layer).__module__.startswith("keras."):
         return "lambda"
@@ -50,6 +51,16 @@ def traced_kind(layer: Any) -> str | None:
         if "call" in vars(klass):
             keras_base = next(k for k in type(layer).__mro__ if k.__module__.startswith("keras."))
             return "subclass" if keras_base.__name__ in _TRACED_BASES else None
+    return None
+
+
+def custom_call(layer: keras.layers.Layer) -> str | None:
+    """The name of a class outside keras between ``type(layer)`` and keras that overrides ``call``, or None."""
+    for klass in type(layer).__mro__:
+        if klass.__module__.startswith("keras."):
+            return None
+        if "call" in vars(klass) or "__call__" in vars(klass):
+            return klass.__name__
     return None
 
 
@@ -87,7 +98,7 @@ def _signature(values: Any) -> Any:
     return ("value", repr(values))
 
 
-def _accepts(layer: Any, argument: str) -> bool:
+def _accepts(layer: keras.layers.Layer, argument: str) -> bool:
     try:
         parameters = inspect.signature(layer.call).parameters
     except (TypeError, ValueError):
@@ -99,10 +110,13 @@ class TraceError(Exception):
     """Why a custom ``call`` could not be traced (becomes a refusal naming the layer)."""
 
 
-def call_traced(layer: Any, run: Any, args: tuple[Any, ...], kwargs: dict[str, Any], walker: Any) -> Any:
+def call_traced(layer: keras.layers.Layer, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any], walker: Walker) -> Any:
     """``layer(*args, **kwargs)`` on Duals through the trace of its ``call``."""
     if any(isinstance(v, tf.Tensor) for v in dual.flat_values((args, kwargs))):
-        raise TraceError("a tensor computed from a mask (or a Keras mask) reaches its custom call(); rnnshap traces call() on model tensors only")
+        raise TraceError(
+            "a tensor computed from a mask (or a Keras mask) reaches its custom call(); "
+            "rnnshap traces call() on model tensors only"
+        )
     kwargs = dict(kwargs)
     if "training" not in kwargs and _accepts(layer, "training"):
         kwargs["training"] = False
@@ -161,7 +175,7 @@ class KerasTrace:
                 del sub._inbound_nodes[inbound:]
                 del sub._outbound_nodes[outbound:]
 
-    def run(self, leaves: list[Dual], run: Any, walker: Any) -> Any:
+    def run(self, leaves: list[Dual], run: Run, walker: Walker) -> Any:
         return walker.run_model(self.functional, leaves, run)
 
 
@@ -185,7 +199,10 @@ TF_DIVISION = {"RealDiv", "Div", "DivNoNan"}
 #: ops whose output depends on their inputs' shapes only
 TF_SHAPE = {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"}
 #: comparisons and logic: mask ops, read on the explained input
-TF_MASK = {"Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "Any", "All", "IsNan", "IsFinite", "IsInf"}
+TF_MASK = {
+    "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "Any",
+    "All", "IsNan", "IsFinite", "IsInf",
+}  # fmt: skip
 #: unary elementwise graph ops: the catalog's view (rnnshap/rules/catalog.py), op type → its entry
 TF_ELEMENTWISE = tf_op_families(lambda op: hasattr(tf.raw_ops, op))
 TF_SMOOTH = {t for t, entry in TF_ELEMENTWISE.items() if entry.smooth}
@@ -197,7 +214,7 @@ TF_SLOPES = {t: dual.SLOPES_BY_NAME[entry.name][1] for t, entry in TF_ELEMENTWIS
 _RAW_SIGNATURES: dict[str, list[str]] = {}
 
 
-def rerun(op: Any, inputs: list[Any]) -> list[Any]:
+def rerun(op: tf.Operation, inputs: list[Any]) -> list[Any]:
     """The graph op ``op`` run eagerly on ``inputs`` (its outputs, as a list)."""
     if op.type == "Const":
         return [tf.constant(tf.make_ndarray(op.get_attr("value")))]
@@ -292,7 +309,7 @@ class GraphTrace:
                 stack.extend(op.inputs)
         return [op for op in graph.get_operations() if id(op) in needed]
 
-    def run(self, leaves: list[Dual], run: Any, walker: Any) -> Any:
+    def run(self, leaves: list[Dual], run: Run, walker: Walker) -> Any:
         env: dict[int, Any] = {id(t): leaf for t, leaf in zip(self.inputs, leaves, strict=True)}
         env.update(self.captures)
         for op in self.order:
@@ -301,7 +318,9 @@ class GraphTrace:
             if id(op) in self.records:
                 sub, a, k, flat = self.records[id(op)]
                 value = lambda t: env[id(t)] if isinstance(t, tf.Tensor) else t  # noqa: E731
-                out = walker.call_layer(sub, run, *keras_tree.map_structure(value, list(a)), **{key: keras_tree.map_structure(value, v) for key, v in k.items()})
+                sub_args = keras_tree.map_structure(value, list(a))
+                sub_kwargs = {key: keras_tree.map_structure(value, v) for key, v in k.items()}
+                out = walker.call_layer(sub, run, *sub_args, **sub_kwargs)
                 for t, v in zip(flat, _flat_out(out), strict=True):
                     env[id(t)] = v
                 continue
@@ -309,12 +328,13 @@ class GraphTrace:
             try:
                 outs = self._op(op, inputs, run)
             except TraceError as error:
-                outs = walker.unsupported_in(self.layer, run, f"TensorFlow op {op.type} ({op.name}) in its call(): {error}", lambda: _fallback(op, inputs))
+                why = f"TensorFlow op {op.type} ({op.name}) in its call(): {error}"
+                outs = unsupported_in(self.layer, run, why, lambda: _fallback(op, inputs))
             for t, v in zip(op.outputs, outs, strict=False):
                 env[id(t)] = v
         return keras_tree.map_structure(lambda t: env[id(t)] if isinstance(t, tf.Tensor) else t, self.outputs)
 
-    def _op(self, op: Any, inputs: list[Any], run: Any) -> list[Any]:
+    def _op(self, op: tf.Operation, inputs: list[Any], run: Run) -> list[Any]:
         t = op.type
         duals = [i for i, v in enumerate(inputs) if isinstance(v, Dual)]
         if not duals:
@@ -383,11 +403,11 @@ def _put(values: list[Any], replace: dict[int, Any]) -> list[Any]:
     return [replace.get(i, v) for i, v in enumerate(values)]
 
 
-def _both(op: Any, xs: list[Any], rs: list[Any]) -> list[Any]:
+def _both(op: tf.Operation, xs: list[Any], rs: list[Any]) -> list[Any]:
     return [Dual(a, b) for a, b in zip(rerun(op, xs), rerun(op, rs), strict=True)]
 
 
-def _fallback(op: Any, inputs: list[Any]) -> list[Any]:
+def _fallback(op: tf.Operation, inputs: list[Any]) -> list[Any]:
     """The op on each side, for the probe that lists every refusal (its attributions are never used)."""
     xs = [v.x if isinstance(v, Dual) else v for v in inputs]
     rs = [v.r if isinstance(v, Dual) else v for v in inputs]

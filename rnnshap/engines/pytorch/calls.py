@@ -23,21 +23,42 @@ Tensor = torch.Tensor
 
 
 class PassMode(Protocol):
-    """What ``discrete.py`` and ``picked.py`` use of the pass that hands them operations
-    (``passes.AttributionMode``)."""
+    """What ``discrete.py``, ``picked.py`` and ``keras_on_torch.py`` use of the pass that hands them operations
+    (``passes.AttributionMode``): the package-internal interface of the pass.
+
+    - ``replay``, ``tape``, ``pairs``: which pass this is, its tape, and how the batch pairs samples
+      with references;
+    - ``picked_indices``: integer results of rules on tracked tensors (the indices of ``torch.max``)
+      → their :class:`~rnnshap.engines.pytorch.picked.Picked`;
+    - ``track`` / ``is_tracked`` / ``tracked_among``: mark input-dependent tensors, ask about one, or
+      the positions of those among a call's leaves;
+    - ``refuse``: refuse an operation by name, with the kind of advice that fits;
+      ``mark_decisions``: follow the bool or integer results of a refused operation, so that a
+      branch on them is named with it;
+    - ``sample_masks``: inputs a Keras ``Masking`` compares with values → (the samples' values, those
+      values) (see ``keras_on_torch.masked_input_op``);
+    - ``registry``: the rules; ``op_call``: the :class:`~rnnshap.rules.base.OpCall` of a call, both
+      sides equal;
+    - ``intercept``: run an operation through the pass as ``__torch_function__`` does (the pass's
+      grad-mode handling already applied), ``dispatch``: run one through a given rule.
+    """
 
     replay: bool
     tape: Any
     pairs: Any
-    _indices: Any
+    registry: Any
+    picked_indices: Any
+    sample_masks: Any
 
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: Any) -> Any: ...
     def track(self, value: Any) -> None: ...
     def is_tracked(self, value: Any) -> bool: ...
-    def _tracked_among(self, leaves: list[Any]) -> tuple[int, ...]: ...
-    def _refuse(self, name: str, reason: str, advice: str = "rule") -> None: ...
-    def _intercept(
+    def tracked_among(self, leaves: list[Any]) -> tuple[int, ...]: ...
+    def refuse(self, name: str, reason: str, advice: str = "rule") -> None: ...
+    def mark_decisions(self, result: Any, name: str) -> None: ...
+    def op_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any: ...
+    def intercept(
         self,
         func: Any,
         types: Any,

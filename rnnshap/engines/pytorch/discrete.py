@@ -33,13 +33,17 @@ use, and integer-to-integer casts are followed through.
 The engine's first pass, on the background, follows every integer input to tell their kinds apart
 (``uses``) and to find what cannot be followed (``unfollowable``); the attribution passes follow the
 token and number inputs only, while context inputs simply take the explained sample's values.
+
+Which operation does what to followed integers is data, in ``integer_ops.py``. This module is one
+unit: :class:`Integers`, whose methods, one per kind of operation (moves, casts, comparisons,
+embeddings and bags, number leaves, context uses), all read and write the same per-pass state (the
+followed tensors with their ids and shadows, the uses of each input, the leaves of the input pass).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -48,19 +52,37 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ...rules.registry import (
-    BILINEAR_OPS,
-    CONSTANT_OPS,
-    DIVISION,
-    EXTREMA,
-    POWER,
-    REVERSE_DIVISION,
-    SMOOTH_UNARY,
-    forms,
-    op_key,
-    op_name,
-)
+from ...rules.registry import op_key, op_name
 from .calls import PassMode, out_of_place
+from .integer_ops import (
+    CASTS,
+    COMPARISONS,
+    CONSTANT,
+    CONTAINS,
+    ELEMENTWISE,
+    EMBEDDING,
+    EMBEDDING_BAG,
+    EMBEDDING_BAG_SIGNATURE,
+    EMBEDDING_SIGNATURE,
+    GETITEM,
+    INDEX_SELECT,
+    META,
+    MOVES,
+    NUMERIC,
+    ONE_HOT,
+    SETITEM,
+    SHAPE_OF_OTHER,
+    TORCH_EMBEDDING,
+    VIEW,
+    Call,
+    Mapper,
+    Spec,
+    floating_dtype,
+    identity,
+    is_bool,
+    is_floating,
+    masked_fill_spec,
+)
 from .tape import TapeEntry
 
 Tensor = torch.Tensor
@@ -101,173 +123,6 @@ class Leaf:
     feature_dims: int
 
 
-def _floating_dtype(value: Any) -> torch.dtype | None:
-    """The dtype of the first floating-point tensor in ``value``, if any."""
-    for out in tree_flatten(value)[0]:
-        if isinstance(out, Tensor) and (out.is_floating_point() or out.is_complex()):
-            return out.dtype
-    return None
-
-
-def _keys(*names: str) -> frozenset[Any]:
-    return frozenset(op_key(fn) for fn in forms(*names))
-
-
-def _getters(*names: str) -> frozenset[Any]:
-    return frozenset(("getter", name) for name in names)
-
-
-#: reading these is not a use of the values
-_META = _keys(
-    "size", "dim", "ndimension", "numel", "nelement", "__len__", "stride", "is_contiguous",
-    "is_floating_point", "is_complex", "is_signed", "element_size", "get_device", "data_ptr",
-    "storage_offset", "__format__", "__repr__", "__str__", "__hash__",
-) | _getters(
-    "shape", "ndim", "dtype", "device", "is_cuda", "is_cpu", "is_mps", "layout", "requires_grad",
-    "is_leaf", "names", "is_sparse", "is_quantized", "is_meta", "is_nested", "itemsize", "nbytes",
-    "grad_fn", "grad", "output_nr", "_version",
-)
-#: the result depends on the shape, dtype or device of the followed operand only
-_CONSTANT = _keys(*CONSTANT_OPS, "rand_like", "randn_like", "randint_like")
-#: ops whose second tensor operand only lends its shape or dtype
-_SHAPE_OF_OTHER = _keys("expand_as", "view_as", "reshape_as", "type_as")
-_CASTS = _keys(
-    "to", "type", "type_as", "long", "int", "short", "char", "byte", "bool", "float", "double", "half",
-    "bfloat16", "cpu", "cuda",
-)
-_COMPARISONS = _keys(
-    "eq", "ne", "lt", "le", "gt", "ge", "greater", "less", "greater_equal", "less_equal", "not_equal",
-    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "isin", "logical_not", "logical_and",
-    "logical_or", "logical_xor",
-)
-#: elementwise integer arithmetic: each element of the result comes from one element of each operand
-_ELEMENTWISE = _keys(
-    "add", "sub", "subtract", "rsub", "mul", "multiply", "neg", "negative", "positive", "abs", "absolute",
-    "remainder", "fmod", "floor_divide", "div", "divide", "clamp", "clip", "clamp_min", "clamp_max",
-    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift", "bitwise_right_shift",
-    "maximum", "minimum", "sign", "sgn", "square", "pow", "relu", "__add__", "__radd__", "__sub__",
-    "__rsub__", "__mul__", "__rmul__", "__mod__", "__rmod__", "__floordiv__", "__rfloordiv__",
-    "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__", "__rlshift__",
-    "__rshift__", "__rrshift__", "__neg__", "__pos__", "__abs__", "__pow__", "__rpow__", "__invert__",
-)
-#: floating-point operations that may take integers as numbers (implicit casts)
-_NUMERIC = _ELEMENTWISE | _keys(
-    *SMOOTH_UNARY, *DIVISION, *REVERSE_DIVISION, *POWER, *EXTREMA, *BILINEAR_OPS, "true_divide", "hardtanh",
-    "leaky_relu", "relu6", "threshold", "linear", "sum", "mean", "cumsum",
-)
-
-
-# -- how the operations that move values take their operands ------------------------------------
-#: ``spec(args, kwargs, data, fill, condition)`` rebuilds a call with ``data`` applied to the operands
-#: whose values move into the result, ``fill`` to constants written into it, and ``condition`` to the
-#: masks that choose between them; None when the call has another form
-Mapper = Callable[[Any], Any]
-Call = tuple[tuple[Any, ...], dict[str, Any]]
-Spec = Callable[[tuple[Any, ...], dict[str, Any], Mapper, Mapper, Mapper], "Call | None"]
-
-
-def _first(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    """op(t, ...): the values move from ``t``."""
-    if args:
-        return (data(args[0]), *args[1:]), kwargs
-    for name in ("input", "self"):
-        if name in kwargs:
-            return args, {**kwargs, name: data(kwargs[name])}
-    return None
-
-
-def _sequence(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    """cat / stack: every tensor of the sequence."""
-    sequence = args[0] if args else kwargs.get("tensors")
-    if not isinstance(sequence, (list, tuple)):
-        return None
-    moved = [data(t) for t in sequence]
-    return ((moved, *args[1:]), kwargs) if args else (args, {**kwargs, "tensors": moved})
-
-
-def _where(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    """torch.where(condition, input, other)."""
-    names = ("condition", "input", "other")
-    values = list(args) + [kwargs[n] for n in names[len(args) :] if n in kwargs]
-    if len(values) != 3:
-        return None  # where(condition): the indices of the true elements
-    rest = {k: v for k, v in kwargs.items() if k not in names}
-    return (condition(values[0]), data(values[1]), data(values[2])), rest
-
-
-def _where_method(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    """t.where(condition, other)."""
-    if len(args) < 3:
-        return None
-    return (data(args[0]), condition(args[1]), data(args[2]), *args[3:]), kwargs
-
-
-def _masked_fill(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    if len(args) >= 3:
-        return (data(args[0]), condition(args[1]), fill(args[2]), *args[3:]), kwargs
-    if len(args) == 2 and "value" in kwargs:
-        return (data(args[0]), condition(args[1])), {**kwargs, "value": fill(kwargs["value"])}
-    return None
-
-
-def _pad(args: tuple[Any, ...], kwargs: dict[str, Any], data: Mapper, fill: Mapper, condition: Mapper) -> Call | None:
-    """F.pad(input, pad, mode="constant", value=None): the padding is a constant."""
-    if not args:
-        return None
-    if len(args) >= 4:
-        return (data(args[0]), args[1], args[2], fill(args[3]), *args[4:]), kwargs
-    if "value" in kwargs:
-        return (data(args[0]), *args[1:]), {**kwargs, "value": fill(kwargs["value"])}
-    return (data(args[0]), *args[1:]), kwargs
-
-
-_MOVES: dict[Any, Spec] = {}
-for _fn in forms(
-    "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "ravel", "squeeze", "unsqueeze",
-    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "contiguous", "clone",
-    "expand", "expand_as", "broadcast_to", "repeat", "tile", "repeat_interleave", "flip", "fliplr", "flipud",
-    "roll", "rot90", "narrow", "select", "diagonal", "split", "split_with_sizes", "chunk", "unbind",
-    "tensor_split", "hsplit", "vsplit", "dsplit", "__getitem__", "index_select", "gather", "take_along_dim",
-    "take", "tril", "triu", "atleast_1d", "atleast_2d", "atleast_3d", "masked_select", "detach",
-):
-    _MOVES[op_key(_fn)] = _first
-_MOVES[op_key(torch.Tensor.unfold)] = _first  # the sliding windows of a tensor, not F.unfold's patches
-for _name in ("T", "mT", "data"):
-    _MOVES[("getter", _name)] = _first
-for _fn in forms("cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "column_stack", "row_stack"):
-    _MOVES[op_key(_fn)] = _sequence
-_MOVES[op_key(torch.where)] = _where
-_MOVES[op_key(torch.Tensor.where)] = _where_method
-for _fn in forms("masked_fill"):
-    _MOVES[op_key(_fn)] = _masked_fill
-_MOVES[op_key(F.pad)] = _pad
-_MOVES[op_key(torch._C._nn.pad)] = _pad
-
-_GETITEM = op_key(torch.Tensor.__getitem__)
-_CONTAINS = op_key(torch.Tensor.__contains__)
-_SETITEM = op_key(torch.Tensor.__setitem__)
-_INDEX_SELECT = _keys("index_select")
-_VIEW = _keys("view")
-_ONE_HOT = _keys("one_hot")
-_EMBEDDING = op_key(F.embedding)
-_TORCH_EMBEDDING = op_key(torch.embedding)
-_EMBEDDING_BAG = op_key(F.embedding_bag)
-_EMBEDDING_BAG_SIGNATURE = inspect.signature(F.embedding_bag)
-_EMBEDDING_SIGNATURE = inspect.signature(F.embedding)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, Tensor) and value.dtype == torch.bool
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _floating(value: Any) -> bool:
-    return isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
-
-
 class Integers:
     """The integer inputs of one pass: their positions, their uses, and their attribution leaves."""
 
@@ -300,7 +155,8 @@ class Integers:
         self.uses.setdefault(index, {})
 
     def involves(self, leaves: Iterable[Any]) -> bool:
-        return not self._bypass and len(self._followed) > 0 and any(isinstance(leaf, Tensor) and leaf in self._followed for leaf in leaves)
+        followed = self._followed
+        return not self._bypass and len(followed) > 0 and any(isinstance(leaf, Tensor) and leaf in followed for leaf in leaves)
 
     def _get(self, value: Any) -> Followed | None:
         return self._followed.get(value) if isinstance(value, Tensor) else None
@@ -327,7 +183,7 @@ class Integers:
         id_outs = tree_flatten(ids)[0] if ids is not None else [None] * len(outs)
         shadow_outs = tree_flatten(shadow)[0] if shadow is not None else [None] * len(outs)
         for out, out_ids, out_shadow in zip(outs, id_outs, shadow_outs, strict=True):
-            if isinstance(out, Tensor) and not _floating(out):
+            if isinstance(out, Tensor) and not is_floating(out):
                 if out_ids is not None and tuple(out_ids.shape) != tuple(out.shape):
                     out_ids, via = None, via or "an operation that changes the layout of the integers"
                 self._followed[out] = Followed(inputs, out_ids, out_shadow, via, mask)
@@ -384,19 +240,20 @@ class Integers:
         model runs it with gradients enabled (operations run through the mode again see that)."""
         self._user_grad = user_grad
         key = op_key(func)
-        if key in _META:
+        if key in META:
             return True, func(*args, **kwargs)
         tracked = any(self.mode.is_tracked(leaf) for leaf in leaves)
-        if key in _CONSTANT:
+        if key in CONSTANT:
             return (False, None) if tracked else (True, func(*args, **kwargs))
-        if key == _SETITEM:
+        if key == SETITEM:
             return self._setitem(func, args, kwargs, tracked)
-        base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)  # the same in-place detection as the floating-point path
+        # the same in-place detection as the floating-point path
+        base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)
         if target is None:
             return self._apply(func, args, kwargs, leaves, tracked)
-        if _floating(target):
+        if is_floating(target):
             # x.add_(ids), out=x: the integers enter a floating-point tensor as numbers
-            if key in _NUMERIC or op_key(base) in _NUMERIC:
+            if key in NUMERIC or op_key(base) in NUMERIC:
                 return True, self._as_numbers(func, args, kwargs, self._all(leaves), op_name(func), target.dtype)
             return self._other(func, args, kwargs, leaves, tracked, op_name(func))
         handled, value = self._apply(base, base_args, base_kwargs, tree_flatten((base_args, base_kwargs))[0], tracked)
@@ -410,38 +267,42 @@ class Integers:
             del self._followed[target]
         return True, target
 
-    def _apply(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool) -> tuple[bool, Any]:
+    def _apply(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool
+    ) -> tuple[bool, Any]:
         key, name = op_key(func), op_name(func)
-        if key in _SHAPE_OF_OTHER and self._get(args[0] if args else None) is None:
+        if key in SHAPE_OF_OTHER and self._get(args[0] if args else None) is None:
             return False, None  # x.expand_as(ids), x.type_as(ids): the integers lend their shape or dtype
-        if key in _CASTS:
+        if key in CASTS:
             return self._cast(func, args, kwargs, leaves, tracked, name)
-        if key in _COMPARISONS and not tracked:
+        if key in COMPARISONS and not tracked:
             return self._elementwise(func, args, kwargs, leaves, name, comparison=True)
-        if key == _CONTAINS and len(args) == 2 and self._get(args[1]) is None and not tracked:
+        if key == CONTAINS and len(args) == 2 and self._get(args[1]) is None and not tracked:
             return True, self._membership(args[0], args[1], name)
-        if key in (_EMBEDDING, _TORCH_EMBEDDING):
-            return self._embedding(func, args, kwargs, leaves, tracked, name, key == _TORCH_EMBEDDING)
-        if key == _EMBEDDING_BAG:
+        if key in (EMBEDDING, TORCH_EMBEDDING):
+            return self._embedding(func, args, kwargs, leaves, tracked, name, key == TORCH_EMBEDDING)
+        if key == EMBEDDING_BAG:
             result = self._bag(func, args, kwargs, name)
             return (True, result) if result is not None else self._other(func, args, kwargs, leaves, tracked, name)
-        if key in _ONE_HOT:
+        if key in ONE_HOT:
             return self._one_hot(func, args, kwargs, leaves, tracked, name)
-        if (key == _GETITEM or key in _INDEX_SELECT) and args and self._get(args[0]) is None:
+        if (key == GETITEM or key in INDEX_SELECT) and args and self._get(args[0]) is None:
             return self._indexed_table(func, args, kwargs, leaves, tracked, name, key)
-        if key in _MOVES:
-            return self._move(func, args, kwargs, leaves, tracked, name, _MOVES[key])
-        if key in _NUMERIC:
+        if key in MOVES:
+            return self._move(func, args, kwargs, leaves, tracked, name, MOVES[key])
+        if key in NUMERIC:
             value = func(*args, **kwargs)
-            dtype = _floating_dtype(value)
+            dtype = floating_dtype(value)
             if dtype is not None:
                 return True, self._as_numbers(func, args, kwargs, self._all(leaves), name, dtype)
-            if key in _ELEMENTWISE:
+            if key in ELEMENTWISE:
                 return self._elementwise(func, args, kwargs, leaves, name, value=value)
         return self._other(func, args, kwargs, leaves, tracked, name)
 
     # -- kinds of operation -----------------------------------------------------------------------
-    def _other(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+    def _other(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
+    ) -> tuple[bool, Any]:
         """A context use: the values are read in a way that cannot be followed to positions
         (lengths, indices, reductions, a mask on floating-point values). Like a context input,
         the followed tensors take the explained sample's values (their shadows) on both sides.
@@ -457,7 +318,7 @@ class Integers:
         if all(f.mask for f in followed):
             return True, value
         for out in tree_flatten(value)[0]:
-            if _floating(out):
+            if is_floating(out):
                 for f in followed:
                     self._lose(dataclasses.replace(f, via=f.via or name), f"{name} computes floating-point values from it")
         self._register(value, None, None, followed, via=name)
@@ -478,7 +339,7 @@ class Integers:
         answers = torch.cat([rows(values)] + ([rows(followed.shadow)] if followed.shadow is not None else []))
         if bool(answers.all()) or not bool(answers.any()):
             return bool(answers[0]) if answers.numel() else False
-        self.mode._refuse(
+        self.mode.refuse(
             name,
             "it asks whether a value occurs among integer inputs (`value in ids`), and the rows of the batch answer "
             "differently, so the branch forward() takes on the whole batch is not each row's",
@@ -486,14 +347,16 @@ class Integers:
         )
         return bool(answers.any())
 
-    def _cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+    def _cast(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
+    ) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else None)
         if followed is None:
             return (False, None) if tracked else (True, func(*args, **kwargs))  # x.to(ids): dtype and device only
         value = func(*args, **kwargs)
         if not isinstance(value, Tensor):
             return True, value  # ids.type() → 'torch.LongTensor'
-        if _floating(value):
+        if is_floating(value):
             if followed.mask:  # a mask made from the ids, as floats: context
                 return self._other(func, args, kwargs, leaves, tracked, name)
             return True, self._number(value, followed, name, args[0])
@@ -504,7 +367,14 @@ class Integers:
         return True, value
 
     def _elementwise(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], name: str, comparison: bool = False, value: Any = None
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        leaves: list[Any],
+        name: str,
+        comparison: bool = False,
+        value: Any = None,
     ) -> tuple[bool, Any]:
         """Elementwise integer operations and comparisons: each element of the result keeps the
         input position of its operands (which must agree), computed on each side's own values."""
@@ -536,20 +406,22 @@ class Integers:
 
             return add
 
-        if spec(args, kwargs, collect(data), _identity, collect(conditions)) is None or self._view_as_dtype(func, args):
+        if spec(args, kwargs, collect(data), identity, collect(conditions)) is None or self._view_as_dtype(func, args):
             return self._other(func, args, kwargs, leaves, tracked, name)
         moved = self._all(data)
         choosing = self._all(conditions)
         if not moved:  # the integers only index or mask what moves: a context use
             return self._other(func, args, kwargs, leaves, tracked, name)
         value = func(*args, **kwargs)
-        own_choice = bool(choosing) and _floating_dtype(value) is None and self._chooses_own(moved, choosing, value)
+        own_choice = bool(choosing) and floating_dtype(value) is None and self._chooses_own(moved, choosing, value)
         context = [
             leaf
             for leaf in leaves
-            if self._get(leaf) is not None and not any(leaf is x for x in data) and not (own_choice and any(leaf is x for x in conditions))
+            if self._get(leaf) is not None
+            and not any(leaf is x for x in data)
+            and not (own_choice and any(leaf is x for x in conditions))
         ]
-        if context and op_key(func) not in _SHAPE_OF_OTHER:
+        if context and op_key(func) not in SHAPE_OF_OTHER:
             # an index made from followed integers, or a mask made from other positions or inputs (a
             # padding mask): context, taken from the explained sample
             self._use(self._all(context), CONTEXT, name)
@@ -557,7 +429,7 @@ class Integers:
                 args, kwargs, lambda leaf, f: f.shadow if f.shadow is not None and any(leaf is c for c in context) else leaf
             )
             value = func(*args, **kwargs)
-        dtype = _floating_dtype(value)
+        dtype = floating_dtype(value)
         if dtype is not None:  # cat([x, ids]), where(c, ids, 0.5): the integers join floats as numbers
             return True, self._as_numbers(func, args, kwargs, moved, name, dtype)
         shadow = self._shadow_of_call(func, args, kwargs)
@@ -579,7 +451,7 @@ class Integers:
         def no_id(v: Any) -> Any:
             return 0 if isinstance(v, (int, float, bool, Tensor)) else v
 
-        id_call = spec(args, kwargs, ids_of, no_id, _identity)
+        id_call = spec(args, kwargs, ids_of, no_id, identity)
         assert id_call is not None
         self._register(value, func(*id_call[0], **id_call[1]), shadow, moved)
         return True, value
@@ -601,9 +473,11 @@ class Integers:
     @staticmethod
     def _view_as_dtype(func: Any, args: tuple[Any, ...]) -> bool:
         """``ids.view(torch.int32)`` reinterprets the bits: not a move."""
-        return op_key(func) in _VIEW and any(isinstance(a, torch.dtype) for a in args[1:])
+        return op_key(func) in VIEW and any(isinstance(a, torch.dtype) for a in args[1:])
 
-    def _as_numbers(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], numbers: list[Followed], name: str, dtype: torch.dtype) -> Any:
+    def _as_numbers(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], numbers: list[Followed], name: str, dtype: torch.dtype
+    ) -> Any:
         """Run ``func`` with its followed integer operands cast to ``dtype`` (the floating dtype of
         its result, as torch's type promotion does), each cast a number leaf, and the operation
         itself through its rule. Masks made from the ids, and integers that only index, are
@@ -632,26 +506,29 @@ class Integers:
             return value
         if source is None:
             self._use([followed], NUMBER, name)
-        output = self._leaf(("rnnshap: integer as a number", name), f"{name} (an integer input as a number)", value, followed.ids, 0)
+        key, what = ("rnnshap: integer as a number", name), f"{name} (an integer input as a number)"
+        output = self._leaf(key, what, value, followed.ids, 0)
         if source is not None:
             self.numbers[output] = (source, followed, name)
         return output
 
-    def on_number(self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool) -> tuple[bool, Any]:
+    def on_number(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool
+    ) -> tuple[bool, Any]:
         """An operation on a cast of followed integers to float (see ``numbers``). A cast back to integers
         or a comparison with constants runs on the integers themselves (the float holds them exactly), as if
         the round trip had not been made: Keras on torch casts integer data to a float32 ``keras.Input`` and
         back to integers at the ``Embedding``. Any other use makes the input a number, attributed at the cast."""
         key = op_key(func)
-        if key in _META or key in _CONSTANT:
+        if key in META or key in CONSTANT:
             return False, None  # its shape or dtype only: not a use
         pending = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf in self.numbers]
         others = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf not in self.numbers and self.mode.is_tracked(leaf)]
         source = self.numbers[pending[0]][0]
-        back = key in _CASTS and len(pending) == 1 and args and args[0] is pending[0] and not others
+        back = key in CASTS and len(pending) == 1 and args and args[0] is pending[0] and not others
         if back:
-            back = not _floating(func(*args, **kwargs))  # integers (or bools) again
-        compared = key in _COMPARISONS and len(pending) == 1 and not others
+            back = not is_floating(func(*args, **kwargs))  # integers (or bools) again
+        compared = key in COMPARISONS and len(pending) == 1 and not others
         if back or compared:
             exact = bool(torch.equal(pending[0].detach(), source.to(pending[0].dtype)))
             if exact:
@@ -703,15 +580,16 @@ class Integers:
             max_norm = None
         else:
             try:
-                bound = _EMBEDDING_SIGNATURE.bind(*args, **kwargs)
+                bound = EMBEDDING_SIGNATURE.bind(*args, **kwargs)
             except TypeError:
                 return self._other(func, args, kwargs, leaves, tracked, name)
-            weight, indices, max_norm = bound.arguments.get("weight"), bound.arguments.get("input"), bound.arguments.get("max_norm")
+            arguments = bound.arguments
+            weight, indices, max_norm = arguments.get("weight"), arguments.get("input"), arguments.get("max_norm")
         followed = self._get(indices)
-        if followed is None or not _floating(weight) or self.mode.is_tracked(weight):
+        if followed is None or not is_floating(weight) or self.mode.is_tracked(weight):
             return self._other(func, args, kwargs, leaves, tracked, name)
         if max_norm is not None:
-            self.mode._refuse(
+            self.mode.refuse(
                 name,
                 "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up, which "
                 "differ between the reference and input passes; renormalise the table once and drop max_norm",
@@ -725,23 +603,26 @@ class Integers:
         explained inputs: an embedding lookup (a floating table) or a mapping of the ids (an
         integer table)."""
         table = args[0]
-        if key == _GETITEM:
+        if key == GETITEM:
             indices = args[1] if len(args) > 1 else None
         else:
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             indices = (args[2] if len(args) > 2 else kwargs.get("index")) if dim == 0 else None
         followed = self._get(indices)
-        if followed is None or not isinstance(table, Tensor) or self.mode.is_tracked(table) or followed.mask and followed.ids is not None and _is_bool(indices):
+        mask_index = followed is not None and followed.mask and followed.ids is not None and is_bool(indices)
+        if followed is None or not isinstance(table, Tensor) or self.mode.is_tracked(table) or mask_index:
             return self._other(func, args, kwargs, leaves, tracked, name)
         value = func(*args, **kwargs)
         extra = table.dim() - 1
-        if _floating(table):
+        if is_floating(table):
             return True, self._token(func, name, value, followed, extra)
         ids = None if followed.ids is None else followed.ids.reshape(*followed.ids.shape, *([1] * extra)).expand(value.shape)
         self._register(value, ids, self._shadow_of_call(func, args, kwargs), [followed])
         return True, value
 
-    def _one_hot(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str) -> tuple[bool, Any]:
+    def _one_hot(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], tracked: bool, name: str
+    ) -> tuple[bool, Any]:
         followed = self._get(args[0] if args else kwargs.get("input"))
         if followed is None:
             return self._other(func, args, kwargs, leaves, tracked, name)
@@ -756,9 +637,11 @@ class Integers:
         target, index, value = args[0], args[1], args[2]
         target_f, value_f = self._get(target), self._get(value)
         index_f = self._get(index)
-        if index_f is not None and index.dtype == torch.bool and not _floating(target) and tuple(index.shape) == tuple(target.shape):
+        same_shape = index_f is not None and tuple(index.shape) == tuple(target.shape)
+        if same_shape and index.dtype == torch.bool and not is_floating(target):
             # ids[ids >= V] = UNK: the masked_fill of the same positions
-            handled, result = self._move(torch.Tensor.masked_fill, (target, index, value), {}, [target, index, value], tracked, name, _masked_fill)
+            operands = (target, index, value)
+            handled, result = self._move(torch.Tensor.masked_fill, operands, {}, list(operands), tracked, name, masked_fill_spec)
             if handled and isinstance(result, Tensor):
                 filled = self._get(result)
                 target.copy_(result)
@@ -769,9 +652,9 @@ class Integers:
         if others:
             self._use(others, CONTEXT, name)
             index = self._shadowed((index,), {})[0][0]
-        if _floating(target) or tracked or (target_f is None and value_f is None):
+        if is_floating(target) or tracked or (target_f is None and value_f is None):
             if value_f is not None:
-                if _floating(target):
+                if is_floating(target):
                     value = self._as_numbers(torch.Tensor.to, (value, target.dtype), {}, [value_f], name, target.dtype)
                 else:
                     self._use([value_f], CONTEXT, name)
@@ -785,7 +668,10 @@ class Integers:
             func(target, index, value)
             self._register(target, None, None, followed)
             return True, None
-        ids = target_f.ids.clone() if target_f is not None and target_f.ids is not None else torch.zeros(target.shape, dtype=torch.int64, device=target.device)
+        if target_f is not None and target_f.ids is not None:
+            ids = target_f.ids.clone()
+        else:
+            ids = torch.zeros(target.shape, dtype=torch.int64, device=target.device)
         ids[index] = value_f.ids if value_f is not None and value_f.ids is not None else 0
         shadow = None
         if any(f.shadow is not None for f in followed):
@@ -801,14 +687,14 @@ class Integers:
         sum, mean or max, run through their rules, so that each token gets its share. The tokens
         ``padding_idx`` leaves out are the explained sample's, on both sides (like a padding mask)."""
         try:
-            bound = _EMBEDDING_BAG_SIGNATURE.bind(*args, **kwargs)
+            bound = EMBEDDING_BAG_SIGNATURE.bind(*args, **kwargs)
         except TypeError:
             return None
         bound.apply_defaults()
         a = bound.arguments
         tokens, weight, offsets = a["input"], a["weight"], a["offsets"]
         followed = self._get(tokens)
-        if followed is None or not _floating(weight) or self.mode.is_tracked(weight):
+        if followed is None or not is_floating(weight) or self.mode.is_tracked(weight):
             return None
         value = func(*args, **kwargs)  # torch checks the arguments
         if followed.ids is None:
@@ -816,7 +702,8 @@ class Integers:
             self.mode.track(value)
             return value
         if a["max_norm"] is not None:
-            self.mode._refuse(name, "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up; drop it")
+            reason = "max_norm renormalises rows of the embedding table in place, chosen by the ids looked up; drop it"
+            self.mode.refuse(name, reason)
             return value
         offsets_f = self._get(offsets)
         if offsets_f is not None:
@@ -847,14 +734,16 @@ class Integers:
             shadow = followed.shadow if followed.shadow is not None else tokens
             keep = keep & (shadow.reshape(-1) != pad)  # the explained sample's padding, on both sides
         assert followed.ids is not None
-        looked_up = self._token(func, name, F.embedding(tokens.reshape(-1), weight), dataclasses.replace(followed, ids=followed.ids.reshape(-1)), 1)
+        flat = dataclasses.replace(followed, ids=followed.ids.reshape(-1))
+        looked_up = self._token(func, name, F.embedding(tokens.reshape(-1), weight), flat, 1)
         dim, dtype = weight.shape[1], weight.dtype
         with self._through_mode():
             if bag_mode in ("sum", "mean"):
                 coefficient = keep.to(dtype)
                 if weights is not None:
                     coefficient = weights.reshape(-1) * coefficient
-                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(0, bag, looked_up * coefficient.unsqueeze(-1))
+                weighted = looked_up * coefficient.unsqueeze(-1)
+                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(0, bag, weighted)
                 if bag_mode == "mean":
                     count = torch.zeros(bags, dtype=dtype, device=device).index_add(0, bag, keep.to(dtype))
                     result = result / count.clamp(min=1).unsqueeze(-1)

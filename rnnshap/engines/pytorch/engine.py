@@ -20,8 +20,9 @@ from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
-from .keras import KerasModule
-from .passes import AttributionMode, run_pass
+from .keras_on_torch import KerasModule
+from .passes import AttributionMode
+from .runner import run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
@@ -36,7 +37,9 @@ class TorchEngine(Engine):
     #: Captum's ``multiply_by_inputs=False`` (float inputs only; set by :mod:`rnnshap.captum`)
     multipliers = False
 
-    def __init__(self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None) -> None:
+    def __init__(
+        self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None
+    ) -> None:
         check_model(model)
         self.model = model
         #: which output tensor is explained (``output=``), and where each sits in the output vector
@@ -50,7 +53,7 @@ class TorchEngine(Engine):
         check_matching(self.background, self.background)
         self.references = int(self.background[0].shape[0])
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
-        #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras.py)
+        #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras_on_torch.py)
         self.masked_inputs: dict[int, frozenset[float]] = model.masked_inputs if isinstance(model, KerasModule) else {}
         # The background runs as a reference pass, which also finds unsupported operations now and
         # tells which integer inputs are token ids (they feed an embedding), numbers (cast to float)
@@ -80,7 +83,9 @@ class TorchEngine(Engine):
         self.number_inputs = sorted(i for i in uses if NUMBER in uses[i])
         self.followed_inputs = sorted(self.token_inputs + self.number_inputs)
         if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
-            raise InputError("No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to")
+            raise InputError(
+                "No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to"
+            )
         if outputs.dim() == 0 or outputs.shape[0] != self.references:
             raise InputError(
                 f"The model maps {self.references} background rows to an output of shape "
@@ -111,7 +116,10 @@ class TorchEngine(Engine):
         self._unkept: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
-            not self.followed_inputs and not self.masked_inputs and all(b.is_floating_point() for b in self.background) and self._rows_alone()
+            not self.followed_inputs
+            and not self.masked_inputs
+            and all(b.is_floating_point() for b in self.background)
+            and self._rows_alone()
         )
 
     def _rows_alone(self) -> bool:
@@ -137,9 +145,11 @@ class TorchEngine(Engine):
         try:
             with torch.no_grad():
                 once, twice = Tape(), Tape()
-                out_once, _ = run_pass(self.model, [r.clone() for r in rows], self.registry, once, replay=False, take=self._take)
+                copies = [r.clone() for r in rows]
+                out_once, _ = run_pass(self.model, copies, self.registry, once, replay=False, take=self._take)
                 doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
-                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=PairGrid(2, 2 * m), take=self._take)
+                grid = PairGrid(2, 2 * m)
+                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=grid, take=self._take)
         except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
             return False
         if len(once.entries) != len(twice.entries) or not _repeats(out_once, out_twice, 0):
@@ -152,9 +162,12 @@ class TorchEngine(Engine):
                     return False
                 continue
             axes = [batch_axis(x, y, 2) for x, y in zip(a.shapes, b.shapes, strict=True)]
-            if -1 in axes or not all(_repeats(x, y, axis) for x, y, axis in zip(a.references or (), b.references or (), axes, strict=True)):
+            pairs = zip(a.references or (), b.references or (), axes, strict=True)
+            if -1 in axes or not all(_repeats(x, y, axis) for x, y, axis in pairs):
                 return False
-            if a.output is not None and b.output is not None and a.output.shape == a.shapes[0] and not _repeats(a.output, b.output, axes[0]):
+            if a.output is None or b.output is None or a.output.shape != a.shapes[0]:
+                continue
+            if not _repeats(a.output, b.output, axes[0]):
                 return False
         return True
 
@@ -179,7 +192,8 @@ class TorchEngine(Engine):
             return
         finally:
             state.restore()
-        if not all(isinstance(o, Tensor) and o.shape == outs[0].shape for o in outs) or outs[0].dim() == 0 or outs[0].shape[0] != m:
+        alike = all(isinstance(o, Tensor) and o.shape == outs[0].shape for o in outs)
+        if not alike or outs[0].dim() == 0 or outs[0].shape[0] != m:
             return
         ahead, reversed_ = outs[0], outs[1]
         if not (_repeats_close(ahead, outs[3]) and _repeats_close(reversed_, outs[2])) or _repeats_close(ahead[order], reversed_):
@@ -232,7 +246,8 @@ class TorchEngine(Engine):
             if size + self._kept_bytes() > KEPT_TAPE_BYTES or not self._computes(block, outputs, state):
                 self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
             else:
-                self._kept_tapes[key] = (list(tape.entries), outputs, size)  # (the input pass replaces the entries it takes in tape's own list)
+                # (the input pass replaces the entries it takes in tape's own list)
+                self._kept_tapes[key] = (list(tape.entries), outputs, size)
         return tape, outputs
 
     def _kept_bytes(self) -> int:
@@ -248,7 +263,12 @@ class TorchEngine(Engine):
             return False
         finally:
             state.restore()
-        return isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype and bool(torch.equal(now, outputs))
+        return (
+            isinstance(now, Tensor)
+            and now.shape == outputs.shape
+            and now.dtype == outputs.dtype
+            and bool(torch.equal(now, outputs))
+        )
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -261,7 +281,10 @@ class TorchEngine(Engine):
         if not flat or not all(isinstance(t, Tensor) for t in flat):
             return out  # run_pass says what the model returned
         return self.outputs.take(
-            flat, names or getattr(self.model, "output_names", None), lambda t: t.shape, lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
+            flat,
+            names or getattr(self.model, "output_names", None),
+            lambda t: t.shape,
+            lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
         )
 
     def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
@@ -271,7 +294,8 @@ class TorchEngine(Engine):
                 copies = [b.clone() for b in self.background]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 return run_pass(
-                    self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks, watch_random=True
+                    self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks,
+                    watch_random=True,
                 )
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             if isinstance(error, RnnShapError):
@@ -301,7 +325,8 @@ class TorchEngine(Engine):
         shapes = ", ".join(f"{tuple(b.shape)} {str(b.dtype).replace('torch.', '')}" for b in self.background)
         count = len(self.background)
         message = (
-            f"The background was run through the model as {count} input{'s' if count > 1 else ''} of shape{'s' if count > 1 else ''} {shapes}, "
+            f"The background was run through the model as {count} input{'s' if count > 1 else ''} "
+            f"of shape{'s' if count > 1 else ''} {shapes}, "
             f"and the model failed: {type(error).__name__}: {error}"
         )
         if self._nested_list:
@@ -324,7 +349,10 @@ class TorchEngine(Engine):
     def inputs(self, X: Any, what: str) -> list[Tensor]:
         if isinstance(X, dict) and self.input_names is not None:
             if set(X) != set(self.input_names):
-                raise InputError(f"{what} has the keys {sorted(map(str, X))}, the background {sorted(map(str, self.input_names))}: give the same inputs")
+                raise InputError(
+                    f"{what} has the keys {sorted(map(str, X))}, the background {sorted(map(str, self.input_names))}: "
+                    "give the same inputs"
+                )
             X = [X[k] for k in self.input_names]
         tensors = as_tensors(X, what, self.multi_input, self.device, self.model_dtype)
         check_matching(tensors, self.background)
@@ -375,7 +403,8 @@ class TorchEngine(Engine):
         # background's, and the masks made from them are the explained sample's (their shadows)
         followed = self.followed_inputs
         references = [
-            b[ref] if b.is_floating_point() or t in followed else x[sample] for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
+            b[ref] if b.is_floating_point() or t in followed else x[sample]
+            for t, (x, b) in enumerate(zip(inputs, self.background, strict=True))
         ]
         shadows = {t: inputs[t][sample] for t in followed}
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
@@ -414,7 +443,8 @@ class TorchEngine(Engine):
                 copies = [leaf.clone() for leaf in leaves]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 outputs, mode = run_pass(
-                    self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, state=state
+                    self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take,
+                    sample_masks=masks, state=state,
                 )
         except TapeMismatchError:
             if not distinct:
@@ -556,8 +586,15 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
     try:
         with warnings.catch_warnings():  # an operation without a batching rule runs once per output, as before
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
-            grads = torch.func.vmap(lambda v: tuple(_or_zeros(g, leaf) for g, leaf in zip(torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True), leaves, strict=True)))(grad_outputs)
+            warnings.filterwarnings(
+                "ignore", message="There is a performance drop because we have not yet implemented the batching rule"
+            )
+
+            def column(v: Tensor) -> tuple[Tensor, ...]:
+                grads = torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True)
+                return tuple(_or_zeros(g, leaf) for g, leaf in zip(grads, leaves, strict=True))
+
+            grads = torch.func.vmap(column)(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
         grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]

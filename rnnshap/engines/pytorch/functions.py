@@ -191,7 +191,8 @@ def call_function(mode: Any, cls: Any, args: tuple[Any, ...], kwargs: dict[str, 
     try:
         output = cls.forward(*args, **kwargs) if separate_setup else cls.forward(ForwardContext(args), *args, **kwargs)
     except Exception as error:  # noqa: BLE001 - refuse by name, then let torch run it to see whether it fails there too
-        mode.refuse(name, f"its forward() failed when rnnshap ran it with gradients enabled ({type(error).__name__}: {error})", "function")
+        reason = f"its forward() failed when rnnshap ran it with gradients enabled ({type(error).__name__}: {error})"
+        mode.refuse(name, reason, "function")
         return mode.opaque(lambda: original_apply(cls, *args, **kwargs))
     outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor) and (t.is_floating_point() or t.is_complex())]
     if outputs and not any(mode.is_tracked(t) for t in outputs):

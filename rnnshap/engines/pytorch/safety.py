@@ -83,6 +83,24 @@ def _same_sparse(a: Tensor, b: Tensor) -> bool:
         return False
 
 
+#: torch's functions that draw random numbers (torch.distributions samples through them): the pass names
+#: those forward() called in the refusal of a forward whose draws change a generator's state (see ``RandomStates``)
+RANDOM_FUNCTIONS = frozenset(
+    f
+    for f in [
+        *(getattr(torch, name, None) for name in (
+            "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "bernoulli",
+            "multinomial", "poisson", "binomial", "_standard_gamma", "_sample_dirichlet", "rrelu", "rrelu_",
+        )),
+        *(getattr(torch.Tensor, name, None) for name in (
+            "uniform_", "normal_", "bernoulli_", "bernoulli", "exponential_", "geometric_", "log_normal_", "cauchy_",
+            "random_", "multinomial",
+        )),
+    ]
+    if f is not None
+)  # fmt: skip
+
+
 class RandomStates:
     """The global random states a forward may draw from (Python's ``random``, numpy's global
     generator, torch's CPU and CUDA generators): taken before a pass, compared and put back after it.
@@ -227,7 +245,8 @@ def as_tensors(
     dtype: torch.dtype | None,
 ) -> list[Tensor]:
     """Turn ``value`` (a tensor, an array, or a list/tuple of them) into checked tensors."""
-    packed = [v for v in ([value] + list(value) if isinstance(value, (list, tuple)) else [value]) if isinstance(v, PackedSequence)]
+    candidates = [value] + list(value) if isinstance(value, (list, tuple)) else [value]
+    packed = [v for v in candidates if isinstance(v, PackedSequence)]
     if packed:
         raise InputError(
             f"{what} is a PackedSequence, which has no batch dimension to pair samples with references. Give "
@@ -291,7 +310,9 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
         with torch.inference_mode(False):
             tensor = tensor.clone()
     if tensor.is_meta:
-        raise InputError(f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device).")
+        raise InputError(
+            f"{what} is on the meta device: it has a shape but no values. Give real data (on the CPU or the model's device)."
+        )
     if tensor.is_complex():
         raise InputError(f"{what} is complex ({tensor.dtype}); rnnshap explains real-valued inputs")
     if tensor.dim() == 0:
@@ -300,7 +321,9 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
         raise InputError(f"{what} is empty (its first dimension, the batch, has size 0)")
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
-        raise InputError(f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined")
+        raise InputError(
+            f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined"
+        )
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if device is not None and tensor.device != device:

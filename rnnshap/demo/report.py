@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__, plots
-from .plots import style
+from .. import __version__, plots
+from ..plots import style
+from .run import DemoResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -36,35 +37,6 @@ COLUMN_LABELS = [f"col {i}" for i in range(8)]
 
 
 @dataclass
-class DemoRun:
-    """What the report shows of one run of the demo: plain data, handed over by ``rnnshap.demo``."""
-
-    layer: str  # "lstm", "gru" or "bidirectional"
-    kind: str  # the layer as the page names it ("LSTM")
-    model_description: str  # one sentence on the model
-    model_text: str  # the model as torch prints it
-    n_parameters: int
-    seed: int
-    epochs: int
-    device: str
-    accuracy: float
-    x: np.ndarray  # (n, 8, 8) explained digits
-    indices: np.ndarray  # (n,) their positions in the held-out set
-    held_out_errors: int  # how many of the held-out digits the model gets wrong
-    labels: np.ndarray  # (n,)
-    predictions: np.ndarray  # (n,)
-    outputs: np.ndarray  # (n, 10) model outputs (logits)
-    shap_values: np.ndarray  # (n, 8, 8, 10)
-    expected_value: np.ndarray  # (10,)
-    additivity_error: float  # max |Σφ − (f(x) − E[f])| over samples and classes
-    train_seconds: float
-    explain_seconds: float
-    n_train: int
-    n_test: int
-    n_background: int
-
-
-@dataclass
 class Report:
     index: Path
     files: list[Path] = field(default_factory=list)
@@ -73,7 +45,7 @@ class Report:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def summarize(result: DemoRun) -> dict[str, Any]:
+def summarize(result: DemoResult) -> dict[str, Any]:
     """The numbers of the report. ``results`` depends only on the settings and the seed."""
     values = result.shap_values.astype(np.float64)
     gap = result.outputs.astype(np.float64) - result.expected_value
@@ -111,7 +83,7 @@ def summarize(result: DemoRun) -> dict[str, Any]:
     }
 
 
-def write_report(result: DemoRun, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
+def write_report(result: DemoResult, out: Path, *, command: str = "rnnshap demo", started: float | None = None) -> Report:
     """Write the report into ``out`` (created if needed); return what was written."""
     out.mkdir(parents=True, exist_ok=True)
     report = Report(index=out / "index.html", summary=summarize(result))
@@ -123,8 +95,8 @@ def write_report(result: DemoRun, out: Path, *, command: str = "rnnshap demo", s
         report.has_plots = False
     else:
         report.has_plots = True
-        scales = _Scales.of(result)
-        for name, make in _figures(result, scales):
+        scales = Scales.of(result)
+        for name, make in figure_makers(result, scales):
             fig = make()  # a Figure outside pyplot: nothing to close
             path = out / f"{name}.png"
             fig.savefig(path, dpi=DPI, facecolor="white")
@@ -141,18 +113,18 @@ def write_report(result: DemoRun, out: Path, *, command: str = "rnnshap demo", s
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
-def _predicted_phi(result: DemoRun) -> np.ndarray:
+def _predicted_phi(result: DemoResult) -> np.ndarray:
     """(n, 8, 8): each digit's attributions to its predicted class."""
     return np.stack([result.shap_values[i, :, :, p] for i, p in enumerate(result.predictions)]).astype(np.float64)
 
 
-def _wrong(result: DemoRun) -> list[int]:
+def _wrong(result: DemoResult) -> list[int]:
     return [i for i in range(len(result.x)) if result.predictions[i] != result.labels[i]]
 
 
 @dataclass
-class _Scales:
-    """One scale for one quantity, in every figure that shows it."""
+class Scales:
+    """One scale for one quantity, in every figure that shows it (:meth:`of` reads them off a run)."""
 
     phi: float  # colour limit of φ per pixel: every heatmap, the classes of example 0, the misclassified digits
     bars: tuple[float, float]  # y range of every row chart's bars (φ per row)
@@ -160,14 +132,14 @@ class _Scales:
     rows: float  # colour limit of φ per row (the row chips), the largest |φ of a row|
 
     @staticmethod
-    def of(result: DemoRun) -> _Scales:
+    def of(result: DemoResult) -> Scales:
         phi = _predicted_phi(result)
         per_row = phi.sum(-1)
         base = np.array([result.expected_value[p] for p in result.predictions])
         running = base[:, None] + np.concatenate([np.zeros((len(phi), 1)), np.cumsum(per_row, 1)], axis=1)
         shown = [phi, np.moveaxis(result.shap_values[0], -1, 0)]  # φ to the predicted classes; example 0 to every class
         shown += [result.shap_values[i, :, :, result.labels[i]][None] for i in _wrong(result)]  # and to the true classes
-        return _Scales(
+        return Scales(
             style.color_scale(np.concatenate(shown).astype(np.float64), None, 99.0).limit,
             _padded(min(0.0, per_row.min()), max(0.0, per_row.max())),
             _padded(running.min(), running.max()),
@@ -180,7 +152,9 @@ def _padded(low: float, high: float, pad: float = 0.08) -> tuple[float, float]:
     return float(low - pad * span), float(high + pad * span)
 
 
-def _figures(result: DemoRun, scales: _Scales) -> list[tuple[str, Any]]:
+def figure_makers(result: DemoResult, scales: Scales) -> list[tuple[str, Any]]:
+    """The report's figures as ``(file name without .png, a function that draws it)``, in the page's order:
+    each draws a matplotlib Figure outside pyplot on the family's scale from ``scales``."""
     made: list[tuple[str, Any]] = [
         (
             "global_importance",
@@ -208,7 +182,7 @@ def example_name(i: int, label: int) -> str:
     return f"example {i} ({'an' if int(label) == 8 else 'a'} {int(label)})"
 
 
-def _name(result: DemoRun, i: int) -> str:
+def _name(result: DemoResult, i: int) -> str:
     return example_name(i, int(result.labels[i]))
 
 
@@ -233,7 +207,7 @@ def _grid_ticks(ax: Any, rows: bool = True, columns: bool = True) -> None:
     ax.tick_params(length=0, pad=2)
 
 
-def _sample(result: DemoRun, i: int, scales: _Scales) -> Figure:
+def _sample(result: DemoResult, i: int, scales: Scales) -> Figure:
     """The digit, and its attributions to the predicted class with their values, on the family's colour scale."""
     predicted = int(result.predictions[i])
     fig = style.new_figure((6.0, 4.8))
@@ -262,7 +236,7 @@ def _sample(result: DemoRun, i: int, scales: _Scales) -> Figure:
     return fig
 
 
-def _over_time(result: DemoRun, i: int, scales: _Scales) -> Figure:
+def _over_time(result: DemoResult, i: int, scales: Scales) -> Figure:
     predicted = int(result.predictions[i])
     fig = plots.over_time(
         result.shap_values,
@@ -286,7 +260,7 @@ def _two_decimals(value: float) -> str:
     return ("0.00" if float(text) == 0 else text).replace("-", "−")
 
 
-def _classes(result: DemoRun, i: int, scales: _Scales) -> Figure:
+def _classes(result: DemoResult, i: int, scales: Scales) -> Figure:
     """Attributions of one digit to each of the 10 classes, on the heatmaps' colour scale, with the digit's outline."""
     phi = result.shap_values[i].astype(np.float64)
     limit = scales.phi
@@ -323,7 +297,7 @@ def _classes(result: DemoRun, i: int, scales: _Scales) -> Figure:
     return fig
 
 
-def _pushed(result: DemoRun, i: int, scales: _Scales) -> Figure:
+def _pushed(result: DemoResult, i: int, scales: Scales) -> Figure:
     """A misclassified digit: φ to the predicted class, to the true one, and their difference, on one colour scale."""
     predicted, label = int(result.predictions[i]), int(result.labels[i])
     to_predicted = result.shap_values[i, :, :, predicted].astype(np.float64)
@@ -360,9 +334,10 @@ def _pushed(result: DemoRun, i: int, scales: _Scales) -> Figure:
     p, q = _subscript(predicted), _subscript(label)
     total = float(difference.sum())
     fig.suptitle(
-        f"{_name(result, i)}: the model says {predicted}. Why {predicted} over {label}? Red in the difference pushed to {predicted}, blue to {label}\n"
-        f"f{p}(x) − f{q}(x) = (E[f{p}] − E[f{q}]) + Σ difference = {number(base_gap)} {'+' if total >= 0 else '−'} {number(abs(total))}"
-        f" = {number(base_gap + total)}",
+        f"{_name(result, i)}: the model says {predicted}. Why {predicted} over {label}? "
+        f"Red in the difference pushed to {predicted}, blue to {label}\n"
+        f"f{p}(x) − f{q}(x) = (E[f{p}] − E[f{q}]) + Σ difference = {number(base_gap)} "
+        f"{'+' if total >= 0 else '−'} {number(abs(total))} = {number(base_gap + total)}",
         fontsize=11,
     )
     return fig
@@ -392,12 +367,14 @@ _STYLE = """
   .stat .label { color: var(--muted); font-size: 13px; }
   .stat.good .value { color: #1a7f37; }
   table { border-collapse: collapse; width: 100%; font-size: 14px; }
-  th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top; overflow-wrap: anywhere; }
+  th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line); vertical-align: top;
+           overflow-wrap: anywhere; }
   th { width: 260px; color: var(--muted); font-weight: 500; }
   td.num { font-variant-numeric: tabular-nums; }
   .sample { border: 1px solid var(--line); border-radius: 10px; padding: 16px; margin: 0 0 18px; }
   .sample.wrong { border-color: #f0c36d; background: #fffbf2; }
-  .badge { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 8px; border-radius: 999px; vertical-align: 2px; }
+  .badge { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 8px; border-radius: 999px;
+           vertical-align: 2px; }
   .badge.right { background: #dcf3e3; color: #1a7f37; }
   .badge.wrong { background: #fde2c4; color: #8a4b00; }
   .figures { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
@@ -430,7 +407,7 @@ def _image(figures: dict[str, tuple[str, int]], name: str, alt: str) -> str:
     return f'<figure><a href="{source}"><img src="{source}" width="{width}" alt="{html.escape(alt)}"></a></figure>'
 
 
-def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
+def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
     results, timing, environment = summary["results"], summary["timing"], summary["environment"]
     e = html.escape
     n = len(result.x)
@@ -462,18 +439,21 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         ("Model", e(result.model_description)),
         (
             "Data",
-            f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held out; each 8×8 image read row by row, one row per time step, its pixels the features",
+            f"UCI optical handwritten digits (CC BY 4.0): {results['train_size']} for training, {results['test_size']} held "
+            "out; each 8×8 image read row by row, one row per time step, its pixels the features",
         ),
         ("Held-out accuracy", f"{results['accuracy']:.2%}"),
         ("Explained", f"{chosen}; each explained for every class, against {results['background']} training digits as background"),
         (
             "Largest additivity error",
-            f"{results['additivity_error']:.3e} absolute; {results['relative_additivity_error']:.2e} relative to the output's scale",
+            f"{results['additivity_error']:.3e} absolute; {results['relative_additivity_error']:.2e} relative to the output's "
+            "scale",
         ),
         ("Expected value E[f]", ", ".join(f"{k}: {v:+.3f}" for k, v in enumerate(results["expected_value"]))),
         (
             "Time",
-            f"training {timing['train_seconds']:.2f} s, explaining {timing['explain_seconds']:.3f} s, report {timing['report_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
+            f"training {timing['train_seconds']:.2f} s, explaining {timing['explain_seconds']:.3f} s, report "
+            f"{timing['report_seconds']:.2f} s, total {timing['total_seconds']:.1f} s",
         ),
         (
             "Settings",
@@ -481,7 +461,8 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         ),
         (
             "Versions",
-            f"rnnshap {environment['rnnshap']}, torch {e(environment['torch'])}, numpy {environment['numpy']}, Python {environment['python']}",
+            f"rnnshap {environment['rnnshap']}, torch {e(environment['torch'])}, numpy {environment['numpy']}, Python "
+            f"{environment['python']}",
         ),
     ]
     parts = [
@@ -489,7 +470,8 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>rnnshap demo report: {e(result.layer)}, seed {result.seed}</title><style>{_STYLE}</style></head><body><main>",
         "<header><h1>rnnshap demo report</h1>",
-        f'<p class="lead">{"An" if result.layer == "lstm" else "A"} {e(result.kind)} reads handwritten digits row by row. rnnshap explains its '
+        f'<p class="lead">{"An" if result.layer == "lstm" else "A"} {e(result.kind)} reads handwritten digits row by row. '
+        "rnnshap explains its "
         "predictions with DeepSHAP and exact rules through the recurrent layer: for every digit and class the attributions φ "
         "add up to the model's output minus its mean over the background, f(x) = E[f] + Σφ, to float precision.</p></header>",
         '<section class="stats">',
@@ -521,11 +503,12 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
             _image(figures, "global_importance", "mean absolute attribution by time step and feature"),
         ]
     parts.append("<h2>Explained digits</h2>")
-    scales = _Scales.of(result)
+    scales = Scales.of(result)
     scale = scales.rows
     if figures:
         parts.append(
-            f"<p>One colour scale for φ of a pixel in every figure of this report (full colour at |φ| = {scales.phi:.3g}; beyond "
+            "<p>One colour scale for φ of a pixel in every figure of this report "
+            f"(full colour at |φ| = {scales.phi:.3g}; beyond "
             "it, colours are clipped and the colour bar's arrows say so), one for φ of a row (the row chips, full colour at "
             f"|φ| = {scale:.3g}), and one pair of y scales for all row charts, so the examples compare at a glance. Click a "
             "figure for its full-size image.</p>"
@@ -549,8 +532,10 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         if not right and f"pushed_{i}" in figures:
             parts += [
                 f"<p>What pushed it to {predicted} rather than {result.labels[i]}: φ to each of the two classes and their "
-                f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones {result.labels[i]}; "
-                "the difference adds up to the gap between the two scores, less the gap between their means over the background.</p>",
+                f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones "
+                f"{result.labels[i]}; "
+                "the difference adds up to the gap between the two scores, less the gap between their means over the "
+                "background.</p>",
                 '<div class="figures">',
                 _image(figures, f"pushed_{i}", f"why {_name(result, i)} was classified as {predicted}"),
                 "</div>",
@@ -570,7 +555,8 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
     if "classes_0" in figures:
         parts += [
             "<h2>Every class at once</h2>",
-            "<p>The attributions of example 0 to each of the ten classes, on the heatmaps' colour scale, with the digit's outline. "
+            "<p>The attributions of example 0 to each of the ten classes, on the heatmaps' colour scale, with the digit's "
+            "outline. "
             "Each class's attributions add up to its own f(x) − E[f].</p>",
             _image(figures, "classes_0", "attributions of digit 0 to every class"),
         ]
@@ -578,7 +564,8 @@ def _html(result: DemoRun, summary: dict[str, Any], figures: dict[str, tuple[str
         "<h2>Model</h2>",
         f"<pre>{e(result.model_text)}</pre>",
         f"<footer>Made by <code>{e(command)}</code> with rnnshap {environment['rnnshap']} on Python {e(sys.version.split()[0])}. "
-        "The numbers under <em>results</em> in <code>summary.json</code> are the same on every run with the same seed and settings.</footer>",
+        "The numbers under <em>results</em> in <code>summary.json</code> are the same on every run with the same seed and "
+        "settings.</footer>",
         "</main></body></html>",
     ]
     return "\n".join(parts) + "\n"

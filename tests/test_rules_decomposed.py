@@ -1,4 +1,6 @@
-"""The rules added for issue 10's ops (minGRU / minLSTM, TFT, xLSTM), and the layer-norm fix.
+"""The rules by decomposition into exact parts: normalizations (layer, RMS, group norm, normalize, and the
+same written by hand), variance and deviation, log-sum-exp and its cumulative form (minGRU / minLSTM scans),
+GLU, lerp, where gates, and the closed-form secants, as minGRU / minLSTM, TFT and xLSTM use them.
 
 Every op: additivity in float32 and float64 at input scales 1e-2 .. 1e2, attributions within 1e-3 of
 a float64 copy of the model, and, in float64, against a closed form written out with numpy.
@@ -108,7 +110,9 @@ OPS: dict[str, Callable[[], Any]] = {
     "layer_norm-by-hand-div-sqrt": lambda: lambda z: _by_hand(z, lambda c, v: c / torch.sqrt(v + 1e-5)),
     "layer_norm-by-hand-div-pow": lambda: lambda z: _by_hand(z, lambda c, v: c / (v + 1e-5) ** 0.5),
     "rms_norm-by-hand-rsqrt-method": lambda: lambda z: _by_hand(z, lambda c, v: c * (v + 1e-6).rsqrt(), centre=False),
-    "rms_norm-by-hand-reciprocal": lambda: lambda z: _by_hand(z, lambda c, v: c * torch.reciprocal(torch.sqrt(v + 1e-6)), centre=False),
+    "rms_norm-by-hand-reciprocal": lambda: lambda z: _by_hand(
+        z, lambda c, v: c * torch.reciprocal(torch.sqrt(v + 1e-6)), centre=False
+    ),
     "rms_norm-by-hand-rdiv": lambda: lambda z: _by_hand(z, lambda c, v: c * (1.0 / (v + 1e-6).sqrt()), centre=False),
     "log-of-mean-square": lambda: lambda z: torch.log(z.reshape(-1, 4, 4).square().mean(-1) + 1e-6),
 }
@@ -144,7 +148,7 @@ FLOAT32_ADDITIVITY_UP_TO = {"logcumsumexp-min_gru": 1.0}
 
 
 @pytest.mark.parametrize("name", list(OPS))
-def test_new_op_is_exact_across_scales(name: str) -> None:
+def test_decomposed_op_is_exact_across_scales(name: str) -> None:
     for scale in SCALES:
         values = {}
         for dtype in (torch.float32, F64):
@@ -203,7 +207,8 @@ def test_glu_closed_form() -> None:
         out[3 + np.arange(3), np.arange(3)] = (a + ar) / 2 * (_sigmoid(b) - _sigmoid(br))
         return out
 
-    np.testing.assert_allclose(_explain(lambda t: F.glu(t, -1), background, X), _closed(pair, background, X), rtol=1e-10, atol=1e-13)
+    values = _explain(lambda t: F.glu(t, -1), background, X)
+    np.testing.assert_allclose(values, _closed(pair, background, X), rtol=1e-10, atol=1e-13)
 
 
 def test_lerp_with_tracked_weight_closed_form() -> None:
@@ -287,7 +292,8 @@ def test_layer_norm_closed_form() -> None:
 
 
 def test_normalize_closed_form() -> None:
-    """y = x / d, d = ‖x‖: φ(x_j → y_k) = δ_jk (1/d + 1/d_r)/2 Δx_j − (x_k + x_r,k)/(2 d d_r) (x_j + x_r,j) Δx_j / (d + d_r)."""
+    """y = x / d, d = ‖x‖:
+    φ(x_j → y_k) = δ_jk (1/d + 1/d_r)/2 Δx_j − (x_k + x_r,k)/(2 d d_r) (x_j + x_r,j) Δx_j / (d + d_r)."""
     background, X = _data(5)
 
     def pair(x: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -341,7 +347,10 @@ def _log_sum_exp_pair(x: np.ndarray, r: np.ndarray, cumulative: bool) -> np.ndar
     """W_st = (e^x_s − e^r_s)/(x_s − r_s) · (L_t − L_r,t)/(e^L_t − e^L_r,t) for s ≤ t (Rescale, sum, Rescale)."""
     n = len(x)
     m_exp = (np.exp(x) - np.exp(r)) / (x - r)
-    L, Lr = (np.logaddexp.accumulate(x), np.logaddexp.accumulate(r)) if cumulative else (np.logaddexp.reduce(x)[None], np.logaddexp.reduce(r)[None])
+    if cumulative:
+        L, Lr = np.logaddexp.accumulate(x), np.logaddexp.accumulate(r)
+    else:
+        L, Lr = np.logaddexp.reduce(x)[None], np.logaddexp.reduce(r)[None]
     m_log = (L - Lr) / (np.exp(L) - np.exp(Lr))
     reach = np.triu(np.ones((n, n))) if cumulative else np.ones((n, 1))
     return reach * np.outer(m_exp * (x - r), m_log)
@@ -453,7 +462,9 @@ def test_min_gru_gate_through_the_engine_is_exact() -> None:
 
 
 # -- the closed-form secants -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["sqrt", "rsqrt", "square", "reciprocal", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p"])
+@pytest.mark.parametrize(
+    "name", ["sqrt", "rsqrt", "square", "reciprocal", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p"]
+)
 def test_closed_form_secants_equal_the_difference_quotient(name: str) -> None:
     from rnnshap.rules.secant import SLOPES_BY_NAME, secant
 
@@ -509,7 +520,8 @@ def test_power_rule_equals_the_generic_rule_on_any_base(p: float) -> None:
 
 def test_log1p_at_a_zero_delta_takes_its_derivative() -> None:
     """log1p(x0 + x1 + 3) at x = (1, −1), r = 0: the argument does not move, φ = 1/(1 + 3) · Δx (was Δx)."""
-    values = _explain(lambda t: torch.log1p(t.sum(1, keepdim=True) + 3), torch.zeros(1, 2, dtype=F64), torch.tensor([[1.0, -1.0]], dtype=F64))
+    background, X = torch.zeros(1, 2, dtype=F64), torch.tensor([[1.0, -1.0]], dtype=F64)
+    values = _explain(lambda t: torch.log1p(t.sum(1, keepdim=True) + 3), background, X)
     np.testing.assert_allclose(values.reshape(2), [0.25, -0.25], rtol=1e-12)
 
 

@@ -1,29 +1,24 @@
-"""The main job: train a small recurrent model on bundled data and explain it exactly.
+"""The demo's run: the bundled digits, the small recurrent classifier, its training and its explanation.
 
-Each 8×8 handwritten digit is read row by row (8 time steps of 8 pixels). A small LSTM (or GRU,
-or bidirectional LSTM) learns to classify it in about a second on a CPU; rnnshap then explains
-held-out digits, prints how exactly the attributions add up, and writes a report folder
-(index.html with plots, the PNG files and summary.json).
+:func:`run` trains a :class:`RowReader` on all but 300 digits, explains held-out ones
+(:func:`choose_digits`) and returns one :class:`DemoResult`, which the console output and the report
+(:mod:`rnnshap.demo.report`) read.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import gzip
 import time
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from .demo_report import DemoRun, example_name, write_report
-from .explainer import DeepExplainer
+from ..explainer import DeepExplainer
 
 HIDDEN = 32
 TEST_SIZE = 300
@@ -53,8 +48,13 @@ class RowReader(nn.Module):
 
 @dataclass
 class DemoResult:
+    """One run of the demo: the trained model, the explained digits and their attributions, and timings.
+
+    The console output, :func:`rnnshap.demo.report.summarize` and :func:`rnnshap.demo.report.write_report`
+    all read this one object."""
+
     model: RowReader
-    layer: str
+    layer: str  # "lstm", "gru" or "bidirectional"
     seed: int
     epochs: int
     device: str
@@ -62,8 +62,8 @@ class DemoResult:
     x: np.ndarray  # (n, 8, 8) explained digits
     indices: np.ndarray  # (n,) their positions in the held-out set (see choose_digits)
     held_out_errors: int  # how many of the held-out digits the model gets wrong
-    labels: np.ndarray
-    predictions: np.ndarray
+    labels: np.ndarray  # (n,)
+    predictions: np.ndarray  # (n,)
     outputs: np.ndarray  # (n, 10) model outputs (logits) on the explained digits
     shap_values: np.ndarray  # (n, 8, 8, 10)
     expected_value: np.ndarray  # (10,)
@@ -80,17 +80,21 @@ class DemoResult:
 
     @property
     def kind(self) -> str:
+        """The layer as the page names it ("LSTM")."""
         return {"lstm": "LSTM", "gru": "GRU", "bidirectional": "bidirectional LSTM"}[self.layer]
 
-    def for_report(self) -> DemoRun:
-        """The run as plain data, for the report (``demo_report.write_report``)."""
-        fields = {f.name for f in dataclasses.fields(DemoRun)}
-        given = {name: getattr(self, name) for name in fields - {"model_description", "model_text"}}
-        return DemoRun(**given, model_description=self.describe_model(), model_text=str(self.model))
+    @property
+    def model_description(self) -> str:
+        """One sentence on the model."""
+        return (
+            f"{self.kind} (8 → {HIDDEN} per direction) over the image's rows, then a linear read-out of its last output "
+            f"to 10 classes; {self.n_parameters:,} parameters"
+        )
 
-    def describe_model(self) -> str:
-        kind = self.kind
-        return f"{kind} (8 → {HIDDEN} per direction) over the image's rows, then a linear read-out of its last output to 10 classes; {self.n_parameters:,} parameters"
+    @property
+    def model_text(self) -> str:
+        """The model as torch prints it."""
+        return str(self.model)
 
 
 def choose_digits(labels: np.ndarray, predictions: np.ndarray, samples: int) -> np.ndarray:
@@ -198,85 +202,3 @@ def run(
         n_test=len(test),
         n_background=background,
     )
-
-
-def _print(result: DemoResult) -> None:
-    print(f"rnnshap demo: {result.layer} over the rows of 8x8 handwritten digits (UCI, CC BY 4.0)")
-    print(f"trained in {result.train_seconds:.1f} s; held-out accuracy {result.accuracy:.1%}")
-    print(
-        f"explained {len(result.x)} digits x {result.shap_values.shape[-1]} classes in {result.explain_seconds:.2f} s; "
-        f"largest additivity error |sum(phi) - (f(x) - E[f])| = {result.additivity_error:.2e}"
-    )
-    shades = " .:-=+*#%@"
-    for i in range(len(result.x)):
-        phi = result.shap_values[i, :, :, result.predictions[i]]
-        scale = np.abs(phi).max() or 1.0
-        verdict = "" if result.predictions[i] == result.labels[i] else " (wrong)"
-        print(
-            f"\n{example_name(i, int(result.labels[i]))}: predicted {result.predictions[i]}{verdict}; "
-            "image | attribution to the predicted class (+ / -)"
-        )
-        for row in range(8):
-            image = "".join(shades[min(9, int(v * 9.99))] for v in result.x[i, row])
-            attribution = "".join(("+" if v > 0 else "-") if abs(v) > 0.25 * scale else "." for v in phi[row])
-            print(f"  t={row}  {image}  |  {attribution}   row total {phi[row].sum():+.3f}")
-
-
-def _check_options(args: argparse.Namespace) -> str | None:
-    """What is wrong with the demo's options, in a sentence, or None."""
-    n_train = 1797 - TEST_SIZE
-    if not 1 <= args.samples <= TEST_SIZE:
-        return f"--samples must be between 1 and {TEST_SIZE} (the held-out digits), got {args.samples}"
-    if not 1 <= args.background <= n_train:
-        return f"--background must be between 1 and {n_train} (the training digits), got {args.background}"
-    if args.epochs < 1:
-        return f"--epochs must be at least 1, got {args.epochs}"
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as error:
-        return f"--device {args.device!r} is not a torch device ({error}); give cpu, cuda, cuda:0, mps, ..."
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(device.type)
-    if available is False:
-        return f"--device {args.device}: this torch build or machine has no {device.type} device (torch.{device.type}.is_available() is False); use --device cpu"
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        return f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)"
-    if not args.no_report:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            return f"--out {args.out}: a file of that name exists; give a folder for the report"
-    return None
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="rnnshap demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=11,
-        help="held-out digits to explain: one of each class and one the model gets wrong (default 11)",
-    )
-    parser.add_argument(
-        "--layer", choices=["lstm", "gru", "bidirectional"], default="lstm", help="the recurrent layer (default lstm)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the training and the background (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device to train and explain on (default cpu)")
-    parser.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
-    parser.add_argument("--background", type=int, default=50, help="background (reference) digits (default 50)")
-    parser.add_argument("--out", default="rnnshap-report", help="folder of the report (default rnnshap-report)")
-    parser.add_argument("--no-report", action="store_true", help="print the text output only")
-    args = parser.parse_args(argv)
-    problem = _check_options(args)
-    if problem:
-        parser.error(problem)  # (a usage line and the problem on stderr, exit status 2: no traceback)
-    start = time.perf_counter()
-    result = run(args.samples, args.layer, args.seed, args.device, args.epochs, args.background)
-    _print(result)
-    if args.no_report:
-        return
-    command = "rnnshap demo " + " ".join(argv if argv is not None else [])
-    report = write_report(result.for_report(), Path(args.out), command=command.strip(), started=start)
-    print(f"\nreport: {report.index} ({len(report.files)} files, {report.total_seconds:.1f} s in all)")
-    if not report.has_plots:
-        print("matplotlib is not installed, so the report has no plots: pip install 'rnnshap[plot]'")

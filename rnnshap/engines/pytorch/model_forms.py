@@ -52,7 +52,8 @@ def training_randomness(model: nn.Module) -> list[str]:
     return [
         f"{name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
         for name, module in model.named_modules()
-        if module.training and (has_active_randomness(module) or (isinstance(module, nn.MultiheadAttention) and module.dropout > 0))
+        if module.training
+        and (has_active_randomness(module) or (isinstance(module, nn.MultiheadAttention) and module.dropout > 0))
     ]
 
 
@@ -134,7 +135,9 @@ class FromLayer(nn.Module):
     inputs, repeated to the batch) and is discarded where it reaches the cut; :class:`InterimEngine`
     (and :mod:`rnnshap.captum`'s layer classes) check that nothing of it reaches the output another way."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[tuple[int, int]], side: str = "input") -> None:
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, anchor: list[Tensor], positions: list[tuple[int, int]], side: str = "input"
+    ) -> None:
         super().__init__()
         if side not in ("input", "output"):
             raise ValueError(f"side is 'input' or 'output', not {side!r}")
@@ -203,7 +206,9 @@ def layer_tensors(
     return tree_flatten(seen[0])[0], out
 
 
-def batch_axes(leaves: list[Any], batch: int, other: list[Any] | None, other_batch: int, name: str, side: str) -> list[tuple[int, int]]:
+def batch_axes(
+    leaves: list[Any], batch: int, other: list[Any] | None, other_batch: int, name: str, side: str
+) -> list[tuple[int, int]]:
     """For each floating-point tensor among ``leaves`` (the layer's tensors for a batch of ``batch``), its
     position and its batch axis: the first axis of size ``batch`` that has size ``other_batch`` in
     ``other`` (the same tensors for another batch size), which tells an LSTM's ``h_n`` of shape
@@ -232,7 +237,9 @@ def batch_axes(leaves: list[Any], batch: int, other: list[Any] | None, other_bat
     return positions
 
 
-def probe_positions(model: nn.Module, layer: nn.Module, inputs: list[Tensor], args: tuple[Any, ...], side: str) -> list[tuple[int, int]]:
+def probe_positions(
+    model: nn.Module, layer: nn.Module, inputs: list[Tensor], args: tuple[Any, ...], side: str
+) -> list[tuple[int, int]]:
     """The positions and batch axes of the layer's floating-point tensors (:func:`batch_axes`), found by
     running the model on ``inputs`` and on a batch of another size (the first row, or two copies of it)."""
     batch = int(inputs[0].shape[0])
@@ -265,9 +272,15 @@ class InterimEngine(TorchEngine):
     attributes_model_inputs = False
 
     def __init__(
-        self, model: nn.Module, layer: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None,
+        self,
+        model: nn.Module,
+        layer: nn.Module,
+        data: Any,
+        *,
+        rules: Mapping[Any, Rule] | None = None,
+        output: OutputChoice = None,
         side: str = "input",
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not any(module is layer for module in model.modules()):
             raise InputError(
                 f"(model, layer): the layer ({type(layer).__name__}) is not a submodule of the model; give one of "

@@ -1,14 +1,15 @@
-"""Keras models of issue 22 on both backends: the same values on TensorFlow (the Keras engine) and on
-torch (the PyTorch engine), float64, within 1e-6 of the largest attribution (Keras on torch runs
-matmul in float32), each side additive.
+"""Max pooling, token ids without an integer Input, orderings and picked indices in Keras models, on
+both backends: the same values on TensorFlow (the Keras engine) and on torch (the PyTorch engine),
+float64, within 1e-6 of the largest attribution (Keras on torch runs matmul in float32), each side additive.
 
-- windowed max pooling (``MaxPooling1D/2D/3D``) in a CNN-LSTM, by the max-pool routing rule (item 1);
+- windowed max pooling (``MaxPooling1D/2D/3D``) in a CNN-LSTM, by the max-pool routing rule;
 - a tutorial text model, ``Embedding(..., input_shape=(T,))`` with no integer ``keras.Input``: Keras
-  casts the integer data to a float32 Input and back at the Embedding; token ids on both backends
-  (item 2), with the values of the model written with an int Input (TensorFlow test below);
-- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule (item 4);
+  casts the integer data to a float32 Input and back at the Embedding; token ids on both backends,
+  with the values of the model written with an int Input (TensorFlow test below);
+- ``keras.ops.sort`` and ``top_k`` values in a subclassed layer, by the PyTorch engine's ordering rule;
 - the indices ``argmax``, ``argmin`` and ``top_k`` pick, used to select (``take_along_axis``, ``one_hot``, an
-  ``Embedding``), as numbers and cast, by the PyTorch engine's picked-index rule (item 4).
+  ``Embedding``), as numbers and cast, by the PyTorch engine's picked-index rule;
+- a cell called in a loop from zero states gets the values of the recurrent layer.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ MODELS: dict[str, Callable[[], Any]] = {
 
 
 def _ordered(order: Any) -> Any:
-    """An LSTM's states ordered by a keras op in a subclassed layer (item 4), then a linear head."""
+    """An LSTM's states ordered by a keras op in a subclassed layer, then a linear head."""
     inputs = keras.Input((T, F), dtype=D)
     states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
     return keras.Model(inputs, L.Dense(2, dtype=D)(L.Flatten(dtype=D)(order(states))))
@@ -117,14 +118,17 @@ def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: 
         np.testing.assert_allclose(torch_values, values, rtol=0, atol=tolerance * np.abs(values).max(), err_msg=name)
 
 
-# -- tutorial text models: an Embedding first, with no integer keras.Input (item 2) --------------------------
+# -- tutorial text models: an Embedding first, with no integer keras.Input --------------------------
 V = 20
 
 
 def _tutorial(with_int_input: bool) -> Any:
     """``Sequential([Embedding(V, d, input_shape=(T,)), LSTM, Dense])``: keras makes the Input float32 and casts
     it to integers at the Embedding; or the same model with ``keras.Input((T,), dtype="int32")``."""
-    head = [keras.Input((T,), dtype="int32"), L.Embedding(V, 4, dtype=D)] if with_int_input else [L.Embedding(V, 4, input_shape=(T,), dtype=D)]
+    if with_int_input:
+        head = [keras.Input((T,), dtype="int32"), L.Embedding(V, 4, dtype=D)]
+    else:
+        head = [L.Embedding(V, 4, input_shape=(T,), dtype=D)]
     return keras.Sequential([*head, L.LSTM(5, dtype=D), L.Dense(2, dtype=D)])
 
 
@@ -138,7 +142,9 @@ def test_an_embedding_without_an_integer_input_explains_token_ids_as_with_one() 
     values = np.asarray(explainer.shap_values(x))  # additive: shap_values checks it
     assert explainer.engine.token_inputs == [0]  # type: ignore[attr-defined]
     assert np.abs(values).max() > 0
-    np.testing.assert_allclose(values, np.asarray(rnnshap.DeepExplainer(declared, background).shap_values(x)), rtol=0, atol=1e-12 * np.abs(values).max())
+    np.testing.assert_allclose(
+        values, np.asarray(rnnshap.DeepExplainer(declared, background).shap_values(x)), rtol=0, atol=1e-12 * np.abs(values).max()
+    )
 
 
 def test_an_embedding_given_fractional_values_is_refused_by_name() -> None:
@@ -148,7 +154,7 @@ def test_an_embedding_given_fractional_values_is_refused_by_name() -> None:
         rnnshap.DeepExplainer(_tutorial(False), background)
 
 
-# -- subclassed models that loop a cell over time from constant zero states (item 3) -------------------------
+# -- subclassed models that loop a cell over time from constant zero states -------------------------
 class CellLoop(keras.Model):
     """``call()`` loops an LSTMCell or GRUCell over the steps, from ``ops.zeros((n, units))`` or the cell's
     ``get_initial_state(n)``."""
@@ -188,7 +194,7 @@ def test_a_cell_loop_from_zero_states_gets_the_values_of_the_recurrent_layer(kin
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
 
 
-# -- orderings in a Lambda (item 4): the values of the subclassed layer; top_k's indices refused by name -------
+# -- orderings in a Lambda: the values of the subclassed layer; top_k's indices refused by name -------
 def _lambda_ordered(order: Callable[[Any], Any], width: int) -> Any:
     inputs = keras.Input((T, F), dtype=D)
     states = L.LSTM(5, return_sequences=True, dtype=D)(inputs)
@@ -200,7 +206,9 @@ def _lambda_ordered(order: Callable[[Any], Any], width: int) -> Any:
     (lambda t: keras.ops.sort(t, axis=1), lambda: Ordered(axis=1, dtype=D), 5),
     (lambda t: keras.ops.top_k(t, 2)[0], lambda: Ordered(k=2, dtype=D), 2),
 ])  # fmt: skip
-def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(order: Callable[[Any], Any], layer: Callable[[], Any], width: int) -> None:
+def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(
+    order: Callable[[Any], Any], layer: Callable[[], Any], width: int
+) -> None:
     rng = np.random.default_rng(5)
     background, x = rng.normal(size=(5, T, F)), rng.normal(size=(3, T, F))
     keras.utils.set_random_seed(0)
@@ -213,7 +221,7 @@ def test_an_ordering_in_a_lambda_gets_the_values_of_the_layer(order: Callable[[A
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
 
 
-# -- picked indices (item 4): argmax / argmin / top_k's indices used to select, on TensorFlow ----------------
+# -- picked indices: argmax / argmin / top_k's indices used to select, on TensorFlow ----------------
 K = 4
 
 
@@ -278,8 +286,14 @@ def test_the_uses_of_picked_indices_in_lambdas_get_the_values_of_the_layers() ->
 
 @pytest.mark.parametrize(("use", "match"), [
     (lambda t: t * keras.ops.cast(keras.ops.argmax(t), D), "argmax without an axis picks over the whole batch"),
-    (lambda t: keras.ops.sum(keras.ops.take(t, keras.ops.argmax(t[:, 0], axis=-1), axis=-1), -1), "take.*takes an input-dependent tensor by"),
-    (lambda t: keras.ops.where(keras.ops.expand_dims(keras.ops.argmax(t, axis=-1), -1) > 0, t, -t), "compares the indices argmax picked"),
+    (
+        lambda t: keras.ops.sum(keras.ops.take(t, keras.ops.argmax(t[:, 0], axis=-1), axis=-1), -1),
+        "take.*takes an input-dependent tensor by",
+    ),
+    (
+        lambda t: keras.ops.where(keras.ops.expand_dims(keras.ops.argmax(t, axis=-1), -1) > 0, t, -t),
+        "compares the indices argmax picked",
+    ),
 ])  # fmt: skip
 def test_a_pick_or_a_use_without_a_rule_is_refused_by_name_on_tensorflow(use: Callable[[Any], Any], match: str) -> None:
     inputs = keras.Input((T, F), dtype=D)
@@ -289,7 +303,7 @@ def test_a_pick_or_a_use_without_a_rule_is_refused_by_name_on_tensorflow(use: Ca
         rnnshap.DeepExplainer(model, np.random.default_rng(6).normal(size=(4, T, F)))
 
 
-# -- a background that does not fit the model (items 8-10), on TensorFlow -------------------------------------
+# -- a background that does not fit the model, on TensorFlow -------------------------------------------------
 def test_a_background_that_does_not_fit_says_what_reached_the_model() -> None:
     model = keras.Sequential([keras.Input((T, F)), L.LSTM(5), L.Dense(1)])
     rng = np.random.default_rng(7)

@@ -14,8 +14,17 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedOperationError
+from .calls import PassMode
 
 Tensor = torch.Tensor
+
+#: the comparison a Keras ``Masking`` makes (see :func:`masked_input_op`)
+_NOT_EQUAL = frozenset({torch.not_equal, torch.ne, torch.Tensor.ne, torch.Tensor.not_equal, torch.Tensor.__ne__})
+#: dtype conversions, followed from a masked input to the tensor that is compared
+_CASTS = frozenset({
+    torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.double, torch.Tensor.half, torch.Tensor.bfloat16,
+    torch.as_tensor,
+})
 
 
 def input_maskings(model: Any) -> list[tuple[Any, int]]:
@@ -71,13 +80,39 @@ def refuse_stateful(model: Any) -> None:
     its batch size is fixed. The Keras engine on TensorFlow refuses them alike."""
     import keras
 
-    stateful = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.RNN) and getattr(layer, "stateful", False)]
+    stateful = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.RNN) and getattr(layer, "stateful", False)
+    ]
     if stateful:
         reason = (
             "stateful=True: each call starts from the state the previous call left (and writes a new one), so the output is "
             "not a function of the input alone, and the batch size is fixed"
         )
-        raise UnsupportedOperationError([(f"keras.layers.{type(layer).__name__} ({layer.name})", reason, "stateful") for layer in stateful])
+        raise UnsupportedOperationError(
+            [(f"keras.layers.{type(layer).__name__} ({layer.name})", reason, "stateful") for layer in stateful]
+        )
+
+
+def masked_input_op(
+    mode: PassMode, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], user_grad: bool, decided: bool
+) -> Any:
+    """An operation of a pass (``mode``) on an input the model masks by comparing it with a value (a Keras
+    ``Masking``; see :func:`input_maskings`): that comparison (``input != value``) is the mask of the
+    explained samples on both sides of their pairs, context and not attributed, as masks made from token
+    ids are; a cast of the input (Keras casts it to the layer's dtype) is followed with the samples' values
+    cast alike; any other operation runs as usual."""
+    values, compared = mode.sample_masks[args[0]]
+    other = args[1] if len(args) == 2 else None
+    if func in _NOT_EQUAL and other is not None and not mode.is_tracked(other):
+        if isinstance(other, (int, float)) or (isinstance(other, Tensor) and other.dim() == 0):
+            if float(other) in compared:
+                return func(values, other, **kwargs)
+    result = mode.intercept(func, types, args, kwargs, user_grad, decided, masks=False)
+    if func in _CASTS and isinstance(result, Tensor) and result is not args[0] and result.is_floating_point():
+        mode.sample_masks[result] = (func(values, *args[1:], **kwargs), compared)
+    return result
 
 
 class KerasModule(nn.Module):
@@ -106,3 +141,6 @@ class KerasModule(nn.Module):
     def forward(self, *inputs: Any) -> Any:
         args = inputs[0] if len(inputs) == 1 else list(inputs)
         return self.keras_model(args, training=False)  # several outputs: the engine flattens them or picks one
+
+
+__all__ = ["KerasModule", "input_maskings", "masked_input_op", "refuse_stateful"]

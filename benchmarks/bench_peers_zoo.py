@@ -1,4 +1,4 @@
-"""shap and Captum against rnnshap on the new recurrent networks: how far from exact their DeepLIFT-style values are.
+"""shap and Captum against rnnshap on the zoo's recurrent networks: how far from exact their DeepLIFT-style values are.
 
 For one or two representative models of each zoo library (minGRU and minLSTM in their parallel
 log-space scan, an ``xLSTMBlockStack`` of mLSTM blocks, mambapy's Mamba with its parallel and its
@@ -36,8 +36,8 @@ for), which, and the modules shap warns it does not recognise.
 Run from the repository root, in an environment with torch, shap, captum and the zoo's libraries
 (``pip install -e '.[zoo]' shap captum -c constraints/cpu-torch.txt``)::
 
-    python -m benchmarks.bench_peers_new              # 8 refs × 4 samples, about 15 s on a 2-core CPU
-    python benchmarks/bench_peers_new.py --models minGRU-parallel,LTC --refs 16
+    python -m benchmarks.bench_peers_zoo              # 8 refs × 4 samples, about 15 s on a 2-core CPU
+    python benchmarks/bench_peers_zoo.py --models minGRU-parallel,LTC --refs 16
 """
 
 from __future__ import annotations
@@ -315,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     started = time.time()
 
-    print(f"# rnnshap {rnnshap.__version__} against shap and Captum on the new recurrent networks: {versions()}")
+    print(f"# rnnshap {rnnshap.__version__} against shap and Captum on the zoo's recurrent networks: {versions()}")
     print(f"float64, CPU, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; "
           f"{args.samples} samples × {args.refs} references, one output (the readout at the last step)\n")  # fmt: skip
     print("| model | max \\|Δ\\| | rnnshap additivity error | rnnshap per reference: additivity / mean vs. whole background "
-          "| shap DeepExplainer: additivity error / distance to rnnshap | Captum DeepLiftShap: additivity error / distance to rnnshap |")  # fmt: skip
+          "| shap DeepExplainer: additivity error / distance to rnnshap "
+          "| Captum DeepLiftShap: additivity error / distance to rnnshap |")  # fmt: skip
     print("|---|---:|---:|---:|---|---|")
     notes: list[str] = []
     for name in names:
@@ -332,15 +333,17 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         notes.append(note)
     print(
-        "\nΔ = f(x) − mean_r f(r), the model's own outputs. Additivity error: max_i |Σφ_i − Δ_i| / max(1, |Δ_i|); in brackets, "
-        "the same absolute error relative to max_i |Δ_i| (the gaps here are mostly below 1). Distance: Σ|φ − φ_rnnshap| / "
+        "\nΔ = f(x) − mean_r f(r), the model's own outputs. Additivity error: max_i |Σφ_i − Δ_i| / max(1, |Δ_i|); "
+        "in brackets, the same absolute error relative to max_i |Δ_i| (the gaps here are mostly below 1). "
+        "Distance: Σ|φ − φ_rnnshap| / "
         "Σ|φ_rnnshap|. rnnshap is exact (additivity at float64 rounding), so the distance is the distance from the exact "
         "DeepSHAP values. Per reference: rnnshap with each background row alone, the worst additivity error against "
         "f(x) − f(r), and the relative L1 distance of the mean over the rows to the values for the whole background."
     )
     if notes:
         print(
-            "\nWhat the peers computed (∇f: the plain gradient; how far apart its two forms are says how nonlinear f is on these data):\n"
+            "\nWhat the peers computed (∇f: the plain gradient; how far apart its two forms are says how nonlinear f is "
+            "on these data):\n"
         )
         print("\n".join(f"- {note}" for note in notes))
     print(f"\n{time.time() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.1f}")

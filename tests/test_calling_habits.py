@@ -1,4 +1,5 @@
-"""Issue 31: models and calling habits not tried before, each exact or refused by name.
+"""Models and calling habits new users bring (random forwards, in-place updates, autocast, sparse buffers, nested
+outputs, dicts, inference mode...), each exact or refused by name.
 
 Every test checks its truth against something rnnshap does not compute (the model's own outputs,
 the model written another way, a float64 copy, zeros where the model cannot read an input), and
@@ -145,7 +146,8 @@ def test_2_expected_value_follows_a_model_updated_in_place() -> None:
     with torch.no_grad():  # a state dict loaded into it
         model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
     values = explainer.shap_values(X)
-    np.testing.assert_allclose(phi_totals(values, 4, 2) + explainer.expected_value, model_outputs(model, X), rtol=1e-10, atol=1e-10)
+    totals = phi_totals(values, 4, 2) + explainer.expected_value
+    np.testing.assert_allclose(totals, model_outputs(model, X), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(phi_totals(values, 4, 2), output_gap(model, X, background), rtol=1e-10, atol=1e-10)
 
 
@@ -195,7 +197,8 @@ def test_9_a_function_returning_a_python_list_is_one_output() -> None:
     background, X = np.random.default_rng(1).normal(size=(4, 3)), np.random.default_rng(2).normal(size=(2, 3))
     estimate = rnnshap.ShapleyExplainer(f, background).shapley_values(X, players="cells", random_state=0)
     # a linear function: φ_i = w_i (x_i − mean r_i), exactly
-    np.testing.assert_allclose(np.asarray(estimate.values).reshape(2, 3), weights * (X - background.mean(0)), rtol=1e-12, atol=1e-12)
+    exact = weights * (X - background.mean(0))
+    np.testing.assert_allclose(np.asarray(estimate.values).reshape(2, 3), exact, rtol=1e-12, atol=1e-12)
 
 
 # -- 10. torch.inference_mode() ------------------------------------------------------------------------------------------
@@ -405,7 +408,8 @@ print(json.dumps({"error": error, "unchanged": all(np.array_equal(a, b) for a, b
 """
 
 
-@pytest.mark.parametrize("backend", [pytest.param("tensorflow", marks=pytest.mark.slow), "torch"])  # (refused on TensorFlow before)
+# (refused on TensorFlow before)
+@pytest.mark.parametrize("backend", [pytest.param("tensorflow", marks=pytest.mark.slow), "torch"])
 def test_8_a_stateful_keras_lstm_is_refused_by_name_and_left_alone(backend: str, keras_process: Any) -> None:
     import json
 
@@ -518,7 +522,8 @@ class StateInit(nn.Module):
         if self.written:
             h = torch.zeros(z.shape[0], 4, dtype=z.dtype) + torch.ones(1, dtype=z.dtype) + torch.full((1,), 0.5, dtype=z.dtype)
         else:
-            h = z.data.new(*z.shape).zero_() + z.new_ones(1) + z.new_full((1,), 0.5) + z.new(z.shape[0], 4).zero_() + z.new_zeros(4)
+            h = z.data.new(*z.shape).zero_() + z.new_ones(1) + z.new_full((1,), 0.5)
+            h = h + z.new(z.shape[0], 4).zero_() + z.new_zeros(4)
         return self.cell(torch.tanh(z), h)
 
 
@@ -600,7 +605,9 @@ def test_22_an_operation_the_output_does_not_depend_on_is_not_refused() -> None:
         (["--device", "cuda:99"], "--device"),
     ],
 )
-def test_19_demo_options_are_checked_before_anything_runs(options: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_19_demo_options_are_checked_before_anything_runs(
+    options: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from rnnshap.__main__ import main as cli
 
     with pytest.raises(SystemExit) as exit_:
@@ -767,7 +774,8 @@ def test_19_a_two_operand_function_is_not_advised_rescale() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError, match="hypot") as info:
         rnnshap.DeepExplainer(model, background)
     assert "Rescale" not in str(info.value) and "Shapley()" in str(info.value)
-    values = rnnshap.DeepExplainer(model, background, rules={torch.hypot: rnnshap.rules.Shapley()}).shap_values(X)  # the advice works
+    # the advice works
+    values = rnnshap.DeepExplainer(model, background, rules={torch.hypot: rnnshap.rules.Shapley()}).shap_values(X)
     assert_additive(values, model, X, background, D)
 
 
@@ -835,7 +843,8 @@ def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
     values = explainer.shap_values(X)  # float32's tolerance: it adds up
     gap = output_gap(model, X, background)
     assert np.abs(phi_totals(values, 3, 1) - gap).max() <= 1e-5 * max(1.0, np.abs(gap).max())
-    with pytest.raises(rnnshap.AdditivityError, match=r"(?s)are float64, but it computes in float32 inside \(first at torch.Tensor.float\)"):
+    words = r"(?s)are float64, but it computes in float32 inside \(first at torch.Tensor.float\)"
+    with pytest.raises(rnnshap.AdditivityError, match=words):
         explainer.shap_values(X, check_additivity=1e-15)
     assert_unchanged(model, before)
 

@@ -1,0 +1,76 @@
+"""The additivity check: the attributions of every sample add up to ``f(x) − E[f]``.
+
+:meth:`rnnshap.DeepExplainer.shap_values` checks it by default (``check_additivity``), against the
+tolerance of the model's dtype (:data:`rnnshap.engines.base.RTOL`) relative to the output's scale, and
+raises :class:`rnnshap.AdditivityError` with the worst (sample, output) pair and its likely causes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .attribution import Attribution
+from .engines.base import RTOL, Engine
+from .errors import AdditivityError, InputError
+
+
+def additivity_option(check: Any) -> bool | float:
+    """``check_additivity``: True, False, or a positive relative tolerance."""
+    if isinstance(check, (bool, np.bool_)):
+        return bool(check)
+    if isinstance(check, numbers.Real) and math.isfinite(float(check)) and float(check) > 0:
+        return float(check)
+    raise InputError(f"check_additivity must be True, False or a positive relative tolerance (such as 1e-6), got {check!r}")
+
+
+def check_additivity(attribution: Attribution, engine: Engine, rtol: float | None) -> None:
+    """Raise :class:`AdditivityError` where Σφ misses f(x) − E[f] by more than the tolerance (``rtol``,
+    or the one of ``engine``'s dtype)."""
+    selected = attribution.selected
+    n, k = selected.shape
+    rows = np.arange(n)[:, None]
+    expected, fx = attribution.base_values[rows, selected], attribution.outputs[rows, selected]
+    totals = sum(phi.reshape(n, -1, k).sum(1) for phi in attribution.values)
+    magnitude = sum(np.abs(phi.reshape(n, -1, k)).sum(1) for phi in attribution.values)
+    error = np.abs(totals - (fx - expected))
+    scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), magnitude)
+    dtype = engine.dtype
+    rtol = rtol if rtol is not None else RTOL.get(dtype, 1e-4)
+    failing = ~(error <= rtol * scale)  # NaN fails too
+    if not failing.any():
+        return
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ranking = np.nan_to_num((error - rtol * scale) / np.maximum(scale, np.finfo(np.float64).tiny), nan=np.inf)
+    sample, column = np.unravel_index(int(np.argmax(ranking)), error.shape)
+    relative = error[sample, column] / scale[sample, column]
+    if not np.isfinite(totals[sample, column]):
+        causes = (
+            "The attributions are not finite: an operation produced NaN or inf on the way (an -inf mask "
+            "before exp or softmax, a log or division at 0, an overflow in a 16-bit dtype)."
+        )
+    elif dtype in ("float32", "float16", "bfloat16") and relative < 100 * rtol:
+        causes = (
+            f"The error is small ({relative:.2g} of the scale): {dtype} rounding of a long or ill-conditioned "
+            "computation can reach it. Explain a float64 copy of the model (model.double()) to confirm, or "
+            "pass a looser check_additivity tolerance."
+        )
+    else:
+        causes = (
+            "Likely causes: a custom rule that does not add up, an operation registered as linear that is "
+            "not, work done outside the framework (numpy, .item()), or a forward() whose result depends on "
+            "something other than its inputs."
+        )
+    note = getattr(engine, "precision_note", None)
+    if note:
+        causes = f"{note} {causes}"
+    raise AdditivityError(
+        f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
+        f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
+        f"(error {error[sample, column]:.3g}, {relative:.3g} of the output's scale {scale[sample, column]:.3g}; "
+        f"tolerance {rtol:.1g} for {dtype}); {int(failing.sum())} of {n * k} (sample, output) pairs fail. "
+        f"{causes} Pass check_additivity=False to get the values anyway."
+    )

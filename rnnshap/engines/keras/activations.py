@@ -1,0 +1,64 @@
+"""Keras activation functions by their rules, and a layer's weights as its ``call`` reads them.
+
+What every layer with weights and an activation shares (the layer table ``layer_rules.py``, the
+recurrent layers ``recurrent.py``, attention and EinsumDense ``attention.py``): :func:`activate`
+runs an activation on a :class:`~rnnshap.engines.keras.dual.Dual` by the rule the catalog
+(``rnnshap/rules/catalog.py``) gives it, :func:`activation_problem` says why one has none, and
+:func:`weight` reads a variable in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from ...rules.catalog import keras_activation_families
+from . import dual
+from .dual import Dual
+
+#: elementwise activations by name: the catalog's view (rnnshap/rules/catalog.py), those keras has
+_ELEMENTWISE = {name: entry for name, entry in keras_activation_families().items() if hasattr(keras.activations, name)}
+_STRUCTURED = {"softmax": dual.softmax, "log_softmax": dual.log_softmax}
+
+
+def _activation_name(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__name__", type(fn).__name__))
+
+
+def activation_problem(fn: Callable[..., Any]) -> str | None:
+    """Why the activation ``fn`` has no rule, or None."""
+    name = _activation_name(fn)
+    if name == "linear" or name in _ELEMENTWISE or name in _STRUCTURED:
+        return None
+    return f"activation {name!r} has no rule (supported: linear, softmax, log_softmax, {', '.join(sorted(_ELEMENTWISE))})"
+
+
+def activate(fn: Callable[..., Any] | None, u: Dual) -> Dual:
+    """The rule of an activation function (a keras activation) on ``u``."""
+    if fn is None:
+        return u
+    name = _activation_name(fn)
+    if name == "linear":
+        return u
+    if name == "sigmoid":
+        return dual.sigmoid(u)
+    if name == "tanh":
+        return dual.tanh(u)
+    if name in _STRUCTURED:
+        return _STRUCTURED[name](u, -1)
+    entry = _ELEMENTWISE.get(name)
+    if entry is not None:
+        if entry.family == "secant":
+            unary, slope = dual.SLOPES_BY_NAME[entry.name]
+            return dual.secant(unary or fn, u, slope)
+        near = getattr(dual, f"{entry.near}_secant_near") if entry.near else None
+        return dual.rescale(fn, u, smooth=entry.smooth, near=near, kinks=entry.kinks if entry.smooth else ())
+    raise ValueError(activation_problem(fn))
+
+
+def weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
+    """A layer's variable as its call reads it: cast to the compute dtype (mixed precision policies)."""
+    value = tf.convert_to_tensor(variable)
+    return value if value.dtype == dtype else tf.cast(value, dtype)

@@ -1,0 +1,147 @@
+"""One pass of the engine over the model: :func:`run_pass` sets up an :class:`AttributionMode`
+(``passes.py``) for the reference pass or the input pass, routes the modules that have a rule of their
+own through it (:class:`ModuleRules`), runs ``model(*inputs)`` under it, puts the model's state back,
+and raises what the pass found: refused operations, a forward that draws random numbers or updates
+buffers from its inputs, an output that is not a tensor the explained inputs reach.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ...errors import InputError, ModelStateError, UnsupportedOperationError
+from ...rules.base import PairGrid, Rule
+from ...rules.registry import RuleRegistry
+from .functions import routed_functions
+from .passes import AttributionMode
+from .safety import PreservedState, RandomStates, random_forward_error
+from .tape import Tape
+
+Tensor = torch.Tensor
+
+
+class ModuleRules:
+    """Routes calls of modules that have a module-level rule through the mode, and undoes it.
+
+    The module's ``forward`` is shadowed by an instance attribute for the duration of a pass and
+    the attribute is deleted afterwards, which leaves the module exactly as it was.
+    """
+
+    def __init__(self, model: nn.Module, registry: RuleRegistry) -> None:
+        self.targets = [(m, rule) for m in model.modules() if (rule := registry.module_rule(m)) is not None]
+        self._patched: list[tuple[nn.Module, bool, Any]] = []
+
+    def install(self, mode: AttributionMode) -> None:
+        for module, rule in self.targets:
+            had_own = "forward" in module.__dict__
+            original = module.forward
+
+            def routed(*args: Any, _m: nn.Module = module, _f: Any = original, _r: Rule = rule, **kwargs: Any) -> Any:
+                return mode.module_call(_m, _f, _r, args, kwargs)
+
+            self._patched.append((module, had_own, module.__dict__.get("forward")))
+            module.forward = routed  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        for module, had_own, previous in reversed(self._patched):
+            if had_own:
+                module.forward = previous  # type: ignore[method-assign]
+            else:
+                del module.forward
+        self._patched.clear()
+
+
+def run_pass(
+    model: nn.Module,
+    inputs: list[Tensor],
+    registry: RuleRegistry,
+    tape: Tape,
+    replay: bool,
+    follow: Sequence[int] = (),
+    pairs: PairGrid | None = None,
+    shadows: Mapping[int, Tensor] | None = None,
+    take: Callable[[Any], Any] | None = None,
+    sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
+    state: PreservedState | None = None,
+    watch_random: bool = False,
+) -> tuple[Tensor, AttributionMode]:
+    """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
+
+    ``follow`` lists integer inputs to follow (token ids, numbers or context; see discrete.py);
+    ``shadows``, in the reference pass, holds the explained samples' values of followed inputs (the
+    masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
+    of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
+    tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
+    float inputs the model masks by comparing them with values to (the explained samples' values,
+    those values): those comparisons read the samples' values; ``state``, the model's state taken
+    before the pass (one taken for several passes in a row, each of which restores it), else taken
+    here; ``watch_random``: refuse a forward that draws random numbers (the constructor's probe).
+    Returns the output and the mode, which holds the attribution leaves of the integer inputs
+    and what was learned about them.
+    """
+    mode = AttributionMode(registry, tape, replay, pairs)
+    module_rules = ModuleRules(model, registry)
+    if state is None:
+        state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
+    randoms = None
+    if watch_random:
+        mode.random_draws = []
+        randoms = RandomStates(model)
+    module_rules.install(mode)
+    try:
+        with torch.enable_grad(), routed_functions(mode), mode:
+            mode.track(inputs)
+            for index, (values, value) in (sample_masks or {}).items():
+                mode.sample_masks[inputs[index]] = (values, value)
+            for index in follow:
+                mode.follow_discrete(index, inputs[index], None if shadows is None else shadows.get(index))
+            output = model(*inputs)
+            if take is not None:
+                output = take(output)
+        written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if watch_random else []
+    finally:
+        drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
+        module_rules.remove()
+        state.restore()
+    if drawn:  # named with the random functions of torch that forward() called
+        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
+        error.eval_may_help = True  # type: ignore[attr-defined]  # (see model_forms.in_eval_mode)
+        raise error
+    if mode.deferred.pending:
+        mode.refuse_deferred(output)
+    if written:
+        error = ModelStateError(
+            f"forward() writes values computed from its inputs into the buffer(s) {', '.join(map(repr, written))} (running "
+            "statistics updated in place), so each call changes the function the next call computes, and the output of a "
+            "batch depends on the batches before it. rnnshap explains the model as it is: stop the update when not "
+            "training (if self.training: ...), or keep the statistics out of forward(). The model is left as given."
+        )
+        error.eval_may_help = True  # type: ignore[attr-defined]
+        raise error
+    mode.raise_if_unsupported()
+    if replay:
+        tape.check_consumed()
+    if isinstance(output, torch.distributions.Distribution):
+        raise InputError(
+            f"The model returns a distribution ({type(output).__name__}), not a tensor: rnnshap explains numbers the model "
+            "computes. Explain the distribution's parameters or summaries: wrap the model in an nn.Module whose forward() "
+            "returns them, e.g. `d = model(x); return torch.cat([d.mean, d.stddev], -1)` (or d.loc, d.scale, d.logits, "
+            "d.probs), then pick one with output= or outputs=. Drawing a sample is random and cannot be explained."
+        )
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"The model returned {type(output).__name__}; rnnshap explains models that return a tensor, or a "
+            "list, tuple or dict of tensors (DeepExplainer(..., output=i_or_name) picks one). Wrap the model "
+            "in an nn.Module whose forward() returns the tensor to explain."
+        )
+    if not mode.is_tracked(output):
+        raise UnsupportedOperationError(
+            [("the model's output", "it does not depend on the explained inputs through operations rnnshap can see", "output")]
+        )
+    return output, mode
+
+
+__all__ = ["ModuleRules", "run_pass"]
