@@ -1,15 +1,17 @@
 """Two source trees of rnnshap in one run: has a refactor changed the speed?
 
 Runs each benchmark against tree A and tree B in turn (A, B, A, B, ... so that the machine's load falls on
-both alike), each run in its own process with ``PYTHONPATH`` set to the tree, and reads from each output
-the ratio that matters, rnnshap's time over its floor measured in the same process:
+both alike), each run in its own process: the tree's own copy of the benchmark (each puts its tree first on
+``sys.path``), with ``PYTHONPATH`` set to the tree as well. It reads from each output the ratio that matters,
+rnnshap's time over its floor measured in the same process:
 
 - ``bench_recurrent.py``: the ``× native`` column of the ``rnnshap DeepExplainer`` row, per config;
 - ``bench_keras.py``: the ``compiled`` ratio (rnnshap over a compiled ``tf.GradientTape`` forward+backward);
 - ``bench_throughput.py``: the ``rnnshap / floor`` column, per case.
 
 It prints, per figure, the median over rounds for A and for B and B / A. Ratios to a floor measured
-beside them cancel most of the machine's drift; what is left is the noise to read B / A against.
+beside them cancel most of the machine's drift; what is left is the noise to read B / A against: run a tree
+against itself (``compare_trees.py . .``) to see it.
 
     python benchmarks/compare_trees.py /tmp/base . --rounds 3
 """
@@ -57,9 +59,17 @@ def _figures(bench: str, out: str) -> dict[str, float]:
     return found
 
 
+def _loads_from(tree: Path) -> None:
+    """The tree's benchmarks import the tree's rnnshap (not an installed copy, not the other tree)."""
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); import rnnshap; print(rnnshap.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(tree):
+        raise RuntimeError(f"{tree}'s benchmarks would import rnnshap from {where}")
+
+
 def _run(tree: Path, bench: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, str(HERE / f"{bench}.py"), *BENCHES[bench]]
+    command = [sys.executable, str(tree / "benchmarks" / f"{bench}.py"), *BENCHES[bench]]
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=True)
     figures = _figures(bench, done.stdout)
     if not figures:
@@ -75,6 +85,8 @@ def main() -> None:
     parser.add_argument("--benches", default=",".join(BENCHES), help="comma-separated subset of " + ", ".join(BENCHES))
     args = parser.parse_args()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
+    for tree in trees.values():
+        _loads_from(tree)
     figures: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
     for bench in args.benches.split(","):
         for round_ in range(args.rounds):
