@@ -18,7 +18,7 @@ import numpy as np
 from . import additivity
 from .attribution import Attribution, attribute
 from .engines import Engine, engine_for
-from .engines.base import normal_mode
+from .engines.base import named_inputs_advice, normal_mode
 from .engines.outputs import selected_outputs
 from .errors import InputError
 from .shapley.door import ShapleyEstimate
@@ -111,6 +111,12 @@ class DeepExplainer:
             self._model_version = self.engine.model_version()
             self._expected_value = _mean_output(self.engine.background_outputs)
 
+    def _named(self, X: Inputs) -> None:
+        """A model whose background was a dict of named inputs takes X as a dict too, never as a list."""
+        names = getattr(self.engine, "input_names", None)
+        if names is not None and isinstance(X, (list, tuple)):
+            raise InputError(named_inputs_advice(names, "X"))
+
     @property
     def multi_input(self) -> bool:
         return self.engine.multi_input
@@ -161,6 +167,7 @@ class DeepExplainer:
 
         ``progress`` overrides the explainer's ``progress`` setting for this call.
         """
+        self._named(X)
         with normal_mode():
             inputs = self.engine.inputs(X, "X")
             attribution = self.attribution(
@@ -211,6 +218,7 @@ class DeepExplainer:
                 "explainer(X) returns a shap.Explanation and needs shap: pip install 'rnnshap[shap]'. "
                 "explainer.shap_values(X) works without it."
             ) from error
+        self._named(X)
         with normal_mode():
             inputs = self.engine.inputs(X, "X")
             attribution = self.attribution(inputs, check_additivity=check_additivity)
@@ -263,6 +271,7 @@ class DeepExplainer:
         """
         from .shapley.door import engine_view, shapley_values
 
+        self._named(X)
         self._follow_model()
         view = engine_view(self.engine, "shapley_values")
         with normal_mode():
@@ -317,6 +326,7 @@ class DeepExplainer:
         from .shapley.door import engine_view
         from .shapley.interactions import shapley_interactions
 
+        self._named(X)
         self._follow_model()
         view = engine_view(self.engine, "shapley_interactions")
         with normal_mode():
@@ -394,11 +404,12 @@ class DeepExplainer:
         if multipliers:
             if engine.name != "pytorch":
                 raise InputError(f"the multipliers themselves are given for PyTorch models, not for {engine.name}")
-            engine.multipliers = True
+            check = False  # multipliers do not add up to f(x) - E[f]; only multiplier x (x - r) does
+        before, engine.multipliers = engine.multipliers, bool(multipliers)
         try:
             result = attribute(engine, inputs, selected, batch_size or self.batch_size, show)
         finally:
-            engine.multipliers = False
+            engine.multipliers = before
         if check is not False:
             additivity.check_additivity(result, engine, None if check is True else float(check))
         return result

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .engines.base import normal_mode
+from .engines.base import named_inputs_advice, normal_mode
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -305,7 +305,11 @@ def _batches(explainer: Explains, data: Any, batch_size: int | None) -> Iterator
     engine, multi_input = explainer.engine, explainer.multi_input
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    if _is_array(data) or (multi_input and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data)):
+    names = getattr(engine, "input_names", None)
+    if names is not None and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data):
+        raise InputError(named_inputs_advice(names, "data"))
+    named = names is not None and isinstance(data, dict)  # a dict of arrays keyed as the background
+    if named or _is_array(data) or (multi_input and isinstance(data, (list, tuple)) and data and all(map(_is_array, data))):
         inputs = engine.inputs(data, "data")
         n = engine.rows(inputs)
         step = int(batch_size) if batch_size else max(1, explainer.batch_size // engine.references)

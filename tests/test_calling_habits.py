@@ -703,6 +703,10 @@ def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
         explainer.shap_values({"x": X["x"]})
     with pytest.raises(rnnshap.InputError, match=r"dict of inputs.*background as a dict"):
         rnnshap.DeepExplainer(positional, [background["x"], background["z"]]).shap_values(X)  # type: ignore[arg-type]
+    with pytest.raises(rnnshap.InputError, match="pass X as a dict with the same keys"):  # never read by position
+        explainer.shap_values([X["x"], X["z"]])
+    summary = explainer.summarize(X, batch_size=1)  # the dict, as shap_values takes it
+    np.testing.assert_allclose(summary.mean_abs[0], np.abs(values[0]).mean(0), rtol=1e-12, atol=1e-15)
 
     flat = nn.Sequential(nn.Linear(3, 2), nn.Tanh()).to(D).eval()
     data = torch.randn(8, 3, dtype=D)

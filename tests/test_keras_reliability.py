@@ -342,3 +342,22 @@ def test_a_dict_of_named_inputs_is_explained_per_key_as_the_positional_model() -
         explainer.shap_values({"x": X["x"]})
     with pytest.raises(rnnshap.InputError, match="keys"):
         rnnshap.DeepExplainer(named, {"x": background["x"], "w": background["z"]})
+
+
+def test_named_inputs_take_no_list_and_summarize_takes_the_dict() -> None:
+    """After a dict background, a list X is refused (it would be read in the dict's key order, not the
+    model's: two same-shaped inputs would swap silently); ``summarize`` takes the dict as shap_values does."""
+    named = _named_inputs(True)
+    rng = np.random.default_rng(12)
+    background = {"z": rng.normal(size=(4, 2)), "x": rng.normal(size=(4, T, F))}
+    X = {"x": rng.normal(size=(5, T, F)), "z": rng.normal(size=(5, 2))}
+    explainer = rnnshap.DeepExplainer(named, background)
+    for call in (explainer.shap_values, explainer.shapley_values):
+        with pytest.raises(rnnshap.InputError, match="pass X as a dict with the same keys"):
+            call([X["z"], X["x"]])
+    with pytest.raises(rnnshap.InputError, match="pass data as a dict"):
+        explainer.summarize([X["z"], X["x"]])
+    summary = explainer.summarize(X, batch_size=2)
+    values = explainer.shap_values(X)
+    assert summary.count == 5
+    np.testing.assert_allclose(summary.mean_abs[1], np.abs(values[1]).mean(0), rtol=1e-12, atol=1e-15)

@@ -5,8 +5,10 @@ An engine knows one framework. It checks and converts inputs, runs the model, an
 batching, additivity, result shapes, Explanations or summaries, which the front door does once for
 every engine. Engines never import each other.
 
-:func:`blocks` cuts the sample × reference grid into the :class:`Block` s an engine runs, and
-:func:`normal_mode` is the context every call into an engine runs in.
+Beside the contract, what the front door and every engine share: :func:`blocks` cuts the sample ×
+reference grid into the :class:`Block` s an engine runs, :func:`normal_mode` is the context every call into
+an engine runs in, :data:`RTOL` the one tolerance table of float checks, and :func:`named_inputs_advice`
+the refusal of a list where the background was a dict of named inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -172,3 +174,12 @@ class Engine(ABC):
     def take(inputs: list[Any], start: int, stop: int) -> list[Any]:
         """Rows ``[start, stop)`` of every input."""
         return [x[start:stop] for x in inputs]
+
+
+def named_inputs_advice(names: Sequence[Any], what: str) -> str:
+    """The refusal of a list where the background was a dict of named inputs."""
+    keys = ", ".join(map(str, names))
+    return (
+        f"{what} is a list, but the background was a dict of named inputs ({keys}): pass {what} as a dict with the "
+        "same keys. A list would be read in the background's key order, which need not be the model's."
+    )

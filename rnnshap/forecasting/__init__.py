@@ -25,6 +25,7 @@ calls private functions of its library.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 from dataclasses import dataclass
 from importlib import metadata
@@ -160,10 +161,28 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
 
 
+#: the other names a library is published under (darts ships as u8darts too, with the same module)
+ALSO_PUBLISHED_AS = {"darts": ("u8darts",)}
+
+
+def _installed(distribution: str) -> str:
+    """The installed version, from whichever of the library's distribution names is installed."""
+    for name in (distribution, *ALSO_PUBLISHED_AS.get(distribution, ())):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    module = importlib.import_module(distribution.replace("-", "_"))  # installed without metadata (a source tree)
+    version = getattr(module, "__version__", None)
+    if not isinstance(version, str):
+        raise UnverifiedVersionError(f"the version of the installed {distribution} cannot be read (no package metadata)")
+    return version
+
+
 def check_version(distribution: str) -> str:
     """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an
     :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
-    installed = metadata.version(distribution)
+    installed = _installed(distribution)
     low, high = VERIFIED[distribution]
     if not low <= _release(installed) < high:
         verified = ".".join(map(str, low)) + ".x"
@@ -184,7 +203,10 @@ def preserved(module: Any) -> Iterator[None]:
     or the library's predict caches on it; attributes added inside are removed), its tables of parameters,
     buffers and submodules (the same objects: a buffer replaced inside is put back), and each parameter's
     data (the original tensor, so a ``.double()`` or ``.to()`` inside is undone) and ``requires_grad``.
-    Nothing is copied: values written in place into a parameter's storage are not undone (rnnshap writes none)."""
+    Nothing is copied, and what is changed inside an object rather than replaced is not undone: values
+    written in place into a parameter's or buffer's storage, a dict (``hparams``, a hook table) mutated in
+    place (rnnshap does none of these). A lazy module (``torch.nn.LazyLinear``...) must be initialized (one
+    forward) before: its first forward replaces its class and parameters."""
     keep = ("_parameters", "_buffers", "_modules")
     saved = []
     for m in module.modules():

@@ -111,3 +111,17 @@ def test_an_unverified_library_version_is_refused_with_both_versions_named(
 def test_the_installed_library_is_within_the_verified_versions(distribution: str) -> None:
     pytest.importorskip(distribution.replace("-", "_"))
     check_version(distribution)
+
+
+def test_darts_published_as_u8darts_is_read_by_that_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """darts also ships as ``u8darts`` (same module, another distribution name): its version is read from
+    there, not refused for a missing ``darts`` distribution."""
+    real = metadata.version
+
+    def version(name: str) -> str:
+        if name == "darts":
+            raise metadata.PackageNotFoundError(name)
+        return "0.48.3" if name == "u8darts" else real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert check_version("darts") == "0.48.3"

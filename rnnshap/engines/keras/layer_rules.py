@@ -19,6 +19,7 @@ layers that run other layers. Before calling, the walker refuses token ids unles
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -504,8 +505,9 @@ RULES: dict[type, LayerRule] = {
 
 #: the entries the walker looks up before a traced call() (as it always has): models, Embedding, MultiHeadAttention
 _BEFORE_TRACED = (_NESTED, _EMBEDDING, _MULTI_HEAD)
-#: the entry each layer class runs by, found once per class (see rule_for)
-_BY_CLASS: dict[type, LayerRule] = {}
+#: the entry each layer class runs by, found once per class (see rule_for); weak, so that a class
+#: defined in a function (a test's, a user's notebook cell) is not kept alive by the cache
+_BY_CLASS: weakref.WeakKeyDictionary[type, LayerRule] = weakref.WeakKeyDictionary()
 
 
 def rule_of(cls: type) -> LayerRule:

@@ -33,9 +33,6 @@ class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
-    #: return the multipliers themselves (summed over references) instead of multiplier × (x − r):
-    #: Captum's ``multiply_by_inputs=False`` (float inputs only; set by :mod:`rnnshap.captum`)
-    multipliers = False
 
     def __init__(
         self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None
