@@ -93,6 +93,8 @@ class KerasProcess:
 
     def _start(self) -> subprocess.Popen[str]:
         """The worker, started; its first line (its backend) is read before the first answer."""
+        if self._log is not None:  # a restarted worker: the last one's log is done
+            self._log.close()
         self._log = open(self.log, "w", encoding="utf-8")  # noqa: SIM115 - kept open for the session
         env = {
             **os.environ, "KERAS_BACKEND": self.backend, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -159,6 +161,8 @@ class KerasProcess:
             self._worker.stdin.close()
             self._worker.kill()  # nothing is left to do there: no need to wait for its interpreter's shutdown
             self._worker.wait()
+            if self._worker.stdout is not None:
+                self._worker.stdout.close()
             self._worker = None
         if self._log is not None:
             self._log.close()
