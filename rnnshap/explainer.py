@@ -42,7 +42,8 @@ class DeepExplainer:
             in training mode with dropout or batch statistics is explained in eval mode, as shap does, with
             one warning. It is not modified. See docs/api.md, "Model forms".
         data: the background: a tensor or array whose first dimension indexes reference samples,
-            or a list/tuple of them for a model with several inputs.
+            or a list/tuple of them for a model with several inputs, or a dict of them for a model called
+            with a dict (a Keras model's named inputs; ``X`` is then a dict with the same keys).
         batch_size: the largest number of (sample, reference) pairs run through the model at once.
             Pairs run in blocks of whole samples (all references) when ``batch_size`` is at least
             the background size, which lets recurrent layers run on the distinct rows of each side.
