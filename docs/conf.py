@@ -62,6 +62,8 @@ html_static_path: list[str] = []
 
 # the gallery: every example runs at build time, headless, its figures on its page
 os.environ.setdefault("MPLBACKEND", "Agg")
+# transformers (beside the foundation forecasters) must not reach for TensorFlow when shap probes a model (Keras 3)
+os.environ.setdefault("USE_TF", "0")
 
 
 warnings.filterwarnings("ignore", category=UserWarning, message="Matplotlib is currently using agg")

@@ -8,7 +8,13 @@ fail.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Sequence, Union
+
+# transformers (pulled in by the foundation forecasters: chronos, granite-tsfm, timesfm) reaches for its TensorFlow side
+# whenever shap asks whether a model is a transformers model (shap.Explainer's is_transformers_lm), and fails under
+# Keras 3 without tf-keras. The suite runs shap as a peer beside those libraries: keep transformers on torch.
+os.environ.setdefault("USE_TF", "0")
+
+from typing import Callable, Iterator, Sequence, Union  # noqa: E402
 
 import numpy as np
 import pytest
