@@ -291,7 +291,7 @@ def run_case(
         for method, explainer in (("shapley_values", deep), ("ShapleyExplainer", forward)):
             errors, covered, shrunk, per_sample, rmse_ratio = [], [], [], [], []
             for seed in range(seeds):
-                estimate = explainer.shapley_values(x, players=kind, budget=rows, random_state=seed)
+                estimate = explainer.shapley_values(x, players=kind, budget=rows, random_state=seed, time_axis=1)
                 v = estimate.values[picked, :, out] if estimate.values.ndim == 3 else estimate.values
                 se = estimate.stderr[picked, :, out] if estimate.stderr.ndim == 3 else estimate.stderr
                 assert (estimate.n_evals <= rows).all()

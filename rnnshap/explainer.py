@@ -240,6 +240,8 @@ class DeepExplainer:
         batch_size: int | None = None,
         progress: bool | None = None,
         prune: float | None = None,
+        time_axis: Any = None,
+        windows: int | None = None,
     ) -> ShapleyEstimate:
         """Shapley values of ``X`` with standard errors, and how far DeepSHAP's are from them.
 
@@ -269,17 +271,25 @@ class DeepExplainer:
                 the game itself): long sequences then spend the budget on the steps that matter. Each
                 sample's grouping is in ``pruned_steps``, the group's value in ``pruned`` (its steps' entries
                 in ``values`` are 0); the pruning's rows count in the budget.
+            time_axis: the axis of X that is time (batch axis 0; a list per input), where the layer that reads
+                an (N, A, B) input does not say: 1 for (N, T, F), 2 for (N, channels, T) (aeon and sktime panels).
+                A recurrent layer or a channels-last convolution says (T, F), torch's ``Conv1d`` (C, T); players
+                along time or features on an input no layer says are refused, never guessed.
+            windows: with ``players="steps"``, one player per ``windows`` consecutive steps (the last window
+                shorter): patches without writing a mask.
         """
         from .shapley.door import engine_view, shapley_values
+        from .shapley.layout import layout_reader
 
         self._named(X)
         self._follow_model()
-        view = engine_view(self.engine, "shapley_values")
+        layout = layout_reader(self.model, self.engine.to_numpy(self.engine.background))
+        view = engine_view(self.engine, "shapley_values", layout)
         with normal_mode():
             return shapley_values(
                 view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
                 batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
-                prune=prune,
+                prune=prune, time_axis=time_axis, windows=windows,
             )  # fmt: skip
 
     def shapley_interactions(
@@ -295,6 +305,8 @@ class DeepExplainer:
         random_state: int | None = None,
         batch_size: int | None = None,
         player_names: Sequence[str] | None = None,
+        time_axis: Any = None,
+        windows: int | None = None,
     ) -> Any:
         """Shapley interactions between players (time steps, features, cells, groups), through shapiq.
 
@@ -314,6 +326,7 @@ class DeepExplainer:
             outputs: which outputs, as for :meth:`shap_values` (default: all; they share the rows).
             random_state: an integer seed for the approximator (the same seed, the same values).
             player_names: names of the players, for shapiq's plots.
+            time_axis, windows: as for :meth:`shapley_values`.
 
         Returns:
             An :class:`rnnshap.shapley.interactions.InteractionEstimate`: shapiq's ``InteractionValues`` per
@@ -326,14 +339,17 @@ class DeepExplainer:
         """
         from .shapley.door import engine_view
         from .shapley.interactions import shapley_interactions
+        from .shapley.layout import layout_reader
 
         self._named(X)
         self._follow_model()
-        view = engine_view(self.engine, "shapley_interactions")
+        layout = layout_reader(self.model, self.engine.to_numpy(self.engine.background))
+        view = engine_view(self.engine, "shapley_interactions", layout)
         with normal_mode():
             return shapley_interactions(
                 view, X, players, index=index, order=order, budget=budget, approximator=approximator, outputs=outputs,
                 random_state=random_state, batch_size=batch_size or self.batch_size, player_names=player_names,
+                time_axis=time_axis, windows=windows,
             )  # fmt: skip
 
     def summarize(

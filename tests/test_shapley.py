@@ -121,7 +121,7 @@ def test_an_additive_model_is_exact_at_any_budget_with_either_door() -> None:
     w = model[1].weight.detach().reshape(2, 4, 3)
     truth = torch.einsum("ktf,ntf->ntk", w, x - bg.mean(0)).numpy()
     # DeepSHAP's pass, f(x), f(r) / 3 samples, 2 walk pairs
-    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=21 + 1 + 3 + 12, random_state=3)
+    estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=21 + 1 + 3 + 12, random_state=3, time_axis=1)
     assert not estimate.exact.any()
     assert np.allclose(estimate.values, truth, atol=1e-12)
     assert np.allclose(estimate.deepshap_gap, 0, atol=1e-12)
@@ -200,9 +200,12 @@ def test_the_sampled_values_average_to_the_exact_values(budget: int) -> None:
     )[:, 0]
     explainer = ShapleyExplainer(f, bg)
     runs = np.stack(
-        [explainer.shapley_values(x, "steps", budget=budget, random_state=seed).values[0, :, 0] for seed in range(400)]
+        [
+            explainer.shapley_values(x, "steps", budget=budget, random_state=seed, time_axis=1).values[0, :, 0]
+            for seed in range(400)
+        ]
     )
-    assert not explainer.shapley_values(x, "steps", budget=budget).exact.any()
+    assert not explainer.shapley_values(x, "steps", budget=budget, time_axis=1).exact.any()
     z = (runs.mean(0) - truth) / (runs.std(0, ddof=1) / np.sqrt(len(runs)))
     assert np.abs(z).max() <= 4.5, z
 
@@ -303,8 +306,8 @@ def test_bad_input_is_refused_with_advice() -> None:
         explainer.shapley_values(x, np.zeros((3, 3), dtype=int))
     with pytest.raises(InputError, match="integer array"):
         explainer.shapley_values(x, np.zeros((4, 3)))
-    with pytest.raises(InputError, match="time axis"):
-        ShapleyExplainer(nn.Linear(3, 2), torch.randn(3, 3)).shapley_values(torch.randn(1, 3), "steps")
+    with pytest.raises(InputError, match="time_axis"):  # Flatten does not say which axis is time
+        ShapleyExplainer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.randn(3, 4, 3)).shapley_values(torch.randn(1, 4, 3))
     token = rnnshap.DeepExplainer(TokenReader().eval(), [torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])])
     with pytest.raises(InputError, match="context"):
         token.shapley_values([torch.randint(0, 11, (1, 4)), torch.tensor([4])], [np.arange(4), np.zeros((), dtype=int)])
@@ -320,7 +323,7 @@ def test_a_model_deepexplainer_refuses_names_the_door_that_works() -> None:
     x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="ShapleyExplainer"):
         rnnshap.DeepExplainer(Rounds(), bg)
-    estimate = ShapleyExplainer(Rounds(), bg).shapley_values(x, "steps", budget=10**4)
+    estimate = ShapleyExplainer(Rounds(), bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
     assert np.allclose(estimate.values[0], oracle(Rounds(), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
 
 
@@ -333,7 +336,7 @@ def test_a_function_of_numpy_arrays_and_the_explanation() -> None:
         return (a[:, 0, 0] * a[:, 2, 1] + a[:, 1].sum(1))[:, None]
 
     explainer = ShapleyExplainer(f, bg)
-    explanation = explainer(x, "steps", budget=10**4)
+    explanation = explainer(x, "steps", budget=10**4, time_axis=1)
     truth = oracle(lambda a: torch.from_numpy(f(a.numpy())), [torch.from_numpy(x[0])], [torch.from_numpy(bg)], [_steps(3, 2)])
     assert np.allclose(explanation.values[0], truth, atol=1e-12)
     assert explanation.error_std is not None and explanation.feature_names == ["t0", "t1", "t2"]
@@ -370,7 +373,7 @@ def test_a_model_in_training_mode_is_played_in_eval_mode_and_left_as_it_was() ->
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(12, 2)).double().train()
     x, bg = _data(torch.float64, T=4, F=3, B=3, N=1)
     with pytest.warns(UserWarning, match="training mode with Dropout"):
-        estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+        estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
     assert all(m.training for m in model.modules())
     truth = oracle(model.eval(), [x[0]], [bg], [_steps(4, 3)])
     assert np.allclose(estimate.values[0], truth, atol=1e-12)
@@ -406,7 +409,7 @@ def test_a_torchscript_model_deepexplainer_refuses_is_played_by_its_forward() ->
     x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
     with pytest.raises(rnnshap.ModelStateError, match="ShapleyExplainer"):
         rnnshap.DeepExplainer(model, bg)
-    estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4)
+    estimate = ShapleyExplainer(model, bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
     assert np.allclose(estimate.values[0], oracle(model, [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
 
 

@@ -16,6 +16,7 @@ from ..engines.base import Engine, blocks
 from ..engines.outputs import select_outputs
 from ..errors import InputError
 from .estimator import GROUP, Forward, Game, default_budget, enumeration_rows, estimate
+from .layout import Layout, chosen_axes
 from .players import Players, resolve
 
 #: DeepSHAP's values per (sample, reference) pair summed to the players: (inputs, columns, players,
@@ -43,9 +44,23 @@ class ModelView:
     deepshap: PairValues | None = None
     #: flat output indices of ``outputs=`` (n_outputs-sized output vector)
     select: Callable[[Sequence[Any]], np.ndarray] | None = None
+    #: the model's layout (which axis of each input is time), read when first needed; None: not known
+    layout: Callable[[], Layout] | None = None
+
+    def plan(self, players: Any, time_axis: Any = None, windows: int | None = None) -> Players:
+        """The players of ``players`` on this model's inputs (``time_axis``: see :func:`chosen_axes`)."""
+        shapes = [tuple(b.shape[1:]) for b in self.background]
+        along_time = isinstance(players, str) and players in ("steps", "features")
+        needs = along_time and any(
+            a and not tok and len(shape) >= 2 for a, tok, shape in zip(self.attributed, self.tokens, shapes, strict=True)
+        )
+        given = list(time_axis) if isinstance(time_axis, (list, tuple)) else [time_axis]
+        known = self.layout() if needs and self.layout is not None and None in given else None
+        axes, why = chosen_axes(time_axis, known, shapes)
+        return resolve(players, shapes, self.attributed, self.tokens, axes, why, windows)
 
 
-def engine_view(engine: Engine, method: str) -> ModelView:
+def engine_view(engine: Engine, method: str, layout: Callable[[], Layout] | None = None) -> ModelView:
     """What the Shapley mode needs of the model behind a DeepExplainer's ``engine``, DeepSHAP's per-pair
     values included (``method`` names the explainer's method in the error for a layer's attributions)."""
     if not engine.attributes_model_inputs:
@@ -80,6 +95,7 @@ def engine_view(engine: Engine, method: str) -> ModelView:
         multi_input=engine.multi_input,
         deepshap=deepshap,
         select=lambda chosen: select_outputs(engine.output_shape, chosen),
+        layout=layout,
     )
 
 
@@ -126,7 +142,7 @@ class ShapleyEstimate:
     deepshap: Any = None
     #: ``values - deepshap`` (None without deepshap); its standard error is ``stderr``
     deepshap_gap: Any = None
-    #: "steps", "features", "cells" or "mask"
+    #: "steps", "windows", "features", "cells" or "mask"
     players: str = "steps"
     #: the number of players P
     n_players: int = 0
@@ -159,7 +175,7 @@ class ShapleyEstimate:
             return [self._one(shap, v, s, None, output_names) for v, s in zip(self.values, self.stderr, strict=True)]
         names = feature_names
         if names is None and self.players != "cells":
-            prefix = {"steps": "t", "features": "f"}.get(self.players, "player ")
+            prefix = {"steps": "t", "windows": "w", "features": "f"}.get(self.players, "player ")
             names = [f"{prefix}{i}" for i in range(self.n_players)]
         return self._one(shap, self.values, self.stderr, names, output_names)
 
@@ -211,16 +227,19 @@ def shapley_values(
     batch_size: int,
     progress: bool | None = None,
     prune: float | None = None,
+    time_axis: Any = None,
+    windows: int | None = None,
 ) -> ShapleyEstimate:
     """See :meth:`rnnshap.DeepExplainer.shapley_values`."""
     if prune is not None:
+        if windows is not None:
+            raise InputError("prune= groups the oldest single steps; it does not combine with windows=")
         return _pruned(view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
-                       batch_size=batch_size, progress=progress, prune=prune)  # fmt: skip
+                       batch_size=batch_size, progress=progress, prune=prune, time_axis=time_axis)  # fmt: skip
+    plan = view.plan(players, time_axis, windows)
     x, native = view.convert(X)
     n = int(x[0].shape[0])
     B = int(view.background[0].shape[0])
-    shapes = [tuple(b.shape[1:]) for b in view.background]
-    plan = resolve(players, shapes, view.attributed, view.tokens)
     P = plan.count
     n_outputs = int(view.background_outputs.shape[1])
     chosen = outputs is not None
@@ -377,7 +396,9 @@ def pruning_point(table: Any, steps: int, scale: np.ndarray, prune: float) -> tu
     return 0, np.zeros_like(empty)
 
 
-def _pruned(view: ModelView, X: Any, players: Any, budget: int | None, *, prune: float, **options: Any) -> ShapleyEstimate:
+def _pruned(
+    view: ModelView, X: Any, players: Any, budget: int | None, *, prune: float, time_axis: Any = None, **options: Any
+) -> ShapleyEstimate:
     """``players="steps"`` with the oldest steps grouped into one player where their joint contribution
     is below ``prune`` × max(1, |f(x) − v(∅)|) (TimeSHAP): each sample estimated on its own grouping, the
     pruning's rows counted in its budget; values shaped as for steps, the group's in ``pruned``."""
@@ -385,11 +406,10 @@ def _pruned(view: ModelView, X: Any, players: Any, budget: int | None, *, prune:
         raise InputError(f"prune= groups old time steps: it needs players='steps', not {players!r}")
     if isinstance(prune, bool) or not isinstance(prune, (int, float, np.floating)) or not prune >= 0:
         raise InputError(f"prune must be a non-negative tolerance (a share of |f(x) - base value|), got {prune!r}")
+    plan = view.plan("steps", time_axis)
     x, _ = view.convert(X)
     n = int(x[0].shape[0])
     B = int(view.background[0].shape[0])
-    shapes = [tuple(b.shape[1:]) for b in view.background]
-    plan = resolve("steps", shapes, view.attributed, view.tokens)
     T = plan.count
     outputs = options.pop("outputs")
     if outputs is not None:

@@ -10,6 +10,7 @@ from ..engines.forward import forward_model
 from ..engines.outputs import OutputChoice, select_outputs
 from ..errors import InputError
 from .door import ModelView, ShapleyEstimate, shapley_values
+from .layout import layout_reader
 
 
 class ShapleyExplainer:
@@ -63,6 +64,7 @@ class ShapleyExplainer:
         mean = self.forward.background_outputs.mean(0).reshape(self.forward.output_shape)
         #: the mean model output over the background, shaped like one sample's output
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
+        self._layout = layout_reader(model, background, self.forward._call)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -87,6 +89,7 @@ class ShapleyExplainer:
             tokens=tokens,
             multi_input=forward.multi_input,
             select=lambda outputs: select_outputs(forward.output_shape, outputs),
+            layout=self._layout,
         )
 
     def shapley_values(
@@ -101,13 +104,16 @@ class ShapleyExplainer:
         batch_size: int | None = None,
         progress: bool | None = None,
         prune: float | None = None,
+        time_axis: Any = None,
+        windows: int | None = None,
     ) -> ShapleyEstimate:
         """Shapley values of ``X`` with standard errors: see :meth:`rnnshap.DeepExplainer.shapley_values`
-        (here ``deepshap`` and ``deepshap_gap`` are None)."""
+        (here ``deepshap`` and ``deepshap_gap`` are None). A function of arrays does not say which
+        axis of an (N, A, B) input is time: players along time or features then need ``time_axis``."""
         return shapley_values(
             self._view(), X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
             batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
-            prune=prune,
+            prune=prune, time_axis=time_axis, windows=windows,
         )  # fmt: skip
 
     def shapley_interactions(self, X: Any, players: Any = "steps", **options: Any) -> Any:

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import InputError
 from .door import ModelView, ValueTable
-from .players import resolve
 
 #: the interaction indices shapiq computes that rnnshap exposes, with whether they are efficient
 #: (their values of every order up to ``order`` add up to v(N) − v(∅))
@@ -131,6 +130,8 @@ def shapley_interactions(
     random_state: int | None = None,
     batch_size: int,
     player_names: Sequence[str] | None = None,
+    time_axis: Any = None,
+    windows: int | None = None,
 ) -> InteractionEstimate:
     """See :meth:`rnnshap.DeepExplainer.shapley_interactions`."""
     shapiq = _shapiq()
@@ -143,7 +144,7 @@ def shapley_interactions(
     x, _ = view.convert(X)
     n = int(x[0].shape[0])
     B = int(view.background[0].shape[0])
-    plan = resolve(players, [tuple(b.shape[1:]) for b in view.background], view.attributed, view.tokens)
+    plan = view.plan(players, time_axis, windows)
     P = plan.count
     if order > P:
         raise InputError(f"order={order} is more than the {P} players")

@@ -26,7 +26,7 @@ class Players:
     ids: list[np.ndarray | None]
     #: the number of players, P
     count: int
-    #: "steps", "features", "cells" or "mask"
+    #: "steps", "windows", "features", "cells" or "mask"
     kind: str
 
     def coalition_rows(self, masks: np.ndarray, x: list[np.ndarray], r: list[np.ndarray]) -> list[np.ndarray]:
@@ -62,11 +62,25 @@ def resolve(
     shapes: Sequence[tuple[int, ...]],
     attributed: Sequence[bool],
     tokens: Sequence[bool],
+    axes: Sequence[int | None] | None = None,
+    why: Sequence[str] | None = None,
+    windows: int | None = None,
 ) -> Players:
     """The :class:`Players` of the ``players`` argument for inputs of per-sample ``shapes``.
 
     ``attributed[t]``: input t gets values (False: context, used as given). ``tokens[t]``: input t
-    holds token ids, one token per position (its last axis is time)."""
+    holds token ids, one token per position (its last axis is time). ``axes[t]``: the axis of one
+    sample of input t that is time (None: not known, ``why[t]`` says why); players along time or
+    features on an input of more than one axis whose time axis is not known are refused.
+    ``windows=k``: with ``players="steps"``, one player per k consecutive steps (the last window shorter)."""
+    count = len(shapes)
+    known = list(axes) if axes is not None else [None] * count
+    reasons = list(why) if why is not None else ["the model's layout is not known"] * count
+    if windows is not None:
+        if isinstance(windows, bool) or not isinstance(windows, (int, np.integer)) or windows < 1:
+            raise InputError(f"windows must be a positive number of steps per player, got {windows!r}")
+        if not (isinstance(players, str) and players == "steps"):
+            raise InputError(f"windows= groups consecutive time steps into players: it needs players='steps', not {players!r}")
     if isinstance(players, str):
         if players not in NAMED:
             raise InputError(
@@ -75,13 +89,30 @@ def resolve(
             )
         if players == "cells":
             return _cells(shapes, attributed)
-        return _axis(players, shapes, attributed, tokens)
+        return _axis(players, shapes, attributed, tokens, known, reasons, windows)
     return _mask(players, shapes, attributed)
 
 
-def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[bool], tokens: Sequence[bool]) -> Players:
-    """Players along the time axis ("steps": each step's whole feature vector) or the feature axis
-    ("features": one feature at every step) of every attributed input."""
+def _ambiguous(kind: str, t: int, shape: tuple[int, ...], reason: str) -> InputError:
+    dims = ", ".join(map(str, shape))
+    return InputError(
+        f"players={kind!r} needs to know which axis of input {t}, shaped (N, {dims}), is time, and {reason}. "
+        "Give time_axis=1 for (N, T, F) (rnnshap's, Keras's and torch's recurrent layout) or time_axis=2 for "
+        "(N, channels, T) (aeon's and sktime's panels, torch's Conv1d); rnnshap does not guess."
+    )
+
+
+def _axis(
+    kind: str,
+    shapes: Sequence[tuple[int, ...]],
+    attributed: Sequence[bool],
+    tokens: Sequence[bool],
+    axes: Sequence[int | None],
+    why: Sequence[str],
+    windows: int | None,
+) -> Players:
+    """Players along the time axis ("steps": each step's whole feature vector; ``windows``: k steps
+    each) or the feature axis ("features": one feature at every step) of every attributed input."""
     ids: list[np.ndarray | None] = []
     count = None
     for t, shape in enumerate(shapes):
@@ -94,15 +125,24 @@ def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[boo
                     raise InputError(
                         f"players='steps' needs token input {t} shaped (N, T); it is (N, {', '.join(map(str, shape))})"
                     )
-                axis_size, grid = shape[0], np.arange(shape[0])
-            elif len(shape) == 2:
-                axis_size, grid = shape[0], np.repeat(np.arange(shape[0])[:, None], shape[1], 1)
-            else:
+                axis = 0
+            elif len(shape) == 1:
+                axis = 0  # one value per step: (N, T)
+            elif len(shape) == 0:
                 raise InputError(
-                    f"players='steps' needs input {t} to have a time axis, (N, T, F); it is (N, {', '.join(map(str, shape))}). "
-                    "Use players='features' for an (N, F) input, give player ids as an integer array shaped like one sample, "
-                    "or, for a lengths or mask input, make it context (ShapleyExplainer(..., context=[index]))."
+                    f"players='steps' needs input {t} to have a time axis; it holds one value per sample. Make it context "
+                    "(ShapleyExplainer(..., context=[index])) if it is a length or an index."
                 )
+            elif axes[t] is None:
+                raise _ambiguous(kind, t, shape, why[t])
+            else:
+                axis = int(axes[t])  # type: ignore[arg-type]
+            steps = shape[axis]
+            step_ids = np.arange(steps) if windows is None else np.arange(steps) // int(windows)
+            axis_size = int(step_ids[-1]) + 1 if steps else 0
+            view = [1] * len(shape)
+            view[axis] = steps
+            grid = np.broadcast_to(step_ids.reshape(view), shape)
         else:
             if tokens[t]:
                 raise InputError(
@@ -112,21 +152,29 @@ def _axis(kind: str, shapes: Sequence[tuple[int, ...]], attributed: Sequence[boo
             if len(shape) == 1:
                 axis_size, grid = shape[0], np.arange(shape[0])
             elif len(shape) == 2:
-                axis_size, grid = shape[1], np.repeat(np.arange(shape[1])[None, :], shape[0], 0)
+                if axes[t] is None:
+                    raise _ambiguous(kind, t, shape, why[t])
+                feature_axis = 1 - int(axes[t])  # type: ignore[arg-type]
+                axis_size = shape[feature_axis]
+                view = [1, 1]
+                view[feature_axis] = axis_size
+                grid = np.broadcast_to(np.arange(axis_size).reshape(view), shape)
             else:
                 raise InputError(
-                    f"players='features' needs input {t} shaped (N, F) or (N, T, F); it is (N, {', '.join(map(str, shape))})"
+                    f"players='features' needs input {t} shaped (N, F) or (N, T, F); it is (N, {', '.join(map(str, shape))}). "
+                    "Give player ids as an integer array shaped like one sample, or players='cells'."
                 )
         if count is not None and axis_size != count:
+            what = "windows" if windows is not None else kind
             raise InputError(
-                f"players={kind!r}: the inputs disagree on the number of {kind} ({count} and {axis_size} in input {t}). "
+                f"players={kind!r}: the inputs disagree on the number of {what} ({count} and {axis_size} in input {t}). "
                 "Give player ids as a list of integer arrays, one per input."
             )
         count = axis_size
-        ids.append(grid.astype(np.int64))
+        ids.append(np.ascontiguousarray(grid).astype(np.int64))
     if count is None:
         raise InputError("every input is context (lengths, masks): there are no players to give values to")
-    return Players(ids, int(count), kind)
+    return Players(ids, int(count), "windows" if windows is not None else kind)
 
 
 def _cells(shapes: Sequence[tuple[int, ...]], attributed: Sequence[bool]) -> Players:
