@@ -1,0 +1,511 @@
+"""Pretrained foundation forecasters explained in the objects users hold: :func:`explain` and its result.
+
+``explain(model, context, prediction_length=H)`` takes what the library's own loading call returns
+(a chronos ``ChronosBoltPipeline`` / ``Chronos2Pipeline`` or the model inside, a tirex model, a timesfm
+``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a granite-tsfm
+``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline``) and the context its forecast call takes,
+and returns a :class:`ForecastExplanation`: values ``(n, L, H, Q)`` per context step, forecast step and
+quantile, adding up to the forecast the library's own public call returns on the same context.
+
+One module per library (``tirex.py``, ``chronos.py``, ``timesfm.py``, ``tinytimemixer.py``, ``moment.py``),
+each an :class:`Adapter` importing its library only when its model is explained. An adapter gives two
+things: the library's public forecast call on windows (numpy in, ``(m, H, Q)`` out; NaN where a value is
+missing, handled as the library handles it), and a torch module that computes that forecast from the
+window tensor (the library's own torch functions, called as its forecast calls them) for DeepSHAP.
+
+Two answers (``method``):
+
+- ``"deepshap"``: :class:`rnnshap.DeepExplainer` on the adapter's module against ``background`` windows:
+  exact in sum (values add up to the forecast minus the base value, the mean forecast over the background);
+- ``"shapley"``: :class:`rnnshap.ShapleyExplainer` on the library's public forecast call: Shapley values of
+  the context steps (``players="steps"``), of the model's own patches (``"patches"``) or of windows of a
+  given length (an int), with standard errors, exact where ``budget`` covers every coalition. With
+  ``background=None`` a missing player is *dropped*, given to the model as missing (NaN), the way the
+  library takes missing values, instead of replaced from a background window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from .. import check_method, check_version, preserved
+
+__all__ = ["Adapter", "ForecastExplanation", "adapter_for", "explain"]
+
+
+class Adapter:
+    """One library's forecast: its public call on windows, and the torch function behind it.
+
+    Subclasses set the class attributes and implement :meth:`library_forecast` and :meth:`module`."""
+
+    #: the distribution whose version is checked (a key of :data:`rnnshap.forecasting.VERIFIED`)
+    distribution = ""
+    #: the model's name in messages
+    label = ""
+    #: how the library takes a missing value (said in the docs and the result)
+    drops = "NaN"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    # -- what the model reads -----------------------------------------------------------------------------
+    def context_length(self) -> int | None:
+        """The most recent steps the model reads; earlier ones are trimmed (None: no limit)."""
+        return None
+
+    def patch_length(self) -> int | None:
+        """The model's own patch length (``players="patches"``), None for a model without patches."""
+        return None
+
+    def levels(self, requested: Sequence[float] | None) -> list[Any]:
+        """The labels of the forecast's last axis for ``quantile_levels=requested`` (validated)."""
+        raise NotImplementedError
+
+    def torch_modules(self) -> list[Any]:
+        """The ``nn.Module``s the forecast runs (put back as they were after explaining)."""
+        raise NotImplementedError
+
+    # -- the two forms of the forecast ---------------------------------------------------------------------
+    def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
+        """The library's public forecast call on ``windows`` (m, L) float64 (NaN: missing): (m, H, Q)."""
+        raise NotImplementedError
+
+    def module(self, prediction_length: int, levels: list[Any]) -> Any:
+        """A torch module ``f(x, *context) -> (m, H·Q)``: the library's forecast of the windows ``x`` (m, L),
+        computed by the library's torch functions; ``context`` are :meth:`context_inputs`."""
+        raise NotImplementedError
+
+    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
+        """Per-window inputs that are not attributed (bool arrays, first axis the windows): taken at the
+        explained window's values for it and its references alike (DeepSHAP's context inputs)."""
+        return []
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        """The explained windows as the DeepSHAP module reads them; NaN refused where the module cannot
+        take it."""
+        if np.isnan(windows).any():
+            raise InputError(
+                f"{self.label}: the context holds NaN (missing values or series of different lengths), which DeepSHAP "
+                "explains only where rnnshap has exact rules for the model's missing-value handling. Use "
+                "method='shapley', which runs the library's own forecast call on them"
+            )
+        return windows
+
+
+# -- dispatch ------------------------------------------------------------------------------------------------
+def _adapter_class(model: Any) -> type[Adapter] | None:
+    """The adapter for ``model``'s type, by the module its class comes from (no library imported first)."""
+    modules = [getattr(c, "__module__", "") or "" for c in type(model).__mro__]
+    root = {m.split(".")[0] for m in modules}
+    if "tsfm_public" in root:
+        from .tinytimemixer import TinyTimeMixerAdapter
+
+        return TinyTimeMixerAdapter
+    if "timesfm" in root:
+        from .timesfm import TimesFMAdapter
+
+        return TimesFMAdapter
+    if "chronos" in root:
+        from .chronos import chronos_adapter
+
+        return chronos_adapter(model)
+    if "tirex" in root:
+        from .tirex import TiRexAdapter
+
+        return TiRexAdapter
+    if "momentfm" in root:
+        from .moment import MomentAdapter
+
+        return MomentAdapter
+    return None
+
+
+SUPPORTED = (
+    "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
+    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a granite-tsfm TinyTimeMixerForPrediction, a momentfm "
+    "MOMENTPipeline (task_name='forecasting')"
+)
+
+
+def adapter_for(model: Any) -> Adapter:
+    """The :class:`Adapter` of ``model`` (its library's version checked), or an InputError naming what is taken."""
+    cls = _adapter_class(model)
+    if cls is None:
+        raise InputError(
+            f"rnnshap.foundation.explain takes {SUPPORTED}; got {type(model).__module__}.{type(model).__name__}. "
+            "For another torch forecaster use rnnshap.DeepExplainer on a module from context windows to its forecast "
+            "(docs/recipes.md)"
+        )
+    check_version(cls.distribution)
+    return cls(model)
+
+
+# -- windows ---------------------------------------------------------------------------------------------------
+def windows_of(context: Any, what: str = "context") -> np.ndarray:
+    """``context`` as (n, L) float64: an (n, L) or (L,) array or tensor, or a list of 1-D series of any lengths,
+    left-padded with NaN (missing) to the longest, as the libraries that take lists do."""
+    if isinstance(context, (list, tuple)) and context and all(_is_array(c) and np.ndim(_numpy(c)) == 1 for c in context):
+        series = [_numpy(c) for c in context]
+        if any(s.size == 0 for s in series):
+            raise InputError(f"{what}: a series is empty")
+        longest = max(s.size for s in series)
+        out = np.full((len(series), longest), np.nan)
+        for i, s in enumerate(series):
+            out[i, longest - s.size :] = s
+        return out
+    if not _is_array(context):
+        raise InputError(f"{what}: give an (n, L) array or tensor, one series (L,), or a list of 1-D series")
+    array = _numpy(context)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{what}: expected (n, L) windows of one series each, got shape {tuple(np.shape(array))}")
+    return array
+
+
+def _is_array(a: Any) -> bool:
+    return (
+        isinstance(a, np.ndarray) or hasattr(a, "detach") or (isinstance(a, (list, tuple)) and len(a) > 0 and np.isscalar(a[0]))
+    )
+
+
+def _numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def aligned_background(background: Any, length: int) -> np.ndarray:
+    """The background windows brought to the explained windows' length: their last ``length`` steps."""
+    rows = windows_of(background, "background")
+    if rows.shape[1] < length:
+        raise InputError(
+            f"background windows have {rows.shape[1]} steps; the explained context has {length}. Give background windows "
+            "at least as long as the context (their last steps are used)"
+        )
+    return rows[:, rows.shape[1] - length :]
+
+
+def check_background(rows: np.ndarray, label: str, readable: int) -> None:
+    """Refuse background windows that are constant over what the model reads: every one of these models scales
+    the window by its own spread with a floor (1e-5 and the like), so against a constant window the
+    attributions are the output change divided by that floor (measured: ~2,000x the output change)."""
+    seen = rows[:, -readable:]
+    spread = np.nanmax(seen, axis=1) - np.nanmin(seen, axis=1)
+    flat = np.flatnonzero(~(spread > 0))
+    if flat.size:
+        kind = "all-zero" if np.all(np.nan_to_num(seen[flat]) == 0) else "constant"
+        raise InputError(
+            f"background row(s) {flat[:5].tolist()} are {kind} over the {readable} steps {label} reads. {label} scales each "
+            "window by its own spread (floored near 1e-5), so a constant reference divides the change by that floor: the "
+            "values still add up, but each is thousands of times the change it explains. Use real windows of the series "
+            "as background (earlier windows of the same or similar series), or method='shapley' with background=None "
+            "(missing context dropped the way the model drops it)"
+        )
+
+
+# -- the result ------------------------------------------------------------------------------------------------
+@dataclass
+class ForecastExplanation:
+    """The attributions of foundation-model forecasts to their context.
+
+    Arrays are float64. ``n`` windows, ``L`` context steps, ``H = prediction_length``, ``Q`` forecast columns
+    (``quantile_levels``: the quantile levels, and ``"mean"`` / ``"point"`` where the library returns those)."""
+
+    #: ``(n, L, H, Q)``: per context step (``players="steps"`` or DeepSHAP); ``(n, P, H, Q)`` per player
+    #: (patches, windows: ``player_steps`` maps each to its steps)
+    values: np.ndarray
+    #: ``(n, H, Q)``: what the values add up from (the mean forecast over the background; with
+    #: ``background=None`` in the Shapley mode, the forecast with the whole context dropped)
+    base_values: np.ndarray
+    #: ``(n, H, Q)``: the library's own public forecast on the context
+    forecast: np.ndarray
+    quantile_levels: list[Any]
+    prediction_length: int
+    #: "deepshap" or "shapley"
+    method: str
+    #: the model, in words
+    model: str
+    #: ``(n, L)``: the context windows as explained (NaN where missing or padded)
+    context: np.ndarray
+    #: the Shapley mode's standard errors, shaped like ``values`` (0 where exact)
+    stderr: np.ndarray | None = None
+    #: per window: every coalition enumerated (Shapley mode)
+    exact: np.ndarray | None = None
+    #: per window: rows run through the model (Shapley mode)
+    n_evals: np.ndarray | None = None
+    #: "steps", "patches", "windows of w", or "steps" for DeepSHAP
+    players: str = "steps"
+    #: per player, the ``(start, stop)`` context steps it holds
+    player_steps: list[tuple[int, int]] = field(default_factory=list)
+    #: per covariate name, values ``(n, L_c, H, Q)`` (models that read covariates)
+    covariates: dict[str, np.ndarray] | None = None
+    #: "background" (missing players take background values) or "dropped" (given to the model as missing)
+    game: str = "background"
+
+    def total(self) -> np.ndarray:
+        """``base_values`` plus every value (covariates included): ``(n, H, Q)``, equal to ``forecast``."""
+        total = self.base_values + self.values.sum(1)
+        for v in (self.covariates or {}).values():
+            total = total + v.sum(1)
+        return total
+
+    def plot(self, sample: int = 0, horizon: int = 0, quantile: Any = None, *, ax: Any = None) -> Any:
+        """The context of one window with the forecast's quantiles, and below it the values of each context step
+        (or player) for one forecast step and column (``quantile``: a label of ``quantile_levels``; default the
+        median, else the first), with ±2 standard errors in the Shapley mode. Returns the matplotlib Figure."""
+        from ...plots.style import BAR, INK, NEGATIVE, POSITIVE, new_figure, rgb
+
+        column = self._column(quantile)
+        if not 0 <= horizon < self.prediction_length:
+            raise InputError(f"horizon={horizon}: the forecast has {self.prediction_length} steps")
+        if not 0 <= sample < self.values.shape[0]:
+            raise InputError(f"sample={sample}: {self.values.shape[0]} window(s) were explained")
+        if ax is None:
+            fig = new_figure((8.0, 4.8))
+            top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1))
+        else:
+            top, bottom = ax
+            fig = top.figure
+        L = self.context.shape[1]
+        steps = np.arange(L)
+        future = np.arange(L, L + self.prediction_length)
+        top.plot(steps, self.context[sample], color=INK, lw=1.2, label="context")
+        top.plot(future, self.forecast[sample, :, column], color=BAR, lw=1.2, label=f"forecast ({self.quantile_levels[column]})")
+        numeric = [i for i, q in enumerate(self.quantile_levels) if isinstance(q, float)]
+        if len(numeric) >= 2:
+            low, high = numeric[0], numeric[-1]
+            top.fill_between(future, self.forecast[sample, :, low], self.forecast[sample, :, high], color=BAR, alpha=0.2, lw=0)
+        top.axvline(L + horizon, color="#999999", lw=0.8, ls=":")
+        top.legend(loc="upper left", fontsize=8, frameon=False)
+        top.set_title(
+            f"{self.model}: forecast step {horizon + 1}, column {self.quantile_levels[column]} ({self.method})", fontsize=10
+        )
+        values = self.values[sample, :, horizon, column]
+        if self.players == "steps":
+            centers, widths = steps, np.ones(L)
+        else:
+            centers = np.array([(a + b - 1) / 2 for a, b in self.player_steps])
+            widths = np.array([b - a for a, b in self.player_steps], dtype=float)
+        colors = [rgb(POSITIVE) if v >= 0 else rgb(NEGATIVE) for v in values]
+        errors = None if self.stderr is None else 2 * self.stderr[sample, :, horizon, column]
+        bottom.bar(centers, values, width=0.9 * widths, color=colors, yerr=errors, ecolor=INK, error_kw={"lw": 0.6})
+        bottom.axhline(0, color=INK, lw=0.6)
+        bottom.set_xlabel("context step")
+        bottom.set_ylabel("contribution")
+        return fig
+
+    def _column(self, quantile: Any) -> int:
+        if quantile is None:
+            for target in (0.5, "mean", "point"):
+                if target in self.quantile_levels:
+                    return self.quantile_levels.index(target)
+            return 0
+        if quantile not in self.quantile_levels:
+            raise InputError(f"quantile={quantile!r}: the forecast's columns are {self.quantile_levels}")
+        return self.quantile_levels.index(quantile)
+
+
+# -- players ---------------------------------------------------------------------------------------------------
+def player_ids(players: Any, length: int, adapter: Adapter) -> tuple[np.ndarray, str, list[tuple[int, int]]]:
+    """Player id per context step (the last steps of each player aligned to the end of the window, where the
+    models cut their patches from) for ``players`` = "steps", "patches" or a window length."""
+    if isinstance(players, str) and players == "steps":
+        width, kind = 1, "steps"
+    elif isinstance(players, str) and players == "patches":
+        patch = adapter.patch_length()
+        if patch is None:
+            raise InputError(f"players='patches': {adapter.label} has no patches; give players='steps' or a window length")
+        width, kind = int(patch), "patches"
+    elif isinstance(players, (int, np.integer)) and not isinstance(players, bool) and players >= 1:
+        width, kind = int(players), f"windows of {int(players)}"
+    else:
+        raise InputError(f"players={players!r}: give 'steps', 'patches' (the model's own patch length) or a window length (int)")
+    offset = (-length) % width
+    ids = (np.arange(length) + offset) // width
+    spans = [(max(0, p * width - offset), min(length, (p + 1) * width - offset)) for p in range(int(ids[-1]) + 1)]
+    return ids.astype(np.int64), kind, spans
+
+
+# -- the door --------------------------------------------------------------------------------------------------
+def explain(
+    model: Any,
+    context: Any,
+    *,
+    prediction_length: int,
+    background: Any = None,
+    quantile_levels: Sequence[float] | None = None,
+    covariates: Any = None,
+    method: str = "deepshap",
+    budget: int | None = None,
+    random_state: Any = None,
+    players: Any = "steps",
+    batch_size: int = 512,
+    check_additivity: bool | float = True,
+) -> ForecastExplanation:
+    """Explain a foundation model's forecast of ``context``: see :mod:`rnnshap.foundation`."""
+    method = check_method(method)
+    adapter = adapter_for(model)
+    if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
+        raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
+    H = int(prediction_length)
+    if covariates is not None:
+        handler = getattr(adapter, "explain_covariates", None)
+        if handler is None:
+            raise InputError(f"{adapter.label} reads no covariates; covariates= is taken by Chronos-2 (Chronos2Pipeline)")
+    windows = windows_of(context)
+    n, L = windows.shape
+    levels = adapter.levels(quantile_levels)
+    readable = min(L, adapter.context_length() or L)
+    rows = None
+    if background is not None:
+        rows = aligned_background(background, L)
+        check_background(rows, adapter.label, readable)
+    elif method == "deepshap":
+        raise InputError(
+            "method='deepshap' needs background windows: real windows of the series (e.g. earlier windows of the same "
+            "series), at least as long as the context. background=None drops missing context the way the model drops "
+            "missing values, a game the Shapley mode plays (method='shapley')"
+        )
+    modules = adapter.torch_modules()
+    with _preserved_all(modules):
+        forecast = adapter.library_forecast(windows.copy(), H, levels)
+        if method == "deepshap":
+            assert rows is not None
+            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity)
+        else:
+            result = _shapley(adapter, windows, rows, H, levels, players, readable, budget, random_state, batch_size)
+    values, base, stderr, exact, n_evals, kind, spans = result
+    return ForecastExplanation(
+        values=values, base_values=base, forecast=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
+        model=adapter.label, context=windows, stderr=stderr, exact=exact, n_evals=n_evals, players=kind, player_steps=spans,
+        game="background" if rows is not None else "dropped",
+    )  # fmt: skip
+
+
+class _preserved_all:
+    """:func:`rnnshap.forecasting.preserved` over several modules."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        import contextlib
+
+        self.stack = contextlib.ExitStack()
+        self.modules = modules
+
+    def __enter__(self) -> None:
+        for m in self.modules:
+            self.stack.enter_context(preserved(m))
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.close()
+
+
+def _deepshap(
+    adapter: Adapter, windows: np.ndarray, rows: np.ndarray, H: int, levels: list[Any], batch_size: int, check: bool | float
+) -> tuple[Any, ...]:
+    import torch
+
+    from ...explainer import DeepExplainer
+
+    x = adapter.deepshap_windows(windows)
+    if np.isnan(rows).any():
+        raise InputError("background: DeepSHAP's reference windows must hold no NaN (missing values)")
+    n, L = x.shape
+    Q = len(levels)
+    module = adapter.module(H, levels)
+    dtype = getattr(module, "dtype", torch.float32)
+    X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(windows)]
+    bg = [torch.as_tensor(rows, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(rows)]
+    with torch.enable_grad():
+        explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
+        attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
+    values = attribution.values[0].reshape(n, L, H, Q)
+    base = attribution.base_values.reshape(n, H, Q)
+    return values, base, None, None, None, "steps", [(t, t + 1) for t in range(L)]
+
+
+def _shapley(
+    adapter: Adapter,
+    windows: np.ndarray,
+    rows: np.ndarray | None,
+    H: int,
+    levels: list[Any],
+    players: Any,
+    readable: int,
+    budget: int | None,
+    random_state: Any,
+    batch_size: int,
+) -> tuple[Any, ...]:
+    from ...shapley import ShapleyExplainer
+
+    n, L = windows.shape
+    Q = len(levels)
+    trimmed = L - readable  # steps the model never reads: exact zeros, not players
+    ids, kind, spans = player_ids(players, readable, adapter)
+    spans = [(a + trimmed, b + trimmed) for a, b in spans]
+    prefix = windows[:, :trimmed]
+
+    def forward(seen: np.ndarray) -> np.ndarray:
+        full = np.concatenate([np.broadcast_to(prefix[:1], (seen.shape[0], trimmed)), seen], axis=1) if trimmed else seen
+        return adapter.library_forecast(full, H, levels).reshape(seen.shape[0], H * Q)
+
+    values = np.zeros((n, len(spans) if kind != "steps" else L, H, Q))
+    stderr = np.zeros_like(values)
+    base = np.zeros((n, H, Q))
+    exact = np.zeros(n, dtype=bool)
+    n_evals = np.zeros(n, dtype=np.int64)
+    reference = np.full((1, readable), np.nan) if rows is None else rows[:, trimmed:]
+    if rows is None:  # the empty coalition: every step the model reads given as missing
+        try:
+            forward(np.full((1, readable), np.nan))
+        except Exception as error:
+            raise InputError(
+                f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
+                f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
+            ) from error
+    for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
+        prefix = windows[i : i + 1, :trimmed]
+        explainer = ShapleyExplainer(_Forward(forward), reference, batch_size=batch_size)
+        estimate = explainer.shapley_values(windows[i : i + 1, trimmed:], players=ids, budget=budget, random_state=random_state)
+        v = np.asarray(estimate.values).reshape(1, -1, H, Q)
+        s = np.asarray(estimate.stderr).reshape(1, -1, H, Q)
+        start = trimmed if kind == "steps" else 0
+        values[i, start:] = v[0]
+        stderr[i, start:] = s[0]
+        base[i] = np.asarray(estimate.base_values).reshape(H, Q)
+        exact[i] = bool(np.asarray(estimate.exact).reshape(-1)[0])
+        n_evals[i] = int(np.asarray(estimate.n_evals).reshape(-1)[0])
+    if kind == "steps":
+        spans = [(t, t + 1) for t in range(L)]
+    return values, base, stderr, exact, n_evals, kind, spans
+
+
+class _Forward:
+    """A numpy function of one input for :class:`rnnshap.ShapleyExplainer` (the library's own call)."""
+
+    def __init__(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.function = function
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.function(np.asarray(rows, dtype=np.float64))
+
+
+def quantile_columns(trained: Sequence[float], requested: Sequence[float] | None, label: str) -> list[float]:
+    """Requested levels, each one the model was trained on (no interpolation), default all."""
+    if requested is None:
+        return [float(q) for q in trained]
+    out = []
+    for q in requested:
+        if not any(math.isclose(float(q), float(t)) for t in trained):
+            raise InputError(f"quantile_levels: {label} forecasts the levels {list(trained)}; {q} is not one of them")
+        out.append(float(q))
+    if not out:
+        raise InputError("quantile_levels: give at least one level")
+    return out

@@ -1,0 +1,270 @@
+"""rnnshap.foundation.explain on the foundation forecasters, held to each library's own public forecast call.
+
+Truths independent of rnnshap: the library's own forecast (``model(past_values=...)``, ``forecast()``,
+``predict_quantiles()``, ...) on the same context, which base value plus values must equal; Shapley values
+enumerated here over every coalition through that same call; exact zeros for context the model trims.
+Models are tiny, built from each library's own config classes with random weights (the code path of the
+pretrained ones); the series is a random walk (the docs use statsmodels' datasets).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from typing import Any, Callable
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+import rnnshap.foundation
+from rnnshap.errors import InputError
+
+RNG = np.random.default_rng(0)
+SERIES = RNG.standard_normal(400).cumsum() + 40.0  # positive, as many real series are
+
+
+def windows(length: int, starts: list[int]) -> np.ndarray:
+    return np.stack([SERIES[s : s + length] for s in starts])
+
+
+def tolerance(forecast: np.ndarray) -> float:
+    """float32 models: a few hundred eps of the forecast's magnitude (sums over steps and quantiles)."""
+    return 256 * float(np.finfo(np.float32).eps) * max(1.0, float(np.abs(forecast).max()))
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def unchanged(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    after = module.state_dict()
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def enumerated_shapley(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, references: np.ndarray, ids: np.ndarray
+) -> np.ndarray:
+    """Shapley values of the players ``ids`` (per step) by every coalition: v(S) = mean_r f(x on S, r elsewhere),
+    ``f`` the library's own call on rows (m, L) -> (m, k). Returns (P, k)."""
+    P = int(ids.max()) + 1
+    value: dict[tuple[int, ...], np.ndarray] = {}
+    for size in range(P + 1):
+        for S in itertools.combinations(range(P), size):
+            keep = np.isin(ids, S)
+            rows = np.where(keep[None], x[None], references)
+            value[S] = f(rows).mean(0)
+    phi = np.zeros((P, next(iter(value.values())).size))
+    for i in range(P):
+        for S, v in value.items():
+            if i in S:
+                continue
+            s = len(S)
+            weight = math.factorial(s) * math.factorial(P - s - 1) / math.factorial(P)
+            phi[i] += weight * (value[tuple(sorted((*S, i)))] - v)
+    return phi
+
+
+# -- TinyTimeMixer (granite-tsfm) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ttm() -> Any:
+    pytest.importorskip("tsfm_public")
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    torch.manual_seed(0)
+    config = TinyTimeMixerConfig(
+        context_length=16, patch_length=4, patch_stride=4, prediction_length=4, d_model=8, num_layers=1,
+        decoder_num_layers=1, decoder_d_model=8,
+    )  # fmt: skip
+    return TinyTimeMixerForPrediction(config).eval()
+
+
+def ttm_forecast(model: Any, rows: np.ndarray) -> np.ndarray:
+    """granite-tsfm's own call: the last context_length steps, NaN given as past_observed_mask=False."""
+    rows = rows[:, -model.config.context_length :]
+    missing = np.isnan(rows)
+    with torch.no_grad():
+        out = model(
+            past_values=torch.tensor(np.where(missing, 0.0, rows), dtype=torch.float32)[..., None],
+            past_observed_mask=torch.tensor(~missing)[..., None],
+        ).prediction_outputs
+    return out[..., 0].double().numpy()
+
+
+def test_ttm_deepshap_adds_up_to_its_forecast_with_zeros_for_trimmed_context(ttm: Any) -> None:
+    context, background = windows(20, [300, 310]), windows(24, [0, 40, 80, 120])
+    before = state(ttm)
+    result = rnnshap.foundation.explain(ttm, context, prediction_length=3, background=background)
+    own = ttm_forecast(ttm, context)[:, :3, None]
+    assert result.values.shape == (2, 20, 3, 1) and result.quantile_levels == ["point"]
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[:, :4] == 0)  # context_length=16: the first 4 steps are never read
+    assert np.abs(result.values[:, 4:]).max() > 0
+    assert unchanged(before, ttm)
+
+
+def test_ttm_shapley_patches_are_enumerated_through_its_own_call(ttm: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 60, 120])
+    result = rnnshap.foundation.explain(
+        ttm, context, prediction_length=2, background=background, method="shapley", players="patches", budget=10_000
+    )
+    ids = np.arange(16) // 4
+    truth = enumerated_shapley(lambda rows: ttm_forecast(ttm, rows)[:, :2], context[0], background, ids)
+    assert (
+        result.values.shape == (1, 4, 2, 1) and result.exact.all() and result.player_steps == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    )
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+    assert np.all(result.stderr == 0)
+    np.testing.assert_allclose(result.total(), ttm_forecast(ttm, context)[:, :2, None], rtol=0, atol=tolerance(truth))
+
+
+def test_ttm_dropping_context_gives_missing_players_as_its_observed_mask(ttm: Any) -> None:
+    context = windows(16, [300])
+    result = rnnshap.foundation.explain(ttm, context, prediction_length=2, method="shapley", players=8, budget=10_000)
+    ids = np.arange(16) // 8
+    truth = enumerated_shapley(lambda rows: ttm_forecast(ttm, rows)[:, :2], context[0], np.full((1, 16), np.nan), ids)
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+    everything_dropped = ttm_forecast(ttm, np.full((1, 16), np.nan))[:, :2, None]
+    np.testing.assert_allclose(result.base_values, everything_dropped, rtol=0, atol=tolerance(truth))
+
+
+def test_a_constant_or_zero_background_is_refused_naming_the_scaling(ttm: Any) -> None:
+    context = windows(16, [300])
+    for background in (np.zeros((3, 16)), np.full((3, 16), 5.0)):
+        with pytest.raises(InputError, match="scales each window by its own spread"):
+            rnnshap.foundation.explain(ttm, context, prediction_length=2, background=background)
+    with pytest.raises(InputError, match="needs background windows"):
+        rnnshap.foundation.explain(ttm, context, prediction_length=2)
+    with pytest.raises(InputError, match="refuses shorter context"):
+        rnnshap.foundation.explain(ttm, context[:, :8], prediction_length=2, background=windows(16, [0, 50]))
+
+
+def test_a_model_of_no_supported_library_is_refused_by_name() -> None:
+    with pytest.raises(InputError, match="rnnshap.foundation.explain takes"):
+        rnnshap.foundation.explain(torch.nn.Linear(4, 2), np.zeros((1, 4)), prediction_length=1, background=np.ones((1, 4)))
+
+
+# -- TimesFM 2.5 (timesfm) -----------------------------------------------------------------------------------
+def tiny_timesfm(compiled: bool = True, **forecast_config: Any) -> Any:
+    pytest.importorskip("timesfm")
+    from timesfm import ForecastConfig, TimesFM_2p5_200M_torch, configs
+    from timesfm.timesfm_2p5 import timesfm_2p5_base, timesfm_2p5_torch
+
+    p, o, oq, d = 4, 8, 16, 8
+    definition = timesfm_2p5_base.TimesFM_2p5_200M_Definition(
+        input_patch_len=p, output_patch_len=o, output_quantile_len=oq,
+        tokenizer=configs.ResidualBlockConfig(2 * p, d, d, True, "swish"),
+        stacked_transformers=configs.StackedTransformersConfig(
+            1, configs.TransformerConfig(d, d, 2, "rms", "rms", "rms", False, True, "swish", True)
+        ),
+        output_projection_point=configs.ResidualBlockConfig(d, d, o * 10, False, "swish"),
+        output_projection_quantiles=configs.ResidualBlockConfig(d, d, oq * 10, False, "swish"),
+    )  # fmt: skip
+
+    class Tiny(timesfm_2p5_torch.TimesFM_2p5_200M_torch_module):
+        config = definition
+
+    torch.manual_seed(0)
+    with mock.patch.object(timesfm_2p5_torch, "TimesFM_2p5_200M_torch_module", Tiny):  # the constructor builds the tiny one
+        model = TimesFM_2p5_200M_torch(torch_compile=False)
+    model.model.eval()
+    for parameter in model.model.parameters():  # spread weights: quantiles that differ and cross
+        torch.nn.init.normal_(parameter, std=0.3)
+    settings = dict(max_context=16, max_horizon=16, per_core_batch_size=8)
+    settings.update(forecast_config)
+    if compiled:
+        model.compile(ForecastConfig(**settings))
+    return model
+
+
+@pytest.fixture(scope="module")
+def timesfm_model() -> Any:
+    return tiny_timesfm(normalize_inputs=True, use_continuous_quantile_head=True, fix_quantile_crossing=True)
+
+
+def test_timesfm_deepshap_adds_up_to_forecast_with_zeros_for_trimmed_and_padded_context(timesfm_model: Any) -> None:
+    model = timesfm_model
+    context = [SERIES[300:320], SERIES[350:362]]  # 20 steps (4 trimmed by max_context=16) and 12 (padded)
+    background = windows(20, [0, 100])
+    before = state(model.model)
+    result = rnnshap.foundation.explain(model, context, prediction_length=9, background=background)
+    _, own = model.forecast(horizon=9, inputs=[np.array(c) for c in context])  # the library's own call
+    assert result.values.shape == (2, 20, 9, 10) and result.quantile_levels[0] == "mean"
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :4] == 0)  # beyond max_context
+    assert np.all(result.values[1, :8] == 0)  # the padding of the shorter series
+    assert np.abs(result.values[0, 4:]).max() > 0 and np.abs(result.values[1, 8:]).max() > 0
+    assert unchanged(before, model.model)
+
+
+def test_timesfm_quantile_levels_pick_forecast_columns(timesfm_model: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    result = rnnshap.foundation.explain(
+        timesfm_model, context, prediction_length=3, background=background, quantile_levels=[0.1, 0.9]
+    )
+    _, own = timesfm_model.forecast(horizon=3, inputs=[context[0]])
+    np.testing.assert_allclose(result.total(), own[:, :, [1, 9]], rtol=0, atol=tolerance(own))
+    with pytest.raises(InputError, match="not one of them"):
+        rnnshap.foundation.explain(timesfm_model, context, prediction_length=3, background=background, quantile_levels=[0.25])
+
+
+def test_timesfm_shapley_windows_are_enumerated_through_forecast(timesfm_model: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    result = rnnshap.foundation.explain(
+        timesfm_model, context, prediction_length=2, background=background, method="shapley", players=4, budget=10_000,
+        quantile_levels=[0.5],
+    )  # fmt: skip
+
+    def own(rows: np.ndarray) -> np.ndarray:
+        return timesfm_model.forecast(horizon=2, inputs=list(rows))[1][:, :, 5]
+
+    truth = enumerated_shapley(own, context[0], background, np.arange(16) // 4)
+    assert result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+def test_timesfm_uncompiled_and_all_missing_are_refused() -> None:
+    with pytest.raises(InputError, match="not compiled"):
+        rnnshap.foundation.explain(
+            tiny_timesfm(compiled=False), windows(16, [0]), prediction_length=2, background=windows(16, [50])
+        )
+    # timesfm 3.0.2's forecast() raises on a series with every value missing: no value for the empty coalition
+    with pytest.raises(InputError, match="every value missing"):
+        rnnshap.foundation.explain(tiny_timesfm(), windows(16, [0]), prediction_length=2, method="shapley", players=8)
+
+
+def test_timesfm_default_config_nonnegative_clamp_is_context(timesfm_model: Any) -> None:
+    """ForecastConfig's defaults (flip invariance, the clamp of a non-negative series at zero) as shipped."""
+    model = tiny_timesfm()
+    context = np.abs(windows(16, [300]) - 40.0)  # non-negative: forecast() clamps its quantiles at zero
+    background = windows(16, [0, 100]) - 40.0
+    result = rnnshap.foundation.explain(model, context, prediction_length=4, background=background)
+    _, own = model.forecast(horizon=4, inputs=[context[0]])
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+
+
+def test_the_result_plots(ttm: Any) -> None:
+    pytest.importorskip("matplotlib")
+    result = rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
+    fig = result.plot(horizon=1)
+    assert len(fig.axes) == 2
+    shapley = rnnshap.foundation.explain(
+        ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]), method="shapley", players="patches",
+        budget=64,
+    )  # fmt: skip
+    assert len(shapley.plot().axes) == 2
+    with pytest.raises(InputError, match="horizon"):
+        result.plot(horizon=5)
+
+
+def test_copying_the_model_is_not_needed(ttm: Any) -> None:
+    """The door explains the object the user holds; a deep copy forecasts the same (nothing was left on it)."""
+    result = rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
+    twin = copy.deepcopy(ttm)
+    np.testing.assert_array_equal(ttm_forecast(twin, windows(16, [300])), ttm_forecast(ttm, windows(16, [300])))
+    assert result.forecast.shape == (1, 2, 1)
