@@ -148,6 +148,13 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "darts": ((0, 48), (0, 49)),
     "neuralforecast": ((3, 3), (3, 4)),
     "pytorch-forecasting": ((1, 8), (1, 9)),
+    # the foundation forecasters (rnnshap.foundation): each adapter calls the library's public forecast and the
+    # torch functions behind it (chronos' model forward, timesfm's decode, tirex's _forecast_tensor, ...)
+    "tirex-ts": ((1, 4), (1, 5)),
+    "chronos-forecasting": ((2, 3), (2, 4)),
+    "timesfm": ((3, 0), (3, 1)),
+    "granite-tsfm": ((0, 3, 2), (0, 4)),
+    "momentfm": ((0, 1, 4), (0, 2)),
 }
 
 
