@@ -103,6 +103,21 @@ ADVICE: dict[str, str] = {
         "(new.set_weights(model.get_weights())), and, where the carried state matters, pass it as an input "
         "(initial_state=...). The model as given is left untouched."
     ),
+    "missing": (
+        "{op} meets a missing value (NaN) on one side of a pair only: an explained input and a background row "
+        "hold NaN at different entries that the model reads, and a missing value has no difference to attribute. "
+        "Choose background rows that are missing where the explained inputs are and observed where they are "
+        "(real windows of the same series, with the same gaps), or fill the missing values before explaining "
+        "(as the model would: its own fill value, or interpolation). Missing values the model never reads "
+        "(trimmed context) and missing values at the same entries on both sides are attributed exactly (0)."
+    ),
+    "reduction": (
+        "No rule is registered for {op}, which reduces its input-dependent operand (its result has another "
+        "shape): an elementwise rule (Rescale, Shapley) does not fit it. Write the reduction with operations "
+        "that have exact rules (sum, mean, amax/amin, logsumexp, var/std, norm, sort, median along a "
+        "dimension), or register a rule for the module that contains it: a module rule replaces the "
+        "decomposition of its inside. See docs/custom_rules.md."
+    ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "
         "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "

@@ -31,6 +31,7 @@ from .base import Rule
 from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance, VectorNorm
 from .elementwise import Rescale
 from .gates import gate_rules
+from .missing import missing_value_rules
 from .secant import SLOPES_BY_NAME, Secant
 from .structured import GroupNorm, LogSumExp, RMSNorm
 
@@ -220,6 +221,7 @@ def extra_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     put(("logcumsumexp",), LogCumSumExp())
     table.update(attention_op_rules(forms))  # scaled_dot_product_attention, multi_head_attention_forward
     table.update(gate_rules(forms))  # comparisons as gates of where(x >= 0, f(x), g(x))
+    table.update(missing_value_rules(forms))  # nanmean, nansum, nan_to_num (rnnshap/rules/missing.py)
     return table
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .base import OpCall, Rule
+from .missing import missing_values_state
 
 Tensor = torch.Tensor
 Players = Sequence[Tensor]
@@ -68,6 +69,7 @@ class _MultiplierFunction(torch.autograd.Function):
         output, multipliers, ctx.factor = computed()
         ctx.save_for_backward(*multipliers)
         ctx.shapes = [op.shape for op in operands]
+        ctx.missing = missing_values_state()  # (a pass that meets missing values stops 0 · NaN: rules/missing.py)
         return output
 
     @staticmethod
@@ -75,8 +77,13 @@ class _MultiplierFunction(torch.autograd.Function):
         grads: list[Any] = [None]
         if ctx.factor is not None:
             grad = grad * ctx.factor
+        unreached = None
+        if ctx.missing is not None and ctx.missing.seen:
+            unreached = grad == 0  # entries nothing downstream depends on (a masked-out NaN): 0, never 0 · NaN
         for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False):
             g = grad * m
+            if unreached is not None:
+                g = g.masked_fill(unreached, 0.0)
             grads.append(g if g.shape == shape else g.sum_to_size(shape))
         return tuple(grads)
 

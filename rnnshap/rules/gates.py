@@ -31,6 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .base import OpCall, Rule
 from .elementwise import with_multipliers
+from .missing import MissingMismatch, saw_missing_values
 
 Tensor = torch.Tensor
 
@@ -113,11 +114,14 @@ class Predicate(Rule):
     r"""``isnan``, ``isinf``, ``isfinite`` (``isposinf``, ``isneginf``) of an input-dependent tensor:
     comparisons of one operand with NaN or infinity.
 
-    On values where the test gives the same answer on both sides of a pair (finite data: never
-    NaN) its step does not move, so it passes nothing back: its mask is a gate with multiplier 0
-    (``where(isnan(x), 0, x)``), and a branch on ``isnan(x).any()`` is followed where every row
-    answers alike (see the engine's uniform decisions). Where the answer differs between an input
-    and its reference, the step moves by an infinite or undefined ``Δ``: refused by name.
+    Where the test gives the same answer on both sides of every pair (no missing value, or missing
+    at the same entries), its mask is a constant of the explained function on that pair, and its step
+    passes nothing back: as the condition of a ``where`` it is a gate with multiplier 0
+    (``where(isnan(x), 0, x)``); any other use (``isnan(x).logical_not().float()`` as a feature, a
+    masked assignment) is a use of a constant (the engine's ``PickedUses``), and a branch on
+    ``isnan(x).any()`` is followed where every row answers alike (see the engine's uniform decisions).
+    Where the answer differs between an input and its reference, the step moves by an infinite or
+    undefined ``Δ``: refused by name (:class:`~rnnshap.rules.missing.MissingMismatch`).
     """
 
     advice = "comparison"
@@ -136,12 +140,13 @@ class Predicate(Rule):
         (x,), (x_ref,) = call.inputs, call.references
         with torch.no_grad():
             mask, mask_ref = call.fn(x), call.fn(x_ref)
-        if bool((mask != mask_ref).any()):
-            raise ValueError(
-                "it answers differently for an input and its reference (a NaN or infinite value on one side only), "
-                "and that step has no finite multiplier: fill the missing values before explaining, or pass the "
-                "missingness as a separate bool input"
+        if not torch.equal(mask, mask_ref):
+            raise MissingMismatch(
+                "it answers differently for an explained input and its reference (a NaN or infinite value on one "
+                "side only), the model reads its answer, and that step has no finite multiplier"
             )
+        if not bool(torch.isfinite(x).all()):
+            saw_missing_values()
         step = mask.to(x.dtype)
         GATES[mask] = Gate(call.name, mask_ref, with_multipliers(step, [x], [torch.zeros_like(step)]))
         return mask

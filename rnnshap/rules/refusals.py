@@ -6,6 +6,8 @@
   unique, nonzero), Python bools of input values, values taken out of torch (``.item()``,
   ``.numpy()``, ``.data``), torch's fused attention kernels. :func:`refusal_op_rules` is their
   part of the registry's table.
+- :data:`REDUCTIONS` and :func:`is_reduction`: reductions are never advised an elementwise rule (advice
+  ``"reduction"``), whether listed or recognized by their result's size.
 - :func:`misfit`: why a registered rule cannot attribute a given call (a Rescale rule given two
   input-dependent operands), asked in both passes so that it is refused by name in time.
 """
@@ -82,6 +84,11 @@ SELECTIONS = (
     "cummin", "unique", "unique_consecutive", "nonzero", "argwhere",
 )
 PYTHON_BOOLS = ("allclose", "equal", "is_nonzero")
+#: reductions and scans with no exact rule: an elementwise rule (Rescale, Shapley) never fits them
+REDUCTIONS = (
+    "prod", "cumprod", "quantile", "nanquantile", "count_nonzero", "histc", "aminmax", "det", "logdet", "slogdet",
+    "trapz", "trapezoid", "cumulative_trapezoid", "dist", "cdist", "pdist", "cosine_similarity", "pairwise_distance",
+)
 
 
 def refusal_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
@@ -97,6 +104,10 @@ def refusal_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     step = Refusal("its result is piecewise constant in the input (it jumps where the input crosses a step)", "step")
     put([*forms(*STEPS), *tensor_methods(*STEP_DUNDERS)], step)
     put(forms(*SELECTIONS), Refusal("which elements it selects or how it orders them depends on the input's values", "selection"))
+    reduction = Refusal(
+        "it reduces its input-dependent operand (a product, quantile, distance or scan), with no exact rule", "reduction"
+    )
+    put(forms(*REDUCTIONS), reduction)
     python_bool = Refusal(
         "it compares input-dependent values and returns a Python bool, which forward() can branch on", "control"
     )
@@ -127,4 +138,12 @@ def refusal_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     return table
 
 
-__all__ = ["Refusal", "misfit", "refusal_op_rules", "tensor_methods"]
+def is_reduction(call: OpCall, result: Any) -> bool:
+    """Whether ``result`` has fewer elements than one of ``call``'s input-dependent operands: a reduction, for
+    which the advice is never an elementwise rule."""
+    if not isinstance(result, Tensor):
+        return False
+    return any(isinstance(t, Tensor) and t.numel() > result.numel() for t in call.inputs)
+
+
+__all__ = ["REDUCTIONS", "Refusal", "is_reduction", "misfit", "refusal_op_rules", "tensor_methods"]

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import InputError, RnnShapError, TapeMismatchError
+from ...errors import InputError, RnnShapError, TapeMismatchError, UnsupportedOperationError
 from ...rules.base import PairGrid, Rule
+from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
@@ -23,7 +24,7 @@ from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import run_pass
-from .safety import PreservedState, as_tensors, check_matching, check_model, model_device_and_dtype
+from .safety import PreservedState, as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
 Tensor = torch.Tensor
@@ -48,6 +49,7 @@ class TorchEngine(Engine):
         self.device, self.model_dtype = model_device_and_dtype(model)
         self.background = as_tensors(data, "background", self.multi_input, self.device, self.model_dtype)
         check_matching(self.background, self.background)
+        check_meta(model, lambda: model(*[b[:2].clone() for b in self.background]))
         self.references = int(self.background[0].shape[0])
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
         #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras_on_torch.py)
@@ -91,6 +93,7 @@ class TorchEngine(Engine):
         self.output_shape = tuple(outputs.shape[1:])
         self._check_rows_independent()
         self.background_outputs = numpy(outputs).astype(np.float64)
+        _check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
         # the least precise dtype the model computes input-dependent values in (a float64 model that
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
@@ -134,7 +137,7 @@ class TorchEngine(Engine):
         generator = torch.Generator(device="cpu").manual_seed(0)
 
         def perturbed(b: Tensor) -> Tensor:
-            spread = 0.01 * (float(b.std()) if b.numel() > 1 else 0.0) + 1e-3
+            spread = 0.01 * (float(b.nan_to_num().std()) if b.numel() > 1 else 0.0) + 1e-3  # (NaN: missing values)
             noise = torch.randn(b[:m].shape, generator=generator, dtype=torch.float64)
             return b[:m] + (spread * noise).to(b.dtype).to(b.device)
 
@@ -379,6 +382,7 @@ class TorchEngine(Engine):
     def refresh_background_outputs(self) -> None:
         # copies: a forward() that works in place must not rewrite the background
         self.background_outputs = self.predict([b.clone() for b in self.background]).reshape(self.references, *self.output_shape)
+        _check_missing_values_handled(self.background, self.background_outputs.reshape(self.references, -1), "background")
 
     def to_numpy(self, inputs: list[Tensor]) -> list[np.ndarray]:
         return [numpy(x) for x in inputs]
@@ -436,7 +440,7 @@ class TorchEngine(Engine):
             tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
             ref_outputs = repeat_along(ref_outputs, 0, s)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), tracking_missing_values():  # (rules/missing.py: masked-out NaN entries)
                 copies = [leaf.clone() for leaf in leaves]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 outputs, mode = run_pass(
@@ -450,6 +454,7 @@ class TorchEngine(Engine):
             return self.attribute(inputs, block, columns, per_pair)
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
+            _check_missing_values_handled(leaves, flat.detach(), "X", n_refs)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             grads = _grads_per_output(chosen, attributed_leaves)
@@ -465,7 +470,7 @@ class TorchEngine(Engine):
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
                 grad = next(attributed)
-                sums[t] += per_sample(grad if self.multipliers else grad * (leaf.detach() - reference))
+                sums[t] += per_sample(grad if self.multipliers else _contribution(grad, leaf.detach(), reference))
         if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
@@ -484,6 +489,40 @@ class TorchEngine(Engine):
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+
+def _check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1) -> None:
+    """Refuse missing values (NaN) in ``inputs`` that the model does not handle: its output is NaN for their rows
+    (every ``step``-th row of ``outputs`` is one of ``inputs``' rows)."""
+    if all(not (t.is_floating_point() and bool(torch.isnan(t).any())) for t in inputs):
+        return
+    finite = torch.isfinite(outputs) if isinstance(outputs, Tensor) else torch.from_numpy(np.isfinite(outputs))
+    rows = (~finite.reshape(finite.shape[0], -1).all(1)).nonzero()
+    if rows.numel():
+        row = int(rows[0]) // step
+        raise InputError(
+            f"{what} holds missing values (NaN) that the model does not handle: its output is NaN for row {row}. "
+            "rnnshap attributes missing values the model masks (nanmean, nan_to_num, torch.where(isnan(x), ...), the "
+            "mask as a feature), exactly; fill these before explaining, or let the model mask them"
+        )
+
+
+def _contribution(grad: Tensor, x: Tensor, reference: Tensor) -> Tensor:
+    """multiplier × (x − r); where a value is missing (NaN, or an infinity) on both sides its difference is 0, and
+    where nothing downstream depends on an entry (multiplier 0) its contribution is 0, never 0 · NaN. A missing
+    value on one side of a pair that the output depends on is refused by name."""
+    delta = x - reference
+    if bool(torch.isfinite(delta).all()):
+        return grad * delta
+    delta = torch.where((x == reference) | (torch.isnan(x) & torch.isnan(reference)), 0.0, delta)
+    contribution = (grad * delta).masked_fill(grad == 0, 0.0)
+    if not bool(torch.isfinite(contribution).all()):
+        raise UnsupportedOperationError([(
+            "a missing value (NaN or inf) of the explained inputs or the background",
+            "the output depends on an entry that is missing on one side of a pair only: its difference has no size",
+            "missing",
+        )])
+    return contribution
 
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls

@@ -45,7 +45,7 @@ from ...errors import ModelStateError, UnsupportedOperationError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Bilinear, Product
-from ...rules.refusals import misfit
+from ...rules.refusals import is_reduction, misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .deferred import NEVER_DEFERRED, DeferredRefusals
@@ -492,8 +492,10 @@ class AttributionMode(TorchFunctionMode):
                 return result  # a query such as x.shape or x.dim(): no value flows on
             if isinstance(rule, Refuse):
                 reason, advice = rule.reason, getattr(rule, "advice", "rule")
-            else:  # (Rescale is advice for one input-dependent operand only)
+            else:  # (Rescale is advice for one input-dependent operand only, and never for a reduction)
                 reason, advice = "no attribution rule is registered for it", "rule" if len(call.tracked) < 2 else "rule_operands"
+                if is_reduction(call, result):
+                    advice = "reduction"
             outputs = [t for t in tensors_of(result) if isinstance(t, Tensor)]
             deferrable = not self.picked_indices and not self._following  # (picked indices and integer inputs: not followed)
             floating = bool(outputs) and all(t.is_floating_point() for t in outputs)
@@ -555,7 +557,7 @@ class AttributionMode(TorchFunctionMode):
                 with torch.autocast(autocast[0], enabled=False):
                     result = rule.attribute(call)
         except ValueError as error:  # a rule that does not fit this call and did not say so in time
-            raise UnsupportedOperationError([(name, str(error), "operands")]) from error
+            raise UnsupportedOperationError([(name, str(error), getattr(error, "advice", "operands"))]) from error
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]

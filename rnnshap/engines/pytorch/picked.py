@@ -76,6 +76,27 @@ _QUERIES = frozenset(
 _MASK_REDUCTIONS = frozenset({"all", "any", "_is_all_true", "_is_any_true"})
 
 
+def _is_predicate(origin: str) -> bool:
+    """Whether ``origin`` names a test of values (``torch.isnan``, ``torch.Tensor.isfinite``, ...)."""
+    return origin.rsplit(".", 1)[-1] in PREDICATES
+
+
+_SETITEM = op_key(torch.Tensor.__setitem__)
+
+
+def _is_masked_fill(args: tuple[Any, ...], mode: PassMode) -> bool:
+    """Whether ``__setitem__(args)`` is ``t[mask] = v``: a floating ``t``, a comparison's bool mask of its shape
+    (a gate), and a constant ``v`` (a number, or a tensor of one element that does not depend on the input)."""
+    if len(args) != 3 or not all(isinstance(a, Tensor) for a in args[:2]):
+        return False
+    target, mask, value = args
+    if not _is_floating(target) or mask.dtype != torch.bool or mask.shape != target.shape or gate_of(mask) is None:
+        return False
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and not mode.is_tracked(value) and value not in mode.picked_indices
+    return isinstance(value, (int, float, bool))
+
+
 def _is_floating(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
@@ -263,6 +284,8 @@ class PickedUses:
                 if isinstance(result, Tensor):
                     mode.picked_indices[result] = Picked(origin, None)
                 return True, result
+        if all(_is_predicate(indices[leaf].origin) for leaf in leaves if isinstance(leaf, Tensor) and leaf in indices):
+            return self._constant_mask_use(func, args, kwargs, leaves, origin)
         reason = (
             f"it uses the indices that {origin} picked from an input-dependent tensor; they differ between the input "
             "and its reference, and which element is picked has no multiplier"
@@ -285,8 +308,38 @@ class PickedUses:
         claim = getattr(rule, "takes_gate", None)  # where(x >= 0, f(x), g(x)): the gate rule takes the comparison
         if claim is not None and any(mode.is_tracked(leaf) for leaf in leaves) and claim(mode.op_call(func, args, kwargs, name)):
             return False, None
+        if op_key(func) == _SETITEM and _is_masked_fill(args, mode):
+            self._masked_assignment(types, args, user_grad)
+            return True, None
         self._refuse_index_use(func, name, origin, reason)
         return False, None
+
+    def _constant_mask_use(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], origin: str
+    ) -> tuple[bool, Any]:
+        """A use of the mask of ``isnan`` / ``isfinite`` / ``isinf`` (rules/gates.py, Predicate) other than a branch
+        on it: the input pass refuses a mask that differs between an input and its reference (Predicate), so
+        wherever a pass goes on the mask is a constant of the explained function. With input-dependent operands
+        (``x.masked_fill(mask, 0)``, ``x * mask``, ``x[mask] = 0``) the ordinary path runs it with the mask as a
+        constant (a ``where`` through its gate, whose step passes nothing back); on the mask alone
+        (``mask.logical_not().to(x.dtype)``, a feature) it runs as torch runs it, its integer and bool results
+        still followed (a later branch on them must be uniform) and its floating ones constants."""
+        mode = self.mode
+        if any(mode.is_tracked(leaf) for leaf in leaves):
+            return False, None
+        result = func(*args, **kwargs)
+        for out in tree_flatten(result)[0]:
+            if isinstance(out, Tensor) and not _is_floating(out):
+                mode.picked_indices[out] = Picked(origin, None)
+        return True, result
+
+    def _masked_assignment(self, types: Any, args: tuple[Any, ...], user_grad: bool) -> None:
+        """``t[mask] = v`` with a comparison's mask of ``t``'s shape and a constant ``v`` (darts'
+        ``gamma[gamma < MIN] = MIN``, a clamp): ``t.masked_fill(mask, v)`` through its gate rule, written back."""
+        mode = self.mode
+        target, mask, value = args[0], args[1], args[2]
+        filled = mode.intercept(torch.Tensor.masked_fill, types, (target, mask, value), {}, user_grad)
+        mode.intercept(torch.Tensor.copy_, types, (target, filled), {}, user_grad)
 
     def _uniform_decision(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], mask: Tensor, name: str, origin: str

@@ -319,11 +319,9 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
         raise InputError(f"{what} is a scalar; inputs need a leading batch dimension")
     if tensor.shape[0] == 0:
         raise InputError(f"{what} is empty (its first dimension, the batch, has size 0)")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
-        raise InputError(
-            f"{what} contains NaN or infinite values (first at index {tuple(bad)}); attributions of them are undefined"
-        )
+    if tensor.is_floating_point() and bool(torch.isinf(tensor).any()):  # (NaN: a missing value, see rules/missing.py)
+        bad = torch.isinf(tensor).nonzero()[0].tolist()
+        raise InputError(f"{what} contains infinite values (first at index {tuple(bad)}); attributions of them are undefined")
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if device is not None and tensor.device != device:
