@@ -320,6 +320,27 @@ def _conv_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
     return out
 
 
+def _depthwise_conv(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
+    """SeparableConv1D/2D and DepthwiseConv1D/2D: linear in their input (a depthwise convolution, then
+    for the separable ones a pointwise one), so both sides run through the same convolutions."""
+    (value,) = args
+    return activate(layer.activation, value.map(lambda t: _depthwise_linear(layer, t)))
+
+
+def _depthwise_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
+    options = dict(strides=layer.strides, padding=layer.padding, dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    if hasattr(layer, "pointwise_kernel"):  # separable
+        out = keras.ops.separable_conv(
+            t, weight(layer.depthwise_kernel, t.dtype), weight(layer.pointwise_kernel, t.dtype), **options
+        )
+    else:
+        out = keras.ops.depthwise_conv(t, weight(layer.kernel, t.dtype), **options)
+    if layer.use_bias:
+        shape = (1,) * (layer.rank + 1) + (-1,) if layer.data_format == "channels_last" else (1, -1) + (1,) * layer.rank
+        out = out + tf.reshape(weight(layer.bias, t.dtype), shape)
+    return out
+
+
 def _activation(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
     (value,) = args
     return activate(layer.activation, value)
@@ -492,6 +513,9 @@ RULES: dict[type, LayerRule] = {
     L.Multiply: LayerRule(_multiply),
     L.Dense: LayerRule(_dense, _weights_problem),
     **dict.fromkeys((L.Conv1D, L.Conv2D, L.Conv3D), LayerRule(_conv, _weights_problem)),
+    **dict.fromkeys(
+        (L.SeparableConv1D, L.SeparableConv2D, L.DepthwiseConv1D, L.DepthwiseConv2D), LayerRule(_depthwise_conv, _weights_problem)
+    ),
     L.Activation: LayerRule(_activation, _activation_problem),
     L.TimeDistributed: LayerRule(_time_distributed, _time_distributed_problem, handles_mask=True),
     **dict.fromkeys((L.GlobalMaxPooling1D, L.GlobalMaxPooling2D), LayerRule(_global_max)),
