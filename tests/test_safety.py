@@ -391,7 +391,6 @@ def _mlp() -> nn.Module:
         pytest.param(
             lambda: nn.Sequential(torch.jit.script(nn.Linear(5, 4)), nn.Tanh(), nn.Linear(4, 2)).eval(), id="scripted-submodule"
         ),
-        pytest.param(lambda: torch.compile(_mlp()), id="compile"),
     ],
 )
 def test_opaque_models_are_refused(build: Any) -> None:

@@ -526,7 +526,7 @@ def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None
     with pytest.raises(ModelStateError, match="numpy.random"):
         ShapleyExplainer(lambda x: x.sum(1) + np.random.normal(size=len(x)), background)
     # a generator made and seeded inside the call is a constant: accepted
-    ShapleyExplainer(lambda x: x.sum(1) + np.random.default_rng(0).normal(size=len(x)), background)
+    ShapleyExplainer(lambda x: x.sum(1) + np.random.default_rng(0).normal(), background)
     # and the global states are left as they were by the refused calls
     noisy = _Noisy().eval()  # (its initialisation draws; the explainer's call must not)
     state = torch.get_rng_state()

@@ -25,27 +25,92 @@ class ForwardModel:
         output: OutputChoice,
         to_numpy: Callable[[Any], np.ndarray],
         model: Any = None,
+        batch_size: int | None = None,
+        eps: float | None = None,
     ) -> None:
         from torch import nn
 
-        from .pytorch.safety import RandomStates, random_forward_error
+        from .pytorch.safety import RandomStates, ignores_draws, random_forward_error
 
         self._call = call
         self._to_numpy = to_numpy
         self.outputs = OutputLayout(output)
         self.multi_input = isinstance(data, (list, tuple))
+        #: the most rows run through the model at once (None: the background in one call)
+        self.batch_size = batch_size
+        #: the eps of the dtype the model returns (its rounding, in the checks below)
+        self.eps = eps if eps is not None else float(np.finfo(np.float64).eps)
         self.background = self.arrays(data, "background")
         if any(b.shape[0] == 0 for b in self.background):
             raise InputError("the background is empty: give at least one reference row")
         # a forward that draws random numbers is not a function of its inputs: no game to play (the states
-        # it drew from are put back)
+        # it drew from are put back). A draw whose result never reaches the output (a dropout mask made and
+        # not used at inference) is not randomness of the function: the output is the same from other states.
         states = RandomStates(model if isinstance(model, nn.Module) else None)
-        out = self(self.background)
-        drawn = states.drawn()
-        if drawn:
-            raise random_forward_error(drawn)
+        watched = call if isinstance(call, TorchCall) else None
+        if watched is not None:
+            watched.keep_draws = True  # (a torch model's calls put torch's generator back: not while draws are watched)
+        try:
+            out = self.rows(self.background)
+            drawn = states.drawn()
+            if drawn and not ignores_draws(lambda: self.rows(self.background), out, states):
+                raise random_forward_error(drawn)
+        finally:
+            if watched is not None:
+                watched.keep_draws = False
         self.output_shape: tuple[int, ...] = self._shape
         self.background_outputs = out
+        self.refuse_non_finite(out, "background row")
+        if batch_size != 1:
+            self._check_rows_alone()
+
+    def rows(self, rows: list[np.ndarray]) -> np.ndarray:
+        """f on ``rows`` in batches of at most ``batch_size`` rows: (m, n_outputs) float64."""
+        m = int(rows[0].shape[0])
+        step = self.batch_size or m
+        if step >= m:
+            return self._evaluate(rows)
+        return np.concatenate([self._evaluate([a[i : i + step] for a in rows]) for i in range(0, m, step)])
+
+    def refuse_non_finite(self, out: np.ndarray, what: str) -> None:
+        """Refuse outputs that are NaN or infinite, naming the first row (``what``: "sample", ...): a game
+        with such values has no Shapley values. NaN inputs are the model's to take (a model that reads NaN
+        as missing, a context dropped): only NaN that reaches the output is refused."""
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            raise InputError(
+                f"the model's output is {out[row, column]} for {what} {row} (output {column}): Shapley values of a game with "
+                "NaN or infinite values are undefined. Where the input holds NaN the model does not take as missing, fill "
+                "or mask it first (or give the model a mask input); where the model itself overflows, check that row."
+            )
+
+    def _check_rows_alone(self) -> None:
+        """Refuse a model whose output for one row depends on the other rows of its batch (dynamic quantization
+        with one scale per batch, batch statistics, axis 0 read as time): a coalition's value would then depend on
+        the rows it runs with. A few background rows run alone must give their outputs among all of them, up to
+        rounding."""
+        together = self.background_outputs
+        m = min(int(together.shape[0]), 4)
+        if int(together.shape[0]) < 2:
+            return
+        scale = max(1.0, float(np.nanmax(np.abs(together))) if np.isfinite(together).any() else 1.0)
+        tolerance = 1e3 * self.eps * scale
+        for i in range(m):
+            alone = self._evaluate([b[i : i + 1] for b in self.background])
+            differ = np.abs(alone[0] - together[i])
+            differ = differ[np.isfinite(differ)]
+            if differ.size and float(differ.max()) > tolerance:
+                raise InputError(
+                    f"The model's output for one row depends on the other rows of its batch: background row {i} run alone "
+                    f"gives an output {float(differ.max()):.3g} away from its output among the background's rows (rounding "
+                    f"would be below {tolerance:.2g}). Dynamically quantized models (torch.ao.quantization.quantize_dynamic: "
+                    "one activation scale per batch), normalization over the batch and a recurrent layer reading axis 0 as "
+                    "time do this; a coalition's value would then depend on the rows it runs with, and no value would be "
+                    "exact. ShapleyExplainer(..., batch_size=1) runs every row alone, the background too: it explains the "
+                    "model as it computes one row on its own (slower, exact). Otherwise quantize statically, or explain the "
+                    "float model."
+                )
 
     def arrays(self, X: Any, what: str) -> list[np.ndarray]:
         """``X`` (one array or a list per input) as numpy arrays, checked against the background."""
@@ -67,6 +132,13 @@ class ForwardModel:
         return arrays
 
     def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
+        """f on ``rows`` (rows of coalitions, in one call): (m, n_outputs) float64; NaN or infinite values refused."""
+        out = self._evaluate(rows)
+        if not np.isfinite(out).all():
+            self.refuse_non_finite(out, "a row of a coalition (the sample on some players, a background row elsewhere), row")
+        return out
+
+    def _evaluate(self, rows: list[np.ndarray]) -> np.ndarray:
         """f on ``rows``: (m, n_outputs) float64."""
         out = self._call(rows)
         if isinstance(out, list) and not any(hasattr(t, "shape") for t in out):
@@ -87,29 +159,41 @@ class ForwardModel:
                 f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch"
             )
         self._shape = tuple(taken.shape[1:])
+        if taken.dtype.kind == "f":
+            self.eps = max(self.eps, float(np.finfo(taken.dtype).eps))
         return taken.reshape(m, -1).astype(np.float64)
 
 
-def forward_model(model: Any, data: Any, output: OutputChoice = None) -> ForwardModel:
-    """The :class:`ForwardModel` of a PyTorch module, a Keras 3 model, or a callable on numpy arrays."""
+def forward_model(model: Any, data: Any, output: OutputChoice = None, batch_size: int | None = None) -> ForwardModel:
+    """The :class:`ForwardModel` of a PyTorch module, a Keras 3 model, or a callable on numpy arrays
+    (``batch_size``: the most rows in one call, the background's included; 1 runs every row alone)."""
     from . import is_keras_model
 
     if is_keras_model(model):
         import keras
 
+        from .keras.training_calls import refuse_training_calls
+
+        refuse_training_calls(model)
+
         def keras_call(rows: list[np.ndarray]) -> Any:
             return model(rows if len(rows) > 1 or isinstance(data, (list, tuple)) else rows[0], training=False)
 
-        return ForwardModel(keras_call, data, output, lambda t: np.asarray(keras.ops.convert_to_numpy(t)))
+        return ForwardModel(keras_call, data, output, lambda t: np.asarray(keras.ops.convert_to_numpy(t)), None, batch_size)
     try:
         import torch
         from torch import nn
     except ImportError:  # pragma: no cover - torch is a core dependency
         torch = None  # type: ignore[assignment]
     if torch is not None and isinstance(model, nn.Module):
-        return ForwardModel(_torch_call(model), data, output, _torch_numpy, model)
+        from .pytorch.safety import model_device_and_dtype
+
+        dtype = model_device_and_dtype(model)[1]
+        eps = float(torch.finfo(dtype).eps) if dtype is not None and dtype.is_floating_point else None
+        call = _torch_call(model)
+        return ForwardModel(call, data, output, _torch_numpy, model, batch_size, eps)
     if callable(model):
-        return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model)
+        return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model, batch_size)
     raise InputError(
         f"ShapleyExplainer takes an nn.Module, a Keras model or a function of numpy arrays, not {type(model).__name__}"
     )
@@ -127,15 +211,39 @@ def _torch_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _torch_call(model: Any) -> Callable[[list[np.ndarray]], Any]:
+class TorchCall:
+    """A torch model's forward on numpy rows (see :func:`_torch_call`); ``keep_draws``: leave torch's global
+    generator as the call left it (while :class:`ForwardModel` watches for draws)."""
+
+    def __init__(self, call: Callable[[list[np.ndarray], bool], Any]) -> None:
+        self.call = call
+        self.keep_draws = False
+
+    def __call__(self, rows: list[np.ndarray]) -> Any:
+        return self.call(rows, self.keep_draws)
+
+
+def _torch_call(model: Any) -> TorchCall:
     import torch
 
-    from .pytorch.safety import PreservedState, has_active_randomness, model_device_and_dtype
+    from .pytorch.safety import (
+        AsFunction,
+        PreservedState,
+        check_meta,
+        has_active_randomness,
+        meta_modules,
+        model_device_and_dtype,
+        refuse_scripted,
+    )
 
+    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+    if scripted and not isinstance(model, torch.jit.ScriptModule):
+        refuse_scripted(model)  # (a Python model holding a scripted part: the whole is a function all the same)
     device, dtype = model_device_and_dtype(model)
     # modules whose training mode draws randomness or batch statistics (dropout, batch norm) run in
     # eval mode, the function shap and DeepExplainer explain; their flags are put back after each call
-    switched = [m for m in model.modules() if m.training and has_active_randomness(m)]
+    # (a frozen TorchScript module has no training flag: it runs as it is)
+    switched = [m for m in model.modules() if getattr(m, "training", False) and has_active_randomness(m)]
     if switched:
         names = sorted({type(m).__name__ for m in switched})
         warnings.warn(
@@ -143,25 +251,32 @@ def _torch_call(model: Any) -> Callable[[list[np.ndarray]], Any]:
             "ShapleyExplainer explains its eval-mode function and leaves every module's training flag as it was",
             stacklevel=4,
         )
-    scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+    unchecked = bool(meta_modules(model))  # parameters on the meta device: refused where they are read (first call)
 
-    def call(rows: list[np.ndarray]) -> Any:
+    def call(rows: list[np.ndarray], keep_draws: bool) -> Any:
+        nonlocal unchecked
         tensors = []
         for a in rows:
             t = torch.from_numpy(np.ascontiguousarray(a))
             if t.is_floating_point() and dtype is not None:
                 t = t.to(dtype)
             tensors.append(t.to(device) if device is not None else t)
+        if unchecked:
+            check_meta(model, lambda: model(*tensors))
+            unchecked = False
         state = None if scripted else PreservedState(model)  # TorchScript keeps its state out of Python's reach
         try:
             for m in switched:
                 m.training = False
             with torch.no_grad():
-                return model(*tensors)
+                if scripted:
+                    return model(*tensors)
+                with AsFunction(model):  # compiled modules run eagerly (nothing compiled), backward hooks aside
+                    return model(*tensors)
         finally:
             for m in switched:
                 m.training = True
             if state is not None:
-                state.restore()
+                state.restore(random_state=not keep_draws)
 
-    return call
+    return TorchCall(call)

@@ -28,7 +28,9 @@ class ShapleyExplainer:
             mode and left as it was), a Keras 3 model, or a function of numpy arrays
             ``f(*inputs) -> array`` whose first dimension is the batch.
         data: the background, one array or tensor (a list per input for a model with several).
-        batch_size: the most rows run through the model at once.
+        batch_size: the most rows run through the model at once (the background's too). A model whose rows
+            interact (one quantization scale per batch) is refused; ``batch_size=1`` runs every row alone
+            and explains the model as it computes one row on its own.
         progress: a progress bar over long runs (None: only on a terminal).
         output: for a model with several output tensors, the one to explain (index or name).
         context: indices of inputs that are context (lengths, masks): never players, always the
@@ -51,7 +53,7 @@ class ShapleyExplainer:
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress
-        self.forward = forward_model(model, data, output)
+        self.forward = forward_model(model, data, output, self.batch_size)
         background = self.forward.background
         for index in context:
             if not 0 <= int(index) < len(background):
@@ -77,6 +79,8 @@ class ShapleyExplainer:
 
         def convert(X: Any) -> tuple[list[np.ndarray], Any]:
             arrays = forward.arrays(X, "X")
+            # NaN in X is the model's to take (a model may read it as missing); NaN in its output is refused
+            forward.refuse_non_finite(forward.rows(arrays), "sample")
             return arrays, arrays
 
         return ModelView(

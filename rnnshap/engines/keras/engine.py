@@ -27,6 +27,7 @@ from . import fused
 from .dual import Dual
 from .layer_rules import problems
 from .pass_state import Run, TokenDual, refusal
+from .training_calls import refuse_training_calls
 from .walker import run_model
 
 #: floating dtypes from the least to the most precise
@@ -90,6 +91,7 @@ class KerasEngine(Engine):
     name = "keras (tensorflow)"
 
     def __init__(self, model: Any, data: Any, output: OutputChoice = None) -> None:
+        refuse_training_calls(model)
         found = problems(model)
         if found:
             raise refusal(found)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedOperationError
+from ..keras.training_calls import refuse_training_calls
 from .calls import PassMode
 
 Tensor = torch.Tensor
@@ -121,6 +122,7 @@ class KerasModule(nn.Module):
     def __init__(self, model: Any) -> None:
         super().__init__()
         refuse_stateful(model)
+        refuse_training_calls(model)
         self.keras_model = model
         #: Masking layers on model inputs, with the input's index (see ``input_maskings``)
         self.maskings = input_maskings(model)

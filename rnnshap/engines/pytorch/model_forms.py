@@ -25,7 +25,16 @@ from ...errors import InputError, ModelStateError
 from ...rules.base import Rule
 from ..outputs import OutputChoice
 from .engine import TorchEngine
-from .safety import PreservedState, as_tensors, check_matching, has_active_randomness, model_device_and_dtype
+from .safety import (
+    AsFunction,
+    PreservedState,
+    as_tensors,
+    check_matching,
+    compiled_anywhere,
+    has_active_randomness,
+    model_device_and_dtype,
+    refuse_scripted,
+)
 
 Tensor = torch.Tensor
 
@@ -70,6 +79,21 @@ class EvalMode(nn.Module):
             return self.module(*inputs)
 
 
+class Eager(nn.Module):
+    """A model holding compiled modules (``torch.compile``, ``module.compile()``), run as the function it
+    computes: each call runs the original modules eagerly (:class:`~.safety.AsFunction`), so nothing is
+    compiled while explaining, and the model is left as given."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+        self.training = model.training  # (its own flag only)
+
+    def forward(self, *inputs: Any) -> Any:
+        with AsFunction(self.module):
+            return self.module(*inputs)
+
+
 class DictInputs(nn.Module):
     """A model called with a dict of inputs (``forward(batch: dict)``), as a model of one input per key:
     ``forward(*tensors)`` calls ``model(dict(zip(names, tensors)))``."""
@@ -86,7 +110,10 @@ class DictInputs(nn.Module):
 def in_eval_mode(model: nn.Module, build: Any) -> Any:
     """``build(model)``, for a model in training mode with randomness ``build(EvalMode(model))`` built
     with the model in eval mode (the engine checks and probes it then), with one warning that names
-    the modules switched."""
+    the modules switched. A model holding compiled modules is explained as its original modules (:class:`Eager`)."""
+    refuse_scripted(model)  # (before any flag is read: a frozen TorchScript module has no `training`)
+    if compiled_anywhere(model) and not isinstance(model, Eager):
+        model = Eager(model)
     switched = training_randomness(model)
     if not switched:
         try:

@@ -54,7 +54,7 @@ from .functions import enclosing_function, function_name
 from .handwritten_norms import mark_of, mark_result, normalizing_rule
 from .keras_on_torch import masked_input_op
 from .picked import Picked, PickedUses
-from .safety import RANDOM_FUNCTIONS
+from .safety import random_call
 from .tape import Tape, TapeEntry
 from .tensor_map import TensorMap, tensors_of
 
@@ -297,9 +297,12 @@ class AttributionMode(TorchFunctionMode):
         self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        if self._taints:
+        if self._taints or self.random_draws is not None:
             result = self._run(func, types, args, kwargs)
             self.deferred.spread(func, args, kwargs or {}, result)
+            if self.random_draws is not None and random_call(func, args, kwargs):  # (watched: the constructor's probe)
+                self.random_draws.append(op_name(func))
+                self.deferred.draw(op_name(func), result)  # its results carry its name (see deferred.py)
             return result
         return self._run(func, types, args, kwargs)
 
@@ -311,8 +314,6 @@ class AttributionMode(TorchFunctionMode):
     def _run(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         if func is _SET_GRAD_ENABLED:
             return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
-        if self.random_draws is not None and func in RANDOM_FUNCTIONS:
-            self.random_draws.append(op_name(func))
         user_grad = torch.is_grad_enabled()
         if not user_grad and self.replay and self._follows_no_grad(args, kwargs):
             # the model's own no_grad(): statistics computed without gradients are part of the

@@ -17,7 +17,7 @@ from ...rules.base import PairGrid, Rule
 from ...rules.registry import RuleRegistry
 from .functions import routed_functions
 from .passes import AttributionMode
-from .safety import PreservedState, RandomStates, random_forward_error
+from .safety import AsFunction, PreservedState, RandomStates, draws_matter, random_forward_error
 from .tape import Tape
 
 Tensor = torch.Tensor
@@ -90,9 +90,10 @@ def run_pass(
     if watch_random:
         mode.random_draws = []
         randoms = RandomStates(model)
+        given = [x.clone() for x in inputs]  # (to run again with other draws, see draws_matter)
     module_rules.install(mode)
     try:
-        with torch.enable_grad(), routed_functions(mode), mode:
+        with torch.enable_grad(), routed_functions(mode), AsFunction(model), mode:
             mode.track(inputs)
             for index, (values, value) in (sample_masks or {}).items():
                 mode.sample_masks[inputs[index]] = (values, value)
@@ -106,7 +107,7 @@ def run_pass(
         drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
         module_rules.remove()
         state.restore()
-    if drawn:  # named with the random functions of torch that forward() called
+    if drawn and draws_matter(model, given, take, output, mode.deferred, drawn):  # named with torch's random functions called
         error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
         error.eval_may_help = True  # type: ignore[attr-defined]  # (see model_forms.in_eval_mode)
         raise error

@@ -4,7 +4,7 @@ and :class:`PreservedState`, which leaves the model as it was found after every 
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ class PreservedState:
         self.buffers: list[tuple[nn.Module, str, Tensor, Tensor]] = []
         self.parameters: list[tuple[nn.Module, dict[str, Any]]] = []
         self.attributes: list[tuple[nn.Module, dict[str, Tensor]]] = []
+        self.counters: list[tuple[Tensor, Tensor]] = []
         #: random number generators the model holds (a draw from one is refused; its state is put back)
         self.generators: list[tuple[torch.Generator, Tensor]] = []
         for module in model.modules():
@@ -41,11 +42,20 @@ class PreservedState:
                     self.buffers.append((module, name, buffer, buffer.detach().clone()))
             if module._parameters:
                 self.parameters.append((module, dict(module._parameters)))
+                # integer parameters are counters, not weights (a Keras SeedGenerator's state on the torch backend,
+                # advanced by each call): their values are put back too
+                self.counters.extend(
+                    (p, p.detach().clone()) for p in module._parameters.values() if p is not None and not p.is_floating_point()
+                )
             tensors = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
             self.attributes.append((module, tensors))
             self.generators.extend((g, g.get_state()) for g in vars(module).values() if isinstance(g, torch.Generator))
+        #: torch's global generator: a draw whose result never reaches the output (a dropout mask Keras makes at
+        #: inference, see ``draws_matter``) leaves it as it was
+        self.torch_random = torch.get_rng_state()
 
-    def restore(self) -> None:
+    def restore(self, random_state: bool = True) -> None:
+        """Put the state back (``random_state``: the generators too, torch's global one and the model's)."""
         for module, name, buffer, saved in self.buffers:
             if module._buffers.get(name) is not buffer:
                 module._buffers[name] = buffer
@@ -64,13 +74,95 @@ class PreservedState:
             if now.keys() != parameters.keys() or any(now[key] is not value for key, value in parameters.items()):
                 module._parameters.clear()
                 module._parameters.update(parameters)
+        for counter, saved in self.counters:
+            if not torch.equal(counter, saved):
+                with torch.no_grad():
+                    counter.copy_(saved)
         for module, tensors in self.attributes:
             own = vars(module)
             for key in [key for key, value in own.items() if isinstance(value, Tensor) and key not in tensors]:
                 del own[key]
             own.update(tensors)
-        for generator, state in self.generators:
-            generator.set_state(state)
+        if random_state:
+            for generator, state in self.generators:
+                generator.set_state(state)
+            torch.set_rng_state(self.torch_random)
+
+
+class AsFunction:
+    """``with AsFunction(model):`` the model as the function it computes, for rnnshap's passes: the backward
+    hooks of its modules (and the global ones) set aside, and compiled modules run eagerly; everything put
+    back afterwards (the same hook dicts: their handles still remove them).
+
+    Backward hooks belong to training (a gradient scaled or clipped, a norm logged): run inside rnnshap's
+    passes they would change its multipliers, or crash in its batched backward (``float(g.norm())``).
+    Forward hooks that change outputs are part of the function, and run. A module compiled with
+    ``torch.compile`` (a wrapper, ``OptimizedModule``, anywhere in the model) or ``module.compile()`` (in place)
+    computes what its original module computes: that module runs, seen by the passes, and nothing is compiled."""
+
+    _GLOBALS = ("_global_backward_hooks", "_global_backward_pre_hooks")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.hooks: list[tuple[nn.Module, Any, Any]] = []
+        self.globals: dict[str, Any] = {}
+        self.compiled: list[tuple[nn.Module, str, Any, bool]] = []
+
+    def __enter__(self) -> AsFunction:
+        from collections import OrderedDict
+
+        import torch.nn.modules.module as module_module
+
+        for module in self.model.modules():
+            if module._backward_hooks or module._backward_pre_hooks:
+                self.hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
+                module._backward_hooks = OrderedDict()
+                module._backward_pre_hooks = OrderedDict()
+            own = vars(module)
+            if own.get("_compiled_call_impl") is not None:  # module.compile()
+                self.compiled.append((module, "_compiled_call_impl", own["_compiled_call_impl"], True))
+                own["_compiled_call_impl"] = None
+            original = compiled_original(module)
+            if original is not None:  # torch.compile(module): its forward, the compiled call of the original
+                self.compiled.append((module, "forward", own.get("forward"), "forward" in own))
+                own["forward"] = original.__call__
+        for name in self._GLOBALS:
+            hooks = getattr(module_module, name, None)
+            if hooks:
+                self.globals[name] = hooks
+                setattr(module_module, name, OrderedDict())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch.nn.modules.module as module_module
+
+        for module, hooks, pre_hooks in self.hooks:
+            module._backward_hooks = hooks
+            module._backward_pre_hooks = pre_hooks
+        for module, key, value, had in reversed(self.compiled):
+            if had:
+                vars(module)[key] = value
+            else:
+                vars(module).pop(key, None)
+        for name, hooks in self.globals.items():
+            setattr(module_module, name, hooks)
+        self.hooks.clear()
+        self.compiled.clear()
+        self.globals.clear()
+
+
+def compiled_original(module: nn.Module) -> nn.Module | None:
+    """The original module of a ``torch.compile`` wrapper (``OptimizedModule``), or None."""
+    if type(module).__name__ == "OptimizedModule":
+        original = vars(module).get("_modules", {}).get("_orig_mod")
+        if isinstance(original, nn.Module):
+            return original
+    return None
+
+
+def compiled_anywhere(model: nn.Module) -> bool:
+    """Whether ``model`` holds a module compiled with ``torch.compile`` or ``module.compile()``."""
+    return any(compiled_original(m) is not None or vars(m).get("_compiled_call_impl") is not None for m in model.modules())
 
 
 def _same_sparse(a: Tensor, b: Tensor) -> bool:
@@ -99,6 +191,37 @@ RANDOM_FUNCTIONS = frozenset(
     ]
     if f is not None
 )  # fmt: skip
+
+
+#: torch's dropout functions, which draw only when training: (function, position of ``training``, its default)
+_DROPOUTS: tuple[tuple[Any, int, bool], ...] = tuple(
+    (f, position, default)
+    for f, position, default in [
+        (torch.nn.functional.dropout, 2, True),
+        (getattr(torch.nn.functional, "dropout1d", None), 2, True),
+        (torch.nn.functional.dropout2d, 2, True),
+        (torch.nn.functional.dropout3d, 2, True),
+        (torch.nn.functional.alpha_dropout, 2, False),
+        (torch.nn.functional.feature_alpha_dropout, 2, False),
+        (torch.dropout, 2, True),
+        (torch.nn.functional.rrelu, 3, False),
+    ]
+    if f is not None
+)
+_TRAINING_NAMES = ("training", "train")
+
+
+def random_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
+    """Whether ``func(*args, **kwargs)`` draws random numbers: one of :data:`RANDOM_FUNCTIONS`, a dropout
+    with ``training`` on (``F.dropout``'s default), or ``F.gumbel_softmax``."""
+    if func in RANDOM_FUNCTIONS or func is torch.nn.functional.gumbel_softmax:
+        return True
+    for f, position, default in _DROPOUTS:
+        if func is f:
+            kwargs = kwargs or {}
+            flag = next((kwargs[k] for k in _TRAINING_NAMES if k in kwargs), args[position] if len(args) > position else default)
+            return bool(flag)
+    return False
 
 
 class RandomStates:
@@ -163,6 +286,86 @@ class RandomStates:
         return sources
 
 
+    def reseed(self, seed: int) -> None:
+        """Start every generator taken here from another state (``seed``): the global ones and those the
+        model holds. :meth:`drawn` puts them back."""
+        for _, generator, _ in self.held:
+            if isinstance(generator, torch.Generator):
+                generator.manual_seed(seed)
+            elif isinstance(generator, np.random.Generator):
+                generator.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+            else:
+                generator.seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # (CUDA's generators too)
+
+
+#: the generators a draw of torch's functions changes, as :meth:`RandomStates.drawn` names them
+TORCH_SOURCES = ("torch's global random number generator", "torch's CUDA random number generator", "the torch.Generator ")
+
+
+def ignores_draws(run: Callable[[], Any], first: Any, states: RandomStates) -> bool:
+    """Whether ``run()`` (the model's forward on fixed inputs, whose result from the generators' states in
+    ``states`` is ``first``) gives the same result, bit for bit, with every generator started elsewhere:
+    then its draws (a dropout mask Keras makes and does not use at inference, a seed generator advanced)
+    never reach its output. The generators are put back afterwards (``states.drawn()``)."""
+    try:
+        for seed in (12345, 271828):
+            states.reseed(seed)
+            try:
+                again = run()
+            except Exception:  # noqa: BLE001 (a forward that fails elsewhere: judged random)
+                return False
+            if not _identical(first, again):
+                return False
+        return True
+    finally:
+        states.drawn()
+
+
+def draws_matter(
+    model: nn.Module, inputs: list[Tensor], take: Callable[[Any], Any] | None, output: Any, deferred: Any, drawn: Sequence[str]
+) -> bool:
+    """Whether the random draws a pass of ``model`` on ``inputs`` made (``drawn``: the generators whose state
+    changed) may reach its output. They do not where every generator drawn from is torch's, the pass saw
+    each draw and followed its results (``deferred``, :class:`~.deferred.DeferredRefusals`) to neither the
+    ``output`` nor a Python value, and the model's output is the same, bit for bit, with every generator
+    started elsewhere (:func:`ignores_draws`): a dropout mask Keras makes at inference and never applies."""
+    if not all(source.startswith(TORCH_SOURCES) for source in drawn) or not deferred.draws_unused(output):
+        return True
+    states = RandomStates(model)
+    state = PreservedState(model)
+
+    def run() -> Any:
+        try:
+            with torch.no_grad():
+                out = model(*[x.clone() for x in inputs])
+            return take(out) if take is not None else out
+        finally:
+            state.restore()
+
+    try:
+        first = run()
+    except Exception:  # noqa: BLE001 (judged random: the pass's refusal stands)
+        states.drawn()
+        return True
+    return not ignores_draws(run, first, states)
+
+
+def _identical(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.is_floating_point() or a.is_complex():
+            return bool(((a == b) | (a.isnan() & b.isnan())).all())
+        return bool(torch.equal(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    return False
+
+
 def random_forward_error(sources: Sequence[str]) -> ModelStateError:
     """The refusal of a forward that draws random numbers from ``sources``."""
     return ModelStateError(
@@ -175,6 +378,58 @@ def random_forward_error(sources: Sequence[str]) -> ModelStateError:
     )
 
 
+def refuse_scripted(model: nn.Module) -> None:
+    """Refuse a TorchScript model or submodule (``jit.script``, ``jit.trace``, ``jit.freeze``,
+    ``optimize_for_inference``) by name, before anything reads its attributes (a frozen module has no
+    ``training``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = f"the submodule {name!r}" if name else "the model"
+            raise ModelStateError(
+                f"{where} is a TorchScript module ({type(module).__name__}). Its operations run inside "
+                "the TorchScript interpreter, out of rnnshap's sight, so attributions through it would "
+                "be silently wrong. Explain the original Python nn.Module instead. " + SHAPLEY_DOOR
+            )
+
+
+def meta_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` with parameters or buffers on the meta device (shapes without values)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if any(p.is_meta for p in module.parameters(recurse=False)) or any(b.is_meta for b in module.buffers(recurse=False))
+    ]
+
+
+def check_meta(model: nn.Module, run: Callable[[], Any]) -> None:
+    """Refuse a model whose parameters or buffers on the meta device are read: ``run()`` (its forward on a
+    few background rows) fails or returns meta tensors. A meta skeleton called through
+    ``torch.func.functional_call`` with real weights (torch.func's ensembling recipe) never reads its own:
+    it runs, and is explained."""
+    found = meta_modules(model)
+    if not found:
+        return
+    name, module = found[0]
+    where = f"the submodule {name!r}" if name else "the model"
+    error = ModelStateError(
+        f"{where} ({type(module).__name__}) has parameters or buffers on the meta device: they have "
+        "shapes but no values, so the model cannot run. Materialize and load the weights first "
+        "(model.to_empty(device='cpu') then model.load_state_dict(...))."
+    )
+    state = PreservedState(model)
+    try:
+        with torch.no_grad():
+            out = run()
+    except (NotImplementedError, RuntimeError) as failure:
+        raise error from failure
+    finally:
+        state.restore()
+    from torch.utils._pytree import tree_flatten
+
+    if any(isinstance(t, Tensor) and t.is_meta for t in tree_flatten(out)[0]):
+        raise error
+
+
 def check_model(model: Any) -> None:
     """Refuse models rnnshap cannot see into or whose forward pass is random."""
     if not isinstance(model, nn.Module):
@@ -182,25 +437,9 @@ def check_model(model: Any) -> None:
             f"rnnshap.DeepExplainer takes a torch.nn.Module (or a Keras model), not {type(model).__name__}. "
             "Wrap a function in an nn.Module whose forward() calls it."
         )
+    refuse_scripted(model)
     for name, module in model.named_modules():
         where = f"the submodule {name!r}" if name else "the model"
-        if isinstance(module, torch.jit.ScriptModule):
-            raise ModelStateError(
-                f"{where} is a TorchScript module ({type(module).__name__}). Its operations run inside "
-                "the TorchScript interpreter, out of rnnshap's sight, so attributions through it would "
-                "be silently wrong. Explain the original Python nn.Module instead. " + SHAPLEY_DOOR
-            )
-        if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
-            raise ModelStateError(
-                f"{where} was compiled with torch.compile, whose graphs run out of rnnshap's sight. "
-                "Explain the original module instead (model._orig_mod)."
-            )
-        if any(p.is_meta for p in module.parameters(recurse=False)) or any(b.is_meta for b in module.buffers(recurse=False)):
-            raise ModelStateError(
-                f"{where} ({type(module).__name__}) has parameters or buffers on the meta device: they have "
-                "shapes but no values, so the model cannot run. Materialize and load the weights first "
-                "(model.to_empty(device='cpu') then model.load_state_dict(...))."
-            )
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
             raise ModelStateError(
                 f"{where} ({type(module).__name__}) was built with track_running_stats=False, so it normalizes "
@@ -229,7 +468,7 @@ def has_active_randomness(module: nn.Module) -> bool:
 
 def model_device_and_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """The device and floating dtype of the model's parameters, or None where it has none or several."""
-    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point() and not t.is_meta]
     devices = {t.device for t in tensors}
     dtypes = {t.dtype for t in tensors}
     device = devices.pop() if len(devices) == 1 else None

@@ -1,0 +1,245 @@
+"""PyTorch models as they are deployed and served (issue 40): hooks left from training, dynamic
+quantization, random draws that never reach the output, TorchScript freezing, the meta device,
+torch.compile, dataclass outputs, NaN, data containers, and outputs beside the explained one.
+
+Every test checks that explaining leaves the model as it was (:func:`snapshot` before, ``unchanged`` after).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+from rnnshap.errors import InputError, ModelStateError, RnnShapError
+
+from .conftest import assert_adds_up_to, assert_rounding_close, model_outputs
+
+T, F = 5, 3
+
+
+class Recurrent(nn.Module):
+    """A small LSTM classifier: the model most tests dress up."""
+
+    def __init__(self, hidden: int = 4, outputs: int = 2) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(F, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(torch.tanh(out[:, -1]))
+
+
+def _frozen(value: Any) -> Any:
+    """A copy of a state_dict entry to compare later: tensors (quantized ones by their integers and scales)
+    cloned, tuples entry by entry, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        if value.is_quantized:
+            return ("quantized", value.int_repr().clone(), value.q_per_channel_scales().clone()
+                    if value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else value.q_scale())
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything explaining must leave as it was: every parameter and buffer (values and objects), the
+    training flags and the hooks."""
+    return {
+        "state": {k: _frozen(v) for k, v in model.state_dict(keep_vars=True).items()},
+        "objects": [id(t) for t in [*model.parameters(), *model.buffers()]],
+        "training": [m.training for m in model.modules()],
+        "hooks": [
+            (dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks), dict(m._backward_pre_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def unchanged(model: nn.Module, before: dict[str, Any]) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert _same(after["state"][key], value), f"{key} changed"
+    assert after["objects"] == before["objects"], "a parameter or buffer was replaced"
+    assert after["training"] == before["training"], "a training flag changed"
+    assert after["hooks"] == before["hooks"], "the model's hooks changed"
+
+
+def data(n: int = 8, m: int = 3, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(n, T, F, generator=generator, dtype=dtype), torch.randn(m, T, F, generator=generator, dtype=dtype))
+
+
+# -- 2: backward hooks left on the model from training ------------------------------------------------
+def _scale_grad_input(module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+    return tuple(None if g is None else 3.0 * g for g in grad_input)
+
+
+def _clamp_grad_output(module: nn.Module, grad_output: Any) -> Any:
+    return tuple(None if g is None else g.clamp(-1e-3, 1e-3) for g in grad_output)
+
+
+def _norm_monitor(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+    module.seen.append(float(grad_output[0].norm()))  # type: ignore[union-attr,operator]
+
+
+HOOKS = {
+    "scales grad_input": lambda m: m.head.register_full_backward_hook(_scale_grad_input),
+    "clamps grad_output": lambda m: m.lstm.register_full_backward_pre_hook(_clamp_grad_output),
+    "a gradient-norm monitor": lambda m: m.lstm.register_full_backward_hook(_norm_monitor),
+    "a global hook": lambda m: nn.modules.module.register_module_full_backward_hook(_scale_grad_input),
+}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_backward_hooks_left_from_training_do_not_run_in_the_passes(hook: str) -> None:
+    """The user's backward hooks belong to training: the values are those of the model without them,
+    computed exactly, and the hooks are still there afterwards (and run in the user's own backward)."""
+    model = Recurrent().double().eval()
+    twin = Recurrent().double().eval()
+    twin.load_state_dict(model.state_dict())
+    model.lstm.seen = []  # type: ignore[assignment]
+    background, x = data()
+    handle = HOOKS[hook](model)
+    try:
+        before = snapshot(model)
+        explainer = rnnshap.DeepExplainer(model, background)
+        values = explainer.shap_values(x)  # the additivity check runs
+        unchanged(model, before)
+        assert model.lstm.seen == []  # type: ignore[comparison-overlap]
+        expected = rnnshap.DeepExplainer(twin, background).shap_values(x)
+        np.testing.assert_array_equal(values, expected)
+        # the hook is still the model's: the user's own backward runs it
+        x.requires_grad_(True)
+        model(x).sum().backward()
+        if hook == "a gradient-norm monitor":
+            assert len(model.lstm.seen) == 1  # type: ignore[arg-type]
+    finally:
+        handle.remove()
+
+
+# -- 3: rows that interact (dynamic quantization) in the forward-only door -----------------------------
+def _quantized() -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(T * F, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def test_a_dynamically_quantized_model_is_refused_by_the_forward_only_door() -> None:
+    """One scale per batch: each row's output depends on the other rows, so a coalition's value would depend
+    on the batch it runs in. Refused, with rows alone (batch_size=1) as the way to explain it."""
+    model = _quantized()
+    background, x = data(dtype=torch.float32)
+    with torch.no_grad():  # the independent fact: a row alone and the same row among others differ
+        assert not torch.equal(model(background)[:1], model(background[:1]))
+    before = snapshot(model)
+    with pytest.raises(InputError, match="depends on the other rows.*batch_size=1"):
+        rnnshap.ShapleyExplainer(model, background)
+    unchanged(model, before)
+
+
+def test_a_dynamically_quantized_model_is_explained_row_by_row_with_batch_size_1() -> None:
+    """batch_size=1 runs every row alone, the background too: the game of the model on one row is played,
+    and its values are exact (every coalition enumerated) and add up to the model's own outputs."""
+    model = _quantized()
+    background, x = data(n=4, m=2, dtype=torch.float32)
+    before = snapshot(model)
+    explainer = rnnshap.ShapleyExplainer(model, background, batch_size=1)
+    estimate = explainer.shapley_values(x, players="steps", time_axis=1)
+    unchanged(model, before)
+    with torch.no_grad():
+        alone = np.stack([model(x[i : i + 1])[0].double().numpy() for i in range(len(x))])
+        base = np.mean([model(background[i : i + 1])[0].double().numpy() for i in range(len(background))], 0)
+    assert bool(np.all(estimate.exact))
+    np.testing.assert_allclose(estimate.base_values, np.broadcast_to(base, estimate.base_values.shape), rtol=0, atol=1e-12)
+    assert_adds_up_to(estimate.base_values + estimate.values.sum(1), alone, "float32")
+
+
+def test_a_model_whose_rows_are_independent_passes_the_check_at_any_batch_size() -> None:
+    model = Recurrent().eval()
+    background, x = data(dtype=torch.float32)
+    before = snapshot(model)
+    small = rnnshap.ShapleyExplainer(model, background, batch_size=5).shapley_values(x, time_axis=1, random_state=0)
+    large = rnnshap.ShapleyExplainer(model, background, batch_size=2048).shapley_values(x, time_axis=1, random_state=0)
+    unchanged(model, before)
+    assert_rounding_close(small.values, large.values, "float32")
+
+
+# -- 4: random draws that never reach the output --------------------------------------------------------
+class UnusedDraw(nn.Module):
+    """Draws a dropout mask at every call and uses it only in training (Keras' recurrent layers do so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Recurrent()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.functional.dropout(torch.ones_like(x[:, 0]), 0.3, training=True)
+        noise = torch.randn(3)
+        self.cached = mask  # (kept on the module, as Keras caches its masks)
+        del noise
+        out = self.inner(x)
+        return out * mask.sum(1, keepdim=True) if self.training else out
+
+
+class UsedDraw(UnusedDraw):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + 0.01 * torch.randn(x.shape[0], 2, dtype=x.dtype)
+
+
+class BranchOnDraw(UnusedDraw):
+    """Teacher forcing decided by a draw: its value never reaches the output as a tensor, its decision does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out if bool(torch.rand(()) < 0.5) else -out
+
+
+def test_a_draw_whose_result_never_reaches_the_output_is_not_randomness_of_the_function() -> None:
+    model = UnusedDraw().double().eval()
+    background, x = data()
+    before = snapshot(model)
+    state = torch.get_rng_state()
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    shapley = rnnshap.ShapleyExplainer(model, background).shapley_values(x, time_axis=1)
+    unchanged(model, before)
+    assert torch.equal(torch.get_rng_state(), state), "torch's global random state changed"
+    expected = rnnshap.DeepExplainer(model.inner, background).shap_values(x)
+    np.testing.assert_array_equal(values, expected)
+    assert_adds_up_to(shapley.base_values + shapley.values.sum(1), model_outputs(model.inner, x), "float64")
+
+
+@pytest.mark.parametrize("model_class", [UsedDraw, BranchOnDraw])
+@pytest.mark.parametrize("door", ["deep", "shapley"])
+def test_a_draw_that_reaches_the_output_is_still_refused(model_class: type, door: str) -> None:
+    model = model_class().double().eval()
+    background, _ = data()
+    before = snapshot(model)
+    explainer = rnnshap.DeepExplainer if door == "deep" else rnnshap.ShapleyExplainer
+    with pytest.raises(ModelStateError, match="draws random numbers"):
+        explainer(model, background)
+    unchanged(model, before)
+
+
+def test_the_deep_door_names_the_draw_that_reaches_the_output() -> None:
+    model = UsedDraw().double().eval()
+    background, _ = data()
+    with pytest.raises(RnnShapError, match="randn"):
+        rnnshap.DeepExplainer(model, background)
