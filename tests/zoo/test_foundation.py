@@ -268,3 +268,81 @@ def test_copying_the_model_is_not_needed(ttm: Any) -> None:
     twin = copy.deepcopy(ttm)
     np.testing.assert_array_equal(ttm_forecast(twin, windows(16, [300])), ttm_forecast(ttm, windows(16, [300])))
     assert result.forecast.shape == (1, 2, 1)
+
+
+def test_ttm_gaps_are_its_observed_mask_and_get_zeros(ttm: Any) -> None:
+    context, background = windows(16, [300, 320]), windows(16, [0, 60, 120])
+    context[0, 6:9] = np.nan
+    result = rnnshap.foundation.explain(ttm, context, prediction_length=3, background=background)
+    own = ttm_forecast(ttm, context)[:, :3, None]
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, 6:9] == 0) and np.abs(result.values[1, 6:9]).max() > 0
+
+
+# -- Chronos-Bolt (chronos-forecasting) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bolt() -> Any:
+    pytest.importorskip("chronos")
+    from chronos import ChronosBoltPipeline
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+    from transformers import T5Config
+
+    config = T5Config(
+        d_model=8, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=4, vocab_size=2, decoder_start_token_id=0,
+        pad_token_id=0, chronos_config=dict(
+            context_length=16, prediction_length=4, input_patch_size=4, input_patch_stride=4, quantiles=[0.1, 0.5, 0.9],
+            use_reg_token=True,
+        ),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return ChronosBoltPipeline(ChronosBoltModelForForecasting(config).eval())
+
+
+def bolt_forecast(pipeline: Any, rows: Any, H: int, levels: list[float] | None = None) -> np.ndarray:
+    """chronos' own call: predict_quantiles on a tensor, or on a list of series of different lengths."""
+    if isinstance(rows, np.ndarray):
+        rows = torch.tensor(rows, dtype=torch.float32)
+    else:
+        rows = [torch.tensor(r, dtype=torch.float32) for r in rows]
+    quantiles, _ = pipeline.predict_quantiles(rows, prediction_length=H, quantile_levels=levels or [0.1, 0.5, 0.9])
+    return quantiles.double().numpy()
+
+
+def test_bolt_deepshap_is_its_predict_quantiles_with_zeros_for_trimmed_and_padded_context(bolt: Any) -> None:
+    context = [SERIES[300:320], SERIES[350:360]]  # 20 steps (4 past context_length=16) and 10 (left-padded with NaN)
+    background = windows(24, [0, 50, 100])
+    before = state(bolt.model)
+    result = rnnshap.foundation.explain(bolt, context, prediction_length=3, background=background)
+    own = bolt_forecast(bolt, context, 3)
+    assert result.values.shape == (2, 20, 3, 3) and result.quantile_levels == [0.1, 0.5, 0.9]
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :4] == 0) and np.all(result.values[1, :10] == 0)
+    assert np.abs(result.values[0, 4:]).max() > 0 and np.abs(result.values[1, 10:]).max() > 0
+    assert unchanged(before, bolt.model)
+    inner = rnnshap.foundation.explain(bolt.model, context, prediction_length=3, background=background)  # the model inside
+    np.testing.assert_array_equal(inner.values, result.values)
+
+
+def test_bolt_past_its_horizon_is_refused_by_deepshap_and_played_by_shapley(bolt: Any) -> None:
+    context, background = windows(8, [300]), windows(8, [0, 50])
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="past the model's own 4 steps"):
+        rnnshap.foundation.explain(bolt, context, prediction_length=6, background=background)
+    with pytest.warns(UserWarning, match="prediction length"):  # chronos' own advice, from its own call
+        result = rnnshap.foundation.explain(
+            bolt, context, prediction_length=6, background=background, method="shapley", players="patches", budget=1000
+        )
+    truth = enumerated_shapley(lambda rows: bolt_forecast(bolt, rows, 6).reshape(len(rows), -1), context[0], background,
+                               np.arange(8) // 4)  # fmt: skip
+    assert result.exact.all()
+    np.testing.assert_allclose(result.values[0].reshape(2, -1), truth, rtol=0, atol=tolerance(truth))
+
+
+def test_bolt_dropping_context_is_nan_as_chronos_takes_it(bolt: Any) -> None:
+    context = windows(12, [300])
+    result = rnnshap.foundation.explain(bolt, context, prediction_length=2, method="shapley", players="patches", budget=1000)
+    truth = enumerated_shapley(lambda rows: bolt_forecast(bolt, rows, 2).reshape(len(rows), -1), context[0],
+                               np.full((1, 12), np.nan), np.arange(12) // 4)  # fmt: skip
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0].reshape(3, -1), truth, rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.total(), bolt_forecast(bolt, context, 2), rtol=0, atol=tolerance(truth))

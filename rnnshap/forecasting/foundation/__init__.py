@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, UnsupportedOperationError
 from .. import check_method, check_version, preserved
 
 __all__ = ["Adapter", "ForecastExplanation", "adapter_for", "explain"]
@@ -49,6 +49,9 @@ class Adapter:
     label = ""
     #: how the library takes a missing value (said in the docs and the result)
     drops = "NaN"
+    #: the precision the forecast is computed in (its rounding is the Shapley mode's tolerance for a model whose
+    #: output moves with the rows batched beside it, as matrix products in float32 do)
+    precision: Any = np.float32
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -84,6 +87,10 @@ class Adapter:
         """Per-window inputs that are not attributed (bool arrays, first axis the windows): taken at the
         explained window's values for it and its references alike (DeepSHAP's context inputs)."""
         return []
+
+    def refusal_note(self, prediction_length: int) -> str:
+        """What to add to DeepSHAP's refusal of this forecast (e.g. the rollout past the model's horizon)."""
+        return ""
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
         """The explained windows as the DeepSHAP module reads them; NaN refused where the module cannot
@@ -410,24 +417,50 @@ class _preserved_all:
 def _deepshap(
     adapter: Adapter, windows: np.ndarray, rows: np.ndarray, H: int, levels: list[Any], batch_size: int, check: bool | float
 ) -> tuple[Any, ...]:
+    """DeepSHAP against the background windows. Windows with missing values (NaN: gaps, the padding of shorter
+    series) are explained in groups of one missing pattern, against background windows missing at the same
+    steps: a missing step is no player (no difference to attribute) and gets exactly 0."""
     import torch
 
     from ...explainer import DeepExplainer
 
-    x = adapter.deepshap_windows(windows)
     if np.isnan(rows).any():
-        raise InputError("background: DeepSHAP's reference windows must hold no NaN (missing values)")
-    n, L = x.shape
+        raise InputError(
+            "background: DeepSHAP's reference windows must hold no NaN (missing values); the explained windows' own "
+            "missing steps are given to them (a missing step is no player)"
+        )
+    n, L = windows.shape
     Q = len(levels)
+    values = np.zeros((n, L, H, Q))
+    base = np.zeros((n, H, Q))
     module = adapter.module(H, levels)
     dtype = getattr(module, "dtype", torch.float32)
-    X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(windows)]
-    bg = [torch.as_tensor(rows, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(rows)]
-    with torch.enable_grad():
-        explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
-        attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
-    values = attribution.values[0].reshape(n, L, H, Q)
-    base = attribution.base_values.reshape(n, H, Q)
+    missing = np.isnan(windows)
+    groups: dict[bytes, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(missing[i].tobytes(), []).append(i)
+    for members in groups.values():
+        gap = missing[members[0]]
+        own = windows[members]
+        references = np.where(gap[None], np.nan, rows)
+        x, r = adapter.deepshap_windows(own), adapter.deepshap_windows(references)
+        X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(own)]
+        bg = [torch.as_tensor(r, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(references)]
+        with torch.enable_grad():
+            try:
+                explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
+            except UnsupportedOperationError as error:
+                refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
+                refusal.args = (
+                    f"{adapter.label}'s forecast{adapter.refusal_note(H)} has operations DeepSHAP has no exact rule for; "
+                    "method='shapley' explains it from the library's own forecast call (Shapley values with standard "
+                    f"errors).\n{error}",
+                )
+                raise refusal from error
+            attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
+        part = attribution.values[0].reshape(len(members), L, H, Q)
+        values[members] = part
+        base[members] = attribution.base_values.reshape(len(members), H, Q)
     return values, base, None, None, None, "steps", [(t, t + 1) for t in range(L)]
 
 
@@ -454,7 +487,7 @@ def _shapley(
 
     def forward(seen: np.ndarray) -> np.ndarray:
         full = np.concatenate([np.broadcast_to(prefix[:1], (seen.shape[0], trimmed)), seen], axis=1) if trimmed else seen
-        return adapter.library_forecast(full, H, levels).reshape(seen.shape[0], H * Q)
+        return adapter.library_forecast(full, H, levels).reshape(seen.shape[0], H * Q).astype(adapter.precision)
 
     values = np.zeros((n, len(spans) if kind != "steps" else L, H, Q))
     stderr = np.zeros_like(values)

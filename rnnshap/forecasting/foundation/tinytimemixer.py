@@ -68,6 +68,9 @@ class TinyTimeMixerAdapter(Adapter):
                 f"the context has {length}"
             )
 
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        return windows  # NaN: past_observed_mask=False, left out of the scaler's statistics
+
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
         import torch
 
@@ -90,7 +93,7 @@ class TinyTimeMixerAdapter(Adapter):
         adapter = self
 
         class Forecast(nn.Module):
-            """``model(past_values=x[..., None]).prediction_outputs``, the first H steps: (n, H)."""
+            """``model(past_values, past_observed_mask).prediction_outputs``, the first H steps: (n, H)."""
 
             def __init__(self) -> None:
                 super().__init__()
@@ -99,6 +102,9 @@ class TinyTimeMixerAdapter(Adapter):
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 adapter._check_length(x.shape[1])
-                return self.net(past_values=x[..., None]).prediction_outputs[:, :H, 0]
+                x = x[:, x.shape[1] - adapter.context_length() :, None]
+                observed = ~torch.isnan(x)  # granite-tsfm's datasets: past_observed_mask = ~isnan, the value 0
+                past = torch.nan_to_num(x, nan=0.0)
+                return self.net(past_values=past, past_observed_mask=observed).prediction_outputs[:, :H, 0]
 
         return Forecast()
