@@ -346,3 +346,54 @@ def test_bolt_dropping_context_is_nan_as_chronos_takes_it(bolt: Any) -> None:
     assert result.game == "dropped" and result.exact.all()
     np.testing.assert_allclose(result.values[0].reshape(3, -1), truth, rtol=0, atol=tolerance(truth))
     np.testing.assert_allclose(result.total(), bolt_forecast(bolt, context, 2), rtol=0, atol=tolerance(truth))
+
+
+# -- TiRex (tirex-ts) ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tirex_model() -> Any:
+    pytest.importorskip("tirex")
+    from tirex.models.tirex import TiRexZero
+
+    torch.manual_seed(0)
+    config = dict(
+        input_patch_size=4, output_patch_size=4, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        block_kwargs=dict(embedding_dim=8, num_heads=2, num_blocks=1, ffn_proj_factor=2.0), input_ff_dim=16,
+    )  # fmt: skip
+    model = TiRexZero(backend="torch", model_config=config, train_ctx_len=16).eval()
+    for parameter in model.parameters():  # the sLSTM's weights are torch.empty until a checkpoint fills them
+        torch.nn.init.normal_(parameter, std=0.3)
+    return model
+
+
+def tirex_forecast(model: Any, rows: Any, H: int) -> np.ndarray:
+    """tirex' own call: forecast() on a tensor or on a list of series of different lengths."""
+    context = torch.tensor(rows, dtype=torch.float32) if isinstance(rows, np.ndarray) else [torch.tensor(r) for r in rows]
+    quantiles, _ = model.forecast(context, prediction_length=H)
+    return quantiles.double().numpy()
+
+
+def test_tirex_deepshap_adds_up_to_its_forecast_to_bfloat16_precision(tirex_model: Any) -> None:
+    context = [SERIES[300:320], SERIES[350:360]]  # 20 steps (4 past train_ctx_len=16) and 10 (NaN-padded by forecast)
+    background = windows(20, [0, 50, 100])
+    before = state(tirex_model)
+    result = rnnshap.foundation.explain(tirex_model, context, prediction_length=6, background=background)  # 2 patches
+    own = tirex_forecast(tirex_model, context, 6)
+    assert result.values.shape == (2, 20, 6, 9)
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    # the sLSTM computes in bfloat16: the values add up to its precision (8 bits of mantissa) of the forecast's scale
+    bfloat16 = 2.0**-8 * max(1.0, float(np.abs(own).max()))
+    assert np.abs(result.total() - own).max() < 4 * bfloat16
+    assert np.all(result.values[0, :4] == 0) and np.all(result.values[1, :10] == 0)
+    assert np.abs(result.values[0, 4:]).max() > 0
+    assert unchanged(before, tirex_model)
+
+
+def test_tirex_shapley_patches_dropping_context_enumerated_through_forecast(tirex_model: Any) -> None:
+    context = windows(12, [300])
+    result = rnnshap.foundation.explain(
+        tirex_model, context, prediction_length=4, method="shapley", players="patches", budget=1000, quantile_levels=[0.5]
+    )
+    truth = enumerated_shapley(lambda rows: tirex_forecast(tirex_model, rows, 4)[..., 4], context[0],
+                               np.full((1, 12), np.nan), np.arange(12) // 4)  # fmt: skip
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))

@@ -1,0 +1,83 @@
+"""tirex-ts' TiRex (``tirex.load_model(...)``: a ``TiRexZero``): ``model.forecast(context, prediction_length)``.
+
+``forecast`` pads series of different lengths with NaN (missing) and calls ``_forecast_quantiles`` under
+``torch.inference_mode``, which runs ``_forecast_tensor``: per output patch, the context cut or NaN-padded to
+``train_ctx_len`` steps, a ``StandardScaler`` with ``nanmean`` (a floor of ``|loc| + 1e-5`` where the spread is
+0), the ``isnan`` mask as a feature beside each patch, the sLSTM blocks (computing in bfloat16 on the ``torch``
+backend), and for longer horizons the context extended by NaN patches. DeepSHAP explains ``_forecast_tensor``
+itself (outside ``inference_mode``, whose tensors cannot enter a graph): the values add up to the forecast to
+bfloat16's precision, as the model computes it. A missing value is NaN, as tirex takes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from . import Adapter, quantile_columns
+
+
+class TiRexAdapter(Adapter):
+    distribution = "tirex-ts"
+    label = "TiRex"
+    drops = "NaN"
+
+    def __init__(self, model: Any) -> None:
+        from tirex.models.tirex import TiRexZero
+
+        if not isinstance(model, TiRexZero):
+            raise InputError(f"rnnshap.foundation takes tirex' TiRexZero (tirex.load_model); got {type(model).__name__}")
+        if any(getattr(block.slstm_layer.slstm_cell, "backend", "torch") != "torch" for block in model.blocks):
+            raise InputError(
+                "TiRex with backend='cuda' runs xlstm's fused CUDA kernels, which rnnshap cannot follow; load it with "
+                "tirex.load_model(..., backend='torch')"
+            )
+        super().__init__(model)
+
+    def context_length(self) -> int:
+        return int(self.model.config.train_ctx_len)
+
+    def patch_length(self) -> int:
+        return int(self.model.config.input_patch_size)
+
+    def levels(self, requested: Sequence[float] | None) -> list[Any]:
+        return list(quantile_columns(self.model.config.quantiles, requested, self.label))
+
+    def torch_modules(self) -> list[Any]:
+        return [self.model]
+
+    def _indices(self, levels: list[Any]) -> list[int]:
+        trained = [float(q) for q in self.model.config.quantiles]
+        return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
+
+    def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
+        import torch
+
+        quantiles, _ = self.model.forecast(torch.as_tensor(windows, dtype=torch.float32), prediction_length=prediction_length)
+        return quantiles.double().cpu().numpy()[..., self._indices(levels)]
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        return windows  # NaN is tirex' missing value: its mask is a feature, its value 0
+
+    def module(self, prediction_length: int, levels: list[Any]) -> Any:
+        import torch
+        from torch import nn
+
+        columns = self._indices(levels)
+
+        class Forecast(nn.Module):
+            """``_forecast_tensor(x, prediction_length)`` with quantiles last: (n, H·Q)."""
+
+            dtype = torch.float32
+
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                quantiles = self.net._forecast_tensor(x, prediction_length).swapaxes(1, 2)
+                return quantiles[..., columns].reshape(x.shape[0], -1)
+
+        return Forecast(self.model)
