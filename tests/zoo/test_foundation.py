@@ -397,3 +397,59 @@ def test_tirex_shapley_patches_dropping_context_enumerated_through_forecast(tire
                                np.full((1, 12), np.nan), np.arange(12) // 4)  # fmt: skip
     assert result.game == "dropped" and result.exact.all()
     np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+# -- MOMENT (momentfm) -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def moment_model() -> Any:
+    pytest.importorskip("momentfm")
+    from momentfm import MOMENTPipeline
+
+    t5 = dict(
+        d_model=8, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=8, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+    )  # fmt: skip
+    config = dict(
+        task_name="forecasting", forecast_horizon=4, seq_len=16, patch_len=4, patch_stride_len=4, d_model=8, transformer_type="encoder_only",
+        transformer_backbone="google/flan-t5-small", t5_config=t5, randomly_initialize_backbone=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="must be fine-tuned"):  # momentfm's own note on a forecasting head
+        model = MOMENTPipeline(config, model_kwargs=dict(task_name="forecasting", forecast_horizon=4))
+        model.init()
+    return model.eval()
+
+
+def moment_forecast(model: Any, rows: np.ndarray) -> np.ndarray:
+    """momentfm's own call on seq_len steps: NaN in x_enc where input_mask is 0."""
+    with torch.no_grad():
+        out = model(
+            x_enc=torch.tensor(rows, dtype=torch.float32)[:, None], input_mask=torch.tensor(~np.isnan(rows), dtype=torch.float32)
+        ).forecast
+    return out[:, 0].double().numpy()
+
+
+def test_moment_deepshap_adds_up_to_its_forecast_with_zeros_for_trimmed_context_and_gaps(moment_model: Any) -> None:
+    context, background = windows(20, [300, 330]), windows(24, [0, 50, 100])
+    context[1, 10:12] = np.nan
+    before = state(moment_model)
+    result = rnnshap.foundation.explain(moment_model, context, prediction_length=3, background=background)
+    own = moment_forecast(moment_model, context[:, 4:])[:, :3, None]
+    assert result.values.shape == (2, 20, 3, 1)
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[:, :4] == 0) and np.all(result.values[1, 10:12] == 0)
+    assert np.abs(result.values[0, 4:]).max() > 0
+    assert unchanged(before, moment_model)
+
+
+def test_moment_shapley_windows_enumerated_through_its_call(moment_model: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 60])
+    result = rnnshap.foundation.explain(
+        moment_model, context, prediction_length=2, background=background, method="shapley", players=8, budget=1000
+    )
+    truth = enumerated_shapley(
+        lambda rows: moment_forecast(moment_model, rows)[:, :2], context[0], background, np.arange(16) // 8
+    )
+    assert result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
