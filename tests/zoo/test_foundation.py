@@ -410,7 +410,8 @@ def moment_model() -> Any:
         relative_attention_num_buckets=8, relative_attention_max_distance=16,
     )  # fmt: skip
     config = dict(
-        task_name="forecasting", forecast_horizon=4, seq_len=16, patch_len=4, patch_stride_len=4, d_model=8, transformer_type="encoder_only",
+        task_name="forecasting", forecast_horizon=4, seq_len=16, patch_len=4, patch_stride_len=4, d_model=8,
+        transformer_type="encoder_only",
         transformer_backbone="google/flan-t5-small", t5_config=t5, randomly_initialize_backbone=True,
     )  # fmt: skip
     torch.manual_seed(0)
