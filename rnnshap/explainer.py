@@ -88,7 +88,16 @@ class DeepExplainer:
         self.progress = progress
         #: the engine for the model's framework (:mod:`rnnshap.engines`)
         with normal_mode():
-            self.engine: Engine = engine_for(model, data, rules=rules, output=output, layer_output=layer_output)
+            from .engines.keras.datasets import dataset_rows
+
+            data = dataset_rows(data, "background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
+            try:
+                self.engine: Engine = engine_for(model, data, rules=rules, output=output, layer_output=layer_output)
+            except InputError as error:
+                advice = _dataframe_advice(data, error)
+                if advice is None:
+                    raise
+                raise InputError(advice) from error
         self._model_version = self.engine.model_version()
         self._expected_value = _mean_output(self.engine.background_outputs)
 
@@ -430,6 +439,22 @@ class DeepExplainer:
         if check is not False:
             additivity.check_additivity(result, engine, None if check is True else float(check))
         return result
+
+
+def _dataframe_advice(data: Any, error: InputError) -> str | None:
+    """Where a pandas DataFrame background does not fit the model: what a DataFrame is taken as, and how to
+    give sequences (the one-sequence hint, ``x[None]``, would mislead: a DataFrame is many rows)."""
+    if type(data).__name__ != "DataFrame" or not type(data).__module__.startswith("pandas"):
+        return None
+    rows, columns = data.shape
+    return (
+        f"The background is a pandas DataFrame: rnnshap takes it as its values, one 2-D array of {rows} rows (the batch) by "
+        f"{columns} columns (the features), and the model failed on that: {str(error).split('. A 2-D input')[0]}. For a "
+        "model of sequences (batch, time, features), give windows: a 3-D array (N, T, F) cut from the frame "
+        "(np.lib.stride_tricks.sliding_window_view(df.to_numpy(), T, axis=0).transpose(0, 2, 1) gives every window of "
+        "T rows), or, where the whole frame is one sequence, df.to_numpy()[None] as one sample. The columns are the "
+        "features, in the frame's order (feature_names=list(df.columns) names them in explanations)."
+    )
 
 
 def _mean_output(outputs: np.ndarray) -> float | np.ndarray:

@@ -7,6 +7,7 @@ Every test checks that explaining leaves the model as it was (:func:`snapshot` b
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -51,7 +52,8 @@ def _frozen(value: Any) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+        same = a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+        return same and (a.is_meta or bool(torch.equal(a, b)))  # (meta tensors have no values to compare)
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
@@ -243,3 +245,200 @@ def test_the_deep_door_names_the_draw_that_reaches_the_output() -> None:
     background, _ = data()
     with pytest.raises(RnnShapError, match="randn"):
         rnnshap.DeepExplainer(model, background)
+
+
+# -- 5: TorchScript frozen or optimized for inference ---------------------------------------------------
+@pytest.mark.parametrize("freeze", ["freeze", "optimize_for_inference"])
+def test_a_frozen_torchscript_model_is_refused_by_name_and_played_by_the_forward_only_door(freeze: str) -> None:
+    eager = Recurrent().double().eval()
+    scripted = torch.jit.script(eager)
+    frozen = torch.jit.freeze(scripted) if freeze == "freeze" else torch.jit.optimize_for_inference(scripted)
+    background, x = data()
+    with pytest.raises(ModelStateError, match="TorchScript"):
+        rnnshap.DeepExplainer(frozen, background)
+    estimate = rnnshap.ShapleyExplainer(frozen, background).shapley_values(x, time_axis=1)
+    assert bool(np.all(estimate.exact))
+    assert_adds_up_to(estimate.base_values + estimate.values.sum(1), model_outputs(eager, x), "float64")
+
+
+# -- 6, 7: the meta device --------------------------------------------------------------------------------
+def test_a_model_on_the_meta_device_is_refused_by_name_by_both_doors() -> None:
+    with torch.device("meta"):
+        model = Recurrent().eval()
+    background, _ = data(dtype=torch.float32)
+    for door in (rnnshap.DeepExplainer, rnnshap.ShapleyExplainer):
+        with pytest.raises(ModelStateError, match="'lstm' \\(LSTM\\).*meta device"):
+            door(model, background)
+
+
+class Ensemble(nn.Module):
+    """torch.func's model-ensembling recipe: a meta-device skeleton called through functional_call with the
+    stacked weights of several real models."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        params, buffers = torch.func.stack_module_state(members)  # type: ignore[arg-type]
+        self.names = list(params)
+        self.weights = nn.ParameterList([nn.Parameter(params[name]) for name in self.names])
+        self.skeleton = Recurrent().double().to("meta").eval()
+        self.count = len(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [
+            torch.func.functional_call(self.skeleton, {n: w[i] for n, w in zip(self.names, self.weights, strict=True)}, (x,))
+            for i in range(self.count)
+        ]
+        return torch.stack(outs).mean(0)
+
+
+def test_the_functional_call_ensembling_recipe_is_explained_exactly() -> None:
+    members = [Recurrent().double().eval() for _ in range(3)]
+    model = Ensemble(members).eval()
+    background, x = data()
+    before = snapshot(model)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(x)
+    unchanged(model, before)
+    # the ensemble's own output is the members' mean: the values add up to it, and are the members' mean values
+    direct = np.mean([model_outputs(m, x) for m in members], 0)
+    assert_adds_up_to(explainer.expected_value + np.asarray(values).reshape(len(x), -1, 2).sum(1), direct, "float64")
+    each = np.mean([rnnshap.DeepExplainer(m, background).shap_values(x) for m in members], 0)
+    assert_rounding_close(values, each, "float64")
+
+
+# -- 8, 9: torch.compile ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["submodule wrapped", "whole model wrapped", "in place"])
+def test_compiled_modules_are_explained_as_their_original_modules_without_compiling(how: str) -> None:
+    import torch._dynamo.utils as dynamo_utils
+
+    eager = Recurrent().double().eval()
+    model = Recurrent().double().eval()
+    model.load_state_dict(eager.state_dict())
+    if how == "submodule wrapped":
+        model.lstm = torch.compile(model.lstm)  # type: ignore[assignment]
+    elif how == "whole model wrapped":
+        model = torch.compile(model)  # type: ignore[assignment]
+    else:
+        model.compile()
+    background, x = data()
+    before = snapshot(model)
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    shapley = rnnshap.ShapleyExplainer(model, background).shapley_values(x, time_axis=1)
+    assert not dynamo_utils.counters["frames"], "a frame was compiled while explaining"
+    unchanged(model, before)
+    np.testing.assert_array_equal(values, rnnshap.DeepExplainer(eager, background).shap_values(x))
+    assert_adds_up_to(shapley.base_values + shapley.values.sum(1), model_outputs(eager, x), "float64")
+
+
+# -- 10: a dataclass output ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prediction:
+    logits: torch.Tensor
+    states: torch.Tensor
+    note: str | None = None
+
+
+class ReturnsDataclass(Recurrent):
+    def forward(self, x: torch.Tensor) -> Prediction:  # type: ignore[override]
+        out, _ = self.lstm(x)
+        return Prediction(self.head(torch.tanh(out[:, -1])), out.sum(1))
+
+
+@pytest.mark.parametrize("door", ["deep", "shapley"])
+def test_dataclass_outputs_are_taken_by_field_name(door: str) -> None:
+    model = ReturnsDataclass().double().eval()
+    plain = Recurrent().double().eval()
+    plain.load_state_dict(model.state_dict())
+    background, x = data()
+    before = snapshot(model)
+    if door == "deep":
+        values = rnnshap.DeepExplainer(model, background, output="logits").shap_values(x)
+        np.testing.assert_array_equal(values, rnnshap.DeepExplainer(plain, background).shap_values(x))
+    else:
+        estimate = rnnshap.ShapleyExplainer(model, background, output="logits").shapley_values(x, time_axis=1)
+        assert_adds_up_to(estimate.base_values + estimate.values.sum(1), model_outputs(plain, x), "float64")
+    unchanged(model, before)
+
+
+# -- 11: NaN --------------------------------------------------------------------------------------------------
+class TakesMissing(Recurrent):
+    """Reads NaN as missing (a mask and zeros), as the foundation forecasters do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nan_to_num(x, nan=0.0))
+
+
+def test_nan_that_reaches_the_output_is_refused_naming_the_sample() -> None:
+    model = Recurrent().double().eval()
+    background, x = data()
+    x[1, 2, 0] = float("nan")
+    explainer = rnnshap.ShapleyExplainer(model, background)
+    before = snapshot(model)
+    with pytest.raises(InputError, match="output is nan for sample 1"):
+        explainer.shapley_values(x, time_axis=1)
+    unchanged(model, before)
+
+
+def test_nan_inputs_a_model_takes_as_missing_are_played() -> None:
+    model = TakesMissing().double().eval()
+    background, x = data()
+    x[1, 2, 0] = float("nan")
+    before = snapshot(model)
+    estimate = rnnshap.ShapleyExplainer(model, background).shapley_values(x, time_axis=1)
+    unchanged(model, before)
+    assert np.isfinite(estimate.values).all()
+    assert_adds_up_to(estimate.base_values + estimate.values.sum(1), model_outputs(model, x), "float64")
+
+
+# -- 14: a pandas DataFrame -------------------------------------------------------------------------------------
+def test_a_dataframe_is_taken_as_rows_by_columns_and_the_error_says_so() -> None:
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(np.random.default_rng(0).normal(size=(7, F)), columns=["a", "b", "c"])
+    tabular = nn.Sequential(nn.Linear(F, 4), nn.Tanh(), nn.Linear(4, 1)).double().eval()
+    values = rnnshap.DeepExplainer(tabular, frame).shap_values(frame.iloc[:2])
+    assert np.asarray(values).shape == (2, F, 1)
+    model = Recurrent().double().eval()
+    before = snapshot(model)
+    with pytest.raises(InputError, match=r"pandas DataFrame.*7 rows \(the batch\) by 3 columns.*sliding_window_view") as error:
+        rnnshap.DeepExplainer(model, frame)
+    assert "x[None]" not in str(error.value)
+    unchanged(model, before)
+
+
+# -- 19: a norm over every dimension that feeds only a second output (pyhealth's ConCare) ------------------------
+class ConCareLike(nn.Module):
+    """Logits beside a DeCov loss computed over the batch (a Frobenius norm of the hidden states' covariance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(F, 4, batch_first=True)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, _ = self.gru(x)
+        last = states[:, -1]
+        centered = last - last.mean(0, keepdim=True)
+        covariance = centered.T @ centered / max(x.shape[0] - 1, 1)
+        decov = 0.5 * (torch.norm(covariance, p="fro") ** 2 - torch.norm(torch.diagonal(covariance)) ** 2)
+        return torch.sigmoid(self.head(last)), decov
+
+
+def test_a_norm_over_every_dimension_that_only_feeds_a_loss_beside_the_output_is_not_refused() -> None:
+    model = ConCareLike().double().eval()
+    background, x = data()
+    before = snapshot(model)
+    explainer = rnnshap.DeepExplainer(model, background, output=0)
+    values = explainer.shap_values(x)  # (the additivity check runs)
+    unchanged(model, before)
+    with torch.no_grad():
+        direct = model(x)[0].numpy()
+    assert_adds_up_to(explainer.expected_value + np.asarray(values).reshape(len(x), -1).sum(1, keepdims=True), direct, "float64")
+
+
+def test_the_norm_is_still_refused_by_name_where_the_output_reads_it() -> None:
+    model = ConCareLike().double().eval()
+    background, _ = data()
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="norm over every dimension"):
+        rnnshap.DeepExplainer(model, background, output=1)

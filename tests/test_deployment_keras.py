@@ -139,3 +139,26 @@ def test_dropout_at_inference_is_explained_exactly_on_torch(keras_process: Calla
     assert_rounding_close(values, twin, "float32", what="values against the twin without dropout")
     predicted = np.asarray(result["expected"]) + values.reshape(3, -1, 2).sum(1)
     assert_adds_up_to(predicted, np.asarray(result["outputs"]), "float32")
+
+
+@pytest.mark.parametrize("element", ["inputs", "inputs and targets"])
+def test_a_tf_data_dataset_is_taken_as_keras_predict_reads_it(element: str) -> None:
+    """Batches of (inputs, targets) or of inputs: their inputs joined, the same values as the arrays."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("this process runs another Keras backend")
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(4), L.Dense(2)])
+    rng = np.random.default_rng(0)
+    background = rng.normal(size=(10, T, F)).astype("float32")
+    x = rng.normal(size=(3, T, F)).astype("float32")
+
+    def dataset(a: np.ndarray) -> Any:
+        items = a if element == "inputs" else (a, np.zeros(len(a), "float32"))
+        return tf.data.Dataset.from_tensor_slices(items).batch(4)
+
+    before = _weights(model)
+    expected = rnnshap.DeepExplainer(model, background).shap_values(x)
+    values = rnnshap.DeepExplainer(model, dataset(background)).shap_values(dataset(x))
+    np.testing.assert_array_equal(values, expected)
+    shapley = rnnshap.ShapleyExplainer(model, dataset(background)).shapley_values(dataset(x), time_axis=1)
+    assert_adds_up_to(shapley.base_values + shapley.values.sum(1), np.asarray(model(x), np.float64), "float32")
+    _unchanged(model, before)

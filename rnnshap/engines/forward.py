@@ -30,7 +30,10 @@ class ForwardModel:
     ) -> None:
         from torch import nn
 
+        from .keras.datasets import dataset_rows
         from .pytorch.safety import RandomStates, ignores_draws, random_forward_error
+
+        data = dataset_rows(data, "the background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
 
         self._call = call
         self._to_numpy = to_numpy
@@ -114,6 +117,9 @@ class ForwardModel:
 
     def arrays(self, X: Any, what: str) -> list[np.ndarray]:
         """``X`` (one array or a list per input) as numpy arrays, checked against the background."""
+        from .keras.datasets import dataset_rows
+
+        X = dataset_rows(X, what)
         given = list(X) if isinstance(X, (list, tuple)) else [X]
         if isinstance(X, (list, tuple)) != self.multi_input:
             expected = "a list of inputs" if self.multi_input else "one array"

@@ -14,6 +14,7 @@ chosen outputs, the top ``ranked_outputs``, or all), for both doors.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any, Callable, Sequence
 
@@ -32,6 +33,9 @@ def _nested(value: Any) -> bool:
 
 def _describe(value: Any) -> str:
     """A short picture of a model's result: ``(Tensor, (Tensor, Tensor))``."""
+    fields = dataclass_fields(value)
+    if fields is not None:
+        return f"{type(value).__name__}(" + ", ".join(f"{k}={_describe(v)}" for k, v in fields.items()) + ")"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
@@ -40,8 +44,20 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def dataclass_fields(out: Any) -> dict[str, Any] | None:
+    """A plain dataclass instance's fields that hold a value (None dropped, as HF ``ModelOutput`` drops them), in
+    their order, or None for anything else."""
+    if not dataclasses.is_dataclass(out) or isinstance(out, type) or isinstance(out, dict):
+        return None
+    return {f.name: getattr(out, f.name) for f in dataclasses.fields(out) if getattr(out, f.name) is not None}
+
+
 def output_parts(out: Any) -> tuple[list[Any], list[str] | None]:
-    """The output tensors of a model's result, in order, with their names for a dict (sorted keys)."""
+    """The output tensors of a model's result, in order, with their names for a dict (sorted keys) or a
+    dataclass (its fields, in order, as HF ``ModelOutput`` fields are taken)."""
+    fields = dataclass_fields(out)
+    if fields is not None:
+        return list(fields.values()), list(fields)
     if isinstance(out, dict):
         keys = sorted(out)
         return [out[k] for k in keys], [str(k) for k in keys]
@@ -110,6 +126,9 @@ class OutputLayout:
         index, name or path; None for a result without nesting (:meth:`take` then picks).
 
         Raises :class:`InputError` where no ``output=`` is given, or it does not lead to one tensor."""
+        by_field = dataclass_fields(out)
+        if by_field is not None:
+            out = by_field  # (a dataclass: its fields by name, as a dict's keys)
         items = out.values() if isinstance(out, dict) else out
         if not _nested(out) or not (isinstance(self.choice, tuple) or any(_nested(v) for v in items)):
             return None

@@ -24,6 +24,7 @@ from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
 from . import fused
+from .datasets import dataset_rows, is_dataset
 from .dual import Dual
 from .layer_rules import problems
 from .pass_state import Run, TokenDual, refusal
@@ -92,6 +93,7 @@ class KerasEngine(Engine):
 
     def __init__(self, model: Any, data: Any, output: OutputChoice = None) -> None:
         refuse_training_calls(model)
+        data = dataset_rows(data, "background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
         found = problems(model)
         if found:
             raise refusal(found)
@@ -267,6 +269,10 @@ class KerasEngine(Engine):
         return out
 
     def inputs(self, X: Any, what: str) -> list[np.ndarray]:
+        if is_dataset(X):  # its rows, as Keras' predict reads them
+            X = dataset_rows(X, what)
+            if isinstance(X, list) and not self.multi_input and len(X) == 1:
+                X = X[0]
         if isinstance(X, dict):
             if self.input_names is None:
                 raise InputError(f"{what} is a dict of inputs: give the background as a dict of the same inputs too")

@@ -517,9 +517,15 @@ class AttributionMode(TorchFunctionMode):
             rule = normalizing_rule(rule, call, self.scales)  # a normalization written by hand (handwritten_norms.py)
 
         why = misfit(rule, call)
-        if why is not None:  # the rule would fail in the input pass: refuse it now, by name
-            self.refuse(name, why, getattr(rule, "refusal_advice", "operands"))
+        if why is not None:  # the rule would fail in the input pass: refuse it by name (where the output depends on it)
             result = func(*args, **kwargs)
+            advice = getattr(rule, "refusal_advice", "operands")
+            floating = all(t.is_floating_point() for t in tensors_of(result) if isinstance(t, Tensor))
+            deferrable = not self.picked_indices and not self._following and advice not in NEVER_DEFERRED
+            if deferrable and target is None and func is base and floating:
+                self.deferred.defer(name, why, advice, result, name in self.unsupported)  # (a DeCov loss beside the logits)
+            else:
+                self.refuse(name, why, advice)
             self.track(result)
             if target is not None:
                 self._written_into(target)

@@ -59,6 +59,8 @@ class PreservedState:
         for module, name, buffer, saved in self.buffers:
             if module._buffers.get(name) is not buffer:
                 module._buffers[name] = buffer
+            if buffer.is_meta:  # shapes without values: nothing to put back
+                continue
             if buffer.layout != torch.strided:  # sparse (a graph's adjacency): torch.equal does not take it
                 if not _same_sparse(buffer, saved):
                     with torch.no_grad():
@@ -75,7 +77,7 @@ class PreservedState:
                 module._parameters.clear()
                 module._parameters.update(parameters)
         for counter, saved in self.counters:
-            if not torch.equal(counter, saved):
+            if not counter.is_meta and not torch.equal(counter, saved):
                 with torch.no_grad():
                     counter.copy_(saved)
         for module, tensors in self.attributes:
@@ -483,7 +485,14 @@ def as_tensors(
     device: torch.device | None,
     dtype: torch.dtype | None,
 ) -> list[Tensor]:
-    """Turn ``value`` (a tensor, an array, or a list/tuple of them) into checked tensors."""
+    """Turn ``value`` (a tensor, an array, or a list/tuple of them; a ``tf.data.Dataset`` of batches) into
+    checked tensors."""
+    from ..keras.datasets import dataset_rows, is_dataset
+
+    if is_dataset(value):
+        value = dataset_rows(value, what)
+        if isinstance(value, list) and len(value) == 1 and not multi_input:
+            value = value[0]  # (a dataset whose elements are a tuple of one input)
     candidates = [value] + list(value) if isinstance(value, (list, tuple)) else [value]
     packed = [v for v in candidates if isinstance(v, PackedSequence)]
     if packed:
