@@ -454,3 +454,89 @@ def test_moment_shapley_windows_enumerated_through_its_call(moment_model: Any) -
     )
     assert result.exact.all()
     np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+# -- Chronos-2 (chronos-forecasting) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chronos2() -> Any:
+    pytest.importorskip("chronos")
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    config = Chronos2CoreConfig(
+        d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2, chronos_config=dict(
+            context_length=16, output_patch_size=4, input_patch_size=4, input_patch_stride=4,
+            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True, use_arcsinh=True, max_output_patches=2,
+        ),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Chronos2Pipeline(Chronos2Model(config).eval())
+
+
+def chronos2_forecast(pipeline: Any, tasks: list[Any], H: int, levels: list[float] | None = None) -> np.ndarray:
+    """chronos' own call on a list of series or of {"target", "past_covariates", "future_covariates"} dicts."""
+    quantiles, _ = pipeline.predict_quantiles(tasks, prediction_length=H, quantile_levels=levels or pipeline.quantiles)
+    return np.stack([q.double().numpy()[0] for q in quantiles])
+
+
+def test_chronos2_deepshap_adds_up_to_predict_quantiles_with_zeros_for_trimmed_and_padded(chronos2: Any) -> None:
+    context = [SERIES[300:320], SERIES[350:360]]
+    background = windows(24, [0, 50, 100])
+    before = state(chronos2.model)
+    result = rnnshap.foundation.explain(
+        chronos2, context, prediction_length=5, background=background, quantile_levels=[0.1, 0.5, 0.9]
+    )
+    own = chronos2_forecast(chronos2, [torch.tensor(c) for c in context], 5, [0.1, 0.5, 0.9])
+    assert result.values.shape == (2, 20, 5, 3)
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :4] == 0) and np.all(result.values[1, :10] == 0)
+    assert np.abs(result.values[0, 4:]).max() > 0
+    assert unchanged(before, chronos2.model)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="past the model's own 8 steps"):
+        with pytest.warns(UserWarning, match="prediction length"):
+            rnnshap.foundation.explain(chronos2, context, prediction_length=10, background=background)
+
+
+def test_chronos2_covariates_past_and_known_future_add_up_with_the_target(chronos2: Any) -> None:
+    n, L, H = 2, 16, 4
+    context, background = windows(L, [300, 320]), windows(L, [0, 50, 100])
+    covariates = {
+        "past_covariates": {"price": windows(L, [150, 170]), "promo": windows(L, [200, 220])},
+        "future_covariates": {"promo": windows(H, [216, 236])},
+    }
+    reference = {
+        "target": background,
+        "past_covariates": {"price": windows(L, [10, 60, 110]), "promo": windows(L, [20, 70, 120])},
+        "future_covariates": {"promo": windows(H, [36, 86, 136])},
+    }
+    result = rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=reference, covariates=covariates)
+    tasks = [
+        {
+            "target": context[i],
+            "past_covariates": {k: v[i] for k, v in covariates["past_covariates"].items()},
+            "future_covariates": {"promo": covariates["future_covariates"]["promo"][i]},
+        }
+        for i in range(n)
+    ]
+    own = chronos2_forecast(chronos2, tasks, H)
+    assert set(result.covariates) == {"price", "promo"}
+    assert result.covariates["price"].shape == (n, L, H, 9) and result.covariates["promo"].shape == (n, L + H, H, 9)
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.abs(result.covariates["promo"][:, L:]).max() > 0  # the known future values are read
+
+
+def test_chronos2_shapley_patches_dropping_context_enumerated_through_predict_quantiles(chronos2: Any) -> None:
+    context = windows(12, [300])
+    result = rnnshap.foundation.explain(
+        chronos2, context, prediction_length=2, method="shapley", players="patches", budget=1000, quantile_levels=[0.5]
+    )
+
+    def own(rows: np.ndarray) -> np.ndarray:
+        return chronos2_forecast(chronos2, list(torch.tensor(rows, dtype=torch.float32)), 2, [0.5])[..., 0]
+
+    truth = enumerated_shapley(own, context[0], np.full((1, 12), np.nan), np.arange(12) // 4)
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -363,17 +363,39 @@ def explain(
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
     H = int(prediction_length)
-    if covariates is not None:
-        handler = getattr(adapter, "explain_covariates", None)
-        if handler is None:
-            raise InputError(f"{adapter.label} reads no covariates; covariates= is taken by Chronos-2 (Chronos2Pipeline)")
     windows = windows_of(context)
     n, L = windows.shape
     levels = adapter.levels(quantile_levels)
     readable = min(L, adapter.context_length() or L)
+    target_background = background
+    covariate_rows: list[np.ndarray] = []
+    covariate_names: list[str] = []
+    if covariates is not None:
+        if not hasattr(adapter, "set_covariates"):
+            raise InputError(f"{adapter.label} reads no covariates; covariates= is taken by Chronos-2 (Chronos2Pipeline)")
+        if method != "deepshap":
+            raise InputError(
+                "covariates= is explained by method='deepshap'; the Shapley mode plays the target's context steps alone"
+            )
+        if np.isnan(windows).any():
+            raise InputError("covariates= with missing target values (NaN, series of different lengths): give full windows")
+        if not isinstance(background, Mapping) or "target" not in background:
+            raise InputError(
+                'with covariates=, give background={"target": (B, L), "past_covariates": {name: (B, L)}, '
+                '"future_covariates": {name: (B, H)}}: reference windows for every input'
+            )
+        target_background = background["target"]
+        B = windows_of(target_background, "background['target']").shape[0]
+        shaped = {
+            "past_covariates": {name: aligned_background(v, L) for name, v in (background.get("past_covariates") or {}).items()},
+            "future_covariates": dict(background.get("future_covariates") or {}),
+        }
+        covariate_rows = [v for _, v in adapter.set_covariates(shaped, B, L, H)]  # type: ignore[attr-defined]
+        given = adapter.set_covariates(covariates, n, L, H)  # type: ignore[attr-defined]
+        covariate_names = [name for name, _ in given]
     rows = None
-    if background is not None:
-        rows = aligned_background(background, L)
+    if target_background is not None:
+        rows = aligned_background(target_background, L)
         check_background(rows, adapter.label, readable)
     elif method == "deepshap":
         raise InputError(
@@ -382,18 +404,21 @@ def explain(
             "missing values, a game the Shapley mode plays (method='shapley')"
         )
     modules = adapter.torch_modules()
+    covariate_values = None
     with _preserved_all(modules):
         forecast = adapter.library_forecast(windows.copy(), H, levels)
         if method == "deepshap":
             assert rows is not None
-            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity)
+            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity, covariate_rows)
+            covariate_values = dict(zip(covariate_names, result[-1], strict=True)) if covariate_names else None
+            result = result[:-1]
         else:
             result = _shapley(adapter, windows, rows, H, levels, players, readable, budget, random_state, batch_size)
     values, base, stderr, exact, n_evals, kind, spans = result
     return ForecastExplanation(
         values=values, base_values=base, forecast=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
         model=adapter.label, context=windows, stderr=stderr, exact=exact, n_evals=n_evals, players=kind, player_steps=spans,
-        game="background" if rows is not None else "dropped",
+        game="background" if rows is not None else "dropped", covariates=covariate_values,
     )  # fmt: skip
 
 
@@ -415,7 +440,14 @@ class _preserved_all:
 
 
 def _deepshap(
-    adapter: Adapter, windows: np.ndarray, rows: np.ndarray, H: int, levels: list[Any], batch_size: int, check: bool | float
+    adapter: Adapter,
+    windows: np.ndarray,
+    rows: np.ndarray,
+    H: int,
+    levels: list[Any],
+    batch_size: int,
+    check: bool | float,
+    covariate_rows: Sequence[np.ndarray] = (),
 ) -> tuple[Any, ...]:
     """DeepSHAP against the background windows. Windows with missing values (NaN: gaps, the padding of shorter
     series) are explained in groups of one missing pattern, against background windows missing at the same
@@ -433,6 +465,8 @@ def _deepshap(
     Q = len(levels)
     values = np.zeros((n, L, H, Q))
     base = np.zeros((n, H, Q))
+    covariate_x = list(getattr(adapter, "covariate_values", {}).values()) if covariate_rows else []
+    covariate_values = [np.zeros((n, c.shape[1], H, Q)) for c in covariate_x]
     module = adapter.module(H, levels)
     dtype = getattr(module, "dtype", torch.float32)
     missing = np.isnan(windows)
@@ -444,8 +478,10 @@ def _deepshap(
         own = windows[members]
         references = np.where(gap[None], np.nan, rows)
         x, r = adapter.deepshap_windows(own), adapter.deepshap_windows(references)
-        X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(own)]
-        bg = [torch.as_tensor(r, dtype=dtype)] + [torch.as_tensor(c) for c in adapter.context_inputs(references)]
+        X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c[members], dtype=dtype) for c in covariate_x]
+        X += [torch.as_tensor(c) for c in adapter.context_inputs(own)]
+        bg = [torch.as_tensor(r, dtype=dtype)] + [torch.as_tensor(c, dtype=dtype) for c in covariate_rows]
+        bg += [torch.as_tensor(c) for c in adapter.context_inputs(references)]
         with torch.enable_grad():
             try:
                 explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
@@ -460,8 +496,10 @@ def _deepshap(
             attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
         part = attribution.values[0].reshape(len(members), L, H, Q)
         values[members] = part
+        for k, c in enumerate(covariate_values):
+            c[members] = attribution.values[1 + k].reshape(len(members), c.shape[1], H, Q)
         base[members] = attribution.base_values.reshape(len(members), H, Q)
-    return values, base, None, None, None, "steps", [(t, t + 1) for t in range(L)]
+    return values, base, None, None, None, "steps", [(t, t + 1) for t in range(L)], covariate_values
 
 
 def _shapley(
