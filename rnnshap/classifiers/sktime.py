@@ -1,0 +1,307 @@
+"""sktime's classifiers and regressors, explained on sktime's panels: see :mod:`rnnshap.classifiers`.
+
+sktime 1.2's torch classifiers (``GRUClassifier``, ``MVTSTransformerClassifier``, the ``...ClassifierTorch``
+family: FCN, LSTM-FCN, ResNet, InceptionTime, CNN, MLP, ...) hold a ``network`` (an ``nn.Module``) fed
+by their ``_build_dataloader``: each panel transposed to ``(time, channels)``, float32, as the keyword
+``X``; their ``predict_proba`` applies a softmax to the network's output unless the network applies an
+activation itself (``_validated_activation``). :func:`torch_function` rebuilds exactly that as one module
+taking sktime's ``(n, channels, time)`` panels, after checking that the estimator's dataloader feeds the
+network that and nothing else.
+
+sktime's Keras classifiers (``CNNClassifier``, ``FCNClassifier``, ...) declare the ``tensorflow``
+distribution as a dependency: where TensorFlow is installed as ``tensorflow-cpu``, sktime refuses to fit
+them although TensorFlow imports. Where they are fitted, their ``predict_proba`` is aeon's (the same code:
+transpose, ``[1 − p, p]`` for one column, rows divided by their sum) and rnnshap explains it the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from . import (
+    ClassifierExplanation,
+    as_outputs,
+    check_choices,
+    check_equal,
+    check_version,
+    explain_shapley,
+    explanation,
+    pick_background,
+    quiet,
+)
+
+TENSORFLOW_ADVICE = (
+    "sktime's Keras classifiers (CNNClassifier, FCNClassifier, ResNetClassifier, ...) check for the 'tensorflow' "
+    "distribution and refuse to fit where TensorFlow is installed as 'tensorflow-cpu' (which imports as tensorflow "
+    "all the same). Install the 'tensorflow' package, or use sktime's torch classifiers (FCNClassifierTorch, "
+    "ResNetClassifierTorch, ...) or aeon's Keras ones (rnnshap.aeon), which rnnshap explains by DeepSHAP alike."
+)
+
+
+def _sktime() -> Any:
+    try:
+        import sktime
+    except ImportError as error:
+        raise ImportError(
+            "rnnshap.sktime explains sktime's estimators and needs sktime: pip install 'rnnshap[sktime]'"
+        ) from error
+    check_version("sktime")
+    return sktime
+
+
+def panels(X: Any, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
+    """Any of sktime's Panel mtypes (numpy3D, numpyflat, pd-multiindex, nested_univ, df-list, ...) as a
+    float64 ``(n, channels, time)`` array, with the channel names of a DataFrame's columns."""
+    import pandas as pd
+    from sktime.datatypes import check_is_scitype, convert_to
+
+    valid, messages, metadata = check_is_scitype(X, scitype="Panel", return_metadata=["is_equal_length"])
+    if not valid:
+        raise InputError(f"{what} is not one of sktime's Panel mtypes: {messages}")
+    if not metadata.get("is_equal_length", True):
+        raise InputError(
+            f"{what} holds series of unequal length; rnnshap explains equal-length panels (the values are laid out "
+            "(n, channels, time)): pad or truncate them as the estimator was fitted"
+        )
+    array = np.asarray(convert_to(X, to_type="numpy3D", as_scitype="Panel"), dtype=np.float64)
+    names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
+    return array, names
+
+
+def _is_keras_deep(clf: Any) -> bool:
+    return any(k.__module__.endswith("deep_learning.base._base_tf") for k in type(clf).__mro__)
+
+
+def _torch_network(clf: Any) -> tuple[Any, bool] | None:
+    """``clf``'s torch network and whether ``predict_proba`` applies a softmax to it; None where ``clf`` is
+    not one of sktime's torch classifiers."""
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return None
+    network = getattr(clf, "network", None)
+    if not isinstance(network, nn.Module) or not hasattr(clf, "_build_dataloader"):
+        return None
+    if not any(k.__name__ == "BaseDeepClassifierPytorch" for k in type(clf).__mro__):
+        return None
+    return network, getattr(clf, "_validated_activation", None) is None
+
+
+def _refuse_batch_mixing(network: Any, estimator: str) -> None:
+    """A recurrent layer with ``batch_first=False`` fed ``(batch, time, channels)`` runs across the panels of a
+    batch (sktime's ``GRUClassifier`` default): one panel's ``predict_proba`` then depends on the panels beside it
+    in its batch, so it is not a function of the panel and has no explanation."""
+    if network is None:
+        return
+    from torch import nn
+
+    for name, module in network.named_modules():
+        if isinstance(module, nn.RNNBase) and not module.batch_first:
+            raise InputError(
+                f"{estimator}'s network runs {type(module).__name__} {name!r} with batch_first=False on (batch, time, channels) "
+                "input: it reads the panels of a batch as one sequence, so a panel's predict_proba depends on the panels "
+                "beside it in its batch (of batch_size) and is not a function of the panel. Neither DeepSHAP nor the Shapley "
+                "mode can explain it; fit the estimator with batch_first=True."
+            )
+
+
+def _feeds_only_the_panel(clf: Any, x: np.ndarray) -> bool:
+    """Whether the estimator's own dataloader feeds its network exactly ``X=panel.transpose(0, 2, 1)``
+    (float32) and nothing else."""
+    import torch
+
+    batch = next(iter(clf._build_dataloader(x[:2])))
+    if not isinstance(batch, dict) or set(batch) != {"X"}:
+        return False
+    expected = torch.tensor(x[:2].transpose(0, 2, 1), dtype=torch.float32)
+    fed = batch["X"]
+    return bool(fed.shape == expected.shape and fed.dtype == expected.dtype and torch.equal(fed, expected))
+
+
+def torch_function(network: Any, softmax: bool) -> Any:
+    """A module of sktime's panels ``(n, channels, time)`` equal to the classifier's ``predict_proba``:
+    its network on the transposed panel (keyword ``X``), then a softmax where ``predict_proba`` applies one."""
+    import torch
+    from torch import nn
+
+    class SktimeProbabilities(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.network(X=x.transpose(1, 2))
+            return torch.softmax(out, dim=-1) if softmax else out
+
+    return SktimeProbabilities()
+
+
+def explain(
+    clf: Any,
+    X: Any,
+    background: Any = None,
+    *,
+    method: str = "auto",
+    players: str = "steps",
+    windows: int | None = None,
+    budget: int | None = None,
+    random_state: Any = None,
+    batch_size: int = 1024,
+    progress: bool | None = None,
+) -> ClassifierExplanation:
+    """Explain a fitted sktime classifier's ``predict_proba`` (a regressor's ``predict``) on panels ``X``.
+
+    The arguments and the result are those of :func:`rnnshap.aeon.explain`; ``X`` and ``background`` are any of
+    sktime's Panel mtypes (``(n, channels, time)`` numpy, a multi-index DataFrame, a nested DataFrame, ...).
+    DeepSHAP (``method="auto"`` or ``"deepshap"``) explains sktime's torch classifiers (and its Keras ones, where
+    fitted); the Shapley mode every estimator.
+    """
+    from ..forecasting import preserved
+
+    _sktime()
+    chosen = check_choices(method, players, windows)
+    x, names = panels(X)
+    reference = pick_background(x, None if background is None else panels(background, "background")[0], "sktime")
+    n, C, T = x.shape
+    estimator = type(clf).__name__
+    if _is_keras_deep(clf) and getattr(clf, "model_", None) is None:
+        raise InputError(f"{estimator} is not fitted. {TENSORFLOW_ADVICE}")
+    regressor = not hasattr(clf, "predict_proba")
+    what = "predict" if regressor else "predict_proba"
+    predict = getattr(clf, what)
+    found = _torch_network(clf)
+    network = found[0] if found is not None else None
+    _refuse_batch_mixing(network, estimator)
+
+    def truth(panel: np.ndarray) -> np.ndarray:
+        with quiet():
+            if network is None:
+                return as_outputs(predict(panel), len(panel))
+            with preserved(network):  # predict_proba switches the network to eval mode: put back as it was
+                return as_outputs(predict(panel), len(panel))
+
+    outputs, reference_outputs = truth(x), truth(reference)
+    extra: dict[str, Any] = {"channel_names": names}
+    explainer: Any = None
+    kind = ""
+    if chosen != "shapley" or found is not None or _is_keras_deep(clf):
+        if _is_keras_deep(clf) and not regressor:
+            from .aeon import keras_function
+
+            model = keras_function([clf], False, C, T)
+            dtype = str(model.inputs[0].dtype)
+            check_equal(np.asarray(model(x.astype(dtype))), outputs, estimator, what, dtype)
+            check_equal(np.asarray(model(reference.astype(dtype))), reference_outputs, estimator, what, dtype)
+            import rnnshap
+
+            explainer, kind = (
+                rnnshap.DeepExplainer(model, reference.astype(dtype), batch_size=batch_size, progress=progress),
+                "keras",
+            )
+        elif found is not None and _feeds_only_the_panel(clf, x):
+            explainer, kind = _torch_explainer(
+                found, x, reference, outputs, reference_outputs, estimator, what, batch_size, progress
+            )
+        elif chosen == "deepshap":
+            raise InputError(
+                f"{estimator} is not one of sktime's deep classifiers whose network rnnshap rebuilds (its network and the "
+                "inputs its dataloader feeds): DeepSHAP has no network to explain. Use method='shapley' (its own "
+                f"{what}, from its forward)."
+            )
+    if explainer is not None:
+        network_dtype = "float32"
+        x_in, reference_in = x.astype(network_dtype), reference.astype(network_dtype)
+        if chosen == "shapley":
+            values, stderr, base, _, exact, n_evals = explain_shapley(
+                lambda a: a, x_in, reference_in, players=players, windows=windows, budget=budget, random_state=random_state,
+                batch_size=batch_size, progress=progress, deep=explainer,
+            )  # fmt: skip
+            result = explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
+                                 exact=exact, n_evals=n_evals, function=kind, **extra)  # fmt: skip
+        else:
+            with _kept(network):
+                raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
+            base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
+            result = explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function=kind, **extra)
+        return result
+
+    def function(a: np.ndarray) -> np.ndarray:
+        return truth(np.ascontiguousarray(a))
+
+    values, stderr, base, _, exact, n_evals = explain_shapley(
+        function, x, reference, players=players, windows=windows, budget=budget, random_state=random_state,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
+                       exact=exact, n_evals=n_evals, function=what, **extra)  # fmt: skip
+
+
+def _kept(network: Any) -> Any:
+    """The network put back as it was after an explanation (nothing where there is no torch network)."""
+    import contextlib
+
+    from ..forecasting import preserved
+
+    return preserved(network) if network is not None else contextlib.nullcontext()
+
+
+def _torch_explainer(
+    found: tuple[Any, bool],
+    x: np.ndarray,
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    reference_outputs: np.ndarray,
+    estimator: str,
+    what: str,
+    batch_size: int,
+    progress: bool | None,
+) -> tuple[Any, str]:
+    import torch
+
+    import rnnshap
+
+    from ..forecasting import preserved
+
+    network, softmax = found
+    module = torch_function(network, softmax)
+    with preserved(network):
+        module.eval()
+        with torch.no_grad():
+            built_x = module(torch.tensor(x, dtype=torch.float32)).double().numpy()
+            built_reference = module(torch.tensor(reference, dtype=torch.float32)).double().numpy()
+    check_equal(built_x, outputs, estimator, what, "float32")
+    check_equal(built_reference, reference_outputs, estimator, what, "float32")
+    with preserved(network):
+        module.eval()
+        explainer = rnnshap.DeepExplainer(
+            module, torch.tensor(reference, dtype=torch.float32), batch_size=batch_size, progress=progress
+        )
+    return _EvalExplainer(explainer, network), "torch"
+
+
+class _EvalExplainer:
+    """A DeepExplainer of a sktime network run in eval mode (as ``predict_proba`` runs it), the network's
+    training flags put back after each call."""
+
+    def __init__(self, explainer: Any, network: Any) -> None:
+        self.explainer, self.network = explainer, network
+
+    def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        from ..forecasting import preserved
+
+        with preserved(self.network):
+            self.network.eval()
+            X = args[0]
+            converted = torch.tensor(X, dtype=torch.float32) if isinstance(X, np.ndarray) else X
+            return getattr(self.explainer, name)(converted, *args[1:], **kwargs)
+
+    def shap_values(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("shap_values", *args, **kwargs)
+
+    def shapley_values(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("shapley_values", *args, **kwargs)
