@@ -540,3 +540,13 @@ def test_chronos2_shapley_patches_dropping_context_enumerated_through_predict_qu
     truth = enumerated_shapley(own, context[0], np.full((1, 12), np.nan), np.arange(12) // 4)
     assert result.game == "dropped" and result.exact.all()
     np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+def test_a_forecast_path_that_drifts_from_the_library_call_is_refused(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library release that changes its forecast path: the module no longer computes the library's forecast."""
+    from rnnshap.forecasting.foundation.tinytimemixer import TinyTimeMixerAdapter
+
+    original = TinyTimeMixerAdapter.library_forecast
+    monkeypatch.setattr(TinyTimeMixerAdapter, "library_forecast", lambda self, w, H, levels: original(self, w, H, levels) + 1.0)
+    with pytest.raises(rnnshap.RnnShapError, match="away from the library's own forecast call"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))

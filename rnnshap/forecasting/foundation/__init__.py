@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import InputError, UnsupportedOperationError
+from ...errors import InputError, RnnShapError, UnsupportedOperationError
 from .. import check_method, check_version, preserved
 
 __all__ = ["Adapter", "ForecastExplanation", "adapter_for", "explain"]
@@ -52,6 +52,9 @@ class Adapter:
     #: the precision the forecast is computed in (its rounding is the Shapley mode's tolerance for a model whose
     #: output moves with the rows batched beside it, as matrix products in float32 do)
     precision: Any = np.float32
+    #: how far (relative to the forecast's scale) the DeepSHAP module's output may be from the library's own call on
+    #: the same windows: rounding that moves with the batch beside a row (the module runs the library's functions)
+    agreement = 1e-4
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -409,7 +412,7 @@ def explain(
         forecast = adapter.library_forecast(windows.copy(), H, levels)
         if method == "deepshap":
             assert rows is not None
-            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity, covariate_rows)
+            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity, covariate_rows, forecast)
             covariate_values = dict(zip(covariate_names, result[-1], strict=True)) if covariate_names else None
             result = result[:-1]
         else:
@@ -448,6 +451,7 @@ def _deepshap(
     batch_size: int,
     check: bool | float,
     covariate_rows: Sequence[np.ndarray] = (),
+    forecast: np.ndarray | None = None,
 ) -> tuple[Any, ...]:
     """DeepSHAP against the background windows. Windows with missing values (NaN: gaps, the padding of shorter
     series) are explained in groups of one missing pattern, against background windows missing at the same
@@ -494,6 +498,16 @@ def _deepshap(
                 )
                 raise refusal from error
             attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
+        if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
+            own = forecast[members].reshape(len(members), -1)
+            gap = float(np.abs(attribution.outputs - own).max())
+            scale = max(1.0, float(np.abs(own).max()))
+            if gap > adapter.agreement * scale:
+                raise RnnShapError(
+                    f"{adapter.label}: the function rnnshap explains gives forecasts {gap:.3g} away from the library's own "
+                    f"forecast call on the same context (scale {scale:.3g}); the library's forecast path may have changed "
+                    "since the version rnnshap was verified on. Use method='shapley', which runs the library's own call"
+                )
         part = attribution.values[0].reshape(len(members), L, H, Q)
         values[members] = part
         for k, c in enumerate(covariate_values):
