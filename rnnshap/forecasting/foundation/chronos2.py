@@ -5,7 +5,8 @@ rows, the target first, then the past-only covariates, then the covariates known
 values in ``future_covariates``, NaN for the others), each cut to the last ``context_length`` steps; then
 ``_predict_batch`` runs the model under ``no_grad`` (``InstanceNorm`` with ``nanmean`` and ``arcsinh``, group
 attention across the rows of one group, the long-horizon unrolling). DeepSHAP explains the pipeline's own
-``_predict_batch`` on the batch laid out as the dataset lays it out (its output is checked against ``predict_quantiles`` on the same inputs).
+``_predict_batch`` on the batch laid out as the dataset lays it out
+(its output is checked against ``predict_quantiles`` on the same inputs).
 
 ``covariates`` take Chronos-2's own names: ``{"past_covariates": {name: (n, L)}, "future_covariates": {name:
 (n, H)}}`` (every future covariate also past, as chronos requires; numeric only). Their values come back per
