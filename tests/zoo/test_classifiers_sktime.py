@@ -1,0 +1,153 @@
+"""rnnshap.sktime.explain: sktime 1.2's classifiers on sktime's own panels (aeon's bundled data sets).
+
+Truths: the estimator's own ``predict_proba`` (the values add up to its differences from the background mean,
+its softmax included); exact zeros for a channel the estimator provably does not read; Shapley values
+enumerated from the definition of the game on ``predict_proba``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sktime")
+pytest.importorskip("aeon")  # the bundled data sets
+torch = pytest.importorskip("torch")
+
+import rnnshap  # noqa: E402
+import rnnshap.sktime  # noqa: E402
+
+from .classifier_truths import assert_adds_up, enumerated  # noqa: E402
+
+T = 24
+
+
+@pytest.fixture(scope="module")
+def motions() -> tuple[np.ndarray, np.ndarray]:
+    from aeon.datasets import load_basic_motions
+
+    X, y = load_basic_motions(split="train")
+    return np.ascontiguousarray(X[:, :, :T]), y
+
+
+def _fit(estimator, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        return estimator.fit(X, y)
+
+
+def _lstm_fcn(**options):
+    from sktime.classification.deep_learning.lstmfcn._lstmfcn_torch import LSTMFCNClassifierTorch
+
+    return LSTMFCNClassifierTorch(**options)
+
+
+def _state(network) -> tuple[dict, list[bool]]:
+    return {k: v.clone() for k, v in network.state_dict().items()}, [m.training for m in network.modules()]
+
+
+@pytest.mark.parametrize("name", ["FCNClassifierTorch", "GRUClassifier", "LSTMFCNClassifierTorch"])
+def test_torch_classifiers_add_up_to_predict_proba(name: str, motions) -> None:
+    from sktime.classification import deep_learning as D
+
+    X, y = motions
+    make = {
+        "FCNClassifierTorch": lambda: D.FCNClassifierTorch(num_epochs=1, batch_size=16),
+        "GRUClassifier": lambda: D.GRUClassifier(num_epochs=1, hidden_dim=4, batch_first=True, batch_size=16),
+        "LSTMFCNClassifierTorch": lambda: _lstm_fcn(num_epochs=1, batch_size=16),
+    }[name]
+    clf = _fit(make(), X, y)
+    weights, modes = _state(clf.network)
+    result = rnnshap.sktime.explain(clf, X[:3], background=X[10:20])
+    assert result.method == "deepshap" and result.function == "torch"
+    assert result.values.shape == (3, 6, T, 4) and result.classes == list(clf.classes_)
+    assert_adds_up(result)
+    assert np.abs(result.values).max() > 0
+    after_weights, after_modes = _state(clf.network)
+    assert after_modes == modes and all(torch.equal(weights[k], v) for k, v in after_weights.items())
+
+
+def test_a_gru_that_reads_the_batch_as_time_is_refused(motions) -> None:
+    """sktime's GRUClassifier defaults to batch_first=False on (batch, time, channels) input: one panel's
+    predict_proba then depends on the panels before it in its batch."""
+    from sktime.classification.deep_learning import GRUClassifier
+
+    X, y = motions
+    clf = _fit(GRUClassifier(num_epochs=1, hidden_dim=4, batch_size=8), X, y)
+    alone = clf.predict_proba(X[1:2])
+    beside = clf.predict_proba(X[:8])[1:2]
+    assert np.abs(alone - beside).max() > 1e-6  # the fact: not a function of the panel
+    for method in ("deepshap", "shapley"):
+        with pytest.raises(rnnshap.InputError, match="batch_first"):
+            rnnshap.sktime.explain(clf, X[:2], background=X[10:14], method=method)
+
+
+def test_a_channel_the_network_does_not_read_gets_exactly_zero(motions) -> None:
+    from sktime.classification.deep_learning import FCNClassifierTorch
+
+    X, y = motions
+    clf = _fit(FCNClassifierTorch(num_epochs=1, batch_size=16), X, y)
+    first = next(m for m in clf.network.modules() if isinstance(m, torch.nn.Conv1d))
+    assert first.in_channels == 6
+    with torch.no_grad():
+        first.weight[:, 4] = 0.0  # the first convolution, the only reader of the input, ignores channel 4
+    result = rnnshap.sktime.explain(clf, X[:3], background=X[10:20])
+    assert_adds_up(result)
+    assert (result.values[:, 4] == 0).all() and np.abs(result.values[:, :4]).max() > 0
+
+
+@pytest.fixture(scope="module")
+def knn_on_channels_0_and_3(motions):
+    """A pipeline that keeps channels 0 and 3 and classifies by 3 nearest neighbours: it provably never reads the rest."""
+    from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
+    from sktime.transformations.subset import ColumnSelect
+
+    X, y = motions
+    return _fit(ColumnSelect([0, 3]) * KNeighborsTimeSeriesClassifier(n_neighbors=3, distance="euclidean"), X, y)
+
+
+def test_shapley_values_of_a_pipeline_match_the_enumeration(motions, knn_on_channels_0_and_3) -> None:
+    X, _ = motions
+    pipeline = knn_on_channels_0_and_3
+    background = X[[0, 12, 25, 33]]
+    before = pickle.dumps(pipeline)
+    result = rnnshap.sktime.explain(pipeline, X[20:22], background=background, players="channels", budget=10**5)
+    assert result.method == "shapley" and result.exact.all() and result.values.shape == (2, 6, 1, 4)
+    ids = np.broadcast_to(np.arange(6)[:, None], (6, T))
+    for i in range(2):
+        np.testing.assert_allclose(
+            result.values[i, :, 0], enumerated(pipeline.predict_proba, X[20 + i], background, ids), rtol=1e-12, atol=1e-12
+        )
+    assert (result.values[:, [1, 2, 4, 5]] == 0).all()
+    assert_adds_up(result, "float64")
+    assert pickle.dumps(pipeline) == before
+
+
+def test_sktime_panel_mtypes_give_the_same_values(motions, knn_on_channels_0_and_3) -> None:
+    from sktime.datatypes import convert_to
+
+    X, _ = motions
+    pipeline = knn_on_channels_0_and_3
+    background = X[[0, 12, 25]]
+    reference = rnnshap.sktime.explain(pipeline, X[20:21], background=background, players="channels", budget=10**5)
+    frame = convert_to(X[20:21], to_type="pd-multiindex")
+    frames = rnnshap.sktime.explain(
+        pipeline, frame, background=convert_to(background, to_type="pd-multiindex"), players="channels", budget=10**5
+    )
+    np.testing.assert_array_equal(frames.values, reference.values)
+    assert frames.channel_names == [str(c) for c in frame.columns]
+
+
+def test_keras_classifiers_without_the_tensorflow_distribution_are_explained_in_the_message(motions) -> None:
+    from sktime.classification.deep_learning import CNNClassifier
+
+    X, _ = motions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = CNNClassifier(n_epochs=1)
+    with pytest.raises(rnnshap.InputError, match="tensorflow-cpu"):
+        rnnshap.sktime.explain(clf, X[:1])
