@@ -189,7 +189,7 @@ def _is_array(a: Any) -> bool:
 def _numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):
         a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
+    return np.array(a, dtype=np.float64)  # a copy: reversed views, read-only arrays and the caller's data stay as they are
 
 
 def aligned_background(background: Any, length: int) -> np.ndarray:

@@ -1,0 +1,331 @@
+"""rnnshap.foundation.explain on the foundation forecasters: cost against its floor, faithfulness against shap's
+PermutationExplainer on the same forecast call, and what an all-zero background does.
+
+Models are built from each library's own config classes at a small size with random weights (no weights can be
+downloaded here; the code path is the pretrained one's), on windows of statsmodels' sunspots series.
+
+- **cost**: DeepSHAP through the door (the library's forecast and the check against it included) for 4 windows
+  against 16 background windows, against the floor: one native forward + backward of the same torch function
+  over the same 64 (window, reference) rows (the library's own ``no_grad`` and ``detach`` lifted). Best of ``--repeats``.
+- **faithfulness**: one window, 8 players (windows of 4 steps: ``players=4``), 8 background windows. The
+  exact Shapley values of the game v(S) = mean over the background of the library's own forecast (every one of
+  the 256 coalitions against every background row, through the library's public call); then the distance
+  (relative L2 over players, forecast steps and quantiles) of DeepSHAP summed per player, of rnnshap's Shapley
+  mode and of shap's PermutationExplainer (a function masker over the same players and background) at the same
+  number of model rows, and their times.
+- **background**: DeepSHAP against 16 all-zero rows and against 16 real windows: the attributions' size
+  (sum of |values|) over the output change they explain (|f(x) - mean f(r)|), the median over outputs.
+
+Run: ``python benchmarks/bench_foundation.py [--repeats 3] [--models tirex,chronos-bolt,...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import os
+import time
+import warnings
+from typing import Any, Callable
+from unittest import mock
+
+os.environ.setdefault("USE_TF", "0")  # transformers on torch: shap's transformers probe fails under Keras 3 otherwise
+
+import numpy as np
+import torch
+
+import rnnshap
+import rnnshap.foundation
+from rnnshap.forecasting.foundation import adapter_for
+
+L, H = 32, 4  # context steps, forecast steps
+
+
+def sunspots() -> np.ndarray:
+    import statsmodels.api as sm
+
+    return sm.datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype=float) + 1.0
+
+
+def spread(model: torch.nn.Module, std: float = 0.2) -> None:
+    torch.manual_seed(0)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=std)
+
+
+# -- the models ---------------------------------------------------------------------------------------------
+def tirex() -> Any:
+    from tirex.models.tirex import TiRexZero
+
+    config = dict(
+        input_patch_size=8, output_patch_size=8, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        block_kwargs=dict(embedding_dim=32, num_heads=4, num_blocks=2, ffn_proj_factor=2.0), input_ff_dim=64,
+    )  # fmt: skip
+    model = TiRexZero(backend="torch", model_config=config, train_ctx_len=L).eval()
+    spread(model)
+    return model
+
+
+def chronos_bolt() -> Any:
+    from chronos import ChronosBoltPipeline
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+    from transformers import T5Config
+
+    config = T5Config(
+        d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, vocab_size=2, decoder_start_token_id=0,
+        pad_token_id=0, chronos_config=dict(
+            context_length=L, prediction_length=H, input_patch_size=8, input_patch_stride=8,
+            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True,
+        ),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return ChronosBoltPipeline(ChronosBoltModelForForecasting(config).eval())
+
+
+def chronos2() -> Any:
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    config = Chronos2CoreConfig(
+        d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, chronos_config=dict(
+            context_length=L, output_patch_size=8, input_patch_size=8, input_patch_stride=8,
+            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True, use_arcsinh=True, max_output_patches=1,
+        ),
+    )  # fmt: skip
+    model = Chronos2Model(config).eval()
+    spread(model)  # its initializer (factor 0.05) leaves a tiny model near-linear: every method would be exact
+    return Chronos2Pipeline(model)
+
+
+def timesfm() -> Any:
+    from timesfm import ForecastConfig, TimesFM_2p5_200M_torch, configs
+    from timesfm.timesfm_2p5 import timesfm_2p5_base, timesfm_2p5_torch
+
+    p, o, oq, d = 8, 16, 32, 32
+    definition = timesfm_2p5_base.TimesFM_2p5_200M_Definition(
+        input_patch_len=p, output_patch_len=o, output_quantile_len=oq,
+        tokenizer=configs.ResidualBlockConfig(2 * p, d, d, True, "swish"),
+        stacked_transformers=configs.StackedTransformersConfig(
+            2, configs.TransformerConfig(d, d, 4, "rms", "rms", "rms", False, True, "swish", True)
+        ),
+        output_projection_point=configs.ResidualBlockConfig(d, d, o * 10, False, "swish"),
+        output_projection_quantiles=configs.ResidualBlockConfig(d, d, oq * 10, False, "swish"),
+    )  # fmt: skip
+
+    class Tiny(timesfm_2p5_torch.TimesFM_2p5_200M_torch_module):
+        config = definition
+
+    with mock.patch.object(timesfm_2p5_torch, "TimesFM_2p5_200M_torch_module", Tiny):
+        model = TimesFM_2p5_200M_torch(torch_compile=False)
+    spread(model.model)
+    model.model.eval()
+    model.compile(ForecastConfig(max_context=L, max_horizon=16, normalize_inputs=True, per_core_batch_size=256))
+    return model
+
+
+def tinytimemixer() -> Any:
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    torch.manual_seed(0)
+    config = TinyTimeMixerConfig(
+        context_length=L, patch_length=8, patch_stride=8, prediction_length=H, d_model=32, num_layers=2, decoder_num_layers=2,
+        decoder_d_model=16,
+    )  # fmt: skip
+    return TinyTimeMixerForPrediction(config).eval()
+
+
+def moment() -> Any:
+    from momentfm import MOMENTPipeline
+
+    t5 = dict(
+        d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=8, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=8, relative_attention_max_distance=32,
+    )  # fmt: skip
+    config = dict(
+        task_name="forecasting", forecast_horizon=H, seq_len=L, patch_len=8, patch_stride_len=8, d_model=32,
+        transformer_type="encoder_only", transformer_backbone="google/flan-t5-small", t5_config=t5,
+        randomly_initialize_backbone=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MOMENTPipeline(config, model_kwargs=dict(task_name="forecasting", forecast_horizon=H))
+        model.init()
+    return model.eval()
+
+
+MODELS: dict[str, Callable[[], Any]] = {
+    "TiRex": tirex, "Chronos-Bolt": chronos_bolt, "Chronos-2": chronos2, "TimesFM 2.5": timesfm,
+    "TinyTimeMixer": tinytimemixer, "MOMENT": moment,
+}  # fmt: skip
+
+
+# -- measurements ---------------------------------------------------------------------------------------------
+def best(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def cost(model: Any, series: np.ndarray, repeats: int) -> tuple[float, float, float]:
+    """(door seconds, floor seconds, additivity: max |total - forecast| / max(1, |forecast|))."""
+    context = np.stack([series[s : s + L] for s in (200, 220, 240, 260)])
+    background = np.stack([series[s : s + L] for s in range(0, 160, 10)])
+    result = rnnshap.foundation.explain(model, context, prediction_length=H, background=background)
+    additivity = float(np.abs(result.total() - result.forecast).max() / max(1.0, np.abs(result.forecast).max()))
+    door = best(lambda: rnnshap.foundation.explain(model, context, prediction_length=H, background=background), repeats)
+    adapter = adapter_for(model)
+    module = adapter.module(H, adapter.levels(None))
+    x = torch.tensor(np.repeat(context, len(background), axis=0), dtype=torch.float32)
+    extra = [torch.as_tensor(np.repeat(c, len(background), axis=0)) for c in adapter.context_inputs(context)]
+
+    def floor() -> None:
+        # the libraries run their forecast under torch.no_grad(): the floor runs it with gradients
+        with mock.patch.object(torch, "no_grad", contextlib.nullcontext), mock.patch.object(torch.Tensor, "detach", _same):
+            inputs = x.clone().requires_grad_(True)
+            out = module(inputs, *extra)
+            torch.autograd.grad(out.sum(), inputs)
+
+    return door, best(floor, repeats), additivity
+
+
+def exact_shapley(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, references: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    P = int(ids.max()) + 1
+    coalitions = [S for size in range(P + 1) for S in itertools.combinations(range(P), size)]
+    rows = np.concatenate([np.where(np.isin(ids, S)[None], x[None], references) for S in coalitions])
+    out = f(rows).reshape(len(coalitions), len(references), -1).mean(1)
+    value = dict(zip(coalitions, out, strict=True))
+    phi = np.zeros((P, out.shape[1]))
+    for i in range(P):
+        for S, v in value.items():
+            if i not in S:
+                weight = math.factorial(len(S)) * math.factorial(P - len(S) - 1) / math.factorial(P)
+                phi[i] += weight * (value[tuple(sorted((*S, i)))] - v)
+    return phi
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def faithfulness(model: Any, series: np.ndarray) -> list[tuple[str, int, float, float]]:
+    """Rows of (method, model rows, distance to exact, seconds): 8 players, windows of 4 steps."""
+    import shap
+
+    adapter = adapter_for(model)
+    levels = adapter.levels(None)
+    x = series[230 : 230 + L]
+    references = np.stack([series[s : s + L] for s in range(0, 160, 20)])
+    ids = np.arange(L) // 4
+    P, B = 8, len(references)
+
+    def f(rows: np.ndarray) -> np.ndarray:
+        return adapter.library_forecast(rows, H, levels).reshape(len(rows), -1)
+
+    start = time.perf_counter()
+    truth = exact_shapley(f, x, references, ids)
+    out = [("exact (every coalition, the library's call)", 2**P * B, 0.0, time.perf_counter() - start)]
+    start = time.perf_counter()
+    deep = rnnshap.foundation.explain(model, x[None], prediction_length=H, background=references)
+    summed = np.stack([deep.values[0][ids == p].sum(0) for p in range(P)]).reshape(P, -1)
+    out.append(("rnnshap DeepSHAP", 3 * B, relative(summed, truth), time.perf_counter() - start))
+    for evals in (2 * (2 * P + 1), 8 * (2 * P + 1)):  # two and eight of shap's permutations
+        calls: list[int] = []
+
+        def model_rows(r: np.ndarray) -> np.ndarray:
+            calls.append(len(r))
+            return f(r)
+
+        def masker(mask: np.ndarray, z: np.ndarray) -> np.ndarray:
+            return np.where(np.asarray(mask, bool)[ids][None], x[None], references)
+
+        masker.shape = (B, P)  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        explanation = shap.PermutationExplainer(model_rows, masker)(np.ones((1, P)), max_evals=evals, silent=True)
+        out.append((f"shap PermutationExplainer (max_evals={evals})", sum(calls), relative(explanation.values[0], truth),
+                    time.perf_counter() - start))  # fmt: skip
+        start = time.perf_counter()
+        estimate = rnnshap.foundation.explain(
+            model, x[None], prediction_length=H, background=references, method="shapley", players=4, budget=sum(calls),
+            random_state=0,
+        )  # fmt: skip
+        out.append((f"rnnshap Shapley mode (budget={sum(calls)})", int(estimate.n_evals[0]),
+                    relative(estimate.values[0].reshape(P, -1), truth), time.perf_counter() - start))  # fmt: skip
+    return out
+
+
+def background_effect(model: Any, series: np.ndarray) -> tuple[float, float]:
+    """Median over outputs of sum|values| / |f(x) - mean f(r)|: against 16 all-zero rows, against 16 real windows."""
+    adapter = adapter_for(model)
+    levels = adapter.levels(None)
+    context = np.stack([series[s : s + L] for s in (200, 240)])
+    real = np.stack([series[s : s + L] for s in range(0, 160, 10)])
+    ratios = []
+    for background in (np.zeros_like(real), real):
+        module = adapter.module(H, levels)
+        extra = [torch.as_tensor(c) for c in adapter.context_inputs(context)]
+        extra_bg = [torch.as_tensor(c) for c in adapter.context_inputs(background)]
+        X = [torch.tensor(context, dtype=torch.float32), *extra]
+        R = [torch.tensor(background, dtype=torch.float32), *extra_bg]
+        explainer = rnnshap.DeepExplainer(module, R if len(R) > 1 else R[0])
+        attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=False)
+        size = np.abs(attribution.values[0]).sum(1)
+        change = np.abs(attribution.outputs - attribution.base_values)
+        ratios.append(float(np.median(size / np.maximum(change, 1e-12))))
+    return ratios[0], ratios[1]
+
+
+def _warm_shap() -> None:
+    """shap's first explainer call imports and compiles its parts (seconds): done before anything is timed."""
+    import shap
+
+    def masker(mask: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return np.asarray(mask, float)[None]
+
+    masker.shape = (1, 8)  # type: ignore[attr-defined]
+    shap.PermutationExplainer(lambda rows: np.stack([rows.sum(1), rows.prod(1)], 1), masker)(
+        np.ones((1, 8)), max_evals=34, silent=True
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    series = sunspots()
+    chosen = [m.strip() for m in args.models.split(",")]
+    print(f"torch {torch.__version__}, one thread; L={L}, H={H}; sunspots (statsmodels)\n")
+    print("| model | DeepSHAP, 4 windows x 16 references | floor (forward+backward, 64 rows) | ratio | additivity (relative) |")
+    print("|---|---:|---:|---:|---:|")
+    built = {name: MODELS[name]() for name in chosen}
+    _warm_shap()
+    for name, model in built.items():
+        door, floor, additivity = cost(model, series, args.repeats)
+        print(f"| {name} | {door * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {door / floor:.1f}x | {additivity:.1e} |")
+    print("\n| model | method | model rows | rel. L2 to exact Shapley | time |")
+    print("|---|---|---:|---:|---:|")
+    for name, model in built.items():
+        for method, rows, distance, seconds in faithfulness(model, series):
+            print(f"| {name} | {method} | {rows} | {distance:.3f} | {seconds * 1e3:.0f} ms |")
+    print("\n| model | sum abs(values) / abs(output change): all-zero background | real windows |")
+    print("|---|---:|---:|")
+    for name, model in built.items():
+        zero, real = background_effect(model, series)
+        print(f"| {name} | {zero:.3g} | {real:.3g} |")
+
+
+if __name__ == "__main__":
+    main()
