@@ -316,6 +316,7 @@ class DeepExplainer:
         player_names: Sequence[str] | None = None,
         time_axis: Any = None,
         windows: int | None = None,
+        progress: bool | None = None,
     ) -> Any:
         """Shapley interactions between players (time steps, features, cells, groups), through shapiq.
 
@@ -331,7 +332,12 @@ class DeepExplainer:
                 to f(x) − v(∅)), ``"SII"``, ``"FBII"``, ``"SV"``, ``"BV"``.
             order: the highest order of interaction (2: pairs).
             budget: the most rows per sample run through the model; a coalition costs one row per
-                background row. Default: every coalition for up to 8 players, else 64·P² coalitions.
+                background row. Default: every coalition where that is at most 4 per interaction estimated
+                or 256 (up to 8 players for pairs), else 4 coalitions per interaction (840 for 20 steps and
+                pairs: 84,000 rows per sample against 100 background rows); a default run of over a million
+                rows says its count in a warning before it starts. shapiq's regression estimators settle
+                further at about 64·P² coalitions.
+            progress: a progress bar over the rows (None: only on a terminal).
             outputs: which outputs, as for :meth:`shap_values` (default: all; they share the rows).
             random_state: an integer seed for the approximator (the same seed, the same values).
             player_names: names of the players, for shapiq's plots.
@@ -358,7 +364,7 @@ class DeepExplainer:
             return shapley_interactions(
                 view, X, players, index=index, order=order, budget=budget, approximator=approximator, outputs=outputs,
                 random_state=random_state, batch_size=batch_size or self.batch_size, player_names=player_names,
-                time_axis=time_axis, windows=windows,
+                time_axis=time_axis, windows=windows, progress=self.progress if progress is None else progress,
             )  # fmt: skip
 
     def summarize(

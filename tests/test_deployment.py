@@ -442,3 +442,78 @@ def test_the_norm_is_still_refused_by_name_where_the_output_reads_it() -> None:
     background, _ = data()
     with pytest.raises(rnnshap.UnsupportedOperationError, match="norm over every dimension"):
         rnnshap.DeepExplainer(model, background, output=1)
+
+
+# -- 13, 16: interactions: a default budget a user can wait for, counted; values that add up from v(∅) --------------
+def test_interactions_add_up_from_the_mean_output_in_shapiqs_own_sums() -> None:
+    """shapiq's baseline_value and the empty coalition's value are v(∅), so that shapiq's sums and plots
+    start from the mean output (an efficient index adds up to f(x))."""
+    pytest.importorskip("shapiq")
+    generator = torch.Generator().manual_seed(2)
+    model = nn.Sequential(nn.GRU(F, 4, batch_first=True)).double().eval()
+
+    class Last(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru, self.head = model[0], nn.Linear(4, 1).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.gru(x)[0][:, -1])
+
+    net = Last().eval()
+    background = torch.randn(6, T, F, generator=generator, dtype=torch.float64)
+    x = torch.randn(2, T, F, generator=generator, dtype=torch.float64)
+    before = snapshot(net)
+    result = rnnshap.DeepExplainer(net, background).shapley_interactions(x, players="steps", index="k-SII")
+    unchanged(net, before)
+    direct = model_outputs(net, x)
+    mean = model_outputs(net, background).mean(0)
+    assert bool(np.all(result.exact))
+    for i, per_output in enumerate(result.interactions):
+        values = per_output[0]
+        assert values.baseline_value == pytest.approx(float(mean[0]), abs=1e-12)
+        assert values.dict_values[()] == pytest.approx(float(mean[0]), abs=1e-12)
+        assert sum(values.dict_values.values()) == pytest.approx(float(direct[i, 0]), abs=1e-10)
+    # the matrix still adds up to f(x) − v(∅)
+    np.testing.assert_allclose(result.matrix().sum((1, 2)), direct - mean, atol=1e-10)
+
+
+def test_the_default_interaction_budget_is_counted_said_and_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 steps against 100 background rows (the README's quickstart): the default is 4 coalitions per pair or
+    step, the rows run never exceed the count the progress bar is given, and a run of more than a million rows
+    says its count before it starts."""
+    pytest.importorskip("shapiq")
+    from rnnshap.shapley import interactions
+
+    assert interactions.default_interaction_budget(20, 100) == 100 * 4 * (20 + 190)
+    assert interactions.default_interaction_budget(8, 100) == 100 * 2**8  # every coalition: exact
+    counted: list[tuple[int, list[int]]] = []
+
+    class Recorder:
+        def __init__(self, total: int) -> None:
+            self.total, self.steps = total, []  # type: ignore[var-annotated]
+            counted.append((total, self.steps))
+
+        def update(self, count: int) -> None:
+            self.steps.append(count)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(interactions, "progress_counter", lambda total, enabled, **kwargs: Recorder(total))
+    model = Recurrent(outputs=1).eval()
+    generator = torch.Generator().manual_seed(3)
+    background, x = torch.randn(10, 12, F, generator=generator), torch.randn(2, 12, F, generator=generator)
+    before = snapshot(model)
+    explainer = rnnshap.DeepExplainer(model, background)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a default run of 2 × 31,400 rows is not announced
+        result = explainer.shapley_interactions(x, players="steps", random_state=0)
+    unchanged(model, before)
+    per_sample = 10 * (4 * (12 + 66) + 2)
+    assert counted and counted[0][0] == 2 * per_sample
+    assert sum(counted[0][1]) == int(result.n_evals.sum()) and (result.n_evals <= per_sample).all()
+    monkeypatch.setattr(interactions, "ANNOUNCED_ROWS", 1000)
+    with pytest.warns(UserWarning, match=r"no budget given, so 312 coalitions of 12 players.*budget= sets the rows"):
+        explainer.shapley_interactions(x, players="steps", random_state=0)
+    unchanged(model, before)

@@ -66,3 +66,19 @@ def test_the_readme_names_every_option_of_the_demo() -> None:
     assert len(options) >= 8
     missing = [option for option in options if f"`{option}" not in text]
     assert not missing, f"the README's demo options miss {missing}"
+
+
+def test_the_readme_interactions_line_runs_on_the_quickstart_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's shapley_interactions line, as written, on the quickstart's model (issue 40, item 13): with the
+    default budget it runs the rows its comment says."""
+    pytest.importorskip("shapiq")
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks(DOCS / "../README.md")
+    quickstart = next(block for block in blocks if "class Classifier" in block)
+    line = next(line for block in blocks for line in block.splitlines() if "shapley_interactions(" in line)
+    namespace: dict[str, object] = {"__name__": "docs_readme_interactions"}
+    exec(compile(quickstart.split("from rnnshap import plots")[0], "README.md, quickstart", "exec"), namespace)
+    exec(compile(line, "README.md, shapley_interactions", "exec"), namespace)
+    result = namespace["interactions"]
+    said = int(re.search(r"about ([\d,]+) model rows", "\n".join(blocks)).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert 0 < int(result.n_evals.max()) <= said + 200  # (v of the empty and full coalitions: 2 × 100 rows)

@@ -126,6 +126,7 @@ class ShapleyExplainer:
         from .interactions import shapley_interactions
 
         options.setdefault("batch_size", self.batch_size)
+        options.setdefault("progress", self.progress)
         options["batch_size"] = options["batch_size"] or self.batch_size
         return shapley_interactions(self._view(), X, players, **options)
 

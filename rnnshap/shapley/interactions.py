@@ -15,12 +15,14 @@ for every output, so explaining k outputs costs the rows of one.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..progress import progress_counter
 from .door import ModelView, ValueTable
 
 #: the interaction indices shapiq computes that rnnshap exposes, with whether they are efficient
@@ -55,6 +57,17 @@ def _game_class() -> Any:
     return SequenceGame
 
 
+def _from_baseline(values: Any, empty: float) -> Any:
+    """shapiq's values of the game centred at v(∅), set to add up from v(∅) as shapiq's own uncentred games
+    do: ``baseline_value`` and the empty coalition's value are v(∅) (the mean output over the background),
+    so that shapiq's plots and sums start from it."""
+    values.baseline_value = empty
+    stored = getattr(values, "interactions", None)  # (shapiq's store; values and dict_values are views of it)
+    if isinstance(stored, dict) and () in stored:
+        stored[()] = empty
+    return values
+
+
 @dataclass
 class InteractionEstimate:
     """Shapley interactions of a batch of samples, one ``shapiq.InteractionValues`` per sample and output.
@@ -62,7 +75,7 @@ class InteractionEstimate:
     ``interactions[i][j]`` is sample i's for output j: shapiq's object, which shapiq's plots take
     (``shapiq.network_plot``, ``upset_plot``, ``force_plot``...); :meth:`matrix` gives arrays."""
 
-    #: per sample, per explained output: shapiq's ``InteractionValues`` (values relative to v(∅))
+    #: per sample, per explained output: shapiq's ``InteractionValues``, adding up from ``baseline_value`` = v(∅)
     interactions: list[list[Any]]
     #: (n, k): v(∅), the mean output over the background (context inputs at the sample's)
     base_values: np.ndarray
@@ -111,10 +124,24 @@ class InteractionEstimate:
         return out
 
 
-def default_interaction_budget(players: int, references: int) -> int:
-    """Every coalition where that costs at most 256 rows per background row (P ≤ 8); else 64·P² rows
-    per background row, what shapiq's regression estimators of pairs need to settle."""
-    return references * (2**players if players <= 8 else 64 * players * players)
+def interaction_terms(players: int, order: int) -> int:
+    """How many interactions of up to ``order`` players there are among ``players``: Σ_k C(P, k)."""
+    from math import comb
+
+    return sum(comb(players, k) for k in range(1, order + 1))
+
+
+def default_interaction_budget(players: int, references: int, order: int = 2) -> int:
+    """Rows per sample when no budget is given: every coalition where that costs at most 4 coalitions per
+    interaction estimated and 256 (P ≤ 8 for pairs), else 4 coalitions per interaction (840 for 20 steps and
+    pairs), each one row per background row. A default a user can wait for (shapiq's regression estimators
+    settle further at ~64·P² coalitions: give ``budget=`` for that); a long run says its count first."""
+    coalitions = max(4 * interaction_terms(players, order), 256)
+    return references * (2**players if 2**players <= coalitions else coalitions)
+
+
+#: a default run of more rows than this in all is announced by a warning before it starts
+ANNOUNCED_ROWS = 1_000_000
 
 
 def shapley_interactions(
@@ -132,6 +159,7 @@ def shapley_interactions(
     player_names: Sequence[str] | None = None,
     time_axis: Any = None,
     windows: int | None = None,
+    progress: bool | None = None,
 ) -> InteractionEstimate:
     """See :meth:`rnnshap.DeepExplainer.shapley_interactions`."""
     shapiq = _shapiq()
@@ -154,8 +182,9 @@ def shapley_interactions(
         columns = np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
     else:
         columns = np.arange(n_outputs, dtype=np.int64)
+    defaulted = budget is None
     if budget is None:
-        budget = default_interaction_budget(P, B)
+        budget = default_interaction_budget(P, B, int(order))
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
     coalitions = int(budget) // B
@@ -177,21 +206,39 @@ def shapley_interactions(
     base = np.zeros((n, columns.size))
     full = np.zeros((n, columns.size))
     n_evals = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        table = ValueTable(view, plan, [a[i] for a in x], columns, batch_size)
-        empty_full = table(np.stack([np.zeros(P, dtype=bool), np.ones(P, dtype=bool)]))
-        base[i], full[i] = empty_full
-        per_output = []
-        for j in range(columns.size):
-            game = Game(table, j, P, names)
-            if enumerate_all:
-                values = shapiq.ExactComputer(game=game, n_players=P)(index, order)
-            else:
-                estimator = setup_approximator(approximator, index, order, P, seed + i)  # type: ignore[arg-type]
-                values = estimator.approximate(budget=coalitions, game=game)
-            per_output.append(values)
-        results.append(per_output)
-        n_evals[i] = table.rows
+    per_sample = min(2**P, coalitions + 2) * B  # (the most rows one sample can take: the coalitions, ∅ and N)
+    if defaulted and not enumerate_all and n * per_sample > ANNOUNCED_ROWS:
+        warnings.warn(
+            f"shapley_interactions: no budget given, so {coalitions:,} coalitions of {P} players per sample, each "
+            f"against the {B} background rows: up to {per_sample:,} model rows per sample, {n * per_sample:,} for the "
+            f"{n} samples, estimated by shapiq ({index}, order {order}). budget= sets the rows per sample (every "
+            f"coalition: {2**P * B:,}); fewer background rows or players (windows=, a mask) cost less.",
+            UserWarning,
+            stacklevel=3,
+        )
+    counter = progress_counter(n * per_sample, progress, desc=f"rnnshap {index}", unit="row")
+    try:
+        for i in range(n):
+            table = ValueTable(view, plan, [a[i] for a in x], columns, batch_size)
+            empty_full = table(np.stack([np.zeros(P, dtype=bool), np.ones(P, dtype=bool)]))
+            base[i], full[i] = empty_full
+            counted = table.rows
+            counter.update(counted)
+            per_output = []
+            for j in range(columns.size):
+                game = Game(table, j, P, names)
+                if enumerate_all:
+                    values = shapiq.ExactComputer(game=game, n_players=P)(index, order)
+                else:
+                    estimator = setup_approximator(approximator, index, order, P, seed + i)  # type: ignore[arg-type]
+                    values = estimator.approximate(budget=coalitions, game=game)
+                counter.update(table.rows - counted)
+                counted = table.rows
+                per_output.append(_from_baseline(values, float(base[i, j])))
+            results.append(per_output)
+            n_evals[i] = table.rows
+    finally:
+        counter.close()
     return InteractionEstimate(
         interactions=results,
         base_values=base,

@@ -1,0 +1,58 @@
+"""The documentation site says one thing once (issue 40, item 15): page titles in the sidebar are distinct,
+the front page installs as the README does, and one measurement is quoted with one figure."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _toctree_pages() -> list[str]:
+    index = (DOCS / "index.md").read_text()
+    pages: list[str] = []
+    for block in re.findall(r"```\{toctree\}\n(.*?)```", index, flags=re.S):
+        pages += [line.strip() for line in block.splitlines() if line.strip() and not line.startswith(":")]
+    return pages
+
+
+def _title(page: str) -> str | None:
+    for suffix in (".md", ".rst"):
+        path = DOCS / f"{page}{suffix}"
+        if path.exists():
+            lines = path.read_text().splitlines()
+            if suffix == ".md":
+                return next((line[2:].strip() for line in lines if line.startswith("# ")), None)
+            underlined = (i for i in range(len(lines) - 1) if re.fullmatch(r"=+", lines[i + 1].strip() or "x"))
+            return next((lines[i].strip() for i in underlined), None)
+    return None  # (a generated page: the gallery)
+
+
+def test_the_sidebar_names_every_page_once() -> None:
+    titles = [title for page in _toctree_pages() if (title := _title(page)) is not None]
+    repeated = sorted({t for t in titles if titles.count(t) > 1})
+    assert not repeated, f"sidebar entries with the same name: {repeated}"
+
+
+def _pip_lines(text: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip().startswith("pip install")]
+
+
+def test_the_front_page_installs_as_the_readme_does() -> None:
+    assert _pip_lines((DOCS / "index.md").read_text()) == _pip_lines((ROOT / "README.md").read_text())
+
+
+def test_one_figure_for_the_darts_speedup() -> None:
+    """darts' ShapExplainer against rnnshap's drop-in: one measurement, one range wherever it is quoted."""
+    texts = [(ROOT / "README.md").read_text(), *(p.read_text() for p in DOCS.glob("*.md"))]
+    quoted = set()
+    for text in texts:
+        for line in text.splitlines():
+            if "ShapExplainer" in line or "darts' default call" in line:
+                quoted |= set(re.findall(r"(~?\d+(?:[-–]\d+)?)x faster", line))
+                quoted |= set(re.findall(r"it is (\d+[-–]\d+)x faster", line))
+    normalized = {q.replace("–", "-") for q in quoted}
+    assert len(normalized) == 1, f"the darts speed-up is quoted as {sorted(quoted)}"
