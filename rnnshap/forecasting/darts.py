@@ -123,8 +123,14 @@ class _Forecast(nn.Module):
         # (scale, offset) per target component: x_scaled = x · scale + offset, applied to the past target;
         # the forecast (per likelihood parameter) is mapped back with (y − offset) / scale
         self.affine = affine
+        # darts' TFT caches its attention mask and relative index (buffers) per batch size (``batch_size_last``, a
+        # plain attribute); rnnshap puts a model's buffers back after each pass but not plain attributes, so the
+        # cache would hold one batch size's tensors under another's key: it is emptied before each forward
+        self._caches: list[Any] = [m for m in module.modules() if hasattr(m, "batch_size_last")]
 
     def forward(self, *windows: torch.Tensor) -> torch.Tensor:
+        for m in self._caches:
+            m.batch_size_last = -1
         tensors = dict(zip(self.fields, windows, strict=True))
         if self.affine is not None:
             scale, offset = self.affine
@@ -279,6 +285,11 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
 
     # -- rnnshap's values ----------------------------------------------------------------------------------
     def _build_explainer(self, model: Any, background_arr: np.ndarray, shap_method: Any, **kwargs: Any) -> Any:
+        if shap_method not in self._supported_shap_methods:  # darts' own check and words
+            raise ValueError(
+                f"Unknown SHAP method `'{shap_method}'`. Must be one of "
+                f"{[el.name.lower() for el in self._supported_shap_methods]}"
+            )
         if kwargs:
             raise InputError(f"rnnshap.darts.ShapExplainer takes no shap explainer keyword arguments; got {sorted(kwargs)}")
         self.module = forecast_module(model, self.n, [name for name, _ in self._layout()], self.affine)
@@ -471,6 +482,7 @@ class ShapExplainer(_DartsShapExplainer):
     """
 
     background_series: Sequence[TimeSeries]  # set by darts' _ForecastingModelExplainer.__init__
+    explainer: Any  # the shap adapter: rnnshap's, or darts' own where darts' own explainer answers
 
     def __init__(
         self,
@@ -491,18 +503,30 @@ class ShapExplainer(_DartsShapExplainer):
         **kwargs: Any,
     ) -> None:
         check_version("darts")
-        if not isinstance(model, TorchForecastingModel):
-            raise InputError(
-                f"rnnshap.darts.ShapExplainer explains darts' TorchForecastingModel networks; {type(model).__name__} is not one. "
-                "For an SKLearnModel (LinearRegressionModel, LightGBMModel, ...) use darts.explainability.ShapExplainer: "
-                "shap's Tree and Linear explainers are exact for those."
-            )
-        if shap_method is not None:
-            raise InputError(
-                f"shap_method={shap_method!r}: rnnshap.darts.ShapExplainer computes its own values; choose method='deepshap' "
-                "or method='shapley' (or use darts.explainability.ShapExplainer for shap's samplers)"
-            )
+        self.delegated = not isinstance(model, TorchForecastingModel) or shap_method is not None
+        if self.delegated:
+            # darts' own explainer answers, as before: the user named one of shap's methods, or the model is not a
+            # network rnnshap explains (darts' SKLearnModels, for which shap's Tree and Linear explainers are exact;
+            # anything else darts refuses in its own words)
+            ours = {"n": n, "budget": budget, "random_state": random_state, "target_scaler": target_scaler}
+            given = sorted([name for name, value in ours.items() if value is not None] + [
+                "method"] * (str(method).lower() != "deepshap"))  # fmt: skip
+            if given:
+                why = f"shap_method={shap_method!r}" if shap_method is not None else f"a {type(model).__name__}"
+                raise InputError(
+                    f"{why} is explained by darts' own ShapExplainer, which takes none of rnnshap's arguments {given}; "
+                    "leave out shap_method= for rnnshap's values"
+                )
+            self.method = "darts"
+            _DartsShapExplainer.__init__(
+                self, model, background_series, background_past_covariates, background_future_covariates,
+                background_num_samples, shap_method, batch_size, test_stationarity, **kwargs,
+            )  # fmt: skip
+            adapter: Any = self.explainer
+            self.explained_by = f"darts ({type(adapter).__name__}, shap_method='{adapter.shap_method.name.lower()}')"
+            return
         self.method = check_method(method)
+        self.explained_by = f"rnnshap ({self.method})"
         if target_scaler is not None:
             _scaler_transformer(target_scaler)
         _ForecastingModelExplainer.__init__(
@@ -573,7 +597,7 @@ class ShapExplainer(_DartsShapExplainer):
     def _process_foreground(
         self, foreground_series: Any = None, foreground_past_covariates: Any = None, foreground_future_covariates: Any = None
     ) -> Any:
-        if foreground_series is not None:
+        if foreground_series is not None and not self.delegated:
             _check_lengths(
                 self.model, self.n, series2seq(foreground_series), series2seq(foreground_past_covariates),
                 series2seq(foreground_future_covariates), "foreground",
@@ -583,18 +607,25 @@ class ShapExplainer(_DartsShapExplainer):
     def _process_horizons_and_targets(
         self, horizons: int | Sequence[int] | None, target_components: str | Sequence[str] | None
     ) -> tuple[Sequence[int], Sequence[str]]:
-        """darts' check, with the horizon ``n`` this explainer was built for (not ``output_chunk_length``)."""
+        """darts' check and words, with the horizon ``n`` this explainer was built for (not ``output_chunk_length``)."""
+        if self.delegated:
+            return super()._process_horizons_and_targets(horizons, target_components)
         if horizons is not None:
             hs: list[Any]
             try:
                 hs = [horizons] if isinstance(horizons, str) else list(horizons)  # type: ignore[arg-type]
             except TypeError:  # one horizon
                 hs = [horizons]
-            if not hs or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 1 <= h <= self.n for h in hs):
+            if not hs or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) for h in hs):
+                raise InputError(f"horizons={horizons}: give integers between 1 and n={self.n}")
+            if max(hs) > self.n:
+                ocl = self.model.output_chunk_length
                 raise InputError(
-                    f"horizons={horizons}: give integers between 1 and n={self.n} (build the explainer with "
-                    f"ShapExplainer(..., n=...) to explain the auto-regressive forecast further)"
-                )
+                    "At least one of the `horizons` is larger than `output_chunk_length`." if self.n == ocl else
+                    f"At least one of the `horizons` is larger than n={self.n}, the horizon this explainer was built for."
+                )  # fmt: skip
+            if min(hs) < 1:
+                raise InputError("All `horizons` must be `>=1`.")
             horizons = [int(h) for h in hs]
         return process_horizons_and_targets(
             horizons=horizons,
@@ -618,23 +649,42 @@ class ShapExplainer(_DartsShapExplainer):
         result = super().explain_single(
             foreground_series, foreground_past_covariates, foreground_future_covariates, target_components, **kwargs
         )
+        result.explained_by = self.explained_by
+        if self.delegated:
+            return result
         last = series2seq(foreground_series if foreground_series is not None else self.background_series)[-1]
-        if not self.model.output_chunk_shift:
-            start = result.get_explanation(result.available_components[0]).start_time()
-            expected = last.end_time() + last.freq
-            if start != expected:
-                raise InputError(
-                    f"predict(n={self.n}) from the end of the series forecasts from {expected}, but the covariates end too "
-                    f"soon for it: the last forecast they allow starts at {start}. Extend the covariates as predict(n={self.n}) "
-                    "needs them, or explain() every forecast they allow."
-                )
+        start = result.get_explanation(result.available_components[0]).start_time()
+        expected = last.end_time() + (1 + self.model.output_chunk_shift) * last.freq  # where predict's forecast starts
+        if start != expected:
+            raise InputError(
+                f"predict(n={self.n}) from the end of the series forecasts from {expected}, but the covariates end too "
+                f"soon for it: the last forecast they allow starts at {start}. Extend the covariates as predict(n={self.n}) "
+                "needs them, or explain() every forecast they allow."
+            )
+        return result
+
+    def explain(  # type: ignore[override]
+        self,
+        foreground_series: Any = None,
+        foreground_past_covariates: Any = None,
+        foreground_future_covariates: Any = None,
+        horizons: int | Sequence[int] | None = None,
+        target_components: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> ShapExplainabilityResult:
+        """darts' ``explain``: every forecast the foreground allows; the result's ``explained_by`` says which
+        explainer answered (``"rnnshap (deepshap)"``, ``"rnnshap (shapley)"``, or darts' own)."""
+        result = super().explain(
+            foreground_series, foreground_past_covariates, foreground_future_covariates, horizons, target_components, **kwargs
+        )
+        result.explained_by = self.explained_by
         return result
 
     @property
     def last_attribution(self) -> WindowAttribution | None:
         """The raw :class:`rnnshap.forecasting.WindowAttribution` of the last call (per window tensor; with
-        ``n_evals`` and ``exact`` in the Shapley mode)."""
-        return self.explainer.last
+        ``n_evals`` and ``exact`` in the Shapley mode); None where darts' own explainer answered."""
+        return None if self.delegated else self.explainer.last
 
 
 def standard_errors(result: Any, horizon: int | None = None, component: str | None = None) -> TimeSeries | list[TimeSeries]:

@@ -29,14 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOperationError
 from . import affine_probe, attribute, check_method, check_version, preserved
 
 __all__ = ["explain", "supported"]
 
 #: the window tensors neuralforecast's networks read, in the order they are explained
 WINDOW_KEYS = ("insample_y", "insample_mask", "futr_exog", "hist_exog", "stat_exog")
-_CAPTUM_EXPLAINERS = ("IntegratedGradients", "ShapleyValueSampling", "InputXGradient")
 
 
 def _import_neuralforecast() -> Any:
@@ -80,10 +79,10 @@ def _distribution_mean(distribution: str, args: Sequence[Any]) -> Any:
 def supported(model: Any) -> str | None:
     """None where :func:`explain` takes ``model``, else why not (in neuralforecast's terms)."""
     name = _name(model)
-    if getattr(model, "MULTIVARIATE", False):
+    if getattr(model, "MULTIVARIATE", False) and _is_distribution(model):
         return (
-            f"{name} is a multivariate model (MULTIVARIATE=True): rnnshap.neuralforecast explains univariate models; "
-            "for this one use the recipe path (docs/recipes.md) with rnnshap.ShapleyExplainer (method='shapley')"
+            f"{name} is a multivariate model (MULTIVARIATE=True) with a {type(model.loss).__name__}: rnnshap.neuralforecast "
+            "explains multivariate models with point, MQLoss or IQLoss outputs"
         )
     if _is_distribution(model):
         loss = model.loss
@@ -101,11 +100,21 @@ def supported(model: Any) -> str | None:
 class _Forecast:
     """Builds the module ``f(*windows) -> (n, k)`` explained for one batch of windows of one model."""
 
-    def __init__(self, model: Any, y_idx: Any, horizons: list[int], outputs: list[int], present: list[str]) -> None:
+    def __init__(
+        self, model: Any, y_idx: Any, horizons: list[int], outputs: list[int], present: list[str], series: list[int]
+    ) -> None:
         self.model, self.y_idx, self.horizons, self.outputs, self.present = model, y_idx, horizons, outputs, present
+        #: the explained series of a multivariate model ([0] for a univariate one)
+        self.series = series
 
     def point_module(self) -> Any:
-        """The forecast in the network's scaled units (the scaler neutralized by the caller): (n, H·O)."""
+        """The forecast in the network's scaled units (the scaler neutralized by the caller): (n, H·S·O), horizon-major,
+        then series (one for a univariate model), then output.
+
+        A multivariate model's ``stat_exog`` is one ``[n_series, S]`` table for the whole batch in neuralforecast; here
+        each window carries its own copy (``[n, n_series, S]``) and the network runs window by window, so that the
+        copy of each window is attributed."""
+        import torch
         from torch import nn
 
         parent = self
@@ -117,11 +126,23 @@ class _Forecast:
 
             def forward(self, *windows: Any) -> Any:
                 batch = parent._batch(windows)
+                if parent.model.MULTIVARIATE and batch["stat_exog"] is not None:
+                    rows = []
+                    for r in range(batch["stat_exog"].shape[0]):
+                        one = {k: None if v is None else v[r] if k == "stat_exog" else v[r : r + 1] for k, v in batch.items()}
+                        rows.append(self.one(one))
+                    return torch.cat(rows)
+                return self.one(batch)
+
+            def one(self, batch: dict[str, Any]) -> Any:
                 model = self.net
                 step = model._predict_step_recurrent_batch if model.RECURRENT else model._predict_step_direct_batch
-                y_hat = step(y_idx=parent.y_idx, **batch)  # (n, H, n_outputs), MQLoss direct: (n, H, 1, Q)
-                y_hat = y_hat.reshape(y_hat.shape[0], y_hat.shape[1], -1)
-                return y_hat[:, parent.horizons][:, :, parent.outputs].reshape(y_hat.shape[0], -1)
+                # (n, H, n_outputs), MQLoss direct: (n, H, 1, Q); multivariate: (n, H, n_series[, Q])
+                y_hat = step(y_idx=parent.y_idx, **batch)
+                n_series = model.n_series if model.MULTIVARIATE else 1
+                y_hat = y_hat.reshape(y_hat.shape[0], y_hat.shape[1], n_series, -1)
+                y_hat = y_hat[:, parent.horizons][:, :, parent.series][:, :, :, parent.outputs]
+                return y_hat.reshape(y_hat.shape[0], -1)
 
         return Forecast()
 
@@ -245,11 +266,16 @@ class _Run:
                     f"{_name(model)}'s {key} holds {int(missing.sum())} NaN value(s) that the model reads (not marked "
                     "unavailable by insample_mask): its forecast would be NaN too. Fill or drop them in df / futr_df / static_df."
                 )
+        multivariate = bool(model.MULTIVARIATE)
+        series = [int(k) for k in model.explainer_config.get("series", [0])] if multivariate else [0]
         X = [torch.nan_to_num(given[key].detach().clone(), nan=0.0) for key in present]
-        background = self._background(present, X)
-        build = _Forecast(model, y_idx, local, outputs, present)
-        y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1)
         n = X[0].shape[0]
+        if multivariate and "stat_exog" in present:  # one [n_series, S] table for the batch: a copy per window
+            i = present.index("stat_exog")
+            X[i] = X[i].unsqueeze(0).expand(n, *X[i].shape).clone()
+        background = self._background(present, X)
+        build = _Forecast(model, y_idx, local, outputs, present, series)
+        y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1); multivariate (n, 1, n_series)
         what = f"neuralforecast's {_name(model)}"
         with torch.enable_grad():
             if _is_distribution(model):
@@ -269,19 +295,28 @@ class _Run:
                     scaler.x_shift = torch.zeros_like(scaler.x_shift[:1]).detach()
                     scaler.x_scale = torch.ones_like(scaler.x_scale[:1]).detach()
                     result = self._attribute(build.point_module(), background, X, what)
-                a = y_loc.reshape(n, 1).double().cpu().numpy()
-                b = y_scale.reshape(n, 1).double().cpu().numpy()
-                values = [v * b.reshape(n, *([1] * (v.ndim - 1))) for v in result.values]
-                stderr = None if result.stderr is None else [s * b.reshape(n, *([1] * (s.ndim - 1))) for s in result.stderr]
+                # the window's affine map per explained output column (horizon, series, output)
+                per = (n, len(local), len(series), len(outputs))
+                def per_output(t: Any) -> np.ndarray:
+                    chosen = t.reshape(n, -1)[:, series].double().cpu().numpy()  # (n, S)
+                    return np.broadcast_to(chosen[:, None, :, None], per).reshape(n, -1)
+
+                a, b = per_output(y_loc), per_output(y_scale)
+
+                def scaled(v: np.ndarray) -> np.ndarray:
+                    return v * b.reshape(n, *([1] * (v.ndim - 2)), b.shape[1])
+
+                values = [scaled(v) for v in result.values]
+                stderr = None if result.stderr is None else [np.abs(scaled(s)) for s in result.stderr]
                 base = a + b * result.base_values
                 n_evals = result.n_evals
-        shaped = self._shape(model, present, values, len(local), len(outputs), X)
+        shaped = self._shape(model, present, values, len(local), len(series), len(outputs), X)
         if stderr is not None:
-            part: dict[str, Any] = self._shape(model, present, stderr, len(local), len(outputs), X)
+            part: dict[str, Any] = self._shape(model, present, stderr, len(local), len(series), len(outputs), X)
             part["n_evals"] = np.asarray(n_evals)
             self.stderr.setdefault(_name(model), []).append((recursive_step, part))
         dtype, device = insample_y.dtype, insample_y.device
-        baseline = torch.as_tensor(base.reshape(n, len(local), 1, len(outputs)), dtype=dtype, device=device)
+        baseline = torch.as_tensor(base.reshape(n, len(local), len(series), len(outputs)), dtype=dtype, device=device)
         return (
             torch.as_tensor(shaped["insample"], dtype=dtype, device=device),
             None if "futr_exog" not in shaped else torch.as_tensor(shaped["futr_exog"], dtype=dtype, device=device),
@@ -291,10 +326,13 @@ class _Run:
         )
 
     def _attribute(self, module: Any, background: list[Any], X: list[Any], what: str) -> Any:
-        return attribute(
-            module, background, X, method=self.method, budget=self.budget, random_state=self.random_state,
-            batch_size=self.batch_size, check_additivity=self.check_additivity, what=what,
-        )  # fmt: skip
+        try:
+            return attribute(
+                module, background, X, method=self.method, budget=self.budget, random_state=self.random_state,
+                batch_size=self.batch_size, check_additivity=self.check_additivity, what=what,
+            )  # fmt: skip
+        except UnsupportedOperationError as error:
+            raise _Refused(module.net, error) from error
 
     def _background(self, present: list[str], X: list[Any]) -> list[Any]:
         import torch
@@ -317,17 +355,22 @@ class _Run:
 
     @staticmethod
     def _shape(
-        model: Any, present: list[str], values: list[np.ndarray], n_h: int, n_o: int, X: list[Any]
+        model: Any, present: list[str], values: list[np.ndarray], n_h: int, n_s: int, n_o: int, X: list[Any]
     ) -> dict[str, np.ndarray]:
-        """rnnshap's ``(n, *input_shape, H·O)`` per input -> neuralforecast's ``[n, H, 1, O, ...]`` per stream."""
+        """rnnshap's ``(n, *input_shape, H·S·O)`` per input -> neuralforecast's ``[n, H, S, O, ...]`` per stream
+        (univariate: S = 1 and ``insample`` ``[n, H, 1, O, L, 2]``; multivariate: ``insample`` ``[n, H, S, O, L,
+        n_series, 2]``, exogenous ``[n, H, S, O, features, temporal, n_series]``, ``stat_exog`` ``[n, H, S, O, n_series,
+        S_features]``, as neuralforecast's own explain lays them out)."""
         import torch
 
         out: dict[str, np.ndarray] = {}
         moved = {}
         for key, v, x in zip(present, values, X, strict=True):
-            v = v.reshape(x.shape[0], *x.shape[1:], n_h, 1, n_o)
-            moved[key] = np.moveaxis(v, (-3, -2, -1), (1, 2, 3))  # (n, H, 1, O, *input_shape)
-        y = moved["insample_y"].reshape(*moved["insample_y"].shape[:5])  # univariate: (n, H, 1, O, L)
+            v = v.reshape(x.shape[0], *x.shape[1:], n_h, n_s, n_o)
+            moved[key] = np.moveaxis(v, (-3, -2, -1), (1, 2, 3))  # (n, H, S, O, *input_shape)
+        y = moved["insample_y"]
+        if not model.MULTIVARIATE:
+            y = y.reshape(*y.shape[:5])  # univariate: (n, H, 1, O, L)
         mask = moved["insample_mask"].reshape(y.shape)
         out["insample"] = np.stack([y, mask], axis=-1)
         lists = {
@@ -338,7 +381,8 @@ class _Run:
         for key in ("futr_exog", "hist_exog", "stat_exog"):
             if key in moved:
                 names, cats = lists[key]
-                out[key] = model._reduce_cat_attr(torch.as_tensor(moved[key]), names, cats, -1).numpy()
+                axis = 4 if model.MULTIVARIATE and key != "stat_exog" else -1  # the (embedded) feature axis
+                out[key] = model._reduce_cat_attr(torch.as_tensor(moved[key]), names, cats, axis).numpy()
         return out
 
 
@@ -430,25 +474,56 @@ def explain(
     _import_neuralforecast()
     check_version("neuralforecast")
 
-    if explainer is not None:
-        if str(explainer).lower() in ("deepshap", "shapley"):
-            method = str(explainer).lower()
-        elif explainer in _CAPTUM_EXPLAINERS:
+    name = getattr(explainer, "value", explainer)  # neuralforecast's ExplainerEnum members are str enums
+    if name is not None and str(name).lower() not in ("deepshap", "shapley"):
+        # the user named one of neuralforecast's explainers (Captum's): neuralforecast answers, as before, in its own
+        # terms and with its own checks; each model's entry says so ("explained_by")
+        ours = {
+            "method": method != "deepshap", "budget": budget is not None, "random_state": random_state is not None,
+            "background": background is not None, "batch_size": batch_size != 2048,
+            "check_additivity": check_additivity is not True,
+        }  # fmt: skip
+        if any(ours.values()):
             raise InputError(
-                f"explainer={explainer!r} is Captum's, which neuralforecast's own nf.explain() runs; "
-                "rnnshap.neuralforecast.explain computes DeepSHAP (method='deepshap') or Shapley values (method='shapley')"
+                f"explainer={name!r} is neuralforecast's own (Captum's), which takes none of rnnshap's arguments "
+                f"{sorted(k for k, v in ours.items() if v)}; leave explainer= out for rnnshap's values"
             )
-        else:
-            raise InputError(f"explainer={explainer!r}: choose 'DeepSHAP' or 'Shapley' (or pass method=)")
+        fcsts_df, explanations = _own_explain()(
+            nf, horizons, outputs, series, explainer, df, static_df, futr_df, h, verbose, engine, level, quantiles, **data_kwargs
+        )
+        for entry in explanations.values():
+            entry["explained_by"] = f"neuralforecast (captum.attr.{name})"
+        return fcsts_df, explanations
+    if name is not None:
+        method = str(name).lower()
     method = check_method(method)
+    # a model rnnshap does not take is skipped with a warning naming it, as neuralforecast skips the models its
+    # explainers do not take; the others are explained
+    active, skipped = [], {}
     for model in nf.models:
         why = supported(model)
-        if why is not None:
-            raise InputError(why)
+        iq = type(model.loss).__name__ in ("IQLoss", "HuberIQLoss")
+        if why is None and iq and (quantiles is not None or level is not None):
+            # neuralforecast forecasts 11 quantiles of an IQLoss model and reports np.quantile over them (its
+            # monotonization): an order statistic of 11 forecasts, which DeepSHAP has no exact rule for
+            why = (
+                f"{_name(model)} uses {type(model.loss).__name__} with quantiles=/level=: neuralforecast reports np.quantile "
+                "over its forecasts at 11 fixed quantiles (an order statistic of 11 forecasts), not the network's forecast at "
+                "the quantile asked; explain without quantiles=/level= (the network's median forecast, the column "
+                f"{_name(model)}_ql0.5 nf.predict() reports), or with method='shapley' on the recipe path (docs/recipes.md)"
+            )
+        if why is None:
+            active.append(model)
+        else:
+            skipped[_name(model)] = why
+    if not active:
+        raise InputError("; ".join(skipped.values()))
     if not getattr(nf, "_fitted", False):
         raise InputError(
             "You must fit the model before explaining: call nf.fit(df) first (the NeuralForecast object is not fitted)."
         )
+    for why in skipped.values():
+        warnings.warn(f"Skipping {why}", UserWarning, stacklevel=2)
     h_explain = nf.h if h is None else int(h)
     if horizons is None:
         horizons = list(range(h_explain))
@@ -458,7 +533,7 @@ def explain(
             "all horizon steps"
         )
     horizons = [int(k) for k in horizons]
-    n_out = min(_n_outputs(model) for model in nf.models)
+    n_out = min(_n_outputs(model) for model in active)
     if outputs is None:
         outputs = [0]
     elif not outputs or any(not 0 <= int(o) < n_out for o in outputs):
@@ -466,21 +541,73 @@ def explain(
             f"Invalid output indices. Based on the models being explained, valid outputs are in {list(range(n_out))} "
             "(distribution parameters for a DistributionLoss model, loss outputs otherwise)."
         )
-    if series is not None and list(series) != [0]:
+    # neuralforecast's rule: every multivariate model shares n_series; univariate models explain series [0]
+    multivariate = [m for m in active if m.MULTIVARIATE]
+    n_series = multivariate[0].n_series if multivariate else 1
+    if series is None:
+        series = list(range(n_series))
+    elif not series or any(not 0 <= int(k) < n_series for k in series):
         raise InputError(
-            "Invalid series indices. Valid indices are [0] for univariate models. Set series=None to explain all series."
+            f"Invalid series indices. Valid indices are {list(range(n_series))}. Set series=None to explain all series."
         )
+    series = [int(k) for k in series]
     if nf.scalers_ and getattr(nf, "local_scaler_type", None) == "boxcox":
         raise InputError(
             "local_scaler_type='boxcox' is not an affine map of the forecast: the attributions cannot be put in the units "
             "of the data. Use an affine local_scaler_type (standard, robust, minmax) or the model's scaler_type"
         )
 
+    config = {"explainer": None, "horizons": horizons, "output_index": [int(o) for o in outputs], "series": series}
+    predict = {
+        "df": df, "static_df": static_df, "futr_df": futr_df, "h": h_explain, "verbose": verbose, "engine": engine,
+        "level": level, "quantiles": quantiles, **data_kwargs,
+    }  # fmt: skip
+    while True:
+        try:
+            fcsts_df, explanations = _explain_models(nf, active, method, budget, random_state, batch_size,
+                                                     check_additivity, background, config, predict)  # fmt: skip
+            break
+        except _Refused as refused:  # DeepSHAP has no exact rule for an operation of one model: the others go on
+            if len(active) == 1:
+                raise refused.error from None
+            active = [m for m in active if m is not refused.model]
+            warnings.warn(f"Skipping {_name(refused.model)}: {refused.error}", UserWarning, stacklevel=2)
+    for entry in explanations.values():
+        entry["explained_by"] = f"rnnshap ({method})"
+    return fcsts_df, explanations
+
+
+class _Refused(Exception):
+    """DeepSHAP refused an operation of one model inside neuralforecast's predict loop."""
+
+    def __init__(self, model: Any, error: Exception) -> None:
+        super().__init__(str(error))
+        self.model, self.error = model, error
+
+
+def _own_explain() -> Any:
+    """neuralforecast's own ``NeuralForecast.explain`` (a wrapper put in its place with ``functools.wraps``, one
+    that routes it to this module, is unwrapped)."""
+    import inspect
+
+    from neuralforecast.core import NeuralForecast
+
+    own = inspect.unwrap(NeuralForecast.explain)
+    if getattr(own, "__module__", "").startswith("rnnshap"):
+        raise InputError("NeuralForecast.explain was replaced by rnnshap's without functools.wraps: its own is out of reach")
+    return own
+
+
+def _explain_models(
+    nf: Any, models: list[Any], method: str, budget: int | None, random_state: Any, batch_size: int,
+    check_additivity: bool | float, background: Any, config: dict[str, Any], predict: dict[str, Any],
+) -> tuple[Any, dict[str, dict[str, Any]]]:  # fmt: skip
+    """neuralforecast's predict over ``models`` with rnnshap answering each batch's attribution."""
     run = _Run(method, budget, random_state, batch_size, check_additivity, background)
-    config = {"explainer": None, "horizons": horizons, "output_index": [int(o) for o in outputs], "series": [0]}
     record: dict[str, Any] = {}
+    verbose = predict["verbose"]
     with contextlib.ExitStack() as restore:
-        for model in nf.models:  # neuralforecast's explain path sets explain, explainer_config and explanations on them
+        for model in models:  # neuralforecast's explain path sets explain, explainer_config and explanations on them
             restore.enter_context(preserved(model))
             model._explain_batch = _bound(run, model)
         restore.callback(nf.__dict__.pop, "_scalers_target_inverse_transform", None)
@@ -489,28 +616,24 @@ def explain(
         # neuralforecast's predict leaves the chunks of a direct model's recursion (h > model.h) unsliced when it
         # explains (ceil(h / model.h) * model.h rows per series: a misaligned frame, and an error beside other
         # models): such models are explained one at a time, and the frame is a plain predict's
-        chunked = any(not m.RECURRENT and h_explain > m.h for m in nf.models)
-        for models in [[m] for m in nf.models] if chunked else [nf.models]:
+        chunked = any(not m.RECURRENT and predict["h"] > m.h for m in models)
+        for group in [[m] for m in models] if chunked else [models]:
+            one = copy.copy(nf)
+            one.models = group
+            with warnings.catch_warnings():
+                if not verbose:
+                    warnings.simplefilter("ignore")
+                fcsts_df = one.predict(explainer_config=config, **predict)
+        explanations = {
+            _name(model): _collect(model, run, record) for model in models if model.__dict__.get("explanations") is not None
+        }
+        if chunked:
             one = copy.copy(nf)
             one.models = models
             with warnings.catch_warnings():
                 if not verbose:
                     warnings.simplefilter("ignore")
-                fcsts_df = one.predict(
-                    df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
-                    level=level, quantiles=quantiles, explainer_config=config, **data_kwargs,
-                )  # fmt: skip
-        explanations = {
-            _name(model): _collect(model, run, record) for model in nf.models if model.__dict__.get("explanations") is not None
-        }
-        if chunked:
-            with warnings.catch_warnings():
-                if not verbose:
-                    warnings.simplefilter("ignore")
-                fcsts_df = nf.predict(
-                    df=df, static_df=static_df, futr_df=futr_df, h=h_explain, verbose=verbose, engine=engine,
-                    level=level, quantiles=quantiles, **data_kwargs,
-                )  # fmt: skip
+                fcsts_df = one.predict(**predict)
     return fcsts_df, explanations
 
 
@@ -520,10 +643,13 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]
 
     stored = model.__dict__["explanations"]
     futr, hist = stored["futr_exog_explanations"], stored["hist_exog_explanations"]
+    if not model.MULTIVARIATE:  # univariate exogenous as [..., features, temporal], as neuralforecast returns them
+        futr = None if futr is None else futr.transpose(-2, -1)
+        hist = None if hist is None else hist.transpose(-2, -1)
     entry: dict[str, Any] = {
         "insample": stored["insample_explanations"],
-        "futr_exog": None if futr is None else futr.transpose(-2, -1),
-        "hist_exog": None if hist is None else hist.transpose(-2, -1),
+        "futr_exog": futr,
+        "hist_exog": hist,
         "stat_exog": stored["stat_exog_explanations"],
         "baseline_predictions": stored["baseline_predictions"],
     }
@@ -548,7 +674,8 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]
         for key in ("insample", "futr_exog", "hist_exog", "stat_exog"):
             if key in calls[0][1]:
                 err = stack(key)
-                entry[f"{key}_stderr"] = err.transpose(-2, -1) if key in ("futr_exog", "hist_exog") else err
+                transpose = key in ("futr_exog", "hist_exog") and not model.MULTIVARIATE
+                entry[f"{key}_stderr"] = err.transpose(-2, -1) if transpose else err
         n_evals = [sum(np.concatenate([np.asarray(p["n_evals"]) for p in g[k]]) for k in sorted(g)) for g in groups]
         entry["n_evals"] = np.concatenate(n_evals)  # rows per window, summed over the horizon's chunks
     if record:
