@@ -167,6 +167,53 @@ def test_nanmean_and_nansum_are_linear_over_the_observed_entries_closed_form() -
     assert relative_to_max(values, expected) <= 1e-13
 
 
+def test_nan_the_model_writes_itself_is_masked_exactly() -> None:
+    """MOMENT's RevIN with an input mask: ``torch.where(mask, x, nan)`` then nanmean / nanstd over the kept
+    entries. The windows are complete; the NaN is the model's own, the same on both sides of every pair, and the
+    backward through the statistics meets it (0 · NaN must not spread)."""
+    torch.manual_seed(7)
+    keep = torch.arange(L) >= GAP
+    head = nn.Sequential(nn.Linear(L, 6), nn.Tanh(), nn.Linear(6, 2)).to(F64).eval()
+
+    class RevIN(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            masked = torch.where(keep, x, NAN)
+            mean = torch.nanmean(masked, dim=-1, keepdim=True).detach()
+            stdev = (masked - masked.nanmean(dim=-1, keepdim=True)).square().nanmean(dim=-1, keepdim=True).sqrt().detach()
+            return head(torch.nan_to_num((x - mean) / (stdev + 1e-5), nan=0.0))
+
+    class Observed(nn.Module):  # the same statistics written over the kept entries, NaN nowhere
+        def forward(self, x: Tensor) -> Tensor:
+            kept = x[:, GAP:]
+            mean = kept.mean(-1, keepdim=True)
+            stdev = (kept - mean).square().mean(-1, keepdim=True).sqrt()
+            return head((x - mean) / (stdev + 1e-5))
+
+    background, X = _windows(8, 0), _windows(3, 1)
+    values = _explain(RevIN(), background, X)
+    assert_additive(values, RevIN(), X, background, F64)
+    assert relative_to_max(values, _explain(Observed(), background, X)) <= 1e-12
+
+
+def test_nan_to_num_in_place_and_out_of_place_agree() -> None:
+    head = nn.Linear(L, 1).to(F64)
+
+    class InPlace(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            y = x * 2.0
+            y.nan_to_num_(nan=0.0)
+            return torch.tanh(head(y))
+
+    class OutOfPlace(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.tanh(head(torch.nan_to_num(x * 2.0, nan=0.0)))
+
+    background, X = _windows(6, 0, GAP), _windows(2, 1, GAP)
+    values = _explain(InPlace(), background, X)
+    assert_additive(values, InPlace(), X, background, F64)
+    assert relative_to_max(values, _explain(OutOfPlace(), background, X)) <= 1e-13
+
+
 @pytest.mark.parametrize("form", ["function", "method", "two_dims", "keepdim_false", "dtype"])
 def test_nanmean_nansum_forms(form: str) -> None:
     reduce = {

@@ -21,14 +21,15 @@ to :math:`\Delta = 0`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from contextvars import ContextVar
 from math import factorial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from .base import OpCall, Rule
-from .missing import missing_values_state
 
 Tensor = torch.Tensor
 Players = Sequence[Tensor]
@@ -54,6 +55,41 @@ def small_delta_threshold(dtype: torch.dtype, smooth: bool) -> float:
 _THRESHOLDS: dict[torch.dtype, float] = {}
 
 
+class MissingValues:
+    """What one input pass met: ``seen`` is set when a missing-value rule met a NaN (or ±inf) entry."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+
+_STATE: ContextVar[MissingValues | None] = ContextVar("rnnshap_missing_values", default=None)
+
+
+def missing_values_state() -> MissingValues | None:
+    """The :class:`MissingValues` of the pass running now (None outside an input pass)."""
+    return _STATE.get()
+
+
+@contextlib.contextmanager
+def tracking_missing_values() -> Iterator[MissingValues]:
+    """Run an input pass with a fresh :class:`MissingValues`, which its multiplier rules keep for their backward."""
+    state = MissingValues()
+    token = _STATE.set(state)
+    try:
+        yield state
+    finally:
+        _STATE.reset(token)
+
+
+def saw_missing_values() -> None:
+    """Mark the running pass: a missing value met a rule, so its backward must stop ``0 · NaN``."""
+    state = _STATE.get()
+    if state is not None:
+        state.seen = True
+
+
 class _MultiplierFunction(torch.autograd.Function):
     """Returns a precomputed output whose backward multiplies by precomputed multipliers (and by a
     common factor, when there is one).
@@ -69,7 +105,7 @@ class _MultiplierFunction(torch.autograd.Function):
         output, multipliers, ctx.factor = computed()
         ctx.save_for_backward(*multipliers)
         ctx.shapes = [op.shape for op in operands]
-        ctx.missing = missing_values_state()  # (a pass that meets missing values stops 0 · NaN: rules/missing.py)
+        ctx.missing = _STATE.get()  # (a pass that meets missing values stops 0 · NaN: rules/missing.py)
         return output
 
     @staticmethod

@@ -21,59 +21,23 @@ multiplier: these rules refuse by name (:class:`MissingMismatch`, advice ``"miss
 A missing entry that the model masks out is NaN on both sides of a pair, and the rules on the way to
 the mask (the ``(x - loc) / scale`` before ``nan_to_num``) compute NaN multipliers there, which the
 mask's multiplier 0 meets in the backward pass: ``0 · NaN`` is NaN, and it would spread through every
-sum the entry takes part in. The rules above mark the pass (:func:`saw_missing_values`) whenever
-they meet a missing entry; the backward of every multiplier rule in such a pass then passes 0 where
-the gradient arriving is 0 (:func:`missing_values_state`), which is the exact product wherever the
+sum the entry takes part in. The rules above mark the pass (:func:`saw_missing_values`, kept in ``elementwise.py``
+beside the multiplier rules that read it) whenever they meet a missing entry; the backward of every
+multiplier rule in such a pass then passes 0 where the gradient arriving is 0, which is the exact product wherever the
 multiplier is finite, and the only value that is right where it is not: nothing downstream depends
 on that entry. A NaN that does reach the output keeps its non-zero gradient and stays NaN.
 """
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from .base import OpCall, Rule
+from .elementwise import MissingValues, missing_values_state, saw_missing_values, tracking_missing_values, with_multipliers
 
 Tensor = torch.Tensor
-
-
-class MissingValues:
-    """What one input pass met: ``seen`` is set when a missing-value rule met a NaN (or ±inf) entry."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen = False
-
-
-_STATE: ContextVar[MissingValues | None] = ContextVar("rnnshap_missing_values", default=None)
-
-
-def missing_values_state() -> MissingValues | None:
-    """The :class:`MissingValues` of the pass running now (None outside an input pass)."""
-    return _STATE.get()
-
-
-@contextlib.contextmanager
-def tracking_missing_values() -> Iterator[MissingValues]:
-    """Run an input pass with a fresh :class:`MissingValues`, which its multiplier rules keep for their backward."""
-    state = MissingValues()
-    token = _STATE.set(state)
-    try:
-        yield state
-    finally:
-        _STATE.reset(token)
-
-
-def saw_missing_values() -> None:
-    """Mark the running pass: a missing value met a rule, so its backward must stop ``0 · NaN``."""
-    state = _STATE.get()
-    if state is not None:
-        state.seen = True
 
 
 class MissingMismatch(ValueError):
@@ -108,31 +72,11 @@ def check_same_missing(x: Tensor, r: Tensor, what: str, non_finite: bool = False
     return True
 
 
-class NanReduction(Rule):
-    r"""``nansum`` / ``nanmean`` (any ``dim``, ``keepdim``, ``dtype``): a sum or mean over the observed entries.
-
-    With the missing entries the same on both sides of every pair, linear in the input, with multiplier
-    :math:`1` (``nansum``) or :math:`1/n_{\text{observed}}` (``nanmean``) on the observed entries and 0 on
-    the missing ones: torch's own gradient. Refused where the missing entries differ.
-    """
-
-    def refusal(self, call: OpCall) -> str | None:
-        if len(call.tracked) != 1 or call.tracked_positions() not in ((0,), (-1,)):
-            return "rnnshap attributes it through its input only"
-        return None
-
-    def attribute(self, call: OpCall) -> Any:
-        (x,), (r,) = call.inputs, call.references
-        if check_same_missing(x.detach(), r, "it reduces"):
-            saw_missing_values()
-        return call.fn(*call.args, **call.kwargs)  # torch's gradient: grad · ¬isnan(x) (/ count)
-
-
 class NanToNum(Rule):
     r"""``nan_to_num``: the identity on finite entries, a constant on NaN and ±inf entries.
 
     With the non-finite entries the same on both sides of every pair (each kind apart), multiplier 1 on
-    the finite entries and 0 on the others: torch's own gradient. Refused where they differ.
+    the finite entries and 0 on the others. Refused where they differ.
     """
 
     def refusal(self, call: OpCall) -> str | None:
@@ -142,9 +86,69 @@ class NanToNum(Rule):
 
     def attribute(self, call: OpCall) -> Any:
         (x,), (r,) = call.inputs, call.references
-        if check_same_missing(x.detach(), r, "it fills", non_finite=True):
+        xd = x.detach()
+        if check_same_missing(xd, r, "it fills", non_finite=True):
             saw_missing_values()
-        return call.fn(*call.args, **call.kwargs)  # torch's gradient: grad · isfinite(x)
+        output = call.evaluate([xd])
+        return with_multipliers(output, [x], [torch.isfinite(xd).to(output.dtype)])
+
+
+class _Weighted(torch.autograd.Function):
+    """A reduction's precomputed output whose backward spreads the gradient over its operand's entries, times
+    precomputed weights (only the weights are saved)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], Tensor], weights: Tensor, dims: tuple[int, ...], keepdim: bool, x: Tensor
+    ) -> Tensor:
+        ctx.save_for_backward(weights)
+        ctx.dims, ctx.keepdim, ctx.dtype = dims, keepdim, x.dtype
+        return computed()  # (handed over in a closure: a Function may not return one of its inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (weights,) = ctx.saved_tensors
+        if not ctx.keepdim:
+            for d in ctx.dims:  # (ascending: each unsqueeze puts back one reduced dimension where it was)
+                grad = grad.unsqueeze(d)
+        return None, None, None, None, (grad * weights).to(ctx.dtype)
+
+
+def _reduced_dims(call: OpCall, x: Tensor) -> tuple[tuple[int, ...], bool]:
+    """(the dimensions ``call`` reduces, ascending and non-negative; keepdim) of ``nansum`` / ``nanmean``."""
+    args, kwargs = call.args, call.kwargs
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(x.dim())), keepdim
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(sorted(d % max(x.dim(), 1) for d in dims)), keepdim
+
+
+class NanReduction(Rule):
+    r"""``nansum`` / ``nanmean`` (any ``dim``, ``keepdim``, ``dtype``): a sum or mean over the observed entries.
+
+    With the missing entries the same on both sides of every pair, linear in the input, with multiplier
+    1 (``nansum``) or 1 / the number of observed entries (``nanmean``) on the observed entries and 0 on
+    the missing ones. Refused where the missing entries differ.
+    """
+
+    def refusal(self, call: OpCall) -> str | None:
+        if len(call.tracked) != 1 or call.tracked_positions() not in ((0,), (-1,)):
+            return "rnnshap attributes it through its input only"
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        (x,), (r,) = call.inputs, call.references
+        xd = x.detach()
+        if check_same_missing(xd, r, "it reduces"):
+            saw_missing_values()
+        output = call.evaluate([xd])
+        dims, keepdim = _reduced_dims(call, xd)
+        weights = (~torch.isnan(xd)).to(output.dtype)
+        if getattr(call.fn, "__name__", "") == "nanmean":
+            weights = weights / weights.sum(dims, keepdim=True).clamp(min=1)
+        return _Weighted.apply(lambda: output, weights, dims, keepdim, x)
 
 
 NAN_REDUCTIONS = ("nanmean", "nansum")
