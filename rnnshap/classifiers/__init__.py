@@ -209,7 +209,7 @@ def quiet() -> Iterator[None]:
 
 def check_equal(built: np.ndarray, truth: np.ndarray, estimator: str, what: str, dtype: str = "float32") -> None:
     """Refuse a function that is not the estimator's ``predict_proba``: every entry within the dtype's
-    tolerance (:data:`rnnshap.engines.base.RTOL`) of max(1, |p|)."""
+    tolerance (:data:`rnnshap.engines.base.RTOL`) of ``max(1, |p|)``."""
     built, truth = np.asarray(built, np.float64), np.asarray(truth, np.float64)
     if built.shape != truth.shape:
         raise PredictMismatchError(

@@ -242,3 +242,18 @@ def test_the_saliency_plot_draws_one_panel_per_channel(motions, knn_on_three_cha
     assert result.per_step().shape == (1, 6, T, 4)
     with pytest.raises(rnnshap.InputError, match="class"):
         result.plot(0, label="swimming")
+
+
+@pytest.mark.slow
+def test_the_docs_page_runs() -> None:
+    """docs/classifiers.md's examples (after the first, a sketch on the reader's own data), in order."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("sktime")
+    pytest.importorskip("matplotlib")
+    page = Path(__file__).resolve().parents[2] / "docs" / "classifiers.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    namespace: dict[str, object] = {}
+    for number, block in enumerate(blocks[1:], 2):
+        exec(compile(block, f"classifiers.md, example {number}", "exec"), namespace)  # noqa: S102
