@@ -550,3 +550,11 @@ def test_a_forecast_path_that_drifts_from_the_library_call_is_refused(ttm: Any, 
     monkeypatch.setattr(TinyTimeMixerAdapter, "library_forecast", lambda self, w, H, levels: original(self, w, H, levels) + 1.0)
     with pytest.raises(rnnshap.RnnShapError, match="away from the library's own forecast call"):
         rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
+
+
+def test_an_unverified_library_version_is_refused_by_name(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnshap.forecasting import VERIFIED, UnverifiedVersionError
+
+    monkeypatch.setitem(VERIFIED, "granite-tsfm", ((9, 0), (9, 1)))
+    with pytest.raises(UnverifiedVersionError, match="granite-tsfm"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
