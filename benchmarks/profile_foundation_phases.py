@@ -1,0 +1,174 @@
+"""Where DeepSHAP's time goes on the foundation forecasters, phase by phase, against the same phases of torch.
+
+For tiny Chronos-2 (attention along time and, for its groups, along the batch) and TinyTimeMixer (MLP
+mixers), built from their own config classes, on real windows of statsmodels' CO2 series:
+
+- the floor: a forward without gradients on the references, a forward with gradients on the inputs, and one
+  backward per forecast output (batched as rnnshap batches it), over the same (sample, reference) pairs;
+- rnnshap's ``DeepExplainer.shap_values`` split into the same phases: the reference pass (kept across calls for a
+  background it has seen), the input pass through the rules, the backward; and its total.
+
+Each number is the minimum of ``--repeats`` runs (the machine may be shared). Usage::
+
+    python benchmarks/profile_foundation_phases.py                 # both models, 16 / 64 / 128 pairs
+    python benchmarks/profile_foundation_phases.py --models ttm --pairs 64 --profile   # + torch.profiler's top ops
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("USE_TF", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import rnnshap  # noqa: E402
+import rnnshap.engines.pytorch.engine as engine_module  # noqa: E402
+
+L, SAMPLES = 64, 4
+
+
+def windows() -> np.ndarray:
+    import statsmodels.api as sm
+
+    series = sm.datasets.co2.load_pandas().data["co2"].interpolate().to_numpy()
+    return np.stack([series[i : i + L] for i in range(0, 2000, 40)]).astype(np.float32)
+
+
+def chronos2() -> nn.Module:
+    from chronos.chronos2.config import Chronos2CoreConfig
+    from chronos.chronos2.model import Chronos2Model
+
+    chronos = dict(
+        context_length=L, output_patch_size=8, input_patch_size=8, input_patch_stride=8, quantiles=[0.1, 0.5, 0.9],
+        use_reg_token=True, use_arcsinh=True, max_output_patches=2,
+    )
+    config = Chronos2CoreConfig(
+        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0, chronos_config=chronos
+    )
+    model = Chronos2Model(config).eval()
+
+    class Forecast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, context: torch.Tensor) -> torch.Tensor:
+            return self.model(context, num_output_patches=2).quantile_preds.flatten(1)
+
+    return Forecast()
+
+
+def tinytimemixer() -> nn.Module:
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    config = TinyTimeMixerConfig(
+        context_length=L, prediction_length=16, patch_length=8, patch_stride=8, num_input_channels=1, d_model=32,
+        num_layers=2, decoder_num_layers=2, decoder_d_model=16, dropout=0.0, head_dropout=0.0,
+    )
+    model = TinyTimeMixerForPrediction(config).eval()
+
+    class Forecast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, context: torch.Tensor) -> torch.Tensor:
+            return self.model(past_values=context[..., None]).prediction_outputs.flatten(1)
+
+    return Forecast()
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"chronos2": chronos2, "ttm": tinytimemixer}
+PHASES = ("reference pass", "input pass (rules)", "backward (k outputs)", "total")
+
+
+def floor(f: nn.Module, X: torch.Tensor, background: torch.Tensor) -> dict[str, float]:
+    grads = engine_module._grads_per_output
+    pairs_x, pairs_r = X.repeat_interleave(len(background), 0), background.repeat(len(X), 1)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        f(pairs_r)
+    t1 = time.perf_counter()
+    x = pairs_x.clone().requires_grad_(True)
+    out = f(x).reshape(x.shape[0], -1)
+    t2 = time.perf_counter()
+    grads(out, [x])
+    t3 = time.perf_counter()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True))
+
+
+def deepshap(explainer: Any, X: torch.Tensor) -> dict[str, float]:
+    spent: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+    run_pass, grads = engine_module.run_pass, engine_module._grads_per_output
+
+    def timed_pass(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return run_pass(*args, **kwargs)
+        finally:
+            spent["input pass (rules)" if kwargs.get("replay") else "reference pass"] += time.perf_counter() - t
+
+    def timed_grads(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return grads(*args, **kwargs)
+        finally:
+            spent["backward (k outputs)"] += time.perf_counter() - t
+
+    engine_module.run_pass, engine_module._grads_per_output = timed_pass, timed_grads
+    try:
+        t = time.perf_counter()
+        explainer.shap_values(X, check_additivity=False)
+        spent["total"] = time.perf_counter() - t
+    finally:
+        engine_module.run_pass, engine_module._grads_per_output = run_pass, grads
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--pairs", nargs="+", type=int, default=[16, 64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operations of one call")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = windows()
+    print(f"torch {torch.__version__}, {args.threads} thread(s), minimum of {args.repeats} runs, {SAMPLES} samples explained")
+    print("| model | pairs | outputs k | phase | torch (floor) | rnnshap DeepSHAP | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        torch.manual_seed(0)
+        f = MODELS[name]()
+        for pairs in args.pairs:
+            X = torch.from_numpy(data[:SAMPLES])
+            background = torch.from_numpy(data[SAMPLES : SAMPLES + pairs // SAMPLES])
+            explainer = rnnshap.DeepExplainer(f, background)
+            explainer.shap_values(X, check_additivity=False)  # (warm: the kept reference pass, torch's caches)
+            floors = [floor(f, X, background) for _ in range(args.repeats)]
+            shaps = [deepshap(explainer, X) for _ in range(args.repeats)]
+            best_floor = {p: min(run[p] for run in floors) for p in PHASES}
+            best_shap = {p: min(run[p] for run in shaps) for p in PHASES}
+            with torch.no_grad():
+                k = f(X[:1]).numel()
+            for phase in PHASES:
+                a, b = best_floor[phase], best_shap[phase]
+                ratio = f"{b / a:.2f}x" if a > 0 else "-"
+                print(f"| {name} | {pairs} | {k} | {phase} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {ratio} |", flush=True)
+            if args.profile:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                    explainer.shap_values(X, check_additivity=False)
+                print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
