@@ -66,7 +66,7 @@ class ShapleyExplainer:
         mean = self.forward.background_outputs.mean(0).reshape(self.forward.output_shape)
         #: the mean model output over the background, shaped like one sample's output
         self.expected_value: float | np.ndarray = float(mean) if mean.ndim == 0 else mean
-        self._layout = layout_reader(model, background, self.forward._call)
+        self._layout = layout_reader(model, background, self.forward)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

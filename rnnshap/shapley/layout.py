@@ -53,18 +53,41 @@ def layout_reader(model: Any, background: Sequence[np.ndarray], call: Any = None
 
     def read() -> Layout:
         if not kept:
-            runner = call
-            if runner is None:
-                from torch import nn
-
-                if isinstance(model, nn.Module):
-                    from ..engines.forward import _torch_call
-
-                    runner = _torch_call(model)
-            kept.append(read_layout(model, runner, background))
+            kept.append(read_layout(model, call if call is not None else _eval_forward(model), background))
         return kept[0]
 
     return read
+
+
+def _eval_forward(model: Any) -> Callable[[list[np.ndarray]], Any]:
+    """A torch module's forward on numpy rows, without gradients, modules that draw randomness or batch
+    statistics in eval mode, and the module's state put back after (what ShapleyExplainer runs)."""
+
+    def call(rows: list[np.ndarray]) -> Any:
+        import torch
+
+        from ..engines.pytorch.safety import PreservedState, has_active_randomness, model_device_and_dtype
+
+        device, dtype = model_device_and_dtype(model)
+        tensors = []
+        for a in rows:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            if t.is_floating_point() and dtype is not None:
+                t = t.to(dtype)
+            tensors.append(t.to(device) if device is not None else t)
+        switched = [m for m in model.modules() if m.training and has_active_randomness(m)]
+        state = PreservedState(model)
+        try:
+            for m in switched:
+                m.training = False
+            with torch.no_grad():
+                return model(*tensors)
+        finally:
+            for m in switched:
+                m.training = True
+            state.restore()
+
+    return call
 
 
 def _verdict(kind: str, layer: Any, framework: str) -> tuple[int | None, str]:
