@@ -53,6 +53,7 @@ class PreservedState:
         #: torch's global generator: a draw whose result never reaches the output (a dropout mask Keras makes at
         #: inference, see ``draws_matter``) leaves it as it was
         self.torch_random = torch.get_rng_state()
+        self.cuda_random = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     def restore(self, random_state: bool = True) -> None:
         """Put the state back (``random_state``: the generators too, torch's global one and the model's)."""
@@ -89,6 +90,8 @@ class PreservedState:
             for generator, state in self.generators:
                 generator.set_state(state)
             torch.set_rng_state(self.torch_random)
+            if self.cuda_random is not None:
+                torch.cuda.set_rng_state_all(self.cuda_random)
 
 
 class AsFunction:
@@ -300,7 +303,9 @@ class RandomStates:
                 generator.seed(seed)
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)  # (CUDA's generators too)
+        torch.random.default_generator.manual_seed(seed)
+        if self.cuda is not None:  # (only where CUDA runs: seeding it otherwise would queue a seed for its start)
+            torch.cuda.manual_seed_all(seed)
 
 
 #: the generators a draw of torch's functions changes, as :meth:`RandomStates.drawn` names them

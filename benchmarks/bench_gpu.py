@@ -1,0 +1,236 @@
+"""rnnshap on an accelerator against native forward+backward and Captum, at realistic sizes (issue 40, item 18).
+
+For each configuration (``CONFIGS``: batches of 256-4096 (input, reference) pairs, T = 50-500, hidden
+128-512, LSTM and GRU) on one device, cuDNN on, the model in eval mode as users explain it, this times as
+the median of ``--repeats`` runs after a warm-up (``torch.cuda.synchronize`` around each):
+
+1. ``native``: one forward + backward of the model on the tiled pairs, ``model(tiled).sum().backward()``
+   with respect to the input: the floor for any method that needs a gradient per pair. cuDNN's RNN backward
+   runs in training mode only, so the floor runs the same model with ``train()`` (it has no dropout: the
+   same function);
+2. ``rnnshap``: ``DeepExplainer(model, background, batch_size >= pairs).shap_values(X)`` with the
+   additivity check on, the model in eval mode (the explainer built outside the timed region);
+3. ``captum DeepLiftShap`` and ``captum IG-50`` (Integrated Gradients, 50 steps, one call per background
+   row): where they run. In eval mode both need cuDNN's RNN backward and fail; the error is printed.
+
+and prints seconds, the ratio to ``native``, the relative additivity error
+``max |Σφ − (f(x) − E f)| / max |f(x) − E f|`` and the peak device memory. Also checked on every run: the
+model's device, parameters and cuDNN's settings are left as they were.
+
+    python benchmarks/bench_gpu.py                 # the first CUDA device (or MPS); all configurations
+    python benchmarks/bench_gpu.py --quick         # small sizes: a smoke test
+    python benchmarks/bench_gpu.py --device cpu --quick   # the script itself, without an accelerator
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import rnnshap  # noqa: E402
+
+
+class Recurrent(nn.Module):
+    """``LSTM``/``GRU`` (batch_first) → ``Linear(hidden → 2)`` on the last step's output."""
+
+    def __init__(self, kind: str, features: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.rnn = {"LSTM": nn.LSTM, "GRU": nn.GRU}[kind](features, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    kind: str
+    features: int
+    hidden: int
+    layers: int
+    steps: int
+    inputs: int
+    references: int
+
+    @property
+    def pairs(self) -> int:
+        return self.inputs * self.references
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}({self.features}→{self.hidden}, {self.layers} layer{'s' if self.layers > 1 else ''}), T = {self.steps}, "
+            f"{self.inputs} inputs × {self.references} references = {self.pairs} pairs"
+        )
+
+
+CONFIGS = [
+    Config("lstm-128-T50", "LSTM", 32, 128, 1, 50, 64, 64),  # 4096 pairs
+    Config("lstm-256-T200", "LSTM", 32, 256, 2, 200, 32, 32),  # 1024 pairs
+    Config("gru-256-T200", "GRU", 32, 256, 2, 200, 32, 32),
+    Config("lstm-512-T500", "LSTM", 16, 512, 1, 500, 16, 16),  # 256 pairs
+]
+QUICK = [Config("lstm-16-T10", "LSTM", 4, 16, 1, 10, 8, 4), Config("gru-16-T10", "GRU", 4, 16, 2, 10, 8, 4)]
+
+
+def default_device() -> str | None:
+    if torch.cuda.is_available():
+        return "cuda:0"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else None
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def timed(run: Callable[[], Any], device: str, repeats: int) -> tuple[float, Any]:
+    """The median seconds of ``repeats`` runs after one warm-up, and the last result."""
+    result = run()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def peak_memory(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def additivity_error(values: np.ndarray, model: nn.Module, x: torch.Tensor, background: torch.Tensor) -> float:
+    with torch.no_grad():
+        gap = model(x).double().cpu().numpy() - model(background).double().cpu().numpy().mean(0)
+    totals = values.reshape(len(x), -1, gap.shape[1]).sum(1)
+    return float(np.abs(totals - gap).max() / max(np.abs(gap).max(), 1e-30))
+
+
+def cudnn_settings() -> tuple[Any, ...]:
+    c = torch.backends.cudnn
+    return (c.enabled, c.benchmark, c.deterministic)
+
+
+def run_config(config: Config, device: str, repeats: int) -> list[tuple[str, str]]:
+    torch.manual_seed(0)
+    model = Recurrent(config.kind, config.features, config.hidden, config.layers).to(device).eval()
+    x = torch.randn(config.inputs, config.steps, config.features, device=device)
+    background = torch.randn(config.references, config.steps, config.features, device=device)
+    tiled = x.repeat_interleave(config.references, 0)
+    rows: list[tuple[str, str]] = []
+
+    def native() -> None:
+        model.train()  # (cuDNN's RNN backward runs in training mode only; no dropout: the same function)
+        try:
+            leaf = tiled.clone().requires_grad_(True)
+            model(leaf).sum().backward()
+        finally:
+            model.eval()
+            model.zero_grad(set_to_none=True)
+
+    reset_peak(device)
+    floor, _ = timed(native, device, repeats)
+    rows.append(("native fwd+bwd", f"{floor:9.4f} s   1.00x   {'':>9}   {_memory(device)}"))
+
+    before = ([p.detach().clone() for p in model.parameters()], str(next(model.parameters()).device), cudnn_settings())
+    explainer = rnnshap.DeepExplainer(model, background, batch_size=max(config.pairs, 2048))
+    reset_peak(device)
+    seconds, values = timed(lambda: np.asarray(explainer.shap_values(x)), device, repeats)
+    error = additivity_error(values, model, x, background)
+    rows.append(("rnnshap", f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
+    after = ([p.detach() for p in model.parameters()], str(next(model.parameters()).device), cudnn_settings())
+    untouched = all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True)) and before[1:] == after[1:]
+    if not untouched:
+        rows.append(("  (!)", "the model or cuDNN's settings changed"))
+
+    try:
+        from captum.attr import DeepLiftShap, IntegratedGradients
+    except ImportError:
+        rows.append(("captum", "not installed"))
+        return rows
+
+    def deeplift() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = [DeepLiftShap(model).attribute(x, baselines=background, target=t) for t in range(2)]
+        return torch.stack(parts, -1).detach().cpu().numpy()
+
+    def integrated_gradients() -> np.ndarray:
+        parts = []
+        for t in range(2):
+            total = torch.zeros_like(x)
+            for r in range(config.references):
+                total += IntegratedGradients(model).attribute(x, baselines=background[r : r + 1], target=t, n_steps=50)
+            parts.append(total / config.references)
+        return torch.stack(parts, -1).detach().cpu().numpy()
+
+    for name, method in (("captum DeepLiftShap", deeplift), ("captum IG-50", integrated_gradients)):
+        reset_peak(device)
+        try:
+            seconds, values = timed(method, device, max(1, repeats // 2))
+        except Exception as error:  # noqa: BLE001 - a peer's failure is a result
+            rows.append((name, f"fails: {type(error).__name__}: {str(error).splitlines()[0][:90]}"))
+            continue
+        error = additivity_error(values, model, x, background)
+        rows.append((name, f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
+    return rows
+
+
+def _memory(device: str) -> str:
+    peak = peak_memory(device)
+    return f"{peak:8.0f} MiB" if peak is not None else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=None, help="cuda:0, cuda:1, mps or cpu (default: the first accelerator)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="*", help="configuration names")
+    args = parser.parse_args(argv)
+    device = args.device or default_device()
+    if device is None:
+        print("No CUDA or MPS device here: nothing to measure (give --device cpu to run the script on the CPU).")
+        return 2
+    configs = QUICK if args.quick else CONFIGS
+    if args.only:
+        configs = [c for c in configs if c.name in args.only]
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    cudnn = torch.backends.cudnn.version() if device.startswith("cuda") else None
+    print(f"device: {name} ({device}); torch {torch.__version__}, cuDNN {cudnn}, rnnshap {rnnshap.__version__}, "
+          f"Python {platform.python_version()}; median of {args.repeats} runs after a warm-up")  # fmt: skip
+    print(f"{'method':<22}{'seconds':>11} {'vs native':>9} {'additivity':>11} {'peak memory':>12}")
+    for config in configs:
+        print(f"\n{config.name}: {config.describe()}")
+        for method, line in run_config(config, device, args.repeats):
+            print(f"  {method:<20}{line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The core exactness checks rerun on every accelerator there is (issue 40, item 17): ``pytest -m gpu``.
+
+For each device (every CUDA device, and Apple's MPS where torch has it): the recurrent layers on torch's
+fused kernels (LSTM, GRU, RNN; stacked, bidirectional, projected; cuDNN on, the model in eval mode),
+packed sequences, a Keras model on the torch backend, a forecasting adapter (darts) and the Shapley
+mode. Each is compared with the values of the same model in float64 on the CPU (an independent run),
+and checked to add up to the model's own output on the device; the model's device, its parameters,
+its training flags and cuDNN's settings are left as they were. Without an accelerator every test is
+skipped, by name of what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+
+from .conftest import FLOAT32_VS_FLOAT64, assert_adds_up_to, relative_to_max
+
+
+def accelerators() -> list[str]:
+    """Every accelerator torch can use here: ``cuda:0``, ``cuda:1``, ..., and ``mps``."""
+    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+DEVICES = accelerators() or [pytest.param("none", marks=pytest.mark.skip(reason="no CUDA or MPS device: nothing to rerun on"))]
+pytestmark = pytest.mark.gpu
+
+
+def cudnn_settings() -> tuple[Any, ...]:
+    c = torch.backends.cudnn
+    return (c.enabled, c.benchmark, c.deterministic, getattr(c, "allow_tf32", None), torch.backends.cuda.matmul.allow_tf32)
+
+
+def state_of(model: nn.Module) -> dict[str, Any]:
+    return {
+        "values": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "devices": sorted({str(t.device) for t in [*model.parameters(), *model.buffers()]}),
+        "training": [m.training for m in model.modules()],
+        "cudnn": cudnn_settings(),
+    }
+
+
+def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
+    after = state_of(model)
+    assert after["devices"] == before["devices"], "the model moved"
+    assert after["training"] == before["training"], "a training flag changed"
+    assert after["cudnn"] == before["cudnn"], "cuDNN's settings changed"
+    for key, value in before["values"].items():
+        assert torch.equal(after["values"][key], value), f"{key} changed"
+
+
+def on_device_against_cpu64(
+    build: Callable[[], nn.Module], background: torch.Tensor, x: torch.Tensor, device: str, **options: Any
+) -> tuple[np.ndarray, np.ndarray, nn.Module]:
+    """The values of the model on ``device`` (float32, as users run it) and of a float64 copy on the CPU."""
+    torch.manual_seed(0)
+    model = build().eval()
+    reference = copy.deepcopy(model).double()
+    on_device = model.to(device)
+    before = state_of(on_device)
+    values = rnnshap.DeepExplainer(on_device, background.to(device), **options).shap_values(x.to(device))
+    assert_untouched(on_device, before)
+    expected = rnnshap.DeepExplainer(reference, background.double(), **options).shap_values(x.double())
+    return np.asarray(values), np.asarray(expected), on_device
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind: str, **layer: Any) -> None:
+        super().__init__()
+        cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[kind]
+        self.rnn = cls(5, 16, batch_first=True, **layer)
+        width = 16 * (2 if layer.get("bidirectional") else 1)
+        self.head = nn.Linear(layer.get("proj_size") or width, 3) if not layer.get("bidirectional") else nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(torch.tanh(out[:, -1]))
+
+
+LAYERS = {
+    "lstm": ("LSTM", {}),
+    "lstm-stacked-bidirectional": ("LSTM", {"num_layers": 2, "bidirectional": True}),
+    "lstm-projected": ("LSTM", {"proj_size": 8}),
+    "gru-stacked": ("GRU", {"num_layers": 2}),
+    "rnn-relu": ("RNN", {"nonlinearity": "relu"}),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_fused_recurrent_layers_on_the_device_match_cpu_float64(device: str, layer: str) -> None:
+    kind, options = LAYERS[layer]
+    generator = torch.Generator().manual_seed(1)
+    background, x = torch.randn(16, 30, 5, generator=generator), torch.randn(8, 30, 5, generator=generator)
+    values, expected, model = on_device_against_cpu64(lambda: Recurrent(kind, **options), background, x, device)
+    assert relative_to_max(values, expected) <= FLOAT32_VS_FLOAT64
+    with torch.no_grad():
+        outputs = model(x.to(device)).double().cpu().numpy()
+        base = model(background.to(device)).double().cpu().numpy().mean(0)
+    assert_adds_up_to(base + values.reshape(8, -1, 3).sum(1), outputs, "float32")
+
+
+class Packed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(5, 12, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(24, 2)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return self.head(torch.cat([h[0], h[1]], 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_sequences_on_the_device_match_cpu_float64(device: str) -> None:
+    generator = torch.Generator().manual_seed(2)
+    background, x = torch.randn(10, 12, 5, generator=generator), torch.randn(6, 12, 5, generator=generator)
+    lengths_b = torch.randint(3, 13, (10,), generator=generator)
+    lengths_x = torch.randint(3, 13, (6,), generator=generator)
+    torch.manual_seed(0)
+    model = Packed().eval()
+    reference = copy.deepcopy(model).double()
+    model = model.to(device)
+    before = state_of(model)
+    values = rnnshap.DeepExplainer(model, [background.to(device), lengths_b.to(device)]).shap_values(
+        [x.to(device), lengths_x.to(device)]
+    )
+    assert_untouched(model, before)
+    expected = rnnshap.DeepExplainer(reference, [background.double(), lengths_b]).shap_values([x.double(), lengths_x])
+    assert relative_to_max(values[0], expected[0]) <= FLOAT32_VS_FLOAT64
+    for i, n in enumerate(lengths_x.tolist()):
+        assert np.all(np.asarray(values[0])[i, n:] == 0.0)  # padding reads nothing: exact zeros
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_shapley_mode_on_the_device_matches_cpu_float64(device: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    background, x = torch.randn(6, 6, 5, generator=generator), torch.randn(3, 6, 5, generator=generator)
+    torch.manual_seed(0)
+    model = Recurrent("LSTM").eval()
+    reference = copy.deepcopy(model).double()
+    model = model.to(device)
+    before = state_of(model)
+    for door in ("deep", "forward only"):
+        door_class: Any = rnnshap.DeepExplainer if door == "deep" else rnnshap.ShapleyExplainer
+        budget = 2**6 * 6 + 12  # every coalition against the 6 background rows
+        estimate = door_class(model, background.to(device)).shapley_values(x.to(device), players="steps", budget=budget)
+        truth = door_class(reference, background.double()).shapley_values(x.double(), players="steps", budget=budget)
+        assert bool(np.all(estimate.exact)) and bool(np.all(truth.exact))  # 2^6 coalitions: every one enumerated
+        assert relative_to_max(estimate.values, truth.values) <= FLOAT32_VS_FLOAT64
+    assert_untouched(model, before)
+
+
+_KERAS_ON_TORCH = r"""
+import json, sys
+import numpy as np, torch, keras, rnnshap
+device = sys.argv[1]
+L = keras.layers
+with keras.device(device):
+    model = keras.Sequential([keras.Input((8, 3)), L.LSTM(6, return_sequences=True), L.GRU(5), L.Dense(2)])
+    rng = np.random.default_rng(0)
+    background = rng.normal(size=(10, 8, 3)).astype("float32")
+    x = rng.normal(size=(4, 8, 3)).astype("float32")
+    before = [np.array(w) for w in model.get_weights()]
+    devices = sorted({str(v.value.device) for v in model.weights})
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = np.asarray(explainer.shap_values(x))
+    with torch.no_grad():
+        outputs = model(x, training=False).double().cpu().numpy()
+print(json.dumps({
+    "values": values.tolist(), "outputs": outputs.tolist(), "expected": np.asarray(explainer.expected_value).tolist(),
+    "devices": devices, "after": sorted({str(v.value.device) for v in model.weights}),
+    "unchanged": all(np.array_equal(a, np.array(b)) for a, b in zip(before, model.get_weights(), strict=True)),
+}))
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_keras_on_torch_on_the_device_adds_up(device: str, keras_process: Any) -> None:
+    import json
+
+    pytest.importorskip("keras")
+    result = json.loads(keras_process("torch").run(_KERAS_ON_TORCH, device).strip().splitlines()[-1])
+    assert result["unchanged"] and result["devices"] == result["after"]
+    assert all(d.startswith(device.split(":")[0]) for d in result["devices"]), result["devices"]
+    values = np.asarray(result["values"])
+    assert_adds_up_to(np.asarray(result["expected"]) + values.reshape(4, -1, 2).sum(1), np.asarray(result["outputs"]), "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_darts_forecaster_on_the_device_adds_up_to_its_own_predict(device: str) -> None:
+    pytest.importorskip("darts")
+    pytest.importorskip("shap")
+    from darts import TimeSeries
+    from darts.models import RNNModel
+
+    from rnnshap.darts import ShapExplainer
+
+    accelerator = "gpu" if device.startswith("cuda") else device
+    index = int(device.split(":")[1]) if ":" in device else 0
+    values = np.random.default_rng(0).normal(size=(40, 1)).cumsum(0).astype(np.float32)
+    series = TimeSeries.from_values(values)
+    model = RNNModel(
+        model="LSTM", input_chunk_length=6, output_chunk_length=1, hidden_dim=8, n_epochs=1, batch_size=16, random_state=0,
+        pl_trainer_kwargs=dict(accelerator=accelerator, devices=[index] if accelerator == "gpu" else 1, enable_progress_bar=False,
+                               logger=False, enable_model_summary=False, enable_checkpointing=False),
+    )  # fmt: skip
+    model.fit(series)
+    network = model.model
+    before = state_of(network)
+    result = ShapExplainer(model, series).explain(series)
+    assert_untouched(network, before)
+    forecasts = model.historical_forecasts(
+        series, forecast_horizon=1, stride=1, retrain=False, last_points_only=False, verbose=False, show_warnings=False
+    )
+    by_start = {f.start_time(): float(f.values()[0, 0]) for f in forecasts}
+    shap_object = result.get_shap_explanation_object(1)
+    totals = shap_object.values.sum(1) + shap_object.base_values
+    starts = list(result.get_explanation(1).time_index)
+    checked = [(totals[row], by_start[start]) for row, start in enumerate(starts) if start in by_start]
+    assert len(checked) >= len(series) - 7
+    assert_adds_up_to(np.array([t for t, _ in checked]), np.array([f for _, f in checked]), "float32")
+
+
+# -- without a device: what runs here ---------------------------------------------------------------------------
+def test_accelerators_lists_every_cuda_device_and_none_without(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+    assert accelerators() == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert accelerators() == ["cuda:0", "cuda:1"]
+
+
+def test_the_benchmark_says_there_is_no_device_and_runs_on_the_cpu_when_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_gpu", bench)  # (its dataclasses look their module up)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "default_device", lambda: None)
+    assert bench.main([]) == 2
+    assert "No CUDA or MPS device" in capsys.readouterr().out
+    assert bench.main(["--device", "cpu", "--quick", "--repeats", "1", "--only", "lstm-16-T10"]) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.strip().startswith("rnnshap"))
+    assert float(line.split()[-1]) <= 1e-5  # its additivity error, float32
+    assert "(!)" not in printed  # the model and cuDNN's settings left as they were
