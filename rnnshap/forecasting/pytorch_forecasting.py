@@ -225,17 +225,38 @@ def _check_fits(model: Any, dataset: Any) -> None:
 
 def _float64_copy(model: Any) -> Any:
     """A float64 deep copy of the model, without the Lightning trainer a fitted model keeps, and with
-    the graph-holding tensors of its metrics (torchmetrics' ``_forward_cache``) detached."""
+    the graph-holding tensors of its metrics (torchmetrics' ``_forward_cache``) detached, wherever they
+    are held: on a module, or on a metric kept in a plain list (a ``MultiLoss``'s ``metrics``, for several
+    targets), which ``model.modules()`` does not reach."""
     import torch
 
     memo: dict[int, Any] = {}
     trainer = getattr(model, "_trainer", None)
     if trainer is not None:
         memo[id(trainer)] = None
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+    seen: set[int] = set()
+
+    def visit(value: Any, depth: int) -> None:
+        if id(value) in seen or depth > 8:
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
                 memo[id(value)] = value.detach()
+            return
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple, set)):
+            children = value
+        elif isinstance(value, torch.nn.Module):
+            children = vars(value).values()
+        else:
+            return
+        for child in list(children):
+            visit(child, depth + 1)
+
+    for module in model.modules():
+        visit(module, 0)
     return copy.deepcopy(model, memo).double()
 
 

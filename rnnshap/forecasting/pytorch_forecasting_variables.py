@@ -129,7 +129,10 @@ def to_variables(
     horizon steps of ``K`` outputs each)."""
     reals, cats = list(dataset.reals), list(dataset.flat_categoricals)
     groups = dataset.variable_to_group_mapping
-    static = list(dataset.static_categoricals or []) + list(dataset.static_reals or [])
+    # the model's own static variables (pytorch-forecasting lists the reals add_target_scales and add_encoder_length add,
+    # "value_center", "value_scale", "encoder_length", among them: one value per window, repeated over its steps)
+    static = list(getattr(model, "static_variables", None) or [])
+    static += [v for v in list(dataset.static_categoricals or []) + list(dataset.static_reals or []) if v not in static]
     targets = list(dataset.target_names)
     time_varying: list[str] = []
     for name in [*(groups.get(c, c) for c in cats), *reals, *targets]:
