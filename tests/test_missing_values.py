@@ -272,6 +272,37 @@ def test_mask_uses_are_constants_where_both_sides_miss_the_same_entries(use: str
     assert relative_to_max(values[:, GAP:], filled[:, GAP:]) <= 1e-12
 
 
+class Branching(nn.Module):
+    """A branch on whether any value is missing (pypots' BRITS, gluonts), then a fill and a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(L, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.isnan(x).any():
+            x = torch.nan_to_num(x, nan=-1.0)
+        return torch.tanh(self.head(x))
+
+
+def test_a_branch_on_any_missing_value_that_every_row_takes_alike_is_followed() -> None:
+    """Every window misses the same entries: each row alone takes the batch's branch (the mask differs between
+    the entries of a row, not between rows)."""
+    model = Branching().to(F64).eval()
+    background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
+    values = _explain(model, background, X)
+    assert_additive(values, model, X, background, F64)
+    assert np.all(values[:, :GAP] == 0.0)
+
+
+def test_a_branch_on_any_missing_value_that_rows_take_differently_is_refused() -> None:
+    """Some windows miss values, others do not: the batch's branch is not each row's."""
+    model = Branching().to(F64).eval()
+    background = _windows(6, 0)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="branches on a comparison"):
+        rnnshap.DeepExplainer(model, torch.cat([background, _windows(2, 1, GAP)]))
+
+
 # -- entries missing on one side only ------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["background", "X"])
 def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(where: str) -> None:

@@ -454,7 +454,7 @@ class TorchEngine(Engine):
             return self.attribute(inputs, block, columns, per_pair)
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
-            _check_missing_values_handled(leaves, flat.detach(), "X", n_refs)
+            _check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             grads = _grads_per_output(chosen, attributed_leaves)
@@ -491,15 +491,15 @@ class TorchEngine(Engine):
         return BlockResult(sums, model_outputs, ref_sums)
 
 
-def _check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1) -> None:
+def _check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1, first: int = 0) -> None:
     """Refuse missing values (NaN) in ``inputs`` that the model does not handle: its output is NaN for their rows
-    (every ``step``-th row of ``outputs`` is one of ``inputs``' rows)."""
+    (every ``step``-th row of ``outputs`` is one of ``inputs``' rows, the first of them row ``first``)."""
     if all(not (t.is_floating_point() and bool(torch.isnan(t).any())) for t in inputs):
         return
     finite = torch.isfinite(outputs) if isinstance(outputs, Tensor) else torch.from_numpy(np.isfinite(outputs))
     rows = (~finite.reshape(finite.shape[0], -1).all(1)).nonzero()
     if rows.numel():
-        row = int(rows[0]) // step
+        row = first + int(rows[0]) // step
         raise InputError(
             f"{what} holds missing values (NaN) that the model does not handle: its output is NaN for row {row}. "
             "rnnshap attributes missing values the model masks (nanmean, nan_to_num, torch.where(isnan(x), ...), the "

@@ -140,6 +140,9 @@ class AttributionMode(TorchFunctionMode):
         self.picks = PickedUses(self)
         #: where the followed integer inputs are attributed: every embedding output and cast to float
         self.embedded: list[Leaf] = self.discrete.leaves
+        #: the rows of the batch the pass runs on (its inputs' first dimension), when known: a branch on a mask
+        #: is followed where every row alone would take the batch's (see ``PickedUses._uniform_decision``)
+        self.batch_rows: int | None = None
         #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
         self.dtypes: set[torch.dtype] = set()
         #: the operation that first made an input-dependent tensor of each dtype (said where precision drops)

@@ -97,6 +97,25 @@ def _is_masked_fill(args: tuple[Any, ...], mode: PassMode) -> bool:
     return isinstance(value, (int, float, bool))
 
 
+def _rows_alike(func: Any, mask: Tensor, rows: int | None) -> bool:
+    """Whether every row of the batch alone gives ``func(mask)`` (``any`` / ``all`` over the whole mask) the batch's
+    answer, though the mask differs between elements (``if torch.isnan(x).any():`` on windows padded alike). The
+    rows lie along a dimension of the batch's size: every such dimension must agree (none: not known, False)."""
+    name = getattr(func, "__name__", "")
+    if rows is None or rows < 1 or name not in ("any", "all", "_is_all_true", "_is_any_true"):
+        return False
+    reduce = torch.any if name in ("any", "_is_any_true") else torch.all
+    answer = bool(reduce(mask))
+    axes = [d for d in range(mask.dim()) if mask.shape[d] == rows]
+    if not axes:
+        return False
+    for d in axes:
+        per_row = reduce(mask.movedim(d, 0).reshape(rows, -1), dim=1)
+        if not bool((per_row == answer).all()):
+            return False
+    return True
+
+
 def _is_floating(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
@@ -361,13 +380,13 @@ class PickedUses:
             "forward() branches on a comparison of input-dependent values that differ between the rows (or elements) "
             "of the batch, so the branch the batch takes is not each row's"
         )
-        if not (bool(mask.all()) or not bool(mask.any())):
+        if not (bool(mask.all()) or not bool(mask.any())) and not _rows_alike(func, mask, getattr(mode, "batch_rows", None)):
             if mode.replay:
                 raise UnsupportedOperationError([(what, f"{differ} (here on the inputs explained)", "control")])
             mode.refuse(what, differ, "control")
             mode.mark_decisions(result, origin)
             return result
-        taken = bool(mask.flatten()[0]) if mask.numel() else True
+        taken = bool(result)
         if entry is None:
             mode.tape.append(TapeEntry(key, what, (), (), [torch.tensor(taken)]))
             return result

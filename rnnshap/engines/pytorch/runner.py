@@ -95,6 +95,7 @@ def run_pass(
     try:
         with torch.enable_grad(), routed_functions(mode), AsFunction(model), mode:
             mode.track(inputs)
+            mode.batch_rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
             for index, (values, value) in (sample_masks or {}).items():
                 mode.sample_masks[inputs[index]] = (values, value)
             for index in follow:
