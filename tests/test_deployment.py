@@ -184,6 +184,26 @@ def test_a_model_whose_rows_are_independent_passes_the_check_at_any_batch_size()
     assert_rounding_close(small.values, large.values, "float32")
 
 
+def test_the_rows_check_holds_at_a_small_batch_size_and_for_a_model_that_cannot_run_one_row() -> None:
+    """batch_size=2 would run coalitions in pairs: a quantized model is refused all the same. A model that squeezes
+    its output (one row: a scalar) is checked in pairs of rows, and explained."""
+    background, x = data(dtype=torch.float32)
+    with pytest.raises(InputError, match="depends on the other rows"):
+        rnnshap.ShapleyExplainer(_quantized(), background, batch_size=2)
+
+    class Squeezed(Recurrent):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x).squeeze()
+
+    model = Squeezed(outputs=1).double().eval()
+    background, x = data()
+    before = snapshot(model)
+    estimate = rnnshap.ShapleyExplainer(model, background).shapley_values(x, time_axis=1)
+    unchanged(model, before)
+    predicted = estimate.base_values.reshape(-1) + estimate.values.sum(1).reshape(-1)
+    assert_adds_up_to(predicted, model_outputs(model, x).reshape(-1), "float64")
+
+
 # -- 4: random draws that never reach the output --------------------------------------------------------
 class UnusedDraw(nn.Module):
     """Draws a dropout mask at every call and uses it only in training (Keras' recurrent layers do so)."""
