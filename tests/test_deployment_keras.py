@@ -93,7 +93,15 @@ import numpy as np, torch, keras, rnnshap
 L = keras.layers
 seeded = sys.argv[1] == "seeded"
 seed = {"seed": 3} if seeded else {}
+imdb = sys.argv[2] == "imdb"
 def build(rate):
+    if imdb:  # keras-io's IMDB sentiment model, small: token ids, bidirectional LSTMs with dropout, a Dropout layer
+        return keras.Sequential([
+            keras.Input((6,), dtype="int32"), L.Embedding(20, 4),
+            L.Bidirectional(L.LSTM(5, dropout=rate, return_sequences=True, **seed)),
+            L.Bidirectional(L.LSTM(3, dropout=rate, recurrent_dropout=rate, **seed)),
+            L.Dropout(rate, **seed), L.Dense(2, activation="sigmoid"),
+        ])
     return keras.Sequential([
         keras.Input((6, 3)),
         L.LSTM(5, dropout=rate, recurrent_dropout=rate, return_sequences=True, **seed),
@@ -104,8 +112,11 @@ def build(rate):
 model, twin = build(0.3), build(0.0)
 twin.set_weights(model.get_weights())
 rng = np.random.default_rng(1)
-background = rng.normal(size=(10, 6, 3)).astype("float32")
-x = rng.normal(size=(3, 6, 3)).astype("float32")
+if imdb:
+    background, x = rng.integers(0, 20, size=(10, 6)).astype("int32"), rng.integers(0, 20, size=(3, 6)).astype("int32")
+else:
+    background = rng.normal(size=(10, 6, 3)).astype("float32")
+    x = rng.normal(size=(3, 6, 3)).astype("float32")
 with torch.no_grad():
     outputs = np.asarray(model(x, training=False).detach().numpy(), np.float64)
 before = [np.array(w) for w in model.get_weights()]
@@ -126,18 +137,20 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("seeded", ["unseeded", "seeded"])
-def test_dropout_at_inference_is_explained_exactly_on_torch(keras_process: Callable[[str], KerasProcess], seeded: str) -> None:
+@pytest.mark.parametrize(("seeded", "kind"), [("unseeded", "series"), ("seeded", "series"), ("unseeded", "imdb")])
+def test_dropout_at_inference_is_explained_exactly_on_torch(
+    keras_process: Callable[[str], KerasProcess], seeded: str, kind: str
+) -> None:
     """keras-io's LSTM models (issue 40, item 4): Keras draws dropout masks it does not use at inference."""
     import json
 
-    result = json.loads(keras_process("torch").run(_TORCH_DROPOUT_AT_INFERENCE, seeded).strip().splitlines()[-1])
+    result = json.loads(keras_process("torch").run(_TORCH_DROPOUT_AT_INFERENCE, seeded, kind).strip().splitlines()[-1])
     values, twin = np.asarray(result["values"]), np.asarray(result["twin"])
     assert result["unchanged"], "the model's variables changed"
     assert result["rng_unchanged"], "torch's global random state changed"
     # the same function, the same values (Keras computes the gates of an LSTM with recurrent_dropout apart: rounding)
     assert_rounding_close(values, twin, "float32", what="values against the twin without dropout")
-    predicted = np.asarray(result["expected"]) + values.reshape(3, -1, 2).sum(1)
+    predicted = np.asarray(result["expected"]) + values.reshape(3, -1, 2).sum(1)  # (tokens: per position)
     assert_adds_up_to(predicted, np.asarray(result["outputs"]), "float32")
 
 
