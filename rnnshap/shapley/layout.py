@@ -187,6 +187,8 @@ def _torch_layout(model: Any, call: Any, background: Sequence[np.ndarray]) -> La
     try:
         with Follow():
             call([np.ascontiguousarray(b[:1]) for b in background])
+    except Exception as error:  # noqa: BLE001 - a model that does not run on one row as given: its layout is unknown
+        return unknown(count, f"the model could not be run on one background row to read it ({type(error).__name__})")
     finally:
         for handle in handles:
             handle.remove()
