@@ -558,3 +558,17 @@ def test_an_unverified_library_version_is_refused_by_name(ttm: Any, monkeypatch:
     monkeypatch.setitem(VERIFIED, "granite-tsfm", ((9, 0), (9, 1)))
     with pytest.raises(UnverifiedVersionError, match="granite-tsfm"):
         rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
+
+
+def test_sampled_shapley_values_add_up_and_their_errors_cover_the_enumerated_ones(ttm: Any) -> None:
+    """Below the enumeration's cost: antithetic walks, values that still add up to the forecast, standard errors
+    that cover the distance to the values enumerated through granite-tsfm's own call."""
+    context, background = windows(16, [300]), windows(16, [0, 60])
+    result = rnnshap.foundation.explain(
+        ttm, context, prediction_length=2, background=background, method="shapley", players=2, budget=120, random_state=0
+    )
+    truth = enumerated_shapley(lambda rows: ttm_forecast(ttm, rows)[:, :2], context[0], background, np.arange(16) // 2)
+    assert not result.exact.any() and result.n_evals[0] <= 120 and (result.stderr > 0).any()
+    np.testing.assert_allclose(result.total(), ttm_forecast(ttm, context)[:, :2, None], rtol=0, atol=tolerance(truth))
+    error = np.abs(result.values[0, :, :, 0] - truth)
+    assert np.mean(error <= 4 * result.stderr[0, :, :, 0] + tolerance(truth)) >= 0.9
