@@ -52,8 +52,8 @@ class DeepExplainer:
             the ones registered with :func:`rnnshap.register_rule` (PyTorch models).
         progress: show a tqdm progress bar over the blocks of pairs. ``None`` (the default): only
             when stderr is a terminal and there is more than one block.
-        output: for a model that returns several tensors (a list, a tuple or a dict), the one to
-            explain, by index or name (a dict key, a Keras output name), or by a path into a nested
+        output: for a model that returns several tensors (a list, a tuple, a dict or a dataclass), the one
+            to explain, by index or name (a dict key, a dataclass field, a Keras output name), or by a path into a nested
             result (``output=(1, 0)`` for ``h`` of ``(logits, (h, c))``). ``None`` (the default):
             all of them, each flattened per sample and concatenated in the model's order (a dict's
             by sorted key); ``explainer.engine.output_layout`` lists ``(name, shape, start, stop)``

@@ -27,12 +27,15 @@ class ShapleyExplainer:
         model: an ``nn.Module`` (run without gradients; a module in training mode is run in eval
             mode and left as it was), a Keras 3 model, or a function of numpy arrays
             ``f(*inputs) -> array`` whose first dimension is the batch.
-        data: the background, one array or tensor (a list per input for a model with several).
+        data: the background, one array or tensor (a list per input for a model with several; a
+            ``tf.data.Dataset`` of batches, as Keras' ``predict`` reads it). NaN in the data is the model's
+            to take; NaN or infinite values in its output are refused, naming the row.
         batch_size: the most rows run through the model at once (the background's too). A model whose rows
             interact (one quantization scale per batch) is refused; ``batch_size=1`` runs every row alone
             and explains the model as it computes one row on its own.
         progress: a progress bar over long runs (None: only on a terminal).
-        output: for a model with several output tensors, the one to explain (index or name).
+        output: for a model with several output tensors, the one to explain (index or name: a dict key, a
+            dataclass field).
         context: indices of inputs that are context (lengths, masks): never players, always the
             explained sample's values. Boolean inputs, and integer inputs with one value per sample
             (lengths, indices), are always context.
