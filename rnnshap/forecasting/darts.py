@@ -196,6 +196,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         self.rnnshap_batch_size, self.affine = rnnshap_batch_size, affine
         self.rng = _background_rng(random_state)  # the background draw (background_num_samples)
         self.last: WindowAttribution | None = None
+        self.last_stderr: np.ndarray | None = None
         super().__init__(*args, **kwargs)
 
     # -- darts' windows, with the past covariates predict(n > output_chunk_length) reads -----------------------
@@ -261,6 +262,8 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
             stacked = np.stack([getattr(sample, name) for sample in batch])
             if shape[0] >= 0 and stacked.shape[1:] != shape:
                 raise InputError(f"darts built {name} windows of shape {stacked.shape[1:]}, expected {shape}")
+            if name == "static_covariates":  # (components, variables) -> darts' names' order, variable-major
+                stacked = stacked.transpose(0, 2, 1)
             arrays.append(stacked.reshape(stacked.shape[0], -1))
         self._static_shape = None if batch[0].static_covariates is None else batch[0].static_covariates.shape
         return np.concatenate(arrays, axis=-1), pd.Index([sample.pred_time for sample in batch])
@@ -302,9 +305,10 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         x = torch.as_tensor(np.asarray(arr), dtype=pl_module.dtype, device=pl_module.device)
         out, offset = [], 0
         for name, shape in self._layout():
-            if name == "static_covariates":
+            if name == "static_covariates":  # laid out variable-major, as darts names them: back to (components, variables)
                 size = int(np.prod(self._static_shape)) if self._static_shape is not None else x.shape[1] - offset
-                out.append(x[:, offset : offset + size].reshape(x.shape[0], *(self._static_shape or (-1, shape[1]))))
+                components, variables = self._static_shape or (-1, shape[1])
+                out.append(x[:, offset : offset + size].reshape(x.shape[0], variables, components).transpose(1, 2))
             else:
                 size = int(np.prod(shape))
                 out.append(x[:, offset : offset + size].reshape(x.shape[0], *shape))
@@ -333,8 +337,19 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
             )
         self.last = result
         E = foreground_arr.shape[0]
-        values = np.concatenate([v.reshape(E, -1, v.shape[-1]) for v in result.values], axis=1)
-        stderr = None if result.stderr is None else np.concatenate([s.reshape(E, -1, s.shape[-1]) for s in result.stderr], axis=1)
+        fields = [name for name, _ in self._layout()]
+
+        def flat(parts: list[np.ndarray]) -> np.ndarray:
+            """per window tensor (E, *window, k) -> (E, features, k) in darts' feature order (static covariates:
+            variable-major, as darts names them)"""
+            return np.concatenate(
+                [(p.transpose(0, 2, 1, 3) if f == "static_covariates" else p).reshape(E, -1, p.shape[-1]) for f, p in
+                 zip(fields, parts, strict=True)], axis=1,
+            )  # fmt: skip
+
+        values = flat(result.values)
+        stderr = None if result.stderr is None else flat(result.stderr)
+        self.last_stderr = stderr
         return shap.Explanation(values=values, base_values=result.base_values, data=np.asarray(foreground_arr), error_std=stderr)
 
     def shap_explanations(  # type: ignore[override]
@@ -344,10 +359,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         """darts' assembly per horizon and component, plus the standard errors (``error_std``) in the
         Shapley mode."""
         explanations = super().shap_explanations(foreground_arr, foreground_times, horizons, target_components, **kwargs)
-        result = self.last
-        stderr = None if result is None or result.stderr is None else np.concatenate(
-            [s.reshape(s.shape[0], -1, s.shape[-1]) for s in result.stderr], axis=1
-        )
+        stderr = self.last_stderr  # (E, features, k) in darts' feature order
         for h in horizons:
             for t_idx, t in enumerate(self.target_components_likelihood):
                 if t not in explanations[h]:

@@ -21,7 +21,7 @@ pytest.importorskip("darts")
 pytest.importorskip("shap")
 from darts import TimeSeries  # noqa: E402
 from darts.explainability import ShapExplainer as DartsShapExplainer  # noqa: E402
-from darts.models import DLinearModel, LinearRegressionModel, NaiveSeasonal, TFTModel  # noqa: E402
+from darts.models import DLinearModel, LinearRegressionModel, NaiveSeasonal, TFTModel, TiDEModel  # noqa: E402
 
 import rnnshap  # noqa: E402
 from rnnshap.darts import ShapExplainer  # noqa: E402
@@ -203,3 +203,64 @@ def test_tft_relative_index_explain_single_after_explain() -> None:
     forecast = model.predict(H, series=TARGET[14:26], past_covariates=COV, verbose=False)
     e = single.get_shap_explanation_object()
     _assert_adds_up(e.values.sum(1) + e.base_values, forecast.values()[:, 0], "TFT relative index, explain_single")
+
+
+# -- item 3: static covariates given per target component --------------------------------------------------
+def test_static_covariates_per_component_are_labelled_by_their_values() -> None:
+    """Static covariates with one row per target component: darts names them variable-major
+    (``size_statcov_target_y1``, ``size_statcov_target_y2``, ``flag_...``) while each window holds them component-major;
+    the names used to show other entries' values. Truths: get_feature_values shows, under each name, the value the
+    static covariates table holds there; a covariate equal in every series (``flag``) gets exactly 0 (every reference
+    holds the same value); and every forecast adds up to darts' predict."""
+    _quiet()
+    r = np.random.default_rng(2)
+
+    def one(i: int) -> TimeSeries:
+        s = TimeSeries.from_values(r.normal(size=(24, 2)).cumsum(0).astype(np.float32), columns=["y1", "y2"])
+        table = pd.DataFrame({"size": [float(i), 10.0 + i], "flag": [1.0, 1.0]}, index=["y1", "y2"])
+        return s.with_static_covariates(table)
+
+    series = [one(i) for i in range(3)]
+    torch.manual_seed(0)
+    model = TiDEModel(
+        input_chunk_length=L, output_chunk_length=H, hidden_size=8, decoder_output_dim=2, temporal_decoder_hidden=4, **TRAINER
+    )
+    model.fit(series, verbose=False)
+    ex = ShapExplainer(model, series)
+    names = ["size_statcov_target_y1", "size_statcov_target_y2", "flag_statcov_target_y1", "flag_statcov_target_y2"]
+    assert ex.explainer.feature_names[-4:] == names
+    result = ex.explain(series[1])
+    table = series[1].static_covariates
+    for h in (1, H):
+        for component in ("y1", "y2"):
+            features = result.get_feature_values(h, component)
+            for name in names:
+                variable, target = name.split("_statcov_target_")
+                np.testing.assert_array_equal(features[name].values()[:, 0], table.loc[target, variable])
+            values = result.get_explanation(h, component)
+            for name in names[2:]:
+                assert not values[name].values().any(), f"{name} is the same in every series, yet has a share"
+    single = ex.explain_single(series[1])
+    truth = model.predict(H, series=series[1], verbose=False, show_warnings=False)
+    for component in ("y1", "y2"):
+        e = single.get_shap_explanation_object(component)
+        _assert_adds_up(e.values.sum(1) + e.base_values, truth[component].values()[:, 0], f"TiDE {component}")
+
+
+# -- item 5: position encoders --------------------------------------------------------------------------
+def test_position_encoders_add_up_to_historical_forecasts() -> None:
+    """A relative position encoder (darts indexes it from the end of the series it is given): every forecast of explain()
+    adds up to darts' historical_forecasts (retrain=False) at its window, which reads the encoder as positioned in the
+    whole series (docs/forecasting.md says so); explain_single adds up to predict."""
+    _quiet()
+    torch.manual_seed(0)
+    model = DLinearModel(
+        input_chunk_length=L, output_chunk_length=H, kernel_size=3, add_encoders={"position": {"past": ["relative"]}}, **TRAINER
+    ).fit(TARGET, verbose=False)
+    ex = ShapExplainer(model, TARGET[:18])
+    result = ex.explain(TARGET[10:26])
+    _adds_up_to_historical_forecasts(model, result, TARGET[10:26], "DLinear, relative position encoder")
+    single = ex.explain_single(TARGET[10:26])
+    forecast = model.predict(H, series=TARGET[10:26], verbose=False)
+    e = single.get_shap_explanation_object()
+    _assert_adds_up(e.values.sum(1) + e.base_values, forecast.values()[:, 0], "DLinear, relative position encoder, single")
