@@ -188,8 +188,11 @@ def test_the_rows_check_holds_at_a_small_batch_size_and_for_a_model_that_cannot_
     """batch_size=2 would run coalitions in pairs: a quantized model is refused all the same. A model that squeezes
     its output (one row: a scalar) is checked in pairs of rows, and explained."""
     background, x = data(dtype=torch.float32)
+    quantized = _quantized()
+    before = snapshot(quantized)
     with pytest.raises(InputError, match="depends on the other rows"):
-        rnnshap.ShapleyExplainer(_quantized(), background, batch_size=2)
+        rnnshap.ShapleyExplainer(quantized, background, batch_size=2)
+    unchanged(quantized, before)
 
     class Squeezed(Recurrent):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,8 +266,10 @@ def test_a_draw_that_reaches_the_output_is_still_refused(model_class: type, door
 def test_the_deep_door_names_the_draw_that_reaches_the_output() -> None:
     model = UsedDraw().double().eval()
     background, _ = data()
+    before = snapshot(model)
     with pytest.raises(RnnShapError, match="randn"):
         rnnshap.DeepExplainer(model, background)
+    unchanged(model, before)
 
 
 # -- 5: TorchScript frozen or optimized for inference ---------------------------------------------------
@@ -274,9 +279,15 @@ def test_a_frozen_torchscript_model_is_refused_by_name_and_played_by_the_forward
     scripted = torch.jit.script(eager)
     frozen = torch.jit.freeze(scripted) if freeze == "freeze" else torch.jit.optimize_for_inference(scripted)
     background, x = data()
+    before = snapshot(eager)
+    with torch.no_grad():
+        frozen_before = frozen(x).clone()
     with pytest.raises(ModelStateError, match="TorchScript"):
         rnnshap.DeepExplainer(frozen, background)
     estimate = rnnshap.ShapleyExplainer(frozen, background).shapley_values(x, time_axis=1)
+    unchanged(eager, before)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), frozen_before)  # (a frozen module's constants are out of Python's reach)
     assert bool(np.all(estimate.exact))
     assert_adds_up_to(estimate.base_values + estimate.values.sum(1), model_outputs(eager, x), "float64")
 
@@ -286,9 +297,11 @@ def test_a_model_on_the_meta_device_is_refused_by_name_by_both_doors() -> None:
     with torch.device("meta"):
         model = Recurrent().eval()
     background, _ = data(dtype=torch.float32)
+    before = snapshot(model)
     for door in (rnnshap.DeepExplainer, rnnshap.ShapleyExplainer):
         with pytest.raises(ModelStateError, match="'lstm' \\(LSTM\\).*meta device"):
             door(model, background)
+    unchanged(model, before)
 
 
 class Ensemble(nn.Module):
@@ -460,8 +473,10 @@ def test_a_norm_over_every_dimension_that_only_feeds_a_loss_beside_the_output_is
 def test_the_norm_is_still_refused_by_name_where_the_output_reads_it() -> None:
     model = ConCareLike().double().eval()
     background, _ = data()
+    before = snapshot(model)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="norm over every dimension"):
         rnnshap.DeepExplainer(model, background, output=1)
+    unchanged(model, before)
 
 
 # -- 13, 16: interactions: a default budget a user can wait for, counted; values that add up from v(∅) --------------
