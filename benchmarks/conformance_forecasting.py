@@ -22,10 +22,14 @@ rnnshap's.
   so that ``darts.tests.conftest`` imports as in darts' own CI.
 
 Each run is its own pytest process; the script prints every test that did not pass under rnnshap, the
-counts per suite and explainer, and exits non-zero where rnnshap passes fewer tests than the library's
-own explainer.
+counts per suite and explainer, and exits non-zero where a test fails under rnnshap that passes under the
+library's own explainer (with ``--explainers rnnshap`` alone: any failure), except the expected one (see
+``EXPECTED_FAILURES``). darts' tests written before darts 0.48 save a model with a custom encoder, which
+darts 0.48's safe loading refuses unless allow-listed: the plugin allow-lists it (for both explainers).
 
     python benchmarks/conformance_forecasting.py --only neuralforecast --install-polars
+    python benchmarks/conformance_forecasting.py --only neuralforecast --install-polars --explainers rnnshap \
+        --select "explain and not ShapleyValueSampling"                  # CI
     python benchmarks/conformance_forecasting.py --only darts --darts-source /path/to/darts.git
     python benchmarks/conformance_forecasting.py --explainers rnnshap -- -x   # after --: pytest's arguments
 """
@@ -50,6 +54,13 @@ NEURALFORECAST_VERSION = "3.3.0"
 NEURALFORECAST_FILES = ["tests/test_core.py", "tests/test_categorical.py", "tests/test_helpers.py"]
 #: neuralforecast's explain tests: every test of these files whose name contains this word
 NEURALFORECAST_SELECT = "explain"
+#: failures that are expected under rnnshap, with the reason
+EXPECTED_FAILURES = {
+    "test_helper_sampling_and_single_target_filtering": (
+        "feeds the adapter's private create_shap_input past covariates without the model's encoder columns; "
+        "rnnshap's refuses windows of the wrong width by name"
+    ),
+}
 DARTS_FILES = [
     "darts/tests/__init__.py",
     "darts/tests/conftest.py",
@@ -255,6 +266,11 @@ def main() -> int:
         help="run with the library's own explainer, rnnshap's, or both (default both, in one invocation)",
     )  # fmt: skip
     parser.add_argument("--install-polars", action="store_true", help="pip install polars into the scratch directory if missing")
+    parser.add_argument(
+        "--select", default=NEURALFORECAST_SELECT,
+        help="pytest -k expression for neuralforecast's files (default: every test whose name has 'explain'); CI leaves out "
+        "'ShapleyValueSampling' (neuralforecast's own Captum sampler answers it, minutes on a CPU)",
+    )  # fmt: skip
     parser.add_argument("--keep", type=Path, help="fetch and run in this directory and keep it (default: a temporary one)")
     parser.add_argument("pytest_args", nargs="*", help="after --: more arguments for pytest")
     args = parser.parse_args()
@@ -270,7 +286,7 @@ def main() -> int:
                 (root / "nf_suite" / name).parent.mkdir(parents=True, exist_ok=True)
                 (root / "nf_suite" / name).write_bytes(content)
             polars = _polars(root, args.install_polars)
-            select = ["-k", NEURALFORECAST_SELECT if polars is not None else f"{NEURALFORECAST_SELECT} and not True-"]
+            select = ["-k", args.select if polars is not None else f"({args.select}) and not True-"]
             if polars is None:
                 origin += " (polars missing: the use_polars=True cases deselected)"
             tests = [str(root / "nf_suite" / p) for p in NEURALFORECAST_FILES if Path(p).name != "test_helpers.py"]
@@ -297,8 +313,12 @@ def main() -> int:
                 for name, outcome, message in results["rnnshap"][0]:
                     if outcome != "passed":
                         floor = f" (own: {own[name]})" if name in own else ""
-                        print(f"   {outcome:8} {name}{floor}  {message}")
-                        if own.get(name) == "passed":
+                        expected = name in EXPECTED_FAILURES and outcome in ("failed", "error")
+                        note = f" (expected: {EXPECTED_FAILURES[name]})" if expected else f"  {message}"
+                        print(f"   {outcome:8} {name}{floor}{note}")
+                        # a shortfall: failed where the library's own explainer passed (or, without the floor run,
+                        # failed unexpectedly)
+                        if not expected and (own.get(name) == "passed" or (not own and outcome in ("failed", "error"))):
                             shortfall += 1
         print(f"\n{'suite':18} {'explainer':9} {'passed':>6} {'failed':>6} {'skipped':>7} {'of':>4} {'seconds':>8}")
         for suite, explainer, counts, total, seconds in rows:
