@@ -7,7 +7,8 @@ and darts' own ``ShapExplainabilityResult`` / ``ShapSingleExplainabilityResult``
 names (``create_lagged_component_names``: ``Y_target_lag-2``, ``month_futcov_lag0``). What differs:
 
 - the values come from rnnshap (:func:`rnnshap.forecasting.attribute`): DeepSHAP by default (one pass;
-  the values of each forecast plus its base value add up to the forecast darts' ``predict`` returns), or
+  the values of each forecast plus its base value add up to darts' own forecast: ``predict`` for
+  ``explain_single``, ``historical_forecasts(retrain=False)`` at each window of ``explain``), or
   the Shapley values of the lag players (``method="shapley"``, ``budget=``, ``random_state=``), exact where
   the budget covers every coalition, else unbiased estimates with standard errors;
 - the explained function is darts' own prediction code, ``PLForecastingModule._get_batch_prediction`` on
@@ -16,6 +17,8 @@ names (``create_lagged_component_names``: ``Y_target_lag-2``, ``month_futcov_lag
   window and of the covariates ``predict(n)`` reads, explained exactly for every horizon up to ``n``;
 - a likelihood model is explained through its likelihood parameters (quantiles, distribution
   parameters: darts' ``predict_likelihood_parameters=True`` outputs), never a sampled forecast;
+- where the user names a shap method (``shap_method=``) or gives a model that is not a darts network (darts'
+  regression models), darts' own explainer answers, as before; ``result.explained_by`` says which answered;
 - a fitted darts ``Scaler`` of the target (``target_scaler=``) may be given: its affine map is then part of
   the explained function, so that the values are in the units of the unscaled series and add up to
   ``target_scaler.inverse_transform(model.predict(n, series=target_scaler.transform(series)))``.
@@ -442,11 +445,16 @@ class ShapExplainer(_DartsShapExplainer):
     ----------
     model
         A fitted darts ``TorchForecastingModel`` (``RNNModel``, ``BlockRNNModel``, ``TCNModel``, ``NBEATSModel``,
-        ``NHiTSModel``, ``TiDEModel``, ``DLinearModel``, ``NLinearModel``, ``TSMixerModel``, ``TFTModel``, ...).
+        ``NHiTSModel``, ``TiDEModel``, ``DLinearModel``, ``NLinearModel``, ``TSMixerModel``, ``TFTModel``, ...). Any
+        other model (darts' regression models: shap's Linear and Tree explainers are exact for those) is explained by
+        darts' own explainer, as ``darts.explainability.ShapExplainer`` would.
     background_series, background_past_covariates, background_future_covariates
         As for darts' ``ShapExplainer``: the reference windows (default: the series the model was fit on;
         with ``target_scaler``, its unscaled copy ``target_scaler.inverse_transform(model.training_series)``).
         The background series is also the default foreground of ``explain()`` / ``explain_single()``.
+    shap_method
+        darts' argument: where given, darts' own explainer answers with that shap method, as before (rnnshap's own
+        arguments are then refused). Every result says which explainer answered: ``result.explained_by``.
     background_num_samples
         Optionally, the number of background windows drawn at random (darts' argument), without replacement,
         by a numpy Generator seeded with ``random_state`` (default: the fixed seed :data:`BACKGROUND_SEED`), so
@@ -473,9 +481,10 @@ class ShapExplainer(_DartsShapExplainer):
     Raises
     ------
     ValueError
-        darts' own checks (an unfitted model, missing covariates, a bad ``horizons``); an
+        darts' own checks, in darts' words (an unfitted model, missing covariates, a horizon below 1 or beyond the
+        explained one, an invalid ``shap_method``, a model type darts does not explain); an
         :class:`rnnshap.InputError` (a ValueError) for what rnnshap adds: a series shorter than the input
-        window, covariates the model was fit without, a model that is not a ``TorchForecastingModel``, a count
+        window, covariates the model was fit without, rnnshap's arguments with darts' own explainer, a count
         (``n``, ``horizons``, ``background_num_samples``, ``batch_size``) that is not an integer of at least 1
         (never truncated), a ``random_state`` that is not a seed.
     rnnshap.forecasting.UnverifiedVersionError

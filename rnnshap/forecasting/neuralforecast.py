@@ -10,7 +10,13 @@ Captum's loop over horizons and outputs.
 What it covers beyond neuralforecast's own explainers: recurrent models (``recurrent=True``, LSTM, GRU,
 RNN, DilatedRNN, xLSTM: the forecast rolled out with its own predictions fed back is one function of
 the window, explained exactly), ``DistributionLoss`` models (their distribution parameters, in the
-units of the data) and MQLoss / IQLoss outputs by index.
+units of the data), MQLoss / IQLoss outputs by index, and multivariate models (``MULTIVARIATE=True``:
+every series' forecast attributed to every series' inputs, in neuralforecast's multivariate layout).
+
+Where the user names one of neuralforecast's Captum explainers (``explainer="IntegratedGradients"``,
+...), neuralforecast's own ``explain`` answers, as before. Each model's entry says which answered
+(``"explained_by"``). A model rnnshap does not take is skipped with a warning naming it, as
+neuralforecast skips the models its explainers do not take; the others are explained.
 
 Semantics are neuralforecast's: the inputs are the windows as the network reads them (scaled by the
 model's ``scaler_type`` with the statistics of the explained window, held fixed, as neuralforecast's
@@ -437,8 +443,9 @@ def explain(
             as for ``NeuralForecast.explain``. ``outputs`` indexes the loss's outputs (MQLoss / IQLoss
             quantiles in ``loss.output_names`` order) and, for a ``DistributionLoss``, its distribution
             parameters (``loss.param_names`` order: Normal's loc and scale, in the data's units).
-        explainer: None, ``"DeepSHAP"`` or ``"Shapley"`` (an alias of ``method``); Captum's explainer names
-            are neuralforecast's own ``explain``'s.
+        explainer: None, ``"DeepSHAP"`` or ``"Shapley"`` (an alias of ``method``); any other name is passed to
+            neuralforecast's own ``explain`` (its Captum explainers: ``"IntegratedGradients"``,
+            ``"InputXGradient"``, ``"ShapleyValueSampling"``), which then answers the whole call.
         method: ``"deepshap"`` (one pass, exact in sum) or ``"shapley"`` (Shapley values of every window
             entry with standard errors, exact where ``budget`` covers every coalition).
         budget, random_state: the Shapley mode's rows per forecast and seed.
@@ -456,14 +463,23 @@ def explain(
         output] (recurrent models' windows are L + h − 1 long, as neuralforecast's); in the Shapley mode
         also ``insample_stderr``, ``futr_exog_stderr``, ``hist_exog_stderr``, ``stat_exog_stderr`` (shaped
         like the values) and ``n_evals`` (rows run per window). Torch tensors, as neuralforecast returns them.
+        Multivariate models: ``insample`` [batch, horizon, series, output, L, n_series, 2], ``futr_exog`` [...,
+        F, L + h, n_series], ``hist_exog`` [..., X, L, n_series], ``stat_exog`` [..., n_series, S],
+        ``baseline_predictions`` [batch, horizon, series, output]. Every entry also has ``explained_by``:
+        ``"rnnshap (deepshap)"``, ``"rnnshap (shapley)"`` or ``"neuralforecast (captum.attr.<name>)"``.
+
+    Warns:
+        UserWarning: ``Skipping <model>: ...`` for each model rnnshap does not take in a call with others.
 
     Raises:
         UnverifiedVersionError: neuralforecast is installed at a version outside the series this adapter was
             verified on (:data:`rnnshap.forecasting.VERIFIED`).
-        InputError: an unfitted ``nf``, a horizon, output or series out of range, a model rnnshap.neuralforecast
-            does not take (named, with the alternative), a non-affine global scaler.
-        UnsupportedOperationError: DeepSHAP has no exact rule for an operation of the model (method='shapley'
+        InputError: an unfitted ``nf``, a horizon, output or series out of range, no model rnnshap.neuralforecast
+            takes (each named, with the alternative), a non-affine global scaler, rnnshap's arguments with a Captum
+            ``explainer=``.
+        UnsupportedOperationError: DeepSHAP has no exact rule for an operation of the (only) model (method='shapley'
             explains it from its forward alone).
+        ValueError: neuralforecast's own, where its explain answers (a Captum ``explainer=``).
 
     Example:
         >>> from rnnshap.neuralforecast import explain
