@@ -113,12 +113,38 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
             value = torch.softmax(scores.x, dim)
             value = torch.where(torch.isnan(value), torch.zeros_like(value), value)
         return Sides(value, value, False)
+    single = _single_key(scores, dim)
+    if single is not None:
+        return single
     xs, rs, total, total_ref, _ = shifted_logsumexp(scores.x, scores.r, dim)
     safe, safe_ref = finite_total(total, total_ref)
     with torch.no_grad():
         reference_shifted = rs - safe_ref
     output, reference = secant(torch.exp, xs - safe, reference_shifted)
     return Sides(output, reference, True)
+
+
+def _single_key(scores: Sides, dim: int) -> Sides | None:
+    """The weights where every query attends to one key only, the same on both sides of every pair: each row of
+    torch's softmax is exactly one-hot (every other score masked, by ``-inf`` or by a bias so low that its ``exp``
+    is 0, as the ``finfo.min`` masks of Hugging Face models are), on the input and the reference side alike. The
+    weights are then constants of the function, whatever the scores, and the scores pass nothing back: exact,
+    where the decomposition would spend its exp secants on entries that are all 0 (Chronos-2's group attention
+    across the batch, one series per group: pairs × pairs scores of which one per row counts). None otherwise."""
+    if scores.x.shape[dim] < 2 or scores.x.numel() == 0:
+        return None
+    with torch.no_grad():
+        first = torch.softmax(scores.x.movedim(dim, -1).reshape(-1, scores.x.shape[dim])[:1], -1)
+        if not bool(((first == 1) | (first == 0)).all()):
+            return None  # (the first row tells attention over several keys apart, at the cost of one row)
+        weights = torch.softmax(scores.x, dim)
+        one = weights == 1
+        if not bool(one.any(dim).all()) or not bool((one | (weights == 0)).all()):
+            return None
+        weights_ref = torch.softmax(scores.r, dim)
+        if not torch.equal(weights, weights_ref):
+            return None
+    return Sides(weights, weights_ref, False)
 
 
 def attend(q: Sides, k: Sides, v: Sides, bias: Sides | None, scale: float) -> tuple[Sides, Sides]:
