@@ -1,7 +1,8 @@
 """Where DeepSHAP's time goes on the foundation forecasters, phase by phase, against the same phases of torch.
 
-For tiny Chronos-2 (attention along time and, for its groups, along the batch) and TinyTimeMixer (MLP
-mixers), built from their own config classes, on real windows of statsmodels' CO2 series:
+For tiny Chronos-2 (attention along time and, for its groups, along the batch), TinyTimeMixer (MLP
+mixers) and TiRex (sLSTM blocks, the recurrence in bfloat16), built from their own config classes, on real
+windows of statsmodels' CO2 series:
 
 - the floor: a forward without gradients on the references, a forward with gradients on the inputs, and one
   backward per forecast output (batched as rnnshap batches it), over the same (sample, reference) pairs;
@@ -84,7 +85,30 @@ def tinytimemixer() -> nn.Module:
     return Forecast()
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"chronos2": chronos2, "ttm": tinytimemixer}
+def tirex() -> nn.Module:
+    from tirex.models.tirex import TiRexZero
+
+    config = dict(
+        input_patch_size=8, output_patch_size=8, quantiles=[0.1, 0.5, 0.9], input_ff_dim=64,
+        block_kwargs=dict(embedding_dim=32, num_heads=2, num_blocks=2, ffn_proj_factor=2.0),
+    )
+    model = TiRexZero("torch", config, train_ctx_len=L)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.2)
+    model.eval()
+
+    class Forecast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, context: torch.Tensor) -> torch.Tensor:
+            return self.model._forecast_tensor(context, prediction_length=16).flatten(1)
+
+    return Forecast()
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"chronos2": chronos2, "ttm": tinytimemixer, "tirex": tirex}
 PHASES = ("reference pass", "input pass (rules)", "backward (k outputs)", "total")
 
 
