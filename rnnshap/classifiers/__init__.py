@@ -233,6 +233,16 @@ def check_equal(built: np.ndarray, truth: np.ndarray, estimator: str, what: str,
         )
 
 
+def with_advice(error: RnnShapError, estimator: str, what: str) -> RnnShapError:
+    """``error`` (DeepSHAP's refusal of an estimator's network) with a note naming the estimator and the
+    answer that needs no network."""
+    error.add_note(
+        f"rnnshap's DeepSHAP cannot explain {estimator}'s network (above); method='shapley' explains its {what} from its "
+        "forward alone (Shapley values with standard errors)."
+    )
+    return error
+
+
 def explain_shapley(
     function: Callable[[np.ndarray], np.ndarray],
     X: np.ndarray,

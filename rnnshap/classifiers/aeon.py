@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
+    PredictMismatchError,
     as_outputs,
     check_choices,
     check_equal,
@@ -26,6 +27,7 @@ from . import (
     explanation,
     pick_background,
     quiet,
+    with_advice,
 )
 
 #: aeon's ensembles of deep learners and the attribute holding their members; each averages its members'
@@ -181,19 +183,29 @@ def explain(
         model = keras_function(deep[0], deep[1], C, T)
         dtype = str(model.inputs[0].dtype)
         x_in, reference_in = x.astype(dtype), reference.astype(dtype)
-        check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
-        check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
-        explainer = rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
-        if chosen == "shapley":
-            values, stderr, base, _, exact, n_evals = explain_shapley(
-                lambda a: as_outputs(model(a.astype(dtype)), len(a)), x_in, reference_in, players=players, windows=windows,
-                budget=budget, random_state=random_state, batch_size=batch_size, progress=progress, deep=explainer,
-            )  # fmt: skip
-            return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
-                               exact=exact, n_evals=n_evals, function="keras", **extra)  # fmt: skip
-        raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
-        base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
-        return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
+        try:
+            check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
+            check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
+            explainer = rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
+            if chosen == "shapley":
+                values, stderr, base, _, exact, n_evals = explain_shapley(
+                    lambda a: a, x_in, reference_in, players=players, windows=windows, budget=budget,
+                    random_state=random_state, batch_size=batch_size, progress=progress, deep=explainer,
+                )  # fmt: skip
+                return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows,
+                                   stderr=stderr, exact=exact, n_evals=n_evals, function="keras", **extra)  # fmt: skip
+            raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
+        except PredictMismatchError:
+            if chosen != "shapley":
+                raise
+        except RnnShapError as error:
+            if chosen != "shapley":
+                with_advice(error, estimator, what)
+                raise
+            # DeepSHAP's pass is only the control variate here: the Shapley mode runs on predict_proba alone
+        else:
+            base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
+            return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 
     def function(a: np.ndarray) -> np.ndarray:
         return truth(np.ascontiguousarray(a))

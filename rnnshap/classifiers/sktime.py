@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
+    PredictMismatchError,
     as_outputs,
     check_choices,
     check_equal,
@@ -31,6 +32,7 @@ from . import (
     explanation,
     pick_background,
     quiet,
+    with_advice,
 )
 
 TENSORFLOW_ADVICE = (
@@ -185,48 +187,27 @@ def explain(
 
     outputs, reference_outputs = truth(x), truth(reference)
     extra: dict[str, Any] = {"channel_names": names}
-    explainer: Any = None
-    kind = ""
-    if chosen != "shapley" or found is not None or _is_keras_deep(clf):
-        if _is_keras_deep(clf) and not regressor:
-            from .aeon import keras_function
-
-            model = keras_function([clf], False, C, T)
-            dtype = str(model.inputs[0].dtype)
-            check_equal(np.asarray(model(x.astype(dtype))), outputs, estimator, what, dtype)
-            check_equal(np.asarray(model(reference.astype(dtype))), reference_outputs, estimator, what, dtype)
-            import rnnshap
-
-            explainer, kind = (
-                rnnshap.DeepExplainer(model, reference.astype(dtype), batch_size=batch_size, progress=progress),
-                "keras",
-            )
-        elif found is not None and _feeds_only_the_panel(clf, x):
-            explainer, kind = _torch_explainer(
-                found, x, reference, outputs, reference_outputs, estimator, what, batch_size, progress
-            )
-        elif chosen == "deepshap":
-            raise InputError(
-                f"{estimator} is not one of sktime's deep classifiers whose network rnnshap rebuilds (its network and the "
-                "inputs its dataloader feeds): DeepSHAP has no network to explain. Use method='shapley' (its own "
-                f"{what}, from its forward)."
-            )
-    if explainer is not None:
-        network_dtype = "float32"
-        x_in, reference_in = x.astype(network_dtype), reference.astype(network_dtype)
-        if chosen == "shapley":
-            values, stderr, base, _, exact, n_evals = explain_shapley(
-                lambda a: a, x_in, reference_in, players=players, windows=windows, budget=budget, random_state=random_state,
-                batch_size=batch_size, progress=progress, deep=explainer,
-            )  # fmt: skip
-            result = explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
-                                 exact=exact, n_evals=n_evals, function=kind, **extra)  # fmt: skip
-        else:
-            with _kept(network):
-                raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
-            base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
-            result = explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function=kind, **extra)
-        return result
+    keras_deep = _is_keras_deep(clf) and not regressor
+    torch_deep = found is not None and _feeds_only_the_panel(clf, x)
+    if chosen == "deepshap" and not (keras_deep or torch_deep):
+        raise InputError(
+            f"{estimator} is not one of sktime's deep classifiers whose network rnnshap rebuilds (its network and the "
+            f"inputs its dataloader feeds): DeepSHAP has no network to explain. Use method='shapley' (its own {what}, "
+            "from its forward)."
+        )
+    if keras_deep or torch_deep:
+        try:
+            return _deep(clf, x, reference, outputs, reference_outputs, found if torch_deep else None, chosen, names,
+                         players=players, windows=windows, budget=budget, random_state=random_state,
+                         batch_size=batch_size, progress=progress)  # fmt: skip
+        except PredictMismatchError:
+            if chosen != "shapley":
+                raise
+        except RnnShapError as error:
+            if chosen != "shapley":
+                with_advice(error, estimator, what)
+                raise
+        # the Shapley mode needs no network: it runs on predict_proba alone
 
     def function(a: np.ndarray) -> np.ndarray:
         return truth(np.ascontiguousarray(a))
@@ -237,6 +218,49 @@ def explain(
     )  # fmt: skip
     return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
                        exact=exact, n_evals=n_evals, function=what, **extra)  # fmt: skip
+
+
+def _deep(
+    clf: Any,
+    x: np.ndarray,
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    reference_outputs: np.ndarray,
+    found: tuple[Any, bool] | None,
+    chosen: str,
+    names: list[str] | None,
+    **options: Any,
+) -> ClassifierExplanation:
+    """DeepSHAP (or the Shapley mode with DeepSHAP as control variate) on a function equal to ``predict_proba``:
+    sktime's torch network (``found``) or its Keras ``model_``."""
+    import rnnshap
+
+    n, C, T = x.shape
+    estimator, what = type(clf).__name__, "predict_proba"
+    if found is None:
+        from .aeon import keras_function
+
+        model = keras_function([clf], False, C, T)
+        dtype = str(model.inputs[0].dtype)
+        check_equal(np.asarray(model(x.astype(dtype))), outputs, estimator, what, dtype)
+        check_equal(np.asarray(model(reference.astype(dtype))), reference_outputs, estimator, what, dtype)
+        explainer: Any = rnnshap.DeepExplainer(model, reference.astype(dtype), batch_size=options["batch_size"],
+                                               progress=options["progress"])  # fmt: skip
+        kind, network = "keras", None
+    else:
+        explainer = _torch_explainer(found, x, reference, outputs, reference_outputs, estimator, what, options["batch_size"],
+                                     options["progress"])  # fmt: skip
+        kind, network = "torch", found[0]
+    x_in, reference_in = x.astype("float32"), reference.astype("float32")
+    extra: dict[str, Any] = {"channel_names": names, "function": kind}
+    if chosen == "shapley":
+        values, stderr, base, _, exact, n_evals = explain_shapley(lambda a: a, x_in, reference_in, deep=explainer, **options)
+        return explanation(clf, x, values, base, outputs, "shapley", players=options["players"], windows=options["windows"],
+                           stderr=stderr, exact=exact, n_evals=n_evals, **extra)  # fmt: skip
+    with _kept(network):
+        raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
+    base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
+    return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", **extra)
 
 
 def _kept(network: Any) -> Any:
@@ -258,7 +282,7 @@ def _torch_explainer(
     what: str,
     batch_size: int,
     progress: bool | None,
-) -> tuple[Any, str]:
+) -> Any:
     import torch
 
     import rnnshap
@@ -279,7 +303,7 @@ def _torch_explainer(
         explainer = rnnshap.DeepExplainer(
             module, torch.tensor(reference, dtype=torch.float32), batch_size=batch_size, progress=progress
         )
-    return _EvalExplainer(explainer, network), "torch"
+    return _EvalExplainer(explainer, network)
 
 
 class _EvalExplainer:

@@ -228,6 +228,9 @@ def test_refusals_name_the_problem(motions, italy) -> None:
     deep._predict_proba = lambda panel: np.full((len(panel), 4), 0.25)
     with pytest.raises(rnnshap.classifiers.PredictMismatchError, match="FCNClassifier"):
         rnnshap.aeon.explain(deep, Xm[:2], background=Xm[10:14])
+    # the Shapley mode needs no network: it explains that predict_proba (a constant: every value exactly 0)
+    shapley = rnnshap.aeon.explain(deep, Xm[:1], background=Xm[10:12], method="shapley", players="channels", budget=10**4)
+    assert shapley.function == "predict_proba" and shapley.exact.all() and (shapley.values == 0).all()
 
 
 def test_the_saliency_plot_draws_one_panel_per_channel(motions, knn_on_three_channels) -> None:
