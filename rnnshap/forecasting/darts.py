@@ -476,7 +476,8 @@ class ShapExplainer(_DartsShapExplainer):
         scaling. The series passed are then unscaled, and the values are in their units (the default
         background and foreground too: the training series, unscaled by ``target_scaler.inverse_transform``).
     test_stationarity
-        darts' argument (default False here: the check only warns).
+        darts' argument. Default: darts' own (True) where darts' own explainer answers; False where rnnshap
+        answers (the check only logs a warning about the background).
 
     Raises
     ------
@@ -514,7 +515,7 @@ class ShapExplainer(_DartsShapExplainer):
         background_num_samples: int | None = None,
         shap_method: str | None = None,
         batch_size: int | None = None,
-        test_stationarity: bool = False,
+        test_stationarity: bool | None = None,
         *,
         n: int | None = None,
         method: str = "deepshap",
@@ -541,7 +542,8 @@ class ShapExplainer(_DartsShapExplainer):
             self.method = "darts"
             _DartsShapExplainer.__init__(
                 self, model, background_series, background_past_covariates, background_future_covariates,
-                background_num_samples, shap_method, batch_size, test_stationarity, **kwargs,
+                background_num_samples, shap_method, batch_size, True if test_stationarity is None else test_stationarity,
+                **kwargs,
             )  # fmt: skip
             adapter: Any = self.explainer
             self.explained_by = f"darts ({type(adapter).__name__}, shap_method='{adapter.shap_method.name.lower()}')"
@@ -559,7 +561,7 @@ class ShapExplainer(_DartsShapExplainer):
             requires_background=True,
             requires_covariates_encoding=True,
             check_component_names=True,
-            test_stationarity=test_stationarity,
+            test_stationarity=bool(test_stationarity),
         )
         if background_num_samples is not None:
             background_num_samples = _count(background_num_samples, "background_num_samples")

@@ -264,3 +264,19 @@ def test_position_encoders_add_up_to_historical_forecasts() -> None:
     forecast = model.predict(H, series=TARGET[10:26], verbose=False)
     e = single.get_shap_explanation_object()
     _assert_adds_up(e.values.sum(1) + e.base_values, forecast.values()[:, 0], "DLinear, relative position encoder, single")
+
+
+def test_stationarity_check_is_darts_default_where_darts_answers(caplog: pytest.LogCaptureFixture) -> None:
+    """darts' own explainer checks the background's stationarity by default (a logged warning); where it answers
+    through rnnshap's door, it does the same (darts' own suite tests this)."""
+    _quiet()
+    logging.getLogger("darts").setLevel(logging.WARNING)
+    model = LinearRegressionModel(lags=3).fit(TARGET)
+    with caplog.at_level(logging.WARNING):
+        DartsShapExplainer(model)
+    theirs = [r.getMessage() for r in caplog.records if "stationary" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ShapExplainer(model)
+    ours = [r.getMessage() for r in caplog.records if "stationary" in r.getMessage()]
+    assert theirs and ours == theirs
