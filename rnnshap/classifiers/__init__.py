@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
@@ -115,7 +115,6 @@ class ClassifierExplanation:
     estimator: str = ""
     #: what was run: "keras", "torch" (DeepSHAP on a function equal to predict_proba) or "predict_proba"
     function: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def per_step(self, values: np.ndarray | None = None) -> np.ndarray:
         """``values`` (default: :attr:`values`) spread onto ``(n, channels, time, classes)``: a step's
