@@ -26,7 +26,10 @@ class PreservedState:
     tensor-valued attribute of every module is restored after each pass, so that explaining leaves
     the model bit-identical and every pass (reference and input alike) starts from the same state:
     the explained function is the model's forward as it would run next on the model as given.
-    Parameters are not copied: they are restored as objects, and forward() should not write into them.
+    Floating parameters are not copied: they are restored as objects, and forward() should not write into
+    them; integer parameters (counters: a Keras SeedGenerator's state on the torch backend) get their values
+    back. Torch's global generators (CPU, and CUDA where it runs) and those the model holds are put back too,
+    so that a draw whose result never reaches the output leaves no trace.
     """
 
     def __init__(self, model: nn.Module) -> None:
