@@ -168,6 +168,19 @@ class GRUReader(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
+class ProjectedGRU(nn.Module):
+    """An input projection and an activation before the GRU: layers that move no axis, looked through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.LayerNorm(5))
+        self.rnn = nn.GRU(5, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.project(x[:, 1:] * 2.0))[0][:, -1])
+
+
 class Flat(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -217,6 +230,36 @@ def test_a_recurrent_model_says_its_input_is_time_by_features(door: str) -> None
     # the caller may still say otherwise: the channels as "steps" is then what was asked for
     channels = explainer.shapley_values(X, "steps", time_axis=2, budget=10**5)
     assert channels.n_players == 2
+
+
+def test_layers_that_move_no_axis_are_looked_through() -> None:
+    from rnnshap.shapley.layout import read_layout
+
+    torch.manual_seed(0)
+    model = ProjectedGRU().double().eval()
+    bg = np.random.default_rng(0).normal(size=(3, 5, 2))
+    layout = read_layout(model, _torch_f_rows(model), [bg])
+    assert layout.axes == [0], layout.why
+    # and the channels-first reader behind a projection over time: (C, T)
+    conv = nn.Sequential(nn.Linear(5, 5), nn.ReLU(), nn.Conv1d(2, 3, 2), nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    assert read_layout(conv, _torch_f_rows(conv), [bg.transpose(0, 2, 1).copy()]).axes == [1]
+    # a reader that rearranges axes first says nothing of the input's layout
+    swapped = nn.Sequential(Swap(), nn.GRU(2, 3, batch_first=True)).double().eval()
+    unknown = read_layout(swapped, _torch_f_rows(swapped), [bg.transpose(0, 2, 1).copy()])
+    assert unknown.axes == [None] and "Swap, does not say" in unknown.why[0]
+
+
+class Swap(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
+def _torch_f_rows(model: nn.Module):
+    def call(rows: list[np.ndarray]):
+        with torch.no_grad():
+            return model(*[torch.from_numpy(r) for r in rows])
+
+    return call
 
 
 def test_a_model_whose_reader_does_not_say_is_refused() -> None:

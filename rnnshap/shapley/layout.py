@@ -112,7 +112,10 @@ def _torch_kind(module: Any) -> str:
     )  # fmt: skip
     if isinstance(module, channels_first):
         return "first"
-    if isinstance(module, (nn.Dropout, nn.Identity, nn.AlphaDropout)):
+    # layers that move no axis: each entry's own position (Dropout, Identity, activations) or the last axis
+    # mapped on its own (Linear, LayerNorm): the layer after them says which axis is time
+    keeps = (nn.Dropout, nn.Identity, nn.AlphaDropout, nn.Linear, nn.LayerNorm)
+    if isinstance(module, keeps) or type(module).__module__ == "torch.nn.modules.activation":
         return "through"
     return "unknown"
 
@@ -181,9 +184,19 @@ def _torch_layout(model: Any, call: Any, background: Sequence[np.ndarray]) -> La
 
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         return unknown(count, "the model is TorchScript, whose layers rnnshap cannot watch")
+
+    def post_hook(module: Any, args: Any, output: Any) -> None:
+        if _torch_kind(module) != "through" or not isinstance(output, torch.Tensor):
+            return
+        for a in args:
+            t = seen.get(id(a)) if isinstance(a, torch.Tensor) else None
+            if t is not None and output.ndim == a.ndim and output.shape[0] == a.shape[0]:
+                follow(output, t)
+
     handles = [model.register_forward_pre_hook(root_hook)]
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook))
     try:
         with Follow():
             call([np.ascontiguousarray(b[:1]) for b in background])
