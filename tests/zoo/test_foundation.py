@@ -241,10 +241,12 @@ def test_timesfm_uncompiled_and_all_missing_are_refused() -> None:
 def test_timesfm_default_config_nonnegative_clamp_is_context(timesfm_model: Any) -> None:
     """ForecastConfig's defaults (flip invariance, the clamp of a non-negative series at zero) as shipped."""
     model = tiny_timesfm()
-    context = np.abs(windows(16, [300]) - 40.0)  # non-negative: forecast() clamps its quantiles at zero
+    context = np.abs(windows(16, [0, 200]) - 40.0)  # non-negative: forecast() clamps its quantiles at zero
+    context[1, 6:8] = np.nan  # a gap: the flag is the filled series'
     background = windows(16, [0, 100]) - 40.0
     result = rnnshap.foundation.explain(model, context, prediction_length=4, background=background)
-    _, own = model.forecast(horizon=4, inputs=[context[0]])
+    _, own = model.forecast(horizon=4, inputs=[c.copy() for c in context])
+    assert (own == 0).any()  # the clamp acts
     np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
 
 
@@ -572,3 +574,13 @@ def test_sampled_shapley_values_add_up_and_their_errors_cover_the_enumerated_one
     np.testing.assert_allclose(result.total(), ttm_forecast(ttm, context)[:, :2, None], rtol=0, atol=tolerance(truth))
     error = np.abs(result.values[0, :, :, 0] - truth)
     assert np.mean(error <= 4 * result.stderr[0, :, :, 0] + tolerance(truth)) >= 0.9
+
+
+def test_timesfm_gaps_are_interpolated_as_forecast_does_and_get_zeros(timesfm_model: Any) -> None:
+    context, background = windows(16, [300, 330]), windows(16, [0, 100, 200])
+    context[0, [5, 6, 9, 15]] = np.nan  # inside the series, and its last step (filled with the last observed value)
+    result = rnnshap.foundation.explain(timesfm_model, context, prediction_length=3, background=background)
+    _, own = timesfm_model.forecast(horizon=3, inputs=[c.copy() for c in context])
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, [5, 6, 9, 15]] == 0) and np.abs(result.values[0, [4, 7, 8, 14]]).max() > 0

@@ -54,7 +54,7 @@ class Adapter:
     precision: Any = np.float32
     #: how far (relative to the forecast's scale) the DeepSHAP module's output may be from the library's own call on
     #: the same windows: rounding that moves with the batch beside a row (the module runs the library's functions)
-    agreement = 1e-4
+    agreement = 2e-5  # ~170 float32 eps of the forecast's scale
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -85,6 +85,12 @@ class Adapter:
         """A torch module ``f(x, *context) -> (m, H·Q)``: the library's forecast of the windows ``x`` (m, L),
         computed by the library's torch functions; ``context`` are :meth:`context_inputs`."""
         raise NotImplementedError
+
+    def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
+        """:meth:`module` for windows missing the steps ``missing`` (L,) bool, all alike (DeepSHAP explains windows
+        in groups of one missing pattern): a library that fills missing values by a map fixed by the pattern (TimesFM
+        interpolates) builds that map here."""
+        return self.module(prediction_length, levels)
 
     def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
         """Per-window inputs that are not attributed (bool arrays, first axis the windows): taken at the
@@ -471,14 +477,15 @@ def _deepshap(
     base = np.zeros((n, H, Q))
     covariate_x = list(getattr(adapter, "covariate_values", {}).values()) if covariate_rows else []
     covariate_values = [np.zeros((n, c.shape[1], H, Q)) for c in covariate_x]
-    module = adapter.module(H, levels)
-    dtype = getattr(module, "dtype", torch.float32)
+    dtype = torch.float32
     missing = np.isnan(windows)
     groups: dict[bytes, list[int]] = {}
     for i in range(n):
         groups.setdefault(missing[i].tobytes(), []).append(i)
     for members in groups.values():
         gap = missing[members[0]]
+        module = adapter.module_for(H, levels, gap)
+        dtype = getattr(module, "dtype", torch.float32)
         own = windows[members]
         references = np.where(gap[None], np.nan, rows)
         x, r = adapter.deepshap_windows(own), adapter.deepshap_windows(references)

@@ -7,7 +7,8 @@ written in place, running per-patch statistics), averages it with the decode of 
 (``force_flip_invariance``), replaces quantiles by the continuous quantile head, fixes quantile crossing,
 un-normalizes and clamps at zero a series that is all non-negative (``infer_is_positive``).
 
-DeepSHAP explains that decode function written in torch over the library's own ``decode``: the padding mask and
+DeepSHAP explains that decode function written in torch over the library's own ``decode`` (with the interpolation
+of missing values, a linear map fixed by where they are): the padding mask and
 the non-negative flag are context (the explained window's for it and its references alike), so the base value
 is the mean forecast over the background with the window's flag and padding. The columns are ``"mean"`` and the
 quantile levels 0.1 ... 0.9 (``forecast``'s second output; its point forecast is the 0.5 column).
@@ -83,21 +84,44 @@ class TimesFMAdapter(Adapter):
         return np.asarray(quantiles, dtype=np.float64)[:, :prediction_length][..., self._indices(levels)]
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
-        leading = _leading_missing(windows)
-        if np.isnan(windows[~leading]).any():
-            raise InputError(
-                f"{self.label}: the context holds NaN after its first value; forecast() interpolates them in numpy, which "
-                "DeepSHAP cannot follow. Fill them, or use method='shapley' (it runs forecast() itself)"
-            )
-        return np.where(leading, 0.0, windows)
+        return np.where(_leading_missing(windows), 0.0, windows)  # leading NaN: padding (a context mask); others: filled
+
+    def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
+        """forecast() fills a missing value inside the series by linear interpolation between its observed neighbours
+        (np.interp; past the last observed value, that value): for one missing pattern a fixed linear map."""
+        leading = np.cumprod(missing).astype(bool)
+        inner = missing & ~leading
+        if not inner.any():
+            return self.module(prediction_length, levels)
+        L = missing.size
+        fill = np.zeros((L, L))
+        observed = np.flatnonzero(~missing)
+        for i in range(L):
+            if leading[i]:
+                continue
+            if not missing[i]:
+                fill[i, i] = 1.0
+                continue
+            before, after = observed[observed < i], observed[observed > i]
+            a = int(before[-1])
+            if after.size == 0:
+                fill[i, a] = 1.0
+            else:
+                b = int(after[0])
+                fill[i, a], fill[i, b] = (b - i) / (b - a), (i - a) / (b - a)
+        return self.module(prediction_length, levels, fill)
 
     def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
+        from timesfm.timesfm_2p5.timesfm_2p5_base import linear_interpolation, strip_leading_nans
+
         padding = _leading_missing(windows)
-        values = np.where(padding, 0.0, windows)[:, -self.context_length() :]
-        positive = np.all(values >= 0, axis=1, keepdims=True)
+        positive = np.zeros((windows.shape[0], 1), dtype=bool)
+        for i, row in enumerate(windows):  # the flag forecast() computes: on the series as it fills and cuts it
+            filled = linear_interpolation(strip_leading_nans(row.copy()))[-self.context_length() :]
+            positive[i] = bool(np.all(filled >= 0))
         return [padding, positive]
 
-    def module(self, prediction_length: int, levels: list[Any]) -> Any:
+    def module(self, prediction_length: int, levels: list[Any], fill: np.ndarray | None = None) -> Any:
         import torch
         from timesfm.torch import util
         from torch import nn
@@ -108,6 +132,7 @@ class TimesFMAdapter(Adapter):
         columns = self._indices(levels)
         revin = util.revin
         context = self.context_length()
+        interpolate = None if fill is None else torch.as_tensor(fill, dtype=torch.float32)
 
         class Forecast(nn.Module):
             """``compile``'s decode function on torch tensors: windows (n, L), padding (n, L), positive (n, 1)."""
@@ -121,6 +146,8 @@ class TimesFMAdapter(Adapter):
             def forward(self, x: torch.Tensor, padding: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
                 model = self.net
                 n, L = x.shape
+                if interpolate is not None:  # forecast()'s linear interpolation of the missing values inside the series
+                    x = torch.nan_to_num(x, nan=0.0) @ interpolate.T
                 inputs = torch.where(padding, 0.0, x)
                 if L >= context:
                     inputs, masks = inputs[:, L - context :], padding[:, L - context :]
