@@ -73,7 +73,7 @@ class Adapter:
         raise NotImplementedError
 
     def torch_modules(self) -> list[Any]:
-        """The ``nn.Module``s the forecast runs (put back as they were after explaining)."""
+        """The torch modules the forecast runs (put back as they were after explaining)."""
         raise NotImplementedError
 
     # -- the two forms of the forecast ---------------------------------------------------------------------
