@@ -166,9 +166,12 @@ def explain(
     what = "predict" if regressor else "predict_proba"
     predict = getattr(clf, what)
 
-    def truth(panel: np.ndarray) -> np.ndarray:
+    def own(panel: np.ndarray) -> np.ndarray:
         with quiet():
-            return as_outputs(predict(panel), len(panel))
+            return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
+
+    def truth(panel: np.ndarray) -> np.ndarray:
+        return as_outputs(own(panel), len(panel))
 
     outputs, reference_outputs = truth(x), truth(reference)
     if chosen == "deepshap" and deep is None:
@@ -208,7 +211,7 @@ def explain(
             return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 
     def function(a: np.ndarray) -> np.ndarray:
-        return truth(np.ascontiguousarray(a))
+        return own(np.ascontiguousarray(a))
 
     values, stderr, base, _, exact, n_evals = explain_shapley(
         function, x, reference, players=players, windows=windows, budget=budget, random_state=random_state,

@@ -161,7 +161,6 @@ def explain(
     DeepSHAP (``method="auto"`` or ``"deepshap"``) explains sktime's torch classifiers (and its Keras ones, where
     fitted); the Shapley mode every estimator.
     """
-    from ..forecasting import preserved
 
     _sktime()
     chosen = check_choices(method, players, windows)
@@ -178,12 +177,12 @@ def explain(
     network = found[0] if found is not None else None
     _refuse_batch_mixing(network, estimator)
 
+    def own(panel: np.ndarray) -> np.ndarray:
+        with quiet(), _kept(network):  # predict_proba switches the network to eval mode: put back as it was
+            return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
+
     def truth(panel: np.ndarray) -> np.ndarray:
-        with quiet():
-            if network is None:
-                return as_outputs(predict(panel), len(panel))
-            with preserved(network):  # predict_proba switches the network to eval mode: put back as it was
-                return as_outputs(predict(panel), len(panel))
+        return as_outputs(own(panel), len(panel))
 
     outputs, reference_outputs = truth(x), truth(reference)
     extra: dict[str, Any] = {"channel_names": names}
@@ -210,7 +209,7 @@ def explain(
         # the Shapley mode needs no network: it runs on predict_proba alone
 
     def function(a: np.ndarray) -> np.ndarray:
-        return truth(np.ascontiguousarray(a))
+        return own(np.ascontiguousarray(a))
 
     values, stderr, base, _, exact, n_evals = explain_shapley(
         function, x, reference, players=players, windows=windows, budget=budget, random_state=random_state,

@@ -151,3 +151,23 @@ def test_keras_classifiers_without_the_tensorflow_distribution_are_explained_in_
         clf = CNNClassifier(n_epochs=1)
     with pytest.raises(rnnshap.InputError, match="tensorflow-cpu"):
         rnnshap.sktime.explain(clf, X[:1])
+
+
+def test_the_shapley_mode_takes_a_float32_predict_proba_with_its_own_rounding(motions) -> None:
+    """MVTSTransformerClassifier's predict_proba is float32 and differs between batch sizes by float32 rounding:
+    the Shapley mode plays it (its rows check reads the dtype predict_proba returns) and matches the enumeration."""
+    from sktime.classification.deep_learning.mvts_transformer import MVTSTransformerClassifier
+
+    X, y = motions
+    clf = _fit(
+        MVTSTransformerClassifier(d_model=8, n_heads=1, num_layers=1, dim_feedforward=8, num_epochs=1, batch_size=16), X, y
+    )
+    background = X[[0, 12, 25]]
+    result = rnnshap.sktime.explain(clf, X[20:21], background=background, method="shapley", players="channels", budget=10**4)
+    assert result.function == "predict_proba" and result.exact.all()
+    ids = np.broadcast_to(np.arange(6)[:, None], (6, T))
+    truth = enumerated(clf.predict_proba, X[20], background, ids)
+    # each value is a weighted mean (weights summing to 1) of differences of two v(S), each a mean of float32
+    # probabilities computed in other batches: a few float32 eps of the probabilities' scale, 1
+    np.testing.assert_allclose(result.values[0, :, 0], truth, rtol=0, atol=16 * np.finfo(np.float32).eps)
+    assert_adds_up(result)
