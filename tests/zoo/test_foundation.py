@@ -584,3 +584,38 @@ def test_timesfm_gaps_are_interpolated_as_forecast_does_and_get_zeros(timesfm_mo
     np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
     np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
     assert np.all(result.values[0, [5, 6, 9, 15]] == 0) and np.abs(result.values[0, [4, 7, 8, 14]]).max() > 0
+
+
+def test_chronos2_shapley_covariates_are_players_enumerated_through_predict_quantiles(chronos2: Any) -> None:
+    """Shapley mode with covariates: windows of 4 steps of the target and of each covariate (its future steps too)
+    as players, against background windows and dropped; every coalition through chronos' own call."""
+    L, H = 8, 4
+    context = windows(L, [300])
+    covariates = {"past_covariates": {"promo": windows(L, [200])}, "future_covariates": {"promo": windows(H, [208])}}
+    reference = {
+        "target": windows(L, [0, 50]),
+        "past_covariates": {"promo": windows(L, [20, 70])},
+        "future_covariates": {"promo": windows(H, [28, 78])},
+    }
+    promo = np.concatenate([covariates["past_covariates"]["promo"], covariates["future_covariates"]["promo"]], axis=1)
+    promo_reference = np.concatenate([reference["past_covariates"]["promo"], reference["future_covariates"]["promo"]], axis=1)
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows: target steps then promo's past and future steps
+        tasks = [
+            {"target": r[:L], "past_covariates": {"promo": r[L : 2 * L]}, "future_covariates": {"promo": r[2 * L :]}}
+            for r in rows
+        ]
+        return chronos2_forecast(chronos2, tasks, H, [0.5])[..., 0]
+
+    x = np.concatenate([context[0], promo[0]])
+    ids = np.concatenate([np.arange(L) // 4, 2 + (np.arange(L + H) + 0) // 4])  # promo: 12 steps, windows of 4
+    for background, refs in ((reference, np.concatenate([reference["target"], promo_reference], axis=1)), (None, None)):
+        result = rnnshap.foundation.explain(
+            chronos2, context, prediction_length=H, background=background, covariates=covariates, method="shapley",
+            players=4, budget=10_000, quantile_levels=[0.5],
+        )  # fmt: skip
+        truth = enumerated_shapley(own, x, np.full((1, x.size), np.nan) if refs is None else refs, ids)
+        assert result.exact.all() and result.covariates is not None and result.covariate_stderr is not None
+        np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
+        np.testing.assert_allclose(result.covariates["promo"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+        np.testing.assert_allclose(result.total(), own(x[None])[:, :, None], rtol=0, atol=tolerance(truth))

@@ -261,8 +261,10 @@ class ForecastExplanation:
     players: str = "steps"
     #: per player, the ``(start, stop)`` context steps it holds
     player_steps: list[tuple[int, int]] = field(default_factory=list)
-    #: per covariate name, values ``(n, L_c, H, Q)`` (models that read covariates)
+    #: per covariate name, values ``(n, L_c, H, Q)`` (models that read covariates; per player in the Shapley mode)
     covariates: dict[str, np.ndarray] | None = None
+    #: their standard errors (Shapley mode)
+    covariate_stderr: dict[str, np.ndarray] | None = None
     #: "background" (missing players take background values) or "dropped" (given to the model as missing)
     game: str = "background"
 
@@ -379,29 +381,28 @@ def explain(
     target_background = background
     covariate_rows: list[np.ndarray] = []
     covariate_names: list[str] = []
+    given_covariates: list[tuple[str, np.ndarray]] = []
     if covariates is not None:
         if not hasattr(adapter, "set_covariates"):
             raise InputError(f"{adapter.label} reads no covariates; covariates= is taken by Chronos-2 (Chronos2Pipeline)")
-        if method != "deepshap":
-            raise InputError(
-                "covariates= is explained by method='deepshap'; the Shapley mode plays the target's context steps alone"
-            )
         if np.isnan(windows).any():
             raise InputError("covariates= with missing target values (NaN, series of different lengths): give full windows")
-        if not isinstance(background, Mapping) or "target" not in background:
+        if background is None and method == "shapley":
+            background = {"target": None}  # dropped: every series' missing players given as NaN
+        elif not isinstance(background, Mapping) or "target" not in background:
             raise InputError(
                 'with covariates=, give background={"target": (B, L), "past_covariates": {name: (B, L)}, '
                 '"future_covariates": {name: (B, H)}}: reference windows for every input'
             )
         target_background = background["target"]
-        B = windows_of(target_background, "background['target']").shape[0]
+        B = 0 if target_background is None else windows_of(target_background, "background['target']").shape[0]
         shaped = {
             "past_covariates": {name: aligned_background(v, L) for name, v in (background.get("past_covariates") or {}).items()},
             "future_covariates": dict(background.get("future_covariates") or {}),
         }
         covariate_rows = [v for _, v in adapter.set_covariates(shaped, B, L, H)]  # type: ignore[attr-defined]
-        given = adapter.set_covariates(covariates, n, L, H)  # type: ignore[attr-defined]
-        covariate_names = [name for name, _ in given]
+        given_covariates = adapter.set_covariates(covariates, n, L, H)  # type: ignore[attr-defined]
+        covariate_names = [name for name, _ in given_covariates]
     rows = None
     if target_background is not None:
         rows = aligned_background(target_background, L)
@@ -414,6 +415,7 @@ def explain(
         )
     modules = adapter.torch_modules()
     covariate_values = None
+    covariate_stderr = None
     with _preserved_all(modules):
         forecast = adapter.library_forecast(windows.copy(), H, levels)
         if method == "deepshap":
@@ -422,12 +424,19 @@ def explain(
             covariate_values = dict(zip(covariate_names, result[-1], strict=True)) if covariate_names else None
             result = result[:-1]
         else:
-            result = _shapley(adapter, windows, rows, H, levels, players, readable, budget, random_state, batch_size)
+            result = _shapley(
+                adapter, windows, rows, H, levels, players, readable, budget, random_state, batch_size, given_covariates,
+                covariate_rows,
+            )  # fmt: skip
+            if covariate_names:
+                covariate_values = dict(zip(covariate_names, result[-2], strict=True))
+                covariate_stderr = dict(zip(covariate_names, result[-1], strict=True))
+            result = result[:-2]
     values, base, stderr, exact, n_evals, kind, spans = result
     return ForecastExplanation(
         values=values, base_values=base, forecast=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
         model=adapter.label, context=windows, stderr=stderr, exact=exact, n_evals=n_evals, players=kind, player_steps=spans,
-        game="background" if rows is not None else "dropped", covariates=covariate_values,
+        game="background" if rows is not None else "dropped", covariates=covariate_values, covariate_stderr=covariate_stderr,
     )  # fmt: skip
 
 
@@ -534,7 +543,11 @@ def _shapley(
     budget: int | None,
     random_state: Any,
     batch_size: int,
+    covariates: Sequence[tuple[str, np.ndarray]] = (),
+    covariate_rows: Sequence[np.ndarray] = (),
 ) -> tuple[Any, ...]:
+    """The Shapley mode through the library's own forecast call. Players: the target's context steps (patches,
+    windows) the model reads, and the same kind of players over each covariate's steps (Chronos-2)."""
     from ...shapley import ShapleyExplainer
 
     n, L = windows.shape
@@ -543,50 +556,74 @@ def _shapley(
     ids, kind, spans = player_ids(players, readable, adapter)
     spans = [(a + trimmed, b + trimmed) for a, b in spans]
     prefix = windows[:, :trimmed]
+    names = [name for name, _ in covariates]
+    plans = [player_ids(players, c.shape[1], adapter) for _, c in covariates]
+    offsets = np.cumsum([int(ids.max()) + 1] + [int(p[0].max()) + 1 for p in plans])
+    all_ids = [ids] + [p[0] + offsets[k] for k, p in enumerate(plans)]
+    forecast_with = getattr(adapter, "forecast_with", None)
 
-    def forward(seen: np.ndarray) -> np.ndarray:
+    def forward(seen: np.ndarray, *covariate_seen: np.ndarray) -> np.ndarray:
         full = np.concatenate([np.broadcast_to(prefix[:1], (seen.shape[0], trimmed)), seen], axis=1) if trimmed else seen
-        return adapter.library_forecast(full, H, levels).reshape(seen.shape[0], H * Q).astype(adapter.precision)
+        if covariate_seen:
+            assert forecast_with is not None
+            out = forecast_with(full, dict(zip(names, covariate_seen, strict=True)), H, levels)
+        else:
+            out = adapter.library_forecast(full, H, levels)
+        return out.reshape(seen.shape[0], H * Q).astype(adapter.precision)
 
-    values = np.zeros((n, len(spans) if kind != "steps" else L, H, Q))
+    def per_player(count: int, length: int, plan_kind: str) -> np.ndarray:
+        return np.zeros((n, length if plan_kind == "steps" else count, H, Q))
+
+    values = per_player(len(spans), L, kind)
     stderr = np.zeros_like(values)
+    covariate_values = [per_player(int(p[0].max()) + 1, c.shape[1], p[1]) for p, (_, c) in zip(plans, covariates, strict=True)]
+    covariate_stderr = [np.zeros_like(v) for v in covariate_values]
     base = np.zeros((n, H, Q))
     exact = np.zeros(n, dtype=bool)
     n_evals = np.zeros(n, dtype=np.int64)
-    reference = np.full((1, readable), np.nan) if rows is None else rows[:, trimmed:]
-    if rows is None:  # the empty coalition: every step the model reads given as missing
-        try:
-            forward(np.full((1, readable), np.nan))
+    if rows is None:  # dropped: every step of every series given as missing
+        reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1]), np.nan) for _, c in covariates]
+        try:  # the empty coalition: every step the model reads given as missing
+            forward(*reference)
         except Exception as error:
             raise InputError(
                 f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
                 f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
             ) from error
+    else:
+        reference = [rows[:, trimmed:]] + list(covariate_rows)
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
         prefix = windows[i : i + 1, :trimmed]
-        explainer = ShapleyExplainer(_Forward(forward), reference, batch_size=batch_size)
-        estimate = explainer.shapley_values(windows[i : i + 1, trimmed:], players=ids, budget=budget, random_state=random_state)
-        v = np.asarray(estimate.values).reshape(1, -1, H, Q)
-        s = np.asarray(estimate.stderr).reshape(1, -1, H, Q)
+        inputs = [windows[i : i + 1, trimmed:]] + [c[i : i + 1] for _, c in covariates]
+        explainer = ShapleyExplainer(_Forward(forward), reference if covariates else reference[0], batch_size=batch_size)
+        estimate = explainer.shapley_values(
+            inputs if covariates else inputs[0], players=all_ids if covariates else ids, budget=budget,
+            random_state=random_state,
+        )  # fmt: skip
+        v = np.asarray(estimate.values).reshape(-1, H, Q)
+        e = np.asarray(estimate.stderr).reshape(-1, H, Q)
         start = trimmed if kind == "steps" else 0
-        values[i, start:] = v[0]
-        stderr[i, start:] = s[0]
+        values[i, start:] = v[: offsets[0]]
+        stderr[i, start:] = e[: offsets[0]]
+        for k in range(len(covariates)):
+            covariate_values[k][i] = v[offsets[k] : offsets[k + 1]]
+            covariate_stderr[k][i] = e[offsets[k] : offsets[k + 1]]
         base[i] = np.asarray(estimate.base_values).reshape(H, Q)
         exact[i] = bool(np.asarray(estimate.exact).reshape(-1)[0])
         n_evals[i] = int(np.asarray(estimate.n_evals).reshape(-1)[0])
     if kind == "steps":
         spans = [(t, t + 1) for t in range(L)]
-    return values, base, stderr, exact, n_evals, kind, spans
+    return values, base, stderr, exact, n_evals, kind, spans, covariate_values, covariate_stderr
 
 
 class _Forward:
-    """A numpy function of one input for :class:`rnnshap.ShapleyExplainer` (the library's own call)."""
+    """A numpy function of the inputs for :class:`rnnshap.ShapleyExplainer` (the library's own call)."""
 
-    def __init__(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, function: Callable[..., np.ndarray]) -> None:
         self.function = function
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.function(np.asarray(rows, dtype=np.float64))
+    def __call__(self, *rows: np.ndarray) -> np.ndarray:
+        return self.function(*(np.asarray(r, dtype=np.float64) for r in rows))
 
 
 def quantile_columns(trained: Sequence[float], requested: Sequence[float] | None, label: str) -> list[float]:

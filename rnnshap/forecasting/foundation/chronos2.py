@@ -101,11 +101,9 @@ class Chronos2Adapter(Adapter):
         L = windows.shape[1]
         tasks = []
         for i in range(windows.shape[0]):
-            target = windows[i]
-            start = int(np.argmax(~np.isnan(target))) if np.isnan(target).any() else 0
-            task: dict[str, Any] = {"target": target[start:]}
+            task: dict[str, Any] = {"target": windows[i]}  # NaN (missing, the padding of a shorter series) as chronos takes it
             if covariates:
-                task["past_covariates"] = {name: covariates[name][i, start:L] for name in self.past_only + self.known}
+                task["past_covariates"] = {name: covariates[name][i, :L] for name in self.past_only + self.known}
                 if self.known:
                     task["future_covariates"] = {name: covariates[name][i, L : L + H] for name in self.known}
             tasks.append(task)
