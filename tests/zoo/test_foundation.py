@@ -528,6 +528,9 @@ def test_chronos2_covariates_past_and_known_future_add_up_with_the_target(chrono
     np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
     np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
     assert np.abs(result.covariates["promo"][:, L:]).max() > 0  # the known future values are read
+    partial = {"target": background, "past_covariates": {"price": reference["past_covariates"]["price"]}}
+    with pytest.raises(InputError, match="reference windows for the covariates"):
+        rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=partial, covariates=covariates)
 
 
 def test_chronos2_shapley_patches_dropping_context_enumerated_through_predict_quantiles(chronos2: Any) -> None:

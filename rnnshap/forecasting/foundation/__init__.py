@@ -368,7 +368,38 @@ def explain(
     batch_size: int = 512,
     check_additivity: bool | float = True,
 ) -> ForecastExplanation:
-    """Explain a foundation model's forecast of ``context``: see :mod:`rnnshap.foundation`."""
+    """Explain a foundation model's forecast of ``context``, in the object its library's loading call returns.
+
+    Args:
+        model: a chronos ``ChronosBoltPipeline`` / ``Chronos2Pipeline`` (or the model inside), a tirex ``TiRexZero``
+            (``tirex.load_model``), a timesfm ``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a
+            granite-tsfm ``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline`` (forecasting head).
+        context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
+            series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
+        prediction_length: the forecast steps H.
+        background: reference windows ``(B, >= L)`` (their last L steps); with ``covariates``, a dict
+            ``{"target": ..., "past_covariates": {...}, "future_covariates": {...}}``. None: context dropped the way
+            the model drops missing values (the Shapley mode only). Windows constant over what the model reads are
+            refused (the models' scale floors).
+        quantile_levels: the levels to explain (the model's own; default all its forecast columns).
+        covariates: Chronos-2's ``{"past_covariates": {name: (n, L)}, "future_covariates": {name: (n, H)}}``.
+        method: ``"deepshap"`` (exact in sum, one pass) or ``"shapley"`` (Shapley values with standard errors
+            through the library's own forecast call, exact where ``budget`` covers every coalition).
+        budget, random_state: the Shapley mode's rows per window and seed.
+        players: the Shapley mode's players: ``"steps"``, ``"patches"`` (the model's patch length) or a window
+            length; aligned to the end of the context.
+        batch_size: the most rows run through the model at once.
+        check_additivity: DeepSHAP's own check (True: the dtype's tolerance; a float: that relative tolerance).
+
+    Returns:
+        A :class:`ForecastExplanation` whose ``total()`` equals ``forecast``, the library's own forecast.
+
+    Raises:
+        UnverifiedVersionError: the library is outside the versions the adapter was verified on.
+        InputError: a model no adapter takes, a constant background, inputs the model refuses.
+        UnsupportedOperationError: DeepSHAP has no exact rule for a step of this forecast (``method="shapley"``).
+        RnnShapError: the torch function rnnshap explains does not give the library's own forecast.
+    """
     method = check_method(method)
     adapter = adapter_for(model)
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
@@ -400,9 +431,15 @@ def explain(
             "past_covariates": {name: aligned_background(v, L) for name, v in (background.get("past_covariates") or {}).items()},
             "future_covariates": dict(background.get("future_covariates") or {}),
         }
-        covariate_rows = [v for _, v in adapter.set_covariates(shaped, B, L, H)]  # type: ignore[attr-defined]
+        references = adapter.set_covariates(shaped, B, L, H)  # type: ignore[attr-defined]
+        covariate_rows = [v for _, v in references]
         given_covariates = adapter.set_covariates(covariates, n, L, H)  # type: ignore[attr-defined]
         covariate_names = [name for name, _ in given_covariates]
+        if target_background is not None and [name for name, _ in references] != covariate_names:
+            raise InputError(
+                f"background: give reference windows for the covariates {covariate_names} (past and future alike, under "
+                f"the same names as covariates=); got {[name for name, _ in references]}"
+            )
     rows = None
     if target_background is not None:
         rows = aligned_background(target_background, L)
