@@ -269,7 +269,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                 stacked = stacked.transpose(0, 2, 1)
             arrays.append(stacked.reshape(stacked.shape[0], -1))
         self._static_shape = None if batch[0].static_covariates is None else batch[0].static_covariates.shape
-        return np.concatenate(arrays, axis=-1), pd.Index([sample.pred_time for sample in batch])
+        return np.concatenate(arrays, axis=-1), _times([sample.pred_time for sample in batch], series[0].freq)
 
     def _build_feature_names(self) -> list[str]:
         """darts' names (``create_lagged_component_names``), with the lags after the forecast start that
@@ -419,6 +419,19 @@ def forecast_module(model: Any, n: int, fields: Sequence[str], affine: Any = Non
     check_version("darts")
     likelihood_parameters = model.supports_likelihood_parameter_prediction
     return _Forecast(model.model, fields, n, model.output_chunk_length or 1, affine, likelihood_parameters)
+
+
+def _times(times: list[Any], freq: Any) -> pd.Index:
+    """The forecasts' times, carrying the series' frequency where they are consecutive (one or two stamps give pandas
+    too little to infer it from, and darts' result assembly needs it); else as they are."""
+    if len(times) > 0 and isinstance(times[0], pd.Timestamp):
+        with contextlib.suppress(ValueError, TypeError):
+            return pd.DatetimeIndex(times, freq=freq)
+    elif len(times) > 0 and isinstance(freq, (int, np.integer)):
+        step, start = int(freq), int(times[0])
+        if [int(t) for t in times] == list(range(start, start + step * len(times), step)):
+            return pd.RangeIndex(start, start + step * len(times), step)
+    return pd.Index(times)
 
 
 def _check_lengths(
