@@ -4,10 +4,12 @@ and :class:`PreservedState`, which leaves the model as it was found after every 
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.modules.module as _module_module
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -56,7 +58,7 @@ class PreservedState:
         #: torch's global generator: a draw whose result never reaches the output (a dropout mask Keras makes at
         #: inference, see ``draws_matter``) leaves it as it was
         self.torch_random = torch.get_rng_state()
-        self.cuda_random = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cuda_random = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     def restore(self, random_state: bool = True) -> None:
         """Put the state back (``random_state``: the generators too, torch's global one and the model's)."""
@@ -117,33 +119,29 @@ class AsFunction:
         self.compiled: list[tuple[nn.Module, str, Any, bool]] = []
 
     def __enter__(self) -> AsFunction:
-        from collections import OrderedDict
-
-        import torch.nn.modules.module as module_module
-
         for module in self.model.modules():
-            if module._backward_hooks or module._backward_pre_hooks:
+            own = module.__dict__
+            if own.get("_backward_hooks") or own.get("_backward_pre_hooks"):
                 self.hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
                 module._backward_hooks = OrderedDict()
                 module._backward_pre_hooks = OrderedDict()
-            own = vars(module)
             if own.get("_compiled_call_impl") is not None:  # module.compile()
                 self.compiled.append((module, "_compiled_call_impl", own["_compiled_call_impl"], True))
                 own["_compiled_call_impl"] = None
-            original = compiled_original(module)
-            if original is not None:  # torch.compile(module): its forward, the compiled call of the original
-                self.compiled.append((module, "forward", own.get("forward"), "forward" in own))
-                own["forward"] = original.__call__
+            if type(module).__name__ == "OptimizedModule":
+                original = compiled_original(module)
+                if original is not None:  # torch.compile(module): its forward, the compiled call of the original
+                    self.compiled.append((module, "forward", own.get("forward"), "forward" in own))
+                    own["forward"] = original.__call__
         for name in self._GLOBALS:
-            hooks = getattr(module_module, name, None)
+            hooks = getattr(_module_module, name, None)
             if hooks:
                 self.globals[name] = hooks
-                setattr(module_module, name, OrderedDict())
+                setattr(_module_module, name, OrderedDict())
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import torch.nn.modules.module as module_module
-
+        module_module = _module_module
         for module, hooks, pre_hooks in self.hooks:
             module._backward_hooks = hooks
             module._backward_pre_hooks = pre_hooks
