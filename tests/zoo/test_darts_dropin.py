@@ -81,6 +81,7 @@ def _adds_up_to_historical_forecasts(
 
 
 # -- darts' own explainer answers where the user names its method, or for a model rnnshap's door does not take ----
+@pytest.mark.slow  # shap's permutation sampler through darts' own adapter: about a minute on 2 cores
 def test_shap_method_is_answered_by_darts_own_explainer(dlinear: Any) -> None:
     """shap_method= names one of darts' shap explainers: darts' own answers (the same values as
     darts.explainability.ShapExplainer on the same call, same random seed), and the result says which answered."""
@@ -100,7 +101,7 @@ def test_shap_method_is_answered_by_darts_own_explainer(dlinear: Any) -> None:
     atol = 64 * np.finfo(np.float32).eps * max(1.0, scale)
     np.testing.assert_allclose(a.get_explanation(1).values(), b.get_explanation(1).values(), rtol=0, atol=atol)
     assert list(a.get_explanation(1).components) == list(b.get_explanation(1).components)
-    single = ours.explain_single(TARGET[16:26])
+    single = ours.explain_single(TARGET[16:26], max_evals=20)
     assert single.explained_by == a.explained_by
 
 
