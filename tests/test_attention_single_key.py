@@ -24,11 +24,11 @@ F64 = torch.float64
 T, D = 5, 4
 
 
-def _mask(kind: str, dtype: torch.dtype, extra: bool = False) -> Tensor:
-    """Each query attends to its own key only (``extra``: query 0 to key 1 too)."""
+def _mask(kind: str, dtype: torch.dtype, extra: int | None = None) -> Tensor:
+    """Each query attends to its own key only (``extra``: query ``extra`` to the key before its own too)."""
     keep = torch.eye(T, dtype=torch.bool)
-    if extra:
-        keep[0, 1] = True
+    if extra is not None:
+        keep[extra, extra - 1] = True
     if kind == "bool":
         return keep
     if kind == "finfo_min":  # Hugging Face's additive masks, Chronos-2's group mask
@@ -39,7 +39,7 @@ def _mask(kind: str, dtype: torch.dtype, extra: bool = False) -> Tensor:
 class GroupAttention(nn.Module):
     """Queries and keys from ``a``, values from ``b``, masked so that each position sees itself only."""
 
-    def __init__(self, kind: str, extra: bool = False) -> None:
+    def __init__(self, kind: str, extra: int | None = None) -> None:
         super().__init__()
         self.kind, self.extra = kind, extra
         self.q, self.k, self.v = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
@@ -82,13 +82,14 @@ def test_one_key_per_query_gives_queries_and_keys_exactly_nothing(kind: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["bool", "finfo_min"])
-def test_a_row_with_two_keys_goes_the_ordinary_way(kind: str) -> None:
+@pytest.mark.parametrize("row", [0, T // 2, T - 1])  # (a middle row: the first and last rows are one-hot)
+def test_a_row_with_two_keys_goes_the_ordinary_way(kind: str, row: int) -> None:
     torch.manual_seed(0)
-    model = GroupAttention(kind, extra=True).to(F64).eval()
+    model = GroupAttention(kind, extra=row).to(F64).eval()
     background, X = _data(2)
     a, b = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive([a, b], model, X, background, F64)
-    assert np.abs(np.asarray(a)).max() > 1e-6  # the queries and keys of row 0 matter now
+    assert np.abs(np.asarray(a)).max() > 1e-6  # the queries and keys of that row matter now
 
 
 def test_float32_one_key_masks_are_additive() -> None:

@@ -134,9 +134,10 @@ def _single_key(scores: Sides, dim: int) -> Sides | None:
     if scores.x.shape[dim] < 2 or scores.x.numel() == 0:
         return None
     with torch.no_grad():
-        first = torch.softmax(scores.x.movedim(dim, -1).reshape(-1, scores.x.shape[dim])[:1], -1)
-        if not bool(((first == 1) | (first == 0)).all()):
-            return None  # (the first row tells attention over several keys apart, at the cost of one row)
+        rows = scores.x.movedim(dim, -1)
+        ends = torch.softmax(torch.stack((rows[(0,) * (rows.dim() - 1)], rows[(-1,) * (rows.dim() - 1)])), -1)
+        if not bool(((ends == 1) | (ends == 0)).all()):
+            return None  # (the first and last rows tell attention over several keys apart, a causal mask's too)
         weights = torch.softmax(scores.x, dim)
         one = weights == 1
         if not bool(one.any(dim).all()) or not bool((one | (weights == 0)).all()):
