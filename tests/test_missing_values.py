@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import rnnshap
+import rnnshap.captum
 
 from .conftest import assert_additive, relative_to_max
 
@@ -314,6 +315,29 @@ def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(whe
     message = str(info.value)
     assert "different entries" in message and "Choose background rows" in message
     assert "Rescale" not in message
+
+
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_a_missing_value_on_one_side_filled_without_a_mask_is_refused_in_both_modes(multiply_by_inputs: bool) -> None:
+    """``where(x < c, x, 0)`` fills a NaN without ``isnan``: the output depends on an entry missing on one side
+    only, so the contributions are refused by name, and so are the multipliers alone (Captum's
+    ``multiply_by_inputs=False``): never a NaN handed back."""
+
+    class Filled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(L, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.where(x < 1e30, x, 0.0))
+
+    background, X = _windows(6, 0), _windows(2, 1)
+    X[0, 3] = NAN
+    model = Filled().to(F64).eval()
+    explainer = rnnshap.captum.DeepLiftShap(model, multiply_by_inputs=multiply_by_inputs)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="missing on one side of a pair only") as info:
+        explainer.attribute(X, baselines=background)
+    assert "Choose background rows" in str(info.value)
 
 
 def test_a_mask_on_one_side_only_is_refused_by_name() -> None:

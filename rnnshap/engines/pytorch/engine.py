@@ -470,7 +470,8 @@ class TorchEngine(Engine):
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
                 grad = next(attributed)
-                sums[t] += per_sample(grad if self.multipliers else _contribution(grad, leaf.detach(), reference))
+                contribution = _contribution(grad, leaf.detach(), reference)  # (the multipliers alone are refused alike)
+                sums[t] += per_sample(grad if self.multipliers else contribution)
         if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
