@@ -60,6 +60,8 @@ def panels(X: Any, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
     import pandas as pd
     from sktime.datatypes import check_is_scitype, convert_to
 
+    if isinstance(X, np.ndarray) and X.ndim == 2:  # numpyflat: (n, time), univariate, as sktime's estimators take it
+        X = X[:, None, :]
     valid, messages, metadata = check_is_scitype(X, scitype="Panel", return_metadata=["is_equal_length"])
     if not valid:
         raise InputError(f"{what} is not one of sktime's Panel mtypes: {messages}")

@@ -171,3 +171,18 @@ def test_the_shapley_mode_takes_a_float32_predict_proba_with_its_own_rounding(mo
     # probabilities computed in other batches: a few float32 eps of the probabilities' scale, 1
     np.testing.assert_allclose(result.values[0, :, 0], truth, rtol=0, atol=16 * np.finfo(np.float32).eps)
     assert_adds_up(result)
+
+
+def test_a_univariate_numpyflat_panel_is_the_numpy3d_one(motions) -> None:
+    """The docs list numpyflat ((n, time), univariate) among the panels taken; sktime's own predict_proba takes it."""
+    from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    X, y = motions
+    flat = np.ascontiguousarray(X[:, 0])
+    knn = _fit(KNeighborsTimeSeriesClassifier(n_neighbors=3, distance="euclidean"), flat, y)
+    kwargs = dict(windows=6, budget=10**5)
+    reference = rnnshap.sktime.explain(knn, flat[20:22, None], background=flat[[0, 12, 25], None], **kwargs)
+    result = rnnshap.sktime.explain(knn, flat[20:22], background=flat[[0, 12, 25]], **kwargs)
+    np.testing.assert_array_equal(result.values, reference.values)
+    np.testing.assert_array_equal(result.outputs, knn.predict_proba(flat[20:22]))
+    assert result.data.shape == (2, 1, T)

@@ -622,3 +622,51 @@ def test_chronos2_shapley_covariates_are_players_enumerated_through_predict_quan
         np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
         np.testing.assert_allclose(result.covariates["promo"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
         np.testing.assert_allclose(result.total(), own(x[None])[:, :, None], rtol=0, atol=tolerance(truth))
+
+
+# -- review: inputs a user gives next, and missing context in the Shapley mode against a background -------------
+def test_shapley_against_a_background_gives_padding_and_gaps_exactly_zero_as_deepshap_does(bolt: Any) -> None:
+    """The padding of a shorter series and a gap are missing in the explained window: no player, exactly 0, as
+    DeepSHAP gives them (its references miss the same steps); the others enumerated through predict_quantiles
+    against background windows missing the same steps."""
+    gappy = SERIES[300:312].copy()
+    gappy[5] = np.nan
+    context = [gappy, SERIES[350:358]]  # 12 steps with a gap, 8 steps (4 of padding)
+    background = windows(12, [0, 50])
+    result = rnnshap.foundation.explain(bolt, context, prediction_length=2, background=background, method="shapley",
+                                        players="patches", budget=10_000)  # fmt: skip
+    assert result.exact.all()
+    np.testing.assert_allclose(result.total(), bolt_forecast(bolt, context, 2), rtol=0, atol=tolerance(result.forecast))
+    assert np.all(result.values[1, 0] == 0)  # the second series' first patch is all padding
+    for i, x in enumerate(result.context):
+        references = np.where(np.isnan(x)[None], np.nan, background)
+        truth = enumerated_shapley(lambda rows: bolt_forecast(bolt, rows, 2).reshape(len(rows), -1), x, references,
+                                   np.arange(12) // 4)  # fmt: skip
+        np.testing.assert_allclose(result.values[i].reshape(3, -1), truth, rtol=0, atol=tolerance(truth))
+    steps = rnnshap.foundation.explain(
+        bolt, context, prediction_length=2, background=background, method="shapley", budget=400, random_state=0
+    )  # sampled: the missing steps are still no players
+    assert np.all(steps.values[0, 5] == 0) and np.all(steps.values[1, :4] == 0)
+    assert np.abs(steps.values[0, 4]).max() > 0 and np.abs(steps.values[1, 4:]).max() > 0
+    np.testing.assert_allclose(steps.total(), steps.forecast, rtol=0, atol=tolerance(steps.forecast))
+
+
+def test_a_pandas_series_is_one_series_and_a_dataframe_is_refused_with_advice(bolt: Any) -> None:
+    pd = pytest.importorskip("pandas")
+    background = windows(16, [0, 50])
+    series = pd.Series(SERIES[300:316], index=pd.date_range("2000-01-01", periods=16, freq="D"))
+    result = rnnshap.foundation.explain(bolt, series, prediction_length=2, background=background)
+    np.testing.assert_array_equal(
+        result.values, rnnshap.foundation.explain(bolt, SERIES[300:316], prediction_length=2, background=background).values
+    )
+    listed = rnnshap.foundation.explain(bolt, [series, series.iloc[6:]], prediction_length=2, background=background)
+    np.testing.assert_allclose(listed.total(), bolt_forecast(bolt, [SERIES[300:316], SERIES[306:316]], 2), rtol=0,
+                               atol=tolerance(listed.forecast))  # fmt: skip
+    with pytest.raises(InputError, match="to_numpy"):
+        rnnshap.foundation.explain(bolt, pd.DataFrame({"a": SERIES[300:316]}), prediction_length=2, background=background)
+
+
+def test_bolt_levels_it_was_not_trained_on_are_refused_by_deepshap_naming_them(bolt: Any) -> None:
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"0\.25.*not among the levels"):
+        rnnshap.foundation.explain(bolt, windows(16, [300]), prediction_length=2, background=windows(16, [0, 50]),
+                                   quantile_levels=[0.25])  # fmt: skip

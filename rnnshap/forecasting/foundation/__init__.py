@@ -97,8 +97,9 @@ class Adapter:
         explained window's values for it and its references alike (DeepSHAP's context inputs)."""
         return []
 
-    def refusal_note(self, prediction_length: int) -> str:
-        """What to add to DeepSHAP's refusal of this forecast (e.g. the rollout past the model's horizon)."""
+    def refusal_note(self, prediction_length: int, levels: Sequence[Any] = ()) -> str:
+        """What to add to DeepSHAP's refusal of this forecast (e.g. the rollout past the model's horizon, quantile
+        levels the library interpolates)."""
         return ""
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -165,6 +166,15 @@ def adapter_for(model: Any) -> Adapter:
 def windows_of(context: Any, what: str = "context") -> np.ndarray:
     """``context`` as (n, L) float64: an (n, L) or (L,) array or tensor, or a list of 1-D series of any lengths,
     left-padded with NaN (missing) to the longest, as the libraries that take lists do."""
+    if hasattr(context, "columns") and hasattr(context, "to_numpy"):  # a pandas DataFrame: which axis is time?
+        raise InputError(
+            f"{what}: a DataFrame does not say whether its rows or its columns are the series; give "
+            "df.to_numpy().T where each column is a series (the windows are rows), or a list of the columns' Series"
+        )
+    if _is_series(context):  # a pandas Series: one series
+        context = context.to_numpy(dtype=np.float64)
+    if isinstance(context, (list, tuple)):  # pandas Series in a list: series of their own lengths
+        context = [c.to_numpy(dtype=np.float64) if _is_series(c) else c for c in context]
     if isinstance(context, (list, tuple)) and context and all(_is_array(c) and np.ndim(_numpy(c)) == 1 for c in context):
         series = [_numpy(c) for c in context]
         if any(s.size == 0 for s in series):
@@ -184,6 +194,10 @@ def windows_of(context: Any, what: str = "context") -> np.ndarray:
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{what}: expected (n, L) windows of one series each, got shape {tuple(np.shape(array))}")
     return array
+
+
+def _is_series(a: Any) -> bool:
+    return hasattr(a, "to_numpy") and not hasattr(a, "columns") and getattr(a, "ndim", None) == 1
 
 
 def _is_array(a: Any) -> bool:
@@ -545,7 +559,7 @@ def _deepshap(
             except UnsupportedOperationError as error:
                 refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
                 refusal.args = (
-                    f"{adapter.label}'s forecast{adapter.refusal_note(H)} has operations DeepSHAP has no exact rule for; "
+                    f"{adapter.label}'s forecast{adapter.refusal_note(H, levels)} has operations DeepSHAP has no exact rule for; "
                     "method='shapley' explains it from the library's own forecast call (Shapley values with standard "
                     f"errors).\n{error}",
                 )
@@ -598,8 +612,13 @@ def _shapley(
     offsets = np.cumsum([int(ids.max()) + 1] + [int(p[0].max()) + 1 for p in plans])
     all_ids = [ids] + [p[0] + offsets[k] for k, p in enumerate(plans)]
     forecast_with = getattr(adapter, "forecast_with", None)
+    observed: np.ndarray | None = None  # the explained window's observed steps (its missing ones are no players)
 
     def forward(seen: np.ndarray, *covariate_seen: np.ndarray) -> np.ndarray:
+        if observed is not None:  # the window's missing steps given as missing to every coalition
+            given = np.full((seen.shape[0], readable), np.nan)
+            given[:, observed] = seen
+            seen = given
         full = np.concatenate([np.broadcast_to(prefix[:1], (seen.shape[0], trimmed)), seen], axis=1) if trimmed else seen
         if covariate_seen:
             assert forecast_with is not None
@@ -632,16 +651,35 @@ def _shapley(
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
         prefix = windows[i : i + 1, :trimmed]
         inputs = [windows[i : i + 1, trimmed:]] + [c[i : i + 1] for _, c in covariates]
-        explainer = ShapleyExplainer(_Forward(forward), reference if covariates else reference[0], batch_size=batch_size)
+        window_ids, window_reference, present = ids, reference, np.arange(len(spans))
+        missing = np.isnan(inputs[0][0])
+        observed = None
+        if missing.any():  # missing steps (a gap, the padding of a shorter series): no players, exactly 0, as in DeepSHAP
+            observed = np.flatnonzero(~missing)  # (covariates= refuses a target with missing values)
+            if observed.size == 0:
+                raise InputError(
+                    f"window {i} has no observed value in the {readable} steps {adapter.label} reads: nothing to explain"
+                )
+            present, window_ids = np.unique(ids[observed], return_inverse=True)
+            inputs[0] = inputs[0][:, observed]
+            window_reference = [reference[0][:, observed]]
+        explainer = ShapleyExplainer(
+            _Forward(forward), window_reference if covariates else window_reference[0], batch_size=batch_size
+        )
         estimate = explainer.shapley_values(
-            inputs if covariates else inputs[0], players=all_ids if covariates else ids, budget=budget,
-            random_state=random_state,
+            inputs if covariates else inputs[0], players=all_ids if covariates else window_ids.astype(np.int64),
+            budget=budget, random_state=random_state,
         )  # fmt: skip
         v = np.asarray(estimate.values).reshape(-1, H, Q)
         e = np.asarray(estimate.stderr).reshape(-1, H, Q)
-        start = trimmed if kind == "steps" else 0
-        values[i, start:] = v[: offsets[0]]
-        stderr[i, start:] = e[: offsets[0]]
+        if observed is not None:
+            at = trimmed + observed if kind == "steps" else present
+            values[i, at] = v
+            stderr[i, at] = e
+        else:
+            start = trimmed if kind == "steps" else 0
+            values[i, start:] = v[: offsets[0]]
+            stderr[i, start:] = e[: offsets[0]]
         for k in range(len(covariates)):
             covariate_values[k][i] = v[offsets[k] : offsets[k + 1]]
             covariate_stderr[k][i] = e[offsets[k] : offsets[k + 1]]

@@ -89,14 +89,22 @@ class ChronosBoltAdapter(Adapter):
         )
         return quantiles.double().cpu().numpy()
 
-    def refusal_note(self, prediction_length: int) -> str:
+    def refusal_note(self, prediction_length: int, levels: Sequence[Any] = ()) -> str:
         own = int(self.pipeline.model_prediction_length)
-        if prediction_length <= own:
-            return ""
-        return (
-            f" (prediction_length={prediction_length} is past the model's own {own} steps: predict() rolls out by feeding "
-            f"every quantile back and takes torch.quantile of the results; prediction_length<={own} is one forward)"
-        )
+        notes = []
+        if prediction_length > own:
+            notes.append(
+                f"prediction_length={prediction_length} is past the model's own {own} steps: predict() rolls out by feeding "
+                f"every quantile back and takes torch.quantile of the results; prediction_length<={own} is one forward"
+            )
+        trained = [float(q) for q in self.pipeline.quantiles]
+        other = [q for q in levels if float(q) not in trained]  # predict_quantiles' own test: exact membership
+        if other:
+            notes.append(
+                f"quantile_levels {other} are not among the levels {trained} the model forecasts: predict_quantiles "
+                "interpolates them with torch.quantile; levels among them are columns of one forward"
+            )
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
         return windows  # NaN is the pipeline's missing value: masked out by the model, attributed nothing

@@ -123,7 +123,7 @@ class Chronos2Adapter(Adapter):
         quantiles, _ = self.pipeline.predict_quantiles(inputs, prediction_length=H, quantile_levels=levels)
         return np.stack([q.reshape(H, len(levels)).double().cpu().numpy() for q in quantiles])
 
-    def refusal_note(self, prediction_length: int) -> str:
+    def refusal_note(self, prediction_length: int, levels: Sequence[Any] = ()) -> str:
         own = int(self.pipeline.model_prediction_length)
         if prediction_length <= own:
             return ""
