@@ -25,7 +25,7 @@ from torch import nn
 import rnnshap
 import rnnshap.captum
 
-from .conftest import assert_additive, relative_to_max
+from .conftest import assert_additive, relative_to_max, rounding_tol
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -315,6 +315,37 @@ def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(whe
     message = str(info.value)
     assert "different entries" in message and "Choose background rows" in message
     assert "Rescale" not in message
+
+
+COMPARISON_FILLS: dict[str, Callable[[Tensor], Tensor]] = {
+    "x == x": lambda x: x == x,
+    "x < c": lambda x: x < 1e30,
+    "isnan (the truth)": lambda x: ~torch.isnan(x),
+}
+
+
+@pytest.mark.parametrize("observed", COMPARISON_FILLS)
+def test_missing_values_masked_by_a_comparison_other_than_isnan_are_exact(observed: str) -> None:
+    """NaN at the same entries on both sides, masked by ``where(x == x, f(x), 0)`` or ``where(x < c, f(x), 0)``
+    after a nonlinear ``f``: the same function as ``where(~isnan(x), f(x), 0)``, whose values they must give
+    (f's multiplier is NaN on the missing entries, and the gate passes 0 to them: never 0 · NaN)."""
+    torch.manual_seed(11)
+    head = nn.Sequential(nn.Linear(L, 6), nn.Tanh(), nn.Linear(6, 1)).to(F64).eval()
+    keep = COMPARISON_FILLS[observed]
+
+    class Masking(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return head(torch.where(keep(x), torch.tanh(x) * x, 0.0))
+
+    class Truth(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return head(torch.where(~torch.isnan(x), torch.tanh(x) * x, 0.0))
+
+    background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
+    values = _explain(Masking(), background, X)
+    assert_additive(values, Masking(), X, background, F64)
+    assert np.all(values[:, :GAP] == 0.0)
+    assert relative_to_max(values, _explain(Truth(), background, X)) <= rounding_tol(F64)
 
 
 @pytest.mark.parametrize("multiply_by_inputs", [True, False])

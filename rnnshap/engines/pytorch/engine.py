@@ -440,7 +440,10 @@ class TorchEngine(Engine):
             tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
             ref_outputs = repeat_along(ref_outputs, 0, s)
         try:
-            with torch.enable_grad(), tracking_missing_values():  # (rules/missing.py: masked-out NaN entries)
+            with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
+                # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
+                # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
+                missing.seen = _holds_nan(leaves) or _holds_nan(references)
                 copies = [leaf.clone() for leaf in leaves]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 outputs, mode = run_pass(
@@ -492,10 +495,14 @@ class TorchEngine(Engine):
         return BlockResult(sums, model_outputs, ref_sums)
 
 
+def _holds_nan(tensors: list[Tensor]) -> bool:
+    return any(t.is_floating_point() and bool(torch.isnan(t).any()) for t in tensors)
+
+
 def _check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1, first: int = 0) -> None:
     """Refuse missing values (NaN) in ``inputs`` that the model does not handle: its output is NaN for their rows
     (every ``step``-th row of ``outputs`` is one of ``inputs``' rows, the first of them row ``first``)."""
-    if all(not (t.is_floating_point() and bool(torch.isnan(t).any())) for t in inputs):
+    if not _holds_nan(inputs):
         return
     finite = torch.isfinite(outputs) if isinstance(outputs, Tensor) else torch.from_numpy(np.isfinite(outputs))
     rows = (~finite.reshape(finite.shape[0], -1).all(1)).nonzero()
