@@ -670,3 +670,29 @@ def test_bolt_levels_it_was_not_trained_on_are_refused_by_deepshap_naming_them(b
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"0\.25.*not among the levels"):
         rnnshap.foundation.explain(bolt, windows(16, [300]), prediction_length=2, background=windows(16, [0, 50]),
                                    quantile_levels=[0.25])  # fmt: skip
+
+
+def test_chronos2_shapley_covariate_steps_before_its_context_length_are_no_players(chronos2: Any) -> None:
+    """Chronos-2 cuts every row of a group (covariates too) to the last context_length=16 steps: a covariate's
+    earlier steps are never read, so they are no players (exactly 0, as the target's and as DeepSHAP gives them),
+    and the players left are those of a window of 16 steps, enumerated through chronos' own call."""
+    L, H = 20, 2
+    context = windows(L, [300])
+    covariates = {"past_covariates": {"price": windows(L, [200])}}
+    reference = {"target": windows(L, [0, 50]), "past_covariates": {"price": windows(L, [20, 70])}}
+    options = dict(background=reference, covariates=covariates, method="shapley", quantile_levels=[0.5])
+    sampled = rnnshap.foundation.explain(chronos2, context, prediction_length=H, budget=200, random_state=0, **options)
+    assert np.all(sampled.values[0, :4] == 0) and np.all(sampled.covariates["price"][0, :4] == 0)
+    np.testing.assert_allclose(sampled.total(), sampled.forecast, rtol=0, atol=tolerance(sampled.forecast))
+    patches = rnnshap.foundation.explain(chronos2, context, prediction_length=H, players="patches", budget=10_000, **options)
+    assert patches.covariates["price"].shape == patches.values.shape == (1, 4, H, 1) and patches.exact.all()
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows: the target's last 16 steps, then price's
+        tasks = [{"target": r[:16], "past_covariates": {"price": r[16:]}} for r in rows]
+        return chronos2_forecast(chronos2, tasks, H, [0.5])[..., 0]
+
+    x = np.concatenate([context[0, 4:], covariates["past_covariates"]["price"][0, 4:]])
+    refs = np.concatenate([reference["target"][:, 4:], reference["past_covariates"]["price"][:, 4:]], axis=1)
+    truth = enumerated_shapley(own, x, refs, np.arange(32) // 4)
+    np.testing.assert_allclose(patches.values[0, :, :, 0], truth[:4], rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(patches.covariates["price"][0, :, :, 0], truth[4:], rtol=0, atol=tolerance(truth))

@@ -608,7 +608,9 @@ def _shapley(
     spans = [(a + trimmed, b + trimmed) for a, b in spans]
     prefix = windows[:, :trimmed]
     names = [name for name, _ in covariates]
-    plans = [player_ids(players, c.shape[1], adapter) for _, c in covariates]
+    # a covariate's steps before the context length are cut with the target's (its future steps after): no players
+    plans = [player_ids(players, c.shape[1] - trimmed, adapter) for _, c in covariates]
+    covariate_prefix = [c[:1, :trimmed] for _, c in covariates]
     offsets = np.cumsum([int(ids.max()) + 1] + [int(p[0].max()) + 1 for p in plans])
     all_ids = [ids] + [p[0] + offsets[k] for k, p in enumerate(plans)]
     forecast_with = getattr(adapter, "forecast_with", None)
@@ -620,6 +622,11 @@ def _shapley(
             given[:, observed] = seen
             seen = given
         full = np.concatenate([np.broadcast_to(prefix[:1], (seen.shape[0], trimmed)), seen], axis=1) if trimmed else seen
+        if trimmed:
+            covariate_seen = tuple(
+                np.concatenate([np.broadcast_to(p, (c.shape[0], trimmed)), c], axis=1)
+                for p, c in zip(covariate_prefix, covariate_seen, strict=True)
+            )
         if covariate_seen:
             assert forecast_with is not None
             out = forecast_with(full, dict(zip(names, covariate_seen, strict=True)), H, levels)
@@ -638,7 +645,7 @@ def _shapley(
     exact = np.zeros(n, dtype=bool)
     n_evals = np.zeros(n, dtype=np.int64)
     if rows is None:  # dropped: every step of every series given as missing
-        reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1]), np.nan) for _, c in covariates]
+        reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1] - trimmed), np.nan) for _, c in covariates]
         try:  # the empty coalition: every step the model reads given as missing
             forward(*reference)
         except Exception as error:
@@ -647,10 +654,11 @@ def _shapley(
                 f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
             ) from error
     else:
-        reference = [rows[:, trimmed:]] + list(covariate_rows)
+        reference = [rows[:, trimmed:]] + [r[:, trimmed:] for r in covariate_rows]
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
         prefix = windows[i : i + 1, :trimmed]
-        inputs = [windows[i : i + 1, trimmed:]] + [c[i : i + 1] for _, c in covariates]
+        covariate_prefix = [c[i : i + 1, :trimmed] for _, c in covariates]
+        inputs = [windows[i : i + 1, trimmed:]] + [c[i : i + 1, trimmed:] for _, c in covariates]
         window_ids, window_reference, present = ids, reference, np.arange(len(spans))
         missing = np.isnan(inputs[0][0])
         observed = None
@@ -681,8 +689,8 @@ def _shapley(
             values[i, start:] = v[: offsets[0]]
             stderr[i, start:] = e[: offsets[0]]
         for k in range(len(covariates)):
-            covariate_values[k][i] = v[offsets[k] : offsets[k + 1]]
-            covariate_stderr[k][i] = e[offsets[k] : offsets[k + 1]]
+            covariate_values[k][i, trimmed if kind == "steps" else 0 :] = v[offsets[k] : offsets[k + 1]]
+            covariate_stderr[k][i, trimmed if kind == "steps" else 0 :] = e[offsets[k] : offsets[k + 1]]
         base[i] = np.asarray(estimate.base_values).reshape(H, Q)
         exact[i] = bool(np.asarray(estimate.exact).reshape(-1)[0])
         n_evals[i] = int(np.asarray(estimate.n_evals).reshape(-1)[0])
