@@ -696,3 +696,12 @@ def test_chronos2_shapley_covariate_steps_before_its_context_length_are_no_playe
     truth = enumerated_shapley(own, x, refs, np.arange(32) // 4)
     np.testing.assert_allclose(patches.values[0, :, :, 0], truth[:4], rtol=0, atol=tolerance(truth))
     np.testing.assert_allclose(patches.covariates["price"][0, :, :, 0], truth[4:], rtol=0, atol=tolerance(truth))
+
+
+@pytest.mark.parametrize("levels", [[], [0.5], [0.1]])
+def test_a_point_forecaster_refuses_any_quantile_levels(ttm: Any, levels: list[float]) -> None:
+    """TinyTimeMixer's one column is its point forecast (a mean under its MSE training), no quantile: no level, not
+    even 0.5 or none at all, is quietly taken for it."""
+    with pytest.raises(InputError, match="point forecast"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]),
+                                   quantile_levels=levels)  # fmt: skip

@@ -44,8 +44,11 @@ class MomentAdapter(Adapter):
         return int(self.model.patch_len)
 
     def levels(self, requested: Sequence[float] | None) -> list[Any]:
-        if requested is not None and list(requested) not in ([0.5], []):
-            raise InputError(f"{self.label} makes a point forecast: quantile_levels must be None")
+        if requested is not None:
+            raise InputError(
+                f"{self.label} makes a point forecast (one column, 'point'), no quantiles: leave quantile_levels=None; "
+                f"got {list(requested)}"
+            )
         return ["point"]
 
     def torch_modules(self) -> list[Any]:
