@@ -58,16 +58,27 @@ def _deep(name: str):
         "InceptionTime": lambda: D.InceptionTimeClassifier(n_classifiers=2, depth=2, n_filters=4, **small),  # an ensemble
         "LITETime": lambda: D.LITETimeClassifier(n_classifiers=1, n_filters=4, **small),  # SeparableConv1D, DepthwiseConv1D
         "FCN": lambda: D.FCNClassifier(n_layers=2, n_filters=[4, 4], kernel_size=[3, 3], **small),
+        # logits of ±170 after one epoch: one side's Σ exp(z − max) of the softmax underflows in float32
+        "ResNet": lambda: D.ResNetClassifier(n_residual_blocks=2, n_filters=[32, 64], **small),
     }[name]()
 
 
 @pytest.mark.parametrize(
     "name",
-    ["TimeCNN", pytest.param("InceptionTime", marks=pytest.mark.slow), "LITETime", "FCN"],  # InceptionTime: 20 s
+    [
+        "TimeCNN", pytest.param("InceptionTime", marks=pytest.mark.slow), "LITETime", "FCN",
+        pytest.param("ResNet", marks=pytest.mark.slow),  # InceptionTime, ResNet: 20 s
+    ],
 )
 def test_deep_classifiers_add_up_to_predict_proba(name: str, motions) -> None:
     X, y = motions
     clf = _fit(_deep(name), X, y)
+    if name == "ResNet":  # the premise: a sample's and a reference's largest logits lie further apart than float32's exp spans
+        dense = clf.model_.layers[-1]
+        kernel, bias = dense.get_weights()
+        hidden = np.asarray(keras.Model(clf.model_.input, dense.input)(X.transpose(0, 2, 1)), np.float64)
+        top = (hidden @ kernel.astype(np.float64) + bias).max(1)
+        assert np.abs(top[:3, None] - top[None, 10:22]).max() > -np.log(np.finfo(np.float32).smallest_subnormal)
     weights = [[w.copy() for w in m.model_.get_weights()] for m in getattr(clf, "classifiers_", [clf])]
     before = clf.predict_proba(X[:3])
     result = rnnshap.aeon.explain(clf, X[:3], background=X[10:22])

@@ -198,17 +198,38 @@ def softmax(u: Dual, axis: Any = -1) -> Dual:
     """
     shift = tf.stop_gradient(tf.maximum(tf.reduce_max(u.x, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)))
     shifted = u.map(lambda t: t - shift)
-    e = rescale(tf.exp, shifted, derivative=tf.exp)
-    log_total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
-    return rescale(tf.exp, shifted - log_total, derivative=tf.exp)
+    return rescale(tf.exp, shifted - log_of_sum(shifted, axis), derivative=tf.exp)
 
 
 def log_softmax(u: Dual, axis: Any = -1) -> Dual:
     shift = tf.stop_gradient(tf.maximum(tf.reduce_max(u.x, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)))
     shifted = u.map(lambda t: t - shift)
+    return shifted - log_of_sum(shifted, axis)
+
+
+def log_of_sum(shifted: Dual, axis: Any) -> Dual:
+    r"""log Σ exp(``shifted``) over ``axis`` (keepdims; ``shifted`` is at most 0, its largest entry on one
+    side 0): Rescale on exp, the linear sum, Rescale on log, as the PyTorch side's
+    :func:`rnnshap.rules.structured.shifted_logsumexp`.
+
+    Where one side's sum underflows (its maximum lies more than ~87 below the other's in float32: confident
+    logits of a few hundred), its log is taken from a stable logsumexp instead of :math:`\log 0`, and the
+    log's multiplier is the quotient :math:`(\log S - \log S_r)/(S - S_r)` of those logs (the other side's
+    sum is at least 1, so the quotient is finite and the values still add up). Where both sums are normal
+    numbers, the ops are those of plain Rescale (the same values, bit for bit)."""
     e = rescale(tf.exp, shifted, derivative=tf.exp)
-    log_total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
-    return shifted - log_total
+    total = e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True))
+    tx = tf.stop_gradient(total.x)
+    tiny = float(ml_dtypes.finfo(tx.dtype.as_numpy_dtype).tiny)
+    normal_x, normal_r = tx >= tiny, total.r >= tiny
+    log_x = tf.where(normal_x, tf.math.log(tx), tf.reduce_logsumexp(tf.stop_gradient(shifted.x), axis, keepdims=True))
+    log_r = tf.where(normal_r, tf.math.log(total.r), tf.reduce_logsumexp(shifted.r, axis, keepdims=True))
+    plain = secant_multiplier(tf.math.log(tx), tf.math.log(total.r), tx, total.r, tf.math.reciprocal)
+    gap = tx - total.r
+    quotient = (log_x - log_r) / tf.where(tf.equal(gap, 0), tf.ones_like(gap), gap)
+    multiplier = tf.where(normal_x & normal_r, plain, quotient)
+    multiplier = tf.where(tf.math.is_finite(multiplier), multiplier, tf.zeros_like(multiplier))
+    return Dual(attach(log_x, [(total.x, multiplier)]), log_r)
 
 
 
@@ -385,9 +406,7 @@ def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = Tru
 def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
     """log Σ exp(u): Rescale on exp, the linear sum, Rescale on log (the shift c cancels)."""
     shift = tf.stop_gradient(tf.maximum(tf.reduce_max(u.x, axis, keepdims=True), tf.reduce_max(u.r, axis, keepdims=True)))
-    e = rescale(tf.exp, u.map(lambda t: t - shift), derivative=tf.exp)
-    total = rescale(tf.math.log, e.map(lambda t: tf.reduce_sum(t, axis, keepdims=True)), derivative=tf.math.reciprocal)
-    out = total.map(lambda t: t + shift)
+    out = log_of_sum(u.map(lambda t: t - shift), axis).map(lambda t: t + shift)
     return out if keepdims else out.map(lambda t: tf.squeeze(t, axis))
 
 
