@@ -314,6 +314,7 @@ def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(whe
         _explain(model, background, X)
     message = str(info.value)
     assert "different entries" in message and "Choose background rows" in message
+    assert f"first missing in {'the explained input' if where == 'X' else 'the background row'} only" in message  # what to change
     assert "Rescale" not in message
 
 
@@ -382,8 +383,9 @@ def test_a_mask_on_one_side_only_is_refused_by_name() -> None:
 
     background, X = _windows(6, 0), _windows(2, 1)
     X[0, 3] = NAN
-    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"torch\.isnan: it answers differently"):
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"torch\.isnan: it answers differently") as info:
         _explain(MaskOnly().to(F64), background, X)
+    assert "first missing in the explained input only" in str(info.value)
 
 
 def test_missing_values_in_context_the_model_trims_get_exactly_zero() -> None:

@@ -31,7 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .base import OpCall, Rule
 from .elementwise import with_multipliers
-from .missing import MissingMismatch, saw_missing_values
+from .missing import MissingMismatch, mismatch_side, saw_missing_values
 
 Tensor = torch.Tensor
 
@@ -143,7 +143,7 @@ class Predicate(Rule):
         if not torch.equal(mask, mask_ref):
             raise MissingMismatch(
                 "it answers differently for an explained input and its reference (a NaN or infinite value on one "
-                "side only), the model reads its answer, and that step has no finite multiplier"
+                f"side only: {mismatch_side(x, x_ref)}), the model reads its answer, and that step has no finite multiplier"
             )
         if not bool(torch.isfinite(x).all()):
             saw_missing_values()

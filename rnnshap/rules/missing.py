@@ -66,10 +66,24 @@ def check_same_missing(x: Tensor, r: Tensor, what: str, non_finite: bool = False
     if not same:
         raise MissingMismatch(
             f"an explained input and its reference hold missing values (NaN{' or inf' if non_finite else ''}) at "
-            f"different entries of what {what}, so the difference there has no size and what the model computes "
-            "from it has no multiplier"
+            f"different entries of what {what} ({mismatch_side(x, r)}), so the difference there has no size and what "
+            "the model computes from it has no multiplier"
         )
     return True
+
+
+def mismatch_side(x: Tensor, r: Tensor) -> str:
+    """Which side of a pair holds the first entry missing on one side only: what a user changes (the explained
+    windows or the background rows)."""
+    xf, rf = ~torch.isfinite(x), ~torch.isfinite(r)
+    if xf.shape != rf.shape:
+        return "missing on one side only"
+    first = (xf != rf).nonzero()
+    if not first.numel():
+        return "NaN on one side, an infinity on the other"
+    position = tuple(int(i) for i in first[0])
+    side = "the explained input" if bool(xf[position]) else "the background row"
+    return f"first missing in {side} only, at {position} of that operand"
 
 
 class NanToNum(Rule):
@@ -165,6 +179,6 @@ def missing_value_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 
 __all__ = [
-    "MissingMismatch", "MissingValues", "NAN_REDUCTIONS", "NanReduction", "NanToNum", "check_same_missing",
+    "MissingMismatch", "MissingValues", "NAN_REDUCTIONS", "NanReduction", "NanToNum", "check_same_missing", "mismatch_side",
     "missing_value_rules", "missing_values_state", "saw_missing_values", "tracking_missing_values",
 ]
