@@ -641,7 +641,9 @@ def _explain_models(
                     warnings.simplefilter("ignore")
                 fcsts_df = one.predict(explainer_config=config, **predict)
         explanations = {
-            _name(model): _collect(model, run, record) for model in models if model.__dict__.get("explanations") is not None
+            _name(model): _collect(model, run, record, config["series"])
+            for model in models
+            if model.__dict__.get("explanations") is not None
         }
         if chunked:
             one = copy.copy(nf)
@@ -653,7 +655,7 @@ def _explain_models(
     return fcsts_df, explanations
 
 
-def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]:
+def _collect(model: Any, run: _Run, record: Mapping[str, Any], series: list[int]) -> dict[str, Any]:
     """One model's explanations in ``NeuralForecast.explain``'s layout (exogenous as [..., features, temporal])."""
     import torch
 
@@ -695,7 +697,7 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any]) -> dict[str, Any]
         n_evals = [sum(np.concatenate([np.asarray(p["n_evals"]) for p in g[k]]) for k in sorted(g)) for g in groups]
         entry["n_evals"] = np.concatenate(n_evals)  # rows per window, summed over the horizon's chunks
     if record:
-        _to_data_units(entry, record)
+        _to_data_units(entry, record, series if model.MULTIVARIATE else None)
     return entry
 
 
@@ -706,20 +708,26 @@ def _bound(run: _Run, model: Any) -> Any:
     return explain_batch
 
 
-def _to_data_units(entry: dict[str, Any], record: Mapping[str, Any]) -> None:
-    """Apply a global ``local_scaler_type``'s per-series affine map (intercept a, slope b) to the values."""
+def _to_data_units(entry: dict[str, Any], record: Mapping[str, Any], series: list[int] | None = None) -> None:
+    """Apply a global ``local_scaler_type``'s per-series affine map (intercept a, slope b) to the values: per window
+    (one series each) for a univariate model; per explained series (axis 2, ``series``) for a multivariate one."""
     import torch
 
-    intercept, slope = record["intercept"], record["slope"]
+    intercept, slope = np.asarray(record["intercept"]), np.asarray(record["slope"])
     n = len(slope)
     for key, value in list(entry.items()):
-        if value is None or key == "n_evals":
+        if value is None or key in ("n_evals", "explained_by"):
             continue
         t = torch.as_tensor(value)
-        if t.shape[0] != n:  # recursive steps or a batch layout this map does not follow: refuse rather than guess
+        if series is not None:  # [windows, horizon, series_out, output, ...]: the map of each output series
+            shape = (1, 1, len(series), *([1] * (t.ndim - 3)))
+            a_s, b_s = intercept[series], slope[series]
+        elif t.shape[0] != n:  # recursive steps or a batch layout this map does not follow: refuse rather than guess
             raise InputError(f"the global scaler's map has {n} series; the explanations have {t.shape[0]} windows")
-        b = torch.as_tensor(slope, dtype=t.dtype).reshape(n, *([1] * (t.ndim - 1)))
+        else:
+            shape, a_s, b_s = (n, *([1] * (t.ndim - 1))), intercept, slope
+        b = torch.as_tensor(b_s, dtype=t.dtype).reshape(shape)
         if key == "baseline_predictions":
-            entry[key] = torch.as_tensor(intercept, dtype=t.dtype).reshape(b.shape) + b * t
+            entry[key] = torch.as_tensor(a_s, dtype=t.dtype).reshape(shape) + b * t
         else:
             entry[key] = t * b.abs() if key.endswith("_stderr") else t * b

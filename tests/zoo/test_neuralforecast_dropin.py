@@ -209,3 +209,18 @@ def test_iqloss_explains_the_forecast_predict_reports(data: dict[str, Any]) -> N
     fcsts, ex = explain(nf, verbose=False)
     assert list(forecast.columns[-1:]) == list(fcsts.columns[-1:]) == ["MLP_ql0.5"]
     _assert_adds_up(_total(ex["MLP"], False)[:, :, 0, 0], forecast["MLP_ql0.5"].to_numpy().reshape(S, H), "IQLoss median")
+
+
+def test_multivariate_with_a_global_scaler_adds_up_in_the_datas_units(data: dict[str, Any]) -> None:
+    """local_scaler_type='standard' beside a multivariate model: each output series' values take that series' affine
+    map (they used to be refused, failing the univariate model beside it too); both add up to nf.predict."""
+    _quiet()
+    torch.manual_seed(0)
+    models = [MLPMultivariate(h=H, input_size=L, n_series=S, hidden_size=8, num_layers=1, **QUIET),
+              MLP(h=H, input_size=L, hidden_size=8, num_layers=1, **QUIET)]  # fmt: skip
+    nf = NeuralForecast(models=models, freq="ME", local_scaler_type="standard")
+    nf.fit(data["df"][["unique_id", "ds", "y"]])
+    forecast = nf.predict()
+    _, ex = explain(nf, verbose=False)
+    _assert_adds_up(_total(ex["MLPMultivariate"], True)[0, :, :, 0].T, forecast["MLPMultivariate"].to_numpy().reshape(S, H), "MV")
+    _assert_adds_up(_total(ex["MLP"], False)[:, :, 0, 0], forecast["MLP"].to_numpy().reshape(S, H), "MLP beside it")
