@@ -24,8 +24,10 @@ from darts.utils.likelihood_models import CauchyLikelihood  # noqa: E402
 
 from rnnshap.darts import ShapExplainer  # noqa: E402
 
+from ..conftest import additivity_tol  # noqa: E402
+
 L, H = 6, 2
-TOL = 1e-5  # float32 models: relative to max(1, |forecast|)
+TOL = additivity_tol(np.float32)  # float32 models: relative to max(1, |forecast|)
 
 
 def _fitted() -> tuple[BlockRNNModel, TimeSeries]:
