@@ -64,7 +64,7 @@ def panels(X: Any, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
             f"{what} holds series of unequal length; rnnshap explains equal-length panels (the values are laid out "
             "(n, channels, time)): pad or truncate them as the estimator was fitted"
         )
-    array = np.asarray(convert_collection(X, "numpy3D"), dtype=np.float64)
+    array = np.array(convert_collection(X, "numpy3D"), dtype=np.float64)  # a copy: the caller's stays theirs
     names = [str(c) for c in X.columns] if kind == "pd-multiindex" else None
     return array, names
 

@@ -70,7 +70,7 @@ def panels(X: Any, what: str = "X") -> tuple[np.ndarray, list[str] | None]:
             f"{what} holds series of unequal length; rnnshap explains equal-length panels (the values are laid out "
             "(n, channels, time)): pad or truncate them as the estimator was fitted"
         )
-    array = np.asarray(convert_to(X, to_type="numpy3D", as_scitype="Panel"), dtype=np.float64)
+    array = np.array(convert_to(X, to_type="numpy3D", as_scitype="Panel"), dtype=np.float64)  # a copy: the caller's stays theirs
     names = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else None
     return array, names
 
@@ -112,22 +112,29 @@ def _refuse_batch_mixing(network: Any, estimator: str) -> None:
             )
 
 
-def _feeds_only_the_panel(clf: Any, x: np.ndarray) -> bool:
+def _feeds_only_the_panel(clf: Any, x: np.ndarray) -> bool | None:
     """Whether the estimator's own dataloader feeds its network exactly ``X=panel.transpose(0, 2, 1)``
-    (float32) and nothing else."""
+    (float32) and, if anything, an all-True ``padding_masks`` of ``(n, time)`` (``MVTSTransformerClassifier``'s):
+    None where it feeds anything else, else whether it feeds that mask."""
     import torch
 
     batch = next(iter(clf._build_dataloader(x[:2])))
-    if not isinstance(batch, dict) or set(batch) != {"X"}:
-        return False
+    if not isinstance(batch, dict) or set(batch) - {"padding_masks"} != {"X"}:
+        return None
     expected = torch.tensor(x[:2].transpose(0, 2, 1), dtype=torch.float32)
     fed = batch["X"]
-    return bool(fed.shape == expected.shape and fed.dtype == expected.dtype and torch.equal(fed, expected))
+    if not (fed.shape == expected.shape and fed.dtype == expected.dtype and torch.equal(fed, expected)):
+        return None
+    if "padding_masks" not in batch:
+        return False
+    masks = batch["padding_masks"]
+    return True if masks.dtype == torch.bool and masks.shape == expected.shape[:2] and bool(masks.all()) else None
 
 
-def torch_function(network: Any, softmax: bool) -> Any:
+def torch_function(network: Any, softmax: bool, padding_masks: bool = False) -> Any:
     """A module of sktime's panels ``(n, channels, time)`` equal to the classifier's ``predict_proba``:
-    its network on the transposed panel (keyword ``X``), then a softmax where ``predict_proba`` applies one."""
+    its network on the transposed panel (keyword ``X``; with ``padding_masks``, an all-True mask of
+    ``(n, time)`` beside it, as the dataloader feeds), then a softmax where ``predict_proba`` applies one."""
     import torch
     from torch import nn
 
@@ -137,7 +144,11 @@ def torch_function(network: Any, softmax: bool) -> Any:
             self.network = network
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.network(X=x.transpose(1, 2))
+            if padding_masks:
+                masks = torch.ones((x.shape[0], x.shape[2]), dtype=torch.bool, device=x.device)
+                out = self.network(X=x.transpose(1, 2), padding_masks=masks)
+            else:
+                out = self.network(X=x.transpose(1, 2))
             return torch.softmax(out, dim=-1) if softmax else out
 
     return SktimeProbabilities()
@@ -189,7 +200,8 @@ def explain(
     outputs, reference_outputs = truth(x), truth(reference)
     extra: dict[str, Any] = {"channel_names": names}
     keras_deep = _is_keras_deep(clf) and not regressor
-    torch_deep = found is not None and _feeds_only_the_panel(clf, x)
+    fed = _feeds_only_the_panel(clf, x) if found is not None else None
+    torch_deep = found is not None and fed is not None
     if chosen == "deepshap" and not (keras_deep or torch_deep):
         raise InputError(
             f"{estimator} is not one of sktime's deep classifiers whose network rnnshap rebuilds (its network and the "
@@ -198,7 +210,8 @@ def explain(
         )
     if keras_deep or torch_deep:
         try:
-            return _deep(clf, x, reference, outputs, reference_outputs, found if torch_deep else None, chosen, names,
+            torch_found = (found[0], found[1], bool(fed)) if found is not None and torch_deep else None
+            return _deep(clf, x, reference, outputs, reference_outputs, torch_found, chosen, names,
                          players=players, windows=windows, budget=budget, random_state=random_state,
                          batch_size=batch_size, progress=progress)  # fmt: skip
         except PredictMismatchError:
@@ -227,7 +240,7 @@ def _deep(
     reference: np.ndarray,
     outputs: np.ndarray,
     reference_outputs: np.ndarray,
-    found: tuple[Any, bool] | None,
+    found: tuple[Any, bool, bool] | None,
     chosen: str,
     names: list[str] | None,
     **options: Any,
@@ -274,7 +287,7 @@ def _kept(network: Any) -> Any:
 
 
 def _torch_explainer(
-    found: tuple[Any, bool],
+    found: tuple[Any, bool, bool],
     x: np.ndarray,
     reference: np.ndarray,
     outputs: np.ndarray,
@@ -290,8 +303,8 @@ def _torch_explainer(
 
     from ..forecasting import preserved
 
-    network, softmax = found
-    module = torch_function(network, softmax)
+    network, softmax, padding_masks = found
+    module = torch_function(network, softmax, padding_masks)
     with preserved(network):
         module.eval()
         with torch.no_grad():

@@ -186,3 +186,35 @@ def test_a_univariate_numpyflat_panel_is_the_numpy3d_one(motions) -> None:
     np.testing.assert_array_equal(result.values, reference.values)
     np.testing.assert_array_equal(result.outputs, knn.predict_proba(flat[20:22]))
     assert result.data.shape == (2, 1, T)
+
+
+def test_the_result_holds_its_own_copy_of_the_panels(motions, knn_on_channels_0_and_3) -> None:
+    """The explained panels in the result are a copy: the caller's array, changed later, does not change the plot."""
+    X, _ = motions
+    x = X[20:21].copy()
+    result = rnnshap.sktime.explain(knn_on_channels_0_and_3, x, background=X[[0, 12]], players="channels", budget=10**5)
+    x[:] = 0.0
+    np.testing.assert_array_equal(result.data, X[20:21])
+
+
+def test_the_mvts_transformer_adds_up_to_predict_proba(motions) -> None:
+    """MVTSTransformerClassifier's dataloader feeds its network the panel and an all-True padding mask: DeepSHAP
+    on the network with that mask, its values adding up to predict_proba (float32: its batched and row-wise
+    outputs differ by rounding, which DeepExplainer's rows check allows)."""
+    from sktime.classification.deep_learning.mvts_transformer import MVTSTransformerClassifier
+
+    X, y = motions
+    clf = _fit(
+        MVTSTransformerClassifier(d_model=8, n_heads=1, num_layers=1, dim_feedforward=8, num_epochs=1, batch_size=16), X, y
+    )
+    weights, modes = _state(clf.network)
+    before = clf.predict_proba(X[:3])
+    result = rnnshap.sktime.explain(clf, X[:3], background=X[10:20], method="deepshap")
+    assert result.method == "deepshap" and result.function == "torch"
+    assert result.values.shape == (3, 6, T, 4) and result.classes == list(clf.classes_)
+    np.testing.assert_array_equal(result.outputs, before)
+    assert_adds_up(result)
+    assert np.abs(result.values).max() > 0
+    after_weights, after_modes = _state(clf.network)
+    assert after_modes == modes and all(torch.equal(weights[k], v) for k, v in after_weights.items())
+    np.testing.assert_array_equal(clf.predict_proba(X[:3]), before)

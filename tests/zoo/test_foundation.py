@@ -705,3 +705,22 @@ def test_a_point_forecaster_refuses_any_quantile_levels(ttm: Any, levels: list[f
     with pytest.raises(InputError, match="point forecast"):
         rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]),
                                    quantile_levels=levels)  # fmt: skip
+
+
+def test_chronos2_covariate_references_are_matched_by_name_and_a_missing_future_is_named(chronos2: Any) -> None:
+    """Reference covariates are found by name (in any order); a known covariate whose references lack its future
+    steps is refused naming it (it was an engine error on stacked shapes)."""
+    L, H = 16, 2
+    context, target = windows(L, [300]), windows(L, [0, 50])
+    covariates = {"past_covariates": {"a": windows(L, [200]), "b": windows(L, [220])}}
+    ordered = {"target": target, "past_covariates": {"a": windows(L, [20, 70]), "b": windows(L, [40, 90])}}
+    swapped = {"target": target, "past_covariates": {"b": windows(L, [40, 90]), "a": windows(L, [20, 70])}}
+    one = rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=ordered, covariates=covariates)
+    other = rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=swapped, covariates=covariates)
+    np.testing.assert_array_equal(one.covariates["a"], other.covariates["a"])
+    np.testing.assert_array_equal(one.values, other.values)
+    known = {**covariates, "future_covariates": {"b": windows(H, [236])}}
+    for method in ("deepshap", "shapley"):
+        with pytest.raises(InputError, match=r"'b'.*future"):
+            rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=ordered, covariates=known,
+                                       method=method, players=8)  # fmt: skip

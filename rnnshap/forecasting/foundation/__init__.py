@@ -445,15 +445,24 @@ def explain(
             "past_covariates": {name: aligned_background(v, L) for name, v in (background.get("past_covariates") or {}).items()},
             "future_covariates": dict(background.get("future_covariates") or {}),
         }
-        references = adapter.set_covariates(shaped, B, L, H)  # type: ignore[attr-defined]
-        covariate_rows = [v for _, v in references]
+        references = dict(adapter.set_covariates(shaped, B, L, H))  # type: ignore[attr-defined]
         given_covariates = adapter.set_covariates(covariates, n, L, H)  # type: ignore[attr-defined]
         covariate_names = [name for name, _ in given_covariates]
-        if target_background is not None and [name for name, _ in references] != covariate_names:
-            raise InputError(
-                f"background: give reference windows for the covariates {covariate_names} (past and future alike, under "
-                f"the same names as covariates=); got {[name for name, _ in references]}"
-            )
+        if target_background is not None:
+            if sorted(references) != sorted(covariate_names):
+                raise InputError(
+                    f"background: give reference windows for the covariates {covariate_names} (past and future alike, under "
+                    f"the same names as covariates=); got {list(references)}"
+                )
+            for name, given in given_covariates:  # a covariate known into the future needs references of its future too
+                if references[name].shape[1] != given.shape[1]:
+                    has, lacks = ("covariates=", "background") if given.shape[1] > L else ("background", "covariates=")
+                    raise InputError(
+                        f"covariate {name!r} has future values (future_covariates) in {has} but not in {lacks}: give "
+                        f"background['future_covariates'][{name!r}] (B, {H}) for a covariate known into the future, or "
+                        "neither"
+                    )
+            covariate_rows = [references[name] for name in covariate_names]
     rows = None
     if target_background is not None:
         rows = aligned_background(target_background, L)
