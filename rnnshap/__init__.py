@@ -27,6 +27,18 @@ from .rules.registry import register_rule
 from .shapley import ShapleyEstimate, ShapleyExplainer
 from .summary import Summary
 
+#: the doors into other libraries, reached as ``rnnshap.<door>`` and imported (with their library) on first use
+_DOORS = frozenset({"aeon", "captum", "darts", "foundation", "neuralforecast", "pytorch_forecasting", "ray", "sktime"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _DOORS:
+        from importlib import import_module
+
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AdditivityError",
     "DeepExplainer",

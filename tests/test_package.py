@@ -30,3 +30,24 @@ def test_licence_file_matches_the_declared_licence() -> None:
     assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert importlib.metadata.metadata("rnnshap")["License-Expression"] == "MIT"
+
+
+def test_the_library_doors_are_reached_from_the_package_and_imported_only_when_used() -> None:
+    """The README writes ``rnnshap.neuralforecast.explain(nf)`` after ``import rnnshap``: each door into another
+    library is an attribute of the package, imported (with its library) on first use, never by ``import rnnshap``."""
+    import subprocess
+    import sys
+
+    doors = ["aeon", "captum", "darts", "foundation", "neuralforecast", "pytorch_forecasting", "ray", "sktime"]
+    script = (
+        "import sys, rnnshap\n"
+        f"doors = {doors!r}\n"
+        "assert not [d for d in doors if f'rnnshap.{d}' in sys.modules], sys.modules.keys()\n"
+        "assert 'darts' not in sys.modules and 'aeon' not in sys.modules\n"
+        "assert rnnshap.foundation.explain is sys.modules['rnnshap.foundation'].explain\n"
+        "assert callable(rnnshap.neuralforecast.explain)\n"
+        "try:\n    rnnshap.no_such_door\nexcept AttributeError as error:\n    assert 'no_such_door' in str(error)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
