@@ -304,6 +304,25 @@ def test_a_branch_on_any_missing_value_that_rows_take_differently_is_refused() -
         rnnshap.DeepExplainer(model, torch.cat([background, _windows(2, 1, GAP)]))
 
 
+@pytest.mark.xfail(strict=True, reason="review of issue 36: a mask reduced over the batch is taken as a constant of each row")
+def test_a_count_of_missing_values_over_the_whole_batch_is_refused() -> None:
+    """``isnan(x).sum()`` over the whole batch is not a function of one row (it grows with the batch): the values
+    of a model that scales by it are not those of any row's function, so it must be refused, not followed. Today
+    it is accepted (the row-order check cannot see a count that every order gives alike)."""
+
+    class BatchCount(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(L, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.nan_to_num(x)) * torch.isnan(x).sum().to(x.dtype)
+
+    background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
+    with pytest.raises((rnnshap.UnsupportedOperationError, rnnshap.InputError)):
+        _explain(BatchCount().to(F64).eval(), background, X)
+
+
 # -- entries missing on one side only ------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["background", "X"])
 def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(where: str) -> None:
