@@ -724,3 +724,17 @@ def test_chronos2_covariate_references_are_matched_by_name_and_a_missing_future_
         with pytest.raises(InputError, match=r"'b'.*future"):
             rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=ordered, covariates=known,
                                        method=method, players=8)  # fmt: skip
+
+
+def test_the_plot_of_a_forecast_with_covariates_says_where_their_share_is(chronos2: Any) -> None:
+    """The bars are the target's steps only: with covariates they do not add up to the forecast's change, which the
+    plot says, with the covariates' share of it."""
+    pytest.importorskip("matplotlib")
+    L = 16
+    result = rnnshap.foundation.explain(
+        chronos2, windows(L, [300]), prediction_length=2, covariates={"past_covariates": {"price": windows(L, [200])}},
+        background={"target": windows(L, [0, 50]), "past_covariates": {"price": windows(L, [20, 70])}},
+    )  # fmt: skip
+    bottom = result.plot().axes[1]
+    share = float(result.covariates["price"][0, :, 0, 4].sum())
+    assert "price" in bottom.get_title() and f"{share:.3g}" in bottom.get_title()

@@ -332,6 +332,9 @@ class ForecastExplanation:
         bottom.axhline(0, color=INK, lw=0.6)
         bottom.set_xlabel("context step")
         bottom.set_ylabel("contribution")
+        if self.covariates:  # the bars are the target's: the covariates' share of the change is elsewhere
+            shares = ", ".join(f"{name} {float(v[sample, :, horizon, column].sum()):.3g}" for name, v in self.covariates.items())
+            bottom.set_title(f"the target's steps; the covariates add: {shares} (result.covariates)", fontsize=9)
         return fig
 
     def _column(self, quantile: Any) -> int:
