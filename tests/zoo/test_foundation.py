@@ -738,3 +738,10 @@ def test_the_plot_of_a_forecast_with_covariates_says_where_their_share_is(chrono
     bottom = result.plot().axes[1]
     share = float(result.covariates["price"][0, :, 0, 4].sum())
     assert "price" in bottom.get_title() and f"{share:.3g}" in bottom.get_title()
+
+
+def test_a_background_window_with_nothing_observed_is_refused_as_missing_not_as_all_zero(ttm: Any) -> None:
+    background = windows(16, [0, 60])
+    background[1] = np.nan
+    with pytest.raises(InputError, match=r"row\(s\) \[1\] .*no observed value"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=background, method="shapley")

@@ -228,6 +228,13 @@ def check_background(rows: np.ndarray, label: str, readable: int) -> None:
     the window by its own spread with a floor (1e-5 and the like), so against a constant window the
     attributions are the output change divided by that floor (measured: ~2,000x the output change)."""
     seen = rows[:, -readable:]
+    empty = np.flatnonzero(np.isnan(seen).all(axis=1))
+    if empty.size:
+        raise InputError(
+            f"background row(s) {empty[:5].tolist()} have no observed value over the {readable} steps {label} reads (all "
+            "NaN): give real windows of the series, or method='shapley' with background=None to drop context the way "
+            "the model drops missing values"
+        )
     spread = np.nanmax(seen, axis=1) - np.nanmin(seen, axis=1)
     flat = np.flatnonzero(~(spread > 0))
     if flat.size:
