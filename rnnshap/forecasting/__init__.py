@@ -82,6 +82,7 @@ def attribute(
     batch_size: int = 2048,
     check_additivity: bool | float = True,
     what: str = "this model",
+    progress: bool | None = None,
 ) -> WindowAttribution:
     """Explain ``module(*X) -> (n, k)`` against the background windows, with DeepSHAP or the Shapley mode.
 
@@ -93,6 +94,7 @@ def attribute(
     control variate), else :class:`rnnshap.ShapleyExplainer`, which needs the forward only.
 
     ``what`` names the model in the refusal DeepSHAP raises for a model it has no exact rule for.
+    ``progress``: a tqdm progress bar over the work (None: only when stderr is a terminal).
     """
     import torch
 
@@ -115,13 +117,13 @@ def attribute(
             raise refusal from error
         explainer = ShapleyExplainer(module, background, batch_size=batch_size)
     if method == "deepshap":
-        raw = explainer.shap_values(X, check_additivity=check_additivity)
+        raw = explainer.shap_values(X, check_additivity=check_additivity, progress=progress)
         values = [np.asarray(v, dtype=np.float64) for v in (raw if isinstance(raw, list) else [raw])]
         k = outputs.shape[1]
         values = [v.reshape(*x.shape, k) for v, x in zip(values, X, strict=True)]
         base = np.broadcast_to(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1), outputs.shape).copy()
         return WindowAttribution(values, None, base, outputs, method)
-    estimate = explainer.shapley_values(X, players="cells", budget=budget, random_state=random_state)
+    estimate = explainer.shapley_values(X, players="cells", budget=budget, random_state=random_state, progress=progress)
     k = outputs.shape[1]
 
     def per_input(a: Any) -> list[np.ndarray]:

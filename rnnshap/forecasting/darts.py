@@ -32,6 +32,7 @@ reach into each other's private members.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -81,6 +82,18 @@ FIELDS = (
 
 #: the seed of the background draw (``background_num_samples``) when no ``random_state`` is given
 BACKGROUND_SEED = 0
+
+#: the background windows drawn (seeded, without replacement) when ``background_num_samples`` is not given and
+#: the background series hold more: DeepSHAP's cost grows with foreground x background windows, and its values add
+#: up to each forecast whatever the background; the background only sets the reference (the base value is the
+#: mean forecast over it), which 100 windows estimate well (shap's own advice for its DeepExplainer: 100 to 1000)
+DEFAULT_BACKGROUND_SAMPLES = 100
+
+#: the forecasts ``summary_plot`` explains and draws (a seeded sample, said in the plot's title) when ``num_samples``
+#: is not given and the foreground holds more: a beeswarm of more points shows no more, and costs more to explain
+SUMMARY_PLOT_POINTS = 500
+
+logger = logging.getLogger(__name__)
 
 
 def _count(value: Any, name: str) -> int:
@@ -193,9 +206,12 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
     assembly, with the flat feature array split back into the windows of darts' inference dataset."""
 
     def __init__(
-        self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any, **kwargs: Any
+        self, *args: Any, method: str, budget: int | None, random_state: Any, rnnshap_batch_size: int, affine: Any,
+        progress: bool | None = None, **kwargs: Any,
     ):
-        self.method, self.budget, self.random_state = method, budget, random_state
+        self.method, self.budget, self.random_state, self.progress = method, budget, random_state, progress
+        # set by create_shap_input: the background's (in darts' __init__) and the last call's count of windows
+        self.background_num_samples = self.background_windows_total = self.last_windows_total = 0
         self.rnnshap_batch_size, self.affine = rnnshap_batch_size, affine
         self.rng = _background_rng(random_state)  # the background draw (background_num_samples)
         self.last: WindowAttribution | None = None
@@ -247,6 +263,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         dataset = self.model._build_inference_dataset(
             n=self.n, series=series, past_covariates=past_covariates, future_covariates=future_covariates, stride=1, bounds=bounds
         )
+        given = n_samples
         n_samples = n_samples or len(dataset)
         if input_type == "background":
             if len(dataset) < MIN_BACKGROUND_SAMPLE:
@@ -256,9 +273,21 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                     f"Got background dataset length={len(dataset)}."
                 )
             n_samples = min(n_samples, MAX_BACKGROUND_SAMPLE)
+        self.last_windows_total = len(dataset)
+        if input_type == "background" and not self.background_windows_total:  # the background itself (darts' __init__)
+            n_samples = min(n_samples if given else DEFAULT_BACKGROUND_SAMPLES, len(dataset), MAX_BACKGROUND_SAMPLE)
+            self.background_num_samples, self.background_windows_total = n_samples, len(dataset)
+            if given is None and n_samples < len(dataset):
+                logger.warning(
+                    f"rnnshap: the background series hold {len(dataset)} windows; explaining against {n_samples} of them, "
+                    f"drawn at random (seeded; DEFAULT_BACKGROUND_SAMPLES). Set background_num_samples= for more "
+                    f"(at most {MAX_BACKGROUND_SAMPLE}); the values add up to each forecast either way."
+                )
         indices: Any = range(len(dataset))
         if n_samples < len(dataset):
             indices = self.rng.choice(len(dataset), size=n_samples, replace=False)
+            if given is not None and input_type != "background":  # a foreground sample, in time order
+                indices = np.sort(indices)
         batch = [dataset[i] for i in indices]
         arrays = []
         for name, shape in self._layout():
@@ -337,6 +366,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                 random_state=self.random_state,
                 batch_size=self.rnnshap_batch_size,
                 what=f"darts {type(model).__name__}",
+                progress=self.progress,
             )
         self.last = result
         E = foreground_arr.shape[0]
@@ -469,9 +499,11 @@ class ShapExplainer(_DartsShapExplainer):
         darts' argument: where given, darts' own explainer answers with that shap method, as before (rnnshap's own
         arguments are then refused). Every result says which explainer answered: ``result.explained_by``.
     background_num_samples
-        Optionally, the number of background windows drawn at random (darts' argument), without replacement,
-        by a numpy Generator seeded with ``random_state`` (default: the fixed seed :data:`BACKGROUND_SEED`), so
-        that the same call draws the same background; numpy's global random state is neither used nor moved.
+        Optionally, the number of background windows drawn at random (darts' argument, at most 1000), without
+        replacement, by a numpy Generator seeded with ``random_state`` (default: the fixed seed :data:`BACKGROUND_SEED`),
+        so that the same call draws the same background; numpy's global random state is neither used nor moved.
+        Default: every window up to :data:`DEFAULT_BACKGROUND_SAMPLES` (100), a draw of that many beyond, said in a
+        log warning; every result says the count (``result.background_num_samples`` of ``result.background_windows``).
     batch_size
         The most (sample, reference) pairs rnnshap runs through the model at once (default 2048).
     n
@@ -488,6 +520,8 @@ class ShapExplainer(_DartsShapExplainer):
         Optionally, a darts ``Scaler`` fitted on the (single) target series the model was trained on after
         scaling. The series passed are then unscaled, and the values are in their units (the default
         background and foreground too: the training series, unscaled by ``target_scaler.inverse_transform``).
+    progress
+        A tqdm progress bar over the work (default None: only when stderr is a terminal).
     test_stationarity
         darts' argument. Default: darts' own (True) where darts' own explainer answers; False where rnnshap
         answers (the check only logs a warning about the background).
@@ -517,6 +551,24 @@ class ShapExplainer(_DartsShapExplainer):
     """
 
     background_series: Sequence[TimeSeries]  # set by darts' _ForecastingModelExplainer.__init__
+
+    @property
+    def background_num_samples(self) -> int:
+        """The number of background windows the values are explained against (drawn from
+        :attr:`background_windows_total` where that is more; see ``background_num_samples=``)."""
+        return int(np.asarray(self.explainer.background_arr).shape[0])
+
+    @property
+    def background_windows_total(self) -> int | None:
+        """The number of windows the background series hold (None where darts' own explainer answered)."""
+        return None if self.delegated else int(self.explainer.background_windows_total)
+
+    def _said(self, result: Any) -> Any:
+        """``result`` with which explainer answered and the background it was explained against."""
+        result.explained_by = self.explained_by
+        result.background_num_samples = self.background_num_samples
+        result.background_windows = self.background_windows_total
+        return result
     explainer: Any  # the shap adapter: rnnshap's, or darts' own where darts' own explainer answers
 
     def __init__(
@@ -535,6 +587,7 @@ class ShapExplainer(_DartsShapExplainer):
         budget: int | None = None,
         random_state: Any = None,
         target_scaler: Any = None,
+        progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
         check_version("darts")
@@ -543,7 +596,7 @@ class ShapExplainer(_DartsShapExplainer):
             # darts' own explainer answers, as before: the user named one of shap's methods, or the model is not a
             # network rnnshap explains (darts' SKLearnModels, for which shap's Tree and Linear explainers are exact;
             # anything else darts refuses in its own words)
-            ours = {"n": n, "budget": budget, "random_state": random_state, "target_scaler": target_scaler}
+            ours = {"n": n, "budget": budget, "random_state": random_state, "target_scaler": target_scaler, "progress": progress}
             given = sorted([name for name, value in ours.items() if value is not None] + [
                 "method"] * (str(method).lower() != "deepshap"))  # fmt: skip
             if given:
@@ -627,6 +680,7 @@ class ShapExplainer(_DartsShapExplainer):
             random_state=random_state,
             rnnshap_batch_size=batch_size or 2048,
             affine=affine,
+            progress=progress,
             **kwargs,
         )
 
@@ -682,10 +736,9 @@ class ShapExplainer(_DartsShapExplainer):
         """darts' ``explain_single``: the forecast ``model.predict(n, series=...)`` makes from the end of the
         (last) series. darts' own explainer explains the last forecast the covariates allow, which is an
         earlier one where they end too soon; this one raises then, as ``predict`` does."""
-        result = super().explain_single(
+        result = self._said(super().explain_single(
             foreground_series, foreground_past_covariates, foreground_future_covariates, target_components, **kwargs
-        )
-        result.explained_by = self.explained_by
+        ))  # fmt: skip
         if self.delegated:
             return result
         last = series2seq(foreground_series if foreground_series is not None else self.background_series)[-1]
@@ -710,11 +763,50 @@ class ShapExplainer(_DartsShapExplainer):
     ) -> ShapExplainabilityResult:
         """darts' ``explain``: every forecast the foreground allows; the result's ``explained_by`` says which
         explainer answered (``"rnnshap (deepshap)"``, ``"rnnshap (shapley)"``, or darts' own)."""
-        result = super().explain(
+        return self._said(super().explain(
             foreground_series, foreground_past_covariates, foreground_future_covariates, horizons, target_components, **kwargs
+        ))  # fmt: skip
+
+    def summary_plot(  # type: ignore[override]
+        self,
+        foreground_series: Any = None,
+        foreground_past_covariates: Any = None,
+        foreground_future_covariates: Any = None,
+        horizons: int | Sequence[int] | None = None,
+        target_components: str | Sequence[str] | None = None,
+        num_samples: int | None = None,
+        plot_type: str | None = "dot",
+        plot_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[int, dict[str, shap.Explanation]]:
+        """darts' ``summary_plot``: one shap summary plot per horizon and target component. Without
+        ``num_samples``, a foreground of more than :data:`SUMMARY_PLOT_POINTS` forecasts is sampled to that many
+        (seeded, in time order) before it is explained and drawn; each plot's title says how many of how many.
+        Returns darts' ``{horizon: {component: explanation}}`` of the forecasts drawn."""
+        if self.delegated:
+            return super().summary_plot(
+                foreground_series, foreground_past_covariates, foreground_future_covariates, horizons, target_components,
+                num_samples, plot_type, plot_kwargs, **kwargs,
+            )  # fmt: skip
+        import matplotlib.pyplot as plt
+
+        if num_samples is not None:
+            num_samples = _count(num_samples, "num_samples")
+        series, past, future, *_ = self._process_foreground(
+            foreground_series, foreground_past_covariates, foreground_future_covariates
         )
-        result.explained_by = self.explained_by
-        return result
+        horizons, target_components = self._process_horizons_and_targets(horizons, target_components)
+        # the foreground's windows (the background series' too, where no foreground is given), a seeded sample in time order
+        arr, times = self.explainer.create_shap_input(
+            series, past, future, n_samples=num_samples or SUMMARY_PLOT_POINTS, input_type="foreground"
+        )
+        total = self.explainer.last_windows_total
+        explanations = self.explainer.shap_explanations(arr, times, horizons, target_components, **kwargs)
+        for t in target_components:
+            for h in horizons:
+                plt.title(f"Target: `{t}` - Horizon: t+{h + self.model.output_chunk_shift} ({len(arr)} of {total} forecasts)")
+                shap.summary_plot(shap_values=explanations[h][t], features=arr, plot_type=plot_type, **(plot_kwargs or {}))
+        return explanations
 
     @property
     def last_attribution(self) -> WindowAttribution | None:
