@@ -294,6 +294,15 @@ def pick_background(X: np.ndarray, background: np.ndarray | None, what: str) -> 
     return background
 
 
+def check_reference(background: Any, n: int) -> None:
+    """Refuse ``background=None`` for one panel: the reference would be the panel itself, every value 0."""
+    if background is None and n == 1:
+        raise InputError(
+            "background=None takes the explained panels as the reference: for one panel that is the panel itself, so "
+            "every value would be 0 whatever the estimator does. Give background panels (a few dozen training panels)"
+        )
+
+
 def labels(estimator: Any, k: int) -> list[Any]:
     classes = getattr(estimator, "classes_", None)
     if classes is None:

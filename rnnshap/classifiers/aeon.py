@@ -22,6 +22,7 @@ from . import (
     as_outputs,
     check_choices,
     check_equal,
+    check_reference,
     check_version,
     explain_shapley,
     explanation,
@@ -179,6 +180,7 @@ def explain(
             f"{estimator} is not one of aeon's Keras deep learners (or its {what} post-processes in a way rnnshap has "
             "not read): DeepSHAP has no network to explain. Use method='shapley' (its own predict_proba, from its forward)."
         )
+    check_reference(background, n)
     extra: dict[str, Any] = {"channel_names": names}
     if deep is not None and chosen in ("auto", "deepshap", "shapley"):
         import rnnshap

@@ -27,6 +27,7 @@ from . import (
     as_outputs,
     check_choices,
     check_equal,
+    check_reference,
     check_version,
     explain_shapley,
     explanation,
@@ -208,6 +209,7 @@ def explain(
             f"inputs its dataloader feeds): DeepSHAP has no network to explain. Use method='shapley' (its own {what}, "
             "from its forward)."
         )
+    check_reference(background, n)
     if keras_deep or torch_deep:
         try:
             torch_found = (found[0], found[1], bool(fed)) if found is not None and torch_deep else None

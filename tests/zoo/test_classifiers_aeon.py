@@ -271,3 +271,18 @@ def test_the_docs_page_runs() -> None:
     namespace: dict[str, object] = {}
     for number, block in enumerate(blocks[1:], 2):
         exec(compile(block, f"classifiers.md, example {number}", "exec"), namespace)  # noqa: S102
+
+
+def test_one_panel_without_a_background_is_refused_not_explained_as_all_zeros(italy) -> None:
+    """background=None takes the explained panels as the reference: for one panel that is the panel itself, and every
+    value would be 0 whatever the estimator does."""
+    from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    X, y = italy
+    clf = _fit(KNeighborsTimeSeriesClassifier(n_neighbors=3, distance="euclidean"), X, y)
+    with pytest.raises(rnnshap.InputError, match="background"):
+        rnnshap.aeon.explain(clf, X[:1], windows=6)
+    proba = clf.predict_proba(X)
+    other = int(np.flatnonzero(np.abs(proba - proba[0]).max(1) > 0)[0])  # a panel the estimator rates otherwise
+    pair = rnnshap.aeon.explain(clf, X[[0, other]], windows=6)  # two panels: each in the other's reference
+    assert np.abs(pair.values).max() > 0

@@ -155,7 +155,8 @@ def test_keras_classifiers_without_the_tensorflow_distribution_are_explained_in_
 
 def test_the_shapley_mode_takes_a_float32_predict_proba_with_its_own_rounding(motions) -> None:
     """MVTSTransformerClassifier's predict_proba is float32 and differs between batch sizes by float32 rounding:
-    the Shapley mode plays it (its rows check reads the dtype predict_proba returns) and matches the enumeration."""
+    the Shapley mode plays it (on its network, checked equal to predict_proba, whose rows check allows float32
+    rounding) and matches the enumeration on predict_proba."""
     from sktime.classification.deep_learning.mvts_transformer import MVTSTransformerClassifier
 
     X, y = motions
@@ -164,7 +165,7 @@ def test_the_shapley_mode_takes_a_float32_predict_proba_with_its_own_rounding(mo
     )
     background = X[[0, 12, 25]]
     result = rnnshap.sktime.explain(clf, X[20:21], background=background, method="shapley", players="channels", budget=10**4)
-    assert result.function == "predict_proba" and result.exact.all()
+    assert result.function == "torch" and result.exact.all()  # its network, checked equal to predict_proba
     ids = np.broadcast_to(np.arange(6)[:, None], (6, T))
     truth = enumerated(clf.predict_proba, X[20], background, ids)
     # each value is a weighted mean (weights summing to 1) of differences of two v(S), each a mean of float32
@@ -208,13 +209,18 @@ def test_the_mvts_transformer_adds_up_to_predict_proba(motions) -> None:
         MVTSTransformerClassifier(d_model=8, n_heads=1, num_layers=1, dim_feedforward=8, num_epochs=1, batch_size=16), X, y
     )
     weights, modes = _state(clf.network)
-    before = clf.predict_proba(X[:3])
     result = rnnshap.sktime.explain(clf, X[:3], background=X[10:20], method="deepshap")
-    assert result.method == "deepshap" and result.function == "torch"
-    assert result.values.shape == (3, 6, T, 4) and result.classes == list(clf.classes_)
-    np.testing.assert_array_equal(result.outputs, before)
-    assert_adds_up(result)
-    assert np.abs(result.values).max() > 0
     after_weights, after_modes = _state(clf.network)
     assert after_modes == modes and all(torch.equal(weights[k], v) for k, v in after_weights.items())
-    np.testing.assert_array_equal(clf.predict_proba(X[:3]), before)
+    assert result.method == "deepshap" and result.function == "torch"
+    assert result.values.shape == (3, 6, T, 4) and result.classes == list(clf.classes_)
+    np.testing.assert_array_equal(result.outputs, clf.predict_proba(X[:3]))  # the estimator's own
+    np.testing.assert_allclose(result.base_values[0], clf.predict_proba(X[10:20]).astype(np.float64).mean(0), rtol=1e-12)
+    assert_adds_up(result)
+    assert np.abs(result.values).max() > 0
+
+
+def test_one_panel_without_a_background_is_refused_not_explained_as_all_zeros(motions, knn_on_channels_0_and_3) -> None:
+    X, _ = motions
+    with pytest.raises(rnnshap.InputError, match="background"):
+        rnnshap.sktime.explain(knn_on_channels_0_and_3, X[20:21], players="channels")
