@@ -143,6 +143,13 @@ def test_a_constant_or_zero_background_is_refused_naming_the_scaling(ttm: Any) -
         rnnshap.foundation.explain(ttm, context[:, :8], prediction_length=2, background=windows(16, [0, 50]))
 
 
+def test_the_shapley_modes_settings_are_refused_with_deepshap_not_ignored(ttm: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 40, 80])
+    for setting in ({"budget": 64}, {"random_state": 0}, {"players": "patches"}):
+        with pytest.raises(InputError, match=f"{next(iter(setting))}=.*method='shapley'"):
+            rnnshap.foundation.explain(ttm, context, prediction_length=2, background=background, **setting)
+
+
 def test_a_model_of_no_supported_library_is_refused_by_name() -> None:
     with pytest.raises(InputError, match="rnnshap.foundation.explain takes"):
         rnnshap.foundation.explain(torch.nn.Linear(4, 2), np.zeros((1, 4)), prediction_length=1, background=np.ones((1, 4)))
