@@ -427,9 +427,9 @@ def explain(
     method = check_method(method)
     if method == "deepshap":  # the Shapley mode's settings are not taken silently by the one-pass method
         settings = {"budget": (budget, None), "random_state": (random_state, None), "players": (players, "steps")}
-        given = [f"{name}={value!r}" for name, (value, default) in settings.items() if value is not default and value != default]
-        if given:
-            raise InputError(f"{', '.join(given)}: the Shapley mode's settings; pass method='shapley' with them")
+        passed = [f"{name}={value!r}" for name, (value, default) in settings.items() if value is not default and value != default]
+        if passed:
+            raise InputError(f"{', '.join(passed)}: the Shapley mode's settings; pass method='shapley' with them")
     adapter = adapter_for(model)
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
