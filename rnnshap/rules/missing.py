@@ -86,17 +86,21 @@ def mismatch_side(x: Tensor, r: Tensor) -> str:
     return f"first missing in {side} only, at {position} of that operand"
 
 
-class NanToNum(Rule):
-    r"""``nan_to_num``: the identity on finite entries, a constant on NaN and ±inf entries.
-
-    With the non-finite entries the same on both sides of every pair (each kind apart), multiplier 1 on
-    the finite entries and 0 on the others. Refused where they differ.
-    """
+class _ThroughInputOnly(Rule):
+    """A rule that attributes its operation through its one input tensor only (refused otherwise)."""
 
     def refusal(self, call: OpCall) -> str | None:
         if len(call.tracked) != 1 or call.tracked_positions() not in ((0,), (-1,)):
             return "rnnshap attributes it through its input only"
         return None
+
+
+class NanToNum(_ThroughInputOnly):
+    r"""``nan_to_num``: the identity on finite entries, a constant on NaN and ±inf entries.
+
+    With the non-finite entries the same on both sides of every pair (each kind apart), multiplier 1 on
+    the finite entries and 0 on the others. Refused where they differ.
+    """
 
     def attribute(self, call: OpCall) -> Any:
         (x,), (r,) = call.inputs, call.references
@@ -139,18 +143,13 @@ def _reduced_dims(call: OpCall, x: Tensor) -> tuple[tuple[int, ...], bool]:
     return tuple(sorted(d % max(x.dim(), 1) for d in dims)), keepdim
 
 
-class NanReduction(Rule):
+class NanReduction(_ThroughInputOnly):
     r"""``nansum`` / ``nanmean`` (any ``dim``, ``keepdim``, ``dtype``): a sum or mean over the observed entries.
 
     With the missing entries the same on both sides of every pair, linear in the input, with multiplier
     1 (``nansum``) or 1 / the number of observed entries (``nanmean``) on the observed entries and 0 on
     the missing ones. Refused where the missing entries differ.
     """
-
-    def refusal(self, call: OpCall) -> str | None:
-        if len(call.tracked) != 1 or call.tracked_positions() not in ((0,), (-1,)):
-            return "rnnshap attributes it through its input only"
-        return None
 
     def attribute(self, call: OpCall) -> Any:
         (x,), (r,) = call.inputs, call.references
