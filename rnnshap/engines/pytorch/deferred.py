@@ -49,20 +49,29 @@ class DeferredRefusals:
         result reaches the output (or a Python value, a branch) is told from one that never does (a
         dropout mask Keras draws and does not use at inference; see :meth:`draws_unused`)."""
         self.draws.add(name)
+        self._taint(result, name)
+
+    def _taint(self, result: Any, name: str) -> None:
+        """The tensors of ``result`` carry ``name`` on."""
         for t in tensors_of(result):
             if isinstance(t, Tensor):
                 self.taints[t] = self.taints.get(t, set()) | {name}
 
-    def draws_unused(self, output: Any) -> bool:
-        """Whether the pass's draws were seen, and none of their results reached ``output`` or a Python value."""
-        if not self.draws or self.escaped:
-            return False
+    def _names_reaching(self, output: Any) -> set[str]:
+        """The names carried by the tensors of ``output`` (and the tensors they are views of)."""
         reached: set[str] = set()
         for t in tensors_of(output):
             if isinstance(t, Tensor):
                 reached |= self.taints.get(t, set())
                 if t._base is not None:
                     reached |= self.taints.get(t._base, set())
+        return reached
+
+    def draws_unused(self, output: Any) -> bool:
+        """Whether the pass's draws were seen, and none of their results reached ``output`` or a Python value."""
+        if not self.draws or self.escaped:
+            return False
+        reached = self._names_reaching(output)
         return not (reached & self.draws)
 
     def defer(self, name: str, reason: str, advice: str, result: Any, refused: bool) -> None:
@@ -71,9 +80,7 @@ class DeferredRefusals:
         refused ``name`` already (its results are tainted all the same)."""
         if not refused:
             self.pending.setdefault(name, (reason, advice))
-        for t in tensors_of(result):
-            if isinstance(t, Tensor):
-                self.taints[t] = self.taints.get(t, set()) | {name}
+        self._taint(result, name)
 
     def spread(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         """Results (and the targets written in place, with the tensors they are views of) of an operation
@@ -101,12 +108,7 @@ class DeferredRefusals:
 
     def reached_by(self, output: Any) -> list[tuple[str, str, str]]:
         """``(name, reason, advice)`` of each deferred operation that ``output`` depends on, by name."""
-        reached: set[str] = set()
-        for t in tensors_of(output):
-            if isinstance(t, Tensor):
-                reached |= self.taints.get(t, set())
-                if t._base is not None:
-                    reached |= self.taints.get(t._base, set())
+        reached = self._names_reaching(output)
         return [(name, *self.pending[name]) for name in sorted(reached) if name in self.pending]
 
 
