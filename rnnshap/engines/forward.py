@@ -241,6 +241,20 @@ class TorchCall:
         return self.call(rows, self.keep_draws)
 
 
+def rows_as_tensors(rows: list[np.ndarray], device: Any, dtype: Any) -> list[Any]:
+    """Numpy ``rows`` as torch tensors on the model's ``device``, floating ones in its ``dtype`` (either may be
+    None: left as they are)."""
+    import torch
+
+    tensors = []
+    for a in rows:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if t.is_floating_point() and dtype is not None:
+            t = t.to(dtype)
+        tensors.append(t.to(device) if device is not None else t)
+    return tensors
+
+
 def _torch_call(model: Any) -> TorchCall:
     import torch
 
@@ -273,12 +287,7 @@ def _torch_call(model: Any) -> TorchCall:
 
     def call(rows: list[np.ndarray], keep_draws: bool) -> Any:
         nonlocal unchecked
-        tensors = []
-        for a in rows:
-            t = torch.from_numpy(np.ascontiguousarray(a))
-            if t.is_floating_point() and dtype is not None:
-                t = t.to(dtype)
-            tensors.append(t.to(device) if device is not None else t)
+        tensors = rows_as_tensors(rows, device, dtype)
         if unchecked:
             check_meta(model, lambda: model(*tensors))
             unchecked = False

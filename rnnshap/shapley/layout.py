@@ -66,15 +66,11 @@ def _eval_forward(model: Any) -> Callable[[list[np.ndarray]], Any]:
     def call(rows: list[np.ndarray]) -> Any:
         import torch
 
+        from ..engines.forward import rows_as_tensors
         from ..engines.pytorch.safety import PreservedState, has_active_randomness, model_device_and_dtype
 
         device, dtype = model_device_and_dtype(model)
-        tensors = []
-        for a in rows:
-            t = torch.from_numpy(np.ascontiguousarray(a))
-            if t.is_floating_point() and dtype is not None:
-                t = t.to(dtype)
-            tensors.append(t.to(device) if device is not None else t)
+        tensors = rows_as_tensors(rows, device, dtype)
         switched = [m for m in model.modules() if m.training and has_active_randomness(m)]
         state = PreservedState(model)
         try:
