@@ -265,6 +265,9 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         )
         given = n_samples
         n_samples = n_samples or len(dataset)
+        # darts calls the background series' windows "background" also where they are the default foreground
+        # (explain() without a foreground); only the first call, in darts' __init__, builds the background
+        building_background = input_type == "background" and not self.background_windows_total
         if input_type == "background":
             if len(dataset) < MIN_BACKGROUND_SAMPLE:
                 raise InputError(
@@ -272,9 +275,8 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
                     f"(windows of input_chunk_length={self.model.input_chunk_length} followed by n={self.n} forecast steps). "
                     f"Got background dataset length={len(dataset)}."
                 )
-            n_samples = min(n_samples, MAX_BACKGROUND_SAMPLE)
         self.last_windows_total = len(dataset)
-        if input_type == "background" and not self.background_windows_total:  # the background itself (darts' __init__)
+        if building_background:
             n_samples = min(n_samples if given else DEFAULT_BACKGROUND_SAMPLES, len(dataset), MAX_BACKGROUND_SAMPLE)
             self.background_num_samples, self.background_windows_total = n_samples, len(dataset)
             if given is None and n_samples < len(dataset):
@@ -286,7 +288,7 @@ class _RnnshapTorchAdapter(TorchShapAdapter):
         indices: Any = range(len(dataset))
         if n_samples < len(dataset):
             indices = self.rng.choice(len(dataset), size=n_samples, replace=False)
-            if given is not None and input_type != "background":  # a foreground sample, in time order
+            if not building_background:  # a foreground sample (num_samples), in time order
                 indices = np.sort(indices)
         batch = [dataset[i] for i in indices]
         arrays = []

@@ -137,3 +137,26 @@ def test_summary_plot_num_samples_is_honoured(model: Any) -> None:
     explainer.summary_plot(horizons=[1], num_samples=40, plot_kwargs={"show": False, "max_display": 5})
     assert _points_per_feature(plt.gca(), 5) == 40
     plt.close("all")
+
+
+def test_explain_without_foreground_explains_every_window_beyond_darts_cap(model: Any) -> None:
+    """The background series are the default foreground: every forecast they allow is explained, in time
+    order, even beyond darts' 1000-window cap on backgrounds (which drew 1000 windows out of order, and
+    darts' result assembly then failed on the unordered time index)."""
+    length = 1100
+    values = np.random.default_rng(2).normal(size=(length, 1)).cumsum(0).astype(np.float32)
+    long = TimeSeries.from_times_and_values(pd.date_range("1900-01-01", periods=length, freq="MS"), values, columns=["y"])
+    explainer = ShapExplainer(model, background_series=long)
+    assert explainer.background_num_samples == adapter.DEFAULT_BACKGROUND_SAMPLES
+    result = explainer.explain(horizons=[1])
+    times = result.get_explanation(1, "y").time_index
+    assert len(times) == length - L + 1 and times.is_monotonic_increasing
+    forecasts = model.historical_forecasts(
+        long, forecast_horizon=H, stride=1, retrain=False, last_points_only=False, overlap_end=True, verbose=False,
+        show_warnings=False,
+    )  # fmt: skip
+    by_start = {f.start_time(): f.values()[0, 0] for f in forecasts}
+    e = result.get_shap_explanation_object(1, "y")
+    totals = e.values.sum(1) + e.base_values
+    truth = np.array([by_start[t] for t in times])
+    assert np.max(np.abs(totals - truth) / np.maximum(1.0, np.abs(truth))) <= TOL
