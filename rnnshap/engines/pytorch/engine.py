@@ -91,13 +91,13 @@ class TorchEngine(Engine):
                 f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
             )
         self.output_shape = tuple(outputs.shape[1:])
-        self._check_rows_independent()
-        self.background_outputs = numpy(outputs).astype(np.float64)
-        _check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
         # the least precise dtype the model computes input-dependent values in (a float64 model that
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         least = max(computed, key=lambda d: torch.finfo(d).eps)
+        self._check_rows_independent(torch.finfo(least).eps)
+        self.background_outputs = numpy(outputs).astype(np.float64)
+        _check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
         self.dtype = str(least).replace("torch.", "")
         given = [d for d in [self.model_dtype, *(b.dtype for b in self.background)] if d is not None and d.is_floating_point]
         #: where the model computes in a less precise dtype than its parameters and inputs (Keras' matmul on
@@ -171,11 +171,15 @@ class TorchEngine(Engine):
                 return False
         return True
 
-    def _check_rows_independent(self) -> None:
+    def _check_rows_independent(self, eps: float) -> None:
         """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
-        to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, up
-        to rounding. A recurrent layer without ``batch_first`` given (batch, time, features) reads axis
-        0 as time, and row b's output then depends on rows 0..b."""
+        to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, and
+        run in two halves, the outputs of the whole, up to rounding (1e3 ``eps`` of the least precise dtype the
+        model computes in or of its output's, relative to the outputs' scale: float32 kernels that sum in another
+        order for another batch are allowed, in a float64 model that computes in float32 too). A
+        recurrent layer without ``batch_first`` given (batch, time, features) reads axis 0 as time, and row
+        b's output then depends on rows 0..b; a statistic over the batch (a mean) is the same in either
+        order and differs between the halves."""
         m = min(self.references, 64)
         if m < 2:
             return
@@ -192,14 +196,34 @@ class TorchEngine(Engine):
             return
         finally:
             state.restore()
+        halves: list[Any] | None = None
+        try:
+            parts = []
+            with torch.no_grad():
+                for part in (slice(0, m // 2), slice(m // 2, m)):
+                    parts.append(self._take(self.model(*[r[part].clone() for r in rows])))
+                    state.restore()
+            halves = parts
+        except Exception:  # noqa: BLE001 (a model that cannot run fewer rows: the order is checked alone)
+            halves = None
+        finally:
+            state.restore()
         alike = all(isinstance(o, Tensor) and o.shape == outs[0].shape for o in outs)
         if not alike or outs[0].dim() == 0 or outs[0].shape[0] != m:
             return
         ahead, reversed_ = outs[0], outs[1]
-        if not (_repeats_close(ahead, outs[3]) and _repeats_close(reversed_, outs[2])) or _repeats_close(ahead[order], reversed_):
+        if not (_repeats_close(ahead, outs[3], eps) and _repeats_close(reversed_, outs[2], eps)):
             return
-        differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
-        row = int(order[int(differ.argmax())])
+        if not _repeats_close(ahead[order], reversed_, eps):
+            differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
+            row, how = int(order[int(differ.argmax())]), "in reverse order"
+        else:
+            if halves is None or not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
+                return
+            apart = torch.cat(halves)
+            if apart.shape != ahead.shape or _repeats_close(apart, ahead, eps):
+                return
+            row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
         seq_first = [
             f"{name!r} ({type(module).__name__})"
             for name, module in self.model.named_modules()
@@ -215,7 +239,7 @@ class TorchEngine(Engine):
         )
         raise InputError(
             f"The model mixes the rows of axis 0 of its input: its output for one row depends on the other rows of the "
-            f"batch (run on {m} background rows in reverse order, the output for row {row} changes). rnnshap reads axis 0 "
+            f"batch (run on {m} background rows {how}, the output for row {row} changes). rnnshap reads axis 0 "
             "as the batch, and the attributions of a sample need its output to be a function of that sample alone."
             + advice
         )
@@ -598,12 +622,13 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
 
 
-def _repeats_close(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` are equal up to the rounding of kernels that sum in another order."""
+def _repeats_close(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:
+    """Whether ``a`` and ``b`` are equal up to the rounding of kernels that sum in another order (in ``b``'s
+    dtype, or in a less precise one of ``eps`` the model computes in)."""
     if not (a.is_floating_point() or a.is_complex()):
         return bool(torch.equal(a, b))
     scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
-    rtol = 1e3 * torch.finfo(b.dtype).eps
+    rtol = 1e3 * max(torch.finfo(b.dtype).eps, eps)
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True))
 
 
