@@ -278,6 +278,35 @@ def explain_shapley(
     )
 
 
+def shapley_on_own(
+    estimator: Any,
+    own: Callable[[np.ndarray], np.ndarray],
+    X: np.ndarray,
+    background: np.ndarray,
+    outputs: np.ndarray,
+    what: str,
+    names: list[str] | None,
+    *,
+    players: str,
+    windows: int | None,
+    budget: int | None,
+    random_state: Any,
+    batch_size: int,
+    progress: bool | None,
+) -> ClassifierExplanation:
+    """The Shapley mode on the estimator's own ``what`` (``own``: numpy panels → its outputs), no network needed."""
+
+    def function(a: np.ndarray) -> np.ndarray:
+        return own(np.ascontiguousarray(a))
+
+    values, stderr, base, _, exact, n_evals = explain_shapley(
+        function, X, background, players=players, windows=windows, budget=budget, random_state=random_state,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    return explanation(estimator, X, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
+                       exact=exact, n_evals=n_evals, function=what, channel_names=names)  # fmt: skip
+
+
 def as_outputs(a: Any, n: int) -> np.ndarray:
     """``predict_proba``'s (n, K) or ``predict``'s (n,) as float64 (n, K)."""
     return np.asarray(a, np.float64).reshape(n, -1)

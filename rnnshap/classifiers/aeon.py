@@ -28,6 +28,7 @@ from . import (
     explanation,
     pick_background,
     quiet,
+    shapley_on_own,
     with_advice,
 )
 
@@ -212,12 +213,5 @@ def explain(
             base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
             return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 
-    def function(a: np.ndarray) -> np.ndarray:
-        return own(np.ascontiguousarray(a))
-
-    values, stderr, base, _, exact, n_evals = explain_shapley(
-        function, x, reference, players=players, windows=windows, budget=budget, random_state=random_state,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
-    return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
-                       exact=exact, n_evals=n_evals, function=what, **extra)  # fmt: skip
+    return shapley_on_own(clf, own, x, reference, outputs, what, names, players=players, windows=windows, budget=budget,
+                          random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip

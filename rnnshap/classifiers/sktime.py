@@ -33,6 +33,7 @@ from . import (
     explanation,
     pick_background,
     quiet,
+    shapley_on_own,
     with_advice,
 )
 
@@ -199,7 +200,6 @@ def explain(
         return as_outputs(own(panel), len(panel))
 
     outputs, reference_outputs = truth(x), truth(reference)
-    extra: dict[str, Any] = {"channel_names": names}
     keras_deep = _is_keras_deep(clf) and not regressor
     fed = _feeds_only_the_panel(clf, x) if found is not None else None
     torch_deep = found is not None and fed is not None
@@ -225,15 +225,8 @@ def explain(
                 raise
         # the Shapley mode needs no network: it runs on predict_proba alone
 
-    def function(a: np.ndarray) -> np.ndarray:
-        return own(np.ascontiguousarray(a))
-
-    values, stderr, base, _, exact, n_evals = explain_shapley(
-        function, x, reference, players=players, windows=windows, budget=budget, random_state=random_state,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
-    return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
-                       exact=exact, n_evals=n_evals, function=what, **extra)  # fmt: skip
+    return shapley_on_own(clf, own, x, reference, outputs, what, names, players=players, windows=windows, budget=budget,
+                          random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip
 
 
 def _deep(
