@@ -745,3 +745,13 @@ def quantile_columns(trained: Sequence[float], requested: Sequence[float] | None
     if not out:
         raise InputError("quantile_levels: give at least one level")
     return out
+
+
+def point_levels(requested: Sequence[float] | None, label: str) -> list[Any]:
+    """The one column of a point forecaster, ``["point"]``; quantile levels are refused."""
+    if requested is not None:
+        raise InputError(
+            f"{label} makes a point forecast (one column, 'point'), no quantiles: leave quantile_levels=None; "
+            f"got {list(requested)}"
+        )
+    return ["point"]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter
+from . import Adapter, point_levels
 
 
 class MomentAdapter(Adapter):
@@ -44,12 +44,7 @@ class MomentAdapter(Adapter):
         return int(self.model.patch_len)
 
     def levels(self, requested: Sequence[float] | None) -> list[Any]:
-        if requested is not None:
-            raise InputError(
-                f"{self.label} makes a point forecast (one column, 'point'), no quantiles: leave quantile_levels=None; "
-                f"got {list(requested)}"
-            )
-        return ["point"]
+        return point_levels(requested, self.label)
 
     def torch_modules(self) -> list[Any]:
         return [self.model]
