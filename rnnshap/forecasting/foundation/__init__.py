@@ -755,3 +755,23 @@ def point_levels(requested: Sequence[float] | None, label: str) -> list[Any]:
             f"got {list(requested)}"
         )
     return ["point"]
+
+
+def net_module(net: Any, forward: Callable[[Any, Any], Any], doc: str) -> Any:
+    """A float32 torch module holding ``net`` (a submodule, as ``.net``) whose forward on the windows ``x`` is
+    ``forward(net, x)``; ``doc`` says what it computes."""
+    import torch
+    from torch import nn
+
+    class Forecast(nn.Module):
+        dtype = torch.float32
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(self.net, x)
+
+    Forecast.__doc__ = doc
+    return Forecast()

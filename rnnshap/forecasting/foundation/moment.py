@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, point_levels
+from . import Adapter, net_module, point_levels
 
 
 class MomentAdapter(Adapter):
@@ -77,27 +77,18 @@ class MomentAdapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch
-        from torch import nn
 
         self._check_horizon(prediction_length)
         seq_len = self.context_length()
 
-        class Forecast(nn.Module):
-            """``model(x_enc, input_mask).forecast`` on the windows brought to seq_len steps: (n, H)."""
+        def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
+            n, L = x.shape
+            if L >= seq_len:
+                x = x[:, L - seq_len :]
+            else:
+                x = torch.cat([x.new_full((n, seq_len - L), float("nan")), x], dim=1)
+            input_mask = (~torch.isnan(x)).to(x.dtype)
+            return net(x_enc=x[:, None], input_mask=input_mask).forecast[:, 0, :prediction_length]
 
-            dtype = torch.float32
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                n, L = x.shape
-                if L >= seq_len:
-                    x = x[:, L - seq_len :]
-                else:
-                    x = torch.cat([x.new_full((n, seq_len - L), float("nan")), x], dim=1)
-                input_mask = (~torch.isnan(x)).to(x.dtype)
-                return self.net(x_enc=x[:, None], input_mask=input_mask).forecast[:, 0, :prediction_length]
-
-        return Forecast(self.model)
+        doc = "``model(x_enc, input_mask).forecast`` on the windows brought to seq_len steps: (n, H)."
+        return net_module(self.model, forward, doc)

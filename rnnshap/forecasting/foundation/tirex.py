@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, quantile_columns
+from . import Adapter, net_module, quantile_columns
 
 
 class TiRexAdapter(Adapter):
@@ -64,21 +64,11 @@ class TiRexAdapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch
-        from torch import nn
 
         columns = self._indices(levels)
 
-        class Forecast(nn.Module):
-            """``_forecast_tensor(x, prediction_length)`` with quantiles last: (n, H·Q)."""
+        def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
+            quantiles = net._forecast_tensor(x, prediction_length).swapaxes(1, 2)
+            return quantiles[..., columns].reshape(x.shape[0], -1)
 
-            dtype = torch.float32
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                quantiles = self.net._forecast_tensor(x, prediction_length).swapaxes(1, 2)
-                return quantiles[..., columns].reshape(x.shape[0], -1)
-
-        return Forecast(self.model)
+        return net_module(self.model, forward, "``_forecast_tensor(x, prediction_length)`` with quantiles last: (n, H·Q).")
