@@ -45,10 +45,25 @@ def chronos_adapter(model: Any) -> type[Adapter]:
     )
 
 
-class ChronosBoltAdapter(Adapter):
+class ChronosPipelineAdapter(Adapter):
+    """What the adapters of chronos' pipelines share: the pipeline's model, its context length and patch size."""
+
     distribution = "chronos-forecasting"
-    label = "Chronos-Bolt"
     drops = "NaN"
+    pipeline: Any
+
+    def context_length(self) -> int:
+        return int(self.pipeline.model_context_length)
+
+    def patch_length(self) -> int:
+        return int(self.pipeline.model.chronos_config.input_patch_size)
+
+    def torch_modules(self) -> list[Any]:
+        return [self.pipeline.model]
+
+
+class ChronosBoltAdapter(ChronosPipelineAdapter):
+    label = "Chronos-Bolt"
 
     def __init__(self, model: Any) -> None:
         from chronos import ChronosBoltPipeline
@@ -56,12 +71,6 @@ class ChronosBoltAdapter(Adapter):
         pipeline = model if isinstance(model, ChronosBoltPipeline) else ChronosBoltPipeline(model)
         super().__init__(pipeline)
         self.pipeline = pipeline
-
-    def context_length(self) -> int:
-        return int(self.pipeline.model_context_length)
-
-    def patch_length(self) -> int:
-        return int(self.pipeline.model.chronos_config.input_patch_size)
 
     def levels(self, requested: Sequence[float] | None) -> list[Any]:
         trained = [float(q) for q in self.pipeline.quantiles]
@@ -71,9 +80,6 @@ class ChronosBoltAdapter(Adapter):
         if not levels or any(not 0 < q < 1 for q in levels):
             raise InputError(f"quantile_levels: give levels in (0, 1); {self.label} was trained on {trained}")
         return levels
-
-    def torch_modules(self) -> list[Any]:
-        return [self.pipeline.model]
 
     def _predict(self, x: Any, prediction_length: int, levels: list[Any]) -> Any:
         with warnings.catch_warnings():  # the pipeline's advice on long horizons is given once, by library_forecast

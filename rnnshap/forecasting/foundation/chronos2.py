@@ -22,16 +22,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, windows_of
+from . import windows_of
+from .chronos import ChronosPipelineAdapter
 
 #: the quantiles ``predict`` unrolls long horizons on (its default)
 UNROLLED = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-class Chronos2Adapter(Adapter):
-    distribution = "chronos-forecasting"
+class Chronos2Adapter(ChronosPipelineAdapter):
     label = "Chronos-2"
-    drops = "NaN"
 
     def __init__(self, model: Any) -> None:
         from chronos import Chronos2Pipeline
@@ -44,12 +43,6 @@ class Chronos2Adapter(Adapter):
         self.known: list[str] = []
         self.covariate_values: dict[str, np.ndarray] = {}
 
-    def context_length(self) -> int:
-        return int(self.pipeline.model_context_length)
-
-    def patch_length(self) -> int:
-        return int(self.pipeline.model.chronos_config.input_patch_size)
-
     def levels(self, requested: Sequence[float] | None) -> list[Any]:
         trained = [float(q) for q in self.pipeline.quantiles]
         if requested is None:
@@ -59,9 +52,6 @@ class Chronos2Adapter(Adapter):
         if missing or not levels:
             raise InputError(f"quantile_levels: {self.label} forecasts the levels {trained}; {missing} are not among them")
         return levels
-
-    def torch_modules(self) -> list[Any]:
-        return [self.pipeline.model]
 
     # -- covariates ---------------------------------------------------------------------------------------------
     def set_covariates(self, covariates: Any, n: int, L: int, H: int) -> list[tuple[str, np.ndarray]]:
