@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
@@ -58,16 +57,14 @@ class PredictMismatchError(RnnShapError):
 def check_version(distribution: str) -> str:
     """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an error naming the
     versions the adapter was verified on."""
-    from ..forecasting import UnverifiedVersionError
+    from ..forecasting import UnverifiedVersionError, _release
 
     try:
         installed = metadata.version(distribution)
     except metadata.PackageNotFoundError as error:
         raise UnverifiedVersionError(f"the installed {distribution}'s version cannot be read (no package metadata)") from error
-    numbers = re.match(r"\d+(\.\d+)*", installed)
-    release = tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
     low, high = VERIFIED[distribution]
-    if not low <= release < high:
+    if not low <= _release(installed) < high:
         verified = ".".join(map(str, low)) + ".x"
         raise UnverifiedVersionError(
             f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and "
