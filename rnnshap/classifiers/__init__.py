@@ -283,25 +283,17 @@ def shapley_on_own(
     outputs: np.ndarray,
     what: str,
     names: list[str] | None,
-    *,
-    players: str,
-    windows: int | None,
-    budget: int | None,
-    random_state: Any,
-    batch_size: int,
-    progress: bool | None,
+    **options: Any,
 ) -> ClassifierExplanation:
-    """The Shapley mode on the estimator's own ``what`` (``own``: numpy panels → its outputs), no network needed."""
+    """The Shapley mode on the estimator's own ``what`` (``own``: numpy panels → its outputs), no network needed;
+    ``options``: those of :func:`explain_shapley`."""
 
     def function(a: np.ndarray) -> np.ndarray:
         return own(np.ascontiguousarray(a))
 
-    values, stderr, base, _, exact, n_evals = explain_shapley(
-        function, X, background, players=players, windows=windows, budget=budget, random_state=random_state,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
-    return explanation(estimator, X, values, base, outputs, "shapley", players=players, windows=windows, stderr=stderr,
-                       exact=exact, n_evals=n_evals, function=what, channel_names=names)  # fmt: skip
+    values, stderr, base, _, exact, n_evals = explain_shapley(function, X, background, **options)
+    return explanation(estimator, X, values, base, outputs, "shapley", players=options["players"], windows=options["windows"],
+                       stderr=stderr, exact=exact, n_evals=n_evals, function=what, channel_names=names)  # fmt: skip
 
 
 def as_outputs(a: Any, n: int) -> np.ndarray:
