@@ -727,10 +727,10 @@ def test_chronos2_covariate_references_are_matched_by_name_and_a_missing_future_
     np.testing.assert_array_equal(one.covariates["a"], other.covariates["a"])
     np.testing.assert_array_equal(one.values, other.values)
     known = {**covariates, "future_covariates": {"b": windows(H, [236])}}
-    for method in ("deepshap", "shapley"):
+    for settings in ({"method": "deepshap"}, {"method": "shapley", "players": 8}):
         with pytest.raises(InputError, match=r"'b'.*future"):
             rnnshap.foundation.explain(chronos2, context, prediction_length=H, background=ordered, covariates=known,
-                                       method=method, players=8)  # fmt: skip
+                                       **settings)  # fmt: skip
 
 
 def test_the_plot_of_a_forecast_with_covariates_says_where_their_share_is(chronos2: Any) -> None:
