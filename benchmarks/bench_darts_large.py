@@ -84,6 +84,7 @@ def main() -> None:
         ))  # fmt: skip
     explainer = ShapExplainer(model)
     windows = explainer.background_windows_total
+    explainer.summary_plot(horizons=1, num_samples=20, plot_kwargs={"show": False})  # warm-up: matplotlib's first draw
     for name, num in [("summary_plot(), default", None), (f"summary_plot(num_samples={windows})", windows)]:
         plt.close("all")
         start = time.perf_counter()
