@@ -57,14 +57,14 @@ class PredictMismatchError(RnnShapError):
 def check_version(distribution: str) -> str:
     """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an error naming the
     versions the adapter was verified on."""
-    from ..forecasting import UnverifiedVersionError, _release
+    from ..forecasting import UnverifiedVersionError, release
 
     try:
         installed = metadata.version(distribution)
     except metadata.PackageNotFoundError as error:
         raise UnverifiedVersionError(f"the installed {distribution}'s version cannot be read (no package metadata)") from error
     low, high = VERIFIED[distribution]
-    if not low <= _release(installed) < high:
+    if not low <= release(installed) < high:
         verified = ".".join(map(str, low)) + ".x"
         raise UnverifiedVersionError(
             f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and "

@@ -164,7 +164,7 @@ class UnverifiedVersionError(RnnShapError, ImportError):
     """The installed forecasting library is outside the versions its rnnshap adapter was verified on."""
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
     """The numeric release of a version string: "0.48.1" -> (0, 48, 1); "3.3.0rc1" -> (3, 3, 0)."""
     numbers = re.match(r"\d+(\.\d+)*", version)
     return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
@@ -193,7 +193,7 @@ def check_version(distribution: str) -> str:
     :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
     installed = _installed(distribution)
     low, high = VERIFIED[distribution]
-    if not low <= _release(installed) < high:
+    if not low <= release(installed) < high:
         verified = ".".join(map(str, low)) + ".x"
         raise UnverifiedVersionError(
             f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and calls "

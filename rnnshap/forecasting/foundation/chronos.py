@@ -22,6 +22,7 @@ import numpy as np
 
 from ...errors import InputError
 from . import Adapter
+from .chronos_pipeline import ChronosPipelineAdapter
 
 
 def chronos_adapter(model: Any) -> type[Adapter]:
@@ -43,23 +44,6 @@ def chronos_adapter(model: Any) -> type[Adapter]:
         f"{type(model).__name__}. The original Chronos (ChronosPipeline) samples token sequences: its forecast is random, "
         "which DeepSHAP and Shapley values of a fixed function do not explain"
     )
-
-
-class ChronosPipelineAdapter(Adapter):
-    """What the adapters of chronos' pipelines share: the pipeline's model, its context length and patch size."""
-
-    distribution = "chronos-forecasting"
-    drops = "NaN"
-    pipeline: Any
-
-    def context_length(self) -> int:
-        return int(self.pipeline.model_context_length)
-
-    def patch_length(self) -> int:
-        return int(self.pipeline.model.chronos_config.input_patch_size)
-
-    def torch_modules(self) -> list[Any]:
-        return [self.pipeline.model]
 
 
 class ChronosBoltAdapter(ChronosPipelineAdapter):
