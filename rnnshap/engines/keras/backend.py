@@ -1,0 +1,33 @@
+"""What the Keras engine needs from its backend beyond ``keras.ops``: derivatives.
+
+The dual pass is written with ``keras.ops`` (the same code on the TensorFlow and JAX backends); the
+one thing ``keras.ops`` does not give is the derivative of a function, which TensorFlow computes with a
+``tf.GradientTape`` and JAX with ``jax.vjp``. Everything backend-specific the engine does is here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+
+
+def name() -> str:
+    """The Keras backend this process runs ("tensorflow" or "jax")."""
+    return str(keras.backend.backend())
+
+
+def derivative(fn: Callable[[Any], Any], point: Any) -> Any:
+    """The gradient of ``sum(fn(point))`` with respect to ``point`` (for an elementwise ``fn``, its
+    derivative at every entry); zeros where ``fn`` does not depend on ``point``."""
+    if name() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return jax.grad(lambda p: jnp.sum(fn(p)))(point)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(point)
+        total = fn(point)
+    return tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
