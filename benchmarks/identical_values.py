@@ -1,0 +1,295 @@
+"""Are the attributions of a fixed set of PyTorch models bit-identical in two source trees?
+
+A refactor that moves a formula (issue 39: every rule written once) must leave the values of every
+PyTorch model unchanged bit for bit: the same float operations in the same order. This script explains
+a fixed set of small models (seeded weights and data) and prints, per model, the sha256 of the
+attribution's bytes (and of the expected value), so two trees can be compared line by line:
+
+- recurrent: LSTM, GRU, RNN (float32), a bidirectional 2-layer LSTM, an LSTM in float64, LSTM/GRU cells
+  looped in Python;
+- attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
+- normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``);
+- heads: softmax, log_softmax, logsumexp, max, topk, sort;
+- secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
+  exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
+- foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex.
+
+Run it in each tree and compare (``--against`` does both, each in its own process, and exits 1 on any
+difference)::
+
+    python benchmarks/identical_values.py --against /tmp/base        # this tree against /tmp/base
+    PYTHONPATH=/tmp/base python benchmarks/identical_values.py        # one tree's hashes
+    python benchmarks/identical_values.py --only lstm,secant_ops      # a subset (names as printed)
+
+The tree whose ``rnnshap`` is imported is printed first (``PYTHONPATH`` decides it; ``--tree`` too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _digest(*arrays: Any) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
+    import torch
+    from torch import nn
+
+    import rnnshap
+
+    def explain(model: nn.Module, x: Any, background: Any) -> tuple[Any, ...]:
+        explainer = rnnshap.DeepExplainer(model.eval(), background)
+        values = explainer.shap_values(x)
+        return values, np.asarray(explainer.expected_value)
+
+    class Last(nn.Module):
+        def __init__(self, rnn: nn.Module, width: int, out: int = 3) -> None:
+            super().__init__()
+            self.rnn, self.head = rnn, nn.Linear(width, out)
+
+        def forward(self, x: Any) -> Any:
+            y, _ = self.rnn(x)
+            return self.head(y[:, -1])
+
+    def data(*shape: int, dtype: Any = torch.float32, scale: float = 1.0) -> tuple[Any, Any]:
+        return (torch.randn(3, *shape, dtype=dtype) * scale, torch.randn(4, *shape, dtype=dtype) * scale)
+
+    def lstm() -> tuple[Any, ...]:
+        torch.manual_seed(0)
+        return explain(Last(nn.LSTM(5, 8, batch_first=True), 8), *data(7, 5))
+
+    def gru() -> tuple[Any, ...]:
+        torch.manual_seed(1)
+        return explain(Last(nn.GRU(5, 8, batch_first=True), 8), *data(7, 5))
+
+    def rnn_tanh() -> tuple[Any, ...]:
+        torch.manual_seed(2)
+        return explain(Last(nn.RNN(5, 8, batch_first=True), 8), *data(7, 5))
+
+    def bidirectional() -> tuple[Any, ...]:
+        torch.manual_seed(3)
+        return explain(Last(nn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True), 12), *data(6, 5))
+
+    def lstm_float64() -> tuple[Any, ...]:
+        torch.manual_seed(4)
+        return explain(Last(nn.LSTM(4, 6, batch_first=True), 6).double(), *data(5, 4, dtype=torch.float64))
+
+    class Cells(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.gru, self.head = nn.LSTMCell(4, 6), nn.GRUCell(6, 5), nn.Linear(5, 2)
+
+        def forward(self, x: Any) -> Any:
+            h = c = x.new_zeros(x.shape[0], 6)
+            g = x.new_zeros(x.shape[0], 5)
+            for t in range(x.shape[1]):
+                h, c = self.lstm(x[:, t], (h, c))
+                g = self.gru(h, g)
+            return self.head(g)
+
+    def cells() -> tuple[Any, ...]:
+        torch.manual_seed(5)
+        return explain(Cells(), *data(5, 4))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True, activation="gelu")
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: Any) -> Any:
+            return torch.softmax(self.head(self.layer(x).mean(1)), -1)
+
+    def transformer() -> tuple[Any, ...]:
+        torch.manual_seed(6)
+        return explain(Encoder(), *data(5, 8))
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention, self.head = nn.MultiheadAttention(6, 2, batch_first=True), nn.Linear(6, 2)
+
+        def forward(self, x: Any) -> Any:
+            y, _ = self.attention(x, x, x)
+            return self.head(y[:, -1])
+
+    def attention() -> tuple[Any, ...]:
+        torch.manual_seed(7)
+        return explain(Attention(), *data(5, 6))
+
+    class Norms(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.rms, self.head = nn.LayerNorm(6), nn.RMSNorm(6), nn.Linear(6, 3)
+
+        def forward(self, x: Any) -> Any:
+            c = x - x.mean(-1, keepdim=True)
+            handwritten = c * torch.rsqrt((c * c).mean(-1, keepdim=True) + 1e-5)
+            return self.head(self.ln(x) + self.rms(x * 2) + handwritten).sum(1)
+
+    def norms() -> tuple[Any, ...]:
+        torch.manual_seed(8)
+        return explain(Norms(), *data(4, 6))
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(6, 6)
+
+        def forward(self, x: Any) -> Any:
+            z = self.linear(x) * 3
+            parts = [
+                torch.softmax(z, -1)[:, :2],
+                torch.log_softmax(z, -1)[:, :2],
+                torch.logsumexp(z, -1, keepdim=True),
+                z.max(-1, keepdim=True).values,
+                torch.topk(z, 2, -1).values,
+                torch.sort(z, -1).values[:, :2],
+            ]
+            return torch.cat(parts, -1)
+
+    def heads() -> tuple[Any, ...]:
+        torch.manual_seed(9)
+        x, background = torch.randn(3, 6), torch.randn(4, 6)
+        return explain(Heads(), x, background)
+
+    class SecantOps(nn.Module):
+        def forward(self, x: Any) -> Any:
+            p = x * x + 0.1  # positive
+            parts = [
+                torch.exp(x), torch.log(p), torch.sqrt(p), torch.rsqrt(p), torch.reciprocal(p), torch.square(x),
+                torch.expm1(x), torch.log1p(p), torch.exp2(x), torch.log2(p), torch.log10(p), p**1.7, p**-0.5,
+                p**0.5, p**2, 2.5**x, torch.sigmoid(x), torch.tanh(x), x * torch.sigmoid(x), x / (p + 1),
+                torch.pow(p, 3), torch.relu(x), torch.nn.functional.gelu(x), torch.nn.functional.softplus(x),
+            ]  # fmt: skip
+            return torch.stack([part.sum(-1) for part in parts], -1)
+
+    def secant_ops() -> tuple[Any, ...]:
+        torch.manual_seed(10)
+        x, background = torch.randn(3, 6), torch.randn(4, 6)
+        x[0, :3] = background[0, :3] + torch.tensor([1e-6, 1e-3, 0.0])  # tiny and zero differences
+        return explain(SecantOps(), x, background)
+
+    def secant_ops_float64() -> tuple[Any, ...]:
+        torch.manual_seed(11)
+        x, background = torch.randn(3, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+        x[0, :3] = background[0, :3] + torch.tensor([1e-9, 1e-4, 0.0], dtype=torch.float64)
+        return explain(SecantOps(), x, background)
+
+    def ttm() -> tuple[Any, ...]:
+        from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+        torch.manual_seed(0)
+        config = TinyTimeMixerConfig(
+            context_length=16, patch_length=4, patch_stride=4, prediction_length=4, d_model=8, num_layers=1,
+            decoder_num_layers=1, decoder_d_model=8,
+        )  # fmt: skip
+        model = TinyTimeMixerForPrediction(config).eval()
+        series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(0).normal(0, 0.1, 200)
+        context = np.stack([series[100:116], series[130:146]])
+        background = np.stack([series[i : i + 16] for i in (0, 20, 40, 60)])
+        result = rnnshap.foundation.explain(model, context, prediction_length=3, background=background)
+        return result.values, result.forecast
+
+    def tirex() -> tuple[Any, ...]:
+        from tirex.models.tirex import TiRexZero
+
+        torch.manual_seed(0)
+        config = dict(
+            input_patch_size=4, output_patch_size=4, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+            block_kwargs=dict(embedding_dim=8, num_heads=2, num_blocks=1, ffn_proj_factor=2.0), input_ff_dim=16,
+        )  # fmt: skip
+        model = TiRexZero(backend="torch", model_config=config, train_ctx_len=16).eval()
+        for parameter in model.parameters():
+            torch.nn.init.normal_(parameter, std=0.3)
+        series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(1).normal(0, 0.1, 200)
+        context = np.stack([series[100:116], series[130:146]])
+        background = np.stack([series[i : i + 16] for i in (0, 20, 40)])
+        result = rnnshap.foundation.explain(model, context, prediction_length=4, background=background)
+        return result.values, result.forecast
+
+    return {
+        "lstm": lstm,
+        "gru": gru,
+        "rnn_tanh": rnn_tanh,
+        "bidirectional": bidirectional,
+        "lstm_float64": lstm_float64,
+        "cells": cells,
+        "transformer": transformer,
+        "attention": attention,
+        "norms": norms,
+        "heads": heads,
+        "secant_ops": secant_ops,
+        "secant_ops_float64": secant_ops_float64,
+        "ttm": ttm,
+        "tirex": tirex,
+    }
+
+
+def hashes(only: list[str] | None) -> dict[str, str]:
+    import torch
+
+    torch.set_num_threads(1)  # the same reduction order whatever the machine's load
+    out = {}
+    for name, case in _cases().items():
+        if only and name not in only:
+            continue
+        try:
+            out[name] = _digest(*case())
+        except ImportError as error:
+            out[name] = f"skipped ({error.name} missing)"
+    return out
+
+
+def _run_tree(tree: str, only: list[str] | None) -> dict[str, str]:
+    command = [sys.executable, __file__, "--tree", tree] + (["--only", ",".join(only)] if only else [])
+    env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    lines = [line.split(None, 1) for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    return {name: value for name, value in lines}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", help="import rnnshap from this tree (default: as PYTHONPATH and sys.path find it)")
+    parser.add_argument("--against", help="compare this tree (the script's own) with another tree, each in its own process")
+    parser.add_argument("--only", help="comma-separated case names")
+    args = parser.parse_args()
+    only = args.only.split(",") if args.only else None
+    if args.against:
+        here = str(Path(__file__).resolve().parents[1])
+        ours, theirs = _run_tree(here, only), _run_tree(str(Path(args.against).resolve()), only)
+        print(f"| case | {args.against} | {here} | same |\n|---|---|---|---|")
+        differ = 0
+        for name in ours:
+            same = ours[name] == theirs.get(name)
+            differ += not same
+            print(f"| {name} | {theirs.get(name)} | {ours[name]} | {'yes' if same else 'NO'} |")
+        print(f"\n{len(ours) - differ} of {len(ours)} identical")
+        sys.exit(1 if differ else 0)
+    if args.tree:
+        sys.path.insert(0, str(Path(args.tree).resolve()))
+    import rnnshap
+
+    print(f"# rnnshap from {Path(rnnshap.__file__).resolve().parent}")
+    for name, value in hashes(only).items():
+        print(f"{name} {value}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
