@@ -1,4 +1,4 @@
-"""The catalog of elementwise operations (rnnshap/rules/catalog.py), checked on both engines.
+"""The unary elementwise operations of the operation table (rnnshap/operations.py), checked on every engine.
 
 Every entry of ``ELEMENTWISE`` runs on the PyTorch engine, as a Keras op, as a TensorFlow op traced in a
 ``Lambda`` and as a Keras activation (TensorFlow backend), and as Keras ops and activations on Keras's
@@ -27,7 +27,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
-from rnnshap.rules.catalog import ELEMENTWISE, Elementwise  # noqa: E402
+from rnnshap.operations import ELEMENTWISE, Elementwise  # noqa: E402
 from rnnshap.rules.registry import forms  # noqa: E402
 
 from .keras_process import KerasProcess  # noqa: E402
@@ -283,7 +283,7 @@ def test_entry_on_both_engines(entry: Elementwise) -> None:
 _TORCH_BACKEND = """
 import json, sys
 import numpy as np, keras, rnnshap
-from rnnshap.rules.catalog import ELEMENTWISE
+from rnnshap.operations import ELEMENTWISE
 assert keras.backend.backend() == "torch"
 pairs = np.load(sys.argv[1])
 found = {}

@@ -18,15 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..operations import BINARY, ELEMENTWISE
 from ..recurrent.rules import recurrent_rules
 from .base import Constant, EvalOnly, Identity, Linear, Rule
-from .catalog import ELEMENTWISE, catalog_op_rules, extra_op_rules
+from .catalog import binary_op_rules, catalog_op_rules, extra_op_rules, structured_op_rules
 from .composite import Quotient
-from .elementwise import AddedProduct, Bilinear, Multilinear, Product, Rescale, Shapley
+from .elementwise import AddedProduct, Bilinear, Multilinear, Product, Shapley
 from .refusals import refusal_op_rules, tensor_methods
-from .secant import Power
-from .selection import ArgExtremum, Ordering
-from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
+from .structured import MaxPool
 
 OpKey = Any  # a function object, or ("getter", attribute name) for tensor properties
 
@@ -133,14 +132,15 @@ CONSTANT_OPS = (
     "new_full", "new_tensor", "new",
 )
 
-# unary elementwise operations: the catalog (rnnshap/rules/catalog.py), and these of two operands
-SMOOTH_BINARY = ("xlogy",)
-#: the torch names of the smooth ones (with xlogy): floating-point operations that take integers as numbers
+# elementwise operations of one and two operands: the operation table (rnnshap/operations.py)
+SMOOTH_BINARY = tuple(name for entry in BINARY if entry.smooth and entry.rule == "shapley" for name in entry.torch)
+#: the torch names of the smooth ones (with the smooth binary ones): floating-point operations that take integers as numbers
 SMOOTH_UNARY = (*(name for entry in ELEMENTWISE if entry.smooth for name in entry.torch_names), *SMOOTH_BINARY)
 DIVISION = ("div", "divide", "true_divide", "__truediv__", "__div__")
 REVERSE_DIVISION = ("__rtruediv__", "__rdiv__")
-POWER = ("pow", "__pow__", "__rpow__", "float_power")
-EXTREMA = ("maximum", "minimum", "fmax", "fmin")
+POWER = tuple(name for entry in BINARY if entry.rule == "power" for name in entry.torch)
+#: the piecewise ones: maximum, minimum, fmax, fmin (and arctan2, hypot)
+EXTREMA = tuple(name for entry in BINARY if not entry.smooth for name in entry.torch)
 
 
 def default_op_rules() -> dict[OpKey, Rule]:
@@ -155,24 +155,13 @@ def default_op_rules() -> dict[OpKey, Rule]:
     put(BILINEAR_OPS, Bilinear())
     put(("addmm", "baddbmm", "addbmm", "addmv", "addr"), AddedProduct())  # beta·input + alpha·(a @ b)
     put(CONSTANT_OPS, Constant())
-    table.update(catalog_op_rules(forms))  # unary elementwise: rnnshap/rules/catalog.py, read by both engines
-    put(SMOOTH_BINARY, Rescale(smooth=True))
+    # the operation table (rnnshap/operations.py), read by every engine: unary, binary, structured
+    table.update(catalog_op_rules(forms))
     put(("mul", "multiply", "__mul__", "__rmul__"), Product())
     put(DIVISION, Quotient())
     put(REVERSE_DIVISION, Quotient(reverse=True))
-    put(POWER, Power())
-    put(EXTREMA, Shapley(smooth=False))
-    put(("softmax",), Softmax())
-    put(("log_softmax",), LogSoftmax())
-    put(("layer_norm",), LayerNorm())
-    put(("max",), MaxReduction(largest=True))
-    put(("min",), MaxReduction(largest=False))
-    put(("amax",), MaxReduction(largest=True, returns_indices=False))
-    put(("amin",), MaxReduction(largest=False, returns_indices=False))
-    put(("argmax",), ArgExtremum(largest=True))  # picked indices: rnnshap/rules/selection.py
-    put(("argmin",), ArgExtremum(largest=False))
-    for kind in ("topk", "sort", "argsort", "kthvalue", "median"):  # orderings: rnnshap/rules/selection.py
-        put((kind,), Ordering(kind))
+    table.update(binary_op_rules(forms))
+    table.update(structured_op_rules(forms))  # softmax, norms, reductions, orderings, picks
     for dims in (1, 2, 3):
         with_indices = getattr(F, f"max_pool{dims}d_with_indices")
         for fn in forms(f"max_pool{dims}d", f"max_pool{dims}d_with_indices"):

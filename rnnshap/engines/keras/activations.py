@@ -3,7 +3,7 @@
 What every layer with weights and an activation shares (the layer table ``layer_rules.py``, the
 recurrent layers ``recurrent.py``, attention and EinsumDense ``attention.py``): :func:`activate`
 runs an activation on a :class:`~rnnshap.engines.keras.dual.Dual` by the rule the catalog
-(``rnnshap/rules/catalog.py``) gives it, :func:`activation_problem` says why one has none, and
+(``rnnshap/operations.py``) gives it, :func:`activation_problem` says why one has none, and
 :func:`weight` reads a variable in the compute dtype.
 """
 
@@ -14,11 +14,11 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from ...rules.catalog import keras_activation_families
+from ...operations import keras_activation_families
 from . import dual
 from .dual import Dual
 
-#: elementwise activations by name: the catalog's view (rnnshap/rules/catalog.py), those keras has
+#: elementwise activations by name: the operation table's view (rnnshap/operations.py), those keras has
 _ELEMENTWISE = {name: entry for name, entry in keras_activation_families().items() if hasattr(keras.activations, name)}
 _STRUCTURED = {"softmax": dual.softmax, "log_softmax": dual.log_softmax}
 

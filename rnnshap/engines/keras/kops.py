@@ -25,7 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from ...rules.catalog import KERAS_PARAMETRIC_PIECEWISE, keras_op_families
+from ...operations import KERAS_PARAMETRIC_PIECEWISE, keras_binary, keras_op_families, keras_structured
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
 from .dual import Dual, PickedIndices
@@ -54,23 +54,22 @@ STRUCTURAL = {
     "GetItem", "Reshape", "ExpandDims", "Squeeze", "Transpose", "Tile", "Repeat", "BroadcastTo", "Flip", "Moveaxis",
     "Swapaxes", "Ravel", "Concatenate", "Stack", "Cast", "ConvertToTensor",
 }  # fmt: skip
-#: unary elementwise ops: the catalog's view (rnnshap/rules/catalog.py): op class name → its entry
+#: unary elementwise ops: the operation table's view (rnnshap/operations.py): op class name → its entry
 ELEMENTWISE = keras_op_families(lambda op: hasattr(keras.ops, op))
 #: smooth ones take the midpoint derivative where |Δ| is tiny (or their closed-form secant), piecewise ones never
 SMOOTH_UNARY = {n for n, entry in ELEMENTWISE.items() if entry.smooth}
 PIECEWISE_UNARY = {n for n, entry in ELEMENTWISE.items() if not entry.smooth} | set(KERAS_PARAMETRIC_PIECEWISE)
 #: the secant in closed form from the two results, for small |Δ|, instead of the midpoint derivative
 NEARS = {n: getattr(dual, f"{entry.near}_secant_near") for n, entry in ELEMENTWISE.items() if entry.near}
-#: elementwise binary ops: Rescale with one input-dependent operand, two-player Shapley with two
-BINARY = {
-    "Maximum": False, "Minimum": False, "Fmax": False, "Fmin": False, "Power": True, "Arctan2": True, "Hypot": True,
-    "Logaddexp": True,
-}  # fmt: skip
+#: elementwise binary ops (the operation table's view): Rescale with one input-dependent operand, two-player
+#: Shapley with two; op class name → whether it is smooth (piecewise ones never take a derivative)
+BINARY = {n: entry.smooth for n, entry in keras_binary().items()}
 #: orderings along one axis, by the PyTorch engine's rule (their values; top_k's indices with their handle)
-ORDERINGS = {"Sort", "TopK"}
+ORDERINGS = set(keras_structured("ordering"))
 #: picks along one axis: the indices, with the handle their uses are attributed through (rnnshap/engines/keras/picked.py)
-PICKS = {"Argmax", "Argmin"}
-STRUCTURED = {"Softmax", "LogSoftmax", "Logsumexp", "Max", "Min", "Amax", "Amin", "LayerNorm", "RMSNorm"}
+PICKS = set(keras_structured("pick"))
+#: softmax, normalizations and reductions along axes (the operation table's view)
+STRUCTURED = set(keras_structured("structured", "reduction"))
 #: closed-form secant slopes for these unary ops (better conditioned than the quotient), with the
 #: function (None: the op's own)
 SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor] | None, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {

@@ -28,7 +28,7 @@ import tensorflow as tf
 from keras.src import tree as keras_tree
 from keras.src.models.functional import Functional
 
-from ...rules.catalog import tf_op_families
+from ...operations import tf_binary, tf_op_families
 from . import dual
 from .dual import Dual
 from .pass_state import Run, Walker, unsupported_in
@@ -203,11 +203,12 @@ TF_MASK = {
     "Equal", "NotEqual", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "Any",
     "All", "IsNan", "IsFinite", "IsInf",
 }  # fmt: skip
-#: unary elementwise graph ops: the catalog's view (rnnshap/rules/catalog.py), op type → its entry
+#: unary elementwise graph ops: the operation table's view (rnnshap/operations.py), op type → its entry
 TF_ELEMENTWISE = tf_op_families(lambda op: hasattr(tf.raw_ops, op))
 TF_SMOOTH = {t for t, entry in TF_ELEMENTWISE.items() if entry.smooth}
 TF_PIECEWISE = {t for t, entry in TF_ELEMENTWISE.items() if not entry.smooth} | {"ClipByValue"}
-TF_BINARY = {"Maximum": False, "Minimum": False, "Pow": True, "Atan2": True, "SquaredDifference": True}
+#: binary graph ops (the operation table's view): op type → whether it is smooth
+TF_BINARY = {t: entry.smooth for t, entry in tf_binary().items() if hasattr(tf.raw_ops, t)}
 #: closed-form secant slopes (the TensorFlow kernels of the catalog's "secant" entries)
 TF_SLOPES = {t: dual.SLOPES_BY_NAME[entry.name][1] for t, entry in TF_ELEMENTWISE.items() if entry.family == "secant"}
 
