@@ -64,9 +64,8 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
             "not, work done outside the framework (numpy, .item()), or a forward() whose result depends on "
             "something other than its inputs."
         )
-    note = getattr(engine, "precision_note", None)
-    if note:
-        causes = f"{note} {causes}"
+    if engine.precision_note:
+        causes = f"{engine.precision_note} {causes}"
     raise AdditivityError(
         f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
         f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "

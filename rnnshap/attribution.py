@@ -54,9 +54,12 @@ def shape_values(phi: np.ndarray, output_shape: tuple[int, ...], ranked: bool) -
     return phi.reshape(*phi.shape[:-1], *output_shape)
 
 
-def attribute(engine: Engine, inputs: list[Any], selected: np.ndarray, batch_size: int, progress: bool | None) -> Attribution:
+def attribute(
+    engine: Engine, inputs: list[Any], selected: np.ndarray, batch_size: int, progress: bool | None, multipliers: bool = False
+) -> Attribution:
     """Mean over the background of multiplier × (x − r), for every (sample, selected output): the
-    blocks of pairs :func:`rnnshap.engines.base.blocks` cuts for ``batch_size`` rows, run by ``engine``."""
+    blocks of pairs :func:`rnnshap.engines.base.blocks` cuts for ``batch_size`` rows, run by ``engine``
+    (the mean multipliers with ``multipliers``, for an engine that gives them)."""
     n, k = selected.shape
     n_refs = engine.references
     n_outputs = int(np.prod(engine.output_shape)) if engine.output_shape else 1
@@ -65,7 +68,7 @@ def attribute(engine: Engine, inputs: list[Any], selected: np.ndarray, batch_siz
     reference_outputs = np.zeros((n, n_outputs))
     pairs = max(1, batch_size // engine.rows_per_pair(k))
     for block in progress_bar(blocks(n, n_refs, pairs), progress):
-        result = engine.attribute(inputs, block, selected[block.s0 : block.s1])
+        result = engine.attribute(inputs, block, selected[block.s0 : block.s1], multipliers=multipliers)
         for total, part in zip(sums, result.sums, strict=True):
             total[:, block.s0 : block.s1] += part
         model_outputs[block.s0 : block.s1] = result.outputs

@@ -123,7 +123,7 @@ class DeepExplainer:
 
     def _named(self, X: Inputs) -> None:
         """A model whose background was a dict of named inputs takes X as a dict too, never as a list."""
-        names = getattr(self.engine, "input_names", None)
+        names = self.engine.input_names
         if names is not None and isinstance(X, (list, tuple)):
             raise InputError(named_inputs_advice(names, "X"))
 
@@ -434,14 +434,10 @@ class DeepExplainer:
         )
         show = self.progress if progress is None else progress
         if multipliers:
-            if engine.name != "pytorch":
+            if not engine.gives_multipliers:
                 raise InputError(f"the multipliers themselves are given for PyTorch models, not for {engine.name}")
             check = False  # multipliers do not add up to f(x) - E[f]; only multiplier x (x - r) does
-        before, engine.multipliers = engine.multipliers, bool(multipliers)
-        try:
-            result = attribute(engine, inputs, selected, batch_size or self.batch_size, show)
-        finally:
-            engine.multipliers = before
+        result = attribute(engine, inputs, selected, batch_size or self.batch_size, show, multipliers=bool(multipliers))
         if check is not False:
             additivity.check_additivity(result, engine, None if check is True else float(check))
         return result

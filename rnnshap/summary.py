@@ -305,7 +305,7 @@ def _batches(explainer: Explains, data: Any, batch_size: int | None) -> Iterator
     engine, multi_input = explainer.engine, explainer.multi_input
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    names = getattr(engine, "input_names", None)
+    names = engine.input_names
     if names is not None and isinstance(data, (list, tuple)) and data and all(_is_array(d) for d in data):
         raise InputError(named_inputs_advice(names, "data"))
     named = names is not None and isinstance(data, dict)  # a dict of arrays keyed as the background

@@ -6,17 +6,20 @@
   model's layer graph). On the torch backend a Keras model is an ``nn.Module`` and goes to the
   PyTorch engine (:mod:`rnnshap.engines.pytorch.keras_on_torch`); the JAX backend is refused.
 
-:func:`engine_for` picks one by the model's type; a framework is imported only when its engine is.
+:func:`engine_for` (DeepExplainer) and :func:`forward_model` (ShapleyExplainer) pick one by what the model
+is, from one table, the registry (:mod:`rnnshap.engines.registry`); a framework is imported only when its
+engine is. Every engine meets one contract (:class:`rnnshap.engines.base.Engine`).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Mapping
 
+from . import registry
 from .base import Block, BlockResult, Engine
 from .keras import is_keras_model
 from .outputs import OutputChoice
+from .registry import forward_model
 
 
 def engine_for(
@@ -28,7 +31,8 @@ def engine_for(
     layer_output: bool = False,
 ) -> Engine:
     """The engine for ``model``, set up with the background ``data``, explaining the output tensor
-    ``output`` of a model with several (all of them, flattened and concatenated, for None).
+    ``output`` of a model with several (all of them, flattened and concatenated, for None): the one the
+    first entry of the registry (:mod:`rnnshap.engines.registry`) that recognises the model builds.
 
     ``model`` may also take shap's other forms: ``(inputs, output)`` of Keras symbolic tensors (the
     sub-model between them), and ``(module, layer)`` for PyTorch (attributions to the input of
@@ -37,70 +41,15 @@ def engine_for(
 
     ``layer_output``: with ``(module, layer)``, attributions to the output of ``layer`` instead of its
     input (``InterimEngine`` with ``side="output"``)."""
-    pair = isinstance(model, tuple) and len(model) == 2 and _is_module(model[0]) and _is_module(model[1])
-    if layer_output and not pair:
+    if layer_output and not registry.is_layer_pair(model):
         from ..errors import InputError
 
         raise InputError(
             "layer_output=True attributes to the output of a layer: give model=(module, layer), a PyTorch model and one "
             f"of its submodules, e.g. DeepExplainer((model, model.lstm), data, layer_output=True); got {type(model).__name__}"
         )
-    model = keras_submodel(model, data)
-    if pair:
-        from .pytorch.model_forms import InterimEngine, in_eval_mode
-
-        whole, layer = model
-        side = "output" if layer_output else "input"
-        return in_eval_mode(  # type: ignore[no-any-return]
-            whole, lambda m: InterimEngine(m, layer, data, rules=rules, output=output, side=side)
-        )
-    if isinstance(model, tuple):
-        raise TypeError(
-            "rnnshap.DeepExplainer takes a model, or one of shap's two tuple forms: (inputs, output) of Keras symbolic "
-            "tensors (e.g. (model.inputs, model.layers[-2].output)), or (torch_model, layer) with layer one of its "
-            f"submodules; got a tuple of {', '.join(type(part).__name__ for part in model)}"
-        )
-    if is_keras_model(model):
-        import keras
-
-        backend = keras.backend.backend()
-        if backend == "torch":  # the model is an nn.Module running torch operations
-            from .pytorch.engine import TorchEngine
-            from .pytorch.keras_on_torch import KerasModule
-
-            return TorchEngine(KerasModule(model), data, rules=rules, output=output)
-        if backend != "tensorflow":
-            from ..errors import InputError
-
-            raise InputError(
-                f"rnnshap explains Keras models on the TensorFlow and torch backends; this Keras runs on {backend!r}. "
-                "Save the model and load it with KERAS_BACKEND=tensorflow or torch set before keras is imported: "
-                "the attributions are the same on both."
-            )
-        if rules:
-            raise ValueError("custom rules are for PyTorch models and Keras models on the torch backend only")
-        from .keras.engine import KerasEngine
-
-        return KerasEngine(model, data, output=output)
-    from .pytorch.engine import TorchEngine
-
-    if _is_module(model):
-        from .pytorch.model_forms import DictInputs, in_eval_mode
-
-        if isinstance(data, dict):  # a model called with a dict of inputs: one input per key, in the dict's order
-            names = list(data)
-            inputs = [data[k] for k in names]
-            engine = in_eval_mode(model, lambda m: TorchEngine(DictInputs(m, names), inputs, rules=rules, output=output))
-            engine.input_names = names
-            return engine  # type: ignore[no-any-return]
-        return in_eval_mode(model, lambda m: TorchEngine(m, data, rules=rules, output=output))  # type: ignore[no-any-return]
-    return TorchEngine(model, data, rules=rules, output=output)
-
-
-def _is_module(value: Any) -> bool:
-    """Whether ``value`` is a ``torch.nn.Module`` (and not a Keras model), without importing torch."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.nn.Module) and not is_keras_model(value)
+    setup = registry.Setup(rules=rules, output=output, layer_output=layer_output)
+    return registry.deep_engine(keras_submodel(model, data), data, setup)
 
 
 def keras_submodel(model: Any, data: Any) -> Any:
@@ -126,4 +75,4 @@ def keras_submodel(model: Any, data: Any) -> Any:
     return keras.Model(inputs=inputs, outputs=output)
 
 
-__all__ = ["Block", "BlockResult", "Engine", "engine_for", "is_keras_model"]
+__all__ = ["Block", "BlockResult", "Engine", "engine_for", "forward_model", "is_keras_model"]

@@ -109,16 +109,24 @@ class Engine(ABC):
     #: the background, per input, in the engine's array type
     background: list[Any]
     #: whether the values are for the model's own inputs (False for shap's (model, layer) form, whose
-    #: values are for a layer's input): the Shapley mode plays the model's inputs
+    #: values are for a layer's input or output): the Shapley mode plays the model's inputs
     attributes_model_inputs: bool = True
+    #: what the values are attributed to where ``attributes_model_inputs`` is False: a layer's "input" or
+    #: "output" (shap's (model, layer) form; ``layer_output=True``), said in the refusals of the Shapley mode
+    side: str = "input"
     #: the model's outputs on the background, float64, shape ``(references, *output_shape)``
     background_outputs: np.ndarray
     #: which output tensor of a model with several is explained (``output=``), and where each sits
     outputs: OutputLayout
-    #: return Σ over the references of the multipliers instead of multiplier × (x − r) (Captum's
-    #: ``multiply_by_inputs=False``). The PyTorch engine reads it; the front door sets it for one call
-    #: (:meth:`rnnshap.DeepExplainer.attribution`) and refuses it for other engines.
-    multipliers: bool = False
+    #: the keys of a model called with a dict of inputs (the background was a dict), in the engine's order of
+    #: inputs; None for a model of positional inputs. The doors refuse a list where the background was a dict.
+    input_names: list[Any] | None = None
+    #: where the model computes in a less precise dtype than its parameters and inputs (Keras' matmul on torch
+    #: casts float64 to float32): a sentence the additivity check's report starts its causes with; else None
+    precision_note: str | None = None
+    #: whether :meth:`attribute` gives the multipliers themselves (``multipliers=True``, Captum's
+    #: ``multiply_by_inputs=False``); the front door refuses them for an engine that does not
+    gives_multipliers: bool = False
 
     @property
     def output_layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:
@@ -136,10 +144,13 @@ class Engine(ABC):
         """The model's outputs on ``inputs``, float64, flattened to ``(n, n_outputs)``."""
 
     @abstractmethod
-    def attribute(self, inputs: list[Any], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
+    def attribute(
+        self, inputs: list[Any], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
+    ) -> BlockResult:
         """Run the pairs of ``block``; ``columns`` ``(block.samples, k)`` are the flat indices of
         the outputs to attribute for each of its samples. With ``per_pair``, ``sums[i]`` keep each
-        pair's values: ``(k, samples, references, *input_i_shape)``."""
+        pair's values: ``(k, samples, references, *input_i_shape)``. With ``multipliers`` (only asked of an
+        engine that :attr:`gives_multipliers`), the multipliers in place of multiplier × (x − r)."""
 
     @abstractmethod
     def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:

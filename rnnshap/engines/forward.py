@@ -1,7 +1,9 @@
 """Forward-only models: what :class:`rnnshap.ShapleyExplainer` needs of any model (its outputs on
 rows of inputs), for PyTorch modules, Keras 3 models and plain functions of numpy arrays.
 
-No operation is inspected, so every model works, including the ones DeepSHAP's engines refuse.
+No operation is inspected, so every model works, including the ones DeepSHAP's engines refuse. The
+registry (:mod:`rnnshap.engines.registry`, :func:`~rnnshap.engines.registry.forward_model`) picks the builder
+for a model: :func:`keras_forward`, :func:`torch_forward` or :func:`function_forward`.
 """
 
 from __future__ import annotations
@@ -182,39 +184,35 @@ class ForwardModel:
         return taken.reshape(m, -1).astype(np.float64)
 
 
-def forward_model(model: Any, data: Any, output: OutputChoice = None, batch_size: int | None = None) -> ForwardModel:
-    """The :class:`ForwardModel` of a PyTorch module, a Keras 3 model, or a callable on numpy arrays
-    (``batch_size``: the most rows in one call, the background's included; 1 runs every row alone)."""
-    from . import is_keras_model
+def keras_forward(model: Any, data: Any, output: OutputChoice = None, batch_size: int | None = None) -> ForwardModel:
+    """The :class:`ForwardModel` of a Keras 3 model, on any backend (``batch_size``: the most rows in one call, the
+    background's included; 1 runs every row alone). The registry (:mod:`rnnshap.engines.registry`) chooses it."""
+    import keras
 
-    if is_keras_model(model):
-        import keras
+    from .keras.training_calls import refuse_training_calls
 
-        from .keras.training_calls import refuse_training_calls
+    refuse_training_calls(model)
 
-        refuse_training_calls(model)
+    def keras_call(rows: list[np.ndarray]) -> Any:
+        return model(rows if len(rows) > 1 or isinstance(data, (list, tuple)) else rows[0], training=False)
 
-        def keras_call(rows: list[np.ndarray]) -> Any:
-            return model(rows if len(rows) > 1 or isinstance(data, (list, tuple)) else rows[0], training=False)
+    return ForwardModel(keras_call, data, output, lambda t: np.asarray(keras.ops.convert_to_numpy(t)), None, batch_size)
 
-        return ForwardModel(keras_call, data, output, lambda t: np.asarray(keras.ops.convert_to_numpy(t)), None, batch_size)
-    try:
-        import torch
-        from torch import nn
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        torch = None  # type: ignore[assignment]
-    if torch is not None and isinstance(model, nn.Module):
-        from .pytorch.safety import model_device_and_dtype
 
-        dtype = model_device_and_dtype(model)[1]
-        eps = float(torch.finfo(dtype).eps) if dtype is not None and dtype.is_floating_point else None
-        call = _torch_call(model)
-        return ForwardModel(call, data, output, _torch_numpy, model, batch_size, eps)
-    if callable(model):
-        return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model, batch_size)
-    raise InputError(
-        f"ShapleyExplainer takes an nn.Module, a Keras model or a function of numpy arrays, not {type(model).__name__}"
-    )
+def torch_forward(model: Any, data: Any, output: OutputChoice = None, batch_size: int | None = None) -> ForwardModel:
+    """The :class:`ForwardModel` of a PyTorch module (see :func:`keras_forward`)."""
+    import torch
+
+    from .pytorch.safety import model_device_and_dtype
+
+    dtype = model_device_and_dtype(model)[1]
+    eps = float(torch.finfo(dtype).eps) if dtype is not None and dtype.is_floating_point else None
+    return ForwardModel(_torch_call(model), data, output, _torch_numpy, model, batch_size, eps)
+
+
+def function_forward(model: Any, data: Any, output: OutputChoice = None, batch_size: int | None = None) -> ForwardModel:
+    """The :class:`ForwardModel` of a function of numpy arrays, one per input (see :func:`keras_forward`)."""
+    return ForwardModel(lambda rows: model(*rows), data, output, np.asarray, model, batch_size)
 
 
 def _torch_numpy(value: Any) -> np.ndarray:

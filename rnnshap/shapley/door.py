@@ -66,8 +66,8 @@ def engine_view(engine: Engine, method: str, layout: Callable[[], Layout] | None
     if not engine.attributes_model_inputs:
         raise InputError(
             f"{method} plays the model's own inputs, and this explainer attributes to a layer's "
-            f"{getattr(engine, 'side', 'input')} (shap's (model, layer) form). Explain the part of the model after "
-            f"the cut as a model of its own, with the layer's {getattr(engine, 'side', 'input')}s as data, or use "
+            f"{engine.side} (shap's (model, layer) form). Explain the part of the model after "
+            f"the cut as a model of its own, with the layer's {engine.side}s as data, or use "
             f"DeepExplainer(model, data).{method}."
         )
     background = engine.to_numpy(engine.background)

@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engines.forward import forward_model
 from ..engines.outputs import OutputChoice, select_outputs
+from ..engines.registry import forward_model
 from ..errors import InputError
 from .door import ModelView, ShapleyEstimate, shapley_values
 from .layout import layout_reader

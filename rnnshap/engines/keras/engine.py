@@ -483,7 +483,9 @@ class KerasEngine(Engine):
     def rows_per_pair(self, outputs: int) -> int:
         return outputs  # every pair runs once per selected output (see attribute)
 
-    def attribute(self, inputs: list[np.ndarray], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
+    def attribute(
+        self, inputs: list[np.ndarray], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
+    ) -> BlockResult:
         """Σ over the block's references of multiplier × (x − r) for each selected output (each
         pair's own with ``per_pair``).
 
@@ -491,6 +493,8 @@ class KerasEngine(Engine):
         differentiating its own output: one gradient for all outputs. The pass's outputs are checked
         against the model's (see :meth:`_model_outputs`).
         """
+        if multipliers:  # (it does not declare gives_multipliers: the front door refuses them before)
+            raise InputError("the Keras engine gives multiplier × (x − r), not the multipliers themselves")
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         p = s * n_refs
         xs = [np.concatenate([np.repeat(x[block.s0 : block.s1], n_refs, axis=0)] * k) for x in inputs]

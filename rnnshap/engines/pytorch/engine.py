@@ -34,12 +34,21 @@ class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
+    gives_multipliers = True
 
     def __init__(
-        self, model: nn.Module, data: Any, *, rules: Mapping[Any, Rule] | None = None, output: OutputChoice = None
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        rules: Mapping[Any, Rule] | None = None,
+        output: OutputChoice = None,
+        input_names: list[Any] | None = None,
     ) -> None:
         check_model(model)
         self.model = model
+        #: the keys of a model called with a dict of inputs (``model`` is then ``DictInputs``), else None
+        self.input_names = input_names
         #: which output tensor is explained (``output=``), and where each sits in the output vector
         self.outputs = OutputLayout(output)
         self.registry: RuleRegistry = DEFAULT_REGISTRY.merged(dict(rules)) if rules else DEFAULT_REGISTRY
@@ -367,9 +376,6 @@ class TorchEngine(Engine):
         return message + "."
 
     # -- inputs -----------------------------------------------------------------------------------
-    #: the keys of a model called with a dict of inputs (the background was a dict; see engines.engine_for)
-    input_names: list[Any] | None = None
-
     def inputs(self, X: Any, what: str) -> list[Tensor]:
         if isinstance(X, dict) and self.input_names is not None:
             if set(X) != set(self.input_names):
@@ -415,9 +421,11 @@ class TorchEngine(Engine):
         return torch.from_numpy(selected)
 
     # -- attribution ------------------------------------------------------------------------------
-    def attribute(self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool = False) -> BlockResult:
+    def attribute(
+        self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
+    ) -> BlockResult:
         """Σ over the block's references of multiplier × (x − r), for each selected output (each
-        pair's own with ``per_pair``)."""
+        pair's own with ``per_pair``; the multipliers themselves with ``multipliers``)."""
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         device = inputs[0].device
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
@@ -478,7 +486,7 @@ class TorchEngine(Engine):
             if not distinct:
                 raise
             self.distinct_references = False  # the check at construction missed a layout: every pair from now on
-            return self.attribute(inputs, block, columns, per_pair)
+            return self.attribute(inputs, block, columns, per_pair, multipliers)
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             _check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
@@ -498,7 +506,7 @@ class TorchEngine(Engine):
             if leaf.requires_grad:
                 grad = next(attributed)
                 contribution = _contribution(grad, leaf.detach(), reference)  # (the multipliers alone are refused alike)
-                sums[t] += per_sample(grad if self.multipliers else contribution)
+                sums[t] += per_sample(grad if multipliers else contribution)
         if mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
