@@ -123,6 +123,8 @@ class TorchEngine(Engine):
         self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, int]] = {}
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
         self._unkept: set[tuple[int, int]] = set()
+        #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
+        self._unchecked: set[tuple[int, int]] = set()
         #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
         self.distinct_references = (
             not self.followed_inputs
@@ -130,6 +132,10 @@ class TorchEngine(Engine):
             and all(b.is_floating_point() for b in self.background)
             and self._rows_alone()
         )
+        if self.distinct_references and not probe.drew and not probe.random_draws:
+            # the probe ran the reference pass on every background row: the tape of the block of all references
+            # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
+            self._keep(Block(0, 0, 0, self.references), probe.tape, outputs, None)
 
     def _rows_alone(self) -> bool:
         """Whether the reference pass may run on a block's distinct references, its tape then repeated
@@ -270,18 +276,31 @@ class TorchEngine(Engine):
             if kept is not None:
                 entries, outputs, _ = kept
                 if self._computes(block, outputs, state):
+                    self._unchecked.discard(key)
                     return Tape(list(entries)), outputs
                 del self._kept_tapes[key]
+                if key in self._unchecked:  # the constructor's pass, never vetted: a plain forward does not give
+                    self._unkept.add(key)  # a pass's outputs (a fast path: torch's fused transformer layers)
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
         outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take, state=state)
-        if key not in self._unkept:
-            size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-            if size + self._kept_bytes() > KEPT_TAPE_BYTES or not self._computes(block, outputs, state):
-                self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
-            else:
-                # (the input pass replaces the entries it takes in tape's own list)
-                self._kept_tapes[key] = (list(tape.entries), outputs, size)
+        self._keep(block, tape, outputs, state)
         return tape, outputs
+
+    def _keep(self, block: Block, tape: Tape, outputs: Tensor, state: PreservedState | None) -> None:
+        """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
+        and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
+        ``state``, the model's state taken before; with None, unchecked until its first reuse)."""
+        key = (block.r0, block.r1)
+        if key in self._unkept:
+            return
+        size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
+        if size + self._kept_bytes() > KEPT_TAPE_BYTES or (state is not None and not self._computes(block, outputs, state)):
+            self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
+        else:
+            # (the input pass replaces the entries it takes in tape's own list)
+            self._kept_tapes[key] = (list(tape.entries), outputs, size)
+            if state is None:
+                self._unchecked.add(key)
 
     def _kept_bytes(self) -> int:
         return sum(size for _, _, size in self._kept_tapes.values())

@@ -155,6 +155,8 @@ class AttributionMode(TorchFunctionMode):
         self._following = False
         #: the random functions forward() called (None: not watched; see ``run_pass``'s ``watch_random``)
         self.random_draws: list[str] | None = None
+        #: whether the pass drew from a random generator the model holds (watched only: see ``run_pass``)
+        self.drew = False
         #: ``.data`` of input-dependent tensors: usable for their shape, dtype and device only (``x.data.new(...)``)
         self._data_views = TensorMap()
         #: refusals of operations whose results may not reach the output, refused only where the output

@@ -106,6 +106,7 @@ def run_pass(
         written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if watch_random else []
     finally:
         drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
+        mode.drew = bool(drawn)
         module_rules.remove()
         state.restore()
     if drawn and draws_matter(model, given, take, output, mode.deferred, drawn):  # named with torch's random functions called
