@@ -397,6 +397,46 @@ def test_tirex_deepshap_adds_up_to_its_forecast_to_bfloat16_precision(tirex_mode
     assert unchanged(before, tirex_model)
 
 
+def tirex_float32_forecast(model: Any, rows: np.ndarray, H: int) -> np.ndarray:
+    """tirex' own forecast() with its sLSTM cells run in float32: the cell's torch path (``_impl_torch``) written
+    here from tirex' code without its casts to bfloat16."""
+    from tirex.models.slstm.cell import sLSTMCell
+
+    def impl(cell: Any, x: torch.Tensor, state: torch.Tensor) -> Any:
+        c = cell.config
+        bias = cell._bias_.float().reshape(c.num_heads, c.num_gates, c.head_dim).permute(1, 0, 2).reshape(-1)
+        x = x.float().view(x.shape[0], x.shape[1], -1)
+        return cell._impl_forward_torch(x, state.float(), cell._recurrent_kernel_.float(), bias)
+
+    with mock.patch.object(sLSTMCell, "_impl_torch", impl):
+        return tirex_forecast(model, rows, H)
+
+
+def test_tirex_float32_twin_adds_up_to_its_own_forecast_to_float32_precision(tirex_model: Any) -> None:
+    context, background = windows(16, [300, 340]), windows(16, [0, 50, 100, 150])
+    before = state(tirex_model)
+    result = rnnshap.foundation.explain(tirex_model, context, prediction_length=6, background=background, precision="float32")
+    twin, own = tirex_float32_forecast(tirex_model, context, 6), tirex_forecast(tirex_model, context, 6)
+    np.testing.assert_allclose(result.forecast, twin, rtol=0, atol=tolerance(twin))
+    np.testing.assert_allclose(result.total(), twin, rtol=0, atol=tolerance(twin))
+    # another function than the bfloat16 model's, which it approximates to bfloat16's precision
+    assert np.abs(twin - own).max() > tolerance(twin)
+    assert np.abs(twin - own).max() < 16 * 2.0**-8 * max(1.0, float(np.abs(own).max()))
+    assert result.precision == "float32" and "float32 twin" in result.model
+    assert unchanged(before, tirex_model)  # and the model computes in bfloat16 again afterwards
+    assert all("_impl_torch" not in b.slstm_layer.slstm_cell.__dict__ for b in tirex_model.blocks)
+    np.testing.assert_array_equal(tirex_forecast(tirex_model, context, 6), own)
+    default = rnnshap.foundation.explain(tirex_model, context, prediction_length=6, background=background)
+    assert default.precision == "bfloat16" and default.model == "TiRex"
+    np.testing.assert_array_equal(default.forecast, own)
+
+
+def test_precision_refused_where_the_model_has_no_twin(tirex_model: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 50])
+    with pytest.raises(InputError, match=r"precision='float16': TiRex computes in bfloat16; it can also run in float32"):
+        rnnshap.foundation.explain(tirex_model, context, prediction_length=4, background=background, precision="float16")
+
+
 def test_tirex_shapley_patches_dropping_context_enumerated_through_forecast(tirex_model: Any) -> None:
     context = windows(12, [300])
     result = rnnshap.foundation.explain(

@@ -55,9 +55,20 @@ class Adapter:
     #: how far (relative to the forecast's scale) the DeepSHAP module's output may be from the library's own call on
     #: the same windows: rounding that moves with the batch beside a row (the module runs the library's functions)
     agreement = 2e-5  # ~170 float32 eps of the forecast's scale
+    #: the precisions ``explain(precision=...)`` takes, the first the model's own (the default)
+    precisions: tuple[str, ...] = ("float32",)
+    #: what a twin in another precision changes (said in the result's ``model``)
+    twin_note = ""
 
     def __init__(self, model: Any) -> None:
         self.model = model
+
+    def computing_in(self, precision: str) -> Any:
+        """A context manager in which the model computes in ``precision`` (one of :attr:`precisions`): the
+        library's forecast and the DeepSHAP module alike. The model's own precision changes nothing."""
+        import contextlib
+
+        return contextlib.nullcontext()
 
     # -- what the model reads -----------------------------------------------------------------------------
     def context_length(self) -> int | None:
@@ -288,6 +299,8 @@ class ForecastExplanation:
     covariate_stderr: dict[str, np.ndarray] | None = None
     #: "background" (missing players take background values) or "dropped" (given to the model as missing)
     game: str = "background"
+    #: what the explained model computes in: its own precision, or the twin's asked for (``precision=``)
+    precision: str = "float32"
 
     def total(self) -> np.ndarray:
         """``base_values`` plus every value (covariates included): ``(n, H, Q)``, equal to ``forecast``."""
@@ -391,6 +404,7 @@ def explain(
     players: Any = "steps",
     batch_size: int = 512,
     check_additivity: bool | float = True,
+    precision: str | None = None,
 ) -> ForecastExplanation:
     """Explain a foundation model's forecast of ``context``, in the object its library's loading call returns.
 
@@ -414,6 +428,9 @@ def explain(
             length; aligned to the end of the context.
         batch_size: the most rows run through the model at once.
         check_additivity: DeepSHAP's own check (True: the dtype's tolerance; a float: that relative tolerance).
+        precision: what the model computes in: None, its own precision (TiRex's sLSTM: bfloat16); ``"float32"`` for
+            TiRex explains a float32 twin of its sLSTM (the same weights, the recurrence in float32): the forecast is
+            then the twin's, through the library's own call, and the values add up to it to float32 precision.
 
     Returns:
         A :class:`ForecastExplanation` whose ``total()`` equals ``forecast``, the library's own forecast.
@@ -431,6 +448,16 @@ def explain(
         if passed:
             raise InputError(f"{', '.join(passed)}: the Shapley mode's settings; pass method='shapley' with them")
     adapter = adapter_for(model)
+    own_precision = adapter.precisions[0]
+    if precision is None:
+        precision = own_precision
+    if precision not in adapter.precisions:
+        raise InputError(
+            f"precision={precision!r}: {adapter.label} computes in {own_precision}"
+            + (f"; it can also run in {', '.join(adapter.precisions[1:])}" if len(adapter.precisions) > 1 else "")
+            + f". Give one of {list(adapter.precisions)}, or leave precision=None (the model's own)"
+        )
+    label = adapter.label if precision == own_precision else f"{adapter.label} ({precision} twin: {adapter.twin_note})"
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
     H = int(prediction_length)
@@ -491,7 +518,7 @@ def explain(
     modules = adapter.torch_modules()
     covariate_values = None
     covariate_stderr = None
-    with _preserved_all(modules):
+    with _preserved_all(modules), adapter.computing_in(precision):
         forecast = adapter.library_forecast(windows.copy(), H, levels)
         if method == "deepshap":
             assert rows is not None
@@ -510,8 +537,9 @@ def explain(
     values, base, stderr, exact, n_evals, kind, spans = result
     return ForecastExplanation(
         values=values, base_values=base, forecast=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
-        model=adapter.label, context=windows, stderr=stderr, exact=exact, n_evals=n_evals, players=kind, player_steps=spans,
-        game="background" if rows is not None else "dropped", covariates=covariate_values, covariate_stderr=covariate_stderr,
+        model=label, context=windows, precision=precision, stderr=stderr, exact=exact, n_evals=n_evals, players=kind,
+        player_steps=spans, game="background" if rows is not None else "dropped", covariates=covariate_values,
+        covariate_stderr=covariate_stderr,
     )  # fmt: skip
 
 
