@@ -29,6 +29,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..formulas import bind
+from ..formulas import secant as formulas
+from ..formulas.torch_ops import TORCH, scalar
 from .base import OpCall, Rule
 
 Tensor = torch.Tensor
@@ -38,21 +41,9 @@ MAX_SHAPLEY_PLAYERS = 4
 
 
 def small_delta_threshold(dtype: torch.dtype, smooth: bool) -> float:
-    """Below this |Δ| the multiplier is taken from the derivative instead of the quotient.
-
-    For smooth functions the quotient loses about ``eps / Δ`` relative accuracy while the midpoint
-    derivative is off by about ``Δ²``: the two balance at ``eps ** (1/3)``. Piecewise functions
-    have no curvature to fear, so only an exact zero needs the derivative.
-    """
-    if not smooth:
-        return 0.0
-    threshold = _THRESHOLDS.get(dtype)
-    if threshold is None:
-        threshold = _THRESHOLDS[dtype] = float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
-    return threshold
-
-
-_THRESHOLDS: dict[torch.dtype, float] = {}
+    """Below this |Δ| the multiplier is taken from the derivative instead of the quotient
+    (:func:`rnnshap.formulas.secant.small_delta_threshold`: ``eps ** (1/3)`` for smooth functions, 0 else)."""
+    return formulas.small_delta_threshold(TORCH, dtype, smooth)
 
 
 class MissingValues:
@@ -282,44 +273,8 @@ def shapley(
     return with_multipliers(output, inputs, multipliers), ref_output
 
 
-def _scalar(value: float, like: Tensor) -> Tensor:
-    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once: an operation with a
-    Python number wraps it in a new tensor on every call (a fill and a copy, about as long as the
-    operation itself on the small tensors of a step), with a 0-d tensor it reads the value as the
-    number, with the same results."""
-    key = (value, like.dtype, like.device)
-    constant = _SCALARS.get(key)
-    if constant is None:
-        constant = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-    return constant
-
-
-_SCALARS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
-
-
-def _tanh_secant_near(output: Tensor, ref_output: Tensor, delta: Tensor) -> Tensor:
-    r"""The secant slope of tanh from its two results, for small :math:`|\Delta|`.
-
-    :math:`\tanh x - \tanh r = \tanh(\Delta)\,(1 - \tanh x \tanh r)`, and
-    :math:`\tanh(\Delta)/\Delta = 1 - \Delta^2/3 + 2\Delta^4/15 - \dots`: below the threshold
-    (:math:`|\Delta| \le \epsilon^{1/3}`) the first two terms are the quotient to within
-    :math:`\Delta^4 \le \epsilon^{4/3}`, below the dtype's rounding.
-    """
-    one = _scalar(1.0, delta)
-    return torch.addcmul(one, output, ref_output, value=-1) * torch.addcmul(one, delta, delta, value=-1 / 3)
-
-
-def _sigmoid_secant_near(output: Tensor, ref_output: Tensor, delta: Tensor) -> Tensor:
-    r"""The secant slope of the logistic sigmoid :math:`\sigma` from its two results, for small
-    :math:`|\Delta|`.
-
-    With :math:`\sigma(t) = (1 + \tanh(t/2))/2`, :math:`\sigma(x) - \sigma(r) = \tanh(\Delta/2)
-    \,[\sigma(x) + \sigma(r) - 2\sigma(x)\sigma(r)]` and :math:`\tanh(\Delta/2)/\Delta =
-    1/2 - \Delta^2/24 + \dots`, within :math:`\Delta^4` of the quotient as for tanh. (Where both
-    sides saturate towards 1 the bracket cancels, as the derivative :math:`\sigma(1 - \sigma)` does.)
-    """
-    both = torch.addcmul(output + ref_output, output, ref_output, value=-2)
-    return both * torch.addcmul(_scalar(0.5, delta), delta, delta, value=-1 / 24)
+_tanh_secant_near = bind(formulas.tanh_secant_near, TORCH)
+_sigmoid_secant_near = bind(formulas.sigmoid_secant_near, TORCH)
 
 
 #: smooth unary operations whose exact secant slope for small ``|Δ|`` has a closed form in their two
@@ -365,7 +320,7 @@ def rescale_from_result(
     least, greatest = (float(v) for v in torch.aminmax(size))
     finite = math.isfinite(greatest)
     if least <= threshold if finite else bool((size <= threshold).any()):
-        multiplier = torch.where(size <= _scalar(threshold, size), secant_near(output, ref_output, delta), multiplier)
+        multiplier = torch.where(size <= scalar(threshold, size), secant_near(output, ref_output, delta), multiplier)
     if finite:
         return output, ref_output, multiplier
     return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
@@ -449,7 +404,7 @@ class Product(Rule):
         # multipliers to the output's shape (the backward broadcasts them the same way), and with
         # their common ½ applied once to the gradient (exact: a power of two)
         output = a_in * b_in
-        return with_multipliers(output, [a, b], [b_in + b_ref, a_in + a_ref], _scalar(0.5, output))
+        return with_multipliers(output, [a, b], [b_in + b_ref, a_in + a_ref], scalar(0.5, output))
 
 
 class Bilinear(Rule):

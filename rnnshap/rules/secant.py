@@ -15,6 +15,9 @@ with no cancellation, exact for every :math:`\Delta` including 0:
 
 Where an operand is the same infinity on both sides (a ``-inf`` mask entry), the output does not
 move under any finite change upstream, so the multiplier there is 0.
+
+The slopes are written once, for every engine, in :mod:`rnnshap.formulas.secant`; here they are
+bound to torch tensors (``slope(x, r)``) and attached by the rules below.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..formulas import bind
+from ..formulas import secant as formulas
+from ..formulas.torch_ops import TORCH
 from .base import OpCall
 from .elementwise import Rescale, Shapley, shapley_multipliers, with_multipliers
 
@@ -31,109 +37,26 @@ Tensor = torch.Tensor
 Slope = Callable[[Tensor, Tensor], Tensor]
 
 
-def _ratio(numerator: Tensor, t: Tensor, limit: float) -> Tensor:
-    """numerator / t, with ``limit`` where t == 0 (both are elementwise and accurate for small t)."""
-    zero = t == 0
-    return torch.where(zero, torch.full_like(t, limit), numerator / torch.where(zero, torch.ones_like(t), t))
+def _bound(formula: Callable[..., Tensor], name: str | None = None) -> Any:
+    return bind(formula, TORCH, name)
 
 
-def sqrt_slope(x: Tensor, r: Tensor) -> Tensor:
-    return 1 / (torch.sqrt(x) + torch.sqrt(r))
-
-
-def rsqrt_slope(x: Tensor, r: Tensor) -> Tensor:
-    return -(torch.rsqrt(x) * torch.rsqrt(r)) / (torch.sqrt(x) + torch.sqrt(r))
-
-
-def square_slope(x: Tensor, r: Tensor) -> Tensor:
-    return x + r
-
-
-def exp_slope(x: Tensor, r: Tensor) -> Tensor:
-    h = (x - r) / 2
-    near = h.abs() <= 0.5  # the closed form where the quotient would cancel; the quotient elsewhere
-    closed = torch.exp((x + r) / 2) * _ratio(torch.sinh(h), h, 1.0)
-    quotient = (torch.exp(x) - torch.exp(r)) / torch.where(near, torch.ones_like(h), 2 * h)
-    return torch.where(near, closed, quotient)
-
-
-def log_slope(x: Tensor, r: Tensor) -> Tensor:
-    q = (x - r) / (x + r)
-    near = q.abs() <= 0.5  # x / r within [1/3, 3]: the closed form; the quotient elsewhere
-    closed = 2 / (x + r) * _ratio(torch.atanh(q), q, 1.0)
-    quotient = (torch.log(x) - torch.log(r)) / torch.where(near, torch.ones_like(x), x - r)
-    return torch.where(near, closed, quotient)
-
-
-def reciprocal_slope(x: Tensor, r: Tensor) -> Tensor:
-    return -1 / (x * r)
-
-
-def expm1_slope(x: Tensor, r: Tensor) -> Tensor:
-    return exp_slope(x, r)  # expm1(x) − expm1(r) = e^x − e^r
-
-
-def log1p_slope(x: Tensor, r: Tensor) -> Tensor:
-    d = x - r  # log1p(x) − log1p(r) = log1p(d / (1 + r)), accurate however small d or r
-    zero = d == 0
-    return torch.where(zero, 1 / (1 + r), torch.log1p(d / (1 + r)) / torch.where(zero, torch.ones_like(d), d))
-
-
-def _rescaled(slope: Slope, inner: float, outer: float, name: str) -> Slope:
-    """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
-
-    def rescaled(x: Tensor, r: Tensor) -> Tensor:
-        return slope(x * inner, r * inner) * (inner * outer)
-
-    rescaled.__name__ = name
-    return rescaled
-
-
-def power_slope(x: Tensor, r: Tensor, p: float) -> Tensor:
-    r"""The secant slope of :math:`t^p` for a constant ``p``, where ``x`` and ``r`` are positive.
-
-    With :math:`L = \log(x / r) = \mathrm{log1p}((x - r)/r)` it is
-    :math:`r^{p-1}\,\mathrm{expm1}(pL)/\mathrm{expm1}(L)`, without cancellation for
-    :math:`x \approx r`; the difference quotient where :math:`|L| > 1/2`. Other entries are NaN:
-    the caller takes the generic rule there.
-    """
-    if p == 1:
-        return torch.ones_like(x + r)
-    if p == 2:
-        return x + r
-    if p == 0.5:
-        return sqrt_slope(x, r)
-    if p == -0.5:
-        return rsqrt_slope(x, r)
-    if p == -1:
-        return reciprocal_slope(x, r)
-    log_ratio = torch.log1p((x - r) / r)
-    near = log_ratio.abs() <= 0.5
-    closed = r ** (p - 1) * _ratio(torch.expm1(p * log_ratio), torch.expm1(log_ratio), p)
-    quotient = (x**p - r**p) / torch.where(near, torch.ones_like(x), x - r)
-    slope = torch.where(near, closed, quotient)
-    return torch.where((x > 0) & (r > 0), slope, torch.full_like(slope, math.nan))
-
-
-def exp_ratio_slope(d: Tensor) -> Tensor:
-    """d / expm1(d), 1 at d = 0: at d = −|L − L_r| the secant of log over [e^{−|d|}, 1], times e^{max(L, L_r)}."""
-    return _ratio(d, torch.expm1(d), 1.0)
-
+#: the closed-form secant slopes (rnnshap/formulas/secant.py) on torch tensors: ``slope(x, r)``
+sqrt_slope: Slope = _bound(formulas.sqrt_slope)
+rsqrt_slope: Slope = _bound(formulas.rsqrt_slope)
+square_slope: Slope = _bound(formulas.square_slope)
+exp_slope: Slope = _bound(formulas.exp_slope)
+log_slope: Slope = _bound(formulas.log_slope)
+reciprocal_slope: Slope = _bound(formulas.reciprocal_slope)
+expm1_slope: Slope = _bound(formulas.expm1_slope)
+log1p_slope: Slope = _bound(formulas.log1p_slope)
+#: (x, r, p) → the secant slope of t**p (see :func:`rnnshap.formulas.secant.power_slope`)
+power_slope: Callable[[Tensor, Tensor, float], Tensor] = _bound(formulas.power_slope)
+#: d → d / expm1(d) (see :func:`rnnshap.formulas.secant.exp_ratio_slope`)
+exp_ratio_slope: Callable[[Tensor], Tensor] = _bound(formulas.exp_ratio_slope)
 
 #: unary operations (by name, in every form the registry knows) → their closed-form secant slope
-SLOPES_BY_NAME: dict[str, Slope] = {
-    "sqrt": sqrt_slope,
-    "rsqrt": rsqrt_slope,
-    "square": square_slope,
-    "reciprocal": reciprocal_slope,
-    "exp": exp_slope,
-    "exp2": _rescaled(exp_slope, math.log(2), 1.0, "exp2_slope"),
-    "expm1": expm1_slope,
-    "log": log_slope,
-    "log2": _rescaled(log_slope, 1.0, 1 / math.log(2), "log2_slope"),
-    "log10": _rescaled(log_slope, 1.0, 1 / math.log(10), "log10_slope"),
-    "log1p": log1p_slope,
-}
+SLOPES_BY_NAME: dict[str, Slope] = {name: _bound(slope) for name, slope in formulas.SLOPES_BY_NAME.items()}
 
 #: the unary torch functions :func:`secant` knows without a ``slope=``
 SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {
@@ -142,17 +65,9 @@ SLOPES: dict[Callable[[Tensor], Tensor], Slope] = {
 
 
 def secant_slope(slope: Slope, x: Tensor, r: Tensor) -> Tensor:
-    """``slope(x, r)`` with 0 where nothing moves and the slope is not finite.
-
-    Where ``x`` and ``r`` are the same infinity (a ``-inf`` mask entry) no finite change upstream
-    moves the output, and where ``x == r`` the multiplier multiplies a zero Δ; a non-finite slope
-    there (``sqrt`` at 0, ``inf - inf``) would make the backward pass NaN.
-    """
-    m = slope(x, r)
-    still = (x == r) & ~torch.isfinite(m)
-    if bool(still.any()):
-        m = torch.where(still, torch.zeros_like(m), m)
-    return m
+    """``slope(x, r)`` with 0 where nothing moves and the slope is not finite
+    (:func:`rnnshap.formulas.secant.still_zero`)."""
+    return formulas.still_zero(TORCH, slope(x, r), x, r)
 
 
 def secant(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, slope: Slope | None = None) -> tuple[Tensor, Tensor]:

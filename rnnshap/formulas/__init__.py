@@ -1,0 +1,49 @@
+r"""Every rule's formula, written once against a small array namespace.
+
+The engines differ in how they trace a model and how they attach a multiplier to their framework's
+autodiff (custom ``torch.autograd.Function`` objects on PyTorch, the dual's ``attach`` on Keras); the
+formulas that give the multipliers are the same math on either. They are written here once, each
+as a function of an array namespace ``xp`` (the first argument) and plain arrays, in the manner of
+the array API standard's ``array_namespace``, Keras 3's ``keras.ops`` and einops' backends:
+
+- :mod:`~rnnshap.formulas.namespace`: what a namespace provides (:class:`~rnnshap.formulas.namespace.Ops`),
+  only what the formulas use;
+- :mod:`~rnnshap.formulas.torch_ops`: the namespace on ``torch`` (the PyTorch engine), whose members
+  are torch's own functions wherever their meaning is the namespace's, so a formula runs the same
+  float operations, in the same order, as one written with ``torch.*`` directly;
+- :mod:`~rnnshap.formulas.keras_ops`: the namespace on ``keras.ops`` (the Keras engine on TensorFlow
+  and on JAX), imported only where Keras is;
+- :mod:`~rnnshap.formulas.secant`: the Rescale rule's secant slopes in closed form (sqrt, rsqrt,
+  square, reciprocal, exp, log, expm1, log1p, their rescaled forms, powers), the closed-form secants
+  of sigmoid and tanh from their two results, and the Rescale multiplier from a quotient and a
+  derivative (threshold, midpoint, kinks, 0 where nothing moves);
+- :mod:`~rnnshap.formulas.pairs`: the two-player rules (the midpoint rule of a product, the
+  normalizations' scale-weighted rule) and the multipliers of log Σ exp and of a routed maximum.
+
+A formula returns multipliers (or values) from arrays that carry no gradient; attaching them is the
+engine's. Python operators (``+``, ``*``, ``/``, comparisons) are used as every array library
+defines them; anything else goes through ``xp``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .namespace import Ops
+
+
+def bind(formula: Callable[..., Any], xp: Ops, name: str | None = None) -> Callable[..., Any]:
+    """``formula`` with its namespace fixed: ``bind(exp_slope, TORCH)(x, r)`` is ``exp_slope(TORCH, x, r)``.
+
+    The bound function keeps the formula's name (``name`` overrides it) and docstring."""
+
+    def bound(*args: Any) -> Any:
+        return formula(xp, *args)
+
+    bound.__name__ = bound.__qualname__ = name or formula.__name__
+    bound.__doc__ = formula.__doc__
+    bound.formula = formula  # type: ignore[attr-defined]
+    return bound
+
+
+__all__ = ["Ops", "bind"]

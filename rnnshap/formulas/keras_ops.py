@@ -1,0 +1,78 @@
+"""The array namespace of :mod:`rnnshap.formulas` on ``keras.ops`` (:data:`KERAS`): the Keras engine's,
+the same code on Keras' TensorFlow and JAX backends. Imported only where Keras is (the Keras engine).
+
+Its arrays are the backend's tensors (``tf.Tensor``, ``jax.Array``). :meth:`KerasOps.surely_all` and
+:meth:`KerasOps.surely_none` answer False: the engine's pass may run traced (a ``tf.function``,
+``jax.jit``), where no value can be read, so the formulas take their every-case path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import keras
+import ml_dtypes  # (a dependency of keras; numpy's finfo lacks bfloat16)
+
+from .namespace import Ops
+
+ops = keras.ops
+Tensor = Any
+
+
+def _finfo(dtype: Any) -> Any:
+    return ml_dtypes.finfo(str(keras.backend.standardize_dtype(dtype)))
+
+
+class KerasOps:
+    """The namespace on ``keras.ops``: see :class:`rnnshap.formulas.namespace.Ops` for each member."""
+
+    name = "keras"
+    abs = staticmethod(ops.abs)
+    exp = staticmethod(ops.exp)
+    expm1 = staticmethod(ops.expm1)
+    log = staticmethod(ops.log)
+    log1p = staticmethod(ops.log1p)
+    sqrt = staticmethod(ops.sqrt)
+    rsqrt = staticmethod(ops.rsqrt)
+    sinh = staticmethod(ops.sinh)
+    atanh = staticmethod(ops.arctanh)
+    isfinite = staticmethod(ops.isfinite)
+    maximum = staticmethod(ops.maximum)
+    minimum = staticmethod(ops.minimum)
+    where = staticmethod(ops.where)
+    zeros_like = staticmethod(ops.zeros_like)
+    ones_like = staticmethod(ops.ones_like)
+
+    @staticmethod
+    def full_like(x: Tensor, value: float, /) -> Tensor:
+        return ops.full_like(x, value)
+
+    @staticmethod
+    def scalar(value: float, like: Tensor, /) -> float:
+        return value
+
+    @staticmethod
+    def addcmul(c: Tensor, a: Tensor, b: Tensor, value: float, /) -> Tensor:
+        return c + value * a * b
+
+    @staticmethod
+    def surely_all(mask: Tensor, /) -> bool:
+        return False
+
+    @staticmethod
+    def surely_none(mask: Tensor, /) -> bool:
+        return False
+
+    @staticmethod
+    def eps(dtype: Any, /) -> float:
+        return float(_finfo(dtype).eps)
+
+    @staticmethod
+    def tiny(dtype: Any, /) -> float:
+        return float(_finfo(dtype).tiny)
+
+
+#: the namespace on keras.ops (members checked against the Protocol by tests/test_formulas.py)
+KERAS: Ops = cast(Ops, KerasOps())
+
+__all__ = ["KERAS", "KerasOps"]

@@ -1,0 +1,236 @@
+r"""The Rescale rule's secant slopes in closed form, and the Rescale multiplier, written once.
+
+The generic Rescale multiplier :math:`(f(x) - f(r)) / (x - r)` loses accuracy to cancellation where
+:math:`|x - r|` is small compared with the scale on which :math:`f` curves, and switches to the
+midpoint derivative below an *absolute* threshold. For functions whose curvature scale is the size
+of the argument itself (:math:`\sqrt{v}`, :math:`v^{-1/2}`, :math:`\log v` on small variances)
+neither is accurate in float32. The slopes below are algebraic rewrites of the secant with no
+cancellation, exact for every :math:`\Delta` including 0:
+
+- :math:`\sqrt{\cdot}`: :math:`1 / (\sqrt x + \sqrt r)`
+- :math:`(\cdot)^{-1/2}`: :math:`-x^{-1/2} r^{-1/2} / (\sqrt x + \sqrt r)`
+- :math:`(\cdot)^2`: :math:`x + r`
+- :math:`\exp`: :math:`e^{(x + r)/2}\,\sinh(h)/h`, :math:`h = (x - r)/2`
+- :math:`\log`: :math:`\tfrac{2}{x + r}\,\mathrm{atanh}(q)/q`, :math:`q = (x - r)/(x + r)`
+
+Sigmoid and tanh have their secant in closed form from their two results (:func:`tanh_secant_near`,
+:func:`sigmoid_secant_near`), used where :math:`|\Delta|` is below the threshold.
+
+Every function takes the array namespace ``xp`` first (:mod:`rnnshap.formulas`); the engines bind
+it (``rnnshap.rules.secant``, ``rnnshap.engines.keras.dual``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .namespace import Array, Ops
+
+#: a secant slope: (xp, x, r) → the slope of f between r and x, elementwise
+Slope = Callable[[Ops, Array, Array], Array]
+
+
+def ratio(xp: Ops, numerator: Array, t: Array, limit: float) -> Array:
+    """numerator / t, with ``limit`` where t == 0 (both are elementwise and accurate for small t)."""
+    zero = t == 0
+    return xp.where(zero, xp.full_like(t, limit), numerator / xp.where(zero, xp.ones_like(t), t))
+
+
+def sqrt_slope(xp: Ops, x: Array, r: Array) -> Array:
+    return 1 / (xp.sqrt(x) + xp.sqrt(r))
+
+
+def rsqrt_slope(xp: Ops, x: Array, r: Array) -> Array:
+    return -(xp.rsqrt(x) * xp.rsqrt(r)) / (xp.sqrt(x) + xp.sqrt(r))
+
+
+def square_slope(xp: Ops, x: Array, r: Array) -> Array:
+    return x + r
+
+
+def exp_slope(xp: Ops, x: Array, r: Array) -> Array:
+    h = (x - r) / 2
+    near = xp.abs(h) <= 0.5  # the closed form where the quotient would cancel; the quotient elsewhere
+    closed = xp.exp((x + r) / 2) * ratio(xp, xp.sinh(h), h, 1.0)
+    quotient = (xp.exp(x) - xp.exp(r)) / xp.where(near, xp.ones_like(h), 2 * h)
+    return xp.where(near, closed, quotient)
+
+
+def log_slope(xp: Ops, x: Array, r: Array) -> Array:
+    r"""The secant of log: :math:`\tfrac{2}{x + r}\,\mathrm{atanh}(q)/q` where :math:`|q| \le 1/2`
+    (:math:`x / r` within [1/3, 3]), the quotient elsewhere.
+
+    ``atanh(q)`` is taken on every entry, not only where it is selected: where :math:`|q| \ge 1`
+    (``x`` or ``r`` at most 0) it is not finite, but there the quotient is not finite either
+    (``log`` of a non-positive number), so no entry's value depends on it. (The Keras engine's copy
+    masked ``q`` first; the two agree on every input, and one formula is kept, the one with fewer
+    operations.)"""
+    q = (x - r) / (x + r)
+    near = xp.abs(q) <= 0.5
+    closed = 2 / (x + r) * ratio(xp, xp.atanh(q), q, 1.0)
+    quotient = (xp.log(x) - xp.log(r)) / xp.where(near, xp.ones_like(x), x - r)
+    return xp.where(near, closed, quotient)
+
+
+def reciprocal_slope(xp: Ops, x: Array, r: Array) -> Array:
+    return -1 / (x * r)
+
+
+def expm1_slope(xp: Ops, x: Array, r: Array) -> Array:
+    return exp_slope(xp, x, r)  # expm1(x) − expm1(r) = e^x − e^r
+
+
+def log1p_slope(xp: Ops, x: Array, r: Array) -> Array:
+    d = x - r  # log1p(x) − log1p(r) = log1p(d / (1 + r)), accurate however small d or r
+    zero = d == 0
+    return xp.where(zero, 1 / (1 + r), xp.log1p(d / (1 + r)) / xp.where(zero, xp.ones_like(d), d))
+
+
+def rescaled(slope: Slope, inner: float, outer: float, name: str) -> Slope:
+    """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
+
+    def scaled_slope(xp: Ops, x: Array, r: Array) -> Array:
+        return slope(xp, x * inner, r * inner) * (inner * outer)
+
+    scaled_slope.__name__ = scaled_slope.__qualname__ = name
+    return scaled_slope
+
+
+def power_slope(xp: Ops, x: Array, r: Array, p: float) -> Array:
+    r"""The secant slope of :math:`t^p` for a constant ``p``, where ``x`` and ``r`` are positive.
+
+    With :math:`L = \log(x / r) = \mathrm{log1p}((x - r)/r)` it is
+    :math:`r^{p-1}\,\mathrm{expm1}(pL)/\mathrm{expm1}(L)`, without cancellation for
+    :math:`x \approx r`; the difference quotient where :math:`|L| > 1/2`. Other entries are NaN:
+    the caller takes the generic rule there.
+    """
+    if p == 1:
+        return xp.ones_like(x + r)
+    if p == 2:
+        return x + r
+    if p == 0.5:
+        return sqrt_slope(xp, x, r)
+    if p == -0.5:
+        return rsqrt_slope(xp, x, r)
+    if p == -1:
+        return reciprocal_slope(xp, x, r)
+    log_ratio = xp.log1p((x - r) / r)
+    near = xp.abs(log_ratio) <= 0.5
+    closed = r ** (p - 1) * ratio(xp, xp.expm1(p * log_ratio), xp.expm1(log_ratio), p)
+    quotient = (x**p - r**p) / xp.where(near, xp.ones_like(x), x - r)
+    slope = xp.where(near, closed, quotient)
+    return xp.where((x > 0) & (r > 0), slope, xp.full_like(slope, math.nan))
+
+
+def exp_ratio_slope(xp: Ops, d: Array) -> Array:
+    """d / expm1(d), 1 at d = 0: at d = −|L − L_r| the secant of log over [e^{−|d|}, 1], times e^{max(L, L_r)}."""
+    return ratio(xp, d, xp.expm1(d), 1.0)
+
+
+#: unary operations (by name, in every form the operation table knows) → their closed-form secant slope
+SLOPES_BY_NAME: dict[str, Slope] = {
+    "sqrt": sqrt_slope,
+    "rsqrt": rsqrt_slope,
+    "square": square_slope,
+    "reciprocal": reciprocal_slope,
+    "exp": exp_slope,
+    "exp2": rescaled(exp_slope, math.log(2), 1.0, "exp2_slope"),
+    "expm1": expm1_slope,
+    "log": log_slope,
+    "log2": rescaled(log_slope, 1.0, 1 / math.log(2), "log2_slope"),
+    "log10": rescaled(log_slope, 1.0, 1 / math.log(10), "log10_slope"),
+    "log1p": log1p_slope,
+}
+
+
+def still_zero(xp: Ops, m: Array, x: Array, r: Array) -> Array:
+    """``m`` with 0 where nothing moves (``x == r``) and ``m`` is not finite.
+
+    Where ``x`` and ``r`` are the same infinity (a ``-inf`` mask entry) no finite change upstream
+    moves the output, and where ``x == r`` the multiplier multiplies a zero Δ; a non-finite slope
+    there (``sqrt`` at 0, ``inf - inf``) would make the backward pass NaN.
+    """
+    still = (x == r) & ~xp.isfinite(m)
+    if xp.surely_none(still):
+        return m
+    return xp.where(still, xp.zeros_like(m), m)
+
+
+def secant_slope(xp: Ops, slope: Slope, x: Array, r: Array) -> Array:
+    """``slope(xp, x, r)`` with 0 where nothing moves and the slope is not finite (:func:`still_zero`)."""
+    return still_zero(xp, slope(xp, x, r), x, r)
+
+
+_THRESHOLDS: dict[tuple[str, Any], float] = {}
+
+
+def small_delta_threshold(xp: Ops, dtype: Any, smooth: bool) -> float:
+    """Below this |Δ| the multiplier is taken from the derivative (or a closed-form secant) instead of the quotient.
+
+    For smooth functions the quotient loses about ``eps / Δ`` relative accuracy while the midpoint
+    derivative is off by about ``Δ²``: the two balance at ``eps ** (1/3)``. Piecewise functions
+    have no curvature to fear, so only an exact zero needs the derivative.
+    """
+    if not smooth:
+        return 0.0
+    key = (xp.name, dtype)
+    threshold = _THRESHOLDS.get(key)
+    if threshold is None:
+        threshold = _THRESHOLDS[key] = xp.eps(dtype) ** (1.0 / 3.0)
+    return threshold
+
+
+def tanh_secant_near(xp: Ops, output: Array, ref_output: Array, delta: Array) -> Array:
+    r"""The secant slope of tanh from its two results, for small :math:`|\Delta|`.
+
+    :math:`\tanh x - \tanh r = \tanh(\Delta)\,(1 - \tanh x \tanh r)`, and
+    :math:`\tanh(\Delta)/\Delta = 1 - \Delta^2/3 + 2\Delta^4/15 - \dots`: below the threshold
+    (:math:`|\Delta| \le \epsilon^{1/3}`) the first two terms are the quotient to within
+    :math:`\Delta^4 \le \epsilon^{4/3}`, below the dtype's rounding.
+    """
+    one = xp.scalar(1.0, delta)
+    return xp.addcmul(one, output, ref_output, -1) * xp.addcmul(one, delta, delta, -1 / 3)
+
+
+def sigmoid_secant_near(xp: Ops, output: Array, ref_output: Array, delta: Array) -> Array:
+    r"""The secant slope of the logistic sigmoid :math:`\sigma` from its two results, for small
+    :math:`|\Delta|`.
+
+    With :math:`\sigma(t) = (1 + \tanh(t/2))/2`, :math:`\sigma(x) - \sigma(r) = \tanh(\Delta/2)
+    \,[\sigma(x) + \sigma(r) - 2\sigma(x)\sigma(r)]` and :math:`\tanh(\Delta/2)/\Delta =
+    1/2 - \Delta^2/24 + \dots`, within :math:`\Delta^4` of the quotient as for tanh. (Where both
+    sides saturate towards 1 the bracket cancels, as the derivative :math:`\sigma(1 - \sigma)` does.)
+    """
+    both = xp.addcmul(output + ref_output, output, ref_output, -2)
+    return both * xp.addcmul(xp.scalar(0.5, delta), delta, delta, -1 / 24)
+
+
+#: the activations whose secant has a closed form in their two results, by name
+NEAR_SECANTS: dict[str, Callable[[Ops, Array, Array, Array], Array]] = {
+    "sigmoid": sigmoid_secant_near,
+    "tanh": tanh_secant_near,
+}
+
+__all__ = [
+    "NEAR_SECANTS",
+    "SLOPES_BY_NAME",
+    "Slope",
+    "exp_ratio_slope",
+    "exp_slope",
+    "expm1_slope",
+    "log1p_slope",
+    "log_slope",
+    "power_slope",
+    "ratio",
+    "reciprocal_slope",
+    "rescaled",
+    "rsqrt_slope",
+    "secant_slope",
+    "sigmoid_secant_near",
+    "small_delta_threshold",
+    "sqrt_slope",
+    "square_slope",
+    "still_zero",
+    "tanh_secant_near",
+]

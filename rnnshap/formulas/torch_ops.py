@@ -1,0 +1,89 @@
+"""The array namespace of :mod:`rnnshap.formulas` on torch (:data:`TORCH`).
+
+Its members are torch's own functions wherever their meaning is the namespace's (``TORCH.exp is
+torch.exp``), so a formula written against it runs the float operations that the same formula
+written with ``torch.*`` runs, in the same order: the PyTorch engine's values are those it had before
+its formulas moved here, bit for bit (benchmarks/identical_values.py checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+
+from .namespace import Ops
+
+Tensor = torch.Tensor
+
+_SCALARS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+_FINFO: dict[torch.dtype, Any] = {}
+
+
+def scalar(value: float, like: Tensor) -> Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once: an operation with a
+    Python number wraps it in a new tensor on every call (a fill and a copy, about as long as the
+    operation itself on the small tensors of a step), with a 0-d tensor it reads the value as the
+    number, with the same results."""
+    key = (value, like.dtype, like.device)
+    constant = _SCALARS.get(key)
+    if constant is None:
+        constant = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return constant
+
+
+def _finfo(dtype: torch.dtype) -> Any:
+    info = _FINFO.get(dtype)
+    if info is None:
+        info = _FINFO[dtype] = torch.finfo(dtype)
+    return info
+
+
+class TorchOps:
+    """The namespace on torch: see :class:`rnnshap.formulas.namespace.Ops` for each member."""
+
+    name = "torch"
+    abs = staticmethod(torch.abs)
+    exp = staticmethod(torch.exp)
+    expm1 = staticmethod(torch.expm1)
+    log = staticmethod(torch.log)
+    log1p = staticmethod(torch.log1p)
+    sqrt = staticmethod(torch.sqrt)
+    rsqrt = staticmethod(torch.rsqrt)
+    sinh = staticmethod(torch.sinh)
+    atanh = staticmethod(torch.atanh)
+    isfinite = staticmethod(torch.isfinite)
+    maximum = staticmethod(torch.maximum)
+    minimum = staticmethod(torch.minimum)
+    where = staticmethod(torch.where)
+    zeros_like = staticmethod(torch.zeros_like)
+    ones_like = staticmethod(torch.ones_like)
+    full_like = staticmethod(torch.full_like)
+    scalar = staticmethod(scalar)
+
+    @staticmethod
+    def addcmul(c: Tensor, a: Tensor, b: Tensor, value: float, /) -> Tensor:
+        return torch.addcmul(c, a, b, value=value)
+
+    @staticmethod
+    def surely_all(mask: Tensor, /) -> bool:
+        return bool(mask.all())
+
+    @staticmethod
+    def surely_none(mask: Tensor, /) -> bool:
+        return not bool(mask.any())
+
+    @staticmethod
+    def eps(dtype: torch.dtype, /) -> float:
+        return float(_finfo(dtype).eps)
+
+    @staticmethod
+    def tiny(dtype: torch.dtype, /) -> float:
+        return float(_finfo(dtype).tiny)
+
+
+#: the namespace on torch (torch's overloaded signatures are not the Protocol's to mypy; the members
+#: are checked against it by tests/test_formulas.py)
+TORCH: Ops = cast(Ops, TorchOps())
+
+__all__ = ["TORCH", "TorchOps", "scalar"]

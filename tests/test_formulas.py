@@ -1,0 +1,140 @@
+"""The formulas of rnnshap/formulas/: one namespace per array library, each formula written once.
+
+Truths: the formulas' definitions (the secant equals the float64 difference quotient; the closed forms
+of sigmoid and tanh equal it near Δ = 0), torch against keras.ops on the same float64 arrays, and the
+source tree itself (no formula defined outside the package; both engines bind the package's)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rnnshap import formulas
+from rnnshap.formulas import namespace, secant
+from rnnshap.formulas.torch_ops import TORCH
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
+MEMBERS = [name for name, _ in inspect.getmembers(namespace.Ops) if not name.startswith("_")]
+MEMBERS = sorted(set(MEMBERS) | set(namespace.Ops.__annotations__))
+
+
+def _keras_ops() -> namespace.Ops:
+    pytest.importorskip("keras")
+    from rnnshap.formulas.keras_ops import KERAS
+
+    return KERAS
+
+
+@pytest.mark.parametrize("which", ["torch", "keras"])
+def test_each_namespace_has_every_member_of_the_protocol(which: str) -> None:
+    xp = TORCH if which == "torch" else _keras_ops()
+    assert xp.name == which
+    missing = [m for m in MEMBERS if m != "name" and not callable(getattr(xp, m, None))]
+    assert missing == []
+
+
+def test_torch_members_are_torch_functions_where_the_meaning_is_the_same() -> None:
+    # so a formula runs the float operations a torch.* one runs (the bit-identity of the PyTorch engine)
+    for name in ("exp", "log", "sqrt", "rsqrt", "sinh", "atanh", "where", "abs", "expm1", "log1p", "full_like"):
+        assert getattr(TORCH, name) is getattr(torch, name)
+
+
+SLOPES = sorted(secant.SLOPES_BY_NAME)
+FUNCTIONS = {
+    "sqrt": np.sqrt, "rsqrt": lambda t: 1 / np.sqrt(t), "square": np.square, "reciprocal": np.reciprocal,
+    "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1, "log": np.log, "log2": np.log2, "log10": np.log10,
+    "log1p": np.log1p,
+}  # fmt: skip
+
+
+def _pairs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.05, 4.0, 64)
+    r = np.concatenate([x[:16] * (1 + rng.uniform(-1e-3, 1e-3, 16)), rng.uniform(0.05, 4.0, 48)])
+    return x, r
+
+
+@pytest.mark.parametrize("name", SLOPES)
+def test_each_slope_is_the_difference_quotient_on_torch_and_keras(name: str) -> None:
+    x, r = _pairs()
+    f = FUNCTIONS[name]
+    with np.errstate(all="ignore"):
+        quotient = (f(x) - f(r)) / (x - r)
+    slope = secant.SLOPES_BY_NAME[name]
+    on_torch = slope(TORCH, torch.tensor(x), torch.tensor(r)).numpy()
+    # far apart the quotient is exact to eps over the relative gap; near, the closed form is the truth
+    far = np.abs(x - r) > 1e-2 * np.abs(x)
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(on_torch[far], quotient[far], rtol=1e3 * eps)
+    xp = _keras_ops()
+    import keras
+
+    on_keras = keras.ops.convert_to_numpy(slope(xp, keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(r)))
+    np.testing.assert_allclose(on_keras, on_torch, rtol=16 * eps, atol=0)
+
+
+@pytest.mark.parametrize("x, r", [(1.0, -3.0), (1.0, 0.0), (0.0, 2.0), (2.0, 0.5), (0.5, 2.0), (1.0, 1.0), (3.0, 1.0)])
+def test_log_slope_needs_no_mask_where_atanh_is_not_finite(x: float, r: float) -> None:
+    # where the Keras engine's copy masked atanh's argument (|q| > 1/2) and where atanh is ±inf or NaN
+    # (|q| >= 1: x or r at most 0), the slope is the quotient, the same as with the mask, bit for bit
+    xt, rt = torch.tensor([x], dtype=torch.float64), torch.tensor([r], dtype=torch.float64)
+    slope = secant.log_slope(TORCH, xt, rt)
+    q = (xt - rt) / (xt + rt)
+    near = q.abs() <= 0.5
+    masked_atanh = torch.atanh(torch.where(near, q, torch.zeros_like(q)))
+    masked = torch.where(
+        near,
+        2 / (xt + rt) * secant.ratio(TORCH, masked_atanh, q, 1.0),
+        (torch.log(xt) - torch.log(rt)) / torch.where(near, torch.ones_like(xt), xt - rt),
+    )
+    assert torch.equal(slope, masked) or (slope.isnan().all() and masked.isnan().all())
+    with np.errstate(all="ignore"):
+        truth = (np.log(x) - np.log(r)) / (x - r) if x != r else 1 / x
+    if math.isfinite(truth):
+        assert slope.item() == pytest.approx(truth, rel=1e-14)
+    else:
+        assert not math.isfinite(slope.item())
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_closed_form_near_secants_are_the_exact_secant_near_zero(kind: str) -> None:
+    # exact: tanh x − tanh r = tanh(Δ)(1 − tanh x tanh r); σ(x) − σ(r) = tanh(Δ/2)(σx + σr − 2σxσr).
+    # The closed forms keep the series to Δ²: within Δ⁴ (relative) of these, plus rounding
+    x = torch.linspace(-6, 6, 41, dtype=torch.float64)
+    r = x - 1e-3
+    delta = x - r  # (the Δ of the rounded r: the identities hold for it)
+    if kind == "tanh":
+        f = torch.tanh
+        exact = torch.tanh(delta) / delta * (1 - f(x) * f(r))
+    else:
+        f = torch.sigmoid
+        exact = torch.tanh(delta / 2) / delta * (f(x) + f(r) - 2 * f(x) * f(r))
+    near = secant.NEAR_SECANTS[kind](TORCH, f(x), f(r), delta)
+    eps = torch.finfo(torch.float64).eps
+    # (1 − tanh x tanh r cancels where both saturate: its rounding is a few eps absolute)
+    torch.testing.assert_close(near, exact, rtol=1e-3**4 + 16 * eps, atol=4 * eps)
+    xp = _keras_ops()
+    import keras
+
+    k = keras.ops
+    on_keras = secant.NEAR_SECANTS[kind](xp, *(k.convert_to_tensor(t.numpy()) for t in (f(x), f(r), delta)))
+    # (keras has no fused addcmul: the bracket, of terms at most 2, rounds apart by a few eps absolute)
+    np.testing.assert_allclose(k.convert_to_numpy(on_keras), near.numpy(), rtol=16 * eps, atol=8 * eps)
+
+
+def test_still_zero_where_nothing_moves_and_the_slope_is_not_finite() -> None:
+    x = torch.tensor([0.0, float("-inf"), 1.0, 0.0], dtype=torch.float64)
+    r = torch.tensor([0.0, float("-inf"), 4.0, 1.0], dtype=torch.float64)
+    m = secant.secant_slope(TORCH, secant.sqrt_slope, x, r)
+    assert m.tolist() == [0.0, 0.0, 1 / 3, 1.0]
+
+
+def test_bind_keeps_the_name_for_the_rules_repr() -> None:
+    bound = formulas.bind(secant.exp_slope, TORCH)
+    assert bound.__name__ == "exp_slope" and bound.formula is secant.exp_slope  # type: ignore[attr-defined]
+    assert formulas.bind(secant.SLOPES_BY_NAME["log2"], TORCH).__name__ == "log2_slope"
