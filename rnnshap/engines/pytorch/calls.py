@@ -22,42 +22,41 @@ from ...rules.registry import op_name
 Tensor = torch.Tensor
 
 
-class PassMode(Protocol):
-    """What ``discrete.py``, ``picked.py`` and ``keras_on_torch.py`` use of the pass that hands them operations
-    (``passes.AttributionMode``): the package-internal interface of the pass.
+class Tracking(Protocol):
+    """What the follower of integer inputs (``discrete.Integers``) uses of the pass that hands it operations
+    (``passes.AttributionMode``): which pass this is and its tape, the marking of input-dependent tensors, and
+    the refusal of an operation.
 
-    - ``replay``, ``tape``, ``pairs``: which pass this is, its tape, and how the batch pairs samples
-      with references;
-    - ``picked_indices``: integer results of rules on tracked tensors (the indices of ``torch.max``)
-      → their :class:`~rnnshap.engines.pytorch.picked.Picked`;
-    - ``track`` / ``is_tracked`` / ``tracked_among``: mark input-dependent tensors, ask about one, or
-      the positions of those among a call's leaves;
+    - ``replay``: the input pass (True) or the reference pass; ``tape``: the pass's tape;
+    - ``track`` / ``is_tracked``: mark a tensor as input-dependent, or ask about one;
     - ``refuse``: refuse an operation by name, with the kind of advice that fits;
-      ``mark_decisions``: follow the bool or integer results of a refused operation, so that a
-      branch on them is named with it;
-    - ``sample_masks``: inputs a Keras ``Masking`` compares with values → (the samples' values, those
-      values) (see ``keras_on_torch.masked_input_op``);
-    - ``registry``: the rules; ``op_call``: the :class:`~rnnshap.rules.base.OpCall` of a call, both
-      sides equal;
-    - ``intercept``: run an operation through the pass as ``__torch_function__`` does (the pass's
-      grad-mode handling already applied), ``dispatch``: run one through a given rule.
+    - ``__enter__`` / ``__exit__``: run operations through the pass again (a follower hands back what is
+      not its own, such as the reduction of an embedding bag).
     """
 
     replay: bool
     tape: Any
-    pairs: Any
-    registry: Any
-    picked_indices: Any
-    sample_masks: Any
 
     def __enter__(self) -> Any: ...
     def __exit__(self, *exc: Any) -> Any: ...
     def track(self, value: Any) -> None: ...
     def is_tracked(self, value: Any) -> bool: ...
-    def tracked_among(self, leaves: list[Any]) -> tuple[int, ...]: ...
     def refuse(self, name: str, reason: str, advice: str = "rule") -> None: ...
-    def mark_decisions(self, result: Any, name: str) -> None: ...
-    def op_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any: ...
+
+
+class Intercepting(Protocol):
+    """What a Keras ``Masking`` on the torch backend (``keras_on_torch.masked_input_op``) uses of the pass:
+
+    - ``sample_masks``: inputs a Keras ``Masking`` compares with values → (the samples' values, those
+      values);
+    - ``is_tracked``: whether a tensor is input-dependent;
+    - ``intercept``: run an operation through the pass as ``__torch_function__`` does (the pass's
+      grad-mode handling already applied).
+    """
+
+    sample_masks: Any
+
+    def is_tracked(self, value: Any) -> bool: ...
     def intercept(
         self,
         func: Any,
@@ -68,6 +67,31 @@ class PassMode(Protocol):
         decided: bool = False,
         masks: bool = True,
     ) -> Any: ...
+
+
+class PassMode(Tracking, Intercepting, Protocol):
+    """What the follower of picked indices (``picked.py``) uses of the pass: all of the above, and
+
+    - ``pairs``: how the batch pairs samples with references; ``registry``: the rules;
+    - ``picked_indices``: integer results of rules on tracked tensors (the indices of ``torch.max``)
+      → their :class:`~rnnshap.engines.pytorch.picked.Picked`;
+    - ``tracked_among``: the positions of the input-dependent tensors among a call's leaves;
+    - ``mark_decisions``: follow the bool or integer results of a refused operation, so that a branch
+      on them is named with it;
+    - ``op_call``: the :class:`~rnnshap.rules.base.OpCall` of a call, both sides equal; ``dispatch``: run
+      an operation through a given rule.
+
+    Each follower is typed with the part it uses, so that what it may call back into the pass is said
+    where it is written.
+    """
+
+    pairs: Any
+    registry: Any
+    picked_indices: Any
+
+    def tracked_among(self, leaves: list[Any]) -> tuple[int, ...]: ...
+    def mark_decisions(self, result: Any, name: str) -> None: ...
+    def op_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any: ...
     def dispatch(self, *args: Any, **kwargs: Any) -> Any: ...
 
 

@@ -53,7 +53,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ...rules.registry import op_key, op_name
-from .calls import PassMode, out_of_place
+from .bags import bag_layout, reduce_bag
+from .calls import Tracking, out_of_place
 from .integer_ops import (
     CASTS,
     COMPARISONS,
@@ -126,7 +127,7 @@ class Leaf:
 class Integers:
     """The integer inputs of one pass: their positions, their uses, and their attribution leaves."""
 
-    def __init__(self, mode: PassMode) -> None:
+    def __init__(self, mode: Tracking) -> None:
         self.mode = mode
         self._followed: WeakIdKeyDictionary = WeakIdKeyDictionary()
         #: input index → {kind of use: the first operation that made it}
@@ -709,55 +710,14 @@ class Integers:
         if offsets_f is not None:
             self._use([offsets_f], CONTEXT, name)
             offsets = offsets_f.shadow if offsets_f.shadow is not None else offsets
-        bag_mode, weights, padding_idx = a["mode"], a["per_sample_weights"], a["padding_idx"]
-        device = tokens.device
-        n = tokens.numel()
-        position = torch.arange(n, device=device)
-        if tokens.dim() == 2:
-            bags, width = tokens.shape
-            bag = position // max(width, 1)
-            within = position % max(width, 1)
-            keep = torch.ones(n, dtype=torch.bool, device=device)
-        else:
-            assert isinstance(offsets, Tensor)
-            starts = offsets.to(torch.int64)
-            if a["include_last_offset"]:
-                ends, starts = starts[1:], starts[:-1]
-            else:
-                ends = torch.cat([starts[1:], torch.tensor([n], device=device)])
-            bags = int(starts.numel())
-            bag = (torch.searchsorted(starts, position, right=True) - 1).clamp(min=0)
-            within = position - starts[bag]
-            keep = (position >= starts[bag]) & (position < ends[bag]) if bags else torch.zeros(n, dtype=torch.bool, device=device)
-        if padding_idx is not None:
-            pad = padding_idx + weight.shape[0] if padding_idx < 0 else padding_idx
-            shadow = followed.shadow if followed.shadow is not None else tokens
-            keep = keep & (shadow.reshape(-1) != pad)  # the explained sample's padding, on both sides
+        shadow = followed.shadow if followed.shadow is not None else tokens
+        layout = bag_layout(tokens, offsets, a["include_last_offset"], a["padding_idx"], weight.shape[0], shadow)
         assert followed.ids is not None
         flat = dataclasses.replace(followed, ids=followed.ids.reshape(-1))
         looked_up = self._token(func, name, F.embedding(tokens.reshape(-1), weight), flat, 1)
         dim, dtype = weight.shape[1], weight.dtype
-        with self._through_mode():
-            if bag_mode in ("sum", "mean"):
-                coefficient = keep.to(dtype)
-                if weights is not None:
-                    coefficient = weights.reshape(-1) * coefficient
-                weighted = looked_up * coefficient.unsqueeze(-1)
-                result = torch.zeros(bags, dim, dtype=dtype, device=device).index_add(0, bag, weighted)
-                if bag_mode == "mean":
-                    count = torch.zeros(bags, dtype=dtype, device=device).index_add(0, bag, keep.to(dtype))
-                    result = result / count.clamp(min=1).unsqueeze(-1)
-                return result
-            kept = keep.nonzero().squeeze(1)
-            length = int(within[kept].max()) + 1 if kept.numel() else 0
-            if length == 0:
-                return torch.zeros(bags, dim, dtype=dtype, device=device)
-            fill = float(weight.detach().min()) - 1.0  # below every row: never a bag's maximum, equal on both sides
-            slots = bag[kept] * length + within[kept]
-            padded = torch.full((bags * length, dim), fill, dtype=dtype, device=device).index_copy(0, slots, looked_up[kept])
-            maxima = padded.reshape(bags, length, dim).amax(1)
-            nonempty = torch.zeros(bags, dtype=torch.bool, device=device).index_fill(0, bag[kept], True)
-            return torch.where(nonempty.unsqueeze(-1), maxima, torch.zeros((), dtype=dtype, device=device))
+        with self._through_mode():  # the reduction's operations meet their rules (the max of mode="max")
+            return reduce_bag(looked_up, layout, a["mode"], a["per_sample_weights"], weight, dim, dtype)
 
 
 __all__ = ["Followed", "Integers", "Leaf", "TOKEN", "NUMBER", "MASK", "CONTEXT"]

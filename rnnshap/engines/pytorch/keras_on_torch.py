@@ -15,7 +15,7 @@ from torch import nn
 
 from ...errors import UnsupportedOperationError
 from ..keras.training_calls import refuse_training_calls
-from .calls import PassMode
+from .calls import Intercepting
 
 Tensor = torch.Tensor
 
@@ -97,7 +97,7 @@ def refuse_stateful(model: Any) -> None:
 
 
 def masked_input_op(
-    mode: PassMode, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], user_grad: bool, decided: bool
+    mode: Intercepting, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], user_grad: bool, decided: bool
 ) -> Any:
     """An operation of a pass (``mode``) on an input the model masks by comparing it with a value (a Keras
     ``Masking``; see :func:`input_maskings`): that comparison (``input != value``) is the mask of the
