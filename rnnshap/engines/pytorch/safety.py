@@ -52,9 +52,15 @@ class PreservedState:
                 self.counters.extend(
                     (p, p.detach().clone()) for p in module._parameters.values() if p is not None and not p.is_floating_point()
                 )
-            tensors = {key: value for key, value in vars(module).items() if isinstance(value, Tensor)}
+            tensors = {}
+            for key, value in vars(module).items():
+                if type(value) in _PLAIN:  # (most of a module's attributes; torch.Generator's isinstance runs Python)
+                    continue
+                if isinstance(value, Tensor):
+                    tensors[key] = value
+                elif isinstance(value, torch.Generator):
+                    self.generators.append((value, value.get_state()))
             self.attributes.append((module, tensors))
-            self.generators.extend((g, g.get_state()) for g in vars(module).values() if isinstance(g, torch.Generator))
         #: torch's global generator: a draw whose result never reaches the output (a dropout mask Keras makes at
         #: inference, see ``draws_matter``) leaves it as it was
         self.torch_random = torch.get_rng_state()
@@ -88,7 +94,7 @@ class PreservedState:
                     counter.copy_(saved)
         for module, tensors in self.attributes:
             own = vars(module)
-            for key in [key for key, value in own.items() if isinstance(value, Tensor) and key not in tensors]:
+            for key in [k for k, v in own.items() if type(v) not in _PLAIN and isinstance(v, Tensor) and k not in tensors]:
                 del own[key]
             own.update(tensors)
         if random_state:
@@ -97,6 +103,11 @@ class PreservedState:
             torch.set_rng_state(self.torch_random)
             if self.cuda_random is not None:
                 torch.cuda.set_rng_state_all(self.cuda_random)
+
+
+#: the exact types of most attributes of a module (flags, sizes, names, its tables of parameters, buffers, submodules
+#: and hooks), none of them a tensor or a generator: passed over without an isinstance check
+_PLAIN = frozenset({bool, int, float, str, type(None), dict, OrderedDict, list, tuple, set, frozenset})
 
 
 class AsFunction:
@@ -247,6 +258,8 @@ class RandomStates:
         self.held: list[tuple[str, Any, Any]] = []
         for name, module in (model.named_modules() if model is not None else []):
             for key, value in vars(module).items():
+                if type(value) in _PLAIN:  # (no generator)
+                    continue
                 where = f"{name}.{key}" if name else key
                 if isinstance(value, torch.Generator):
                     self.held.append((f"the torch.Generator {where!r}", value, value.get_state()))
