@@ -51,6 +51,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     from torch import nn
 
     import rnnshap
+    import rnnshap.foundation
 
     def explain(model: nn.Module, x: Any, background: Any) -> tuple[Any, ...]:
         explainer = rnnshap.DeepExplainer(model.eval(), background)

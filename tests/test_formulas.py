@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rnnshap import formulas
-from rnnshap.formulas import namespace, secant
+from rnnshap.formulas import namespace, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
@@ -138,3 +138,84 @@ def test_bind_keeps_the_name_for_the_rules_repr() -> None:
     bound = formulas.bind(secant.exp_slope, TORCH)
     assert bound.__name__ == "exp_slope" and bound.formula is secant.exp_slope  # type: ignore[attr-defined]
     assert formulas.bind(secant.SLOPES_BY_NAME["log2"], TORCH).__name__ == "log2_slope"
+
+
+def _both(fn, *arrays: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:  # type: ignore[no-untyped-def]
+    """``fn(xp, *arrays)`` on torch and on keras.ops (float64), as lists of numpy arrays."""
+    on_torch = fn(TORCH, *(torch.tensor(a) for a in arrays))
+    on_torch = [t.numpy() for t in (on_torch if isinstance(on_torch, tuple) else (on_torch,))]
+    xp = _keras_ops()
+    import keras
+
+    on_keras = fn(xp, *(keras.ops.convert_to_tensor(a) for a in arrays))
+    on_keras = [keras.ops.convert_to_numpy(t) for t in (on_keras if isinstance(on_keras, tuple) else (on_keras,))]
+    return on_torch, on_keras
+
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def test_scaled_multipliers_add_up_to_the_product_and_fall_back_to_shapley_across_signs() -> None:
+    rng = np.random.default_rng(1)
+    c, c_r = rng.normal(size=12), rng.normal(size=12)
+    s, s_r = rng.uniform(0.1, 5, 12), rng.uniform(0.1, 5, 12)
+    s_r[:3] = [0.0, -1.0, 2.0]
+    s[:3] = [1.0, 2.0, -0.5]
+    (m_c, m_s), keras_side = _both(pairs.scaled_multipliers, c, s, c_r, s_r)
+    np.testing.assert_allclose(m_c * (c - c_r) + m_s * (s - s_r), s * c - s_r * c_r, rtol=0, atol=16 * EPS * 25)
+    np.testing.assert_array_equal(m_c[:3], (s[:3] + s_r[:3]) / 2)  # not of one sign: the Shapley rule
+    np.testing.assert_array_equal(m_s[:3], (c[:3] + c_r[:3]) / 2)
+    for a, b in zip((m_c, m_s), keras_side, strict=True):
+        np.testing.assert_allclose(b, a, rtol=4 * EPS, atol=0)
+
+
+def test_log_sum_multiplier_is_the_log_secant_and_finite_where_one_sum_underflows() -> None:
+    total = np.array([2.0, 1.5, 1e-320, 3.0, 0.0])
+    total_ref = np.array([2.5, 1.5, 1.0, 1e-320, 0.0])
+    lse = np.array([np.log(2.0), np.log(1.5), -737.0, np.log(3.0), -np.inf])  # the stable logsumexp of the terms
+    lse_ref = np.array([np.log(2.5), np.log(1.5), 0.0, -737.0, -np.inf])
+
+    def multiplier(xp, t, t_r, lg, lg_r):  # type: ignore[no-untyped-def]
+        return pairs.log_sum_multiplier(xp, t, t_r, pairs.stable_log(xp, t, lg), pairs.stable_log(xp, t_r, lg_r))
+
+    (m,), (on_keras,) = _both(multiplier, total, total_ref, lse, lse_ref)
+    assert m[0] == pytest.approx((np.log(2.0) - np.log(2.5)) / -0.5, rel=4 * EPS)
+    assert m[1] == pytest.approx(1 / 1.5, rel=4 * EPS)
+    assert m[2] == pytest.approx((-737.0 - 0.0) / (1e-320 - 1.0), rel=4 * EPS)  # the stable logs' quotient
+    assert m[3] == pytest.approx((np.log(3.0) + 737.0) / (3.0 - 1e-320), rel=4 * EPS)
+    assert m[4] == 0.0  # masked throughout
+    np.testing.assert_allclose(on_keras, m, rtol=4 * EPS, atol=0)
+
+
+def test_max_credits_add_up_to_the_change_of_the_maximum() -> None:
+    y = np.array([3.0, 1.0, 2.0, -np.inf, np.inf])
+    y_r = np.array([1.0, 3.0, 2.0, -np.inf, np.inf])
+    for largest in (True, False):
+        (wx, wr), keras_side = _both(lambda xp, a, b: pairs.max_credits(xp, a, b, largest), y, y_r)
+        np.testing.assert_array_equal((wx + wr)[:3], y[:3] - y_r[:3])
+        assert np.all(wx[2:] == 0) and np.all(wr[2:] == 0)  # unchanged, and the same infinity on both sides
+        assert np.all((wx == 0) | (wr == 0))
+        for a, b in zip((wx, wr), keras_side, strict=True):
+            np.testing.assert_array_equal(b, a)
+
+
+def test_inverse_delta_and_usable_quotient_are_zero_where_nothing_can_take_the_credit() -> None:
+    delta = np.array([2.0, 0.0, np.inf, np.nan, -4.0])
+    change = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    (inverse,), (on_keras,) = _both(pairs.inverse_delta, delta)
+    np.testing.assert_array_equal(inverse, [0.5, 0.0, 0.0, 0.0, -0.25])
+    np.testing.assert_array_equal(on_keras, inverse)
+    (q,), (q_keras,) = _both(pairs.usable_quotient, change, delta)
+    np.testing.assert_array_equal(q, [0.5, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(q_keras, q)
+
+
+def test_midpoint_multipliers_are_the_two_player_shapley_values_over_delta() -> None:
+    rng = np.random.default_rng(2)
+    a, b, a_r, b_r = (rng.normal(size=8) for _ in range(4))
+    (m_a, m_b), keras_side = _both(pairs.midpoint_multipliers, a, b, a_r, b_r)
+    phi_a = ((a * b_r - a_r * b_r) + (a * b - a_r * b)) / 2  # enumerated: the two orders of the two players
+    np.testing.assert_allclose(m_a * (a - a_r), phi_a, rtol=0, atol=16 * EPS * np.abs(a * b).max())
+    np.testing.assert_allclose(m_a * (a - a_r) + m_b * (b - b_r), a * b - a_r * b_r, rtol=0, atol=16 * EPS * 10)
+    for x, y in zip((m_a, m_b), keras_side, strict=True):
+        np.testing.assert_array_equal(y, x)

@@ -31,6 +31,7 @@ import torch
 
 from ..formulas import bind
 from ..formulas import secant as formulas
+from ..formulas.pairs import midpoint_multipliers
 from ..formulas.torch_ops import TORCH, scalar
 from .base import OpCall, Rule
 
@@ -335,8 +336,8 @@ def product(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor,
     """``a * b`` with the exact two-player Shapley rule: m_a = (b + b_r)/2, m_b = (a + a_r)/2."""
     output = a.detach() * b.detach()
     ref_output = a_ref * b_ref
-    m_a = ((b.detach() + b_ref) / 2).expand(output.shape)
-    m_b = ((a.detach() + a_ref) / 2).expand(output.shape)
+    m_a, m_b = midpoint_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
+    m_a, m_b = m_a.expand(output.shape), m_b.expand(output.shape)
     return with_multipliers(output, [a, b], [m_a, m_b]), ref_output
 
 

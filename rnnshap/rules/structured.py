@@ -14,9 +14,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..formulas import pairs
+from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import product, shapley, with_multipliers
-from .secant import exp_slope, log_slope, secant, secant_slope
+from .secant import exp_slope, secant, secant_slope
 
 Tensor = torch.Tensor
 
@@ -69,15 +71,9 @@ def shifted_logsumexp(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> tuple
     xs, rs = x - top, r - top
     e_slopes = secant_slope(exp_slope, xs.detach(), rs.detach())
     total, total_ref = torch.exp(xs.detach()).sum(dim, keepdim=True), torch.exp(rs.detach()).sum(dim, keepdim=True)
-    tiny = torch.finfo(total.dtype).tiny
-    # log S from the sum itself where it is a normal number (so log S and S agree to rounding)
-    log_total = torch.where(total >= tiny, torch.log(total), torch.logsumexp(xs.detach(), dim, keepdim=True))
-    log_total_ref = torch.where(total_ref >= tiny, torch.log(total_ref), torch.logsumexp(rs.detach(), dim, keepdim=True))
-    both_normal = (total >= tiny) & (total_ref >= tiny)
-    gap = total - total_ref
-    quotient = (log_total - log_total_ref) / torch.where(gap == 0, torch.ones_like(gap), gap)
-    log_slopes = torch.where(both_normal, log_slope(total, total_ref), quotient)
-    log_slopes = torch.where(torch.isfinite(log_slopes), log_slopes, torch.zeros_like(log_slopes))
+    log_total = pairs.stable_log(TORCH, total, torch.logsumexp(xs.detach(), dim, keepdim=True))
+    log_total_ref = pairs.stable_log(TORCH, total_ref, torch.logsumexp(rs.detach(), dim, keepdim=True))
+    log_slopes = pairs.log_sum_multiplier(TORCH, total, total_ref, log_total, log_total_ref)
     log_total = with_multipliers(log_total, [xs], [e_slopes * log_slopes])
     return xs, rs, log_total, log_total_ref, top
 
@@ -196,13 +192,9 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
     with torch.no_grad():
         y, index_x = select(x.detach())
         y_ref, index_r = select(r)
-        cross = torch.maximum(y, y_ref) if largest else torch.minimum(y, y_ref)
-        same = y == y_ref  # includes a maximum that is the same infinity on both sides (a masked window)
-        weight_x = torch.where(same, torch.zeros_like(y), cross - y_ref).reshape(index_x.shape)
-        weight_r = torch.where(same, torch.zeros_like(y), y - cross).reshape(index_r.shape)
-        delta = _flat_last(x.detach() - r, index_x.shape)
-        usable = (delta != 0) & torch.isfinite(delta)
-        inverse_delta = torch.where(usable, 1 / torch.where(usable, delta, torch.ones_like(delta)), torch.zeros_like(delta))
+        weight_x, weight_r = pairs.max_credits(TORCH, y, y_ref, largest)  # (0 where the maximum is the same on both sides)
+        weight_x, weight_r = weight_x.reshape(index_x.shape), weight_r.reshape(index_r.shape)
+        inverse_delta = pairs.inverse_delta(TORCH, _flat_last(x.detach() - r, index_x.shape))
     computed = (y, (index_x, weight_x, index_r, weight_r, inverse_delta))
     output = _RoutedMaximum.apply(lambda: computed, x)
     return output
@@ -288,12 +280,6 @@ def _deciding(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: b
     return torch.where(at_p, primary, secondary), torch.where(at_p, delta_p, delta_s), y, y_ref
 
 
-def _quotient(change: Tensor, delta: Tensor) -> Tensor:
-    """change / delta, 0 where the change is 0 or either is not finite."""
-    usable = (change != 0) & torch.isfinite(change) & (delta != 0) & torch.isfinite(delta)
-    return torch.where(usable, change / torch.where(usable, delta, torch.ones_like(delta)), torch.zeros_like(change))
-
-
 def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
     r"""The values of ``x`` at the ranks ``order_x`` lists along its last axis (``order_r`` for the
     reference ``r``; see :func:`_deciding`), each with its change :math:`y_j - y_{r,j}` credited to
@@ -305,7 +291,7 @@ def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, larges
     """
     with torch.no_grad():
         deciding, delta, y, y_ref = _deciding(x, r, order_x, order_r, largest)
-        factor = torch.where(y == y_ref, torch.zeros_like(y), _quotient(y - y_ref, delta))
+        factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
     computed = (y, (deciding, factor))
     return _Routed.apply(lambda: computed, x)
 
@@ -348,7 +334,7 @@ def picked_index(
             most = change.argmax(-1, keepdim=True).expand(deciding.shape)
             deciding = torch.where(stuck, most, deciding)
             delta = torch.where(stuck, x.detach().gather(-1, deciding) - r.gather(-1, deciding), delta)
-        factor = _quotient(moved, delta.to(torch.float64))
+        factor = pairs.usable_quotient(TORCH, moved, delta.to(torch.float64))
     computed = (index_x.to(torch.float64), (deciding, factor))
     return _Routed.apply(lambda: computed, x)
 
@@ -484,13 +470,7 @@ def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, 
     """
     cd, sd = c.detach(), s.detach()
     output, ref_output = cd * sd, c_ref * s_ref
-    total = sd + s_ref
-    m_c = 2 * sd * s_ref / total
-    m_s = (sd * cd + s_ref * c_ref) / total
-    same = sd * s_ref > 0
-    if not bool(same.all()):  # (a scale times a weight of 0, or of another sign on the two sides: the Shapley rule)
-        m_c = torch.where(same, m_c, (sd + s_ref) / 2)
-        m_s = torch.where(same, m_s, (cd + c_ref) / 2)
+    m_c, m_s = pairs.scaled_multipliers(TORCH, cd, sd, c_ref, s_ref)
     return with_multipliers(output, [c, s], [m_c.expand(output.shape), m_s.expand(output.shape)]), ref_output
 
 

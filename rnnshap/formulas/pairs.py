@@ -1,0 +1,97 @@
+r"""The two-player rules and the multipliers of the structured operations, written once.
+
+- :func:`midpoint_multipliers`: the exact two-player Shapley rule of a product :math:`a \odot b`,
+  :math:`m_a = (b + b_r)/2`, :math:`m_b = (a + a_r)/2`;
+- :func:`scaled_multipliers`: the normalizations' scale-weighted rule for :math:`c \odot s`;
+- :func:`log_sum_multiplier`: the Rescale multiplier of :math:`\log S` for a sum of exponentials
+  :math:`S` (softmax, log-softmax, logsumexp), stable where one side's sum underflows;
+- :func:`max_credits` and :func:`inverse_delta`: shap's max-pool rule (a maximum's change credited to
+  the positions of the two sides' maxima, over those positions' Δ);
+- :func:`usable_quotient`: a change over a Δ, 0 where either is 0 or not finite (the orderings).
+
+Each takes the array namespace ``xp`` first (:mod:`rnnshap.formulas`) and arrays carrying no gradient.
+"""
+
+from __future__ import annotations
+
+from .namespace import Array, Ops
+from .secant import log_slope
+
+
+def midpoint_multipliers(xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array) -> tuple[Array, Array]:
+    """The exact two-player Shapley rule of ``a ⊙ b``: ``(m_a, m_b) = ((b + b_r)/2, (a + a_r)/2)``."""
+    return (b + b_r) / 2, (a + a_r) / 2
+
+
+def scaled_multipliers(xp: Ops, c: Array, s: Array, c_r: Array, s_r: Array) -> tuple[Array, Array]:
+    r"""The multipliers of ``c ⊙ s`` for a scale ``s`` (an inverse deviation) by the scale-weighted rule.
+
+    The two orders of the pair's players are weighted by the scales instead of ½ each: c first (at
+    :math:`s_r`) with weight :math:`s/(s + s_r)`, s first (at :math:`c_r`) with :math:`s_r/(s + s_r)`.
+    So :math:`m_c = 2 s s_r/(s + s_r)` and :math:`m_s = (s c + s_r c_r)/(s + s_r)`, and
+    :math:`m_c \Delta c + m_s \Delta s = s c - s_r c_r` exactly. Where ``s`` and ``s_r`` are not of one
+    sign (a root times a weight of 0) the Shapley rule, the limit of this one there. (The reasons and
+    bounds: :func:`rnnshap.rules.structured.scaled`.)
+    """
+    total = s + s_r
+    m_c = 2 * s * s_r / total
+    m_s = (s * c + s_r * c_r) / total
+    same = s * s_r > 0
+    if not xp.surely_all(same):  # (a scale times a weight of 0, or of another sign on the two sides: the Shapley rule)
+        m_c = xp.where(same, m_c, (s + s_r) / 2)
+        m_s = xp.where(same, m_s, (c + c_r) / 2)
+    return m_c, m_s
+
+
+def stable_log(xp: Ops, total: Array, logsumexp: Array) -> Array:
+    r""":math:`\log S` of a sum of exponentials ``total``, from the sum itself where it is a normal number
+    (so :math:`\log S` and :math:`S` agree to rounding), else ``logsumexp`` (a stable logsumexp of the
+    same terms: where the sum underflows)."""
+    return xp.where(total >= xp.tiny(total.dtype), xp.log(total), logsumexp)
+
+
+def log_sum_multiplier(xp: Ops, total: Array, total_ref: Array, log_total: Array, log_total_ref: Array) -> Array:
+    r"""The Rescale multiplier of :math:`\log S` (``total``: :math:`S`, a sum of exponentials; the logs from
+    :func:`stable_log`): the closed-form secant of log where both sums are normal numbers; where one
+    underflows, the quotient :math:`(\log S - \log S_r)/(S - S_r)` of the stable logs (the other side's
+    sum is at least 1, so it is finite and the values still add up); 0 where that is not finite (rows
+    masked throughout)."""
+    tiny = xp.tiny(total.dtype)
+    both_normal = (total >= tiny) & (total_ref >= tiny)
+    gap = total - total_ref
+    quotient = (log_total - log_total_ref) / xp.where(gap == 0, xp.ones_like(gap), gap)
+    log_slopes = xp.where(both_normal, log_slope(xp, total, total_ref), quotient)
+    return xp.where(xp.isfinite(log_slopes), log_slopes, xp.zeros_like(log_slopes))
+
+
+def max_credits(xp: Ops, y: Array, y_r: Array, largest: bool = True) -> tuple[Array, Array]:
+    r"""shap's max-pool rule: the change of a maximum :math:`y` (its reference's :math:`y_r`) as two
+    credits, :math:`c - y_r` to the position of the input's maximum and :math:`y - c` to that of the
+    reference's, :math:`c = \max(y, y_r)` (min for a minimum). Exactly one is non-zero; both are 0 where
+    :math:`y = y_r` (a maximum that is the same infinity on both sides included)."""
+    cross = xp.maximum(y, y_r) if largest else xp.minimum(y, y_r)
+    same = y == y_r
+    return xp.where(same, xp.zeros_like(y), cross - y_r), xp.where(same, xp.zeros_like(y), y - cross)
+
+
+def inverse_delta(xp: Ops, delta: Array) -> Array:
+    """1 / Δ, 0 where Δ is 0 or not finite (a position that cannot take a credit)."""
+    usable = (delta != 0) & xp.isfinite(delta)
+    return xp.where(usable, 1 / xp.where(usable, delta, xp.ones_like(delta)), xp.zeros_like(delta))
+
+
+def usable_quotient(xp: Ops, change: Array, delta: Array) -> Array:
+    """change / delta, 0 where the change is 0 or either is not finite."""
+    usable = (change != 0) & xp.isfinite(change) & (delta != 0) & xp.isfinite(delta)
+    return xp.where(usable, change / xp.where(usable, delta, xp.ones_like(delta)), xp.zeros_like(change))
+
+
+__all__ = [
+    "inverse_delta",
+    "log_sum_multiplier",
+    "max_credits",
+    "midpoint_multipliers",
+    "scaled_multipliers",
+    "stable_log",
+    "usable_quotient",
+]
