@@ -119,7 +119,10 @@ def test_every_file_and_module_the_page_names_exists() -> None:
 
 
 def test_the_name_check_finds_names_that_do_not_exist() -> None:
-    text = "`rnnshap/engines/registry.py` `rnnshap/engines/no_such.py` `rnnshap.engines.registry.ENTRIES` `rnnshap.engines.registry.NONE` `rnnshap.nothing`"
+    text = (
+        "`rnnshap/engines/registry.py` `rnnshap/engines/no_such.py` `rnnshap.engines.registry.ENTRIES` "
+        "`rnnshap.engines.registry.NONE` `rnnshap.nothing`"
+    )
     assert missing_names(text) == ["rnnshap/engines/no_such.py", "rnnshap.engines.registry.NONE", "rnnshap.nothing"]
 
 
