@@ -8,8 +8,9 @@ for a model: :func:`keras_forward`, :func:`torch_forward` or :func:`function_for
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -52,17 +53,12 @@ class ForwardModel:
         # it drew from are put back). A draw whose result never reaches the output (a dropout mask made and
         # not used at inference) is not randomness of the function: the output is the same from other states.
         states = RandomStates(model if isinstance(model, nn.Module) else None)
-        watched = call if isinstance(call, TorchCall) else None
-        if watched is not None:
-            watched.keep_draws = True  # (a torch model's calls put torch's generator back: not while draws are watched)
-        try:
+        # (a torch model's calls put torch's generator back: not while draws are watched)
+        with call.keeping_draws() if isinstance(call, TorchCall) else contextlib.nullcontext():
             out = self.rows(self.background)
             drawn = states.drawn()
             if drawn and not ignores_draws(lambda: self.rows(self.background), out, states):
                 raise random_forward_error(drawn)
-        finally:
-            if watched is not None:
-                watched.keep_draws = False
         self.output_shape: tuple[int, ...] = self._shape
         self.background_outputs = out
         self.refuse_non_finite(out, "background row")
@@ -228,12 +224,21 @@ def _torch_numpy(value: Any) -> np.ndarray:
 
 
 class TorchCall:
-    """A torch model's forward on numpy rows (see :func:`_torch_call`); ``keep_draws``: leave torch's global
-    generator as the call left it (while :class:`ForwardModel` watches for draws)."""
+    """A torch model's forward on numpy rows (see :func:`_torch_call`); inside :meth:`keeping_draws`, each call
+    leaves torch's global generator as the model left it (while :class:`ForwardModel` watches for draws)."""
 
     def __init__(self, call: Callable[[list[np.ndarray], bool], Any]) -> None:
         self.call = call
         self.keep_draws = False
+
+    @contextlib.contextmanager
+    def keeping_draws(self) -> Iterator[None]:
+        """Leave torch's global generator as each call leaves it, while the caller watches for draws."""
+        self.keep_draws = True
+        try:
+            yield
+        finally:
+            self.keep_draws = False
 
     def __call__(self, rows: list[np.ndarray]) -> Any:
         return self.call(rows, self.keep_draws)
