@@ -19,6 +19,7 @@ and origin of arctan2, the cone of hypot). A binary entry without a reference fa
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import os
@@ -201,6 +202,23 @@ def test_every_entry_is_read_by_its_engines() -> None:
     assert set(trace.TF_BINARY) == {n for e in BINARY for n in e.tf_ops}
     assert kops.STRUCTURED | kops.ORDERINGS | kops.PICKS == {k for e in STRUCTURED for k in e.keras_class_names}
     assert set(STRUCTURED_RULES) == {e.rule for e in STRUCTURED if e.torch}
+
+
+def test_the_table_is_data_that_every_engine_reads_where_it_lives() -> None:
+    """rnnshap/operations.py imports nothing of rnnshap or of an array library; the Keras engine reads it
+    directly, not through the PyTorch engine's view (rnnshap/rules/catalog.py)."""
+    package = Path(rnnshap.__file__).parent
+    tree = ast.parse((package / "operations.py").read_text())
+    imported = {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
+    assert imported <= {"__future__", "dataclasses", "typing"}, imported
+    for name in ("kops.py", "trace.py", "activations.py"):
+        source = (package / "engines" / "keras" / name).read_text()
+        assert "from ...operations import" in source and "rules.catalog" not in source, name
 
 
 # -- the PyTorch engine ------------------------------------------------------------------------------
