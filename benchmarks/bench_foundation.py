@@ -5,9 +5,10 @@ Models are built from each library's own config classes at a small size with ran
 downloaded here; the code path is the pretrained one's), on windows of statsmodels' sunspots series.
 
 - **cost**: DeepSHAP through the door (the library's forecast and the check against it included) for 4 windows
-  against 16 background windows, against the floor: one native forward + backward of the same torch function
-  over the same 64 (window, reference) rows (the library's own ``no_grad`` and ``detach`` lifted), of the summed
-  output and (the floor of one attribution per output) one backward per forecast output, batched. Best of ``--repeats``.
+  (``--windows``: other counts) against 16 background windows, against the floor: one native forward + backward
+  of the same torch function over the same (window, reference) rows (the library's own ``no_grad`` and ``detach``
+  lifted), of the summed output and (the floor of one attribution per output) one backward per forecast output,
+  batched. Best of ``--repeats``.
 - **faithfulness**: one window, 8 players (windows of 4 steps: ``players=4``), 8 background windows. The
   exact Shapley values of the game v(S) = mean over the background of the library's own forecast (every one of
   the 256 coalitions against every background row, through the library's public call); then the distance
@@ -185,12 +186,13 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def cost(model: Any, series: np.ndarray, repeats: int) -> tuple[float, float, float, float]:
+def cost(model: Any, series: np.ndarray, repeats: int, windows: int = 4) -> tuple[float, float, float, float]:
     """(door seconds, summed floor seconds, per-output floor seconds, additivity: max |total - forecast| /
-    max(1, |forecast|)). The summed floor is one forward + one backward of the summed output; the per-output
-    floor one forward + one backward per forecast output (batched by ``torch.func.vmap``), which DeepSHAP needs
-    to give every output its own attribution."""
-    context = np.stack([series[s : s + L] for s in (200, 220, 240, 260)])
+    max(1, |forecast|)) for ``windows`` explained windows against 16 references. The summed floor is one forward +
+    one backward of the summed output; the per-output floor one forward + one backward per forecast output (batched
+    by ``torch.func.vmap``), which DeepSHAP needs to give every output its own attribution."""
+    starts = (200, 220, 240, 260) if windows == 4 else np.linspace(160, len(series) - L, windows).astype(int)
+    context = np.stack([series[s : s + L] for s in starts])
     background = np.stack([series[s : s + L] for s in range(0, 160, 10)])
     result = rnnshap.foundation.explain(model, context, prediction_length=H, background=background)
     additivity = float(np.abs(result.total() - result.forecast).max() / max(1.0, np.abs(result.forecast).max()))
@@ -324,6 +326,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--parts", choices=("all", "cost"), default="all", help="'cost': the cost table alone")
+    parser.add_argument("--windows", type=int, nargs="+", default=[4], help="the cost table's explained windows (each)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="the cost table's clock (cpu: this process's)")
     args = parser.parse_args()
     global CLOCK
@@ -342,12 +345,14 @@ def main() -> None:
     if args.parts != "cost":
         _warm_shap()
     for name, model in built.items():
-        door, summed, per_output, additivity = cost(model, series, args.repeats)
-        print(
-            f"| {name} | {door * 1e3:.1f} ms | {summed * 1e3:.1f} ms | {door / summed:.1f}x | {per_output * 1e3:.1f} ms | "
-            f"{door / per_output:.2f}x | {additivity:.1e} |",
-            flush=True,
-        )
+        for windows in args.windows:
+            door, summed, per_output, additivity = cost(model, series, args.repeats, windows)
+            label = name if windows == 4 else f"{name}, {windows} windows"
+            print(
+                f"| {label} | {door * 1e3:.1f} ms | {summed * 1e3:.1f} ms | {door / summed:.1f}x | {per_output * 1e3:.1f} ms | "
+                f"{door / per_output:.2f}x | {additivity:.1e} |",
+                flush=True,
+            )
     if args.parts == "cost":
         return
     print("\n| model | method | model rows | rel. L2 to exact Shapley | time |")

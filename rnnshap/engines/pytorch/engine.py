@@ -642,8 +642,10 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     repeated = repeat_along(once, axis, 2)
     if repeated.shape != twice.shape:
         return False
+    if repeated.dtype == twice.dtype and torch.equal(repeated, twice):  # (equal: close, without the scale's work)
+        return True
     if not (repeated.is_floating_point() or repeated.is_complex()):
-        return torch.equal(repeated, twice)
+        return False
     scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
     rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
     return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
@@ -652,8 +654,10 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
 def _repeats_close(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:
     """Whether ``a`` and ``b`` are equal up to the rounding of kernels that sum in another order (in ``b``'s
     dtype, or in a less precise one of ``eps`` the model computes in)."""
+    if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b):  # (equal: close, without the scale's work)
+        return True
     if not (a.is_floating_point() or a.is_complex()):
-        return bool(torch.equal(a, b))
+        return False
     scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
     rtol = 1e3 * max(torch.finfo(b.dtype).eps, eps)
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True))
