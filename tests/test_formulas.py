@@ -6,6 +6,7 @@ source tree itself (no formula defined outside the package; both engines bind th
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 from pathlib import Path
@@ -130,8 +131,50 @@ def test_closed_form_near_secants_are_the_exact_secant_near_zero(kind: str) -> N
 def test_still_zero_where_nothing_moves_and_the_slope_is_not_finite() -> None:
     x = torch.tensor([0.0, float("-inf"), 1.0, 0.0], dtype=torch.float64)
     r = torch.tensor([0.0, float("-inf"), 4.0, 1.0], dtype=torch.float64)
-    m = secant.secant_slope(TORCH, secant.sqrt_slope, x, r)
+    m = secant.still_zero(TORCH, secant.sqrt_slope(TORCH, x, r), x, r)
     assert m.tolist() == [0.0, 0.0, 1 / 3, 1.0]
+
+
+def _defined_functions(path: Path) -> set[str]:
+    """The functions ``path`` defines, less those that only bind the package's of the same name
+    (a body that calls ``formulas.<name>``: the engine's signature for it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    defined = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            delegates = any(isinstance(n, ast.Attribute) and n.attr == node.name for n in ast.walk(node))
+            if not delegates:
+                defined.add(node.name)
+    return defined
+
+
+def test_no_formula_of_the_package_is_defined_again_elsewhere() -> None:
+    # `grep` finds no rule formula written twice (issue 39): the package's formulas by name
+    names: set[str] = set()
+    for module in (secant,):
+        names |= {n for n in module.__all__ if inspect.isfunction(getattr(module, n))}
+    names -= {"rescaled"}
+    assert {"exp_slope", "log_slope", "sqrt_slope", "tanh_secant_near"} <= names
+    twice = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(PACKAGE / "formulas"):
+            continue
+        again = sorted(names & _defined_functions(path))
+        if again:
+            twice[str(path.relative_to(PACKAGE))] = again
+    assert twice == {}
+
+
+def test_both_engines_bind_the_package_slopes() -> None:
+    from rnnshap.rules import secant as torch_rules
+
+    for name, slope in secant.SLOPES_BY_NAME.items():
+        assert torch_rules.SLOPES_BY_NAME[name].formula is slope  # type: ignore[attr-defined]
+    pytest.importorskip("keras")
+    from rnnshap.engines.keras import dual
+
+    for name, slope in secant.SLOPES_BY_NAME.items():
+        assert dual.SLOPES_BY_NAME[name][1].formula is slope
 
 
 def test_bind_keeps_the_name_for_the_rules_repr() -> None:

@@ -157,11 +157,6 @@ def still_zero(xp: Ops, m: Array, x: Array, r: Array) -> Array:
     return xp.where(still, xp.zeros_like(m), m)
 
 
-def secant_slope(xp: Ops, slope: Slope, x: Array, r: Array) -> Array:
-    """``slope(xp, x, r)`` with 0 where nothing moves and the slope is not finite (:func:`still_zero`)."""
-    return still_zero(xp, slope(xp, x, r), x, r)
-
-
 _THRESHOLDS: dict[tuple[str, Any], float] = {}
 
 
@@ -226,7 +221,6 @@ __all__ = [
     "reciprocal_slope",
     "rescaled",
     "rsqrt_slope",
-    "secant_slope",
     "sigmoid_secant_near",
     "small_delta_threshold",
     "sqrt_slope",

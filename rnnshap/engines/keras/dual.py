@@ -14,12 +14,14 @@ chain rule, as the PyTorch side does with its custom autograd Functions.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 from keras import ops
 
-from .backend import Tensor, dtype_name, finfo
+from ...formulas import bind, pairs
+from ...formulas import secant as formulas
+from ...formulas.keras_ops import KERAS
+from .backend import Tensor, dtype_name
 from .backend import derivative as autodiff
 
 Fn = Callable[[Tensor], Tensor]
@@ -78,8 +80,9 @@ def side(values: Any, which: int) -> Any:
 
 
 def small_delta_threshold(dtype: Any, smooth: bool) -> float:
-    """|Δ| below which the multiplier is the derivative (at the midpoint) instead of the quotient."""
-    return float(finfo(dtype).eps) ** (1.0 / 3.0) if smooth else 0.0
+    """|Δ| below which the multiplier is the derivative (at the midpoint) instead of the quotient
+    (:func:`rnnshap.formulas.secant.small_delta_threshold`)."""
+    return formulas.small_delta_threshold(KERAS, dtype, smooth)
 
 
 def attach(value: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
@@ -91,22 +94,14 @@ def attach(value: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
 
 
 #: per activation, (μ, κ, c) of its secant slope from its two results for small |Δ|:
-#: (κ − (y_x − μ)(y_r − μ))(1 − cΔ²), within Δ⁴ of the quotient (for σ, (σ_x + σ_r − 2σ_xσ_r)/2 ·
-#: (1 − Δ²/12); see rnnshap/rules/elementwise.py, ``_sigmoid_secant_near`` and ``_tanh_secant_near``)
+#: (κ − (y_x − μ)(y_r − μ))(1 − cΔ²), the closed forms of rnnshap/formulas/secant.py
+#: (``sigmoid_secant_near``, ``tanh_secant_near``) as constants, for the fused recurrent layers' compiled
+#: kernel (rnnshap/engines/keras/fused.py)
 CLOSED_FORMS = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
 
-
-def _secant_near(kind: str) -> Near:
-    mu, kappa, c = CLOSED_FORMS[kind]
-
-    def near(yx: Tensor, yr: Tensor, delta: Tensor) -> Tensor:
-        return (kappa - (yx - mu) * (yr - mu)) * (1 - c * delta * delta)
-
-    near.__name__ = f"{kind}_secant_near"
-    return near
-
-
-sigmoid_secant_near, tanh_secant_near = _secant_near("sigmoid"), _secant_near("tanh")
+#: the secant slope of sigmoid and tanh from their two results for small |Δ| (rnnshap/formulas/secant.py)
+sigmoid_secant_near: Near = bind(formulas.sigmoid_secant_near, KERAS)
+tanh_secant_near: Near = bind(formulas.tanh_secant_near, KERAS)
 
 
 def _autodiff(fn: Fn) -> Fn:
@@ -168,7 +163,8 @@ def tanh(u: Dual) -> Dual:
 def product(a: Dual, b: Dual) -> Dual:
     """Exact two-player Shapley rule for a ⊙ b: m_a = (b + b_r)/2, m_b = (a + a_r)/2."""
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
-    return Dual(attach(ax * bx, [(a.x, (bx + b.r) / 2), (b.x, (ax + a.r) / 2)]), a.r * b.r)
+    m_a, m_b = pairs.midpoint_multipliers(KERAS, ax, bx, a.r, b.r)
+    return Dual(attach(ax * bx, [(a.x, m_a), (b.x, m_b)]), a.r * b.r)
 
 
 def scaled(c: Dual, s: Dual) -> Dual:
@@ -182,11 +178,7 @@ def scaled(c: Dual, s: Dual) -> Dual:
     a division by a root: see ``kops.call_op``), as on the PyTorch side (torch's ``F.layer_norm`` and
     the product of an inverse root, rnnshap/engines/pytorch/handwritten_norms.py), so both backends agree."""
     cx, sx = ops.stop_gradient(c.x), ops.stop_gradient(s.x)
-    total = sx + s.r
-    same = sx * s.r > 0
-    safe = ops.where(same, total, ops.ones_like(total))
-    m_c = ops.where(same, 2 * sx * s.r / safe, (sx + s.r) / 2)
-    m_s = ops.where(same, (sx * cx + s.r * c.r) / safe, (cx + c.r) / 2)
+    m_c, m_s = pairs.scaled_multipliers(KERAS, cx, sx, c.r, s.r)
     return Dual(attach(cx * sx, [(c.x, m_c), (s.x, m_s)]), c.r * s.r)
 
 
@@ -214,20 +206,14 @@ def log_of_sum(shifted: Dual, axis: Any) -> Dual:
     Where one side's sum underflows (its maximum lies more than ~87 below the other's in float32: confident
     logits of a few hundred), its log is taken from a stable logsumexp instead of :math:`\log 0`, and the
     log's multiplier is the quotient :math:`(\log S - \log S_r)/(S - S_r)` of those logs (the other side's
-    sum is at least 1, so the quotient is finite and the values still add up). Where both sums are normal
-    numbers, the ops are those of plain Rescale (the same values, bit for bit)."""
-    e = rescale(ops.exp, shifted, derivative=ops.exp)
+    sum is at least 1, so the quotient is finite and the values still add up). The multipliers are the
+    formulas of rnnshap/formulas/ (the exp secant, :func:`rnnshap.formulas.pairs.log_sum_multiplier`)."""
+    e = secant(ops.exp, shifted, exp_slope)
     total = e.map(lambda t: ops.sum(t, axis, keepdims=True))
     tx = ops.stop_gradient(total.x)
-    tiny = float(finfo(tx.dtype).tiny)
-    normal_x, normal_r = tx >= tiny, total.r >= tiny
-    log_x = ops.where(normal_x, ops.log(tx), ops.logsumexp(ops.stop_gradient(shifted.x), axis, keepdims=True))
-    log_r = ops.where(normal_r, ops.log(total.r), ops.logsumexp(shifted.r, axis, keepdims=True))
-    plain = secant_multiplier(ops.log(tx), ops.log(total.r), tx, total.r, ops.reciprocal)
-    gap = tx - total.r
-    quotient = (log_x - log_r) / ops.where(ops.equal(gap, 0), ops.ones_like(gap), gap)
-    multiplier = ops.where(normal_x & normal_r, plain, quotient)
-    multiplier = ops.where(ops.isfinite(multiplier), multiplier, ops.zeros_like(multiplier))
+    log_x = pairs.stable_log(KERAS, tx, ops.logsumexp(ops.stop_gradient(shifted.x), axis, keepdims=True))
+    log_r = pairs.stable_log(KERAS, total.r, ops.logsumexp(shifted.r, axis, keepdims=True))
+    multiplier = pairs.log_sum_multiplier(KERAS, tx, total.r, log_x, log_r)
     return Dual(attach(log_x, [(total.x, multiplier)]), log_r)
 
 
@@ -240,14 +226,11 @@ def max_over(u: Dual, axis: int, keepdims: bool = False) -> Dual:
     """
     ux = ops.stop_gradient(u.x)
     y, y_r = ops.max(ux, axis, keepdims=True), ops.max(u.r, axis, keepdims=True)
-    cross = ops.maximum(y, y_r)
+    credit_x, credit_r = pairs.max_credits(KERAS, y, y_r)
     depth = ux.shape[axis]
     at_x = ops.one_hot(ops.argmax(ux, axis), depth, axis=axis, dtype=ux.dtype)
     at_r = ops.one_hot(ops.argmax(u.r, axis), depth, axis=axis, dtype=ux.dtype)
-    credit = at_x * (cross - y_r) + at_r * (y - cross)
-    delta = ux - u.r
-    zero = ops.equal(delta, 0)
-    multiplier = ops.where(zero, ops.zeros_like(delta), credit / ops.where(zero, ops.ones_like(delta), delta))
+    multiplier = (at_x * credit_x + at_r * credit_r) * pairs.inverse_delta(KERAS, ux - u.r)
     out = ops.stop_gradient(y) + ops.sum(ops.stop_gradient(multiplier) * (u.x - ux), axis, keepdims=True)
     if not keepdims:
         out, y_r = ops.squeeze(out, axis), ops.squeeze(y_r, axis)
@@ -266,89 +249,28 @@ def bilinear(fn: Callable[[Tensor, Tensor], Tensor], a: Dual, b: Dual) -> Dual:
     return Dual(out, fn(a.r, b.r))
 
 
-def _ratio(numerator: Tensor, t: Tensor, limit: float) -> Tensor:
-    zero = ops.equal(t, 0)
-    return ops.where(zero, ops.full_like(t, limit), numerator / ops.where(zero, ops.ones_like(t), t))
-
-
-def rsqrt_slope(x: Tensor, r: Tensor) -> Tensor:
-    return -(ops.rsqrt(x) * ops.rsqrt(r)) / (ops.sqrt(x) + ops.sqrt(r))
-
-
-def sqrt_slope(x: Tensor, r: Tensor) -> Tensor:
-    return 1 / (ops.sqrt(x) + ops.sqrt(r))
-
-
-def square_slope(x: Tensor, r: Tensor) -> Tensor:
-    return x + r
-
-
-def reciprocal_slope(x: Tensor, r: Tensor) -> Tensor:
-    return -1 / (x * r)
-
-
-def exp_slope(x: Tensor, r: Tensor) -> Tensor:
-    h = (x - r) / 2
-    near = ops.abs(h) <= 0.5  # the closed form where the quotient would cancel, the quotient elsewhere
-    closed = ops.exp((x + r) / 2) * _ratio(ops.sinh(h), h, 1.0)
-    quotient = (ops.exp(x) - ops.exp(r)) / ops.where(near, ops.ones_like(h), 2 * h)
-    return ops.where(near, closed, quotient)
-
-
-def log_slope(x: Tensor, r: Tensor) -> Tensor:
-    q = (x - r) / (x + r)
-    near = ops.abs(q) <= 0.5
-    closed = 2 / (x + r) * _ratio(ops.arctanh(ops.where(near, q, ops.zeros_like(q))), q, 1.0)
-    quotient = (ops.log(x) - ops.log(r)) / ops.where(near, ops.ones_like(x), x - r)
-    return ops.where(near, closed, quotient)
-
-
-
-def expm1_slope(x: Tensor, r: Tensor) -> Tensor:
-    return exp_slope(x, r)  # expm1(x) − expm1(r) = e^x − e^r
-
-
-def log1p_slope(x: Tensor, r: Tensor) -> Tensor:
-    d = x - r  # log1p(x) − log1p(r) = log1p(d / (1 + r)), accurate however small d or r
-    zero = ops.equal(d, 0)
-    return ops.where(zero, 1 / (1 + r), ops.log1p(d / (1 + r)) / ops.where(zero, ops.ones_like(d), d))
-
-
-def _rescaled(
-    slope: Callable[[Tensor, Tensor], Tensor], inner: float, outer: float, name: str
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
-
-    def rescaled(x: Tensor, r: Tensor) -> Tensor:
-        return slope(x * inner, r * inner) * (inner * outer)
-
-    rescaled.__name__ = name
-    return rescaled
-
+#: the closed-form secant slopes (rnnshap/formulas/secant.py) on keras tensors: ``slope(x, r)``
+exp_slope: Callable[[Tensor, Tensor], Tensor] = bind(formulas.exp_slope, KERAS)
+rsqrt_slope: Callable[[Tensor, Tensor], Tensor] = bind(formulas.rsqrt_slope, KERAS)
+reciprocal_slope: Callable[[Tensor, Tensor], Tensor] = bind(formulas.reciprocal_slope, KERAS)
 
 #: the closed-form secant slopes of the catalog's ``"secant"`` entries (rnnshap/rules/catalog.py), by the
-#: entry's name, with the function itself (None: the keras op's own): the TensorFlow kernels of
-#: ``rnnshap.rules.secant.SLOPES_BY_NAME``
+#: entry's name, with the function itself (None: the keras op's own): ``rnnshap.formulas.secant.SLOPES_BY_NAME``
+#: on keras tensors
+_FUNCTIONS: dict[str, Fn | None] = {
+    "sqrt": ops.sqrt, "rsqrt": ops.rsqrt, "square": ops.square, "reciprocal": ops.reciprocal, "exp": ops.exp,
+    "exp2": None, "expm1": ops.expm1, "log": ops.log, "log2": None, "log10": None, "log1p": ops.log1p,
+}  # fmt: skip
 SLOPES_BY_NAME: dict[str, tuple[Fn | None, Callable[[Tensor, Tensor], Tensor]]] = {
-    "sqrt": (ops.sqrt, sqrt_slope),
-    "rsqrt": (ops.rsqrt, rsqrt_slope),
-    "square": (ops.square, square_slope),
-    "reciprocal": (ops.reciprocal, reciprocal_slope),
-    "exp": (ops.exp, exp_slope),
-    "exp2": (None, _rescaled(exp_slope, math.log(2), 1.0, "exp2_slope")),
-    "expm1": (ops.expm1, expm1_slope),
-    "log": (ops.log, log_slope),
-    "log2": (None, _rescaled(log_slope, 1.0, 1 / math.log(2), "log2_slope")),
-    "log10": (None, _rescaled(log_slope, 1.0, 1 / math.log(10), "log10_slope")),
-    "log1p": (ops.log1p, log1p_slope),
+    name: (_FUNCTIONS[name], bind(slope, KERAS)) for name, slope in formulas.SLOPES_BY_NAME.items()
 }
+
 
 def secant(fn: Fn, u: Dual, slope: Callable[[Tensor, Tensor], Tensor]) -> Dual:
     """Rescale with the secant slope in closed form (as :mod:`rnnshap.rules.secant`): exact for every Δ,
     0 where nothing moves and the slope is not finite."""
     ux = ops.stop_gradient(u.x)
-    m = slope(ux, u.r)
-    m = ops.where(ops.equal(ux, u.r) & ~ops.isfinite(m), ops.zeros_like(m), m)
+    m = formulas.still_zero(KERAS, slope(ux, u.r), ux, u.r)
     return Dual(attach(fn(ux), [(u.x, m)]), fn(u.r))
 
 
@@ -482,9 +404,7 @@ def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
     ux, r = ops.stop_gradient(u.x), u.r
     order_x, order_r = _order(ux, k, largest), _order(r, k, largest)
     deciding, delta_d, y, y_r = _deciding(ux, r, order_x, order_r, largest)
-    change = y - y_r
-    ok = ops.logical_and(_usable(change), _usable(delta_d))
-    factor = ops.where(ok, change / ops.where(ok, delta_d, ops.ones_like(delta_d)), ops.zeros_like(change))
+    factor = pairs.usable_quotient(KERAS, y - y_r, delta_d)
     out = ops.stop_gradient(y) + ops.take_along_axis(u.x - ux, deciding, -1) * ops.stop_gradient(factor)
     return Dual(out, y_r)
 
@@ -507,7 +427,6 @@ def picked_index(u: Dual, index_x: Tensor, index_r: Tensor, largest: bool) -> Te
     deciding = ops.where(stuck, most, deciding)
     delta = ops.where(stuck, ops.take_along_axis(ux - r, deciding, -1), delta)
     delta = ops.cast(delta, "float64")
-    ok = ops.logical_and(_usable(moved), _usable(delta))
-    factor = ops.where(ok, moved / ops.where(ok, delta, ops.ones_like(delta)), ops.zeros_like(moved))
+    factor = pairs.usable_quotient(KERAS, moved, delta)
     routed = ops.cast(ops.take_along_axis(u.x - ux, deciding, -1), "float64")
     return ops.cast(index_x, "float64") + routed * ops.stop_gradient(factor)
