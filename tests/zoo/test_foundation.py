@@ -431,10 +431,16 @@ def test_tirex_float32_twin_adds_up_to_its_own_forecast_to_float32_precision(tir
     np.testing.assert_array_equal(default.forecast, own)
 
 
-def test_precision_refused_where_the_model_has_no_twin(tirex_model: Any) -> None:
+def test_precision_refused_where_the_model_has_no_twin(tirex_model: Any, ttm: Any) -> None:
     context, background = windows(16, [300]), windows(16, [0, 50])
     with pytest.raises(InputError, match=r"precision='float16': TiRex computes in bfloat16; it can also run in float32"):
         rnnshap.foundation.explain(tirex_model, context, prediction_length=4, background=background, precision="float16")
+    with pytest.raises(InputError, match=r"precision='bfloat16': TinyTimeMixer computes in float32\. Give one of \['float32'\]"):
+        rnnshap.foundation.explain(ttm, context, prediction_length=4, background=background, precision="bfloat16")
+    own = rnnshap.foundation.explain(ttm, context, prediction_length=4, background=background)
+    named = rnnshap.foundation.explain(ttm, context, prediction_length=4, background=background, precision="float32")
+    assert own.precision == named.precision == "float32" and own.model == named.model == "TinyTimeMixer"
+    np.testing.assert_array_equal(named.values, own.values)  # its own precision: the same call
 
 
 def test_tirex_shapley_patches_dropping_context_enumerated_through_forecast(tirex_model: Any) -> None:
