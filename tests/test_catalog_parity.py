@@ -280,11 +280,11 @@ def test_entry_on_both_engines(entry: Elementwise) -> None:
     assert sides, f"catalog entry {entry.name} names nothing that either engine has"
 
 
-_TORCH_BACKEND = """
+_OTHER_BACKEND = """
 import json, sys
 import numpy as np, keras, rnnshap
 from rnnshap.operations import ELEMENTWISE
-assert keras.backend.backend() == "torch"
+assert keras.backend.backend() == sys.argv[2]
 pairs = np.load(sys.argv[1])
 found = {}
 for entry in ELEMENTWISE:
@@ -320,17 +320,13 @@ print(json.dumps(found))
 """
 
 
-def test_every_entry_as_keras_on_the_torch_backend(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
-    """The Keras ops and activations of the catalog on Keras's torch backend (a model there is an
-    nn.Module, explained by the PyTorch engine through the torch functions Keras calls), against the
-    same references, in the session's torch-backend process."""
+def _on_backend(tmp_path: Path, keras_process: Callable[[str], KerasProcess], backend: str) -> dict[str, str]:
+    """Every entry's Keras ops and activations on ``backend`` against the references; returns the refusals
+    (by ``entry:side:name``, their first line)."""
     pairs = {entry.name: _pairs(entry) for entry in ELEMENTWISE}
     np.savez(tmp_path / "pairs.npz", **{f"{name}:{k}": v for name, (x, r) in pairs.items() for k, v in (("x", x), ("r", r))})
-    found = json.loads(keras_process("torch").run(_TORCH_BACKEND, str(tmp_path / "pairs.npz")).strip().splitlines()[-1])
+    found = json.loads(keras_process(backend).run(_OTHER_BACKEND, str(tmp_path / "pairs.npz"), backend).strip().splitlines()[-1])
     by_name = {entry.name: entry for entry in ELEMENTWISE}
-    refused = {key: why.splitlines()[1] if "\n" in why else why for key, why in found.items() if isinstance(why, str)}
-    # Keras's torch backend writes cbrt as sign(x)·|x|^(1/3): torch.sign is refused by name there (a step function)
-    assert set(refused) == {"cbrt:keras_op:cbrt"} and "torch.sign" in refused["cbrt:keras_op:cbrt"], refused
     for key, answer in found.items():
         if isinstance(answer, str):
             continue
@@ -339,3 +335,23 @@ def test_every_entry_as_keras_on_the_torch_backend(tmp_path: Path, keras_process
         x, r = pairs[name]
         _check(side, by_name[name], x, r, np.asarray(values), np.asarray(out_x, np.float64), np.asarray(out_r, np.float64))
     assert any(key.startswith("selu:keras_activation") for key in found)
+    return {key: why.splitlines()[1] if "\n" in why else why for key, why in found.items() if isinstance(why, str)}
+
+
+def test_every_entry_as_keras_on_the_torch_backend(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+    """The Keras ops and activations of the catalog on Keras's torch backend (a model there is an
+    nn.Module, explained by the PyTorch engine through the torch functions Keras calls), against the
+    same references, in the session's torch-backend process."""
+    refused = _on_backend(tmp_path, keras_process, "torch")
+    # Keras's torch backend writes cbrt as sign(x)·|x|^(1/3): torch.sign is refused by name there (a step function)
+    assert set(refused) == {"cbrt:keras_op:cbrt"} and "torch.sign" in refused["cbrt:keras_op:cbrt"], refused
+
+
+@pytest.mark.slow  # (the Keras engine on JAX: about a minute on 2 cores)
+def test_every_entry_as_keras_on_jax(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+    """The same on Keras's JAX backend, explained by the Keras engine (as on TensorFlow), where this tree takes it."""
+    from rnnshap.engines.registry import KERAS_BACKENDS
+
+    if KERAS_BACKENDS.get("jax") is None:
+        pytest.skip("this tree refuses Keras on JAX (rnnshap/engines/registry.py)")
+    assert _on_backend(tmp_path, keras_process, "jax") == {}

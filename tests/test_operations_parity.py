@@ -1,10 +1,10 @@
 """The operation table (rnnshap/operations.py) beyond the unary entries, driven by the table: every binary
 entry on every engine that names it, against float64 references written from the equations.
 
-Binary entries run on the PyTorch engine (each torch name), as Keras ops on the TensorFlow backend and on
-the torch backend (each keras name; the torch backend's model is explained by the PyTorch engine through
-the torch functions Keras calls, in the session's torch-backend process), and as TensorFlow ops traced in
-a ``Lambda`` (each ``tf.raw_ops`` name). One model per engine holds every entry, each in its own slice of
+Binary entries run on the PyTorch engine (each torch name), as Keras ops on the TensorFlow backend, on JAX
+(where this tree takes it) and on the torch backend (each keras name; the torch backend's model is explained
+by the PyTorch engine through the torch functions Keras calls, in the session's torch-backend process), and as
+TensorFlow ops traced in a ``Lambda`` (each ``tf.raw_ops`` name). One model per engine holds every entry, each in its own slice of
 the input: a part where both operands depend on the input, checked against the two-player Shapley values
 enumerated in float64,
 
@@ -298,6 +298,20 @@ def test_binary_entries_as_keras_ops_on_the_torch_backend(tmp_path: Path, keras_
     """Keras on the torch backend is explained by the PyTorch engine through the torch functions its ops call
     (``keras.ops.arctan2`` is ``torch.arctan2``): the same entries, the same references."""
     _keras_binary(tmp_path, keras_process, "torch")
+
+
+def jax_taken() -> None:
+    """Skip where this tree refuses Keras on JAX (rnnshap/engines/registry.py); else the Keras engine runs there."""
+    from rnnshap.engines.registry import KERAS_BACKENDS
+
+    if KERAS_BACKENDS.get("jax") is None:
+        pytest.skip("this tree refuses Keras on JAX (rnnshap/engines/registry.py)")
+
+
+@pytest.mark.slow  # (the Keras engine on JAX: about a minute on 2 cores)
+def test_binary_entries_as_keras_ops_on_jax(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+    jax_taken()
+    _keras_binary(tmp_path, keras_process, "jax")
 
 
 def test_binary_entries_as_traced_tensorflow_ops() -> None:

@@ -12,8 +12,9 @@ entry's calls, each on its own slice of the input, with rows far from the refere
 from 1e-2 to 1e-5), and with the order of the values changed.
 
 Engines: PyTorch (each torch name), Keras ops on the TensorFlow backend and on the torch backend (the
-session's torch process), TensorFlow ops traced in a ``Lambda``. An entry's ``keras_refused`` names are
-refused by name on TensorFlow and explained on the torch backend, against the same references. A name
+session's torch process) and on JAX where this tree takes it, TensorFlow ops traced in a ``Lambda``. An entry's
+``keras_refused`` names are refused by name by the Keras engine and explained on the torch backend, against the
+same references. A name
 without its call here fails ``test_every_structured_name_has_a_call``.
 """
 
@@ -38,6 +39,7 @@ from rnnshap.operations import STRUCTURED  # noqa: E402
 from rnnshap.rules.registry import forms  # noqa: E402
 
 from .keras_process import KerasProcess  # noqa: E402
+from .test_operations_parity import jax_taken  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 N = 6
@@ -419,7 +421,7 @@ print(json.dumps(found))
 
 def _keras_structured(tmp_path: Path, keras_process: Callable[[str], KerasProcess], backend: str) -> None:
     calls = [(name, KERAS_CALLS[name]) for entry in STRUCTURED for name in (*entry.keras_ops, *entry.keras_refused)]
-    refused_here = {name for entry in STRUCTURED for name in entry.keras_refused} if backend == "tensorflow" else set()
+    refused_here = {name for entry in STRUCTURED for name in entry.keras_refused} if backend != "torch" else set()
     x, r = np.tile(ROWS, len(calls)), np.tile(REFERENCE.astype(np.float32), len(calls))
     np.savez(tmp_path / f"structured-{backend}.npz", x=x, r=r)
     refused = json.dumps(sorted({name for entry in STRUCTURED for name in entry.keras_refused}))
@@ -441,6 +443,13 @@ def test_structured_entries_as_keras_ops_on_the_torch_backend(
     tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
     _keras_structured(tmp_path, keras_process, "torch")
+
+
+@pytest.mark.slow  # (the Keras engine on JAX: about a minute on 2 cores)
+def test_structured_entries_as_keras_ops_on_jax(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+    """The Keras engine on JAX: what it takes on TensorFlow, the same refusals."""
+    jax_taken()
+    _keras_structured(tmp_path, keras_process, "jax")
 
 
 def test_structured_entries_as_traced_tensorflow_ops() -> None:
