@@ -338,3 +338,38 @@ def test_binary_entries_as_traced_tensorflow_ops() -> None:
         a, b, ar, br = (tf.constant(t[s:e]) for t in (x[:m], x[m : 2 * m], r[:m], r[m : 2 * m]))
         corners[f"{n}:{op}"] = [raws[op](*pair).numpy() for pair in ((a, b), (ar, br), (a, br), (ar, b))]
     _check_binary("tf_op", x, r, slices, np.asarray(values, np.float64).reshape(-1)[: x.size], corners)
+
+
+# -- an operand that does not move while what it is made of does -------------------------------------
+#: u0 + u1 is 3 on both sides (Δ = 0) and wins the maximum: its multiplier, the derivative at x averaged over
+#: b's two values, is 1, so u0 and u1 get their own changes (−1 and +1) and u2 nothing
+_STILL_X, _STILL_R = np.array([[1.0, 2.0, 0.2]], np.float32), np.array([[2.0, 1.0, 0.25]], np.float32)
+
+
+def _still_reference() -> np.ndarray:
+    x, r = _STILL_X[0].astype(np.float64), _STILL_R[0].astype(np.float64)
+    a, b, br = x[0] + x[1], 10 * x[2], 10 * r[2]
+    m_a = (float(a > br) + float(a > b)) / 2  # the piecewise derivative of maximum in a, at a, averaged over b's two values
+    return np.array([m_a * (x[0] - r[0]), m_a * (x[1] - r[1]), 0.0])
+
+
+def test_a_piecewise_binary_operand_that_does_not_move_takes_its_derivative_on_torch() -> None:
+    class Model(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.maximum(t[:, :1] + t[:, 1:2], 10 * t[:, 2:3])
+
+    values = rnnshap.DeepExplainer(Model(), torch.tensor(_STILL_R)).shap_values(torch.tensor(_STILL_X))
+    np.testing.assert_allclose(np.asarray(values, np.float64).ravel(), _still_reference(), atol=8 * EPS32)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engines/keras/dual.py shapley2 gives a piecewise operand whose Δ is 0 the multiplier 0 (torch: the derivative "
+    "at x, averaged over the other operand's two values, as rules/elementwise.py coalition_multipliers): the same Keras "
+    "model gets [0, 0, 0] on TensorFlow and [-1, 1, 0] on the torch backend",
+)
+def test_a_piecewise_binary_operand_that_does_not_move_takes_its_derivative_on_keras() -> None:
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.ops.maximum(inputs[:, :1] + inputs[:, 1:2], 10 * inputs[:, 2:3]))
+    values = rnnshap.DeepExplainer(model, _STILL_R).shap_values(_STILL_X)
+    np.testing.assert_allclose(np.asarray(values, np.float64).ravel(), _still_reference(), atol=8 * EPS32)
