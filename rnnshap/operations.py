@@ -5,9 +5,9 @@ Families:
 - :data:`ELEMENTWISE`, unary elementwise operations (:class:`Elementwise`): a rule family (``"smooth"``:
   Rescale with the midpoint derivative for tiny ``|Δ|``; ``"piecewise"``: Rescale whose quotient is kept
   down to ``Δ = 0``, never a derivative across a kink; ``"secant"``: the secant slope in closed form,
-  written per engine under the entry's name in :data:`rnnshap.rules.secant.SLOPES_BY_NAME` and
-  ``rnnshap.engines.keras.dual.SLOPES_BY_NAME``), its kinks, the closed form of its secant from its two
-  results (``near``), and its names on each side.
+  written once under the entry's name in ``rnnshap/formulas/secant.py``'s ``SLOPES_BY_NAME``, which each
+  engine binds), its kinks, the closed form of its secant from its two results (``near``), and its names on
+  each side.
 - :data:`BINARY`, elementwise operations of two operands (:class:`Binary`): the exact two-player
   Shapley rule where both operands depend on the input, Rescale where one is constant; ``"piecewise"``
   ones (orderings of two, and functions with a cone or a branch cut) never take a derivative.
