@@ -207,10 +207,11 @@ def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
     )
 
 
-def test_the_jax_backend_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backend_without_an_engine_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(JAX has the Keras engine: tests/test_keras_jax.py; OpenVINO, inference only, has none.)"""
     model = MODELS["lstm"]()
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(rnnshap.InputError, match="jax.*KERAS_BACKEND"):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "openvino")
+    with pytest.raises(rnnshap.InputError, match="'openvino'.*KERAS_BACKEND=jax or tensorflow or torch"):
         rnnshap.DeepExplainer(model, np.zeros((2, T, F)))
 
 

@@ -121,12 +121,11 @@ def _keras_on_torch(model: Any, data: Any, setup: Setup) -> Engine:
 
 
 #: DeepSHAP's engine per Keras backend (``keras.backend.backend()``); None: refused, with the advice to load the
-#: model on a backend that is taken. Keras on JAX is routed here, in this one entry: ``"jax": _keras_engine``
-#: once the Keras engine runs on JAX (engines/keras/backend.py).
+#: model on a backend that is taken. The Keras engine runs on TensorFlow and JAX (engines/keras/backend.py).
 KERAS_BACKENDS: dict[str, DeepBuilder | None] = {
     "tensorflow": _keras_engine,
     "torch": _keras_on_torch,
-    "jax": None,
+    "jax": _keras_engine,
 }
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ...operations import keras_activation_families
 from . import dual
+from .backend import Tensor, dtype_name
 from .dual import Dual
 
 #: elementwise activations by name: the operation table's view (rnnshap/operations.py), those keras has
@@ -58,7 +59,7 @@ def activate(fn: Callable[..., Any] | None, u: Dual) -> Dual:
     raise ValueError(activation_problem(fn))
 
 
-def weight(variable: Any, dtype: tf.DType) -> tf.Tensor:
+def weight(variable: Any, dtype: Any) -> Tensor:
     """A layer's variable as its call reads it: cast to the compute dtype (mixed precision policies)."""
-    value = tf.convert_to_tensor(variable)
-    return value if value.dtype == dtype else tf.cast(value, dtype)
+    value = ops.convert_to_tensor(variable)
+    return value if dtype_name(value.dtype) == dtype_name(dtype) else ops.cast(value, dtype)

@@ -17,26 +17,27 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from . import dual
+from . import dual, private
 from .activations import weight
+from .backend import Tensor, dtype_name
 from .dual import Dual
 from .pass_state import Run
 
 L = keras.layers
 
 
-def _mask_side(value: Any, run: Run) -> tf.Tensor | None:
+def _mask_side(value: Any, run: Run) -> Tensor | None:
     """A mask given as a tensor of the model (a Dual: a mask input, or computed from one) as a boolean
     tensor of the explained input; the reference side is recorded for the check against the model."""
     if value is None:
         return None
     if isinstance(value, Dual):
-        mask_x, mask_r = tf.cast(value.x, tf.bool), tf.cast(value.r, tf.bool)
+        mask_x, mask_r = ops.cast(value.x, "bool"), ops.cast(value.r, "bool")
         run.compare(mask_x, mask_r)
         return mask_x
-    return tf.cast(value, tf.bool)
+    return ops.cast(value, "bool")
 
 
 # -- Attention, AdditiveAttention ------------------------------------------------------------------
@@ -58,34 +59,34 @@ def attention(
     dtype = q.x.dtype
     additive = isinstance(layer, L.AdditiveAttention)
     if not additive and layer.score_mode == "dot":
-        scores = dual.bilinear(lambda a, b: tf.matmul(a, b, transpose_b=True), q, k)
+        scores = dual.bilinear(lambda a, b: ops.matmul(a, ops.swapaxes(b, -1, -2)), q, k)
         if layer.scale is not None:
             scale = weight(layer.scale, dtype)
             scores = scores.map(lambda t: t * scale)
     else:
-        summed = q.map(lambda t: tf.expand_dims(t, -2)) + k.map(lambda t: tf.expand_dims(t, -3))
+        summed = q.map(lambda t: ops.expand_dims(t, -2)) + k.map(lambda t: ops.expand_dims(t, -3))
         if additive:
             scale = weight(layer.scale, dtype) if layer.use_scale else None
             scores = dual.tanh(summed)
-            scores = scores.map(lambda t: tf.reduce_sum(t if scale is None else scale * t, -1))
+            scores = scores.map(lambda t: ops.sum(t if scale is None else scale * t, -1))
         else:
             if layer.scale is not None:
                 scale = weight(layer.scale, dtype)
                 summed = summed.map(lambda t: scale * t)
             score_weight = weight(layer.concat_score_weight, dtype)
-            scores = dual.tanh(summed).map(lambda t: score_weight * tf.reduce_sum(t, -1))
-    scores_mask = layer._calculate_score_mask(scores.x, v_mask, use_causal_mask)
+            scores = dual.tanh(summed).map(lambda t: score_weight * ops.sum(t, -1))
+    scores_mask = private.score_mask(layer, scores.x, v_mask, use_causal_mask)
     if scores_mask is not None:
-        padding = tf.logical_not(tf.cast(scores_mask, tf.bool))
-        if padding.shape.rank == 2:
-            padding = tf.expand_dims(padding, -2)
-        max_value = tf.cast(65504.0 if dtype == tf.float16 else 1.0e9, dtype)
-        scores = scores.map(lambda t: tf.where(padding, t - max_value, t))
+        padding = ops.logical_not(ops.cast(scores_mask, "bool"))
+        if len(padding.shape) == 2:
+            padding = ops.expand_dims(padding, -2)
+        max_value = ops.cast(65504.0 if dtype == "float16" else 1.0e9, dtype)
+        scores = scores.map(lambda t: ops.where(padding, t - max_value, t))
     weights = dual.softmax(scores, -1)
-    out = dual.bilinear(tf.matmul, weights, v)
+    out = dual.bilinear(ops.matmul, weights, v)
     if q_mask is not None:
-        keep = tf.expand_dims(q_mask, -1)
-        out = out.map(lambda t: tf.where(keep, t, tf.zeros_like(t)))
+        keep = ops.expand_dims(q_mask, -1)
+        out = out.map(lambda t: ops.where(keep, t, ops.zeros_like(t)))
     return (out, weights) if return_attention_scores else out
 
 
@@ -97,8 +98,8 @@ def einsum_dense(
     kernel = weight(layer.kernel, value.x.dtype)
     bias = None if layer.bias is None else weight(layer.bias, value.x.dtype)
 
-    def linear(t: tf.Tensor) -> tf.Tensor:
-        out = tf.einsum(layer.equation, t, kernel)
+    def linear(t: Tensor) -> Tensor:
+        out = ops.einsum(layer.equation, t, kernel)
         return out if bias is None else out + bias
 
     return activate(layer.activation, value.map(linear))
@@ -125,6 +126,7 @@ def multi_head_attention(
     del training, query_mask  # dropout is off at inference; MHA reads the query's Keras mask itself
     if key is None:
         key = value
+    parts = private.multi_head_parts(layer)
     q_mask = query.mask
     v_mask = value_mask if value_mask is not None else value.mask
     k_mask = key_mask if key_mask is not None else (key.mask if key is not value else None)
@@ -136,77 +138,74 @@ def multi_head_attention(
         and v_mask is None
         and k_mask is None
         and given_mask is None
-        and getattr(layer, "_sliding_window", None) is None
+        and parts.sliding_window is None
     )
     if causal_only:
         mask = None
     else:
-        mask = layer._compute_attention_mask(
+        mask = private.attention_mask(
+            layer,
             query.x, value.x, query_mask=q_mask, value_mask=v_mask, key_mask=k_mask, attention_mask=given_mask,
             use_causal_mask=use_causal_mask,
         )
-    gate = call_layer(layer._gate_dense, run, query) if getattr(layer, "_use_gate", False) else None
-    q = call_layer(layer._query_dense, run, query)
-    k = call_layer(layer._key_dense, run, key)
-    v = call_layer(layer._value_dense, run, value)
-    dot_product_path = not (layer._dropout > 0.0 or return_attention_scores or q.x.shape.rank != 4)
-    half = q.x.dtype in (tf.float16, tf.bfloat16)
-    scale = layer._inverse_sqrt_key_dim
+    gate = call_layer(parts.gate, run, query) if parts.gate is not None else None
+    q = call_layer(parts.query, run, query)
+    k = call_layer(parts.key, run, key)
+    v = call_layer(parts.value, run, value)
+    dot_product_path = not (parts.dropout > 0.0 or return_attention_scores or len(q.x.shape) != 4)
+    half = q.x.dtype in ("float16", "bfloat16")
+    scale = parts.inverse_sqrt_key_dim
     if dot_product_path:  # ops.dot_product_attention: scaled logits in float32 at least, masked by `where`
-        logits = dual.bilinear(lambda a, b: tf.einsum("BTNH,BSNH->BNTS", a, b), q, k)
+        logits = dual.bilinear(lambda a, b: ops.einsum("BTNH,BSNH->BNTS", a, b), q, k)
         if half:
-            logits = logits.map(lambda t: tf.cast(t, tf.float32))
-        logits = logits.map(lambda t: t * tf.cast(scale, t.dtype))
+            logits = logits.map(lambda t: ops.cast(t, "float32"))
+        logits = logits.map(lambda t: t * ops.cast(scale, t.dtype))
         keep = None
         if causal_only:
             steps_q, steps_k = logits.x.shape[2], logits.x.shape[3]
-            keep = tf.linalg.band_part(tf.ones((steps_q, steps_k), tf.bool), -1, 0)[None, None]
+            keep = ops.cast(ops.tril(ops.ones((steps_q, steps_k), "int32")), "bool")[None, None]
         elif mask is not None:
-            keep = tf.cast(mask, tf.bool)
-            for _ in range(4 - keep.shape.rank):
-                keep = tf.expand_dims(keep, -len(layer._attention_axes) * 2 - 1)
+            keep = ops.cast(mask, "bool")
+            for _ in range(4 - len(keep.shape)):
+                keep = ops.expand_dims(keep, -len(parts.attention_axes) * 2 - 1)
         if keep is not None:
-            from keras.src.backend.tensorflow.nn import _get_large_negative
-
-            floor = _get_large_negative(logits.x.dtype)
-            keep = tf.broadcast_to(keep, tf.shape(logits.x))
-            logits = logits.map(lambda t: tf.where(keep, t, tf.cast(floor, t.dtype)))
+            floor = private.attention_floor(logits.x.dtype)
+            keep = ops.broadcast_to(keep, ops.shape(logits.x))
+            logits = logits.map(lambda t: ops.where(keep, t, ops.cast(floor, t.dtype)))
         weights = dual.softmax(logits, -1)
         if half:
-            weights = weights.map(lambda t: tf.cast(t, v.x.dtype))
-        out = dual.bilinear(lambda a, b: tf.einsum("BNTS,BSNH->BTNH", a, b), weights, v)
+            weights = weights.map(lambda t: ops.cast(t, v.x.dtype))
+        out = dual.bilinear(lambda a, b: ops.einsum("BNTS,BSNH->BTNH", a, b), weights, v)
     else:  # the explicit path: scaled query, einsum, Softmax layer (an additive mask), einsum
         if use_causal_mask and mask is None:
-            mask = layer._compute_causal_mask(query.x, value.x)
-        q = q.map(lambda t: t * tf.cast(scale, t.dtype))
-        scores = dual.bilinear(lambda a, b: tf.einsum(layer._dot_product_equation, a, b), k, q)
-        axes = tuple(range(scores.x.shape.rank - len(layer._attention_axes), scores.x.shape.rank))
+            mask = private.causal_mask(layer, query.x, value.x)
+        q = q.map(lambda t: t * ops.cast(scale, t.dtype))
+        scores = dual.bilinear(lambda a, b: ops.einsum(parts.dot_product_equation, a, b), k, q)
+        axes = tuple(range(len(scores.x.shape) - len(parts.attention_axes), len(scores.x.shape)))
         if mask is not None:
-            mask = tf.cast(mask, tf.bool)
-            for _ in range(scores.x.shape.rank - mask.shape.rank):
-                mask = tf.expand_dims(mask, -len(layer._attention_axes) * 2 - 1)
-            from keras.src.layers.activations.softmax import _large_negative_number
-
-            adder = (1.0 - tf.cast(mask, scores.x.dtype)) * tf.cast(_large_negative_number(scores.x.dtype.name), scores.x.dtype)
+            mask = ops.cast(mask, "bool")
+            for _ in range(len(scores.x.shape) - len(mask.shape)):
+                mask = ops.expand_dims(mask, -len(parts.attention_axes) * 2 - 1)
+            adder = (1.0 - ops.cast(mask, scores.x.dtype)) * ops.cast(private.softmax_floor(scores.x.dtype), scores.x.dtype)
             scores = scores.map(lambda t: t + adder)
         weights = dual.softmax(scores, axes if len(axes) > 1 else axes[0])
-        out = dual.bilinear(lambda a, b: tf.einsum(layer._combine_equation, a, b), weights, v)
+        out = dual.bilinear(lambda a, b: ops.einsum(parts.combine_equation, a, b), weights, v)
     if gate is not None:
         out = dual.product(out, gate)
-    out = call_layer(layer._output_dense, run, out)
+    out = call_layer(parts.output, run, out)
     if return_attention_scores:
         return out, weights
     return out
 
 
 # -- normalization ---------------------------------------------------------------------------------
-def _normalized_axes(layer: keras.layers.Layer, value: Dual) -> tuple[Dual, tf.DType, list[int], float, list[int]]:
+def _normalized_axes(layer: keras.layers.Layer, value: Dual) -> tuple[Dual, Any, list[int], float, list[int]]:
     """What LayerNormalization and RMSNormalization share: the input in their compute dtype
     (float64 stays, anything else float32), the normalized axes, epsilon, and the shape that
     broadcasts a per-axis weight."""
-    compute = tf.float64 if value.x.dtype == tf.float64 else tf.float32
-    u = value.map(lambda t: tf.cast(t, compute)) if value.x.dtype != compute else value
-    rank = u.x.shape.rank
+    compute = "float64" if value.x.dtype == "float64" else "float32"
+    u = value.map(lambda t: ops.cast(t, compute)) if value.x.dtype != compute else value
+    rank = len(u.x.shape)
     axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]))
     epsilon = layer.epsilon if layer.epsilon is not None else keras.config.epsilon()
     shape = [u.x.shape[a] if a in axes else 1 for a in range(rank)]
@@ -219,38 +218,38 @@ def layer_normalization(layer: keras.layers.LayerNormalization, value: Dual) -> 
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     rms = bool(getattr(layer, "rms_scaling", False))
     out = dual.standardize(u, axes, epsilon, centre=True, centre_output=not rms)
-    gamma = None if layer.gamma is None else tf.reshape(weight(layer.gamma, compute), shape)
-    beta = None if (layer.beta is None or rms) else tf.reshape(weight(layer.beta, compute), shape)
+    gamma = None if layer.gamma is None else ops.reshape(weight(layer.gamma, compute), shape)
+    beta = None if (layer.beta is None or rms) else ops.reshape(weight(layer.beta, compute), shape)
     if gamma is not None:
         out = out.map(lambda t: t * gamma)
     if beta is not None:
         out = out.map(lambda t: t + beta)
-    target = tf.as_dtype(layer.compute_dtype)
-    return out.map(lambda t: tf.cast(t, target)) if target != compute else out
+    target = dtype_name(layer.compute_dtype)
+    return out.map(lambda t: ops.cast(t, target)) if target != compute else out
 
 
 def group_normalization(layer: keras.layers.GroupNormalization, value: Dual) -> Dual:
     """``GroupNormalization``: the channels in groups, each group standardized over its channels
     and the other non-batch axes, then the per-channel scale and centre (linear)."""
-    grouped = value.map(layer._reshape_into_groups)
+    grouped = value.map(lambda t: private.groups(layer, t))
     original = grouped.x.dtype
-    compute = tf.float64 if original == tf.float64 else tf.float32
+    compute = "float64" if original == "float64" else "float32"
     if original != compute:
-        grouped = grouped.map(lambda t: tf.cast(t, compute))
-    axes = list(range(1, grouped.x.shape.rank))
+        grouped = grouped.map(lambda t: ops.cast(t, compute))
+    axes = list(range(1, len(grouped.x.shape)))
     axes.pop(-2 if layer.axis == -1 else layer.axis - 1)
     out = dual.standardize(grouped, axes, layer.epsilon)
-    broadcast = layer._create_broadcast_shape(value.x.shape)
+    broadcast = private.group_broadcast_shape(layer, value.x.shape)
     if layer.scale:
-        gamma = tf.reshape(weight(layer.gamma, compute), broadcast)
+        gamma = ops.reshape(weight(layer.gamma, compute), broadcast)
         out = out.map(lambda t: t * gamma)
     if layer.center:
-        beta = tf.reshape(weight(layer.beta, compute), broadcast)
+        beta = ops.reshape(weight(layer.beta, compute), broadcast)
         out = out.map(lambda t: t + beta)
-    shape = tf.shape(value.x)
-    out = out.map(lambda t: tf.reshape(tf.cast(t, original), shape))
-    target = tf.as_dtype(layer.compute_dtype)
-    return out.map(lambda t: tf.cast(t, target)) if target != original else out
+    shape = ops.shape(value.x)
+    out = out.map(lambda t: ops.reshape(ops.cast(t, original), shape))
+    target = dtype_name(layer.compute_dtype)
+    return out.map(lambda t: ops.cast(t, target)) if target != original else out
 
 
 def rms_normalization(layer: keras.layers.Layer, value: Dual) -> Dual:
@@ -259,7 +258,7 @@ def rms_normalization(layer: keras.layers.Layer, value: Dual) -> Dual:
     u, compute, axes, epsilon, shape = _normalized_axes(layer, value)
     out = dual.standardize(u, axes, epsilon, centre=False)
     if getattr(layer, "scale", None) is not None:
-        scale = tf.reshape(weight(layer.scale, compute), shape)
+        scale = ops.reshape(weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)
-    target = tf.as_dtype(layer.compute_dtype)
-    return out.map(lambda t: tf.cast(t, target)) if target != compute else out
+    target = dtype_name(layer.compute_dtype)
+    return out.map(lambda t: ops.cast(t, target)) if target != compute else out

@@ -26,6 +26,28 @@ def dtype_name(dtype: Any) -> str:
     return str(keras.backend.standardize_dtype(dtype))
 
 
+def computed_dtype(dtype: Any) -> str:
+    """The precision the backend computes a declared ``dtype`` in. JAX without ``jax_enable_x64`` computes
+    float64 (and int64) in float32 (int32); with it, Keras 3 on JAX still computes some float64 ops in
+    float32 (``ops.tanh`` of a float64 tensor is float32: its dtype promotion takes a Python float as
+    float32), so a float64 model there is exact to float32 rounding only, checked at that precision."""
+    declared = dtype_name(dtype)
+    if name() == "jax" and declared in ("float64", "int64", "uint64"):
+        import jax
+
+        if not jax.config.read("jax_enable_x64"):
+            return declared.replace("64", "32")
+        if declared == "float64" and not _keeps_float64():
+            return "float32"
+    return declared
+
+
+def _keeps_float64() -> bool:
+    """Whether this Keras computes ``tanh`` of a float64 tensor in float64 (asked each time: x64 may change)."""
+    probe = keras.ops.tanh(keras.ops.convert_to_tensor([0.5], "float64"))
+    return dtype_name(probe.dtype) == "float64"
+
+
 def finfo(dtype: Any) -> Any:
     """The limits of a floating dtype of any backend (``eps``, ``tiny``, ``max``; numpy's finfo lacks bfloat16)."""
     return ml_dtypes.finfo(dtype_name(dtype))
@@ -45,3 +67,84 @@ def derivative(fn: Callable[[Any], Any], point: Any) -> Any:
         tape.watch(point)
         total = fn(point)
     return tape.gradient(total, point, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+# -- the gradient of a pass ---------------------------------------------------------------------------
+class Marks:
+    """The tensors a pass's gradient is taken with respect to, marked as the pass meets them (the floating
+    inputs, then the embeddings token inputs reach): :meth:`mark` returns the tensor the pass goes on with.
+
+    On TensorFlow a tape watches each; on JAX each is replaced by the next of ``primals`` (the arguments
+    ``jax.vjp`` differentiates, equal in value), and one met beyond them is kept as it is and listed in
+    ``missing``: the engine then runs the pass again with it among the primals."""
+
+    def __init__(self, tape: Any = None, primals: list[Any] | None = None) -> None:
+        self.tape, self.primals = tape, primals
+        self.marked: list[Any] = []
+        self.missing: list[Any] = []
+
+    def mark(self, t: Any) -> Any:
+        if self.tape is not None:
+            self.tape.watch(t)
+        elif self.primals is not None:
+            index = len(self.marked)
+            if index < len(self.primals):
+                t = self.primals[index]
+            else:
+                self.missing.append(t)
+        self.marked.append(t)
+        return t
+
+
+def gradient(run_pass: Callable[[Marks], tuple[Any, Any]], primals: list[Any]) -> tuple[Any, list[Any]]:
+    """``run_pass(marks)`` returns ``(target, aux)``; the gradient of ``sum(target)`` with respect to every
+    tensor the pass marked (``primals``: the floating inputs, marked first), zeros where unconnected.
+    Returns ``(aux, gradients)``, the aux's tensors concrete."""
+    if name() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        known = list(primals)
+        while True:
+            marks = Marks(primals=known)
+
+            def traced(values: list[Any], marks: Marks = marks) -> tuple[Any, Any]:
+                marks.primals = values
+                return run_pass(marks)
+
+            target, pullback, aux = jax.vjp(traced, known, has_aux=True)
+            if not marks.missing:
+                return aux, list(pullback(jnp.ones_like(target))[0])
+            known = known + [jax.lax.stop_gradient(t) for t in marks.missing]  # (embeddings: constants of the inputs)
+    import tensorflow as tf
+
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        marks = Marks(tape=tape)
+        target, aux = run_pass(marks)
+    return aux, tape.gradient(target, marks.marked, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (of tensors, returning tensors) compiled once per input shape: ``tf.function`` or ``jax.jit``."""
+    if name() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, reduce_retracing=True)
+
+
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a tensor of the backend (not a Python number, a numpy array or a Dual)."""
+    return bool(keras.ops.is_tensor(value))
+
+
+def is_floating(dtype: Any) -> bool:
+    return dtype_name(dtype).startswith(("float", "bfloat"))
+
+
+def to_numpy(t: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(keras.ops.convert_to_numpy(t))

@@ -1,8 +1,8 @@
-"""The Keras engine: Keras 3 models on the TensorFlow backend.
+"""The Keras engine: Keras 3 models on the TensorFlow and JAX backends.
 
 The model's own layer graph runs on pairs of tensors (:class:`~rnnshap.engines.keras.dual.Dual`):
 the explained inputs and their references, each pair through every layer by its rule, with one
-``tf.GradientTape`` gradient for all selected outputs giving the multipliers.
+gradient for all selected outputs (``backend.gradient``: a ``tf.GradientTape``, or ``jax.vjp``) giving the multipliers.
 
 Because that pass re-implements each layer, every pass checks its outputs against the model's own
 (:meth:`KerasEngine._verify`): on the input side against ``model(x)``, on the reference side against
@@ -16,18 +16,19 @@ import weakref
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-from keras.src import tree as keras_tree
-from keras.src.models.functional import Functional
+from keras import ops
+from keras import tree as keras_tree
 
 from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
-from . import fused
+from . import backend, fused
+from .backend import Tensor, dtype_name, to_numpy
 from .datasets import dataset_rows, is_dataset
 from .dual import Dual
 from .layer_rules import problems
 from .pass_state import Run, TokenDual, refusal
+from .private import Functional, check_version, flat_layers, inputs_struct
 from .training_calls import refuse_training_calls
 from .walker import run_model
 
@@ -42,12 +43,12 @@ _INTEGER = ("int32", "int64", "int16", "int8", "uint8", "bool")
 
 def _concatenate(parts: list[Dual]) -> Dual:
     """Several output Duals as one: each flattened per row, in a common dtype, concatenated."""
-    dtype = max((d.x.dtype for d in parts), key=lambda t: t.size)
+    dtype = max((dtype_name(d.x.dtype) for d in parts), key=lambda t: np.dtype(t).itemsize if t != "bfloat16" else 2)
 
-    def flat(t: tf.Tensor) -> tf.Tensor:
-        return tf.cast(tf.reshape(t, (tf.shape(t)[0], -1)), dtype)
+    def flat(t: Tensor) -> Tensor:
+        return ops.cast(ops.reshape(t, (ops.shape(t)[0], -1)), dtype)
 
-    return Dual(tf.concat([flat(d.x) for d in parts], 1), tf.concat([flat(d.r) for d in parts], 1))
+    return Dual(ops.concatenate([flat(d.x) for d in parts], 1), ops.concatenate([flat(d.r) for d in parts], 1))
 
 
 def _floating(dtype: str | None) -> bool:
@@ -67,9 +68,11 @@ def _model_call(model: Any, multi_input: bool, names: tuple[str, ...] | None = N
     if key not in calls:
         held = weakref.ref(model)  # the cache must not keep the model alive
 
-        def call(tensors: list[tf.Tensor]) -> Any:
+        def call(tensors: list[Tensor]) -> Any:
             inputs = dict(zip(names, tensors, strict=True)) if names else tensors if multi_input else tensors[0]
             return held()(inputs, training=False)  # type: ignore[misc]
+
+        import tensorflow as tf
 
         calls[key] = tf.function(call, autograph=False, reduce_retracing=True)
     return calls[key]
@@ -80,7 +83,7 @@ def _input_names(model: Any) -> list[str] | None:
     on a dict of ``keras.Input``: its keys; else the Inputs' names), or None for another model."""
     if not isinstance(model, Functional):
         return None
-    struct = getattr(model, "_inputs_struct", None)
+    struct = inputs_struct(model)
     if isinstance(struct, dict):
         return [str(key) for key in sorted(struct)]  # (keras flattens a dict by sorted key)
     return [str(t.name) for t in model.inputs]
@@ -92,6 +95,7 @@ class KerasEngine(Engine):
     name = "keras (tensorflow)"
 
     def __init__(self, model: Any, data: Any, output: OutputChoice = None) -> None:
+        check_version()  # the private parts of Keras it reads (private.py) are those of the verified releases
         refuse_training_calls(model)
         data = dataset_rows(data, "background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
         found = problems(model)
@@ -157,7 +161,7 @@ class KerasEngine(Engine):
         tolerance of the additivity check and of the pass's check against the model."""
         dtypes = {self._dtypes[i] for i in range(len(self._dtypes)) if i not in self.token_inputs}
         try:
-            layers = list(self.model._flatten_layers(include_self=False, recursive=True))
+            layers = flat_layers(self.model)
         except (AttributeError, TypeError):
             layers = list(getattr(self.model, "layers", []))
         import keras
@@ -165,14 +169,15 @@ class KerasEngine(Engine):
         for layer in layers:
             if not isinstance(layer, (keras.Model, keras.layers.InputLayer)):
                 dtypes.add(str(getattr(layer, "compute_dtype", "")))
+        dtypes = {backend.computed_dtype(d) if d in _PRECISION else d for d in dtypes}  # (JAX without x64: float32)
         known = [d for d in _PRECISION if d in dtypes]
-        return known[0] if known else str(self.model.compute_dtype)
+        return known[0] if known else backend.computed_dtype(self.model.compute_dtype)
 
     def _probe(self, outputs: np.ndarray) -> None:
         """A pass over two pairs of background rows: it lists every operation without a rule (in traced
         custom calls too) and checks that the pass computes the model."""
         xs, rs = [b[:2] for b in self.background], [b[-2:] for b in self.background]
-        out, _, run = self._dual_pass(xs, rs, tape=None, collect=True)
+        out, run = self._dual_pass(xs, rs, None, collect=True)
         if run.collect:
             raise refusal(run.collect)
         self.dtype = self._least_precise()
@@ -359,13 +364,13 @@ class KerasEngine(Engine):
     def _compiled_call(self, arrays: list[np.ndarray]) -> Any:
         """The model's outputs from a compiled call (``tf.function``, traced once per shape), or None
         where that fails: the caller then calls the model eagerly (and reports a bad input)."""
-        if self._model_graph is False:
-            return None
+        if self._model_graph is False or backend.name() != "tensorflow":
+            return None  # (on JAX: the eager call)
         if self._model_graph is None:
             names = tuple(self.input_names) if self.input_names is not None else None
             self._model_graph = _model_call(self.model, self.multi_input, names)
         try:
-            return self._model_graph([tf.convert_to_tensor(a) for a in arrays])
+            return self._model_graph([ops.convert_to_tensor(a) for a in arrays])
         except Exception:  # noqa: BLE001 - any failure: the eager call decides, and says what is wrong
             self._model_graph = False
             return None
@@ -373,13 +378,15 @@ class KerasEngine(Engine):
     # -- the dual pass -----------------------------------------------------------------------------
     def _graph_pass(
         self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None = None
-    ) -> tuple[Dual, Run, list[tf.Tensor]] | None:
+    ) -> tuple[Dual, Run, list[Tensor]] | None:
         """The dual pass and its gradient as one compiled TensorFlow graph (``tf.function``, traced
         once per block shape): the same operations as the eager pass without Python's cost per
         operation and time step. None where the pass cannot be traced (token inputs, a layer whose
         rule needs eager values): the caller runs it eagerly; a failed trace is not tried again."""
-        if self._graph is False or self.token_inputs:
+        if self._graph is False or self.token_inputs or backend.name() != "tensorflow":
             return None
+        import tensorflow as tf
+
         if self._graph is None:
             self._graph = tf.function(self._graph_body, autograph=False)
         try:
@@ -402,46 +409,54 @@ class KerasEngine(Engine):
         return Dual(x, r), run, grads
 
     def _graph_body(
-        self, xs: list[tf.Tensor], rs: list[tf.Tensor], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None
-    ) -> tuple[tf.Tensor, ...]:
+        self, xs: list[Tensor], rs: list[Tensor], chosen_columns: Tensor, grid: tuple[int, int, int] | None
+    ) -> tuple[Tensor, ...]:
         out, run, grads = self._pass_and_gradient(xs, rs, chosen_columns, grid)
-        agree = run.agree if run.agree is not None else tf.ones((run.rows,), tf.bool)
+        agree = run.agree if run.agree is not None else ops.ones((run.rows,), "bool")
         return out.x, out.r, agree, grads
 
     def _pass_and_gradient(
-        self, xs: list[Any], rs: list[Any], chosen_columns: tf.Tensor, grid: tuple[int, int, int] | None = None
-    ) -> tuple[Dual, Run, list[tf.Tensor]]:
+        self, xs: list[Any], rs: list[Any], chosen_columns: Tensor, grid: tuple[int, int, int] | None = None
+    ) -> tuple[Dual, Run, list[Tensor]]:
         """The dual pass, and the gradient of row i's output ``chosen_columns[i]`` with respect to the
-        floating inputs and then the embeddings the token inputs reach. ``grid``: the rows' layout
-        of (copies, samples, references) pairs, which lets recurrent layers run on distinct rows."""
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            out, watched, run = self._dual_pass(xs, rs, tape, grid=grid)
-            chosen = tf.gather(tf.reshape(out.x, (int(chosen_columns.shape[0]), -1)), chosen_columns[:, None], batch_dims=1)
-        sources = watched + [e for _, e, _ in run.embedded]
-        return out, run, tape.gradient(chosen, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        floating inputs and then the embeddings the token inputs reach (``backend.gradient``: a tape on
+        TensorFlow, ``jax.vjp`` on JAX). ``grid``: the rows' layout of (copies, samples, references)
+        pairs, which lets recurrent layers run on distinct rows."""
+        floating = [ops.convert_to_tensor(x) for i, x in enumerate(xs) if i not in self.token_inputs]
+        kept: dict[str, Any] = {}
+
+        def run_pass(marks: backend.Marks) -> tuple[Tensor, Any]:
+            out, run = self._dual_pass(xs, rs, marks, grid=grid)
+            kept["run"] = run  # its Python state; its tensors come back through the aux
+            chosen = ops.take_along_axis(ops.reshape(out.x, (int(chosen_columns.shape[0]), -1)), chosen_columns[:, None], 1)
+            return chosen, (out.x, out.r, run.agree, [(e_x, e_r) for _, e_x, e_r in run.embedded])
+
+        (x, r, agree, embedded), grads = backend.gradient(run_pass, floating)
+        run = kept["run"]
+        run.agree = agree
+        run.embedded = [(index, e_x, e_r) for (index, _, _), (e_x, e_r) in zip(run.embedded, embedded, strict=True)]
+        return Dual(x, r), run, grads
 
     def _dual_pass(
         self,
         xs: list[np.ndarray],
         rs: list[np.ndarray],
-        tape: tf.GradientTape | None,
+        marks: backend.Marks | None,
         collect: bool = False,
         grid: tuple[int, int, int] | None = None,
-    ) -> tuple[Dual, list[tf.Tensor], Run]:
-        run = Run(tape, int(xs[0].shape[0]))
+    ) -> tuple[Dual, Run]:
+        run = Run(marks, int(xs[0].shape[0]))
         run.grid = grid
         if collect:
             run.collect = []
-        watched: list[tf.Tensor] = []
         duals: list[Dual] = []
         for index, (x, r) in enumerate(zip(xs, rs, strict=True)):
-            tx, tr = tf.convert_to_tensor(x), tf.convert_to_tensor(r)
+            tx, tr = ops.convert_to_tensor(x), ops.convert_to_tensor(r)
             if index in self.token_inputs:
                 duals.append(TokenDual(tx, tr, index))
             else:
-                if tape is not None:
-                    tape.watch(tx)
-                watched.append(tx)
+                if marks is not None:
+                    tx = marks.mark(tx)
                 duals.append(Dual(tx, tr))
         if self._model_order is not None:  # the model's named inputs, in its order
             duals = [duals[i] for i in self._model_order]
@@ -451,7 +466,7 @@ class KerasEngine(Engine):
             raise RnnShapError(
                 "An output of this Keras model does not depend on its inputs (or only through masks); rnnshap cannot attribute it"
             )
-        return self._take(out, flat, _concatenate), watched, run
+        return self._take(out, flat, _concatenate), run
 
     def _verify(self, out: Dual, run: Run, model_x: np.ndarray, model_r: np.ndarray, grid: tuple[int, int, int]) -> None:
         """Check that the pass computed the model: ``out`` holds the pass's outputs for a grid of
@@ -503,9 +518,9 @@ class KerasEngine(Engine):
         grid = (k, s, n_refs)
         graph = self._graph_pass(xs, rs, chosen_columns, grid)
         if graph is None:
-            graph = self._pass_and_gradient(xs, rs, tf.convert_to_tensor(chosen_columns), grid)
+            graph = self._pass_and_gradient(xs, rs, ops.convert_to_tensor(chosen_columns), grid)
         out, run, grads = graph
-        flat = tf.reshape(out.x, (k * p, -1))
+        flat = ops.reshape(out.x, (k * p, -1))
         model_x = self._model_outputs(inputs, block.s0, block.s1).reshape(1, s, 1, -1)
         model_r = self.background_outputs[block.r0 : block.r1].reshape(1, 1, n_refs, -1)
         self._verify(out, run, model_x, model_r, (k, s, n_refs))
@@ -519,15 +534,15 @@ class KerasEngine(Engine):
         sums = [np.zeros((k, s, *((n_refs,) if per_pair else ()), *x.shape[1:])) for x in inputs]
         floating = [t for t in range(len(inputs)) if t not in self.token_inputs]
         for t, grad in zip(floating, grads[: len(floating)], strict=True):
-            sums[t] += per_sample(grad.numpy().astype(np.float64) * (xs[t].astype(np.float64) - rs[t].astype(np.float64)))
+            sums[t] += per_sample(to_numpy(grad).astype(np.float64) * (xs[t].astype(np.float64) - rs[t].astype(np.float64)))
         for (t, ex, er), grad in zip(run.embedded, grads[len(floating) :], strict=True):
-            difference = ex.numpy().astype(np.float64) - er.numpy().astype(np.float64)
-            per_token = (grad.numpy().astype(np.float64) * difference).sum(-1)
+            difference = to_numpy(ex).astype(np.float64) - to_numpy(er).astype(np.float64)
+            per_token = (to_numpy(grad).astype(np.float64) * difference).sum(-1)
             if per_token.shape[1:] != sums[t].shape[3 if per_pair else 2 :]:
                 raise InputError(
                     f"Input {t} (token ids) of shape {inputs[t].shape} reaches an embedding with shape {tuple(ex.shape[:-1])}"
                 )
             sums[t] += per_sample(per_token)
-        model_outputs = flat[:p].numpy().astype(np.float64).reshape(s, n_refs, -1)[:, 0]
-        ref_sums = tf.reshape(out.r, flat.shape)[:p].numpy().astype(np.float64).reshape(s, n_refs, -1).sum(1)
+        model_outputs = to_numpy(flat[:p]).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
+        ref_sums = to_numpy(ops.reshape(out.r, flat.shape)[:p]).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)

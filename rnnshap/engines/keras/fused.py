@@ -30,6 +30,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from . import backend
 from .dual import CLOSED_FORMS, Dual, small_delta_threshold
 
 L = keras.layers
@@ -38,6 +39,8 @@ L = keras.layers
 def applies(cell: Any, mask: Any, zero_start: bool, grid: tuple[int, int, int] | None, steps: int, rows: int) -> bool:
     """Whether the fast path computes this call of ``cell`` (see the module docstring): an LSTM cell,
     or a GRU cell with ``reset_after`` (Keras 3's default)."""
+    if backend.name() != "tensorflow":  # (its compiled kernel and custom gradient are TensorFlow's)
+        return False
     if grid is None or mask is not None or not zero_start or steps < 2:
         return False
     if rows != grid[0] * grid[1] * grid[2]:  # TimeDistributed, or rows concatenated inside a layer: not the grid

@@ -23,14 +23,16 @@ import numbers
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from ...operations import KERAS_PARAMETRIC_PIECEWISE, keras_binary, keras_op_families, keras_structured
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
+from .backend import Tensor
 from .dual import Dual, PickedIndices
 from .pass_state import Run
 from .picked import Unsupported
+from .private import is_keras_op as is_op
 
 #: linear in every input-dependent argument: both sides run through the op itself
 LINEAR = {
@@ -72,7 +74,7 @@ PICKS = set(keras_structured("pick"))
 STRUCTURED = set(keras_structured("structured", "reduction"))
 #: closed-form secant slopes for these unary ops (better conditioned than the quotient), with the
 #: function (None: the op's own)
-SLOPES: dict[str, tuple[Callable[[tf.Tensor], tf.Tensor] | None, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]] = {
+SLOPES: dict[str, tuple[Callable[[Tensor], Tensor] | None, Callable[[Tensor, Tensor], Tensor]]] = {
     n: dual.SLOPES_BY_NAME[entry.name] for n, entry in ELEMENTWISE.items() if entry.family == "secant"
 }
 
@@ -82,7 +84,7 @@ def name(op: Any) -> str:
 
 
 def is_keras_op(op: Any) -> bool:
-    return type(op).__module__.startswith("keras.src.ops")
+    return is_op(op)
 
 
 #: keras ops a Functional graph computes masks with (Masking: NotEqual + Any; Embedding: NotEqual;
@@ -95,7 +97,7 @@ MASK_OPS = {
 
 def is_mask_op(op: Any) -> bool:
     """Whether ``op`` is a keras op that computes a mask (run on the explained input, see ``walker.call_layer``)."""
-    return type(op).__name__ in MASK_OPS and type(op).__module__.startswith("keras.src.ops")
+    return type(op).__name__ in MASK_OPS and is_op(op)
 
 
 def supported(op: Any) -> bool:
@@ -135,8 +137,8 @@ def _with(args: tuple[Any, ...], kwargs: dict[str, Any], replace: dict[Any, Any]
     return new_args, new_kwargs
 
 
-def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any) -> Callable[[tf.Tensor], tf.Tensor]:
-    def fn(t: tf.Tensor) -> tf.Tensor:
+def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any) -> Callable[[Tensor], Tensor]:
+    def fn(t: Tensor) -> Tensor:
         a, k = _with(args, kwargs, {where: t})
         return op(*a, **k)
 
@@ -229,7 +231,7 @@ def _by_rule(
             if n in DIVISION:  # a / b = a ⊙ (1/b): the Shapley rule on the product, Rescale on 1/b
                 return dual.product(a, dual.reciprocal(b))
 
-            def fn(ta: tf.Tensor, tb: tf.Tensor) -> tf.Tensor:
+            def fn(ta: Tensor, tb: Tensor) -> Tensor:
                 new_args, new_kwargs = _with(args, kwargs, {pa: ta, pb: tb})
                 return op(*new_args, **new_kwargs)
 
@@ -251,7 +253,7 @@ def _by_rule(
         if len(found) == 2 and all(d is not None for _, d in found):
             (pa, a), (pb, b) = found
 
-            def fn2(ta: tf.Tensor, tb: tf.Tensor) -> tf.Tensor:
+            def fn2(ta: Tensor, tb: Tensor) -> Tensor:
                 new_args, new_kwargs = _with(args, kwargs, {pa: ta, pb: tb})
                 return op(*new_args, **new_kwargs)
 
@@ -275,7 +277,7 @@ def _ordering(op: Any, n: str, value: Dual, unsupported: Unsupported) -> Dual | 
     with their handle, :mod:`~rnnshap.engines.keras.picked`): each value's change credited to the position
     that decided its rank (see :func:`dual.ranked_values`), the values of the torch backend's ``torch.sort``
     / ``torch.topk`` rules."""
-    rank = value.x.shape.rank
+    rank = len(value.x.shape)
     if n == "TopK":
         if not op.sorted:
             raise unsupported(
@@ -284,27 +286,27 @@ def _ordering(op: Any, n: str, value: Dual, unsupported: Unsupported) -> Dual | 
                 "the reference's by rank: use sorted=True",
             )
         values = dual.ranked_values(value, int(op.k), largest=True)
-        index_x, index_r = (tf.math.top_k(t, k=int(op.k), sorted=True).indices for t in (tf.stop_gradient(value.x), value.r))
+        index_x, index_r = (ops.top_k(t, k=int(op.k), sorted=True)[1] for t in (ops.stop_gradient(value.x), value.r))
         return values, picked.top_k_indices(value, index_x, index_r)
     axis = -1 if op.axis is None else int(op.axis) % rank
     if op.axis is None or axis == 0:
         raise unsupported(op, f"sort over axis {op.axis} orders across the samples of the batch")
-    moved = value.map(lambda t: tf.experimental.numpy.moveaxis(t, axis, -1))
+    moved = value.map(lambda t: ops.moveaxis(t, axis, -1))
     ordered = dual.ranked_values(moved, int(moved.x.shape[-1]), largest=False)
-    return ordered.map(lambda t: tf.experimental.numpy.moveaxis(t, -1, axis))
+    return ordered.map(lambda t: ops.moveaxis(t, -1, axis))
 
 
 def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, inverse: Dual) -> Dual:
     """``c / b`` for a constant ``c``: ``c ⊙ (1/b)``, linear in the Rescaled ``1/b``."""
     numerator = args[0] if position != 0 and args else kwargs.get("x1")
 
-    def scaled(t: tf.Tensor) -> tf.Tensor:
+    def scaled(t: Tensor) -> Tensor:
         if numerator is None:
             return t
         if isinstance(numerator, (int, float)):
-            constant = tf.constant(numerator, t.dtype)
+            constant = ops.convert_to_tensor(numerator, t.dtype)
         else:
-            constant = tf.cast(tf.convert_to_tensor(numerator), t.dtype)
+            constant = ops.cast(ops.convert_to_tensor(numerator), t.dtype)
         return constant * t
 
     return inverse.map(scaled)
@@ -317,7 +319,7 @@ def _axes(axis: Any, rank: int) -> list[int]:
 
 
 def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dict[str, Any], unsupported: Unsupported) -> Dual:
-    rank = value.x.shape.rank
+    rank = len(value.x.shape)
     if n in ("Softmax", "LogSoftmax"):
         axis = op.axis if not isinstance(op.axis, (list, tuple)) or len(op.axis) != 1 else op.axis[0]
         return dual.softmax(value, axis) if n == "Softmax" else dual.log_softmax(value, axis)
@@ -349,9 +351,9 @@ def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dic
         shape[a] = value.x.shape[a]
     weight_shape = shape if len(axes) > 1 or axes != [rank - 1] else [-1]
     if gamma is not None:
-        g = tf.reshape(tf.cast(tf.convert_to_tensor(gamma), value.x.dtype), weight_shape)
+        g = ops.reshape(ops.cast(ops.convert_to_tensor(gamma), value.x.dtype), weight_shape)
         out = out.map(lambda t: t * g)
     if beta is not None and not op.rms_scaling:
-        b = tf.reshape(tf.cast(tf.convert_to_tensor(beta), value.x.dtype), weight_shape)
+        b = ops.reshape(ops.cast(ops.convert_to_tensor(beta), value.x.dtype), weight_shape)
         out = out.map(lambda t: t + b)
     return out

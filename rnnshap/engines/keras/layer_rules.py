@@ -25,14 +25,15 @@ from typing import Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras.src import tree as keras_tree
-from keras.src.models.functional import Functional
+from keras import ops
+from keras import tree as keras_tree
 
 from . import attention, dual, kops, recurrent, trace
 from .activations import activate, activation_problem, weight
+from .backend import Tensor, finfo, to_numpy
 from .dual import Dual
 from .pass_state import Run, TokenDual, Walker, bare, flat, integer_input_error, no_tokens, plain, unsupported, unsupported_in
+from .private import Functional, call_takes_mask, causal_padding, lambda_takes_mask, softmax_floor
 
 L = keras.layers
 
@@ -159,7 +160,7 @@ def _nested_model(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: A
     return walker.run_model(layer, inputs, run)
 
 
-def _with_mask(value: Dual, mask: tf.Tensor) -> Dual:
+def _with_mask(value: Dual, mask: Tensor) -> Dual:
     copy = TokenDual(value.x, value.r, value.index) if isinstance(value, TokenDual) else Dual(value.x, value.r)
     copy.mask = mask
     return copy
@@ -170,8 +171,8 @@ def _embedding(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any,
     if not isinstance(tokens, TokenDual):
         raise integer_input_error(-1, layer) if not isinstance(tokens, Dual) else _embedding_error(layer, tokens)
     ex, er = bare(layer(tokens.x)), bare(layer(tokens.r))
-    if run.tape is not None:
-        run.tape.watch(ex)
+    if run.marks is not None:
+        ex = run.marks.mark(ex)
     run.embedded.append((tokens.index, ex, er))
     return Dual(ex, er)
 
@@ -179,9 +180,10 @@ def _embedding(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any,
 def _embedding_error(layer: Any, tokens: Dual) -> Exception:
     from ...errors import InputError
 
-    fractional = [t for t in (tokens.x, tokens.r) if bool(tf.reduce_any(tf.not_equal(t, tf.round(t))))]
+    fractional = [t for t in (tokens.x, tokens.r) if bool(ops.any(ops.not_equal(t, ops.round(t))))]
     if fractional:
-        example = float(tf.boolean_mask(fractional[0], tf.not_equal(fractional[0], tf.round(fractional[0])))[0])
+        values = to_numpy(fractional[0])
+        example = float(values[values != np.round(values)][0])
         return InputError(
             f"Embedding {layer.name!r} receives fractional values ({example:g}): Keras casts them to integer ids, a "
             "step function of the values, which has no multiplier. Pass the token ids as integers (an integer array), "
@@ -204,7 +206,7 @@ def _traced(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **
     """A Lambda or a Layer/Model subclass with its own ``call()``: through the trace of its call (which
     may take token ids, to an Embedding inside)."""
     kind = trace.traced_kind(layer)
-    takes_mask = layer._fn_expects_mask_arg if kind == "lambda" else layer._call_has_mask_arg
+    takes_mask = lambda_takes_mask(layer) if kind == "lambda" else call_takes_mask(layer)
     if _uses_mask(call_mask) and takes_mask:
         why = "a Keras mask reaches its call(), which takes it; rnnshap traces call() without masks"
         return unsupported_in(layer, run, why, lambda: plain(layer, args, kwargs))
@@ -239,16 +241,16 @@ def _einsum_dense(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: A
 
 def _masking(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
     (value,) = args
-    keep = tf.reduce_any(tf.not_equal(value.x, layer.mask_value), axis=-1)
-    run.compare(keep, tf.reduce_any(tf.not_equal(value.r, layer.mask_value), axis=-1))
-    weight_ = tf.cast(keep[..., None], value.x.dtype)
+    keep = ops.any(ops.not_equal(value.x, layer.mask_value), axis=-1)
+    run.compare(keep, ops.any(ops.not_equal(value.r, layer.mask_value), axis=-1))
+    weight_ = ops.cast(keep[..., None], value.x.dtype)
     return Dual(value.x * weight_, value.r * weight_, keep)  # Masking's call sets the mask itself
 
 
 def _linear(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
     """A layer linear in its input at inference: both sides run through the layer itself."""
     (value,) = args
-    if layer._call_has_mask_arg:
+    if call_takes_mask(layer):
         kwargs["mask"] = call_mask
     return value.map(lambda t: bare(layer(t, training=False, **kwargs)))
 
@@ -274,15 +276,15 @@ def _masked_product(values: list[Dual]) -> Dual:
         if v.mask is None:
             factors.append(v)
             continue
-        keep = tf.broadcast_to(tf.expand_dims(v.mask, -1), tf.shape(v.x))
-        factors.append(Dual(tf.where(keep, v.x, tf.ones_like(v.x)), tf.where(keep, v.r, tf.ones_like(v.r))))
+        keep = ops.broadcast_to(ops.expand_dims(v.mask, -1), ops.shape(v.x))
+        factors.append(Dual(ops.where(keep, v.x, ops.ones_like(v.x)), ops.where(keep, v.r, ops.ones_like(v.r))))
         if every:
-            output_mask = keep if output_mask is None else tf.logical_or(output_mask, keep)
+            output_mask = keep if output_mask is None else ops.logical_or(output_mask, keep)
     out = dual.product(*factors)
     if output_mask is None:
         return out
-    zeros = tf.zeros_like(out.x)
-    return Dual(tf.where(output_mask, out.x, zeros), tf.where(output_mask, out.r, zeros), tf.reduce_any(output_mask, axis=-1))
+    zeros = ops.zeros_like(out.x)
+    return Dual(ops.where(output_mask, out.x, zeros), ops.where(output_mask, out.r, zeros), ops.any(output_mask, axis=-1))
 
 
 def _dense(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
@@ -291,8 +293,8 @@ def _dense(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **k
     return activate(layer.activation, u)
 
 
-def _dense_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
-    out = tf.tensordot(t, weight(layer.kernel, t.dtype), [[t.shape.rank - 1], [0]])
+def _dense_linear(layer: Any, t: Tensor) -> Tensor:
+    out = ops.tensordot(t, weight(layer.kernel, t.dtype), [[len(t.shape) - 1], [0]])
     return out + weight(layer.bias, t.dtype) if layer.use_bias else out
 
 
@@ -301,9 +303,9 @@ def _conv(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kw
     return activate(layer.activation, value.map(lambda t: _conv_linear(layer, t)))
 
 
-def _conv_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
+def _conv_linear(layer: Any, t: Tensor) -> Tensor:
     if layer.padding == "causal":  # Conv1D pads on the left, then convolves with "valid" padding
-        t = tf.pad(t, layer._compute_causal_padding())
+        t = ops.pad(t, causal_padding(layer))
         kernel = weight(layer.kernel, t.dtype)
         out = keras.ops.conv(
             t, kernel, strides=list(layer.strides), padding="valid", dilation_rate=layer.dilation_rate,
@@ -316,7 +318,7 @@ def _conv_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
             shape = (1,) * (layer.rank + 1) + (layer.filters,)
         else:
             shape = (1, layer.filters) + (1,) * layer.rank
-        out = out + tf.reshape(weight(layer.bias, t.dtype), shape)
+        out = out + ops.reshape(weight(layer.bias, t.dtype), shape)
     return out
 
 
@@ -327,7 +329,7 @@ def _depthwise_conv(layer: Any, run: Run, walker: Walker, call_mask: Any, *args:
     return activate(layer.activation, value.map(lambda t: _depthwise_linear(layer, t)))
 
 
-def _depthwise_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
+def _depthwise_linear(layer: Any, t: Tensor) -> Tensor:
     options = dict(strides=layer.strides, padding=layer.padding, dilation_rate=layer.dilation_rate, data_format=layer.data_format)
     if hasattr(layer, "pointwise_kernel"):  # separable
         out = keras.ops.separable_conv(
@@ -337,7 +339,7 @@ def _depthwise_linear(layer: Any, t: tf.Tensor) -> tf.Tensor:
         out = keras.ops.depthwise_conv(t, weight(layer.kernel, t.dtype), **options)
     if layer.use_bias:
         shape = (1,) * (layer.rank + 1) + (-1,) if layer.data_format == "channels_last" else (1, -1) + (1,) * layer.rank
-        out = out + tf.reshape(weight(layer.bias, t.dtype), shape)
+        out = out + ops.reshape(weight(layer.bias, t.dtype), shape)
     return out
 
 
@@ -348,12 +350,12 @@ def _activation(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any
 
 def _time_distributed(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
     (value,) = args
-    batch, steps = tf.shape(value.x)[0], value.x.shape[1]
+    batch, steps = ops.shape(value.x)[0], value.x.shape[1]
     inner_kwargs = {}
-    if _uses_mask(call_mask) and layer.layer._call_has_mask_arg:  # TimeDistributed hands each step its mask
-        inner_kwargs["mask"] = tf.reshape(call_mask, (-1, *call_mask.shape[2:]))
-    inner = walker.call_layer(layer.layer, run, value.map(lambda z: tf.reshape(z, (-1, *z.shape[2:]))), **inner_kwargs)
-    return Dual(*(tf.reshape(z, tf.concat([[batch, steps], tf.shape(z)[1:]], 0)) for z in (inner.x, inner.r)))
+    if _uses_mask(call_mask) and call_takes_mask(layer.layer):  # TimeDistributed hands each step its mask
+        inner_kwargs["mask"] = ops.reshape(call_mask, (-1, *call_mask.shape[2:]))
+    inner = walker.call_layer(layer.layer, run, value.map(lambda z: ops.reshape(z, (-1, *z.shape[2:]))), **inner_kwargs)
+    return Dual(*(ops.reshape(z, (batch, steps, *ops.shape(z)[1:])) for z in (inner.x, inner.r)))
 
 
 def _global_max(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
@@ -361,10 +363,10 @@ def _global_max(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any
     first = layer.data_format == "channels_first"
     value = _channels_last(value) if first else value
     spatial = value.x.shape[1:-1]
-    flat_ = value.map(lambda t: tf.reshape(t, (-1, int(np.prod(spatial)), t.shape[-1])))
+    flat_ = value.map(lambda t: ops.reshape(t, (-1, int(np.prod(spatial)), t.shape[-1])))
     pooled = dual.max_over(flat_, 1, keepdims=False)
     if layer.keepdims:
-        pooled = pooled.map(lambda t: tf.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
+        pooled = pooled.map(lambda t: ops.reshape(t, (-1, *([1] * len(spatial)), t.shape[-1])))
         return _channels_first(pooled) if first else pooled
     return pooled
 
@@ -401,13 +403,13 @@ def _windows(
 def _channels_last(value: Dual) -> Dual:
     """(N, C, *spatial) → (N, *spatial, C) on both sides: a linear move."""
     order = [0, *range(2, len(value.x.shape)), 1]
-    return value.map(lambda t: tf.transpose(t, order))
+    return value.map(lambda t: ops.transpose(t, order))
 
 
 def _channels_first(value: Dual) -> Dual:
     """(N, *spatial, C) → (N, C, *spatial) on both sides: a linear move."""
     rank = len(value.x.shape)
-    return value.map(lambda t: tf.transpose(t, [0, rank - 1, *range(1, rank - 1)]))
+    return value.map(lambda t: ops.transpose(t, [0, rank - 1, *range(1, rank - 1)]))
 
 
 def _window_max_last(layer: Any, value: Dual) -> Dual:
@@ -418,15 +420,15 @@ def _window_max_last(layer: Any, value: Dual) -> Dual:
     spatial = tuple(int(d) for d in value.x.shape[1:-1])
     index, out_shape = _windows(spatial, tuple(layer.pool_size), tuple(layer.strides), layer.padding == "same")
     channels = int(value.x.shape[-1])
-    lowest = value.x.dtype.min
+    lowest = float(finfo(value.x.dtype).min)
 
-    def windows(t: tf.Tensor) -> tf.Tensor:
-        flat_ = tf.reshape(t, (-1, int(np.prod(spatial)), channels))
-        padded = tf.concat([flat_, tf.fill((tf.shape(flat_)[0], 1, channels), tf.cast(lowest, t.dtype))], 1)
-        return tf.gather(padded, index, axis=1)  # (N, windows, window size, channels)
+    def windows(t: Tensor) -> Tensor:
+        flat_ = ops.reshape(t, (-1, int(np.prod(spatial)), channels))
+        padded = ops.concatenate([flat_, ops.full((ops.shape(flat_)[0], 1, channels), lowest, dtype=t.dtype)], 1)
+        return ops.take(padded, index, axis=1)  # (N, windows, window size, channels)
 
     pooled = dual.max_over(value.map(windows), 2, keepdims=False)
-    return pooled.map(lambda t: tf.reshape(t, (-1, *out_shape, channels)))
+    return pooled.map(lambda t: ops.reshape(t, (-1, *out_shape, channels)))
 
 
 def _relu_family(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
@@ -444,16 +446,14 @@ def _softmax(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, *
             raise unsupported(layer, "softmax over several axes")
         axis = axis[0]
     if _uses_mask(call_mask):  # Softmax's call puts a large negative number at masked positions, on both sides
-        keep = call_mask if call_mask.dtype == tf.bool else tf.greater(call_mask, tf.cast(0.5, call_mask.dtype))
-        floor = tf.cast(_large_negative(value.x.dtype), value.x.dtype)
-        value = value.map(lambda t: tf.where(keep, t, floor))
+        keep = call_mask if call_mask.dtype == "bool" else ops.greater(call_mask, ops.cast(0.5, call_mask.dtype))
+        floor = ops.cast(_large_negative(value.x.dtype), value.x.dtype)
+        value = value.map(lambda t: ops.where(keep, t, floor))
     return dual.softmax(value, axis)
 
 
-def _large_negative(dtype: tf.DType) -> float:
-    from keras.src.layers.activations.softmax import _large_negative_number
-
-    return float(_large_negative_number(dtype.name))
+def _large_negative(dtype: Any) -> float:
+    return softmax_floor(dtype)
 
 
 def _bidirectional(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Any:

@@ -1,6 +1,6 @@
 """What one dual pass carries, and what the walker, the layer table and the recurrent layers share.
 
-- :class:`Run`: the state of one pass (tape, token embeddings, masks met, the probe's refusals);
+- :class:`Run`: the state of one pass (the gradient's marks, token embeddings, masks met, the probe's refusals);
 - :class:`TokenDual`: the integer token ids of a model input, which only an Embedding consumes;
 - :class:`Walker`: the walker's own functions (``walker.py``), handed to the layer rules that run
   layers inside them (nested models, ``TimeDistributed``, traced ``call()``), so that no rule
@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-import tensorflow as tf
-from keras.src import backend as keras_backend
-from keras.src import tree as keras_tree
+from keras import ops
+from keras import tree as keras_tree
 
 from . import dual
+from .backend import Marks, Tensor, is_tensor
 from .dual import Dual
+from .private import drop_keras_mask
 
 
 class Run:
-    """What one dual pass collects: the tape, the embeddings that token inputs reach, and which
+    """What one dual pass collects: the gradient's marks (``backend.Marks``), the embeddings that token inputs reach, and which
     pairs read their reference with the masks the model itself computes on that reference.
 
     Masks are computed on the input side and used on both (see ``walker.call_layer``). Wherever a mask
@@ -34,11 +35,11 @@ class Run:
     model's own function of the reference (``None``: no mask was computed from values, every row).
     """
 
-    def __init__(self, tape: tf.GradientTape | None, rows: int) -> None:
-        self.tape = tape
+    def __init__(self, marks: Marks | None, rows: int) -> None:
+        self.marks = marks
         self.rows = rows
-        self.embedded: list[tuple[int, tf.Tensor, tf.Tensor]] = []  # (input index, input side, reference side)
-        self.agree: tf.Tensor | None = None
+        self.embedded: list[tuple[int, Tensor, Tensor]] = []  # (input index, input side, reference side)
+        self.agree: Tensor | None = None
         #: the probe collects every refusal here instead of raising at the first (see unsupported_in)
         self.collect: list[tuple[str, str]] | None = None
         #: the traced layers (Lambda, custom call()) the pass is inside, outermost first, for refusals
@@ -51,11 +52,11 @@ class Run:
         self.masked = False
         #: plain tensors the pass computed from masks (by id, held): any other plain tensor a layer gets
         #: is a constant of the model's graph (``ops.zeros((n, units))`` as a cell's initial state)
-        self.from_masks: dict[int, tf.Tensor] = {}
+        self.from_masks: dict[int, Tensor] = {}
 
     def computed_from_masks(self, out: Any) -> Any:
         for t in keras_tree.flatten(out):
-            if isinstance(t, tf.Tensor):
+            if is_tensor(t):
                 self.from_masks[id(t)] = t
         return out
 
@@ -65,15 +66,15 @@ class Run:
         if mask_x is mask_r:
             return
         self.masked = True
-        same: tf.Tensor
+        same: Tensor
         if mask_x is None or mask_r is None or not hasattr(mask_x, "shape") or mask_x.shape != mask_r.shape:
-            same = tf.zeros((self.rows,), tf.bool)
-        elif mask_x.shape.rank == 0 or mask_x.shape[0] != self.rows:
-            same = tf.fill((self.rows,), tf.reduce_all(tf.equal(mask_x, mask_r)))
+            same = ops.zeros((self.rows,), "bool")
+        elif len(mask_x.shape) == 0 or mask_x.shape[0] != self.rows:
+            same = ops.full((self.rows,), ops.all(ops.equal(mask_x, mask_r)))
         else:
-            equal = tf.equal(mask_x, mask_r)
-            same = tf.reduce_all(equal, axis=list(range(1, equal.shape.rank))) if equal.shape.rank > 1 else equal
-        self.agree = same if self.agree is None else tf.logical_and(self.agree, same)
+            equal = ops.equal(mask_x, mask_r)
+            same = ops.all(equal, axis=tuple(range(1, len(equal.shape)))) if len(equal.shape) > 1 else equal
+        self.agree = same if self.agree is None else ops.logical_and(self.agree, same)
 
 
 class TokenDual(Dual):
@@ -81,7 +82,7 @@ class TokenDual(Dual):
 
     __slots__ = ("index",)
 
-    def __init__(self, x: tf.Tensor, r: tf.Tensor, index: int) -> None:
+    def __init__(self, x: Tensor, r: Tensor, index: int) -> None:
         super().__init__(x, r)
         self.index = index
 
@@ -103,11 +104,9 @@ def flat(values: Any) -> list[Any]:
     return [values]
 
 
-def bare(t: tf.Tensor) -> tf.Tensor:
+def bare(t: Tensor) -> Tensor:
     """``t`` without the Keras mask a real layer call attached to it (the Duals carry masks)."""
-    if keras_backend.get_keras_mask(t) is not None:
-        keras_backend.set_keras_mask(t, None)
-    return t
+    return drop_keras_mask(t)
 
 
 def plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import tensorflow as tf
+from keras import ops
 
 from . import dual
+from .backend import Tensor, dtype_name, is_floating, is_tensor
 from .dual import Dual, PickedIndices
 
 #: ``unsupported(op, why)``: the refusal of an op, by name (``pass_state.unsupported``)
@@ -33,7 +34,7 @@ Unsupported = Callable[[Any, str], Exception]
 #: ``by_rule(args, kwargs)``: an op on Duals by its own rule
 ByRule = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 #: a selection ``fn(h, i)`` from ``h`` (None: a selection from a constant, or ``one_hot``) by the integer indices ``i``
-Select = Callable[[Any, tf.Tensor], tf.Tensor]
+Select = Callable[[Any, Tensor], Tensor]
 
 #: the uses rnnshap attributes, for the refusals' advice
 ATTRIBUTED = (
@@ -48,7 +49,7 @@ def _name(op: Any) -> str:
 
 def pick(op: Any, value: Dual, unsupported: Unsupported) -> PickedIndices:
     """``argmax`` / ``argmin`` of an input-dependent tensor along one axis: the indices, with their handle."""
-    rank = value.x.shape.rank
+    rank = len(value.x.shape)
     if op.axis is None:
         raise unsupported(
             op,
@@ -58,23 +59,23 @@ def pick(op: Any, value: Dual, unsupported: Unsupported) -> PickedIndices:
     axis = int(op.axis) % rank
     if axis == 0:
         raise unsupported(op, f"{_name(op).lower()} over axis 0 picks across the samples of the batch")
-    index_x, index_r = op(tf.stop_gradient(value.x)), op(value.r)
-    moved = value.map(lambda t: tf.experimental.numpy.moveaxis(t, axis, -1))
+    index_x, index_r = op(ops.stop_gradient(value.x)), op(value.r)
+    moved = value.map(lambda t: ops.moveaxis(t, axis, -1))
 
-    def last(t: tf.Tensor) -> tf.Tensor:
-        return tf.experimental.numpy.moveaxis(t, axis, -1) if op.keepdims else t[..., None]
+    def last(t: Tensor) -> Tensor:
+        return ops.moveaxis(t, axis, -1) if op.keepdims else t[..., None]
 
     handle = dual.picked_index(moved, last(index_x), last(index_r), largest=_name(op) == "Argmax")
-    handle = tf.experimental.numpy.moveaxis(handle, -1, axis) if op.keepdims else handle[..., 0]
+    handle = ops.moveaxis(handle, -1, axis) if op.keepdims else handle[..., 0]
     return PickedIndices(index_x, index_r, handle, _name(op).lower())
 
 
-def top_k_indices(value: Dual, index_x: tf.Tensor, index_r: tf.Tensor) -> PickedIndices:
+def top_k_indices(value: Dual, index_x: Tensor, index_r: Tensor) -> PickedIndices:
     """``top_k``'s indices along the last axis, with their handle."""
     return PickedIndices(index_x, index_r, dual.picked_index(value, index_x, index_r, largest=True), "top_k")
 
 
-def select(fn: Select, h: Dual | None, index: PickedIndices, expand: Callable[[tf.Tensor], tf.Tensor]) -> Dual:
+def select(fn: Select, h: Dual | None, index: PickedIndices, expand: Callable[[Tensor], Tensor]) -> Dual:
     r"""The selection ``fn(h, i)`` by the picked ``index`` (see the module docstring); ``expand`` takes an
     index-shaped tensor to the output's shape (the adjoint of summing each output element onto the index
     element that selected it). The value is the selection's exactly: every added term is an exact zero."""
@@ -84,20 +85,20 @@ def select(fn: Select, h: Dual | None, index: PickedIndices, expand: Callable[[t
         change = out_x - out_r
         h_part = None
     else:
-        hx = tf.stop_gradient(h.x)
+        hx = ops.stop_gradient(h.x)
         out_x, out_r = fn(hx, index_x), fn(h.r, index_r)
         mean = (hx + h.r) / 2
         change = fn(mean, index_x) - fn(mean, index_r)
         step = h.x - hx  # zeros whose gradient is h's
         h_part = (fn(step, index_x) + fn(step, index_r)) / 2
-    moved = tf.cast(index_x - index_r, tf.float64)
-    changed = tf.not_equal(moved, 0)
-    inverse = tf.where(changed, 1 / tf.where(changed, moved, tf.ones_like(moved)), tf.zeros_like(moved))
-    routed = expand(tf.stop_gradient(inverse) * (index.handle - tf.stop_gradient(index.handle)))
-    selector = tf.stop_gradient(tf.cast(change, tf.float64)) * routed
-    if not out_x.dtype.is_floating:  # one_hot to integers: integers with a handle of their own
-        return PickedIndices(out_x, out_r, tf.cast(out_x, tf.float64) + selector, index.origin)
-    out = tf.stop_gradient(out_x) + tf.cast(selector, out_x.dtype)
+    moved = ops.cast(index_x - index_r, "float64")
+    changed = ops.not_equal(moved, 0)
+    inverse = ops.where(changed, 1 / ops.where(changed, moved, ops.ones_like(moved)), ops.zeros_like(moved))
+    routed = expand(ops.stop_gradient(inverse) * (index.handle - ops.stop_gradient(index.handle)))
+    selector = ops.stop_gradient(ops.cast(change, "float64")) * routed
+    if not is_floating(out_x.dtype):  # one_hot to integers: integers with a handle of their own
+        return PickedIndices(out_x, out_r, ops.cast(out_x, "float64") + selector, index.origin)
+    out = ops.stop_gradient(out_x) + ops.cast(selector, out_x.dtype)
     return Dual(out if h_part is None else out + h_part, out_r)
 
 
@@ -124,28 +125,28 @@ def use(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], by_rule: ByRule,
             how = "takes along no axis (over the whole batch) by" if op.axis is None else "takes from"
             raise _refuse(op, index, unsupported, how)
 
-        def along(h: Any, i: tf.Tensor) -> tf.Tensor:
+        def along(h: Any, i: Tensor) -> Tensor:
             return op(values if h is None else h, i)
 
-        out_shape = tf.shape(op(dual.side(values, 0), index.x))
-        return select(along, values if isinstance(values, Dual) else None, index, lambda t: tf.broadcast_to(t, out_shape))
+        out_shape = ops.shape(op(dual.side(values, 0), index.x))
+        return select(along, values if isinstance(values, Dual) else None, index, lambda t: ops.broadcast_to(t, out_shape))
     if n == "Take":
         table, indices = _argument(args, kwargs, 0, "x"), _argument(args, kwargs, 1, "indices")
         if indices is not index or isinstance(table, Dual):
             how = "takes an input-dependent tensor by (use take_along_axis) with" if indices is index else "takes from"
             raise _refuse(op, index, unsupported, how)
-        table = tf.convert_to_tensor(table)
-        before = 0 if op.axis is None else int(op.axis) % table.shape.rank
-        after = 0 if op.axis is None else table.shape.rank - before - 1
-        expand = lambda t: tf.reshape(t, [*([1] * before), *t.shape, *([1] * after)])  # noqa: E731
+        table = ops.convert_to_tensor(table)
+        before = 0 if op.axis is None else int(op.axis) % len(table.shape)
+        after = 0 if op.axis is None else len(table.shape) - before - 1
+        expand = lambda t: ops.reshape(t, [*([1] * before), *t.shape, *([1] * after)])  # noqa: E731
         return select(lambda _, i: op(table, i), None, index, expand)
     if n == "OneHot":
         if _argument(args, kwargs, 0, "x") is not index or op.sparse:
             raise _refuse(op, index, unsupported, "one-hot encodes (sparse) or by")
-        return select(lambda _, i: op(i), None, index, lambda t: tf.expand_dims(t, op.axis))
+        return select(lambda _, i: op(i), None, index, lambda t: ops.expand_dims(t, op.axis))
     if n == "Cast":
         if op.dtype is not None and str(op.dtype).startswith(("float", "bfloat")):
-            return index.values(tf.as_dtype(str(op.dtype)))  # idx.float(): the handle itself
+            return index.values(dtype_name(str(op.dtype)))  # idx.float(): the handle itself
         if str(op.dtype) == "bool":
             raise _refuse(op, index, unsupported, "casts to booleans (a comparison)")
         return PickedIndices(op(index.x), op(index.r), index.handle, index.origin)  # the same values
@@ -158,9 +159,9 @@ def _mirror(
     """Any other op: run on the handle (as numbers, in the result's floating dtype or float64) with its
     own rule; an integer result keeps that as its handle."""
     real_x = op(*dual.side(args, 0), **dual.side(kwargs, 0))
-    if not isinstance(real_x, tf.Tensor) or real_x.dtype == tf.bool:
+    if not is_tensor(real_x) or real_x.dtype == "bool":
         raise _refuse(op, index, unsupported, f"compares or splits ({_name(op)})")
-    dtype = real_x.dtype if real_x.dtype.is_floating else tf.float64
+    dtype = real_x.dtype if is_floating(real_x.dtype) else "float64"
     values = index.values(dtype)
 
     def swap(v: Any) -> Any:
@@ -173,7 +174,7 @@ def _mirror(
         return v
 
     mirrored = by_rule(swap(args), swap(kwargs))
-    if real_x.dtype.is_floating:
+    if is_floating(real_x.dtype):
         return mirrored  # a number (idx * x, idx / 2)
     if not isinstance(mirrored, Dual):
         raise _refuse(op, index, unsupported, f"computes several tensors ({_name(op)}) from")

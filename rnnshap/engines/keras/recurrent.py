@@ -16,11 +16,12 @@ from functools import partial
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
-from keras.src import tree as keras_tree
+from keras import ops
+from keras import tree as keras_tree
 
-from . import dual, fused
+from . import dual, fused, private
 from .activations import activate, activation_problem, weight
+from .backend import Tensor, compiled
 from .dual import Dual
 from .pass_state import Run, unsupported
 from .trace import custom_call
@@ -29,12 +30,8 @@ L = keras.layers
 
 #: the cells rnnshap re-implements (each alone, or in an RNN layer)
 RECURRENT_CELLS = (L.LSTMCell, L.GRUCell, L.SimpleRNNCell)
-try:  # the cell of ConvLSTM1D/2D/3D (not exported by keras.layers)
-    from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
-
-    CONV_CELLS: tuple[type, ...] = (ConvLSTMCell,)
-except ImportError:  # pragma: no cover - another keras layout
-    CONV_CELLS = ()
+#: the cell of ConvLSTM1D/2D/3D (not exported by keras.layers)
+CONV_CELLS = private.CONV_CELLS
 
 
 # -- what is refused ------------------------------------------------------------------------------
@@ -65,16 +62,16 @@ def rnn_problem(layer: keras.layers.RNN) -> str | None:
 
 
 # -- running them ---------------------------------------------------------------------------------
-def _matmul(t: tf.Tensor, w: keras.Variable) -> tf.Tensor:
-    return tf.tensordot(t, weight(w, t.dtype), [[t.shape.rank - 1], [0]])
+def _matmul(t: Tensor, w: keras.Variable) -> Tensor:
+    return ops.tensordot(t, weight(w, t.dtype), [[len(t.shape) - 1], [0]])
 
 
-def _zeros(like: tf.Tensor, units: int) -> tf.Tensor:
-    return tf.zeros((tf.shape(like)[0], units), dtype=like.dtype)
+def _zeros(like: Tensor, units: int) -> Tensor:
+    return ops.zeros((ops.shape(like)[0], units), dtype=like.dtype)
 
 
 def _split(d: Dual, parts: int) -> list[Dual]:
-    xs, rs = tf.split(d.x, parts, axis=-1), tf.split(d.r, parts, axis=-1)
+    xs, rs = ops.split(d.x, parts, axis=-1), ops.split(d.r, parts, axis=-1)
     return [Dual(a, b) for a, b in zip(xs, rs, strict=True)]
 
 
@@ -82,7 +79,7 @@ def _cell_sequence(
     cell: keras.layers.Layer,
     seq: Dual,
     states: list[Dual],
-    mask: tf.Tensor | None = None,
+    mask: Tensor | None = None,
     zero_output: bool = False,
     grid: tuple[int, int, int] | None = None,
     zero_start: bool = False,
@@ -106,15 +103,17 @@ def _cell_sequence(
     step_fn = _compiled_step(cell) if seq.x.shape[1] >= COMPILE_MIN_STEPS else partial(_eager_step, cell)
     outputs = []
     flat = [t for state in states for t in (state.x, state.r)]
-    previous = [tf.zeros_like(flat[0]), tf.zeros_like(flat[1])]
+    previous = [ops.zeros_like(flat[0]), ops.zeros_like(flat[1])]
     for step in range(seq.x.shape[1]):
         new = list(step_fn(projected.x[:, step], projected.r[:, step], *flat))
         if mask is None:
             flat = new
         else:  # masked steps carry the states and output the previous output (or zeros)
             keep = mask[:, step, None]
-            previous = [tf.where(keep, n, tf.zeros_like(n) if zero_output else p) for n, p in zip(new[:2], previous, strict=True)]
-            flat = [tf.where(keep, n, old) for n, old in zip(new, flat, strict=True)]
+            previous = [
+                ops.where(keep, n, ops.zeros_like(n) if zero_output else p) for n, p in zip(new[:2], previous, strict=True)
+            ]
+            flat = [ops.where(keep, n, old) for n, old in zip(new, flat, strict=True)]
             new = previous + new[2:]
         outputs.append(Dual(new[0], new[1]))
     return outputs, [Dual(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
@@ -123,17 +122,17 @@ def _cell_sequence(
 #: sequences at least this long run each step as a compiled tf.function
 COMPILE_MIN_STEPS = 32
 
-_COMPILED: weakref.WeakKeyDictionary[keras.layers.Layer, Callable[..., list[tf.Tensor]]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[keras.layers.Layer, Callable[..., list[Tensor]]] = weakref.WeakKeyDictionary()
 
 
-def _compiled_step(cell: keras.layers.Layer) -> Callable[..., list[tf.Tensor]]:
+def _compiled_step(cell: keras.layers.Layer) -> Callable[..., list[Tensor]]:
     if cell not in _COMPILED:
 
-        _COMPILED[cell] = tf.function(partial(_eager_step, cell), reduce_retracing=True)
+        _COMPILED[cell] = compiled(partial(_eager_step, cell))
     return _COMPILED[cell]
 
 
-def _eager_step(cell: keras.layers.Layer, p_x: tf.Tensor, p_r: tf.Tensor, *flat: tf.Tensor) -> list[tf.Tensor]:
+def _eager_step(cell: keras.layers.Layer, p_x: Tensor, p_r: Tensor, *flat: Tensor) -> list[Tensor]:
     states = [Dual(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     return [t for state in _step(cell, Dual(p_x, p_r), states) for t in (state.x, state.r)]
 
@@ -144,7 +143,7 @@ def _step(cell: keras.layers.Layer, p: Dual, states: list[Dual]) -> list[Dual]:
     act = lambda u: activate(cell.activation, u)
     if isinstance(cell, L.LSTMCell):
         h, c = states
-        z = p + h.map(lambda t: tf.matmul(t, recurrent_kernel))
+        z = p + h.map(lambda t: ops.matmul(t, recurrent_kernel))
         zi, zf, zc, zo = _split(z, 4)
         ra = lambda u: activate(cell.recurrent_activation, u)
         i, f, o = ra(zi), ra(zf), ra(zo)
@@ -156,7 +155,7 @@ def _step(cell: keras.layers.Layer, p: Dual, states: list[Dual]) -> list[Dual]:
         ra = lambda u: activate(cell.recurrent_activation, u)
         px_z, px_r, px_h = _split(p, 3)
         if cell.reset_after:
-            rec = h.map(lambda t: tf.matmul(t, recurrent_kernel))
+            rec = h.map(lambda t: ops.matmul(t, recurrent_kernel))
             if cell.use_bias:
                 recurrent_bias = weight(cell.bias, p.x.dtype)[1]
                 rec = rec.map(lambda t: t + recurrent_bias)
@@ -164,14 +163,14 @@ def _step(cell: keras.layers.Layer, p: Dual, states: list[Dual]) -> list[Dual]:
             z, r = ra(px_z + rz), ra(px_r + rr)
             hh = act(px_h + dual.product(r, rh))
         else:
-            rec = h.map(lambda t: tf.matmul(t, recurrent_kernel[:, : 2 * units]))
+            rec = h.map(lambda t: ops.matmul(t, recurrent_kernel[:, : 2 * units]))
             rz, rr = _split(rec, 2)
             z, r = ra(px_z + rz), ra(px_r + rr)
-            hh = act(px_h + dual.product(r, h).map(lambda t: tf.matmul(t, recurrent_kernel[:, 2 * units :])))
+            hh = act(px_h + dual.product(r, h).map(lambda t: ops.matmul(t, recurrent_kernel[:, 2 * units :])))
         one_minus_z = z.map(lambda t: 1 - t)
         return [dual.product(z, h) + dual.product(one_minus_z, hh)]
     (h,) = states  # SimpleRNNCell
-    return [act(p + h.map(lambda t: tf.matmul(t, recurrent_kernel)))]
+    return [act(p + h.map(lambda t: ops.matmul(t, recurrent_kernel)))]
 
 
 def cell_step(
@@ -195,8 +194,8 @@ def _state_count(cell: keras.layers.Layer) -> int:
 def _conv_zeros(cell: keras.layers.Layer, seq: Dual) -> Dual:
     """ConvLSTM's zero state: shaped like the input convolution of one step (its spatial output, ``filters``)."""
     kernel = weight(cell.kernel, seq.x.dtype)[..., : cell.filters]
-    zeros = tf.zeros_like(cell.input_conv(seq.x[:, 0], kernel, None, padding=cell.padding))
-    return Dual(zeros, tf.zeros_like(zeros))
+    zeros = ops.zeros_like(cell.input_conv(seq.x[:, 0], kernel, None, padding=cell.padding))
+    return Dual(zeros, ops.zeros_like(zeros))
 
 
 def _conv_lstm_sequence(cell: keras.layers.Layer, seq: Dual, states: list[Dual]) -> tuple[list[Dual], list[Dual]]:
@@ -243,12 +242,12 @@ def recurrent(
     given = [] if initial_state is None else list(initial_state if isinstance(initial_state, (list, tuple)) else [initial_state])
     if isinstance(mask, (list, tuple)):
         mask = keras_tree.flatten(mask)[0]
-    if mask is not None and mask.dtype != tf.bool:
-        mask = tf.cast(mask, tf.bool)
+    if mask is not None and mask.dtype != "bool":
+        mask = ops.cast(mask, "bool")
     seq = sequences
     if layer.go_backwards:
-        seq = seq.map(lambda t: tf.reverse(t, [1]))
-        mask = None if mask is None else tf.reverse(mask, [1])
+        seq = seq.map(lambda t: ops.flip(t, axis=1))
+        mask = None if mask is None else ops.flip(mask, axis=1)
     final_states: list[Dual] = []
     outputs: list[Dual] = []
     for cell in cells:
@@ -263,7 +262,7 @@ def recurrent(
                 states = [_conv_zeros(cell, seq) for _ in range(count)]
             outputs, states = _conv_lstm_sequence(cell, seq, states)
             final_states += states
-            seq = Dual(tf.stack([o.x for o in outputs], 1), tf.stack([o.r for o in outputs], 1))
+            seq = Dual(ops.stack([o.x for o in outputs], 1), ops.stack([o.r for o in outputs], 1))
             continue
         if given:
             states, given = list(given[:count]), given[count:]
@@ -273,7 +272,7 @@ def recurrent(
         zero_output = bool(getattr(layer, "zero_output_for_mask", False))
         outputs, states = _cell_sequence(cell, seq, states, mask, zero_output, grid, zero_start)
         final_states += states
-        seq = Dual(tf.stack([o.x for o in outputs], 1), tf.stack([o.r for o in outputs], 1))
+        seq = Dual(ops.stack([o.x for o in outputs], 1), ops.stack([o.r for o in outputs], 1))
     output = seq if layer.return_sequences else outputs[-1]
     if layer.return_state:
         return [output, *final_states]
@@ -299,11 +298,11 @@ def bidirectional(
         states = list(y[1:]) + list(y_rev[1:])
         y, y_rev = y[0], y_rev[0]
     if layer.return_sequences:
-        y_rev = y_rev.map(lambda t: tf.reverse(t, [1]))
+        y_rev = y_rev.map(lambda t: ops.flip(t, axis=1))
     merged: Any
     mode = layer.merge_mode
     if mode == "concat":
-        merged = Dual(tf.concat([y.x, y_rev.x], -1), tf.concat([y.r, y_rev.r], -1))
+        merged = Dual(ops.concatenate([y.x, y_rev.x], -1), ops.concatenate([y.r, y_rev.r], -1))
     elif mode == "sum":
         merged = y + y_rev
     elif mode == "ave":

@@ -18,6 +18,7 @@ Either way an operation without a rule is refused by name, naming the layer and 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from typing import Any, Callable
@@ -25,13 +26,14 @@ from typing import Any, Callable
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src import tree as keras_tree
-from keras.src.models.functional import Functional
+from keras import tree as keras_tree
 
 from ...operations import tf_binary, tf_op_families
-from . import dual
+from . import backend, dual
+from .backend import dtype_name, is_tensor
 from .dual import Dual
 from .pass_state import Run, Walker, unsupported_in
+from .private import Functional, flat_layers, nodes
 
 #: traces per layer: {signature of the call: KerasTrace | GraphTrace}
 _TRACES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
@@ -88,13 +90,13 @@ def _replace(values: Any, new: Callable[[Dual], Any]) -> Any:
 def _signature(values: Any) -> Any:
     """A hashable summary of the call's arguments: shapes and dtypes of Duals, other values by repr."""
     if isinstance(values, Dual):
-        return ("dual", tuple(values.x.shape), values.x.dtype.name, type(values).__name__)
+        return ("dual", tuple(values.x.shape), dtype_name(values.x.dtype), type(values).__name__)
     if isinstance(values, (list, tuple)):
         return (type(values).__name__, tuple(_signature(v) for v in values))
     if isinstance(values, dict):
         return ("dict", tuple((k, _signature(v)) for k, v in sorted(values.items())))
-    if isinstance(values, tf.Tensor):
-        return ("tensor", tuple(values.shape), values.dtype.name)
+    if is_tensor(values):
+        return ("tensor", tuple(values.shape), dtype_name(values.dtype))
     return ("value", repr(values))
 
 
@@ -112,7 +114,7 @@ class TraceError(Exception):
 
 def call_traced(layer: keras.layers.Layer, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any], walker: Walker) -> Any:
     """``layer(*args, **kwargs)`` on Duals through the trace of its ``call``."""
-    if any(isinstance(v, tf.Tensor) for v in dual.flat_values((args, kwargs))):
+    if any(is_tensor(v) for v in dual.flat_values((args, kwargs))):
         raise TraceError(
             "a tensor computed from a mask (or a Keras mask) reaches its custom call(); "
             "rnnshap traces call() on model tensors only"
@@ -124,7 +126,8 @@ def call_traced(layer: keras.layers.Layer, run: Run, args: tuple[Any, ...], kwar
     traces = _TRACES.setdefault(layer, {})
     trace = traces.get(key)
     if trace is None:
-        with tf.init_scope():  # outside any tf.function being traced, so that later passes can reuse it
+        scope = tf.init_scope() if backend.name() == "tensorflow" else contextlib.nullcontext()
+        with scope:  # outside any tf.function being traced, so that later passes can reuse it
             trace = traces[key] = _trace(layer, args, kwargs)
     leaves = _leaves((args, kwargs))
     return trace.run(leaves, run, walker)
@@ -134,6 +137,13 @@ def _trace(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return KerasTrace(layer, args, kwargs)
     except Exception as keras_error:  # noqa: BLE001 - any failure of the symbolic trace: try TensorFlow's
+        if backend.name() != "tensorflow":
+            raise TraceError(
+                f"its call() could not be traced into keras ops ({type(keras_error).__name__}: {_short(keras_error)}); on the "
+                f"{backend.name()} backend rnnshap traces call() into keras ops only (the trace into a TensorFlow graph, for "
+                "calls that use TensorFlow functions, needs the TensorFlow backend): write its call() with keras.ops, or "
+                "save the model and explain it with KERAS_BACKEND=tensorflow"
+            ) from keras_error
         try:
             return GraphTrace(layer, args, kwargs)
         except TraceError:
@@ -163,8 +173,8 @@ class KerasTrace:
             return tensor
 
         sym_args, sym_kwargs = _replace((args, kwargs), placeholder)
-        sublayers = list(layer._flatten_layers(include_self=False, recursive=True))
-        counts = [(sub, len(sub._inbound_nodes), len(sub._outbound_nodes)) for sub in sublayers]
+        sublayers = flat_layers(layer)
+        counts = [(sub, *map(len, nodes(sub))) for sub in sublayers]
         try:
             outputs = layer.call(*sym_args, **sym_kwargs)
             if not all(isinstance(t, keras.KerasTensor) for t in keras_tree.flatten(outputs)):
@@ -172,8 +182,8 @@ class KerasTrace:
             self.functional = Functional(placeholders, outputs)
         finally:  # the trace leaves the sublayers as they were (no extra nodes)
             for sub, inbound, outbound in counts:
-                del sub._inbound_nodes[inbound:]
-                del sub._outbound_nodes[outbound:]
+                del nodes(sub)[0][inbound:]
+                del nodes(sub)[1][outbound:]
 
     def run(self, leaves: list[Dual], run: Run, walker: Walker) -> Any:
         return walker.run_model(self.functional, leaves, run)
@@ -255,7 +265,7 @@ class GraphTrace:
         leaves = _leaves((args, kwargs))
         specs = [tf.TensorSpec(d.x.shape, d.x.dtype) for d in leaves]
         records: list[tuple[Any, Any, Any, list[Any], Any]] = []
-        sublayers = list(layer._flatten_layers(include_self=False, recursive=True))
+        sublayers = flat_layers(layer)
 
         def marked(sub: Any, original: Any) -> Any:
             def call(*a: Any, **k: Any) -> Any:

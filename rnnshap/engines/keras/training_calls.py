@@ -32,13 +32,15 @@ ADVICE = (
 def training_calls(model: Any) -> list[str]:
     """The layers of ``model`` (nested models included) that its graph calls with ``training=True``, as
     ``"name (Class)"``."""
+    from .private import flat_layers, nodes  # (imports keras: only for a Keras model)
+
     found: list[str] = []
     try:
-        layers = list(model._flatten_layers(include_self=False, recursive=True))
+        layers = flat_layers(model)
     except (AttributeError, TypeError):
         layers = list(getattr(model, "layers", []))
     for layer in layers:
-        for node in getattr(layer, "_inbound_nodes", None) or []:
+        for node in nodes(layer)[0]:
             arguments = getattr(node, "arguments", None)
             kwargs = getattr(arguments, "kwargs", None) or {}
             if kwargs.get("training") is True:

@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
-from keras.src import tree as keras_tree
-from keras.src.models.functional import Functional
+from keras import ops
+from keras import tree as keras_tree
 
 from . import dual, kops, picked, trace
+from .backend import dtype_name, is_floating, is_tensor
 from .dual import Dual
 from .layer_rules import rule_for
 from .pass_state import Run, TokenDual, Walker, bare, flat, no_tokens, unsupported, unsupported_in
+from .private import Functional, call_signature, call_takes_mask, run_through_graph, sequential_graph
 
 L = keras.layers
 
@@ -29,7 +30,7 @@ def run_model(model: keras.layers.Layer, inputs: list[Dual], run: Run, as_list: 
     """``model`` on Duals: a Dual (or the structure of the model's outputs, of Duals). ``as_list``: a
     subclassed model takes its inputs as a list (else the one Dual), as the engine calls it."""
     if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
+        functional = sequential_graph(model)
         if functional is not None:
             return run_model(functional, inputs, run)
         (value,) = inputs
@@ -39,9 +40,7 @@ def run_model(model: keras.layers.Layer, inputs: list[Dual], run: Run, as_list: 
         return out
     if isinstance(model, Functional) and trace.custom_call(model) is None:
         inputs = [_as_input(value, spec) for value, spec in zip(inputs, model.inputs, strict=False)]
-        return model._run_through_graph(
-            inputs, operation_fn=lambda op: (lambda *args, **kwargs: call_layer(op, run, *args, **kwargs))
-        )
+        return run_through_graph(model, inputs, lambda op: (lambda *args, **kwargs: call_layer(op, run, *args, **kwargs)))
     if trace.traced_kind(model) is not None:  # a subclassed model: called as the engine calls it
         return call_layer(model, run, inputs if as_list else inputs[0])
     raise TypeError(f"{type(model).__name__} is not a Functional, Sequential or subclassed Keras model")
@@ -49,11 +48,11 @@ def run_model(model: keras.layers.Layer, inputs: list[Dual], run: Run, as_list: 
 
 def _as_input(value: Any, spec: Any) -> Any:
     """A Functional converts each input to the dtype of its ``keras.Input``: floating values here."""
-    dtype = str(getattr(spec, "dtype", "")).replace("tf.", "")
+    dtype = dtype_name(spec.dtype) if getattr(spec, "dtype", None) is not None else ""
     if (
         isinstance(value, Dual)
         and not isinstance(value, TokenDual)
-        and value.x.dtype.is_floating
+        and is_floating(value.x.dtype)
         and dtype.startswith(("float", "bfloat"))
     ):
         return _cast(value, dtype)
@@ -66,12 +65,12 @@ def _cast(value: Any, dtype: str) -> Any:
     if (
         isinstance(value, Dual)
         and not isinstance(value, TokenDual)
-        and value.x.dtype.is_floating
-        and value.x.dtype.name != dtype
+        and is_floating(value.x.dtype)
+        and dtype_name(value.x.dtype) != dtype
     ):
-        return Dual(tf.cast(value.x, dtype), tf.cast(value.r, dtype), value.mask)
-    if isinstance(value, tf.Tensor) and value.dtype.is_floating and value.dtype.name != dtype:
-        return tf.cast(value, dtype)  # a floating tensor argument (an explicit float mask) is cast too
+        return Dual(ops.cast(value.x, dtype), ops.cast(value.r, dtype), value.mask)
+    if is_tensor(value) and is_floating(value.dtype) and dtype_name(value.dtype) != dtype:
+        return ops.cast(value, dtype)  # a floating tensor argument (an explicit float mask) is cast too
     return value
 
 
@@ -89,11 +88,11 @@ def _mask_of(value: Any) -> Any:
 
 def _is_tensor_argument(value: Any) -> bool:
     """Whether Keras counts a call argument as a tensor argument (a tensor, or a nest of tensors and Nones)."""
-    if isinstance(value, (Dual, tf.Tensor)):
+    if isinstance(value, Dual) or is_tensor(value):
         return True
     if isinstance(value, (list, tuple, dict)) and len(value) > 0:
         leaves = flat(list(value.values()) if isinstance(value, dict) else value)
-        return all(v is None or isinstance(v, (Dual, tf.Tensor)) for v in leaves)
+        return all(v is None or isinstance(v, Dual) or is_tensor(v) for v in leaves)
     return False
 
 
@@ -102,7 +101,7 @@ def keras_masks(layer: keras.layers.Layer, args: tuple[Any, ...], kwargs: dict[s
     ``Layer.__call__`` computes them: the mask ``call()`` receives (an explicit ``mask=``, or the mask of
     the only tensor argument when ``call()`` takes one), and the mask that ``compute_mask`` gets."""
     try:
-        bound = layer._call_signature.bind(*args, **kwargs)
+        bound = call_signature(layer).bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
     except (AttributeError, TypeError):
@@ -161,11 +160,11 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     on_constants = not any(isinstance(a, Dual) for a in flat([*args, *kwargs.values()]))
     if on_constants and not isinstance(layer, (keras.Sequential, Functional)):
         out = layer(*args, **kwargs)  # (positions from ops.arange): a constant, the same on both sides
-        return keras_tree.map_structure(lambda t: Dual(bare(t), bare(t)) if isinstance(t, tf.Tensor) else t, out)
-    if any(isinstance(a, tf.Tensor) and id(a) in run.from_masks for a in flat(args)):
+        return keras_tree.map_structure(lambda t: Dual(bare(t), bare(t)) if is_tensor(t) else t, out)
+    if any(is_tensor(a) and id(a) in run.from_masks for a in flat(args)):
         raise unsupported(layer, "a tensor computed from a mask reaches this layer as data")
     # constants of the model's graph (a cell loop's zero initial states): the same on both sides
-    args = keras_tree.map_structure(lambda a: Dual(a, a) if isinstance(a, tf.Tensor) else a, args)
+    args = keras_tree.map_structure(lambda a: Dual(a, a) if is_tensor(a) else a, args)
     if not isinstance(layer, (keras.Sequential, Functional)):
         dtype = getattr(layer, "input_dtype", None) if getattr(layer, "autocast", True) else None
         if dtype is not None:
@@ -179,7 +178,7 @@ def call_layer(layer: Any, run: Run, *args: Any, **kwargs: Any) -> Any:
     rule = rule_for(layer)
     if not rule.reads_tokens:
         no_tokens(layer, *flat([*args, *kwargs.values()]))
-    if not rule.handles_mask and uses_mask and layer._call_has_mask_arg:
+    if not rule.handles_mask and uses_mask and call_takes_mask(layer):
         raise unsupported(layer, "a Keras mask reaches this layer, which uses it; rnnshap has no rule for that")
     out = _output_masks(layer, run, rule.call(layer, run, WALKER, call_mask, *args, **kwargs), first, previous_mask)
     if any(isinstance(d, Dual) and d.mask is not None for d in keras_tree.flatten(out)):
@@ -191,11 +190,11 @@ def _call_op(op: Any, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     """A keras op (not a mask op): on constants, on token ids, or by its rule (``kops.py``)."""
     if not any(isinstance(a, Dual) for a in flat([*args, *kwargs.values()])):
         out = op(*args, **kwargs)  # on masks or constants only (Concatenate's compute_mask in the graph)
-        if any(isinstance(a, tf.Tensor) for a in flat([*args, *kwargs.values()])):
+        if any(is_tensor(a) for a in flat([*args, *kwargs.values()])):
             return run.computed_from_masks(out)  # computed from masks: read on the explained input
         # made from Python values alone (ops.zeros((n, units)), a cell's get_initial_state): a constant the
         # model makes, the same on both sides
-        return keras_tree.map_structure(lambda t: Dual(bare(t), bare(t)) if isinstance(t, tf.Tensor) else t, out)
+        return keras_tree.map_structure(lambda t: Dual(bare(t), bare(t)) if is_tensor(t) else t, out)
     values = [v for v in flat([*args, *kwargs.values()]) if isinstance(v, Dual)]
     tokens = [v for v in values if isinstance(v, TokenDual)]
     if tokens and type(op).__name__ == "Cast" and str(op.dtype) == "bool":
