@@ -2,9 +2,9 @@
 
 - :mod:`rnnshap.engines.pytorch`: PyTorch ``nn.Module`` models (the reference tape, the rules of
   :mod:`rnnshap.rules` and :mod:`rnnshap.recurrent`).
-- :mod:`rnnshap.engines.keras`: Keras 3 models on the TensorFlow backend (a dual pass over the
+- :mod:`rnnshap.engines.keras`: Keras 3 models on the TensorFlow and JAX backends (a dual pass over the
   model's layer graph). On the torch backend a Keras model is an ``nn.Module`` and goes to the
-  PyTorch engine (:mod:`rnnshap.engines.pytorch.keras_on_torch`); the JAX backend is refused.
+  PyTorch engine (:mod:`rnnshap.engines.pytorch.keras_on_torch`).
 
 :func:`engine_for` (DeepExplainer) and :func:`forward_model` (ShapleyExplainer) pick one by what the model
 is, from one table, the registry (:mod:`rnnshap.engines.registry`); a framework is imported only when its

@@ -1,4 +1,4 @@
-"""Keras 3 (TensorFlow backend) support: the Keras engine of ``rnnshap.DeepExplainer(keras_model, background)``.
+"""Keras 3 (TensorFlow and JAX backends) support: the Keras engine of ``rnnshap.DeepExplainer(keras_model, background)``.
 
 Importing this package does not import TensorFlow; :class:`~rnnshap.DeepExplainer` hands a Keras
 model to :class:`rnnshap.engines.keras.engine.KerasEngine`, which does. The results, shapes and
@@ -46,7 +46,9 @@ The modules, from the engine down:
 - ``trace.py``: Lambda layers and custom ``call()``, traced into a Functional or a TensorFlow graph;
 - ``activations.py``: activations by the catalog's rules, and weights in the compute dtype;
 - ``dual.py``: the Dual (input side, reference side) and the rules on it;
-- ``pass_state.py``: what a pass carries (``Run``, token ids) and the refusals.
+- ``pass_state.py``: what a pass carries (``Run``, token ids) and the refusals;
+- ``backend.py``: what differs between TensorFlow and JAX (the gradient of a pass, compiled steps, dtypes);
+- ``private.py``: every private part of Keras the engine reads, and the Keras versions it was verified on.
 """
 
 from __future__ import annotations
