@@ -10,6 +10,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
 - normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
+- binary ops of two input-dependent operands (maximum, minimum, pow, fmax, division);
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
   exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
 - foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex.
@@ -192,6 +193,18 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         x[0, :3] = background[0, :3] + torch.tensor([1e-9, 1e-4, 0.0], dtype=torch.float64)
         return explain(SecantOps(), x, background)
 
+    class BinaryOps(nn.Module):
+        def forward(self, x: Any) -> Any:
+            p = x * x + 0.1
+            parts = [torch.maximum(x, p - 1), torch.minimum(x, -p), torch.pow(p, x), torch.fmax(x, 1 - p), x / p]
+            return torch.stack([part.sum(-1) for part in parts], -1)
+
+    def binary_ops() -> tuple[Any, ...]:
+        torch.manual_seed(12)
+        x, background = torch.randn(3, 6), torch.randn(4, 6)
+        x[0, :3] = background[0, :3] + torch.tensor([1e-6, 1e-3, 0.0])
+        return explain(BinaryOps(), x, background)
+
     def ttm() -> tuple[Any, ...]:
         from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
@@ -237,6 +250,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "heads": heads,
         "secant_ops": secant_ops,
         "secant_ops_float64": secant_ops_float64,
+        "binary_ops": binary_ops,
         "ttm": ttm,
         "tirex": tirex,
     }

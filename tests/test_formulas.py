@@ -262,3 +262,19 @@ def test_midpoint_multipliers_are_the_two_player_shapley_values_over_delta() -> 
     np.testing.assert_allclose(m_a * (a - a_r) + m_b * (b - b_r), a * b - a_r * b_r, rtol=0, atol=16 * EPS * 10)
     for x, y in zip((m_a, m_b), keras_side, strict=True):
         np.testing.assert_array_equal(y, x)
+
+
+def test_rescale_multiplier_takes_the_quotient_where_the_midpoint_derivative_is_not_finite() -> None:
+    # a signed cube root straddling 0 by less than the threshold: its derivative at the midpoint 0 is
+    # 0 · inf (autograd: NaN); the multiplier is the quotient there, so the value adds up (it was NaN on
+    # the PyTorch side, the quotient on the Keras side: one formula now)
+    from rnnshap.rules.elementwise import rescale_multiplier
+
+    def g(p: list[torch.Tensor]) -> torch.Tensor:
+        return torch.sign(p[0]) * p[0].abs() ** (1 / 3)
+
+    x = torch.tensor([1e-7, 0.0], dtype=torch.float64)
+    r = torch.tensor([-1e-7, 0.0], dtype=torch.float64)
+    output, ref_output, m = rescale_multiplier(g, x, r)
+    assert m[0] * (x[0] - r[0]) == pytest.approx(float(output[0] - ref_output[0]), rel=4 * EPS)
+    assert m[1] == 0  # nothing moves and the derivative there is not finite: 0

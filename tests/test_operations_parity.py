@@ -362,12 +362,6 @@ def test_a_piecewise_binary_operand_that_does_not_move_takes_its_derivative_on_t
     np.testing.assert_allclose(np.asarray(values, np.float64).ravel(), _still_reference(), atol=8 * EPS32)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engines/keras/dual.py shapley2 gives a piecewise operand whose Δ is 0 the multiplier 0 (torch: the derivative "
-    "at x, averaged over the other operand's two values, as rules/elementwise.py coalition_multipliers): the same Keras "
-    "model gets [0, 0, 0] on TensorFlow and [-1, 1, 0] on the torch backend",
-)
 def test_a_piecewise_binary_operand_that_does_not_move_takes_its_derivative_on_keras() -> None:
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.ops.maximum(inputs[:, :1] + inputs[:, 1:2], 10 * inputs[:, 2:3]))

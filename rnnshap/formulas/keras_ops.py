@@ -40,6 +40,8 @@ class KerasOps:
     maximum = staticmethod(ops.maximum)
     minimum = staticmethod(ops.minimum)
     where = staticmethod(ops.where)
+    broadcast_to = staticmethod(ops.broadcast_to)
+    shape = staticmethod(ops.shape)
     zeros_like = staticmethod(ops.zeros_like)
     ones_like = staticmethod(ops.ones_like)
 
@@ -61,6 +63,10 @@ class KerasOps:
 
     @staticmethod
     def surely_none(mask: Tensor, /) -> bool:
+        return False
+
+    @staticmethod
+    def surely_finite(x: Tensor, /) -> bool:
         return False
 
     @staticmethod

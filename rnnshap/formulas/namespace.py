@@ -8,8 +8,8 @@ directly, so they are not members.
 Two members say what a backend can know without a value leaving the device or a trace:
 :meth:`Ops.surely_all` and :meth:`Ops.surely_none` return True only where the answer is known and
 is yes (an eager backend reads the array; a traced one, TensorFlow in a graph or JAX under ``jit``,
-answers False). A formula uses them to skip work that would not change a value (a ``where`` whose
-condition selects nothing), never to choose between two different values.
+answers False); :meth:`Ops.surely_finite` likewise. A formula uses them to skip work that would not
+change a value (a ``where`` whose condition selects nothing), never to choose between two values.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class Ops(Protocol):
     def maximum(self, a: Array, b: Array, /) -> Array: ...
     def minimum(self, a: Array, b: Array, /) -> Array: ...
     def where(self, condition: Array, a: Array, b: Array, /) -> Array: ...
+    def broadcast_to(self, x: Array, shape: Any, /) -> Array: ...
+    def shape(self, x: Array, /) -> Any:
+        """The shape of ``x``, as :meth:`broadcast_to` takes it (dynamic sizes included, on a traced backend)."""
+        ...
 
     def addcmul(self, c: Array, a: Array, b: Array, value: float, /) -> Array:
         """``c + value · a · b`` (torch's fused ``addcmul``)."""
@@ -56,6 +60,10 @@ class Ops(Protocol):
     # -- what an eager backend can tell
     def surely_all(self, mask: Array, /) -> bool: ...
     def surely_none(self, mask: Array, /) -> bool: ...
+
+    def surely_finite(self, x: Array, /) -> bool:
+        """True only where every entry of ``x`` is known to be finite (torch: one reduction, its sum)."""
+        ...
 
     # -- dtypes
     def eps(self, dtype: Any, /) -> float:

@@ -1,5 +1,7 @@
 r"""The two-player rules and the multipliers of the structured operations, written once.
 
+- :func:`coalition_multipliers`: the exact Shapley rule of an elementwise function of a few operands
+  (``maximum``, ``pow``, ``atan2`` of two input-dependent tensors), from its values on the coalitions;
 - :func:`midpoint_multipliers`: the exact two-player Shapley rule of a product :math:`a \odot b`,
   :math:`m_a = (b + b_r)/2`, :math:`m_b = (a + a_r)/2`;
 - :func:`scaled_multipliers`: the normalizations' scale-weighted rule for :math:`c \odot s`;
@@ -14,8 +16,59 @@ Each takes the array namespace ``xp`` first (:mod:`rnnshap.formulas`) and arrays
 
 from __future__ import annotations
 
+from math import factorial
+from typing import Callable, Sequence
+
 from .namespace import Array, Ops
-from .secant import log_slope
+from .secant import finite_where_still, log_slope, small_delta_threshold
+
+
+def shapley_weights(n: int) -> list[float]:
+    """The Shapley weight of a coalition of ``s`` other players among ``n``, for s = 0 .. n − 1."""
+    return [factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)]
+
+
+def coalition_multipliers(
+    xp: Ops,
+    values: dict[int, Array],
+    inputs: Sequence[Array],
+    references: Sequence[Array],
+    derivative: Callable[[list[Array], int], Array],
+    smooth: bool = True,
+) -> list[Array]:
+    r"""The exact Shapley multipliers of an elementwise function ``g`` of ``n = len(inputs)`` operands.
+
+    ``values[mask]`` is ``g`` with the operands whose bit is set in ``mask`` at their input values and
+    the others at their reference values (``values[2**n − 1]`` the output, ``values[0]`` the reference's).
+    Operand ``i``'s Shapley value is :math:`\phi_i = \sum_{S \not\ni i} w_{|S|}\,[g(S \cup \{i\}) - g(S)]`
+    and its multiplier :math:`\phi_i / \Delta_i`; where :math:`|\Delta_i|` is at most the threshold, the
+    same weighted sum of ``derivative(players, i)`` (:math:`\partial g / \partial` operand ``i``, broadcast
+    to the output) with operand ``i`` at its midpoint (at its input for a piecewise ``g``); 0 where nothing
+    moves and the multiplier is not finite. Each multiplier has the output's shape.
+    """
+    n = len(inputs)
+    full = 2**n - 1
+    output, ref_output = values[full], values[0]
+    shape = xp.shape(output)
+    weights = shapley_weights(n)
+    multipliers = []
+    for i in range(n):
+        bit = 1 << i
+        others = [mask for mask in range(2**n) if not mask & bit]
+        phi = sum(weights[bin(mask).count("1")] * (values[mask | bit] - values[mask]) for mask in others)
+        delta = xp.broadcast_to(inputs[i] - references[i], shape)
+        small = xp.abs(delta) <= small_delta_threshold(xp, delta.dtype, smooth)
+        multiplier = phi / xp.where(small, xp.ones_like(delta), delta)
+        if not xp.surely_none(small):
+            at = (inputs[i] + references[i]) / 2 if smooth else inputs[i]
+            slope = sum(
+                weights[bin(mask).count("1")]
+                * derivative([at if j == i else (inputs[j] if mask >> j & 1 else references[j]) for j in range(n)], i)
+                for mask in others
+            )
+            multiplier = xp.where(small, slope, multiplier)
+        multipliers.append(finite_where_still(xp, multiplier, inputs[i], references[i], output, ref_output))
+    return multipliers
 
 
 def midpoint_multipliers(xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array) -> tuple[Array, Array]:
@@ -87,6 +140,8 @@ def usable_quotient(xp: Ops, change: Array, delta: Array) -> Array:
 
 
 __all__ = [
+    "coalition_multipliers",
+    "shapley_weights",
     "inverse_delta",
     "log_sum_multiplier",
     "max_credits",

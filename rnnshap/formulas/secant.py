@@ -201,6 +201,69 @@ def sigmoid_secant_near(xp: Ops, output: Array, ref_output: Array, delta: Array)
     return both * xp.addcmul(xp.scalar(0.5, delta), delta, delta, -1 / 24)
 
 
+def finite_where_still(xp: Ops, multiplier: Array, x: Array, r: Array, output: Array, ref_output: Array) -> Array:
+    """0 instead of a non-finite multiplier where nothing moves.
+
+    An operand that is the same infinity on both sides (a ``-inf`` mask entry) gives Δ = inf − inf
+    = NaN; no finite change upstream moves it, so its multiplier is 0. A derivative that is
+    infinite where Δ = 0 (``sqrt`` at 0) is replaced by 0 too, as is any non-finite multiplier where
+    the output is the same on both sides: 0 · inf would otherwise make the backward pass NaN.
+    """
+    if xp.surely_finite(multiplier):
+        return multiplier
+    finite = xp.isfinite(multiplier)
+    if xp.surely_all(finite):  # (the sum overflowed)
+        return multiplier
+    still = (x == r) | (output == ref_output)
+    return xp.where(~finite & still, xp.zeros_like(multiplier), multiplier)
+
+
+def rescale_multiplier(
+    xp: Ops,
+    output: Array,
+    ref_output: Array,
+    x: Array,
+    r: Array,
+    derivative: Callable[[Array], Array],
+    smooth: bool = True,
+    kinks: tuple[float, ...] = (),
+) -> Array:
+    """The Rescale multiplier of ``output = f(x)`` (``ref_output = f(r)``), with the output's shape.
+
+    The quotient ``(f(x) − f(r)) / Δ``; where ``|Δ|`` is at most the threshold
+    (:func:`small_delta_threshold`), ``derivative`` (of ``f``, broadcast to the output) at the midpoint,
+    or at ``x`` for a piecewise ``f`` (whose quotient is exact down to Δ = 0), where that derivative is
+    finite and ``[r, x]`` holds none of ``kinks`` inside (points where a smooth ``f``'s second derivative
+    jumps: the midpoint derivative is off by a fraction of Δ across them); 0 where nothing moves and the
+    multiplier is not finite (:func:`finite_where_still`). ``derivative`` is called only where some
+    ``|Δ|`` is small, as far as the backend can tell.
+    """
+    shape = xp.shape(output)
+    delta = xp.broadcast_to(x - r, shape)
+    multiplier = (output - ref_output) / delta
+    small = xp.abs(delta) <= small_delta_threshold(xp, delta.dtype, smooth)
+    if not xp.surely_none(small):
+        for kink in kinks:  # (only where a small Δ is: no cost on the common path)
+            small = small & ~xp.broadcast_to((xp.minimum(x, r) < kink) & (kink < xp.maximum(x, r)), shape)
+        slope = derivative((x + r) / 2 if smooth else x)
+        multiplier = xp.where(small & xp.isfinite(slope), slope, multiplier)
+    return finite_where_still(xp, multiplier, x, r, output, ref_output)
+
+
+def near_rescale_multiplier(
+    xp: Ops, near: Callable[[Array, Array, Array], Array], output: Array, ref_output: Array, x: Array, r: Array
+) -> Array:
+    """The Rescale multiplier of sigmoid or tanh (``near(output, ref_output, Δ)``: its closed-form secant
+    from its two results, bound to ``xp``):
+    the quotient where ``|Δ|`` is above the threshold, ``near`` below it; 0 where nothing moves and the
+    multiplier is not finite. (The PyTorch engine's ``rescale_from_result`` is this with one reduction
+    deciding which parts are needed.)"""
+    delta = x - r
+    multiplier = (output - ref_output) / delta
+    small = xp.abs(delta) <= small_delta_threshold(xp, delta.dtype, True)
+    return finite_where_still(xp, xp.where(small, near(output, ref_output, delta), multiplier), x, r, output, ref_output)
+
+
 #: the activations whose secant has a closed form in their two results, by name
 NEAR_SECANTS: dict[str, Callable[[Ops, Array, Array, Array], Array]] = {
     "sigmoid": sigmoid_secant_near,
@@ -212,6 +275,9 @@ __all__ = [
     "SLOPES_BY_NAME",
     "Slope",
     "exp_ratio_slope",
+    "finite_where_still",
+    "near_rescale_multiplier",
+    "rescale_multiplier",
     "exp_slope",
     "expm1_slope",
     "log1p_slope",

@@ -56,6 +56,8 @@ class TorchOps:
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
     where = staticmethod(torch.where)
+    broadcast_to = staticmethod(torch.broadcast_to)
+    shape = staticmethod(torch.Tensor.size)
     zeros_like = staticmethod(torch.zeros_like)
     ones_like = staticmethod(torch.ones_like)
     full_like = staticmethod(torch.full_like)
@@ -72,6 +74,10 @@ class TorchOps:
     @staticmethod
     def surely_none(mask: Tensor, /) -> bool:
         return not bool(mask.any())
+
+    @staticmethod
+    def surely_finite(x: Tensor, /) -> bool:
+        return bool(torch.isfinite(x.sum()))  # (one reduction: any inf or nan entry makes the sum one)
 
     @staticmethod
     def eps(dtype: torch.dtype, /) -> float:

@@ -24,14 +24,14 @@ from __future__ import annotations
 import contextlib
 import math
 from contextvars import ContextVar
-from math import factorial
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..formulas import bind
 from ..formulas import secant as formulas
-from ..formulas.pairs import midpoint_multipliers
+from ..formulas.pairs import coalition_multipliers as coalition
+from ..formulas.pairs import midpoint_multipliers, shapley_weights
 from ..formulas.torch_ops import TORCH, scalar
 from .base import OpCall, Rule
 
@@ -190,15 +190,10 @@ def rescale_multiplier(
     output = g([x])
     ref_output = g([r]) if reference_output is None else reference_output
     shape = output.shape
-    delta = (x - r).expand(shape)
-    multiplier = (output - ref_output) / delta
-    small = delta.abs() <= small_delta_threshold(delta.dtype, smooth)
-    if bool(small.any()):
-        for kink in kinks:  # (only where a small Δ is: no cost on the common path)
-            small = small & ~((torch.minimum(x, r) < kink) & (kink < torch.maximum(x, r))).expand(shape)
-        at = (x + r) / 2 if smooth else x
-        multiplier = torch.where(small, _derivative(g, [at], 0, shape), multiplier)
-    return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
+    multiplier = formulas.rescale_multiplier(
+        TORCH, output, ref_output, x, r, lambda at: _derivative(g, [at], 0, shape), smooth, kinks
+    )  # (rnnshap/formulas/secant.py)
+    return output, ref_output, multiplier
 
 
 def coalition_multipliers(
@@ -221,44 +216,14 @@ def coalition_multipliers(
             continue
         values[mask] = g([inputs[i] if mask >> i & 1 else references[i] for i in range(n)])
     full = 2**n - 1
-    output, ref_output = values[full], values[0]
-    shape = output.shape
-    weights = [factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)]
-    multipliers = []
-    for i in range(n):
-        bit = 1 << i
-        others = [mask for mask in range(2**n) if not mask & bit]
-        phi = sum(weights[bin(mask).count("1")] * (values[mask | bit] - values[mask]) for mask in others)
-        delta = (inputs[i] - references[i]).expand(shape)
-        small = delta.abs() <= small_delta_threshold(delta.dtype, smooth)
-        multiplier = phi / delta.masked_fill(small, 1)
-        if bool(small.any()):
-            at = (inputs[i] + references[i]) / 2 if smooth else inputs[i]
-            slope = sum(
-                weights[bin(mask).count("1")]
-                * _derivative(g, [at if j == i else (inputs[j] if mask >> j & 1 else references[j]) for j in range(n)], i, shape)
-                for mask in others
-            )
-            multiplier = torch.where(small, slope, multiplier)
-        multipliers.append(_finite_where_still(multiplier, inputs[i], references[i], output, ref_output))
-    return output, ref_output, multipliers
+    shape = values[full].shape
+    multipliers = coalition(TORCH, values, inputs, references, lambda players, i: _derivative(g, players, i, shape), smooth)
+    return values[full], values[0], multipliers  # (rnnshap/formulas/pairs.py)
 
 
 def _finite_where_still(multiplier: Tensor, x: Tensor, r: Tensor, output: Tensor, ref_output: Tensor) -> Tensor:
-    """0 instead of a non-finite multiplier where nothing moves.
-
-    An operand that is the same infinity on both sides (a ``-inf`` mask entry) gives Δ = inf − inf
-    = NaN; no finite change upstream moves it, so its multiplier is 0. A derivative that is
-    infinite where Δ = 0 (``sqrt`` at 0) is replaced by 0 too, as is any non-finite multiplier where
-    the output is the same on both sides: 0 · inf would otherwise make the backward pass NaN.
-    """
-    if bool(torch.isfinite(multiplier.sum())):  # one reduction: any inf or nan entry makes the sum one
-        return multiplier
-    finite = torch.isfinite(multiplier)
-    if bool(finite.all()):  # the sum overflowed
-        return multiplier
-    still = (x == r) | (output == ref_output)
-    return torch.where(~finite & still, torch.zeros_like(multiplier), multiplier)
+    """0 instead of a non-finite multiplier where nothing moves (:func:`rnnshap.formulas.secant.finite_where_still`)."""
+    return formulas.finite_where_still(TORCH, multiplier, x, r, output, ref_output)
 
 
 def shapley(
@@ -500,7 +465,7 @@ class Multilinear(Bilinear):
             raise ValueError(f"{call.name}: {self.refusal(call)}")
         inputs, references = call.inputs, call.references
         fixed = [x.detach() for x in inputs]
-        weights = [factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)]
+        weights = shapley_weights(n)
         surrogate: Tensor | None = None
         for i in range(n):
             for mask in range(2**n):

@@ -133,23 +133,14 @@ def secant_multiplier(
     near: Near | None = None,
     kinks: Sequence[float] = (),
 ) -> Tensor:
-    """The Rescale multiplier of ``y = f(u)``: Δy/Δu, or where |Δu| is below the threshold
-    ``near(yx, yr, Δu)`` (the secant in closed form, for sigmoid and tanh) or else ``derivative`` at
-    the midpoint (at ``ux`` for piecewise ``f``), where it is finite and ``[ur, ux]`` holds none of
-    ``kinks`` inside (as ``rnnshap.rules.elementwise.rescale_multiplier``). Arguments broadcast."""
-    delta = ux - ur
-    small = ops.abs(delta) <= small_delta_threshold(ux.dtype, smooth)
-    quotient = (yx - yr) / delta  # (where Δ = 0, not selected: the values of ops.where's other branch)
+    """The Rescale multiplier of ``y = f(u)`` (rnnshap/formulas/secant.py): Δy/Δu, or where |Δu| is below
+    the threshold ``near(yx, yr, Δu)`` (the secant in closed form, for sigmoid and tanh) or else
+    ``derivative`` at the midpoint (at ``ux`` for piecewise ``f``), where it is finite and ``[ur, ux]``
+    holds none of ``kinks`` inside; 0 where nothing moves and the multiplier is not finite."""
     if near is not None:
-        return ops.where(small, near(yx, yr, delta), quotient)
+        return formulas.near_rescale_multiplier(KERAS, near, yx, yr, ux, ur)
     assert derivative is not None
-    at = (ux + ur) / 2 if smooth else ux
-    slope = derivative(at)
-    for kink in kinks:
-        small = small & ~((ops.minimum(ux, ur) < kink) & (kink < ops.maximum(ux, ur)))
-    multiplier = ops.where(small & ops.isfinite(slope), slope, quotient)
-    # 0 where nothing moves and the derivative is not finite (cbrt at 0, sinc's 0/0), as the PyTorch side
-    return ops.where(ops.equal(delta, 0) & ~ops.isfinite(multiplier), ops.zeros_like(multiplier), multiplier)
+    return formulas.rescale_multiplier(KERAS, yx, yr, ux, ur, derivative, smooth, tuple(kinks))
 
 
 def sigmoid(u: Dual) -> Dual:
@@ -279,32 +270,21 @@ def reciprocal(u: Dual) -> Dual:
 
 
 def shapley2(fn: Callable[[Tensor, Tensor], Tensor], a: Dual, b: Dual, smooth: bool = True) -> Dual:
-    """Exact two-player Shapley rule for an elementwise ``fn(a, b)`` (broadcasting):
-    φ_a = ½[fn(a, b_r) − fn(a_r, b_r) + fn(a, b) − fn(a_r, b)], multiplier φ_a / Δa (the derivative at
-    the midpoint where |Δa| is tiny and ``fn`` is smooth); the same for b."""
+    """Exact two-player Shapley rule for an elementwise ``fn(a, b)`` (broadcasting), by
+    :func:`rnnshap.formulas.pairs.coalition_multipliers` (the PyTorch engine's formula):
+    φ_a = ½[fn(a, b_r) − fn(a_r, b_r) + fn(a, b) − fn(a_r, b)], multiplier φ_a / Δa (where |Δa| is
+    tiny, the derivative at the midpoint, or at the input for a piecewise ``fn``, averaged over b's two
+    values as φ is); the same for b."""
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
-    y, y_r = fn(ax, bx), fn(a.r, b.r)
-    ab_r, a_rb = fn(ax, b.r), fn(a.r, bx)
-    phi_a = ((ab_r - y_r) + (y - a_rb)) / 2
-    phi_b = ((a_rb - y_r) + (y - ab_r)) / 2
+    values = {3: fn(ax, bx), 0: fn(a.r, b.r), 1: fn(ax, b.r), 2: fn(a.r, bx)}
+    shape = ops.shape(values[3])
 
-    shape = ops.shape(y)
-    a_mid, b_mid = ops.broadcast_to((ax + a.r) / 2, shape), ops.broadcast_to((bx + b.r) / 2, shape)
+    def derivative(players: list[Tensor], i: int) -> Tensor:
+        point = ops.broadcast_to(players[i], shape)
+        return autodiff(lambda p: fn(p, players[1]) if i == 0 else fn(players[0], p), point)
 
-    def multiplier(phi: Tensor, delta: Tensor, which: int) -> Tensor:
-        delta = ops.broadcast_to(delta, shape)
-        small = ops.abs(delta) <= small_delta_threshold(delta.dtype, smooth)
-        quotient = phi / ops.where(small, ops.ones_like(delta), delta)
-        if not smooth:
-            return ops.where(small, ops.zeros_like(quotient), quotient)
-        # the derivative at the operand's midpoint, averaged over the other operand's two values (as φ is)
-        ends = [ops.broadcast_to(t, shape) for t in ((b.r, bx) if which == 0 else (a.r, ax))]
-        point = a_mid if which == 0 else b_mid
-        slope = autodiff(lambda p: sum(fn(p, e) if which == 0 else fn(e, p) for e in ends), point) / 2
-        return ops.where(small, slope, quotient)
-
-    m_a, m_b = multiplier(phi_a, ax - a.r, 0), multiplier(phi_b, bx - b.r, 1)
-    return Dual(attach(y, [(a.x, m_a), (b.x, m_b)]), y_r)
+    m_a, m_b = pairs.coalition_multipliers(KERAS, values, [ax, bx], [a.r, b.r], derivative, smooth)
+    return Dual(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
 
 
 def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None) -> Dual:
