@@ -96,6 +96,14 @@ def scaled_multipliers(xp: Ops, c: Array, s: Array, c_r: Array, s_r: Array) -> t
     return m_c, m_s
 
 
+def common_shift(xp: Ops, max_x: Array, max_r: Array) -> Array:
+    """The shift of a softmax or logsumexp (``max_x``, ``max_r``: each side's maximum): the larger of the
+    two, 0 where that is not finite (a row masked throughout). It cancels in the values and multipliers and
+    keeps ``exp`` bounded."""
+    top = xp.maximum(max_x, max_r)
+    return xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+
+
 def stable_log(xp: Ops, total: Array, logsumexp: Array) -> Array:
     r""":math:`\log S` of a sum of exponentials ``total``, from the sum itself where it is a normal number
     (so :math:`\log S` and :math:`S` agree to rounding), else ``logsumexp`` (a stable logsumexp of the
@@ -140,6 +148,7 @@ def usable_quotient(xp: Ops, change: Array, delta: Array) -> Array:
 
 
 __all__ = [
+    "common_shift",
     "coalition_multipliers",
     "shapley_weights",
     "inverse_delta",

@@ -66,8 +66,7 @@ def shifted_logsumexp(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> tuple
     logsumexp is ``log S + c``. Everything is keepdim.
     """
     xd, rd = x.detach(), r.detach()
-    top = torch.maximum(xd.amax(dim, keepdim=True), rd.amax(dim, keepdim=True))
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = pairs.common_shift(TORCH, xd.amax(dim, keepdim=True), rd.amax(dim, keepdim=True))
     xs, rs = x - top, r - top
     e_slopes = secant_slope(exp_slope, xs.detach(), rs.detach())
     total, total_ref = torch.exp(xs.detach()).sum(dim, keepdim=True), torch.exp(rs.detach()).sum(dim, keepdim=True)

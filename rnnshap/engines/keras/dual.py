@@ -173,19 +173,23 @@ def scaled(c: Dual, s: Dual) -> Dual:
     return Dual(attach(cx * sx, [(c.x, m_c), (s.x, m_s)]), c.r * s.r)
 
 
+def _shift(u: Dual, axis: Any) -> Tensor:
+    """The shift of a softmax or logsumexp (:func:`rnnshap.formulas.pairs.common_shift`), a constant."""
+    max_x, max_r = ops.max(ops.stop_gradient(u.x), axis, keepdims=True), ops.max(u.r, axis, keepdims=True)
+    return ops.stop_gradient(pairs.common_shift(KERAS, max_x, max_r))
+
+
 def softmax(u: Dual, axis: Any = -1) -> Dual:
-    """softmax = exp(u − c − log Σ exp(u − c)): Rescale on exp and log, the rest linear.
+    """softmax = exp(u − c − log Σ exp(u − c)): Rescale on exp and log (their closed-form secants), the rest linear.
 
     The shift c (the larger maximum of the two sides, a constant) cancels; it keeps exp bounded.
     """
-    shift = ops.stop_gradient(ops.maximum(ops.max(u.x, axis, keepdims=True), ops.max(u.r, axis, keepdims=True)))
-    shifted = u.map(lambda t: t - shift)
-    return rescale(ops.exp, shifted - log_of_sum(shifted, axis), derivative=ops.exp)
+    shifted = u.map(lambda t: t - _shift(u, axis))
+    return secant(ops.exp, shifted - log_of_sum(shifted, axis), exp_slope)
 
 
 def log_softmax(u: Dual, axis: Any = -1) -> Dual:
-    shift = ops.stop_gradient(ops.maximum(ops.max(u.x, axis, keepdims=True), ops.max(u.r, axis, keepdims=True)))
-    shifted = u.map(lambda t: t - shift)
+    shifted = u.map(lambda t: t - _shift(u, axis))
     return shifted - log_of_sum(shifted, axis)
 
 
@@ -303,7 +307,7 @@ def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = Tru
 
 def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
     """log Σ exp(u): Rescale on exp, the linear sum, Rescale on log (the shift c cancels)."""
-    shift = ops.stop_gradient(ops.maximum(ops.max(u.x, axis, keepdims=True), ops.max(u.r, axis, keepdims=True)))
+    shift = _shift(u, axis)
     out = log_of_sum(u.map(lambda t: t - shift), axis).map(lambda t: t + shift)
     return out if keepdims else out.map(lambda t: ops.squeeze(t, axis))
 
