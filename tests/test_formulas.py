@@ -151,7 +151,7 @@ def _defined_functions(path: Path) -> set[str]:
 def test_no_formula_of_the_package_is_defined_again_elsewhere() -> None:
     # `grep` finds no rule formula written twice (issue 39): the package's formulas by name
     names: set[str] = set()
-    for module in (secant,):
+    for module in (secant, pairs):
         names |= {n for n in module.__all__ if inspect.isfunction(getattr(module, n))}
     names -= {"rescaled"}
     assert {"exp_slope", "log_slope", "sqrt_slope", "tanh_secant_near"} <= names

@@ -28,10 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..formulas import bind
+from ..formulas import bind, pairs
 from ..formulas import secant as formulas
-from ..formulas.pairs import coalition_multipliers as coalition
-from ..formulas.pairs import midpoint_multipliers, shapley_weights
 from ..formulas.torch_ops import TORCH, scalar
 from .base import OpCall, Rule
 
@@ -217,7 +215,11 @@ def coalition_multipliers(
         values[mask] = g([inputs[i] if mask >> i & 1 else references[i] for i in range(n)])
     full = 2**n - 1
     shape = values[full].shape
-    multipliers = coalition(TORCH, values, inputs, references, lambda players, i: _derivative(g, players, i, shape), smooth)
+
+    def derivative(players: list[Tensor], i: int) -> Tensor:
+        return _derivative(g, players, i, shape)
+
+    multipliers = pairs.coalition_multipliers(TORCH, values, inputs, references, derivative, smooth)
     return values[full], values[0], multipliers  # (rnnshap/formulas/pairs.py)
 
 
@@ -301,7 +303,7 @@ def product(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor,
     """``a * b`` with the exact two-player Shapley rule: m_a = (b + b_r)/2, m_b = (a + a_r)/2."""
     output = a.detach() * b.detach()
     ref_output = a_ref * b_ref
-    m_a, m_b = midpoint_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
+    m_a, m_b = pairs.midpoint_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
     m_a, m_b = m_a.expand(output.shape), m_b.expand(output.shape)
     return with_multipliers(output, [a, b], [m_a, m_b]), ref_output
 
@@ -465,7 +467,7 @@ class Multilinear(Bilinear):
             raise ValueError(f"{call.name}: {self.refusal(call)}")
         inputs, references = call.inputs, call.references
         fixed = [x.detach() for x in inputs]
-        weights = shapley_weights(n)
+        weights = pairs.shapley_weights(n)
         surrogate: Tensor | None = None
         for i in range(n):
             for mask in range(2**n):
