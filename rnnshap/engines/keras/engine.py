@@ -22,7 +22,7 @@ from keras import tree as keras_tree
 from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout
-from . import backend, fused
+from . import backend
 from .backend import Tensor, dtype_name, to_numpy
 from .datasets import dataset_rows, is_dataset
 from .dual import Dual
@@ -400,6 +400,8 @@ class KerasEngine(Engine):
             self._graph = False
             return None
         except tf.errors.OpError:
+            from . import fused  # TensorFlow's kernels: imported on that backend only
+
             if not fused.give_up_compiling():
                 raise
             self._graph = None  # XLA failed on the fused layers' coefficients: the plain graph, traced afresh

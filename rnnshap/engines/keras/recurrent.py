@@ -19,7 +19,7 @@ import keras
 from keras import ops
 from keras import tree as keras_tree
 
-from . import dual, fused, private
+from . import backend, dual, private
 from .activations import activate, activation_problem, weight
 from .backend import Tensor, compiled
 from .dual import Dual
@@ -92,9 +92,12 @@ def _cell_sequence(
     (traced once per cell and batch shape, recorded by the gradient tape as one operation); shorter
     ones run eagerly, where tracing would cost more than it saves.
     """
-    if fused.applies(cell, mask, zero_start, grid, int(seq.x.shape[1]), int(seq.x.shape[0])):
-        assert grid is not None
-        return (fused.lstm if isinstance(cell, L.LSTMCell) else fused.gru)(cell, seq, grid, weight)
+    if backend.name() == "tensorflow":  # fused.py is TensorFlow's kernel: not imported on JAX (no TensorFlow needed there)
+        from . import fused
+
+        if fused.applies(cell, mask, zero_start, grid, int(seq.x.shape[1]), int(seq.x.shape[0])):
+            assert grid is not None
+            return (fused.lstm if isinstance(cell, L.LSTMCell) else fused.gru)(cell, seq, grid, weight)
     projected = seq.map(lambda t: _matmul(t, cell.kernel))
     if cell.use_bias:
         bias = weight(cell.bias, projected.x.dtype)

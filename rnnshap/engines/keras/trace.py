@@ -21,11 +21,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import tree as keras_tree
 
 from ...operations import tf_binary, tf_op_families
@@ -34,6 +33,9 @@ from .backend import dtype_name, is_tensor
 from .dual import Dual
 from .pass_state import Run, Walker, unsupported_in
 from .private import Functional, flat_layers, nodes
+
+if TYPE_CHECKING:  # TensorFlow is imported where the TensorFlow backend runs only (a JAX install may lack it)
+    import tensorflow as tf
 
 #: traces per layer: {signature of the call: KerasTrace | GraphTrace}
 _TRACES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
@@ -126,7 +128,7 @@ def call_traced(layer: keras.layers.Layer, run: Run, args: tuple[Any, ...], kwar
     traces = _TRACES.setdefault(layer, {})
     trace = traces.get(key)
     if trace is None:
-        scope = tf.init_scope() if backend.name() == "tensorflow" else contextlib.nullcontext()
+        scope = _tf().init_scope() if backend.name() == "tensorflow" else contextlib.nullcontext()
         with scope:  # outside any tf.function being traced, so that later passes can reuse it
             trace = traces[key] = _trace(layer, args, kwargs)
     leaves = _leaves((args, kwargs))
@@ -214,19 +216,28 @@ TF_MASK = {
     "All", "IsNan", "IsFinite", "IsInf",
 }  # fmt: skip
 #: unary elementwise graph ops: the operation table's view (rnnshap/operations.py), op type → its entry
-TF_ELEMENTWISE = tf_op_families(lambda op: hasattr(tf.raw_ops, op))
+#: (no TensorFlow needed to build these: a graph holds only ops its TensorFlow has)
+TF_ELEMENTWISE = tf_op_families()
 TF_SMOOTH = {t for t, entry in TF_ELEMENTWISE.items() if entry.smooth}
 TF_PIECEWISE = {t for t, entry in TF_ELEMENTWISE.items() if not entry.smooth} | {"ClipByValue"}
 #: binary graph ops (the operation table's view): op type → whether it is smooth
-TF_BINARY = {t: entry.smooth for t, entry in tf_binary().items() if hasattr(tf.raw_ops, t)}
+TF_BINARY = {t: entry.smooth for t, entry in tf_binary().items()}
 #: closed-form secant slopes (the TensorFlow kernels of the catalog's "secant" entries)
 TF_SLOPES = {t: dual.SLOPES_BY_NAME[entry.name][1] for t, entry in TF_ELEMENTWISE.items() if entry.family == "secant"}
 
 _RAW_SIGNATURES: dict[str, list[str]] = {}
 
 
+def _tf() -> Any:
+    """TensorFlow, imported on first use: the graph trace runs on the TensorFlow backend only."""
+    import tensorflow
+
+    return tensorflow
+
+
 def rerun(op: tf.Operation, inputs: list[Any]) -> list[Any]:
     """The graph op ``op`` run eagerly on ``inputs`` (its outputs, as a list)."""
+    tf = _tf()
     if op.type == "Const":
         return [tf.constant(tf.make_ndarray(op.get_attr("value")))]
     fn = getattr(tf.raw_ops, op.type, None)
@@ -261,6 +272,7 @@ class GraphTrace:
     """``call`` traced by ``tf.function``, every sublayer's ``call`` marked in the graph."""
 
     def __init__(self, layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        tf = _tf()
         self.layer = layer
         leaves = _leaves((args, kwargs))
         specs = [tf.TensorSpec(d.x.shape, d.x.dtype) for d in leaves]
@@ -304,6 +316,7 @@ class GraphTrace:
 
     def _needed(self, graph: Any) -> list[Any]:
         """The ops the outputs depend on, in graph order, stopping at marked sublayer calls."""
+        tf = _tf()
         needed: set[int] = set()
         stack = [t for t in keras_tree.flatten(self.outputs) if isinstance(t, tf.Tensor)]
         inputs = {id(t) for t in self.inputs} | set(self.captures)
@@ -321,6 +334,7 @@ class GraphTrace:
         return [op for op in graph.get_operations() if id(op) in needed]
 
     def run(self, leaves: list[Dual], run: Run, walker: Walker) -> Any:
+        tf = _tf()
         env: dict[int, Any] = {id(t): leaf for t, leaf in zip(self.inputs, leaves, strict=True)}
         env.update(self.captures)
         for op in self.order:
@@ -346,6 +360,7 @@ class GraphTrace:
         return keras_tree.map_structure(lambda t: env[id(t)] if isinstance(t, tf.Tensor) else t, self.outputs)
 
     def _op(self, op: tf.Operation, inputs: list[Any], run: Run) -> list[Any]:
+        tf = _tf()
         t = op.type
         duals = [i for i, v in enumerate(inputs) if isinstance(v, Dual)]
         if not duals:
