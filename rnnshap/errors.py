@@ -118,6 +118,14 @@ ADVICE: dict[str, str] = {
         "dimension), or register a rule for the module that contains it: a module rule replaces the "
         "decomposition of its inside. See docs/custom_rules.md."
     ),
+    "quantized": (
+        "{op} is a quantized kernel (torch.ao.quantization: quantize_dynamic, or a converted static model): it "
+        "computes in integers inside one kernel, outside the float operations rnnshap follows, and a fused kernel is "
+        "not an elementwise function, so no registered rule fits it. Explain the float model the quantized one was "
+        "made from (exact; the two differ by the quantization's rounding), or explain the quantized model itself "
+        "in the Shapley mode with rows computed alone (dynamic quantization picks one scale per batch):\n"
+        "    rnnshap.ShapleyExplainer(quantized_model, background, batch_size=1).shapley_values(x)"
+    ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "
         "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "
@@ -135,6 +143,14 @@ SHAPLEY_DOOR = (
 Op = Union[tuple[str, str], tuple[str, str, str]]
 
 
+def _advice_kind(name: str, kind: str) -> str:
+    """A quantized kernel gets quantization's advice, whatever shape of rule its call would have asked for."""
+    parts = name.split(".")  # torch._ops.quantized.linear_dynamic, torch._ops.aten.quantized_lstm
+    if kind in ("rule", "rule_operands", "reduction") and (parts[-1].startswith("quantized") or "quantized" in parts[:-1]):
+        return "quantized"
+    return kind
+
+
 class RnnShapError(Exception):
     """Base class of every error rnnshap raises on purpose."""
 
@@ -150,7 +166,7 @@ class UnsupportedOperationError(RnnShapError, TypeError):
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops: list[tuple[str, str]] = [(op[0], op[1]) for op in ops]
-        self.advice: dict[str, str] = {op[0]: (op[2] if len(op) > 2 else "rule") for op in ops}  # type: ignore[misc]
+        self.advice: dict[str, str] = {op[0]: _advice_kind(op[0], op[2] if len(op) > 2 else "rule") for op in ops}  # type: ignore[misc]
         lines = [f"  - {name}: {why}" for name, why in self.ops]
         first: dict[str, str] = {}
         for name, kind in self.advice.items():
@@ -161,8 +177,7 @@ class UnsupportedOperationError(RnnShapError, TypeError):
             + "\n".join(lines)
             + "\nrnnshap refuses rather than return attributions that do not add up.\n"
             + "\n".join(f"* {text}" for text in advice)
-            + "\n* "
-            + SHAPLEY_DOOR
+            + ("" if "quantized" in first else "\n* " + SHAPLEY_DOOR)  # its advice names the Shapley door that fits
         )
         super().__init__(message)
 

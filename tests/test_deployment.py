@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import rnnshap
-from rnnshap.errors import InputError, ModelStateError, RnnShapError
+from rnnshap.errors import InputError, ModelStateError, RnnShapError, UnsupportedOperationError
 
 from .conftest import assert_adds_up_to, assert_rounding_close, model_outputs
 
@@ -172,6 +172,37 @@ def test_a_dynamically_quantized_model_is_explained_row_by_row_with_batch_size_1
     assert bool(np.all(estimate.exact))
     np.testing.assert_allclose(estimate.base_values, np.broadcast_to(base, estimate.base_values.shape), rtol=0, atol=1e-12)
     assert_adds_up_to(estimate.base_values + estimate.values.sum(1), alone, "float32")
+
+
+def test_deepshap_refuses_a_quantized_model_with_advice_that_fits_quantization() -> None:
+    """A quantized kernel runs integer arithmetic outside torch's float operations: DeepSHAP refuses it, and the
+    advice names quantization (explain the float model, or rows alone in the Shapley mode), not a Rescale rule
+    that would fit neither a fused recurrent kernel nor a matrix product."""
+
+    class Recurrent8(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(F, 8, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    background, _ = data(dtype=torch.float32)
+    for model in (_quantized(), Recurrent8().eval()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        with torch.no_grad():  # packed quantized weights do not compare: the outputs and flags stand for them
+            before = (quantized(background), [m.training for m in quantized.modules()])
+        with pytest.raises(UnsupportedOperationError) as refused:
+            rnnshap.DeepExplainer(quantized, background)
+        with torch.no_grad():
+            assert torch.equal(quantized(background), before[0]) and [m.training for m in quantized.modules()] == before[1]
+        message = str(refused.value)
+        assert "quantized" in message and "float model" in message and "batch_size=1" in message
+        assert "Rescale" not in message and "elementwise rule" not in message
+        assert message.count("ShapleyExplainer(") == message.count("batch_size=1") == 1  # rows alone, or refused again
 
 
 def test_a_model_whose_rows_are_independent_passes_the_check_at_any_batch_size() -> None:
