@@ -47,6 +47,19 @@ def _digest(*arrays: Any) -> str:
     return h.hexdigest()[:24]
 
 
+def _foundation_models() -> Any:
+    """tests/zoo/foundation_models.py of this script's own tree (the tiny models the zoo tests build), loaded by path:
+    the other tree (``PYTHONPATH``) may not have it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "zoo" / "foundation_models.py"
+    spec = importlib.util.spec_from_file_location("foundation_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     import torch
     from torch import nn
@@ -206,14 +219,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         return explain(BinaryOps(), x, background)
 
     def ttm() -> tuple[Any, ...]:
-        from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
-
-        torch.manual_seed(0)
-        config = TinyTimeMixerConfig(
-            context_length=16, patch_length=4, patch_stride=4, prediction_length=4, d_model=8, num_layers=1,
-            decoder_num_layers=1, decoder_d_model=8,
-        )  # fmt: skip
-        model = TinyTimeMixerForPrediction(config).eval()
+        model = _foundation_models().ttm()
         series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(0).normal(0, 0.1, 200)
         context = np.stack([series[100:116], series[130:146]])
         background = np.stack([series[i : i + 16] for i in (0, 20, 40, 60)])
@@ -221,16 +227,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         return result.values, result.forecast
 
     def tirex() -> tuple[Any, ...]:
-        from tirex.models.tirex import TiRexZero
-
-        torch.manual_seed(0)
-        config = dict(
-            input_patch_size=4, output_patch_size=4, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-            block_kwargs=dict(embedding_dim=8, num_heads=2, num_blocks=1, ffn_proj_factor=2.0), input_ff_dim=16,
-        )  # fmt: skip
-        model = TiRexZero(backend="torch", model_config=config, train_ctx_len=16).eval()
-        for parameter in model.parameters():
-            torch.nn.init.normal_(parameter, std=0.3)
+        model = _foundation_models().tirex()
         series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(1).normal(0, 0.1, 200)
         context = np.stack([series[100:116], series[130:146]])
         background = np.stack([series[i : i + 16] for i in (0, 20, 40)])

@@ -22,6 +22,8 @@ import torch
 import rnnshap.foundation
 from rnnshap.errors import InputError
 
+from . import foundation_models
+
 RNG = np.random.default_rng(0)
 SERIES = RNG.standard_normal(400).cumsum() + 40.0  # positive, as many real series are
 
@@ -71,14 +73,7 @@ def enumerated_shapley(
 @pytest.fixture(scope="module")
 def ttm() -> Any:
     pytest.importorskip("tsfm_public")
-    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
-
-    torch.manual_seed(0)
-    config = TinyTimeMixerConfig(
-        context_length=16, patch_length=4, patch_stride=4, prediction_length=4, d_model=8, num_layers=1,
-        decoder_num_layers=1, decoder_d_model=8,
-    )  # fmt: skip
-    return TinyTimeMixerForPrediction(config).eval()
+    return foundation_models.ttm()
 
 
 def ttm_forecast(model: Any, rows: np.ndarray) -> np.ndarray:
@@ -158,34 +153,7 @@ def test_a_model_of_no_supported_library_is_refused_by_name() -> None:
 # -- TimesFM 2.5 (timesfm) -----------------------------------------------------------------------------------
 def tiny_timesfm(compiled: bool = True, **forecast_config: Any) -> Any:
     pytest.importorskip("timesfm")
-    from timesfm import ForecastConfig, TimesFM_2p5_200M_torch, configs
-    from timesfm.timesfm_2p5 import timesfm_2p5_base, timesfm_2p5_torch
-
-    p, o, oq, d = 4, 8, 16, 8
-    definition = timesfm_2p5_base.TimesFM_2p5_200M_Definition(
-        input_patch_len=p, output_patch_len=o, output_quantile_len=oq,
-        tokenizer=configs.ResidualBlockConfig(2 * p, d, d, True, "swish"),
-        stacked_transformers=configs.StackedTransformersConfig(
-            1, configs.TransformerConfig(d, d, 2, "rms", "rms", "rms", False, True, "swish", True)
-        ),
-        output_projection_point=configs.ResidualBlockConfig(d, d, o * 10, False, "swish"),
-        output_projection_quantiles=configs.ResidualBlockConfig(d, d, oq * 10, False, "swish"),
-    )  # fmt: skip
-
-    class Tiny(timesfm_2p5_torch.TimesFM_2p5_200M_torch_module):
-        config = definition
-
-    torch.manual_seed(0)
-    with mock.patch.object(timesfm_2p5_torch, "TimesFM_2p5_200M_torch_module", Tiny):  # the constructor builds the tiny one
-        model = TimesFM_2p5_200M_torch(torch_compile=False)
-    model.model.eval()
-    for parameter in model.model.parameters():  # spread weights: quantiles that differ and cross
-        torch.nn.init.normal_(parameter, std=0.3)
-    settings = dict(max_context=16, max_horizon=16, per_core_batch_size=8)
-    settings.update(forecast_config)
-    if compiled:
-        model.compile(ForecastConfig(**settings))
-    return model
+    return foundation_models.timesfm(compiled, **forecast_config)
 
 
 @pytest.fixture(scope="module")
@@ -292,19 +260,7 @@ def test_ttm_gaps_are_its_observed_mask_and_get_zeros(ttm: Any) -> None:
 @pytest.fixture(scope="module")
 def bolt() -> Any:
     pytest.importorskip("chronos")
-    from chronos import ChronosBoltPipeline
-    from chronos.chronos_bolt import ChronosBoltModelForForecasting
-    from transformers import T5Config
-
-    config = T5Config(
-        d_model=8, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=4, vocab_size=2, decoder_start_token_id=0,
-        pad_token_id=0, chronos_config=dict(
-            context_length=16, prediction_length=4, input_patch_size=4, input_patch_stride=4, quantiles=[0.1, 0.5, 0.9],
-            use_reg_token=True,
-        ),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return ChronosBoltPipeline(ChronosBoltModelForForecasting(config).eval())
+    return foundation_models.bolt()
 
 
 def bolt_forecast(pipeline: Any, rows: Any, H: int, levels: list[float] | None = None) -> np.ndarray:
@@ -361,17 +317,7 @@ def test_bolt_dropping_context_is_nan_as_chronos_takes_it(bolt: Any) -> None:
 @pytest.fixture(scope="module")
 def tirex_model() -> Any:
     pytest.importorskip("tirex")
-    from tirex.models.tirex import TiRexZero
-
-    torch.manual_seed(0)
-    config = dict(
-        input_patch_size=4, output_patch_size=4, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-        block_kwargs=dict(embedding_dim=8, num_heads=2, num_blocks=1, ffn_proj_factor=2.0), input_ff_dim=16,
-    )  # fmt: skip
-    model = TiRexZero(backend="torch", model_config=config, train_ctx_len=16).eval()
-    for parameter in model.parameters():  # the sLSTM's weights are torch.empty until a checkpoint fills them
-        torch.nn.init.normal_(parameter, std=0.3)
-    return model
+    return foundation_models.tirex()
 
 
 def tirex_forecast(model: Any, rows: Any, H: int) -> np.ndarray:
@@ -458,22 +404,8 @@ def test_tirex_shapley_patches_dropping_context_enumerated_through_forecast(tire
 @pytest.fixture(scope="module")
 def moment_model() -> Any:
     pytest.importorskip("momentfm")
-    from momentfm import MOMENTPipeline
-
-    t5 = dict(
-        d_model=8, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=8, feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=8, relative_attention_max_distance=16,
-    )  # fmt: skip
-    config = dict(
-        task_name="forecasting", forecast_horizon=4, seq_len=16, patch_len=4, patch_stride_len=4, d_model=8,
-        transformer_type="encoder_only",
-        transformer_backbone="google/flan-t5-small", t5_config=t5, randomly_initialize_backbone=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
     with pytest.warns(UserWarning, match="must be fine-tuned"):  # momentfm's own note on a forecasting head
-        model = MOMENTPipeline(config, model_kwargs=dict(task_name="forecasting", forecast_horizon=4))
-        model.init()
-    return model.eval()
+        return foundation_models.moment()
 
 
 def moment_forecast(model: Any, rows: np.ndarray) -> np.ndarray:
@@ -515,18 +447,7 @@ def test_moment_shapley_windows_enumerated_through_its_call(moment_model: Any) -
 @pytest.fixture(scope="module")
 def chronos2() -> Any:
     pytest.importorskip("chronos")
-    from chronos import Chronos2Pipeline
-    from chronos.chronos2 import Chronos2Model
-    from chronos.chronos2.config import Chronos2CoreConfig
-
-    config = Chronos2CoreConfig(
-        d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2, chronos_config=dict(
-            context_length=16, output_patch_size=4, input_patch_size=4, input_patch_stride=4,
-            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True, use_arcsinh=True, max_output_patches=2,
-        ),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return Chronos2Pipeline(Chronos2Model(config).eval())
+    return foundation_models.chronos2()
 
 
 def chronos2_forecast(pipeline: Any, tasks: list[Any], H: int, levels: list[float] | None = None) -> np.ndarray:
