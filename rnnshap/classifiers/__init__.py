@@ -301,6 +301,20 @@ def as_outputs(a: Any, n: int) -> np.ndarray:
     return np.asarray(a, np.float64).reshape(n, -1)
 
 
+def check_fitted(shape: tuple[int, ...], channels: int | None, steps: int | None, estimator: str, what: str = "X") -> None:
+    """Refuse panels whose channels or length differ from what the estimator was fitted on, naming the panels
+    (a 2-D ``(n, time)`` array is one channel: given to a multivariate estimator, it is ``X`` that does not fit)."""
+    C, T = shape[1:]
+    if (channels is None or channels == C) and (steps is None or steps == T):
+        return
+    fitted = f"{channels} channel{'s' * (channels != 1)}" if channels is not None else f"{C} channels"
+    raise InputError(
+        f"{what} holds {C} channel{'s' * (C != 1)} of {T} steps per panel (read as (n, channels, time); a 2-D array is "
+        f"(n, time), one channel), and {estimator} was fitted on {fitted}" + (f" of {steps} steps" if steps else "")
+        + f": give {what} in the layout the estimator was fitted on"
+    )
+
+
 def pick_background(X: np.ndarray, background: np.ndarray | None, what: str) -> np.ndarray:
     if background is None:
         return X

@@ -22,6 +22,7 @@ from . import (
     as_outputs,
     check_choices,
     check_equal,
+    check_fitted,
     check_reference,
     check_version,
     explain_shapley,
@@ -159,10 +160,15 @@ def explain(
     """
     _aeon()
     chosen = check_choices(method, players, windows)
-    x, names = panels(X)
-    reference = pick_background(x, None if background is None else panels(background, "background")[0], "aeon")
-    n, C, T = x.shape
     estimator = type(clf).__name__
+    fitted = getattr(clf, "metadata_", None) or {}  # what aeon recorded of the panels it was fitted on
+    x, names = panels(X)
+    check_fitted(x.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator)
+    given = None if background is None else panels(background, "background")[0]
+    if given is not None:
+        check_fitted(given.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator, "background")
+    reference = pick_background(x, given, "aeon")
+    n, C, T = x.shape
     deep = _deep_members(clf)
     regressor = deep[1] if deep is not None else not hasattr(clf, "predict_proba")
     what = "predict" if regressor else "predict_proba"

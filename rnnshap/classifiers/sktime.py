@@ -27,6 +27,7 @@ from . import (
     as_outputs,
     check_choices,
     check_equal,
+    check_fitted,
     check_reference,
     check_version,
     explain_shapley,
@@ -179,10 +180,17 @@ def explain(
 
     _sktime()
     chosen = check_choices(method, players, windows)
-    x, names = panels(X)
-    reference = pick_background(x, None if background is None else panels(background, "background")[0], "sktime")
-    n, C, T = x.shape
     estimator = type(clf).__name__
+    # sktime records one kind per channel of the panels it was fitted on (not their length)
+    kinds = (getattr(clf, "_X_metadata", None) or {}).get("feature_kind")
+    channels = len(kinds) if isinstance(kinds, list) else None
+    x, names = panels(X)
+    check_fitted(x.shape, channels, None, estimator)
+    given = None if background is None else panels(background, "background")[0]
+    if given is not None:
+        check_fitted(given.shape, channels, None, estimator, "background")
+    reference = pick_background(x, given, "sktime")
+    n, C, T = x.shape
     if _is_keras_deep(clf) and getattr(clf, "model_", None) is None:
         raise InputError(f"{estimator} is not fitted. {TENSORFLOW_ADVICE}")
     regressor = not hasattr(clf, "predict_proba")

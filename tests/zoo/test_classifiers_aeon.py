@@ -286,3 +286,15 @@ def test_one_panel_without_a_background_is_refused_not_explained_as_all_zeros(it
     other = int(np.flatnonzero(np.abs(proba - proba[0]).max(1) > 0)[0])  # a panel the estimator rates otherwise
     pair = rnnshap.aeon.explain(clf, X[[0, other]], windows=6)  # two panels: each in the other's reference
     assert np.abs(pair.values).max() > 0
+
+
+def test_panels_unlike_those_fitted_on_are_refused_naming_the_panels(motions, knn_on_three_channels) -> None:
+    """A 2-D (n, time) array is aeon's univariate layout: given to a classifier fitted on 6 channels it is the
+    explained panels that do not fit (not the background), and the message says what the estimator was fitted on."""
+    pipeline, _ = knn_on_three_channels
+    X, _ = motions
+    with pytest.raises(rnnshap.InputError, match=r"X.*1 channel.*24 steps.*fitted on 6 channels of 24 steps") as refused:
+        rnnshap.aeon.explain(pipeline, X[:2, 0, :], background=X[10:14])
+    assert "background" not in str(refused.value).split("fitted on")[0]
+    with pytest.raises(rnnshap.InputError, match=r"background.*6 channels.*20 steps.*fitted on 6 channels of 24 steps"):
+        rnnshap.aeon.explain(pipeline, X[:2], background=X[10:14, :, :20])

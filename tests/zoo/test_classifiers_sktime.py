@@ -224,3 +224,14 @@ def test_one_panel_without_a_background_is_refused_not_explained_as_all_zeros(mo
     X, _ = motions
     with pytest.raises(rnnshap.InputError, match="background"):
         rnnshap.sktime.explain(knn_on_channels_0_and_3, X[20:21], players="channels")
+
+
+def test_panels_with_other_channels_than_fitted_on_are_refused_naming_the_panels(motions, knn_on_channels_0_and_3) -> None:
+    """A 2-D (n, time) array is one channel: given to a pipeline fitted on several, it is X that does not fit."""
+    X, _ = motions
+    fitted = X.shape[1]
+    with pytest.raises(rnnshap.InputError, match=rf"X holds 1 channel of .*fitted on {fitted} channels") as refused:
+        rnnshap.sktime.explain(knn_on_channels_0_and_3, X[:2, 0, :], background=X[10:14])
+    assert "background" not in str(refused.value).split("fitted on")[0]
+    with pytest.raises(rnnshap.InputError, match=rf"background holds 2 channels .*fitted on {fitted} channels"):
+        rnnshap.sktime.explain(knn_on_channels_0_and_3, X[:2], background=X[10:14, :2])
