@@ -278,3 +278,85 @@ def test_rescale_multiplier_takes_the_quotient_where_the_midpoint_derivative_is_
     output, ref_output, m = rescale_multiplier(g, x, r)
     assert m[0] * (x[0] - r[0]) == pytest.approx(float(output[0] - ref_output[0]), rel=4 * EPS)
     assert m[1] == 0  # nothing moves and the derivative there is not finite: 0
+
+
+def test_quotient_multipliers_are_the_two_player_shapley_values_over_delta() -> None:
+    rng = np.random.default_rng(3)
+    a, a_r = rng.normal(size=10), rng.normal(size=10)
+    b, b_r = rng.uniform(0.2, 3, 10) * rng.choice([-1, 1], 10), rng.uniform(0.2, 3, 10)
+    b_r[0] = b[0]  # b does not move: its multiplier's Δ is 0, its value φ_b = 0
+    (m_a, m_b), keras_side = _both(pairs.quotient_multipliers, a, b, a_r, b_r)
+    phi_a = ((a / b_r - a_r / b_r) + (a / b - a_r / b)) / 2  # enumerated: the two orders of the two players
+    phi_b = ((a_r / b - a_r / b_r) + (a / b - a / b_r)) / 2
+    scale = np.abs(a / b).max() + np.abs(a_r / b_r).max()
+    np.testing.assert_allclose(m_a * (a - a_r), phi_a, rtol=0, atol=16 * EPS * scale)
+    np.testing.assert_allclose(m_b * (b - b_r), phi_b, rtol=0, atol=16 * EPS * scale)
+    for x, y in zip((m_a, m_b), keras_side, strict=True):
+        np.testing.assert_array_equal(y, x)
+    # a constant numerator (its own reference): -c / (b b_r), the change of c / b over Δb
+    (m_const,), (m_const_keras,) = _both(lambda xp, u, u_r: pairs.quotient_multipliers(xp, 3.0, u, 3.0, u_r)[1], b, b_r)
+    np.testing.assert_allclose(m_const, -3.0 / (b * b_r), rtol=4 * EPS, atol=0)
+    np.testing.assert_allclose(m_const_keras, m_const, rtol=4 * EPS, atol=0)
+
+
+def test_scaled_quotient_multipliers_add_up_and_fall_back_to_shapley_across_signs() -> None:
+    rng = np.random.default_rng(4)
+    a, a_r = rng.normal(size=10), rng.normal(size=10)
+    b, b_r = rng.uniform(0.1, 3, 10), rng.uniform(0.1, 3, 10)
+    b[:2] = [-1.0, 2.0]
+    b_r[:2] = [0.5, -2.0]
+    (m_a, m_b), keras_side = _both(pairs.scaled_quotient_multipliers, a, b, a_r, b_r)
+    scale = np.abs(a / b).max() + np.abs(a_r / b_r).max()
+    np.testing.assert_allclose(m_a * (a - a_r) + m_b * (b - b_r), a / b - a_r / b_r, rtol=0, atol=64 * EPS * scale)
+    np.testing.assert_array_equal(m_a[2:], 2 / (b[2:] + b_r[2:]))
+    shapley_a, shapley_b = pairs.quotient_multipliers(TORCH, *(torch.tensor(t[:2]) for t in (a, b, a_r, b_r)))
+    np.testing.assert_array_equal(m_a[:2], shapley_a.numpy())  # not of one sign: the Shapley rule
+    np.testing.assert_array_equal(m_b[:2], shapley_b.numpy())
+    for x, y in zip((m_a, m_b), keras_side, strict=True):
+        np.testing.assert_allclose(y, x, rtol=4 * EPS, atol=0)
+
+
+def _division_truth(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The exact Shapley values (float64, enumerated) of x0 / x1 + 3 / x2 with one reference row."""
+    truth = np.zeros_like(x)
+    truth[:, 0] = ((x[:, 0] / r[1] - r[0] / r[1]) + (x[:, 0] / x[:, 1] - r[0] / x[:, 1])) / 2
+    truth[:, 1] = ((r[0] / x[:, 1] - r[0] / r[1]) + (x[:, 0] / x[:, 1] - x[:, 0] / r[1])) / 2
+    truth[:, 2] = 3 / x[:, 2] - 3 / r[2]
+    return truth
+
+
+def _division_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=(4, 1)), rng.uniform(0.5, 2, (4, 2))], axis=1)
+    return x, np.array([[0.3, 1.2, 0.8]])
+
+
+def test_a_division_on_the_pytorch_engine_gets_the_enumerated_shapley_values() -> None:
+    import rnnshap
+
+    class Division(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return (t[:, 0] / t[:, 1] + 3 / t[:, 2]).unsqueeze(1)
+
+    x, background = _division_data()
+    values = rnnshap.DeepExplainer(Division(), torch.tensor(background)).shap_values(torch.tensor(x))
+    truth = _division_truth(x, background[0])
+    np.testing.assert_allclose(np.asarray(values).reshape(truth.shape), truth, rtol=0, atol=16 * EPS * np.abs(truth).max())
+
+
+def test_a_division_on_the_keras_engine_gets_the_enumerated_shapley_values() -> None:
+    keras = pytest.importorskip("keras")
+    import rnnshap
+
+    inputs = keras.Input((3,), dtype="float64")
+    ops = keras.ops
+    out = keras.layers.Lambda(
+        lambda t: ops.expand_dims(ops.divide(t[:, 0], t[:, 1]) + ops.true_divide(3.0, t[:, 2]), 1), dtype="float64"
+    )(inputs)
+    model = keras.Model(inputs, out)
+    x, background = _division_data()
+    weights_before = [w.copy() for w in model.get_weights()]
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    truth = _division_truth(x, background[0])
+    np.testing.assert_allclose(np.asarray(values).reshape(truth.shape), truth, rtol=0, atol=16 * EPS * np.abs(truth).max())
+    assert all(np.array_equal(a, b) for a, b in zip(weights_before, model.get_weights(), strict=True))

@@ -5,6 +5,8 @@ r"""The two-player rules and the multipliers of the structured operations, writt
 - :func:`midpoint_multipliers`: the exact two-player Shapley rule of a product :math:`a \odot b`,
   :math:`m_a = (b + b_r)/2`, :math:`m_b = (a + a_r)/2`;
 - :func:`scaled_multipliers`: the normalizations' scale-weighted rule for :math:`c \odot s`;
+- :func:`quotient_multipliers`: the exact two-player Shapley rule of a quotient :math:`a / b` in closed form;
+  :func:`scaled_quotient_multipliers`: the scale-weighted rule of :math:`a / b` for a root ``b``;
 - :func:`log_sum_multiplier`: the Rescale multiplier of :math:`\log S` for a sum of exponentials
   :math:`S` (softmax, log-softmax, logsumexp), stable where one side's sum underflows;
 - :func:`max_credits` and :func:`inverse_delta`: shap's max-pool rule (a maximum's change credited to
@@ -17,7 +19,7 @@ Each takes the array namespace ``xp`` first (:mod:`rnnshap.formulas`) and arrays
 from __future__ import annotations
 
 from math import factorial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .namespace import Array, Ops
 from .secant import finite_where_still, log_slope, small_delta_threshold
@@ -72,7 +74,12 @@ def coalition_multipliers(
 
 
 def midpoint_multipliers(xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array) -> tuple[Array, Array]:
-    """The exact two-player Shapley rule of ``a ⊙ b``: ``(m_a, m_b) = ((b + b_r)/2, (a + a_r)/2)``."""
+    r"""The exact two-player Shapley rule of ``a ⊙ b``: ``(m_a, m_b) = ((b + b_r)/2, (a + a_r)/2)``.
+
+    The same midpoints give the rule of any ``f`` linear in each operand (matmul, einsum, the scores
+    :math:`q k^\top` and the weighted values of attention): :math:`f(a, b) - f(a_r, b_r) = f(\Delta a, \bar b)
+    + f(\bar a, \Delta b)` with :math:`\bar b = m_a`, :math:`\bar a = m_b`, so the gradient of ``f`` taken at
+    the midpoints is the Shapley split of every product term."""
     return (b + b_r) / 2, (a + a_r) / 2
 
 
@@ -94,6 +101,37 @@ def scaled_multipliers(xp: Ops, c: Array, s: Array, c_r: Array, s_r: Array) -> t
         m_c = xp.where(same, m_c, (s + s_r) / 2)
         m_s = xp.where(same, m_s, (c + c_r) / 2)
     return m_c, m_s
+
+
+def quotient_multipliers(xp: Ops, a: Any, b: Array, a_ref: Any, b_ref: Array) -> tuple[Any, Array]:
+    r"""The exact two-player Shapley multipliers of ``a / b`` in closed form:
+    :math:`m_a = \tfrac12(1/b + 1/b_r)`, :math:`m_b = -\tfrac{a + a_r}{2\,b\,b_r}` (0 where ``b``
+    does not move and the multiplier is not finite). No difference quotient, so no cancellation and
+    no small-Δ switch, however small the operands; ``a`` may be a constant (a Python number, its own
+    reference: then :math:`m_b = -a/(b\,b_r)`)."""
+    m_a = (1 / b + 1 / b_ref) / 2
+    m_b = -(a + a_ref) / (2 * b * b_ref)
+    still = (b == b_ref) & ~xp.isfinite(m_b)
+    if not xp.surely_none(still):
+        m_b = xp.where(still, xp.zeros_like(m_b), m_b)
+    return m_a, m_b
+
+
+def scaled_quotient_multipliers(xp: Ops, a: Array, b: Array, a_ref: Array, b_ref: Array) -> tuple[Array, Array]:
+    r"""The multipliers of ``a / b`` for a root ``b`` (a norm, a standard deviation) by the
+    scale-weighted rule of :func:`scaled_multipliers` on ``a ⊙ (1/b)``:
+    :math:`m_a = 2/(b + b_r)`, :math:`m_b = -(a b_r + a_r b) / (b b_r (b + b_r))`, so that
+    ``c / sqrt(v + eps)`` gets the values of ``c * rsqrt(v + eps)`` and of the built-in norms. Bounded
+    where one side's row is all zeros and its ``b`` is :math:`\sqrt{\epsilon}`. Where ``b`` and
+    ``b_r`` are not of one sign, the Shapley multipliers (:func:`quotient_multipliers`)."""
+    total = b + b_ref
+    m_a = 2 / total
+    m_b = -(a * b_ref + a_ref * b) / (b * b_ref * total)
+    same = b * b_ref > 0
+    if not xp.surely_all(same):
+        shapley_a, shapley_b = quotient_multipliers(xp, a, b, a_ref, b_ref)
+        m_a, m_b = xp.where(same, m_a, shapley_a), xp.where(same, m_b, shapley_b)
+    return m_a, m_b
 
 
 def common_shift(xp: Ops, max_x: Array, max_r: Array) -> Array:
@@ -155,6 +193,8 @@ __all__ = [
     "log_sum_multiplier",
     "max_credits",
     "midpoint_multipliers",
+    "quotient_multipliers",
+    "scaled_quotient_multipliers",
     "scaled_multipliers",
     "stable_log",
     "usable_quotient",

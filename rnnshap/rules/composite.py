@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..formulas import pairs
+from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import Shapley, product, rescale, with_multipliers
 from .secant import exp_ratio_slope, exp_slope, reciprocal_slope, secant, secant_slope
@@ -60,24 +62,11 @@ class _FirstOperand(Rule):
         return _not_first(call)
 
 
-def quotient_multipliers(a: Any, b: Tensor, a_ref: Any, b_ref: Tensor) -> tuple[Any, Tensor]:
-    r"""The exact two-player Shapley multipliers of ``a / b`` in closed form:
-    :math:`m_a = \tfrac12(1/b + 1/b_r)`, :math:`m_b = -\tfrac{a + a_r}{2\,b\,b_r}` (0 where ``b``
-    does not move and the multiplier is not finite). No difference quotient, so no cancellation and
-    no small-Δ switch, however small the operands; ``a`` may be a constant (a python number)."""
-    m_a = (1 / b + 1 / b_ref) / 2
-    m_b = -(a + a_ref) / (2 * b * b_ref)
-    still = (b == b_ref) & ~torch.isfinite(m_b)
-    if bool(still.any()):
-        m_b = torch.where(still, torch.zeros_like(m_b), m_b)
-    return m_a, m_b
-
-
 def quotient(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
-    """``a / b`` with the exact two-player Shapley rule (:func:`quotient_multipliers`)."""
+    """``a / b`` with the exact two-player Shapley rule (:func:`rnnshap.formulas.pairs.quotient_multipliers`)."""
     ad, bd = a.detach(), b.detach()
     output, ref_output = ad / bd, a_ref / b_ref
-    m_a, m_b = quotient_multipliers(ad, bd, a_ref, b_ref)
+    m_a, m_b = pairs.quotient_multipliers(TORCH, ad, bd, a_ref, b_ref)
     return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)]), ref_output
 
 
@@ -95,7 +84,7 @@ def _rounding_mode(call: OpCall) -> Any:
 
 class Quotient(Shapley):
     """True division ``a / b``: linear in ``a`` alone; with ``b`` tracked the exact two-player
-    Shapley rule in closed form (:func:`quotient_multipliers`), exact on the small denominators of
+    Shapley rule in closed form (:func:`rnnshap.formulas.pairs.quotient_multipliers`), exact on the small denominators of
     a normalization written by hand. A rounding mode (floor or trunc division) is refused."""
 
     def __init__(self, reverse: bool = False) -> None:
@@ -120,32 +109,15 @@ class Quotient(Shapley):
             return super().attribute(call)
         a_ref, b_ref = call.reference_of(a, a), call.reference_of(b)
         output = call.evaluate([t.detach() for t in tracked])
-        m_a, m_b = quotient_multipliers(a.detach() if isinstance(a, Tensor) else a, b.detach(), a_ref, b_ref)
+        m_a, m_b = pairs.quotient_multipliers(TORCH, a.detach() if isinstance(a, Tensor) else a, b.detach(), a_ref, b_ref)
         if any(a is t for t in tracked):
             return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
         return with_multipliers(output, [b], [m_b.expand(output.shape)])
 
 
-def scaled_quotient_multipliers(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The multipliers of ``a / b`` for a root ``b`` (a norm, a standard deviation) by the
-    scale-weighted rule of :func:`~rnnshap.rules.structured.scaled` on ``a ⊙ (1/b)``:
-    :math:`m_a = 2/(b + b_r)`, :math:`m_b = -(a b_r + a_r b) / (b b_r (b + b_r))`, so that
-    ``c / sqrt(v + eps)`` gets the values of ``c * rsqrt(v + eps)`` and of the built-in norms. Bounded
-    where one side's row is all zeros and its ``b`` is :math:`\sqrt{\epsilon}`. Where ``b`` and
-    ``b_r`` are not of one sign, the Shapley multipliers (:func:`quotient_multipliers`)."""
-    total = b + b_ref
-    m_a = 2 / total
-    m_b = -(a * b_ref + a_ref * b) / (b * b_ref * total)
-    same = b * b_ref > 0
-    if not bool(same.all()):
-        shapley_a, shapley_b = quotient_multipliers(a, b, a_ref, b_ref)
-        m_a, m_b = torch.where(same, m_a, shapley_a), torch.where(same, m_b, shapley_b)
-    return m_a, m_b
-
-
 class ScaledQuotient(Quotient):
     """``a / b``, both input-dependent, ``b`` a root (``sqrt``, ``std``, a norm): a normalization
-    written by hand. The scale-weighted rule of the built-in norms (:func:`scaled_quotient_multipliers`);
+    written by hand. The scale-weighted rule of the built-in norms (:func:`rnnshap.formulas.pairs.scaled_quotient_multipliers`);
     the engine chooses it (rnnshap/engines/pytorch/handwritten_norms.py)."""
 
     def attribute(self, call: OpCall) -> Any:
@@ -155,7 +127,7 @@ class ScaledQuotient(Quotient):
         a, b = operands
         a_ref, b_ref = call.reference_of(a), call.reference_of(b)
         output = call.evaluate([t.detach() for t in call.inputs])
-        m_a, m_b = scaled_quotient_multipliers(a.detach(), b.detach(), a_ref, b_ref)
+        m_a, m_b = pairs.scaled_quotient_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
         return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
 
 
@@ -458,6 +430,4 @@ __all__ = [
     "VectorNorm",
     "midpoint_quadratic",
     "quotient",
-    "quotient_multipliers",
-    "scaled_quotient_multipliers",
 ]

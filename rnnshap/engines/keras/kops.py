@@ -4,10 +4,10 @@ custom ``call``) on :class:`~rnnshap.engines.keras.dual.Dual` tensors, each by i
 - linear ops (reshaping, indexing, sums, means, concatenation, convolution with a constant kernel,
   ``multiply``/``matmul``/``einsum``/``divide`` with one input-dependent operand, ...) run on both sides;
 - products of two input-dependent tensors (``multiply``, ``matmul``, ``einsum``, ``tensordot``, ...)
-  take the exact two-player Shapley rule, ``divide`` by an input-dependent tensor the Shapley rule on
-  ``a ⊙ (1/b)``; a product with an inverse root (``rsqrt``, ``power(·, -0.5)``) or a division by a
-  root (``sqrt``), a normalization written with keras ops, the normalizations' scale-weighted rule
-  (``dual.scaled``), as on the torch backend;
+  take the exact two-player Shapley rule, ``divide`` by an input-dependent tensor its closed form
+  (:func:`rnnshap.formulas.pairs.quotient_multipliers`); a product with an inverse root (``rsqrt``,
+  ``power(·, -0.5)``) or a division by a root (``sqrt``), a normalization written with keras ops, the
+  normalizations' scale-weighted rule (``dual.scaled``, ``_quotient``), as on the torch backend;
 - elementwise nonlinear ops take Rescale (with one input-dependent operand) or the exact two-player
   Shapley rule (``maximum``, ``power``, ... of two);
 - ``softmax``, ``log_softmax``, ``logsumexp``, ``max``/``min`` reductions and ``layer_normalization``
@@ -25,6 +25,8 @@ from typing import Any, Callable
 import keras
 from keras import ops
 
+from ...formulas import pairs
+from ...formulas.keras_ops import KERAS
 from ...operations import KERAS_PARAMETRIC_PIECEWISE, keras_binary, keras_op_families, keras_structured
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
@@ -137,6 +139,12 @@ def _with(args: tuple[Any, ...], kwargs: dict[str, Any], replace: dict[Any, Any]
     return new_args, new_kwargs
 
 
+def _call(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], replace: dict[Any, Any]) -> Any:
+    """``op`` with the arguments at the keys of ``replace`` replaced."""
+    new_args, new_kwargs = _with(args, kwargs, replace)
+    return op(*new_args, **new_kwargs)
+
+
 def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any) -> Callable[[Tensor], Tensor]:
     def fn(t: Tensor) -> Tensor:
         a, k = _with(args, kwargs, {where: t})
@@ -174,7 +182,7 @@ def _mark(n: str, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, 
     return prior if n in _KEEPS else None
 
 
-def _normalizing(n: str, found: list[tuple[Any, Dual]]) -> Dual | None:
+def _normalizing(op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Dual | None:
     """A product of an inverse root with an input-dependent value, or a division of one by a root:
     the scale-weighted rule of the normalizations (:func:`dual.scaled`), as on the torch backend."""
     if len(found) != 2 or any(d is None for _, d in found):
@@ -183,7 +191,7 @@ def _normalizing(n: str, found: list[tuple[Any, Dual]]) -> Dual | None:
     if n == "Multiply" and [a.mark, b.mark].count(INVERSE) == 1 and [a.mark, b.mark].count(None) == 1:
         return dual.scaled(a, b) if b.mark == INVERSE else dual.scaled(b, a)
     if n in DIVISION and pa in (0, "x1") and b.mark == SCALE and a.mark is None:
-        return dual.scaled(a, dual.reciprocal(b))
+        return _quotient(op, args, kwargs, found, scaled=True)
     return None
 
 
@@ -191,7 +199,7 @@ def call_op(op: Any, run: Run, args: tuple[Any, ...], kwargs: dict[str, Any], un
     """The keras op ``op(*args, **kwargs)`` with Duals among its arguments, by its rule."""
     n = name(op)
     found = _positions(args, kwargs, op)
-    normalized = _normalizing(n, found)
+    normalized = _normalizing(op, n, found, args, kwargs)
     if normalized is not None:
         return normalized
     result = _by_rule(op, n, found, args, kwargs, unsupported)
@@ -224,12 +232,12 @@ def _by_rule(
             if n in DIVISION and position not in (0, "x1"):
                 if value is None:
                     raise unsupported(op, f"{n} by a nest of input-dependent tensors")
-                return _divide_by(op, args, kwargs, position, dual.reciprocal(value))
+                return _divide_by(op, args, kwargs, position, value)
             return both(op, args, kwargs)
         if len(found) == 2 and all(d is not None for _, d in found):
             (pa, a), (pb, b) = found
-            if n in DIVISION:  # a / b = a ⊙ (1/b): the Shapley rule on the product, Rescale on 1/b
-                return dual.product(a, dual.reciprocal(b))
+            if n in DIVISION:  # the exact two-player Shapley rule in closed form, as on the torch backend
+                return _quotient(op, args, kwargs, found)
 
             def fn(ta: Tensor, tb: Tensor) -> Tensor:
                 new_args, new_kwargs = _with(args, kwargs, {pa: ta, pb: tb})
@@ -296,20 +304,37 @@ def _ordering(op: Any, n: str, value: Dual, unsupported: Unsupported) -> Dual | 
     return ordered.map(lambda t: ops.moveaxis(t, -1, axis))
 
 
-def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, inverse: Dual) -> Dual:
-    """``c / b`` for a constant ``c``: ``c ⊙ (1/b)``, linear in the Rescaled ``1/b``."""
+def _quotient(
+    op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], found: list[tuple[Any, Dual]], scaled: bool = False
+) -> Dual:
+    """``a / b`` of two input-dependent tensors (``found``: numerator, denominator): its value the op's own
+    on each side, its multipliers those of the torch backend's ``Quotient`` (``scaled``: its
+    ``ScaledQuotient``, for a root ``b``), :func:`rnnshap.formulas.pairs.quotient_multipliers` and
+    :func:`rnnshap.formulas.pairs.scaled_quotient_multipliers`."""
+    (pa, a), (pb, b) = found
+    ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
+    formula = pairs.scaled_quotient_multipliers if scaled else pairs.quotient_multipliers
+    m_a, m_b = formula(KERAS, ax, bx, a.r, b.r)
+    value = _call(op, args, kwargs, {pa: ax, pb: bx})
+    reference = _call(op, args, kwargs, {pa: a.r, pb: b.r})
+    return Dual(dual.attach(value, [(a.x, m_a), (b.x, m_b)]), reference)
+
+
+def _divide_by(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, denominator: Dual) -> Dual:
+    r"""``c / b`` for a constant ``c``: the op's value on each side, the multiplier of ``b`` that of
+    :func:`rnnshap.formulas.pairs.quotient_multipliers` with ``c`` its own reference (:math:`-c/(b\,b_r)`)."""
     numerator = args[0] if position != 0 and args else kwargs.get("x1")
-
-    def scaled(t: Tensor) -> Tensor:
-        if numerator is None:
-            return t
-        if isinstance(numerator, (int, float)):
-            constant = ops.convert_to_tensor(numerator, t.dtype)
-        else:
-            constant = ops.cast(ops.convert_to_tensor(numerator), t.dtype)
-        return constant * t
-
-    return inverse.map(scaled)
+    bx = ops.stop_gradient(denominator.x)
+    if numerator is None:
+        constant: Any = 1.0
+    elif isinstance(numerator, (int, float)):
+        constant = float(numerator)
+    else:
+        constant = ops.cast(ops.convert_to_tensor(numerator), bx.dtype)
+    _, m_b = pairs.quotient_multipliers(KERAS, constant, bx, constant, denominator.r)
+    value = _call(op, args, kwargs, {position: bx})
+    reference = _call(op, args, kwargs, {position: denominator.r})
+    return Dual(dual.attach(value, [(denominator.x, m_b)]), reference)
 
 
 def _axes(axis: Any, rank: int) -> list[int]:
