@@ -7,6 +7,7 @@ source tree itself (no formula defined outside the package; both engines bind th
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import math
 from pathlib import Path
@@ -360,3 +361,17 @@ def test_a_division_on_the_keras_engine_gets_the_enumerated_shapley_values() -> 
     truth = _division_truth(x, background[0])
     np.testing.assert_allclose(np.asarray(values).reshape(truth.shape), truth, rtol=0, atol=16 * EPS * np.abs(truth).max())
     assert all(np.array_equal(a, b) for a, b in zip(weights_before, model.get_weights(), strict=True))
+
+
+def test_the_bilinear_rules_take_their_midpoints_from_the_package() -> None:
+    # the midpoint rule of a bilinear f (attention's scores and weighted values, matmul, einsum) is
+    # formulas.pairs.midpoint_multipliers on both engines, not an average written again
+    from rnnshap.rules import attention, elementwise
+
+    sources = [inspect.getsource(attention.bilinear), inspect.getsource(elementwise.Bilinear.attribute)]
+    if importlib.util.find_spec("keras") is not None:
+        from rnnshap.engines.keras import dual
+
+        sources.append(inspect.getsource(dual.bilinear))
+    for source in sources:
+        assert "pairs.midpoint_multipliers(" in source and "/ 2" not in source

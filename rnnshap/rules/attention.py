@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelStateError
+from ..formulas import pairs
+from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .secant import secant
 from .structured import finite_total, shifted_logsumexp
@@ -94,7 +96,7 @@ def bilinear(f: Callable[[Tensor, Tensor], Tensor], a: Sides, b: Sides) -> Sides
     if not (a.tracked and b.tracked):
         return Sides(f(a.x, b.x), r, True)
     with torch.no_grad():
-        a_mid, b_mid = (a.x + a.r) / 2, (b.x + b.r) / 2
+        b_mid, a_mid = pairs.midpoint_multipliers(TORCH, a.x, b.x, a.r, b.r)
         value = f(a.x, b.x)
     surrogate = f(a.x, b_mid) + f(a_mid, b.x)
     return Sides(surrogate + (value - surrogate).detach(), r, True)

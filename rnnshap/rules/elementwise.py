@@ -390,7 +390,7 @@ class Bilinear(Rule):
         if len(call.tracked) != 2:
             raise ValueError(f"{call.name}: the bilinear rule takes two input-dependent operands, got {len(call.tracked)}")
         (a, b), (a_ref, b_ref) = call.inputs, call.references
-        a_mid, b_mid = ((a + a_ref) / 2).detach(), ((b + b_ref) / 2).detach()
+        b_mid, a_mid = (m.detach() for m in pairs.midpoint_multipliers(TORCH, a, b, a_ref, b_ref))
         surrogate = call.evaluate([a, b_mid]) + call.evaluate([a_mid, b])
         with torch.no_grad():
             value = call.evaluate([a.detach(), b.detach()])

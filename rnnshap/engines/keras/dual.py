@@ -239,7 +239,7 @@ def bilinear(fn: Callable[[Tensor, Tensor], Tensor], a: Dual, b: Dual) -> Dual:
     The value is ``fn(a, b)`` exactly: the two added terms are ``fn`` of an exact zero.
     """
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
-    a_mid, b_mid = ops.stop_gradient((ax + a.r) / 2), ops.stop_gradient((bx + b.r) / 2)
+    b_mid, a_mid = (ops.stop_gradient(m) for m in pairs.midpoint_multipliers(KERAS, ax, bx, a.r, b.r))
     out = ops.stop_gradient(fn(ax, bx)) + fn(a.x - ax, b_mid) + fn(a_mid, b.x - bx)
     return Dual(out, fn(a.r, b.r))
 
