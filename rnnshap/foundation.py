@@ -11,6 +11,6 @@ See :mod:`rnnshap.forecasting.foundation` and docs/foundation.md. Each library i
 is explained (``pip install 'rnnshap[foundation]'``).
 """
 
-from .forecasting.foundation import ForecastExplanation, explain
+from .forecasting.foundation import ForecastExplainer, ForecastExplanation, explain
 
-__all__ = ["ForecastExplanation", "explain"]
+__all__ = ["ForecastExplainer", "ForecastExplanation", "explain"]

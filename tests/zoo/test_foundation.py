@@ -719,3 +719,70 @@ def test_a_background_window_with_nothing_observed_is_refused_as_missing_not_as_
     background[1] = np.nan
     with pytest.raises(InputError, match=r"row\(s\) \[1\] .*no observed value"):
         rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=background, method="shapley")
+
+
+# -- ForecastExplainer: the setup kept between calls ----------------------------------------------------------------
+def _setups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts DeepSHAP's setups (the check that the model computes each row alone, run by every explainer built)."""
+    from rnnshap.engines.pytorch.engine import TorchEngine
+
+    calls: list[int] = []
+    check = TorchEngine._check_rows_independent
+
+    def counted(self: Any, eps: float) -> None:
+        calls.append(1)
+        check(self, eps)
+
+    monkeypatch.setattr(TorchEngine, "_check_rows_independent", counted)
+    return calls
+
+
+def test_forecast_explainer_gives_explains_values_bit_for_bit_and_sets_up_once(
+    ttm: Any, timesfm_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setups = _setups(monkeypatch)
+    for model in (ttm, timesfm_model):  # (TimesFM: boolean masks beside the windows, a fill map per missing pattern)
+        background = windows(16, [0, 40, 80, 120])
+        before = state(getattr(model, "model", model))
+        explainer = rnnshap.foundation.ForecastExplainer(model, background=background)
+        gapped = windows(16, [200, 220])
+        gapped[1, 3:5] = np.nan
+        for context in (windows(16, [300, 310]), windows(16, [330]), gapped):
+            setups.clear()
+            fresh = rnnshap.foundation.explain(model, context, prediction_length=3, background=background)
+            built = len(setups)
+            assert built >= 1
+            for _ in range(2):
+                kept = explainer.explain(context, prediction_length=3)
+                np.testing.assert_array_equal(kept.values, fresh.values)
+                np.testing.assert_array_equal(kept.base_values, fresh.base_values)
+                np.testing.assert_array_equal(kept.forecast, fresh.forecast)
+        setups.clear()
+        explainer.explain(windows(16, [250, 260, 270]), prediction_length=3)  # settings and references seen before
+        assert setups == []
+        explainer.explain(windows(16, [250]), prediction_length=2)  # another prediction length: its own setup
+        assert len(setups) >= 1
+        assert unchanged(before, getattr(model, "model", model))
+
+
+def test_forecast_explainer_sees_the_model_trained_between_calls(ttm: Any) -> None:
+    """Weights changed in place after a call: the next call explains the changed model, as a fresh explain() does."""
+    model = copy.deepcopy(ttm)
+    background, context = windows(16, [0, 40, 80, 120]), windows(16, [300, 310])
+    explainer = rnnshap.foundation.ForecastExplainer(model, background=background)
+    first = explainer.explain(context, prediction_length=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    kept = explainer.explain(context, prediction_length=3)
+    fresh = rnnshap.foundation.explain(model, context, prediction_length=3, background=background)
+    assert np.abs(kept.forecast - first.forecast).max() > 1e-3  # the weights changed the forecast
+    np.testing.assert_array_equal(kept.values, fresh.values)
+    np.testing.assert_array_equal(kept.base_values, fresh.base_values)
+    np.testing.assert_allclose(kept.total(), kept.forecast, rtol=0, atol=tolerance(kept.forecast))
+
+
+def test_forecast_explainer_takes_no_other_model_or_background(ttm: Any) -> None:
+    explainer = rnnshap.foundation.ForecastExplainer(ttm, background=windows(16, [0, 40]))
+    with pytest.raises(InputError, match="ForecastExplainer's own"):
+        explainer.explain(windows(16, [300]), prediction_length=2, background=windows(16, [80, 120]))

@@ -35,7 +35,7 @@ import numpy as np
 from ...errors import InputError, RnnShapError, UnsupportedOperationError
 from .. import check_method, check_version, preserved
 
-__all__ = ["Adapter", "ForecastExplanation", "adapter_for", "explain"]
+__all__ = ["Adapter", "ForecastExplainer", "ForecastExplanation", "adapter_for", "explain"]
 
 
 class Adapter:
@@ -408,6 +408,9 @@ def explain(
 ) -> ForecastExplanation:
     """Explain a foundation model's forecast of ``context``, in the object its library's loading call returns.
 
+    Each call sets DeepSHAP up anew (a reference pass on the background and the checks that the model computes
+    each row alone); to explain many contexts against one background, :class:`ForecastExplainer` keeps that setup.
+
     Args:
         model: a chronos ``ChronosBoltPipeline`` / ``Chronos2Pipeline`` (or the model inside), a tirex ``TiRexZero``
             (``tirex.load_model``), a timesfm ``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a
@@ -441,6 +444,61 @@ def explain(
         UnsupportedOperationError: DeepSHAP has no exact rule for a step of this forecast (``method="shapley"``).
         RnnShapError: the torch function rnnshap explains does not give the library's own forecast.
     """
+    return _explain(
+        model, context, prediction_length=prediction_length, background=background, quantile_levels=quantile_levels,
+        covariates=covariates, method=method, budget=budget, random_state=random_state, players=players,
+        batch_size=batch_size, check_additivity=check_additivity, precision=precision, kept=None,
+    )  # fmt: skip
+
+
+class ForecastExplainer:
+    """:func:`explain` for one model and one background, keeping DeepSHAP's setup between calls.
+
+    ``ForecastExplainer(model, background=windows).explain(context, prediction_length=H)`` gives what
+    ``explain(model, context, prediction_length=H, background=windows)`` gives, bit for bit. The first call for a
+    prediction length, quantile levels, precision and pattern of missing steps builds DeepSHAP's explainer: the
+    reference pass on the background (its tape kept for later calls, vetted before each reuse by a plain forward
+    that must give its outputs bit for bit) and the checks that the model computes every row alone. Later calls
+    with the same settings reuse it, as a :class:`rnnshap.DeepExplainer` reused on new inputs does: parameters
+    trained or replaced in between are seen (the background's outputs are computed again), the setup checks are
+    not run again. Build a new one after changing the model's code or its library's forecast settings (TimesFM's
+    ``compile``). The Shapley mode keeps nothing (every call runs the library's own forecast).
+    """
+
+    def __init__(self, model: Any, *, background: Any) -> None:
+        self.model = model
+        self.background = background
+        #: DeepSHAP's module and explainer by (precision, settings, the references as given to it)
+        self._kept: dict[Any, Any] = {}
+
+    def explain(self, context: Any, *, prediction_length: int, **options: Any) -> ForecastExplanation:
+        """:func:`explain` of ``context`` against this explainer's model and background (the same options, but
+        ``model`` and ``background``)."""
+        for name in ("model", "background"):
+            if name in options:
+                raise InputError(f"{name}= is the ForecastExplainer's own: build another ForecastExplainer for another")
+        return _explain(self.model, context, prediction_length=prediction_length, background=self.background, kept=self._kept,
+                        **options)  # fmt: skip
+
+
+def _explain(
+    model: Any,
+    context: Any,
+    *,
+    prediction_length: int,
+    background: Any = None,
+    quantile_levels: Sequence[float] | None = None,
+    covariates: Any = None,
+    method: str = "deepshap",
+    budget: int | None = None,
+    random_state: Any = None,
+    players: Any = "steps",
+    batch_size: int = 512,
+    check_additivity: bool | float = True,
+    precision: str | None = None,
+    kept: dict[Any, Any] | None = None,
+) -> ForecastExplanation:
+    """:func:`explain`; ``kept``: DeepSHAP's explainers kept between calls (:class:`ForecastExplainer`), or None."""
     method = check_method(method)
     if method == "deepshap":  # the Shapley mode's settings are not taken silently by the one-pass method
         settings = {"budget": (budget, None), "random_state": (random_state, None), "players": (players, "steps")}
@@ -522,7 +580,10 @@ def explain(
         forecast = adapter.library_forecast(windows.copy(), H, levels)
         if method == "deepshap":
             assert rows is not None
-            result = _deepshap(adapter, windows, rows, H, levels, batch_size, check_additivity, covariate_rows, forecast)
+            result = _deepshap(
+                adapter, windows, rows, H, levels, batch_size, check_additivity, covariate_rows, forecast,
+                None if kept is None else kept.setdefault(precision, {}),
+            )  # fmt: skip
             covariate_values = dict(zip(covariate_names, result[-1], strict=True)) if covariate_names else None
             result = result[:-1]
         else:
@@ -570,10 +631,12 @@ def _deepshap(
     check: bool | float,
     covariate_rows: Sequence[np.ndarray] = (),
     forecast: np.ndarray | None = None,
+    kept: dict[Any, Any] | None = None,
 ) -> tuple[Any, ...]:
     """DeepSHAP against the background windows. Windows with missing values (NaN: gaps, the padding of shorter
     series) are explained in groups of one missing pattern, against background windows missing at the same
-    steps: a missing step is no player (no difference to attribute) and gets exactly 0."""
+    steps: a missing step is no player (no difference to attribute) and gets exactly 0. ``kept``: the module and
+    explainer of each group's settings and references, kept between calls (None: built for this call only)."""
     import torch
 
     from ...explainer import DeepExplainer
@@ -596,18 +659,26 @@ def _deepshap(
         groups.setdefault(missing[i].tobytes(), []).append(i)
     for members in groups.values():
         gap = missing[members[0]]
-        module = adapter.module_for(H, levels, gap)
-        dtype = getattr(module, "dtype", torch.float32)
         own = windows[members]
         references = np.where(gap[None], np.nan, rows)
-        x, r = adapter.deepshap_windows(own), adapter.deepshap_windows(references)
+        r = adapter.deepshap_windows(references)
+        given = [r, *covariate_rows, *adapter.context_inputs(references)]
+        # everything the explainer is built from: the settings and the references, as bytes
+        key = (H, tuple(map(str, levels)), gap.tobytes(), batch_size, tuple((g.dtype.str, g.shape, g.tobytes()) for g in given))
+        found = None if kept is None else kept.get(key)
+        module = found[0] if found is not None else adapter.module_for(H, levels, gap)
+        dtype = getattr(module, "dtype", torch.float32)
+        x = adapter.deepshap_windows(own)
         X = [torch.as_tensor(x, dtype=dtype)] + [torch.as_tensor(c[members], dtype=dtype) for c in covariate_x]
         X += [torch.as_tensor(c) for c in adapter.context_inputs(own)]
         bg = [torch.as_tensor(r, dtype=dtype)] + [torch.as_tensor(c, dtype=dtype) for c in covariate_rows]
         bg += [torch.as_tensor(c) for c in adapter.context_inputs(references)]
         with torch.enable_grad():
             try:
-                explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
+                if found is not None:
+                    explainer = found[1]
+                else:
+                    explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
             except UnsupportedOperationError as error:
                 refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
                 refusal.args = (
@@ -616,6 +687,8 @@ def _deepshap(
                     f"errors).\n{error}",
                 )
                 raise refusal from error
+            if kept is not None:
+                kept[key] = (module, explainer)
             attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
             own = forecast[members].reshape(len(members), -1)
