@@ -8,7 +8,9 @@ downloaded here; the code path is the pretrained one's), on windows of statsmode
   (``--windows``: other counts) against 16 background windows, against the floor: one native forward + backward
   of the same torch function over the same (window, reference) rows (the library's own ``no_grad`` and ``detach``
   lifted), of the summed output and (the floor of one attribution per output) one backward per forecast output,
-  batched. Best of ``--repeats``.
+  batched. Best of ``--repeats``. Beside ``explain()`` (which sets DeepSHAP up on every call), a later call of a
+  ``ForecastExplainer`` on the same background (its setup kept). ``--size published``: the models at their published
+  checkpoints' sizes (random weights), 512-step windows of statsmodels' co2, the median quantile alone.
 - **faithfulness**: one window, 8 players (windows of 4 steps: ``players=4``), 8 background windows. The
   exact Shapley values of the game v(S) = mean over the background of the library's own forecast (every one of
   the 256 coalitions against every background row, through the library's public call); then the distance
@@ -18,7 +20,8 @@ downloaded here; the code path is the pretrained one's), on windows of statsmode
 - **background**: DeepSHAP against 16 all-zero rows and against 16 real windows: the attributions' size
   (sum of |values|) over the output change they explain (|f(x) - mean f(r)|), the median over outputs.
 
-Run: ``python benchmarks/bench_foundation.py [--repeats 3] [--models TiRex,Chronos-2,...] [--parts cost]``; before and
+Run: ``python benchmarks/bench_foundation.py [--repeats 3] [--models TiRex,Chronos-2,...] [--parts cost] [--windows 4 16]
+[--size published] [--clock cpu]``; before and
 after a change: ``PYTHONPATH=/old/tree python benchmarks/bench_foundation.py --parts cost`` beside the same on this tree.
 """
 
@@ -51,6 +54,32 @@ def sunspots() -> np.ndarray:
     import statsmodels.api as sm
 
     return sm.datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype=float) + 1.0
+
+
+def co2() -> np.ndarray:
+    """statsmodels' weekly Mauna Loa CO2 (2,284 weeks; its 59 missing weeks interpolated): long enough for 512-step
+    windows (``--size published``)."""
+    import statsmodels.api as sm
+
+    return sm.datasets.co2.load_pandas().data["co2"].interpolate().bfill().to_numpy(dtype=float)
+
+
+#: ``--size published``: the models at their published sizes (PUBLISHED), 512-step windows of co2(), the median only
+PUBLISHED_RUN = False
+
+
+def background_windows(series: np.ndarray) -> np.ndarray:
+    """The 16 background windows of the cost table."""
+    starts = range(0, 16 * 60, 60) if PUBLISHED_RUN else range(0, 160, 10)
+    return np.stack([series[s : s + L] for s in starts])
+
+
+def explained_levels(model: Any) -> list[float] | None:
+    """The quantile levels the cost table explains: all (None), or the median alone at published sizes."""
+    if not PUBLISHED_RUN:
+        return None
+    levels = adapter_for(model).levels(None)
+    return [0.5] if 0.5 in levels else None
 
 
 def spread(model: torch.nn.Module, std: float = 0.2) -> None:
@@ -161,6 +190,125 @@ def moment() -> Any:
     return model.eval()
 
 
+# -- the models at their published checkpoints' sizes (random weights; ``--size published``) --------------------
+# The configs below are the published checkpoints' architecture settings (read from their model cards and configs;
+# nothing can be downloaded here to check them against): the per-op cost of an intercepted pass amortizes with
+# size, so the ratio at these sizes is what a user with the real weights sees. Context L=512 steps (long enough
+# for every model's patches), H=4 forecast steps, the median quantile alone (the per-output floor's backward passes
+# grow with the outputs explained; the door's with them).
+def init_small(model: torch.nn.Module, std: float = 0.02) -> None:
+    """Weights as a trained transformer's are in scale (normal, std 0.02; norms' scales 1): tirex's sLSTM kernels are
+    ``torch.empty`` until a checkpoint fills them."""
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if p.dim() == 1 and ("norm" in name or name.endswith("weight")):
+            torch.nn.init.ones_(p) if "norm" in name else torch.nn.init.normal_(p, std=std)
+        else:
+            torch.nn.init.normal_(p, std=std)
+
+
+def tirex_published() -> Any:
+    """TiRex (NX-AI/TiRex, 35M): 12 sLSTM blocks of width 512, 4 heads, patches of 32, trained on 2,048 steps."""
+    from tirex.models.tirex import TiRexZero
+
+    config = dict(
+        input_patch_size=32, output_patch_size=32, quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        block_kwargs=dict(embedding_dim=512, num_heads=4, num_blocks=12, ffn_proj_factor=2.6667), input_ff_dim=2048,
+    )  # fmt: skip
+    model = TiRexZero(backend="torch", model_config=config, train_ctx_len=2048).eval()
+    init_small(model)
+    return model
+
+
+def chronos_bolt_published() -> Any:
+    """Chronos-Bolt tiny (amazon/chronos-bolt-tiny, 9M): a T5 of width 256, 4 + 4 layers, 4 heads, context 2,048,
+    patches of 16, 64 forecast steps, 9 quantiles."""
+    from chronos import ChronosBoltPipeline
+    from chronos.chronos_bolt import ChronosBoltModelForForecasting
+    from transformers import T5Config
+
+    config = T5Config(
+        d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4, d_kv=64, vocab_size=2,
+        decoder_start_token_id=0, pad_token_id=0, chronos_config=dict(
+            context_length=2048, prediction_length=64, input_patch_size=16, input_patch_stride=16,
+            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True,
+        ),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return ChronosBoltPipeline(ChronosBoltModelForForecasting(config).eval())
+
+
+def chronos2_published() -> Any:
+    """Chronos-2 (amazon/chronos-2, 120M): width 768, 12 layers, 12 heads, context 8,192, patches of 16."""
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    config = Chronos2CoreConfig(
+        d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, chronos_config=dict(
+            context_length=8192, output_patch_size=16, input_patch_size=16, input_patch_stride=16,
+            quantiles=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], use_reg_token=True, use_arcsinh=True,
+            max_output_patches=64,
+        ),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Chronos2Pipeline(Chronos2Model(config).eval())
+
+
+def timesfm_published() -> Any:
+    """TimesFM 2.5 (google/timesfm-2.5-200m-pytorch): the package's own definition (20 layers of width 1,280)."""
+    from timesfm import ForecastConfig, TimesFM_2p5_200M_torch
+
+    torch.manual_seed(0)
+    model = TimesFM_2p5_200M_torch(torch_compile=False)
+    init_small(model.model)
+    model.model.eval()
+    model.compile(ForecastConfig(max_context=L, max_horizon=128, normalize_inputs=True, per_core_batch_size=256))
+    return model
+
+
+def tinytimemixer_published() -> Any:
+    """TinyTimeMixer r2 512-96 (ibm-granite/granite-timeseries-ttm-r2, about 1M): context 512, patches of 64, width 192,
+    2 layers, 3 adaptive patching levels, decoder of width 128 and 2 layers, 96 forecast steps."""
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    torch.manual_seed(0)
+    config = TinyTimeMixerConfig(
+        context_length=512, patch_length=64, patch_stride=64, prediction_length=96, d_model=192, num_layers=2,
+        adaptive_patching_levels=3, decoder_d_model=128, decoder_num_layers=2, expansion_factor=2, gated_attn=True,
+        self_attn=False, scaling="std", mode="common_channel",
+    )  # fmt: skip
+    return TinyTimeMixerForPrediction(config).eval()
+
+
+def moment_published() -> Any:
+    """MOMENT-1-small (AutonLab/MOMENT-1-small, 40M): a flan-t5-small encoder (width 512, 8 layers, 6 heads), 512
+    steps in patches of 8."""
+    from momentfm import MOMENTPipeline
+
+    t5 = dict(
+        d_model=512, d_ff=1024, num_layers=8, num_heads=6, d_kv=64, vocab_size=8, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    )  # fmt: skip
+    config = dict(
+        task_name="forecasting", forecast_horizon=H, seq_len=512, patch_len=8, patch_stride_len=8, d_model=512,
+        transformer_type="encoder_only", transformer_backbone="google/flan-t5-small", t5_config=t5,
+        randomly_initialize_backbone=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MOMENTPipeline(config, model_kwargs=dict(task_name="forecasting", forecast_horizon=H))
+        model.init()
+    return model.eval()
+
+
+PUBLISHED: dict[str, Callable[[], Any]] = {
+    "TiRex": tirex_published, "Chronos-Bolt": chronos_bolt_published, "Chronos-2": chronos2_published,
+    "TimesFM 2.5": timesfm_published, "TinyTimeMixer": tinytimemixer_published, "MOMENT": moment_published,
+}  # fmt: skip
+
+
 MODELS: dict[str, Callable[[], Any]] = {
     "TiRex": tirex, "Chronos-Bolt": chronos_bolt, "Chronos-2": chronos2, "TimesFM 2.5": timesfm,
     "TinyTimeMixer": tinytimemixer, "MOMENT": moment,
@@ -186,19 +334,38 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def cost(model: Any, series: np.ndarray, repeats: int, windows: int = 4) -> tuple[float, float, float, float]:
-    """(door seconds, summed floor seconds, per-output floor seconds, additivity: max |total - forecast| /
-    max(1, |forecast|)) for ``windows`` explained windows against 16 references. The summed floor is one forward +
+def cost(model: Any, series: np.ndarray, repeats: int, windows: int = 4) -> tuple[float, float, float, float, float]:
+    """(door seconds, ForecastExplainer's later calls' seconds (NaN where the tree lacks it), summed floor seconds,
+    per-output floor seconds, additivity: max |total - forecast| / max(1, |forecast|)) for ``windows`` explained
+    windows against 16 references. The summed floor is one forward +
     one backward of the summed output; the per-output floor one forward + one backward per forecast output (batched
     by ``torch.func.vmap``), which DeepSHAP needs to give every output its own attribution."""
-    starts = (200, 220, 240, 260) if windows == 4 else np.linspace(160, len(series) - L, windows).astype(int)
+    first = 1000 if PUBLISHED_RUN else 160
+    if windows == 4 and not PUBLISHED_RUN:
+        starts: Any = (200, 220, 240, 260)
+    else:
+        starts = np.linspace(first, len(series) - L, windows).astype(int)
     context = np.stack([series[s : s + L] for s in starts])
-    background = np.stack([series[s : s + L] for s in range(0, 160, 10)])
-    result = rnnshap.foundation.explain(model, context, prediction_length=H, background=background)
+    background = background_windows(series)
+    levels = explained_levels(model)
+
+    def door_call() -> Any:
+        return rnnshap.foundation.explain(model, context, prediction_length=H, background=background, quantile_levels=levels)
+
+    result = door_call()
     additivity = float(np.abs(result.total() - result.forecast).max() / max(1.0, np.abs(result.forecast).max()))
-    door = best(lambda: rnnshap.foundation.explain(model, context, prediction_length=H, background=background), repeats)
+    door = best(door_call, repeats)
+    kept = math.nan  # ForecastExplainer's later calls (its setup kept): absent from trees before it
+    if hasattr(rnnshap.foundation, "ForecastExplainer"):
+        explainer = rnnshap.foundation.ForecastExplainer(model, background=background)
+
+        def kept_call() -> Any:
+            return explainer.explain(context, prediction_length=H, quantile_levels=levels)
+
+        np.testing.assert_array_equal(kept_call().values, result.values)  # (the first call sets up)
+        kept = best(kept_call, repeats)
     adapter = adapter_for(model)
-    module = adapter.module(H, adapter.levels(None))
+    module = adapter.module(H, adapter.levels(levels))
     x = torch.tensor(np.repeat(context, len(background), axis=0), dtype=torch.float32)
     extra = [torch.as_tensor(np.repeat(c, len(background), axis=0)) for c in adapter.context_inputs(context)]
 
@@ -215,7 +382,7 @@ def cost(model: Any, series: np.ndarray, repeats: int, windows: int = 4) -> tupl
             torch.func.vmap(lambda v: torch.autograd.grad(out, inputs, v, retain_graph=True))(seeds)
 
     summed = best(lambda: floor(False), repeats)
-    return door, summed, best(lambda: floor(True), repeats), additivity
+    return door, kept, summed, best(lambda: floor(True), repeats), additivity
 
 
 def exact_shapley(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, references: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -328,29 +495,38 @@ def main() -> None:
     parser.add_argument("--parts", choices=("all", "cost"), default="all", help="'cost': the cost table alone")
     parser.add_argument("--windows", type=int, nargs="+", default=[4], help="the cost table's explained windows (each)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="the cost table's clock (cpu: this process's)")
+    parser.add_argument(
+        "--size", choices=("small", "published"), default="small",
+        help="small: width 32, 32 steps, sunspots; published: the published checkpoints' sizes (random weights), 512 "
+        "steps of co2, the median quantile (cost table only)",
+    )  # fmt: skip
     args = parser.parse_args()
-    global CLOCK
+    global CLOCK, PUBLISHED_RUN, L
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    series = sunspots()
+    if args.size == "published":
+        PUBLISHED_RUN, L = True, 512
+        if args.parts != "cost":
+            parser.error("--size published runs the cost table alone: add --parts cost")
+    series = co2() if PUBLISHED_RUN else sunspots()
     chosen = [m.strip() for m in args.models.split(",")]
-    print(f"torch {torch.__version__}, one thread; L={L}, H={H}; sunspots (statsmodels); {args.clock} clock\n")
+    print(f"torch {torch.__version__}, one thread; L={L}, H={H}; {'co2' if PUBLISHED_RUN else 'sunspots'} (statsmodels); "
+          f"{args.size} sizes; {args.clock} clock\n")  # fmt: skip
     print(
-        "| model | DeepSHAP, 4 windows x 16 references | floor: forward+backward, 64 rows | ratio | floor: forward + backward "
-        "per output | ratio | additivity (relative) |"
+        "| model | explain(), windows x 16 references | ForecastExplainer, a later call | floor: forward+backward, summed | "
+        "floor: forward + backward per output | explain / per-output | later call / per-output | additivity (relative) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    built = {name: MODELS[name]() for name in chosen}
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    built = {name: (PUBLISHED if PUBLISHED_RUN else MODELS)[name]() for name in chosen}
     if args.parts != "cost":
         _warm_shap()
     for name, model in built.items():
         for windows in args.windows:
-            door, summed, per_output, additivity = cost(model, series, args.repeats, windows)
-            label = name if windows == 4 else f"{name}, {windows} windows"
+            door, kept, summed, per_output, additivity = cost(model, series, args.repeats, windows)
             print(
-                f"| {label} | {door * 1e3:.1f} ms | {summed * 1e3:.1f} ms | {door / summed:.1f}x | {per_output * 1e3:.1f} ms | "
-                f"{door / per_output:.2f}x | {additivity:.1e} |",
+                f"| {name}, {windows} windows | {door * 1e3:.1f} ms | {kept * 1e3:.1f} ms | {summed * 1e3:.1f} ms | "
+                f"{per_output * 1e3:.1f} ms | {door / per_output:.2f}x | {kept / per_output:.2f}x | {additivity:.1e} |",
                 flush=True,
             )
     if args.parts == "cost":
