@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rnnshap import formulas
-from rnnshap.formulas import namespace, pairs, secant
+from rnnshap.formulas import namespace, orderings, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
@@ -152,10 +152,10 @@ def _defined_functions(path: Path) -> set[str]:
 def test_no_formula_of_the_package_is_defined_again_elsewhere() -> None:
     # `grep` finds no rule formula written twice (issue 39): the package's formulas by name
     names: set[str] = set()
-    for module in (secant, pairs):
+    for module in (secant, pairs, orderings):
         names |= {n for n in module.__all__ if inspect.isfunction(getattr(module, n))}
     names -= {"rescaled"}
-    assert {"exp_slope", "log_slope", "sqrt_slope", "tanh_secant_near"} <= names
+    assert {"exp_slope", "log_slope", "tanh_secant_near", "deciding", "position_ranks", "quotient_multipliers"} <= names
     twice = {}
     for path in PACKAGE.rglob("*.py"):
         if path.is_relative_to(PACKAGE / "formulas"):
@@ -375,3 +375,60 @@ def test_the_bilinear_rules_take_their_midpoints_from_the_package() -> None:
         sources.append(inspect.getsource(dual.bilinear))
     for source in sources:
         assert "pairs.midpoint_multipliers(" in source and "/ 2" not in source
+
+
+def _ordered(t: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    return np.argsort(-t if largest else t, axis=-1, kind="stable")[..., :k]
+
+
+def test_ranks_are_the_positions_order_lists_and_k_below_them() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3, 7))
+    order = _ordered(x, 4, True)
+    truth = np.full((3, 7), 4)
+    for row in range(3):
+        for rank, position in enumerate(order[row]):
+            truth[row, position] = rank
+    (on_torch,), (on_keras,) = _both(lambda xp, o: orderings.position_ranks(xp, o, 7), order)
+    np.testing.assert_array_equal(on_torch, truth)
+    np.testing.assert_array_equal(on_keras, truth)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_the_deciding_position_moved_past_the_rank_and_is_the_same_on_both_namespaces(largest: bool) -> None:
+    rng = np.random.default_rng(7)
+    x, r = rng.normal(size=(20, 6)).round(1), rng.normal(size=(20, 6)).round(1)  # (rounded: ties)
+    r[0] = x[0]  # nothing moves: every rank's value is unchanged
+    k = 6
+    order_x, order_r = _ordered(x, k, largest), _ordered(r, k, largest)
+    on_torch, on_keras = _both(lambda xp, *a: orderings.deciding(xp, *a, largest), x, r, order_x, order_r)
+    for a, b in zip(on_torch, on_keras, strict=True):
+        np.testing.assert_array_equal(b, a)
+    at, delta, y, y_r = on_torch
+    np.testing.assert_array_equal(delta, np.take_along_axis(x - r, at, -1))
+    sign = 1 if largest else -1
+    rows, ranks_ = np.nonzero(y != y_r)
+    for row, j in zip(rows, ranks_, strict=True):  # the value moved: the deciding position moved past rank j
+        i = at[row, j]
+        rose = (y[row, j] > y_r[row, j]) == largest
+        if rose:
+            assert sign * x[row, i] >= sign * y[row, j] and sign * r[row, i] <= sign * y_r[row, j]
+        else:
+            assert sign * r[row, i] >= sign * y_r[row, j] and sign * x[row, i] <= sign * y[row, j]
+        assert delta[row, j] != 0 or np.all(x[row] == r[row])
+    # a value's change over the deciding Δ adds up: |Δ| there is at least the value's change
+    moved = y != y_r
+    assert np.all(np.abs(delta[moved]) >= np.abs(y - y_r)[moved] - 1e-12)
+
+
+def test_an_index_no_position_moved_past_is_credited_to_the_row_that_moved_most() -> None:
+    x = np.array([[1.0, 1.0, 0.5]])
+    r = np.array([[1.0, 1.0, 0.0]])  # the same maximum, a tie picked differently on the two sides
+    deciding, delta = np.array([[0]]), np.array([[0.0]])
+    moved = np.array([[1.0]])  # (i_x − i_r: the index moved from 0 to 1)
+    (at, factor), keras_side = _both(lambda xp, *a: orderings.index_credit(xp, *a), x, r, deciding, delta, moved)
+    assert at.tolist() == [[2]] and factor.tolist() == [[1.0 / 0.5]]
+    for a, b in zip((at, factor), keras_side, strict=True):
+        np.testing.assert_array_equal(b, a)
+    (at2, factor2), _ = _both(lambda xp, *a: orderings.index_credit(xp, *a), x, r, deciding, delta, np.zeros((1, 1)))
+    assert at2.tolist() == [[0]] and factor2.tolist() == [[0.0]]  # the index did not move: nothing

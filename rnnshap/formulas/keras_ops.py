@@ -45,6 +45,26 @@ class KerasOps:
     zeros_like = staticmethod(ops.zeros_like)
     ones_like = staticmethod(ops.ones_like)
 
+    argmin = staticmethod(ops.argmin)
+    argmax = staticmethod(ops.argmax)
+
+    @staticmethod
+    def take_last(x: Tensor, index: Tensor, /) -> Tensor:
+        return ops.take_along_axis(x, index, -1)
+
+    @staticmethod
+    def put_last(index: Tensor, values: Tensor, n: int, fill: int, /) -> Tensor:
+        placed = ops.one_hot(index, n, dtype=values.dtype)  # (..., k, n): one 1 per row (the positions are distinct)
+        return fill + ops.sum(placed * (values[..., None] - fill), axis=-2)
+
+    @staticmethod
+    def arange(n: int, like: Tensor, /) -> Tensor:
+        return ops.arange(n)
+
+    @staticmethod
+    def to_float64(x: Tensor, /) -> Tensor:
+        return ops.cast(x, "float64")
+
     @staticmethod
     def full_like(x: Tensor, value: float, /) -> Tensor:
         return ops.full_like(x, value)

@@ -73,6 +73,12 @@ def coalition_multipliers(
     return multipliers
 
 
+def midpoint(xp: Ops, a: Array, a_r: Array) -> Array:
+    """The midpoint ``(a + a_r) / 2`` of a player's two values, at which a rule linear in it takes the
+    other players' derivative (the selection by a picked index: linear in the selected tensor)."""
+    return (a + a_r) / 2
+
+
 def midpoint_multipliers(xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array) -> tuple[Array, Array]:
     r"""The exact two-player Shapley rule of ``a ⊙ b``: ``(m_a, m_b) = ((b + b_r)/2, (a + a_r)/2)``.
 
@@ -80,7 +86,7 @@ def midpoint_multipliers(xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array) ->
     :math:`q k^\top` and the weighted values of attention): :math:`f(a, b) - f(a_r, b_r) = f(\Delta a, \bar b)
     + f(\bar a, \Delta b)` with :math:`\bar b = m_a`, :math:`\bar a = m_b`, so the gradient of ``f`` taken at
     the midpoints is the Shapley split of every product term."""
-    return (b + b_r) / 2, (a + a_r) / 2
+    return midpoint(xp, b, b_r), midpoint(xp, a, a_r)
 
 
 def scaled_multipliers(xp: Ops, c: Array, s: Array, c_r: Array, s_r: Array) -> tuple[Array, Array]:
@@ -192,6 +198,7 @@ __all__ = [
     "inverse_delta",
     "log_sum_multiplier",
     "max_credits",
+    "midpoint",
     "midpoint_multipliers",
     "quotient_multipliers",
     "scaled_quotient_multipliers",

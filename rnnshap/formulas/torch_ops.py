@@ -63,6 +63,26 @@ class TorchOps:
     full_like = staticmethod(torch.full_like)
     scalar = staticmethod(scalar)
 
+    argmin = staticmethod(torch.argmin)
+    argmax = staticmethod(torch.argmax)
+
+    @staticmethod
+    def take_last(x: Tensor, index: Tensor, /) -> Tensor:
+        return x.gather(-1, index)
+
+    @staticmethod
+    def put_last(index: Tensor, values: Tensor, n: int, fill: int, /) -> Tensor:
+        base = torch.full((*index.shape[:-1], n), fill, dtype=values.dtype, device=index.device)
+        return base.scatter(-1, index, values)
+
+    @staticmethod
+    def arange(n: int, like: Tensor, /) -> Tensor:
+        return torch.arange(n, device=like.device)
+
+    @staticmethod
+    def to_float64(x: Tensor, /) -> Tensor:
+        return x.to(torch.float64)
+
     @staticmethod
     def addcmul(c: Tensor, a: Tensor, b: Tensor, value: float, /) -> Tensor:
         return torch.addcmul(c, a, b, value=value)

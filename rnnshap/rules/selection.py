@@ -39,6 +39,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..formulas import pairs
+from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .structured import picked_index, ranked_values
 
@@ -222,8 +224,7 @@ class Selection(Rule):
     def _inverse_moves(self, call: OpCall) -> Tensor:
         """1 / (i_x − i_r) per index element, 0 where the pick did not change."""
         moved = (call.leaves[self.index].detach() - call.ref_leaves[self.index]).to(torch.float64)
-        changed = moved != 0
-        return torch.where(changed, 1 / torch.where(changed, moved, torch.ones_like(moved)), torch.zeros_like(moved))
+        return pairs.inverse_delta(TORCH, moved)  # (an index's change is an integer: finite)
 
     def attribute(self, call: OpCall) -> Any:
         handle, index_x, index_r, h, h_ref = self._sides(call)
@@ -235,7 +236,7 @@ class Selection(Rule):
 
         def backward(grad: Tensor) -> tuple[Tensor | None, ...]:
             with torch.no_grad():  # the selector's part, to the handle
-                mean = None if h is None or h_ref is None else (h.detach() + h_ref) / 2
+                mean = None if h is None or h_ref is None else pairs.midpoint(TORCH, h.detach(), h_ref)
                 change = self._run(call, index_x, mean) - self._run(call, index_r, mean)
                 grad_handle = self.reduce((grad * change).to(torch.float64), index_x) * inverse
             if h is None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..formulas import pairs
+from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import product, shapley, with_multipliers
@@ -201,7 +201,7 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
 
 class _Routed(torch.autograd.Function):
     """``computed()``'s output, each element's change credited to one position of ``x`` along its last
-    axis: the multiplier there is the incoming gradient times ``factor`` (see :func:`_deciding`)."""
+    axis: the multiplier there is the incoming gradient times ``factor`` (see :func:`rnnshap.formulas.orderings.deciding`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -220,68 +220,9 @@ class _Routed(torch.autograd.Function):
         return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
 
 
-def _nearest(candidates: Tensor, key: Tensor) -> Tensor:
-    """For every rank (``candidates``: ``(..., k, n)``, the positions that may take its credit): the
-    candidate with the least ``key`` (``(..., n)``), the first position among equals."""
-    keyed = torch.where(candidates, key.unsqueeze(-2), torch.full((), float("inf"), dtype=key.dtype, device=key.device))
-    return keyed.argmin(-1)
-
-
-def _ranks(order: Tensor, n: int) -> Tensor:
-    """The 0-based rank of every position of an axis of ``n`` given ``order`` (the positions at
-    ranks 0, 1, ..., k−1); ``k`` for the positions ranked below those."""
-    k = order.shape[-1]
-    ranks = torch.full((*order.shape[:-1], n), k, dtype=torch.long, device=order.device)
-    return ranks.scatter(-1, order, torch.arange(k, device=order.device).expand(order.shape))
-
-
-def _deciding(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""The position that decides each rank of an ordering along the last axis, and ``x − r`` there.
-
-    ``order_x`` (``(..., k)``) lists the positions of ``x`` at ranks 0..k−1 from the largest (the
-    smallest: ``largest=False``), as the operation orders them, ties included; ``order_r`` those of
-    ``r``. With :math:`y_j` and :math:`y_{r,j}` the values at rank ``j``:
-
-    - where the value rose (:math:`y_j > y_{r,j}`), a position with :math:`x_i \ge y_j` and
-      :math:`r_i \le y_{r,j}` (by rank, ties as the operation orders them: ranked on the value's
-      side of rank ``j`` in ``x`` and on the other side in ``r``; there are ``j + 1`` and ``n − j``
-      of those, so one is both) rose past the rank, by at least the value's change. The credit goes
-      to the one nearest the rank in ``x`` (the least :math:`x_i`). At the first rank of a maximum
-      this is ``x``'s maximum, as in shap's max-pool rule, and at rank ``j`` the position now at
-      rank ``j`` unless that one was past it in ``r`` already.
-    - where it fell, the same with the sides swapped: the one nearest the rank in ``r``.
-    - where it did not change (an index may still move), the position on ``x``'s side.
-    - either one where its :math:`\Delta x` is 0 or not finite, and the other can take the credit.
-
-    The choice depends on the values only, not on the direction the operation orders in, so a sort
-    in descending order and the reverse of an ascending one get the same values.
-
-    Returns (deciding positions, their ``x − r``, :math:`y_j`, :math:`y_{r,j}`), each ``(..., k)``.
-    """
-    xd = x.detach()
-    n, k = x.shape[-1], order_x.shape[-1]
-    y, y_ref = xd.gather(-1, order_x), r.gather(-1, order_r)
-    if k == 0:
-        return order_x, y - y_ref, y, y_ref
-    rank_x, rank_r = (_ranks(order, n).unsqueeze(-2) for order in (order_x, order_r))
-    j = torch.arange(k, device=x.device)[:, None]
-    x_side = (rank_x <= j) & (rank_r >= j)  # (..., k, n): on the value's side of rank j in x, not in r
-    r_side = (rank_r <= j) & (rank_x >= j)
-    up, down = (x_side, r_side) if largest else (r_side, x_side)
-    rose_at, fell_at = _nearest(up, xd), _nearest(down, r)
-    rose, fell = y > y_ref, y < y_ref
-    first_x, first_r = (rose_at, fell_at) if largest else (fell_at, rose_at)  # where the value did not change
-    primary = torch.where(rose, rose_at, torch.where(fell, fell_at, first_x))
-    secondary = torch.where(rose, fell_at, torch.where(fell, rose_at, first_r))
-    delta_p, delta_s = (xd.gather(-1, at) - r.gather(-1, at) for at in (primary, secondary))
-    usable_p, usable_s = (delta_p != 0) & torch.isfinite(delta_p), (delta_s != 0) & torch.isfinite(delta_s)
-    at_p = usable_p | ~usable_s
-    return torch.where(at_p, primary, secondary), torch.where(at_p, delta_p, delta_s), y, y_ref
-
-
 def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
     r"""The values of ``x`` at the ranks ``order_x`` lists along its last axis (``order_r`` for the
-    reference ``r``; see :func:`_deciding`), each with its change :math:`y_j - y_{r,j}` credited to
+    reference ``r``; see :func:`rnnshap.formulas.orderings.deciding`), each with its change :math:`y_j - y_{r,j}` credited to
     the position that decided rank ``j``: sorted values, top-k values, k-th values and medians.
 
     At rank 0 this is shap's max-pool rule (:func:`routed_max`). Where the ordering does not
@@ -289,7 +230,7 @@ def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, larges
     on both sides (masked entries) get multiplier 0.
     """
     with torch.no_grad():
-        deciding, delta, y, y_ref = _deciding(x, r, order_x, order_r, largest)
+        deciding, delta, y, y_ref = orderings.deciding(TORCH, x.detach(), r, order_x, order_r, largest)
         factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
     computed = (y, (deciding, factor))
     return _Routed.apply(lambda: computed, x)
@@ -313,27 +254,18 @@ def picked_index(
     A picked index is piecewise constant in ``x``: it changes from :math:`j_r` (the reference's pick)
     to :math:`j_x` only because some values moved past others. Whatever a use of the index makes of
     that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`ranked_values`
-    credits a value's change, to the position that decided the rank (see :func:`_deciding`; for the
+    credits a value's change, to the position that decided the rank (see :func:`rnnshap.formulas.orderings.deciding`; for the
     maximum, :math:`j_x` where the input's maximum is at least the reference's, else :math:`j_r`),
     with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
     """
     with torch.no_grad():
         rank_x = index_x if order_x is None else order_x
         rank_r = index_r if order_r is None else order_r
-        deciding, delta, _, _ = _deciding(x, r, rank_x, rank_r, largest)
+        deciding, delta, _, _ = orderings.deciding(TORCH, x.detach(), r, rank_x, rank_r, largest)
         if order_x is not None:  # only the last rank is the index's
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
-        # an index can move while no position moves past its rank: equal values that the operation
-        # orders differently on the two sides (topk's order of ties depends on the other values).
-        # Then the position of the row that moved most takes the credit.
-        stuck = (moved != 0) & ~((delta != 0) & torch.isfinite(delta))
-        if bool(stuck.any()):
-            change = (x.detach() - r).abs().nan_to_num(0.0, 0.0, 0.0)
-            most = change.argmax(-1, keepdim=True).expand(deciding.shape)
-            deciding = torch.where(stuck, most, deciding)
-            delta = torch.where(stuck, x.detach().gather(-1, deciding) - r.gather(-1, deciding), delta)
-        factor = pairs.usable_quotient(TORCH, moved, delta.to(torch.float64))
+        deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
     computed = (index_x.to(torch.float64), (deciding, factor))
     return _Routed.apply(lambda: computed, x)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from keras import ops
 
-from ...formulas import bind, pairs
+from ...formulas import bind, orderings, pairs
 from ...formulas import secant as formulas
 from ...formulas.keras_ops import KERAS
 from .backend import Tensor, dtype_name
@@ -330,50 +330,6 @@ class PickedIndices(Dual):
         return Dual(ops.cast(self.handle, dtype), ops.cast(self.r, dtype))
 
 
-def _argnearest(candidates: Tensor, key: Tensor) -> Tensor:
-    """For every rank (``candidates``: ``(..., k, n)``), the candidate with the least ``key`` (``(..., n)``)."""
-    keyed = ops.where(candidates, key[..., None, :], ops.cast(float("inf"), key.dtype))
-    return ops.argmin(keyed, axis=-1)
-
-
-def _ranks(order: Tensor, n: int) -> Tensor:
-    """The rank of every position of the last axis given ``order`` (positions at ranks 0..k−1); k below those."""
-    k = order.shape[-1]
-    placed = ops.one_hot(order, n, dtype="int32")  # (..., k, n)
-    return k + ops.sum(placed * (ops.arange(k)[:, None] - k), axis=-2)
-
-
-def _usable(t: Tensor) -> Tensor:
-    return ops.logical_and(ops.not_equal(t, 0), ops.isfinite(t))
-
-
-def _deciding(
-    ux: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The position that decides each rank of an ordering along the last axis, and ``x − r`` there, as
-    ``rnnshap.rules.structured._deciding``: where the value at rank ``j`` rose, among the positions on
-    its side of the rank in the input and on the other side in the reference, the one nearest the rank
-    in the input; where it fell, the same with the sides swapped; either where the other's Δ is 0.
-    ``order_x``, ``order_r``: the positions at ranks 0..k−1 (``(..., k)``). Returns (deciding positions,
-    their Δ, the values at the ranks on both sides), each ``(..., k)``."""
-    n = int(ux.shape[-1])
-    y, y_r = ops.take_along_axis(ux, order_x, -1), ops.take_along_axis(r, order_r, -1)
-    rank_x, rank_r = _ranks(order_x, n)[..., None, :], _ranks(order_r, n)[..., None, :]
-    j = ops.arange(order_x.shape[-1])[:, None]
-    x_side = ops.logical_and(rank_x <= j, rank_r >= j)
-    r_side = ops.logical_and(rank_r <= j, rank_x >= j)
-    up, down = (x_side, r_side) if largest else (r_side, x_side)
-    rose_at, fell_at = _argnearest(up, ux), _argnearest(down, r)
-    rose, fell = y > y_r, y < y_r
-    first_x, first_r = (rose_at, fell_at) if largest else (fell_at, rose_at)
-    primary = ops.where(rose, rose_at, ops.where(fell, fell_at, first_x))
-    secondary = ops.where(rose, fell_at, ops.where(fell, rose_at, first_r))
-    delta = ux - r
-    delta_p, delta_s = ops.take_along_axis(delta, primary, -1), ops.take_along_axis(delta, secondary, -1)
-    at_p = ops.logical_or(_usable(delta_p), ops.logical_not(_usable(delta_s)))
-    return ops.where(at_p, primary, secondary), ops.where(at_p, delta_p, delta_s), y, y_r
-
-
 def _order(t: Tensor, k: int, largest: bool) -> Tensor:
     """The positions of the ``k`` largest (or smallest) entries along the last axis, ties in the order of
     their positions (a stable sort: ``-t`` ascending for the largest)."""
@@ -387,7 +343,7 @@ def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
     backends give the same values."""
     ux, r = ops.stop_gradient(u.x), u.r
     order_x, order_r = _order(ux, k, largest), _order(r, k, largest)
-    deciding, delta_d, y, y_r = _deciding(ux, r, order_x, order_r, largest)
+    deciding, delta_d, y, y_r = orderings.deciding(KERAS, ux, r, order_x, order_r, largest)
     factor = pairs.usable_quotient(KERAS, y - y_r, delta_d)
     out = ops.stop_gradient(y) + ops.take_along_axis(u.x - ux, deciding, -1) * ops.stop_gradient(factor)
     return Dual(out, y_r)
@@ -398,19 +354,12 @@ def picked_index(u: Dual, index_x: Tensor, index_r: Tensor, largest: bool) -> Te
     axis of ``u``; ``index_r`` the reference's), as ``rnnshap.rules.structured.picked_index``: the indices
     as float64 values whose gradient is the multiplier of a step function of ``u``. Whatever a use makes
     of an index's change :math:`i_x - i_r` is credited to the position that decided its rank
-    (:func:`_deciding`), with multiplier :math:`(i_x - i_r) / \Delta u` there; nothing where the index
+    (:func:`rnnshap.formulas.orderings.deciding`), with multiplier :math:`(i_x - i_r) / \Delta u` there; nothing where the index
     did not move. Where an index moved but no position moved past its rank (ties ordered differently
     on the two sides), the position of the row that moved most takes the credit."""
     ux, r = ops.stop_gradient(u.x), u.r
-    deciding, delta, _, _ = _deciding(ux, r, index_x, index_r, largest)
+    deciding, delta, _, _ = orderings.deciding(KERAS, ux, r, index_x, index_r, largest)
     moved = ops.cast(index_x - index_r, "float64")
-    stuck = ops.logical_and(ops.not_equal(moved, 0), ops.logical_not(_usable(delta)))
-    change = ops.abs(ux - r)
-    change = ops.where(ops.isfinite(change), change, ops.zeros_like(change))
-    most = ops.broadcast_to(ops.argmax(change, axis=-1)[..., None], ops.shape(deciding))
-    deciding = ops.where(stuck, most, deciding)
-    delta = ops.where(stuck, ops.take_along_axis(ux - r, deciding, -1), delta)
-    delta = ops.cast(delta, "float64")
-    factor = pairs.usable_quotient(KERAS, moved, delta)
+    deciding, factor = orderings.index_credit(KERAS, ux, r, deciding, delta, moved)
     routed = ops.cast(ops.take_along_axis(u.x - ux, deciding, -1), "float64")
     return ops.cast(index_x, "float64") + routed * ops.stop_gradient(factor)

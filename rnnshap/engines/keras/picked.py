@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 from keras import ops
 
+from ...formulas import pairs
+from ...formulas.keras_ops import KERAS
 from . import dual
 from .backend import Tensor, dtype_name, is_floating, is_tensor
 from .dual import Dual, PickedIndices
@@ -87,13 +89,12 @@ def select(fn: Select, h: Dual | None, index: PickedIndices, expand: Callable[[T
     else:
         hx = ops.stop_gradient(h.x)
         out_x, out_r = fn(hx, index_x), fn(h.r, index_r)
-        mean = (hx + h.r) / 2
+        mean = pairs.midpoint(KERAS, hx, h.r)
         change = fn(mean, index_x) - fn(mean, index_r)
         step = h.x - hx  # zeros whose gradient is h's
         h_part = (fn(step, index_x) + fn(step, index_r)) / 2
     moved = ops.cast(index_x - index_r, "float64")
-    changed = ops.not_equal(moved, 0)
-    inverse = ops.where(changed, 1 / ops.where(changed, moved, ops.ones_like(moved)), ops.zeros_like(moved))
+    inverse = pairs.inverse_delta(KERAS, moved)  # (an index's change is an integer: finite)
     routed = expand(ops.stop_gradient(inverse) * (index.handle - ops.stop_gradient(index.handle)))
     selector = ops.stop_gradient(ops.cast(change, "float64")) * routed
     if not is_floating(out_x.dtype):  # one_hot to integers: integers with a handle of their own
