@@ -68,8 +68,14 @@ def current_mode() -> Any:
 
 
 def original_apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    """``cls.apply(*args, **kwargs)`` as torch does it."""
-    return _TORCH_APPLY(cls, *args, **kwargs)
+    """``cls.apply(*args, **kwargs)`` as torch does it, counted in this thread while it runs (see
+    :func:`enclosing_function`)."""
+    state = _ACTIVE
+    state.applying = getattr(state, "applying", 0) + 1
+    try:
+        return _TORCH_APPLY(cls, *args, **kwargs)
+    finally:
+        state.applying -= 1
 
 
 def route_apply(cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -201,8 +207,12 @@ def call_function(mode: Any, cls: Any, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def enclosing_function() -> Any:
-    """The custom Function whose ``forward()`` torch is running on this thread's stack, or None."""
-    if _BACKWARD_CONTEXT is None:
+    """The custom Function whose ``forward()`` torch is running on this thread's stack, or None.
+
+    While a pass runs, every ``Function.apply`` goes through :func:`original_apply` where torch runs it
+    (``routed_functions`` swaps its code), which counts them: with none running, no frame is looked at
+    (a model under its own ``no_grad()`` asks on every operation)."""
+    if _BACKWARD_CONTEXT is None or not getattr(_ACTIVE, "applying", 0):
         return None
     frame = sys._getframe(1)
     for _ in range(200):

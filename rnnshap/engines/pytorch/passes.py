@@ -320,14 +320,19 @@ class AttributionMode(TorchFunctionMode):
         if func is _SET_GRAD_ENABLED:
             return func(*args, **(kwargs or {}))  # the model's own no_grad() / enable_grad(), as it asks
         user_grad = torch.is_grad_enabled()
-        if not user_grad and self.replay and self._follows_no_grad(args, kwargs):
-            # the model's own no_grad(): statistics computed without gradients are part of the
-            # function all the same, followed as detach() is (rules/base.py, Identity)
-            torch._C._set_grad_enabled(True)
-            try:
-                return self.intercept(func, types, args, kwargs, True)
-            finally:
-                torch._C._set_grad_enabled(False)
+        if not user_grad and self.replay:
+            kwargs = kwargs or {}
+            flat = flatten_call(args, kwargs)  # (flattened once for both)
+            tracked = self.tracked_among(flat[0])
+            if self._follows_no_grad(flat[0], tracked):
+                # the model's own no_grad(): statistics computed without gradients are part of the
+                # function all the same, followed as detach() is (rules/base.py, Identity)
+                torch._C._set_grad_enabled(True)
+                try:
+                    return self.intercept(func, types, args, kwargs, True, flat=flat, tracked=tracked)
+                finally:
+                    torch._C._set_grad_enabled(False)
+            return self.intercept(func, types, args, kwargs, user_grad, flat=flat, tracked=tracked)
         if self.replay or not user_grad:
             return self.intercept(func, types, args, kwargs, user_grad)
         # the reference pass runs with gradients enabled as the model sees them, but records no graph
@@ -337,15 +342,17 @@ class AttributionMode(TorchFunctionMode):
         finally:
             torch._C._set_grad_enabled(True)
 
-    def _follows_no_grad(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
-        """Whether an operation the model runs under its own ``torch.no_grad()`` involves an
-        input-dependent tensor, and runs in the input pass with gradients, as under ``detach()``:
-        not in ``torch.inference_mode()`` (its tensors cannot enter a graph) nor in a custom
-        Function's forward (refused: see ``_refuse_grad_off``)."""
+    def _follows_no_grad(self, leaves: list[Any], tracked: tuple[int, ...] | None = None) -> bool:
+        """Whether an operation (its flattened arguments ``leaves``, ``tracked`` the positions of the
+        input-dependent ones when known) the model runs under its own ``torch.no_grad()`` involves an
+        input-dependent tensor, and runs in the input pass with gradients, as under ``detach()``: not in
+        ``torch.inference_mode()`` (its tensors cannot enter a graph) nor in a custom Function's forward
+        (refused: see ``_refuse_grad_off``)."""
         if self._quiet or torch.is_inference_mode_enabled():
             return False
-        leaves = flatten_call(args, kwargs or {})[0]
-        involved = bool(self.tracked_among(leaves)) or (self._following and self.discrete.involves(leaves))
+        if tracked is None:
+            tracked = self.tracked_among(leaves)
+        involved = bool(tracked) or (self._following and self.discrete.involves(leaves))
         if not involved and self.picked_indices:
             involved = any(isinstance(leaf, Tensor) and leaf in self.picked_indices for leaf in leaves)
         return involved and enclosing_function() is None
@@ -359,15 +366,19 @@ class AttributionMode(TorchFunctionMode):
         user_grad: bool,
         decided: bool = False,
         masks: bool = True,
+        flat: tuple[list[Any], Any, Any] | None = None,
+        tracked: tuple[int, ...] | None = None,
     ) -> Any:
         """One operation of the pass, its grad mode settled (see ``_run``): integer inputs, picked
         indices, decisions and ``.data`` views go to their followers; operations on tracked tensors
         through their rule. ``decided``: the operation's bool or integer operands from refused
-        operations were handled already; ``masks``: look for inputs a Keras ``Masking`` compares."""
+        operations were handled already; ``masks``: look for inputs a Keras ``Masking`` compares;
+        ``flat``: ``flatten_call(args, kwargs)`` and ``tracked`` the positions of the input-dependent tensors
+        among its leaves, when the caller has them already."""
         kwargs = kwargs or {}
         if masks and self.sample_masks and args and isinstance(args[0], Tensor) and args[0] in self.sample_masks:
             return masked_input_op(self, func, types, args, kwargs, user_grad, decided)
-        leaves, spec, layout = flatten_call(args, kwargs)
+        leaves, spec, layout = flat if flat is not None else flatten_call(args, kwargs)
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
             return self._decision_use(func, types, args, kwargs, leaves, user_grad)
         if self._following and self.discrete.involves(leaves):
@@ -386,7 +397,8 @@ class AttributionMode(TorchFunctionMode):
                 return result
         if self._data_views and any(isinstance(leaf, Tensor) and leaf in self._data_views for leaf in leaves):
             return self._data_use(func, args, kwargs, leaves)
-        tracked = self.tracked_among(leaves)
+        if tracked is None:
+            tracked = self.tracked_among(leaves)
         if not tracked:
             return func(*args, **kwargs)
         if tracked[0] != 0 and len(tracked) == 1 and func in _SHAPE_GIVERS:
@@ -488,71 +500,98 @@ class AttributionMode(TorchFunctionMode):
         is the same call out of place, writing into ``target`` when the original was in place.
         ``call`` is ``base``'s call when the caller has it already, and ``linear`` what
         ``rule.is_linear(call)`` answered (None: not asked yet).
+
+        What it decides, in order: no rule (or a refusing one): run the operation and refuse it; a layer
+        that must not run as it is asked to (:class:`EvalOnly`): raise; linear: no rule needed; a rule that
+        does not fit the call: refuse it; else the reference pass records the operands (:meth:`_record`)
+        and the input pass runs the rule on them (:meth:`_replay`).
         """
         if call is None:
             call = self.op_call(base, base_args, base_kwargs, name)
-
+        plain = target is None and func is base  # (not in place: a refusal may wait for the output)
         if rule is None or isinstance(rule, Refuse):
-            result = func(*args, **kwargs)
-            if rule is None and not any(isinstance(leaf, Tensor) for leaf in tensors_of(result)):
-                return result  # a query such as x.shape or x.dim(): no value flows on
-            if isinstance(rule, Refuse):
-                reason, advice = rule.reason, getattr(rule, "advice", "rule")
-            else:  # (Rescale is advice for one input-dependent operand only, and never for a reduction)
-                reason, advice = "no attribution rule is registered for it", "rule" if len(call.tracked) < 2 else "rule_operands"
-                if is_reduction(call, result):
-                    advice = "reduction"
-            outputs = [t for t in tensors_of(result) if isinstance(t, Tensor)]
-            deferrable = not self.picked_indices and not self._following  # (picked indices and integer inputs: not followed)
-            floating = bool(outputs) and all(t.is_floating_point() for t in outputs)
-            if deferrable and target is None and func is base and floating and advice not in NEVER_DEFERRED:
-                # refused where the output depends on it
-                self.deferred.defer(name, reason, advice, result, name in self.unsupported)
-            else:
-                self.refuse(name, reason, advice)
-            self.track(result)
-            self.mark_decisions(result, name)
-            return result
+            return self._without_rule(func, args, kwargs, rule, call, name, plain)
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise ModelStateError(f"The model runs {rule.what} ({name}), {_eval_only_advice(call, name)}")
-
         if linear if linear is not None else rule.is_linear(call):
             return self._linear(func, args, kwargs, target, rule, name)
         if self.scales and (type(rule) is Product or type(rule) is Quotient):
             rule = normalizing_rule(rule, call, self.scales)  # a normalization written by hand (handwritten_norms.py)
-
         why = misfit(rule, call)
         if why is not None:  # the rule would fail in the input pass: refuse it by name (where the output depends on it)
             result = func(*args, **kwargs)
-            advice = getattr(rule, "refusal_advice", "operands")
             floating = all(t.is_floating_point() for t in tensors_of(result) if isinstance(t, Tensor))
-            deferrable = not self.picked_indices and not self._following and advice not in NEVER_DEFERRED
-            if deferrable and target is None and func is base and floating:
-                self.deferred.defer(name, why, advice, result, name in self.unsupported)  # (a DeCov loss beside the logits)
-            else:
-                self.refuse(name, why, advice)
+            advice = getattr(rule, "refusal_advice", "operands")
+            self._defer_or_refuse(name, why, advice, result, plain and floating)  # (a DeCov loss beside the logits: deferred)
             self.track(result)
             if target is not None:
                 self._written_into(target)
             return result
-
-        key = op_key(base)
-        shapes = _shapes(call.leaves, call.tracked)
         if not self.replay:
-            references = [call.leaves[i].detach().clone() for i in call.tracked]
-            entry = TapeEntry(key, name, call.tracked, shapes, references)
-            self.tape.append(entry)
-            plain = target is None and func is base
-            result = rule.reference(call) if plain else func(*args, **kwargs)
-            if plain and getattr(rule, "reuses_reference_output", False) and isinstance(result, Tensor):
-                self._keep_output(entry, rule, call, references, result)
-            self.track(result)
-            self._mark_indices(result, name, rule, call)
-            if target is not None:
-                self._written_into(target)
-            return result
+            return self._record(func, args, kwargs, rule, call, name, target, plain)
+        return self._replay(func, kwargs, base, rule, call, name, target)
 
-        entry = self.tape.take(key, name, call.tracked, shapes)
+    def _without_rule(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule | None, call: OpCall, name: str, plain: bool
+    ) -> Any:
+        """An operation with tracked operands and no rule, or a refusing one: run as the model asks and refused
+        (where the output depends on it, when it is out of place), unless it is a query (``x.shape``)."""
+        result = func(*args, **kwargs)
+        if rule is None and not any(isinstance(leaf, Tensor) for leaf in tensors_of(result)):
+            return result  # a query such as x.shape or x.dim(): no value flows on
+        if isinstance(rule, Refuse):
+            reason, advice = rule.reason, getattr(rule, "advice", "rule")
+        else:  # (Rescale is advice for one input-dependent operand only, and never for a reduction)
+            reason, advice = "no attribution rule is registered for it", "rule" if len(call.tracked) < 2 else "rule_operands"
+            if is_reduction(call, result):
+                advice = "reduction"
+        outputs = [t for t in tensors_of(result) if isinstance(t, Tensor)]
+        floating = bool(outputs) and all(t.is_floating_point() for t in outputs)
+        self._defer_or_refuse(name, reason, advice, result, plain and floating)
+        self.track(result)
+        self.mark_decisions(result, name)
+        return result
+
+    def _defer_or_refuse(self, name: str, reason: str, advice: str, result: Any, deferrable: bool) -> None:
+        """Refuse ``name``, or defer its refusal to where the output depends on ``result`` (deferred.py) when
+        ``deferrable`` (out of place, floating results) and nothing followed would lose track of it (picked
+        indices and integer inputs are not followed through deferred refusals)."""
+        if deferrable and not self.picked_indices and not self._following and advice not in NEVER_DEFERRED:
+            self.deferred.defer(name, reason, advice, result, name in self.unsupported)
+        else:
+            self.refuse(name, reason, advice)
+
+    def _record(
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        rule: Rule,
+        call: OpCall,
+        name: str,
+        target: Tensor | None,
+        plain: bool,
+    ) -> Any:
+        """The reference pass: copy the tracked operands to the tape and run the operation as the rule
+        computes its reference side (keeping the output for the input pass where that is exact)."""
+        references = [call.leaves[i].detach().clone() for i in call.tracked]
+        entry = TapeEntry(op_key(call.fn), name, call.tracked, _shapes(call.leaves, call.tracked), references)
+        self.tape.append(entry)
+        result = rule.reference(call) if plain else func(*args, **kwargs)
+        if plain and getattr(rule, "reuses_reference_output", False) and isinstance(result, Tensor):
+            self._keep_output(entry, rule, call, references, result)
+        self.track(result)
+        self._mark_indices(result, name, rule, call)
+        if target is not None:
+            self._written_into(target)
+        return result
+
+    def _replay(
+        self, func: Any, kwargs: dict[str, Any], base: Any, rule: Rule, call: OpCall, name: str, target: Tensor | None
+    ) -> Any:
+        """The input pass: take the operation's entry from the tape (the same operation on the same shapes)
+        and run the rule on both sides; an in-place call gets the rule's result written into its target."""
+        entry = self.tape.take(op_key(base), name, call.tracked, _shapes(call.leaves, call.tracked))
         assert entry.references is not None
         ref_leaves = list(call.leaves)
         for i, reference in zip(call.tracked, entry.references, strict=False):
@@ -636,7 +675,7 @@ class AttributionMode(TorchFunctionMode):
         if not self.replay:
             no_graph: Any = torch.no_grad()
         else:
-            no_graph = torch.enable_grad() if self._follows_no_grad(args, kwargs) else contextlib.nullcontext()
+            no_graph = torch.enable_grad() if self._follows_no_grad(leaves) else contextlib.nullcontext()
         with torch._C.DisableTorchFunction(), no_graph:
             result = self.dispatch(forward, args, kwargs, forward, args, kwargs, None, rule, name)
         if self._taints:
