@@ -344,7 +344,7 @@ def _reference_passes(explainer: Any, x: torch.Tensor, monkeypatch: pytest.Monke
     run = engine.run_pass
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        passes.append(kwargs["replay"])
+        passes.append(args[4].replay)
         return run(*args, **kwargs)
 
     monkeypatch.setattr(engine, "run_pass", counted)

@@ -23,7 +23,7 @@ from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
-from .runner import run_pass
+from .runner import PassSettings, run_pass
 from .safety import PreservedState, as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
@@ -161,10 +161,13 @@ class TorchEngine(Engine):
             with torch.no_grad():
                 once, twice = Tape(), Tape()
                 copies = [r.clone() for r in rows]
-                out_once, _ = run_pass(self.model, copies, self.registry, once, replay=False, take=self._take)
+                out_once, _ = run_pass(self.model, copies, self.registry, once, PassSettings(replay=False, take=self._take))
                 doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
                 grid = PairGrid(2, 2 * m)
-                out_twice, _ = run_pass(self.model, doubled, self.registry, twice, replay=False, pairs=grid, take=self._take)
+                out_twice, _ = run_pass(
+                    self.model, doubled, self.registry, twice,
+                    PassSettings(replay=False, pairs=grid, take=self._take),
+                )
         except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
             return False
         if len(once.entries) != len(twice.entries) or not _repeats(out_once, out_twice, 0):
@@ -282,7 +285,10 @@ class TorchEngine(Engine):
                 if key in self._unchecked:  # the constructor's pass, never vetted: a plain forward does not give
                     self._unkept.add(key)  # a pass's outputs (a fast path: torch's fused transformer layers)
         copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
-        outputs, _ = run_pass(self.model, copies, self.registry, tape := Tape(), replay=False, take=self._take, state=state)
+        outputs, _ = run_pass(
+            self.model, copies, self.registry, tape := Tape(),
+            PassSettings(replay=False, take=self._take, state=state),
+        )
         self._keep(block, tape, outputs, state)
         return tape, outputs
 
@@ -346,8 +352,8 @@ class TorchEngine(Engine):
                 copies = [b.clone() for b in self.background]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 return run_pass(
-                    self.model, copies, self.registry, Tape(), replay=False, follow=follow, take=self._take, sample_masks=masks,
-                    watch_random=True,
+                    self.model, copies, self.registry, Tape(),
+                    PassSettings(replay=False, follow=follow, take=self._take, sample_masks=masks, watch_random=True),
                 )
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             if isinstance(error, RnnShapError):
@@ -472,17 +478,16 @@ class TorchEngine(Engine):
                 tape, ref_outputs = self._distinct_reference_pass(block, state)
             else:  # forward() may work in place on its inputs: copies
                 ref_outputs, _ = run_pass(
-                    self.model,
-                    [r.clone() for r in references],
-                    self.registry,
-                    tape := Tape(),
-                    replay=False,
-                    follow=followed,
-                    pairs=grid,
-                    shadows=shadows,
-                    take=self._take,
-                    sample_masks=masks,
-                    state=state,
+                    self.model, [r.clone() for r in references], self.registry, tape := Tape(),
+                    PassSettings(
+                        replay=False,
+                        follow=followed,
+                        pairs=grid,
+                        shadows=shadows,
+                        take=self._take,
+                        sample_masks=masks,
+                        state=state,
+                    ),
                 )
         if distinct:
             tape.repeats = s
@@ -498,8 +503,8 @@ class TorchEngine(Engine):
                 copies = [leaf.clone() for leaf in leaves]
                 masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
                 outputs, mode = run_pass(
-                    self.model, copies, self.registry, tape, replay=True, follow=followed, pairs=grid, take=self._take,
-                    sample_masks=masks, state=state,
+                    self.model, copies, self.registry, tape,
+                    PassSettings(replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, state=state),
                 )
         except TapeMismatchError:
             if not distinct:

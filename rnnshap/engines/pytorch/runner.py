@@ -7,6 +7,7 @@ buffers from its inputs, an output that is not a tensor the explained inputs rea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -54,40 +55,49 @@ class ModuleRules:
         self._patched.clear()
 
 
-def run_pass(
-    model: nn.Module,
-    inputs: list[Tensor],
-    registry: RuleRegistry,
-    tape: Tape,
-    replay: bool,
-    follow: Sequence[int] = (),
-    pairs: PairGrid | None = None,
-    shadows: Mapping[int, Tensor] | None = None,
-    take: Callable[[Any], Any] | None = None,
-    sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None,
-    state: PreservedState | None = None,
-    watch_random: bool = False,
-) -> tuple[Tensor, AttributionMode]:
-    """Run ``model(*inputs)`` as the reference pass (``replay=False``) or the input pass.
+@dataclass(frozen=True)
+class PassSettings:
+    """What one pass is asked to do besides running ``model(*inputs)`` (see :func:`run_pass`).
 
-    ``follow`` lists integer inputs to follow (token ids, numbers or context; see discrete.py);
-    ``shadows``, in the reference pass, holds the explained samples' values of followed inputs (the
-    masks made from them are taken from the explained samples); ``pairs`` says how the batch is made
-    of (sample, reference) pairs, when it is (see :class:`PairGrid`); ``take`` picks the explained
-    tensor of a result with several, inside the pass (see engines/outputs.py); ``sample_masks`` maps
-    float inputs the model masks by comparing them with values to (the explained samples' values,
-    those values): those comparisons read the samples' values; ``state``, the model's state taken
-    before the pass (one taken for several passes in a row, each of which restores it), else taken
-    here; ``watch_random``: refuse a forward that draws random numbers (the constructor's probe).
-    Returns the output and the mode, which holds the attribution leaves of the integer inputs
-    and what was learned about them.
+    - ``replay``: the input pass (True: each operation takes its entry from the tape and runs through its
+      rule) or the reference pass (False: the tape is recorded);
+    - ``follow``: the integer inputs to follow (token ids, numbers or context; see discrete.py);
+    - ``pairs``: how the batch is made of (sample, reference) pairs, when it is (see :class:`PairGrid`);
+    - ``shadows``: in the reference pass, the explained samples' values of followed inputs (the masks
+      made from them are taken from the explained samples);
+    - ``take``: picks the explained tensor of a result with several, inside the pass (engines/outputs.py);
+    - ``sample_masks``: float inputs the model masks by comparing them with values → (the explained
+      samples' values, those values): those comparisons read the samples' values;
+    - ``state``: the model's state taken before the pass (one taken for several passes in a row, each of
+      which restores it), else taken by the pass;
+    - ``watch_random``: refuse a forward that draws random numbers (the constructor's probe).
     """
-    mode = AttributionMode(registry, tape, replay, pairs)
+
+    replay: bool
+    follow: Sequence[int] = ()
+    pairs: PairGrid | None = None
+    shadows: Mapping[int, Tensor] | None = None
+    take: Callable[[Any], Any] | None = None
+    sample_masks: Mapping[int, tuple[Tensor, frozenset[float]]] | None = None
+    state: PreservedState | None = None
+    watch_random: bool = False
+
+
+def run_pass(
+    model: nn.Module, inputs: list[Tensor], registry: RuleRegistry, tape: Tape, settings: PassSettings
+) -> tuple[Tensor, AttributionMode]:
+    """Run ``model(*inputs)`` as the reference pass or the input pass (``settings.replay``), with the rules of
+    ``registry``, recording or replaying ``tape``, as ``settings`` asks (see :class:`PassSettings`).
+    Returns the output and the mode, which holds the attribution leaves of the integer inputs and what was
+    learned about them.
+    """
+    mode = AttributionMode(registry, tape, settings.replay, settings.pairs)
     module_rules = ModuleRules(model, registry)
+    state = settings.state
     if state is None:
         state = PreservedState(model)  # a forward may write into buffers (spectral_norm in training mode)
     randoms = None
-    if watch_random:
+    if settings.watch_random:
         mode.random_draws = []
         randoms = RandomStates(model)
         given = [x.clone() for x in inputs]  # (to run again with other draws, see draws_matter)
@@ -96,20 +106,20 @@ def run_pass(
         with torch.enable_grad(), routed_functions(mode), AsFunction(model), mode:
             mode.track(inputs)
             mode.batch_rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
-            for index, (values, value) in (sample_masks or {}).items():
+            for index, (values, value) in (settings.sample_masks or {}).items():
                 mode.sample_masks[inputs[index]] = (values, value)
-            for index in follow:
-                mode.follow_discrete(index, inputs[index], None if shadows is None else shadows.get(index))
+            for index in settings.follow:
+                mode.follow_discrete(index, inputs[index], None if settings.shadows is None else settings.shadows.get(index))
             output = model(*inputs)
-            if take is not None:
-                output = take(output)
-        written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if watch_random else []
+            if settings.take is not None:
+                output = settings.take(output)
+        written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if settings.watch_random else []
     finally:
         drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
         mode.drew = bool(drawn)
         module_rules.remove()
         state.restore()
-    if drawn and draws_matter(model, given, take, output, mode.deferred, drawn):  # named with torch's random functions called
+    if drawn and draws_matter(model, given, settings.take, output, mode.deferred, drawn):  # (named with the random functions)
         error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
         error.eval_may_help = True  # type: ignore[attr-defined]  # (see model_forms.in_eval_mode)
         raise error
@@ -125,7 +135,7 @@ def run_pass(
         error.eval_may_help = True  # type: ignore[attr-defined]
         raise error
     mode.raise_if_unsupported()
-    if replay:
+    if settings.replay:
         tape.check_consumed()
     if isinstance(output, torch.distributions.Distribution):
         raise InputError(
@@ -147,4 +157,4 @@ def run_pass(
     return output, mode
 
 
-__all__ = ["ModuleRules", "run_pass"]
+__all__ = ["ModuleRules", "PassSettings", "run_pass"]
