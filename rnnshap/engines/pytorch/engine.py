@@ -119,23 +119,25 @@ class TorchEngine(Engine):
                 f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
                 f"precision, and the check uses {self.dtype}'s tolerance."
             )
-        #: the tapes and outputs of reference passes on distinct references, by (r0, r1) (see _distinct_reference_pass)
-        self._kept_tapes: dict[tuple[int, int], tuple[list[TapeEntry], Tensor, int]] = {}
+        #: the tapes and outputs of reference passes on distinct references, by (r0, r1, the context's bytes) (see
+        #: _distinct_reference_pass)
+        self._kept_tapes: dict[Any, tuple[list[TapeEntry], Tensor, int]] = {}
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
-        self._unkept: set[tuple[int, int]] = set()
+        self._unkept: set[Any] = set()
         #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
-        self._unchecked: set[tuple[int, int]] = set()
-        #: whether a block's reference pass may run on its distinct references only (see _rows_alone)
-        self.distinct_references = (
-            not self.followed_inputs
-            and not self.masked_inputs
-            and all(b.is_floating_point() for b in self.background)
-            and self._rows_alone()
-        )
-        if self.distinct_references and not probe.drew and not probe.random_draws:
+        self._unchecked: set[Any] = set()
+        #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
+        #: sides of its pairs
+        self.context_inputs = [
+            i for i, b in enumerate(self.background) if not b.is_floating_point() and i not in self.followed_inputs
+        ]
+        #: whether a block's reference pass may run on its distinct references only (see _rows_alone), where its
+        #: samples share their context inputs' values
+        self.distinct_references = not self.followed_inputs and not self.masked_inputs and self._rows_alone()
+        if self.distinct_references and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
-            self._keep(Block(0, 0, 0, self.references), probe.tape, outputs, None)
+            self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
 
     def _rows_alone(self) -> bool:
         """Whether the reference pass may run on a block's distinct references, its tape then repeated
@@ -145,13 +147,16 @@ class TorchEngine(Engine):
         background rows and on the same rows twice over (two samples' pairs), every operand the
         second pass records must be the first one's repeated so, and so must the output. The rows are
         a few background rows and the same rows slightly perturbed, so that rows that are equal (all
-        zero baselines) or constant along an axis cannot hide a wrong layout."""
+        zero baselines) or constant along an axis cannot hide a wrong layout (context inputs, masks and
+        lengths, are the rows' own, unperturbed)."""
         m = min(self.references, 8)
         if m < 2:
             return False
         generator = torch.Generator(device="cpu").manual_seed(0)
 
         def perturbed(b: Tensor) -> Tensor:
+            if not b.is_floating_point():  # context (masks, lengths): the rows' own values
+                return b[:m]
             spread = 0.01 * (float(b.nan_to_num().std()) if b.numel() > 1 else 0.0) + 1e-3  # (NaN: missing values)
             noise = torch.randn(b[:m].shape, generator=generator, dtype=torch.float64)
             return b[:m] + (spread * noise).to(b.dtype).to(b.device)
@@ -262,45 +267,70 @@ class TorchEngine(Engine):
             + advice
         )
 
-    def _distinct_reference_pass(self, block: Block, state: PreservedState) -> tuple[Tape, Tensor]:
+    def _distinct_reference_pass(self, block: Block, context: list[Tensor], state: PreservedState) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
-        input pass) and its outputs.
+        input pass) and its outputs. ``context``: the values of the context inputs (:attr:`context_inputs`),
+        one row each, shared by the block's samples, which every reference takes.
 
-        With distinct references it depends on the model and those background rows only, so it is
+        With distinct references it depends on the model, those background rows and the context only, so it is
         kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
-        same rows. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
+        same rows and context. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
         operation is intercepted) still gives the kept outputs bit for bit: parameters trained or
         replaced, a changed attribute that forward() reads, or a background changed in place each
         change them, and the pass runs again. ``state``: the model's state, taken before (each pass
         and plain forward here restores it)."""
-        key = (block.r0, block.r1)
+        key = _kept_key(block, context)
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
                 entries, outputs, _ = kept
-                if self._computes(block, outputs, state):
+                if self._computes(block, context, outputs, state):
                     self._unchecked.discard(key)
                     return Tape(list(entries)), outputs
                 del self._kept_tapes[key]
                 if key in self._unchecked:  # the constructor's pass, never vetted: a plain forward does not give
                     self._unkept.add(key)  # a pass's outputs (a fast path: torch's fused transformer layers)
-        copies = [b[block.r0 : block.r1].clone() for b in self.background]  # forward() may work in place on its inputs
+        # (copies: forward() may work in place on its inputs)
         outputs, _ = run_pass(
-            self.model, copies, self.registry, tape := Tape(),
+            self.model, self._distinct_rows(block, context), self.registry, tape := Tape(),
             PassSettings(replay=False, take=self._take, state=state),
-        )
-        self._keep(block, tape, outputs, state)
+        )  # fmt: skip
+        self._keep(block, context, tape, outputs, state)
         return tape, outputs
 
-    def _keep(self, block: Block, tape: Tape, outputs: Tensor, state: PreservedState | None) -> None:
+    def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
+        """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
+        given = dict(zip(self.context_inputs, context, strict=True))
+        n = block.r1 - block.r0
+        return [
+            given[t].expand(n, *given[t].shape[1:]).clone() if t in given else b[block.r0 : block.r1].clone()
+            for t, b in enumerate(self.background)
+        ]
+
+    def _shared_context(self, inputs: list[Tensor], block: Block) -> list[Tensor] | None:
+        """The context inputs' values of the block's first sample (one row each), where every sample of the block
+        has the same (then their pairs' references all take them), else None."""
+        shared = []
+        for t in self.context_inputs:
+            rows = inputs[t][block.s0 : block.s1]
+            first = rows[:1]
+            if not torch.equal(rows, first.expand_as(rows)):
+                return None
+            shared.append(first)
+        return shared
+
+    def _keep(self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None) -> None:
         """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
         and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
-        ``state``, the model's state taken before; with None, unchecked until its first reuse)."""
-        key = (block.r0, block.r1)
+        ``state``, the model's state taken before; with None, unchecked until its first reuse). ``context``: the
+        context inputs' values the pass ran with (see ``_distinct_reference_pass``)."""
+        key = _kept_key(block, context)
         if key in self._unkept:
             return
         size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        if size + self._kept_bytes() > KEPT_TAPE_BYTES or (state is not None and not self._computes(block, outputs, state)):
+        if size + self._kept_bytes() > KEPT_TAPE_BYTES or (
+            state is not None and not self._computes(block, context, outputs, state)
+        ):
             self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
         else:
             # (the input pass replaces the entries it takes in tape's own list)
@@ -311,12 +341,12 @@ class TorchEngine(Engine):
     def _kept_bytes(self) -> int:
         return sum(size for _, _, size in self._kept_tapes.values())
 
-    def _computes(self, block: Block, outputs: Tensor, state: PreservedState) -> bool:
-        """Whether a plain forward of the block's references gives ``outputs`` bit for bit (see
+    def _computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
+        """Whether a plain forward of the block's references (with ``context``) gives ``outputs`` bit for bit (see
         ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before)."""
         try:
             with torch.no_grad():
-                now = self._take(self.model(*[b[block.r0 : block.r1].clone() for b in self.background]))
+                now = self._take(self.model(*self._distinct_rows(block, context)))
         except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
             return False
         finally:
@@ -467,50 +497,57 @@ class TorchEngine(Engine):
         shadows = {t: inputs[t][sample] for t in followed}
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
-        distinct = self.distinct_references and s > 1 and n_refs > 1
+        # the context inputs' values where the block's samples share them (their references all take them), else None
+        context = self._shared_context(inputs, block)
+        distinct = self.distinct_references and s > 1 and n_refs > 1 and context is not None
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        with torch.no_grad():
+        while True:  # (twice at most: a layout the check at construction missed runs every pair)
+            with torch.no_grad():
+                if distinct:
+                    # the reference pass runs on the block's references once, and the tape repeats them
+                    # for the pairs; it depends on nothing else, so a later block or call reuses it
+                    assert context is not None
+                    tape, ref_outputs = self._distinct_reference_pass(block, context, state)
+                else:  # forward() may work in place on its inputs: copies
+                    ref_outputs, _ = run_pass(
+                        self.model, [r.clone() for r in references], self.registry, tape := Tape(),
+                        PassSettings(
+                            replay=False,
+                            follow=followed,
+                            pairs=grid,
+                            shadows=shadows,
+                            take=self._take,
+                            sample_masks=masks,
+                            state=state,
+                        ),
+                    )
             if distinct:
-                # the reference pass runs on the block's references once, and the tape repeats them
-                # for the pairs; it depends on nothing else, so a later block or call reuses it
-                tape, ref_outputs = self._distinct_reference_pass(block, state)
-            else:  # forward() may work in place on its inputs: copies
-                ref_outputs, _ = run_pass(
-                    self.model, [r.clone() for r in references], self.registry, tape := Tape(),
-                    PassSettings(
-                        replay=False,
-                        follow=followed,
-                        pairs=grid,
-                        shadows=shadows,
-                        take=self._take,
-                        sample_masks=masks,
-                        state=state,
-                    ),
-                )
-        if distinct:
-            tape.repeats = s
-            # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
-            kept = self._kept_tapes.get((block.r0, block.r1))
-            tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
-            ref_outputs = repeat_along(ref_outputs, 0, s)
-        try:
-            with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
-                # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
-                # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
-                missing.seen = _holds_nan(leaves) or _holds_nan(references)
-                copies = [leaf.clone() for leaf in leaves]
-                masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                outputs, mode = run_pass(
-                    self.model, copies, self.registry, tape,
-                    PassSettings(replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=masks, state=state),
-                )
-        except TapeMismatchError:
-            if not distinct:
-                raise
-            self.distinct_references = False  # the check at construction missed a layout: every pair from now on
-            return self.attribute(inputs, block, columns, per_pair, multipliers)
+                tape.repeats = s
+                # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
+                kept = self._kept_tapes.get(_kept_key(block, context))
+                tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
+                ref_outputs = repeat_along(ref_outputs, 0, s)
+            try:
+                with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
+                    # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
+                    # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
+                    missing.seen = _holds_nan(leaves) or _holds_nan(references)
+                    copies = [leaf.clone() for leaf in leaves]
+                    pass_masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+                    outputs, mode = run_pass(
+                        self.model, copies, self.registry, tape,
+                        PassSettings(
+                            replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=pass_masks, state=state
+                        ),
+                    )
+                break
+            except TapeMismatchError:
+                if not distinct:
+                    raise
+                # the check at construction missed a layout: every pair, from now on
+                self.distinct_references = distinct = False
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             _check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
@@ -549,6 +586,11 @@ class TorchEngine(Engine):
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+
+def _kept_key(block: Block, context: Any) -> tuple[Any, ...]:
+    """The key of a kept reference pass: the block's references and the context inputs' values it ran with."""
+    return (block.r0, block.r1, *((str(c.dtype), tuple(c.shape), c.cpu().numpy().tobytes()) for c in context))
 
 
 def _holds_nan(tensors: list[Tensor]) -> bool:
