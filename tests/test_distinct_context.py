@@ -65,7 +65,8 @@ def _reference_rows(explainer: Any, x: list[torch.Tensor], monkeypatch: pytest.M
     run = engine.run_pass
 
     def counted(model: Any, inputs: list[torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        if not kwargs.get("replay", getattr(kwargs.get("settings"), "replay", True)):
+        settings = kwargs.get("settings") or next((a for a in args if hasattr(a, "replay")), None)
+        if not (kwargs["replay"] if "replay" in kwargs else settings.replay):
             rows.append(int(inputs[0].shape[0]))
         return run(model, inputs, *args, **kwargs)
 
