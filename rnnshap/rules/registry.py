@@ -227,7 +227,10 @@ class RuleRegistry:
         return RuleHandle(table, key, previous, rule)
 
     def op_rule(self, func: Any) -> Rule | None:
-        return self.ops.get(op_key(func))
+        rule = self.ops.get(func)  # (asked on every operation of a pass: a getter's key is looked up only for getters)
+        if rule is None and type(func).__name__ == "method-wrapper":
+            return self.ops.get(op_key(func))
+        return rule
 
     def module_rule(self, module: nn.Module) -> Rule | None:
         for cls in type(module).__mro__:

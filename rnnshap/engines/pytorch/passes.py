@@ -379,28 +379,63 @@ class AttributionMode(TorchFunctionMode):
         if masks and self.sample_masks and args and isinstance(args[0], Tensor) and args[0] in self.sample_masks:
             return masked_input_op(self, func, types, args, kwargs, user_grad, decided)
         leaves, spec, layout = flat if flat is not None else flatten_call(args, kwargs)
+        if self._decisions or self._following or self.picked_indices or self._data_views:
+            handled, result = self._followed_use(func, types, args, kwargs, leaves, user_grad, decided)
+            if handled:
+                return result
+        if tracked is None:
+            tracked = self.tracked_among(leaves)
+        if not tracked:
+            return func(*args, **kwargs)
+        return self._on_tracked(func, args, kwargs, leaves, spec, layout, tracked, user_grad)
+
+    def _followed_use(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        leaves: list[Any],
+        user_grad: bool,
+        decided: bool,
+    ) -> tuple[bool, Any]:
+        """``(True, result)`` where an operand is followed by other rules than the tracking (see ``intercept``):
+        the bool or integer result of a refused operation, a followed integer input, a number leaf,
+        indices picked by a rule, a ``.data`` view; ``(False, None)`` otherwise."""
         if self._decisions and not decided and any(isinstance(leaf, Tensor) and leaf in self._decisions for leaf in leaves):
-            return self._decision_use(func, types, args, kwargs, leaves, user_grad)
+            return True, self._decision_use(func, types, args, kwargs, leaves, user_grad)
         if self._following and self.discrete.involves(leaves):
             handled, result = self.discrete.op(func, types, args, kwargs, leaves, user_grad)
             if handled:
-                return result
+                return True, result
         if self._following and self.discrete.numbers and any(
             isinstance(leaf, Tensor) and leaf in self.discrete.numbers for leaf in leaves
         ):
             handled, result = self.discrete.on_number(func, types, args, kwargs, leaves, user_grad)
             if handled:
-                return result
+                return True, result
         if self.picked_indices:
             handled, result = self.picks.index_use(func, types, args, kwargs, leaves, user_grad)
             if handled:
-                return result
+                return True, result
         if self._data_views and any(isinstance(leaf, Tensor) and leaf in self._data_views for leaf in leaves):
-            return self._data_use(func, args, kwargs, leaves)
-        if tracked is None:
-            tracked = self.tracked_among(leaves)
-        if not tracked:
-            return func(*args, **kwargs)
+            return True, self._data_use(func, args, kwargs, leaves)
+        return False, None
+
+    def _on_tracked(
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        leaves: list[Any],
+        spec: Any,
+        layout: Any,
+        tracked: tuple[int, ...],
+        user_grad: bool,
+    ) -> Any:
+        """An operation with input-dependent operands (at ``tracked`` among its ``leaves``): shape givers and
+        broadcasts, ``.data``, the linear ones without an :class:`OpCall` (the most common), in-place ones run
+        out of place, and the rest through :meth:`dispatch`."""
         if tracked[0] != 0 and len(tracked) == 1 and func in _SHAPE_GIVERS:
             return func(*args, **kwargs)  # idx.expand_as(src): src gives the shape only
         if func in _BROADCASTS:
