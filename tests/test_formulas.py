@@ -432,3 +432,58 @@ def test_an_index_no_position_moved_past_is_credited_to_the_row_that_moved_most(
         np.testing.assert_array_equal(b, a)
     (at2, factor2), _ = _both(lambda xp, *a: orderings.index_credit(xp, *a), x, r, deciding, delta, np.zeros((1, 1)))
     assert at2.tolist() == [[0]] and factor2.tolist() == [[0.0]]  # the index did not move: nothing
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_the_closed_form_constants_are_the_near_secants(kind: str) -> None:
+    # CLOSED_FORMS (μ, κ, c): (κ − (a_x − μ)(a_r − μ))(1 − cΔ²), the fused layers' form of NEAR_SECANTS
+    rng = np.random.default_rng(8)
+    u_r = rng.uniform(-4, 4, 200)
+    delta = rng.uniform(-1e-2, 1e-2, 200)
+    f = np.tanh if kind == "tanh" else (lambda t: 1 / (1 + np.exp(-t)))
+    a_x, a_r = f(u_r + delta), f(u_r)
+    mu, kappa, c = secant.CLOSED_FORMS[kind]
+    constants = (kappa - (a_x - mu) * (a_r - mu)) * (1 - c * delta**2)
+    near = secant.NEAR_SECANTS[kind](TORCH, *(torch.tensor(t) for t in (a_x, a_r, delta))).numpy()
+    np.testing.assert_allclose(constants, near, rtol=0, atol=8 * EPS)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_the_fused_steps_where_form_is_nearer_the_float64_secant_than_the_blend(kind: str) -> None:
+    # Why the fused recurrent step keeps two forms (issue 39): the PyTorch engine's branch-free blend
+    # (rnnshap.recurrent.fused.smooth_secant; its values must stay bit for bit) and the Keras engine's
+    # where-form (the closed form below the threshold, the quotient above: near_rescale_multiplier, as
+    # engines/keras/fused.py computes it). Against the exact secant of the same float32 inputs (float64, by
+    # the identities tanh x − tanh r = tanh Δ (1 − tanh x tanh r), σx − σr = tanh(Δ/2)(σx + σr − 2σxσr)),
+    # the where-form is much the nearer below the threshold (median ~10x), a little farther just above it
+    # (ε < |Δ| ≤ 10ε: ~8% in the median), the same far above it, and nearer on average: moving Keras to
+    # the blend would move its values away from the truth.
+    from rnnshap.recurrent.fused import SIGMOID, TANH, smooth_secant
+
+    rng = np.random.default_rng(0)
+    u_r = rng.uniform(-4, 4, 40_000).astype(np.float32)
+    u_x = (u_r + 10 ** rng.uniform(-6, -1, 40_000) * rng.choice([-1, 1], 40_000)).astype(np.float32)
+    keep = u_x != u_r
+    u_x, u_r = u_x[keep], u_r[keep]
+    delta = u_x.astype(np.float64) - u_r.astype(np.float64)  # (exact)
+    if kind == "tanh":
+        x64, r64 = np.tanh(u_x.astype(np.float64)), np.tanh(u_r.astype(np.float64))
+        truth = np.tanh(delta) * (1 - x64 * r64) / delta
+        f, constants = torch.tanh, TANH
+    else:
+        x64, r64 = (1 / (1 + np.exp(-u.astype(np.float64))) for u in (u_x, u_r))
+        truth = np.tanh(delta / 2) * (x64 + r64 - 2 * x64 * r64) / delta
+        f, constants = torch.sigmoid, SIGMOID
+    tx, tr = torch.tensor(u_x), torch.tensor(u_r)
+    a_x, a_r = f(tx), f(tr)
+    blend = smooth_secant(tx, tr, a_x, a_r, *constants).double().numpy()
+    near = formulas.bind(secant.NEAR_SECANTS[kind], TORCH)
+    where = secant.near_rescale_multiplier(TORCH, near, a_x, a_r, tx, tr).double().numpy()
+    error_blend, error_where = np.abs(blend / truth - 1), np.abs(where / truth - 1)
+    threshold = secant.small_delta_threshold(TORCH, torch.float32, True)
+    about = (np.abs(delta) > threshold / 10) & (np.abs(delta) <= threshold)  # the blend mixes in the quotient here
+    assert np.median(error_where[about]) < np.median(error_blend[about]) / 4
+    assert error_where[about].max() < error_blend[about].max() / 4
+    far = np.abs(delta) > 10 * threshold  # both are the quotient there, to (ε/Δ)⁴
+    np.testing.assert_allclose(np.median(error_where[far]), np.median(error_blend[far]), rtol=0.05)
+    assert error_where.mean() <= error_blend.mean()

@@ -264,6 +264,13 @@ def near_rescale_multiplier(
     return finite_where_still(xp, xp.where(small, near(output, ref_output, delta), multiplier), x, r, output, ref_output)
 
 
+#: per activation, (μ, κ, c) of its secant from its two results: :math:`(a_x - a_r)/\Delta = F \tanh(\delta)/\delta`
+#: with :math:`F = κ - (a_x - μ)(a_r - μ)` (σ: δ = Δ/2; tanh: δ = Δ), and :math:`\tanh(\delta)/\delta = 1 - c\Delta^2
+#: + O(\Delta^4)`: :func:`sigmoid_secant_near` and :func:`tanh_secant_near` as constants, for the fused recurrent
+#: layers of both engines (``rnnshap.recurrent.fused``: μ and κ of its branch-free blend; the Keras engine's
+#: ``fused``: all three, per gate column, in its compiled kernel)
+CLOSED_FORMS: dict[str, tuple[float, float, float]] = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
+
 #: the activations whose secant has a closed form in their two results, by name
 NEAR_SECANTS: dict[str, Callable[[Ops, Array, Array, Array], Array]] = {
     "sigmoid": sigmoid_secant_near,
@@ -271,6 +278,7 @@ NEAR_SECANTS: dict[str, Callable[[Ops, Array, Array, Array], Array]] = {
 }
 
 __all__ = [
+    "CLOSED_FORMS",
     "NEAR_SECANTS",
     "SLOPES_BY_NAME",
     "Slope",

@@ -93,12 +93,6 @@ def attach(value: Tensor, pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     return out
 
 
-#: per activation, (μ, κ, c) of its secant slope from its two results for small |Δ|:
-#: (κ − (y_x − μ)(y_r − μ))(1 − cΔ²), the closed forms of rnnshap/formulas/secant.py
-#: (``sigmoid_secant_near``, ``tanh_secant_near``) as constants, for the fused recurrent layers' compiled
-#: kernel (rnnshap/engines/keras/fused.py)
-CLOSED_FORMS = {"sigmoid": (0.5, 0.25, 1 / 12), "tanh": (0.0, 1.0, 1 / 3)}
-
 #: the secant slope of sigmoid and tanh from their two results for small |Δ| (rnnshap/formulas/secant.py)
 sigmoid_secant_near: Near = bind(formulas.sigmoid_secant_near, KERAS)
 tanh_secant_near: Near = bind(formulas.tanh_secant_near, KERAS)

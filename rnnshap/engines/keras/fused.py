@@ -30,8 +30,9 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from ...formulas.secant import CLOSED_FORMS
 from . import backend
-from .dual import CLOSED_FORMS, Dual, small_delta_threshold
+from .dual import Dual, small_delta_threshold
 
 L = keras.layers
 
@@ -101,9 +102,12 @@ def _secants(
     product the activation enters): (pairs, n, W).
 
     The quotient :math:`Δy/Δu`, and where :math:`|Δu|` is below the threshold the secant in closed
-    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (``dual.CLOSED_FORMS``, the constants of each
+    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (``rnnshap.formulas.secant.CLOSED_FORMS``, the constants of each
     column), in one pass over all columns; the
-    mean's ½ is taken on the distinct rows.
+    mean's ½ is taken on the distinct rows. This is the where-form of
+    :func:`rnnshap.formulas.secant.near_rescale_multiplier` (the Keras engine's other layers), nearer the
+    exact secant about the threshold than the PyTorch engine's branch-free blend
+    (``rnnshap.recurrent.fused.smooth_secant``): tests/test_formulas.py measures both against float64.
     """
     pairs_elements = grid[0] * grid[1] * grid[2] * int(y.shape[1]) * int(y.shape[2])
     if pairs_elements >= XLA_ELEMENTS and _xla_compiles():
