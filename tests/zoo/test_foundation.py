@@ -786,3 +786,18 @@ def test_forecast_explainer_takes_no_other_model_or_background(ttm: Any) -> None
     explainer = rnnshap.foundation.ForecastExplainer(ttm, background=windows(16, [0, 40]))
     with pytest.raises(InputError, match="ForecastExplainer's own"):
         explainer.explain(windows(16, [300]), prediction_length=2, background=windows(16, [80, 120]))
+
+
+def test_forecast_explainer_keeps_the_most_recently_used_setups(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnshap.forecasting import foundation
+
+    monkeypatch.setattr(foundation, "KEPT_EXPLAINERS", 2)
+    setups = _setups(monkeypatch)
+    explainer = rnnshap.foundation.ForecastExplainer(ttm, background=windows(16, [0, 40, 80]))
+    context = windows(16, [300])
+    for horizon in (1, 2, 3, 1):  # the fourth call's setup was the oldest of three: dropped, built again
+        explainer.explain(context, prediction_length=horizon)
+    assert len(setups) == 4
+    setups.clear()
+    explainer.explain(context, prediction_length=3)  # the second most recent: kept
+    assert setups == []

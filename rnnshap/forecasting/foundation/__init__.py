@@ -451,6 +451,11 @@ def explain(
     )  # fmt: skip
 
 
+#: the most DeepSHAP explainers a :class:`ForecastExplainer` keeps per precision (one per prediction length, quantile
+#: levels and pattern of missing steps; each keeps up to its engine's ``KEPT_TAPE_BYTES`` of reference tapes)
+KEPT_EXPLAINERS = 8
+
+
 class ForecastExplainer:
     """:func:`explain` for one model and one background, keeping DeepSHAP's setup between calls.
 
@@ -459,7 +464,8 @@ class ForecastExplainer:
     prediction length, quantile levels, precision and pattern of missing steps builds DeepSHAP's explainer: the
     reference pass on the background (its tape kept for later calls, vetted before each reuse by a plain forward
     that must give its outputs bit for bit) and the checks that the model computes every row alone. Later calls
-    with the same settings reuse it, as a :class:`rnnshap.DeepExplainer` reused on new inputs does: parameters
+    with the same settings reuse it (the :data:`KEPT_EXPLAINERS` most recently used are kept), as a
+    :class:`rnnshap.DeepExplainer` reused on new inputs does: parameters
     trained or replaced in between are seen (the background's outputs are computed again), the setup checks are
     not run again. Build a new one after changing the model's code or its library's forecast settings (TimesFM's
     ``compile``). The Shapley mode keeps nothing (every call runs the library's own forecast).
@@ -687,8 +693,11 @@ def _deepshap(
                     f"errors).\n{error}",
                 )
                 raise refusal from error
-            if kept is not None:
+            if kept is not None:  # the most recently used first out last; at most KEPT_EXPLAINERS
+                kept.pop(key, None)
                 kept[key] = (module, explainer)
+                while len(kept) > KEPT_EXPLAINERS:
+                    del kept[next(iter(kept))]
             attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
             own = forecast[members].reshape(len(members), -1)
