@@ -228,6 +228,12 @@ class AttributionMode(TorchFunctionMode):
             self.track(result)
         return result
 
+    def _grad_off_refused(self) -> bool:
+        """Whether an input-dependent value computed here with gradients disabled is refused (see
+        ``_refuse_grad_off``): in a custom Function's forward that torch runs, or in inference mode; not under
+        the model's own ``no_grad()`` (asked first, so that a model under it pays no scan of each result)."""
+        return not self._quiet and (torch.is_inference_mode_enabled() or enclosing_function() is not None)
+
     def _refuse_grad_off(self, name: str) -> None:
         """``name`` runs on a tracked tensor with gradients disabled: refuse what disabled them."""
         if self._quiet:
@@ -451,7 +457,7 @@ class AttributionMode(TorchFunctionMode):
             # the most common cases (shapes, indexing, sums, linear layers, a product or matmul with a
             # constant): linear, as the rule's is_linear says, without an OpCall to ask it with
             result = self._linear(func, args, kwargs, in_place_target(func, args, kwargs), rule, name)
-            if not user_grad and any(self.is_tracked(leaf) for leaf in tensors_of(result)):
+            if not user_grad and self._grad_off_refused() and any(self.is_tracked(leaf) for leaf in tensors_of(result)):
                 self._refuse_grad_off(name)
             if len(tracked) == 1:
                 self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
@@ -468,7 +474,7 @@ class AttributionMode(TorchFunctionMode):
             result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, rule, name, call, linear)
         else:  # another call, out of place: dispatch looks at it afresh
             result = self.dispatch(func, args, kwargs, base, base_args, base_kwargs, target, self.registry.op_rule(base), name)
-        if not user_grad and any(self.is_tracked(leaf) for leaf in tensors_of(result)):
+        if not user_grad and self._grad_off_refused() and any(self.is_tracked(leaf) for leaf in tensors_of(result)):
             self._refuse_grad_off(name)  # an input-dependent value computed with gradients disabled flows on
         if len(tracked) == 1:
             self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
