@@ -86,3 +86,19 @@ def test_run_pass_takes_its_options_as_pass_settings() -> None:
     assert torch.equal(out, model(rows))
     replayed, _ = run_pass(model, [rows.clone()], DEFAULT_REGISTRY, tape, PassSettings(replay=True))
     assert torch.equal(replayed.detach(), out)  # (the same rows on both sides: the rules give the forward's values)
+
+
+def test_module_rules_are_found_only_where_the_registry_holds_some() -> None:
+    from rnnshap.engines.pytorch.runner import ModuleRules
+    from rnnshap.rules.registry import DEFAULT_REGISTRY
+
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1)).eval()
+    assert ModuleRules(model, DEFAULT_REGISTRY).targets == []
+    registry = DEFAULT_REGISTRY.merged({nn.Tanh: rnnshap.rules.Rescale()})
+    assert [m for m, _ in ModuleRules(model, registry).targets] == [model[1]]
+    x, background = torch.randn(3, 5), torch.randn(4, 5)
+    values = np.asarray(rnnshap.DeepExplainer(model, background, rules={nn.Tanh: rnnshap.rules.Rescale()}).shap_values(x))
+    with torch.no_grad():
+        gap = (model(x) - model(background).mean(0)).numpy()
+    eps = torch.finfo(torch.float32).eps
+    assert np.allclose(values.reshape(3, 5).sum(1), gap[:, 0], rtol=0, atol=64 * eps * float(np.abs(gap).max() + 1))

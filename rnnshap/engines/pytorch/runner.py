@@ -32,7 +32,9 @@ class ModuleRules:
     """
 
     def __init__(self, model: nn.Module, registry: RuleRegistry) -> None:
-        self.targets = [(m, rule) for m in model.modules() if (rule := registry.module_rule(m)) is not None]
+        # (no module walk where the registry holds no module rule, as rnnshap's own holds none)
+        modules = model.modules() if registry.modules else ()
+        self.targets = [(m, rule) for m in modules if (rule := registry.module_rule(m)) is not None]
         self._patched: list[tuple[nn.Module, bool, Any]] = []
 
     def install(self, mode: AttributionMode) -> None:
