@@ -27,8 +27,12 @@ picked indices and comparison masks to ``picked.py``, inputs a Keras ``Masking``
 ``keras_on_torch.py``, and refusals that wait for the output to ``deferred.py``; hand-written
 normalizations are marked by ``handwritten_norms.py``; its bookkeeping lives in the maps of
 ``tensor_map.py``. What remains here is one unit: the tracking, the dispatch to a rule and the tape,
-which share the mode's per-pass state and sit on the per-operation fast path (``intercept``,
-``dispatch``, ``_linear``), where a call into another module per operation would cost time.
+which share the mode's per-pass state and sit on the per-operation fast path, where a call into another
+module per operation would cost time. One operation goes ``__torch_function__`` → ``_run`` (the grad
+mode) → ``intercept`` → ``_followed_use`` (operands the followers own) or ``_on_tracked`` (linear ones
+at once) → ``dispatch``, which decides between ``_without_rule`` (refused), ``_linear``, a misfit
+(refused), ``_record`` (reference pass) and ``_replay`` (input pass). (This file is over the ~600-line
+mark with that reason: the methods on that path share the per-pass state.)
 """
 
 from __future__ import annotations
