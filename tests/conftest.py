@@ -14,6 +14,12 @@ import os
 # Keras 3 without tf-keras. The suite runs shap as a peer beside those libraries: keep transformers on torch.
 os.environ.setdefault("USE_TF", "0")
 
+# Keras on JAX (KERAS_BACKEND=jax): JAX computes float64 as float32 unless x64 is on, so the suite's float64 models
+# would be float32 models there. The suite runs JAX with x64, as a user who declares float64 must (docs/keras.md);
+# tests/test_keras_jax_without_tensorflow.py checks the engine on a JAX without x64 (float64 declared, float32 computed).
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ.setdefault("JAX_ENABLE_X64", "1")
+
 from typing import Callable, Iterator, Sequence, Union  # noqa: E402
 
 import numpy as np
@@ -50,6 +56,21 @@ TEST_THREADS = int(os.environ.get("RNNSHAP_TEST_THREADS", "1"))
 torch.set_num_threads(TEST_THREADS)
 os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(TEST_THREADS))  # read when TensorFlow starts (a test module imports it later)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.tensorflow_only(reason=...)`` (pyproject.toml): skipped where Keras runs another backend
+    (KERAS_BACKEND=jax), with its reason; a use without a reason is an error on every backend."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    for item in items:
+        marker = item.get_closest_marker("tensorflow_only")
+        if marker is None:
+            continue
+        reason = marker.kwargs.get("reason")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.tensorflow_only needs reason=... (why it is TensorFlow's)")
+        if backend != "tensorflow":
+            item.add_marker(pytest.mark.skip(reason=f"TensorFlow only: {reason}"))
+
 
 def eps(dtype: object) -> float:
     """The machine epsilon of a torch dtype, a numpy dtype or a dtype name ("float32")."""

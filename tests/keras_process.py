@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, Callable
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,3 +167,33 @@ class KerasProcess:
             self._worker = None
         if self._log is not None:
             self._log.close()
+
+
+#: the other backend's side of a test that builds its models from shared source: ``sys.argv`` is (the path prefix
+#: the models were saved under by :func:`save_rebuilt`, the source that defines ``BUILDERS``: name → a function
+#: that builds the model). Every model is rebuilt there, given the saved weights and explained; its values are
+#: saved at ``{path}.{name}.{backend}.npy``, and what it prints is JSON: per model, the engine's class and the
+#: model's own outputs on ``x`` and on ``background`` (``(n, k)`` lists).
+REBUILT_AND_EXPLAINED = """
+import json, sys
+import numpy as np, keras, rnnshap
+exec(sys.argv[2])
+found = {}
+for name, build in BUILDERS.items():
+    data = np.load(sys.argv[1] + f".{name}.npz")
+    model = build()
+    model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
+    explainer = rnnshap.DeepExplainer(model, data["background"])
+    np.save(sys.argv[1] + f".{name}.{keras.backend.backend()}.npy", explainer.shap_values(data["x"]))
+    outputs = {}
+    for key in ("x", "background"):
+        out = np.asarray(keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(data[key]))), np.float64)
+        outputs[key] = out.reshape(len(out), -1).tolist()
+    found[name] = {"engine": type(explainer.engine).__name__, "outputs": outputs}
+print(json.dumps(found))
+"""
+
+
+def save_rebuilt(path: str, name: str, model: Any, background: np.ndarray, x: np.ndarray) -> None:
+    """Save ``model``'s weights and its data for :data:`REBUILT_AND_EXPLAINED` (at ``{path}.{name}.npz``)."""
+    np.savez(f"{path}.{name}.npz", background=background, x=x, **{f"w{i}": w for i, w in enumerate(model.get_weights())})

@@ -22,7 +22,7 @@ keras = pytest.importorskip("keras")
 import rnnshap  # noqa: E402
 
 from .conftest import additivity_tol, assert_rounding_close  # noqa: E402
-from .keras_process import KerasProcess  # noqa: E402
+from .keras_process import REBUILT_AND_EXPLAINED, KerasProcess, save_rebuilt  # noqa: E402
 
 L = keras.layers
 T, C = 8, 3
@@ -128,24 +128,6 @@ def test_steps_a_strided_convolution_skips_get_exactly_zero(kind: str) -> None:
     assert np.abs(values[:, 1::2]).max() == 0.0 and np.abs(values[:, ::2]).max() > 0
 
 
-_TORCH_SIDE = """
-import json, sys
-import numpy as np, keras, rnnshap
-assert keras.backend.backend() == "torch"
-exec(sys.argv[2])
-found = {}
-for name, build in BUILDERS.items():
-    data = np.load(sys.argv[1] + f".{name}.npz")
-    model = build()
-    model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
-    explainer = rnnshap.DeepExplainer(model, data["background"])
-    np.save(sys.argv[1] + f".{name}.torch.npy", explainer.shap_values(data["x"]))
-    outputs = np.asarray(model(keras.ops.convert_to_tensor(data["x"])).detach().cpu().numpy(), np.float64)
-    found[name] = {"engine": type(explainer.engine).__name__, "outputs": outputs.tolist()}
-print(json.dumps(found))
-"""
-
-
 def test_the_same_models_get_the_same_values_on_tensorflow_and_torch(
     tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
@@ -156,13 +138,13 @@ def test_the_same_models_get_the_same_values_on_tensorflow_and_torch(
         model = build()
         background, x = _data(name, seed=7)
         built[name] = (model, background, x)
-        np.savez(f"{path}.{name}.npz", background=background, x=x, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(path), _SHARED)
+        save_rebuilt(str(path), name, model, background, x)
+    torch_side = keras_process("torch").submit(REBUILT_AND_EXPLAINED, str(path), _SHARED)
     tensorflow_side = {name: rnnshap.DeepExplainer(m, bg).shap_values(x) for name, (m, bg, x) in built.items()}
     found = json.loads(torch_side().strip().splitlines()[-1])
     for name, (model, _, x) in built.items():
         assert found[name]["engine"] == "TorchEngine", name
         # Keras on torch runs matmul in float32 even for float64 operands: the two models differ by float32 rounding
-        assert_rounding_close(np.asarray(found[name]["outputs"]), outputs_of(model, x), np.float32, what=f"{name}: f(x)")
+        assert_rounding_close(np.asarray(found[name]["outputs"]["x"]), outputs_of(model, x), np.float32, what=f"{name}: f(x)")
         torch_values = np.load(f"{path}.{name}.torch.npy")
         assert_rounding_close(torch_values, tensorflow_side[name], np.float32, what=f"{name}: φ on torch against TensorFlow")

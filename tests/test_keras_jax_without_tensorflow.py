@@ -59,6 +59,19 @@ SCRIPT = textwrap.dedent(
         "unchanged": all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights())),
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }))
+
+    # a model declared float64 on a JAX without x64 (JAX's default): a float32 model, explained as one
+    model = keras.Sequential([keras.Input((5, 3), dtype="float64"), keras.layers.LSTM(4, dtype="float64"),
+                              keras.layers.Dense(2, dtype="float64")])
+    explainer = rnnshap.DeepExplainer(model, background.astype("float64"))
+    values = np.asarray(explainer.shap_values(x.astype("float64")), dtype=np.float64)
+    out, mean = (np.asarray(model(a.astype("float64")), dtype=np.float64) for a in (x, background))
+    print(json.dumps({
+        "outputs": str(np.asarray(model(x.astype("float64"))).dtype),
+        "computed": explainer.engine.dtype,
+        "sums": values.sum(axis=(1, 2)).tolist(),
+        "gaps": (out - mean.mean(0)).tolist(),
+    }))
     """
 )
 
@@ -66,10 +79,10 @@ SCRIPT = textwrap.dedent(
 def test_keras_engine_explains_on_jax_without_tensorflow() -> None:
     import numpy as np
 
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "0"}  # JAX's default (tests/conftest.py turns x64 on)
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-4000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found, declared64 = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
     assert found["engine"] == "KerasEngine"
     assert not found["tensorflow_loaded"]
     assert found["unchanged"]
@@ -79,3 +92,6 @@ def test_keras_engine_explains_on_jax_without_tensorflow() -> None:
     tolerance = 64 * float(np.finfo(np.float32).eps)
     np.testing.assert_allclose(sums, gaps, rtol=0, atol=tolerance)
     np.testing.assert_allclose(found["expected"], found["mean"], rtol=0, atol=tolerance)
+    # declared float64, without x64: JAX computes it in float32, and the engine checks it at float32 precision
+    assert declared64["outputs"] == "float32" and declared64["computed"] == "float32"
+    np.testing.assert_allclose(declared64["sums"], declared64["gaps"], rtol=0, atol=tolerance)

@@ -28,7 +28,7 @@ keras = pytest.importorskip("keras")
 import rnnshap  # noqa: E402
 
 from .conftest import additivity_tol  # noqa: E402
-from .keras_process import KerasProcess  # noqa: E402
+from .keras_process import REBUILT_AND_EXPLAINED, KerasProcess, save_rebuilt  # noqa: E402
 
 T, F, K = 5, 3, 4
 #: the size of the logits: aeon's ResNet after one epoch on BasicMotions
@@ -135,25 +135,6 @@ def test_confident_logits_add_up_to_the_model(name: str) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
 
 
-_TORCH_SIDE = """
-import json, sys
-import numpy as np, keras, rnnshap
-assert keras.backend.backend() == "torch"
-exec(sys.argv[2])
-found = {}
-for name, build in BUILDERS.items():
-    data = np.load(sys.argv[1] + f".{name}.npz")
-    model = build()
-    model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
-    explainer = rnnshap.DeepExplainer(model, data["background"])
-    np.save(sys.argv[1] + f".{name}.torch.npy", explainer.shap_values(data["x"]))
-    outputs = [np.asarray(model(keras.ops.convert_to_tensor(data[k])).detach().cpu().numpy(), np.float64)
-               for k in ("x", "background")]
-    found[name] = {"engine": type(explainer.engine).__name__, "outputs": [o.reshape(len(o), -1).tolist() for o in outputs]}
-print(json.dumps(found))
-"""
-
-
 def test_the_same_models_add_up_and_agree_on_tensorflow_and_torch(
     tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
@@ -164,15 +145,15 @@ def test_the_same_models_add_up_and_agree_on_tensorflow_and_torch(
     for name in BUILDERS:
         model = confident(name)
         built[name] = model
-        np.savez(f"{path}.{name}.npz", background=background, x=x, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(path), _SHARED)
+        save_rebuilt(str(path), name, model, background, x)
+    torch_side = keras_process("torch").submit(REBUILT_AND_EXPLAINED, str(path), _SHARED)
     tensorflow_side = {name: rnnshap.DeepExplainer(m, background).shap_values(x) for name, m in built.items()}
     found = json.loads(torch_side().strip().splitlines()[-1])
     tol = additivity_tol("float32")
     for name, model in built.items():
         assert found[name]["engine"] == "TorchEngine", name
         magnitude = float(np.abs(logits_of(model, np.concatenate([x, background]))).max())
-        torch_outputs = [np.asarray(o) for o in found[name]["outputs"]]
+        torch_outputs = [np.asarray(found[name]["outputs"][key]) for key in ("x", "background")]
         torch_values = np.load(f"{path}.{name}.torch.npy")
         assert np.isfinite(torch_values).all(), name
         assert worst_additivity(torch_values, *torch_outputs, magnitude) <= tol, name

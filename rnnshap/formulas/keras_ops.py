@@ -23,6 +23,19 @@ def _finfo(dtype: Any) -> Any:
     return ml_dtypes.finfo(str(keras.backend.standardize_dtype(dtype)))
 
 
+def _in_its_dtype(op: Any, name: str, x: Tensor) -> Tensor:
+    """``op(x)`` in ``x``'s dtype. Keras 3.15 on JAX computes ``sinh``, ``arctanh`` (and ``tanh``, ``sin``...) of a
+    float64 tensor in float32 (its dtype promotion maps float64 to float32 off TensorFlow: keras-team/keras#23223);
+    there the same function of ``jax.numpy`` keeps float64. Elsewhere ``op(x)`` itself (TensorFlow: unchanged)."""
+    out = op(x)
+    narrowed = keras.backend.standardize_dtype(out.dtype) != keras.backend.standardize_dtype(x.dtype)
+    if narrowed and keras.backend.backend() == "jax":
+        import jax.numpy as jnp
+
+        return getattr(jnp, name)(x)
+    return out
+
+
 class KerasOps:
     """The namespace on ``keras.ops``: see :class:`rnnshap.formulas.namespace.Ops` for each member."""
 
@@ -34,8 +47,15 @@ class KerasOps:
     log1p = staticmethod(ops.log1p)
     sqrt = staticmethod(ops.sqrt)
     rsqrt = staticmethod(ops.rsqrt)
-    sinh = staticmethod(ops.sinh)
-    atanh = staticmethod(ops.arctanh)
+
+    @staticmethod
+    def sinh(x: Tensor, /) -> Tensor:
+        return _in_its_dtype(ops.sinh, "sinh", x)
+
+    @staticmethod
+    def atanh(x: Tensor, /) -> Tensor:
+        return _in_its_dtype(ops.arctanh, "arctanh", x)
+
     isfinite = staticmethod(ops.isfinite)
     maximum = staticmethod(ops.maximum)
     minimum = staticmethod(ops.minimum)

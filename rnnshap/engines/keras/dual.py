@@ -130,11 +130,25 @@ def secant_multiplier(
     """The Rescale multiplier of ``y = f(u)`` (rnnshap/formulas/secant.py): Δy/Δu, or where |Δu| is below
     the threshold ``near(yx, yr, Δu)`` (the secant in closed form, for sigmoid and tanh) or else
     ``derivative`` at the midpoint (at ``ux`` for piecewise ``f``), where it is finite and ``[ur, ux]``
-    holds none of ``kinks`` inside; 0 where nothing moves and the multiplier is not finite."""
+    holds none of ``kinks`` inside; 0 where nothing moves and the multiplier is not finite.
+
+    Results less precise than their operands (Keras 3.15 on JAX computes ``ops.tanh``, ``sin``, ``arctan``
+    ... of a float64 tensor in float32: keras-team/keras#23223) are widened first, so that the quotient
+    times Δu gives back the model's own Δy, not Δy rounded again to the result's precision."""
+    yx, yr = widened(yx, ux), widened(yr, ur)
     if near is not None:
         return formulas.near_rescale_multiplier(KERAS, near, yx, yr, ux, ur)
     assert derivative is not None
     return formulas.rescale_multiplier(KERAS, yx, yr, ux, ur, derivative, smooth, tuple(kinks))
+
+
+def widened(y: Tensor, like: Tensor) -> Tensor:
+    """``y`` in the dtype of ``like`` where that is the wider floating dtype (exact: a float32 is a float64);
+    ``y`` itself otherwise (on TensorFlow and for float32 models: the same tensor, the same graph)."""
+    wide, narrow = dtype_name(like.dtype), dtype_name(y.dtype)
+    if wide != narrow and wide == "float64" and narrow in ("float32", "float16", "bfloat16"):
+        return ops.cast(y, wide)
+    return y
 
 
 def sigmoid(u: Dual) -> Dual:

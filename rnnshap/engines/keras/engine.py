@@ -302,6 +302,13 @@ class KerasEngine(Engine):
                 "input, as for a model with several inputs). For a model with one input, pass one array: "
                 "np.asarray(background)."
             )
+        elif backend.name() == "jax" and "float64" in str(error) and "float32" in str(error):
+            message += (
+                "\nKeras 3.15 on JAX computes some operations of a float64 tensor in float32 (ops.tanh, sin, cos, arctan: "
+                "keras-team/keras#23223), and a float64 layer whose state passes through one (SimpleRNN's tanh: its scan "
+                "carries float64 in, float32 out) cannot run: the model fails before rnnshap explains anything. Build it "
+                "in float32, or run it on the TensorFlow backend (KERAS_BACKEND=tensorflow)."
+            )
         elif any(a.ndim == 2 and a.dtype.kind == "f" for a in arrays):
             message += (
                 "\nA 2-D input is (batch, features). If the model expects (batch, time, features) and the 2-D array is "
