@@ -295,7 +295,9 @@ class TorchEngine(Engine):
             self.model, self._distinct_rows(block, context), self.registry, tape := Tape(),
             PassSettings(replay=False, take=self._take, state=state),
         )  # fmt: skip
-        self._keep(block, context, tape, outputs, state)
+        # kept unchecked: its first reuse runs the plain forward that vets a kept tape (a call that never reuses it,
+        # explain() on one block, pays no plain forward)
+        self._keep(block, context, tape, outputs, None)
         return tape, outputs
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
