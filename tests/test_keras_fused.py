@@ -22,6 +22,10 @@ from rnnshap.engines.keras import fused  # noqa: E402
 
 from .conftest import additivity_tol, secant_rounding_tol  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow_only(
+    reason="fused.py is TensorFlow's compiled LSTM/GRU kernel (tf.function, custom gradient); on JAX layers run step by step"
+)
+
 L = keras.layers
 T, F = 9, 4
 
