@@ -140,6 +140,15 @@ SHAPLEY_DOOR = (
     "otherwise; docs/shapley.md)."
 )
 
+#: Said where a model's own calls on the same rows differ (both doors' checks find it)
+RANDOM_MODEL = (
+    "The model is random at inference: two calls on the same rows give outputs {gap:.3g} apart. A Dropout or noise "
+    "layer called with training=True (MC dropout, often inside a custom layer's call()) or a random operation does "
+    "this, and a random function has no fixed attributions to compute. Explain the deterministic model: call such "
+    "layers with training=None (they then follow model(x, training=False)), or fix the draws yourself (a model that "
+    "takes its dropout masks as inputs) and explain each draw."
+)
+
 Op = Union[tuple[str, str], tuple[str, str, str]]
 
 

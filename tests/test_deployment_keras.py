@@ -81,6 +81,34 @@ print("refused")
 """
 
 
+class _Noisy(L.Layer):
+    """MC dropout hidden inside a custom layer's call(): no graph node says training=True."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dense = L.Dense(4)
+        self.drop = L.Dropout(0.5)
+
+    def call(self, x: Any) -> Any:
+        return self.drop(self.dense(x), training=True)
+
+
+@pytest.mark.parametrize("door", ["deep", "shapley"])
+def test_randomness_inside_a_custom_layer_is_refused_as_randomness(door: str) -> None:
+    """The pass cannot reproduce a random model, and the refusal says why (the model's own calls differ), naming
+    the custom layer's call(), instead of asking to report the model."""
+    inputs = keras.Input((T, F))
+    model = keras.Model(inputs, L.Dense(1)(_Noisy(name="noisy")(L.LSTM(5)(inputs))))
+    background = np.random.default_rng(0).normal(size=(8, T, F)).astype("float32")
+    assert not np.array_equal(np.asarray(model(background[:2])), np.asarray(model(background[:2])))  # random
+    before = _weights(model)
+    explainer = rnnshap.DeepExplainer if door == "deep" else rnnshap.ShapleyExplainer
+    with pytest.raises(ModelStateError, match=r"(?s)random at inference: two calls on the same rows.*training=True") as refused:
+        explainer(model, background)
+    assert "please report" not in str(refused.value)
+    _unchanged(model, before)
+
+
 def test_mc_dropout_is_refused_by_name_on_torch(keras_process: Callable[[str], KerasProcess]) -> None:
     assert keras_process("torch").run(_TORCH_MC).strip().endswith("refused")
 

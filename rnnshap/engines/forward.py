@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import RANDOM_MODEL, InputError, ModelStateError
 from .outputs import OutputChoice, OutputLayout, output_parts
 
 
@@ -110,6 +110,10 @@ class ForwardModel:
         finite = np.isfinite(together)
         scale = max(1.0, float(np.abs(together[finite]).max()) if finite.any() else 1.0)
         tolerance = 1e3 * self.eps * scale
+        again = np.abs(self._evaluate([b[:m] for b in self.background]) - together)  # a random model differs anyway
+        again = again[np.isfinite(again)]
+        if again.size and float(again.max()) > tolerance:
+            raise ModelStateError(RANDOM_MODEL.format(gap=float(again.max())))
         for rows, outputs in apart:
             differ = np.abs(outputs - together[rows])
             differ = differ[np.isfinite(differ)]
