@@ -136,6 +136,46 @@ def test_still_zero_where_nothing_moves_and_the_slope_is_not_finite() -> None:
     assert m.tolist() == [0.0, 0.0, 1 / 3, 1.0]
 
 
+class _Undecided:
+    """TORCH with its ``surely_*`` answering False, as a backend that cannot tell (Keras'): every branch computed."""
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("surely_"):
+            return lambda *_: False
+        return getattr(TORCH, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "formula, domain",
+    [(secant.exp_slope, "any"), (secant.log_slope, "positive"), (secant.sqrt_slope, "positive"), (secant.expm1_slope, "any")],
+)
+def test_slopes_take_the_undecided_backends_values_whichever_forms_hold(formula: object, domain: str, dtype: torch.dtype) -> None:
+    """Where the torch namespace can tell that one form holds throughout (every |h| near, none near, no zero
+    difference, every slope finite), it skips the others: each entry's slope is the one the formula gives with
+    every branch computed and the where's choosing, bit for bit, on tensors where each form holds throughout,
+    where none does, and with equal, infinite and NaN entries."""
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    near = torch.rand(n, generator=g, dtype=dtype) * 0.5  # |x - r| small
+    far = torch.rand(n, generator=g, dtype=dtype) * 6 + 2  # |x - r| large
+    base = torch.rand(n, generator=g, dtype=dtype) * 3 + 0.5
+    cases = [(base + near, base), (base + far, base), (base, base.clone())]
+    mixed_x = torch.cat([c[0] for c in cases])
+    mixed_r = torch.cat([c[1] for c in cases])
+    special_x = torch.tensor([float("inf"), float("nan"), 1.0, float("-inf")] * 16, dtype=dtype)
+    special_r = torch.tensor([float("inf"), 1.0, float("nan"), float("-inf")] * 16, dtype=dtype)
+    cases += [(mixed_x, mixed_r), (torch.cat([mixed_x, special_x]), torch.cat([mixed_r, special_r]))]
+    undecided = _Undecided()
+    for x, r in cases:
+        if domain == "any":
+            x, r = x - 2, r - 2
+        fast = secant.still_zero(TORCH, formula(TORCH, x, r), x, r)  # type: ignore[operator]
+        full = secant.still_zero(undecided, formula(undecided, x, r), x, r)  # type: ignore[arg-type, operator]
+        assert torch.equal(fast.isnan(), full.isnan())
+        torch.testing.assert_close(fast, full, rtol=0, atol=0, equal_nan=True)
+
+
 def _defined_functions(path: Path) -> set[str]:
     """The functions ``path`` defines, less those that only bind the package's of the same name
     (a body that calls ``formulas.<name>``: the engine's signature for it)."""

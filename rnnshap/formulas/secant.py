@@ -34,6 +34,8 @@ Slope = Callable[[Ops, Array, Array], Array]
 def ratio(xp: Ops, numerator: Array, t: Array, limit: float) -> Array:
     """numerator / t, with ``limit`` where t == 0 (both are elementwise and accurate for small t)."""
     zero = t == 0
+    if xp.surely_none(zero):  # (the where's would pick the quotient everywhere: the same values)
+        return numerator / t
     return xp.where(zero, xp.full_like(t, limit), numerator / xp.where(zero, xp.ones_like(t), t))
 
 
@@ -52,6 +54,10 @@ def square_slope(xp: Ops, x: Array, r: Array) -> Array:
 def exp_slope(xp: Ops, x: Array, r: Array) -> Array:
     h = (x - r) / 2
     near = xp.abs(h) <= 0.5  # the closed form where the quotient would cancel; the quotient elsewhere
+    if xp.surely_all(near):  # (one form throughout where the backend can tell: the values the where's would pick)
+        return xp.exp((x + r) / 2) * ratio(xp, xp.sinh(h), h, 1.0)
+    if xp.surely_none(near):
+        return (xp.exp(x) - xp.exp(r)) / (2 * h)
     closed = xp.exp((x + r) / 2) * ratio(xp, xp.sinh(h), h, 1.0)
     quotient = (xp.exp(x) - xp.exp(r)) / xp.where(near, xp.ones_like(h), 2 * h)
     return xp.where(near, closed, quotient)
@@ -151,6 +157,8 @@ def still_zero(xp: Ops, m: Array, x: Array, r: Array) -> Array:
     moves the output, and where ``x == r`` the multiplier multiplies a zero Δ; a non-finite slope
     there (``sqrt`` at 0, ``inf - inf``) would make the backward pass NaN.
     """
+    if xp.surely_finite(m):  # (one reduction instead of four elementwise operations and one)
+        return m
     still = (x == r) & ~xp.isfinite(m)
     if xp.surely_none(still):
         return m

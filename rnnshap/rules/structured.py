@@ -70,11 +70,18 @@ def shifted_logsumexp(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> tuple
     xs, rs = x - top, r - top
     e_slopes = secant_slope(exp_slope, xs.detach(), rs.detach())
     total, total_ref = torch.exp(xs.detach()).sum(dim, keepdim=True), torch.exp(rs.detach()).sum(dim, keepdim=True)
-    log_total = pairs.stable_log(TORCH, total, torch.logsumexp(xs.detach(), dim, keepdim=True))
-    log_total_ref = pairs.stable_log(TORCH, total_ref, torch.logsumexp(rs.detach(), dim, keepdim=True))
+    log_total, log_total_ref = _stable_log(total, xs.detach(), dim), _stable_log(total_ref, rs.detach(), dim)
     log_slopes = pairs.log_sum_multiplier(TORCH, total, total_ref, log_total, log_total_ref)
     log_total = with_multipliers(log_total, [xs], [e_slopes * log_slopes])
     return xs, rs, log_total, log_total_ref, top
+
+
+def _stable_log(total: Tensor, shifted: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """:func:`pairs.stable_log` of ``total`` (the sum of ``exp(shifted)`` over ``dim``), its logsumexp computed only
+    where some sum is not a normal number (elsewhere the where picks the log of the sum: the same values)."""
+    if bool((total >= TORCH.tiny(total.dtype)).all()):
+        return torch.log(total)
+    return pairs.stable_log(TORCH, total, torch.logsumexp(shifted, dim, keepdim=True))
 
 
 def finite_total(total: Tensor, total_ref: Tensor) -> tuple[Tensor, Tensor]:
