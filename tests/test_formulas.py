@@ -176,6 +176,26 @@ def test_slopes_take_the_undecided_backends_values_whichever_forms_hold(formula:
         torch.testing.assert_close(fast, full, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rescale_multiplier_takes_the_undecided_backends_values(dtype: torch.dtype) -> None:
+    """The Rescale multiplier of sqrt with its derivative where |Δ| is small: the same bits whether the namespace can
+    tell that the derivative is finite (and skips isfinite) or computes everything, with the derivative finite
+    throughout and infinite at 0."""
+    g = torch.Generator().manual_seed(1)
+    r = torch.rand(512, generator=g, dtype=dtype) + 0.1
+    delta = torch.where(torch.arange(512) % 2 == 0, torch.full_like(r, 1e-4), torch.rand(512, generator=g, dtype=dtype))
+    undecided = _Undecided()
+    for x, ref in [
+        (r + delta, r),
+        (torch.cat([r + delta, torch.zeros(64, dtype=dtype)]), torch.cat([r, torch.zeros(64, dtype=dtype)])),
+    ]:
+        values = [
+            secant.rescale_multiplier(xp, torch.sqrt(x), torch.sqrt(ref), x, ref, lambda at: 0.5 / torch.sqrt(at))  # type: ignore[arg-type]
+            for xp in (TORCH, undecided)
+        ]
+        torch.testing.assert_close(values[0], values[1], rtol=0, atol=0, equal_nan=True)
+
+
 def _defined_functions(path: Path) -> set[str]:
     """The functions ``path`` defines, less those that only bind the package's of the same name
     (a body that calls ``formulas.<name>``: the engine's signature for it)."""

@@ -254,7 +254,8 @@ def rescale_multiplier(
         for kink in kinks:  # (only where a small Δ is: no cost on the common path)
             small = small & ~xp.broadcast_to((xp.minimum(x, r) < kink) & (kink < xp.maximum(x, r)), shape)
         slope = derivative((x + r) / 2 if smooth else x)
-        multiplier = xp.where(small & xp.isfinite(slope), slope, multiplier)
+        usable = small if xp.surely_finite(slope) else small & xp.isfinite(slope)  # (isfinite: four elementwise ops)
+        multiplier = xp.where(usable, slope, multiplier)
     return finite_where_still(xp, multiplier, x, r, output, ref_output)
 
 

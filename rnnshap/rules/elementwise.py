@@ -138,7 +138,10 @@ except AttributeError:  # a torch whose Function is laid out otherwise: Function
 def _derivative(g: Callable[[list[Tensor]], Tensor], players: list[Tensor], index: int, shape: torch.Size) -> Tensor:
     """Elementwise ∂g/∂players[index], broadcast to ``shape``."""
     with torch.enable_grad():
-        point = players[index].detach().expand(shape).clone().requires_grad_(True)
+        point = players[index].detach()
+        if point.shape != shape or point._base is not None or not point.is_contiguous():
+            point = point.expand(shape).clone()  # (a fresh tensor of the output's shape is taken as it is)
+        point.requires_grad_(True)
         args = list(players)
         args[index] = point
         value = g(args)
