@@ -176,6 +176,7 @@ def rescale_multiplier(
     smooth: bool = True,
     reference_output: Tensor | None = None,
     kinks: tuple[float, ...] = (),
+    output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The one-operand case of :func:`coalition_multipliers` (the Rescale rule), with its values,
     in fewer operations: there the sum over coalitions is one difference with weight 1, so the
@@ -185,10 +186,11 @@ def rescale_multiplier(
     softplus, elu, gelu, relu, ...) and every extremum with a constant. ``kinks``: points where a
     smooth ``g``'s second derivative jumps (softsign, elu at 0): where ``[r, x]`` holds one inside, the
     midpoint derivative is off by a fraction of Δ, so the quotient is kept there. Returns ``(output,
-    reference_output, multiplier)``, the multiplier with the output's shape.
+    reference_output, multiplier)``, the multiplier with the output's shape. ``output``, when given, is ``g([x])``
+    computed already (by the caller, from the detached ``x``).
     """
     x, r = x.detach(), r.detach()
-    output = g([x])
+    output = g([x]) if output is None else output
     ref_output = g([r]) if reference_output is None else reference_output
     shape = output.shape
     multiplier = formulas.rescale_multiplier(

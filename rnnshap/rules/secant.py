@@ -31,7 +31,7 @@ from ..formulas import bind
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
 from .base import OpCall
-from .elementwise import Rescale, Shapley, shapley_multipliers, with_multipliers
+from .elementwise import Rescale, Shapley, rescale_multiplier, with_multipliers
 
 Tensor = torch.Tensor
 Slope = Callable[[Tensor, Tensor], Tensor]
@@ -134,10 +134,11 @@ class Power(Shapley):
             m = exp_slope(xd * log_base, rd * log_base) * log_base
         else:
             return super().attribute(call)
-        generic = ~torch.isfinite(m)
-        if bool(generic.any()):  # non-positive bases: the exact rule (difference quotient, midpoint derivative)
-            _, _, (fallback,) = shapley_multipliers(lambda p: call.evaluate(p), [x], [r], True, call.ref_output)
-            m = torch.where(generic, fallback, m)
+        if not TORCH.surely_finite(m):  # (one reduction: isfinite is four elementwise operations)
+            generic = ~torch.isfinite(m)
+            if bool(generic.any()):  # non-positive bases: the exact rule (difference quotient, midpoint derivative)
+                _, _, fallback = rescale_multiplier(lambda p: call.evaluate(p), x, r, True, call.ref_output, output=output)
+                m = torch.where(generic, fallback, m)
         return with_multipliers(output, [x], [m.expand(output.shape)])
 
 
