@@ -157,7 +157,7 @@ class ScaledProduct(Rule):
         if len(call.tracked) != 2:
             raise ValueError(f"{call.name}: the scale-weighted product takes two input-dependent operands")
         k = self.scale
-        output, _ = scaled(call.inputs[1 - k], call.inputs[k], call.references[1 - k], call.references[k])
+        output, _ = scaled(call.inputs[1 - k], call.inputs[k], call.references[1 - k], call.references[k], reference=False)
         return output
 
     def __repr__(self) -> str:
@@ -298,7 +298,7 @@ class Normalize(_FirstOperand):
             raise ValueError(f"{call.name}: rnnshap attributes F.normalize for p = 1 and p = 2 only, not p = {p}")
         clamped, clamped_ref = rescale(lambda t: t.clamp_min(eps), norm, norm_ref, smooth=False)
         inverse, inverse_ref = secant(torch.reciprocal, clamped, clamped_ref, reciprocal_slope)
-        output, _ = scaled(x, inverse, r, inverse_ref)
+        output, _ = scaled(x, inverse, r, inverse_ref, reference=False)
         return output
 
 

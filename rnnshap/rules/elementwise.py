@@ -308,8 +308,11 @@ def product(a: Tensor, b: Tensor, a_ref: Tensor, b_ref: Tensor) -> tuple[Tensor,
     """``a * b`` with the exact two-player Shapley rule: m_a = (b + b_r)/2, m_b = (a + a_r)/2."""
     output = a.detach() * b.detach()
     ref_output = a_ref * b_ref
-    m_a, m_b = pairs.midpoint_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
-    m_a, m_b = m_a.expand(output.shape), m_b.expand(output.shape)
+    if a is b and a_ref is b_ref:  # a square: the two midpoints are one
+        m_a = m_b = pairs.midpoint(TORCH, a.detach(), a_ref).expand(output.shape)
+    else:
+        m_a, m_b = pairs.midpoint_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
+        m_a, m_b = m_a.expand(output.shape), m_b.expand(output.shape)
     return with_multipliers(output, [a, b], [m_a, m_b]), ref_output
 
 

@@ -383,7 +383,7 @@ def _layer_norm_signature(
 _LAYER_NORM = inspect.signature(_layer_norm_signature)
 
 
-def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, Tensor]:
+def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor, reference: bool = True) -> tuple[Tensor, Tensor | None]:
     r"""``c ⊙ s`` for a positive scale ``s`` (the inverse norm of a normalization), exactly additive
     and well conditioned however far apart :math:`s` and :math:`s_r` are.
 
@@ -404,15 +404,18 @@ def scaled(c: Tensor, s: Tensor, c_ref: Tensor, s_ref: Tensor) -> tuple[Tensor, 
     with elementwise ops takes this rule too (the engine recognises the product with an inverse
     root and the division by a root: rnnshap/engines/pytorch/handwritten_norms.py), so it gets the values of the
     built-in one. Where ``s`` and ``s_r`` are not of one sign (a root times a weight of 0) the
-    element takes the Shapley rule, the limit of this one there.
+    element takes the Shapley rule, the limit of this one there. Returns ``(output, reference_output)``, the
+    reference output None unless ``reference``.
     """
     cd, sd = c.detach(), s.detach()
-    output, ref_output = cd * sd, c_ref * s_ref
+    output, ref_output = cd * sd, c_ref * s_ref if reference else None
     m_c, m_s = pairs.scaled_multipliers(TORCH, cd, sd, c_ref, s_ref)
     return with_multipliers(output, [c, s], [m_c.expand(output.shape), m_s.expand(output.shape)]), ref_output
 
 
-def standardize(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, centre: bool = True) -> tuple[Tensor, Tensor]:
+def standardize(
+    x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, centre: bool = True, reference: bool = True
+) -> tuple[Tensor, Tensor | None]:
     r"""``c / sqrt(mean(c ⊙ c) + eps)`` over ``dims`` with ``c`` the centred input (``centre``) or the input.
 
     Centring and the mean are linear, c ⊙ c takes the Shapley rule (multiplier :math:`c + c_r`),
@@ -420,12 +423,12 @@ def standardize(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, centre:
     cancellation however small the variances: the generic quotient lost up to 3 % of a layer norm's
     Δ in float32 on small inputs), c ⊙ s the scale-weighted rule of :func:`scaled` (the Shapley rule
     where the two scales are close; bounded where a zero row makes one of them
-    :math:`\epsilon^{-1/2}`). Returns ``(output, reference_output)``.
+    :math:`\epsilon^{-1/2}`). Returns ``(output, reference_output)``, the reference output None unless ``reference``.
     """
     c, c_ref = (x - x.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)) if centre else (x, r)
     square, square_ref = product(c, c, c_ref, c_ref)
     inv_std, inv_std_ref = secant(torch.rsqrt, square.mean(dims, keepdim=True) + eps, square_ref.mean(dims, keepdim=True) + eps)
-    return scaled(c, inv_std, c_ref, inv_std_ref)
+    return scaled(c, inv_std, c_ref, inv_std_ref, reference)
 
 
 def _input_only(call: OpCall, what: str) -> tuple[Tensor, Tensor]:
@@ -451,7 +454,7 @@ class LayerNorm(Rule):
         bound = _bind(_LAYER_NORM, call)
         shape = bound["normalized_shape"]
         dims = tuple(range(-len(shape if not isinstance(shape, int) else (shape,)), 0))
-        normalized, _ = standardize(x, r, dims, bound["eps"])
+        normalized, _ = standardize(x, r, dims, bound["eps"], reference=False)
         if bound["weight"] is not None:
             normalized = normalized * bound["weight"]
         if bound["bias"] is not None:
@@ -477,7 +480,7 @@ class RMSNorm(Rule):
         shape = bound["normalized_shape"]
         dims = tuple(range(-len(shape if not isinstance(shape, int) else (shape,)), 0))
         eps = bound["eps"] if bound["eps"] is not None else float(torch.finfo(x.dtype).eps)
-        normalized, _ = standardize(x, r, dims, eps, centre=False)
+        normalized, _ = standardize(x, r, dims, eps, centre=False, reference=False)
         if bound["weight"] is not None:
             normalized = normalized * bound["weight"]
         return normalized
@@ -508,7 +511,7 @@ class GroupNorm(Rule):
         bound = _bind(_GROUP_NORM, call)
         groups = int(bound["num_groups"])
         grouped, grouped_ref = x.reshape(x.shape[0], groups, -1), r.reshape(r.shape[0], groups, -1)
-        normalized, _ = standardize(grouped, grouped_ref, (-1,), bound["eps"])
+        normalized, _ = standardize(grouped, grouped_ref, (-1,), bound["eps"], reference=False)
         normalized = normalized.reshape(x.shape)
         affine = (1, -1) + (1,) * (x.dim() - 2)
         if bound["weight"] is not None:
