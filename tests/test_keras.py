@@ -27,6 +27,18 @@ L = keras.layers
 T, F = 5, 3
 TOL = {name: additivity_tol(name) for name in ("float32", "float64")}  # |Σφ − Δ| ≤ TOL·max(1, |Δ|)
 
+#: Keras 3.15 on JAX computes ``ops.mean`` of a float64 tensor in float32 and casts the result back (its
+#: ``result_type(float64, "float32")`` is float32 there: keras-team/keras#23223, fixed on its main branch by #23225).
+#: A float64 model with a mean (``keras.ops.mean``, GlobalAveragePooling1D) is then float32 at that op: rnnshap's pass
+#: reproduces the model exactly, but the model's own rounding there is not linear, so its attributions add up to
+#: float32 rounding only (1e-9..3e-8), not to the float64 bound. Strict: once a Keras computes it in float64 the test
+#: passes and the marker fails, to be dropped.
+KERAS_MEAN_IN_FLOAT32 = pytest.mark.xfail(
+    keras.backend.backend() == "jax" and tuple(int(p) for p in keras.version().split(".")[:2]) <= (3, 15),
+    reason="keras-team/keras#23223: Keras <= 3.15 on JAX computes ops.mean of float64 in float32 (fixed by #23225)",
+    strict=True,
+)
+
 
 def outputs_of(model: Any, x: Any) -> np.ndarray:
     out = np.asarray(model(x, training=False), dtype=np.float64)
@@ -143,7 +155,9 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_attributions_add_up(name: str, dtype: str) -> None:
+def test_attributions_add_up(name: str, dtype: str, request: pytest.FixtureRequest) -> None:
+    if name == "bidirectional-ave" and dtype == "float64":  # (its GlobalAveragePooling1D is a mean)
+        request.applymarker(KERAS_MEAN_IN_FLOAT32)
     model = ARCHITECTURES[name](dtype)
     rng = np.random.default_rng(1)
     background, x = rng.normal(size=(4, T, F)).astype(dtype), rng.normal(size=(3, T, F)).astype(dtype)
@@ -158,20 +172,40 @@ def test_attributions_add_up(name: str, dtype: str) -> None:
     assert_rounding_close(explainer.expected_value, outputs_of(model, background).mean(0).reshape(out_shape), dtype, what="E[f]")
 
 
-@pytest.mark.tensorflow_only(reason="the pass compiled as one tf.function graph against the eager pass (on JAX it runs eagerly)")
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
-    """The dual pass runs as one tf.function graph: the same operations, so the same values as the
-    eager pass (which runs where tracing fails)."""
+    """The dual pass runs as one compiled graph (tf.function, or jax.jit on JAX): the same operations, so
+    the same values as the eager pass (which runs where tracing fails)."""
     model = ARCHITECTURES[name]("float64")
     rng = np.random.default_rng(2)
     background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    if refused_as_keras_cannot_run_it(model, x, background):
+        return
     compiled = rnnshap.DeepExplainer(model, background)
     values = compiled.shap_values(x)
     assert compiled.engine._graph not in (None, False)  # the graph ran
     eager = rnnshap.DeepExplainer(model, background)
     eager.engine._graph = eager.engine._model_graph = False
     np.testing.assert_allclose(values, eager.shap_values(x), rtol=0, atol=1e-12 * np.abs(values).max())
+
+
+@pytest.mark.parametrize("steps", [5, 32])  # 32: the eager pass's compiled steps (recurrent.COMPILE_MIN_STEPS)
+def test_the_compiled_pass_follows_new_weights(steps: int) -> None:
+    """The compiled pass and model call read the model's weights at each call: after set_weights the
+    explainer built before gives a fresh explainer's values, adding up to the retrained model's outputs."""
+    model = sequential("float64", lambda d: L.LSTM(3, dtype=d), lambda d: L.Dense(1, dtype=d), shape=(steps, F))
+    rng = np.random.default_rng(5)
+    background, x = rng.normal(size=(3, steps, F)), rng.normal(size=(2, steps, F))
+    explainer = rnnshap.DeepExplainer(model, background)
+    explainer.shap_values(x)  # compiled with the first weights
+    model.set_weights([w + rng.normal(scale=0.5, size=w.shape) for w in model.get_weights()])
+    again = rnnshap.DeepExplainer(model, background)
+    # (the Keras engine cannot tell that the weights changed (model_version None): its reference outputs by hand)
+    explainer.engine.refresh_background_outputs()
+    explainer.expected_value = again.expected_value
+    values = explainer.shap_values(x)
+    np.testing.assert_allclose(values, again.shap_values(x), rtol=0, atol=1e-12 * np.abs(values).max())
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
 
 
 def test_long_sequences_run_compiled_steps_and_add_up() -> None:
@@ -189,6 +223,7 @@ def test_long_sequences_run_compiled_steps_and_add_up() -> None:
     assert worst_additivity(values, model, x, background) <= TOL["float32"]
 
 
+@KERAS_MEAN_IN_FLOAT32
 def test_keras_ops_in_a_functional_graph() -> None:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((T, F), dtype="float64")
@@ -215,6 +250,7 @@ def test_single_lstm_cell_step_over_x_h_c() -> None:
     assert worst_additivity(values, model, x, background) <= 1e-12
 
 
+@KERAS_MEAN_IN_FLOAT32
 def test_embedding_softmax_attention_attributes_per_token() -> None:
     tokens = keras.Input((T,), dtype="int32")
     keras.utils.set_random_seed(0)

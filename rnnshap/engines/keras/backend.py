@@ -124,15 +124,49 @@ def gradient(run_pass: Callable[[Marks], tuple[Any, Any]], primals: list[Any]) -
     return aux, tape.gradient(target, marks.marked, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (of tensors, returning tensors) compiled once per input shape: ``tf.function`` or ``jax.jit``."""
+def compiled(fn: Callable[..., Any], variables: list[Any] | None = None, static: tuple[int, ...] = ()) -> Callable[..., Any]:
+    """``fn`` (of tensors, returning tensors) compiled once per input shape: ``tf.function`` or ``jax.jit``.
+
+    ``variables``: the Keras variables ``fn`` reads (the model's weights). A ``tf.function`` reads them by
+    reference; under ``jax.jit`` they are arguments of the compiled function, read inside through a
+    ``keras.StatelessScope``, so that it computes with the weights the model has at each call (a
+    variable read inside ``jax.jit`` otherwise becomes a constant of the trace: new weights, old values).
+    ``static``: the positions of arguments that are Python values (hashable), a new trace for each value."""
     if name() == "jax":
         import jax
 
-        return jax.jit(fn)
+        held = list(variables or [])
+
+        def stateful(values: list[Any], *args: Any) -> Any:
+            with keras.StatelessScope(state_mapping=list(zip(held, values, strict=True))):
+                return fn(*args)
+
+        jitted = jax.jit(stateful, static_argnums=tuple(i + 1 for i in static))
+        return lambda *args: jitted([v.value for v in held], *args)
     import tensorflow as tf
 
     return tf.function(fn, reduce_retracing=True)
+
+
+def concrete_scope() -> Any:
+    """A context where JAX computes what does not depend on traced values at once (``jax.ensure_compile_time_eval``):
+    constants made there (a traced ``call()``'s ``ops.ones``) may be kept beyond the ``jax.jit`` being traced."""
+    if name() != "jax":
+        import contextlib
+
+        return contextlib.nullcontext()
+    import jax
+
+    return jax.ensure_compile_time_eval()
+
+
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is a JAX tracer (the pass is being traced by ``jax.jit``); False on TensorFlow."""
+    if name() != "jax":
+        return False
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
 
 
 def is_tensor(value: Any) -> bool:

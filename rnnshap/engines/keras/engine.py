@@ -61,7 +61,8 @@ _MODEL_CALLS: weakref.WeakKeyDictionary[Any, dict[tuple[bool, tuple[str, ...] | 
 
 def _model_call(model: Any, multi_input: bool, names: tuple[str, ...] | None = None) -> Any:
     """``model(inputs, training=False)`` as a tf.function, one per model: traced once for every batch
-    size (``reduce_retracing`` leaves the batch dimension unknown) and reused by every explainer.
+    size (``reduce_retracing`` leaves the batch dimension unknown) and reused by every explainer; on JAX
+    under ``jax.jit`` (``backend.compiled``: traced once per batch size, with the model's weights as arguments).
     ``names``: the model takes its inputs as a dict with these keys."""
     calls = _MODEL_CALLS.setdefault(model, {})
     key = (multi_input, names)
@@ -72,9 +73,12 @@ def _model_call(model: Any, multi_input: bool, names: tuple[str, ...] | None = N
             inputs = dict(zip(names, tensors, strict=True)) if names else tensors if multi_input else tensors[0]
             return held()(inputs, training=False)  # type: ignore[misc]
 
-        import tensorflow as tf
+        if backend.name() == "jax":  # (jax.jit: one trace per batch size, the weights read at each call)
+            calls[key] = backend.compiled(call, list(model.variables))
+        else:
+            import tensorflow as tf
 
-        calls[key] = tf.function(call, autograph=False, reduce_retracing=True)
+            calls[key] = tf.function(call, autograph=False, reduce_retracing=True)
     return calls[key]
 
 
@@ -377,8 +381,10 @@ class KerasEngine(Engine):
     def _compiled_call(self, arrays: list[np.ndarray]) -> Any:
         """The model's outputs from a compiled call (``tf.function``, traced once per shape), or None
         where that fails: the caller then calls the model eagerly (and reports a bad input)."""
-        if self._model_graph is False or backend.name() != "tensorflow":
-            return None  # (on JAX: the eager call)
+        if self._model_graph is False:
+            return None
+        if backend.name() == "jax" and not (self.model.built and self.model.variables):
+            return None  # (the eager call builds it: a model built inside jax.jit would hold traced weights)
         if self._model_graph is None:
             names = tuple(self.input_names) if self.input_names is not None else None
             self._model_graph = _model_call(self.model, self.multi_input, names)
@@ -393,11 +399,14 @@ class KerasEngine(Engine):
         self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None = None
     ) -> tuple[Dual, Run, list[Tensor]] | None:
         """The dual pass and its gradient as one compiled TensorFlow graph (``tf.function``, traced
-        once per block shape): the same operations as the eager pass without Python's cost per
-        operation and time step. None where the pass cannot be traced (token inputs, a layer whose
-        rule needs eager values): the caller runs it eagerly; a failed trace is not tried again."""
-        if self._graph is False or self.token_inputs or backend.name() != "tensorflow":
+        once per block shape; on JAX one ``jax.jit``, see :meth:`_jitted_pass`): the same operations as
+        the eager pass without Python's cost per operation and time step. None where the pass cannot be
+        traced (token inputs, a layer whose rule needs eager values): the caller runs it eagerly; a failed
+        trace is not tried again."""
+        if self._graph is False or self.token_inputs:
             return None
+        if backend.name() == "jax":
+            return self._jitted_pass(xs, rs, chosen_columns, grid)
         import tensorflow as tf
 
         if self._graph is None:
@@ -422,6 +431,25 @@ class KerasEngine(Engine):
         run = Run(None, int(xs[0].shape[0]))
         run.agree = agree
         return Dual(x, r), run, grads
+
+    def _jitted_pass(
+        self, xs: list[np.ndarray], rs: list[np.ndarray], chosen_columns: np.ndarray, grid: tuple[int, int, int] | None
+    ) -> tuple[Dual, Run, list[Tensor]] | None:
+        """:meth:`_graph_pass` on JAX: the pass and its ``jax.vjp`` under one ``jax.jit``, traced once per
+        block shape and grid (static), the model's weights its arguments (``backend.compiled``)."""
+        if self._graph is None:
+            self._graph = backend.compiled(self._graph_body, list(self.model.variables), static=(3,))
+        try:
+            x, r, agree, grads = self._graph(
+                [ops.convert_to_tensor(x) for x in xs], [ops.convert_to_tensor(r) for r in rs],
+                ops.convert_to_tensor(chosen_columns), grid,
+            )  # fmt: skip
+        except (TypeError, ValueError, NotImplementedError, AttributeError):  # (jax's tracer errors are TypeErrors)
+            self._graph = False
+            return None
+        run = Run(None, int(xs[0].shape[0]))
+        run.agree = agree
+        return Dual(x, r), run, list(grads)
 
     def _graph_body(
         self, xs: list[Tensor], rs: list[Tensor], chosen_columns: Tensor, grid: tuple[int, int, int] | None

@@ -103,9 +103,11 @@ def _cell_sequence(
         bias = weight(cell.bias, projected.x.dtype)
         input_bias = bias[0] if isinstance(cell, L.GRUCell) and cell.reset_after else bias
         projected = projected.map(lambda t: t + input_bias)
+    flat = [t for state in states for t in (state.x, state.r)]
+    if backend.is_traced(projected.x):  # inside the pass under jax.jit: one step body, compiled once
+        return _scanned(cell, projected, flat, mask, zero_output)
     step_fn = _compiled_step(cell) if seq.x.shape[1] >= COMPILE_MIN_STEPS else partial(_eager_step, cell)
     outputs = []
-    flat = [t for state in states for t in (state.x, state.r)]
     previous = [ops.zeros_like(flat[0]), ops.zeros_like(flat[1])]
     for step in range(seq.x.shape[1]):
         new = list(step_fn(projected.x[:, step], projected.r[:, step], *flat))
@@ -122,6 +124,35 @@ def _cell_sequence(
     return outputs, [Dual(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
+def _scanned(
+    cell: keras.layers.Layer, projected: Dual, flat: list[Tensor], mask: Tensor | None, zero_output: bool
+) -> tuple[list[Dual], list[Dual]]:
+    """The loop of :func:`run_cell` as one ``ops.scan`` (``jax.lax.scan``), for the pass under ``jax.jit``:
+    XLA compiles the step once instead of once per time step (the same operations per step)."""
+    previous = [ops.zeros_like(flat[0]), ops.zeros_like(flat[1])]
+    steps = [ops.moveaxis(projected.x, 1, 0), ops.moveaxis(projected.r, 1, 0)]
+    if mask is not None:
+        steps.append(ops.moveaxis(mask, 1, 0))
+
+    def body(carry: tuple[list[Tensor], list[Tensor]], inputs: list[Tensor]) -> Any:
+        flat, previous = carry
+        new = _eager_step(cell, inputs[0], inputs[1], *flat)
+        if mask is not None:
+            keep = inputs[2][:, None]
+            previous = [
+                ops.where(keep, n, ops.zeros_like(n) if zero_output else p) for n, p in zip(new[:2], previous, strict=True)
+            ]
+            flat = [ops.where(keep, n, old) for n, old in zip(new, flat, strict=True)]
+            new = previous + new[2:]
+        else:
+            flat = new
+        return (flat, previous), (new[0], new[1])
+
+    (flat, _), (out_x, out_r) = ops.scan(body, (flat, previous), steps)
+    outputs = [Dual(out_x[step], out_r[step]) for step in range(int(out_x.shape[0]))]
+    return outputs, [Dual(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
 #: sequences at least this long run each step as a compiled tf.function
 COMPILE_MIN_STEPS = 32
 
@@ -131,7 +162,7 @@ _COMPILED: weakref.WeakKeyDictionary[keras.layers.Layer, Callable[..., list[Tens
 def _compiled_step(cell: keras.layers.Layer) -> Callable[..., list[Tensor]]:
     if cell not in _COMPILED:
 
-        _COMPILED[cell] = compiled(partial(_eager_step, cell))
+        _COMPILED[cell] = compiled(partial(_eager_step, cell), list(cell.variables))  # (on JAX: the weights as arguments)
     return _COMPILED[cell]
 
 

@@ -18,7 +18,6 @@ Either way an operation without a rule is refused by name, naming the layer and 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
@@ -128,8 +127,8 @@ def call_traced(layer: keras.layers.Layer, run: Run, args: tuple[Any, ...], kwar
     traces = _TRACES.setdefault(layer, {})
     trace = traces.get(key)
     if trace is None:
-        scope = _tf().init_scope() if backend.name() == "tensorflow" else contextlib.nullcontext()
-        with scope:  # outside any tf.function being traced, so that later passes can reuse it
+        scope = _tf().init_scope() if backend.name() == "tensorflow" else backend.concrete_scope()
+        with scope:  # outside any tf.function (or jax.jit) being traced, so that later passes can reuse it
             trace = traces[key] = _trace(layer, args, kwargs)
     leaves = _leaves((args, kwargs))
     return trace.run(leaves, run, walker)
