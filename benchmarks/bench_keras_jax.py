@@ -3,7 +3,8 @@
 Each backend runs in its own process (KERAS_BACKEND is read when keras is imported). Models: a Keras
 LSTM, GRU and Bidirectional LSTM (float32, 16 steps, 3 features, 8 units), 8 background rows,
 4 explained rows. Usage: ``python benchmarks/bench_keras_jax.py [--backends jax tensorflow]``;
-the tree measured is the one on PYTHONPATH (``PYTHONPATH=/tmp/base`` for the tree before a change).
+the tree measured is the one on PYTHONPATH (``PYTHONPATH=$PWD``, or ``PYTHONPATH=/tmp/base`` for the tree before a change),
+else the installed rnnshap.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 CHILD = r"""
 import json, time, numpy as np, keras
@@ -47,7 +49,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend)
-        done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=False)
+        # (run outside the checkout: ``python -c`` puts its working directory first on sys.path, before PYTHONPATH's tree)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=False, cwd=tempfile.gettempdir()
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
         if not lines:
             print(done.stderr[-3000:])
