@@ -319,12 +319,36 @@ class KerasEngine(Engine):
                 "carries float64 in, float32 out) cannot run: the model fails before rnnshap explains anything. Build it "
                 "in float32, or run it on the TensorFlow backend (KERAS_BACKEND=tensorflow)."
             )
+        elif backend.name() == "jax" and self._unequal_head_sizes():
+            message += (
+                f"\nKeras 3.15 on JAX cannot run a MultiHeadAttention whose value_dim differs from its key_dim "
+                f"({self._unequal_head_sizes()}) on its dot-product path (no dropout, no attention scores returned): "
+                "ops.dot_product_attention there reshapes the output to the query's head size, so the model fails before "
+                "rnnshap explains anything. Build it with value_dim equal to key_dim, or run it on the TensorFlow backend "
+                "(KERAS_BACKEND=tensorflow)."
+            )
         elif any(a.ndim == 2 and a.dtype.kind == "f" for a in arrays):
             message += (
                 "\nA 2-D input is (batch, features). If the model expects (batch, time, features) and the 2-D array is "
                 "one sequence, add the batch dimension: x[None] (and background[None]) for one sample."
             )
         return message
+
+    def _unequal_head_sizes(self) -> str:
+        """The model's MultiHeadAttention layers whose value_dim differs from their key_dim, as "name: value_dim v,
+        key_dim k" ("" when none)."""
+        import keras
+
+        try:
+            layers = flat_layers(self.model)
+        except (AttributeError, TypeError):
+            return ""
+        found = [
+            f"{layer.name}: value_dim {layer.value_dim}, key_dim {layer.key_dim}"
+            for layer in layers
+            if isinstance(layer, keras.layers.MultiHeadAttention) and layer.value_dim != layer.key_dim
+        ]
+        return "; ".join(found)
 
     def _call(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = self._compiled_call(arrays)

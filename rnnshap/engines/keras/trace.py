@@ -139,10 +139,13 @@ def _trace(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return KerasTrace(layer, args, kwargs)
     except Exception as keras_error:  # noqa: BLE001 - any failure of the symbolic trace: try TensorFlow's
         if backend.name() != "tensorflow":
+            # (Keras: "A KerasTensor cannot be used as input to a TensorFlow function")
+            uses_tensorflow = "TensorFlow function" in str(keras_error)
+            why = "it calls TensorFlow functions, " if uses_tensorflow else ""
             raise TraceError(
-                f"its call() could not be traced into keras ops ({type(keras_error).__name__}: {_short(keras_error)}); on the "
-                f"{backend.name()} backend rnnshap traces call() into keras ops only (the trace into a TensorFlow graph, for "
-                "calls that use TensorFlow functions, needs the TensorFlow backend): write its call() with keras.ops, or "
+                f"its call() could not be traced into keras ops: {why}({type(keras_error).__name__}: {_short(keras_error)}); "
+                f"on the {backend.name()} backend rnnshap traces call() into keras ops only (the trace into a TensorFlow graph, "
+                "for calls that use TensorFlow functions, needs the TensorFlow backend): write its call() with keras.ops, or "
                 "save the model and explain it with KERAS_BACKEND=tensorflow"
             ) from keras_error
         try:
