@@ -126,6 +126,11 @@ ADVICE: dict[str, str] = {
         "in the Shapley mode with rows computed alone (dynamic quantization picks one scale per batch):\n"
         "    rnnshap.ShapleyExplainer(quantized_model, background, batch_size=1).shapley_values(x)"
     ),
+    "jax": (
+        "rnnshap's JAX engine (Flax models) has no exact rule for {op} on an input-dependent value. Write that step "
+        "with the operations it takes (docs/jax.md lists them: sums, products, matrix products, the elementwise "
+        "functions of rnnshap's operation table, scans), or explain the model in the Shapley mode (below)."
+    ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "
         "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "

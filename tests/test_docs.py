@@ -15,7 +15,9 @@ def python_blocks(page: Path) -> list[str]:
 
 
 # large_datasets.md starts Ray
-@pytest.mark.parametrize("page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "../README.md"])
+@pytest.mark.parametrize(
+    "page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "jax.md", "../README.md"]
+)
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
     blocks = python_blocks(DOCS / page)
@@ -23,6 +25,8 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
         blocks = blocks[:2]  # the quickstarts; the later sketches use the reader's own model
         if "keras" in blocks[1]:
             pytest.importorskip("tensorflow")
+    if page == "jax.md":
+        pytest.importorskip("flax")
     assert blocks, f"{page} has no python examples"
     if any("import ray" in block for block in blocks):
         pytest.importorskip("ray.data")

@@ -32,9 +32,16 @@ def _keras_ops() -> namespace.Ops:
     return KERAS
 
 
-@pytest.mark.parametrize("which", ["torch", "keras"])
+def _jax_ops() -> namespace.Ops:
+    pytest.importorskip("jax")
+    from rnnshap.formulas.jax_ops import JAX
+
+    return JAX
+
+
+@pytest.mark.parametrize("which", ["torch", "keras", "jax"])
 def test_each_namespace_has_every_member_of_the_protocol(which: str) -> None:
-    xp = TORCH if which == "torch" else _keras_ops()
+    xp = {"torch": lambda: TORCH, "keras": _keras_ops, "jax": _jax_ops}[which]()
     assert xp.name == which
     missing = [m for m in MEMBERS if m != "name" and not callable(getattr(xp, m, None))]
     assert missing == []

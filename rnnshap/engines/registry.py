@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import InputError
 from .base import Engine
+from .jax import is_flax_module
 from .keras import is_keras_model
 from .outputs import OutputChoice
 
@@ -75,7 +76,7 @@ def is_layer_pair(value: Any) -> bool:
 
 def is_function(value: Any) -> bool:
     """A callable that is neither a module nor a Keras model: a function of numpy arrays."""
-    return callable(value) and not is_module(value) and not is_keras_model(value)
+    return callable(value) and not is_module(value) and not is_keras_model(value) and not is_flax_module(value)
 
 
 # -- the builders ----------------------------------------------------------------------------------------------------------
@@ -144,6 +145,17 @@ def _keras_by_backend(model: Any, data: Any, setup: Setup) -> Engine:
     return build(model, data, setup)
 
 
+def _flax_engine(model: Any, data: Any, setup: Setup) -> Engine:
+    """The JAX engine (the module's jaxpr run on pairs)."""
+    if setup.rules:
+        raise ValueError("custom rules are for PyTorch models and Keras models on the torch backend only")
+    if setup.layer_output:
+        raise ValueError("layer_output= is for shap's (model, layer) form of PyTorch models")
+    from .jax.engine import JaxEngine
+
+    return JaxEngine(model, data, output=setup.output)
+
+
 def _keras_forward(model: Any, data: Any, output: OutputChoice, batch_size: int | None) -> Any:
     from .forward import keras_forward
 
@@ -183,6 +195,14 @@ ENTRIES: tuple[Entry, ...] = (
         missing="pip install 'rnnshap[keras]' (Keras 3 and TensorFlow)",
     ),
     Entry(kind="a PyTorch nn.Module", recognises=is_module, deep=_torch_engine, forward=_torch_forward),
+    Entry(
+        kind="a Flax NNX module",
+        recognises=is_flax_module,
+        deep=_flax_engine,
+        forward=_function_forward,
+        requires=("flax", "jax"),
+        missing="pip install 'rnnshap[flax]' (Flax and JAX)",
+    ),
     Entry(
         kind="a function of numpy arrays",
         recognises=is_function,

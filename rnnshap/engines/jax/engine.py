@@ -1,0 +1,186 @@
+"""The JAX engine: DeepSHAP for Flax NNX models, by the model's own jaxpr run on (input, reference) pairs.
+
+The model is written as a jaxpr once per input shape (``jax.make_jaxpr`` of the module's call, its
+parameters as arguments); :func:`rnnshap.engines.jax.pairs.run` evaluates it on a block's pairs, each
+primitive by its rule, and one ``jax.vjp`` per explained output (``jax.vmap`` over the outputs) gives the
+multipliers, all under one ``jax.jit``. The model is explained as it predicts (``model.eval()``: dropout off,
+batch statistics from their running averages) on a copy: the user's module is never changed, and its
+parameters are read again at every call, so an explainer follows the model's training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ...errors import InputError, RnnShapError
+from ..base import RTOL, Block, BlockResult, Engine
+from ..outputs import OutputLayout, output_parts
+from .pairs import Pair, run
+
+
+def _frozen(model: nnx.Module) -> tuple[Any, Any]:
+    """The graph and state of an evaluation-mode copy of ``model`` (the user's module untouched)."""
+    copy = nnx.merge(*nnx.split(model))
+    copy.eval()
+    return nnx.split(copy)
+
+
+class JaxEngine(Engine):
+    """DeepSHAP's engine for a ``flax.nnx.Module`` (see the module docstring)."""
+
+    name = "jax (flax nnx)"
+
+    def __init__(self, model: Any, data: Any, output: Any = None) -> None:
+        self.model = model
+        self.multi_input = isinstance(data, (list, tuple))
+        arrays = list(data) if self.multi_input else [data]
+        self.background = [self._array(a, "background") for a in arrays]
+        self.references = int(self.background[0].shape[0])
+        if any(int(b.shape[0]) != self.references for b in self.background):
+            raise InputError("every background input needs the same number of rows")
+        if self.references < 1:
+            raise InputError("the background has no rows")
+        self.token_inputs = []
+        self.outputs = OutputLayout(output)
+        self._compiled: dict[Any, Callable[..., Any]] = {}
+        out = self.predict(self.background)
+        self.dtype = str(jnp.result_type(*[b.dtype for b in self.background]))
+        self.output_shape = tuple(self._output_shape)
+        self.background_outputs = out.reshape(self.references, *self.output_shape)
+
+    # -- inputs ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _array(value: Any, what: str) -> Any:
+        array = jnp.asarray(value)
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            raise InputError(f"{what}: rnnshap's JAX engine attributes floating-point inputs; got {array.dtype}")
+        if array.ndim < 1:
+            raise InputError(f"{what} needs a batch axis: got a scalar")
+        return array
+
+    def inputs(self, X: Any, what: str) -> list[Any]:
+        arrays = list(X) if isinstance(X, (list, tuple)) else [X]
+        if len(arrays) != len(self.background):
+            raise InputError(f"{what}: the model takes {len(self.background)} input(s), got {len(arrays)}")
+        converted = []
+        for i, (a, b) in enumerate(zip(arrays, self.background, strict=True)):
+            array = self._array(a, what).astype(b.dtype)
+            if array.shape[1:] != b.shape[1:]:
+                raise InputError(f"{what}: input {i} has rows of shape {array.shape[1:]}, the background's are {b.shape[1:]}")
+            converted.append(array)
+        return converted
+
+    def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:
+        return [np.asarray(x) for x in inputs]
+
+    # -- the model ---------------------------------------------------------------------------------------------------------
+    def _flat(self, out: Any, rows: int) -> Any:
+        """The explained output of the model's result, ``(rows, n_outputs)``."""
+        leaf = self.outputs.leaf(out, lambda t: isinstance(t, jax.Array))
+        if leaf is None:
+            flat, names = output_parts(out)
+            if not flat:
+                flat, names = [out], None
+            leaf = self.outputs.take(
+                flat, names, lambda t: t.shape, lambda parts: jnp.concatenate([p.reshape(rows, -1) for p in parts], axis=1)
+            )
+        if leaf.ndim == 0 or leaf.shape[0] != rows:
+            raise InputError(f"The model maps {rows} rows to an output of shape {leaf.shape}: its first axis must be the batch")
+        self._output_shape = leaf.shape[1:]
+        return leaf.reshape(rows, -1)
+
+    def predict(self, inputs: list[Any]) -> np.ndarray:
+        graph, state = _frozen(self.model)
+        return np.asarray(self._forward(graph)(state, inputs), dtype=np.float64)
+
+    def _forward(self, graph: Any) -> Callable[..., Any]:
+        key = ("forward", graph)
+        if key not in self._compiled:
+
+            def forward(state: Any, inputs: list[Any]) -> Any:
+                return self._flat(nnx.merge(graph, state)(*inputs), inputs[0].shape[0])
+
+            self._compiled[key] = jax.jit(forward)
+        return self._compiled[key]
+
+    # -- the pairs ---------------------------------------------------------------------------------------------------------
+    def attribute(
+        self, inputs: list[Any], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
+    ) -> BlockResult:
+        graph, state = _frozen(self.model)
+        samples = [x[block.s0 : block.s1] for x in inputs]
+        refs = [b[block.r0 : block.r1] for b in self.background]
+        xs = [jnp.repeat(x, block.references, axis=0) for x in samples]
+        rs = [jnp.tile(b, (block.samples,) + (1,) * (b.ndim - 1)) for b in refs]
+        cols = jnp.asarray(np.repeat(np.asarray(columns), block.references, axis=0))  # (pairs, k)
+        outputs, reference_outputs, found = self._pass(graph, state, xs, rs)(state, xs, rs, cols)
+        outputs = np.asarray(outputs, dtype=np.float64)
+        reference_outputs = np.asarray(reference_outputs, dtype=np.float64)
+        own = self._check(outputs, graph, state, samples, block)
+        k = columns.shape[1]
+        sums = []
+        for m, x, r in zip(found, xs, rs, strict=True):
+            per = np.asarray(m, dtype=np.float64)
+            if not multipliers:
+                per = per * np.asarray(x - r, dtype=np.float64)
+            per = per.reshape(k, block.samples, block.references, *x.shape[1:])
+            sums.append(per if per_pair else per.sum(axis=2))
+        return BlockResult(
+            sums=sums,
+            outputs=own,
+            reference_outputs=reference_outputs.reshape(block.samples, block.references, -1).sum(axis=1),
+        )
+
+    def _pass(self, graph: Any, state: Any, xs: list[Any], rs: list[Any]) -> Callable[..., Any]:
+        """The compiled pass for these shapes: the model's jaxpr on the pairs, and its multipliers by ``jax.vjp``."""
+        key = ("pass", graph, tuple((x.shape, str(x.dtype)) for x in xs))
+        if key in self._compiled:
+            return self._compiled[key]
+        leaves, tree = jax.tree_util.tree_flatten(state)
+
+        def call(leaves: list[Any], *inputs: Any) -> Any:
+            return nnx.merge(graph, jax.tree_util.tree_unflatten(tree, leaves))(*inputs)
+
+        closed, shape = jax.make_jaxpr(call, return_shape=True)(leaves, *xs)
+        out_tree = jax.tree_util.tree_structure(shape)
+
+        def paired(xs: list[Any], rs: list[Any], leaves: list[Any]) -> tuple[Any, Any]:
+            values = run(closed.jaxpr, closed.consts, list(leaves) + [Pair(x, r) for x, r in zip(xs, rs, strict=True)])
+            rows = xs[0].shape[0]
+            x_side = [v.x if isinstance(v, Pair) else v for v in values]
+            r_side = [v.r if isinstance(v, Pair) else v for v in values]
+            return (
+                self._flat(jax.tree_util.tree_unflatten(out_tree, x_side), rows),
+                jax.lax.stop_gradient(self._flat(jax.tree_util.tree_unflatten(out_tree, r_side), rows)),
+            )
+
+        def attribute(state: Any, xs: list[Any], rs: list[Any], cols: Any) -> Any:
+            leaves = jax.tree_util.tree_leaves(state)
+            y, vjp, y_r = jax.vjp(lambda xs: paired(xs, rs, leaves), xs, has_aux=True)
+            one_hot = jax.nn.one_hot(cols.T, y.shape[1], dtype=y.dtype)  # (k, pairs, n_outputs)
+            (found,) = jax.vmap(vjp)(one_hot)
+            return y, y_r, found
+
+        self._compiled[key] = compiled = jax.jit(attribute)
+        return compiled
+
+    def _check(self, outputs: np.ndarray, graph: Any, state: Any, samples: list[Any], block: Block) -> np.ndarray:
+        """The model's own outputs on ``samples``, which the pass must give: a primitive misread would show here."""
+        own = np.asarray(self._forward(graph)(state, samples), dtype=np.float64)
+        mine = outputs.reshape(block.samples, block.references, -1)
+        scale = max(float(np.abs(own).max(initial=0.0)), 1e-30)
+        gap = float(np.abs(mine - own[:, None]).max(initial=0.0))
+        if gap > RTOL.get(self.dtype, 1e-4) * scale:
+            raise RnnShapError(
+                f"rnnshap's pass through this Flax model does not reproduce the model: its outputs differ by {gap:.3g} "
+                f"(largest output {scale:.3g}). Please report this model."
+            )
+        return own
+
+
+__all__ = ["JaxEngine"]

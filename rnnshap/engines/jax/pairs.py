@@ -1,0 +1,332 @@
+r"""A jaxpr run on (input, reference) pairs, each operation by its rule: the JAX engine's tracer.
+
+JAX writes any function it can differentiate as a jaxpr: a list of primitive operations (``dot_general``,
+``tanh``, ``mul``, ``scan`` ...) on named values. :func:`run` evaluates one on the two sides of every pair
+at once. A value that depends on the explained input is a :class:`Pair` (its value on the input side,
+carrying JAX's autodiff, and on the reference side); anything else (weights, constants, masks made from
+constants, random keys) is one array shared by both sides. Each primitive that reaches a :class:`Pair` is
+taken by its rule, written once in :mod:`rnnshap.formulas` (``JAX``, the namespace on ``jax.numpy``):
+
+- linear primitives (sums, reshapes, slices, ``dot_general`` or ``mul`` with one input-dependent operand,
+  ``div`` of an input-dependent numerator, ``stop_gradient``, which changes training, not the function)
+  run on both sides; JAX's own derivative is then the multiplier;
+- the unary elementwise primitives of the operation table (:data:`rnnshap.operations.ELEMENTWISE`, by
+  their JAX names), and ``max``/``min``/``pow``/``atan2`` with one constant operand, take Rescale
+  (closed-form secants where the table says, sigmoid's and tanh's from their two results);
+- ``mul`` and ``dot_general`` of two input-dependent operands take the exact two-player Shapley rule (the
+  derivative at the midpoints), ``div`` by an input-dependent denominator its closed form, and the
+  elementwise binary primitives of the table the two-player Shapley rule;
+- ``scan`` (recurrent layers: ``flax.nnx.RNN``, ``jax.lax.scan``) runs its body the same way at every step,
+  the carries as pairs; nested functions (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``remat``)
+  run their own jaxprs (a custom derivative is replaced by the rules' anyway).
+
+The multiplier of a rule is attached to the input side's autodiff with :func:`attach` (the value
+itself, bit for bit, with the multiplier as its derivative), so one ``jax.vjp`` of the input side's
+outputs gives DeepSHAP's multipliers. Anything else that an input-dependent value reaches is refused by
+the primitive's name (:class:`~rnnshap.errors.UnsupportedOperationError`), never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core
+
+from ... import formulas
+from ...errors import UnsupportedOperationError
+from ...formulas import pairs as pair_rules
+from ...formulas import secant
+from ...formulas.jax_ops import JAX
+from ...operations import BINARY, ELEMENTWISE, Elementwise
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A value that depends on the explained input: ``x`` on the input side (with autodiff), ``r`` on the
+    reference side."""
+
+    x: Array
+    r: Array
+
+
+Value = Any  # an Array, or a Pair
+
+# -- the operation table's view ---------------------------------------------------------------------------------------
+#: JAX primitive name → its unary entry (lax's names: sigmoid is ``logistic``, arctan ``atan`` ...)
+_JAX_NAMES = {"sigmoid": "logistic", "arctan": "atan", "arcsinh": "asinh", "arctanh": "atanh", "arcsin": "asin", "arccos": "acos"}
+UNARY: dict[str, Elementwise] = {_JAX_NAMES.get(e.name, e.name): e for e in ELEMENTWISE}
+#: JAX primitive name → whether the binary entry is smooth (lax's names)
+BINARY_PRIMITIVES: dict[str, bool] = {
+    {"maximum": "max", "minimum": "min", "arctan2": "atan2", "power": "pow"}.get(e.name, e.name): e.smooth for e in BINARY
+}
+#: linear in every input-dependent operand: both sides run through the primitive
+LINEAR = {
+    "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
+    "concatenate", "reduce_sum", "copy", "copy_p", "pad", "rev", "cumsum", "real", "reduce_precision_free",
+    "select_and_scatter_add", "split", "dynamic_slice", "dynamic_update_slice", "gather", "mul", "dot_general", "div",
+    "select_n", "stop_gradient", "convert_element_type",
+}  # fmt: skip
+#: linear in the operands at these positions only (the others must not depend on the input)
+LINEAR_AT: dict[str, tuple[int, ...]] = {
+    "mul": (0, 1), "dot_general": (0, 1), "div": (0,), "dynamic_slice": (0,), "dynamic_update_slice": (0, 1),
+    "gather": (0,), "select_n": tuple(range(1, 64)), "pad": (0, 1),
+}  # fmt: skip
+#: bilinear: with both operands input-dependent, the midpoint rule
+BILINEAR = {"mul", "dot_general"}
+#: calls of a function written as a jaxpr, by the parameter that holds it
+CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr", "remat": "jaxpr",
+         "checkpoint": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
+         "custom_vjp_call_jaxpr": "fun_jaxpr", "custom_lin": None}  # fmt: skip
+
+_near = {name: formulas.bind(fn, JAX) for name, fn in secant.NEAR_SECANTS.items()}
+
+
+# -- attaching a multiplier ----------------------------------------------------------------------------------------------
+def attach(value: Array, operands: Sequence[tuple[Array, Array]]) -> Array:
+    """``value`` with derivative ``m`` with respect to each input-side operand ``u`` of ``operands`` ``(u, m)``
+    (``m`` broadcast to ``value``'s shape; JAX sums it back to ``u``'s)."""
+    out = lax.stop_gradient(value)
+    for operand, multiplier in operands:
+        out = out + lax.stop_gradient(multiplier) * (operand - lax.stop_gradient(operand))
+    return out
+
+
+def _bilinear(fn: Callable[[Array, Array], Array], a: Pair, b: Pair) -> Pair:
+    """``fn`` linear in each operand, of two input-dependent operands: the exact two-player Shapley rule, i.e. the
+    derivative of ``fn`` at the midpoints (:func:`rnnshap.formulas.pairs.midpoint_multipliers`)."""
+    ax, bx = lax.stop_gradient(a.x), lax.stop_gradient(b.x)
+    m_a, m_b = pair_rules.midpoint_multipliers(JAX, ax, bx, a.r, b.r)  # m_a: b's midpoint, m_b: a's
+    y = fn(ax, bx)
+    through_a = fn(a.x - ax, lax.stop_gradient(m_a))
+    through_b = fn(lax.stop_gradient(m_b), b.x - bx)
+    return Pair(lax.stop_gradient(y) + through_a + through_b, fn(a.r, b.r))
+
+
+def _rescale(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, name: str, smooth: bool) -> Pair:
+    """Rescale on an elementwise ``fn`` of one input-dependent operand, by the table's family for it."""
+    ux = lax.stop_gradient(u.x)
+    yx, yr = fn(ux), fn(u.r)
+    if entry is not None and entry.family == "secant" and entry.name in secant.SLOPES_BY_NAME:
+        multiplier = secant.SLOPES_BY_NAME[entry.name](JAX, ux, u.r)
+    elif entry is not None and entry.near is not None:
+        multiplier = secant.near_rescale_multiplier(JAX, _near[entry.near], yx, yr, ux, u.r)
+    else:
+        kinks = entry.kinks if entry is not None and entry.smooth else ()
+
+        def derivative(t: Array) -> Array:
+            return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
+
+        multiplier = secant.rescale_multiplier(JAX, yx, yr, ux, u.r, derivative, smooth, kinks)
+    return Pair(attach(yx, [(u.x, multiplier)]), yr)
+
+
+def _shapley2(fn: Callable[[Array, Array], Array], a: Pair, b: Pair, smooth: bool) -> Pair:
+    """An elementwise ``fn`` of two input-dependent operands: the exact two-player Shapley rule
+    (:func:`rnnshap.formulas.pairs.coalition_multipliers`)."""
+    ax, bx = lax.stop_gradient(a.x), lax.stop_gradient(b.x)
+    values = {3: fn(ax, bx), 0: fn(a.r, b.r), 1: fn(ax, b.r), 2: fn(a.r, bx)}
+    shape = jnp.shape(values[3])
+
+    def derivative(players: list[Array], i: int) -> Array:
+        point = jnp.broadcast_to(players[i], shape)
+        other = jnp.broadcast_to(players[1 - i], shape)
+        g = (lambda p: fn(p, other)) if i == 0 else (lambda p: fn(other, p))
+        return jax.jvp(g, (point,), (jnp.ones_like(point),))[1]
+
+    m_a, m_b = pair_rules.coalition_multipliers(JAX, values, [ax, bx], [a.r, b.r], derivative, smooth)
+    return Pair(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
+
+
+def _quotient(a: Value, b: Pair) -> Pair:
+    """``a / b`` with ``b`` input-dependent: the two-player Shapley multipliers in closed form
+    (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference)."""
+    bx = lax.stop_gradient(b.x)
+    if isinstance(a, Pair):
+        ax = lax.stop_gradient(a.x)
+        m_a, m_b = pair_rules.quotient_multipliers(JAX, ax, bx, a.r, b.r)
+        return Pair(attach(ax / bx, [(a.x, m_a), (b.x, m_b)]), a.r / b.r)
+    _, m_b = pair_rules.quotient_multipliers(JAX, a, bx, a, b.r)
+    return Pair(attach(a / bx, [(b.x, m_b)]), a / b.r)
+
+
+# -- the interpreter -----------------------------------------------------------------------------------------------------
+def _read(env: dict[Any, Value], var: Any) -> Value:
+    return var.val if isinstance(var, core.Literal) else env[var]
+
+
+def run(jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Value], where: str = "") -> list[Value]:
+    """Evaluate ``jaxpr`` on ``args`` (arrays, or :class:`Pair` s where they depend on the input), each
+    primitive by its rule; ``where`` names the enclosing function in refusals."""
+    env: dict[Any, Value] = {}
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
+        env[var] = value
+    for var, value in zip(jaxpr.invars, args, strict=True):
+        env[var] = value
+    for eqn in jaxpr.eqns:
+        inputs = [_read(env, v) for v in eqn.invars]
+        outputs = _equation(eqn, inputs, where)
+        for var, value in zip(eqn.outvars, outputs, strict=True):
+            if not isinstance(var, core.DropVar):
+                env[var] = value
+    return [_read(env, v) for v in jaxpr.outvars]
+
+
+def _side(values: Sequence[Value], side: str) -> list[Array]:
+    return [getattr(v, side) if isinstance(v, Pair) else v for v in values]
+
+
+def _both(eqn: Any, inputs: Sequence[Value]) -> list[Value]:
+    """The primitive on each side (linear in what depends on the input)."""
+    xs = eqn.primitive.bind(*_side(inputs, "x"), **eqn.params)
+    rs = eqn.primitive.bind(*_side(inputs, "r"), **eqn.params)
+    if eqn.primitive.multiple_results:
+        return [Pair(x, r) for x, r in zip(xs, rs, strict=True)]
+    return [Pair(xs, rs)]
+
+
+def _refuse(eqn: Any, where: str, why: str) -> UnsupportedOperationError:
+    """The refusal of ``eqn`` by its primitive's name (and the functions it sits in), with the JAX engine's advice."""
+    place = f" in {where}" if where else ""
+    return UnsupportedOperationError([(f"JAX primitive {eqn.primitive.name!r}{place}", why, "jax")])
+
+
+def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
+    name = eqn.primitive.name
+    found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
+    if not found:  # nothing here depends on the input: one value for both sides
+        out = eqn.primitive.bind(*inputs, **eqn.params)
+        return list(out) if eqn.primitive.multiple_results else [out]
+    if name in CALLS:
+        return _call(eqn, inputs, where)
+    if name == "scan":
+        return _scan(eqn, inputs, where)
+    if name == "convert_element_type":
+        new = eqn.params["new_dtype"]
+        if not jnp.issubdtype(new, jnp.floating):
+            raise _refuse(eqn, where, f"it casts an input-dependent value to {new} (a step function)")
+        if jnp.finfo(new).bits < jnp.finfo(inputs[0].x.dtype).bits:  # rounding: an elementwise function, by Rescale
+            return [_rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], None, name, smooth=False)]
+        return _both(eqn, inputs)
+    if name in BILINEAR and len(found) == 2:
+        a, b = inputs
+
+        def fn(p: Array, q: Array) -> Array:
+            return eqn.primitive.bind(p, q, **eqn.params)
+
+        return [_bilinear(fn, a, b)]
+    if name == "div" and 1 in found:
+        return [_quotient(inputs[0], inputs[1])]
+    if name in LINEAR and all(i in LINEAR_AT.get(name, range(len(inputs))) for i in found):
+        return _both(eqn, inputs)
+    if name in ("integer_pow", "pow") and found == [0]:
+        exponent = eqn.params.get("y", inputs[1] if len(inputs) > 1 else None)
+        entry = {2: UNARY.get("square"), -1: UNARY.get("reciprocal")}.get(exponent) if name == "integer_pow" else None
+
+        def power(t: Array) -> Array:
+            return eqn.primitive.bind(t, *inputs[1:], **eqn.params)
+
+        if entry is None and name == "integer_pow":
+            u = inputs[0]
+            ux = lax.stop_gradient(u.x)
+            multiplier = secant.power_slope(JAX, ux, u.r, float(exponent))
+            return [Pair(attach(power(ux), [(u.x, multiplier)]), power(u.r))]
+        return [_rescale(power, inputs[0], entry, name, smooth=True)]
+    if name in UNARY and len(inputs) == 1:
+        entry = UNARY[name]
+        return [_rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], entry, name, entry.smooth)]
+    if name in BINARY_PRIMITIVES and len(inputs) == 2:
+        smooth = BINARY_PRIMITIVES[name]
+        if len(found) == 1:
+            i = found[0]
+
+            def one(t: Array) -> Array:
+                operands = list(inputs)
+                operands[i] = t
+                return eqn.primitive.bind(*operands, **eqn.params)
+
+            return [_rescale(one, inputs[i], None, name, smooth)]
+
+        def fn2(p: Array, q: Array) -> Array:
+            return eqn.primitive.bind(p, q, **eqn.params)
+
+        return [_shapley2(fn2, inputs[0], inputs[1], smooth)]
+    if name in ("reduce_max", "reduce_min", "argmax", "argmin", "sort", "top_k", "cumlogsumexp", "cummax", "cummin"):
+        raise _refuse(eqn, where, "orderings along an axis (a maximum, softmax's shift, sorting) have no JAX rule yet")
+    if name in ("while", "cond"):
+        raise _refuse(eqn, where, "control flow decided by an input-dependent value (a branch or a loop) has no rule")
+    if name in ("eq", "ne", "lt", "le", "gt", "ge", "sign", "floor", "ceil", "round", "is_finite", "and", "or", "not"):
+        raise _refuse(eqn, where, "it compares or rounds an input-dependent value (a step function)")
+    raise _refuse(eqn, where, f"it has no rule for an input-dependent operand at position(s) {found}")
+
+
+def _closed(value: Any) -> tuple[core.Jaxpr, Sequence[Any]]:
+    if isinstance(value, core.ClosedJaxpr):
+        return value.jaxpr, value.consts
+    return value, ()
+
+
+def _call(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
+    """A nested function: its own jaxpr, by the same rules (a custom derivative is the rules' anyway)."""
+    key = CALLS[eqn.primitive.name]
+    held = eqn.params.get(key) if key else None
+    if held is None:
+        raise _refuse(eqn, where, "its function is not given as a jaxpr")
+    jaxpr, consts = _closed(held)
+    inner = eqn.params.get("name") or eqn.primitive.name
+    count = len(jaxpr.invars)
+    return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner))
+
+
+def _scan(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
+    """``lax.scan``: the body by the rules at every step, with each carry a :class:`Pair` where it depends on the
+    input at some step (found by iterating the body's dependence to its fixed point)."""
+    p = eqn.params
+    body, body_consts = _closed(p["jaxpr"])
+    n_consts, n_carry = p["num_consts"], p["num_carry"]
+    consts, init, xs = inputs[:n_consts], inputs[n_consts : n_consts + n_carry], inputs[n_consts + n_carry :]
+    paired = [isinstance(v, Pair) for v in init]
+    while True:  # which carries depend on the input at some step
+        after = depends(body, [isinstance(v, Pair) for v in consts] + paired + [isinstance(v, Pair) for v in xs])
+        grown = [a or b for a, b in zip(paired, after[:n_carry], strict=True)]
+        if grown == paired:
+            break
+        paired = grown
+    init = [v if isinstance(v, Pair) or not lift else Pair(v, v) for v, lift in zip(init, paired, strict=True)]
+
+    def pack(values: Sequence[Value], mask: Sequence[bool]) -> list[Any]:
+        return [(v.x, v.r) if m else v for v, m in zip(values, mask, strict=True)]
+
+    def unpack(values: Sequence[Any], mask: Sequence[bool]) -> list[Value]:
+        return [Pair(*v) if m else v for v, m in zip(values, mask, strict=True)]
+
+    x_paired = [isinstance(v, Pair) for v in xs]
+    out_paired: list[bool] = []
+
+    def step(carry: list[Any], x: list[Any]) -> tuple[list[Any], list[Any]]:
+        outs = run(body, body_consts, list(consts) + unpack(carry, paired) + unpack(x, x_paired), where)
+        new_carry = [v if isinstance(v, Pair) or not m else Pair(v, v) for v, m in zip(outs[:n_carry], paired, strict=True)]
+        ys = outs[n_carry:]
+        out_paired[:] = [isinstance(v, Pair) for v in ys]
+        return pack(new_carry, paired), pack(ys, out_paired)
+
+    carry, ys = lax.scan(step, pack(init, paired), pack(xs, x_paired), length=p["length"], reverse=p["reverse"],
+                         unroll=p["unroll"])  # fmt: skip
+    return unpack(carry, paired) + unpack(ys, out_paired)
+
+
+def depends(jaxpr: core.Jaxpr, inputs: Sequence[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on the inputs marked True (any input of an equation: all its outputs)."""
+    marked = {v for v, m in zip(jaxpr.invars, inputs, strict=True) if m}
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, core.Literal) and v in marked for v in eqn.invars):
+            marked.update(v for v in eqn.outvars if not isinstance(v, core.DropVar))
+    return [not isinstance(v, core.Literal) and v in marked for v in jaxpr.outvars]
+
+
+__all__ = ["Pair", "attach", "depends", "run"]

@@ -1,0 +1,164 @@
+"""The JAX engine (Flax NNX models, issue 39's stretch): exact against the PyTorch engine on the same weights (the same
+function written in two frameworks), additive to the model's own outputs, exact zeros where the model cannot read,
+refusals by name, and the model left as it was."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+nnx = pytest.importorskip("flax.nnx")
+torch = pytest.importorskip("torch")
+
+import jax.numpy as jnp  # noqa: E402
+
+import rnnshap  # noqa: E402
+
+F64 = jnp.float64
+
+
+@pytest.fixture(autouse=True)
+def x64() -> Iterator[None]:
+    """float64 in JAX for these tests only (the switch is the process's: the suite's other JAX users keep theirs)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def data(shape: tuple[int, ...], rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, *shape))
+
+
+class FlaxRecurrent(nnx.Module):
+    """A Flax recurrent layer (LSTMCell or GRUCell under nnx.RNN), its last step through relu and a Linear head."""
+
+    def __init__(self, cell: str, features: int = 3, hidden: int = 4, outputs: int = 2, seed: int = 0) -> None:
+        rngs = nnx.Rngs(seed)
+        make = {"lstm": nnx.LSTMCell, "gru": nnx.GRUCell}[cell]
+        self.rnn = nnx.RNN(make(features, hidden, rngs=rngs, param_dtype=F64, dtype=F64))
+        self.head = nnx.Linear(hidden, outputs, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        return self.head(jax.nn.relu(self.rnn(x)[:, -1]))
+
+
+class TorchTwin(torch.nn.Module):
+    """The same function in PyTorch, with the Flax model's weights."""
+
+    def __init__(self, flax_model: FlaxRecurrent, cell: str) -> None:
+        super().__init__()
+        c = flax_model.rnn.cell
+        features, hidden = c.in_features, c.hidden_features
+        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+        self.rnn = kind(features, hidden, batch_first=True).double()
+        t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+        with torch.no_grad():
+            if cell == "lstm":  # torch's gate order i, f, g, o; Flax keeps one bias, in the recurrent Linear
+                self.rnn.weight_ih_l0.copy_(torch.cat([t(g.kernel[...]).T for g in (c.ii, c.if_, c.ig, c.io)]))
+                self.rnn.weight_hh_l0.copy_(torch.cat([t(g.kernel[...]).T for g in (c.hi, c.hf, c.hg, c.ho)]))
+                self.rnn.bias_ih_l0.zero_()
+                self.rnn.bias_hh_l0.copy_(torch.cat([t(g.bias[...]) for g in (c.hi, c.hf, c.hg, c.ho)]))
+            else:  # r, z, n in both, the recurrent n-part inside r ⊙ (·) in both; Flax's one bias is the input Linear's
+                self.rnn.weight_ih_l0.copy_(t(c.dense_i.kernel[...]).T)
+                self.rnn.weight_hh_l0.copy_(t(c.dense_h.kernel[...]).T)
+                self.rnn.bias_ih_l0.copy_(t(c.dense_i.bias[...]))
+                self.rnn.bias_hh_l0.zero_()
+        self.head = torch.nn.Linear(hidden, flax_model.head.out_features).double()
+        with torch.no_grad():
+            self.head.weight.copy_(t(flax_model.head.kernel[...]).T)
+            self.head.bias.copy_(t(flax_model.head.bias[...]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.rnn(x)[0][:, -1]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_flax_recurrent_model_gets_the_values_of_its_pytorch_twin(cell: str) -> None:
+    model = FlaxRecurrent(cell)
+    twin = TorchTwin(model, cell)
+    background, x = data((6, 3), 8, 1), data((6, 3), 3, 2)
+    outputs = np.asarray(model(jnp.asarray(x)))
+    np.testing.assert_allclose(twin(torch.tensor(x)).detach().numpy(), outputs, rtol=0, atol=1e-13)  # the same function
+
+    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
+    assert flax_values.shape == torch_values.shape == (3, 6, 3, 2)
+    scale = np.abs(torch_values).max()
+    assert np.abs(flax_values - torch_values).max() <= 1e-12 * scale
+    # additive to the model's own outputs, at float64 precision
+    gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(flax_values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * np.abs(gap).max())
+
+
+class Causal(nnx.Module):
+    """Reads only features 0 and 1, and the recurrent output at step 2: feature 2 and steps 3.. are out of its reach."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(3)
+        self.rnn = nnx.RNN(nnx.LSTMCell(2, 4, rngs=rngs, param_dtype=F64, dtype=F64))
+        self.head = nnx.Linear(4, 1, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        h = self.rnn(x[..., :2])
+        return self.head(jnp.tanh(h[:, 2]) * jax.nn.sigmoid(h[:, 1]))
+
+
+def test_what_the_model_cannot_read_gets_exactly_zero() -> None:
+    values = np.asarray(rnnshap.DeepExplainer(Causal(), data((6, 3), 5, 4)).shap_values(data((6, 3), 4, 5)))
+    assert np.all(values[:, :, 2] == 0)  # a feature the model ignores
+    assert np.all(values[:, 3:] == 0)  # steps after the one the output reads
+    assert np.abs(values[:, :3, :2]).min() > 0
+
+
+class Softmax(nnx.Module):
+    def __init__(self) -> None:
+        self.dense = nnx.Linear(3, 4, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        return jax.nn.softmax(self.dense(x))
+
+
+def test_a_primitive_without_a_rule_is_refused_by_name() -> None:
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)reduce_max.*ShapleyExplainer"):
+        rnnshap.DeepExplainer(Softmax(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
+
+
+class Dropped(nnx.Module):
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(0)
+        self.dense = nnx.Linear(3, 3, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x: Any) -> Any:
+        return self.drop(jnp.tanh(self.dense(x)) * self.dense(x))
+
+
+def test_the_model_is_explained_as_it_predicts_and_left_as_it_was() -> None:
+    model = Dropped()
+    model.train()
+    before = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param))
+    background, x = data((3,), 6, 0), data((3,), 2, 1)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = np.asarray(explainer.shap_values(x))
+    model.eval()
+    outputs = np.asarray(model(jnp.asarray(x)))
+    gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12)
+    model.train()
+    after = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, before, after))
+    assert model.drop.deterministic is False  # still in training mode: the explainer used a copy
+
+
+def test_the_shapley_mode_takes_a_flax_model_through_both_doors() -> None:
+    model = FlaxRecurrent("lstm", seed=5)
+    background, x = data((5, 3), 4, 6), data((5, 3), 2, 7)
+    by_forward = rnnshap.ShapleyExplainer(model, background).shapley_values(x, "steps", budget=10**5, time_axis=1)
+    by_engine = rnnshap.DeepExplainer(model, background).shapley_values(x, "steps", budget=10**5, time_axis=1)
+    assert by_forward.exact.all() and by_engine.exact.all()  # every coalition of the 5 steps enumerated
+    np.testing.assert_allclose(np.asarray(by_forward.values), np.asarray(by_engine.values), rtol=0, atol=1e-12)
+    outputs = np.asarray(model(jnp.asarray(x)))
+    gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(np.asarray(by_forward.values).sum(axis=1), gap, rtol=0, atol=1e-12)
