@@ -26,7 +26,8 @@ calls torch functions, so it reads the torch names).
 This module holds data only and imports nothing of rnnshap or of any array library. Views of it live
 where each engine does: the PyTorch registry (``rnnshap/rules/registry.py`` with
 ``rnnshap/rules/catalog.py``), the Keras ops (``rnnshap/engines/keras/kops.py``), the Keras
-activations (``activations.py``) and the traced TensorFlow ops (``trace.py``).
+activations (``activations.py``), the traced TensorFlow ops (``trace.py``) and the JAX primitives
+(``rnnshap/engines/jax/pairs.py``).
 ``tests/test_catalog_parity.py`` and ``tests/test_operations_parity.py`` run every entry on every
 engine against float64 references and fail on an entry without one, or one that no engine reads
 (docs/custom_rules.md: adding an operation).
@@ -71,6 +72,7 @@ class Elementwise:
     keras_ops: tuple[str, ...] | None = None
     keras_activation: str | None = None
     tf_ops: tuple[str, ...] | None = None
+    jax: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kinks and self.family == "secant":
@@ -95,6 +97,11 @@ class Elementwise:
         return (keras_class(self.name),) if self.tf_ops is None else self.tf_ops
 
     @property
+    def jax_names(self) -> tuple[str, ...]:
+        """The JAX primitive names (``jax.lax``'s, as a jaxpr writes them)."""
+        return (self.name,) if self.jax is None else self.jax
+
+    @property
     def keras_activation_name(self) -> str:
         return self.name if self.keras_activation is None else self.keras_activation
 
@@ -109,7 +116,7 @@ class Binary:
     maximum and minimum, and functions whose derivative is undefined somewhere in the plane: ``hypot``
     at the origin, ``arctan2`` on its branch cut). ``rule``: ``"shapley"``, or ``"power"`` (the PyTorch
     engine's power rule, a closed-form secant for a constant exponent; the Shapley rule elsewhere).
-    ``torch``, ``keras_ops``, ``tf_ops``: the names per backend, in full (``()`` where none).
+    ``torch``, ``keras_ops``, ``tf_ops``, ``jax``: the names per backend, in full (``()`` where none).
     """
 
     name: str
@@ -117,6 +124,7 @@ class Binary:
     torch: tuple[str, ...] = ()
     keras_ops: tuple[str, ...] = ()
     tf_ops: tuple[str, ...] = ()
+    jax: tuple[str, ...] = ()
     rule: Literal["shapley", "power"] = "shapley"
 
     @property
@@ -152,7 +160,7 @@ P: Family = "piecewise"
 #: every unary elementwise operation with an exact rule on every engine (where a side has it)
 ELEMENTWISE: tuple[Elementwise, ...] = (
     # closed forms
-    Elementwise("sigmoid", near="sigmoid", torch=("sigmoid", "expit")),
+    Elementwise("sigmoid", near="sigmoid", torch=("sigmoid", "expit"), jax=("logistic",)),
     Elementwise("tanh", near="tanh"),
     Elementwise("exp", "secant", keras_activation="exponential"),
     Elementwise("exp2", "secant"),
@@ -171,11 +179,11 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("tan"),
     Elementwise("sinh"),
     Elementwise("cosh"),
-    Elementwise("arctan", torch=("atan", "arctan"), tf_ops=("Atan",)),
-    Elementwise("arcsinh", torch=("asinh", "arcsinh"), tf_ops=("Asinh",)),
-    Elementwise("arctanh", torch=("atanh", "arctanh"), tf_ops=("Atanh",)),
-    Elementwise("arcsin", torch=("asin", "arcsin"), tf_ops=("Asin",)),
-    Elementwise("arccos", torch=("acos", "arccos"), tf_ops=("Acos",)),
+    Elementwise("arctan", torch=("atan", "arctan"), tf_ops=("Atan",), jax=("atan",)),
+    Elementwise("arcsinh", torch=("asinh", "arcsinh"), tf_ops=("Asinh",), jax=("asinh",)),
+    Elementwise("arctanh", torch=("atanh", "arctanh"), tf_ops=("Atanh",), jax=("atanh",)),
+    Elementwise("arcsin", torch=("asin", "arcsin"), tf_ops=("Asin",), jax=("asin",)),
+    Elementwise("arccos", torch=("acos", "arccos"), tf_ops=("Acos",), jax=("acos",)),
     Elementwise("erf"),
     Elementwise("erfc"),
     Elementwise("sinc"),
@@ -215,19 +223,22 @@ KERAS_PARAMETRIC_PIECEWISE = ("Clip", "Threshold")
 #: every elementwise operation of two operands with an exact rule, by backend
 BINARY: tuple[Binary, ...] = (
     # orderings of two
-    Binary("maximum", "piecewise", torch=("maximum",), keras_ops=("maximum",), tf_ops=("Maximum",)),
-    Binary("minimum", "piecewise", torch=("minimum",), keras_ops=("minimum",), tf_ops=("Minimum",)),
+    Binary("maximum", "piecewise", torch=("maximum",), keras_ops=("maximum",), tf_ops=("Maximum",), jax=("max",)),
+    Binary("minimum", "piecewise", torch=("minimum",), keras_ops=("minimum",), tf_ops=("Minimum",), jax=("min",)),
     Binary("fmax", "piecewise", torch=("fmax",), keras_ops=("fmax",)),
     Binary("fmin", "piecewise", torch=("fmin",), keras_ops=("fmin",)),
     # a branch cut (x1 = 0, x2 < 0) and a cone (the origin): never a derivative
-    Binary("arctan2", "piecewise", torch=("atan2", "arctan2"), keras_ops=("arctan2",), tf_ops=("Atan2",)),
+    Binary("arctan2", "piecewise", torch=("atan2", "arctan2"), keras_ops=("arctan2",), tf_ops=("Atan2",), jax=("atan2",)),
     Binary("hypot", "piecewise", torch=("hypot",), keras_ops=("hypot",)),
     # smooth
     Binary("logaddexp", torch=("logaddexp",), keras_ops=("logaddexp",)),
     Binary("logaddexp2", torch=("logaddexp2",), keras_ops=("logaddexp2",)),
     Binary("xlogy", torch=("xlogy",), tf_ops=("Xlogy",)),
     Binary("squared_difference", tf_ops=("SquaredDifference",)),
-    Binary("power", torch=("pow", "__pow__", "__rpow__", "float_power"), keras_ops=("power",), tf_ops=("Pow",), rule="power"),
+    Binary(
+        "power", torch=("pow", "__pow__", "__rpow__", "float_power"), keras_ops=("power",), tf_ops=("Pow",), jax=("pow",),
+        rule="power",
+    ),
 )
 
 #: every operation along an axis with an exact rule, by backend
@@ -269,6 +280,16 @@ def tf_op_families(exists: Callable[[str], bool] = lambda name: True) -> dict[st
     return {op: entry for entry in ELEMENTWISE for op in entry.tf_op_names if exists(op)}
 
 
+def jax_families(exists: Callable[[str], bool] = lambda name: True) -> dict[str, Elementwise]:
+    """JAX primitive name → its unary entry, for the names that ``exists`` accepts."""
+    return {p: entry for entry in ELEMENTWISE for p in entry.jax_names if exists(p)}
+
+
+def jax_binary() -> dict[str, Binary]:
+    """JAX primitive name → its binary entry."""
+    return {p: entry for entry in BINARY for p in entry.jax}
+
+
 def keras_activation_families() -> dict[str, Elementwise]:
     """Keras activation name → its unary entry."""
     return {entry.keras_activation_name: entry for entry in ELEMENTWISE if entry.keras_activation_name}
@@ -308,6 +329,8 @@ __all__ = [
     "keras_class",
     "keras_op_families",
     "keras_structured",
+    "jax_binary",
+    "jax_families",
     "tf_binary",
     "tf_op_families",
     "tf_structured",

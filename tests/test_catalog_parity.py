@@ -1,21 +1,22 @@
 """The unary elementwise operations of the operation table (rnnshap/operations.py), checked on every engine.
 
 Every entry of ``ELEMENTWISE`` runs on the PyTorch engine, as a Keras op, as a TensorFlow op traced in a
-``Lambda`` and as a Keras activation (TensorFlow backend), and as Keras ops and activations on Keras's
-torch backend, where it has those names, against a float64 numpy reference written from the
-function's definition (``REFERENCES`` below), at points that include its kinks and small differences
-straddling them. Adding a catalog entry without a reference fails ``test_every_entry_has_a_reference``;
-with one, the entry is checked here with no other change.
+``Lambda`` and as a Keras activation (TensorFlow backend), as Keras ops and activations on Keras's torch
+backend, and as a JAX primitive in a Flax model (the JAX engine), where it has those names, against a
+float64 numpy reference written from the function's definition (``REFERENCES`` below), at points that
+include its kinks and small differences straddling them. Adding a catalog entry without a reference fails
+``test_every_entry_has_a_reference``; with one, the entry is checked here with no other change.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
 from math import erf as _erf
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -278,6 +279,40 @@ def test_entry_on_both_engines(entry: Elementwise) -> None:
         _check("keras_activation", entry, x, r, np.diagonal(values.reshape(n, n)), *outputs)
         sides += 1
     assert sides, f"catalog entry {entry.name} names nothing that either engine has"
+
+
+def _jax_function(name: str) -> Callable[[object], object] | None:
+    """``jax.lax``'s function of the primitive ``name`` (which writes that primitive into a jaxpr), where lax has both."""
+    lax = pytest.importorskip("jax").lax
+    return getattr(lax, name, None) if hasattr(lax, f"{name}_p") else None
+
+
+def _on_jax() -> list[Elementwise]:
+    """The entries a jaxpr can hold as one primitive (the others, gelu, softplus ..., are written with several there)."""
+    if importlib.util.find_spec("jax") is None:
+        return []
+    from jax import lax
+
+    return [e for e in ELEMENTWISE if any(hasattr(lax, f"{name}_p") for name in e.jax_names)]
+
+
+@pytest.mark.parametrize("entry", _on_jax(), ids=lambda e: e.name)
+def test_entry_on_the_jax_engine(entry: Elementwise) -> None:
+    """The entry as a JAX primitive in a Flax model (rnnshap/engines/jax)."""
+    nnx = pytest.importorskip("flax.nnx")
+    x, r = _pairs(entry)
+    n = x.size
+    found = [f for f in (_jax_function(name) for name in entry.jax_names) if f is not None]
+    assert found, entry.name
+    for fn in found:
+
+        class Model(nnx.Module):
+            def __call__(self, t: Any, fn: Callable[[Any], Any] = fn) -> Any:
+                return fn(t).sum(-1, keepdims=True)
+
+        values = rnnshap.DeepExplainer(Model(), r[None]).shap_values(x[None], check_additivity=False)
+        outputs = [np.asarray(fn(t), np.float64) for t in (x, r)]
+        _check("jax", entry, x, r, np.asarray(values, np.float64).reshape(-1)[:n], *outputs)
 
 
 _OTHER_BACKEND = """

@@ -20,6 +20,7 @@ and origin of arctan2, the cone of hypot). A binary entry without a reference fa
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import json
 import os
@@ -185,6 +186,14 @@ def test_every_entry_is_read_by_its_engines() -> None:
         for name in entry.tf_ops:
             assert hasattr(tf.raw_ops, name), f"{entry.name}: tf.raw_ops has no {name}"
             assert trace.TF_BINARY[name] == entry.smooth
+        if entry.jax and importlib.util.find_spec("jax") is not None:
+            from jax import lax
+
+            from rnnshap.engines.jax import pairs as jax_pairs
+
+            for name in entry.jax:
+                assert hasattr(lax, f"{name}_p"), f"{entry.name}: jax.lax has no primitive {name}"
+                assert jax_pairs.BINARY_PRIMITIVES[name] == entry.smooth
     for op in STRUCTURED:
         assert op.torch or op.keras_ops or op.tf_ops, f"{op.name}: no engine reads it"
         rules = STRUCTURED_RULES[op.rule](op, forms) if op.torch else {}
@@ -288,6 +297,33 @@ def _keras_binary(tmp_path: Path, keras_process: Callable[[str], KerasProcess], 
     found = json.loads(out.strip().splitlines()[-1])
     assert found["backend"] == backend
     _check_binary(f"keras on {backend}", x, r, slices, np.asarray(found["values"])[: x.size], found["corners"])
+
+
+def test_binary_entries_on_the_jax_engine() -> None:
+    """The table's binary entries as JAX primitives in a Flax model (rnnshap/engines/jax): two input-dependent operands,
+    and one against a constant, as on the other engines."""
+    jax = pytest.importorskip("jax")
+    nnx = pytest.importorskip("flax.nnx")
+    names = [(entry, name) for entry in BINARY for name in entry.jax]
+    x, r, slices = _layout(names)
+    m = x.size // 3
+    prims = {op: getattr(jax.lax, f"{op}_p") for _, op, _, _ in slices}
+    call = {op: (lambda a, b, p=p: p.bind(a, b)) for op, p in prims.items()}
+    constant = jax.numpy.asarray(x[m : 2 * m])
+
+    class Model(nnx.Module):
+        def __call__(self, t: Any) -> Any:
+            parts = [call[op](t[:, s:e], t[:, m + s : m + e]) for _, op, s, e in slices]
+            parts += [call[op](t[:, 2 * m + s : 2 * m + e], jax.numpy.broadcast_to(constant[s:e], (t.shape[0], e - s)))
+                      for _, op, s, e in slices]  # fmt: skip
+            return jax.numpy.concatenate(parts, -1).sum(-1, keepdims=True)
+
+    values = rnnshap.DeepExplainer(Model(), r[None]).shap_values(x[None], check_additivity=False)
+    corners = {}
+    for n, op, s, e in slices:
+        a, b, ar, br = (jax.numpy.asarray(t[s:e]) for t in (x[:m], x[m : 2 * m], r[:m], r[m : 2 * m]))
+        corners[f"{n}:{op}"] = [np.asarray(call[op](*pair)) for pair in ((a, b), (ar, br), (a, br), (ar, b))]
+    _check_binary("jax", x, r, slices, np.asarray(values, np.float64).reshape(-1)[: x.size], corners)
 
 
 def test_binary_entries_as_keras_ops_on_tensorflow(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:

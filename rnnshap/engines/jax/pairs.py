@@ -41,7 +41,7 @@ from ...errors import UnsupportedOperationError
 from ...formulas import pairs as pair_rules
 from ...formulas import secant
 from ...formulas.jax_ops import JAX
-from ...operations import BINARY, ELEMENTWISE, Elementwise
+from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families
 
 Array = Any
 
@@ -58,13 +58,12 @@ class Pair:
 Value = Any  # an Array, or a Pair
 
 # -- the operation table's view ---------------------------------------------------------------------------------------
-#: JAX primitive name → its unary entry (lax's names: sigmoid is ``logistic``, arctan ``atan`` ...)
-_JAX_NAMES = {"sigmoid": "logistic", "arctan": "atan", "arcsinh": "asinh", "arctanh": "atanh", "arcsin": "asin", "arccos": "acos"}
-UNARY: dict[str, Elementwise] = {_JAX_NAMES.get(e.name, e.name): e for e in ELEMENTWISE}
-#: JAX primitive name → whether the binary entry is smooth (lax's names)
-BINARY_PRIMITIVES: dict[str, bool] = {
-    {"maximum": "max", "minimum": "min", "arctan2": "atan2", "power": "pow"}.get(e.name, e.name): e.smooth for e in BINARY
-}
+#: JAX primitive name → its unary entry (the table's ``jax`` names: sigmoid is ``logistic``, arctan ``atan`` ...)
+UNARY: dict[str, Elementwise] = jax_families(lambda name: hasattr(lax, f"{name}_p"))
+#: the table's unary entries by their own name (``integer_pow`` by 2 and by −1 is the square and the reciprocal)
+BY_NAME: dict[str, Elementwise] = {e.name: e for e in ELEMENTWISE}
+#: JAX primitive name → whether its binary entry is smooth
+BINARY_PRIMITIVES: dict[str, bool] = {name: entry.smooth for name, entry in jax_binary().items()}
 #: linear in every input-dependent operand: both sides run through the primitive
 LINEAR = {
     "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
@@ -226,7 +225,7 @@ def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
         return _both(eqn, inputs)
     if name in ("integer_pow", "pow") and found == [0]:
         exponent = eqn.params.get("y", inputs[1] if len(inputs) > 1 else None)
-        entry = {2: UNARY.get("square"), -1: UNARY.get("reciprocal")}.get(exponent) if name == "integer_pow" else None
+        entry = {2: BY_NAME["square"], -1: BY_NAME["reciprocal"]}.get(exponent) if name == "integer_pow" else None
 
         def power(t: Array) -> Array:
             return eqn.primitive.bind(t, *inputs[1:], **eqn.params)
