@@ -39,6 +39,26 @@ def _finfo(dtype: torch.dtype) -> Any:
     return info
 
 
+#: from this many entries on, a boolean mask is read as bytes (see :func:`surely_all`)
+_BYTES_FROM = 4096
+
+
+def surely_all(mask: Tensor, /) -> bool:
+    """Whether every entry of ``mask`` is true: ``mask.all()``, read as bytes on a large boolean mask (torch's
+    ``all``/``any`` on bool run a scalar loop on CPU, 15-40x the time of ``amin``/``amax`` on the same bytes, which
+    are 0 or 1: the same answer)."""
+    if mask.dtype is torch.bool and mask.numel() >= _BYTES_FROM:
+        return bool(mask.view(torch.uint8).amin())
+    return bool(mask.all())
+
+
+def surely_none(mask: Tensor, /) -> bool:
+    """Whether no entry of ``mask`` is true (``not mask.any()``; read as bytes as :func:`surely_all` does)."""
+    if mask.dtype is torch.bool and mask.numel() >= _BYTES_FROM:
+        return not bool(mask.view(torch.uint8).amax())
+    return not bool(mask.any())
+
+
 class TorchOps:
     """The namespace on torch: see :class:`rnnshap.formulas.namespace.Ops` for each member."""
 
@@ -89,11 +109,11 @@ class TorchOps:
 
     @staticmethod
     def surely_all(mask: Tensor, /) -> bool:
-        return bool(mask.all())
+        return surely_all(mask)
 
     @staticmethod
     def surely_none(mask: Tensor, /) -> bool:
-        return not bool(mask.any())
+        return surely_none(mask)
 
     @staticmethod
     def surely_finite(x: Tensor, /) -> bool:
@@ -112,4 +132,4 @@ class TorchOps:
 #: are checked against it by tests/test_formulas.py)
 TORCH: Ops = cast(Ops, TorchOps())
 
-__all__ = ["TORCH", "TorchOps", "scalar"]
+__all__ = ["TORCH", "TorchOps", "scalar", "surely_all", "surely_none"]

@@ -25,7 +25,7 @@ from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import Shapley, product, rescale, with_multipliers
-from .secant import exp_ratio_slope, exp_slope, reciprocal_slope, secant, secant_slope
+from .secant import exp_ratio_slope, exp_slope, reciprocal_slope, secant, secant_output, secant_slope
 from .structured import scaled
 
 Tensor = torch.Tensor
@@ -254,9 +254,9 @@ class Deviation(_FirstOperand):
         with torch.no_grad():
             var_ref = variance(r)
         if isinstance(var, tuple):  # std_mean: (std, mean)
-            std, _ = secant(torch.sqrt, var[0], var_ref[0])
+            std = secant_output(torch.sqrt, var[0], var_ref[0])
             return type(var)((std, var[1]))
-        std, _ = secant(torch.sqrt, var, var_ref)
+        std = secant_output(torch.sqrt, var, var_ref)
         return std
 
     def __repr__(self) -> str:
@@ -346,7 +346,7 @@ class VectorNorm(_FirstOperand):
             norm = size.sum(dims, keepdim=keepdim)
         else:
             square, square_ref = product(x, x, r, r)
-            norm, _ = secant(torch.sqrt, square.sum(dims, keepdim=keepdim), square_ref.sum(dims, keepdim=keepdim))
+            norm = secant_output(torch.sqrt, square.sum(dims, keepdim=keepdim), square_ref.sum(dims, keepdim=keepdim))
         return norm
 
 

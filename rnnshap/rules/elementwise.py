@@ -156,17 +156,49 @@ def shapley_multipliers(
     smooth: bool = True,
     reference_output: Tensor | None = None,
     kinks: tuple[float, ...] = (),
+    derivative: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Exact Shapley multipliers of an elementwise function of ``len(inputs)`` operands.
 
     Returns ``(output, reference_output, multipliers)``; each multiplier has the output's shape.
     ``reference_output``, when given, is ``g(references)`` computed already (it is not computed again).
-    ``kinks``: of a unary ``g``, see :func:`rescale_multiplier`.
+    ``kinks``, ``derivative``: of a unary ``g``, see :func:`rescale_multiplier`.
     """
     if len(inputs) == 1:
-        output, ref_output, multiplier = rescale_multiplier(g, inputs[0], references[0], smooth, reference_output, kinks)
+        output, ref_output, multiplier = rescale_multiplier(
+            g, inputs[0], references[0], smooth, reference_output, kinks, derivative=derivative
+        )
         return output, ref_output, [multiplier]
     return coalition_multipliers(g, inputs, references, smooth, reference_output)
+
+
+def _gelu_derivative(call: OpCall) -> Callable[[Tensor], Tensor] | None:
+    approximate = call.kwargs.get("approximate", "none")  # (keyword-only)
+    if not isinstance(approximate, str):
+        return None
+    return lambda at: torch.ops.aten.gelu_backward(torch.ones_like(at), at, approximate=approximate)
+
+
+def _silu_derivative(call: OpCall) -> Callable[[Tensor], Tensor] | None:  # noqa: ARG001 (the table's signature)
+    return lambda at: torch.ops.aten.silu_backward(torch.ones_like(at), at)
+
+
+#: unary activations whose derivative at a point is one backward kernel (the one autograd runs for them, on
+#: autograd's ones): the midpoint derivative without the forward and the graph autograd would take for it
+_DIRECT_DERIVATIVES: dict[Any, Callable[[OpCall], Callable[[Tensor], Tensor] | None]] = {
+    torch._C._nn.gelu: _gelu_derivative,
+    torch.nn.functional.silu: _silu_derivative,
+}
+
+
+def direct_derivative(call: OpCall) -> Callable[[Tensor], Tensor] | None:
+    """``call``'s derivative in its one input-dependent operand (its first argument) as one backward kernel, where
+    :data:`_DIRECT_DERIVATIVES` has it: the values of :func:`_derivative` (the same kernel on the same operands),
+    without the forward; None otherwise."""
+    make = _DIRECT_DERIVATIVES.get(call.fn)
+    if make is None or call.tracked != (0,) or not call.leaves[0].is_floating_point():
+        return None
+    return make(call)
 
 
 def rescale_multiplier(
@@ -177,6 +209,7 @@ def rescale_multiplier(
     reference_output: Tensor | None = None,
     kinks: tuple[float, ...] = (),
     output: Tensor | None = None,
+    derivative: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The one-operand case of :func:`coalition_multipliers` (the Rescale rule), with its values,
     in fewer operations: there the sum over coalitions is one difference with weight 1, so the
@@ -187,15 +220,20 @@ def rescale_multiplier(
     smooth ``g``'s second derivative jumps (softsign, elu at 0): where ``[r, x]`` holds one inside, the
     midpoint derivative is off by a fraction of Δ, so the quotient is kept there. Returns ``(output,
     reference_output, multiplier)``, the multiplier with the output's shape. ``output``, when given, is ``g([x])``
-    computed already (by the caller, from the detached ``x``).
+    computed already (by the caller, from the detached ``x``). ``derivative``, when given, is ``g``'s derivative
+    at a point (:func:`direct_derivative`: the one autograd would give, without its forward).
     """
     x, r = x.detach(), r.detach()
     output = g([x]) if output is None else output
     ref_output = g([r]) if reference_output is None else reference_output
     shape = output.shape
-    multiplier = formulas.rescale_multiplier(
-        TORCH, output, ref_output, x, r, lambda at: _derivative(g, [at], 0, shape), smooth, kinks
-    )  # (rnnshap/formulas/secant.py)
+
+    def slope(at: Tensor) -> Tensor:
+        if derivative is not None and at.shape == shape and at._base is None and at.is_contiguous():
+            return derivative(at)  # (where _derivative would take ``at`` as it is)
+        return _derivative(g, [at], 0, shape)
+
+    multiplier = formulas.rescale_multiplier(TORCH, output, ref_output, x, r, slope, smooth, kinks)  # (formulas/secant.py)
     return output, ref_output, multiplier
 
 
@@ -240,9 +278,11 @@ def shapley(
     smooth: bool = True,
     reference_output: Tensor | None = None,
     kinks: tuple[float, ...] = (),
+    derivative: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Apply ``g`` elementwise with exact Shapley multipliers; returns ``(output, reference_output)``."""
-    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth, reference_output, kinks)
+    """Apply ``g`` elementwise with exact Shapley multipliers; returns ``(output, reference_output)``.
+    ``derivative``: of a unary ``g``, see :func:`rescale_multiplier`."""
+    output, ref_output, multipliers = shapley_multipliers(g, inputs, references, smooth, reference_output, kinks, derivative)
     return with_multipliers(output, inputs, multipliers), ref_output
 
 
@@ -342,7 +382,8 @@ class Shapley(Rule):
         return len(positions) == 1 and positions[0] in self.linear_in
 
     def attribute(self, call: OpCall) -> Any:
-        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth, call.ref_output, self.kinks)
+        derivative = direct_derivative(call) if self.smooth and len(call.tracked) == 1 else None
+        output, _ = shapley(call.evaluate, call.inputs, call.references, self.smooth, call.ref_output, self.kinks, derivative)
         return output
 
     def __repr__(self) -> str:

@@ -75,11 +75,16 @@ def secant(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, slope: Slope | N
 
     ``slope`` defaults to the closed form for ``f`` in :data:`SLOPES`. Returns ``(f(x), f(r))``.
     """
+    return secant_output(f, x, r, slope), f(r.detach())
+
+
+def secant_output(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, slope: Slope | None = None) -> Tensor:
+    """:func:`secant`'s ``f(x)`` alone, for a caller that has no use for ``f(r)``."""
     slope = slope or SLOPES[f]
-    xd, rd = x.detach(), r.detach()
-    output, ref_output = f(xd), f(rd)
-    m = secant_slope(slope, xd, rd).expand(output.shape)
-    return with_multipliers(output, [x], [m]), ref_output
+    xd = x.detach()
+    output = f(xd)
+    m = secant_slope(slope, xd, r.detach()).expand(output.shape)
+    return with_multipliers(output, [x], [m])
 
 
 class Secant(Rescale):
@@ -154,6 +159,7 @@ __all__ = [
     "log_slope",
     "rsqrt_slope",
     "secant",
+    "secant_output",
     "secant_slope",
     "sqrt_slope",
     "square_slope",

@@ -18,7 +18,7 @@ from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import product, shapley, with_multipliers
-from .secant import exp_slope, secant, secant_slope
+from .secant import exp_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
 
@@ -118,7 +118,7 @@ class Softmax(Rule):
         x, r, dim = _softmax_parts(call)
         xs, rs, total, total_ref, _ = shifted_logsumexp(x, r, dim)
         safe, safe_ref = finite_total(total, total_ref)
-        output, _ = secant(torch.exp, xs - safe, rs - safe_ref)
+        output = secant_output(torch.exp, xs - safe, rs - safe_ref)
         return _as_torch_in_dead_rows(output, total)
 
 

@@ -1,0 +1,94 @@
+"""The PyTorch rules' shortcuts give the bits of the long way: the torch namespace's decisions on large boolean masks
+(read as bytes) answer what ``all()`` / ``any()`` answer, and the midpoint derivative of gelu and silu taken as one
+backward kernel is autograd's, bit for bit, also through the Rescale rule and the whole explainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnnshap
+from rnnshap.formulas.torch_ops import TORCH, surely_all, surely_none
+from rnnshap.rules import elementwise
+
+
+def _masks() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    masks = []
+    for n in (0, 1, 17, 4095, 4096, 5000, 98304):
+        dense = torch.rand(n, generator=g) < 0.5
+        one_true = torch.zeros(n, dtype=torch.bool)
+        one_false = torch.ones(n, dtype=torch.bool)
+        if n:
+            one_true[n // 2] = True
+            one_false[-1] = False
+        masks += [dense, one_true, one_false, torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]
+    grid = torch.rand(64, 8, 192, generator=g) < 0.999
+    masks += [grid, grid[:, :, ::2], grid.transpose(0, 2), grid[:, :1].expand(64, 8, 192)]
+    masks += [torch.tensor(True), torch.tensor(False)]
+    return masks
+
+
+def test_decisions_on_masks_answer_what_all_and_any_answer() -> None:
+    for mask in _masks():
+        assert surely_all(mask) is bool(mask.all()), (mask.shape, mask.stride())
+        assert surely_none(mask) is (not bool(mask.any())), (mask.shape, mask.stride())
+        assert TORCH.surely_all(mask) is bool(mask.all())
+        assert TORCH.surely_none(mask) is (not bool(mask.any()))
+
+
+def _autograd_derivative(f: object, at: torch.Tensor) -> torch.Tensor:
+    point = at.detach().clone().requires_grad_(True)
+    value = f(point)  # type: ignore[operator]
+    (grad,) = torch.autograd.grad(value, point, torch.ones_like(value))
+    return grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "f", [F.gelu, lambda t: F.gelu(t, approximate="tanh"), F.silu], ids=["gelu", "tanh", "silu"]
+)
+def test_direct_derivative_is_autogrades_bit_for_bit(f: object, dtype: torch.dtype) -> None:
+    """The one-kernel derivative equals autograd's on the same point, over a range where gelu's two forms and silu
+    differ from each other (so a wrong kernel or a dropped ``approximate`` fails)."""
+    g = torch.Generator().manual_seed(1)
+    at = torch.randn(64, 8, 193, generator=g, dtype=dtype) * 4
+    calls = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func in (F.gelu, F.silu):
+                calls.append((func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        f(at)  # type: ignore[operator]
+    func, args, kwargs = calls[0]
+    leaves = [*args, *kwargs.values()]
+    call = rnnshap.rules.OpCall(func, "op", leaves, leaves, None, (0,), None, (len(args), tuple(kwargs)))  # type: ignore[arg-type]
+    derivative = elementwise.direct_derivative(call)
+    assert derivative is not None
+    direct = derivative(at)
+    assert torch.equal(direct, _autograd_derivative(f, at))
+    other = F.silu if func is F.gelu else F.gelu
+    assert not torch.equal(direct, _autograd_derivative(other, at))
+
+
+@pytest.mark.parametrize("activation", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU()], ids=["gelu", "tanh", "silu"])
+def test_explainer_values_are_those_of_the_autograd_derivative(activation: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attributions through gelu / silu with many |Δ| below the Rescale threshold (the midpoint derivative taken):
+    the same bits with the one-kernel derivative as with autograd's (the table emptied); the model unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 64), activation, nn.Linear(64, 3)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    background = torch.randn(8, 6)
+    X = background[:4] + 1e-3 * torch.randn(4, 6)  # pre-activations within ~1e-3 of the references': the derivative
+    X[0] = torch.randn(6)  # and a sample far from every reference: the quotient
+    fast = rnnshap.DeepExplainer(model, background).shap_values(X)
+    monkeypatch.setattr(elementwise, "_DIRECT_DERIVATIVES", {})
+    slow = rnnshap.DeepExplainer(model, background).shap_values(X)
+    for a, b in zip(fast, slow, strict=True):
+        assert (a == b).all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
