@@ -112,17 +112,66 @@ def test_what_the_model_cannot_read_gets_exactly_zero() -> None:
     assert np.abs(values[:, :3, :2]).min() > 0
 
 
-class Softmax(nnx.Module):
+class MaxPooled(nnx.Module):
+    """An LSTM max-pooled over time, as rnnshap's recurrent classifiers are often written."""
+
+    def __init__(self) -> None:
+        self.flax = FlaxRecurrent("lstm", seed=8)
+
+    def __call__(self, x: Any) -> Any:
+        return self.flax.head(jnp.max(self.flax.rnn(x), axis=1))
+
+
+class TorchMaxPooled(torch.nn.Module):
+    def __init__(self, flax_model: MaxPooled) -> None:
+        super().__init__()
+        self.twin = TorchTwin(flax_model.flax, "lstm")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.twin.head(self.twin.rnn(x)[0].amax(1))
+
+
+def test_a_maximum_over_time_takes_the_max_pool_rule_of_the_other_engines() -> None:
+    model = MaxPooled()
+    background, x = data((6, 3), 5, 9), data((6, 3), 3, 10)
+    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    twin = TorchMaxPooled(model)
+    torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
+    assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
+
+
+class Classifier(nnx.Module):
+    """A GRU classifier ending in softmax (its shift by the maximum included), reading features 0 and 2 only."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(11)
+        self.rnn = nnx.RNN(nnx.GRUCell(2, 5, rngs=rngs, param_dtype=F64, dtype=F64))
+        self.head = nnx.Linear(5, 3, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        return jax.nn.softmax(self.head(self.rnn(x[..., ::2])[:, -1]), axis=-1)
+
+
+def test_softmax_through_its_decomposition_adds_up_and_ignores_what_the_model_ignores() -> None:
+    model = Classifier()
+    background, x = data((7, 3), 6, 12), data((7, 3), 3, 13)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-13)
+    assert np.all(values[:, :, 1] == 0) and np.abs(values[:, :, ::2]).min() > 0
+
+
+class Sorted(nnx.Module):
     def __init__(self) -> None:
         self.dense = nnx.Linear(3, 4, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64)
 
     def __call__(self, x: Any) -> Any:
-        return jax.nn.softmax(self.dense(x))
+        return jnp.sort(self.dense(x), axis=-1)
 
 
 def test_a_primitive_without_a_rule_is_refused_by_name() -> None:
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)reduce_max.*ShapleyExplainer"):
-        rnnshap.DeepExplainer(Softmax(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)'sort'.*ShapleyExplainer"):
+        rnnshap.DeepExplainer(Sorted(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
 
 
 class Dropped(nnx.Module):

@@ -69,7 +69,7 @@ LINEAR = {
     "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
     "concatenate", "reduce_sum", "copy", "copy_p", "pad", "rev", "cumsum", "real", "reduce_precision_free",
     "select_and_scatter_add", "split", "dynamic_slice", "dynamic_update_slice", "gather", "mul", "dot_general", "div",
-    "select_n", "stop_gradient", "convert_element_type",
+    "select_n", "convert_element_type",
 }  # fmt: skip
 #: linear in the operands at these positions only (the others must not depend on the input)
 LINEAR_AT: dict[str, tuple[int, ...]] = {
@@ -142,6 +142,30 @@ def _shapley2(fn: Callable[[Array, Array], Array], a: Pair, b: Pair, smooth: boo
     return Pair(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
 
 
+def _max_over(eqn: Any, u: Pair, largest: bool) -> Pair:
+    """A maximum (minimum) over ``axes`` by shap's max-pool rule (:func:`rnnshap.formulas.pairs.max_credits`, as the
+    other engines): with y = max x, y_r = max r and c = max(y, y_r), c − y_r is credited to the position of x's
+    maximum and y − c to that of r's; a position's multiplier is its credit over its Δ."""
+    axes = tuple(eqn.params["axes"])
+    ux = lax.stop_gradient(u.x)
+    y, y_r = eqn.primitive.bind(ux, **eqn.params), eqn.primitive.bind(u.r, **eqn.params)
+    credit_x, credit_r = pair_rules.max_credits(JAX, y, y_r, largest)
+    kept = [d for d in range(ux.ndim) if d not in axes]
+
+    def at(t: Array) -> Array:  # a one at the (first) position of the maximum over ``axes``, per kept index
+        moved = jnp.transpose(t, kept + list(axes)).reshape(*(t.shape[d] for d in kept), -1)
+        hot = jax.nn.one_hot((jnp.argmax if largest else jnp.argmin)(moved, axis=-1), moved.shape[-1], dtype=t.dtype)
+        hot = hot.reshape(*(t.shape[d] for d in kept), *(t.shape[d] for d in axes))
+        return jnp.transpose(hot, [(kept + list(axes)).index(d) for d in range(t.ndim)])
+
+    def spread(credit: Array) -> Array:
+        return jnp.expand_dims(credit, axes)
+
+    multiplier = (at(ux) * spread(credit_x) + at(u.r) * spread(credit_r)) * pair_rules.inverse_delta(JAX, ux - u.r)
+    out = lax.stop_gradient(y) + jnp.sum(lax.stop_gradient(multiplier) * (u.x - ux), axis=axes)
+    return Pair(out, y_r)
+
+
 def _quotient(a: Value, b: Pair) -> Pair:
     """``a / b`` with ``b`` input-dependent: the two-player Shapley multipliers in closed form
     (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference)."""
@@ -205,6 +229,8 @@ def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
         return _call(eqn, inputs, where)
     if name == "scan":
         return _scan(eqn, inputs, where)
+    if name == "stop_gradient":  # changes training, not the function: the identity (its change is attributed)
+        return [inputs[0]]
     if name == "convert_element_type":
         new = eqn.params["new_dtype"]
         if not jnp.issubdtype(new, jnp.floating):
@@ -255,8 +281,10 @@ def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
             return eqn.primitive.bind(p, q, **eqn.params)
 
         return [_shapley2(fn2, inputs[0], inputs[1], smooth)]
-    if name in ("reduce_max", "reduce_min", "argmax", "argmin", "sort", "top_k", "cumlogsumexp", "cummax", "cummin"):
-        raise _refuse(eqn, where, "orderings along an axis (a maximum, softmax's shift, sorting) have no JAX rule yet")
+    if name in ("reduce_max", "reduce_min") and found == [0]:
+        return [_max_over(eqn, inputs[0], largest=name == "reduce_max")]
+    if name in ("argmax", "argmin", "sort", "top_k", "cumlogsumexp", "cummax", "cummin"):
+        raise _refuse(eqn, where, "orderings along an axis (sorting, top-k, picks by an argmax) have no JAX rule yet")
     if name in ("while", "cond"):
         raise _refuse(eqn, where, "control flow decided by an input-dependent value (a branch or a loop) has no rule")
     if name in ("eq", "ne", "lt", "le", "gt", "ge", "sign", "floor", "ceil", "round", "is_finite", "and", "or", "not"):
