@@ -215,7 +215,7 @@ def test_each_kind_of_model_finds_its_entry_and_a_function_is_refused_by_deepsha
     assert registry.entry_for(3) is None
     with pytest.raises(TypeError, match="Wrap a function in an nn.Module"):
         rnnshap.DeepExplainer(lambda x: x.sum(1), np.zeros((2, 3)))
-    with pytest.raises(TypeError, match="takes a torch.nn.Module .*, not int"):
+    with pytest.raises(TypeError, match="takes a torch.nn.Module, a Keras model or a Flax NNX module, not int"):
         rnnshap.DeepExplainer(3, np.zeros((2, 3)))
     with pytest.raises(rnnshap.InputError, match="ShapleyExplainer takes an nn.Module, a Keras model or a function"):
         rnnshap.ShapleyExplainer(3, np.zeros((2, 3)))

@@ -209,9 +209,10 @@ ENTRIES: tuple[Entry, ...] = (
         deep=None,
         forward=_function_forward,
         refusal=(
-            "rnnshap.DeepExplainer takes a torch.nn.Module (or a Keras model), not a function: DeepSHAP follows the "
-            "model's operations. Wrap a function in an nn.Module whose forward() calls it, or give the function to "
-            "rnnshap.ShapleyExplainer, which needs its outputs only"
+            "rnnshap.DeepExplainer takes a torch.nn.Module, a Keras model or a Flax NNX module, not a function: DeepSHAP "
+            "follows the model's operations. Wrap a function in an nn.Module whose forward() calls it (a JAX function: in "
+            "a flax.nnx.Module whose __call__ calls it), or give the function to rnnshap.ShapleyExplainer, which needs "
+            "its outputs only"
         ),
     ),
 )
@@ -239,7 +240,7 @@ def deep_engine(model: Any, data: Any, setup: Setup) -> Engine:
                 f"submodules; got a tuple of {', '.join(type(part).__name__ for part in model)}"
             )
         raise TypeError(
-            f"rnnshap.DeepExplainer takes a torch.nn.Module (or a Keras model), not {type(model).__name__}. "
+            f"rnnshap.DeepExplainer takes a torch.nn.Module, a Keras model or a Flax NNX module, not {type(model).__name__}. "
             "Wrap a function in an nn.Module whose forward() calls it."
         )
     if entry.deep is None:
