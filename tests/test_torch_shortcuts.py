@@ -92,3 +92,39 @@ def test_explainer_values_are_those_of_the_autograd_derivative(activation: nn.Mo
     for a, b in zip(fast, slow, strict=True):
         assert (a == b).all()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+class _Counted(nn.Module):
+    """A row-wise model that counts its forwards; with ``drift``, its output changes from call to call."""
+
+    def __init__(self, drift: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.drift = drift
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x) * (1 + self.drift * self.calls)
+
+
+def test_rows_check_runs_each_order_once_where_the_rows_pass() -> None:
+    """The check that rows are computed alone: four plain forwards where they are (each order once, the two halves);
+    the repeats that tell a forward changing from call to call run only before a refusal."""
+    torch.manual_seed(0)
+    model = _Counted().eval()
+    engine = rnnshap.DeepExplainer(model, torch.randn(8, 4)).engine
+    model.calls = 0
+    engine._check_rows_independent(torch.finfo(torch.float32).eps)  # type: ignore[attr-defined]
+    assert model.calls == 4
+
+
+def test_a_forward_that_changes_from_call_to_call_is_not_refused_as_mixing_rows() -> None:
+    """Its reversed outputs are not the outputs reversed (each call scales them anew), but each order run again
+    does not give its outputs again either: not judged (no refusal), and the halves are not run."""
+    torch.manual_seed(0)
+    model = _Counted(drift=1e-2).eval()
+    engine = rnnshap.DeepExplainer(model, torch.randn(8, 4)).engine
+    model.calls = 0
+    engine._check_rows_independent(torch.finfo(torch.float32).eps)  # type: ignore[attr-defined]
+    assert model.calls == 4  # each order, then each again

@@ -202,49 +202,56 @@ class TorchEngine(Engine):
         order for another batch are allowed, in a float64 model that computes in float32 too). A
         recurrent layer without ``batch_first`` given (batch, time, features) reads axis 0 as time, and row
         b's output then depends on rows 0..b; a statistic over the batch (a mean) is the same in either
-        order and differs between the halves."""
+        order and differs between the halves. Before refusing, both orders run again: a forward whose outputs change
+        from call to call is not judged here (four plain forwards where the rows pass, six where they do not)."""
         m = min(self.references, 64)
         if m < 2:
             return
         rows = [b[:m] for b in self.background]
         order = torch.arange(m - 1, -1, -1, device=rows[0].device)
         state = PreservedState(self.model)
+
+        def run(index: Tensor | None, part: slice | None = None) -> Any:
+            try:
+                with torch.no_grad():
+                    picked = [r if index is None else r[index] for r in rows]
+                    return self._take(self.model(*[(p if part is None else p[part]).clone() for p in picked]))
+            finally:
+                state.restore()
+
         try:
-            outs = []
-            with torch.no_grad():  # in both orders, twice: a forward that changes from call to call is not judged here
-                for index in (None, order, order, None):
-                    outs.append(self._take(self.model(*[(r if index is None else r[index]).clone() for r in rows])))
-                    state.restore()
+            ahead, reversed_ = run(None), run(order)
         except Exception:  # noqa: BLE001 (a model that fails on fewer rows: the passes report what fails)
             return
-        finally:
-            state.restore()
-        halves: list[Any] | None = None
-        try:
-            parts = []
-            with torch.no_grad():
-                for part in (slice(0, m // 2), slice(m // 2, m)):
-                    parts.append(self._take(self.model(*[r[part].clone() for r in rows])))
-                    state.restore()
-            halves = parts
-        except Exception:  # noqa: BLE001 (a model that cannot run fewer rows: the order is checked alone)
-            halves = None
-        finally:
-            state.restore()
-        alike = all(isinstance(o, Tensor) and o.shape == outs[0].shape for o in outs)
-        if not alike or outs[0].dim() == 0 or outs[0].shape[0] != m:
+        if not all(isinstance(o, Tensor) and o.shape == ahead.shape for o in (ahead, reversed_)):
             return
-        ahead, reversed_ = outs[0], outs[1]
-        if not (_repeats_close(ahead, outs[3], eps) and _repeats_close(reversed_, outs[2], eps)):
+        if ahead.dim() == 0 or ahead.shape[0] != m:
             return
+
+        def deterministic() -> bool:
+            """Whether each order gives its outputs again (asked only before refusing: a forward that changes from
+            call to call is not judged here)."""
+            try:
+                again = [run(order), run(None)]
+            except Exception:  # noqa: BLE001
+                return False
+            alike = all(isinstance(o, Tensor) and o.shape == ahead.shape for o in again)
+            return alike and _repeats_close(ahead, again[1], eps) and _repeats_close(reversed_, again[0], eps)
+
         if not _repeats_close(ahead[order], reversed_, eps):
+            if not deterministic():
+                return
             differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
             row, how = int(order[int(differ.argmax())]), "in reverse order"
         else:
-            if halves is None or not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
+            try:  # (a model that cannot run fewer rows: the order is checked alone)
+                halves = [run(None, part) for part in (slice(0, m // 2), slice(m // 2, m))]
+            except Exception:  # noqa: BLE001
+                return
+            if not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
                 return
             apart = torch.cat(halves)
-            if apart.shape != ahead.shape or _repeats_close(apart, ahead, eps):
+            if apart.shape != ahead.shape or _repeats_close(apart, ahead, eps) or not deterministic():
                 return
             row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
         seq_first = [
