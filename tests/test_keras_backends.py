@@ -124,11 +124,13 @@ def _data(name: str, rng: np.random.Generator) -> tuple[Any, Any]:
     return x, background
 
 
-_TORCH_SIDE = """
+#: explains the saved models (``saved_for_the_other_sides``) on the backend of the process it runs in (the session's
+#: worker for it, tests/keras_process.py), saving ``<backend>.npy`` per model
+OTHER_SIDE = """
 import json, sys
 from pathlib import Path
 import numpy as np, keras, rnnshap
-assert keras.backend.backend() == "torch"
+backend = keras.backend.backend()
 found = {}
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     model = keras.saving.load_model(folder / "model.keras")
@@ -136,9 +138,9 @@ for folder in sorted(Path(sys.argv[1]).iterdir()):
     if (folder / "several").exists():  # several inputs of one shape, stacked
         x, background = list(x), list(background)
     explainer = rnnshap.DeepExplainer(model, background, **json.loads((folder / "options.json").read_text()))
-    np.save(folder / "torch.npy", np.asarray(explainer.shap_values(x)))
-    if folder.name == "lstm":  # the Shapley mode on the torch backend: every coalition, exact
-        np.save(folder / "shapley.npy", explainer.shapley_values(x, "steps", budget=10**6).values)
+    np.save(folder / f"{backend}.npy", np.asarray(explainer.shap_values(x)))
+    if folder.name == "lstm":  # the Shapley mode: every coalition, exact
+        np.save(folder / f"shapley-{backend}.npy", explainer.shapley_values(x, "steps", budget=10**6).values)
     found[folder.name] = {
         "engine": type(explainer.engine).__name__,
         "expected": np.asarray(explainer.expected_value).tolist(),
@@ -147,13 +149,50 @@ for folder in sorted(Path(sys.argv[1]).iterdir()):
 print(json.dumps(found))
 """
 
+#: the engine each backend's side explains a Keras model with
+ENGINES = {"tensorflow": "KerasEngine", "jax": "KerasEngine", "torch": "TorchEngine"}
 
-def saved_for_the_torch_side(
+
+def other_backends() -> list[str]:
+    """The backends whose sides this process compares with its own (its own: the one it runs): on TensorFlow torch's
+    (the PyTorch engine), on JAX TensorFlow's and torch's. (JAX's side on TensorFlow's run: tests/test_keras_jax.py.)"""
+    return [backend for backend in ("tensorflow", "torch") if backend != keras.backend.backend()]
+
+
+def float64_rounded_to_float32() -> bool:
+    """Whether this Keras computes some ops of a float64 tensor in float32 (``ops.tanh``: Keras 3.15 on JAX,
+    keras-team/keras#23223): its float64 models with such an op are their float64 twins to float32 rounding."""
+    probe = keras.ops.tanh(keras.ops.convert_to_tensor(np.array([0.5]), "float64"))
+    return keras.backend.standardize_dtype(probe.dtype) != "float64"
+
+
+def rounding_between(backend: str) -> Any:
+    """The precision to which the same float64 model computes the same function here and on ``backend``: float32 where
+    either side rounds float64 to float32 (Keras on torch runs matmul in float32 even for float64 operands; Keras 3.15
+    on JAX computes tanh of float64 in float32), else float64."""
+    return np.float32 if backend == "torch" or keras.backend.backend() == "torch" or float64_rounded_to_float32() else np.float64
+
+
+def keras_cannot_run_it(model: Any, x: Any, background: Any, options: dict[str, Any] | None = None) -> bool:
+    """Whether Keras itself cannot call ``model``: on JAX a float64 SimpleRNN with tanh (Keras 3.15 computes ``ops.tanh``
+    of float64 in float32, keras-team/keras#23223, and its scan refuses a float32 carry for a float64 one). Then rnnshap
+    must refuse the model with that reason and advice; on TensorFlow every model here runs."""
+    try:
+        model(x, training=False)
+    except Exception as error:  # the model's own failure, whatever Keras raises
+        assert keras.backend.backend() == "jax" and "float64" in str(error), error
+        with pytest.raises(rnnshap.InputError, match="keras-team/keras#23223.*float32"):
+            rnnshap.DeepExplainer(model, background, **(options or {}))
+        return True
+    return False
+
+
+def saved_for_the_other_sides(
     folder: Path, models: dict[str, Callable[[], Any]], data: Callable[[str, np.random.Generator], tuple[Any, Any]],
     options: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, tuple[Any, Any, Any]]:
     """Each model built (seed 0) with its inputs and background from ``data(name, rng)``, saved under
-    ``folder / name`` as ``_TORCH_SIDE`` reads them; returns name → (model, x, background)."""
+    ``folder / name`` as ``OTHER_SIDE`` reads them; returns name → (model, x, background)."""
     rng = np.random.default_rng(0)
     built = {}
     for name, make in models.items():
@@ -175,36 +214,41 @@ def saved_for_the_torch_side(
 def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
     tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
+    """The same saved models on this process's backend and on the others (TensorFlow: torch; JAX: TensorFlow and torch)."""
     pytest.importorskip("torch")
-    built = saved_for_the_torch_side(tmp_path, MODELS, _data, OPTIONS)
-    # one job for all models in the session's torch-backend process (Keras fixes its backend at import),
-    # running while this process explains them on TensorFlow
-    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(tmp_path))
-    tensorflow_side = {}
+    built = saved_for_the_other_sides(tmp_path, MODELS, _data, OPTIONS)
+    # one job for all models in each other backend's session process (Keras fixes its backend at import), running
+    # while this process explains them on its own backend
+    others = {backend: keras_process(backend).submit(OTHER_SIDE, str(tmp_path)) for backend in other_backends()}
+    here = {}
     for name, (model, x, background) in built.items():
+        if keras_cannot_run_it(model, x, background, OPTIONS.get(name)):
+            continue
         explainer = rnnshap.DeepExplainer(model, background, **OPTIONS.get(name, {}))
-        tensorflow_side[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
+        here[name] = (np.asarray(explainer.shap_values(x)), explainer.expected_value, explainer.engine.output_layout)
         if name == "lstm":
             exact_shapley = explainer.shapley_values(x, "steps", budget=10**6)
             assert exact_shapley.exact.all()
-    found = json.loads(torch_side().strip().splitlines()[-1])
-    for name, (values, expected, layout) in tensorflow_side.items():
-        assert found[name]["engine"] == "TorchEngine", name
-        assert [(n, tuple(shape), a, b) for n, shape, a, b in found[name]["layout"]] == layout, name
-        torch_values = np.load(tmp_path / name / "torch.npy")
-        assert torch_values.shape == values.shape, name
-        # Keras on torch runs matmul in float32 even for float64 operands, so the model itself differs
-        # from its TensorFlow twin by float32 rounding
-        assert_rounding_close(torch_values, values, np.float32, what=name)
-        if name in MASKED - {"masking-two-values"}:  # padded steps get exactly 0 (there a GRU reads them unmasked)
-            masked_values = torch_values[0] if name in ("masking-two-inputs", "masking-shared") else torch_values
-            for row, steps in PADDED["x"]:
-                assert np.all(masked_values[row, steps] == 0), name
-            assert np.abs(masked_values[1, :4]).max() > 0, name
-        assert_rounding_close(np.reshape(found[name]["expected"], np.shape(expected)), expected, np.float32, what=f"{name}: E[f]")
-    assert_rounding_close(
-        np.load(tmp_path / "lstm" / "shapley.npy"), exact_shapley.values, np.float32, what="lstm: Shapley values"
-    )
+    assert "lstm" in here
+    for backend, side in others.items():
+        found = json.loads(side().strip().splitlines()[-1])
+        precision = rounding_between(backend)  # (float32: the two models differ by float32 rounding)
+        for name, (values, expected, layout) in here.items():
+            what = f"{name} on {backend}"
+            assert found[name]["engine"] == ENGINES[backend], what
+            assert [(n, tuple(shape), a, b) for n, shape, a, b in found[name]["layout"]] == layout, what
+            other_values = np.load(tmp_path / name / f"{backend}.npy")
+            assert other_values.shape == values.shape, what
+            assert_rounding_close(other_values, values, precision, what=what)
+            if name in MASKED - {"masking-two-values"}:  # padded steps get exactly 0 (there a GRU reads them unmasked)
+                masked_values = other_values[0] if name in ("masking-two-inputs", "masking-shared") else other_values
+                for row, steps in PADDED["x"]:
+                    assert np.all(masked_values[row, steps] == 0), what
+                assert np.abs(masked_values[1, :4]).max() > 0, what
+            other_expected = np.reshape(found[name]["expected"], np.shape(expected))
+            assert_rounding_close(other_expected, expected, precision, what=f"{what}: E[f]")
+        shapley = np.load(tmp_path / "lstm" / f"shapley-{backend}.npy")
+        assert_rounding_close(shapley, exact_shapley.values, precision, what=f"lstm on {backend}: Shapley values")
 
 
 def test_a_backend_without_an_engine_is_refused_with_advice(monkeypatch: pytest.MonkeyPatch) -> None:

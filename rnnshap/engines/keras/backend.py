@@ -138,11 +138,22 @@ def compiled(fn: Callable[..., Any], variables: list[Any] | None = None, static:
         held = list(variables or [])
 
         def stateful(values: list[Any], *args: Any) -> Any:
-            with keras.StatelessScope(state_mapping=list(zip(held, values, strict=True))):
-                return fn(*args)
+            with keras.StatelessScope(state_mapping=list(zip(held, values, strict=True))) as scope:
+                given = dict(scope.state_mapping)
+                out = fn(*args)
+            # the variables the call assigned (a SeedGenerator's state: a Dropout called with training=True), by position
+            now = scope.state_mapping
+            return out, {i: now[id(v)] for i, v in enumerate(held) if now[id(v)] is not given[id(v)]}
 
         jitted = jax.jit(stateful, static_argnums=tuple(i + 1 for i in static))
-        return lambda *args: jitted([v.value for v in held], *args)
+
+        def call(*args: Any) -> Any:
+            out, assigned = jitted([v.value for v in held], *args)
+            for i, value in assigned.items():  # as the eager call would: the next call draws anew
+                held[i].assign(value)
+            return out
+
+        return call
     import tensorflow as tf
 
     return tf.function(fn, reduce_retracing=True)
