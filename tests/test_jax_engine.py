@@ -211,3 +211,65 @@ def test_the_shapley_mode_takes_a_flax_model_through_both_doors() -> None:
     outputs = np.asarray(model(jnp.asarray(x)))
     gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
     np.testing.assert_allclose(np.asarray(by_forward.values).sum(axis=1), gap, rtol=0, atol=1e-12)
+
+
+class BiGRU(nnx.Module):
+    """nnx.Bidirectional over two GRUs, averaged over time."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(14)
+        cells = [nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64) for _ in range(2)]
+        self.bi = nnx.Bidirectional(nnx.RNN(cells[0]), nnx.RNN(cells[1]))
+        self.head = nnx.Linear(8, 2, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        return self.head(self.bi(x).mean(axis=1))
+
+
+def test_a_bidirectional_flax_gru_gets_the_values_of_its_pytorch_twin() -> None:
+    model = BiGRU()
+    twin = torch.nn.GRU(3, 4, batch_first=True, bidirectional=True).double()
+    head = torch.nn.Linear(8, 2).double()
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+    with torch.no_grad():
+        for rnn, suffix in ((model.bi.forward_rnn, ""), (model.bi.backward_rnn, "_reverse")):
+            c = rnn.cell
+            getattr(twin, f"weight_ih_l0{suffix}").copy_(t(c.dense_i.kernel[...]).T)
+            getattr(twin, f"weight_hh_l0{suffix}").copy_(t(c.dense_h.kernel[...]).T)
+            getattr(twin, f"bias_ih_l0{suffix}").copy_(t(c.dense_i.bias[...]))
+            getattr(twin, f"bias_hh_l0{suffix}").zero_()
+        head.weight.copy_(t(model.head.kernel[...]).T)
+        head.bias.copy_(t(model.head.bias[...]))
+
+    class Twin(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = twin, head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0].mean(1))
+
+    background, x = data((5, 3), 6, 15), data((5, 3), 2, 16)
+    np.testing.assert_allclose(Twin()(torch.tensor(x)).detach().numpy(), np.asarray(model(jnp.asarray(x))), rtol=0, atol=1e-13)
+    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    torch_values = np.asarray(rnnshap.DeepExplainer(Twin(), torch.tensor(background)).shap_values(torch.tensor(x)))
+    assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
+
+
+def test_a_linen_model_through_flax_s_bridge() -> None:
+    """A Flax linen model (OptimizedLSTMCell) wrapped by nnx.bridge.ToNNX, reading features 0 and 1 only."""
+    linen = pytest.importorskip("flax.linen")
+
+    class Linen(linen.Module):
+        @linen.compact
+        def __call__(self, x: Any) -> Any:
+            h = linen.RNN(linen.OptimizedLSTMCell(4, param_dtype=F64, dtype=F64))(x[..., :2])
+            return linen.Dense(2, param_dtype=F64, dtype=F64)(h[:, -1])
+
+    background, x = data((5, 3), 6, 17), data((5, 3), 3, 18)
+    model = nnx.bridge.ToNNX(Linen(), rngs=nnx.Rngs(0))
+    nnx.bridge.lazy_init(model, jnp.asarray(x))
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * np.abs(gap).max())
+    assert np.all(values[:, :, 2] == 0) and np.abs(values[:, :, :2]).min() > 0
