@@ -273,3 +273,15 @@ def test_a_linen_model_through_flax_s_bridge() -> None:
     gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
     np.testing.assert_allclose(values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * np.abs(gap).max())
     assert np.all(values[:, :, 2] == 0) and np.abs(values[:, :, :2]).min() > 0
+
+
+def test_an_explainer_follows_the_model_s_new_weights() -> None:
+    model = FlaxRecurrent("gru", seed=19)
+    background, x = data((4, 3), 5, 20), data((4, 3), 2, 21)
+    explainer = rnnshap.DeepExplainer(model, background)
+    before = np.asarray(explainer.shap_values(x))
+    model.head.kernel[...] = 2 * model.head.kernel[...]  # a training step replaces the array
+    after = np.asarray(explainer.shap_values(x))
+    fresh = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    np.testing.assert_array_equal(after, fresh)
+    assert np.abs(after - 2 * before).max() <= 1e-12 * np.abs(after).max()  # the head is linear: the values double

@@ -48,6 +48,7 @@ class JaxEngine(Engine):
         self.token_inputs = []
         self.outputs = OutputLayout(output)
         self._compiled: dict[Any, Callable[..., Any]] = {}
+        self._kept: tuple[Any, tuple[Any, Any]] | None = None  # (model_version(), its evaluation-mode copy's graph and state)
         out = self.predict(self.background)
         self.dtype = str(jnp.result_type(*[b.dtype for b in self.background]))
         self.output_shape = tuple(self._output_shape)
@@ -79,6 +80,17 @@ class JaxEngine(Engine):
         return [np.asarray(x) for x in inputs]
 
     # -- the model ---------------------------------------------------------------------------------------------------------
+    def model_version(self) -> Any:
+        """The identities of the module's arrays: JAX arrays are immutable, so training (or any update) replaces them."""
+        return tuple(map(id, jax.tree_util.tree_leaves(nnx.state(self.model))))
+
+    def _frozen(self) -> tuple[Any, Any]:
+        """The graph and state of an evaluation-mode copy of the model as it is now (kept while its arrays are)."""
+        version = self.model_version()
+        if self._kept is None or self._kept[0] != version:
+            self._kept = (version, _frozen(self.model))
+        return self._kept[1]
+
     def _flat(self, out: Any, rows: int) -> Any:
         """The explained output of the model's result, ``(rows, n_outputs)``."""
         leaf = self.outputs.leaf(out, lambda t: isinstance(t, jax.Array))
@@ -95,7 +107,7 @@ class JaxEngine(Engine):
         return leaf.reshape(rows, -1)
 
     def predict(self, inputs: list[Any]) -> np.ndarray:
-        graph, state = _frozen(self.model)
+        graph, state = self._frozen()
         return np.asarray(self._forward(graph)(state, inputs), dtype=np.float64)
 
     def _forward(self, graph: Any) -> Callable[..., Any]:
@@ -112,7 +124,7 @@ class JaxEngine(Engine):
     def attribute(
         self, inputs: list[Any], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
     ) -> BlockResult:
-        graph, state = _frozen(self.model)
+        graph, state = self._frozen()
         samples = [x[block.s0 : block.s1] for x in inputs]
         refs = [b[block.r0 : block.r1] for b in self.background]
         xs = [jnp.repeat(x, block.references, axis=0) for x in samples]
