@@ -4,6 +4,7 @@ backward kernel is autograd's, bit for bit, also through the Rescale rule and th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,3 +129,64 @@ def test_a_forward_that_changes_from_call_to_call_is_not_refused_as_mixing_rows(
     model.calls = 0
     engine._check_rows_independent(torch.finfo(torch.float32).eps)  # type: ignore[attr-defined]
     assert model.calls == 4  # each order, then each again
+
+
+class _Attention(nn.Module):
+    """Scores, a mask of -inf entries (some rows masked throughout when ``dead``), softmax, values: enough heads and
+    keys that the softmax's chain has work in every branch."""
+
+    def __init__(self, dead: bool = False, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(5, 16), nn.Linear(5, 16), nn.Linear(5, 16)
+        self.dead = dead
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) * 3.0
+        mask = torch.ones(7, 7, dtype=torch.bool).tril()
+        if self.dead:
+            mask[2] = False
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = F.softmax(scores, dim=-1, dtype=self.dtype)
+        weights = torch.nan_to_num(weights) if self.dead else weights
+        return (weights.to(x.dtype) @ self.v(x)).flatten(1)[:, :6]
+
+
+@pytest.mark.parametrize("case", ["plain", "dead_rows", "float64_softmax", "nan_masked"])
+def test_softmax_as_one_node_gives_the_chains_bits(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Softmax's decomposition run as one autograd node: the attributions (several outputs: the batched backward)
+    are the chain's bit for bit, with masked entries, rows masked throughout (the chain handles them), a softmax
+    computed in float64, and missing values the model masks (each multiplier stops 0 · NaN)."""
+    from rnnshap.rules import structured
+
+    torch.manual_seed(0)
+    model: nn.Module = _Attention(dead=case == "dead_rows", dtype=torch.float64 if case == "float64_softmax" else None).eval()
+    background, X = torch.randn(6, 7, 5), torch.randn(3, 7, 5) * 2
+    if case == "nan_masked":
+        inner = model
+
+        class Masked(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(torch.nan_to_num(x))
+
+        model = Masked().eval()
+        X[:, 1, 2] = background[:, 1, 2] = float("nan")
+    fused_calls: list[bool] = []
+    fused = structured._fused_softmax
+
+    def counted(*args: object) -> object:
+        out = fused(*args)  # type: ignore[arg-type]
+        fused_calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(structured, "_fused_softmax", counted)
+    one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert fused_calls and all(fused_calls) is (case != "dead_rows")
+    monkeypatch.setattr(structured, "_fused_softmax", lambda *args: None)
+    chain = rnnshap.DeepExplainer(model, background).shap_values(X)
+    for a, b in zip(one_node, chain, strict=True):
+        np.testing.assert_array_equal(a, b)

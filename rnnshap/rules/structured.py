@@ -17,7 +17,7 @@ import torch
 from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
-from .elementwise import product, shapley, with_multipliers
+from .elementwise import missing_values_state, product, shapley, with_multipliers
 from .secant import exp_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
@@ -65,15 +65,75 @@ def shifted_logsumexp(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> tuple
     Returns ``(x - c, r - c, log S, log S_r, c)``, ``log S`` carrying the multipliers; the
     logsumexp is ``log S + c``. Everything is keepdim.
     """
-    xd, rd = x.detach(), r.detach()
-    top = pairs.common_shift(TORCH, xd.amax(dim, keepdim=True), rd.amax(dim, keepdim=True))
-    xs, rs = x - top, r - top
-    e_slopes = secant_slope(exp_slope, xs.detach(), rs.detach())
-    total, total_ref = torch.exp(xs.detach()).sum(dim, keepdim=True), torch.exp(rs.detach()).sum(dim, keepdim=True)
-    log_total, log_total_ref = _stable_log(total, xs.detach(), dim), _stable_log(total_ref, rs.detach(), dim)
-    log_slopes = pairs.log_sum_multiplier(TORCH, total, total_ref, log_total, log_total_ref)
-    log_total = with_multipliers(log_total, [xs], [e_slopes * log_slopes])
+    top = _common_shift(x.detach(), r.detach(), dim)
+    xs = x - top
+    rs, log_total, log_total_ref, multiplier = _logsumexp_parts(xs.detach(), r.detach(), top, dim)
+    log_total = with_multipliers(log_total, [xs], [multiplier])
     return xs, rs, log_total, log_total_ref, top
+
+
+def _common_shift(x: Tensor, r: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    return pairs.common_shift(TORCH, x.amax(dim, keepdim=True), r.amax(dim, keepdim=True))
+
+
+def _logsumexp_parts(xs: Tensor, r: Tensor, top: Tensor, dim: int | tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`shifted_logsumexp`'s values, without gradients: ``(r - c, log S, log S_r, the multiplier of x - c)``,
+    ``xs`` = ``x - c`` given."""
+    rs = r - top
+    e_slopes = secant_slope(exp_slope, xs, rs)
+    total, total_ref = torch.exp(xs).sum(dim, keepdim=True), torch.exp(rs).sum(dim, keepdim=True)
+    log_total, log_total_ref = _stable_log(total, xs, dim), _stable_log(total_ref, rs, dim)
+    log_slopes = pairs.log_sum_multiplier(TORCH, total, total_ref, log_total, log_total_ref)
+    return rs, log_total, log_total_ref, e_slopes * log_slopes
+
+
+class _SoftmaxFunction(torch.autograd.Function):
+    r"""Softmax's decomposition (:class:`Softmax`) as one node: the backward of its chain, the same operations in
+    the same order. With :math:`a = x_s - \log S` and the output :math:`e^a`, the chain's backward is
+    :math:`g_2 = g \cdot m_{\exp}` (the last exp's secant), :math:`s = \sum (-g_2)` over the softmax's axis (the
+    subtraction of :math:`\log S`), :math:`g_1 = s \cdot m_{\log S}` (the logsumexp's multiplier), and
+    :math:`g_2 + g_1` (the two uses of :math:`x_s`); :math:`\sum(-g_2) = -\sum g_2` exactly. Where a pass meets
+    missing values, each multiplier's product is 0 where its incoming gradient is (as ``_MultiplierFunction``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], tuple[Tensor, Tensor, Tensor, torch.Size]], x: Tensor
+    ) -> Tensor:
+        output, m_exp, m_log, ctx.reduced = computed()
+        ctx.save_for_backward(m_exp, m_log)
+        ctx.missing = missing_values_state()
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        m_exp, m_log = ctx.saved_tensors
+        missing = ctx.missing is not None and ctx.missing.seen
+        g2 = grad * m_exp
+        if missing:
+            g2 = g2.masked_fill(grad == 0, 0.0)
+        s = -g2.sum_to_size(ctx.reduced)
+        g1 = s * m_log
+        if missing:
+            g1 = g1.masked_fill(s == 0, 0.0)
+        return None, g2 + g1
+
+
+def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
+    """:class:`Softmax`'s output with its multipliers as one node (:class:`_SoftmaxFunction`), the values of the
+    chain; None where a row is masked throughout (-inf: the chain handles it)."""
+    xd, rd = x.detach(), r.detach()
+    top = _common_shift(xd, rd, dim)
+    xs = xd - top
+    rs, log_total, log_total_ref, m_log = _logsumexp_parts(xs, rd, top, dim)
+    if not TORCH.surely_none(torch.isneginf(log_total)):
+        return None
+    shifted = xs - log_total
+    output = torch.exp(shifted)
+    m_exp = secant_slope(exp_slope, shifted, rs - log_total_ref).expand(output.shape)
+    if not x.requires_grad:
+        return output
+    computed = (output, m_exp, m_log, log_total.shape)
+    return _SoftmaxFunction.apply(lambda: computed, x)
 
 
 def _stable_log(total: Tensor, shifted: Tensor, dim: int | tuple[int, ...]) -> Tensor:
@@ -116,6 +176,9 @@ class Softmax(Rule):
 
     def attribute(self, call: OpCall) -> Any:
         x, r, dim = _softmax_parts(call)
+        fused = _fused_softmax(x, r, dim)
+        if fused is not None:
+            return fused
         xs, rs, total, total_ref, _ = shifted_logsumexp(x, r, dim)
         safe, safe_ref = finite_total(total, total_ref)
         output = secant_output(torch.exp, xs - safe, rs - safe_ref)
