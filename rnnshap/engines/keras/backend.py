@@ -26,18 +26,20 @@ def dtype_name(dtype: Any) -> str:
     return str(keras.backend.standardize_dtype(dtype))
 
 
-def computed_dtype(dtype: Any) -> str:
+def computed_dtype(dtype: Any, rounded: bool = True) -> str:
     """The precision the backend computes a declared ``dtype`` in. JAX without ``jax_enable_x64`` computes
     float64 (and int64) in float32 (int32); with it, Keras 3 on JAX still computes some float64 ops in
     float32 (``ops.tanh`` of a float64 tensor is float32: its dtype promotion takes a Python float as
-    float32), so a float64 model there is exact to float32 rounding only, checked at that precision."""
+    float32), so a float64 model there is exact to float32 rounding only, its attributions checked at that
+    precision. ``rounded=False``: the precision the model holds its tensors in, leaving out those ops' rounding
+    (float64 there), which the pass reproduces, so that it reproduces the model to that precision."""
     declared = dtype_name(dtype)
     if name() == "jax" and declared in ("float64", "int64", "uint64"):
         import jax
 
         if not jax.config.read("jax_enable_x64"):
             return declared.replace("64", "32")
-        if declared == "float64" and not _keeps_float64():
+        if rounded and declared == "float64" and not _keeps_float64():
             return "float32"
     return declared
 

@@ -121,6 +121,10 @@ def _output_masks(layer: keras.layers.Layer, run: Run, out: Any, first: Any, pre
     """Set the masks of ``out`` as ``Layer.__call__`` does: a layer that supports masking fills the
     masks its call did not set with ``compute_mask``; any other layer sets none (Keras drops the mask)."""
     if not getattr(layer, "supports_masking", False):
+        # Keras keeps a mask on the tensor object and does not clear it here: a layer that returns its input itself
+        # hands on the input's mask (an identity Permute on JAX, whose jnp.transpose returns its operand)
+        if isinstance(out, Dual) and isinstance(first, Dual) and out.x is first.x and out.mask is None:
+            out.mask = first.mask
         return out
     duals = [d for d in flat(list(out.values()) if isinstance(out, dict) else out) if isinstance(d, Dual)]
     if duals and all(d.mask is not None for d in duals):
