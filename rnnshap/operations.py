@@ -73,6 +73,7 @@ class Elementwise:
     keras_activation: str | None = None
     tf_ops: tuple[str, ...] | None = None
     jax: tuple[str, ...] | None = None
+    jax_nn: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kinks and self.family == "secant":
@@ -100,6 +101,11 @@ class Elementwise:
     def jax_names(self) -> tuple[str, ...]:
         """The JAX primitive names (``jax.lax``'s, as a jaxpr writes them)."""
         return (self.name,) if self.jax is None else self.jax
+
+    @property
+    def jax_function_names(self) -> tuple[str, ...]:
+        """The names of the ``jax.nn`` functions a jaxpr holds as a named call (``jit[name=...]``)."""
+        return (self.name,) if self.jax_nn is None else self.jax_nn
 
     @property
     def keras_activation_name(self) -> str:
@@ -190,7 +196,7 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("gelu"),
     Elementwise("silu"),
     Elementwise("softplus"),
-    Elementwise("softsign", kinks=(0.0,)),
+    Elementwise("softsign", kinks=(0.0,), jax_nn=("soft_sign",)),
     Elementwise("elu", kinks=(0.0,)),
     Elementwise("celu", kinks=(0.0,)),
     Elementwise("log_sigmoid", torch=("logsigmoid", "log_sigmoid")),
@@ -285,6 +291,11 @@ def jax_families(exists: Callable[[str], bool] = lambda name: True) -> dict[str,
     return {p: entry for entry in ELEMENTWISE for p in entry.jax_names if exists(p)}
 
 
+def jax_functions() -> dict[str, Elementwise]:
+    """The name of a ``jax.nn`` function's call in a jaxpr → its unary entry."""
+    return {f: entry for entry in ELEMENTWISE for f in entry.jax_function_names}
+
+
 def jax_binary() -> dict[str, Binary]:
     """JAX primitive name → its binary entry."""
     return {p: entry for entry in BINARY for p in entry.jax}
@@ -331,6 +342,7 @@ __all__ = [
     "keras_structured",
     "jax_binary",
     "jax_families",
+    "jax_functions",
     "tf_binary",
     "tf_op_families",
     "tf_structured",

@@ -163,6 +163,8 @@ USUAL_KINKS = (0.0, -0.5, 0.5, -1.0, 1.0, -3.0, 3.0, 6.0)
 
 def _reference(entry: Elementwise, side: str) -> object:
     ref = REFERENCES[entry.name]
+    if isinstance(ref, dict) and side == "jax":  # jax.nn's defaults are torch's (leaky_relu's slope 0.01)
+        side = "torch"
     return ref[side] if isinstance(ref, dict) else ref
 
 
@@ -287,13 +289,28 @@ def _jax_function(name: str) -> Callable[[object], object] | None:
     return getattr(lax, name, None) if hasattr(lax, f"{name}_p") else None
 
 
+def _named_call(name: str) -> Callable[[Any], Any] | None:
+    """``jax.nn``'s function ``name`` where a jaxpr holds it as one call of that name (``jit[name=elu]``)."""
+    import jax
+
+    fn = getattr(jax.nn, name, None)
+    if fn is None:
+        return None
+    eqns = jax.make_jaxpr(fn)(jax.numpy.ones(3)).jaxpr.eqns
+    return fn if len(eqns) == 1 and eqns[0].params.get("name") == name else None
+
+
 def _on_jax() -> list[Elementwise]:
-    """The entries a jaxpr can hold as one primitive (the others, gelu, softplus ..., are written with several there)."""
+    """The entries a jaxpr holds as one primitive or as one named call of ``jax.nn`` (gelu's tanh form, written
+    with several primitives there, is not one)."""
     if importlib.util.find_spec("jax") is None:
         return []
     from jax import lax
 
-    return [e for e in ELEMENTWISE if any(hasattr(lax, f"{name}_p") for name in e.jax_names)]
+    return [
+        e for e in ELEMENTWISE
+        if any(hasattr(lax, f"{name}_p") for name in e.jax_names) or any(_named_call(n) for n in e.jax_function_names)
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("entry", _on_jax(), ids=lambda e: e.name)
@@ -303,6 +320,7 @@ def test_entry_on_the_jax_engine(entry: Elementwise) -> None:
     x, r = _pairs(entry)
     n = x.size
     found = [f for f in (_jax_function(name) for name in entry.jax_names) if f is not None]
+    found += [f for f in (_named_call(name) for name in entry.jax_function_names) if f is not None]
     assert found, entry.name
     for fn in found:
 

@@ -285,3 +285,30 @@ def test_an_explainer_follows_the_model_s_new_weights() -> None:
     fresh = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     np.testing.assert_array_equal(after, fresh)
     assert np.abs(after - 2 * before).max() <= 1e-12 * np.abs(after).max()  # the head is linear: the values double
+
+
+class Float32(nnx.Module):
+    """A float32 model (``dtype=float32``: Flax casts float64 inputs to it), with a cube of mixed-sign bases and
+    jax.nn's GELU (its tanh form: several primitives in a jaxpr) and ELU (one named call)."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(22)
+        self.dense = nnx.Linear(4, 5, rngs=rngs, dtype=jnp.float32)
+        self.head = nnx.Linear(5, 2, rngs=rngs, dtype=jnp.float32)
+
+    def __call__(self, x: Any) -> Any:
+        h = self.dense(x)
+        return self.head(jax.nn.gelu(h) + 0.1 * h**3 + jax.nn.elu(h))
+
+
+def test_a_float32_model_given_float64_inputs_is_explained_in_float32() -> None:
+    model = Float32()
+    background, x = data((4,), 8, 23), data((4,), 3, 24)  # float64 arrays, x64 on
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.dtype == "float32" and "float32" in (explainer.engine.precision_note or "")
+    values = np.asarray(explainer.shap_values(x))
+    outputs = np.asarray(model(jnp.asarray(x)), np.float64)
+    gap = outputs - np.asarray(model(jnp.asarray(background)), np.float64).mean(0)
+    scale = max(np.abs(outputs).max(), np.abs(values).sum(axis=1).max())
+    eps = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=64 * eps * scale)  # float32 rounding of the model

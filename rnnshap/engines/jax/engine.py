@@ -20,7 +20,7 @@ from flax import nnx
 from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputLayout, output_parts
-from .pairs import Pair, run
+from .pairs import Pair, float_dtypes, run
 
 
 def _frozen(model: nnx.Module) -> tuple[Any, Any]:
@@ -50,7 +50,15 @@ class JaxEngine(Engine):
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self._kept: tuple[Any, tuple[Any, Any]] | None = None  # (model_version(), its evaluation-mode copy's graph and state)
         out = self.predict(self.background)
-        self.dtype = str(jnp.result_type(*[b.dtype for b in self.background]))
+        given = jnp.result_type(*[b.dtype for b in self.background])
+        computed = float_dtypes(self._jaxpr(*self._frozen(), self.background)[0].jaxpr) | {given}
+        narrowest = min(computed, key=lambda d: jnp.finfo(d).bits)
+        self.dtype = str(narrowest)
+        if jnp.finfo(narrowest).bits < jnp.finfo(given).bits:  # (a float32 model given float64 inputs casts them first)
+            self.precision_note = (
+                f"The model computes in {narrowest} (its jaxpr casts to it) though its inputs are {given}: its outputs, "
+                f"and the attributions' sums, are exact to {narrowest} rounding."
+            )
         self.output_shape = tuple(self._output_shape)
         self.background_outputs = out.reshape(self.references, *self.output_shape)
 
@@ -148,18 +156,24 @@ class JaxEngine(Engine):
             reference_outputs=reference_outputs.reshape(block.samples, block.references, -1).sum(axis=1),
         )
 
-    def _pass(self, graph: Any, state: Any, xs: list[Any], rs: list[Any]) -> Callable[..., Any]:
-        """The compiled pass for these shapes: the model's jaxpr on the pairs, and its multipliers by ``jax.vjp``."""
-        key = ("pass", graph, tuple((x.shape, str(x.dtype)) for x in xs))
-        if key in self._compiled:
-            return self._compiled[key]
+    @staticmethod
+    def _jaxpr(graph: Any, state: Any, xs: list[Any]) -> tuple[Any, Any]:
+        """The model's call on inputs shaped as ``xs`` as a jaxpr of (its state's arrays, its inputs), and its
+        output's tree."""
         leaves, tree = jax.tree_util.tree_flatten(state)
 
         def call(leaves: list[Any], *inputs: Any) -> Any:
             return nnx.merge(graph, jax.tree_util.tree_unflatten(tree, leaves))(*inputs)
 
         closed, shape = jax.make_jaxpr(call, return_shape=True)(leaves, *xs)
-        out_tree = jax.tree_util.tree_structure(shape)
+        return closed, jax.tree_util.tree_structure(shape)
+
+    def _pass(self, graph: Any, state: Any, xs: list[Any], rs: list[Any]) -> Callable[..., Any]:
+        """The compiled pass for these shapes: the model's jaxpr on the pairs, and its multipliers by ``jax.vjp``."""
+        key = ("pass", graph, tuple((x.shape, str(x.dtype)) for x in xs))
+        if key in self._compiled:
+            return self._compiled[key]
+        closed, out_tree = self._jaxpr(graph, state, xs)
 
         def paired(xs: list[Any], rs: list[Any], leaves: list[Any]) -> tuple[Any, Any]:
             values = run(closed.jaxpr, closed.consts, list(leaves) + [Pair(x, r) for x, r in zip(xs, rs, strict=True)])

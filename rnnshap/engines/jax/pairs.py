@@ -41,7 +41,7 @@ from ...errors import UnsupportedOperationError
 from ...formulas import pairs as pair_rules
 from ...formulas import secant
 from ...formulas.jax_ops import JAX
-from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families
+from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families, jax_functions
 
 Array = Any
 
@@ -60,6 +60,9 @@ Value = Any  # an Array, or a Pair
 # -- the operation table's view ---------------------------------------------------------------------------------------
 #: JAX primitive name → its unary entry (the table's ``jax`` names: sigmoid is ``logistic``, arctan ``atan`` ...)
 UNARY: dict[str, Elementwise] = jax_families(lambda name: hasattr(lax, f"{name}_p"))
+#: the name of a named call in a jaxpr (``jit[name=elu]``: jax.nn's activations) → its unary entry: the call is
+#: one elementwise function, taken by its entry's rule as on the other engines (not through its inside)
+FUNCTIONS: dict[str, Elementwise] = jax_functions()
 #: the table's unary entries by their own name (``integer_pow`` by 2 and by −1 is the square and the reciprocal)
 BY_NAME: dict[str, Elementwise] = {e.name: e for e in ELEMENTWISE}
 #: JAX primitive name → whether its binary entry is smooth
@@ -91,8 +94,8 @@ def attach(value: Array, operands: Sequence[tuple[Array, Array]]) -> Array:
     """``value`` with derivative ``m`` with respect to each input-side operand ``u`` of ``operands`` ``(u, m)``
     (``m`` broadcast to ``value``'s shape; JAX sums it back to ``u``'s)."""
     out = lax.stop_gradient(value)
-    for operand, multiplier in operands:
-        out = out + lax.stop_gradient(multiplier) * (operand - lax.stop_gradient(operand))
+    for operand, multiplier in operands:  # (an exact zero, in the value's dtype: its derivative is m, in the operand's)
+        out = out + (lax.stop_gradient(multiplier) * (operand - lax.stop_gradient(operand))).astype(out.dtype)
     return out
 
 
@@ -109,8 +112,16 @@ def _bilinear(fn: Callable[[Array, Array], Array], a: Pair, b: Pair) -> Pair:
 
 def _rescale(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, name: str, smooth: bool) -> Pair:
     """Rescale on an elementwise ``fn`` of one input-dependent operand, by the table's family for it."""
+    value, reference, multiplier = _rescaled(fn, u, entry, smooth)
+    return Pair(attach(value, [(u.x, multiplier)]), reference)
+
+
+def _rescaled(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, smooth: bool) -> tuple[Array, Array, Array]:
+    """``fn`` on both sides and its Rescale multiplier: closed-form secants where the table has them, sigmoid's and
+    tanh's from their two results, else the quotient (the derivative at the midpoint for tiny Δ, kinks kept)."""
     ux = lax.stop_gradient(u.x)
-    yx, yr = fn(ux), fn(u.r)
+    value, reference = fn(ux), fn(u.r)
+    yx, yr = _widened(value, ux), _widened(reference, u.r)  # (a result rounded to a narrower float: its Δy exactly)
     if entry is not None and entry.family == "secant" and entry.name in secant.SLOPES_BY_NAME:
         multiplier = secant.SLOPES_BY_NAME[entry.name](JAX, ux, u.r)
     elif entry is not None and entry.near is not None:
@@ -122,7 +133,14 @@ def _rescale(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, n
             return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
 
         multiplier = secant.rescale_multiplier(JAX, yx, yr, ux, u.r, derivative, smooth, kinks)
-    return Pair(attach(yx, [(u.x, multiplier)]), yr)
+    return value, reference, multiplier
+
+
+def _widened(y: Array, like: Array) -> Array:
+    """``y`` in ``like``'s dtype where that is the wider float (exact), else ``y``."""
+    if jnp.issubdtype(y.dtype, jnp.floating) and jnp.finfo(y.dtype).bits < jnp.finfo(like.dtype).bits:
+        return y.astype(like.dtype)
+    return y
 
 
 def _shapley2(fn: Callable[[Array, Array], Array], a: Pair, b: Pair, smooth: bool) -> Pair:
@@ -256,11 +274,13 @@ def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
         def power(t: Array) -> Array:
             return eqn.primitive.bind(t, *inputs[1:], **eqn.params)
 
-        if entry is None and name == "integer_pow":
+        if entry is None and name == "integer_pow":  # the closed form where both bases are positive, else Rescale
             u = inputs[0]
             ux = lax.stop_gradient(u.x)
-            multiplier = secant.power_slope(JAX, ux, u.r, float(exponent))
-            return [Pair(attach(power(ux), [(u.x, multiplier)]), power(u.r))]
+            value, reference, generic = _rescaled(power, u, None, smooth=True)
+            closed = secant.power_slope(JAX, ux, u.r, float(exponent))
+            multiplier = jnp.where(jnp.isfinite(closed), closed, generic)
+            return [Pair(attach(value, [(u.x, multiplier)]), reference)]
         return [_rescale(power, inputs[0], entry, name, smooth=True)]
     if name in UNARY and len(inputs) == 1:
         entry = UNARY[name]
@@ -306,6 +326,16 @@ def _call(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
         raise _refuse(eqn, where, "its function is not given as a jaxpr")
     jaxpr, consts = _closed(held)
     inner = eqn.params.get("name") or eqn.primitive.name
+    entry = FUNCTIONS.get(str(inner))
+    found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
+    if entry is not None and found == [0] and len(eqn.outvars) == 1 and eqn.outvars[0].aval.shape == inputs[0].x.shape:
+        closed = core.ClosedJaxpr(jaxpr, consts)
+        rest = inputs[1 : len(jaxpr.invars)]
+
+        def function(t: Array) -> Array:  # the named call itself, one elementwise function of its first operand
+            return core.jaxpr_as_fun(closed)(t, *rest)[0]
+
+        return [_rescale(function, inputs[0], entry, str(inner), entry.smooth)]
     count = len(jaxpr.invars)
     return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner))
 
@@ -347,6 +377,15 @@ def _scan(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
     return unpack(carry, paired) + unpack(ys, out_paired)
 
 
+def float_dtypes(jaxpr: core.Jaxpr) -> set[Any]:
+    """The floating dtypes that ``jaxpr`` (and the functions it calls) computes in."""
+    dtypes = (getattr(v.aval, "dtype", None) for eqn in jaxpr.eqns for v in eqn.outvars)
+    found = {d for d in dtypes if d is not None and jnp.issubdtype(d, jnp.floating)}
+    for inner in core.subjaxprs(jaxpr):
+        found |= float_dtypes(inner)
+    return found
+
+
 def depends(jaxpr: core.Jaxpr, inputs: Sequence[bool]) -> list[bool]:
     """Which outputs of ``jaxpr`` depend on the inputs marked True (any input of an equation: all its outputs)."""
     marked = {v for v, m in zip(jaxpr.invars, inputs, strict=True) if m}
@@ -356,4 +395,4 @@ def depends(jaxpr: core.Jaxpr, inputs: Sequence[bool]) -> list[bool]:
     return [not isinstance(v, core.Literal) and v in marked for v in jaxpr.outvars]
 
 
-__all__ = ["Pair", "attach", "depends", "run"]
+__all__ = ["Pair", "attach", "depends", "float_dtypes", "run"]
