@@ -190,3 +190,57 @@ def test_softmax_as_one_node_gives_the_chains_bits(case: str, monkeypatch: pytes
     chain = rnnshap.DeepExplainer(model, background).shap_values(X)
     for a, b in zip(one_node, chain, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _Norms(nn.Module):
+    """layer_norm (with and without its affine part), rms_norm and group_norm, each after a residual use of its
+    input (a second consumer of the norm's input: the order autograd accumulates in matters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.ln = nn.LayerNorm(16)
+        self.ln_plain = nn.LayerNorm(16, elementwise_affine=False)
+        self.rms = nn.RMSNorm(16, eps=1e-6)
+        self.gn = nn.GroupNorm(4, 16)
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        h = h + self.ln(h)
+        h = h * 0.5 + self.ln_plain(h)
+        h = h + self.rms(h)
+        h = h + self.gn(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("case", ["plain", "nan_masked"])
+def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """standardize's chain (c ⊙ c, mean, rsqrt secant, the scale-weighted product) as one autograd node: the
+    attributions of layer / RMS / group norms (several outputs: the batched backward) are the chain's bit for bit,
+    also where the pass meets missing values the model masks."""
+    from rnnshap.rules import structured
+
+    torch.manual_seed(0)
+    model = _Norms().eval()
+    with torch.no_grad():
+        for norm in (model.ln, model.rms, model.gn):
+            norm.weight.normal_()
+    background, X = torch.randn(6, 6), torch.randn(3, 6) * 2
+    if case == "nan_masked":
+        inner = model
+
+        class Masked(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(torch.nan_to_num(x))
+
+        model = Masked().eval()  # type: ignore[assignment]
+        X[:, 2] = background[:, 2] = float("nan")
+    one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
+    monkeypatch.setattr(structured, "_standardized", structured._standardized_chain)
+    chain = rnnshap.DeepExplainer(model, background).shap_values(X)
+    np.testing.assert_array_equal(one_node, chain)

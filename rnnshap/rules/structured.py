@@ -10,6 +10,7 @@ both sides (attention masks) contribute 0 and get multiplier 0 in all of them.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import torch
@@ -18,7 +19,7 @@ from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import missing_values_state, product, shapley, with_multipliers
-from .secant import exp_slope, secant, secant_output, secant_slope
+from .secant import exp_slope, rsqrt_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
 
@@ -489,9 +490,73 @@ def standardize(
     :math:`\epsilon^{-1/2}`). Returns ``(output, reference_output)``, the reference output None unless ``reference``.
     """
     c, c_ref = (x - x.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)) if centre else (x, r)
+    # one node where ``c`` is the centred input, which nothing but the chain reads (uncentred, ``c`` is the caller's
+    # input, whose other uses may add to its gradient between the chain's nodes: the chain, for autograd's order)
+    fused = centre and c.requires_grad
+    return (_standardized if fused else _standardized_chain)(c, c_ref, dims, eps, reference)
+
+
+def _standardized_chain(
+    c: Tensor, c_ref: Tensor, dims: tuple[int, ...], eps: float, reference: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`standardize` from the (centred) ``c`` on, each step by its rule (one autograd node each)."""
     square, square_ref = product(c, c, c_ref, c_ref)
     inv_std, inv_std_ref = secant(torch.rsqrt, square.mean(dims, keepdim=True) + eps, square_ref.mean(dims, keepdim=True) + eps)
     return scaled(c, inv_std, c_ref, inv_std_ref, reference)
+
+
+class _StandardizedFunction(torch.autograd.Function):
+    r""":func:`standardize`'s chain from ``c`` on (c ⊙ c, its mean, the rsqrt secant, c ⊙ s by :func:`scaled`) as one
+    autograd node, whose backward runs the chain's operations in the chain's order: :math:`g m_c` and
+    :math:`\sum g m_s` (:func:`scaled`), times the rsqrt secant, the mean's backward (the gradient over the count,
+    taken before it is broadcast: the same quotient on every entry), times the square's midpoint, added to ``c``'s
+    gradient twice (the square's two operands) after :func:`scaled`'s, as autograd accumulates them. Where a pass
+    meets missing values, each multiplier's product is 0 where its incoming gradient is (as ``_MultiplierFunction``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...], int]], c: Tensor
+    ) -> Tensor:
+        output, saved, ctx.count = computed()
+        ctx.save_for_backward(*saved)
+        ctx.missing = missing_values_state()
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        m_c, m_s, m_inv, m_square = ctx.saved_tensors
+        missing = ctx.missing is not None and ctx.missing.seen
+        g_c = grad * m_c
+        g_s = grad * m_s
+        if missing:
+            unreached = grad == 0
+            g_c, g_s = g_c.masked_fill(unreached, 0.0), g_s.masked_fill(unreached, 0.0)
+        g_s = g_s.sum_to_size(m_inv.shape)
+        g_v = g_s * m_inv
+        if missing:
+            g_v = g_v.masked_fill(g_s == 0, 0.0)
+        g_square = (g_v / ctx.count).expand(grad.shape)
+        g_part = g_square * m_square
+        if missing:
+            g_part = g_part.masked_fill(g_square == 0, 0.0)
+        return None, g_c + g_part + g_part
+
+
+def _standardized(c: Tensor, c_ref: Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`standardize` from the (centred) ``c`` on, its values computed as the chain computes them, its
+    multipliers in one node (:class:`_StandardizedFunction`)."""
+    cd = c.detach()
+    square = cd * cd
+    square_ref = c_ref * c_ref
+    m_square = pairs.midpoint(TORCH, cd, c_ref).expand(square.shape)
+    v, v_ref = square.mean(dims, keepdim=True) + eps, square_ref.mean(dims, keepdim=True) + eps
+    inv_std, inv_std_ref = torch.rsqrt(v), torch.rsqrt(v_ref)
+    m_inv = secant_slope(rsqrt_slope, v, v_ref).expand(inv_std.shape)
+    output, ref_output = cd * inv_std, c_ref * inv_std_ref if reference else None
+    m_c, m_s = pairs.scaled_multipliers(TORCH, cd, inv_std, c_ref, inv_std_ref)
+    count = math.prod(square.shape[d] for d in dims)
+    computed = (output, (m_c.expand(output.shape), m_s.expand(output.shape), m_inv, m_square), count)
+    return _StandardizedFunction.apply(lambda: computed, c), ref_output
 
 
 def _input_only(call: OpCall, what: str) -> tuple[Tensor, Tensor]:
