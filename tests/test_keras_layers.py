@@ -25,6 +25,7 @@ import rnnshap  # noqa: E402
 
 from .conftest import additivity_tol, assert_rounding_close  # noqa: E402
 from .keras_process import KerasProcess  # noqa: E402
+from .test_keras_backends import ENGINES, other_backends, rounding_between  # noqa: E402
 
 L = keras.layers
 ops = keras.ops
@@ -520,17 +521,16 @@ def build(dtype="float64"):
     return keras.Model(inputs, L.Dense(2, dtype=dtype)(L.GRU(3, dtype=dtype)(h)))
 '''
 
-_TORCH_SIDE = """
+_OTHER_SIDE = """
 import json, sys
 import numpy as np, keras, rnnshap
-assert keras.backend.backend() == "torch"
 exec(sys.argv[2])
 data = np.load(sys.argv[1])
 model = build()
 model.set_weights([data[f"w{i}"] for i in range(len(model.weights))])
 explainer = rnnshap.DeepExplainer(model, data["background"])
-np.save(sys.argv[1] + ".torch.npy", explainer.shap_values(data["x"]))
-outputs = np.asarray(model(keras.ops.convert_to_tensor(data["x"])).detach().cpu().numpy(), np.float64)
+np.save(sys.argv[1] + f".{keras.backend.backend()}.npy", explainer.shap_values(data["x"]))
+outputs = np.asarray(keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(data["x"]))), np.float64)
 print(json.dumps({"engine": type(explainer.engine).__name__, "outputs": outputs.tolist()}))
 """
 
@@ -538,27 +538,32 @@ print(json.dumps({"engine": type(explainer.engine).__name__, "outputs": outputs.
 def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
     tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
+    """The same model on this process's backend and on the others (TensorFlow: torch; JAX: TensorFlow and torch)."""
     pytest.importorskip("torch")
     namespace: dict[str, Any] = {}
-    exec(_SHARED, namespace)  # noqa: S102 - the model's code, shared with the torch process
+    exec(_SHARED, namespace)  # noqa: S102 - the model's code, shared with the other processes
     model = namespace["build"]()
     rng = np.random.default_rng(11)
     background, x = rng.normal(size=(3, T, F)), rng.normal(size=(2, T, F))
     path = tmp_path / "model.npz"
     np.savez(path, background=background, x=x, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    # the torch side runs in the session's torch-backend process while this one explains on TensorFlow
-    torch_side = keras_process("torch").submit(_TORCH_SIDE, str(path), _SHARED)
+    # the other sides run in the session's processes for their backends while this one explains on its own
+    others = {backend: keras_process(backend).submit(_OTHER_SIDE, str(path), _SHARED) for backend in other_backends()}
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
     assert worst_additivity(values, model, x, background) <= TOL["float64"]
-    found = json.loads(torch_side().strip().splitlines()[-1])
-    assert found["engine"] == "TorchEngine"
-    # Keras on torch runs matmul in float32 even for float64 operands, so the two models differ by float32
-    # rounding (amplified by the normalizations): the attributions agree to that, far below any rule's difference
-    model_gap = np.abs(np.asarray(found["outputs"]) - outputs_of(model, x)).max() / np.abs(outputs_of(model, x)).max()
-    assert_rounding_close(np.asarray(found["outputs"]), outputs_of(model, x), np.float32, what="f(x) on torch against TensorFlow")
-    torch_values = np.load(str(path) + ".torch.npy")
-    assert_rounding_close(torch_values, values, np.float32, what="φ on torch against TensorFlow")
-    print(f"model gap {model_gap:.2g}, attribution gap {np.abs(torch_values - values).max() / np.abs(values).max():.2g}")
+    for backend, side in others.items():
+        found = json.loads(side().strip().splitlines()[-1])
+        assert found["engine"] == ENGINES[backend], backend
+        # Keras on torch runs matmul in float32 even for float64 operands (Keras 3.15 on JAX tanh, keras#23223), so the
+        # two models differ by float32 rounding (amplified by the normalizations): the attributions agree to that, far
+        # below any rule's difference
+        precision = rounding_between(backend)
+        model_gap = np.abs(np.asarray(found["outputs"]) - outputs_of(model, x)).max() / np.abs(outputs_of(model, x)).max()
+        assert_rounding_close(np.asarray(found["outputs"]), outputs_of(model, x), precision, what=f"f(x) on {backend}")
+        other_values = np.load(f"{path}.{backend}.npy")
+        assert_rounding_close(other_values, values, precision, what=f"φ on {backend}")
+        gap = np.abs(other_values - values).max() / np.abs(values).max()
+        print(f"{backend}: model gap {model_gap:.2g}, attribution gap {gap:.2g}")
 
 
 # -- Conv3D, ConvLSTM and an adapted Normalization (exact on the torch backend already) ---------------------------------
