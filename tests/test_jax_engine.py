@@ -204,8 +204,9 @@ def test_the_model_is_explained_as_it_predicts_and_left_as_it_was() -> None:
 def test_the_shapley_mode_takes_a_flax_model_through_both_doors() -> None:
     model = FlaxRecurrent("lstm", seed=5)
     background, x = data((5, 3), 4, 6), data((5, 3), 2, 7)
-    by_forward = rnnshap.ShapleyExplainer(model, background).shapley_values(x, "steps", budget=10**5, time_axis=1)
-    by_engine = rnnshap.DeepExplainer(model, background).shapley_values(x, "steps", budget=10**5, time_axis=1)
+    # (the time axis read from the model's jaxpr: nnx.RNN's scan steps over the axis its transpose puts first)
+    by_forward = rnnshap.ShapleyExplainer(model, background).shapley_values(x, "steps", budget=10**5)
+    by_engine = rnnshap.DeepExplainer(model, background).shapley_values(x, "steps", budget=10**5)
     assert by_forward.exact.all() and by_engine.exact.all()  # every coalition of the 5 steps enumerated
     np.testing.assert_allclose(np.asarray(by_forward.values), np.asarray(by_engine.values), rtol=0, atol=1e-12)
     outputs = np.asarray(model(jnp.asarray(x)))
@@ -312,3 +313,31 @@ def test_a_float32_model_given_float64_inputs_is_explained_in_float32() -> None:
     scale = max(np.abs(outputs).max(), np.abs(values).sum(axis=1).max())
     eps = float(np.finfo(np.float32).eps)
     np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=64 * eps * scale)  # float32 rounding of the model
+
+
+class Projected(nnx.Module):
+    """A Linear at every step before a time-major scan over a transposed input: time is the second axis of a sample."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(25)
+        self.project = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.rnn = nnx.RNN(nnx.GRUCell(4, 4, rngs=rngs, param_dtype=F64, dtype=F64), time_major=True)
+
+    def __call__(self, x: Any) -> Any:  # x: (N, F, T)
+        return self.rnn(jnp.tanh(self.project(jnp.swapaxes(x, 1, 2))).transpose(1, 0, 2))[-1]
+
+
+def test_the_time_axis_is_read_from_the_model_or_asked_for() -> None:
+    background, x = data((3, 5), 4, 26), data((3, 5), 2, 27)
+    estimate = rnnshap.ShapleyExplainer(Projected(), background).shapley_values(x, "steps", budget=10**5)
+    assert np.asarray(estimate.values).shape[1] == 5 and estimate.exact.all()  # 5 steps along the last axis
+    with pytest.raises(rnnshap.InputError, match="time_axis"):  # a model with no scan or convolution says nothing
+        rnnshap.ShapleyExplainer(Softmaxed(), data((4, 3), 3, 0)).shapley_values(data((4, 3), 1, 1), "steps")
+
+
+class Softmaxed(nnx.Module):
+    def __init__(self) -> None:
+        self.dense = nnx.Linear(3, 2, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        return jax.nn.softmax(self.dense(x).sum(axis=1))

@@ -34,9 +34,15 @@ def read_layout(model: Any, call: Any, background: Sequence[np.ndarray]) -> Layo
     Layers that keep the layout (dropout, identity) are looked through. ``call(rows)`` runs the
     model on numpy rows (a torch module's is run once on one background row, hooks removed after)."""
     from ..engines import is_keras_model
+    from ..engines.jax import is_flax_module
 
     if is_keras_model(model):
         return _keras_layout(model, len(background))
+    if is_flax_module(model):
+        from ..engines.jax.engine import time_axes_of
+
+        found = time_axes_of(model, list(background))
+        return Layout([axis for axis, _ in found], [why for _, why in found])
     try:
         from torch import nn
     except ImportError:  # pragma: no cover - torch is a core dependency

@@ -20,6 +20,7 @@ from flax import nnx
 from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputLayout, output_parts
+from .layout import time_axes
 from .pairs import Pair, float_dtypes, run
 
 
@@ -28,6 +29,14 @@ def _frozen(model: nnx.Module) -> tuple[Any, Any]:
     copy = nnx.merge(*nnx.split(model))
     copy.eval()
     return nnx.split(copy)
+
+
+def time_axes_of(model: nnx.Module, background: list[Any]) -> list[tuple[int | None, str]]:
+    """Per input of ``model`` (rows shaped as ``background``'s): the axis of one sample that is time, read from the
+    model's jaxpr (:func:`rnnshap.engines.jax.layout.time_axes`), or None, and why."""
+    graph, state = _frozen(model)
+    closed, _ = JaxEngine.jaxpr_of(graph, state, [jnp.asarray(b[:1]) for b in background])
+    return time_axes(closed.jaxpr, closed.jaxpr.invars[-len(background) :])
 
 
 class JaxEngine(Engine):
@@ -51,7 +60,7 @@ class JaxEngine(Engine):
         self._kept: tuple[Any, tuple[Any, Any]] | None = None  # (model_version(), its evaluation-mode copy's graph and state)
         out = self.predict(self.background)
         given = jnp.result_type(*[b.dtype for b in self.background])
-        computed = float_dtypes(self._jaxpr(*self._frozen(), self.background)[0].jaxpr) | {given}
+        computed = float_dtypes(self.jaxpr_of(*self._frozen(), self.background)[0].jaxpr) | {given}
         narrowest = min(computed, key=lambda d: jnp.finfo(d).bits)
         self.dtype = str(narrowest)
         if jnp.finfo(narrowest).bits < jnp.finfo(given).bits:  # (a float32 model given float64 inputs casts them first)
@@ -157,7 +166,7 @@ class JaxEngine(Engine):
         )
 
     @staticmethod
-    def _jaxpr(graph: Any, state: Any, xs: list[Any]) -> tuple[Any, Any]:
+    def jaxpr_of(graph: Any, state: Any, xs: list[Any]) -> tuple[Any, Any]:
         """The model's call on inputs shaped as ``xs`` as a jaxpr of (its state's arrays, its inputs), and its
         output's tree."""
         leaves, tree = jax.tree_util.tree_flatten(state)
@@ -173,7 +182,7 @@ class JaxEngine(Engine):
         key = ("pass", graph, tuple((x.shape, str(x.dtype)) for x in xs))
         if key in self._compiled:
             return self._compiled[key]
-        closed, out_tree = self._jaxpr(graph, state, xs)
+        closed, out_tree = self.jaxpr_of(graph, state, xs)
 
         def paired(xs: list[Any], rs: list[Any], leaves: list[Any]) -> tuple[Any, Any]:
             values = run(closed.jaxpr, closed.consts, list(leaves) + [Pair(x, r) for x, r in zip(xs, rs, strict=True)])
