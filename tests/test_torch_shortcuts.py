@@ -241,6 +241,6 @@ def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.M
         model = Masked().eval()  # type: ignore[assignment]
         X[:, 2] = background[:, 2] = float("nan")
     one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
-    monkeypatch.setattr(structured, "_standardized", structured._standardized_chain)
+    monkeypatch.setattr(structured, "_standardized", lambda *a: structured._standardized_chain(*a[:4], True, a[4]))
     chain = rnnshap.DeepExplainer(model, background).shap_values(X)
     np.testing.assert_array_equal(one_node, chain)

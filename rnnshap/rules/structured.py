@@ -489,33 +489,39 @@ def standardize(
     where the two scales are close; bounded where a zero row makes one of them
     :math:`\epsilon^{-1/2}`). Returns ``(output, reference_output)``, the reference output None unless ``reference``.
     """
-    c, c_ref = (x - x.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)) if centre else (x, r)
-    # one node where ``c`` is the centred input, which nothing but the chain reads (uncentred, ``c`` is the caller's
-    # input, whose other uses may add to its gradient between the chain's nodes: the chain, for autograd's order)
-    fused = centre and c.requires_grad
-    return (_standardized if fused else _standardized_chain)(c, c_ref, dims, eps, reference)
+    # one node where the input is centred: the centred c is read by the chain alone, and the centring adds to the
+    # input's gradient twice in a row (the difference's node, then the mean's, created one after the other), as the
+    # node does; uncentred, c is the caller's input, whose other uses may add to its gradient between the chain's
+    # nodes: the chain, for autograd's order
+    if centre and x.requires_grad:
+        return _standardized(x, r, dims, eps, reference)
+    return _standardized_chain(x, r, dims, eps, centre, reference)
 
 
 def _standardized_chain(
-    c: Tensor, c_ref: Tensor, dims: tuple[int, ...], eps: float, reference: bool
+    x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, centre: bool, reference: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """:func:`standardize` from the (centred) ``c`` on, each step by its rule (one autograd node each)."""
+    """:func:`standardize`, each step by its rule (one autograd node each)."""
+    c, c_ref = (x - x.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)) if centre else (x, r)
     square, square_ref = product(c, c, c_ref, c_ref)
     inv_std, inv_std_ref = secant(torch.rsqrt, square.mean(dims, keepdim=True) + eps, square_ref.mean(dims, keepdim=True) + eps)
     return scaled(c, inv_std, c_ref, inv_std_ref, reference)
 
 
 class _StandardizedFunction(torch.autograd.Function):
-    r""":func:`standardize`'s chain from ``c`` on (c ⊙ c, its mean, the rsqrt secant, c ⊙ s by :func:`scaled`) as one
-    autograd node, whose backward runs the chain's operations in the chain's order: :math:`g m_c` and
-    :math:`\sum g m_s` (:func:`scaled`), times the rsqrt secant, the mean's backward (the gradient over the count,
-    taken before it is broadcast: the same quotient on every entry), times the square's midpoint, added to ``c``'s
-    gradient twice (the square's two operands) after :func:`scaled`'s, as autograd accumulates them. Where a pass
-    meets missing values, each multiplier's product is 0 where its incoming gradient is (as ``_MultiplierFunction``)."""
+    r""":func:`standardize`'s chain on a centred input (the centring, c ⊙ c, its mean, the rsqrt secant, c ⊙ s by
+    :func:`scaled`) as one autograd node, whose backward runs the chain's operations in the chain's order:
+    :math:`g m_c` and :math:`\sum g m_s` (:func:`scaled`), times the rsqrt secant, the mean's backward (the gradient
+    over the count, taken before it is broadcast: the same quotient on every entry), times the square's midpoint,
+    added to c's gradient twice (the square's two operands) after :func:`scaled`'s, as autograd accumulates them;
+    then the centring's two parts of the input's gradient, c's gradient and minus its sum over the count (the
+    negation after the sum: exact), given to the input one after the other, as the chain's two nodes give them.
+    Where a pass meets missing values, each multiplier's product is 0 where its incoming gradient is (as
+    ``_MultiplierFunction``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...], int]], c: Tensor
+        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...], int]], x: Tensor, x_again: Tensor
     ) -> Tensor:
         output, saved, ctx.count = computed()
         ctx.save_for_backward(*saved)
@@ -539,13 +545,16 @@ class _StandardizedFunction(torch.autograd.Function):
         g_part = g_square * m_square
         if missing:
             g_part = g_part.masked_fill(g_square == 0, 0.0)
-        return None, g_c + g_part + g_part
+        g_centred = g_c + g_part + g_part
+        g_mean = -g_centred.sum_to_size(m_inv.shape)
+        return None, g_centred, (g_mean / ctx.count).expand(grad.shape)
 
 
-def _standardized(c: Tensor, c_ref: Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> tuple[Tensor, Tensor | None]:
-    """:func:`standardize` from the (centred) ``c`` on, its values computed as the chain computes them, its
-    multipliers in one node (:class:`_StandardizedFunction`)."""
-    cd = c.detach()
+def _standardized(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`standardize` of a centred input, its values computed as the chain computes them, its multipliers in
+    one node (:class:`_StandardizedFunction`)."""
+    xd = x.detach()
+    cd, c_ref = xd - xd.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)
     square = cd * cd
     square_ref = c_ref * c_ref
     m_square = pairs.midpoint(TORCH, cd, c_ref).expand(square.shape)
@@ -556,7 +565,7 @@ def _standardized(c: Tensor, c_ref: Tensor, dims: tuple[int, ...], eps: float, r
     m_c, m_s = pairs.scaled_multipliers(TORCH, cd, inv_std, c_ref, inv_std_ref)
     count = math.prod(square.shape[d] for d in dims)
     computed = (output, (m_c.expand(output.shape), m_s.expand(output.shape), m_inv, m_square), count)
-    return _StandardizedFunction.apply(lambda: computed, c), ref_output
+    return _StandardizedFunction.apply(lambda: computed, x, x), ref_output
 
 
 def _input_only(call: OpCall, what: str) -> tuple[Tensor, Tensor]:
