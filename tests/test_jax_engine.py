@@ -341,3 +341,56 @@ class Softmaxed(nnx.Module):
 
     def __call__(self, x: Any) -> Any:
         return jax.nn.softmax(self.dense(x).sum(axis=1))
+
+
+class TokenGRU(nnx.Module):
+    """Token ids → nnx.Embed → GRU → Linear, as text classifiers are written."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(28)
+        self.embed = nnx.Embed(11, 3, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.rnn = nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64))
+        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, ids: Any) -> Any:
+        return self.head(self.rnn(self.embed(ids))[:, -1])
+
+
+def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None:
+    model = TokenGRU()
+    c = model.rnn.cell
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+
+    class Twin(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(11, 3).double()
+            self.rnn = torch.nn.GRU(3, 4, batch_first=True).double()
+            self.head = torch.nn.Linear(4, 2).double()
+            with torch.no_grad():
+                self.embed.weight.copy_(t(model.embed.embedding[...]))
+                self.rnn.weight_ih_l0.copy_(t(c.dense_i.kernel[...]).T)
+                self.rnn.weight_hh_l0.copy_(t(c.dense_h.kernel[...]).T)
+                self.rnn.bias_ih_l0.copy_(t(c.dense_i.bias[...]))
+                self.rnn.bias_hh_l0.zero_()
+                self.head.weight.copy_(t(model.head.kernel[...]).T)
+                self.head.bias.copy_(t(model.head.bias[...]))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(self.embed(ids))[0][:, -1])
+
+    rng = np.random.default_rng(29)
+    background = np.zeros((2, 6), np.int32)  # padding ids as the reference
+    background[1, :2] = 5
+    x = rng.integers(1, 11, size=(3, 6)).astype(np.int32)
+    x[0, 2] = 0  # a token equal to both references' at that step: exactly 0
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.token_inputs == [0]
+    values = np.asarray(explainer.shap_values(x))
+    twin = rnnshap.DeepExplainer(Twin(), torch.tensor(background, dtype=torch.long))
+    torch_values = np.asarray(twin.shap_values(torch.tensor(x, dtype=torch.long)))
+    assert values.shape == torch_values.shape == (3, 6, 2)
+    assert np.abs(values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
+    assert np.all(values[0, 2] == 0)
+    with pytest.raises(rnnshap.InputError, match="token ids"):
+        explainer.shap_values(x.astype(np.float64))

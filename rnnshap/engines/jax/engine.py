@@ -21,7 +21,7 @@ from ...errors import InputError, RnnShapError
 from ..base import RTOL, Block, BlockResult, Engine
 from ..outputs import OutputLayout, output_parts
 from .layout import time_axes
-from .pairs import Pair, float_dtypes, run
+from .pairs import Ids, Pair, Sites, float_dtypes, run
 
 
 def _frozen(model: nnx.Module) -> tuple[Any, Any]:
@@ -54,12 +54,23 @@ class JaxEngine(Engine):
             raise InputError("every background input needs the same number of rows")
         if self.references < 1:
             raise InputError("the background has no rows")
-        self.token_inputs = []
+        integers = [i for i, b in enumerate(self.background) if jnp.issubdtype(b.dtype, jnp.integer)]
         self.outputs = OutputLayout(output)
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self._kept: tuple[Any, tuple[Any, Any]] | None = None  # (model_version(), its evaluation-mode copy's graph and state)
         out = self.predict(self.background)
-        given = jnp.result_type(*[b.dtype for b in self.background])
+        sites = self._sites(*self._frozen(), self.background)
+        #: integer inputs read by an embedding (attributed per token) and cast to floats (attributed as numbers)
+        self.token_inputs = sorted({source for source, kind, *_ in sites if kind == "token"})
+        self.number_inputs = sorted({source for source, kind, *_ in sites if kind == "number"} - set(self.token_inputs))
+        unread = [i for i in integers if i not in self.token_inputs and i not in self.number_inputs]
+        if unread:
+            raise InputError(
+                f"integer input(s) {unread} reach no embedding and no cast to a float in the model: rnnshap's JAX engine "
+                "attributes integer inputs where they become floats"
+            )
+        floats = [b.dtype for b in self.background if jnp.issubdtype(b.dtype, jnp.floating)]
+        given = jnp.result_type(*floats) if floats else jnp.result_type(float)
         computed = float_dtypes(self.jaxpr_of(*self._frozen(), self.background)[0].jaxpr) | {given}
         narrowest = min(computed, key=lambda d: jnp.finfo(d).bits)
         self.dtype = str(narrowest)
@@ -75,8 +86,10 @@ class JaxEngine(Engine):
     @staticmethod
     def _array(value: Any, what: str) -> Any:
         array = jnp.asarray(value)
-        if not jnp.issubdtype(array.dtype, jnp.floating):
-            raise InputError(f"{what}: rnnshap's JAX engine attributes floating-point inputs; got {array.dtype}")
+        if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+            raise InputError(
+                f"{what}: rnnshap's JAX engine takes floating-point inputs and integer ones (token ids); got {array.dtype}"
+            )
         if array.ndim < 1:
             raise InputError(f"{what} needs a batch axis: got a scalar")
         return array
@@ -87,7 +100,11 @@ class JaxEngine(Engine):
             raise InputError(f"{what}: the model takes {len(self.background)} input(s), got {len(arrays)}")
         converted = []
         for i, (a, b) in enumerate(zip(arrays, self.background, strict=True)):
-            array = self._array(a, what).astype(b.dtype)
+            array = self._array(a, what)
+            if jnp.issubdtype(b.dtype, jnp.integer) != jnp.issubdtype(array.dtype, jnp.integer):
+                kind = "integer (token ids)" if jnp.issubdtype(b.dtype, jnp.integer) else "floating-point"
+                raise InputError(f"{what}: input {i} is {array.dtype}, the background's is {kind}")
+            array = array.astype(b.dtype)
             if array.shape[1:] != b.shape[1:]:
                 raise InputError(f"{what}: input {i} has rows of shape {array.shape[1:]}, the background's are {b.shape[1:]}")
             converted.append(array)
@@ -153,9 +170,9 @@ class JaxEngine(Engine):
         own = self._check(outputs, graph, state, samples, block)
         k = columns.shape[1]
         sums = []
-        for m, x, r in zip(found, xs, rs, strict=True):
-            per = np.asarray(m, dtype=np.float64)
-            if not multipliers:
+        for i, (m, x, r) in enumerate(zip(found, xs, rs, strict=True)):
+            per = np.asarray(m, dtype=np.float64)  # an integer input's: already multiplier × change, at its sites
+            if not multipliers and i not in self.token_inputs + self.number_inputs:
                 per = per * np.asarray(x - r, dtype=np.float64)
             per = per.reshape(k, block.samples, block.references, *x.shape[1:])
             sums.append(per if per_pair else per.sum(axis=2))
@@ -183,26 +200,61 @@ class JaxEngine(Engine):
         if key in self._compiled:
             return self._compiled[key]
         closed, out_tree = self.jaxpr_of(graph, state, xs)
+        integer = [jnp.issubdtype(x.dtype, jnp.integer) for x in xs]
+        shapes = self._sites(graph, state, xs, closed)
 
-        def paired(xs: list[Any], rs: list[Any], leaves: list[Any]) -> tuple[Any, Any]:
-            values = run(closed.jaxpr, closed.consts, list(leaves) + [Pair(x, r) for x, r in zip(xs, rs, strict=True)])
+        def paired(xs: list[Any], probes: list[Any], rs: list[Any], leaves: list[Any]) -> tuple[Any, Any]:
+            sites = Sites(probes)
+            args = [Ids(x, r, i) if integer[i] else Pair(x, r) for i, (x, r) in enumerate(zip(xs, rs, strict=True))]
+            values = run(closed.jaxpr, closed.consts, list(leaves) + args, sites=sites)
             rows = xs[0].shape[0]
             x_side = [v.x if isinstance(v, Pair) else v for v in values]
             r_side = [v.r if isinstance(v, Pair) else v for v in values]
             return (
                 self._flat(jax.tree_util.tree_unflatten(out_tree, x_side), rows),
-                jax.lax.stop_gradient(self._flat(jax.tree_util.tree_unflatten(out_tree, r_side), rows)),
+                (jax.lax.stop_gradient(self._flat(jax.tree_util.tree_unflatten(out_tree, r_side), rows)), sites.deltas),
             )
 
         def attribute(state: Any, xs: list[Any], rs: list[Any], cols: Any) -> Any:
             leaves = jax.tree_util.tree_leaves(state)
-            y, vjp, y_r = jax.vjp(lambda xs: paired(xs, rs, leaves), xs, has_aux=True)
+            floats = [x for x, i in zip(xs, integer, strict=True) if not i]
+            probes = [jnp.zeros(shape, dtype) for _, _, shape, dtype in shapes]
+
+            def function(floats: list[Any], probes: list[Any]) -> Any:
+                it = iter(floats)
+                return paired([x if i else next(it) for x, i in zip(xs, integer, strict=True)], probes, rs, leaves)
+
+            y, vjp, (y_r, deltas) = jax.vjp(function, floats, probes, has_aux=True)
             one_hot = jax.nn.one_hot(cols.T, y.shape[1], dtype=y.dtype)  # (k, pairs, n_outputs)
-            (found,) = jax.vmap(vjp)(one_hot)
-            return y, y_r, found
+            by_float, by_site = jax.vmap(vjp)(one_hot)
+            it = iter(by_float)
+            found: list[Any] = [None if i else next(it) for i in integer]
+            for (source, _, shape, _), m, delta in zip(shapes, by_site, deltas, strict=True):
+                rank = len(xs[source].shape)  # a lookup's trailing axes are the embedding's: summed
+                credit = jnp.sum(m * delta, axis=tuple(range(1 + rank, 1 + len(shape))))
+                found[source] = credit if found[source] is None else found[source] + credit
+            k = one_hot.shape[0]
+            return y, y_r, [f if f is not None else jnp.zeros((k, *x.shape)) for f, x in zip(found, xs, strict=True)]
 
         self._compiled[key] = compiled = jax.jit(attribute)
         return compiled
+
+    def _sites(self, graph: Any, state: Any, xs: list[Any], closed: Any = None) -> list[tuple[int, str, Any, Any]]:
+        """Where the model's integer inputs become floats (an embedding's lookup, a cast), found by tracing the pass on
+        inputs shaped as ``xs``: per site, (the input, "token" or "number", the site's shape, its dtype)."""
+        if not any(jnp.issubdtype(x.dtype, jnp.integer) for x in xs):
+            return []
+        if closed is None:
+            closed, _ = self.jaxpr_of(graph, state, xs)
+        sites = Sites()
+
+        def trace(leaves: list[Any], xs: list[Any]) -> Any:
+            args = [Ids(x, x, i) if jnp.issubdtype(x.dtype, jnp.integer) else Pair(x, x) for i, x in enumerate(xs)]
+            values = run(closed.jaxpr, closed.consts, list(leaves) + args, sites=sites)
+            return [v.x if isinstance(v, Pair) else v for v in values]
+
+        jax.eval_shape(trace, jax.tree_util.tree_leaves(state), list(xs))
+        return list(sites.found)
 
     def _check(self, outputs: np.ndarray, graph: Any, state: Any, samples: list[Any], block: Block) -> np.ndarray:
         """The model's own outputs on ``samples``, which the pass must give: a primitive misread would show here."""

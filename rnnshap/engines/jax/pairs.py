@@ -28,7 +28,7 @@ the primitive's name (:class:`~rnnshap.errors.UnsupportedOperationError`), never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import jax
@@ -53,6 +53,33 @@ class Pair:
 
     x: Array
     r: Array
+
+
+@dataclass(frozen=True)
+class Ids(Pair):
+    """Integer (or boolean) values computed from integer input ``source`` (token ids) on each side: no multiplier
+    flows through them; where they become floats (an embedding's lookup, a cast), a :class:`Sites` probe does."""
+
+    source: int
+
+
+@dataclass
+class Sites:
+    """Where integer inputs become floats: an embedding's lookup (``gather`` of a constant table at the ids) or a
+    cast of the ids to a float. Each site's input side gets ``probes[k]`` added (an exact zero whose cotangent is
+    the multiplier of the looked-up values); with ``probes`` None the sites are only recorded (their shapes)."""
+
+    probes: Sequence[Array] | None = None
+    #: per site: (the integer input, "token" or "number", the site's value shape, its dtype)
+    found: list[tuple[int, str, tuple[int, ...], Any]] = field(default_factory=list)
+    #: per site: the change of its value, input side minus reference side (in the probed pass)
+    deltas: list[Array] = field(default_factory=list)
+
+    def enter(self, source: int, kind: str, x: Array, r: Array) -> Pair:
+        k = len(self.found)
+        self.found.append((source, kind, tuple(x.shape), x.dtype))
+        self.deltas.append(x - r)
+        return Pair(x if self.probes is None else x + self.probes[k], r)
 
 
 Value = Any  # an Array, or a Pair
@@ -201,9 +228,12 @@ def _read(env: dict[Any, Value], var: Any) -> Value:
     return var.val if isinstance(var, core.Literal) else env[var]
 
 
-def run(jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Value], where: str = "") -> list[Value]:
-    """Evaluate ``jaxpr`` on ``args`` (arrays, or :class:`Pair` s where they depend on the input), each
-    primitive by its rule; ``where`` names the enclosing function in refusals."""
+def run(
+    jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Value], where: str = "", sites: Sites | None = None
+) -> list[Value]:
+    """Evaluate ``jaxpr`` on ``args`` (arrays, or :class:`Pair` s where they depend on the input, :class:`Ids` for
+    integer inputs), each primitive by its rule; ``where`` names the enclosing function in refusals, ``sites``
+    takes the places where integer inputs become floats."""
     env: dict[Any, Value] = {}
     for var, value in zip(jaxpr.constvars, consts, strict=True):
         env[var] = value
@@ -211,7 +241,7 @@ def run(jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Value], where: 
         env[var] = value
     for eqn in jaxpr.eqns:
         inputs = [_read(env, v) for v in eqn.invars]
-        outputs = _equation(eqn, inputs, where)
+        outputs = _equation(eqn, inputs, where, sites)
         for var, value in zip(eqn.outvars, outputs, strict=True):
             if not isinstance(var, core.DropVar):
                 env[var] = value
@@ -237,14 +267,16 @@ def _refuse(eqn: Any, where: str, why: str) -> UnsupportedOperationError:
     return UnsupportedOperationError([(f"JAX primitive {eqn.primitive.name!r}{place}", why, "jax")])
 
 
-def _equation(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
+def _equation(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
     name = eqn.primitive.name
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
     if not found:  # nothing here depends on the input: one value for both sides
         out = eqn.primitive.bind(*inputs, **eqn.params)
         return list(out) if eqn.primitive.multiple_results else [out]
     if name in CALLS:
-        return _call(eqn, inputs, where)
+        return _call(eqn, inputs, where, sites)
+    if any(isinstance(inputs[i], Ids) for i in found):
+        return _ids(eqn, inputs, found, where, sites)
     if name == "scan":
         return _scan(eqn, inputs, where)
     if name == "stop_gradient":  # changes training, not the function: the identity (its change is attributed)
@@ -318,7 +350,36 @@ def _closed(value: Any) -> tuple[core.Jaxpr, Sequence[Any]]:
     return value, ()
 
 
-def _call(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
+def _ids(eqn: Any, inputs: list[Value], found: list[int], where: str, sites: Sites | None) -> list[Value]:
+    """A primitive on values computed from integer inputs: integer and boolean results on both sides (indices,
+    masks of the ids); an embedding's lookup or a cast to a float is a :class:`Sites` site; anything else is
+    refused."""
+    name = eqn.primitive.name
+    sources = {inputs[i].source for i in found if isinstance(inputs[i], Ids)}
+    source = sources.pop() if len(sources) == 1 else -1
+    outs = eqn.outvars
+    integral = all(not jnp.issubdtype(getattr(v.aval, "dtype", jnp.float32), jnp.inexact) for v in outs)
+    if integral and all(isinstance(inputs[i], Ids) for i in found) and name != "scan":
+        return [Ids(p.x, p.r, source) for p in _both(eqn, inputs)]
+    if sites is None:
+        raise _refuse(eqn, where, "integer inputs (token ids) are read inside a loop or a nested function here")
+    if source < 0:
+        raise _refuse(eqn, where, "it mixes values computed from several integer inputs")
+    if name == "gather" and found == [1] and not isinstance(inputs[0], Pair):  # an embedding's lookup at the ids
+        ids, numbers = inputs[1], eqn.params["dimension_numbers"]
+        x, r = (eqn.primitive.bind(inputs[0], side, **eqn.params) for side in (ids.x, ids.r))
+        positions = ids.x.shape[:-1]
+        if tuple(numbers.offset_dims) == tuple(range(len(positions), x.ndim)) and x.shape[: len(positions)] == positions:
+            return [sites.enter(source, "token", x, r)]
+        raise _refuse(eqn, where, "a lookup at token ids that does not keep one row per id (rnnshap reads nnx.Embed's)")
+    if name == "convert_element_type" and jnp.issubdtype(eqn.params["new_dtype"], jnp.floating):  # ids used as numbers
+        (value,) = _both(eqn, inputs)
+        return [sites.enter(source, "number", value.x, value.r)]
+    raise _refuse(eqn, where, "values computed from an integer input (a mask of token ids, say) reach it; rnnshap's "
+                  "JAX engine attributes integer inputs where they become floats: an embedding's lookup or a cast")
+
+
+def _call(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
     """A nested function: its own jaxpr, by the same rules (a custom derivative is the rules' anyway)."""
     key = CALLS[eqn.primitive.name]
     held = eqn.params.get(key) if key else None
@@ -328,7 +389,8 @@ def _call(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
     inner = eqn.params.get("name") or eqn.primitive.name
     entry = FUNCTIONS.get(str(inner))
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
-    if entry is not None and found == [0] and len(eqn.outvars) == 1 and eqn.outvars[0].aval.shape == inputs[0].x.shape:
+    named = found == [0] and not isinstance(inputs[0], Ids) and len(eqn.outvars) == 1
+    if entry is not None and named and eqn.outvars[0].aval.shape == inputs[0].x.shape:
         closed = core.ClosedJaxpr(jaxpr, consts)
         rest = inputs[1 : len(jaxpr.invars)]
 
@@ -337,7 +399,7 @@ def _call(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
 
         return [_rescale(function, inputs[0], entry, str(inner), entry.smooth)]
     count = len(jaxpr.invars)
-    return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner))
+    return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner), sites=sites)
 
 
 def _scan(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
@@ -395,4 +457,4 @@ def depends(jaxpr: core.Jaxpr, inputs: Sequence[bool]) -> list[bool]:
     return [not isinstance(v, core.Literal) and v in marked for v in jaxpr.outvars]
 
 
-__all__ = ["Pair", "attach", "depends", "float_dtypes", "run"]
+__all__ = ["Ids", "Pair", "Sites", "attach", "depends", "float_dtypes", "run"]
