@@ -394,3 +394,24 @@ def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None
     assert np.all(values[0, 2] == 0)
     with pytest.raises(rnnshap.InputError, match="token ids"):
         explainer.shap_values(x.astype(np.float64))
+
+
+class Counts(nnx.Module):
+    """Integer counts used as numbers (cast to a float inside the model)."""
+
+    def __init__(self) -> None:
+        self.dense = nnx.Linear(4, 3, rngs=nnx.Rngs(30), param_dtype=F64, dtype=F64)
+        self.head = nnx.Linear(3, 1, rngs=nnx.Rngs(31), param_dtype=F64, dtype=F64)
+
+    def __call__(self, counts: Any) -> Any:
+        return self.head(jnp.tanh(self.dense(counts.astype(F64))))
+
+
+def test_integers_cast_to_floats_are_attributed_as_the_numbers_they_are() -> None:
+    rng = np.random.default_rng(32)
+    background, x = rng.integers(0, 9, size=(5, 4)), rng.integers(0, 9, size=(3, 4))
+    as_ints = rnnshap.DeepExplainer(Counts(), background)
+    assert as_ints.number_inputs == [0] and as_ints.token_inputs == []
+    as_floats = rnnshap.DeepExplainer(Counts(), background.astype(np.float64))
+    floats = np.asarray(as_floats.shap_values(x.astype(np.float64)))
+    np.testing.assert_allclose(np.asarray(as_ints.shap_values(x)), floats, rtol=0, atol=1e-15)
