@@ -27,18 +27,6 @@ L = keras.layers
 T, F = 5, 3
 TOL = {name: additivity_tol(name) for name in ("float32", "float64")}  # |Σφ − Δ| ≤ TOL·max(1, |Δ|)
 
-#: Keras 3.15 on JAX computes ``ops.mean`` of a float64 tensor in float32 and casts the result back (its
-#: ``result_type(float64, "float32")`` is float32 there: keras-team/keras#23223, fixed on its main branch by #23225).
-#: A float64 model with a mean (``keras.ops.mean``, GlobalAveragePooling1D) is then float32 at that op: rnnshap's pass
-#: reproduces the model exactly, but the model's own rounding there is not linear, so its attributions add up to
-#: float32 rounding only (1e-9..3e-8), not to the float64 bound. Strict: once a Keras computes it in float64 the test
-#: passes and the marker fails, to be dropped.
-KERAS_MEAN_IN_FLOAT32 = pytest.mark.xfail(
-    keras.backend.backend() == "jax" and tuple(int(p) for p in keras.version().split(".")[:2]) <= (3, 15),
-    reason="keras-team/keras#23223: Keras <= 3.15 on JAX computes ops.mean of float64 in float32 (fixed by #23225)",
-    strict=True,
-)
-
 
 def outputs_of(model: Any, x: Any) -> np.ndarray:
     out = np.asarray(model(x, training=False), dtype=np.float64)
@@ -155,9 +143,7 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_attributions_add_up(name: str, dtype: str, request: pytest.FixtureRequest) -> None:
-    if name == "bidirectional-ave" and dtype == "float64":  # (its GlobalAveragePooling1D is a mean)
-        request.applymarker(KERAS_MEAN_IN_FLOAT32)
+def test_attributions_add_up(name: str, dtype: str) -> None:
     model = ARCHITECTURES[name](dtype)
     rng = np.random.default_rng(1)
     background, x = rng.normal(size=(4, T, F)).astype(dtype), rng.normal(size=(3, T, F)).astype(dtype)
@@ -223,7 +209,6 @@ def test_long_sequences_run_compiled_steps_and_add_up() -> None:
     assert worst_additivity(values, model, x, background) <= TOL["float32"]
 
 
-@KERAS_MEAN_IN_FLOAT32
 def test_keras_ops_in_a_functional_graph() -> None:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((T, F), dtype="float64")
@@ -235,6 +220,77 @@ def test_keras_ops_in_a_functional_graph() -> None:
     background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
     assert worst_additivity(values, model, x, background) <= TOL["float64"]
+
+
+#: float64 layers and ops that Keras 3.15 computes in float32 on JAX (keras-team/keras#23223): name → the layer on
+#: (inputs, dtype). On TensorFlow they compute in float64.
+ROUNDING_LAYERS: dict[str, Callable[[Any, str], Any]] = {
+    "layer-norm": lambda i, d: L.LayerNormalization(dtype=d)(i),
+    "rms-norm": lambda i, d: L.RMSNormalization(dtype=d)(i),
+    "group-norm": lambda i, d: L.GroupNormalization(groups=3, dtype=d)(i),
+    "batch-norm": lambda i, d: L.BatchNormalization(dtype=d)(i),
+    "global-average": lambda i, d: L.RepeatVector(T, dtype=d)(L.GlobalAveragePooling1D(dtype=d)(i)),
+    "ops-mean-and-layer-norm": lambda i, d: L.Lambda(
+        lambda t: keras.ops.layer_normalization(t - keras.ops.mean(t, axis=1, keepdims=True)), dtype=d
+    )(i),
+    "mha": lambda i, d: L.MultiHeadAttention(2, 3, dtype=d)(i, i),
+    "mha-causal": lambda i, d: L.MultiHeadAttention(2, 3, dtype=d)(i, i, use_causal_mask=True),
+    "additive-attention-unscaled": lambda i, d: L.AdditiveAttention(use_scale=False, dtype=d)([i, i]),
+    "concat-attention": lambda i, d: L.Attention(score_mode="concat", dtype=d)([i, i]),
+}
+
+
+def _float64_layer_norm(x: np.ndarray, epsilon: float) -> np.ndarray:
+    """LayerNormalization (ones and zeros as its weights) over the last axis, from its equation in float64."""
+    centred = x - x.mean(-1, keepdims=True)
+    return centred / np.sqrt((centred**2).mean(-1, keepdims=True) + epsilon)
+
+
+@pytest.mark.parametrize("name", list(ROUNDING_LAYERS))
+def test_layers_keras_computes_in_float32_add_up_to_the_model_at_float64(name: str) -> None:
+    """A float64 model whose layer Keras computes in float32 (on JAX, keras-team/keras#23223; in float64 on
+    TensorFlow): the model is then ``round ∘ g`` there, and rnnshap explains it as it is, the rounding by Rescale,
+    so the attributions add up to the model's own outputs at the float64 bound. The model is unchanged afterwards."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((T, F), dtype="float64")
+    hidden = L.Dense(F, activation="relu", dtype="float64")(inputs)
+    model = keras.Model(inputs, L.Dense(2, dtype="float64")(L.Flatten(dtype="float64")(ROUNDING_LAYERS[name](hidden, "float64"))))
+    rng = np.random.default_rng(12)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    before = [np.array(w) for w in model.get_weights()]
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert worst_additivity(values, model, x, background) <= TOL["float64"]
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_the_layer_norm_rounds_where_keras_computes_it_in_float32() -> None:
+    """The premise of the test above: on JAX (Keras 3.15) a float64 LayerNormalization differs from its float64
+    equation by float32 rounding; on TensorFlow it is its float64 equation."""
+    layer = L.LayerNormalization(dtype="float64")
+    x = np.random.default_rng(13).normal(size=(4, 6))
+    gap = np.abs(np.asarray(layer(x), np.float64) - _float64_layer_norm(x, layer.epsilon)).max()
+    if keras.backend.result_type("float64", "float32") == "float64":
+        assert gap <= 1e-14
+    else:
+        assert 1e-10 < gap <= 1e-5
+
+
+def test_the_rounding_rule_adds_up_to_the_rounded_values_and_is_one_where_nothing_moves() -> None:
+    """``dual.rounded``: the model's own values of a rounded quantity, with multiplier Δ(rounded)/Δ(exact); where
+    the exact value does not move, the derivative 1; where only the exact value moves (below the rounding), 0.
+    Checked with the rounding of float64 to float32 (``ops.cast``) on any backend."""
+    from rnnshap.engines.keras import dual
+
+    exact_x = np.array([0.1, 1.0 + 2.0**-40, 3.0, -2.5, 7.0])
+    exact_r = np.array([0.3, 1.0, 3.0, -2.5 + 2.0**-30, -1.0])
+    rounded_x, rounded_r = exact_x.astype(np.float32), exact_r.astype(np.float32)
+    tensors = [keras.ops.convert_to_tensor(a) for a in (exact_x, exact_r, rounded_x, rounded_r)]
+    multiplier = np.asarray(dual.rounding_multiplier(*tensors))
+    change = rounded_x.astype(np.float64) - rounded_r.astype(np.float64)
+    moved = exact_x != exact_r
+    np.testing.assert_array_equal(multiplier[~moved], 1.0)  # nothing moves: the derivative of the rounding
+    assert multiplier[1] == 0.0  # the exact value moves below float32's resolution: the rounded one does not
+    np.testing.assert_allclose(multiplier[moved] * (exact_x - exact_r)[moved], change[moved], rtol=1e-15, atol=0)
 
 
 def test_single_lstm_cell_step_over_x_h_c() -> None:
@@ -250,7 +306,6 @@ def test_single_lstm_cell_step_over_x_h_c() -> None:
     assert worst_additivity(values, model, x, background) <= 1e-12
 
 
-@KERAS_MEAN_IN_FLOAT32
 def test_embedding_softmax_attention_attributes_per_token() -> None:
     tokens = keras.Input((T,), dtype="int32")
     keras.utils.set_random_seed(0)

@@ -23,7 +23,7 @@ from . import dual, private
 from .activations import weight
 from .backend import Tensor, dtype_name
 from .dual import Dual
-from .pass_state import Run
+from .pass_state import Run, bare
 
 L = keras.layers
 
@@ -41,6 +41,11 @@ def _mask_side(value: Any, run: Run) -> Tensor | None:
 
 
 # -- Attention, AdditiveAttention ------------------------------------------------------------------
+def _summed(u: Dual) -> Dual:
+    """The sum over the last axis, as the model computes it (in float32 where it holds ``u`` so: see ``dual.as_model``)."""
+    return dual.as_model(u.map(lambda t: ops.sum(t, -1)), lambda t: ops.sum(t, -1), u)
+
+
 def attention(
     layer: keras.layers.Attention,
     run: Run,
@@ -67,14 +72,16 @@ def attention(
         summed = q.map(lambda t: ops.expand_dims(t, -2)) + k.map(lambda t: ops.expand_dims(t, -3))
         if additive:
             scale = weight(layer.scale, dtype) if layer.use_scale else None
-            scores = dual.tanh(summed)
-            scores = scores.map(lambda t: ops.sum(t if scale is None else scale * t, -1))
+            squashed = dual.tanh(summed)
+            if scale is not None:
+                squashed = squashed.map(lambda t: scale * t)  # (a float64 scale widens the model's float32 tanh too)
+            scores = _summed(squashed)
         else:
             if layer.scale is not None:
                 scale = weight(layer.scale, dtype)
                 summed = summed.map(lambda t: scale * t)
             score_weight = weight(layer.concat_score_weight, dtype)
-            scores = dual.tanh(summed).map(lambda t: score_weight * ops.sum(t, -1))
+            scores = _summed(dual.tanh(summed)).map(lambda t: score_weight * t)
     scores_mask = private.score_mask(layer, scores.x, v_mask, use_causal_mask)
     if scores_mask is not None:
         padding = ops.logical_not(ops.cast(scores_mask, "bool"))
@@ -168,6 +175,7 @@ def multi_head_attention(
             keep = ops.cast(mask, "bool")
             for _ in range(4 - len(keep.shape)):
                 keep = ops.expand_dims(keep, -len(parts.attention_axes) * 2 - 1)
+        given = None if causal_only else keep
         if keep is not None:
             floor = private.attention_floor(logits.x.dtype)
             keep = ops.broadcast_to(keep, ops.shape(logits.x))
@@ -176,6 +184,16 @@ def multi_head_attention(
         if half:
             weights = weights.map(lambda t: ops.cast(t, v.x.dtype))
         out = dual.bilinear(lambda a, b: ops.einsum("BNTS,BSNH->BTNH", a, b), weights, v)
+        if dual.narrowed(q.x.dtype) is not None:  # Keras computes it in float32 (on JAX): its values, rounded
+            flash = private.flash_attention(layer)
+
+            def core(qt: Tensor, kt: Tensor, vt: Tensor) -> Tensor:
+                return ops.dot_product_attention(
+                    qt, kt, vt, bias=None, mask=given, scale=scale, is_causal=causal_only, flash_attention=flash
+                )
+
+            held = core(ops.stop_gradient(q.x), ops.stop_gradient(k.x), ops.stop_gradient(v.x))
+            out = dual.rounded(out, held, core(q.r, k.r, v.r))
     else:  # the explicit path: scaled query, einsum, Softmax layer (an additive mask), einsum
         if use_causal_mask and mask is None:
             mask = private.causal_mask(layer, query.x, value.x)
@@ -225,7 +243,16 @@ def layer_normalization(layer: keras.layers.LayerNormalization, value: Dual) -> 
     if beta is not None:
         out = out.map(lambda t: t + beta)
     target = dtype_name(layer.compute_dtype)
-    return out.map(lambda t: ops.cast(t, target)) if target != compute else out
+    return _as_the_layer(layer, value, out.map(lambda t: ops.cast(t, target)) if target != compute else out)
+
+
+def _as_the_layer(layer: keras.layers.Layer, value: Dual, exact: Dual) -> Dual:
+    """A normalization layer's ``exact`` values (the rules in ``value``'s dtype), or where Keras computes the layer
+    narrower (:func:`~rnnshap.engines.keras.dual.narrowed`: float64 in float32 on JAX) the layer's own values on
+    each side, by Rescale on that rounding (:func:`~rnnshap.engines.keras.dual.rounded`)."""
+    if dual.narrowed(value.x.dtype) is None:
+        return exact
+    return dual.rounded(exact, bare(layer(ops.stop_gradient(value.x))), bare(layer(value.r)))
 
 
 def group_normalization(layer: keras.layers.GroupNormalization, value: Dual) -> Dual:
@@ -249,7 +276,7 @@ def group_normalization(layer: keras.layers.GroupNormalization, value: Dual) -> 
     shape = ops.shape(value.x)
     out = out.map(lambda t: ops.reshape(ops.cast(t, original), shape))
     target = dtype_name(layer.compute_dtype)
-    return out.map(lambda t: ops.cast(t, target)) if target != original else out
+    return _as_the_layer(layer, value, out.map(lambda t: ops.cast(t, target)) if target != original else out)
 
 
 def rms_normalization(layer: keras.layers.Layer, value: Dual) -> Dual:
@@ -261,4 +288,4 @@ def rms_normalization(layer: keras.layers.Layer, value: Dual) -> Dual:
         scale = ops.reshape(weight(layer.scale, compute), shape)
         out = out.map(lambda t: t * scale)
     target = dtype_name(layer.compute_dtype)
-    return out.map(lambda t: ops.cast(t, target)) if target != compute else out
+    return _as_the_layer(layer, value, out.map(lambda t: ops.cast(t, target)) if target != compute else out)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import keras
 from keras import ops
 
 from ...formulas import bind, orderings, pairs
 from ...formulas import secant as formulas
 from ...formulas.keras_ops import KERAS
-from .backend import Tensor, dtype_name
+from .backend import Tensor, dtype_name, is_traced
 from .backend import derivative as autodiff
 
 Fn = Callable[[Tensor], Tensor]
@@ -42,41 +43,61 @@ class Dual:
     """One tensor on the input side and on the reference side (a plain class: keras's tree must not
     flatten it), with the Keras mask of the explained input where one is set (both sides use it)."""
 
-    __slots__ = ("x", "r", "mask", "mark")
+    __slots__ = ("x", "r", "mask", "mark", "narrow")
 
-    def __init__(self, x: Tensor, r: Tensor, mask: Tensor | None = None) -> None:
+    def __init__(self, x: Tensor, r: Tensor, mask: Tensor | None = None, narrow: str | None = None) -> None:
         self.x, self.r, self.mask = x, r, mask
         #: a root (1: sqrt) or an inverse root (-1: rsqrt) of keras ops, whose products take the
         #: scale-weighted rule of the normalizations (see ``kops.call_op``); None for anything else
         self.mark: int | None = None
+        #: the dtype of the model's own tensor where it is narrower than ``x`` and ``r`` (which hold its values
+        #: widened, exactly: Keras 3.15 on JAX returns ``ops.tanh`` of a float64 tensor in float32), else None;
+        #: a keras op on it runs as the model runs it, in that dtype (:func:`as_model`)
+        self.narrow = narrow
 
     def map(self, fn: Fn) -> Dual:
-        """A linear operation applied to both sides."""
-        return Dual(fn(self.x), fn(self.r))
+        """A linear operation applied to both sides (as the model computes it where it holds this tensor narrower:
+        :func:`as_model`)."""
+        out = Dual(fn(self.x), fn(self.r))
+        return out if self.narrow is None else as_model(out, fn, self)
 
     def __add__(self, other: Dual) -> Dual:
-        return Dual(self.x + other.x, self.r + other.r)
+        out = Dual(self.x + other.x, self.r + other.r)
+        return out if self.narrow is None and other.narrow is None else as_model(out, ops.add, self, other)
 
     def __sub__(self, other: Dual) -> Dual:
-        return Dual(self.x - other.x, self.r - other.r)
+        out = Dual(self.x - other.x, self.r - other.r)
+        return out if self.narrow is None and other.narrow is None else as_model(out, ops.subtract, self, other)
 
     def scale(self, factor: float) -> Dual:
-        return Dual(self.x * factor, self.r * factor)
+        return self.map(lambda t: t * factor)
 
     def __repr__(self) -> str:
         return f"Dual(shape={tuple(self.x.shape)}, dtype={dtype_name(self.x.dtype)})"
 
 
-def side(values: Any, which: int) -> Any:
+def side(values: Any, which: int, model: bool = False) -> Any:
     """``values`` (a structure of lists, tuples and dicts) with every Dual replaced by its input
-    side (0) or reference side (1)."""
+    side (0) or reference side (1); ``model``: as the model holds it (in its ``narrow`` dtype where set)."""
     if isinstance(values, Dual):
-        return values.x if which == 0 else values.r
+        t = values.x if which == 0 else values.r
+        return model_side(t, values.narrow) if model else t
     if isinstance(values, (list, tuple)):
-        return type(values)(side(v, which) for v in values)
+        return type(values)(side(v, which, model) for v in values)
     if isinstance(values, dict):
-        return {key: side(v, which) for key, v in values.items()}
+        return {key: side(v, which, model) for key, v in values.items()}
     return values
+
+
+def held_narrow(values: Any) -> bool:
+    """Whether a Dual in ``values`` (a structure of lists, tuples and dicts) is held narrower by the model."""
+    if isinstance(values, Dual):
+        return values.narrow is not None
+    if isinstance(values, (list, tuple)):
+        return any(held_narrow(v) for v in values)
+    if isinstance(values, dict):
+        return any(held_narrow(v) for v in values.values())
+    return False
 
 
 def small_delta_threshold(dtype: Any, smooth: bool) -> float:
@@ -112,9 +133,18 @@ def rescale(
     the secant in closed form ``near`` where given, else ``fn'`` (``derivative``) at the midpoint, except
     across ``kinks`` (where a smooth ``fn``'s second derivative jumps: the quotient there)."""
     ux = ops.stop_gradient(u.x)
-    yx, yr = fn(ux), fn(u.r)
+    yx, yr = fn(model_side(ux, u.narrow)), fn(model_side(u.r, u.narrow))
     multiplier = secant_multiplier(yx, yr, ux, u.r, derivative or _autodiff(fn), smooth, near, kinks)
-    return Dual(attach(yx, [(u.x, multiplier)]), yr)
+    return _widened_result(yx, yr, u, [(u.x, multiplier)])
+
+
+def _widened_result(yx: Tensor, yr: Tensor, like: Dual, pairs_: Sequence[tuple[Tensor, Tensor]]) -> Dual:
+    """The Dual of an elementwise op's results ``yx``, ``yr`` with the multipliers ``pairs_``: the results
+    widened to the operands' dtype where the op returned a narrower one (both sides: the model's values, exactly),
+    ``narrow`` the dtype the model holds them in."""
+    narrow = dtype_name(yx.dtype) if dtype_name(yx.dtype) != dtype_name(like.x.dtype) else None
+    out = Dual(attach(widened(yx, like.x), pairs_), widened(yr, like.r), narrow=narrow)
+    return out
 
 
 def secant_multiplier(
@@ -151,6 +181,76 @@ def widened(y: Tensor, like: Tensor) -> Tensor:
     return y
 
 
+def narrowed(dtype: Any) -> str | None:
+    """The dtype Keras computes in where it computes "in at least float32" (``backend.result_type(dtype,
+    "float32")``: ``ops.mean``, ``ops.var``, the normalization layers, ``ops.dot_product_attention``), when that is
+    narrower than ``dtype``: float32 for float64 on Keras 3.15's JAX backend (keras-team/keras#23223); None
+    elsewhere (TensorFlow, torch, float32 and half-precision models: nothing is rounded there)."""
+    name = dtype_name(dtype)
+    if name != "float64":
+        return None
+    computes = dtype_name(keras.backend.result_type(name, "float32"))
+    return computes if computes != name else None
+
+
+def rounding_multiplier(exact_x: Tensor, exact_r: Tensor, yx: Tensor, yr: Tensor) -> Tensor:
+    """The Rescale multiplier of the model's rounding ``y = round(e)`` of an exact value ``e`` (an elementwise
+    function of it): Δy/Δe; where Δe = 0 (so Δy = 0), its derivative 1; 0 where Δy = 0 (a tiny Δe that the
+    rounding does not see)."""
+    delta, change = exact_x - exact_r, widened(yx, exact_x) - widened(yr, exact_r)
+    moved = delta != 0
+    return ops.where(moved, change / ops.where(moved, delta, ops.ones_like(delta)), ops.ones_like(delta))
+
+
+def rounded(exact: Dual, yx: Tensor, yr: Tensor) -> Dual:
+    """The model's own values ``yx``, ``yr`` of a quantity it computes in a narrower dtype than the pass (a
+    Keras op that computes a float64 tensor in float32, or returns float32), whose exact value ``exact`` the
+    pass computed by its rules: the rounding is an elementwise function of the exact value, by Rescale
+    (:func:`rounding_multiplier`). The values are the model's, bit for bit (widened, exactly: ``narrow`` says
+    the model's dtype where it is narrower), so the attributions add up to the model's own outputs."""
+    if is_traced(yr):
+        # Under jax.jit XLA may fuse and reorder the model's float32 arithmetic: other values than the model's own
+        # call gives. The engine then runs the pass eagerly (it takes a TypeError of the trace as that sign).
+        raise TypeError("the model rounds to float32 here: its own values are those of its eager call")
+    ex = ops.stop_gradient(exact.x)
+    multiplier = rounding_multiplier(ex, exact.r, yx, yr)
+    narrow = dtype_name(yx.dtype) if dtype_name(yx.dtype) != dtype_name(ex.dtype) else None
+    return Dual(attach(widened(yx, ex), [(exact.x, multiplier)]), widened(yr, exact.r), narrow=narrow)
+
+
+def as_model(exact: Dual, fn: Callable[..., Tensor], *operands: Any) -> Dual:
+    """``exact``, the pass's value of ``fn(*operands)`` by its rule (in the operands' dtype), as the model computes
+    it: where an operand is held narrower by the model (``narrow``: a float32 ``ops.tanh`` of a float64 tensor on
+    Keras 3.15's JAX) and ``fn`` of the model's operands stays narrower, the model's values by Rescale on that
+    rounding (:func:`rounded`); where it widens them first (a product with a float64 weight), the model computes
+    what the pass does, and ``exact`` is returned as it is. Where no operand is narrow (TensorFlow, torch): ``exact``."""
+    if not any(held_narrow(o) for o in operands):
+        return exact
+    yx = fn(*side(operands, 0, model=True))
+    if dtype_name(yx.dtype) == dtype_name(exact.x.dtype):
+        return exact
+    return rounded(exact, yx, fn(*side(operands, 1, model=True)))
+
+
+def model_side(t: Tensor, narrow: str | None) -> Tensor:
+    """A side of a Dual as the model holds it: in its ``narrow`` dtype where that is set (exact: the values are
+    of that dtype)."""
+    return t if narrow is None else ops.cast(t, narrow)
+
+
+def mean(t: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """``ops.mean``, exact in ``t``'s dtype: where Keras computes it narrower (:func:`narrowed`), the sum over
+    the count (the float64 twin of the model's float32 mean, see :func:`rounded`)."""
+    if narrowed(t.dtype) is None:
+        return ops.mean(t, axis, keepdims=keepdims)
+    rank = len(t.shape)
+    axes = range(rank) if axis is None else [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+    count = 1
+    for a in axes:
+        count *= int(t.shape[a])
+    return ops.sum(t, axis, keepdims=keepdims) / ops.convert_to_tensor(float(count), t.dtype)
+
+
 def sigmoid(u: Dual) -> Dual:
     return rescale(ops.sigmoid, u, near=sigmoid_secant_near)
 
@@ -163,7 +263,7 @@ def product(a: Dual, b: Dual) -> Dual:
     """Exact two-player Shapley rule for a ⊙ b: m_a = (b + b_r)/2, m_b = (a + a_r)/2."""
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
     m_a, m_b = pairs.midpoint_multipliers(KERAS, ax, bx, a.r, b.r)
-    return Dual(attach(ax * bx, [(a.x, m_a), (b.x, m_b)]), a.r * b.r)
+    return as_model(Dual(attach(ax * bx, [(a.x, m_a), (b.x, m_b)]), a.r * b.r), ops.multiply, a, b)
 
 
 def scaled(c: Dual, s: Dual) -> Dual:
@@ -192,11 +292,20 @@ def softmax(u: Dual, axis: Any = -1) -> Dual:
 
     The shift c (the larger maximum of the two sides, a constant) cancels; it keeps exp bounded.
     """
+    if u.narrow is not None:  # the model's softmax in its dtype: the exact one, then its rounding
+        return as_model(softmax(_held_wide(u), axis), lambda t: ops.softmax(t, axis), u)
     shifted = u.map(lambda t: t - _shift(u, axis))
     return secant(ops.exp, shifted - log_of_sum(shifted, axis), exp_slope)
 
 
+def _held_wide(u: Dual) -> Dual:
+    """``u`` as the pass holds it (its values widened, exactly), for the exact rule whose result the model rounds."""
+    return Dual(u.x, u.r, u.mask)
+
+
 def log_softmax(u: Dual, axis: Any = -1) -> Dual:
+    if u.narrow is not None:
+        return as_model(log_softmax(_held_wide(u), axis), lambda t: ops.log_softmax(t, axis), u)
     shifted = u.map(lambda t: t - _shift(u, axis))
     return shifted - log_of_sum(shifted, axis)
 
@@ -249,7 +358,7 @@ def bilinear(fn: Callable[[Tensor, Tensor], Tensor], a: Dual, b: Dual) -> Dual:
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
     b_mid, a_mid = (ops.stop_gradient(m) for m in pairs.midpoint_multipliers(KERAS, ax, bx, a.r, b.r))
     out = ops.stop_gradient(fn(ax, bx)) + fn(a.x - ax, b_mid) + fn(a_mid, b.x - bx)
-    return Dual(out, fn(a.r, b.r))
+    return as_model(Dual(out, fn(a.r, b.r)), fn, a, b)
 
 
 #: the closed-form secant slopes (rnnshap/formulas/secant.py) on keras tensors: ``slope(x, r)``
@@ -274,7 +383,7 @@ def secant(fn: Fn, u: Dual, slope: Callable[[Tensor, Tensor], Tensor]) -> Dual:
     0 where nothing moves and the slope is not finite."""
     ux = ops.stop_gradient(u.x)
     m = formulas.still_zero(KERAS, slope(ux, u.r), ux, u.r)
-    return Dual(attach(fn(ux), [(u.x, m)]), fn(u.r))
+    return as_model(Dual(attach(fn(ux), [(u.x, m)]), fn(u.r)), fn, u)
 
 
 def reciprocal(u: Dual) -> Dual:
@@ -288,15 +397,24 @@ def shapley2(fn: Callable[[Tensor, Tensor], Tensor], a: Dual, b: Dual, smooth: b
     tiny, the derivative at the midpoint, or at the input for a piecewise ``fn``, averaged over b's two
     values as φ is); the same for b."""
     ax, bx = ops.stop_gradient(a.x), ops.stop_gradient(b.x)
-    values = {3: fn(ax, bx), 0: fn(a.r, b.r), 1: fn(ax, b.r), 2: fn(a.r, bx)}
+    wide = ax if dtype_name(ax.dtype) == "float64" else bx
+    own = fn(model_side(ax, a.narrow), model_side(bx, b.narrow))
+    held = dtype_name(own.dtype)
+
+    def held_fn(p: Tensor, q: Tensor) -> Tensor:  # as the model computes it, on its operands (widened after: exact)
+        return widened(fn(model_side(p, a.narrow), model_side(q, b.narrow)), wide)
+
+    values = {3: widened(own, wide), 0: held_fn(a.r, b.r), 1: held_fn(ax, b.r), 2: held_fn(a.r, bx)}
     shape = ops.shape(values[3])
 
     def derivative(players: list[Tensor], i: int) -> Tensor:
         point = ops.broadcast_to(players[i], shape)
-        return autodiff(lambda p: fn(p, players[1]) if i == 0 else fn(players[0], p), point)
+        return autodiff(lambda p: held_fn(p, players[1]) if i == 0 else held_fn(players[0], p), point)
 
     m_a, m_b = pairs.coalition_multipliers(KERAS, values, [ax, bx], [a.r, b.r], derivative, smooth)
-    return Dual(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
+    out = Dual(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
+    out.narrow = held if held != dtype_name(out.x.dtype) else None
+    return out
 
 
 def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = True, centre_output: bool | None = None) -> Dual:
@@ -306,15 +424,17 @@ def standardize(u: Dual, axes: Sequence[int], epsilon: float, centre: bool = Tru
     scale-weighted rule of :func:`scaled`. ``centre=False``: the variance of the input itself (RMS);
     ``centre_output=False``: the input, not ``c``, times the inverse deviation (Keras's ``rms_scaling``)."""
     axes = list(axes)
-    c = u.map(lambda t: t - ops.mean(t, axes, keepdims=True)) if centre else u
+    c = u.map(lambda t: t - mean(t, axes, keepdims=True)) if centre else u
     square = product(c, c)
-    variance = square.map(lambda t: ops.mean(t, axes, keepdims=True) + ops.convert_to_tensor(epsilon, t.dtype))
+    variance = square.map(lambda t: mean(t, axes, keepdims=True) + ops.convert_to_tensor(epsilon, t.dtype))
     inverse = secant(ops.rsqrt, variance, rsqrt_slope)
     return scaled(c if (centre_output is None or centre_output) else u, inverse)
 
 
 def logsumexp(u: Dual, axis: Any, keepdims: bool = False) -> Dual:
     """log Σ exp(u): Rescale on exp, the linear sum, Rescale on log (the shift c cancels)."""
+    if u.narrow is not None:
+        return as_model(logsumexp(_held_wide(u), axis, keepdims), lambda t: ops.logsumexp(t, axis, keepdims=keepdims), u)
     shift = _shift(u, axis)
     out = log_of_sum(u.map(lambda t: t - shift), axis).map(lambda t: t + shift)
     return out if keepdims else out.map(lambda t: ops.squeeze(t, axis))

@@ -30,7 +30,7 @@ from ...formulas.keras_ops import KERAS
 from ...operations import KERAS_PARAMETRIC_PIECEWISE, keras_binary, keras_op_families, keras_structured
 from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
-from .backend import Tensor
+from .backend import Tensor, dtype_name
 from .dual import Dual, PickedIndices
 from .pass_state import Run
 from .picked import Unsupported
@@ -111,12 +111,50 @@ def supported(op: Any) -> bool:
     )  # fmt: skip
 
 
+#: linear ops that Keras computes in a narrower dtype than a float64 operand's where ``dual.narrowed`` says so
+#: (Keras 3.15 on JAX: ``ops.mean`` in float32, cast back; ``ops.average`` returns float32): their exact twin,
+#: ``twin(op, t)`` on one side, whose value the model rounds (``dual.rounded``)
+_ROUNDING_TWINS: dict[str, Callable[[Any, Tensor], Tensor]] = {
+    "Mean": lambda op, t: dual.mean(t, op.axis, op.keepdims),
+    "Average": lambda op, t: dual.mean(t, op.axis),
+}
+
+
 def both(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The op on each side: a Dual (or a list of Duals for an op with several outputs)."""
+    """The op on each side: a Dual (or a list of Duals for an op with several outputs). Where the model holds an
+    operand narrower (``Dual.narrow``) and the op keeps it so, or the op itself computes narrower (``_ROUNDING_TWINS``),
+    the model's values, with the exact op's multipliers and Rescale on the rounding (``dual.rounded``)."""
     x, r = op(*dual.side(args, 0), **dual.side(kwargs, 0)), op(*dual.side(args, 1), **dual.side(kwargs, 1))
+    twin = _ROUNDING_TWINS.get(name(op))
+    if twin is not None and _rounds(op, args, kwargs):
+        (_, value), = [(p, d) for p, d in _positions(args, kwargs, op)]
+        return dual.rounded(value.map(lambda t: twin(op, t)), x, r)
+    if dual.held_narrow((args, kwargs)):
+        mx = op(*dual.side(args, 0, model=True), **dual.side(kwargs, 0, model=True))
+        mr = op(*dual.side(args, 1, model=True), **dual.side(kwargs, 1, model=True))
+        if isinstance(x, (list, tuple)):
+            return type(x)(_as_model(Dual(a, b), c, d) for a, b, c, d in zip(x, r, mx, mr, strict=True))
+        return _as_model(Dual(x, r), mx, mr)
     if isinstance(x, (list, tuple)):
         return type(x)(Dual(a, b) for a, b in zip(x, r, strict=True))
     return Dual(x, r)
+
+
+def _rounds(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``op`` (of ``_ROUNDING_TWINS``) rounds here: one input-dependent operand (no weights), whose dtype
+    Keras computes narrower."""
+    found = _positions(args, kwargs, op)
+    if len(found) != 1 or found[0][1] is None or (name(op) == "Average" and (len(args) > 1 or kwargs.get("weights") is not None)):
+        return False
+    return dual.narrowed(found[0][1].x.dtype) is not None
+
+
+def _as_model(exact: Dual, mx: Tensor, mr: Tensor) -> Dual:
+    """A linear op's ``exact`` result (on the pass's widened operands) where the model computed ``mx``, ``mr`` on
+    its own: the same where the model widened first, else its values by Rescale on the rounding."""
+    if dtype_name(mx.dtype) == dtype_name(exact.x.dtype):
+        return exact
+    return dual.rounded(exact, mx, mr)
 
 
 def _positions(args: tuple[Any, ...], kwargs: dict[str, Any], op: Any) -> list[tuple[Any, Dual]]:
@@ -381,4 +419,7 @@ def _structured(op: Any, n: str, value: Dual, args: tuple[Any, ...], kwargs: dic
     if beta is not None and not op.rms_scaling:
         b = ops.reshape(ops.cast(ops.convert_to_tensor(beta), value.x.dtype), weight_shape)
         out = out.map(lambda t: t + b)
+    if dual.narrowed(value.x.dtype) is not None:  # Keras computes it in float32 (on JAX): the model's values, rounded
+        own = both(op, args, kwargs)
+        return dual.rounded(out, own.x, own.r)
     return out

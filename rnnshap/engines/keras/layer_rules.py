@@ -248,11 +248,39 @@ def _masking(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, *
 
 
 def _linear(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:
-    """A layer linear in its input at inference: both sides run through the layer itself."""
+    """A layer linear in its input at inference: both sides run through the layer itself. Where Keras computes
+    it narrower than its input (``dual.narrowed``: a float64 BatchNormalization or global average in float32 on
+    JAX), its values are the layer's own, with the multipliers of its exact twin and Rescale on the rounding."""
     (value,) = args
     if call_takes_mask(layer):
         kwargs["mask"] = call_mask
-    return value.map(lambda t: bare(layer(t, training=False, **kwargs)))
+    out = value.map(lambda t: bare(layer(t, training=False, **kwargs)))
+    twin = _rounding_twin(layer, call_mask) if dual.narrowed(value.x.dtype) is not None else None
+    return out if twin is None else dual.rounded(value.map(twin), out.x, out.r)
+
+
+def _rounding_twin(layer: Any, call_mask: Any) -> Callable[[Tensor], Tensor] | None:
+    """The exact function (in its input's dtype) of a linear layer that Keras computes in a narrower dtype, or None."""
+    if isinstance(layer, L.BatchNormalization):
+        return lambda t: _batch_norm_exact(layer, t)
+    if isinstance(layer, (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D)) and not _uses_mask(call_mask):
+        rank = 1 if isinstance(layer, L.GlobalAveragePooling1D) else 2
+        axes = list(range(1, rank + 1)) if layer.data_format == "channels_last" else list(range(2, rank + 2))
+        return lambda t: dual.mean(t, axes, keepdims=layer.keepdims)
+    return None
+
+
+def _batch_norm_exact(layer: Any, t: Tensor) -> Tensor:
+    """BatchNormalization at inference (``ops.batch_normalization`` with the moving statistics), in ``t``'s dtype."""
+    shape = [1] * len(t.shape)
+    shape[layer.axis % len(t.shape)] = -1
+    inv = ops.rsqrt(ops.reshape(weight(layer.moving_variance, t.dtype), shape) + ops.convert_to_tensor(layer.epsilon, t.dtype))
+    if layer.scale:
+        inv = inv * ops.reshape(weight(layer.gamma, t.dtype), shape)
+    res = -ops.reshape(weight(layer.moving_mean, t.dtype), shape) * inv
+    if layer.center:
+        res = res + ops.reshape(weight(layer.beta, t.dtype), shape)
+    return t * inv + res
 
 
 def _merge(layer: Any, run: Run, walker: Walker, call_mask: Any, *args: Any, **kwargs: Any) -> Dual:

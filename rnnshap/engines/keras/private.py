@@ -177,6 +177,11 @@ def multi_head_parts(layer: Any) -> MultiHeadParts:
     )
 
 
+def flash_attention(layer: Any) -> Any:
+    """``MultiHeadAttention``'s ``flash_attention`` setting, as its call hands it to ``ops.dot_product_attention``."""
+    return getattr(layer, "_flash_attention", None)
+
+
 def score_mask(layer: Any, scores: Any, v_mask: Any, use_causal_mask: bool) -> Any:
     """``Attention``/``AdditiveAttention``'s mask of its scores."""
     return layer._calculate_score_mask(scores, v_mask, use_causal_mask)
