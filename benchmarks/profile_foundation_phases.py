@@ -13,6 +13,14 @@ Each number is the minimum of ``--repeats`` runs (the machine may be shared). Us
 
     python benchmarks/profile_foundation_phases.py                 # both models, 16 / 64 / 128 pairs
     python benchmarks/profile_foundation_phases.py --models ttm --pairs 64 --profile   # + torch.profiler's top ops
+
+``--door`` measures the foundation door instead (``rnnshap.foundation``, bench_foundation.py's models, windows and
+background; ``--size published``: the published checkpoints' sizes), in CPU time: a first ``explain()`` and a later
+``ForecastExplainer`` call split into the reference passes, the checks that rows are computed alone, the plain
+forward that vets a kept reference pass, the input pass, the backward and the rest, beside the per-output floor's
+forward and backward on the same pairs::
+
+    python benchmarks/profile_foundation_phases.py --door --size published --door-models TinyTimeMixer
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 os.environ.setdefault("USE_TF", "0")
@@ -155,6 +164,103 @@ def deepshap(explainer: Any, X: torch.Tensor) -> dict[str, float]:
     return spent
 
 
+def door_phases(names: list[str], size: str, repeats: int, windows: int) -> None:
+    """The door's phases (see the module's docstring), CPU time, minimum of ``repeats`` runs each."""
+    import collections
+    import contextlib
+    import sys
+    from pathlib import Path
+    from unittest import mock
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_foundation as bench
+
+    warnings.filterwarnings("ignore")  # (torch.func's fallback for unfold_backward, the libraries' own)
+
+    if size == "published":
+        bench.PUBLISHED_RUN, bench.L = True, 512
+    series = bench.co2() if bench.PUBLISHED_RUN else bench.sunspots()
+    engine_class = engine_module.TorchEngine
+    spent: collections.Counter[str] = collections.Counter()
+    inner: list[float] = []
+
+    def timed(owner: Any, name: str, label: Callable[[tuple[Any, ...]], str]) -> Any:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            inner.append(0.0)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                took, nested = time.process_time() - start, inner.pop()
+                spent[label(args)] += took - nested
+                if inner:
+                    inner[-1] += took
+
+        return mock.patch.object(owner, name, wrapper)
+
+    phases = [
+        timed(engine_module, "run_pass", lambda a: "input pass" if a[4].replay else "reference passes"),
+        timed(engine_module, "_grads_per_output", lambda a: "backward"),
+        timed(engine_class, "_check_rows_independent", lambda a: "rows checks"),
+        timed(engine_class, "_rows_alone", lambda a: "rows checks"),
+        timed(engine_class, "_computes", lambda a: "vetting forward"),
+    ]
+    print(f"torch {torch.__version__}, one thread, CPU time, minimum of {repeats} runs; {size} sizes, {windows} windows x 16")
+    print("| model | call | reference passes | rows checks | vetting forward | input pass | backward | rest | total |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        model = (bench.PUBLISHED if bench.PUBLISHED_RUN else bench.MODELS)[name]()
+        starts = np.linspace(1000 if bench.PUBLISHED_RUN else 160, len(series) - bench.L, windows).astype(int)
+        context = np.stack([series[s : s + bench.L] for s in starts])
+        background = bench.background_windows(series)
+        levels = bench.explained_levels(model)
+        explainer = rnnshap.foundation.ForecastExplainer(model, background=background)
+        calls = {
+            "explain()": lambda: rnnshap.foundation.explain(
+                model, context, prediction_length=bench.H, background=background, quantile_levels=levels
+            ),
+            "later call": lambda: explainer.explain(context, prediction_length=bench.H, quantile_levels=levels),
+        }
+        with contextlib.ExitStack() as stack:
+            for patch in phases:
+                stack.enter_context(patch)
+            for label, call in calls.items():
+                call()
+                runs = []
+                for _ in range(repeats):
+                    spent.clear()
+                    start = time.process_time()
+                    call()
+                    total = time.process_time() - start
+                    runs.append({**spent, "rest": total - sum(spent.values()), "total": total})
+                cells = [
+                    min(run.get(k, 0.0) for run in runs) * 1e3
+                    for k in ("reference passes", "rows checks", "vetting forward", "input pass", "backward", "rest", "total")
+                ]
+                print(f"| {name} | {label} | " + " | ".join(f"{c:.1f} ms" for c in cells) + " |", flush=True)
+        adapter = bench.adapter_for(model)
+        module = adapter.module(bench.H, adapter.levels(levels))
+        x = torch.tensor(np.repeat(context, len(background), axis=0), dtype=torch.float32)
+        extra = [torch.as_tensor(np.repeat(c, len(background), axis=0)) for c in adapter.context_inputs(context)]
+        forward, backward = [], []
+        for _ in range(repeats):
+            plain = mock.patch.object(torch, "no_grad", contextlib.nullcontext)
+            with plain, mock.patch.object(torch.Tensor, "detach", bench._same):
+                inputs = x.clone().requires_grad_(True)
+                start = time.process_time()
+                out = module(inputs, *extra).reshape(len(inputs), -1)
+                middle = time.process_time()
+                k = out.shape[1]
+                seeds = torch.eye(k, dtype=out.dtype)[:, None, :].expand(k, *out.shape).contiguous()
+                torch.func.vmap(lambda v, out=out, inputs=inputs: torch.autograd.grad(out, inputs, v, retain_graph=True))(seeds)
+                forward.append(middle - start)
+                backward.append(time.process_time() - middle)
+        f, b = min(forward) * 1e3, min(backward) * 1e3
+        print(f"| {name} | floor: forward + backward per output | | | | {f:.1f} ms (forward) | {b:.1f} ms | | {f + b:.1f} ms |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -162,8 +268,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operations of one call")
+    parser.add_argument("--door", action="store_true", help="the foundation door's phases instead (see above)")
+    parser.add_argument("--door-models", default="TinyTimeMixer,MOMENT", help="--door: bench_foundation.py's model names")
+    parser.add_argument("--size", choices=("small", "published"), default="small", help="--door: bench_foundation.py's sizes")
+    parser.add_argument("--windows", type=int, default=4, help="--door: explained windows (each against 16 references)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.door:
+        door_phases([m.strip() for m in args.door_models.split(",")], args.size, args.repeats, args.windows)
+        return
     data = windows()
     print(f"torch {torch.__version__}, {args.threads} thread(s), minimum of {args.repeats} runs, {SAMPLES} samples explained")
     print("| model | pairs | outputs k | phase | torch (floor) | rnnshap DeepSHAP | ratio |")
