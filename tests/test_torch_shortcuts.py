@@ -241,6 +241,50 @@ def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.M
         model = Masked().eval()  # type: ignore[assignment]
         X[:, 2] = background[:, 2] = float("nan")
     one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
-    monkeypatch.setattr(structured, "_standardized", lambda *a: structured._standardized_chain(*a[:4], True, a[4]))
+    def chain_of(x: torch.Tensor, r: torch.Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> object:
+        return structured._standardized_chain(x, r, dims, eps, True, reference)
+
+    monkeypatch.setattr(structured, "_standardized", chain_of)
+    chain = rnnshap.DeepExplainer(model, background).shap_values(X)
+    np.testing.assert_array_equal(one_node, chain)
+
+
+class _Sdpa(nn.Module):
+    """scaled_dot_product_attention with a boolean mask (rows masked throughout with ``dead``)."""
+
+    def __init__(self, dead: bool = False) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(5, 48)
+        self.dead = dead
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
+        q, k, v = self.qkv(x).reshape(x.shape[0], 7, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        mask = torch.ones(7, 7, dtype=torch.bool).tril()
+        if self.dead:
+            mask[3] = False
+        out = F.scaled_dot_product_attention(q * 2, k, v, attn_mask=mask)
+        return out.nan_to_num().flatten(1)[:, :6]
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["plain", "dead_rows"])
+def test_attention_softmax_as_one_node_gives_the_chains_bits(dead: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attention rule's softmax (scaled_dot_product_attention) as one node: the chain's attributions bit for bit."""
+    from rnnshap.rules import attention
+
+    torch.manual_seed(0)
+    model = _Sdpa(dead).eval()
+    background, X = torch.randn(6, 7, 5), torch.randn(3, 7, 5) * 2
+    fused = attention.fused_softmax
+    answers: list[bool] = []
+
+    def counted(*args: object) -> object:
+        out = fused(*args)  # type: ignore[arg-type]
+        answers.append(out is not None)
+        return out
+
+    monkeypatch.setattr(attention, "fused_softmax", counted)
+    one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert answers and all(answers) is not dead
+    monkeypatch.setattr(attention, "fused_softmax", lambda *args: None)
     chain = rnnshap.DeepExplainer(model, background).shap_values(X)
     np.testing.assert_array_equal(one_node, chain)

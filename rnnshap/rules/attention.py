@@ -39,7 +39,7 @@ from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .secant import secant
-from .structured import finite_total, shifted_logsumexp
+from .structured import finite_total, fused_softmax, shifted_logsumexp
 
 Tensor = torch.Tensor
 INF = float("-inf")
@@ -118,6 +118,11 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
     single = _single_key(scores, dim)
     if single is not None:
         return single
+    fused = fused_softmax(scores.x, scores.r, dim)
+    if fused is not None:
+        output, reference = fused
+        assert reference is not None
+        return Sides(output, reference, True)
     xs, rs, total, total_ref, _ = shifted_logsumexp(scores.x, scores.r, dim)
     safe, safe_ref = finite_total(total, total_ref)
     with torch.no_grad():

@@ -120,21 +120,33 @@ class _SoftmaxFunction(torch.autograd.Function):
 
 
 def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
-    """:class:`Softmax`'s output with its multipliers as one node (:class:`_SoftmaxFunction`), the values of the
-    chain; None where a row is masked throughout (-inf: the chain handles it)."""
+    """:class:`Softmax`'s output with its multipliers as one node (:func:`fused_softmax`); None where a row is masked
+    throughout."""
+    fused = fused_softmax(x, r, dim, reference=False)
+    return None if fused is None else fused[0]
+
+
+def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tuple[Tensor, Tensor | None] | None:
+    """Softmax's decomposition (:class:`Softmax`) with its multipliers as one node (:class:`_SoftmaxFunction`): the
+    chain's values (and, with ``reference``, the reference side's, as the chain computes them); None where a row of
+    ``x`` is masked throughout (``-inf``: the chain handles it), before any other work."""
     xd, rd = x.detach(), r.detach()
-    top = _common_shift(xd, rd, dim)
+    max_x = xd.amax(dim, keepdim=True)
+    if not TORCH.surely_none(torch.isneginf(max_x)):
+        return None
+    top = pairs.common_shift(TORCH, max_x, rd.amax(dim, keepdim=True))
     xs = xd - top
     rs, log_total, log_total_ref, m_log = _logsumexp_parts(xs, rd, top, dim)
-    if not TORCH.surely_none(torch.isneginf(log_total)):
+    if not TORCH.surely_none(torch.isneginf(log_total)):  # (not reached: log S is -inf only where a row of x is)
         return None
-    shifted = xs - log_total
+    shifted, shifted_ref = xs - log_total, rs - log_total_ref
     output = torch.exp(shifted)
-    m_exp = secant_slope(exp_slope, shifted, rs - log_total_ref).expand(output.shape)
+    m_exp = secant_slope(exp_slope, shifted, shifted_ref).expand(output.shape)
+    ref_output = torch.exp(shifted_ref) if reference else None
     if not x.requires_grad:
-        return output
+        return output, ref_output
     computed = (output, m_exp, m_log, log_total.shape)
-    return _SoftmaxFunction.apply(lambda: computed, x)
+    return _SoftmaxFunction.apply(lambda: computed, x), ref_output
 
 
 def _stable_log(total: Tensor, shifted: Tensor, dim: int | tuple[int, ...]) -> Tensor:
@@ -659,6 +671,7 @@ class GroupNorm(Rule):
 
 
 __all__ = [
-    "Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "MaxPool", "MaxReduction", "LayerNorm", "RMSNorm", "GroupNorm",
+    "Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "fused_softmax", "MaxPool", "MaxReduction", "LayerNorm",
+    "RMSNorm", "GroupNorm",
     "scaled", "standardize", "routed_max", "ranked_values", "picked_index",
 ]
