@@ -158,6 +158,10 @@ def test_attributions_add_up(name: str, dtype: str) -> None:
     assert_rounding_close(explainer.expected_value, outputs_of(model, background).mean(0).reshape(out_shape), dtype, what="E[f]")
 
 
+#: the architectures with a mean (GlobalAveragePooling1D), which Keras 3.15 computes in float32 on JAX (keras#23223)
+ROUNDS_A_MEAN = {"bidirectional-ave"}
+
+
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
     """The dual pass runs as one compiled graph (tf.function, or jax.jit on JAX): the same operations, so
@@ -169,7 +173,12 @@ def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
         return
     compiled = rnnshap.DeepExplainer(model, background)
     values = compiled.shap_values(x)
-    assert compiled.engine._graph not in (None, False)  # the graph ran
+    if name in ROUNDS_A_MEAN and keras.backend.result_type("float64", "float32") != "float64":
+        # Keras 3.15 on JAX computes its mean in float32, which XLA fuses otherwise under jax.jit than in the model's
+        # own call: the pass takes the model's own rounded values, so it runs eagerly (docs/keras.md)
+        assert compiled.engine._graph is False
+    else:
+        assert compiled.engine._graph not in (None, False)  # the graph ran
     eager = rnnshap.DeepExplainer(model, background)
     eager.engine._graph = eager.engine._model_graph = False
     np.testing.assert_allclose(values, eager.shap_values(x), rtol=0, atol=1e-12 * np.abs(values).max())

@@ -82,6 +82,19 @@ def _model_call(model: Any, multi_input: bool, names: tuple[str, ...] | None = N
     return calls[key]
 
 
+def _rounds_float64(model: Any, dtypes: list[str]) -> bool:
+    """Whether ``model`` holds float64 tensors (inputs or layers) that Keras computes some ops of in float32
+    (``dual.narrowed``: Keras 3.15 on JAX); False on TensorFlow."""
+    if narrowed("float64") is None:
+        return False
+    try:
+        layers = flat_layers(model)
+    except (AttributeError, TypeError):
+        layers = list(getattr(model, "layers", []))
+    held = {*dtypes, *(str(getattr(layer, "compute_dtype", "")) for layer in layers)}
+    return "float64" in held
+
+
 def _input_names(model: Any) -> list[str] | None:
     """The keys a Functional model takes its inputs by, in the order of ``model.inputs`` (a model built
     on a dict of ``keras.Input``: its keys; else the Inputs' names), or None for another model."""
@@ -415,10 +428,11 @@ class KerasEngine(Engine):
             return None
         if backend.name() == "jax" and not (self.model.built and self.model.variables):
             return None  # (the eager call builds it: a model built inside jax.jit would hold traced weights)
-        if any(narrowed(d) for d in self._dtypes):
+        if self._model_graph is None and _rounds_float64(self.model, self._dtypes):
             # Keras computes parts of a float64 model in float32 there (keras#23223: the norms, means, attention),
             # which XLA fuses otherwise under jax.jit than in the model's own call: the model's outputs are those of
             # its eager call, which the pass's rule for that rounding reproduces (dual.rounded)
+            self._model_graph = False
             return None
         if self._model_graph is None:
             names = tuple(self.input_names) if self.input_names is not None else None

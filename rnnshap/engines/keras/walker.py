@@ -62,6 +62,8 @@ def _as_input(value: Any, spec: Any) -> Any:
 def _cast(value: Any, dtype: str) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, Dual) and value.narrow is not None and dtype_name(value.x.dtype) == dtype:
+        return Dual(value.x, value.r, value.mask)  # keras widens the model's narrower tensor: the pass holds it so
     if (
         isinstance(value, Dual)
         and not isinstance(value, TokenDual)
