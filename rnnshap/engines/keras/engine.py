@@ -92,7 +92,19 @@ def _rounds_float64(model: Any, dtypes: list[str]) -> bool:
     except (AttributeError, TypeError):
         layers = list(getattr(model, "layers", []))
     held = {*dtypes, *(str(getattr(layer, "compute_dtype", "")) for layer in layers)}
-    return "float64" in held
+    if "float64" not in held:
+        return False
+    import keras
+
+    L = keras.layers
+    rounding = (
+        L.LayerNormalization, L.GroupNormalization, L.BatchNormalization, L.GlobalAveragePooling1D,
+        L.GlobalAveragePooling2D, L.MultiHeadAttention, L.Attention, L.AdditiveAttention, L.Lambda,
+        *((L.RMSNormalization,) if hasattr(L, "RMSNormalization") else ()),
+    )  # fmt: skip
+    ops_nodes = [op for m in (model, *layers) for op in getattr(m, "operations", []) if not isinstance(op, L.Layer)]
+    custom = [layer for layer in layers if not type(layer).__module__.startswith("keras.")]  # (a traced call())
+    return bool(ops_nodes or custom) or any(isinstance(layer, rounding) for layer in layers)
 
 
 def _input_names(model: Any) -> list[str] | None:
