@@ -208,6 +208,7 @@ def test_the_shapley_mode_takes_a_flax_model_through_both_doors() -> None:
     by_forward = rnnshap.ShapleyExplainer(model, background).shapley_values(x, "steps", budget=10**5)
     by_engine = rnnshap.DeepExplainer(model, background).shapley_values(x, "steps", budget=10**5)
     assert by_forward.exact.all() and by_engine.exact.all()  # every coalition of the 5 steps enumerated
+    assert np.asarray(by_forward.values).shape[:2] == (2, 5)  # players: the 5 steps (time read as axis 1), not the 3 features
     np.testing.assert_allclose(np.asarray(by_forward.values), np.asarray(by_engine.values), rtol=0, atol=1e-12)
     outputs = np.asarray(model(jnp.asarray(x)))
     gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
@@ -414,4 +415,76 @@ def test_integers_cast_to_floats_are_attributed_as_the_numbers_they_are() -> Non
     assert as_ints.number_inputs == [0] and as_ints.token_inputs == []
     as_floats = rnnshap.DeepExplainer(Counts(), background.astype(np.float64))
     floats = np.asarray(as_floats.shap_values(x.astype(np.float64)))
-    np.testing.assert_allclose(np.asarray(as_ints.shap_values(x)), floats, rtol=0, atol=1e-15)
+    values = np.asarray(as_ints.shap_values(x))
+    np.testing.assert_allclose(values, floats, rtol=0, atol=1e-15)
+    gap = np.asarray(Counts()(jnp.asarray(x))) - np.asarray(Counts()(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12)
+
+
+class ReversedTokens(TokenGRU):
+    def __call__(self, ids: Any) -> Any:
+        return self.head(self.rnn(self.embed(ids[:, ::-1]))[:, -1])
+
+
+def test_ids_rearranged_before_their_lookup_are_refused_by_name() -> None:
+    """A token's credit goes back to its own position: ids reversed (or sliced, transposed) before the lookup would
+    put it elsewhere, so the model is refused, not explained with credits at the wrong positions."""
+    background, x = np.zeros((2, 6), np.int32), np.ones((1, 6), np.int32)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)'gather'.*rearranged"):
+        rnnshap.DeepExplainer(ReversedTokens(), background).shap_values(x)
+
+
+class Masked(nnx.Module):
+    """A softmax over a constant mask (-inf entries on both sides), and a square root meeting exact zeros."""
+
+    def __init__(self) -> None:
+        rngs = nnx.Rngs(33)
+        self.dense = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        h = self.dense(x)
+        mask = jnp.array([True, True, False, True])
+        return self.head(jax.nn.softmax(h, where=mask) + jnp.sqrt(jax.nn.relu(h)))
+
+
+def test_minus_infinity_masks_and_roots_at_zero_stay_finite_and_add_up() -> None:
+    model = Masked()
+    background, x = data((3,), 5, 34), data((3,), 4, 35)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    assert np.isfinite(values).all()
+    gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12)
+
+
+@jax.jit
+def log(t: Any) -> Any:  # a user's function that shares a table entry's name, and is not that primitive
+    return jnp.log(t + 1e-3)
+
+
+@jax.jit
+def relu(t: Any) -> Any:  # ... and one that is not elementwise
+    return jnp.maximum(t, t.mean(-1, keepdims=True))
+
+
+class Named(nnx.Module):
+    def __init__(self, jitted: bool) -> None:
+        rngs = nnx.Rngs(36)
+        self.dense = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
+        self.jitted = jitted
+
+    def __call__(self, x: Any) -> Any:
+        h = jnp.exp(self.dense(x))
+        if self.jitted:
+            return self.head(log(h) + relu(h))
+        return self.head(jnp.log(h + 1e-3) + jnp.maximum(h, h.mean(-1, keepdims=True)))
+
+
+def test_a_user_function_named_as_a_table_entry_is_taken_as_what_it_computes() -> None:
+    """A named call is taken whole only where it is elementwise, and then by its own quotient, not a closed form of
+    the primitive whose name it shares: the jitted functions give the values their inline writing gives."""
+    background, x = data((3,), 5, 37), data((3,), 3, 38)
+    jitted = np.asarray(rnnshap.DeepExplainer(Named(True), background).shap_values(x))
+    inline = np.asarray(rnnshap.DeepExplainer(Named(False), background).shap_values(x))
+    np.testing.assert_allclose(jitted, inline, rtol=0, atol=1e-9 * np.abs(inline).max())

@@ -115,8 +115,10 @@ class JaxEngine(Engine):
 
     # -- the model ---------------------------------------------------------------------------------------------------------
     def model_version(self) -> Any:
-        """The identities of the module's arrays: JAX arrays are immutable, so training (or any update) replaces them."""
-        return tuple(map(id, jax.tree_util.tree_leaves(nnx.state(self.model))))
+        """The module's graph (its structure and static attributes) and the identities of its arrays: JAX arrays are
+        immutable, so training (or any update) replaces them."""
+        graph, state = nnx.split(self.model)
+        return graph, tuple(map(id, jax.tree_util.tree_leaves(state)))
 
     def _frozen(self) -> tuple[Any, Any]:
         """The graph and state of an evaluation-mode copy of the model as it is now (kept while its arrays are)."""
@@ -262,7 +264,7 @@ class JaxEngine(Engine):
         mine = outputs.reshape(block.samples, block.references, -1)
         scale = max(float(np.abs(own).max(initial=0.0)), 1e-30)
         gap = float(np.abs(mine - own[:, None]).max(initial=0.0))
-        if gap > RTOL.get(self.dtype, 1e-4) * scale:
+        if not gap <= RTOL.get(self.dtype, 1e-4) * scale:  # (NaN too: a pass that went non-finite)
             raise RnnShapError(
                 f"rnnshap's pass through this Flax model does not reproduce the model: its outputs differ by {gap:.3g} "
                 f"(largest output {scale:.3g}). Please report this model."

@@ -61,6 +61,29 @@ class Ids(Pair):
     flows through them; where they become floats (an embedding's lookup, a cast), a :class:`Sites` probe does."""
 
     source: int
+    #: whether every entry still sits at its own input position (only elementwise operations, and the trailing axis
+    #: of size 1 an index takes, since the input): the credits of a site go back to the input position by position
+    kept: bool = True
+
+
+#: integer operations that keep each entry at its input position (elementwise)
+_ELEMENTWISE_IDS = {
+    "add", "sub", "mul", "neg", "abs", "sign", "max", "min", "rem", "div", "clamp", "select_n", "convert_element_type",
+    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "copy", "shift_left", "shift_right_logical",
+}  # fmt: skip
+
+
+def _keeps_positions(eqn: Any, ids: Ids) -> bool:
+    """Whether ``eqn`` leaves every entry of ``ids`` at its position: elementwise, or a broadcast that only appends
+    axes of size 1 (an index's trailing axis)."""
+    name, shape = eqn.primitive.name, tuple(ids.x.shape)
+    out = tuple(eqn.outvars[0].aval.shape)
+    if name in _ELEMENTWISE_IDS:
+        return out == shape
+    if name == "broadcast_in_dim":
+        dims = tuple(eqn.params["broadcast_dimensions"])
+        return dims == tuple(range(len(shape))) and out[: len(shape)] == shape and all(d == 1 for d in out[len(shape) :])
+    return False
 
 
 @dataclass
@@ -97,9 +120,8 @@ BINARY_PRIMITIVES: dict[str, bool] = {name: entry.smooth for name, entry in jax_
 #: linear in every input-dependent operand: both sides run through the primitive
 LINEAR = {
     "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
-    "concatenate", "reduce_sum", "copy", "copy_p", "pad", "rev", "cumsum", "real", "reduce_precision_free",
-    "select_and_scatter_add", "split", "dynamic_slice", "dynamic_update_slice", "gather", "mul", "dot_general", "div",
-    "select_n", "convert_element_type",
+    "concatenate", "reduce_sum", "copy", "pad", "rev", "cumsum", "real", "split", "dynamic_slice", "dynamic_update_slice",
+    "gather", "mul", "dot_general", "div", "select_n",
 }  # fmt: skip
 #: linear in the operands at these positions only (the others must not depend on the input)
 LINEAR_AT: dict[str, tuple[int, ...]] = {
@@ -114,6 +136,11 @@ CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "custom_vjp_call_jaxpr": "fun_jaxpr", "custom_lin": None}  # fmt: skip
 
 _near = {name: formulas.bind(fn, JAX) for name, fn in secant.NEAR_SECANTS.items()}
+#: primitives that act entry by entry (a named call made of these, of its operand's shape, is one elementwise function)
+_ELEMENTWISE_FLOATS = set(UNARY) | set(BINARY_PRIMITIVES) | {
+    "add", "sub", "mul", "div", "neg", "integer_pow", "select_n", "convert_element_type", "stop_gradient", "copy",
+    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "sign", "is_finite", "clamp", "nextafter", "broadcast_in_dim",
+}  # fmt: skip
 
 
 # -- attaching a multiplier ----------------------------------------------------------------------------------------------
@@ -122,8 +149,15 @@ def attach(value: Array, operands: Sequence[tuple[Array, Array]]) -> Array:
     (``m`` broadcast to ``value``'s shape; JAX sums it back to ``u``'s)."""
     out = lax.stop_gradient(value)
     for operand, multiplier in operands:  # (an exact zero, in the value's dtype: its derivative is m, in the operand's)
-        out = out + (lax.stop_gradient(multiplier) * (operand - lax.stop_gradient(operand))).astype(out.dtype)
+        out = out + (lax.stop_gradient(multiplier) * _zero(operand)).astype(out.dtype)
     return out
+
+
+def _zero(operand: Array) -> Array:
+    """``operand − operand`` with the derivative 1: an exact zero whose derivative carries a multiplier. Entries that are
+    not finite (a ``-inf`` mask, the same on both sides) give 0, not ``inf − inf``, and carry none."""
+    held = lax.stop_gradient(operand)
+    return jnp.where(jnp.isfinite(held), operand - held, jnp.zeros_like(held))
 
 
 def _bilinear(fn: Callable[[Array, Array], Array], a: Pair, b: Pair) -> Pair:
@@ -132,8 +166,8 @@ def _bilinear(fn: Callable[[Array, Array], Array], a: Pair, b: Pair) -> Pair:
     ax, bx = lax.stop_gradient(a.x), lax.stop_gradient(b.x)
     m_a, m_b = pair_rules.midpoint_multipliers(JAX, ax, bx, a.r, b.r)  # m_a: b's midpoint, m_b: a's
     y = fn(ax, bx)
-    through_a = fn(a.x - ax, lax.stop_gradient(m_a))
-    through_b = fn(lax.stop_gradient(m_b), b.x - bx)
+    through_a = fn(_zero(a.x), lax.stop_gradient(m_a))
+    through_b = fn(lax.stop_gradient(m_b), _zero(b.x))
     return Pair(lax.stop_gradient(y) + through_a + through_b, fn(a.r, b.r))
 
 
@@ -150,7 +184,7 @@ def _rescaled(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, 
     value, reference = fn(ux), fn(u.r)
     yx, yr = _widened(value, ux), _widened(reference, u.r)  # (a result rounded to a narrower float: its Δy exactly)
     if entry is not None and entry.family == "secant" and entry.name in secant.SLOPES_BY_NAME:
-        multiplier = secant.SLOPES_BY_NAME[entry.name](JAX, ux, u.r)
+        multiplier = secant.still_zero(JAX, secant.SLOPES_BY_NAME[entry.name](JAX, ux, u.r), ux, u.r)
     elif entry is not None and entry.near is not None:
         multiplier = secant.near_rescale_multiplier(JAX, _near[entry.near], yx, yr, ux, u.r)
     else:
@@ -207,7 +241,7 @@ def _max_over(eqn: Any, u: Pair, largest: bool) -> Pair:
         return jnp.expand_dims(credit, axes)
 
     multiplier = (at(ux) * spread(credit_x) + at(u.r) * spread(credit_r)) * pair_rules.inverse_delta(JAX, ux - u.r)
-    out = lax.stop_gradient(y) + jnp.sum(lax.stop_gradient(multiplier) * (u.x - ux), axis=axes)
+    out = lax.stop_gradient(y) + jnp.sum(lax.stop_gradient(multiplier) * _zero(u.x), axis=axes)
     return Pair(out, y_r)
 
 
@@ -360,11 +394,15 @@ def _ids(eqn: Any, inputs: list[Value], found: list[int], where: str, sites: Sit
     outs = eqn.outvars
     integral = all(not jnp.issubdtype(getattr(v.aval, "dtype", jnp.float32), jnp.inexact) for v in outs)
     if integral and all(isinstance(inputs[i], Ids) for i in found) and name != "scan":
-        return [Ids(p.x, p.r, source) for p in _both(eqn, inputs)]
+        kept = all(inputs[i].kept and _keeps_positions(eqn, inputs[i]) for i in found)
+        return [Ids(p.x, p.r, source, kept) for p in _both(eqn, inputs)]
     if sites is None:
         raise _refuse(eqn, where, "integer inputs (token ids) are read inside a loop or a nested function here")
     if source < 0:
         raise _refuse(eqn, where, "it mixes values computed from several integer inputs")
+    if not all(inputs[i].kept for i in found if isinstance(inputs[i], Ids)):
+        raise _refuse(eqn, where, "the ids reach it rearranged (sliced, reversed, transposed, reshaped or reduced): rnnshap "
+                      "credits a token at its own position, so it attributes ids looked up or cast where they stand")
     if name == "gather" and found == [1] and not isinstance(inputs[0], Pair):  # an embedding's lookup at the ids
         ids, numbers = inputs[1], eqn.params["dimension_numbers"]
         x, r = (eqn.primitive.bind(inputs[0], side, **eqn.params) for side in (ids.x, ids.r))
@@ -379,6 +417,22 @@ def _ids(eqn: Any, inputs: list[Value], found: list[int], where: str, sites: Sit
                   "JAX engine attributes integer inputs where they become floats: an embedding's lookup or a cast")
 
 
+def _elementwise(jaxpr: core.Jaxpr) -> bool:
+    """Whether every value of ``jaxpr`` that depends on its first input has that input's shape (no reduction, no
+    rearrangement), through elementwise primitives and calls of them: a named call taken whole as one function."""
+    shape = tuple(getattr(jaxpr.invars[0].aval, "shape", ()))
+    marked = {jaxpr.invars[0]}
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, core.Literal) and v in marked for v in eqn.invars):
+            if eqn.primitive.name not in CALLS and eqn.primitive.name not in _ELEMENTWISE_FLOATS:
+                return False
+            for v in eqn.outvars:
+                if tuple(getattr(v.aval, "shape", ())) != shape:
+                    return False
+                marked.add(v)
+    return True
+
+
 def _call(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
     """A nested function: its own jaxpr, by the same rules (a custom derivative is the rules' anyway)."""
     key = CALLS[eqn.primitive.name]
@@ -390,14 +444,16 @@ def _call(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None)
     entry = FUNCTIONS.get(str(inner))
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
     named = found == [0] and not isinstance(inputs[0], Ids) and len(eqn.outvars) == 1
-    if entry is not None and named and eqn.outvars[0].aval.shape == inputs[0].x.shape:
+    if entry is not None and named and eqn.outvars[0].aval.shape == inputs[0].x.shape and _elementwise(jaxpr):
         closed = core.ClosedJaxpr(jaxpr, consts)
         rest = inputs[1 : len(jaxpr.invars)]
 
         def function(t: Array) -> Array:  # the named call itself, one elementwise function of its first operand
             return core.jaxpr_as_fun(closed)(t, *rest)[0]
 
-        return [_rescale(function, inputs[0], entry, str(inner), entry.smooth)]
+        # (the function itself, by the quotient: a closed-form or two-result secant holds for that primitive alone)
+        generic = entry if entry.family != "secant" and entry.near is None else None
+        return [_rescale(function, inputs[0], generic, str(inner), entry.smooth)]
     count = len(jaxpr.invars)
     return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner), sites=sites)
 
