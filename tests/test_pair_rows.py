@@ -289,6 +289,14 @@ def test_the_reference_pass_runs_on_the_distinct_references_with_the_same_values
     np.testing.assert_allclose(values.reshape(5, -1, 2).sum(1), expected, rtol=0, atol=1e-12)
 
 
+def test_the_setup_runs_the_model_on_five_backgrounds_worth_of_rows() -> None:
+    """The constructor's cost: the probe on the background, the rows check's reversed background in two halves
+    (compared with the probe's outputs), and the layout check on 4 perturbed rows once and twice over."""
+    model, _, background = _loop_problem(LoopCell(), n_refs=8)
+    rnnshap.DeepExplainer(model, background)
+    assert model.batches == [8, 4, 4, 4, 8], model.batches
+
+
 def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
     model, x, background = _loop_problem(TimeMajorFold())
     explainer = rnnshap.DeepExplainer(model, background)
