@@ -83,6 +83,7 @@ def test_samples_sharing_a_mask_run_the_reference_pass_on_the_distinct_reference
     model, x, background = _problem(shared)
     explainer = rnnshap.DeepExplainer(model, background)
     assert explainer.engine.context_inputs == [1]
+    assert explainer.engine.distinct_references  # (its check's passes, run where a block of several samples first asks)
     values, rows = _reference_rows(explainer, x, monkeypatch)
     # shared: one pass on the 5 references (with the samples' mask); else the reference side of all 4 x 5 pairs
     assert rows == ([5] if shared else [20])
@@ -97,6 +98,7 @@ def test_samples_sharing_a_mask_run_the_reference_pass_on_the_distinct_reference
 def test_a_later_call_with_the_same_mask_reuses_the_pass_another_mask_runs_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, background = _problem(True)
     explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.distinct_references
     first, rows = _reference_rows(explainer, x, monkeypatch)
     again, rows_again = _reference_rows(explainer, x, monkeypatch)
     assert rows == [5] and rows_again == []  # kept, vetted by a plain forward

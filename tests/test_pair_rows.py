@@ -289,12 +289,20 @@ def test_the_reference_pass_runs_on_the_distinct_references_with_the_same_values
     np.testing.assert_allclose(values.reshape(5, -1, 2).sum(1), expected, rtol=0, atol=1e-12)
 
 
-def test_the_setup_runs_the_model_on_five_backgrounds_worth_of_rows() -> None:
-    """The constructor's cost: the probe on the background, the rows check's reversed background in two halves
-    (compared with the probe's outputs), and the layout check on 4 perturbed rows once and twice over."""
-    model, _, background = _loop_problem(LoopCell(), n_refs=8)
-    rnnshap.DeepExplainer(model, background)
-    assert model.batches == [8, 4, 4, 4, 8], model.batches
+def test_the_setup_runs_the_model_on_two_backgrounds_worth_of_rows() -> None:
+    """The constructor's cost: the probe on the background and the rows check's reversed background in two halves
+    (compared with the probe's outputs). The layout check (4 perturbed rows once and twice over) runs where a block of
+    several samples first needs it; a block of one sample reuses the probe's pass, vetted by a plain forward."""
+    model, x, background = _loop_problem(LoopCell(), n_refs=8)
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert model.batches == [8, 4, 4], model.batches
+    model.batches.clear()
+    one = np.asarray(explainer.shap_values(x[:1]))
+    assert model.batches == [8, 8], model.batches  # the vetting forward, the input pass
+    model.batches.clear()
+    several = np.asarray(explainer.shap_values(x))
+    assert model.batches == [4, 8, 8, 5 * 8], model.batches  # the layout check, the vetting forward, the input pass
+    np.testing.assert_allclose(one[0], several[0], rtol=0, atol=1e-13 * np.abs(several).max())
 
 
 def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
@@ -364,16 +372,18 @@ def _reference_passes(explainer: Any, x: torch.Tensor, monkeypatch: pytest.Monke
 def test_a_later_call_reuses_the_reference_pass_with_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, background = _loop_problem(LoopCell())
     explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.distinct_references  # (its check's two passes, run where a block of several samples asks)
     first, passes = _reference_passes(explainer, x, monkeypatch)
     assert passes == 0  # the constructor's pass on every reference, checked by a plain forward of them
     again, passes = _reference_passes(explainer, x, monkeypatch)
     assert passes == 0  # the same tape, checked again
     np.testing.assert_array_equal(again, first)
     np.testing.assert_allclose(first, _every_pair(model, background, x), rtol=0, atol=1e-13 * np.abs(first).max())
-    # blocks of two samples (8 pairs) share the constructor's reference pass; the last block, of one sample, runs
-    # the reference side of its own pairs
-    blocks, passes = _reference_passes(rnnshap.DeepExplainer(model, background, batch_size=8), x, monkeypatch)
-    assert passes == 1
+    # blocks of two samples (8 pairs) and the last block, of one sample, share the constructor's reference pass
+    blocked = rnnshap.DeepExplainer(model, background, batch_size=8)
+    assert blocked.engine.distinct_references
+    blocks, passes = _reference_passes(blocked, x, monkeypatch)
+    assert passes == 0
     np.testing.assert_allclose(blocks, first, rtol=0, atol=1e-13 * np.abs(first).max())
 
 

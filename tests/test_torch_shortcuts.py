@@ -120,26 +120,33 @@ class _Counted(nn.Module):
         return self.linear(x) * (1 + self.drift * self.calls)
 
 
-def test_rows_check_runs_each_order_once_where_the_rows_pass() -> None:
-    """The check that rows are computed alone: four plain forwards where they are (each order once, the two halves);
-    the repeats that tell a forward changing from call to call run only before a refusal."""
-    torch.manual_seed(0)
-    model = _Counted().eval()
-    engine = rnnshap.DeepExplainer(model, torch.randn(8, 4)).engine
+def _probed(model: nn.Module, background: torch.Tensor) -> torch.Tensor:
+    """The model's outputs on the background (what the check takes from the probe), without counting the call."""
+    with torch.no_grad():
+        outputs = model(background)
     model.calls = 0
-    engine._check_rows_independent(torch.finfo(torch.float32).eps)  # type: ignore[attr-defined]
-    assert model.calls == 4
+    return outputs
+
+
+def test_rows_check_runs_one_forwards_worth_of_rows_where_the_rows_pass() -> None:
+    """The check that rows are computed alone: where they are, the reversed rows in two halves, compared with the
+    probe's outputs (each order and the halves apart, and the repeats that tell a forward changing from call to call,
+    run only where they differ)."""
+    torch.manual_seed(0)
+    model, background = _Counted().eval(), torch.randn(8, 4)
+    engine = rnnshap.DeepExplainer(model, background).engine
+    engine._check_rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
+    assert model.calls == 2
 
 
 def test_a_forward_that_changes_from_call_to_call_is_not_refused_as_mixing_rows() -> None:
     """Its reversed outputs are not the outputs reversed (each call scales them anew), but each order run again
-    does not give its outputs again either: not judged (no refusal), and the halves are not run."""
+    does not give its outputs again either: not judged (no refusal), and the halves apart are not run."""
     torch.manual_seed(0)
-    model = _Counted(drift=1e-2).eval()
-    engine = rnnshap.DeepExplainer(model, torch.randn(8, 4)).engine
-    model.calls = 0
-    engine._check_rows_independent(torch.finfo(torch.float32).eps)  # type: ignore[attr-defined]
-    assert model.calls == 4  # each order, then each again
+    model, background = _Counted(drift=1e-2).eval(), torch.randn(8, 4)
+    engine = rnnshap.DeepExplainer(model, background).engine
+    engine._check_rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
+    assert model.calls == 6  # the reversed halves, each order, then each again
 
 
 class _Attention(nn.Module):

@@ -729,9 +729,9 @@ def _setups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     check = TorchEngine._check_rows_independent
 
-    def counted(self: Any, eps: float) -> None:
+    def counted(self: Any, eps: float, probed: Any) -> None:
         calls.append(1)
-        check(self, eps)
+        check(self, eps, probed)
 
     monkeypatch.setattr(TorchEngine, "_check_rows_independent", counted)
     return calls

@@ -131,13 +131,30 @@ class TorchEngine(Engine):
         self.context_inputs = [
             i for i, b in enumerate(self.background) if not b.is_floating_point() and i not in self.followed_inputs
         ]
-        #: whether a block's reference pass may run on its distinct references only (see _rows_alone), where its
-        #: samples share their context inputs' values
-        self.distinct_references = not self.followed_inputs and not self.masked_inputs and self._rows_alone()
-        if self.distinct_references and not self.context_inputs and not probe.drew and not probe.random_draws:
+        #: whether a block's reference pass may run on its references alone and be kept for later blocks and calls
+        #: (where its samples share their context inputs' values): for a block of one sample that pass is the
+        #: pairs' own; for several, see :attr:`distinct_references`
+        self._distinct_allowed = not self.followed_inputs and not self.masked_inputs
+        #: whether the model lays out its rows so that a tape repeats for several samples (``_rows_alone``, run
+        #: where a block of several samples first asks: an explanation of one window never pays for it)
+        self._rows_laid_out: bool | None = None
+        if self._distinct_allowed and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
+
+    @property
+    def distinct_references(self) -> bool:
+        """Whether a block of several samples runs its reference pass on its distinct references only, the tape then
+        repeated for its samples (see ``_rows_alone``, checked on first use); set to False, every block runs its
+        reference pass on its pairs."""
+        if self._distinct_allowed and self._rows_laid_out is None:
+            self._rows_laid_out = self._rows_alone()
+        return self._distinct_allowed and bool(self._rows_laid_out)
+
+    @distinct_references.setter
+    def distinct_references(self, value: bool) -> None:
+        self._distinct_allowed = self._distinct_allowed and value
 
     def _rows_alone(self) -> bool:
         """Whether the reference pass may run on a block's distinct references, its tape then repeated
@@ -520,7 +537,8 @@ class TorchEngine(Engine):
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
         # the context inputs' values where the block's samples share them (their references all take them), else None
         context = self._shared_context(inputs, block)
-        distinct = self.distinct_references and s > 1 and n_refs > 1 and context is not None
+        # (one sample: the pass on the references is the pairs' own, kept across calls; several: see distinct_references)
+        distinct = n_refs > 1 and context is not None and (self._distinct_allowed if s == 1 else self.distinct_references)
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
@@ -567,7 +585,7 @@ class TorchEngine(Engine):
             except TapeMismatchError:
                 if not distinct:
                     raise
-                # the check at construction missed a layout: every pair, from now on
+                # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
                 self.distinct_references = distinct = False
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)

@@ -455,8 +455,8 @@ def check_model(model: Any) -> None:
     """Refuse models rnnshap cannot see into or whose forward pass is random."""
     if not isinstance(model, nn.Module):
         raise TypeError(
-            f"rnnshap.DeepExplainer takes a torch.nn.Module (or a Keras model), not {type(model).__name__}. "
-            "Wrap a function in an nn.Module whose forward() calls it."
+            f"The PyTorch engine takes a torch.nn.Module, not {type(model).__name__} (rnnshap.DeepExplainer picks the "
+            "engine of a Keras model or a Flax NNX module itself). Wrap a function in an nn.Module whose forward() calls it."
         )
     refuse_scripted(model)
     for name, module in model.named_modules():
