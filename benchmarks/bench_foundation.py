@@ -256,14 +256,17 @@ def chronos2_published() -> Any:
 
 
 def timesfm_published() -> Any:
-    """TimesFM 2.5 (google/timesfm-2.5-200m-pytorch): the package's own definition (20 layers of width 1,280)."""
+    """TimesFM 2.5 (google/timesfm-2.5-200m-pytorch): the package's own definition (20 layers of width 1,280),
+    compiled with the library's default batch (``per_core_batch_size=1``): its ``forecast()``, which ``explain()``
+    calls once for the forecast it returns, pads every call to that many series (with 256, one window's forecast
+    decodes 256 rows: 30 s of CPU here, three times DeepSHAP's own work)."""
     from timesfm import ForecastConfig, TimesFM_2p5_200M_torch
 
     torch.manual_seed(0)
     model = TimesFM_2p5_200M_torch(torch_compile=False)
     init_small(model.model)
     model.model.eval()
-    model.compile(ForecastConfig(max_context=L, max_horizon=128, normalize_inputs=True, per_core_batch_size=256))
+    model.compile(ForecastConfig(max_context=L, max_horizon=128, normalize_inputs=True))
     return model
 
 
