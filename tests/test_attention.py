@@ -452,6 +452,7 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
         model(X)
         assert calls["fast"] == 2  # torch's own call took the fast path
         explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: Spy()})
+        assert explainer.engine.distinct_references  # (the layout check's passes, run where several samples first ask)
         calls.update(reference=0, attribute=0, fast=0)
         values = explainer.shap_values(X)
     # the passes take the Python path; the fast path runs only in the plain forward of the references
