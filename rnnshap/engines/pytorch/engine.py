@@ -126,6 +126,8 @@ class TorchEngine(Engine):
         self._unkept: set[Any] = set()
         #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
         self._unchecked: set[Any] = set()
+        #: the model's version (:meth:`model_version`) the kept tapes were recorded on: a change of a parameter or
+        #: buffer drops them all, also where the references' outputs, which vet a kept tape, happen not to move
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -142,6 +144,7 @@ class TorchEngine(Engine):
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
+        self._kept_version = self.model_version()
 
     @property
     def distinct_references(self) -> bool:
@@ -310,12 +313,17 @@ class TorchEngine(Engine):
 
         With distinct references it depends on the model, those background rows and the context only, so it is
         kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
-        same rows and context. Reused only while a plain forward of those rows (a fraction of a pass's cost: no
-        operation is intercepted) still gives the kept outputs bit for bit: parameters trained or
-        replaced, a changed attribute that forward() reads, or a background changed in place each
-        change them, and the pass runs again. ``state``: the model's state, taken before (each pass
-        and plain forward here restores it)."""
+        same rows and context. Reused only while the model's parameters and buffers are the ones it was recorded on
+        (:meth:`model_version`: trained, loaded or replaced, every kept tape is dropped) and a plain forward of those
+        rows (a fraction of a pass's cost: no operation is intercepted) still gives the kept outputs bit for bit (a
+        changed attribute that forward() reads, or a background changed in place, change them, and the pass runs
+        again). An attribute change that moves what the pass records but not one bit of the references' outputs is
+        not seen (the additivity check then fails, as it does for blocks of several samples): call
+        ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken before
+        (each pass and plain forward here restores it)."""
         key = _kept_key(block, context)
+        if self.model_version() != self._kept_version:  # (trained, loaded, replaced: recorded on another model)
+            self.forget_reference_passes()
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
@@ -335,6 +343,14 @@ class TorchEngine(Engine):
         # explain() on one block, pays no plain forward)
         self._keep(block, context, tape, outputs, None)
         return tape, outputs
+
+    def forget_reference_passes(self) -> None:
+        """Drop every kept reference pass: the next call runs its reference passes afresh (see
+        ``_distinct_reference_pass``)."""
+        self._kept_tapes.clear()
+        self._unkept.clear()
+        self._unchecked.clear()
+        self._kept_version = self.model_version()
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
