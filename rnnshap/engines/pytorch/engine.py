@@ -126,8 +126,6 @@ class TorchEngine(Engine):
         self._unkept: set[Any] = set()
         #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
         self._unchecked: set[Any] = set()
-        #: the model's version (:meth:`model_version`) the kept tapes were recorded on: a change of a parameter or
-        #: buffer drops them all, also where the references' outputs, which vet a kept tape, happen not to move
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -144,6 +142,8 @@ class TorchEngine(Engine):
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
+        #: the model's version (:meth:`model_version`) the kept tapes were recorded on: a change of a parameter or
+        #: buffer drops them all, also where the references' outputs, which vet a kept tape, happen not to move
         self._kept_version = self.model_version()
 
     @property
