@@ -142,9 +142,6 @@ class TorchEngine(Engine):
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
-        #: the model's version (:meth:`model_version`) the kept tapes were recorded on: a change of a parameter or
-        #: buffer drops them all, also where the references' outputs, which vet a kept tape, happen not to move
-        self._kept_version = self.model_version()
 
     @property
     def distinct_references(self) -> bool:
@@ -314,16 +311,14 @@ class TorchEngine(Engine):
         With distinct references it depends on the model, those background rows and the context only, so it is
         kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
         same rows and context. Reused only while the model's parameters and buffers are the ones it was recorded on
-        (:meth:`model_version`: trained, loaded or replaced, every kept tape is dropped) and a plain forward of those
-        rows (a fraction of a pass's cost: no operation is intercepted) still gives the kept outputs bit for bit (a
-        changed attribute that forward() reads, or a background changed in place, change them, and the pass runs
-        again). An attribute change that moves what the pass records but not one bit of the references' outputs is
-        not seen (the additivity check then fails, as it does for blocks of several samples): call
-        ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken before
-        (each pass and plain forward here restores it)."""
+        (the front door, seeing :meth:`model_version` change, calls :meth:`refresh_background_outputs`, which drops
+        every kept tape) and a plain forward of those rows (a fraction of a pass's cost: no operation is intercepted)
+        still gives the kept outputs bit for bit (a changed attribute that forward() reads, or a background changed
+        in place, change them, and the pass runs again). An attribute change that moves what the pass records but
+        not one bit of the references' outputs is not seen (the additivity check then fails): call
+        ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken
+        before (each pass and plain forward here restores it)."""
         key = _kept_key(block, context)
-        if self.model_version() != self._kept_version:  # (trained, loaded, replaced: recorded on another model)
-            self.forget_reference_passes()
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
@@ -350,7 +345,6 @@ class TorchEngine(Engine):
         self._kept_tapes.clear()
         self._unkept.clear()
         self._unchecked.clear()
-        self._kept_version = self.model_version()
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
@@ -519,6 +513,9 @@ class TorchEngine(Engine):
         return tuple(version)
 
     def refresh_background_outputs(self) -> None:
+        # the model changed (trained, loaded, replaced): kept reference passes were recorded on another model, even
+        # where the references' outputs, which vet them, happen not to move
+        self.forget_reference_passes()
         # copies: a forward() that works in place must not rewrite the background
         self.background_outputs = self.predict([b.clone() for b in self.background]).reshape(self.references, *self.output_shape)
         _check_missing_values_handled(self.background, self.background_outputs.reshape(self.references, -1), "background")
