@@ -66,24 +66,15 @@ class Ids(Pair):
     kept: bool = True
 
 
-#: integer operations that keep each entry at its input position (elementwise)
-_ELEMENTWISE_IDS = {
-    "add", "sub", "mul", "neg", "abs", "sign", "max", "min", "rem", "div", "clamp", "select_n", "convert_element_type",
-    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "copy", "shift_left", "shift_right_logical",
-}  # fmt: skip
-
-
 def _keeps_positions(eqn: Any, ids: Ids) -> bool:
-    """Whether ``eqn`` leaves every entry of ``ids`` at its position: elementwise, or a broadcast that only appends
-    axes of size 1 (an index's trailing axis)."""
+    """Whether ``eqn`` leaves every entry of ``ids`` at its position: elementwise (:data:`ENTRYWISE`), or a
+    broadcast that only appends axes of size 1 (an index's trailing axis)."""
     name, shape = eqn.primitive.name, tuple(ids.x.shape)
     out = tuple(eqn.outvars[0].aval.shape)
-    if name in _ELEMENTWISE_IDS:
-        return out == shape
     if name == "broadcast_in_dim":
         dims = tuple(eqn.params["broadcast_dimensions"])
         return dims == tuple(range(len(shape))) and out[: len(shape)] == shape and all(d == 1 for d in out[len(shape) :])
-    return False
+    return name in ENTRYWISE and out == shape
 
 
 @dataclass
@@ -136,10 +127,12 @@ CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "custom_vjp_call_jaxpr": "fun_jaxpr", "custom_lin": None}  # fmt: skip
 
 _near = {name: formulas.bind(fn, JAX) for name, fn in secant.NEAR_SECANTS.items()}
-#: primitives that act entry by entry (a named call made of these, of its operand's shape, is one elementwise function)
-_ELEMENTWISE_FLOATS = set(UNARY) | set(BINARY_PRIMITIVES) | {
-    "add", "sub", "mul", "div", "neg", "integer_pow", "select_n", "convert_element_type", "stop_gradient", "copy",
-    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "sign", "is_finite", "clamp", "nextafter", "broadcast_in_dim",
+#: primitives that act entry by entry, on floats or integers (where their result has their operand's shape: a named
+#: call made of these is one elementwise function; integer ids through these stay at their input positions)
+ENTRYWISE = set(UNARY) | set(BINARY_PRIMITIVES) | {
+    "add", "sub", "mul", "div", "rem", "neg", "abs", "sign", "max", "min", "integer_pow", "clamp", "nextafter",
+    "select_n", "convert_element_type", "stop_gradient", "copy", "is_finite", "broadcast_in_dim",
+    "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "shift_left", "shift_right_logical",
 }  # fmt: skip
 
 
@@ -424,7 +417,7 @@ def _elementwise(jaxpr: core.Jaxpr) -> bool:
     marked = {jaxpr.invars[0]}
     for eqn in jaxpr.eqns:
         if any(not isinstance(v, core.Literal) and v in marked for v in eqn.invars):
-            if eqn.primitive.name not in CALLS and eqn.primitive.name not in _ELEMENTWISE_FLOATS:
+            if eqn.primitive.name not in CALLS and eqn.primitive.name not in ENTRYWISE:
                 return False
             for v in eqn.outvars:
                 if tuple(getattr(v.aval, "shape", ())) != shape:
