@@ -416,6 +416,7 @@ class DeepExplainer:
         batch_size: int | None = None,
         progress: bool | None = None,
         multipliers: bool = False,
+        just_built: bool = False,
     ) -> Attribution:
         """Package-internal: the attributions of ``inputs`` before shaping, for the doors built on this one
         (:meth:`shap_values`, ``explainer(X)``, :meth:`summarize`, :mod:`rnnshap.captum`, :mod:`rnnshap.ray`).
@@ -423,7 +424,9 @@ class DeepExplainer:
         Selects the outputs, attributes block by block, checks additivity. ``inputs`` are the engine's
         arrays (``explainer.engine.inputs(X, what)``); the other arguments are :meth:`shap_values`'.
         ``multipliers``: the mean multipliers instead of multiplier × (x − r) (Captum's
-        ``multiply_by_inputs=False``; PyTorch models). :meth:`Attribution.per_sample` shapes the result.
+        ``multiply_by_inputs=False``; PyTorch models). ``just_built``: the caller built this explainer just before,
+        with nothing run in between (a door's one-shot call), so the work its setup kept is taken unvetted
+        (:meth:`rnnshap.engines.base.Engine.call`). :meth:`Attribution.per_sample` shapes the result.
         """
         check = additivity.additivity_option(check_additivity)
         self._follow_model()
@@ -437,7 +440,8 @@ class DeepExplainer:
             if not engine.gives_multipliers:
                 raise InputError(f"the multipliers themselves are given for PyTorch models, not for {engine.name}")
             check = False  # multipliers do not add up to f(x) - E[f]; only multiplier x (x - r) does
-        result = attribute(engine, inputs, selected, batch_size or self.batch_size, show, multipliers=bool(multipliers))
+        with engine.call(just_built):
+            result = attribute(engine, inputs, selected, batch_size or self.batch_size, show, multipliers=bool(multipliers))
         if check is not False:
             additivity.check_additivity(result, engine, None if check is True else float(check))
         return result

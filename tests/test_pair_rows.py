@@ -476,3 +476,49 @@ def test_forget_reference_passes_after_an_attribute_change_unseen_by_the_backgro
     explainer.engine.forget_reference_passes()
     values = np.asarray(explainer.shap_values(x))
     np.testing.assert_array_equal(values, np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x)))
+
+
+def test_a_call_vets_a_kept_pass_once_for_all_its_blocks() -> None:
+    """No code runs between one call's blocks: the plain forward that vets a kept reference pass runs once a call, not
+    once a block."""
+    model, x, background = _loop_problem(LoopCell())
+    explainer = rnnshap.DeepExplainer(model, background, batch_size=8)  # blocks of two samples, two, one
+    first = np.asarray(explainer.shap_values(x))
+    model.batches.clear()
+    again = np.asarray(explainer.shap_values(x))
+    assert model.batches == [4, 8, 8, 4], model.batches  # the vetting forward, then the blocks' input passes
+    np.testing.assert_array_equal(again, first)
+
+
+def test_an_explainer_built_for_one_call_takes_its_setups_pass_unvetted() -> None:
+    """A door that builds an explainer and calls it at once (nothing runs in between) says so: the reference pass the
+    constructor kept is taken without the plain forward that vets it. The values are a vetted call's, bit for bit, and
+    a later call vets it as before."""
+    model, x, background = _loop_problem(LoopCell(), n_refs=8)
+    explainer = rnnshap.DeepExplainer(model, background)
+    model.batches.clear()
+    inputs = explainer.engine.inputs(x[:1], "X")
+    built = explainer.attribution(inputs, just_built=True)
+    assert model.batches == [8], model.batches  # the input pass alone
+    model.batches.clear()
+    later = explainer.attribution(inputs)
+    assert model.batches == [8, 8], model.batches  # the vetting forward, the input pass
+    for a, b in zip(built.values, later.values, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("samples", [1, 5])
+def test_the_setups_pass_over_the_bytes_kept_serves_the_first_call_only(samples: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constructor's reference pass, over the bytes kept between calls, is held for the first call (which would
+    run the same pass again), then dropped."""
+    from rnnshap.engines.pytorch import engine
+
+    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", 1024)
+    model, x, background = _loop_problem(LoopCell())
+    explainer = rnnshap.DeepExplainer(model, background)
+    assert explainer.engine.distinct_references  # (its check's passes, run where a block of several samples asks)
+    first, passes = _reference_passes(explainer, x[:samples], monkeypatch)
+    assert passes == 0  # the constructor's pass, vetted by a plain forward
+    again, passes = _reference_passes(explainer, x[:samples], monkeypatch)
+    assert passes == 1 and not explainer.engine._kept_tapes
+    np.testing.assert_array_equal(again, first)

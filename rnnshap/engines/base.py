@@ -17,7 +17,7 @@ import contextlib
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -166,6 +166,14 @@ class Engine(ABC):
     def refresh_background_outputs(self) -> None:
         """Recompute ``background_outputs`` with the model as it is now."""
         self.background_outputs = self.predict(self.background).reshape(self.references, *self.output_shape)
+
+    @contextlib.contextmanager
+    def call(self, just_built: bool = False) -> Iterator[None]:
+        """One call of the front door, its blocks run inside. An engine that keeps work between calls (the PyTorch
+        engine's reference passes) vets it once a call, not once a block: no other code runs between one call's
+        blocks. ``just_built``: the caller built the explainer just before this call, with nothing run in between
+        (a door's one-shot call): the work its setup kept needs no vetting."""
+        yield
 
     def rows_per_pair(self, outputs: int) -> int:
         """How many rows of the model's batch one pair takes when ``outputs`` outputs are attributed

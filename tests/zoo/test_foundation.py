@@ -765,6 +765,31 @@ def test_forecast_explainer_gives_explains_values_bit_for_bit_and_sets_up_once(
         assert unchanged(before, getattr(model, "model", model))
 
 
+def test_a_setup_used_at_once_runs_no_vetting_forward(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """explain() and a ForecastExplainer's first call build DeepSHAP's explainer and use it at once: the reference pass
+    its setup kept is taken without the plain forward that vets a kept pass; a later call vets it, once."""
+    from rnnshap.engines.pytorch.engine import TorchEngine
+
+    vettings: list[int] = []
+    computes = TorchEngine._computes
+
+    def counted(self: Any, *args: Any) -> bool:
+        vettings.append(1)
+        return computes(self, *args)
+
+    monkeypatch.setattr(TorchEngine, "_computes", counted)
+    background, context = windows(16, [0, 40, 80, 120]), windows(16, [300])
+    once = rnnshap.foundation.explain(ttm, context, prediction_length=3, background=background)
+    assert vettings == []
+    explainer = rnnshap.foundation.ForecastExplainer(ttm, background=background)
+    first = explainer.explain(context, prediction_length=3)
+    assert vettings == []
+    later = explainer.explain(context, prediction_length=3)
+    assert len(vettings) == 1
+    for result in (first, later):
+        np.testing.assert_array_equal(result.values, once.values)
+
+
 def test_forecast_explainer_sees_the_model_trained_between_calls(ttm: Any) -> None:
     """Weights changed in place after a call: the next call explains the changed model, as a fresh explain() does."""
     model = copy.deepcopy(ttm)

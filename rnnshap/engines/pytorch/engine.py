@@ -7,8 +7,9 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -126,6 +127,12 @@ class TorchEngine(Engine):
         self._unkept: set[Any] = set()
         #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
         self._unchecked: set[Any] = set()
+        #: during a call of the front door (:meth:`call`), the kept tapes vetted (or recorded) in it; None outside one,
+        #: where every block vets what it reuses
+        self._vetted: set[Any] | None = None
+        #: kept tapes over the bytes kept between calls, held for the first call only (the constructor's reference
+        #: pass, which that call would run again: see ``_keep``)
+        self._first_call_only: set[Any] = set()
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -141,7 +148,7 @@ class TorchEngine(Engine):
         if self._distinct_allowed and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
-            self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None)
+            self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
 
     @property
     def distinct_references(self) -> bool:
@@ -319,12 +326,17 @@ class TorchEngine(Engine):
         ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken
         before (each pass and plain forward here restores it)."""
         key = _kept_key(block, context)
+        vetted = self._vetted
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
             if kept is not None:
                 entries, outputs, _ = kept
+                if vetted is not None and key in vetted:
+                    return Tape(list(entries)), outputs
                 if self._computes(block, context, outputs, state):
                     self._unchecked.discard(key)
+                    if vetted is not None:
+                        vetted.add(key)
                     return Tape(list(entries)), outputs
                 del self._kept_tapes[key]
                 if key in self._unchecked:  # the constructor's pass, never vetted: a plain forward does not give
@@ -334,10 +346,27 @@ class TorchEngine(Engine):
             self.model, self._distinct_rows(block, context), self.registry, tape := Tape(),
             PassSettings(replay=False, take=self._take, state=state),
         )  # fmt: skip
-        # kept unchecked: its first reuse runs the plain forward that vets a kept tape (a call that never reuses it,
-        # explain() on one block, pays no plain forward)
+        # kept unchecked: its first reuse in a later call runs the plain forward that vets a kept tape (a call that
+        # never reuses it, explain() on one block, pays no plain forward)
         self._keep(block, context, tape, outputs, None)
+        if vetted is not None:
+            vetted.add(key)
         return tape, outputs
+
+    @contextlib.contextmanager
+    def call(self, just_built: bool = False) -> Iterator[None]:
+        # the kept reference passes are vetted once a call (see _distinct_reference_pass); a just-built explainer's
+        # are its constructor's, recorded on the model as it is
+        self._vetted = set(self._kept_tapes) if just_built else set()
+        try:
+            yield
+        finally:
+            self._vetted = None
+            for key in self._first_call_only:  # (over the bytes kept between calls)
+                self._kept_tapes.pop(key, None)
+                self._unchecked.discard(key)
+                self._unkept.add(key)
+            self._first_call_only.clear()
 
     def forget_reference_passes(self) -> None:
         """Drop every kept reference pass: the next call runs its reference passes afresh (see
@@ -345,6 +374,9 @@ class TorchEngine(Engine):
         self._kept_tapes.clear()
         self._unkept.clear()
         self._unchecked.clear()
+        self._first_call_only.clear()
+        if self._vetted is not None:
+            self._vetted.clear()
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
@@ -367,20 +399,25 @@ class TorchEngine(Engine):
             shared.append(first)
         return shared
 
-    def _keep(self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None) -> None:
+    def _keep(
+        self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None, first_call: bool = False
+    ) -> None:
         """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
         and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
         ``state``, the model's state taken before; with None, unchecked until its first reuse). ``context``: the
-        context inputs' values the pass ran with (see ``_distinct_reference_pass``)."""
+        context inputs' values the pass ran with (see ``_distinct_reference_pass``). ``first_call``: over the bytes
+        kept, held until the end of the first call all the same (the memory it takes is taken now, and that call
+        would take it again to run the same pass)."""
         key = _kept_key(block, context)
         if key in self._unkept:
             return
         size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        if size + self._kept_bytes() > KEPT_TAPE_BYTES or (
-            state is not None and not self._computes(block, context, outputs, state)
-        ):
+        over = size + self._kept_bytes() > KEPT_TAPE_BYTES
+        if (over and not first_call) or (state is not None and not self._computes(block, context, outputs, state)):
             self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
         else:
+            if over:
+                self._first_call_only.add(key)
             # (the input pass replaces the entries it takes in tape's own list)
             self._kept_tapes[key] = (list(tape.entries), outputs, size)
             if state is None:

@@ -698,7 +698,9 @@ def _deepshap(
                 kept[key] = (module, explainer)
                 while len(kept) > KEPT_EXPLAINERS:
                     del kept[next(iter(kept))]
-            attribution = explainer.attribution(explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check)
+            attribution = explainer.attribution(
+                explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check, just_built=found is None
+            )  # (built here just before: its setup's reference pass is taken without the plain forward that vets it)
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
             own = forecast[members].reshape(len(members), -1)
             gap = float(np.abs(attribution.outputs - own).max())
