@@ -294,7 +294,7 @@ class DeepExplainer:
         self._follow_model()
         layout = layout_reader(self.model, self.engine.to_numpy(self.engine.background))
         view = engine_view(self.engine, "shapley_values", layout)
-        with normal_mode():
+        with normal_mode(), self.engine.call():
             return shapley_values(
                 view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
                 batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
@@ -360,7 +360,7 @@ class DeepExplainer:
         self._follow_model()
         layout = layout_reader(self.model, self.engine.to_numpy(self.engine.background))
         view = engine_view(self.engine, "shapley_interactions", layout)
-        with normal_mode():
+        with normal_mode(), self.engine.call():
             return shapley_interactions(
                 view, X, players, index=index, order=order, budget=budget, approximator=approximator, outputs=outputs,
                 random_state=random_state, batch_size=batch_size or self.batch_size, player_names=player_names,

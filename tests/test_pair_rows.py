@@ -522,3 +522,21 @@ def test_the_setups_pass_over_the_bytes_kept_serves_the_first_call_only(samples:
     again, passes = _reference_passes(explainer, x[:samples], monkeypatch)
     assert passes == 1 and not explainer.engine._kept_tapes
     np.testing.assert_array_equal(again, first)
+
+
+def test_a_held_setup_pass_neither_crowds_out_nor_outlives_blocks_that_do_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Found in review.) Blocks of part of the references do not take the constructor's pass on all of them: it is
+    dropped at the first such block, and its bytes never count against the passes kept between calls."""
+    from rnnshap.engines.pytorch import engine
+
+    model, x, background = _loop_problem(LoopCell(), n=3, n_refs=8)
+    full = rnnshap.DeepExplainer(model, background).engine._kept_bytes()
+    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", int(full * 0.75))  # all 8 references' pass over, 4's within
+    explainer = rnnshap.DeepExplainer(model, background, batch_size=4)  # blocks of one sample x 4 references
+    assert (0, 8) in {key[:2] for key in explainer.engine._kept_tapes}  # held for the first call
+    first, passes = _reference_passes(explainer, x, monkeypatch)
+    kept = {key[:2] for key in explainer.engine._kept_tapes}
+    assert kept == {(0, 4)}, kept  # a block of references 0-4 kept; the pass on all 8 dropped, not taken
+    again, passes = _reference_passes(explainer, x, monkeypatch)
+    assert passes == 3  # each sample's second block (references 4-8): over the bytes kept beside the first's
+    np.testing.assert_array_equal(again, first)

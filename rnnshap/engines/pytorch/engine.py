@@ -147,7 +147,8 @@ class TorchEngine(Engine):
         self._rows_laid_out: bool | None = None
         if self._distinct_allowed and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
-            # (kept unchecked: its first reuse runs the plain forward that vets a kept tape)
+            # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
+            # built the explainer just before; over the bytes kept between calls, held for the first call only)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
 
     @property
@@ -356,17 +357,24 @@ class TorchEngine(Engine):
     @contextlib.contextmanager
     def call(self, just_built: bool = False) -> Iterator[None]:
         # the kept reference passes are vetted once a call (see _distinct_reference_pass); a just-built explainer's
-        # are its constructor's, recorded on the model as it is
+        # are its constructor's, recorded on the model as it is. (A call inside a call is part of it.)
+        if self._vetted is not None:
+            yield
+            return
         self._vetted = set(self._kept_tapes) if just_built else set()
         try:
             yield
         finally:
             self._vetted = None
-            for key in self._first_call_only:  # (over the bytes kept between calls)
-                self._kept_tapes.pop(key, None)
-                self._unchecked.discard(key)
-                self._unkept.add(key)
-            self._first_call_only.clear()
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Drop the tapes held for the first call only (over the bytes kept between calls: see ``_keep``)."""
+        for key in self._first_call_only:
+            self._kept_tapes.pop(key, None)
+            self._unchecked.discard(key)
+            self._unkept.add(key)
+        self._first_call_only.clear()
 
     def forget_reference_passes(self) -> None:
         """Drop every kept reference pass: the next call runs its reference passes afresh (see
@@ -424,7 +432,8 @@ class TorchEngine(Engine):
                 self._unchecked.add(key)
 
     def _kept_bytes(self) -> int:
-        return sum(size for _, _, size in self._kept_tapes.values())
+        """The bytes of the tapes kept between calls (a tape held for the first call only is not counted)."""
+        return sum(size for key, (_, _, size) in self._kept_tapes.items() if key not in self._first_call_only)
 
     def _computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
         """Whether a plain forward of the block's references (with ``context``) gives ``outputs`` bit for bit (see
@@ -589,6 +598,8 @@ class TorchEngine(Engine):
         context = self._shared_context(inputs, block)
         # (one sample: the pass on the references is the pairs' own, kept across calls; several: see distinct_references)
         distinct = n_refs > 1 and context is not None and (self._distinct_allowed if s == 1 else self.distinct_references)
+        if self._first_call_only and not (distinct and _kept_key(block, context) in self._first_call_only):
+            self._release_held()  # (a block that does not take the tape held for the first call: it is not taken)
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
@@ -615,8 +626,12 @@ class TorchEngine(Engine):
             if distinct:
                 tape.repeats = s
                 # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
-                kept = self._kept_tapes.get(_kept_key(block, context))
-                tape.keeps_repeats = kept is not None and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
+                key = _kept_key(block, context)
+                tape.keeps_repeats = (
+                    key in self._kept_tapes
+                    and key not in self._first_call_only
+                    and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
+                )
                 ref_outputs = repeat_along(ref_outputs, 0, s)
             try:
                 with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
