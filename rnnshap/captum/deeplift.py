@@ -208,8 +208,8 @@ class DeepLift:
             index = torch.as_tensor(rows, device=device)
             inputs = explainer.engine.inputs([g[index] for g in given], "inputs")
             output = 0 if not shape else tuple(int(i) for i in np.unravel_index(int(column), shape))
-            attribution = explainer.attribution(
-                inputs, outputs=[output], check_additivity=check, progress=False, multipliers=multipliers
+            attribution = explainer.attribution(  # (built in this call: nothing else runs before or between these)
+                inputs, outputs=[output], check_additivity=check, progress=False, multipliers=multipliers, just_built=True
             )
             for total, phi in zip(values, attribution.values, strict=False):  # the index input, last, has none
                 total[rows] = phi[..., 0]

@@ -117,10 +117,13 @@ def attribute(
             raise refusal from error
         explainer = ShapleyExplainer(module, background, batch_size=batch_size)
     if method == "deepshap":
-        raw = explainer.shap_values(X, check_additivity=check_additivity, progress=progress)
-        values = [np.asarray(v, dtype=np.float64) for v in (raw if isinstance(raw, list) else [raw])]
+        from ..engines.base import normal_mode
+
+        with normal_mode():  # (built just before: its setup's reference pass is taken without the forward that vets it)
+            inputs = explainer.engine.inputs(X, "X")
+            attribution = explainer.attribution(inputs, check_additivity=check_additivity, progress=progress, just_built=True)
         k = outputs.shape[1]
-        values = [v.reshape(*x.shape, k) for v, x in zip(values, X, strict=True)]
+        values = [np.asarray(v, dtype=np.float64).reshape(*x.shape, k) for v, x in zip(attribution.values, X, strict=True)]
         base = np.broadcast_to(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1), outputs.shape).copy()
         return WindowAttribution(values, None, base, outputs, method)
     estimate = explainer.shapley_values(X, players="cells", budget=budget, random_state=random_state, progress=progress)
