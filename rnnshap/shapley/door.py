@@ -107,12 +107,11 @@ def pair_values(engine: Engine, inputs: list[Any], columns: np.ndarray, players:
     # one sample's pairs per block (its references in parts if batch_size holds fewer): the values do
     # not then depend on batch_size, nor on the other samples of the call
     pairs = max(1, batch_size // engine.rows_per_pair(k))
-    with engine.call():
-        for block in blocks(n, B, min(pairs, B)):
-            result = engine.attribute(inputs, block, columns[block.s0 : block.s1], per_pair=True)
-            per_entry = [part.reshape(k * block.pairs, *part.shape[3:]) for part in result.sums]
-            summed = players.per_player(per_entry).reshape(k, block.samples, block.references, players.count)
-            values[block.s0 : block.s1, block.r0 : block.r1] = summed.transpose(1, 2, 3, 0)
+    for block in blocks(n, B, min(pairs, B)):
+        result = engine.attribute(inputs, block, columns[block.s0 : block.s1], per_pair=True)
+        per_entry = [part.reshape(k * block.pairs, *part.shape[3:]) for part in result.sums]
+        summed = players.per_player(per_entry).reshape(k, block.samples, block.references, players.count)
+        values[block.s0 : block.s1, block.r0 : block.r1] = summed.transpose(1, 2, 3, 0)
     return values
 
 

@@ -357,10 +357,7 @@ class TorchEngine(Engine):
     @contextlib.contextmanager
     def call(self, just_built: bool = False) -> Iterator[None]:
         # the kept reference passes are vetted once a call (see _distinct_reference_pass); a just-built explainer's
-        # are its constructor's, recorded on the model as it is. (A call inside a call is part of it.)
-        if self._vetted is not None:
-            yield
-            return
+        # are its constructor's, recorded on the model as it is
         self._vetted = set(self._kept_tapes) if just_built else set()
         try:
             yield
