@@ -16,10 +16,11 @@ from typing import Any, Callable
 import torch
 
 from ..formulas import orderings, pairs
+from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import missing_values_state, product, shapley, with_multipliers
-from .secant import exp_slope, rsqrt_slope, secant, secant_output, secant_slope
+from .secant import rsqrt_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
 
@@ -81,8 +82,9 @@ def _logsumexp_parts(xs: Tensor, r: Tensor, top: Tensor, dim: int | tuple[int, .
     """:func:`shifted_logsumexp`'s values, without gradients: ``(r - c, log S, log S_r, the multiplier of x - c)``,
     ``xs`` = ``x - c`` given."""
     rs = r - top
-    e_slopes = secant_slope(exp_slope, xs, rs)
-    total, total_ref = torch.exp(xs).sum(dim, keepdim=True), torch.exp(rs).sum(dim, keepdim=True)
+    e, e_ref = torch.exp(xs), torch.exp(rs)
+    e_slopes = _exp_secant(e, e_ref, xs, rs)
+    total, total_ref = e.sum(dim, keepdim=True), e_ref.sum(dim, keepdim=True)
     log_total, log_total_ref = _stable_log(total, xs, dim), _stable_log(total_ref, rs, dim)
     log_slopes = pairs.log_sum_multiplier(TORCH, total, total_ref, log_total, log_total_ref)
     return rs, log_total, log_total_ref, e_slopes * log_slopes
@@ -140,13 +142,19 @@ def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tup
     if not TORCH.surely_none(torch.isneginf(log_total)):  # (not reached: log S is -inf only where a row of x is)
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
-    output = torch.exp(shifted)
-    m_exp = secant_slope(exp_slope, shifted, shifted_ref).expand(output.shape)
-    ref_output = torch.exp(shifted_ref) if reference else None
+    output, ref_output = torch.exp(shifted), torch.exp(shifted_ref)
     if not x.requires_grad:
-        return output, ref_output
+        return output, ref_output if reference else None
+    m_exp = _exp_secant(output, ref_output, shifted, shifted_ref).expand(output.shape)
+    if not reference:
+        ref_output = None
     computed = (output, m_exp, m_log, log_total.shape)
     return _SoftmaxFunction.apply(lambda: computed, x), ref_output
+
+
+def _exp_secant(e: Tensor, e_ref: Tensor, x: Tensor, r: Tensor) -> Tensor:
+    """``secant_slope(exp_slope, x, r)`` from ``e = exp(x)`` and ``e_ref = exp(r)``, which the caller has."""
+    return formulas.still_zero(TORCH, formulas.exp_secant(TORCH, torch.maximum(e, e_ref), x - r), x, r)
 
 
 def _stable_log(total: Tensor, shifted: Tensor, dim: int | tuple[int, ...]) -> Tensor:
