@@ -143,13 +143,12 @@ def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tup
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
     output, ref_output = torch.exp(shifted), torch.exp(shifted_ref)
+    given = ref_output if reference else None
     if not x.requires_grad:
-        return output, ref_output if reference else None
+        return output, given
     m_exp = _exp_secant(output, ref_output, shifted, shifted_ref).expand(output.shape)
-    if not reference:
-        ref_output = None
     computed = (output, m_exp, m_log, log_total.shape)
-    return _SoftmaxFunction.apply(lambda: computed, x), ref_output
+    return _SoftmaxFunction.apply(lambda: computed, x), given
 
 
 def _exp_secant(e: Tensor, e_ref: Tensor, x: Tensor, r: Tensor) -> Tensor:
