@@ -404,6 +404,14 @@ class DeepExplainer:
             parquet=parquet, feature_names=feature_names, output_names=output_names, progress=progress,
         )  # fmt: skip
 
+    def first_attribution(self, X: Inputs, *, check_additivity: bool | float = True, progress: bool | None = None) -> Attribution:
+        """Package-internal: :meth:`attribution` of ``X`` (taken as :meth:`shap_values` takes it) with ``just_built``,
+        for a door that built this explainer just before and explains with it at once (the forecasting and sktime
+        doors): its setup's reference pass is taken without the plain forward that vets it at a user's first call."""
+        with normal_mode():
+            inputs = self.engine.inputs(X, "X")
+            return self.attribution(inputs, check_additivity=check_additivity, progress=progress, just_built=True)
+
     # -- the steps every engine shares -------------------------------------------------------------
     def attribution(
         self,

@@ -274,8 +274,8 @@ def _deep(
         values, stderr, base, _, exact, n_evals = explain_shapley(lambda a: a, x_in, reference_in, deep=explainer, **options)
         return explanation(clf, x, values, base, outputs, "shapley", players=options["players"], windows=options["windows"],
                            stderr=stderr, exact=exact, n_evals=n_evals, **extra)  # fmt: skip
-    with _kept(network):
-        raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
+    with _kept(network):  # (built just above: first_attribution takes its setup's reference pass unvetted)
+        raw = np.asarray(explainer.first_attribution(x_in).values[0], np.float64).reshape(n, C, T, -1)
     base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
     return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", **extra)
 
@@ -343,6 +343,9 @@ class _EvalExplainer:
 
     def shap_values(self, *args: Any, **kwargs: Any) -> Any:
         return self._run("shap_values", *args, **kwargs)
+
+    def first_attribution(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("first_attribution", *args, **kwargs)  # (in eval mode, as its setup ran)
 
     def shapley_values(self, *args: Any, **kwargs: Any) -> Any:
         return self._run("shapley_values", *args, **kwargs)

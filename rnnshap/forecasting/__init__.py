@@ -117,11 +117,7 @@ def attribute(
             raise refusal from error
         explainer = ShapleyExplainer(module, background, batch_size=batch_size)
     if method == "deepshap":
-        from ..engines.base import normal_mode
-
-        with normal_mode():  # (built just before: its setup's reference pass is taken without the forward that vets it)
-            inputs = explainer.engine.inputs(X, "X")
-            attribution = explainer.attribution(inputs, check_additivity=check_additivity, progress=progress, just_built=True)
+        attribution = explainer.first_attribution(X, check_additivity=check_additivity, progress=progress)
         k = outputs.shape[1]
         values = [np.asarray(v, dtype=np.float64).reshape(*x.shape, k) for v, x in zip(attribution.values, X, strict=True)]
         base = np.broadcast_to(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1), outputs.shape).copy()

@@ -71,6 +71,37 @@ def test_torch_classifiers_add_up_to_predict_proba(name: str, motions) -> None:
     assert after_modes == modes and all(torch.equal(weights[k], v) for k, v in after_weights.items())
 
 
+def test_the_door_takes_its_setups_reference_pass_without_a_vetting_forward(motions, monkeypatch) -> None:
+    """explain() builds its DeepExplainer and uses it at once: the reference pass its setup kept is taken without the
+    plain forward that vets a kept pass at a user's first call, and the values are those of a vetted call, bit for bit."""
+    from sktime.classification.deep_learning import GRUClassifier
+
+    from rnnshap.engines.pytorch.engine import TorchEngine
+    from rnnshap.explainer import DeepExplainer
+
+    X, y = motions
+    clf = _fit(GRUClassifier(num_epochs=1, hidden_dim=4, batch_first=True, batch_size=16), X, y)
+    vettings: list[int] = []
+    computes = TorchEngine._computes
+
+    def counted(self, *args):
+        vettings.append(1)
+        return computes(self, *args)
+
+    monkeypatch.setattr(TorchEngine, "_computes", counted)
+    once = rnnshap.sktime.explain(clf, X[:3], background=X[10:20])
+    assert vettings == []
+
+    def vetted(self, X, **options):  # the user's path: the first call vets the kept pass
+        with rnnshap.engines.base.normal_mode():
+            return self.attribution(self.engine.inputs(X, "X"), **options)
+
+    monkeypatch.setattr(DeepExplainer, "first_attribution", vetted)
+    again = rnnshap.sktime.explain(clf, X[:3], background=X[10:20])
+    assert len(vettings) == 1
+    np.testing.assert_array_equal(again.values, once.values)
+
+
 def test_a_gru_that_reads_the_batch_as_time_is_refused(motions) -> None:
     """sktime's GRUClassifier defaults to batch_first=False on (batch, time, channels) input: one panel's
     predict_proba then depends on the panels before it in its batch."""
