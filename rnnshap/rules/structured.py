@@ -142,13 +142,13 @@ def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tup
     if not TORCH.surely_none(torch.isneginf(log_total)):  # (not reached: log S is -inf only where a row of x is)
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
-    output, ref_output = torch.exp(shifted), torch.exp(shifted_ref)
-    given = ref_output if reference else None
+    output = torch.exp(shifted)
     if not x.requires_grad:
-        return output, given
+        return output, torch.exp(shifted_ref) if reference else None
+    ref_output = torch.exp(shifted_ref)
     m_exp = _exp_secant(output, ref_output, shifted, shifted_ref).expand(output.shape)
     computed = (output, m_exp, m_log, log_total.shape)
-    return _SoftmaxFunction.apply(lambda: computed, x), given
+    return _SoftmaxFunction.apply(lambda: computed, x), ref_output if reference else None
 
 
 def _exp_secant(e: Tensor, e_ref: Tensor, x: Tensor, r: Tensor) -> Tensor:
