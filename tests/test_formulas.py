@@ -87,12 +87,13 @@ def test_each_slope_is_the_difference_quotient_on_torch_and_keras(name: str) -> 
     np.testing.assert_allclose(on_keras, on_torch, rtol=16 * eps, atol=0)
 
 
-def test_exp_slope_is_within_two_roundings_of_the_secant_in_float32_near_and_far_alike() -> None:
+def test_exp_slope_is_within_a_few_roundings_of_the_secant_in_float32_near_and_far_alike() -> None:
     """exp's secant on float32 operands, against the float64 secant of the same operands (the closed form
-    e^((x+r)/2) sinh(h)/h there, exact to float64's rounding at every gap): within 2.5 float32 epsilons at gaps
-    from 1e-7 to 30 and at none, one form throughout (expm1 of -|Δ| has no cancellation)."""
+    e^((x+r)/2) sinh(h)/h there, exact to float64's rounding at every gap): within 4 float32 epsilons at gaps
+    from 1e-7 to 30 and at none, and arguments up to |x| ~ 30 (1.6 here: exp and expm1 are each within an ulp or
+    so; max(x, r) is exact, where the float32 closed form it replaced rounded (x+r)/2 and lost 9 epsilons)."""
     rng = np.random.default_rng(3)
-    x = rng.normal(-2.0, 3.0, 60_000).astype(np.float32)
+    x = rng.normal(-2.0, 8.0, 60_000).astype(np.float32)
     gaps = np.concatenate([rng.normal(0.0, s, 10_000) for s in (1e-7, 1e-4, 0.05, 0.5, 3.0, 30.0)]).astype(np.float32)
     r = (x + gaps).astype(np.float32)
     r[:100] = x[:100]  # no gap
@@ -105,7 +106,7 @@ def test_exp_slope_is_within_two_roundings_of_the_secant_in_float32_near_and_far
     normal = (truth > f32.tiny * 1e3) & (truth < f32.max / 1e3)  # (where float32 neither underflows nor overflows)
     assert normal.mean() > 0.9
     relative = np.abs(slope[normal] - truth[normal]) / truth[normal]
-    assert relative.max() <= 2.5 * np.finfo(np.float32).eps
+    assert relative.max() <= 4 * np.finfo(np.float32).eps
 
 
 @pytest.mark.parametrize("x, r", [(1.0, -3.0), (1.0, 0.0), (0.0, 2.0), (2.0, 0.5), (0.5, 2.0), (1.0, 1.0), (3.0, 1.0)])
@@ -182,7 +183,8 @@ def test_slopes_take_the_undecided_backends_values_whichever_forms_hold(formula:
     """Where the torch namespace can tell that one form holds throughout (every |h| near, none near, no zero
     difference, every slope finite), it skips the others: each entry's slope is the one the formula gives with
     every branch computed and the where's choosing, bit for bit, on tensors where each form holds throughout,
-    where none does, and with equal, infinite and NaN entries."""
+    where none does, and with equal, infinite and NaN entries. (exp's and expm1's slopes have one form: for them this
+    is still_zero's skip alone.)"""
     g = torch.Generator().manual_seed(0)
     n = 256
     near = torch.rand(n, generator=g, dtype=dtype) * 0.5  # |x - r| small

@@ -60,10 +60,12 @@ def exp_secant(xp: Ops, top: Array, delta: Array) -> Array:
     :math:`\Delta = x - r` (``delta``): :math:`(e^x - e^r)/\Delta = e^{\max(x, r)}\,(1 - e^{-|\Delta|})/|\Delta|`,
     the last factor as :math:`\mathrm{expm1}(-|\Delta|)/(-|\Delta|)`, in :math:`(0, 1]`: one form for every
     :math:`\Delta`, with no cancellation (expm1 is accurate near 0), overflowing only where
-    :math:`e^{\max(x, r)}` does (as the quotient's :math:`e^x` would). Within 2e-7 of the secant in float32;
-    the closed form it replaced (:math:`e^{(x+r)/2}\sinh(h)/h` below :math:`|h| = 1/2`, the quotient above)
-    came within 7e-7, with two exps and a sinh on mixed entries. A caller that has both sides' :math:`e^x`
-    passes their maximum as ``top``. :math:`|\Delta|` is taken at least the dtype's least normal number,
+    :math:`e^{\max(x, r)}` does (as the quotient's :math:`e^x` would). Within about 2 epsilons of the secant
+    on torch, 3.5 on TensorFlow and XLA, whatever the size of :math:`x` (:math:`\max(x, r)` is exact); the closed
+    form it replaced (:math:`e^{(x+r)/2}\sinh(h)/h` below :math:`|h| = 1/2`, the quotient above, with two exps and a
+    sinh on mixed entries) lost the rounding of :math:`(x+r)/2` times :math:`|x+r|/2`: about 9 epsilons
+    at :math:`|x|` up to 20 in float32, 36 in bfloat16. A caller that has both sides' :math:`e^x` passes their
+    maximum as ``top``. :math:`|\Delta|` is taken at least the dtype's least normal number,
     where the last factor is 1 exactly (no division by 0, and no test for it)."""
     n = -xp.maximum(xp.abs(delta), xp.scalar(xp.tiny(delta.dtype), delta))
     return top * (xp.expm1(n) / n)

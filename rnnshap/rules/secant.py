@@ -10,7 +10,7 @@ with no cancellation, exact for every :math:`\Delta` including 0:
 - :math:`\sqrt{\cdot}`: :math:`1 / (\sqrt x + \sqrt r)`
 - :math:`(\cdot)^{-1/2}`: :math:`-x^{-1/2} r^{-1/2} / (\sqrt x + \sqrt r)`
 - :math:`(\cdot)^2`: :math:`x + r`
-- :math:`\exp`: :math:`e^{(x + r)/2}\,\sinh(h)/h`, :math:`h = (x - r)/2`
+- :math:`\exp`: :math:`e^{\max(x, r)}\,\mathrm{expm1}(-|\Delta|)/(-|\Delta|)`, :math:`\Delta = x - r`
 - :math:`\log`: :math:`\tfrac{2}{x + r}\,\mathrm{atanh}(q)/q`, :math:`q = (x - r)/(x + r)`
 
 Where an operand is the same infinity on both sides (a ``-inf`` mask entry), the output does not
