@@ -1,8 +1,15 @@
 """The additivity check: the attributions of every sample add up to ``f(x) − E[f]``.
 
 :meth:`rnnshap.DeepExplainer.shap_values` checks it by default (``check_additivity``), against the
-tolerance of the model's dtype (:data:`rnnshap.engines.base.RTOL`) relative to the output's scale, and
-raises :class:`rnnshap.AdditivityError` with the worst (sample, output) pair and its likely causes.
+tolerance of the model's dtype (:data:`rnnshap.engines.base.RTOL`) relative to the output's scale
+``max(|f(x)|, |E[f]|)``, and raises :class:`rnnshap.AdditivityError` with the worst (sample, output) pair
+and its likely causes.
+
+The scale is the output's, never the attributions': values whose magnitudes sum to many times the output
+cancel to it, and a dtype carries each to its own precision only, so their sum can miss the output by
+``eps × Σ|φ|``. Such a sum is ill-conditioned (a window with almost no spread, divided by an instance
+normalisation's scale near zero, is the usual cause): the check refuses it, with the conditioning
+``Σ|φ| / scale`` measured, rather than accept a miss that grows with the values.
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ import numpy as np
 from .attribution import Attribution
 from .engines.base import RTOL, Engine
 from .errors import AdditivityError, InputError
+
+#: the machine epsilon of each dtype the check knows (numpy lacks bfloat16)
+_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+#: the least normal number of each (bfloat16's exponent is float32's)
+_TINY = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14, "bfloat16": 2.0**-126}
 
 
 def additivity_option(check: Any) -> bool | float:
@@ -37,7 +49,8 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     totals = sum(phi.reshape(n, -1, k).sum(1) for phi in attribution.values)
     magnitude = sum(np.abs(phi.reshape(n, -1, k)).sum(1) for phi in attribution.values)
     error = np.abs(totals - (fx - expected))
-    scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), magnitude)
+    # below the dtype's least normal number its relative precision is gone: that is the scale's floor
+    scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), _TINY.get(engine.dtype, 0.0))
     dtype = engine.dtype
     rtol = rtol if rtol is not None else RTOL.get(dtype, 1e-4)
     failing = ~(error <= rtol * scale)  # NaN fails too
@@ -47,10 +60,22 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
         ranking = np.nan_to_num((error - rtol * scale) / np.maximum(scale, np.finfo(np.float64).tiny), nan=np.inf)
     sample, column = np.unravel_index(int(np.argmax(ranking)), error.shape)
     relative = error[sample, column] / scale[sample, column]
+    conditioning = magnitude[sample, column] / scale[sample, column]
+    eps = _EPS.get(dtype, 0.0)
+    ill_conditioned = bool(np.isfinite(totals[sample, column]) and conditioning * eps > rtol / 10)
     if not np.isfinite(totals[sample, column]):
         causes = (
             "The attributions are not finite: an operation produced NaN or inf on the way (an -inf mask "
             "before exp or softmax, a log or division at 0, an overflow in a 16-bit dtype)."
+        )
+    elif ill_conditioned:
+        causes = (
+            f"The sum is ill-conditioned: the values' magnitudes sum to {magnitude[sample, column]:.3g}, "
+            f"{conditioning:.3g} times the output's scale, and {dtype} carries each value to about {eps:.1g} of "
+            "itself, so their sum cannot carry the output to the tolerance. Large values that cancel come from a "
+            "sample or background row with almost no spread that the model divides by (an instance "
+            "normalisation's scale near zero, a near-flat window) or from large inputs that cancel. Explain a "
+            "float64 copy of the model (model.double()), or choose background rows with spread."
         )
     elif dtype in ("float32", "float16", "bfloat16") and relative < 100 * rtol:
         causes = (
@@ -66,10 +91,12 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
         )
     if engine.precision_note:
         causes = f"{engine.precision_note} {causes}"
-    raise AdditivityError(
+    error_ = AdditivityError(
         f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
         f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
         f"(error {error[sample, column]:.3g}, {relative:.3g} of the output's scale {scale[sample, column]:.3g}; "
         f"tolerance {rtol:.1g} for {dtype}); {int(failing.sum())} of {n * k} (sample, output) pairs fail. "
         f"{causes} Pass check_additivity=False to get the values anyway."
     )
+    error_.sample, error_.ill_conditioned = int(sample), bool(ill_conditioned)
+    raise error_

@@ -197,7 +197,14 @@ class UnsupportedOperationError(RnnShapError, TypeError):
 
 
 class AdditivityError(RnnShapError, AssertionError):
-    """The attributions do not sum to f(x) - E[f(r)] within the tolerance of the dtype."""
+    """The attributions do not sum to f(x) - E[f(r)] within the tolerance of the dtype.
+
+    ``sample`` is the sample the message names (the worst one); ``ill_conditioned`` is True where the values'
+    magnitudes sum to so many times the output that the dtype cannot carry their sum to the tolerance.
+    """
+
+    sample: int = -1
+    ill_conditioned: bool = False
 
 
 class TapeMismatchError(RnnShapError, RuntimeError):

@@ -166,6 +166,30 @@ def test_a_small_float32_additivity_error_names_rounding_as_a_cause() -> None:
     assert "float32 rounding" in str(info.value) and "model.double()" in str(info.value)
 
 
+def test_an_ill_conditioned_sum_is_refused_with_its_conditioning_not_accepted_because_the_values_are_large() -> None:
+    """Values of 1e6 that cancel to an output of about 1 (float32 carries 7 digits of each): their sum misses
+    f(x) − E[f] by far more than 1e-4 of the output, which the check refuses whatever the values' magnitudes."""
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1e6, -1e6]]))
+        model.bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    background = 1 + torch.rand(4, 1, generator=g).expand(4, 2) + 1e-6 * torch.randn(4, 2, generator=g)
+    X = 1 + torch.rand(3, 1, generator=g).expand(3, 2) + 1e-6 * torch.randn(3, 2, generator=g)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(X, check_additivity=False)
+    gap = model(X).detach().numpy() - explainer.expected_value
+    miss, scale = np.abs(values.sum(1) - gap), np.maximum(np.abs(model(X).detach().numpy()), np.abs(explainer.expected_value))
+    assert (miss > 1e-3 * scale).any()  # the answer float32 can give: the check must not pass it
+    with pytest.raises(rnnshap.AdditivityError, match=r"ill-conditioned") as info:
+        explainer.shap_values(X)
+    assert re.search(r"\d+ times the output's scale", str(info.value)) and "model.double()" in str(info.value)
+    model64 = nn.Linear(2, 1).double()
+    model64.load_state_dict(model.state_dict())
+    explainer64 = rnnshap.DeepExplainer(model64, background.double())
+    explainer64.shap_values(X.double())  # float64 carries it: the same check passes
+
+
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
     class Grid(nn.Module):
         def __init__(self) -> None:

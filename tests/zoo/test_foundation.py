@@ -313,6 +313,23 @@ def test_bolt_dropping_context_is_nan_as_chronos_takes_it(bolt: Any) -> None:
     np.testing.assert_allclose(result.total(), bolt_forecast(bolt, context, 2), rtol=0, atol=tolerance(truth))
 
 
+
+def test_bolt_near_flat_windows_are_refused_naming_the_window_never_answered_off_its_forecast(bolt: Any) -> None:
+    """A flat window to explain, and a background window of a stuck sensor (5 + 1e-6 noise): the model divides by
+    their spread's floor, the values are ~1e5 times the forecast and cancel, and float32 cannot carry their sum to
+    the forecast (it missed by 0.019 and 0.18 of forecasts ~3 and ~28 before): refused, naming the window."""
+    flat, background = np.full((1, 32), 3.0), windows(32, [0, 50, 100])
+    with pytest.raises(rnnshap.AdditivityError, match=r"context window 0 .*near-flat.*method='shapley'") as info:
+        rnnshap.foundation.explain(bolt, flat, prediction_length=3, background=background)
+    assert info.value.ill_conditioned and "times the output's scale" in str(info.value)
+    stuck = 5 + 1e-6 * np.random.default_rng(0).standard_normal((1, 32))
+    with pytest.raises(rnnshap.AdditivityError, match=r"context window 0 .*background window with spread|near-flat"):
+        rnnshap.foundation.explain(bolt, windows(32, [300]), prediction_length=3, background=stuck)
+    # where the values are not that large, the same door adds up to the library's own forecast as before
+    result = rnnshap.foundation.explain(bolt, windows(32, [300]), prediction_length=3, background=background)
+    own = bolt_forecast(bolt, windows(32, [300]), 3)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+
 # -- TiRex (tirex-ts) ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tirex_model() -> Any:
@@ -375,6 +392,14 @@ def test_tirex_float32_twin_adds_up_to_its_own_forecast_to_float32_precision(tir
     default = rnnshap.foundation.explain(tirex_model, context, prediction_length=6, background=background)
     assert default.precision == "bfloat16" and default.model == "TiRex"
     np.testing.assert_array_equal(default.forecast, own)
+
+
+def test_tirex_float32_twin_refuses_a_near_flat_background_window_naming_it(tirex_model: Any) -> None:
+    """TiRex's float32 twin (documented exact to float32) with a background window at 5 + 1e-6 noise missed its own
+    twin's forecast by 0.024 before: refused now, naming the window explained and the cause."""
+    stuck = 5 + 1e-6 * np.random.default_rng(0).standard_normal((1, 16))
+    with pytest.raises(rnnshap.AdditivityError, match=r"context window 0 .*near-flat"):
+        rnnshap.foundation.explain(tirex_model, windows(16, [300]), prediction_length=6, background=stuck, precision="float32")
 
 
 def test_precision_refused_where_the_model_has_no_twin(tirex_model: Any, ttm: Any) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import InputError, RnnShapError, UnsupportedOperationError
+from ...errors import AdditivityError, InputError, RnnShapError, UnsupportedOperationError
 from .. import check_method, check_version, preserved
 
 __all__ = ["Adapter", "ForecastExplainer", "ForecastExplanation", "adapter_for", "explain"]
@@ -698,9 +698,24 @@ def _deepshap(
                 kept[key] = (module, explainer)
                 while len(kept) > KEPT_EXPLAINERS:
                     del kept[next(iter(kept))]
-            attribution = explainer.attribution(
-                explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check, just_built=found is None
-            )  # (built here just before: its setup's reference pass is taken without the plain forward that vets it)
+            try:
+                attribution = explainer.attribution(
+                    explainer.engine.inputs(X if len(X) > 1 else X[0], "X"), check_additivity=check, just_built=found is None
+                )  # (built here just before: its setup's reference pass is taken without the plain forward that vets it)
+            except AdditivityError as error:
+                if not error.ill_conditioned:
+                    raise
+                window = int(members[error.sample]) if 0 <= error.sample < len(members) else error.sample
+                refusal = AdditivityError(
+                    f"{adapter.label}: the DeepSHAP values of context window {window} cannot add up to its forecast in "
+                    "the model's precision: they are far larger than the forecast and cancel. The model scales each "
+                    "window by its own spread, and this window or a background window has almost none (near-flat: "
+                    "the scale's floor divides everything). Use background windows with spread, or "
+                    "method='shapley', which plays the library's own forecast call and adds up to it.\n"
+                    f"{error}"
+                )
+                refusal.sample, refusal.ill_conditioned = window, True
+                raise refusal from error
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
             own = forecast[members].reshape(len(members), -1)
             gap = float(np.abs(attribution.outputs - own).max())
