@@ -30,8 +30,10 @@ from .weights import CellWeights
 
 Tensor = torch.Tensor
 
-#: elements per temporary in the per-pair phase (2 MiB in float32, so that they stay in cache)
-_CHUNK_ELEMENTS = 1 << 19
+#: elements per temporary in the per-pair phase on the CPU (8 MiB in float32, so that they stay in a large
+#: cache; at 2 MiB the operations per chunk cost more than the cache saves at small sizes). On an accelerator the
+#: phase runs on all steps at once: each chunk costs launches, and there is no cache to keep.
+_CHUNK_ELEMENTS = 1 << 21
 
 #: (μ, κ) of σ and of tanh: the Rescale multiplier's limit is κ − (a_x − μ)(a_r − μ) (smooth_secant;
 #: rnnshap.formulas.secant.CLOSED_FORMS)
@@ -190,7 +192,8 @@ def _pairwise_coefficients(
     means = [split(f) for f in factors]
     new = secants[0][0].new_empty
     coefficients = new((steps, samples, references, sum(f.shape[-1] for f in factors) if factors else width))
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, samples * references * width))
+    on_cpu = secants[0][0].device.type == "cpu"
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, samples * references * width)) if on_cpu else max(1, steps)
     scratch = [new((min(chunk, steps), samples, references, width)) for _ in range(3)]
     for start in range(0, steps, chunk):
         t = slice(start, min(start + chunk, steps))
@@ -244,6 +247,54 @@ def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
     """projected + W_hh h_prev for all steps, as one matrix product, in place of ``projected``."""
     flat = projected.view(-1, projected.shape[-1])
     return flat.addmm_(h_prev.reshape(-1, h_prev.shape[-1]), w_hh.t()).view(projected.shape)
+
+
+#: elements (per output) of the per-step gradients gathered before they go through W_ih in one product
+_FLUSH_ELEMENTS = 1 << 20
+
+
+class _InputGradient:
+    """The input's gradient of a reverse recurrence, gathered a chunk of steps at a time: each step's
+    pre-activation gradients (P, G) are kept until about :data:`_FLUSH_ELEMENTS` of them are, then go through
+    ``project`` in one product (kept whole they would be T times a step's, G = 4H-5H wide against the input's F)."""
+
+    def __init__(self, project: Callable[[Tensor], Tensor], pairs: int, width: int) -> None:
+        self.project = project
+        self.pending: list[Tensor] = []
+        self.done: list[Tensor] = []
+        self.steps = max(1, _FLUSH_ELEMENTS // max(1, pairs * width))
+
+    def add(self, du: Tensor) -> None:
+        self.pending.append(du)
+        if len(self.pending) == self.steps:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.done.append(self.project(torch.cat(self.pending[::-1])))
+            self.pending = []
+
+    def result(self, steps: int, pairs: int) -> Tensor:
+        """(T, P, F), step 0 first."""
+        self.flush()
+        return torch.cat(self.done[::-1]).view(steps, pairs, -1)
+
+
+# -- the reverse multiplier recurrence, unmasked: few operations a step ------------------------------------
+# Each step's coefficients are views made at once (unbind) rather than picked per step, and an Elman layer's
+# input gradient is one product per chunk of steps. Written for one output: several go through at once under
+# torch.func.vmap (no out= or in-place writes).
+def _rnn_reverse(coefficients: Tensor, w: CellWeights, d_out: Tensor, d_h: Tensor) -> tuple[Tensor, Tensor]:
+    """dx, dh_0 of an unmasked Elman layer-direction: du = (dh + d_out[t]) ⊙ m per step, dh' = du W_hh, and
+    the input's gradient du W_ih a chunk of steps at a time."""
+    steps, pairs = coefficients.shape[:2]
+    dh = d_h
+    dx = _InputGradient(lambda du: du @ w.w_ih, pairs, coefficients.shape[-1])
+    for m_t, d_t in reversed(list(zip(coefficients.unbind(0), d_out.unbind(0), strict=True))):
+        du = (dh + d_t) * m_t
+        dx.add(du)
+        dh = du @ w.w_hh
+    return dx.result(steps, pairs), dh
 
 
 class _Rows:
@@ -374,11 +425,10 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     i, f, g, _ = gates.chunk(4, dim=2)
     ig = i * g
     cells = torch.empty_like(ig)
-    previous = torch.empty_like(ig)
-    for t in range(x.shape[0]):
-        previous[t] = c
-        c = torch.addcmul(ig[t], f[t], c, out=cells[t])
-    return u, gates, previous, cells, out
+    c0 = c
+    for ig_t, f_t, cell_t in zip(ig.unbind(0), f.unbind(0), cells.unbind(0), strict=True):  # one operation a step
+        c = torch.addcmul(ig_t, f_t, c, out=cell_t)
+    return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 
 
 class FusedLSTM(torch.autograd.Function):
@@ -441,6 +491,16 @@ class FusedLSTM(torch.autograd.Function):
             return du_ifg @ w_ih_ifg + du_o @ w_ih_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * a_c[t, :n]
 
         # no out= or in-place writes: several outputs go through here at once under vmap
+        if not ctx.has_mask:  # each step's coefficients as views made at once, not picked step by step
+            per_step = zip(*(part.unbind(0) for part in (a_ifg, a_o, a_k, a_c, d_out)), strict=True)
+            for ifg_t, o_t, k_t, c_t, d_t in reversed(list(per_step)):
+                dh_full = (dh + d_t) @ w.w_hr if w.w_hr is not None else dh + d_t
+                dcc = torch.addcmul(dc, dh_full, k_t)
+                du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
+                du_o = dh_full * o_t
+                du_steps.append(du_ifg @ w_ih_ifg + du_o @ w_ih_o)
+                dh, dc = du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
+            return None, None, None, torch.cat(du_steps[::-1]).view(steps, pairs, -1), dh, dc, None, None, None
         for t in reversed(range(steps)):
             if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
                 n = ctx.active[t]
@@ -514,6 +574,15 @@ class FusedGRU(torch.autograd.Function):
             d_input = du_rz @ w_ih_rz + dv @ w_ih_n  # [du_r, du_z, dv] through W_ih
             return d_input, dh * a_h[t, :n] + du_rz @ w_hh_rz + (dv * a_a[t, :n]) @ w_hh_n  # [du_r, du_z, da_n] through W_hh
 
+        if not ctx.has_mask:  # each step's coefficients as views made at once, not picked step by step
+            per_step = zip(*(part.unbind(0) for part in (a_r, a_z, a_n, a_h, a_a, d_out)), strict=True)
+            for r_t, z_t, n_t, h_t, a_t, d_t in reversed(list(per_step)):
+                dh = dh + d_t
+                dv = dh * n_t
+                du_rz = torch.cat([dv * r_t, dh * z_t], dim=-1)
+                d_inputs.append(du_rz @ w_ih_rz + dv @ w_ih_n)
+                dh = dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
+            return None, None, None, torch.cat(d_inputs[::-1]).view(steps, pairs, -1), dh, None, None
         for t in reversed(range(steps)):
             if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
                 n = ctx.active[t]
@@ -539,9 +608,7 @@ def _relu_secant(rows: _Rows, u: Tensor) -> Tensor:
     u_x, u_r = side_x.grid(u[:, : rows.rows_x]), side_r.grid(u[:, rows.rows_x :])
     du = u_x - u_r
     quotient = (torch.relu(u_x) - torch.relu(u_r)) / du
-    equal = du == 0
-    if bool(equal.any()):
-        quotient = torch.where(equal, (u_x > 0).to(u.dtype), quotient)
+    quotient = torch.where(du == 0, (u_x > 0).to(u.dtype), quotient)  # (no test first: a test is a host sync)
     return quotient.flatten(1, 2)
 
 
@@ -576,6 +643,8 @@ class FusedRNN(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
+        if not ctx.has_mask and coefficients.shape[0]:
+            return None, None, None, None, *_rnn_reverse(coefficients, w, d_out, d_h), None, None
         dh = d_h
         du_steps: list[Tensor] = []
         pairs = coefficients.shape[1]

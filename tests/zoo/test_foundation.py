@@ -313,7 +313,6 @@ def test_bolt_dropping_context_is_nan_as_chronos_takes_it(bolt: Any) -> None:
     np.testing.assert_allclose(result.total(), bolt_forecast(bolt, context, 2), rtol=0, atol=tolerance(truth))
 
 
-
 def test_bolt_near_flat_windows_are_refused_naming_the_window_never_answered_off_its_forecast(bolt: Any) -> None:
     """A flat window to explain, and a background window of a stuck sensor (5 + 1e-6 noise): the model divides by
     their spread's floor, the values are ~1e5 times the forecast and cancel, and float32 cannot carry their sum to
@@ -329,6 +328,7 @@ def test_bolt_near_flat_windows_are_refused_naming_the_window_never_answered_off
     result = rnnshap.foundation.explain(bolt, windows(32, [300]), prediction_length=3, background=background)
     own = bolt_forecast(bolt, windows(32, [300]), 3)
     np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+
 
 # -- TiRex (tirex-ts) ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
