@@ -237,8 +237,16 @@ def test_initial_states_given_as_inputs_get_their_attributions() -> None:
     for i in range(2):
         results = [
             rnn_deeplift(
-                "lstm", params, x[i].numpy(), background[j].numpy(), readout,
-                h0[i].numpy(), c0[i].numpy(), h0_b[j].numpy(), c0_b[j].numpy(), **arch.reference_kwargs(),
+                "lstm",
+                params,
+                x[i].numpy(),
+                background[j].numpy(),
+                readout,
+                h0[i].numpy(),
+                c0[i].numpy(),
+                h0_b[j].numpy(),
+                c0_b[j].numpy(),
+                **arch.reference_kwargs(),
             )
             for j in range(3)
         ]
@@ -285,9 +293,9 @@ def test_cells_in_python_loops_match_the_reference(kind: str, fused: bool) -> No
     for i in range(3):
         expected = np.mean(
             [
-                rnn_deeplift(
-                    kind, params, x[i].numpy(), r.numpy(), readout, num_layers=1, bidirectional=False, hidden_size=4
-                )["x"]
+                rnn_deeplift(kind, params, x[i].numpy(), r.numpy(), readout, num_layers=1, bidirectional=False, hidden_size=4)[
+                    "x"
+                ]
                 for r in background
             ],
             0,
@@ -327,3 +335,46 @@ def test_half_precision_models_are_explained_like_their_float64_copy(kind: str, 
     expected = explain(model, x, background, None)
     half = explain(model.to(dtype), x.to(dtype), background.to(dtype), None)
     np.testing.assert_allclose(half.astype(np.float64), expected, rtol=0, atol=ulps * eps(dtype) * np.abs(expected).max())
+
+
+#: the host syncs torch's profiler names: .item() / bool() / int() of a tensor, torch.equal, nonzero
+_HOST_SYNCS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "aten::is_nonzero")
+
+
+@pytest.mark.parametrize("layer", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_per_step(layer: str) -> None:
+    """Inside a fused recurrent layer (its forward and its reverse recurrence) nothing is read back from the device
+    but the check that each side's rows repeat as the pair grid says (torch.equal, once per tensor of a layer):
+    as many syncs at 21 steps as at 7, and no value read back to decide a branch (on a GPU each would stall the
+    queue). The relu secant tested for equal pre-activations on the host first."""
+    make = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k)}
+
+    def syncs(steps: int) -> list[str]:
+        torch.manual_seed(0)
+        rnn = make[layer](3, 6, batch_first=True)
+
+        class Head(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rnn, self.head = rnn, nn.Linear(6, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.rnn(x)[0][:, -1])
+
+        explainer = rnnshap.DeepExplainer(Head().eval(), torch.randn(3, steps, 3))
+        X = torch.randn(2, steps, 3)
+        explainer.shap_values(X)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            explainer.shap_values(X, check_additivity=False)
+
+        def inside(event: object) -> list[str]:
+            children = getattr(event, "cpu_children", [])
+            return [event.name] + [name for child in children for name in inside(child)]  # type: ignore[attr-defined]
+
+        fused = [e for e in prof.events() if e.cpu_parent is None and "Fused" in e.name]
+        assert len(fused) >= 2  # the forward and the backward of the layer
+        return [name for event in fused for name in inside(event) if name in _HOST_SYNCS]
+
+    short, long = syncs(7), syncs(21)
+    assert set(short) <= {"aten::equal"}, short
+    assert len(short) == len(long) <= 6
