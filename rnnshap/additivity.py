@@ -21,13 +21,8 @@ from typing import Any
 import numpy as np
 
 from .attribution import Attribution
-from .engines.base import RTOL, Engine
+from .engines.base import EPS, RTOL, TINY, Engine
 from .errors import AdditivityError, InputError
-
-#: the machine epsilon of each dtype the check knows (numpy lacks bfloat16)
-_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-#: the least normal number of each (bfloat16's exponent is float32's)
-_TINY = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14, "bfloat16": 2.0**-126}
 
 
 def additivity_option(check: Any) -> bool | float:
@@ -50,7 +45,7 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     magnitude = sum(np.abs(phi.reshape(n, -1, k)).sum(1) for phi in attribution.values)
     error = np.abs(totals - (fx - expected))
     # below the dtype's least normal number its relative precision is gone: that is the scale's floor
-    scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), _TINY.get(engine.dtype, 0.0))
+    scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), TINY.get(engine.dtype, 0.0))
     dtype = engine.dtype
     rtol = rtol if rtol is not None else RTOL.get(dtype, 1e-4)
     failing = ~(error <= rtol * scale)  # NaN fails too
@@ -61,7 +56,7 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     sample, column = np.unravel_index(int(np.argmax(ranking)), error.shape)
     relative = error[sample, column] / scale[sample, column]
     conditioning = magnitude[sample, column] / scale[sample, column]
-    eps = _EPS.get(dtype, 0.0)
+    eps = EPS.get(dtype, 0.0)
     ill_conditioned = bool(np.isfinite(totals[sample, column]) and conditioning * eps > rtol / 10)
     if not np.isfinite(totals[sample, column]):
         causes = (
@@ -91,12 +86,12 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
         )
     if engine.precision_note:
         causes = f"{engine.precision_note} {causes}"
-    error_ = AdditivityError(
+    raise AdditivityError(
         f"The attributions do not add up: for sample {sample}, output {int(selected[sample, column])}, "
         f"sum(phi) = {totals[sample, column]:.6g} but f(x) - E[f] = {fx[sample, column] - expected[sample, column]:.6g} "
         f"(error {error[sample, column]:.3g}, {relative:.3g} of the output's scale {scale[sample, column]:.3g}; "
         f"tolerance {rtol:.1g} for {dtype}); {int(failing.sum())} of {n * k} (sample, output) pairs fail. "
-        f"{causes} Pass check_additivity=False to get the values anyway."
+        f"{causes} Pass check_additivity=False to get the values anyway.",
+        sample=int(sample),
+        ill_conditioned=ill_conditioned,
     )
-    error_.sample, error_.ill_conditioned = int(sample), bool(ill_conditioned)
-    raise error_

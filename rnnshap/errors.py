@@ -203,8 +203,9 @@ class AdditivityError(RnnShapError, AssertionError):
     magnitudes sum to so many times the output that the dtype cannot carry their sum to the tolerance.
     """
 
-    sample: int = -1
-    ill_conditioned: bool = False
+    def __init__(self, message: str, *, sample: int = -1, ill_conditioned: bool = False) -> None:
+        super().__init__(message)
+        self.sample, self.ill_conditioned = sample, ill_conditioned
 
 
 class TapeMismatchError(RnnShapError, RuntimeError):

@@ -24,10 +24,13 @@ import numpy as np
 from .outputs import OutputLayout
 
 #: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
-#: additivity check (against max(|f(x)|, |E[f]|, Σ|φ|)) in the front door, and an engine's check that its
+#: additivity check (against max(|f(x)|, |E[f]|)) in the front door, and an engine's check that its
 #: pass reproduces the model's outputs (against the largest |output|). Rounding stays far below it; a
 #: misread operation does not.
 RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+#: machine epsilon and least normal number per dtype, by name (numpy has no bfloat16; its exponent is float32's)
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+TINY = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14, "bfloat16": 2.0**-126}
 
 
 @dataclass(frozen=True)

@@ -249,54 +249,6 @@ def _add_recurrent(projected: Tensor, h_prev: Tensor, w_hh: Tensor) -> Tensor:
     return flat.addmm_(h_prev.reshape(-1, h_prev.shape[-1]), w_hh.t()).view(projected.shape)
 
 
-#: elements (per output) of the per-step gradients gathered before they go through W_ih in one product
-_FLUSH_ELEMENTS = 1 << 20
-
-
-class _InputGradient:
-    """The input's gradient of a reverse recurrence, gathered a chunk of steps at a time: each step's
-    pre-activation gradients (P, G) are kept until about :data:`_FLUSH_ELEMENTS` of them are, then go through
-    ``project`` in one product (kept whole they would be T times a step's, G = 4H-5H wide against the input's F)."""
-
-    def __init__(self, project: Callable[[Tensor], Tensor], pairs: int, width: int) -> None:
-        self.project = project
-        self.pending: list[Tensor] = []
-        self.done: list[Tensor] = []
-        self.steps = max(1, _FLUSH_ELEMENTS // max(1, pairs * width))
-
-    def add(self, du: Tensor) -> None:
-        self.pending.append(du)
-        if len(self.pending) == self.steps:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.done.append(self.project(torch.cat(self.pending[::-1])))
-            self.pending = []
-
-    def result(self, steps: int, pairs: int) -> Tensor:
-        """(T, P, F), step 0 first."""
-        self.flush()
-        return torch.cat(self.done[::-1]).view(steps, pairs, -1)
-
-
-# -- the reverse multiplier recurrence, unmasked: few operations a step ------------------------------------
-# Each step's coefficients are views made at once (unbind) rather than picked per step, and an Elman layer's
-# input gradient is one product per chunk of steps. Written for one output: several go through at once under
-# torch.func.vmap (no out= or in-place writes).
-def _rnn_reverse(coefficients: Tensor, w: CellWeights, d_out: Tensor, d_h: Tensor) -> tuple[Tensor, Tensor]:
-    """dx, dh_0 of an unmasked Elman layer-direction: du = (dh + d_out[t]) ⊙ m per step, dh' = du W_hh, and
-    the input's gradient du W_ih a chunk of steps at a time."""
-    steps, pairs = coefficients.shape[:2]
-    dh = d_h
-    dx = _InputGradient(lambda du: du @ w.w_ih, pairs, coefficients.shape[-1])
-    for m_t, d_t in reversed(list(zip(coefficients.unbind(0), d_out.unbind(0), strict=True))):
-        du = (dh + d_t) * m_t
-        dx.add(du)
-        dh = du @ w.w_hh
-    return dx.result(steps, pairs), dh
-
-
 class _Rows:
     """The distinct rows of both sides of one layer call, stacked x rows first.
 
@@ -481,42 +433,34 @@ class FusedLSTM(torch.autograd.Function):
         w_hh_ifg, w_hh_o = w.w_hh[: 3 * hidden], w.w_hh[3 * hidden :]
         w_ih_ifg, w_ih_o = w.w_ih[: 3 * hidden], w.w_ih[3 * hidden :]
 
-        def step(dh: Tensor, dc: Tensor, t: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
-            """dx, dh_prev, dc_prev of step t for the first n pairs."""
+        def step(dh: Tensor, dc: Tensor, ifg_t: Tensor, o_t: Tensor, k_t: Tensor, c_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """dx, dh_prev, dc_prev of one step, from its coefficients."""
             dh_full = dh @ w.w_hr if w.w_hr is not None else dh
-            dcc = torch.addcmul(dc, dh_full, a_k[t, :n])
-            ifg = dcc.unsqueeze(-2) * a_ifg[t, :n]
-            du_ifg = ifg.reshape(*ifg.shape[:-2], 3 * hidden)
-            du_o = dh_full * a_o[t, :n]
-            return du_ifg @ w_ih_ifg + du_o @ w_ih_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * a_c[t, :n]
+            dcc = torch.addcmul(dc, dh_full, k_t)
+            du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
+            du_o = dh_full * o_t
+            return du_ifg @ w_ih_ifg + du_o @ w_ih_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
 
-        # no out= or in-place writes: several outputs go through here at once under vmap
-        if not ctx.has_mask:  # each step's coefficients as views made at once, not picked step by step
-            per_step = zip(*(part.unbind(0) for part in (a_ifg, a_o, a_k, a_c, d_out)), strict=True)
-            for ifg_t, o_t, k_t, c_t, d_t in reversed(list(per_step)):
-                dh_full = (dh + d_t) @ w.w_hr if w.w_hr is not None else dh + d_t
-                dcc = torch.addcmul(dc, dh_full, k_t)
-                du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
-                du_o = dh_full * o_t
-                du_steps.append(du_ifg @ w_ih_ifg + du_o @ w_ih_o)
-                dh, dc = du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
-            return None, None, None, torch.cat(du_steps[::-1]).view(steps, pairs, -1), dh, dc, None, None, None
+        # each step's coefficients as views made at once (unbind), not picked step by step; no out= or in-place
+        # writes: several outputs go through here at once under vmap
+        per_step = list(zip(*(part.unbind(0) for part in (a_ifg, a_o, a_k, a_c, d_out)), strict=True))
         for t in reversed(range(steps)):
+            *coefficients_t, d_t = per_step[t]
             if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
                 n = ctx.active[t]
-                du, dh_prev, dc_prev = step(dh[:n] + d_out[t][:n], dc[:n], t, n)
+                du, dh_prev, dc_prev = step(dh[:n] + d_t[:n], dc[:n], *(a[:n] for a in coefficients_t))
                 dh, dc = torch.cat([dh_prev, dh[n:]]), torch.cat([dc_prev, dc[n:]])
                 du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
                 continue
-            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
-            du, dh_prev, dc_prev = step(dh, dc, t, pairs)
+            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
+            du, dh_prev, dc_prev = step(dh, dc, *coefficients_t)
             if ctx.has_mask:
                 du = torch.where(mask[t], du, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
                 dc_prev = torch.where(mask[t], dc_prev, dc)
             dh, dc = dh_prev, dc_prev
             du_steps.append(du)
-        dx = torch.stack(du_steps[::-1])
+        dx = torch.cat(du_steps[::-1]).view(steps, pairs, -1)
         return None, None, None, dx, dh, dc, None, None, None
 
 
@@ -566,38 +510,31 @@ class FusedGRU(torch.autograd.Function):
         w_ih_rz, w_ih_n = w.w_ih[: 2 * hidden], w.w_ih[2 * hidden :]
         a_r, a_z = a_rz.split(hidden, dim=2)
 
-        def step(dh: Tensor, t: int, n: int) -> tuple[Tensor, Tensor]:
-            """dx, dh_prev of step t for the first n pairs."""
-            dv = dh * a_n[t, :n]
-            du_r, du_z = dv * a_r[t, :n], dh * a_z[t, :n]
-            du_rz = torch.cat([du_r, du_z], dim=-1)
+        def step(dh: Tensor, r_t: Tensor, z_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor]:
+            """dx, dh_prev of one step, from its coefficients."""
+            dv = dh * n_t
+            du_rz = torch.cat([dv * r_t, dh * z_t], dim=-1)
             d_input = du_rz @ w_ih_rz + dv @ w_ih_n  # [du_r, du_z, dv] through W_ih
-            return d_input, dh * a_h[t, :n] + du_rz @ w_hh_rz + (dv * a_a[t, :n]) @ w_hh_n  # [du_r, du_z, da_n] through W_hh
+            return d_input, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n  # [du_r, du_z, da_n] through W_hh
 
-        if not ctx.has_mask:  # each step's coefficients as views made at once, not picked step by step
-            per_step = zip(*(part.unbind(0) for part in (a_r, a_z, a_n, a_h, a_a, d_out)), strict=True)
-            for r_t, z_t, n_t, h_t, a_t, d_t in reversed(list(per_step)):
-                dh = dh + d_t
-                dv = dh * n_t
-                du_rz = torch.cat([dv * r_t, dh * z_t], dim=-1)
-                d_inputs.append(du_rz @ w_ih_rz + dv @ w_ih_n)
-                dh = dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
-            return None, None, None, torch.cat(d_inputs[::-1]).view(steps, pairs, -1), dh, None, None
+        # each step's coefficients as views made at once (unbind), not picked step by step
+        per_step = list(zip(*(part.unbind(0) for part in (a_r, a_z, a_n, a_h, a_a, d_out)), strict=True))
         for t in reversed(range(steps)):
+            *coefficients_t, d_t = per_step[t]
             if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
                 n = ctx.active[t]
-                d_input, dh_prev = step(dh[:n] + d_out[t][:n], t, n)
+                d_input, dh_prev = step(dh[:n] + d_t[:n], *(a[:n] for a in coefficients_t))
                 dh = torch.cat([dh_prev, dh[n:]])
                 d_inputs.append(torch.nn.functional.pad(d_input, (0, 0, 0, pairs - n)))
                 continue
-            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
-            d_input, dh_prev = step(dh, t, pairs)
+            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
+            d_input, dh_prev = step(dh, *coefficients_t)
             if ctx.has_mask:
                 d_input = torch.where(mask[t], d_input, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
             dh = dh_prev
             d_inputs.append(d_input)
-        dx = torch.stack(d_inputs[::-1])
+        dx = torch.cat(d_inputs[::-1]).view(steps, pairs, -1)
         return None, None, None, dx, dh, None, None
 
 
@@ -643,25 +580,26 @@ class FusedRNN(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        if not ctx.has_mask and coefficients.shape[0]:
-            return None, None, None, None, *_rnn_reverse(coefficients, w, d_out, d_h), None, None
         dh = d_h
         du_steps: list[Tensor] = []
-        pairs = coefficients.shape[1]
-        for t in reversed(range(coefficients.shape[0])):
+        steps, pairs = coefficients.shape[:2]
+        # each step's coefficients as views made at once (unbind), not picked step by step
+        per_step = list(zip(coefficients.unbind(0), d_out.unbind(0), strict=True))
+        for t in reversed(range(steps)):
+            m_t, d_t = per_step[t]
             if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
                 n = ctx.active[t]
-                du = (dh[:n] + d_out[t][:n]) * coefficients[t, :n]
+                du = (dh[:n] + d_t[:n]) * m_t[:n]
                 dh = torch.cat([du @ w.w_hh, dh[n:]])
                 du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
                 continue
-            dh = dh + (d_out[t] * mask[t] if ctx.has_mask else d_out[t])
-            du = dh * coefficients[t]
+            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
+            du = dh * m_t
             dh_prev = du @ w.w_hh
             if ctx.has_mask:
                 du = torch.where(mask[t], du, 0.0)
                 dh_prev = torch.where(mask[t], dh_prev, dh)
             dh = dh_prev
             du_steps.append(du)
-        dx = torch.stack(du_steps[::-1]) @ w.w_ih
+        dx = (torch.cat(du_steps[::-1]) @ w.w_ih).view(steps, pairs, -1)
         return None, None, None, None, dx, dh, None, None

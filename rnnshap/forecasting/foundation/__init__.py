@@ -706,16 +706,16 @@ def _deepshap(
                 if not error.ill_conditioned:
                     raise
                 window = int(members[error.sample]) if 0 <= error.sample < len(members) else error.sample
-                ill = AdditivityError(
+                raise AdditivityError(
                     f"{adapter.label}: the DeepSHAP values of context window {window} cannot add up to its forecast in "
                     "the model's precision: they are far larger than the forecast and cancel. The model scales each "
                     "window by its own spread, and this window or a background window has almost none (near-flat: "
                     "the scale's floor divides everything). Use background windows with spread, or "
                     "method='shapley', which plays the library's own forecast call and adds up to it.\n"
-                    f"{error}"
-                )
-                ill.sample, ill.ill_conditioned = window, True
-                raise ill from error
+                    f"{error}",
+                    sample=window,
+                    ill_conditioned=True,
+                ) from error
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
             own = forecast[members].reshape(len(members), -1)
             gap = float(np.abs(attribution.outputs - own).max())
