@@ -6,6 +6,8 @@ state: a kept explainer, the same shapes), with ``check_additivity=False``:
 - ``ops``: operations torch's profiler records in one ``shap_values`` call (every event, views included, as
   ``torch.profiler`` counts them), and ``per step`` their growth per time step of the sequence where the
   model has one (measured at two lengths);
+- ``kernels``: of those, the operations that compute and call no other that does (no views, no wrappers): what
+  a GPU would launch, and ``per step`` their growth per time step;
 - ``syncs``: host synchronisations in the call: ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``,
   ``int(t)``), ``aten::equal`` and ``aten::nonzero`` (each one stalls a GPU until its queue has run);
 - ``ms``: the median wall time of ``--repeats`` calls;
@@ -16,13 +18,20 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py                   # the models of the issue, tiny sizes
     python benchmarks/bench_dispatch.py --size published  # hidden 128-256, 32 x 32 pairs
     python benchmarks/bench_dispatch.py --models lstm gru --device cuda
+    python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
+
+PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
+the zoo tests build them; a model whose library is missing is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +40,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+#: the source tree whose rnnshap is measured: this one, or RNNSHAP_TREE (set by ``--against`` for the other)
+sys.path.insert(0, os.environ.get("RNNSHAP_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import rnnshap  # noqa: E402
 
@@ -65,7 +75,42 @@ class CellLoop(nn.Module):
         return self.head(h)
 
 
-def build(name: str, hidden: int, features: int, outputs: int) -> nn.Module:
+class Forecaster(nn.Module):
+    """A Hugging Face-style forecaster (``past_values`` in, ``prediction_outputs`` out) as a function of (N, T, F):
+    its first ``outputs`` forecast steps of the first channel."""
+
+    def __init__(self, model: nn.Module, outputs: int) -> None:
+        super().__init__()
+        self.model, self.outputs = model, outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(past_values=x).prediction_outputs[:, : self.outputs, 0]
+
+
+def forecaster(name: str, steps: int, hidden: int, features: int, outputs: int) -> nn.Module:
+    """A tiny PatchTST (transformers) or TinyTimeMixer (granite-tsfm) from its library's config class, patches of 10
+    steps over a context of ``steps``, width ``hidden``."""
+    if name == "patchtst":
+        from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+        config = PatchTSTConfig(
+            num_input_channels=features, context_length=steps, patch_length=10, patch_stride=10, prediction_length=8,
+            d_model=hidden, num_attention_heads=4, num_hidden_layers=2, ffn_dim=2 * hidden, dropout=0.0,
+            attention_dropout=0.0, ff_dropout=0.0, head_dropout=0.0,
+        )  # fmt: skip
+        return Forecaster(PatchTSTForPrediction(config), outputs)
+    from tsfm_public.models.tinytimemixer import TinyTimeMixerConfig, TinyTimeMixerForPrediction
+
+    config = TinyTimeMixerConfig(
+        context_length=steps, patch_length=10, patch_stride=10, prediction_length=8, num_input_channels=features,
+        d_model=hidden, num_layers=2, decoder_num_layers=2, decoder_d_model=hidden // 2,
+    )  # fmt: skip
+    return Forecaster(TinyTimeMixerForPrediction(config), outputs)
+
+
+def build(name: str, hidden: int, features: int, outputs: int, steps: int) -> nn.Module:
+    if name in ("patchtst", "ttm"):
+        return forecaster(name, steps, hidden, features, outputs)
     if name == "lstm":
         return Head(nn.LSTM(features, hidden, batch_first=True), hidden, outputs)
     if name == "gru":
@@ -80,12 +125,43 @@ def build(name: str, hidden: int, features: int, outputs: int) -> nn.Module:
     raise SystemExit(f"unknown model {name!r}")
 
 
-def count(call: Callable[[], object]) -> tuple[int, int]:
-    """(events, host syncs) torch's profiler records in one call."""
+#: operations that move no data (views, metadata, allocation, dispatch wrappers): no kernel on a device
+NO_KERNEL = frozenset({
+    "aten::as_strided", "aten::resolve_conj", "aten::resolve_neg", "aten::view", "aten::_unsafe_view",
+    "aten::_reshape_alias", "aten::reshape", "aten::select", "aten::slice", "aten::unbind", "aten::split",
+    "aten::split_with_sizes", "aten::chunk", "aten::narrow", "aten::t", "aten::transpose", "aten::expand",
+    "aten::unsqueeze", "aten::squeeze", "aten::permute", "aten::detach", "detach", "detach_", "aten::detach_",
+    "aten::alias", "aten::unflatten", "aten::flatten", "aten::empty", "aten::empty_strided", "aten::lift_fresh",
+    "aten::is_same_size", "aten::to", "aten::expand_as", "aten::view_as", "aten::contiguous", "aten::result_type",
+    "aten::cudnn_is_acceptable", "aten::movedim", "aten::empty_like", "aten::matmul", "aten::linear", "aten::dropout",
+    "aten::resize_", "aten::_has_compatible_shallow_copy_type", "aten::new_empty", "aten::new_empty_strided",
+    "aten::unsafe_split", "aten::unsafe_chunk", "aten::is_nonzero",
+})  # fmt: skip
+
+
+def _computes(event: object) -> bool:
+    name = event.name  # type: ignore[attr-defined]
+    wrapper = name.startswith(("autograd::", "torch::autograd", "rnnshap::")) or "Backward" in name
+    return name not in NO_KERNEL and not wrapper
+
+
+def _kernel(event: object) -> bool:
+    """An operation that computes and calls no other operation that does: what a device would launch (a matrix
+    product is one, however many dispatch levels vmap or ``matmul`` wrap around it)."""
+
+    def below(e: object) -> bool:
+        return any(_computes(c) or below(c) for c in e.cpu_children)  # type: ignore[attr-defined]
+
+    return _computes(event) and not below(event)
+
+
+def count(call: Callable[[], object]) -> tuple[int, int, int]:
+    """(events, kernels, host syncs) torch's profiler records in one call."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         call()
-    names = collections.Counter(e.name for e in prof.events())
-    return sum(names.values()), sum(names[s] for s in SYNCS)
+    events = prof.events()
+    names = collections.Counter(e.name for e in events)
+    return sum(names.values()), sum(map(_kernel, events)), sum(names[s] for s in SYNCS)
 
 
 def timed(call: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -103,7 +179,7 @@ def timed(call: Callable[[], object], repeats: int, device: torch.device) -> flo
 
 def measure(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build(name, args.hidden, args.features, args.outputs).to(device).eval()
+    model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
     background = torch.randn(args.references, steps, args.features, device=device)
     X = torch.randn(args.samples, steps, args.features, device=device)
     explainer = rnnshap.DeepExplainer(model, background)
@@ -118,11 +194,12 @@ def measure(name: str, steps: int, args: argparse.Namespace, device: torch.devic
         return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
 
     explain(), floor()  # the first call (and the explainer's kept passes) aside: the steady state
-    ops, syncs = count(explain)
-    floor_ops, floor_syncs = count(floor)
+    ops, kernels, syncs = count(explain)
+    floor_ops, floor_kernels, floor_syncs = count(floor)
     return {
-        "ops": ops, "syncs": syncs, "ms": timed(explain, args.repeats, device),
-        "floor_ops": floor_ops, "floor_syncs": floor_syncs, "floor_ms": timed(floor, args.repeats, device),
+        "ops": ops, "kernels": kernels, "syncs": syncs, "ms": timed(explain, args.repeats, device),
+        "floor_ops": floor_ops, "floor_kernels": floor_kernels, "floor_syncs": floor_syncs,
+        "floor_ms": timed(floor, args.repeats, device),
     }  # fmt: skip
 
 
@@ -132,34 +209,68 @@ SIZES = {  # hidden, features, samples, references, outputs, time steps
 }
 
 
+def rows_of(name: str, lengths: tuple[int, ...], args: argparse.Namespace, tree: str) -> list[dict[str, float]]:
+    """One row per length of ``name``: measured here, or with ``tree``'s rnnshap in a process of its own."""
+    if not tree:
+        return [{"steps": steps, **measure(name, steps, args, torch.device(args.device))} for steps in lengths]
+    command = [sys.executable, __file__, "--json", "--models", name, "--size", args.size, "--repeats", str(args.repeats)]
+    command += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(command, env={**os.environ, "RNNSHAP_TREE": tree}, capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    if rows and "skipped" in rows[0]:
+        raise ImportError(rows[0]["skipped"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["lstm", "gru", "rnn", "transformer", "cell"])
+    parser.add_argument("--models", nargs="+", default=["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm"])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    parser.add_argument("--against", default="", help="another source tree: each model measured in both, alternately")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     args = parser.parse_args()
     args.hidden, args.features, args.samples, args.references, args.outputs, lengths = SIZES[args.size]
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    if args.json:
+        for name in args.models:
+            try:
+                print("\n".join(json.dumps(row) for row in rows_of(name, lengths, args, "")))
+            except ImportError as missing:
+                print(json.dumps({"skipped": str(missing)}))
+        return
     print(
-        f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; {args.size}: hidden {args.hidden}, "
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; {args.size}: hidden {args.hidden}, "
         f"{args.samples} samples x {args.references} references, {args.outputs} outputs, median of {args.repeats}"
     )
-    header = "| model | T | ops | floor ops | ops / floor | ops per step | syncs | floor syncs | ms | floor ms | time / floor |"
+    this = str(Path(rnnshap.__file__).resolve().parents[1])
+    trees = [this, str(Path(args.against).resolve())] if args.against else [""]
+    header = (
+        "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "
+        "| floor syncs | ms | floor ms | time / floor |"
+    )
+    header = "| tree " + header if args.against else header
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in args.models:
-        rows = [(steps, measure(name, steps, args, device)) for steps in lengths]
-        (t0, first), (t1, last) = rows[0], rows[-1]
-        per_step = (last["ops"] - first["ops"]) / (t1 - t0)
-        for steps, m in rows:
-            print(
-                f"| {name} | {steps} | {m['ops']:,} | {m['floor_ops']:,} | {m['ops'] / m['floor_ops']:.1f}x | {per_step:.1f} | "
-                f"{m['syncs']} | {m['floor_syncs']} | {m['ms']:.1f} | {m['floor_ms']:.1f} | {m['ms'] / m['floor_ms']:.2f}x |"
-            )
+        for tree in trees:  # (with --against: each tree in its own process, one model at a time, alternately)
+            try:
+                rows = rows_of(name, lengths, args, tree)
+            except ImportError as missing:
+                print(f"| {name} | skipped: {missing} |")
+                break
+            first, last = rows[0], rows[-1]
+            per_step, kernels_per_step = ((last[c] - first[c]) / (last["steps"] - first["steps"]) for c in ("ops", "kernels"))
+            for m in rows:
+                print(
+                    (f"| {tree} " if tree else "")
+                    + f"| {name} | {m['steps']} | {m['ops']:,} | {m['floor_ops']:,} | {m['ops'] / m['floor_ops']:.1f}x | "
+                    f"{per_step:.1f} | {m['kernels']:,} | {m['floor_kernels']:,} | {kernels_per_step:.1f} | {m['syncs']} | "
+                    f"{m['floor_syncs']} | {m['ms']:.1f} | {m['floor_ms']:.1f} | {m['ms'] / m['floor_ms']:.2f}x |"
+                )
 
 
 if __name__ == "__main__":

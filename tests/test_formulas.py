@@ -577,3 +577,38 @@ def test_the_fused_steps_where_form_is_nearer_the_float64_secant_than_the_blend(
     far = np.abs(delta) > 10 * threshold  # both are the quotient there, to (ε/Δ)⁴
     np.testing.assert_allclose(np.median(error_where[far]), np.median(error_blend[far]), rtol=0.05)
     assert error_where.mean() <= error_blend.mean()
+
+
+def test_where_a_read_would_wait_the_formulas_skip_no_work_and_give_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an accelerator a read of a value stalls the host until the device has run its queue. The ``surely_*``
+    tests only let a formula skip work whose result would be the same, so there (``readable`` False, as for a
+    tensor on a GPU) they answer False without reading: the same values bit for bit, fewer reads."""
+    import rnnshap
+    from rnnshap.formulas import torch_ops
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.encoder, self.head = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.encoder(x)
+            return self.head(torch.sqrt(torch.exp(z).mean(1)) + torch.log1p(z.square()).mean(1))
+
+    model, background, X = Net().eval(), torch.randn(4, 6, 8), torch.randn(3, 6, 8)
+
+    def explain() -> tuple[np.ndarray, int]:
+        explainer = rnnshap.DeepExplainer(model, background)
+        explainer.shap_values(X)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            values = explainer.shap_values(X, check_additivity=False)
+        return values, sum(e.name == "aten::_local_scalar_dense" for e in prof.events())
+
+    read, reads = explain()
+    monkeypatch.setattr(torch_ops, "readable", lambda t: False)
+    unread, fewer = explain()
+    assert np.array_equal(read, unread)
+    assert fewer < reads, (fewer, reads)

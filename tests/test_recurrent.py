@@ -8,6 +8,7 @@ is its mean over the background.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -342,11 +343,11 @@ _HOST_SYNCS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "ate
 
 
 @pytest.mark.parametrize("layer", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_per_step(layer: str) -> None:
+def test_the_fused_layers_never_wait_on_the_device(layer: str) -> None:
     """Inside a fused recurrent layer (its forward and its reverse recurrence) nothing is read back from the device
-    but the check that each side's rows repeat as the pair grid says (torch.equal, once per tensor of a layer):
-    as many syncs at 21 steps as at 7, and no value read back to decide a branch (on a GPU each would stall the
-    queue). The relu secant tested for equal pre-activations on the host first."""
+    (on a GPU each read would stall the queue): the check that each side's rows repeat as the pair grid says is
+    read after the pass with every other (PairGrid.holds), no value decides a branch. The relu secant tested for
+    equal pre-activations on the host first; each layer read its rows' check at once (torch.equal)."""
     make = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k)}
 
     def syncs(steps: int) -> list[str]:
@@ -376,5 +377,91 @@ def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_p
         return [name for event in fused for name in inside(event) if name in _HOST_SYNCS]
 
     short, long = syncs(7), syncs(21)
-    assert set(short) <= {"aten::equal"}, short
-    assert len(short) == len(long) <= 6
+    assert short == long == [], (short, long)
+
+
+class _LastStep(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+class _CellLoop(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.cell = kind, {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](3, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 5)
+        for t in range(x.shape[1]):
+            if self.kind == "lstm":
+                h, c = self.cell(x[:, t], (h, c))
+            else:
+                h = self.cell(x[:, t], h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "lstm_cell", "gru_cell"])
+def test_an_explanation_waits_on_the_device_as_often_at_21_steps_as_at_7(model: str) -> None:
+    """The host syncs of a whole call (input checks, the rows' checks read once after the passes) do not grow with
+    the sequence: a cell in a Python loop read its rows' check at each step, six times (torch.equal)."""
+
+    def syncs(steps: int) -> tuple[list[str], np.ndarray, torch.Tensor]:
+        torch.manual_seed(0)
+        if model.endswith("_cell"):
+            net: nn.Module = _CellLoop(model.removesuffix("_cell"))
+        else:
+            net = _LastStep({"lstm": nn.LSTM, "gru": nn.GRU}[model](3, 5, batch_first=True))
+        background, X = torch.randn(3, steps, 3), torch.randn(2, steps, 3)
+        explainer = rnnshap.DeepExplainer(net.eval(), background)
+        explainer.shap_values(X)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            values = explainer.shap_values(X, check_additivity=False)
+        with torch.no_grad():
+            gap = net(X) - net(background).mean(0)
+        syncs = [e.name for e in prof.events() if e.name in _HOST_SYNCS and e.name != "aten::is_nonzero"]  # (bool(t): both)
+        return syncs, values, gap
+
+    (short, _, _), (long, values, gap) = syncs(7), syncs(21)
+    assert len(short) == len(long) <= 8, (short, long)
+    np.testing.assert_allclose(values.sum((1, 2)), gap.numpy(), rtol=0, atol=1e-5)
+
+
+def test_the_reverse_recurrences_batch_over_any_argument_under_vmap() -> None:
+    """The reverse recurrences are operators with their own vmap rule (the explainer batches the outputs'
+    gradients through it): batched over the gradients, or over anything else (the weights, one element at a
+    time), they give what one call per batch element gives."""
+    from rnnshap.recurrent.reverse import gru_reverse, lstm_reverse, rnn_reverse
+
+    torch.manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:  # (float64: a batch's products and one element's round alike)
+        return torch.randn(*shape, dtype=torch.float64)
+
+    steps, pairs, hidden, features, batch = 4, 3, 5, 2, 3
+    coefficients = {"lstm": randn(steps, pairs, 6 * hidden), "gru": randn(steps, pairs, 5 * hidden)}
+    coefficients["rnn"] = randn(steps, pairs, hidden)
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}
+    for kind, op in (("lstm", lstm_reverse), ("gru", gru_reverse), ("rnn", rnn_reverse)):
+        w_ih, w_hh = randn(batch, gates[kind] * hidden, features), randn(batch, gates[kind] * hidden, hidden)
+        d_out, d_h = randn(batch, steps, pairs, hidden), randn(batch, pairs, hidden)
+        states = (d_h, randn(batch, pairs, hidden)) if kind == "lstm" else (d_h,)
+        extra = (None,) if kind == "lstm" else ()  # (no projection)
+
+        def call(d_out: torch.Tensor, *rest: torch.Tensor, op: Any = op, kind: str = kind, extra: tuple = extra) -> Any:
+            *grads, w_ih, w_hh = rest
+            return op(coefficients[kind], None, None, d_out, *grads, w_ih, w_hh, *extra)
+
+        one_by_one = [call(d_out[b], *(s[b] for s in states), w_ih[b], w_hh[b]) for b in range(batch)]
+        for batched_weights in (False, True):
+            weights = (w_ih, w_hh) if batched_weights else (w_ih[0], w_hh[0])
+            in_dims = (0,) * (1 + len(states)) + ((0, 0) if batched_weights else (None, None))
+            batched = torch.func.vmap(call, in_dims=in_dims)(d_out, *states, *weights)
+            for b in range(batch):
+                expected = one_by_one[b] if batched_weights else call(d_out[b], *(s[b] for s in states), *weights)
+                for got, want in zip(batched, expected, strict=True):
+                    torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)

@@ -43,17 +43,30 @@ def _finfo(dtype: torch.dtype) -> Any:
 _BYTES_FROM = 4096
 
 
+def readable(t: Tensor) -> bool:
+    """Whether ``t``'s values can be read on the host without waiting: on the CPU (where the operations have run
+    when they return). On an accelerator a read stalls the host until the device's queue has run (a host sync), so
+    the ``surely_*`` tests, which only let a formula skip work that would give the same values, say False there
+    without reading, as they do on Keras and JAX."""
+    return t.device.type == "cpu"
+
+
 def surely_all(mask: Tensor, /) -> bool:
     """Whether every entry of ``mask`` is true: ``mask.all()``, read as bytes on a large boolean mask (torch's
     ``all``/``any`` on bool run a scalar loop on CPU, 15-40x the time of ``amin``/``amax`` on the same bytes, which
-    are 0 or 1: the same answer)."""
+    are 0 or 1: the same answer). False, unread, where reading would wait (:func:`readable`)."""
+    if not readable(mask):
+        return False
     if mask.dtype is torch.bool and mask.numel() >= _BYTES_FROM:
         return bool(mask.view(torch.uint8).amin())
     return bool(mask.all())
 
 
 def surely_none(mask: Tensor, /) -> bool:
-    """Whether no entry of ``mask`` is true (``not mask.any()``; read as bytes as :func:`surely_all` does)."""
+    """Whether no entry of ``mask`` is true (``not mask.any()``; read as bytes as :func:`surely_all` does; False,
+    unread, where reading would wait)."""
+    if not readable(mask):
+        return False
     if mask.dtype is torch.bool and mask.numel() >= _BYTES_FROM:
         return not bool(mask.view(torch.uint8).amax())
     return not bool(mask.any())
@@ -117,7 +130,8 @@ class TorchOps:
 
     @staticmethod
     def surely_finite(x: Tensor, /) -> bool:
-        return bool(torch.isfinite(x.sum()))  # (one reduction: any inf or nan entry makes the sum one)
+        # (one reduction: any inf or nan entry makes the sum one; False, unread, where reading would wait)
+        return readable(x) and bool(torch.isfinite(x.sum()))
 
     @staticmethod
     def eps(dtype: torch.dtype, /) -> float:

@@ -7,8 +7,8 @@ product. The multipliers, which depend on both sides, are computed per pair by b
 two sides against each other, a few time steps at a time so that the temporaries stay in cache,
 and only arithmetic (no masks, no ``torch.where``), which is what makes them cheap.
 
-Backward: the reverse-time multiplier recurrence, per step a few elementwise products and one
-small matrix product, then one large product for the input projection. See
+Backward: the reverse-time multiplier recurrence (``reverse.py``), per step a few elementwise
+products and two small matrix products, then one large product for the input projection. See
 ``docs/recurrent.md`` for the formulas.
 
 Every layer takes ``mask``, a (T, P, 1) boolean tensor or None: rows where it is False are past
@@ -26,6 +26,7 @@ from ..formulas.secant import CLOSED_FORMS
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
+from .reverse import gru_reverse, lstm_reverse, rnn_reverse
 from .weights import CellWeights
 
 Tensor = torch.Tensor
@@ -334,6 +335,11 @@ def masked_layer(
     return outputs, _at_lengths(mask, h, out, rows), c_n
 
 
+def _mask(ctx: Any, saved: Tensor) -> Tensor | None:
+    """The mask :func:`_finish` saved, None where the layer had none."""
+    return saved if ctx.has_mask else None
+
+
 def _finish(
     ctx: Any,
     w: CellWeights,
@@ -415,52 +421,13 @@ class FusedLSTM(torch.autograd.Function):
         ]
         ctx.active = _active_rows(mask)
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
-        ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new))
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        hidden = ctx.hidden
-        steps, pairs = coefficients.shape[:2]
-        a_ifg = coefficients[..., : 3 * hidden].unflatten(-1, (3, hidden))
-        a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
-        dh, dc = d_h, d_c
-        du_steps: list[Tensor] = []
-        # the gate blocks [i, f, g] and [o] of the weights apart: du's two parts go through them
-        # without being joined first (one copy fewer of du per step, which at K outputs is K copies)
-        w_hh_ifg, w_hh_o = w.w_hh[: 3 * hidden], w.w_hh[3 * hidden :]
-        w_ih_ifg, w_ih_o = w.w_ih[: 3 * hidden], w.w_ih[3 * hidden :]
-
-        def step(dh: Tensor, dc: Tensor, ifg_t: Tensor, o_t: Tensor, k_t: Tensor, c_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            """dx, dh_prev, dc_prev of one step, from its coefficients."""
-            dh_full = dh @ w.w_hr if w.w_hr is not None else dh
-            dcc = torch.addcmul(dc, dh_full, k_t)
-            du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
-            du_o = dh_full * o_t
-            return du_ifg @ w_ih_ifg + du_o @ w_ih_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
-
-        # each step's coefficients as views made at once (unbind), not picked step by step; no out= or in-place
-        # writes: several outputs go through here at once under vmap
-        per_step = list(zip(*(part.unbind(0) for part in (a_ifg, a_o, a_k, a_c, d_out)), strict=True))
-        for t in reversed(range(steps)):
-            *coefficients_t, d_t = per_step[t]
-            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-                n = ctx.active[t]
-                du, dh_prev, dc_prev = step(dh[:n] + d_t[:n], dc[:n], *(a[:n] for a in coefficients_t))
-                dh, dc = torch.cat([dh_prev, dh[n:]]), torch.cat([dc_prev, dc[n:]])
-                du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
-                continue
-            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
-            du, dh_prev, dc_prev = step(dh, dc, *coefficients_t)
-            if ctx.has_mask:
-                du = torch.where(mask[t], du, 0.0)
-                dh_prev = torch.where(mask[t], dh_prev, dh)
-                dc_prev = torch.where(mask[t], dc_prev, dc)
-            dh, dc = dh_prev, dc_prev
-            du_steps.append(du)
-        dx = torch.cat(du_steps[::-1]).view(steps, pairs, -1)
+        dx, dh, dc = lstm_reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, d_c, w.w_ih, w.w_hh, w.w_hr)
         return None, None, None, dx, dh, dc, None, None, None
 
 
@@ -491,50 +458,13 @@ class FusedGRU(torch.autograd.Function):
         secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
         ctx.active = _active_rows(mask)
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r], ctx.active)
-        ctx.hidden = hidden
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        hidden = ctx.hidden
-        steps, pairs = coefficients.shape[:2]
-        a_rz = coefficients[..., : 2 * hidden]
-        a_n, a_h, a_a = coefficients[..., 2 * hidden :].split(hidden, dim=2)
-        dh = d_h
-        d_inputs: list[Tensor] = []
-        # the gate blocks [r, z] and [n] of the weights apart: the parts of the gradient go through
-        # them without being joined first (fewer copies per step, K of them at K outputs)
-        w_hh_rz, w_hh_n = w.w_hh[: 2 * hidden], w.w_hh[2 * hidden :]
-        w_ih_rz, w_ih_n = w.w_ih[: 2 * hidden], w.w_ih[2 * hidden :]
-        a_r, a_z = a_rz.split(hidden, dim=2)
-
-        def step(dh: Tensor, r_t: Tensor, z_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor]:
-            """dx, dh_prev of one step, from its coefficients."""
-            dv = dh * n_t
-            du_rz = torch.cat([dv * r_t, dh * z_t], dim=-1)
-            d_input = du_rz @ w_ih_rz + dv @ w_ih_n  # [du_r, du_z, dv] through W_ih
-            return d_input, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n  # [du_r, du_z, da_n] through W_hh
-
-        # each step's coefficients as views made at once (unbind), not picked step by step
-        per_step = list(zip(*(part.unbind(0) for part in (a_r, a_z, a_n, a_h, a_a, d_out)), strict=True))
-        for t in reversed(range(steps)):
-            *coefficients_t, d_t = per_step[t]
-            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-                n = ctx.active[t]
-                d_input, dh_prev = step(dh[:n] + d_t[:n], *(a[:n] for a in coefficients_t))
-                dh = torch.cat([dh_prev, dh[n:]])
-                d_inputs.append(torch.nn.functional.pad(d_input, (0, 0, 0, pairs - n)))
-                continue
-            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
-            d_input, dh_prev = step(dh, *coefficients_t)
-            if ctx.has_mask:
-                d_input = torch.where(mask[t], d_input, 0.0)
-                dh_prev = torch.where(mask[t], dh_prev, dh)
-            dh = dh_prev
-            d_inputs.append(d_input)
-        dx = torch.cat(d_inputs[::-1]).view(steps, pairs, -1)
+        dx, dh = gru_reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, dx, dh, None, None
 
 
@@ -580,26 +510,5 @@ class FusedRNN(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        dh = d_h
-        du_steps: list[Tensor] = []
-        steps, pairs = coefficients.shape[:2]
-        # each step's coefficients as views made at once (unbind), not picked step by step
-        per_step = list(zip(coefficients.unbind(0), d_out.unbind(0), strict=True))
-        for t in reversed(range(steps)):
-            m_t, d_t = per_step[t]
-            if ctx.active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-                n = ctx.active[t]
-                du = (dh[:n] + d_t[:n]) * m_t[:n]
-                dh = torch.cat([du @ w.w_hh, dh[n:]])
-                du_steps.append(torch.nn.functional.pad(du, (0, 0, 0, pairs - n)))
-                continue
-            dh = dh + (d_t * mask[t] if ctx.has_mask else d_t)
-            du = dh * m_t
-            dh_prev = du @ w.w_hh
-            if ctx.has_mask:
-                du = torch.where(mask[t], du, 0.0)
-                dh_prev = torch.where(mask[t], dh_prev, dh)
-            dh = dh_prev
-            du_steps.append(du)
-        dx = (torch.cat(du_steps[::-1]) @ w.w_ih).view(steps, pairs, -1)
+        dx, dh = rnn_reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, None, dx, dh, None, None

@@ -7,8 +7,10 @@ only ``S`` distinct input rows (each repeated ``R`` times) and ``R`` distinct re
 ``S + R`` rows; only the multipliers, which depend on both sides, are per pair. That is what
 makes the fused layers cost less than torch's own forward and backward pass on the tiled batch.
 
-Nothing is assumed: a side is reduced only after checking that its rows repeat exactly as the
-grid says; otherwise it keeps all its rows and the result is the same, only slower.
+Nothing is assumed: a side is reduced only where its rows repeat exactly as the grid says;
+otherwise it keeps all its rows and the result is the same, only slower. The test runs on the device;
+where the grid defers it (:meth:`PairGrid.holds`), the engine reads the tests of a whole pass at once
+after it and runs the pass again on every pair if one failed.
 
 Packed sequences (a mask) are sorted by length, out of grid order, and each pair's reference is
 truncated at its sample's length; :meth:`Side.masked` groups their rows by value instead, a row
@@ -55,7 +57,9 @@ class Side:
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
         present = [(t, dim) for t, dim in tensors if t is not None]
         shape = (reduced.samples, reduced.references)
-        if all(torch.equal(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)) for t, dim in present):
+        # (each tensor's test on the device; one check for all, read after the pass where the grid defers it)
+        repeats = [torch.eq(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)).all() for t, dim in present]
+        if grid.holds(*repeats):
             return reduced
         return cls(grid.samples, grid.references, None)
 

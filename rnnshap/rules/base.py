@@ -28,10 +28,30 @@ class PairGrid:
 
     samples: int
     references: int
+    #: where the rules' checks that rows repeat wait for the end of the pass (see :meth:`holds`): the flags
+    #: of the pass, read once after it; None: each check is read at once
+    deferred: list[torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     @property
     def pairs(self) -> int:
         return self.samples * self.references
+
+    def holds(self, *checks: torch.Tensor) -> bool:
+        """Whether the rows repeat as the grid says, ``checks`` being that test on the device (0-d bools).
+
+        Read at once it would stop the pass until the device has caught up (a host sync, per call of a
+        recurrent cell in a Python loop: per time step). With ``deferred`` it is assumed and kept: the
+        engine reads all of a pass's checks at once after it (:meth:`all_held`) and runs the pass again on
+        every pair where one failed, so a rule computes on the distinct rows without waiting.
+        """
+        if self.deferred is None:
+            return all(bool(check) for check in checks)
+        self.deferred.extend(checks)
+        return True
+
+    def all_held(self) -> bool:
+        """Whether every deferred check of the pass held (one host sync for all of them)."""
+        return not self.deferred or bool(torch.stack(self.deferred).all())
 
 
 @dataclass

@@ -141,7 +141,7 @@ class Power(Shapley):
             return super().attribute(call)
         if not TORCH.surely_finite(m):  # (one reduction: isfinite is four elementwise operations)
             generic = ~torch.isfinite(m)
-            if bool(generic.any()):  # non-positive bases: the exact rule (difference quotient, midpoint derivative)
+            if not TORCH.surely_none(generic):  # non-positive bases: the exact rule (difference quotient, midpoint derivative)
                 _, _, fallback = rescale_multiplier(lambda p: call.evaluate(p), x, r, True, call.ref_output, output=output)
                 m = torch.where(generic, fallback, m)
         return with_multipliers(output, [x], [m.expand(output.shape)])

@@ -134,12 +134,14 @@ def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tup
     ``x`` is masked throughout (``-inf``: the chain handles it), before any other work."""
     xd, rd = x.detach(), r.detach()
     max_x = xd.amax(dim, keepdim=True)
-    if not TORCH.surely_none(torch.isneginf(max_x)):
+    # (a choice of path, read on every device: surely_none would say False unread on an accelerator, and the chain
+    # would run where the fused node gives the same values with fewer operations)
+    if bool(torch.isneginf(max_x).any()):
         return None
     top = pairs.common_shift(TORCH, max_x, rd.amax(dim, keepdim=True))
     xs = xd - top
     rs, log_total, log_total_ref, m_log = _logsumexp_parts(xs, rd, top, dim)
-    if not TORCH.surely_none(torch.isneginf(log_total)):  # (not reached: log S is -inf only where a row of x is)
+    if bool(torch.isneginf(log_total).any()):  # (not reached: log S is -inf only where a row of x is)
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
     output = torch.exp(shifted)
@@ -159,7 +161,7 @@ def _exp_secant(e: Tensor, e_ref: Tensor, x: Tensor, r: Tensor) -> Tensor:
 def _stable_log(total: Tensor, shifted: Tensor, dim: int | tuple[int, ...]) -> Tensor:
     """:func:`pairs.stable_log` of ``total`` (the sum of ``exp(shifted)`` over ``dim``), its logsumexp computed only
     where some sum is not a normal number (elsewhere the where picks the log of the sum: the same values)."""
-    if bool((total >= TORCH.tiny(total.dtype)).all()):
+    if TORCH.surely_all(total >= TORCH.tiny(total.dtype)):
         return torch.log(total)
     return pairs.stable_log(TORCH, total, torch.logsumexp(shifted, dim, keepdim=True))
 
@@ -168,7 +170,7 @@ def finite_total(total: Tensor, total_ref: Tensor) -> tuple[Tensor, Tensor]:
     """The totals with rows masked throughout (``-inf`` on both sides) replaced by 0: no gradient
     flows there, and the outputs there become ``-inf`` instead of ``-inf - (-inf)``."""
     dead = torch.isneginf(total.detach()) & torch.isneginf(total_ref)
-    if not bool(dead.any()):
+    if TORCH.surely_none(dead):  # (elsewhere the where's pick the totals: the same values)
         return total, total_ref
     return torch.where(dead, torch.zeros_like(total), total), torch.where(dead, torch.zeros_like(total_ref), total_ref)
 
@@ -176,7 +178,7 @@ def finite_total(total: Tensor, total_ref: Tensor) -> tuple[Tensor, Tensor]:
 def _as_torch_in_dead_rows(output: Tensor, total: Tensor) -> Tensor:
     """NaN in fully masked rows, as torch gives; the gradient there is 0, so no NaN flows back."""
     dead = torch.isneginf(total.detach())
-    if not bool(dead.any()):
+    if TORCH.surely_none(dead):
         return output
     return torch.where(dead, torch.full_like(output, float("nan")), output)
 

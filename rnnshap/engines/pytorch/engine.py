@@ -579,7 +579,8 @@ class TorchEngine(Engine):
         device = inputs[0].device
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
         ref = torch.arange(block.r0, block.r1, device=device).repeat(s)
-        grid = PairGrid(s, n_refs)  # rules may compute on the distinct rows of each side
+        # rules may compute on the distinct rows of each side, their checks of the rows read after the passes
+        grid = PairGrid(s, n_refs, deferred=[])
         # context inputs (integer inputs that are neither token ids nor numbers: lengths, masks) take
         # the explained sample's values on both sides; token ids and numbers are compared with the
         # background's, and the masks made from them are the explained sample's (their shadows)
@@ -600,7 +601,11 @@ class TorchEngine(Engine):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        while True:  # (twice at most: a layout the check at construction missed runs every pair)
+        # (at most three times: a layout the check at construction missed, and rows that do not repeat as the
+        # grid says, each run every pair)
+        while True:
+            if grid.deferred is not None:
+                grid.deferred.clear()  # (the checks of a pass run again do not count)
             with torch.no_grad():
                 if distinct:
                     # the reference pass runs on the block's references once, and the tape repeats them
@@ -643,12 +648,17 @@ class TorchEngine(Engine):
                             replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=pass_masks, state=state
                         ),
                     )
-                break
             except TapeMismatchError:
                 if not distinct:
                     raise
                 # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
                 self.distinct_references = distinct = False
+                continue
+            if grid.all_held():  # (the one host sync of the rows' checks)
+                break
+            # a side's rows did not repeat as the grid says (something sample-specific entered the reference side):
+            # both passes again, each check read at once (a side whose rows do not repeat keeps them all), on every pair
+            grid, distinct = PairGrid(s, n_refs), False
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             _check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
