@@ -121,8 +121,9 @@ def run_pass(
         mode.drew = bool(drawn)
         module_rules.remove()
         state.restore()
-    if drawn and draws_matter(model, given, settings.take, output, mode.deferred, drawn):  # (named with the random functions)
-        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
+    evidence = draws_matter(model, given, settings.take, output, mode.deferred, drawn) if drawn else None
+    if evidence is not None:  # (named with the random functions)
+        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn, evidence)
         error.eval_may_help = True  # type: ignore[attr-defined]  # (see model_forms.in_eval_mode)
         raise error
     if mode.deferred.pending:
