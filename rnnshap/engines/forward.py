@@ -180,6 +180,11 @@ class ForwardModel:
             raise InputError(
                 f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch"
             )
+        if taken.dtype.kind == "c":
+            raise InputError(
+                f"the model returns complex values ({taken.dtype}): a game needs real numbers. Explain its real and "
+                "imaginary parts: wrap the model so that it returns torch.view_as_real(out) (or its .real and .imag)"
+            )
         self._shape = tuple(taken.shape[1:])
         if taken.dtype.kind == "f":
             self.eps = max(self.eps, float(np.finfo(taken.dtype).eps))

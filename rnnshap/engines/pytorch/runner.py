@@ -153,6 +153,12 @@ def run_pass(
             "list, tuple or dict of tensors (DeepExplainer(..., output=i_or_name) picks one). Wrap the model "
             "in an nn.Module whose forward() returns the tensor to explain."
         )
+    if output.is_complex():
+        raise InputError(
+            f"The model returns a complex tensor ({output.dtype}): rnnshap explains real numbers. Explain its real and "
+            "imaginary parts: wrap the model in an nn.Module whose forward() returns torch.view_as_real(out) (or "
+            "torch.cat([out.real, out.imag], -1)), or its magnitude written as torch.sqrt(out.real ** 2 + out.imag ** 2)."
+        )
     if not mode.is_tracked(output):
         raise UnsupportedOperationError(
             [("the model's output", "it does not depend on the explained inputs through operations rnnshap can see", "output")]
