@@ -53,6 +53,7 @@ class Spectral(nn.Module):
             filtered, round_trip.real, round_trip.imag, shifted.imag, conj.imag, conj.real.flip(-1),
             two_d.real.flatten(1), two_d.imag.flatten(1), hermitian, torch.view_as_complex(as_real.contiguous()).imag,
             torch.fft.irfftn(torch.fft.rfftn(x, dim=(-1,)), s=(T,), dim=(-1,)),
+            torch.fft.fft(torch.complex(x, 2 * x.flip(-1))).conj_physical().imag,
         ]  # fmt: skip
         return torch.cat(parts, -1)
 
@@ -77,6 +78,7 @@ def _features_numpy(x: np.ndarray) -> np.ndarray:
     features = [
         filtered, round_trip.real, round_trip.imag, shifted.imag, conj.imag, conj.real[:, ::-1],
         two_d.real.reshape(n, -1), two_d.imag.reshape(n, -1), hermitian, ihfft.imag, irfftn,
+        np.conj(np.fft.fft(x + 2j * x[:, ::-1])).imag,
     ]  # fmt: skip
     return np.concatenate(features, -1)
 
