@@ -10,6 +10,8 @@ after it written from its definition. An operation other than a linear one on a 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ class Spectral(nn.Module):
         hermitian = torch.fft.hfft(spectrum[:, :4], n=T)
         as_real = torch.view_as_real(torch.fft.ihfft(x).resolve_conj())  # (batch, T/2 + 1, 2)
         parts = [
-            filtered, round_trip.real, round_trip.imag, shifted.imag, conj.imag, conj.real.flip(-1),
+            filtered, round_trip.real, round_trip.imag, shifted.real, conj.imag, conj.real.flip(-1),
             two_d.real.flatten(1), two_d.imag.flatten(1), hermitian, torch.view_as_complex(as_real.contiguous()).imag,
             torch.fft.irfftn(torch.fft.rfftn(x, dim=(-1,)), s=(T,), dim=(-1,)),
             torch.fft.fft(torch.complex(x, 2 * x.flip(-1))).conj_physical().imag,
@@ -76,7 +78,7 @@ def _features_numpy(x: np.ndarray) -> np.ndarray:
     irfftn = np.fft.irfftn(np.fft.rfftn(x, axes=(-1,)), s=(T,), axes=(-1,))
     n = x.shape[0]
     features = [
-        filtered, round_trip.real, round_trip.imag, shifted.imag, conj.imag, conj.real[:, ::-1],
+        filtered, round_trip.real, round_trip.imag, shifted.real, conj.imag, conj.real[:, ::-1],
         two_d.real.reshape(n, -1), two_d.imag.reshape(n, -1), hermitian, ihfft.imag, irfftn,
         np.conj(np.fft.fft(x + 2j * x[:, ::-1])).imag,
     ]  # fmt: skip
@@ -158,3 +160,84 @@ def test_a_complex_output_is_refused_with_the_parts_to_explain_instead() -> None
         rnnshap.DeepExplainer(ComplexOutput(), background)
     with pytest.raises(rnnshap.InputError, match=r"complex.*view_as_real"):  # the Shapley door too
         rnnshap.ShapleyExplainer(ComplexOutput(), background)
+
+
+# -- the JAX engine (Flax NNX models) -----------------------------------------------------------------------------
+def _flax_spectral(head: str | None) -> Any:
+    """``Spectral`` in JAX (its ``view_as_real`` step read as ``.imag``, as the numpy copy does), with a constant
+    readout ``V`` after a tanh where ``head`` is "tanh"."""
+    jax = pytest.importorskip("jax")
+    nnx = pytest.importorskip("flax.nnx")
+    jnp = jax.numpy
+
+    w = jnp.asarray(_spectral_filter(T))
+    V = jnp.asarray(np.random.default_rng(11).normal(size=(2, _features_numpy(np.zeros((1, T))).shape[1])))
+
+    class FlaxSpectral(nnx.Module):
+        def __call__(self, x: Any) -> Any:
+            spectrum = jnp.fft.rfft(x, axis=-1)
+            filtered = jnp.fft.irfft(spectrum * w, n=T, axis=-1)
+            round_trip = jnp.fft.ifft(jnp.fft.fft(x.astype(jnp.complex128) * (1 + 2j)) * 0.5, norm="ortho")
+            shifted = jnp.fft.fftshift(jnp.fft.fft(x, norm="forward"), axes=-1)
+            conj = jnp.conj(spectrum)
+            n = x.shape[0]
+            two_d = jnp.fft.rfft2(x.reshape(-1, 2, T // 2))
+            parts = [
+                filtered, round_trip.real, round_trip.imag, shifted.real, conj.imag, conj.real[:, ::-1],
+                two_d.real.reshape(n, -1), two_d.imag.reshape(n, -1), jnp.fft.hfft(spectrum[:, :4], n=T),
+                jnp.fft.ihfft(x).imag, jnp.fft.irfftn(jnp.fft.rfftn(x, axes=(-1,)), s=(T,), axes=(-1,)),
+                jnp.conj(jnp.fft.fft(jax.lax.complex(x, 2 * x[:, ::-1]))).imag,
+            ]  # fmt: skip
+            features = jnp.concatenate(parts, -1)
+            return features if head is None else jnp.tanh(features) @ V.T
+
+    return FlaxSpectral(), np.asarray(V)
+
+
+@pytest.mark.parametrize("head", [None, "tanh"], ids=["linear", "tanh"])
+def test_fft_family_on_the_jax_engine_against_numpy_fft(head: str | None) -> None:
+    jax = pytest.importorskip("jax")
+    with jax.enable_x64(True):
+        model, V = _flax_spectral(head)
+        background, X = (t.numpy() for t in _data())
+        np.testing.assert_allclose(np.asarray(model(jax.numpy.asarray(background))), (
+            _features_numpy(background) if head is None else np.tanh(_features_numpy(background)) @ V.T), rtol=0, atol=1e-12)
+        values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    A = np.stack([_features_numpy(np.eye(T)[j : j + 1])[0] for j in range(T)], 1)
+    if head is None:
+        expected = A.T[None] * (X - background.mean(0))[:, :, None]
+        np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+        return
+    u_x, u_r = X @ A.T, background @ A.T
+    diff = u_x[:, None] - u_r[None]
+    quotient = (np.tanh(u_x[:, None]) - np.tanh(u_r[None])) / np.where(np.abs(diff) > 1e-9, diff, 1)
+    secant = np.where(np.abs(diff) > 1e-9, quotient, 1 / np.cosh(u_x[:, None]) ** 2)
+    expected = np.einsum("ok,irk,kj,irj->ijo", V, secant, A, X[:, None] - background[None]) / len(background)
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_nonlinear_operation_on_complex_values_is_refused_on_the_jax_engine() -> None:
+    jax = pytest.importorskip("jax")
+    nnx = pytest.importorskip("flax.nnx")
+    jnp = jax.numpy
+
+    class Magnitude(nnx.Module):
+        def __call__(self, x: Any) -> Any:
+            return jnp.abs(jnp.fft.rfft(x))
+
+    class Product(nnx.Module):
+        def __call__(self, x: Any) -> Any:
+            q, k = jnp.fft.rfft(x[:, : T // 2]), jnp.fft.rfft(x[:, T // 2 :])
+            return jnp.fft.irfft(q * jnp.conj(k), n=T // 2)
+
+    class ComplexOut(nnx.Module):
+        def __call__(self, x: Any) -> Any:
+            return jnp.fft.rfft(x)
+
+    background, X = (t.numpy() for t in _data())
+    with jax.enable_x64(True):
+        for model in (Magnitude(), Product()):
+            with pytest.raises(rnnshap.UnsupportedOperationError, match="complex"):
+                rnnshap.DeepExplainer(model, background).shap_values(X)
+        with pytest.raises(rnnshap.InputError, match="complex"):
+            rnnshap.DeepExplainer(ComplexOut(), background).shap_values(X)
