@@ -10,7 +10,8 @@ after it written from its definition. An operation other than a linear one on a 
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
+from .keras_process import KerasProcess
 
 D = torch.float64
 T = 10
@@ -200,8 +202,12 @@ def test_fft_family_on_the_jax_engine_against_numpy_fft(head: str | None) -> Non
     with jax.enable_x64(True):
         model, V = _flax_spectral(head)
         background, X = (t.numpy() for t in _data())
-        np.testing.assert_allclose(np.asarray(model(jax.numpy.asarray(background))), (
-            _features_numpy(background) if head is None else np.tanh(_features_numpy(background)) @ V.T), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(model(jax.numpy.asarray(background))),
+            (_features_numpy(background) if head is None else np.tanh(_features_numpy(background)) @ V.T),
+            rtol=0,
+            atol=1e-12,
+        )
         values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
     A = np.stack([_features_numpy(np.eye(T)[j : j + 1])[0] for j in range(T)], 1)
     if head is None:
@@ -241,3 +247,86 @@ def test_a_nonlinear_operation_on_complex_values_is_refused_on_the_jax_engine() 
                 rnnshap.DeepExplainer(model, background).shap_values(X)
         with pytest.raises(rnnshap.InputError, match="complex"):
             rnnshap.DeepExplainer(ComplexOut(), background).shap_values(X)
+
+
+# -- the Keras engine (keras.ops' transforms take and give (real, imaginary) pairs of real tensors) ---------------
+def _keras_features_numpy(x: np.ndarray) -> np.ndarray:
+    """The Keras model's features in float64 numpy (the imaginary parts that are 0 for every real input left out:
+    a transform's rounding there is no output to explain)."""
+    n = x.shape[0]
+    spectrum = np.fft.rfft(x, axis=-1)
+    filtered = np.fft.irfft(spectrum * _spectral_filter(T), n=T, axis=-1)
+    full = np.fft.fft(x, axis=-1)
+    two_d = np.fft.fft2(x.reshape(n, 2, T // 2))
+    parts = [
+        filtered, full.real, full.imag[:, 1 : T // 2], two_d.real.reshape(n, -1), two_d.imag[:, :, 1:].reshape(n, -1),
+        np.fft.ifft2(two_d).real.reshape(n, -1), spectrum.real, spectrum.imag[:, 1 : T // 2],
+    ]  # fmt: skip
+    return np.concatenate(parts, -1)
+
+
+#: a job for ``keras_process`` (tests/keras_process.py): the model on one Keras backend, explained; prints its outputs
+#: on the background and its values, as JSON. argv: the .npz of (w, V, background, X), and "linear" or "tanh"
+_KERAS_SPECTRAL = """
+import json, sys
+import numpy as np
+import keras
+from keras import ops
+import rnnshap
+
+data = np.load(sys.argv[1])
+w, V, background, X = data["w"], data["V"], data["background"], data["X"]
+head, T = sys.argv[2], X.shape[1]
+wr, wi, Vk = (ops.convert_to_tensor(np.ascontiguousarray(a), dtype="float64") for a in (w.real, w.imag, V))
+
+
+class Spectral(keras.layers.Layer):
+    def call(self, x):
+        re, im = ops.rfft(x)
+        filtered = ops.irfft((re * wr - im * wi, re * wi + im * wr), fft_length=T)
+        fr, fi = ops.fft((x, ops.zeros_like(x)))
+        grid = ops.reshape(x, (-1, 2, T // 2))
+        gr, gi = ops.fft2((grid, ops.zeros_like(grid)))
+        back, _ = ops.ifft2((gr, gi))
+        parts = [
+            filtered, fr, fi[:, 1 : T // 2], ops.reshape(gr, (-1, T)), ops.reshape(gi[:, :, 1:], (-1, T - 2)),
+            ops.reshape(back, (-1, T)), re, im[:, 1 : T // 2],
+        ]
+        features = ops.concatenate(parts, -1)
+        # (a product and a sum, not ops.matmul: the torch backend's matmul of float64 operands returns float32)
+        return features if head == "linear" else ops.sum(ops.expand_dims(ops.tanh(features), 1) * Vk, axis=-1)
+
+
+inputs = keras.Input((T,), dtype="float64")
+model = keras.Model(inputs, Spectral(dtype="float64")(inputs))
+outputs = np.asarray( ops.convert_to_numpy(model(background)), np.float64)
+values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X), np.float64)
+print(json.dumps({"backend": keras.backend.backend(), "outputs": outputs.tolist(), "values": values.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+@pytest.mark.parametrize("head", ["linear", "tanh"])
+def test_fft_family_as_keras_ops_against_numpy_fft(
+    head: str, backend: str, tmp_path: Any, keras_process: Callable[[str], KerasProcess]
+) -> None:
+    """keras.ops' transforms on the TensorFlow backend (the Keras engine) and on the torch backend (the PyTorch engine,
+    through the torch functions Keras calls)."""
+    background, X = (t.numpy() for t in _data())
+    V = np.random.default_rng(11).normal(size=(2, _keras_features_numpy(np.zeros((1, T))).shape[1]))
+    np.savez(tmp_path / "spectral.npz", w=_spectral_filter(T), V=V, background=background, X=X)
+    found = json.loads(keras_process(backend).run(_KERAS_SPECTRAL, str(tmp_path / "spectral.npz"), head).strip().splitlines()[-1])
+    assert found["backend"] == backend
+    features = _keras_features_numpy(background)
+    out, values = np.asarray(found["outputs"]), np.asarray(found["values"])
+    np.testing.assert_allclose(out, features if head == "linear" else np.tanh(features) @ V.T, rtol=0, atol=1e-12)
+    A = np.stack([_keras_features_numpy(np.eye(T)[j : j + 1])[0] for j in range(T)], 1)
+    if head == "linear":
+        np.testing.assert_allclose(values, A.T[None] * (X - background.mean(0))[:, :, None], rtol=0, atol=1e-12)
+        return
+    u_x, u_r = X @ A.T, background @ A.T
+    diff = u_x[:, None] - u_r[None]
+    quotient = (np.tanh(u_x[:, None]) - np.tanh(u_r[None])) / np.where(np.abs(diff) > 1e-9, diff, 1)
+    secant = np.where(np.abs(diff) > 1e-9, quotient, 1 / np.cosh(u_x[:, None]) ** 2)
+    expected = np.einsum("ok,irk,kj,irj->ijo", V, secant, A, X[:, None] - background[None]) / len(background)
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
