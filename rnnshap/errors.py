@@ -131,6 +131,13 @@ ADVICE: dict[str, str] = {
         "with the operations it takes (docs/jax.md lists them: sums, products, matrix products, the elementwise "
         "functions of rnnshap's operation table, scans), or explain the model in the Shapley mode (below)."
     ),
+    "complex": (
+        "rnnshap follows complex values through linear maps only: the Fourier transforms of torch.fft, conj, real, "
+        "imag, view_as_real and view_as_complex, sums, indexing, products and matrix products with a constant. Write "
+        "{op} in real arithmetic on the real and imaginary parts (x.real, x.imag or torch.view_as_real(x), each a "
+        "real tensor with exact rules), e.g. |z| as torch.sqrt(z.real ** 2 + z.imag ** 2) and a product of two "
+        "spectra as (a.real * b.real - a.imag * b.imag) + 1j * (a.real * b.imag + a.imag * b.real)."
+    ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "
         "rule that does (rnnshap.rules.Shapley() handles up to 4 input-dependent elementwise operands), "

@@ -192,6 +192,10 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("arccos", torch=("acos", "arccos"), tf_ops=("Acos",), jax=("acos",)),
     Elementwise("erf"),
     Elementwise("erfc"),
+    # log|Γ(x)| and ψ(x) = Γ'(x)/Γ(x) (Student-t, negative-binomial and Dirichlet log-likelihoods): smooth between
+    # their poles at 0, −1, −2, ...
+    Elementwise("lgamma", torch=("lgamma", "gammaln")),
+    Elementwise("digamma", torch=("digamma", "psi")),
     Elementwise("sinc"),
     Elementwise("gelu"),
     Elementwise("silu"),

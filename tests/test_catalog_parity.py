@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 from math import erf as _erf
+from math import lgamma as _lgamma
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +71,17 @@ def test_keras_selu_model_straddling_zero_adds_up_as_the_torch_one_does() -> Non
 
 # -- the catalog, entry by entry ---------------------------------------------------------------------
 _erf_v = np.vectorize(_erf, otypes=[np.float64])
+_lgamma_v = np.vectorize(_lgamma, otypes=[np.float64])  # log|Γ(x)|
+
+
+def _digamma(x: np.ndarray) -> np.ndarray:
+    """ψ(x) = Γ'(x)/Γ(x), by mpmath at 30 digits."""
+    import mpmath
+
+    with mpmath.workdps(30):
+        return np.vectorize(lambda v: float(mpmath.digamma(v)), otypes=[np.float64])(x)
+
+
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 
@@ -147,12 +159,14 @@ REFERENCES: dict[str, object] = {
     "soft_shrink": lambda x: np.sign(x) * np.maximum(np.abs(x) - 0.5, 0.0),
     "sparse_sigmoid": lambda x: np.clip((x + 1) / 2, 0.0, 1.0),
     "mish": lambda x: x * np.tanh(_softplus(x)),
+    "lgamma": _lgamma_v,
+    "digamma": _digamma,
 }
 #: where each function is defined and well conditioned, if not on [-4, 4]
 DOMAINS = {
     "log": (0.05, 4.0), "log2": (0.05, 4.0), "log10": (0.05, 4.0), "sqrt": (0.05, 4.0), "rsqrt": (0.05, 4.0),
     "reciprocal": (0.05, 4.0), "log1p": (-0.9, 4.0), "arctanh": (-0.9, 0.9), "arcsin": (-0.9, 0.9),
-    "arccos": (-0.9, 0.9), "tan": (-1.3, 1.3),
+    "arccos": (-0.9, 0.9), "tan": (-1.3, 1.3), "lgamma": (0.05, 4.0), "digamma": (0.05, 4.0),
 }  # fmt: skip
 #: where a function has a singular point just outside its domain (log at 0, log1p at -1): tested close to it
 SINGULAR = {"log": 0.0, "log2": 0.0, "log10": 0.0, "sqrt": 0.0, "rsqrt": 0.0, "reciprocal": 0.0, "log1p": -1.0}

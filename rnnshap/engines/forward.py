@@ -34,7 +34,7 @@ class ForwardModel:
         from torch import nn
 
         from .keras.datasets import dataset_rows
-        from .pytorch.safety import RandomStates, ignores_draws, random_forward_error
+        from .pytorch.safety import RandomStates, draws_change, random_forward_error
 
         data = dataset_rows(data, "the background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
 
@@ -57,8 +57,10 @@ class ForwardModel:
         with call.keeping_draws() if isinstance(call, TorchCall) else contextlib.nullcontext():
             out = self.rows(self.background)
             drawn = states.drawn()
-            if drawn and not ignores_draws(lambda: self.rows(self.background), out, states):
-                raise random_forward_error(drawn)
+            what = f"the model on the {self.background[0].shape[0]} background rows"
+            evidence = draws_change(lambda: self.rows(self.background), out, states, what) if drawn else None
+            if evidence is not None:
+                raise random_forward_error(drawn, evidence)
         self.output_shape: tuple[int, ...] = self._shape
         self.background_outputs = out
         self.refuse_non_finite(out, "background row")
@@ -177,6 +179,11 @@ class ForwardModel:
         if taken.ndim == 0 or taken.shape[0] != m:
             raise InputError(
                 f"the model maps {m} rows to an output of shape {taken.shape}; the output's first dimension must be the batch"
+            )
+        if taken.dtype.kind == "c":
+            raise InputError(
+                f"the model returns complex values ({taken.dtype}): a game needs real numbers. Explain its real and "
+                "imaginary parts: wrap the model so that it returns torch.view_as_real(out) (or its .real and .imag)"
             )
         self._shape = tuple(taken.shape[1:])
         if taken.dtype.kind == "f":

@@ -31,7 +31,7 @@ OpKey = Any  # a function object, or ("getter", attribute name) for tensor prope
 
 
 def _namespaces() -> list[Any]:
-    return [torch, torch.Tensor, F, torch.special, torch._C._nn, torch.nn.functional, torch.linalg]
+    return [torch, torch.Tensor, F, torch.special, torch._C._nn, torch.nn.functional, torch.linalg, torch.fft]
 
 
 def forms(*names: str) -> list[Any]:
@@ -120,6 +120,11 @@ LINEAR_OPS = (
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pad", "interpolate", "upsample",
     "upsample_nearest", "upsample_bilinear", "grid_sample", "embedding", "embedding_bag",
     "identity", "real",
+    # the Fourier transforms and the complex views: linear over the reals (a complex value is followed through
+    # linear operations only: see AttributionMode's refusal of any other operation on one)
+    "fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "rfftn", "irfftn", "hfft",
+    "ihfft", "hfft2", "ihfft2", "hfftn", "ihfftn", "fftshift", "ifftshift", "conj", "conj_physical", "resolve_conj",
+    "resolve_neg", "imag", "view_as_real", "view_as_complex", "complex",
 )
 
 BILINEAR_OPS = (
@@ -173,7 +178,7 @@ def default_op_rules() -> dict[OpKey, Rule]:
     put(("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"), dropout)
     put(("batch_norm",), EvalOnly(_batch_norm_active, "batch norm with batch statistics (training mode)"))
     put(("detach",), Identity())  # the same function, the path kept (.item(), .data, detach_: refusals.py)
-    for attribute in ("T", "mT", "H", "mH", "real"):
+    for attribute in ("T", "mT", "H", "mH", "real", "imag"):
         table[("getter", attribute)] = Linear()
     for fn in (torch._pack_padded_sequence, torch._pad_packed_sequence):
         table[fn] = Linear()  # their integer outputs (batch sizes, lengths) come from the lengths, not the data

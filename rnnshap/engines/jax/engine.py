@@ -139,6 +139,12 @@ class JaxEngine(Engine):
             )
         if leaf.ndim == 0 or leaf.shape[0] != rows:
             raise InputError(f"The model maps {rows} rows to an output of shape {leaf.shape}: its first axis must be the batch")
+        if jnp.iscomplexobj(leaf):
+            raise InputError(
+                f"The model returns complex values ({leaf.dtype}): rnnshap explains real numbers. Explain their real and "
+                "imaginary parts: return jnp.concatenate([out.real, out.imag], -1), or the magnitude written as "
+                "jnp.sqrt(out.real ** 2 + out.imag ** 2)."
+            )
         self._output_shape = leaf.shape[1:]
         return leaf.reshape(rows, -1)
 

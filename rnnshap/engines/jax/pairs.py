@@ -113,6 +113,8 @@ LINEAR = {
     "add", "add_any", "sub", "neg", "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice",
     "concatenate", "reduce_sum", "copy", "pad", "rev", "cumsum", "real", "split", "dynamic_slice", "dynamic_update_slice",
     "gather", "mul", "dot_general", "div", "select_n",
+    # the Fourier transforms (jnp.fft's, one primitive) and the complex views: linear over the reals
+    "fft", "conj", "imag", "complex",
 }  # fmt: skip
 #: linear in the operands at these positions only (the others must not depend on the input)
 LINEAR_AT: dict[str, tuple[int, ...]] = {
@@ -294,6 +296,17 @@ def _refuse(eqn: Any, where: str, why: str) -> UnsupportedOperationError:
     return UnsupportedOperationError([(f"JAX primitive {eqn.primitive.name!r}{place}", why, "jax")])
 
 
+def _linear_here(name: str, found: list[int], operands: int) -> bool:
+    """Whether the primitive ``name`` is linear in its input-dependent operands at ``found`` (of ``operands``): the
+    only operations a complex input-dependent value is followed through (a complex multiplier would need its
+    conjugate in the backward; a magnitude is no function of one complex variable)."""
+    if name in BILINEAR and len(found) == 2 or name == "div" and 1 in found:
+        return False
+    if name in ("convert_element_type", "stop_gradient"):
+        return True
+    return name in LINEAR and all(i in LINEAR_AT.get(name, range(operands)) for i in found)
+
+
 def _equation(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
     name = eqn.primitive.name
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
@@ -308,8 +321,12 @@ def _equation(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = N
         return _scan(eqn, inputs, where)
     if name == "stop_gradient":  # changes training, not the function: the identity (its change is attributed)
         return [inputs[0]]
+    if any(jnp.iscomplexobj(inputs[i].x) for i in found) and not _linear_here(name, found, len(inputs)):
+        raise _refuse(eqn, where, "it takes a complex input-dependent operand, and its rule is written for real values")
     if name == "convert_element_type":
         new = eqn.params["new_dtype"]
+        if jnp.issubdtype(new, jnp.complexfloating) and jnp.finfo(new).bits >= jnp.finfo(inputs[0].x.dtype).bits:
+            return _both(eqn, inputs)  # a real or complex value made complex: linear over the reals
         if not jnp.issubdtype(new, jnp.floating):
             raise _refuse(eqn, where, f"it casts an input-dependent value to {new} (a step function)")
         if jnp.finfo(new).bits < jnp.finfo(inputs[0].x.dtype).bits:  # rounding: an elementwise function, by Rescale

@@ -43,6 +43,8 @@ LINEAR = {
     "Roll", "Tril", "Triu", "Diagonal", "Diag", "Split", "ArraySplit", "Hsplit", "Vsplit", "Dsplit", "Unstack",
     "Ravel", "Trace", "Copy", "Hstack", "Vstack", "Dstack", "Fliplr", "Flipud", "Rot90", "Slice", "Diff",
     "Append", "Deg2rad", "Rad2deg", "SliceUpdate", "ScatterUpdate", "Real", "Identity", "View", "ConvertToTensor",
+    # the Fourier transforms, on (real, imaginary) pairs of real tensors: linear over the reals
+    "FFT", "FFT2", "IFFT2", "RFFT", "IRFFT",
 }  # fmt: skip
 #: linear in the argument at these positions, which alone may be input-dependent
 LINEAR_IN = {

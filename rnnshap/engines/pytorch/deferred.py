@@ -20,13 +20,6 @@ from .tensor_map import TensorMap, tensors_of
 
 Tensor = torch.Tensor
 
-#: operations that turn a tensor's values into Python values (a branch, a number): a draw that reaches one may
-#: decide what the model computes without its result reaching the output as a tensor
-_ESCAPES = frozenset({
-    "item", "tolist", "numpy", "__array__", "__bool__", "__int__", "__float__", "__index__", "__complex__", "equal",
-    "allclose", "is_nonzero", "__contains__", "__format__", "__repr__", "__str__",
-})  # fmt: skip
-
 #: kinds of refusal never deferred: values taken out of torch, branches, grad-off and detached paths
 NEVER_DEFERRED = frozenset({"control", "escape", "integer", "no_grad", "function", "detach"})
 
@@ -41,13 +34,11 @@ class DeferredRefusals:
         self.taints = TensorMap()
         #: the random draws of the pass (see :meth:`draw`), by name
         self.draws: set[str] = set()
-        #: the draws whose values were taken into Python (``if torch.rand(()) < p:``)
-        self.escaped: set[str] = set()
 
     def draw(self, name: str, result: Any) -> None:
         """A random draw: its results carry ``name`` on like a deferred refusal's, so that a draw whose
         result reaches the output (or a Python value, a branch) is told from one that never does (a
-        dropout mask Keras draws and does not use at inference; see :meth:`draws_unused`)."""
+        dropout mask Keras draws and does not use at inference; see :meth:`draws_reaching`)."""
         self.draws.add(name)
         self._taint(result, name)
 
@@ -67,12 +58,10 @@ class DeferredRefusals:
                     reached |= self.taints.get(t._base, set())
         return reached
 
-    def draws_unused(self, output: Any) -> bool:
-        """Whether the pass's draws were seen, and none of their results reached ``output`` or a Python value."""
-        if not self.draws or self.escaped:
-            return False
-        reached = self._names_reaching(output)
-        return not (reached & self.draws)
+    def draws_reaching(self, output: Any) -> set[str]:
+        """The names of the pass's draws whose results reach ``output`` (a draw read into a Python value, a
+        branch, is not followed: the forward run from other random states tells whether it matters)."""
+        return self._names_reaching(output) & self.draws if self.draws else set()
 
     def defer(self, name: str, reason: str, advice: str, result: Any, refused: bool) -> None:
         """Refuse ``name`` only if the output turns out to depend on its ``result`` (a norm that only feeds a
@@ -96,8 +85,6 @@ class DeferredRefusals:
         if not names:
             return
         targets = [t for t in tensors_of(result) if isinstance(t, Tensor)]
-        if self.draws and names & self.draws and not targets and getattr(func, "__name__", "") in _ESCAPES:
-            self.escaped |= names & self.draws
         target = in_place_target(func, args, kwargs)
         if target is None and args and isinstance(args[0], Tensor) and getattr(func, "__name__", "").endswith("_"):
             target = args[0]

@@ -469,6 +469,8 @@ class AttributionMode(TorchFunctionMode):
         call = OpCall.flat(func, name, leaves, spec, tracked, self.pairs, layout)
         base, base_args, base_kwargs, target = func, args, kwargs, None
         linear = rule is not None and rule.is_linear(call)
+        if not linear and any(leaves[i].is_complex() for i in tracked):
+            return self._complex_refused(func, args, kwargs, name)
         if not linear:
             # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
             base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)
@@ -484,6 +486,16 @@ class AttributionMode(TorchFunctionMode):
             self._mark_scale(func, args, kwargs, leaves[tracked[0]], result)
         elif self.scales and target is not None and target in self.scales:
             del self.scales[target]  # (written into in place with an unmarked value)
+        return result
+
+    def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
+        """A nonlinear operation on a complex input-dependent value (a product of two spectra, a magnitude): refused,
+        since the rules are written for real values (a complex multiplier would need its conjugate in the backward,
+        and a magnitude is no function of one complex variable); run as torch does, its results tracked, so that the
+        pass goes on to name every refusal."""
+        self.refuse(name, "it takes a complex input-dependent operand here, and its rule is written for real values", "complex")
+        result = func(*args, **kwargs)
+        self.track(result)
         return result
 
     def _broadcast(

@@ -121,8 +121,9 @@ def run_pass(
         mode.drew = bool(drawn)
         module_rules.remove()
         state.restore()
-    if drawn and draws_matter(model, given, settings.take, output, mode.deferred, drawn):  # (named with the random functions)
-        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn)
+    evidence = draws_matter(model, given, settings.take, output, mode.deferred, drawn) if drawn else None
+    if evidence is not None:  # (named with the random functions)
+        error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn, evidence)
         error.eval_may_help = True  # type: ignore[attr-defined]  # (see model_forms.in_eval_mode)
         raise error
     if mode.deferred.pending:
@@ -151,6 +152,12 @@ def run_pass(
             f"The model returned {type(output).__name__}; rnnshap explains models that return a tensor, or a "
             "list, tuple or dict of tensors (DeepExplainer(..., output=i_or_name) picks one). Wrap the model "
             "in an nn.Module whose forward() returns the tensor to explain."
+        )
+    if output.is_complex():
+        raise InputError(
+            f"The model returns a complex tensor ({output.dtype}): rnnshap explains real numbers. Explain its real and "
+            "imaginary parts: wrap the model in an nn.Module whose forward() returns torch.view_as_real(out) (or "
+            "torch.cat([out.real, out.imag], -1)), or its magnitude written as torch.sqrt(out.real ** 2 + out.imag ** 2)."
         )
     if not mode.is_tracked(output):
         raise UnsupportedOperationError(

@@ -326,35 +326,51 @@ class RandomStates:
 TORCH_SOURCES = ("torch's global random number generator", "torch's CUDA random number generator", "the torch.Generator ")
 
 
-def ignores_draws(run: Callable[[], Any], first: Any, states: RandomStates) -> bool:
-    """Whether ``run()`` (the model's forward on fixed inputs, whose result from the generators' states in
-    ``states`` is ``first``) gives the same result, bit for bit, with every generator started elsewhere:
-    then its draws (a dropout mask Keras makes and does not use at inference, a seed generator advanced)
-    never reach its output. The generators are put back afterwards (``states.drawn()``)."""
+#: the seeds every generator a forward drew from is started from, one run each, to tell a draw that changes the
+#: output from one that never reaches it (stopping at the first run that differs). Sixteen runs: a draw that picks
+#: a branch with probability p per call (teacher forcing, stochastic depth in training mode) stays unseen with
+#: probability p^16 + (1-p)^16, below 1e-4 for p = 1/2 and 1e-2 for p = 1/4 (more draws per call, less)
+DRAW_SEEDS = tuple(12345 + 7919 * k for k in range(16))
+
+
+def draws_change(run: Callable[[], Any], first: Any, states: RandomStates, what: str) -> str | None:
+    """Whether ``run()`` (``what``: the model's forward on fixed inputs, whose result from the generators' states
+    in ``states`` is ``first``) gives another result, bit for bit, with every generator started from each of
+    :data:`DRAW_SEEDS`: how they differ (for the refusal), or None where every run gives ``first`` (the draws, a
+    dropout mask Keras makes and does not use at inference, a stochastic depth decided in eval mode, never reach
+    the output). The generators are put back afterwards (``states.drawn()``)."""
     try:
-        for seed in (12345, 271828):
+        for seed in DRAW_SEEDS:
             states.reseed(seed)
             try:
                 again = run()
-            except Exception:  # noqa: BLE001 (a forward that fails elsewhere: judged random)
-                return False
+            except Exception as failure:  # noqa: BLE001 (a forward that fails elsewhere: judged random)
+                return f"{what} failed when run again with its generators seeded {seed} ({type(failure).__name__}: {failure})"
             if not _identical(first, again):
-                return False
-        return True
+                return (
+                    f"{what}, run again with torch's, numpy's and Python's generators (and those the model holds) seeded "
+                    f"{seed}, gave outputs that {_difference(first, again)} from those of the first run"
+                )
+        return None
     finally:
         states.drawn()
 
 
 def draws_matter(
     model: nn.Module, inputs: list[Tensor], take: Callable[[Any], Any] | None, output: Any, deferred: Any, drawn: Sequence[str]
-) -> bool:
-    """Whether the random draws a pass of ``model`` on ``inputs`` made (``drawn``: the generators whose state
-    changed) may reach its output. They do not where every generator drawn from is torch's, the pass saw
-    each draw and followed its results (``deferred``, :class:`~.deferred.DeferredRefusals`) to neither the
-    ``output`` nor a Python value, and the model's output is the same, bit for bit, with every generator
-    started elsewhere (:func:`ignores_draws`): a dropout mask Keras makes at inference and never applies."""
-    if not all(source.startswith(TORCH_SOURCES) for source in drawn) or not deferred.draws_unused(output):
-        return True
+) -> str | None:
+    """How the random draws a pass of ``model`` on ``inputs`` made (``drawn``: the generators whose state changed)
+    reach its ``output`` (for the refusal), or None where they do not. A draw of torch's that the pass followed
+    into the output (``deferred``, :class:`~.deferred.DeferredRefusals`) reaches it: the reference pass and the
+    input pass would pair operations on different draws. Any other draw (Python's ``random``, numpy's, a torch
+    draw read into a Python bool or never used) reaches it where the model's output on ``inputs`` changes with
+    every generator started elsewhere (:func:`draws_change`)."""
+    reached = deferred.draws_reaching(output)
+    if reached and any(source.startswith(TORCH_SOURCES) for source in drawn):
+        return (
+            f"the values drawn by {', '.join(sorted(reached))} reach its output (the pass followed them there; "
+            "the outputs of two calls were not compared)"
+        )
     states = RandomStates(model)
     state = PreservedState(model)
 
@@ -366,12 +382,14 @@ def draws_matter(
         finally:
             state.restore()
 
+    rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
+    what = f"the model on the {rows} background rows" if rows is not None else "the model on the background"
     try:
         first = run()
-    except Exception:  # noqa: BLE001 (judged random: the pass's refusal stands)
+    except Exception as failure:  # noqa: BLE001 (judged random: the pass's refusal stands)
         states.drawn()
-        return True
-    return not ignores_draws(run, first, states)
+        return f"{what} failed when run again ({type(failure).__name__}: {failure})"
+    return draws_change(run, first, states, what)
 
 
 def _identical(a: Any, b: Any) -> bool:
@@ -387,12 +405,30 @@ def _identical(a: Any, b: Any) -> bool:
     return False
 
 
-def random_forward_error(sources: Sequence[str]) -> ModelStateError:
-    """The refusal of a forward that draws random numbers from ``sources``."""
+def _difference(a: Any, b: Any) -> str:
+    """How two results :func:`_identical` tells apart differ, in words: "differ by up to 0.31"."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        a, b = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+    elif not (isinstance(a, np.ndarray) or isinstance(b, np.ndarray)):
+        return f"differ ({type(a).__name__} and {type(b).__name__})"
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return f"differ in shape ({a.shape} and {b.shape})"
+    if a.dtype != b.dtype:
+        return f"differ in dtype ({a.dtype} and {b.dtype})"
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = np.abs(a.astype(np.complex128 if a.dtype.kind == "c" else np.float64) - b)
+    gap = np.where(np.isnan(a) & np.isnan(b), 0.0, np.where(np.isnan(gap), np.inf, gap))
+    return f"differ by up to {float(gap.max()):.3g}"
+
+
+def random_forward_error(sources: Sequence[str], evidence: str) -> ModelStateError:
+    """The refusal of a forward that draws random numbers from ``sources`` whose draws matter (``evidence``:
+    what was seen or compared, from :func:`draws_matter` or :func:`draws_change`)."""
     return ModelStateError(
-        f"forward() draws random numbers ({', '.join(sources)}), so its output is not a function of its inputs: "
-        "two calls on the same x differ (teacher forcing decided by a draw, noise added, a value sampled from a "
-        "distribution), and no attribution of one call can add up to another. Explain the deterministic function "
+        f"forward() draws random numbers ({', '.join(sources)}) and they matter: {evidence}. An output that depends "
+        "on draws (teacher forcing decided by a draw, noise added, a value sampled from a distribution) is not a "
+        "function of the inputs, and no attribution of one call can add up to another. Explain the deterministic function "
         "the model computes at inference: wrap it in an nn.Module whose forward() takes no random decision "
         "(teacher_forcing_ratio=0, the distribution's mean or parameters instead of a sample, no noise), or call "
         "model.eval() if the draws happen in training mode only. The Shapley mode needs a deterministic forward too."

@@ -1,0 +1,151 @@
+"""(issue 50, item 2) A forward that draws random numbers is refused only where the draws were seen to matter.
+
+tsai's InceptionTimePlus decides stochastic depth by ``keep_prob[i] > random.random() or not self.training``: in
+eval mode the draw is made and never reaches the output. The check runs the forward again from other random
+states (torch's, numpy's and Python's generators seeded) and refuses only when the outputs differ, or when the
+pass followed a torch draw's values into the output; the refusal says which.
+
+The truth of an explained model is a twin with the same weights whose forward draws nothing (its values must be
+the same) and the model's own outputs (additivity).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+
+from .conftest import assert_additive, assert_rounding_close
+
+Tensor = torch.Tensor
+D = torch.float64
+
+
+class StochasticDepth(nn.Module):
+    """Residual blocks each run with probability ``keep`` in training mode, always in eval mode, as tsai's
+    InceptionBlockPlus decides it: the draw comes first, so it is made in eval mode too. ``source`` picks the
+    generator drawn from; ``"none"`` is the twin that draws nothing."""
+
+    def __init__(self, source: str, keep: float = 0.5) -> None:
+        super().__init__()
+        self.source = source
+        self.keep = keep
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3))
+        self.head = nn.Linear(4, 2)
+
+    def runs(self) -> bool:
+        if self.source == "python":
+            return self.keep > random.random() or not self.training
+        if self.source == "numpy":
+            return self.keep > np.random.rand() or not self.training
+        if self.source == "torch":
+            return bool(torch.rand(()) < self.keep) or not self.training
+        return True
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            if self.runs():
+                x = x + block(x)
+        return self.head(x)
+
+
+def _twins(source: str) -> tuple[nn.Module, nn.Module]:
+    model = StochasticDepth(source).to(D).eval()
+    twin = StochasticDepth("none").to(D).eval()
+    twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+@pytest.mark.parametrize("source", ["python", "numpy", "torch"])
+def test_a_draw_that_never_reaches_the_output_in_eval_mode_is_explained_exactly(source: str) -> None:
+    model, twin = _twins(source)
+    background, X = torch.randn(6, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, D)  # against the model's own outputs
+    expected = rnnshap.DeepExplainer(twin, background).shap_values(X)  # the same function, drawing nothing
+    assert_rounding_close(values, expected, D, what="values against the twin without draws")
+
+
+def test_a_model_in_training_mode_whose_draws_matter_there_is_explained_in_eval_mode() -> None:
+    model, twin = _twins("python")
+    model.train()
+    background, X = torch.randn(6, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    with pytest.warns(UserWarning, match="training mode"):
+        values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert model.training  # (left as given)
+    expected = rnnshap.DeepExplainer(twin, background).shap_values(X)
+    assert_rounding_close(values, expected, D, what="values against the twin without draws")
+
+
+class DrawDecides(nn.Module):
+    """The output doubled when a draw says so: from Python's ``random``, numpy's, or torch's ``rand`` read into a
+    Python bool; or noise from ``torch.randn`` added (a draw the pass follows into the output)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        if self.source == "noise":
+            return out + 1e-3 * torch.randn_like(out)
+        if self.source == "python":
+            doubled = random.random() < 0.5
+        elif self.source == "numpy":
+            doubled = bool(np.random.rand() < 0.5)
+        else:
+            doubled = bool(torch.rand(()) < 0.5)
+        return 2 * out if doubled else out
+
+
+@pytest.mark.parametrize("source", ["python", "numpy", "torch"])
+def test_a_draw_that_changes_the_output_is_refused_saying_what_was_compared(source: str) -> None:
+    model = DrawDecides(source).to(D).eval()
+    background = torch.randn(5, 4, dtype=D)
+    python, numpy_state, torch_state = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as refused:
+        rnnshap.DeepExplainer(model, background)
+    message = str(refused.value)
+    assert {"python": "Python's random", "numpy": "numpy", "torch": "torch.rand"}[source] in message
+    # what was compared: the model on the background's 5 rows, from another random state, and how far apart
+    assert "the model on the 5 background rows" in message, message
+    assert "seeded" in message and "differ by up to" in message, message
+    # the random states are put back
+    assert random.getstate() == python and np.array_equal(np.random.get_state()[1], numpy_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_noise_added_to_the_output_is_refused_as_followed_not_as_compared() -> None:
+    model = DrawDecides("noise").to(D).eval()
+    with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as refused:
+        rnnshap.DeepExplainer(model, torch.randn(5, 4, dtype=D))
+    message = str(refused.value)
+    assert "torch.randn_like" in message and "reach its output" in message, message
+    assert "differ by up to" not in message  # (not compared: it does not say so)
+
+
+class RareBranch(nn.Module):
+    """A draw that changes the output with probability 1/4 per call: judged from more than two states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        return 2 * out if random.random() < 0.25 else out
+
+
+def test_a_draw_that_changes_the_output_one_call_in_four_is_refused() -> None:
+    model = RareBranch().to(D).eval()
+    background = torch.randn(5, 4, dtype=D)
+    for seed in range(20):  # from whichever state the call starts in
+        random.seed(seed)
+        with pytest.raises(rnnshap.ModelStateError, match="differ by up to"):
+            rnnshap.DeepExplainer(model, background)
