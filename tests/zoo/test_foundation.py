@@ -851,3 +851,44 @@ def test_forecast_explainer_keeps_the_most_recently_used_setups(ttm: Any, monkey
     setups.clear()
     explainer.explain(context, prediction_length=3)  # the second most recent: kept
     assert setups == []
+
+
+# -- issue 49: refusals that name their cause and say what to do ------------------------------------------------------
+def test_a_bfloat16_bolt_is_named_as_the_cause_of_the_gap_and_its_shapley_mode_adds_up_to_its_forecast() -> None:
+    """Chronos-Bolt cast to bfloat16: the module's forecast moves off the library's by bfloat16 rounding, which the
+    refusal names (not a change of the library's forecast path); the Shapley mode runs the library's own call."""
+    pytest.importorskip("chronos")
+    pipeline = foundation_models.bolt()
+    pipeline.model.to(torch.bfloat16)
+    context, background = windows(16, [300]), windows(16, [0, 50, 100])
+    before = state(pipeline.model)
+    with pytest.raises(rnnshap.RnnShapError, match=r"bfloat16.*model\.float\(\).*method='shapley'") as refused:
+        rnnshap.foundation.explain(pipeline, context, prediction_length=3, background=background)
+    assert "may have changed" not in str(refused.value)
+    assert unchanged(before, pipeline.model) and next(pipeline.model.parameters()).dtype == torch.bfloat16
+    result = rnnshap.foundation.explain(
+        pipeline, context, prediction_length=2, background=background[:2], method="shapley", players="patches", budget=100
+    )
+    own = bolt_forecast(pipeline, context, 2)
+    assert result.exact.all()
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+
+
+def test_timesfm_an_all_missing_window_to_explain_is_refused_naming_it() -> None:
+    """timesfm's forecast() raises numpy's "truth value of an empty array" on a series with no value: refused as
+    rnnshap's InputError naming the window, in both modes, with the library's error as its cause."""
+    model = tiny_timesfm()
+    context = windows(16, [300, 320])
+    context[1] = np.nan
+    for options in ({}, {"method": "shapley", "players": 8}):
+        with pytest.raises(InputError, match=r"window\(s\) \[1\] .*no observed value.*Drop those windows") as refused:
+            rnnshap.foundation.explain(model, context, prediction_length=2, background=windows(16, [0, 50]), **options)
+        assert isinstance(refused.value.__cause__, ValueError) and not isinstance(refused.value.__cause__, InputError)
+
+
+def test_moment_dropping_context_it_forecasts_nan_from_says_to_give_background_windows(moment_model: Any) -> None:
+    """MOMENT forecasts NaN from a context with every value missing: the game that drops context has no value for its
+    empty coalition, and the refusal says to give background windows (not to fill NaN the user never gave)."""
+    with pytest.raises(InputError, match=r"MOMENT.*nan.*every value missing.*Give background windows") as refused:
+        rnnshap.foundation.explain(moment_model, windows(16, [300]), prediction_length=3, method="shapley", players=8)
+    assert "fill or mask" not in str(refused.value)

@@ -583,7 +583,7 @@ def _explain(
     covariate_values = None
     covariate_stderr = None
     with _preserved_all(modules), adapter.computing_in(precision):
-        forecast = adapter.library_forecast(windows.copy(), H, levels)
+        forecast = _library_forecast(adapter, windows, H, levels)
         if method == "deepshap":
             assert rows is not None
             result = _deepshap(
@@ -608,6 +608,38 @@ def _explain(
         player_steps=spans, game="background" if rows is not None else "dropped", covariates=covariate_values,
         covariate_stderr=covariate_stderr,
     )  # fmt: skip
+
+
+def _library_forecast(adapter: Adapter, windows: np.ndarray, H: int, levels: list[Any]) -> np.ndarray:
+    """The library's own forecast of the explained windows; where its call fails on a window with no observed value
+    (timesfm's forecast() raises numpy's "truth value of an empty array"), an InputError naming the window."""
+    try:
+        return adapter.library_forecast(windows.copy(), H, levels)
+    except RnnShapError:
+        raise
+    except Exception as error:
+        empty = np.flatnonzero(np.isnan(windows).all(axis=1))
+        if not empty.size:
+            raise
+        raise InputError(
+            f"context window(s) {empty[:5].tolist()} have no observed value (every step NaN, missing), and "
+            f"{adapter.label}'s own forecast call fails on them ({type(error).__name__}: {error}): there is nothing to "
+            "explain. Drop those windows from the context, or give windows of the series with observed values"
+        ) from error
+
+
+def low_precision(adapter: Adapter) -> str:
+    """The low-precision floating dtypes (bfloat16, float16) of the parameters of the modules the forecast runs,
+    named ("" where there are none)."""
+    import torch
+
+    found = {
+        str(p.dtype).replace("torch.", "")
+        for m in adapter.torch_modules()
+        for p in m.parameters()
+        if p.dtype in (torch.bfloat16, torch.float16)
+    }
+    return " and ".join(sorted(found))
 
 
 class _preserved_all:
@@ -721,6 +753,16 @@ def _deepshap(
             gap = float(np.abs(attribution.outputs - own).max())
             scale = max(1.0, float(np.abs(own).max()))
             if gap > adapter.agreement * scale:
+                low = low_precision(adapter)
+                if low:  # the model's own rounding, not the library's forecast path, moves the module off its call
+                    raise RnnShapError(
+                        f"{adapter.label}: the model's parameters are {low} (cast to low precision), and its rounding in "
+                        f"{low} moves with what is batched beside a window: the function rnnshap explains gives forecasts "
+                        f"{gap:.3g} away from the library's own forecast call on the same context (scale {scale:.3g}), more "
+                        "than DeepSHAP's sum can be held to. Explain the float32 model (model.float(), or load it in "
+                        "float32: torch_dtype=torch.float32), or use method='shapley', which runs the library's own call "
+                        f"in {low} and adds up to it"
+                    )
                 raise RnnShapError(
                     f"{adapter.label}: the function rnnshap explains gives forecasts {gap:.3g} away from the library's own "
                     f"forecast call on the same context (scale {scale:.3g}); the library's forecast path may have changed "
@@ -798,12 +840,19 @@ def _shapley(
     if rows is None:  # dropped: every step of every series given as missing
         reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1] - trimmed), np.nan) for _, c in covariates]
         try:  # the empty coalition: every step the model reads given as missing
-            forward(*reference)
+            empty = forward(*reference)
         except Exception as error:
             raise InputError(
                 f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
                 f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
             ) from error
+        if not np.isfinite(empty).all():  # MOMENT forecasts NaN from an empty context
+            raise InputError(
+                f"{adapter.label} forecasts {empty.flat[np.argmin(np.isfinite(empty))]} from a context with every value "
+                "missing (its own forecast call), so background=None, the game that drops context the way the model "
+                "drops missing values, has no value for the empty coalition. Give background windows (background=: real "
+                "windows of the series, at least as long as the context), whose values then stand in for the dropped ones"
+            )
     else:
         reference = [rows[:, trimmed:]] + [r[:, trimmed:] for r in covariate_rows]
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
