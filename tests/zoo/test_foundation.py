@@ -892,3 +892,42 @@ def test_moment_dropping_context_it_forecasts_nan_from_says_to_give_background_w
     with pytest.raises(InputError, match=r"MOMENT.*nan.*every value missing.*Give background windows") as refused:
         rnnshap.foundation.explain(moment_model, windows(16, [300]), prediction_length=3, method="shapley", players=8)
     assert "fill or mask" not in str(refused.value)
+
+
+def test_a_background_window_with_a_gap_is_refused_by_deepshap_naming_it_and_taken_by_the_shapley_mode(bolt: Any) -> None:
+    """DeepSHAP's references hold no NaN: the refusal names the row and step and says what to do; the Shapley mode
+    takes the gappy window (the library's own call reads it as missing), as the refusal says."""
+    context, background = windows(12, [300]), windows(12, [0, 50, 100])
+    background[1, 3] = np.nan
+    with pytest.raises(InputError, match=r"background window\(s\) \[1\] .*step 3.*without gaps.*method='shapley'"):
+        rnnshap.foundation.explain(bolt, context, prediction_length=2, background=background)
+    result = rnnshap.foundation.explain(
+        bolt, context, prediction_length=2, background=background, method="shapley", players="patches", budget=1000
+    )
+    truth = enumerated_shapley(lambda rows: bolt_forecast(bolt, rows, 2).reshape(len(rows), -1), context[0], background,
+                               np.arange(12) // 4)  # fmt: skip
+    assert result.exact.all()
+    np.testing.assert_allclose(result.values[0].reshape(3, -1), truth, rtol=0, atol=tolerance(truth))
+
+
+def test_ttm_a_context_shorter_than_its_context_length_is_refused_saying_what_to_give(ttm: Any) -> None:
+    with pytest.raises(InputError, match=r"reads 16 steps.*has 8.*at least 16 steps.*NaN"):
+        rnnshap.foundation.explain(ttm, windows(8, [300]), prediction_length=2, background=windows(16, [0, 50]))
+    # the advice holds: padded in front with NaN (missing: past_observed_mask=False), it is explained, the pad 0
+    padded = np.concatenate([np.full((1, 8), np.nan), windows(8, [300])], axis=1)
+    result = rnnshap.foundation.explain(ttm, padded, prediction_length=2, background=windows(16, [0, 50]))
+    own = ttm_forecast(ttm, padded)[:, :2, None]
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :8] == 0)
+
+
+@pytest.mark.parametrize("method", ["deepshap", "shapley"])
+def test_an_infinite_value_in_the_context_or_background_is_refused_naming_the_context(ttm: Any, method: str) -> None:
+    context, background = windows(16, [300, 310]), windows(16, [0, 50])
+    context[1, 5] = np.inf
+    with pytest.raises(InputError, match=r"^context holds an infinite value \(window 1, step 5: inf\).*NaN") as refused:
+        rnnshap.foundation.explain(ttm, context, prediction_length=2, background=background, method=method)
+    assert "X" not in str(refused.value).split(":")[0]
+    background[0, 2] = -np.inf
+    with pytest.raises(InputError, match=r"^background holds an infinite value \(window 0, step 2: -inf\)"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=background, method=method)

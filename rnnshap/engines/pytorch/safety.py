@@ -13,7 +13,7 @@ import torch.nn.modules.module as _module_module
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ...errors import SHAPLEY_DOOR, InputError, ModelStateError
+from ...errors import SHAPLEY_DOOR, InputError, ModelStateError, ModelTypeError
 
 Tensor = torch.Tensor
 
@@ -454,7 +454,7 @@ def check_meta(model: nn.Module, run: Callable[[], Any]) -> None:
 def check_model(model: Any) -> None:
     """Refuse models rnnshap cannot see into or whose forward pass is random."""
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise ModelTypeError(
             f"The PyTorch engine takes a torch.nn.Module, not {type(model).__name__} (rnnshap.DeepExplainer picks the "
             "engine of a Keras model or a Flax NNX module itself). Wrap a function in an nn.Module whose forward() calls it."
         )

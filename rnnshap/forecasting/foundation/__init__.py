@@ -204,7 +204,20 @@ def windows_of(context: Any, what: str = "context") -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{what}: expected (n, L) windows of one series each, got shape {tuple(np.shape(array))}")
-    return array
+    return finite(array, what)
+
+
+def finite(windows: np.ndarray, what: str) -> np.ndarray:
+    """``windows``, or an InputError naming the first infinite value (NaN is a missing value, taken)."""
+    infinite = np.isinf(windows)
+    if infinite.any():
+        row, step = (int(i) for i in np.argwhere(infinite)[0])
+        raise InputError(
+            f"{what} holds an infinite value (window {row}, step {step}: {windows[row, step]}): a forecast from it, and "
+            "any attribution to it, is undefined. Give the value it stands for, or NaN where it is missing (the model "
+            "takes NaN as a missing value)"
+        )
+    return windows
 
 
 def _is_series(a: Any) -> bool:
@@ -679,12 +692,19 @@ def _deepshap(
 
     from ...explainer import DeepExplainer
 
-    if np.isnan(rows).any():
-        raise InputError(
-            "background: DeepSHAP's reference windows must hold no NaN (missing values); the explained windows' own "
-            "missing steps are given to them (a missing step is no player)"
-        )
     n, L = windows.shape
+    if np.isnan(rows).any():
+        gappy = np.flatnonzero(np.isnan(rows).any(axis=1))
+        step = int(np.flatnonzero(np.isnan(rows[gappy[0]]))[0])
+        raise InputError(
+            f"background window(s) {gappy[:5].tolist()} hold missing values (NaN; the first at step {step} of the last "
+            f"{L} steps): DeepSHAP's reference windows must hold none, since a step missing in a reference but not in the "
+            "explained window has no difference to attribute (the explained windows' own missing steps are given to "
+            "their references: a missing step is no player). Give background windows without gaps (windows of the "
+            "series where every step is observed), fill their gaps as the model would (interpolation), or use "
+            "method='shapley', which takes background windows with gaps (the library's own forecast call reads them "
+            "as missing)"
+        )
     Q = len(levels)
     values = np.zeros((n, L, H, Q))
     base = np.zeros((n, H, Q))
