@@ -229,3 +229,8 @@ class ModelStateError(RnnShapError, ValueError):
 
 class InputError(RnnShapError, ValueError):
     """Inputs or background do not fit the model or each other."""
+
+
+class ModelTypeError(InputError, TypeError):
+    """The model is of a kind the explainer does not take (a function given to DeepSHAP, a number): an
+    :class:`InputError` that is also the ``TypeError`` it was before."""

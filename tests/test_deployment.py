@@ -136,6 +136,36 @@ def test_backward_hooks_left_from_training_do_not_run_in_the_passes(hook: str) -
         handle.remove()
 
 
+@pytest.mark.parametrize("kind", ["register_hook", "register_post_accumulate_grad_hook"])
+def test_a_tensor_hook_a_forward_hook_registers_is_set_aside_in_the_passes(kind: str) -> None:
+    """A gradient-norm monitor registered as a tensor hook from a forward hook (``out.register_hook(lambda g:
+    norms.append(g.norm().item()))``) crashed the batched backward ("Batching rule not implemented for aten::item",
+    issue 49): tensor hooks added during rnnshap's passes belong to training and are set aside, as backward hooks
+    are; the values are the model's without them, and the user's own backward still runs the monitor."""
+    model = Recurrent().double().eval()
+    twin = Recurrent().double().eval()
+    twin.load_state_dict(model.state_dict())
+    norms: list[float] = []
+
+    def monitor(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            if kind == "register_hook":
+                output.register_hook(lambda g: norms.append(g.norm().item()))
+            else:  # on a leaf: the parameter's gradient once accumulated
+                module.weight.register_post_accumulate_grad_hook(lambda p: norms.append(p.grad.norm().item()))
+
+    handle = model.head.register_forward_hook(monitor)
+    try:
+        background, x = data()
+        values = rnnshap.DeepExplainer(model, background).shap_values(x)  # the additivity check runs
+        assert norms == []
+        np.testing.assert_array_equal(values, rnnshap.DeepExplainer(twin, background).shap_values(x))
+        model(x).sum().backward()
+        assert len(norms) == 1
+    finally:
+        handle.remove()
+
+
 # -- 3: rows that interact (dynamic quantization) in the forward-only door -----------------------------
 def _quantized() -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(T * F, 16), nn.ReLU(), nn.Linear(16, 2)).eval()

@@ -223,6 +223,22 @@ def test_each_kind_of_model_finds_its_entry_and_a_function_is_refused_by_deepsha
         rnnshap.ShapleyExplainer((model, model[0]), np.zeros((2, 3)))
 
 
+def test_a_model_of_a_kind_deepshap_does_not_take_is_refused_as_rnnshaps_error_and_still_a_type_error() -> None:
+    """A function (a jitted JAX one too), a number, a tuple that is neither of shap's forms: code catching rnnshap's
+    errors catches the refusal (an InputError), and code catching TypeError as before still does (issue 49)."""
+    refused: list[Any] = [lambda x: x.sum(1), 3, (1, 2)]
+    jax = pytest.importorskip("jax")
+    refused.append(jax.jit(lambda x: x.sum(1)))
+    for model in refused:
+        with pytest.raises(rnnshap.InputError, match="DeepExplainer takes") as error:
+            rnnshap.DeepExplainer(model, np.zeros((2, 3), np.float32))
+        assert isinstance(error.value, TypeError)
+    with pytest.raises(rnnshap.InputError, match="The PyTorch engine takes a torch.nn.Module"):
+        from rnnshap.engines.pytorch.safety import check_model
+
+        check_model(lambda x: x)
+
+
 def test_a_model_called_with_a_dict_gets_its_input_names_from_the_engines_constructor() -> None:
     class ByName(nn.Module):
         def __init__(self) -> None:

@@ -397,6 +397,22 @@ def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None
         explainer.shap_values(x.astype(np.float64))
 
 
+def test_a_token_id_out_of_the_embeddings_range_is_named_as_the_cause_not_the_engine() -> None:
+    """nnx.Embed gives NaN for an id past its table: the model's own output is NaN, and the refusal names the input
+    (the row and the id against the table's range), on either side, never rnnshap's pass ("Please report")."""
+    model = TokenGRU()
+    background = np.zeros((2, 6), np.int32)
+    x = np.ones((2, 6), np.int32)
+    x[1, 3] = 11  # the table holds ids 0..10
+    assert np.isnan(np.asarray(model(jnp.asarray(x)))[1]).all()
+    refusal = r"output is nan for sample 1.*input is the cause.*id 11.*0\.\.10 .*nnx.Embed"
+    with pytest.raises(rnnshap.InputError, match=refusal) as refused:
+        rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert "report" not in str(refused.value)
+    with pytest.raises(rnnshap.InputError, match=r"output is nan for background row 1.*id 11.*0\.\.10"):
+        rnnshap.DeepExplainer(model, x)
+
+
 class Counts(nnx.Module):
     """Integer counts used as numbers (cast to a float inside the model)."""
 

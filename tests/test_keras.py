@@ -559,6 +559,23 @@ def test_masked_steps_read_references_with_the_inputs_mask(name: str) -> None:
         np.testing.assert_allclose(values[i].reshape(T * F, -1).sum(0), gap[0], atol=1e-10)
 
 
+def test_a_masked_samples_values_add_up_from_its_own_base_value_which_the_explanation_carries() -> None:
+    """With a mask, a sample's values add up from the mean output over references read with its mask: the
+    Explanation's per-sample base_values, as the README says, not expected_value (0.027 off here; issue 49)."""
+    pytest.importorskip("shap")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), *MASKED["gru-backwards"]()])
+    rng = np.random.default_rng(9)
+    background, x = rng.normal(size=(4, T, F)), rng.normal(size=(3, T, F))
+    x[0, :2] = 0.0
+    explainer = rnnshap.DeepExplainer(model, background)
+    explanation = explainer(x)
+    gap = outputs_of(model, x) - np.asarray(explanation.base_values)
+    np.testing.assert_allclose(np.asarray(explanation.values).sum((1, 2)), gap, atol=1e-10)
+    assert np.abs(np.asarray(explanation.base_values)[0] - explainer.expected_value).max() > 1e-3  # masked: its own
+    np.testing.assert_allclose(np.asarray(explanation.base_values)[1:], np.broadcast_to(explainer.expected_value, (2, 2)))
+
+
 def test_embedding_mask_zero_with_a_recurrent_layer() -> None:
     tokens = keras.Input((T,), dtype="int32")
     keras.utils.set_random_seed(0)

@@ -51,3 +51,19 @@ def test_the_library_doors_are_reached_from_the_package_and_imported_only_when_u
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_each_door_extra_installs_what_its_readme_line_needs() -> None:
+    """``pip install -e '.[darts]'`` alone must run darts' torch models (BlockRNNModel needs darts' torch extra:
+    pytorch-lightning), ``'.[aeon]'`` alone aeon's deep learners (Keras models on TensorFlow); the test environment
+    hid both, the zoo extra bringing them (issue 49)."""
+    from packaging.requirements import Requirement
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+
+    def named(extra: str) -> dict[str, Requirement]:
+        return {Requirement(r).name: Requirement(r) for r in extras[extra]}
+
+    assert "torch" in named("darts")["darts"].extras
+    assert {"tensorflow-cpu", "keras"} <= named("aeon").keys()
+    assert named("aeon")["tensorflow-cpu"].specifier == named("tf")["tensorflow-cpu"].specifier

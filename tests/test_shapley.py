@@ -533,3 +533,18 @@ def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None
     with pytest.raises(ModelStateError):
         ShapleyExplainer(noisy, background)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_printing_an_estimate_gives_a_short_summary_not_every_array() -> None:
+    """print(estimate) says what it holds in a few lines (shapes, exactness, the largest standard error and gap), as
+    numpy and shap's Explanation summarize, instead of dumping every array (over 100 lines before, issue 49)."""
+    torch.manual_seed(0)
+    model = Reader().double().eval()
+    X, background = _data(torch.float64, T=20, N=4)
+    estimate = rnnshap.DeepExplainer(model, background).shapley_values(X, players="steps", budget=400, random_state=0)
+    text = repr(estimate)
+    assert str(estimate) == text and len(text.splitlines()) <= 3 and len(text) < 400, text
+    assert text.startswith("ShapleyEstimate(") and "players='steps' (20)" in text and "(4, 20, 3)" in text
+    assert "exact for 0 of 4 samples" in text and "largest stderr" in text and "deepshap_gap" in text
+    exact = ShapleyExplainer(model, background).shapley_values(X[:2], players=_steps(20, 3) // 10, budget=100)
+    assert "exact for 2 of 2 samples" in repr(exact) and "stderr" not in repr(exact)

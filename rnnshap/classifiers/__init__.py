@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..engines.base import RTOL
-from ..errors import InputError, RnnShapError
+from ..errors import InputError, ModelStateError, RnnShapError
 
 #: the answers the adapters offer ("auto": DeepSHAP for a deep learner, else the Shapley mode)
 METHODS = ("auto", "deepshap", "shapley")
@@ -299,6 +299,32 @@ def shapley_on_own(
 def as_outputs(a: Any, n: int) -> np.ndarray:
     """``predict_proba``'s (n, K) or ``predict``'s (n,) as float64 (n, K)."""
     return np.asarray(a, np.float64).reshape(n, -1)
+
+
+def own_outputs(
+    truth: Callable[[np.ndarray], np.ndarray], panel: np.ndarray, estimator: str, what: str, which: str
+) -> np.ndarray:
+    """``truth(panel)``, the estimator's own ``what`` on ``which`` ("X", "background"), with the toolkit's refusals
+    given as rnnshap's errors (the toolkit's as their cause): an estimator not fitted, panels with missing values
+    it does not take."""
+    try:
+        return truth(panel)
+    except RnnShapError:
+        raise
+    except Exception as error:
+        if any(k.__name__ == "NotFittedError" for k in type(error).__mro__):  # aeon's (scikit-learn's), skbase's
+            raise ModelStateError(
+                f"{estimator} is not fitted: its {what} refuses to run ({error}). Fit it first (clf.fit(X_train, y_train)) "
+                "and explain the fitted estimator"
+            ) from error
+        missing = np.flatnonzero(np.isnan(panel).any(axis=(1, 2)))
+        if missing.size:
+            raise InputError(
+                f"{which} holds missing values (NaN) in panel(s) {missing[:5].tolist()}, and {estimator}'s {what} refuses "
+                f"them ({type(error).__name__}: {error}). Fill them the way the estimator's training panels were (for "
+                "instance by interpolation along time), or explain an estimator that takes missing values"
+            ) from error
+        raise
 
 
 def check_fitted(shape: tuple[int, ...], channels: int | None, steps: int | None, estimator: str, what: str = "X") -> None:

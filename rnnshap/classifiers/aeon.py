@@ -27,6 +27,7 @@ from . import (
     check_version,
     explain_shapley,
     explanation,
+    own_outputs,
     pick_background,
     quiet,
     shapley_on_own,
@@ -181,7 +182,8 @@ def explain(
     def truth(panel: np.ndarray) -> np.ndarray:
         return as_outputs(own(panel), len(panel))
 
-    outputs, reference_outputs = truth(x), truth(reference)
+    outputs = own_outputs(truth, x, estimator, what, "X")
+    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
     if chosen == "deepshap" and deep is None:
         raise InputError(
             f"{estimator} is not one of aeon's Keras deep learners (or its {what} post-processes in a way rnnshap has "

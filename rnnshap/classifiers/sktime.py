@@ -32,6 +32,7 @@ from . import (
     check_version,
     explain_shapley,
     explanation,
+    own_outputs,
     pick_background,
     quiet,
     shapley_on_own,
@@ -207,7 +208,8 @@ def explain(
     def truth(panel: np.ndarray) -> np.ndarray:
         return as_outputs(own(panel), len(panel))
 
-    outputs, reference_outputs = truth(x), truth(reference)
+    outputs = own_outputs(truth, x, estimator, what, "X")
+    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
     keras_deep = _is_keras_deep(clf) and not regressor
     fed = _feeds_only_the_panel(clf, x) if found is not None else None
     torch_deep = found is not None and fed is not None

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..errors import InputError
+from ..errors import InputError, ModelTypeError
 from .base import Engine
 from .jax import is_flax_module
 from .keras import is_keras_model
@@ -234,17 +234,17 @@ def deep_engine(model: Any, data: Any, setup: Setup) -> Engine:
     entry = entry_for(model)
     if entry is None:
         if isinstance(model, tuple):
-            raise TypeError(
+            raise ModelTypeError(
                 "rnnshap.DeepExplainer takes a model, or one of shap's two tuple forms: (inputs, output) of Keras symbolic "
                 "tensors (e.g. (model.inputs, model.layers[-2].output)), or (torch_model, layer) with layer one of its "
                 f"submodules; got a tuple of {', '.join(type(part).__name__ for part in model)}"
             )
-        raise TypeError(
+        raise ModelTypeError(
             f"rnnshap.DeepExplainer takes a torch.nn.Module, a Keras model or a Flax NNX module, not {type(model).__name__}. "
             "Wrap a function in an nn.Module whose forward() calls it."
         )
     if entry.deep is None:
-        raise TypeError(f"{entry.refusal}; got {type(model).__name__}.")
+        raise ModelTypeError(f"{entry.refusal}; got {type(model).__name__}.")
     _check_requires(entry)
     return entry.deep(model, data, setup)
 

@@ -29,7 +29,11 @@ at that reference, in the units of the data. For each explained forecast the att
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
+import importlib.abc
+import inspect
+import sys
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -504,9 +508,17 @@ def explain(
                 f"explainer={name!r} is neuralforecast's own (Captum's), which takes none of rnnshap's arguments "
                 f"{sorted(k for k, v in ours.items() if v)}; leave explainer= out for rnnshap's values"
             )
-        fcsts_df, explanations = _own_explain()(
-            nf, horizons, outputs, series, explainer, df, static_df, futr_df, h, verbose, engine, level, quantiles, **data_kwargs
-        )
+        own = _own_explain()
+        if _CALLING_OWN.get():  # the function in NeuralForecast.explain's place called this one again: a loop
+            raise InputError(_LOOP.format(own=f"{getattr(own, '__module__', '?')}.{getattr(own, '__qualname__', own)}"))
+        calling = _CALLING_OWN.set(True)
+        try:
+            fcsts_df, explanations = own(
+                nf, horizons, outputs, series, explainer, df, static_df, futr_df, h, verbose, engine, level, quantiles,
+                **data_kwargs,
+            )  # fmt: skip
+        finally:
+            _CALLING_OWN.reset(calling)
         for entry in explanations.values():
             entry["explained_by"] = f"neuralforecast (captum.attr.{name})"
         return fcsts_df, explanations
@@ -602,16 +614,87 @@ class _Refused(Exception):
 
 
 def _own_explain() -> Any:
-    """neuralforecast's own ``NeuralForecast.explain`` (a wrapper put in its place with ``functools.wraps``, one
-    that routes it to this module, is unwrapped)."""
-    import inspect
-
+    """neuralforecast's own ``NeuralForecast.explain``: the one kept when this module or neuralforecast.core was
+    imported (:func:`_keep_own_explain`), else what is in its place now (a wrapper made with ``functools.wraps``, one
+    that routes it to this module, unwrapped)."""
     from neuralforecast.core import NeuralForecast
 
+    _keep_own_explain(NeuralForecast)
+    if _kept_explain is not None:
+        return _kept_explain
     own = inspect.unwrap(NeuralForecast.explain)
     if getattr(own, "__module__", "").startswith("rnnshap"):
         raise InputError("NeuralForecast.explain was replaced by rnnshap's without functools.wraps: its own is out of reach")
     return own
+
+
+#: neuralforecast's own ``NeuralForecast.explain``, kept from the moment this module is imported (or, where
+#: neuralforecast is imported later, as neuralforecast.core is): a Captum ``explainer=`` is answered by it even where a
+#: wrapper without ``functools.wraps`` routes ``NeuralForecast.explain`` to :func:`explain` (it would call itself)
+_kept_explain: Any = None
+#: set while neuralforecast's own explain runs for :func:`explain`: a call back into it is a loop
+_CALLING_OWN: contextvars.ContextVar[bool] = contextvars.ContextVar("rnnshap_calling_neuralforecast_explain", default=False)
+_LOOP = (
+    "NeuralForecast.explain is {own}, a function that calls rnnshap.neuralforecast.explain (put in its place without "
+    "functools.wraps), and neuralforecast's own explain, which a Captum explainer= needs, was replaced before rnnshap "
+    "could keep it: calling it would call rnnshap again, without end. Make the wrapper with "
+    "functools.wraps(NeuralForecast.explain) (rnnshap then finds the own one inside it), or import rnnshap.neuralforecast "
+    "before replacing NeuralForecast.explain (rnnshap keeps the own one from then on)"
+)
+
+
+def _keep_own_explain(cls: Any) -> None:
+    """Keep ``cls.explain`` (unwrapped) where it is neuralforecast's own and none is kept yet."""
+    global _kept_explain
+    if _kept_explain is None:
+        own = inspect.unwrap(cls.explain)
+        if getattr(own, "__module__", "").startswith("neuralforecast"):
+            _kept_explain = own
+
+
+class _KeepOwnExplain(importlib.abc.MetaPathFinder):
+    """On sys.meta_path until neuralforecast.core is imported (where this module came first): it finds the module as
+    the other finders do, and keeps ``NeuralForecast.explain`` right after the module has run. Nothing else changes."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "neuralforecast.core":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = next((s for f in sys.meta_path if (s := _spec(f, fullname, path, target)) is not None), None)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _KeepingLoader(spec.loader)
+        return spec
+
+
+def _spec(finder: Any, fullname: str, path: Any, target: Any) -> Any:
+    find = getattr(finder, "find_spec", None)
+    return find(fullname, path, target) if find is not None else None
+
+
+class _KeepingLoader(importlib.abc.Loader):
+    """The loader found for neuralforecast.core, which keeps ``NeuralForecast.explain`` once the module has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        if hasattr(module, "NeuralForecast"):
+            _keep_own_explain(module.NeuralForecast)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ...: the loader's own
+        return getattr(self.loader, name)
+
+
+if "neuralforecast.core" in sys.modules:
+    _keep_own_explain(sys.modules["neuralforecast.core"].NeuralForecast)
+elif not any(isinstance(f, _KeepOwnExplain) for f in sys.meta_path):
+    sys.meta_path.insert(0, _KeepOwnExplain())
 
 
 def _explain_models(

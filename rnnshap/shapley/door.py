@@ -164,6 +164,32 @@ class ShapleyEstimate:
     #: with ``prune=``: its standard error
     pruned_stderr: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """A short summary (shapes, exactness, the largest standard error and gap to DeepSHAP), not every array:
+        the arrays are the attributes."""
+
+        def shape(a: Any) -> Any:
+            return [tuple(np.shape(v)) for v in a] if isinstance(a, list) else tuple(np.shape(a))
+
+        def largest(a: Any) -> float:
+            return max((float(np.max(np.abs(v), initial=0.0)) for v in (a if isinstance(a, list) else [a])), default=0.0)
+
+        exact = np.asarray(self.exact, dtype=bool).reshape(-1)
+        rows = np.asarray(self.n_evals).reshape(-1)
+        parts = [
+            f"players={self.players!r} ({self.n_players})",
+            f"values {shape(self.values)}",
+            f"exact for {int(exact.sum())} of {exact.size} samples",
+        ]
+        if not exact.all():
+            parts.append(f"largest stderr {largest(self.stderr):.3g}")
+        if rows.size:
+            low, high = int(rows.min()), int(rows.max())
+            parts.append(f"rows run per sample {low}" + (f"-{high}" if high != low else ""))
+        if self.deepshap_gap is not None:
+            parts.append(f"largest |deepshap_gap| {largest(self.deepshap_gap):.3g}")
+        return "ShapleyEstimate(" + ", ".join(parts) + ")"
+
     def explanation(self, feature_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None) -> Any:
         """A ``shap.Explanation`` of the estimates, with ``error_std`` set to the standard errors
         (players ``"steps"`` and ``"features"`` and player masks; ``"cells"``: per input)."""

@@ -79,8 +79,9 @@ def timesfm(compiled: bool = True, **forecast_config: Any) -> Any:
     return model
 
 
-def bolt() -> Any:
-    """chronos' ChronosBoltPipeline: a T5 of width 8, context 16, patches of 4, 4 forecast steps, 3 quantiles."""
+def bolt(prediction_length: int = 4) -> Any:
+    """chronos' ChronosBoltPipeline: a T5 of width 8, context 16, patches of 4, 4 forecast steps (or
+    ``prediction_length``), 3 quantiles."""
     from chronos import ChronosBoltPipeline
     from chronos.chronos_bolt import ChronosBoltModelForForecasting
     from transformers import T5Config
@@ -88,7 +89,8 @@ def bolt() -> Any:
     config = T5Config(
         d_model=8, d_ff=16, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=4, vocab_size=2, decoder_start_token_id=0,
         pad_token_id=0, chronos_config=dict(
-            context_length=16, prediction_length=4, input_patch_size=4, input_patch_stride=4, quantiles=[0.1, 0.5, 0.9],
+            context_length=16, prediction_length=prediction_length, input_patch_size=4, input_patch_stride=4,
+            quantiles=[0.1, 0.5, 0.9],
             use_reg_token=True,
         ),
     )  # fmt: skip

@@ -298,3 +298,23 @@ def test_panels_unlike_those_fitted_on_are_refused_naming_the_panels(motions, kn
     assert "background" not in str(refused.value).split("fitted on")[0]
     with pytest.raises(rnnshap.InputError, match=r"background.*6 channels.*20 steps.*fitted on 6 channels of 24 steps"):
         rnnshap.aeon.explain(pipeline, X[:2], background=X[10:14, :, :20])
+
+
+def test_an_unfitted_estimator_and_panels_with_missing_values_are_refused_as_rnnshaps_errors(italy) -> None:
+    """aeon's own refusals (NotFittedError; a KNN's ValueError on NaN) come as rnnshap's errors, naming the estimator
+    or the panels and what to do, with aeon's error as the cause (issue 49)."""
+    from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    X, y = italy
+    with pytest.raises(rnnshap.ModelStateError, match=r"KNeighborsTimeSeriesClassifier is not fitted.*fit\(") as refused:
+        rnnshap.aeon.explain(KNeighborsTimeSeriesClassifier(), X[:2], background=X[5:8])
+    assert type(refused.value.__cause__).__name__ == "NotFittedError"
+    clf = _fit(KNeighborsTimeSeriesClassifier(n_neighbors=3, distance="euclidean"), X, y)
+    gappy = X[:3].copy()
+    gappy[2, 0, 5] = np.nan
+    with pytest.raises(rnnshap.InputError, match=r"X holds missing values \(NaN\) in panel\(s\) \[2\].*predict_proba.*[Ff]ill"
+                       ) as refused:  # fmt: skip
+        rnnshap.aeon.explain(clf, gappy, background=X[5:8])
+    assert isinstance(refused.value.__cause__, ValueError) and not isinstance(refused.value.__cause__, rnnshap.RnnShapError)
+    with pytest.raises(rnnshap.InputError, match=r"background holds missing values \(NaN\) in panel\(s\) \[2\]"):
+        rnnshap.aeon.explain(clf, X[5:7], background=gappy)

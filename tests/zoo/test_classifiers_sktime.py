@@ -266,3 +266,12 @@ def test_panels_with_other_channels_than_fitted_on_are_refused_naming_the_panels
     assert "background" not in str(refused.value).split("fitted on")[0]
     with pytest.raises(rnnshap.InputError, match=rf"background holds 2 channels .*fitted on {fitted} channels"):
         rnnshap.sktime.explain(knn_on_channels_0_and_3, X[:2], background=X[10:14, :2])
+
+
+def test_an_unfitted_estimator_is_refused_as_rnnshaps_error_with_sktimes_as_its_cause(motions) -> None:
+    from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    X, _ = motions
+    with pytest.raises(rnnshap.ModelStateError, match=r"KNeighborsTimeSeriesClassifier is not fitted.*fit\(") as refused:
+        rnnshap.sktime.explain(KNeighborsTimeSeriesClassifier(), X[:2], background=X[10:14])
+    assert type(refused.value.__cause__).__name__ == "NotFittedError"

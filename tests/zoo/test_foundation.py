@@ -851,3 +851,83 @@ def test_forecast_explainer_keeps_the_most_recently_used_setups(ttm: Any, monkey
     setups.clear()
     explainer.explain(context, prediction_length=3)  # the second most recent: kept
     assert setups == []
+
+
+# -- issue 49: refusals that name their cause and say what to do ------------------------------------------------------
+def test_a_bfloat16_bolt_is_named_as_the_cause_of_the_gap_and_its_shapley_mode_adds_up_to_its_forecast() -> None:
+    """Chronos-Bolt cast to bfloat16: the module's forecast moves off the library's by bfloat16 rounding, which the
+    refusal names (not a change of the library's forecast path); the Shapley mode runs the library's own call."""
+    pytest.importorskip("chronos")
+    pipeline = foundation_models.bolt()
+    pipeline.model.to(torch.bfloat16)
+    context, background = windows(16, [300]), windows(16, [0, 50, 100])
+    before = state(pipeline.model)
+    with pytest.raises(rnnshap.RnnShapError, match=r"bfloat16.*model\.float\(\).*method='shapley'") as refused:
+        rnnshap.foundation.explain(pipeline, context, prediction_length=3, background=background)
+    assert "may have changed" not in str(refused.value)
+    assert unchanged(before, pipeline.model) and next(pipeline.model.parameters()).dtype == torch.bfloat16
+    result = rnnshap.foundation.explain(
+        pipeline, context, prediction_length=2, background=background[:2], method="shapley", players="patches", budget=100
+    )
+    own = bolt_forecast(pipeline, context, 2)
+    assert result.exact.all()
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+
+
+def test_timesfm_an_all_missing_window_to_explain_is_refused_naming_it() -> None:
+    """timesfm's forecast() raises numpy's "truth value of an empty array" on a series with no value: refused as
+    rnnshap's InputError naming the window, in both modes, with the library's error as its cause."""
+    model = tiny_timesfm()
+    context = windows(16, [300, 320])
+    context[1] = np.nan
+    for options in ({}, {"method": "shapley", "players": 8}):
+        with pytest.raises(InputError, match=r"window\(s\) \[1\] .*no observed value.*Drop those windows") as refused:
+            rnnshap.foundation.explain(model, context, prediction_length=2, background=windows(16, [0, 50]), **options)
+        assert isinstance(refused.value.__cause__, ValueError) and not isinstance(refused.value.__cause__, InputError)
+
+
+def test_moment_dropping_context_it_forecasts_nan_from_says_to_give_background_windows(moment_model: Any) -> None:
+    """MOMENT forecasts NaN from a context with every value missing: the game that drops context has no value for its
+    empty coalition, and the refusal says to give background windows (not to fill NaN the user never gave)."""
+    with pytest.raises(InputError, match=r"MOMENT.*nan.*every value missing.*Give background windows") as refused:
+        rnnshap.foundation.explain(moment_model, windows(16, [300]), prediction_length=3, method="shapley", players=8)
+    assert "fill or mask" not in str(refused.value)
+
+
+def test_a_background_window_with_a_gap_is_refused_by_deepshap_naming_it_and_taken_by_the_shapley_mode(bolt: Any) -> None:
+    """DeepSHAP's references hold no NaN: the refusal names the row and step and says what to do; the Shapley mode
+    takes the gappy window (the library's own call reads it as missing), as the refusal says."""
+    context, background = windows(12, [300]), windows(12, [0, 50, 100])
+    background[1, 3] = np.nan
+    with pytest.raises(InputError, match=r"background window\(s\) \[1\] .*step 3.*without gaps.*method='shapley'"):
+        rnnshap.foundation.explain(bolt, context, prediction_length=2, background=background)
+    result = rnnshap.foundation.explain(
+        bolt, context, prediction_length=2, background=background, method="shapley", players="patches", budget=1000
+    )
+    truth = enumerated_shapley(lambda rows: bolt_forecast(bolt, rows, 2).reshape(len(rows), -1), context[0], background,
+                               np.arange(12) // 4)  # fmt: skip
+    assert result.exact.all()
+    np.testing.assert_allclose(result.values[0].reshape(3, -1), truth, rtol=0, atol=tolerance(truth))
+
+
+def test_ttm_a_context_shorter_than_its_context_length_is_refused_saying_what_to_give(ttm: Any) -> None:
+    with pytest.raises(InputError, match=r"reads 16 steps.*has 8.*at least 16 steps.*NaN"):
+        rnnshap.foundation.explain(ttm, windows(8, [300]), prediction_length=2, background=windows(16, [0, 50]))
+    # the advice holds: padded in front with NaN (missing: past_observed_mask=False), it is explained, the pad 0
+    padded = np.concatenate([np.full((1, 8), np.nan), windows(8, [300])], axis=1)
+    result = rnnshap.foundation.explain(ttm, padded, prediction_length=2, background=windows(16, [0, 50]))
+    own = ttm_forecast(ttm, padded)[:, :2, None]
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :8] == 0)
+
+
+@pytest.mark.parametrize("method", ["deepshap", "shapley"])
+def test_an_infinite_value_in_the_context_or_background_is_refused_naming_the_context(ttm: Any, method: str) -> None:
+    context, background = windows(16, [300, 310]), windows(16, [0, 50])
+    context[1, 5] = np.inf
+    with pytest.raises(InputError, match=r"^context holds an infinite value \(window 1, step 5: inf\).*NaN") as refused:
+        rnnshap.foundation.explain(ttm, context, prediction_length=2, background=background, method=method)
+    assert "X" not in str(refused.value).split(":")[0]
+    background[0, 2] = -np.inf
+    with pytest.raises(InputError, match=r"^background holds an infinite value \(window 0, step 2: -inf\)"):
+        rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=background, method=method)

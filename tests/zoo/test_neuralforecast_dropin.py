@@ -111,6 +111,49 @@ def test_neuralforecast_errors_for_its_own_checks(mlp: NeuralForecast, data: dic
         explain(mlp, explainer="InputXGradient", budget=100, **_call(data))
 
 
+def test_a_wrapper_without_wraps_routing_explain_to_rnnshap_keeps_neuralforecasts_own_for_captum_names(
+    mlp: NeuralForecast, data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NeuralForecast.explain`` replaced by a plain function calling rnnshap's (no functools.wraps): a Captum name
+    is still answered by neuralforecast's own explain, kept when rnnshap.neuralforecast was imported, not by the
+    wrapper again and again until RecursionError (issue 49)."""
+    import rnnshap.neuralforecast
+
+    _quiet()
+    _, theirs = mlp.explain(explainer="InputXGradient", **_call(data))
+    monkeypatch.setattr(NeuralForecast, "explain", lambda self, *a, **k: rnnshap.neuralforecast.explain(self, *a, **k))
+    _, ours = mlp.explain(explainer="InputXGradient", **_call(data))
+    assert ours["MLP"].pop("explained_by") == "neuralforecast (captum.attr.InputXGradient)"
+    for key, value in theirs["MLP"].items():
+        if value is not None:
+            torch.testing.assert_close(ours["MLP"][key], value, rtol=0, atol=0)
+    # where neuralforecast's own could not be kept (replaced before rnnshap saw it), the loop is refused by name
+    from rnnshap.forecasting import neuralforecast as door
+
+    monkeypatch.setattr(door, "_kept_explain", None)
+    with pytest.raises(InputError, match=r"NeuralForecast.explain.*calls rnnshap.neuralforecast.explain.*functools.wraps"):
+        mlp.explain(explainer="InputXGradient", **_call(data))
+
+
+def test_neuralforecasts_own_explain_is_kept_when_it_is_imported_after_rnnshaps_door() -> None:
+    """``import rnnshap.neuralforecast`` first (it does not import neuralforecast), then neuralforecast, then the
+    wrapper: the own explain was kept as neuralforecast.core was imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, rnnshap.neuralforecast\n"
+        "assert 'neuralforecast' not in sys.modules\n"
+        "from neuralforecast import NeuralForecast\n"
+        "own = NeuralForecast.explain\n"
+        "NeuralForecast.explain = lambda self, *a, **k: rnnshap.neuralforecast.explain(self, *a, **k)\n"
+        "from rnnshap.forecasting import neuralforecast as door\n"
+        "assert door._own_explain() is own, door._own_explain()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_default_is_rnnshap_and_says_so(mlp: NeuralForecast, data: dict[str, Any]) -> None:
     _quiet()
     fcsts, ex = explain(mlp, **_call(data))

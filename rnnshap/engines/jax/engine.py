@@ -59,6 +59,7 @@ class JaxEngine(Engine):
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self._kept: tuple[Any, tuple[Any, Any]] | None = None  # (model_version(), its evaluation-mode copy's graph and state)
         out = self.predict(self.background)
+        self._refuse_non_finite(out, self.background, "background row")
         sites = self._sites(*self._frozen(), self.background)
         #: integer inputs read by an embedding (attributed per token) and cast to floats (attributed as numbers)
         self.token_inputs = sorted({source for source, kind, *_ in sites if kind == "token"})
@@ -267,6 +268,7 @@ class JaxEngine(Engine):
     def _check(self, outputs: np.ndarray, graph: Any, state: Any, samples: list[Any], block: Block) -> np.ndarray:
         """The model's own outputs on ``samples``, which the pass must give: a primitive misread would show here."""
         own = np.asarray(self._forward(graph)(state, samples), dtype=np.float64)
+        self._refuse_non_finite(own, samples, "sample", first=block.s0)
         mine = outputs.reshape(block.samples, block.references, -1)
         scale = max(float(np.abs(own).max(initial=0.0)), 1e-30)
         gap = float(np.abs(mine - own[:, None]).max(initial=0.0))
@@ -276,6 +278,43 @@ class JaxEngine(Engine):
                 f"(largest output {scale:.3g}). Please report this model."
             )
         return own
+
+    def _refuse_non_finite(self, out: np.ndarray, inputs: list[Any], what: str, first: int = 0) -> None:
+        """Refuse rows whose output from the model's own call is NaN or infinite, naming the row and what in it the
+        model cannot take (a token id outside its nnx.Embed tables, NaN or inf): the input is the cause, not the pass.
+        ``first``: the index of ``inputs``' first row among the rows given."""
+        bad = ~np.isfinite(out.reshape(out.shape[0], -1))
+        if not bad.any():
+            return
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        sizes = sorted({int(m.num_embeddings) for _, m in nnx.iter_graph(self.model) if isinstance(m, nnx.Embed)})
+        found = []
+        for i, a in enumerate(inputs):
+            values = np.asarray(a[row])
+            where = f" (input {i})" if len(inputs) > 1 else ""
+            if jnp.issubdtype(values.dtype, jnp.integer) and sizes:
+                outside = values[(values < 0) | (values >= sizes[0])]
+                if outside.size:
+                    tables = " / ".join(f"0..{n - 1}" for n in sizes)
+                    found.append(
+                        f"it holds the token id {int(outside[0])}{where}, outside the ids {tables} of the model's nnx.Embed "
+                        "table (nnx.Embed gives NaN for an id out of its range). Map ids outside the vocabulary to one "
+                        "inside it (an unknown-token id) before explaining"
+                    )
+            elif jnp.issubdtype(values.dtype, jnp.floating) and not np.isfinite(values).all():
+                found.append(
+                    f"it holds {values[~np.isfinite(values)][0]}{where}. Fill missing values (NaN) first, or give the model "
+                    "a mask input and have it replace them"
+                )
+        cause = "; ".join(found) if found else (
+            "the model itself overflows or reads an entry it cannot compute with (a token id past an embedding's table, a "
+            "log or division of 0): check that row"
+        )
+        raise InputError(
+            f"the model's own output is {out.reshape(out.shape[0], -1)[row, column]} for {what} {first + row} (output "
+            f"{column}), from the model's own call before any attribution: the input is the cause, and a NaN output has "
+            f"no attribution. {cause[0].upper()}{cause[1:]}."
+        )
 
 
 __all__ = ["JaxEngine"]

@@ -58,7 +58,7 @@ class TorchEngine(Engine):
         self._nested_list = self.multi_input and len(data) > 0 and all(isinstance(d, (list, tuple, int, float)) for d in data)
         self.device, self.model_dtype = model_device_and_dtype(model)
         self.background = as_tensors(data, "background", self.multi_input, self.device, self.model_dtype)
-        check_matching(self.background, self.background)
+        check_matching(self.background, self.background, "background")
         check_meta(model, lambda: model(*[b[:2].clone() for b in self.background]))
         self.references = int(self.background[0].shape[0])
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
@@ -531,7 +531,7 @@ class TorchEngine(Engine):
                 )
             X = [X[k] for k in self.input_names]
         tensors = as_tensors(X, what, self.multi_input, self.device, self.model_dtype)
-        check_matching(tensors, self.background)
+        check_matching(tensors, self.background, what)
         return tensors
 
     def predict(self, inputs: list[Tensor]) -> np.ndarray:

@@ -320,7 +320,7 @@ class InterimEngine(TorchEngine):
         self.model_multi_input = isinstance(data, (list, tuple))
         device, dtype = model_device_and_dtype(model)
         self.model_background = as_tensors(data, "background", self.model_multi_input, device, dtype)
-        check_matching(self.model_background, self.model_background)
+        check_matching(self.model_background, self.model_background, "background")
         self.layer_name = _name_of(model, layer)
         self.layer = layer
         self.positions = probe_positions(model, layer, self.model_background, (), side)
@@ -382,7 +382,7 @@ class InterimEngine(TorchEngine):
         if items and all(isinstance(x, Tensor) and self._made(x) for x in items):
             return super().inputs(X, what)
         tensors = as_tensors(X, what, self.model_multi_input, *model_device_and_dtype(self.whole))
-        check_matching(tensors, self.model_background)
+        check_matching(tensors, self.model_background, what)
         z, direct = self._layer_inputs(tensors)
         self._check_cut(z, direct)
         result = super().inputs(z if len(z) > 1 or self.model_multi_input else z[0], what)

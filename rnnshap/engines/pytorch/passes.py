@@ -90,6 +90,23 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 
 
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
+#: hooks on tensors, registered while the model runs (a gradient-norm monitor a forward hook adds to its output):
+#: training's, set aside in rnnshap's passes as modules' backward hooks are (safety.AsFunction). Run in rnnshap's
+#: batched backward they would change its multipliers, or crash it (``g.norm().item()`` under vmap)
+_TENSOR_HOOKS = frozenset({torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook})
+
+
+class _SetAsideHook:
+    """The handle of a tensor hook set aside in rnnshap's passes (never registered): removing it does nothing."""
+
+    def remove(self) -> None:
+        return None
+
+    def __enter__(self) -> _SetAsideHook:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 def _is_data_getter(func: Any) -> bool:
@@ -312,6 +329,8 @@ class AttributionMode(TorchFunctionMode):
         self.discrete.follow(index, tensor, shadow)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        if func in _TENSOR_HOOKS:
+            return _SetAsideHook()
         if self._taints or self.random_draws is not None:
             result = self._run(func, types, args, kwargs)
             self.deferred.spread(func, args, kwargs or {}, result)

@@ -204,7 +204,20 @@ def windows_of(context: Any, what: str = "context") -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{what}: expected (n, L) windows of one series each, got shape {tuple(np.shape(array))}")
-    return array
+    return finite(array, what)
+
+
+def finite(windows: np.ndarray, what: str) -> np.ndarray:
+    """``windows``, or an InputError naming the first infinite value (NaN is a missing value, taken)."""
+    infinite = np.isinf(windows)
+    if infinite.any():
+        row, step = (int(i) for i in np.argwhere(infinite)[0])
+        raise InputError(
+            f"{what} holds an infinite value (window {row}, step {step}: {windows[row, step]}): a forecast from it, and "
+            "any attribution to it, is undefined. Give the value it stands for, or NaN where it is missing (the model "
+            "takes NaN as a missing value)"
+        )
+    return windows
 
 
 def _is_series(a: Any) -> bool:
@@ -583,7 +596,7 @@ def _explain(
     covariate_values = None
     covariate_stderr = None
     with _preserved_all(modules), adapter.computing_in(precision):
-        forecast = adapter.library_forecast(windows.copy(), H, levels)
+        forecast = _library_forecast(adapter, windows, H, levels)
         if method == "deepshap":
             assert rows is not None
             result = _deepshap(
@@ -608,6 +621,38 @@ def _explain(
         player_steps=spans, game="background" if rows is not None else "dropped", covariates=covariate_values,
         covariate_stderr=covariate_stderr,
     )  # fmt: skip
+
+
+def _library_forecast(adapter: Adapter, windows: np.ndarray, H: int, levels: list[Any]) -> np.ndarray:
+    """The library's own forecast of the explained windows; where its call fails on a window with no observed value
+    (timesfm's forecast() raises numpy's "truth value of an empty array"), an InputError naming the window."""
+    try:
+        return adapter.library_forecast(windows.copy(), H, levels)
+    except RnnShapError:
+        raise
+    except Exception as error:
+        empty = np.flatnonzero(np.isnan(windows).all(axis=1))
+        if not empty.size:
+            raise
+        raise InputError(
+            f"context window(s) {empty[:5].tolist()} have no observed value (every step NaN, missing), and "
+            f"{adapter.label}'s own forecast call fails on them ({type(error).__name__}: {error}): there is nothing to "
+            "explain. Drop those windows from the context, or give windows of the series with observed values"
+        ) from error
+
+
+def low_precision(adapter: Adapter) -> str:
+    """The low-precision floating dtypes (bfloat16, float16) of the parameters of the modules the forecast runs,
+    named ("" where there are none)."""
+    import torch
+
+    found = {
+        str(p.dtype).replace("torch.", "")
+        for m in adapter.torch_modules()
+        for p in m.parameters()
+        if p.dtype in (torch.bfloat16, torch.float16)
+    }
+    return " and ".join(sorted(found))
 
 
 class _preserved_all:
@@ -647,12 +692,19 @@ def _deepshap(
 
     from ...explainer import DeepExplainer
 
-    if np.isnan(rows).any():
-        raise InputError(
-            "background: DeepSHAP's reference windows must hold no NaN (missing values); the explained windows' own "
-            "missing steps are given to them (a missing step is no player)"
-        )
     n, L = windows.shape
+    if np.isnan(rows).any():
+        gappy = np.flatnonzero(np.isnan(rows).any(axis=1))
+        step = int(np.flatnonzero(np.isnan(rows[gappy[0]]))[0])
+        raise InputError(
+            f"background window(s) {gappy[:5].tolist()} hold missing values (NaN; the first at step {step} of the last "
+            f"{L} steps): DeepSHAP's reference windows must hold none, since a step missing in a reference but not in the "
+            "explained window has no difference to attribute (the explained windows' own missing steps are given to "
+            "their references: a missing step is no player). Give background windows without gaps (windows of the "
+            "series where every step is observed), fill their gaps as the model would (interpolation), or use "
+            "method='shapley', which takes background windows with gaps (the library's own forecast call reads them "
+            "as missing)"
+        )
     Q = len(levels)
     values = np.zeros((n, L, H, Q))
     base = np.zeros((n, H, Q))
@@ -721,6 +773,16 @@ def _deepshap(
             gap = float(np.abs(attribution.outputs - own).max())
             scale = max(1.0, float(np.abs(own).max()))
             if gap > adapter.agreement * scale:
+                low = low_precision(adapter)
+                if low:  # the model's own rounding, not the library's forecast path, moves the module off its call
+                    raise RnnShapError(
+                        f"{adapter.label}: the model's parameters are {low} (cast to low precision), and its rounding in "
+                        f"{low} moves with what is batched beside a window: the function rnnshap explains gives forecasts "
+                        f"{gap:.3g} away from the library's own forecast call on the same context (scale {scale:.3g}), more "
+                        "than DeepSHAP's sum can be held to. Explain the float32 model (model.float(), or load it in "
+                        "float32: torch_dtype=torch.float32), or use method='shapley', which runs the library's own call "
+                        f"in {low} and adds up to it"
+                    )
                 raise RnnShapError(
                     f"{adapter.label}: the function rnnshap explains gives forecasts {gap:.3g} away from the library's own "
                     f"forecast call on the same context (scale {scale:.3g}); the library's forecast path may have changed "
@@ -798,12 +860,19 @@ def _shapley(
     if rows is None:  # dropped: every step of every series given as missing
         reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1] - trimmed), np.nan) for _, c in covariates]
         try:  # the empty coalition: every step the model reads given as missing
-            forward(*reference)
+            empty = forward(*reference)
         except Exception as error:
             raise InputError(
                 f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
                 f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
             ) from error
+        if not np.isfinite(empty).all():  # MOMENT forecasts NaN from an empty context
+            raise InputError(
+                f"{adapter.label} forecasts {empty.flat[np.argmin(np.isfinite(empty))]} from a context with every value "
+                "missing (its own forecast call), so background=None, the game that drops context the way the model "
+                "drops missing values, has no value for the empty coalition. Give background windows (background=: real "
+                "windows of the series, at least as long as the context), whose values then stand in for the dropped ones"
+            )
     else:
         reference = [rows[:, trimmed:]] + [r[:, trimmed:] for r in covariate_rows]
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)

@@ -61,9 +61,12 @@ class TinyTimeMixerAdapter(Adapter):
 
     def _check_length(self, length: int) -> None:
         if length < self.context_length():
+            need = self.context_length()
             raise InputError(
-                f"{self.label} reads {self.context_length()} steps (context_length) and refuses shorter context; "
-                f"the context has {length}"
+                f"{self.label} reads {need} steps (context_length) and refuses shorter context; the context has {length}. "
+                f"Give windows of at least {need} steps (more of the series' past), or pad them in front with NaN to {need} "
+                "steps (missing: given to the model as past_observed_mask=False, left out of its scaling, and attributed "
+                f"exactly 0): np.pad(context, ((0, 0), ({need} - L, 0)), constant_values=np.nan)"
             )
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
