@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from .formulas.secant import POLES_OF_GAMMA
+
 Family = Literal["smooth", "piecewise", "secant"]
 Kind = Literal["structured", "reduction", "ordering", "pick"]
 
@@ -193,9 +195,9 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("erf"),
     Elementwise("erfc"),
     # log|Γ(x)| and ψ(x) = Γ'(x)/Γ(x) (Student-t, negative-binomial and Dirichlet log-likelihoods): smooth between
-    # their poles at 0, −1, −2, ...
-    Elementwise("lgamma", torch=("lgamma", "gammaln")),
-    Elementwise("digamma", torch=("digamma", "psi")),
+    # their poles at 0, −1, −2, ..., which no midpoint derivative is taken across
+    Elementwise("lgamma", kinks=(POLES_OF_GAMMA,), torch=("lgamma", "gammaln")),
+    Elementwise("digamma", kinks=(POLES_OF_GAMMA,), torch=("digamma", "psi")),
     Elementwise("sinc"),
     Elementwise("gelu"),
     Elementwise("silu"),

@@ -193,7 +193,7 @@ def _pairs(entry: Elementwise) -> tuple[np.ndarray, np.ndarray]:
     rs.append(np.roll(grid[::-1], 3))
     centre = 0.37 * low + 0.63 * high
     # the catalog's kinks, and the usual places of kinks whether the catalog names them or not
-    points = {centre, *entry.kinks, *(p for p in USUAL_KINKS if low < p < high)}
+    points = {centre, *(k for k in entry.kinks if np.isfinite(k)), *(p for p in USUAL_KINKS if low < p < high)}  # (-inf: poles)
     for point in sorted(points):
         for delta in (1e-2, 3e-3, 1e-3, 1e-4, 1e-6):
             xs.append(np.array([point + delta / 2, point - delta / 2, point, point, point + delta, point - delta]))

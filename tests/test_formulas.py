@@ -19,6 +19,7 @@ import torch
 from rnnshap import formulas
 from rnnshap.formulas import namespace, orderings, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
+from rnnshap.operations import ELEMENTWISE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
 MEMBERS = [name for name, _ in inspect.getmembers(namespace.Ops) if not name.startswith("_")]
@@ -612,3 +613,29 @@ def test_where_a_read_would_wait_the_formulas_skip_no_work_and_give_the_same_val
     unread, fewer = explain()
     assert np.array_equal(read, unread)
     assert fewer < reads, (fewer, reads)
+
+
+@pytest.mark.parametrize("name", ["lgamma", "digamma"])
+def test_a_pair_across_a_pole_of_gamma_takes_the_quotient_not_the_midpoint_derivative(name: str) -> None:
+    """lgamma and digamma have poles at 0, -1, -2, ...; a close pair on both sides of one (|Δ| under the smooth
+    rules' threshold) has a finite derivative at its midpoint when the pole is off centre, far from the secant
+    (at x = -0.9995, r = -1.0025 lgamma's midpoint slope times Δ is about 3 where f(x) - f(r) is 1.6). Δ·m must be
+    f(x) - f(r) (float64) to float32's rounding of f, on the PyTorch engine end to end."""
+    import rnnshap
+    from rnnshap.formulas.secant import POLES_OF_GAMMA
+
+    assert POLES_OF_GAMMA in next(e for e in ELEMENTWISE if e.name == name).kinks
+    fn = getattr(torch, name)
+    pole = torch.tensor([0.0, -1.0, -2.0, -5.0, -1.0, -3.0])
+    x = (pole + torch.tensor([5e-4, 5e-4, -5e-4, 1e-3, -2e-3, 4e-4])).reshape(1, -1)
+    r = (pole + torch.tensor([-2.5e-3, -3e-3, 2e-3, -2e-3, 1e-3, -1e-3])).reshape(1, -1)
+
+    class Net(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return fn(t)
+
+    values = rnnshap.DeepExplainer(Net(), r).shap_values(x, check_additivity=False)  # (1, 6, 6): output j from input j
+    own = np.diagonal(values[0], axis1=0, axis2=1)
+    exact = (fn(x.double()) - fn(r.double()))[0].numpy()
+    scale = np.maximum(np.abs(fn(x.double())), np.abs(fn(r.double())))[0].numpy()
+    np.testing.assert_allclose(own, exact, rtol=0, atol=float(16 * np.finfo(np.float32).eps * scale.max()))

@@ -32,6 +32,7 @@ class JaxOps:
     isfinite = staticmethod(jnp.isfinite)
     maximum = staticmethod(jnp.maximum)
     minimum = staticmethod(jnp.minimum)
+    floor = staticmethod(jnp.floor)
     where = staticmethod(jnp.where)
     broadcast_to = staticmethod(jnp.broadcast_to)
     zeros_like = staticmethod(jnp.zeros_like)

@@ -59,6 +59,7 @@ class KerasOps:
     isfinite = staticmethod(ops.isfinite)
     maximum = staticmethod(ops.maximum)
     minimum = staticmethod(ops.minimum)
+    floor = staticmethod(ops.floor)
     where = staticmethod(ops.where)
     broadcast_to = staticmethod(ops.broadcast_to)
     shape = staticmethod(ops.shape)

@@ -234,6 +234,12 @@ def finite_where_still(xp: Ops, multiplier: Array, x: Array, r: Array, output: A
     return xp.where(~finite & still, xp.zeros_like(multiplier), multiplier)
 
 
+#: a kink standing for every non-positive integer, the poles of Γ (lgamma, digamma): a pair with one inside takes
+#: the quotient, never the derivative at its midpoint, which is finite there and far from the secant (-inf itself
+#: lies inside no pair, so it stands for nothing else)
+POLES_OF_GAMMA = -math.inf
+
+
 def rescale_multiplier(
     xp: Ops,
     output: Array,
@@ -250,7 +256,8 @@ def rescale_multiplier(
     (:func:`small_delta_threshold`), ``derivative`` (of ``f``, broadcast to the output) at the midpoint,
     or at ``x`` for a piecewise ``f`` (whose quotient is exact down to Δ = 0), where that derivative is
     finite and ``[r, x]`` holds none of ``kinks`` inside (points where a smooth ``f``'s second derivative
-    jumps: the midpoint derivative is off by a fraction of Δ across them); 0 where nothing moves and the
+    jumps: the midpoint derivative is off by a fraction of Δ across them; :data:`POLES_OF_GAMMA` stands for every
+    non-positive integer, where ``f`` has poles); 0 where nothing moves and the
     multiplier is not finite (:func:`finite_where_still`). ``derivative`` is called only where some
     ``|Δ|`` is small, as far as the backend can tell.
     """
@@ -260,7 +267,13 @@ def rescale_multiplier(
     small = xp.abs(delta) <= small_delta_threshold(xp, delta.dtype, smooth)
     if not xp.surely_none(small):
         for kink in kinks:  # (only where a small Δ is: no cost on the common path)
-            small = small & ~xp.broadcast_to((xp.minimum(x, r) < kink) & (kink < xp.maximum(x, r)), shape)
+            low, high = xp.minimum(x, r), xp.maximum(x, r)
+            if kink == POLES_OF_GAMMA:  # the largest integer up to the pair's top, where it is a pole (at most 0)
+                top = xp.floor(high)
+                inside = (low < top) & (top <= 0)
+            else:
+                inside = (low < kink) & (kink < high)
+            small = small & ~xp.broadcast_to(inside, shape)
         slope = derivative((x + r) / 2 if smooth else x)
         usable = small if xp.surely_finite(slope) else small & xp.isfinite(slope)  # (isfinite: four elementwise ops)
         multiplier = xp.where(usable, slope, multiplier)
@@ -296,6 +309,7 @@ NEAR_SECANTS: dict[str, Callable[[Ops, Array, Array, Array], Array]] = {
 
 __all__ = [
     "CLOSED_FORMS",
+    "POLES_OF_GAMMA",
     "NEAR_SECANTS",
     "SLOPES_BY_NAME",
     "Slope",

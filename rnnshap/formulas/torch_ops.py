@@ -88,6 +88,7 @@ class TorchOps:
     isfinite = staticmethod(torch.isfinite)
     maximum = staticmethod(torch.maximum)
     minimum = staticmethod(torch.minimum)
+    floor = staticmethod(torch.floor)
     where = staticmethod(torch.where)
     broadcast_to = staticmethod(torch.broadcast_to)
     shape = staticmethod(torch.Tensor.size)
