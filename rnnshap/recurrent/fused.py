@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..formulas.secant import CLOSED_FORMS
+from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
@@ -148,6 +149,8 @@ def _active_rows(mask: Tensor | None) -> list[int] | None:
 def _at(value: Tensor | _Gathered, steps: slice, pairs: int | None) -> Tensor:
     """``value[steps]`` (steps, samples, references, C), for the first ``pairs`` pairs of a masked side."""
     if pairs is None:
+        if isinstance(value, Tensor) and steps.start == 0 and steps.stop == value.shape[0]:
+            return value  # (one chunk of all steps, a cell's one step: no view to make)
         return value[steps]
     if isinstance(value, _Gathered):
         return value.first_pairs(steps, pairs)
@@ -189,7 +192,7 @@ def _pairwise_coefficients(
     for pre, act, (mu, kappa) in secants:
         centred_x = grid(side_x, (act[:, :rows_x] - mu).mul_(eps4))
         centred_r = grid(side_r, act[:, rows_x:] - mu)
-        blocks.append((*split(pre), *split(act), centred_x, centred_r, pre.new_tensor(kappa * eps4), pre.shape[-1]))
+        blocks.append((*split(pre), *split(act), centred_x, centred_r, scalar(kappa * eps4, pre), pre.shape[-1]))
     means = [split(f) for f in factors]
     new = secants[0][0].new_empty
     coefficients = new((steps, samples, references, sum(f.shape[-1] for f in factors) if factors else width))
@@ -201,8 +204,8 @@ def _pairwise_coefficients(
         n = None if active is None else active[start]  # the active pairs of the chunk's first (longest) step
         if n == 0:
             continue
-        out = coefficients[t] if n is None else coefficients[t][:, :n]
-        m, du, da = (s[: t.stop - start] if n is None else s[: t.stop - start, :n] for s in scratch)
+        out = _at(coefficients, t, None) if n is None else coefficients[t][:, :n]
+        m, du, da = (_at(s, slice(0, t.stop - start), n) for s in scratch)
         if not factors:
             m = out
         column = 0
