@@ -38,8 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from .formulas.secant import POLES_OF_GAMMA
-
 Family = Literal["smooth", "piecewise", "secant"]
 Kind = Literal["structured", "reduction", "ordering", "pick"]
 
@@ -195,9 +193,10 @@ ELEMENTWISE: tuple[Elementwise, ...] = (
     Elementwise("erf"),
     Elementwise("erfc"),
     # log|Γ(x)| and ψ(x) = Γ'(x)/Γ(x) (Student-t, negative-binomial and Dirichlet log-likelihoods): smooth between
-    # their poles at 0, −1, −2, ..., which no midpoint derivative is taken across
-    Elementwise("lgamma", kinks=(POLES_OF_GAMMA,), torch=("lgamma", "gammaln")),
-    Elementwise("digamma", kinks=(POLES_OF_GAMMA,), torch=("digamma", "psi")),
+    # their poles at 0, −1, −2, ..., which no midpoint derivative is taken across (the kink -inf stands for them all:
+    # rnnshap.formulas.secant.POLES_OF_GAMMA)
+    Elementwise("lgamma", kinks=(float("-inf"),), torch=("lgamma", "gammaln")),
+    Elementwise("digamma", kinks=(float("-inf"),), torch=("digamma", "psi")),
     Elementwise("sinc"),
     Elementwise("gelu"),
     Elementwise("silu"),

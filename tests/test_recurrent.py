@@ -343,11 +343,11 @@ _HOST_SYNCS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero", "ate
 
 
 @pytest.mark.parametrize("layer", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_the_fused_layers_never_wait_on_the_device(layer: str) -> None:
+def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_per_step(layer: str) -> None:
     """Inside a fused recurrent layer (its forward and its reverse recurrence) nothing is read back from the device
-    (on a GPU each read would stall the queue): the check that each side's rows repeat as the pair grid says is
-    read after the pass with every other (PairGrid.holds), no value decides a branch. The relu secant tested for
-    equal pre-activations on the host first; each layer read its rows' check at once (torch.equal)."""
+    but the check that each side's rows repeat as the pair grid says (torch.equal, once per tensor of a layer
+    call): as many syncs at 21 steps as at 7, and no value read back to decide a branch (on a GPU each would stall
+    the queue). The relu secant tested for equal pre-activations on the host first."""
     make = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k)}
 
     def syncs(steps: int) -> list[str]:
@@ -377,7 +377,8 @@ def test_the_fused_layers_never_wait_on_the_device(layer: str) -> None:
         return [name for event in fused for name in inside(event) if name in _HOST_SYNCS]
 
     short, long = syncs(7), syncs(21)
-    assert short == long == [], (short, long)
+    assert set(short) <= {"aten::equal"}, short
+    assert len(short) == len(long) <= 6
 
 
 class _LastStep(nn.Module):
@@ -407,8 +408,8 @@ class _CellLoop(nn.Module):
 
 @pytest.mark.parametrize("model", ["lstm", "gru", "lstm_cell", "gru_cell"])
 def test_an_explanation_waits_on_the_device_as_often_at_21_steps_as_at_7(model: str) -> None:
-    """The host syncs of a whole call (input checks, the rows' checks read once after the passes) do not grow with
-    the sequence: a cell in a Python loop read its rows' check at each step, six times (torch.equal)."""
+    """The host syncs of a whole call (input checks, a layer's rows' checks, a cell's read once after the passes)
+    do not grow with the sequence: a cell in a Python loop read its rows' check at each step, six times."""
 
     def syncs(steps: int) -> tuple[list[str], np.ndarray, torch.Tensor]:
         torch.manual_seed(0)
@@ -427,7 +428,7 @@ def test_an_explanation_waits_on_the_device_as_often_at_21_steps_as_at_7(model: 
         return syncs, values, gap
 
     (short, _, _), (long, values, gap) = syncs(7), syncs(21)
-    assert len(short) == len(long) <= 8, (short, long)
+    assert len(short) == len(long) <= 8 + (6 if model in ("lstm", "gru") else 0), (short, long)  # (a layer's checks: 6)
     np.testing.assert_allclose(values.sum((1, 2)), gap.numpy(), rtol=0, atol=1e-5)
 
 

@@ -25,6 +25,8 @@ def scalar(value: float, like: Tensor) -> Tensor:
     Python number wraps it in a new tensor on every call (a fill and a copy, about as long as the
     operation itself on the small tensors of a step), with a 0-d tensor it reads the value as the
     number, with the same results."""
+    if torch.is_inference_mode_enabled():  # (an inference tensor, kept, could not be saved for a later backward)
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
     key = (value, like.dtype, like.device)
     constant = _SCALARS.get(key)
     if constant is None:

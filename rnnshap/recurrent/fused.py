@@ -270,7 +270,7 @@ class _Rows:
         self.mask = mask
         if mask is None:
             inputs, references = [(x, 1), *((s, 0) for s, _ in states)], [(x_r, 1), *((s, 0) for _, s in states)]
-            self.sides = pair_sides(grid, self.pairs, inputs, references)
+            self.sides = pair_sides(grid, self.pairs, inputs, references, defer=x.shape[0] == 1)  # (a cell's one step)
         else:
             self.sides = (Side.masked(mask, x, [s for s, _ in states]), Side.masked(mask, x_r, [s for _, s in states]))
         self.rows_x = self.sides[0].rows

@@ -8,9 +8,10 @@ only ``S`` distinct input rows (each repeated ``R`` times) and ``R`` distinct re
 makes the fused layers cost less than torch's own forward and backward pass on the tiled batch.
 
 Nothing is assumed: a side is reduced only where its rows repeat exactly as the grid says;
-otherwise it keeps all its rows and the result is the same, only slower. The test runs on the device;
-where the grid defers it (:meth:`PairGrid.holds`), the engine reads the tests of a whole pass at once
-after it and runs the pass again on every pair if one failed.
+otherwise it keeps all its rows and the result is the same, only slower. A cell's test (one step of a
+Python loop) runs on the device where the grid defers it (:meth:`PairGrid.holds`): the engine reads the
+tests of a whole pass at once after it, and runs the passes again with each test read at once if one
+failed; a layer reads its test at once, once per call.
 
 Packed sequences (a mask) are sorted by length, out of grid order, and each pair's reference is
 truncated at its sample's length; :meth:`Side.masked` groups their rows by value instead, a row
@@ -49,17 +50,31 @@ class Side:
 
     @classmethod
     def of(
-        cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]
+        cls,
+        which: Literal["input", "reference"],
+        grid: PairGrid | None,
+        pairs: int,
+        tensors: Sequence[tuple[Tensor | None, int]],
+        defer: bool = False,
     ) -> Side:
-        """The side for ``tensors`` (each with its batch dimension), reduced where they allow it."""
+        """The side for ``tensors`` (each with its batch dimension), reduced where they allow it.
+
+        With ``defer`` (a cell's call, one time step of a loop) the test runs on the device and, where the grid
+        defers its checks, is read after the pass with every other (:meth:`PairGrid.holds`): read at once, it
+        would wait on the device at every step. A layer's call reads it at once (``torch.equal``, once per
+        call whatever its length): a pass run again would repeat what a stateful model did in the first."""
         if grid is None or grid.pairs != pairs or pairs == 0:
             return cls(pairs, 1, None)
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
         present = [(t, dim) for t, dim in tensors if t is not None]
         shape = (reduced.samples, reduced.references)
-        # (each tensor's test on the device; one check for all, read after the pass where the grid defers it)
-        repeats = [torch.eq(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)).all() for t, dim in present]
-        if grid.holds(*repeats):
+        def repeated(t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+            return t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)
+
+        if defer and grid.deferred is not None:
+            if grid.holds(*(torch.eq(*repeated(t, dim)).all() for t, dim in present)):
+                return reduced
+        elif all(torch.equal(*repeated(t, dim)) for t, dim in present):
             return reduced
         return cls(grid.samples, grid.references, None)
 
@@ -189,9 +204,10 @@ def pair_sides(
     pairs: int,
     inputs: Sequence[tuple[Tensor | None, int]],
     references: Sequence[tuple[Tensor | None, int]],
+    defer: bool = False,
 ) -> tuple[Side, Side]:
-    """The input side and the reference side of one call."""
-    return Side.of("input", grid, pairs, inputs), Side.of("reference", grid, pairs, references)
+    """The input side and the reference side of one call (``defer``: see :meth:`Side.of`)."""
+    return Side.of("input", grid, pairs, inputs, defer), Side.of("reference", grid, pairs, references, defer)
 
 
 __all__ = ["Side", "pair_sides"]

@@ -120,7 +120,7 @@ class RecurrentLayer(Rule):
         packed = isinstance(args[1], Tensor) if self.kind == "lstm" else isinstance(args[2], Tensor)
         if packed:
             return self._packed_reference(call)
-        return _on_distinct_references(call, 0 if args[8] else 1, 1)
+        return _on_distinct_references(call, 0 if args[8] else 1, 1, defer=False)
 
     def _packed_reference(self, call: OpCall) -> Any:
         """The reference pass of a packed layer on the distinct rows of each layer-direction
@@ -224,7 +224,7 @@ class RecurrentCell(RecurrentLayer):
         return f"RecurrentCell({self.kind!r}, relu={self.relu}, fused={self.fused})"
 
     def reference(self, call: OpCall) -> Any:
-        return _on_distinct_references(call, 0, 0)
+        return _on_distinct_references(call, 0, 0, defer=True)
 
     def attribute(self, call: OpCall) -> Any:
         (x, hx, w_ih, w_hh, *biases), (x_r, hx_r) = call.args, call.ref_args[:2]
@@ -241,14 +241,15 @@ class RecurrentCell(RecurrentLayer):
         return out[0]
 
 
-def _on_distinct_references(call: OpCall, input_dim: int, state_dim: int) -> Any:
+def _on_distinct_references(call: OpCall, input_dim: int, state_dim: int, defer: bool) -> Any:
     """Run ``call`` (input, hx, *rest) on the distinct rows of a reference batch and spread the
-    results back to one row per pair; run it as it is when the rows do not cycle."""
+    results back to one row per pair; run it as it is when the rows do not cycle (``defer``: a cell's
+    call, see :meth:`Side.of`)."""
     (x, hx, *rest), kwargs = call.args, call.kwargs
     states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
     if call.pairs is None or kwargs or not all(isinstance(s, Tensor) for s in states):
         return call.fn(*call.args, **kwargs)
-    side = Side.of("reference", call.pairs, x.shape[input_dim], [(x, input_dim), *((s, state_dim) for s in states)])
+    side = Side.of("reference", call.pairs, x.shape[input_dim], [(x, input_dim), *((s, state_dim) for s in states)], defer)
     if side.axis is None:
         return call.fn(*call.args, **kwargs)
     distinct = [side.take(s, state_dim) for s in states]

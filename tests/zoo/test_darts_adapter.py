@@ -472,14 +472,15 @@ def test_shapley_mode_exact_on_few_players(fitted: Any) -> None:
 
 
 class _Spectral(nn.Module):
-    """A head with an operation rnnshap has no DeepSHAP rule for (an FFT of the hidden state)."""
+    """A head with an operation rnnshap has no DeepSHAP rule for (the magnitude of an FFT of the hidden state: the
+    transform is linear, its modulus is not an operation on real values)."""
 
     def __init__(self, fc: nn.Module) -> None:
         super().__init__()
         self.fc = fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).real.mean(-1, keepdim=True))
+        return self.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).abs().mean(-1, keepdim=True))
 
 
 def test_refused_by_name_with_the_shapley_fallback() -> None:
@@ -491,7 +492,7 @@ def test_refused_by_name_with_the_shapley_fallback() -> None:
     model = BUILDERS["BlockRNNModel"][0]()
     model.fit(TARGET, past_covariates=COV, verbose=False)
     model.model.fc = _Spectral(model.model.fc)
-    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*fft_rfft"):
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*abs"):
         explainer(model, "p").explain_single(FOREGROUND, foreground_past_covariates=COV)
     result = explainer(
         model, "p", method="shapley", budget=200, random_state=0

@@ -657,8 +657,8 @@ class TorchEngine(Engine):
             if grid.all_held():  # (the one host sync of the rows' checks)
                 break
             # a side's rows did not repeat as the grid says (something sample-specific entered the reference side):
-            # both passes again, each check read at once (a side whose rows do not repeat keeps them all), on every pair
-            grid, distinct = PairGrid(s, n_refs), False
+            # the passes again, each check read at once (a side whose rows do not repeat keeps them all)
+            grid = PairGrid(s, n_refs)
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             _check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
