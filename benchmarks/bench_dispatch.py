@@ -19,6 +19,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --size published  # hidden 128-256, 32 x 32 pairs
     python benchmarks/bench_dispatch.py --models lstm gru --device cuda
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
+    python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
 the zoo tests build them; a model whose library is missing is skipped.
@@ -222,6 +223,25 @@ def rows_of(name: str, lengths: tuple[int, ...], args: argparse.Namespace, tree:
     return rows
 
 
+def grow(name: str, steps: int, args: argparse.Namespace) -> None:
+    """How the cost grows: ``name`` at ``steps`` with the samples, the references and the outputs doubled in turn,
+    time and kernels against the size's own (and the floor's growth beside)."""
+    print("| model | T | grown | samples | references | outputs | ms | x base | kernels | x base | floor ms | x base |")
+    print("|" + "---|" * 12)
+    base = None
+    for grown in ("none", "samples", "references", "outputs"):
+        sized = argparse.Namespace(**vars(args))
+        if grown != "none":
+            setattr(sized, grown, 2 * getattr(args, grown))
+        m = measure(name, steps, sized, torch.device(args.device))
+        base = base or m
+        print(
+            f"| {name} | {steps} | {grown} | {sized.samples} | {sized.references} | {sized.outputs} | {m['ms']:.1f} | "
+            f"{m['ms'] / base['ms']:.2f} | {m['kernels']:,} | {m['kernels'] / base['kernels']:.2f} | {m['floor_ms']:.1f} | "
+            f"{m['floor_ms'] / base['floor_ms']:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm"])
@@ -231,6 +251,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
     parser.add_argument("--against", default="", help="another source tree: each model measured in both, alternately")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
+    parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     args = parser.parse_args()
     args.hidden, args.features, args.samples, args.references, args.outputs, lengths = SIZES[args.size]
     if args.threads:
@@ -246,6 +267,9 @@ def main() -> None:
         f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; {args.size}: hidden {args.hidden}, "
         f"{args.samples} samples x {args.references} references, {args.outputs} outputs, median of {args.repeats}"
     )
+    if args.grow:
+        grow(args.models[0], lengths[0], args)
+        return
     this = str(Path(rnnshap.__file__).resolve().parents[1])
     trees = [this, str(Path(args.against).resolve())] if args.against else [""]
     header = (
