@@ -466,3 +466,23 @@ def test_the_reverse_recurrences_batch_over_any_argument_under_vmap() -> None:
                 expected = one_by_one[b] if batched_weights else call(d_out[b], *(s[b] for s in states), *weights)
                 for got, want in zip(batched, expected, strict=True):
                     torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["lstm", "gru", "rnn"])
+def test_the_input_gradient_is_the_same_a_step_at_a_time_or_all_at_once(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reverse recurrence forms the input gradient a chunk of steps at a time on the CPU (a cache's worth):
+    one step per chunk, a few, or all at once, the values agree (float64)."""
+    from rnnshap.recurrent import reverse
+
+    torch.manual_seed(0)
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[layer](3, 5, batch_first=True).double()
+    model = _LastStep(rnn).double().eval()
+    x, background = torch.randn(2, 9, 3, dtype=torch.float64), torch.randn(3, 9, 3, dtype=torch.float64)
+
+    def explain(chunk_bytes: int) -> np.ndarray:
+        monkeypatch.setattr(reverse, "_CHUNK_BYTES", chunk_bytes)
+        return rnnshap.DeepExplainer(model, background).shap_values(x)
+
+    whole = explain(1 << 30)
+    for chunk_bytes in (1, 3 * 2 * 6 * 4 * 5 * 8):  # (a step per chunk; a few steps)
+        np.testing.assert_allclose(explain(chunk_bytes), whole, rtol=0, atol=1e-12 * np.abs(whole).max())

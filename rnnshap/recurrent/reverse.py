@@ -7,10 +7,10 @@ custom operator with its own vmap rule, the recurrence sees the K axis as an ord
 tensors: every operation below broadcasts over leading axes (``...``), the steps are axis -3 of ``d_out``
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
-Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 9; Elman: 3;
-see :func:`_lstm_reverse`); the input gradient, which feeds nothing later, is one matrix product over all
-steps after the loop. A masked (packed) batch's rows past their length get an input gradient of exactly 0,
-set once after the product.
+Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
+see :func:`_lstm_reverse`); the input gradient, which feeds nothing later, is one matrix product per chunk of
+steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
+batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
 ``docs/recurrent.md`` derives the coefficients; ``fused.py`` computes them in the forward.
 """
@@ -34,15 +34,48 @@ def _pad_pairs(t: Tensor, pairs: int) -> Tensor:
     return torch.nn.functional.pad(t, (0, 0, 0, pairs - t.shape[-2]))
 
 
-def _input_gradient(parts: Sequence[tuple[list[Tensor], Tensor]], mask: Tensor | None) -> Tensor:
-    """Σ stack(steps) @ W over (per-step gradients in reverse time, weight block) pairs: (..., T, P, F),
-    zero where ``mask`` (T, P, 1) is False."""
-    dx: Tensor | None = None
-    for steps, weight in parts:
-        term = torch.stack(steps[::-1], dim=-3) @ weight
-        dx = term if dx is None else dx + term
-    assert dx is not None
-    return dx if mask is None else torch.where(mask, dx, 0.0)
+#: bytes of step gradients kept before their input gradient is computed, on the CPU: 8 MiB, the forward's chunk
+#: (fused._CHUNK_ELEMENTS). All steps at once would write and read back every step's gradients, 315 MB at hidden 128,
+#: 16 x 16 pairs, 3 outputs and T = 200, measured 10 % slower than a product per step there; 1 MiB (a product
+#: per step at that size) and 32 MiB were no faster than 8. On an accelerator every step's at once (fewest launches).
+_CHUNK_BYTES = 8 << 20
+
+
+class _InputGradient:
+    """The input gradient Σ_j du_j W_j of every step, from the steps' gradients in reverse time, a chunk of steps
+    at a time: one matrix product per weight block and chunk (``add`` each step's parts, then ``result``)."""
+
+    def __init__(self, weights: Sequence[Tensor], steps: int) -> None:
+        self.weights, self.steps = weights, steps
+        self.pending: list[list[Tensor]] = [[] for _ in weights]
+        self.done: list[Tensor] = []  # (chunks in reverse time)
+        self.chunk = 0
+
+    def add(self, *parts: Tensor) -> None:
+        if not self.chunk:
+            size = sum(p.numel() * p.element_size() for p in parts)
+            self.chunk = self.steps if parts[0].device.type != "cpu" else max(1, _CHUNK_BYTES // max(1, size))
+        for pending, part in zip(self.pending, parts, strict=True):
+            pending.append(part)
+        if len(self.pending[0]) == self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending[0]:
+            return
+        dx: Tensor | None = None
+        for pending, weight in zip(self.pending, self.weights, strict=True):
+            term = torch.stack(pending[::-1], dim=-3) @ weight
+            dx = term if dx is None else dx + term
+            pending.clear()
+        assert dx is not None
+        self.done.append(dx)
+
+    def result(self, mask: Tensor | None) -> Tensor:
+        """(..., T, P, F), zero where ``mask`` (T, P, 1) is False."""
+        self._flush()
+        dx = self.done[0] if len(self.done) == 1 else torch.cat(self.done[::-1], dim=-3)
+        return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
 def _lstm_reverse(
@@ -76,8 +109,7 @@ def _lstm_reverse(
         return du_ifg, du_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
 
     dh, dc = d_h, d_c
-    du_ifg_steps: list[Tensor] = []
-    du_o_steps: list[Tensor] = []
+    dx = _InputGradient([w_ih[: 3 * hidden], w_ih[3 * hidden :]], steps)
     # each step's coefficients as views made at once (unbind), not picked step by step
     per_step = list(zip(a_ifg.unbind(0), a_o.unbind(0), a_k.unbind(0), a_c.unbind(0), d_out.unbind(-3), strict=True))
     for t in reversed(range(steps)):
@@ -94,10 +126,8 @@ def _lstm_reverse(
                 dh, dc = torch.where(mask[t], dh_prev, dh), torch.where(mask[t], dc_prev, dc)
             else:
                 dh, dc = dh_prev, dc_prev
-        du_ifg_steps.append(du_ifg)
-        du_o_steps.append(du_o)
-    dx = _input_gradient([(du_ifg_steps, w_ih[: 3 * hidden]), (du_o_steps, w_ih[3 * hidden :])], mask)
-    return dx, dh, dc
+        dx.add(du_ifg, du_o)
+    return dx.result(mask), dh, dc
 
 
 def _gru_reverse(
@@ -112,7 +142,7 @@ def _gru_reverse(
     """(dx, dh_0) of one GRU layer-direction from its coefficients [A_r, A_z, A_n, A_h, A_a] (T, P, 5H)
     and the gradients of its outputs (..., T, P, H) and final state (..., P, H). Per step: dh += d_t;
     dv = dh A_n; [du_r, du_z] = [dv, dh] [A_r, A_z]; dh_prev = dh A_h + [du_r, du_z] W_hh,rz + (dv A_a) W_hh,n
-    (9 operations)."""
+    (10 operations)."""
     steps, pairs = coefficients.shape[:2]
     hidden = w_hh.shape[0] // 3
     a_rz = coefficients[..., : 2 * hidden]
@@ -126,8 +156,7 @@ def _gru_reverse(
         return du_rz, dv, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
 
     dh = d_h
-    du_rz_steps: list[Tensor] = []
-    dv_steps: list[Tensor] = []
+    dx = _InputGradient([w_ih[: 2 * hidden], w_ih[2 * hidden :]], steps)  # [du_r, du_z, dv] through W_ih
     per_step = list(zip(a_rz.unbind(0), a_n.unbind(0), a_h.unbind(0), a_a.unbind(0), d_out.unbind(-3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
@@ -140,11 +169,8 @@ def _gru_reverse(
             dh = dh + (d_t * mask[t] if mask is not None else d_t)
             du_rz, dv, dh_prev = step(dh, *coefficients_t)
             dh = torch.where(mask[t], dh_prev, dh) if mask is not None else dh_prev
-        du_rz_steps.append(du_rz)
-        dv_steps.append(dv)
-    # [du_r, du_z, dv] through W_ih
-    dx = _input_gradient([(du_rz_steps, w_ih[: 2 * hidden]), (dv_steps, w_ih[2 * hidden :])], mask)
-    return dx, dh
+        dx.add(du_rz, dv)
+    return dx.result(mask), dh
 
 
 def _rnn_reverse(
@@ -155,7 +181,7 @@ def _rnn_reverse(
     dh_prev = du W_hh (3 operations)."""
     steps, pairs = coefficients.shape[:2]
     dh = d_h
-    du_steps: list[Tensor] = []
+    dx = _InputGradient([w_ih], steps)
     for t, (m_t, d_t) in reversed(list(enumerate(zip(coefficients.unbind(0), d_out.unbind(-3), strict=True)))):
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
             n = active[t]
@@ -166,8 +192,8 @@ def _rnn_reverse(
             dh = dh + (d_t * mask[t] if mask is not None else d_t)
             du = dh * m_t
             dh = torch.where(mask[t], du @ w_hh, dh) if mask is not None else du @ w_hh
-        du_steps.append(du)
-    return _input_gradient([(du_steps, w_ih)], mask), dh
+        dx.add(du)
+    return dx.result(mask), dh
 
 
 # -- the operators and their vmap rule -------------------------------------------------------------
