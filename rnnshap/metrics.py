@@ -7,7 +7,8 @@ Shapley values of the game that DeepSHAP, KernelSHAP, TimeSHAP and WindowSHAP ap
 
 computed by rnnshap's Shapley mode (:class:`rnnshap.ShapleyExplainer`): enumerated where the coalitions can be,
 otherwise estimated, with standard errors the result carries. ``deletion`` removes the top-ranked players one
-by one, replacing them by a baseline, and reports the model's output after each removal and its AOPC.
+by one, replacing them by a baseline, and reports the model's output after each removal and its AOPC;
+``insertion`` puts them back into the baseline one by one.
 
 Both take the values in the layout of ``X`` ((N, T, F) or (N, C, T); ``time_axis`` says which axis is time
 where the model does not), with or without a trailing output axis, and sum them over each player's entries
@@ -30,7 +31,7 @@ from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
 from .shapley.players import Players
 
-__all__ = ["DeletionCurve", "Distance", "ScoredGame", "deletion", "distance_to_exact"]
+__all__ = ["Distance", "PerturbationCurve", "ScoredGame", "deletion", "distance_to_exact", "insertion"]
 
 #: ``budget=None`` enumerates every coalition up to this many players (2^P · B rows per sample); above it the
 #: reference is estimated with the Shapley mode's default budget (16× DeepSHAP's cost) and carries standard errors
@@ -99,20 +100,24 @@ class Distance:
 
 
 @dataclass(frozen=True)
-class DeletionCurve:
-    """The model's output as the top-ranked players are removed one by one (replaced by the baseline).
+class PerturbationCurve:
+    """The model's output as the top-ranked players are removed one by one (replaced by the baseline:
+    :func:`deletion`) or put back one by one into the baseline (:func:`insertion`).
 
     Players are ranked by their value, the most positive first (the ones that raise the explained output
     most); each output is ranked by its own values.
     """
 
-    #: ``(N, removals + 1)`` or ``(N, removals + 1, *outputs)``: f(x) with the first s players of ``order``
-    #: replaced by the baseline, s = 0 .. removals (``curve[:, 0]`` is f(x))
+    #: "deletion" or "insertion"
+    kind: str
+    #: ``(N, s + 1)`` or ``(N, s + 1, *outputs)``, for 0 .. s players moved: deletion, f(x) with the first players
+    #: of ``order`` replaced by the baseline (``curve[:, 0]`` is f(x)); insertion, f(baseline) with them taking
+    #: x's values (``curve[:, 0]`` is f(baseline))
     curve: np.ndarray
-    #: ``(N,)`` or ``(N, *outputs)``: the area over the perturbation curve, mean over s = 0 .. removals of
-    #: f(x) − curve[s] (Samek et al. 2017); larger is better for the explained output
+    #: ``(N,)`` or ``(N, *outputs)``: the area over the perturbation curve, the mean over the curve of
+    #: f(x) − curve (deletion: Samek et al. 2017) or curve − f(baseline) (insertion); larger is better
     aopc: np.ndarray
-    #: ``(N, P)`` or ``(N, P, *outputs)``: the players in the order they are removed
+    #: ``(N, P)`` or ``(N, P, *outputs)``: the players in the order they are moved
     order: np.ndarray
     #: the values that ranked them, summed to the players
     values: np.ndarray
@@ -229,11 +234,11 @@ def deletion(
     outputs: Sequence[Any] | int | None = None,
     removals: int | None = None,
     batch_size: int = 2048,
-) -> DeletionCurve:
+) -> PerturbationCurve:
     """The deletion curve of ``values``: the model's output as the top-ranked players are replaced by ``baseline``.
 
     Players are ranked by their value (the most positive first; each output by its own values); the curve holds
-    f(x) with the first 0, 1, ..., ``removals`` of them replaced, and ``aopc`` its mean drop f(x) − curve.
+    f(x) with the first 0, 1, ..., ``removals`` of them replaced, and ``aopc`` its mean drop, f(x) − curve.
 
     Args:
         values: attributions of ``X``, as for :func:`distance_to_exact` (summed over each player's entries first).
@@ -245,10 +250,49 @@ def deletion(
         removals: how many players to remove (default: all of them).
         batch_size: the most rows run through the model at once.
     """
+    return _curve("deletion", values, model, X, baseline, players, time_axis, windows, outputs, removals, batch_size)
+
+
+def insertion(
+    values: Any,
+    model: Any,
+    X: Any,
+    baseline: Any,
+    *,
+    players: Any = "steps",
+    time_axis: Any = None,
+    windows: int | None = None,
+    outputs: Sequence[Any] | int | None = None,
+    removals: int | None = None,
+    batch_size: int = 2048,
+) -> PerturbationCurve:
+    """The insertion curve of ``values``: the model's output as the top-ranked players are put back into ``baseline``.
+
+    The mirror of :func:`deletion` (the same arguments; ``removals``: how many players to insert): the curve holds
+    f of the baseline with the first 0, 1, ..., ``removals`` players of the ranking taking the sample's values, and
+    ``aopc`` its mean gain, curve − f(baseline).
+    """
+    return _curve("insertion", values, model, X, baseline, players, time_axis, windows, outputs, removals, batch_size)
+
+
+def _curve(
+    kind: str,
+    values: Any,
+    model: Any,
+    X: Any,
+    baseline: Any,
+    players: Any,
+    time_axis: Any,
+    windows: int | None,
+    outputs: Any,
+    removals: int | None,
+    batch_size: int,
+) -> PerturbationCurve:
+    """A deletion or insertion curve: one row per sample, output and number of players moved."""
     _one_input(values, X, baseline)
-    explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # f(X) once, and the model's layout
-    kind = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(kind, time_axis=time_axis, windows=windows)
+    explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # the model's layout, its forward checked on X
+    named = "features" if isinstance(players, str) and players == "channels" else players
+    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
     x = explainer.forward.background[0]
     _, columns, expected = _outputs(explainer, outputs)
     given, trailing = _per_player(values, x, plan, columns.size, expected)
@@ -259,29 +303,30 @@ def deletion(
         raise InputError(f"removals must be a number of players from 1 to {P}, got {removals!r}")
     steps = int(steps)
     order = np.argsort(-given, axis=1, kind="stable")  # (n, P, k): most positive first
-    # per sample, one row per (output, removals so far): the players kept take x, the removed ones the baseline
-    kept = np.ones((n, k, steps + 1, P), dtype=bool)
+    # moved[i, j, s]: the players moved after s steps of output j's ranking (removed, or inserted)
+    moved = np.zeros((n, k, steps + 1, P), dtype=bool)
     for s in range(1, steps + 1):
-        kept[:, :, s] = kept[:, :, s - 1]
-        removed = order[:, s - 1, :]  # (n, k)
-        np.put_along_axis(kept[:, :, s], removed[..., None], False, axis=2)
+        moved[:, :, s] = moved[:, :, s - 1]
+        np.put_along_axis(moved[:, :, s], order[:, s - 1, :, None], True, axis=2)
+    takes_x = ~moved if kind == "deletion" else moved
     per_sample = k * (steps + 1)
     group = max(1, int(batch_size) // per_sample)
     curve = np.empty((n, k, steps + 1))
     for start in range(0, n, group):
         stop = min(n, start + group)
         rows = np.concatenate(
-            [plan.coalition_rows(kept[i].reshape(per_sample, P), [x[i]], [np.repeat(base[i][None], per_sample, 0)])[0]
+            [plan.coalition_rows(takes_x[i].reshape(per_sample, P), [x[i]], [np.repeat(base[i][None], per_sample, 0)])[0]
              for i in range(start, stop)]
         )  # fmt: skip
         out = explainer.forward.rows([rows])
-        explainer.forward.refuse_non_finite(out, "deletion row")
+        explainer.forward.refuse_non_finite(out, f"{kind} row")
         picked = out.reshape(stop - start, k, steps + 1, -1)
         curve[start:stop] = np.take_along_axis(picked, columns.reshape(1, k, 1, 1), axis=3)[..., 0]
-    aopc = (curve[:, :, :1] - curve).mean(2)  # (n, k)
-    return DeletionCurve(
+    change = curve[:, :, :1] - curve if kind == "deletion" else curve - curve[:, :, :1]
+    return PerturbationCurve(
+        kind=kind,
         curve=curve.transpose(0, 2, 1).reshape(n, steps + 1, *trailing),
-        aopc=aopc.reshape(n, *trailing),
+        aopc=change.mean(2).reshape(n, *trailing),
         order=order.reshape(n, P, *trailing),
         values=given.reshape(n, P, *trailing),
         game=ScoredGame(_named(players, plan), P, None, tuple(int(c) for c in columns), windows),

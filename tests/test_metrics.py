@@ -21,7 +21,7 @@ from torch import nn
 
 import rnnshap
 from rnnshap import InputError
-from rnnshap.metrics import deletion, distance_to_exact
+from rnnshap.metrics import deletion, distance_to_exact, insertion
 
 # ---------------------------------------------------------------------------------------------- truths
 
@@ -367,3 +367,46 @@ def test_deletion_with_a_baseline_per_sample_a_scalar_and_fewer_removals() -> No
             removed = np.concatenate([[0.0], np.cumsum(per_step[i, order])])
             np.testing.assert_allclose(result.curve[i], fx[i] - removed, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(result.aopc[i], removed.mean(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["tf", "ct"])
+def test_the_insertion_curve_of_a_linear_model_is_its_closed_form(layout: str) -> None:
+    build, shape, axis, time = LAYOUTS[layout]
+    model = build()
+    X, _ = data(shape)
+    rng = np.random.default_rng(8)
+    baseline = rng.normal(size=shape)
+    values = rng.normal(size=(3, *shape, 2))
+    W = weights(model, layout)
+    per_player = step_sums((X - baseline)[..., None] * W, time)
+    result = insertion(values, model, X, baseline, time_axis=axis)
+    f_baseline = model(torch.from_numpy(baseline[None])).detach().numpy()[0]
+    assert result.kind == "insertion" and result.curve.shape == (3, 7, 2)
+    for i in range(3):
+        for k in range(2):
+            order = np.argsort(-step_sums(values, time)[i, :, k], kind="stable")
+            added = np.concatenate([[0.0], np.cumsum(per_player[i, order, k])])
+            np.testing.assert_allclose(result.curve[i, :, k], f_baseline[k] + added, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(result.aopc[i, k], added.mean(), rtol=1e-10, atol=1e-12)
+
+
+def test_cells_and_a_player_mask_on_a_function_of_panels() -> None:
+    # a function of numpy arrays (N, C=2, T=3): any model ShapleyExplainer takes; its layout is not read
+    rng = np.random.default_rng(4)
+    W = rng.normal(size=(2, 3))
+    f = lambda rows: (rows * W).sum((1, 2))[:, None]
+    X, bg = data((2, 3))
+    closed = (X - bg.mean(0)) * W  # (n, C, T): every cell's exact Shapley value
+    cells = distance_to_exact(closed, f, X, bg, players="cells")
+    assert cells.exact and cells.game.players == "cells" and cells.game.n_players == 6
+    np.testing.assert_allclose(cells.reference, closed.reshape(3, 6), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cells.relative_l2, 0.0, atol=1e-10)
+    mask = np.array([[0, 0, 1], [2, 2, 1]])  # three players: two cells each
+    grouped = distance_to_exact(closed, f, X, bg, players=mask)
+    expected = np.stack([closed[:, 0, :2].sum(1), closed[:, 0, 2] + closed[:, 1, 2], closed[:, 1, :2].sum(1)], 1)
+    np.testing.assert_allclose(grouped.reference, expected, rtol=1e-10, atol=1e-12)
+    assert grouped.game.players == "mask" and grouped.game.n_players == 3
+    with pytest.raises(InputError, match="time_axis"):
+        distance_to_exact(closed, f, X, bg)  # a function does not say which axis is time
+    steps = distance_to_exact(closed, f, X, bg, time_axis=2)
+    np.testing.assert_allclose(steps.reference, closed.sum(1), rtol=1e-10, atol=1e-12)
