@@ -27,11 +27,21 @@ import numpy as np
 
 from .engines.outputs import select_outputs
 from .errors import InputError
+from .explainer import DeepExplainer
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
 from .shapley.players import Players
 
-__all__ = ["Distance", "PerturbationCurve", "ScoredGame", "deletion", "distance_to_exact", "insertion"]
+__all__ = [
+    "Distance",
+    "DistanceToExact",
+    "PerturbationCurve",
+    "ScoredGame",
+    "deletion",
+    "distance_to_exact",
+    "explain_func",
+    "insertion",
+]
 
 #: ``budget=None`` enumerates every coalition up to this many players (2^P · B rows per sample); above it the
 #: reference is estimated with the Shapley mode's default budget (16× DeepSHAP's cost) and carries standard errors
@@ -331,6 +341,169 @@ def _curve(
         values=given.reshape(n, P, *trailing),
         game=ScoredGame(_named(players, plan), P, None, tuple(int(c) for c in columns), windows),
     )
+
+
+def explain_func(
+    model: Any,
+    inputs: Any,
+    targets: Any = None,
+    *,
+    background: Any,
+    explainer: str | None = None,
+    players: Any = "steps",
+    time_axis: Any = None,
+    windows: int | None = None,
+    budget: int | None = None,
+    random_state: Any = 0,
+    batch_size: int = 2048,
+    method: Any = None,
+    device: Any = None,
+) -> np.ndarray:
+    """rnnshap's explanations in Quantus' calling convention: ``explain_func(model, inputs, targets, **kwargs)``.
+
+    Give it to a Quantus metric as ``explain_func=rnnshap.metrics.explain_func`` with
+    ``explain_func_kwargs={"background": rows, ...}`` (or in ``quantus.evaluate``'s ``xai_methods``). It returns
+    attributions shaped like ``inputs``, each sample's for its own target output:
+
+    - ``explainer="deepshap"`` (the default): :class:`rnnshap.DeepExplainer`'s values (exact rules, additive);
+    - ``explainer="shapley"``: the Shapley values of the players (``players``, ``time_axis``, ``windows``,
+      ``budget``, ``random_state`` as for :func:`distance_to_exact`) from :class:`rnnshap.ShapleyExplainer`, each
+      player's value spread evenly over its entries (so that they still add up to f(x) − E[f]).
+
+    ``targets``: one output index per sample (or one for all; None for a model with one output). ``method`` is the
+    name Quantus' ``evaluate`` passes (its ``xai_methods`` key): where ``explainer`` is not given, a key
+    ``"deepshap"`` or ``"shapley"`` (any case) chooses it, any other means DeepSHAP. ``device`` is accepted and not
+    used (the model's own device is).
+    """
+    del device
+    if explainer is None:
+        named_method = method.lower() if isinstance(method, str) else ""
+        explainer = named_method if named_method in ("deepshap", "shapley") else "deepshap"
+    x = _array(inputs, "inputs")
+    n = int(x.shape[0])
+    if explainer not in ("deepshap", "shapley"):
+        raise InputError(f"explainer must be 'deepshap' or 'shapley', not {explainer!r}")
+    if explainer == "deepshap":
+        deep = DeepExplainer(model, background, batch_size=batch_size)
+        wanted = _targets(targets, n, int(np.prod(deep.output_shape, dtype=np.int64)))
+        chosen = sorted(set(wanted.tolist()))
+        values = np.asarray(deep.shap_values(inputs, outputs=chosen), dtype=np.float64)  # (n, *shape, k)
+        return np.take_along_axis(values, np.searchsorted(chosen, wanted).reshape(n, *[1] * (values.ndim - 1)), -1)[..., 0]
+    shapley = ShapleyExplainer(model, background, batch_size=batch_size)
+    named = "features" if isinstance(players, str) and players == "channels" else players
+    plan = shapley.player_ids(named, time_axis=time_axis, windows=windows)
+    wanted = _targets(targets, n, int(shapley.forward.background_outputs.shape[1]))
+    chosen = sorted(set(wanted.tolist()))
+    estimate = shapley.shapley_values(
+        inputs, named, budget, outputs=chosen, random_state=random_state, time_axis=time_axis, windows=windows
+    )
+    per_player = np.asarray(estimate.values, dtype=np.float64).reshape(n, plan.count, len(chosen))
+    picked = per_player[np.arange(n), :, np.searchsorted(chosen, wanted)]  # (n, P)
+    ids = plan.ids[0]
+    assert ids is not None
+    counts = np.bincount(ids.reshape(-1), minlength=plan.count)
+    return picked[:, ids] / counts[ids]
+
+
+class DistanceToExact:
+    """The distance to the exact Shapley values as a metric in Quantus' calling convention.
+
+    ``DistanceToExact(background, metric="cosine", ...)`` is called as a Quantus metric is,
+    ``metric(model=..., x_batch=..., y_batch=..., a_batch=..., explain_func=..., explain_func_kwargs=...)``
+    (``a_batch`` None: the explanations are made by ``explain_func``), and returns one score per sample: the
+    chosen distance (a field of :class:`Distance`) of each sample's attributions to the Shapley values of its
+    target output (``y_batch``). What Quantus has no room for is kept on the instance after each call:
+    ``distance`` holds the five distances per sample (a dict), and ``reference``, ``stderr``, ``exact`` and
+    ``reference_noise`` per sample, with ``game``. The other arguments are as for :func:`distance_to_exact`.
+    """
+
+    def __init__(
+        self,
+        background: Any,
+        *,
+        metric: str = "cosine",
+        players: Any = "steps",
+        time_axis: Any = None,
+        windows: int | None = None,
+        budget: int | None = None,
+        top_k: int | None = None,
+        random_state: Any = 0,
+        batch_size: int = 2048,
+    ) -> None:
+        if metric not in METRICS:
+            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        self.background = background
+        self.metric = metric
+        self.options: dict[str, Any] = dict(
+            players=players, time_axis=time_axis, windows=windows, budget=budget, top_k=top_k,
+            random_state=random_state, batch_size=batch_size,
+        )  # fmt: skip
+        self.distance: dict[str, np.ndarray] = {}
+        self.reference: np.ndarray | None = None
+        self.stderr: np.ndarray | None = None
+        self.exact: np.ndarray | None = None
+        self.reference_noise: np.ndarray | None = None
+        self.game: ScoredGame | None = None
+
+    def __call__(
+        self,
+        model: Any,
+        x_batch: Any,
+        y_batch: Any = None,
+        a_batch: Any = None,
+        s_batch: Any = None,
+        *,
+        explain_func: Any = None,
+        explain_func_kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> list[float]:
+        """One score per sample (Quantus' other call arguments, ``device``, ``channel_first``, ... are not used)."""
+        del s_batch, options
+        x = _array(x_batch, "x_batch")
+        n = int(x.shape[0])
+        if a_batch is None:
+            if explain_func is None:
+                raise InputError("give a_batch, or an explain_func to make it (rnnshap.metrics.explain_func)")
+            a_batch = explain_func(model=model, inputs=x_batch, targets=y_batch, **(explain_func_kwargs or {}))
+        a = _array(a_batch, "a_batch")
+        if a.shape != x.shape:
+            raise InputError(f"a_batch shaped {a.shape}: give one attribution per entry of x_batch, shaped {x.shape}")
+        shapley = ShapleyExplainer(model, self.background, batch_size=self.options["batch_size"])
+        wanted = _targets(y_batch, n, int(shapley.forward.background_outputs.shape[1]))
+        scores = {name: np.full(n, np.nan) for name in METRICS}
+        reference: np.ndarray | None = None
+        stderr: np.ndarray | None = None
+        exact = np.zeros(n, dtype=bool)
+        noise = np.zeros(n)
+        for target in sorted(set(wanted.tolist())):
+            rows = np.flatnonzero(wanted == target)
+            result = distance_to_exact(a[rows], model, x[rows], self.background, outputs=[target], **self.options)
+            for name in METRICS:
+                scores[name][rows] = getattr(result, name)
+            if reference is None:
+                reference = np.zeros((n, *result.reference.shape[1:]))
+                stderr = np.zeros_like(reference)
+            assert stderr is not None
+            reference[rows], stderr[rows] = result.reference, result.stderr
+            exact[rows], noise[rows] = result.exact, result.reference_noise
+            self.game = result.game
+        self.distance, self.reference, self.stderr, self.exact, self.reference_noise = scores, reference, stderr, exact, noise
+        return [float(v) for v in scores[self.metric]]
+
+
+def _targets(targets: Any, n: int, outputs: int) -> np.ndarray:
+    """One output index per sample, (n,) int64, checked against the model's ``outputs``."""
+    if targets is None:
+        if outputs != 1:
+            raise InputError(f"the model has {outputs} outputs: give targets (y_batch), one output index per sample")
+        return np.zeros(n, dtype=np.int64)
+    given = targets.detach().cpu().numpy() if hasattr(targets, "detach") else np.asarray(targets)
+    if given.dtype.kind not in "iu" or given.ndim > 1 or given.size not in (1, n):
+        raise InputError(f"targets must be one integer output index per sample ({n}) or one for all, not {given!r}")
+    wanted = np.broadcast_to(given.reshape(-1).astype(np.int64), (n,)).copy()
+    if wanted.min() < 0 or wanted.max() >= outputs:
+        raise InputError(f"targets {sorted(set(wanted.tolist()))}: the model has {outputs} outputs")
+    return wanted
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:

@@ -27,6 +27,8 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
             pytest.importorskip("tensorflow")
     if page == "jax.md":
         pytest.importorskip("flax")
+    if page == "metrics.md":
+        pytest.importorskip("quantus")
     assert blocks, f"{page} has no python examples"
     if any("import ray" in block for block in blocks):
         pytest.importorskip("ray.data")

@@ -21,7 +21,7 @@ from torch import nn
 
 import rnnshap
 from rnnshap import InputError
-from rnnshap.metrics import deletion, distance_to_exact, insertion
+from rnnshap.metrics import DistanceToExact, deletion, distance_to_exact, explain_func, insertion
 
 # ---------------------------------------------------------------------------------------------- truths
 
@@ -410,3 +410,102 @@ def test_cells_and_a_player_mask_on_a_function_of_panels() -> None:
         distance_to_exact(closed, f, X, bg)  # a function does not say which axis is time
     steps = distance_to_exact(closed, f, X, bg, time_axis=2)
     np.testing.assert_allclose(steps.reference, closed.sum(1), rtol=1e-10, atol=1e-12)
+
+
+def test_a_keras_model_is_scored_as_a_torch_one() -> None:
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    W = np.asarray(model.layers[-1].get_weights()[0], dtype=np.float64).reshape(5, 3, 2)
+    X, bg = (a.astype("float32") for a in data((5, 3)))
+    closed = ((X - bg.mean(0))[..., None].astype(np.float64) * W).sum(2)  # (n, T, K)
+    result = distance_to_exact(closed, model, X, bg, time_axis=1)  # Flatten first: the layout is not read
+    assert result.exact
+    np.testing.assert_allclose(result.reference, closed, rtol=1e-5, atol=1e-6)  # float32 rows
+    np.testing.assert_allclose(result.cosine, 1.0, atol=1e-6)
+    curve = deletion(closed, model, X, 0.0, time_axis=1)
+    removed = np.stack(
+        [
+            np.concatenate([[0.0], np.cumsum((X[i, ..., None] * W).sum(1)[np.argsort(-closed[i, :, k], kind="stable"), k])])
+            for i in range(3)
+            for k in range(2)
+        ]
+    ).reshape(3, 2, 6)
+    fx = np.asarray(model(X), dtype=np.float64)
+    np.testing.assert_allclose(curve.curve, (fx[:, :, None] - removed).transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- Quantus' convention
+
+
+def conv_classifier() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+def test_explain_func_returns_each_samples_target_in_the_layout_of_its_inputs() -> None:
+    model = conv_classifier()
+    X, bg = (a.astype("float32") for a in data((1, 8), n=4, B=6))
+    targets = np.array([2, 0, 2, 1])
+    values = explain_func(model, X, targets, background=bg, method="DeepSHAP", device="cpu")
+    assert values.shape == X.shape
+    every = rnnshap.DeepExplainer(model, bg).shap_values(X)  # (n, 1, 8, 3)
+    np.testing.assert_allclose(values, every[np.arange(4), ..., targets], rtol=1e-6, atol=1e-7)
+    # the Shapley mode's windows, each window's value spread evenly over its steps
+    spread = explain_func(model, X, targets, background=bg, explainer="shapley", windows=3)
+    estimate = rnnshap.ShapleyExplainer(model, bg).shapley_values(X, "steps", 10**6, windows=3, outputs=[0, 1, 2])
+    per_window = estimate.values[np.arange(4), :, targets]  # (n, 3 windows)
+    for w, steps in enumerate([slice(0, 3), slice(3, 6), slice(6, 8)]):
+        np.testing.assert_allclose(spread[:, 0, steps].sum(1), per_window[:, w], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(spread[:, 0, steps], np.repeat(spread[:, 0, steps][:, :1], steps.stop - steps.start, 1))
+    with pytest.raises(InputError, match="targets"):
+        explain_func(model, X, None, background=bg)
+    with pytest.raises(InputError, match="explainer"):
+        explain_func(model, X, targets, background=bg, explainer="ig")
+
+
+def test_distance_to_exact_in_quantus_convention_scores_each_sample_on_its_target() -> None:
+    model = conv_classifier()
+    X, bg = (a.astype("float32") for a in data((1, 8), n=4, B=6))
+    targets = np.array([2, 0, 2, 1])
+    metric = DistanceToExact(bg, metric="relative_l2", windows=2)
+    scores = metric(model=model, x_batch=X, y_batch=targets, a_batch=None, explain_func=explain_func,
+                    explain_func_kwargs={"background": bg})  # fmt: skip
+    values = explain_func(model, X, targets, background=bg)
+    for target in (0, 1, 2):
+        rows = np.flatnonzero(targets == target)
+        alone = distance_to_exact(values[rows], model, X[rows], bg, outputs=[target], windows=2)
+        np.testing.assert_allclose(np.asarray(scores)[rows], alone.relative_l2, rtol=1e-12)
+        np.testing.assert_allclose(metric.distance["cosine"][rows], alone.cosine, rtol=1e-12)
+        np.testing.assert_array_equal(metric.reference[rows], alone.reference)
+    assert metric.exact.all() and (metric.stderr == 0).all() and metric.game.players == "windows"
+    assert len(scores) == 4 and all(isinstance(s, float) for s in scores)
+
+
+@pytest.mark.filterwarnings("ignore:The settings for perturbing input:UserWarning")
+def test_quantus_metrics_take_rnnshaps_explain_func_and_distance() -> None:
+    quantus = pytest.importorskip("quantus")
+    model = conv_classifier()
+    X, bg = (a.astype("float32") for a in data((1, 12), n=4, B=6))
+    y = model(torch.from_numpy(X)).argmax(1).numpy()
+    kwargs = {"background": bg}
+    flipping = quantus.PixelFlipping(disable_warnings=True, display_progressbar=False)
+    curves = flipping(model=model, x_batch=X, y_batch=y, a_batch=None, explain_func=explain_func,
+                      explain_func_kwargs=kwargs, device="cpu")  # fmt: skip
+    assert np.asarray(curves).shape == (4, 12)
+    results = quantus.evaluate(
+        metrics={"distance": DistanceToExact(bg), "sensitivity": quantus.MaxSensitivity(nr_samples=2, disable_warnings=True)},
+        xai_methods={"deepshap": explain_func, "shapley": explain_func},
+        model=model, x_batch=X, y_batch=y, explain_func_kwargs=kwargs, call_kwargs={"0": {"device": "cpu"}},
+    )  # fmt: skip
+    # evaluate prints a metric's failure and leaves its result out: every result must be there
+    deepshap, shapley = explain_func(model, X, y, background=bg), explain_func(model, X, y, background=bg, explainer="shapley")
+    direct = [
+        distance_to_exact(a[i : i + 1], model, X[i : i + 1], bg, outputs=[int(y[i])]).cosine[0]
+        for a in (deepshap, shapley)
+        for i in range(4)
+    ]
+    # (one sample at a time here, four in a batch there: a float32 model's rounding apart)
+    np.testing.assert_allclose(results["deepshap"]["distance"] + results["shapley"]["distance"], direct, rtol=1e-4)
+    np.testing.assert_allclose(results["shapley"]["distance"], 1.0, atol=1e-6)  # steps spread evenly: the exact values
+    assert np.isfinite(results["deepshap"]["sensitivity"]).all() and len(results["shapley"]["sensitivity"]) == 4
