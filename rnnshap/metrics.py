@@ -79,7 +79,8 @@ class Distance:
     - ``relative_l2``: ‖a − b‖ / ‖b‖ (0 where a = b = 0, inf where only b is 0);
     - ``spearman``: Pearson's correlation of their ranks, ties given their average rank (NaN where either is constant);
     - ``sign_agreement``: the share of players where sign(a) = sign(b) (0 is a sign of its own);
-    - ``top_k_overlap``: |top_k(|a|) ∩ top_k(|b|)| / k, the k players of largest magnitude (ties: the first player).
+    - ``top_k_overlap``: the share of the k players of largest magnitude in a that are among the k largest in b
+      (ties: the first player).
     """
 
     cosine: np.ndarray
