@@ -13,7 +13,7 @@ try:  # one source for the version: the package metadata (pyproject.toml)
 except _PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
     __version__ = "0+unknown"
 
-from . import plots, recurrent, rules
+from . import metrics, plots, recurrent, rules
 from .errors import (
     AdditivityError,
     InputError,
@@ -50,6 +50,7 @@ __all__ = [
     "Summary",
     "TapeMismatchError",
     "UnsupportedOperationError",
+    "metrics",
     "plots",
     "recurrent",
     "register_rule",

@@ -16,7 +16,7 @@ def python_blocks(page: Path) -> list[str]:
 
 # large_datasets.md starts Ray
 @pytest.mark.parametrize(
-    "page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "jax.md", "../README.md"]
+    "page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "metrics.md", "jax.md", "../README.md"]
 )
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
@@ -27,6 +27,8 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
             pytest.importorskip("tensorflow")
     if page == "jax.md":
         pytest.importorskip("flax")
+    if page == "metrics.md":
+        pytest.importorskip("quantus")
     assert blocks, f"{page} has no python examples"
     if any("import ray" in block for block in blocks):
         pytest.importorskip("ray.data")

@@ -11,6 +11,7 @@ from ..engines.registry import forward_model
 from ..errors import InputError
 from .door import ModelView, ShapleyEstimate, shapley_values
 from .layout import layout_reader
+from .players import Players
 
 
 class ShapleyExplainer:
@@ -74,6 +75,11 @@ class ShapleyExplainer:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.forward.output_shape
+
+    def player_ids(self, players: Any = "steps", *, time_axis: Any = None, windows: int | None = None) -> Players:
+        """The players ``shapley_values`` plays for these arguments: per input, the player id of every entry of
+        one sample (None for a context input), the number of players and their kind."""
+        return self._view().plan(players, time_axis, windows)
 
     def _view(self) -> ModelView:
         forward = self.forward
