@@ -27,7 +27,7 @@ from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
-from .reverse import _gru_reverse, _lstm_reverse, _rnn_reverse, gru_reverse, lstm_reverse, rnn_reverse
+from .reverse import gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
 from .weights import CellWeights
 
 Tensor = torch.Tensor
@@ -436,7 +436,7 @@ class FusedLSTM(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = lstm_reverse if coefficients.shape[0] > 1 else _lstm_reverse  # (see _one_step)
+        reverse = lstm_reverse if coefficients.shape[0] > 1 else lstm_recurrence  # (see _one_step)
         dx, dh, dc = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, d_c, w.w_ih, w.w_hh, w.w_hr)
         return None, None, None, dx, dh, dc, None, None, None
 
@@ -474,7 +474,7 @@ class FusedGRU(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = gru_reverse if coefficients.shape[0] > 1 else _gru_reverse  # (see _one_step)
+        reverse = gru_reverse if coefficients.shape[0] > 1 else gru_recurrence  # (see _one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, dx, dh, None, None
 
@@ -521,6 +521,6 @@ class FusedRNN(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = rnn_reverse if coefficients.shape[0] > 1 else _rnn_reverse  # (see _one_step)
+        reverse = rnn_reverse if coefficients.shape[0] > 1 else rnn_recurrence  # (see _one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, None, dx, dh, None, None

@@ -8,7 +8,7 @@ tensors: every operation below broadcasts over leading axes (``...``), the steps
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
 Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
-see :func:`_lstm_reverse`); the input gradient, which feeds nothing later, is one matrix product per chunk of
+see :func:`lstm_recurrence`); the input gradient, which feeds nothing later, is one matrix product per chunk of
 steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
 batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
@@ -78,7 +78,7 @@ class _InputGradient:
         return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
-def _lstm_reverse(
+def lstm_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
     active: list[int] | None,
@@ -130,7 +130,7 @@ def _lstm_reverse(
     return dx.result(mask), dh, dc
 
 
-def _gru_reverse(
+def gru_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
     active: list[int] | None,
@@ -147,7 +147,7 @@ def _gru_reverse(
     hidden = w_hh.shape[0] // 3
     a_rz = coefficients[..., : 2 * hidden]
     a_n, a_h, a_a = coefficients[..., 2 * hidden :].split(hidden, dim=2)
-    # the gate blocks [r, z] and [n] of the weights apart (see _lstm_reverse)
+    # the gate blocks [r, z] and [n] of the weights apart (see lstm_recurrence)
     w_hh_rz, w_hh_n = w_hh[: 2 * hidden], w_hh[2 * hidden :]
 
     def step(dh: Tensor, rz_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -173,7 +173,7 @@ def _gru_reverse(
     return dx.result(mask), dh
 
 
-def _rnn_reverse(
+def rnn_recurrence(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor]:
     """(dx, dh_0) of one Elman layer-direction from its activation's multipliers (T, P, H) and the gradients
@@ -235,8 +235,8 @@ def lstm_reverse(
     w_hh: Tensor,
     w_hr: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_lstm_reverse` as an operator (its outputs never alias its inputs)."""
-    dx, dh, dc = _lstm_reverse(coefficients, mask, active, d_out, d_h, d_c, w_ih, w_hh, w_hr)
+    """:func:`lstm_recurrence` as an operator (its outputs never alias its inputs)."""
+    dx, dh, dc = lstm_recurrence(coefficients, mask, active, d_out, d_h, d_c, w_ih, w_hh, w_hr)
     return dx, _fresh(dh, d_h), _fresh(dc, d_c)
 
 
@@ -244,8 +244,8 @@ def lstm_reverse(
 def gru_reverse(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_gru_reverse` as an operator."""
-    dx, dh = _gru_reverse(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
+    """:func:`gru_recurrence` as an operator."""
+    dx, dh = gru_recurrence(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
     return dx, _fresh(dh, d_h)
 
 
@@ -253,8 +253,8 @@ def gru_reverse(
 def rnn_reverse(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_rnn_reverse` as an operator."""
-    dx, dh = _rnn_reverse(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
+    """:func:`rnn_recurrence` as an operator."""
+    dx, dh = rnn_recurrence(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
     return dx, _fresh(dh, d_h)
 
 
@@ -263,9 +263,9 @@ def _fresh(t: Tensor, given: Tensor) -> Tensor:
     return t.clone() if t is given else t
 
 
-torch.library.register_vmap("rnnshap::lstm_reverse", _vmap_rule("lstm", _lstm_reverse))
-torch.library.register_vmap("rnnshap::gru_reverse", _vmap_rule("gru", _gru_reverse))
-torch.library.register_vmap("rnnshap::rnn_reverse", _vmap_rule("rnn", _rnn_reverse))
+torch.library.register_vmap("rnnshap::lstm_reverse", _vmap_rule("lstm", lstm_recurrence))
+torch.library.register_vmap("rnnshap::gru_reverse", _vmap_rule("gru", gru_recurrence))
+torch.library.register_vmap("rnnshap::rnn_reverse", _vmap_rule("rnn", rnn_recurrence))
 
 
 def _input_shape(coefficients: Tensor, d_out: Tensor, w_ih: Tensor) -> tuple[int, ...]:
