@@ -125,6 +125,47 @@ def test_a_sample_specific_reference_side_keeps_its_rows_and_stays_exact() -> No
     np.testing.assert_allclose(totals, (fx - base).numpy(), rtol=0, atol=1e-10)
 
 
+class CellScaledByContext(nn.Module):
+    """An LSTMCell looped in Python over a sequence masked by an integer context input (as ``ScaledByContext``):
+    each step's reference side differs from sample to sample, so the cells' deferred row checks fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.head = nn.LSTMCell(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        x = x * (torch.arange(x.shape[1]) < scale[:, None] + 2).unsqueeze(-1).to(x.dtype)
+        h = c = x.new_zeros(x.shape[0], 5)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.head(h)
+
+
+def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_values() -> None:
+    """A cell's row checks are read after the passes; where one fails the passes run again with each check read
+    at once (the reference side then keeps its rows): the values are those of one pair per batch, adding up."""
+    torch.manual_seed(6)
+    model = CellScaledByContext().double().eval()
+    x, background = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
+    scale, context = torch.tensor([1, 2, 3, 4]), torch.ones(3, dtype=torch.long)
+    held = []
+    original = PairGrid.all_held
+
+    def spy(grid: PairGrid) -> bool:
+        held.append(original(grid))
+        return held[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PairGrid, "all_held", spy)
+        phi = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, scale])
+    assert False in held  # (the pass that assumed the rows repeat was run again)
+    per_pair = rnnshap.DeepExplainer(model, [background, context], batch_size=1).shap_values([x, scale])
+    np.testing.assert_allclose(phi[0], per_pair[0], rtol=0, atol=1e-12 * np.abs(phi[0]).max())
+    with torch.no_grad():
+        gap = model(x, scale) - torch.stack([model(background[j : j + 1].expand_as(x), scale) for j in range(3)]).mean(0)
+    np.testing.assert_allclose(phi[0].reshape(4, -1, 2).sum(1), gap.numpy(), rtol=0, atol=1e-10)
+
+
 def test_side_reduces_only_rows_that_repeat() -> None:
     grid = PairGrid(samples=3, references=2)
     samples, references = torch.randn(5, 3, 4), torch.randn(5, 2, 4)  # (T, rows, C)

@@ -68,6 +68,7 @@ class Side:
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
         present = [(t, dim) for t, dim in tensors if t is not None]
         shape = (reduced.samples, reduced.references)
+
         def repeated(t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
             return t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)
 

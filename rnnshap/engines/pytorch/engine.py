@@ -601,8 +601,8 @@ class TorchEngine(Engine):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        # (at most three times: a layout the check at construction missed, and rows that do not repeat as the
-        # grid says, each run every pair)
+        # (at most three times: a layout the check at construction missed runs every pair; rows a cell's deferred
+        # check assumed repeat, and did not, run the passes again with each check read at once)
         while True:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
