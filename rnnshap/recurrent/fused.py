@@ -157,17 +157,24 @@ def _at(value: Tensor | _Gathered, steps: slice, pairs: int | None) -> Tensor:
     return value[steps][:, :pairs]
 
 
+def _floats(constants: tuple[float | Tensor, float | Tensor]) -> tuple[float | Tensor, float | Tensor]:
+    """(μ, κ), each a number or a float32 tensor."""
+    mu, kappa = (c.float() if isinstance(c, Tensor) else c for c in constants)
+    return mu, kappa
+
+
 def _pairwise_coefficients(
     sides: tuple[Side, Side],
     rows_x: int,
-    secants: Sequence[tuple[Tensor, Tensor, tuple[float, float]]],
+    secants: Sequence[tuple[Tensor, Tensor, tuple[float | Tensor, float | Tensor]]],
     factors: Sequence[Tensor] = (),
     active: Sequence[int] | None = None,
 ) -> Tensor:
     """Per-pair coefficients from tensors over the distinct rows of both sides (x rows first).
 
     ``secants`` holds (pre-activation, activation, SIGMOID or TANH) blocks, each (T, rows, C_i),
-    whose Rescale multipliers m fill the first columns. Without ``factors`` the coefficients are
+    whose Rescale multipliers m fill the first columns ((μ, κ) may be tensors of one value per column:
+    σ and tanh side by side in one block, as an LSTM's gates). Without ``factors`` the coefficients are
     m; with them, block j of the coefficients is the mean of ``factors[j]`` (T, rows, H_j) over the
     two sides (the Shapley share of a product), times the multipliers of the columns it lines up
     with. Returns (T, pairs, width). With ``active`` (a packed batch, :func:`_active_rows`) only the
@@ -179,7 +186,7 @@ def _pairwise_coefficients(
     width = sum(pre.shape[-1] for pre, _, _ in secants)
     eps4 = _eps4(dtype)
     if dtype in _UPCAST:  # Δu⁴ would overflow float16: float32 arithmetic with the dtype's ε
-        secants = [(pre.float(), act.float(), kind) for pre, act, kind in secants]
+        secants = [(pre.float(), act.float(), _floats(kind)) for pre, act, kind in secants]
         factors = [f.float() for f in factors]
 
     def grid(side: Side, t: Tensor) -> Tensor | _Gathered:
@@ -192,7 +199,8 @@ def _pairwise_coefficients(
     for pre, act, (mu, kappa) in secants:
         centred_x = grid(side_x, (act[:, :rows_x] - mu).mul_(eps4))
         centred_r = grid(side_r, act[:, rows_x:] - mu)
-        blocks.append((*split(pre), *split(act), centred_x, centred_r, scalar(kappa * eps4, pre), pre.shape[-1]))
+        kappa_e4 = kappa * eps4 if isinstance(kappa, Tensor) else scalar(kappa * eps4, pre)  # (κ: 1/4 or 1, exact)
+        blocks.append((*split(pre), *split(act), centred_x, centred_r, kappa_e4, pre.shape[-1]))
     means = [split(f) for f in factors]
     new = secants[0][0].new_empty
     coefficients = new((steps, samples, references, sum(f.shape[-1] for f in factors) if factors else width))
@@ -398,6 +406,14 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 
 
+def _lstm_gate_constants(hidden: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(μ, κ) of the secant per column of an LSTM's gates [i, f, g, o]: σ's on i, f, o, tanh's on g."""
+    (mu_s, kappa_s), (mu_t, kappa_t) = SIGMOID, TANH
+    mu = [mu_s] * (2 * hidden) + [mu_t] * hidden + [mu_s] * hidden
+    kappa = [kappa_s] * (2 * hidden) + [kappa_t] * hidden + [kappa_s] * hidden
+    return like.new_tensor(mu), like.new_tensor(kappa)
+
+
 class FusedLSTM(torch.autograd.Function):
     """One LSTM layer-direction: returns (outputs, h_T, c_T) and, not differentiable, their references."""
 
@@ -422,10 +438,9 @@ class FusedLSTM(torch.autograd.Function):
         k = torch.tanh(c_new)
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
         # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
-        secants = [
-            (u[..., : 2 * hidden], gates[..., : 2 * hidden], SIGMOID),
-            (u[..., 2 * hidden : 3 * hidden], g, TANH),
-            (u[..., 3 * hidden :], o, SIGMOID),
+        # (σ, σ, tanh, σ: one block)
+        secants: list[tuple[Tensor, Tensor, tuple[float | Tensor, float | Tensor]]] = [
+            (u, gates, _lstm_gate_constants(hidden, u)),
             (c_new, k, TANH),
         ]
         ctx.active = _active_rows(mask)
