@@ -406,12 +406,23 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 
 
+_GATE_CONSTANTS: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+
 def _lstm_gate_constants(hidden: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(μ, κ) of the secant per column of an LSTM's gates [i, f, g, o]: σ's on i, f, o, tanh's on g."""
-    (mu_s, kappa_s), (mu_t, kappa_t) = SIGMOID, TANH
-    mu = [mu_s] * (2 * hidden) + [mu_t] * hidden + [mu_s] * hidden
-    kappa = [kappa_s] * (2 * hidden) + [kappa_t] * hidden + [kappa_s] * hidden
-    return like.new_tensor(mu), like.new_tensor(kappa)
+    """(μ, κ) of the secant per column of an LSTM's gates [i, f, g, o]: σ's on i, f, o, tanh's on g (made once per
+    size, dtype and device: a cell in a loop asks at every step; not kept under inference mode, whose tensors a
+    later backward could not save)."""
+    key = (hidden, like.dtype, like.device)
+    constants = _GATE_CONSTANTS.get(key)
+    if constants is None:
+        (mu_s, kappa_s), (mu_t, kappa_t) = SIGMOID, TANH
+        mu = [mu_s] * (2 * hidden) + [mu_t] * hidden + [mu_s] * hidden
+        kappa = [kappa_s] * (2 * hidden) + [kappa_t] * hidden + [kappa_s] * hidden
+        constants = like.new_tensor(mu), like.new_tensor(kappa)
+        if not torch.is_inference_mode_enabled():
+            _GATE_CONSTANTS[key] = constants
+    return constants
 
 
 class FusedLSTM(torch.autograd.Function):
