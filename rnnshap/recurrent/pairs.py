@@ -9,7 +9,7 @@ makes the fused layers cost less than torch's own forward and backward pass on t
 
 Nothing is assumed: a side is reduced only where its rows repeat exactly as the grid says;
 otherwise it keeps all its rows and the result is the same, only slower. A cell's test (one step of a
-Python loop) runs on the device where the grid defers it (:meth:`PairGrid.holds`): the engine reads the
+Python loop) runs on the device where the grid defers it (:meth:`PairGrid.defer`): the engine reads the
 tests of a whole pass at once after it, and runs the passes again with each test read at once if one
 failed; a layer reads its test at once, once per call.
 
@@ -60,7 +60,7 @@ class Side:
         """The side for ``tensors`` (each with its batch dimension), reduced where they allow it.
 
         With ``defer`` (a cell's call, one time step of a loop) the test runs on the device and, where the grid
-        defers its checks, is read after the pass with every other (:meth:`PairGrid.holds`): read at once, it
+        defers its checks, is read after the pass with every other (:meth:`PairGrid.defer`): read at once, it
         would wait on the device at every step. A layer's call reads it at once (``torch.equal``, once per
         call whatever its length): a pass run again would repeat what a stateful model did in the first."""
         if grid is None or grid.pairs != pairs or pairs == 0:
@@ -73,9 +73,9 @@ class Side:
             return t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)
 
         if defer and grid.deferred is not None:
-            if grid.holds(*(torch.eq(*repeated(t, dim)).all() for t, dim in present)):
-                return reduced
-        elif all(torch.equal(*repeated(t, dim)) for t, dim in present):
+            grid.defer(*(torch.eq(*repeated(t, dim)).all() for t, dim in present))
+            return reduced
+        if all(torch.equal(*repeated(t, dim)) for t, dim in present):
             return reduced
         return cls(grid.samples, grid.references, None)
 

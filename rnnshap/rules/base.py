@@ -28,7 +28,7 @@ class PairGrid:
 
     samples: int
     references: int
-    #: where the rules' checks that rows repeat wait for the end of the pass (see :meth:`holds`): the flags
+    #: where the rules' checks that rows repeat wait for the end of the pass (see :meth:`defer`): the flags
     #: of the pass, read once after it; None: each check is read at once
     deferred: list[torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
@@ -36,18 +36,13 @@ class PairGrid:
     def pairs(self) -> int:
         return self.samples * self.references
 
-    def holds(self, *checks: torch.Tensor) -> bool:
-        """Whether the rows repeat as the grid says, ``checks`` being that test on the device (0-d bools).
-
-        Read at once it would stop the pass until the device has caught up (a host sync, per call of a
-        recurrent cell in a Python loop: per time step). With ``deferred`` it is assumed and kept: the
-        engine reads all of a pass's checks at once after it (:meth:`all_held`) and runs the pass again on
-        every pair where one failed, so a rule computes on the distinct rows without waiting.
-        """
-        if self.deferred is None:
-            return all(bool(check) for check in checks)
+    def defer(self, *checks: torch.Tensor) -> None:
+        """Assume the rows repeat as the grid says and keep ``checks``, that test on the device (0-d bools), for
+        :meth:`all_held`: read at once each would stop the pass until the device has caught up (a host sync, per
+        call of a recurrent cell in a Python loop: per time step). The engine reads all of a pass's checks once
+        after it and runs the passes again, each check read at once, where one failed."""
+        assert self.deferred is not None, "a grid without deferred checks reads each at once"
         self.deferred.extend(checks)
-        return True
 
     def all_held(self) -> bool:
         """Whether every deferred check of the pass held (one host sync for all of them)."""
