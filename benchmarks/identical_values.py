@@ -70,7 +70,8 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     def explain(model: nn.Module, x: Any, background: Any) -> tuple[Any, ...]:
         explainer = rnnshap.DeepExplainer(model.eval(), background)
         values = explainer.shap_values(x)
-        return values, np.asarray(explainer.expected_value)
+        first = explainer.shap_values(x, outputs=[0])  # (one output: a backward without vmap)
+        return values, first, np.asarray(explainer.expected_value)
 
     class Last(nn.Module):
         def __init__(self, rnn: nn.Module, width: int, out: int = 3) -> None:

@@ -27,7 +27,7 @@ from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
-from .reverse import gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
+from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
 from .weights import CellWeights
 
 Tensor = torch.Tensor
@@ -346,10 +346,11 @@ def masked_layer(
     return outputs, _at_lengths(mask, h, out, rows), c_n
 
 
-# _one_step: a layer's backward calls its recurrence as the custom operator (reverse.py), whose vmap rule runs the
-# loop once on plain tensors; a cell's call (one step) calls the same function directly, under the explainer's vmap:
+# _one_step: a layer's backward under the explainer's vmap calls its recurrence as the custom operator (reverse.py),
+# whose vmap rule runs the loop once on plain tensors; a cell's call (one step) calls the same function directly:
 # with one step there is no loop to save, and the operator's dispatch costs more than it saves (measured: an
 # LSTMCell looped over 50 steps, 56 ms a call through the operator, 52 ms without; the values bit for bit the same).
+# Outside vmap (one output) the function is called directly too (see reverse.batched).
 
 
 def _mask(ctx: Any, saved: Tensor) -> Tensor | None:
@@ -462,7 +463,7 @@ class FusedLSTM(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = lstm_reverse if coefficients.shape[0] > 1 else lstm_recurrence  # (see _one_step)
+        reverse = lstm_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h, d_c) else lstm_recurrence  # (_one_step)
         dx, dh, dc = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, d_c, w.w_ih, w.w_hh, w.w_hr)
         return None, None, None, dx, dh, dc, None, None, None
 
@@ -500,7 +501,7 @@ class FusedGRU(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = gru_reverse if coefficients.shape[0] > 1 else gru_recurrence  # (see _one_step)
+        reverse = gru_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h) else gru_recurrence  # (_one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, dx, dh, None, None
 
@@ -547,6 +548,6 @@ class FusedRNN(torch.autograd.Function):
     def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
-        reverse = rnn_reverse if coefficients.shape[0] > 1 else rnn_recurrence  # (see _one_step)
+        reverse = rnn_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h) else rnn_recurrence  # (_one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
         return None, None, None, None, dx, dh, None, None

@@ -23,6 +23,9 @@ import torch
 
 Tensor = torch.Tensor
 
+#: functorch's own test of whether a tensor is batched by ``torch.func.vmap`` (absent: every call takes the operator)
+_IS_BATCHED: Callable[[Tensor], bool] | None = getattr(torch._C._functorch, "is_batchedtensor", None)
+
 
 def _pairs(t: Tensor, n: int) -> Tensor:
     """The first ``n`` pairs (axis -2) of ``t``."""
@@ -256,6 +259,14 @@ def rnn_reverse(
     """:func:`rnn_recurrence` as an operator."""
     dx, dh = rnn_recurrence(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
     return dx, _fresh(dh, d_h)
+
+
+def batched(*gradients: Tensor | None) -> bool:
+    """Whether a layer's backward runs under the explainer's vmap (one of its ``gradients`` is batched): then the
+    operator, whose vmap rule runs the loop once on all K; else the plain recurrence, the operator's own body. (An
+    operator called outside vmap, one output, imports ``torch._dynamo`` on its first call in a process, about a
+    second, to disable a compiler nothing runs.)"""
+    return _IS_BATCHED is None or any(g is not None and _IS_BATCHED(g) for g in gradients)
 
 
 def _fresh(t: Tensor, given: Tensor) -> Tensor:

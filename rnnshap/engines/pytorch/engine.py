@@ -742,6 +742,9 @@ def _contribution(grad: Tensor, x: Tensor, reference: Tensor) -> Tensor:
     return contribution
 
 
+#: autograd's engine as ``torch.autograd.grad`` runs it after checking its arguments (see :func:`_backward`)
+_ENGINE_RUN_BACKWARD = getattr(torch.autograd.graph, "_engine_run_backward", None)
+
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
 
@@ -835,10 +838,14 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     functions included: a matrix product of K × rows). autograd's ``is_grads_batched`` uses torch's
     older vmap, which runs a matrix product or an ``addcmul`` once per output and joins the results
     (1.5–2× slower at K = 10); it is the fallback where ``torch.func`` cannot batch the backward.
+    (``torch.autograd.grad`` given ``grad_outputs`` imports torch's symbolic shapes and sympy on its first use in a
+    process, to compare their sizes: 0.3-0.4 s of a first call, which the floor's backward of a scalar does not pay.
+    One output starts from the scalar Σ chosen, whose gradient is the same ones; several give their one-hot rows
+    to autograd's engine as ``autograd.grad`` does after that check, see :func:`_backward`.)
     """
     k = chosen.shape[1]
     if k == 1:
-        grads = torch.autograd.grad(chosen, leaves, torch.ones_like(chosen), allow_unused=True)
+        grads = torch.autograd.grad(chosen.sum(), leaves, allow_unused=True)
         return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves, strict=True)]
     eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
     grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
@@ -849,13 +856,22 @@ def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
             )
 
             def column(v: Tensor) -> tuple[Tensor, ...]:
-                grads = torch.autograd.grad(chosen, leaves, v, retain_graph=True, allow_unused=True)
+                grads = _backward(chosen, v, leaves)
                 return tuple(_or_zeros(g, leaf) for g, leaf in zip(grads, leaves, strict=True))
 
             grads = torch.func.vmap(column)(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
         grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
+
+
+def _backward(output: Tensor, grad: Tensor, leaves: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)``, ``grad`` of ``output``'s
+    shape and dtype, without the size check that imports sympy (see :func:`_grads_per_output`): autograd's engine
+    run as ``autograd.grad`` runs it, where this torch has that function (``torch.autograd.graph``, torch >= 2.4)."""
+    if _ENGINE_RUN_BACKWARD is None:
+        return torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)
+    return _ENGINE_RUN_BACKWARD((output,), (grad,), True, False, tuple(leaves), True, False)
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:
