@@ -20,6 +20,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --models lstm gru --device cuda
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
     python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
+    python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
 the zoo tests build them; a model whose library is missing is skipped.
@@ -223,6 +224,69 @@ def rows_of(name: str, lengths: tuple[int, ...], args: argparse.Namespace, tree:
     return rows
 
 
+def first_call(name: str, steps: int, args: argparse.Namespace, side: str) -> dict[str, float]:
+    """In a fresh process (``--first-side``): ``side`` "rnnshap" times building the explainer, its first call and a
+    second (steady); "floor" times the floor's first call and a second, and a plain forward on the pairs (steady)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
+    background = torch.randn(args.references, steps, args.features, device=device)
+    X = torch.randn(args.samples, steps, args.features, device=device)
+
+    def clock(call: Callable[[], object]) -> float:
+        return timed(call, 1, device)
+
+    if side == "rnnshap":
+        built: list[object] = []
+        ms = {"build": clock(lambda: built.append(rnnshap.DeepExplainer(model, background)))}
+        explainer = built[0]
+        ms["first"] = clock(lambda: explainer.shap_values(X))  # type: ignore[attr-defined]
+        ms["steady"] = timed(lambda: explainer.shap_values(X), args.repeats, device)  # type: ignore[attr-defined]
+        return ms
+    tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
+
+    def floor() -> object:
+        out = model(tiled)
+        return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
+
+    ms = {"floor_first": clock(floor), "floor_steady": timed(floor, args.repeats, device)}
+    with torch.no_grad():
+        ms["forward"] = timed(lambda: model(tiled), args.repeats, device)
+    return ms
+
+
+def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
+    """The first call against the steady state, each model and side in a fresh process (imports and one-time set-up
+    included, as a user's script pays them): building the explainer, its first call, the steady call, and what the
+    first call (with the build) costs beyond the steady one, in plain forwards on the pairs; the floor's first and
+    steady calls beside (its first call pays torch's own one-time set-up, which rnnshap's build pays in its place)."""
+    header = (
+        "| model | T | build ms | first call ms | steady ms | (build + first - steady) / forward | floor first ms "
+        "| floor steady ms | (build + first) / floor first |"
+    )
+    header = "| tree " + header if trees != [""] else header
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, tree in [(name, tree) for name in args.models for tree in trees]:  # (trees alternately, each model)
+        m: dict[str, float] = {}
+        for side in ("rnnshap", "floor"):
+            command = [sys.executable, __file__, "--first-side", side, "--models", name, "--size", args.size]
+            command += ["--repeats", str(args.repeats), "--device", args.device]
+            env = {**os.environ, "RNNSHAP_TREE": tree} if tree else None
+            done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+            if done.returncode:
+                print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} |")
+                break
+            m.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        else:
+            extra = (m["build"] + m["first"] - m["steady"]) / m["forward"]
+            print(
+                (f"| {tree} " if tree else "")
+                + f"| {name} | {steps} | {m['build']:.1f} | {m['first']:.1f} | {m['steady']:.1f} | {extra:.1f} | "
+                f"{m['floor_first']:.1f} | {m['floor_steady']:.1f} | {(m['build'] + m['first']) / m['floor_first']:.2f}x |"
+            )
+
+
 def grow(name: str, steps: int, args: argparse.Namespace) -> None:
     """How the cost grows: ``name`` at ``steps`` with the samples, the references and the outputs doubled in turn,
     time and kernels against the size's own (and the floor's growth beside)."""
@@ -252,10 +316,18 @@ def main() -> None:
     parser.add_argument("--against", default="", help="another source tree: each model measured in both, alternately")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
+    parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument("--first-side", choices=("rnnshap", "floor"), help=argparse.SUPPRESS)  # (one side of --first)
     args = parser.parse_args()
     args.hidden, args.features, args.samples, args.references, args.outputs, lengths = SIZES[args.size]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.first_side:
+        try:
+            print(json.dumps(first_call(args.models[0], lengths[0], args, args.first_side)))
+        except ImportError as missing:
+            raise SystemExit(f"skipped: {missing}") from missing
+        return
     if args.json:
         for name in args.models:
             try:
@@ -272,6 +344,9 @@ def main() -> None:
         return
     this = str(Path(rnnshap.__file__).resolve().parents[1])
     trees = [this, str(Path(args.against).resolve())] if args.against else [""]
+    if args.first:
+        first_calls(args, lengths[0], trees)
+        return
     header = (
         "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "
         "| floor syncs | ms | floor ms | time / floor |"
