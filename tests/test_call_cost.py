@@ -55,3 +55,58 @@ def test_one_output_and_several_take_the_same_values() -> None:
         alone = explainer.shap_values(x, outputs=[k])
         assert alone.shape == both.shape[:-1] + (1,)
         assert (alone[..., 0] == both[..., k]).all()
+
+
+class _Reads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's values back to Python (a host sync on an accelerator)."""
+
+    READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "equal", "nonzero", "numpy"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.reads += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+class _Buffers(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        for i in range(n):
+            self.register_buffer(f"b{i}", torch.randn(3, 4))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+def test_the_model_state_is_put_back_with_one_read_however_many_buffers() -> None:
+    """After each pass the model's buffers are compared with their copies: read back once for all of them (one host
+    sync where nothing changed, the common case), not once per buffer (PatchTST: 25 a pass)."""
+    from rnnshap.engines.pytorch.safety import PreservedState
+
+    model = _Buffers(20)
+    state = PreservedState(model)
+    with _Reads() as spy:
+        state.restore()
+    assert spy.reads == 1
+
+
+def test_buffers_written_in_any_way_are_put_back_bit_for_bit() -> None:
+    """In place, through ``.data`` (which bumps no version counter), resized, replaced, with NaN: all put back."""
+    from rnnshap.engines.pytorch.safety import PreservedState
+
+    model = _Buffers(4)
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    objects = {name: b for name, b in model.named_buffers()}
+    model.b0[0, 0] = float("nan")
+    state = PreservedState(model)  # (a NaN held before is the state to put back)
+    before["b0"] = model.b0.clone()
+    model.b0.fill_(1.0)
+    model.b1.data.mul_(2.0)
+    model.b2.resize_(5)
+    model.b3 = torch.zeros(3, 4)
+    model.steps += 1
+    state.restore()
+    for name, b in model.named_buffers():
+        assert b is objects[name]
+        assert b.shape == before[name].shape and torch.equal(b.nan_to_num(7.0), before[name].nan_to_num(7.0))

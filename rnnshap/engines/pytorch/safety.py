@@ -68,6 +68,7 @@ class PreservedState:
 
     def restore(self, random_state: bool = True) -> None:
         """Put the state back (``random_state``: the generators too, torch's global one and the model's)."""
+        compared: list[tuple[Tensor, Tensor]] = []
         for module, name, buffer, saved in self.buffers:
             if module._buffers.get(name) is not buffer:
                 module._buffers[name] = buffer
@@ -78,11 +79,14 @@ class PreservedState:
                     with torch.no_grad():
                         buffer.copy_(saved)
                 continue
-            if buffer.shape != saved.shape or buffer.dtype != saved.dtype or not torch.equal(buffer, saved):
-                with torch.no_grad():
-                    if buffer.shape != saved.shape:
-                        buffer.resize_(saved.shape)
-                    buffer.copy_(saved)
+            if buffer.shape != saved.shape or buffer.dtype != saved.dtype:
+                _put_back(buffer, saved)
+            else:
+                compared.append((buffer, saved))
+        # (compared on the device and read once, not once per buffer: nothing changed is the common case; a copy_ of
+        # each instead would bump every buffer's version counter, which tells the explainer that the model changed)
+        for buffer, saved in _changed(compared):
+            _put_back(buffer, saved)
         for module, parameters in self.parameters:
             now = module._parameters
             if now.keys() != parameters.keys() or any(now[key] is not value for key, value in parameters.items()):
@@ -180,6 +184,27 @@ def compiled_original(module: nn.Module) -> nn.Module | None:
 def compiled_anywhere(model: nn.Module) -> bool:
     """Whether ``model`` holds a module compiled with ``torch.compile`` or ``module.compile()``."""
     return any(compiled_original(m) is not None or vars(m).get("_compiled_call_impl") is not None for m in model.modules())
+
+
+def _changed(pairs: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """The (buffer, saved copy) pairs, of equal shapes and dtypes, whose values differ (NaN differs, as for
+    ``torch.equal``): one read from each device where none does, one per pair on a device where one does."""
+    by_device: dict[torch.device, list[tuple[Tensor, Tensor]]] = {}
+    for buffer, saved in pairs:
+        by_device.setdefault(buffer.device, []).append((buffer, saved))
+    changed = []
+    for group in by_device.values():
+        if len(group) > 1 and not bool(torch.stack([torch.ne(b, s).any() for b, s in group]).any()):
+            continue
+        changed += [(b, s) for b, s in group if not torch.equal(b, s)]
+    return changed
+
+
+def _put_back(buffer: Tensor, saved: Tensor) -> None:
+    with torch.no_grad():
+        if buffer.shape != saved.shape:
+            buffer.resize_(saved.shape)
+        buffer.copy_(saved)
 
 
 def _same_sparse(a: Tensor, b: Tensor) -> bool:
