@@ -9,7 +9,9 @@ state: a kept explainer, the same shapes), with ``check_additivity=False``:
 - ``kernels``: of those, the operations that compute and call no other that does (no views, no wrappers): what
   a GPU would launch, and ``per step`` their growth per time step;
 - ``syncs``: host synchronisations in the call: ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``,
-  ``int(t)``), ``aten::equal`` and ``aten::nonzero`` (each one stalls a GPU until its queue has run);
+  ``int(t)``), ``aten::equal`` and ``aten::nonzero`` (each one stalls a GPU until its queue has run), and ``as on a
+  device`` those of the same call with the formulas' ``surely_*`` tests answering unread, as they do on an
+  accelerator (on the CPU they read values to skip work, which costs nothing there);
 - ``ms``: the median wall time of ``--repeats`` calls;
 
 and the same of the floor, native forward + one backward per output on the same ``S x R`` pairs (the tiled
@@ -197,9 +199,21 @@ def measure(name: str, steps: int, args: argparse.Namespace, device: torch.devic
 
     explain(), floor()  # the first call (and the explainer's kept passes) aside: the steady state
     ops, kernels, syncs = count(explain)
+    # the host reads an accelerator would make: on the CPU the formulas' surely_* tests read values to skip work (a
+    # read costs nothing there); on a device they answer False unread (formulas/torch_ops.readable), as set here
+    from rnnshap.formulas import torch_ops
+
+    readable = getattr(torch_ops, "readable", None)
+    device_syncs = syncs
+    if readable is not None:
+        torch_ops.readable = lambda t: False  # type: ignore[assignment]
+        try:
+            device_syncs = count(explain)[2]
+        finally:
+            torch_ops.readable = readable
     floor_ops, floor_kernels, floor_syncs = count(floor)
     return {
-        "ops": ops, "kernels": kernels, "syncs": syncs, "ms": timed(explain, args.repeats, device),
+        "ops": ops, "kernels": kernels, "syncs": syncs, "device_syncs": device_syncs, "ms": timed(explain, args.repeats, device),
         "floor_ops": floor_ops, "floor_kernels": floor_kernels, "floor_syncs": floor_syncs,
         "floor_ms": timed(floor, args.repeats, device),
     }  # fmt: skip
@@ -349,7 +363,7 @@ def main() -> None:
         return
     header = (
         "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "
-        "| floor syncs | ms | floor ms | time / floor |"
+        "| syncs as on a device | floor syncs | ms | floor ms | time / floor |"
     )
     header = "| tree " + header if args.against else header
     print(header)
@@ -368,6 +382,7 @@ def main() -> None:
                     (f"| {tree} " if tree else "")
                     + f"| {name} | {m['steps']} | {m['ops']:,} | {m['floor_ops']:,} | {m['ops'] / m['floor_ops']:.1f}x | "
                     f"{per_step:.1f} | {m['kernels']:,} | {m['floor_kernels']:,} | {kernels_per_step:.1f} | {m['syncs']} | "
+                    f"{m.get('device_syncs', '')} | "
                     f"{m['floor_syncs']} | {m['ms']:.1f} | {m['floor_ms']:.1f} | {m['ms'] / m['floor_ms']:.2f}x |"
                 )
 

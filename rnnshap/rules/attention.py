@@ -115,10 +115,15 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
             value = torch.softmax(scores.x, dim)
             value = torch.where(torch.isnan(value), torch.zeros_like(value), value)
         return Sides(value, value, False)
-    single = _single_key(scores, dim)
-    if single is not None:
-        return single
-    fused = fused_softmax(scores.x, scores.r, dim)
+    # (the test of one key per query's first part and the fused node's test of masked rows read at once: one host
+    # read where neither holds, the common case)
+    ends = _one_hot_ends(scores, dim)
+    fused = fused_softmax(scores.x, scores.r, dim, unless=ends)
+    if fused is None and ends is not None:
+        single = _single_key(scores, dim)
+        if single is not None:
+            return single
+        fused = fused_softmax(scores.x, scores.r, dim)  # (one-hot ends, not every row: the fused node after all)
     if fused is not None:
         output, reference = fused
         assert reference is not None
@@ -138,13 +143,10 @@ def _single_key(scores: Sides, dim: int) -> Sides | None:
     weights are then constants of the function, whatever the scores, and the scores pass nothing back: exact,
     where the decomposition would spend its exp secants on entries that are all 0 (Chronos-2's group attention
     across the batch, one series per group: pairs × pairs scores of which one per row counts). None otherwise."""
-    if scores.x.shape[dim] < 2 or scores.x.numel() == 0:
-        return None
+    ends = _one_hot_ends(scores, dim)
+    if ends is None or not bool(ends):
+        return None  # (the first and last rows tell attention over several keys apart, a causal mask's too)
     with torch.no_grad():
-        rows = scores.x.movedim(dim, -1)
-        ends = torch.softmax(torch.stack((rows[(0,) * (rows.dim() - 1)], rows[(-1,) * (rows.dim() - 1)])), -1)
-        if not bool(((ends == 1) | (ends == 0)).all()):
-            return None  # (the first and last rows tell attention over several keys apart, a causal mask's too)
         weights = torch.softmax(scores.x, dim)
         one = weights == 1
         if not bool(one.any(dim).all()) or not bool((one | (weights == 0)).all()):
@@ -153,6 +155,17 @@ def _single_key(scores: Sides, dim: int) -> Sides | None:
         if not torch.equal(weights, weights_ref):
             return None
     return Sides(weights, weights_ref, False)
+
+
+def _one_hot_ends(scores: Sides, dim: int) -> torch.Tensor | None:
+    """Whether torch's softmax of the first and the last row of the input side's scores is one-hot (the first part of
+    :func:`_single_key`'s test), as a bool tensor on their device, unread; None where there are fewer than two keys."""
+    if scores.x.shape[dim] < 2 or scores.x.numel() == 0:
+        return None
+    with torch.no_grad():
+        rows = scores.x.movedim(dim, -1)
+        ends = torch.softmax(torch.stack((rows[(0,) * (rows.dim() - 1)], rows[(-1,) * (rows.dim() - 1)])), -1)
+        return ((ends == 1) | (ends == 0)).all()
 
 
 def attend(q: Sides, k: Sides, v: Sides, bias: Sides | None, scale: float) -> tuple[Sides, Sides]:

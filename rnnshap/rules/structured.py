@@ -128,20 +128,23 @@ def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
     return None if fused is None else fused[0]
 
 
-def fused_softmax(x: Tensor, r: Tensor, dim: int, reference: bool = True) -> tuple[Tensor, Tensor | None] | None:
+def fused_softmax(
+    x: Tensor, r: Tensor, dim: int, reference: bool = True, unless: Tensor | None = None
+) -> tuple[Tensor, Tensor | None] | None:
     """Softmax's decomposition (:class:`Softmax`) with its multipliers as one node (:class:`_SoftmaxFunction`): the
     chain's values (and, with ``reference``, the reference side's, as the chain computes them); None where a row of
-    ``x`` is masked throughout (``-inf``: the chain handles it), before any other work."""
+    ``x`` is masked throughout (``-inf``: the chain handles it), or where ``unless`` (a bool tensor on ``x``'s device,
+    a caller's own test) is true: read together, one host read in all."""
     xd, rd = x.detach(), r.detach()
     max_x = xd.amax(dim, keepdim=True)
-    # (a choice of path, read on every device: surely_none would say False unread on an accelerator, and the chain
-    # would run where the fused node gives the same values with fewer operations)
-    if bool(torch.isneginf(max_x).any()):
-        return None
     top = pairs.common_shift(TORCH, max_x, rd.amax(dim, keepdim=True))
     xs = xd - top
     rs, log_total, log_total_ref, m_log = _logsumexp_parts(xs, rd, top, dim)
-    if bool(torch.isneginf(log_total).any()):  # (not reached: log S is -inf only where a row of x is)
+    # (a choice of path, read on every device: surely_none would say False unread on an accelerator, and the chain
+    # would run where the fused node gives the same values with fewer operations. Read once, after the parts, which a
+    # row masked throughout makes -inf or NaN but which are then not used; log S is -inf only where a row of x is)
+    masked = torch.isneginf(max_x).any() | torch.isneginf(log_total).any()
+    if bool(masked if unless is None else masked | unless):
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
     output = torch.exp(shifted)
