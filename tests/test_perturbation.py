@@ -49,7 +49,9 @@ def interpolated(series: np.ndarray, kept: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("windows", [None, 3])
 @pytest.mark.parametrize("order", ["morf", "lerf"])
-def test_road_without_noise_equals_the_model_on_the_linearly_interpolated_series(layout: str, windows: int | None, order: str) -> None:
+def test_road_without_noise_equals_the_model_on_the_linearly_interpolated_series(
+    layout: str, windows: int | None, order: str
+) -> None:
     model, x, axis, w = case(layout)
     values = RNG.standard_normal((N, *x.shape[1:], 2))
     curve = road(values, model, x, time_axis=axis, windows=windows, percentages=(25, 50, 75), order=order, noise=0.0)
