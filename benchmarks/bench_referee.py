@@ -18,8 +18,8 @@ AOPC``, the mean drop of the logit as the top windows are replaced by the backgr
 (rnnshap.metrics.deletion); ``ROAD AOPC``, the same with the removed windows imputed from their neighbours in time
 and noise 0.01 (rnnshap.metrics.road, 10-90 %); ``infidelity``, the mean squared miss over 64 coalitions of windows
 replaced by the background mean (rnnshap.metrics.infidelity) divided by the mean squared logit change; and the
-seconds the explainer took for the 10 samples (one process, after one untimed call on one sample that takes imports
-and first-call set-up out of the figure).
+seconds the explainer took for the 10 samples (the fastest of 3 calls in one process, after one untimed call on one
+sample that takes imports and first-call set-up out of the figure).
 
     python benchmarks/bench_referee.py                      # about 2 minutes on 2 cores
     python benchmarks/bench_referee.py --figure docs/images/referee.png --json /tmp/referee.json
@@ -195,9 +195,11 @@ def main() -> None:
         print(f"{name}: T = {length}, test accuracy {accuracy:.2f}", flush=True)
         for method, explain in methods(train).items():
             explain(model, test[:1], target[:1])  # untimed: imports and first-call set-up out of the seconds
-            start = time.perf_counter()
-            values = explain(model, test, target)
-            seconds = time.perf_counter() - start
+            seconds = float("inf")
+            for _ in range(3):  # the fastest of 3: this machine's 2 cores are shared, the slower runs wait on others
+                start = time.perf_counter()
+                values = explain(model, test, target)
+                seconds = min(seconds, time.perf_counter() - start)
             scores = scored(model, test, train, np.asarray(values, dtype=np.float64), target)
             table.setdefault(method, {})[name] = {**scores, "seconds": seconds}
             print(f"  {method}: {scores} {seconds:.2f} s", flush=True)

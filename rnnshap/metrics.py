@@ -40,6 +40,7 @@ from .perturbation import (
     player_kind,
     road,
     scored_outputs,
+    scoring,
 )
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
@@ -302,13 +303,10 @@ def _curve(
     batch_size: int,
 ) -> PerturbationCurve:
     """A deletion or insertion curve: one row per sample, output and number of players moved."""
-    one_input(values, X, baseline)
-    explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # the model's layout, its forward checked on X
-    named = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
-    x = explainer.forward.background[0]
-    _, columns, expected = scored_outputs(explainer, outputs)
-    given, trailing = per_player(values, x, plan, columns.size, expected)
+    scored = scoring(values, model, X, baseline, players, time_axis, windows, outputs, batch_size)
+    explainer, plan, x, columns, given, trailing = (
+        scored.explainer, scored.plan, scored.x, scored.columns, scored.given, scored.trailing
+    )
     n, P, k = given.shape
     base = baseline_like(baseline, x)
     steps = P if removals is None else removals
@@ -342,7 +340,7 @@ def _curve(
         aopc=change.mean(2).reshape(n, *trailing),
         order=order.reshape(n, P, *trailing),
         values=given.reshape(n, P, *trailing),
-        game=ScoredGame(player_kind(players, plan), P, None, tuple(int(c) for c in columns), windows),
+        game=scored.game(),
     )
 
 

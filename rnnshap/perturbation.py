@@ -148,6 +148,49 @@ def baseline_like(baseline: Any, x: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """What a perturbation score needs: the model's forward checked on X's rows (``explainer``), the players, X's
+    rows, the outputs scored (``columns``, flat indices), and the values summed to the players, ``(n, P, k)``."""
+
+    explainer: ShapleyExplainer
+    plan: Players
+    x: np.ndarray
+    columns: np.ndarray
+    given: np.ndarray
+    trailing: tuple[int, ...]
+    players: Any
+    windows: int | None
+
+    def outputs(self, rows: np.ndarray, what: str, batch_size: int) -> np.ndarray:
+        """The model's outputs scored, f(x) for X's rows then for ``rows``: ``(n + len(rows), k)``."""
+        forward = self.explainer.forward
+        out = np.concatenate([forward.rows([self.x]), *[
+            forward.rows([rows[s : s + batch_size]]) for s in range(0, len(rows), batch_size)
+        ]])  # fmt: skip
+        forward.refuse_non_finite(out, what)
+        return out[:, self.columns]
+
+    def game(self, background_rows: int | None = None) -> ScoredGame:
+        columns = tuple(int(c) for c in self.columns)
+        return ScoredGame(player_kind(self.players, self.plan), self.plan.count, background_rows, columns, self.windows)
+
+
+def scoring(
+    values: Any, model: Any, X: Any, other: Any, players: Any, time_axis: Any, windows: int | None, outputs: Any,
+    batch_size: int,
+) -> Scoring:
+    """The :class:`Scoring` of ``values`` of ``X``: ``other`` is the baseline (or X), checked to be one input too."""
+    one_input(values, X, other)
+    explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # the model's layout, its forward checked on X
+    named = "features" if isinstance(players, str) and players == "channels" else players
+    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
+    x = explainer.forward.background[0]
+    _, columns, expected = scored_outputs(explainer, outputs)
+    given, trailing = per_player(values, x, plan, columns.size, expected)
+    return Scoring(explainer, plan, x, columns, given, trailing, players, windows)
+
+
+@dataclass(frozen=True)
 class RoadCurve:
     """ROAD (Rong et al. 2022, "Remove And Debias") on a time series: the model's output as a share of the players is
     removed, each removed step imputed from its neighbours in time (noisy linear imputation)."""
@@ -217,19 +260,14 @@ def road(
     """
     if order not in ("morf", "lerf"):
         raise InputError(f"order must be 'morf' or 'lerf', not {order!r}")
-    one_input(values, X, X)
-    explainer = ShapleyExplainer(model, X, batch_size=batch_size)
-    named = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
+    scored = scoring(values, model, X, X, players, time_axis, windows, outputs, batch_size)
+    plan, x, given = scored.plan, scored.x, scored.given
     if plan.kind not in ("steps", "windows"):
         raise InputError(
             f"ROAD imputes a removed step from its neighbours in time, so its players are steps or windows of steps, "
             f"not {player_kind(players, plan)}: a channel removed whole has none. Score channels with "
             "rnnshap.metrics.deletion and a baseline"
         )
-    x = explainer.forward.background[0]
-    _, columns, expected = scored_outputs(explainer, outputs)
-    given, trailing = per_player(values, x, plan, columns.size, expected)
     n, P, k = given.shape
     shares = np.asarray(percentages, dtype=np.float64).reshape(-1)
     removed = np.rint(P * shares / 100).astype(np.int64)
@@ -250,22 +288,18 @@ def road(
     if noise:
         mask = gone.transpose(0, 2, 3, 1).reshape(-1, T, *[1] * (series.ndim - 2))
         imputed = imputed + noise * np.where(mask, np.random.default_rng(random_state).standard_normal(imputed.shape), 0.0)
-    batch = np.moveaxis(imputed, 1, 1 + axis).astype(x.dtype)
-    out = np.concatenate([explainer.forward.rows([x]), *[
-        explainer.forward.rows([batch[s : s + batch_size]]) for s in range(0, len(batch), batch_size)
-    ]])  # fmt: skip
-    explainer.forward.refuse_non_finite(out, "ROAD row")
-    f_x = out[:n][:, columns]  # (n, k)
-    after = out[n:].reshape(n, k, removed.size, -1)[np.arange(n)[:, None], np.arange(k)[None, :], :, columns[None, :]]
+    out = scored.outputs(np.moveaxis(imputed, 1, 1 + axis).astype(x.dtype), "ROAD row", batch_size)
+    f_x = out[:n]  # (n, k)
+    after = out[n:].reshape(n, k, removed.size, k)[:, np.arange(k), :, np.arange(k)].transpose(1, 0, 2)  # (n, k, m)
     curve = np.concatenate([f_x[:, :, None], after], axis=2)  # (n, k, m + 1)
     return RoadCurve(
         order=order,
         percentages=shares,
         removed=removed,
-        curve=curve.transpose(0, 2, 1).reshape(n, removed.size + 1, *trailing),
-        aopc=(f_x[:, :, None] - after).mean(2).reshape(n, *trailing),
+        curve=curve.transpose(0, 2, 1).reshape(n, removed.size + 1, *scored.trailing),
+        aopc=(f_x[:, :, None] - after).mean(2).reshape(n, *scored.trailing),
         noise=float(noise),
-        game=ScoredGame(player_kind(players, plan), P, None, tuple(int(c) for c in columns), windows),
+        game=scored.game(),
     )
 
 
@@ -328,13 +362,8 @@ def infidelity(
             (and output), so that only their direction is scored.
         random_state: the seed of the coalitions drawn.
     """
-    one_input(values, X, baseline)
-    explainer = ShapleyExplainer(model, X, batch_size=batch_size)
-    named = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
-    x = explainer.forward.background[0]
-    _, columns, expected = scored_outputs(explainer, outputs)
-    given, trailing = per_player(values, x, plan, columns.size, expected)
+    scored = scoring(values, model, X, baseline, players, time_axis, windows, outputs, batch_size)
+    plan, x, given, trailing = scored.plan, scored.x, scored.given, scored.trailing
     n, P, k = given.shape
     if isinstance(subsets, (int, np.integer)) and not isinstance(subsets, bool):
         if subsets < 1 or not 0 < probability <= 1:
@@ -347,12 +376,8 @@ def infidelity(
     base = baseline_like(baseline, x)
     m = drawn.shape[0]
     rows = np.concatenate([plan.coalition_rows(~drawn, [x[i]], [np.repeat(base[i][None], m, 0)])[0] for i in range(n)])
-    out = np.concatenate([explainer.forward.rows([x]), *[
-        explainer.forward.rows([rows[s : s + batch_size]]) for s in range(0, len(rows), batch_size)
-    ]])  # fmt: skip
-    explainer.forward.refuse_non_finite(out, "infidelity row")
-    f_x = out[:n][:, columns]  # (n, k)
-    change = f_x[:, None, :] - out[n:][:, columns].reshape(n, m, k)  # (n, m, k)
+    out = scored.outputs(rows, "infidelity row", batch_size)
+    change = out[:n, None, :] - out[n:].reshape(n, m, k)  # (n, m, k)
     summed = np.einsum("mp,npk->nmk", drawn.astype(np.float64), given)  # Σ_{p∈S} φ_p
     scale = np.ones((n, k))
     if normalize:
@@ -365,5 +390,5 @@ def infidelity(
         change=change.reshape(n, m, *trailing),
         scale=scale.reshape(n, *trailing),
         values=given.reshape(n, P, *trailing),
-        game=ScoredGame(player_kind(players, plan), P, None, tuple(int(c) for c in columns), windows),
+        game=scored.game(),
     )
