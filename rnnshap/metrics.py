@@ -25,9 +25,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .engines.outputs import select_outputs
 from .errors import InputError
 from .explainer import DeepExplainer
+from .perturbation import (
+    Infidelity,
+    RoadCurve,
+    ScoredGame,
+    aggregate,
+    as_array,
+    baseline_like,
+    infidelity,
+    one_input,
+    per_player,
+    player_kind,
+    road,
+    scored_outputs,
+    scoring,
+)
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
 from .shapley.players import Players
@@ -35,12 +49,17 @@ from .shapley.players import Players
 __all__ = [
     "Distance",
     "DistanceToExact",
+    "Infidelity",
     "PerturbationCurve",
+    "RoadCurve",
     "ScoredGame",
     "deletion",
     "distance_to_exact",
     "explain_func",
+    "infidelity",
     "insertion",
+    "road",
+    "spread_to_entries",
 ]
 
 #: ``budget=None`` enumerates every coalition up to this many players (2^P · B rows per sample); above it the
@@ -49,22 +68,6 @@ ENUMERATE_UP_TO = 10
 
 #: the distances of :class:`Distance`, in order
 METRICS = ("cosine", "relative_l2", "spearman", "sign_agreement", "top_k_overlap")
-
-
-@dataclass(frozen=True)
-class ScoredGame:
-    """The game a score belongs to: the same explanation scores differently on another one."""
-
-    #: "steps", "windows", "channels", "features", "cells" or "mask"
-    players: str
-    #: the number of players P
-    n_players: int
-    #: the background rows r of v(S) (``distance_to_exact``); None for ``deletion``, which replaces by a baseline
-    background_rows: int | None
-    #: the flat indices of the model's outputs scored (its output vector flattened per sample)
-    outputs: tuple[int, ...]
-    #: with players "windows": the steps per window
-    windows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Distance:
 
     def summary(self, statistic: str = "median") -> dict[str, float]:
         """Each distance aggregated over samples and outputs: ``"median"`` or ``"mean"`` (NaN left out)."""
-        return {name: _aggregate(getattr(self, name), statistic) for name in METRICS}
+        return {name: aggregate(getattr(self, name), statistic) for name in METRICS}
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class PerturbationCurve:
 
     def summary(self, statistic: str = "median") -> dict[str, float]:
         """The AOPC aggregated over samples and outputs: ``"median"`` or ``"mean"`` (NaN left out)."""
-        return {"aopc": _aggregate(self.aopc, statistic)}
+        return {"aopc": aggregate(self.aopc, statistic)}
 
 
 def distance_to_exact(
@@ -191,13 +194,13 @@ def distance_to_exact(
         sample (and output), the ``values`` scored and the ``reference`` per player, ``stderr``, ``exact``, and
         the ``game`` scored.
     """
-    _one_input(values, X, background)
+    one_input(values, X, background)
     explainer = ShapleyExplainer(model, background, batch_size=batch_size)
     kind = "features" if isinstance(players, str) and players == "channels" else players
     plan = explainer.player_ids(kind, time_axis=time_axis, windows=windows)
     x = explainer.forward.arrays(X, "X")[0]
-    chosen, columns, expected = _outputs(explainer, outputs)
-    given, trailing = _per_player(values, x, plan, columns.size, expected)
+    chosen, columns, expected = scored_outputs(explainer, outputs)
+    given, trailing = per_player(values, x, plan, columns.size, expected)
     n, P, k = given.shape
     B = int(explainer.forward.background[0].shape[0])
     k_top = _top_k(top_k, P)
@@ -229,7 +232,7 @@ def distance_to_exact(
         reference_noise=relative_noise.reshape(n, *trailing),
         top_k=k_top,
         n_evals=np.asarray(estimate.n_evals),
-        game=ScoredGame(_named(players, plan), P, B, tuple(int(c) for c in columns), windows),
+        game=ScoredGame(player_kind(players, plan), P, B, tuple(int(c) for c in columns), windows),
     )
 
 
@@ -300,15 +303,12 @@ def _curve(
     batch_size: int,
 ) -> PerturbationCurve:
     """A deletion or insertion curve: one row per sample, output and number of players moved."""
-    _one_input(values, X, baseline)
-    explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # the model's layout, its forward checked on X
-    named = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
-    x = explainer.forward.background[0]
-    _, columns, expected = _outputs(explainer, outputs)
-    given, trailing = _per_player(values, x, plan, columns.size, expected)
+    scored = scoring(values, model, X, baseline, players, time_axis, windows, outputs, batch_size)
+    explainer, plan, x, columns, given, trailing = (
+        scored.explainer, scored.plan, scored.x, scored.columns, scored.given, scored.trailing
+    )
     n, P, k = given.shape
-    base = _baseline(baseline, x)
+    base = baseline_like(baseline, x)
     steps = P if removals is None else removals
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= P:
         raise InputError(f"removals must be a number of players from 1 to {P}, got {removals!r}")
@@ -340,7 +340,7 @@ def _curve(
         aopc=change.mean(2).reshape(n, *trailing),
         order=order.reshape(n, P, *trailing),
         values=given.reshape(n, P, *trailing),
-        game=ScoredGame(_named(players, plan), P, None, tuple(int(c) for c in columns), windows),
+        game=scored.game(),
     )
 
 
@@ -380,7 +380,7 @@ def explain_func(
     if explainer is None:
         named_method = method.lower() if isinstance(method, str) else ""
         explainer = named_method if named_method in ("deepshap", "shapley") else "deepshap"
-    x = _array(inputs, "inputs")
+    x = as_array(inputs, "inputs")
     n = int(x.shape[0])
     if explainer not in ("deepshap", "shapley"):
         raise InputError(f"explainer must be 'deepshap' or 'shapley', not {explainer!r}")
@@ -400,10 +400,16 @@ def explain_func(
     )
     per_player = np.asarray(estimate.values, dtype=np.float64).reshape(n, plan.count, len(chosen))
     picked = per_player[np.arange(n), :, np.searchsorted(chosen, wanted)]  # (n, P)
+    return spread_to_entries(picked, plan)
+
+
+def spread_to_entries(per_player: np.ndarray, plan: Players) -> np.ndarray:
+    """Values per player ``(n, P)`` spread evenly over each player's entries, ``(n, *sample)``: a window's value
+    shared by its steps, a channel's by its cells, so that they still add up to the same total."""
     ids = plan.ids[0]
     assert ids is not None
     counts = np.bincount(ids.reshape(-1), minlength=plan.count)
-    return picked[:, ids] / counts[ids]
+    return per_player[:, ids] / counts[ids]
 
 
 class DistanceToExact:
@@ -460,13 +466,13 @@ class DistanceToExact:
     ) -> list[float]:
         """One score per sample (Quantus' other call arguments, ``device``, ``channel_first``, ... are not used)."""
         del s_batch, options
-        x = _array(x_batch, "x_batch")
+        x = as_array(x_batch, "x_batch")
         n = int(x.shape[0])
         if a_batch is None:
             if explain_func is None:
                 raise InputError("give a_batch, or an explain_func to make it (rnnshap.metrics.explain_func)")
             a_batch = explain_func(model=model, inputs=x_batch, targets=y_batch, **(explain_func_kwargs or {}))
-        a = _array(a_batch, "a_batch")
+        a = as_array(a_batch, "a_batch")
         if a.shape != x.shape:
             raise InputError(f"a_batch shaped {a.shape}: give one attribution per entry of x_batch, shaped {x.shape}")
         shapley = ShapleyExplainer(model, self.background, batch_size=self.options["batch_size"])
@@ -539,109 +545,6 @@ def _scores(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, np.ndarray]:
             "sign_agreement": (np.sign(a) == np.sign(b)).mean(1),
             "top_k_overlap": (top_a & top_b).sum(1) / k,
         }
-
-
-def _aggregate(a: np.ndarray, statistic: str) -> float:
-    if statistic not in ("median", "mean"):
-        raise InputError(f"statistic must be 'median' or 'mean', not {statistic!r}")
-    finite = np.asarray(a, dtype=np.float64)
-    finite = finite[~np.isnan(finite)]
-    if not finite.size:
-        return math.nan
-    return float(np.median(finite) if statistic == "median" else np.mean(finite))
-
-
-def _one_input(values: Any, X: Any, other: Any) -> None:
-    if any(isinstance(a, (list, tuple, dict)) for a in (values, X, other)):
-        raise InputError(
-            "rnnshap.metrics scores models with one input: give values, X and the background (or baseline) as one "
-            "array or tensor each"
-        )
-
-
-def _named(players: Any, plan: Players) -> str:
-    return "channels" if isinstance(players, str) and players == "channels" else plan.kind
-
-
-def _outputs(explainer: ShapleyExplainer, outputs: Any) -> tuple[list[Any] | None, np.ndarray, tuple[int, ...]]:
-    """The ``outputs=`` to pass on (None: all), their flat indices, and the output axes values should end with."""
-    shape = explainer.output_shape
-    if outputs is None:
-        count = int(explainer.forward.background_outputs.shape[1])
-        return None, np.arange(count, dtype=np.int64), tuple(shape) or (1,)
-    chosen = [outputs] if isinstance(outputs, (int, np.integer)) and not isinstance(outputs, bool) else list(outputs)
-    if not chosen:
-        raise InputError("outputs=[]: choose at least one output, or None for all of them")
-    columns = np.asarray(select_outputs(shape, chosen), dtype=np.int64).reshape(-1)
-    return chosen, columns, (columns.size,)
-
-
-def _array(values: Any, what: str) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    elif not hasattr(values, "shape") and hasattr(values, "values"):  # a ShapleyEstimate, a shap.Explanation
-        values = values.values
-        return _array(values, what)
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{what} must be a numeric array or tensor, not {type(values).__name__}") from error
-    return array
-
-
-def _per_player(
-    values: Any, x: np.ndarray, plan: Players, k: int, expected: tuple[int, ...]
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``values`` summed to the players, (n, P, k) float64, and the output axes they came with (() for none)."""
-    a = _array(values, "values")
-    if isinstance(values, list) or a.dtype == object:
-        raise InputError("values must be one array or tensor")
-    n, sample, P = int(x.shape[0]), tuple(x.shape[1:]), plan.count
-    if a.ndim == 0 or a.shape[0] != n:
-        raise InputError(f"values shaped {a.shape} hold {a.shape[0] if a.ndim else 0} samples; X holds {n} samples, {x.shape}")
-    if not np.isfinite(a).all():
-        raise InputError("values hold NaN or infinite entries: a distance to them is undefined")
-    allowed = {(), expected, (k,)} if k == 1 else {expected, (k,)}
-    d = len(sample)
-    in_layout = a.shape[1 : 1 + d] == sample
-    if in_layout:
-        trailing = tuple(a.shape[1 + d :])
-        if trailing not in allowed:
-            if trailing == ():
-                raise InputError(
-                    f"values shaped {a.shape} have no output axis, and {k} outputs are scored: choose the one they explain "
-                    "with outputs=[j], or give values with the outputs last"
-                )
-            raise InputError(
-                f"values shaped {a.shape} end with an output axis {trailing}; the outputs scored are {expected} (the "
-                "model's outputs, or those chosen with outputs=): give values for exactly those outputs, last"
-            )
-        per_entry = a.reshape(n, *sample, k)
-        moved = np.moveaxis(per_entry, -1, 1).reshape(n * k, *sample)
-        summed = plan.per_player([moved]).reshape(n, k, P).transpose(0, 2, 1)
-        return summed, trailing
-    if plan.kind != "cells" and a.ndim >= 2 and a.shape[1] == P and tuple(a.shape[2:]) in allowed:
-        trailing = tuple(a.shape[2:])
-        return a.reshape(n, P, k).copy(), trailing
-    hint = ""
-    if sorted(a.shape[1 : 1 + d]) == sorted(sample):
-        hint = (
-            " They hold the same axes in another order: give them in the layout of X (an explainer given (N, T, F) "
-            "rows of a model that reads (N, C, T) panels returns (N, T, F) values: transpose them back)."
-        )
-    raise InputError(
-        f"values shaped {a.shape} do not fit X shaped {x.shape}: give them in the layout of X, {(n, *sample)} then the "
-        f"output axis {expected} (none for one output), or one value per player, ({n}, {P}) then the output axis.{hint}"
-    )
-
-
-def _baseline(baseline: Any, x: np.ndarray) -> np.ndarray:
-    """The baseline of every sample, shaped like ``x``."""
-    b = _array(baseline, "baseline")
-    sample = tuple(x.shape[1:])
-    if b.ndim == 0 or b.shape == sample or b.shape == (1, *sample) or b.shape == x.shape:
-        return np.broadcast_to(b.astype(x.dtype, copy=False), x.shape)
-    raise InputError(f"baseline shaped {b.shape}: give a number, one sample shaped {sample}, or one per sample shaped {x.shape}")
 
 
 def _top_k(top_k: int | None, P: int) -> int:

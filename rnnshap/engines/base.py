@@ -205,3 +205,59 @@ def named_inputs_advice(names: Sequence[Any], what: str) -> str:
         f"{what} is a list, but the background was a dict of named inputs ({keys}): pass {what} as a dict with the "
         "same keys. A list would be read in the background's key order, which need not be the model's."
     )
+
+
+#: per framework: how a state in a (num_layers, batch, hidden) layout is put batch first, and how sequences of
+#: different lengths become one input (:func:`batch_axis_advice`)
+_BATCH_FIRST = {
+    "torch": (
+        "h0.transpose(0, 1), and have forward() turn it back (h0.transpose(0, 1).contiguous()) before the recurrent "
+        "layer takes it",
+        "torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True) (N, T, F)",
+    ),
+    "keras": (
+        "np.swapaxes(state, 0, 1) (a Keras recurrent layer's initial_state is (batch, units) already)",
+        'keras.utils.pad_sequences(sequences, padding="post", dtype="float32") (N, T, F)',
+    ),
+    "jax": (
+        "jnp.swapaxes(state, 0, 1), and have __call__ turn it back where the model reads it in that layout",
+        "np.stack([np.pad(s, ((0, T - len(s)), (0, 0))) for s in sequences]) (N, T, F)",
+    ),
+}
+
+
+def batch_axis_advice(shapes: Sequence[tuple[int, ...]], framework: str) -> str:
+    """What to do where the inputs of a list have different numbers of rows (``shapes``: each input's shape): a
+    state in a (num_layers, batch, hidden) layout, or sequences of different lengths read as several inputs.
+    ``framework``: "torch", "keras" or "jax", whose calls the advice names."""
+    transpose, pad = _BATCH_FIRST[framework]
+    n = shapes[0][0]
+    counts = sorted({s[0] for s in shapes})
+    same_rest = all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes)
+    state = [i for i, s in enumerate(shapes[1:], 1) if s[0] != n and len(s) >= 2 and s[1] == n]
+    if state:
+        i = state[0]
+        return (
+            f"Every input has its batch axis first, initial states too: input {i} of shape {tuple(shapes[i])} "
+            f"has the batch ({n}) on its axis 1, torch's (num_layers, batch, hidden) layout of h0. Give it batch "
+            f"axis first, {transpose}"
+        )
+    if same_rest and len(shapes) > 1:
+        return (
+            f"A list is read as several inputs (one per argument of the model's call), and these were read as "
+            f"{len(shapes)} inputs: of one shape but {counts} rows, they look like sequences of different lengths. Give "
+            f"one input of sequences: pad them to one length and stack them, {pad}, with the lengths or a mask as "
+            "another input where the model reads one"
+        )
+    return "Every input has its batch axis first (the samples), initial states and masks included"
+
+
+def one_sample_hint(what: str, shape: tuple[int, ...], row: tuple[int, ...]) -> str:
+    """The hint where ``what`` (shaped ``shape``) has the shape of one background row ``row``: its batch axis is
+    missing ("" otherwise)."""
+    if tuple(shape) != tuple(row):
+        return ""
+    return (
+        f". {what} looks like one sample without its batch axis: give {what}[None] (shape {(1, *tuple(shape))}) to "
+        "explain one sample"
+    )

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from ...errors import InputError, RnnShapError
-from ..base import RTOL, Block, BlockResult, Engine
+from ..base import RTOL, Block, BlockResult, Engine, batch_axis_advice, one_sample_hint
 from ..outputs import OutputLayout, output_parts
 from .layout import time_axes
 from .pairs import Ids, Pair, Sites, float_dtypes, run
@@ -51,7 +51,11 @@ class JaxEngine(Engine):
         self.background = [self._array(a, "background") for a in arrays]
         self.references = int(self.background[0].shape[0])
         if any(int(b.shape[0]) != self.references for b in self.background):
-            raise InputError("every background input needs the same number of rows")
+            shapes = [tuple(b.shape) for b in self.background]
+            raise InputError(
+                f"every background input needs the same number of rows, got {[s[0] for s in shapes]}. "
+                f"{batch_axis_advice(shapes, 'jax')}"
+            )
         if self.references < 1:
             raise InputError("the background has no rows")
         integers = [i for i, b in enumerate(self.background) if jnp.issubdtype(b.dtype, jnp.integer)]
@@ -107,8 +111,16 @@ class JaxEngine(Engine):
                 raise InputError(f"{what}: input {i} is {array.dtype}, the background's is {kind}")
             array = array.astype(b.dtype)
             if array.shape[1:] != b.shape[1:]:
-                raise InputError(f"{what}: input {i} has rows of shape {array.shape[1:]}, the background's are {b.shape[1:]}")
+                hint = one_sample_hint(what, tuple(array.shape), tuple(b.shape[1:]))
+                raise InputError(
+                    f"{what}: input {i} has rows of shape {array.shape[1:]}, the background's are {b.shape[1:]}{hint}"
+                )
             converted.append(array)
+        if len({int(a.shape[0]) for a in converted}) != 1:
+            shapes = [tuple(a.shape) for a in converted]
+            raise InputError(
+                f"{what}: the inputs have different numbers of rows: {[s[0] for s in shapes]}. {batch_axis_advice(shapes, 'jax')}"
+            )
         return converted
 
     def to_numpy(self, inputs: list[Any]) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ from keras import ops
 from keras import tree as keras_tree
 
 from ...errors import RANDOM_MODEL, InputError, ModelStateError, RnnShapError
-from ..base import RTOL, Block, BlockResult, Engine
+from ..base import RTOL, Block, BlockResult, Engine, batch_axis_advice, one_sample_hint
 from ..outputs import OutputChoice, OutputLayout
 from . import backend
 from .backend import Tensor, dtype_name, to_numpy
@@ -305,9 +305,16 @@ class KerasEngine(Engine):
                 raise InputError(f"{what}: the model takes {len(self.background)} input(s), got {len(arrays)}")
             for index, (a, b) in enumerate(zip(arrays, self.background, strict=True)):
                 if a.shape[1:] != b.shape[1:]:
-                    raise InputError(f"{what}[{index}] has shape {a.shape}; the background has rows of shape {b.shape[1:]}")
+                    name = f"{what}[{index}]" if isinstance(X, (list, tuple)) else what
+                    raise InputError(
+                        f"{name} has shape {a.shape}; the background has rows of shape {b.shape[1:]}"
+                        f"{one_sample_hint(name, a.shape, b.shape[1:])}"
+                    )
         if len({a.shape[0] for a in arrays}) != 1:
-            raise InputError(f"{what}: the inputs have different numbers of rows: {[a.shape[0] for a in arrays]}")
+            raise InputError(
+                f"{what}: the inputs have different numbers of rows: {[a.shape[0] for a in arrays]}. "
+                f"{batch_axis_advice([a.shape for a in arrays], 'keras')}"
+            )
         return arrays
 
     def _conform(self, arrays: list[np.ndarray], what: str) -> list[np.ndarray]:

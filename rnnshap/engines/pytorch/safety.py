@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ...errors import SHAPLEY_DOOR, InputError, ModelStateError, ModelTypeError
+from ..base import batch_axis_advice, one_sample_hint
 
 Tensor = torch.Tensor
 
@@ -657,31 +658,6 @@ def _as_tensor(value: Any, what: str, device: torch.device | None, dtype: torch.
     return tensor
 
 
-def _several_inputs_advice(inputs: list[Tensor], counts: list[int]) -> str:
-    """What to do where the inputs of a list have different batch sizes: a state in torch's (num_layers, batch,
-    hidden) layout, or sequences of different lengths read as several inputs."""
-    n = counts[0]
-    same_rest = all(x.dim() == inputs[0].dim() and x.shape[1:] == inputs[0].shape[1:] for x in inputs)
-    state = [i for i, x in enumerate(inputs[1:], 1) if x.shape[0] != n and x.dim() >= 2 and x.shape[1] == n]
-    if state:
-        i = state[0]
-        return (
-            f"Every input has its batch axis first, initial states too: input {i} of shape {tuple(inputs[i].shape)} "
-            f"has the batch ({n}) on its axis 1, torch's (num_layers, batch, hidden) layout of h0. Give it batch "
-            "axis first, h0.transpose(0, 1), and have forward() turn it back (h0.transpose(0, 1).contiguous()) before "
-            "the recurrent layer takes it"
-        )
-    if same_rest and len(inputs) > 1:
-        return (
-            f"A list is read as several inputs (one per argument of forward()), and these were read as {len(inputs)} "
-            f"inputs: of one shape but {sorted(set(counts))} rows, they look like sequences of different lengths. Give "
-            "one input of sequences: pad them to one length and stack them, "
-            "torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True) (N, T, F), with the lengths or a mask as "
-            "another input where the model reads one"
-        )
-    return "Every input has its batch axis first (the samples), initial states and masks included"
-
-
 def check_matching(inputs: list[Tensor], background: list[Tensor], what: str = "X") -> None:
     """Inputs and background must agree in count, kind (floating or not) and in every dimension but
     the batch. A floating input whose dtype differs from its background's takes the background's
@@ -691,23 +667,16 @@ def check_matching(inputs: list[Tensor], background: list[Tensor], what: str = "
     if len(inputs) != len(background):
         raise InputError(f"The model was given {len(background)} background input(s) but {len(inputs)} input(s) to explain")
     n = inputs[0].shape[0]
-    counts = [int(x.shape[0]) for x in inputs]
     for i, (x, b) in enumerate(zip(inputs, background, strict=False)):
         if x.shape[1:] != b.shape[1:]:
-            hint = ""
-            if tuple(x.shape) == tuple(b.shape[1:]):
-                hint = (
-                    f". {what} looks like one sample without its batch axis: give {what}[None] (shape "
-                    f"{(1, *tuple(x.shape))}) to explain one sample"
-                )
             raise InputError(
                 f"Input {i} has shape {tuple(x.shape)} but its background has shape {tuple(b.shape)}: all "
-                f"dimensions after the first (the batch) must agree{hint}"
+                f"dimensions after the first (the batch) must agree{one_sample_hint(what, tuple(x.shape), tuple(b.shape[1:]))}"
             )
         if x.shape[0] != n:
             raise InputError(
                 f"All inputs need the same number of samples (their first axis, the batch): {what} input 0 has {n}, input "
-                f"{i} has {x.shape[0]}. {_several_inputs_advice(inputs, counts)}"
+                f"{i} has {x.shape[0]}. {batch_axis_advice([tuple(t.shape) for t in inputs], 'torch')}"
             )
         if x.device != b.device:
             raise InputError(f"Input {i} is on {x.device} but its background is on {b.device}")
