@@ -28,11 +28,11 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .. import versions
 from ..engines.base import RTOL
 from ..errors import InputError, ModelStateError, RnnShapError
 
@@ -57,22 +57,13 @@ class PredictMismatchError(RnnShapError):
 def check_version(distribution: str) -> str:
     """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an error naming the
     versions the adapter was verified on."""
-    from ..forecasting import UnverifiedVersionError, release
-
-    try:
-        installed = metadata.version(distribution)
-    except metadata.PackageNotFoundError as error:
-        raise UnverifiedVersionError(f"the installed {distribution}'s version cannot be read (no package metadata)") from error
-    low, high = VERIFIED[distribution]
-    if not low <= release(installed) < high:
-        verified = ".".join(map(str, low)) + ".x"
-        raise UnverifiedVersionError(
-            f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and "
-            f"reads private parts of it that other versions may change; {installed} is installed. Install "
-            f"'{distribution}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}', or explain the estimator's "
-            "predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2"
-        )
-    return installed
+    return versions.check_version(
+        distribution,
+        VERIFIED[distribution],
+        door=f"{distribution} adapter",
+        reads="reads private parts of it that other versions may change",
+        advice="explain the estimator's predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2",
+    )
 
 
 @dataclass
@@ -336,7 +327,8 @@ def check_fitted(shape: tuple[int, ...], channels: int | None, steps: int | None
     fitted = f"{channels} channel{'s' * (channels != 1)}" if channels is not None else f"{C} channels"
     raise InputError(
         f"{what} holds {C} channel{'s' * (C != 1)} of {T} steps per panel (read as (n, channels, time); a 2-D array is "
-        f"(n, time), one channel), and {estimator} was fitted on {fitted}" + (f" of {steps} steps" if steps else "")
+        f"(n, time), one channel), and {estimator} was fitted on {fitted}"
+        + (f" of {steps} steps" if steps else "")
         + f": give {what} in the layout the estimator was fitted on"
     )
 

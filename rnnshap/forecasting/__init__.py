@@ -25,15 +25,16 @@ calls private functions of its library.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import re
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError, RnnShapError, UnsupportedOperationError
+from .. import versions
+from ..errors import InputError, UnsupportedOperationError
+from ..versions import ALSO_PUBLISHED_AS as ALSO_PUBLISHED_AS
+from ..versions import UnverifiedVersionError as UnverifiedVersionError
+from ..versions import release as release
 
 #: the answers every adapter offers
 METHODS = ("deepshap", "shapley")
@@ -159,48 +160,16 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-class UnverifiedVersionError(RnnShapError, ImportError):
-    """The installed forecasting library is outside the versions its rnnshap adapter was verified on."""
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release of a version string: "0.48.1" -> (0, 48, 1); "3.3.0rc1" -> (3, 3, 0)."""
-    numbers = re.match(r"\d+(\.\d+)*", version)
-    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
-
-
-#: the other names a library is published under (darts ships as u8darts too, with the same module)
-ALSO_PUBLISHED_AS = {"darts": ("u8darts",)}
-
-
-def _installed(distribution: str) -> str:
-    """The installed version, from whichever of the library's distribution names is installed."""
-    for name in (distribution, *ALSO_PUBLISHED_AS.get(distribution, ())):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    module = importlib.import_module(distribution.replace("-", "_"))  # installed without metadata (a source tree)
-    version = getattr(module, "__version__", None)
-    if not isinstance(version, str):
-        raise UnverifiedVersionError(f"the version of the installed {distribution} cannot be read (no package metadata)")
-    return version
-
-
 def check_version(distribution: str) -> str:
     """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an
     :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
-    installed = _installed(distribution)
-    low, high = VERIFIED[distribution]
-    if not low <= release(installed) < high:
-        verified = ".".join(map(str, low)) + ".x"
-        raise UnverifiedVersionError(
-            f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and calls "
-            f"private functions of it that other versions may change; {installed} is installed. Install "
-            f"'{distribution}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}', or explain the model through the recipe "
-            "path (docs/recipes.md)"
-        )
-    return installed
+    return versions.check_version(
+        distribution,
+        VERIFIED[distribution],
+        door=f"{distribution} adapter",
+        reads="calls private functions of it that other versions may change",
+        advice="explain the model through the recipe path (docs/recipes.md)",
+    )
 
 
 @contextlib.contextmanager
