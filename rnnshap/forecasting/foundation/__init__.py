@@ -8,7 +8,7 @@ and returns a :class:`ForecastExplanation`: values ``(n, L, H, Q)`` per context 
 quantile, adding up to the forecast the library's own public call returns on the same context.
 
 The package, by what it holds: this module, the door (:func:`explain`, :class:`ForecastExplainer`);
-``adapters.py``, the :class:`Adapter` base and the dispatch from a model to its adapter; ``inputs.py``, the context,
+``adapters.py``, the :class:`Adapter` base; ``dispatch.py``, a model to its adapter; ``inputs.py``, the context,
 background, players and covariates made into windows; ``result.py``, :class:`ForecastExplanation`; ``methods.py``,
 the two answers below. One module per library (``tirex.py``, ``chronos.py``, ``timesfm.py``, ``tinytimemixer.py``,
 ``moment.py``), each an :class:`Adapter` importing its library only when its model is explained. An adapter gives two
@@ -35,14 +35,14 @@ import numpy as np
 
 from ...errors import InputError
 from .. import check_method
-from .adapters import SUPPORTED as SUPPORTED
 from .adapters import Adapter as Adapter
-from .adapters import adapter_for as adapter_for
 from .adapters import low_precision as low_precision
 from .adapters import net_module as net_module
 from .adapters import point_levels as point_levels
 from .adapters import precision_of
 from .adapters import quantile_columns as quantile_columns
+from .dispatch import SUPPORTED as SUPPORTED
+from .dispatch import adapter_for as adapter_for
 from .inputs import aligned_background as aligned_background
 from .inputs import check_background as check_background
 from .inputs import covariates_of

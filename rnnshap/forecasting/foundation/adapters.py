@@ -1,7 +1,6 @@
-"""The foundation forecasters' adapters: the :class:`Adapter` base (one library's forecast, its public call on windows
-and the torch function behind it), the dispatch from a model to its adapter (:func:`adapter_for`, the library's version
-checked), and the helpers the library modules share (quantile columns, a point forecast's column, a torch module
-around a network)."""
+"""The foundation forecasters' adapters: the :class:`Adapter` base (one library's forecast, its public call on
+windows and the torch function behind it), and the helpers the library modules share (quantile columns, a point
+forecast's column, a torch module around a network, the precision asked for)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .. import check_version
 
 
 class Adapter:
@@ -99,54 +97,6 @@ class Adapter:
                 "method='shapley', which runs the library's own forecast call on them"
             )
         return windows
-
-
-# -- dispatch ------------------------------------------------------------------------------------------------
-def adapter_class(model: Any) -> type[Adapter] | None:
-    """The adapter for ``model``'s type, by the module its class comes from (no library imported first)."""
-    modules = [getattr(c, "__module__", "") or "" for c in type(model).__mro__]
-    root = {m.split(".")[0] for m in modules}
-    if "tsfm_public" in root:
-        from .tinytimemixer import TinyTimeMixerAdapter
-
-        return TinyTimeMixerAdapter
-    if "timesfm" in root:
-        from .timesfm import TimesFMAdapter
-
-        return TimesFMAdapter
-    if "chronos" in root:
-        from .chronos import chronos_adapter
-
-        return chronos_adapter(model)
-    if "tirex" in root:
-        from .tirex import TiRexAdapter
-
-        return TiRexAdapter
-    if "momentfm" in root:
-        from .moment import MomentAdapter
-
-        return MomentAdapter
-    return None
-
-
-SUPPORTED = (
-    "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
-    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a granite-tsfm TinyTimeMixerForPrediction, a momentfm "
-    "MOMENTPipeline (task_name='forecasting')"
-)
-
-
-def adapter_for(model: Any) -> Adapter:
-    """The :class:`Adapter` of ``model`` (its library's version checked), or an InputError naming what is taken."""
-    cls = adapter_class(model)
-    if cls is None:
-        raise InputError(
-            f"rnnshap.foundation.explain takes {SUPPORTED}; got {type(model).__module__}.{type(model).__name__}. "
-            "For another torch forecaster use rnnshap.DeepExplainer on a module from context windows to its forecast "
-            "(docs/recipes.md)"
-        )
-    check_version(cls.distribution)
-    return cls(model)
 
 
 def low_precision(adapter: Adapter) -> str:
