@@ -31,7 +31,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .. import versions
+from ..backgrounds import stated
 from ..errors import InputError, UnsupportedOperationError
+from ..result import AttributionResult
 from ..versions import ALSO_PUBLISHED_AS as ALSO_PUBLISHED_AS
 from ..versions import UnverifiedVersionError as UnverifiedVersionError
 from ..versions import release as release
@@ -41,25 +43,15 @@ METHODS = ("deepshap", "shapley")
 
 
 @dataclass
-class WindowAttribution:
-    """Attributions of a batch of forecasts to their window tensors, before the adapter shapes them.
+class WindowAttribution(AttributionResult):
+    """Attributions of a batch of forecasts to their window tensors, before the adapter shapes them: the result
+    contract (:class:`rnnshap.result.AttributionResult`) of :func:`attribute`.
 
-    Arrays are float64; ``k`` is the number of explained outputs (the module's flat outputs)."""
-
-    #: per input, ``(n, *input_shape, k)``
-    values: list[np.ndarray]
-    #: per input, the standard errors shaped like ``values`` (Shapley mode; 0 where exact), else None
-    stderr: list[np.ndarray] | None
-    #: ``(n, k)``: what the values of each forecast add up from (the mean over the background)
-    base_values: np.ndarray
-    #: ``(n, k)``: the module's outputs on the explained windows
-    outputs: np.ndarray
-    #: "deepshap" or "shapley"
-    method: str
-    #: per sample: whether the values are exact Shapley values (Shapley mode, every coalition enumerated)
-    exact: np.ndarray | None = None
-    #: per sample: the rows run through the model (Shapley mode)
-    n_evals: np.ndarray | None = None
+    Arrays are float64; ``k`` is the number of explained outputs (the module's flat outputs). ``values``: per input,
+    ``(n, *input_shape, k)``; ``stderr``: per input, shaped like ``values`` (Shapley mode; 0 where exact), else None;
+    ``base_values``: ``(n, k)``, what the values of each forecast add up from (the mean over the background);
+    ``outputs``: ``(n, k)``, the module's outputs on the explained windows; ``exact`` and ``n_evals``: per sample
+    (Shapley mode)."""
 
 
 def check_method(method: str) -> str:
@@ -104,6 +96,7 @@ def attribute(
 
     method = check_method(method)
     background, X = list(background), list(X)
+    said = stated("DeepExplainer", int(background[0].shape[0]), True)
     with torch.no_grad():
         outputs = module(*X).detach().double().cpu().numpy().reshape(X[0].shape[0], -1)
     try:
@@ -122,7 +115,7 @@ def attribute(
         k = outputs.shape[1]
         values = [np.asarray(v, dtype=np.float64).reshape(*x.shape, k) for v, x in zip(attribution.values, X, strict=True)]
         base = np.broadcast_to(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1), outputs.shape).copy()
-        return WindowAttribution(values, None, base, outputs, method)
+        return WindowAttribution(values=values, base_values=base, outputs=outputs, method=method, background=said)
     estimate = explainer.shapley_values(X, players="cells", budget=budget, random_state=random_state, progress=progress)
     k = outputs.shape[1]
 
@@ -131,6 +124,7 @@ def attribute(
         return [np.asarray(p, dtype=np.float64).reshape(*x.shape, k) for p, x in zip(parts, X, strict=True)]
 
     return WindowAttribution(
+        background=said,
         values=per_input(estimate.values),
         stderr=per_input(estimate.stderr),
         base_values=np.asarray(estimate.base_values, dtype=np.float64).reshape(-1, k),

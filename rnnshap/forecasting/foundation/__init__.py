@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from ...backgrounds import stated
 from ...errors import InputError
 from .. import check_method
 from .adapters import Adapter as Adapter
@@ -160,9 +161,10 @@ def explain(
             result = result[:-2]
     values, base, stderr, exact, n_evals, kind, spans = result
     return ForecastExplanation(
-        values=values, base_values=base, forecast=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
+        values=values, base_values=base, outputs=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
         model=label, context=windows, precision=precision, stderr=stderr, exact=exact, n_evals=n_evals, players=kind,
-        player_steps=spans, game="background" if rows is not None else "dropped", covariates=covariate_values,
+        player_steps=spans, absent="background" if rows is not None else "dropped",
+        background=stated("foundation", None if rows is None else len(rows), background is not None), covariates=covariate_values,
         covariate_stderr=covariate_stderr,
     )  # fmt: skip
 

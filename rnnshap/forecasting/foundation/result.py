@@ -8,49 +8,55 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ...result import AttributionResult, stderr_matches
 
 
 @dataclass
-class ForecastExplanation:
-    """The attributions of foundation-model forecasts to their context.
+class ForecastExplanation(AttributionResult):
+    """The attributions of foundation-model forecasts to their context: the result contract
+    (:class:`rnnshap.result.AttributionResult`) with the forecast's columns and the context.
 
     Arrays are float64. ``n`` windows, ``L`` context steps, ``H = prediction_length``, ``Q`` forecast columns
-    (``quantile_levels``: the quantile levels, and ``"mean"`` / ``"point"`` where the library returns those)."""
+    (``quantile_levels``: the quantile levels, and ``"mean"`` / ``"point"`` where the library returns those).
+    ``values``: ``(n, L, H, Q)`` per context step (``players="steps"`` or DeepSHAP); ``(n, P, H, Q)`` per player
+    (patches, windows: ``player_steps`` maps each to its steps). ``base_values``: ``(n, H, Q)``, what the values add
+    up from (the mean forecast over the background; with ``background=None`` in the Shapley mode, the forecast with
+    the whole context dropped). ``outputs``: ``(n, H, Q)``, the library's own public forecast on the context, also
+    named :attr:`forecast`. ``stderr``: the Shapley mode's standard errors, shaped like ``values`` (0 where exact).
+    ``players``: "steps", "patches", "windows of w" (DeepSHAP: "steps"). ``absent``: "background" (missing players
+    take background values) or "dropped" (given to the model as missing), also named :attr:`game`.
+    """
 
-    #: ``(n, L, H, Q)``: per context step (``players="steps"`` or DeepSHAP); ``(n, P, H, Q)`` per player
-    #: (patches, windows: ``player_steps`` maps each to its steps)
-    values: np.ndarray
-    #: ``(n, H, Q)``: what the values add up from (the mean forecast over the background; with
-    #: ``background=None`` in the Shapley mode, the forecast with the whole context dropped)
-    base_values: np.ndarray
-    #: ``(n, H, Q)``: the library's own public forecast on the context
-    forecast: np.ndarray
     quantile_levels: list[Any]
     prediction_length: int
-    #: "deepshap" or "shapley"
-    method: str
     #: the model, in words
     model: str
     #: ``(n, L)``: the context windows as explained (NaN where missing or padded)
     context: np.ndarray
-    #: the Shapley mode's standard errors, shaped like ``values`` (0 where exact)
-    stderr: np.ndarray | None = None
-    #: per window: every coalition enumerated (Shapley mode)
-    exact: np.ndarray | None = None
-    #: per window: rows run through the model (Shapley mode)
-    n_evals: np.ndarray | None = None
-    #: "steps", "patches", "windows of w", or "steps" for DeepSHAP
-    players: str = "steps"
     #: per player, the ``(start, stop)`` context steps it holds
     player_steps: list[tuple[int, int]] = field(default_factory=list)
     #: per covariate name, values ``(n, L_c, H, Q)`` (models that read covariates; per player in the Shapley mode)
     covariates: dict[str, np.ndarray] | None = None
-    #: their standard errors (Shapley mode)
+    #: their standard errors (Shapley mode), shaped like ``covariates`` (the same rule as ``stderr``)
     covariate_stderr: dict[str, np.ndarray] | None = None
-    #: "background" (missing players take background values) or "dropped" (given to the model as missing)
-    game: str = "background"
     #: what the explained model computes in: its own precision, or the twin's asked for (``precision=``)
     precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not stderr_matches(self.covariates, self.covariate_stderr):
+            raise ValueError("ForecastExplanation: covariate_stderr is not shaped like covariates (rnnshap/result.py)")
+
+    # -- the names the result had before the result contract ---------------------------------------------------
+    @property
+    def forecast(self) -> np.ndarray:
+        """``outputs``: ``(n, H, Q)``, the library's own public forecast on the context."""
+        return self.outputs
+
+    @property
+    def game(self) -> str:
+        """``absent``: "background" (missing players take background values) or "dropped" (given as missing)."""
+        return self.absent
 
     def total(self) -> np.ndarray:
         """``base_values`` plus every value (covariates included): ``(n, H, Q)``, equal to ``forecast``."""
@@ -80,11 +86,11 @@ class ForecastExplanation:
         steps = np.arange(L)
         future = np.arange(L, L + self.prediction_length)
         top.plot(steps, self.context[sample], color=INK, lw=1.2, label="context")
-        top.plot(future, self.forecast[sample, :, column], color=BAR, lw=1.2, label=f"forecast ({self.quantile_levels[column]})")
+        top.plot(future, self.outputs[sample, :, column], color=BAR, lw=1.2, label=f"forecast ({self.quantile_levels[column]})")
         numeric = [i for i, q in enumerate(self.quantile_levels) if isinstance(q, float)]
         if len(numeric) >= 2:
             low, high = numeric[0], numeric[-1]
-            top.fill_between(future, self.forecast[sample, :, low], self.forecast[sample, :, high], color=BAR, alpha=0.2, lw=0)
+            top.fill_between(future, self.outputs[sample, :, low], self.outputs[sample, :, high], color=BAR, alpha=0.2, lw=0)
         top.axvline(L + horizon, color="#999999", lw=0.8, ls=":")
         top.legend(loc="upper left", fontsize=8, frameon=False)
         top.set_title(
