@@ -107,7 +107,7 @@ def supported(model: Any) -> str | None:
     return None
 
 
-class _Forecast:
+class _ForecastBuilder:
     """Builds the module ``f(*windows) -> (n, k)`` explained for one batch of windows of one model."""
 
     def __init__(
@@ -284,7 +284,7 @@ class _Run:
             i = present.index("stat_exog")
             X[i] = X[i].unsqueeze(0).expand(n, *X[i].shape).clone()
         background = self._background(present, X)
-        build = _Forecast(model, y_idx, local, outputs, present, series)
+        build = _ForecastBuilder(model, y_idx, local, outputs, present, series)
         y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1); multivariate (n, 1, n_series)
         what = f"neuralforecast's {_name(model)}"
         with torch.enable_grad():
