@@ -24,7 +24,7 @@ DEFAULTS = {
     "classifiers": "the explained panels themselves (refused for a single panel)",
     "pytorch-forecasting": "the data's own windows (at most n_background, drawn at random with seed 0)",
     "neuralforecast": "one all-zero window per input tensor",
-    "darts": "the background series given to ShapExplainer (at most 100 windows drawn, seeded)",
+    "darts": "the series the model was fit on, as darts' ShapExplainer takes them (at most 100 windows drawn, seeded)",
 }
 
 

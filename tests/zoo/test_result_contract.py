@@ -179,3 +179,28 @@ def test_the_pytorch_forecasting_door_returns_the_contract_with_its_old_names_eq
     assert deep.background == f"3 rows: the default of pytorch-forecasting, {DEFAULTS['pytorch-forecasting']}"
     one = deep._sample(1)
     assert np.array_equal(one.encoder, deep.encoder[1:2]) and np.array_equal(one.prediction, deep.prediction[1:2])
+
+
+def test_darts_result_carries_the_contract_with_its_background_stated() -> None:
+    pytest.importorskip("darts")
+    pytest.importorskip("shap")
+    from darts import TimeSeries
+    from darts.models import BlockRNNModel
+
+    from rnnshap.darts import ShapExplainer
+
+    rng = np.random.default_rng(0)
+    target = TimeSeries.from_values(rng.normal(size=(30, 1)).cumsum(0).astype(np.float32) + 10.0, columns=["y"])
+    trainer = dict(n_epochs=1, random_state=0, pl_trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False,
+                                                                  "enable_model_summary": False, "logger": False})  # fmt: skip
+    model = BlockRNNModel(input_chunk_length=2, output_chunk_length=1, model="GRU", hidden_dim=4, **trainer)
+    model.fit(target, verbose=False)
+    for method in ("deepshap", "shapley"):
+        explainer = ShapExplainer(model, target[:12], method=method, budget=10_000)
+        result = explainer.explain_single(target[14:26])
+        assert result.attribution is explainer.last_attribution
+        assert_contract(result.attribution, method)
+        assert result.attribution.background == "11 rows given"  # 12 steps, windows of 2: 11 windows
+        e = result.get_shap_explanation_object()
+        if method == "shapley":  # darts' own error_std is the contract's stderr, laid out as darts lays its values out
+            assert np.array_equal(np.asarray(e.error_std).ravel(), result.attribution.stderr[0][-1].ravel())
