@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 from importlib import metadata
+from typing import Callable
 
 from .errors import RnnShapError
 
@@ -71,3 +72,15 @@ def check_version(
             f"or {advice}"
         )
     return found
+
+
+def checker(verified: dict[str, Series], *, reads: str, advice: str) -> Callable[[str], str]:
+    """A door family's ``check_version(distribution)``: :func:`check_version` against its table ``verified`` (by
+    distribution), its message saying the door ``reads`` the library's private parts and ``advice``."""
+
+    def check(distribution: str) -> str:
+        """The installed version of ``distribution`` (a key of the door's ``VERIFIED``), or an
+        :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
+        return check_version(distribution, verified[distribution], door=f"{distribution} adapter", reads=reads, advice=advice)
+
+    return check

@@ -56,16 +56,13 @@ class PredictMismatchError(RnnShapError):
     """The function rnnshap built from an estimator's network is not its ``predict_proba``."""
 
 
-def check_version(distribution: str) -> str:
-    """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an error naming the
-    versions the adapter was verified on."""
-    return versions.check_version(
-        distribution,
-        VERIFIED[distribution],
-        door=f"{distribution} adapter",
-        reads="reads private parts of it that other versions may change",
-        advice="explain the estimator's predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2",
-    )
+#: the installed version of a distribution (a key of :data:`VERIFIED`), or an :class:`UnverifiedVersionError` naming it
+#: and the versions the adapter was verified on
+check_version = versions.checker(
+    VERIFIED,
+    reads="reads private parts of it that other versions may change",
+    advice="explain the estimator's predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2",
+)
 
 
 @dataclass

@@ -154,16 +154,13 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-def check_version(distribution: str) -> str:
-    """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an
-    :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
-    return versions.check_version(
-        distribution,
-        VERIFIED[distribution],
-        door=f"{distribution} adapter",
-        reads="calls private functions of it that other versions may change",
-        advice="explain the model through the recipe path (docs/recipes.md)",
-    )
+#: the installed version of a distribution (a key of :data:`VERIFIED`), or an :class:`UnverifiedVersionError` naming it
+#: and the versions the adapter was verified on
+check_version = versions.checker(
+    VERIFIED,
+    reads="calls private functions of it that other versions may change",
+    advice="explain the model through the recipe path (docs/recipes.md)",
+)
 
 
 @contextlib.contextmanager
