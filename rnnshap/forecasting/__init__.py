@@ -64,6 +64,13 @@ def check_method(method: str) -> str:
     return name
 
 
+def deepshap_refusal(error: UnsupportedOperationError, lead: str) -> UnsupportedOperationError:
+    """DeepSHAP's refusal ``error`` (the same operations and advice) said by a door: ``lead``, then the refusal."""
+    refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
+    refusal.args = (f"{lead}\n{error}",)
+    return refusal
+
+
 def attribute(
     module: Any,
     background: Sequence[Any],
@@ -103,12 +110,10 @@ def attribute(
         explainer: Any = DeepExplainer(module, background, batch_size=batch_size)
     except UnsupportedOperationError as error:
         if method == "deepshap":
-            refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
-            refusal.args = (
-                f"{what} has operations DeepSHAP has no exact rule for; method='shapley' explains it from its forward "
-                f"alone (Shapley values with standard errors, rnnshap.ShapleyExplainer).\n{error}",
-            )
-            raise refusal from error
+            raise deepshap_refusal(
+                error, f"{what} has operations DeepSHAP has no exact rule for; method='shapley' explains it from its "
+                "forward alone (Shapley values with standard errors, rnnshap.ShapleyExplainer)."
+            ) from error
         explainer = ShapleyExplainer(module, background, batch_size=batch_size)
     if method == "deepshap":
         attribution = explainer.first_attribution(X, check_additivity=check_additivity, progress=progress)

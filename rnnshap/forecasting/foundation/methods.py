@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...errors import AdditivityError, InputError, RnnShapError, UnsupportedOperationError
-from .. import preserved
+from .. import deepshap_refusal, preserved
 from .adapters import Adapter, low_precision
 from .inputs import player_ids
 
@@ -119,13 +119,11 @@ def deepshap_values(
                 else:
                     explainer = DeepExplainer(module, bg if len(bg) > 1 else bg[0], batch_size=batch_size)
             except UnsupportedOperationError as error:
-                refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
-                refusal.args = (
-                    f"{adapter.label}'s forecast{adapter.refusal_note(H, levels)} has operations DeepSHAP has no exact rule for; "
-                    "method='shapley' explains it from the library's own forecast call (Shapley values with standard "
-                    f"errors).\n{error}",
-                )
-                raise refusal from error
+                raise deepshap_refusal(
+                    error, f"{adapter.label}'s forecast{adapter.refusal_note(H, levels)} has operations DeepSHAP has no "
+                    "exact rule for; method='shapley' explains it from the library's own forecast call (Shapley values "
+                    "with standard errors)."
+                ) from error
             if kept is not None:  # the most recently used first out last; at most KEPT_EXPLAINERS
                 kept.pop(key, None)
                 kept[key] = (module, explainer)
