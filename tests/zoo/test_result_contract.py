@@ -204,3 +204,47 @@ def test_darts_result_carries_the_contract_with_its_background_stated() -> None:
         e = result.get_shap_explanation_object()
         if method == "shapley":  # darts' own error_std is the contract's stderr, laid out as darts lays its values out
             assert np.array_equal(np.asarray(e.error_std).ravel(), result.attribution.stderr[0][-1].ravel())
+
+
+def test_neuralforecast_entries_carry_the_contract_with_the_forecast_as_outputs() -> None:
+    pytest.importorskip("neuralforecast")
+    import logging
+    import warnings
+
+    from neuralforecast import NeuralForecast
+    from neuralforecast.models import LSTM, DLinear
+    from neuralforecast.utils import AirPassengersPanel, AirPassengersStatic
+
+    from rnnshap.neuralforecast import explain
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    L, H = 6, 3
+    quiet = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False,
+                 max_steps=2, random_seed=0)  # fmt: skip
+    cut = AirPassengersPanel.ds.values[-12]
+    df = AirPassengersPanel[AirPassengersPanel.ds < cut].reset_index(drop=True)
+    futr = AirPassengersPanel[AirPassengersPanel.ds >= cut].drop(columns="y").groupby("unique_id").head(H).reset_index(drop=True)
+    torch.manual_seed(0)
+    models = [
+        LSTM(h=H, input_size=L, encoder_hidden_size=8, decoder_hidden_size=8, encoder_n_layers=1, recurrent=True,
+             futr_exog_list=["trend"], stat_exog_list=["airline1"], scaler_type="standard", **quiet),
+        DLinear(h=H, input_size=L, moving_avg_window=3, **quiet),
+    ]  # fmt: skip
+    nf = NeuralForecast(models=models, freq="ME")
+    nf.fit(df, static_df=AirPassengersStatic)
+    for method, options in (("deepshap", {}), ("shapley", {"budget": 300, "random_state": 0, "horizons": [1]})):
+        fcsts, explanations = explain(nf, futr_df=futr, static_df=AirPassengersStatic, method=method, verbose=False, **options)
+        for name in ("LSTM", "DLinear"):
+            entry = explanations[name]
+            result = entry["attribution"]
+            assert_contract(result, method)
+            assert result.values["insample"] is entry["insample"] and result.base_values is entry["baseline_predictions"]
+            assert result.background == f"1 row: the default of neuralforecast, {DEFAULTS['neuralforecast']}"
+            if method == "shapley":
+                assert result.stderr["insample"] is entry["insample_stderr"]
+            # the outputs are the forecasts neuralforecast's own predict made, in the data's units
+            forecast = fcsts[name].to_numpy().reshape(2, H)[:, options.get("horizons", slice(None))]
+            outputs = result.outputs.double().numpy()[:, :, 0, 0]
+            np.testing.assert_allclose(outputs, forecast, rtol=1e-5, atol=1e-5 * np.abs(forecast).max())
