@@ -8,6 +8,6 @@ The adapter lives in :mod:`rnnshap.forecasting.pytorch_forecasting`; pytorch-for
 only when a model is explained (``pip install 'rnnshap[pytorch-forecasting]'``).
 """
 
-from .forecasting.pytorch_forecasting import MODES, ForecastExplanation, explain
+from .forecasting.pytorch_forecasting import MODES, ForecastExplanation, VariableExplanation, explain
 
-__all__ = ["MODES", "ForecastExplanation", "explain"]
+__all__ = ["MODES", "ForecastExplanation", "VariableExplanation", "explain"]

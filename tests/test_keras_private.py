@@ -81,3 +81,36 @@ def test_a_keras_outside_the_verified_range_is_refused_naming_the_range(monkeypa
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(private.UnverifiedKerasError, match="verified on keras"):
         rnnshap.DeepExplainer(model, np.zeros((2, 3), np.float32))
+
+
+def test_pyprojects_keras_bounds_are_the_verified_range() -> None:
+    """pip installs no Keras the engine would refuse: every extra's ``keras`` requirement is the verified series."""
+    from rnnshap.engines.keras.private import VERIFIED
+
+    low, high = (".".join(map(str, v)) for v in VERIFIED)
+    found = re.findall(r'"keras([<>=!~][^"]*)"', (ROOT / "pyproject.toml").read_text())
+    assert found, "pyproject.toml names keras in its extras"
+    assert set(found) == {f">={low},<{high}"}
+
+
+def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Keras whose private layout moved (here: keras.src cannot be imported at all) is refused by the version check,
+    not by an ImportError from keras.src."""
+    import sys
+
+    keras = pytest.importorskip("keras")
+    from rnnshap.engines.keras import private
+
+    low, high = private.VERIFIED
+    for name in [m for m in sys.modules if m.startswith("rnnshap.engines.keras.") and m != "rnnshap.engines.keras.datasets"]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m == "keras.src" or m.startswith("keras.src.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "keras.src", None)
+    monkeypatch.setattr(keras, "__version__", ".".join(map(str, high)) + ".0")
+    from rnnshap.versions import UnverifiedVersionError
+
+    with pytest.raises(UnverifiedVersionError, match=r"verified on keras") as caught:  # (the re-imported module's class)
+        import rnnshap.engines.keras.engine  # noqa: F401
+    assert type(caught.value).__name__ == "UnverifiedKerasError" and isinstance(caught.value, ImportError)
+    assert f"keras>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}" in str(caught.value)

@@ -28,13 +28,15 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .. import versions
+from ..backgrounds import stated
 from ..engines.base import RTOL
 from ..errors import InputError, ModelStateError, RnnShapError
+from ..result import AttributionResult
 
 #: the answers the adapters offer ("auto": DeepSHAP for a deep learner, else the Shapley mode)
 METHODS = ("auto", "deepshap", "shapley")
@@ -54,58 +56,36 @@ class PredictMismatchError(RnnShapError):
     """The function rnnshap built from an estimator's network is not its ``predict_proba``."""
 
 
-def check_version(distribution: str) -> str:
-    """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an error naming the
-    versions the adapter was verified on."""
-    from ..forecasting import UnverifiedVersionError, release
-
-    try:
-        installed = metadata.version(distribution)
-    except metadata.PackageNotFoundError as error:
-        raise UnverifiedVersionError(f"the installed {distribution}'s version cannot be read (no package metadata)") from error
-    low, high = VERIFIED[distribution]
-    if not low <= release(installed) < high:
-        verified = ".".join(map(str, low)) + ".x"
-        raise UnverifiedVersionError(
-            f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and "
-            f"reads private parts of it that other versions may change; {installed} is installed. Install "
-            f"'{distribution}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}', or explain the estimator's "
-            "predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2"
-        )
-    return installed
+#: the installed version of a distribution (a key of :data:`VERIFIED`), or an :class:`UnverifiedVersionError` naming it
+#: and the versions the adapter was verified on
+check_version = versions.checker(
+    VERIFIED,
+    reads="reads private parts of it that other versions may change",
+    advice="explain the estimator's predict_proba with rnnshap.ShapleyExplainer(function, background) and time_axis=2",
+)
 
 
 @dataclass
-class ClassifierExplanation:
-    """Attributions of a time-series estimator's ``predict_proba`` (or ``predict``) to its panels.
+class ClassifierExplanation(AttributionResult):
+    """Attributions of a time-series estimator's ``predict_proba`` (or ``predict``) to its panels: the result
+    contract (:class:`rnnshap.result.AttributionResult`) with the estimator's classes and panels.
 
     ``values[i, c, t, k]``: the share of channel c at step t (or of the player holding them) in
     ``outputs[i, k] - base_values[i, k]``; the values of each sample and class add up to that difference.
+    ``values``: ``(n, channels, time, classes)``; grouped players keep an axis of 1 (``"steps"``: one value per step
+    for every channel; ``"channels"``: one per channel for every step), windows one entry per window.
+    ``base_values``: ``(n, classes)``, the mean of ``predict_proba`` over the background (what the values add up from).
+    ``outputs``: ``(n, classes)``, the estimator's own ``predict_proba(X)`` (``predict`` for a regressor).
+    ``players``: "cells" (DeepSHAP: every channel at every step), "steps", "channels" or "cells" (Shapley mode).
+    ``stderr``: the Shapley mode's standard errors, shaped like ``values`` (0 where exact); None for DeepSHAP.
     """
 
-    #: ``(n, channels, time, classes)``; grouped players keep an axis of 1 (``"steps"``: one value per step
-    #: for every channel; ``"channels"``: one per channel for every step), windows one entry per window
-    values: np.ndarray
-    #: ``(n, classes)``: the mean of ``predict_proba`` over the background (what the values add up from)
-    base_values: np.ndarray
-    #: ``(n, classes)``: the estimator's own ``predict_proba(X)`` (``predict`` for a regressor)
-    outputs: np.ndarray
     #: the class labels of the last axis (``clf.classes_``); ``["prediction"]`` for a regressor
     classes: list[Any]
     #: the explained panels, ``(n, channels, time)`` float64
     data: np.ndarray
-    #: "deepshap" or "shapley"
-    method: str
-    #: "cells" (DeepSHAP: every channel at every step), "steps", "channels" or "cells" (Shapley mode)
-    players: str = "cells"
     #: steps per window along time (Shapley mode with ``windows=``), else None
     windows: int | None = None
-    #: the standard errors of the Shapley mode, shaped like ``values`` (0 where exact); None for DeepSHAP
-    stderr: np.ndarray | None = None
-    #: per sample: whether every coalition was enumerated (Shapley mode), else None
-    exact: np.ndarray | None = None
-    #: per sample: rows run through the estimator (Shapley mode), else None
-    n_evals: np.ndarray | None = None
     #: the names of the channels (a DataFrame's columns), else None
     channel_names: list[str] | None = None
     #: the estimator's class name
@@ -283,17 +263,19 @@ def shapley_on_own(
     outputs: np.ndarray,
     what: str,
     names: list[str] | None,
+    said: str,
     **options: Any,
 ) -> ClassifierExplanation:
     """The Shapley mode on the estimator's own ``what`` (``own``: numpy panels → its outputs), no network needed;
-    ``options``: those of :func:`explain_shapley`."""
+    ``said``: the background, as the result states it; ``options``: those of :func:`explain_shapley`."""
 
     def function(a: np.ndarray) -> np.ndarray:
         return own(np.ascontiguousarray(a))
 
     values, stderr, base, _, exact, n_evals = explain_shapley(function, X, background, **options)
     return explanation(estimator, X, values, base, outputs, "shapley", players=options["players"], windows=options["windows"],
-                       stderr=stderr, exact=exact, n_evals=n_evals, function=what, channel_names=names)  # fmt: skip
+                       stderr=stderr, exact=exact, n_evals=n_evals, function=what, channel_names=names,
+                       background=said)  # fmt: skip
 
 
 def as_outputs(a: Any, n: int) -> np.ndarray:
@@ -336,29 +318,10 @@ def check_fitted(shape: tuple[int, ...], channels: int | None, steps: int | None
     fitted = f"{channels} channel{'s' * (channels != 1)}" if channels is not None else f"{C} channels"
     raise InputError(
         f"{what} holds {C} channel{'s' * (C != 1)} of {T} steps per panel (read as (n, channels, time); a 2-D array is "
-        f"(n, time), one channel), and {estimator} was fitted on {fitted}" + (f" of {steps} steps" if steps else "")
+        f"(n, time), one channel), and {estimator} was fitted on {fitted}"
+        + (f" of {steps} steps" if steps else "")
         + f": give {what} in the layout the estimator was fitted on"
     )
-
-
-def pick_background(X: np.ndarray, background: np.ndarray | None, what: str) -> np.ndarray:
-    if background is None:
-        return X
-    if background.shape[1:] != X.shape[1:]:
-        raise InputError(
-            f"the background panels are shaped {background.shape} (n, channels, time) and X {X.shape}: channels and "
-            f"length must agree ({what})"
-        )
-    return background
-
-
-def check_reference(background: Any, n: int) -> None:
-    """Refuse ``background=None`` for one panel: the reference would be the panel itself, every value 0."""
-    if background is None and n == 1:
-        raise InputError(
-            "background=None takes the explained panels as the reference: for one panel that is the panel itself, so "
-            "every value would be 0 whatever the estimator does. Give background panels (a few dozen training panels)"
-        )
 
 
 def labels(estimator: Any, k: int) -> list[Any]:
@@ -366,6 +329,11 @@ def labels(estimator: Any, k: int) -> list[Any]:
     if classes is None:
         return ["prediction"] if k == 1 else list(range(k))
     return [c.item() if hasattr(c, "item") else c for c in np.asarray(classes)]
+
+
+def background_said(reference: np.ndarray, background: Any) -> str:
+    """The background a classifier's result states: the panels given, or the explained panels themselves."""
+    return stated("classifiers", len(reference), background is not None)
 
 
 def explanation(

@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from ..backgrounds import check_own_reference, panels_or_own
 from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
     PredictMismatchError,
     as_outputs,
+    background_said,
     check_choices,
     check_equal,
     check_fitted,
-    check_reference,
     check_version,
     explain_shapley,
     explanation,
     own_outputs,
-    pick_background,
     quiet,
     shapley_on_own,
     with_advice,
@@ -168,7 +168,7 @@ def explain(
     given = None if background is None else panels(background, "background")[0]
     if given is not None:
         check_fitted(given.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator, "background")
-    reference = pick_background(x, given, "aeon")
+    reference = panels_or_own(x, given, "aeon")
     n, C, T = x.shape
     deep = _deep_members(clf)
     regressor = deep[1] if deep is not None else not hasattr(clf, "predict_proba")
@@ -189,8 +189,9 @@ def explain(
             f"{estimator} is not one of aeon's Keras deep learners (or its {what} post-processes in a way rnnshap has "
             "not read): DeepSHAP has no network to explain. Use method='shapley' (its own predict_proba, from its forward)."
         )
-    check_reference(background, n)
-    extra: dict[str, Any] = {"channel_names": names}
+    check_own_reference(background, n)
+    said = background_said(reference, background)
+    extra: dict[str, Any] = {"channel_names": names, "background": said}
     if deep is not None and chosen in ("auto", "deepshap", "shapley"):
         import rnnshap
 
@@ -221,5 +222,5 @@ def explain(
             base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
             return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 
-    return shapley_on_own(clf, own, x, reference, outputs, what, names, players=players, windows=windows, budget=budget,
+    return shapley_on_own(clf, own, x, reference, outputs, what, names, said, players=players, windows=windows, budget=budget,
                           random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip

@@ -20,20 +20,20 @@ from typing import Any
 
 import numpy as np
 
+from ..backgrounds import check_own_reference, panels_or_own
 from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
     PredictMismatchError,
     as_outputs,
+    background_said,
     check_choices,
     check_equal,
     check_fitted,
-    check_reference,
     check_version,
     explain_shapley,
     explanation,
     own_outputs,
-    pick_background,
     quiet,
     shapley_on_own,
     with_advice,
@@ -190,7 +190,7 @@ def explain(
     given = None if background is None else panels(background, "background")[0]
     if given is not None:
         check_fitted(given.shape, channels, None, estimator, "background")
-    reference = pick_background(x, given, "sktime")
+    reference = panels_or_own(x, given, "sktime")
     n, C, T = x.shape
     if _is_keras_deep(clf) and getattr(clf, "model_", None) is None:
         raise InputError(f"{estimator} is not fitted. {TENSORFLOW_ADVICE}")
@@ -219,11 +219,12 @@ def explain(
             f"inputs its dataloader feeds): DeepSHAP has no network to explain. Use method='shapley' (its own {what}, "
             "from its forward)."
         )
-    check_reference(background, n)
+    check_own_reference(background, n)
+    said = background_said(reference, background)
     if keras_deep or torch_deep:
         try:
             torch_found = (found[0], found[1], bool(fed)) if found is not None and torch_deep else None
-            return _deep(clf, x, reference, outputs, reference_outputs, torch_found, chosen, names,
+            return _deep(clf, x, reference, outputs, reference_outputs, torch_found, chosen, names, said,
                          players=players, windows=windows, budget=budget, random_state=random_state,
                          batch_size=batch_size, progress=progress)  # fmt: skip
         except PredictMismatchError:
@@ -235,7 +236,7 @@ def explain(
                 raise
         # the Shapley mode needs no network: it runs on predict_proba alone
 
-    return shapley_on_own(clf, own, x, reference, outputs, what, names, players=players, windows=windows, budget=budget,
+    return shapley_on_own(clf, own, x, reference, outputs, what, names, said, players=players, windows=windows, budget=budget,
                           random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip
 
 
@@ -248,10 +249,11 @@ def _deep(
     found: tuple[Any, bool, bool] | None,
     chosen: str,
     names: list[str] | None,
+    said: str,
     **options: Any,
 ) -> ClassifierExplanation:
     """DeepSHAP (or the Shapley mode with DeepSHAP as control variate) on a function equal to ``predict_proba``:
-    sktime's torch network (``found``) or its Keras ``model_``."""
+    sktime's torch network (``found``) or its Keras ``model_``; ``said``: the background, as the result states it."""
     import rnnshap
 
     n, C, T = x.shape
@@ -271,7 +273,7 @@ def _deep(
                                      options["progress"])  # fmt: skip
         kind, network = "torch", found[0]
     x_in, reference_in = x.astype("float32"), reference.astype("float32")
-    extra: dict[str, Any] = {"channel_names": names, "function": kind}
+    extra: dict[str, Any] = {"channel_names": names, "function": kind, "background": said}
     if chosen == "shapley":
         values, stderr, base, _, exact, n_evals = explain_shapley(lambda a: a, x_in, reference_in, deep=explainer, **options)
         return explanation(clf, x, values, base, outputs, "shapley", players=options["players"], windows=options["windows"],

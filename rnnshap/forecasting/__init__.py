@@ -25,40 +25,33 @@ calls private functions of its library.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import re
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError, RnnShapError, UnsupportedOperationError
+from .. import versions
+from ..backgrounds import stated
+from ..errors import InputError, UnsupportedOperationError
+from ..result import AttributionResult
+from ..versions import ALSO_PUBLISHED_AS as ALSO_PUBLISHED_AS
+from ..versions import UnverifiedVersionError as UnverifiedVersionError
+from ..versions import release as release
 
 #: the answers every adapter offers
 METHODS = ("deepshap", "shapley")
 
 
 @dataclass
-class WindowAttribution:
-    """Attributions of a batch of forecasts to their window tensors, before the adapter shapes them.
+class WindowAttribution(AttributionResult):
+    """Attributions of a batch of forecasts to their window tensors, before the adapter shapes them: the result
+    contract (:class:`rnnshap.result.AttributionResult`) of :func:`attribute`.
 
-    Arrays are float64; ``k`` is the number of explained outputs (the module's flat outputs)."""
-
-    #: per input, ``(n, *input_shape, k)``
-    values: list[np.ndarray]
-    #: per input, the standard errors shaped like ``values`` (Shapley mode; 0 where exact), else None
-    stderr: list[np.ndarray] | None
-    #: ``(n, k)``: what the values of each forecast add up from (the mean over the background)
-    base_values: np.ndarray
-    #: ``(n, k)``: the module's outputs on the explained windows
-    outputs: np.ndarray
-    #: "deepshap" or "shapley"
-    method: str
-    #: per sample: whether the values are exact Shapley values (Shapley mode, every coalition enumerated)
-    exact: np.ndarray | None = None
-    #: per sample: the rows run through the model (Shapley mode)
-    n_evals: np.ndarray | None = None
+    Arrays are float64; ``k`` is the number of explained outputs (the module's flat outputs). ``values``: per input,
+    ``(n, *input_shape, k)``; ``stderr``: per input, shaped like ``values`` (Shapley mode; 0 where exact), else None;
+    ``base_values``: ``(n, k)``, what the values of each forecast add up from (the mean over the background);
+    ``outputs``: ``(n, k)``, the module's outputs on the explained windows; ``exact`` and ``n_evals``: per sample
+    (Shapley mode)."""
 
 
 def check_method(method: str) -> str:
@@ -69,6 +62,13 @@ def check_method(method: str) -> str:
             f"method={method!r}: choose 'deepshap' (one pass, exact in sum) or 'shapley' (Shapley values with standard errors)"
         )
     return name
+
+
+def deepshap_refusal(error: UnsupportedOperationError, lead: str) -> UnsupportedOperationError:
+    """DeepSHAP's refusal ``error`` (the same operations and advice) said by a door: ``lead``, then the refusal."""
+    refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
+    refusal.args = (f"{lead}\n{error}",)
+    return refusal
 
 
 def attribute(
@@ -103,25 +103,24 @@ def attribute(
 
     method = check_method(method)
     background, X = list(background), list(X)
+    said = stated("DeepExplainer", int(background[0].shape[0]), True)
     with torch.no_grad():
         outputs = module(*X).detach().double().cpu().numpy().reshape(X[0].shape[0], -1)
     try:
         explainer: Any = DeepExplainer(module, background, batch_size=batch_size)
     except UnsupportedOperationError as error:
         if method == "deepshap":
-            refusal = UnsupportedOperationError([(name, why, error.advice.get(name, "rule")) for name, why in error.ops])
-            refusal.args = (
-                f"{what} has operations DeepSHAP has no exact rule for; method='shapley' explains it from its forward "
-                f"alone (Shapley values with standard errors, rnnshap.ShapleyExplainer).\n{error}",
-            )
-            raise refusal from error
+            raise deepshap_refusal(
+                error, f"{what} has operations DeepSHAP has no exact rule for; method='shapley' explains it from its "
+                "forward alone (Shapley values with standard errors, rnnshap.ShapleyExplainer)."
+            ) from error
         explainer = ShapleyExplainer(module, background, batch_size=batch_size)
     if method == "deepshap":
         attribution = explainer.first_attribution(X, check_additivity=check_additivity, progress=progress)
         k = outputs.shape[1]
         values = [np.asarray(v, dtype=np.float64).reshape(*x.shape, k) for v, x in zip(attribution.values, X, strict=True)]
         base = np.broadcast_to(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1), outputs.shape).copy()
-        return WindowAttribution(values, None, base, outputs, method)
+        return WindowAttribution(values=values, base_values=base, outputs=outputs, method=method, background=said)
     estimate = explainer.shapley_values(X, players="cells", budget=budget, random_state=random_state, progress=progress)
     k = outputs.shape[1]
 
@@ -130,6 +129,7 @@ def attribute(
         return [np.asarray(p, dtype=np.float64).reshape(*x.shape, k) for p, x in zip(parts, X, strict=True)]
 
     return WindowAttribution(
+        background=said,
         values=per_input(estimate.values),
         stderr=per_input(estimate.stderr),
         base_values=np.asarray(estimate.base_values, dtype=np.float64).reshape(-1, k),
@@ -159,48 +159,13 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-class UnverifiedVersionError(RnnShapError, ImportError):
-    """The installed forecasting library is outside the versions its rnnshap adapter was verified on."""
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release of a version string: "0.48.1" -> (0, 48, 1); "3.3.0rc1" -> (3, 3, 0)."""
-    numbers = re.match(r"\d+(\.\d+)*", version)
-    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
-
-
-#: the other names a library is published under (darts ships as u8darts too, with the same module)
-ALSO_PUBLISHED_AS = {"darts": ("u8darts",)}
-
-
-def _installed(distribution: str) -> str:
-    """The installed version, from whichever of the library's distribution names is installed."""
-    for name in (distribution, *ALSO_PUBLISHED_AS.get(distribution, ())):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    module = importlib.import_module(distribution.replace("-", "_"))  # installed without metadata (a source tree)
-    version = getattr(module, "__version__", None)
-    if not isinstance(version, str):
-        raise UnverifiedVersionError(f"the version of the installed {distribution} cannot be read (no package metadata)")
-    return version
-
-
-def check_version(distribution: str) -> str:
-    """The installed version of ``distribution`` (a key of :data:`VERIFIED`), or an
-    :class:`UnverifiedVersionError` naming it and the versions the adapter was verified on."""
-    installed = _installed(distribution)
-    low, high = VERIFIED[distribution]
-    if not low <= release(installed) < high:
-        verified = ".".join(map(str, low)) + ".x"
-        raise UnverifiedVersionError(
-            f"rnnshap's {distribution} adapter was verified on {distribution} {verified} (constraints/cpu-torch.txt) and calls "
-            f"private functions of it that other versions may change; {installed} is installed. Install "
-            f"'{distribution}>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}', or explain the model through the recipe "
-            "path (docs/recipes.md)"
-        )
-    return installed
+#: the installed version of a distribution (a key of :data:`VERIFIED`), or an :class:`UnverifiedVersionError` naming it
+#: and the versions the adapter was verified on
+check_version = versions.checker(
+    VERIFIED,
+    reads="calls private functions of it that other versions may change",
+    advice="explain the model through the recipe path (docs/recipes.md)",
+)
 
 
 @contextlib.contextmanager

@@ -60,6 +60,7 @@ except ImportError as _error:  # pragma: no cover - depends on the environment
     ) from _error
 from torch import nn
 
+from ..backgrounds import stated
 from ..errors import InputError
 from . import METHODS, WindowAttribution, affine_probe, attribute, check_method, check_version, preserved
 
@@ -566,10 +567,16 @@ class ShapExplainer(_DartsShapExplainer):
         return None if self.delegated else int(self.explainer.background_windows_total)
 
     def _said(self, result: Any) -> Any:
-        """``result`` with which explainer answered and the background it was explained against."""
+        """``result`` with which explainer answered and the background it was explained against, and rnnshap's
+        result contract (:class:`rnnshap.result.AttributionResult`) as ``result.attribution``: the
+        :attr:`last_attribution`, its background stated (None where darts' own explainer answered)."""
         result.explained_by = self.explained_by
         result.background_num_samples = self.background_num_samples
         result.background_windows = self.background_windows_total
+        result.attribution = self.last_attribution
+        if result.attribution is not None:
+            rows = int(self.explainer.background_windows[0].shape[0])
+            result.attribution.background = stated("darts", rows, self.background_given)
         return result
     explainer: Any  # the shap adapter: rnnshap's, or darts' own where darts' own explainer answers
 
@@ -664,6 +671,8 @@ class ShapExplainer(_DartsShapExplainer):
                 # foreground, which is the background) is its unscaled copy, in the units explain() takes
                 self.background_series = [target_scaler.inverse_transform(s) for s in self.background_series]
         _check_lengths(model, self.n, self.background_series, None, None, "background")
+        #: whether background series were given (else darts' default, the series the model was fit on)
+        self.background_given = background_series is not None
         self.explainer = _RnnshapTorchAdapter(
             model=self.model,
             n=self.n,

@@ -39,7 +39,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..backgrounds import stated
 from ..errors import InputError, UnsupportedOperationError
+from ..result import AttributionResult
 from . import affine_probe, attribute, check_method, check_version, preserved
 
 __all__ = ["explain", "supported"]
@@ -107,7 +109,7 @@ def supported(model: Any) -> str | None:
     return None
 
 
-class _Forecast:
+class _ForecastBuilder:
     """Builds the module ``f(*windows) -> (n, k)`` explained for one batch of windows of one model."""
 
     def __init__(
@@ -228,8 +230,9 @@ class _Run:
     ) -> None:
         self.method, self.budget, self.random_state = method, budget, random_state
         self.batch_size, self.check_additivity, self.background = batch_size, check_additivity, background
-        #: per model name: (recursive step, standard errors and rows per window) of each call (Shapley mode)
-        self.stderr: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        #: per model name: (recursive step, the explained outputs, and in the Shapley mode the standard errors and rows
+        #: per window) of each call
+        self.calls: dict[str, list[tuple[int, dict[str, Any]]]] = {}
 
     def explain_batch(
         self,
@@ -284,7 +287,7 @@ class _Run:
             i = present.index("stat_exog")
             X[i] = X[i].unsqueeze(0).expand(n, *X[i].shape).clone()
         background = self._background(present, X)
-        build = _Forecast(model, y_idx, local, outputs, present, series)
+        build = _ForecastBuilder(model, y_idx, local, outputs, present, series)
         y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1); multivariate (n, 1, n_series)
         what = f"neuralforecast's {_name(model)}"
         with torch.enable_grad():
@@ -298,7 +301,9 @@ class _Run:
                 if parts[0].stderr is not None:
                     stderr = [np.concatenate([p.stderr[j] for p in parts]) for j in range(len(X))]  # type: ignore[index]
                 base = np.concatenate([p.base_values for p in parts])
+                forecast = np.concatenate([p.outputs for p in parts])
                 n_evals = None if parts[0].n_evals is None else np.concatenate([p.n_evals for p in parts])  # type: ignore[misc]
+                exact = None if parts[0].exact is None else np.concatenate([p.exact for p in parts])  # type: ignore[misc]
             else:
                 scaler = model.scaler
                 with preserved(scaler):  # the forecast in the network's units; the window's fixed affine map is applied below
@@ -319,12 +324,15 @@ class _Run:
                 values = [scaled(v) for v in result.values]
                 stderr = None if result.stderr is None else [np.abs(scaled(s)) for s in result.stderr]
                 base = a + b * result.base_values
-                n_evals = result.n_evals
+                forecast = a + b * result.outputs
+                n_evals, exact = result.n_evals, result.exact
         shaped = self._shape(model, present, values, len(local), len(series), len(outputs), X)
+        part: dict[str, Any] = {}
         if stderr is not None:
-            part: dict[str, Any] = self._shape(model, present, stderr, len(local), len(series), len(outputs), X)
-            part["n_evals"] = np.asarray(n_evals)
-            self.stderr.setdefault(_name(model), []).append((recursive_step, part))
+            part = self._shape(model, present, stderr, len(local), len(series), len(outputs), X)
+            part["n_evals"], part["exact"] = np.asarray(n_evals), np.asarray(exact)
+        part["outputs"] = forecast.reshape(n, len(local), len(series), len(outputs))
+        self.calls.setdefault(_name(model), []).append((recursive_step, part))
         dtype, device = insample_y.dtype, insample_y.device
         baseline = torch.as_tensor(base.reshape(n, len(local), len(series), len(outputs)), dtype=dtype, device=device)
         return (
@@ -464,9 +472,12 @@ def explain(
         ``fcsts_df``, neuralforecast's forecast frame, and ``explanations[model_name]``: ``insample``
         [batch, horizon, 1, output, L, 2] (target, availability mask), ``futr_exog`` [..., F, L + h],
         ``hist_exog`` [..., X, L], ``stat_exog`` [..., S], ``baseline_predictions`` [batch, horizon, 1,
-        output] (recurrent models' windows are L + h − 1 long, as neuralforecast's); in the Shapley mode
+        output] (recurrent models' windows are L + h − 1 long, as neuralforecast's), ``outputs`` (the explained
+        forecasts, shaped like ``baseline_predictions``) and ``attribution`` (rnnshap's result contract,
+        :class:`rnnshap.result.AttributionResult`, over the same tensors, by part); in the Shapley mode
         also ``insample_stderr``, ``futr_exog_stderr``, ``hist_exog_stderr``, ``stat_exog_stderr`` (shaped
-        like the values) and ``n_evals`` (rows run per window). Torch tensors, as neuralforecast returns them.
+        like the values), ``n_evals`` (rows run per window) and ``exact`` (per window). Torch tensors, as
+        neuralforecast returns them.
         Multivariate models: ``insample`` [batch, horizon, series, output, L, n_series, 2], ``futr_exog`` [...,
         F, L + h, n_series], ``hist_exog`` [..., X, L, n_series], ``stat_exog`` [..., n_series, S],
         ``baseline_predictions`` [batch, horizon, series, output]. Every entry also has ``explained_by``:
@@ -754,7 +765,7 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any], series: list[int]
         "stat_exog": stored["stat_exog_explanations"],
         "baseline_predictions": stored["baseline_predictions"],
     }
-    calls = run.stderr.get(_name(model))
+    calls = run.calls.get(_name(model))
     if calls:
         # calls in neuralforecast's order: per dataloader batch, per recursive step (a chunk of the horizon), per
         # batch of windows; neuralforecast stacks windows on axis 0, the steps' chunks on axis 1, then the batches
@@ -772,16 +783,38 @@ def _collect(model: Any, run: _Run, record: Mapping[str, Any], series: list[int]
 
             return torch.cat([steps(g) for g in groups], dim=0)
 
+        entry["outputs"] = stack("outputs")
         for key in ("insample", "futr_exog", "hist_exog", "stat_exog"):
             if key in calls[0][1]:
                 err = stack(key)
                 transpose = key in ("futr_exog", "hist_exog") and not model.MULTIVARIATE
                 entry[f"{key}_stderr"] = err.transpose(-2, -1) if transpose else err
-        n_evals = [sum(np.concatenate([np.asarray(p["n_evals"]) for p in g[k]]) for k in sorted(g)) for g in groups]
-        entry["n_evals"] = np.concatenate(n_evals)  # rows per window, summed over the horizon's chunks
+        if "n_evals" in calls[0][1]:
+            n_evals = [sum(np.concatenate([np.asarray(p["n_evals"]) for p in g[k]]) for k in sorted(g)) for g in groups]
+            entry["n_evals"] = np.concatenate(n_evals)  # rows per window, summed over the horizon's chunks
+            exact = [np.logical_and.reduce([np.concatenate([p["exact"] for p in g[k]]) for k in sorted(g)]) for g in groups]
+            entry["exact"] = np.concatenate(exact)  # per window: every chunk of its horizon exact
     if record:
         _to_data_units(entry, record, series if model.MULTIVARIATE else None)
+    entry["attribution"] = _contract(entry, run)
     return entry
+
+
+def _contract(entry: dict[str, Any], run: _Run) -> AttributionResult:
+    """rnnshap's result contract over one model's entry (the same tensors): values and standard errors by part."""
+    parts = [key for key in ("insample", "futr_exog", "hist_exog", "stat_exog") if entry[key] is not None]
+    shapley = f"{parts[0]}_stderr" in entry
+    rows = None if run.background is None else len(next(iter(run.background.values())))
+    return AttributionResult(
+        values={key: entry[key] for key in parts},
+        outputs=entry["outputs"],
+        base_values=entry["baseline_predictions"],
+        method="shapley" if shapley else "deepshap",
+        stderr={key: entry[f"{key}_stderr"] for key in parts} if shapley else None,
+        n_evals=entry.get("n_evals"),
+        exact=entry.get("exact"),
+        background=stated("neuralforecast", 1 if rows is None else rows, run.background is not None),
+    )
 
 
 def _bound(run: _Run, model: Any) -> Any:
@@ -799,7 +832,7 @@ def _to_data_units(entry: dict[str, Any], record: Mapping[str, Any], series: lis
     intercept, slope = np.asarray(record["intercept"]), np.asarray(record["slope"])
     n = len(slope)
     for key, value in list(entry.items()):
-        if value is None or key in ("n_evals", "explained_by"):
+        if value is None or key in ("n_evals", "exact", "explained_by"):
             continue
         t = torch.as_tensor(value)
         if series is not None:  # [windows, horizon, series_out, output, ...]: the map of each output series
@@ -810,7 +843,7 @@ def _to_data_units(entry: dict[str, Any], record: Mapping[str, Any], series: lis
         else:
             shape, a_s, b_s = (n, *([1] * (t.ndim - 1))), intercept, slope
         b = torch.as_tensor(b_s, dtype=t.dtype).reshape(shape)
-        if key == "baseline_predictions":
+        if key in ("baseline_predictions", "outputs"):
             entry[key] = torch.as_tensor(a_s, dtype=t.dtype).reshape(shape) + b * t
         else:
             entry[key] = t * b.abs() if key.endswith("_stderr") else t * b

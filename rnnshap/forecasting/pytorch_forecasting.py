@@ -19,7 +19,7 @@ The target normalizer's rescaling (``transform_output`` with ``target_scale``, i
 softplus transformation) runs inside ``forward``, so it is part of the explained function: the
 values are in the units of the user's target and add up to ``model.predict``'s output.
 ``target_scale`` (the normalizer's center and scale of each window's series) is an input like the
-others and gets its own share, reported apart (:attr:`ForecastExplanation.target_scale`).
+others and gets its own share, reported apart (:attr:`VariableExplanation.target_scale`).
 
 This file holds the entry point, its checks of the model and data and the explained function; the result
 type is in ``pytorch_forecasting_result.py``, the mapping of the tensors' values to named variables (per
@@ -33,9 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backgrounds import stated
 from ..errors import InputError, UnsupportedOperationError
 from . import check_method, check_version, preserved
-from .pytorch_forecasting_result import ForecastExplanation
+from .pytorch_forecasting_result import ForecastExplanation as ForecastExplanation
+from .pytorch_forecasting_result import VariableExplanation
 from .pytorch_forecasting_variables import attribute_by_encoder_length, to_variables
 
 MODES = ("raw", "prediction", "quantiles")
@@ -329,7 +331,7 @@ def explain(
     check_additivity: bool | float = True,
     dtype: str | None = "float64",
     teacher_forced: bool = False,
-) -> ForecastExplanation:
+) -> VariableExplanation:
     """Explain a pytorch-forecasting model's forecasts per named variable, step, horizon and output.
 
     Args:
@@ -367,7 +369,7 @@ def explain(
             every step, knowingly: its values on the decoder's target are reads of the realized future.
 
     Returns:
-        A :class:`ForecastExplanation`.
+        A :class:`VariableExplanation` (also named ``ForecastExplanation``).
 
     Raises:
         UnverifiedVersionError: pytorch-forecasting is installed at a version outside the series this adapter
@@ -499,6 +501,7 @@ def explain(
         names = [f"output{i}" for i in range(K)]
     result = to_variables(model, dataset, x, leaves, attribution, B, n, H, len(steps), K, names, method, mode)
     result.horizons = steps
+    result.background = stated("pytorch-forecasting", B, background is not None)
     return result
 
 

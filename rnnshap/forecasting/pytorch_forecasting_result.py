@@ -1,6 +1,7 @@
-"""The result of :func:`rnnshap.pytorch_forecasting.explain`: :class:`ForecastExplanation`, the values per
-named variable, time step, horizon step and output, with their accessors (importance, values over time, a
-long data frame) and TFT-like figures. Plain numpy: it imports neither torch nor pytorch-forecasting."""
+"""The result of :func:`rnnshap.pytorch_forecasting.explain`: :class:`VariableExplanation` (also named
+``ForecastExplanation``, its name before rnnshap's result contract), the values per named variable, time step,
+horizon step and output, with their accessors (importance, values over time, a long data frame) and TFT-like
+figures. Plain numpy: it imports neither torch nor pytorch-forecasting."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..result import AttributionResult
 
 
 @dataclass
-class ForecastExplanation:
-    """The attributions of pytorch-forecasting forecasts to their named inputs.
+class VariableExplanation(AttributionResult):
+    """The attributions of pytorch-forecasting forecasts to their named inputs: the result contract
+    (:class:`rnnshap.result.AttributionResult`) with the variables' names.
 
     Shapes: ``n`` explained windows, ``L`` encoder steps, ``H`` decoder steps (the prediction length),
     ``J`` explained horizon steps (:attr:`horizons`: all ``H`` by default), ``K`` outputs per horizon
@@ -24,22 +27,24 @@ class ForecastExplanation:
     shorter encoder of ``l`` steps has them at ``L - l .. L - 1`` and exact zeros in front. For every
     window, explained horizon step and output::
 
-        encoder.sum((1, 2)) + decoder.sum((1, 2)) + static.sum(1) + target_scale == prediction - base_values
+        encoder.sum((1, 2)) + decoder.sum((1, 2)) + static.sum(1) + target_scale == outputs - base_values
+
+    ``values``: a dict by part, ``"encoder"`` ``(n, L, V, J, K)`` (per encoder step and time-varying variable,
+    ``time_varying_variables``), ``"decoder"`` ``(n, H, V, J, K)`` (per decoder step, the known future),
+    ``"static"`` ``(n, S, J, K)`` (per static variable, ``static_variables``, summed over the steps it is repeated
+    at) and ``"target_scale"`` ``(n, J, K)`` (the share of the target normalizer's center and scale of each
+    window); each is also an attribute of its name (:attr:`encoder`, ...). ``base_values`` ``(n, J, K)``: the mean
+    forecast over the background windows. ``outputs`` ``(n, J, K)``: the explained forecasts (what
+    ``model.predict`` returns in this ``mode``), also named :attr:`prediction`.
+
+    ``stderr`` (Shapley mode): a dict by part shaped like ``values`` (0 where exact), else None. It is NOT the
+    standard error of a variable's value: each entry is the root of the sum of the squared standard errors of the
+    input cells summed into it (a static variable's repeated steps, target_scale's entries, a variable read
+    through two batch tensors such as the target in encoder_cont and encoder_target, a group of categoricals),
+    and those cells' estimates come from the same sampled walks and are correlated, so the standard error of
+    their sum can be smaller or larger. Where one cell maps to one entry it is that cell's standard error.
     """
 
-    #: ``(n, L, V, J, K)``: per encoder step (right-aligned: position p is step p - L) and time-varying
-    #: variable (``time_varying_variables``)
-    encoder: np.ndarray
-    #: ``(n, H, V, J, K)``: per decoder step (the known future) and time-varying variable
-    decoder: np.ndarray
-    #: ``(n, S, J, K)``: per static variable (``static_variables``), summed over the steps it is repeated at
-    static: np.ndarray
-    #: ``(n, J, K)``: the share of ``target_scale``, the target normalizer's center and scale of each window
-    target_scale: np.ndarray
-    #: ``(n, J, K)``: what each forecast's values add up from: the mean forecast over the background windows
-    base_values: np.ndarray
-    #: ``(n, J, K)``: the explained forecasts (what ``model.predict`` returns in this ``mode``)
-    prediction: np.ndarray
     time_varying_variables: list[str]
     static_variables: list[str]
     #: the names of the K outputs: quantiles (``q0.5``), distribution parameters (``loc``), or the target
@@ -53,28 +58,39 @@ class ForecastExplanation:
     decoder_lengths: np.ndarray
     #: the data set's index of the explained windows: time index of the first forecast and group ids
     index: Any
-    #: "deepshap" or "shapley"
-    method: str
     mode: str
-    #: Shapley mode: per part ("encoder", "decoder", "static", "target_scale"), an uncertainty scale
-    #: shaped like the values (0 where exact), else None. It is NOT the standard error of a variable's
-    #: value: each entry is the root of the sum of the squared standard errors of the input cells
-    #: summed into it (a static variable's repeated steps, target_scale's entries, a variable read
-    #: through two batch tensors such as the target in encoder_cont and encoder_target, a group of
-    #: categoricals), and those cells' estimates come from the same sampled walks and are correlated,
-    #: so the standard error of their sum can be smaller or larger. Where one cell maps to one entry
-    #: it is that cell's standard error.
-    stderr: dict[str, np.ndarray] | None = None
-    #: per window: whether the values are exact Shapley values (Shapley mode)
-    exact: np.ndarray | None = None
-    #: per window: the rows run through the model (Shapley mode)
-    n_evals: np.ndarray | None = None
     #: the input tensors' own attributions, before they were mapped to variables (encoder tensors
     #: right-aligned like ``encoder``)
     raw: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     #: ``(J,)``: the explained horizon steps (0 the first forecast step), in the order of the ``J`` axis;
     #: None: all ``H``. The accessors' ``horizon=`` takes these step numbers.
     horizons: np.ndarray | None = None
+
+    # -- the parts of ``values`` and the forecast, by the names they had before the result contract ----------
+    @property
+    def encoder(self) -> np.ndarray:
+        """``values["encoder"]``: ``(n, L, V, J, K)``, per encoder step (right-aligned) and time-varying variable."""
+        return self.values["encoder"]
+
+    @property
+    def decoder(self) -> np.ndarray:
+        """``values["decoder"]``: ``(n, H, V, J, K)``, per decoder step and time-varying variable."""
+        return self.values["decoder"]
+
+    @property
+    def static(self) -> np.ndarray:
+        """``values["static"]``: ``(n, S, J, K)``, per static variable."""
+        return self.values["static"]
+
+    @property
+    def target_scale(self) -> np.ndarray:
+        """``values["target_scale"]``: ``(n, J, K)``, the share of the target normalizer's center and scale."""
+        return self.values["target_scale"]
+
+    @property
+    def prediction(self) -> np.ndarray:
+        """``outputs``: ``(n, J, K)``, the explained forecasts."""
+        return self.outputs
 
     def _horizon_steps(self) -> np.ndarray:
         return np.arange(self.prediction.shape[1]) if self.horizons is None else np.asarray(self.horizons)
@@ -232,14 +248,20 @@ class ForecastExplanation:
         figs["time"] = fig
         return figs
 
-    def _sample(self, i: int) -> ForecastExplanation:
+    def _sample(self, i: int) -> VariableExplanation:
         n = self.prediction.shape[0]
         if not -n <= i < n:
             raise InputError(f"sample {i} out of range: {n} explained windows")
         pick = slice(i % n, i % n + 1)
-        return ForecastExplanation(
-            self.encoder[pick], self.decoder[pick], self.static[pick], self.target_scale[pick], self.base_values[pick],
-            self.prediction[pick], self.time_varying_variables, self.static_variables, self.output_names, self.encoder_variables,
-            self.decoder_variables, self.encoder_lengths[pick], self.decoder_lengths[pick], None, self.method, self.mode,
-            horizons=self.horizons,
+        return VariableExplanation(
+            values={part: v[pick] for part, v in self.values.items()}, base_values=self.base_values[pick],
+            outputs=self.outputs[pick], method=self.method, time_varying_variables=self.time_varying_variables,
+            static_variables=self.static_variables, output_names=self.output_names, encoder_variables=self.encoder_variables,
+            decoder_variables=self.decoder_variables, encoder_lengths=self.encoder_lengths[pick],
+            decoder_lengths=self.decoder_lengths[pick], index=None, mode=self.mode, horizons=self.horizons,
         )  # fmt: skip
+
+
+#: the name :class:`VariableExplanation` had before rnnshap's result contract (kept: ``rnnshap.pytorch_forecasting``
+#: exports it under both names)
+ForecastExplanation = VariableExplanation

@@ -3,7 +3,7 @@
 :func:`attribute_by_encoder_length` runs :func:`rnnshap.forecasting.attribute` once per encoder length of the
 explained windows (pytorch-forecasting pads shorter encoders after their steps) and places the values
 right-aligned; :func:`to_variables` sums the tensors' values into the named variables of a
-:class:`ForecastExplanation`. Package-internal: the adapter's own steps, public so that it may call them.
+:class:`VariableExplanation`. Package-internal: the adapter's own steps, public so that it may call them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import WindowAttribution, attribute
-from .pytorch_forecasting_result import ForecastExplanation
+from .pytorch_forecasting_result import VariableExplanation
 
 
 def attribute_by_encoder_length(
@@ -117,14 +117,14 @@ def attribute_by_encoder_length(
 
     return WindowAttribution(
         values=values, stderr=stderr, base_values=joined("base_values", (n, k)), outputs=joined("outputs", (n, k)),
-        method=first.method, exact=joined("exact", (n,)), n_evals=joined("n_evals", (n,)),
+        method=first.method, exact=joined("exact", (n,)), n_evals=joined("n_evals", (n,)), background=first.background,
     )  # fmt: skip
 
 
 def to_variables(
     model: Any, dataset: Any, x: dict[str, Any], leaves: list[tuple[str, int | None]], attribution: WindowAttribution,
     B: int, n: int, H: int, J: int, K: int, names: list[str], method: str, mode: str,
-) -> ForecastExplanation:  # fmt: skip
+) -> VariableExplanation:  # fmt: skip
     """Map the tensors' values to the data set's named variables (``H`` decoder steps, ``J`` explained
     horizon steps of ``K`` outputs each)."""
     reals, cats = list(dataset.reals), list(dataset.flat_categoricals)
@@ -192,9 +192,8 @@ def to_variables(
         index = None
     encoder_variables = [v for v in getattr(model, "encoder_variables", time_varying) if v in time_varying]
     decoder_variables = [v for v in getattr(model, "decoder_variables", time_varying) if v in time_varying]
-    return ForecastExplanation(
-        encoder=values["encoder"], decoder=values["decoder"], static=values["static"], target_scale=values["target_scale"],
-        base_values=attribution.base_values.reshape(n, J, K), prediction=attribution.outputs.reshape(n, J, K),
+    return VariableExplanation(
+        values=values, base_values=attribution.base_values.reshape(n, J, K), outputs=attribution.outputs.reshape(n, J, K),
         time_varying_variables=time_varying, static_variables=static, output_names=names, encoder_variables=encoder_variables,
         decoder_variables=decoder_variables, encoder_lengths=x["encoder_lengths"][B : B + n].cpu().numpy(),
         decoder_lengths=x["decoder_lengths"][B : B + n].cpu().numpy(), index=index,

@@ -12,9 +12,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..backgrounds import stated
 from ..engines.base import Engine, blocks
 from ..engines.outputs import select_outputs
 from ..errors import InputError
+from ..result import AttributionResult
 from .estimator import GROUP, Forward, Game, default_budget, enumeration_rows, estimate
 from .layout import Layout, chosen_axes
 from .players import Players, resolve
@@ -116,34 +118,26 @@ def pair_values(engine: Engine, inputs: list[Any], columns: np.ndarray, players:
 
 
 @dataclass
-class ShapleyEstimate:
+class ShapleyEstimate(AttributionResult):
     """Shapley values of the game v(S) = mean over background rows r of f(x on S, r elsewhere),
-    with standard errors (see docs/shapley.md).
+    with standard errors (see docs/shapley.md): the result contract (:class:`rnnshap.result.AttributionResult`)
+    with ``method="shapley"``.
 
     Arrays are shaped ``(N, P, *outputs)`` (players ``"cells"``: like the input, then the outputs;
     a list per input for a model with several), the outputs following ``shap_values``' conventions.
+    ``values``: the estimates; ``stderr``: their standard errors (0 where every coalition was enumerated; inf where
+    fewer than two walk pairs ran); ``base_values``: per sample and output, v(∅), the mean output over the background
+    (with context inputs at the sample's); ``outputs``: per sample and output, f(x); ``n_evals``: per sample, the rows
+    run through the model's forward (DeepSHAP's pass counts 3 per pair), never above the budget; ``exact``: per sample,
+    True where every coalition was enumerated; ``players``: "steps", "windows", "features", "cells" or "mask".
     """
 
-    #: the estimates
-    values: Any
-    #: their standard errors (0 where every coalition was enumerated; inf where fewer than two walk pairs ran)
-    stderr: Any
-    #: per sample and output: v(∅), the mean output over the background (with context inputs at the sample's)
-    base_values: np.ndarray
-    #: per sample and output: f(x)
-    outputs: np.ndarray
-    #: per sample: the rows run through the model's forward (DeepSHAP's pass counts 3 per pair); never above the budget
-    n_evals: np.ndarray
-    #: per sample: True where every coalition was enumerated (the values are exact)
-    exact: np.ndarray
     #: DeepSHAP's values summed to the same players (DeepExplainer's door; None on ShapleyExplainer, and
     #: where the budget leaves no room for DeepSHAP's pass: 3 rows per background row and two walk pairs,
     #: or 3 per background row beside the enumeration)
     deepshap: Any = None
     #: ``values - deepshap`` (None without deepshap); its standard error is ``stderr``
     deepshap_gap: Any = None
-    #: "steps", "windows", "features", "cells" or "mask"
-    players: str = "steps"
     #: the number of players P
     n_players: int = 0
     #: the sampling's antithetic walk pairs per sample (0 where enumerated)
@@ -334,6 +328,8 @@ def shapley_values(
         shrunk, rmse, weight = shrink(result.values, result.stderr, deepshap)
     base_shape = (k,) if chosen else view.output_shape
     return ShapleyEstimate(
+        method="shapley",
+        background=stated("ShapleyExplainer", B, True),
         values=values,
         stderr=shaped(result.stderr),
         base_values=result.base_values.reshape(n, *base_shape),
@@ -481,6 +477,8 @@ def _pruned(
     shrunk, _ = per_step("shrunk")
     assert values is not None and stderr is not None
     return ShapleyEstimate(
+        method="shapley",
+        background=parts[0].background,
         values=values,
         stderr=stderr,
         base_values=np.concatenate([p.base_values for p in parts]),

@@ -839,9 +839,9 @@ def test_forecast_explainer_takes_no_other_model_or_background(ttm: Any) -> None
 
 
 def test_forecast_explainer_keeps_the_most_recently_used_setups(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rnnshap.forecasting import foundation
+    from rnnshap.forecasting.foundation import methods
 
-    monkeypatch.setattr(foundation, "KEPT_EXPLAINERS", 2)
+    monkeypatch.setattr(methods, "KEPT_EXPLAINERS", 2)  # (where DeepSHAP's explainers are kept)
     setups = _setups(monkeypatch)
     explainer = rnnshap.foundation.ForecastExplainer(ttm, background=windows(16, [0, 40, 80]))
     context = windows(16, [300])

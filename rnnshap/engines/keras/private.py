@@ -10,28 +10,22 @@ A Keras release may change any of them, so the engine checks the installed Keras
 
 from __future__ import annotations
 
-import re
 from importlib import metadata
 from typing import Any, Callable, NamedTuple
 
 import keras
-from keras.src import backend as keras_backend
-from keras.src.models.functional import Functional as Functional  # (the class of Functional models, for the engine)
 
-from ...errors import RnnShapError
+from ... import versions
+from ...versions import release as release
 
 #: the Keras releases the engine was verified on: ``(lowest, first not verified)``, from the version pinned
-#: in ``constraints/cpu-torch.txt`` (as the forecasting adapters' :data:`rnnshap.forecasting.VERIFIED`)
+#: in ``constraints/cpu-torch.txt`` (as the forecasting adapters' :data:`rnnshap.forecasting.VERIFIED`); the
+#: ``keras`` bounds of pyproject.toml's extras are these (a test checks it)
 VERIFIED: tuple[tuple[int, ...], tuple[int, ...]] = ((3, 15), (3, 16))
 
-class UnverifiedKerasError(RnnShapError, ImportError):
+
+class UnverifiedKerasError(versions.UnverifiedVersionError):
     """The installed Keras is outside the releases the Keras engine was verified on."""
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The numeric release of a version string: "3.15.1" -> (3, 15, 1); "3.16.0rc1" -> (3, 16, 0)."""
-    numbers = re.match(r"\d+(\.\d+)*", version)
-    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
 
 
 def installed_version() -> str:
@@ -45,17 +39,24 @@ def installed_version() -> str:
 def check_version(version: str | None = None) -> str:
     """The installed Keras version (or ``version``), or an :class:`UnverifiedKerasError` naming it and the
     versions the engine was verified on (as the forecasting adapters' ``check_version``)."""
-    installed = version if version is not None else installed_version()
-    low, high = VERIFIED
-    if not low <= release(installed) < high:
-        floor, ceiling = ".".join(map(str, low)), ".".join(map(str, high))
-        raise UnverifiedKerasError(
-            f"rnnshap's Keras engine was verified on keras {floor}.x (constraints/cpu-torch.txt) and reads private "
-            f"parts of Keras that other versions may change (rnnshap/engines/keras/private.py); keras {installed} is "
-            f"installed. Install 'keras>={floor},<{ceiling}', or save the model and explain it on the torch backend "
-            "(KERAS_BACKEND=torch: the PyTorch engine)"
-        )
-    return installed
+    return versions.check_version(
+        "keras",
+        VERIFIED,
+        door="Keras engine",
+        reads="reads private parts of Keras that other versions may change (rnnshap/engines/keras/private.py)",
+        advice="save the model and explain it on the torch backend (KERAS_BACKEND=torch: the PyTorch engine)",
+        version=version if version is not None else installed_version(),
+        error=UnverifiedKerasError,
+        named=True,
+    )
+
+
+# Checked before Keras's private modules are imported: a Keras whose layout moved gets the message above, not an
+# ImportError from keras.src.
+check_version()
+
+from keras.src import backend as keras_backend  # noqa: E402
+from keras.src.models.functional import Functional as Functional  # noqa: E402  (the class of Functional models)
 
 
 # -- masks and graphs -----------------------------------------------------------------------------

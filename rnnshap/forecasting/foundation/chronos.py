@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter
+from .adapters import Adapter
 from .chronos_pipeline import ChronosPipelineAdapter
 
 

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import windows_of
 from .chronos_pipeline import ChronosPipelineAdapter
+from .inputs import windows_of
 
 #: the quantiles ``predict`` unrolls long horizons on (its default)
 UNROLLED = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Adapter
+from .adapters import Adapter
 
 
 class ChronosPipelineAdapter(Adapter):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, net_module, point_levels
+from .adapters import Adapter, net_module, point_levels
 
 
 class MomentAdapter(Adapter):

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, quantile_columns
+from .adapters import Adapter, quantile_columns
 
 #: the columns of ``forecast``'s quantile output
 COLUMNS: list[Any] = ["mean", 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, point_levels
+from .adapters import Adapter, point_levels
 
 
 class TinyTimeMixerAdapter(Adapter):

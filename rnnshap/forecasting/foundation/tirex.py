@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ...errors import InputError
-from . import Adapter, net_module, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns
 
 
 class TiRexAdapter(Adapter):

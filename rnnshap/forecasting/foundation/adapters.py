@@ -1,0 +1,172 @@
+"""The foundation forecasters' adapters: the :class:`Adapter` base (one library's forecast, its public call on
+windows and the torch function behind it), and the helpers the library modules share (quantile columns, a point
+forecast's column, a torch module around a network, the precision asked for)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+
+
+class Adapter:
+    """One library's forecast: its public call on windows, and the torch function behind it.
+
+    Subclasses set the class attributes and implement :meth:`library_forecast` and :meth:`module`."""
+
+    #: the distribution whose version is checked (a key of :data:`rnnshap.forecasting.VERIFIED`)
+    distribution = ""
+    #: the model's name in messages
+    label = ""
+    #: how the library takes a missing value (said in the docs and the result)
+    drops = "NaN"
+    #: the precision the forecast is computed in (its rounding is the Shapley mode's tolerance for a model whose
+    #: output moves with the rows batched beside it, as matrix products in float32 do)
+    precision: Any = np.float32
+    #: how far (relative to the forecast's scale) the DeepSHAP module's output may be from the library's own call on
+    #: the same windows: rounding that moves with the batch beside a row (the module runs the library's functions)
+    agreement = 2e-5  # ~170 float32 eps of the forecast's scale
+    #: the precisions ``explain(precision=...)`` takes, the first the model's own (the default)
+    precisions: tuple[str, ...] = ("float32",)
+    #: what a twin in another precision changes (said in the result's ``model``)
+    twin_note = ""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def computing_in(self, precision: str) -> Any:
+        """A context manager in which the model computes in ``precision`` (one of :attr:`precisions`): the
+        library's forecast and the DeepSHAP module alike. The model's own precision changes nothing."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # -- what the model reads -----------------------------------------------------------------------------
+    def context_length(self) -> int | None:
+        """The most recent steps the model reads; earlier ones are trimmed (None: no limit)."""
+        return None
+
+    def patch_length(self) -> int | None:
+        """The model's own patch length (``players="patches"``), None for a model without patches."""
+        return None
+
+    def levels(self, requested: Sequence[float] | None) -> list[Any]:
+        """The labels of the forecast's last axis for ``quantile_levels=requested`` (validated)."""
+        raise NotImplementedError
+
+    def torch_modules(self) -> list[Any]:
+        """The torch modules the forecast runs (put back as they were after explaining)."""
+        raise NotImplementedError
+
+    # -- the two forms of the forecast ---------------------------------------------------------------------
+    def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
+        """The library's public forecast call on ``windows`` (m, L) float64 (NaN: missing): (m, H, Q)."""
+        raise NotImplementedError
+
+    def module(self, prediction_length: int, levels: list[Any]) -> Any:
+        """A torch module ``f(x, *context) -> (m, H·Q)``: the library's forecast of the windows ``x`` (m, L),
+        computed by the library's torch functions; ``context`` are :meth:`context_inputs`."""
+        raise NotImplementedError
+
+    def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
+        """:meth:`module` for windows missing the steps ``missing`` (L,) bool, all alike (DeepSHAP explains windows
+        in groups of one missing pattern): a library that fills missing values by a map fixed by the pattern (TimesFM
+        interpolates) builds that map here."""
+        return self.module(prediction_length, levels)
+
+    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
+        """Per-window inputs that are not attributed (bool arrays, first axis the windows): taken at the
+        explained window's values for it and its references alike (DeepSHAP's context inputs)."""
+        return []
+
+    def refusal_note(self, prediction_length: int, levels: Sequence[Any] = ()) -> str:
+        """What to add to DeepSHAP's refusal of this forecast (e.g. the rollout past the model's horizon, quantile
+        levels the library interpolates)."""
+        return ""
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        """The explained windows as the DeepSHAP module reads them; NaN refused where the module cannot
+        take it."""
+        if np.isnan(windows).any():
+            raise InputError(
+                f"{self.label}: the context holds NaN (missing values or series of different lengths), which DeepSHAP "
+                "explains only where rnnshap has exact rules for the model's missing-value handling. Use "
+                "method='shapley', which runs the library's own forecast call on them"
+            )
+        return windows
+
+
+def low_precision(adapter: Adapter) -> str:
+    """The low-precision floating dtypes (bfloat16, float16) of the parameters of the modules the forecast runs,
+    named ("" where there are none)."""
+    import torch
+
+    found = {
+        str(p.dtype).replace("torch.", "")
+        for m in adapter.torch_modules()
+        for p in m.parameters()
+        if p.dtype in (torch.bfloat16, torch.float16)
+    }
+    return " and ".join(sorted(found))
+
+
+def quantile_columns(trained: Sequence[float], requested: Sequence[float] | None, label: str) -> list[float]:
+    """Requested levels, each one the model was trained on (no interpolation), default all."""
+    if requested is None:
+        return [float(q) for q in trained]
+    out = []
+    for q in requested:
+        if not any(math.isclose(float(q), float(t)) for t in trained):
+            raise InputError(f"quantile_levels: {label} forecasts the levels {list(trained)}; {q} is not one of them")
+        out.append(float(q))
+    if not out:
+        raise InputError("quantile_levels: give at least one level")
+    return out
+
+
+def point_levels(requested: Sequence[float] | None, label: str) -> list[Any]:
+    """The one column of a point forecaster, ``["point"]``; quantile levels are refused."""
+    if requested is not None:
+        raise InputError(
+            f"{label} makes a point forecast (one column, 'point'), no quantiles: leave quantile_levels=None; "
+            f"got {list(requested)}"
+        )
+    return ["point"]
+
+
+def net_module(net: Any, forward: Callable[[Any, Any], Any], doc: str) -> Any:
+    """A float32 torch module holding ``net`` (a submodule, as ``.net``) whose forward on the windows ``x`` is
+    ``forward(net, x)``; ``doc`` says what it computes."""
+    import torch
+    from torch import nn
+
+    class Forecast(nn.Module):
+        dtype = torch.float32
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(self.net, x)
+
+    Forecast.__doc__ = doc
+    return Forecast()
+
+
+def precision_of(adapter: Adapter, precision: str | None) -> tuple[str, str]:
+    """``(precision, label)``: the precision asked for (None: the model's own), refused where the adapter has no such
+    twin, and the model in words for it."""
+    own = adapter.precisions[0]
+    if precision is None:
+        precision = own
+    if precision not in adapter.precisions:
+        raise InputError(
+            f"precision={precision!r}: {adapter.label} computes in {own}"
+            + (f"; it can also run in {', '.join(adapter.precisions[1:])}" if len(adapter.precisions) > 1 else "")
+            + f". Give one of {list(adapter.precisions)}, or leave precision=None (the model's own)"
+        )
+    return precision, adapter.label if precision == own else f"{adapter.label} ({precision} twin: {adapter.twin_note})"
