@@ -48,7 +48,7 @@ ADVICE: dict[str, str] = {
         "{op} selects or orders elements by their input-dependent values, and which elements it "
         "picks differs between the input and its reference. Orderings along one dimension of each "
         "row are attributed exactly: torch.max / torch.min / amax / amin, argmax / argmin, sort, "
-        "argsort, topk (sorted), kthvalue and median with a dimension (their values are routed like "
+        "argsort, topk (sorted), kthvalue, median and quantile with a dimension (their values are routed like "
         "max-pool, rank by rank, and their indices may select with gather, indexing, embedding or "
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
