@@ -92,6 +92,14 @@ class GateMasks:
         picked = mode.picked_indices.get(leaf)
         return picked is None or (picked.handle is None and gate_of(leaf) is None and _last(picked.origin) in PREDICATES)
 
+    def _origin(self, mask: Tensor) -> str:
+        """The comparison a gated mask comes from: its followed origin, else its gate's name."""
+        picked = self.mode.picked_indices.get(mask)
+        if picked is not None:
+            return str(picked.origin)
+        gate = gate_of(mask)
+        return gate.name if gate is not None else "a comparison"
+
     def _follow(self, result: Tensor, origin: str, gate: Gate | None) -> None:
         self.mode.picked_indices[result] = Picked(origin, None)
         if gate is not None:
@@ -108,6 +116,8 @@ class GateMasks:
             operands.append(kwargs["other"])
         if len(operands) != (1 if kind == "not" else 2) or len(kwargs) > ("other" in kwargs):
             return False, None  # (an out= or a form not written here: the caller's handling)
+        if any(isinstance(t, Tensor) and t.dtype != torch.bool for t in operands):
+            return False, None  # (bitwise arithmetic on integers: not a combination of masks)
         masks = [t for t in operands if isinstance(t, Tensor) and not self._constant(t)]
         found = [self._compared(t) for t in masks]
         origins = [o for o in found if o is not None]
@@ -184,7 +194,7 @@ class GateMasks:
         outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
         if not outputs or any(t.dtype != torch.bool for t in outputs):
             return False, None  # (a count, a cast to numbers: the caller's handling, which runs it again)
-        origin = str(mode.picked_indices[gated[0]].origin)
+        origin = self._origin(gated[0])
         if not mode.replay:
             for out in outputs:
                 self._follow(out, origin, Gate(origin))
@@ -227,7 +237,7 @@ class GateMasks:
     def _unhandled(self, result: Any, gated: list[Tensor]) -> Any:
         """A result of gated masks this module does not make a gate of: followed without one (its use as a value
         is refused by name, as a comparison's mask outside a where)."""
-        origin = str(self.mode.picked_indices[gated[0]].origin)
+        origin = self._origin(gated[0])
         for out in tree_flatten(result)[0]:
             if isinstance(out, Tensor) and not (out.is_floating_point() or out.is_complex()):
                 self._follow(out, origin, None)
