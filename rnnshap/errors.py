@@ -48,7 +48,7 @@ ADVICE: dict[str, str] = {
         "{op} selects or orders elements by their input-dependent values, and which elements it "
         "picks differs between the input and its reference. Orderings along one dimension of each "
         "row are attributed exactly: torch.max / torch.min / amax / amin, argmax / argmin, sort, "
-        "argsort, topk (sorted), kthvalue and median with a dimension (their values are routed like "
+        "argsort, topk (sorted), kthvalue, median and quantile with a dimension (their values are routed like "
         "max-pool, rank by rank, and their indices may select with gather, indexing, embedding or "
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
@@ -132,11 +132,11 @@ ADVICE: dict[str, str] = {
         "functions of rnnshap's operation table, scans), or explain the model in the Shapley mode (below)."
     ),
     "complex": (
-        "rnnshap follows complex values through linear maps only: the Fourier transforms of torch.fft, conj, real, "
-        "imag, view_as_real and view_as_complex, sums, indexing, products and matrix products with a constant. Write "
-        "{op} in real arithmetic on the real and imaginary parts (x.real, x.imag or torch.view_as_real(x), each a "
-        "real tensor with exact rules), e.g. |z| as torch.sqrt(z.real ** 2 + z.imag ** 2) and a product of two "
-        "spectra as (a.real * b.real - a.imag * b.imag) + 1j * (a.real * b.imag + a.imag * b.real)."
+        "rnnshap follows complex values through linear maps (the Fourier transforms of torch.fft, conj, real, "
+        "imag, view_as_real and view_as_complex, sums, indexing, products and matrix products with a constant) and "
+        "products of two of them (bilinear) only. Write {op} in real arithmetic on the real and imaginary parts "
+        "(x.real, x.imag or torch.view_as_real(x), each a real tensor with exact rules), e.g. |z| as "
+        "torch.sqrt(z.real ** 2 + z.imag ** 2)."
     ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "

@@ -275,6 +275,8 @@ STRUCTURED: tuple[Structured, ...] = (
     Structured("argsort", "ordering", "argsort", ("argsort",), keras_refused=("argsort",)),
     Structured("kthvalue", "ordering", "kthvalue", ("kthvalue",)),
     Structured("median", "ordering", "median", ("median",)),
+    # two order statistics and a fixed linear interpolation between them (rnnshap/rules/quantile.py)
+    Structured("quantile", "ordering", "quantile", ("quantile", "nanquantile")),
     Structured("argmax", "pick", "argmax", ("argmax",), ("argmax",)),
     Structured("argmin", "pick", "argmin", ("argmin",), ("argmin",)),
 )

@@ -368,7 +368,7 @@ def test_a_sort_over_the_batch_is_refused_by_name() -> None:
         rnnshap.DeepExplainer(Selecting("msort").eval(), torch.randn(4, 5))
     message = str(info.value)
     assert "torch.msort" in message
-    assert "sort, argsort, topk (sorted), kthvalue and median" in message  # the advice that fits
+    assert "sort, argsort, topk (sorted), kthvalue, median and quantile" in message  # the advice that fits
     assert "Rescale()" not in message
 
 

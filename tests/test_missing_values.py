@@ -488,8 +488,6 @@ def test_masked_assignment_into_a_constant_buffer_is_refused_by_name() -> None:
 REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "prod": lambda x: x.prod(-1, keepdim=True),
     "cumprod": lambda x: x.cumprod(-1),
-    "nanquantile": lambda x: torch.nanquantile(x, 0.5, dim=-1, keepdim=True),
-    "quantile": lambda x: x.quantile(0.5, dim=-1, keepdim=True),
     "matrix_norm": lambda x: torch.linalg.matrix_norm(x.reshape(-1, 2, 2)).reshape(-1, 1),
     "cdist": lambda x: torch.cdist(x[:, None], x[:, None]).reshape(-1, 1),
 }

@@ -205,6 +205,19 @@ def _picked(largest: bool, ranks: slice) -> Callable[[np.ndarray, np.ndarray], P
     return reference
 
 
+def _quantile(q: float) -> Callable[[np.ndarray, np.ndarray], Phi]:
+    """``quantile(x, q)`` (linear): the two ranks of the ascending sort around q·(N − 1), weighted 1 − w and w."""
+
+    def reference(x: np.ndarray, r: np.ndarray) -> Phi:
+        rank = np.float32(q) * np.float32(x.size - 1)  # (torch computes the rank in the input's dtype, float32 here)
+        below, above, w = int(np.floor(rank)), int(np.ceil(rank)), float(rank - np.floor(rank))
+        phi = _ranked(x, r, largest=False)
+        value = lambda t: (1 - w) * np.sort(t)[below] + w * np.sort(t)[above]  # noqa: E731
+        return np.array([value(x)]), np.array([value(r)]), ((1 - w) * phi[below] + w * phi[above])[None]
+
+    return reference
+
+
 def _normalize_by_product(x: np.ndarray, r: np.ndarray) -> Phi:
     """keras.ops.normalize, ``x * min(rsqrt(Σ x²), 1/eps)``: as _scaled_norm, with x ⊙ s by the Shapley rule."""
     q, qr = x @ x, r @ r
@@ -253,6 +266,8 @@ REFERENCES: dict[str, Callable[[np.ndarray, np.ndarray], Phi]] = {
     "argsort": _picked(False, slice(None)),
     "kthvalue": _ordering(False, slice(1, 2)),
     "median": _ordering(False, slice((N - 1) // 2, (N - 1) // 2 + 1)),
+    "quantile": _quantile(0.35),
+    "nanquantile": _quantile(0.35),
     "argmax": _picked(True, slice(0, 1)),
     "argmin": _picked(False, slice(0, 1)),
     # keras names where they differ
@@ -294,6 +309,8 @@ TORCH_CALLS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
     "argsort": lambda fn, t: t.gather(-1, fn(t, -1)),  # the picked indices used to gather
     "kthvalue": lambda fn, t: fn(t, 2, -1, keepdim=True)[0],
     "median": lambda fn, t: fn(t, -1, keepdim=True)[0],
+    "quantile": lambda fn, t: fn(t, 0.35, -1, keepdim=True),
+    "nanquantile": lambda fn, t: fn(t, 0.35, -1, keepdim=True),
     "argmax": lambda fn, t: t.gather(-1, fn(t, -1, keepdim=True)),
     "argmin": lambda fn, t: t.gather(-1, fn(t, -1, keepdim=True)),
 }

@@ -167,6 +167,30 @@ SAME: list[tuple[str, Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tens
         lambda u, h: h.gather(1, u.topk(2, 1).indices),
         lambda u, h: (F.one_hot(u.topk(2, 1).indices, 6).to(h.dtype) * h[:, None]).sum(2),
     ),
+    # quantiles: two ranks of the sort, interpolated with fixed weights (rnnshap/rules/quantile.py)
+    ("quantile(0) = min", lambda u, h: u.quantile(0.0, 1, keepdim=True), lambda u, h: u.min(1, keepdim=True).values),
+    ("quantile(1) = max", lambda u, h: torch.quantile(u, 1.0, dim=1, keepdim=True), lambda u, h: u.amax(1, keepdim=True)),
+    (
+        "lower quantile(0.5) = median",
+        lambda u, h: u.quantile(0.5, 1, keepdim=True, interpolation="lower"),
+        lambda u, h: u.median(1, keepdim=True).values,
+    ),
+    (
+        "quantile(0.3) = its two ranks of the sort, interpolated",
+        lambda u, h: u.quantile(0.3, 1, keepdim=True),
+        lambda u, h: torch.lerp(u.sort(1).values[:, 1:2], u.sort(1).values[:, 2:3], torch.tensor(0.5, dtype=u.dtype)),
+    ),
+    (
+        "quantiles at once = one at a time",
+        lambda u, h: torch.quantile(u, torch.tensor([0.1, 0.7, 0.9], dtype=u.dtype), dim=1).T,
+        lambda u, h: torch.cat([u.quantile(q, 1, keepdim=True) for q in (0.1, 0.7, 0.9)], 1),
+    ),
+    ("nanquantile without NaN = quantile", lambda u, h: u.nanquantile(0.8, 1, True), lambda u, h: u.quantile(0.8, 1, True)),
+    (
+        "midpoint quantile = the mean of lower and higher",
+        lambda u, h: u.quantile(0.3, 1, keepdim=True, interpolation="midpoint"),
+        lambda u, h: (u.quantile(0.3, 1, keepdim=True, interpolation="lower") + u.kthvalue(3, 1, keepdim=True).values) / 2,
+    ),
     (
         "median's index = kthvalue's",
         lambda u, h: h.gather(1, u.median(1, keepdim=True).indices),
@@ -282,3 +306,24 @@ def test_orderings_that_cannot_be_paired_by_rank_are_refused_by_name(how: Callab
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(Ordered(how).eval(), torch.randn(4, 5))
     assert named in str(info.value) and says in str(info.value)
+
+
+def test_a_quantile_over_the_whole_batch_or_of_missing_values_is_refused_by_name() -> None:
+    """Without a dimension the quantile mixes the rows; with a NaN the ranks it interpolates depend on where the NaNs
+    are (quantile gives NaN, nanquantile leaves them out): both refused by name, not attributed."""
+
+    class Whole(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.quantile(x, 0.3).expand(x.shape[0], 1)
+
+    class Missing(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.nanquantile(x, 0.3, dim=1, keepdim=True)
+
+    background = torch.randn(4, 5, dtype=D)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)torch\.quantile.*give it the dimension"):
+        rnnshap.DeepExplainer(Whole(), background)
+    X = torch.randn(2, 5, dtype=D)
+    X[0, 1] = float("nan")
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)torch\.nanquantile.*NaN or infinite"):
+        rnnshap.DeepExplainer(Missing(), background).shap_values(X)

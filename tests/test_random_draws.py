@@ -121,13 +121,47 @@ def test_a_draw_that_changes_the_output_is_refused_saying_what_was_compared(sour
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 
-def test_noise_added_to_the_output_is_refused_as_followed_not_as_compared() -> None:
+def test_noise_added_to_the_output_is_refused_as_followed_and_compared() -> None:
     model = DrawDecides("noise").to(D).eval()
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as refused:
         rnnshap.DeepExplainer(model, torch.randn(5, 4, dtype=D))
     message = str(refused.value)
-    assert "torch.randn_like" in message and "reach its output" in message, message
-    assert "differ by up to" not in message  # (not compared: it does not say so)
+    assert "torch.randn_like" in message and "flow into its output" in message, message
+    assert "they matter" in message and "differ by up to" in message, message  # (compared: it says how)
+
+
+class SampledKeys(nn.Module):
+    """A ProbSparse attention's selection (Informer): a key sampled with torch.randint scores the queries, and the top
+    ``keep`` queries attend while the others take the mean of the values. Keeping every query, the scores change
+    which query is picked first, never the output: the draws flow into the output without changing it."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+        self.q, self.k, self.v = nn.Linear(1, 3), nn.Linear(1, 3), nn.Linear(1, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.q(x[..., None]), self.k(x[..., None]), self.v(x[..., None])
+        scores = x * x[:, torch.randint(0, x.shape[1], (1,))]  # by one sampled key: its sign decides the order
+        top = scores.topk(self.keep, -1, sorted=False).indices
+        rows = torch.arange(x.shape[0])[:, None]
+        out = v.mean(1, keepdim=True).expand_as(v).clone()
+        out[rows, top] = torch.softmax(q[rows, top] @ k.transpose(1, 2), -1) @ v
+        return out.sum(-1)
+
+
+def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_matter() -> None:
+    """The refusal says what it checked: the draws were followed into the output, and the outputs were the same under
+    every seed (keeping every query) or differed (keeping some)."""
+    background = torch.randn(5, 6, dtype=D)
+    with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as every:
+        rnnshap.DeepExplainer(SampledKeys(keep=6).to(D).eval(), background)
+    message = str(every.value)
+    assert "torch.randint" in message and "flow into its output" in message and "gave the same outputs" in message, message
+    assert "they matter" not in message and "differ by up to" not in message, message
+    with pytest.raises(rnnshap.ModelStateError, match="they matter") as some:
+        rnnshap.DeepExplainer(SampledKeys(keep=2).to(D).eval(), background)
+    assert "flow into its output" in str(some.value) and "differ by up to" in str(some.value)
 
 
 class RareBranch(nn.Module):

@@ -25,6 +25,7 @@ from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance, 
 from .elementwise import Rescale, Shapley
 from .gates import gate_rules
 from .missing import missing_value_rules
+from .quantile import Quantile
 from .secant import SLOPES_BY_NAME, Power, Secant
 from .selection import ArgExtremum, Ordering
 from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, MaxReduction, RMSNorm, Softmax
@@ -101,6 +102,7 @@ STRUCTURED_RULES: dict[str, Callable[[Structured, Callable[..., list[Any]]], dic
     "deviation": _deviations,
     "logcumsumexp": _one(LogCumSumExp),
     **{kind: _one(partial(Ordering, kind)) for kind in ("topk", "sort", "argsort", "kthvalue", "median")},
+    "quantile": _one(Quantile),  # two ranks of the sort, interpolated (rnnshap/rules/quantile.py)
     "argmax": _one(lambda: ArgExtremum(largest=True)),  # picked indices: rnnshap/rules/selection.py
     "argmin": _one(lambda: ArgExtremum(largest=False)),
 }

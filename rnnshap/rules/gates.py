@@ -50,6 +50,9 @@ class Gate:
     reference: Tensor | None = None
     #: the mask as 0/1 floats, whose gradient is the step's Rescale multiplier (input pass only)
     step: Tensor | None = None
+    #: a logical combination of steps (``(x > a) & (y > b)``, the engine's gate_masks.py): it may stay put while
+    #: the steps it combines move and cancel, so a ``where`` passes its multiplier back even where it does not move
+    combined: bool = False
 
 
 #: bool masks made by :class:`Comparison` → their :class:`Gate` (weakly keyed: dropped with the mask)
@@ -213,7 +216,12 @@ class Where(Rule):
         b_r = b_x if b_ref is None else b_ref.detach()
         mean_step = (step + step_ref) * 0.5
         moved = step != step_ref
-        m_step = torch.where(moved, (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5, torch.zeros((), dtype=dtype, device=step.device))
+        zero = torch.zeros((), dtype=dtype, device=step.device)
+        if gate.combined:  # the steps combined may move where the combination does not (their credits cancel)
+            middle = (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5
+            m_step = torch.where(torch.isfinite(middle), middle, zero)
+        else:
+            m_step = torch.where(moved, (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5, zero)
         chosen = input_.detach() if isinstance(input_, Tensor) else input_
         otherwise = other.detach() if isinstance(other, Tensor) else other
         output = torch.where(condition, chosen, otherwise)

@@ -86,7 +86,7 @@ SELECTIONS = (
 PYTHON_BOOLS = ("allclose", "equal", "is_nonzero")
 #: reductions and scans with no exact rule: an elementwise rule (Rescale, Shapley) never fits them
 REDUCTIONS = (
-    "prod", "cumprod", "quantile", "nanquantile", "count_nonzero", "histc", "aminmax", "det", "logdet", "slogdet",
+    "prod", "cumprod", "count_nonzero", "histc", "aminmax", "det", "logdet", "slogdet",
     "trapz", "trapezoid", "cumulative_trapezoid", "dist", "cdist", "pdist", "cosine_similarity", "pairwise_distance",
 )
 
@@ -105,7 +105,7 @@ def refusal_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     put([*forms(*STEPS), *tensor_methods(*STEP_DUNDERS)], step)
     put(forms(*SELECTIONS), Refusal("which elements it selects or how it orders them depends on the input's values", "selection"))
     reduction = Refusal(
-        "it reduces its input-dependent operand (a product, quantile, distance or scan), with no exact rule", "reduction"
+        "it reduces its input-dependent operand (a product, count, distance or scan), with no exact rule", "reduction"
     )
     put(forms(*REDUCTIONS), reduction)
     python_bool = Refusal(

@@ -289,10 +289,16 @@ def test_bolt_deepshap_is_its_predict_quantiles_with_zeros_for_trimmed_and_padde
     np.testing.assert_array_equal(inner.values, result.values)
 
 
-def test_bolt_past_its_horizon_is_refused_by_deepshap_and_played_by_shapley(bolt: Any) -> None:
+def test_bolt_past_its_horizon_is_its_rollout_by_deepshap_and_by_shapley(bolt: Any) -> None:
+    """Past its own 4 steps predict() feeds its quantiles back and takes torch.quantile of the results: two ranks of
+    a sort, interpolated (rnnshap/rules/quantile.py), exact through DeepSHAP as through the Shapley mode."""
     context, background = windows(8, [300]), windows(8, [0, 50])
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="past the model's own 4 steps"):
-        rnnshap.foundation.explain(bolt, context, prediction_length=6, background=background)
+    with pytest.warns(UserWarning, match="prediction length"):
+        result = rnnshap.foundation.explain(bolt, context, prediction_length=6, background=background)
+    own = bolt_forecast(bolt, context, 6)
+    np.testing.assert_allclose(result.forecast, own, rtol=0, atol=tolerance(own))
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.abs(result.values[..., 4:, :]).max() > 0  # (the steps of the rollout are explained too)
     with pytest.warns(UserWarning, match="prediction length"):  # chronos' own advice, from its own call
         result = rnnshap.foundation.explain(
             bolt, context, prediction_length=6, background=background, method="shapley", players="patches", budget=1000
@@ -665,10 +671,15 @@ def test_a_pandas_series_is_one_series_and_a_dataframe_is_refused_with_advice(bo
         rnnshap.foundation.explain(bolt, pd.DataFrame({"a": SERIES[300:316]}), prediction_length=2, background=background)
 
 
-def test_bolt_levels_it_was_not_trained_on_are_refused_by_deepshap_naming_them(bolt: Any) -> None:
-    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"0\.25.*not among the levels"):
-        rnnshap.foundation.explain(bolt, windows(16, [300]), prediction_length=2, background=windows(16, [0, 50]),
-                                   quantile_levels=[0.25])  # fmt: skip
+def test_bolt_levels_it_was_not_trained_on_are_its_interpolation(bolt: Any) -> None:
+    """predict_quantiles interpolates a level the model does not forecast with torch.quantile: exact (its rule)."""
+    context = windows(16, [300])
+    result = rnnshap.foundation.explain(bolt, context, prediction_length=2, background=windows(16, [0, 50]),
+                                        quantile_levels=[0.25])  # fmt: skip
+    own = bolt_forecast(bolt, context, 2, [0.25])
+    assert result.quantile_levels == [0.25]
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.abs(result.values).max() > 0
 
 
 def test_chronos2_shapley_covariate_steps_before_its_context_length_are_no_players(chronos2: Any) -> None:

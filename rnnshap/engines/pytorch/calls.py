@@ -12,6 +12,7 @@ takes torch's own path.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -69,12 +70,24 @@ class Intercepting(Protocol):
     ) -> Any: ...
 
 
+@dataclass
+class Picked:
+    """Indices chosen from an input-dependent tensor (``x.argmax(1)``), or a comparison's mask.
+
+    ``origin`` names the operation that chose them; ``handle`` (picked indices only) is the same
+    indices as a tracked float64 tensor that carries the pick's multipliers (rules/selection.py)."""
+
+    origin: str
+    handle: Tensor | None = None
+
+
+
 class PassMode(Tracking, Intercepting, Protocol):
     """What the follower of picked indices (``picked.py``) uses of the pass: all of the above, and
 
     - ``pairs``: how the batch pairs samples with references; ``registry``: the rules;
     - ``picked_indices``: integer results of rules on tracked tensors (the indices of ``torch.max``)
-      → their :class:`~rnnshap.engines.pytorch.picked.Picked`;
+      → their :class:`Picked`;
     - ``tracked_among``: the positions of the input-dependent tensors among a call's leaves;
     - ``mark_decisions``: follow the bool or integer results of a refused operation, so that a branch
       on them is named with it;

@@ -51,6 +51,7 @@ from ...rules.composite import Quotient
 from ...rules.elementwise import Bilinear, Product
 from ...rules.refusals import is_reduction, misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
+from ...rules.spectral import complex_rule
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .deferred import NEVER_DEFERRED, DeferredRefusals
 from .discrete import Integers, Leaf
@@ -489,7 +490,9 @@ class AttributionMode(TorchFunctionMode):
         base, base_args, base_kwargs, target = func, args, kwargs, None
         linear = rule is not None and rule.is_linear(call)
         if not linear and any(leaves[i].is_complex() for i in tracked):
-            return self._complex_refused(func, args, kwargs, name)
+            rule = complex_rule(rule, in_place_target(func, args, kwargs) is None)  # a product of two spectra (spectral.py)
+            if rule is None:
+                return self._complex_refused(func, args, kwargs, name)
         if not linear:
             # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
             base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)
@@ -508,7 +511,7 @@ class AttributionMode(TorchFunctionMode):
         return result
 
     def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
-        """A nonlinear operation on a complex input-dependent value (a product of two spectra, a magnitude): refused,
+        """A nonlinear operation on a complex input-dependent value other than a product (a magnitude): refused,
         since the rules are written for real values (a complex multiplier would need its conjugate in the backward,
         and a magnitude is no function of one complex variable); run as torch does, its results tracked, so that the
         pass goes on to name every refusal."""

@@ -21,7 +21,6 @@ and any other use is refused by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,21 +31,11 @@ from ...rules.base import Constant, Linear, OpCall, Refuse
 from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES, gate_of
 from ...rules.registry import op_key, op_name
 from ...rules.selection import Selection, selection_of
-from .calls import PassMode, cached_op_name, flatten_call, in_place_target
+from .calls import PassMode, Picked, cached_op_name, flatten_call, in_place_target
+from .gate_masks import GateMasks
 from .tape import TapeEntry
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class Picked:
-    """Indices chosen from an input-dependent tensor (``x.argmax(1)``), or a comparison's mask.
-
-    ``origin`` names the operation that chose them; ``handle`` (picked indices only) is the same
-    indices as a tracked float64 tensor that carries the pick's multipliers (rules/selection.py)."""
-
-    origin: str
-    handle: Tensor | None = None
 
 
 #: casts that keep integer values as they are (``idx.long()``): the handle goes with them
@@ -67,6 +56,8 @@ _INDEXING = frozenset(
 
 #: the names of comparisons: their masks are followed like picked indices (see ``PickedUses.index_use``)
 _COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
+#: operations whose second operand gives a shape only (``mask.expand_as(x)``)
+_GIVEN_SHAPE = frozenset({"expand_as", "view_as", "reshape_as"})
 #: operations that read a tensor's metadata only
 _QUERIES = frozenset(
     {"size", "dim", "numel", "__len__", "__get__", "stride", "is_contiguous", "nelement", "ndimension", "element_size"}
@@ -138,6 +129,8 @@ class PickedUses:
 
     def __init__(self, mode: PassMode) -> None:
         self.mode = mode
+        #: slices, reshapes and logical combinations of comparisons' masks (gate_masks.py)
+        self.gate_masks = GateMasks(mode)
 
     def use(
         self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool
@@ -277,6 +270,10 @@ class PickedUses:
         if not picked:
             return False, None
         origin = picked[0].origin
+        if not any(mode.is_tracked(leaf) for leaf in leaves) or getattr(func, "__name__", "") in _GIVEN_SHAPE:
+            done, result = self.gate_masks.use(func, args, kwargs, leaves)  # a gate sliced or combined
+            if done:
+                return True, result
         # picked indices with handles, and masks of comparisons of those (a gate: where(idx < 0, idx + n, idx),
         # as Keras' torch backend normalizes indices): run on the handles
         indices = mode.picked_indices

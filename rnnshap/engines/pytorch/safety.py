@@ -358,6 +358,10 @@ TORCH_SOURCES = ("torch's global random number generator", "torch's CUDA random 
 #: probability p^16 + (1-p)^16, below 1e-4 for p = 1/2 and 1e-2 for p = 1/4 (more draws per call, less)
 DRAW_SEEDS = tuple(12345 + 7919 * k for k in range(16))
 
+#: what :func:`draws_matter` says of a forward whose drawn values it followed into the output but whose outputs were
+#: the same under every seed: the draws were not seen to change the output, and the refusal must not say they do
+SAME_UNDER_SEEDS = "gave the same outputs, bit for bit,"
+
 
 def draws_change(run: Callable[[], Any], first: Any, states: RandomStates, what: str) -> str | None:
     """Whether ``run()`` (``what``: the model's forward on fixed inputs, whose result from the generators' states
@@ -388,15 +392,12 @@ def draws_matter(
     """How the random draws a pass of ``model`` on ``inputs`` made (``drawn``: the generators whose state changed)
     reach its ``output`` (for the refusal), or None where they do not. A draw of torch's that the pass followed
     into the output (``deferred``, :class:`~.deferred.DeferredRefusals`) reaches it: the reference pass and the
-    input pass would pair operations on different draws. Any other draw (Python's ``random``, numpy's, a torch
-    draw read into a Python bool or never used) reaches it where the model's output on ``inputs`` changes with
-    every generator started elsewhere (:func:`draws_change`)."""
+    input pass would pair operations on different draws; the outputs are compared all the same, so that the
+    refusal says whether they changed (:data:`SAME_UNDER_SEEDS` where they did not). Any other draw (Python's
+    ``random``, numpy's, a torch draw read into a Python bool or never used) reaches it where the model's output on
+    ``inputs`` changes with every generator started elsewhere (:func:`draws_change`)."""
     reached = deferred.draws_reaching(output)
-    if reached and any(source.startswith(TORCH_SOURCES) for source in drawn):
-        return (
-            f"the values drawn by {', '.join(sorted(reached))} reach its output (the pass followed them there; "
-            "the outputs of two calls were not compared)"
-        )
+    followed = bool(reached) and any(source.startswith(TORCH_SOURCES) for source in drawn)
     states = RandomStates(model)
     state = PreservedState(model)
 
@@ -415,7 +416,17 @@ def draws_matter(
     except Exception as failure:  # noqa: BLE001 (judged random: the pass's refusal stands)
         states.drawn()
         return f"{what} failed when run again ({type(failure).__name__}: {failure})"
-    return draws_change(run, first, states, what)
+    differ = draws_change(run, first, states, what)
+    if not followed:
+        return differ
+    into = f"the values drawn by {', '.join(sorted(reached))} flow into its output (the pass followed them there)"
+    if differ is not None:
+        return f"{into}, and {differ}"
+    return (
+        f"{into}, though {what} {SAME_UNDER_SEEDS} with its generators seeded {len(DRAW_SEEDS)} ways (the draws may "
+        "select or cancel alike, as a ProbSparse attention that keeps every query does): rnnshap's reference and input "
+        "passes each draw their own values and would pair operations on different draws"
+    )
 
 
 def _identical(a: Any, b: Any) -> bool:
@@ -451,6 +462,14 @@ def _difference(a: Any, b: Any) -> str:
 def random_forward_error(sources: Sequence[str], evidence: str) -> ModelStateError:
     """The refusal of a forward that draws random numbers from ``sources`` whose draws matter (``evidence``:
     what was seen or compared, from :func:`draws_matter` or :func:`draws_change`)."""
+    if SAME_UNDER_SEEDS in evidence:  # followed into the output, not seen to change it
+        return ModelStateError(
+            f"forward() draws random numbers ({', '.join(sources)}) and computes its output from them: {evidence}. "
+            "Explain a forward that takes no draw: a model with a deterministic option in place of the sampling (for "
+            "Informer's ProbSparse attention, attention_type='full'), or draws made once outside forward() and passed "
+            "in as constants. The Shapley mode needs only the forward's outputs, which did not change here: "
+            "rnnshap.ShapleyExplainer(model, background).shapley_values(x)."
+        )
     return ModelStateError(
         f"forward() draws random numbers ({', '.join(sources)}) and they matter: {evidence}. An output that depends "
         "on draws (teacher forcing decided by a draw, noise added, a value sampled from a distribution) is not a "

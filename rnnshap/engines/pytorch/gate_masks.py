@@ -1,0 +1,246 @@
+r"""Masks of comparisons sliced, reshaped and combined before the ``where`` that uses them: still gates.
+
+A comparison of input-dependent values gives a bool mask with a :class:`~rnnshap.rules.gates.Gate` beside it:
+the reference side's mask and the step as 0/1 floats carrying its multipliers (rules/gates.py). Models rarely
+hand that mask to one ``where`` as it is:
+
+* **a slice or a reshape of it** (TimesFM 3's ``apply_detrend[:, :, 0, None]``, ``mask.unsqueeze(-1)``,
+  ``torch.cat`` of masks): the same steps, rearranged. The operation is run on the mask, on the reference
+  side's mask and on the step; the result is a gate of its own. Exact, since the operation only moves
+  elements (its rule is :class:`~rnnshap.rules.base.Linear`).
+* **a logical combination** (Toto's ``isinf(t) | isnan(t) | (t.abs() >= big)``, ``(x > a) & ~(x > b)``): a
+  function of the steps, written exactly as a multilinear polynomial in them,
+
+  .. math:: a \wedge b = ab, \quad a \vee b = a + b - ab, \quad a \oplus b = a + b - 2ab, \quad \neg a = 1 - a,
+
+  whose exact two-player Shapley split gives each step the multiplier of the other's midpoint:
+  :math:`\Delta(ab) = \bar b\,\Delta a + \bar a\,\Delta b` (:math:`\bar a = (a + a_r)/2`), so
+  :math:`m_a = \bar b`, :math:`1 - \bar b` and :math:`1 - 2\bar b` for and, or and xor, and :math:`-1` for not.
+  An operand that does not depend on the input (a padding mask, a Python bool, the mask of ``isnan`` /
+  ``isinf``, the same on both sides of every pair wherever a pass goes on: rules/gates.py, ``Predicate``) is
+  a constant of the polynomial.
+
+A combination with a comparison mask that has no gate (one reduced along a dimension first, as
+torch.distributions' argument validation writes ``(p >= 0).all(-1) & ((p.sum(-1) - 1).abs() < 1e-6)``) is
+followed as a mask without a gate: a branch on it (``if not valid.all(): raise``) is a uniform decision
+(picked.py), and any use of it as a value is refused by name, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ...rules.base import Linear
+from ...rules.elementwise import with_multipliers
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, GATES, PREDICATES, Gate, gate_of
+from .calls import PassMode, Picked, flatten_call, in_place_target
+
+Tensor = torch.Tensor
+
+#: the logical operations on bool masks → what they compute
+_LOGICAL = {
+    **dict.fromkeys(("logical_and", "__and__", "__rand__", "bitwise_and", "__iand__", "logical_and_", "bitwise_and_"), "and"),
+    **dict.fromkeys(("logical_or", "__or__", "__ror__", "bitwise_or", "__ior__", "logical_or_", "bitwise_or_"), "or"),
+    **dict.fromkeys(("logical_xor", "__xor__", "__rxor__", "bitwise_xor", "__ixor__", "logical_xor_", "bitwise_xor_"), "xor"),
+    **dict.fromkeys(("logical_not", "__invert__", "bitwise_not", "logical_not_", "bitwise_not_"), "not"),
+}
+#: the out-of-place operation of each kind, run on the reference side's masks
+_ON_MASKS = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}
+_COMPARED = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
+_SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as})
+
+
+def _last(origin: str) -> str:
+    return origin.rsplit(".", 1)[-1]
+
+
+class GateMasks:
+    """Operations on the masks of comparisons in one pass (see the module docstring)."""
+
+    def __init__(self, mode: PassMode) -> None:
+        self.mode = mode
+
+    def use(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
+        """``(True, result)`` where ``func`` slices, reshapes or combines masks of comparisons as the module
+        docstring says; ``(False, None)`` for anything else (the caller's own handling)."""
+        kind = _LOGICAL.get(getattr(func, "__name__", ""))
+        if kind is not None:
+            return self._logical(func, kind, args, kwargs, leaves)
+        if any(isinstance(leaf, Tensor) and gate_of(leaf) is not None for leaf in leaves):
+            return self._rearranged(func, args, kwargs, leaves)
+        return False, None
+
+    # -- what an operand is --------------------------------------------------------------------------------
+    def _compared(self, leaf: Tensor) -> str | None:
+        """The comparison a followed bool mask comes from (its name), or None."""
+        picked = self.mode.picked_indices.get(leaf) if leaf.dtype == torch.bool else None
+        if picked is None or picked.handle is not None or _last(picked.origin) not in _COMPARED:
+            return None
+        return str(picked.origin)
+
+    def _constant(self, leaf: Any) -> bool:
+        """A Python value, or a tensor the same on both sides of every pair: not input-dependent and not
+        followed, or the mask of a test of values (``isnan``, ``isinf``) without a gate (see the docstring)."""
+        if not isinstance(leaf, Tensor):
+            return True
+        mode = self.mode
+        if mode.is_tracked(leaf):
+            return False
+        picked = mode.picked_indices.get(leaf)
+        return picked is None or (picked.handle is None and gate_of(leaf) is None and _last(picked.origin) in PREDICATES)
+
+    def _origin(self, mask: Tensor) -> str:
+        """The comparison a gated mask comes from: its followed origin, else its gate's name."""
+        picked = self.mode.picked_indices.get(mask)
+        if picked is not None:
+            return str(picked.origin)
+        gate = gate_of(mask)
+        return gate.name if gate is not None else "a comparison"
+
+    def _follow(self, result: Tensor, origin: str, gate: Gate | None) -> None:
+        self.mode.picked_indices[result] = Picked(origin, None)
+        if gate is not None:
+            GATES[result] = gate
+        elif result in GATES:  # (written into in place with a mask that has no gate)
+            del GATES[result]
+
+    # -- logical combinations ------------------------------------------------------------------------------
+    def _logical(
+        self, func: Any, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]
+    ) -> tuple[bool, Any]:
+        operands = list(args[:1] if kind == "not" else args[:2])
+        if kind != "not" and len(operands) == 1 and "other" in kwargs:
+            operands.append(kwargs["other"])
+        if len(operands) != (1 if kind == "not" else 2) or len(kwargs) > ("other" in kwargs):
+            return False, None  # (an out= or a form not written here: the caller's handling)
+        if any(isinstance(t, Tensor) and t.dtype != torch.bool for t in operands):
+            return False, None  # (bitwise arithmetic on integers: not a combination of masks)
+        masks = [t for t in operands if isinstance(t, Tensor) and not self._constant(t)]
+        found = [self._compared(t) for t in masks]
+        origins = [o for o in found if o is not None]
+        if not masks or len(origins) != len(masks):
+            return False, None
+        gates = [g for g in (gate_of(t) for t in masks) if g is not None]
+        if len(gates) != len(masks):  # a mask without a gate among them: followed, for a check only
+            result = func(*args, **kwargs)
+            self._follow(result, origins[0], None)
+            return True, result
+        if all(_last(o) in PREDICATES for o in origins):
+            return False, None  # tests of values alone: constants (picked.py, _constant_mask_use)
+        origin = next(o for o in origins if _last(o) not in PREDICATES)
+        if not self.mode.replay:
+            result = func(*args, **kwargs)
+            self._follow(result, origin, Gate(origin))
+            return True, result
+        if any(g.step is None or g.reference is None for g in gates):
+            return False, None
+        reference, players, multipliers, dtype = self._combined(kind, operands)  # (before an in-place op changes them)
+        result = func(*args, **kwargs)
+        step = with_multipliers(result.to(dtype), players, multipliers)
+        self._follow(result, origin, Gate(origin, reference, step, combined=True))
+        return True, result
+
+    def _combined(self, kind: str, operands: list[Any]) -> tuple[Tensor, list[Tensor], list[Tensor], torch.dtype]:
+        """The reference side's mask of the combination, its players (the gated operands' steps) with their
+        multipliers (see the module docstring), and the steps' dtype."""
+        sides: list[tuple[Any, Any, Tensor | None]] = []  # (mask, reference side's mask, step or None)
+        for operand in operands:
+            gate = gate_of(operand)
+            sides.append((operand, operand, None) if gate is None else (operand, gate.reference, gate.step))
+        dtype = next(step.dtype for _, _, step in sides if step is not None)
+        device = next(step.device for _, _, step in sides if step is not None)
+
+        def mean(side: tuple[Any, Any, Tensor | None]) -> Tensor:
+            mask, reference, _ = side
+            return (torch.as_tensor(mask, device=device).to(dtype) + torch.as_tensor(reference, device=device).to(dtype)) * 0.5
+
+        if kind == "not":
+            mask, reference, step = sides[0]
+            assert step is not None
+            return torch.logical_not(reference), [step], [torch.full_like(step, -1.0)], dtype
+        refs = [torch.as_tensor(reference, device=device) for _, reference, _ in sides]
+        ref_out = _ON_MASKS[kind](refs[0], refs[1])
+        shape = torch.broadcast_shapes(*(torch.as_tensor(mask).shape for mask, _, _ in sides))
+        players, multipliers = [], []
+        for i, (_, _, step) in enumerate(sides):
+            if step is None:
+                continue
+            other = mean(sides[1 - i])
+            m = other if kind == "and" else 1 - other if kind == "or" else 1 - 2 * other
+            players.append(step)
+            multipliers.append(m.expand(shape))
+        return ref_out, players, multipliers, dtype
+
+    # -- slices and reshapes -------------------------------------------------------------------------------
+    def _rearranged(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
+        """An operation that only moves the elements of gated masks (a slice, a reshape, a concatenation): the
+        same operation on the reference side's masks and on the steps gives the result's gate."""
+        mode = self.mode
+        if type(mode.registry.op_rule(func)) is not Linear or in_place_target(func, args, kwargs) is not None or not args:
+            return False, None
+        moved = {id(t) for t in tree_flatten(args[0])[0] if isinstance(t, Tensor)}
+        gated = [leaf for leaf in leaves if isinstance(leaf, Tensor) and gate_of(leaf) is not None]
+        if any(id(t) not in moved for t in gated):
+            return False, None  # a gated mask as an index or a shape: not a rearrangement of it
+        given = args[1] if func in _SHAPE_GIVERS and len(args) > 1 else None
+        if not all(self._constant(leaf) or id(leaf) in moved or leaf is given for leaf in leaves):
+            return False, None
+        if not all(gate_of(t) is not None or self._constant(t) for t in tree_flatten(args[0])[0] if isinstance(t, Tensor)):
+            return False, None
+        result = func(*args, **kwargs)
+        outputs = [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
+        if not outputs or any(t.dtype != torch.bool for t in outputs):
+            return False, None  # (a count, a cast to numbers: the caller's handling, which runs it again)
+        origin = self._origin(gated[0])
+        if not mode.replay:
+            for out in outputs:
+                self._follow(out, origin, Gate(origin))
+            return True, result
+        gates = [g for g in (gate_of(t) for t in gated) if g is not None]
+        first = gates[0].step
+        if first is None or any(g.step is None or g.reference is None for g in gates):
+            return True, self._unhandled(result, gated)
+        dtype = first.dtype
+        references = self._run_on(func, args, kwargs, lambda t, g: g.reference, lambda t: t)
+        steps = self._run_on(func, args, kwargs, lambda t, g: g.step, lambda t: t.to(dtype) if id(t) in moved else t)
+        if references is None or steps is None or len(references) != len(outputs) or len(steps) != len(outputs):
+            return True, self._unhandled(result, gated)
+        combined = any(g.combined for g in gates)
+        for out, reference, step in zip(outputs, references, steps, strict=True):
+            if not step.is_floating_point():  # (a cast that keeps the mask a mask: mask.bool(), mask.to(device))
+                if step.shape != first.shape:
+                    return True, self._unhandled(result, gated)
+                step = first
+            if reference.shape != out.shape:
+                return True, self._unhandled(result, gated)
+            self._follow(out, origin, Gate(origin, reference, step, combined=combined))
+        return True, result
+
+    def _run_on(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], gated: Any, other: Any) -> list[Tensor] | None:
+        """``func`` run with each gated mask replaced by ``gated(mask, gate)`` and each other tensor of its
+        first argument by ``other(tensor)``; its tensor results."""
+        leaves, spec, _ = flatten_call(args, kwargs)
+        swapped = []
+        for leaf in leaves:
+            gate = gate_of(leaf)
+            swapped.append(gated(leaf, gate) if gate is not None else other(leaf) if isinstance(leaf, Tensor) else leaf)
+        new_args, new_kwargs = tree_unflatten(swapped, spec)
+        try:
+            result = func(*new_args, **new_kwargs)
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            return None
+        return [t for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
+
+    def _unhandled(self, result: Any, gated: list[Tensor]) -> Any:
+        """A result of gated masks this module does not make a gate of: followed without one (its use as a value
+        is refused by name, as a comparison's mask outside a where)."""
+        origin = self._origin(gated[0])
+        for out in tree_flatten(result)[0]:
+            if isinstance(out, Tensor) and not (out.is_floating_point() or out.is_complex()):
+                self._follow(out, origin, None)
+        return result
+
+__all__ = ["GateMasks"]
