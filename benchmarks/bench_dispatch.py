@@ -230,7 +230,8 @@ def rows_of(name: str, lengths: tuple[int, ...], args: argparse.Namespace, tree:
     if not tree:
         return [{"steps": steps, **measure(name, steps, args, torch.device(args.device))} for steps in lengths]
     command = [sys.executable, __file__, "--json", "--models", name, "--size", args.size, "--repeats", str(args.repeats)]
-    command += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    command += ["--device", args.device, "--outputs", str(args.outputs)]
+    command += ["--threads", str(args.threads)] if args.threads else []
     done = subprocess.run(command, env={**os.environ, "RNNSHAP_TREE": tree}, capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     if rows and "skipped" in rows[0]:
@@ -285,7 +286,7 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
         m: dict[str, float] = {}
         for side in ("rnnshap", "floor"):
             command = [sys.executable, __file__, "--first-side", side, "--models", name, "--size", args.size]
-            command += ["--repeats", str(args.repeats), "--device", args.device]
+            command += ["--repeats", str(args.repeats), "--device", args.device, "--outputs", str(args.outputs)]
             env = {**os.environ, "RNNSHAP_TREE": tree} if tree else None
             done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
             if done.returncode:
@@ -331,9 +332,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument("--outputs", type=int, default=None, help="the outputs explained (the size's own: 3)")
     parser.add_argument("--first-side", choices=("rnnshap", "floor"), help=argparse.SUPPRESS)  # (one side of --first)
     args = parser.parse_args()
+    outputs = args.outputs
     args.hidden, args.features, args.samples, args.references, args.outputs, lengths = SIZES[args.size]
+    args.outputs = outputs or args.outputs
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.first_side:
