@@ -22,7 +22,6 @@ to :math:`\Delta = 0`).
 from __future__ import annotations
 
 import contextlib
-import math
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, Sequence
 
@@ -308,35 +307,20 @@ def rescale_from_result(
     reference_output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The Rescale rule of a smooth unary ``f`` of ``RESULT_SECANTS`` (sigmoid, tanh) on real
-    floating-point ``x`` and ``r``, in few operations.
-
-    - The multiplier is the quotient ``(f(x) − f(r)) / Δ`` where ``|Δ|`` is above the threshold
-      (the generic rule's values, bit for bit), and ``secant_near(f(x), f(r), Δ)``, the secant in
-      closed form, below it, where the quotient would cancel. The generic rule takes the
-      derivative at the midpoint there, within ``Δ²`` of the secant; the closed form is within the
-      rounding, and needs no second evaluation of ``f`` nor of its derivative.
-    - The least and greatest ``|Δ|`` (one float reduction) tell whether any Δ is small and whether
-      all are finite: then so are ``x`` and ``r``, the quotients (|Δ| above the threshold, outputs
-      in [-1, 1]) and the closed forms, and the check for non-finite multipliers is not needed.
+    floating-point ``x`` and ``r``, in few operations: the where-form of
+    :func:`rnnshap.formulas.secant.near_rescale_multiplier`, the quotient ``(f(x) − f(r)) / Δ`` where ``|Δ|`` is
+    above the threshold (the generic rule's values, bit for bit) and ``secant_near(f(x), f(r), Δ)``, the secant in
+    closed form, below it, where the quotient would cancel (the generic rule takes the derivative at the midpoint
+    there, within ``Δ²`` of the secant; the closed form is within the rounding, with no second evaluation of ``f``
+    nor of its derivative). The least and greatest ``|Δ|`` (one float reduction) tell whether the closed form and
+    the check for non-finite multipliers are needed.
 
     Returns ``(output, reference_output, multiplier)``.
     """
     x, r = x.detach(), r.detach()
     ref_output = f(r) if reference_output is None else reference_output
     output = f(x)
-    delta = x - r
-    multiplier = (output - ref_output) / delta
-    if not delta.numel():
-        return output, ref_output, multiplier
-    size = delta.abs()
-    threshold = small_delta_threshold(delta.dtype, True)
-    least, greatest = (float(v) for v in torch.aminmax(size))
-    finite = math.isfinite(greatest)
-    if least <= threshold if finite else bool((size <= threshold).any()):
-        multiplier = torch.where(size <= scalar(threshold, size), secant_near(output, ref_output, delta), multiplier)
-    if finite:
-        return output, ref_output, multiplier
-    return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
+    return output, ref_output, formulas.near_rescale_multiplier(TORCH, secant_near, output, ref_output, x, r)
 
 
 def rescale(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, smooth: bool = True) -> tuple[Tensor, Tensor]:

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..formulas import pairs
+from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .structured import picked_index, ranked_values
@@ -234,17 +234,18 @@ class Selection(Rule):
         with torch.no_grad():
             output = self._run(call, index_x, None if h is None else h.detach())
 
+        def select(values: Tensor | None, index: Tensor) -> Any:
+            return self._run(call, index, values)
+
         def backward(grad: Tensor) -> tuple[Tensor | None, ...]:
             with torch.no_grad():  # the selector's part, to the handle
-                mean = None if h is None or h_ref is None else pairs.midpoint(TORCH, h.detach(), h_ref)
-                change = self._run(call, index_x, mean) - self._run(call, index_r, mean)
+                change = orderings.selector_change(TORCH, select, None if h is None else h.detach(), h_ref, index_x, index_r)
                 grad_handle = self.reduce((grad * change).to(torch.float64), index_x) * inverse
             if h is None:
                 return (grad_handle,)
             with torch.enable_grad():  # h's part: the mean of the two selections (linear in h)
                 probe = h.detach().requires_grad_(True)
-                both = self._run(call, index_x, probe) + self._run(call, index_r, probe)
-                (grad_h,) = torch.autograd.grad(both, probe, grad / 2)
+                (grad_h,) = torch.autograd.grad(orderings.selected_share(TORCH, select, probe, index_x, index_r), probe, grad)
             return grad_handle, grad_h
 
         return _WithMultipliers.apply(lambda: output, backward, handle, *(() if h is None else (h,)))
