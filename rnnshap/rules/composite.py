@@ -131,19 +131,6 @@ class ScaledQuotient(Quotient):
         return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
 
 
-#: the marks a normalization's scale carries (rnnshap/engines/pytorch/handwritten_norms.py and the Keras engine's
-#: kops.py, which recognise hand-written norms): a root (a norm, a standard deviation) and an inverse root
-SCALE, INVERSE = 1, -1
-
-
-def power_mark(prior: int | None, exponent: Any) -> int | None:
-    """The mark of ``t ** exponent`` where ``t`` carries ``prior`` (None: unmarked): a square root
-    makes a root and ``** -0.5`` an inverse root; ``** 1`` keeps a mark and ``** -1`` inverts it."""
-    if prior is None:
-        return SCALE if exponent == 0.5 else INVERSE if exponent == -0.5 else None
-    return prior if exponent == 1 else -prior if exponent == -1 else None
-
-
 class ScaledProduct(Rule):
     """``c * s``, both input-dependent, ``s`` an inverse root (``rsqrt``, ``1 / sqrt``, ``pow(-0.5)``):
     a normalization written by hand, by the scale-weighted rule of the built-in norms
