@@ -1,0 +1,167 @@
+r"""Softmax, log-softmax and logsumexp in a jaxpr, by the other engines' rules: the shift that cancels, and e / Σe
+as exp(s − log Σe).
+
+``jax.nn.softmax``, ``log_softmax`` and ``logsumexp`` reach the JAX engine as primitives: a shift ``c``, the
+maximum of the value stop-gradiented (``reduce_max``, ``max`` with −inf, ``is_finite``/``select_n`` for rows masked
+throughout), then ``exp(u − c)``, its sum, and ``div`` (softmax), ``log`` and ``sub`` (log-softmax) or ``log`` and
+``add c`` (logsumexp). Taken primitive by primitive, the shift is each side's own maximum (its change attributed
+through the maximum's routing) and softmax's division takes the quotient's two-player rule, whose cross terms
+grow like exp(max x − max r) (``rnnshap.rules.structured.Softmax``): 0.6 % off the PyTorch engine's values on a
+GRU classifier. So, as the PyTorch and Keras engines do (:func:`rnnshap.formulas.pairs.common_shift`):
+
+- a shift, the stop-gradiented maximum of the value it is subtracted from (and added back to, in logsumexp), is
+  one constant on both sides, the larger of the two maxima (0 where that is not finite): it cancels in every such
+  use, and keeps exp bounded;
+- ``e / Σe`` with ``e = exp(s)`` is ``exp(s − log Σe)``: Rescale on log (the closed-form secant of log), the linear
+  difference, Rescale on exp (its closed-form secant).
+
+:func:`plan` finds both in a jaxpr before it runs; anything else runs primitive by primitive.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core
+
+from ...formulas import pairs
+from ...formulas.jax_ops import JAX
+from ...operations import ELEMENTWISE
+
+#: the primitives between a maximum and its stop_gradient in a shift (jax.nn's softmax, log_softmax, logsumexp)
+_CONE = frozenset({"reduce_max", "max", "broadcast_in_dim", "is_finite", "select_n", "reshape", "expand_dims"})
+_EXP, _LOG = (next(e for e in ELEMENTWISE if e.name == name) for name in ("exp", "log"))
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A stop_gradient equation that is a shift: the value whose maximum it is (``source``), the maximum's axes, and
+    the equations between (``cone``, in order), run only where ``source`` does not depend on the input."""
+
+    source: Any
+    axes: tuple[int, ...]
+    cone: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    #: equations not run: a shift's cone (the shift is computed from its source), and those nothing reads
+    skip: set[int] = field(default_factory=set)
+    #: stop_gradient equation → its shift
+    shifts: dict[int, Shift] = field(default_factory=dict)
+    #: div equation e / Σe → the exponent var s (e = exp s)
+    softmax: dict[int, Any] = field(default_factory=dict)
+
+
+def _unused(eqn: Any, users: dict[Any, list[int]], outputs: set[Any]) -> bool:
+    """Whether nothing reads ``eqn``'s results (``sign`` of logsumexp's sum, a step function no output depends on)."""
+    read = [v for v in eqn.outvars if not isinstance(v, core.DropVar) and (users.get(v) or v in outputs)]
+    return not read and not eqn.effects
+
+
+def plan(jaxpr: core.Jaxpr) -> Plan:
+    """The shifts and softmax divisions of ``jaxpr`` (see the module docstring)."""
+    producer: dict[Any, int] = {}
+    users: dict[Any, list[int]] = defaultdict(list)
+    for k, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.outvars:
+            producer[v] = k
+        for v in eqn.invars:
+            if not isinstance(v, core.Literal):
+                users[v].append(k)
+    found = Plan()
+    outputs = {v for v in jaxpr.outvars if not isinstance(v, core.Literal)}
+    for k, eqn in enumerate(jaxpr.eqns):
+        if _unused(eqn, users, outputs):
+            found.skip.add(k)
+        elif eqn.primitive.name == "stop_gradient":
+            shift = _shift(jaxpr, k, producer, users)
+            if shift is not None:
+                found.shifts[k] = shift
+                found.skip.update(shift.cone)
+        elif eqn.primitive.name == "div":
+            exponent = _softmax_division(jaxpr, eqn, producer)
+            if exponent is not None:
+                found.softmax[k] = exponent
+    return found
+
+
+def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any, list[int]]) -> Shift | None:
+    """The shift that the stop_gradient equation ``k`` is, or None (see the module docstring)."""
+    eqns, constants = jaxpr.eqns, set(jaxpr.constvars)
+    cone: set[int] = set()
+    maximum: int | None = None
+    stack = [eqns[k].invars[0]]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, core.Literal) or v in constants:
+            continue
+        j = producer.get(v)
+        if j is None or eqns[j].primitive.name not in _CONE or eqns[j].primitive.multiple_results:
+            return None
+        if j in cone:
+            continue
+        cone.add(j)
+        if eqns[j].primitive.name == "reduce_max":
+            if maximum is not None:
+                return None
+            maximum = j
+        else:
+            stack.extend(eqns[j].invars)
+    if maximum is None:
+        return None
+    source = eqns[maximum].invars[0]
+    if any(u not in cone and u != k for j in cone for v in eqns[j].outvars for u in users.get(v, ())):
+        return None  # a value of the cone read elsewhere
+    shift = eqns[k].outvars[0]
+    for u in users.get(shift, ()):  # only subtracted from its source, or added (logsumexp adds it back)
+        use = eqns[u]
+        subtracted = use.primitive.name == "sub" and use.invars[0] is source and use.invars[1] is shift
+        if not (subtracted or use.primitive.name == "add"):
+            return None
+    return Shift(source, tuple(eqns[maximum].params["axes"]), tuple(sorted(cone)))
+
+
+def _softmax_division(jaxpr: core.Jaxpr, eqn: Any, producer: dict[Any, int]) -> Any:
+    """For ``div(e, Σe)`` with ``e = exp(s)`` (the sum broadcast back): the var ``s``; else None."""
+    eqns = jaxpr.eqns
+    e, total = eqn.invars
+    if isinstance(e, core.Literal) or isinstance(total, core.Literal):
+        return None
+    made = producer.get(e)
+    if made is None or eqns[made].primitive.name != "exp":
+        return None
+    while producer.get(total) is not None and eqns[producer[total]].primitive.name in ("broadcast_in_dim", "reshape"):
+        total = eqns[producer[total]].invars[0]
+    summed = producer.get(total)
+    if summed is None or eqns[summed].primitive.name != "reduce_sum" or eqns[summed].invars[0] is not e:
+        return None
+    return eqns[made].invars[0]
+
+
+def shift(source: Any, axes: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """The common shift of an input-dependent ``source`` (a Pair) over ``axes``, as a constant of ``shape``."""
+    max_x = jnp.max(lax.stop_gradient(source.x), axis=axes, keepdims=True)
+    max_r = jnp.max(source.r, axis=axes, keepdims=True)
+    common = lax.stop_gradient(pairs.common_shift(JAX, max_x, max_r))
+    if common.size == jnp.size(jnp.zeros(shape)):
+        return jnp.reshape(common, shape)
+    return jnp.broadcast_to(common, shape)
+
+
+Rescale = Callable[..., Any]
+
+
+def softmax(exponent: Any, total: Any, rescale: Rescale) -> Any:
+    """``e / Σe`` (``e = exp(exponent)``, ``total`` = Σe, Pairs) as ``exp(exponent − log Σe)``, by ``rescale``
+    (the engine's Rescale rule: ``rescale(fn, u, entry, name, smooth)``) on log and exp."""
+    log_total = rescale(jnp.log, total, _LOG, "log", True)
+    difference = type(exponent)(exponent.x - log_total.x, exponent.r - log_total.r)
+    return rescale(jnp.exp, difference, _EXP, "exp", True)
+
+
+__all__ = ["Plan", "Shift", "plan", "shift", "softmax"]
