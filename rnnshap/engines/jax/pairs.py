@@ -337,11 +337,14 @@ def run(
                 for j in shift.cone:
                     evaluate(j, jaxpr.eqns[j])
             inputs = [_read(env, v) for v in eqn.invars]
-            exponent = _read(env, plan.softmax[k]) if k in plan.softmax else None
-            if exponent is not None and all(type(v) is Pair for v in (*inputs, exponent)):
-                outputs = [softmaxes.softmax(exponent, inputs[1], _rescale)]
-            else:
+            summed = plan.softmax.get(k) or plan.logs.get(k)
+            exponent = _read(env, summed[0]) if summed is not None else None
+            if summed is None or not all(type(v) is Pair for v in (*inputs, exponent)):
                 outputs = _equation(eqn, inputs, where, sites)
+            elif k in plan.softmax:  # e / Σe
+                outputs = [softmaxes.softmax(exponent, inputs[1], summed[1], _rescale, attach)]
+            else:  # log Σe
+                outputs = [softmaxes.log_of_sum(exponent, inputs[0], summed[1], attach)]
         for var, value in zip(eqn.outvars, outputs, strict=True):
             if not isinstance(var, core.DropVar):
                 env[var] = value

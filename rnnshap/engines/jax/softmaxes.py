@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
@@ -34,7 +35,7 @@ from ...operations import ELEMENTWISE
 
 #: the primitives between a maximum and its stop_gradient in a shift (jax.nn's softmax, log_softmax, logsumexp)
 _CONE = frozenset({"reduce_max", "max", "broadcast_in_dim", "is_finite", "select_n", "reshape", "expand_dims"})
-_EXP, _LOG = (next(e for e in ELEMENTWISE if e.name == name) for name in ("exp", "log"))
+_EXP = next(e for e in ELEMENTWISE if e.name == "exp")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class Plan:
     skip: set[int] = field(default_factory=set)
     #: stop_gradient equation → its shift
     shifts: dict[int, Shift] = field(default_factory=dict)
-    #: div equation e / Σe → the exponent var s (e = exp s)
-    softmax: dict[int, Any] = field(default_factory=dict)
+    #: div equation e / Σe → (the exponent var s (e = exp s), the sum's axes)
+    softmax: dict[int, tuple[Any, tuple[int, ...]]] = field(default_factory=dict)
+    #: log equation log Σe → (the exponent var s, the sum's axes)
+    logs: dict[int, tuple[Any, tuple[int, ...]]] = field(default_factory=dict)
 
 
 def _unused(eqn: Any, users: dict[Any, list[int]], outputs: set[Any]) -> bool:
@@ -83,10 +86,15 @@ def plan(jaxpr: core.Jaxpr) -> Plan:
             if shift is not None:
                 found.shifts[k] = shift
                 found.skip.update(shift.cone)
-        elif eqn.primitive.name == "div":
-            exponent = _softmax_division(jaxpr, eqn, producer)
-            if exponent is not None:
-                found.softmax[k] = exponent
+        elif eqn.primitive.name == "div" and not isinstance(eqn.invars[0], core.Literal):
+            e = producer.get(eqn.invars[0])
+            summed = _sum_of_exp(jaxpr, eqn.invars[1], producer, ("broadcast_in_dim", "reshape"))
+            if summed is not None and e is not None and jaxpr.eqns[e].invars[0] is summed[0]:
+                found.softmax[k] = summed
+        elif eqn.primitive.name == "log":
+            summed = _sum_of_exp(jaxpr, eqn.invars[0], producer, ("broadcast_in_dim", "reshape", "abs"))
+            if summed is not None:
+                found.logs[k] = summed
     return found
 
 
@@ -126,42 +134,62 @@ def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any,
     return Shift(source, tuple(eqns[maximum].params["axes"]), tuple(sorted(cone)))
 
 
-def _softmax_division(jaxpr: core.Jaxpr, eqn: Any, producer: dict[Any, int]) -> Any:
-    """For ``div(e, Σe)`` with ``e = exp(s)`` (the sum broadcast back): the var ``s``; else None."""
+def _sum_of_exp(jaxpr: core.Jaxpr, total: Any, producer: dict[Any, int], through: tuple[str, ...]) -> Any:
+    """For ``total`` = Σ exp(s) (through the primitives ``through``: the sum broadcast back, its absolute value): the
+    var ``s`` and the sum's axes; else None."""
     eqns = jaxpr.eqns
-    e, total = eqn.invars
-    if isinstance(e, core.Literal) or isinstance(total, core.Literal):
+    while not isinstance(total, core.Literal) and producer.get(total) is not None:
+        made = eqns[producer[total]]
+        if made.primitive.name not in through:
+            break
+        total = made.invars[0]
+    summed = None if isinstance(total, core.Literal) else producer.get(total)
+    if summed is None or eqns[summed].primitive.name != "reduce_sum" or isinstance(eqns[summed].invars[0], core.Literal):
         return None
-    made = producer.get(e)
-    if made is None or eqns[made].primitive.name != "exp":
+    e = producer.get(eqns[summed].invars[0])
+    if e is None or eqns[e].primitive.name != "exp":
         return None
-    while producer.get(total) is not None and eqns[producer[total]].primitive.name in ("broadcast_in_dim", "reshape"):
-        total = eqns[producer[total]].invars[0]
-    summed = producer.get(total)
-    if summed is None or eqns[summed].primitive.name != "reduce_sum" or eqns[summed].invars[0] is not e:
-        return None
-    return eqns[made].invars[0]
+    return eqns[e].invars[0], tuple(eqns[summed].params["axes"])
 
 
 def shift(source: Any, axes: tuple[int, ...], shape: tuple[int, ...]) -> Any:
     """The common shift of an input-dependent ``source`` (a Pair) over ``axes``, as a constant of ``shape``."""
     max_x = jnp.max(lax.stop_gradient(source.x), axis=axes, keepdims=True)
     max_r = jnp.max(source.r, axis=axes, keepdims=True)
-    common = lax.stop_gradient(pairs.common_shift(JAX, max_x, max_r))
-    if common.size == jnp.size(jnp.zeros(shape)):
-        return jnp.reshape(common, shape)
-    return jnp.broadcast_to(common, shape)
+    return _keepdims(lax.stop_gradient(pairs.common_shift(JAX, max_x, max_r)), shape)
 
 
 Rescale = Callable[..., Any]
+#: ``attach(value, [(operand, multiplier)])`` of the engine
+Attach = Callable[..., Any]
 
 
-def softmax(exponent: Any, total: Any, rescale: Rescale) -> Any:
-    """``e / Σe`` (``e = exp(exponent)``, ``total`` = Σe, Pairs) as ``exp(exponent − log Σe)``, by ``rescale``
-    (the engine's Rescale rule: ``rescale(fn, u, entry, name, smooth)``) on log and exp."""
-    log_total = rescale(jnp.log, total, _LOG, "log", True)
+def _keepdims(t: Any, shape: tuple[int, ...]) -> Any:
+    """``t`` (a reduction's result with its axes kept) in ``shape``, where the two differ only by axes of size 1."""
+    return jnp.reshape(t, shape) if t.size == jnp.size(jnp.zeros(shape)) else jnp.broadcast_to(t, shape)
+
+
+def log_of_sum(exponent: Any, total: Any, axes: tuple[int, ...], attach: Attach) -> Any:
+    r"""log Σ exp(``exponent``) over ``axes`` from the sum ``total`` (Pairs), as the other engines take it
+    (``rnnshap.engines.keras.dual.log_of_sum``, ``rnnshap.rules.structured.shifted_logsumexp``): where one side's sum
+    underflows its log is a stable logsumexp's instead of :math:`\log 0`, and the multiplier is
+    :func:`rnnshap.formulas.pairs.log_sum_multiplier` (the closed-form secant of log where both sums are normal)."""
+    tx = lax.stop_gradient(total.x)
+    shape = tuple(tx.shape)
+    lse_x = _keepdims(jax.nn.logsumexp(lax.stop_gradient(exponent.x), axis=axes, keepdims=True), shape)
+    lse_r = _keepdims(jax.nn.logsumexp(exponent.r, axis=axes, keepdims=True), shape)
+    log_x, log_r = pairs.stable_log(JAX, tx, lse_x), pairs.stable_log(JAX, total.r, lse_r)
+    multiplier = pairs.log_sum_multiplier(JAX, tx, total.r, log_x, log_r)
+    return type(total)(attach(log_x, [(total.x, multiplier)]), log_r)
+
+
+def softmax(exponent: Any, total: Any, axes: tuple[int, ...], rescale: Rescale, attach: Attach) -> Any:
+    """``e / Σe`` (``e = exp(exponent)``, ``total`` = Σe, Pairs) as ``exp(exponent − log Σe)``: :func:`log_of_sum`,
+    the linear difference, and the engine's Rescale rule on exp (``rescale(fn, u, entry, name, smooth)``: its
+    closed-form secant)."""
+    log_total = log_of_sum(exponent, total, axes, attach)
     difference = type(exponent)(exponent.x - log_total.x, exponent.r - log_total.r)
     return rescale(jnp.exp, difference, _EXP, "exp", True)
 
 
-__all__ = ["Plan", "Shift", "plan", "shift", "softmax"]
+__all__ = ["Plan", "Shift", "log_of_sum", "plan", "shift", "softmax"]
