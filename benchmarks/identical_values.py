@@ -227,7 +227,8 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         def forward(self, x: Any) -> Any:
             z = self.proj(x)
             idx = z.argmax(-1, keepdim=True)  # a picked index, then its uses
-            parts = [z.gather(-1, idx), self.table.index_select(0, idx[:, 0]), torch.nn.functional.one_hot(idx[:, 0], 5).float() * z]
+            hot = torch.nn.functional.one_hot(idx[:, 0], 5).float()
+            parts = [z.gather(-1, idx), self.table.index_select(0, idx[:, 0]), hot * z]
             return torch.cat(parts, -1)
 
     def picked() -> tuple[Any, ...]:

@@ -26,8 +26,8 @@ FORMULAS = {
     # the blend (Δa Δu³ + ε⁴F) / (Δu⁴ + ε⁴), in place
     "secant blend": ("formulas/secant.py", rf"{ID}\.addcmul_\({ID}, {ID}\)"),
     # the selector's change s(h̄, i_x) − s(h̄, i_r) and the selected tensor's mean selection
-    "selector change": ("formulas/orderings.py", rf"(\w+)\((\w+), index_x\) - \1\(\2, index_r\)"),
-    "selected share": ("formulas/orderings.py", rf"\((\w+)\((\w+), index_x\) \+ \1\(\2, index_r\)\) / 2"),
+    "selector change": ("formulas/orderings.py", r"(\w+)\((\w+), index_x\) - \1\(\2, index_r\)"),
+    "selected share": ("formulas/orderings.py", r"\((\w+)\((\w+), index_x\) \+ \1\(\2, index_r\)\) / 2"),
     # the marks: an inverted mark, and the choice of the scale-weighted rule
     "inverted mark": ("formulas/marks.py", r"return -prior\b"),
     "scale-weighted choice": ("formulas/marks.py", rf"\.count\({ID}\) == 1 and {ID}\.count\(None\) == 1"),

@@ -70,6 +70,14 @@ class TorchHeaded(TorchTwin):
         return HEADS[self.head_name][1](super().forward(x))
 
 
+def _both_engines(model: Any, twin: torch.nn.Module, background: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The JAX engine's values of ``model`` and the PyTorch engine's of its ``twin``, at the same pairs."""
+    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
+    assert flax_values.shape == torch_values.shape
+    return flax_values, torch_values
+
+
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_softmax_and_norms_get_the_values_of_the_pytorch_twin(cell: str, head: str) -> None:
@@ -78,12 +86,8 @@ def test_softmax_and_norms_get_the_values_of_the_pytorch_twin(cell: str, head: s
     background, x = data((6, 3), 8, 21), data((6, 3), 3, 22)
     outputs = np.asarray(model(jnp.asarray(x)))
     np.testing.assert_allclose(twin(torch.tensor(x)).detach().numpy(), outputs, rtol=0, atol=1e-12)  # the same function
-
-    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
-    assert flax_values.shape == torch_values.shape
-    scale = np.abs(torch_values).max()
-    assert np.abs(flax_values - torch_values).max() <= 1e-11 * scale
+    flax_values, torch_values = _both_engines(model, twin, background, x)
+    assert np.abs(flax_values - torch_values).max() <= 1e-11 * np.abs(torch_values).max()
     gap = outputs - np.asarray(model(jnp.asarray(background))).mean(0)
     np.testing.assert_allclose(flax_values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * max(1.0, np.abs(gap).max()))
 
@@ -109,8 +113,7 @@ def test_confident_logits_where_one_side_s_sum_underflows_get_the_pytorch_values
     twin = torch.nn.Sequential(linear, _TorchHead(head))
     background = data((5,), 6, 31)
     x = data((5,), 3, 32) * 2000.0  # logits hundreds apart: exp of the shifted reference side underflows to 0
-    flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
+    flax_values, torch_values = _both_engines(model, twin, background, x)
     assert np.all(np.isfinite(flax_values))
     assert np.abs(flax_values - torch_values).max() <= 1e-11 * np.abs(torch_values).max()
 

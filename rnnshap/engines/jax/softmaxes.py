@@ -73,9 +73,9 @@ def plan(jaxpr: core.Jaxpr) -> Plan:
     for k, eqn in enumerate(jaxpr.eqns):
         for v in eqn.outvars:
             producer[v] = k
-        for v in eqn.invars:
-            if not isinstance(v, core.Literal):
-                users[v].append(k)
+        for operand in eqn.invars:
+            if not isinstance(operand, core.Literal):
+                users[operand].append(k)
     found = Plan()
     outputs = {v for v in jaxpr.outvars if not isinstance(v, core.Literal)}
     for k, eqn in enumerate(jaxpr.eqns):
