@@ -125,3 +125,23 @@ class _TorchHead(torch.nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return HEADS[self.head_name][1](h)
+
+
+class FlaxCentredOnMax(nnx.Module):
+    """``h − stop_gradient(max h)`` read as a feature (no softmax after it): the maximum does not cancel there."""
+
+    def __init__(self) -> None:
+        self.dense = nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64)
+
+    def __call__(self, x: Any) -> Any:
+        h = self.dense(x)
+        centred = h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))
+        return jnp.concatenate([centred, jnp.exp(centred)], -1)
+
+
+def test_a_maximum_subtracted_outside_a_softmax_is_not_taken_for_its_shift() -> None:
+    model = FlaxCentredOnMax()
+    background, x = data((5,), 6, 41), data((5,), 3, 42)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12 * max(1.0, np.abs(gap).max()))

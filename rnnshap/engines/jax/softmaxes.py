@@ -126,12 +126,39 @@ def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any,
     if any(u not in cone and u != k for j in cone for v in eqns[j].outvars for u in users.get(v, ())):
         return None  # a value of the cone read elsewhere
     shift = eqns[k].outvars[0]
-    for u in users.get(shift, ()):  # only subtracted from its source, or added (logsumexp adds it back)
+    for u in users.get(shift, ()):  # only subtracted from its source, or added back to a log (logsumexp's)
         use = eqns[u]
         subtracted = use.primitive.name == "sub" and use.invars[0] is source and use.invars[1] is shift
-        if not (subtracted or use.primitive.name == "add"):
+        if subtracted and not all(
+            _cancels(eqns[w], use.outvars[0], producer, users, eqns) for w in users.get(use.outvars[0], ())
+        ):
+            return None  # u − c read otherwise than by softmax's exp or log-softmax's difference: c does not cancel
+        if not (subtracted or use.primitive.name == "add" and _added_to_a_log(use, shift, producer, eqns)):
             return None
     return Shift(source, tuple(eqns[maximum].params["axes"]), tuple(sorted(cone)))
+
+
+def _cancels(use: Any, shifted: Any, producer: dict[Any, int], users: dict[Any, list[int]], eqns: Any) -> bool:
+    """Whether ``use`` of the shifted value ``u − c`` is one in which ``c`` cancels: its ``exp`` (summed, then divided
+    by or logged), or log-softmax's ``(u − c) − log Σ exp(u − c)``."""
+    if use.primitive.name == "exp":  # summed, or divided by its sum: the exp read by nothing else
+        e = use.outvars[0]
+        return all(
+            eqns[w].primitive.name == "reduce_sum" or eqns[w].primitive.name == "div" and eqns[w].invars[0] is e
+            for w in users.get(e, ())
+        )
+    if use.primitive.name != "sub" or use.invars[0] is not shifted or isinstance(use.invars[1], core.Literal):
+        return False
+    made = producer.get(use.invars[1])
+    return made is not None and eqns[made].primitive.name == "log"
+
+
+def _added_to_a_log(use: Any, shift: Any, producer: dict[Any, int], eqns: Any) -> bool:
+    """Whether ``use`` (an ``add`` of ``shift``) adds it to a log (logsumexp's ``log Σ exp(u − c) + c``)."""
+    other = [v for v in use.invars if v is not shift]
+    if len(other) != 1 or isinstance(other[0], core.Literal) or producer.get(other[0]) is None:
+        return False
+    return bool(eqns[producer[other[0]]].primitive.name == "log")
 
 
 def _sum_of_exp(jaxpr: core.Jaxpr, total: Any, producer: dict[Any, int], through: tuple[str, ...]) -> Any:
