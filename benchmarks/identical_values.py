@@ -11,6 +11,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
 - binary ops of two input-dependent operands (maximum, minimum, pow, fmax, division);
+- picked indices: argmax, and its uses gather, index_select from a table, one_hot;
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
   exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
 - foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex.
@@ -219,6 +220,23 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         x[0, :3] = background[0, :3] + torch.tensor([1e-6, 1e-3, 0.0])
         return explain(BinaryOps(), x, background)
 
+    class Picked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.table = nn.Linear(6, 5), nn.Parameter(torch.randn(5, 3))
+
+        def forward(self, x: Any) -> Any:
+            z = self.proj(x)
+            idx = z.argmax(-1, keepdim=True)  # a picked index, then its uses
+            hot = torch.nn.functional.one_hot(idx[:, 0], 5).float()
+            parts = [z.gather(-1, idx), self.table.index_select(0, idx[:, 0]), hot * z]
+            return torch.cat(parts, -1)
+
+    def picked() -> tuple[Any, ...]:
+        torch.manual_seed(13)
+        x, background = torch.randn(3, 6), torch.randn(4, 6)
+        return explain(Picked(), x, background)
+
     def ttm() -> tuple[Any, ...]:
         model = _foundation_models().ttm()
         series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(0).normal(0, 0.1, 200)
@@ -249,6 +267,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "secant_ops": secant_ops,
         "secant_ops_float64": secant_ops_float64,
         "binary_ops": binary_ops,
+        "picked": picked,
         "ttm": ttm,
         "tirex": tirex,
     }

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rnnshap import formulas
-from rnnshap.formulas import namespace, orderings, pairs, secant
+from rnnshap.formulas import marks, namespace, orderings, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
 from rnnshap.operations import ELEMENTWISE
 
@@ -243,7 +243,7 @@ def _defined_functions(path: Path) -> set[str]:
 def test_no_formula_of_the_package_is_defined_again_elsewhere() -> None:
     # `grep` finds no rule formula written twice (issue 39): the package's formulas by name
     names: set[str] = set()
-    for module in (secant, pairs, orderings):
+    for module in (secant, pairs, orderings, marks):
         names |= {n for n in module.__all__ if inspect.isfunction(getattr(module, n))}
     names -= {"rescaled"}
     assert {"exp_slope", "log_slope", "tanh_secant_near", "deciding", "position_ranks", "quotient_multipliers"} <= names

@@ -16,9 +16,14 @@ the array API standard's ``array_namespace``, Keras 3's ``keras.ops`` and einops
 - :mod:`~rnnshap.formulas.secant`: the Rescale rule's secant slopes in closed form (sqrt, rsqrt,
   square, reciprocal, exp, log, expm1, log1p, their rescaled forms, powers), the closed-form secants
   of sigmoid and tanh from their two results, and the Rescale multiplier from a quotient and a
-  derivative (threshold, midpoint, kinks, 0 where nothing moves);
+  derivative (threshold, midpoint, kinks, 0 where nothing moves), and the secant of sigmoid and tanh in its two
+  forms (the where-form, the PyTorch fused layers' branch-free blend);
 - :mod:`~rnnshap.formulas.pairs`: the two-player rules (the midpoint rule of a product, the
-  normalizations' scale-weighted rule) and the multipliers of log Σ exp and of a routed maximum.
+  normalizations' scale-weighted rule) and the multipliers of log Σ exp and of a routed maximum;
+- :mod:`~rnnshap.formulas.orderings`: which position decides a rank of a sort, a top-k or a pick, and the two
+  parts of a selection by a picked index;
+- :mod:`~rnnshap.formulas.marks`: the roots and inverse roots of a normalization written by hand, and which of
+  their products and quotients take the scale-weighted rule (each engine maps its own operation names to them).
 
 A formula returns multipliers (or values) from arrays that carry no gradient; attaching them is the
 engine's. Python operators (``+``, ``*``, ``/``, comparisons) are used as every array library

@@ -87,6 +87,10 @@ class JaxOps:
         return False
 
     @staticmethod
+    def extremes(x: Array, /) -> None:
+        return None
+
+    @staticmethod
     def eps(dtype: Any, /) -> float:
         return float(jnp.finfo(dtype).eps)
 

@@ -111,6 +111,10 @@ class KerasOps:
         return False
 
     @staticmethod
+    def extremes(x: Tensor, /) -> None:
+        return None
+
+    @staticmethod
     def eps(dtype: Any, /) -> float:
         return float(_finfo(dtype).eps)
 

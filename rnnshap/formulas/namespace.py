@@ -84,6 +84,11 @@ class Ops(Protocol):
         """True only where every entry of ``x`` is known to be finite (torch: one reduction, its sum)."""
         ...
 
+    def extremes(self, x: Array, /) -> tuple[float, float] | None:
+        """The least and greatest entry of a non-empty real ``x``, read (torch: one ``aminmax``); None where the
+        backend reads no value (Keras, JAX) or ``x`` is empty."""
+        ...
+
     # -- dtypes
     def eps(self, dtype: Any, /) -> float:
         """The machine epsilon of a floating dtype of the library."""

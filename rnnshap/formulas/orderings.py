@@ -15,9 +15,10 @@ gradient; positions are along the last axis.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 from .namespace import Array, Ops
-from .pairs import usable_quotient
+from .pairs import midpoint, usable_quotient
 
 
 def nearest(xp: Ops, candidates: Array, key: Array) -> Array:
@@ -97,4 +98,28 @@ def index_credit(xp: Ops, x: Array, r: Array, deciding: Array, delta: Array, mov
     return deciding, usable_quotient(xp, moved, xp.to_float64(delta))
 
 
-__all__ = ["deciding", "index_credit", "nearest", "position_ranks"]
+#: a selection ``select(h, i)`` from ``h`` (None: from a constant table, or ``one_hot``) by the integer indices ``i``
+Select = Callable[[Any, Array], Array]
+
+
+def selector_change(xp: Ops, select: Select, h: Array | None, h_r: Array | None, index_x: Array, index_r: Array) -> Array:
+    r"""The selector's part of a selection :math:`s(h, i)` by picked indices (``take_along_axis``, a gather, an
+    embedding of them), the Shapley rule on the product of the selector and :math:`h`:
+
+    .. math:: s(h_x, i_x) - s(h_r, i_r) = \tfrac12\,[s(\Delta h, i_x) + s(\Delta h, i_r)]
+        + [s(\bar h, i_x) - s(\bar h, i_r)], \qquad \bar h = \tfrac12 (h_x + h_r),
+
+    the second term (:math:`s(i_x) - s(i_r)` for a selection from a constant, ``h`` None). It goes to the indices'
+    handle divided by :math:`i_x - i_r` (:func:`rnnshap.formulas.pairs.inverse_delta`), and from there to the
+    position that decided the pick (:func:`index_credit`); the first term is :func:`selected_share`'s."""
+    mean = None if h is None or h_r is None else midpoint(xp, h, h_r)
+    return select(mean, index_x) - select(mean, index_r)
+
+
+def selected_share(xp: Ops, select: Select, h: Array, index_x: Array, index_r: Array) -> Array:
+    """The selected tensor's part of a selection by picked indices (:func:`selector_change`): the mean of its
+    two selections, linear in ``h`` (applied to Δh, or differentiated for h's multiplier)."""
+    return (select(h, index_x) + select(h, index_r)) / 2
+
+
+__all__ = ["Select", "deciding", "index_credit", "nearest", "position_ranks", "selected_share", "selector_change"]

@@ -137,6 +137,14 @@ class TorchOps:
         return readable(x) and bool(torch.isfinite(x.sum()))
 
     @staticmethod
+    def extremes(x: Tensor, /) -> tuple[float, float] | None:
+        # (read on every device: the PyTorch engine's sigmoid and tanh rule did so before it moved here)
+        if not x.numel():
+            return None
+        least, greatest = torch.aminmax(x)
+        return float(least), float(greatest)
+
+    @staticmethod
     def eps(dtype: torch.dtype, /) -> float:
         return float(_finfo(dtype).eps)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..formulas.secant import CLOSED_FORMS
+from ..formulas.secant import CLOSED_FORMS, blend_secant_into
 from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
@@ -43,35 +43,6 @@ SIGMOID, TANH = CLOSED_FORMS["sigmoid"][:2], CLOSED_FORMS["tanh"][:2]
 
 
 # -- the Rescale multiplier of σ and tanh -------------------------------------------------------
-def _secant_into(
-    out: Tensor,
-    du: Tensor,
-    da: Tensor,
-    u_x: Tensor,
-    u_r: Tensor,
-    a_x: Tensor,
-    a_r: Tensor,
-    centred_x_e4: Tensor,
-    centred_r: Tensor,
-    kappa_e4: Tensor,
-    eps4: float,
-) -> None:
-    """``out`` = the Rescale multiplier of σ or tanh for every pair of ``(u_x, a_x)`` and
-    ``(u_r, a_r)`` (which broadcast to ``out``), with ``du`` and ``da`` as scratch.
-
-    ``centred_* = a − μ`` (the x side already multiplied by ε⁴) and ``kappa_e4 = ε⁴ κ``; see
-    :func:`smooth_secant` for the formula. Nine arithmetic passes, no branches.
-    """
-    torch.sub(u_x, u_r, out=du)
-    torch.sub(a_x, a_r, out=da)
-    torch.addcmul(kappa_e4, centred_x_e4, centred_r, value=-1, out=out)  # ε⁴ F
-    da.mul_(du)  # Δa Δu
-    du.mul_(du)  # Δu²
-    out.addcmul_(da, du)  # ε⁴ F + Δa Δu³
-    du.mul_(du).add_(eps4)  # Δu⁴ + ε⁴
-    out.div_(du)
-
-
 _UPCAST = (torch.float16, torch.bfloat16)
 
 
@@ -84,23 +55,11 @@ def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor
 
     Both functions satisfy :math:`(a_x - a_r)/(u_x - u_r) = F \cdot \tanh(δ)/δ` with
     :math:`F = κ - (a_x - μ)(a_r - μ)` (σ: μ = ½, κ = ¼, δ = Δu/2; tanh: μ = 0, κ = 1, δ = Δu),
-    so :math:`F` is the multiplier's limit as :math:`Δu → 0`, within a factor
-    :math:`1 - O(Δu^2)`. The quotient loses about ``eps/|Δu|`` of its accuracy to cancellation,
-    so the multiplier blends the two without a branch,
-
-    .. math:: m = \frac{Δa\,Δu^3 + ε^4 F}{Δu^4 + ε^4}, \qquad ε = \mathrm{eps}^{1/3},
-
-    which is the quotient to within :math:`(ε/Δu)^4` where :math:`|Δu| \gg ε` and :math:`F` where
-    :math:`|Δu| \ll ε`; the largest deviation from the exact secant is about :math:`ε^2/6` of
-    it (4e-6 in float32, 6e-12 in float64), where :math:`|Δu| ≈ ε`. Arguments broadcast.
-
-    The other engines take the where-form of :func:`rnnshap.formulas.secant.near_rescale_multiplier`
-    (the closed form with its :math:`Δu^2` term below the threshold, the quotient above). Against the
-    exact secant in float32 that one is nearer below the threshold (median error about 10x smaller for
-    :math:`ε/10 < |Δu| \le ε`), slightly farther just above it (:math:`ε < |Δu| \le 10ε`, about 8% in
-    the median: the blend still mixes in :math:`F` there), the same beyond; this blend stays for its
-    speed (nine in-place passes, no select) and because the PyTorch engine's values may not move.
-    tests/test_formulas.py measures both against a float64 reference.
+    so :math:`F` is the multiplier's limit as :math:`Δu → 0`, within a factor :math:`1 - O(Δu^2)`;
+    the multiplier blends the quotient and :math:`F` without a branch
+    (:func:`rnnshap.formulas.secant.blend_secant_into`, the formula and its accuracy). This blend stays (the other
+    engines take the where-form) for its speed, nine in-place passes and no select, and because the PyTorch
+    engine's values may not move. Arguments broadcast.
     """
     dtype, eps4 = u_x.dtype, _eps4(u_x.dtype)
     if dtype in _UPCAST:  # Δu⁴ would overflow float16: float32 arithmetic with the dtype's ε
@@ -108,7 +67,7 @@ def smooth_secant(u_x: Tensor, u_r: Tensor, a_x: Tensor, a_r: Tensor, mu: Tensor
     shape = torch.broadcast_shapes(u_x.shape, u_r.shape, a_x.shape, a_r.shape)
     out, du, da = (u_x.new_empty(shape) for _ in range(3))
     kappa_e4 = torch.as_tensor(kappa, dtype=u_x.dtype, device=u_x.device) * eps4
-    _secant_into(out, du, da, u_x, u_r, a_x, a_r, (a_x - mu) * eps4, a_r - mu, kappa_e4, eps4)
+    blend_secant_into(out, du, da, u_x, u_r, a_x, a_r, (a_x - mu) * eps4, a_r - mu, kappa_e4, eps4)
     return out.to(dtype)
 
 
@@ -220,7 +179,7 @@ def _pairwise_coefficients(
         for u_x, u_r, a_x, a_r, centred_x, centred_r, kappa_e4, size in blocks:
             cols = slice(column, column + size)
             ux, ur, ax, ar, cx, cr = (_at(v, t, n) for v in (u_x, u_r, a_x, a_r, centred_x, centred_r))
-            _secant_into(m[..., cols], du[..., cols], da[..., cols], ux, ur, ax, ar, cx, cr, kappa_e4, eps4)
+            blend_secant_into(m[..., cols], du[..., cols], da[..., cols], ux, ur, ax, ar, cx, cr, kappa_e4, eps4)
             column += size
         column = 0
         for f_x, f_r in means:

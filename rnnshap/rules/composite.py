@@ -24,7 +24,7 @@ import torch
 from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
-from .elementwise import Shapley, product, rescale, with_multipliers
+from .elementwise import Shapley, attach, product, rescale, with_multipliers
 from .secant import exp_ratio_slope, exp_slope, reciprocal_slope, secant, secant_output, secant_slope
 from .structured import scaled
 
@@ -129,19 +129,6 @@ class ScaledQuotient(Quotient):
         output = call.evaluate([t.detach() for t in call.inputs])
         m_a, m_b = pairs.scaled_quotient_multipliers(TORCH, a.detach(), b.detach(), a_ref, b_ref)
         return with_multipliers(output, [a, b], [m_a.expand(output.shape), m_b.expand(output.shape)])
-
-
-#: the marks a normalization's scale carries (rnnshap/engines/pytorch/handwritten_norms.py and the Keras engine's
-#: kops.py, which recognise hand-written norms): a root (a norm, a standard deviation) and an inverse root
-SCALE, INVERSE = 1, -1
-
-
-def power_mark(prior: int | None, exponent: Any) -> int | None:
-    """The mark of ``t ** exponent`` where ``t`` carries ``prior`` (None: unmarked): a square root
-    makes a root and ``** -0.5`` an inverse root; ``** 1`` keeps a mark and ``** -1`` inverts it."""
-    if prior is None:
-        return SCALE if exponent == 0.5 else INVERSE if exponent == -0.5 else None
-    return prior if exponent == 1 else -prior if exponent == -1 else None
 
 
 class ScaledProduct(Rule):
@@ -351,30 +338,19 @@ class VectorNorm(_FirstOperand):
 
 
 # -- logcumsumexp ----------------------------------------------------------------------------------------
-class _CumulativeLogSumExp(torch.autograd.Function):
+def _cumulative_logsumexp(ctx: Any, grad: Tensor) -> list[Tensor]:
     r"""Backward of :math:`L_t = \log \sum_{s \le t} e^{x_s}` (last axis) with the multipliers
     :math:`W_{st} = k_s\, g_t\, e^{\mu_s - \Lambda_t}` (see :class:`LogCumSumExp`)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
-    ) -> Tensor:
-        output, saved = computed()
-        ctx.save_for_backward(*saved)
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        k, g, decay, lift = ctx.saved_tensors
-        a = grad * g
-        steps = a.shape[-1]
-        carried = a[..., steps - 1]
-        sums = [carried]
-        for t in range(steps - 2, -1, -1):  # R_s = a_s + exp(Λ_s − Λ_{s+1}) R_{s+1}
-            carried = a[..., t] + decay[..., t] * carried
-            sums.append(carried)
-        reverse = torch.stack(sums[::-1], -1)
-        return None, k * lift * reverse
+    k, g, decay, lift = ctx.saved_tensors
+    a = grad * g
+    steps = a.shape[-1]
+    carried = a[..., steps - 1]
+    sums = [carried]
+    for t in range(steps - 2, -1, -1):  # R_s = a_s + exp(Λ_s − Λ_{s+1}) R_{s+1}
+        carried = a[..., t] + decay[..., t] * carried
+        sums.append(carried)
+    reverse = torch.stack(sums[::-1], -1)
+    return [k * lift * reverse]
 
 
 def _logcumsumexp_signature(input: Tensor, dim: int) -> None: ...
@@ -412,8 +388,7 @@ class LogCumSumExp(_FirstOperand):
             lift = torch.where(torch.isfinite(lift), lift, torch.zeros_like(lift))
             decay = torch.exp(ceiling[..., :-1] - ceiling[..., 1:])
             decay = torch.where(torch.isfinite(decay), decay, torch.zeros_like(decay))
-        computed = (total, (k, g, decay, lift))
-        output = _CumulativeLogSumExp.apply(lambda: computed, xl)
+        output = attach(total, [xl], _cumulative_logsumexp, (k, g, decay, lift))
         return output.movedim(-1, dim)
 
 

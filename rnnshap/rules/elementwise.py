@@ -22,7 +22,6 @@ to :math:`\Delta = 0`).
 from __future__ import annotations
 
 import contextlib
-import math
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, Sequence
 
@@ -80,38 +79,68 @@ def saw_missing_values() -> None:
         state.seen = True
 
 
-class _MultiplierFunction(torch.autograd.Function):
-    """Returns a precomputed output whose backward multiplies by precomputed multipliers (and by a
-    common factor, when there is one).
+#: ``backward(ctx, grad)`` of :func:`attach`: the gradients of the operands, from the saved tensors
+#: (``ctx.saved_tensors``), ``ctx.state``, ``ctx.shapes`` (the operands') and ``ctx.missing``
+Backward = Callable[[Any, Tensor], Sequence[Any]]
 
-    Only the multipliers are saved, so in-place changes to the operands after this op cannot
-    corrupt the backward pass.
-    """
+
+class _Attached(torch.autograd.Function):
+    """The PyTorch engine's one autograd node for a rule's multipliers (:func:`attach`): a precomputed output whose
+    backward is the rule's own function of the incoming gradient. Only the tensors the rule names are saved, so
+    in-place changes to the operands after this op cannot corrupt the backward pass."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, Players, Tensor | None]], *operands: Tensor
-    ) -> Tensor:
-        output, multipliers, ctx.factor = computed()
-        ctx.save_for_backward(*multipliers)
+    def forward(ctx: Any, computed: Callable[[], tuple[Tensor, Players, Backward, Any]], *operands: Tensor) -> Tensor:  # type: ignore[override]
+        output, saved, ctx.backward_of, ctx.state = computed()
+        ctx.save_for_backward(*saved)
         ctx.shapes = [op.shape for op in operands]
         ctx.missing = _STATE.get()  # (a pass that meets missing values stops 0 · NaN: rules/missing.py)
         return output
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grads: list[Any] = [None]
-        if ctx.factor is not None:
-            grad = grad * ctx.factor
-        unreached = None
-        if ctx.missing is not None and ctx.missing.seen:
-            unreached = grad == 0  # entries nothing downstream depends on (a masked-out NaN): 0, never 0 · NaN
-        for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False):
-            g = grad * m
-            if unreached is not None:
-                g = g.masked_fill(unreached, 0.0)
-            grads.append(g if g.shape == shape else g.sum_to_size(shape))
-        return tuple(grads)
+        return (None, *ctx.backward_of(ctx, grad))
+
+
+def attach(
+    output: Tensor, operands: Sequence[Tensor], backward: Backward, saved: Sequence[Tensor] = (), state: Any = None
+) -> Tensor:
+    """``output`` (computed, no gradient) as one autograd node of ``operands`` whose backward is
+    ``backward(ctx, grad)``, the gradients of the operands in order (None for one that takes none), with ``saved``
+    as ``ctx.saved_tensors`` and ``state`` as ``ctx.state``: the one way the PyTorch engine attaches a rule's
+    multipliers (the Keras and JAX engines' ``attach`` add an exact zero whose derivative is the multiplier)."""
+    # The output is handed over in a closure: a custom Function may not return one of its inputs.
+    computed = (output, saved, backward, state)
+    if _TRANSFORMS_ACTIVE is None or _TRANSFORMS_ACTIVE():
+        return _Attached.apply(lambda: computed, *operands)
+    # what Function.apply does when no functorch transform is active (this Function has no
+    # setup_context), without its Python steps: it is called for every nonlinear operation
+    return _APPLY(lambda: computed, *operands)
+
+
+_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+try:
+    _APPLY = super(torch.autograd.Function, _Attached).apply
+except AttributeError:  # a torch whose Function is laid out otherwise: Function.apply always
+    _TRANSFORMS_ACTIVE = None
+
+
+def _multiplied(ctx: Any, grad: Tensor) -> list[Tensor]:
+    """The backward of :func:`with_multipliers`: the gradient times each multiplier (and the common factor, once),
+    summed to each operand's shape."""
+    grads = []
+    factor = ctx.state
+    if factor is not None:
+        grad = grad * factor
+    unreached = None
+    if ctx.missing is not None and ctx.missing.seen:
+        unreached = grad == 0  # entries nothing downstream depends on (a masked-out NaN): 0, never 0 · NaN
+    for m, shape in zip(ctx.saved_tensors, ctx.shapes, strict=False):
+        g = grad * m
+        if unreached is not None:
+            g = g.masked_fill(unreached, 0.0)
+        grads.append(g if g.shape == shape else g.sum_to_size(shape))
+    return grads
 
 
 def with_multipliers(output: Tensor, operands: Players, multipliers: Players, factor: Tensor | None = None) -> Tensor:
@@ -119,20 +148,8 @@ def with_multipliers(output: Tensor, operands: Players, multipliers: Players, fa
     each times ``factor`` (a 0-d tensor), when given, which the backward applies once for all."""
     if not any(op.requires_grad for op in operands):
         return output
-    # The output is handed over in a closure: a custom Function may not return one of its inputs.
-    computed = (output.detach(), [m.detach() if m.requires_grad else m for m in multipliers], factor)
-    if _TRANSFORMS_ACTIVE is None or _TRANSFORMS_ACTIVE():
-        return _MultiplierFunction.apply(lambda: computed, *operands)
-    # what Function.apply does when no functorch transform is active (this Function has no
-    # setup_context), without its Python steps: it is called for every nonlinear operation
-    return _APPLY_MULTIPLIERS(lambda: computed, *operands)
-
-
-_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
-try:
-    _APPLY_MULTIPLIERS = super(torch.autograd.Function, _MultiplierFunction).apply
-except AttributeError:  # a torch whose Function is laid out otherwise: Function.apply always
-    _TRANSFORMS_ACTIVE = None
+    saved = [m.detach() if m.requires_grad else m for m in multipliers]
+    return attach(output.detach(), operands, _multiplied, saved, factor)
 
 
 def _derivative(g: Callable[[list[Tensor]], Tensor], players: list[Tensor], index: int, shape: torch.Size) -> Tensor:
@@ -308,35 +325,20 @@ def rescale_from_result(
     reference_output: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The Rescale rule of a smooth unary ``f`` of ``RESULT_SECANTS`` (sigmoid, tanh) on real
-    floating-point ``x`` and ``r``, in few operations.
-
-    - The multiplier is the quotient ``(f(x) − f(r)) / Δ`` where ``|Δ|`` is above the threshold
-      (the generic rule's values, bit for bit), and ``secant_near(f(x), f(r), Δ)``, the secant in
-      closed form, below it, where the quotient would cancel. The generic rule takes the
-      derivative at the midpoint there, within ``Δ²`` of the secant; the closed form is within the
-      rounding, and needs no second evaluation of ``f`` nor of its derivative.
-    - The least and greatest ``|Δ|`` (one float reduction) tell whether any Δ is small and whether
-      all are finite: then so are ``x`` and ``r``, the quotients (|Δ| above the threshold, outputs
-      in [-1, 1]) and the closed forms, and the check for non-finite multipliers is not needed.
+    floating-point ``x`` and ``r``, in few operations: the where-form of
+    :func:`rnnshap.formulas.secant.near_rescale_multiplier`, the quotient ``(f(x) − f(r)) / Δ`` where ``|Δ|`` is
+    above the threshold (the generic rule's values, bit for bit) and ``secant_near(f(x), f(r), Δ)``, the secant in
+    closed form, below it, where the quotient would cancel (the generic rule takes the derivative at the midpoint
+    there, within ``Δ²`` of the secant; the closed form is within the rounding, with no second evaluation of ``f``
+    nor of its derivative). The least and greatest ``|Δ|`` (one float reduction) tell whether the closed form and
+    the check for non-finite multipliers are needed.
 
     Returns ``(output, reference_output, multiplier)``.
     """
     x, r = x.detach(), r.detach()
     ref_output = f(r) if reference_output is None else reference_output
     output = f(x)
-    delta = x - r
-    multiplier = (output - ref_output) / delta
-    if not delta.numel():
-        return output, ref_output, multiplier
-    size = delta.abs()
-    threshold = small_delta_threshold(delta.dtype, True)
-    least, greatest = (float(v) for v in torch.aminmax(size))
-    finite = math.isfinite(greatest)
-    if least <= threshold if finite else bool((size <= threshold).any()):
-        multiplier = torch.where(size <= scalar(threshold, size), secant_near(output, ref_output, delta), multiplier)
-    if finite:
-        return output, ref_output, multiplier
-    return output, ref_output, _finite_where_still(multiplier, x, r, output, ref_output)
+    return output, ref_output, formulas.near_rescale_multiplier(TORCH, secant_near, output, ref_output, x, r)
 
 
 def rescale(f: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, smooth: bool = True) -> tuple[Tensor, Tensor]:

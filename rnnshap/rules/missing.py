@@ -35,7 +35,14 @@ from typing import Any, Callable
 import torch
 
 from .base import OpCall, Rule
-from .elementwise import MissingValues, missing_values_state, saw_missing_values, tracking_missing_values, with_multipliers
+from .elementwise import (
+    MissingValues,
+    attach,
+    missing_values_state,
+    saw_missing_values,
+    tracking_missing_values,
+    with_multipliers,
+)
 
 Tensor = torch.Tensor
 
@@ -111,25 +118,15 @@ class NanToNum(_ThroughInputOnly):
         return with_multipliers(output, [x], [torch.isfinite(xd).to(output.dtype)])
 
 
-class _Weighted(torch.autograd.Function):
-    """A reduction's precomputed output whose backward spreads the gradient over its operand's entries, times
-    precomputed weights (only the weights are saved)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], Tensor], weights: Tensor, dims: tuple[int, ...], keepdim: bool, x: Tensor
-    ) -> Tensor:
-        ctx.save_for_backward(weights)
-        ctx.dims, ctx.keepdim, ctx.dtype = dims, keepdim, x.dtype
-        return computed()  # (handed over in a closure: a Function may not return one of its inputs)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        (weights,) = ctx.saved_tensors
-        if not ctx.keepdim:
-            for d in ctx.dims:  # (ascending: each unsqueeze puts back one reduced dimension where it was)
-                grad = grad.unsqueeze(d)
-        return None, None, None, None, (grad * weights).to(ctx.dtype)
+def _weighted(ctx: Any, grad: Tensor) -> list[Tensor]:
+    """The backward of a reduction (:class:`NanReduction`): the gradient spread over its operand's entries, times the
+    saved weights (``ctx.state``: the reduced dimensions, keepdim, the operand's dtype)."""
+    (weights,) = ctx.saved_tensors
+    dims, keepdim, dtype = ctx.state
+    if not keepdim:
+        for d in dims:  # (ascending: each unsqueeze puts back one reduced dimension where it was)
+            grad = grad.unsqueeze(d)
+    return [(grad * weights).to(dtype)]
 
 
 def _reduced_dims(call: OpCall, x: Tensor) -> tuple[tuple[int, ...], bool]:
@@ -161,7 +158,7 @@ class NanReduction(_ThroughInputOnly):
         weights = (~torch.isnan(xd)).to(output.dtype)
         if getattr(call.fn, "__name__", "") == "nanmean":
             weights = weights / weights.sum(dims, keepdim=True).clamp(min=1)
-        return _Weighted.apply(lambda: output, weights, dims, keepdim, x)
+        return attach(output, [x], _weighted, [weights], (dims, keepdim, x.dtype))
 
 
 NAN_REDUCTIONS = ("nanmean", "nansum")

@@ -39,9 +39,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..formulas import pairs
+from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
+from .elementwise import attach
 from .structured import picked_index, ranked_values
 
 Tensor = torch.Tensor
@@ -234,20 +235,21 @@ class Selection(Rule):
         with torch.no_grad():
             output = self._run(call, index_x, None if h is None else h.detach())
 
+        def select(values: Tensor | None, index: Tensor) -> Any:
+            return self._run(call, index, values)
+
         def backward(grad: Tensor) -> tuple[Tensor | None, ...]:
             with torch.no_grad():  # the selector's part, to the handle
-                mean = None if h is None or h_ref is None else pairs.midpoint(TORCH, h.detach(), h_ref)
-                change = self._run(call, index_x, mean) - self._run(call, index_r, mean)
+                change = orderings.selector_change(TORCH, select, None if h is None else h.detach(), h_ref, index_x, index_r)
                 grad_handle = self.reduce((grad * change).to(torch.float64), index_x) * inverse
             if h is None:
                 return (grad_handle,)
             with torch.enable_grad():  # h's part: the mean of the two selections (linear in h)
                 probe = h.detach().requires_grad_(True)
-                both = self._run(call, index_x, probe) + self._run(call, index_r, probe)
-                (grad_h,) = torch.autograd.grad(both, probe, grad / 2)
+                (grad_h,) = torch.autograd.grad(orderings.selected_share(TORCH, select, probe, index_x, index_r), probe, grad)
             return grad_handle, grad_h
 
-        return _WithMultipliers.apply(lambda: output, backward, handle, *(() if h is None else (h,)))
+        return attach(output, [handle, *(() if h is None else (h,))], _calling(backward))
 
     def index_handle(self, call: OpCall, result: Tensor) -> Tensor:
         """one_hot's integers as float64 values; their change goes back to the picked index's handle."""
@@ -258,22 +260,12 @@ class Selection(Rule):
             change = (result - self._run(call, index_r, None)).to(torch.float64)
             return (self.reduce(grad * change, index_x) * inverse,)
 
-        return _WithMultipliers.apply(lambda: result.to(torch.float64), backward, handle)
+        return attach(result.to(torch.float64), [handle], _calling(backward))
 
 
-class _WithMultipliers(torch.autograd.Function):
-    """``computed()`` as the output, with the multipliers that ``backward(grad)`` returns for ``inputs``."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], Tensor], backward: Callable[[Tensor], tuple[Tensor | None, ...]], *inputs: Tensor
-    ) -> Tensor:
-        ctx.multipliers = backward
-        return computed()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        return (None, None, *ctx.multipliers(grad))
+def _calling(backward: Callable[[Tensor], tuple[Tensor | None, ...]]) -> Any:
+    """An :func:`~rnnshap.rules.elementwise.attach` backward that calls ``backward(grad)``."""
+    return lambda ctx, grad: backward(grad)
 
 
 def _getitem_reduce(key: Any, position: int, ndim: int) -> Reduce | None:

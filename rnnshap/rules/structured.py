@@ -19,7 +19,7 @@ from ..formulas import orderings, pairs
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
-from .elementwise import missing_values_state, product, shapley, with_multipliers
+from .elementwise import attach, product, shapley, with_multipliers
 from .secant import rsqrt_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
@@ -90,35 +90,23 @@ def _logsumexp_parts(xs: Tensor, r: Tensor, top: Tensor, dim: int | tuple[int, .
     return rs, log_total, log_total_ref, e_slopes * log_slopes
 
 
-class _SoftmaxFunction(torch.autograd.Function):
-    r"""Softmax's decomposition (:class:`Softmax`) as one node: the backward of its chain, the same operations in
-    the same order. With :math:`a = x_s - \log S` and the output :math:`e^a`, the chain's backward is
+def _softmax_chain(ctx: Any, grad: Tensor) -> list[Tensor]:
+    r"""The backward of softmax's decomposition (:class:`Softmax`) as one node: the backward of its chain, the same
+    operations in the same order. With :math:`a = x_s - \log S` and the output :math:`e^a`, the chain's backward is
     :math:`g_2 = g \cdot m_{\exp}` (the last exp's secant), :math:`s = \sum (-g_2)` over the softmax's axis (the
     subtraction of :math:`\log S`), :math:`g_1 = s \cdot m_{\log S}` (the logsumexp's multiplier), and
     :math:`g_2 + g_1` (the two uses of :math:`x_s`); :math:`\sum(-g_2) = -\sum g_2` exactly. Where a pass meets
-    missing values, each multiplier's product is 0 where its incoming gradient is (as ``_MultiplierFunction``)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, Tensor, Tensor, torch.Size]], x: Tensor
-    ) -> Tensor:
-        output, m_exp, m_log, ctx.reduced = computed()
-        ctx.save_for_backward(m_exp, m_log)
-        ctx.missing = missing_values_state()
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        m_exp, m_log = ctx.saved_tensors
-        missing = ctx.missing is not None and ctx.missing.seen
-        g2 = grad * m_exp
-        if missing:
-            g2 = g2.masked_fill(grad == 0, 0.0)
-        s = -g2.sum_to_size(ctx.reduced)
-        g1 = s * m_log
-        if missing:
-            g1 = g1.masked_fill(s == 0, 0.0)
-        return None, g2 + g1
+    missing values, each multiplier's product is 0 where its incoming gradient is (as ``with_multipliers``)."""
+    m_exp, m_log = ctx.saved_tensors
+    missing = ctx.missing is not None and ctx.missing.seen
+    g2 = grad * m_exp
+    if missing:
+        g2 = g2.masked_fill(grad == 0, 0.0)
+    s = -g2.sum_to_size(ctx.state)
+    g1 = s * m_log
+    if missing:
+        g1 = g1.masked_fill(s == 0, 0.0)
+    return [g2 + g1]
 
 
 def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
@@ -131,7 +119,7 @@ def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
 def fused_softmax(
     x: Tensor, r: Tensor, dim: int, reference: bool = True, unless: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None] | None:
-    """Softmax's decomposition (:class:`Softmax`) with its multipliers as one node (:class:`_SoftmaxFunction`): the
+    """Softmax's decomposition (:class:`Softmax`) with its multipliers as one node (:func:`_softmax_chain`): the
     chain's values (and, with ``reference``, the reference side's, as the chain computes them); None where a row of
     ``x`` is masked throughout (``-inf``: the chain handles it), or where ``unless`` (a bool tensor on ``x``'s device,
     a caller's own test) is true: read together, one host read in all."""
@@ -152,8 +140,7 @@ def fused_softmax(
         return output, torch.exp(shifted_ref) if reference else None
     ref_output = torch.exp(shifted_ref)
     m_exp = _exp_secant(output, ref_output, shifted, shifted_ref).expand(output.shape)
-    computed = (output, m_exp, m_log, log_total.shape)
-    return _SoftmaxFunction.apply(lambda: computed, x), ref_output if reference else None
+    return attach(output, [x], _softmax_chain, (m_exp, m_log), log_total.shape), ref_output if reference else None
 
 
 def _exp_secant(e: Tensor, e_ref: Tensor, x: Tensor, r: Tensor) -> Tensor:
@@ -252,25 +239,13 @@ class LogSumExp(Rule):
         return output
 
 
-class _RoutedMaximum(torch.autograd.Function):
+def _routed_maximum(ctx: Any, grad: Tensor) -> list[Tensor]:
     """Backward of a max selection: each output's change goes to the winning input position."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
-    ) -> Tensor:
-        output, saved = computed()
-        ctx.save_for_backward(*saved)
-        ctx.input_shape = x.shape
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        index_x, weight_x, index_r, weight_r, inverse_delta = ctx.saved_tensors
-        flat_grad = grad.reshape(index_x.shape)
-        routed = torch.zeros(inverse_delta.shape, dtype=grad.dtype, device=grad.device)
-        routed = routed.scatter_add(-1, index_x, flat_grad * weight_x).scatter_add(-1, index_r, flat_grad * weight_r)
-        return None, (routed * inverse_delta).reshape(ctx.input_shape)
+    index_x, weight_x, index_r, weight_r, inverse_delta = ctx.saved_tensors
+    flat_grad = grad.reshape(index_x.shape)
+    routed = torch.zeros(inverse_delta.shape, dtype=grad.dtype, device=grad.device)
+    routed = routed.scatter_add(-1, index_x, flat_grad * weight_x).scatter_add(-1, index_r, flat_grad * weight_r)
+    return [(routed * inverse_delta).reshape(ctx.shapes[0])]
 
 
 def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
@@ -289,30 +264,18 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
         weight_x, weight_r = pairs.max_credits(TORCH, y, y_ref, largest)  # (0 where the maximum is the same on both sides)
         weight_x, weight_r = weight_x.reshape(index_x.shape), weight_r.reshape(index_r.shape)
         inverse_delta = pairs.inverse_delta(TORCH, _flat_last(x.detach() - r, index_x.shape))
-    computed = (y, (index_x, weight_x, index_r, weight_r, inverse_delta))
-    output = _RoutedMaximum.apply(lambda: computed, x)
-    return output
+    return attach(y, [x], _routed_maximum, (index_x, weight_x, index_r, weight_r, inverse_delta))
 
 
-class _Routed(torch.autograd.Function):
-    """``computed()``'s output, each element's change credited to one position of ``x`` along its last
-    axis: the multiplier there is the incoming gradient times ``factor`` (see :func:`rnnshap.formulas.orderings.deciding`)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...]]], x: Tensor
-    ) -> Tensor:
-        output, saved = computed()
-        ctx.save_for_backward(*saved)
-        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        deciding, factor = ctx.saved_tensors
-        credit = (grad.reshape(deciding.shape) * factor).to(ctx.input_dtype)
-        routed = torch.zeros((*deciding.shape[:-1], ctx.input_shape[-1]), dtype=ctx.input_dtype, device=grad.device)
-        return None, routed.scatter_add(-1, deciding, credit).reshape(ctx.input_shape)
+def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
+    """The backward of an output each of whose elements' change is credited to one position of ``x`` along its last
+    axis (``deciding``): the multiplier there is the incoming gradient times ``factor`` (see
+    :func:`rnnshap.formulas.orderings.deciding`); ``ctx.state``: x's dtype."""
+    deciding, factor = ctx.saved_tensors
+    shape, dtype = ctx.shapes[0], ctx.state
+    credit = (grad.reshape(deciding.shape) * factor).to(dtype)
+    routed = torch.zeros((*deciding.shape[:-1], shape[-1]), dtype=dtype, device=grad.device)
+    return [routed.scatter_add(-1, deciding, credit).reshape(shape)]
 
 
 def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
@@ -327,8 +290,7 @@ def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, larges
     with torch.no_grad():
         deciding, delta, y, y_ref = orderings.deciding(TORCH, x.detach(), r, order_x, order_r, largest)
         factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
-    computed = (y, (deciding, factor))
-    return _Routed.apply(lambda: computed, x)
+    return attach(y, [x], _routed, (deciding, factor), x.dtype)
 
 
 def picked_index(
@@ -361,8 +323,7 @@ def picked_index(
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
         deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
-    computed = (index_x.to(torch.float64), (deciding, factor))
-    return _Routed.apply(lambda: computed, x)
+    return attach(index_x.to(torch.float64), [x], _routed, (deciding, factor), x.dtype)
 
 
 def _flat_last(t: Tensor, index_shape: torch.Size) -> Tensor:
@@ -532,51 +493,40 @@ def _standardized_chain(
     return scaled(c, inv_std, c_ref, inv_std_ref, reference)
 
 
-class _StandardizedFunction(torch.autograd.Function):
-    r""":func:`standardize`'s chain on a centred input (the centring, c ⊙ c, its mean, the rsqrt secant, c ⊙ s by
-    :func:`scaled`) as one autograd node, whose backward runs the chain's operations in the chain's order:
+def _standardized_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
+    r"""The backward of :func:`standardize`'s chain on a centred input (the centring, c ⊙ c, its mean, the rsqrt
+    secant, c ⊙ s by :func:`scaled`) as one autograd node, the chain's operations in the chain's order:
     :math:`g m_c` and :math:`\sum g m_s` (:func:`scaled`), times the rsqrt secant, the mean's backward (the gradient
-    over the count, taken before it is broadcast: the same quotient on every entry), times the square's midpoint,
-    added to c's gradient twice (the square's two operands) after :func:`scaled`'s, as autograd accumulates them;
-    then the centring's two parts of the input's gradient, c's gradient and minus its sum over the count (the
-    negation after the sum: exact), given to the input one after the other, as the chain's two nodes give them.
-    Where a pass meets missing values, each multiplier's product is 0 where its incoming gradient is (as
-    ``_MultiplierFunction``)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, computed: Callable[[], tuple[Tensor, tuple[Tensor, ...], int]], x: Tensor, x_again: Tensor
-    ) -> Tensor:
-        output, saved, ctx.count = computed()
-        ctx.save_for_backward(*saved)
-        ctx.missing = missing_values_state()
-        return output
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        m_c, m_s, m_inv, m_square = ctx.saved_tensors
-        missing = ctx.missing is not None and ctx.missing.seen
-        g_c = grad * m_c
-        g_s = grad * m_s
-        if missing:
-            unreached = grad == 0
-            g_c, g_s = g_c.masked_fill(unreached, 0.0), g_s.masked_fill(unreached, 0.0)
-        g_s = g_s.sum_to_size(m_inv.shape)
-        g_v = g_s * m_inv
-        if missing:
-            g_v = g_v.masked_fill(g_s == 0, 0.0)
-        g_square = (g_v / ctx.count).expand(grad.shape)
-        g_part = g_square * m_square
-        if missing:
-            g_part = g_part.masked_fill(g_square == 0, 0.0)
-        g_centred = g_c + g_part + g_part
-        g_mean = -g_centred.sum_to_size(m_inv.shape)
-        return None, g_centred, (g_mean / ctx.count).expand(grad.shape)
+    over the count, ``ctx.state``, taken before it is broadcast: the same quotient on every entry), times the
+    square's midpoint, added to c's gradient twice (the square's two operands) after :func:`scaled`'s, as autograd
+    accumulates them; then the centring's two parts of the input's gradient, c's gradient and minus its sum over the
+    count (the negation after the sum: exact), given to the input one after the other (the node's two operands are
+    the input twice), as the chain's two nodes give them. Where a pass meets missing values, each multiplier's
+    product is 0 where its incoming gradient is (as ``with_multipliers``)."""
+    m_c, m_s, m_inv, m_square = ctx.saved_tensors
+    count = ctx.state
+    missing = ctx.missing is not None and ctx.missing.seen
+    g_c = grad * m_c
+    g_s = grad * m_s
+    if missing:
+        unreached = grad == 0
+        g_c, g_s = g_c.masked_fill(unreached, 0.0), g_s.masked_fill(unreached, 0.0)
+    g_s = g_s.sum_to_size(m_inv.shape)
+    g_v = g_s * m_inv
+    if missing:
+        g_v = g_v.masked_fill(g_s == 0, 0.0)
+    g_square = (g_v / count).expand(grad.shape)
+    g_part = g_square * m_square
+    if missing:
+        g_part = g_part.masked_fill(g_square == 0, 0.0)
+    g_centred = g_c + g_part + g_part
+    g_mean = -g_centred.sum_to_size(m_inv.shape)
+    return [g_centred, (g_mean / count).expand(grad.shape)]
 
 
 def _standardized(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> tuple[Tensor, Tensor | None]:
     """:func:`standardize` of a centred input, its values computed as the chain computes them, its multipliers in
-    one node (:class:`_StandardizedFunction`)."""
+    one node (:func:`_standardized_backward`)."""
     xd = x.detach()
     cd, c_ref = xd - xd.mean(dims, keepdim=True), r - r.mean(dims, keepdim=True)
     square = cd * cd
@@ -588,8 +538,8 @@ def _standardized(x: Tensor, r: Tensor, dims: tuple[int, ...], eps: float, refer
     output, ref_output = cd * inv_std, c_ref * inv_std_ref if reference else None
     m_c, m_s = pairs.scaled_multipliers(TORCH, cd, inv_std, c_ref, inv_std_ref)
     count = math.prod(square.shape[d] for d in dims)
-    computed = (output, (m_c.expand(output.shape), m_s.expand(output.shape), m_inv, m_square), count)
-    return _StandardizedFunction.apply(lambda: computed, x, x), ref_output
+    saved = (m_c.expand(output.shape), m_s.expand(output.shape), m_inv, m_square)
+    return attach(output, [x, x], _standardized_backward, saved, count), ref_output
 
 
 def _input_only(call: OpCall, what: str) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,7 @@ the primitive's name (:class:`~rnnshap.errors.UnsupportedOperationError`), never
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import jax
@@ -38,10 +38,11 @@ from jax.extend import core
 
 from ... import formulas
 from ...errors import UnsupportedOperationError
+from ...formulas import marks, secant
 from ...formulas import pairs as pair_rules
-from ...formulas import secant
 from ...formulas.jax_ops import JAX
 from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families, jax_functions
+from . import softmaxes
 
 Array = Any
 
@@ -53,6 +54,8 @@ class Pair:
 
     x: Array
     r: Array
+    #: a root or an inverse root (:mod:`rnnshap.formulas.marks`: a normalization written by hand), or None
+    mark: int | None = field(default=None, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -240,16 +243,71 @@ def _max_over(eqn: Any, u: Pair, largest: bool) -> Pair:
     return Pair(out, y_r)
 
 
-def _quotient(a: Value, b: Pair) -> Pair:
+def _quotient(a: Value, b: Pair, scaled: bool = False) -> Pair:
     """``a / b`` with ``b`` input-dependent: the two-player Shapley multipliers in closed form
-    (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference)."""
+    (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference), or with ``scaled``
+    (``b`` a root, ``a`` input-dependent: a normalization written by hand) the normalizations' scale-weighted rule
+    (:func:`rnnshap.formulas.pairs.scaled_quotient_multipliers`)."""
     bx = lax.stop_gradient(b.x)
     if isinstance(a, Pair):
         ax = lax.stop_gradient(a.x)
-        m_a, m_b = pair_rules.quotient_multipliers(JAX, ax, bx, a.r, b.r)
+        rule = pair_rules.scaled_quotient_multipliers if scaled else pair_rules.quotient_multipliers
+        m_a, m_b = rule(JAX, ax, bx, a.r, b.r)
         return Pair(attach(ax / bx, [(a.x, m_a), (b.x, m_b)]), a.r / b.r)
     _, m_b = pair_rules.quotient_multipliers(JAX, a, bx, a, b.r)
     return Pair(attach(a / bx, [(b.x, m_b)]), a / b.r)
+
+
+def _scaled(c: Pair, s: Pair) -> Pair:
+    """``c ⊙ s`` for an inverse root ``s`` (a normalization written by hand): the normalizations' scale-weighted rule
+    (:func:`rnnshap.formulas.pairs.scaled_multipliers`), as the other engines."""
+    cx, sx = lax.stop_gradient(c.x), lax.stop_gradient(s.x)
+    m_c, m_s = pair_rules.scaled_multipliers(JAX, cx, sx, c.r, s.r)
+    return Pair(attach(cx * sx, [(c.x, m_c), (s.x, m_s)]), c.r * s.r)
+
+
+# -- the marks of a normalization written by hand (rnnshap/formulas/marks.py), by JAX's primitives ----------------------
+_KINDS: dict[str, str] = {
+    "sqrt": marks.ROOT, "rsqrt": marks.INVERSE_ROOT, "integer_pow": marks.POWER, "pow": marks.POWER,
+    "div": marks.DIVISION,
+    **dict.fromkeys([
+        "add", "add_any", "sub", "mul", "neg", "max", "clamp", "broadcast_in_dim", "reshape", "squeeze", "expand_dims",
+        "transpose", "convert_element_type", "copy", "slice", "dynamic_slice", "rev",
+    ], marks.KEEPS),
+}  # fmt: skip
+
+
+def _exponent(eqn: Any, inputs: list[Value]) -> float | None:
+    """The constant exponent of ``integer_pow`` or ``pow`` (a number, or a one-element constant), else None."""
+    if eqn.primitive.name == "integer_pow":
+        return float(eqn.params["y"])
+    y = inputs[1]
+    if isinstance(y, Pair) or jnp.size(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.floating):
+        return None
+    return float(jnp.reshape(y, ()))
+
+
+def _mark(eqn: Any, inputs: list[Value], position: int) -> int | None:
+    """The mark of the result of ``eqn`` whose only input-dependent operand is ``inputs[position]``."""
+    kind = _KINDS.get(eqn.primitive.name)
+    exponent = None
+    if kind == marks.POWER:
+        if position != 0:
+            return None
+        exponent = _exponent(eqn, inputs)
+    return marks.result_mark(kind, inputs[position].mark, exponent, numerator=position == 0)
+
+
+def _normalizing(name: str, a: Pair, b: Pair) -> Pair | None:
+    """A product of an inverse root with an input-dependent value, or a division of one by a root: the
+    normalizations' scale-weighted rule; None for any other pair of operands."""
+    if name == "mul":
+        scale = marks.scaled_product_scale(a.mark, b.mark)
+        if scale is not None:
+            return _scaled(b, a) if scale == 0 else _scaled(a, b)
+    if name == "div" and marks.scaled_quotient(a.mark, b.mark):
+        return _quotient(a, b, scaled=True)
+    return None
 
 
 # -- the interpreter -----------------------------------------------------------------------------------------------------
@@ -268,12 +326,32 @@ def run(
         env[var] = value
     for var, value in zip(jaxpr.invars, args, strict=True):
         env[var] = value
-    for eqn in jaxpr.eqns:
-        inputs = [_read(env, v) for v in eqn.invars]
-        outputs = _equation(eqn, inputs, where, sites)
+    plan = softmaxes.plan(jaxpr)
+
+    def evaluate(k: int, eqn: Any) -> None:
+        shift = plan.shifts.get(k)
+        if shift is not None and isinstance(_read(env, shift.source), Pair):
+            outputs = [softmaxes.shift(_read(env, shift.source), shift.axes, eqn.outvars[0].aval.shape)]
+        else:
+            if shift is not None:  # a constant's shift: its own equations, as the model runs them
+                for j in shift.cone:
+                    evaluate(j, jaxpr.eqns[j])
+            inputs = [_read(env, v) for v in eqn.invars]
+            summed = plan.softmax.get(k) or plan.logs.get(k)
+            exponent = _read(env, summed[0]) if summed is not None else None
+            if summed is None or not all(type(v) is Pair for v in (*inputs, exponent)):
+                outputs = _equation(eqn, inputs, where, sites)
+            elif k in plan.softmax:  # e / Σe
+                outputs = [softmaxes.softmax(exponent, inputs[1], summed[1], _rescale, attach)]
+            else:  # log Σe
+                outputs = [softmaxes.log_of_sum(exponent, inputs[0], summed[1], attach)]
         for var, value in zip(eqn.outvars, outputs, strict=True):
             if not isinstance(var, core.DropVar):
                 env[var] = value
+
+    for k, eqn in enumerate(jaxpr.eqns):
+        if k not in plan.skip:
+            evaluate(k, eqn)
     return [_read(env, v) for v in jaxpr.outvars]
 
 
@@ -308,6 +386,22 @@ def _linear_here(name: str, found: list[int], operands: int) -> bool:
 
 
 def _equation(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
+    """``eqn`` by its rule (:func:`_by_rule`), with the marks of a normalization written by hand: a product of an
+    inverse root or a division by a root takes the normalizations' rule, and a result gets its mark."""
+    found = [i for i, v in enumerate(inputs) if isinstance(v, Pair) and not isinstance(v, Ids)]
+    if len(found) == 2 and len(inputs) == 2:
+        normalized = _normalizing(eqn.primitive.name, inputs[0], inputs[1])
+        if normalized is not None:
+            return [normalized]
+    outputs = _by_rule(eqn, inputs, where, sites)
+    if len(found) == 1 and len(outputs) == 1 and type(outputs[0]) is Pair:
+        mark = _mark(eqn, inputs, found[0])
+        if mark is not None:
+            return [replace(outputs[0], mark=mark)]
+    return outputs
+
+
+def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None) -> list[Value]:
     name = eqn.primitive.name
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair)]
     if not found:  # nothing here depends on the input: one value for both sides

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from ...formulas.secant import CLOSED_FORMS
+from ...formulas.keras_ops import KERAS
+from ...formulas.secant import CLOSED_FORMS, columns_secant
 from . import backend
 from .dual import Dual, small_delta_threshold
 
@@ -101,13 +102,9 @@ def _secants(
     ``factors`` (S + R, n, W) over the pair's two sides where given (the Shapley share of the
     product the activation enters): (pairs, n, W).
 
-    The quotient :math:`Δy/Δu`, and where :math:`|Δu|` is below the threshold the secant in closed
-    form, :math:`(κ - (y_x - μ)(y_r - μ))(1 - cΔu^2)` (``rnnshap.formulas.secant.CLOSED_FORMS``, the constants of each
-    column), in one pass over all columns; the
-    mean's ½ is taken on the distinct rows. This is the where-form of
-    :func:`rnnshap.formulas.secant.near_rescale_multiplier` (the Keras engine's other layers), nearer the
-    exact secant about the threshold than the PyTorch engine's branch-free blend
-    (``rnnshap.recurrent.fused.smooth_secant``): tests/test_formulas.py measures both against float64.
+    The where-form :func:`rnnshap.formulas.secant.columns_secant` (the quotient, or below the threshold the secant
+    in closed form from the constants of each column), in one pass over all columns; the mean's ½ is taken on the
+    distinct rows.
     """
     pairs_elements = grid[0] * grid[1] * grid[2] * int(y.shape[1]) * int(y.shape[2])
     if pairs_elements >= XLA_ELEMENTS and _xla_compiles():
@@ -161,11 +158,7 @@ def _secants_body(
     u_x, u_r = _split_sides(u, samples)
     y_x, y_r = _split_sides(y * half, samples)
     centred_x, centred_r = _split_sides(y - mu, samples)
-    du = u_x - u_r
-    du2 = du * du
-    quotient = (y_x - y_r) / du  # (where Δu = 0, not selected)
-    near = (kappa * half - centred_x * half * centred_r) * (1 - c * du2)
-    m = tf.where(du2 <= threshold * threshold, near, quotient)
+    m = columns_secant(KERAS, y_x - y_r, u_x - u_r, centred_x * half, centred_r, kappa * half, c, threshold)
     if factors is not None:
         f_x, f_r = _split_sides(factors, samples)
         m = m * (f_x + f_r)

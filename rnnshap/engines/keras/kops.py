@@ -25,10 +25,9 @@ from typing import Any, Callable
 import keras
 from keras import ops
 
-from ...formulas import pairs
+from ...formulas import marks, pairs
 from ...formulas.keras_ops import KERAS
 from ...operations import KERAS_PARAMETRIC_PIECEWISE, keras_binary, keras_op_families, keras_structured
-from ...rules.composite import INVERSE, SCALE, power_mark
 from . import dual, picked
 from .backend import Tensor, dtype_name
 from .dual import Dual, PickedIndices
@@ -193,33 +192,28 @@ def _unary_fn(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], where: Any
     return fn
 
 
-#: a normalization written with keras ops (as the PyTorch side's rnnshap/engines/pytorch/handwritten_norms.py):
-#: roots and inverse roots, and the ops that keep one (constants added, multiplied, clamped; moves)
-_ROOTS = {"Sqrt": SCALE, "Rsqrt": INVERSE}
-_KEEPS = {
-    "Add", "Subtract", "Multiply", "Negative", "Clip", "Maximum", "Fmax", "Reshape", "ExpandDims", "Squeeze",
-    "Transpose", "BroadcastTo", "Cast", "Tile", "Repeat", "GetItem", "Slice", "Moveaxis", "Swapaxes", "Copy",
-    "Identity", "ConvertToTensor", "StopGradient",
+#: a normalization written with keras ops: the names of keras' ops for the marks of rnnshap/formulas/marks.py (roots and
+#: inverse roots, and the ops that keep one: constants added, multiplied, clamped; moves)
+_KINDS: dict[str, str] = {
+    "Sqrt": marks.ROOT, "Rsqrt": marks.INVERSE_ROOT, "Power": marks.POWER, "Reciprocal": marks.RECIPROCAL,
+    **dict.fromkeys(DIVISION, marks.DIVISION),
+    **dict.fromkeys([
+        "Add", "Subtract", "Multiply", "Negative", "Clip", "Maximum", "Fmax", "Reshape", "ExpandDims", "Squeeze",
+        "Transpose", "BroadcastTo", "Cast", "Tile", "Repeat", "GetItem", "Slice", "Moveaxis", "Swapaxes", "Copy",
+        "Identity", "ConvertToTensor", "StopGradient",
+    ], marks.KEEPS),
 }  # fmt: skip
 
 
 def _mark(n: str, args: tuple[Any, ...], kwargs: dict[str, Any], position: Any, value: Dual) -> int | None:
     """The mark of the result of op ``n`` whose only input-dependent argument is ``value`` at ``position``."""
-    if n in _ROOTS:
-        return _ROOTS[n]
-    prior = value.mark
-    if n == "Power":
+    kind = _KINDS.get(n)
+    exponent = None
+    if kind == marks.POWER:
         exponent = args[1] if len(args) > 1 else kwargs.get("x2")
         if position not in (0, "x1") or not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
             return None
-        return power_mark(prior, exponent)
-    if prior is None:
-        return None
-    if n == "Reciprocal":
-        return -prior
-    if n in DIVISION:
-        return prior if position in (0, "x1") else -prior
-    return prior if n in _KEEPS else None
+    return marks.result_mark(kind, value.mark, exponent, numerator=position in (0, "x1"))
 
 
 def _normalizing(op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Dual | None:
@@ -228,9 +222,11 @@ def _normalizing(op: Any, n: str, found: list[tuple[Any, Dual]], args: tuple[Any
     if len(found) != 2 or any(d is None for _, d in found):
         return None
     (pa, a), (pb, b) = found
-    if n == "Multiply" and [a.mark, b.mark].count(INVERSE) == 1 and [a.mark, b.mark].count(None) == 1:
-        return dual.scaled(a, b) if b.mark == INVERSE else dual.scaled(b, a)
-    if n in DIVISION and pa in (0, "x1") and b.mark == SCALE and a.mark is None:
+    if n == "Multiply":
+        scale = marks.scaled_product_scale(a.mark, b.mark)
+        if scale is not None:
+            return dual.scaled(a, b) if scale == 1 else dual.scaled(b, a)
+    if n in DIVISION and pa in (0, "x1") and marks.scaled_quotient(a.mark, b.mark):
         return _quotient(op, args, kwargs, found, scaled=True)
     return None
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from keras import ops
 
-from ...formulas import pairs
+from ...formulas import orderings, pairs
 from ...formulas.keras_ops import KERAS
 from . import dual
 from .backend import Tensor, dtype_name, is_floating, is_tensor
@@ -35,8 +35,7 @@ from .dual import Dual, PickedIndices
 Unsupported = Callable[[Any, str], Exception]
 #: ``by_rule(args, kwargs)``: an op on Duals by its own rule
 ByRule = Callable[[tuple[Any, ...], dict[str, Any]], Any]
-#: a selection ``fn(h, i)`` from ``h`` (None: a selection from a constant, or ``one_hot``) by the integer indices ``i``
-Select = Callable[[Any, Tensor], Tensor]
+Select = orderings.Select
 
 #: the uses rnnshap attributes, for the refusals' advice
 ATTRIBUTED = (
@@ -82,17 +81,11 @@ def select(fn: Select, h: Dual | None, index: PickedIndices, expand: Callable[[T
     index-shaped tensor to the output's shape (the adjoint of summing each output element onto the index
     element that selected it). The value is the selection's exactly: every added term is an exact zero."""
     index_x, index_r = index.x, index.r
-    if h is None:
-        out_x, out_r = fn(None, index_x), fn(None, index_r)
-        change = out_x - out_r
-        h_part = None
-    else:
-        hx = ops.stop_gradient(h.x)
-        out_x, out_r = fn(hx, index_x), fn(h.r, index_r)
-        mean = pairs.midpoint(KERAS, hx, h.r)
-        change = fn(mean, index_x) - fn(mean, index_r)
-        step = h.x - hx  # zeros whose gradient is h's
-        h_part = (fn(step, index_x) + fn(step, index_r)) / 2
+    hx = None if h is None else ops.stop_gradient(h.x)
+    out_x, out_r = fn(hx, index_x), fn(None if h is None else h.r, index_r)
+    change = orderings.selector_change(KERAS, fn, hx, None if h is None else h.r, index_x, index_r)
+    step = None if h is None else h.x - hx  # zeros whose gradient is h's
+    h_part = None if step is None else orderings.selected_share(KERAS, fn, step, index_x, index_r)
     moved = ops.cast(index_x - index_r, "float64")
     inverse = pairs.inverse_delta(KERAS, moved)  # (an index's change is an integer: finite)
     routed = expand(ops.stop_gradient(inverse) * (index.handle - ops.stop_gradient(index.handle)))
