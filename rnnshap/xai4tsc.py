@@ -8,17 +8,17 @@ from a source file named in its configuration (``class_name`` and ``class_path``
     explanation_config:
       explainers:
         - method: rnnshap_deepshap          # exact DeepSHAP, 50 background rows from the training split
-          class_name: DeepSHAP
+          class_name: DeepSHAPExplainer
           class_path: .../rnnshap/xai4tsc_classes.py
           background_data: train_set
         - method: rnnshap_shapley           # the exact Shapley values of 8 windows x 10 background rows
-          class_name: Shapley
+          class_name: ShapleyModeExplainer
           class_path: .../rnnshap/xai4tsc_classes.py
           background_data: train_set
     evaluation_config:
       metrics:
         - metric: Distance to exact
-          class_name: DistanceToExact
+          class_name: DistanceToExactMetric
           class_path: .../rnnshap/xai4tsc_classes.py
 
 What a user had to write around rnnshap is done here: the background drawn from the split the runner resolves
@@ -58,7 +58,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
         f"(on Python 3.11: pip install --ignore-requires-python --no-deps xai4tsc, see docs/metrics.md) ({error})"
     ) from error
 
-__all__ = ["CLASS_PATH", "DeepSHAP", "DistanceToExact", "Shapley", "background_rows", "config_entries"]
+__all__ = ["CLASS_PATH", "DeepSHAPExplainer", "DistanceToExactMetric", "ShapleyModeExplainer", "background_rows", "config_entries"]
 
 #: the file to name as ``class_path`` in xai4tsc's configuration
 CLASS_PATH = str(Path(__file__).with_name("xai4tsc_classes.py"))
@@ -137,7 +137,7 @@ class _RnnshapExplainer(ExplainerBase):
         exp.meta = meta
 
 
-class DeepSHAP(_RnnshapExplainer):
+class DeepSHAPExplainer(_RnnshapExplainer):
     """rnnshap's exact DeepSHAP (:class:`rnnshap.DeepExplainer`) as an xai4tsc explainer.
 
     ``background_data``: the split to draw the background from (``train_set`` in the configuration);
@@ -179,7 +179,7 @@ class DeepSHAP(_RnnshapExplainer):
         return values.astype(np.float32)
 
 
-class Shapley(_RnnshapExplainer):
+class ShapleyModeExplainer(_RnnshapExplainer):
     """rnnshap's Shapley mode as an xai4tsc explainer: the Shapley values of windows of steps (or of channels),
     exact where every coalition is enumerated, each window's value spread evenly over its steps.
 
@@ -261,7 +261,7 @@ class Shapley(_RnnshapExplainer):
         return spread_to_entries(values, plan).astype(np.float32)
 
 
-class DistanceToExact(EvaluatorBase):
+class DistanceToExactMetric(EvaluatorBase):
     """The distance of any explainer's values to the exact Shapley values, as an xai4tsc metric.
 
     The game: windows of steps (``n_windows``, 8) or channels, ``n_background`` rows (10) of the split an rnnshap
@@ -296,7 +296,7 @@ class DistanceToExact(EvaluatorBase):
         self.metric = metric
         self.background_data = background_data
         self.n_background = int(n_background)
-        self.shapley = Shapley(None, n_background, n_windows, players, budget, seed, batch_size)
+        self.shapley = ShapleyModeExplainer(None, n_background, n_windows, players, budget, seed, batch_size)
         self.target = target
         self.record = record
         self.seed = int(seed)
@@ -369,12 +369,12 @@ def config_entries() -> str:
     return (
         "general:\n  allow_external_code: true\n"
         "explanation_config:\n  explainers:\n"
-        f"    - method: rnnshap_deepshap\n      class_name: DeepSHAP\n      class_path: {CLASS_PATH}\n"
+        f"    - method: rnnshap_deepshap\n      class_name: DeepSHAPExplainer\n      class_path: {CLASS_PATH}\n"
         "      background_data: train_set\n"
-        f"    - method: rnnshap_shapley\n      class_name: Shapley\n      class_path: {CLASS_PATH}\n"
+        f"    - method: rnnshap_shapley\n      class_name: ShapleyModeExplainer\n      class_path: {CLASS_PATH}\n"
         "      background_data: train_set\n"
         "evaluation_config:\n  metrics:\n"
-        f"    - metric: Distance to exact\n      class_name: DistanceToExact\n      class_path: {CLASS_PATH}\n"
+        f"    - metric: Distance to exact\n      class_name: DistanceToExactMetric\n      class_path: {CLASS_PATH}\n"
     )
 
 

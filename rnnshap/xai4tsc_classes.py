@@ -5,6 +5,6 @@ xai4tsc executes a ``class_path`` file as a module of its own name; this one han
 an rnnshap explainer was given for the same model.
 """
 
-from rnnshap.xai4tsc import DeepSHAP, DistanceToExact, Shapley
+from rnnshap.xai4tsc import DeepSHAPExplainer, DistanceToExactMetric, ShapleyModeExplainer
 
-__all__ = ["DeepSHAP", "DistanceToExact", "Shapley"]
+__all__ = ["DeepSHAPExplainer", "DistanceToExactMetric", "ShapleyModeExplainer"]

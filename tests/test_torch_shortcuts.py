@@ -275,14 +275,14 @@ def test_attention_softmax_as_one_node_gives_the_chains_bits(dead: bool, monkeyp
     fused = attention.fused_softmax
     answers: list[bool] = []
 
-    def counted(*args: object) -> object:
-        out = fused(*args)  # type: ignore[arg-type]
+    def counted(*args: object, **kwargs: object) -> object:
+        out = fused(*args, **kwargs)  # type: ignore[arg-type]
         answers.append(out is not None)
         return out
 
     monkeypatch.setattr(attention, "fused_softmax", counted)
     one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert answers and all(answers) is not dead
-    monkeypatch.setattr(attention, "fused_softmax", lambda *args: None)
+    monkeypatch.setattr(attention, "fused_softmax", lambda *args, **kwargs: None)
     chain = rnnshap.DeepExplainer(model, background).shap_values(X)
     np.testing.assert_array_equal(one_node, chain)

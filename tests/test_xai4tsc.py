@@ -35,9 +35,9 @@ LABELS = RNG.integers(0, CLASSES, 6)
 
 def registered() -> None:
     """What xai4tsc's runner does for a component of the configuration that names a ``class_path``."""
-    for method, name in (("rnnshap_deepshap", "DeepSHAP"), ("rnnshap_shapley", "Shapley")):
+    for method, name in (("rnnshap_deepshap", "DeepSHAPExplainer"), ("rnnshap_shapley", "ShapleyModeExplainer")):
         register_explainer(method, load_class_from_path(door.CLASS_PATH, name))
-    register_metric("Distance to exact", load_class_from_path(door.CLASS_PATH, "DistanceToExact"))
+    register_metric("Distance to exact", load_class_from_path(door.CLASS_PATH, "DistanceToExactMetric"))
 
 
 class Linear(xai4tsc.ModelBase):
@@ -73,7 +73,7 @@ def score(model: Any, explanation: Any, **params: Any) -> np.ndarray:
 
 
 def test_the_class_path_file_hands_out_the_package_classes() -> None:
-    for name in ("DeepSHAP", "Shapley", "DistanceToExact"):
+    for name in ("DeepSHAPExplainer", "ShapleyModeExplainer", "DistanceToExactMetric"):
         assert load_class_from_path(door.CLASS_PATH, name) is getattr(door, name)
     assert "class_path: " + door.CLASS_PATH in door.config_entries()
 
