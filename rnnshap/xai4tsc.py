@@ -58,7 +58,9 @@ except ImportError as error:  # pragma: no cover - the message is the point
         f"(on Python 3.11: pip install --ignore-requires-python --no-deps xai4tsc, see docs/metrics.md) ({error})"
     ) from error
 
-__all__ = ["CLASS_PATH", "DeepSHAPExplainer", "DistanceToExactMetric", "ShapleyModeExplainer", "background_rows", "config_entries"]
+__all__ = [
+    "CLASS_PATH", "DeepSHAPExplainer", "DistanceToExactMetric", "ShapleyModeExplainer", "background_rows", "config_entries",
+]  # fmt: skip
 
 #: the file to name as ``class_path`` in xai4tsc's configuration
 CLASS_PATH = str(Path(__file__).with_name("xai4tsc_classes.py"))

@@ -114,3 +114,24 @@ def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(m
         import rnnshap.engines.keras.engine  # noqa: F401
     assert type(caught.value).__name__ == "UnverifiedKerasError" and isinstance(caught.value, ImportError)
     assert f"keras>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}" in str(caught.value)
+
+
+def test_an_unverified_keras_whose_layout_holds_is_refused_by_the_keras_engine_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal's advice is the torch backend (and the Shapley mode): their calls read a layer's nodes through
+    private.py, whose import must not refuse a Keras whose private layout still imports."""
+    import sys
+
+    keras = pytest.importorskip("keras")
+    from rnnshap.engines.keras import private
+
+    high = private.VERIFIED[1]
+    for name in [m for m in sys.modules if m.startswith("rnnshap.engines.keras.") and m != "rnnshap.engines.keras.datasets"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(keras, "__version__", ".".join(map(str, high)) + ".0")
+    import importlib
+
+    again = importlib.import_module("rnnshap.engines.keras.private")  # (training_calls' reads: torch backend, Shapley)
+    assert again is not private
+
+    with pytest.raises(again.UnverifiedKerasError, match=r"verified on keras"):
+        again.check_version()

@@ -51,12 +51,15 @@ def check_version(version: str | None = None) -> str:
     )
 
 
-# Checked before Keras's private modules are imported: a Keras whose layout moved gets the message above, not an
-# ImportError from keras.src.
-check_version()
-
-from keras.src import backend as keras_backend  # noqa: E402
-from keras.src.models.functional import Functional as Functional  # noqa: E402  (the class of Functional models)
+# A Keras whose private layout moved gets the message above, not an ImportError from keras.src. (Not checked where
+# the import works: the torch backend's and the Shapley mode's calls read a layer's nodes here, and an unverified
+# Keras is refused by the Keras engine only, whose advice is to explain on the torch backend.)
+try:
+    from keras.src import backend as keras_backend
+    from keras.src.models.functional import Functional as Functional  # (the class of Functional models)
+except ImportError:
+    check_version()
+    raise
 
 
 # -- masks and graphs -----------------------------------------------------------------------------

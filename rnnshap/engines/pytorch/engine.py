@@ -869,9 +869,16 @@ def _backward(output: Tensor, grad: Tensor, leaves: list[Tensor]) -> tuple[Tenso
     """``torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)``, ``grad`` of ``output``'s
     shape and dtype, without the size check that imports sympy (see :func:`_grads_per_output`): autograd's engine
     run as ``autograd.grad`` runs it, where this torch has that function (``torch.autograd.graph``, torch >= 2.4)."""
-    if _ENGINE_RUN_BACKWARD is None:
-        return torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)
-    return _ENGINE_RUN_BACKWARD((output,), (grad,), True, False, tuple(leaves), True, False)
+    if _ENGINE_RUN_BACKWARD is not None:
+        try:  # (torch's private function, its arguments as torch 2.4-2.13 take them: grads, keep and create graph,
+            # inputs, allow unreachable, accumulate)
+            grads = _ENGINE_RUN_BACKWARD((output,), (grad,), True, False, tuple(leaves), True, False)
+        except TypeError:  # (another torch that takes them otherwise: the public call)
+            pass
+        else:
+            if isinstance(grads, tuple) and len(grads) == len(leaves):
+                return grads
+    return torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:

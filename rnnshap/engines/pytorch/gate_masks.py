@@ -40,12 +40,14 @@ from .calls import PassMode, Picked, flatten_call, in_place_target
 
 Tensor = torch.Tensor
 
-#: the logical operations on bool masks → what they compute
+#: the logical operations on bool masks → what they compute. Out of place only: an in-place one (``m &= c``) writes
+#: into every view of the mask and every mask it is a view of, whose gates would keep their old steps; it is refused
+#: by name as any other use of a mask outside a where
 _LOGICAL = {
-    **dict.fromkeys(("logical_and", "__and__", "__rand__", "bitwise_and", "__iand__", "logical_and_", "bitwise_and_"), "and"),
-    **dict.fromkeys(("logical_or", "__or__", "__ror__", "bitwise_or", "__ior__", "logical_or_", "bitwise_or_"), "or"),
-    **dict.fromkeys(("logical_xor", "__xor__", "__rxor__", "bitwise_xor", "__ixor__", "logical_xor_", "bitwise_xor_"), "xor"),
-    **dict.fromkeys(("logical_not", "__invert__", "bitwise_not", "logical_not_", "bitwise_not_"), "not"),
+    **dict.fromkeys(("logical_and", "__and__", "__rand__", "bitwise_and"), "and"),
+    **dict.fromkeys(("logical_or", "__or__", "__ror__", "bitwise_or"), "or"),
+    **dict.fromkeys(("logical_xor", "__xor__", "__rxor__", "bitwise_xor"), "xor"),
+    **dict.fromkeys(("logical_not", "__invert__", "bitwise_not"), "not"),
 }
 #: the out-of-place operation of each kind, run on the reference side's masks
 _ON_MASKS = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}
@@ -137,7 +139,7 @@ class GateMasks:
             return True, result
         if any(g.step is None or g.reference is None for g in gates):
             return False, None
-        reference, players, multipliers, dtype = self._combined(kind, operands)  # (before an in-place op changes them)
+        reference, players, multipliers, dtype = self._combined(kind, operands)
         result = func(*args, **kwargs)
         step = with_multipliers(result.to(dtype), players, multipliers)
         self._follow(result, origin, Gate(origin, reference, step, combined=True))
