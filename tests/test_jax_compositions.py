@@ -145,3 +145,31 @@ def test_a_maximum_subtracted_outside_a_softmax_is_not_taken_for_its_shift() -> 
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
     np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12 * max(1.0, np.abs(gap).max()))
+
+
+#: an exp of h − stop_gradient(max h) whose sum or quotient is read otherwise than by a softmax or a logsumexp with
+#: the maximum added back: the maximum does not cancel, so it is not taken for a shift
+_NOT_CANCELLED: dict[str, Callable[[Any], Any]] = {
+    "sum_read": lambda e: jnp.sum(e, -1, keepdims=True),
+    "halved": lambda e: e / 2.0,
+    "log_sum_read": lambda e: jnp.log(jnp.sum(e, -1, keepdims=True)),
+}
+
+
+class FlaxShiftedExp(nnx.Module):
+    def __init__(self, read: Callable[[Any], Any]) -> None:
+        self.dense = nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64)
+        self.read = read
+
+    def __call__(self, x: Any) -> Any:
+        h = self.dense(x)
+        return self.read(jnp.exp(h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))))
+
+
+@pytest.mark.parametrize("name", _NOT_CANCELLED)
+def test_an_exp_of_a_shifted_value_read_as_a_feature_is_not_taken_for_a_softmax(name: str) -> None:
+    model = FlaxShiftedExp(_NOT_CANCELLED[name])
+    background, x = data((5,), 6, 43), data((5,), 3, 44)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12 * max(1.0, np.abs(gap).max()))

@@ -82,7 +82,7 @@ def plan(jaxpr: core.Jaxpr) -> Plan:
         if _unused(eqn, users, outputs):
             found.skip.add(k)
         elif eqn.primitive.name == "stop_gradient":
-            shift = _shift(jaxpr, k, producer, users)
+            shift = _shift(jaxpr, k, producer, users, outputs)
             if shift is not None:
                 found.shifts[k] = shift
                 found.skip.update(shift.cone)
@@ -98,7 +98,9 @@ def plan(jaxpr: core.Jaxpr) -> Plan:
     return found
 
 
-def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any, list[int]]) -> Shift | None:
+def _shift(
+    jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any, list[int]], outputs: set[Any]
+) -> Shift | None:
     """The shift that the stop_gradient equation ``k`` is, or None (see the module docstring)."""
     eqns, constants = jaxpr.eqns, set(jaxpr.constvars)
     cone: set[int] = set()
@@ -130,7 +132,7 @@ def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any,
         use = eqns[u]
         subtracted = use.primitive.name == "sub" and use.invars[0] is source and use.invars[1] is shift
         if subtracted and not all(
-            _cancels(eqns[w], use.outvars[0], producer, users, eqns) for w in users.get(use.outvars[0], ())
+            _cancels(eqns[w], (use.outvars[0], shift), producer, users, eqns, outputs) for w in users.get(use.outvars[0], ())
         ):
             return None  # u − c read otherwise than by softmax's exp or log-softmax's difference: c does not cancel
         if not (subtracted or use.primitive.name == "add" and _added_to_a_log(use, shift, producer, eqns)):
@@ -138,19 +140,89 @@ def _shift(jaxpr: core.Jaxpr, k: int, producer: dict[Any, int], users: dict[Any,
     return Shift(source, tuple(eqns[maximum].params["axes"]), tuple(sorted(cone)))
 
 
-def _cancels(use: Any, shifted: Any, producer: dict[Any, int], users: dict[Any, list[int]], eqns: Any) -> bool:
-    """Whether ``use`` of the shifted value ``u − c`` is one in which ``c`` cancels: its ``exp`` (summed, then divided
-    by or logged), or log-softmax's ``(u − c) − log Σ exp(u − c)``."""
-    if use.primitive.name == "exp":  # summed, or divided by its sum: the exp read by nothing else
+def _cancels(
+    use: Any, shifts: tuple[Any, Any], producer: dict[Any, int], users: dict[Any, list[int]], eqns: Any, outputs: set[Any]
+) -> bool:
+    """Whether ``use`` of the shifted value ``u − c`` is one in which ``c`` cancels: its ``exp`` divided by its sum
+    (softmax), its sum's log subtracted from ``u − c`` (log-softmax) or added to ``c`` (logsumexp); or log-softmax's
+    ``(u − c) − log Σ exp(u − c)`` itself. An exp, a sum or a log read any other way (as a feature) is not.
+    ``shifts``: ``(u − c, c)``."""
+    shifted = shifts[0]
+    if use.primitive.name == "exp":
         e = use.outvars[0]
-        return all(
-            eqns[w].primitive.name == "reduce_sum" or eqns[w].primitive.name == "div" and eqns[w].invars[0] is e
-            for w in users.get(e, ())
-        )
+        readers = _readers(e, users, eqns, outputs)
+        if readers is None:
+            return False
+        for reader, read in readers:
+            name = reader.primitive.name
+            if name == "div" and reader.invars[0] is read and _sum_of(reader.invars[1], e, producer, eqns):
+                continue
+            if name != "reduce_sum" or not _sum_cancels(reader.outvars[0], e, shifts, users, eqns, outputs):
+                return False
+        return True
     if use.primitive.name != "sub" or use.invars[0] is not shifted or isinstance(use.invars[1], core.Literal):
         return False
     made = producer.get(use.invars[1])
     return made is not None and eqns[made].primitive.name == "log"
+
+
+#: primitives that only move, cast or broadcast a value (a sum kept with its axis, ``keepdims``)
+_MOVES = ("broadcast_in_dim", "reshape", "expand_dims", "squeeze", "convert_element_type")
+
+
+def _readers(v: Any, users: dict[Any, list[int]], eqns: Any, outputs: set[Any]) -> list[tuple[Any, Any]] | None:
+    """The equations that read ``v`` through :data:`_MOVES`, each with the var it reads; None where the jaxpr
+    returns ``v`` or a move of it (``outputs``: read as a feature)."""
+    found: list[tuple[Any, Any]] = []
+    stack = [v]
+    while stack:
+        var = stack.pop()
+        if var in outputs:
+            return None
+        for w in users.get(var, ()):
+            if eqns[w].primitive.name in _MOVES:
+                stack.append(eqns[w].outvars[0])
+            else:
+                found.append((eqns[w], var))
+    return found
+
+
+def _sum_of(v: Any, e: Any, producer: dict[Any, int], eqns: Any) -> bool:
+    """Whether ``v`` is a sum of ``e`` (through :data:`_MOVES`)."""
+    while not isinstance(v, core.Literal) and producer.get(v) is not None and eqns[producer[v]].primitive.name in _MOVES:
+        v = eqns[producer[v]].invars[0]
+    made = None if isinstance(v, core.Literal) else producer.get(v)
+    return made is not None and eqns[made].primitive.name == "reduce_sum" and eqns[made].invars[0] is e
+
+
+def _sum_cancels(
+    total: Any, e: Any, shifts: tuple[Any, Any], users: dict[Any, list[int]], eqns: Any, outputs: set[Any]
+) -> bool:
+    """Whether the sum ``total`` of ``e`` = exp(u − c) is read only as softmax's denominator of ``e``, or logged (its
+    absolute value too, its sign unread) and the log subtracted from ``u − c`` or added to ``c`` (``shifts``)."""
+    (shifted, shift), readers = shifts, _readers(total, users, eqns, outputs)
+    if readers is None:
+        return False
+    for reader, read in readers:
+        name = reader.primitive.name
+        if name == "div" and reader.invars[1] is read and reader.invars[0] is e:
+            continue
+        if name == "sign" and not users.get(reader.outvars[0]):
+            continue
+        if name == "abs":
+            if not _sum_cancels(reader.outvars[0], e, shifts, users, eqns, outputs):
+                return False
+            continue
+        logs = _readers(reader.outvars[0], users, eqns, outputs) if name == "log" else None
+        if logs is None:
+            return False
+        for log_reader, log_read in logs:
+            if log_reader.primitive.name == "sub" and log_reader.invars[0] is shifted and log_reader.invars[1] is log_read:
+                continue
+            if log_reader.primitive.name == "add" and shift in log_reader.invars:
+                continue
+            return False
+    return True
 
 
 def _added_to_a_log(use: Any, shift: Any, producer: dict[Any, int], eqns: Any) -> bool:
