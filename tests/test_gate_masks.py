@@ -208,3 +208,18 @@ def test_a_branch_on_a_combined_mask_that_differs_between_elements_is_refused() 
     background[1:, 1] = -1.0  # rows 1 to 3 alone take the other branch than row 0 alone
     with pytest.raises(rnnshap.UnsupportedOperationError, match="branches on a comparison"):
         _explain(Branch(), background, background[:2])
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["one_step", "combined"])
+def test_an_infinite_branch_where_the_mask_moves_gets_the_mask_fills_diagnosis(combined: bool) -> None:
+    """softmax(where(mask, x, -inf)) with the mask moving between a pair's sides: no finite value adds up, and the
+    check says why (the -inf fill), for a combined mask as for one comparison (it said: a custom rule)."""
+
+    def h(x: Tensor) -> Tensor:
+        mask = ((x > -0.5) & (x < 1)) if combined else (x > -0.5)
+        return torch.softmax(torch.where(mask, x, float("-inf")), -1)
+
+    g = torch.Generator().manual_seed(0)
+    background, X = torch.randn(5, 6, generator=g, dtype=F64), torch.randn(3, 6, generator=g, dtype=F64)
+    with pytest.raises(rnnshap.AdditivityError, match="not finite"):
+        rnnshap.DeepExplainer(Elementwise(h), background).shap_values(X)

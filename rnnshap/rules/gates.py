@@ -217,9 +217,10 @@ class Where(Rule):
         mean_step = (step + step_ref) * 0.5
         moved = step != step_ref
         zero = torch.zeros((), dtype=dtype, device=step.device)
-        if gate.combined:  # the steps combined may move where the combination does not (their credits cancel)
+        if gate.combined:  # the steps combined may move where the combination does not (their credits cancel); an
+            # infinite branch where it does is passed on, as for one step (the -inf mask's diagnosis)
             middle = (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5
-            m_step = torch.where(torch.isfinite(middle), middle, zero)
+            m_step = torch.where(torch.isfinite(middle) | moved, middle, zero)
         else:
             m_step = torch.where(moved, (a_x + a_r) * 0.5 - (b_x + b_r) * 0.5, zero)
         chosen = input_.detach() if isinstance(input_, Tensor) else input_
