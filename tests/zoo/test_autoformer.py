@@ -19,6 +19,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from .test_informer import teacher_forced_location
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoformerConfig, AutoformerForPrediction  # noqa: E402
@@ -44,14 +45,7 @@ class Location(nn.Module):
         self.length = CONTEXT + 1
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, length = x.shape[0], self.length
-        past_time = (torch.arange(length, dtype=x.dtype) / length).expand(batch, length)[..., None]
-        future_time = ((length + torch.arange(HORIZON, dtype=x.dtype)) / length).expand(batch, HORIZON)[..., None]
-        out = self.model(
-            past_values=x, past_time_features=past_time, past_observed_mask=torch.ones_like(x),
-            future_time_features=future_time, future_values=torch.zeros(batch, HORIZON, dtype=x.dtype),
-        )
-        return out.params[1].flatten(1)
+        return teacher_forced_location(self.model, x, self.length, HORIZON)
 
 
 def _data() -> tuple[Tensor, Tensor]:

@@ -42,14 +42,20 @@ class Location(nn.Module):
         self.length = context + 1
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, length = x.shape[0], self.length
-        past_time = (torch.arange(length, dtype=x.dtype) / length).expand(batch, length)[..., None]
-        future_time = ((length + torch.arange(HORIZON, dtype=x.dtype)) / length).expand(batch, HORIZON)[..., None]
-        out = self.model(
-            past_values=x, past_time_features=past_time, past_observed_mask=torch.ones_like(x),
-            future_time_features=future_time, future_values=torch.zeros(batch, HORIZON, dtype=x.dtype),
-        )
-        return out.params[1].flatten(1)
+        return teacher_forced_location(self.model, x, self.length, HORIZON)
+
+
+def teacher_forced_location(model: nn.Module, x: Tensor, length: int, horizon: int) -> Tensor:
+    """The Student-t location a transformers time-series forecaster (Informer, Autoformer) gives for ``x`` (batch,
+    ``length``), its time feature the step over ``length``, its future values zero (teacher-forced)."""
+    batch = x.shape[0]
+    past_time = (torch.arange(length, dtype=x.dtype) / length).expand(batch, length)[..., None]
+    future_time = ((length + torch.arange(horizon, dtype=x.dtype)) / length).expand(batch, horizon)[..., None]
+    out = model(
+        past_values=x, past_time_features=past_time, past_observed_mask=torch.ones_like(x),
+        future_time_features=future_time, future_values=torch.zeros(batch, horizon, dtype=x.dtype),
+    )
+    return out.params[1].flatten(1)
 
 
 def _data(length: int) -> tuple[Tensor, Tensor]:
