@@ -11,7 +11,6 @@ Both layouts: (N, T, F) (recurrent, channels-last) and (N, C, T) (aeon's and skt
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -23,27 +22,9 @@ import rnnshap
 from rnnshap import InputError
 from rnnshap.metrics import DistanceToExact, deletion, distance_to_exact, explain_func, insertion
 
+from .test_shapley_layouts import enumerated  # (exact Shapley values by definition)
+
 # ---------------------------------------------------------------------------------------------- truths
-
-
-def enumerated(f, x: np.ndarray, background: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Exact Shapley values of one sample x (no batch axis), player ids shaped like x: (P, k), float64."""
-    players = sorted(int(i) for i in np.unique(ids))
-    P = len(players)
-
-    def v(coalition: tuple[int, ...]) -> np.ndarray:
-        take = np.isin(ids, coalition)
-        rows = np.where(take[None], x[None], background)
-        return np.asarray(f(rows), dtype=np.float64).reshape(len(background), -1).mean(0)
-
-    values = np.zeros((P, v(()).size))
-    for i in players:
-        others = [p for p in players if p != i]
-        for size in range(P):
-            weight = math.factorial(size) * math.factorial(P - size - 1) / math.factorial(P)
-            for subset in itertools.combinations(others, size):
-                values[i] += weight * (v((*subset, i)) - v(subset))
-    return values
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:

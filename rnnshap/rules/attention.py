@@ -120,7 +120,7 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
     ends = _one_hot_ends(scores, dim)
     fused = fused_softmax(scores.x, scores.r, dim, unless=ends)
     if fused is None and ends is not None:
-        single = _single_key(scores, dim)
+        single = _single_key(scores, dim, ends)
         if single is not None:
             return single
         fused = fused_softmax(scores.x, scores.r, dim)  # (one-hot ends, not every row: the fused node after all)
@@ -136,14 +136,14 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
     return Sides(output, reference, True)
 
 
-def _single_key(scores: Sides, dim: int) -> Sides | None:
+def _single_key(scores: Sides, dim: int, ends: torch.Tensor | None) -> Sides | None:
     """The weights where every query attends to one key only, the same on both sides of every pair: each row of
     torch's softmax is exactly one-hot (every other score masked, by ``-inf`` or by a bias so low that its ``exp``
     is 0, as the ``finfo.min`` masks of Hugging Face models are), on the input and the reference side alike. The
     weights are then constants of the function, whatever the scores, and the scores pass nothing back: exact,
     where the decomposition would spend its exp secants on entries that are all 0 (Chronos-2's group attention
-    across the batch, one series per group: pairs × pairs scores of which one per row counts). None otherwise."""
-    ends = _one_hot_ends(scores, dim)
+    across the batch, one series per group: pairs × pairs scores of which one per row counts). None otherwise.
+    ``ends``: :func:`_one_hot_ends` of the scores, the test's first part (its caller has it)."""
     if ends is None or not bool(ends):
         return None  # (the first and last rows tell attention over several keys apart, a causal mask's too)
     with torch.no_grad():
