@@ -486,3 +486,31 @@ def test_the_input_gradient_is_the_same_a_step_at_a_time_or_all_at_once(layer: s
     whole = explain(1 << 30)
     for chunk_bytes in (1, 3 * 2 * 6 * 4 * 5 * 8):  # (a step per chunk; a few steps)
         np.testing.assert_allclose(explain(chunk_bytes), whole, rtol=0, atol=1e-12 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_a_cells_step_runs_the_cells_own_kernel_bit_for_bit(kind: str) -> None:
+    """One step of a fused layer (a cell's call in a Python loop) gives, on the input side and on the reference side,
+    the states the model's own cell kernel gives on the same rows, bit for bit (float32): the explained trajectory
+    is the model's, not one a rounding away from it."""
+    from rnnshap.recurrent import fused
+    from rnnshap.recurrent.weights import CellWeights
+
+    torch.manual_seed(0)
+    cell = {"lstm": nn.LSTMCell(3, 6), "gru": nn.GRUCell(3, 6), "rnn_tanh": nn.RNNCell(3, 6)}.get(kind) or nn.RNNCell(
+        3, 6, nonlinearity="relu"
+    )
+    w = CellWeights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    x, x_r, h, h_r, c, c_r = (5 * torch.randn(8, n) for n in (3, 3, 6, 6, 6, 6))
+    with torch.no_grad():
+        if kind == "lstm":
+            out, h_n, c_n, out_r, h_n_r, c_n_r = fused.FusedLSTM.apply(w, None, None, x[None], h, c, x_r[None], h_r, c_r)
+            for state, own in ((h_n, cell(x, (h, c))[0]), (h_n_r, cell(x_r, (h_r, c_r))[0])):
+                assert torch.equal(state, own)
+        else:
+            if kind == "gru":
+                out, h_n, out_r, h_n_r = fused.FusedGRU.apply(w, None, None, x[None], h, x_r[None], h_r)
+            else:
+                out, h_n, out_r, h_n_r = fused.FusedRNN.apply(w, None, None, kind == "rnn_relu", x[None], h, x_r[None], h_r)
+            assert torch.equal(h_n, cell(x, h)) and torch.equal(h_n_r, cell(x_r, h_r))
+        assert torch.equal(out[0], h_n) and torch.equal(out_r[0], h_n_r)

@@ -325,17 +325,33 @@ def _finish(
     rows: _Rows,
     outputs: Tensor,
     *states: tuple[Tensor, Tensor],
-) -> tuple[Tensor, ...]:
+    cell: bool = False,
+) -> tuple[Tensor | None, ...]:
     """Save what the backward needs and return (outputs, final states) of the input side and,
     not differentiable, the same of the reference side, one row per pair. ``states`` are
-    (initial, after each step) pairs of the rows (see :meth:`_Rows.finals`)."""
+    (initial, after each step) pairs of the rows (see :meth:`_Rows.finals`), the hidden state's first.
+
+    A cell's call (``cell``: one step, whose output is its new hidden state) returns the input side's output and
+    its other new states only, None in place of the rest: the new hidden state is the output, and the reference
+    side's states come from the reference pass (:func:`rnnshap.recurrent.rules._on_distinct_references`); each
+    would be a copy per step of a loop."""
     ctx.save_for_backward(coefficients, mask if mask is not None else torch.empty(0))
     ctx.weights, ctx.has_mask = w, mask is not None
+    if cell:
+        side_x, rows_x = rows.sides[0], rows.rows_x
+        others = [side_x.spread(after[-1].narrow(0, 0, rows_x), 0) for _, after in states[1:]]
+        return (side_x.spread(outputs.narrow(1, 0, rows_x), 1), None, *others, None, *(None for _ in states))
     out_x, out_r = rows.outputs(outputs)
     finals = [rows.finals(*s) for s in states]
     finals_x, finals_r = [f[0] for f in finals], [f[1] for f in finals]
     ctx.mark_non_differentiable(out_r, *finals_r)
     return (out_x, *finals_x, out_r, *finals_r)
+
+
+def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """The gradient of an output a cell's call returned as None (its new hidden state: the output's): zeros, as
+    autograd gives for an output nothing used."""
+    return torch.zeros_like(like) if grad is None else grad
 
 
 # -- LSTM ---------------------------------------------------------------------------------------
@@ -352,9 +368,14 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     (T, rows, 4H), the cell state before and after each step and the outputs (T, rows, H_out).
 
     torch's LSTM kernel runs the rows; the pre-activations of all steps are then one matrix
-    product and the cell states one fused multiply-add per step.
+    product and the cell states one fused multiply-add per step. One step without a projection (a cell's call)
+    runs torch's cell kernel, as the model's ``nn.LSTMCell`` runs it, bit for bit: the layer kernel (oneDNN on the
+    CPU) sets up its primitive on every call, which costs a cell in a loop several times its arithmetic.
     """
-    out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
+    if x.shape[0] == 1 and w.w_hr is None:
+        out = torch.lstm_cell(x[0], (h, c), w.w_ih, w.w_hh, w.b_ih, w.b_hh)[0][None]
+    else:
+        out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
     u = _add_recurrent(_input_projection(x, w), torch.cat([h[None], out[:-1]]), w.w_hh)
     gates = _lstm_gates(u)
     i, f, g, _ = gates.chunk(4, dim=2)
@@ -400,7 +421,8 @@ class FusedLSTM(torch.autograd.Function):
         x_ref: Tensor,
         h0_ref: Tensor,
         c0_ref: Tensor,
-    ) -> tuple[Tensor, ...]:
+        cell: bool = False,
+    ) -> tuple[Tensor | None, ...]:
         hidden = w.w_hh.shape[0] // 4
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref), (c0, c0_ref))
         h0_rows, c0_rows = rows.states
@@ -416,15 +438,16 @@ class FusedLSTM(torch.autograd.Function):
         ]
         ctx.active = _active_rows(mask)
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
-        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new))
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new), cell=cell)
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor | None, d_c: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
+        d_h = _or_zeros(d_h, d_c)
         reverse = lstm_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h, d_c) else lstm_recurrence  # (_one_step)
         dx, dh, dc = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, d_c, w.w_ih, w.w_hh, w.w_hr)
-        return None, None, None, dx, dh, dc, None, None, None
+        return None, None, None, dx, dh, dc, None, None, None, None
 
 
 # -- GRU ----------------------------------------------------------------------------------------
@@ -433,8 +456,16 @@ class FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, w: CellWeights, mask: Tensor | None, grid: PairGrid | None, x: Tensor, h0: Tensor, x_ref: Tensor, h0_ref: Tensor
-    ) -> tuple[Tensor, ...]:
+        ctx: Any,
+        w: CellWeights,
+        mask: Tensor | None,
+        grid: PairGrid | None,
+        x: Tensor,
+        h0: Tensor,
+        x_ref: Tensor,
+        h0_ref: Tensor,
+        cell: bool = False,
+    ) -> tuple[Tensor | None, ...]:
         hidden = w.w_hh.shape[0] // 3
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
         both, (h0_rows,) = rows.sequence, rows.states
@@ -454,15 +485,16 @@ class FusedGRU(torch.autograd.Function):
         secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
         ctx.active = _active_rows(mask)
         coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r], ctx.active)
-        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), cell=cell)
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor | None, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
+        d_h = _or_zeros(d_h, d_out[..., -1, :, :])
         reverse = gru_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h) else gru_recurrence  # (_one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
-        return None, None, None, dx, dh, None, None
+        return None, None, None, dx, dh, None, None, None
 
 
 # -- Elman RNN ----------------------------------------------------------------------------------
@@ -490,7 +522,8 @@ class FusedRNN(torch.autograd.Function):
         h0: Tensor,
         x_ref: Tensor,
         h0_ref: Tensor,
-    ) -> tuple[Tensor, ...]:
+        cell: bool = False,
+    ) -> tuple[Tensor | None, ...]:
         rows = _Rows(grid, mask, (x, x_ref), (h0, h0_ref))
         both, (h0_rows,) = rows.sequence, rows.states
         # torch's kernel runs the rows; the pre-activations are one product
@@ -501,12 +534,13 @@ class FusedRNN(torch.autograd.Function):
             coefficients = _relu_secant(rows, u)
         else:
             coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, [(u, torch.tanh(u), TANH)], active=ctx.active)
-        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out))
+        return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), cell=cell)
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor, d_h: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: Tensor, d_h: Tensor | None, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         coefficients, mask = ctx.saved_tensors
         w: CellWeights = ctx.weights
+        d_h = _or_zeros(d_h, d_out[..., -1, :, :])
         reverse = rnn_reverse if coefficients.shape[0] > 1 and batched(d_out, d_h) else rnn_recurrence  # (_one_step)
         dx, dh = reverse(coefficients, _mask(ctx, mask), ctx.active, d_out, d_h, w.w_ih, w.w_hh)
-        return None, None, None, None, dx, dh, None, None
+        return None, None, None, None, dx, dh, None, None, None

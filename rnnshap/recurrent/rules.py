@@ -174,6 +174,7 @@ class RecurrentLayer(Rule):
                 seq, seq_r = (x, x_r) if d == 0 else (_reverse(x, layout), _reverse(x_r, layout))
                 states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
                 out, out_r, h_last, c_last = self._layer(weights, layout.mask, grid, seq, seq_r, *states)
+                assert out_r is not None and h_last is not None  # (a layer's call returns them all)
                 if d == 1:
                     out, out_r = _reverse(out, layout), _reverse(out_r, layout)
                 outputs.append(out)
@@ -195,23 +196,25 @@ class RecurrentLayer(Rule):
         h0_r: Tensor,
         c0: Tensor | None,
         c0_r: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """One layer-direction; returns (output, reference output, h_T, c_T)."""
+        cell: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """One layer-direction; returns (output, reference output, h_T, c_T). A cell's call (``cell``, fused) returns
+        None for the reference output and h_T, which it does not use (``fused._finish``)."""
         if self.kind == "lstm":
             assert c0 is not None and c0_r is not None
             if self.fused:
-                out, h, c, out_r, _, _ = fused.FusedLSTM.apply(w, mask, grid, x, h0, c0, x_r, h0_r, c0_r)
+                out, h, c, out_r, _, _ = fused.FusedLSTM.apply(w, mask, grid, x, h0, c0, x_r, h0_r, c0_r, cell)
             else:
                 out, h, c, out_r, _, _ = decomposed.lstm_layer(w, mask, x, h0, c0, x_r, h0_r, c0_r)
             return out, out_r, h, c
         if self.kind == "gru":
             if self.fused:
-                out, h, out_r, _ = fused.FusedGRU.apply(w, mask, grid, x, h0, x_r, h0_r)
+                out, h, out_r, _ = fused.FusedGRU.apply(w, mask, grid, x, h0, x_r, h0_r, cell)
             else:
                 out, h, out_r, _ = decomposed.gru_layer(w, mask, x, h0, x_r, h0_r)
             return out, out_r, h, None
         if self.fused:
-            out, h, out_r, _ = fused.FusedRNN.apply(w, mask, grid, self.relu, x, h0, x_r, h0_r)
+            out, h, out_r, _ = fused.FusedRNN.apply(w, mask, grid, self.relu, x, h0, x_r, h0_r, cell)
         else:
             out, h, out_r, _ = decomposed.rnn_layer(w, mask, self.relu, x, h0, x_r, h0_r)
         return out, out_r, h, None
@@ -234,10 +237,10 @@ class RecurrentCell(RecurrentLayer):
             raise ValueError(f"{call.name}: rnnshap attributes to the inputs of a recurrent cell, not to its weights")
         if self.kind == "lstm":
             (h, c), (h_r, c_r) = hx, hx_r
-            out, _, _, c_new = self._layer(weights, None, call.pairs, x[None], x_r[None], h, h_r, c, c_r)
+            out, _, _, c_new = self._layer(weights, None, call.pairs, x[None], x_r[None], h, h_r, c, c_r, cell=True)
             assert c_new is not None
             return out[0], c_new
-        out, _, _, _ = self._layer(weights, None, call.pairs, x[None], x_r[None], hx, hx_r, None, None)
+        out, _, _, _ = self._layer(weights, None, call.pairs, x[None], x_r[None], hx, hx_r, None, None, cell=True)
         return out[0]
 
 
