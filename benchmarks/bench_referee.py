@@ -17,7 +17,11 @@ mean over 10 background rows of f(x on S, r elsewhere) (rnnshap.metrics.distance
 AOPC``, the mean drop of the logit as the top windows are replaced by the background mean, most positive first
 (rnnshap.metrics.deletion); ``ROAD AOPC``, the same with the removed windows imputed from their neighbours in time
 and noise 0.01 (rnnshap.metrics.road, 10-90 %); ``infidelity``, the mean squared miss over 64 coalitions of windows
-replaced by the background mean (rnnshap.metrics.infidelity) divided by the mean squared logit change; and the
+replaced by the background mean (rnnshap.metrics.infidelity) divided by the mean squared logit change; Quantus'
+own ``FaithfulnessCorrelation`` and ``MonotonicityCorrelation`` (xai4tsc's "Faithfulness Correlation" and
+"Monotonicity-Nguyen") with the settings xai4tsc's runner gives them (each step its own feature, removed entries at
+the sample's minimum, "black"; the attributions' absolute values normalised by their maximum; Faithfulness: 100
+random subsets of 5 % of T, numpy's generator seeded 0; the logit, softmax=False), where Quantus is installed; and the
 seconds the explainer took for the 10 samples (the fastest of 3 calls in one process, after one untimed call on one
 sample that takes imports and first-call set-up out of the figure).
 
@@ -158,8 +162,30 @@ def methods(train: np.ndarray) -> dict[str, Callable[[nn.Module, np.ndarray, np.
     return found
 
 
+def by_quantus(model: nn.Module, x: np.ndarray, values: np.ndarray, target: np.ndarray) -> dict[str, list[float]]:
+    """Quantus' own Faithfulness and Monotonicity correlations per sample, with xai4tsc's runner settings (master.yaml
+    and its defaults: subset_size 5 % of T, perturb_baseline "black", normalise and abs, softmax off). Monotonicity's
+    100 samples per step are one: the "black" baseline draws nothing, so they are identical."""
+    try:
+        import quantus
+    except ImportError:
+        return {}
+    common: dict[str, Any] = {"perturb_baseline": "black", "normalise": True, "abs": True, "return_aggregate": False,
+                              "disable_warnings": True, "display_progressbar": False}  # fmt: skip
+    metrics = {
+        "Faithfulness": quantus.FaithfulnessCorrelation(nr_runs=100, subset_size=max(1, int(0.05 * x.shape[-1])), **common),
+        "Monotonicity": quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=1, **common),
+    }
+    found = {}
+    for name, metric in metrics.items():
+        np.random.seed(0)  # Faithfulness draws its subsets from numpy's global generator
+        scores = metric(model=model, x_batch=x, y_batch=target, a_batch=values.astype(np.float32), device="cpu", softmax=False)
+        found[name] = [float(s) for s in scores]
+    return found
+
+
 def scored(model: nn.Module, x: np.ndarray, train: np.ndarray, values: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """The four scores of one method's values, each sample on its own target, median over samples."""
+    """The scores of one method's values, each sample on its own target, median over samples."""
     refs = background_rows(train, REFERENCES)
     windows = -(-x.shape[-1] // WINDOWS)
     mean = refs.mean(0)
@@ -173,6 +199,7 @@ def scored(model: nn.Module, x: np.ndarray, train: np.ndarray, values: np.ndarra
         found["ROAD AOPC"] += list(road(a, model, xs, noise=0.01, **common).aopc)
         infid = infidelity(a, model, xs, mean, **common)
         found["infidelity"] += list(infid.infidelity / np.maximum((infid.change**2).mean(1), 1e-12))
+    found.update(by_quantus(model, x, values, target))  # Quantus scores the whole batch, each sample on its target
     return {k: float(np.median(v)) for k, v in found.items()}
 
 
@@ -203,11 +230,15 @@ def main() -> None:
             scores = scored(model, test, train, np.asarray(values, dtype=np.float64), target)
             table.setdefault(method, {})[name] = {**scores, "seconds": seconds}
             print(f"  {method}: {scores} {seconds:.2f} s", flush=True)
-    print("\n| method | cosine to exact | deletion AOPC | ROAD AOPC | infidelity (relative) | seconds |")
-    print("|---|---|---|---|---|---|")
+    columns = {"cosine": "cosine to exact", "deletion AOPC": "deletion AOPC", "ROAD AOPC": "ROAD AOPC",
+               "infidelity": "infidelity (relative)", "Faithfulness": "Faithfulness corr. (Quantus)",
+               "Monotonicity": "Monotonicity corr. (Quantus)", "seconds": "seconds"}  # fmt: skip
+    keys = [key for key in columns if all(key in cells["LSTM"] for cells in table.values())]  # Quantus: where installed
+    print("\n| method | " + " | ".join(columns[key] for key in keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
     for method, cells in table.items():
         row = [" / ".join(f"{cells[m][key]:.2f}" if key != "seconds" else f"{cells[m][key]:.2g}" for m in ("LSTM", "FCN"))
-               for key in ("cosine", "deletion AOPC", "ROAD AOPC", "infidelity", "seconds")]  # fmt: skip
+               for key in keys]  # fmt: skip
         print(f"| {method} | " + " | ".join(row) + " |")
     print("(cells: LSTM / FCN; medians over 10 samples; infidelity divided by the mean squared logit change)")
     if args.json:

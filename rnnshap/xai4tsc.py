@@ -273,7 +273,8 @@ class DistanceToExactMetric(EvaluatorBase):
     ``target: label`` or ``all``); rnnshap's own explanations carry theirs. ``metric``: the score returned per sample
     (``cosine``, ``relative_l2``, ``spearman``, ``sign_agreement``, ``top_k_overlap``); ``record``: a JSON-lines file
     to append every distance, the reference's standard errors and exactness, and the explainer's own
-    ``meta["rnnshap"]`` (standard errors, DeepSHAP's gap) to, one line per call.
+    ``meta["rnnshap"]`` (standard errors, DeepSHAP's gap) to, one line per call, with the explainer's name (in lower
+    case, as xai4tsc hands it over), the targets and the indices of the series in the runner's test split.
     """
 
     metric_name = "Distance to exact"
@@ -342,6 +343,8 @@ class DistanceToExactMetric(EvaluatorBase):
         game = self.shapley.game(x.shape[-1])
         scores = np.full(len(x), np.nan)
         found: dict[str, Any] = {"metric": self.metric, "explainer": explanation.explainer, "targets": wanted.tolist()}
+        if explanation.indices is not None and len(explanation.indices) == len(x):  # the rows of the runner's test split
+            found["indices"] = np.asarray(explanation.indices).astype(np.int64).tolist()
         for target in sorted(set(wanted.tolist())):
             rows = np.flatnonzero(wanted == target)
             distance = distance_to_exact(

@@ -490,3 +490,33 @@ def test_quantus_metrics_take_rnnshaps_explain_func_and_distance() -> None:
     np.testing.assert_allclose(results["deepshap"]["distance"] + results["shapley"]["distance"], direct, rtol=1e-4)
     np.testing.assert_allclose(results["shapley"]["distance"], 1.0, atol=1e-6)  # steps spread evenly: the exact values
     assert np.isfinite(results["deepshap"]["sensitivity"]).all() and len(results["shapley"]["sensitivity"]) == 4
+
+
+@pytest.mark.filterwarnings("ignore:The settings for perturbing input:UserWarning")
+def test_quantus_faithfulness_and_monotonicity_correlations_take_explain_func_and_give_a_line_its_closed_form() -> None:
+    """Quantus' own FaithfulnessCorrelation and MonotonicityCorrelation (xai4tsc's "Faithfulness Correlation" and
+    "Monotonicity-Nguyen"), each calling rnnshap's explain_func, on (N, 1, T). A line f_k(x) = w_k · x + b, series
+    whose smallest entry is 0 (Quantus' "black" baseline: the sample's minimum) and one background row of zeros:
+    DeepSHAP's values are w_t x per entry, so that removing any subset changes the target's output by the sum of
+    their values (Pearson correlation 1) and removing one entry changes it by that entry's value (Spearman 1)."""
+    quantus = pytest.importorskip("quantus")
+    T = 12
+    line = nn.Sequential(nn.Flatten(), nn.Linear(T, 3)).eval()
+    with torch.no_grad():  # three classes weighted differently: a wrong target's values would not correlate
+        line[1].weight.copy_(torch.tensor(np.stack([np.linspace(-1, 1, T), np.linspace(2, -1, T) ** 3, np.cos(np.arange(T))])))
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0.5, 2.0, (4, 1, T)).astype(np.float32)
+    X[np.arange(4), 0, [1, 5, 7, 10]] = 0.0  # each series' minimum, where Quantus' "black" puts removed entries
+    y = np.array([2, 0, 1, 2])
+    kwargs = {"background": np.zeros((1, 1, T), dtype=np.float32)}
+    values = explain_func(line, X, y, **kwargs)
+    np.testing.assert_allclose(values, line[1].weight.detach().numpy()[y][:, None] * X, rtol=1e-6, atol=1e-7)
+    common = {"perturb_baseline": "black", "disable_warnings": True, "display_progressbar": False}
+    faithfulness = quantus.FaithfulnessCorrelation(nr_runs=20, subset_size=3, abs=False, return_aggregate=False, **common)
+    monotonicity = quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=1, **common)  # "black": no noise
+    for metric in (faithfulness, monotonicity):
+        np.random.seed(0)  # Faithfulness draws its subsets from numpy's global generator; softmax=False: the logit
+        scores = metric(model=line, x_batch=X, y_batch=y, a_batch=None, explain_func=explain_func,
+                        explain_func_kwargs=kwargs, device="cpu", softmax=False)  # fmt: skip
+        assert len(scores) == 4  # one per series
+        np.testing.assert_allclose(scores, 1.0, atol=1e-5, err_msg=type(metric).__name__)
