@@ -1,4 +1,4 @@
-"""Pretrained foundation forecasters (TiRex, Chronos-Bolt, Chronos-2, TimesFM 2.5, TinyTimeMixer, MOMENT)
+"""Pretrained foundation forecasters (TiRex, Chronos-Bolt, Chronos-2, TimesFM 2.5, TimesFM 3, TinyTimeMixer, MOMENT)
 explained in the objects their libraries return, exactly::
 
     import rnnshap.foundation

@@ -132,3 +132,43 @@ def chronos2() -> Any:
     )  # fmt: skip
     torch.manual_seed(0)
     return Chronos2Pipeline(Chronos2Model(config).eval())
+
+
+def timesfm3(**settings: Any) -> Any:
+    """timesfm's TimesFM 3 forecaster (``timesfm3.TimesFM3Forecaster``, timesfm 3.0.2) with a tiny model (patches of 4,
+    output patches of 8, one layer of width 16, the three quantiles 0.1, 0.5, 0.9), built as ``TimesFM3Forecaster(
+    ModelConfig(checkpoint_path=a .pth))`` builds it: from the config, its weights loaded from the file, here seeded
+    random weights spread (std 0.3: quantiles that differ and cross) saved there first. ``settings``: ModelConfig's."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from timesfm3.torch import (
+        ModelConfig,
+        ResidualBlockConfig,
+        StackedTransformersConfig,
+        TimesFM3Forecaster,
+        TransformerConfig,
+        timesfm3_forecaster,
+    )
+
+    layer = TransformerConfig(
+        model_dims=16, hidden_dims=16, num_heads=2, attention_norm="rms", feedforward_norm="rms", qk_norm="rms",
+        use_bias=False, use_rope_seq=True, use_rope_var=True, ff_activation="relu", deterministic=True,
+        use_memory_efficient_attention=False,
+    )  # fmt: skip
+    config = ModelConfig(
+        input_patch_length=4, output_patch_length=8, quantiles=[0.1, 0.5, 0.9], median_quantile_index=1,
+        residual_block_config=ResidualBlockConfig(hidden_dims=16, output_dims=16, use_bias=False, activation="relu"),
+        transformer_config=StackedTransformersConfig(num_layers=1, transformer=layer), device="cpu",
+        per_core_batch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = timesfm3_forecaster._make_torch_model(config)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "tiny.pth")
+        torch.save(model.state_dict(), path)
+        settings.setdefault("checkpoint_path", path)
+        return TimesFM3Forecaster(dataclasses.replace(config, **settings))

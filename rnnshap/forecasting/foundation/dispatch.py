@@ -18,6 +18,10 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .tinytimemixer import TinyTimeMixerAdapter
 
         return TinyTimeMixerAdapter
+    if "timesfm3" in root:
+        from .timesfm3 import TimesFM3Adapter
+
+        return TimesFM3Adapter
     if "timesfm" in root:
         from .timesfm import TimesFMAdapter
 
@@ -39,8 +43,8 @@ def adapter_class(model: Any) -> type[Adapter] | None:
 
 SUPPORTED = (
     "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
-    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a granite-tsfm TinyTimeMixerForPrediction, a momentfm "
-    "MOMENTPipeline (task_name='forecasting')"
+    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a timesfm3 TimesFM3Forecaster, a granite-tsfm "
+    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting')"
 )
 
 
