@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import rnnshap
 import rnnshap.foundation
 from rnnshap.errors import InputError
 
@@ -115,3 +116,31 @@ def test_timesfm3_quantile_levels_pick_its_columns_and_others_are_refused(foreca
 def test_timesfm3_bare_model_is_refused_naming_the_forecaster(forecaster: Any) -> None:
     with pytest.raises(InputError, match="TimesFM3Forecaster"):
         rnnshap.foundation.explain(forecaster.model, windows(16, [300]), prediction_length=2, background=windows(16, [0, 100]))
+
+
+def test_timesfm3_the_explained_path_is_exact_in_float64_across_the_detrending_gate(forecaster: Any) -> None:
+    """The function DeepSHAP explains, in float64, for a window and a reference on opposite sides of the detrending
+    gate: the sum is exact (float64 rounding), so the float32 miss of the door is float32's rounding. In float64 the
+    CPM refinement of the horizon's statistics is off: the library builds a float32 tensor inside it."""
+    from rnnshap.forecasting.foundation.timesfm3 import TimesFM3Adapter
+
+    model = copy.deepcopy(forecaster)
+    model.model.use_iterative_cpm_revin = False
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # decode's own zeros and masks in float64 too
+    try:
+        module = TimesFM3Adapter(model).module(5, [0.1, 0.5, 0.9]).double()
+        module.dtype = torch.float64
+        x, reference = (torch.as_tensor(windows(16, [s]), dtype=torch.float64) for s in (300, 100))
+        with torch.no_grad():
+            change = (module(x) - module(reference))[0].numpy()
+            plain = copy.deepcopy(model.model)
+            plain.use_linear_detrending = False
+            rows = torch.cat([x, reference])[:, None]
+            detrended = (model.model.decode(target=rows, horizon=8) != plain.decode(target=rows, horizon=8)).flatten(1).any(1)
+        assert detrended.tolist() == [False, True]
+        values = np.asarray(rnnshap.DeepExplainer(module, reference).shap_values(x, check_additivity=False))
+    finally:
+        torch.set_default_dtype(default)
+    assert values.shape == (1, 16, 15)
+    np.testing.assert_allclose(values[0].sum(0), change, rtol=0, atol=1e-9 * np.abs(change).max())
