@@ -156,6 +156,7 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "timesfm": ((3, 0), (3, 1)),
     "granite-tsfm": ((0, 3, 2), (0, 4)),
     "momentfm": ((0, 1, 4), (0, 2)),
+    "uni2ts": ((2, 0), (2, 1)),
 }
 
 

@@ -172,3 +172,21 @@ def timesfm3(**settings: Any) -> Any:
         torch.save(model.state_dict(), path)
         settings.setdefault("checkpoint_path", path)
         return TimesFM3Forecaster(dataclasses.replace(config, **settings))
+
+
+def moirai2(prediction_length: int = 4, context_length: int = 16) -> Any:
+    """uni2ts' Moirai2Forecast around a tiny ``Moirai2Module`` (patches of 4, one layer of width 64, the quantiles 0.1,
+    0.5, 0.9), weights spread (std 0.3)."""
+    from uni2ts.model.moirai2 import Moirai2Forecast, Moirai2Module
+
+    torch.manual_seed(0)
+    module = Moirai2Module(
+        d_model=64, d_ff=64, num_layers=1, patch_size=4, max_seq_len=64, attn_dropout_p=0.0, dropout_p=0.0,
+        quantile_levels=(0.1, 0.5, 0.9),
+    )  # fmt: skip
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return Moirai2Forecast(
+        prediction_length=prediction_length, target_dim=1, feat_dynamic_real_dim=0, past_feat_dynamic_real_dim=0,
+        context_length=context_length, module=module,
+    ).eval()  # fmt: skip

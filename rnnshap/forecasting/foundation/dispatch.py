@@ -34,6 +34,10 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .tirex import TiRexAdapter
 
         return TiRexAdapter
+    if "uni2ts" in root:
+        from .moirai2 import Moirai2Adapter
+
+        return Moirai2Adapter
     if "momentfm" in root:
         from .moment import MomentAdapter
 
@@ -44,7 +48,7 @@ def adapter_class(model: Any) -> type[Adapter] | None:
 SUPPORTED = (
     "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
     "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a timesfm3 TimesFM3Forecaster, a granite-tsfm "
-    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting')"
+    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting'), a uni2ts Moirai2Forecast"
 )
 
 
