@@ -157,6 +157,7 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "granite-tsfm": ((0, 3, 2), (0, 4)),
     "momentfm": ((0, 1, 4), (0, 2)),
     "uni2ts": ((2, 0), (2, 1)),
+    "toto-ts": ((0, 2), (0, 3)),
 }
 
 

@@ -190,3 +190,18 @@ def moirai2(prediction_length: int = 4, context_length: int = 16) -> Any:
         prediction_length=prediction_length, target_dim=1, feat_dynamic_real_dim=0, past_feat_dynamic_real_dim=0,
         context_length=context_length, module=module,
     ).eval()  # fmt: skip
+
+
+def toto(dtype: torch.dtype = torch.float32) -> Any:
+    """toto-ts' Toto with the released configuration's structure (causal patch scaler, a mixture of Student-t heads),
+    tiny: patches of 4, two layers of width 16, weights as its constructor draws them."""
+    from toto.model.toto import Toto
+
+    torch.manual_seed(0)
+    model = Toto(
+        patch_size=4, stride=4, embed_dim=16, num_layers=2, num_heads=2, mlp_hidden_dim=32, dropout=0.0,
+        spacewise_every_n_layers=2, scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
+        output_distribution_classes=["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+        output_distribution_kwargs={"k_components": 3}, use_memory_efficient_attention=False,
+    )  # fmt: skip
+    return model.to(dtype).eval()

@@ -38,6 +38,10 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .moirai2 import Moirai2Adapter
 
         return Moirai2Adapter
+    if "toto" in root:
+        from .toto import TotoAdapter
+
+        return TotoAdapter
     if "momentfm" in root:
         from .moment import MomentAdapter
 
@@ -48,7 +52,8 @@ def adapter_class(model: Any) -> type[Adapter] | None:
 SUPPORTED = (
     "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
     "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a timesfm3 TimesFM3Forecaster, a granite-tsfm "
-    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting'), a uni2ts Moirai2Forecast"
+    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting'), a uni2ts Moirai2Forecast, a toto "
+    "TotoForecaster (or its Toto)"
 )
 
 
