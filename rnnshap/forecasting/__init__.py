@@ -158,6 +158,7 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "momentfm": ((0, 1, 4), (0, 2)),
     "uni2ts": ((2, 0), (2, 1)),
     "toto-ts": ((0, 2), (0, 3)),
+    "toto-2": ((2, 0), (2, 1)),
 }
 
 

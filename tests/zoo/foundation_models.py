@@ -205,3 +205,17 @@ def toto(dtype: torch.dtype = torch.float32) -> Any:
         output_distribution_kwargs={"k_components": 3}, use_memory_efficient_attention=False,
     )  # fmt: skip
     return model.to(dtype).eval()
+
+
+def toto2(context_length: int = 16) -> Any:
+    """toto-2's Toto2Model from its own ``Toto2ModelConfig``, tiny: patches of 4, two layers of width 16, weights as its
+    constructor draws them."""
+    from toto2.configuration import Toto2ModelConfig
+    from toto2.model import Toto2Model
+
+    torch.manual_seed(0)
+    config = Toto2ModelConfig(
+        patch_size=4, d_model=16, num_heads=2, num_layers=2, layer_group_size=2, num_variate_layers_per_group=1,
+        variate_layer_first=False, residual_attn_ratio=Toto2ModelConfig.compute_residual_attn_ratio(context_length, 4),
+    )  # fmt: skip
+    return Toto2Model(config).eval()

@@ -38,6 +38,10 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .moirai2 import Moirai2Adapter
 
         return Moirai2Adapter
+    if "toto2" in root:
+        from .toto2 import Toto2Adapter
+
+        return Toto2Adapter
     if "toto" in root:
         from .toto import TotoAdapter
 
@@ -53,7 +57,7 @@ SUPPORTED = (
     "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
     "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a timesfm3 TimesFM3Forecaster, a granite-tsfm "
     "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting'), a uni2ts Moirai2Forecast, a toto "
-    "TotoForecaster (or its Toto)"
+    "TotoForecaster (or its Toto), a toto2 Toto2Model"
 )
 
 
