@@ -144,3 +144,15 @@ def test_timesfm3_the_explained_path_is_exact_in_float64_across_the_detrending_g
         torch.set_default_dtype(default)
     assert values.shape == (1, 16, 15)
     np.testing.assert_allclose(values[0].sum(0), change, rtol=0, atol=1e-9 * np.abs(change).max())
+
+
+def test_timesfm3_forecast_explainer_gives_explains_values_bit_for_bit(forecaster: Any) -> None:
+    context = [SERIES[300:316].copy(), SERIES[350:363].copy()]  # two missing patterns: two setups kept
+    context[0][7] = np.nan
+    background = windows(16, [0, 100, 200])
+    explainer = rnnshap.foundation.ForecastExplainer(forecaster, background=background)
+    once = rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background)
+    for _ in range(2):  # built, then kept
+        again = explainer.explain(context, prediction_length=4)
+        np.testing.assert_array_equal(again.values, once.values)
+        np.testing.assert_array_equal(again.base_values, once.base_values)
