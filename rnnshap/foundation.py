@@ -1,5 +1,5 @@
-"""Pretrained foundation forecasters (TiRex, Chronos-Bolt, Chronos-2, TimesFM 2.5, TinyTimeMixer, MOMENT)
-explained in the objects their libraries return, exactly::
+"""Pretrained foundation forecasters (TiRex, Chronos-Bolt, Chronos-2, TimesFM 2.5, TimesFM 3, TinyTimeMixer, MOMENT,
+Moirai 2, Toto, Toto 2) explained in the objects their libraries return, exactly::
 
     import rnnshap.foundation
     result = rnnshap.foundation.explain(pipeline, context, prediction_length=12, background=windows)

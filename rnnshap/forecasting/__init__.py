@@ -156,6 +156,9 @@ VERIFIED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "timesfm": ((3, 0), (3, 1)),
     "granite-tsfm": ((0, 3, 2), (0, 4)),
     "momentfm": ((0, 1, 4), (0, 2)),
+    "uni2ts": ((2, 0), (2, 1)),
+    "toto-ts": ((0, 2), (0, 3)),
+    "toto-2": ((2, 0), (2, 1)),
 }
 
 

@@ -132,3 +132,90 @@ def chronos2() -> Any:
     )  # fmt: skip
     torch.manual_seed(0)
     return Chronos2Pipeline(Chronos2Model(config).eval())
+
+
+def timesfm3(**settings: Any) -> Any:
+    """timesfm's TimesFM 3 forecaster (``timesfm3.TimesFM3Forecaster``, timesfm 3.0.2) with a tiny model (patches of 4,
+    output patches of 8, one layer of width 16, the three quantiles 0.1, 0.5, 0.9), built as ``TimesFM3Forecaster(
+    ModelConfig(checkpoint_path=a .pth))`` builds it: from the config, its weights loaded from the file, here seeded
+    random weights spread (std 0.3: quantiles that differ and cross) saved there first. ``settings``: ModelConfig's."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from timesfm3.torch import (
+        ModelConfig,
+        ResidualBlockConfig,
+        StackedTransformersConfig,
+        TimesFM3Forecaster,
+        TransformerConfig,
+        timesfm3_forecaster,
+    )
+
+    layer = TransformerConfig(
+        model_dims=16, hidden_dims=16, num_heads=2, attention_norm="rms", feedforward_norm="rms", qk_norm="rms",
+        use_bias=False, use_rope_seq=True, use_rope_var=True, ff_activation="relu", deterministic=True,
+        use_memory_efficient_attention=False,
+    )  # fmt: skip
+    config = ModelConfig(
+        input_patch_length=4, output_patch_length=8, quantiles=[0.1, 0.5, 0.9], median_quantile_index=1,
+        residual_block_config=ResidualBlockConfig(hidden_dims=16, output_dims=16, use_bias=False, activation="relu"),
+        transformer_config=StackedTransformersConfig(num_layers=1, transformer=layer), device="cpu",
+        per_core_batch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = timesfm3_forecaster._make_torch_model(config)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "tiny.pth")
+        torch.save(model.state_dict(), path)
+        settings.setdefault("checkpoint_path", path)
+        return TimesFM3Forecaster(dataclasses.replace(config, **settings))
+
+
+def moirai2(prediction_length: int = 4, context_length: int = 16) -> Any:
+    """uni2ts' Moirai2Forecast around a tiny ``Moirai2Module`` (patches of 4, one layer of width 64, the quantiles 0.1,
+    0.5, 0.9), weights spread (std 0.3)."""
+    from uni2ts.model.moirai2 import Moirai2Forecast, Moirai2Module
+
+    torch.manual_seed(0)
+    module = Moirai2Module(
+        d_model=64, d_ff=64, num_layers=1, patch_size=4, max_seq_len=64, attn_dropout_p=0.0, dropout_p=0.0,
+        quantile_levels=(0.1, 0.5, 0.9),
+    )  # fmt: skip
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return Moirai2Forecast(
+        prediction_length=prediction_length, target_dim=1, feat_dynamic_real_dim=0, past_feat_dynamic_real_dim=0,
+        context_length=context_length, module=module,
+    ).eval()  # fmt: skip
+
+
+def toto(dtype: torch.dtype = torch.float32) -> Any:
+    """toto-ts' Toto with the released configuration's structure (causal patch scaler, a mixture of Student-t heads),
+    tiny: patches of 4, two layers of width 16, weights as its constructor draws them."""
+    from toto.model.toto import Toto
+
+    torch.manual_seed(0)
+    model = Toto(
+        patch_size=4, stride=4, embed_dim=16, num_layers=2, num_heads=2, mlp_hidden_dim=32, dropout=0.0,
+        spacewise_every_n_layers=2, scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
+        output_distribution_classes=["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+        output_distribution_kwargs={"k_components": 3}, use_memory_efficient_attention=False,
+    )  # fmt: skip
+    return model.to(dtype).eval()
+
+
+def toto2(context_length: int = 16) -> Any:
+    """toto-2's Toto2Model from its own ``Toto2ModelConfig``, tiny: patches of 4, two layers of width 16, weights as its
+    constructor draws them."""
+    from toto2.configuration import Toto2ModelConfig
+    from toto2.model import Toto2Model
+
+    torch.manual_seed(0)
+    config = Toto2ModelConfig(
+        patch_size=4, d_model=16, num_heads=2, num_layers=2, layer_group_size=2, num_variate_layers_per_group=1,
+        variate_layer_first=False, residual_attn_ratio=Toto2ModelConfig.compute_residual_attn_ratio(context_length, 4),
+    )  # fmt: skip
+    return Toto2Model(config).eval()

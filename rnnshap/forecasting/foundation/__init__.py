@@ -1,20 +1,21 @@
 """Pretrained foundation forecasters explained in the objects users hold: :func:`explain` and its result.
 
-``explain(model, context, prediction_length=H)`` takes what the library's own loading call returns
-(a chronos ``ChronosBoltPipeline`` / ``Chronos2Pipeline`` or the model inside, a tirex model, a timesfm
-``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a granite-tsfm
-``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline``) and the context its forecast call takes,
-and returns a :class:`ForecastExplanation`: values ``(n, L, H, Q)`` per context step, forecast step and
-quantile, adding up to the forecast the library's own public call returns on the same context.
+``explain(model, context, prediction_length=H)`` takes what the library's own loading call returns (a chronos
+``ChronosBoltPipeline`` / ``Chronos2Pipeline`` or the model inside, a tirex model, a timesfm ``TimesFM_2p5_200M_torch``
+compiled with its ``ForecastConfig``, a timesfm3 ``TimesFM3Forecaster``, a granite-tsfm ``TinyTimeMixerForPrediction``,
+a momentfm ``MOMENTPipeline``, a uni2ts ``Moirai2Forecast``, a toto ``TotoForecaster``, a toto2 ``Toto2Model``) and the
+context its forecast call takes, and returns a :class:`ForecastExplanation`: values ``(n, L, H, Q)`` per context step,
+forecast step and quantile, adding up to the forecast the library's own public call returns on the same context.
 
 The package, by what it holds: this module, the door (:func:`explain`, :class:`ForecastExplainer`);
 ``adapters.py``, the :class:`Adapter` base; ``dispatch.py``, a model to its adapter; ``inputs.py``, the context,
 background, players and covariates made into windows; ``result.py``, :class:`ForecastExplanation`; ``methods.py``,
-the two answers below. One module per library (``tirex.py``, ``chronos.py``, ``timesfm.py``, ``tinytimemixer.py``,
-``moment.py``), each an :class:`Adapter` importing its library only when its model is explained. An adapter gives two
-things: the library's public forecast call on windows (numpy in, ``(m, H, Q)`` out; NaN where a value is
-missing, handled as the library handles it), and a torch module that computes that forecast from the
-window tensor (the library's own torch functions, called as its forecast calls them) for DeepSHAP.
+the two answers below. One module per library (``tirex.py``, ``chronos.py``, ``timesfm.py``, ``timesfm3.py``,
+``tinytimemixer.py``, ``moment.py``, ``moirai2.py``, ``toto.py``, ``toto2.py``), each an :class:`Adapter` importing
+its library only when its model is explained. An adapter gives two things: the library's public forecast call on
+windows (numpy in, ``(m, H, Q)`` out; NaN where a value is missing, handled as the library handles it), and a torch
+module that computes that forecast from the window tensor (the library's own torch functions, called as its forecast
+calls them) for DeepSHAP.
 
 Two answers (``method``):
 
@@ -80,7 +81,10 @@ def explain(
     Args:
         model: a chronos ``ChronosBoltPipeline`` / ``Chronos2Pipeline`` (or the model inside), a tirex ``TiRexZero``
             (``tirex.load_model``), a timesfm ``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a
-            granite-tsfm ``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline`` (forecasting head).
+            timesfm3 ``TimesFM3Forecaster`` (its ``predict_batch`` with the defaults), a granite-tsfm
+            ``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline`` (forecasting head), a uni2ts ``Moirai2Forecast``
+            (one target, no dynamic features), a toto ``TotoForecaster`` or its ``Toto`` (the mean forecast), a toto2
+            ``Toto2Model``.
         context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
             series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
         prediction_length: the forecast steps H.

@@ -18,6 +18,10 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .tinytimemixer import TinyTimeMixerAdapter
 
         return TinyTimeMixerAdapter
+    if "timesfm3" in root:
+        from .timesfm3 import TimesFM3Adapter
+
+        return TimesFM3Adapter
     if "timesfm" in root:
         from .timesfm import TimesFMAdapter
 
@@ -30,6 +34,18 @@ def adapter_class(model: Any) -> type[Adapter] | None:
         from .tirex import TiRexAdapter
 
         return TiRexAdapter
+    if "uni2ts" in root:
+        from .moirai2 import Moirai2Adapter
+
+        return Moirai2Adapter
+    if "toto2" in root:
+        from .toto2 import Toto2Adapter
+
+        return Toto2Adapter
+    if "toto" in root:
+        from .toto import TotoAdapter
+
+        return TotoAdapter
     if "momentfm" in root:
         from .moment import MomentAdapter
 
@@ -39,8 +55,9 @@ def adapter_class(model: Any) -> type[Adapter] | None:
 
 SUPPORTED = (
     "a chronos ChronosBoltPipeline or Chronos2Pipeline (or the model inside), a tirex model (tirex.load_model), a timesfm "
-    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a granite-tsfm TinyTimeMixerForPrediction, a momentfm "
-    "MOMENTPipeline (task_name='forecasting')"
+    "TimesFM_2p5_200M_torch compiled with its ForecastConfig, a timesfm3 TimesFM3Forecaster, a granite-tsfm "
+    "TinyTimeMixerForPrediction, a momentfm MOMENTPipeline (task_name='forecasting'), a uni2ts Moirai2Forecast, a toto "
+    "TotoForecaster (or its Toto), a toto2 Toto2Model"
 )
 
 

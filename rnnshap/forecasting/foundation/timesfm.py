@@ -32,6 +32,34 @@ def _leading_missing(windows: np.ndarray) -> np.ndarray:
     return np.cumprod(np.isnan(windows), axis=1).astype(bool)
 
 
+def interpolation_map(missing: np.ndarray) -> np.ndarray | None:
+    """The linear map ``(L, L)`` by which timesfm's forecasts fill a window missing the steps ``missing`` (L,) bool:
+    each missing step inside the series linearly interpolated between its observed neighbours (np.interp; past the
+    last observed value, that value), an observed step itself, a leading missing step (padding) a zero row. None
+    where nothing inside the series is missing."""
+    leading = np.cumprod(missing).astype(bool)
+    inner = missing & ~leading
+    if not inner.any():
+        return None
+    L = missing.size
+    fill = np.zeros((L, L))
+    observed = np.flatnonzero(~missing)
+    for i in range(L):
+        if leading[i]:
+            continue
+        if not missing[i]:
+            fill[i, i] = 1.0
+            continue
+        before, after = observed[observed < i], observed[observed > i]
+        a = int(before[-1])
+        if after.size == 0:
+            fill[i, a] = 1.0
+        else:
+            b = int(after[0])
+            fill[i, a], fill[i, b] = (b - i) / (b - a), (i - a) / (b - a)
+    return fill
+
+
 class TimesFMAdapter(Adapter):
     distribution = "timesfm"
     label = "TimesFM 2.5"
@@ -89,27 +117,8 @@ class TimesFMAdapter(Adapter):
     def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
         """forecast() fills a missing value inside the series by linear interpolation between its observed neighbours
         (np.interp; past the last observed value, that value): for one missing pattern a fixed linear map."""
-        leading = np.cumprod(missing).astype(bool)
-        inner = missing & ~leading
-        if not inner.any():
-            return self.module(prediction_length, levels)
-        L = missing.size
-        fill = np.zeros((L, L))
-        observed = np.flatnonzero(~missing)
-        for i in range(L):
-            if leading[i]:
-                continue
-            if not missing[i]:
-                fill[i, i] = 1.0
-                continue
-            before, after = observed[observed < i], observed[observed > i]
-            a = int(before[-1])
-            if after.size == 0:
-                fill[i, a] = 1.0
-            else:
-                b = int(after[0])
-                fill[i, a], fill[i, b] = (b - i) / (b - a), (i - a) / (b - a)
-        return self.module(prediction_length, levels, fill)
+        fill = interpolation_map(missing)
+        return self.module(prediction_length, levels) if fill is None else self.module(prediction_length, levels, fill)
 
     def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
         from timesfm.timesfm_2p5.timesfm_2p5_base import linear_interpolation, strip_leading_nans

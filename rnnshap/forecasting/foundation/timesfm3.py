@@ -1,0 +1,128 @@
+"""timesfm's TimesFM 3 (``timesfm3.TimesFM3Forecaster``, timesfm 3.0.2): ``forecaster.predict_batch(contexts,
+horizon, return_quantiles=True)``.
+
+``predict_batch`` takes numpy series and returns numpy: per series it strips the leading steps missing in every
+variate (NaN), fills the others by linear interpolation (``np.interp``: past the last observed value, that value)
+and casts to float32; per batch of ``per_core_batch_size`` series it rounds the longest length up to whole patches
+(at most ``global_context``, the last 15,360 steps rounded to patches: the earlier ones get exact zeros), pads the
+front of the shorter ones with zeros under ``mask``, and runs the model's torch ``decode`` (under ``no_grad``, in
+``inference_mode``: linear detrending gated per window, running RevIN statistics over the patches, CPM refinement of
+the horizon's statistics, stitched output patches) for the horizon rounded up to whole output patches; it then
+sorts each step's quantiles (``sort_quantiles=True``) and keeps the first ``horizon`` steps.
+
+DeepSHAP explains that path written in torch over the library's own ``decode``: the windows of one missing pattern
+cut after their leading missing steps, filled by the interpolation (a linear map fixed by the pattern), padded or
+cut to the batch's context and ``decode``'d with the library's mask; the sort is the order-statistic rule. A leading
+missing step is no player (exactly 0), nor is one inside the series (the interpolation reads its neighbours). The
+columns are the model's quantile levels (``predict_batch``'s ``forecast``, its point forecast, is the median's).
+
+What is explained is ``predict_batch`` with its defaults: ``use_symmetric_averaging``, ``make_positive`` and
+``use_znorm`` off, ``sort_quantiles`` on, one target variate per series, no covariates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from .adapters import Adapter, quantile_columns
+from .timesfm import interpolation_map
+
+
+class TimesFM3Adapter(Adapter):
+    distribution = "timesfm"
+    label = "TimesFM 3"
+    drops = "NaN (leading NaNs stripped and padded with the mask, inner NaNs interpolated linearly)"
+
+    def __init__(self, model: Any) -> None:
+        from timesfm3.torch import TimesFM3Forecaster, TimesFM3Torch
+
+        if isinstance(model, TimesFM3Torch):
+            raise InputError(
+                "rnnshap.foundation takes TimesFM 3's forecaster (timesfm3.TimesFM3Forecaster.from_pretrained(...)), whose "
+                "predict_batch() is the forecast it explains; a bare TimesFM3Torch has no forecast call of its own (decode "
+                "takes batches the forecaster lays out). Give the forecaster, or explain decode with rnnshap.DeepExplainer "
+                "on a module from context windows to its output (docs/recipes.md)"
+            )
+        if not isinstance(model, TimesFM3Forecaster):
+            raise InputError(f"rnnshap.foundation takes timesfm3's TimesFM3Forecaster; got {type(model).__name__}")
+        super().__init__(model)
+
+    @property
+    def net(self) -> Any:
+        return self.model.model
+
+    def context_length(self) -> int:
+        return int(self.model.global_context)
+
+    def patch_length(self) -> int:
+        return int(self.net.input_patch_len)
+
+    def levels(self, requested: Sequence[float] | None) -> list[Any]:
+        return list(quantile_columns(self.net.quantiles, requested, self.label))
+
+    def torch_modules(self) -> list[Any]:
+        return [self.net]
+
+    def _indices(self, levels: list[Any]) -> list[int]:
+        trained = [float(q) for q in self.net.quantiles]
+        return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
+
+    def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
+        outputs = self.model.predict_batch(
+            contexts=[row.copy() for row in windows], horizon=prediction_length, return_quantiles=True
+        )
+        quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
+        return quantiles[..., self._indices(levels)]
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(windows, nan=0.0)  # a missing step is never read (cut off, or filled from its neighbours)
+
+    def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
+        leading = int(np.cumprod(missing).sum())
+        if leading == missing.size:  # nothing observed: predict_batch forecasts from zeros over the whole window
+            return self.module(prediction_length, levels)
+        return self.module(prediction_length, levels, leading, interpolation_map(missing[leading:]))
+
+    def module(self, prediction_length: int, levels: list[Any], leading: int = 0, fill: np.ndarray | None = None) -> Any:
+        import torch
+        from torch import nn
+
+        H = prediction_length
+        columns = self._indices(levels)
+        patch = int(self.model.config.input_patch_length)
+        output_patch = int(self.model.config.output_patch_length)
+        horizon = math.ceil(H / output_patch) * output_patch  # predict_batch's global_horizon
+        longest = self.context_length()
+        interpolate = None if fill is None else torch.as_tensor(fill, dtype=torch.float32)
+
+        class Forecast(nn.Module):
+            """``predict_batch``'s path on torch tensors: windows (n, L) of one missing pattern -> (n, H·Q)."""
+
+            dtype = torch.float32
+
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                n = x.shape[0]
+                x = x[:, leading:]  # the leading missing steps, stripped
+                if interpolate is not None:  # the missing steps inside the series, interpolated
+                    x = x @ interpolate.to(x.device).T
+                length = x.shape[1]
+                context = max(min(math.ceil(length / patch) * patch, longest), patch)
+                if length >= context:  # the batch's context: the last steps, or the front padded with masked zeros
+                    target = x[:, length - context :]
+                    mask = torch.zeros(n, context, dtype=torch.bool, device=x.device)
+                else:
+                    target = torch.cat([x.new_zeros(n, context - length), x], dim=1)
+                    mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
+                out = self.net.decode(target=target[:, None], horizon=horizon, mask=mask)[:, :1]
+                out = torch.sort(out, dim=-1).values  # sort_quantiles
+                return out[:, 0, :H][..., columns].reshape(n, -1)
+
+        return Forecast(self.net)

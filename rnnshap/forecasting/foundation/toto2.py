@@ -1,0 +1,106 @@
+"""toto-2's Toto 2 (``toto2.model.Toto2Model``, toto-2 2.0.0): ``model.forecast(inputs, horizon)``.
+
+``forecast`` takes ``{"target": (b, variates, L), "target_mask": bool, "series_ids": (b, variates)}`` (``L`` whole
+patches) and returns every quantile, ``(Q, b, variates, H)``: the causal patch scaler over the observed steps (the
+mask of the context's last patch forced True), ``asinh`` of the scaled context, the transformer, and past its first
+output patches the rollout that feeds the median back, patch by patch.
+
+Each window is one series (one variate, ``series_ids`` 0); a missing value (NaN) is given as ``target_mask`` False with
+the value 0. DeepSHAP explains ``forecast`` itself on those inputs, the mask a context input (the explained window's
+for it and its references alike): a missing step is no player and gets exactly 0. The columns are the quantile levels
+of its output head.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from .adapters import Adapter, quantile_columns
+
+
+class Toto2Adapter(Adapter):
+    distribution = "toto-2"
+    label = "Toto 2"
+    drops = "NaN (target_mask False, the value 0)"
+
+    def __init__(self, model: Any) -> None:
+        from toto2.model import Toto2Model
+
+        if not isinstance(model, Toto2Model):
+            raise InputError(f"rnnshap.foundation takes toto2's Toto2Model; got {type(model).__name__}")
+        super().__init__(model)
+
+    def patch_length(self) -> int:
+        return int(self.model.config.patch_size)
+
+    def levels(self, requested: Sequence[float] | None) -> list[Any]:
+        return list(quantile_columns(self.model.output_head.knots, requested, self.label))
+
+    def torch_modules(self) -> list[Any]:
+        return [self.model]
+
+    def _indices(self, levels: list[Any]) -> list[int]:
+        trained = [float(q) for q in self.model.output_head.knots]
+        return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
+
+    def _check_length(self, L: int) -> None:
+        patch = self.patch_length()
+        if L % patch:
+            raise InputError(
+                f"{self.label}'s forecast takes contexts of whole patches of {patch} steps; the context has {L}. Give "
+                f"windows of a multiple of {patch} steps (or pad their front with NaN: unobserved steps, exactly 0)"
+            )
+
+    def _inputs(self, x: Any, observed: Any) -> dict[str, Any]:
+        import torch
+
+        return {
+            "target": x[:, None],
+            "target_mask": observed[:, None],
+            "series_ids": torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device),
+        }
+
+    def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
+        import torch
+
+        self._check_length(windows.shape[1])
+        device = next(self.model.parameters()).device
+        x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=torch.float32, device=device)
+        observed = torch.as_tensor(~np.isnan(windows), device=device)
+        with torch.no_grad():
+            quantiles = self.model.forecast(self._inputs(x, observed), prediction_length)  # (Q, n, 1, H)
+        out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)
+        return out.double().cpu().numpy()[..., self._indices(levels)]
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        self._check_length(windows.shape[1])
+        return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
+
+    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
+        return [~np.isnan(windows)]
+
+    def module(self, prediction_length: int, levels: list[Any]) -> Any:
+        import torch
+        from torch import nn
+
+        adapter = self
+        columns = self._indices(levels)
+
+        class Forecast(nn.Module):
+            """``Toto2Model.forecast`` of windows (n, L) with their observed mask (n, L): (n, H·Q)."""
+
+            dtype = torch.float32
+
+            def __init__(self, net: Any) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+                quantiles = self.net.forecast(adapter._inputs(x, observed), prediction_length)
+                out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)[..., columns]
+                return out.reshape(x.shape[0], -1)
+
+        return Forecast(self.model)

@@ -1,0 +1,95 @@
+"""rnnshap.foundation.explain on Moirai 2 (uni2ts 2.0.0's ``Moirai2Forecast``), held to its own public forecast
+call, ``predict(past_target)`` (under its own ``hparams_context(prediction_length=H)``).
+
+Truths independent of rnnshap: that call on the same context, which base value plus values must equal; Shapley
+values enumerated here over every coalition through it (against background windows, and with the missing players
+given as NaN, the way it takes missing values); exact zeros for the steps before its ``context_length``, the padding
+of a shorter series and gaps (which it marks unobserved and imputes). The forecaster is tiny, built from the
+library's own ``Moirai2Module`` (tests/zoo/foundation_models.py).
+
+uni2ts 2.0.0 pins torch < 2.5 and numpy 1.26: it is not an extra; install it beside torch 2.13 with ``--no-deps``
+(with gluonts, jaxtyping, wadler-lindig, hydra-core, omegaconf, antlr4-python3-runtime 4.9.3 and toolz, as
+tests/zoo/test_moirai2.py says); this file is skipped where it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rnnshap.foundation
+from rnnshap.errors import InputError
+
+from . import foundation_models
+from .test_foundation import SERIES, enumerated_shapley, state, tolerance, unchanged, windows
+
+pytest.importorskip("uni2ts.model.moirai2")
+
+
+@pytest.fixture(scope="module")
+def forecaster() -> Any:
+    return foundation_models.moirai2()
+
+
+def own_forecast(forecaster: Any, rows: Any, H: int) -> np.ndarray:
+    """The library's own call: ``predict`` of each series (a list, as it takes them), (n, H, Q)."""
+    with forecaster.hparams_context(prediction_length=H):
+        return np.asarray(forecaster.predict([np.asarray(r, dtype=np.float64) for r in rows])).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("H", [4, 9], ids=["one-patch", "rolled-out"])
+def test_moirai2_deepshap_adds_up_to_predict_with_zeros_for_trimmed_padded_and_missing_context(forecaster: Any, H: int) -> None:
+    context = [SERIES[300:320].copy(), SERIES[350:362].copy()]  # 20 steps (4 past context_length=16), and 12 (padded)
+    context[0][[10, 11, 15]] = np.nan  # gaps: unobserved, imputed by predict
+    background = windows(20, [0, 100, 200])
+    before = state(forecaster)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=H, background=background)
+    own = own_forecast(forecaster, context, H)
+    assert result.values.shape == (2, 20, H, 3) and result.quantile_levels == [0.1, 0.5, 0.9]
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, :4] == 0) and np.all(result.values[0, [10, 11, 15]] == 0)
+    assert np.all(result.values[1, :8] == 0)
+    assert np.abs(result.values[0, 4:10]).max() > 0 and np.abs(result.values[1, 8:]).max() > 0
+    assert unchanged(before, forecaster)
+
+
+def test_moirai2_shapley_patches_are_enumerated_through_predict(forecaster: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=4, background=background, method="shapley", players="patches",
+        budget=10_000, quantile_levels=[0.5],
+    )  # fmt: skip
+    truth = enumerated_shapley(lambda rows: own_forecast(forecaster, rows, 4)[..., 1], context[0], background, np.arange(16) // 4)
+    assert result.exact.all() and result.players == "patches"
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+def test_moirai2_dropping_context_is_nan_as_predict_takes_it(forecaster: Any) -> None:
+    context = windows(12, [300])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=4, method="shapley", players="patches", budget=1000, quantile_levels=[0.9]
+    )
+
+    def own(rows: np.ndarray) -> np.ndarray:  # a coalition missing its first players is a shorter series, as explain gives it
+        return own_forecast(forecaster, [r[np.argmax(~np.isnan(r)) :] if (~np.isnan(r)).any() else r for r in rows], 4)[..., 2]
+
+    truth = enumerated_shapley(own, context[0], np.full((1, 12), np.nan), np.arange(12) // 4)
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+def test_moirai2_other_quantile_levels_and_covariates_are_refused(forecaster: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    with pytest.raises(InputError, match="not one of them"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background, quantile_levels=[0.2])
+    from uni2ts.model.moirai2 import Moirai2Forecast
+
+    with_features = Moirai2Forecast(
+        prediction_length=4, target_dim=1, feat_dynamic_real_dim=1, past_feat_dynamic_real_dim=0, context_length=16,
+        module=forecaster.module,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="one target variate without covariates"):
+        rnnshap.foundation.explain(with_features, context, prediction_length=4, background=background)

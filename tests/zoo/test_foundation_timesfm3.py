@@ -1,0 +1,158 @@
+"""rnnshap.foundation.explain on TimesFM 3 (timesfm 3.0.2's ``timesfm3.TimesFM3Forecaster``), held to its own
+public forecast call, ``predict_batch(contexts, horizon, return_quantiles=True)``.
+
+Truths independent of rnnshap: that call on the same context, which base value plus values must equal; Shapley
+values enumerated here over every coalition through it (against background windows, and with the missing players
+given as NaN, the way it takes missing values); exact zeros for the padding of a shorter series, for gaps (which it
+interpolates) and for the steps before its longest context. The forecaster is tiny, built from the library's config
+classes as ``TimesFM3Forecaster(ModelConfig(checkpoint_path=...))`` builds it (tests/zoo/foundation_models.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import rnnshap
+import rnnshap.foundation
+from rnnshap.errors import InputError
+
+from . import foundation_models
+from .test_foundation import SERIES, enumerated_shapley, state, tolerance, unchanged, windows
+
+pytest.importorskip("timesfm3.torch")
+
+
+@pytest.fixture(scope="module")
+def forecaster() -> Any:
+    return foundation_models.timesfm3()
+
+
+def own_forecast(forecaster: Any, rows: Any, H: int) -> np.ndarray:
+    """The library's own call: ``predict_batch``'s quantiles, (n, H, Q)."""
+    outputs = forecaster.predict_batch([np.array(r, dtype=np.float64) for r in rows], horizon=H, return_quantiles=True)
+    return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+def test_timesfm3_deepshap_adds_up_to_predict_batch_with_zeros_for_padding_and_gaps(forecaster: Any) -> None:
+    context = [SERIES[300:316].copy(), SERIES[350:363].copy()]  # 16 steps, and 13 (a shorter series: padded with NaN)
+    context[0][[5, 6, 9, 15]] = np.nan  # gaps inside the series and its last step: interpolated by predict_batch
+    background = windows(16, [0, 100, 200])
+    before = state(forecaster.model)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=5, background=background)
+    own = own_forecast(forecaster, context, 5)
+    assert result.values.shape == (2, 16, 5, 3) and result.quantile_levels == [0.1, 0.5, 0.9]
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, [5, 6, 9, 15]] == 0) and np.abs(result.values[0, [4, 7, 8, 14]]).max() > 0
+    assert np.all(result.values[1, :3] == 0) and np.abs(result.values[1, 3:]).max() > 0
+    assert unchanged(before, forecaster.model)
+    # what the answer went through: quantiles that cross before predict_batch sorts them, and the linear detrending's
+    # gate on some of these windows and off on others (the library's own decode, detrending on and off)
+    rows = torch.as_tensor(np.concatenate([background, windows(16, [300, 330, 350])]), dtype=torch.float32)[:, None]
+    plain = copy.deepcopy(forecaster.model)
+    plain.use_linear_detrending = False
+    with torch.no_grad():
+        raw = forecaster.model.decode(target=rows, horizon=8)
+        detrended = (raw != plain.decode(target=rows, horizon=8)).flatten(1).any(1)
+    assert (raw[..., :-1] > raw[..., 1:]).any()
+    assert detrended.any() and not detrended.all()
+
+
+def test_timesfm3_steps_before_its_longest_context_get_exact_zeros(forecaster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict_batch keeps the last ``global_context`` steps (15,360 rounded to patches): here the library's own
+    constant set to 12, so that a window of 20 is cut as a longer one is by the released model."""
+    from timesfm3.torch import timesfm3_forecaster
+
+    monkeypatch.setattr(timesfm3_forecaster, "_MAX_CONTEXT_LENGTH", 12)
+    assert forecaster.global_context == 12
+    context, background = windows(20, [300, 330]), windows(20, [0, 100])
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=3, background=background)
+    own = own_forecast(forecaster, context, 3)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[:, :8] == 0) and np.abs(result.values[:, 8:]).max() > 0
+
+
+def test_timesfm3_shapley_patches_are_enumerated_through_predict_batch(forecaster: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=3, background=background, method="shapley", players="patches",
+        budget=10_000, quantile_levels=[0.5, 0.9],
+    )  # fmt: skip
+    truth = enumerated_shapley(
+        lambda rows: own_forecast(forecaster, rows, 3)[..., 1:].reshape(len(rows), -1), context[0], background,
+        np.arange(16) // 4,
+    )  # fmt: skip
+    assert result.exact.all() and result.players == "patches" and result.values.shape == (1, 4, 3, 2)
+    np.testing.assert_allclose(result.values[0].reshape(4, -1), truth, rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.total(), own_forecast(forecaster, context, 3)[..., 1:], rtol=0, atol=tolerance(truth))
+
+
+def test_timesfm3_dropping_context_is_nan_as_predict_batch_takes_it(forecaster: Any) -> None:
+    context = windows(12, [300])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=4, method="shapley", players="patches", budget=1000, quantile_levels=[0.5]
+    )
+    truth = enumerated_shapley(
+        lambda rows: own_forecast(forecaster, rows, 4)[..., 1], context[0], np.full((1, 12), np.nan), np.arange(12) // 4
+    )
+    assert result.game == "dropped" and result.exact.all()
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth, rtol=0, atol=tolerance(truth))
+
+
+def test_timesfm3_quantile_levels_pick_its_columns_and_others_are_refused(forecaster: Any) -> None:
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=background, quantile_levels=[0.9])
+    own = own_forecast(forecaster, context, 2)
+    np.testing.assert_allclose(result.total(), own[..., [2]], rtol=0, atol=tolerance(own))
+    with pytest.raises(InputError, match="not one of them"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=background, quantile_levels=[0.2])
+
+
+def test_timesfm3_bare_model_is_refused_naming_the_forecaster(forecaster: Any) -> None:
+    with pytest.raises(InputError, match="TimesFM3Forecaster"):
+        rnnshap.foundation.explain(forecaster.model, windows(16, [300]), prediction_length=2, background=windows(16, [0, 100]))
+
+
+def test_timesfm3_the_explained_path_is_exact_in_float64_across_the_detrending_gate(forecaster: Any) -> None:
+    """The function DeepSHAP explains, in float64, for a window and a reference on opposite sides of the detrending
+    gate: the sum is exact (float64 rounding), so the float32 miss of the door is float32's rounding. In float64 the
+    CPM refinement of the horizon's statistics is off: the library builds a float32 tensor inside it."""
+    from rnnshap.forecasting.foundation.timesfm3 import TimesFM3Adapter
+
+    model = copy.deepcopy(forecaster)
+    model.model.use_iterative_cpm_revin = False
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # decode's own zeros and masks in float64 too
+    try:
+        module = TimesFM3Adapter(model).module(5, [0.1, 0.5, 0.9]).double()
+        module.dtype = torch.float64
+        x, reference = (torch.as_tensor(windows(16, [s]), dtype=torch.float64) for s in (300, 100))
+        with torch.no_grad():
+            change = (module(x) - module(reference))[0].numpy()
+            plain = copy.deepcopy(model.model)
+            plain.use_linear_detrending = False
+            rows = torch.cat([x, reference])[:, None]
+            detrended = (model.model.decode(target=rows, horizon=8) != plain.decode(target=rows, horizon=8)).flatten(1).any(1)
+        assert detrended.tolist() == [False, True]
+        values = np.asarray(rnnshap.DeepExplainer(module, reference).shap_values(x, check_additivity=False))
+    finally:
+        torch.set_default_dtype(default)
+    assert values.shape == (1, 16, 15)
+    np.testing.assert_allclose(values[0].sum(0), change, rtol=0, atol=1e-9 * np.abs(change).max())
+
+
+def test_timesfm3_forecast_explainer_gives_explains_values_bit_for_bit(forecaster: Any) -> None:
+    context = [SERIES[300:316].copy(), SERIES[350:363].copy()]  # two missing patterns: two setups kept
+    context[0][7] = np.nan
+    background = windows(16, [0, 100, 200])
+    explainer = rnnshap.foundation.ForecastExplainer(forecaster, background=background)
+    once = rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background)
+    for _ in range(2):  # built, then kept
+        again = explainer.explain(context, prediction_length=4)
+        np.testing.assert_array_equal(again.values, once.values)
+        np.testing.assert_array_equal(again.base_values, once.base_values)
