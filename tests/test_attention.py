@@ -455,11 +455,51 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
         assert explainer.engine.distinct_references  # (the layout check's passes, run where several samples first ask)
         calls.update(reference=0, attribute=0, fast=0)
         values = explainer.shap_values(X)
-    # the passes take the Python path; the fast path runs only in the plain forward of the references
-    # (one call per layer) that tells whether the reference pass can be kept for later calls
-    assert calls == {"reference": 2, "attribute": 2, "fast": 2}
+    # the passes take the Python path; the fast path runs only in the plain forward of the references (one call per
+    # layer) that vets the constructor's reference pass, which misses its bits; the same forward recording for
+    # autograd (no fast path) gives them, so the call reuses that pass (no reference rule call)
+    assert calls == {"reference": 0, "attribute": 2, "fast": 2}
     assert_additive(values, model, X, background, F64)
     assert np.abs(values[:, -1]).max() == 0.0  # the padded step is never a key, and its query is not read
+
+
+def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nn.TransformerEncoder in eval mode: a plain forward without autograd takes torch's fused fast path, whose bits
+    differ from the layers' own operations (which the passes run), so the reference pass used to run again at every
+    call; vetted by the same forward recording for autograd, it is kept: a later call runs no reference rule, one
+    plain forward per call without the fast path after the first, and gives the same values bit for bit."""
+    calls = {"reference": 0, "attribute": 0, "fast": 0}
+    fast_path = torch._transformer_encoder_layer_fwd
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["fast"] += 1
+        return fast_path(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", counted)
+
+    class Spy(MultiHeadAttention):
+        def reference(self, call: Any) -> Any:
+            calls["reference"] += 1
+            return super().reference(call)
+
+        def attribute(self, call: Any) -> Any:
+            calls["attribute"] += 1
+            return super().attribute(call)
+
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    model = nn.Sequential(encoder, nn.Flatten(), nn.Linear(T * 8, 2)).eval()
+    background, X = torch.randn(6, T, 8), torch.randn(3, T, 8)
+    explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: Spy()})
+    first = explainer.shap_values(X)
+    calls.update(reference=0, attribute=0, fast=0)
+    second = explainer.shap_values(X)
+    assert calls == {"reference": 0, "attribute": 2, "fast": 0}  # (the vet remembers to record for autograd)
+    np.testing.assert_array_equal(second, first)
+    with torch.no_grad():
+        gap = (model(X) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(second.sum((1, 2)), gap, rtol=0, atol=50 * eps(torch.float32) * np.abs(second).sum((1, 2)).max())
 
 
 # -- refused by name ---------------------------------------------------------------------------------------

@@ -20,9 +20,8 @@ import rnnshap
 
 
 class MaskedAttention(nn.Module):
-    """Self-attention over time whose keys are masked by a boolean input (True: padding), then a tanh head (written
-    with torch ops: nn.MultiheadAttention's fused fast path gives a plain forward other bits than a pass, so its
-    reference pass is never kept)."""
+    """Self-attention over time whose keys are masked by a boolean input (True: padding), then a tanh head, written
+    with torch ops."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -133,6 +133,8 @@ class TorchEngine(Engine):
         #: kept tapes over the bytes kept between calls, held for the first call only (the constructor's reference
         #: pass, which that call would run again: see ``_keep``)
         self._first_call_only: set[Any] = set()
+        #: kept tapes whose plain forward gives the pass's outputs with autograd recording (see ``_computes``)
+        self._vetted_with_grad: set[Any] = set()
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -380,6 +382,7 @@ class TorchEngine(Engine):
         self._unkept.clear()
         self._unchecked.clear()
         self._first_call_only.clear()
+        self._vetted_with_grad.clear()
         if self._vetted is not None:
             self._vetted.clear()
 
@@ -434,20 +437,28 @@ class TorchEngine(Engine):
 
     def _computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
         """Whether a plain forward of the block's references (with ``context``) gives ``outputs`` bit for bit (see
-        ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before)."""
-        try:
-            with torch.no_grad():
-                now = self._take(self.model(*self._distinct_rows(block, context)))
-        except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
-            return False
-        finally:
-            state.restore()
-        return (
-            isinstance(now, Tensor)
-            and now.shape == outputs.shape
-            and now.dtype == outputs.dtype
-            and bool(torch.equal(now, outputs))
-        )
+        ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before).
+
+        The forward runs without autograd first and, where that misses, once with it: torch's transformer layers take
+        a fused fast path when nothing is recorded for autograd (``nn.TransformerEncoderLayer``,
+        ``nn.MultiheadAttention`` in eval mode), whose outputs differ in their last bits from the layer's own
+        operations, which the pass runs; with autograd recording (the parameters require grad) they run those. Which
+        one gave the outputs is remembered for the block, so that a later vet runs one forward."""
+        key = _kept_key(block, context)
+        for grad in (False, True) if key not in self._vetted_with_grad else (True,):
+            try:
+                with torch.set_grad_enabled(grad):
+                    now = self._take(self.model(*self._distinct_rows(block, context)))
+            except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
+                return False
+            finally:
+                state.restore()
+            same = isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype
+            if same and bool(torch.equal(now, outputs)):
+                if grad:
+                    self._vetted_with_grad.add(key)
+                return True
+        return False
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
