@@ -235,3 +235,29 @@ def test_a_tensor_indexed_by_a_draw_does_not_carry_the_draw() -> None:
     weight = model.linear.weight.detach().numpy()  # the closed form of a linear model: W (x - E r)
     expected = np.einsum("oi,ni->nio", weight, (X - background.mean(0)).numpy())
     assert_rounding_close(values, expected, D, what="values against W (x - E r)")
+
+
+class FirstOfUnsorted(nn.Module):
+    """``topk(n, sorted=False).values[:, :2]``: every position, but the output reads the first two of an order torch
+    does not specify (torch's CPU kernel returns them partly ordered by value); not a function rnnshap can take in the
+    positions' own order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).topk(5, -1, sorted=False).values[:, :2]
+
+
+def test_a_topk_of_every_position_whose_order_reaches_the_output_is_refused() -> None:
+    torch.manual_seed(0)
+    model = FirstOfUnsorted().to(D).eval()
+    background = torch.randn(6, 5, dtype=D)
+    with torch.no_grad():
+        own = model(background)
+        in_order = model.linear(background)[:, :2]
+    assert not torch.equal(own, in_order)  # (the premise: torch's order is not the positions' own here)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"topk.*order torch does not specify") as refused:
+        rnnshap.DeepExplainer(model, background)
+    assert "sorted=True" in str(refused.value), str(refused.value)

@@ -19,13 +19,22 @@ from ...errors import InputError, RnnShapError, TapeMismatchError, UnsupportedOp
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
+from ...rules.selection import topk_of_every_position
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
-from .safety import PreservedState, as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
+from .safety import (
+    PreservedState,
+    RandomStates,
+    as_tensors,
+    check_matching,
+    check_meta,
+    check_model,
+    model_device_and_dtype,
+)
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
 Tensor = torch.Tensor
@@ -105,6 +114,8 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         least = max(computed, key=lambda d: torch.finfo(d).eps)
+        if probe.unordered_topks:
+            self._check_unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
         self._check_rows_independent(torch.finfo(least).eps, outputs)
         self.background_outputs = numpy(outputs).astype(np.float64)
         _check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
@@ -218,6 +229,40 @@ class TorchEngine(Engine):
             if not _repeats(a.output, b.output, axes[0]):
                 return False
         return True
+
+    def _check_unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
+        """Refuse a model whose output depends on the order of a ``topk`` of every position unsorted (``names``).
+        rnnshap's passes take its positions in their own order (rules/selection.py), one of the orders torch may
+        return: ``probed``, the probe's outputs on the background, are the model's in that order. The model's own
+        forward (torch's order) and one with the positions reversed must give them again, up to the rounding of 1e3
+        ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is the model's."""
+        state, randoms = PreservedState(self.model), RandomStates(self.model)
+
+        def run(reverse: bool | None) -> Any:
+            try:
+                with torch.no_grad(), (contextlib.nullcontext() if reverse is None else _UnorderedTopk(reverse)):
+                    return self._take(self.model(*[b.clone() for b in self.background]))
+            finally:
+                state.restore()
+
+        try:
+            for reverse, order in ((None, "torch's"), (True, "the reversed")):
+                try:
+                    out = run(reverse)
+                except Exception:  # noqa: BLE001 (a model that fails here: the passes report what fails)
+                    return
+                if isinstance(out, Tensor) and out.shape == probed.shape and _repeats_close(out, probed, eps):
+                    continue
+                gap = float((out - probed).abs().max()) if isinstance(out, Tensor) and out.shape == probed.shape else None
+                how = f"differ by up to {gap:.3g}" if gap is not None else "differ"
+                why = (
+                    "with sorted=False it returns every position in an order torch does not specify, and the model's output "
+                    f"depends on that order (the outputs of the {self.references} background rows in {order} order and in "
+                    f"the positions' own {how}): use sorted=True, or make the output independent of the order"
+                )
+                raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
+        finally:
+            randoms.drawn()  # (the generators put back: a forward that draws, checked not to matter before)
 
     def _check_rows_independent(self, eps: float, probed: Tensor) -> None:
         """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
@@ -862,6 +907,30 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
     rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
     return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
+
+
+class _UnorderedTopk(torch.overrides.TorchFunctionMode):
+    """``topk`` of every position unsorted returns the positions in their own order, or reversed (``reverse``): two of
+    the orders torch may return (see ``Engine._check_unordered_topk``)."""
+
+    def __init__(self, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in (torch.topk, Tensor.topk) or not topk_of_every_position(args, kwargs):
+            return func(*args, **kwargs)
+        operand = args[0]
+        dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1)) % operand.dim()
+        n = operand.shape[dim]
+        order = torch.arange(n, device=operand.device)
+        if self.reverse:
+            order = order.flip(0)
+        shape = [1] * operand.dim()
+        shape[dim] = n
+        indices = order.reshape(shape).expand(operand.shape).contiguous()
+        return torch.return_types.topk((operand.gather(dim, indices), indices))
 
 
 def _close_to_scale(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:

@@ -152,6 +152,9 @@ class AttributionMode(TorchFunctionMode):
         self._written = TensorMap()
         #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
         self.picked_indices = TensorMap()
+        #: the topk calls of every position unsorted, taken in the positions' own order (rules/selection.py): the
+        #: constructor checks that the output does not depend on that order (``Engine._check_unordered_topk``)
+        self.unordered_topks: set[str] = set()
         #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
         self._decisions = TensorMap()
         #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
@@ -287,6 +290,7 @@ class AttributionMode(TorchFunctionMode):
             return
         constant = getattr(rule, "constant_indices", None) if rule is not None else None
         if constant is not None and call is not None and constant(call):
+            self.unordered_topks.add(name)
             return  # (indices that do not depend on the values: a topk of every position, taken in order)
         handle_of = getattr(rule, "index_handle", None) if rule is not None else None
         for leaf in tree_flatten(result)[0]:
