@@ -19,8 +19,8 @@ import torch
 pytest.importorskip("neuralforecast")
 pytest.importorskip("captum")
 from neuralforecast import NeuralForecast  # noqa: E402
-from neuralforecast.losses.pytorch import DistributionLoss, IQLoss  # noqa: E402
-from neuralforecast.models import MLP, MLPMultivariate, TSMixer  # noqa: E402
+from neuralforecast.losses.pytorch import DistributionLoss, HuberIQLoss, IQLoss  # noqa: E402
+from neuralforecast.models import LSTM, MLP, MLPMultivariate, TSMixer  # noqa: E402
 from neuralforecast.utils import AirPassengersPanel, AirPassengersStatic  # noqa: E402
 
 from rnnshap.errors import InputError  # noqa: E402
@@ -273,6 +273,30 @@ def test_iqloss_with_quantiles_explains_each_quantile_predict_reports(data: dict
         np.testing.assert_array_equal(fcsts[column].to_numpy().reshape(S, H), reported)
         _assert_adds_up(total[:, :, 0, i], reported, f"IQLoss {column}")
     assert not np.allclose(total[:, :, 0, 0], total[:, :, 0, 1])  # (two quantiles, two forecasts)
+
+
+@pytest.mark.parametrize("kind", ["multivariate", "recurrent", "huber"])
+def test_iqloss_with_quantiles_adds_up_for_multivariate_recurrent_and_huber_models(data: dict[str, Any], kind: str) -> None:
+    """The same for a multivariate network (every series' quantiles), a recurrent one (the rollout run at each
+    quantile of the grid) and HuberIQLoss: each quantile asked adds up to its column of nf.predict."""
+    models = {
+        "multivariate": lambda: MLPMultivariate(h=H, input_size=L, n_series=S, hidden_size=8, num_layers=1, loss=IQLoss(),
+                                                **QUIET),
+        "recurrent": lambda: LSTM(h=H, input_size=L, encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True,
+                                  loss=IQLoss(), **QUIET),
+        "huber": lambda: MLP(h=H, input_size=L, hidden_size=8, num_layers=1, loss=HuberIQLoss(), **QUIET),
+    }  # fmt: skip
+    nf = _fit([models[kind]()], {"df": data["df"][["unique_id", "ds", "y"]], "static_df": None})
+    forecast = nf.predict(quantiles=[0.25, 0.9])
+    name = type(nf.models[0]).__name__
+    columns = [f"{name}_ql0.25", f"{name}_ql0.9"]
+    assert [c for c in forecast.columns if c.startswith(name)] == columns
+    _, ex = explain(nf, outputs=[0, 1], quantiles=[0.25, 0.9], verbose=False)
+    multivariate = kind == "multivariate"
+    total = _total(ex[name], multivariate)
+    for i, column in enumerate(columns):
+        got = total[0, :, :, i].T if multivariate else total[:, :, 0, i]  # (series, horizon)
+        _assert_adds_up(got, forecast[column].to_numpy().reshape(S, H), f"{kind} {column}")
 
 
 def test_multivariate_with_a_global_scaler_adds_up_in_the_datas_units(data: dict[str, Any]) -> None:
