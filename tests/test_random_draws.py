@@ -132,16 +132,20 @@ def test_noise_added_to_the_output_is_refused_as_followed_and_compared() -> None
 
 class SampledKeys(nn.Module):
     """A ProbSparse attention's selection (Informer): a key sampled with torch.randint scores the queries, and the top
-    ``keep`` queries attend while the others take the mean of the values. Keeping every query, the scores change
-    which query is picked first, never the output: the draws flow into the output without changing it."""
+    ``keep`` queries attend while the others take the mean of the values. Keeping every query (``keep`` the row's
+    length), ``topk(sorted=False)`` returns every position, the scores only deciding an order torch does not specify,
+    and the same indices write back what they gathered: the draws cannot change the output. ``keep=None`` is the twin
+    that draws nothing: every query attends, in order."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int | None) -> None:
         super().__init__()
         self.keep = keep
         self.q, self.k, self.v = nn.Linear(1, 3), nn.Linear(1, 3), nn.Linear(1, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.q(x[..., None]), self.k(x[..., None]), self.v(x[..., None])
+        if self.keep is None:
+            return (torch.softmax(q @ k.transpose(1, 2), -1) @ v).sum(-1)
         scores = x * x[:, torch.randint(0, x.shape[1], (1,))]  # by one sampled key: its sign decides the order
         top = scores.topk(self.keep, -1, sorted=False).indices
         rows = torch.arange(x.shape[0])[:, None]
@@ -150,14 +154,39 @@ class SampledKeys(nn.Module):
         return out.sum(-1)
 
 
+def test_a_topk_of_every_position_keeps_the_draws_from_the_output_and_is_explained_exactly() -> None:
+    """Keeping every query: rnnshap takes the topk's positions in their own order (an order torch may return), so its
+    indices are a constant and the sampled key reaches nothing; the values add up to the model's own outputs and equal
+    those of the twin that draws nothing (every query attending in order)."""
+    model, twin = SampledKeys(keep=6).to(D).eval(), SampledKeys(keep=None).to(D).eval()
+    twin.load_state_dict(model.state_dict())
+    background, X = torch.randn(5, 6, dtype=D), torch.randn(3, 6, dtype=D)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, D)
+    expected = rnnshap.DeepExplainer(twin, background).shap_values(X)
+    assert_rounding_close(values, expected, D, what="values against the twin without draws")
+
+
+class DrawCancels(nn.Module):
+    """Noise drawn with torch.randn_like added times zero: followed into the output, never changing it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        return out + 0.0 * torch.randn_like(out)
+
+
 def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_matter() -> None:
     """The refusal says what it checked: the draws were followed into the output, and the outputs were the same under
-    every seed (keeping every query) or differed (keeping some)."""
+    every seed (the draws cancelled) or differed (keeping some queries)."""
     background = torch.randn(5, 6, dtype=D)
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as every:
-        rnnshap.DeepExplainer(SampledKeys(keep=6).to(D).eval(), background)
+        rnnshap.DeepExplainer(DrawCancels().to(D).eval(), background[:, :4])
     message = str(every.value)
-    assert "torch.randint" in message and "flow into its output" in message and "gave the same outputs" in message, message
+    assert "torch.randn_like" in message and "flow into its output" in message and "gave the same outputs" in message, message
     assert "they matter" not in message and "differ by up to" not in message, message
     with pytest.raises(rnnshap.ModelStateError, match="they matter") as some:
         rnnshap.DeepExplainer(SampledKeys(keep=2).to(D).eval(), background)
@@ -183,3 +212,52 @@ def test_a_draw_that_changes_the_output_one_call_in_four_is_refused() -> None:
         random.seed(seed)
         with pytest.raises(rnnshap.ModelStateError, match="differ by up to"):
             rnnshap.DeepExplainer(model, background)
+
+
+class ReadsAtADraw(nn.Module):
+    """``x[:, drawn]`` read and left unused: a draw that indexes a tensor does not flow into that tensor (an indexing
+    ``__getitem__`` was once followed as if it wrote into ``x``, as an in-place method named with a trailing ``_`` does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen = x[:, torch.randint(0, x.shape[1], (2,))]  # (kept for logging, say; never in the output)
+        return self.linear(x)
+
+
+def test_a_tensor_indexed_by_a_draw_does_not_carry_the_draw() -> None:
+    model = ReadsAtADraw().to(D).eval()
+    background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, D)
+    weight = model.linear.weight.detach().numpy()  # the closed form of a linear model: W (x - E r)
+    expected = np.einsum("oi,ni->nio", weight, (X - background.mean(0)).numpy())
+    assert_rounding_close(values, expected, D, what="values against W (x - E r)")
+
+
+class FirstOfUnsorted(nn.Module):
+    """``topk(n, sorted=False).values[:, :2]``: every position, but the output reads the first two of an order torch
+    does not specify (torch's CPU kernel returns them partly ordered by value); not a function rnnshap can take in the
+    positions' own order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).topk(5, -1, sorted=False).values[:, :2]
+
+
+def test_a_topk_of_every_position_whose_order_reaches_the_output_is_refused() -> None:
+    torch.manual_seed(0)
+    model = FirstOfUnsorted().to(D).eval()
+    background = torch.randn(6, 5, dtype=D)
+    with torch.no_grad():
+        own = model(background)
+        in_order = model.linear(background)[:, :2]
+    assert not torch.equal(own, in_order)  # (the premise: torch's order is not the positions' own here)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"topk.*order torch does not specify") as refused:
+        rnnshap.DeepExplainer(model, background)
+    assert "sorted=True" in str(refused.value), str(refused.value)

@@ -4,7 +4,8 @@
 Truths: a float32 model whose output for a row changes with its place in the batch by a few float32 eps
 (what kernels that sum in another order for another batch do, as sktime's MVTS transformer's) is accepted and
 its values add up to its own outputs; the same change on a float64 model is no float64 rounding and is
-refused; a model that normalizes over the batch is refused in float32 too.
+refused; a model that normalizes over the batch is refused in float32 too; a coupling smaller than the float32
+tolerance (floored at an output scale of 1) is refused at the same batch size, a float64 copy showing it is no rounding.
 """
 
 from __future__ import annotations
@@ -82,3 +83,43 @@ def test_rows_that_interact_are_refused_in_float32() -> None:
     _, background = data(torch.float32)
     with pytest.raises(rnnshap.InputError, match="(?s)mixes the rows of axis 0.*two halves.*normalizes over the batch"):
         rnnshap.DeepExplainer(model, background)
+
+
+class FoldedHeads(nn.Module):
+    """Transformers' Autoformer's coupling, small: per-sample gates repeated heads-major (``g.repeat(heads)``) along a
+    batch-major (batch · heads) axis, so row ``b`` reads the gates of rows ``(b · heads + h) mod batch``; its outputs of
+    scale ``scale`` move by less than the rows check's float32 tolerance floored at an output scale of 1."""
+
+    def __init__(self, heads: int = 2, scale: float = 1e-4) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale
+        self.values, self.gate = nn.Linear(6, 4 * heads), nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        v = torch.tanh(self.values(x.flatten(1))).reshape(batch * self.heads, 4)  # batch-major
+        g = torch.sigmoid(self.gate(x.flatten(1)))  # (batch, 1), one per sample
+        return self.scale * (v * g.repeat(self.heads, 1)).reshape(batch, -1)
+
+
+def test_a_coupling_below_the_tolerance_floor_is_refused_at_the_same_batch_size() -> None:
+    """The coupling is no rounding (float64 shows it too: 1e-2 of the outputs' scale), but in float32 it is below the
+    reversal and halves tests' tolerance (1e3 eps of an output scale floored at 1): the third test, half the rows kept
+    and the others replaced at the same batch size, refuses it by name (it used to fail the additivity check, which
+    blamed float32's rounding)."""
+    torch.manual_seed(0)
+    model = FoldedHeads().eval()
+    background, _ = data(torch.float32)
+    with torch.no_grad():
+        double = FoldedHeads().double().eval()
+        double.load_state_dict(model.state_dict())
+        together = double(background.double())
+        alone = torch.cat([double(row[None]) for row in background.double()])
+    scale = float(together.abs().max())
+    assert float((together - alone).abs().max()) > 1e-2 * scale  # (coupled, not rounding)
+    assert float((together - alone).abs().max()) < 1e3 * eps(torch.float32)  # (under the floored tolerance)
+    with pytest.raises(rnnshap.InputError, match=r"mixes the rows of axis 0.*\(the same batch size\)"):
+        rnnshap.DeepExplainer(model, background)
+    single = FoldedHeads(heads=1).eval()  # one head: no coupling, explained exactly
+    values = rnnshap.DeepExplainer(single, background).shap_values(data(torch.float32)[1])
+    assert_additive(values, single, data(torch.float32)[1], background, torch.float32)

@@ -88,6 +88,24 @@ def _distribution_mean(distribution: str, args: Sequence[Any]) -> Any:
     return _MEANS[distribution](args)
 
 
+#: the quantiles at which ``NeuralForecast.predict`` runs an IQLoss network when asked quantiles= or level=, in its
+#: order (it reports ``np.quantile`` over these 11 forecasts: neuralforecast 3.3's core.py, "case 2: IQLoss")
+IQ_GRID = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def _is_iq(model: Any) -> bool:
+    return type(model.loss).__name__ in ("IQLoss", "HuberIQLoss")
+
+
+def _asked_quantiles(quantiles: Sequence[float] | None, level: Sequence[float] | None) -> list[float] | None:
+    """The quantiles ``NeuralForecast.predict`` forecasts for ``quantiles=`` / ``level=``, in its column order."""
+    if level is not None:
+        from neuralforecast.utils import level_to_quantiles
+
+        return [float(q) for q in level_to_quantiles(sorted(set(level)))]
+    return None if quantiles is None else [float(q) for q in sorted(set(quantiles))]
+
+
 def supported(model: Any) -> str | None:
     """None where :func:`explain` takes ``model``, else why not (in neuralforecast's terms)."""
     name = _name(model)
@@ -113,11 +131,15 @@ class _ForecastBuilder:
     """Builds the module ``f(*windows) -> (n, k)`` explained for one batch of windows of one model."""
 
     def __init__(
-        self, model: Any, y_idx: Any, horizons: list[int], outputs: list[int], present: list[str], series: list[int]
+        self, model: Any, y_idx: Any, horizons: list[int], outputs: list[int], present: list[str], series: list[int],
+        iq_quantiles: list[float] | None = None,
     ) -> None:
         self.model, self.y_idx, self.horizons, self.outputs, self.present = model, y_idx, horizons, outputs, present
         #: the explained series of a multivariate model ([0] for a univariate one)
         self.series = series
+        #: an IQLoss model asked quantiles= / level=: those quantiles, each ``np.quantile`` (linear) over the network's
+        #: forecasts at :data:`IQ_GRID`, as ``NeuralForecast.predict`` reports them (the outputs then index them)
+        self.iq_quantiles = iq_quantiles
 
     def point_module(self) -> Any:
         """The forecast in the network's scaled units (the scaler neutralized by the caller): (n, H·S·O), horizon-major,
@@ -149,12 +171,35 @@ class _ForecastBuilder:
             def one(self, batch: dict[str, Any]) -> Any:
                 model = self.net
                 step = model._predict_step_recurrent_batch if model.RECURRENT else model._predict_step_direct_batch
-                # (n, H, n_outputs), MQLoss direct: (n, H, 1, Q); multivariate: (n, H, n_series[, Q])
-                y_hat = step(y_idx=parent.y_idx, **batch)
+                if parent.iq_quantiles is not None:
+                    y_hat = self.iq(step, batch)
+                else:
+                    # (n, H, n_outputs), MQLoss direct: (n, H, 1, Q); multivariate: (n, H, n_series[, Q])
+                    y_hat = step(y_idx=parent.y_idx, **batch)
                 n_series = model.n_series if model.MULTIVARIATE else 1
                 y_hat = y_hat.reshape(y_hat.shape[0], y_hat.shape[1], n_series, -1)
                 y_hat = y_hat[:, parent.horizons][:, :, parent.series][:, :, :, parent.outputs]
                 return y_hat.reshape(y_hat.shape[0], -1)
+
+            def iq(self, step: Any, batch: dict[str, Any]) -> Any:
+                """The asked quantiles as predict reports them: the network run at each quantile of
+                :data:`IQ_GRID` (the quantile an input of its IQN head), then ``np.quantile``'s linear interpolation
+                over those forecasts, written as ``torch.quantile`` (sort and interpolation: exact rules).
+                (n, H[, n_series], Q)"""
+                loss, kept = self.net.loss, self.net.loss.q
+                try:
+                    forecasts = []
+                    for q in IQ_GRID:
+                        loss.update_quantile(q=[q])
+                        forecasts.append(step(y_idx=parent.y_idx, **batch).reshape(batch["insample_y"].shape[0], -1))
+                finally:
+                    loss.update_quantile(q=[kept])
+                grid = torch.stack(forecasts, dim=-1)  # (n, H·n_series, 11)
+                quantiles = list(parent.iq_quantiles or ())
+                asked = torch.tensor(quantiles, dtype=grid.dtype, device=grid.device)
+                y_hat = torch.quantile(grid, asked, dim=-1, interpolation="linear")  # (Q, n, H·n_series)
+                n_series = self.net.n_series if self.net.MULTIVARIATE else 1
+                return y_hat.permute(1, 2, 0).reshape(grid.shape[0], -1, n_series, len(quantiles))
 
         return Forecast()
 
@@ -233,6 +278,8 @@ class _Run:
         #: per model name: (recursive step, the explained outputs, and in the Shapley mode the standard errors and rows
         #: per window) of each call
         self.calls: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        #: IQLoss models asked quantiles= / level= (by id): the quantiles asked (see ``_ForecastBuilder.iq_quantiles``)
+        self.iq: dict[int, list[float]] = {}
 
     def explain_batch(
         self,
@@ -287,7 +334,21 @@ class _Run:
             i = present.index("stat_exog")
             X[i] = X[i].unsqueeze(0).expand(n, *X[i].shape).clone()
         background = self._background(present, X)
-        build = _ForecastBuilder(model, y_idx, local, outputs, present, series)
+        iq_quantiles = self.iq.get(id(model))
+        if iq_quantiles is not None and model.loss.q != IQ_GRID[-1]:
+            # neuralforecast's predict runs an IQLoss model once per quantile of IQ_GRID, each run's explanations
+            # replacing the last: the asked quantiles (which read all 11) are explained in the last run, the others
+            # answer zeros of its shapes
+            zeros = [np.zeros((n, *x.shape[1:], len(local) * len(series) * len(outputs))) for x in X]
+            shaped = self._shape(model, present, zeros, len(local), len(series), len(outputs), X)
+            dtype, device = insample_y.dtype, insample_y.device
+
+            def zero(key: str) -> Any:
+                return None if key not in shaped else torch.as_tensor(shaped[key], dtype=dtype, device=device)
+
+            base = torch.zeros(n, len(local), len(series), len(outputs), dtype=dtype, device=device)
+            return zero("insample"), zero("futr_exog"), zero("hist_exog"), zero("stat_exog"), base
+        build = _ForecastBuilder(model, y_idx, local, outputs, present, series, iq_quantiles)
         y_loc, y_scale = (t.detach().clone() for t in model._get_loc_scale(y_idx))  # (n, 1, 1); multivariate (n, 1, n_series)
         what = f"neuralforecast's {_name(model)}"
         with torch.enable_grad():
@@ -453,7 +514,9 @@ def explain(
         nf: a fitted ``NeuralForecast``.
         horizons, outputs, series, df, static_df, futr_df, h, verbose, engine, level, quantiles, data_kwargs:
             as for ``NeuralForecast.explain``. ``outputs`` indexes the loss's outputs (MQLoss / IQLoss
-            quantiles in ``loss.output_names`` order) and, for a ``DistributionLoss``, its distribution
+            quantiles in ``loss.output_names`` order; for an IQLoss model asked ``quantiles=`` / ``level=``, the
+            quantiles asked, in the order of predict's columns, each ``np.quantile`` over the network's forecasts at
+            :data:`IQ_GRID` as predict reports it) and, for a ``DistributionLoss``, its distribution
             parameters (``loss.param_names`` order: Normal's loc and scale, in the data's units).
         explainer: None, ``"DeepSHAP"`` or ``"Shapley"`` (an alias of ``method``); any other name is passed to
             neuralforecast's own ``explain`` (its Captum explainers: ``"IntegratedGradients"``,
@@ -539,18 +602,13 @@ def explain(
     # a model rnnshap does not take is skipped with a warning naming it, as neuralforecast skips the models its
     # explainers do not take; the others are explained
     active, skipped = [], {}
+    # neuralforecast forecasts an IQLoss model asked quantiles= / level= at 11 fixed quantiles and reports np.quantile
+    # over them (its monotonization): a sort and a linear interpolation, explained exactly as such (the outputs index
+    # the quantiles asked, in the order of predict's columns)
+    asked = _asked_quantiles(quantiles, level)
+    iq = {id(model): asked for model in nf.models if asked is not None and _is_iq(model)}
     for model in nf.models:
         why = supported(model)
-        iq = type(model.loss).__name__ in ("IQLoss", "HuberIQLoss")
-        if why is None and iq and (quantiles is not None or level is not None):
-            # neuralforecast forecasts 11 quantiles of an IQLoss model and reports np.quantile over them (its
-            # monotonization): an order statistic of 11 forecasts, which DeepSHAP has no exact rule for
-            why = (
-                f"{_name(model)} uses {type(model.loss).__name__} with quantiles=/level=: neuralforecast reports np.quantile "
-                "over its forecasts at 11 fixed quantiles (an order statistic of 11 forecasts), not the network's forecast at "
-                "the quantile asked; explain without quantiles=/level= (the network's median forecast, the column "
-                f"{_name(model)}_ql0.5 nf.predict() reports), or with method='shapley' on the recipe path (docs/recipes.md)"
-            )
         if why is None:
             active.append(model)
         else:
@@ -572,7 +630,7 @@ def explain(
             "all horizon steps"
         )
     horizons = [int(k) for k in horizons]
-    n_out = min(_n_outputs(model) for model in active)
+    n_out = min(len(iq[id(model)]) if id(model) in iq else _n_outputs(model) for model in active)
     if outputs is None:
         outputs = [0]
     elif not outputs or any(not 0 <= int(o) < n_out for o in outputs):
@@ -604,7 +662,7 @@ def explain(
     while True:
         try:
             fcsts_df, explanations = _explain_models(nf, active, method, budget, random_state, batch_size,
-                                                     check_additivity, background, config, predict)  # fmt: skip
+                                                     check_additivity, background, config, predict, iq)  # fmt: skip
             break
         except _Refused as refused:  # DeepSHAP has no exact rule for an operation of one model: the others go on
             if len(active) == 1:
@@ -711,9 +769,12 @@ elif not any(isinstance(f, _KeepOwnExplain) for f in sys.meta_path):
 def _explain_models(
     nf: Any, models: list[Any], method: str, budget: int | None, random_state: Any, batch_size: int,
     check_additivity: bool | float, background: Any, config: dict[str, Any], predict: dict[str, Any],
+    iq: Mapping[int, list[float]] | None = None,
 ) -> tuple[Any, dict[str, dict[str, Any]]]:  # fmt: skip
-    """neuralforecast's predict over ``models`` with rnnshap answering each batch's attribution."""
+    """neuralforecast's predict over ``models`` with rnnshap answering each batch's attribution (``iq``: the quantiles
+    asked of IQLoss models, by id, see ``_Run.iq``)."""
     run = _Run(method, budget, random_state, batch_size, check_additivity, background)
+    run.iq = dict(iq or {})
     record: dict[str, Any] = {}
     verbose = predict["verbose"]
     with contextlib.ExitStack() as restore:

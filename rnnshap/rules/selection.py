@@ -48,6 +48,20 @@ from .structured import picked_index, ranked_values
 Tensor = torch.Tensor
 
 
+def topk_of_every_position(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``topk(*args, **kwargs)`` asks ``sorted=False`` for as many picks as its dimension holds: every
+    position, in an order torch does not specify (Informer's ProbSparse attention keeping every query, ``u = L_Q``).
+    rnnshap takes them in the positions' own order (:meth:`Ordering._run`), its indices then a constant."""
+
+    def arg(position: int, name: str, default: Any) -> Any:
+        return args[position] if len(args) > position else kwargs.get(name, default)
+
+    operand, k = arg(0, "input", None), arg(1, "k", None)
+    if not isinstance(operand, Tensor) or operand.dim() == 0 or k is None or bool(arg(4, "sorted", True)):
+        return False
+    return int(k) == operand.shape[int(arg(2, "dim", -1))]
+
+
 def _extremum_dim(call: OpCall) -> tuple[int | None, bool]:
     args, kwargs = call.args, call.kwargs
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -131,7 +145,7 @@ class Ordering(Rule):
                 "without a dimension it takes the median of the whole batch, so every row's value depends on the other rows: "
                 "give it the dimension"
             )
-        if self.kind == "topk" and not bool(call.args[4] if len(call.args) > 4 else call.kwargs.get("sorted", True)):
+        if self.kind == "topk" and not self._sorted(call) and not self._every_position(call):
             return (
                 "with sorted=False it returns its k picks in an order torch does not specify, so the input's picks cannot "
                 "be paired with the reference's by rank: use sorted=True"
@@ -140,12 +154,40 @@ class Ordering(Rule):
             return "it orders a single number; take the value itself"
         return None
 
+    def _sorted(self, call: OpCall) -> bool:
+        return bool(call.args[4] if len(call.args) > 4 else call.kwargs.get("sorted", True))
+
+    def _every_position(self, call: OpCall) -> bool:
+        """``topk(k, sorted=False)`` with ``k`` the dimension's size (:func:`topk_of_every_position`)."""
+        return self.kind == "topk" and topk_of_every_position(tuple(call.args), dict(call.kwargs))
+
+    def _run(self, call: OpCall, operand: Tensor) -> Any:
+        """The operation on ``operand``; a ``topk`` of every position unsorted in the positions' own order, one of the
+        orders torch may return (see :meth:`_every_position`): its values the operand, its indices a constant
+        ``arange`` on both sides of every pair, so that nothing is credited to the scores that ordered them (a model
+        whose output depends on that order is not a function of its input: torch may return any)."""
+        if not self._every_position(call):
+            return call.evaluate([operand])
+        dim = int(self._bound(call)[0] or 0)
+        n = operand.shape[dim]
+        shape = [1] * operand.dim()
+        shape[dim] = n
+        indices = torch.arange(n, device=operand.device).reshape(shape).expand(operand.shape).contiguous()
+        return torch.return_types.topk((operand.clone(), indices))
+
+    def reference(self, call: OpCall) -> Any:
+        return self._run(call, call.inputs[0]) if self._every_position(call) else super().reference(call)
+
+    def constant_indices(self, call: OpCall) -> bool:
+        """Whether the indices this call returns are a constant, not picked by the values (see :meth:`_run`)."""
+        return self._every_position(call)
+
     def _orders(self, call: OpCall, dim: int, largest: bool, rank: int | None, indices: Tensor) -> tuple[Tensor, Tensor]:
         """The positions at the ranks the operation returns (up to ``rank``), both sides, over the last
         axis; ``indices``: the operation's own on the input side."""
         sides = (call.inputs[0].detach(), call.references[0])
         if self.kind in ("topk", "sort", "argsort"):
-            reference = call.evaluate([sides[1]])
+            reference = self._run(call, sides[1])
             return indices.movedim(dim, -1), (reference if isinstance(reference, Tensor) else reference.indices).movedim(dim, -1)
         assert rank is not None
         ordered = [torch.sort(t.movedim(dim, -1), dim=-1, descending=largest, stable=True).indices[..., :rank] for t in sides]
@@ -154,7 +196,7 @@ class Ordering(Rule):
     def attribute(self, call: OpCall) -> Any:
         dim, largest, rank, keepdim = self._bound(call)
         assert dim is not None
-        result = call.evaluate([call.inputs[0].detach()])
+        result = self._run(call, call.inputs[0].detach())
         if self.kind == "argsort":
             return result
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
@@ -169,7 +211,7 @@ class Ordering(Rule):
         dim, largest, rank, keepdim = self._bound(call)
         assert dim is not None
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        index_r = call.evaluate(call.references)
+        index_r = self._run(call, call.references[0])
         index_r = index_r if isinstance(index_r, Tensor) else index_r.indices
         if rank is None:
             return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim)

@@ -2,12 +2,18 @@
 conj(rfft(k)))``, a product of two spectra (rnnshap/rules/spectral.py, issue 50), then the top-k delays and the
 values rolled by them (picked indices and a gather).
 
-Truth: the model's own forward (additivity, float32: the model builds float32 tensors of its own, so a float64
-copy does not run). With one attention head it is exact. With two, transformers' inference aggregation repeats
-each sample's delays along the (batch · heads) axis in the wrong order (``top_k_delays_index[:, i].view(-1, 1,
-1).repeat(self.num_heads, ...)`` against rows ordered batch-major), so a sample's forecast depends on the other
-samples of its batch (checked here on the model's own outputs): no per-row attribution can add up, and rnnshap
-says so instead of answering.
+Truth: the model's own forward (additivity, float32: the model builds float32 tensors of its own, ``delays_agg =
+torch.zeros_like(value_states).float()``; the float64 runs below keep that tensor in float64). With one attention head
+it is exact. With two, transformers' inference aggregation repeats each sample's delays along the (batch · heads) axis
+in the wrong order (``top_k_delays_index[:, i].view(-1, 1, 1).repeat(self.num_heads, ...)``, heads-major, against rows
+ordered batch-major): row ``b · heads + h`` rolls its values by the delays of sample ``(b · heads + h) mod batch``.
+The delays are picked per sample (``topk(..., dim=1)``; the pick over the whole batch is the training branch), but a
+sample's forecast depends on the other samples of its batch all the same: in float64 a batch of one and the batch
+differ by 0.3 % of the forecast, not rounding. No per-row attribution can add up; the explainer runs the pairs in
+batches of its own, so it could not reproduce the user's batch either (the forecast of a sample is not a function of
+that sample). The constructor refuses it by name: the difference (3e-3 of a forecast of scale 0.03) was below the
+rows check's tolerance (1e3 float32 eps, with the scale floored at 1) and surfaced as an AdditivityError blamed on
+float32 rounding.
 """
 
 from __future__ import annotations
@@ -66,9 +72,37 @@ def test_autoformer_autocorrelation_is_exact() -> None:
     assert_additive(values, model, X, background, torch.float32)
 
 
-def test_autoformer_with_heads_that_mix_the_rows_of_a_batch_is_not_answered() -> None:
+def _float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's own ``.float()`` of its aggregation buffer keeps float64 (the only float32 tensor it builds)."""
+    monkeypatch.setattr(torch.Tensor, "float", lambda self, *args, **kwargs: self)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_autoformer_heads_couple_the_rows_of_a_batch_in_float64_too(monkeypatch: pytest.MonkeyPatch, heads: int) -> None:
+    """The diagnosis, on transformers' own outputs in float64: one head, a batch of one and the batch agree bit for bit;
+    two heads, they differ by far more than float64's rounding (and by the same amount as in float32): the rows are
+    coupled by the model, not by rounding. rnnshap's explanation follows: exact, or refused by name."""
+    _float64(monkeypatch)
+    model = Location(heads=heads).double().eval()
+    background, X = (t.double() for t in _data())
+    rows = torch.cat([background, X])
+    gap = _rows_mix(model, rows)
+    if heads == 1:
+        assert gap == 0.0
+        values = rnnshap.DeepExplainer(model, background).shap_values(X)
+        assert_additive(values, model, X, background, torch.float64)
+        return
+    with torch.no_grad():
+        scale = float(model(rows).abs().max())
+    assert gap > 1e-3 * scale, (gap, scale)  # (float64 rounding: ~1e-16 of the scale)
+    with pytest.raises(rnnshap.InputError, match="mixes the rows of axis 0"):
+        rnnshap.DeepExplainer(model, background)
+
+
+def test_autoformer_with_heads_that_mix_the_rows_of_a_batch_is_refused_by_the_constructor() -> None:
     model = Location(heads=2).eval()
     background, X = _data()
     assert _rows_mix(model, torch.cat([background, X])) > 1e-5  # (transformers' own outputs: a sample reads the others)
-    with pytest.raises(rnnshap.errors.RnnShapError):
-        rnnshap.DeepExplainer(model, background).shap_values(X)
+    with pytest.raises(rnnshap.InputError, match="mixes the rows of axis 0") as refused:
+        rnnshap.DeepExplainer(model, background)
+    assert "same batch size" in str(refused.value), str(refused.value)  # (what was compared)

@@ -1,23 +1,28 @@
 """Informer (transformers 4.56), built tiny from ``InformerConfig``: ProbSparse attention draws keys with
 ``torch.randint``.
 
-It keeps the top ``u = min(factor · ⌈ln(1 + L_Q)⌉, L_Q)`` queries by a score on the sampled keys. At short contexts
-``u = L_Q``: every query is kept, and the draws flow into the output without changing it; at longer ones they
-change it. rnnshap's two passes would each draw their own keys, so both are refused, and the refusal says what it
-checked (issue 50): the draws followed into the output, and the outputs the same under every seed or not. With
-``attention_type="full"`` (the refusal's advice) the model is explained exactly. Truth: the model's own forward
-(additivity, float32).
+It keeps the top ``u = min(factor · ⌈ln(1 + L_Q)⌉, L_Q)`` queries by a score on the sampled keys
+(``topk(u, sorted=False)``), computes their attention over every key and writes it back at their positions. At short
+contexts ``u = L_Q``: ``topk`` returns every position, in an order torch does not specify, the positions gathered and
+written back by the same indices, so the draws cannot reach the output. rnnshap takes such a ``topk`` in the positions'
+own order (one of the orders torch may return: its indices then a constant), and the model is explained exactly: the
+values add up to the model's own forward, do not depend on the draws (the same under other seeds), and equal those of
+the same weights with ``attention_type="full"`` (the function it then computes). At longer contexts the draws change
+the output, and the refusal says what it checked (issue 50): the draws followed into the output, and the outputs under
+other seeds different. With ``attention_type="full"`` (the refusal's advice) the model is explained exactly. Truth: the
+model's own forward (additivity, float32).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import rnnshap
 
-from ..conftest import assert_additive
+from ..conftest import assert_additive, assert_rounding_close
 
 transformers = pytest.importorskip("transformers")
 from transformers import InformerConfig, InformerForPrediction  # noqa: E402
@@ -63,19 +68,35 @@ def _data(length: int) -> tuple[Tensor, Tensor]:
     return torch.randn(4, length, generator=g), torch.randn(2, length, generator=g)
 
 
-@pytest.mark.parametrize(("context", "changed"), [(8, False), (64, True)], ids=["every-query-kept", "some-queries-kept"])
-def test_informer_prob_sparse_attention_is_refused_saying_what_was_checked(context: int, changed: bool) -> None:
+def test_informer_prob_sparse_attention_that_keeps_every_query_is_exact() -> None:
+    context = 8
+    model = Location(context, "prob").eval()
+    attention = model.model.model.encoder.layers[0].self_attn
+    length = context + 1  # (L_Q = L_K: the lagged window)
+    assert min(attention.factor * int(np.ceil(np.log1p(length))), length) == length  # u = L_Q: every query kept
+    background, X = _data(length)
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, torch.float32)
+    torch.manual_seed(123)  # other draws, the same values
+    again = rnnshap.DeepExplainer(model, background).shap_values(X)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(values))
+    full = Location(context, "full").eval()
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():  # (the function it computes)
+        assert_rounding_close(model(X), full(X), torch.float32, what="ProbSparse keeping every query against full attention")
+    expected = rnnshap.DeepExplainer(full, background).shap_values(X)
+    assert_rounding_close(values, expected, torch.float32, what="values against full attention's")
+
+
+def test_informer_prob_sparse_attention_whose_draws_matter_is_refused_saying_what_was_checked() -> None:
+    context = 64
     model = Location(context, "prob").eval()
     background, _ = _data(context + 1)
     with pytest.raises(rnnshap.ModelStateError, match=r"torch\.randint") as refused:
         rnnshap.DeepExplainer(model, background)
     message = str(refused.value)
     assert "flow into its output (the pass followed them there)" in message, message
-    if changed:
-        assert "they matter" in message and "differ by up to" in message, message
-    else:
-        assert "gave the same outputs, bit for bit" in message and "attention_type='full'" in message, message
-        assert "they matter" not in message and "differ by up to" not in message, message
+    assert "they matter" in message and "differ by up to" in message, message
 
 
 def test_informer_with_full_attention_is_exact() -> None:

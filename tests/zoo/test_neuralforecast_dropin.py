@@ -19,8 +19,8 @@ import torch
 pytest.importorskip("neuralforecast")
 pytest.importorskip("captum")
 from neuralforecast import NeuralForecast  # noqa: E402
-from neuralforecast.losses.pytorch import DistributionLoss, IQLoss  # noqa: E402
-from neuralforecast.models import MLP, MLPMultivariate, TSMixer  # noqa: E402
+from neuralforecast.losses.pytorch import DistributionLoss, HuberIQLoss, IQLoss  # noqa: E402
+from neuralforecast.models import LSTM, MLP, MLPMultivariate, TSMixer  # noqa: E402
 from neuralforecast.utils import AirPassengersPanel, AirPassengersStatic  # noqa: E402
 
 from rnnshap.errors import InputError  # noqa: E402
@@ -242,16 +242,61 @@ def test_deepshap_refusal_of_one_model_skips_it_with_a_warning(data: dict[str, A
 
 # -- item 2: IQLoss's reported quantile --------------------------------------------------------------------
 def test_iqloss_explains_the_forecast_predict_reports(data: dict[str, Any]) -> None:
-    """IQLoss with quantiles=[0.3]: neuralforecast reports np.quantile over 11 quantile forecasts, which the values
-    used to miss (they explained the network's 0.99 forecast, the last of the 11): refused by name. Without
-    quantiles=, the values add up to the column nf.predict reports (the network's median, MLP_ql0.5)."""
+    """IQLoss: without quantiles=, the values add up to the column nf.predict reports (the network's median,
+    MLP_ql0.5)."""
     nf = _fit([MLP(h=H, input_size=L, hidden_size=8, num_layers=1, loss=IQLoss(), **QUIET)], data)
-    with pytest.raises(InputError, match="np.quantile over its forecasts at 11 fixed quantiles"):
-        explain(nf, quantiles=[0.3], verbose=False)
     forecast = nf.predict()
     fcsts, ex = explain(nf, verbose=False)
     assert list(forecast.columns[-1:]) == list(fcsts.columns[-1:]) == ["MLP_ql0.5"]
     _assert_adds_up(_total(ex["MLP"], False)[:, :, 0, 0], forecast["MLP_ql0.5"].to_numpy().reshape(S, H), "IQLoss median")
+
+
+@pytest.mark.parametrize(
+    "asked", [{"quantiles": [0.75, 0.3]}, {"level": [80]}], ids=["quantiles-on-and-off-the-grid", "level"]
+)
+def test_iqloss_with_quantiles_explains_each_quantile_predict_reports(data: dict[str, Any], asked: dict[str, Any]) -> None:
+    """IQLoss with quantiles= (or level=): neuralforecast runs the network at 11 fixed quantiles (the quantile an input
+    of the network) and reports np.quantile over those 11 forecasts, a sort and a linear interpolation (the values used
+    to explain the network's 0.99 forecast, the last of the 11, then were refused). Each quantile asked is explained:
+    output i is the i-th column nf.predict(quantiles=...) reports, and its values add up to it (0.3 is on the grid,
+    0.75 between 0.7 and 0.8; level=[80] asks 0.1 and 0.9)."""
+    nf = _fit([MLP(h=H, input_size=L, hidden_size=8, num_layers=1, loss=IQLoss(), **QUIET)], data)
+    forecast = nf.predict(**asked)
+    columns = [c for c in forecast.columns if c.startswith("MLP")]
+    assert len(columns) == 2, columns
+    fcsts, ex = explain(nf, outputs=[0, 1], verbose=False, **asked)
+    assert [c for c in fcsts.columns if c.startswith("MLP")] == columns
+    total = _total(ex["MLP"], False)  # (S, H, 1, 2)
+    assert total.shape == (S, H, 1, 2)
+    for i, column in enumerate(columns):
+        reported = forecast[column].to_numpy().reshape(S, H)
+        np.testing.assert_array_equal(fcsts[column].to_numpy().reshape(S, H), reported)
+        _assert_adds_up(total[:, :, 0, i], reported, f"IQLoss {column}")
+    assert not np.allclose(total[:, :, 0, 0], total[:, :, 0, 1])  # (two quantiles, two forecasts)
+
+
+@pytest.mark.parametrize("kind", ["multivariate", "recurrent", "huber"])
+def test_iqloss_with_quantiles_adds_up_for_multivariate_recurrent_and_huber_models(data: dict[str, Any], kind: str) -> None:
+    """The same for a multivariate network (every series' quantiles), a recurrent one (the rollout run at each
+    quantile of the grid) and HuberIQLoss: each quantile asked adds up to its column of nf.predict."""
+    models = {
+        "multivariate": lambda: MLPMultivariate(h=H, input_size=L, n_series=S, hidden_size=8, num_layers=1, loss=IQLoss(),
+                                                **QUIET),
+        "recurrent": lambda: LSTM(h=H, input_size=L, encoder_hidden_size=8, decoder_hidden_size=8, recurrent=True,
+                                  loss=IQLoss(), **QUIET),
+        "huber": lambda: MLP(h=H, input_size=L, hidden_size=8, num_layers=1, loss=HuberIQLoss(), **QUIET),
+    }  # fmt: skip
+    nf = _fit([models[kind]()], {"df": data["df"][["unique_id", "ds", "y"]], "static_df": None})
+    forecast = nf.predict(quantiles=[0.25, 0.9])
+    name = type(nf.models[0]).__name__
+    columns = [f"{name}_ql0.25", f"{name}_ql0.9"]
+    assert [c for c in forecast.columns if c.startswith(name)] == columns
+    _, ex = explain(nf, outputs=[0, 1], quantiles=[0.25, 0.9], verbose=False)
+    multivariate = kind == "multivariate"
+    total = _total(ex[name], multivariate)
+    for i, column in enumerate(columns):
+        got = total[0, :, :, i].T if multivariate else total[:, :, 0, i]  # (series, horizon)
+        _assert_adds_up(got, forecast[column].to_numpy().reshape(S, H), f"{kind} {column}")
 
 
 def test_multivariate_with_a_global_scaler_adds_up_in_the_datas_units(data: dict[str, Any]) -> None:

@@ -63,6 +63,11 @@ class DeferredRefusals:
         branch, is not followed: the forward run from other random states tells whether it matters)."""
         return self._names_reaching(output) & self.draws if self.draws else set()
 
+    def constant(self, value: Tensor) -> None:
+        """``value`` depends on no tainted value (the indices of a ``topk`` of every position, taken in order)."""
+        if value in self.taints:
+            del self.taints[value]
+
     def defer(self, name: str, reason: str, advice: str, result: Any, refused: bool) -> None:
         """Refuse ``name`` only if the output turns out to depend on its ``result`` (a norm that only feeds a
         training loss changes no value of the output): its results carry its name on. ``refused``: the pass
@@ -86,8 +91,9 @@ class DeferredRefusals:
             return
         targets = [t for t in tensors_of(result) if isinstance(t, Tensor)]
         target = in_place_target(func, args, kwargs)
-        if target is None and args and isinstance(args[0], Tensor) and getattr(func, "__name__", "").endswith("_"):
-            target = args[0]
+        name = getattr(func, "__name__", "")
+        if target is None and args and isinstance(args[0], Tensor) and name.endswith("_") and not name.endswith("__"):
+            target = args[0]  # (an in-place method by its name; not a dunder: ``h[i]``, ``__getitem__``, reads h)
         if target is not None:
             targets += [target] + ([target._base] if target._base is not None else [])
         for t in targets:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NoReturn
 
 import numpy as np
 import torch
@@ -19,13 +19,22 @@ from ...errors import InputError, RnnShapError, TapeMismatchError, UnsupportedOp
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
+from ...rules.selection import topk_of_every_position
 from ..base import Block, BlockResult, Engine
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
-from .safety import PreservedState, as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
+from .safety import (
+    PreservedState,
+    RandomStates,
+    as_tensors,
+    check_matching,
+    check_meta,
+    check_model,
+    model_device_and_dtype,
+)
 from .tape import Tape, TapeEntry, batch_axis, repeat_along
 
 Tensor = torch.Tensor
@@ -105,6 +114,8 @@ class TorchEngine(Engine):
         # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         least = max(computed, key=lambda d: torch.finfo(d).eps)
+        if probe.unordered_topks:
+            self._check_unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
         self._check_rows_independent(torch.finfo(least).eps, outputs)
         self.background_outputs = numpy(outputs).astype(np.float64)
         _check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
@@ -221,6 +232,40 @@ class TorchEngine(Engine):
                 return False
         return True
 
+    def _check_unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
+        """Refuse a model whose output depends on the order of a ``topk`` of every position unsorted (``names``).
+        rnnshap's passes take its positions in their own order (rules/selection.py), one of the orders torch may
+        return: ``probed``, the probe's outputs on the background, are the model's in that order. The model's own
+        forward (torch's order) and one with the positions reversed must give them again, up to the rounding of 1e3
+        ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is the model's."""
+        state, randoms = PreservedState(self.model), RandomStates(self.model)
+
+        def run(reverse: bool | None) -> Any:
+            try:
+                with torch.no_grad(), (contextlib.nullcontext() if reverse is None else _UnorderedTopk(reverse)):
+                    return self._take(self.model(*[b.clone() for b in self.background]))
+            finally:
+                state.restore()
+
+        try:
+            for reverse, order in ((None, "torch's"), (True, "the reversed")):
+                try:
+                    out = run(reverse)
+                except Exception:  # noqa: BLE001 (a model that fails here: the passes report what fails)
+                    return
+                if isinstance(out, Tensor) and out.shape == probed.shape and _repeats_close(out, probed, eps):
+                    continue
+                gap = float((out - probed).abs().max()) if isinstance(out, Tensor) and out.shape == probed.shape else None
+                how = f"differ by up to {gap:.3g}" if gap is not None else "differ"
+                why = (
+                    "with sorted=False it returns every position in an order torch does not specify, and the model's output "
+                    f"depends on that order (the outputs of the {self.references} background rows in {order} order and in "
+                    f"the positions' own {how}): use sorted=True, or make the output independent of the order"
+                )
+                raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
+        finally:
+            randoms.drawn()  # (the generators put back: a forward that draws, checked not to matter before)
+
     def _check_rows_independent(self, eps: float, probed: Tensor) -> None:
         """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
         to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, and
@@ -235,7 +280,14 @@ class TorchEngine(Engine):
         Most models pass, and for them one forward's worth of rows is enough: the reversed rows run in two halves,
         and their outputs are compared with ``probed``, the probe's outputs on the whole background (a row-mixing
         model changes them by either test); only where they differ do the two tests above run apart, to say which
-        one fails."""
+        one fails.
+
+        Those tolerances are floored at an output scale of 1 (kernels round relative to the values they sum, which can
+        be larger than the outputs), so a coupling smaller than 1e3 ``eps`` in absolute terms passes them: where the
+        outputs compared are not that close relative to their own scale, a third test keeps the batch size (the same
+        kernels): the first half of the rows kept and the others replaced, the kept rows' outputs must come again, up to
+        1e3 ``eps`` of the outputs' scale (transformers' Autoformer with two heads moved its forecasts by 3e-3 of their
+        scale of 0.03 this way)."""
         m = min(self.references, 64)
         if m < 2:
             return
@@ -257,7 +309,12 @@ class TorchEngine(Engine):
             except Exception:  # noqa: BLE001 (the tests apart say whether the model runs on fewer rows)
                 apart = None
             if isinstance(apart, Tensor) and apart.shape == probed.shape and _repeats_close(probed[order], apart, eps):
-                return
+                if _close_to_scale(probed[order], apart, eps):
+                    return
+                coupled = self._coupled_at_the_same_size(run, m, eps)
+                if coupled is None:
+                    return
+                self._refuse_mixed_rows(m, *coupled)
         try:
             ahead, reversed_ = run(None), run(order)
         except Exception:  # noqa: BLE001 (a model that fails on fewer rows: the passes report what fails)
@@ -290,9 +347,47 @@ class TorchEngine(Engine):
             if not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
                 return
             apart = torch.cat(halves)
-            if apart.shape != ahead.shape or _repeats_close(apart, ahead, eps) or not deterministic():
+            if apart.shape != ahead.shape:
+                return
+            if _repeats_close(apart, ahead, eps):
+                if _close_to_scale(apart, ahead, eps) and _close_to_scale(ahead[order], reversed_, eps):
+                    return
+                coupled = self._coupled_at_the_same_size(run, m, eps)
+                if coupled is None:
+                    return
+                self._refuse_mixed_rows(m, *coupled)
+            if not deterministic():
                 return
             row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
+        self._refuse_mixed_rows(m, row, how)
+
+    @staticmethod
+    def _coupled_at_the_same_size(run: Callable[..., Any], m: int, eps: float) -> tuple[int, str] | None:
+        """The third test of :meth:`_check_rows_independent`: ``run(index)`` (the model on the background rows picked by
+        ``index``) with the first half of ``m`` rows kept and the others replaced by the first ones, the batch size the
+        same. (the row whose output changed, how the rows were run) where the kept rows' outputs move by more than 1e3
+        ``eps`` of the outputs' scale and the model gives its outputs again run twice; else None."""
+        k = (m + 1) // 2
+        try:
+            whole = run(None)
+            replaced = run(torch.cat([torch.arange(k), torch.arange(m - k)]).to(whole.device))
+        except Exception:  # noqa: BLE001 (the passes report what fails)
+            return None
+        if not (isinstance(whole, Tensor) and isinstance(replaced, Tensor)) or whole.shape != replaced.shape:
+            return None
+        if whole.dim() == 0 or whole.shape[0] != m or _close_to_scale(replaced[:k], whole[:k], eps):
+            return None
+        try:
+            again = run(None)
+        except Exception:  # noqa: BLE001
+            return None
+        if not (isinstance(again, Tensor) and again.shape == whole.shape and _close_to_scale(again, whole, eps)):
+            return None  # (a forward that changes from call to call is not judged here)
+        row = int((replaced[:k] - whole[:k]).reshape(k, -1).abs().amax(1).argmax())
+        return row, f"with rows {k} to {m - 1} replaced by rows 0 to {m - k - 1} (the same batch size)"
+
+    def _refuse_mixed_rows(self, m: int, row: int, how: str) -> NoReturn:
+        """Raise the refusal of a model whose output for ``row`` changed when its ``m`` background rows ran ``how``."""
         seq_first = [
             f"{name!r} ({type(module).__name__})"
             for name, module in self.model.named_modules()
@@ -303,8 +398,10 @@ class TorchEngine(Engine):
             "input as time: build it with batch_first=True, or transpose inside forward() (x.transpose(0, 1)) so that "
             "axis 0 of the data given to rnnshap is the batch."
             if seq_first
-            else " Check which axis the model reads as time (a recurrent layer without batch_first reads axis 0), and "
-            "that no layer normalizes over the batch."
+            else " Check which axis the model reads as time (a recurrent layer without batch_first reads axis 0), "
+            "that no layer normalizes over the batch, and that no layer folds the batch with another axis and unfolds it "
+            "in another order (transformers' Autoformer with more than one attention head repeats each sample's delays "
+            "heads-major along its batch-major (batch · heads) axis: build it with one head)."
         )
         raise InputError(
             f"The model mixes the rows of axis 0 of its input: its output for one row depends on the other rows of the "
@@ -821,6 +918,43 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
     scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
     rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
     return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
+
+
+class _UnorderedTopk(torch.overrides.TorchFunctionMode):
+    """``topk`` of every position unsorted returns the positions in their own order, or reversed (``reverse``): two of
+    the orders torch may return (see ``Engine._check_unordered_topk``)."""
+
+    def __init__(self, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in (torch.topk, Tensor.topk) or not topk_of_every_position(args, kwargs):
+            return func(*args, **kwargs)
+        operand = args[0]
+        dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1)) % operand.dim()
+        n = operand.shape[dim]
+        order = torch.arange(n, device=operand.device)
+        if self.reverse:
+            order = order.flip(0)
+        shape = [1] * operand.dim()
+        shape[dim] = n
+        indices = order.reshape(shape).expand(operand.shape).contiguous()
+        return torch.return_types.topk((operand.gather(dim, indices), indices))
+
+
+def _close_to_scale(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:
+    """:func:`_repeats_close` with the tolerance relative to ``b``'s own scale, not floored at 1."""
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype and torch.equal(a, b):
+        return True
+    if not (a.is_floating_point() or a.is_complex()):
+        return False
+    scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
+    rtol = 1e3 * max(torch.finfo(b.dtype).eps, eps)
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True))
 
 
 def _repeats_close(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:

@@ -51,6 +51,7 @@ from ...rules.composite import Quotient
 from ...rules.elementwise import Bilinear, Product
 from ...rules.refusals import is_reduction, misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
+from ...rules.selection import topk_of_every_position
 from ...rules.spectral import complex_rule
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
 from .deferred import NEVER_DEFERRED, DeferredRefusals
@@ -95,6 +96,8 @@ _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 #: training's, set aside in rnnshap's passes as modules' backward hooks are (safety.AsFunction). Run in rnnshap's
 #: batched backward they would change its multipliers, or crash it (``g.norm().item()`` under vmap)
 _TENSOR_HOOKS = frozenset({torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook})
+#: ``topk``, whose indices are a constant where it returns every position unsorted (rules/selection.py)
+_TOPKS = frozenset({torch.topk, torch.Tensor.topk})
 
 
 class _SetAsideHook:
@@ -149,6 +152,9 @@ class AttributionMode(TorchFunctionMode):
         self._written = TensorMap()
         #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
         self.picked_indices = TensorMap()
+        #: the topk calls of every position unsorted, taken in the positions' own order (rules/selection.py): the
+        #: constructor checks that the output does not depend on that order (``Engine._check_unordered_topk``)
+        self.unordered_topks: set[str] = set()
         #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
         self._decisions = TensorMap()
         #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
@@ -282,6 +288,10 @@ class AttributionMode(TorchFunctionMode):
         the input pass (see rnnshap/rules/selection.py)."""
         if isinstance(result, Tensor) and (result.is_floating_point() or result.is_complex()):
             return
+        constant = getattr(rule, "constant_indices", None) if rule is not None else None
+        if constant is not None and call is not None and constant(call):
+            self.unordered_topks.add(name)
+            return  # (indices that do not depend on the values: a topk of every position, taken in order)
         handle_of = getattr(rule, "index_handle", None) if rule is not None else None
         for leaf in tree_flatten(result)[0]:
             if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
@@ -335,6 +345,8 @@ class AttributionMode(TorchFunctionMode):
         if self._taints or self.random_draws is not None:
             result = self._run(func, types, args, kwargs)
             self.deferred.spread(func, args, kwargs or {}, result)
+            if func in _TOPKS and topk_of_every_position(args, kwargs or {}):
+                self.deferred.constant(result.indices)  # (taken in the positions' order: rules/selection.py)
             if self.random_draws is not None and random_call(func, args, kwargs):  # (watched: the constructor's probe)
                 self.random_draws.append(op_name(func))
                 self.deferred.draw(op_name(func), result)  # its results carry its name (see deferred.py)
