@@ -119,7 +119,6 @@ def heatmap(
         figsize = (float(np.clip(size[0], 5.0, 16.0)), float(np.clip(size[1], 3.0, 16.0)))
     fig, axes, map_w, map_h = _heatmap_figure(ax, figsize, panels, time_axis)
     aspect: Any = "equal" if time_axis == "y" and max(height, width) <= 4 * min(height, width) else "auto"
-    ylabel, xlabel = ("time step", "feature") if time_axis == "y" else ("feature", "time step")
     if grid_x is not None:
         panel = axes[0]
         finite = grid_x[np.isfinite(grid_x)]
@@ -142,23 +141,7 @@ def heatmap(
         annotate = height * width <= 100 and min(cell_w, cell_h) >= 0.28
     if annotate:
         _write_cells(panel, grid, scale.limit, cell_w, cell_h)
-    index = np.asarray(window)
-    for panel in axes:
-        if time_axis == "y":
-            set_ticks(panel, "x", row_names, map_w)
-            set_ticks(panel, "y", shown_times, map_h, index=index)
-        else:
-            set_ticks(panel, "x", shown_times, map_w, index=index)
-            set_ticks(panel, "y", row_names, map_h)
-        panel.set_xlabel(xlabel)
-        panel.set_ylabel(ylabel)
-        frame_axes(panel)
-    if panels == 2 and time_axis == "y":
-        axes[1].set_ylabel("")
-        axes[1].tick_params(labelleft=False)
-    if panels == 2 and time_axis == "x":
-        axes[0].set_xlabel("")
-        axes[0].tick_params(labelbottom=False)
+    _label_panels(axes, time_axis, row_names, shown_times, np.asarray(window), (map_w, map_h))
     if title is None:
         head = f"Attributions to {label}" if label else "Attributions"
         title = f"{head}: {identity(base, float(phi.sum()))}"
@@ -195,6 +178,32 @@ def _heatmap_figure(
         box = ax.get_position()
         map_w, map_h = box.width * fig.get_figwidth() * 0.8, box.height * fig.get_figheight()
     return fig, axes, map_w, map_h
+
+
+def _label_panels(
+    axes: list[Axes], time_axis: str, row_names: list[str], shown_times: list[Any], index: np.ndarray,
+    size: tuple[float, float],
+) -> None:
+    """The heatmap's ticks and axis labels on each panel (``size``: one map's width and height in inches), said once
+    where two panels share an axis."""
+    map_w, map_h = size
+    ylabel, xlabel = ("time step", "feature") if time_axis == "y" else ("feature", "time step")
+    for panel in axes:
+        if time_axis == "y":
+            set_ticks(panel, "x", row_names, map_w)
+            set_ticks(panel, "y", shown_times, map_h, index=index)
+        else:
+            set_ticks(panel, "x", shown_times, map_w, index=index)
+            set_ticks(panel, "y", row_names, map_h)
+        panel.set_xlabel(xlabel)
+        panel.set_ylabel(ylabel)
+        frame_axes(panel)
+    if len(axes) == 2 and time_axis == "y":
+        axes[1].set_ylabel("")
+        axes[1].tick_params(labelleft=False)
+    if len(axes) == 2 and time_axis == "x":
+        axes[0].set_xlabel("")
+        axes[0].tick_params(labelbottom=False)
 
 
 def _write_cells(panel: Axes, grid: np.ndarray, limit: float, cell_w: float, cell_h: float) -> None:
