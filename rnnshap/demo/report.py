@@ -407,21 +407,11 @@ def _image(figures: dict[str, tuple[str, int]], name: str, alt: str) -> str:
     return f'<figure><a href="{source}"><img src="{source}" width="{width}" alt="{html.escape(alt)}"></a></figure>'
 
 
-def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
+def _summary_rows(result: DemoResult, summary: dict[str, Any], wrong: list[int]) -> list[tuple[str, str]]:
+    """The report's summary table: the model, the data, what was explained, the additivity, the time and versions."""
     results, timing, environment = summary["results"], summary["timing"], summary["environment"]
     e = html.escape
     n = len(result.x)
-    wrong = _wrong(result)
-    stats = [
-        ("good", f"{results['accuracy']:.1%}", f"held-out accuracy ({results['test_size']} digits)"),
-        ("good", f"{results['additivity_error']:.1e}", "largest |Σφ − (f(x) − E[f])| over all digits and classes"),
-        (
-            "",
-            f"{timing['explain_seconds']:.2f} s",
-            f"to explain {n} digits × 10 classes against {results['background']} references",
-        ),
-        ("", f"{timing['train_seconds']:.1f} s", f"to train, {results['epochs']} epochs on {results['train_size']} digits"),
-    ]
     classes = len(set(result.labels.tolist()))
     right = n - len(wrong)
     chosen = (
@@ -465,6 +455,64 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
             f"{environment['python']}",
         ),
     ]
+    return rows
+
+
+def _digit_article(result: DemoResult, figures: dict[str, tuple[str, int]], i: int, scale: float) -> list[str]:
+    """The report's article on explained digit ``i``: its identity, its figures, what pushed a wrong prediction, and
+    its rows' total attributions on the rows' colour scale ``scale``."""
+    e = html.escape
+    parts: list[str] = []
+    predicted = int(result.predictions[i])
+    phi = result.shap_values[i, :, :, predicted]
+    right = predicted == result.labels[i]
+    badge = '<span class="badge right">right</span>' if right else '<span class="badge wrong">wrong</span>'
+    identity = style.identity(float(result.expected_value[predicted]), float(phi.sum()))
+    parts.append(
+        f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>{e(_name(result, i)).capitalize()}, '
+        f"predicted {predicted} {badge}</h3>"
+        f'<p class="identity">score of class {predicted}: {e(identity)}</p>'
+    )
+    shown = [name for name in (f"sample_{i}", f"over_time_{i}") if name in figures]
+    if shown:
+        parts.append('<div class="figures">')
+        parts += [_image(figures, name, f"attributions of {_name(result, i)}") for name in shown]
+        parts.append("</div>")
+    if not right and f"pushed_{i}" in figures:
+        parts += [
+            f"<p>What pushed it to {predicted} rather than {result.labels[i]}: φ to each of the two classes and their "
+            f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones "
+            f"{result.labels[i]}; "
+            "the difference adds up to the gap between the two scores, less the gap between their means over the "
+            "background.</p>",
+            '<div class="figures">',
+            _image(figures, f"pushed_{i}", f"why {_name(result, i)} was classified as {predicted}"),
+            "</div>",
+        ]
+    parts.append(
+        '<div class="tokens"><div class="caption">Each row\'s total attribution to the predicted class '
+        "(hover for the value; one colour scale for all digits):</div>"
+        f"{plots.token_html(ROW_LABELS, phi.sum(-1), max_abs=scale)}</div></article>"
+    )
+    return parts
+
+
+def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[str, int]], command: str) -> str:
+    results, timing, environment = summary["results"], summary["timing"], summary["environment"]
+    e = html.escape
+    n = len(result.x)
+    wrong = _wrong(result)
+    stats = [
+        ("good", f"{results['accuracy']:.1%}", f"held-out accuracy ({results['test_size']} digits)"),
+        ("good", f"{results['additivity_error']:.1e}", "largest |Σφ − (f(x) − E[f])| over all digits and classes"),
+        (
+            "",
+            f"{timing['explain_seconds']:.2f} s",
+            f"to explain {n} digits × 10 classes against {results['background']} references",
+        ),
+        ("", f"{timing['train_seconds']:.1f} s", f"to train, {results['epochs']} epochs on {results['train_size']} digits"),
+    ]
+    rows = _summary_rows(result, summary, wrong)
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -514,37 +562,7 @@ def _html(result: DemoResult, summary: dict[str, Any], figures: dict[str, tuple[
             "figure for its full-size image.</p>"
         )
     for i in range(n):
-        predicted = int(result.predictions[i])
-        phi = result.shap_values[i, :, :, predicted]
-        right = predicted == result.labels[i]
-        badge = '<span class="badge right">right</span>' if right else '<span class="badge wrong">wrong</span>'
-        identity = style.identity(float(result.expected_value[predicted]), float(phi.sum()))
-        parts.append(
-            f'<article class="sample{"" if right else " wrong"}" id="sample-{i}"><h3>{e(_name(result, i)).capitalize()}, '
-            f"predicted {predicted} {badge}</h3>"
-            f'<p class="identity">score of class {predicted}: {e(identity)}</p>'
-        )
-        shown = [name for name in (f"sample_{i}", f"over_time_{i}") if name in figures]
-        if shown:
-            parts.append('<div class="figures">')
-            parts += [_image(figures, name, f"attributions of {_name(result, i)}") for name in shown]
-            parts.append("</div>")
-        if not right and f"pushed_{i}" in figures:
-            parts += [
-                f"<p>What pushed it to {predicted} rather than {result.labels[i]}: φ to each of the two classes and their "
-                f"difference, on one colour scale. Red pixels in the difference favour {predicted}, blue ones "
-                f"{result.labels[i]}; "
-                "the difference adds up to the gap between the two scores, less the gap between their means over the "
-                "background.</p>",
-                '<div class="figures">',
-                _image(figures, f"pushed_{i}", f"why {_name(result, i)} was classified as {predicted}"),
-                "</div>",
-            ]
-        parts.append(
-            '<div class="tokens"><div class="caption">Each row\'s total attribution to the predicted class '
-            "(hover for the value; one colour scale for all digits):</div>"
-            f"{plots.token_html(ROW_LABELS, phi.sum(-1), max_abs=scale)}</div></article>"
-        )
+        parts += _digit_article(result, figures, i, scale)
     if not wrong:
         parts.append(
             f'<p class="note">No explained digit is misclassified: the model gets {results["held_out_errors"]} of the '

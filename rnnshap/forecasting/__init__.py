@@ -2,9 +2,9 @@
 
 One adapter per library, each importing its library only when used:
 
-- :mod:`rnnshap.darts` (``rnnshap/forecasting/darts.py``): ``ShapExplainer`` with darts' call, returning
+- :mod:`rnnshap.darts` (``rnnshap/forecasting/darts/``): ``ShapExplainer`` with darts' call, returning
   darts' ``ShapExplainabilityResult``;
-- :mod:`rnnshap.neuralforecast` (``rnnshap/forecasting/neuralforecast.py``): ``explain(nf, ...)`` with
+- :mod:`rnnshap.neuralforecast` (``rnnshap/forecasting/neuralforecast/``): ``explain(nf, ...)`` with
   ``NeuralForecast.explain``'s arguments and result;
 - :mod:`rnnshap.pytorch_forecasting` (``rnnshap/forecasting/pytorch_forecasting.py``): ``explain(model, data)``
   per named variable.

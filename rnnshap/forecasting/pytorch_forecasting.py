@@ -315,6 +315,74 @@ def _output_names(model: Any, mode: str, distribution_columns: int, targets: lis
     return names
 
 
+def _explained_windows(windows: Sequence[int] | None, count: int) -> np.ndarray:
+    """The indices of the explained windows among the data set's ``count`` (all by default; negative from the last)."""
+    if windows is None:
+        return np.arange(count)
+    explained = _indices(windows, "windows")
+    if explained.size == 0 or explained.min() < -count or explained.max() >= count:
+        raise InputError(f"windows must index the data set's {count} windows, got {list(explained)[:10]}")
+    return explained % count
+
+
+def _background_windows(count: int, n_background: int) -> np.ndarray:
+    """The background's windows among its ``count``: all, or ``n_background`` of them drawn with seed 0 (a fixed draw:
+    the Shapley mode's random_state does not change the game), in order."""
+    rng = np.random.default_rng(0)
+    chosen = np.arange(count)
+    if len(chosen) > n_background:
+        chosen = np.sort(rng.choice(len(chosen), size=int(n_background), replace=False))
+    return chosen
+
+
+def _distribution(model: Any, mode: str) -> tuple[bool, int]:
+    """Whether ``model``'s loss is a DistributionLoss, and its number of parameters (0 for another loss); a MultiLoss
+    of distributions and their sampled quantiles are refused."""
+    from pytorch_forecasting.metrics import DistributionLoss, MultiLoss
+
+    losses = list(model.loss.metrics) if isinstance(model.loss, MultiLoss) else [model.loss]
+    distribution = isinstance(losses[0], DistributionLoss)
+    distribution_columns = len(losses[0].distribution_arguments) if distribution else 0
+    if distribution and len(losses) > 1:
+        raise UnsupportedOperationError(
+            [(f"{type(model).__name__} with a MultiLoss of distributions", "not supported yet", "shapley")]
+        )
+    if distribution and mode == "quantiles":
+        raise InputError(
+            f"mode='quantiles': pytorch-forecasting samples the quantiles of {type(losses[0]).__name__}; explain mode='raw' "
+            "(its parameters)"
+        )
+    return distribution, distribution_columns
+
+
+def _explained_steps(horizons: Sequence[int] | None, H: int, first_only: bool) -> np.ndarray:
+    """The explained horizon steps of an ``H``-step forecast (all by default; negative from the last); with
+    ``first_only`` (DeepAR's teacher-forced decoder), any step after the first is refused."""
+    if horizons is None:
+        steps = np.arange(H)
+    else:
+        steps = _indices(horizons, "horizons")
+        if steps.size == 0 or steps.min() < -H or steps.max() >= H or len(set((steps % H).tolist())) < steps.size:
+            raise InputError(
+                f"horizons must be distinct horizon steps of the {H} forecast (0 to {H - 1}, or negative from the last), got "
+                f"{steps.tolist()}"
+            )
+        steps = steps % H
+    if first_only and steps.max() >= 1:
+        raise InputError(
+            f"DeepAR: horizon steps {[int(j) for j in steps if j >= 1]} cannot be explained as its forecast. Its "
+            "n_samples=None forward "
+            "(predict(n_samples=None)) is teacher-forced: the parameters of step j >= 1 are computed from the realized target "
+            "at decoder "
+            "step j - 1 (the actual future, or a prediction frame's filler), while DeepAR's forecast feeds back its own "
+            "sampled draws "
+            "(random, not explainable exactly). Exact: the first step's distribution parameters, which read no future: pass "
+            "horizons=[0]. To explain the teacher-forced function anyway (its decoder-target values are reads of the realized "
+            "future), pass teacher_forced=True."
+        )
+    return steps
+
+
 def explain(
     model: Any,
     data: Any,
@@ -388,7 +456,6 @@ def explain(
     _library()
     check_version("pytorch-forecasting")
     import torch
-    from pytorch_forecasting.metrics import DistributionLoss, MultiLoss
 
     method = check_method(method)
     if mode not in MODES:
@@ -408,30 +475,9 @@ def explain(
     reference = dataset if background is None else _dataset(background, model, "background", predict=False)
     if background is not None:
         _check_fits(model, reference)
-    if windows is None:
-        explained = np.arange(len(dataset))
-    else:
-        explained = _indices(windows, "windows")
-        if explained.size == 0 or explained.min() < -len(dataset) or explained.max() >= len(dataset):
-            raise InputError(f"windows must index the data set's {len(dataset)} windows, got {list(explained)[:10]}")
-        explained = explained % len(dataset)
-    rng = np.random.default_rng(0)  # a fixed draw: the Shapley mode's random_state does not change the game
-    chosen = np.arange(len(reference))
-    if len(chosen) > n_background:
-        chosen = np.sort(rng.choice(len(chosen), size=int(n_background), replace=False))
-
-    losses = list(model.loss.metrics) if isinstance(model.loss, MultiLoss) else [model.loss]
-    distribution = isinstance(losses[0], DistributionLoss)
-    distribution_columns = len(losses[0].distribution_arguments) if distribution else 0
-    if distribution and len(losses) > 1:
-        raise UnsupportedOperationError(
-            [(f"{type(model).__name__} with a MultiLoss of distributions", "not supported yet", "shapley")]
-        )
-    if distribution and mode == "quantiles":
-        raise InputError(
-            f"mode='quantiles': pytorch-forecasting samples the quantiles of {type(losses[0]).__name__}; explain mode='raw' "
-            "(its parameters)"
-        )
+    explained = _explained_windows(windows, len(dataset))
+    chosen = _background_windows(len(reference), n_background)
+    distribution, distribution_columns = _distribution(model, mode)
 
     if dtype not in (None, "float64"):
         raise InputError(f"dtype={dtype!r}: choose 'float64' (a float64 copy of the model) or None (the model's own dtype)")
@@ -445,28 +491,7 @@ def explain(
     x = {k: _cast(v, float_dtype, device) for k, v in x.items()}  # a float64 model (model.double()) reads float64 windows
     B, n = len(chosen), len(explained)
     H = int(x["decoder_lengths"][B:].max())  # the explained prediction length (one for all windows, checked below)
-    if horizons is None:
-        steps = np.arange(H)
-    else:
-        steps = _indices(horizons, "horizons")
-        if steps.size == 0 or steps.min() < -H or steps.max() >= H or len(set((steps % H).tolist())) < steps.size:
-            raise InputError(
-                f"horizons must be distinct horizon steps of the {H} forecast (0 to {H - 1}, or negative from the last), got "
-                f"{steps.tolist()}"
-            )
-        steps = steps % H
-    if deepar and not teacher_forced and steps.max() >= 1:
-        raise InputError(
-            f"DeepAR: horizon steps {[int(j) for j in steps if j >= 1]} cannot be explained as its forecast. Its "
-            "n_samples=None forward "
-            "(predict(n_samples=None)) is teacher-forced: the parameters of step j >= 1 are computed from the realized target "
-            "at decoder "
-            "step j - 1 (the actual future, or a prediction frame's filler), while DeepAR's forecast feeds back its own "
-            "sampled draws "
-            "(random, not explainable exactly). Exact: the first step's distribution parameters, which read no future: pass "
-            "horizons=[0]. To explain the teacher-forced function anyway (its decoder-target values are reads of the realized "
-            "future), pass teacher_forced=True."
-        )
+    steps = _explained_steps(horizons, H, first_only=deepar and not teacher_forced)
     with preserved(model):  # its training flags, and whatever its forward caches, put back afterwards
         model.eval()
         recorder = _Recorder(x)

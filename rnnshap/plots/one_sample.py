@@ -117,25 +117,8 @@ def heatmap(
         size = (map_w + 3.4, panels * (map_h + 0.55) + 1.7)
     if figsize is None:
         figsize = (float(np.clip(size[0], 5.0, 16.0)), float(np.clip(size[1], 3.0, 16.0)))
-    if ax is None:
-        fig = new_figure(figsize)
-        if panels == 1:
-            axes = [fig.add_subplot()]
-        elif time_axis == "y":
-            first = fig.add_subplot(1, 2, 1)
-            axes = [first, fig.add_subplot(1, 2, 2, sharey=first)]
-        else:
-            first = fig.add_subplot(2, 1, 1)
-            axes = [first, fig.add_subplot(2, 1, 2, sharex=first)]
-        map_w, map_h = (figsize[0] - 0.3) / panels - 1.9, figsize[1] - 1.9
-        if time_axis == "x":
-            map_w, map_h = figsize[0] - 3.4, (figsize[1] - 1.7) / panels - 0.55
-    else:
-        fig, axes = ax.figure, [ax]  # type: ignore[assignment]
-        box = ax.get_position()
-        map_w, map_h = box.width * fig.get_figwidth() * 0.8, box.height * fig.get_figheight()
+    fig, axes, map_w, map_h = _heatmap_figure(ax, figsize, panels, time_axis)
     aspect: Any = "equal" if time_axis == "y" and max(height, width) <= 4 * min(height, width) else "auto"
-    ylabel, xlabel = ("time step", "feature") if time_axis == "y" else ("feature", "time step")
     if grid_x is not None:
         panel = axes[0]
         finite = grid_x[np.isfinite(grid_x)]
@@ -157,32 +140,8 @@ def heatmap(
     if annotate is None:
         annotate = height * width <= 100 and min(cell_w, cell_h) >= 0.28
     if annotate:
-        texts = [[cell_text(v, scale.limit) for v in row] for row in grid]
-        longest = max(len(t) for row in texts for t in row)
-        size_pt = float(np.clip(min(cell_w * 72 / (0.62 * longest + 0.4), cell_h * 72 * 0.45), 5.5, 10.0))
-        for (i, j), value in np.ndenumerate(grid):
-            if texts[i][j] != "0":
-                panel.text(
-                    j, i, texts[i][j], ha="center", va="center", fontsize=size_pt,
-                    color="white" if abs(value) > 0.6 * scale.limit else INK,
-                )  # fmt: skip
-    index = np.asarray(window)
-    for panel in axes:
-        if time_axis == "y":
-            set_ticks(panel, "x", row_names, map_w)
-            set_ticks(panel, "y", shown_times, map_h, index=index)
-        else:
-            set_ticks(panel, "x", shown_times, map_w, index=index)
-            set_ticks(panel, "y", row_names, map_h)
-        panel.set_xlabel(xlabel)
-        panel.set_ylabel(ylabel)
-        frame_axes(panel)
-    if panels == 2 and time_axis == "y":
-        axes[1].set_ylabel("")
-        axes[1].tick_params(labelleft=False)
-    if panels == 2 and time_axis == "x":
-        axes[0].set_xlabel("")
-        axes[0].tick_params(labelbottom=False)
+        _write_cells(panel, grid, scale.limit, cell_w, cell_h)
+    _label_panels(axes, time_axis, row_names, shown_times, np.asarray(window), (map_w, map_h))
     if title is None:
         head = f"Attributions to {label}" if label else "Attributions"
         title = f"{head}: {identity(base, float(phi.sum()))}"
@@ -194,6 +153,71 @@ def heatmap(
         title += "".join(f"\n{n}" for n in ["; ".join(n for n in notes if n)] if n)
     put_title(fig, ax, title)
     return fig
+
+
+def _heatmap_figure(
+    ax: Axes | None, figsize: tuple[float, float], panels: int, time_axis: str
+) -> tuple[Figure, list[Axes], float, float]:
+    """The heatmap's figure and panels (the input's first, where drawn, sharing the time axis), and one map's width
+    and height in inches; into ``ax`` where given."""
+    if ax is None:
+        fig = new_figure(figsize)
+        if panels == 1:
+            axes = [fig.add_subplot()]
+        elif time_axis == "y":
+            first = fig.add_subplot(1, 2, 1)
+            axes = [first, fig.add_subplot(1, 2, 2, sharey=first)]
+        else:
+            first = fig.add_subplot(2, 1, 1)
+            axes = [first, fig.add_subplot(2, 1, 2, sharex=first)]
+        map_w, map_h = (figsize[0] - 0.3) / panels - 1.9, figsize[1] - 1.9
+        if time_axis == "x":
+            map_w, map_h = figsize[0] - 3.4, (figsize[1] - 1.7) / panels - 0.55
+    else:
+        fig, axes = ax.figure, [ax]  # type: ignore[assignment]
+        box = ax.get_position()
+        map_w, map_h = box.width * fig.get_figwidth() * 0.8, box.height * fig.get_figheight()
+    return fig, axes, map_w, map_h
+
+
+def _label_panels(
+    axes: list[Axes], time_axis: str, row_names: list[str], shown_times: list[Any], index: np.ndarray,
+    size: tuple[float, float],
+) -> None:
+    """The heatmap's ticks and axis labels on each panel (``size``: one map's width and height in inches), said once
+    where two panels share an axis."""
+    map_w, map_h = size
+    ylabel, xlabel = ("time step", "feature") if time_axis == "y" else ("feature", "time step")
+    for panel in axes:
+        if time_axis == "y":
+            set_ticks(panel, "x", row_names, map_w)
+            set_ticks(panel, "y", shown_times, map_h, index=index)
+        else:
+            set_ticks(panel, "x", shown_times, map_w, index=index)
+            set_ticks(panel, "y", row_names, map_h)
+        panel.set_xlabel(xlabel)
+        panel.set_ylabel(ylabel)
+        frame_axes(panel)
+    if len(axes) == 2 and time_axis == "y":
+        axes[1].set_ylabel("")
+        axes[1].tick_params(labelleft=False)
+    if len(axes) == 2 and time_axis == "x":
+        axes[0].set_xlabel("")
+        axes[0].tick_params(labelbottom=False)
+
+
+def _write_cells(panel: Axes, grid: np.ndarray, limit: float, cell_w: float, cell_h: float) -> None:
+    """Each cell's value written in it (none where it reads 0), in a size its cells of ``cell_w`` x ``cell_h`` inches
+    hold, white on the darkest colours."""
+    texts = [[cell_text(v, limit) for v in row] for row in grid]
+    longest = max(len(t) for row in texts for t in row)
+    size_pt = float(np.clip(min(cell_w * 72 / (0.62 * longest + 0.4), cell_h * 72 * 0.45), 5.5, 10.0))
+    for (i, j), value in np.ndenumerate(grid):
+        if texts[i][j] != "0":
+            panel.text(
+                j, i, texts[i][j], ha="center", va="center", fontsize=size_pt,
+                color="white" if abs(value) > 0.6 * limit else INK,
+            )  # fmt: skip
 
 
 def output_map(

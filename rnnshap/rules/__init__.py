@@ -22,8 +22,9 @@ from .base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance
 from .elementwise import Bilinear, Multilinear, Product, Rescale, Shapley, product, rescale, shapley, with_multipliers
 from .gates import Comparison, Where
+from .maxima import MaxPool, MaxReduction, routed_max
 from .registry import register_rule
-from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, MaxPool, MaxReduction, RMSNorm, Softmax, routed_max
+from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, RMSNorm, Softmax
 
 __all__ = [
     "Bilinear", "Comparison", "Constant", "Deviation", "EvalOnly", "Glu", "GroupNorm", "LayerNorm", "Lerp", "Linear",

@@ -24,11 +24,12 @@ from .base import Rule
 from .composite import Deviation, Glu, Lerp, LogCumSumExp, Normalize, Variance, VectorNorm
 from .elementwise import Rescale, Shapley
 from .gates import gate_rules
+from .maxima import MaxReduction
 from .missing import missing_value_rules
 from .quantile import Quantile
 from .secant import SLOPES_BY_NAME, Power, Secant
 from .selection import ArgExtremum, Ordering
-from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, MaxReduction, RMSNorm, Softmax
+from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, RMSNorm, Softmax
 
 
 def catalog_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:

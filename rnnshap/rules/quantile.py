@@ -8,7 +8,7 @@ the dimension and the rank :math:`p = q\,(n - 1)`,
 with :math:`w = p - \lfloor p \rfloor` (``interpolation="linear"``), :math:`w = 1/2` (``"midpoint"``), or one rank
 alone (``"lower"``, ``"higher"``, ``"nearest"``: :math:`\lfloor p \rfloor`, :math:`\lceil p \rceil`, ``round(p)``).
 The weights depend on ``q`` and ``n`` only, never on the values: the quantile is linear in the sorted values,
-and each sorted value has the orderings' exact rule (:func:`~rnnshap.rules.structured.ranked_values`: its change
+and each sorted value has the orderings' exact rule (:func:`~rnnshap.rules.maxima.ranked_values`: its change
 credited to the position that decided its rank). So the quantile's change is split exactly, the weights times
 the two ranks' credits; ``quantile(u, 0.5)`` of an odd count gets ``median``'s values, ``q = 0`` ``min``'s and
 ``q = 1`` ``max``'s (tests/test_orderings.py).
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .base import OpCall, Rule
-from .structured import ranked_values
+from .maxima import ranked_values
 
 Tensor = torch.Tensor
 

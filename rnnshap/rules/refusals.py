@@ -21,7 +21,8 @@ import torch
 from .attention import FUSED_KERNELS
 from .base import OpCall, Refuse, Rule
 from .elementwise import MAX_SHAPLEY_PLAYERS, Bilinear, Rescale, Shapley
-from .structured import LayerNorm, LogSoftmax, MaxPool, MaxReduction, Softmax
+from .maxima import MaxPool, MaxReduction
+from .structured import LayerNorm, LogSoftmax, Softmax
 
 Tensor = torch.Tensor
 

@@ -24,8 +24,8 @@ from .base import Constant, EvalOnly, Identity, Linear, Rule
 from .catalog import binary_op_rules, catalog_op_rules, extra_op_rules, structured_op_rules
 from .composite import Quotient
 from .elementwise import AddedProduct, Bilinear, Multilinear, Product, Shapley
+from .maxima import MaxPool
 from .refusals import refusal_op_rules, tensor_methods
-from .structured import MaxPool
 
 OpKey = Any  # a function object, or ("getter", attribute name) for tensor properties
 

@@ -3,7 +3,7 @@ r"""Indices picked by a maximum or minimum, and their uses: argmax routing, gath
 A picked index (``u.argmax(dim)``, ``torch.max(u, dim).indices``, ``u.topk(1, dim).indices``) is a
 step function of ``u``. The engine carries it alongside a floating-point *handle*: the same
 indices as float64 values, whose multiplier is that of a step function (see
-:func:`~rnnshap.rules.structured.picked_index`: the change a use makes of it is credited to the
+:func:`~rnnshap.rules.maxima.picked_index`: the change a use makes of it is credited to the
 position that decided the pick). Arithmetic and shape operations on the indices run on the handle
 with their own rules, and a cast to floating point (``idx.float()``) is the handle itself.
 
@@ -22,7 +22,7 @@ the handle (divided by :math:`i_x - i_r`) and from there to the deciding positio
 ``h.gather(1, idx)``, ``h[rows, idx]`` and ``(F.one_hot(idx).float() * h).sum(1)`` get the same values.
 Orderings (:class:`Ordering`: ``sort``, ``argsort``, ``topk`` with any k, ``kthvalue``, ``median``)
 extend this rank by rank. The value at rank ``j`` changes only because positions moved past that
-rank, so its change is credited to one that did (:func:`~rnnshap.rules.structured.ranked_values`):
+rank, so its change is credited to one that did (:func:`~rnnshap.rules.maxima.ranked_values`):
 where it rose, among the positions on the value's side of rank ``j`` in the input and on the other
 side in the reference (one always is both), the one nearest the rank in the input; where it fell,
 the same with the sides swapped. Its :math:`|\Delta u|` is at least the value's, so the multiplier
@@ -43,7 +43,7 @@ from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
 from .elementwise import attach
-from .structured import picked_index, ranked_values
+from .maxima import picked_index, ranked_values
 
 Tensor = torch.Tensor
 
@@ -103,9 +103,9 @@ class ArgExtremum(Rule):
 class Ordering(Rule):
     """Sorting and order statistics along one axis: ``sort``, ``argsort``, ``topk``, ``kthvalue`` and
     ``median`` over a dimension. Each value at a rank has its change credited to the position that
-    decided that rank (:func:`~rnnshap.rules.structured.ranked_values`; at the first rank, shap's
+    decided that rank (:func:`~rnnshap.rules.maxima.ranked_values`; at the first rank, shap's
     max-pool rule, so ``topk(1)`` and ``sort(...)[..., -1]`` get the values of ``torch.max``), and
-    the indices carry a handle (:func:`~rnnshap.rules.structured.picked_index`) for their uses.
+    the indices carry a handle (:func:`~rnnshap.rules.maxima.picked_index`) for their uses.
 
     ``kind`` is the operation: ``"topk"``, ``"sort"``, ``"argsort"``, ``"kthvalue"`` or ``"median"``.
     """

@@ -5,21 +5,25 @@ Each is attributed either by decomposition into elementwise rules (softmax, log-
 logsumexp, the norms) or by routing the change of every selected maximum to the positions that
 produced it (max-pool and max reductions, as shap's max-pool rule). Entries that are ``-inf`` on
 both sides (attention masks) contribute 0 and get multiplier 0 in all of them.
+
+The maxima and orderings (:class:`MaxPool`, :class:`MaxReduction`, :func:`routed_max`, :func:`ranked_values`,
+:func:`picked_index`) are in :mod:`rnnshap.rules.maxima`, and are named here too.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..formulas import orderings, pairs
+from ..formulas import pairs
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
-from .elementwise import attach, product, shapley, with_multipliers
+from .elementwise import attach, product, with_multipliers
+from .maxima import MaxPool, MaxReduction, picked_index, ranked_values, routed_max
 from .secant import rsqrt_slope, secant, secant_output, secant_slope
 
 Tensor = torch.Tensor
@@ -237,191 +241,6 @@ class LogSumExp(Rule):
         if not bound["keepdim"]:
             output = output.squeeze(dims)
         return output
-
-
-def _routed_maximum(ctx: Any, grad: Tensor) -> list[Tensor]:
-    """Backward of a max selection: each output's change goes to the winning input position."""
-    index_x, weight_x, index_r, weight_r, inverse_delta = ctx.saved_tensors
-    flat_grad = grad.reshape(index_x.shape)
-    routed = torch.zeros(inverse_delta.shape, dtype=grad.dtype, device=grad.device)
-    routed = routed.scatter_add(-1, index_x, flat_grad * weight_x).scatter_add(-1, index_r, flat_grad * weight_r)
-    return [(routed * inverse_delta).reshape(ctx.shapes[0])]
-
-
-def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
-    r"""Attribute a max (or min) selection by shap's max-pool rule.
-
-    ``select(t)`` returns the selected values and, for a view of ``t`` flattened over the last
-    axis, the flat indices that produced them. With :math:`y = \max(x)`, :math:`y_r = \max(r)` and
-    :math:`c = \max(y, y_r)`, the part :math:`c - y_r` is credited to the position of x's maximum
-    and :math:`y - c` to the position of r's maximum; the multiplier at a position is its credit
-    divided by its :math:`\Delta x`. Exactly one part is non-zero, and then that position's
-    :math:`|\Delta x|` is at least :math:`|\Delta y|`, so the division is safe.
-    """
-    with torch.no_grad():
-        y, index_x = select(x.detach())
-        y_ref, index_r = select(r)
-        weight_x, weight_r = pairs.max_credits(TORCH, y, y_ref, largest)  # (0 where the maximum is the same on both sides)
-        weight_x, weight_r = weight_x.reshape(index_x.shape), weight_r.reshape(index_r.shape)
-        inverse_delta = pairs.inverse_delta(TORCH, _flat_last(x.detach() - r, index_x.shape))
-    return attach(y, [x], _routed_maximum, (index_x, weight_x, index_r, weight_r, inverse_delta))
-
-
-def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
-    """The backward of an output each of whose elements' change is credited to one position of ``x`` along its last
-    axis (``deciding``): the multiplier there is the incoming gradient times ``factor`` (see
-    :func:`rnnshap.formulas.orderings.deciding`); ``ctx.state``: x's dtype."""
-    deciding, factor = ctx.saved_tensors
-    shape, dtype = ctx.shapes[0], ctx.state
-    credit = (grad.reshape(deciding.shape) * factor).to(dtype)
-    routed = torch.zeros((*deciding.shape[:-1], shape[-1]), dtype=dtype, device=grad.device)
-    return [routed.scatter_add(-1, deciding, credit).reshape(shape)]
-
-
-def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
-    r"""The values of ``x`` at the ranks ``order_x`` lists along its last axis (``order_r`` for the
-    reference ``r``; see :func:`rnnshap.formulas.orderings.deciding`), each with its change :math:`y_j - y_{r,j}` credited to
-    the position that decided rank ``j``: sorted values, top-k values, k-th values and medians.
-
-    At rank 0 this is shap's max-pool rule (:func:`routed_max`). Where the ordering does not
-    change, the multipliers are the permutation that sorts ``x``. Values that are the same infinity
-    on both sides (masked entries) get multiplier 0.
-    """
-    with torch.no_grad():
-        deciding, delta, y, y_ref = orderings.deciding(TORCH, x.detach(), r, order_x, order_r, largest)
-        factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
-    return attach(y, [x], _routed, (deciding, factor), x.dtype)
-
-
-def picked_index(
-    x: Tensor,
-    r: Tensor,
-    index_x: Tensor,
-    index_r: Tensor,
-    largest: bool = True,
-    order_x: Tensor | None = None,
-    order_r: Tensor | None = None,
-) -> Tensor:
-    r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., k)``:
-    the positions at ranks 0..k−1, those it picks from the reference ``r`` being ``index_r``: the
-    operation's own, ties broken as it breaks them), as a float64 tensor whose multiplier is the
-    DeepLIFT multiplier of a step function of ``x``. ``order_x`` and ``order_r`` give the ranks
-    0..k−1 when the indices are not those ranks' positions (the k-th value: its last rank).
-
-    A picked index is piecewise constant in ``x``: it changes from :math:`j_r` (the reference's pick)
-    to :math:`j_x` only because some values moved past others. Whatever a use of the index makes of
-    that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`ranked_values`
-    credits a value's change, to the position that decided the rank (see :func:`rnnshap.formulas.orderings.deciding`; for the
-    maximum, :math:`j_x` where the input's maximum is at least the reference's, else :math:`j_r`),
-    with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
-    """
-    with torch.no_grad():
-        rank_x = index_x if order_x is None else order_x
-        rank_r = index_r if order_r is None else order_r
-        deciding, delta, _, _ = orderings.deciding(TORCH, x.detach(), r, rank_x, rank_r, largest)
-        if order_x is not None:  # only the last rank is the index's
-            deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
-        moved = (index_x - index_r).to(torch.float64)
-        deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
-    return attach(index_x.to(torch.float64), [x], _routed, (deciding, factor), x.dtype)
-
-
-def _flat_last(t: Tensor, index_shape: torch.Size) -> Tensor:
-    """``t`` reshaped so that its leading axes match ``index_shape`` and the rest is one axis."""
-    lead = index_shape[:-1]
-    return t.reshape(*lead, -1)
-
-
-class MaxPool(Rule):
-    """max_pool1d/2d/3d and adaptive max-pool, by shap's max-pool rule (see :func:`routed_max`).
-
-    ``with_indices`` is the variant of the pooling function that also returns the argmax indices
-    (``F.max_pool2d_with_indices``); it is called with the arguments of the intercepted call.
-    """
-
-    def __init__(self, with_indices: Callable[..., tuple[Tensor, Tensor]], spatial_dims: int) -> None:
-        self.with_indices = with_indices
-        self.spatial_dims = spatial_dims
-
-    def attribute(self, call: OpCall) -> Any:
-        if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
-            raise ValueError(f"{call.name}: expected the input-dependent tensor as the first argument")
-        bound = inspect.signature(self.with_indices).bind(*call.args, **call.kwargs).arguments
-        wants_indices = bool(bound.pop("return_indices", False))
-        bound.pop("input")
-        x, r = call.inputs[0], call.references[0]
-        out_shape: list[torch.Size] = []
-
-        def select(t: Tensor) -> tuple[Tensor, Tensor]:
-            values, indices = self.with_indices(t, **bound)
-            out_shape[:] = [values.shape]
-            lead = values.shape[: values.dim() - self.spatial_dims]
-            return values, indices.reshape(*lead, -1)
-
-        values = routed_max(select, x, r).reshape(out_shape[0])
-        if wants_indices:
-            return values, self.with_indices(x.detach(), **bound)[1]
-        return values
-
-
-def _moved_last(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """``t`` with ``dims`` moved to the end and merged into one axis."""
-    dims = tuple(d % t.dim() for d in dims)
-    keep = [d for d in range(t.dim()) if d not in dims]
-    moved = t.permute(*keep, *dims)
-    return moved.reshape(*moved.shape[: len(keep)], -1)
-
-
-class MaxReduction(Rule):
-    """torch.max / torch.min / amax / amin over dimensions, by the rule of :func:`routed_max`.
-
-    Called with a second tensor (``torch.max(a, b)``), max and min are elementwise and use the
-    exact Shapley rule instead.
-    """
-
-    def __init__(self, largest: bool = True, returns_indices: bool = True) -> None:
-        self.largest = largest
-        self.returns_indices = returns_indices
-
-    def attribute(self, call: OpCall) -> Any:
-        args, kwargs = call.args, dict(call.kwargs)
-        other = args[1] if len(args) > 1 else kwargs.get("other")
-        if isinstance(other, Tensor):
-            output, _ = shapley(call.evaluate, call.inputs, call.references, smooth=False)
-            return output
-        if len(call.tracked) != 1 or call.tracked_positions()[0] not in (0, -1):
-            raise ValueError(f"{call.name}: expected the input-dependent tensor as the first argument")
-        x, r = call.inputs[0], call.references[0]
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
-        dims = tuple(range(x.dim())) if dim is None or dim == () else ((dim,) if isinstance(dim, int) else tuple(dim))
-        reduce = torch.max if self.largest else torch.min
-
-        def select(t: Tensor) -> tuple[Tensor, Tensor]:
-            return reduce(t, dim=-1, keepdim=True)
-
-        flat_x = _moved_last(x, dims)
-        flat_r = _moved_last(r, dims)
-        values = routed_max(select, flat_x, flat_r, self.largest).squeeze(-1)
-        if keepdim:
-            for d in sorted(d % x.dim() for d in dims):
-                values = values.unsqueeze(d)
-        if self.returns_indices and dim is not None and dim != () and isinstance(dim, int):
-            indices = reduce(x.detach(), dim, keepdim).indices
-            result_type = torch.return_types.max if self.largest else torch.return_types.min
-            return result_type((values, indices))
-        return values
-
-    def index_handle(self, call: OpCall, indices: Tensor) -> Tensor | None:
-        """The picked indices as a value with the pick's multipliers (see :func:`picked_index`)."""
-        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
-        if not isinstance(dim, int) or len(call.tracked) != 1:
-            return None
-        keepdim = bool(call.args[2] if len(call.args) > 2 else call.kwargs.get("keepdim", False))
-        x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
-        index_r = call.evaluate(call.references).indices
-        index_x, index_r = (t if keepdim else t.unsqueeze(dim) for t in (indices, index_r))
-        return picked_index(x, r, index_x.movedim(dim, -1), index_r.movedim(dim, -1), self.largest).reshape(indices.shape)
 
 
 def _layer_norm_signature(

@@ -5,7 +5,8 @@ JAX writes any function it can differentiate as a jaxpr: a list of primitive ope
 at once. A value that depends on the explained input is a :class:`Pair` (its value on the input side,
 carrying JAX's autodiff, and on the reference side); anything else (weights, constants, masks made from
 constants, random keys) is one array shared by both sides. Each primitive that reaches a :class:`Pair` is
-taken by its rule, written once in :mod:`rnnshap.formulas` (``JAX``, the namespace on ``jax.numpy``):
+taken by its rule (:mod:`rnnshap.engines.jax.rules`), written once in :mod:`rnnshap.formulas` (``JAX``, the
+namespace on ``jax.numpy``):
 
 - linear primitives (sums, reshapes, slices, ``dot_general`` or ``mul`` with one input-dependent operand,
   ``div`` of an input-dependent numerator, ``stop_gradient``, which changes training, not the function)
@@ -29,33 +30,20 @@ the primitive's name (:class:`~rnnshap.errors.UnsupportedOperationError`), never
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-from ... import formulas
 from ...errors import UnsupportedOperationError
-from ...formulas import marks, secant
-from ...formulas import pairs as pair_rules
+from ...formulas import secant
 from ...formulas.jax_ops import JAX
 from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families, jax_functions
 from . import softmaxes
+from .rules import Pair, Value, attach, bilinear, mark_of, max_over, normalizing, quotient, rescale, rescaled, shapley2
 
 Array = Any
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A value that depends on the explained input: ``x`` on the input side (with autodiff), ``r`` on the
-    reference side."""
-
-    x: Array
-    r: Array
-    #: a root or an inverse root (:mod:`rnnshap.formulas.marks`: a normalization written by hand), or None
-    mark: int | None = field(default=None, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -99,8 +87,6 @@ class Sites:
         return Pair(x if self.probes is None else x + self.probes[k], r)
 
 
-Value = Any  # an Array, or a Pair
-
 # -- the operation table's view ---------------------------------------------------------------------------------------
 #: JAX primitive name → its unary entry (the table's ``jax`` names: sigmoid is ``logistic``, arctan ``atan`` ...)
 UNARY: dict[str, Elementwise] = jax_families(lambda name: hasattr(lax, f"{name}_p"))
@@ -131,7 +117,6 @@ CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_cal
          "checkpoint": "jaxpr", "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
          "custom_vjp_call_jaxpr": "fun_jaxpr", "custom_lin": None}  # fmt: skip
 
-_near = {name: formulas.bind(fn, JAX) for name, fn in secant.NEAR_SECANTS.items()}
 #: primitives that act entry by entry, on floats or integers (where their result has their operand's shape: a named
 #: call made of these is one elementwise function; integer ids through these stay at their input positions)
 ENTRYWISE = set(UNARY) | set(BINARY_PRIMITIVES) | {
@@ -139,175 +124,6 @@ ENTRYWISE = set(UNARY) | set(BINARY_PRIMITIVES) | {
     "select_n", "convert_element_type", "stop_gradient", "copy", "is_finite", "broadcast_in_dim",
     "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "shift_left", "shift_right_logical",
 }  # fmt: skip
-
-
-# -- attaching a multiplier ----------------------------------------------------------------------------------------------
-def attach(value: Array, operands: Sequence[tuple[Array, Array]]) -> Array:
-    """``value`` with derivative ``m`` with respect to each input-side operand ``u`` of ``operands`` ``(u, m)``
-    (``m`` broadcast to ``value``'s shape; JAX sums it back to ``u``'s)."""
-    out = lax.stop_gradient(value)
-    for operand, multiplier in operands:  # (an exact zero, in the value's dtype: its derivative is m, in the operand's)
-        out = out + (lax.stop_gradient(multiplier) * _zero(operand)).astype(out.dtype)
-    return out
-
-
-def _zero(operand: Array) -> Array:
-    """``operand − operand`` with the derivative 1: an exact zero whose derivative carries a multiplier. Entries that are
-    not finite (a ``-inf`` mask, the same on both sides) give 0, not ``inf − inf``, and carry none."""
-    held = lax.stop_gradient(operand)
-    return jnp.where(jnp.isfinite(held), operand - held, jnp.zeros_like(held))
-
-
-def _bilinear(fn: Callable[[Array, Array], Array], a: Pair, b: Pair) -> Pair:
-    """``fn`` linear in each operand, of two input-dependent operands: the exact two-player Shapley rule, i.e. the
-    derivative of ``fn`` at the midpoints (:func:`rnnshap.formulas.pairs.midpoint_multipliers`)."""
-    ax, bx = lax.stop_gradient(a.x), lax.stop_gradient(b.x)
-    m_a, m_b = pair_rules.midpoint_multipliers(JAX, ax, bx, a.r, b.r)  # m_a: b's midpoint, m_b: a's
-    y = fn(ax, bx)
-    through_a = fn(_zero(a.x), lax.stop_gradient(m_a))
-    through_b = fn(lax.stop_gradient(m_b), _zero(b.x))
-    return Pair(lax.stop_gradient(y) + through_a + through_b, fn(a.r, b.r))
-
-
-def _rescale(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, name: str, smooth: bool) -> Pair:
-    """Rescale on an elementwise ``fn`` of one input-dependent operand, by the table's family for it."""
-    value, reference, multiplier = _rescaled(fn, u, entry, smooth)
-    return Pair(attach(value, [(u.x, multiplier)]), reference)
-
-
-def _rescaled(fn: Callable[[Array], Array], u: Pair, entry: Elementwise | None, smooth: bool) -> tuple[Array, Array, Array]:
-    """``fn`` on both sides and its Rescale multiplier: closed-form secants where the table has them, sigmoid's and
-    tanh's from their two results, else the quotient (the derivative at the midpoint for tiny Δ, kinks kept)."""
-    ux = lax.stop_gradient(u.x)
-    value, reference = fn(ux), fn(u.r)
-    yx, yr = _widened(value, ux), _widened(reference, u.r)  # (a result rounded to a narrower float: its Δy exactly)
-    if entry is not None and entry.family == "secant" and entry.name in secant.SLOPES_BY_NAME:
-        multiplier = secant.still_zero(JAX, secant.SLOPES_BY_NAME[entry.name](JAX, ux, u.r), ux, u.r)
-    elif entry is not None and entry.near is not None:
-        multiplier = secant.near_rescale_multiplier(JAX, _near[entry.near], yx, yr, ux, u.r)
-    else:
-        kinks = entry.kinks if entry is not None and entry.smooth else ()
-
-        def derivative(t: Array) -> Array:
-            return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
-
-        multiplier = secant.rescale_multiplier(JAX, yx, yr, ux, u.r, derivative, smooth, kinks)
-    return value, reference, multiplier
-
-
-def _widened(y: Array, like: Array) -> Array:
-    """``y`` in ``like``'s dtype where that is the wider float (exact), else ``y``."""
-    if jnp.issubdtype(y.dtype, jnp.floating) and jnp.finfo(y.dtype).bits < jnp.finfo(like.dtype).bits:
-        return y.astype(like.dtype)
-    return y
-
-
-def _shapley2(fn: Callable[[Array, Array], Array], a: Pair, b: Pair, smooth: bool) -> Pair:
-    """An elementwise ``fn`` of two input-dependent operands: the exact two-player Shapley rule
-    (:func:`rnnshap.formulas.pairs.coalition_multipliers`)."""
-    ax, bx = lax.stop_gradient(a.x), lax.stop_gradient(b.x)
-    values = {3: fn(ax, bx), 0: fn(a.r, b.r), 1: fn(ax, b.r), 2: fn(a.r, bx)}
-    shape = jnp.shape(values[3])
-
-    def derivative(players: list[Array], i: int) -> Array:
-        point = jnp.broadcast_to(players[i], shape)
-        other = jnp.broadcast_to(players[1 - i], shape)
-        g = (lambda p: fn(p, other)) if i == 0 else (lambda p: fn(other, p))
-        return jax.jvp(g, (point,), (jnp.ones_like(point),))[1]
-
-    m_a, m_b = pair_rules.coalition_multipliers(JAX, values, [ax, bx], [a.r, b.r], derivative, smooth)
-    return Pair(attach(values[3], [(a.x, m_a), (b.x, m_b)]), values[0])
-
-
-def _max_over(eqn: Any, u: Pair, largest: bool) -> Pair:
-    """A maximum (minimum) over ``axes`` by shap's max-pool rule (:func:`rnnshap.formulas.pairs.max_credits`, as the
-    other engines): with y = max x, y_r = max r and c = max(y, y_r), c − y_r is credited to the position of x's
-    maximum and y − c to that of r's; a position's multiplier is its credit over its Δ."""
-    axes = tuple(eqn.params["axes"])
-    ux = lax.stop_gradient(u.x)
-    y, y_r = eqn.primitive.bind(ux, **eqn.params), eqn.primitive.bind(u.r, **eqn.params)
-    credit_x, credit_r = pair_rules.max_credits(JAX, y, y_r, largest)
-    kept = [d for d in range(ux.ndim) if d not in axes]
-
-    def at(t: Array) -> Array:  # a one at the (first) position of the maximum over ``axes``, per kept index
-        moved = jnp.transpose(t, kept + list(axes)).reshape(*(t.shape[d] for d in kept), -1)
-        hot = jax.nn.one_hot((jnp.argmax if largest else jnp.argmin)(moved, axis=-1), moved.shape[-1], dtype=t.dtype)
-        hot = hot.reshape(*(t.shape[d] for d in kept), *(t.shape[d] for d in axes))
-        return jnp.transpose(hot, [(kept + list(axes)).index(d) for d in range(t.ndim)])
-
-    def spread(credit: Array) -> Array:
-        return jnp.expand_dims(credit, axes)
-
-    multiplier = (at(ux) * spread(credit_x) + at(u.r) * spread(credit_r)) * pair_rules.inverse_delta(JAX, ux - u.r)
-    out = lax.stop_gradient(y) + jnp.sum(lax.stop_gradient(multiplier) * _zero(u.x), axis=axes)
-    return Pair(out, y_r)
-
-
-def _quotient(a: Value, b: Pair, scaled: bool = False) -> Pair:
-    """``a / b`` with ``b`` input-dependent: the two-player Shapley multipliers in closed form
-    (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference), or with ``scaled``
-    (``b`` a root, ``a`` input-dependent: a normalization written by hand) the normalizations' scale-weighted rule
-    (:func:`rnnshap.formulas.pairs.scaled_quotient_multipliers`)."""
-    bx = lax.stop_gradient(b.x)
-    if isinstance(a, Pair):
-        ax = lax.stop_gradient(a.x)
-        rule = pair_rules.scaled_quotient_multipliers if scaled else pair_rules.quotient_multipliers
-        m_a, m_b = rule(JAX, ax, bx, a.r, b.r)
-        return Pair(attach(ax / bx, [(a.x, m_a), (b.x, m_b)]), a.r / b.r)
-    _, m_b = pair_rules.quotient_multipliers(JAX, a, bx, a, b.r)
-    return Pair(attach(a / bx, [(b.x, m_b)]), a / b.r)
-
-
-def _scaled(c: Pair, s: Pair) -> Pair:
-    """``c ⊙ s`` for an inverse root ``s`` (a normalization written by hand): the normalizations' scale-weighted rule
-    (:func:`rnnshap.formulas.pairs.scaled_multipliers`), as the other engines."""
-    cx, sx = lax.stop_gradient(c.x), lax.stop_gradient(s.x)
-    m_c, m_s = pair_rules.scaled_multipliers(JAX, cx, sx, c.r, s.r)
-    return Pair(attach(cx * sx, [(c.x, m_c), (s.x, m_s)]), c.r * s.r)
-
-
-# -- the marks of a normalization written by hand (rnnshap/formulas/marks.py), by JAX's primitives ----------------------
-_KINDS: dict[str, str] = {
-    "sqrt": marks.ROOT, "rsqrt": marks.INVERSE_ROOT, "integer_pow": marks.POWER, "pow": marks.POWER,
-    "div": marks.DIVISION,
-    **dict.fromkeys([
-        "add", "add_any", "sub", "mul", "neg", "max", "clamp", "broadcast_in_dim", "reshape", "squeeze", "expand_dims",
-        "transpose", "convert_element_type", "copy", "slice", "dynamic_slice", "rev",
-    ], marks.KEEPS),
-}  # fmt: skip
-
-
-def _exponent(eqn: Any, inputs: list[Value]) -> float | None:
-    """The constant exponent of ``integer_pow`` or ``pow`` (a number, or a one-element constant), else None."""
-    if eqn.primitive.name == "integer_pow":
-        return float(eqn.params["y"])
-    y = inputs[1]
-    if isinstance(y, Pair) or jnp.size(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.floating):
-        return None
-    return float(jnp.reshape(y, ()))
-
-
-def _mark(eqn: Any, inputs: list[Value], position: int) -> int | None:
-    """The mark of the result of ``eqn`` whose only input-dependent operand is ``inputs[position]``."""
-    kind = _KINDS.get(eqn.primitive.name)
-    exponent = None
-    if kind == marks.POWER:
-        if position != 0:
-            return None
-        exponent = _exponent(eqn, inputs)
-    return marks.result_mark(kind, inputs[position].mark, exponent, numerator=position == 0)
-
-
-def _normalizing(name: str, a: Pair, b: Pair) -> Pair | None:
-    """A product of an inverse root with an input-dependent value, or a division of one by a root: the
-    normalizations' scale-weighted rule; None for any other pair of operands."""
-    if name == "mul":
-        scale = marks.scaled_product_scale(a.mark, b.mark)
-        if scale is not None:
-            return _scaled(b, a) if scale == 0 else _scaled(a, b)
-    if name == "div" and marks.scaled_quotient(a.mark, b.mark):
-        return _quotient(a, b, scaled=True)
-    return None
 
 
 # -- the interpreter -----------------------------------------------------------------------------------------------------
@@ -342,7 +158,7 @@ def run(
             if summed is None or not all(type(v) is Pair for v in (*inputs, exponent)):
                 outputs = _equation(eqn, inputs, where, sites)
             elif k in plan.softmax:  # e / Σe
-                outputs = [softmaxes.softmax(exponent, inputs[1], summed[1], _rescale, attach)]
+                outputs = [softmaxes.softmax(exponent, inputs[1], summed[1], rescale, attach)]
             else:  # log Σe
                 outputs = [softmaxes.log_of_sum(exponent, inputs[0], summed[1], attach)]
         for var, value in zip(eqn.outvars, outputs, strict=True):
@@ -390,12 +206,12 @@ def _equation(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = N
     inverse root or a division by a root takes the normalizations' rule, and a result gets its mark."""
     found = [i for i, v in enumerate(inputs) if isinstance(v, Pair) and not isinstance(v, Ids)]
     if len(found) == 2 and len(inputs) == 2:
-        normalized = _normalizing(eqn.primitive.name, inputs[0], inputs[1])
+        normalized = normalizing(eqn.primitive.name, inputs[0], inputs[1])
         if normalized is not None:
             return [normalized]
     outputs = _by_rule(eqn, inputs, where, sites)
     if len(found) == 1 and len(outputs) == 1 and type(outputs[0]) is Pair:
-        mark = _mark(eqn, inputs, found[0])
+        mark = mark_of(eqn, inputs, found[0])
         if mark is not None:
             return [replace(outputs[0], mark=mark)]
     return outputs
@@ -424,7 +240,7 @@ def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = No
         if not jnp.issubdtype(new, jnp.floating):
             raise _refuse(eqn, where, f"it casts an input-dependent value to {new} (a step function)")
         if jnp.finfo(new).bits < jnp.finfo(inputs[0].x.dtype).bits:  # rounding: an elementwise function, by Rescale
-            return [_rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], None, name, smooth=False)]
+            return [rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], None, name, smooth=False)]
         return _both(eqn, inputs)
     if name in BILINEAR and len(found) == 2:
         a, b = inputs
@@ -432,9 +248,9 @@ def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = No
         def fn(p: Array, q: Array) -> Array:
             return eqn.primitive.bind(p, q, **eqn.params)
 
-        return [_bilinear(fn, a, b)]
+        return [bilinear(fn, a, b)]
     if name == "div" and 1 in found:
-        return [_quotient(inputs[0], inputs[1])]
+        return [quotient(inputs[0], inputs[1])]
     if name in LINEAR and all(i in LINEAR_AT.get(name, range(len(inputs))) for i in found):
         return _both(eqn, inputs)
     if name in ("integer_pow", "pow") and found == [0]:
@@ -447,14 +263,14 @@ def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = No
         if entry is None and name == "integer_pow":  # the closed form where both bases are positive, else Rescale
             u = inputs[0]
             ux = lax.stop_gradient(u.x)
-            value, reference, generic = _rescaled(power, u, None, smooth=True)
+            value, reference, generic = rescaled(power, u, None, smooth=True)
             closed = secant.power_slope(JAX, ux, u.r, float(exponent))
             multiplier = jnp.where(jnp.isfinite(closed), closed, generic)
             return [Pair(attach(value, [(u.x, multiplier)]), reference)]
-        return [_rescale(power, inputs[0], entry, name, smooth=True)]
+        return [rescale(power, inputs[0], entry, name, smooth=True)]
     if name in UNARY and len(inputs) == 1:
         entry = UNARY[name]
-        return [_rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], entry, name, entry.smooth)]
+        return [rescale(lambda t: eqn.primitive.bind(t, **eqn.params), inputs[0], entry, name, entry.smooth)]
     if name in BINARY_PRIMITIVES and len(inputs) == 2:
         smooth = BINARY_PRIMITIVES[name]
         if len(found) == 1:
@@ -465,14 +281,14 @@ def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = No
                 operands[i] = t
                 return eqn.primitive.bind(*operands, **eqn.params)
 
-            return [_rescale(one, inputs[i], None, name, smooth)]
+            return [rescale(one, inputs[i], None, name, smooth)]
 
         def fn2(p: Array, q: Array) -> Array:
             return eqn.primitive.bind(p, q, **eqn.params)
 
-        return [_shapley2(fn2, inputs[0], inputs[1], smooth)]
+        return [shapley2(fn2, inputs[0], inputs[1], smooth)]
     if name in ("reduce_max", "reduce_min") and found == [0]:
-        return [_max_over(eqn, inputs[0], largest=name == "reduce_max")]
+        return [max_over(eqn, inputs[0], largest=name == "reduce_max")]
     if name in ("argmax", "argmin", "sort", "top_k", "cumlogsumexp", "cummax", "cummin"):
         raise _refuse(eqn, where, "orderings along an axis (sorting, top-k, picks by an argmax) have no JAX rule yet")
     if name in ("while", "cond"):
@@ -557,7 +373,7 @@ def _call(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None)
 
         # (the function itself, by the quotient: a closed-form or two-result secant holds for that primitive alone)
         generic = entry if entry.family != "secant" and entry.near is None else None
-        return [_rescale(function, inputs[0], generic, str(inner), entry.smooth)]
+        return [rescale(function, inputs[0], generic, str(inner), entry.smooth)]
     count = len(jaxpr.invars)
     return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner), sites=sites)
 

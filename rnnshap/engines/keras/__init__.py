@@ -35,6 +35,8 @@ The modules, from the engine down:
 
 - ``engine.py``: :class:`~rnnshap.engines.keras.engine.KerasEngine`, blocks of (sample, reference) pairs
   through the dual pass and its gradient, checked against the model;
+- ``inputs.py``: what the engine is given to explain (one array, a list, named inputs), checked and in the
+  model's dtypes, and what to say when arrays do not fit the model;
 - ``walker.py``: the walker, a model run on Duals layer by layer, with Keras' masks; hands each keras op
   to ``kops.py`` and each layer to its entry in the layer table;
 - ``layer_rules.py``: the layer table, ``{layer class: rule}``, each entry the layer's refusal check and its

@@ -467,7 +467,7 @@ def _order(t: Tensor, k: int, largest: bool) -> Tensor:
 def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
     """The values at ranks 0..k−1 along the last axis (from the largest, or the smallest), each with its
     change credited to the position that decided its rank: the PyTorch engine's rule for ``sort`` and
-    ``topk`` (``rnnshap.rules.structured.ranked_values``; at rank 0 shap's max-pool rule), so both
+    ``topk`` (``rnnshap.rules.maxima.ranked_values``; at rank 0 shap's max-pool rule), so both
     backends give the same values."""
     ux, r = ops.stop_gradient(u.x), u.r
     order_x, order_r = _order(ux, k, largest), _order(r, k, largest)
@@ -479,7 +479,7 @@ def ranked_values(u: Dual, k: int, largest: bool) -> Dual:
 
 def picked_index(u: Dual, index_x: Tensor, index_r: Tensor, largest: bool) -> Tensor:
     r"""The handle of the indices ``index_x`` (``(..., k)``: the positions at ranks 0..k−1 along the last
-    axis of ``u``; ``index_r`` the reference's), as ``rnnshap.rules.structured.picked_index``: the indices
+    axis of ``u``; ``index_r`` the reference's), as ``rnnshap.rules.maxima.picked_index``: the indices
     as float64 values whose gradient is the multiplier of a step function of ``u``. Whatever a use makes
     of an index's change :math:`i_x - i_r` is credited to the position that decided its rank
     (:func:`rnnshap.formulas.orderings.deciding`), with multiplier :math:`(i_x - i_r) / \Delta u` there; nothing where the index

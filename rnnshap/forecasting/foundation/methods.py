@@ -53,6 +53,47 @@ class preserved_all:
         self.stack.close()
 
 
+def _refuse_gaps_in(rows: np.ndarray, L: int) -> None:
+    """DeepSHAP's background windows (of ``L`` steps) must hold no missing value: an InputError naming the first."""
+    if not np.isnan(rows).any():
+        return
+    gappy = np.flatnonzero(np.isnan(rows).any(axis=1))
+    step = int(np.flatnonzero(np.isnan(rows[gappy[0]]))[0])
+    raise InputError(
+        f"background window(s) {gappy[:5].tolist()} hold missing values (NaN; the first at step {step} of the last "
+        f"{L} steps): DeepSHAP's reference windows must hold none, since a step missing in a reference but not in the "
+        "explained window has no difference to attribute (the explained windows' own missing steps are given to "
+        "their references: a missing step is no player). Give background windows without gaps (windows of the "
+        "series where every step is observed), fill their gaps as the model would (interpolation), or use "
+        "method='shapley', which takes background windows with gaps (the library's own forecast call reads them "
+        "as missing)"
+    )
+
+
+def _check_agreement(adapter: Adapter, outputs: np.ndarray, own: np.ndarray) -> None:
+    """The explained module's forecasts (``outputs``) against the library's own forecast call (``own``) on the same
+    windows: an RnnShapError where they are further apart than the adapter's agreement, naming the model's low
+    precision where it has one."""
+    gap = float(np.abs(outputs - own).max())
+    scale = max(1.0, float(np.abs(own).max()))
+    if gap > adapter.agreement * scale:
+        low = low_precision(adapter)
+        if low:  # the model's own rounding, not the library's forecast path, moves the module off its call
+            raise RnnShapError(
+                f"{adapter.label}: the model's parameters are {low} (cast to low precision), and its rounding in "
+                f"{low} moves with what is batched beside a window: the function rnnshap explains gives forecasts "
+                f"{gap:.3g} away from the library's own forecast call on the same context (scale {scale:.3g}), more "
+                "than DeepSHAP's sum can be held to. Explain the float32 model (model.float(), or load it in "
+                "float32: torch_dtype=torch.float32), or use method='shapley', which runs the library's own call "
+                f"in {low} and adds up to it"
+            )
+        raise RnnShapError(
+            f"{adapter.label}: the function rnnshap explains gives forecasts {gap:.3g} away from the library's own "
+            f"forecast call on the same context (scale {scale:.3g}); the library's forecast path may have changed "
+            "since the version rnnshap was verified on. Use method='shapley', which runs the library's own call"
+        )
+
+
 def deepshap_values(
     adapter: Adapter,
     windows: np.ndarray,
@@ -74,18 +115,7 @@ def deepshap_values(
     from ...explainer import DeepExplainer
 
     n, L = windows.shape
-    if np.isnan(rows).any():
-        gappy = np.flatnonzero(np.isnan(rows).any(axis=1))
-        step = int(np.flatnonzero(np.isnan(rows[gappy[0]]))[0])
-        raise InputError(
-            f"background window(s) {gappy[:5].tolist()} hold missing values (NaN; the first at step {step} of the last "
-            f"{L} steps): DeepSHAP's reference windows must hold none, since a step missing in a reference but not in the "
-            "explained window has no difference to attribute (the explained windows' own missing steps are given to "
-            "their references: a missing step is no player). Give background windows without gaps (windows of the "
-            "series where every step is observed), fill their gaps as the model would (interpolation), or use "
-            "method='shapley', which takes background windows with gaps (the library's own forecast call reads them "
-            "as missing)"
-        )
+    _refuse_gaps_in(rows, L)
     Q = len(levels)
     values = np.zeros((n, L, H, Q))
     base = np.zeros((n, H, Q))
@@ -148,31 +178,32 @@ def deepshap_values(
                     ill_conditioned=True,
                 ) from error
         if forecast is not None:  # the module is the library's forecast: refuse rather than explain another function
-            own = forecast[members].reshape(len(members), -1)
-            gap = float(np.abs(attribution.outputs - own).max())
-            scale = max(1.0, float(np.abs(own).max()))
-            if gap > adapter.agreement * scale:
-                low = low_precision(adapter)
-                if low:  # the model's own rounding, not the library's forecast path, moves the module off its call
-                    raise RnnShapError(
-                        f"{adapter.label}: the model's parameters are {low} (cast to low precision), and its rounding in "
-                        f"{low} moves with what is batched beside a window: the function rnnshap explains gives forecasts "
-                        f"{gap:.3g} away from the library's own forecast call on the same context (scale {scale:.3g}), more "
-                        "than DeepSHAP's sum can be held to. Explain the float32 model (model.float(), or load it in "
-                        "float32: torch_dtype=torch.float32), or use method='shapley', which runs the library's own call "
-                        f"in {low} and adds up to it"
-                    )
-                raise RnnShapError(
-                    f"{adapter.label}: the function rnnshap explains gives forecasts {gap:.3g} away from the library's own "
-                    f"forecast call on the same context (scale {scale:.3g}); the library's forecast path may have changed "
-                    "since the version rnnshap was verified on. Use method='shapley', which runs the library's own call"
-                )
+            _check_agreement(adapter, attribution.outputs, forecast[members].reshape(len(members), -1))
         part = attribution.values[0].reshape(len(members), L, H, Q)
         values[members] = part
         for k, c in enumerate(covariate_values):
             c[members] = attribution.values[1 + k].reshape(len(members), c.shape[1], H, Q)
         base[members] = attribution.base_values.reshape(len(members), H, Q)
     return values, base, None, None, None, "steps", [(t, t + 1) for t in range(L)], covariate_values
+
+
+def _check_empty_coalition(adapter: Adapter, forward: Callable[..., np.ndarray], reference: list[np.ndarray]) -> None:
+    """The game that drops context (no background) needs a finite forecast from a context with every value missing
+    (``reference``): an InputError where the library's own call fails on it or forecasts a non-finite value."""
+    try:  # the empty coalition: every step the model reads given as missing
+        empty = forward(*reference)
+    except Exception as error:
+        raise InputError(
+            f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
+            f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
+        ) from error
+    if not np.isfinite(empty).all():  # MOMENT forecasts NaN from an empty context
+        raise InputError(
+            f"{adapter.label} forecasts {empty.flat[np.argmin(np.isfinite(empty))]} from a context with every value "
+            "missing (its own forecast call), so background=None, the game that drops context the way the model "
+            "drops missing values, has no value for the empty coalition. Give background windows (background=: real "
+            "windows of the series, at least as long as the context), whose values then stand in for the dropped ones"
+        )
 
 
 def shapley_values(
@@ -238,20 +269,7 @@ def shapley_values(
     n_evals = np.zeros(n, dtype=np.int64)
     if rows is None:  # dropped: every step of every series given as missing
         reference = [np.full((1, readable), np.nan)] + [np.full((1, c.shape[1] - trimmed), np.nan) for _, c in covariates]
-        try:  # the empty coalition: every step the model reads given as missing
-            empty = forward(*reference)
-        except Exception as error:
-            raise InputError(
-                f"{adapter.label}'s own forecast call fails on a context with every value missing ({type(error).__name__}: "
-                f"{error}), so the game that drops context has no value for the empty coalition. Give background windows"
-            ) from error
-        if not np.isfinite(empty).all():  # MOMENT forecasts NaN from an empty context
-            raise InputError(
-                f"{adapter.label} forecasts {empty.flat[np.argmin(np.isfinite(empty))]} from a context with every value "
-                "missing (its own forecast call), so background=None, the game that drops context the way the model "
-                "drops missing values, has no value for the empty coalition. Give background windows (background=: real "
-                "windows of the series, at least as long as the context), whose values then stand in for the dropped ones"
-            )
+        _check_empty_coalition(adapter, forward, reference)
     else:
         reference = [rows[:, trimmed:]] + [r[:, trimmed:] for r in covariate_rows]
     for i in range(n):  # the trimmed prefix is the window's own (the model never reads it)
