@@ -1,4 +1,4 @@
-"""One ``explain`` call inside neuralforecast's predict loop (:class:`Run`): each batch of windows answered in one
+"""One ``explain`` call inside neuralforecast's predict loop (:class:`ExplainRun`): each batch of windows answered in one
 rnnshap call, in the shapes of neuralforecast's ``_explain_batch``."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .forecast import ForecastBuilder
 from .models import IQ_GRID, WINDOW_KEYS, is_distribution, model_name
 
 
-class Run:
+class ExplainRun:
     """What one ``explain`` call needs inside neuralforecast's predict loop."""
 
     def __init__(

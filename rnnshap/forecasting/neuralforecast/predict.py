@@ -15,7 +15,7 @@ from ...backgrounds import stated
 from ...errors import InputError
 from ...result import AttributionResult
 from .. import affine_probe, preserved
-from .batches import Run
+from .batches import ExplainRun
 from .models import model_name
 
 
@@ -45,8 +45,8 @@ def explain_models(
     iq: Mapping[int, list[float]] | None = None,
 ) -> tuple[Any, dict[str, dict[str, Any]]]:  # fmt: skip
     """neuralforecast's predict over ``models`` with rnnshap answering each batch's attribution (``iq``: the quantiles
-    asked of IQLoss models, by id, see ``Run.iq``)."""
-    run = Run(method, budget, random_state, batch_size, check_additivity, background)
+    asked of IQLoss models, by id, see ``ExplainRun.iq``)."""
+    run = ExplainRun(method, budget, random_state, batch_size, check_additivity, background)
     run.iq = dict(iq or {})
     record: dict[str, Any] = {}
     verbose = predict["verbose"]
@@ -83,7 +83,7 @@ def explain_models(
     return fcsts_df, explanations
 
 
-def _collect(model: Any, run: Run, record: Mapping[str, Any], series: list[int]) -> dict[str, Any]:
+def _collect(model: Any, run: ExplainRun, record: Mapping[str, Any], series: list[int]) -> dict[str, Any]:
     """One model's explanations in ``NeuralForecast.explain``'s layout (exogenous as [..., features, temporal])."""
     import torch
 
@@ -134,7 +134,7 @@ def _collect(model: Any, run: Run, record: Mapping[str, Any], series: list[int])
     return entry
 
 
-def _contract(entry: dict[str, Any], run: Run) -> AttributionResult:
+def _contract(entry: dict[str, Any], run: ExplainRun) -> AttributionResult:
     """rnnshap's result contract over one model's entry (the same tensors): values and standard errors by part."""
     parts = [key for key in ("insample", "futr_exog", "hist_exog", "stat_exog") if entry[key] is not None]
     shapley = f"{parts[0]}_stderr" in entry
@@ -151,7 +151,7 @@ def _contract(entry: dict[str, Any], run: Run) -> AttributionResult:
     )
 
 
-def _bound(run: Run, model: Any) -> Any:
+def _bound(run: ExplainRun, model: Any) -> Any:
     def explain_batch(*args: Any, **kwargs: Any) -> Any:
         return run.explain_batch(model, *args, **kwargs)
 
