@@ -409,11 +409,9 @@ def test_causal_decoder_layer_gives_future_steps_exactly_zero(norm_first: bool, 
         assert np.abs(v.transpose(0, 2, 1, 3)[:, :, ~future]).max() > 0.0
 
 
-@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
-def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In eval mode under no_grad torch takes its inference fast path (torch._transformer_encoder_layer_fwd on
-    nested tensors), which needs that no tensor has a __torch_function__ override: both of rnnshap's passes run
-    the Python path, one rule call per layer each, and add up to the fast path's outputs."""
+def _counted_attention(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], MultiHeadAttention]:
+    """Counts of the attention rule's reference and attribute calls and of torch's fused encoder fast path, and the
+    rule that counts (give it as ``rules={F.multi_head_attention_forward: rule}``)."""
     calls = {"reference": 0, "attribute": 0, "fast": 0}
     fast_path = torch._transformer_encoder_layer_fwd
 
@@ -431,6 +429,16 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
         def attribute(self, call: Any) -> Any:
             calls["attribute"] += 1
             return super().attribute(call)
+
+    return calls, Spy()
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In eval mode under no_grad torch takes its inference fast path (torch._transformer_encoder_layer_fwd on
+    nested tensors), which needs that no tensor has a __torch_function__ override: both of rnnshap's passes run
+    the Python path, one rule call per layer each, and add up to the fast path's outputs."""
+    calls, spy = _counted_attention(monkeypatch)
 
     class Stack(nn.Module):
         def __init__(self) -> None:
@@ -451,7 +459,7 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
     with torch.no_grad():
         model(X)
         assert calls["fast"] == 2  # torch's own call took the fast path
-        explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: Spy()})
+        explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: spy})
         assert explainer.engine.distinct_references  # (the layout check's passes, run where several samples first ask)
         calls.update(reference=0, attribute=0, fast=0)
         values = explainer.shap_values(X)
@@ -468,30 +476,14 @@ def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch
     differ from the layers' own operations (which the passes run), so the reference pass used to run again at every
     call; vetted by the same forward recording for autograd, it is kept: a later call runs no reference rule, one
     plain forward per call without the fast path after the first, and gives the same values bit for bit."""
-    calls = {"reference": 0, "attribute": 0, "fast": 0}
-    fast_path = torch._transformer_encoder_layer_fwd
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls["fast"] += 1
-        return fast_path(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", counted)
-
-    class Spy(MultiHeadAttention):
-        def reference(self, call: Any) -> Any:
-            calls["reference"] += 1
-            return super().reference(call)
-
-        def attribute(self, call: Any) -> Any:
-            calls["attribute"] += 1
-            return super().attribute(call)
+    calls, spy = _counted_attention(monkeypatch)
 
     torch.manual_seed(3)
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
     model = nn.Sequential(encoder, nn.Flatten(), nn.Linear(T * 8, 2)).eval()
     background, X = torch.randn(6, T, 8), torch.randn(3, T, 8)
-    explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: Spy()})
+    explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: spy})
     first = explainer.shap_values(X)
     calls.update(reference=0, attribute=0, fast=0)
     second = explainer.shap_values(X)

@@ -137,22 +137,22 @@ def point_levels(requested: Sequence[float] | None, label: str) -> list[Any]:
     return ["point"]
 
 
-def net_module(net: Any, forward: Callable[[Any, Any], Any], doc: str) -> Any:
-    """A float32 torch module holding ``net`` (a submodule, as ``.net``) whose forward on the windows ``x`` is
-    ``forward(net, x)``; ``doc`` says what it computes."""
+def net_module(net: Any, forward: Callable[..., Any], doc: str, dtype: Any = None) -> Any:
+    """A torch module holding ``net`` (a submodule, as ``.net``) whose forward on the inputs (the windows ``x``, and
+    any the adapter adds) is ``forward(net, *inputs)``; ``doc`` says what it computes; ``dtype`` the one it computes in
+    (float32 where None)."""
     import torch
     from torch import nn
 
     class Forecast(nn.Module):
-        dtype = torch.float32
-
         def __init__(self) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return forward(self.net, x)
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return forward(self.net, *inputs)
 
+    Forecast.dtype = torch.float32 if dtype is None else dtype  # type: ignore[attr-defined]
     Forecast.__doc__ = doc
     return Forecast()
 

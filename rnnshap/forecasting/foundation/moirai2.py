@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns
 
 
 def _leading(missing: np.ndarray) -> int:
@@ -88,7 +88,6 @@ class Moirai2Adapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any], missing: np.ndarray | None = None) -> Any:
         import torch
-        from torch import nn
         from uni2ts.transform.imputation import CausalMeanImputation
 
         H = prediction_length
@@ -115,33 +114,25 @@ class Moirai2Adapter(Adapter):
             )
         observed_steps = torch.as_tensor(~gaps)
 
-        class Forecast(nn.Module):
-            """``Moirai2Forecast.forward`` on the windows laid out as ``predict`` lays them out: (n, L) -> (n, H·Q)."""
+        def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            x = x[:, k:]  # the leading missing steps: a shorter series
+            observed = observed_steps.to(x.device)[None].expand(x.shape[0], -1) if gaps.size else None
+            if impute is not None:
+                x = x @ impute[0].to(x.device) + impute[1].to(x.device)
+            length = x.shape[1]
+            if observed is None:
+                observed = torch.ones(n, length, dtype=torch.bool, device=x.device)
+            if length >= C:  # the last context_length steps, or the front padded with the first value
+                target, seen = x[:, length - C :], observed[:, length - C :]
+                pad = torch.zeros(n, C, dtype=torch.bool, device=x.device)
+            else:
+                target = torch.cat([x[:, :1].expand(n, C - length), x], dim=1)
+                seen = torch.cat([observed[:, :1].expand(n, C - length), observed], dim=1)
+                pad = torch.arange(C, device=x.device)[None].expand(n, -1) < C - length
+            with net.hparams_context(prediction_length=H):
+                out = net(past_target=target[..., None], past_observed_target=seen[..., None], past_is_pad=pad)
+            return out.transpose(1, 2)[..., columns].reshape(n, -1)
 
-            dtype = torch.float32
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                n = x.shape[0]
-                x = x[:, k:]  # the leading missing steps: a shorter series
-                observed = observed_steps.to(x.device)[None].expand(x.shape[0], -1) if gaps.size else None
-                if impute is not None:
-                    x = x @ impute[0].to(x.device) + impute[1].to(x.device)
-                length = x.shape[1]
-                if observed is None:
-                    observed = torch.ones(n, length, dtype=torch.bool, device=x.device)
-                if length >= C:  # the last context_length steps, or the front padded with the first value
-                    target, seen = x[:, length - C :], observed[:, length - C :]
-                    pad = torch.zeros(n, C, dtype=torch.bool, device=x.device)
-                else:
-                    target = torch.cat([x[:, :1].expand(n, C - length), x], dim=1)
-                    seen = torch.cat([observed[:, :1].expand(n, C - length), observed], dim=1)
-                    pad = torch.arange(C, device=x.device)[None].expand(n, -1) < C - length
-                with self.net.hparams_context(prediction_length=H):
-                    out = self.net(past_target=target[..., None], past_observed_target=seen[..., None], past_is_pad=pad)
-                return out.transpose(1, 2)[..., columns].reshape(n, -1)
-
-        return Forecast(self.model)
+        doc = "``Moirai2Forecast.forward`` on the windows laid out as ``predict`` lays them out: (n, L) -> (n, H·Q)."
+        return net_module(self.model, forward, doc)

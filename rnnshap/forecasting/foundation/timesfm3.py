@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns
 from .timesfm import interpolation_map
 
 
@@ -89,7 +89,6 @@ class TimesFM3Adapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any], leading: int = 0, fill: np.ndarray | None = None) -> Any:
         import torch
-        from torch import nn
 
         H = prediction_length
         columns = self._indices(levels)
@@ -99,30 +98,22 @@ class TimesFM3Adapter(Adapter):
         longest = self.context_length()
         interpolate = None if fill is None else torch.as_tensor(fill, dtype=torch.float32)
 
-        class Forecast(nn.Module):
-            """``predict_batch``'s path on torch tensors: windows (n, L) of one missing pattern -> (n, H·Q)."""
+        def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            x = x[:, leading:]  # the leading missing steps, stripped
+            if interpolate is not None:  # the missing steps inside the series, interpolated
+                x = x @ interpolate.to(x.device).T
+            length = x.shape[1]
+            context = max(min(math.ceil(length / patch) * patch, longest), patch)
+            if length >= context:  # the batch's context: the last steps, or the front padded with masked zeros
+                target = x[:, length - context :]
+                mask = torch.zeros(n, context, dtype=torch.bool, device=x.device)
+            else:
+                target = torch.cat([x.new_zeros(n, context - length), x], dim=1)
+                mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
+            out = net.decode(target=target[:, None], horizon=horizon, mask=mask)[:, :1]
+            out = torch.sort(out, dim=-1).values  # sort_quantiles
+            return out[:, 0, :H][..., columns].reshape(n, -1)
 
-            dtype = torch.float32
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                n = x.shape[0]
-                x = x[:, leading:]  # the leading missing steps, stripped
-                if interpolate is not None:  # the missing steps inside the series, interpolated
-                    x = x @ interpolate.to(x.device).T
-                length = x.shape[1]
-                context = max(min(math.ceil(length / patch) * patch, longest), patch)
-                if length >= context:  # the batch's context: the last steps, or the front padded with masked zeros
-                    target = x[:, length - context :]
-                    mask = torch.zeros(n, context, dtype=torch.bool, device=x.device)
-                else:
-                    target = torch.cat([x.new_zeros(n, context - length), x], dim=1)
-                    mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
-                out = self.net.decode(target=target[:, None], horizon=horizon, mask=mask)[:, :1]
-                out = torch.sort(out, dim=-1).values  # sort_quantiles
-                return out[:, 0, :H][..., columns].reshape(n, -1)
-
-        return Forecast(self.net)
+        doc = "``predict_batch``'s path on torch tensors: windows (n, L) of one missing pattern -> (n, H·Q)."
+        return net_module(self.net, forward, doc)

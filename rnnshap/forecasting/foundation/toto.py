@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter
+from .adapters import Adapter, net_module
 
 
 class TotoAdapter(Adapter):
@@ -95,21 +95,12 @@ class TotoAdapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch
-        from torch import nn
 
         adapter = self
 
-        class Forecast(nn.Module):
-            """``TotoForecaster.forecast(...).mean`` of windows (n, L) with their observed mask (n, L): (n, H)."""
+        def forward(net: Any, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+            mean = adapter.model.forecast(adapter._inputs(x, observed), prediction_length=prediction_length).mean
+            return mean[:, 0]
 
-            dtype = adapter.dtype
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-                mean = adapter.model.forecast(adapter._inputs(x, observed), prediction_length=prediction_length).mean
-                return mean[:, 0]
-
-        return Forecast(self.backbone)
+        doc = "``TotoForecaster.forecast(...).mean`` of windows (n, L) with their observed mask (n, L): (n, H)."
+        return net_module(self.backbone, forward, doc, adapter.dtype)

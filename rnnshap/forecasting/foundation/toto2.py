@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns
 
 
 class Toto2Adapter(Adapter):
@@ -84,23 +84,14 @@ class Toto2Adapter(Adapter):
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch
-        from torch import nn
 
         adapter = self
         columns = self._indices(levels)
 
-        class Forecast(nn.Module):
-            """``Toto2Model.forecast`` of windows (n, L) with their observed mask (n, L): (n, H·Q)."""
+        def forward(net: Any, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+            quantiles = net.forecast(adapter._inputs(x, observed), prediction_length)
+            out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)[..., columns]
+            return out.reshape(x.shape[0], -1)
 
-            dtype = torch.float32
-
-            def __init__(self, net: Any) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-                quantiles = self.net.forecast(adapter._inputs(x, observed), prediction_length)
-                out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)[..., columns]
-                return out.reshape(x.shape[0], -1)
-
-        return Forecast(self.model)
+        doc = "``Toto2Model.forecast`` of windows (n, L) with their observed mask (n, L): (n, H·Q)."
+        return net_module(self.model, forward, doc)
