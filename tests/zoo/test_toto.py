@@ -21,6 +21,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from . import foundation_models
 
 pytest.importorskip("toto.inference.forecaster")
 from toto.data.util.dataset import MaskedTimeseries  # noqa: E402
@@ -29,18 +30,6 @@ from toto.model.toto import Toto  # noqa: E402
 
 Tensor = torch.Tensor
 VARIATES, CONTEXT, HORIZON = 2, 16, 6
-
-
-def _toto(dtype: torch.dtype) -> Toto:
-    """The released configuration's structure (causal patch scaler, a mixture of Student-t heads), tiny."""
-    torch.manual_seed(0)
-    model = Toto(
-        patch_size=4, stride=4, embed_dim=16, num_layers=2, num_heads=2, mlp_hidden_dim=32, dropout=0.0,
-        spacewise_every_n_layers=2, scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
-        output_distribution_classes=["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
-        output_distribution_kwargs={"k_components": 3}, use_memory_efficient_attention=False,
-    )
-    return model.to(dtype).eval()
 
 
 class Forecast(nn.Module):
@@ -67,7 +56,7 @@ class Forecast(nn.Module):
 @pytest.mark.parametrize("grouped", [True, False], ids=["one-group", "a-group-each"])
 def test_toto_forecast_is_exact_and_a_variate_in_its_own_group_gets_exactly_zero(dtype: torch.dtype, grouped: bool) -> None:
     groups = torch.zeros(1, VARIATES, 1, dtype=torch.int) if grouped else torch.arange(VARIATES, dtype=torch.int).view(1, -1, 1)
-    model = Forecast(_toto(dtype), groups).eval()
+    model = Forecast(foundation_models.toto(dtype), groups).eval()
     g = torch.Generator().manual_seed(1)
     background = torch.randn(3, VARIATES, CONTEXT, generator=g, dtype=dtype)
     X = torch.randn(2, VARIATES, CONTEXT, generator=g, dtype=dtype)
