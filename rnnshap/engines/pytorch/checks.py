@@ -21,8 +21,9 @@ from ...rules.selection import topk_of_every_position
 from ..base import Engine
 from ..outputs import OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
+from .randomness import RandomStates
 from .runner import PassSettings, run_pass
-from .safety import PreservedState, RandomStates
+from .state import PreservedState
 from .tape import Tape, batch_axis, repeat_along
 
 Tensor = torch.Tensor

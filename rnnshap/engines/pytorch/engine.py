@@ -26,7 +26,8 @@ from .gradients import contribution, grads_per_output
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
-from .safety import PreservedState, as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
+from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
+from .state import PreservedState
 from .tape import Tape, TapeEntry, repeat_along
 
 Tensor = torch.Tensor

@@ -59,8 +59,8 @@ from .functions import enclosing_function
 from .handwritten_norms import mark_of, mark_result, normalizing_rule
 from .keras_on_torch import masked_input_op
 from .picked import PickedUses
+from .randomness import random_call
 from .recording import TapePass
-from .safety import random_call
 from .tape import Tape
 from .tensor_map import tensors_of
 
@@ -86,7 +86,7 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 #: hooks on tensors, registered while the model runs (a gradient-norm monitor a forward hook adds to its output):
-#: training's, set aside in rnnshap's passes as modules' backward hooks are (safety.AsFunction). Run in rnnshap's
+#: training's, set aside in rnnshap's passes as modules' backward hooks are (state.AsFunction). Run in rnnshap's
 #: batched backward they would change its multipliers, or crash it (``g.norm().item()`` under vmap)
 _TENSOR_HOOKS = frozenset({torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook})
 #: ``topk``, whose indices are a constant where it returns every position unsorted (rules/selection.py)
