@@ -34,7 +34,7 @@ class ForwardModel:
         from torch import nn
 
         from .keras.datasets import dataset_rows
-        from .pytorch.safety import RandomStates, draws_change, random_forward_error
+        from .pytorch.randomness import RandomStates, draws_change, random_forward_error
 
         data = dataset_rows(data, "the background")  # (a tf.data.Dataset: its rows, as Keras' predict reads them)
 

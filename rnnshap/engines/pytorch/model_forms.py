@@ -25,16 +25,8 @@ from ...errors import InputError, ModelStateError
 from ...rules.base import Rule
 from ..outputs import OutputChoice
 from .engine import TorchEngine
-from .safety import (
-    AsFunction,
-    PreservedState,
-    as_tensors,
-    check_matching,
-    compiled_anywhere,
-    has_active_randomness,
-    model_device_and_dtype,
-    refuse_scripted,
-)
+from .safety import as_tensors, check_matching, has_active_randomness, model_device_and_dtype, refuse_scripted
+from .state import AsFunction, PreservedState, compiled_anywhere
 
 Tensor = torch.Tensor
 
@@ -81,7 +73,7 @@ class EvalMode(nn.Module):
 
 class Eager(nn.Module):
     """A model holding compiled modules (``torch.compile``, ``module.compile()``), run as the function it
-    computes: each call runs the original modules eagerly (:class:`~.safety.AsFunction`), so nothing is
+    computes: each call runs the original modules eagerly (:class:`~.state.AsFunction`), so nothing is
     compiled while explaining, and the model is left as given."""
 
     def __init__(self, model: nn.Module) -> None:

@@ -26,13 +26,14 @@ holds :class:`AttributionMode`, the per-operation handler. It hands integer inpu
 picked indices and comparison masks to ``picked.py``, inputs a Keras ``Masking`` compares to
 ``keras_on_torch.py``, and refusals that wait for the output to ``deferred.py``; hand-written
 normalizations are marked by ``handwritten_norms.py``; its bookkeeping lives in the maps of
-``tensor_map.py``. What remains here is one unit: the tracking, the dispatch to a rule and the tape,
-which share the mode's per-pass state and sit on the per-operation fast path, where a call into another
-module per operation would cost time. One operation goes ``__torch_function__`` → ``_run`` (the grad
+``tensor_map.py``. The mode itself is one object in three classes, each in its module, so that the per-operation
+path stays method calls on one object: :class:`~.tracking.TrackingPass` (``tracking.py``: the per-pass state and the
+tracking of input-dependent tensors, refusals, picked indices and decisions), :class:`~.recording.TapePass`
+(``recording.py``: the tape, recorded and replayed through the rules) and :class:`AttributionMode` here (the
+interception and the dispatch to a rule). One operation goes ``__torch_function__`` → ``_run`` (the grad
 mode) → ``intercept`` → ``_followed_use`` (operands the followers own) or ``_on_tracked`` (linear ones
 at once) → ``dispatch``, which decides between ``_without_rule`` (refused), ``_linear``, a misfit
-(refused), ``_record`` (reference pass) and ``_replay`` (input pass). (This file is over the ~600-line
-mark with that reason: the methods on that path share the per-pass state.)
+(refused), ``_record`` (reference pass) and ``_replay`` (input pass).
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ...errors import ModelStateError, UnsupportedOperationError
+from ...errors import ModelStateError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Bilinear, Product
@@ -54,24 +54,17 @@ from ...rules.registry import RuleRegistry, op_key, op_name
 from ...rules.selection import topk_of_every_position
 from ...rules.spectral import complex_rule
 from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
-from .deferred import NEVER_DEFERRED, DeferredRefusals
-from .discrete import Integers, Leaf
-from .functions import enclosing_function, function_name
+from .deferred import NEVER_DEFERRED
+from .functions import enclosing_function
 from .handwritten_norms import mark_of, mark_result, normalizing_rule
 from .keras_on_torch import masked_input_op
-from .picked import Picked, PickedUses
-from .safety import random_call
-from .tape import Tape, TapeEntry
-from .tensor_map import TensorMap, tensors_of
+from .picked import PickedUses
+from .randomness import random_call
+from .recording import TapePass
+from .tape import Tape
+from .tensor_map import tensors_of
 
 Tensor = torch.Tensor
-
-
-def _shapes(leaves: list[Any], tracked: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """The shapes of the tracked operands (``torch.Size``, a tuple)."""
-    if len(tracked) == 1:
-        return (leaves[tracked[0]].shape,)
-    return tuple([leaves[i].shape for i in tracked])
 
 
 def _eval_only_advice(call: OpCall, name: str) -> str:
@@ -93,7 +86,7 @@ def _eval_only_advice(call: OpCall, name: str) -> str:
 
 _SET_GRAD_ENABLED = torch._C._set_grad_enabled
 #: hooks on tensors, registered while the model runs (a gradient-norm monitor a forward hook adds to its output):
-#: training's, set aside in rnnshap's passes as modules' backward hooks are (safety.AsFunction). Run in rnnshap's
+#: training's, set aside in rnnshap's passes as modules' backward hooks are (state.AsFunction). Run in rnnshap's
 #: batched backward they would change its multipliers, or crash it (``g.norm().item()`` under vmap)
 _TENSOR_HOOKS = frozenset({torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook})
 #: ``topk``, whose indices are a constant where it returns every position unsorted (rules/selection.py)
@@ -135,176 +128,13 @@ _SHAPE_READS = frozenset({"new", "new_zeros", "new_ones", "new_empty", "new_full
                           "full_like", "__get__"})
 
 
-class AttributionMode(TorchFunctionMode):
+class AttributionMode(TapePass):
     """Intercepts torch operations for one pass of the engine (see the module docstring)."""
 
     def __init__(self, registry: RuleRegistry, tape: Tape, replay: bool, pairs: PairGrid | None = None) -> None:
-        super().__init__()
-        self.registry = registry
-        self.tape = tape
-        self.replay = replay
-        self.pairs = pairs
-        self._tracked = TensorMap()
-        self.unsupported: dict[str, str] = {}
-        #: the kind of advice for each refused operation (a key of rnnshap.errors.ADVICE)
-        self.advice: dict[str, str] = {}
-        #: bases written into in place with tracked values: their views are tracked too
-        self._written = TensorMap()
-        #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
-        self.picked_indices = TensorMap()
-        #: the topk calls of every position unsorted, taken in the positions' own order (rules/selection.py): the
-        #: constructor checks that the output does not depend on that order (``Engine._check_unordered_topk``)
-        self.unordered_topks: set[str] = set()
-        #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
-        self._decisions = TensorMap()
-        #: > 0 while a refused custom Function runs as torch runs it (its grad-off inside is not refused again)
-        self._quiet = 0
-        #: inputs the model masks by comparing them with values → (the explained samples' values, the values):
-        #: the comparison reads the sample's values on both sides (see ``keras_on_torch.masked_input_op``)
-        self.sample_masks = TensorMap()
-        #: integer inputs followed to their embeddings, casts to float and other uses (see discrete.py)
-        self.discrete = Integers(self)
+        super().__init__(registry, tape, replay, pairs)
         #: the uses of indices picked by argmax, max or min, top-1 (see picked.py)
         self.picks = PickedUses(self)
-        #: where the followed integer inputs are attributed: every embedding output and cast to float
-        self.embedded: list[Leaf] = self.discrete.leaves
-        #: the rows of the batch the pass runs on (its inputs' first dimension), when known: a branch on a mask
-        #: is followed where every row alone would take the batch's (see ``PickedUses._uniform_decision``)
-        self.batch_rows: int | None = None
-        #: the dtypes of input-dependent tensors: the least precise one bounds how exactly Σφ can add up
-        self.dtypes: set[torch.dtype] = set()
-        #: the operation that first made an input-dependent tensor of each dtype (said where precision drops)
-        self.dtype_origins: dict[torch.dtype, str] = {}
-        self._last_name = "the model's input"
-        #: roots and inverse roots among the tracked tensors (see handwritten_norms.py): a normalization written by
-        #: hand takes the built-in norms' rule
-        self.scales = TensorMap()
-        #: whether any integer input is followed (until one is, no operation involves one)
-        self._following = False
-        #: the random functions forward() called (None: not watched; see ``run_pass``'s ``watch_random``)
-        self.random_draws: list[str] | None = None
-        #: whether the pass drew from a random generator the model holds (watched only: see ``run_pass``)
-        self.drew = False
-        #: ``.data`` of input-dependent tensors: usable for their shape, dtype and device only (``x.data.new(...)``)
-        self._data_views = TensorMap()
-        #: refusals of operations whose results may not reach the output, refused only where the output
-        #: depends on them (see deferred.py and ``refuse_deferred``)
-        self.deferred = DeferredRefusals()
-        #: ``self.deferred.taints``, asked on every operation (empty until an operation is deferred)
-        self._taints = self.deferred.taints
-
-    # -- tracking -------------------------------------------------------------------------------
-    def track(self, value: Any) -> None:
-        """Mark every floating-point tensor in ``value`` as input-dependent."""
-        if isinstance(value, Tensor):
-            if value.is_floating_point() or value.is_complex():
-                self._tracked[value] = True
-                if value.dtype not in self.dtypes:
-                    self.dtypes.add(value.dtype)
-                    self.dtype_origins[value.dtype] = self._last_name
-            return
-        for leaf in tensors_of(value):
-            if isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex()):
-                self._tracked[leaf] = True
-                if leaf.dtype not in self.dtypes:
-                    self.dtypes.add(leaf.dtype)
-                    self.dtype_origins[leaf.dtype] = self._last_name
-
-    def is_tracked(self, value: Any) -> bool:
-        if not isinstance(value, Tensor):
-            return False
-        if value in self._tracked:
-            return True
-        if self._written:  # a view of a buffer that a tracked value was written into
-            base = value._base
-            return base is not None and base in self._written
-        return False
-
-    def tracked_among(self, leaves: list[Any]) -> tuple[int, ...]:
-        """The positions of the tracked tensors among ``leaves`` (``is_tracked`` of each, inlined)."""
-        tracked, written = self._tracked, self._written
-        found: list[int] = []
-        for i, leaf in enumerate(leaves):
-            if isinstance(leaf, Tensor) and (leaf in tracked or (written and leaf._base is not None and leaf._base in written)):
-                found.append(i)
-        return tuple(found)
-
-    def _written_into(self, target: Tensor) -> None:
-        """``target`` (and the tensor it is a view of) received a tracked value in place."""
-        self.track(target)
-        root = target._base if target._base is not None else target
-        if root.is_floating_point() or root.is_complex():
-            self._tracked[root] = True
-            self._written[root] = True
-
-    def refuse(self, name: str, reason: str, advice: str = "rule") -> None:
-        """Refuse ``name``; ``advice`` is the kind of advice that fits (a key of rnnshap.errors.ADVICE)."""
-        if name not in self.unsupported:
-            self.unsupported[name] = reason
-            self.advice[name] = advice
-
-    def opaque(self, run: Callable[[], Any], track: bool = True) -> Any:
-        """Run a custom Function as torch does, gradients disabled inside (a refused one, to go on to
-        the end of the pass, with its outputs tracked; or one of torch's own, such as the identity of
-        backward hooks, whose operations track their results themselves)."""
-        self._quiet += 1
-        try:
-            result = run()
-        finally:
-            self._quiet -= 1
-        if track:
-            self.track(result)
-        return result
-
-    def _grad_off_refused(self) -> bool:
-        """Whether an input-dependent value computed here with gradients disabled is refused (see
-        ``_refuse_grad_off``): in a custom Function's forward that torch runs, or in inference mode; not under
-        the model's own ``no_grad()`` (asked first, so that a model under it pays no scan of each result)."""
-        return not self._quiet and (torch.is_inference_mode_enabled() or enclosing_function() is not None)
-
-    def _refuse_grad_off(self, name: str) -> None:
-        """``name`` runs on a tracked tensor with gradients disabled: refuse what disabled them."""
-        if self._quiet:
-            return
-        function = enclosing_function()
-        if function is not None:  # torch runs a custom Function's forward (not routed to the pass)
-            self.refuse(
-                f"{function_name(function)} (a custom torch.autograd.Function)",
-                "torch runs its forward() with gradients disabled and takes its backward(), which gives gradients, "
-                "not DeepLIFT multipliers",
-                "function",
-            )
-            return
-        if not torch.is_inference_mode_enabled():
-            return  # the model's no_grad(): followed as detach() is (see __torch_function__)
-        reason = f"{name} runs on an input-dependent tensor in inference mode"
-        self.refuse("torch.inference_mode() in forward()", reason, "no_grad")
-
-    def _mark_indices(self, result: Any, name: str, rule: Rule | None = None, call: OpCall | None = None) -> None:
-        """Integer results of a rule (the indices of torch.max) are followed: see ``PickedUses.index_use`` (picked.py).
-
-        Where the rule picks (``index_handle``: argmax, max and min over a dimension, top-1), each
-        carries its handle: the indices as float64 values, tracked, with the pick's multipliers in
-        the input pass (see rnnshap/rules/selection.py)."""
-        if isinstance(result, Tensor) and (result.is_floating_point() or result.is_complex()):
-            return
-        constant = getattr(rule, "constant_indices", None) if rule is not None else None
-        if constant is not None and call is not None and constant(call):
-            self.unordered_topks.add(name)
-            return  # (indices that do not depend on the values: a topk of every position, taken in order)
-        handle_of = getattr(rule, "index_handle", None) if rule is not None else None
-        for leaf in tree_flatten(result)[0]:
-            if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
-                handle = None
-                if handle_of is not None and leaf.dtype != torch.bool:
-                    if self.replay:
-                        with torch.enable_grad():  # (an argmax under no_grad() picks all the same)
-                            handle = handle_of(call, leaf)
-                    else:
-                        handle = leaf.to(torch.float64)
-                    if handle is not None:
-                        self.track(handle)
-                self.picked_indices[leaf] = Picked(name, handle)
 
     def _decision_use(
         self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool
@@ -320,25 +150,7 @@ class AttributionMode(TorchFunctionMode):
         self.mark_decisions(result, origin)
         return result
 
-    def mark_decisions(self, result: Any, name: str) -> None:
-        for leaf in tree_flatten(result)[0]:
-            if isinstance(leaf, Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
-                self._decisions[leaf] = name
-
-    def raise_if_unsupported(self) -> None:
-        """Raise for every refused operation (the deferred ones the output depends on are refused by
-        ``refuse_deferred``, which ``run_pass`` calls first)."""
-        if self.unsupported:
-            advice = self.advice
-            raise UnsupportedOperationError([(name, why, advice.get(name, "rule")) for name, why in self.unsupported.items()])
-
     # -- interception ---------------------------------------------------------------------------
-    def follow_discrete(self, index: int, tensor: Tensor, shadow: Tensor | None = None) -> None:
-        """Follow the integer input ``index`` (token ids, a number, or context such as lengths);
-        ``shadow``: in the reference pass, the explained samples' values of the same input."""
-        self._following = True
-        self.discrete.follow(index, tensor, shadow)
-
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         if func in _TENSOR_HOOKS:
             return _SetAsideHook()
@@ -652,106 +464,6 @@ class AttributionMode(TorchFunctionMode):
         else:
             self.refuse(name, reason, advice)
 
-    def _record(
-        self,
-        func: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        rule: Rule,
-        call: OpCall,
-        name: str,
-        target: Tensor | None,
-        plain: bool,
-    ) -> Any:
-        """The reference pass: copy the tracked operands to the tape and run the operation as the rule
-        computes its reference side (keeping the output for the input pass where that is exact)."""
-        references = [call.leaves[i].detach().clone() for i in call.tracked]
-        entry = TapeEntry(op_key(call.fn), name, call.tracked, _shapes(call.leaves, call.tracked), references)
-        self.tape.append(entry)
-        result = rule.reference(call) if plain else func(*args, **kwargs)
-        if plain and getattr(rule, "reuses_reference_output", False) and isinstance(result, Tensor):
-            self._keep_output(entry, rule, call, references, result)
-        self.track(result)
-        self._mark_indices(result, name, rule, call)
-        if target is not None:
-            self._written_into(target)
-        return result
-
-    def _replay(
-        self, func: Any, kwargs: dict[str, Any], base: Any, rule: Rule, call: OpCall, name: str, target: Tensor | None
-    ) -> Any:
-        """The input pass: take the operation's entry from the tape (the same operation on the same shapes)
-        and run the rule on both sides; an in-place call gets the rule's result written into its target."""
-        entry = self.tape.take(op_key(base), name, call.tracked, _shapes(call.leaves, call.tracked))
-        assert entry.references is not None
-        ref_leaves = list(call.leaves)
-        for i, reference in zip(call.tracked, entry.references, strict=False):
-            ref_leaves[i] = reference
-        kept = entry.kept_output(_context(call)) if entry.output is not None else None
-        call = call.with_references(ref_leaves, kept)
-        autocast = _autocast_of(base, call)
-        if autocast is not None:
-            call = _cast_call(call, autocast[1])
-        try:
-            if autocast is None:
-                result = rule.attribute(call)
-            else:  # (the rule computes in the dtype autocast gives the op; inside it nothing is cast again)
-                with torch.autocast(autocast[0], enabled=False):
-                    result = rule.attribute(call)
-        except ValueError as error:  # a rule that does not fit this call and did not say so in time
-            raise UnsupportedOperationError([(name, str(error), getattr(error, "advice", "operands"))]) from error
-        if target is not None:
-            target.copy_(result)
-            result = target if func is not base or "out" not in kwargs else kwargs["out"]
-            self._written_into(target)
-        self.track(result)
-        self._mark_indices(result, name, rule, call)
-        return result
-
-    def _linear(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], target: Tensor | None, rule: Rule, name: str
-    ) -> Any:
-        """Run an operation that is linear in its tracked operands (see ``dispatch``).
-
-        Linear operations need nothing from the reference pass and stay off the tape: the input
-        pass may run extra ones (autograd's backward hooks wrap inputs in views).
-        """
-        result = func(*args, **kwargs)
-        if isinstance(rule, Constant):
-            return result
-        if isinstance(result, Tensor) and result.is_floating_point():
-            self.track(result)
-            if target is not None:
-                self._written_into(target)
-            return result
-        outputs = [leaf for leaf in tensors_of(result) if isinstance(leaf, Tensor)]
-        if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
-            self.refuse(name, "its result is not floating point, so the input's influence through it is lost", "integer")
-            self.mark_decisions(result, name)
-        self.track(result)
-        if target is not None:
-            self._written_into(target)
-        return result
-
-    @staticmethod
-    def _keep_output(entry: TapeEntry, rule: Rule, call: OpCall, references: list[Tensor], result: Tensor) -> None:
-        """Keep the reference pass's output for the input pass, where the rule would compute it again
-        from the copies of the operands on the tape (``OpCall.ref_output``), when that would give the
-        very same values: the rule computes it as the operation does (``Rule.reference``), every other
-        leaf of the call is a Python value (compared again in the input pass), and every copy has the
-        strides of its operand, so that torch runs the same kernel over the same layout. (A copy of a
-        non-contiguous operand, a ``chunk`` of the gates, is contiguous: over another layout, torch's
-        vectorized and scalar loops share the elements out differently, and the vector and libm
-        results of sigmoid or tanh may differ in the last bit.)"""
-        if type(rule).reference is not Rule.reference or result.is_inference():  # (no version counter to check)
-            return
-        if any(copy.stride() != call.leaves[i].stride() for copy, i in zip(references, call.tracked, strict=True)):
-            return
-        context = _context(call)
-        if any(isinstance(leaf, Tensor) for leaf in context):
-            return
-        entry.keep_output(result, context)
-
     # -- modules with their own rule --------------------------------------------------------------
     def module_call(
         self, module: nn.Module, forward: Callable[..., Any], rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -772,54 +484,6 @@ class AttributionMode(TorchFunctionMode):
         if self._taints:
             self.deferred.spread(forward, args, kwargs, result)
         return result
-
-
-#: operations that torch's autocast runs in its lower precision dtype with every floating operand cast to
-#: it, and whose rules compute with several operations (some of which autocast would not cast, such as an
-#: in-place addmm_): the rule runs on the operands cast as autocast casts them, with autocast off inside
-_AUTOCAST_LOWERED = frozenset(
-    f
-    for f in (
-        getattr(torch, name, None)
-        for name in ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell")
-    )
-    if f is not None
-)
-
-
-def _autocast_of(func: Any, call: OpCall) -> tuple[str, torch.dtype] | None:
-    """``(device type, dtype)`` where ``func`` is an operation of :data:`_AUTOCAST_LOWERED` called under
-    ``torch.autocast`` on its operands' device; else None."""
-    if func not in _AUTOCAST_LOWERED or not call.tracked:
-        return None
-    device = call.leaves[call.tracked[0]].device.type
-    try:
-        if not torch.is_autocast_enabled(device):
-            return None
-        return device, torch.get_autocast_dtype(device)
-    except (RuntimeError, TypeError):  # a device type autocast does not know
-        return None
-
-
-def _cast_call(call: OpCall, dtype: torch.dtype) -> OpCall:
-    """``call`` with every floating tensor operand (both sides) cast to ``dtype``, as autocast casts them."""
-
-    def cast(leaves: list[Any]) -> list[Any]:
-        return [
-            leaf.to(dtype) if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dtype != dtype else leaf
-            for leaf in leaves
-        ]
-
-    leaves, ref_leaves = cast(call.leaves), cast(call.ref_leaves)
-    return OpCall(call.fn, call.name, leaves, ref_leaves, call.spec, call.tracked, call.pairs, call.layout, None)
-
-
-def _context(call: OpCall) -> tuple[Any, ...]:
-    """The leaves of ``call`` other than its tracked tensors."""
-    tracked = call.tracked
-    if len(tracked) == len(call.leaves):
-        return ()
-    return tuple(leaf for i, leaf in enumerate(call.leaves) if i not in tracked)
 
 
 __all__ = ["AttributionMode"]

@@ -18,7 +18,8 @@ from ...rules.base import PairGrid, Rule
 from ...rules.registry import RuleRegistry
 from .functions import routed_functions
 from .passes import AttributionMode
-from .safety import AsFunction, PreservedState, RandomStates, draws_matter, random_forward_error
+from .randomness import RandomStates, draws_matter, random_forward_error
+from .state import AsFunction, PreservedState
 from .tape import Tape
 
 Tensor = torch.Tensor

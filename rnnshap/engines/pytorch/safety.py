@@ -1,483 +1,34 @@
-"""Checks that a model and its inputs can be explained exactly, with errors that say what to do,
-and :class:`PreservedState`, which leaves the model as it was found after every pass."""
+"""Checks that a model and its inputs can be explained exactly, with errors that say what to do: TorchScript and
+meta tensors refused, training-mode randomness, the model's device and dtype, the inputs as tensors and matching the
+background. What a pass may change in the model and puts back is in ``state.py`` (:class:`PreservedState`,
+:class:`AsFunction`), random draws in ``randomness.py`` (:class:`RandomStates`); both are named here too."""
+
 
 from __future__ import annotations
 
-import random
-from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.modules.module as _module_module
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ...errors import SHAPLEY_DOOR, InputError, ModelStateError, ModelTypeError
 from ..base import batch_axis_advice, one_sample_hint
+from .randomness import (
+    DRAW_SEEDS,
+    RANDOM_FUNCTIONS,
+    SAME_UNDER_SEEDS,
+    TORCH_SOURCES,
+    RandomStates,
+    draws_change,
+    draws_matter,
+    random_call,
+    random_forward_error,
+)
+from .state import AsFunction, PreservedState, compiled_anywhere, compiled_original
 
 Tensor = torch.Tensor
-
-
-class PreservedState:
-    """The state a forward pass may change, taken before a pass and put back after it.
-
-    A forward pass may write into the model: ``spectral_norm`` in training mode runs a power
-    iteration that updates its ``u`` and ``v`` buffers, ``weight_norm`` and the old
-    ``spectral_norm`` store the weight they compute as a plain attribute, and a model may cache
-    tensors on itself. Every buffer (its values, bit for bit, and the object itself) and every
-    tensor-valued attribute of every module is restored after each pass, so that explaining leaves
-    the model bit-identical and every pass (reference and input alike) starts from the same state:
-    the explained function is the model's forward as it would run next on the model as given.
-    Floating parameters are not copied: they are restored as objects, and forward() should not write into
-    them; integer parameters (counters: a Keras SeedGenerator's state on the torch backend) get their values
-    back. Torch's global generators (CPU, and CUDA where it runs) and those the model holds are put back too,
-    so that a draw whose result never reaches the output leaves no trace.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.buffers: list[tuple[nn.Module, str, Tensor, Tensor]] = []
-        self.parameters: list[tuple[nn.Module, dict[str, Any]]] = []
-        self.attributes: list[tuple[nn.Module, dict[str, Tensor]]] = []
-        self.counters: list[tuple[Tensor, Tensor]] = []
-        #: random number generators the model holds (a draw from one is refused; its state is put back)
-        self.generators: list[tuple[torch.Generator, Tensor]] = []
-        for module in model.modules():
-            for name, buffer in module._buffers.items():
-                if buffer is not None:
-                    self.buffers.append((module, name, buffer, buffer.detach().clone()))
-            if module._parameters:
-                self.parameters.append((module, dict(module._parameters)))
-                # integer parameters are counters, not weights (a Keras SeedGenerator's state on the torch backend,
-                # advanced by each call): their values are put back too
-                self.counters.extend(
-                    (p, p.detach().clone()) for p in module._parameters.values() if p is not None and not p.is_floating_point()
-                )
-            tensors = {}
-            for key, value in vars(module).items():
-                if type(value) in _PLAIN:  # (most of a module's attributes; torch.Generator's isinstance runs Python)
-                    continue
-                if isinstance(value, Tensor):
-                    tensors[key] = value
-                elif isinstance(value, torch.Generator):
-                    self.generators.append((value, value.get_state()))
-            self.attributes.append((module, tensors))
-        #: torch's global generator: a draw whose result never reaches the output (a dropout mask Keras makes at
-        #: inference, see ``draws_matter``) leaves it as it was
-        self.torch_random = torch.get_rng_state()
-        self.cuda_random = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def restore(self, random_state: bool = True) -> None:
-        """Put the state back (``random_state``: the generators too, torch's global one and the model's)."""
-        compared: list[tuple[Tensor, Tensor]] = []
-        for module, name, buffer, saved in self.buffers:
-            if module._buffers.get(name) is not buffer:
-                module._buffers[name] = buffer
-            if buffer.is_meta:  # shapes without values: nothing to put back
-                continue
-            if buffer.layout != torch.strided:  # sparse (a graph's adjacency): torch.equal does not take it
-                if not _same_sparse(buffer, saved):
-                    with torch.no_grad():
-                        buffer.copy_(saved)
-                continue
-            if buffer.shape != saved.shape or buffer.dtype != saved.dtype:
-                _put_back(buffer, saved)
-            else:
-                compared.append((buffer, saved))
-        # (compared on the device and read once, not once per buffer: nothing changed is the common case; a copy_ of
-        # each instead would bump every buffer's version counter, which tells the explainer that the model changed)
-        for buffer, saved in _changed(compared):
-            _put_back(buffer, saved)
-        for module, parameters in self.parameters:
-            now = module._parameters
-            if now.keys() != parameters.keys() or any(now[key] is not value for key, value in parameters.items()):
-                module._parameters.clear()
-                module._parameters.update(parameters)
-        for counter, saved in self.counters:
-            if not counter.is_meta and not torch.equal(counter, saved):
-                with torch.no_grad():
-                    counter.copy_(saved)
-        for module, tensors in self.attributes:
-            own = vars(module)
-            for key in [k for k, v in own.items() if type(v) not in _PLAIN and isinstance(v, Tensor) and k not in tensors]:
-                del own[key]
-            own.update(tensors)
-        if random_state:
-            for generator, state in self.generators:
-                generator.set_state(state)
-            torch.set_rng_state(self.torch_random)
-            if self.cuda_random is not None:
-                torch.cuda.set_rng_state_all(self.cuda_random)
-
-
-#: the exact types of most attributes of a module (flags, sizes, names, its tables of parameters, buffers, submodules
-#: and hooks), none of them a tensor or a generator: passed over without an isinstance check
-_PLAIN = frozenset({bool, int, float, str, type(None), dict, OrderedDict, list, tuple, set, frozenset})
-
-
-class AsFunction:
-    """``with AsFunction(model):`` the model as the function it computes, for rnnshap's passes: the backward
-    hooks of its modules (and the global ones) set aside, and compiled modules run eagerly; everything put
-    back afterwards (the same hook dicts: their handles still remove them).
-
-    Backward hooks belong to training (a gradient scaled or clipped, a norm logged): run inside rnnshap's
-    passes they would change its multipliers, or crash in its batched backward (``float(g.norm())``).
-    Forward hooks that change outputs are part of the function, and run. A module compiled with
-    ``torch.compile`` (a wrapper, ``OptimizedModule``, anywhere in the model) or ``module.compile()`` (in place)
-    computes what its original module computes: that module runs, seen by the passes, and nothing is compiled."""
-
-    _GLOBALS = ("_global_backward_hooks", "_global_backward_pre_hooks")
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.hooks: list[tuple[nn.Module, Any, Any]] = []
-        self.globals: dict[str, Any] = {}
-        self.compiled: list[tuple[nn.Module, str, Any, bool]] = []
-
-    def __enter__(self) -> AsFunction:
-        for module in self.model.modules():
-            own = module.__dict__
-            if own.get("_backward_hooks") or own.get("_backward_pre_hooks"):
-                self.hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
-                module._backward_hooks = OrderedDict()
-                module._backward_pre_hooks = OrderedDict()
-            if own.get("_compiled_call_impl") is not None:  # module.compile()
-                self.compiled.append((module, "_compiled_call_impl", own["_compiled_call_impl"], True))
-                own["_compiled_call_impl"] = None
-            if type(module).__name__ == "OptimizedModule":
-                original = compiled_original(module)
-                if original is not None:  # torch.compile(module): its forward, the compiled call of the original
-                    self.compiled.append((module, "forward", own.get("forward"), "forward" in own))
-                    own["forward"] = original.__call__
-        for name in self._GLOBALS:
-            hooks = getattr(_module_module, name, None)
-            if hooks:
-                self.globals[name] = hooks
-                setattr(_module_module, name, OrderedDict())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        module_module = _module_module
-        for module, hooks, pre_hooks in self.hooks:
-            module._backward_hooks = hooks
-            module._backward_pre_hooks = pre_hooks
-        for module, key, value, had in reversed(self.compiled):
-            if had:
-                vars(module)[key] = value
-            else:
-                vars(module).pop(key, None)
-        for name, hooks in self.globals.items():
-            setattr(module_module, name, hooks)
-        self.hooks.clear()
-        self.compiled.clear()
-        self.globals.clear()
-
-
-def compiled_original(module: nn.Module) -> nn.Module | None:
-    """The original module of a ``torch.compile`` wrapper (``OptimizedModule``), or None."""
-    if type(module).__name__ == "OptimizedModule":
-        original = vars(module).get("_modules", {}).get("_orig_mod")
-        if isinstance(original, nn.Module):
-            return original
-    return None
-
-
-def compiled_anywhere(model: nn.Module) -> bool:
-    """Whether ``model`` holds a module compiled with ``torch.compile`` or ``module.compile()``."""
-    return any(compiled_original(m) is not None or vars(m).get("_compiled_call_impl") is not None for m in model.modules())
-
-
-def _changed(pairs: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
-    """The (buffer, saved copy) pairs, of equal shapes and dtypes, whose values differ (NaN differs, as for
-    ``torch.equal``): one read from each device where none does, one per pair on a device where one does."""
-    by_device: dict[torch.device, list[tuple[Tensor, Tensor]]] = {}
-    for buffer, saved in pairs:
-        by_device.setdefault(buffer.device, []).append((buffer, saved))
-    changed = []
-    for group in by_device.values():
-        if len(group) > 1 and not bool(torch.stack([torch.ne(b, s).any() for b, s in group]).any()):
-            continue
-        changed += [(b, s) for b, s in group if not torch.equal(b, s)]
-    return changed
-
-
-def _put_back(buffer: Tensor, saved: Tensor) -> None:
-    with torch.no_grad():
-        if buffer.shape != saved.shape:
-            buffer.resize_(saved.shape)
-        buffer.copy_(saved)
-
-
-def _same_sparse(a: Tensor, b: Tensor) -> bool:
-    """Whether two sparse tensors hold the same values (compared dense: buffers are small)."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.layout != b.layout:
-        return False
-    try:
-        return bool(torch.equal(a.to_dense(), b.to_dense()))
-    except RuntimeError:  # a layout without to_dense: assume changed (copy_ puts it back)
-        return False
-
-
-#: torch's functions that draw random numbers (torch.distributions samples through them): the pass names
-#: those forward() called in the refusal of a forward whose draws change a generator's state (see ``RandomStates``)
-RANDOM_FUNCTIONS = frozenset(
-    f
-    for f in [
-        *(getattr(torch, name, None) for name in (
-            "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "bernoulli",
-            "multinomial", "poisson", "binomial", "_standard_gamma", "_sample_dirichlet", "rrelu", "rrelu_",
-        )),
-        *(getattr(torch.Tensor, name, None) for name in (
-            "uniform_", "normal_", "bernoulli_", "bernoulli", "exponential_", "geometric_", "log_normal_", "cauchy_",
-            "random_", "multinomial",
-        )),
-    ]
-    if f is not None
-)  # fmt: skip
-
-
-#: torch's dropout functions, which draw only when training: (function, position of ``training``, its default)
-_DROPOUTS: tuple[tuple[Any, int, bool], ...] = tuple(
-    (f, position, default)
-    for f, position, default in [
-        (torch.nn.functional.dropout, 2, True),
-        (getattr(torch.nn.functional, "dropout1d", None), 2, True),
-        (torch.nn.functional.dropout2d, 2, True),
-        (torch.nn.functional.dropout3d, 2, True),
-        (torch.nn.functional.alpha_dropout, 2, False),
-        (torch.nn.functional.feature_alpha_dropout, 2, False),
-        (torch.dropout, 2, True),
-        (torch.nn.functional.rrelu, 3, False),
-    ]
-    if f is not None
-)
-_TRAINING_NAMES = ("training", "train")
-
-
-def random_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> bool:
-    """Whether ``func(*args, **kwargs)`` draws random numbers: one of :data:`RANDOM_FUNCTIONS`, a dropout
-    with ``training`` on (``F.dropout``'s default), or ``F.gumbel_softmax``."""
-    if func in RANDOM_FUNCTIONS or func is torch.nn.functional.gumbel_softmax:
-        return True
-    for f, position, default in _DROPOUTS:
-        if func is f:
-            kwargs = kwargs or {}
-            flag = next((kwargs[k] for k in _TRAINING_NAMES if k in kwargs), args[position] if len(args) > position else default)
-            return bool(flag)
-    return False
-
-
-class RandomStates:
-    """The global random states a forward may draw from (Python's ``random``, numpy's global
-    generator, torch's CPU and CUDA generators): taken before a pass, compared and put back after it.
-
-    A forward whose output is not a function of its inputs (teacher forcing decided by
-    ``random.random()``, a sampled head) cannot be attributed: two calls on the same x differ. A
-    draw is seen by the state it changes: the global generators', and those of the generators the
-    model holds as attributes of its modules. A generator made and seeded inside forward() changes
-    no state that outlives the call: its draws are a constant, and the forward a function. The
-    pass records which of torch's random functions forward() called
-    (``AttributionMode.random_draws``), to name them."""
-
-    def __init__(self, model: nn.Module | None = None) -> None:
-        #: generators the model holds as attributes of its modules: torch's, numpy's, Python's
-        self.held: list[tuple[str, Any, Any]] = []
-        for name, module in (model.named_modules() if model is not None else []):
-            for key, value in vars(module).items():
-                if type(value) in _PLAIN:  # (no generator)
-                    continue
-                where = f"{name}.{key}" if name else key
-                if isinstance(value, torch.Generator):
-                    self.held.append((f"the torch.Generator {where!r}", value, value.get_state()))
-                elif isinstance(value, np.random.Generator):
-                    self.held.append((f"the numpy Generator {where!r}", value, value.bit_generator.state))
-                elif isinstance(value, random.Random):
-                    self.held.append((f"the random.Random {where!r}", value, value.getstate()))
-        self.python = random.getstate()
-        self.numpy: Any = np.random.get_state()
-        self.torch = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-    def drawn(self) -> list[str]:
-        """The generators drawn from since the states were taken (each then put back)."""
-        sources = []
-        for what, generator, state in self.held:
-            if isinstance(generator, torch.Generator):
-                if not torch.equal(generator.get_state(), state):
-                    sources.append(what)
-                    generator.set_state(state)
-            elif isinstance(generator, np.random.Generator):
-                if generator.bit_generator.state != state:
-                    sources.append(what)
-                    generator.bit_generator.state = state
-            elif generator.getstate() != state:
-                sources.append(what)
-                generator.setstate(state)
-        if random.getstate() != self.python:
-            sources.append("Python's random module")
-            random.setstate(self.python)
-        now: Any = np.random.get_state()
-        if now[0] != self.numpy[0] or not np.array_equal(now[1], self.numpy[1]) or now[2:] != self.numpy[2:]:
-            sources.append("numpy.random (the global generator)")
-            np.random.set_state(self.numpy)
-        if not torch.equal(torch.get_rng_state(), self.torch):
-            sources.append("torch's global random number generator")
-            torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            cuda = torch.cuda.get_rng_state_all()
-            if len(cuda) != len(self.cuda) or any(not torch.equal(a, b) for a, b in zip(cuda, self.cuda, strict=False)):
-                sources.append("torch's CUDA random number generator")
-                torch.cuda.set_rng_state_all(self.cuda)
-        return sources
-
-
-    def reseed(self, seed: int) -> None:
-        """Start every generator taken here from another state (``seed``): the global ones and those the
-        model holds. :meth:`drawn` puts them back."""
-        for _, generator, _ in self.held:
-            if isinstance(generator, torch.Generator):
-                generator.manual_seed(seed)
-            elif isinstance(generator, np.random.Generator):
-                generator.bit_generator.state = np.random.default_rng(seed).bit_generator.state
-            else:
-                generator.seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.random.default_generator.manual_seed(seed)
-        if self.cuda is not None:  # (only where CUDA runs: seeding it otherwise would queue a seed for its start)
-            torch.cuda.manual_seed_all(seed)
-
-
-#: the generators a draw of torch's functions changes, as :meth:`RandomStates.drawn` names them
-TORCH_SOURCES = ("torch's global random number generator", "torch's CUDA random number generator", "the torch.Generator ")
-
-
-#: the seeds every generator a forward drew from is started from, one run each, to tell a draw that changes the
-#: output from one that never reaches it (stopping at the first run that differs). Sixteen runs: a draw that picks
-#: a branch with probability p per call (teacher forcing, stochastic depth in training mode) stays unseen with
-#: probability p^16 + (1-p)^16, below 1e-4 for p = 1/2 and 1e-2 for p = 1/4 (more draws per call, less)
-DRAW_SEEDS = tuple(12345 + 7919 * k for k in range(16))
-
-#: what :func:`draws_matter` says of a forward whose drawn values it followed into the output but whose outputs were
-#: the same under every seed: the draws were not seen to change the output, and the refusal must not say they do
-SAME_UNDER_SEEDS = "gave the same outputs, bit for bit,"
-
-
-def draws_change(run: Callable[[], Any], first: Any, states: RandomStates, what: str) -> str | None:
-    """Whether ``run()`` (``what``: the model's forward on fixed inputs, whose result from the generators' states
-    in ``states`` is ``first``) gives another result, bit for bit, with every generator started from each of
-    :data:`DRAW_SEEDS`: how they differ (for the refusal), or None where every run gives ``first`` (the draws, a
-    dropout mask Keras makes and does not use at inference, a stochastic depth decided in eval mode, never reach
-    the output). The generators are put back afterwards (``states.drawn()``)."""
-    try:
-        for seed in DRAW_SEEDS:
-            states.reseed(seed)
-            try:
-                again = run()
-            except Exception as failure:  # noqa: BLE001 (a forward that fails elsewhere: judged random)
-                return f"{what} failed when run again with its generators seeded {seed} ({type(failure).__name__}: {failure})"
-            if not _identical(first, again):
-                return (
-                    f"{what}, run again with torch's, numpy's and Python's generators (and those the model holds) seeded "
-                    f"{seed}, gave outputs that {_difference(first, again)} from those of the first run"
-                )
-        return None
-    finally:
-        states.drawn()
-
-
-def draws_matter(
-    model: nn.Module, inputs: list[Tensor], take: Callable[[Any], Any] | None, output: Any, deferred: Any, drawn: Sequence[str]
-) -> str | None:
-    """How the random draws a pass of ``model`` on ``inputs`` made (``drawn``: the generators whose state changed)
-    reach its ``output`` (for the refusal), or None where they do not. A draw of torch's that the pass followed
-    into the output (``deferred``, :class:`~.deferred.DeferredRefusals`) reaches it: the reference pass and the
-    input pass would pair operations on different draws; the outputs are compared all the same, so that the
-    refusal says whether they changed (:data:`SAME_UNDER_SEEDS` where they did not). Any other draw (Python's
-    ``random``, numpy's, a torch draw read into a Python bool or never used) reaches it where the model's output on
-    ``inputs`` changes with every generator started elsewhere (:func:`draws_change`)."""
-    reached = deferred.draws_reaching(output)
-    followed = bool(reached) and any(source.startswith(TORCH_SOURCES) for source in drawn)
-    states = RandomStates(model)
-    state = PreservedState(model)
-
-    def run() -> Any:
-        try:
-            with torch.no_grad():
-                out = model(*[x.clone() for x in inputs])
-            return take(out) if take is not None else out
-        finally:
-            state.restore()
-
-    rows = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
-    what = f"the model on the {rows} background rows" if rows is not None else "the model on the background"
-    try:
-        first = run()
-    except Exception as failure:  # noqa: BLE001 (judged random: the pass's refusal stands)
-        states.drawn()
-        return f"{what} failed when run again ({type(failure).__name__}: {failure})"
-    differ = draws_change(run, first, states, what)
-    if not followed:
-        return differ
-    into = f"the values drawn by {', '.join(sorted(reached))} flow into its output (the pass followed them there)"
-    if differ is not None:
-        return f"{into}, and {differ}"
-    return (
-        f"{into}, though {what} {SAME_UNDER_SEEDS} with its generators seeded {len(DRAW_SEEDS)} ways (the draws may "
-        "select or cancel alike, as a ProbSparse attention that keeps every query does): rnnshap's reference and input "
-        "passes each draw their own values and would pair operations on different draws"
-    )
-
-
-def _identical(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        if a.is_floating_point() or a.is_complex():
-            return bool(((a == b) | (a.isnan() & b.isnan())).all())
-        return bool(torch.equal(a, b))
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        a, b = np.asarray(a), np.asarray(b)
-        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
-    return False
-
-
-def _difference(a: Any, b: Any) -> str:
-    """How two results :func:`_identical` tells apart differ, in words: "differ by up to 0.31"."""
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        a, b = a.detach().cpu().numpy(), b.detach().cpu().numpy()
-    elif not (isinstance(a, np.ndarray) or isinstance(b, np.ndarray)):
-        return f"differ ({type(a).__name__} and {type(b).__name__})"
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        return f"differ in shape ({a.shape} and {b.shape})"
-    if a.dtype != b.dtype:
-        return f"differ in dtype ({a.dtype} and {b.dtype})"
-    with np.errstate(invalid="ignore", over="ignore"):
-        gap = np.abs(a.astype(np.complex128 if a.dtype.kind == "c" else np.float64) - b)
-    gap = np.where(np.isnan(a) & np.isnan(b), 0.0, np.where(np.isnan(gap), np.inf, gap))
-    return f"differ by up to {float(gap.max()):.3g}"
-
-
-def random_forward_error(sources: Sequence[str], evidence: str) -> ModelStateError:
-    """The refusal of a forward that draws random numbers from ``sources`` whose draws matter (``evidence``:
-    what was seen or compared, from :func:`draws_matter` or :func:`draws_change`)."""
-    if SAME_UNDER_SEEDS in evidence:  # followed into the output, not seen to change it
-        return ModelStateError(
-            f"forward() draws random numbers ({', '.join(sources)}) and computes its output from them: {evidence}. "
-            "Explain a forward that takes no draw: a model with a deterministic option in place of the sampling (for "
-            "Informer's ProbSparse attention, attention_type='full'), or draws made once outside forward() and passed "
-            "in as constants. The Shapley mode needs only the forward's outputs, which did not change here: "
-            "rnnshap.ShapleyExplainer(model, background).shapley_values(x)."
-        )
-    return ModelStateError(
-        f"forward() draws random numbers ({', '.join(sources)}) and they matter: {evidence}. An output that depends "
-        "on draws (teacher forcing decided by a draw, noise added, a value sampled from a distribution) is not a "
-        "function of the inputs, and no attribution of one call can add up to another. Explain the deterministic function "
-        "the model computes at inference: wrap it in an nn.Module whose forward() takes no random decision "
-        "(teacher_forcing_ratio=0, the distribution's mean or parameters instead of a sample, no noise), or call "
-        "model.eval() if the draws happen in training mode only. The Shapley mode needs a deterministic forward too."
-    )
 
 
 def refuse_scripted(model: nn.Module) -> None:
@@ -713,3 +264,28 @@ def check_matching(inputs: list[Tensor], background: list[Tensor], what: str = "
             )
         if x.is_floating_point() and x.dtype != b.dtype:
             inputs[i] = x.to(b.dtype)
+
+
+__all__ = [
+    "DRAW_SEEDS",
+    "RANDOM_FUNCTIONS",
+    "SAME_UNDER_SEEDS",
+    "TORCH_SOURCES",
+    "AsFunction",
+    "PreservedState",
+    "RandomStates",
+    "as_tensors",
+    "check_matching",
+    "check_meta",
+    "check_model",
+    "compiled_anywhere",
+    "compiled_original",
+    "draws_change",
+    "draws_matter",
+    "has_active_randomness",
+    "meta_modules",
+    "model_device_and_dtype",
+    "random_call",
+    "random_forward_error",
+    "refuse_scripted",
+]

@@ -1,0 +1,472 @@
+"""The PyTorch engine's checks of the model, run as it is built (:class:`ModelChecks`, the base of
+:class:`~rnnshap.engines.pytorch.engine.TorchEngine`): that it computes every row of the batch alone (the rows check), that
+its output does not read the order of an unsorted ``topk``, that its rows are laid out so that a tape on distinct
+references repeats for several samples, the integer inputs' uses and the missing values it does not handle; the
+explained output of its result, and what to say where the background does not fit it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Callable, NoReturn
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import InputError, UnsupportedOperationError
+from ...rules.base import PairGrid
+from ...rules.registry import RuleRegistry
+from ...rules.selection import topk_of_every_position
+from ..base import Engine
+from ..outputs import OutputLayout, output_parts
+from .discrete import CONTEXT, MASK, NUMBER, TOKEN
+from .randomness import RandomStates
+from .runner import PassSettings, run_pass
+from .state import PreservedState
+from .tape import Tape, batch_axis, repeat_along
+
+Tensor = torch.Tensor
+
+
+class ModelChecks(Engine):
+    """A PyTorch engine's checks of its model on the background. The engine sets the state they read (the model,
+    its background and dtype, the output chosen) as it is built."""
+
+    model: nn.Module
+    background: list[Tensor]
+    references: int
+    model_dtype: torch.dtype | None
+    outputs: OutputLayout
+    registry: RuleRegistry
+    _nested_list: bool
+
+    def _take(self, out: Any) -> Any:
+        """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
+        if isinstance(out, Tensor) and self.outputs.choice is None:
+            return out
+        leaf = self.outputs.leaf(out, lambda t: isinstance(t, Tensor))
+        if leaf is not None:
+            return leaf
+        flat, names = output_parts(out)
+        if not flat or not all(isinstance(t, Tensor) for t in flat):
+            return out  # run_pass says what the model returned
+        return self.outputs.take(
+            flat,
+            names or getattr(self.model, "output_names", None),
+            lambda t: t.shape,
+            lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
+        )
+
+    def _rows_alone(self) -> bool:
+        """Whether the reference pass may run on a block's distinct references, its tape then repeated
+        along each operand's batch axis for the input pass (``Tape.repeats``): the model must compute
+        every row alone, and lay each operand out with the batch's rows as whole blocks along one axis
+        (a time-major fold of batch and time would not be). Checked on the values: run on a few
+        background rows and on the same rows twice over (two samples' pairs), every operand the
+        second pass records must be the first one's repeated so, and so must the output. The rows are
+        a few background rows slightly perturbed, so that rows that are equal (all zero baselines) or
+        constant along an axis cannot hide a wrong layout (context inputs, masks and lengths, are the
+        rows' own, unperturbed)."""
+        m = min(self.references, 4)
+        if m < 2:
+            return False
+        generator = torch.Generator(device="cpu").manual_seed(0)
+
+        def perturbed(b: Tensor) -> Tensor:
+            if not b.is_floating_point():  # context (masks, lengths): the rows' own values
+                return b[:m]
+            spread = 0.01 * (float(b.nan_to_num().std()) if b.numel() > 1 else 0.0) + 1e-3  # (NaN: missing values)
+            noise = torch.randn(b[:m].shape, generator=generator, dtype=torch.float64)
+            return b[:m] + (spread * noise).to(b.dtype).to(b.device)
+
+        rows = [perturbed(b) for b in self.background]
+        try:
+            with torch.no_grad():
+                once, twice = Tape(), Tape()
+                copies = [r.clone() for r in rows]
+                out_once, _ = run_pass(self.model, copies, self.registry, once, PassSettings(replay=False, take=self._take))
+                doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
+                grid = PairGrid(2, m)
+                out_twice, _ = run_pass(
+                    self.model, doubled, self.registry, twice,
+                    PassSettings(replay=False, pairs=grid, take=self._take),
+                )
+        except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
+            return False
+        if len(once.entries) != len(twice.entries) or not _repeats(out_once, out_twice, 0):
+            return False
+        for a, b in zip(once.entries, twice.entries, strict=True):
+            if a.key != b.key or a.tracked != b.tracked or len(a.references or ()) != len(b.references or ()):
+                return False
+            if not a.tracked:  # a decision: the same on both
+                if not all(torch.equal(x, y) for x, y in zip(a.references or (), b.references or (), strict=True)):
+                    return False
+                continue
+            axes = [batch_axis(x, y, 2) for x, y in zip(a.shapes, b.shapes, strict=True)]
+            pairs = zip(a.references or (), b.references or (), axes, strict=True)
+            if -1 in axes or not all(_repeats(x, y, axis) for x, y, axis in pairs):
+                return False
+            if a.output is None or b.output is None or a.output.shape != a.shapes[0]:
+                continue
+            if not _repeats(a.output, b.output, axes[0]):
+                return False
+        return True
+
+    def _check_unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
+        """Refuse a model whose output depends on the order of a ``topk`` of every position unsorted (``names``).
+        rnnshap's passes take its positions in their own order (rules/selection.py), one of the orders torch may
+        return: ``probed``, the probe's outputs on the background, are the model's in that order. The model's own
+        forward (torch's order) and one with the positions reversed must give them again, up to the rounding of 1e3
+        ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is the model's."""
+        state, randoms = PreservedState(self.model), RandomStates(self.model)
+
+        def run(reverse: bool | None) -> Any:
+            try:
+                with torch.no_grad(), (contextlib.nullcontext() if reverse is None else _UnorderedTopk(reverse)):
+                    return self._take(self.model(*[b.clone() for b in self.background]))
+            finally:
+                state.restore()
+
+        try:
+            for reverse, order in ((None, "torch's"), (True, "the reversed")):
+                try:
+                    out = run(reverse)
+                except Exception:  # noqa: BLE001 (a model that fails here: the passes report what fails)
+                    return
+                if isinstance(out, Tensor) and out.shape == probed.shape and _repeats_close(out, probed, eps):
+                    continue
+                gap = float((out - probed).abs().max()) if isinstance(out, Tensor) and out.shape == probed.shape else None
+                how = f"differ by up to {gap:.3g}" if gap is not None else "differ"
+                why = (
+                    "with sorted=False it returns every position in an order torch does not specify, and the model's output "
+                    f"depends on that order (the outputs of the {self.references} background rows in {order} order and in "
+                    f"the positions' own {how}): use sorted=True, or make the output independent of the order"
+                )
+                raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
+        finally:
+            randoms.drawn()  # (the generators put back: a forward that draws, checked not to matter before)
+
+    def _check_rows_independent(self, eps: float, probed: Tensor) -> None:
+        """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
+        to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, and
+        run in two halves, the outputs of the whole, up to rounding (1e3 ``eps`` of the least precise dtype the
+        model computes in or of its output's, relative to the outputs' scale: float32 kernels that sum in another
+        order for another batch are allowed, in a float64 model that computes in float32 too). A
+        recurrent layer without ``batch_first`` given (batch, time, features) reads axis 0 as time, and row
+        b's output then depends on rows 0..b; a statistic over the batch (a mean) is the same in either
+        order and differs between the halves. Before refusing, both orders run again: a forward whose outputs change
+        from call to call is not judged here (four plain forwards where the rows pass, six where they do not).
+
+        Most models pass, and for them one forward's worth of rows is enough: the reversed rows run in two halves,
+        and their outputs are compared with ``probed``, the probe's outputs on the whole background (a row-mixing
+        model changes them by either test); only where they differ do the two tests above run apart, to say which
+        one fails.
+
+        Those tolerances are floored at an output scale of 1 (kernels round relative to the values they sum, which can
+        be larger than the outputs), so a coupling smaller than 1e3 ``eps`` in absolute terms passes them: where the
+        outputs compared are not that close relative to their own scale, a third test keeps the batch size (the same
+        kernels): the first half of the rows kept and the others replaced, the kept rows' outputs must come again, up to
+        1e3 ``eps`` of the outputs' scale (transformers' Autoformer with two heads moved its forecasts by 3e-3 of their
+        scale of 0.03 this way)."""
+        m = min(self.references, 64)
+        if m < 2:
+            return
+        rows = [b[:m] for b in self.background]
+        order = torch.arange(m - 1, -1, -1, device=rows[0].device)
+        state = PreservedState(self.model)
+
+        def run(index: Tensor | None, part: slice | None = None) -> Any:
+            try:
+                with torch.no_grad():
+                    picked = [r if index is None else r[index] for r in rows]
+                    return self._take(self.model(*[(p if part is None else p[part]).clone() for p in picked]))
+            finally:
+                state.restore()
+
+        if m == self.references and probed.shape[:1] == (m,):
+            try:
+                apart = torch.cat([run(order, part) for part in (slice(0, m // 2), slice(m // 2, m))])
+            except Exception:  # noqa: BLE001 (the tests apart say whether the model runs on fewer rows)
+                apart = None
+            if isinstance(apart, Tensor) and apart.shape == probed.shape and _repeats_close(probed[order], apart, eps):
+                if _close_to_scale(probed[order], apart, eps):
+                    return
+                coupled = self._coupled_at_the_same_size(run, m, eps)
+                if coupled is None:
+                    return
+                self._refuse_mixed_rows(m, *coupled)
+        try:
+            ahead, reversed_ = run(None), run(order)
+        except Exception:  # noqa: BLE001 (a model that fails on fewer rows: the passes report what fails)
+            return
+        if not all(isinstance(o, Tensor) and o.shape == ahead.shape for o in (ahead, reversed_)):
+            return
+        if ahead.dim() == 0 or ahead.shape[0] != m:
+            return
+
+        def deterministic() -> bool:
+            """Whether each order gives its outputs again (asked only before refusing: a forward that changes from
+            call to call is not judged here)."""
+            try:
+                again = [run(order), run(None)]
+            except Exception:  # noqa: BLE001
+                return False
+            alike = all(isinstance(o, Tensor) and o.shape == ahead.shape for o in again)
+            return alike and _repeats_close(ahead, again[1], eps) and _repeats_close(reversed_, again[0], eps)
+
+        if not _repeats_close(ahead[order], reversed_, eps):
+            if not deterministic():
+                return
+            differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
+            row, how = int(order[int(differ.argmax())]), "in reverse order"
+        else:
+            try:  # (a model that cannot run fewer rows: the order is checked alone)
+                halves = [run(None, part) for part in (slice(0, m // 2), slice(m // 2, m))]
+            except Exception:  # noqa: BLE001
+                return
+            if not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
+                return
+            apart = torch.cat(halves)
+            if apart.shape != ahead.shape:
+                return
+            if _repeats_close(apart, ahead, eps):
+                if _close_to_scale(apart, ahead, eps) and _close_to_scale(ahead[order], reversed_, eps):
+                    return
+                coupled = self._coupled_at_the_same_size(run, m, eps)
+                if coupled is None:
+                    return
+                self._refuse_mixed_rows(m, *coupled)
+            # the halves differ: a sum whose terms are far larger than the outputs (an ill-conditioned model) rounds
+            # otherwise in the kernels of another batch size; not refused where a float64 copy runs the halves alike
+            moved = float((apart - ahead).abs().nan_to_num(0.0).max())
+            if self._halves_agree_in_float64(m, moved) or not deterministic():
+                return
+            row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
+        self._refuse_mixed_rows(m, row, how)
+
+    def _halves_agree_in_float64(self, m: int, moved: float) -> bool:
+        """Whether what moved the outputs of the model's first ``m`` background rows by up to ``moved`` between running
+        them whole and in two halves (the test of :meth:`_check_rows_independent` they failed) is rounding: a float64
+        copy of a model that computes in a less precise dtype moves them by a millionth of that or less (rounding
+        shrinks with the dtype's ε, by 2e-9 from float32; a row that reads another does not). Kernels sum in another
+        order for another batch size, and in a sum whose terms are far larger than the outputs (weights of 1e6 that
+        cancel) that moves the outputs by far more than their own ε. False where the model computes in float64
+        already, or its copy cannot be cast or run."""
+        if self.model_dtype is None or self.model_dtype == torch.float64:
+            return False
+        try:
+            model = copy.deepcopy(self.model).double()
+            rows = [b[:m].double() if b.is_floating_point() else b[:m] for b in self.background]
+            with torch.no_grad():
+                whole = self._take(model(*[r.clone() for r in rows]))
+                parts = [self._take(model(*[r[part].clone() for r in rows])) for part in (slice(0, m // 2), slice(m // 2, m))]
+        except Exception:  # noqa: BLE001 (not shown to be rounding: refused as the halves say)
+            return False
+        if not all(isinstance(t, Tensor) for t in (whole, *parts)):
+            return False
+        halves = torch.cat(parts)
+        return halves.shape == whole.shape and float((halves - whole).abs().nan_to_num(0.0).max()) <= 1e-6 * moved
+
+    @staticmethod
+    def _coupled_at_the_same_size(run: Callable[..., Any], m: int, eps: float) -> tuple[int, str] | None:
+        """The third test of :meth:`_check_rows_independent`: ``run(index)`` (the model on the background rows picked by
+        ``index``) with the first half of ``m`` rows kept and the others replaced by the first ones, the batch size the
+        same. (the row whose output changed, how the rows were run) where the kept rows' outputs move by more than 1e3
+        ``eps`` of the outputs' scale and the model gives its outputs again run twice; else None."""
+        k = (m + 1) // 2
+        try:
+            whole = run(None)
+            replaced = run(torch.cat([torch.arange(k), torch.arange(m - k)]).to(whole.device))
+        except Exception:  # noqa: BLE001 (the passes report what fails)
+            return None
+        if not (isinstance(whole, Tensor) and isinstance(replaced, Tensor)) or whole.shape != replaced.shape:
+            return None
+        if whole.dim() == 0 or whole.shape[0] != m or _close_to_scale(replaced[:k], whole[:k], eps):
+            return None
+        try:
+            again = run(None)
+        except Exception:  # noqa: BLE001
+            return None
+        if not (isinstance(again, Tensor) and again.shape == whole.shape and _close_to_scale(again, whole, eps)):
+            return None  # (a forward that changes from call to call is not judged here)
+        row = int((replaced[:k] - whole[:k]).reshape(k, -1).abs().amax(1).argmax())
+        return row, f"with rows {k} to {m - 1} replaced by rows 0 to {m - k - 1} (the same batch size)"
+
+    def _refuse_mixed_rows(self, m: int, row: int, how: str) -> NoReturn:
+        """Raise the refusal of a model whose output for ``row`` changed when its ``m`` background rows ran ``how``."""
+        seq_first = [
+            f"{name!r} ({type(module).__name__})"
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.RNNBase) and not module.batch_first
+        ]
+        advice = (
+            f" The model has recurrent layers without batch_first: {', '.join(seq_first)}. Such a layer reads axis 0 of its "
+            "input as time: build it with batch_first=True, or transpose inside forward() (x.transpose(0, 1)) so that "
+            "axis 0 of the data given to rnnshap is the batch."
+            if seq_first
+            else " Check which axis the model reads as time (a recurrent layer without batch_first reads axis 0), "
+            "that no layer normalizes over the batch, and that no layer folds the batch with another axis and unfolds it "
+            "in another order (transformers' Autoformer with more than one attention head repeats each sample's delays "
+            "heads-major along its batch-major (batch · heads) axis: build it with one head)."
+        )
+        raise InputError(
+            f"The model mixes the rows of axis 0 of its input: its output for one row depends on the other rows of the "
+            f"batch (run on {m} background rows {how}, the output for row {row} changes). rnnshap reads axis 0 "
+            "as the batch, and the attributions of a sample need its output to be a function of that sample alone."
+            + advice
+        )
+
+    def _plain_failure(self) -> BaseException | None:
+        """The model's own error on the background, run as it is (without rnnshap), or None."""
+        try:
+            with torch.no_grad():
+                self.model(*[b.clone() for b in self.background])
+        except Exception as error:  # noqa: BLE001 - any failure of the model is reported as it is
+            return error
+        return None
+
+    def _misfit(self, error: BaseException) -> str:
+        """What to say when the background does not fit the model: what reached it, and the model's message."""
+        shapes = ", ".join(f"{tuple(b.shape)} {str(b.dtype).replace('torch.', '')}" for b in self.background)
+        count = len(self.background)
+        message = (
+            f"The background was run through the model as {count} input{'s' if count > 1 else ''} "
+            f"of shape{'s' if count > 1 else ''} {shapes}, "
+            f"and the model failed: {type(error).__name__}: {error}"
+        )
+        if self._nested_list:
+            message += (
+                f". The background is a Python list of Python lists, read as a list of {count} inputs (one per model "
+                "input, as for a model with several inputs). For a model with one input, pass one array: "
+                "np.asarray(background) or torch.tensor(background)"
+            )
+        elif any(b.dim() == 2 and b.is_floating_point() for b in self.background):
+            message += (
+                ". A 2-D input is (batch, features). If the model expects (batch, time, features) and the 2-D array "
+                "is one sequence, add the batch dimension: x[None] (and background[None]) for one sample"
+            )
+        return message + "."
+
+
+def holds_nan(tensors: list[Tensor]) -> bool:
+    return any(t.is_floating_point() and bool(torch.isnan(t).any()) for t in tensors)
+
+
+def check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1, first: int = 0) -> None:
+    """Refuse missing values (NaN) in ``inputs`` that the model does not handle: its output is NaN for their rows
+    (every ``step``-th row of ``outputs`` is one of ``inputs``' rows, the first of them row ``first``)."""
+    if not holds_nan(inputs):
+        return
+    finite = torch.isfinite(outputs) if isinstance(outputs, Tensor) else torch.from_numpy(np.isfinite(outputs))
+    rows = (~finite.reshape(finite.shape[0], -1).all(1)).nonzero()
+    if rows.numel():
+        row = first + int(rows[0]) // step
+        raise InputError(
+            f"{what} holds missing values (NaN) that the model does not handle: its output is NaN for row {row}. "
+            "rnnshap attributes missing values the model masks (nanmean, nan_to_num, torch.where(isnan(x), ...), the "
+            "mask as a feature), exactly; fill these before explaining, or let the model mask them"
+        )
+
+
+def check_integer_uses(index: int, uses: dict[str, str], lost: str | None) -> None:
+    """Refuse an integer input whose uses cannot all be attributed exactly (see passes.discrete)."""
+    token, number, mask, context = (uses.get(kind) for kind in (TOKEN, NUMBER, MASK, CONTEXT))
+    if lost is not None:
+        raise InputError(
+            f"Input {index} (integers): {lost}, an integer operation whose result rnnshap cannot follow back to "
+            "the input's positions (it follows shape, indexing, padding, concatenation and elementwise operations "
+            "on integers). Apply that operation after the embedding or after casting to floating point, or pass "
+            "its result to the model as a separate input."
+        )
+    if token and number:
+        raise InputError(
+            f"Input {index} is used both as token ids (by {token}) and as a number (cast to floating point by "
+            f"{number}); rnnshap attributes an integer input one way. Pass a copy of it as a second input: "
+            "a floating-point tensor for the number."
+        )
+    role = f"holds token ids (they feed {token})" if token else f"is used as a number (cast to floating point by {number})"
+    if (token or number) and context:
+        advice = (
+            "build the mask or lengths from a comparison (`ids != pad`, `(ids != pad).sum(1)`): masks made from "
+            "token ids are taken from the explained sample on both sides"
+            if token
+            else "pass its values as lengths or indices in a separate integer input, which is then context"
+        )
+        raise InputError(
+            f"Input {index} {role}, and {context} also uses its values directly (as lengths, indices or in a "
+            "reduction). Those values differ between the input and its reference, and that use cannot be "
+            f"attributed. Either {advice}, or pass them to the model as a separate integer input: integer inputs "
+            "that are neither token ids nor numbers are context, used as given by the explained sample."
+        )
+    if number and mask:
+        raise InputError(
+            f"Input {index} {role}, and {mask} compares its values: a comparison is a step of the number that "
+            "rnnshap cannot attribute. Pass the mask to the model as a separate (boolean) input, which is context."
+        )
+
+
+def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
+    """Whether ``twice`` is ``once`` repeated twice along ``axis``, up to the rounding of kernels that
+    may sum in another order for another number of rows."""
+    if not isinstance(once, Tensor) or not isinstance(twice, Tensor):
+        return False
+    repeated = repeat_along(once, axis, 2)
+    if repeated.shape != twice.shape:
+        return False
+    if repeated.dtype == twice.dtype and torch.equal(repeated, twice):  # (equal: close, without the scale's work)
+        return True
+    if not (repeated.is_floating_point() or repeated.is_complex()):
+        return False
+    scale = float(twice.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if twice.numel() else 0.0
+    rtol = 1e3 * torch.finfo(twice.dtype).eps if twice.is_floating_point() else 1e-12
+    return torch.allclose(repeated, twice, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True)
+
+
+class _UnorderedTopk(torch.overrides.TorchFunctionMode):
+    """``topk`` of every position unsorted returns the positions in their own order, or reversed (``reverse``): two of
+    the orders torch may return (see ``Engine._check_unordered_topk``)."""
+
+    def __init__(self, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in (torch.topk, Tensor.topk) or not topk_of_every_position(args, kwargs):
+            return func(*args, **kwargs)
+        operand = args[0]
+        dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1)) % operand.dim()
+        n = operand.shape[dim]
+        order = torch.arange(n, device=operand.device)
+        if self.reverse:
+            order = order.flip(0)
+        shape = [1] * operand.dim()
+        shape[dim] = n
+        indices = order.reshape(shape).expand(operand.shape).contiguous()
+        return torch.return_types.topk((operand.gather(dim, indices), indices))
+
+
+def _close_to_scale(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:
+    """:func:`_repeats_close` with the tolerance relative to ``b``'s own scale, not floored at 1."""
+    if a.shape != b.shape:
+        return False
+    if a.dtype == b.dtype and torch.equal(a, b):
+        return True
+    if not (a.is_floating_point() or a.is_complex()):
+        return False
+    scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
+    rtol = 1e3 * max(torch.finfo(b.dtype).eps, eps)
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True))
+
+
+def _repeats_close(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:
+    """Whether ``a`` and ``b`` are equal up to the rounding of kernels that sum in another order (in ``b``'s
+    dtype, or in a less precise one of ``eps`` the model computes in)."""
+    if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b):  # (equal: close, without the scale's work)
+        return True
+    if not (a.is_floating_point() or a.is_complex()):
+        return False
+    scale = float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 0.0
+    rtol = 1e3 * max(torch.finfo(b.dtype).eps, eps)
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True))

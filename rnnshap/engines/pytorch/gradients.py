@@ -1,0 +1,93 @@
+"""The PyTorch engine's backward pass: the gradients of every selected output w.r.t. the pairs' inputs in one
+batched backward (:func:`grads_per_output`), and each input's contribution, multiplier × (x − r)
+(:func:`contribution`)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ...errors import UnsupportedOperationError
+
+Tensor = torch.Tensor
+
+
+def contribution(grad: Tensor, x: Tensor, reference: Tensor) -> Tensor:
+    """multiplier × (x − r); where a value is missing (NaN, or an infinity) on both sides its difference is 0, and
+    where nothing downstream depends on an entry (multiplier 0) its contribution is 0, never 0 · NaN. A missing
+    value on one side of a pair that the output depends on is refused by name."""
+    delta = x - reference
+    if bool(torch.isfinite(delta).all()):
+        return grad * delta
+    delta = torch.where((x == reference) | (torch.isnan(x) & torch.isnan(reference)), 0.0, delta)
+    contribution = (grad * delta).masked_fill(grad == 0, 0.0)
+    if not bool(torch.isfinite(contribution).all()):
+        raise UnsupportedOperationError([(
+            "a missing value (NaN or inf) of the explained inputs or the background",
+            "the output depends on an entry that is missing on one side of a pair only: its difference has no size",
+            "missing",
+        )])
+    return contribution
+
+
+#: autograd's engine as ``torch.autograd.grad`` runs it after checking its arguments (see :func:`_backward`)
+_ENGINE_RUN_BACKWARD = getattr(torch.autograd.graph, "_engine_run_backward", None)
+
+
+def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
+    """Gradients of every column of ``chosen`` w.r.t. ``leaves``: shape (k, *leaf.shape) each.
+
+    All columns go through one batched backward pass, not one per output: ``torch.func.vmap`` over
+    the backward, whose batching rules run each operation once on all K (the rules' own backward
+    functions included: a matrix product of K × rows). autograd's ``is_grads_batched`` uses torch's
+    older vmap, which runs a matrix product or an ``addcmul`` once per output and joins the results
+    (1.5–2× slower at K = 10); it is the fallback where ``torch.func`` cannot batch the backward.
+    (``torch.autograd.grad`` given ``grad_outputs`` imports torch's symbolic shapes and sympy on its first use in a
+    process, to compare their sizes: 0.3-0.4 s of a first call, which the floor's backward of a scalar does not pay.
+    One output starts from the scalar Σ chosen, whose gradient is the same ones; several give their one-hot rows
+    to autograd's engine as ``autograd.grad`` does after that check, see :func:`_backward`.)
+    """
+    k = chosen.shape[1]
+    if k == 1:
+        grads = torch.autograd.grad(chosen.sum(), leaves, allow_unused=True)
+        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves, strict=True)]
+    eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
+    grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
+    try:
+        with warnings.catch_warnings():  # an operation without a batching rule runs once per output, as before
+            warnings.filterwarnings(
+                "ignore", message="There is a performance drop because we have not yet implemented the batching rule"
+            )
+
+            def column(v: Tensor) -> tuple[Tensor, ...]:
+                grads = _backward(chosen, v, leaves)
+                return tuple(_or_zeros(g, leaf) for g, leaf in zip(grads, leaves, strict=True))
+
+            grads = torch.func.vmap(column)(grad_outputs)
+    except RuntimeError:  # an operation of the backward that torch.func cannot batch
+        grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
+    return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
+
+
+def _backward(output: Tensor, grad: Tensor, leaves: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)``, ``grad`` of ``output``'s
+    shape and dtype, without the size check that imports sympy (see :func:`grads_per_output`): autograd's engine
+    run as ``autograd.grad`` runs it, where this torch has that function (``torch.autograd.graph``, torch >= 2.4)."""
+    if _ENGINE_RUN_BACKWARD is not None:
+        try:  # (torch's private function, its arguments as torch 2.4-2.13 take them: grads, keep and create graph,
+            # inputs, allow unreachable, accumulate)
+            grads = _ENGINE_RUN_BACKWARD((output,), (grad,), True, False, tuple(leaves), True, False)
+        except TypeError:  # (another torch that takes them otherwise: the public call)
+            pass
+        else:
+            if isinstance(grads, tuple) and len(grads) == len(leaves):
+                return grads
+    return torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)
+
+
+def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:
+    if grad is not None:
+        return grad
+    shape = leaf.shape if k is None else (k, *leaf.shape)
+    return torch.zeros(shape, dtype=leaf.dtype, device=leaf.device)
