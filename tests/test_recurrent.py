@@ -491,8 +491,9 @@ def test_the_input_gradient_is_the_same_a_step_at_a_time_or_all_at_once(layer: s
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_a_cells_step_runs_the_cells_own_kernel_bit_for_bit(kind: str) -> None:
     """One step of a fused layer (a cell's call in a Python loop) gives, on the input side and on the reference side,
-    the states the model's own cell kernel gives on the same rows, bit for bit (float32): the explained trajectory
-    is the model's, not one a rounding away from it."""
+    the new states (h and, for an LSTM, c) the model's own cell kernel gives on the same rows, bit for bit (float32):
+    the explained trajectory of a loop is the model's, not one a rounding away from it. (GRU and Elman steps took
+    torch's cell arithmetic before; the LSTM's ran oneDNN's layer kernel and its own cell-state update.)"""
     from rnnshap.recurrent import fused
     from rnnshap.recurrent.weights import CellWeights
 
@@ -505,8 +506,8 @@ def test_a_cells_step_runs_the_cells_own_kernel_bit_for_bit(kind: str) -> None:
     with torch.no_grad():
         if kind == "lstm":
             out, h_n, c_n, out_r, h_n_r, c_n_r = fused.FusedLSTM.apply(w, None, None, x[None], h, c, x_r[None], h_r, c_r)
-            for state, own in ((h_n, cell(x, (h, c))[0]), (h_n_r, cell(x_r, (h_r, c_r))[0])):
-                assert torch.equal(state, own)
+            for states, own in (((h_n, c_n), cell(x, (h, c))), ((h_n_r, c_n_r), cell(x_r, (h_r, c_r)))):
+                assert torch.equal(states[0], own[0]) and torch.equal(states[1], own[1])
         else:
             if kind == "gru":
                 out, h_n, out_r, h_n_r = fused.FusedGRU.apply(w, None, None, x[None], h, x_r[None], h_r)

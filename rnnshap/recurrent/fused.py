@@ -369,15 +369,20 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
 
     torch's LSTM kernel runs the rows; the pre-activations of all steps are then one matrix
     product and the cell states one fused multiply-add per step. One step without a projection (a cell's call)
-    runs torch's cell kernel, as the model's ``nn.LSTMCell`` runs it, bit for bit: the layer kernel (oneDNN on the
-    CPU) sets up its primitive on every call, which costs a cell in a loop several times its arithmetic.
+    runs torch's cell kernel, as the model's ``nn.LSTMCell`` runs it, and takes both its new states from it: the
+    trajectory of a cell in a loop is the model's bit for bit (the layer kernel, oneDNN's on the CPU, sets up its
+    primitive on every call, which costs a cell in a loop several times its arithmetic).
     """
-    if x.shape[0] == 1 and w.w_hr is None:
-        out = torch.lstm_cell(x[0], (h, c), w.w_ih, w.w_hh, w.b_ih, w.b_hh)[0][None]
+    one_step = x.shape[0] == 1 and w.w_hr is None
+    if one_step:
+        h_new, c_new = torch.lstm_cell(x[0], (h, c), w.w_ih, w.w_hh, w.b_ih, w.b_hh)
+        out = h_new[None]
     else:
         out, _, _ = _native(torch.lstm, w, x, (h[None], c[None]))
     u = _add_recurrent(_input_projection(x, w), torch.cat([h[None], out[:-1]]), w.w_hh)
     gates = _lstm_gates(u)
+    if one_step:
+        return u, gates, c[None], c_new[None], out
     i, f, g, _ = gates.chunk(4, dim=2)
     ig = i * g
     cells = torch.empty_like(ig)

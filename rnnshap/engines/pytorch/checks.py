@@ -28,6 +28,9 @@ from .tape import Tape, batch_axis, repeat_along
 
 Tensor = torch.Tensor
 
+#: the largest float64 copy of a model the rows check makes to tell rounding from rows that read each other
+FLOAT64_COPY_BYTES = 1 << 30
+
 
 class ModelChecks(Engine):
     """A PyTorch engine's checks of its model on the background. The engine sets the state they read (the model,
@@ -240,7 +243,7 @@ class ModelChecks(Engine):
             # the halves differ: a sum whose terms are far larger than the outputs (an ill-conditioned model) rounds
             # otherwise in the kernels of another batch size; not refused where a float64 copy runs the halves alike
             moved = float((apart - ahead).abs().nan_to_num(0.0).max())
-            if self._halves_agree_in_float64(m, moved) or not deterministic():
+            if not deterministic() or self._halves_agree_in_float64(m, moved):
                 return
             row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
         self._refuse_mixed_rows(m, row, how)
@@ -252,8 +255,12 @@ class ModelChecks(Engine):
         shrinks with the dtype's ε, by 2e-9 from float32; a row that reads another does not). Kernels sum in another
         order for another batch size, and in a sum whose terms are far larger than the outputs (weights of 1e6 that
         cancel) that moves the outputs by far more than their own ε. False where the model computes in float64
-        already, or its copy cannot be cast or run."""
+        already, its copy cannot be cast or run, or its float64 copy would take over :data:`FLOAT64_COPY_BYTES` (the
+        copy is made only here, where the model is otherwise refused)."""
         if self.model_dtype is None or self.model_dtype == torch.float64:
+            return False
+        held = [*self.model.parameters(), *self.model.buffers()]
+        if sum(t.numel() * 8 for t in held if t.is_floating_point()) > FLOAT64_COPY_BYTES:
             return False
         try:
             model = copy.deepcopy(self.model).double()
