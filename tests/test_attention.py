@@ -471,17 +471,19 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
     assert np.abs(values[:, -1]).max() == 0.0  # the padded step is never a key, and its query is not read
 
 
-def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch: pytest.MonkeyPatch, frozen: bool) -> None:
     """nn.TransformerEncoder in eval mode: a plain forward without autograd takes torch's fused fast path, whose bits
     differ from the layers' own operations (which the passes run), so the reference pass used to run again at every
     call; vetted by the same forward recording for autograd, it is kept: a later call runs no reference rule, one
-    plain forward per call without the fast path after the first, and gives the same values bit for bit."""
+    plain forward per call without the fast path after the first, and gives the same values bit for bit. Frozen
+    parameters too (the fast path is then taken with autograd on unless an input requires grad)."""
     calls, spy = _counted_attention(monkeypatch)
 
     torch.manual_seed(3)
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-    model = nn.Sequential(encoder, nn.Flatten(), nn.Linear(T * 8, 2)).eval()
+    model = nn.Sequential(encoder, nn.Flatten(), nn.Linear(T * 8, 2)).eval().requires_grad_(not frozen)
     background, X = torch.randn(6, T, 8), torch.randn(3, T, 8)
     explainer = rnnshap.DeepExplainer(model, background, rules={F.multi_head_attention_forward: spy})
     first = explainer.shap_values(X)

@@ -306,13 +306,17 @@ class TorchEngine(ModelChecks):
         The forward runs without autograd first and, where that misses, once with it: torch's transformer layers take
         a fused fast path when nothing is recorded for autograd (``nn.TransformerEncoderLayer``,
         ``nn.MultiheadAttention`` in eval mode), whose outputs differ in their last bits from the layer's own
-        operations, which the pass runs; with autograd recording (the parameters require grad) they run those. Which
-        one gave the outputs is remembered for the block, so that a later vet runs one forward."""
+        operations, which the pass runs; with autograd recording (the rows' floating inputs require grad, as the
+        pass's tracked inputs do, frozen parameters or not) they run those. Which one gave the outputs is remembered
+        for the block, so that a later vet runs one forward."""
         key = _kept_key(block, context)
         for grad in (False, True) if key not in self._vetted_with_grad else (True,):
+            rows = self._distinct_rows(block, context)  # (copies: their own leaves)
+            if grad:
+                rows = [r.requires_grad_() if r.is_floating_point() else r for r in rows]
             try:
                 with torch.set_grad_enabled(grad):
-                    now = self._take(self.model(*self._distinct_rows(block, context)))
+                    now = self._take(self.model(*rows))
             except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
                 return False
             finally:
