@@ -203,9 +203,13 @@ def measure(name: str, steps: int, args: argparse.Namespace, device: torch.devic
     # read costs nothing there); on a device they answer False unread (formulas/torch_ops.readable), as set here
     from rnnshap.formulas import torch_ops
 
+    unread = getattr(torch_ops, "values_unread", None)
     readable = getattr(torch_ops, "readable", None)
     device_syncs = syncs
-    if readable is not None:
+    if unread is not None:
+        with unread():
+            device_syncs = count(explain)[2]
+    elif readable is not None:  # (an older tree)
         torch_ops.readable = lambda t: False  # type: ignore[assignment]
         try:
             device_syncs = count(explain)[2]

@@ -65,6 +65,15 @@ class DeepExplainer:
             ``data`` and ``X`` stay the model's inputs; the values add up to ``f(x) − expected_value``.
             A model whose output depends on its inputs other than through that output is refused.
 
+        compile: how a PyTorch model's pass runs (docs/performance.md, "The traced pass"). ``False`` (the default):
+            intercepted, operation by operation, at every call. ``"trace"``: traced at the second call of the same
+            input shapes into one program of torch operations and run as that program from then on, the same values
+            bit for bit. ``True``: that program compiled by ``torch.compile`` (inductor: the rules' elementwise work
+            fused; values within a few float32 ulps; compiling takes seconds to minutes, once per shapes, and on the
+            CPU needs a C++ compiler, without which the traced program runs). A pass that cannot be traced
+            (an operation whose output's shape depends on the values, forward hooks) runs intercepted;
+            ``explainer.pass_path`` says how the last call ran and why.
+
     Example:
         >>> explainer = DeepExplainer((model, model.lstm), background, layer_output=True)   # doctest: +SKIP
         >>> out, h_n, c_n = explainer.shap_values(X)       # out: (N, T, hidden, n_outputs)  # doctest: +SKIP
@@ -80,9 +89,12 @@ class DeepExplainer:
         progress: bool | None = None,
         output: int | str | tuple[int | str, ...] | None = None,
         layer_output: bool = False,
+        compile: bool | str = False,
     ) -> None:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if not (compile is False or compile is True or compile == "trace"):
+            raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress
@@ -98,8 +110,14 @@ class DeepExplainer:
                 if advice is None:
                     raise
                 raise InputError(advice) from error
+            self.engine.compile_passes(compile)
         self._model_version = self.engine.model_version()
         self._expected_value = _mean_output(self.engine.background_outputs)
+
+    @property
+    def pass_path(self) -> str:
+        """How the last call's pass ran, in words: intercepted, traced or compiled (``compile=``), and why."""
+        return self.engine.pass_path
 
     @property
     def expected_value(self) -> float | np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -110,3 +111,42 @@ def test_buffers_written_in_any_way_are_put_back_bit_for_bit() -> None:
     for name, b in model.named_buffers():
         assert b is objects[name]
         assert b.shape == before[name].shape and torch.equal(b.nan_to_num(7.0), before[name].nan_to_num(7.0))
+
+
+_SYNCS = {"_local_scalar_dense", "equal", "nonzero", "is_nonzero"}
+
+
+@pytest.mark.parametrize(
+    ("family", "most"),
+    [("lstm", 8), ("elman", 8), ("lstm cell in a loop", 8), ("transformer encoder", 8), ("gru, two layers, bidirectional", 10)],
+)
+def test_a_call_on_a_device_reads_the_device_at_most_8_times_at_any_length(family: str, most: int) -> None:
+    """Each host read (``.item()``, ``bool(t)``, ``torch.equal``, ``nonzero``) stalls an accelerator until its queue has
+    run. A steady call makes at most 8 (the input checks before the pass, the rows' and the contributions' after it),
+    the same at every sequence length: counted as on a device (the formulas' value tests answering unread,
+    ``values_unread``), on the CPU. A recurrent layer reads whether its rows repeat once per layer and direction (a
+    stacked bidirectional GRU four times, a read more than a layer of one direction for each of the other three)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rnnshap.formulas.torch_ops import values_unread
+
+    from .test_traced import FAMILIES, F
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Reads.count += func.overloadpacket.__name__ in _SYNCS
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for steps in (4, 9):
+        torch.manual_seed(0)
+        explainer = rnnshap.DeepExplainer(FAMILIES[family]().eval(), torch.randn(5, steps, F))
+        X = torch.randn(3, steps, F)
+        explainer.shap_values(X, check_additivity=False)  # (the first call aside)
+        Reads.count = 0
+        with values_unread(), Reads():
+            explainer.shap_values(X, check_additivity=False)
+        counts.append(Reads.count)
+    assert counts[0] == counts[1] and counts[0] <= most, counts

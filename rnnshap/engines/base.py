@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .outputs import OutputLayout
 
 #: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
@@ -130,6 +131,19 @@ class Engine(ABC):
     #: whether :meth:`attribute` gives the multipliers themselves (``multipliers=True``, Captum's
     #: ``multiply_by_inputs=False``); the front door refuses them for an engine that does not
     gives_multipliers: bool = False
+
+    @property
+    def pass_path(self) -> str:
+        """How the last call's pass ran, in words (a PyTorch model's: intercepted, traced or compiled, and why)."""
+        return f"the {self.name} engine's own"
+
+    def compile_passes(self, mode: Any) -> None:
+        """``DeepExplainer(..., compile=)``: the PyTorch engine's passes as traced programs; refused elsewhere."""
+        if mode is not False:
+            raise InputError(
+                f"compile= traces a PyTorch model's pass into one program; the {self.name} engine already runs its "
+                "pass as one (a tf.function on TensorFlow, jax.jit on JAX): leave compile out"
+            )
 
     @property
     def output_layout(self) -> list[tuple[str, tuple[int, ...], int, int]]:

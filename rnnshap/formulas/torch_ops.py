@@ -8,7 +8,8 @@ its formulas moved here, bit for bit (benchmarks/identical_values.py checks it).
 
 from __future__ import annotations
 
-from typing import Any, cast
+import contextlib
+from typing import Any, Iterator, cast
 
 import torch
 
@@ -45,12 +46,28 @@ def _finfo(dtype: torch.dtype) -> Any:
 _BYTES_FROM = 4096
 
 
+#: whether the ``surely_*`` tests answer unread on the CPU too (:func:`values_unread`)
+_unread = False
+
+
 def readable(t: Tensor) -> bool:
     """Whether ``t``'s values can be read on the host without waiting: on the CPU (where the operations have run
     when they return). On an accelerator a read stalls the host until the device's queue has run (a host sync), so
     the ``surely_*`` tests, which only let a formula skip work that would give the same values, say False there
-    without reading, as they do on Keras and JAX."""
-    return t.device.type == "cpu"
+    without reading, as they do on Keras and JAX; so they do on the CPU under :func:`values_unread`."""
+    return t.device.type == "cpu" and not _unread
+
+
+@contextlib.contextmanager
+def values_unread() -> Iterator[None]:
+    """The ``surely_*`` tests answer False unread on every device, as on an accelerator: while a pass is traced
+    into a program (``engines/pytorch/traced.py``), which must not depend on the values it was traced on."""
+    global _unread
+    before, _unread = _unread, True
+    try:
+        yield
+    finally:
+        _unread = before
 
 
 def surely_all(mask: Tensor, /) -> bool:

@@ -25,6 +25,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from ..formulas.torch_ops import readable
 from ..rules.base import PairGrid
 
 Tensor = torch.Tensor
@@ -63,21 +64,26 @@ class Side:
         defers its checks, is read after the pass with every other (:meth:`PairGrid.defer`): read at once, it
         would wait on the device at every step. A layer's call reads it at once (``torch.equal``, once per
         call whatever its length): a pass run again would repeat what a stateful model did in the first."""
+        reduced, full, tests = cls._plan(which, grid, pairs, tensors)
+        if full is None:
+            return reduced
+        if defer and grid is not None and grid.deferred is not None:
+            grid.defer(*(torch.eq(a, b).all() for a, b in tests))
+            return reduced
+        return reduced if all(torch.equal(a, b) for a, b in tests) else full
+
+    @classmethod
+    def _plan(
+        cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]
+    ) -> tuple[Side, Side | None, list[tuple[Tensor, Tensor]]]:
+        """(the side reduced, the side with all its rows or None where there is nothing to test, and the pairs of
+        tensors equal where the reduced side holds): :meth:`of`'s test, not yet read."""
         if grid is None or grid.pairs != pairs or pairs == 0:
-            return cls(pairs, 1, None)
+            return cls(pairs, 1, None), None, []
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
-        present = [(t, dim) for t, dim in tensors if t is not None]
         shape = (reduced.samples, reduced.references)
-
-        def repeated(t: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-            return t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)
-
-        if defer and grid.deferred is not None:
-            grid.defer(*(torch.eq(*repeated(t, dim)).all() for t, dim in present))
-            return reduced
-        if all(torch.equal(*repeated(t, dim)) for t, dim in present):
-            return reduced
-        return cls(grid.samples, grid.references, None)
+        tests = [(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)) for t, dim in tensors if t is not None]
+        return reduced, cls(grid.samples, grid.references, None), tests
 
     @classmethod
     def masked(cls, mask: Tensor, sequence: Tensor, states: Sequence[Tensor]) -> Side:
@@ -207,8 +213,17 @@ def pair_sides(
     references: Sequence[tuple[Tensor | None, int]],
     defer: bool = False,
 ) -> tuple[Side, Side]:
-    """The input side and the reference side of one call (``defer``: see :meth:`Side.of`)."""
-    return Side.of("input", grid, pairs, inputs, defer), Side.of("reference", grid, pairs, references, defer)
+    """The input side and the reference side of one call (``defer``: see :meth:`Side.of`). On an accelerator a
+    layer's tests of both sides are read at once, one host read (on the CPU ``torch.equal`` reads as it goes)."""
+    given = next((t for t, _ in inputs if t is not None), None)
+    if defer or given is None or readable(given):
+        return Side.of("input", grid, pairs, inputs, defer), Side.of("reference", grid, pairs, references, defer)
+    plans = [Side._plan("input", grid, pairs, inputs), Side._plan("reference", grid, pairs, references)]
+    tests = [torch.stack([torch.eq(a, b).all() for a, b in plan[2]]).all() for plan in plans if plan[1] is not None]
+    both = bool(torch.stack(tests).all()) if tests else True  # (the one read where both hold, as they mostly do)
+    held = iter([True] * len(tests) if both else [bool(t) for t in tests])
+    input_side, reference_side = (reduced if full is None or next(held) else full for reduced, full, _ in plans)
+    return input_side, reference_side
 
 
 __all__ = ["Side", "pair_sides"]

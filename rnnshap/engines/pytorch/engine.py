@@ -29,6 +29,7 @@ from .runner import PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState
 from .tape import Tape, TapeEntry, repeat_along
+from .traced import TracedPasses, check_mode, has_hooks
 
 Tensor = torch.Tensor
 
@@ -113,6 +114,8 @@ class TorchEngine(ModelChecks):
         self._first_call_only: set[Any] = set()
         #: kept tapes whose plain forward gives the pass's outputs with autograd recording (see ``_computes``)
         self._vetted_with_grad: set[Any] = set()
+        #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
+        self._traced: TracedPasses | None = None
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -249,6 +252,8 @@ class TorchEngine(ModelChecks):
         self._vetted_with_grad.clear()
         if self._vetted is not None:
             self._vetted.clear()
+        if self._traced is not None:
+            self._traced.forget()  # (their constants are the kept passes' tensors)
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
@@ -374,6 +379,16 @@ class TorchEngine(ModelChecks):
             state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
 
+    def compile_passes(self, mode: Any) -> None:
+        """``compile=``: False, the input pass intercepted at every call; ``"trace"``, traced once per input shapes
+        into a program of aten operations and run as one (the same values bit for bit); True, that program compiled by
+        ``torch.compile`` (see :mod:`.traced`)."""
+        self._traced = None if check_mode(mode) is False else TracedPasses(mode)
+
+    @property
+    def pass_path(self) -> str:
+        return "intercepted (compile=False)" if self._traced is None else self._traced.path
+
     def model_version(self) -> Any:
         """Every parameter and buffer of the model, by identity and version counter: an optimizer
         step, ``load_state_dict`` or a write under ``no_grad()`` bumps a version, replacing one
@@ -434,40 +449,32 @@ class TorchEngine(ModelChecks):
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
         # (at most three times: a layout the check at construction missed runs every pair; rows a cell's deferred
         # check assumed repeat, and did not, run the passes again with each check read at once)
+        program = self._traced is not None and self._traceable(distinct)
         while True:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
             tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
+            if program:  # (once a call: the pass as one program, or intercepted below, the reference side again)
+                program = False
+                ran = self._run_traced(block, context, leaves, references, tape, grid, state, chosen_columns)
+                if ran is not None:
+                    (flat, grads), mode = ran, None  # (no embedding: a pass with token inputs is not traced)
+                    break
+                continue
             try:
-                with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
-                    # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
-                    # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
-                    missing.seen = holds_nan(leaves) or holds_nan(references)
-                    copies = [leaf.clone() for leaf in leaves]
-                    pass_masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
-                    outputs, mode = run_pass(
-                        self.model, copies, self.registry, tape,
-                        PassSettings(
-                            replay=True, follow=followed, pairs=grid, take=self._take, sample_masks=pass_masks, state=state
-                        ),
-                    )
+                done = self._input_side(block, leaves, references, tape, grid, state, chosen_columns)
             except TapeMismatchError:
                 if not distinct:
                     raise
                 # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
                 self.distinct_references = distinct = False
                 continue
-            if grid.all_held():  # (the one host sync of the rows' checks)
+            if done is not None:
+                flat, grads, mode = done
                 break
             # a side's rows did not repeat as the grid says (something sample-specific entered the reference side):
             # the passes again, each check read at once (a side whose rows do not repeat keeps them all)
             grid = PairGrid(s, n_refs)
-        with torch.enable_grad():
-            flat = outputs.reshape(outputs.shape[0], -1)
-            check_missing_values_handled(leaves, flat.detach(), "X", n_refs, block.s0)
-            chosen = flat.gather(1, chosen_columns)
-            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
-            grads = grads_per_output(chosen, attributed_leaves)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
             """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
@@ -482,7 +489,7 @@ class TorchEngine(ModelChecks):
                 grad = next(attributed)
                 term = contribution(grad, leaf.detach(), reference)  # (the multipliers alone are refused alike)
                 sums[t] += per_sample(grad if multipliers else term)
-        if mode.embedded:
+        if mode is not None and mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
             integers = mode.discrete
@@ -500,6 +507,99 @@ class TorchEngine(ModelChecks):
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+    def _input_side(
+        self,
+        block: Block,
+        leaves: list[Tensor],
+        references: list[Tensor],
+        tape: Tape,
+        grid: PairGrid,
+        state: PreservedState,
+        chosen_columns: Tensor,
+    ) -> tuple[Tensor, list[Tensor], AttributionMode] | None:
+        """The input pass through ``tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
+        the gradients of the chosen outputs w.r.t. the attributed leaves, and the pass; None where the grid's checks
+        of the rows do not hold (the passes run again)."""
+        with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
+            # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
+            # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
+            missing.seen = holds_nan(leaves) or holds_nan(references)
+            copies = [leaf.clone() for leaf in leaves]
+            pass_masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
+            outputs, mode = run_pass(
+                self.model, copies, self.registry, tape,
+                PassSettings(
+                    replay=True, follow=self.followed_inputs, pairs=grid, take=self._take, sample_masks=pass_masks,
+                    state=state,
+                ),
+            )  # fmt: skip
+        if not grid.all_held():  # (the one host sync of the rows' checks)
+            return None
+        with torch.enable_grad():
+            flat = outputs.reshape(outputs.shape[0], -1)
+            check_missing_values_handled(leaves, flat.detach(), "X", block.references, block.s0)
+            chosen = flat.gather(1, chosen_columns)
+            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
+            return flat, grads_per_output(chosen, attributed_leaves), mode
+
+    def _traceable(self, distinct: bool) -> bool:
+        """Whether a call's input pass may run as a program (``compile=``); where not, the traced passes say why."""
+        assert self._traced is not None
+        if not distinct:
+            why = (
+                "the reference pass runs on the reference side of every pair (the block's samples differ in a context "
+                "input, or a layout needs every pair), which a program does not keep"
+            )
+        elif self.followed_inputs:
+            why = "token inputs, whose attributions per id the pass gathers as it runs"
+        elif self.masked_inputs:
+            why = "a Keras Masking layer's input, whose mask the pass takes from each sample"
+        else:
+            return True
+        self._traced.path = f"intercepted: {why}"
+        return False
+
+    def _run_traced(
+        self,
+        block: Block,
+        context: list[Tensor] | None,
+        leaves: list[Tensor],
+        references: list[Tensor],
+        tape: Tape,
+        grid: PairGrid,
+        state: PreservedState,
+        chosen_columns: Tensor,
+    ) -> tuple[Tensor, list[Tensor]] | None:
+        """:meth:`_input_side` as one program (``compile=``, see :mod:`.traced`): the outputs and the gradients, or
+        None where the pass runs intercepted this call. A program is kept per input shapes, outputs chosen and kept
+        reference pass (its tape's tensors are the program's constants): only where that pass is kept between calls,
+        and no forward hook is set (a program would not run it)."""
+        traced = self._traced
+        assert traced is not None
+        kept = self._kept_tapes.get(_kept_key(block, context))
+        if kept is None or _kept_key(block, context) in self._first_call_only:
+            traced.path = "intercepted: the reference pass is not kept between calls (its tape is a program's constant)"
+            return None
+        if has_hooks(self.model):
+            traced.path = "intercepted: the model has forward hooks, which a traced program would not run"
+            return None
+        entries = kept[0]
+        key = (_kept_key(block, context), id(entries), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
+
+        def region(*tensors: Tensor) -> list[Tensor]:
+            pairs = zip(tensors[:-1], leaves, strict=True)
+            given = [t.detach().requires_grad_(True) if leaf.requires_grad else t for t, leaf in pairs]
+            done = self._input_side(block, given, references, tape, grid, state, tensors[-1])
+            if done is None:
+                raise RuntimeError("the rows' checks did not hold while the pass was traced")
+            flat, grads, mode = done
+            if mode.embedded:
+                raise RuntimeError("the pass has token inputs")
+            return [*grads, flat.detach()]
+
+        ran = traced.run(key, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns])
+        return None if ran is None else (ran[-1], ran[:-1])
 
     def _reference_side(
         self,
@@ -524,7 +624,10 @@ class TorchEngine(ModelChecks):
                 tape, ref_outputs = self._distinct_reference_pass(block, context, state)
             else:  # forward() may work in place on its inputs: copies
                 ref_outputs, _ = run_pass(
-                    self.model, [r.clone() for r in references], self.registry, tape := Tape(),
+                    self.model,
+                    [r.clone() for r in references],
+                    self.registry,
+                    tape := Tape(),
                     PassSettings(
                         replay=False,
                         follow=self.followed_inputs,
@@ -540,9 +643,7 @@ class TorchEngine(ModelChecks):
             # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
             key = _kept_key(block, context)
             tape.keeps_repeats = (
-                key in self._kept_tapes
-                and key not in self._first_call_only
-                and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
+                key in self._kept_tapes and key not in self._first_call_only and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
             )
             ref_outputs = repeat_along(ref_outputs, 0, s)
         return tape, ref_outputs

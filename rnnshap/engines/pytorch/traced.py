@@ -1,0 +1,299 @@
+"""The input pass traced once and run as one program (``DeepExplainer(..., compile="trace" | True)``).
+
+The engine's input pass (the model through the rules, then one batched backward) is traced with ``make_fx`` into
+a graph of aten operations: the rules' operations and autograd's backward alike, as they ran. A later call with
+the same shapes runs that graph as a straight-line program (``"trace"``: the same operations, the same values bit
+for bit), or the graph compiled by ``torch.compile`` (``True``: inductor fuses the rules' elementwise work; other
+last bits, see docs/performance.md).
+
+A program is only as good as the Python decisions baked into it, so each value the pass read on the host while it
+was traced (a check's ``bool(t)``, ``torch.equal``: the rows' checks, the missing-value checks) becomes a guard: the
+program computes the same tensor again and compares it with the value read then, and the engine uses the program's
+result only when every guard holds (one host read, after the pass). Where one does not, the call runs the pass as
+before (intercepted), which decides anew. The formulas' own value tests (``surely_*``, which only skip work that
+gives the same values) answer unread while tracing, as on an accelerator, so no guard hangs on the data's values.
+An operation whose output's shape depends on values (``nonzero``, boolean indexing) is not traced: the pass runs
+intercepted, and :attr:`TracedPasses.path` says why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ...errors import InputError
+from ...formulas.torch_ops import values_unread
+
+Tensor = torch.Tensor
+aten = torch.ops.aten
+
+#: the values ``compile=`` takes
+MODES = (False, "trace", True)
+
+#: host reads whose value becomes a guard
+_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default}
+#: operations whose output's shape depends on the values: a program would run them on other values with the shapes
+#: of the traced ones
+_SHAPED_BY_VALUES = {
+    aten.nonzero.default, aten.masked_select.default, aten.unique_consecutive.default, aten._unique2.default,
+    aten.unique_dim.default, aten.bincount.default, aten.repeat_interleave.Tensor, aten.argwhere.default,
+}  # fmt: skip
+
+
+def check_mode(compile: Any) -> Any:
+    """``compile`` if it is one of :data:`MODES`, else an InputError."""
+    if not any(compile is mode or (type(compile) is type(mode) and compile == mode) for mode in MODES):
+        raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
+    return compile
+
+
+class _Untraceable(Exception):
+    """The pass cannot be run as a program: the reason, for :attr:`TracedPasses.path`."""
+
+
+@dataclass
+class _Guard:
+    tensor: Tensor
+    value: Any
+    site: str
+
+
+def _site() -> str:
+    """The innermost frame of rnnshap's own code on the stack (where a host read was made)."""
+    frames = [f for f in traceback.extract_stack() if "/rnnshap/" in f.filename and not f.filename.endswith("traced.py")]
+    if not frames:
+        return "the model's forward()"
+    f = frames[-1]
+    return f"{f.filename.rsplit('/rnnshap/', 1)[-1]}:{f.lineno} ({f.name})"
+
+
+class _Guarding(TorchDispatchMode):
+    """Under ``make_fx``: each host read of a traced value answered with the real value and kept as a guard; an
+    operation whose output's shape depends on values refused (:class:`_Untraceable`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guards: list[_Guard] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+        kwargs = kwargs or {}
+        if func in _READS or func is aten.equal.default:
+            with disable_proxy_modes_tracing():
+                value = func(*args, **kwargs)
+            if func is aten.equal.default:
+                a, b = args
+                if a.shape == b.shape and a.dtype == b.dtype:  # (else False from the shapes alone)
+                    self.guards.append(_Guard(aten.all.default(aten.eq.Tensor(a, b)), value, _site()))
+            else:
+                self.guards.append(_Guard(args[0], value, _site()))
+            return value
+        if func in _SHAPED_BY_VALUES or (func is aten.index.Tensor and _boolean_index(args[1])):
+            raise _Untraceable(f"the pass runs {func.name()} at {_site()}, whose output's shape depends on the values")
+        return func(*args, **kwargs)
+
+
+def _boolean_index(indices: Sequence[Any]) -> bool:
+    return any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
+def _holds(guards: list[_Guard]) -> Tensor:
+    """One boolean tensor: whether every guard's tensor gives its value again."""
+    checks = [torch.ones((), dtype=torch.bool)]
+    for g in guards:
+        t = g.tensor.reshape(())
+        if isinstance(g.value, float) and math.isnan(g.value):
+            checks.append(torch.isnan(t).to(device="cpu"))
+        else:
+            checks.append((t == g.value).to(device="cpu"))
+    return torch.stack(checks).all()
+
+
+@dataclass
+class _Program:
+    run: Callable[..., Any]
+    sites: list[str]
+    nodes: int
+    trace_seconds: float
+    compile_seconds: float | None = None
+    #: what stood in for the compiled program where torch.compile failed
+    compile_failure: str | None = None
+    #: the objects the key names by identity, kept alive with the program
+    holds: Any = None
+    misses: int = 0
+
+
+#: a program whose guards missed this many calls in a row is dropped, and the key runs intercepted
+_MISSES = 2
+
+
+@dataclass
+class TracedPasses:
+    """The programs of one engine, one per key (the shapes, the kept reference pass and the outputs chosen)."""
+
+    mode: Any
+    programs: dict[Any, _Program] = field(default_factory=dict)
+    #: keys seen once (traced at their second call: the first sets up what the program keeps, see the engine)
+    seen: set[Any] = field(default_factory=set)
+    #: keys that run intercepted, and why
+    untraceable: dict[Any, str] = field(default_factory=dict)
+    #: how the last call ran, in words
+    path: str = "intercepted: no call yet"
+
+    def forget(self) -> None:
+        """Drop every program (the model changed: its kept reference passes are dropped too)."""
+        self.programs.clear()
+        self.seen.clear()
+        self.untraceable.clear()
+
+    def run(self, key: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
+        """``region(*inputs)``'s outputs from the key's program, traced now on its second sighting; None where the
+        pass runs intercepted this call (the first sighting, a guard that did not hold, a pass that does not trace,
+        or a pass that failed while traced: the caller runs it intercepted and reports what it reports)."""
+        reason = self.untraceable.get(key)
+        if reason is not None:
+            self.path = f"intercepted: {reason}"
+            return None
+        program = self.programs.get(key)
+        if program is None:
+            if key not in self.seen:
+                self.seen.add(key)
+                self.path = "intercepted: the first call of these shapes (the second is traced)"
+                return None
+            return self._trace(key, holds, region, inputs)
+        with torch.no_grad():
+            *outputs, held = program.run(*inputs)
+        if bool(held):
+            program.misses = 0
+            self.path = self._describe(program)
+            return outputs
+        program.misses += 1
+        if program.misses >= _MISSES:
+            del self.programs[key]
+            self.untraceable[key] = f"a check the traced pass made gave another answer {_MISSES} calls in a row ({program.sites})"
+        self.path = "intercepted: a check the traced pass made gives another answer on these inputs"
+        return None
+
+    def _trace(self, key: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        guarding = _Guarding()
+
+        def traced(*tensors: Tensor) -> list[Tensor]:
+            with guarding:
+                outputs = region(*tensors)
+            return [*outputs, _holds(guarding.guards)]
+
+        start = time.perf_counter()
+        try:
+            with values_unread():
+                graph = make_fx(traced, tracing_mode="real")(*inputs)
+        except _Untraceable as why:
+            self.untraceable[key] = str(why)
+            self.path = f"intercepted: {why}"
+            return None
+        except Exception as error:  # noqa: BLE001 (the intercepted pass runs again, and raises what it raises)
+            self.untraceable[key] = f"the pass did not trace ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            self.path = f"intercepted: {self.untraceable[key]}"
+            return None
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        program = _Program(graph, [g.site for g in guarding.guards], len(graph.graph.nodes), time.perf_counter() - start)
+        program.holds = holds
+        if self.mode is True:
+            _compile(program, graph, inputs)
+        self.programs[key] = program
+        with torch.no_grad():
+            *outputs, held = program.run(*inputs)
+        if not bool(held):  # (the program disagrees with the trace it came from: not used)
+            del self.programs[key]
+            self.untraceable[key] = "the traced program's checks did not hold on the inputs it was traced on"
+            return None
+        self.path = self._describe(program)
+        return outputs
+
+    def _describe(self, program: _Program) -> str:
+        said = f"traced: {program.nodes} operations as one program (traced in {program.trace_seconds:.1f} s)"
+        if program.compile_seconds is not None:
+            said = f"compiled: {program.nodes} traced operations compiled by torch.compile in {program.compile_seconds:.1f} s"
+        if program.compile_failure is not None:
+            said += f"; not compiled: {program.compile_failure}"
+        return said
+
+
+def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor]) -> None:
+    """``program.run`` compiled by ``torch.compile`` (inductor), timed by one run on ``inputs``; the traced graph
+    where that fails, with the reason (on the CPU inductor needs a C++ compiler)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if inputs[0].device.type == "cpu" and _cpp_compiler() is None:
+        program.compile_failure = "torch.compile's inductor needs a C++ compiler on the CPU (g++ or clang++, or CXX): none found"
+        return
+    start = time.perf_counter()
+
+    def run(*tensors: Tensor) -> Any:
+        with torch.no_grad():
+            return graph(*tensors)
+
+    try:
+        # functionalized first (inductor takes no out= into a view, which the rules write): the same operations
+        plain = make_fx(torch.func.functionalize(run, remove="mutations_and_views"), tracing_mode="real")(*inputs)
+        compiled = torch.compile(plain, backend="inductor", fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            compiled(*inputs)
+    except Exception as error:  # noqa: BLE001 (an operation inductor lacks, a compiler that fails: the graph runs as traced)
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        program.compile_failure = f"torch.compile failed ({type(error).__name__}: {first})"
+        return
+    seconds = time.perf_counter() - start
+    # fusing pays where the rules' elementwise work is large (attention's pairs x heads x T x T); a recurrent layer's
+    # steps are a few small kernels each, which inductor's code runs slower: the faster of the two is kept
+    took_compiled, took_traced = _seconds(compiled, inputs), _seconds(run, inputs)
+    if took_compiled > took_traced:
+        program.compile_failure = (
+            f"compiled in {seconds:.1f} s but slower than the traced program ({1e3 * took_compiled:.1f} ms against "
+            f"{1e3 * took_traced:.1f} ms a call), which runs"
+        )
+        return
+    program.run, program.compile_seconds = compiled, seconds
+
+
+def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
+    """The wall time of one run of ``program`` on ``inputs`` (its device's queue run)."""
+    cuda = inputs[0].device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        program(*inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on the CPU (``CXX``, else g++, clang++ or c++ on the path), or None."""
+    named = os.environ.get("CXX")
+    candidates = [named] if named else ["g++", "clang++", "c++"]
+    return next((c for c in candidates if shutil.which(c)), None)
+
+
+def has_hooks(model: torch.nn.Module) -> bool:
+    """Whether a forward hook (the model's or a global one) would run in the pass: a program would not run it."""
+    from torch.nn.modules import module as module_module
+
+    if module_module._global_forward_hooks or module_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+__all__ = ["MODES", "TracedPasses", "check_mode", "has_hooks"]

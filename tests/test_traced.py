@@ -1,0 +1,239 @@
+"""The input pass as one traced program (``compile="trace"`` and ``compile=True``, issue 53 items 1-2).
+
+A traced program runs the operations the intercepted pass ran, so its values are the intercepted pass's bit for bit,
+call by call, for every model family; a check the pass read while it was traced is a guard, and where it gives
+another answer the call runs intercepted (the same values again); what cannot run as a program (an operation whose
+output's shape depends on the values, forward hooks) runs intercepted and says why. ``compile=True`` (inductor) is
+marked ``compile``: compiling takes a minute on two cores.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+from rnnshap.engines.pytorch import traced
+
+T, F = 5, 4
+
+
+class Head(nn.Module):
+    """A sequence layer (batch first) and a linear head on its last step."""
+
+    def __init__(self, layer: nn.Module, width: int) -> None:
+        super().__init__()
+        self.layer, self.head = layer, nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(x)
+        return self.head((out[0] if isinstance(out, tuple) else out)[:, -1])
+
+
+class Loop(nn.Module):
+    """An LSTMCell run over the steps in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.head = nn.LSTMCell(F, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 6)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.head(h)
+
+
+def _encoder() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(F, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+    return Head(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), F)
+
+
+FAMILIES: dict[str, Callable[[], nn.Module]] = {
+    "lstm": lambda: Head(nn.LSTM(F, 6, batch_first=True), 6),
+    "gru, two layers, bidirectional": lambda: Head(nn.GRU(F, 5, num_layers=2, bidirectional=True, batch_first=True), 10),
+    "elman": lambda: Head(nn.RNN(F, 6, batch_first=True), 6),
+    "lstm cell in a loop": Loop,
+    "transformer encoder": _encoder,
+    "convolution, relu, max-pool": lambda: nn.Sequential(
+        nn.Conv1d(T, 6, 2), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(6, 3)
+    ),
+    "layer norm, gelu, softmax": lambda: nn.Sequential(
+        nn.Flatten(), nn.Linear(T * F, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3), nn.Softmax(-1)
+    ),
+}
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(6, T, F, generator=g), torch.randn(3, T, F, generator=g)
+
+
+def _same(a: object, b: object) -> bool:
+    a_list, b_list = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    return all(np.array_equal(x, y) for x, y in zip(a_list, b_list, strict=True))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_for_bit(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    paths = []
+    for _ in range(3):  # the first call intercepted, the second traced, the third the program
+        assert _same(program.shap_values(X), intercepted.shap_values(X))  # (additivity checked by both)
+        paths.append(program.pass_path)
+    assert paths[0].startswith("intercepted: the first call")
+    assert paths[1].startswith("traced:") and paths[2] == paths[1], paths
+    assert intercepted.pass_path == "intercepted (compile=False)"
+
+
+def test_a_check_that_answers_otherwise_runs_the_call_intercepted() -> None:
+    """The program was traced on inputs without a missing value; on inputs with one (in the feature the model never
+    reads, as the background has), the pass's missing-value check (a host read, kept as a guard) answers otherwise:
+    the call runs intercepted, with the intercepted values; inputs like the first run the program again."""
+
+    class Trimmed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(F - 1, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x[..., :-1])[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Trimmed().eval()
+    background, X = _data()
+    background[:, :, -1] = float("nan")
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(2):
+        assert _same(program.shap_values(X), intercepted.shap_values(X))
+    assert program.pass_path.startswith("traced:")
+    gappy = X.clone()
+    gappy[:, :, -1] = float("nan")
+    got = program.shap_values(gappy)
+    assert _same(got, intercepted.shap_values(gappy)) and not np.isnan(got).any()
+    assert program.pass_path.startswith("intercepted: a check the traced pass made gives another answer")
+    assert _same(program.shap_values(X), intercepted.shap_values(X))
+    assert program.pass_path.startswith("traced:")
+
+
+def test_a_model_changed_in_place_is_traced_again() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        program.shap_values(X)
+    with torch.no_grad():
+        model.head.weight.mul_(-2.0)  # (fine-tuning the same object)
+    fresh = rnnshap.DeepExplainer(model, background)
+    assert _same(program.shap_values(X), fresh.shap_values(X))
+    assert program.pass_path.startswith("intercepted: the first call")
+
+
+def test_a_pass_whose_shapes_depend_on_values_is_not_traced_and_says_so() -> None:
+    """``nonzero``'s output has as many rows as the values say: a program would keep the count of the values it was
+    traced on. The pass runs intercepted, and the explainer names the operation."""
+
+    class Picked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("keep", torch.tensor([True, False, True, True]))
+            self.lstm, self.head = nn.LSTM(3, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x.index_select(-1, self.keep.nonzero().squeeze(1)))[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Picked().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        assert _same(program.shap_values(X), intercepted.shap_values(X))
+    assert program.pass_path.startswith("intercepted: the pass runs aten::nonzero at "), program.pass_path
+    assert program.pass_path.endswith("whose output's shape depends on the values")
+
+
+def test_a_pass_on_every_pair_is_not_traced_and_says_so() -> None:
+    """Samples that differ in a context input (lengths) run the reference pass on every pair, afresh at each call:
+    not kept, so not a program's constant."""
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            return self.head(self.lstm(packed)[1][0][-1])
+
+    torch.manual_seed(0)
+    background, X = _data()
+    lengths, background_lengths = torch.tensor([5, 3, 4]), torch.tensor([5, 5, 5, 2, 5, 4])
+    program = rnnshap.DeepExplainer(Packed().eval(), [background, background_lengths], compile="trace")
+    for _ in range(2):
+        program.shap_values([X, lengths])
+    assert program.pass_path.startswith("intercepted: the reference pass runs on the reference side of every pair")
+
+
+def test_forward_hooks_run_at_every_call_so_the_pass_runs_intercepted() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    seen: list[int] = []
+    model.head.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        program.shap_values(X)
+    assert program.pass_path == "intercepted: the model has forward hooks, which a traced program would not run"
+    assert len(seen) >= 3
+
+
+def test_without_a_cpp_compiler_the_traced_program_runs_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(traced, "_cpp_compiler", lambda: None)
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    compiled = rnnshap.DeepExplainer(model, background, compile=True)
+    for _ in range(3):
+        assert _same(compiled.shap_values(X), intercepted.shap_values(X))
+    assert compiled.pass_path.startswith("traced:")
+    assert compiled.pass_path.endswith(
+        "not compiled: torch.compile's inductor needs a C++ compiler on the CPU (g++ or clang++, or CXX): none found"
+    )
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "inductor"])
+def test_compile_takes_false_trace_or_true(value: object) -> None:
+    model = FAMILIES["lstm"]()
+    with pytest.raises(rnnshap.InputError, match='compile= takes False, "trace" or True'):
+        rnnshap.DeepExplainer(model, _data()[1], compile=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.compile
+def test_compiled_attention_is_within_a_few_ulps_of_the_intercepted_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """inductor fuses the softmax rule's elementwise work (and may contract a product and a sum into one rounding):
+    other last bits, within 64 float32 ulps of the largest value; the additivity check holds. (The compiled program
+    is kept here whichever of the two runs faster on this machine: the first timed is the compiled one.)"""
+    times = iter([0.0, 1.0])
+    monkeypatch.setattr(traced, "_seconds", lambda program, inputs: next(times))
+    torch.manual_seed(0)
+    model = _encoder().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    compiled = rnnshap.DeepExplainer(model, background, compile=True)
+    for _ in range(3):
+        got, want = compiled.shap_values(X), intercepted.shap_values(X)
+    assert compiled.pass_path.startswith("compiled:"), compiled.pass_path
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= 64 * np.finfo(np.float32).eps * scale
