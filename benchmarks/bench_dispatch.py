@@ -23,6 +23,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
     python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
     python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
+    python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
 the zoo tests build them; a model whose library is missing is skipped.
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -306,6 +308,52 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
             )
 
 
+def paths(args: argparse.Namespace, steps: int) -> None:
+    """Each model's steady call intercepted (``compile=False``), as a traced program (``"trace"``) and compiled
+    (``True``, unless ``--paths trace``), against the floor, in one process: what tracing and compiling cost once (the
+    second call, which traces), the steady time of each, the largest difference of the compiled values from the
+    intercepted ones (relative to the largest value), and the path the compiled explainer took."""
+    modes: list[object] = ["trace"] if args.paths == "trace" else ["trace", True]
+    header = "| model | T | floor ms | intercepted ms | " + " | ".join(
+        f"{'traced' if m == 'trace' else 'compiled'} ms | its second call s" for m in modes
+    )
+    header += " | max diff / max | path |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    device = torch.device(args.device)
+    for name in args.models:
+        try:
+            model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
+        except ImportError as missing:
+            print(f"| {name} | skipped: {missing} |")
+            continue
+        torch.manual_seed(0)
+        background = torch.randn(args.references, steps, args.features, device=device)
+        X = torch.randn(args.samples, steps, args.features, device=device)
+        tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
+
+        def floor() -> object:
+            out = model(tiled)
+            return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
+
+        floor()
+        intercepted = rnnshap.DeepExplainer(model, background)
+        want = intercepted.shap_values(X, check_additivity=False)
+        steady = timed(lambda: intercepted.shap_values(X, check_additivity=False), args.repeats, device)
+        cells = [f"{timed(floor, args.repeats, device):.1f}", f"{steady:.1f}"]
+        diff, path = 0.0, ""
+        for mode in modes:
+            explainer = rnnshap.DeepExplainer(model, background, compile=mode)
+            explainer.shap_values(X, check_additivity=False)
+            second = timed(lambda: explainer.shap_values(X, check_additivity=False), 1, device) / 1e3  # noqa: B023
+            got = explainer.shap_values(X)  # (additivity checked)
+            steady = timed(lambda: explainer.shap_values(X, check_additivity=False), args.repeats, device)  # noqa: B023
+            cells += [f"{steady:.1f}", f"{second:.1f}"]
+            diff = float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
+            path = explainer.pass_path
+        print(f"| {name} | {steps} | " + " | ".join(cells) + f" | {diff:.1e} | {path} |")
+
+
 def grow(name: str, steps: int, args: argparse.Namespace) -> None:
     """How the cost grows: ``name`` at ``steps`` with the samples, the references and the outputs doubled in turn,
     time and kernels against the size's own (and the floor's growth beside)."""
@@ -336,6 +384,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument(
+        "--paths", choices=("trace", "compile"), help="intercepted, traced (and compiled, with 'compile') calls against the floor"
+    )
     parser.add_argument("--outputs", type=int, default=None, help="the outputs explained (the size's own: 3)")
     parser.add_argument("--first-side", choices=("rnnshap", "floor"), help=argparse.SUPPRESS)  # (one side of --first)
     args = parser.parse_args()
@@ -368,6 +419,9 @@ def main() -> None:
     trees = [this, str(Path(args.against).resolve())] if args.against else [""]
     if args.first:
         first_calls(args, lengths[0], trees)
+        return
+    if args.paths:
+        paths(args, lengths[0])
         return
     header = (
         "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "

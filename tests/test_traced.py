@@ -139,6 +139,65 @@ def test_a_model_changed_in_place_is_traced_again() -> None:
     assert program.pass_path.startswith("intercepted: the first call")
 
 
+class Configured(nn.Module):
+    """An LSTM head whose forward() reads Python state: a float attribute, the training flag, a plain tensor attribute
+    read on the host (none of them seen by the references' outputs, which the kept reference pass is vetted by)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
+        self.clip, self.bound = 10.0, torch.tensor([10.0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = x.clamp(-1.0, 1.0)
+        bound = self.bound.tolist()[0]
+        x = x.clamp(-self.clip, self.clip).clamp(-bound, bound)
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("change", ["a float attribute", "the training flag", "a tensor attribute read on the host"])
+def test_python_state_changed_between_calls_is_not_kept_by_a_program(change: str) -> None:
+    """The background lies in [0, 0.5], where each change leaves the references' outputs as they were (the kept
+    reference pass stays); the explained inputs reach past it. A program keeps the model's Python state as it was
+    traced, so a change makes another version: the call runs intercepted with the values of a fresh explainer, and
+    the next is traced again; one program is kept per slot, however many versions there were."""
+    torch.manual_seed(0)
+    model = Configured().eval()
+    background, X = _data()
+    background, X = background.abs().clamp(max=0.5), 3 * X
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        program.shap_values(X)
+    assert program.pass_path.startswith("traced:")
+    for value in (1.0, 2.0, 0.5):
+        if change == "a float attribute":
+            model.clip = value
+        elif change == "the training flag":
+            model.train(value != 2.0)
+        else:
+            model.bound[0] = value
+        fresh = rnnshap.DeepExplainer(model, background)
+        for call in range(3):
+            assert _same(program.shap_values(X), fresh.shap_values(X)), (value, call)
+        if change != "the training flag":  # (whose training-mode call runs the references on every pair from then on)
+            assert program.pass_path.startswith("traced:"), program.pass_path
+    assert len(program.engine._traced.programs) == (change != "the training flag")
+
+
+def test_tanh_and_sigmoid_keep_their_program_for_new_inputs() -> None:
+    """Their rule reads the least and greatest |x - r| to skip work that changes nothing (on the CPU); a program is
+    traced without those reads, so new inputs run it too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(T * F, 8), nn.Tanh(), nn.Linear(8, 5), nn.Sigmoid()).eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for scale in (1.0, 1.0, 2.0, 0.5, 3.0):
+        assert _same(program.shap_values(scale * X), intercepted.shap_values(scale * X))
+    assert program.pass_path.startswith("traced:")
+
+
 def test_a_pass_whose_shapes_depend_on_values_is_not_traced_and_says_so() -> None:
     """``nonzero``'s output has as many rows as the values say: a program would keep the count of the values it was
     traced on. The pass runs intercepted, and the explainer names the operation."""
@@ -183,6 +242,30 @@ def test_a_pass_on_every_pair_is_not_traced_and_says_so() -> None:
     for _ in range(2):
         program.shap_values([X, lengths])
     assert program.pass_path.startswith("intercepted: the reference pass runs on the reference side of every pair")
+
+
+def test_a_pass_that_draws_random_numbers_is_not_traced_and_leaves_the_generator_as_it_was() -> None:
+    """A draw that never reaches the output is explained (the pass puts torch's generators back after it); a program
+    would draw anew at every call and move the global generator, so the pass runs intercepted, and says why."""
+
+    class Drawing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.last_draw = float(torch.rand(()))  # (a draw the output does not read)
+            return self.head(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Drawing().eval()
+    background, X = _data()
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        before = torch.get_rng_state()
+        program.shap_values(X)
+        assert torch.equal(torch.get_rng_state(), before)
+    assert program.pass_path.startswith("intercepted: the pass draws random numbers (aten::rand"), program.pass_path
 
 
 def test_forward_hooks_run_at_every_call_so_the_pass_runs_intercepted() -> None:

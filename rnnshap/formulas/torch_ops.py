@@ -155,8 +155,9 @@ class TorchOps:
 
     @staticmethod
     def extremes(x: Tensor, /) -> tuple[float, float] | None:
-        # (read on every device: the PyTorch engine's sigmoid and tanh rule did so before it moved here)
-        if not x.numel():
+        # (read on every device: the PyTorch engine's sigmoid and tanh rule did so before it moved here; not while a
+        # pass is traced, whose program must not hang on these values: None, the formula's general form)
+        if not x.numel() or _unread:
             return None
         least, greatest = torch.aminmax(x)
         return float(least), float(greatest)

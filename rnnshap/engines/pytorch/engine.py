@@ -27,7 +27,7 @@ from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
-from .state import PreservedState
+from .state import PreservedState, python_state
 from .tape import Tape, TapeEntry, repeat_along
 from .traced import TracedPasses, check_mode, has_hooks
 
@@ -585,7 +585,9 @@ class TorchEngine(ModelChecks):
             traced.path = "intercepted: the model has forward hooks, which a traced program would not run"
             return None
         entries = kept[0]
-        key = (_kept_key(block, context), id(entries), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
+        slot = (_kept_key(block, context), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
+        # (what the program keeps: the kept pass's tape, the model's Python state, autocast)
+        version = (id(entries), python_state(self.model), torch.is_autocast_enabled(chosen_columns.device.type))
 
         def region(*tensors: Tensor) -> list[Tensor]:
             pairs = zip(tensors[:-1], leaves, strict=True)
@@ -598,7 +600,7 @@ class TorchEngine(ModelChecks):
                 raise RuntimeError("the pass has token inputs")
             return [*grads, flat.detach()]
 
-        ran = traced.run(key, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns])
+        ran = traced.run(slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns])
         return None if ran is None else (ran[-1], ran[:-1])
 
     def _reference_side(

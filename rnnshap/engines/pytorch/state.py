@@ -107,6 +107,35 @@ class PreservedState:
                 torch.cuda.set_rng_state_all(self.cuda_random)
 
 
+def python_state(model: nn.Module) -> tuple[Any, ...]:
+    """What of the model's Python state a traced program keeps (``engines/pytorch/traced.py``): each module's flags,
+    numbers and strings (``training`` among them), tuples and lists of them, and its tensors that are neither
+    parameters nor buffers, by identity and version counter (a write into one bumps it). A change of any of them makes
+    another version. What this does not see (a value inside a config object or a dict, a tensor held outside the
+    model) a program keeps as it was traced: ``explainer.engine.forget_reference_passes()`` after changing it."""
+    state: list[Any] = []
+    for module in model.modules():
+        for key, value in vars(module).items():
+            kind = type(value)
+            if kind in _SCALARS:
+                state.append((key, value))
+            elif kind in (tuple, list):
+                if all(type(v) in _SCALARS for v in value):
+                    state.append((key, tuple(value)))
+            elif kind not in PLAIN_TYPES and isinstance(value, Tensor):
+                state.append((key, id(value), _version(value)))
+    return tuple(state)
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # (an inference tensor has no version counter)
+        return -1
+
+
+_SCALARS = frozenset({bool, int, float, str, type(None)})
+
 #: the exact types of most attributes of a module (flags, sizes, names, its tables of parameters, buffers, submodules
 #: and hooks), none of them a tensor or a generator: passed over without an isinstance check
 PLAIN_TYPES = frozenset({bool, int, float, str, type(None), dict, OrderedDict, list, tuple, set, frozenset})

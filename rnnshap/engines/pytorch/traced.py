@@ -46,6 +46,12 @@ _SHAPED_BY_VALUES = {
     aten.nonzero.default, aten.masked_select.default, aten.unique_consecutive.default, aten._unique2.default,
     aten.unique_dim.default, aten.bincount.default, aten.repeat_interleave.Tensor, aten.argwhere.default,
 }  # fmt: skip
+#: operations that draw from a generator (torch's tag for them also marks attention kernels that take a dropout rate)
+_DRAWS = frozenset({
+    "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "bernoulli_",
+    "normal", "normal_", "uniform_", "multinomial", "exponential_", "geometric_", "cauchy_", "log_normal_", "random_",
+    "poisson", "binomial", "native_dropout", "rrelu_with_noise", "_standard_gamma", "_sample_dirichlet",
+})  # fmt: skip
 
 
 def check_mode(compile: Any) -> Any:
@@ -99,6 +105,8 @@ class _Guarding(TorchDispatchMode):
             return value
         if func in _SHAPED_BY_VALUES or (func is aten.index.Tensor and _boolean_index(args[1])):
             raise _Untraceable(f"the pass runs {func.name()} at {_site()}, whose output's shape depends on the values")
+        if func.overloadpacket.__name__ in _DRAWS:  # (the intercepted pass puts torch's generators back after it)
+            raise _Untraceable(f"the pass draws random numbers ({func.name()} at {_site()}), which a program would draw anew")
         return func(*args, **kwargs)
 
 
@@ -121,14 +129,14 @@ def _holds(guards: list[_Guard]) -> Tensor:
 @dataclass
 class _Program:
     run: Callable[..., Any]
+    #: what the program keeps as constants (see :class:`TracedPasses`)
+    version: Any
     sites: list[str]
     nodes: int
     trace_seconds: float
     compile_seconds: float | None = None
-    #: what stood in for the compiled program where torch.compile failed
+    #: why the program runs uncompiled where ``compile=True`` (torch.compile failed, or its program ran slower)
     compile_failure: str | None = None
-    #: the objects the key names by identity, kept alive with the program
-    holds: Any = None
     misses: int = 0
 
 
@@ -138,14 +146,17 @@ _MISSES = 2
 
 @dataclass
 class TracedPasses:
-    """The programs of one engine, one per key (the shapes, the kept reference pass and the outputs chosen)."""
+    """The programs of one engine: one per slot (the kept reference pass's rows and context, the input shapes and the
+    outputs chosen), for one version of what the program keeps as constants (the kept pass's tape, the model's Python
+    state: :func:`python_state`); a new version replaces the slot's program."""
 
     mode: Any
     programs: dict[Any, _Program] = field(default_factory=dict)
-    #: keys seen once (traced at their second call: the first sets up what the program keeps, see the engine)
-    seen: set[Any] = field(default_factory=set)
-    #: keys that run intercepted, and why
-    untraceable: dict[Any, str] = field(default_factory=dict)
+    #: each slot's version when last seen (a slot is traced at the second call of the same version: the first sets
+    #: up what the program keeps, see the engine), with the objects it names by identity, kept alive
+    seen: dict[Any, tuple[Any, Any]] = field(default_factory=dict)
+    #: slots that run intercepted, with their version, and why
+    untraceable: dict[Any, tuple[Any, str]] = field(default_factory=dict)
     #: how the last call ran, in words
     path: str = "intercepted: no call yet"
 
@@ -155,21 +166,32 @@ class TracedPasses:
         self.seen.clear()
         self.untraceable.clear()
 
-    def run(self, key: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
-        """``region(*inputs)``'s outputs from the key's program, traced now on its second sighting; None where the
-        pass runs intercepted this call (the first sighting, a guard that did not hold, a pass that does not trace,
-        or a pass that failed while traced: the caller runs it intercepted and reports what it reports)."""
-        reason = self.untraceable.get(key)
-        if reason is not None:
-            self.path = f"intercepted: {reason}"
+    def run(
+        self, slot: Any, version: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]
+    ) -> list[Tensor] | None:
+        """``region(*inputs)``'s outputs from the slot's program, traced now on the second call of this version; None
+        where the pass runs intercepted this call (the first call of a version, a guard that did not hold, a pass
+        that does not trace, or a pass that failed while traced: the caller runs it intercepted and reports what it
+        reports). ``holds``: the objects ``version`` names by identity, kept alive with it."""
+        untraceable = self.untraceable.get(slot)
+        if untraceable is not None and untraceable[0] == version:
+            self.path = f"intercepted: {untraceable[1]}"
             return None
-        program = self.programs.get(key)
+        program = self.programs.get(slot)
+        if program is not None and program.version != version:
+            del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more)
+            program = None
         if program is None:
-            if key not in self.seen:
-                self.seen.add(key)
-                self.path = "intercepted: the first call of these shapes (the second is traced)"
+            before = self.seen.get(slot)
+            if before is None or before[0] != version:
+                self.seen[slot] = (version, holds)
+                self.path = (
+                    "intercepted: the first call of these shapes (the second is traced)"
+                    if before is None
+                    else "intercepted: the model or its kept reference pass changed since the last call (the next is traced)"
+                )
                 return None
-            return self._trace(key, holds, region, inputs)
+            return self._trace(slot, version, region, inputs)
         with torch.no_grad():
             *outputs, held = program.run(*inputs)
         if bool(held):
@@ -178,12 +200,14 @@ class TracedPasses:
             return outputs
         program.misses += 1
         if program.misses >= _MISSES:
-            del self.programs[key]
-            self.untraceable[key] = f"a check the traced pass made gave another answer {_MISSES} calls in a row ({program.sites})"
+            del self.programs[slot]
+            sites = ", ".join(dict.fromkeys(program.sites))
+            why = f"a check the traced pass made gave another answer {_MISSES} calls in a row ({sites})"
+            self.untraceable[slot] = (version, why)
         self.path = "intercepted: a check the traced pass made gives another answer on these inputs"
         return None
 
-    def _trace(self, key: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
+    def _trace(self, slot: Any, version: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         guarding = _Guarding()
@@ -197,27 +221,23 @@ class TracedPasses:
         try:
             with values_unread():
                 graph = make_fx(traced, tracing_mode="real")(*inputs)
-        except _Untraceable as why:
-            self.untraceable[key] = str(why)
-            self.path = f"intercepted: {why}"
-            return None
         except Exception as error:  # noqa: BLE001 (the intercepted pass runs again, and raises what it raises)
-            self.untraceable[key] = f"the pass did not trace ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-            self.path = f"intercepted: {self.untraceable[key]}"
+            why = str(error) if isinstance(error, _Untraceable) else _first_line(error, "the pass did not trace")
+            self.untraceable[slot] = (version, why)
+            self.path = f"intercepted: {why}"
             return None
         graph.graph.eliminate_dead_code()
         graph.recompile()
-        program = _Program(graph, [g.site for g in guarding.guards], len(graph.graph.nodes), time.perf_counter() - start)
-        program.holds = holds
+        sites = [g.site for g in guarding.guards]
+        program = _Program(graph, version, sites, len(graph.graph.nodes), time.perf_counter() - start)
         if self.mode is True:
             _compile(program, graph, inputs)
-        self.programs[key] = program
         with torch.no_grad():
             *outputs, held = program.run(*inputs)
         if not bool(held):  # (the program disagrees with the trace it came from: not used)
-            del self.programs[key]
-            self.untraceable[key] = "the traced program's checks did not hold on the inputs it was traced on"
+            self.untraceable[slot] = (version, "the traced program's checks did not hold on the inputs it was traced on")
             return None
+        self.programs[slot] = program
         self.path = self._describe(program)
         return outputs
 
@@ -251,8 +271,7 @@ def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor
         with torch.no_grad():
             compiled(*inputs)
     except Exception as error:  # noqa: BLE001 (an operation inductor lacks, a compiler that fails: the graph runs as traced)
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        program.compile_failure = f"torch.compile failed ({type(error).__name__}: {first})"
+        program.compile_failure = _first_line(error, "torch.compile failed")
         return
     seconds = time.perf_counter() - start
     # fusing pays where the rules' elementwise work is large (attention's pairs x heads x T x T); a recurrent layer's
@@ -278,6 +297,12 @@ def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def _first_line(error: Exception, what: str) -> str:
+    """``what (the error's type: its first line)``, for a reason in words."""
+    lines = str(error).strip().splitlines()
+    return f"{what} ({type(error).__name__}: {lines[0][:200] if lines else ''})"
 
 
 def _cpp_compiler() -> str | None:
