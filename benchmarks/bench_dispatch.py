@@ -384,6 +384,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument("--length", type=int, default=None, help="with --paths: the sequence length (the size's first)")
     parser.add_argument(
         "--paths", choices=("trace", "compile"), help="intercepted, traced (and compiled, with 'compile') calls against the floor"
     )
@@ -421,7 +422,7 @@ def main() -> None:
         first_calls(args, lengths[0], trees)
         return
     if args.paths:
-        paths(args, lengths[0])
+        paths(args, args.length or lengths[0])
         return
     header = (
         "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "

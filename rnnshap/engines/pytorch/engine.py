@@ -20,6 +20,7 @@ from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import Block, BlockResult
 from ..outputs import OutputChoice, OutputLayout
+from . import traced
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
@@ -383,7 +384,9 @@ class TorchEngine(ModelChecks):
         """``compile=``: False, the input pass intercepted at every call; ``"trace"``, traced once per input shapes
         into a program of aten operations and run as one (the same values bit for bit); True, that program compiled by
         ``torch.compile`` (see :mod:`.traced`)."""
-        self._traced = None if check_mode(mode) is False else TracedPasses(mode)
+        if check_mode(mode) is False and traced.EVERY_PASS:
+            mode = "trace"
+        self._traced = None if mode is False else TracedPasses(mode)
 
     @property
     def pass_path(self) -> str:
@@ -454,13 +457,17 @@ class TorchEngine(ModelChecks):
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
             tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
-            if program:  # (once a call: the pass as one program, or intercepted below, the reference side again)
+            if program:  # (once a call: the pass as one program, else intercepted below)
                 program = False
+                cursor = tape.cursor
                 ran = self._run_traced(block, context, leaves, references, tape, grid, state, chosen_columns)
                 if ran is not None:
                     (flat, grads), mode = ran, None  # (no embedding: a pass with token inputs is not traced)
                     break
-                continue
+                if tape.cursor != cursor:
+                    continue  # (a trace that failed took entries of the tape: the reference side again)
+                if grid.deferred is not None:
+                    grid.deferred.clear()
             try:
                 done = self._input_side(block, leaves, references, tape, grid, state, chosen_columns)
             except TapeMismatchError:
