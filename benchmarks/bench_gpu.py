@@ -20,6 +20,7 @@ model's device, parameters and cuDNN's settings are left as they were.
     python benchmarks/bench_gpu.py                 # the first CUDA device (or MPS); all configurations
     python benchmarks/bench_gpu.py --quick         # small sizes: a smoke test
     python benchmarks/bench_gpu.py --device cpu --quick   # the script itself, without an accelerator
+    python benchmarks/bench_gpu.py --compile compile     # rnnshap's pass traced (compile="trace") and compiled too
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def cudnn_settings() -> tuple[Any, ...]:
     return (c.enabled, c.benchmark, c.deterministic)
 
 
-def run_config(config: Config, device: str, repeats: int) -> list[tuple[str, str]]:
+def run_config(config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
     torch.manual_seed(0)
     model = Recurrent(config.kind, config.features, config.hidden, config.layers).to(device).eval()
     x = torch.randn(config.inputs, config.steps, config.features, device=device)
@@ -167,6 +168,20 @@ def run_config(config: Config, device: str, repeats: int) -> list[tuple[str, str
     untouched = all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True)) and before[1:] == after[1:]
     if not untouched:
         rows.append(("  (!)", "the model or cuDNN's settings changed"))
+    for mode in compile_modes:  # (--compile: the pass as a traced program, and compiled; traced at the second call)
+        program = rnnshap.DeepExplainer(model, background, batch_size=max(config.pairs, 2048), compile=mode)
+        program.shap_values(x)
+        synchronize(device)
+        start = time.perf_counter()
+        program.shap_values(x)  # (traces, and compiles)
+        synchronize(device)
+        once = time.perf_counter() - start
+        reset_peak(device)
+        seconds, values = timed(lambda: np.asarray(program.shap_values(x)), device, repeats)  # noqa: B023
+        error = additivity_error(values, model, x, background)
+        name = f"rnnshap compile={mode!r}"
+        rows.append((name, f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
+        rows.append((f"  ({once:.1f} s once)", program.pass_path[:100]))
 
     try:
         from captum.attr import DeepLiftShap, IntegratedGradients
@@ -212,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="configuration names")
+    parser.add_argument(
+        "--compile", choices=("trace", "compile"), help="rnnshap's pass as a traced program too (and compiled, with 'compile')"
+    )
     args = parser.parse_args(argv)
     device = args.device or default_device()
     if device is None:
@@ -227,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':<22}{'seconds':>11} {'vs native':>9} {'additivity':>11} {'peak memory':>12}")
     for config in configs:
         print(f"\n{config.name}: {config.describe()}")
-        for method, line in run_config(config, device, args.repeats):
+        modes: tuple[Any, ...] = () if not args.compile else ("trace",) if args.compile == "trace" else ("trace", True)
+        for method, line in run_config(config, device, args.repeats, modes):
             print(f"  {method:<20}{line}")
     return 0
 

@@ -9,6 +9,7 @@ marked ``compile``: compiling takes a minute on two cores.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -183,6 +184,50 @@ def test_python_state_changed_between_calls_is_not_kept_by_a_program(change: str
         if change != "the training flag":  # (whose training-mode call runs the references on every pair from then on)
             assert program.pass_path.startswith("traced:"), program.pass_path
     assert len(program.engine._traced.programs) == (change != "the training flag")
+
+
+class Swappable(nn.Module):
+    """A network whose forward() calls a function attribute: Python state a program's version does not see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.act, self.head = nn.Linear(F, 6), torch.relu, nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.linear(x)).mean(1))
+
+
+def test_a_program_whose_model_changed_unseen_is_dropped_by_the_models_own_outputs() -> None:
+    """A background whose pre-activations stay under 3, where relu and relu capped at 3 agree: swapping the
+    activation moves none of the references' outputs (the kept reference pass stays) and no attribute the version
+    reads. The program's outputs are checked against the model's own forward on the explained samples at every
+    call: they differ, so the call runs intercepted, with the new model's values, and the next is traced again."""
+    torch.manual_seed(0)
+    model = Swappable().eval()
+    background, X = 0.01 * _data()[0], 20 * _data()[1]
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        program.shap_values(X)
+    assert program.pass_path.startswith("traced:")
+    model.act = functools.partial(torch.clamp, min=0.0, max=3.0)
+    fresh = rnnshap.DeepExplainer(model, background)
+    assert _same(program.shap_values(X), fresh.shap_values(X))
+    assert program.pass_path.startswith("intercepted: the model's outputs on these inputs moved"), program.pass_path
+    for _ in range(2):  # (the kept pass, recorded on relu, now meets clamp: the references run on every pair, as before)
+        assert _same(program.shap_values(X), fresh.shap_values(X))
+
+
+def test_calls_of_ever_new_shapes_keep_at_most_8_programs() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for n in range(1, 13):
+        x = torch.randn(n, T, F)
+        for _ in range(2):
+            program.shap_values(x)
+        assert program.pass_path.startswith("traced:"), (n, program.pass_path)
+    assert len(program.engine._traced.programs) == 8
 
 
 def test_tanh_and_sigmoid_keep_their_program_for_new_inputs() -> None:

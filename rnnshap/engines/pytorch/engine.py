@@ -18,7 +18,7 @@ from ...errors import InputError, RnnShapError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
-from ..base import Block, BlockResult
+from ..base import RTOL, Block, BlockResult
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
@@ -460,7 +460,8 @@ class TorchEngine(ModelChecks):
             if program:  # (once a call: the pass as one program, else intercepted below)
                 program = False
                 cursor = tape.cursor
-                ran = self._run_traced(block, context, leaves, references, tape, grid, state, chosen_columns)
+                samples = [x[block.s0 : block.s1] for x in inputs]
+                ran = self._run_traced(block, context, samples, leaves, references, tape, grid, state, chosen_columns)
                 if ran is not None:
                     (flat, grads), mode = ran, None  # (no embedding: a pass with token inputs is not traced)
                     break
@@ -571,6 +572,7 @@ class TorchEngine(ModelChecks):
         self,
         block: Block,
         context: list[Tensor] | None,
+        samples: list[Tensor],
         leaves: list[Tensor],
         references: list[Tensor],
         tape: Tape,
@@ -608,7 +610,31 @@ class TorchEngine(ModelChecks):
             return [*grads, flat.detach()]
 
         ran = traced.run(slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns])
-        return None if ran is None else (ran[-1], ran[:-1])
+        if ran is None:
+            return None
+        flat, grads = ran[-1], ran[:-1]
+        # the model as it is now, on the explained samples: a program keeps what the model was when it was traced (its
+        # Python code and state, beyond what its version sees: a function or submodule swapped, a class attribute), so
+        # its outputs are checked against the model's own at every call, within the additivity check's tolerance
+        differs = self._outputs_differ(samples, flat.reshape(block.samples, block.references, -1)[:, 0], state)
+        if differs is not None:
+            traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differs:.2g}: it changed")
+            return None
+        return flat, grads
+
+    def _outputs_differ(self, samples: list[Tensor], outputs: Tensor, state: PreservedState) -> float | None:
+        """How far a plain forward of ``samples`` lies from ``outputs`` (one row per sample) relative to their scale,
+        where that is beyond the additivity check's tolerance for the model's dtype; else None. The model's state is
+        put back to ``state`` after it."""
+        try:
+            with torch.no_grad():
+                now = self._take(self.model(*[x.clone() for x in samples]))
+        finally:
+            state.restore()
+        now = now.reshape(outputs.shape).to(torch.float64)
+        scale = max(float(now.abs().max()), float(torch.finfo(torch.float64).tiny)) if now.numel() else 1.0
+        gap = float((now - outputs.to(torch.float64)).abs().max()) / scale if now.numel() else 0.0
+        return None if gap <= RTOL.get(self.dtype, 1e-4) else gap
 
     def _reference_side(
         self,

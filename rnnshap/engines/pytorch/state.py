@@ -111,8 +111,9 @@ def python_state(model: nn.Module) -> tuple[Any, ...]:
     """What of the model's Python state a traced program keeps (``engines/pytorch/traced.py``): each module's flags,
     numbers and strings (``training`` among them), tuples and lists of them, and its tensors that are neither
     parameters nor buffers, by identity and version counter (a write into one bumps it). A change of any of them makes
-    another version. What this does not see (a value inside a config object or a dict, a tensor held outside the
-    model) a program keeps as it was traced: ``explainer.engine.forget_reference_passes()`` after changing it."""
+    another version. What this does not see (a function, a submodule or a class attribute swapped, a value inside a
+    config object) a program keeps as it was traced; the engine checks a program's outputs against the model's own on
+    the explained samples at every call, which sees such a change wherever it moves them."""
     state: list[Any] = []
     for module in model.modules():
         for key, value in vars(module).items():

@@ -145,8 +145,11 @@ class _Program:
     misses: int = 0
 
 
-#: a program whose guards missed this many calls in a row is dropped, and the key runs intercepted
+#: a program whose guards missed this many calls in a row is dropped, and its slot runs intercepted
 _MISSES = 2
+#: the most programs an engine keeps (one per slot: input shapes, outputs chosen, kept reference pass), the least
+#: recently used dropped first: calls of ever new shapes (a last batch, sequences of varying length) do not pile them up
+_PROGRAMS = 8
 
 
 @dataclass
@@ -170,6 +173,12 @@ class TracedPasses:
         self.programs.clear()
         self.seen.clear()
         self.untraceable.clear()
+
+    def drop(self, slot: Any, why: str) -> None:
+        """Drop the slot's program (its result is not used): the call runs intercepted, and the next is traced."""
+        self.programs.pop(slot, None)
+        self.seen.pop(slot, None)
+        self.path = f"intercepted: {why} (traced again at the next call)"
 
     def run(
         self, slot: Any, version: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]
@@ -197,6 +206,7 @@ class TracedPasses:
                 )
                 return None
             return self._trace(slot, version, region, inputs)
+        self.programs[slot] = self.programs.pop(slot)  # (the most recently used last: see _PROGRAMS)
         with torch.no_grad():
             *outputs, held = program.run(*inputs)
         if bool(held):
@@ -243,6 +253,8 @@ class TracedPasses:
             self.untraceable[slot] = (version, "the traced program's checks did not hold on the inputs it was traced on")
             return None
         self.programs[slot] = program
+        while len(self.programs) > _PROGRAMS:  # (the least recently used first)
+            del self.programs[next(iter(self.programs))]
         self.path = self._describe(program)
         return outputs
 
