@@ -8,6 +8,7 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -461,7 +462,7 @@ class TorchEngine(ModelChecks):
                 program = False
                 cursor = tape.cursor
                 samples = [x[block.s0 : block.s1] for x in inputs]
-                ran = self._run_traced(block, context, samples, leaves, references, tape, grid, state, chosen_columns)
+                ran = self._run_traced(context, samples, PairPass(block, leaves, references, tape, grid, state, chosen_columns))
                 if ran is not None:
                     (flat, grads), mode = ran, None  # (no embedding: a pass with token inputs is not traced)
                     break
@@ -470,7 +471,7 @@ class TorchEngine(ModelChecks):
                 if grid.deferred is not None:
                     grid.deferred.clear()
             try:
-                done = self._input_side(block, leaves, references, tape, grid, state, chosen_columns)
+                done = self._input_side(PairPass(block, leaves, references, tape, grid, state, chosen_columns))
             except TapeMismatchError:
                 if not distinct:
                     raise
@@ -516,19 +517,11 @@ class TorchEngine(ModelChecks):
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
 
-    def _input_side(
-        self,
-        block: Block,
-        leaves: list[Tensor],
-        references: list[Tensor],
-        tape: Tape,
-        grid: PairGrid,
-        state: PreservedState,
-        chosen_columns: Tensor,
-    ) -> tuple[Tensor, list[Tensor], AttributionMode] | None:
-        """The input pass through ``tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
+    def _input_side(self, p: PairPass) -> tuple[Tensor, list[Tensor], AttributionMode] | None:
+        """The input pass through ``p.tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
         the gradients of the chosen outputs w.r.t. the attributed leaves, and the pass; None where the grid's checks
         of the rows do not hold (the passes run again)."""
+        block, leaves, references, tape, grid, state, chosen_columns = p.parts()
         with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
             # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
             # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
@@ -568,24 +561,14 @@ class TorchEngine(ModelChecks):
         self._traced.path = f"intercepted: {why}"
         return False
 
-    def _run_traced(
-        self,
-        block: Block,
-        context: list[Tensor] | None,
-        samples: list[Tensor],
-        leaves: list[Tensor],
-        references: list[Tensor],
-        tape: Tape,
-        grid: PairGrid,
-        state: PreservedState,
-        chosen_columns: Tensor,
-    ) -> tuple[Tensor, list[Tensor]] | None:
+    def _run_traced(self, context: list[Tensor] | None, samples: list[Tensor], p: PairPass) -> tuple[Tensor, list[Tensor]] | None:
         """:meth:`_input_side` as one program (``compile=``, see :mod:`.traced`): the outputs and the gradients, or
         None where the pass runs intercepted this call. A program is kept per input shapes, outputs chosen and kept
         reference pass (its tape's tensors are the program's constants): only where that pass is kept between calls,
         and no forward hook is set (a program would not run it)."""
         traced = self._traced
         assert traced is not None
+        block, leaves, chosen_columns = p.block, p.leaves, p.chosen_columns
         kept = self._kept_tapes.get(_kept_key(block, context))
         if kept is None or _kept_key(block, context) in self._first_call_only:
             traced.path = "intercepted: the reference pass is not kept between calls (its tape is a program's constant)"
@@ -601,7 +584,7 @@ class TorchEngine(ModelChecks):
         def region(*tensors: Tensor) -> list[Tensor]:
             pairs = zip(tensors[:-1], leaves, strict=True)
             given = [t.detach().requires_grad_(True) if leaf.requires_grad else t for t, leaf in pairs]
-            done = self._input_side(block, given, references, tape, grid, state, tensors[-1])
+            done = self._input_side(dataclasses.replace(p, leaves=given, chosen_columns=tensors[-1]))
             if done is None:
                 raise RuntimeError("the rows' checks did not hold while the pass was traced")
             flat, grads, mode = done
@@ -616,9 +599,9 @@ class TorchEngine(ModelChecks):
         # the model as it is now, on the explained samples: a program keeps what the model was when it was traced (its
         # Python code and state, beyond what its version sees: a function or submodule swapped, a class attribute), so
         # its outputs are checked against the model's own at every call, within the additivity check's tolerance
-        differs = self._outputs_differ(samples, flat.reshape(block.samples, block.references, -1)[:, 0], state)
+        differs = self._outputs_differ(samples, flat.reshape(block.samples, block.references, -1)[:, 0], p.state)
         if differs is not None:
-            traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differs:.2g}: it changed")
+            traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differs:.2g}")
             return None
         return flat, grads
 
@@ -682,6 +665,27 @@ class TorchEngine(ModelChecks):
             )
             ref_outputs = repeat_along(ref_outputs, 0, s)
         return tape, ref_outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class PairPass:
+    """What one input pass over a block's pairs takes (see :meth:`TorchEngine.attribute`)."""
+
+    block: Block
+    #: the input side of every pair, per input (floating ones requiring grad: the attributed leaves)
+    leaves: list[Tensor]
+    #: the reference side of every pair, per input
+    references: list[Tensor]
+    #: the reference pass's tape, which the input pass consumes
+    tape: Tape
+    grid: PairGrid
+    #: the model's state, put back after each pass
+    state: PreservedState
+    #: the explained outputs' columns, per pair
+    chosen_columns: Tensor
+
+    def parts(self) -> tuple[Block, list[Tensor], list[Tensor], Tape, PairGrid, PreservedState, Tensor]:
+        return self.block, self.leaves, self.references, self.tape, self.grid, self.state, self.chosen_columns
 
 
 def _kept_key(block: Block, context: Any) -> tuple[Any, ...]:
