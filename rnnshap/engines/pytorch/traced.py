@@ -120,14 +120,14 @@ def _boolean_index(indices: Sequence[Any]) -> bool:
 
 
 def _holds(guards: list[_Guard]) -> Tensor:
-    """One boolean tensor: whether every guard's tensor gives its value again."""
-    checks = [torch.ones((), dtype=torch.bool)]
+    """One boolean tensor on the CPU: whether every guard's tensor gives its value again (compared on its own device,
+    one copy to the host per device)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
     for g in guards:
         t = g.tensor.reshape(())
-        if isinstance(g.value, float) and math.isnan(g.value):
-            checks.append(torch.isnan(t).to(device="cpu"))
-        else:
-            checks.append((t == g.value).to(device="cpu"))
+        held = torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value
+        by_device.setdefault(held.device, []).append(held)
+    checks = [torch.ones((), dtype=torch.bool)] + [torch.stack(c).all().cpu() for c in by_device.values()]
     return torch.stack(checks).all()
 
 
@@ -175,9 +175,8 @@ class TracedPasses:
         self.untraceable.clear()
 
     def drop(self, slot: Any, why: str) -> None:
-        """Drop the slot's program (its result is not used): the call runs intercepted, and the next is traced."""
+        """Drop the slot's program (its result is not used): the call runs intercepted, and the next is traced anew."""
         self.programs.pop(slot, None)
-        self.seen.pop(slot, None)
         self.path = f"intercepted: {why} (traced again at the next call)"
 
     def run(
