@@ -18,7 +18,7 @@ import numpy as np
 from . import additivity
 from .attribution import Attribution, attribute
 from .engines import Engine, engine_for
-from .engines.base import named_inputs_advice, normal_mode
+from .engines.base import check_mode, named_inputs_advice, normal_mode
 from .engines.outputs import selected_outputs
 from .errors import InputError
 from .shapley.door import ShapleyEstimate
@@ -93,8 +93,7 @@ class DeepExplainer:
     ) -> None:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        if not (compile is False or compile is True or compile == "trace"):
-            raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
+        check_mode(compile)
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress

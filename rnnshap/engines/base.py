@@ -24,6 +24,16 @@ import numpy as np
 from ..errors import InputError
 from .outputs import OutputLayout
 
+#: what ``DeepExplainer(..., compile=)`` takes: intercepted passes, traced programs, compiled programs
+MODES = (False, "trace", True)
+
+
+def check_mode(compile: Any) -> Any:
+    """``compile`` if it is one of :data:`MODES`, else an InputError."""
+    if not any(compile is mode or (type(compile) is type(mode) and compile == mode) for mode in MODES):
+        raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
+    return compile
+
 #: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
 #: additivity check (against max(|f(x)|, |E[f]|)) in the front door, and an engine's check that its
 #: pass reproduces the model's outputs (against the largest |output|). Rounding stays far below it; a
@@ -139,7 +149,7 @@ class Engine(ABC):
 
     def compile_passes(self, mode: Any) -> None:
         """``DeepExplainer(..., compile=)``: the PyTorch engine's passes as traced programs; refused elsewhere."""
-        if mode is not False:
+        if check_mode(mode) is not False:
             raise InputError(
                 f"compile= traces a PyTorch model's pass into one program; the {self.name} engine already runs its "
                 "pass as one (a tf.function on TensorFlow, jax.jit on JAX): leave compile out"

@@ -19,7 +19,7 @@ from ...errors import InputError, RnnShapError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
-from ..base import RTOL, Block, BlockResult
+from ..base import RTOL, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
@@ -31,7 +31,7 @@ from .runner import PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState, python_state
 from .tape import Tape, TapeEntry, repeat_along
-from .traced import TracedPasses, check_mode, has_hooks
+from .traced import TracedPasses, has_hooks
 
 Tensor = torch.Tensor
 

@@ -29,14 +29,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ...errors import InputError
 from ...formulas.torch_ops import values_unread
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
 
 #: the values ``compile=`` takes
-MODES = (False, "trace", True)
 
 #: ``RNNSHAP_TRACE_EVERY_PASS=1``: every PyTorch explainer runs its input passes as traced programs, traced at the
 #: first call of a version (not the second), where ``compile=False`` would intercept them: how the test suite runs its
@@ -57,13 +55,6 @@ _DRAWS = frozenset({
     "normal", "normal_", "uniform_", "multinomial", "exponential_", "geometric_", "cauchy_", "log_normal_", "random_",
     "poisson", "binomial", "native_dropout", "rrelu_with_noise", "_standard_gamma", "_sample_dirichlet",
 })  # fmt: skip
-
-
-def check_mode(compile: Any) -> Any:
-    """``compile`` if it is one of :data:`MODES`, else an InputError."""
-    if not any(compile is mode or (type(compile) is type(mode) and compile == mode) for mode in MODES):
-        raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
-    return compile
 
 
 class _Untraceable(Exception):
@@ -340,4 +331,4 @@ def has_hooks(model: torch.nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-__all__ = ["MODES", "TracedPasses", "check_mode", "has_hooks"]
+__all__ = ["TracedPasses", "has_hooks"]
