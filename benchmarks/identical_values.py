@@ -106,6 +106,40 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         torch.manual_seed(4)
         return explain(Last(nn.LSTM(4, 6, batch_first=True), 6).double(), *data(5, 4, dtype=torch.float64))
 
+    class Packed(nn.Module):
+        """A packed batch (lengths): the recurrences' masked and active-rows paths."""
+
+        def __init__(self, rnn: nn.Module, width: int) -> None:
+            super().__init__()
+            self.rnn, self.head = rnn, nn.Linear(width, 3)
+
+        def forward(self, x: Any, lengths: Any) -> Any:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return self.head(self.rnn(packed)[1][0][-1] if isinstance(self.rnn, nn.LSTM) else self.rnn(packed)[1][-1])
+
+    def packed(rnn: nn.Module, width: int) -> tuple[Any, ...]:
+        (x, background), lengths = data(6, 5), torch.tensor([6, 3, 4])
+        values, first, expected = explain(Packed(rnn, width), [x, lengths], [background, torch.tensor([6, 6, 2, 5])])
+        return (*(np.asarray(v[0]) for v in values), np.asarray(first[0]), expected)  # (the lengths' are 0)
+
+    def lstm_packed() -> tuple[Any, ...]:
+        torch.manual_seed(14)
+        return packed(nn.LSTM(5, 7, batch_first=True), 7)
+
+    def gru_packed() -> tuple[Any, ...]:
+        torch.manual_seed(15)
+        return packed(nn.GRU(5, 7, batch_first=True), 7)
+
+    def lstm_projection() -> tuple[Any, ...]:
+        torch.manual_seed(16)
+        return explain(Last(nn.LSTM(5, 9, proj_size=4, batch_first=True), 4), *data(6, 5))
+
+    def wide() -> tuple[Any, ...]:  # hidden sizes whose rows are no multiple of a vector, more pairs (other BLAS paths)
+        torch.manual_seed(17)
+        values = [explain(Last(rnn(6, hidden, batch_first=True), hidden), torch.randn(9, 12, 6), torch.randn(11, 12, 6))
+                  for rnn in (nn.LSTM, nn.GRU) for hidden in (33, 130)]  # fmt: skip
+        return tuple(v for case in values for v in case)
+
     class Cells(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -259,6 +293,10 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "rnn_tanh": rnn_tanh,
         "bidirectional": bidirectional,
         "lstm_float64": lstm_float64,
+        "lstm_packed": lstm_packed,
+        "gru_packed": gru_packed,
+        "lstm_projection": lstm_projection,
+        "wide": wide,
         "cells": cells,
         "transformer": transformer,
         "attention": attention,

@@ -81,6 +81,24 @@ class _InputGradient:
         return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
+def _steps(t: Tensor, axis: int) -> list[Tensor]:
+    """The views of ``t`` at each index of ``axis``, each one ``as_strided`` of ``t`` (one dispatched operation a
+    view, where ``unbind`` dispatches a ``select`` and an ``as_strided``)."""
+    axis %= t.dim()
+    size, stride = list(t.shape), list(t.stride())
+    step = stride.pop(axis)
+    size.pop(axis)
+    offset = t.storage_offset()
+    return [t.as_strided(size, stride, offset + i * step) for i in range(t.shape[axis])]
+
+
+def _rows(t: Tensor, row: int, columns: int, offset: int = 0) -> Tensor:
+    """Columns ``offset`` to ``offset + columns`` of each row of ``row`` elements of the contiguous ``t``: a 2-D view
+    (rows, columns), for a matrix product (the view ``matmul`` would make of a contiguous ``t``, without its
+    three further dispatches)."""
+    return t.as_strided((t.numel() // row, columns), (row, 1), t.storage_offset() + offset)
+
+
 def lstm_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
@@ -92,29 +110,32 @@ def lstm_recurrence(
     w_hh: Tensor,
     w_hr: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dh_0, dc_0) of one LSTM layer-direction from its coefficients [A_i, A_f, A_g, A_o, A_k, A_c]
+    """(dx, dh_0, dc_0) of one LSTM layer-direction from its coefficients [A_c, A_i, A_f, A_g, A_o, A_k]
     (T, P, 6H) and the gradients of its outputs (..., T, P, H_out) and final states (..., P, H_out),
-    (..., P, H). Per step: dh += d_t; dc' = dc + dh A_k; du_ifg = dc' A_ifg; du_o = dh A_o;
-    dh_prev = du_ifg W_hh,ifg + du_o W_hh,o; dc_prev = dc' A_c (8 operations)."""
+    (..., P, H). Per step: dh += d_t; dc' = dc + dh A_k; [dc_prev, du_i, du_f, du_g] = dc' [A_c, A_i, A_f, A_g];
+    du_o = dh A_o; dh_prev = du_ifg W_hh,ifg + du_o W_hh,o (7 operations: two products, then their sum)."""
     steps, pairs = coefficients.shape[:2]
     hidden = w_hh.shape[0] // 4
-    a_ifg = coefficients[..., : 3 * hidden].unflatten(-1, (3, hidden))
-    a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
+    # [A_c, A_i, A_f, A_g] (T, P, 4, H): one product a step gives dc_prev and du_ifg side by side
+    a_cifg = coefficients[..., : 4 * hidden].unflatten(-1, (4, hidden))
+    a_o, a_k = coefficients[..., 4 * hidden :].split(hidden, dim=2)
     # the gate blocks [i, f, g] and [o] of the weights apart: du's two parts go through them without being
     # joined first (a join would copy du every step, and change the order of the products' sums)
     w_hh_ifg, w_hh_o = w_hh[: 3 * hidden], w_hh[3 * hidden :]
 
-    def step(dh: Tensor, dc: Tensor, ifg_t: Tensor, o_t: Tensor, k_t: Tensor, c_t: Tensor) -> tuple[Tensor, ...]:
+    def step(dh: Tensor, dc: Tensor, cifg_t: Tensor, o_t: Tensor, k_t: Tensor) -> tuple[Tensor, ...]:
         dh_full = dh @ w_hr if w_hr is not None else dh
         dcc = torch.addcmul(dc, dh_full, k_t)
-        du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
+        products = dcc.unsqueeze(-2) * cifg_t  # (..., P, 4, H): [dc_prev, du_i, du_f, du_g], contiguous
         du_o = dh_full * o_t
-        return du_ifg, du_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
+        dh_prev = _rows(products, 4 * hidden, 3 * hidden, hidden).mm(w_hh_ifg) + _rows(du_o, hidden, hidden).mm(w_hh_o)
+        rows = products.stride()[:-2] + (1,)
+        du_ifg = products.as_strided((*dcc.shape[:-1], 3 * hidden), rows, products.storage_offset() + hidden)
+        return du_ifg, du_o, dh_prev.view(dh.shape), products.select(-2, 0)
 
     dh, dc = d_h, d_c
     dx = _InputGradient([w_ih[: 3 * hidden], w_ih[3 * hidden :]], steps)
-    # each step's coefficients as views made at once (unbind), not picked step by step
-    per_step = list(zip(a_ifg.unbind(0), a_o.unbind(0), a_k.unbind(0), a_c.unbind(0), d_out.unbind(-3), strict=True))
+    per_step = list(zip(_steps(a_cifg, 0), _steps(a_o, 0), _steps(a_k, 0), _steps(d_out, -3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
