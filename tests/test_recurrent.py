@@ -468,6 +468,35 @@ def test_the_reverse_recurrences_batch_over_any_argument_under_vmap() -> None:
                     torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_the_reverse_recurrences_take_gradients_batched_on_any_axis_or_on_none(kind: str) -> None:
+    """vmap hands the operators' gradients batched on any axis (or not batched, expanded), so that the recurrence
+    sees permuted and broadcast layouts: it views its states as matrices for the products only where their layout
+    allows, and gives what one call per batch element gives (float64: the batch's matrix products and one element's
+    round alike but for the last bits)."""
+    from rnnshap.recurrent.reverse import gru_reverse, lstm_reverse, rnn_reverse
+
+    torch.manual_seed(0)
+    steps, pairs, hidden, features, batch = 4, 3, 5, 2, 3
+    gates, width = {"lstm": (4, 6), "gru": (3, 5), "rnn": (1, 1)}[kind]
+    op = {"lstm": lstm_reverse, "gru": gru_reverse, "rnn": rnn_reverse}[kind]
+    coefficients = torch.randn(steps, pairs, width * hidden, dtype=torch.float64)
+    w_ih = torch.randn(gates * hidden, features, dtype=torch.float64)
+    w_hh = torch.randn(gates * hidden, hidden, dtype=torch.float64)
+    d_out = torch.randn(steps, pairs, batch, hidden, dtype=torch.float64)  # batched on axis 2 (of the per-element 3)
+    d_h = torch.randn(pairs, hidden, batch, dtype=torch.float64)  # on the last axis
+    d_c = torch.randn(pairs, hidden, dtype=torch.float64)  # not batched: the rule expands it
+
+    def call(d_out: torch.Tensor, d_h: torch.Tensor) -> Any:
+        states = (d_h, d_c, w_ih, w_hh, None) if kind == "lstm" else (d_h, w_ih, w_hh)
+        return op(coefficients, None, None, d_out, *states)
+
+    batched = torch.func.vmap(call, in_dims=(2, 2))(d_out, d_h)
+    for b in range(batch):
+        for got, want in zip(batched, call(d_out[:, :, b].contiguous(), d_h[..., b].contiguous()), strict=True):
+            torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("layer", ["lstm", "gru", "rnn"])
 def test_the_input_gradient_is_the_same_a_step_at_a_time_or_all_at_once(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reverse recurrence forms the input gradient a chunk of steps at a time on the CPU (a cache's worth):

@@ -27,7 +27,7 @@ from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
-from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
+from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse, step_views
 from .weights import CellWeights
 
 Tensor = torch.Tensor
@@ -389,7 +389,7 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     ig = i * g
     cells = torch.empty_like(ig)
     c0 = c
-    for ig_t, f_t, cell_t in zip(ig.unbind(0), f.unbind(0), cells.unbind(0), strict=True):  # one operation a step
+    for ig_t, f_t, cell_t in zip(step_views(ig, 0), step_views(f, 0), step_views(cells, 0), strict=True):  # one a step
         c = torch.addcmul(ig_t, f_t, c, out=cell_t)
     return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 

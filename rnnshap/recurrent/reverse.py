@@ -81,7 +81,7 @@ class _InputGradient:
         return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
-def _steps(t: Tensor, axis: int) -> list[Tensor]:
+def step_views(t: Tensor, axis: int) -> list[Tensor]:
     """The views of ``t`` at each index of ``axis``, each one ``as_strided`` of ``t`` (one dispatched operation a
     view, where ``unbind`` dispatches a ``select`` and an ``as_strided``)."""
     axis %= t.dim()
@@ -92,10 +92,17 @@ def _steps(t: Tensor, axis: int) -> list[Tensor]:
     return [t.as_strided(size, stride, offset + i * step) for i in range(t.shape[axis])]
 
 
+def _contiguous(t: Tensor) -> Tensor:
+    """``t`` in row-major order: the states are, unless vmap hands the recurrence gradients batched on another axis
+    than the first, or broadcast (:func:`_vmap_rule`), whose products then take the operands' permuted layout."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _rows(t: Tensor, row: int, columns: int, offset: int = 0) -> Tensor:
-    """Columns ``offset`` to ``offset + columns`` of each row of ``row`` elements of the contiguous ``t``: a 2-D view
-    (rows, columns), for a matrix product (the view ``matmul`` would make of a contiguous ``t``, without its
-    three further dispatches)."""
+    """Columns ``offset`` to ``offset + columns`` of each row of ``row`` elements of ``t`` (row-major): a 2-D view
+    (rows, columns), for a matrix product (the view ``matmul`` would make of ``t``, without its three further
+    dispatches)."""
+    t = _contiguous(t)
     return t.as_strided((t.numel() // row, columns), (row, 1), t.storage_offset() + offset)
 
 
@@ -126,7 +133,7 @@ def lstm_recurrence(
     def step(dh: Tensor, dc: Tensor, cifg_t: Tensor, o_t: Tensor, k_t: Tensor) -> tuple[Tensor, ...]:
         dh_full = dh @ w_hr if w_hr is not None else dh
         dcc = torch.addcmul(dc, dh_full, k_t)
-        products = dcc.unsqueeze(-2) * cifg_t  # (..., P, 4, H): [dc_prev, du_i, du_f, du_g], contiguous
+        products = _contiguous(dcc.unsqueeze(-2) * cifg_t)  # (..., P, 4, H): [dc_prev, du_i, du_f, du_g]
         du_o = dh_full * o_t
         dh_prev = _rows(products, 4 * hidden, 3 * hidden, hidden).mm(w_hh_ifg) + _rows(du_o, hidden, hidden).mm(w_hh_o)
         rows = products.stride()[:-2] + (1,)
@@ -135,7 +142,7 @@ def lstm_recurrence(
 
     dh, dc = d_h, d_c
     dx = _InputGradient([w_ih[: 3 * hidden], w_ih[3 * hidden :]], steps)
-    per_step = list(zip(_steps(a_cifg, 0), _steps(a_o, 0), _steps(a_k, 0), _steps(d_out, -3), strict=True))
+    per_step = list(zip(step_views(a_cifg, 0), step_views(a_o, 0), step_views(a_k, 0), step_views(d_out, -3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
@@ -177,11 +184,12 @@ def gru_recurrence(
     def step(dh: Tensor, rz_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dv = dh * n_t
         du_rz = torch.cat([dv, dh], dim=-1) * rz_t
-        return du_rz, dv, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
+        through_rz = _rows(du_rz, 2 * hidden, 2 * hidden).mm(w_hh_rz).view(dh.shape)
+        return du_rz, dv, dh * h_t + through_rz + _rows(dv * a_t, hidden, hidden).mm(w_hh_n).view(dh.shape)
 
     dh = d_h
     dx = _InputGradient([w_ih[: 2 * hidden], w_ih[2 * hidden :]], steps)  # [du_r, du_z, dv] through W_ih
-    per_step = list(zip(a_rz.unbind(0), a_n.unbind(0), a_h.unbind(0), a_a.unbind(0), d_out.unbind(-3), strict=True))
+    per_step = list(zip(*(step_views(a, 0) for a in (a_rz, a_n, a_h, a_a)), step_views(d_out, -3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
@@ -206,7 +214,7 @@ def rnn_recurrence(
     steps, pairs = coefficients.shape[:2]
     dh = d_h
     dx = _InputGradient([w_ih], steps)
-    for t, (m_t, d_t) in reversed(list(enumerate(zip(coefficients.unbind(0), d_out.unbind(-3), strict=True)))):
+    for t, (m_t, d_t) in reversed(list(enumerate(zip(step_views(coefficients, 0), step_views(d_out, -3), strict=True)))):
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
             n = active[t]
             du = (_pairs(dh, n) + _pairs(d_t, n)) * m_t[:n]
@@ -215,7 +223,8 @@ def rnn_recurrence(
         else:
             dh = dh + (d_t * mask[t] if mask is not None else d_t)
             du = dh * m_t
-            dh = torch.where(mask[t], du @ w_hh, dh) if mask is not None else du @ w_hh
+            through = _rows(du, du.shape[-1], du.shape[-1]).mm(w_hh).view(dh.shape)
+            dh = torch.where(mask[t], through, dh) if mask is not None else through
         dx.add(du)
     return dx.result(mask), dh
 
