@@ -7,8 +7,10 @@ custom operator with its own vmap rule, the recurrence sees the K axis as an ord
 tensors: every operation below broadcasts over leading axes (``...``), the steps are axis -3 of ``d_out``
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
-Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
-see :func:`lstm_recurrence`); the input gradient, which feeds nothing later, is one matrix product per chunk of
+Per time step the loop runs only what depends on the step before (LSTM: 7 kernels; GRU: 10; Elman: 3;
+see :func:`lstm_recurrence`), each dispatched once: a step's slices are one ``as_strided`` each
+(:func:`step_views`) and the matrix products ``mm`` on 2-D views (:func:`_rows`), where ``unbind`` and
+``matmul`` would dispatch two and four operations more; the input gradient, which feeds nothing later, is one matrix product per chunk of
 steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
 batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
