@@ -25,9 +25,10 @@ class ForecastExplanation(AttributionResult):
     own), ``base_values`` and ``outputs`` ``(n, V, H, Q)``, covariates' values ``(n, L_c, V, H, Q)``.
     ``base_values``: ``(n, H, Q)``, what the values add up from (the mean forecast over the background; with
     ``background=None`` in the Shapley mode, the forecast with the whole context dropped). ``outputs``: ``(n, H, Q)``,
-    the library's own public forecast on the context, also named :attr:`forecast`. ``stderr``: the Shapley mode's standard errors, shaped like ``values`` (0 where exact).
-    ``players``: "steps", "patches", "windows of w" (DeepSHAP: "steps"). ``absent``: "background" (missing players
-    take background values) or "dropped" (given to the model as missing), also named :attr:`game`.
+    the library's own public forecast on the context, also named :attr:`forecast`. ``stderr``: the Shapley mode's
+    standard errors, shaped like ``values`` (0 where exact). ``players``: "steps", "patches", "windows of w"
+    (DeepSHAP: "steps"). ``absent``: "background" (missing players take background values) or "dropped" (given to
+    the model as missing), also named :attr:`game`.
     """
 
     quantile_levels: list[Any]
