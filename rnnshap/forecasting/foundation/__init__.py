@@ -207,19 +207,13 @@ def _explain_variates(
     if not adapter.multivariate:
         raise InputError(
             f"context of shape {context.shape}: {adapter.label} forecasts one variate per series; give (n, L) windows (one "
-            "series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and Moirai 2"
-            + (
-                ". TimesFM 3 reads covariates only through forecast_with_covariates' in-context linear regression, which "
-                "rnnshap does not explain (see covariates=)"
-                if adapter.distribution == "timesfm"
-                else ""
-            )
+            "series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
         )
     n, V, L = context.shape
     levels = adapter.levels(quantile_levels)
     readable = min(L, adapter.context_length() or L)
     trimmed = L - readable
-    names, given, references, target_background = adapter.past_covariates_of(covariates, background, n, L, method)  # type: ignore[attr-defined]
+    names, given, references, target_background = adapter.past_covariates_of(covariates, background, n, L, method)
     count = V + len(names)
     adapter.set_variates(count, V)
     columns = [(v, q) for v in range(V) for q in levels]

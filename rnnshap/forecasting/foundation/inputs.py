@@ -44,7 +44,7 @@ def windows_of(context: Any, what: str = "context") -> np.ndarray:
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(
             f"{what}: expected (n, L) windows of one series each (or (n, V, L), V variates each, for the models that "
-            f"forecast several: Toto, Toto 2, Moirai 2), got shape {tuple(np.shape(array))}"
+            f"forecast several: Toto, Toto 2, TimesFM 3), got shape {tuple(np.shape(array))}"
         )
     return finite(array, what)
 
