@@ -88,7 +88,8 @@ class TimesFM3Adapter(Adapter):
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
         rows = self.shaped(windows) if self.variates else windows  # (V, L) per context, or one series (L,)
-        outputs = self.model.predict_batch(contexts=[row.copy() for row in rows], horizon=prediction_length, return_quantiles=True)
+        contexts = [row.copy() for row in rows]
+        outputs = self.model.predict_batch(contexts=contexts, horizon=prediction_length, return_quantiles=True)
         quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
         if not self.variates:
             quantiles = quantiles[:, None]  # univariate contexts: (n, H, Q)
