@@ -87,6 +87,8 @@ def explain(
             ``Toto2Model``.
         context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
             series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
+            Toto, Toto 2 and TimesFM 3 also take ``(n, V, L)``: V variates a window, each forecast from all (the result
+            then has a variate axis: ``values`` ``(n, V, L, V, H, Q)``; ``background`` ``(B, V, >= L)``).
         prediction_length: the forecast steps H.
         background: reference windows ``(B, >= L)`` (their last L steps); with ``covariates``, a dict
             ``{"target": ..., "past_covariates": {...}, "future_covariates": {...}}``. None: context dropped the way
