@@ -93,3 +93,11 @@ def test_moirai2_other_quantile_levels_and_covariates_are_refused(forecaster: An
     )  # fmt: skip
     with pytest.raises(InputError, match="one target variate without covariates"):
         rnnshap.foundation.explain(with_features, context, prediction_length=4, background=background)
+
+
+def test_moirai2_multivariate_windows_are_refused_naming_the_models_that_take_them(forecaster: Any) -> None:
+    """Moirai 2 is explained with one target variate: (n, V, L) windows are refused, never read as something else."""
+    context = np.stack([windows(16, [300, 350])] * 2, axis=0)  # (2 windows, 2 variates, 16 steps)
+    background = np.stack([windows(16, [0, 100])] * 2, axis=0)
+    with pytest.raises(InputError, match="one variate per series.*Toto, Toto 2 and TimesFM 3"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background)

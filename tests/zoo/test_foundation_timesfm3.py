@@ -33,9 +33,16 @@ def forecaster() -> Any:
 
 
 def own_forecast(forecaster: Any, rows: Any, H: int) -> np.ndarray:
-    """The library's own call: ``predict_batch``'s quantiles, (n, H, Q)."""
+    """The library's own call: ``predict_batch``'s quantiles, (n, H, Q); of multivariate rows (n, V, L) (the target
+    variates of each context), (n, V, H, Q)."""
     outputs = forecaster.predict_batch([np.array(r, dtype=np.float64) for r in rows], horizon=H, return_quantiles=True)
     return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+def variates(length: int, starts: list[int], shared: np.ndarray) -> np.ndarray:
+    """Windows of three variates (m, 3, length): the series from ``starts``, 50 steps later, and ``shared`` (the same
+    values in every window)."""
+    return np.stack([np.stack([SERIES[s : s + length], SERIES[s + 50 : s + 50 + length], shared]) for s in starts])
 
 
 def test_timesfm3_deepshap_adds_up_to_predict_batch_with_zeros_for_padding_and_gaps(forecaster: Any) -> None:
@@ -156,3 +163,55 @@ def test_timesfm3_forecast_explainer_gives_explains_values_bit_for_bit(forecaste
         again = explainer.explain(context, prediction_length=4)
         np.testing.assert_array_equal(again.values, once.values)
         np.testing.assert_array_equal(again.base_values, once.base_values)
+
+
+def test_timesfm3_multivariate_deepshap_adds_up_per_variate_with_zeros_for_gaps_padding_and_an_unchanged_variate(
+    forecaster: Any,
+) -> None:
+    """Target variates (predict_batch's contexts of shape (V, L)): every variate's quantiles from every variate's
+    context; a variate's gaps (interpolated) and the steps missing in every variate (stripped, a shorter series) get
+    exact zeros, and so does the variate whose values are the same in the explained windows and every background
+    window."""
+    shared = SERIES[20:36].copy()
+    context = variates(16, [300, 330], shared)
+    context[0, 0, [5, 6, 9, 15]] = np.nan  # gaps in one variate, its last step too
+    context[1, :, :3] = np.nan  # every variate missing the first steps: a shorter series
+    context[1, 1, 3] = np.nan  # and one variate one step more (filled by the interpolation from its first value)
+    background = variates(16, [0, 100, 200], shared)
+    before = state(forecaster.model)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=5, background=background)
+    own = own_forecast(forecaster, context, 5)
+    assert result.values.shape == (2, 3, 16, 3, 5, 3) and result.forecast.shape == (2, 3, 5, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[0, 0, [5, 6, 9, 15]] == 0) and np.all(result.values[1, :, :3] == 0)
+    assert np.all(result.values[1, 1, 3] == 0) and np.all(result.values[:, 2] == 0)
+    assert np.abs(result.values[:, 1, 4:, 0]).max() > 0 and np.abs(result.values[:, 0, :, 1]).max() > 0  # across variates
+    assert unchanged(before, forecaster.model)
+
+
+def test_timesfm3_multivariate_shapley_patches_are_enumerated_through_predict_batch(forecaster: Any) -> None:
+    context = variates(8, [300], SERIES[20:28])[:, :2]
+    background = variates(8, [0, 100], SERIES[20:28])[:, :2]
+    ids = np.concatenate([np.arange(8) // 4, 2 + np.arange(8) // 4])
+
+    def own(rows: np.ndarray) -> np.ndarray:
+        return own_forecast(forecaster, rows.reshape(-1, 2, 8), 3)[..., [1]].reshape(len(rows), -1)
+
+    for reference, given in ((background.reshape(2, 16), background), (np.full((1, 16), np.nan), None)):
+        result = rnnshap.foundation.explain(
+            forecaster, context, prediction_length=3, background=given, method="shapley", players="patches",
+            budget=1000, quantile_levels=[0.5],
+        )  # fmt: skip
+        truth = enumerated_shapley(own, context[0].reshape(16), reference, ids)
+        assert result.exact.all() and result.values.shape == (1, 2, 2, 2, 3, 1)
+        np.testing.assert_allclose(result.values[0].reshape(4, -1), truth, rtol=0, atol=tolerance(truth))
+
+
+def test_timesfm3_covariates_are_refused_by_name(forecaster: Any) -> None:
+    """predict_batch's past_only_covariates and past_future_covariates are not explained yet: refused naming them,
+    never answered without them."""
+    context, background = windows(16, [300]), windows(16, [0, 100])
+    covariates = {"past_covariates": {"x": windows(16, [200])}}
+    with pytest.raises(InputError, match="past_only_covariates"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=background, covariates=covariates)

@@ -47,7 +47,7 @@ from .dispatch import SUPPORTED as SUPPORTED
 from .dispatch import adapter_for as adapter_for
 from .inputs import aligned_background as aligned_background
 from .inputs import check_background as check_background
-from .inputs import covariates_of
+from .inputs import covariates_of, variate_background, variate_windows
 from .inputs import finite as finite
 from .inputs import player_ids as player_ids
 from .inputs import windows_of as windows_of
@@ -87,6 +87,8 @@ def explain(
             ``Toto2Model``.
         context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
             series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
+            Toto, Toto 2 and TimesFM 3 also take ``(n, V, L)``: V variates a window, each forecast from all (the result
+            then has a variate axis: ``values`` ``(n, V, L, V, H, Q)``; ``background`` ``(B, V, >= L)``).
         prediction_length: the forecast steps H.
         background: reference windows ``(B, >= L)`` (their last L steps); with ``covariates``, a dict
             ``{"target": ..., "past_covariates": {...}, "future_covariates": {...}}``. None: context dropped the way
@@ -126,6 +128,14 @@ def explain(
     if isinstance(prediction_length, bool) or not isinstance(prediction_length, (int, np.integer)) or prediction_length < 1:
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
     H = int(prediction_length)
+    variates = variate_windows(context)
+    if variates is not None or (covariates is not None and adapter.multivariate):
+        if variates is None:  # one target variate with covariates (Moirai 2's past_feat_dynamic_real)
+            variates = windows_of(context)[:, None]
+        return _explain_variates(
+            adapter, label, precision, variates, H, background, quantile_levels, covariates, method, budget,
+            random_state, players, batch_size, check_additivity, None if kept is None else kept.setdefault(precision, {}),
+        )  # fmt: skip
     windows = windows_of(context)
     n, L = windows.shape
     levels = adapter.levels(quantile_levels)
@@ -136,11 +146,7 @@ def explain(
         rows = aligned_background(covariate.target_background, L)
         check_background(rows, adapter.label, readable)
     elif method == "deepshap":
-        raise InputError(
-            "method='deepshap' needs background windows: real windows of the series (e.g. earlier windows of the same "
-            "series), at least as long as the context. background=None drops missing context the way the model drops "
-            "missing values, a game the Shapley mode plays (method='shapley')"
-        )
+        raise InputError(NO_BACKGROUND)
     names = covariate.names
     covariate_values = None
     covariate_stderr = None
@@ -170,6 +176,99 @@ def explain(
         player_steps=spans, absent="background" if rows is not None else "dropped",
         background=stated("foundation", None if rows is None else len(rows), background is not None), covariates=covariate_values,
         covariate_stderr=covariate_stderr,
+    )  # fmt: skip
+
+
+NO_BACKGROUND = (
+    "method='deepshap' needs background windows: real windows of the series (e.g. earlier windows of the same "
+    "series), at least as long as the context. background=None drops missing context the way the model drops "
+    "missing values, a game the Shapley mode plays (method='shapley')"
+)
+
+
+def _explain_variates(
+    adapter: Adapter,
+    label: str,
+    precision: str,
+    context: np.ndarray,
+    H: int,
+    background: Any,
+    quantile_levels: Sequence[float] | None,
+    covariates: Any,
+    method: str,
+    budget: int | None,
+    random_state: Any,
+    players: Any,
+    batch_size: int,
+    check_additivity: bool | float,
+    kept: dict[Any, Any] | None,
+) -> ForecastExplanation:
+    """:func:`explain` of multivariate windows ``context`` (n, V, L) (and past covariates, for the models that read
+    them): the variates (then the covariates) given to the methods flat, (n, (V + C)·R), R the steps the model reads
+    (the earlier ones exact zeros); each forecast column a (variate, level) pair."""
+    if not adapter.multivariate:
+        raise InputError(
+            f"context of shape {context.shape}: {adapter.label} forecasts one variate per series; give (n, L) windows (one "
+            "series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
+        )
+    n, V, L = context.shape
+    levels = adapter.levels(quantile_levels)
+    readable = min(L, adapter.context_length() or L)
+    trimmed = L - readable
+    names, given, references, target_background = adapter.past_covariates_of(covariates, background, n, L, method)
+    count = V + len(names)
+    adapter.set_variates(count, V)
+    columns = [(v, q) for v in range(V) for q in levels]
+    full = np.concatenate([context, *(c[:, None] for c in given)], axis=1) if names else context
+    flat = full[..., trimmed:].reshape(n, count * readable)
+    rows = None
+    if target_background is not None:
+        rows = variate_background(target_background, V, L, readable, adapter.label)
+        if names:
+            rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references)], axis=1)
+    elif method == "deepshap":
+        raise InputError(NO_BACKGROUND)
+    with preserved_all(adapter.torch_modules()), adapter.computing_in(precision):
+        forecast = library_forecast(adapter, full.reshape(n, count * L), H, columns)
+        if method == "deepshap":
+            assert rows is not None
+            result = deepshap_values(adapter, flat, rows, H, columns, batch_size, check_additivity, (), forecast, kept)[:-1]
+        else:
+            result = shapley_values(
+                adapter, flat, rows, H, columns, players, count * readable, budget, random_state, batch_size, variates=count
+            )[:-2]
+    values, base, stderr, exact, n_evals, kind, _ = result
+    _, _, spans = player_ids(players, readable, adapter) if kind != "steps" else (None, None, [(t, t + 1) for t in range(L)])
+    if kind != "steps":
+        spans = [(a + trimmed, b + trimmed) for a, b in spans]
+
+    def outputs(a: np.ndarray) -> np.ndarray:  # (n, H, V·Q) -> (n, V, H, Q)
+        return a.reshape(n, H, V, len(levels)).transpose(0, 2, 1, 3)
+
+    def per_variate(a: np.ndarray) -> np.ndarray:  # (n, count·X, H, V·Q) -> (n, count, L or P, V, H, Q)
+        a = a.reshape(n, count, -1, H, V, len(levels)).transpose(0, 1, 2, 4, 3, 5)
+        if kind == "steps" and trimmed:
+            a = np.concatenate([np.zeros((n, count, trimmed, *a.shape[3:])), a], axis=2)
+        return a
+
+    values = per_variate(values)
+    stderr = None if stderr is None else per_variate(stderr)
+    univariate = V == 1 and names  # one target with covariates: the univariate layout, the covariates beside it
+    covariate_values = {name: values[:, V + k] for k, name in enumerate(names)} or None
+    covariate_stderr = None if stderr is None else ({name: stderr[:, V + k] for k, name in enumerate(names)} or None)
+    values, stderr = values[:, :V], None if stderr is None else stderr[:, :V]
+    forecast, base = outputs(forecast), outputs(base)
+    if univariate:
+        values, stderr = values[:, 0, :, 0], None if stderr is None else stderr[:, 0, :, 0]
+        forecast, base = forecast[:, 0], base[:, 0]
+        covariate_values = {k: v[:, :, 0] for k, v in (covariate_values or {}).items()}
+        covariate_stderr = None if covariate_stderr is None else {k: v[:, :, 0] for k, v in covariate_stderr.items()}
+    return ForecastExplanation(
+        values=values, base_values=base, outputs=forecast, quantile_levels=list(levels), prediction_length=H, method=method,
+        model=label, context=context[:, 0] if univariate else context, precision=precision, stderr=stderr, exact=exact,
+        n_evals=n_evals, players=kind, player_steps=spans, absent="background" if rows is not None else "dropped",
+        background=stated("foundation", None if rows is None else len(rows), background is not None),
+        covariates=covariate_values, covariate_stderr=covariate_stderr, variates=None if univariate else V,
     )  # fmt: skip
 
 

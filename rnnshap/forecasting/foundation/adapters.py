@@ -33,9 +33,33 @@ class Adapter:
     precisions: tuple[str, ...] = ("float32",)
     #: what a twin in another precision changes (said in the result's ``model``)
     twin_note = ""
+    #: whether the model forecasts several variates from one another's context (the door then takes ``(n, V, L)``)
+    multivariate = False
+    #: the variates of the windows given to the forecast forms: 0, univariate windows (m, L); V, multivariate windows
+    #: given flat, (m, V·L), each variate's steps after the previous one's (set by :meth:`set_variates`)
+    variates = 0
 
     def __init__(self, model: Any) -> None:
         self.model = model
+
+    def set_variates(self, count: int, targets: int) -> None:
+        """Read the windows as ``count`` variates given flat (0: univariate), the first ``targets`` the forecast
+        ones (the others past covariates); the forecast's columns are then ``(variate, level)`` pairs."""
+        self.variates = count
+
+    def past_covariates_of(
+        self, covariates: Any, background: Any, n: int, L: int, method: str
+    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
+        """For multivariate windows: the past covariates' names, their windows (n, L) and reference windows, and the
+        target's background (``background`` itself where the model reads no covariates)."""
+        if covariates is not None:
+            raise InputError(f"{self.label} reads no covariates: leave covariates=None")
+        return [], [], [], background
+
+    def shaped(self, x: Any) -> Any:
+        """Windows as the multivariate forecast takes them: (m, V, L) from the flat (m, V·L); (m, 1, L) from
+        univariate (m, L). numpy or torch."""
+        return x[:, None] if not self.variates else x.reshape(x.shape[0], self.variates, -1)
 
     def computing_in(self, precision: str) -> Any:
         """A context manager in which the model computes in ``precision`` (one of :attr:`precisions`): the
@@ -97,6 +121,19 @@ class Adapter:
                 "method='shapley', which runs the library's own forecast call on them"
             )
         return windows
+
+
+def variate_columns(out: Any, columns: Sequence[Any], index: Callable[[Any], int]) -> Any:
+    """The explained columns of a forecast ``out`` (m, V, H, Q_all) (numpy or torch): (m, H, C), one per column, a
+    level (of the first variate: univariate windows) or a ``(variate, level)`` pair (multivariate windows);
+    ``index`` maps a level to its place on the last axis."""
+    pairs = [c if isinstance(c, tuple) else (0, c) for c in columns]
+    picked = [out[:, v, :, index(level)] for v, level in pairs]
+    if isinstance(out, np.ndarray):
+        return np.stack(picked, axis=-1)
+    import torch
+
+    return torch.stack(picked, dim=-1)
 
 
 def low_precision(adapter: Adapter) -> str:

@@ -42,8 +42,25 @@ def windows_of(context: Any, what: str = "context") -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(f"{what}: expected (n, L) windows of one series each, got shape {tuple(np.shape(array))}")
+        raise InputError(
+            f"{what}: expected (n, L) windows of one series each (or (n, V, L), V variates each, for the models that "
+            f"forecast several: Toto, Toto 2, TimesFM 3), got shape {tuple(np.shape(array))}"
+        )
     return finite(array, what)
+
+
+def variate_windows(context: Any, what: str = "context") -> np.ndarray | None:
+    """``context`` as (n, V, L) float64 where it is an array or tensor of three axes, the last not of length 1 (an
+    (n, L, 1) array is univariate windows, as :func:`windows_of` takes it); None otherwise."""
+    if isinstance(context, (list, tuple)) or not _is_array(context) or hasattr(context, "columns"):
+        return None
+    array = _numpy(context)
+    if array.ndim != 3 or array.shape[-1] == 1:
+        return None
+    if 0 in array.shape:
+        raise InputError(f"{what}: expected (n, V, L) windows of V variates, got shape {array.shape}")
+    finite(array.reshape(array.shape[0], -1), what)
+    return array
 
 
 def finite(windows: np.ndarray, what: str) -> np.ndarray:
@@ -188,3 +205,25 @@ def covariates_of(adapter: Adapter, windows: np.ndarray, background: Any, covari
                 )
         rows = [references[name] for name in names]
     return Covariates(target_background, rows, names, given)
+
+
+# -- multivariate windows ----------------------------------------------------------------------------------------
+def variate_background(background: Any, variates: int, length: int, readable: int, label: str) -> np.ndarray:
+    """Background windows ``(B, V, >= length)`` of the context's ``variates`` variates: their last ``readable`` steps,
+    flat (B, V·readable), each variate checked against the scale floor as :func:`check_background` does."""
+    rows = variate_windows(background, "background")
+    if rows is None or rows.shape[1] != variates:
+        shape = tuple(np.shape(background)) if hasattr(background, "shape") else type(background).__name__
+        raise InputError(
+            f"background: the context has {variates} variates; give background windows (B, {variates}, >= {length}) of "
+            f"the same variates in the same order (got {shape})"
+        )
+    if rows.shape[2] < length:
+        raise InputError(
+            f"background windows have {rows.shape[2]} steps; the explained context has {length}. Give background windows "
+            "at least as long as the context (their last steps are used)"
+        )
+    rows = rows[:, :, rows.shape[2] - readable :]
+    for v in range(variates):
+        check_background(rows[:, v], f"{label} (variate {v})", readable)
+    return rows.reshape(rows.shape[0], -1)

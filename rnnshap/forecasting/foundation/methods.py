@@ -219,15 +219,22 @@ def shapley_values(
     batch_size: int,
     covariates: Sequence[tuple[str, np.ndarray]] = (),
     covariate_rows: Sequence[np.ndarray] = (),
+    variates: int = 1,
 ) -> tuple[Any, ...]:
     """The Shapley mode through the library's own forecast call. Players: the target's context steps (patches,
-    windows) the model reads, and the same kind of players over each covariate's steps (Chronos-2)."""
+    windows) the model reads, and the same kind of players over each covariate's steps (Chronos-2). ``variates``:
+    the windows are ``variates`` variates of ``readable // variates`` steps each, one after the other (every step
+    read): each variate has its own players."""
     from ...shapley import ShapleyExplainer
 
     n, L = windows.shape
     Q = len(levels)
     trimmed = L - readable  # steps the model never reads: exact zeros, not players
-    ids, kind, spans = player_ids(players, readable, adapter)
+    ids, kind, spans = player_ids(players, readable // variates, adapter)
+    if variates > 1:  # each variate's players, numbered after the previous variate's
+        count = int(ids.max()) + 1
+        ids = np.concatenate([ids + v * count for v in range(variates)])
+        spans = spans * variates
     spans = [(a + trimmed, b + trimmed) for a, b in spans]
     prefix = windows[:, :trimmed]
     names = [name for name, _ in covariates]

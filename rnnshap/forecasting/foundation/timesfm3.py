@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, net_module, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns, variate_columns
 from .timesfm import interpolation_map
 
 
@@ -36,6 +36,7 @@ class TimesFM3Adapter(Adapter):
     distribution = "timesfm"
     label = "TimesFM 3"
     drops = "NaN (leading NaNs stripped and padded with the mask, inner NaNs interpolated linearly)"
+    multivariate = True
 
     def __init__(self, model: Any) -> None:
         from timesfm3.torch import TimesFM3Forecaster, TimesFM3Torch
@@ -67,21 +68,39 @@ class TimesFM3Adapter(Adapter):
     def torch_modules(self) -> list[Any]:
         return [self.net]
 
-    def _indices(self, levels: list[Any]) -> list[int]:
+    def _index(self, level: Any) -> int:
         trained = [float(q) for q in self.net.quantiles]
-        return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
+        return min(range(len(trained)), key=lambda j: abs(trained[j] - float(level)))
+
+    def past_covariates_of(
+        self, covariates: Any, background: Any, n: int, L: int, method: str
+    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
+        if covariates is not None:
+            raise InputError(
+                "covariates=: TimesFM 3's covariates (predict_batch's past_only_covariates and past_future_covariates, "
+                "stacked with the targets on its variate axis) are not explained by rnnshap.foundation yet. To attribute "
+                "to a covariate known only in the past, give it as one more variate of the context, (n, V + 1, L): "
+                "predict_batch then forecasts it too (its own columns, ignore them), and the values of the targets' "
+                "forecasts to its steps are explained; or use rnnshap.ShapleyExplainer on a function calling "
+                "predict_batch with the covariates"
+            )
+        return [], [], [], background
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
-        outputs = self.model.predict_batch(
-            contexts=[row.copy() for row in windows], horizon=prediction_length, return_quantiles=True
-        )
+        rows = self.shaped(windows) if self.variates else windows  # (V, L) per context, or one series (L,)
+        contexts = [row.copy() for row in rows]
+        outputs = self.model.predict_batch(contexts=contexts, horizon=prediction_length, return_quantiles=True)
         quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
-        return quantiles[..., self._indices(levels)]
+        if not self.variates:
+            quantiles = quantiles[:, None]  # univariate contexts: (n, H, Q)
+        return variate_columns(quantiles, levels, self._index)
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
         return np.nan_to_num(windows, nan=0.0)  # a missing step is never read (cut off, or filled from its neighbours)
 
     def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
+        if self.variates:
+            return self._variates_module(prediction_length, levels, missing.reshape(self.variates, -1))
         leading = int(np.cumprod(missing).sum())
         if leading == missing.size:  # nothing observed: predict_batch forecasts from zeros over the whole window
             return self.module(prediction_length, levels)
@@ -91,7 +110,7 @@ class TimesFM3Adapter(Adapter):
         import torch
 
         H = prediction_length
-        columns = self._indices(levels)
+        columns = [self._index(level) for level in levels]
         patch = int(self.model.config.input_patch_length)
         output_patch = int(self.model.config.output_patch_length)
         horizon = math.ceil(H / output_patch) * output_patch  # predict_batch's global_horizon
@@ -116,4 +135,49 @@ class TimesFM3Adapter(Adapter):
             return out[:, 0, :H][..., columns].reshape(n, -1)
 
         doc = "``predict_batch``'s path on torch tensors: windows (n, L) of one missing pattern -> (n, H·Q)."
+        return net_module(self.net, forward, doc)
+
+    def _variates_module(self, prediction_length: int, columns: list[Any], missing: np.ndarray) -> Any:
+        """``predict_batch``'s path for flat windows (n, V·L) of V target variates missing the steps ``missing``
+        (V, L): the steps missing in every variate stripped, each variate's other missing steps filled by the
+        library's own ``linear_interpolation`` (a linear map per variate fixed by the pattern, taken from it), the
+        batch's context padded with masked zeros, ``decode`` and the sort."""
+        import torch
+        from timesfm3.torch.timesfm3_forecaster import linear_interpolation
+
+        V, L = missing.shape
+        leading = int(np.cumprod(missing.all(axis=0)).sum())
+        if leading == L:
+            leading = 0  # nothing observed: predict_batch forecasts from zeros over the whole window
+            maps = [np.zeros((L, L))] * V
+        else:
+            maps = []
+            for gaps in missing[:, leading:]:  # (to, from): the library's fill of each unit window
+                basis = np.eye(gaps.size)
+                maps.append(np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in basis], axis=1))
+        fill = torch.as_tensor(np.stack(maps), dtype=torch.float32)  # (V, to, from)
+        H = prediction_length
+        patch = int(self.model.config.input_patch_length)
+        output_patch = int(self.model.config.output_patch_length)
+        horizon = math.ceil(H / output_patch) * output_patch
+        longest = self.context_length()
+        adapter = self
+
+        def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            x = x.reshape(n, V, L)[..., leading:]
+            x = torch.einsum("vtf,nvf->nvt", fill.to(x.device), x)
+            length = x.shape[-1]
+            context = max(min(math.ceil(length / patch) * patch, longest), patch)
+            if length >= context:
+                target = x[..., length - context :]
+                mask = torch.zeros(n, context, dtype=torch.bool, device=x.device)
+            else:
+                target = torch.cat([x.new_zeros(n, V, context - length), x], dim=-1)
+                mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
+            out = net.decode(target=target, horizon=horizon, mask=mask)[:, :V]
+            out = torch.sort(out, dim=-1).values  # sort_quantiles
+            return variate_columns(out[:, :, :H], columns, adapter._index).reshape(n, -1)
+
+        doc = "``predict_batch``'s path on torch tensors: flat windows (n, V·L) of one missing pattern -> (n, H·C)."
         return net_module(self.net, forward, doc)

@@ -7,11 +7,12 @@ to whole patches (zeros, unobserved) and decodes autoregressively under ``no_gra
 causal patch scaler over the observed steps, the mixture of Student-t heads, whose mean, with its extreme values
 dropped by ``replace_extreme_values``, is fed back patch by patch), returning the output detached.
 
-Each window is one series (one variate in a group of its own); a missing value (NaN) is given as ``padding_mask``
-False with the value 0, as Toto takes padding. DeepSHAP explains ``forecast`` itself on the MaskedTimeseries built
-from the windows, the observed mask a context input (the explained window's for it and its references alike): a
-missing step is no player and gets exactly 0. One column: ``"mean"`` (with ``num_samples`` the forecast samples at
-random; the Shapley mode too plays only the mean).
+Each window is one series (one variate in a group of its own), or, given ``(n, V, L)``, V variates in one group
+(``id_mask`` 0: every variate's forecast reads every variate's context); a missing value (NaN) is given as
+``padding_mask`` False with the value 0, as Toto takes padding. DeepSHAP explains ``forecast`` itself on the
+MaskedTimeseries built from the windows, the observed mask a context input (the explained window's for it and its
+references alike): a missing step is no player and gets exactly 0. One column: ``"mean"`` (with ``num_samples``
+the forecast samples at random; the Shapley mode too plays only the mean).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, net_module
+from .adapters import Adapter, net_module, variate_columns
 
 
 class TotoAdapter(Adapter):
     distribution = "toto-ts"
     label = "Toto"
     drops = "NaN (padding_mask False, the value 0)"
+    multivariate = True
 
     def __init__(self, model: Any) -> None:
         from toto.inference.forecaster import TotoForecaster
@@ -65,17 +67,19 @@ class TotoAdapter(Adapter):
         return [self.backbone]
 
     def _inputs(self, x: Any, observed: Any) -> Any:
-        """The MaskedTimeseries of windows ``x`` (n, L) with the observed mask (n, L): one variate each."""
+        """The MaskedTimeseries of windows ``x`` with the observed mask, alike shaped: (n, L), one variate each, or
+        flat multivariate windows (n, V·L), the V variates in one group (``id_mask`` 0: each attends to every other)."""
         import torch
         from toto.data.util.dataset import MaskedTimeseries
 
-        n, L = x.shape
+        series, seen = self.shaped(x), self.shaped(observed)
+        n, V, L = series.shape
         return MaskedTimeseries(
-            series=x[:, None],
-            padding_mask=observed[:, None],
-            id_mask=torch.zeros(n, 1, L, dtype=torch.int, device=x.device),
-            timestamp_seconds=torch.zeros(n, 1, L, dtype=torch.int, device=x.device),
-            time_interval_seconds=torch.ones(n, 1, dtype=torch.int, device=x.device),
+            series=series,
+            padding_mask=seen,
+            id_mask=torch.zeros(n, V, L, dtype=torch.int, device=x.device),
+            timestamp_seconds=torch.zeros(n, V, L, dtype=torch.int, device=x.device),
+            time_interval_seconds=torch.ones(n, V, dtype=torch.int, device=x.device),
         )
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
@@ -85,7 +89,7 @@ class TotoAdapter(Adapter):
         x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=self.dtype, device=device)
         observed = torch.as_tensor(~np.isnan(windows), device=device)
         mean = self.model.forecast(self._inputs(x, observed), prediction_length=prediction_length).mean
-        return mean[:, 0, :, None].double().cpu().numpy()
+        return variate_columns(mean[..., None].double().cpu().numpy(), levels, lambda level: 0)
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
         return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
@@ -100,7 +104,7 @@ class TotoAdapter(Adapter):
 
         def forward(net: Any, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
             mean = adapter.model.forecast(adapter._inputs(x, observed), prediction_length=prediction_length).mean
-            return mean[:, 0]
+            return variate_columns(mean[..., None], levels, lambda level: 0).reshape(x.shape[0], -1)
 
-        doc = "``TotoForecaster.forecast(...).mean`` of windows (n, L) with their observed mask (n, L): (n, H)."
+        doc = "``TotoForecaster.forecast(...).mean`` of windows (n, L) or (n, V·L) with their observed mask: (n, H·C)."
         return net_module(self.backbone, forward, doc, adapter.dtype)

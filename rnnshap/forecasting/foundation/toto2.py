@@ -5,7 +5,8 @@ patches) and returns every quantile, ``(Q, b, variates, H)``: the causal patch s
 mask of the context's last patch forced True), ``asinh`` of the scaled context, the transformer, and past its first
 output patches the rollout that feeds the median back, patch by patch.
 
-Each window is one series (one variate, ``series_ids`` 0); a missing value (NaN) is given as ``target_mask`` False with
+Each window is one series (one variate, ``series_ids`` 0), or, given ``(n, V, L)``, V variates of one series (every
+variate's forecast reads every variate's context); a missing value (NaN) is given as ``target_mask`` False with
 the value 0. DeepSHAP explains ``forecast`` itself on those inputs, the mask a context input (the explained window's
 for it and its references alike): a missing step is no player and gets exactly 0. The columns are the quantile levels
 of its output head.
@@ -18,13 +19,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, net_module, quantile_columns
+from .adapters import Adapter, net_module, quantile_columns, variate_columns
 
 
 class Toto2Adapter(Adapter):
     distribution = "toto-2"
     label = "Toto 2"
     drops = "NaN (target_mask False, the value 0)"
+    multivariate = True
 
     def __init__(self, model: Any) -> None:
         from toto2.model import Toto2Model
@@ -42,9 +44,9 @@ class Toto2Adapter(Adapter):
     def torch_modules(self) -> list[Any]:
         return [self.model]
 
-    def _indices(self, levels: list[Any]) -> list[int]:
+    def _index(self, level: Any) -> int:
         trained = [float(q) for q in self.model.output_head.knots]
-        return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
+        return min(range(len(trained)), key=lambda j: abs(trained[j] - float(level)))
 
     def _check_length(self, L: int) -> None:
         patch = self.patch_length()
@@ -55,28 +57,31 @@ class Toto2Adapter(Adapter):
             )
 
     def _inputs(self, x: Any, observed: Any) -> dict[str, Any]:
+        """The inputs of windows ``x`` with the observed mask: (n, L), one variate each, or flat multivariate windows
+        (n, V·L), the V variates of one series (``series_ids`` 0)."""
         import torch
 
+        target = self.shaped(x)
         return {
-            "target": x[:, None],
-            "target_mask": observed[:, None],
-            "series_ids": torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device),
+            "target": target,
+            "target_mask": self.shaped(observed),
+            "series_ids": torch.zeros(target.shape[:2], dtype=torch.long, device=x.device),
         }
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
         import torch
 
-        self._check_length(windows.shape[1])
+        self._check_length(windows.shape[1] // max(1, self.variates))
         device = next(self.model.parameters()).device
         x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=torch.float32, device=device)
         observed = torch.as_tensor(~np.isnan(windows), device=device)
         with torch.no_grad():
-            quantiles = self.model.forecast(self._inputs(x, observed), prediction_length)  # (Q, n, 1, H)
-        out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)
-        return out.double().cpu().numpy()[..., self._indices(levels)]
+            quantiles = self.model.forecast(self._inputs(x, observed), prediction_length)  # (Q, n, V, H)
+        out = quantiles[..., :prediction_length].permute(1, 2, 3, 0)
+        return variate_columns(out.double().cpu().numpy(), levels, self._index)
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
-        self._check_length(windows.shape[1])
+        self._check_length(windows.shape[1] // max(1, self.variates))
         return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
 
     def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
@@ -86,12 +91,11 @@ class Toto2Adapter(Adapter):
         import torch
 
         adapter = self
-        columns = self._indices(levels)
 
         def forward(net: Any, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
             quantiles = net.forecast(adapter._inputs(x, observed), prediction_length)
-            out = quantiles[:, :, 0, :prediction_length].permute(1, 2, 0)[..., columns]
-            return out.reshape(x.shape[0], -1)
+            out = quantiles[..., :prediction_length].permute(1, 2, 3, 0)
+            return variate_columns(out, levels, adapter._index).reshape(x.shape[0], -1)
 
-        doc = "``Toto2Model.forecast`` of windows (n, L) with their observed mask (n, L): (n, H·Q)."
+        doc = "``Toto2Model.forecast`` of windows (n, L) or (n, V·L) with their observed mask: (n, H·C)."
         return net_module(self.model, forward, doc)
