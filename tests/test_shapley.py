@@ -18,7 +18,7 @@ from torch import nn
 import rnnshap
 from rnnshap import InputError, ShapleyExplainer
 
-from .models.torch import RecurrentHead
+from .models.torch import Function, RecurrentHead
 
 
 def oracle(f, x: list[torch.Tensor], background: list[torch.Tensor], ids: list[np.ndarray | None]) -> np.ndarray:
@@ -316,15 +316,14 @@ def test_bad_input_is_refused_with_advice() -> None:
 
 
 def test_a_model_deepexplainer_refuses_names_the_door_that_works() -> None:
-    class Rounds(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.round(x * 3).sum((1, 2))[:, None]
+    def rounds(x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 3).sum((1, 2))[:, None]
 
     x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="ShapleyExplainer"):
-        rnnshap.DeepExplainer(Rounds(), bg)
-    estimate = ShapleyExplainer(Rounds(), bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
-    assert np.allclose(estimate.values[0], oracle(Rounds(), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
+        rnnshap.DeepExplainer(Function(rounds), bg)
+    estimate = ShapleyExplainer(Function(rounds), bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
+    assert np.allclose(estimate.values[0], oracle(Function(rounds), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
 
 
 def test_a_function_of_numpy_arrays_and_the_explanation() -> None:
