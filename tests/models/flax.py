@@ -22,18 +22,19 @@ def _last(h: Any) -> Any:
 
 class FlaxRecurrent(nnx.Module):
     """nnx.RNN over an LSTMCell or GRUCell (``cell``), float64, and a Linear head; ``read``: what the head sees of the
-    recurrent outputs (by default the last step through relu)."""
+    recurrent outputs (by default the last step through relu); ``output``: a function of the head's output."""
 
     def __init__(self, cell: str, features: int = 3, hidden: int = 4, outputs: int = 2, seed: int = 0,
-                 read: Callable[[Any], Any] = _last) -> None:  # fmt: skip
+                 read: Callable[[Any], Any] = _last, output: Callable[[Any], Any] | None = None) -> None:  # fmt: skip
         rngs = nnx.Rngs(seed)
         make = {"lstm": nnx.LSTMCell, "gru": nnx.GRUCell}[cell]
         self.rnn = nnx.RNN(make(features, hidden, rngs=rngs, param_dtype=F64, dtype=F64))
         self.head = nnx.Linear(hidden, outputs, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.read = read
+        self.read, self.output = read, output
 
     def __call__(self, x: Any) -> Any:
-        return self.head(self.read(self.rnn(x)))
+        y = self.head(self.read(self.rnn(x)))
+        return y if self.output is None else self.output(y)
 
 
 def _tensor(a: Any) -> torch.Tensor:
@@ -64,10 +65,13 @@ def copy_linear(linear: torch.nn.Linear, flax_linear: Any) -> None:
         linear.bias.copy_(_tensor(flax_linear.bias[...]))
 
 
-def torch_twin(flax_model: FlaxRecurrent, cell: str, read: str = "relu_last") -> RecurrentHead:
-    """The same function in PyTorch (float64), with the Flax model's weights."""
+def torch_twin(flax_model: FlaxRecurrent, cell: str, read: Any = "relu_last",
+               output: Callable[[torch.Tensor], torch.Tensor] | None = None) -> RecurrentHead:  # fmt: skip
+    """The same function in PyTorch (float64), with the Flax model's weights (``read`` and ``output``: those of
+    ``RecurrentHead``, the twins of the Flax model's)."""
     c = flax_model.rnn.cell
-    twin = RecurrentHead(cell, c.in_features, c.hidden_features, flax_model.head.out_features, read=read).double()
+    outputs = flax_model.head.out_features
+    twin = RecurrentHead(cell, c.in_features, c.hidden_features, outputs, read=read, output=output).double()
     copy_cell(twin.rnn, c, cell)
     copy_linear(twin.head, flax_model.head)
     return twin
