@@ -37,7 +37,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, phi_totals, relative_to_max
-from .models.torch import Function
+from .models.torch import Function, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -545,15 +545,7 @@ def test_spectral_norm_in_training_mode_is_left_bit_identical(which: str) -> Non
 
 
 def test_packed_sequence_input_gets_a_clear_message() -> None:
-    class Packed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 1)
-
-        def forward(self, x: Any) -> Tensor:
-            return self.head(self.rnn(x)[1][-1])
-
-    model = Packed().eval()
+    model = RecurrentHead("gru", 3, 4, 1, read="state").eval()
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(3, 5, 3), torch.tensor([5, 4, 2]), batch_first=True)
     with pytest.raises(rnnshap.InputError, match="pack_padded_sequence"):
         rnnshap.DeepExplainer(model, packed)

@@ -41,13 +41,7 @@ def _elementwise_truth(h: Callable[[Tensor], Tensor], X: Tensor, background: Ten
     return (torch.eye(n, dtype=F64)[None] * change[:, :, None]).numpy()
 
 
-class Elementwise(nn.Module):
-    def __init__(self, h: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.h = h
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.h(x)
 
 
 def _sliced(x: Tensor) -> Tensor:
@@ -82,7 +76,7 @@ def test_a_sliced_or_combined_gate_is_the_piecewise_function_it_computes(name: s
     X[0] = background[2]  # Δ = 0 for one pair
     crossings = sum(int((h(X[i : i + 1]) != h(background[j : j + 1])).sum()) for i in range(4) for j in range(5))
     assert crossings > 0
-    values = _explain(Elementwise(h), background, X)
+    values = _explain(Function(h), background, X)
     np.testing.assert_allclose(values, _elementwise_truth(h, X, background), rtol=1e-12, atol=1e-13)
 
 
@@ -130,7 +124,7 @@ def test_a_mask_combined_in_place_is_refused_by_name(write: Callable[[Tensor], T
     g = torch.Generator().manual_seed(8)
     background, X = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="__iand__"):
-        rnnshap.DeepExplainer(Elementwise(write), background).shap_values(X, check_additivity=False)
+        rnnshap.DeepExplainer(Function(write), background).shap_values(X, check_additivity=False)
 
 
 @pytest.mark.parametrize("name", LOGIC)
@@ -219,4 +213,4 @@ def test_an_infinite_branch_where_the_mask_moves_gets_the_mask_fills_diagnosis(c
     g = torch.Generator().manual_seed(0)
     background, X = torch.randn(5, 6, generator=g, dtype=F64), torch.randn(3, 6, generator=g, dtype=F64)
     with pytest.raises(rnnshap.AdditivityError, match="not finite"):
-        rnnshap.DeepExplainer(Elementwise(h), background).shap_values(X)
+        rnnshap.DeepExplainer(Function(h), background).shap_values(X)
