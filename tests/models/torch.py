@@ -52,7 +52,8 @@ class RecurrentHead(nn.Module):
 
     ``kind``: "lstm", "gru" or "rnn"; ``vocabulary``: token ids in, through an ``nn.Embedding(vocabulary, inputs)``;
     ``project``: an ``nn.Linear(project, inputs)`` and ``project_activation`` at every step first; ``names``: the
-    attribute names of the submodules in the order they are built (embedding or projection, layer, head)."""
+    attribute names of the submodules in the order they are built (embedding or projection, layer, head);
+    ``layer``: a recurrent layer built already (``RecurrentHead.over(layer, outputs)``)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class RecurrentHead(nn.Module):
         prepare: Callable[[Tensor], Tensor] | None = None,
         output: Callable[[Tensor], Tensor] | None = None,
         names: str = "rnn head",
+        layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.names = tuple(names.split())
@@ -82,8 +84,9 @@ class RecurrentHead(nn.Module):
         if before:
             first = nn.Embedding(vocabulary, inputs) if vocabulary is not None else nn.Linear(project, inputs)  # type: ignore[arg-type]
             setattr(self, self.names[0], first)
-        layer = LAYERS[kind](inputs, hidden, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional,
-                             dropout=dropout)  # fmt: skip
+        if layer is None:
+            layer = LAYERS[kind](inputs, hidden, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional,
+                                 dropout=dropout)  # fmt: skip
         setattr(self, self.names[-2], layer)
         width = hidden * (2 if bidirectional else 1) if head_inputs is None else head_inputs
         setattr(self, self.names[-1], nn.Linear(width, outputs))
@@ -91,6 +94,13 @@ class RecurrentHead(nn.Module):
         self.project_activation = project_activation
         self.read = READS[read] if isinstance(read, str) else read
         self.prepare, self.output = prepare, output
+
+    @classmethod
+    def over(cls, layer: nn.RNNBase, outputs: int, **options: Any) -> RecurrentHead:
+        """The head over a recurrent layer built already (its parameters drawn before the head's)."""
+        kind = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(layer)]
+        return cls(kind, layer.input_size, layer.hidden_size, outputs, bidirectional=layer.bidirectional, layer=layer,
+                   **options)  # fmt: skip
 
     @property
     def rnn_layer(self) -> nn.Module:
