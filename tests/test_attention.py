@@ -24,6 +24,7 @@ import rnnshap
 from rnnshap.rules.attention import MultiHeadAttention
 
 from .conftest import ADDITIVITY_TOL, FLOAT32_VS_FLOAT64, assert_additive, eps, model_outputs, relative_to_max
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -517,12 +518,11 @@ def test_attention_dropout_in_training_is_explained_in_eval_mode() -> None:
 
 
 def test_sdpa_dropout_is_refused_by_name() -> None:
-    class Dropping(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return F.scaled_dot_product_attention(x, x, x, dropout_p=0.2).sum((1, 2))
+    def dropping(x: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(x, x, x, dropout_p=0.2).sum((1, 2))
 
     with pytest.raises(rnnshap.ModelStateError, match="scaled_dot_product_attention"):
-        rnnshap.DeepExplainer(Dropping().eval(), torch.randn(3, T, D, dtype=F64))
+        rnnshap.DeepExplainer(Function(dropping).eval(), torch.randn(3, T, D, dtype=F64))
 
 
 def test_fused_attention_kernel_called_directly_is_refused_by_name() -> None:

@@ -19,6 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, model_outputs, output_gap, phi_totals
+from .models.torch import RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -268,14 +269,8 @@ def test_12_output_picks_a_leaf_of_a_nested_structure() -> None:
 
 
 # -- 4. a recurrent layer under torch.autocast ------------------------------------------------------------------------
-class Recurrent(nn.Module):
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(3, 4, batch_first=True) if kind == "lstm" else nn.GRU(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.head(self.rnn(x)[0][:, -1]))
+def recurrent(kind: str) -> RecurrentHead:
+    return RecurrentHead(kind, 3, 4, 2, output=torch.tanh)
 
 
 def torch_cannot_autocast(model: nn.Module, x: Tensor) -> str | None:
@@ -293,7 +288,7 @@ def torch_cannot_autocast(model: nn.Module, x: Tensor) -> str | None:
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_4_a_recurrent_layer_under_autocast_is_explained_in_its_dtype(kind: str) -> None:
-    model = Recurrent(kind).eval()
+    model = recurrent(kind).eval()
     background, X = torch.randn(5, 6, 3), torch.randn(3, 6, 3)
     reason = torch_cannot_autocast(model, X)
     if reason is not None:  # the model's own forward fails there: nothing for rnnshap to explain
@@ -307,7 +302,7 @@ def test_4_a_recurrent_layer_under_autocast_is_explained_in_its_dtype(kind: str)
     # additivity against the model's own autocast outputs, at bfloat16 precision (eps 7.8e-3)
     assert np.abs(phi_totals(values, 3, 2) - gap).max() <= 5e-2 * max(1.0, np.abs(gap).max())
     # a float64 copy of the model, without autocast: the same attributions up to bfloat16 rounding
-    exact = Recurrent(kind).to(D).eval()
+    exact = recurrent(kind).to(D).eval()
     exact.load_state_dict(model.state_dict())
     reference = rnnshap.DeepExplainer(exact, background.to(D)).shap_values(X.to(D))
     assert np.abs(values - reference).max() <= 5e-2 * np.abs(reference).max()
@@ -330,7 +325,7 @@ def test_4_the_autocast_test_skips_only_where_torch_itself_cannot_run_the_layer(
     assert "cannot run Fails under bfloat16 autocast" in str(torch_cannot_autocast(Fails(onednn), torch.zeros(1, 2, 3)))
     with pytest.raises(RuntimeError, match="another"):
         torch_cannot_autocast(Fails("another failure"), torch.zeros(1, 2, 3))
-    assert torch_cannot_autocast(Recurrent("gru").eval(), torch.zeros(1, 2, 3)) is None
+    assert torch_cannot_autocast(recurrent("gru").eval(), torch.zeros(1, 2, 3)) is None
 
 
 # -- 5. a sparse buffer (T-GCN style adjacency) ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import rnnshap.captum
 from rnnshap.captum import DeepLift, DeepLiftShap
 
 from .conftest import ADDITIVITY_TOL, assert_adds_up_to, assert_rounding_close, eps, rounding_tol
+from .models.torch import Dense, RecurrentHead
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning", "ignore:Input Tensor .* did not already require gradients:UserWarning"
@@ -48,19 +49,9 @@ def mlp(activation: type[nn.Module], dtype: torch.dtype = torch.float32) -> nn.M
     return nn.Sequential(nn.Linear(6, 12), activation(), nn.Linear(12, 8), activation(), nn.Linear(8, 3)).eval().to(dtype)
 
 
-class Recurrent(nn.Module):
-    def __init__(self, layer: type[nn.RNNBase] = nn.LSTM) -> None:
-        super().__init__()
-        self.rnn = layer(4, 12, batch_first=True)
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][:, -1])
-
-
 def recurrent(layer: type[nn.RNNBase] = nn.LSTM) -> nn.Module:
     torch.manual_seed(0)
-    return Recurrent(layer).eval()
+    return RecurrentHead({nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[layer], 4, 12, 3).eval()
 
 
 class TwoInputs(nn.Module):
@@ -189,38 +180,19 @@ def test_the_delta_of_deeplift_shap_is_each_pairs_own() -> None:
 
 
 # -- shapes, dtypes, devices, forms ----------------------------------------------------------------------
-class SequenceOutput(nn.Module):
-    """Outputs (N, T, K): targets are tuples (t, k)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner, self.relu, self.out = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.relu(self.inner(x)))
-
-
-class OneOutput(nn.Module):
-    """Outputs (N,) or (N, 1): no target needed."""
-
-    def __init__(self, keep: bool) -> None:
-        super().__init__()
-        self.inner, self.relu, self.out, self.keep = nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 1), keep
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.out(self.relu(self.inner(x)))
-        return y if self.keep else y[:, 0]
+def _first(y: torch.Tensor) -> torch.Tensor:
+    return y[:, 0]
 
 
 def _sequence_output() -> nn.Module:
     torch.manual_seed(0)
-    return SequenceOutput().eval()
+    return Dense(4, 6, 3).eval()  # outputs (N, T, K): targets are tuples (t, k)
 
 
 def _one_output(keep: bool) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         torch.manual_seed(0)
-        return OneOutput(keep).eval()
+        return Dense(6, 5, 1, output=None if keep else _first).eval()  # outputs (N, 1) or (N,): no target needed
 
     return make
 

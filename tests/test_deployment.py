@@ -20,6 +20,7 @@ import rnnshap
 from rnnshap.errors import InputError, ModelStateError, RnnShapError, UnsupportedOperationError
 
 from .conftest import assert_adds_up_to, assert_rounding_close, model_outputs
+from .models.torch import RecurrentHead
 
 T, F = 5, 3
 
@@ -209,17 +210,8 @@ def test_deepshap_refuses_a_quantized_model_with_advice_that_fits_quantization()
     advice names quantization (explain the float model, or rows alone in the Shapley mode), not a Rescale rule
     that would fit neither a fused recurrent kernel nor a matrix product."""
 
-    class Recurrent8(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm = nn.LSTM(F, 8, batch_first=True)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.lstm(x)[0][:, -1])
-
     background, _ = data(dtype=torch.float32)
-    for model in (_quantized(), Recurrent8().eval()):
+    for model in (_quantized(), RecurrentHead("lstm", F, 8, 2, names="lstm head").eval()):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantized = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)

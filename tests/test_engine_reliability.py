@@ -37,6 +37,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, phi_totals, relative_to_max
+from .models.torch import Function, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -135,13 +136,12 @@ def test_function_apply_is_left_as_torch_has_it() -> None:
     rnnshap.DeepExplainer(model, torch.randn(3, 4, 4, dtype=D)).shap_values(torch.randn(2, 4, 4, dtype=D))
     assert apply.__code__ is code
 
-    class Failing(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            ToyScan.apply(x, x)
-            raise ValueError("boom")
+    def failing(x: Tensor) -> Tensor:
+        ToyScan.apply(x, x)
+        raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        rnnshap.DeepExplainer(Failing(), torch.randn(3, 4, 4))
+        rnnshap.DeepExplainer(Function(failing), torch.randn(3, 4, 4))
     assert apply.__code__ is code
     a, x = torch.rand(2, 4, 3, requires_grad=True), torch.randn(2, 4, 3, requires_grad=True)
     h, last = ToyScan.apply(a, x)  # outside a pass: torch's apply, with the Function's backward
@@ -308,16 +308,15 @@ def test_clamp_with_tensor_bounds_is_exact(how: str) -> None:
         np.testing.assert_allclose(values, _explain(reference, background, X), rtol=1e-10, atol=1e-13)
 
 
-class TripleProduct(nn.Module):
-    def forward(self, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        return torch.einsum("ni,ni,ni->n", a, b, c).unsqueeze(1)
+def triple_product(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    return torch.einsum("ni,ni,ni->n", a, b, c).unsqueeze(1)
 
 
 def test_einsum_of_three_operands_is_the_exact_shapley_split() -> None:
     rng = np.random.default_rng(5)
     background = [torch.from_numpy(rng.normal(size=(3, 4))) for _ in range(3)]
     X = [torch.from_numpy(rng.normal(size=(2, 4))) for _ in range(3)]
-    values = _explain(TripleProduct(), background, X)
+    values = _explain(Function(triple_product), background, X)
     # closed form: each term a_i b_i c_i is a three-player game; Shapley value of each player
     x, r = [v.numpy() for v in X], [v.numpy() for v in background]
     expected = [np.zeros((2, 4)) for _ in range(3)]
@@ -334,12 +333,11 @@ def test_einsum_of_three_operands_is_the_exact_shapley_split() -> None:
 
 
 def test_einsum_of_too_many_operands_is_refused_at_construction() -> None:
-    class Five(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.einsum("ni,ni,ni,ni,ni->n", x, x + 1, x + 2, x + 3, x + 4).unsqueeze(1)
+    def five(x: Tensor) -> Tensor:
+        return torch.einsum("ni,ni,ni,ni,ni->n", x, x + 1, x + 2, x + 3, x + 4).unsqueeze(1)
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="einsum"):
-        rnnshap.DeepExplainer(Five(), torch.randn(3, 4, dtype=D))
+        rnnshap.DeepExplainer(Function(five), torch.randn(3, 4, dtype=D))
 
 
 class Selecting(nn.Module):
@@ -547,15 +545,7 @@ def test_spectral_norm_in_training_mode_is_left_bit_identical(which: str) -> Non
 
 
 def test_packed_sequence_input_gets_a_clear_message() -> None:
-    class Packed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 1)
-
-        def forward(self, x: Any) -> Tensor:
-            return self.head(self.rnn(x)[1][-1])
-
-    model = Packed().eval()
+    model = RecurrentHead("gru", 3, 4, 1, read="state").eval()
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(3, 5, 3), torch.tensor([5, 4, 2]), batch_first=True)
     with pytest.raises(rnnshap.InputError, match="pack_padded_sequence"):
         rnnshap.DeepExplainer(model, packed)
@@ -572,15 +562,14 @@ def test_integer_or_bool_input_for_a_float_model_gets_a_clear_message(dtype: tor
 
 
 def test_parameterless_model_takes_the_background_dtype() -> None:
-    class NoParameters(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return (torch.tanh(x) * torch.sigmoid(x.flip(1))).sum(1, keepdim=True)
+    def no_parameters(x: Tensor) -> Tensor:
+        return (torch.tanh(x) * torch.sigmoid(x.flip(1))).sum(1, keepdim=True)
 
     background = torch.randn(5, 4, dtype=D)
     X = torch.randn(3, 4)  # float32
-    values = _explain(NoParameters(), background, X)  # no AdditivityError
-    np.testing.assert_allclose(values, _explain(NoParameters(), background, X.to(D)), rtol=1e-12, atol=1e-14)
-    assert_additive(values, NoParameters(), X.to(D), background, D)
+    values = _explain(Function(no_parameters), background, X)  # no AdditivityError
+    np.testing.assert_allclose(values, _explain(Function(no_parameters), background, X.to(D)), rtol=1e-12, atol=1e-14)
+    assert_additive(values, Function(no_parameters), X.to(D), background, D)
 
 
 def test_meta_tensors_get_a_clear_message() -> None:

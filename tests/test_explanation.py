@@ -12,6 +12,8 @@ from torch import nn
 
 import rnnshap
 
+from .models.torch import RecurrentHead
+
 shap = pytest.importorskip("shap")
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -123,18 +125,8 @@ def test_shap_waterfall_renders_one_sample_per_feature() -> None:
 
 
 def test_token_explanations_render_as_text() -> None:
-    class Tagger(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embedding = nn.Embedding(6, 4)
-            self.gru = nn.GRU(4, 5, batch_first=True)
-            self.head = nn.Linear(5, 1)
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return self.head(self.gru(self.embedding(tokens))[0][:, -1])
-
     torch.manual_seed(0)
-    model = Tagger().eval()
+    model = RecurrentHead("gru", 4, 5, 1, vocabulary=6, names="embedding gru head").eval()
     vocabulary = ["<pad>", "the", "cat", "sat", "on", "mat"]
     tokens = torch.tensor([[1, 2, 3, 4, 1, 5], [1, 5, 3, 0, 0, 0]])
     ex = rnnshap.DeepExplainer(model, torch.zeros(1, 6, dtype=torch.long))(tokens, vocabulary=vocabulary)

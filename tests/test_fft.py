@@ -23,6 +23,7 @@ import rnnshap
 
 from .conftest import assert_additive
 from .keras_process import KerasProcess
+from .models.torch import Function
 
 D = torch.float64
 T = 10
@@ -144,17 +145,16 @@ def test_a_nonlinear_operation_on_complex_values_is_refused_by_name(model: nn.Mo
     assert "complex" in str(refused.value)
 
 
-class ComplexOutput(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.fft.rfft(x)
+def complex_output(x: Tensor) -> Tensor:
+    return torch.fft.rfft(x)
 
 
 def test_a_complex_output_is_refused_with_the_parts_to_explain_instead() -> None:
     background, _ = _data()
     with pytest.raises(rnnshap.InputError, match=r"complex.*view_as_real"):
-        rnnshap.DeepExplainer(ComplexOutput(), background)
+        rnnshap.DeepExplainer(Function(complex_output), background)
     with pytest.raises(rnnshap.InputError, match=r"complex.*view_as_real"):  # the Shapley door too
-        rnnshap.ShapleyExplainer(ComplexOutput(), background)
+        rnnshap.ShapleyExplainer(Function(complex_output), background)
 
 
 # -- the JAX engine (Flax NNX models) -----------------------------------------------------------------------------
@@ -162,31 +162,32 @@ def _flax_spectral(head: str | None) -> Any:
     """``Spectral`` in JAX (its ``view_as_real`` step read as ``.imag``, as the numpy copy does), with a constant
     readout ``V`` after a tanh where ``head`` is "tanh"."""
     jax = pytest.importorskip("jax")
-    nnx = pytest.importorskip("flax.nnx")
+    pytest.importorskip("flax.nnx")
+    from .models.flax import FlaxFunction
+
     jnp = jax.numpy
 
     w = jnp.asarray(_spectral_filter(T))
     V = jnp.asarray(np.random.default_rng(11).normal(size=(2, _features_numpy(np.zeros((1, T))).shape[1])))
 
-    class FlaxSpectral(nnx.Module):
-        def __call__(self, x: Any) -> Any:
-            spectrum = jnp.fft.rfft(x, axis=-1)
-            filtered = jnp.fft.irfft(spectrum * w, n=T, axis=-1)
-            round_trip = jnp.fft.ifft(jnp.fft.fft(x.astype(jnp.complex128) * (1 + 2j)) * 0.5, norm="ortho")
-            shifted = jnp.fft.fftshift(jnp.fft.fft(x, norm="forward"), axes=-1)
-            conj = jnp.conj(spectrum)
-            n = x.shape[0]
-            two_d = jnp.fft.rfft2(x.reshape(-1, 2, T // 2))
-            parts = [
-                filtered, round_trip.real, round_trip.imag, shifted.real, conj.imag, conj.real[:, ::-1],
-                two_d.real.reshape(n, -1), two_d.imag.reshape(n, -1), jnp.fft.hfft(spectrum[:, :4], n=T),
-                jnp.fft.ihfft(x).imag, jnp.fft.irfftn(jnp.fft.rfftn(x, axes=(-1,)), s=(T,), axes=(-1,)),
-                jnp.conj(jnp.fft.fft(jax.lax.complex(x, 2 * x[:, ::-1]))).imag,
-            ]  # fmt: skip
-            features = jnp.concatenate(parts, -1)
-            return features if head is None else jnp.tanh(features) @ V.T
+    def flax_spectral(x: Any) -> Any:
+        spectrum = jnp.fft.rfft(x, axis=-1)
+        filtered = jnp.fft.irfft(spectrum * w, n=T, axis=-1)
+        round_trip = jnp.fft.ifft(jnp.fft.fft(x.astype(jnp.complex128) * (1 + 2j)) * 0.5, norm="ortho")
+        shifted = jnp.fft.fftshift(jnp.fft.fft(x, norm="forward"), axes=-1)
+        conj = jnp.conj(spectrum)
+        n = x.shape[0]
+        two_d = jnp.fft.rfft2(x.reshape(-1, 2, T // 2))
+        parts = [
+            filtered, round_trip.real, round_trip.imag, shifted.real, conj.imag, conj.real[:, ::-1],
+            two_d.real.reshape(n, -1), two_d.imag.reshape(n, -1), jnp.fft.hfft(spectrum[:, :4], n=T),
+            jnp.fft.ihfft(x).imag, jnp.fft.irfftn(jnp.fft.rfftn(x, axes=(-1,)), s=(T,), axes=(-1,)),
+            jnp.conj(jnp.fft.fft(jax.lax.complex(x, 2 * x[:, ::-1]))).imag,
+        ]  # fmt: skip
+        features = jnp.concatenate(parts, -1)
+        return features if head is None else jnp.tanh(features) @ V.T
 
-    return FlaxSpectral(), np.asarray(V)
+    return FlaxFunction(flax_spectral), np.asarray(V)
 
 
 @pytest.mark.parametrize("head", [None, "tanh"], ids=["linear", "tanh"])
@@ -218,28 +219,28 @@ def test_fft_family_on_the_jax_engine_against_numpy_fft(head: str | None) -> Non
 def test_a_nonlinear_operation_on_complex_values_is_refused_on_the_jax_engine() -> None:
     jax = pytest.importorskip("jax")
     nnx = pytest.importorskip("flax.nnx")
+    from .models.flax import FlaxFunction
+
     jnp = jax.numpy
 
     class Magnitude(nnx.Module):
         def __call__(self, x: Any) -> Any:
             return jnp.abs(jnp.fft.rfft(x))
 
-    class Product(nnx.Module):
-        def __call__(self, x: Any) -> Any:
-            q, k = jnp.fft.rfft(x[:, : T // 2]), jnp.fft.rfft(x[:, T // 2 :])
-            return jnp.fft.irfft(q * jnp.conj(k), n=T // 2)
+    def _product(x: Any) -> Any:
+        q, k = jnp.fft.rfft(x[:, : T // 2]), jnp.fft.rfft(x[:, T // 2 :])
+        return jnp.fft.irfft(q * jnp.conj(k), n=T // 2)
 
-    class ComplexOut(nnx.Module):
-        def __call__(self, x: Any) -> Any:
-            return jnp.fft.rfft(x)
+    def complex_out(x: Any) -> Any:
+        return jnp.fft.rfft(x)
 
     background, X = (t.numpy() for t in _data())
     with jax.enable_x64(True):
-        for model in (Magnitude(), Product()):
+        for model in (Magnitude(), FlaxFunction(_product)):
             with pytest.raises(rnnshap.UnsupportedOperationError, match="complex"):
                 rnnshap.DeepExplainer(model, background).shap_values(X)
         with pytest.raises(rnnshap.InputError, match="complex"):
-            rnnshap.DeepExplainer(ComplexOut(), background).shap_values(X)
+            rnnshap.DeepExplainer(FlaxFunction(complex_out), background).shap_values(X)
 
 
 # -- the Keras engine (keras.ops' transforms take and give (real, imaginary) pairs of real tensors) ---------------

@@ -21,6 +21,8 @@ from rnnshap.formulas import marks, namespace, orderings, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
 from rnnshap.operations import ELEMENTWISE
 
+from .models.torch import Function
+
 PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
 MEMBERS = [name for name, _ in inspect.getmembers(namespace.Ops) if not name.startswith("_")]
 MEMBERS = sorted(set(MEMBERS) | set(namespace.Ops.__annotations__))
@@ -426,12 +428,11 @@ def _division_data() -> tuple[np.ndarray, np.ndarray]:
 def test_a_division_on_the_pytorch_engine_gets_the_enumerated_shapley_values() -> None:
     import rnnshap
 
-    class Division(torch.nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return (t[:, 0] / t[:, 1] + 3 / t[:, 2]).unsqueeze(1)
+    def division(t: torch.Tensor) -> torch.Tensor:
+        return (t[:, 0] / t[:, 1] + 3 / t[:, 2]).unsqueeze(1)
 
     x, background = _division_data()
-    values = rnnshap.DeepExplainer(Division(), torch.tensor(background)).shap_values(torch.tensor(x))
+    values = rnnshap.DeepExplainer(Function(division), torch.tensor(background)).shap_values(torch.tensor(x))
     truth = _division_truth(x, background[0])
     np.testing.assert_allclose(np.asarray(values).reshape(truth.shape), truth, rtol=0, atol=16 * EPS * np.abs(truth).max())
 

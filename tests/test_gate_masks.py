@@ -23,6 +23,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -40,13 +41,7 @@ def _elementwise_truth(h: Callable[[Tensor], Tensor], X: Tensor, background: Ten
     return (torch.eye(n, dtype=F64)[None] * change[:, :, None]).numpy()
 
 
-class Elementwise(nn.Module):
-    def __init__(self, h: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.h = h
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.h(x)
 
 
 def _sliced(x: Tensor) -> Tensor:
@@ -81,7 +76,7 @@ def test_a_sliced_or_combined_gate_is_the_piecewise_function_it_computes(name: s
     X[0] = background[2]  # Δ = 0 for one pair
     crossings = sum(int((h(X[i : i + 1]) != h(background[j : j + 1])).sum()) for i in range(4) for j in range(5))
     assert crossings > 0
-    values = _explain(Elementwise(h), background, X)
+    values = _explain(Function(h), background, X)
     np.testing.assert_allclose(values, _elementwise_truth(h, X, background), rtol=1e-12, atol=1e-13)
 
 
@@ -129,7 +124,7 @@ def test_a_mask_combined_in_place_is_refused_by_name(write: Callable[[Tensor], T
     g = torch.Generator().manual_seed(8)
     background, X = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="__iand__"):
-        rnnshap.DeepExplainer(Elementwise(write), background).shap_values(X, check_additivity=False)
+        rnnshap.DeepExplainer(Function(write), background).shap_values(X, check_additivity=False)
 
 
 @pytest.mark.parametrize("name", LOGIC)
@@ -139,13 +134,12 @@ def test_a_function_of_two_comparisons_gets_their_shapley_values(name: str) -> N
     (pairs where m stays put while both steps move included: their credits cancel, they are not 0)."""
     logic = LOGIC[name]
 
-    class TwoSteps(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.where(logic(x[:, :1], x[:, 1:2]), x[:, 2:] + 5, x[:, 2:] - 5)
+    def two_steps(x: Tensor) -> Tensor:
+        return torch.where(logic(x[:, :1], x[:, 1:2]), x[:, 2:] + 5, x[:, 2:] - 5)
 
     g = torch.Generator().manual_seed(5)
     background, X = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(5, 3, generator=g, dtype=F64)
-    values = _explain(TwoSteps(), background, X)[:, :, 0]
+    values = _explain(Function(two_steps), background, X)[:, :, 0]
     steps = _shapley_of_two(lambda a, b: 10.0 * logic(a, b).to(F64), X, background)
     assert steps.abs().max() > 2
     np.testing.assert_allclose(values[:, :2], steps.numpy(), rtol=1e-12, atol=1e-12)
@@ -175,39 +169,36 @@ def test_masks_that_only_feed_a_check_are_context() -> None:
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, F64)
 
-    class Unchecked(nn.Module):  # the same model without the check
-        def forward(self, x: Tensor) -> Tensor:
-            categorical = torch.distributions.Categorical(probs=torch.softmax(model.lin(x), -1), validate_args=False)
-            return (categorical.probs * torch.arange(3, dtype=x.dtype)).sum(-1, keepdim=True)
+    def unchecked(x: Tensor) -> Tensor:  # the same model without the check
+        categorical = torch.distributions.Categorical(probs=torch.softmax(model.lin(x), -1), validate_args=False)
+        return (categorical.probs * torch.arange(3, dtype=x.dtype)).sum(-1, keepdim=True)
 
-    np.testing.assert_array_equal(values, _explain(Unchecked(), background, X))
+    np.testing.assert_array_equal(values, _explain(Function(unchecked), background, X))
 
 
 def test_a_combined_mask_without_a_gate_is_still_refused_as_a_value() -> None:
     """``(x >= 0).all(-1) & (x < 2)`` reduces one comparison along a row before combining: no gate, so a where on
     it is refused by name (the values it would change have no multiplier)."""
 
-    class Reduced(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            valid = (x >= 0).all(-1, keepdim=True) & (x < 2)
-            return torch.where(valid, x, 0.0)
+    def reduced(x: Tensor) -> Tensor:
+        valid = (x >= 0).all(-1, keepdim=True) & (x < 2)
+        return torch.where(valid, x, 0.0)
 
     background = torch.rand(4, 3, dtype=F64)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="where"):
-        _explain(Reduced(), background, background[:2] + 0.5)
+        _explain(Function(reduced), background, background[:2] + 0.5)
 
 
 def test_a_branch_on_a_combined_mask_that_differs_between_elements_is_refused() -> None:
-    class Branch(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            if ((x > 0) & (x < 10)).all():
-                return x * 2
-            return x
+    def _branch(x: Tensor) -> Tensor:
+        if ((x > 0) & (x < 10)).all():
+            return x * 2
+        return x
 
     background = torch.rand(4, 3, dtype=F64)
     background[1:, 1] = -1.0  # rows 1 to 3 alone take the other branch than row 0 alone
     with pytest.raises(rnnshap.UnsupportedOperationError, match="branches on a comparison"):
-        _explain(Branch(), background, background[:2])
+        _explain(Function(_branch), background, background[:2])
 
 
 @pytest.mark.parametrize("combined", [False, True], ids=["one_step", "combined"])
@@ -222,4 +213,4 @@ def test_an_infinite_branch_where_the_mask_moves_gets_the_mask_fills_diagnosis(c
     g = torch.Generator().manual_seed(0)
     background, X = torch.randn(5, 6, generator=g, dtype=F64), torch.randn(3, 6, generator=g, dtype=F64)
     with pytest.raises(rnnshap.AdditivityError, match="not finite"):
-        rnnshap.DeepExplainer(Elementwise(h), background).shap_values(X)
+        rnnshap.DeepExplainer(Function(h), background).shap_values(X)

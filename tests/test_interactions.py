@@ -13,29 +13,21 @@ from torch import nn
 
 import rnnshap
 
+from .models.torch import RecurrentHead
+
 pytest.importorskip("shapiq")
 
 T, F, B = 4, 2, 3
 
 
-class Reader(nn.Module):
-    """A GRU over the steps, two outputs; ``ignore_first`` makes it blind to step 0."""
-
-    def __init__(self, ignore_first: bool = False) -> None:
-        super().__init__()
-        self.gru = nn.GRU(F, 6, batch_first=True)
-        self.head = nn.Linear(6, 2)
-        self.ignore_first = ignore_first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ignore_first:
-            x = x[:, 1:]
-        return self.head(self.gru(x)[0][:, -1])
+def _without_first(x: torch.Tensor) -> torch.Tensor:
+    return x[:, 1:]
 
 
 def _setup(ignore_first: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = Reader(ignore_first).double().eval()
+    # a GRU over the steps, two outputs; ignore_first makes it blind to step 0
+    model = RecurrentHead("gru", F, 6, 2, prepare=_without_first if ignore_first else None, names="gru head").double().eval()
     return model, torch.randn(B, T, F, dtype=torch.float64), torch.randn(2, T, F, dtype=torch.float64)
 
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import rnnshap  # noqa: E402
 
-from .test_jax_engine import F64, FlaxRecurrent, TorchTwin, data, x64  # noqa: E402, F401 (x64: the fixture)
+from .models.flax import FlaxRecurrent, torch_twin  # noqa: E402
+from .test_jax_engine import F64, data, x64  # noqa: E402, F401 (x64: the fixture)
 
 EPS = 1e-5
 
@@ -52,24 +53,6 @@ HEADS: dict[str, tuple[Callable[[Any], Any], Callable[[torch.Tensor], torch.Tens
 }
 
 
-class FlaxHeaded(FlaxRecurrent):
-    def __init__(self, cell: str, head: str) -> None:
-        super().__init__(cell, outputs=4)
-        self.head_name = head
-
-    def __call__(self, x: Any) -> Any:
-        return HEADS[self.head_name][0](super().__call__(x))
-
-
-class TorchHeaded(TorchTwin):
-    def __init__(self, flax_model: FlaxHeaded, cell: str) -> None:
-        super().__init__(flax_model, cell)
-        self.head_name = flax_model.head_name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return HEADS[self.head_name][1](super().forward(x))
-
-
 def _both_engines(model: Any, twin: torch.nn.Module, background: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The JAX engine's values of ``model`` and the PyTorch engine's of its ``twin``, at the same pairs."""
     flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
@@ -81,8 +64,8 @@ def _both_engines(model: Any, twin: torch.nn.Module, background: np.ndarray, x: 
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_softmax_and_norms_get_the_values_of_the_pytorch_twin(cell: str, head: str) -> None:
-    model = FlaxHeaded(cell, head)
-    twin = TorchHeaded(model, cell)
+    model = FlaxRecurrent(cell, outputs=4, output=HEADS[head][0])
+    twin = torch_twin(model, cell, output=HEADS[head][1])
     background, x = data((6, 3), 8, 21), data((6, 3), 3, 22)
     outputs = np.asarray(model(jnp.asarray(x)))
     np.testing.assert_allclose(twin(torch.tensor(x)).detach().numpy(), outputs, rtol=0, atol=1e-12)  # the same function

@@ -17,6 +17,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import rnnshap  # noqa: E402
 
+from .models.flax import FlaxRecurrent, torch_twin  # noqa: E402
+
 F64 = jnp.float64
 
 
@@ -31,53 +33,13 @@ def data(shape: tuple[int, ...], rows: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, *shape))
 
 
-class FlaxRecurrent(nnx.Module):
-    """A Flax recurrent layer (LSTMCell or GRUCell under nnx.RNN), its last step through relu and a Linear head."""
 
-    def __init__(self, cell: str, features: int = 3, hidden: int = 4, outputs: int = 2, seed: int = 0) -> None:
-        rngs = nnx.Rngs(seed)
-        make = {"lstm": nnx.LSTMCell, "gru": nnx.GRUCell}[cell]
-        self.rnn = nnx.RNN(make(features, hidden, rngs=rngs, param_dtype=F64, dtype=F64))
-        self.head = nnx.Linear(hidden, outputs, rngs=rngs, param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        return self.head(jax.nn.relu(self.rnn(x)[:, -1]))
-
-
-class TorchTwin(torch.nn.Module):
-    """The same function in PyTorch, with the Flax model's weights."""
-
-    def __init__(self, flax_model: FlaxRecurrent, cell: str) -> None:
-        super().__init__()
-        c = flax_model.rnn.cell
-        features, hidden = c.in_features, c.hidden_features
-        kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-        self.rnn = kind(features, hidden, batch_first=True).double()
-        t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
-        with torch.no_grad():
-            if cell == "lstm":  # torch's gate order i, f, g, o; Flax keeps one bias, in the recurrent Linear
-                self.rnn.weight_ih_l0.copy_(torch.cat([t(g.kernel[...]).T for g in (c.ii, c.if_, c.ig, c.io)]))
-                self.rnn.weight_hh_l0.copy_(torch.cat([t(g.kernel[...]).T for g in (c.hi, c.hf, c.hg, c.ho)]))
-                self.rnn.bias_ih_l0.zero_()
-                self.rnn.bias_hh_l0.copy_(torch.cat([t(g.bias[...]) for g in (c.hi, c.hf, c.hg, c.ho)]))
-            else:  # r, z, n in both, the recurrent n-part inside r ⊙ (·) in both; Flax's one bias is the input Linear's
-                self.rnn.weight_ih_l0.copy_(t(c.dense_i.kernel[...]).T)
-                self.rnn.weight_hh_l0.copy_(t(c.dense_h.kernel[...]).T)
-                self.rnn.bias_ih_l0.copy_(t(c.dense_i.bias[...]))
-                self.rnn.bias_hh_l0.zero_()
-        self.head = torch.nn.Linear(hidden, flax_model.head.out_features).double()
-        with torch.no_grad():
-            self.head.weight.copy_(t(flax_model.head.kernel[...]).T)
-            self.head.bias.copy_(t(flax_model.head.bias[...]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.rnn(x)[0][:, -1]))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_flax_recurrent_model_gets_the_values_of_its_pytorch_twin(cell: str) -> None:
     model = FlaxRecurrent(cell)
-    twin = TorchTwin(model, cell)
+    twin = torch_twin(model, cell)
     background, x = data((6, 3), 8, 1), data((6, 3), 3, 2)
     outputs = np.asarray(model(jnp.asarray(x)))
     np.testing.assert_allclose(twin(torch.tensor(x)).detach().numpy(), outputs, rtol=0, atol=1e-13)  # the same function
@@ -112,30 +74,19 @@ def test_what_the_model_cannot_read_gets_exactly_zero() -> None:
     assert np.abs(values[:, :3, :2]).min() > 0
 
 
-class MaxPooled(nnx.Module):
-    """An LSTM max-pooled over time, as rnnshap's recurrent classifiers are often written."""
-
-    def __init__(self) -> None:
-        self.flax = FlaxRecurrent("lstm", seed=8)
-
-    def __call__(self, x: Any) -> Any:
-        return self.flax.head(jnp.max(self.flax.rnn(x), axis=1))
+def _max_over_time(h: Any) -> Any:
+    return jnp.max(h, axis=1)
 
 
-class TorchMaxPooled(torch.nn.Module):
-    def __init__(self, flax_model: MaxPooled) -> None:
-        super().__init__()
-        self.twin = TorchTwin(flax_model.flax, "lstm")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.twin.head(self.twin.rnn(x)[0].amax(1))
+def _amax_over_time(out: torch.Tensor, state: Any) -> torch.Tensor:
+    return out.amax(1)
 
 
 def test_a_maximum_over_time_takes_the_max_pool_rule_of_the_other_engines() -> None:
-    model = MaxPooled()
+    model = FlaxRecurrent("lstm", seed=8, read=_max_over_time)  # an LSTM max-pooled over time, as often written
     background, x = data((6, 3), 5, 9), data((6, 3), 3, 10)
     flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    twin = TorchMaxPooled(model)
+    twin = torch_twin(model, "lstm", read=_amax_over_time)
     torch_values = np.asarray(rnnshap.DeepExplainer(twin, torch.tensor(background)).shap_values(torch.tensor(x)))
     assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
 

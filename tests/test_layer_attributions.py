@@ -24,6 +24,8 @@ from torch import nn
 import rnnshap
 from rnnshap.captum import LayerDeepLift, LayerDeepLiftShap, NeuronDeepLift, NeuronDeepLiftShap
 
+from .models.torch import RecurrentHead
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning",
     "ignore:Input Tensor .* did not already require gradients:UserWarning",
@@ -82,17 +84,13 @@ class Stacked(nn.Module):
         return self.head(h[-1])
 
 
-class LastUnits(nn.Module):
+def _tanh_first_units(out: Tensor, state: object) -> Tensor:
+    return torch.tanh(out[:, -1, :3])
+
+
+def last_units() -> RecurrentHead:
     """A 2-layer LSTM whose head reads only units 0-2 of the last step of ``out``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(x)
-        return self.head(torch.tanh(out[:, -1, :3]))
+    return RecurrentHead("lstm", 3, 5, 2, layers=2, read=_tanh_first_units, head_inputs=3, names="lstm head")
 
 
 def _state(model: nn.Module) -> tuple[dict[str, Tensor], list[bool], int]:
@@ -309,7 +307,7 @@ def test_zeros_where_the_output_cannot_read_a_unit_or_a_step() -> None:
     ``c_n``, get exactly 0. (Earlier steps reach the output only through the recurrence, which runs before
     the cut: attributions to a layer's output measure the paths from that tensor on.)"""
     torch.manual_seed(3)
-    model = LastUnits().double().eval()
+    model = last_units().double().eval()
     # a background of 2 = the LSTM's 2 layers (h_n is (2, N, 5)), then 3 samples: the batch axis is found, not guessed
     bg, x = _randn(2, 6, 3, seed=12), _randn(3, 6, 3, seed=13)
     out, h_n, c_n = rnnshap.DeepExplainer((model, model.lstm), bg, layer_output=True).shap_values(x)
@@ -374,7 +372,7 @@ def test_a_layer_that_is_not_a_cut_is_refused() -> None:
 
 def test_layer_output_explainer_keeps_the_model_and_its_input_form() -> None:
     torch.manual_seed(3)
-    model = LastUnits().double().eval()
+    model = last_units().double().eval()
     model.train()  # no dropout: explained as it runs
     before = _state(model)
     bg, x = _randn(3, 6, 3, seed=16), _randn(2, 6, 3, seed=17)

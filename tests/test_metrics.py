@@ -22,6 +22,7 @@ import rnnshap
 from rnnshap import InputError
 from rnnshap.metrics import DistanceToExact, deletion, distance_to_exact, explain_func, insertion
 
+from .models.torch import RecurrentHead
 from .test_shapley_layouts import enumerated  # (exact Shapley values by definition)
 
 # ---------------------------------------------------------------------------------------------- truths
@@ -92,20 +93,13 @@ def weights(model: nn.Module, layout: str) -> np.ndarray:
     return model[0].weight.detach().numpy().transpose(1, 2, 0)
 
 
-class Reader(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.GRU(3, 8, batch_first=True)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return self.head(torch.tanh(out[:, -1]) * out[:, -2])
+def _read(out: torch.Tensor, state: object) -> torch.Tensor:
+    return torch.tanh(out[:, -1]) * out[:, -2]
 
 
 def gru() -> nn.Module:
     torch.manual_seed(3)
-    return Reader().double().eval()
+    return RecurrentHead("gru", 3, 8, 2, read=_read).double().eval()
 
 
 def data(shape: tuple[int, ...], n: int = 3, B: int = 5, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

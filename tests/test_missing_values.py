@@ -26,6 +26,7 @@ import rnnshap
 import rnnshap.captum
 
 from .conftest import assert_additive, relative_to_max, rounding_tol
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -141,11 +142,10 @@ def test_complete_windows_give_the_values_of_the_model_without_nan_handling() ->
     model = MaskFeature(tirex_scale).to(F64).eval()
     background, X = _windows(8, 0), _windows(3, 1)
 
-    class Plain(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return model.out(torch.tanh(model.hidden(torch.cat((_plain_tirex(x), torch.ones_like(x)), -1))))
+    def _plain(x: Tensor) -> Tensor:
+        return model.out(torch.tanh(model.hidden(torch.cat((_plain_tirex(x), torch.ones_like(x)), -1))))
 
-    assert relative_to_max(_explain(model, background, X), _explain(Plain().eval(), background, X)) <= 1e-12
+    assert relative_to_max(_explain(model, background, X), _explain(Function(_plain).eval(), background, X)) <= 1e-12
 
 
 def test_nanmean_and_nansum_are_linear_over_the_observed_entries_closed_form() -> None:
@@ -154,13 +154,12 @@ def test_nanmean_and_nansum_are_linear_over_the_observed_entries_closed_form() -
     g = torch.Generator().manual_seed(4)
     w, v = torch.randn(L, generator=g, dtype=F64), 0.7
 
-    class Linear(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            centred = torch.nan_to_num(x - x.nanmean(-1, keepdim=True))
-            return (centred * w).sum(-1, keepdim=True) + v * torch.nansum(x, dim=-1, keepdim=True)
+    def _linear(x: Tensor) -> Tensor:
+        centred = torch.nan_to_num(x - x.nanmean(-1, keepdim=True))
+        return (centred * w).sum(-1, keepdim=True) + v * torch.nansum(x, dim=-1, keepdim=True)
 
     background, X = _windows(5, 0, GAP), _windows(2, 1, GAP)
-    values = _explain(Linear(), background, X)[..., 0]
+    values = _explain(Function(_linear), background, X)[..., 0]
     observed = torch.arange(L) >= GAP
     slope = torch.where(observed, w - w[observed].mean() + v, 0.0)
     expected = (slope * torch.nan_to_num(X - background.mean(0))).numpy()  # (x − r) averaged over r: x − mean r
@@ -199,20 +198,18 @@ def test_nan_the_model_writes_itself_is_masked_exactly() -> None:
 def test_nan_to_num_in_place_and_out_of_place_agree() -> None:
     head = nn.Linear(L, 1).to(F64)
 
-    class InPlace(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            y = x * 2.0
-            y.nan_to_num_(nan=0.0)
-            return torch.tanh(head(y))
+    def in_place(x: Tensor) -> Tensor:
+        y = x * 2.0
+        y.nan_to_num_(nan=0.0)
+        return torch.tanh(head(y))
 
-    class OutOfPlace(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.tanh(head(torch.nan_to_num(x * 2.0, nan=0.0)))
+    def out_of_place(x: Tensor) -> Tensor:
+        return torch.tanh(head(torch.nan_to_num(x * 2.0, nan=0.0)))
 
     background, X = _windows(6, 0, GAP), _windows(2, 1, GAP)
-    values = _explain(InPlace(), background, X)
-    assert_additive(values, InPlace(), X, background, F64)
-    assert relative_to_max(values, _explain(OutOfPlace(), background, X)) <= 1e-13
+    values = _explain(Function(in_place), background, X)
+    assert_additive(values, Function(in_place), X, background, F64)
+    assert relative_to_max(values, _explain(Function(out_of_place), background, X)) <= 1e-13
 
 
 @pytest.mark.parametrize("form", ["function", "method", "two_dims", "keepdim_false", "dtype"])
@@ -259,11 +256,10 @@ def test_mask_uses_are_constants_where_both_sides_miss_the_same_entries(use: str
     head = nn.Sequential(nn.Linear(L, 6), nn.Tanh(), nn.Linear(6, 1)).to(F64).eval()
     fill = MASK_USES[use]
 
-    class Filling(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return head(fill(x))
+    def filling(x: Tensor) -> Tensor:
+        return head(fill(x))
 
-    model = Filling()
+    model = Function(filling)
     background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, F64)
@@ -352,19 +348,17 @@ def test_missing_values_masked_by_a_comparison_other_than_isnan_are_exact(observ
     head = nn.Sequential(nn.Linear(L, 6), nn.Tanh(), nn.Linear(6, 1)).to(F64).eval()
     keep = COMPARISON_FILLS[observed]
 
-    class Masking(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return head(torch.where(keep(x), torch.tanh(x) * x, 0.0))
+    def masking(x: Tensor) -> Tensor:
+        return head(torch.where(keep(x), torch.tanh(x) * x, 0.0))
 
-    class Truth(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return head(torch.where(~torch.isnan(x), torch.tanh(x) * x, 0.0))
+    def _truth(x: Tensor) -> Tensor:
+        return head(torch.where(~torch.isnan(x), torch.tanh(x) * x, 0.0))
 
     background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
-    values = _explain(Masking(), background, X)
-    assert_additive(values, Masking(), X, background, F64)
+    values = _explain(Function(masking), background, X)
+    assert_additive(values, Function(masking), X, background, F64)
     assert np.all(values[:, :GAP] == 0.0)
-    assert relative_to_max(values, _explain(Truth(), background, X)) <= rounding_tol(F64)
+    assert relative_to_max(values, _explain(Function(_truth), background, X)) <= rounding_tol(F64)
 
 
 @pytest.mark.parametrize("multiply_by_inputs", [True, False])
@@ -411,16 +405,15 @@ def test_missing_values_in_context_the_model_trims_get_exactly_zero() -> None:
     torch.manual_seed(6)
     inner = MaskFeature(tirex_scale).to(F64).eval()
 
-    class Trimming(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return inner(x[:, -L:])
+    def trimming(x: Tensor) -> Tensor:
+        return inner(x[:, -L:])
 
     g = torch.Generator().manual_seed(7)
     background, X = torch.randn(6, L + 5, generator=g, dtype=F64), torch.randn(3, L + 5, generator=g, dtype=F64)
     background[1, :3] = NAN
-    values = _explain(Trimming(), background, X)
+    values = _explain(Function(trimming), background, X)
     assert np.all(values[:, :5] == 0.0)
-    assert_additive(values, Trimming(), X, background, F64)
+    assert_additive(values, Function(trimming), X, background, F64)
 
 
 def test_missing_values_the_model_does_not_handle_are_an_input_error() -> None:
@@ -450,19 +443,17 @@ def test_masked_assignment_from_a_comparison_is_the_clamp_it_writes(dtype: torch
     torch.manual_seed(8)
     first = nn.Linear(5, 3).to(dtype).eval()
 
-    class Assigned(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return _darts_gamma(first(x))
+    def assigned(x: Tensor) -> Tensor:
+        return _darts_gamma(first(x))
 
-    class Clamped(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return nn.functional.softplus(first(x)).clamp(min=MIN_GAMMA)
+    def _clamped(x: Tensor) -> Tensor:
+        return nn.functional.softplus(first(x)).clamp(min=MIN_GAMMA)
 
     g = torch.Generator().manual_seed(9)
     background, X = torch.randn(8, 5, generator=g).to(dtype), torch.randn(4, 5, generator=g).to(dtype)
-    values = _explain(Assigned(), background, X)
-    assert_additive(values, Assigned(), X, background, dtype)
-    clamped = _explain(Clamped(), background, X)
+    values = _explain(Function(assigned), background, X)
+    assert_additive(values, Function(assigned), X, background, dtype)
+    clamped = _explain(Function(_clamped), background, X)
     assert relative_to_max(values, clamped) <= rounding_tol(dtype)  # (two rules, one function: rounding only)
     assert (torch.nn.functional.softplus(first(torch.cat([background, X]))) < MIN_GAMMA).any()  # the clamp acts
 

@@ -22,6 +22,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, assert_additive, relative_to_max
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -188,11 +189,10 @@ def test_a_product_with_a_root_that_is_not_a_normalization_keeps_the_shapley_rul
     (a scale times a value, as a de-normalization) keeps the Shapley rule, m_a = (√b + √b_r)/2."""
     background, X = torch.rand(4, 2, dtype=F64) + 0.5, torch.rand(3, 2, dtype=F64) + 0.5
 
-    class Product(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return x[:, :1] * torch.sqrt(x[:, 1:])
+    def _product(x: Tensor) -> Tensor:
+        return x[:, :1] * torch.sqrt(x[:, 1:])
 
-    values = rnnshap.DeepExplainer(Product(), background).shap_values(X)[..., 0]
+    values = rnnshap.DeepExplainer(Function(_product), background).shap_values(X)[..., 0]
     a, b, ar, br = X[:, None, 0], X[:, None, 1], background[None, :, 0], background[None, :, 1]
     expected_a = ((b.sqrt() + br.sqrt()) / 2 * (a - ar)).mean(1)
     np.testing.assert_allclose(values[:, 0], expected_a.numpy(), rtol=1e-12)
@@ -208,9 +208,8 @@ def test_a_product_with_a_root_that_is_not_a_normalization_keeps_the_shapley_rul
     ids=["p3", "no-dim", "dtype"],
 )
 def test_a_norm_the_rule_does_not_cover_is_refused_by_name(op: Callable[[Tensor], Tensor], match: str) -> None:
-    class Apply(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return op(x)
+    def apply(x: Tensor) -> Tensor:
+        return op(x)
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match=match):
-        rnnshap.DeepExplainer(Apply(), torch.randn(3, 4, dtype=F64))
+        rnnshap.DeepExplainer(Function(apply), torch.randn(3, 4, dtype=F64))

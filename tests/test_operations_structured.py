@@ -28,7 +28,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 tf = pytest.importorskip("tensorflow")
@@ -39,6 +38,7 @@ from rnnshap.operations import STRUCTURED  # noqa: E402
 from rnnshap.rules.registry import forms  # noqa: E402
 
 from .keras_process import KerasProcess  # noqa: E402
+from .models.torch import Function  # noqa: E402
 from .test_operations_parity import jax_taken  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -391,11 +391,10 @@ def test_structured_entries_on_the_pytorch_engine() -> None:
     calls = {name: TORCH_CALLS[name] for name in names}
     fns = {name: forms(name)[0] for name in names}
 
-    class Model(nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([calls[n](fns[n], t[:, i * N : (i + 1) * N]) for i, n in enumerate(names)], -1)
+    def _model(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([calls[n](fns[n], t[:, i * N : (i + 1) * N]) for i, n in enumerate(names)], -1)
 
-    model = Model()
+    model = Function(_model)
     x, r = np.tile(ROWS, len(names)), np.tile(REFERENCE.astype(np.float32), len(names))[None]
     values = rnnshap.DeepExplainer(model, torch.tensor(r)).shap_values(torch.tensor(x), check_additivity=False)
     with torch.no_grad():

@@ -26,6 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
+from .models.torch import Function
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -312,18 +313,16 @@ def test_a_quantile_over_the_whole_batch_or_of_missing_values_is_refused_by_name
     """Without a dimension the quantile mixes the rows; with a NaN the ranks it interpolates depend on where the NaNs
     are (quantile gives NaN, nanquantile leaves them out): both refused by name, not attributed."""
 
-    class Whole(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.quantile(x, 0.3).expand(x.shape[0], 1)
+    def _whole(x: Tensor) -> Tensor:
+        return torch.quantile(x, 0.3).expand(x.shape[0], 1)
 
-    class Missing(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.nanquantile(x, 0.3, dim=1, keepdim=True)
+    def missing(x: Tensor) -> Tensor:
+        return torch.nanquantile(x, 0.3, dim=1, keepdim=True)
 
     background = torch.randn(4, 5, dtype=D)
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)torch\.quantile.*give it the dimension"):
-        rnnshap.DeepExplainer(Whole(), background)
+        rnnshap.DeepExplainer(Function(_whole), background)
     X = torch.randn(2, 5, dtype=D)
     X[0, 1] = float("nan")
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)torch\.nanquantile.*NaN or infinite"):
-        rnnshap.DeepExplainer(Missing(), background).shap_values(X)
+        rnnshap.DeepExplainer(Function(missing), background).shap_values(X)

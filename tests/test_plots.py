@@ -17,6 +17,7 @@ from rnnshap import plots
 from rnnshap.plots import inputs, style
 
 from .conftest import model_outputs
+from .models.torch import RecurrentHead
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")  # headless, whatever the environment says
@@ -26,31 +27,10 @@ from matplotlib.figure import Figure  # noqa: E402
 T, F, K = 6, 4, 3
 
 
-class Reader(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(F, 5, batch_first=True)
-        self.head = nn.Linear(5, K)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(x)[0][:, -1])
-
-
-class Tokens(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(12, 4)
-        self.gru = nn.GRU(4, 5, batch_first=True)
-        self.head = nn.Linear(5, 2)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.gru(self.embedding(tokens))[0][:, -1])
-
-
 @pytest.fixture(scope="module")
 def explained() -> dict:
     torch.manual_seed(0)
-    model = Reader().double().eval()
+    model = RecurrentHead("lstm", F, 5, K, names="lstm head").double().eval()
     background, X = torch.randn(8, T, F, dtype=torch.float64), torch.randn(5, T, F, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     return {"model": model, "explainer": explainer, "background": background, "X": X, "values": explainer.shap_values(X)}
@@ -154,7 +134,7 @@ def test_global_importance_with_one_output_per_sample(explained: dict) -> None:
 
 
 def test_token_plots_from_token_model() -> None:
-    model = Tokens().eval()
+    model = RecurrentHead("gru", 4, 5, 2, vocabulary=12, names="embedding gru head").eval()
     explainer = rnnshap.DeepExplainer(model, torch.randint(0, 12, (6, 7)))
     values = explainer.shap_values(torch.randint(0, 12, (4, 7)))  # (4, 7, 2): one value per token
     assert values.shape == (4, 7, 2)
@@ -468,17 +448,8 @@ def test_signal_draws_each_features_input_over_its_attributions(explained: dict)
 
 
 def test_output_map_of_a_sequence_to_sequence_model() -> None:
-    class Forecaster(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gru = nn.GRU(3, 6, batch_first=True)
-            self.head = nn.Linear(6, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.gru(x)[0])  # (N, T, 2): a forecast per step
-
     torch.manual_seed(1)
-    model = Forecaster().double().eval()
+    model = RecurrentHead("gru", 3, 6, 2, read="steps", names="gru head").double().eval()  # (N, T, 2): a forecast per step
     explainer = rnnshap.DeepExplainer(model, torch.randn(4, 10, 3, dtype=torch.float64))
     X = torch.randn(2, 10, 3, dtype=torch.float64)
     outputs = [(2, 1), (5, 1), (9, 1)]

@@ -22,6 +22,7 @@ import rnnshap
 from rnnshap.recurrent import RecurrentCell, RecurrentLayer
 
 from .conftest import ADDITIVITY_TOL, eps
+from .models.torch import RecurrentHead
 from .reference.rnn_deeplift import rnn_deeplift
 
 
@@ -354,15 +355,7 @@ def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_p
         torch.manual_seed(0)
         rnn = make[layer](3, 6, batch_first=True)
 
-        class Head(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.rnn, self.head = rnn, nn.Linear(6, 2)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.head(self.rnn(x)[0][:, -1])
-
-        explainer = rnnshap.DeepExplainer(Head().eval(), torch.randn(3, steps, 3))
+        explainer = rnnshap.DeepExplainer(RecurrentHead.over(rnn, 2).eval(), torch.randn(3, steps, 3))
         X = torch.randn(2, steps, 3)
         explainer.shap_values(X)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -381,13 +374,7 @@ def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_p
     assert len(short) == len(long) <= 6
 
 
-class _LastStep(nn.Module):
-    def __init__(self, rnn: nn.Module) -> None:
-        super().__init__()
-        self.rnn, self.head = rnn, nn.Linear(5, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][:, -1])
 
 
 class _CellLoop(nn.Module):
@@ -416,7 +403,7 @@ def test_an_explanation_waits_on_the_device_as_often_at_21_steps_as_at_7(model: 
         if model.endswith("_cell"):
             net: nn.Module = _CellLoop(model.removesuffix("_cell"))
         else:
-            net = _LastStep({"lstm": nn.LSTM, "gru": nn.GRU}[model](3, 5, batch_first=True))
+            net = RecurrentHead.over({"lstm": nn.LSTM, "gru": nn.GRU}[model](3, 5, batch_first=True), 2)
         background, X = torch.randn(3, steps, 3), torch.randn(2, steps, 3)
         explainer = rnnshap.DeepExplainer(net.eval(), background)
         explainer.shap_values(X)
@@ -505,7 +492,7 @@ def test_the_input_gradient_is_the_same_a_step_at_a_time_or_all_at_once(layer: s
 
     torch.manual_seed(0)
     rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[layer](3, 5, batch_first=True).double()
-    model = _LastStep(rnn).double().eval()
+    model = RecurrentHead.over(rnn, 2).double().eval()
     x, background = torch.randn(2, 9, 3, dtype=torch.float64), torch.randn(3, 9, 3, dtype=torch.float64)
 
     def explain(chunk_bytes: int) -> np.ndarray:

@@ -9,6 +9,8 @@ from torch import nn
 
 import rnnshap
 
+from .models.torch import RecurrentHead
+
 
 class Attention(nn.Module):
     """Embedding → LSTM → softmax attention over time (weighted sum) → Linear."""
@@ -26,27 +28,12 @@ class Attention(nn.Module):
         return self.out((weights.unsqueeze(-1) * states).sum(1))
 
 
-class Pooled(nn.Module):
-    def __init__(self, pool: str) -> None:
-        super().__init__()
-        self.pool = pool
-        self.gru = nn.GRU(3, 5, batch_first=True, num_layers=2)
-        self.out = nn.Linear(5, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        states, _ = self.gru(x)
-        pooled = states.mean(1) if self.pool == "mean" else states.max(dim=1).values
-        return self.out(pooled)
+def pooled(pool: str) -> RecurrentHead:
+    return RecurrentHead("gru", 3, 5, 2, layers=2, read=pool, names="gru out")
 
 
-class SequenceOutput(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.lstm(x)[0])  # (N, T, 2)
+def sequence_output() -> RecurrentHead:
+    return RecurrentHead("lstm", 3, 4, 2, read="steps", names="lstm out")  # (N, T, 2)
 
 
 def _additivity(values: np.ndarray, outputs: np.ndarray, base: np.ndarray, feature_axes: tuple[int, ...]) -> float:
@@ -90,7 +77,7 @@ def test_token_mask_computed_from_the_tokens_is_the_explained_samples() -> None:
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_pooling_over_time_adds_up(pool: str) -> None:
     torch.manual_seed(1)
-    model = Pooled(pool).double().eval()
+    model = pooled(pool).double().eval()
     background, x = torch.randn(5, 7, 3, dtype=torch.float64), torch.randn(3, 7, 3, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(x)
@@ -102,7 +89,7 @@ def test_pooling_over_time_adds_up(pool: str) -> None:
 
 def test_sequence_output_explains_all_outputs_or_the_chosen_ones() -> None:
     torch.manual_seed(2)
-    model = SequenceOutput().double().eval()
+    model = sequence_output().double().eval()
     background, x = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(2, 6, 3, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     everything = explainer.shap_values(x)
@@ -123,7 +110,7 @@ def test_sequence_output_explains_all_outputs_or_the_chosen_ones() -> None:
 
 def test_all_outputs_in_one_batched_backward_equal_one_output_at_a_time() -> None:
     torch.manual_seed(3)
-    model = Pooled("mean").double().eval()
+    model = pooled("mean").double().eval()
     background, x = torch.randn(5, 7, 3, dtype=torch.float64), torch.randn(3, 7, 3, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     together = explainer.shap_values(x)

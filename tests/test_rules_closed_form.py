@@ -20,6 +20,7 @@ import rnnshap
 from rnnshap.rules import product, rescale, routed_max, shapley
 
 from .conftest import assert_additive
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -360,13 +361,12 @@ def test_max_pool2d_model_matches_shap_rule() -> None:
 def test_max_reduction_model_matches_shap_rule(largest: bool, dim: int) -> None:
     """torch.max(x, dim) / torch.min(x, dim) on (n, 3, 4): each output routes to its winners."""
 
-    class Reduce(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return (torch.max if largest else torch.min)(x, dim=dim).values
+    def _reduce(x: Tensor) -> Tensor:
+        return (torch.max if largest else torch.min)(x, dim=dim).values
 
     g = torch.Generator().manual_seed(10)
     background, X = torch.randn(4, 3, 4, generator=g, dtype=F64), torch.randn(2, 3, 4, generator=g, dtype=F64)
-    values = rnnshap.DeepExplainer(Reduce(), background).shap_values(X)  # (n, 3, 4, k)
+    values = rnnshap.DeepExplainer(Function(_reduce), background).shap_values(X)  # (n, 3, 4, k)
     x, R = X.numpy(), background.numpy()
     k = 4 if dim == 1 else 3
     expected = np.zeros((2, 3, 4, k))

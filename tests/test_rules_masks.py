@@ -20,6 +20,7 @@ import rnnshap
 from rnnshap.rules import rescale, routed_max
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_additive, relative_to_max
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -115,18 +116,16 @@ def test_masked_softmax_equals_softmax_over_the_kept_entries() -> None:
     """Closed form: masking entries is the same as leaving them out; they get nothing."""
     keep = torch.tensor([True, False, True, True, False, True])
 
-    class Masked(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.softmax(x.masked_fill(~keep, INF), -1)
+    def _masked(x: Tensor) -> Tensor:
+        return torch.softmax(x.masked_fill(~keep, INF), -1)
 
-    class Kept(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.softmax(x, -1)
+    def _kept(x: Tensor) -> Tensor:
+        return torch.softmax(x, -1)
 
     g = torch.Generator().manual_seed(4)
     background, X = torch.randn(5, 6, generator=g, dtype=F64) * 2, torch.randn(3, 6, generator=g, dtype=F64) * 2
-    masked = rnnshap.DeepExplainer(Masked(), background).shap_values(X)  # (3, 6, 6)
-    kept = rnnshap.DeepExplainer(Kept(), background[:, keep]).shap_values(X[:, keep])  # (3, 4, 4)
+    masked = rnnshap.DeepExplainer(Function(_masked), background).shap_values(X)  # (3, 6, 6)
+    kept = rnnshap.DeepExplainer(Function(_kept), background[:, keep]).shap_values(X[:, keep])  # (3, 4, 4)
     np.testing.assert_allclose(masked[:, keep][:, :, keep], kept, rtol=1e-12, atol=1e-14)
     assert np.abs(masked[:, ~keep]).max() == 0.0  # masked inputs get nothing
     assert np.abs(masked[:, :, ~keep]).max() == 0.0  # the always-0 outputs get nothing

@@ -20,29 +20,21 @@ from torch import nn
 import rnnshap
 
 from .keras_process import KerasProcess
+from .models.torch import RecurrentHead
 
 F64 = torch.float64
 Tensor = torch.Tensor
 
 
-class Recurrent(nn.Module):
+def recurrent() -> RecurrentHead:
     """x (N, T, 3) → Linear → tanh → LSTM → last step → Linear (2 outputs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 4)
-        self.lstm = nn.LSTM(4, 5, batch_first=True)
-        self.head = nn.Linear(5, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(torch.tanh(self.embed(x)))
-        return self.head(out[:, -1])
+    return RecurrentHead("lstm", 4, 5, 2, project=3, names="embed lstm head")
 
 
 class Tail(nn.Module):
-    """``Recurrent`` from the LSTM's input on: the model split at ``lstm``."""
+    """``recurrent()`` from the LSTM's input on: the model split at ``lstm``."""
 
-    def __init__(self, model: Recurrent) -> None:
+    def __init__(self, model: RecurrentHead) -> None:
         super().__init__()
         self.lstm, self.head = model.lstm, model.head
 
@@ -58,7 +50,7 @@ def _data(seed: int = 0) -> tuple[Tensor, Tensor]:
 
 def test_interim_layer_is_the_model_split_at_the_layer() -> None:
     torch.manual_seed(0)
-    model = Recurrent().double().eval()
+    model = recurrent().double().eval()
     background, X = _data()
     explainer = rnnshap.DeepExplainer((model, model.lstm), background)
     values = explainer.shap_values(X)
@@ -117,7 +109,7 @@ def test_interim_layer_of_a_model_in_training_mode() -> None:
 
 def test_interim_layer_at_the_first_module_is_the_model() -> None:
     torch.manual_seed(3)
-    model = Recurrent().double().eval()
+    model = recurrent().double().eval()
     background, X = _data(3)
     values = rnnshap.DeepExplainer((model, model.embed), background).shap_values(X)
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(model, background).shap_values(X), rtol=0, atol=1e-13)
@@ -125,7 +117,7 @@ def test_interim_layer_at_the_first_module_is_the_model() -> None:
 
 def test_interim_layer_summarize_converts_once() -> None:
     torch.manual_seed(4)
-    model = Recurrent().double().eval()
+    model = recurrent().double().eval()
     background, X = _data(4)
     explainer = rnnshap.DeepExplainer((model, model.lstm), background)
     summary = explainer.summarize(X, batch_size=3)

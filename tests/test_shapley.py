@@ -18,6 +18,8 @@ from torch import nn
 import rnnshap
 from rnnshap import InputError, ShapleyExplainer
 
+from .models.torch import Function, RecurrentHead
+
 
 def oracle(f, x: list[torch.Tensor], background: list[torch.Tensor], ids: list[np.ndarray | None]) -> np.ndarray:
     """Exact Shapley values of one sample, (P, n_outputs), by looping over every coalition, in float64."""
@@ -54,20 +56,18 @@ def oracle(f, x: list[torch.Tensor], background: list[torch.Tensor], ids: list[n
     return values
 
 
-class Reader(nn.Module):
+def _tanh_gated_last(out: torch.Tensor, state: object) -> torch.Tensor:
+    return torch.tanh(out[:, -1]) * out[:, -1]
+
+
+def _without_first(x: torch.Tensor) -> torch.Tensor:
+    return x[:, 1:]
+
+
+def reader(features: int = 3, hidden: int = 5, ignore_first: bool = False) -> RecurrentHead:
     """A GRU over the steps and a read-out of its last state to 3 outputs."""
-
-    def __init__(self, features: int = 3, hidden: int = 5, ignore_first: bool = False) -> None:
-        super().__init__()
-        self.rnn = nn.GRU(features, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, 3)
-        self.ignore_first = ignore_first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ignore_first:
-            x = x[:, 1:]
-        out, _ = self.rnn(x)
-        return self.head(torch.tanh(out[:, -1]) * out[:, -1])
+    prepare = _without_first if ignore_first else None
+    return RecurrentHead("gru", features, hidden, 3, read=_tanh_gated_last, prepare=prepare)
 
 
 def _data(dtype: torch.dtype, T: int = 4, F: int = 3, B: int = 5, N: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,7 @@ def _steps(T: int, F: int) -> np.ndarray:
 @pytest.mark.parametrize("door", ["deep", "shapley"])
 def test_a_budget_of_every_coalition_gives_the_exact_values(dtype: torch.dtype, door: str) -> None:
     torch.manual_seed(0)
-    model = Reader().to(dtype).eval()
+    model = reader().to(dtype).eval()
     x, bg = _data(dtype)
     explainer = rnnshap.DeepExplainer(model, bg) if door == "deep" else ShapleyExplainer(model, bg)
     estimate = explainer.shapley_values(x, "steps", budget=10_000)
@@ -97,7 +97,7 @@ def test_a_budget_of_every_coalition_gives_the_exact_values(dtype: torch.dtype, 
 
 def test_feature_players_cells_and_masks_match_the_oracle() -> None:
     torch.manual_seed(1)
-    model = Reader(features=2).double().eval()
+    model = reader(features=2).double().eval()
     x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
     explainer = ShapleyExplainer(model, bg)
     features = explainer.shapley_values(x, "features", budget=10**6)
@@ -130,7 +130,7 @@ def test_an_additive_model_is_exact_at_any_budget_with_either_door() -> None:
 @pytest.mark.parametrize("budget", [9, 40, 200])
 def test_values_add_up_at_every_budget(budget: int) -> None:
     torch.manual_seed(3)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=6, B=4, N=3)
     for explainer in (rnnshap.DeepExplainer(model, bg), ShapleyExplainer(model, bg)):
         estimate = explainer.shapley_values(x, "steps", budget=budget, random_state=0)
@@ -145,7 +145,7 @@ def test_the_same_seed_gives_bit_identical_values_whatever_the_batch_size() -> N
     forward passes take chunks of 256 rows whatever batch_size is above that (torch's CPU kernels
     round a row differently in batches of other sizes)."""
     torch.manual_seed(4)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=6, B=4, N=35)  # two groups of samples
     explainer = rnnshap.DeepExplainer(model, bg)
     runs = [explainer.shapley_values(x, "steps", budget=150, random_state=7, batch_size=size) for size in (256, 1000, 4096)]
@@ -158,7 +158,7 @@ def test_the_same_seed_gives_bit_identical_values_whatever_the_batch_size() -> N
 
 def test_a_step_the_model_ignores_gets_exactly_zero() -> None:
     torch.manual_seed(5)
-    model = Reader(ignore_first=True).eval()
+    model = reader(ignore_first=True).eval()
     x, bg = _data(torch.float32, T=5, B=4, N=2)
     estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=100, random_state=0)
     assert (estimate.values[:, 0] == 0).all() and (estimate.stderr[:, 0] == 0).all()
@@ -171,7 +171,7 @@ def test_a_step_the_model_ignores_gets_exactly_zero() -> None:
 
 def test_the_95_percent_intervals_cover_the_exact_values() -> None:
     torch.manual_seed(6)
-    model = Reader(features=2, hidden=8).double().eval()
+    model = reader(features=2, hidden=8).double().eval()
     x, bg = _data(torch.float64, T=6, F=2, B=6, N=4)
     explainer = rnnshap.DeepExplainer(model, bg)
     exact = np.stack([oracle(model, [x[n]], [bg], [_steps(6, 2)]) for n in range(4)])
@@ -238,7 +238,7 @@ def test_deepshap_reading_the_samples_masks_keeps_the_values_efficient() -> None
 
 def test_tol_stops_each_sample_once_its_standard_errors_are_small_enough() -> None:
     torch.manual_seed(6)
-    model = Reader(features=2, hidden=8).double().eval()
+    model = reader(features=2, hidden=8).double().eval()
     x, bg = _data(torch.float64, T=8, F=2, B=6, N=6)
     x[0] = 0.99 * bg[0] + 0.01 * bg[1]  # near a reference: a small game, done early
     explainer = rnnshap.DeepExplainer(model, bg)
@@ -254,7 +254,7 @@ def test_tol_stops_each_sample_once_its_standard_errors_are_small_enough() -> No
 
 def test_deepshap_beside_the_estimate_is_deepshap_summed_to_the_players() -> None:
     torch.manual_seed(7)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=5, B=4, N=2)
     explainer = rnnshap.DeepExplainer(model, bg)
     estimate = explainer.shapley_values(x, "features", budget=300, outputs=[2, 0], random_state=0)
@@ -297,7 +297,7 @@ def test_token_positions_are_players_and_context_follows_the_sample() -> None:
 
 def test_bad_input_is_refused_with_advice() -> None:
     torch.manual_seed(9)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=4, B=3, N=1)
     explainer = ShapleyExplainer(model, bg)
     with pytest.raises(InputError, match="below one permutation walk"):
@@ -316,15 +316,14 @@ def test_bad_input_is_refused_with_advice() -> None:
 
 
 def test_a_model_deepexplainer_refuses_names_the_door_that_works() -> None:
-    class Rounds(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.round(x * 3).sum((1, 2))[:, None]
+    def rounds(x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 3).sum((1, 2))[:, None]
 
     x, bg = _data(torch.float64, T=3, F=2, B=3, N=1)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="ShapleyExplainer"):
-        rnnshap.DeepExplainer(Rounds(), bg)
-    estimate = ShapleyExplainer(Rounds(), bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
-    assert np.allclose(estimate.values[0], oracle(Rounds(), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
+        rnnshap.DeepExplainer(Function(rounds), bg)
+    estimate = ShapleyExplainer(Function(rounds), bg).shapley_values(x, "steps", budget=10**4, time_axis=1)
+    assert np.allclose(estimate.values[0], oracle(Function(rounds), [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
 
 
 def test_a_function_of_numpy_arrays_and_the_explanation() -> None:
@@ -361,7 +360,7 @@ def test_keras_on_tensorflow_matches_the_oracle() -> None:
 
 def test_shaps_interim_layer_form_is_refused_with_advice() -> None:
     torch.manual_seed(10)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=4, B=3, N=1)
     explainer = rnnshap.DeepExplainer((model, model.head), bg)
     with pytest.raises(InputError, match="layer's input"):
@@ -384,7 +383,7 @@ def test_the_plots_draw_the_intervals_and_deepshap_beside() -> None:
     from matplotlib.collections import LineCollection
 
     torch.manual_seed(12)
-    model = Reader().eval()
+    model = reader().eval()
     x, bg = _data(torch.float32, T=5, B=4, N=2)
     estimate = rnnshap.DeepExplainer(model, bg).shapley_values(x, "steps", budget=120, random_state=0)
     assert estimate.deepshap is not None and np.isfinite(estimate.stderr).all()
@@ -416,7 +415,7 @@ def test_a_torchscript_model_deepexplainer_refuses_is_played_by_its_forward() ->
 # -- the empirical-Bayes blend of DeepSHAP and the estimate (issue 29, part 4) --------------------------
 def test_shrunk_values_add_up_and_follow_their_definition() -> None:
     torch.manual_seed(3)
-    gru = _ShrinkReader().double().eval()
+    gru = _shrink_reader().double().eval()
     background, X = torch.randn(6, 5, 2, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
     estimate = rnnshap.DeepExplainer(gru, background).shapley_values(X, players="steps", budget=150, random_state=0)
     assert estimate.shrunk is not None and not estimate.exact.any()
@@ -435,7 +434,7 @@ def test_shrunk_values_add_up_and_follow_their_definition() -> None:
 
 def test_shrunk_values_are_the_exact_ones_where_every_coalition_was_enumerated() -> None:
     torch.manual_seed(3)
-    gru = _ShrinkReader().double().eval()
+    gru = _shrink_reader().double().eval()
     background, X = torch.randn(4, 5, 2, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
     exact = rnnshap.DeepExplainer(gru, background).shapley_values(X, players="steps", budget=2**5 * 4 + 3 * 4)
     assert exact.exact.all() and exact.deepshap is not None
@@ -444,32 +443,20 @@ def test_shrunk_values_are_the_exact_ones_where_every_coalition_was_enumerated()
     np.testing.assert_array_equal(exact.shrunk_rmse, 0.0)
 
 
-class _ShrinkReader(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru, self.head = nn.GRU(2, 5, batch_first=True), nn.Linear(5, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.gru(x)[0][:, -1])
+def _shrink_reader() -> RecurrentHead:
+    return RecurrentHead("gru", 2, 5, 2, names="gru head")
 
 
 # -- temporal pruning (issue 29, part 3) ------------------------------------------------------------------
-class _Recent(nn.Module):
+def _recent(window: int) -> RecurrentHead:
     """An LSTM that reads only the last ``window`` steps: the older ones are null players."""
-
-    def __init__(self, window: int) -> None:
-        super().__init__()
-        self.window = window
-        self.lstm, self.head = nn.LSTM(2, 5, batch_first=True), nn.Linear(5, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(x[:, -self.window :])[0][:, -1])
+    return RecurrentHead("lstm", 2, 5, 2, prepare=lambda x: x[:, -window:], names="lstm head")
 
 
 def test_pruning_groups_exactly_the_steps_the_model_ignores_and_keeps_their_values() -> None:
     torch.manual_seed(0)
     T, window = 12, 3
-    model = _Recent(window).double().eval()
+    model = _recent(window).double().eval()
     background, X = torch.randn(4, T, 2, dtype=torch.float64), torch.randn(2, T, 2, dtype=torch.float64)
     explainer = rnnshap.ShapleyExplainer(model, background)
     pruned = explainer.shapley_values(X, players="steps", prune=1e-12, budget=10_000)
@@ -487,7 +474,7 @@ def test_pruning_groups_exactly_the_steps_the_model_ignores_and_keeps_their_valu
 
 def test_pruning_keeps_every_step_a_model_reads_and_checks_its_arguments() -> None:
     torch.manual_seed(0)
-    model = _Recent(6).double().eval()
+    model = _recent(6).double().eval()
     background, X = torch.randn(4, 6, 2, dtype=torch.float64), torch.randn(1, 6, 2, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     # the pruning's own rows (v of the old and recent blocks at each split) count in the budget
@@ -539,7 +526,7 @@ def test_printing_an_estimate_gives_a_short_summary_not_every_array() -> None:
     """print(estimate) says what it holds in a few lines (shapes, exactness, the largest standard error and gap), as
     numpy and shap's Explanation summarize, instead of dumping every array (over 100 lines before, issue 49)."""
     torch.manual_seed(0)
-    model = Reader().double().eval()
+    model = reader().double().eval()
     X, background = _data(torch.float64, T=20, N=4)
     estimate = rnnshap.DeepExplainer(model, background).shapley_values(X, players="steps", budget=400, random_state=0)
     text = repr(estimate)

@@ -19,6 +19,8 @@ from torch import nn
 import rnnshap
 from rnnshap import InputError, ShapleyExplainer
 
+from .models.torch import RecurrentHead
+
 
 def enumerated(f, x: np.ndarray, background: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Exact Shapley values of one sample x (no batch axis) for player ids shaped like x: (P, k), float64."""
@@ -158,14 +160,7 @@ class ConvReader(nn.Module):
         return self.head(torch.tanh(self.conv(self.drop(x))).mean(2))
 
 
-class GRUReader(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.GRU(2, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][:, -1])
 
 
 class ProjectedGRU(nn.Module):
@@ -218,7 +213,7 @@ def test_a_conv1d_model_says_its_input_is_channels_by_time(door: str) -> None:
 @pytest.mark.parametrize("door", ["shapley", "deep"])
 def test_a_recurrent_model_says_its_input_is_time_by_features(door: str) -> None:
     torch.manual_seed(0)
-    model = GRUReader().double().eval()
+    model = RecurrentHead("gru", 2, 4, 2).double().eval()
     X, bg = (torch.from_numpy(a.transpose(0, 2, 1).copy()) for a in _panels(T=4))
     explainer = ShapleyExplainer(model, bg) if door == "shapley" else rnnshap.DeepExplainer(model, bg)
     estimate = explainer.shapley_values(X, "steps", budget=10**5)

@@ -12,6 +12,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, relative_to_max
+from .models.torch import RecurrentHead
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -27,20 +28,14 @@ def _impute(x: Tensor) -> Tensor:
     return x.masked_fill(torch.isneginf(x), 0.0)
 
 
-class Imputing(nn.Module):
-    def __init__(self, clean: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.clean = clean
-        self.lstm, self.head = nn.LSTM(3, 6, batch_first=True), nn.Linear(6, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.lstm(self.clean(x))[0][:, -1])
+def imputing(clean: Callable[[Tensor], Tensor]) -> nn.Module:
+    return RecurrentHead("lstm", 3, 6, 2, prepare=clean, names="lstm head")
 
 
 def _assert_written_two_ways(clean: Callable[[Tensor], Tensor], plain_clean: Callable[[Tensor], Tensor], seed: int) -> None:
-    """``Imputing(clean)`` is additive and gets the values of ``Imputing(plain_clean)``, the same
+    """``imputing(clean)`` is additive and gets the values of ``imputing(plain_clean)``, the same
     function written another way, with the same weights (float64, to 1e-12 of the largest)."""
-    model, plain = Imputing(clean).to(F64).eval(), Imputing(plain_clean).to(F64).eval()
+    model, plain = imputing(clean).to(F64).eval(), imputing(plain_clean).to(F64).eval()
     plain.load_state_dict(model.state_dict())
     g = torch.Generator().manual_seed(seed)
     background, X = torch.randn(6, 5, 3, generator=g, dtype=F64), torch.randn(3, 5, 3, generator=g, dtype=F64)
