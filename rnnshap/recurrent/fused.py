@@ -27,7 +27,7 @@ from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .pairs import Side, pair_sides
-from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse, step_views
+from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
 from .weights import CellWeights
 
 Tensor = torch.Tensor
@@ -128,7 +128,6 @@ def _pairwise_coefficients(
     secants: Sequence[tuple[Tensor, Tensor, tuple[float | Tensor, float | Tensor]]],
     factors: Sequence[Tensor] = (),
     active: Sequence[int] | None = None,
-    multiplied: int = 0,
 ) -> Tensor:
     """Per-pair coefficients from tensors over the distinct rows of both sides (x rows first).
 
@@ -137,8 +136,7 @@ def _pairwise_coefficients(
     σ and tanh side by side in one block, as an LSTM's gates). Without ``factors`` the coefficients are
     m; with them, block j of the coefficients is the mean of ``factors[j]`` (T, rows, H_j) over the
     two sides (the Shapley share of a product), times the multipliers of the columns it lines up
-    with, from column ``multiplied`` on (the blocks before it have no multiplier). Returns (T, pairs, width).
-    With ``active`` (a packed batch, :func:`_active_rows`) only the
+    with. Returns (T, pairs, width). With ``active`` (a packed batch, :func:`_active_rows`) only the
     first ``active[t]`` pairs of step t are computed: the rest is never read.
     """
     side_x, side_r = sides
@@ -189,7 +187,7 @@ def _pairwise_coefficients(
             torch.lerp(_at(f_x, t, n), _at(f_r, t, n), 0.5, out=out[..., column : column + size])
             column += size
         if factors:
-            out[..., multiplied : multiplied + width].mul_(m)
+            out[..., :width].mul_(m)
     return coefficients.flatten(1, 2).to(dtype)
 
 
@@ -389,7 +387,7 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     ig = i * g
     cells = torch.empty_like(ig)
     c0 = c
-    for ig_t, f_t, cell_t in zip(step_views(ig, 0), step_views(f, 0), step_views(cells, 0), strict=True):  # one a step
+    for ig_t, f_t, cell_t in zip(ig.unbind(0), f.unbind(0), cells.unbind(0), strict=True):  # one operation a step
         c = torch.addcmul(ig_t, f_t, c, out=cell_t)
     return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 
@@ -436,16 +434,15 @@ class FusedLSTM(torch.autograd.Function):
         u, gates, c_prev, c_new, out = _lstm_trajectories(w, rows.sequence, h0_rows, c0_rows)
         i, f, g, o = gates.chunk(4, dim=2)
         k = torch.tanh(c_new)
-        # coefficients [A_c, A_i, A_f, A_g, A_o, A_k]: the mean of the other factor of each
-        # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none: first, so that
-        # [A_c, A_i, A_f, A_g] multiply dc' in one product a step, reverse.lstm_recurrence) (σ, σ, tanh, σ: one block)
+        # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
+        # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
+        # (σ, σ, tanh, σ: one block)
         secants: list[tuple[Tensor, Tensor, tuple[float | Tensor, float | Tensor]]] = [
             (u, gates, _lstm_gate_constants(hidden, u)),
             (c_new, k, TANH),
         ]
         ctx.active = _active_rows(mask)
-        factors = [f, g, c_prev, i, k, o]
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, factors, ctx.active, multiplied=hidden)
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new), cell=cell)
 
     @staticmethod

@@ -7,10 +7,8 @@ custom operator with its own vmap rule, the recurrence sees the K axis as an ord
 tensors: every operation below broadcasts over leading axes (``...``), the steps are axis -3 of ``d_out``
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
-Per time step the loop runs only what depends on the step before (LSTM: 7 kernels; GRU: 10; Elman: 3;
-see :func:`lstm_recurrence`), each dispatched once: a step's slices are one ``as_strided`` each
-(:func:`step_views`) and the matrix products ``mm`` on 2-D views (:func:`_rows`), where ``unbind`` and
-``matmul`` would dispatch two and four operations more; the input gradient, which feeds nothing later, is one matrix product per chunk of
+Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
+see :func:`lstm_recurrence`); the input gradient, which feeds nothing later, is one matrix product per chunk of
 steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
 batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
@@ -83,31 +81,6 @@ class _InputGradient:
         return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
-def step_views(t: Tensor, axis: int) -> list[Tensor]:
-    """The views of ``t`` at each index of ``axis``, each one ``as_strided`` of ``t`` (one dispatched operation a
-    view, where ``unbind`` dispatches a ``select`` and an ``as_strided``)."""
-    axis %= t.dim()
-    size, stride = list(t.shape), list(t.stride())
-    step = stride.pop(axis)
-    size.pop(axis)
-    offset = t.storage_offset()
-    return [t.as_strided(size, stride, offset + i * step) for i in range(t.shape[axis])]
-
-
-def _contiguous(t: Tensor) -> Tensor:
-    """``t`` in row-major order: the states are, unless vmap hands the recurrence gradients batched on another axis
-    than the first, or broadcast (:func:`_vmap_rule`), whose products then take the operands' permuted layout."""
-    return t if t.is_contiguous() else t.contiguous()
-
-
-def _rows(t: Tensor, row: int, columns: int, offset: int = 0) -> Tensor:
-    """Columns ``offset`` to ``offset + columns`` of each row of ``row`` elements of ``t`` (row-major): a 2-D view
-    (rows, columns), for a matrix product (the view ``matmul`` would make of ``t``, without its three further
-    dispatches)."""
-    t = _contiguous(t)
-    return t.as_strided((t.numel() // row, columns), (row, 1), t.storage_offset() + offset)
-
-
 def lstm_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
@@ -119,32 +92,29 @@ def lstm_recurrence(
     w_hh: Tensor,
     w_hr: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dh_0, dc_0) of one LSTM layer-direction from its coefficients [A_c, A_i, A_f, A_g, A_o, A_k]
+    """(dx, dh_0, dc_0) of one LSTM layer-direction from its coefficients [A_i, A_f, A_g, A_o, A_k, A_c]
     (T, P, 6H) and the gradients of its outputs (..., T, P, H_out) and final states (..., P, H_out),
-    (..., P, H). Per step: dh += d_t; dc' = dc + dh A_k; [dc_prev, du_i, du_f, du_g] = dc' [A_c, A_i, A_f, A_g];
-    du_o = dh A_o; dh_prev = du_ifg W_hh,ifg + du_o W_hh,o (7 operations: two products, then their sum)."""
+    (..., P, H). Per step: dh += d_t; dc' = dc + dh A_k; du_ifg = dc' A_ifg; du_o = dh A_o;
+    dh_prev = du_ifg W_hh,ifg + du_o W_hh,o; dc_prev = dc' A_c (8 operations)."""
     steps, pairs = coefficients.shape[:2]
     hidden = w_hh.shape[0] // 4
-    # [A_c, A_i, A_f, A_g] (T, P, 4, H): one product a step gives dc_prev and du_ifg side by side
-    a_cifg = coefficients[..., : 4 * hidden].unflatten(-1, (4, hidden))
-    a_o, a_k = coefficients[..., 4 * hidden :].split(hidden, dim=2)
+    a_ifg = coefficients[..., : 3 * hidden].unflatten(-1, (3, hidden))
+    a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
     # the gate blocks [i, f, g] and [o] of the weights apart: du's two parts go through them without being
     # joined first (a join would copy du every step, and change the order of the products' sums)
     w_hh_ifg, w_hh_o = w_hh[: 3 * hidden], w_hh[3 * hidden :]
 
-    def step(dh: Tensor, dc: Tensor, cifg_t: Tensor, o_t: Tensor, k_t: Tensor) -> tuple[Tensor, ...]:
+    def step(dh: Tensor, dc: Tensor, ifg_t: Tensor, o_t: Tensor, k_t: Tensor, c_t: Tensor) -> tuple[Tensor, ...]:
         dh_full = dh @ w_hr if w_hr is not None else dh
         dcc = torch.addcmul(dc, dh_full, k_t)
-        products = _contiguous(dcc.unsqueeze(-2) * cifg_t)  # (..., P, 4, H): [dc_prev, du_i, du_f, du_g]
+        du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
         du_o = dh_full * o_t
-        dh_prev = _rows(products, 4 * hidden, 3 * hidden, hidden).mm(w_hh_ifg) + _rows(du_o, hidden, hidden).mm(w_hh_o)
-        rows = products.stride()[:-2] + (1,)
-        du_ifg = products.as_strided((*dcc.shape[:-1], 3 * hidden), rows, products.storage_offset() + hidden)
-        return du_ifg, du_o, dh_prev.view(dh.shape), products.select(-2, 0)
+        return du_ifg, du_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
 
     dh, dc = d_h, d_c
     dx = _InputGradient([w_ih[: 3 * hidden], w_ih[3 * hidden :]], steps)
-    per_step = list(zip(step_views(a_cifg, 0), step_views(a_o, 0), step_views(a_k, 0), step_views(d_out, -3), strict=True))
+    # each step's coefficients as views made at once (unbind), not picked step by step
+    per_step = list(zip(a_ifg.unbind(0), a_o.unbind(0), a_k.unbind(0), a_c.unbind(0), d_out.unbind(-3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
@@ -186,12 +156,11 @@ def gru_recurrence(
     def step(dh: Tensor, rz_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dv = dh * n_t
         du_rz = torch.cat([dv, dh], dim=-1) * rz_t
-        through_rz = _rows(du_rz, 2 * hidden, 2 * hidden).mm(w_hh_rz).view(dh.shape)
-        return du_rz, dv, dh * h_t + through_rz + _rows(dv * a_t, hidden, hidden).mm(w_hh_n).view(dh.shape)
+        return du_rz, dv, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
 
     dh = d_h
     dx = _InputGradient([w_ih[: 2 * hidden], w_ih[2 * hidden :]], steps)  # [du_r, du_z, dv] through W_ih
-    per_step = list(zip(*(step_views(a, 0) for a in (a_rz, a_n, a_h, a_a)), step_views(d_out, -3), strict=True))
+    per_step = list(zip(a_rz.unbind(0), a_n.unbind(0), a_h.unbind(0), a_a.unbind(0), d_out.unbind(-3), strict=True))
     for t in reversed(range(steps)):
         *coefficients_t, d_t = per_step[t]
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
@@ -216,7 +185,7 @@ def rnn_recurrence(
     steps, pairs = coefficients.shape[:2]
     dh = d_h
     dx = _InputGradient([w_ih], steps)
-    for t, (m_t, d_t) in reversed(list(enumerate(zip(step_views(coefficients, 0), step_views(d_out, -3), strict=True)))):
+    for t, (m_t, d_t) in reversed(list(enumerate(zip(coefficients.unbind(0), d_out.unbind(-3), strict=True)))):
         if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
             n = active[t]
             du = (_pairs(dh, n) + _pairs(d_t, n)) * m_t[:n]
@@ -225,8 +194,7 @@ def rnn_recurrence(
         else:
             dh = dh + (d_t * mask[t] if mask is not None else d_t)
             du = dh * m_t
-            through = _rows(du, du.shape[-1], du.shape[-1]).mm(w_hh).view(dh.shape)
-            dh = torch.where(mask[t], through, dh) if mask is not None else through
+            dh = torch.where(mask[t], du @ w_hh, dh) if mask is not None else du @ w_hh
         dx.add(du)
     return dx.result(mask), dh
 
