@@ -392,22 +392,22 @@ def _lstm_trajectories(w: CellWeights, x: Tensor, h: Tensor, c: Tensor) -> tuple
     return u, gates, torch.cat([c0[None], cells[:-1]]), cells, out
 
 
-_GATE_CONSTANTS: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+_SECANT_CONSTANTS: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
 
-def _lstm_gate_constants(hidden: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(μ, κ) of the secant per column of an LSTM's gates [i, f, g, o]: σ's on i, f, o, tanh's on g (made once per
-    size, dtype and device: a cell in a loop asks at every step; not kept under inference mode, whose tensors a
-    later backward could not save)."""
-    key = (hidden, like.dtype, like.device)
-    constants = _GATE_CONSTANTS.get(key)
+def _secant_constants(blocks: Sequence[tuple[tuple[float, float], int]], like: Tensor) -> tuple[Tensor, Tensor]:
+    """(μ, κ) of the secant per column of activations side by side, ``blocks`` of (SIGMOID or TANH, width) in order
+    (an LSTM's gates [i, f, g, o] and tanh(c): σ, σ, tanh, σ, tanh), so that one blend computes every multiplier of
+    a step (made once per layout, dtype and device: a cell in a loop asks at every step; not kept under inference
+    mode, whose tensors a later backward could not save)."""
+    key = (tuple(blocks), like.dtype, like.device)
+    constants = _SECANT_CONSTANTS.get(key)
     if constants is None:
-        (mu_s, kappa_s), (mu_t, kappa_t) = SIGMOID, TANH
-        mu = [mu_s] * (2 * hidden) + [mu_t] * hidden + [mu_s] * hidden
-        kappa = [kappa_s] * (2 * hidden) + [kappa_t] * hidden + [kappa_s] * hidden
+        mu = [m for (m, _), width in blocks for _ in range(width)]
+        kappa = [k for (_, k), width in blocks for _ in range(width)]
         constants = like.new_tensor(mu), like.new_tensor(kappa)
         if not torch.is_inference_mode_enabled():
-            _GATE_CONSTANTS[key] = constants
+            _SECANT_CONSTANTS[key] = constants
     return constants
 
 
@@ -437,12 +437,13 @@ class FusedLSTM(torch.autograd.Function):
         # coefficients [A_i, A_f, A_g, A_o, A_k, A_c]: the mean of the other factor of each
         # product (Shapley) times the gate's or tanh's Rescale multiplier (f ⊙ c has none)
         # (σ, σ, tanh, σ: one block)
-        secants: list[tuple[Tensor, Tensor, tuple[float | Tensor, float | Tensor]]] = [
-            (u, gates, _lstm_gate_constants(hidden, u)),
-            (c_new, k, TANH),
-        ]
+        # (every activation and every factor side by side: one blend and one mean a chunk of steps, which a cell in a
+        # loop, one step a call, runs at every step)
+        constants = _secant_constants(((SIGMOID, 2 * hidden), (TANH, hidden), (SIGMOID, hidden), (TANH, hidden)), u)
+        secants = [(torch.cat([u, c_new], 2), torch.cat([gates, k], 2), constants)]
         ctx.active = _active_rows(mask)
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [g, c_prev, i, k, o, f], ctx.active)
+        factors = [torch.cat([g, c_prev, i, k, o, f], 2)]
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, factors, ctx.active)
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), (c0_rows, c_new), cell=cell)
 
     @staticmethod
@@ -487,9 +488,11 @@ class FusedGRU(torch.autograd.Function):
         a_n = recurrent[..., 2 * hidden :]
         v = torch.addcmul(projected[..., 2 * hidden :], r, a_n)
         n = torch.tanh(v)
-        secants = [(u_rz, rz, SIGMOID), (v, n, TANH)]
+        constants = _secant_constants(((SIGMOID, 2 * hidden), (TANH, hidden)), v)
+        secants = [(torch.cat([u_rz, v], 2), torch.cat([rz, n], 2), constants)]
         ctx.active = _active_rows(mask)
-        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, [a_n, h_prev - n, 1 - z, z, r], ctx.active)
+        factors = [torch.cat([a_n, h_prev - n, 1 - z, z, r], 2)]  # (side by side, as the LSTM's)
+        coefficients = _pairwise_coefficients(rows.sides, rows.rows_x, secants, factors, ctx.active)
         return _finish(ctx, w, mask, coefficients, rows, out, (h0_rows, out), cell=cell)
 
     @staticmethod
