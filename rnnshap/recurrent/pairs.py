@@ -162,7 +162,7 @@ class Side:
         if self.index is not None:
             return t.index_select(1, self.index).unflatten(1, (self.samples, self.references))
         shape = {0: (self.samples, 1), 1: (1, self.references), None: (self.samples, self.references)}[self.axis]
-        return t.unflatten(1, shape)
+        return t.view(t.shape[0], *shape, *t.shape[2:])  # (unflatten's view, without its Python wrapper: hot in a cell)
 
     def row_of_pairs(self, device: torch.device) -> Tensor:
         """The distinct row of every pair, (pairs,)."""

@@ -68,7 +68,8 @@ class _InputGradient:
             return
         dx: Tensor | None = None
         for pending, weight in zip(self.pending, self.weights, strict=True):
-            term = torch.stack(pending[::-1], dim=-3) @ weight
+            steps = pending[0].unsqueeze(-3) if len(pending) == 1 else torch.stack(pending[::-1], dim=-3)  # (one: a cell)
+            term = steps @ weight
             dx = term if dx is None else dx + term
             pending.clear()
         assert dx is not None
