@@ -129,8 +129,8 @@ def explain(
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
     H = int(prediction_length)
     variates = variate_windows(context)
-    if variates is not None or (covariates is not None and adapter.multivariate):
-        if variates is None:  # one target variate with covariates (Moirai 2's past_feat_dynamic_real)
+    if variates is not None or (covariates is not None and (adapter.multivariate or adapter.past_covariates)):
+        if variates is None:  # one target variate with past covariates (Moirai 2's past_feat_dynamic_real)
             variates = windows_of(context)[:, None]
         return _explain_variates(
             adapter, label, precision, variates, H, background, quantile_levels, covariates, method, budget,
@@ -206,10 +206,10 @@ def _explain_variates(
     """:func:`explain` of multivariate windows ``context`` (n, V, L) (and past covariates, for the models that read
     them): the variates (then the covariates) given to the methods flat, (n, (V + C)·R), R the steps the model reads
     (the earlier ones exact zeros); each forecast column a (variate, level) pair."""
-    if not adapter.multivariate:
+    if not adapter.multivariate and not (context.shape[1] == 1 and covariates is not None and adapter.past_covariates):
         raise InputError(
-            f"context of shape {context.shape}: {adapter.label} forecasts one variate per series; give (n, L) windows (one "
-            "series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
+            f"context of shape {context.shape}: {adapter.label} forecasts one variate per series{adapter.one_variate_why}; "
+            "give (n, L) windows (one series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
         )
     n, V, L = context.shape
     levels = adapter.levels(quantile_levels)
@@ -223,7 +223,16 @@ def _explain_variates(
     flat = full[..., trimmed:].reshape(n, count * readable)
     rows = None
     if target_background is not None:
+        if V == 1 and names and variate_windows(target_background) is None:  # one target: its background (B, L)
+            target_background = windows_of(target_background, "background['target']")[:, None]
         rows = variate_background(target_background, V, L, readable, adapter.label)
+        for name, r in zip(names, references, strict=True):  # paired with the target's rows by index
+            if len(r) != len(rows):
+                raise InputError(
+                    f"background['past_covariates'][{name!r}] has {len(r)} windows; background['target'] has {len(rows)}: "
+                    "give one reference window of each input per background row"
+                )
+            check_background(r, f"{adapter.label} (covariate {name!r})", readable)
         if names:
             rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references)], axis=1)
     elif method == "deepshap":

@@ -35,9 +35,16 @@ class Adapter:
     twin_note = ""
     #: whether the model forecasts several variates from one another's context (the door then takes ``(n, V, L)``)
     multivariate = False
+    #: whether the model reads past covariates beside one target (``covariates={"past_covariates": ...}``, through
+    #: :meth:`past_covariates_of`)
+    past_covariates = False
+    #: why a model that forecasts one variate per series takes no multivariate windows (said in the refusal)
+    one_variate_why = ""
     #: the variates of the windows given to the forecast forms: 0, univariate windows (m, L); V, multivariate windows
     #: given flat, (m, V·L), each variate's steps after the previous one's (set by :meth:`set_variates`)
     variates = 0
+    #: of the variates, the forecast ones (the others past covariates)
+    targets = 0
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -46,6 +53,7 @@ class Adapter:
         """Read the windows as ``count`` variates given flat (0: univariate), the first ``targets`` the forecast
         ones (the others past covariates); the forecast's columns are then ``(variate, level)`` pairs."""
         self.variates = count
+        self.targets = targets
 
     def past_covariates_of(
         self, covariates: Any, background: Any, n: int, L: int, method: str

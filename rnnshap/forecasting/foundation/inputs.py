@@ -227,3 +227,47 @@ def variate_background(background: Any, variates: int, length: int, readable: in
     for v in range(variates):
         check_background(rows[:, v], f"{label} (variate {v})", readable)
     return rows.reshape(rows.shape[0], -1)
+
+
+def past_covariates(
+    label: str, covariates: Any, background: Any, n: int, L: int, method: str, future_note: str
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
+    """Past covariates given as Chronos-2 names them, ``covariates={"past_covariates": {name: (n, L)}}`` against
+    ``background={"target": ..., "past_covariates": {name: (B, >= L)}}``: their names, windows (n, L), reference
+    windows (B, L) (paired with the target's background rows by index), and the target's background. Future-known
+    covariates are refused with ``future_note`` (why, and what to do); so is the dropped game (background=None)."""
+    if covariates is None:
+        return [], [], [], background
+    if not isinstance(covariates, Mapping) or not set(covariates) <= {"past_covariates", "future_covariates"}:
+        raise InputError(f'covariates: give {{"past_covariates": {{name: (n, L)}}}} for {label}')
+    if covariates.get("future_covariates"):
+        raise InputError(f"covariates: future_covariates are not explained for {label}: {future_note}")
+    past = dict(covariates.get("past_covariates") or {})
+    if not past:
+        raise InputError('covariates: give {"past_covariates": {name: (n, L)}} (none given)')
+    if background is None:
+        raise InputError(
+            f"covariates= with background=None: the dropped game (missing players given as NaN) is not played with "
+            f"{label}'s covariates. Give background={{'target': ..., 'past_covariates': {{name: ...}}}}, reference "
+            "windows for every input"
+        )
+    if not isinstance(background, Mapping) or "target" not in background:
+        raise InputError(
+            'with covariates=, give background={"target": (B, L), "past_covariates": {name: (B, L)}}: reference windows '
+            "for every input"
+        )
+    references = dict(background.get("past_covariates") or {})
+    if sorted(references) != sorted(past):
+        raise InputError(
+            f"background: give reference windows for the covariates {sorted(past)} under background['past_covariates'] "
+            f"(the same names as covariates=); got {sorted(references)}"
+        )
+    names = list(past)
+    given, rows = [], []
+    for name in names:
+        values = windows_of(past[name], f"past_covariates[{name!r}]")
+        if values.shape != (n, L):
+            raise InputError(f"past_covariates[{name!r}] has shape {values.shape}; the context is {(n, L)}")
+        given.append(values)
+        rows.append(aligned_background(references[name], L))
+    return names, given, rows, background["target"]
