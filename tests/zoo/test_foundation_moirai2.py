@@ -116,7 +116,9 @@ def own_forecast_with(forecaster: Any, rows: np.ndarray, past: list[np.ndarray],
     return np.asarray(out).transpose(0, 2, 1)
 
 
-@pytest.mark.parametrize(("L", "H", "names"), [(20, 4, ["price", "shared"]), (12, 9, ["price"])], ids=["trimmed", "padded-rolled-out"])
+@pytest.mark.parametrize(
+    ("L", "H", "names"), [(20, 4, ["price", "shared"]), (12, 9, ["price"])], ids=["trimmed", "padded-rolled-out"]
+)
 def test_moirai2_past_covariates_add_up_to_predict_with_zeros_for_trimmed_steps_and_an_unchanged_covariate(
     forecaster: Any, L: int, H: int, names: list[str]
 ) -> None:
@@ -193,4 +195,6 @@ def test_moirai2_covariates_refused_where_not_explained(forecaster: Any) -> None
     with pytest.raises(InputError, match="background=None"):
         rnnshap.foundation.explain(forecaster, context, prediction_length=4, covariates=covariates, method="shapley")
     with pytest.raises(InputError, match="reference windows"):
-        rnnshap.foundation.explain(forecaster, context, prediction_length=4, covariates=covariates, background=windows(16, [0, 100]))
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates=covariates, background=windows(16, [0, 100])
+        )

@@ -208,10 +208,96 @@ def test_timesfm3_multivariate_shapley_patches_are_enumerated_through_predict_ba
         np.testing.assert_allclose(result.values[0].reshape(4, -1), truth, rtol=0, atol=tolerance(truth))
 
 
-def test_timesfm3_covariates_are_refused_by_name(forecaster: Any) -> None:
-    """predict_batch's past_only_covariates and past_future_covariates are not explained yet: refused naming them,
-    never answered without them."""
+def own_forecast_with(forecaster: Any, rows: np.ndarray, past: list[np.ndarray], H: int) -> np.ndarray:
+    """The library's own call with past-only covariates: ``predict_batch(contexts, horizon, past_only_covariates=...)``,
+    each context's covariates (C, L) stacked from ``past`` (each (n, L)); (n, H, Q) for one target, (n, V, H, Q) for
+    rows (n, V, L)."""
+    covariates = [np.stack([c[i] for c in past]) for i in range(len(rows))]
+    outputs = forecaster.predict_batch(
+        [np.array(r, dtype=np.float64) for r in rows], horizon=H, past_only_covariates=covariates, return_quantiles=True
+    )
+    return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+def test_timesfm3_past_covariates_add_up_to_predict_batch_with_zeros_for_trimmed_steps_gaps_and_an_unchanged_covariate(
+    forecaster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict_batch's past_only_covariates beside one target: values per covariate step in ``result.covariates``
+    (n, L, H, Q). Exact zeros for the steps before the longest context (the library's constant set to 12, as in the
+    test above: 8 of 20 trimmed), for a covariate's gap (interpolated by predict_batch) and for a covariate whose values
+    are the same in the explained windows and every background window."""
+    from timesfm3.torch import timesfm3_forecaster
+
+    monkeypatch.setattr(timesfm3_forecaster, "_MAX_CONTEXT_LENGTH", 12)
+    shared = SERIES[20:40]
+    context, price = windows(20, [300, 330]), windows(20, [100, 150])
+    price[0, 14] = np.nan  # a gap inside the covariate: interpolated from its neighbours
+    covariates = {"past_covariates": {"price": price, "shared": np.stack([shared] * 2)}}
+    background = {
+        "target": windows(20, [0, 100, 200]),
+        "past_covariates": {"price": windows(20, [30, 130, 230]), "shared": np.stack([shared] * 3)},
+    }
+    before = state(forecaster.model)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=5, background=background, covariates=covariates)
+    own = own_forecast_with(forecaster, context, [price, np.stack([shared] * 2)], 5)
+    assert result.values.shape == (2, 20, 5, 3) and result.covariates["price"].shape == (2, 20, 5, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[:, :8] == 0) and np.all(result.covariates["price"][:, :8] == 0)
+    assert np.all(result.covariates["price"][0, 14] == 0) and np.all(result.covariates["shared"] == 0)
+    assert np.abs(result.covariates["price"][:, 8:]).max() > 0 and np.abs(result.values[:, 8:]).max() > 0
+    assert not np.allclose(own, own_forecast(forecaster, context, 5))  # the covariates move the forecast
+    assert unchanged(before, forecaster.model)
+
+
+def test_timesfm3_past_covariates_beside_several_targets_add_up_per_variate(forecaster: Any) -> None:
+    """Two target variates and a past covariate: the covariate's values (n, L, V, H, Q), to every variate's forecast."""
+    context = variates(16, [300, 330], SERIES[20:36])[:, :2]
+    price = windows(16, [100, 150])
+    background = {
+        "target": variates(16, [0, 100, 200], SERIES[20:36])[:, :2],
+        "past_covariates": {"price": windows(16, [30, 130, 230])},
+    }
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=5, background=background, covariates={"past_covariates": {"price": price}}
+    )
+    own = own_forecast_with(forecaster, context, [price], 5)
+    assert result.values.shape == (2, 2, 16, 2, 5, 3) and result.covariates["price"].shape == (2, 16, 2, 5, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.abs(result.covariates["price"][:, :, 1]).max() > 0
+
+
+def test_timesfm3_past_covariates_shapley_patches_are_enumerated_through_predict_batch(forecaster: Any) -> None:
+    """The covariate's patches are players beside the target's: every coalition of the four through predict_batch."""
+    context, price = windows(8, [300]), windows(8, [150])
+    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=3, background={"target": target_rows, "past_covariates": {"price": price_rows}},
+        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
+        quantile_levels=[0.5],
+    )  # fmt: skip
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
+        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], 3)[..., 1]
+
+    ids = np.arange(16) // 4
+    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1), ids)
+    assert result.exact.all() and result.values.shape == (1, 2, 3, 1) and result.covariates["price"].shape == (1, 2, 3, 1)
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+
+
+def test_timesfm3_future_covariates_are_refused_by_name(forecaster: Any) -> None:
+    """predict_batch's past_future_covariates are not explained yet: refused naming them, never answered without
+    them; so is the dropped game with covariates."""
     context, background = windows(16, [300]), windows(16, [0, 100])
-    covariates = {"past_covariates": {"x": windows(16, [200])}}
-    with pytest.raises(InputError, match="past_only_covariates"):
-        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=background, covariates=covariates)
+    x = windows(16, [200])
+    covariates = {"past_covariates": {"x": x}, "future_covariates": {"x": windows(2, [216])}}
+    reference = {"target": background, "past_covariates": {"x": background}, "future_covariates": {"x": background[:, :2]}}
+    with pytest.raises(InputError, match="past_future_covariates"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=reference, covariates=covariates)
+    with pytest.raises(InputError, match="background=None"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=2, method="shapley", covariates={"past_covariates": {"x": x}}
+        )

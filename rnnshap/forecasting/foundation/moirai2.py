@@ -63,10 +63,11 @@ class Moirai2Adapter(Adapter):
             )
         hp = model.hparams
         if hp.target_dim != 1 or hp.feat_dynamic_real_dim:
+            why = Moirai2Adapter.one_variate_why if hp.target_dim != 1 else ""
             raise InputError(
                 f"Moirai2Forecast with target_dim={hp.target_dim}, feat_dynamic_real_dim={hp.feat_dynamic_real_dim}: "
                 "rnnshap.foundation explains one target variate without covariates known into the future (with past "
-                f"covariates, past_feat_dynamic_real, given as covariates={{'past_covariates': ...}}){Moirai2Adapter.one_variate_why if hp.target_dim != 1 else ''}; use "
+                f"covariates, past_feat_dynamic_real, given as covariates={{'past_covariates': ...}}){why}; use "
                 "rnnshap.ShapleyExplainer on a function calling predict, or build it with target_dim=1 and "
                 "feat_dynamic_real_dim=0"
             )

@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import InputError
 from .adapters import Adapter, net_module, quantile_columns, variate_columns
+from .inputs import past_covariates
 from .timesfm import interpolation_map
 
 
@@ -37,6 +38,7 @@ class TimesFM3Adapter(Adapter):
     label = "TimesFM 3"
     drops = "NaN (leading NaNs stripped and padded with the mask, inner NaNs interpolated linearly)"
     multivariate = True
+    past_covariates = True
 
     def __init__(self, model: Any) -> None:
         from timesfm3.torch import TimesFM3Forecaster, TimesFM3Torch
@@ -75,21 +77,22 @@ class TimesFM3Adapter(Adapter):
     def past_covariates_of(
         self, covariates: Any, background: Any, n: int, L: int, method: str
     ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
-        if covariates is not None:
-            raise InputError(
-                "covariates=: TimesFM 3's covariates (predict_batch's past_only_covariates and past_future_covariates, "
-                "stacked with the targets on its variate axis) are not explained by rnnshap.foundation yet. To attribute "
-                "to a covariate known only in the past, give it as one more variate of the context, (n, V + 1, L): "
-                "predict_batch then forecasts it too (its own columns, ignore them), and the values of the targets' "
-                "forecasts to its steps are explained; or use rnnshap.ShapleyExplainer on a function calling "
-                "predict_batch with the covariates"
-            )
-        return [], [], [], background
+        return past_covariates(
+            self.label, covariates, background, n, L, method,
+            "predict_batch's past_future_covariates (a covariate known into the future, its future steps read by "
+            "decode beside the forecast horizon) are not explained by rnnshap.foundation yet. Give the covariate's past "
+            "only (past_covariates: predict_batch's past_only_covariates), or use rnnshap.ShapleyExplainer on a "
+            "function calling predict_batch with past_future_covariates",
+        )  # fmt: skip
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
         rows = self.shaped(windows) if self.variates else windows  # (V, L) per context, or one series (L,)
-        contexts = [row.copy() for row in rows]
-        outputs = self.model.predict_batch(contexts=contexts, horizon=prediction_length, return_quantiles=True)
+        T = self.targets
+        contexts = [row[:T].copy() for row in rows] if self.variates else [row.copy() for row in rows]
+        past = [row[T:].copy() for row in rows] if self.variates and T < self.variates else None  # past_only_covariates
+        outputs = self.model.predict_batch(
+            contexts=contexts, horizon=prediction_length, past_only_covariates=past, return_quantiles=True
+        )
         quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
         if not self.variates:
             quantiles = quantiles[:, None]  # univariate contexts: (n, H, Q)
@@ -146,15 +149,16 @@ class TimesFM3Adapter(Adapter):
         from timesfm3.torch.timesfm3_forecaster import linear_interpolation
 
         V, L = missing.shape
-        leading = int(np.cumprod(missing.all(axis=0)).sum())
-        if leading == L:
-            leading = 0  # nothing observed: predict_batch forecasts from zeros over the whole window
-            maps = [np.zeros((L, L))] * V
+        T = self.targets  # the target variates; the others past-only covariates
+        leading = int(np.cumprod(missing[:T].all(axis=0)).sum())
+        def fill_of(gaps: np.ndarray) -> np.ndarray:  # (to, from): the library's fill of each unit window
+            return np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in np.eye(gaps.size)], axis=1)
+
+        if leading == L:  # no target observed: predict_batch forecasts from zeros over the whole window
+            leading = 0
+            maps = [np.zeros((L, L))] * T + [fill_of(gaps) for gaps in missing[T:]]
         else:
-            maps = []
-            for gaps in missing[:, leading:]:  # (to, from): the library's fill of each unit window
-                basis = np.eye(gaps.size)
-                maps.append(np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in basis], axis=1))
+            maps = [fill_of(gaps) for gaps in missing[:, leading:]]
         fill = torch.as_tensor(np.stack(maps), dtype=torch.float32)  # (V, to, from)
         H = prediction_length
         patch = int(self.model.config.input_patch_length)
@@ -175,7 +179,8 @@ class TimesFM3Adapter(Adapter):
             else:
                 target = torch.cat([x.new_zeros(n, V, context - length), x], dim=-1)
                 mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
-            out = net.decode(target=target, horizon=horizon, mask=mask)[:, :V]
+            covariates = target[:, T:] if T < V else None  # predict_batch's past_only_covariates
+            out = net.decode(target=target[:, :T], horizon=horizon, past_only_covariates=covariates, mask=mask)[:, :T]
             out = torch.sort(out, dim=-1).values  # sort_quantiles
             return variate_columns(out[:, :, :H], columns, adapter._index).reshape(n, -1)
 
