@@ -288,15 +288,66 @@ def test_timesfm3_past_covariates_shapley_patches_are_enumerated_through_predict
     np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
 
 
-def test_timesfm3_future_covariates_are_refused_by_name(forecaster: Any) -> None:
-    """predict_batch's past_future_covariates are not explained yet: refused naming them, never answered without
-    them; so is the dropped game with covariates."""
+def own_forecast_known(forecaster: Any, rows: np.ndarray, known: np.ndarray, H: int) -> np.ndarray:
+    """The library's own call with a covariate known into the future: ``predict_batch(contexts, horizon,
+    past_future_covariates=...)``, each context's covariate (1, L + H) from ``known`` (n, L + H); (n, H, Q)."""
+    outputs = forecaster.predict_batch(
+        [np.array(r, dtype=np.float64) for r in rows], horizon=H, past_future_covariates=[k[None] for k in known],
+        return_quantiles=True,
+    )  # fmt: skip
+    return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+@pytest.mark.parametrize("L", [16, 13], ids=["whole-patches", "padded"])
+def test_timesfm3_future_covariates_add_up_to_predict_batch_over_their_past_and_future_steps(forecaster: Any, L: int) -> None:
+    """predict_batch's past_future_covariates: a covariate's future values are inputs of the forecast, so they get
+    values too: ``result.covariates[name]`` (n, L + H, H, Q), its past steps then its future steps. A known
+    covariate whose past and future are the same in the explained windows and every background window gets exactly
+    0; a context of 13 steps is padded with masked zeros (the covariate with it)."""
+    H = 5
+    promo = np.stack([SERIES[100 : 100 + L + H], SERIES[150 : 150 + L + H]])
+    flat = np.stack([SERIES[20 : 20 + L + H]] * 2)
+    covariates = {
+        "past_covariates": {"promo": promo[:, :L], "flat": flat[:, :L]},
+        "future_covariates": {"promo": promo[:, L:], "flat": flat[:, L:]},
+    }
+    references = np.stack([SERIES[s : s + L + H] for s in (30, 130, 230)])
+    background = {
+        "target": windows(L, [0, 100, 200]),
+        "past_covariates": {"promo": references[:, :L], "flat": np.stack([flat[0, :L]] * 3)},
+        "future_covariates": {"promo": references[:, L:], "flat": np.stack([flat[0, L:]] * 3)},
+    }
+    context = windows(L, [300, 330])
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=H, background=background, covariates=covariates)
+    outputs = forecaster.predict_batch(
+        [c for c in context], horizon=H, past_future_covariates=[np.stack([p, f]) for p, f in zip(promo, flat, strict=True)],
+        return_quantiles=True,
+    )  # fmt: skip
+    own = np.stack([out.quantiles for out in outputs]).astype(np.float64)
+    assert result.values.shape == (2, L, H, 3) and result.covariates["promo"].shape == (2, L + H, H, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.covariates["flat"] == 0)
+    assert np.abs(result.covariates["promo"][:, L:]).max() > 0 and np.abs(result.covariates["promo"][:, :L]).max() > 0
+    moved = own_forecast_known(forecaster, context, np.concatenate([promo[:, :L], promo[:, L:] + 1.0], axis=1), H)
+    assert not np.allclose(moved, own_forecast_known(forecaster, context, promo, H))  # its future moves the forecast
+
+
+def test_timesfm3_future_covariates_refused_where_not_explained(forecaster: Any) -> None:
+    """The Shapley mode with covariates known into the future (its players over their future steps are not built),
+    a known covariate with missing values (predict_batch interpolates across its past and future), and the dropped game
+    with covariates: refused by name."""
     context, background = windows(16, [300]), windows(16, [0, 100])
     x = windows(16, [200])
     covariates = {"past_covariates": {"x": x}, "future_covariates": {"x": windows(2, [216])}}
     reference = {"target": background, "past_covariates": {"x": background}, "future_covariates": {"x": background[:, :2]}}
-    with pytest.raises(InputError, match="past_future_covariates"):
-        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=reference, covariates=covariates)
+    with pytest.raises(InputError, match="past_future_covariates.*method='deepshap'"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=2, background=reference, covariates=covariates, method="shapley"
+        )
+    gappy = {"past_covariates": {"x": x}, "future_covariates": {"x": np.array([[np.nan, 1.0]])}}
+    with pytest.raises(InputError, match="NaN"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=reference, covariates=gappy)
     with pytest.raises(InputError, match="background=None"):
         rnnshap.foundation.explain(
             forecaster, context, prediction_length=2, method="shapley", covariates={"past_covariates": {"x": x}}

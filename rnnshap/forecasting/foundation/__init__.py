@@ -215,12 +215,13 @@ def _explain_variates(
     levels = adapter.levels(quantile_levels)
     readable = min(L, adapter.context_length() or L)
     trimmed = L - readable
-    names, given, references, target_background = adapter.past_covariates_of(covariates, background, n, L, method)
-    count = V + len(names)
-    adapter.set_variates(count, V)
+    names, given, references, target_background, future = adapter.past_covariates_of(covariates, background, n, L, H, method)
+    count, K = V + len(names), len(future)  # the last K covariates known into the future: their H future steps at the end
+    adapter.set_variates(count, V, K)
     columns = [(v, q) for v in range(V) for q in levels]
     full = np.concatenate([context, *(c[:, None] for c in given)], axis=1) if names else context
-    flat = full[..., trimmed:].reshape(n, count * readable)
+    ahead = np.concatenate([f for f, _ in future], axis=1) if K else np.zeros((n, 0))
+    flat = np.concatenate([full[..., trimmed:].reshape(n, count * readable), ahead], axis=1)
     rows = None
     if target_background is not None:
         if V == 1 and names and variate_windows(target_background) is None:  # one target: its background (B, L)
@@ -234,11 +235,11 @@ def _explain_variates(
                 )
             check_background(r, f"{adapter.label} (covariate {name!r})", readable)
         if names:
-            rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references)], axis=1)
+            rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references), *(r for _, r in future)], axis=1)
     elif method == "deepshap":
         raise InputError(NO_BACKGROUND)
     with preserved_all(adapter.torch_modules()), adapter.computing_in(precision):
-        forecast = library_forecast(adapter, full.reshape(n, count * L), H, columns)
+        forecast = library_forecast(adapter, np.concatenate([full.reshape(n, count * L), ahead], axis=1), H, columns)
         if method == "deepshap":
             assert rows is not None
             result = deepshap_values(adapter, flat, rows, H, columns, batch_size, check_additivity, (), forecast, kept)[:-1]
@@ -247,6 +248,9 @@ def _explain_variates(
                 adapter, flat, rows, H, columns, players, count * readable, budget, random_state, batch_size, variates=count
             )[:-2]
     values, base, stderr, exact, n_evals, kind, _ = result
+    # the known covariates' future steps (DeepSHAP only): (n, K·H, H, V·Q) -> (n, K, H, V, H, Q)
+    values, later = values[:, : values.shape[1] - K * H], values[:, values.shape[1] - K * H :]
+    later = later.reshape(n, K, H, H, V, len(levels)).transpose(0, 1, 2, 4, 3, 5)
     _, _, spans = player_ids(players, readable, adapter) if kind != "steps" else (None, None, [(t, t + 1) for t in range(L)])
     if kind != "steps":
         spans = [(a + trimmed, b + trimmed) for a, b in spans]
@@ -264,6 +268,9 @@ def _explain_variates(
     stderr = None if stderr is None else per_variate(stderr)
     univariate = V == 1 and names  # one target with covariates: the univariate layout, the covariates beside it
     covariate_values = {name: values[:, V + k] for k, name in enumerate(names)} or None
+    for k, name in enumerate(names[len(names) - K :]):  # its past steps, then its future steps
+        assert covariate_values is not None
+        covariate_values[name] = np.concatenate([covariate_values[name], later[:, k]], axis=1)
     covariate_stderr = None if stderr is None else ({name: stderr[:, V + k] for k, name in enumerate(names)} or None)
     values, stderr = values[:, :V], None if stderr is None else stderr[:, :V]
     forecast, base = outputs(forecast), outputs(base)

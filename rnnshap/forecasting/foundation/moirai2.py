@@ -89,11 +89,9 @@ class Moirai2Adapter(Adapter):
         trained = [float(q) for q in self.model.module.quantile_levels]
         return [min(range(len(trained)), key=lambda j: abs(trained[j] - q)) for q in levels]
 
-    def past_covariates_of(
-        self, covariates: Any, background: Any, n: int, L: int, method: str
-    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
+    def past_covariates_of(self, covariates: Any, background: Any, n: int, L: int, H: int, method: str) -> Any:
         out = past_covariates(
-            self.label, covariates, background, n, L, method,
+            self.label, covariates, background, n, L, H, method,
             "predict's feat_dynamic_real (known into the future) is cut by its own padding to the context's "
             "context_length steps, the future with it; give the covariate's past only, or use rnnshap.ShapleyExplainer "
             "on a function calling predict",

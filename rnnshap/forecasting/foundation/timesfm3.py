@@ -74,24 +74,25 @@ class TimesFM3Adapter(Adapter):
         trained = [float(q) for q in self.net.quantiles]
         return min(range(len(trained)), key=lambda j: abs(trained[j] - float(level)))
 
-    def past_covariates_of(
-        self, covariates: Any, background: Any, n: int, L: int, method: str
-    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
+    def past_covariates_of(self, covariates: Any, background: Any, n: int, L: int, H: int, method: str) -> Any:
         return past_covariates(
-            self.label, covariates, background, n, L, method,
-            "predict_batch's past_future_covariates (a covariate known into the future, its future steps read by "
-            "decode beside the forecast horizon) are not explained by rnnshap.foundation yet. Give the covariate's past "
-            "only (past_covariates: predict_batch's past_only_covariates), or use rnnshap.ShapleyExplainer on a "
-            "function calling predict_batch with past_future_covariates",
+            self.label, covariates, background, n, L, H, method,
+            None,  # past_future_covariates: taken
         )  # fmt: skip
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
-        rows = self.shaped(windows) if self.variates else windows  # (V, L) per context, or one series (L,)
-        T = self.targets
+        H, T, K = prediction_length, self.targets, self.known_variates
+        cut = windows.shape[1] - K * H  # the known covariates' future values follow the variates
+        rows = self.shaped(windows[:, :cut]) if self.variates else windows  # (V, L) per context, or one series (L,)
         contexts = [row[:T].copy() for row in rows] if self.variates else [row.copy() for row in rows]
-        past = [row[T:].copy() for row in rows] if self.variates and T < self.variates else None  # past_only_covariates
+        past, known = None, None
+        if self.variates and T < self.variates - K:  # predict_batch's past_only_covariates
+            past = [row[T : self.variates - K].copy() for row in rows]
+        if K:  # predict_batch's past_future_covariates: (K, L + H) each
+            ahead = windows[:, cut:].reshape(len(windows), K, H)
+            known = [np.concatenate([row[self.variates - K :], a], axis=1) for row, a in zip(rows, ahead, strict=True)]
         outputs = self.model.predict_batch(
-            contexts=contexts, horizon=prediction_length, past_only_covariates=past, return_quantiles=True
+            contexts=contexts, horizon=H, past_only_covariates=past, past_future_covariates=known, return_quantiles=True
         )
         quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
         if not self.variates:
@@ -103,7 +104,8 @@ class TimesFM3Adapter(Adapter):
 
     def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
         if self.variates:
-            return self._variates_module(prediction_length, levels, missing.reshape(self.variates, -1))
+            steps = missing.size - self.known_variates * prediction_length  # the known covariates' future steps: never missing
+            return self._variates_module(prediction_length, levels, missing[:steps].reshape(self.variates, -1))
         leading = int(np.cumprod(missing).sum())
         if leading == missing.size:  # nothing observed: predict_batch forecasts from zeros over the whole window
             return self.module(prediction_length, levels)
@@ -149,8 +151,9 @@ class TimesFM3Adapter(Adapter):
         from timesfm3.torch.timesfm3_forecaster import linear_interpolation
 
         V, L = missing.shape
-        T = self.targets  # the target variates; the others past-only covariates
+        T, K = self.targets, self.known_variates  # the target variates; the others past covariates, the last K known ahead
         leading = int(np.cumprod(missing[:T].all(axis=0)).sum())
+
         def fill_of(gaps: np.ndarray) -> np.ndarray:  # (to, from): the library's fill of each unit window
             return np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in np.eye(gaps.size)], axis=1)
 
@@ -169,7 +172,8 @@ class TimesFM3Adapter(Adapter):
 
         def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]
-            x = x.reshape(n, V, L)[..., leading:]
+            ahead = x[:, V * L :].reshape(n, K, H)  # the known covariates' future values
+            x = x[:, : V * L].reshape(n, V, L)[..., leading:]
             x = torch.einsum("vtf,nvf->nvt", fill.to(x.device), x)
             length = x.shape[-1]
             context = max(min(math.ceil(length / patch) * patch, longest), patch)
@@ -179,8 +183,11 @@ class TimesFM3Adapter(Adapter):
             else:
                 target = torch.cat([x.new_zeros(n, V, context - length), x], dim=-1)
                 mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
-            covariates = target[:, T:] if T < V else None  # predict_batch's past_only_covariates
-            out = net.decode(target=target[:, :T], horizon=horizon, past_only_covariates=covariates, mask=mask)[:, :T]
+            past = target[:, T : V - K] if T < V - K else None  # predict_batch's past_only_covariates
+            known = torch.cat([target[:, V - K :], ahead], dim=-1) if K else None  # its past_future_covariates
+            out = net.decode(
+                target=target[:, :T], horizon=horizon, past_only_covariates=past, past_future_covariates=known, mask=mask
+            )[:, :T]
             out = torch.sort(out, dim=-1).values  # sort_quantiles
             return variate_columns(out[:, :, :H], columns, adapter._index).reshape(n, -1)
 
