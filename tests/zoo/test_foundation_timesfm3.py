@@ -333,6 +333,36 @@ def test_timesfm3_future_covariates_add_up_to_predict_batch_over_their_past_and_
     assert not np.allclose(moved, own_forecast_known(forecaster, context, promo, H))  # its future moves the forecast
 
 
+def test_timesfm3_the_explained_covariates_path_is_exact_in_float64(forecaster: Any) -> None:
+    """The function DeepSHAP explains with a past-only covariate and one known into the future, in float64 (as the
+    test of the univariate path above): its values add up to the change to float64 rounding, so the float32 miss of
+    the door with covariates is float32's rounding. In float64 the CPM refinement is off (a float32 tensor inside)."""
+    from rnnshap.forecasting.foundation.timesfm3 import TimesFM3Adapter
+
+    model = copy.deepcopy(forecaster)
+    model.model.use_iterative_cpm_revin = False
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        adapter = TimesFM3Adapter(model)
+        adapter.set_variates(3, 1, 1)  # the target, a past-only covariate, a covariate known into the future
+        columns = [(0, q) for q in (0.1, 0.5, 0.9)]
+        module = adapter.module_for(5, columns, np.zeros(3 * 16 + 5, dtype=bool)).double()
+        module.dtype = torch.float64
+
+        def flat(s: int) -> torch.Tensor:  # the three variates' 16 steps, then the known covariate's 5 future steps
+            return torch.as_tensor(np.concatenate([SERIES[s : s + 16], SERIES[s + 40 : s + 56], SERIES[s + 80 : s + 101]])[None])
+
+        x, reference = flat(250), flat(100)
+        with torch.no_grad():
+            change = (module(x) - module(reference))[0].numpy()
+        values = np.asarray(rnnshap.DeepExplainer(module, reference).shap_values(x, check_additivity=False))
+    finally:
+        torch.set_default_dtype(default)
+    assert values.shape == (1, 53, 15) and np.abs(values[0, 48:]).max() > 0  # the future steps take a share
+    np.testing.assert_allclose(values[0].sum(0), change, rtol=0, atol=1e-9 * np.abs(change).max())
+
+
 def test_timesfm3_future_covariates_refused_where_not_explained(forecaster: Any) -> None:
     """The Shapley mode with covariates known into the future (its players over their future steps are not built),
     a known covariate with missing values (predict_batch interpolates across its past and future), and the dropped game

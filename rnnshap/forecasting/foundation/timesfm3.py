@@ -174,7 +174,7 @@ class TimesFM3Adapter(Adapter):
             n = x.shape[0]
             ahead = x[:, V * L :].reshape(n, K, H)  # the known covariates' future values
             x = x[:, : V * L].reshape(n, V, L)[..., leading:]
-            x = torch.einsum("vtf,nvf->nvt", fill.to(x.device), x)
+            x = torch.einsum("vtf,nvf->nvt", fill.to(x.device, x.dtype), x)
             length = x.shape[-1]
             context = max(min(math.ceil(length / patch) * patch, longest), patch)
             if length >= context:
