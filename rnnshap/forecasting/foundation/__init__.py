@@ -83,7 +83,7 @@ def explain(
             (``tirex.load_model``), a timesfm ``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a
             timesfm3 ``TimesFM3Forecaster`` (its ``predict_batch`` with the defaults), a granite-tsfm
             ``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline`` (forecasting head), a uni2ts ``Moirai2Forecast``
-            (one target, no dynamic features), a toto ``TotoForecaster`` or its ``Toto`` (the mean forecast), a toto2
+            (one target, past covariates), a toto ``TotoForecaster`` or its ``Toto`` (the mean forecast), a toto2
             ``Toto2Model``.
         context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
             series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
@@ -95,7 +95,10 @@ def explain(
             the model drops missing values (the Shapley mode only). Windows constant over what the model reads are
             refused (the models' scale floors).
         quantile_levels: the levels to explain (the model's own; default all its forecast columns).
-        covariates: Chronos-2's ``{"past_covariates": {name: (n, L)}, "future_covariates": {name: (n, H)}}``.
+        covariates: ``{"past_covariates": {name: (n, L)}, "future_covariates": {name: (n, H)}}`` (Chronos-2's names):
+            Chronos-2's; Moirai 2's past covariates (``past_feat_dynamic_real``); TimesFM 3's ``past_only_covariates``
+            and (DeepSHAP) ``past_future_covariates``. Values in ``result.covariates``: ``(n, L, H, Q)`` each (``L + H``
+            steps for one known into the future; ``(n, L, V, H, Q)`` beside V targets).
         method: ``"deepshap"`` (exact in sum, one pass) or ``"shapley"`` (Shapley values with standard errors
             through the library's own forecast call, exact where ``budget`` covers every coalition).
         budget, random_state: the Shapley mode's rows per window and seed.

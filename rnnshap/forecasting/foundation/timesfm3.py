@@ -17,7 +17,10 @@ missing step is no player (exactly 0), nor is one inside the series (the interpo
 columns are the model's quantile levels (``predict_batch``'s ``forecast``, its point forecast, is the median's).
 
 What is explained is ``predict_batch`` with its defaults: ``use_symmetric_averaging``, ``make_positive`` and
-``use_znorm`` off, ``sort_quantiles`` on, one target variate per series, no covariates.
+``use_znorm`` off, ``sort_quantiles`` on; one target variate per series or several, and covariates: its
+``past_only_covariates`` (variates beside the targets, cut, padded and interpolated with them, given to ``decode`` as
+its own argument) and ``past_future_covariates`` (their past likewise, their H future values after every variate in
+the flat windows the module reads: inputs of the forecast, attributed too; DeepSHAP only, without missing values).
 """
 
 from __future__ import annotations
