@@ -184,7 +184,8 @@ def test_moirai2_past_covariates_shapley_patches_are_enumerated_through_predict(
 
 
 def test_moirai2_covariates_refused_where_not_explained(forecaster: Any) -> None:
-    """Future-known covariates (feat_dynamic_real) and the dropped game with covariates are refused by name."""
+    """Future-known covariates (feat_dynamic_real), the dropped game with covariates and missing values with
+    covariates are refused by name."""
     context, price = windows(16, [300]), windows(16, [150])
     covariates = {"past_covariates": {"price": price}}
     with pytest.raises(InputError, match="future_covariates.*Moirai 2"):
@@ -194,6 +195,13 @@ def test_moirai2_covariates_refused_where_not_explained(forecaster: Any) -> None
         )  # fmt: skip
     with pytest.raises(InputError, match="background=None"):
         rnnshap.foundation.explain(forecaster, context, prediction_length=4, covariates=covariates, method="shapley")
+    gappy = price.copy()
+    gappy[0, 5] = np.nan
+    with pytest.raises(InputError, match="holds NaN"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates={"past_covariates": {"price": gappy}},
+            background={"target": windows(16, [0, 100]), "past_covariates": {"price": windows(16, [30, 130])}},
+        )  # fmt: skip
     with pytest.raises(InputError, match="reference windows"):
         rnnshap.foundation.explain(
             forecaster, context, prediction_length=4, covariates=covariates, background=windows(16, [0, 100])
