@@ -101,3 +101,108 @@ def test_moirai2_multivariate_windows_are_refused_naming_the_models_that_take_th
     background = np.stack([windows(16, [0, 100])] * 2, axis=0)
     with pytest.raises(InputError, match="one variate per series.*Toto, Toto 2 and TimesFM 3"):
         rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background)
+    # the reason, named: uni2ts 2.0.0's own predict cannot forecast several target variates
+    with pytest.raises(InputError, match="uni2ts 2.0.0's own predict.*target_dim > 1"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=4, background=background)
+
+
+# -- past covariates (predict's past_feat_dynamic_real) --------------------------------------------------------------
+def own_forecast_with(forecaster: Any, rows: np.ndarray, past: list[np.ndarray], H: int) -> np.ndarray:
+    """The library's own call with past covariates: ``predict(past_target, past_feat_dynamic_real=...)``, each series'
+    covariates (L, C) stacked from ``past`` (each (n, L)), (n, H, Q)."""
+    covariates = [np.stack([c[i] for c in past], axis=1) for i in range(len(rows))]
+    with forecaster.hparams_context(prediction_length=H):
+        out = forecaster.predict([np.asarray(r, dtype=np.float64) for r in rows], past_feat_dynamic_real=covariates)
+    return np.asarray(out).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("L", "H", "names"), [(20, 4, ["price", "shared"]), (12, 9, ["price"])], ids=["trimmed", "padded-rolled-out"]
+)
+def test_moirai2_past_covariates_add_up_to_predict_with_zeros_for_trimmed_steps_and_an_unchanged_covariate(
+    forecaster: Any, L: int, H: int, names: list[str]
+) -> None:
+    """One target and past covariates (predict's past_feat_dynamic_real): values per covariate step in
+    ``result.covariates`` (n, L, H, Q); the steps before context_length=16 get exact zeros (trimmed by predict), and so
+    does a covariate whose values are the same in the explained windows and every background window. A context
+    shorter than context_length (padded by predict with each input's first value) with one covariate: predict pads
+    no more than one column (see the refusal below)."""
+    shared = SERIES[20 : 20 + L]
+    given = {"price": windows(L, [100, 150]), "shared": np.stack([shared] * 2)}
+    references = {"price": windows(L, [30, 130, 230]), "shared": np.stack([shared] * 3)}
+    context = windows(L, [300, 340])
+    covariates = {"past_covariates": {name: given[name] for name in names}}
+    background = {"target": windows(L, [0, 100, 200]), "past_covariates": {name: references[name] for name in names}}
+    before = state(forecaster)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=H, background=background, covariates=covariates)
+    own = own_forecast_with(forecaster, context, [given[name] for name in names], H)
+    assert result.values.shape == (2, L, H, 3) and sorted(result.covariates) == names
+    assert result.covariates["price"].shape == (2, L, H, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    trimmed = max(0, L - 16)
+    assert np.all(result.values[:, :trimmed] == 0) and np.all(result.covariates["price"][:, :trimmed] == 0)
+    assert "shared" not in names or np.all(result.covariates["shared"] == 0)
+    assert np.abs(result.covariates["price"][:, trimmed:]).max() > 0 and np.abs(result.values[:, trimmed:]).max() > 0
+    assert not np.allclose(own, own_forecast(forecaster, context, H))  # the covariates move the forecast
+    assert unchanged(before, forecaster)
+
+
+def test_moirai2_several_covariates_on_a_short_context_are_refused_naming_predicts_padding(forecaster: Any) -> None:
+    """uni2ts 2.0.0's predict pads a context shorter than context_length with one column: two past covariates make it
+    raise (shown here), so rnnshap refuses them there, naming why, instead of answering what predict cannot forecast."""
+    context, price = windows(12, [300]), windows(12, [150])
+    with pytest.raises(ValueError, match="broadcast"):
+        own_forecast_with(forecaster, context, [price, price + 1.0], 4)
+    covariates = {"past_covariates": {"a": price, "b": price + 1.0}}
+    reference = windows(12, [30, 130])
+    with pytest.raises(InputError, match="pads.*one column.*context_length"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates=covariates,
+            background={"target": windows(12, [0, 100]), "past_covariates": {"a": reference, "b": reference + 1.0}},
+        )  # fmt: skip
+
+
+def test_moirai2_past_covariates_shapley_patches_are_enumerated_through_predict(forecaster: Any) -> None:
+    """The covariate's patches are players beside the target's: every coalition of the four through predict."""
+    context, price = windows(8, [300]), windows(8, [150])
+    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=4, background={"target": target_rows, "past_covariates": {"price": price_rows}},
+        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
+        quantile_levels=[0.5],
+    )  # fmt: skip
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
+        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], 4)[..., 1]
+
+    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1),
+                               np.arange(16) // 4)  # fmt: skip
+    assert result.exact.all() and result.values.shape == (1, 2, 4, 1) and result.covariates["price"].shape == (1, 2, 4, 1)
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+
+
+def test_moirai2_covariates_refused_where_not_explained(forecaster: Any) -> None:
+    """Future-known covariates (feat_dynamic_real), the dropped game with covariates and missing values with
+    covariates are refused by name."""
+    context, price = windows(16, [300]), windows(16, [150])
+    covariates = {"past_covariates": {"price": price}}
+    with pytest.raises(InputError, match="future_covariates.*Moirai 2"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates={**covariates, "future_covariates": {"price": price[:, :4]}},
+            background={"target": windows(16, [0, 100]), "past_covariates": {"price": windows(16, [30, 130])}},
+        )  # fmt: skip
+    with pytest.raises(InputError, match="background=None"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=4, covariates=covariates, method="shapley")
+    gappy = price.copy()
+    gappy[0, 5] = np.nan
+    with pytest.raises(InputError, match="holds NaN"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates={"past_covariates": {"price": gappy}},
+            background={"target": windows(16, [0, 100]), "past_covariates": {"price": windows(16, [30, 130])}},
+        )  # fmt: skip
+    with pytest.raises(InputError, match="reference windows"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=4, covariates=covariates, background=windows(16, [0, 100])
+        )

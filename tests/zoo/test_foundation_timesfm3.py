@@ -208,10 +208,177 @@ def test_timesfm3_multivariate_shapley_patches_are_enumerated_through_predict_ba
         np.testing.assert_allclose(result.values[0].reshape(4, -1), truth, rtol=0, atol=tolerance(truth))
 
 
-def test_timesfm3_covariates_are_refused_by_name(forecaster: Any) -> None:
-    """predict_batch's past_only_covariates and past_future_covariates are not explained yet: refused naming them,
-    never answered without them."""
+def own_forecast_with(forecaster: Any, rows: np.ndarray, past: list[np.ndarray], H: int) -> np.ndarray:
+    """The library's own call with past-only covariates: ``predict_batch(contexts, horizon, past_only_covariates=...)``,
+    each context's covariates (C, L) stacked from ``past`` (each (n, L)); (n, H, Q) for one target, (n, V, H, Q) for
+    rows (n, V, L)."""
+    covariates = [np.stack([c[i] for c in past]) for i in range(len(rows))]
+    outputs = forecaster.predict_batch(
+        [np.array(r, dtype=np.float64) for r in rows], horizon=H, past_only_covariates=covariates, return_quantiles=True
+    )
+    return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+def test_timesfm3_past_covariates_add_up_to_predict_batch_with_zeros_for_trimmed_steps_gaps_and_an_unchanged_covariate(
+    forecaster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict_batch's past_only_covariates beside one target: values per covariate step in ``result.covariates``
+    (n, L, H, Q). Exact zeros for the steps before the longest context (the library's constant set to 12, as in the
+    test above: 8 of 20 trimmed), for a covariate's gap (interpolated by predict_batch) and for a covariate whose values
+    are the same in the explained windows and every background window."""
+    from timesfm3.torch import timesfm3_forecaster
+
+    monkeypatch.setattr(timesfm3_forecaster, "_MAX_CONTEXT_LENGTH", 12)
+    shared = SERIES[20:40]
+    context, price = windows(20, [300, 330]), windows(20, [100, 150])
+    price[0, 14] = np.nan  # a gap inside the covariate: interpolated from its neighbours
+    covariates = {"past_covariates": {"price": price, "shared": np.stack([shared] * 2)}}
+    background = {
+        "target": windows(20, [0, 100, 200]),
+        "past_covariates": {"price": windows(20, [30, 130, 230]), "shared": np.stack([shared] * 3)},
+    }
+    before = state(forecaster.model)
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=5, background=background, covariates=covariates)
+    own = own_forecast_with(forecaster, context, [price, np.stack([shared] * 2)], 5)
+    assert result.values.shape == (2, 20, 5, 3) and result.covariates["price"].shape == (2, 20, 5, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.values[:, :8] == 0) and np.all(result.covariates["price"][:, :8] == 0)
+    assert np.all(result.covariates["price"][0, 14] == 0) and np.all(result.covariates["shared"] == 0)
+    assert np.abs(result.covariates["price"][:, 8:]).max() > 0 and np.abs(result.values[:, 8:]).max() > 0
+    assert not np.allclose(own, own_forecast(forecaster, context, 5))  # the covariates move the forecast
+    assert unchanged(before, forecaster.model)
+
+
+def test_timesfm3_past_covariates_beside_several_targets_add_up_per_variate(forecaster: Any) -> None:
+    """Two target variates and a past covariate: the covariate's values (n, L, V, H, Q), to every variate's forecast."""
+    context = variates(16, [300, 330], SERIES[20:36])[:, :2]
+    price = windows(16, [100, 150])
+    background = {
+        "target": variates(16, [0, 100, 200], SERIES[20:36])[:, :2],
+        "past_covariates": {"price": windows(16, [30, 130, 230])},
+    }
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=5, background=background, covariates={"past_covariates": {"price": price}}
+    )
+    own = own_forecast_with(forecaster, context, [price], 5)
+    assert result.values.shape == (2, 2, 16, 2, 5, 3) and result.covariates["price"].shape == (2, 16, 2, 5, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.abs(result.covariates["price"][:, :, 1]).max() > 0
+
+
+def test_timesfm3_past_covariates_shapley_patches_are_enumerated_through_predict_batch(forecaster: Any) -> None:
+    """The covariate's patches are players beside the target's: every coalition of the four through predict_batch."""
+    context, price = windows(8, [300]), windows(8, [150])
+    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=3, background={"target": target_rows, "past_covariates": {"price": price_rows}},
+        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
+        quantile_levels=[0.5],
+    )  # fmt: skip
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
+        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], 3)[..., 1]
+
+    ids = np.arange(16) // 4
+    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1), ids)
+    assert result.exact.all() and result.values.shape == (1, 2, 3, 1) and result.covariates["price"].shape == (1, 2, 3, 1)
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+
+
+def own_forecast_known(forecaster: Any, rows: np.ndarray, known: np.ndarray, H: int) -> np.ndarray:
+    """The library's own call with a covariate known into the future: ``predict_batch(contexts, horizon,
+    past_future_covariates=...)``, each context's covariate (1, L + H) from ``known`` (n, L + H); (n, H, Q)."""
+    outputs = forecaster.predict_batch(
+        [np.array(r, dtype=np.float64) for r in rows], horizon=H, past_future_covariates=[k[None] for k in known],
+        return_quantiles=True,
+    )  # fmt: skip
+    return np.stack([out.quantiles for out in outputs]).astype(np.float64)
+
+
+@pytest.mark.parametrize("L", [16, 13], ids=["whole-patches", "padded"])
+def test_timesfm3_future_covariates_add_up_to_predict_batch_over_their_past_and_future_steps(forecaster: Any, L: int) -> None:
+    """predict_batch's past_future_covariates: a covariate's future values are inputs of the forecast, so they get
+    values too: ``result.covariates[name]`` (n, L + H, H, Q), its past steps then its future steps. A known
+    covariate whose past and future are the same in the explained windows and every background window gets exactly
+    0; a context of 13 steps is padded with masked zeros (the covariate with it)."""
+    H = 5
+    promo = np.stack([SERIES[100 : 100 + L + H], SERIES[150 : 150 + L + H]])
+    flat = np.stack([SERIES[20 : 20 + L + H]] * 2)
+    covariates = {
+        "past_covariates": {"promo": promo[:, :L], "flat": flat[:, :L]},
+        "future_covariates": {"promo": promo[:, L:], "flat": flat[:, L:]},
+    }
+    references = np.stack([SERIES[s : s + L + H] for s in (30, 130, 230)])
+    background = {
+        "target": windows(L, [0, 100, 200]),
+        "past_covariates": {"promo": references[:, :L], "flat": np.stack([flat[0, :L]] * 3)},
+        "future_covariates": {"promo": references[:, L:], "flat": np.stack([flat[0, L:]] * 3)},
+    }
+    context = windows(L, [300, 330])
+    result = rnnshap.foundation.explain(forecaster, context, prediction_length=H, background=background, covariates=covariates)
+    outputs = forecaster.predict_batch(
+        [c for c in context], horizon=H, past_future_covariates=[np.stack([p, f]) for p, f in zip(promo, flat, strict=True)],
+        return_quantiles=True,
+    )  # fmt: skip
+    own = np.stack([out.quantiles for out in outputs]).astype(np.float64)
+    assert result.values.shape == (2, L, H, 3) and result.covariates["promo"].shape == (2, L + H, H, 3)
+    np.testing.assert_array_equal(result.forecast, own)
+    np.testing.assert_allclose(result.total(), own, rtol=0, atol=tolerance(own))
+    assert np.all(result.covariates["flat"] == 0)
+    assert np.abs(result.covariates["promo"][:, L:]).max() > 0 and np.abs(result.covariates["promo"][:, :L]).max() > 0
+    moved = own_forecast_known(forecaster, context, np.concatenate([promo[:, :L], promo[:, L:] + 1.0], axis=1), H)
+    assert not np.allclose(moved, own_forecast_known(forecaster, context, promo, H))  # its future moves the forecast
+
+
+def test_timesfm3_the_explained_covariates_path_is_exact_in_float64(forecaster: Any) -> None:
+    """The function DeepSHAP explains with a past-only covariate and one known into the future, in float64 (as the
+    test of the univariate path above): its values add up to the change to float64 rounding, so the float32 miss of
+    the door with covariates is float32's rounding. In float64 the CPM refinement is off (a float32 tensor inside)."""
+    from rnnshap.forecasting.foundation.timesfm3 import TimesFM3Adapter
+
+    model = copy.deepcopy(forecaster)
+    model.model.use_iterative_cpm_revin = False
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        adapter = TimesFM3Adapter(model)
+        adapter.set_variates(3, 1, 1)  # the target, a past-only covariate, a covariate known into the future
+        columns = [(0, q) for q in (0.1, 0.5, 0.9)]
+        module = adapter.module_for(5, columns, np.zeros(3 * 16 + 5, dtype=bool)).double()
+        module.dtype = torch.float64
+
+        def flat(s: int) -> torch.Tensor:  # the three variates' 16 steps, then the known covariate's 5 future steps
+            return torch.as_tensor(np.concatenate([SERIES[s : s + 16], SERIES[s + 40 : s + 56], SERIES[s + 80 : s + 101]])[None])
+
+        x, reference = flat(250), flat(100)
+        with torch.no_grad():
+            change = (module(x) - module(reference))[0].numpy()
+        values = np.asarray(rnnshap.DeepExplainer(module, reference).shap_values(x, check_additivity=False))
+    finally:
+        torch.set_default_dtype(default)
+    assert values.shape == (1, 53, 15) and np.abs(values[0, 48:]).max() > 0  # the future steps take a share
+    np.testing.assert_allclose(values[0].sum(0), change, rtol=0, atol=1e-9 * np.abs(change).max())
+
+
+def test_timesfm3_future_covariates_refused_where_not_explained(forecaster: Any) -> None:
+    """The Shapley mode with covariates known into the future (its players over their future steps are not built),
+    a known covariate with missing values (predict_batch interpolates across its past and future), and the dropped game
+    with covariates: refused by name."""
     context, background = windows(16, [300]), windows(16, [0, 100])
-    covariates = {"past_covariates": {"x": windows(16, [200])}}
-    with pytest.raises(InputError, match="past_only_covariates"):
-        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=background, covariates=covariates)
+    x = windows(16, [200])
+    covariates = {"past_covariates": {"x": x}, "future_covariates": {"x": windows(2, [216])}}
+    reference = {"target": background, "past_covariates": {"x": background}, "future_covariates": {"x": background[:, :2]}}
+    with pytest.raises(InputError, match="past_future_covariates.*method='deepshap'"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=2, background=reference, covariates=covariates, method="shapley"
+        )
+    gappy = {"past_covariates": {"x": x}, "future_covariates": {"x": np.array([[np.nan, 1.0]])}}
+    with pytest.raises(InputError, match="NaN"):
+        rnnshap.foundation.explain(forecaster, context, prediction_length=2, background=reference, covariates=gappy)
+    with pytest.raises(InputError, match="background=None"):
+        rnnshap.foundation.explain(
+            forecaster, context, prediction_length=2, method="shapley", covariates={"past_covariates": {"x": x}}
+        )

@@ -83,7 +83,7 @@ def explain(
             (``tirex.load_model``), a timesfm ``TimesFM_2p5_200M_torch`` compiled with its ``ForecastConfig``, a
             timesfm3 ``TimesFM3Forecaster`` (its ``predict_batch`` with the defaults), a granite-tsfm
             ``TinyTimeMixerForPrediction``, a momentfm ``MOMENTPipeline`` (forecasting head), a uni2ts ``Moirai2Forecast``
-            (one target, no dynamic features), a toto ``TotoForecaster`` or its ``Toto`` (the mean forecast), a toto2
+            (one target, past covariates), a toto ``TotoForecaster`` or its ``Toto`` (the mean forecast), a toto2
             ``Toto2Model``.
         context: what the library's forecast takes: ``(n, L)`` windows (array or tensor), one series, or a list of
             series of different lengths (padded in front with NaN, missing, as the libraries pad). NaN is missing.
@@ -95,7 +95,10 @@ def explain(
             the model drops missing values (the Shapley mode only). Windows constant over what the model reads are
             refused (the models' scale floors).
         quantile_levels: the levels to explain (the model's own; default all its forecast columns).
-        covariates: Chronos-2's ``{"past_covariates": {name: (n, L)}, "future_covariates": {name: (n, H)}}``.
+        covariates: ``{"past_covariates": {name: (n, L)}, "future_covariates": {name: (n, H)}}`` (Chronos-2's names):
+            Chronos-2's; Moirai 2's past covariates (``past_feat_dynamic_real``); TimesFM 3's ``past_only_covariates``
+            and (DeepSHAP) ``past_future_covariates``. Values in ``result.covariates``: ``(n, L, H, Q)`` each (``L + H``
+            steps for one known into the future; ``(n, L, V, H, Q)`` beside V targets).
         method: ``"deepshap"`` (exact in sum, one pass) or ``"shapley"`` (Shapley values with standard errors
             through the library's own forecast call, exact where ``budget`` covers every coalition).
         budget, random_state: the Shapley mode's rows per window and seed.
@@ -129,8 +132,8 @@ def explain(
         raise InputError(f"prediction_length must be a positive integer, got {prediction_length!r}")
     H = int(prediction_length)
     variates = variate_windows(context)
-    if variates is not None or (covariates is not None and adapter.multivariate):
-        if variates is None:  # one target variate with covariates (Moirai 2's past_feat_dynamic_real)
+    if variates is not None or (covariates is not None and (adapter.multivariate or adapter.past_covariates)):
+        if variates is None:  # one target variate with past covariates (Moirai 2's past_feat_dynamic_real)
             variates = windows_of(context)[:, None]
         return _explain_variates(
             adapter, label, precision, variates, H, background, quantile_levels, covariates, method, budget,
@@ -206,30 +209,40 @@ def _explain_variates(
     """:func:`explain` of multivariate windows ``context`` (n, V, L) (and past covariates, for the models that read
     them): the variates (then the covariates) given to the methods flat, (n, (V + C)·R), R the steps the model reads
     (the earlier ones exact zeros); each forecast column a (variate, level) pair."""
-    if not adapter.multivariate:
+    if not adapter.multivariate and not (context.shape[1] == 1 and covariates is not None and adapter.past_covariates):
         raise InputError(
-            f"context of shape {context.shape}: {adapter.label} forecasts one variate per series; give (n, L) windows (one "
-            "series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
+            f"context of shape {context.shape}: {adapter.label} forecasts one variate per series{adapter.one_variate_why}; "
+            "give (n, L) windows (one series each). Multivariate windows (n, V, L) are taken by Toto, Toto 2 and TimesFM 3"
         )
     n, V, L = context.shape
     levels = adapter.levels(quantile_levels)
     readable = min(L, adapter.context_length() or L)
     trimmed = L - readable
-    names, given, references, target_background = adapter.past_covariates_of(covariates, background, n, L, method)
-    count = V + len(names)
-    adapter.set_variates(count, V)
+    names, given, references, target_background, future = adapter.past_covariates_of(covariates, background, n, L, H, method)
+    count, K = V + len(names), len(future)  # the last K covariates known into the future: their H future steps at the end
+    adapter.set_variates(count, V, K)
     columns = [(v, q) for v in range(V) for q in levels]
     full = np.concatenate([context, *(c[:, None] for c in given)], axis=1) if names else context
-    flat = full[..., trimmed:].reshape(n, count * readable)
+    ahead = np.concatenate([f for f, _ in future], axis=1) if K else np.zeros((n, 0))
+    flat = np.concatenate([full[..., trimmed:].reshape(n, count * readable), ahead], axis=1)
     rows = None
     if target_background is not None:
+        if V == 1 and names and variate_windows(target_background) is None:  # one target: its background (B, L)
+            target_background = windows_of(target_background, "background['target']")[:, None]
         rows = variate_background(target_background, V, L, readable, adapter.label)
+        for name, r in zip(names, references, strict=True):  # paired with the target's rows by index
+            if len(r) != len(rows):
+                raise InputError(
+                    f"background['past_covariates'][{name!r}] has {len(r)} windows; background['target'] has {len(rows)}: "
+                    "give one reference window of each input per background row"
+                )
+            check_background(r, f"{adapter.label} (covariate {name!r})", readable)
         if names:
-            rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references)], axis=1)
+            rows = np.concatenate([rows, *(r[:, r.shape[1] - readable :] for r in references), *(r for _, r in future)], axis=1)
     elif method == "deepshap":
         raise InputError(NO_BACKGROUND)
     with preserved_all(adapter.torch_modules()), adapter.computing_in(precision):
-        forecast = library_forecast(adapter, full.reshape(n, count * L), H, columns)
+        forecast = library_forecast(adapter, np.concatenate([full.reshape(n, count * L), ahead], axis=1), H, columns)
         if method == "deepshap":
             assert rows is not None
             result = deepshap_values(adapter, flat, rows, H, columns, batch_size, check_additivity, (), forecast, kept)[:-1]
@@ -238,6 +251,9 @@ def _explain_variates(
                 adapter, flat, rows, H, columns, players, count * readable, budget, random_state, batch_size, variates=count
             )[:-2]
     values, base, stderr, exact, n_evals, kind, _ = result
+    # the known covariates' future steps (DeepSHAP only): (n, K·H, H, V·Q) -> (n, K, H, V, H, Q)
+    values, later = values[:, : values.shape[1] - K * H], values[:, values.shape[1] - K * H :]
+    later = later.reshape(n, K, H, H, V, len(levels)).transpose(0, 1, 2, 4, 3, 5)
     _, _, spans = player_ids(players, readable, adapter) if kind != "steps" else (None, None, [(t, t + 1) for t in range(L)])
     if kind != "steps":
         spans = [(a + trimmed, b + trimmed) for a, b in spans]
@@ -255,6 +271,9 @@ def _explain_variates(
     stderr = None if stderr is None else per_variate(stderr)
     univariate = V == 1 and names  # one target with covariates: the univariate layout, the covariates beside it
     covariate_values = {name: values[:, V + k] for k, name in enumerate(names)} or None
+    for k, name in enumerate(names[len(names) - K :]):  # its past steps, then its future steps
+        assert covariate_values is not None
+        covariate_values[name] = np.concatenate([covariate_values[name], later[:, k]], axis=1)
     covariate_stderr = None if stderr is None else ({name: stderr[:, V + k] for k, name in enumerate(names)} or None)
     values, stderr = values[:, :V], None if stderr is None else stderr[:, :V]
     forecast, base = outputs(forecast), outputs(base)

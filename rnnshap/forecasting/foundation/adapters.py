@@ -35,26 +35,40 @@ class Adapter:
     twin_note = ""
     #: whether the model forecasts several variates from one another's context (the door then takes ``(n, V, L)``)
     multivariate = False
+    #: whether the model reads past covariates beside one target (``covariates={"past_covariates": ...}``, through
+    #: :meth:`past_covariates_of`)
+    past_covariates = False
+    #: why a model that forecasts one variate per series takes no multivariate windows (said in the refusal)
+    one_variate_why = ""
     #: the variates of the windows given to the forecast forms: 0, univariate windows (m, L); V, multivariate windows
     #: given flat, (m, V·L), each variate's steps after the previous one's (set by :meth:`set_variates`)
     variates = 0
+    #: of the variates, the forecast ones (the others past covariates)
+    targets = 0
+    #: of the covariates, those known into the future (the last ones; their future values after the variates)
+    known_variates = 0
 
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def set_variates(self, count: int, targets: int) -> None:
+    def set_variates(self, count: int, targets: int, known: int = 0) -> None:
         """Read the windows as ``count`` variates given flat (0: univariate), the first ``targets`` the forecast
-        ones (the others past covariates); the forecast's columns are then ``(variate, level)`` pairs."""
+        ones (the others past covariates, the last ``known`` of them known into the future: their future values, H
+        each, follow the variates in the flat windows); the forecast's columns are then ``(variate, level)`` pairs."""
         self.variates = count
+        self.targets = targets
+        self.known_variates = known
 
-    def past_covariates_of(
-        self, covariates: Any, background: Any, n: int, L: int, method: str
-    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
-        """For multivariate windows: the past covariates' names, their windows (n, L) and reference windows, and the
-        target's background (``background`` itself where the model reads no covariates)."""
+    def past_covariates_of(self, covariates: Any, background: Any, n: int, L: int, H: int, method: str) -> Any:
+        """For multivariate windows: the covariates read as variates beside the targets, a
+        :class:`~rnnshap.forecasting.foundation.inputs.PastCovariates` (names, their windows (n, L), reference
+        windows, the target's background, the future values of those known into the future); ``background`` itself
+        as the target's where the model reads no covariates."""
+        from .inputs import PastCovariates
+
         if covariates is not None:
             raise InputError(f"{self.label} reads no covariates: leave covariates=None")
-        return [], [], [], background
+        return PastCovariates([], [], [], background, [])
 
     def shaped(self, x: Any) -> Any:
         """Windows as the multivariate forecast takes them: (m, V, L) from the flat (m, V·L); (m, 1, L) from

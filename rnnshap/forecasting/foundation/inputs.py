@@ -227,3 +227,91 @@ def variate_background(background: Any, variates: int, length: int, readable: in
     for v in range(variates):
         check_background(rows[:, v], f"{label} (variate {v})", readable)
     return rows.reshape(rows.shape[0], -1)
+
+
+class PastCovariates(NamedTuple):
+    """Covariates of the models that read them as variates beside their targets (Moirai 2, TimesFM 3)."""
+
+    #: the covariates' names: the past-only ones, then those known into the future
+    names: list[str]
+    #: per covariate, its past windows (n, L)
+    given: list[np.ndarray]
+    #: per covariate, its reference windows (B, L), paired with the target's background rows by index
+    references: list[np.ndarray]
+    #: the target's background
+    target_background: Any
+    #: per covariate known into the future (the last of ``names``), its future values (n, H) and references (B, H)
+    future: list[tuple[np.ndarray, np.ndarray]]
+
+
+def past_covariates(
+    label: str, covariates: Any, background: Any, n: int, L: int, H: int, method: str, future_note: str | None
+) -> PastCovariates:
+    """Covariates given as Chronos-2 names them, ``covariates={"past_covariates": {name: (n, L)}, "future_covariates":
+    {name: (n, H)}}`` (a known covariate's past under its name in the first, its future in the second) against
+    ``background={"target": ..., "past_covariates": {name: (B, >= L)}, "future_covariates": {name: (B, H)}}``.
+    ``future_note``: why future-known covariates are refused (None: taken, DeepSHAP only, without missing values). The
+    dropped game (background=None) is refused."""
+    if covariates is None:
+        return PastCovariates([], [], [], background, [])
+    if not isinstance(covariates, Mapping) or not set(covariates) <= {"past_covariates", "future_covariates"}:
+        raise InputError(f'covariates: give {{"past_covariates": {{name: (n, L)}}}} for {label}')
+    future = dict(covariates.get("future_covariates") or {})
+    if future and future_note is not None:
+        raise InputError(f"covariates: future_covariates are not explained for {label}: {future_note}")
+    past = dict(covariates.get("past_covariates") or {})
+    if not past:
+        raise InputError('covariates: give {"past_covariates": {name: (n, L)}} (none given)')
+    if not set(future) <= set(past):
+        raise InputError(
+            f"covariates: future covariates {sorted(set(future) - set(past))} have no past values; give a known "
+            "covariate's past in past_covariates and its future in future_covariates, under the same name"
+        )
+    if future and method != "deepshap":
+        raise InputError(
+            f"covariates known into the future ({label}'s past_future_covariates) with method={method!r}: the Shapley "
+            "mode's players over their future steps are not built; use method='deepshap' (exact in sum), or give "
+            "their past only"
+        )
+    if background is None:
+        raise InputError(
+            f"covariates= with background=None: the dropped game (missing players given as NaN) is not played with "
+            f"{label}'s covariates. Give background={{'target': ..., 'past_covariates': {{name: ...}}}}, reference "
+            "windows for every input"
+        )
+    if not isinstance(background, Mapping) or "target" not in background:
+        raise InputError(
+            'with covariates=, give background={"target": (B, L), "past_covariates": {name: (B, L)}, '
+            '"future_covariates": {name: (B, H)}}: reference windows for every input'
+        )
+    references = dict(background.get("past_covariates") or {})
+    ahead = dict(background.get("future_covariates") or {})
+    if sorted(references) != sorted(past) or sorted(ahead) != sorted(future):
+        raise InputError(
+            f"background: give reference windows for the covariates {sorted(past)} under background['past_covariates'] "
+            f"and for {sorted(future)} under background['future_covariates'] (the same names as covariates=); got "
+            f"{sorted(references)} and {sorted(ahead)}"
+        )
+    names = [name for name in past if name not in future] + [name for name in past if name in future]
+    given, rows, known = [], [], []
+    for name in names:
+        values = windows_of(past[name], f"past_covariates[{name!r}]")
+        if values.shape != (n, L):
+            raise InputError(f"past_covariates[{name!r}] has shape {values.shape}; the context is {(n, L)}")
+        given.append(values)
+        rows.append(aligned_background(references[name], L))
+        if name in future:
+            values_ahead = windows_of(future[name], f"future_covariates[{name!r}]")
+            rows_ahead = windows_of(ahead[name], f"background['future_covariates'][{name!r}]")
+            if values_ahead.shape != (n, H) or rows_ahead.shape != (rows[-1].shape[0], H):
+                raise InputError(
+                    f"future_covariates[{name!r}]: give (n, {H}) values and (B, {H}) references (the forecast's steps); "
+                    f"got {values_ahead.shape} and {rows_ahead.shape}"
+                )
+            if np.isnan(values).any() or np.isnan(values_ahead).any():
+                raise InputError(
+                    f"covariate {name!r} (known into the future) holds NaN: rnnshap.foundation explains covariates known "
+                    "into the future without missing values"
+                )
+            known.append((values_ahead, rows_ahead))
+    return PastCovariates(names, given, rows, background["target"], known)

@@ -17,7 +17,10 @@ missing step is no player (exactly 0), nor is one inside the series (the interpo
 columns are the model's quantile levels (``predict_batch``'s ``forecast``, its point forecast, is the median's).
 
 What is explained is ``predict_batch`` with its defaults: ``use_symmetric_averaging``, ``make_positive`` and
-``use_znorm`` off, ``sort_quantiles`` on, one target variate per series, no covariates.
+``use_znorm`` off, ``sort_quantiles`` on; one target variate per series or several, and covariates: its
+``past_only_covariates`` (variates beside the targets, cut, padded and interpolated with them, given to ``decode`` as
+its own argument) and ``past_future_covariates`` (their past likewise, their H future values after every variate in
+the flat windows the module reads: inputs of the forecast, attributed too; DeepSHAP only, without missing values).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from ...errors import InputError
 from .adapters import Adapter, net_module, quantile_columns, variate_columns
+from .inputs import past_covariates
 from .timesfm import interpolation_map
 
 
@@ -37,6 +41,7 @@ class TimesFM3Adapter(Adapter):
     label = "TimesFM 3"
     drops = "NaN (leading NaNs stripped and padded with the mask, inner NaNs interpolated linearly)"
     multivariate = True
+    past_covariates = True
 
     def __init__(self, model: Any) -> None:
         from timesfm3.torch import TimesFM3Forecaster, TimesFM3Torch
@@ -72,24 +77,26 @@ class TimesFM3Adapter(Adapter):
         trained = [float(q) for q in self.net.quantiles]
         return min(range(len(trained)), key=lambda j: abs(trained[j] - float(level)))
 
-    def past_covariates_of(
-        self, covariates: Any, background: Any, n: int, L: int, method: str
-    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Any]:
-        if covariates is not None:
-            raise InputError(
-                "covariates=: TimesFM 3's covariates (predict_batch's past_only_covariates and past_future_covariates, "
-                "stacked with the targets on its variate axis) are not explained by rnnshap.foundation yet. To attribute "
-                "to a covariate known only in the past, give it as one more variate of the context, (n, V + 1, L): "
-                "predict_batch then forecasts it too (its own columns, ignore them), and the values of the targets' "
-                "forecasts to its steps are explained; or use rnnshap.ShapleyExplainer on a function calling "
-                "predict_batch with the covariates"
-            )
-        return [], [], [], background
+    def past_covariates_of(self, covariates: Any, background: Any, n: int, L: int, H: int, method: str) -> Any:
+        return past_covariates(
+            self.label, covariates, background, n, L, H, method,
+            None,  # past_future_covariates: taken
+        )  # fmt: skip
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
-        rows = self.shaped(windows) if self.variates else windows  # (V, L) per context, or one series (L,)
-        contexts = [row.copy() for row in rows]
-        outputs = self.model.predict_batch(contexts=contexts, horizon=prediction_length, return_quantiles=True)
+        H, T, K = prediction_length, self.targets, self.known_variates
+        cut = windows.shape[1] - K * H  # the known covariates' future values follow the variates
+        rows = self.shaped(windows[:, :cut]) if self.variates else windows  # (V, L) per context, or one series (L,)
+        contexts = [row[:T].copy() for row in rows] if self.variates else [row.copy() for row in rows]
+        past, known = None, None
+        if self.variates and T < self.variates - K:  # predict_batch's past_only_covariates
+            past = [row[T : self.variates - K].copy() for row in rows]
+        if K:  # predict_batch's past_future_covariates: (K, L + H) each
+            ahead = windows[:, cut:].reshape(len(windows), K, H)
+            known = [np.concatenate([row[self.variates - K :], a], axis=1) for row, a in zip(rows, ahead, strict=True)]
+        outputs = self.model.predict_batch(
+            contexts=contexts, horizon=H, past_only_covariates=past, past_future_covariates=known, return_quantiles=True
+        )
         quantiles = np.stack([np.asarray(out.quantiles, dtype=np.float64) for out in outputs])
         if not self.variates:
             quantiles = quantiles[:, None]  # univariate contexts: (n, H, Q)
@@ -100,7 +107,8 @@ class TimesFM3Adapter(Adapter):
 
     def module_for(self, prediction_length: int, levels: list[Any], missing: np.ndarray) -> Any:
         if self.variates:
-            return self._variates_module(prediction_length, levels, missing.reshape(self.variates, -1))
+            steps = missing.size - self.known_variates * prediction_length  # the known covariates' future steps: never missing
+            return self._variates_module(prediction_length, levels, missing[:steps].reshape(self.variates, -1))
         leading = int(np.cumprod(missing).sum())
         if leading == missing.size:  # nothing observed: predict_batch forecasts from zeros over the whole window
             return self.module(prediction_length, levels)
@@ -146,15 +154,17 @@ class TimesFM3Adapter(Adapter):
         from timesfm3.torch.timesfm3_forecaster import linear_interpolation
 
         V, L = missing.shape
-        leading = int(np.cumprod(missing.all(axis=0)).sum())
-        if leading == L:
-            leading = 0  # nothing observed: predict_batch forecasts from zeros over the whole window
-            maps = [np.zeros((L, L))] * V
+        T, K = self.targets, self.known_variates  # the target variates; the others past covariates, the last K known ahead
+        leading = int(np.cumprod(missing[:T].all(axis=0)).sum())
+
+        def fill_of(gaps: np.ndarray) -> np.ndarray:  # (to, from): the library's fill of each unit window
+            return np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in np.eye(gaps.size)], axis=1)
+
+        if leading == L:  # no target observed: predict_batch forecasts from zeros over the whole window
+            leading = 0
+            maps = [np.zeros((L, L))] * T + [fill_of(gaps) for gaps in missing[T:]]
         else:
-            maps = []
-            for gaps in missing[:, leading:]:  # (to, from): the library's fill of each unit window
-                basis = np.eye(gaps.size)
-                maps.append(np.stack([linear_interpolation(np.where(gaps, np.nan, e)) for e in basis], axis=1))
+            maps = [fill_of(gaps) for gaps in missing[:, leading:]]
         fill = torch.as_tensor(np.stack(maps), dtype=torch.float32)  # (V, to, from)
         H = prediction_length
         patch = int(self.model.config.input_patch_length)
@@ -165,8 +175,9 @@ class TimesFM3Adapter(Adapter):
 
         def forward(net: Any, x: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]
-            x = x.reshape(n, V, L)[..., leading:]
-            x = torch.einsum("vtf,nvf->nvt", fill.to(x.device), x)
+            ahead = x[:, V * L :].reshape(n, K, H)  # the known covariates' future values
+            x = x[:, : V * L].reshape(n, V, L)[..., leading:]
+            x = torch.einsum("vtf,nvf->nvt", fill.to(x.device, x.dtype), x)
             length = x.shape[-1]
             context = max(min(math.ceil(length / patch) * patch, longest), patch)
             if length >= context:
@@ -175,7 +186,11 @@ class TimesFM3Adapter(Adapter):
             else:
                 target = torch.cat([x.new_zeros(n, V, context - length), x], dim=-1)
                 mask = torch.arange(context, device=x.device)[None].expand(n, -1) < context - length
-            out = net.decode(target=target, horizon=horizon, mask=mask)[:, :V]
+            past = target[:, T : V - K] if T < V - K else None  # predict_batch's past_only_covariates
+            known = torch.cat([target[:, V - K :], ahead], dim=-1) if K else None  # its past_future_covariates
+            out = net.decode(
+                target=target[:, :T], horizon=horizon, past_only_covariates=past, past_future_covariates=known, mask=mask
+            )[:, :T]
             out = torch.sort(out, dim=-1).values  # sort_quantiles
             return variate_columns(out[:, :, :H], columns, adapter._index).reshape(n, -1)
 
