@@ -5,11 +5,26 @@ forecast's column, a torch module around a network, the precision asked for)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from ...errors import InputError
+
+
+class PastCovariates(NamedTuple):
+    """Covariates of the models that read them as variates beside their targets (Moirai 2, TimesFM 3)."""
+
+    #: the covariates' names: the past-only ones, then those known into the future
+    names: list[str]
+    #: per covariate, its past windows (n, L)
+    given: list[np.ndarray]
+    #: per covariate, its reference windows (B, L), paired with the target's background rows by index
+    references: list[np.ndarray]
+    #: the target's background
+    target_background: Any
+    #: per covariate known into the future (the last of ``names``), its future values (n, H) and references (B, H)
+    future: list[tuple[np.ndarray, np.ndarray]]
 
 
 class Adapter:
@@ -61,11 +76,9 @@ class Adapter:
 
     def past_covariates_of(self, covariates: Any, background: Any, n: int, L: int, H: int, method: str) -> Any:
         """For multivariate windows: the covariates read as variates beside the targets, a
-        :class:`~rnnshap.forecasting.foundation.inputs.PastCovariates` (names, their windows (n, L), reference
+        :class:`PastCovariates` (names, their windows (n, L), reference
         windows, the target's background, the future values of those known into the future); ``background`` itself
         as the target's where the model reads no covariates."""
-        from .inputs import PastCovariates
-
         if covariates is not None:
             raise InputError(f"{self.label} reads no covariates: leave covariates=None")
         return PastCovariates([], [], [], background, [])

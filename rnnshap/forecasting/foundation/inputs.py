@@ -9,7 +9,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter
+from .adapters import Adapter, PastCovariates
 
 
 # -- windows ---------------------------------------------------------------------------------------------------
@@ -227,21 +227,6 @@ def variate_background(background: Any, variates: int, length: int, readable: in
     for v in range(variates):
         check_background(rows[:, v], f"{label} (variate {v})", readable)
     return rows.reshape(rows.shape[0], -1)
-
-
-class PastCovariates(NamedTuple):
-    """Covariates of the models that read them as variates beside their targets (Moirai 2, TimesFM 3)."""
-
-    #: the covariates' names: the past-only ones, then those known into the future
-    names: list[str]
-    #: per covariate, its past windows (n, L)
-    given: list[np.ndarray]
-    #: per covariate, its reference windows (B, L), paired with the target's background rows by index
-    references: list[np.ndarray]
-    #: the target's background
-    target_background: Any
-    #: per covariate known into the future (the last of ``names``), its future values (n, H) and references (B, H)
-    future: list[tuple[np.ndarray, np.ndarray]]
 
 
 def past_covariates(
