@@ -15,21 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from ..backgrounds import check_own_reference, panels_or_own
+from ..backgrounds import check_own_reference
 from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
     PredictMismatchError,
-    as_outputs,
     background_said,
     check_choices,
     check_equal,
-    check_fitted,
     check_version,
     explain_shapley,
     explanation,
-    own_outputs,
+    outputs_on_both,
     quiet,
+    read_panels,
     shapley_on_own,
     with_advice,
 )
@@ -163,12 +162,8 @@ def explain(
     chosen = check_choices(method, players, windows)
     estimator = type(clf).__name__
     fitted = getattr(clf, "metadata_", None) or {}  # what aeon recorded of the panels it was fitted on
-    x, names = panels(X)
-    check_fitted(x.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator)
-    given = None if background is None else panels(background, "background")[0]
-    if given is not None:
-        check_fitted(given.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator, "background")
-    reference = panels_or_own(x, given, "aeon")
+    channels, steps = fitted.get("n_channels"), fitted.get("n_timepoints")
+    x, names, reference = read_panels(panels, X, background, channels, steps, estimator, "aeon")
     n, C, T = x.shape
     deep = _deep_members(clf)
     regressor = deep[1] if deep is not None else not hasattr(clf, "predict_proba")
@@ -179,11 +174,7 @@ def explain(
         with quiet():
             return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
 
-    def truth(panel: np.ndarray) -> np.ndarray:
-        return as_outputs(own(panel), len(panel))
-
-    outputs = own_outputs(truth, x, estimator, what, "X")
-    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
+    outputs, reference_outputs = outputs_on_both(own, x, reference, background, estimator, what)
     if chosen == "deepshap" and deep is None:
         raise InputError(
             f"{estimator} is not one of aeon's Keras deep learners (or its {what} post-processes in a way rnnshap has "

@@ -20,21 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from ..backgrounds import check_own_reference, panels_or_own
+from ..backgrounds import check_own_reference
 from ..errors import InputError, RnnShapError
 from . import (
     ClassifierExplanation,
     PredictMismatchError,
-    as_outputs,
     background_said,
     check_choices,
     check_equal,
-    check_fitted,
     check_version,
     explain_shapley,
     explanation,
-    own_outputs,
+    outputs_on_both,
     quiet,
+    read_panels,
     shapley_on_own,
     with_advice,
 )
@@ -185,12 +184,7 @@ def explain(
     # sktime records one kind per channel of the panels it was fitted on (not their length)
     kinds = (getattr(clf, "_X_metadata", None) or {}).get("feature_kind")
     channels = len(kinds) if isinstance(kinds, list) else None
-    x, names = panels(X)
-    check_fitted(x.shape, channels, None, estimator)
-    given = None if background is None else panels(background, "background")[0]
-    if given is not None:
-        check_fitted(given.shape, channels, None, estimator, "background")
-    reference = panels_or_own(x, given, "sktime")
+    x, names, reference = read_panels(panels, X, background, channels, None, estimator, "sktime")
     n, C, T = x.shape
     if _is_keras_deep(clf) and getattr(clf, "model_", None) is None:
         raise InputError(f"{estimator} is not fitted. {TENSORFLOW_ADVICE}")
@@ -205,11 +199,7 @@ def explain(
         with quiet(), _kept(network):  # predict_proba switches the network to eval mode: put back as it was
             return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
 
-    def truth(panel: np.ndarray) -> np.ndarray:
-        return as_outputs(own(panel), len(panel))
-
-    outputs = own_outputs(truth, x, estimator, what, "X")
-    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
+    outputs, reference_outputs = outputs_on_both(own, x, reference, background, estimator, what)
     keras_deep = _is_keras_deep(clf) and not regressor
     fed = _feeds_only_the_panel(clf, x) if found is not None else None
     torch_deep = found is not None and fed is not None
