@@ -219,6 +219,23 @@ def with_advice(error: RnnShapError, estimator: str, what: str) -> RnnShapError:
     return error
 
 
+@contextlib.contextmanager
+def deepshap_refusals(chosen: str, estimator: str, what: str) -> Iterator[None]:
+    """DeepSHAP on the estimator's network, whose refusals are the caller's (an :class:`RnnShapError` with
+    :func:`with_advice`'s note) unless the Shapley mode was chosen: it needs no network (DeepSHAP's pass is only its
+    control variate), so there they are passed over and the code after the ``with`` runs the Shapley mode on the
+    estimator's own outputs."""
+    try:
+        yield
+    except PredictMismatchError:
+        if chosen != "shapley":
+            raise
+    except RnnShapError as error:
+        if chosen != "shapley":
+            with_advice(error, estimator, what)
+            raise
+
+
 def explain_shapley(
     function: Callable[[np.ndarray], np.ndarray],
     X: np.ndarray,

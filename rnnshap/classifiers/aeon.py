@@ -16,21 +16,20 @@ from typing import Any
 import numpy as np
 
 from ..backgrounds import check_own_reference
-from ..errors import InputError, RnnShapError
+from ..errors import InputError
 from . import (
     ClassifierExplanation,
-    PredictMismatchError,
     background_said,
     check_choices,
     check_equal,
     check_version,
+    deepshap_refusals,
     explain_shapley,
     explanation,
     outputs_on_both,
     quiet,
     read_panels,
     shapley_on_own,
-    with_advice,
 )
 
 #: aeon's ensembles of deep learners and the attribute holding their members; each averages its members'
@@ -189,7 +188,8 @@ def explain(
         model = keras_function(deep[0], deep[1], C, T)
         dtype = str(model.inputs[0].dtype)
         x_in, reference_in = x.astype(dtype), reference.astype(dtype)
-        try:
+        raw = None
+        with deepshap_refusals(chosen, estimator, what):
             check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
             check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
             explainer = rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
@@ -201,15 +201,7 @@ def explain(
                 return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows,
                                    stderr=stderr, exact=exact, n_evals=n_evals, function="keras", **extra)  # fmt: skip
             raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
-        except PredictMismatchError:
-            if chosen != "shapley":
-                raise
-        except RnnShapError as error:
-            if chosen != "shapley":
-                with_advice(error, estimator, what)
-                raise
-            # DeepSHAP's pass is only the control variate here: the Shapley mode runs on predict_proba alone
-        else:
+        if raw is not None:  # (else DeepSHAP's refusal, passed over for the Shapley mode on predict_proba alone)
             base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
             return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 

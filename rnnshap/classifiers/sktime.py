@@ -21,21 +21,20 @@ from typing import Any
 import numpy as np
 
 from ..backgrounds import check_own_reference
-from ..errors import InputError, RnnShapError
+from ..errors import InputError
 from . import (
     ClassifierExplanation,
-    PredictMismatchError,
     background_said,
     check_choices,
     check_equal,
     check_version,
+    deepshap_refusals,
     explain_shapley,
     explanation,
     outputs_on_both,
     quiet,
     read_panels,
     shapley_on_own,
-    with_advice,
 )
 
 TENSORFLOW_ADVICE = (
@@ -212,19 +211,12 @@ def explain(
     check_own_reference(background, n)
     said = background_said(reference, background)
     if keras_deep or torch_deep:
-        try:
+        with deepshap_refusals(chosen, estimator, what):
             torch_found = (found[0], found[1], bool(fed)) if found is not None and torch_deep else None
             return _deep(clf, x, reference, outputs, reference_outputs, torch_found, chosen, names, said,
                          players=players, windows=windows, budget=budget, random_state=random_state,
                          batch_size=batch_size, progress=progress)  # fmt: skip
-        except PredictMismatchError:
-            if chosen != "shapley":
-                raise
-        except RnnShapError as error:
-            if chosen != "shapley":
-                with_advice(error, estimator, what)
-                raise
-        # the Shapley mode needs no network: it runs on predict_proba alone
+        # (DeepSHAP refused: the Shapley mode needs no network, it runs on predict_proba alone)
 
     return shapley_on_own(clf, own, x, reference, outputs, what, names, said, players=players, windows=windows, budget=budget,
                           random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip
