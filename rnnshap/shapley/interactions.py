@@ -144,21 +144,6 @@ def default_interaction_budget(players: int, references: int, order: int = 2) ->
 ANNOUNCED_ROWS = 1_000_000
 
 
-def _columns(view: ModelView, outputs: Sequence[Any] | None, n_outputs: int) -> np.ndarray:
-    """The output columns explained: those ``outputs`` selects, else all ``n_outputs``."""
-    if outputs is not None:
-        assert view.select is not None
-        return np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
-    return np.arange(n_outputs, dtype=np.int64)
-
-
-def _seed(random_state: Any) -> int:
-    """One seed per call: every output of a sample samples the same coalitions (evaluated once, kept)."""
-    if random_state is None or not isinstance(random_state, int):
-        return int(np.random.default_rng(random_state).integers(2**31 - 1))
-    return random_state
-
-
 def shapley_interactions(
     view: ModelView,
     X: Any,
@@ -258,3 +243,18 @@ def shapley_interactions(
         exact=np.full(n, enumerate_all),
         n_evals=n_evals,
     )
+
+
+def _columns(view: ModelView, outputs: Sequence[Any] | None, n_outputs: int) -> np.ndarray:
+    """The output columns explained: those ``outputs`` selects, else all ``n_outputs``."""
+    if outputs is not None:
+        assert view.select is not None
+        return np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
+    return np.arange(n_outputs, dtype=np.int64)
+
+
+def _seed(random_state: Any) -> int:
+    """One seed per call: every output of a sample samples the same coalitions (evaluated once, kept)."""
+    if random_state is None or not isinstance(random_state, int):
+        return int(np.random.default_rng(random_state).integers(2**31 - 1))
+    return random_state
