@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .. import versions
-from ..backgrounds import stated
+from ..backgrounds import panels_or_own, stated
 from ..engines.base import RTOL
 from ..errors import InputError, ModelStateError, RnnShapError
 from ..result import AttributionResult
@@ -219,6 +219,23 @@ def with_advice(error: RnnShapError, estimator: str, what: str) -> RnnShapError:
     return error
 
 
+@contextlib.contextmanager
+def deepshap_refusals(chosen: str, estimator: str, what: str) -> Iterator[None]:
+    """DeepSHAP on the estimator's network, whose refusals are the caller's (an :class:`RnnShapError` with
+    :func:`with_advice`'s note) unless the Shapley mode was chosen: it needs no network (DeepSHAP's pass is only its
+    control variate), so there they are passed over and the code after the ``with`` runs the Shapley mode on the
+    estimator's own outputs."""
+    try:
+        yield
+    except PredictMismatchError:
+        if chosen != "shapley":
+            raise
+    except RnnShapError as error:
+        if chosen != "shapley":
+            with_advice(error, estimator, what)
+            raise
+
+
 def explain_shapley(
     function: Callable[[np.ndarray], np.ndarray],
     X: np.ndarray,
@@ -307,6 +324,38 @@ def own_outputs(
                 "instance by interpolation along time), or explain an estimator that takes missing values"
             ) from error
         raise
+
+
+def read_panels(
+    panels: Callable[..., tuple[np.ndarray, list[str] | None]],
+    X: Any,
+    background: Any,
+    channels: int | None,
+    steps: int | None,
+    estimator: str,
+    toolkit: str,
+) -> tuple[np.ndarray, list[str] | None, np.ndarray]:
+    """``X`` and ``background`` read by the toolkit's ``panels``, each checked against what the estimator was fitted
+    on: the float64 panels, their channel names and the reference panels (``X`` itself where there is no background)."""
+    x, names = panels(X)
+    check_fitted(x.shape, channels, steps, estimator)
+    given = None if background is None else panels(background, "background")[0]
+    if given is not None:
+        check_fitted(given.shape, channels, steps, estimator, "background")
+    return x, names, panels_or_own(x, given, toolkit)
+
+
+def outputs_on_both(
+    own: Callable[[np.ndarray], np.ndarray], x: np.ndarray, reference: np.ndarray, background: Any, estimator: str, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The estimator's own ``what`` (``own``: numpy panels → its outputs) as float64 (n, K) on ``x`` and on the
+    reference panels, with the toolkit's refusals given as rnnshap's errors (:func:`own_outputs`)."""
+
+    def truth(panel: np.ndarray) -> np.ndarray:
+        return as_outputs(own(panel), len(panel))
+
+    outputs = own_outputs(truth, x, estimator, what, "X")
+    return outputs, own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
 
 
 def check_fitted(shape: tuple[int, ...], channels: int | None, steps: int | None, estimator: str, what: str = "X") -> None:

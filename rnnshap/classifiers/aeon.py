@@ -15,23 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from ..backgrounds import check_own_reference, panels_or_own
-from ..errors import InputError, RnnShapError
+from ..backgrounds import check_own_reference
+from ..errors import InputError
 from . import (
     ClassifierExplanation,
-    PredictMismatchError,
-    as_outputs,
     background_said,
     check_choices,
     check_equal,
-    check_fitted,
     check_version,
+    deepshap_refusals,
     explain_shapley,
     explanation,
-    own_outputs,
+    outputs_on_both,
     quiet,
+    read_panels,
     shapley_on_own,
-    with_advice,
 )
 
 #: aeon's ensembles of deep learners and the attribute holding their members; each averages its members'
@@ -163,12 +161,8 @@ def explain(
     chosen = check_choices(method, players, windows)
     estimator = type(clf).__name__
     fitted = getattr(clf, "metadata_", None) or {}  # what aeon recorded of the panels it was fitted on
-    x, names = panels(X)
-    check_fitted(x.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator)
-    given = None if background is None else panels(background, "background")[0]
-    if given is not None:
-        check_fitted(given.shape, fitted.get("n_channels"), fitted.get("n_timepoints"), estimator, "background")
-    reference = panels_or_own(x, given, "aeon")
+    channels, steps = fitted.get("n_channels"), fitted.get("n_timepoints")
+    x, names, reference = read_panels(panels, X, background, channels, steps, estimator, "aeon")
     n, C, T = x.shape
     deep = _deep_members(clf)
     regressor = deep[1] if deep is not None else not hasattr(clf, "predict_proba")
@@ -179,11 +173,7 @@ def explain(
         with quiet():
             return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
 
-    def truth(panel: np.ndarray) -> np.ndarray:
-        return as_outputs(own(panel), len(panel))
-
-    outputs = own_outputs(truth, x, estimator, what, "X")
-    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
+    outputs, reference_outputs = outputs_on_both(own, x, reference, background, estimator, what)
     if chosen == "deepshap" and deep is None:
         raise InputError(
             f"{estimator} is not one of aeon's Keras deep learners (or its {what} post-processes in a way rnnshap has "
@@ -198,7 +188,8 @@ def explain(
         model = keras_function(deep[0], deep[1], C, T)
         dtype = str(model.inputs[0].dtype)
         x_in, reference_in = x.astype(dtype), reference.astype(dtype)
-        try:
+        raw = None
+        with deepshap_refusals(chosen, estimator, what):
             check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
             check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
             explainer = rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
@@ -210,15 +201,7 @@ def explain(
                 return explanation(clf, x, values, base, outputs, "shapley", players=players, windows=windows,
                                    stderr=stderr, exact=exact, n_evals=n_evals, function="keras", **extra)  # fmt: skip
             raw = np.asarray(explainer.shap_values(x_in), np.float64).reshape(n, C, T, -1)
-        except PredictMismatchError:
-            if chosen != "shapley":
-                raise
-        except RnnShapError as error:
-            if chosen != "shapley":
-                with_advice(error, estimator, what)
-                raise
-            # DeepSHAP's pass is only the control variate here: the Shapley mode runs on predict_proba alone
-        else:
+        if raw is not None:  # (else DeepSHAP's refusal, passed over for the Shapley mode on predict_proba alone)
             base = np.broadcast_to(reference_outputs.mean(0), outputs.shape).copy()
             return explanation(clf, x, raw, base, outputs, "deepshap", players="cells", function="keras", **extra)
 

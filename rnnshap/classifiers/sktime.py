@@ -20,23 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from ..backgrounds import check_own_reference, panels_or_own
-from ..errors import InputError, RnnShapError
+from ..backgrounds import check_own_reference
+from ..errors import InputError
 from . import (
     ClassifierExplanation,
-    PredictMismatchError,
-    as_outputs,
     background_said,
     check_choices,
     check_equal,
-    check_fitted,
     check_version,
+    deepshap_refusals,
     explain_shapley,
     explanation,
-    own_outputs,
+    outputs_on_both,
     quiet,
+    read_panels,
     shapley_on_own,
-    with_advice,
 )
 
 TENSORFLOW_ADVICE = (
@@ -185,12 +183,7 @@ def explain(
     # sktime records one kind per channel of the panels it was fitted on (not their length)
     kinds = (getattr(clf, "_X_metadata", None) or {}).get("feature_kind")
     channels = len(kinds) if isinstance(kinds, list) else None
-    x, names = panels(X)
-    check_fitted(x.shape, channels, None, estimator)
-    given = None if background is None else panels(background, "background")[0]
-    if given is not None:
-        check_fitted(given.shape, channels, None, estimator, "background")
-    reference = panels_or_own(x, given, "sktime")
+    x, names, reference = read_panels(panels, X, background, channels, None, estimator, "sktime")
     n, C, T = x.shape
     if _is_keras_deep(clf) and getattr(clf, "model_", None) is None:
         raise InputError(f"{estimator} is not fitted. {TENSORFLOW_ADVICE}")
@@ -205,11 +198,7 @@ def explain(
         with quiet(), _kept(network):  # predict_proba switches the network to eval mode: put back as it was
             return np.asarray(predict(panel)).reshape(len(panel), -1)  # its own dtype: its rounding, in the checks
 
-    def truth(panel: np.ndarray) -> np.ndarray:
-        return as_outputs(own(panel), len(panel))
-
-    outputs = own_outputs(truth, x, estimator, what, "X")
-    reference_outputs = own_outputs(truth, reference, estimator, what, "X" if background is None else "background")
+    outputs, reference_outputs = outputs_on_both(own, x, reference, background, estimator, what)
     keras_deep = _is_keras_deep(clf) and not regressor
     fed = _feeds_only_the_panel(clf, x) if found is not None else None
     torch_deep = found is not None and fed is not None
@@ -222,19 +211,12 @@ def explain(
     check_own_reference(background, n)
     said = background_said(reference, background)
     if keras_deep or torch_deep:
-        try:
+        with deepshap_refusals(chosen, estimator, what):
             torch_found = (found[0], found[1], bool(fed)) if found is not None and torch_deep else None
             return _deep(clf, x, reference, outputs, reference_outputs, torch_found, chosen, names, said,
                          players=players, windows=windows, budget=budget, random_state=random_state,
                          batch_size=batch_size, progress=progress)  # fmt: skip
-        except PredictMismatchError:
-            if chosen != "shapley":
-                raise
-        except RnnShapError as error:
-            if chosen != "shapley":
-                with_advice(error, estimator, what)
-                raise
-        # the Shapley mode needs no network: it runs on predict_proba alone
+        # (DeepSHAP refused: the Shapley mode needs no network, it runs on predict_proba alone)
 
     return shapley_on_own(clf, own, x, reference, outputs, what, names, said, players=players, windows=windows, budget=budget,
                           random_state=random_state, batch_size=batch_size, progress=progress)  # fmt: skip

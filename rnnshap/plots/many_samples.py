@@ -35,6 +35,21 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _swarm_offsets(heights: np.ndarray, rng: np.random.Generator, width: float) -> np.ndarray:
+    """Sideways offsets of a beeswarm's dots, (samples, steps): random within ``width``, wider where the step's
+    heights are dense (a histogram of them); none for a step whose heights are all one."""
+    samples = heights.shape[0]
+    offsets = np.zeros_like(heights)
+    for column in range(heights.shape[1]):
+        ys = heights[:, column]
+        if samples > 1 and np.ptp(ys) > 0:
+            bins = max(4, min(40, int(np.sqrt(samples) * 2)))
+            counts, edges = np.histogram(ys, bins=bins)
+            density = counts[np.clip(np.searchsorted(edges, ys, side="right") - 1, 0, bins - 1)] / counts.max()
+            offsets[:, column] = (rng.random(samples) - 0.5) * width * (0.15 + 0.85 * density)
+    return offsets
+
+
 def beeswarm_over_time(
     values: Any,
     data: Any = None,
@@ -113,15 +128,7 @@ def beeswarm_over_time(
     fig, panel = figure_and_axes(ax, figsize)
     rng = np.random.default_rng(seed)
     width = 0.8 if n <= 60 else 1.0
-    offsets = np.zeros_like(heights)
-    for column in range(n):
-        ys = heights[:, column]
-        if samples > 1 and np.ptp(ys) > 0:
-            bins = max(4, min(40, int(np.sqrt(samples) * 2)))
-            counts, edges = np.histogram(ys, bins=bins)
-            density = counts[np.clip(np.searchsorted(edges, ys, side="right") - 1, 0, bins - 1)] / counts.max()
-            offsets[:, column] = (rng.random(samples) - 0.5) * width * (0.15 + 0.85 * density)
-    xs = window[None, :] + offsets
+    xs = window[None, :] + _swarm_offsets(heights, rng, width)
     size = float(np.clip(1800.0 / (n * max(samples, 1)) ** 0.5, 1.0, 18.0))
     order = rng.permutation(samples * n)
     if colours is not None:

@@ -220,6 +220,21 @@ def _write_cells(panel: Axes, grid: np.ndarray, limit: float, cell_w: float, cel
             )  # fmt: skip
 
 
+def _output_rows(parts: Any, outputs: Sequence[Any] | None, picked: bool, rows: int) -> tuple[list[int] | None, list[str]]:
+    """The output step of each of an output map's ``rows`` (None where nothing tells them) and the rows' default
+    labels: from the ``outputs`` listed, else every output step of a sequence output (``picked``: one channel of
+    it chosen by ``output=``)."""
+    if outputs is not None:
+        listed = [tuple(o) if isinstance(o, (tuple, list)) else (int(o),) for o in outputs]
+        if len(listed) != rows:
+            raise ValueError(f"{len(listed)} outputs for {rows} explained outputs in values")
+        channels = {o[1:] for o in listed}
+        return [int(o[0]) for o in listed], [str(o[0]) if len(channels) == 1 else str(o) for o in listed]
+    if picked or (parts.output_axes is not None and parts.output_axes >= 2):
+        return list(range(rows)), [str(t) for t in range(rows)]
+    return None, [f"output {j}" for j in range(rows)]
+
+
 def output_map(
     values: Any,
     *,
@@ -277,19 +292,7 @@ def output_map(
             "output with output=k)."
         )
     count, rows = per_step.shape
-    output_steps: list[int] | None = None
-    if outputs is not None:
-        listed = [tuple(o) if isinstance(o, (tuple, list)) else (int(o),) for o in outputs]
-        if len(listed) != rows:
-            raise ValueError(f"{len(listed)} outputs for {rows} explained outputs in values")
-        channels = {o[1:] for o in listed}
-        output_steps = [int(o[0]) for o in listed]
-        default = [str(o[0]) if len(channels) == 1 else str(o) for o in listed]
-    elif output is not None or (parts.output_axes is not None and parts.output_axes >= 2):
-        output_steps = list(range(rows))
-        default = [str(t) for t in output_steps]
-    else:
-        default = [f"output {j}" for j in range(rows)]
+    output_steps, default = _output_rows(parts, outputs, output is not None, rows)
     row_labels = axis_labels(output_labels, None, rows, "", "output labels") if output_labels is not None else default
     times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
     window = step_window(steps, count)

@@ -263,19 +263,8 @@ def shapley_values(
     P = plan.count
     n_outputs = int(view.background_outputs.shape[1])
     chosen = outputs is not None
-    if chosen:
-        assert view.select is not None
-        columns = np.broadcast_to(view.select(outputs), (n, len(outputs))).copy()  # type: ignore[arg-type]
-    else:
-        columns = np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
-    if budget is None:
-        budget = default_budget(P, B)
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
-        raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
-    if tol is not None and not tol > 0:
-        raise InputError(f"tol must be positive, got {tol}")
-    if int(batch_size) < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    columns = _columns(view, outputs, n, n_outputs)
+    budget = _checked_budget(budget, tol, batch_size, P, B)
     game = Game(view.forward, x, view.background, view.background_outputs, plan, columns)
     k = columns.shape[1]
     # DeepSHAP's per-pair values serve as the control variate where they describe the same game:
@@ -345,6 +334,28 @@ def shapley_values(
         shrunk_rmse=None if rmse is None else rmse.reshape(n, *base_shape),
         shrink_weight=None if weight is None else weight.reshape(n, *base_shape),
     )
+
+
+def _columns(view: ModelView, outputs: Sequence[Any] | None, n: int, n_outputs: int) -> np.ndarray:
+    """The output columns each of the ``n`` samples explains, (n, k): those ``outputs`` selects, else all."""
+    if outputs is not None:
+        assert view.select is not None
+        return np.broadcast_to(view.select(outputs), (n, len(outputs))).copy()
+    return np.broadcast_to(np.arange(n_outputs, dtype=np.int64), (n, n_outputs)).copy()
+
+
+def _checked_budget(budget: int | None, tol: float | None, batch_size: int, P: int, B: int) -> int:
+    """``budget`` (by default :func:`default_budget` of ``P`` players and ``B`` background rows), with ``budget``,
+    ``tol`` and ``batch_size`` checked."""
+    if budget is None:
+        budget = default_budget(P, B)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise InputError(f"budget must be an integer number of rows per sample, not {budget!r}")
+    if tol is not None and not tol > 0:
+        raise InputError(f"tol must be positive, got {tol}")
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return budget
 
 
 def _shape(a: np.ndarray, plan: Players, view: ModelView, chosen: bool, k: int) -> Any:

@@ -177,11 +177,7 @@ def shapley_interactions(
     if order > P:
         raise InputError(f"order={order} is more than the {P} players")
     n_outputs = int(view.background_outputs.shape[1])
-    if outputs is not None:
-        assert view.select is not None
-        columns = np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
-    else:
-        columns = np.arange(n_outputs, dtype=np.int64)
+    columns = _columns(view, outputs, n_outputs)
     defaulted = budget is None
     if budget is None:
         budget = default_interaction_budget(P, B, int(order))
@@ -196,11 +192,7 @@ def shapley_interactions(
         raise InputError(f"player_names has {len(player_names)} names for {P} players")
     names = None if player_names is None else [str(name) for name in player_names]
     enumerate_all = 2**P <= coalitions
-    # one seed per call: every output of a sample samples the same coalitions (evaluated once, kept)
-    if random_state is None or not isinstance(random_state, int):
-        seed = int(np.random.default_rng(random_state).integers(2**31 - 1))
-    else:
-        seed = random_state
+    seed = _seed(random_state)
     Game = _game_class()
     results: list[list[Any]] = []
     base = np.zeros((n, columns.size))
@@ -251,3 +243,18 @@ def shapley_interactions(
         exact=np.full(n, enumerate_all),
         n_evals=n_evals,
     )
+
+
+def _columns(view: ModelView, outputs: Sequence[Any] | None, n_outputs: int) -> np.ndarray:
+    """The output columns explained: those ``outputs`` selects, else all ``n_outputs``."""
+    if outputs is not None:
+        assert view.select is not None
+        return np.asarray(view.select(outputs), dtype=np.int64).reshape(-1)
+    return np.arange(n_outputs, dtype=np.int64)
+
+
+def _seed(random_state: Any) -> int:
+    """One seed per call: every output of a sample samples the same coalitions (evaluated once, kept)."""
+    if random_state is None or not isinstance(random_state, int):
+        return int(np.random.default_rng(random_state).integers(2**31 - 1))
+    return random_state

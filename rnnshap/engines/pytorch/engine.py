@@ -7,9 +7,8 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -22,21 +21,22 @@ from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import RTOL, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
-from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
+from .checks import check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
+from .kept import KeptPasses, kept_key, tape_bytes
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState, python_state
-from .tape import Tape, TapeEntry, repeat_along
+from .tape import Tape, repeat_along
 from .traced import TracedPasses, has_hooks
 
 Tensor = torch.Tensor
 
 
-class TorchEngine(ModelChecks):
+class TorchEngine(KeptPasses):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
@@ -101,21 +101,7 @@ class TorchEngine(ModelChecks):
                 f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
                 f"precision, and the check uses {self.dtype}'s tolerance."
             )
-        #: the tapes and outputs of reference passes on distinct references, by (r0, r1, the context's bytes) (see
-        #: _distinct_reference_pass)
-        self._kept_tapes: dict[Any, tuple[list[TapeEntry], Tensor, int]] = {}
-        #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
-        self._unkept: set[Any] = set()
-        #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
-        self._unchecked: set[Any] = set()
-        #: during a call of the front door (:meth:`call`), the kept tapes vetted (or recorded) in it; None outside one,
-        #: where every block vets what it reuses
-        self._vetted: set[Any] | None = None
-        #: kept tapes over the bytes kept between calls, held for the first call only (the constructor's reference
-        #: pass, which that call would run again: see ``_keep``)
-        self._first_call_only: set[Any] = set()
-        #: kept tapes whose plain forward gives the pass's outputs with autograd recording (see ``_computes``)
-        self._vetted_with_grad: set[Any] = set()
+        self._init_kept()
         #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
         self._traced: TracedPasses | None = None
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
@@ -169,19 +155,6 @@ class TorchEngine(ModelChecks):
         self.followed_inputs = sorted(self.token_inputs + self.number_inputs)
         return outputs, probe
 
-    @property
-    def distinct_references(self) -> bool:
-        """Whether a block of several samples runs its reference pass on its distinct references only, the tape then
-        repeated for its samples (see ``_rows_alone``, checked on first use); set to False, every block runs its
-        reference pass on its pairs."""
-        if self._distinct_allowed and self._rows_laid_out is None:
-            self._rows_laid_out = self._rows_alone()
-        return self._distinct_allowed and bool(self._rows_laid_out)
-
-    @distinct_references.setter
-    def distinct_references(self, value: bool) -> None:
-        self._distinct_allowed = self._distinct_allowed and value
-
     def _distinct_reference_pass(self, block: Block, context: list[Tensor], state: PreservedState) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one
         input pass) and its outputs. ``context``: the values of the context inputs (:attr:`context_inputs`),
@@ -197,7 +170,7 @@ class TorchEngine(ModelChecks):
         not one bit of the references' outputs is not seen (the additivity check then fails): call
         ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken
         before (each pass and plain forward here restores it)."""
-        key = _kept_key(block, context)
+        key = kept_key(block, context)
         vetted = self._vetted
         if key not in self._unkept:
             kept = self._kept_tapes.get(key)
@@ -225,59 +198,6 @@ class TorchEngine(ModelChecks):
             vetted.add(key)
         return tape, outputs
 
-    @contextlib.contextmanager
-    def call(self, just_built: bool = False) -> Iterator[None]:
-        # the kept reference passes are vetted once a call (see _distinct_reference_pass); a just-built explainer's
-        # are its constructor's, recorded on the model as it is
-        self._vetted = set(self._kept_tapes) if just_built else set()
-        try:
-            yield
-        finally:
-            self._vetted = None
-            self._release_held()
-
-    def _release_held(self) -> None:
-        """Drop the tapes held for the first call only (over the bytes kept between calls: see ``_keep``)."""
-        for key in self._first_call_only:
-            self._kept_tapes.pop(key, None)
-            self._unchecked.discard(key)
-            self._unkept.add(key)
-        self._first_call_only.clear()
-
-    def forget_reference_passes(self) -> None:
-        """Drop every kept reference pass: the next call runs its reference passes afresh (see
-        ``_distinct_reference_pass``)."""
-        self._kept_tapes.clear()
-        self._unkept.clear()
-        self._unchecked.clear()
-        self._first_call_only.clear()
-        self._vetted_with_grad.clear()
-        if self._vetted is not None:
-            self._vetted.clear()
-        if self._traced is not None:
-            self._traced.forget()  # (their constants are the kept passes' tensors)
-
-    def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
-        """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
-        given = dict(zip(self.context_inputs, context, strict=True))
-        n = block.r1 - block.r0
-        return [
-            given[t].expand(n, *given[t].shape[1:]).clone() if t in given else b[block.r0 : block.r1].clone()
-            for t, b in enumerate(self.background)
-        ]
-
-    def _shared_context(self, inputs: list[Tensor], block: Block) -> list[Tensor] | None:
-        """The context inputs' values of the block's first sample (one row each), where every sample of the block
-        has the same (then their pairs' references all take them), else None."""
-        shared = []
-        for t in self.context_inputs:
-            rows = inputs[t][block.s0 : block.s1]
-            first = rows[:1]
-            if not torch.equal(rows, first.expand_as(rows)):
-                return None
-            shared.append(first)
-        return shared
-
     def _keep(
         self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None, first_call: bool = False
     ) -> None:
@@ -287,10 +207,10 @@ class TorchEngine(ModelChecks):
         context inputs' values the pass ran with (see ``_distinct_reference_pass``). ``first_call``: over the bytes
         kept, held until the end of the first call all the same (the memory it takes is taken now, and that call
         would take it again to run the same pass)."""
-        key = _kept_key(block, context)
+        key = kept_key(block, context)
         if key in self._unkept:
             return
-        size = _tape_bytes(tape) + outputs.numel() * outputs.element_size()
+        size = tape_bytes(tape) + outputs.numel() * outputs.element_size()
         over = size + self._kept_bytes() > KEPT_TAPE_BYTES
         if (over and not first_call) or (state is not None and not self._computes(block, context, outputs, state)):
             self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
@@ -301,39 +221,6 @@ class TorchEngine(ModelChecks):
             self._kept_tapes[key] = (list(tape.entries), outputs, size)
             if state is None:
                 self._unchecked.add(key)
-
-    def _kept_bytes(self) -> int:
-        """The bytes of the tapes kept between calls (a tape held for the first call only is not counted)."""
-        return sum(size for key, (_, _, size) in self._kept_tapes.items() if key not in self._first_call_only)
-
-    def _computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
-        """Whether a plain forward of the block's references (with ``context``) gives ``outputs`` bit for bit (see
-        ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before).
-
-        The forward runs without autograd first and, where that misses, once with it: torch's transformer layers take
-        a fused fast path when nothing is recorded for autograd (``nn.TransformerEncoderLayer``,
-        ``nn.MultiheadAttention`` in eval mode), whose outputs differ in their last bits from the layer's own
-        operations, which the pass runs; with autograd recording (the rows' floating inputs require grad, as the
-        pass's tracked inputs do, frozen parameters or not) they run those. Which one gave the outputs is remembered
-        for the block, so that a later vet runs one forward."""
-        key = _kept_key(block, context)
-        for grad in (False, True) if key not in self._vetted_with_grad else (True,):
-            rows = self._distinct_rows(block, context)  # (copies: their own leaves)
-            if grad:
-                rows = [r.requires_grad_() if r.is_floating_point() else r for r in rows]
-            try:
-                with torch.set_grad_enabled(grad):
-                    now = self._take(self.model(*rows))
-            except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
-                return False
-            finally:
-                state.restore()
-            same = isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype
-            if same and bool(torch.equal(now, outputs)):
-                if grad:
-                    self._vetted_with_grad.add(key)
-                return True
-        return False
 
     def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
         """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
@@ -446,7 +333,7 @@ class TorchEngine(ModelChecks):
         context = self._shared_context(inputs, block)
         # (one sample: the pass on the references is the pairs' own, kept across calls; several: see distinct_references)
         distinct = n_refs > 1 and context is not None and (self._distinct_allowed if s == 1 else self.distinct_references)
-        if self._first_call_only and not (distinct and _kept_key(block, context) in self._first_call_only):
+        if self._first_call_only and not (distinct and kept_key(block, context) in self._first_call_only):
             self._release_held()  # (a block that does not take the tape held for the first call: it is not taken)
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
@@ -569,15 +456,15 @@ class TorchEngine(ModelChecks):
         traced = self._traced
         assert traced is not None
         block, leaves, chosen_columns = p.block, p.leaves, p.chosen_columns
-        kept = self._kept_tapes.get(_kept_key(block, context))
-        if kept is None or _kept_key(block, context) in self._first_call_only:
+        kept = self._kept_tapes.get(kept_key(block, context))
+        if kept is None or kept_key(block, context) in self._first_call_only:
             traced.path = "intercepted: the reference pass is not kept between calls (its tape is a program's constant)"
             return None
         if has_hooks(self.model):
             traced.path = "intercepted: the model has forward hooks, which a traced program would not run"
             return None
         entries = kept[0]
-        slot = (_kept_key(block, context), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
+        slot = (kept_key(block, context), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
         # (what the program keeps: the kept pass's tape, the model's Python state, autocast)
         version = (id(entries), python_state(self.model), torch.is_autocast_enabled(chosen_columns.device.type))
 
@@ -659,7 +546,7 @@ class TorchEngine(ModelChecks):
         if distinct:
             tape.repeats = s
             # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
-            key = _kept_key(block, context)
+            key = kept_key(block, context)
             tape.keeps_repeats = (
                 key in self._kept_tapes and key not in self._first_call_only and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
             )
@@ -688,22 +575,10 @@ class PairPass:
         return self.block, self.leaves, self.references, self.tape, self.grid, self.state, self.chosen_columns
 
 
-def _kept_key(block: Block, context: Any) -> tuple[Any, ...]:
-    """The key of a kept reference pass: the block's references and the context inputs' values it ran with."""
-    return (block.r0, block.r1, *((str(c.dtype), tuple(c.shape), c.cpu().numpy().tobytes()) for c in context))
-
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
 
-
-def _tape_bytes(tape: Tape) -> int:
-    """The bytes of the tensors ``tape``'s entries hold."""
-    size = 0
-    for entry in tape.entries:
-        for t in [*(entry.references or ()), *(() if entry.output is None else (entry.output,))]:
-            size += t.numel() * t.element_size()
-    return size
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -41,6 +41,25 @@ def count(value: Any, name: str) -> int:
     return int(value)
 
 
+def _checked_horizon(model: Any, n: Any) -> int:
+    """``n``, the forecast horizon explained, refused beyond ``output_chunk_length`` where darts cannot auto-regress
+    the model or auto-regresses it through random draws."""
+    n = count(n, "n")
+    ocl = model.output_chunk_length or 1
+    if n > ocl and model.output_chunk_shift:
+        raise InputError(
+            f"n={n} > output_chunk_length={ocl}: darts cannot auto-regress a model with output_chunk_shift="
+            f"{model.output_chunk_shift}, so neither can the explanation"
+        )
+    if n > ocl and model.likelihood is not None:
+        raise InputError(
+            f"n={n} > output_chunk_length={ocl}: darts forecasts a likelihood model beyond output_chunk_length by "
+            "feeding back sampled values (and refuses predict_likelihood_parameters=True there), a random function "
+            "with nothing exact to explain; explain its likelihood parameters up to n=output_chunk_length"
+        )
+    return n
+
+
 class ShapExplainer(DartsShapExplainer):
     """darts' ``ShapExplainer``, answered by rnnshap: DeepSHAP (exact in sum) or the Shapley mode.
 
@@ -200,34 +219,9 @@ class ShapExplainer(DartsShapExplainer):
             background_num_samples = count(background_num_samples, "background_num_samples")
         if batch_size is not None:
             batch_size = count(batch_size, "batch_size")
-        ocl = model.output_chunk_length or 1
         if n is not None:
-            n = count(n, "n")
-            if n > ocl and model.output_chunk_shift:
-                raise InputError(
-                    f"n={n} > output_chunk_length={ocl}: darts cannot auto-regress a model with output_chunk_shift="
-                    f"{model.output_chunk_shift}, so neither can the explanation"
-                )
-            if n > ocl and model.likelihood is not None:
-                raise InputError(
-                    f"n={n} > output_chunk_length={ocl}: darts forecasts a likelihood model beyond output_chunk_length by "
-                    "feeding back sampled values (and refuses predict_likelihood_parameters=True there), a random function "
-                    "with nothing exact to explain; explain its likelihood parameters up to n=output_chunk_length"
-                )
-            self.n = n
-        affine = None
-        if target_scaler is not None:
-            if model.likelihood is not None and type(model.likelihood).__name__ != "QuantileRegression":
-                raise InputError(
-                    f"target_scaler with a {type(model.likelihood).__name__}: its parameters are not all in the target's units "
-                    "(a scale parameter takes the scaler's factor without its offset); explain the scaled model instead"
-                )
-            affine = affine_of(target_scaler, self.target_components)
-            if background_series is None:
-                # darts fell back to the series the model was fit on (and its covariates): the *scaled* series.
-                # The scaler's map is part of the explained function, so the background (and the default
-                # foreground, which is the background) is its unscaled copy, in the units explain() takes
-                self.background_series = [target_scaler.inverse_transform(s) for s in self.background_series]
+            self.n = _checked_horizon(model, n)
+        affine = None if target_scaler is None else self._unscaled(model, target_scaler, background_series is None)
         check_lengths(model, self.n, self.background_series, None, None, "background")
         #: whether background series were given (else darts' default, the series the model was fit on)
         self.background_given = background_series is not None
@@ -252,6 +246,22 @@ class ShapExplainer(DartsShapExplainer):
             progress=progress,
             **kwargs,
         )
+
+    def _unscaled(self, model: Any, target_scaler: Any, defaulted: bool) -> Any:
+        """The affine map of ``target_scaler`` (refused where the likelihood's parameters are not all in the target's
+        units); ``defaulted``: the background is darts' default, whose unscaled copy it becomes."""
+        if model.likelihood is not None and type(model.likelihood).__name__ != "QuantileRegression":
+            raise InputError(
+                f"target_scaler with a {type(model.likelihood).__name__}: its parameters are not all in the target's units "
+                "(a scale parameter takes the scaler's factor without its offset); explain the scaled model instead"
+            )
+        affine = affine_of(target_scaler, self.target_components)
+        if defaulted:
+            # darts fell back to the series the model was fit on (and its covariates): the *scaled* series.
+            # The scaler's map is part of the explained function, so the background (and the default
+            # foreground, which is the background) is its unscaled copy, in the units explain() takes
+            self.background_series = [target_scaler.inverse_transform(s) for s in self.background_series]
+        return affine
 
     def _process_foreground(
         self, foreground_series: Any = None, foreground_past_covariates: Any = None, foreground_future_covariates: Any = None

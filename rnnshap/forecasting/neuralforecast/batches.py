@@ -59,19 +59,7 @@ class ExplainRun:
             "stat_exog": stat_exog,
         }  # fmt: skip
         present = [key for key in WINDOW_KEYS if given[key] is not None]
-        # recurrent models carry the horizon's unknown (NaN) targets after the input window (positions input_size and
-        # on of their longer windows) and never read them: they are set to 0 here, the reference's value, so they get
-        # exactly 0. A NaN anywhere else is data the model reads, which makes nf.predict NaN too: refused, not
-        # papered over.
-        for key in present:
-            missing = torch.isnan(given[key])
-            if key == "insample_y" and model.RECURRENT:
-                missing[:, model.input_size :] = False
-            if bool(missing.any()):
-                raise InputError(
-                    f"{model_name(model)}'s {key} holds {int(missing.sum())} NaN value(s) that the model reads (not marked "
-                    "unavailable by insample_mask): its forecast would be NaN too. Fill or drop them in df / futr_df / static_df."
-                )
+        _refuse_read_nans(model, given, present)
         multivariate = bool(model.MULTIVARIATE)
         series = [int(k) for k in model.explainer_config.get("series", [0])] if multivariate else [0]
         X = [torch.nan_to_num(given[key].detach().clone(), nan=0.0) for key in present]
@@ -207,6 +195,24 @@ class ExplainRun:
                 axis = 4 if model.MULTIVARIATE and key != "stat_exog" else -1  # the (embedded) feature axis
                 out[key] = model._reduce_cat_attr(torch.as_tensor(moved[key]), names, cats, axis).numpy()
         return out
+
+
+def _refuse_read_nans(model: Any, given: dict[str, Any], present: list[str]) -> None:
+    """Refuse a NaN the model reads. Recurrent models carry the horizon's unknown (NaN) targets after the input
+    window (positions input_size and on of their longer windows) and never read them: they are set to 0 (the
+    reference's value), so they get exactly 0. A NaN anywhere else is data the model reads, which makes nf.predict
+    NaN too: refused, not papered over."""
+    import torch
+
+    for key in present:
+        missing = torch.isnan(given[key])
+        if key == "insample_y" and model.RECURRENT:
+            missing[:, model.input_size :] = False
+        if bool(missing.any()):
+            raise InputError(
+                f"{model_name(model)}'s {key} holds {int(missing.sum())} NaN value(s) that the model reads (not marked "
+                "unavailable by insample_mask): its forecast would be NaN too. Fill or drop them in df / futr_df / static_df."
+            )
 
 
 class Refused(Exception):
