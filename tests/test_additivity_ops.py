@@ -30,6 +30,7 @@ from .conftest import (
     phi_totals,
     secant_rounding_tol,
 )
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 
@@ -434,17 +435,10 @@ def test_gradient_rule_on_a_nonlinearity_breaks_additivity() -> None:
 
 
 # -- structures shap gets wrong ----------------------------------------------------------------------
-class SharedModules(nn.Module):
+def shared_modules() -> nn.Module:
     """The same Linear and the same Tanh module applied twice (shap's module hooks mix them up)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.act = nn.Tanh()
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.act(self.lin(self.act(self.lin(x)))))
+    return Composite(lambda m, x: m.head(m.act(m.lin(m.act(m.lin(x))))),
+                     lin=nn.Linear(4, 4), act=nn.Tanh(), head=nn.Linear(4, 2))  # fmt: skip
 
 
 class InputProduct(nn.Module):
@@ -461,7 +455,7 @@ class InputProduct(nn.Module):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_module_used_twice_is_additive(dtype: torch.dtype) -> None:
-    model = SharedModules().to(dtype).eval()
+    model = shared_modules().to(dtype).eval()
     background, X = torch.randn(6, 4, dtype=dtype) * 2, torch.randn(4, 4, dtype=dtype) * 2
     values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)
     assert_additive(values, model, X, background, dtype)

@@ -21,6 +21,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, assert_rounding_close
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -237,22 +238,16 @@ def test_a_tensor_indexed_by_a_draw_does_not_carry_the_draw() -> None:
     assert_rounding_close(values, expected, D, what="values against W (x - E r)")
 
 
-class FirstOfUnsorted(nn.Module):
+def first_of_unsorted() -> nn.Module:
     """``topk(n, sorted=False).values[:, :2]``: every position, but the output reads the first two of an order torch
     does not specify (torch's CPU kernel returns them partly ordered by value); not a function rnnshap can take in the
     positions' own order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(5, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x).topk(5, -1, sorted=False).values[:, :2]
+    return Composite(lambda m, x: m.linear(x).topk(5, -1, sorted=False).values[:, :2], linear=nn.Linear(5, 5))
 
 
 def test_a_topk_of_every_position_whose_order_reaches_the_output_is_refused() -> None:
     torch.manual_seed(0)
-    model = FirstOfUnsorted().to(D).eval()
+    model = first_of_unsorted().to(D).eval()
     background = torch.randn(6, 5, dtype=D)
     with torch.no_grad():
         own = model(background)

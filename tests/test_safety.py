@@ -25,6 +25,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, output_gap, phi_totals
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 
@@ -357,16 +358,9 @@ def test_randomness_eval_cannot_turn_off_stays_refused_in_training_mode() -> Non
 
 
 def test_functional_dropout_in_training_is_refused() -> None:
-    class FDrop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return F.dropout(self.lin(x), 0.5, training=True)
-
+    model = Composite(lambda m, x: F.dropout(m.lin(x), 0.5, training=True), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.ModelStateError):
-        rnnshap.DeepExplainer(FDrop().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
 
 
 def test_eval_mode_dropout_and_batchnorm_are_explained() -> None:
@@ -511,16 +505,9 @@ def test_every_unsupported_op_is_named_in_one_error() -> None:
     ],
 )
 def test_unsupported_op_raises_unsupported_operation_error(forward: Any) -> None:
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return forward(self.lin(x))
-
+    model = Composite(lambda m, x: forward(m.lin(x)), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.UnsupportedOperationError):
-        rnnshap.DeepExplainer(Model().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
 
 
 def test_noise_drawn_in_forward_is_refused_as_randomness_not_as_a_missing_rule() -> None:

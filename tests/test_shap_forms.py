@@ -20,7 +20,7 @@ from torch import nn
 import rnnshap
 
 from .keras_process import KerasProcess
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -133,13 +133,8 @@ class _Skip(nn.Module):
         return self.b(torch.tanh(self.a(x))) + 1e-3 * x.sum(1, keepdim=True)
 
 
-class _Twice(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.a(torch.tanh(self.a(x))).sum(1)
+def _twice() -> nn.Module:
+    return Composite(lambda m, x: m.a(torch.tanh(m.a(x))).sum(1), a=nn.Linear(4, 4))
 
 
 @pytest.mark.parametrize(
@@ -156,7 +151,7 @@ def test_interim_layer_that_is_not_a_cut_is_refused(build: object, match: str) -
 
 
 def test_interim_layer_called_twice_is_refused() -> None:
-    model = _Twice().double().eval()
+    model = _twice().double().eval()
     with pytest.raises(rnnshap.InputError, match="more than once"):
         rnnshap.DeepExplainer((model, model.a), torch.randn(5, 4, dtype=F64))
 
