@@ -13,6 +13,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, additivity_excess, assert_adds_up_to, assert_rounding_close, model_outputs
+from .models.torch import Composite
 
 shap = pytest.importorskip("shap")
 
@@ -191,16 +192,9 @@ def test_an_ill_conditioned_sum_is_refused_with_its_conditioning_not_accepted_be
 
 
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
-    class Grid(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 6)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.tanh(self.lin(x) * 3).reshape(-1, 2, 3)
-
+    grid = Composite(lambda m, x: torch.tanh(m.lin(x) * 3).reshape(-1, 2, 3), lin=nn.Linear(5, 6))
     background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    explainer = rnnshap.DeepExplainer(Grid().double().eval(), background, rules={torch.tanh: rnnshap.rules.Linear()})
+    explainer = rnnshap.DeepExplainer(grid.double().eval(), background, rules={torch.tanh: rnnshap.rules.Linear()})
     with pytest.raises(rnnshap.AdditivityError, match=r"sample [01], output [0-5]\b"):
         explainer.shap_values(X)
     assert explainer.shap_values(X, check_additivity=False).shape == (2, 5, 2, 3)

@@ -24,7 +24,7 @@ import rnnshap
 from rnnshap.rules.attention import MultiHeadAttention
 
 from .conftest import ADDITIVITY_TOL, FLOAT32_VS_FLOAT64, assert_additive, eps, model_outputs, relative_to_max
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -360,17 +360,13 @@ def test_lstm_self_attention_with_key_padding_gives_masked_steps_exactly_zero(sc
     assert relative_to_max(values[torch.float32], values[F64]) < FLOAT32_VS_FLOAT64
 
 
-class LstmEncoder(nn.Module):
-    def __init__(self, norm_first: bool, activation: str) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.layer = nn.TransformerEncoderLayer(
-            8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first
-        )
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.layer(self.lstm(x)[0]).mean(1))
+def lstm_encoder(norm_first: bool, activation: str) -> nn.Module:
+    return Composite(
+        lambda m, x: m.head(m.layer(m.lstm(x)[0]).mean(1)),
+        lstm=nn.LSTM(3, 8, batch_first=True),
+        layer=nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first),
+        head=nn.Linear(8, 2),
+    )
 
 
 @pytest.mark.parametrize(("norm_first", "activation", "scale"), [
@@ -379,7 +375,7 @@ class LstmEncoder(nn.Module):
 def test_lstm_transformer_encoder_layer_is_exact(norm_first: bool, activation: str, scale: float) -> None:
     torch.manual_seed(6)
     background, X = _data((T, 3), scale, seed=7)
-    _exact_in_both_dtypes(LstmEncoder(norm_first, activation), background, X)
+    _exact_in_both_dtypes(lstm_encoder(norm_first, activation), background, X)
 
 
 class LstmDecoder(nn.Module):

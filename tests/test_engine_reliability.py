@@ -37,7 +37,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, phi_totals, relative_to_max
-from .models.torch import Function, RecurrentHead
+from .models.torch import Composite, Function, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -589,16 +589,9 @@ def test_batch_norm_without_running_statistics_gets_a_true_message() -> None:
         rnnshap.DeepExplainer(model, torch.randn(4, 5))
     assert "model.eval()" not in str(info.value)
 
-    class Functional(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return F.batch_norm(self.lin(x), None, None, training=True)
-
+    functional = Composite(lambda m, x: F.batch_norm(m.lin(x), None, None, training=True), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.ModelStateError, match="no running statistics"):
-        rnnshap.DeepExplainer(Functional().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(functional.eval(), torch.randn(4, 5))
 
 
 # -- branches on a condition that holds for every row ---------------------------------------------------------

@@ -24,7 +24,7 @@ from torch import nn
 import rnnshap
 from rnnshap.captum import LayerDeepLift, LayerDeepLiftShap, NeuronDeepLift, NeuronDeepLiftShap
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning",
@@ -187,15 +187,7 @@ def test_captum_parity_on_a_cnn(captum_attr: Any) -> None:
 def test_per_row_arguments_match_captum(captum_attr: Any) -> None:
     """A per-row additional argument reaches the layer: each (row, baseline) pair has its own layer tensors."""
 
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = _mlp()
-
-        def forward(self, x: Tensor, scale: Tensor) -> Tensor:
-            return self.net(x * scale[:, None])
-
-    model = Scaled().eval()
+    model = Composite(lambda m, x, scale: m.net(x * scale[:, None]), net=_mlp()).eval()
     x, bg, scale = _randn(3, 5, seed=7), _randn(4, 5, seed=8), torch.tensor([0.5, 1.0, 2.0], dtype=F64)
     for layer in (model.net[1], model.net[2]):
         options = {"additional_forward_args": (scale,), "return_convergence_delta": True}

@@ -26,7 +26,7 @@ import rnnshap
 import rnnshap.captum
 
 from .conftest import assert_additive, relative_to_max, rounding_tol
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -222,11 +222,7 @@ def test_nanmean_nansum_forms(form: str) -> None:
         "dtype": lambda x: torch.nansum(x, -1, keepdim=True, dtype=F64),
     }[form]
 
-    class Reducing(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.tanh(reduce(x) / L)
-
-    model = Reducing()
+    model = Function(lambda x: torch.tanh(reduce(x) / L))
     background, X = _windows(5, 0, GAP), _windows(2, 1, GAP)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, F64)
@@ -486,16 +482,9 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_reductions_are_never_advised_an_elementwise_rule(reduction: str) -> None:
-    class Reducing(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.first = nn.Linear(4, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return REDUCTIONS[reduction](self.first(x)).sum(-1, keepdim=True)
-
+    model = Composite(lambda m, x: REDUCTIONS[reduction](m.first(x)).sum(-1, keepdim=True), first=nn.Linear(4, 4))
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Reducing(), torch.randn(4, 4)).shap_values(torch.randn(2, 4))
+        rnnshap.DeepExplainer(model, torch.randn(4, 4)).shap_values(torch.randn(2, 4))
     message = str(info.value)
     assert "reduces its input-dependent operand" in message
     assert "Rescale()" not in message and "Shapley()" not in message

@@ -26,6 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, as_list, assert_additive, assert_rounding_close, relative_to_max
+from .models.torch import Composite
 
 shap = pytest.importorskip("shap")
 
@@ -241,15 +242,7 @@ def test_ranks_are_the_model_outputs_sorted() -> None:
 def test_one_dimensional_output_gives_values_shaped_like_input() -> None:
     """A model whose output is (n,) (shap crashes on it): values have X's shape and add up."""
 
-    class Squeezed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x).squeeze(1)
-
-    model = Squeezed().eval()
+    model = Composite(lambda m, x: m.net(x).squeeze(1), net=nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))).eval()
     background, X = torch.randn(10, 5), torch.randn(4, 5)
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(X)

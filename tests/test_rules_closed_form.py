@@ -20,7 +20,7 @@ import rnnshap
 from rnnshap.rules import product, rescale, routed_max, shapley
 
 from .conftest import assert_additive
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -208,15 +208,7 @@ def test_binary_op_model_gives_exact_two_player_shapley_values(name: str) -> Non
 def test_product_with_a_constant_is_linear() -> None:
     """x · w with w a parameter: the ordinary gradient, φ = w (x − mean r)."""
 
-    class Scale(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(5, dtype=F64))
-
-        def forward(self, x: Tensor) -> Tensor:
-            return (x * self.w).sum(1, keepdim=True)
-
-    model = Scale()
+    model = Composite(lambda m, x: (x * m.w).sum(1, keepdim=True), w=nn.Parameter(torch.randn(5, dtype=F64)))
     background, X = torch.randn(8, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     expected = model.w.detach().numpy() * (X.numpy() - background.numpy().mean(0))

@@ -19,6 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_additive, eps, relative_to_max
+from .models.torch import Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -166,15 +167,6 @@ def test_decomposed_op_is_exact_across_scales(name: str) -> None:
 
 
 # -- closed forms, float64 ---------------------------------------------------------------------------------
-class Apply(nn.Module):
-    def __init__(self, op: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.op(x)
-
-
 def _data(d: int, n_bg: int = 4, n_x: int = 3, seed: int = 0, low: float | None = None) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     if low is not None:
@@ -183,7 +175,7 @@ def _data(d: int, n_bg: int = 4, n_x: int = 3, seed: int = 0, low: float | None 
 
 
 def _explain(op: Callable[[Tensor], Tensor], background: Tensor, X: Tensor) -> np.ndarray:
-    return rnnshap.DeepExplainer(Apply(op), background).shap_values(X)  # (n, d, k)
+    return rnnshap.DeepExplainer(Function(op), background).shap_values(X)  # (n, d, k)
 
 
 def _closed(per_pair: Callable[[np.ndarray, np.ndarray], np.ndarray], background: Tensor, X: Tensor) -> np.ndarray:
@@ -374,7 +366,7 @@ def test_logcumsumexp_with_far_drifting_totals_is_finite_and_exact() -> None:
     background, X = _data(6)
     values = {}
     for dtype in (torch.float32, F64):
-        model = Apply(lambda t: torch.logcumsumexp(t + drift.to(t.dtype), 1))
+        model = Function(lambda t: torch.logcumsumexp(t + drift.to(t.dtype), 1))
         values[dtype] = rnnshap.DeepExplainer(model, background.to(dtype)).shap_values(X.to(dtype), check_additivity=False)
         assert np.isfinite(values[dtype]).all()
     assert_additive(values[F64], model, X, background, F64)
@@ -387,7 +379,7 @@ def test_logcumsumexp_with_far_drifting_totals_is_finite_and_exact() -> None:
 # -- what stays refused -------------------------------------------------------------------------------------
 def test_normalize_with_other_p_is_refused_by_name() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError, match="normalize"):
-        rnnshap.DeepExplainer(Apply(lambda t: F.normalize(t, p=3.0, dim=1)), torch.randn(3, 4, dtype=F64))
+        rnnshap.DeepExplainer(Function(lambda t: F.normalize(t, p=3.0, dim=1)), torch.randn(3, 4, dtype=F64))
 
 
 def test_layer_norm_rules_refuse_an_input_dependent_weight() -> None:
@@ -395,7 +387,7 @@ def test_layer_norm_rules_refuse_an_input_dependent_weight() -> None:
         return F.rms_norm(t, (4,), weight=torch.sigmoid(t[0]))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="rms_norm"):
-        rnnshap.DeepExplainer(Apply(op), torch.randn(3, 4, dtype=F64))
+        rnnshap.DeepExplainer(Function(op), torch.randn(3, 4, dtype=F64))
 
 
 # -- comparisons used as gates: torch.where(x >= 0, f(x), g(x)) ---------------------------------------------
