@@ -19,7 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, model_outputs, output_gap, phi_totals
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -716,15 +716,8 @@ def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
     values = explainer.shap_values(X)
     assert [v.shape for v in values] == [(2, 3, 2), (2, 2, 2)]  # one per key, in the background's order
 
-    class Positional(nn.Module):  # the model written another way: positional inputs
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: Tensor, z: Tensor) -> Tensor:
-            return self.model({"x": x, "z": z})
-
-    positional = Positional()
+    # the model written another way: positional inputs
+    positional = Composite(lambda m, x, z: m.model({"x": x, "z": z}), model=model)
     expected = rnnshap.DeepExplainer(positional, [background["x"], background["z"]]).shap_values([X["x"], X["z"]])
     for got, want in zip(values, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

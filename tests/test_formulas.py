@@ -631,11 +631,7 @@ def test_a_pair_across_a_pole_of_gamma_takes_the_quotient_not_the_midpoint_deriv
     x = (pole + torch.tensor([5e-4, 5e-4, -5e-4, 1e-3, -2e-3, 4e-4])).reshape(1, -1)
     r = (pole + torch.tensor([-2.5e-3, -3e-3, 2e-3, -2e-3, 1e-3, -1e-3])).reshape(1, -1)
 
-    class Net(torch.nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return fn(t)
-
-    values = rnnshap.DeepExplainer(Net(), r).shap_values(x, check_additivity=False)  # (1, 6, 6): output j from input j
+    values = rnnshap.DeepExplainer(Function(fn), r).shap_values(x, check_additivity=False)  # (1, 6, 6): output j from input j
     own = np.diagonal(values[0], axis1=0, axis2=1)
     exact = (fn(x.double()) - fn(r.double()))[0].numpy()
     scale = np.maximum(np.abs(fn(x.double())), np.abs(fn(r.double())))[0].numpy()

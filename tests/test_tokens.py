@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnshap
 
 from .conftest import assert_additive, model_outputs
+from .models.torch import Composite
 
 V, D, T = 11, 3, 6
 BOS = 1
@@ -64,22 +65,15 @@ MOVES: dict[str, tuple[Callable[[Tensor, nn.Embedding], Tensor], Callable[[Tenso
 }
 
 
-class Moved(nn.Module):
-    def __init__(self, move: Callable[[Tensor, nn.Embedding], Tensor]) -> None:
-        super().__init__()
-        self.move = move
-        self.emb = nn.Embedding(V, D)
-        self.gru = nn.GRU(D, 4, batch_first=True)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.out(self.gru(self.move(tokens, self.emb))[0][:, -1])
+def moved(move: Callable[[Tensor, nn.Embedding], Tensor]) -> nn.Module:
+    return Composite(lambda m, tokens: m.out(m.gru(m.move(tokens, m.emb))[0][:, -1]),
+                     move=move, emb=nn.Embedding(V, D), gru=nn.GRU(D, 4, batch_first=True), out=nn.Linear(4, 2))  # fmt: skip
 
 
 def _twins(before: Callable, after: Callable) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    a = Moved(before).double().eval()
-    b = Moved(after).double().eval()
+    a = moved(before).double().eval()
+    b = moved(after).double().eval()
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -331,20 +325,14 @@ NUMBER_USES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-class Counts(nn.Module):
-    def __init__(self, use: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.use = use
-        self.mlp = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(self.use(x))
+def counts(use: Callable[[Tensor], Tensor]) -> nn.Module:
+    return Composite(lambda m, x: m.mlp(m.use(x)), use=use, mlp=nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2)))
 
 
 @pytest.mark.parametrize("use", list(NUMBER_USES))
 def test_integer_features_cast_inside_the_model_are_attributed_as_numbers(use: str) -> None:
     torch.manual_seed(6)
-    model = Counts(NUMBER_USES[use]).double().eval()
+    model = counts(NUMBER_USES[use]).double().eval()
     background, X = torch.randint(0, 9, (5, 5)), torch.randint(0, 9, (3, 5))
     values = _explain(model, background, X)
     as_floats = _explain(model, background.double(), X.double())  # the same model given floats
@@ -353,27 +341,21 @@ def test_integer_features_cast_inside_the_model_are_attributed_as_numbers(use: s
     assert_additive(values, model, X, background, torch.float64)
 
 
-class Calendar(nn.Module):
+def calendar() -> nn.Module:
     """A float sequence and an integer calendar index per step, joined by cat inside the model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.out = nn.Linear(4, 1)
-
-    def forward(self, x: Tensor, day: Tensor) -> Tensor:
-        return self.out(self.lstm(torch.cat([x, day.unsqueeze(-1)], -1))[0][:, -1])
+    return Composite(lambda m, x, day: m.out(m.lstm(torch.cat([x, day.unsqueeze(-1)], -1))[0][:, -1]),
+                     lstm=nn.LSTM(3, 4, batch_first=True), out=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_integer_index_joined_to_a_float32_sequence_matches_a_float64_copy() -> None:
     torch.manual_seed(7)
-    model = Calendar().eval()
+    model = calendar().eval()
     background = [torch.randn(4, T, 2), torch.randint(0, 7, (4, T))]
     X = [torch.randn(3, T, 2), torch.randint(0, 7, (3, T))]
     values = _explain(model, background, X)
     assert np.abs(values[1]).max() > 0
     assert_additive(values, model, X, background, torch.float32)
-    copy = Calendar().double().eval()
+    copy = calendar().double().eval()
     copy.load_state_dict(model.state_dict())
     as_floats = _explain(copy, [b.double() for b in background], [x.double() for x in X])
     _close(values[0], as_floats[0], rtol=1e-4)
