@@ -20,14 +20,9 @@ shap = pytest.importorskip("shap")
 Tensor = torch.Tensor
 
 
-class TwoInputs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 6)
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.head(torch.tanh(self.a(a) + self.b(b)))
+def two_inputs() -> nn.Module:
+    return Composite(lambda m, a, b: m.head(torch.tanh(m.a(a) + m.b(b))),
+                     a=nn.Linear(4, 6), b=nn.Linear(3, 6), head=nn.Linear(6, 2))  # fmt: skip
 
 
 def _mlp(k: int = 3) -> nn.Module:
@@ -57,7 +52,7 @@ def test_call_with_feature_names() -> None:
 
 
 def test_call_on_multi_input_model_returns_one_explanation_per_input() -> None:
-    model = TwoInputs().eval()
+    model = two_inputs().eval()
     background = [torch.randn(5, 4), torch.randn(5, 3)]
     X = [torch.randn(3, 4), torch.randn(3, 3)]
     explanations = rnnshap.DeepExplainer(model, background)(X)
@@ -92,7 +87,7 @@ def test_numpy_inputs_give_the_same_values_as_tensors() -> None:
 
 
 def test_multi_input_numpy_and_tuple_inputs() -> None:
-    model = TwoInputs().eval()
+    model = two_inputs().eval()
     background = (
         np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32),
         np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32),

@@ -700,15 +700,9 @@ def test_13_a_distribution_is_refused_with_how_to_explain_its_parameters() -> No
 
 # -- 14 and 15. a dict of inputs, a DataLoader ----------------------------------------------------------------------------
 def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
-    class Named(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 2)
+    model = Composite(lambda m, batch: torch.tanh(m.a(batch["x"]) + m.b(batch["z"])), a=nn.Linear(3, 2), b=nn.Linear(2, 2))
 
-        def forward(self, batch: dict[str, Tensor]) -> Tensor:
-            return torch.tanh(self.a(batch["x"]) + self.b(batch["z"]))
-
-    model = Named().to(D).eval()
+    model = model.to(D).eval()
     background = {"x": torch.randn(5, 3, dtype=D), "z": torch.randn(5, 2, dtype=D)}
     X = {"z": torch.randn(2, 2, dtype=D), "x": torch.randn(2, 3, dtype=D)}
     before = snapshot(model)
@@ -788,15 +782,10 @@ def test_17_a_training_mode_model_is_explained_in_eval_mode_with_a_warning(layer
 
 # -- 19. a function of two operands without a rule: the advice is Shapley(), not Rescale ----------------------------------
 def test_19_a_two_operand_function_is_not_advised_rescale() -> None:
-    class Xlog1py(nn.Module):  # (hypot, atan2, logaddexp have their rule: rnnshap/operations.py)
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+    # (hypot, atan2, logaddexp have their rule: rnnshap/operations.py)
+    model = Composite(lambda m, x: torch.special.xlog1py(m.a(x), m.b(x).abs()), a=nn.Linear(3, 2), b=nn.Linear(3, 2))
 
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.special.xlog1py(self.a(x), self.b(x).abs())
-
-    model = Xlog1py().to(D).eval()
+    model = model.to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(2, 3, dtype=D)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="xlog1py") as info:
         rnnshap.DeepExplainer(model, background)
@@ -850,19 +839,14 @@ def test_16_a_layer_attributes_to_every_floating_tensor_it_takes() -> None:
 
 
 # -- 25. a float64 model that computes in float32 inside: said in the additivity report --------------------------------
-class HalfWay(nn.Module):
+def half_way() -> nn.Module:
     """Float64 parameters and inputs, a float32 computation inside (as Keras' matmul on torch does)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(3, 8).to(D), nn.Linear(8, 1).to(D)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(torch.tanh(self.a(x).float() * 3.0).double())
+    return Composite(lambda m, x: m.b(torch.tanh(m.a(x).float() * 3.0).double()),
+                     a=nn.Linear(3, 8).to(D), b=nn.Linear(8, 1).to(D))  # fmt: skip
 
 
 def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
-    model = HalfWay().eval()
+    model = half_way().eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(3, 3, dtype=D)
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer(model, background)

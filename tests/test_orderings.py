@@ -26,7 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -255,15 +255,9 @@ def test_ties_take_the_order_the_operation_itself_gives() -> None:
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 
-class Identity(nn.Module):
+def identity(how: Callable[[Tensor, Tensor], Tensor]) -> nn.Module:
     """``how(x, h)``: the explained input itself is ordered; ``h`` a fixed linear map of it."""
-
-    def __init__(self, how: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.how, self.h = how, nn.Linear(5, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.how(x, self.h(x)).sum(1, keepdim=True)
+    return Composite(lambda m, x: m.how(x, m.h(x)).sum(1, keepdim=True), how=how, h=nn.Linear(5, 5))
 
 
 @pytest.mark.parametrize(
@@ -281,7 +275,7 @@ def test_indices_that_ties_move_without_any_value_moving_still_add_up(
     how: Callable[..., Tensor], X: list, background: list
 ) -> None:
     torch.manual_seed(9)
-    model = Identity(how).to(D).eval()
+    model = identity(how).to(D).eval()
     x, b = torch.tensor(X, dtype=D), torch.tensor(background, dtype=D)
     assert_additive(_explain(model, b, x), model, x, b, D)
 

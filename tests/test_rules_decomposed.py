@@ -19,7 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_additive, eps, relative_to_max
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -27,15 +27,8 @@ SCALES = [1e-2, 1.0, 1e2]
 
 
 def _lstm_layer_norm() -> nn.Module:
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.norm, self.head = nn.LSTM(8, 16, batch_first=True), nn.LayerNorm(16), nn.Linear(16, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(self.norm(self.lstm(x)[0][:, -1]))
-
-    return Model()
+    return Composite(lambda m, x: m.head(m.norm(m.lstm(x)[0][:, -1])),
+                     lstm=nn.LSTM(8, 16, batch_first=True), norm=nn.LayerNorm(16), head=nn.Linear(16, 3))  # fmt: skip
 
 
 # -- layer norm after an LSTM: the float32 conditioning fix ------------------------------------------------
@@ -431,13 +424,8 @@ def test_where_gate_multiplier_is_rescale_of_the_piecewise_function(comparison: 
     assert torch.isfinite(m).all()
 
 
-class MinGruGate(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin, self.head = nn.Linear(5, 8), nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(_min_gru_g(self.lin(x)))
+def min_gru_gate() -> nn.Module:
+    return Composite(lambda m, x: m.head(_min_gru_g(m.lin(x))), lin=nn.Linear(5, 8), head=nn.Linear(8, 2))
 
 
 def test_min_gru_gate_through_the_engine_is_exact() -> None:
@@ -445,7 +433,7 @@ def test_min_gru_gate_through_the_engine_is_exact() -> None:
     from rnnshap.rules.registry import forms
 
     torch.manual_seed(3)
-    model = MinGruGate().double().eval()
+    model = min_gru_gate().double().eval()
     background, X = torch.randn(6, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
     values = rnnshap.DeepExplainer(model, background, rules=gate_rules(forms)).shap_values(X)
     assert_additive(values, model, X, background, F64)

@@ -343,15 +343,9 @@ def _with_statistics(model: nn.Module) -> nn.Module:
 
 
 def test_randomness_eval_cannot_turn_off_stays_refused_in_training_mode() -> None:
-    class Always(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.drop = nn.Linear(5, 4), nn.Dropout(0.3)
+    always = Composite(lambda m, x: F.dropout(m.drop(m.lin(x)), 0.5, training=True), lin=nn.Linear(5, 4), drop=nn.Dropout(0.3))
 
-        def forward(self, x: Tensor) -> Tensor:
-            return F.dropout(self.drop(self.lin(x)), 0.5, training=True)
-
-    model = Always().train()
+    model = always.train()
     with pytest.warns(UserWarning, match="training mode"), pytest.raises(rnnshap.ModelStateError, match="dropout"):
         rnnshap.DeepExplainer(model, torch.randn(4, 5))
     assert model.training and model.drop.training
@@ -393,13 +387,8 @@ def test_opaque_models_are_refused(build: Any) -> None:
 
 
 # -- bad inputs ------------------------------------------------------------------------------------------------
-class TwoInputs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 2), nn.Linear(3, 2)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.tanh(self.a(a) + self.b(b))
+def two_inputs() -> nn.Module:
+    return Composite(lambda m, a, b: torch.tanh(m.a(a) + m.b(b)), a=nn.Linear(4, 2), b=nn.Linear(3, 2))
 
 
 def _bad(kind: str) -> Any:
@@ -457,7 +446,7 @@ def test_bad_backgrounds_raise_input_error(kind: str) -> None:
     ],
 )
 def test_multi_input_mismatch_raises_input_error(X: Any) -> None:
-    explainer = rnnshap.DeepExplainer(TwoInputs(), [torch.randn(5, 4), torch.randn(5, 3)])
+    explainer = rnnshap.DeepExplainer(two_inputs(), [torch.randn(5, 4), torch.randn(5, 3)])
     with pytest.raises(rnnshap.InputError):
         explainer.shap_values(X())
 
