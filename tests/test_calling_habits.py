@@ -570,17 +570,10 @@ def test_23_new_tensors_made_from_an_input_dependent_tensor_are_constants() -> N
 
 
 def test_23_data_used_for_more_than_its_shape_is_still_refused() -> None:
-    class Writes(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            return torch.tanh(z.data * 2)
+    writes = Composite(lambda m, x: torch.tanh(m.lin(x).data * 2), lin=nn.Linear(3, 2))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"\.data"):
-        rnnshap.DeepExplainer(Writes().to(D).eval(), torch.randn(4, 3, dtype=D))
+        rnnshap.DeepExplainer(writes.to(D).eval(), torch.randn(4, 3, dtype=D))
 
 
 # -- 22. an operation whose result never reaches the explained output ------------------------------------------------

@@ -18,6 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 import rnnshap  # noqa: E402
 
 from .models.flax import FlaxComposite, FlaxRecurrent, torch_twin  # noqa: E402
+from .models.torch import Composite  # noqa: E402
 
 F64 = jnp.float64
 
@@ -191,18 +192,13 @@ def test_a_bidirectional_flax_gru_gets_the_values_of_its_pytorch_twin() -> None:
         head.weight.copy_(t(model.head.kernel[...]).T)
         head.bias.copy_(t(model.head.bias[...]))
 
-    class Twin(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = twin, head
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.rnn(x)[0].mean(1))
+    twin_model = Composite(lambda m, x: m.head(m.rnn(x)[0].mean(1)), rnn=twin, head=head)
 
     background, x = data((5, 3), 6, 15), data((5, 3), 2, 16)
-    np.testing.assert_allclose(Twin()(torch.tensor(x)).detach().numpy(), np.asarray(model(jnp.asarray(x))), rtol=0, atol=1e-13)
+    twin_out = twin_model(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(twin_out, np.asarray(model(jnp.asarray(x))), rtol=0, atol=1e-13)
     flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    torch_values = np.asarray(rnnshap.DeepExplainer(Twin(), torch.tensor(background)).shap_values(torch.tensor(x)))
+    torch_values = np.asarray(rnnshap.DeepExplainer(twin_model, torch.tensor(background)).shap_values(torch.tensor(x)))
     assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
 
 

@@ -35,21 +35,11 @@ PARITY_TOL_F32 = ADDITIVITY_TOL[torch.float32]
 PARITY_TOL_F64 = ADDITIVITY_TOL[torch.float64]
 
 
-class TwoInputNet(nn.Module):
+def two_input_net(d1: int = 4, d2: int = 3, k: int = 3) -> nn.Module:
     """Two inputs, each through its own Linear, joined (linear cat) then a ReLU MLP."""
-
-    def __init__(self, d1: int = 4, d2: int = 3, k: int = 3) -> None:
-        super().__init__()
-        self.a = nn.Linear(d1, 6)
-        self.b = nn.Linear(d2, 5)
-        self.act = nn.ReLU()
-        self.mix = nn.Linear(11, 8)
-        self.act2 = nn.Tanh()
-        self.head = nn.Linear(8, k)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        h = self.act(torch.cat([self.a(x1), self.b(x2)], dim=1))
-        return self.head(self.act2(self.mix(h)))
+    return Composite(lambda m, x1, x2: m.head(m.act2(m.mix(m.act(torch.cat([m.a(x1), m.b(x2)], dim=1))))),
+                     a=nn.Linear(d1, 6), b=nn.Linear(d2, 5), act=nn.ReLU(), mix=nn.Linear(11, 8), act2=nn.Tanh(),
+                     head=nn.Linear(8, k))  # fmt: skip
 
 
 class ConvImageNet(nn.Module):
@@ -140,7 +130,7 @@ CASES = [
         ((1, 8, 8),),
         smooth=True,
     ),
-    Case("two_inputs", TwoInputNet, ((4,), (3,)), smooth=True),
+    Case("two_inputs", two_input_net, ((4,), (3,)), smooth=True),
 ]
 
 
