@@ -309,18 +309,14 @@ def test_static_keys_and_values_equal_the_attention_written_out() -> None:
 
 
 def test_unbatched_multihead_attention_is_exact() -> None:
-    class Unbatched(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.mha, self.out = nn.Linear(3, D), nn.MultiheadAttention(D, 2), nn.Linear(D, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.lin(x)
-            return torch.stack([self.out(self.mha(s, s, s, attn_mask=torch.eye(T, dtype=torch.bool))[0].sum(0)) for s in h])
+    unbatched = Composite(
+        lambda m, x: torch.stack([m.out(m.mha(s, s, s, attn_mask=torch.eye(T, dtype=torch.bool))[0].sum(0)) for s in m.lin(x)]),
+        lin=nn.Linear(3, D), mha=nn.MultiheadAttention(D, 2), out=nn.Linear(D, 1),
+    )
 
     torch.manual_seed(4)
     background, X = _data((T, 3), seed=5)
-    _exact_in_both_dtypes(Unbatched().double(), background, X)
+    _exact_in_both_dtypes(unbatched.double(), background, X)
 
 
 # -- models: an LSTM, then attention -----------------------------------------------------------------------

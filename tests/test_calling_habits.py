@@ -358,25 +358,18 @@ def test_5_a_sparse_buffer_is_kept_and_the_model_explained() -> None:
 
 
 # -- 6 and 18. a model whose rows depend on each other (a recurrent layer reading axis 0 as time) ---------------------
-class SeqFirst(nn.Module):
+def seq_first(kind: str, transpose: bool = False) -> nn.Module:
     """``nn.LSTM`` / ``nn.GRU`` without batch_first: given (B, T, F) it reads axis 0 as time, so row b's
     output depends on rows 0..b (pyhealth's AdaCare); ``transpose``: the same model given what it reads."""
-
-    def __init__(self, kind: str, transpose: bool = False) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(3, 4) if kind == "lstm" else nn.GRU(3, 4)
-        self.head = nn.Linear(4, 1)
-        self.transpose = transpose
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.transpose:
-            return self.head(self.rnn(x.transpose(0, 1))[0].transpose(0, 1)[:, -1])
-        return self.head(self.rnn(x)[0][:, -1])
+    return Composite(
+        lambda m, x: m.head(m.rnn(x.transpose(0, 1))[0].transpose(0, 1)[:, -1]) if m.transpose else m.head(m.rnn(x)[0][:, -1]),
+        rnn=nn.LSTM(3, 4) if kind == "lstm" else nn.GRU(3, 4), head=nn.Linear(4, 1), transpose=transpose,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind, rows", [("lstm", 4), ("gru", 6)])  # (6) background rows == T; (18) != T
 def test_6_18_a_model_that_mixes_the_rows_of_axis_0_is_refused_by_name(kind: str, rows: int) -> None:
-    model = SeqFirst(kind).to(D).eval()
+    model = seq_first(kind).to(D).eval()
     background = torch.randn(rows, 4, 3, dtype=D)  # (B, T, F) with T = 4
     before = snapshot(model)
     with pytest.raises(rnnshap.InputError, match=r"(?s)rows.*axis 0.*batch_first") as info:
@@ -384,7 +377,7 @@ def test_6_18_a_model_that_mixes_the_rows_of_axis_0_is_refused_by_name(kind: str
     assert "'rnn'" in str(info.value)  # the recurrent module is named
     assert_unchanged(model, before)
     # the same model given its input as it reads it (transposed inside forward) is exact
-    fixed = SeqFirst(kind, transpose=True).to(D).eval()
+    fixed = seq_first(kind, transpose=True).to(D).eval()
     fixed.load_state_dict(model.state_dict())
     X = torch.randn(2, 4, 3, dtype=D)
     assert_additive(rnnshap.DeepExplainer(fixed, background).shap_values(X), fixed, X, background, D)

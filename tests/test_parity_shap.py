@@ -42,26 +42,17 @@ def two_input_net(d1: int = 4, d2: int = 3, k: int = 3) -> nn.Module:
                      head=nn.Linear(8, k))  # fmt: skip
 
 
-class ConvImageNet(nn.Module):
+def conv_image_net() -> nn.Module:
     """Conv2d + BatchNorm (eval, with non-trivial running stats) + ReLU + MaxPool2d(2) + Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.act = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.flat = nn.Flatten()
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(4 * 4 * 4, 3)
-        with torch.no_grad():
-            self.bn.running_mean.uniform_(-0.5, 0.5)
-            self.bn.running_var.uniform_(0.5, 2.0)
-            self.bn.weight.uniform_(0.5, 1.5)
-            self.bn.bias.uniform_(-0.3, 0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.flat(self.pool(self.act(self.bn(self.conv(x)))))))
+    model = Composite(lambda m, x: m.head(m.drop(m.flat(m.pool(m.act(m.bn(m.conv(x))))))),
+                      conv=nn.Conv2d(2, 4, 3, padding=1), bn=nn.BatchNorm2d(4), act=nn.ReLU(), pool=nn.MaxPool2d(2),
+                      flat=nn.Flatten(), drop=nn.Dropout(0.3), head=nn.Linear(4 * 4 * 4, 3))  # fmt: skip
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.3, 0.3)
+    return model
 
 
 @dataclass
@@ -121,7 +112,7 @@ CASES = [
         ((3, 16),),
         smooth=False,
     ),
-    Case("conv2d_bn_maxpool", ConvImageNet, ((2, 8, 8),), smooth=False),
+    Case("conv2d_bn_maxpool", conv_image_net, ((2, 8, 8),), smooth=False),
     Case(
         "conv2d_maxpool_tanh_head",
         lambda: nn.Sequential(

@@ -54,18 +54,11 @@ def _lerp_gate(z: Tensor) -> Tensor:
 
 
 def _group_norm() -> nn.Module:
-    class Grouped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.norm = nn.GroupNorm(2, 4)
-            with torch.no_grad():
-                self.norm.weight.uniform_(0.5, 1.5)
-                self.norm.bias.uniform_(-0.5, 0.5)
-
-        def forward(self, z: Tensor) -> Tensor:
-            return self.norm(z.reshape(-1, 4, 4)).flatten(1)
-
-    return Grouped()
+    norm = nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return Composite(lambda m, z: m.norm(z.reshape(-1, 4, 4)).flatten(1), norm=norm)
 
 
 def _min_gru_scan(z: Tensor) -> Tensor:
@@ -464,19 +457,13 @@ def test_closed_form_secants_equal_the_difference_quotient(name: str) -> None:
         torch.testing.assert_close(slope(at.detach() + delta, at.detach()), derivative, rtol=rtol, atol=0)
 
 
-class Powered(nn.Module):
+def powered(p: float, how: str) -> nn.Module:
     """``(W x − 1) ** p``, written with ``**`` (the Power rule) or with ``torch.float_power`` (the
     generic exact Shapley rule, float64): the same function, so the same values."""
-
-    def __init__(self, p: float, how: str) -> None:
-        super().__init__()
-        self.p, self.how = p, how
-        self.lin = nn.Linear(3, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lin(x) - 1
-        y = z**self.p if self.how == "pow" else torch.float_power(z, self.p)
-        return y.sum(1, keepdim=True)
+    return Composite(
+        lambda m, x: ((m.lin(x) - 1) ** m.p if m.how == "pow" else torch.float_power(m.lin(x) - 1, m.p)).sum(1, keepdim=True),
+        p=p, how=how, lin=nn.Linear(3, 4),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("p", [-2.0, -1.0, 1.0, 2.0, 3.0, 0.5, 1.5, -0.5])
@@ -484,7 +471,7 @@ def test_power_rule_equals_the_generic_rule_on_any_base(p: float) -> None:
     """Positive, negative and zero bases, and pairs where the sample is its reference (Δ = 0), for
     integer p; positive bases for fractional p (a regression: Δ = 0 at a base ≤ 0 got multiplier 0)."""
     torch.manual_seed(3)
-    power, generic = Powered(p, "pow").double().eval(), Powered(p, "float_power").double().eval()
+    power, generic = powered(p, "pow").double().eval(), powered(p, "float_power").double().eval()
     generic.load_state_dict(power.state_dict())
     g = torch.Generator().manual_seed(4)
     background, X = torch.randn(4, 3, generator=g, dtype=F64), torch.randn(3, 3, generator=g, dtype=F64)
