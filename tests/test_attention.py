@@ -374,27 +374,24 @@ def test_lstm_transformer_encoder_layer_is_exact(norm_first: bool, activation: s
     _exact_in_both_dtypes(lstm_encoder(norm_first, activation), background, X)
 
 
-class LstmDecoder(nn.Module):
+def lstm_decoder(norm_first: bool) -> nn.Module:
     """A causal TransformerDecoderLayer over an LSTM's states (self-attention and memory both causal): one output per step."""
-
-    def __init__(self, norm_first: bool) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.1, activation="gelu", batch_first=True, norm_first=norm_first)
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.lstm(x)[0]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)
-        out = self.layer(h, h, tgt_mask=causal, memory_mask=causal, tgt_is_causal=True, memory_is_causal=True)
-        return self.head(out).squeeze(-1)  # (n, T)
+    return Composite(
+        lambda m, x: m.head(
+            m.layer(h := m.lstm(x)[0], h, tgt_mask=(causal := nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)),
+                    memory_mask=causal, tgt_is_causal=True, memory_is_causal=True)
+        ).squeeze(-1),  # (n, T)
+        lstm=nn.LSTM(3, 8, batch_first=True),
+        layer=nn.TransformerDecoderLayer(8, 2, 16, dropout=0.1, activation="gelu", batch_first=True, norm_first=norm_first),
+        head=nn.Linear(8, 1),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("norm_first", "scale"), [(False, 1.0), (True, 1e-2), (True, 1e2)])
 def test_causal_decoder_layer_gives_future_steps_exactly_zero(norm_first: bool, scale: float) -> None:
     torch.manual_seed(7)
     background, X = _data((T, 3), scale, seed=8)
-    values = _exact_in_both_dtypes(LstmDecoder(norm_first), background, X)
+    values = _exact_in_both_dtypes(lstm_decoder(norm_first), background, X)
     for dtype in (F64, torch.float32):
         v = np.asarray(values[dtype])  # (n, T, 3, T outputs)
         future = np.tril(np.ones((T, T), dtype=bool), -1)  # [input step, output step]: the input comes after the output
@@ -491,17 +488,10 @@ def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch
 
 # -- refused by name ---------------------------------------------------------------------------------------
 def test_attention_dropout_in_training_is_explained_in_eval_mode() -> None:
-    class Train(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.out = nn.Linear(3, D), nn.Linear(D, 1)
-            self.mha = nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True)
+    train = Composite(lambda m, x: m.out(m.mha(h := m.lin(x), h, h)[0].mean(1)), lin=nn.Linear(3, D), out=nn.Linear(D, 1),
+                      mha=nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True))  # fmt: skip
 
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.lin(x)
-            return self.out(self.mha(h, h, h)[0].mean(1))
-
-    model = Train().double().train()
+    model = train.double().train()
     # shap explains the eval-mode function: eval() sets dropout_p to 0 (warned, every flag put back)
     with pytest.warns(UserWarning, match="'mha' \\(MultiheadAttention\\)"):
         rnnshap.DeepExplainer(model, torch.randn(3, T, 3, dtype=F64))
@@ -540,7 +530,7 @@ def test_half_precision_attention_follows_the_float64_copy(dtype: torch.dtype, u
     """16-bit attention is decomposed in float32 (as torch's math kernel keeps its intermediates): the values
     follow the float64 copy to 16-bit accuracy and pass the explainer's own additivity check for the dtype."""
     torch.manual_seed(9)
-    model = LstmDecoder(norm_first=False).double().eval()
+    model = lstm_decoder(norm_first=False).double().eval()
     background, X = _data((T, 3), seed=10)
     expected = rnnshap.DeepExplainer(model, background).shap_values(X)
     half = rnnshap.DeepExplainer(model.to(dtype), background.to(dtype)).shap_values(X.to(dtype))

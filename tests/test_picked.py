@@ -185,16 +185,9 @@ def test_greedy_decoding_is_exact_and_ignores_an_unread_feature(dtype: torch.dty
 
 
 def test_a_picked_index_used_as_a_number_is_attributed_as_a_step() -> None:
-    class Position(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.score = nn.Linear(4, 5)
+    model = Composite(lambda m, x: m.score(x).argmax(1, keepdim=True).to(x.dtype) * 0.5 + x[:, :1], score=nn.Linear(4, 5))
 
-        def forward(self, x: Tensor) -> Tensor:
-            where = self.score(x).argmax(1, keepdim=True)
-            return where.to(x.dtype) * 0.5 + x[:, :1]
-
-    model = Position().to(D).eval()
+    model = model.to(D).eval()
     background, X = torch.randn(6, 4, dtype=D), torch.randn(5, 4, dtype=D)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, D)

@@ -168,16 +168,9 @@ def test_a_topk_of_every_position_keeps_the_draws_from_the_output_and_is_explain
     assert_rounding_close(values, expected, D, what="values against the twin without draws")
 
 
-class DrawCancels(nn.Module):
+def draw_cancels() -> nn.Module:
     """Noise drawn with torch.randn_like added times zero: followed into the output, never changing it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.linear(x)
-        return out + 0.0 * torch.randn_like(out)
+    return Composite(lambda m, x: (out := m.linear(x)) + 0.0 * torch.randn_like(out), linear=nn.Linear(4, 2))
 
 
 def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_matter() -> None:
@@ -185,7 +178,7 @@ def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_ma
     every seed (the draws cancelled) or differed (keeping some queries)."""
     background = torch.randn(5, 6, dtype=D)
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as every:
-        rnnshap.DeepExplainer(DrawCancels().to(D).eval(), background[:, :4])
+        rnnshap.DeepExplainer(draw_cancels().to(D).eval(), background[:, :4])
     message = str(every.value)
     assert "torch.randn_like" in message and "flow into its output" in message and "gave the same outputs" in message, message
     assert "they matter" not in message and "differ by up to" not in message, message
