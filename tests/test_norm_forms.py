@@ -132,17 +132,10 @@ def test_a_normalization_written_by_hand_gets_the_values_of_the_built_in_one(nam
 
 
 # -- all-zero rows: a padded step under every form --------------------------------------------------------
-class Padded(nn.Module):
+def padded(norm: Callable[[Tensor], Tensor]) -> nn.Module:
     """Linear(5 → 3, identity on the first 3 features, no bias) → a normalization → a fixed read-out:
     an all-zero input row gives an all-zero row to normalize, whose scale is eps^(-1/2)."""
-
-    def __init__(self, norm: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(x[:, :3])
-        return y @ torch.linspace(-1, 1, 6, dtype=y.dtype).reshape(3, 2)
+    return Composite(lambda m, x: (y := m.norm(x[:, :3])) @ torch.linspace(-1, 1, 6, dtype=y.dtype).reshape(3, 2), norm=norm)
 
 
 ZERO_ROWS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
@@ -166,7 +159,7 @@ def test_a_zero_row_under_a_normalization_written_by_hand_stays_bounded(name: st
     g = torch.Generator().manual_seed(3)
     rows, zero = torch.randn(3, 5, generator=g, dtype=F64), torch.zeros(1, 5, dtype=F64)
     background, X = (rows, zero) if side == "sample" else (zero, rows)
-    built_in, by_hand = (Padded(f).eval() for f in ZERO_ROWS[name])
+    built_in, by_hand = (padded(f).eval() for f in ZERO_ROWS[name])
     expected = rnnshap.DeepExplainer(built_in, background).shap_values(X)
     values = rnnshap.DeepExplainer(by_hand, background).shap_values(X)
     assert_additive(values, by_hand, X, background, F64)

@@ -116,17 +116,12 @@ def _by_hand(z: Tensor, scale: Callable[[Tensor, Tensor], Tensor], centre: bool 
     return scale(c, (c * c).mean(-1, keepdim=True)).flatten(1)
 
 
-class Block(nn.Module):
+def block(op: Any, bias: bool = True) -> nn.Module:
     """Linear(5 → 16) → op → a fixed linear read-out to 2 outputs."""
-
-    def __init__(self, op: Any, bias: bool = True) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 16, bias=bias)
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.op(self.lin(x))
-        return y @ torch.linspace(-1, 1, 2 * y.shape[1], dtype=y.dtype).reshape(y.shape[1], 2)
+    return Composite(
+        lambda m, x: (y := m.op(m.lin(x))) @ torch.linspace(-1, 1, 2 * y.shape[1], dtype=y.dtype).reshape(y.shape[1], 2),
+        lin=nn.Linear(5, 16, bias=bias), op=op,
+    )  # fmt: skip
 
 
 #: the model itself cancels large terms in float32 above this input scale: at 1e2 the scan's
@@ -140,7 +135,7 @@ def test_decomposed_op_is_exact_across_scales(name: str) -> None:
         values = {}
         for dtype in (torch.float32, F64):
             torch.manual_seed(0)
-            model = Block(OPS[name](), bias=name not in SMALL_AT_SMALL_SCALES).to(dtype).eval()
+            model = block(OPS[name](), bias=name not in SMALL_AT_SMALL_SCALES).to(dtype).eval()
             g = torch.Generator().manual_seed(1)
             background = (torch.randn(5, 5, generator=g, dtype=F64) * scale).to(dtype)
             X = (torch.randn(3, 5, generator=g, dtype=F64) * scale).to(dtype)
@@ -303,7 +298,7 @@ def test_zero_row_under_a_normalization_is_exact_and_bounded(name: str, side: st
     The symmetric Shapley rule on c ⊙ s then gave terms of that order (φ ≈ ±5e6 for an output moving
     by 0.86, sums off by 1e-8 in float64, 1e-5 for F.normalize), hidden from rnnshap's own check by its
     Σ|φ| scale. The scale-weighted rule keeps φ of the size of the output's change."""
-    model = Block(ZERO_ROW_NORMS[name]).double().eval()
+    model = block(ZERO_ROW_NORMS[name]).double().eval()
     model.lin = nn.Linear(5, 3, bias=False).double()
     model.lin.weight.data = torch.eye(3, 5, dtype=F64)
     g = torch.Generator().manual_seed(3)
