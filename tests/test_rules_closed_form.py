@@ -174,16 +174,9 @@ def test_shapley_building_block_matches_two_player_formula(name: str) -> None:
     np.testing.assert_allclose(m_b.numpy() * (B - Br), phi_b, rtol=1e-10, atol=1e-13)
 
 
-class Elementwise2(nn.Module):
+def elementwise2(op: Callable[[Tensor, Tensor], Tensor]) -> nn.Module:
     """f(x) = op(x[:, :k], x[:, k:]): two input-dependent operands, feature j of each feeding output j."""
-
-    def __init__(self, op: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        k = x.shape[1] // 2
-        return self.op(x[:, :k], x[:, k:])
+    return Composite(lambda m, x: m.op(x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :]), op=op)
 
 
 @pytest.mark.parametrize("name", list(BINARY))
@@ -193,7 +186,7 @@ def test_binary_op_model_gives_exact_two_player_shapley_values(name: str) -> Non
     g = torch.Generator().manual_seed(5)
     background = torch.rand(6, 2 * k, generator=g, dtype=F64) * 2 + 0.5  # positive: a safe denominator and base
     X = torch.rand(4, 2 * k, generator=g, dtype=F64) * 2 + 0.5
-    model = Elementwise2(op)
+    model = elementwise2(op)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)  # (n, 2k, k)
 
     x, R = X.numpy()[:, None, :], background.numpy()[None, :, :]  # (n, 1, 2k), (1, m, 2k)

@@ -31,16 +31,9 @@ def recurrent() -> RecurrentHead:
     return RecurrentHead("lstm", 4, 5, 2, project=3, names="embed lstm head")
 
 
-class Tail(nn.Module):
+def tail(model: RecurrentHead) -> nn.Module:
     """``recurrent()`` from the LSTM's input on: the model split at ``lstm``."""
-
-    def __init__(self, model: RecurrentHead) -> None:
-        super().__init__()
-        self.lstm, self.head = model.lstm, model.head
-
-    def forward(self, z: Tensor) -> Tensor:
-        out, _ = self.lstm(z)
-        return self.head(out[:, -1])
+    return Composite(lambda m, z: m.head(m.lstm(z)[0][:, -1]), lstm=model.lstm, head=model.head)
 
 
 def _data(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -59,7 +52,7 @@ def test_interim_layer_is_the_model_split_at_the_layer() -> None:
         gap = (model(X) - model(background).mean(0)).numpy()
         expected = model(background).mean(0).numpy()
     assert values.shape == (*z_X.shape, 2)  # shaped like the layer's input, outputs last
-    split = rnnshap.DeepExplainer(Tail(model), z_background).shap_values(z_X)
+    split = rnnshap.DeepExplainer(tail(model), z_background).shap_values(z_X)
     np.testing.assert_allclose(values, split, rtol=0, atol=1e-13)
     np.testing.assert_allclose(explainer.expected_value, expected, rtol=0, atol=1e-14)  # shap's base value
     np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=0, atol=1e-12)  # each sample adds up

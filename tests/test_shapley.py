@@ -215,19 +215,10 @@ def test_deepshap_reading_the_samples_masks_keeps_the_values_efficient() -> None
     sum to f(x) − f(r read with x's mask), not to the game's f(x) − f(r): the control variate must
     still give values that add up."""
 
-    class Padded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(9, 3)
-            self.rnn = nn.GRU(3, 5, batch_first=True)
-            self.head = nn.Linear(5, 1)
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            out, _ = self.rnn(self.embed(ids) * (ids != 0)[..., None])
-            return self.head(out[:, -1])
-
     torch.manual_seed(14)
-    model = Padded().double().eval()
+    padded = Composite(lambda m, ids: m.head(m.rnn(m.embed(ids) * (ids != 0)[..., None])[0][:, -1]),
+                       embed=nn.Embedding(9, 3), rnn=nn.GRU(3, 5, batch_first=True), head=nn.Linear(5, 1))  # fmt: skip
+    model = padded.double().eval()
     ids = torch.tensor([[3, 5, 0, 0, 0, 0], [1, 2, 3, 4, 0, 0]])
     background = torch.randint(1, 9, (10, 6))
     for budget in (10 * 3 + 1 + 5 + 2 * 2 * 5, 200):

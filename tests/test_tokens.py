@@ -275,21 +275,15 @@ def test_a_token_only_model_is_checked_at_the_tolerance_of_the_dtype_it_computes
     assert explainer.engine.dtype == str(dtype).replace("torch.", "")
 
 
-class IndexedByInput(nn.Module):
+def indexed_by_input() -> nn.Module:
     """Reads the GRU's state at the step an integer input names (the last of each sequence)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru, self.out = nn.GRU(2, 4, batch_first=True), nn.Linear(4, 1)
-
-    def forward(self, x: Tensor, last: Tensor) -> Tensor:
-        states, _ = self.gru(x)
-        return self.out(states[torch.arange(x.shape[0]), last])
+    return Composite(lambda m, x, last: m.out(m.gru(x)[0][torch.arange(x.shape[0]), last]),
+                     gru=nn.GRU(2, 4, batch_first=True), out=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_an_integer_input_used_as_an_index_is_context() -> None:
     torch.manual_seed(8)
-    model = IndexedByInput().double().eval()
+    model = indexed_by_input().double().eval()
     background = [torch.randn(3, T, 2, dtype=torch.float64), torch.full((3,), T - 1)]
     X = [torch.randn(2, T, 2, dtype=torch.float64), torch.tensor([2, 4])]
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -362,20 +356,17 @@ def test_integer_index_joined_to_a_float32_sequence_matches_a_float64_copy() -> 
     _close(values[1], as_floats[1], rtol=1e-4)
 
 
-class NumberAndLengths(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = nn.GRU(2, 3, batch_first=True)
-        self.out = nn.Linear(3, 1)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        return self.out(self.gru(packed)[1][-1]) / lengths.unsqueeze(-1).float()
+def number_and_lengths() -> nn.Module:
+    return Composite(
+        lambda m, x, lengths: m.out(m.gru(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[1][-1])
+        / lengths.unsqueeze(-1).float(),
+        gru=nn.GRU(2, 3, batch_first=True), out=nn.Linear(3, 1),
+    )  # fmt: skip
 
 
 def test_an_input_used_as_a_number_and_as_lengths_or_tokens_is_refused() -> None:
     with pytest.raises(rnnshap.InputError, match="used as a number"):
-        rnnshap.DeepExplainer(NumberAndLengths().eval(), [torch.randn(3, T, 2), torch.tensor([T, 2, 3])])
+        rnnshap.DeepExplainer(number_and_lengths().eval(), [torch.randn(3, T, 2), torch.tensor([T, 2, 3])])
 
     class Both(Lookup):
         def forward(self, tokens: Tensor) -> Tensor:
