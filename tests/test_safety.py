@@ -502,17 +502,10 @@ def test_unsupported_op_raises_unsupported_operation_error(forward: Any) -> None
 def test_noise_drawn_in_forward_is_refused_as_randomness_not_as_a_missing_rule() -> None:
     """(issue 31, items 1 and 17) a random draw is not a function with a rule: refused by name, at construction."""
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            return z + torch.randn_like(z)
+    model = Composite(lambda m, x: (z := m.lin(x)) + torch.randn_like(z), lin=nn.Linear(5, 4))
 
     with pytest.raises(rnnshap.ModelStateError, match="randn_like") as info:
-        rnnshap.DeepExplainer(Model().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
     assert "register_rule" not in str(info.value) and "Rescale" not in str(info.value)
 
 

@@ -175,23 +175,19 @@ def test_embedding_bag_attributes_every_token(mode: str, layout: str) -> None:
     assert_additive(values, model, X, background, torch.float64)
 
 
-class WeightedBag(nn.Module):
-    def __init__(self, reference: bool = False) -> None:
-        super().__init__()
-        self.reference = reference
-        self.bag = nn.EmbeddingBag(V, D, mode="sum")
-        self.out = nn.Linear(D, 2)
-
-    def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
-        if self.reference:
-            return self.out((F.embedding(tokens, self.bag.weight) * weights.unsqueeze(-1)).sum(1))
-        return self.out(self.bag(tokens, per_sample_weights=weights))
+def weighted_bag(reference: bool = False) -> nn.Module:
+    """EmbeddingBag with per-sample weights, or (``reference``) the same sum written with F.embedding."""
+    return Composite(
+        lambda m, tokens, weights: m.out((F.embedding(tokens, m.bag.weight) * weights.unsqueeze(-1)).sum(1))
+        if m.reference else m.out(m.bag(tokens, per_sample_weights=weights)),
+        reference=reference, bag=nn.EmbeddingBag(V, D, mode="sum"), out=nn.Linear(D, 2),
+    )  # fmt: skip
 
 
 def test_embedding_bag_with_per_sample_weights_that_are_inputs() -> None:
     torch.manual_seed(3)
-    model = WeightedBag().double().eval()
-    reference = WeightedBag(reference=True).double().eval()
+    model = weighted_bag().double().eval()
+    reference = weighted_bag(reference=True).double().eval()
     reference.load_state_dict(model.state_dict())
     background = [torch.randint(0, V, (4, T)), torch.rand(4, T, dtype=torch.float64)]
     X = [torch.randint(0, V, (3, T)), torch.rand(3, T, dtype=torch.float64)]
