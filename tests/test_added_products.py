@@ -12,22 +12,16 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, relative_to_max
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 F64 = torch.float64
 
 
-class Fused(nn.Module):
-    """An LSTM whose features feed one fused call (``fused``) or its written-out form (``plain``)."""
-
-    def __init__(self, op: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.lstm(x)[0]  # (N, T=4, 8)
-        return self.op(h, x).reshape(x.shape[0], -1)
+def fused_model(op: Callable[[Tensor, Tensor], Tensor]) -> nn.Module:
+    """An LSTM whose features feed one fused call (``fused``) or its written-out form (``plain``): ``op(h, x)``, h the
+    LSTM's (N, T=4, 8) states."""
+    return Composite(lambda m, x: m.op(m.lstm(x)[0], x).reshape(x.shape[0], -1), lstm=nn.LSTM(3, 8, batch_first=True), op=op)
 
 
 W = torch.randn(8, 5, dtype=F64, generator=torch.Generator().manual_seed(3))
@@ -78,8 +72,8 @@ CASES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Ten
 def test_added_products_match_the_written_out_form(case: str) -> None:
     fused_op, plain_op = CASES[case]
     torch.manual_seed(0)
-    fused = Fused(fused_op).to(F64).eval()
-    plain = Fused(plain_op).to(F64).eval()
+    fused = fused_model(fused_op).to(F64).eval()
+    plain = fused_model(plain_op).to(F64).eval()
     plain.load_state_dict(fused.state_dict())
     g = torch.Generator().manual_seed(1)
     background, X = torch.randn(5, 4, 3, generator=g, dtype=F64), torch.randn(3, 4, 3, generator=g, dtype=F64)

@@ -30,6 +30,7 @@ from .conftest import (
     phi_totals,
     secant_rounding_tol,
 )
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 
@@ -434,34 +435,21 @@ def test_gradient_rule_on_a_nonlinearity_breaks_additivity() -> None:
 
 
 # -- structures shap gets wrong ----------------------------------------------------------------------
-class SharedModules(nn.Module):
+def shared_modules() -> nn.Module:
     """The same Linear and the same Tanh module applied twice (shap's module hooks mix them up)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.act = nn.Tanh()
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.act(self.lin(self.act(self.lin(x)))))
+    return Composite(lambda m, x: m.head(m.act(m.lin(m.act(m.lin(x))))),
+                     lin=nn.Linear(4, 4), act=nn.Tanh(), head=nn.Linear(4, 2))  # fmt: skip
 
 
-class InputProduct(nn.Module):
+def input_product() -> nn.Module:
     """Two model inputs meeting in a product and a division."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        u, v = self.a(a), self.b(b)
-        return u * torch.sigmoid(v) + u / (v.exp() + 1.0)
+    return Composite(lambda m, a, b: (u := m.a(a)) * torch.sigmoid(v := m.b(b)) + u / (v.exp() + 1.0),
+                     a=nn.Linear(4, 3), b=nn.Linear(2, 3))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_module_used_twice_is_additive(dtype: torch.dtype) -> None:
-    model = SharedModules().to(dtype).eval()
+    model = shared_modules().to(dtype).eval()
     background, X = torch.randn(6, 4, dtype=dtype) * 2, torch.randn(4, 4, dtype=dtype) * 2
     values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)
     assert_additive(values, model, X, background, dtype)
@@ -469,7 +457,7 @@ def test_module_used_twice_is_additive(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_two_inputs_meeting_in_nonlinear_ops_are_additive(dtype: torch.dtype) -> None:
-    model = InputProduct().to(dtype).eval()
+    model = input_product().to(dtype).eval()
     background = [torch.randn(6, 4, dtype=dtype), torch.randn(6, 2, dtype=dtype)]
     X = [torch.randn(3, 4, dtype=dtype), torch.randn(3, 2, dtype=dtype)]
     values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)

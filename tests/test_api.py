@@ -13,20 +13,16 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, additivity_excess, assert_adds_up_to, assert_rounding_close, model_outputs
+from .models.torch import Composite
 
 shap = pytest.importorskip("shap")
 
 Tensor = torch.Tensor
 
 
-class TwoInputs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 6)
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.head(torch.tanh(self.a(a) + self.b(b)))
+def two_inputs() -> nn.Module:
+    return Composite(lambda m, a, b: m.head(torch.tanh(m.a(a) + m.b(b))),
+                     a=nn.Linear(4, 6), b=nn.Linear(3, 6), head=nn.Linear(6, 2))  # fmt: skip
 
 
 def _mlp(k: int = 3) -> nn.Module:
@@ -56,7 +52,7 @@ def test_call_with_feature_names() -> None:
 
 
 def test_call_on_multi_input_model_returns_one_explanation_per_input() -> None:
-    model = TwoInputs().eval()
+    model = two_inputs().eval()
     background = [torch.randn(5, 4), torch.randn(5, 3)]
     X = [torch.randn(3, 4), torch.randn(3, 3)]
     explanations = rnnshap.DeepExplainer(model, background)(X)
@@ -91,7 +87,7 @@ def test_numpy_inputs_give_the_same_values_as_tensors() -> None:
 
 
 def test_multi_input_numpy_and_tuple_inputs() -> None:
-    model = TwoInputs().eval()
+    model = two_inputs().eval()
     background = (
         np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32),
         np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32),
@@ -191,16 +187,9 @@ def test_an_ill_conditioned_sum_is_refused_with_its_conditioning_not_accepted_be
 
 
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
-    class Grid(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 6)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.tanh(self.lin(x) * 3).reshape(-1, 2, 3)
-
+    grid = Composite(lambda m, x: torch.tanh(m.lin(x) * 3).reshape(-1, 2, 3), lin=nn.Linear(5, 6))
     background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    explainer = rnnshap.DeepExplainer(Grid().double().eval(), background, rules={torch.tanh: rnnshap.rules.Linear()})
+    explainer = rnnshap.DeepExplainer(grid.double().eval(), background, rules={torch.tanh: rnnshap.rules.Linear()})
     with pytest.raises(rnnshap.AdditivityError, match=r"sample [01], output [0-5]\b"):
         explainer.shap_values(X)
     assert explainer.shap_values(X, check_additivity=False).shape == (2, 5, 2, 3)

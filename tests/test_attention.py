@@ -24,7 +24,7 @@ import rnnshap
 from rnnshap.rules.attention import MultiHeadAttention
 
 from .conftest import ADDITIVITY_TOL, FLOAT32_VS_FLOAT64, assert_additive, eps, model_outputs, relative_to_max
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -309,18 +309,14 @@ def test_static_keys_and_values_equal_the_attention_written_out() -> None:
 
 
 def test_unbatched_multihead_attention_is_exact() -> None:
-    class Unbatched(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.mha, self.out = nn.Linear(3, D), nn.MultiheadAttention(D, 2), nn.Linear(D, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.lin(x)
-            return torch.stack([self.out(self.mha(s, s, s, attn_mask=torch.eye(T, dtype=torch.bool))[0].sum(0)) for s in h])
+    unbatched = Composite(
+        lambda m, x: torch.stack([m.out(m.mha(s, s, s, attn_mask=torch.eye(T, dtype=torch.bool))[0].sum(0)) for s in m.lin(x)]),
+        lin=nn.Linear(3, D), mha=nn.MultiheadAttention(D, 2), out=nn.Linear(D, 1),
+    )
 
     torch.manual_seed(4)
     background, X = _data((T, 3), seed=5)
-    _exact_in_both_dtypes(Unbatched().double(), background, X)
+    _exact_in_both_dtypes(unbatched.double(), background, X)
 
 
 # -- models: an LSTM, then attention -----------------------------------------------------------------------
@@ -360,17 +356,13 @@ def test_lstm_self_attention_with_key_padding_gives_masked_steps_exactly_zero(sc
     assert relative_to_max(values[torch.float32], values[F64]) < FLOAT32_VS_FLOAT64
 
 
-class LstmEncoder(nn.Module):
-    def __init__(self, norm_first: bool, activation: str) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.layer = nn.TransformerEncoderLayer(
-            8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first
-        )
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.layer(self.lstm(x)[0]).mean(1))
+def lstm_encoder(norm_first: bool, activation: str) -> nn.Module:
+    return Composite(
+        lambda m, x: m.head(m.layer(m.lstm(x)[0]).mean(1)),
+        lstm=nn.LSTM(3, 8, batch_first=True),
+        layer=nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first),
+        head=nn.Linear(8, 2),
+    )
 
 
 @pytest.mark.parametrize(("norm_first", "activation", "scale"), [
@@ -379,30 +371,27 @@ class LstmEncoder(nn.Module):
 def test_lstm_transformer_encoder_layer_is_exact(norm_first: bool, activation: str, scale: float) -> None:
     torch.manual_seed(6)
     background, X = _data((T, 3), scale, seed=7)
-    _exact_in_both_dtypes(LstmEncoder(norm_first, activation), background, X)
+    _exact_in_both_dtypes(lstm_encoder(norm_first, activation), background, X)
 
 
-class LstmDecoder(nn.Module):
+def lstm_decoder(norm_first: bool) -> nn.Module:
     """A causal TransformerDecoderLayer over an LSTM's states (self-attention and memory both causal): one output per step."""
-
-    def __init__(self, norm_first: bool) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.1, activation="gelu", batch_first=True, norm_first=norm_first)
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.lstm(x)[0]
-        causal = nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)
-        out = self.layer(h, h, tgt_mask=causal, memory_mask=causal, tgt_is_causal=True, memory_is_causal=True)
-        return self.head(out).squeeze(-1)  # (n, T)
+    return Composite(
+        lambda m, x: m.head(
+            m.layer(h := m.lstm(x)[0], h, tgt_mask=(causal := nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype)),
+                    memory_mask=causal, tgt_is_causal=True, memory_is_causal=True)
+        ).squeeze(-1),  # (n, T)
+        lstm=nn.LSTM(3, 8, batch_first=True),
+        layer=nn.TransformerDecoderLayer(8, 2, 16, dropout=0.1, activation="gelu", batch_first=True, norm_first=norm_first),
+        head=nn.Linear(8, 1),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("norm_first", "scale"), [(False, 1.0), (True, 1e-2), (True, 1e2)])
 def test_causal_decoder_layer_gives_future_steps_exactly_zero(norm_first: bool, scale: float) -> None:
     torch.manual_seed(7)
     background, X = _data((T, 3), scale, seed=8)
-    values = _exact_in_both_dtypes(LstmDecoder(norm_first), background, X)
+    values = _exact_in_both_dtypes(lstm_decoder(norm_first), background, X)
     for dtype in (F64, torch.float32):
         v = np.asarray(values[dtype])  # (n, T, 3, T outputs)
         future = np.tril(np.ones((T, T), dtype=bool), -1)  # [input step, output step]: the input comes after the output
@@ -499,17 +488,10 @@ def test_a_transformer_encoders_reference_pass_is_kept_between_calls(monkeypatch
 
 # -- refused by name ---------------------------------------------------------------------------------------
 def test_attention_dropout_in_training_is_explained_in_eval_mode() -> None:
-    class Train(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.out = nn.Linear(3, D), nn.Linear(D, 1)
-            self.mha = nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True)
+    train = Composite(lambda m, x: m.out(m.mha(h := m.lin(x), h, h)[0].mean(1)), lin=nn.Linear(3, D), out=nn.Linear(D, 1),
+                      mha=nn.MultiheadAttention(D, 2, dropout=0.1, batch_first=True))  # fmt: skip
 
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.lin(x)
-            return self.out(self.mha(h, h, h)[0].mean(1))
-
-    model = Train().double().train()
+    model = train.double().train()
     # shap explains the eval-mode function: eval() sets dropout_p to 0 (warned, every flag put back)
     with pytest.warns(UserWarning, match="'mha' \\(MultiheadAttention\\)"):
         rnnshap.DeepExplainer(model, torch.randn(3, T, 3, dtype=F64))
@@ -548,7 +530,7 @@ def test_half_precision_attention_follows_the_float64_copy(dtype: torch.dtype, u
     """16-bit attention is decomposed in float32 (as torch's math kernel keeps its intermediates): the values
     follow the float64 copy to 16-bit accuracy and pass the explainer's own additivity check for the dtype."""
     torch.manual_seed(9)
-    model = LstmDecoder(norm_first=False).double().eval()
+    model = lstm_decoder(norm_first=False).double().eval()
     background, X = _data((T, 3), seed=10)
     expected = rnnshap.DeepExplainer(model, background).shap_values(X)
     half = rnnshap.DeepExplainer(model.to(dtype), background.to(dtype)).shap_values(X.to(dtype))

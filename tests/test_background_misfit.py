@@ -12,7 +12,7 @@ from torch import nn
 import rnnshap
 from rnnshap.errors import InputError
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 
 def sequence() -> RecurrentHead:
@@ -51,31 +51,26 @@ def test_an_error_of_rnnshap_itself_is_not_reported_as_a_misfit() -> None:
         rnnshap.DeepExplainer(RecurrentHead("lstm", 4, 5, 1, prepare=torch.round, names="lstm head").eval(), torch.randn(6, 7, 4))
 
 
-class WithState(nn.Module):
+def with_state() -> nn.Module:
     """(N, T, 3) and an initial state h0 → (N, 2): the state as an input of its own."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn, self.head = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.rnn(x, h0)[0][:, -1])
+    return Composite(lambda m, x, h0=None: m.head(m.rnn(x, h0)[0][:, -1]),
+                     rnn=nn.GRU(3, 4, batch_first=True), head=nn.Linear(4, 2))  # fmt: skip
 
 
 def test_an_initial_state_in_torchs_layout_is_told_to_put_its_batch_axis_first() -> None:
     """torch's h0 is (num_layers, batch, hidden); every input of rnnshap's has its batch axis first (issue 49)."""
     with pytest.raises(InputError, match=r"background.*input 0 has 20.*input 1 has 1.*batch axis first.*h0.transpose\(0, 1\)"):
-        rnnshap.DeepExplainer(WithState().eval(), [torch.randn(20, 8, 3), torch.zeros(1, 20, 4)])
+        rnnshap.DeepExplainer(with_state().eval(), [torch.randn(20, 8, 3), torch.zeros(1, 20, 4)])
 
 
 def test_a_list_of_sequences_of_different_lengths_says_it_was_read_as_several_inputs_and_how_to_pad() -> None:
     sequences = [torch.randn(8, 3), torch.randn(5, 3), torch.randn(6, 3)]
     with pytest.raises(InputError, match=r"read as 3 inputs.*different lengths.*pad_sequence") as info:
-        rnnshap.DeepExplainer(WithState().eval(), sequences)
+        rnnshap.DeepExplainer(with_state().eval(), sequences)
     assert "h0.transpose" not in str(info.value)
 
 
 def test_one_sample_to_explain_without_its_batch_axis_gets_the_x_none_hint() -> None:
-    explainer = rnnshap.DeepExplainer(WithState().eval(), torch.randn(20, 8, 3))
+    explainer = rnnshap.DeepExplainer(with_state().eval(), torch.randn(20, 8, 3))
     with pytest.raises(InputError, match=r"shape \(8, 3\).*one sample without its batch axis.*X\[None\]"):
         explainer.shap_values(torch.randn(8, 3))

@@ -14,23 +14,16 @@ import torch
 import rnnshap
 from rnnshap.errors import InputError
 
+from .models.torch import Composite
+
 RNG = np.random.default_rng(0)
 SEQUENCES = RNG.standard_normal((10, 6, 3)).astype(np.float32)
 STATES = RNG.standard_normal((10, 4)).astype(np.float32)
 
 
 def torch_model() -> Any:
-    class TwoInputs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = torch.nn.GRU(3, 4, batch_first=True)
-            self.head = torch.nn.Linear(4, 1)
-
-        def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            out, _ = self.rnn(x, h[None].contiguous())
-            return self.head(out[:, -1])
-
-    return TwoInputs().eval()
+    return Composite(lambda m, x, h: m.head(m.rnn(x, h[None].contiguous())[0][:, -1]),
+                     rnn=torch.nn.GRU(3, 4, batch_first=True), head=torch.nn.Linear(4, 1)).eval()  # fmt: skip
 
 
 def keras_model() -> Any:
@@ -43,16 +36,10 @@ def keras_model() -> Any:
 
 def jax_model() -> Any:
     nnx = pytest.importorskip("flax.nnx")
+    from .models.flax import FlaxComposite
 
-    class TwoInputs(nnx.Module):
-        def __init__(self, rngs: Any) -> None:
-            self.x = nnx.Linear(3, 1, rngs=rngs)
-            self.h = nnx.Linear(4, 1, rngs=rngs)
-
-        def __call__(self, x: Any, h: Any) -> Any:
-            return self.x(x).mean(1) + self.h(h)
-
-    return TwoInputs(nnx.Rngs(0))
+    rngs = nnx.Rngs(0)
+    return FlaxComposite(lambda m, x, h: m.x(x).mean(1) + m.h(h), x=nnx.Linear(3, 1, rngs=rngs), h=nnx.Linear(4, 1, rngs=rngs))
 
 
 def as_inputs(name: str, arrays: list[np.ndarray]) -> list[Any]:
@@ -92,15 +79,9 @@ def test_sequences_of_different_lengths_read_as_several_inputs_get_the_padding_c
         model = keras.Sequential([keras.Input((6, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
     else:
         nnx = pytest.importorskip("flax.nnx")
+        from .models.flax import FlaxComposite
 
-        class Flat(nnx.Module):
-            def __init__(self, rngs: Any) -> None:
-                self.head = nnx.Linear(18, 1, rngs=rngs)
-
-            def __call__(self, x: Any) -> Any:
-                return self.head(x.reshape(x.shape[0], -1))
-
-        model = Flat(nnx.Rngs(0))
+        model = FlaxComposite(lambda m, x: m.head(x.reshape(x.shape[0], -1)), head=nnx.Linear(18, 1, rngs=nnx.Rngs(0)))
     ragged = as_inputs(name, [SEQUENCES[:4], SEQUENCES[:3], SEQUENCES[:5]])  # three "sequences" of 4, 3, 5 steps
     with pytest.raises(InputError) as caught:
         rnnshap.DeepExplainer(model, ragged)

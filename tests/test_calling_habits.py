@@ -19,7 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, model_outputs, output_gap, phi_totals
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -358,25 +358,18 @@ def test_5_a_sparse_buffer_is_kept_and_the_model_explained() -> None:
 
 
 # -- 6 and 18. a model whose rows depend on each other (a recurrent layer reading axis 0 as time) ---------------------
-class SeqFirst(nn.Module):
+def seq_first(kind: str, transpose: bool = False) -> nn.Module:
     """``nn.LSTM`` / ``nn.GRU`` without batch_first: given (B, T, F) it reads axis 0 as time, so row b's
     output depends on rows 0..b (pyhealth's AdaCare); ``transpose``: the same model given what it reads."""
-
-    def __init__(self, kind: str, transpose: bool = False) -> None:
-        super().__init__()
-        self.rnn = nn.LSTM(3, 4) if kind == "lstm" else nn.GRU(3, 4)
-        self.head = nn.Linear(4, 1)
-        self.transpose = transpose
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.transpose:
-            return self.head(self.rnn(x.transpose(0, 1))[0].transpose(0, 1)[:, -1])
-        return self.head(self.rnn(x)[0][:, -1])
+    return Composite(
+        lambda m, x: m.head(m.rnn(x.transpose(0, 1))[0].transpose(0, 1)[:, -1]) if m.transpose else m.head(m.rnn(x)[0][:, -1]),
+        rnn=nn.LSTM(3, 4) if kind == "lstm" else nn.GRU(3, 4), head=nn.Linear(4, 1), transpose=transpose,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind, rows", [("lstm", 4), ("gru", 6)])  # (6) background rows == T; (18) != T
 def test_6_18_a_model_that_mixes_the_rows_of_axis_0_is_refused_by_name(kind: str, rows: int) -> None:
-    model = SeqFirst(kind).to(D).eval()
+    model = seq_first(kind).to(D).eval()
     background = torch.randn(rows, 4, 3, dtype=D)  # (B, T, F) with T = 4
     before = snapshot(model)
     with pytest.raises(rnnshap.InputError, match=r"(?s)rows.*axis 0.*batch_first") as info:
@@ -384,7 +377,7 @@ def test_6_18_a_model_that_mixes_the_rows_of_axis_0_is_refused_by_name(kind: str
     assert "'rnn'" in str(info.value)  # the recurrent module is named
     assert_unchanged(model, before)
     # the same model given its input as it reads it (transposed inside forward) is exact
-    fixed = SeqFirst(kind, transpose=True).to(D).eval()
+    fixed = seq_first(kind, transpose=True).to(D).eval()
     fixed.load_state_dict(model.state_dict())
     X = torch.randn(2, 4, 3, dtype=D)
     assert_additive(rnnshap.DeepExplainer(fixed, background).shap_values(X), fixed, X, background, D)
@@ -570,17 +563,10 @@ def test_23_new_tensors_made_from_an_input_dependent_tensor_are_constants() -> N
 
 
 def test_23_data_used_for_more_than_its_shape_is_still_refused() -> None:
-    class Writes(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            return torch.tanh(z.data * 2)
+    writes = Composite(lambda m, x: torch.tanh(m.lin(x).data * 2), lin=nn.Linear(3, 2))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"\.data"):
-        rnnshap.DeepExplainer(Writes().to(D).eval(), torch.randn(4, 3, dtype=D))
+        rnnshap.DeepExplainer(writes.to(D).eval(), torch.randn(4, 3, dtype=D))
 
 
 # -- 22. an operation whose result never reaches the explained output ------------------------------------------------
@@ -700,15 +686,9 @@ def test_13_a_distribution_is_refused_with_how_to_explain_its_parameters() -> No
 
 # -- 14 and 15. a dict of inputs, a DataLoader ----------------------------------------------------------------------------
 def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
-    class Named(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 2)
+    model = Composite(lambda m, batch: torch.tanh(m.a(batch["x"]) + m.b(batch["z"])), a=nn.Linear(3, 2), b=nn.Linear(2, 2))
 
-        def forward(self, batch: dict[str, Tensor]) -> Tensor:
-            return torch.tanh(self.a(batch["x"]) + self.b(batch["z"]))
-
-    model = Named().to(D).eval()
+    model = model.to(D).eval()
     background = {"x": torch.randn(5, 3, dtype=D), "z": torch.randn(5, 2, dtype=D)}
     X = {"z": torch.randn(2, 2, dtype=D), "x": torch.randn(2, 3, dtype=D)}
     before = snapshot(model)
@@ -716,15 +696,8 @@ def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
     values = explainer.shap_values(X)
     assert [v.shape for v in values] == [(2, 3, 2), (2, 2, 2)]  # one per key, in the background's order
 
-    class Positional(nn.Module):  # the model written another way: positional inputs
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: Tensor, z: Tensor) -> Tensor:
-            return self.model({"x": x, "z": z})
-
-    positional = Positional()
+    # the model written another way: positional inputs
+    positional = Composite(lambda m, x, z: m.model({"x": x, "z": z}), model=model)
     expected = rnnshap.DeepExplainer(positional, [background["x"], background["z"]]).shap_values([X["x"], X["z"]])
     for got, want in zip(values, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
@@ -795,15 +768,10 @@ def test_17_a_training_mode_model_is_explained_in_eval_mode_with_a_warning(layer
 
 # -- 19. a function of two operands without a rule: the advice is Shapley(), not Rescale ----------------------------------
 def test_19_a_two_operand_function_is_not_advised_rescale() -> None:
-    class Xlog1py(nn.Module):  # (hypot, atan2, logaddexp have their rule: rnnshap/operations.py)
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+    # (hypot, atan2, logaddexp have their rule: rnnshap/operations.py)
+    model = Composite(lambda m, x: torch.special.xlog1py(m.a(x), m.b(x).abs()), a=nn.Linear(3, 2), b=nn.Linear(3, 2))
 
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.special.xlog1py(self.a(x), self.b(x).abs())
-
-    model = Xlog1py().to(D).eval()
+    model = model.to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(2, 3, dtype=D)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="xlog1py") as info:
         rnnshap.DeepExplainer(model, background)
@@ -857,19 +825,14 @@ def test_16_a_layer_attributes_to_every_floating_tensor_it_takes() -> None:
 
 
 # -- 25. a float64 model that computes in float32 inside: said in the additivity report --------------------------------
-class HalfWay(nn.Module):
+def half_way() -> nn.Module:
     """Float64 parameters and inputs, a float32 computation inside (as Keras' matmul on torch does)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(3, 8).to(D), nn.Linear(8, 1).to(D)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(torch.tanh(self.a(x).float() * 3.0).double())
+    return Composite(lambda m, x: m.b(torch.tanh(m.a(x).float() * 3.0).double()),
+                     a=nn.Linear(3, 8).to(D), b=nn.Linear(8, 1).to(D))  # fmt: skip
 
 
 def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
-    model = HalfWay().eval()
+    model = half_way().eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(3, 3, dtype=D)
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer(model, background)

@@ -24,7 +24,7 @@ import rnnshap.captum
 from rnnshap.captum import DeepLift, DeepLiftShap
 
 from .conftest import ADDITIVITY_TOL, assert_adds_up_to, assert_rounding_close, eps, rounding_tol
-from .models.torch import Dense, RecurrentHead
+from .models.torch import Composite, Dense, RecurrentHead
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning", "ignore:Input Tensor .* did not already require gradients:UserWarning"
@@ -54,23 +54,15 @@ def recurrent(layer: type[nn.RNNBase] = nn.LSTM) -> nn.Module:
     return RecurrentHead({nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[layer], 4, 12, 3).eval()
 
 
-class TwoInputs(nn.Module):
+def _two_inputs_forward(m: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: Any = 1.0, mode: str = "sum") -> torch.Tensor:
     """forward(x, y, scale=..., mode=...): two attributed inputs and additional arguments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(5, 8), nn.Linear(3, 8)
-        self.relu, self.tanh = nn.ReLU(), nn.Tanh()
-        self.out = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, scale: Any = 1.0, mode: str = "sum") -> torch.Tensor:
-        hidden = self.relu(self.a(x)) + self.tanh(self.b(y)) if mode == "sum" else self.relu(self.a(x))
-        return self.out(hidden) * scale
+    return m.out(m.relu(m.a(x)) + m.tanh(m.b(y)) if mode == "sum" else m.relu(m.a(x))) * scale
 
 
 def two_inputs() -> nn.Module:
     torch.manual_seed(0)
-    return TwoInputs().eval()
+    return Composite(_two_inputs_forward, a=nn.Linear(5, 8), b=nn.Linear(3, 8), relu=nn.ReLU(), tanh=nn.Tanh(),
+                     out=nn.Linear(8, 2)).eval()  # fmt: skip
 
 
 def data(*shape: int, n: int = 5, baselines: int = 4, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ from rnnshap.operations import ELEMENTWISE, Elementwise  # noqa: E402
 from rnnshap.rules.registry import forms  # noqa: E402
 
 from .keras_process import KerasProcess  # noqa: E402
+from .models.torch import Function  # noqa: E402
 
 
 def _selu_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -254,11 +255,8 @@ def test_entry_on_both_engines(entry: Elementwise) -> None:
     for torch_name in entry.torch_names:
         fn = forms(torch_name)[0]  # as the registry finds it: torch.selu, torch._C._nn.log_sigmoid, ...
 
-        class Model(nn.Module):
-            def forward(self, t: torch.Tensor) -> torch.Tensor:
-                return fn(t).sum(-1, keepdim=True)
-
-        values = rnnshap.DeepExplainer(Model(), torch.tensor(r[None])).shap_values(torch.tensor(x[None]), check_additivity=False)
+        model = Function(lambda t, fn=fn: fn(t).sum(-1, keepdim=True))
+        values = rnnshap.DeepExplainer(model, torch.tensor(r[None])).shap_values(torch.tensor(x[None]), check_additivity=False)
         outputs = [fn(torch.tensor(t)).double().numpy() for t in (x, r)]
         _check("torch", entry, x, r, np.asarray(values, np.float64).reshape(-1)[:n], *outputs)
         sides += 1
@@ -330,7 +328,9 @@ def _on_jax() -> list[Elementwise]:
 @pytest.mark.parametrize("entry", _on_jax(), ids=lambda e: e.name)
 def test_entry_on_the_jax_engine(entry: Elementwise) -> None:
     """The entry as a JAX primitive in a Flax model (rnnshap/engines/jax)."""
-    nnx = pytest.importorskip("flax.nnx")
+    pytest.importorskip("flax.nnx")
+    from .models.flax import FlaxFunction
+
     x, r = _pairs(entry)
     n = x.size
     found = [f for f in (_jax_function(name) for name in entry.jax_names) if f is not None]
@@ -338,11 +338,8 @@ def test_entry_on_the_jax_engine(entry: Elementwise) -> None:
     assert found, entry.name
     for fn in found:
 
-        class Model(nnx.Module):
-            def __call__(self, t: Any, fn: Callable[[Any], Any] = fn) -> Any:
-                return fn(t).sum(-1, keepdims=True)
-
-        values = rnnshap.DeepExplainer(Model(), r[None]).shap_values(x[None], check_additivity=False)
+        model = FlaxFunction(lambda t, fn=fn: fn(t).sum(-1, keepdims=True))
+        values = rnnshap.DeepExplainer(model, r[None]).shap_values(x[None], check_additivity=False)
         outputs = [np.asarray(fn(t), np.float64) for t in (x, r)]
         _check("jax", entry, x, r, np.asarray(values, np.float64).reshape(-1)[:n], *outputs)
 

@@ -10,24 +10,12 @@ from torch import nn
 import rnnshap
 from rnnshap.recurrent import explain_cell_step
 
-
-class LSTMStep(nn.Module):
-    def __init__(self, cell: nn.LSTMCell, which: str) -> None:
-        super().__init__()
-        self.cell, self.which = cell, which
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h_new, c_new = self.cell(x, (h, c))
-        return h_new if self.which == "h" else c_new
+from .models.torch import Composite
 
 
-class GRUStep(nn.Module):
-    def __init__(self, cell: nn.GRUCell) -> None:
-        super().__init__()
-        self.cell = cell
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.cell(x, h)
+def lstm_step(cell: nn.LSTMCell, which: str) -> nn.Module:
+    """The cell's new h or its new c."""
+    return Composite(lambda m, x, h, c: m.cell(x, (h, c))[0 if m.which == "h" else 1], cell=cell, which=which)
 
 
 def _data(batch: int, features: int, hidden: int, n: int):
@@ -47,7 +35,7 @@ def test_lstm_step_rows_sum_to_each_unit_change_and_match_deep_explainer(which: 
     total = parts["x"].sum(2) + parts["h"].sum(2) + parts["c"].sum(2)
     torch.testing.assert_close(total, delta, rtol=0, atol=1e-12)
     # the same step through the engine, one reference: per-input attributions are the matrix rows
-    phi_x, phi_h, phi_c = rnnshap.DeepExplainer(LSTMStep(cell, which).eval(), [x_r, h_r, c_r]).shap_values([x, h, c])
+    phi_x, phi_h, phi_c = rnnshap.DeepExplainer(lstm_step(cell, which).eval(), [x_r, h_r, c_r]).shap_values([x, h, c])
     np.testing.assert_allclose(phi_x, parts["x"].transpose(1, 2).numpy(), atol=1e-12)
     np.testing.assert_allclose(phi_h, parts["h"].transpose(1, 2).numpy(), atol=1e-12)
     np.testing.assert_allclose(phi_c, parts["c"].transpose(1, 2).numpy(), atol=1e-12)
@@ -60,6 +48,7 @@ def test_gru_step_rows_sum_to_each_unit_change_and_match_deep_explainer() -> Non
     x_r, h_r = _data(1, 3, 4, 2)
     result = explain_cell_step(cell, x, h, x_r, h_r)
     torch.testing.assert_close(result.hidden["x"].sum(2) + result.hidden["h"].sum(2), result.delta_hidden, rtol=0, atol=1e-12)
-    phi_x, phi_h = rnnshap.DeepExplainer(GRUStep(cell).eval(), [x_r, h_r]).shap_values([x, h])
+    step = Composite(lambda m, x, h: m.cell(x, h), cell=cell).eval()
+    phi_x, phi_h = rnnshap.DeepExplainer(step, [x_r, h_r]).shap_values([x, h])
     np.testing.assert_allclose(phi_x, result.hidden["x"].transpose(1, 2).numpy(), atol=1e-12)
     np.testing.assert_allclose(phi_h, result.hidden["h"].transpose(1, 2).numpy(), atol=1e-12)

@@ -20,7 +20,7 @@ import rnnshap
 from rnnshap.errors import InputError, ModelStateError, RnnShapError, UnsupportedOperationError
 
 from .conftest import assert_adds_up_to, assert_rounding_close, model_outputs
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 T, F = 5, 3
 
@@ -540,15 +540,8 @@ def test_interactions_add_up_from_the_mean_output_in_shapiqs_own_sums() -> None:
     generator = torch.Generator().manual_seed(2)
     model = nn.Sequential(nn.GRU(F, 4, batch_first=True)).double().eval()
 
-    class Last(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gru, self.head = model[0], nn.Linear(4, 1).double()
+    net = Composite(lambda m, x: m.head(m.gru(x)[0][:, -1]), gru=model[0], head=nn.Linear(4, 1).double()).eval()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.gru(x)[0][:, -1])
-
-    net = Last().eval()
     background = torch.randn(6, T, F, generator=generator, dtype=torch.float64)
     x = torch.randn(2, T, F, generator=generator, dtype=torch.float64)
     before = snapshot(net)

@@ -24,6 +24,8 @@ from rnnshap.engines import registry
 from rnnshap.engines.base import Block, BlockResult, Engine
 from rnnshap.engines.outputs import OutputLayout
 
+from .models.torch import Composite
+
 PACKAGE = Path(rnnshap.__file__).resolve().parent
 #: the engines' own packages: inside them an engine reads its own attributes
 ENGINE_PACKAGES = (PACKAGE / "engines" / "pytorch", PACKAGE / "engines" / "keras")
@@ -240,17 +242,12 @@ def test_a_model_of_a_kind_deepshap_does_not_take_is_refused_as_rnnshaps_error_a
 
 
 def test_a_model_called_with_a_dict_gets_its_input_names_from_the_engines_constructor() -> None:
-    class ByName(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(2, 1).double(), nn.Linear(3, 1).double()
-
-        def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return torch.tanh(self.a(batch["a"])) + self.b(batch["b"])
+    by_name = Composite(lambda m, batch: torch.tanh(m.a(batch["a"])) + m.b(batch["b"]),
+                        a=nn.Linear(2, 1).double(), b=nn.Linear(3, 1).double())  # fmt: skip
 
     torch.manual_seed(0)
     background = {"b": torch.randn(3, 3, dtype=torch.float64), "a": torch.randn(3, 2, dtype=torch.float64)}
-    explainer = rnnshap.DeepExplainer(ByName().eval(), background)
+    explainer = rnnshap.DeepExplainer(by_name.eval(), background)
     assert explainer.engine.input_names == ["b", "a"]
     values = explainer.shap_values({"a": torch.randn(2, 2, dtype=torch.float64), "b": torch.randn(2, 3, dtype=torch.float64)})
     assert [v.shape for v in values] == [(2, 3, 1), (2, 2, 1)]  # in the background's key order

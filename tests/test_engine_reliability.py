@@ -37,7 +37,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, phi_totals, relative_to_max
-from .models.torch import Function, RecurrentHead
+from .models.torch import Composite, Function, RecurrentHead
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -164,16 +164,10 @@ class NumpyTanh(torch.autograd.Function):
 
 
 def test_custom_function_outside_torch_is_refused_by_name() -> None:
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.head = nn.Linear(5, 4), nn.Linear(4, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(NumpyTanh.apply(self.lin(x)) + self.lin(x))
+    model = Composite(lambda m, x: m.head(NumpyTanh.apply(m.lin(x)) + m.lin(x)), lin=nn.Linear(5, 4), head=nn.Linear(4, 2))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="NumpyTanh") as info:
-        rnnshap.DeepExplainer(Model().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
     assert "register a rule for that module" in str(info.value)
 
 
@@ -419,21 +413,15 @@ REFUSED: dict[str, tuple[Callable[[Tensor], Tensor], str, str]] = {
 }
 
 
-class Refused(nn.Module):
-    def __init__(self, how: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.how = how
-        self.lin, self.head = nn.Linear(5, 4), nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.how(self.lin(x)))
+def refused(how: Callable[[Tensor], Tensor]) -> nn.Module:
+    return Composite(lambda m, x: m.head(m.how(m.lin(x))), how=how, lin=nn.Linear(5, 4), head=nn.Linear(4, 2))
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refusals_come_from_the_constructor_with_advice_that_fits(case: str) -> None:
     how, named, advice = REFUSED[case]
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Refused(how).eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(refused(how).eval(), torch.randn(4, 5))
     message = str(info.value)
     assert named in message, message
     assert advice in message, message
@@ -462,7 +450,7 @@ def test_no_grad_in_forward_is_followed_as_detach(how: str) -> None:
         loc, scale = stats(z)
         return torch.tanh((z - loc) / scale) + torch.tanh(z) * loc
 
-    model, reference = Refused(scaled).to(D).eval(), Refused(plain).to(D).eval()
+    model, reference = refused(scaled).to(D).eval(), refused(plain).to(D).eval()
     reference.load_state_dict(model.state_dict())
     background, X = torch.randn(6, 5, dtype=D), torch.randn(3, 5, dtype=D)
     values = _explain(model, background, X)
@@ -477,7 +465,7 @@ def test_no_grad_that_computes_nothing_from_the_input_is_allowed() -> None:
             mask = torch.zeros_like(z)
         return torch.tanh(z) * scale + mask
 
-    model = Refused(harmless).to(D).eval()
+    model = refused(harmless).to(D).eval()
     background, X = torch.randn(4, 5, dtype=D), torch.randn(2, 5, dtype=D)
     assert_additive(_explain(model, background, X), model, X, background, D)
 
@@ -489,7 +477,7 @@ def test_every_refusal_of_a_forward_is_listed_together() -> None:
         return torch.tanh(w) if torch.allclose(w, z) else (w > 0).float() * w
 
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Refused(many).eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(refused(many).eval(), torch.randn(4, 5))
     names = [name for name, _ in info.value.ops]
     for expected in ("torch.inference_mode()", "round", "allclose", "gt"):
         assert any(expected in name for name in names), (expected, names)
@@ -505,18 +493,13 @@ def test_a_rule_that_does_not_fit_the_call_is_refused_at_construction() -> None:
     """Rescale registered for an op called with two input-dependent operands: named when the
     explainer is built, not a ValueError from shap_values."""
 
-    class TwoOperands(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(5, 3), nn.Linear(5, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.atan2(self.a(x), self.b(x) + 3)
+    def two_operands() -> nn.Module:
+        return Composite(lambda m, x: torch.atan2(m.a(x), m.b(x) + 3), a=nn.Linear(5, 3), b=nn.Linear(5, 3))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="atan2") as info:
-        rnnshap.DeepExplainer(TwoOperands().eval(), torch.randn(4, 5), rules={torch.atan2: Rescale()})
+        rnnshap.DeepExplainer(two_operands().eval(), torch.randn(4, 5), rules={torch.atan2: Rescale()})
     assert "Shapley()" in str(info.value)
-    model = TwoOperands().to(D).eval()  # with a rule that fits, it is exact
+    model = two_operands().to(D).eval()  # with a rule that fits, it is exact
     background, X = torch.randn(4, 5, dtype=D), torch.randn(2, 5, dtype=D)
     values = rnnshap.DeepExplainer(model, background, rules={torch.atan2: rnnshap.rules.Shapley()}).shap_values(X)
     assert_additive(values, model, X, background, D)
@@ -589,16 +572,9 @@ def test_batch_norm_without_running_statistics_gets_a_true_message() -> None:
         rnnshap.DeepExplainer(model, torch.randn(4, 5))
     assert "model.eval()" not in str(info.value)
 
-    class Functional(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return F.batch_norm(self.lin(x), None, None, training=True)
-
+    functional = Composite(lambda m, x: F.batch_norm(m.lin(x), None, None, training=True), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.ModelStateError, match="no running statistics"):
-        rnnshap.DeepExplainer(Functional().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(functional.eval(), torch.randn(4, 5))
 
 
 # -- branches on a condition that holds for every row ---------------------------------------------------------

@@ -21,7 +21,7 @@ from rnnshap.formulas import marks, namespace, orderings, pairs, secant
 from rnnshap.formulas.torch_ops import TORCH
 from rnnshap.operations import ELEMENTWISE
 
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rnnshap"
 MEMBERS = [name for name, _ in inspect.getmembers(namespace.Ops) if not name.startswith("_")]
@@ -590,17 +590,12 @@ def test_where_a_read_would_wait_the_formulas_skip_no_work_and_give_the_same_val
 
     torch.manual_seed(0)
 
-    class Net(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-            self.encoder, self.head = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), torch.nn.Linear(8, 2)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    net = Composite(lambda m, x: m.head(torch.sqrt(torch.exp(z := m.encoder(x)).mean(1)) + torch.log1p(z.square()).mean(1)),
+                    encoder=torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False),
+                    head=torch.nn.Linear(8, 2))  # fmt: skip
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.encoder(x)
-            return self.head(torch.sqrt(torch.exp(z).mean(1)) + torch.log1p(z.square()).mean(1))
-
-    model, background, X = Net().eval(), torch.randn(4, 6, 8), torch.randn(3, 6, 8)
+    model, background, X = net.eval(), torch.randn(4, 6, 8), torch.randn(3, 6, 8)
 
     def explain() -> tuple[np.ndarray, int]:
         explainer = rnnshap.DeepExplainer(model, background)
@@ -631,11 +626,7 @@ def test_a_pair_across_a_pole_of_gamma_takes_the_quotient_not_the_midpoint_deriv
     x = (pole + torch.tensor([5e-4, 5e-4, -5e-4, 1e-3, -2e-3, 4e-4])).reshape(1, -1)
     r = (pole + torch.tensor([-2.5e-3, -3e-3, 2e-3, -2e-3, 1e-3, -1e-3])).reshape(1, -1)
 
-    class Net(torch.nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return fn(t)
-
-    values = rnnshap.DeepExplainer(Net(), r).shap_values(x, check_additivity=False)  # (1, 6, 6): output j from input j
+    values = rnnshap.DeepExplainer(Function(fn), r).shap_values(x, check_additivity=False)  # (1, 6, 6): output j from input j
     own = np.diagonal(values[0], axis1=0, axis2=1)
     exact = (fn(x.double()) - fn(r.double()))[0].numpy()
     scale = np.maximum(np.abs(fn(x.double())), np.abs(fn(r.double())))[0].numpy()

@@ -18,7 +18,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import rnnshap  # noqa: E402
 
-from .models.flax import FlaxRecurrent, torch_twin  # noqa: E402
+from .models.flax import FlaxComposite, FlaxRecurrent, torch_twin  # noqa: E402
+from .models.torch import Function  # noqa: E402
 from .test_jax_engine import F64, data, x64  # noqa: E402, F401 (x64: the fixture)
 
 EPS = 1e-5
@@ -75,25 +76,20 @@ def test_softmax_and_norms_get_the_values_of_the_pytorch_twin(cell: str, head: s
     np.testing.assert_allclose(flax_values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * max(1.0, np.abs(gap).max()))
 
 
-class FlaxConfident(nnx.Module):
+def flax_confident(head: str) -> Any:
     """Logits far apart between the samples and the references (one side's Σ exp underflows after the shift)."""
-
-    def __init__(self, head: str) -> None:
-        self.dense = nnx.Linear(5, 4, rngs=nnx.Rngs(7), param_dtype=F64, dtype=F64)
-        self.head_name = head
-
-    def __call__(self, x: Any) -> Any:
-        return HEADS[self.head_name][0](self.dense(x))
+    return FlaxComposite(lambda m, x: HEADS[m.head_name][0](m.dense(x)),
+                         dense=nnx.Linear(5, 4, rngs=nnx.Rngs(7), param_dtype=F64, dtype=F64), head_name=head)  # fmt: skip
 
 
 @pytest.mark.parametrize("head", ["softmax", "log_softmax", "logsumexp"])
 def test_confident_logits_where_one_side_s_sum_underflows_get_the_pytorch_values(head: str) -> None:
-    model = FlaxConfident(head)
+    model = flax_confident(head)
     linear = torch.nn.Linear(5, 4).double()
     with torch.no_grad():
         linear.weight.copy_(torch.tensor(np.asarray(model.dense.kernel[...])).T)
         linear.bias.copy_(torch.tensor(np.asarray(model.dense.bias[...])))
-    twin = torch.nn.Sequential(linear, _TorchHead(head))
+    twin = torch.nn.Sequential(linear, Function(HEADS[head][1]))
     background = data((5,), 6, 31)
     x = data((5,), 3, 32) * 2000.0  # logits hundreds apart: exp of the shifted reference side underflows to 0
     flax_values, torch_values = _both_engines(model, twin, background, x)
@@ -101,13 +97,6 @@ def test_confident_logits_where_one_side_s_sum_underflows_get_the_pytorch_values
     assert np.abs(flax_values - torch_values).max() <= 1e-11 * np.abs(torch_values).max()
 
 
-class _TorchHead(torch.nn.Module):
-    def __init__(self, head: str) -> None:
-        super().__init__()
-        self.head_name = head
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return HEADS[self.head_name][1](h)
 
 
 class FlaxCentredOnMax(nnx.Module):

@@ -17,7 +17,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import rnnshap  # noqa: E402
 
-from .models.flax import FlaxRecurrent, torch_twin  # noqa: E402
+from .models.flax import FlaxComposite, FlaxRecurrent, torch_twin  # noqa: E402
+from .models.torch import Composite  # noqa: E402
 
 F64 = jnp.float64
 
@@ -112,17 +113,14 @@ def test_softmax_through_its_decomposition_adds_up_and_ignores_what_the_model_ig
     assert np.all(values[:, :, 1] == 0) and np.abs(values[:, :, ::2]).min() > 0
 
 
-class Sorted(nnx.Module):
-    def __init__(self) -> None:
-        self.dense = nnx.Linear(3, 4, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        return jnp.sort(self.dense(x), axis=-1)
+def sorted_dense() -> Any:
+    return FlaxComposite(lambda m, x: jnp.sort(m.dense(x), axis=-1),
+                         dense=nnx.Linear(3, 4, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_a_primitive_without_a_rule_is_refused_by_name() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)'sort'.*ShapleyExplainer"):
-        rnnshap.DeepExplainer(Sorted(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
+        rnnshap.DeepExplainer(sorted_dense(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
 
 
 class Dropped(nnx.Module):
@@ -194,18 +192,13 @@ def test_a_bidirectional_flax_gru_gets_the_values_of_its_pytorch_twin() -> None:
         head.weight.copy_(t(model.head.kernel[...]).T)
         head.bias.copy_(t(model.head.bias[...]))
 
-    class Twin(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = twin, head
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.rnn(x)[0].mean(1))
+    twin_model = Composite(lambda m, x: m.head(m.rnn(x)[0].mean(1)), rnn=twin, head=head)
 
     background, x = data((5, 3), 6, 15), data((5, 3), 2, 16)
-    np.testing.assert_allclose(Twin()(torch.tensor(x)).detach().numpy(), np.asarray(model(jnp.asarray(x))), rtol=0, atol=1e-13)
+    twin_out = twin_model(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(twin_out, np.asarray(model(jnp.asarray(x))), rtol=0, atol=1e-13)
     flax_values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    torch_values = np.asarray(rnnshap.DeepExplainer(Twin(), torch.tensor(background)).shap_values(torch.tensor(x)))
+    torch_values = np.asarray(rnnshap.DeepExplainer(twin_model, torch.tensor(background)).shap_values(torch.tensor(x)))
     assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
 
 
@@ -284,15 +277,12 @@ def test_the_time_axis_is_read_from_the_model_or_asked_for() -> None:
     estimate = rnnshap.ShapleyExplainer(Projected(), background).shapley_values(x, "steps", budget=10**5)
     assert np.asarray(estimate.values).shape[1] == 5 and estimate.exact.all()  # 5 steps along the last axis
     with pytest.raises(rnnshap.InputError, match="time_axis"):  # a model with no scan or convolution says nothing
-        rnnshap.ShapleyExplainer(Softmaxed(), data((4, 3), 3, 0)).shapley_values(data((4, 3), 1, 1), "steps")
+        rnnshap.ShapleyExplainer(softmaxed(), data((4, 3), 3, 0)).shapley_values(data((4, 3), 1, 1), "steps")
 
 
-class Softmaxed(nnx.Module):
-    def __init__(self) -> None:
-        self.dense = nnx.Linear(3, 2, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        return jax.nn.softmax(self.dense(x).sum(axis=1))
+def softmaxed() -> Any:
+    return FlaxComposite(lambda m, x: jax.nn.softmax(m.dense(x).sum(axis=1)),
+                         dense=nnx.Linear(3, 2, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 class TokenGRU(nnx.Module):
@@ -364,27 +354,23 @@ def test_a_token_id_out_of_the_embeddings_range_is_named_as_the_cause_not_the_en
         rnnshap.DeepExplainer(model, x)
 
 
-class Counts(nnx.Module):
+def counts() -> Any:
     """Integer counts used as numbers (cast to a float inside the model)."""
-
-    def __init__(self) -> None:
-        self.dense = nnx.Linear(4, 3, rngs=nnx.Rngs(30), param_dtype=F64, dtype=F64)
-        self.head = nnx.Linear(3, 1, rngs=nnx.Rngs(31), param_dtype=F64, dtype=F64)
-
-    def __call__(self, counts: Any) -> Any:
-        return self.head(jnp.tanh(self.dense(counts.astype(F64))))
+    return FlaxComposite(lambda m, counts: m.head(jnp.tanh(m.dense(counts.astype(F64)))),
+                         dense=nnx.Linear(4, 3, rngs=nnx.Rngs(30), param_dtype=F64, dtype=F64),
+                         head=nnx.Linear(3, 1, rngs=nnx.Rngs(31), param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_integers_cast_to_floats_are_attributed_as_the_numbers_they_are() -> None:
     rng = np.random.default_rng(32)
     background, x = rng.integers(0, 9, size=(5, 4)), rng.integers(0, 9, size=(3, 4))
-    as_ints = rnnshap.DeepExplainer(Counts(), background)
+    as_ints = rnnshap.DeepExplainer(counts(), background)
     assert as_ints.number_inputs == [0] and as_ints.token_inputs == []
-    as_floats = rnnshap.DeepExplainer(Counts(), background.astype(np.float64))
+    as_floats = rnnshap.DeepExplainer(counts(), background.astype(np.float64))
     floats = np.asarray(as_floats.shap_values(x.astype(np.float64)))
     values = np.asarray(as_ints.shap_values(x))
     np.testing.assert_allclose(values, floats, rtol=0, atol=1e-15)
-    gap = np.asarray(Counts()(jnp.asarray(x))) - np.asarray(Counts()(jnp.asarray(background))).mean(0)
+    gap = np.asarray(counts()(jnp.asarray(x))) - np.asarray(counts()(jnp.asarray(background))).mean(0)
     np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12)
 
 

@@ -22,6 +22,7 @@ keras = pytest.importorskip("keras")
 import rnnshap  # noqa: E402
 
 from .conftest import additivity_tol, assert_rounding_close  # noqa: E402
+from .models.torch import RecurrentHead  # noqa: E402
 
 L = keras.layers
 T, F = 5, 3
@@ -353,22 +354,14 @@ def _copy_into(cell: Any, module: nn.RNNBase, suffix: str) -> None:
         cell.bias.assign((b_ih + b_hh).detach().numpy())
 
 
-class TorchModel(nn.Module):
+def torch_model(kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> RecurrentHead:
     """Recurrent layer(s), then all steps flattened (``pool="flatten"``) or the max over time, then Linear."""
-
-    def __init__(self, kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> None:
-        super().__init__()
-        layer = nn.LSTM if kind == "lstm" else nn.GRU
-        self.pool = pool
-        self.rnn = layer(F, 4, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
-        self.head = nn.Linear((T if pool == "flatten" else 1) * 4 * (2 if bidirectional else 1), 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        states = self.rnn(x)[0]
-        return self.head(states.flatten(1) if self.pool == "flatten" else states.max(dim=1).values)
+    width = (T if pool == "flatten" else 1) * 4 * (2 if bidirectional else 1)
+    read = (lambda out, state: out.flatten(1)) if pool == "flatten" else "max"
+    return RecurrentHead(kind, F, 4, 3, layers=num_layers, bidirectional=bidirectional, read=read, head_inputs=width)
 
 
-def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> Any:
+def _keras_twin(module: RecurrentHead, kind: str, num_layers: int, bidirectional: bool, pool: str = "flatten") -> Any:
     layers = []
     for _ in range(num_layers):
         rnn = L.LSTM(4, return_sequences=True) if kind == "lstm" else L.GRU(4, return_sequences=True, reset_after=True)
@@ -396,7 +389,7 @@ def _keras_twin(module: TorchModel, kind: str, num_layers: int, bidirectional: b
 )
 def test_same_attributions_as_the_pytorch_explainer(kind: str, num_layers: int, bidirectional: bool, pool: str) -> None:
     torch.manual_seed(0)
-    module = TorchModel(kind, num_layers, bidirectional, pool).eval()
+    module = torch_model(kind, num_layers, bidirectional, pool).eval()
     model = _keras_twin(module, kind, num_layers, bidirectional, pool)
     rng = np.random.default_rng(4)
     background, x = rng.normal(size=(4, T, F)).astype(np.float32), rng.normal(size=(3, T, F)).astype(np.float32)

@@ -24,7 +24,7 @@ from torch import nn
 import rnnshap
 from rnnshap.captum import LayerDeepLift, LayerDeepLiftShap, NeuronDeepLift, NeuronDeepLiftShap
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Setting forward, backward hooks:UserWarning",
@@ -53,19 +53,10 @@ def _mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
 
 
-class CNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.AvgPool2d(2)
-        self.conv2 = nn.Conv2d(4, 3, 3)
-        self.relu2 = nn.ReLU()
-        self.fc = nn.Linear(3 * 2 * 2, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        return self.fc(y.flatten(1))
+def cnn() -> nn.Module:
+    return Composite(lambda m, x: m.fc(m.relu2(m.conv2(m.pool(m.relu1(m.conv1(x))))).flatten(1)),
+                     conv1=nn.Conv2d(2, 4, 3, padding=1), relu1=nn.ReLU(), pool=nn.AvgPool2d(2), conv2=nn.Conv2d(4, 3, 3),
+                     relu2=nn.ReLU(), fc=nn.Linear(3 * 2 * 2, 4))  # fmt: skip
 
 
 class Stacked(nn.Module):
@@ -174,7 +165,7 @@ def test_captum_parity_on_an_mlp(captum_attr: Any) -> None:
 
 def test_captum_parity_on_a_cnn(captum_attr: Any) -> None:
     torch.manual_seed(1)
-    model = CNN().double().eval()
+    model = cnn().double().eval()
     x, b, bg = _randn(3, 2, 8, 8, seed=4), _randn(3, 2, 8, 8, seed=5), _randn(4, 2, 8, 8, seed=6)
     cell = (1, 0, 1)
     layers = [
@@ -187,15 +178,7 @@ def test_captum_parity_on_a_cnn(captum_attr: Any) -> None:
 def test_per_row_arguments_match_captum(captum_attr: Any) -> None:
     """A per-row additional argument reaches the layer: each (row, baseline) pair has its own layer tensors."""
 
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = _mlp()
-
-        def forward(self, x: Tensor, scale: Tensor) -> Tensor:
-            return self.net(x * scale[:, None])
-
-    model = Scaled().eval()
+    model = Composite(lambda m, x, scale: m.net(x * scale[:, None]), net=_mlp()).eval()
     x, bg, scale = _randn(3, 5, seed=7), _randn(4, 5, seed=8), torch.tensor([0.5, 1.0, 2.0], dtype=F64)
     for layer in (model.net[1], model.net[2]):
         options = {"additional_forward_args": (scale,), "return_convergence_delta": True}
@@ -343,20 +326,14 @@ def test_a_neuron_of_a_recurrent_layer_is_causal_and_adds_up() -> None:
 
 
 # -- refusals -------------------------------------------------------------------------------------
-class Skip(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.head = nn.Linear(4 + 3, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(x)
-        return self.head(torch.cat([out[:, -1], x[:, -1]], 1))
+def skip() -> nn.Module:
+    return Composite(lambda m, x: m.head(torch.cat([m.lstm(x)[0][:, -1], x[:, -1]], 1)),
+                     lstm=nn.LSTM(3, 4, batch_first=True), head=nn.Linear(4 + 3, 1))  # fmt: skip
 
 
 def test_a_layer_that_is_not_a_cut_is_refused() -> None:
     torch.manual_seed(4)
-    model = Skip().double().eval()
+    model = skip().double().eval()
     x, bg = _randn(3, 5, 3, seed=14), _randn(4, 5, 3, seed=15)
     with pytest.raises(rnnshap.InputError, match="other than through the output of the layer 'lstm'"):
         rnnshap.DeepExplainer((model, model.lstm), bg, layer_output=True)

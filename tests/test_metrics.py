@@ -22,7 +22,7 @@ import rnnshap
 from rnnshap import InputError
 from rnnshap.metrics import DistanceToExact, deletion, distance_to_exact, explain_func, insertion
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 from .test_shapley_layouts import enumerated  # (exact Shapley values by definition)
 
 # ---------------------------------------------------------------------------------------------- truths
@@ -67,17 +67,12 @@ def assert_scores(result, values: np.ndarray, reference: np.ndarray, k: int, rto
 # ---------------------------------------------------------------------------------------------- models
 
 
-class LinearTF(nn.Module):
+def linear_tf(T: int = 6, F: int = 3, K: int = 2, seed: int = 0) -> nn.Module:
     """f(x) = Σ_{t,f} W[t, f, k] x[t, f] + b[k] on (N, T, F): its layout says nothing (time_axis=1 needed)."""
-
-    def __init__(self, T: int = 6, F: int = 3, K: int = 2, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W = nn.Parameter(torch.randn(T, F, K, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(K, generator=g, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ntf,tfk->nk", x, self.W) + self.b
+    g = torch.Generator().manual_seed(seed)
+    return Composite(lambda m, x: torch.einsum("ntf,tfk->nk", x, m.W) + m.b,
+                     W=nn.Parameter(torch.randn(T, F, K, generator=g, dtype=torch.float64)),
+                     b=nn.Parameter(torch.randn(K, generator=g, dtype=torch.float64)))  # fmt: skip
 
 
 def linear_ct(C: int = 3, T: int = 6, K: int = 2, seed: int = 0) -> nn.Module:
@@ -109,7 +104,7 @@ def data(shape: tuple[int, ...], n: int = 3, B: int = 5, seed: int = 1) -> tuple
 
 LAYOUTS = {
     # layout: (model, sample shape, time axis of X, the axis of one sample that is time)
-    "tf": (LinearTF, (6, 3), 1, 0),
+    "tf": (linear_tf, (6, 3), 1, 0),
     "ct": (linear_ct, (3, 6), 2, 1),
 }
 
@@ -235,7 +230,7 @@ def test_one_output_without_an_output_axis_and_a_chosen_output() -> None:
 
 
 def test_spearman_gives_ties_their_average_rank() -> None:
-    model = LinearTF(T=6, F=1, K=1)
+    model = linear_tf(T=6, F=1, K=1)
     X, bg = data((6, 1))
     values = np.array([[3.0, 1.0, 1.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0, 1.0, -1.0], [1, 2, 3, 4, 5, 6.0]])[..., None]
     result = distance_to_exact(values, model, X, bg, time_axis=1)
@@ -280,7 +275,7 @@ def test_bad_shapes_and_layouts_are_refused_by_name() -> None:
     with pytest.raises(InputError, match="one input"):
         distance_to_exact([good, good], model, [X, X], bg)
     with pytest.raises(InputError, match="time_axis"):
-        distance_to_exact(np.zeros((3, 6, 3, 2)), LinearTF(), *data((6, 3)))  # nothing says which axis is time
+        distance_to_exact(np.zeros((3, 6, 3, 2)), linear_tf(), *data((6, 3)))  # nothing says which axis is time
     with pytest.raises(InputError, match="top_k"):
         distance_to_exact(good, model, X, bg, top_k=0)
     with pytest.raises(InputError, match="baseline"):

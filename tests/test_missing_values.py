@@ -26,7 +26,7 @@ import rnnshap
 import rnnshap.captum
 
 from .conftest import assert_additive, relative_to_max, rounding_tol
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -222,11 +222,7 @@ def test_nanmean_nansum_forms(form: str) -> None:
         "dtype": lambda x: torch.nansum(x, -1, keepdim=True, dtype=F64),
     }[form]
 
-    class Reducing(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.tanh(reduce(x) / L)
-
-    model = Reducing()
+    model = Function(lambda x: torch.tanh(reduce(x) / L))
     background, X = _windows(5, 0, GAP), _windows(2, 1, GAP)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, F64)
@@ -305,17 +301,10 @@ def test_a_count_of_missing_values_over_the_whole_batch_is_refused() -> None:
     of a model that scales by it are not those of any row's function, so it must be refused, not followed (the
     row-order check cannot see a count that every order gives alike; the background run in two halves does)."""
 
-    class BatchCount(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Linear(L, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(torch.nan_to_num(x)) * torch.isnan(x).sum().to(x.dtype)
-
+    model = Composite(lambda m, x: m.head(torch.nan_to_num(x)) * torch.isnan(x).sum().to(x.dtype), head=nn.Linear(L, 1))
     background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
     with pytest.raises(rnnshap.InputError, match="(?s)mixes the rows of axis 0.*two halves"):
-        _explain(BatchCount().to(F64).eval(), background, X)
+        _explain(model.to(F64).eval(), background, X)
 
 
 # -- entries missing on one side only ------------------------------------------------------------------------------
@@ -367,17 +356,10 @@ def test_a_missing_value_on_one_side_filled_without_a_mask_is_refused_in_both_mo
     only, so the contributions are refused by name, and so are the multipliers alone (Captum's
     ``multiply_by_inputs=False``): never a NaN handed back."""
 
-    class Filled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Linear(L, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(torch.where(x < 1e30, x, 0.0))
-
+    filled = Composite(lambda m, x: m.head(torch.where(x < 1e30, x, 0.0)), head=nn.Linear(L, 1))
     background, X = _windows(6, 0), _windows(2, 1)
     X[0, 3] = NAN
-    model = Filled().to(F64).eval()
+    model = filled.to(F64).eval()
     explainer = rnnshap.captum.DeepLiftShap(model, multiply_by_inputs=multiply_by_inputs)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="missing on one side of a pair only") as info:
         explainer.attribute(X, baselines=background)
@@ -385,18 +367,13 @@ def test_a_missing_value_on_one_side_filled_without_a_mask_is_refused_in_both_mo
 
 
 def test_a_mask_on_one_side_only_is_refused_by_name() -> None:
-    class MaskOnly(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Linear(2 * L, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(torch.cat((torch.where(torch.isnan(x), 0.0, x), torch.isnan(x).float()), -1))
+    mask_only = Composite(lambda m, x: m.head(torch.cat((torch.where(torch.isnan(x), 0.0, x), torch.isnan(x).float()), -1)),
+                          head=nn.Linear(2 * L, 1))  # fmt: skip
 
     background, X = _windows(6, 0), _windows(2, 1)
     X[0, 3] = NAN
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"torch\.isnan: it answers differently") as info:
-        _explain(MaskOnly().to(F64), background, X)
+        _explain(mask_only.to(F64), background, X)
     assert "first missing in the explained input only" in str(info.value)
 
 
@@ -486,16 +463,9 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_reductions_are_never_advised_an_elementwise_rule(reduction: str) -> None:
-    class Reducing(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.first = nn.Linear(4, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return REDUCTIONS[reduction](self.first(x)).sum(-1, keepdim=True)
-
+    model = Composite(lambda m, x: REDUCTIONS[reduction](m.first(x)).sum(-1, keepdim=True), first=nn.Linear(4, 4))
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Reducing(), torch.randn(4, 4)).shap_values(torch.randn(2, 4))
+        rnnshap.DeepExplainer(model, torch.randn(4, 4)).shap_values(torch.randn(2, 4))
     message = str(info.value)
     assert "reduces its input-dependent operand" in message
     assert "Rescale()" not in message and "Shapley()" not in message

@@ -22,38 +22,30 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, assert_additive, relative_to_max
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
 #: the same function computed in two orders: float64 rounding, amplified by the secants' quotients
 SAME_FUNCTION = ADDITIVITY_TOL[F64]
 EPS = 1e-5
-Norm = Callable[["Net", Tensor], Tensor]
+Norm = Callable[[nn.Module, Tensor], Tensor]  # (the model, its pre-normalization features)
 
 
-class Net(nn.Module):
+def norm_net(norm: Norm) -> nn.Module:
     """LSTM(4 → 8) plus a linear residual, a normalization over the 8 features, the mean over time,
     a linear head to 2 outputs. The normalization's affine weights are the model's own, so that
     every form shares them."""
-
-    def __init__(self, norm: Norm) -> None:
-        super().__init__()
-        self.lstm, self.skip, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(4, 8), nn.Linear(8, 2)
-        self.weight = nn.Parameter(torch.rand(8) + 0.5)
-        self.bias = nn.Parameter(torch.randn(8) * 0.3)
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lstm(x)[0] + self.skip(x)
-        return self.head(self.norm(self, z).mean(1))
+    return Composite(lambda m, x: m.head(m.norm(m, m.lstm(x)[0] + m.skip(x)).mean(1)),
+                     lstm=nn.LSTM(4, 8, batch_first=True), skip=nn.Linear(4, 8), head=nn.Linear(8, 2),
+                     weight=nn.Parameter(torch.rand(8) + 0.5), bias=nn.Parameter(torch.randn(8) * 0.3), norm=norm)  # fmt: skip
 
 
 def _centred(z: Tensor) -> Tensor:
     return z - z.mean(-1, keepdim=True)
 
 
-def _groups(z: Tensor, scale: Callable[[Tensor], Tensor], net: Net) -> Tensor:
+def _groups(z: Tensor, scale: Callable[[Tensor], Tensor], net: nn.Module) -> Tensor:
     """GroupNorm(2 groups of 4 channels) over (N, 8, T), written by hand: the grouped standardization ``scale``."""
     y = z.transpose(1, 2)
     grouped = scale(y.reshape(y.shape[0], 2, -1))
@@ -127,7 +119,7 @@ def _data() -> tuple[Tensor, Tensor]:
 def test_a_normalization_written_by_hand_gets_the_values_of_the_built_in_one(name: str, form: str) -> None:
     torch.manual_seed(0)
     built_in, forms = FORMS[name]
-    net = Net(built_in).double().eval()
+    net = norm_net(built_in).double().eval()
     background, X = _data()
     expected = rnnshap.DeepExplainer(net, background).shap_values(X)
     with torch.no_grad():
@@ -140,17 +132,10 @@ def test_a_normalization_written_by_hand_gets_the_values_of_the_built_in_one(nam
 
 
 # -- all-zero rows: a padded step under every form --------------------------------------------------------
-class Padded(nn.Module):
+def padded(norm: Callable[[Tensor], Tensor]) -> nn.Module:
     """Linear(5 → 3, identity on the first 3 features, no bias) → a normalization → a fixed read-out:
     an all-zero input row gives an all-zero row to normalize, whose scale is eps^(-1/2)."""
-
-    def __init__(self, norm: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.norm(x[:, :3])
-        return y @ torch.linspace(-1, 1, 6, dtype=y.dtype).reshape(3, 2)
+    return Composite(lambda m, x: (y := m.norm(x[:, :3])) @ torch.linspace(-1, 1, 6, dtype=y.dtype).reshape(3, 2), norm=norm)
 
 
 ZERO_ROWS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
@@ -174,7 +159,7 @@ def test_a_zero_row_under_a_normalization_written_by_hand_stays_bounded(name: st
     g = torch.Generator().manual_seed(3)
     rows, zero = torch.randn(3, 5, generator=g, dtype=F64), torch.zeros(1, 5, dtype=F64)
     background, X = (rows, zero) if side == "sample" else (zero, rows)
-    built_in, by_hand = (Padded(f).eval() for f in ZERO_ROWS[name])
+    built_in, by_hand = (padded(f).eval() for f in ZERO_ROWS[name])
     expected = rnnshap.DeepExplainer(built_in, background).shap_values(X)
     values = rnnshap.DeepExplainer(by_hand, background).shap_values(X)
     assert_additive(values, by_hand, X, background, F64)

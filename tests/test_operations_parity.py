@@ -45,6 +45,7 @@ from rnnshap.rules.registry import DEFAULT_REGISTRY, forms  # noqa: E402
 from rnnshap.rules.secant import Power  # noqa: E402
 
 from .keras_process import KerasProcess  # noqa: E402
+from .models.torch import Function  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -390,11 +391,8 @@ def _still_reference() -> np.ndarray:
 
 
 def test_a_piecewise_binary_operand_that_does_not_move_takes_its_derivative_on_torch() -> None:
-    class Model(nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return torch.maximum(t[:, :1] + t[:, 1:2], 10 * t[:, 2:3])
-
-    values = rnnshap.DeepExplainer(Model(), torch.tensor(_STILL_R)).shap_values(torch.tensor(_STILL_X))
+    model = Function(lambda t: torch.maximum(t[:, :1] + t[:, 1:2], 10 * t[:, 2:3]))
+    values = rnnshap.DeepExplainer(model, torch.tensor(_STILL_R)).shap_values(torch.tensor(_STILL_X))
     np.testing.assert_allclose(np.asarray(values, np.float64).ravel(), _still_reference(), atol=8 * EPS32)
 
 

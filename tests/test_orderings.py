@@ -26,7 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -36,18 +36,10 @@ def _explain(model: nn.Module, background: Tensor, X: Tensor) -> np.ndarray:
     return np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
 
 
-class Ordered(nn.Module):
+def ordered(how: Callable[[Tensor, Tensor], Tensor], d: int = 5, n: int = 6) -> nn.Module:
     """``how(u, h)`` of two linear maps of the input, then a sum: one output."""
-
-    def __init__(self, how: Callable[[Tensor, Tensor], Tensor], d: int = 5, n: int = 6) -> None:
-        super().__init__()
-        self.how = how
-        self.u, self.h = nn.Linear(d, n), nn.Linear(d, n)
-        self.w = nn.Parameter(torch.randn(n))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.how(self.u(x), self.h(x))
-        return (out * self.w[: out.shape[1]]).sum(1, keepdim=True)
+    return Composite(lambda m, x: ((out := m.how(m.u(x), m.h(x))) * m.w[: out.shape[1]]).sum(1, keepdim=True),
+                     how=how, u=nn.Linear(d, n), h=nn.Linear(d, n), w=nn.Parameter(torch.randn(n)))  # fmt: skip
 
 
 def _order(u: np.ndarray, largest: bool) -> list[int]:
@@ -71,7 +63,7 @@ def _decider(ux: np.ndarray, ur: np.ndarray, j: int, largest: bool) -> int | Non
     return first if ux[first] != ur[first] else second if ux[second] != ur[second] else None
 
 
-def _sorted_reference(model: Ordered, X: Tensor, background: Tensor, largest: bool) -> np.ndarray:
+def _sorted_reference(model: nn.Module, X: Tensor, background: Tensor, largest: bool) -> np.ndarray:
     """The rule's values for ``sort(u)`` weighted by ``w``, float64 numpy: (n, d)."""
     A, a = model.u.weight.detach().numpy(), model.u.bias.detach().numpy()
     w = model.w.detach().numpy()
@@ -93,7 +85,7 @@ def _sorted_reference(model: Ordered, X: Tensor, background: Tensor, largest: bo
 @pytest.mark.parametrize("descending", [True, False])
 def test_sorted_values_match_the_rule_written_from_its_equations(descending: bool) -> None:
     torch.manual_seed(1)
-    model = Ordered(lambda u, h: torch.sort(u, dim=1, descending=descending).values).to(D).eval()
+    model = ordered(lambda u, h: torch.sort(u, dim=1, descending=descending).values).to(D).eval()
     background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
     orders = model.u(torch.cat([X, background])).argsort(1)
     assert len({tuple(o) for o in orders.tolist()}) > 3  # the orderings differ between samples and references
@@ -102,7 +94,7 @@ def test_sorted_values_match_the_rule_written_from_its_equations(descending: boo
     assert_additive(values[..., None], model, X, background, D)
 
 
-def _routing_reference(model: Ordered, X: Tensor, background: Tensor, k: int) -> np.ndarray:
+def _routing_reference(model: nn.Module, X: Tensor, background: Tensor, k: int) -> np.ndarray:
     """``Σ_j w_j h[topk(u, k).indices_j]``: the selection's Shapley split (h the mean of the two
     selections, the selector's change credited to the rank's deciding position), float64 numpy."""
     A, a = model.u.weight.detach().numpy(), model.u.bias.detach().numpy()
@@ -127,7 +119,7 @@ def _routing_reference(model: Ordered, X: Tensor, background: Tensor, k: int) ->
 
 def test_top_k_routing_matches_the_rule_written_from_its_equations() -> None:
     torch.manual_seed(2)
-    model = Ordered(lambda u, h: h.gather(1, u.topk(3, dim=1).indices)).to(D).eval()
+    model = ordered(lambda u, h: h.gather(1, u.topk(3, dim=1).indices)).to(D).eval()
     background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
     values = _explain(model, background, X)[..., 0]
     np.testing.assert_allclose(values, _routing_reference(model, X, background, 3), rtol=1e-10, atol=1e-12)
@@ -205,7 +197,7 @@ def test_the_same_ordering_written_another_way_gets_the_same_values(
     name: str, one: Callable[..., Tensor], other: Callable[..., Tensor]
 ) -> None:
     torch.manual_seed(3)
-    model, twin = Ordered(one).to(D).eval(), Ordered(other).to(D).eval()
+    model, twin = ordered(one).to(D).eval(), ordered(other).to(D).eval()
     twin.load_state_dict(model.state_dict())
     background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
     values, expected = _explain(model, background, X), _explain(twin, background, X)
@@ -243,7 +235,7 @@ def test_k_max_pooling_and_top_two_routing_after_an_lstm_are_exact(dtype: torch.
 
 def test_ties_take_the_order_the_operation_itself_gives() -> None:
     """relu makes ties at 0 on both sides; the rule follows the operation's own order."""
-    model = Ordered(
+    model = ordered(
         lambda u, h: h.gather(1, torch.relu(u).sort(dim=1, descending=True, stable=True).indices)
         + torch.relu(u).topk(3, 1).values.sum(1, keepdim=True)
     ).to(D).eval()
@@ -255,15 +247,9 @@ def test_ties_take_the_order_the_operation_itself_gives() -> None:
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 
-class Identity(nn.Module):
+def identity(how: Callable[[Tensor, Tensor], Tensor]) -> nn.Module:
     """``how(x, h)``: the explained input itself is ordered; ``h`` a fixed linear map of it."""
-
-    def __init__(self, how: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.how, self.h = how, nn.Linear(5, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.how(x, self.h(x)).sum(1, keepdim=True)
+    return Composite(lambda m, x: m.how(x, m.h(x)).sum(1, keepdim=True), how=how, h=nn.Linear(5, 5))
 
 
 @pytest.mark.parametrize(
@@ -281,7 +267,7 @@ def test_indices_that_ties_move_without_any_value_moving_still_add_up(
     how: Callable[..., Tensor], X: list, background: list
 ) -> None:
     torch.manual_seed(9)
-    model = Identity(how).to(D).eval()
+    model = identity(how).to(D).eval()
     x, b = torch.tensor(X, dtype=D), torch.tensor(background, dtype=D)
     assert_additive(_explain(model, b, x), model, x, b, D)
 
@@ -290,7 +276,7 @@ def test_indices_that_ties_move_without_any_value_moving_still_add_up(
 def test_top_k_of_relu_ties_adds_up(seed: int) -> None:
     """(Found in review: relu makes many exact ties, which topk orders by the other values.)"""
     torch.manual_seed(seed)
-    model = Ordered(lambda u, h: h.gather(1, torch.relu(u).topk(5, 1).indices)).to(D).eval()
+    model = ordered(lambda u, h: h.gather(1, torch.relu(u).topk(5, 1).indices)).to(D).eval()
     background, X = torch.randn(4, 5, dtype=D), torch.randn(4, 5, dtype=D)
     assert_additive(_explain(model, background, X), model, X, background, D)
 
@@ -305,7 +291,7 @@ def test_top_k_of_relu_ties_adds_up(seed: int) -> None:
 )
 def test_orderings_that_cannot_be_paired_by_rank_are_refused_by_name(how: Callable[..., Tensor], named: str, says: str) -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Ordered(how).eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(ordered(how).eval(), torch.randn(4, 5))
     assert named in str(info.value) and says in str(info.value)
 
 

@@ -22,6 +22,8 @@ import rnnshap
 from rnnshap.recurrent.pairs import Side
 from rnnshap.rules import PairGrid
 
+from .models.torch import Composite
+
 _KERNELS = (torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu)
 
 
@@ -467,30 +469,25 @@ def test_a_reference_pass_over_the_bytes_kept_runs_every_call(monkeypatch: pytes
     np.testing.assert_array_equal(again, first)
 
 
-class DeadUnit(nn.Module):
+def dead_unit() -> nn.Module:
     """A hidden unit that is off (ReLU) on every background row but on for the explained sample: a change of its
     weights that keeps it off on the background moves what a reference pass records, but no bit of the background's
-    outputs (what vets a kept pass)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(3, 2), nn.Linear(2, 1)
-        self.shift = 0.0
-        with torch.no_grad():
-            self.l1.weight.copy_(torch.tensor([[1.0, 0.5, -0.3], [1.0, 1.0, 1.0]]))
-            self.l1.bias.copy_(torch.tensor([0.1, -10.0]))
-            self.l2.weight.copy_(torch.tensor([[1.0, 2.0]]))
-            self.l2.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2(torch.relu(self.l1(x) + torch.tensor([0.0, self.shift], dtype=x.dtype)))
+    outputs (what vets a kept pass); ``shift`` moves the second unit's input."""
+    model = Composite(lambda m, x: m.l2(torch.relu(m.l1(x) + torch.tensor([0.0, m.shift], dtype=x.dtype))),
+                      l1=nn.Linear(3, 2), l2=nn.Linear(2, 1), shift=0.0)  # fmt: skip
+    with torch.no_grad():
+        model.l1.weight.copy_(torch.tensor([[1.0, 0.5, -0.3], [1.0, 1.0, 1.0]]))
+        model.l1.bias.copy_(torch.tensor([0.1, -10.0]))
+        model.l2.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.l2.bias.zero_()
+    return model
 
 
 @pytest.mark.parametrize("samples", [1, 2])
 def test_a_kept_reference_pass_is_dropped_when_a_parameter_changes_unseen_by_the_background(samples: int) -> None:
     """(Found in review: a kept pass was vetted by the references' outputs alone.)"""
     torch.manual_seed(0)
-    model = DeadUnit().double().eval()
+    model = dead_unit().double().eval()
     background = torch.randn(6, 3, dtype=torch.float64)
     x = torch.full((samples, 3), 5.0, dtype=torch.float64) + torch.arange(samples, dtype=torch.float64)[:, None]
     explainer = rnnshap.DeepExplainer(model, background)
@@ -508,7 +505,7 @@ def test_forget_reference_passes_after_an_attribute_change_unseen_by_the_backgro
     """An attribute forward() reads is not in the model's version: where its change moves no bit of the background's
     outputs, the kept pass is dropped by hand (documented in the engine)."""
     torch.manual_seed(0)
-    model = DeadUnit().double().eval()
+    model = dead_unit().double().eval()
     background = torch.randn(6, 3, dtype=torch.float64)
     x = torch.full((1, 3), 5.0, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)

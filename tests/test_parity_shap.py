@@ -26,6 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import ADDITIVITY_TOL, as_list, assert_additive, assert_rounding_close, relative_to_max
+from .models.torch import Composite
 
 shap = pytest.importorskip("shap")
 
@@ -34,43 +35,24 @@ PARITY_TOL_F32 = ADDITIVITY_TOL[torch.float32]
 PARITY_TOL_F64 = ADDITIVITY_TOL[torch.float64]
 
 
-class TwoInputNet(nn.Module):
+def two_input_net(d1: int = 4, d2: int = 3, k: int = 3) -> nn.Module:
     """Two inputs, each through its own Linear, joined (linear cat) then a ReLU MLP."""
-
-    def __init__(self, d1: int = 4, d2: int = 3, k: int = 3) -> None:
-        super().__init__()
-        self.a = nn.Linear(d1, 6)
-        self.b = nn.Linear(d2, 5)
-        self.act = nn.ReLU()
-        self.mix = nn.Linear(11, 8)
-        self.act2 = nn.Tanh()
-        self.head = nn.Linear(8, k)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        h = self.act(torch.cat([self.a(x1), self.b(x2)], dim=1))
-        return self.head(self.act2(self.mix(h)))
+    return Composite(lambda m, x1, x2: m.head(m.act2(m.mix(m.act(torch.cat([m.a(x1), m.b(x2)], dim=1))))),
+                     a=nn.Linear(d1, 6), b=nn.Linear(d2, 5), act=nn.ReLU(), mix=nn.Linear(11, 8), act2=nn.Tanh(),
+                     head=nn.Linear(8, k))  # fmt: skip
 
 
-class ConvImageNet(nn.Module):
+def conv_image_net() -> nn.Module:
     """Conv2d + BatchNorm (eval, with non-trivial running stats) + ReLU + MaxPool2d(2) + Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.act = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.flat = nn.Flatten()
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(4 * 4 * 4, 3)
-        with torch.no_grad():
-            self.bn.running_mean.uniform_(-0.5, 0.5)
-            self.bn.running_var.uniform_(0.5, 2.0)
-            self.bn.weight.uniform_(0.5, 1.5)
-            self.bn.bias.uniform_(-0.3, 0.3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.flat(self.pool(self.act(self.bn(self.conv(x)))))))
+    model = Composite(lambda m, x: m.head(m.drop(m.flat(m.pool(m.act(m.bn(m.conv(x))))))),
+                      conv=nn.Conv2d(2, 4, 3, padding=1), bn=nn.BatchNorm2d(4), act=nn.ReLU(), pool=nn.MaxPool2d(2),
+                      flat=nn.Flatten(), drop=nn.Dropout(0.3), head=nn.Linear(4 * 4 * 4, 3))  # fmt: skip
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.3, 0.3)
+    return model
 
 
 @dataclass
@@ -130,7 +112,7 @@ CASES = [
         ((3, 16),),
         smooth=False,
     ),
-    Case("conv2d_bn_maxpool", ConvImageNet, ((2, 8, 8),), smooth=False),
+    Case("conv2d_bn_maxpool", conv_image_net, ((2, 8, 8),), smooth=False),
     Case(
         "conv2d_maxpool_tanh_head",
         lambda: nn.Sequential(
@@ -139,7 +121,7 @@ CASES = [
         ((1, 8, 8),),
         smooth=True,
     ),
-    Case("two_inputs", TwoInputNet, ((4,), (3,)), smooth=True),
+    Case("two_inputs", two_input_net, ((4,), (3,)), smooth=True),
 ]
 
 
@@ -241,15 +223,7 @@ def test_ranks_are_the_model_outputs_sorted() -> None:
 def test_one_dimensional_output_gives_values_shaped_like_input() -> None:
     """A model whose output is (n,) (shap crashes on it): values have X's shape and add up."""
 
-    class Squeezed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x).squeeze(1)
-
-    model = Squeezed().eval()
+    model = Composite(lambda m, x: m.net(x).squeeze(1), net=nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))).eval()
     background, X = torch.randn(10, 5), torch.randn(4, 5)
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(X)

@@ -12,28 +12,24 @@ import rnnshap
 from rnnshap.errors import InputError
 from rnnshap.metrics import infidelity, road
 
+from .models.torch import Composite
+
 N, T, F = 3, 12, 2
 RNG = np.random.default_rng(0)
 
 
-class Line(nn.Module):
+def line(shape: tuple[int, int]) -> nn.Module:
     """f(x) = w · x + c, outputs 2: on (N, T, F) with time_axis=1, or (N, C, T) with time_axis=2."""
-
-    def __init__(self, shape: tuple[int, int]) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = nn.Linear(shape[0] * shape[1], 2).double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.flatten(1))
+    torch.manual_seed(0)
+    return Composite(lambda m, x: m.head(x.flatten(1)), head=nn.Linear(shape[0] * shape[1], 2).double())
 
 
 LAYOUTS = {"(N, T, F)": ((T, F), 1), "(N, C, T)": ((F, T), 2)}
 
 
-def case(layout: str) -> tuple[Line, np.ndarray, int, np.ndarray]:
+def case(layout: str) -> tuple[nn.Module, np.ndarray, int, np.ndarray]:
     shape, axis = LAYOUTS[layout]
-    model = Line(shape).eval()
+    model = line(shape).eval()
     x = RNG.standard_normal((N, *shape))
     w = model.head.weight.detach().numpy().reshape(2, *shape)
     return model, x, axis, w

@@ -26,6 +26,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -184,34 +185,22 @@ def test_greedy_decoding_is_exact_and_ignores_an_unread_feature(dtype: torch.dty
 
 
 def test_a_picked_index_used_as_a_number_is_attributed_as_a_step() -> None:
-    class Position(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.score = nn.Linear(4, 5)
+    model = Composite(lambda m, x: m.score(x).argmax(1, keepdim=True).to(x.dtype) * 0.5 + x[:, :1], score=nn.Linear(4, 5))
 
-        def forward(self, x: Tensor) -> Tensor:
-            where = self.score(x).argmax(1, keepdim=True)
-            return where.to(x.dtype) * 0.5 + x[:, :1]
-
-    model = Position().to(D).eval()
+    model = model.to(D).eval()
     background, X = torch.randn(6, 4, dtype=D), torch.randn(5, 4, dtype=D)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, D)
 
 
-class Selecting(nn.Module):
-    def __init__(self, select: Callable[[Tensor], Any]) -> None:
-        super().__init__()
-        self.select, self.a = select, nn.Linear(5, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.select(self.a(x))
+def selecting(select: Callable[[Tensor], Any]) -> nn.Module:
+    return Composite(lambda m, x: m.select(m.a(x)), select=select, a=nn.Linear(5, 4))
 
 
 def test_a_step_of_a_picked_index_is_refused_by_name() -> None:
     """Orderings are exact (tests/test_orderings.py); floor division of an index is a step of a step."""
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Selecting(lambda a: a.argmax(1, keepdim=True) // 2 * a).eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(selecting(lambda a: a.argmax(1, keepdim=True) // 2 * a).eval(), torch.randn(4, 5))
     assert "__floordiv__" in str(info.value)
 
 
@@ -280,14 +269,9 @@ def test_casts_of_picked_indices_and_a_pick_under_no_grad_stay_exact(how: str, d
     ],
 )
 def test_unattributed_uses_of_picked_indices_are_refused_by_name(use: Callable[[Tensor, Tensor], Tensor]) -> None:
-    class Use(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.score, self.h = nn.Linear(4, 5), nn.Linear(4, 5)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return use(self.h(x), self.score(x)).reshape(x.shape[0], -1)[:, :1]
+    use_model = Composite(lambda m, x: use(m.h(x), m.score(x)).reshape(x.shape[0], -1)[:, :1],
+                          score=nn.Linear(4, 5), h=nn.Linear(4, 5))  # fmt: skip
 
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Use().to(D).eval(), torch.randn(6, 4, dtype=D))
+        rnnshap.DeepExplainer(use_model.to(D).eval(), torch.randn(6, 4, dtype=D))
     assert "argmax" in str(info.value) or "picked" in str(info.value)

@@ -21,6 +21,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import assert_additive, assert_rounding_close
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -167,16 +168,9 @@ def test_a_topk_of_every_position_keeps_the_draws_from_the_output_and_is_explain
     assert_rounding_close(values, expected, D, what="values against the twin without draws")
 
 
-class DrawCancels(nn.Module):
+def draw_cancels() -> nn.Module:
     """Noise drawn with torch.randn_like added times zero: followed into the output, never changing it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.linear(x)
-        return out + 0.0 * torch.randn_like(out)
+    return Composite(lambda m, x: (out := m.linear(x)) + 0.0 * torch.randn_like(out), linear=nn.Linear(4, 2))
 
 
 def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_matter() -> None:
@@ -184,7 +178,7 @@ def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_ma
     every seed (the draws cancelled) or differed (keeping some queries)."""
     background = torch.randn(5, 6, dtype=D)
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as every:
-        rnnshap.DeepExplainer(DrawCancels().to(D).eval(), background[:, :4])
+        rnnshap.DeepExplainer(draw_cancels().to(D).eval(), background[:, :4])
     message = str(every.value)
     assert "torch.randn_like" in message and "flow into its output" in message and "gave the same outputs" in message, message
     assert "they matter" not in message and "differ by up to" not in message, message
@@ -237,22 +231,16 @@ def test_a_tensor_indexed_by_a_draw_does_not_carry_the_draw() -> None:
     assert_rounding_close(values, expected, D, what="values against W (x - E r)")
 
 
-class FirstOfUnsorted(nn.Module):
+def first_of_unsorted() -> nn.Module:
     """``topk(n, sorted=False).values[:, :2]``: every position, but the output reads the first two of an order torch
     does not specify (torch's CPU kernel returns them partly ordered by value); not a function rnnshap can take in the
     positions' own order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(5, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x).topk(5, -1, sorted=False).values[:, :2]
+    return Composite(lambda m, x: m.linear(x).topk(5, -1, sorted=False).values[:, :2], linear=nn.Linear(5, 5))
 
 
 def test_a_topk_of_every_position_whose_order_reaches_the_output_is_refused() -> None:
     torch.manual_seed(0)
-    model = FirstOfUnsorted().to(D).eval()
+    model = first_of_unsorted().to(D).eval()
     background = torch.randn(6, 5, dtype=D)
     with torch.no_grad():
         own = model(background)

@@ -18,23 +18,16 @@ import rnnshap  # noqa: E402
 import rnnshap.ray
 
 from .conftest import assert_rounding_close, rounding_tol  # noqa: E402
+from .models.torch import RecurrentHead  # noqa: E402
 
 pytestmark = pytest.mark.cluster  # a step of its own in CI: python -m pytest -q -m cluster
 
 
-class Forecaster(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 6, batch_first=True)
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(x)[0][:, -1])
 
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return Forecaster().eval()
+    return RecurrentHead("lstm", 3, 6, 2, names="lstm head").eval()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import additivity_tol, assert_additive, eps
+from .models.torch import Composite
 
 
 class PlaceRounding(nn.Module):
@@ -34,16 +35,9 @@ class PlaceRounding(nn.Module):
         return out * (1 + self.relative * odd)
 
 
-class BatchCentred(nn.Module):
+def batch_centred() -> nn.Module:
     """Rows that interact: each row's output is centred on the batch's mean."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear(x.flatten(1))
-        return out - out.mean(0, keepdim=True)
+    return Composite(lambda m, x: (out := m.linear(x.flatten(1))) - out.mean(0, keepdim=True), linear=nn.Linear(6, 3))
 
 
 def data(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +73,7 @@ def test_the_same_gap_on_a_float64_model_is_refused() -> None:
 
 def test_rows_that_interact_are_refused_in_float32() -> None:
     """The mean over the batch is the same in either order: the two halves of the background tell."""
-    model = BatchCentred().eval()
+    model = batch_centred().eval()
     _, background = data(torch.float32)
     with pytest.raises(rnnshap.InputError, match="(?s)mixes the rows of axis 0.*two halves.*normalizes over the batch"):
         rnnshap.DeepExplainer(model, background)

@@ -20,7 +20,7 @@ import rnnshap
 from rnnshap.rules import product, rescale, routed_max, shapley
 
 from .conftest import assert_additive
-from .models.torch import Function
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -174,16 +174,9 @@ def test_shapley_building_block_matches_two_player_formula(name: str) -> None:
     np.testing.assert_allclose(m_b.numpy() * (B - Br), phi_b, rtol=1e-10, atol=1e-13)
 
 
-class Elementwise2(nn.Module):
+def elementwise2(op: Callable[[Tensor, Tensor], Tensor]) -> nn.Module:
     """f(x) = op(x[:, :k], x[:, k:]): two input-dependent operands, feature j of each feeding output j."""
-
-    def __init__(self, op: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        k = x.shape[1] // 2
-        return self.op(x[:, :k], x[:, k:])
+    return Composite(lambda m, x: m.op(x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :]), op=op)
 
 
 @pytest.mark.parametrize("name", list(BINARY))
@@ -193,7 +186,7 @@ def test_binary_op_model_gives_exact_two_player_shapley_values(name: str) -> Non
     g = torch.Generator().manual_seed(5)
     background = torch.rand(6, 2 * k, generator=g, dtype=F64) * 2 + 0.5  # positive: a safe denominator and base
     X = torch.rand(4, 2 * k, generator=g, dtype=F64) * 2 + 0.5
-    model = Elementwise2(op)
+    model = elementwise2(op)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)  # (n, 2k, k)
 
     x, R = X.numpy()[:, None, :], background.numpy()[None, :, :]  # (n, 1, 2k), (1, m, 2k)
@@ -208,15 +201,7 @@ def test_binary_op_model_gives_exact_two_player_shapley_values(name: str) -> Non
 def test_product_with_a_constant_is_linear() -> None:
     """x · w with w a parameter: the ordinary gradient, φ = w (x − mean r)."""
 
-    class Scale(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(5, dtype=F64))
-
-        def forward(self, x: Tensor) -> Tensor:
-            return (x * self.w).sum(1, keepdim=True)
-
-    model = Scale()
+    model = Composite(lambda m, x: (x * m.w).sum(1, keepdim=True), w=nn.Parameter(torch.randn(5, dtype=F64)))
     background, X = torch.randn(8, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     expected = model.w.detach().numpy() * (X.numpy() - background.numpy().mean(0))

@@ -19,6 +19,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_additive, eps, relative_to_max
+from .models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -26,15 +27,8 @@ SCALES = [1e-2, 1.0, 1e2]
 
 
 def _lstm_layer_norm() -> nn.Module:
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.norm, self.head = nn.LSTM(8, 16, batch_first=True), nn.LayerNorm(16), nn.Linear(16, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.head(self.norm(self.lstm(x)[0][:, -1]))
-
-    return Model()
+    return Composite(lambda m, x: m.head(m.norm(m.lstm(x)[0][:, -1])),
+                     lstm=nn.LSTM(8, 16, batch_first=True), norm=nn.LayerNorm(16), head=nn.Linear(16, 3))  # fmt: skip
 
 
 # -- layer norm after an LSTM: the float32 conditioning fix ------------------------------------------------
@@ -60,18 +54,11 @@ def _lerp_gate(z: Tensor) -> Tensor:
 
 
 def _group_norm() -> nn.Module:
-    class Grouped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.norm = nn.GroupNorm(2, 4)
-            with torch.no_grad():
-                self.norm.weight.uniform_(0.5, 1.5)
-                self.norm.bias.uniform_(-0.5, 0.5)
-
-        def forward(self, z: Tensor) -> Tensor:
-            return self.norm(z.reshape(-1, 4, 4)).flatten(1)
-
-    return Grouped()
+    norm = nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return Composite(lambda m, z: m.norm(z.reshape(-1, 4, 4)).flatten(1), norm=norm)
 
 
 def _min_gru_scan(z: Tensor) -> Tensor:
@@ -129,17 +116,12 @@ def _by_hand(z: Tensor, scale: Callable[[Tensor, Tensor], Tensor], centre: bool 
     return scale(c, (c * c).mean(-1, keepdim=True)).flatten(1)
 
 
-class Block(nn.Module):
+def block(op: Any, bias: bool = True) -> nn.Module:
     """Linear(5 → 16) → op → a fixed linear read-out to 2 outputs."""
-
-    def __init__(self, op: Any, bias: bool = True) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 16, bias=bias)
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.op(self.lin(x))
-        return y @ torch.linspace(-1, 1, 2 * y.shape[1], dtype=y.dtype).reshape(y.shape[1], 2)
+    return Composite(
+        lambda m, x: (y := m.op(m.lin(x))) @ torch.linspace(-1, 1, 2 * y.shape[1], dtype=y.dtype).reshape(y.shape[1], 2),
+        lin=nn.Linear(5, 16, bias=bias), op=op,
+    )  # fmt: skip
 
 
 #: the model itself cancels large terms in float32 above this input scale: at 1e2 the scan's
@@ -153,7 +135,7 @@ def test_decomposed_op_is_exact_across_scales(name: str) -> None:
         values = {}
         for dtype in (torch.float32, F64):
             torch.manual_seed(0)
-            model = Block(OPS[name](), bias=name not in SMALL_AT_SMALL_SCALES).to(dtype).eval()
+            model = block(OPS[name](), bias=name not in SMALL_AT_SMALL_SCALES).to(dtype).eval()
             g = torch.Generator().manual_seed(1)
             background = (torch.randn(5, 5, generator=g, dtype=F64) * scale).to(dtype)
             X = (torch.randn(3, 5, generator=g, dtype=F64) * scale).to(dtype)
@@ -166,15 +148,6 @@ def test_decomposed_op_is_exact_across_scales(name: str) -> None:
 
 
 # -- closed forms, float64 ---------------------------------------------------------------------------------
-class Apply(nn.Module):
-    def __init__(self, op: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.op(x)
-
-
 def _data(d: int, n_bg: int = 4, n_x: int = 3, seed: int = 0, low: float | None = None) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     if low is not None:
@@ -183,7 +156,7 @@ def _data(d: int, n_bg: int = 4, n_x: int = 3, seed: int = 0, low: float | None 
 
 
 def _explain(op: Callable[[Tensor], Tensor], background: Tensor, X: Tensor) -> np.ndarray:
-    return rnnshap.DeepExplainer(Apply(op), background).shap_values(X)  # (n, d, k)
+    return rnnshap.DeepExplainer(Function(op), background).shap_values(X)  # (n, d, k)
 
 
 def _closed(per_pair: Callable[[np.ndarray, np.ndarray], np.ndarray], background: Tensor, X: Tensor) -> np.ndarray:
@@ -325,7 +298,7 @@ def test_zero_row_under_a_normalization_is_exact_and_bounded(name: str, side: st
     The symmetric Shapley rule on c ⊙ s then gave terms of that order (φ ≈ ±5e6 for an output moving
     by 0.86, sums off by 1e-8 in float64, 1e-5 for F.normalize), hidden from rnnshap's own check by its
     Σ|φ| scale. The scale-weighted rule keeps φ of the size of the output's change."""
-    model = Block(ZERO_ROW_NORMS[name]).double().eval()
+    model = block(ZERO_ROW_NORMS[name]).double().eval()
     model.lin = nn.Linear(5, 3, bias=False).double()
     model.lin.weight.data = torch.eye(3, 5, dtype=F64)
     g = torch.Generator().manual_seed(3)
@@ -374,7 +347,7 @@ def test_logcumsumexp_with_far_drifting_totals_is_finite_and_exact() -> None:
     background, X = _data(6)
     values = {}
     for dtype in (torch.float32, F64):
-        model = Apply(lambda t: torch.logcumsumexp(t + drift.to(t.dtype), 1))
+        model = Function(lambda t: torch.logcumsumexp(t + drift.to(t.dtype), 1))
         values[dtype] = rnnshap.DeepExplainer(model, background.to(dtype)).shap_values(X.to(dtype), check_additivity=False)
         assert np.isfinite(values[dtype]).all()
     assert_additive(values[F64], model, X, background, F64)
@@ -387,7 +360,7 @@ def test_logcumsumexp_with_far_drifting_totals_is_finite_and_exact() -> None:
 # -- what stays refused -------------------------------------------------------------------------------------
 def test_normalize_with_other_p_is_refused_by_name() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError, match="normalize"):
-        rnnshap.DeepExplainer(Apply(lambda t: F.normalize(t, p=3.0, dim=1)), torch.randn(3, 4, dtype=F64))
+        rnnshap.DeepExplainer(Function(lambda t: F.normalize(t, p=3.0, dim=1)), torch.randn(3, 4, dtype=F64))
 
 
 def test_layer_norm_rules_refuse_an_input_dependent_weight() -> None:
@@ -395,7 +368,7 @@ def test_layer_norm_rules_refuse_an_input_dependent_weight() -> None:
         return F.rms_norm(t, (4,), weight=torch.sigmoid(t[0]))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="rms_norm"):
-        rnnshap.DeepExplainer(Apply(op), torch.randn(3, 4, dtype=F64))
+        rnnshap.DeepExplainer(Function(op), torch.randn(3, 4, dtype=F64))
 
 
 # -- comparisons used as gates: torch.where(x >= 0, f(x), g(x)) ---------------------------------------------
@@ -439,13 +412,8 @@ def test_where_gate_multiplier_is_rescale_of_the_piecewise_function(comparison: 
     assert torch.isfinite(m).all()
 
 
-class MinGruGate(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin, self.head = nn.Linear(5, 8), nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(_min_gru_g(self.lin(x)))
+def min_gru_gate() -> nn.Module:
+    return Composite(lambda m, x: m.head(_min_gru_g(m.lin(x))), lin=nn.Linear(5, 8), head=nn.Linear(8, 2))
 
 
 def test_min_gru_gate_through_the_engine_is_exact() -> None:
@@ -453,7 +421,7 @@ def test_min_gru_gate_through_the_engine_is_exact() -> None:
     from rnnshap.rules.registry import forms
 
     torch.manual_seed(3)
-    model = MinGruGate().double().eval()
+    model = min_gru_gate().double().eval()
     background, X = torch.randn(6, 5, dtype=F64), torch.randn(3, 5, dtype=F64)
     values = rnnshap.DeepExplainer(model, background, rules=gate_rules(forms)).shap_values(X)
     assert_additive(values, model, X, background, F64)
@@ -484,19 +452,13 @@ def test_closed_form_secants_equal_the_difference_quotient(name: str) -> None:
         torch.testing.assert_close(slope(at.detach() + delta, at.detach()), derivative, rtol=rtol, atol=0)
 
 
-class Powered(nn.Module):
+def powered(p: float, how: str) -> nn.Module:
     """``(W x − 1) ** p``, written with ``**`` (the Power rule) or with ``torch.float_power`` (the
     generic exact Shapley rule, float64): the same function, so the same values."""
-
-    def __init__(self, p: float, how: str) -> None:
-        super().__init__()
-        self.p, self.how = p, how
-        self.lin = nn.Linear(3, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lin(x) - 1
-        y = z**self.p if self.how == "pow" else torch.float_power(z, self.p)
-        return y.sum(1, keepdim=True)
+    return Composite(
+        lambda m, x: ((m.lin(x) - 1) ** m.p if m.how == "pow" else torch.float_power(m.lin(x) - 1, m.p)).sum(1, keepdim=True),
+        p=p, how=how, lin=nn.Linear(3, 4),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("p", [-2.0, -1.0, 1.0, 2.0, 3.0, 0.5, 1.5, -0.5])
@@ -504,7 +466,7 @@ def test_power_rule_equals_the_generic_rule_on_any_base(p: float) -> None:
     """Positive, negative and zero bases, and pairs where the sample is its reference (Δ = 0), for
     integer p; positive bases for fractional p (a regression: Δ = 0 at a base ≤ 0 got multiplier 0)."""
     torch.manual_seed(3)
-    power, generic = Powered(p, "pow").double().eval(), Powered(p, "float_power").double().eval()
+    power, generic = powered(p, "pow").double().eval(), powered(p, "float_power").double().eval()
     generic.load_state_dict(power.state_dict())
     g = torch.Generator().manual_seed(4)
     background, X = torch.randn(4, 3, generator=g, dtype=F64), torch.randn(3, 3, generator=g, dtype=F64)

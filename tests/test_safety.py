@@ -25,6 +25,7 @@ import rnnshap
 from rnnshap.rules import Rescale
 
 from .conftest import assert_additive, output_gap, phi_totals
+from .models.torch import Composite
 
 Tensor = torch.Tensor
 
@@ -342,31 +343,18 @@ def _with_statistics(model: nn.Module) -> nn.Module:
 
 
 def test_randomness_eval_cannot_turn_off_stays_refused_in_training_mode() -> None:
-    class Always(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.drop = nn.Linear(5, 4), nn.Dropout(0.3)
+    always = Composite(lambda m, x: F.dropout(m.drop(m.lin(x)), 0.5, training=True), lin=nn.Linear(5, 4), drop=nn.Dropout(0.3))
 
-        def forward(self, x: Tensor) -> Tensor:
-            return F.dropout(self.drop(self.lin(x)), 0.5, training=True)
-
-    model = Always().train()
+    model = always.train()
     with pytest.warns(UserWarning, match="training mode"), pytest.raises(rnnshap.ModelStateError, match="dropout"):
         rnnshap.DeepExplainer(model, torch.randn(4, 5))
     assert model.training and model.drop.training
 
 
 def test_functional_dropout_in_training_is_refused() -> None:
-    class FDrop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return F.dropout(self.lin(x), 0.5, training=True)
-
+    model = Composite(lambda m, x: F.dropout(m.lin(x), 0.5, training=True), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.ModelStateError):
-        rnnshap.DeepExplainer(FDrop().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
 
 
 def test_eval_mode_dropout_and_batchnorm_are_explained() -> None:
@@ -399,13 +387,8 @@ def test_opaque_models_are_refused(build: Any) -> None:
 
 
 # -- bad inputs ------------------------------------------------------------------------------------------------
-class TwoInputs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 2), nn.Linear(3, 2)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.tanh(self.a(a) + self.b(b))
+def two_inputs() -> nn.Module:
+    return Composite(lambda m, a, b: torch.tanh(m.a(a) + m.b(b)), a=nn.Linear(4, 2), b=nn.Linear(3, 2))
 
 
 def _bad(kind: str) -> Any:
@@ -463,7 +446,7 @@ def test_bad_backgrounds_raise_input_error(kind: str) -> None:
     ],
 )
 def test_multi_input_mismatch_raises_input_error(X: Any) -> None:
-    explainer = rnnshap.DeepExplainer(TwoInputs(), [torch.randn(5, 4), torch.randn(5, 3)])
+    explainer = rnnshap.DeepExplainer(two_inputs(), [torch.randn(5, 4), torch.randn(5, 3)])
     with pytest.raises(rnnshap.InputError):
         explainer.shap_values(X())
 
@@ -511,32 +494,18 @@ def test_every_unsupported_op_is_named_in_one_error() -> None:
     ],
 )
 def test_unsupported_op_raises_unsupported_operation_error(forward: Any) -> None:
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return forward(self.lin(x))
-
+    model = Composite(lambda m, x: forward(m.lin(x)), lin=nn.Linear(5, 4))
     with pytest.raises(rnnshap.UnsupportedOperationError):
-        rnnshap.DeepExplainer(Model().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
 
 
 def test_noise_drawn_in_forward_is_refused_as_randomness_not_as_a_missing_rule() -> None:
     """(issue 31, items 1 and 17) a random draw is not a function with a rule: refused by name, at construction."""
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 4)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            return z + torch.randn_like(z)
+    model = Composite(lambda m, x: (z := m.lin(x)) + torch.randn_like(z), lin=nn.Linear(5, 4))
 
     with pytest.raises(rnnshap.ModelStateError, match="randn_like") as info:
-        rnnshap.DeepExplainer(Model().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(model.eval(), torch.randn(4, 5))
     assert "register_rule" not in str(info.value) and "Rescale" not in str(info.value)
 
 

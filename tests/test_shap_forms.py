@@ -20,7 +20,7 @@ from torch import nn
 import rnnshap
 
 from .keras_process import KerasProcess
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 F64 = torch.float64
 Tensor = torch.Tensor
@@ -31,16 +31,9 @@ def recurrent() -> RecurrentHead:
     return RecurrentHead("lstm", 4, 5, 2, project=3, names="embed lstm head")
 
 
-class Tail(nn.Module):
+def tail(model: RecurrentHead) -> nn.Module:
     """``recurrent()`` from the LSTM's input on: the model split at ``lstm``."""
-
-    def __init__(self, model: RecurrentHead) -> None:
-        super().__init__()
-        self.lstm, self.head = model.lstm, model.head
-
-    def forward(self, z: Tensor) -> Tensor:
-        out, _ = self.lstm(z)
-        return self.head(out[:, -1])
+    return Composite(lambda m, z: m.head(m.lstm(z)[0][:, -1]), lstm=model.lstm, head=model.head)
 
 
 def _data(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -59,7 +52,7 @@ def test_interim_layer_is_the_model_split_at_the_layer() -> None:
         gap = (model(X) - model(background).mean(0)).numpy()
         expected = model(background).mean(0).numpy()
     assert values.shape == (*z_X.shape, 2)  # shaped like the layer's input, outputs last
-    split = rnnshap.DeepExplainer(Tail(model), z_background).shap_values(z_X)
+    split = rnnshap.DeepExplainer(tail(model), z_background).shap_values(z_X)
     np.testing.assert_allclose(values, split, rtol=0, atol=1e-13)
     np.testing.assert_allclose(explainer.expected_value, expected, rtol=0, atol=1e-14)  # shap's base value
     np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=0, atol=1e-12)  # each sample adds up
@@ -124,22 +117,12 @@ def test_interim_layer_summarize_converts_once() -> None:
     np.testing.assert_allclose(summary.mean, explainer.shap_values(X).mean(0), rtol=0, atol=1e-13)
 
 
-class _Skip(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(torch.tanh(self.a(x))) + 1e-3 * x.sum(1, keepdim=True)
+def _skip() -> nn.Module:
+    return Composite(lambda m, x: m.b(torch.tanh(m.a(x))) + 1e-3 * x.sum(1, keepdim=True), a=nn.Linear(4, 4), b=nn.Linear(4, 1))
 
 
-class _Twice(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.a(torch.tanh(self.a(x))).sum(1)
+def _twice() -> nn.Module:
+    return Composite(lambda m, x: m.a(torch.tanh(m.a(x))).sum(1), a=nn.Linear(4, 4))
 
 
 @pytest.mark.parametrize(
@@ -150,13 +133,13 @@ class _Twice(nn.Module):
     ],
 )
 def test_interim_layer_that_is_not_a_cut_is_refused(build: object, match: str) -> None:
-    model = _Skip().double().eval()
+    model = _skip().double().eval()
     with pytest.raises(rnnshap.InputError, match=match):
         rnnshap.DeepExplainer(build(model), torch.randn(5, 4, dtype=F64))  # type: ignore[operator]
 
 
 def test_interim_layer_called_twice_is_refused() -> None:
-    model = _Twice().double().eval()
+    model = _twice().double().eval()
     with pytest.raises(rnnshap.InputError, match="more than once"):
         rnnshap.DeepExplainer((model, model.a), torch.randn(5, 4, dtype=F64))
 

@@ -18,7 +18,7 @@ from torch import nn
 import rnnshap
 from rnnshap import InputError, ShapleyExplainer
 
-from .models.torch import Function, RecurrentHead
+from .models.torch import Composite, Function, RecurrentHead
 
 
 def oracle(f, x: list[torch.Tensor], background: list[torch.Tensor], ids: list[np.ndarray | None]) -> np.ndarray:
@@ -215,19 +215,10 @@ def test_deepshap_reading_the_samples_masks_keeps_the_values_efficient() -> None
     sum to f(x) − f(r read with x's mask), not to the game's f(x) − f(r): the control variate must
     still give values that add up."""
 
-    class Padded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(9, 3)
-            self.rnn = nn.GRU(3, 5, batch_first=True)
-            self.head = nn.Linear(5, 1)
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            out, _ = self.rnn(self.embed(ids) * (ids != 0)[..., None])
-            return self.head(out[:, -1])
-
     torch.manual_seed(14)
-    model = Padded().double().eval()
+    padded = Composite(lambda m, ids: m.head(m.rnn(m.embed(ids) * (ids != 0)[..., None])[0][:, -1]),
+                       embed=nn.Embedding(9, 3), rnn=nn.GRU(3, 5, batch_first=True), head=nn.Linear(5, 1))  # fmt: skip
+    model = padded.double().eval()
     ids = torch.tensor([[3, 5, 0, 0, 0, 0], [1, 2, 3, 4, 0, 0]])
     background = torch.randint(1, 9, (10, 6))
     for budget in (10 * 3 + 1 + 5 + 2 * 2 * 5, 200):
@@ -490,13 +481,8 @@ def test_pruning_keeps_every_step_a_model_reads_and_checks_its_arguments() -> No
 
 
 # -- a random forward is refused by the forward-only door too (issue 31, item 1) ---------------------------
-class _Noisy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x) + 0.1 * torch.randn(x.shape[0], 1)
+def _noisy() -> nn.Module:
+    return Composite(lambda m, x: m.head(x) + 0.1 * torch.randn(x.shape[0], 1), head=nn.Linear(3, 1))
 
 
 def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None:
@@ -507,7 +493,7 @@ def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None
     torch.manual_seed(0)
     background = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     with pytest.raises(ModelStateError, match="torch's global random number generator"):
-        ShapleyExplainer(_Noisy().eval(), background)
+        ShapleyExplainer(_noisy().eval(), background)
     with pytest.raises(ModelStateError, match="Python's random module"):
         ShapleyExplainer(lambda x: x.sum(1) + random.random(), background)
     with pytest.raises(ModelStateError, match="numpy.random"):
@@ -515,7 +501,7 @@ def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None
     # a generator made and seeded inside the call is a constant: accepted
     ShapleyExplainer(lambda x: x.sum(1) + np.random.default_rng(0).normal(), background)
     # and the global states are left as they were by the refused calls
-    noisy = _Noisy().eval()  # (its initialisation draws; the explainer's call must not)
+    noisy = _noisy().eval()  # (its initialisation draws; the explainer's call must not)
     state = torch.get_rng_state()
     with pytest.raises(ModelStateError):
         ShapleyExplainer(noisy, background)

@@ -19,7 +19,7 @@ from torch import nn
 import rnnshap
 from rnnshap import InputError, ShapleyExplainer
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 
 def enumerated(f, x: np.ndarray, background: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -147,42 +147,21 @@ def test_bad_time_axes_are_refused() -> None:
         explainer.shapley_values(X, "steps", time_axis=[2, 2])
 
 
-class ConvReader(nn.Module):
+def conv_reader() -> nn.Module:
     """A torch Conv1d classifier: its input is (N, C, T)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(0.0)
-        self.conv = nn.Conv1d(2, 3, kernel_size=2)
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.conv(self.drop(x))).mean(2))
+    return Composite(lambda m, x: m.head(torch.tanh(m.conv(m.drop(x))).mean(2)),
+                     drop=nn.Dropout(0.0), conv=nn.Conv1d(2, 3, kernel_size=2), head=nn.Linear(3, 2))  # fmt: skip
 
 
-
-
-
-class ProjectedGRU(nn.Module):
+def projected_gru() -> nn.Module:
     """An input projection and an activation before the GRU: layers that move no axis, looked through."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.project = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.LayerNorm(5))
-        self.rnn = nn.GRU(5, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(self.project(x[:, 1:] * 2.0))[0][:, -1])
+    return Composite(lambda m, x: m.head(m.rnn(m.project(x[:, 1:] * 2.0))[0][:, -1]),
+                     project=nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.LayerNorm(5)),
+                     rnn=nn.GRU(5, 4, batch_first=True), head=nn.Linear(4, 2))  # fmt: skip
 
 
-class Flat(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(10, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.flatten(1))
+def flat() -> nn.Module:
+    return Composite(lambda m, x: m.head(x.flatten(1)), head=nn.Linear(10, 2))
 
 
 def _torch_f(model: nn.Module):
@@ -196,7 +175,7 @@ def _torch_f(model: nn.Module):
 @pytest.mark.parametrize("door", ["shapley", "deep"])
 def test_a_conv1d_model_says_its_input_is_channels_by_time(door: str) -> None:
     torch.manual_seed(0)
-    model = ConvReader().double().eval()
+    model = conv_reader().double().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     X, bg = (torch.from_numpy(a) for a in _panels(T=4))
     explainer = ShapleyExplainer(model, bg) if door == "shapley" else rnnshap.DeepExplainer(model, bg)
@@ -231,7 +210,7 @@ def test_layers_that_move_no_axis_are_looked_through() -> None:
     from rnnshap.shapley.layout import read_layout
 
     torch.manual_seed(0)
-    model = ProjectedGRU().double().eval()
+    model = projected_gru().double().eval()
     bg = np.random.default_rng(0).normal(size=(3, 5, 2))
     layout = read_layout(model, _torch_f_rows(model), [bg])
     assert layout.axes == [0], layout.why
@@ -258,7 +237,7 @@ def _torch_f_rows(model: nn.Module):
 
 
 def test_a_model_whose_reader_does_not_say_is_refused() -> None:
-    model = Flat().double().eval()
+    model = flat().double().eval()
     X, bg = (torch.from_numpy(a) for a in _panels())
     with pytest.raises(InputError, match="Linear|does not say|time_axis"):
         ShapleyExplainer(model, bg).shapley_values(X, "steps")

@@ -13,6 +13,8 @@ from torch import nn
 import rnnshap
 from rnnshap import Summary
 
+from .models.torch import Composite
+
 
 class Net(nn.Module):
     def __init__(self, outputs: int = 3) -> None:
@@ -121,17 +123,9 @@ def test_merged_samples_are_uniform() -> None:
 
 
 def test_summary_with_chosen_outputs_and_multi_input() -> None:
-    class TwoInputs(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gru = nn.GRU(3, 5, batch_first=True)
-            self.head = nn.Linear(5 + 2, 4)
-
-        def forward(self, seq: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-            return self.head(torch.cat([self.gru(seq)[0][:, -1], static], 1))
-
     torch.manual_seed(1)
-    model = TwoInputs().double().eval()
+    model = Composite(lambda m, seq, static: m.head(torch.cat([m.gru(seq)[0][:, -1], static], 1)),
+                      gru=nn.GRU(3, 5, batch_first=True), head=nn.Linear(5 + 2, 4)).double().eval()  # fmt: skip
     background = [torch.randn(3, 4, 3, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)]
     x = [torch.randn(7, 4, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)]
     explainer = rnnshap.DeepExplainer(model, background)

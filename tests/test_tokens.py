@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnshap
 
 from .conftest import assert_additive, model_outputs
+from .models.torch import Composite
 
 V, D, T = 11, 3, 6
 BOS = 1
@@ -64,22 +65,15 @@ MOVES: dict[str, tuple[Callable[[Tensor, nn.Embedding], Tensor], Callable[[Tenso
 }
 
 
-class Moved(nn.Module):
-    def __init__(self, move: Callable[[Tensor, nn.Embedding], Tensor]) -> None:
-        super().__init__()
-        self.move = move
-        self.emb = nn.Embedding(V, D)
-        self.gru = nn.GRU(D, 4, batch_first=True)
-        self.out = nn.Linear(4, 2)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.out(self.gru(self.move(tokens, self.emb))[0][:, -1])
+def moved(move: Callable[[Tensor, nn.Embedding], Tensor]) -> nn.Module:
+    return Composite(lambda m, tokens: m.out(m.gru(m.move(tokens, m.emb))[0][:, -1]),
+                     move=move, emb=nn.Embedding(V, D), gru=nn.GRU(D, 4, batch_first=True), out=nn.Linear(4, 2))  # fmt: skip
 
 
 def _twins(before: Callable, after: Callable) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    a = Moved(before).double().eval()
-    b = Moved(after).double().eval()
+    a = moved(before).double().eval()
+    b = moved(after).double().eval()
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -181,23 +175,19 @@ def test_embedding_bag_attributes_every_token(mode: str, layout: str) -> None:
     assert_additive(values, model, X, background, torch.float64)
 
 
-class WeightedBag(nn.Module):
-    def __init__(self, reference: bool = False) -> None:
-        super().__init__()
-        self.reference = reference
-        self.bag = nn.EmbeddingBag(V, D, mode="sum")
-        self.out = nn.Linear(D, 2)
-
-    def forward(self, tokens: Tensor, weights: Tensor) -> Tensor:
-        if self.reference:
-            return self.out((F.embedding(tokens, self.bag.weight) * weights.unsqueeze(-1)).sum(1))
-        return self.out(self.bag(tokens, per_sample_weights=weights))
+def weighted_bag(reference: bool = False) -> nn.Module:
+    """EmbeddingBag with per-sample weights, or (``reference``) the same sum written with F.embedding."""
+    return Composite(
+        lambda m, tokens, weights: m.out((F.embedding(tokens, m.bag.weight) * weights.unsqueeze(-1)).sum(1))
+        if m.reference else m.out(m.bag(tokens, per_sample_weights=weights)),
+        reference=reference, bag=nn.EmbeddingBag(V, D, mode="sum"), out=nn.Linear(D, 2),
+    )  # fmt: skip
 
 
 def test_embedding_bag_with_per_sample_weights_that_are_inputs() -> None:
     torch.manual_seed(3)
-    model = WeightedBag().double().eval()
-    reference = WeightedBag(reference=True).double().eval()
+    model = weighted_bag().double().eval()
+    reference = weighted_bag(reference=True).double().eval()
     reference.load_state_dict(model.state_dict())
     background = [torch.randint(0, V, (4, T)), torch.rand(4, T, dtype=torch.float64)]
     X = [torch.randint(0, V, (3, T)), torch.rand(3, T, dtype=torch.float64)]
@@ -281,21 +271,15 @@ def test_a_token_only_model_is_checked_at_the_tolerance_of_the_dtype_it_computes
     assert explainer.engine.dtype == str(dtype).replace("torch.", "")
 
 
-class IndexedByInput(nn.Module):
+def indexed_by_input() -> nn.Module:
     """Reads the GRU's state at the step an integer input names (the last of each sequence)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru, self.out = nn.GRU(2, 4, batch_first=True), nn.Linear(4, 1)
-
-    def forward(self, x: Tensor, last: Tensor) -> Tensor:
-        states, _ = self.gru(x)
-        return self.out(states[torch.arange(x.shape[0]), last])
+    return Composite(lambda m, x, last: m.out(m.gru(x)[0][torch.arange(x.shape[0]), last]),
+                     gru=nn.GRU(2, 4, batch_first=True), out=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_an_integer_input_used_as_an_index_is_context() -> None:
     torch.manual_seed(8)
-    model = IndexedByInput().double().eval()
+    model = indexed_by_input().double().eval()
     background = [torch.randn(3, T, 2, dtype=torch.float64), torch.full((3,), T - 1)]
     X = [torch.randn(2, T, 2, dtype=torch.float64), torch.tensor([2, 4])]
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -331,20 +315,14 @@ NUMBER_USES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-class Counts(nn.Module):
-    def __init__(self, use: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.use = use
-        self.mlp = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(self.use(x))
+def counts(use: Callable[[Tensor], Tensor]) -> nn.Module:
+    return Composite(lambda m, x: m.mlp(m.use(x)), use=use, mlp=nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2)))
 
 
 @pytest.mark.parametrize("use", list(NUMBER_USES))
 def test_integer_features_cast_inside_the_model_are_attributed_as_numbers(use: str) -> None:
     torch.manual_seed(6)
-    model = Counts(NUMBER_USES[use]).double().eval()
+    model = counts(NUMBER_USES[use]).double().eval()
     background, X = torch.randint(0, 9, (5, 5)), torch.randint(0, 9, (3, 5))
     values = _explain(model, background, X)
     as_floats = _explain(model, background.double(), X.double())  # the same model given floats
@@ -353,47 +331,38 @@ def test_integer_features_cast_inside_the_model_are_attributed_as_numbers(use: s
     assert_additive(values, model, X, background, torch.float64)
 
 
-class Calendar(nn.Module):
+def calendar() -> nn.Module:
     """A float sequence and an integer calendar index per step, joined by cat inside the model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.out = nn.Linear(4, 1)
-
-    def forward(self, x: Tensor, day: Tensor) -> Tensor:
-        return self.out(self.lstm(torch.cat([x, day.unsqueeze(-1)], -1))[0][:, -1])
+    return Composite(lambda m, x, day: m.out(m.lstm(torch.cat([x, day.unsqueeze(-1)], -1))[0][:, -1]),
+                     lstm=nn.LSTM(3, 4, batch_first=True), out=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_integer_index_joined_to_a_float32_sequence_matches_a_float64_copy() -> None:
     torch.manual_seed(7)
-    model = Calendar().eval()
+    model = calendar().eval()
     background = [torch.randn(4, T, 2), torch.randint(0, 7, (4, T))]
     X = [torch.randn(3, T, 2), torch.randint(0, 7, (3, T))]
     values = _explain(model, background, X)
     assert np.abs(values[1]).max() > 0
     assert_additive(values, model, X, background, torch.float32)
-    copy = Calendar().double().eval()
+    copy = calendar().double().eval()
     copy.load_state_dict(model.state_dict())
     as_floats = _explain(copy, [b.double() for b in background], [x.double() for x in X])
     _close(values[0], as_floats[0], rtol=1e-4)
     _close(values[1], as_floats[1], rtol=1e-4)
 
 
-class NumberAndLengths(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = nn.GRU(2, 3, batch_first=True)
-        self.out = nn.Linear(3, 1)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        return self.out(self.gru(packed)[1][-1]) / lengths.unsqueeze(-1).float()
+def number_and_lengths() -> nn.Module:
+    return Composite(
+        lambda m, x, lengths: m.out(m.gru(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[1][-1])
+        / lengths.unsqueeze(-1).float(),
+        gru=nn.GRU(2, 3, batch_first=True), out=nn.Linear(3, 1),
+    )  # fmt: skip
 
 
 def test_an_input_used_as_a_number_and_as_lengths_or_tokens_is_refused() -> None:
     with pytest.raises(rnnshap.InputError, match="used as a number"):
-        rnnshap.DeepExplainer(NumberAndLengths().eval(), [torch.randn(3, T, 2), torch.tensor([T, 2, 3])])
+        rnnshap.DeepExplainer(number_and_lengths().eval(), [torch.randn(3, T, 2), torch.tensor([T, 2, 3])])
 
     class Both(Lookup):
         def forward(self, tokens: Tensor) -> Tensor:

@@ -14,6 +14,8 @@ import rnnshap
 from rnnshap.formulas.torch_ops import TORCH, surely_all, surely_none
 from rnnshap.rules import elementwise
 
+from .models.torch import Composite
+
 
 def _masks() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -33,15 +35,9 @@ def _masks() -> list[torch.Tensor]:
 
 
 
-class _NanToNum(nn.Module):
+def _nan_to_num(inner: nn.Module) -> nn.Module:
     """``inner`` on the input with its NaN replaced (the mask read as a constant of the explained function)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.nan_to_num(x))
+    return Composite(lambda m, x: m.inner(torch.nan_to_num(x)), inner=inner)
 
 def test_decisions_on_masks_answer_what_all_and_any_answer() -> None:
     for mask in _masks():
@@ -181,7 +177,7 @@ def test_softmax_as_one_node_gives_the_chains_bits(case: str, monkeypatch: pytes
     model: nn.Module = _Attention(dead=case == "dead_rows", dtype=torch.float64 if case == "float64_softmax" else None).eval()
     background, X = torch.randn(6, 7, 5), torch.randn(3, 7, 5) * 2
     if case == "nan_masked":
-        model = _NanToNum(model).eval()
+        model = _nan_to_num(model).eval()
         X[:, 1, 2] = background[:, 1, 2] = float("nan")
     fused_calls: list[bool] = []
     fused = structured._fused_softmax
@@ -236,7 +232,7 @@ def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.M
             norm.weight.normal_()
     background, X = torch.randn(6, 6), torch.randn(3, 6) * 2
     if case == "nan_masked":
-        model = _NanToNum(model).eval()  # type: ignore[assignment]
+        model = _nan_to_num(model).eval()  # type: ignore[assignment]
         X[:, 2] = background[:, 2] = float("nan")
     one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
     def chain_of(x: torch.Tensor, r: torch.Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> object:

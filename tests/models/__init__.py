@@ -17,6 +17,11 @@ tests/zoo/ is another thing: the models of real libraries, darts, neuralforecast
   - ``Dense(inputs, hidden, outputs, activation=..., names="inner relu out")``: Linear → activation → Linear.
   - ``Function(fn)``: a model whose forward is ``fn(*inputs)`` (a closure over the test's own modules, or none):
     one operation under test, one refusal to provoke, without a class per case.
+  - ``Composite(fn, **parts)``: a model whose forward is ``fn(self, *inputs)`` over the parts given
+    (``Composite(lambda m, x: m.head(m.lstm(x)[0][:, -1]), lstm=nn.LSTM(3, 6, batch_first=True), head=nn.Linear(6, 2))``):
+    the parts become attributes under the names given, in the order given, and keyword arguments are built in the order
+    written, so a seed gives the parameters (and names) of the hand-written class whose ``__init__`` built them in that
+    order. A class whose ``__init__`` only builds layers and whose forward is one expression is one ``Composite``.
 
 - ``tests.models.flax`` (Flax NNX: import it after ``pytest.importorskip("flax.nnx")``, so that a test file without
   Flax skips as it did):
@@ -24,7 +29,7 @@ tests/zoo/ is another thing: the models of real libraries, darts, neuralforecast
   - ``FlaxRecurrent(cell, features, hidden, outputs, seed, read=...)``: nnx.RNN over an LSTMCell/GRUCell and a
     Linear head, float64; and ``torch_twin(flax_model)``: the same function as a ``RecurrentHead`` with the Flax
     model's weights (gate orders and biases mapped).
-  - ``FlaxFunction(fn)``: ``Function``'s twin.
+  - ``FlaxFunction(fn)``: ``Function``'s twin; ``FlaxComposite(fn, **parts)``: ``Composite``'s.
 
 A model that exists to express one case (a forward that writes in place, a hook, a draw, a deliberately odd shape)
 stays in its test file; tests/test_test_models.py bounds how many model classes the test files still define.

@@ -85,3 +85,15 @@ class FlaxFunction(nnx.Module):
 
     def __call__(self, *inputs: Any) -> Any:
         return self.fn(*inputs)
+
+
+class FlaxComposite(nnx.Module):
+    """``tests.models.torch.Composite``'s twin: the given parts as attributes, ``__call__`` is ``fn(self, *inputs)``."""
+
+    def __init__(self, fn: Callable[..., Any], **parts: Any) -> None:
+        self.fn = fn
+        for name, part in parts.items():
+            setattr(self, name, part)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.fn(self, *inputs)

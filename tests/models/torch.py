@@ -150,3 +150,21 @@ class Function(nn.Module):
 
     def forward(self, *inputs: Any) -> Any:
         return self.fn(*inputs)
+
+
+class Composite(nn.Module):
+    """A model of the given parts whose forward is ``fn(self, *inputs)``: ``Composite(lambda m, x: m.head(m.lstm(x)[0][:, -1]),
+    lstm=nn.LSTM(3, 6, batch_first=True), head=nn.Linear(6, 2))``.
+
+    The parts are attributes under the names given (modules and parameters registered, anything else kept as is), set
+    in the order given; Python builds keyword arguments in the order written, so written in the hand-written class's
+    order the same seed gives its parameters, under the same names."""
+
+    def __init__(self, fn: Callable[..., Any], **parts: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        for name, part in parts.items():
+            setattr(self, name, part)
+
+    def forward(self, *inputs: Any, **options: Any) -> Any:
+        return self.fn(self, *inputs, **options)
