@@ -44,6 +44,20 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
             raise AssertionError(f"example {number} of docs/{page} fails: {error!r}\n{block}") from error
 
 
+
+def test_the_tsai_example_of_the_classifiers_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/classifiers.md's tsai block as written (its own additivity assert included), where tsai imports: tsai
+    1.0.1 pins scikit-learn < 1.8 against the constraints' 1.9.1, so it is in no extra and installed by hand."""
+    blocks = [block for block in python_blocks(DOCS / "classifiers.md") if "from tsai" in block]
+    assert len(blocks) == 1, f"{len(blocks)} tsai examples on docs/classifiers.md"
+    pytest.importorskip("tsai.models.InceptionTimePlus")
+    monkeypatch.chdir(tmp_path)
+    try:
+        exec(compile(blocks[0], "classifiers.md, tsai example", "exec"), {"__name__": "docs_classifiers_tsai"})
+    except Exception as error:  # pragma: no cover - the message is the point
+        raise AssertionError(f"the tsai example of docs/classifiers.md fails: {error!r}\n{blocks[0]}") from error
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
