@@ -69,6 +69,28 @@ def enumerated_shapley(
     return phi
 
 
+def check_past_covariate_shapley(forecaster: Any, own_forecast_with: Callable[..., np.ndarray], H: int) -> None:
+    """The Shapley mode on patches with one past covariate beside the target (Moirai 2, TimesFM 3): the covariate's
+    two patches are players beside the target's two, and every coalition of the four is enumerated through the
+    library's own call ``own_forecast_with(forecaster, target rows, [covariate rows], H)``."""
+    context, price = windows(8, [300]), windows(8, [150])
+    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
+    result = rnnshap.foundation.explain(
+        forecaster, context, prediction_length=H, background={"target": target_rows, "past_covariates": {"price": price_rows}},
+        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
+        quantile_levels=[0.5],
+    )  # fmt: skip
+
+    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
+        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], H)[..., 1]
+
+    ids = np.arange(16) // 4
+    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1), ids)
+    assert result.exact.all() and result.values.shape == (1, 2, H, 1) and result.covariates["price"].shape == (1, 2, H, 1)
+    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
+    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+
+
 # -- TinyTimeMixer (granite-tsfm) ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ttm() -> Any:

@@ -23,7 +23,7 @@ import rnnshap.foundation
 from rnnshap.errors import InputError
 
 from . import foundation_models
-from .test_foundation import SERIES, enumerated_shapley, state, tolerance, unchanged, windows
+from .test_foundation import SERIES, check_past_covariate_shapley, enumerated_shapley, state, tolerance, unchanged, windows
 
 pytest.importorskip("uni2ts.model.moirai2")
 
@@ -165,22 +165,7 @@ def test_moirai2_several_covariates_on_a_short_context_are_refused_naming_predic
 
 def test_moirai2_past_covariates_shapley_patches_are_enumerated_through_predict(forecaster: Any) -> None:
     """The covariate's patches are players beside the target's: every coalition of the four through predict."""
-    context, price = windows(8, [300]), windows(8, [150])
-    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
-    result = rnnshap.foundation.explain(
-        forecaster, context, prediction_length=4, background={"target": target_rows, "past_covariates": {"price": price_rows}},
-        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
-        quantile_levels=[0.5],
-    )  # fmt: skip
-
-    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
-        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], 4)[..., 1]
-
-    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1),
-                               np.arange(16) // 4)  # fmt: skip
-    assert result.exact.all() and result.values.shape == (1, 2, 4, 1) and result.covariates["price"].shape == (1, 2, 4, 1)
-    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
-    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+    check_past_covariate_shapley(forecaster, own_forecast_with, 4)
 
 
 def test_moirai2_covariates_refused_where_not_explained(forecaster: Any) -> None:

@@ -22,7 +22,7 @@ import rnnshap.foundation
 from rnnshap.errors import InputError
 
 from . import foundation_models
-from .test_foundation import SERIES, enumerated_shapley, state, tolerance, unchanged, windows
+from .test_foundation import SERIES, check_past_covariate_shapley, enumerated_shapley, state, tolerance, unchanged, windows
 
 pytest.importorskip("timesfm3.torch")
 
@@ -270,22 +270,7 @@ def test_timesfm3_past_covariates_beside_several_targets_add_up_per_variate(fore
 
 def test_timesfm3_past_covariates_shapley_patches_are_enumerated_through_predict_batch(forecaster: Any) -> None:
     """The covariate's patches are players beside the target's: every coalition of the four through predict_batch."""
-    context, price = windows(8, [300]), windows(8, [150])
-    target_rows, price_rows = windows(8, [0, 100]), windows(8, [30, 130])
-    result = rnnshap.foundation.explain(
-        forecaster, context, prediction_length=3, background={"target": target_rows, "past_covariates": {"price": price_rows}},
-        covariates={"past_covariates": {"price": price}}, method="shapley", players="patches", budget=1000,
-        quantile_levels=[0.5],
-    )  # fmt: skip
-
-    def own(rows: np.ndarray) -> np.ndarray:  # rows (m, 16): the target's 8 steps, then the covariate's
-        return own_forecast_with(forecaster, rows[:, :8], [rows[:, 8:]], 3)[..., 1]
-
-    ids = np.arange(16) // 4
-    truth = enumerated_shapley(own, np.concatenate([context[0], price[0]]), np.concatenate([target_rows, price_rows], 1), ids)
-    assert result.exact.all() and result.values.shape == (1, 2, 3, 1) and result.covariates["price"].shape == (1, 2, 3, 1)
-    np.testing.assert_allclose(result.values[0, :, :, 0], truth[:2], rtol=0, atol=tolerance(truth))
-    np.testing.assert_allclose(result.covariates["price"][0, :, :, 0], truth[2:], rtol=0, atol=tolerance(truth))
+    check_past_covariate_shapley(forecaster, own_forecast_with, 3)
 
 
 def own_forecast_known(forecaster: Any, rows: np.ndarray, known: np.ndarray, H: int) -> np.ndarray:
