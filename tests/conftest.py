@@ -16,7 +16,8 @@ os.environ.setdefault("USE_TF", "0")
 
 # Keras on JAX (KERAS_BACKEND=jax): JAX computes float64 as float32 unless x64 is on, so the suite's float64 models
 # would be float32 models there. The suite runs JAX with x64, as a user who declares float64 must (docs/keras.md);
-# tests/test_keras_jax_without_tensorflow.py checks the engine on a JAX without x64 (float64 declared, float32 computed).
+# tests/engines/keras/test_keras_jax_without_tensorflow.py checks the engine on a JAX without x64 (float64 declared,
+# float32 computed).
 if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault("JAX_ENABLE_X64", "1")
 

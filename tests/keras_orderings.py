@@ -1,5 +1,5 @@
 """A Keras layer that orders its input with a keras op (``sort`` or ``top_k``), registered so that a saved
-model loads under either backend (tests/test_keras_orderings_picks_pooling.py)."""
+model loads under either backend (tests/engines/keras/test_keras_orderings_picks_pooling.py)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ Anything else is a defect. Grammar elements that expose a known defect are left 
 (``KNOWN_DEFECTS_*``, "choice=option" → the defect, with a strict-xfail test of a minimal reproducer,
 so that CI stays green and a fix is noticed; empty today: the defects found so far, all-zero rows under
 RMSNorm and F.normalize and integer masks made boolean by ``.bool()``, are fixed and guarded by
-tests/test_rules_decomposed.py and tests/test_tokens.py). The default budget runs in CI (derandomized); ``-m slow``
-runs a longer one.
+tests/rules/test_rules_decomposed.py and tests/engines/pytorch/test_tokens.py). The default budget runs in CI
+(derandomized); ``-m slow`` runs a longer one.
 ``python -m tests.fuzz.census torch 300`` counts outcomes over every element, known defects included
 (``RNNSHAP_FUZZ_TALLY=file`` makes the tests below log each model's outcome, to count a pytest run);
 ``python -m tests.fuzz.shrink torch SEED`` shrinks a census seed's defect to a small spec.

@@ -23,7 +23,7 @@ from rnnshap import InputError
 from rnnshap.metrics import DistanceToExact, deletion, distance_to_exact, explain_func, insertion
 
 from .models.torch import Composite, RecurrentHead
-from .test_shapley_layouts import enumerated  # (exact Shapley values by definition)
+from .shapley.test_shapley_layouts import enumerated  # (exact Shapley values by definition)
 
 # ---------------------------------------------------------------------------------------------- truths
 

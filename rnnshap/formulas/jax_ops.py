@@ -99,7 +99,7 @@ class JaxOps:
         return float(jnp.finfo(dtype).tiny)
 
 
-#: the namespace on jax.numpy (members checked against the Protocol by tests/test_formulas.py)
+#: the namespace on jax.numpy (members checked against the Protocol by tests/formulas/test_formulas.py)
 JAX: Ops = cast(Ops, JaxOps())
 
 __all__ = ["JAX", "JaxOps"]

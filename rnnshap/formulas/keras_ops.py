@@ -123,7 +123,7 @@ class KerasOps:
         return float(_finfo(dtype).tiny)
 
 
-#: the namespace on keras.ops (members checked against the Protocol by tests/test_formulas.py)
+#: the namespace on keras.ops (members checked against the Protocol by tests/formulas/test_formulas.py)
 KERAS: Ops = cast(Ops, KerasOps())
 
 __all__ = ["KERAS", "KerasOps"]

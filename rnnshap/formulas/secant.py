@@ -347,7 +347,7 @@ def blend_secant_into(
     in place, no select: the PyTorch engine's fused recurrent layers (``rnnshap.recurrent.fused.smooth_secant``).
     The where-form (:func:`near_rescale_multiplier`) is nearer the exact secant below the threshold (median error
     about 10x smaller for :math:`ε/10 < |Δu| \le ε`), slightly farther just above it (about 8% in the median),
-    the same beyond: tests/test_formulas.py measures both against float64."""
+    the same beyond: tests/formulas/test_formulas.py measures both against float64."""
     import torch  # (the blend is torch's: in place, with out= arguments)
 
     torch.sub(u_x, u_r, out=du)

@@ -172,7 +172,7 @@ class TorchOps:
 
 
 #: the namespace on torch (torch's overloaded signatures are not the Protocol's to mypy; the members
-#: are checked against it by tests/test_formulas.py)
+#: are checked against it by tests/formulas/test_formulas.py)
 TORCH: Ops = cast(Ops, TorchOps())
 
 __all__ = ["TORCH", "TorchOps", "scalar", "surely_all", "surely_none"]

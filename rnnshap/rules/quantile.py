@@ -11,7 +11,7 @@ The weights depend on ``q`` and ``n`` only, never on the values: the quantile is
 and each sorted value has the orderings' exact rule (:func:`~rnnshap.rules.maxima.ranked_values`: its change
 credited to the position that decided its rank). So the quantile's change is split exactly, the weights times
 the two ranks' credits; ``quantile(u, 0.5)`` of an odd count gets ``median``'s values, ``q = 0`` ``min``'s and
-``q = 1`` ``max``'s (tests/test_orderings.py).
+``q = 1`` ``max``'s (tests/rules/test_orderings.py).
 
 NaN: ``quantile`` of a row with a NaN is NaN and ``nanquantile`` leaves NaNs out, so a row's ranks depend on where
 its NaNs are; a NaN on either side of a pair is refused by name (not silently attributed).

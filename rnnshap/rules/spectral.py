@@ -10,7 +10,7 @@ the exact two-player Shapley split of every product term. :class:`~rnnshap.rules
 gradient of ``f`` at the midpoints through torch's own autograd, whose complex vector-Jacobian products (the
 conjugate of the multiplier, as for the Fourier transforms around it) carry that split back to the real input:
 the correlation computed through the spectra gets the values of the same correlation written as a real bilinear
-form (tests/test_spectral_product.py). Any other nonlinear operation on a complex value (``abs``, ``angle``) stays
+form (tests/rules/test_spectral_product.py). Any other nonlinear operation on a complex value (``abs``, ``angle``) stays
 refused by the engine.
 """
 

@@ -4,7 +4,7 @@ assignment from a comparison of the tensor with a constant (a clamp), now attrib
 Truth: darts' own ``predict(..., predict_likelihood_parameters=True)`` (x0 and gamma), which the values of
 ``rnnshap.darts.ShapExplainer.explain_single`` plus their base values must add up to. (darts' minimum is 1e-100,
 which a float32 softplus never goes below: that the clamp's values are exact where it acts is checked in
-tests/test_missing_values.py with a larger minimum.)
+tests/rules/test_missing_values.py with a larger minimum.)
 """
 
 from __future__ import annotations

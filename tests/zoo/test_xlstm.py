@@ -37,7 +37,7 @@ T, F, E = 6, 3, 8
 
 #: the sLSTM's vanilla pointwise step (xlstm/blocks/slstm/src/vanilla/slstm.py) branches in Python
 #: on ``if torch.all(n == 0.0)`` (true at the first step only, for every row alike): followed, and
-#: kept on the tape (tests/test_engine_reliability.py::test_a_branch_that_every_row_takes_alike_is_followed)
+#: kept on the tape (tests/engines/pytorch/test_engine_reliability.py::test_a_branch_that_every_row_takes_alike_is_followed)
 
 
 def _stack(kind: str) -> xLSTMBlockStack:
