@@ -130,3 +130,18 @@ def test_the_page_is_in_the_sidebar_and_linked_from_the_readme_and_the_contribut
     assert re.search(r"```\{toctree\}[^`]*\narchitecture\n", (ROOT / "docs" / "index.md").read_text())
     assert "docs/architecture.md" in (ROOT / "README.md").read_text()
     assert "architecture.md" in (ROOT / "docs" / "custom_rules.md").read_text()
+
+
+def test_the_test_folders_mirror_the_package() -> None:
+    """tests/README.md's rule: a test of ``rnnshap/X/y.py`` lives in ``tests/X/``, so every folder of tests names a
+    folder of the package (the zoo, the shared models, the reference and the fuzzer's grammars aside)."""
+    tests = ROOT / "tests"
+    shared = {tests / name for name in ("zoo", "models", "reference", "fuzz")}
+    folders = {path.parent for path in tests.rglob("test_*.py")} - {tests}
+    stray = [
+        str(folder.relative_to(ROOT))
+        for folder in sorted(folders)
+        if not shared & ({folder} | set(folder.parents)) and not (ROOT / "rnnshap" / folder.relative_to(tests)).is_dir()
+    ]
+    assert not stray, f"test folders with no package folder of the same name: {stray} (tests/README.md)"
+    assert all((folder / "__init__.py").is_file() for folder in folders), "every test folder is a package"
