@@ -11,7 +11,7 @@ classes as ``TimesFM3Forecaster(ModelConfig(checkpoint_path=...))`` builds it (t
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -24,7 +24,17 @@ from rnnshap.errors import InputError
 from . import foundation_models
 from .test_foundation import SERIES, check_past_covariate_shapley, enumerated_shapley, state, tolerance, unchanged, windows
 
-pytest.importorskip("timesfm3.torch")
+forecaster_module = pytest.importorskip("timesfm3.torch.timesfm3_forecaster")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_collection_per_call() -> Iterator[None]:
+    """``predict_batch`` ends with a full ``gc.collect()`` on the CPU (timesfm 3.0.2's ``try_gc``): 0.1 s a call here,
+    1-3 s in a worker of the whole suite, whose collector walks every object TensorFlow and JAX left there; this file
+    calls it about 150 times (the enumerations through the library's own call). No value depends on it: off here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(forecaster_module, "try_gc", lambda *args, **kwargs: None)
+        yield
 
 
 @pytest.fixture(scope="module")
