@@ -14,6 +14,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - picked indices: argmax, and its uses gather, index_select from a table, one_hot;
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
   exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
+- the reverse recurrences of ``rnnshap/recurrent/reverse.py`` called directly (masked, packed, with a leading axis);
 - foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex;
 - Keras on TensorFlow (when both are installed): LSTM and GRU layers through the fused path
   (``rnnshap/engines/keras/fused.py``; each case fails if that path did not run), final output and
@@ -291,6 +292,37 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         result = rnnshap.foundation.explain(model, context, prediction_length=4, background=background)
         return result.values, result.forecast
 
+    def reverse_recurrences() -> tuple[Any, ...]:
+        """The reverse recurrences of rnnshap/recurrent/reverse.py called directly: every pair through every step,
+        a mask that is no prefix (pairs past their length keep their states), a packed batch's active pairs, a
+        leading axis of outputs, an LSTM's projection."""
+        from rnnshap.recurrent import reverse
+
+        torch.manual_seed(18)
+        steps, pairs, features, hidden, proj = 5, 6, 4, 7, 3
+        lengths = torch.tensor([5, 2, 4, 1, 5, 3])
+        unsorted = (torch.arange(steps)[:, None] < lengths[None, :])[..., None]  # (T, P, 1), not a prefix
+        counts = sorted(lengths.tolist(), reverse=True)
+        packed = (torch.arange(pairs)[None, :] < torch.tensor([sum(c > t for c in counts) for t in range(steps)])[:, None])
+        active = [int(n) for n in packed.sum(1)]
+        layouts = [(None, None), (unsorted, None), (packed[..., None], active)]
+        out = []
+        for lead in [(), (2,)]:
+            for mask, act in layouts:
+                for kind, width, h_out in [("lstm", 6, hidden), ("lstm_proj", 6, proj), ("gru", 5, hidden), ("rnn", 1, hidden)]:
+                    gates = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn": 1}[kind]
+                    coefficients = torch.randn(steps, pairs, width * hidden)
+                    d_out, d_h = torch.randn(*lead, steps, pairs, h_out), torch.randn(*lead, pairs, h_out)
+                    w_ih, w_hh = torch.randn(gates * hidden, features), torch.randn(gates * hidden, h_out)
+                    if kind.startswith("lstm"):
+                        w_hr = torch.randn(proj, hidden) if kind == "lstm_proj" else None
+                        d_c = torch.randn(*lead, pairs, hidden)
+                        out += reverse.lstm_recurrence(coefficients, mask, act, d_out, d_h, d_c, w_ih, w_hh, w_hr)
+                    else:
+                        recurrence = reverse.gru_recurrence if kind == "gru" else reverse.rnn_recurrence
+                        out += recurrence(coefficients, mask, act, d_out, d_h, w_ih, w_hh)
+        return tuple(t.numpy() for t in out)
+
     def keras_fused(
         layer: str, seed: int, dtype: str = "float32", sequences: bool = False, small_blocks: bool = False
     ) -> tuple[Any, ...]:
@@ -365,6 +397,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "picked": picked,
         "ttm": ttm,
         "tirex": tirex,
+        "reverse_recurrences": reverse_recurrences,
         "keras_lstm": lambda: keras_fused("lstm", 20),
         "keras_gru": lambda: keras_fused("gru", 21),
         "keras_lstm_sequences": lambda: keras_fused("lstm", 22, sequences=True),
