@@ -15,6 +15,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
   exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
 - the reverse recurrences of ``rnnshap/recurrent/reverse.py`` called directly (masked, packed, with a leading axis);
+- ``explain_cell_step`` on an LSTM and a GRU cell;
 - foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex;
 - Keras on TensorFlow (when both are installed): LSTM and GRU layers through the fused path
   (``rnnshap/engines/keras/fused.py``; each case fails if that path did not run), final output and
@@ -323,6 +324,17 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
                         out += recurrence(coefficients, mask, act, d_out, d_h, w_ih, w_hh)
         return tuple(t.numpy() for t in out)
 
+    def cell_step() -> tuple[Any, ...]:
+        """explain_cell_step's matrices (rnnshap/recurrent/cell_step.py) of an LSTM and a GRU cell."""
+        from rnnshap.recurrent import explain_cell_step
+
+        torch.manual_seed(19)
+        x, x_r, h, h_r, c, c_r = (torch.randn(3, size) for size in (4, 4, 5, 5, 5, 5))
+        lstm = explain_cell_step(nn.LSTMCell(4, 5), x, (h, c), x_r, (h_r, c_r))
+        gru = explain_cell_step(nn.GRUCell(4, 5), x, h, x_r, h_r)
+        parts = [*lstm.hidden.values(), *(lstm.cell or {}).values(), lstm.delta_hidden, lstm.delta_cell, *gru.hidden.values()]
+        return (*(t.numpy() for t in parts), gru.delta_hidden.numpy())
+
     def keras_fused(
         layer: str, seed: int, dtype: str = "float32", sequences: bool = False, small_blocks: bool = False
     ) -> tuple[Any, ...]:
@@ -398,6 +410,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "ttm": ttm,
         "tirex": tirex,
         "reverse_recurrences": reverse_recurrences,
+        "cell_step": cell_step,
         "keras_lstm": lambda: keras_fused("lstm", 20),
         "keras_gru": lambda: keras_fused("gru", 21),
         "keras_lstm_sequences": lambda: keras_fused("lstm", 22, sequences=True),
