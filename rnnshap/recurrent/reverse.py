@@ -1,5 +1,10 @@
 r"""The reverse-time multiplier recurrences of the fused LSTM, GRU and Elman layers, as custom operators.
 
+The recurrences' math, each layer's step and the loop over the steps, is written once in
+:mod:`rnnshap.formulas.recurrence` (the Keras engine's fused layers run it too); this module binds it to torch
+(:data:`~rnnshap.formulas.torch_ops.TORCH`), with what only this engine has: the vmap rule below, masked and packed
+batches (:func:`_through`), an LSTM's projection, and the input gradient a chunk of steps at a time.
+
 Each layer's backward (``fused.py``) is one call to one of these operators. The explainer asks for the
 gradients of all K outputs at once by running the backward under ``torch.func.vmap``; an operator written
 inside the vmap would pay vmap's bookkeeping on every one of the ~10 operations of every time step. As a
@@ -8,9 +13,9 @@ tensors: every operation below broadcasts over leading axes (``...``), the steps
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
 Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
-see :func:`lstm_recurrence`); the input gradient, which feeds nothing later, is one matrix product per chunk of
-steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
-batch's rows past their length get an input gradient of exactly 0, set once after the products.
+see :func:`rnnshap.formulas.recurrence.lstm_step`); the input gradient, which feeds nothing later, is one matrix
+product per chunk of steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A
+masked (packed) batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
 ``docs/recurrent.md`` derives the coefficients; ``fused.py`` computes them in the forward.
 """

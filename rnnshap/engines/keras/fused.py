@@ -16,7 +16,11 @@ closed form where ``|Δz|`` is below the threshold) and the exact Shapley rule o
     G_{c_{t-1}} = G_c \bar f, \quad G_{h_{t-1}} \mathrel{+}= G_z U^\top, \quad G_{x_t} = G_z W^\top
 
 with :math:`\bar v = (v_x + v_r)/2` and :math:`G_z` the gate gradients times their Rescale
-multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``reset_after``).
+multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``reset_after``). The recurrence is
+the PyTorch engine's, written once in :mod:`rnnshap.formulas.recurrence` (each step and the loop) and run here on
+:data:`~rnnshap.formulas.keras_ops.KERAS`; this module computes its coefficients, per block of steps
+(:class:`_Blocks`), in Keras' gate order (i, f, c, o; z, r, h), and the input gradient as one product over all
+steps (:class:`_InputGradient`).
 Used for layers with sigmoid / tanh activations, zero initial states, a batch that is the grid of
 pairs (not inside ``TimeDistributed``), and no Keras mask anywhere before them: a mask computed on
 the input side is read on the reference side too (``Run.masked``), which makes the reference side
