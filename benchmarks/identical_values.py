@@ -14,7 +14,13 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - picked indices: argmax, and its uses gather, index_select from a table, one_hot;
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
   exponent, constant base), sigmoid, tanh, products, division, at small and large differences;
-- foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex.
+- the reverse recurrences of ``rnnshap/recurrent/reverse.py`` called directly (masked, packed, with a leading axis);
+- ``explain_cell_step`` on an LSTM and a GRU cell;
+- foundation models (when the library is installed): a tiny TinyTimeMixer (granite-tsfm) and TiRex;
+- Keras on TensorFlow (when both are installed): LSTM and GRU layers through the fused path
+  (``rnnshap/engines/keras/fused.py``; each case fails if that path did not run), final output and
+  ``return_sequences``, float32 and float64, and one case with blocks of a few steps and the
+  coefficients compiled by XLA.
 
 Run it in each tree and compare (``--against`` does both, each in its own process, and exits 1 on any
 difference)::
@@ -287,6 +293,101 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         result = rnnshap.foundation.explain(model, context, prediction_length=4, background=background)
         return result.values, result.forecast
 
+    def reverse_recurrences() -> tuple[Any, ...]:
+        """The reverse recurrences of rnnshap/recurrent/reverse.py called directly: every pair through every step,
+        a mask that is no prefix (pairs past their length keep their states), a packed batch's active pairs, a
+        leading axis of outputs, an LSTM's projection."""
+        from rnnshap.recurrent import reverse
+
+        torch.manual_seed(18)
+        steps, pairs, features, hidden, proj = 5, 6, 4, 7, 3
+        lengths = torch.tensor([5, 2, 4, 1, 5, 3])
+        unsorted = (torch.arange(steps)[:, None] < lengths[None, :])[..., None]  # (T, P, 1), not a prefix
+        counts = sorted(lengths.tolist(), reverse=True)
+        packed = (torch.arange(pairs)[None, :] < torch.tensor([sum(c > t for c in counts) for t in range(steps)])[:, None])
+        active = [int(n) for n in packed.sum(1)]
+        layouts = [(None, None), (unsorted, None), (packed[..., None], active)]
+        out = []
+        for lead in [(), (2,)]:
+            for mask, act in layouts:
+                for kind, width, h_out in [("lstm", 6, hidden), ("lstm_proj", 6, proj), ("gru", 5, hidden), ("rnn", 1, hidden)]:
+                    gates = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn": 1}[kind]
+                    coefficients = torch.randn(steps, pairs, width * hidden)
+                    d_out, d_h = torch.randn(*lead, steps, pairs, h_out), torch.randn(*lead, pairs, h_out)
+                    w_ih, w_hh = torch.randn(gates * hidden, features), torch.randn(gates * hidden, h_out)
+                    if kind.startswith("lstm"):
+                        w_hr = torch.randn(proj, hidden) if kind == "lstm_proj" else None
+                        d_c = torch.randn(*lead, pairs, hidden)
+                        out += reverse.lstm_recurrence(coefficients, mask, act, d_out, d_h, d_c, w_ih, w_hh, w_hr)
+                    else:
+                        recurrence = reverse.gru_recurrence if kind == "gru" else reverse.rnn_recurrence
+                        out += recurrence(coefficients, mask, act, d_out, d_h, w_ih, w_hh)
+        return tuple(t.numpy() for t in out)
+
+    def cell_step() -> tuple[Any, ...]:
+        """explain_cell_step's matrices (rnnshap/recurrent/cell_step.py) of an LSTM and a GRU cell."""
+        from rnnshap.recurrent import explain_cell_step
+
+        torch.manual_seed(19)
+        x, x_r, h, h_r, c, c_r = (torch.randn(3, size) for size in (4, 4, 5, 5, 5, 5))
+        lstm = explain_cell_step(nn.LSTMCell(4, 5), x, (h, c), x_r, (h_r, c_r))
+        gru = explain_cell_step(nn.GRUCell(4, 5), x, h, x_r, h_r)
+        parts = [*lstm.hidden.values(), *(lstm.cell or {}).values(), lstm.delta_hidden, lstm.delta_cell, *gru.hidden.values()]
+        return (*(t.numpy() for t in parts), gru.delta_hidden.numpy())
+
+    def keras_fused(
+        layer: str, seed: int, dtype: str = "float32", sequences: bool = False, small_blocks: bool = False
+    ) -> tuple[Any, ...]:
+        """A Keras model (Input, LSTM or GRU (reset_after), Dense) explained on TensorFlow; raises unless the fused
+        path ran for it (an ImportError, reported as skipped, where Keras or TensorFlow is missing)."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import keras
+        import tensorflow as tf  # (the fused path is TensorFlow's)
+
+        try:  # one thread, as torch's: the same reduction order whatever the machine's load
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # (set once, before TensorFlow's first operation)
+            pass
+
+        if keras.backend.backend() != "tensorflow":
+            raise ImportError("the fused path runs on Keras' TensorFlow backend", name="keras[tensorflow]")
+        from rnnshap.engines.keras import fused
+
+        ran: list[str] = []
+        saved = {name: getattr(fused, name) for name in ("lstm", "gru", "XLA_ELEMENTS", "_BLOCK_ELEMENTS")}
+
+        def counted(name: str) -> Callable[..., Any]:
+            def call(*args: Any) -> Any:
+                ran.append(name)
+                return saved[name](*args)
+
+            return call
+
+        fused.lstm, fused.gru = counted("lstm"), counted("gru")
+        if small_blocks:  # blocks of 2 steps of per-pair coefficients, computed by XLA
+            fused._BLOCK_ELEMENTS, fused.XLA_ELEMENTS = 2 * 12 * 6 * 6, 0
+        try:
+            keras.utils.set_random_seed(seed)
+            steps, features, units = 7, 4, 6
+            recurrent = keras.layers.LSTM if layer == "lstm" else keras.layers.GRU
+            head: list[Any] = [keras.layers.Flatten(dtype=dtype)] if sequences else []
+            model = keras.Sequential(
+                [keras.Input((steps, features), dtype=dtype), recurrent(units, return_sequences=sequences, dtype=dtype),
+                 *head, keras.layers.Dense(3, dtype=dtype)]
+            )  # fmt: skip
+            rng = np.random.default_rng(seed)
+            x, background = (rng.normal(size=(n, steps, features)).astype(dtype) for n in (3, 4))
+            explainer = rnnshap.DeepExplainer(model, background)
+            values = explainer.shap_values(x)
+            first = explainer.shap_values(x, outputs=[0])
+        finally:
+            for name, value in saved.items():
+                setattr(fused, name, value)
+        if layer not in ran:
+            raise RuntimeError(f"the fused path did not run for the Keras {layer} case")
+        return np.asarray(values), np.asarray(first), np.asarray(explainer.expected_value)
+
     return {
         "lstm": lstm,
         "gru": gru,
@@ -308,6 +409,16 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "picked": picked,
         "ttm": ttm,
         "tirex": tirex,
+        "reverse_recurrences": reverse_recurrences,
+        "cell_step": cell_step,
+        "keras_lstm": lambda: keras_fused("lstm", 20),
+        "keras_gru": lambda: keras_fused("gru", 21),
+        "keras_lstm_sequences": lambda: keras_fused("lstm", 22, sequences=True),
+        "keras_gru_sequences": lambda: keras_fused("gru", 23, sequences=True),
+        "keras_lstm_float64": lambda: keras_fused("lstm", 24, dtype="float64"),
+        "keras_gru_float64": lambda: keras_fused("gru", 25, dtype="float64"),
+        "keras_lstm_blocks": lambda: keras_fused("lstm", 26, small_blocks=True),
+        "keras_gru_blocks": lambda: keras_fused("gru", 27, sequences=True, small_blocks=True),
     }
 
 

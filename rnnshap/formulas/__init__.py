@@ -23,7 +23,10 @@ the array API standard's ``array_namespace``, Keras 3's ``keras.ops`` and einops
 - :mod:`~rnnshap.formulas.orderings`: which position decides a rank of a sort, a top-k or a pick, and the two
   parts of a selection by a picked index;
 - :mod:`~rnnshap.formulas.marks`: the roots and inverse roots of a normalization written by hand, and which of
-  their products and quotients take the scale-weighted rule (each engine maps its own operation names to them).
+  their products and quotients take the scale-weighted rule (each engine maps its own operation names to them);
+- :mod:`~rnnshap.formulas.recurrence`: the reverse-time multiplier recurrence of the fused LSTM, GRU and Elman
+  layers, one step of each and the loop (the PyTorch engine's ``recurrent/reverse.py`` and the Keras engine's
+  ``engines/keras/fused.py`` run it).
 
 A formula returns multipliers (or values) from arrays that carry no gradient; attaching them is the
 engine's. Python operators (``+``, ``*``, ``/``, comparisons) are used as every array library

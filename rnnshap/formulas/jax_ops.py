@@ -8,7 +8,7 @@ their every-case path. Every member keeps its argument's dtype (``jax.numpy`` do
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 import jax.numpy as jnp
 
@@ -52,6 +52,25 @@ class JaxOps:
     @staticmethod
     def addcmul(c: Array, a: Array, b: Array, value: float, /) -> Array:
         return c + value * a * b
+
+    @staticmethod
+    def concat(parts: Sequence[Array], axis: int, /) -> Array:
+        return jnp.concatenate(list(parts), axis=axis)
+
+    @staticmethod
+    def merge_last(x: Array, /) -> Array:
+        return jnp.reshape(x, (*x.shape[:-2], x.shape[-2] * x.shape[-1]))
+
+    @staticmethod
+    def weight_blocks(weight: Array, widths: Sequence[int], /, transposed: bool = False) -> tuple[Array, bool]:
+        return weight, transposed
+
+    @staticmethod
+    def joined_matmul(parts: Sequence[Array], weight: tuple[Array, bool], add: Array | None = None, /) -> Array:
+        matrix, transposed = weight
+        joined = parts[0] if len(parts) == 1 else jnp.concatenate(list(parts), axis=-1)
+        product = joined @ (matrix.T if transposed else matrix)
+        return product if add is None else add + product
 
     @staticmethod
     def take_last(x: Array, index: Array, /) -> Array:

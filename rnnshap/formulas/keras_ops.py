@@ -8,7 +8,7 @@ Its arrays are the backend's tensors (``tf.Tensor``, ``jax.Array``). :meth:`Kera
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 import keras
 import ml_dtypes  # (a dependency of keras; numpy's finfo lacks bfloat16)
@@ -96,7 +96,32 @@ class KerasOps:
 
     @staticmethod
     def addcmul(c: Tensor, a: Tensor, b: Tensor, value: float, /) -> Tensor:
-        return c + value * a * b
+        return c + a * b if value == 1 else c + value * a * b
+
+    @staticmethod
+    def concat(parts: Sequence[Tensor], axis: int, /) -> Tensor:
+        return ops.concatenate(list(parts), axis=axis)
+
+    @staticmethod
+    def merge_last(x: Tensor, /) -> Tensor:
+        shape = ops.shape(x)
+        return ops.reshape(x, (*shape[:-2], shape[-2] * shape[-1]))
+
+    @staticmethod
+    def weight_blocks(weight: Tensor, widths: Sequence[int], /, transposed: bool = False) -> tuple[Tensor, bool]:
+        return weight, transposed
+
+    @staticmethod
+    def joined_matmul(parts: Sequence[Tensor], weight: tuple[Tensor, bool], add: Tensor | None = None, /) -> Tensor:
+        matrix, transposed = weight
+        joined = parts[0] if len(parts) == 1 else ops.concatenate(list(parts), axis=-1)
+        if keras.backend.backend() == "tensorflow":  # (the transposed weight read in the product, not copied first)
+            import tensorflow as tf
+
+            product = tf.matmul(joined, matrix, transpose_b=transposed)
+        else:
+            product = ops.matmul(joined, ops.transpose(matrix) if transposed else matrix)
+        return product if add is None else add + product
 
     @staticmethod
     def surely_all(mask: Tensor, /) -> bool:

@@ -3,7 +3,7 @@
 A namespace is an object with these members. Arguments are arrays of the namespace's library (or
 Python numbers where said); the results are arrays of the same library. Elementwise operations
 broadcast as the library does. Python's arithmetic and comparison operators on arrays are used
-directly, so they are not members.
+directly, so they are not members; so is indexing (``x[..., None, :]``).
 
 Two members say what a backend can know without a value leaving the device or a trace:
 :meth:`Ops.surely_all` and :meth:`Ops.surely_none` return True only where the answer is known and
@@ -14,7 +14,7 @@ change a value (a ``where`` whose condition selects nothing), never to choose be
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 Array = Any
 
@@ -47,6 +47,30 @@ class Ops(Protocol):
 
     def addcmul(self, c: Array, a: Array, b: Array, value: float, /) -> Array:
         """``c + value · a · b`` (torch's fused ``addcmul``)."""
+        ...
+
+    # -- joins and products (the recurrences of rnnshap.formulas.recurrence)
+    def concat(self, parts: Sequence[Array], axis: int, /) -> Array:
+        """``parts`` joined along ``axis`` (``torch.cat``, ``concatenate``)."""
+        ...
+
+    def merge_last(self, x: Array, /) -> Array:
+        """``x`` (..., a, b) as (..., a·b), row-major (torch's ``flatten(-2)``)."""
+        ...
+
+    def weight_blocks(self, weight: Array, widths: Sequence[int], /, transposed: bool = False) -> Any:
+        """The matrix ``W`` (K, N) of :meth:`joined_matmul`, given as ``weight`` (K, N), or as its transpose (N, K)
+        where ``transposed`` (a Keras kernel), cut into row blocks of ``widths`` (summing to K), in the form the
+        namespace multiplies by: torch keeps the blocks (views), the others the whole weight. Made once, before a
+        loop."""
+        ...
+
+    def joined_matmul(self, parts: Sequence[Array], weight: Any, add: Array | None = None, /) -> Array:
+        """``add + concat(parts, -1) @ W``, ``W`` the matrix of ``weight`` (:meth:`weight_blocks`, one block per
+        part, of its width), ``add`` None for nothing. The meaning is one; the rounding is the binding's, each
+        keeping its engine's order: torch sums the blocks' products from the left, ``add`` first
+        (``add + p_0 @ W_0 + p_1 @ W_1``), without joining the parts (a copy per call); TensorFlow (and the other
+        Keras backends, JAX) adds one product of the joined parts to ``add``."""
         ...
 
     # -- positions along the last axis (the orderings' rule)

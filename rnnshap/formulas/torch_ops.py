@@ -9,7 +9,7 @@ its formulas moved here, bit for bit (benchmarks/identical_values.py checks it).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, cast
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 
@@ -139,6 +139,29 @@ class TorchOps:
     @staticmethod
     def addcmul(c: Tensor, a: Tensor, b: Tensor, value: float, /) -> Tensor:
         return torch.addcmul(c, a, b, value=value)
+
+    @staticmethod
+    def concat(parts: Sequence[Tensor], axis: int, /) -> Tensor:
+        return torch.cat(list(parts), dim=axis)
+
+    @staticmethod
+    def merge_last(x: Tensor, /) -> Tensor:
+        return x.flatten(-2)
+
+    @staticmethod
+    def weight_blocks(weight: Tensor, widths: Sequence[int], /, transposed: bool = False) -> list[Tensor]:
+        # (views: W_hh[:3H] and W_hh[3H:] of an LSTM)
+        matrix = weight.mT if transposed else weight
+        return list(matrix.split(list(widths), dim=0)) if len(widths) > 1 else [matrix]
+
+    @staticmethod
+    def joined_matmul(parts: Sequence[Tensor], weight: Sequence[Tensor], add: Tensor | None = None, /) -> Tensor:
+        out = add
+        for part, block in zip(parts, weight, strict=True):  # (the parts are not joined: that would copy them)
+            term = part @ block
+            out = term if out is None else out + term
+        assert out is not None
+        return out
 
     @staticmethod
     def surely_all(mask: Tensor, /) -> bool:

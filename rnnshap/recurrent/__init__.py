@@ -2,8 +2,9 @@
 
 ``rules.py`` parses the fused torch ops, ``fused.py`` holds one autograd Function per layer (the
 fast path), ``reverse.py`` their reverse-time recurrences (custom operators that take the outputs'
-axis of a vmap as a plain leading axis), ``decomposed.py`` the same layers step by step through the elementwise rules (the
-cross-check), ``weights.py`` the weight layout. The rule registry takes the recurrent ops' rules from
+axis of a vmap as a plain leading axis; each step written once in ``rnnshap/formulas/recurrence.py``),
+``decomposed.py`` the same layers step by step through the elementwise rules (the cross-check),
+``weights.py`` the weight layout. The rule registry takes the recurrent ops' rules from
 :func:`recurrent_rules` when it builds its table (``rnnshap/rules/registry.py``), whatever is imported first.
 """
 

@@ -5,7 +5,8 @@ LSTM, of the new cell state), its DeepLIFT attribution to each unit of the input
 previous hidden state :math:`h` and of the previous cell state :math:`c`, as full matrices. Row
 :math:`j` of the three matrices sums to :math:`h'_j - h'_{r,j}` (or :math:`c'_j - c'_{r,j}`). The
 formulas are in ``docs/recurrent.md``: gates by Rescale through their linear pre-activation (one
-denominator per output unit), gate ⊙ state products by the exact two-player Shapley rule.
+denominator per output unit), gate ⊙ state products by the exact two-player Shapley rule (the midpoints from
+:func:`rnnshap.formulas.pairs.midpoint`, the σ/tanh multipliers from the fused layers' ``smooth_secant``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..formulas.pairs import midpoint
+from ..formulas.torch_ops import TORCH
 from .fused import SIGMOID, TANH, smooth_secant
 
 Tensor = torch.Tensor
@@ -85,12 +88,12 @@ def _lstm(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor, x_r: Tensor, h_r: 
     v_i, v_f, v_g, v_o = w_hh.chunk(4, 0)
     dx, dh, dc = x - x_r, h - h_r, c - c_r
     # c' = f ⊙ c + i ⊙ g: Shapley on both products, Rescale on each gate through its pre-activation
-    scale_f, scale_i, scale_g = (c + c_r) / 2 * m[1], (g + g_r) / 2 * m[0], (i + i_r) / 2 * m[2]
+    scale_f, scale_i, scale_g = midpoint(TORCH, c, c_r) * m[1], midpoint(TORCH, g, g_r) * m[0], midpoint(TORCH, i, i_r) * m[2]
     cell_x = _rows(w_f, scale_f, dx) + _rows(w_i, scale_i, dx) + _rows(w_g, scale_g, dx)
     cell_h = _rows(v_f, scale_f, dh) + _rows(v_i, scale_i, dh) + _rows(v_g, scale_g, dh)
-    cell_c = torch.diag_embed((f + f_r) / 2 * dc)
+    cell_c = torch.diag_embed(midpoint(TORCH, f, f_r) * dc)
     # h' = o ⊙ tanh(c'): Shapley on the product, Rescale on o and on tanh
-    scale_o, through_cell = (k + k_r) / 2 * m[3], ((o + o_r) / 2 * m_k)[:, :, None]
+    scale_o, through_cell = midpoint(TORCH, k, k_r) * m[3], (midpoint(TORCH, o, o_r) * m_k)[:, :, None]
     hidden = {
         "x": _rows(w_o, scale_o, dx) + through_cell * cell_x,
         "h": _rows(v_o, scale_o, dh) + through_cell * cell_h,
@@ -120,9 +123,10 @@ def _gru(cell: nn.GRUCell, x: Tensor, h: Tensor, x_r: Tensor, h_r: Tensor) -> Ce
     scale_n = (2 - z - z_r) / 2 * m_n
     scale_r = scale_n * (a_n + a_n_r) / 2 * m_r
     scale_a = scale_n * (r + r_r) / 2
+    carried = midpoint(TORCH, z, z_r) * dh
     hidden = {
         "x": _rows(w_z, scale_z, dx) + _rows(w_n, scale_n, dx) + _rows(w_r, scale_r, dx),
-        "h": _rows(v_z, scale_z, dh) + _rows(v_n, scale_a, dh) + _rows(v_r, scale_r, dh) + torch.diag_embed((z + z_r) / 2 * dh),
+        "h": _rows(v_z, scale_z, dh) + _rows(v_n, scale_a, dh) + _rows(v_r, scale_r, dh) + torch.diag_embed(carried),
     }
     delta = (1 - z) * n + z * h - ((1 - z_r) * n_r + z_r * h_r)
     return CellStepAttribution(hidden, delta)

@@ -7,9 +7,9 @@ product. The multipliers, which depend on both sides, are computed per pair by b
 two sides against each other, a few time steps at a time so that the temporaries stay in cache,
 and only arithmetic (no masks, no ``torch.where``), which is what makes them cheap.
 
-Backward: the reverse-time multiplier recurrence (``reverse.py``), per step a few elementwise
-products and two small matrix products, then one large product for the input projection. See
-``docs/recurrent.md`` for the formulas.
+Backward: the reverse-time multiplier recurrence (``reverse.py``; its steps in ``rnnshap/formulas/recurrence.py``),
+per step a few elementwise products and two small matrix products, then one large product for the input
+projection. See ``docs/recurrent.md`` for the formulas.
 
 Every layer takes ``mask``, a (T, P, 1) boolean tensor or None: rows where it is False are past
 the end of their sequence (packed input); their states are carried over unchanged and their

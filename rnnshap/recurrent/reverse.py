@@ -1,5 +1,10 @@
 r"""The reverse-time multiplier recurrences of the fused LSTM, GRU and Elman layers, as custom operators.
 
+The recurrences' math, each layer's step and the loop over the steps, is written once in
+:mod:`rnnshap.formulas.recurrence` (the Keras engine's fused layers run it too); this module binds it to torch
+(:data:`~rnnshap.formulas.torch_ops.TORCH`), with what only this engine has: the vmap rule below, masked and packed
+batches (:func:`_through`), an LSTM's projection, and the input gradient a chunk of steps at a time.
+
 Each layer's backward (``fused.py``) is one call to one of these operators. The explainer asks for the
 gradients of all K outputs at once by running the backward under ``torch.func.vmap``; an operator written
 inside the vmap would pay vmap's bookkeeping on every one of the ~10 operations of every time step. As a
@@ -8,18 +13,23 @@ tensors: every operation below broadcasts over leading axes (``...``), the steps
 and the pairs axis -2 of every state. The same code runs without vmap (one output), with no leading axis.
 
 Per time step the loop runs only what depends on the step before (LSTM: 8 operations; GRU: 10; Elman: 3;
-see :func:`lstm_recurrence`); the input gradient, which feeds nothing later, is one matrix product per chunk of
-steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A masked (packed)
-batch's rows past their length get an input gradient of exactly 0, set once after the products.
+see :func:`rnnshap.formulas.recurrence.lstm_step`); the input gradient, which feeds nothing later, is one matrix
+product per chunk of steps (:class:`_InputGradient`: all steps on an accelerator, a cache's worth on the CPU). A
+masked (packed) batch's rows past their length get an input gradient of exactly 0, set once after the products.
 
 ``docs/recurrent.md`` derives the coefficients; ``fused.py`` computes them in the forward.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
+
+from ..formulas import recurrence
+from ..formulas.recurrence import Run, Through, reverse_time
+from ..formulas.torch_ops import TORCH
 
 Tensor = torch.Tensor
 
@@ -82,6 +92,51 @@ class _InputGradient:
         return dx if mask is None else torch.where(mask, dx, 0.0)
 
 
+def _through(mask: Tensor | None, active: list[int] | None, pairs: int) -> Through | None:
+    """How a step's pairs go through it (:func:`rnnshap.formulas.recurrence.reverse_time`): with ``active`` (a packed
+    batch) the first n pairs run step t and the rest pass their states through; with ``mask`` (T, P, 1) every pair
+    runs it and a pair past its length keeps its states; else None, every pair runs every step."""
+    if active is not None:
+
+        def packed(t: int, run: Run, states: tuple[Tensor, ...], d_t: Tensor, at: Sequence[Tensor]) -> Any:
+            n = active[t]
+            dh, *rest = states
+            du, *new = run(_pairs(dh, n) + _pairs(d_t, n), *(_pairs(s, n) for s in rest), *(a[:n] for a in at))
+            kept = tuple(torch.cat([s_new, s[..., n:, :]], -2) for s_new, s in zip(new, states, strict=True))
+            return [_pad_pairs(part, pairs) for part in du], kept
+
+        return packed
+    if mask is not None:
+
+        def masked(t: int, run: Run, states: tuple[Tensor, ...], d_t: Tensor, at: Sequence[Tensor]) -> Any:
+            dh, *rest = states
+            dh = dh + d_t * mask[t]
+            du, *new = run(dh, *rest, *at)
+            return du, tuple(torch.where(mask[t], s_new, s) for s_new, s in zip(new, (dh, *rest), strict=True))
+
+        return masked
+    return None
+
+
+def _run(
+    step: Callable[..., tuple[Any, ...]],
+    coefficients: Sequence[Tensor],
+    mask: Tensor | None,
+    active: list[int] | None,
+    d_out: Tensor,
+    states: tuple[Tensor, ...],
+    input_weights: Sequence[Tensor],
+) -> tuple[Tensor, ...]:
+    """(dx, *initial states' gradients) of a layer-direction: the shared loop with ``step`` over the steps (axis 0)
+    of ``coefficients`` (each step's as views made at once, by unbind, not picked step by step)."""
+    steps, pairs = coefficients[0].shape[:2]
+    per_step = list(zip(*(a.unbind(0) for a in coefficients), strict=True))
+    d_steps = d_out.unbind(-3)
+    dx = _InputGradient(input_weights, steps)
+    states = reverse_time(TORCH, step, steps, lambda t: (d_steps[t], per_step[t]), states, dx, _through(mask, active, pairs))
+    return dx.result(mask), *states
+
+
 def lstm_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
@@ -95,43 +150,20 @@ def lstm_recurrence(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dh_0, dc_0) of one LSTM layer-direction from its coefficients [A_i, A_f, A_g, A_o, A_k, A_c]
     (T, P, 6H) and the gradients of its outputs (..., T, P, H_out) and final states (..., P, H_out),
-    (..., P, H). Per step: dh += d_t; dc' = dc + dh A_k; du_ifg = dc' A_ifg; du_o = dh A_o;
-    dh_prev = du_ifg W_hh,ifg + du_o W_hh,o; dc_prev = dc' A_c (8 operations)."""
-    steps, pairs = coefficients.shape[:2]
+    (..., P, H): :func:`rnnshap.formulas.recurrence.lstm_step` per step (8 operations)."""
     hidden = w_hh.shape[0] // 4
     a_ifg = coefficients[..., : 3 * hidden].unflatten(-1, (3, hidden))
     a_o, a_k, a_c = coefficients[..., 3 * hidden :].split(hidden, dim=2)
     # the gate blocks [i, f, g] and [o] of the weights apart: du's two parts go through them without being
     # joined first (a join would copy du every step, and change the order of the products' sums)
-    w_hh_ifg, w_hh_o = w_hh[: 3 * hidden], w_hh[3 * hidden :]
-
-    def step(dh: Tensor, dc: Tensor, ifg_t: Tensor, o_t: Tensor, k_t: Tensor, c_t: Tensor) -> tuple[Tensor, ...]:
-        dh_full = dh @ w_hr if w_hr is not None else dh
-        dcc = torch.addcmul(dc, dh_full, k_t)
-        du_ifg = (dcc.unsqueeze(-2) * ifg_t).flatten(-2)
-        du_o = dh_full * o_t
-        return du_ifg, du_o, du_ifg @ w_hh_ifg + du_o @ w_hh_o, dcc * c_t
-
-    dh, dc = d_h, d_c
-    dx = _InputGradient([w_ih[: 3 * hidden], w_ih[3 * hidden :]], steps)
-    # each step's coefficients as views made at once (unbind), not picked step by step
-    per_step = list(zip(a_ifg.unbind(0), a_o.unbind(0), a_k.unbind(0), a_c.unbind(0), d_out.unbind(-3), strict=True))
-    for t in reversed(range(steps)):
-        *coefficients_t, d_t = per_step[t]
-        if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-            n = active[t]
-            du_ifg, du_o, dh_prev, dc_prev = step(_pairs(dh, n) + _pairs(d_t, n), _pairs(dc, n), *(a[:n] for a in coefficients_t))
-            dh, dc = torch.cat([dh_prev, dh[..., n:, :]], -2), torch.cat([dc_prev, dc[..., n:, :]], -2)
-            du_ifg, du_o = _pad_pairs(du_ifg, pairs), _pad_pairs(du_o, pairs)
-        else:
-            dh = dh + (d_t * mask[t] if mask is not None else d_t)
-            du_ifg, du_o, dh_prev, dc_prev = step(dh, dc, *coefficients_t)
-            if mask is not None:  # past its length a pair's states pass through
-                dh, dc = torch.where(mask[t], dh_prev, dh), torch.where(mask[t], dc_prev, dc)
-            else:
-                dh, dc = dh_prev, dc_prev
-        dx.add(du_ifg, du_o)
-    return dx.result(mask), dh, dc
+    widths = [3 * hidden, hidden]
+    step = partial(
+        recurrence.lstm_step,
+        recurrent=TORCH.weight_blocks(w_hh, widths),
+        projection=None if w_hr is None else TORCH.weight_blocks(w_hr, [w_hr.shape[0]]),
+    )
+    dx, dh, dc = _run(step, (a_ifg, a_o, a_k, a_c), mask, active, d_out, (d_h, d_c), TORCH.weight_blocks(w_ih, widths))
+    return dx, dh, dc
 
 
 def gru_recurrence(
@@ -144,60 +176,26 @@ def gru_recurrence(
     w_hh: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """(dx, dh_0) of one GRU layer-direction from its coefficients [A_r, A_z, A_n, A_h, A_a] (T, P, 5H)
-    and the gradients of its outputs (..., T, P, H) and final state (..., P, H). Per step: dh += d_t;
-    dv = dh A_n; [du_r, du_z] = [dv, dh] [A_r, A_z]; dh_prev = dh A_h + [du_r, du_z] W_hh,rz + (dv A_a) W_hh,n
-    (10 operations)."""
-    steps, pairs = coefficients.shape[:2]
+    and the gradients of its outputs (..., T, P, H) and final state (..., P, H):
+    :func:`rnnshap.formulas.recurrence.gru_step` per step (10 operations)."""
     hidden = w_hh.shape[0] // 3
     a_rz = coefficients[..., : 2 * hidden]
     a_n, a_h, a_a = coefficients[..., 2 * hidden :].split(hidden, dim=2)
-    # the gate blocks [r, z] and [n] of the weights apart (see lstm_recurrence)
-    w_hh_rz, w_hh_n = w_hh[: 2 * hidden], w_hh[2 * hidden :]
-
-    def step(dh: Tensor, rz_t: Tensor, n_t: Tensor, h_t: Tensor, a_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        dv = dh * n_t
-        du_rz = torch.cat([dv, dh], dim=-1) * rz_t
-        return du_rz, dv, dh * h_t + du_rz @ w_hh_rz + (dv * a_t) @ w_hh_n
-
-    dh = d_h
-    dx = _InputGradient([w_ih[: 2 * hidden], w_ih[2 * hidden :]], steps)  # [du_r, du_z, dv] through W_ih
-    per_step = list(zip(a_rz.unbind(0), a_n.unbind(0), a_h.unbind(0), a_a.unbind(0), d_out.unbind(-3), strict=True))
-    for t in reversed(range(steps)):
-        *coefficients_t, d_t = per_step[t]
-        if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-            n = active[t]
-            du_rz, dv, dh_prev = step(_pairs(dh, n) + _pairs(d_t, n), *(a[:n] for a in coefficients_t))
-            dh = torch.cat([dh_prev, dh[..., n:, :]], -2)
-            du_rz, dv = _pad_pairs(du_rz, pairs), _pad_pairs(dv, pairs)
-        else:
-            dh = dh + (d_t * mask[t] if mask is not None else d_t)
-            du_rz, dv, dh_prev = step(dh, *coefficients_t)
-            dh = torch.where(mask[t], dh_prev, dh) if mask is not None else dh_prev
-        dx.add(du_rz, dv)
-    return dx.result(mask), dh
+    widths = [2 * hidden, hidden]  # the gate blocks [r, z] and [n] of the weights apart (see lstm_recurrence)
+    step = partial(recurrence.gru_step, recurrent=TORCH.weight_blocks(w_hh, widths), reset_first=True)
+    dx, dh = _run(step, (a_rz, a_n, a_h, a_a), mask, active, d_out, (d_h,), TORCH.weight_blocks(w_ih, widths))
+    return dx, dh
 
 
 def rnn_recurrence(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor]:
     """(dx, dh_0) of one Elman layer-direction from its activation's multipliers (T, P, H) and the gradients
-    of its outputs (..., T, P, H) and final state (..., P, H). Per step: dh += d_t; du = dh m_t;
-    dh_prev = du W_hh (3 operations)."""
-    steps, pairs = coefficients.shape[:2]
-    dh = d_h
-    dx = _InputGradient([w_ih], steps)
-    for t, (m_t, d_t) in reversed(list(enumerate(zip(coefficients.unbind(0), d_out.unbind(-3), strict=True)))):
-        if active is not None:  # a packed batch: the first n pairs run step t, the rest pass through
-            n = active[t]
-            du = (_pairs(dh, n) + _pairs(d_t, n)) * m_t[:n]
-            dh = torch.cat([du @ w_hh, dh[..., n:, :]], -2)
-            du = _pad_pairs(du, pairs)
-        else:
-            dh = dh + (d_t * mask[t] if mask is not None else d_t)
-            du = dh * m_t
-            dh = torch.where(mask[t], du @ w_hh, dh) if mask is not None else du @ w_hh
-        dx.add(du)
-    return dx.result(mask), dh
+    of its outputs (..., T, P, H) and final state (..., P, H): :func:`rnnshap.formulas.recurrence.rnn_step` per
+    step (3 operations)."""
+    step = partial(recurrence.rnn_step, recurrent=TORCH.weight_blocks(w_hh, [w_hh.shape[0]]))
+    dx, dh = _run(step, (coefficients,), mask, active, d_out, (d_h,), [w_ih])
+    return dx, dh
 
 
 # -- the operators and their vmap rule -------------------------------------------------------------

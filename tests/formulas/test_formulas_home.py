@@ -49,3 +49,28 @@ def test_a_formula_lives_in_rnnshap_formulas_only(formula: str) -> None:
         if re.search(pattern, _source(path)):
             again.append(str(path.relative_to(PACKAGE)))
     assert again == [], f"{formula} written again outside rnnshap/formulas/: {again}"
+
+
+def _reverse_time_loops(path: Path) -> list[int]:
+    """The lines of ``for ... in reversed(range(...))`` loops in ``path``: a loop over time steps run backwards."""
+    tree = ast.parse(path.read_text())
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.For) and re.match(r"reversed\((range|list\(enumerate)\(", ast.unparse(node.iter))
+    ]
+
+
+def test_the_reverse_time_recurrence_lives_in_rnnshap_formulas_only() -> None:
+    """The fused LSTM, GRU and Elman layers' reverse-time recurrence (its loop over the steps backwards and each
+    layer's step) is written once, in formulas/recurrence.py; the PyTorch engine (recurrent/reverse.py) and the Keras
+    one (engines/keras/fused.py) bind it (tests/recurrent/test_recurrent.py and tests/engines/keras/test_keras_fused.py
+    see both call its steps). Before, each wrote its own loops over reversed(range(steps))."""
+    home = PACKAGE / "formulas" / "recurrence.py"
+    assert _reverse_time_loops(home), "the loop is not in formulas/recurrence.py"
+    again = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != home and (lines := _reverse_time_loops(path))
+    }
+    assert again == {}, f"a reverse-time loop written again outside rnnshap/formulas/recurrence.py: {again}"

@@ -531,3 +531,28 @@ def test_a_cells_step_runs_the_cells_own_kernel_bit_for_bit(kind: str) -> None:
                 out, h_n, out_r, h_n_r = fused.FusedRNN.apply(w, None, None, kind == "rnn_relu", x[None], h, x_r[None], h_r)
             assert torch.equal(h_n, cell(x, h)) and torch.equal(h_n_r, cell(x_r, h_r))
         assert torch.equal(out[0], h_n) and torch.equal(out_r[0], h_n_r)
+
+
+@pytest.mark.parametrize("layer", ["lstm", "gru", "rnn"])
+def test_the_fused_layers_run_the_shared_reverse_step(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reverse recurrence's step is written once, in rnnshap/formulas/recurrence.py (the Keras engine's fused
+    layers run it too: tests/engines/keras/test_keras_fused.py): a fused layer's backward calls it at every step."""
+    from rnnshap.formulas import recurrence
+
+    name = {"lstm": "lstm_step", "gru": "gru_step", "rnn": "rnn_step"}[layer]
+    step, calls = getattr(recurrence, name), []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(recurrence, name, counted)
+    torch.manual_seed(0)
+    steps = 6
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[layer](3, 5, batch_first=True)
+    model = RecurrentHead.over(rnn, 2).eval()
+    x, background = torch.randn(2, steps, 3), torch.randn(3, steps, 3)
+    values = rnnshap.DeepExplainer(model, background).shap_values(x)
+    assert calls and len(calls) % steps == 0
+    gap = (model(x) - model(background).mean(0)).detach().numpy()
+    np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=0, atol=1e-5)

@@ -16,7 +16,11 @@ closed form where ``|Δz|`` is below the threshold) and the exact Shapley rule o
     G_{c_{t-1}} = G_c \bar f, \quad G_{h_{t-1}} \mathrel{+}= G_z U^\top, \quad G_{x_t} = G_z W^\top
 
 with :math:`\bar v = (v_x + v_r)/2` and :math:`G_z` the gate gradients times their Rescale
-multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``reset_after``).
+multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``reset_after``). The recurrence is
+the PyTorch engine's, written once in :mod:`rnnshap.formulas.recurrence` (each step and the loop) and run here on
+:data:`~rnnshap.formulas.keras_ops.KERAS`; this module computes its coefficients, per block of steps
+(:class:`_Blocks`), in Keras' gate order (i, f, c, o; z, r, h), and the input gradient as one product over all
+steps (:class:`_InputGradient`).
 Used for layers with sigmoid / tanh activations, zero initial states, a batch that is the grid of
 pairs (not inside ``TimeDistributed``), and no Keras mask anywhere before them: a mask computed on
 the input side is read on the reference side too (``Run.masked``), which makes the reference side
@@ -25,12 +29,15 @@ depend on the sample. Anything else takes the step-by-step path.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
+from ...formulas import recurrence
 from ...formulas.keras_ops import KERAS
+from ...formulas.recurrence import reverse_time
 from ...formulas.secant import CLOSED_FORMS, columns_secant
 from . import backend
 from .dual import Dual, small_delta_threshold
@@ -189,6 +196,22 @@ class _Blocks:
         return [v[:, t - start] for v in self.values]
 
 
+class _InputGradient:
+    """The input gradient of every step: each step's ``du`` (its parts, in reverse time) kept, then one product of
+    all steps' with the kernel (F, 4H or 3H), read transposed: (pairs, T, F)."""
+
+    def __init__(self, kernel: tf.Tensor) -> None:
+        self.kernel = kernel
+        self.steps: list[tuple[tf.Tensor, ...]] = []
+
+    def add(self, *parts: tf.Tensor) -> None:
+        self.steps.append(parts)
+
+    def result(self) -> tf.Tensor:
+        joined = tf.concat([tf.stack(part[::-1], 1) for part in zip(*self.steps, strict=True)], -1)  # (pairs, T, 4H)
+        return tf.tensordot(joined, self.kernel, [[2], [1]])
+
+
 def lstm(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], list[Dual]]:
     """``cell`` over every step of ``seq`` (pairs, T, F) from zero states: the outputs of every step
     and the final states ``[h, c]``, as ``_cell_sequence`` returns them. ``weight(variable, dtype)``
@@ -235,26 +258,19 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], 
         factors = tf.concat([g, c_all[:, steps_], i, tc, o], -1)  # on the distinct rows
         inputs = tf.concat([z_all[:, steps_], c_all[:, t0 + 1 : t1 + 1]], -1)
         both = _secants(tf.concat([a, tc], -1), inputs, columns, samples, grid, factors)
-        return [both[..., : 4 * units], both[..., 4 * units :], _half_mean(f, samples, grid)]
+        a_ifg = tf.reshape(both[..., : 3 * units], (-1, t1 - t0, 3, units))
+        return [a_ifg, both[..., 3 * units : 4 * units], both[..., 4 * units :], _half_mean(f, samples, grid)]
 
     @tf.custom_gradient
     def attributed(seq_x: tf.Tensor) -> Any:
         def backward(grad_h: tf.Tensor | None, grad_c: tf.Tensor | None) -> tf.Tensor:
             grad_h = tf.zeros_like(h_x) if grad_h is None else grad_h
             g_c = tf.zeros_like(c_x) if grad_c is None else grad_c
-            g_h = tf.zeros_like(g_c)
             blocks = _Blocks(steps, int(h_x.shape[0]) * 6 * units, per_pair)
-            g_inputs = []
-            for t in reversed(range(steps)):
-                k_gates, k_tc, f_mean = blocks.at(t)
-                g_h = g_h + grad_h[:, t]
-                g_c = g_c + g_h * k_tc
-                g_z = tf.concat([g_c, g_c, g_c, g_h], -1) * k_gates
-                g_c = g_c * f_mean
-                g_h = tf.matmul(g_z, recurrent_kernel, transpose_b=True)
-                g_inputs.append(g_z)
-            g_z_all = tf.stack(g_inputs[::-1], 1)  # (pairs, T, 4H)
-            return tf.tensordot(g_z_all, kernel, [[2], [1]])
+            step = partial(recurrence.lstm_step, recurrent=KERAS.weight_blocks(recurrent_kernel, [3 * units, units], True))
+            dx = _InputGradient(kernel)
+            reverse_time(KERAS, step, steps, lambda t: (grad_h[:, t], blocks.at(t)), (tf.zeros_like(g_c), g_c), dx)
+            return dx.result()
 
         return (tf.identity(h_x), tf.identity(c_x)), backward
 
@@ -310,25 +326,19 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], l
         factors = tf.concat([at["h"] - at["hh"], at["rh"], 1 - z], -1)  # on the distinct rows
         inputs = tf.concat([at["pre"], at["a"]], -1)
         both = _secants(tf.concat([at["act"], at["hh"]], -1), inputs, columns, samples, grid, factors)
-        return [both[..., : 2 * units], both[..., 2 * units :], _half_mean(at["act"], samples, grid)]
+        z_mean, r_mean = tf.split(_half_mean(at["act"], samples, grid), 2, axis=-1)
+        return [both[..., : 2 * units], both[..., 2 * units :], z_mean, r_mean]
 
     @tf.custom_gradient
     def attributed(seq_x: tf.Tensor) -> Any:
         def backward(grad_h: tf.Tensor | None) -> tf.Tensor:
             grad_h = tf.zeros_like(h_x) if grad_h is None else grad_h
-            g_h = tf.zeros_like(h_x[:, 0])
             blocks = _Blocks(steps, int(h_x.shape[0]) * 5 * units, per_pair)
-            g_inputs = []
-            for t in reversed(range(steps)):
-                k_act, k_hh, act_mean = blocks.at(t)
-                z_mean, r_mean = tf.split(act_mean, 2, axis=-1)
-                g_h = g_h + grad_h[:, t]
-                g_a = g_h * k_hh
-                g_pre = tf.concat([g_h, g_a], -1) * k_act
-                g_h = g_h * z_mean + tf.matmul(tf.concat([g_pre, g_a * r_mean], -1), recurrent_kernel, transpose_b=True)
-                g_inputs.append(tf.concat([g_pre, g_a], -1))
-            g_p = tf.stack(g_inputs[::-1], 1)  # (pairs, T, 3H)
-            return tf.tensordot(g_p, kernel, [[2], [1]])
+            recurrent_blocks = KERAS.weight_blocks(recurrent_kernel, [2 * units, units], True)
+            step = partial(recurrence.gru_step, recurrent=recurrent_blocks, reset_first=False)  # (Keras' gates: z, r)
+            dx = _InputGradient(kernel)
+            reverse_time(KERAS, step, steps, lambda t: (grad_h[:, t], blocks.at(t)), (tf.zeros_like(h_x[:, 0]),), dx)
+            return dx.result()
 
         return tf.identity(h_x), backward
 

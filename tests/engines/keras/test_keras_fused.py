@@ -99,6 +99,28 @@ def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, xla:
     assert np.all(np.abs(total - gap) <= additivity_tol(dtype) * np.maximum(1.0, np.abs(gap)))
 
 
+@pytest.mark.parametrize(("kind", "step"), [("states", "lstm_step"), ("gru", "gru_step")])
+def test_the_fast_path_runs_the_shared_reverse_step(kind: str, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reverse recurrence's step is written once, in rnnshap/formulas/recurrence.py (the PyTorch engine's fused
+    layers run it too: tests/recurrent/test_recurrent.py): the fast path's backward calls it at every step (as its
+    graph is traced)."""
+    from rnnshap.formulas import recurrence
+
+    shared, calls = getattr(recurrence, step), []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(recurrence, step, counted)
+    keras.utils.set_random_seed(0)
+    model = _model(kind, "float32")
+    rng = np.random.default_rng(0)
+    background, X = rng.normal(size=(4, T, F)).astype("float32"), rng.normal(size=(2, T, F)).astype("float32")
+    _, ran = _values(model, background, X, True, monkeypatch)
+    assert ran and calls and len(calls) % T == 0
+
+
 @pytest.mark.parametrize("layer", ["masked-lstm", "gru-reset-before"])
 def test_other_layers_take_the_step_by_step_path(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A masked LSTM (the masked steps get exactly 0), and a GRU with reset_after=False."""
