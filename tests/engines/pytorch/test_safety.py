@@ -461,23 +461,16 @@ def test_float64_numpy_input_to_float32_model_works() -> None:
 
 
 # -- unsupported operations ------------------------------------------------------------------------------------
-class TwoUnsupported(nn.Module):
+def two_unsupported(m: nn.Module, x: Tensor) -> Tensor:
     """erfinv, then sort, then a comparison used as a mask: three ops rnnshap has no rule for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = torch.special.erfinv(torch.tanh(self.lin(x)) * 0.9)
-        z = torch.msort(z)  # sorts the batch
-        return self.head(z * (z > 0))
+    z = torch.special.erfinv(torch.tanh(m.lin(x)) * 0.9)
+    z = torch.msort(z)  # sorts the batch
+    return m.head(z * (z > 0))
 
 
 def test_every_unsupported_op_is_named_in_one_error() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(TwoUnsupported().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(Composite(two_unsupported, lin=nn.Linear(5, 4), head=nn.Linear(4, 2)).eval(), torch.randn(4, 5))
     message = str(info.value)
     for op in ("erfinv", "msort", "gt"):
         assert op in message, f"{op} is not named in: {message}"
@@ -519,21 +512,18 @@ def test_registering_a_rule_for_an_unsupported_op_makes_it_work() -> None:
         rnnshap.DeepExplainer(model, background)
 
 
-class Detaching(nn.Module):
+def detaching_forward(m: nn.Module, x: Tensor) -> Tensor:
+    z = m.lin(x)
+    cut = (lambda t: t.detach()) if m.how == "detach" else (lambda t: t)
+    if m.straight_through:  # z + (tanh(z) - z).detach() is tanh(z)
+        return z + cut(torch.tanh(z) - z) if m.how == "detach" else torch.tanh(z)
+    mean = cut(z.mean(-1, keepdim=True))  # reversible instance norm's detached statistics
+    return torch.tanh(z - mean) * cut(z) + mean
+
+
+def detaching(how: str, straight_through: bool = False) -> nn.Module:
     """``how``: "detach" uses ``.detach()`` where "plain" does not; the two compute the same function."""
-
-    def __init__(self, how: str, straight_through: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 4)
-        self.how, self.straight_through = how, straight_through
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lin(x)
-        cut = (lambda t: t.detach()) if self.how == "detach" else (lambda t: t)
-        if self.straight_through:  # z + (tanh(z) - z).detach() is tanh(z)
-            return z + cut(torch.tanh(z) - z) if self.how == "detach" else torch.tanh(z)
-        mean = cut(z.mean(-1, keepdim=True))  # reversible instance norm's detached statistics
-        return torch.tanh(z - mean) * cut(z) + mean
+    return Composite(detaching_forward, lin=nn.Linear(5, 4), how=how, straight_through=straight_through)
 
 
 @pytest.mark.parametrize("straight_through", [False, True])
@@ -541,12 +531,12 @@ def test_detach_in_forward_follows_the_function(straight_through: bool) -> None:
     """``.detach()`` changes training, not the function: the values equal those of the same model
     without it, and add up (it was refused)."""
     torch.manual_seed(0)
-    plain = Detaching("plain", straight_through).double().eval()
-    detaching = Detaching("detach", straight_through).double().eval()
-    detaching.load_state_dict(plain.state_dict())
+    plain = detaching("plain", straight_through).double().eval()
+    detached = detaching("detach", straight_through).double().eval()
+    detached.load_state_dict(plain.state_dict())
     background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
-    values = rnnshap.DeepExplainer(detaching, background).shap_values(X)
-    assert_additive(values, detaching, X, background, torch.float64)
+    values = rnnshap.DeepExplainer(detached, background).shap_values(X)
+    assert_additive(values, detached, X, background, torch.float64)
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(plain, background).shap_values(X), rtol=1e-12, atol=1e-14)
 
 
@@ -633,15 +623,10 @@ def test_rounded_division_is_refused_by_name(rounding_mode: str, divisor: str) -
     """torch.div(..., rounding_mode=...) is a step function: refused (it was taken as linear by a
     constant, φ = 0)."""
 
-    class Rounded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            by = 0.5 if divisor == "constant" else z[:, 1:] + 3
-            return torch.div(z[:, :1], by, rounding_mode=rounding_mode)
+    def rounded(m: nn.Module, x: Tensor) -> Tensor:
+        z = m.lin(x)
+        by = 0.5 if divisor == "constant" else z[:, 1:] + 3
+        return torch.div(z[:, :1], by, rounding_mode=rounding_mode)
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="rounding_mode"):
-        rnnshap.DeepExplainer(Rounded().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(Composite(rounded, lin=nn.Linear(5, 2)).eval(), torch.randn(4, 5))
