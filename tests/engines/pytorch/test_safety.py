@@ -227,17 +227,11 @@ def test_explainer_rules_do_not_leak_into_other_explainers() -> None:
 
 
 # -- the user's data is unchanged ------------------------------------------------------------------------------
-class ModifiesInput(nn.Module):
+def modifies_its_input(m: nn.Module, x: Tensor) -> Tensor:
     """forward() modifies its input in place, as some preprocessing code does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x.mul_(2.0)
-        x += 0.5
-        return self.lin(torch.tanh(x))
+    x.mul_(2.0)
+    x += 0.5
+    return m.lin(torch.tanh(x))
 
 
 @pytest.mark.parametrize("as_numpy", [False, True], ids=["tensor", "numpy"])
@@ -246,7 +240,7 @@ def test_user_background_and_inputs_are_not_modified(as_numpy: bool) -> None:
     if as_numpy:
         background, X = background.numpy(), X.numpy()  # type: ignore[assignment]
     original = (background.copy(), X.copy()) if as_numpy else (background.clone(), X.clone())
-    explainer = rnnshap.DeepExplainer(ModifiesInput().eval(), background)
+    explainer = rnnshap.DeepExplainer(Composite(modifies_its_input, lin=nn.Linear(4, 2)).eval(), background)
     explainer.shap_values(X, check_additivity=False)
     equal = np.array_equal if as_numpy else torch.equal
     assert equal(background, original[0]), "the background was modified"
@@ -254,7 +248,7 @@ def test_user_background_and_inputs_are_not_modified(as_numpy: bool) -> None:
 
 
 def test_in_place_op_on_the_model_input_is_additive() -> None:
-    model = ModifiesInput().eval()
+    model = Composite(modifies_its_input, lin=nn.Linear(4, 2)).eval()
     background, X = torch.randn(5, 4), torch.randn(3, 4)
     values = rnnshap.DeepExplainer(model, background.clone()).shap_values(X.clone())
     assert_additive(values, model, X, background, torch.float32)
