@@ -436,35 +436,31 @@ def test_8_a_stateful_keras_lstm_is_refused_by_name_and_left_alone(backend: str,
 
 
 # -- 20. expand_as whose other operand gives only a shape (torch-geometric's scatter) ------------------------------------
-class ScatterSum(nn.Module):
-    """Messages summed into their target nodes as PyG's scatter does: ``index.view(...).expand_as(src)``;
+def scatter_sum(m: nn.Module, x: Tensor) -> Tensor:  # x: (B, edges, 3)
+    src = torch.tanh(m.lin(x))
+    if m.written:
+        incidence = nn.functional.one_hot(m.index, 3).to(src.dtype).T  # (nodes, edges)
+        nodes = incidence @ src
+    else:
+        index = m.index.view(1, -1, 1).expand_as(src)
+        nodes = src.new_zeros(src.shape[0], 3, src.shape[-1]).scatter_add(1, index, src)
+    return m.head(torch.relu(nodes)).sum(1)
+
+
+def scattered(written: bool = False) -> nn.Module:
+    """Messages summed into their target nodes (an index buffer) as PyG's scatter does: ``index.view(...).expand_as(src)``;
     ``written``: the same sum as a product with the constant incidence matrix."""
-
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 4)
-        self.register_buffer("index", torch.tensor([0, 1, 1, 2, 0]))
-        self.head = nn.Linear(4, 1)
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, edges, 3)
-        src = torch.tanh(self.lin(x))
-        if self.written:
-            incidence = nn.functional.one_hot(self.index, 3).to(src.dtype).T  # (nodes, edges)
-            nodes = incidence @ src
-        else:
-            index = self.index.view(1, -1, 1).expand_as(src)
-            nodes = src.new_zeros(src.shape[0], 3, src.shape[-1]).scatter_add(1, index, src)
-        return self.head(torch.relu(nodes)).sum(1)
+    return Composite(scatter_sum, lin=nn.Linear(3, 4), index=nn.Buffer(torch.tensor([0, 1, 1, 2, 0])), head=nn.Linear(4, 1),
+                     written=written)  # fmt: skip
 
 
 def test_20_expand_as_of_an_index_is_a_constant() -> None:
-    model = ScatterSum().to(D).eval()
+    model = scattered().to(D).eval()
     background, X = torch.randn(5, 5, 3, dtype=D), torch.randn(3, 5, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)
-    written = ScatterSum(written=True).to(D).eval()
+    written = scattered(written=True).to(D).eval()
     written.load_state_dict(model.state_dict())
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(written, background).shap_values(X), rtol=1e-10, atol=1e-13)
     assert_unchanged(model, before)
@@ -487,23 +483,21 @@ def gaussian_head(written: bool = False) -> nn.Module:
     return Composite(policy, lin=nn.Linear(3, 4), log_std=nn.Parameter(torch.tensor([0.1, -0.2])), written=written)
 
 
-class Broadcasting(nn.Module):
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 2)
-        self.register_buffer("gain", torch.tensor([[1.5], [0.5], [-1.0]]))  # (3, 1)
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = torch.tanh(self.lin(x))[:, None, :]  # (B, 1, 2)
-        if self.written:
-            a, g = z.expand(-1, 3, 2), self.gain.expand(3, 2)
-        else:
-            a, g = torch.broadcast_tensors(z, self.gain)
-        return (torch.sigmoid(a) * g).flatten(1)
+def broadcast(m: nn.Module, x: Tensor) -> Tensor:
+    z = torch.tanh(m.lin(x))[:, None, :]  # (B, 1, 2)
+    if m.written:
+        a, g = z.expand(-1, 3, 2), m.gain.expand(3, 2)
+    else:
+        a, g = torch.broadcast_tensors(z, m.gain)
+    return (torch.sigmoid(a) * g).flatten(1)
 
 
-@pytest.mark.parametrize("model_class", [gaussian_head, Broadcasting], ids=["GaussianHead", "Broadcasting"])
+def broadcasting(written: bool = False) -> nn.Module:
+    """torch.broadcast_tensors of an activation and a (3, 1) buffer; ``written``: the same with expand."""
+    return Composite(broadcast, lin=nn.Linear(3, 2), gain=nn.Buffer(torch.tensor([[1.5], [0.5], [-1.0]])), written=written)
+
+
+@pytest.mark.parametrize("model_class", [gaussian_head, broadcasting], ids=["GaussianHead", "Broadcasting"])
 def test_21_broadcast_tensors_and_distribution_checks_are_exact(model_class: Callable[..., nn.Module]) -> None:
     model = model_class().to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(3, 3, dtype=D)
