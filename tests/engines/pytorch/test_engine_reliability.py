@@ -253,32 +253,31 @@ def test_checkpoint_is_attributed_as_the_plain_function(use_reentrant: bool) -> 
     assert np.all(values[:, 3] == 0.0)
 
 
-class Bounded(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
-        self.register_buffer("floor", torch.linspace(-0.5, 0.5, 4))
+def bound(m: nn.Module, x: Tensor) -> Tensor:
+    x = x[..., :3]
+    a, b = m.a(x), m.b(x)
+    y = {
+        "min-tracked": lambda: torch.clamp(a, min=b),
+        "min-tracked-ref": lambda: torch.maximum(a, b),
+        "max-tracked": lambda: a.clamp(max=b),
+        "max-tracked-ref": lambda: torch.minimum(a, b),
+        "min-constant": lambda: a.clip(min=m.floor),
+        "min-constant-ref": lambda: torch.maximum(a, m.floor),
+        "both": lambda: torch.clamp(a, min=b - 0.3, max=b + 0.3),
+    }[m.how]()
+    return m.head(torch.tanh(y))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x[..., :3]
-        a, b = self.a(x), self.b(x)
-        y = {
-            "min-tracked": lambda: torch.clamp(a, min=b),
-            "min-tracked-ref": lambda: torch.maximum(a, b),
-            "max-tracked": lambda: a.clamp(max=b),
-            "max-tracked-ref": lambda: torch.minimum(a, b),
-            "min-constant": lambda: a.clip(min=self.floor),
-            "min-constant-ref": lambda: torch.maximum(a, self.floor),
-            "both": lambda: torch.clamp(a, min=b - 0.3, max=b + 0.3),
-        }[self.how]()
-        return self.head(torch.tanh(y))
+
+def bounded(how: str) -> nn.Module:
+    """clamp with tensor bounds (another output, a buffer), or (``-ref``) the same as maximum / minimum."""
+    return Composite(bound, how=how, a=nn.Linear(3, 4), b=nn.Linear(3, 4), head=nn.Linear(4, 2),
+                     floor=nn.Buffer(torch.linspace(-0.5, 0.5, 4)))  # fmt: skip
 
 
 @pytest.mark.parametrize("how", ["min-tracked", "max-tracked", "min-constant", "both"])
 def test_clamp_with_tensor_bounds_is_exact(how: str) -> None:
     torch.manual_seed(4)
-    model = Bounded(how).to(D).eval()
+    model = bounded(how).to(D).eval()
     background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, D)

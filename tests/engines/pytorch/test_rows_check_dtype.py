@@ -113,21 +113,15 @@ def test_a_coupling_below_the_tolerance_floor_is_refused_at_the_same_batch_size(
     assert_additive(values, single, data(torch.float32)[1], background, torch.float32)
 
 
-class SummedBySize(nn.Module):
+def summed_by_size(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """An ill-conditioned sum (terms of 1e6 that cancel to about 1) that a batch of more than 2 rows sums in another
     order, as a BLAS kernel chosen by the batch size may: each row's output is a function of that row alone, the
     orders differ by float32's rounding of 1e6 (about 0.06, far over the check's tolerance of the outputs' scale)
     and by float64's (1e-10) in float64."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("weights", torch.tensor([1e6, -1e6, 1.0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        terms = x * self.weights
-        if x.shape[0] > 2:
-            return ((terms[:, 0] + terms[:, 1]) + terms[:, 2])[:, None]
-        return (terms[:, 0] + (terms[:, 1] + terms[:, 2]))[:, None]
+    terms = x * m.weights
+    if x.shape[0] > 2:
+        return ((terms[:, 0] + terms[:, 1]) + terms[:, 2])[:, None]
+    return (terms[:, 0] + (terms[:, 1] + terms[:, 2]))[:, None]
 
 
 def test_rows_that_round_otherwise_in_another_batch_size_are_not_refused_as_mixed() -> None:
@@ -138,7 +132,7 @@ def test_rows_that_round_otherwise_in_another_batch_size_are_not_refused_as_mixe
     g = torch.Generator().manual_seed(0)
     base = 1 + torch.rand(4, 1, generator=g)
     background = torch.cat([base, base + 1e-6 * torch.randn(4, 1, generator=g), torch.rand(4, 1, generator=g)], 1)
-    model = SummedBySize().eval()
+    model = Composite(summed_by_size, weights=nn.Buffer(torch.tensor([1e6, -1e6, 1.0]))).eval()
     with torch.no_grad():
         whole, halves = model(background), torch.cat([model(background[:2]), model(background[2:])])
     assert (whole - halves).abs().max() > 1e3 * eps(torch.float32) * whole.abs().max()  # (the halves do differ)
