@@ -376,39 +376,34 @@ def test_reading_metadata_and_integer_casts_are_not_uses() -> None:
     assert_additive(values, model, X, background, torch.float64)
 
 
-class SelfMasked(nn.Module):
+def masked_body(m: nn.Module, ids: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
+    e = m.emb(ids)
+    if m.packed:
+        return m.out(m.gru(pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False))[1][-1])
+    states = m.gru(e)[0]
+    scores = m.score(states).squeeze(-1).masked_fill(~keep, -1e9)
+    return m.out((torch.softmax(scores, 1).unsqueeze(-1) * states).sum(1))
+
+
+def masks_from_the_ids(m: nn.Module, tokens: Tensor) -> Tensor:
+    keep = tokens != 0
+    return masked_body(m, torch.where(tokens >= V, BOS, tokens), keep, keep.sum(1))
+
+
+def masks_given(m: nn.Module, tokens: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
+    return masked_body(m, m.remap[tokens], keep, lengths)
+
+
+def self_masked(packed: bool, given: bool = False) -> nn.Module:
     """Unknown ids and padding handled from the ids themselves: ``where(ids >= V, UNK, ids)`` before
     the embedding, a padding mask ``ids != 0`` on the attention scores, and lengths
-    ``(ids != 0).sum(1)`` for packing. The reference (``GivenMasks``) maps unknown ids with an integer
-    table and takes the mask and the lengths as context inputs."""
-
-    def __init__(self, packed: bool) -> None:
-        super().__init__()
-        self.packed = packed
-        self.emb = nn.Embedding(V, D)
-        self.gru = nn.GRU(D, 4, batch_first=True)
-        self.score = nn.Linear(4, 1)
-        self.out = nn.Linear(4, 2)
-        remap = torch.arange(V + 3)
-        remap[V:] = BOS
-        self.register_buffer("remap", remap)
-
-    def body(self, ids: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
-        e = self.emb(ids)
-        if self.packed:
-            return self.out(self.gru(pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False))[1][-1])
-        states = self.gru(e)[0]
-        scores = self.score(states).squeeze(-1).masked_fill(~keep, -1e9)
-        return self.out((torch.softmax(scores, 1).unsqueeze(-1) * states).sum(1))
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        keep = tokens != 0
-        return self.body(torch.where(tokens >= V, BOS, tokens), keep, keep.sum(1))
-
-
-class GivenMasks(SelfMasked):
-    def forward(self, tokens: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:  # type: ignore[override]
-        return self.body(self.remap[tokens], keep, lengths)
+    ``(ids != 0).sum(1)`` for packing. The reference (``given``) maps unknown ids with an integer
+    table (a buffer) and takes the mask and the lengths as context inputs."""
+    remap = torch.arange(V + 3)
+    remap[V:] = BOS
+    return Composite(masks_given if given else masks_from_the_ids, packed=packed, emb=nn.Embedding(V, D),
+                     gru=nn.GRU(D, 4, batch_first=True), score=nn.Linear(4, 1), out=nn.Linear(4, 2),
+                     remap=nn.Buffer(remap))  # fmt: skip
 
 
 def _right_padded(n: int) -> Tensor:
@@ -421,8 +416,8 @@ def _right_padded(n: int) -> Tensor:
 @pytest.mark.parametrize("packed", [False, True])
 def test_masks_made_from_the_ids_are_the_explained_samples(packed: bool) -> None:
     torch.manual_seed(9)
-    model = SelfMasked(packed).double().eval()
-    given = GivenMasks(packed).double().eval()
+    model = self_masked(packed).double().eval()
+    given = self_masked(packed, given=True).double().eval()
     given.load_state_dict(model.state_dict())
     background, X = _right_padded(4), _right_padded(3)
 
