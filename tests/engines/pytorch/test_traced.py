@@ -237,17 +237,12 @@ def test_a_pass_whose_shapes_depend_on_values_is_not_traced_and_says_so() -> Non
     """``nonzero``'s output has as many rows as the values say: a program would keep the count of the values it was
     traced on. The pass runs intercepted, and the explainer names the operation."""
 
-    class Picked(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("keep", torch.tensor([True, False, True, True]))
-            self.lstm, self.head = nn.LSTM(3, 6, batch_first=True), nn.Linear(6, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.lstm(x.index_select(-1, self.keep.nonzero().squeeze(1)))[0][:, -1])
+    def picked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return m.head(m.lstm(x.index_select(-1, m.keep.nonzero().squeeze(1)))[0][:, -1])
 
     torch.manual_seed(0)
-    model = Picked().eval()
+    model = Composite(picked, keep=nn.Buffer(torch.tensor([True, False, True, True])), lstm=nn.LSTM(3, 6, batch_first=True),
+                      head=nn.Linear(6, 3)).eval()  # fmt: skip
     background, X = _data()
     intercepted = rnnshap.DeepExplainer(model, background)
     program = rnnshap.DeepExplainer(model, background, compile="trace")
