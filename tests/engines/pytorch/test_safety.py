@@ -38,28 +38,22 @@ class ErfinvAct(nn.Module):
         return torch.special.erfinv(torch.tanh(z) * 0.9)
 
 
-class Rich(nn.Module):
-    """Parameters (one frozen), buffers (batch norm in eval), a custom activation, hooks' targets."""
+def _rich_forward(m: nn.Module, x: Tensor) -> Tensor:
+    h = m.act(m.bn(m.inp(x)))
+    h = m.relu(m.mid(h) + m.offset)
+    return m.out(m.drop(h))
 
-    def __init__(self, act: nn.Module | None = None) -> None:
-        super().__init__()
-        self.inp = nn.Linear(5, 8)
-        self.bn = nn.BatchNorm1d(8)
-        self.act = act if act is not None else nn.Tanh()
-        self.mid = nn.Linear(8, 8)
-        self.relu = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(0.5)
-        self.out = nn.Linear(8, 3)
-        self.register_buffer("offset", torch.randn(8))
-        with torch.no_grad():
-            self.bn.running_mean.uniform_(-0.5, 0.5)
-            self.bn.running_var.uniform_(0.5, 2.0)
-        self.mid.bias.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self.bn(self.inp(x)))
-        h = self.relu(self.mid(h) + self.offset)
-        return self.out(self.drop(h))
+def rich(act: nn.Module | None = None) -> nn.Module:
+    """Parameters (one frozen), buffers (batch norm in eval, an offset), a custom activation, hooks' targets."""
+    model = Composite(_rich_forward, inp=nn.Linear(5, 8), bn=nn.BatchNorm1d(8), act=act if act is not None else nn.Tanh(),
+                      mid=nn.Linear(8, 8), relu=nn.ReLU(inplace=True), drop=nn.Dropout(0.5), out=nn.Linear(8, 3),
+                      offset=nn.Buffer(torch.randn(8)))  # fmt: skip
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    model.mid.bias.requires_grad_(False)
+    return model
 
 
 def _prepare(model: nn.Module) -> nn.Module:
@@ -127,7 +121,7 @@ def _assert_unchanged(before: dict[str, Any], model: nn.Module) -> None:
 
 # -- the model is unchanged ------------------------------------------------------------------------------
 def test_explaining_leaves_the_model_unchanged() -> None:
-    model = _prepare(Rich())
+    model = _prepare(rich())
     calls: list[str] = []
     model.act.register_forward_hook(lambda m, i, o: calls.append("fwd"))
     model.mid.register_forward_pre_hook(lambda m, i: None)
@@ -143,7 +137,7 @@ def test_explaining_leaves_the_model_unchanged() -> None:
 
 @pytest.mark.parametrize("kind", ["full", "full_pre", "global_full"])
 def test_explaining_with_backward_hooks_works_and_leaves_them_in_place(kind: str) -> None:
-    model = _prepare(Rich())
+    model = _prepare(rich())
     handles = []
     if kind == "full":
         handles.append(model.out.register_full_backward_hook(lambda m, gi, go: None))
@@ -166,7 +160,7 @@ def test_explaining_with_backward_hooks_works_and_leaves_them_in_place(kind: str
 
 
 def test_module_rule_is_applied_and_removed_without_trace() -> None:
-    model = _prepare(Rich(act=ErfinvAct()))
+    model = _prepare(rich(act=ErfinvAct()))
     before = _snapshot(model)
     background, X = torch.randn(6, 5), torch.randn(4, 5)
     handle = rnnshap.register_rule(ErfinvAct, Rescale())
@@ -256,7 +250,7 @@ def test_in_place_op_on_the_model_input_is_additive() -> None:
 
 def test_inputs_are_not_modified_by_a_model_that_copies_first() -> None:
     """The same check for an ordinary model: rnnshap itself never writes into the user's tensors."""
-    model = Rich().eval()
+    model = rich().eval()
     background, X = torch.randn(5, 5), torch.randn(3, 5)
     original = (background.clone(), X.clone())
     rnnshap.DeepExplainer(model, background).shap_values(X)
