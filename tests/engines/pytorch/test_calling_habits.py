@@ -319,29 +319,26 @@ def test_4_the_autocast_test_skips_only_where_torch_itself_cannot_run_the_layer(
 
 
 # -- 5. a sparse buffer (T-GCN style adjacency) ---------------------------------------------------------------------------
-class SparseGraph(nn.Module):
+def graph_then_gru(m: nn.Module, x: Tensor) -> Tensor:  # x: (B, T, nodes)
+    adjacency = m.adjacency.to_dense() if m.adjacency.is_sparse else m.adjacency
+    mixed = x @ adjacency.T
+    return m.head(m.gru(mixed)[0][:, -1])
+
+
+def sparse_graph(sparse: bool = True) -> nn.Module:
     """A graph convolution with a sparse COO adjacency as a buffer, then a GRU over time."""
-
-    def __init__(self, sparse: bool = True) -> None:
-        super().__init__()
-        adjacency = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 1.0, 0.0]], dtype=D)
-        self.register_buffer("adjacency", adjacency.to_sparse() if sparse else adjacency)
-        self.gru = nn.GRU(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, nodes)
-        adjacency = self.adjacency.to_dense() if self.adjacency.is_sparse else self.adjacency
-        mixed = x @ adjacency.T
-        return self.head(self.gru(mixed)[0][:, -1])
+    adjacency = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 1.0, 0.0]], dtype=D)
+    return Composite(graph_then_gru, adjacency=nn.Buffer(adjacency.to_sparse() if sparse else adjacency),
+                     gru=nn.GRU(3, 4, batch_first=True), head=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_5_a_sparse_buffer_is_kept_and_the_model_explained() -> None:
-    model = SparseGraph().to(D).eval()
+    model = sparse_graph().to(D).eval()
     background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(2, 4, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)
-    dense = SparseGraph(sparse=False).to(D).eval()  # the model written another way: a dense buffer
+    dense = sparse_graph(sparse=False).to(D).eval()  # the model written another way: a dense buffer
     dense.load_state_dict({k: v.to_dense() for k, v in model.state_dict().items()})
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(dense, background).shap_values(X), rtol=1e-12, atol=1e-14)
     assert_unchanged(model, before)
