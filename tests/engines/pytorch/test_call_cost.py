@@ -12,6 +12,8 @@ from torch import nn
 
 import rnnshap
 
+from ...models.torch import RecurrentHead
+
 
 def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     """The floor's backward (``autograd.grad`` of a scalar) imports nothing; ``autograd.grad`` given ``grad_outputs``
@@ -36,20 +38,11 @@ def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-class _GRUHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru, self.fc = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.gru(x)[0][:, -1])
-
-
 def test_one_output_and_several_take_the_same_values() -> None:
     """The one-output backward (from a scalar, the plain recurrence) and the batched one (one-hot rows under vmap,
     the recurrence's operator) give the same values bit for bit."""
     torch.manual_seed(1)
-    explainer = rnnshap.DeepExplainer(_GRUHead().eval(), torch.randn(5, 7, 3))
+    explainer = rnnshap.DeepExplainer(RecurrentHead("gru", 3, 8, 2, names="gru fc").eval(), torch.randn(5, 7, 3))
     x = torch.randn(3, 7, 3)
     both = explainer.shap_values(x)  # (samples, steps, features, outputs)
     for k in range(2):

@@ -9,7 +9,7 @@ that explaining left the model's parameters, buffers and training flags bit-iden
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -51,51 +51,46 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
 
 
 # -- 1. a forward that draws random numbers is refused at construction --------------------------------------------
-class TeacherForcing(nn.Module):
+def teacher(m: nn.Module) -> bool:
+    """Teacher forcing or not, drawn from ``m.source``."""
+    if m.source == "python":
+        return random.random() < 0.5
+    if m.source == "numpy":
+        return bool(np.random.rand() < 0.5)
+    if m.source == "generator":
+        return bool(torch.rand((), generator=m.generator) < 0.5)
+    if m.source == "none":
+        return False
+    raise AssertionError(m.source)
+
+
+def decode(m: nn.Module, x: Tensor) -> Tensor:
+    _, h = m.encoder(x)
+    h = h[0]
+    y = x[:, -1, :1]
+    outs = []
+    for t in range(3):
+        h = m.cell(y, h)
+        out = m.head(h)
+        outs.append(out)
+        y = x[:, t, :1] if teacher(m) else out
+    return torch.cat(outs, 1)
+
+
+def teacher_forcing(source: str) -> nn.Module:
     """A seq2seq decoder that decides teacher forcing by a random draw, from one of four sources."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__()
-        self.source = source
-        self.encoder = nn.GRU(2, 4, batch_first=True)
-        self.cell = nn.GRUCell(1, 4)
-        self.head = nn.Linear(4, 1)
-        self.generator = torch.Generator().manual_seed(3)
-
-    def teacher(self) -> bool:
-        if self.source == "python":
-            return random.random() < 0.5
-        if self.source == "numpy":
-            return bool(np.random.rand() < 0.5)
-        if self.source == "generator":
-            return bool(torch.rand((), generator=self.generator) < 0.5)
-        if self.source == "none":
-            return False
-        raise AssertionError(self.source)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, h = self.encoder(x)
-        h = h[0]
-        y = x[:, -1, :1]
-        outs = []
-        for t in range(3):
-            h = self.cell(y, h)
-            out = self.head(h)
-            outs.append(out)
-            y = x[:, t, :1] if self.teacher() else out
-        return torch.cat(outs, 1)
+    return Composite(decode, encoder=nn.GRU(2, 4, batch_first=True), cell=nn.GRUCell(1, 4), head=nn.Linear(4, 1),
+                     source=source, generator=torch.Generator().manual_seed(3))  # fmt: skip
 
 
-class SampledHead(nn.Module):
+def sample_normal(m: nn.Module, x: Tensor) -> Tensor:
+    mu, s = m.linear(x).unbind(-1)
+    return torch.distributions.Normal(mu, nn.functional.softplus(s)).rsample()[:, None]
+
+
+def sampled_head() -> nn.Module:
     """A head that samples from a distribution: torch.distributions' sampling."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        mu, s = self.linear(x).unbind(-1)
-        return torch.distributions.Normal(mu, nn.functional.softplus(s)).rsample()[:, None]
+    return Composite(sample_normal, linear=nn.Linear(3, 2))
 
 
 def _rng_states() -> tuple[Any, ...]:
@@ -104,7 +99,7 @@ def _rng_states() -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("source", ["python", "numpy", "generator", "distribution"])
 def test_1_a_forward_that_draws_random_numbers_is_refused_by_name(source: str) -> None:
-    model = (SampledHead() if source == "distribution" else TeacherForcing(source)).to(D).eval()
+    model = (sampled_head() if source == "distribution" else teacher_forcing(source)).to(D).eval()
     shape = (6, 3) if source == "distribution" else (6, 4, 2)
     background = torch.randn(*shape, dtype=D)
     before = snapshot(model)
@@ -120,7 +115,7 @@ def test_1_a_forward_that_draws_random_numbers_is_refused_by_name(source: str) -
 
 
 def test_1_the_same_model_without_a_draw_is_exact() -> None:
-    model = TeacherForcing("none").to(D).eval()
+    model = teacher_forcing("none").to(D).eval()
     background, X = torch.randn(6, 4, 2, dtype=D), torch.randn(3, 4, 2, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -222,41 +217,36 @@ def test_10_inference_mode_is_explained_as_no_grad() -> None:
 
 
 # -- 12. a forward that returns nested structures ----------------------------------------------------------------------
-class Seq2SeqState(nn.Module):
-    """Returns ``(logits, (h, c))``, as an LSTM language model does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Any:
-        out, (h, c) = self.lstm(x)
-        return self.head(out[:, -1]), (h[0], c[0])
+def logits_and_state(m: nn.Module, x: Tensor) -> Any:
+    out, (h, c) = m.lstm(x)
+    return m.head(out[:, -1]), (h[0], c[0])
 
 
-class LogitsOnly(Seq2SeqState):
-    def forward(self, x: Tensor) -> Any:
-        return super().forward(x)[0]
+def seq2seq_state(read: Callable[[Any], Any] = lambda result: result) -> nn.Module:
+    """Returns ``(logits, (h, c))``, as an LSTM language model does; ``read``: what of it the model returns."""
+    return Composite(lambda m, x: read(logits_and_state(m, x)), lstm=nn.LSTM(3, 4, batch_first=True), head=nn.Linear(4, 2))
 
 
-class HiddenOnly(Seq2SeqState):
-    def forward(self, x: Tensor) -> Any:
-        return super().forward(x)[1][0]
+def logits_only() -> nn.Module:
+    return seq2seq_state(lambda result: result[0])
+
+
+def hidden_only() -> nn.Module:
+    return seq2seq_state(lambda result: result[1][0])
 
 
 def test_12_output_picks_a_leaf_of_a_nested_structure() -> None:
-    model = Seq2SeqState().to(D).eval()
+    model = seq2seq_state().to(D).eval()
     background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(2, 4, 3, dtype=D)
     before = snapshot(model)
     logits = rnnshap.DeepExplainer(model, background, output=0).shap_values(X)
     # the model written another way: the logits alone
-    plain = LogitsOnly().to(D).eval()
+    plain = logits_only().to(D).eval()
     plain.load_state_dict(model.state_dict())
     np.testing.assert_allclose(logits, rnnshap.DeepExplainer(plain, background).shap_values(X), rtol=1e-12, atol=1e-14)
     assert_additive(logits, plain, X, background, D)
     hidden = rnnshap.DeepExplainer(model, background, output=(1, 0)).shap_values(X)
-    plain_h = HiddenOnly().to(D).eval()
+    plain_h = hidden_only().to(D).eval()
     plain_h.load_state_dict(model.state_dict())
     assert_additive(hidden, plain_h, X, background, D)
     with pytest.raises(rnnshap.InputError, match=r"nested.*output="):
@@ -329,29 +319,26 @@ def test_4_the_autocast_test_skips_only_where_torch_itself_cannot_run_the_layer(
 
 
 # -- 5. a sparse buffer (T-GCN style adjacency) ---------------------------------------------------------------------------
-class SparseGraph(nn.Module):
+def graph_then_gru(m: nn.Module, x: Tensor) -> Tensor:  # x: (B, T, nodes)
+    adjacency = m.adjacency.to_dense() if m.adjacency.is_sparse else m.adjacency
+    mixed = x @ adjacency.T
+    return m.head(m.gru(mixed)[0][:, -1])
+
+
+def sparse_graph(sparse: bool = True) -> nn.Module:
     """A graph convolution with a sparse COO adjacency as a buffer, then a GRU over time."""
-
-    def __init__(self, sparse: bool = True) -> None:
-        super().__init__()
-        adjacency = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 1.0, 0.0]], dtype=D)
-        self.register_buffer("adjacency", adjacency.to_sparse() if sparse else adjacency)
-        self.gru = nn.GRU(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, nodes)
-        adjacency = self.adjacency.to_dense() if self.adjacency.is_sparse else self.adjacency
-        mixed = x @ adjacency.T
-        return self.head(self.gru(mixed)[0][:, -1])
+    adjacency = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 1.0, 0.0]], dtype=D)
+    return Composite(graph_then_gru, adjacency=nn.Buffer(adjacency.to_sparse() if sparse else adjacency),
+                     gru=nn.GRU(3, 4, batch_first=True), head=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_5_a_sparse_buffer_is_kept_and_the_model_explained() -> None:
-    model = SparseGraph().to(D).eval()
+    model = sparse_graph().to(D).eval()
     background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(2, 4, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)
-    dense = SparseGraph(sparse=False).to(D).eval()  # the model written another way: a dense buffer
+    dense = sparse_graph(sparse=False).to(D).eval()  # the model written another way: a dense buffer
     dense.load_state_dict({k: v.to_dense() for k, v in model.state_dict().items()})
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(dense, background).shap_values(X), rtol=1e-12, atol=1e-14)
     assert_unchanged(model, before)
@@ -446,79 +433,69 @@ def test_8_a_stateful_keras_lstm_is_refused_by_name_and_left_alone(backend: str,
 
 
 # -- 20. expand_as whose other operand gives only a shape (torch-geometric's scatter) ------------------------------------
-class ScatterSum(nn.Module):
-    """Messages summed into their target nodes as PyG's scatter does: ``index.view(...).expand_as(src)``;
+def scatter_sum(m: nn.Module, x: Tensor) -> Tensor:  # x: (B, edges, 3)
+    src = torch.tanh(m.lin(x))
+    if m.written:
+        incidence = nn.functional.one_hot(m.index, 3).to(src.dtype).T  # (nodes, edges)
+        nodes = incidence @ src
+    else:
+        index = m.index.view(1, -1, 1).expand_as(src)
+        nodes = src.new_zeros(src.shape[0], 3, src.shape[-1]).scatter_add(1, index, src)
+    return m.head(torch.relu(nodes)).sum(1)
+
+
+def scattered(written: bool = False) -> nn.Module:
+    """Messages summed into their target nodes (an index buffer) as PyG's scatter does: ``index.view(...).expand_as(src)``;
     ``written``: the same sum as a product with the constant incidence matrix."""
-
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 4)
-        self.register_buffer("index", torch.tensor([0, 1, 1, 2, 0]))
-        self.head = nn.Linear(4, 1)
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, edges, 3)
-        src = torch.tanh(self.lin(x))
-        if self.written:
-            incidence = nn.functional.one_hot(self.index, 3).to(src.dtype).T  # (nodes, edges)
-            nodes = incidence @ src
-        else:
-            index = self.index.view(1, -1, 1).expand_as(src)
-            nodes = src.new_zeros(src.shape[0], 3, src.shape[-1]).scatter_add(1, index, src)
-        return self.head(torch.relu(nodes)).sum(1)
+    return Composite(scatter_sum, lin=nn.Linear(3, 4), index=nn.Buffer(torch.tensor([0, 1, 1, 2, 0])), head=nn.Linear(4, 1),
+                     written=written)  # fmt: skip
 
 
 def test_20_expand_as_of_an_index_is_a_constant() -> None:
-    model = ScatterSum().to(D).eval()
+    model = scattered().to(D).eval()
     background, X = torch.randn(5, 5, 3, dtype=D), torch.randn(3, 5, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)
-    written = ScatterSum(written=True).to(D).eval()
+    written = scattered(written=True).to(D).eval()
     written.load_state_dict(model.state_dict())
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(written, background).shap_values(X), rtol=1e-10, atol=1e-13)
     assert_unchanged(model, before)
 
 
 # -- 21. torch.broadcast_tensors and torch.distributions' argument validation -------------------------------------------
-class GaussianHead(nn.Module):
+def policy(m: nn.Module, x: Tensor) -> Tensor:
+    mu, s = torch.tanh(m.lin(x)).chunk(2, -1)
+    scale = nn.functional.softplus(s) + m.log_std.exp()
+    if m.written:
+        return torch.cat([mu, scale], -1)
+    dist = torch.distributions.Normal(mu, scale, validate_args=True)
+    categorical = torch.distributions.Categorical(logits=mu, validate_args=True)  # (value == value).all(-1)
+    return torch.cat([dist.mean, dist.stddev], -1) + 0 * categorical.logits.sum(-1, keepdim=True)
+
+
+def gaussian_head(written: bool = False) -> nn.Module:
     """A policy head as stable-baselines3 writes it: a validated Normal, its mean and stddev explained;
     ``written``: the same two numbers without torch.distributions."""
-
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 4)
-        self.log_std = nn.Parameter(torch.tensor([0.1, -0.2]))
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:
-        mu, s = torch.tanh(self.lin(x)).chunk(2, -1)
-        scale = nn.functional.softplus(s) + self.log_std.exp()
-        if self.written:
-            return torch.cat([mu, scale], -1)
-        dist = torch.distributions.Normal(mu, scale, validate_args=True)
-        categorical = torch.distributions.Categorical(logits=mu, validate_args=True)  # (value == value).all(-1)
-        return torch.cat([dist.mean, dist.stddev], -1) + 0 * categorical.logits.sum(-1, keepdim=True)
+    return Composite(policy, lin=nn.Linear(3, 4), log_std=nn.Parameter(torch.tensor([0.1, -0.2])), written=written)
 
 
-class Broadcasting(nn.Module):
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 2)
-        self.register_buffer("gain", torch.tensor([[1.5], [0.5], [-1.0]]))  # (3, 1)
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = torch.tanh(self.lin(x))[:, None, :]  # (B, 1, 2)
-        if self.written:
-            a, g = z.expand(-1, 3, 2), self.gain.expand(3, 2)
-        else:
-            a, g = torch.broadcast_tensors(z, self.gain)
-        return (torch.sigmoid(a) * g).flatten(1)
+def broadcast(m: nn.Module, x: Tensor) -> Tensor:
+    z = torch.tanh(m.lin(x))[:, None, :]  # (B, 1, 2)
+    if m.written:
+        a, g = z.expand(-1, 3, 2), m.gain.expand(3, 2)
+    else:
+        a, g = torch.broadcast_tensors(z, m.gain)
+    return (torch.sigmoid(a) * g).flatten(1)
 
 
-@pytest.mark.parametrize("model_class", [GaussianHead, Broadcasting])
-def test_21_broadcast_tensors_and_distribution_checks_are_exact(model_class: type) -> None:
+def broadcasting(written: bool = False) -> nn.Module:
+    """torch.broadcast_tensors of an activation and a (3, 1) buffer; ``written``: the same with expand."""
+    return Composite(broadcast, lin=nn.Linear(3, 2), gain=nn.Buffer(torch.tensor([[1.5], [0.5], [-1.0]])), written=written)
+
+
+@pytest.mark.parametrize("model_class", [gaussian_head, broadcasting], ids=["GaussianHead", "Broadcasting"])
+def test_21_broadcast_tensors_and_distribution_checks_are_exact(model_class: Callable[..., nn.Module]) -> None:
     model = model_class().to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(3, 3, dtype=D)
     before = snapshot(model)
@@ -531,32 +508,28 @@ def test_21_broadcast_tensors_and_distribution_checks_are_exact(model_class: typ
 
 
 # -- 23. Tensor.new, x.data.new(*size).zero_(), new_zeros / new_ones / new_full: constants ----------------------------------
-class StateInit(nn.Module):
+def initial_state(m: nn.Module, x: Tensor) -> Tensor:
+    z = m.lin(x)
+    if m.written:
+        h = torch.zeros(z.shape[0], 4, dtype=z.dtype) + torch.ones(1, dtype=z.dtype) + torch.full((1,), 0.5, dtype=z.dtype)
+    else:
+        h = z.data.new(*z.shape).zero_() + z.new_ones(1) + z.new_full((1,), 0.5)
+        h = h + z.new(z.shape[0], 4).zero_() + z.new_zeros(4)
+    return m.cell(torch.tanh(z), h)
+
+
+def state_init(written: bool = False) -> nn.Module:
     """A decoder whose initial state is made as OpenNMT-py makes it; ``written``: with torch.zeros / torch.ones."""
-
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 4)
-        self.cell = nn.GRUCell(4, 4)
-        self.written = written
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lin(x)
-        if self.written:
-            h = torch.zeros(z.shape[0], 4, dtype=z.dtype) + torch.ones(1, dtype=z.dtype) + torch.full((1,), 0.5, dtype=z.dtype)
-        else:
-            h = z.data.new(*z.shape).zero_() + z.new_ones(1) + z.new_full((1,), 0.5)
-            h = h + z.new(z.shape[0], 4).zero_() + z.new_zeros(4)
-        return self.cell(torch.tanh(z), h)
+    return Composite(initial_state, lin=nn.Linear(3, 4), cell=nn.GRUCell(4, 4), written=written)
 
 
 def test_23_new_tensors_made_from_an_input_dependent_tensor_are_constants() -> None:
-    model = StateInit().to(D).eval()
+    model = state_init().to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(3, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)
-    written = StateInit(written=True).to(D).eval()
+    written = state_init(written=True).to(D).eval()
     written.load_state_dict(model.state_dict())
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(written, background).shap_values(X), rtol=1e-12, atol=1e-14)
     assert_unchanged(model, before)
@@ -570,34 +543,31 @@ def test_23_data_used_for_more_than_its_shape_is_still_refused() -> None:
 
 
 # -- 22. an operation whose result never reaches the explained output ------------------------------------------------
-class WithAuxiliaryLoss(nn.Module):
+def output_and_regularizer(m: nn.Module, x: Tensor) -> Any:
+    states = m.gru(x)[0]
+    out = m.head(states[:, -1])
+    if not m.aux:
+        return out, torch.zeros(())
+    decov = torch.special.erfinv(torch.tanh(states) * 0.5)  # (no rule: refused where the output reads it)
+    buffer = torch.zeros_like(states)
+    buffer[:, 0] = decov[:, 0]  # written into a buffer in place: the buffer carries it on
+    loss = buffer.pow(2).sum()
+    return (out + loss if m.into_output else out), loss
+
+
+def with_auxiliary_loss(aux: bool = True, into_output: bool = False) -> nn.Module:
     """ConCare's pattern: forward() returns (output, a regularizer computed with an operation that has no rule);
     ``aux``: False for the same model without the regularizer; ``into_output``: the regularizer reaches the output."""
-
-    def __init__(self, aux: bool = True, into_output: bool = False) -> None:
-        super().__init__()
-        self.gru = nn.GRU(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
-        self.aux, self.into_output = aux, into_output
-
-    def forward(self, x: Tensor) -> Any:
-        states = self.gru(x)[0]
-        out = self.head(states[:, -1])
-        if not self.aux:
-            return out, torch.zeros(())
-        decov = torch.special.erfinv(torch.tanh(states) * 0.5)  # (no rule: refused where the output reads it)
-        buffer = torch.zeros_like(states)
-        buffer[:, 0] = decov[:, 0]  # written into a buffer in place: the buffer carries it on
-        loss = buffer.pow(2).sum()
-        return (out + loss if self.into_output else out), loss
+    return Composite(output_and_regularizer, gru=nn.GRU(3, 4, batch_first=True), head=nn.Linear(4, 2), aux=aux,
+                     into_output=into_output)  # fmt: skip
 
 
 def test_22_an_operation_the_output_does_not_depend_on_is_not_refused() -> None:
-    model = WithAuxiliaryLoss().to(D).eval()
+    model = with_auxiliary_loss().to(D).eval()
     background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(3, 4, 3, dtype=D)
     before = snapshot(model)
     values = rnnshap.DeepExplainer(model, background, output=0).shap_values(X)
-    plain = WithAuxiliaryLoss(aux=False).to(D).eval()
+    plain = with_auxiliary_loss(aux=False).to(D).eval()
     plain.load_state_dict(model.state_dict())
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(plain, background, output=0).shap_values(X), rtol=1e-12, atol=1e-14)
     assert_unchanged(model, before)
@@ -605,7 +575,7 @@ def test_22_an_operation_the_output_does_not_depend_on_is_not_refused() -> None:
         rnnshap.DeepExplainer(model, background, output=1)
     with pytest.raises(rnnshap.InputError, match=r"output_1.*batch"):  # both: the scalar has no batch axis
         rnnshap.DeepExplainer(model, background)
-    reaching = WithAuxiliaryLoss(into_output=True).to(D).eval()  # through the buffer written in place
+    reaching = with_auxiliary_loss(into_output=True).to(D).eval()  # through the buffer written in place
     with pytest.raises(rnnshap.UnsupportedOperationError, match="erfinv"):
         rnnshap.DeepExplainer(reaching, background, output=0)
 
@@ -649,36 +619,25 @@ def test_19_demo_out_that_is_a_file_and_version(tmp_path: Any, capsys: pytest.Ca
 
 
 # -- 13. a head that returns a distribution ---------------------------------------------------------------------------
-class DistributionHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 2)
-
-    def forward(self, x: Tensor) -> Any:
-        mu, s = self.lin(x).unbind(-1)
-        return torch.distributions.Normal(mu, nn.functional.softplus(s))
+def normal(m: nn.Module, x: Tensor) -> Any:
+    mu, s = m.lin(x).unbind(-1)
+    return torch.distributions.Normal(mu, nn.functional.softplus(s))
 
 
-class Parameters(nn.Module):
+def parameters_of(m: nn.Module, x: Tensor) -> Tensor:
     """The fix the refusal advises: the distribution's parameters returned as a tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        d = self.model(x)
-        return torch.stack([d.mean, d.stddev], -1)
+    d = m.model(x)
+    return torch.stack([d.mean, d.stddev], -1)
 
 
 def test_13_a_distribution_is_refused_with_how_to_explain_its_parameters() -> None:
-    model = DistributionHead().to(D).eval()
+    model = Composite(normal, lin=nn.Linear(3, 2)).to(D).eval()
     background, X = torch.randn(5, 3, dtype=D), torch.randn(2, 3, dtype=D)
     before = snapshot(model)
     with pytest.raises(rnnshap.InputError, match=r"(?s)distribution \(Normal\).*d\.mean, d\.stddev") as info:
         rnnshap.DeepExplainer(model, background)
     assert "Rescale" not in str(info.value) and "broadcast_tensors" not in str(info.value)
-    wrapped = Parameters(model)
+    wrapped = Composite(parameters_of, model=model)
     values = rnnshap.DeepExplainer(wrapped, background).shap_values(X)  # the advice works, exactly
     assert_additive(values, wrapped, X, background, D)
     assert_unchanged(model, before)
@@ -723,9 +682,8 @@ def test_14_15_a_dict_or_a_dataloader_gets_advice_that_works() -> None:
 
 
 # -- 17. a model left in training mode whose forward is random or updates statistics there ------------------------------
-class GaussianNoise(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x + 0.1 * torch.randn_like(x) if self.training else x
+def gaussian_noise(m: nn.Module, x: Tensor) -> Tensor:
+    return x + 0.1 * torch.randn_like(x) if m.training else x
 
 
 class RunningNormalization(nn.Module):
@@ -747,7 +705,7 @@ class RunningNormalization(nn.Module):
 @pytest.mark.parametrize("layer", ["noise", "normalization"])
 def test_17_a_training_mode_model_is_explained_in_eval_mode_with_a_warning(layer: str) -> None:
     torch.manual_seed(1)
-    middle = GaussianNoise() if layer == "noise" else RunningNormalization(4)
+    middle = Composite(gaussian_noise) if layer == "noise" else RunningNormalization(4)
     model = nn.Sequential(nn.Linear(3, 4), middle, nn.Tanh(), nn.Linear(4, 2)).to(D).train()
     if layer == "normalization":
         with torch.no_grad():
@@ -782,27 +740,23 @@ def test_19_a_two_operand_function_is_not_advised_rescale() -> None:
 
 
 # -- 16. (model, layer) with a layer that takes its initial state from another input -----------------------------------
-class StatefulEncoder(nn.Module):
+def encode_from_state(m: nn.Module, x: Tensor, z: Tensor) -> Tensor:
+    if m.split:  # z is (x, h0, c0) with the batch first
+        x, h0, c0 = x, z[..., :4].transpose(0, 1).contiguous(), z[..., 4:].transpose(0, 1).contiguous()
+    else:
+        h0, c0 = torch.tanh(m.init(z)).unsqueeze(0).chunk(2, -1)
+    return m.head(m.lstm(x, (h0, c0))[0][:, -1])
+
+
+def stateful_encoder(split: bool = False) -> nn.Module:
     """An LSTM called as ``lstm(x, (h0, c0))`` with the initial state computed from a second input;
     ``split``: the model from the layer's inputs on (x, h0, c0 given directly, h0 and c0 batch first)."""
-
-    def __init__(self, split: bool = False) -> None:
-        super().__init__()
-        self.init = nn.Linear(2, 8)
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
-        self.split = split
-
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        if self.split:  # z is (x, h0, c0) with the batch first
-            x, h0, c0 = x, z[..., :4].transpose(0, 1).contiguous(), z[..., 4:].transpose(0, 1).contiguous()
-        else:
-            h0, c0 = torch.tanh(self.init(z)).unsqueeze(0).chunk(2, -1)
-        return self.head(self.lstm(x, (h0, c0))[0][:, -1])
+    return Composite(encode_from_state, init=nn.Linear(2, 8), lstm=nn.LSTM(3, 4, batch_first=True), head=nn.Linear(4, 2),
+                     split=split)  # fmt: skip
 
 
 def test_16_a_layer_attributes_to_every_floating_tensor_it_takes() -> None:
-    model = StatefulEncoder().to(D).eval()
+    model = stateful_encoder().to(D).eval()
     background = [torch.randn(5, 4, 3, dtype=D), torch.randn(5, 2, dtype=D)]
     X = [torch.randn(2, 4, 3, dtype=D), torch.randn(2, 2, dtype=D)]
     before = snapshot(model)
@@ -811,7 +765,7 @@ def test_16_a_layer_attributes_to_every_floating_tensor_it_takes() -> None:
     # additivity from the model's own outputs: the layer's input is a cut
     np.testing.assert_allclose(phi_totals(values, 2, 2), output_gap(model, X, background), rtol=1e-10, atol=1e-12)
     # the model written another way: the rest of the model explained from the layer's inputs given directly
-    split = StatefulEncoder(split=True).to(D).eval()
+    split = stateful_encoder(split=True).to(D).eval()
     split.load_state_dict(model.state_dict())
 
     def states(x: Tensor, z: Tensor) -> Tensor:
@@ -847,11 +801,11 @@ def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
 
 
 def test_12_shapley_explainer_takes_the_same_path_into_a_nested_result() -> None:
-    model = Seq2SeqState().to(D).eval()
+    model = seq2seq_state().to(D).eval()
     background, X = torch.randn(4, 3, 3, dtype=D), torch.randn(2, 3, 3, dtype=D)
     before = snapshot(model)
     estimate = rnnshap.ShapleyExplainer(model, background, output=(1, 0)).shapley_values(X, players="steps", random_state=0)
-    plain_h = HiddenOnly().to(D).eval()
+    plain_h = hidden_only().to(D).eval()
     plain_h.load_state_dict(model.state_dict())
     truth = rnnshap.ShapleyExplainer(plain_h, background).shapley_values(X, players="steps", random_state=0)
     assert estimate.exact.all() and truth.exact.all()  # 3 steps: every coalition

@@ -247,11 +247,8 @@ def test_the_rows_check_holds_at_a_small_batch_size_and_for_a_model_that_cannot_
         rnnshap.ShapleyExplainer(quantized, background, batch_size=2)
     unchanged(quantized, before)
 
-    class Squeezed(Recurrent):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x).squeeze()
-
-    model = Squeezed(outputs=1).double().eval()
+    squeezed = RecurrentHead("lstm", F, 4, 1, read="tanh_last", names="lstm head", output=torch.squeeze)
+    model = squeezed.double().eval()
     background, x = data()
     before = snapshot(model)
     estimate = rnnshap.ShapleyExplainer(model, background).shapley_values(x, time_axis=1)
@@ -261,37 +258,28 @@ def test_the_rows_check_holds_at_a_small_batch_size_and_for_a_model_that_cannot_
 
 
 # -- 4: random draws that never reach the output --------------------------------------------------------
-class UnusedDraw(nn.Module):
+def unused_draw(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Draws a dropout mask at every call and uses it only in training (Keras' recurrent layers do so)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = Recurrent()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = nn.functional.dropout(torch.ones_like(x[:, 0]), 0.3, training=True)
-        noise = torch.randn(3)
-        self.cached = mask  # (kept on the module, as Keras caches its masks)
-        del noise
-        out = self.inner(x)
-        return out * mask.sum(1, keepdim=True) if self.training else out
+    mask = nn.functional.dropout(torch.ones_like(x[:, 0]), 0.3, training=True)
+    noise = torch.randn(3)
+    m.cached = mask  # (kept on the module, as Keras caches its masks)
+    del noise
+    out = m.inner(x)
+    return out * mask.sum(1, keepdim=True) if m.training else out
 
 
-class UsedDraw(UnusedDraw):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x) + 0.01 * torch.randn(x.shape[0], 2, dtype=x.dtype)
+def used_draw(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.inner(x) + 0.01 * torch.randn(x.shape[0], 2, dtype=x.dtype)
 
 
-class BranchOnDraw(UnusedDraw):
+def branch_on_draw(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Teacher forcing decided by a draw: its value never reaches the output as a tensor, its decision does."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        return out if bool(torch.rand(()) < 0.5) else -out
+    out = m.inner(x)
+    return out if bool(torch.rand(()) < 0.5) else -out
 
 
 def test_a_draw_whose_result_never_reaches_the_output_is_not_randomness_of_the_function() -> None:
-    model = UnusedDraw().double().eval()
+    model = Composite(unused_draw, inner=Recurrent()).double().eval()
     background, x = data()
     before = snapshot(model)
     state = torch.get_rng_state()
@@ -304,10 +292,10 @@ def test_a_draw_whose_result_never_reaches_the_output_is_not_randomness_of_the_f
     assert_adds_up_to(shapley.base_values + shapley.values.sum(1), model_outputs(model.inner, x), "float64")
 
 
-@pytest.mark.parametrize("model_class", [UsedDraw, BranchOnDraw])
+@pytest.mark.parametrize("forward", [used_draw, branch_on_draw], ids=["UsedDraw", "BranchOnDraw"])
 @pytest.mark.parametrize("door", ["deep", "shapley"])
-def test_a_draw_that_reaches_the_output_is_still_refused(model_class: type, door: str) -> None:
-    model = model_class().double().eval()
+def test_a_draw_that_reaches_the_output_is_still_refused(forward: Any, door: str) -> None:
+    model = Composite(forward, inner=Recurrent()).double().eval()
     background, _ = data()
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer if door == "deep" else rnnshap.ShapleyExplainer
@@ -317,7 +305,7 @@ def test_a_draw_that_reaches_the_output_is_still_refused(model_class: type, door
 
 
 def test_the_deep_door_names_the_draw_that_reaches_the_output() -> None:
-    model = UsedDraw().double().eval()
+    model = Composite(used_draw, inner=Recurrent()).double().eval()
     background, _ = data()
     before = snapshot(model)
     with pytest.raises(RnnShapError, match="randn"):
@@ -357,29 +345,25 @@ def test_a_model_on_the_meta_device_is_refused_by_name_by_both_doors() -> None:
     unchanged(model, before)
 
 
-class Ensemble(nn.Module):
+def ensemble_mean(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    outs = [
+        torch.func.functional_call(m.skeleton, {n: w[i] for n, w in zip(m.names, m.weights, strict=True)}, (x,))
+        for i in range(m.count)
+    ]
+    return torch.stack(outs).mean(0)
+
+
+def ensemble(members: list[nn.Module]) -> nn.Module:
     """torch.func's model-ensembling recipe: a meta-device skeleton called through functional_call with the
     stacked weights of several real models."""
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        params, buffers = torch.func.stack_module_state(members)  # type: ignore[arg-type]
-        self.names = list(params)
-        self.weights = nn.ParameterList([nn.Parameter(params[name]) for name in self.names])
-        self.skeleton = Recurrent().double().to("meta").eval()
-        self.count = len(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [
-            torch.func.functional_call(self.skeleton, {n: w[i] for n, w in zip(self.names, self.weights, strict=True)}, (x,))
-            for i in range(self.count)
-        ]
-        return torch.stack(outs).mean(0)
+    params, buffers = torch.func.stack_module_state(members)  # type: ignore[arg-type]
+    return Composite(ensemble_mean, names=list(params), weights=nn.ParameterList([nn.Parameter(p) for p in params.values()]),
+                     skeleton=Recurrent().double().to("meta").eval(), count=len(members))  # fmt: skip
 
 
 def test_the_functional_call_ensembling_recipe_is_explained_exactly() -> None:
     members = [Recurrent().double().eval() for _ in range(3)]
-    model = Ensemble(members).eval()
+    model = ensemble(members).eval()
     background, x = data()
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer(model, background)
@@ -426,15 +410,14 @@ class Prediction:
     note: str | None = None
 
 
-class ReturnsDataclass(Recurrent):
-    def forward(self, x: torch.Tensor) -> Prediction:  # type: ignore[override]
-        out, _ = self.lstm(x)
-        return Prediction(self.head(torch.tanh(out[:, -1])), out.sum(1))
+def predict(m: nn.Module, x: torch.Tensor) -> Prediction:
+    out, _ = m.lstm(x)
+    return Prediction(m.head(torch.tanh(out[:, -1])), out.sum(1))
 
 
 @pytest.mark.parametrize("door", ["deep", "shapley"])
 def test_dataclass_outputs_are_taken_by_field_name(door: str) -> None:
-    model = ReturnsDataclass().double().eval()
+    model = Composite(predict, lstm=nn.LSTM(F, 4, batch_first=True), head=nn.Linear(4, 2)).double().eval()
     plain = Recurrent().double().eval()
     plain.load_state_dict(model.state_dict())
     background, x = data()
@@ -449,13 +432,6 @@ def test_dataclass_outputs_are_taken_by_field_name(door: str) -> None:
 
 
 # -- 11: NaN --------------------------------------------------------------------------------------------------
-class TakesMissing(Recurrent):
-    """Reads NaN as missing (a mask and zeros), as the foundation forecasters do."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.nan_to_num(x, nan=0.0))
-
-
 def test_nan_that_reaches_the_output_is_refused_naming_the_sample() -> None:
     model = Recurrent().double().eval()
     background, x = data()
@@ -468,7 +444,10 @@ def test_nan_that_reaches_the_output_is_refused_naming_the_sample() -> None:
 
 
 def test_nan_inputs_a_model_takes_as_missing_are_played() -> None:
-    model = TakesMissing().double().eval()
+    # reads NaN as missing (a mask and zeros), as the foundation forecasters do
+    takes_missing = RecurrentHead("lstm", F, 4, 2, read="tanh_last", names="lstm head",
+                                  prepare=lambda x: torch.nan_to_num(x, nan=0.0))  # fmt: skip
+    model = takes_missing.double().eval()
     background, x = data()
     x[1, 2, 0] = float("nan")
     before = snapshot(model)
@@ -494,25 +473,22 @@ def test_a_dataframe_is_taken_as_rows_by_columns_and_the_error_says_so() -> None
 
 
 # -- 19: a norm over every dimension that feeds only a second output (pyhealth's ConCare) ------------------------
-class ConCareLike(nn.Module):
+def logits_and_decov(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    states, _ = m.gru(x)
+    last = states[:, -1]
+    centered = last - last.mean(0, keepdim=True)
+    covariance = centered.T @ centered / max(x.shape[0] - 1, 1)
+    decov = 0.5 * (torch.norm(covariance, p="fro") ** 2 - torch.norm(torch.diagonal(covariance)) ** 2)
+    return torch.sigmoid(m.head(last)), decov
+
+
+def con_care_like() -> nn.Module:
     """Logits beside a DeCov loss computed over the batch (a Frobenius norm of the hidden states' covariance)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = nn.GRU(F, 4, batch_first=True)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states, _ = self.gru(x)
-        last = states[:, -1]
-        centered = last - last.mean(0, keepdim=True)
-        covariance = centered.T @ centered / max(x.shape[0] - 1, 1)
-        decov = 0.5 * (torch.norm(covariance, p="fro") ** 2 - torch.norm(torch.diagonal(covariance)) ** 2)
-        return torch.sigmoid(self.head(last)), decov
+    return Composite(logits_and_decov, gru=nn.GRU(F, 4, batch_first=True), head=nn.Linear(4, 1))
 
 
 def test_a_norm_over_every_dimension_that_only_feeds_a_loss_beside_the_output_is_not_refused() -> None:
-    model = ConCareLike().double().eval()
+    model = con_care_like().double().eval()
     background, x = data()
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer(model, background, output=0)
@@ -524,7 +500,7 @@ def test_a_norm_over_every_dimension_that_only_feeds_a_loss_beside_the_output_is
 
 
 def test_the_norm_is_still_refused_by_name_where_the_output_reads_it() -> None:
-    model = ConCareLike().double().eval()
+    model = con_care_like().double().eval()
     background, _ = data()
     before = snapshot(model)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="norm over every dimension"):

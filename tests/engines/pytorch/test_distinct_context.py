@@ -18,29 +18,23 @@ from torch import nn
 
 import rnnshap
 
+from ...models.torch import Composite
 
-class MaskedAttention(nn.Module):
+
+def masked_attention(m: nn.Module, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
     """Self-attention over time whose keys are masked by a boolean input (True: padding), then a tanh head, written
     with torch ops."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(1, 8)
-        self.qkv = nn.Linear(8, 24)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x[..., None])
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        scores = (q @ k.transpose(1, 2)).masked_fill(padding[:, None, :], float("-inf"))
-        h = torch.softmax(scores / 8**0.5, dim=-1) @ v
-        kept = (~padding)[..., None].to(h.dtype)
-        return torch.tanh(self.head((h * kept).sum(1) / kept.sum(1)))
+    h = m.embed(x[..., None])
+    q, k, v = m.qkv(h).chunk(3, dim=-1)
+    scores = (q @ k.transpose(1, 2)).masked_fill(padding[:, None, :], float("-inf"))
+    h = torch.softmax(scores / 8**0.5, dim=-1) @ v
+    kept = (~padding)[..., None].to(h.dtype)
+    return torch.tanh(m.head((h * kept).sum(1) / kept.sum(1)))
 
 
 def _problem(shared: bool) -> tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]]:
     torch.manual_seed(0)
-    model = MaskedAttention().double().eval()
+    model = Composite(masked_attention, embed=nn.Linear(1, 8), qkv=nn.Linear(8, 24), head=nn.Linear(8, 3)).double().eval()
     x = torch.randn(4, 6, dtype=torch.float64)
     padding = torch.zeros(4, 6, dtype=torch.bool)
     padding[:, :2] = True  # every sample padded alike

@@ -100,24 +100,21 @@ class ToyScanSetup(torch.autograd.Function):
         return _scan_backward(a, h, grad_h, grad_last)
 
 
-class ScanModel(nn.Module):
+def gated_recurrence(m: nn.Module, x: Tensor) -> Tensor:
+    x = x[..., :3]
+    h, last = m.scan(torch.sigmoid(m.gate(x)), m.value(x))
+    return m.head(torch.tanh(h).mean(1) * torch.tanh(last))
+
+
+def scan_model(scan: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> nn.Module:
     """A gated linear recurrence (Mamba-like) through ``scan``; feature 3 of the input is ignored."""
-
-    def __init__(self, scan: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
-        super().__init__()
-        self.scan = scan
-        self.gate, self.value, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x[..., :3]
-        h, last = self.scan(torch.sigmoid(self.gate(x)), self.value(x))
-        return self.head(torch.tanh(h).mean(1) * torch.tanh(last))
+    return Composite(gated_recurrence, scan=scan, gate=nn.Linear(3, 4), value=nn.Linear(3, 4), head=nn.Linear(4, 2))
 
 
 @pytest.mark.parametrize("function", [ToyScan, ToyScanSetup], ids=["ctx", "setup_context"])
 def test_custom_function_is_attributed_through_its_forward(function: Any) -> None:
     torch.manual_seed(1)
-    model = ScanModel(function.apply).to(D).eval()
+    model = scan_model(function.apply).to(D).eval()
     inline = copy.deepcopy(model)
     inline.scan = _scan_forward
     background, X = torch.randn(4, 5, 4, dtype=D), torch.randn(3, 5, 4, dtype=D)
@@ -132,7 +129,7 @@ def test_function_apply_is_left_as_torch_has_it() -> None:
     """The pass swaps the code of Function.apply for its duration only, also when forward() fails."""
     apply = torch.autograd.Function.__dict__["apply"].__func__
     code = apply.__code__
-    model = ScanModel(ToyScan.apply).to(D).eval()
+    model = scan_model(ToyScan.apply).to(D).eval()
     rnnshap.DeepExplainer(model, torch.randn(3, 4, 4, dtype=D)).shap_values(torch.randn(2, 4, 4, dtype=D))
     assert apply.__code__ is code
 
@@ -187,43 +184,41 @@ def _write(kind: str, outs: Tensor, t: int, h: Tensor) -> None:
         raise AssertionError(kind)
 
 
-class LoopRNN(nn.Module):
-    """A python-loop RNN that writes each step into a preallocated buffer, with a residual around
-    it and nonlinear uses of the buffer (as xLSTM's sLSTM writes ``outs[:, t] = h``)."""
+def loop_rnn(m: nn.Module, x: Tensor) -> Tensor:
+    x = x[..., :3]
+    B, T, _ = x.shape
+    h = x.new_zeros(B, 4)
+    if m.kind == "stack":
+        steps = []
+        for t in range(T):
+            h = torch.tanh(m.inp(x[:, t]) + m.rec(h))
+            steps.append(h)
+        outs = torch.stack(steps, 1)
+    else:
+        outs = torch.zeros(T, B, 4, dtype=x.dtype) if m.kind == "index_put_" else torch.zeros(B, T, 4, dtype=x.dtype)
+        seen = outs.view(B, T * 4) if m.kind == "view-before" else None
+        for t in range(T):
+            h = torch.tanh(m.inp(x[:, t]) + m.rec(h))
+            _write(m.kind, outs, t, h)
+        if m.kind == "index_put_":
+            outs = outs.transpose(0, 1)
+        if seen is not None:
+            outs = torch.sigmoid(seen).view(B, T, 4) * 0 + outs  # the view taken before the writes
+    y = torch.tanh(outs) + m.skip(x)  # the residual around the buffer
+    return m.head(torch.sigmoid(y[:, -1]) * y.mean(1))
 
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self.inp, self.rec, self.skip, self.head = nn.Linear(3, 4), nn.Linear(4, 4, bias=False), nn.Linear(3, 4), nn.Linear(4, 2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x[..., :3]
-        B, T, _ = x.shape
-        h = x.new_zeros(B, 4)
-        if self.kind == "stack":
-            steps = []
-            for t in range(T):
-                h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
-                steps.append(h)
-            outs = torch.stack(steps, 1)
-        else:
-            outs = torch.zeros(T, B, 4, dtype=x.dtype) if self.kind == "index_put_" else torch.zeros(B, T, 4, dtype=x.dtype)
-            seen = outs.view(B, T * 4) if self.kind == "view-before" else None
-            for t in range(T):
-                h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
-                _write(self.kind, outs, t, h)
-            if self.kind == "index_put_":
-                outs = outs.transpose(0, 1)
-            if seen is not None:
-                outs = torch.sigmoid(seen).view(B, T, 4) * 0 + outs  # the view taken before the writes
-        y = torch.tanh(outs) + self.skip(x)  # the residual around the buffer
-        return self.head(torch.sigmoid(y[:, -1]) * y.mean(1))
+def loop_rnn_writing(kind: str) -> nn.Module:
+    """A python-loop RNN that writes each step into a preallocated buffer (as ``kind`` says), with a residual around
+    it and nonlinear uses of the buffer (as xLSTM's sLSTM writes ``outs[:, t] = h``); "stack": no buffer."""
+    return Composite(loop_rnn, kind=kind, inp=nn.Linear(3, 4), rec=nn.Linear(4, 4, bias=False), skip=nn.Linear(3, 4),
+                     head=nn.Linear(4, 2))  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["setitem", "copy_", "index_put_", "add_", "view-before"])
 def test_writes_into_a_preallocated_buffer_are_attributed(kind: str) -> None:
     torch.manual_seed(2)
-    model = LoopRNN(kind).to(D).eval()
+    model = loop_rnn_writing(kind).to(D).eval()
     stacked = copy.deepcopy(model)
     stacked.kind = "stack"
     background, X = torch.randn(4, 5, 4, dtype=D), torch.randn(3, 5, 4, dtype=D)
@@ -234,29 +229,21 @@ def test_writes_into_a_preallocated_buffer_are_attributed(kind: str) -> None:
 
 
 # -- 3. checkpoint, clamp with tensor bounds, einsum of three operands, selections --------------------------
-class Checkpointed(nn.Module):
-    def __init__(self, use_reentrant: bool | None) -> None:
-        super().__init__()
-        self.use_reentrant = use_reentrant
-        self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+def checkpointed(m: nn.Module, x: Tensor) -> Tensor:
+    def block(z: Tensor) -> Tensor:
+        return torch.tanh(m.b(torch.sigmoid(z))) * z
 
-    def block(self, z: Tensor) -> Tensor:
-        return torch.tanh(self.b(torch.sigmoid(z))) * z
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.a(x[..., :3].repeat(1, 2)[..., :4])
-        if self.use_reentrant is None:
-            h = self.block(z)
-        else:
-            h = checkpoint(self.block, z, use_reentrant=self.use_reentrant)
-        return self.head(h)
+    z = m.a(x[..., :3].repeat(1, 2)[..., :4])
+    h = block(z) if m.use_reentrant is None else checkpoint(block, z, use_reentrant=m.use_reentrant)
+    return m.head(h)
 
 
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # the test's own calls of the model
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_checkpoint_is_attributed_as_the_plain_function(use_reentrant: bool) -> None:
     torch.manual_seed(3)
-    model = Checkpointed(use_reentrant).to(D).eval()
+    model = Composite(checkpointed, use_reentrant=use_reentrant, a=nn.Linear(4, 6), b=nn.Linear(6, 6), head=nn.Linear(6, 2))
+    model = model.to(D).eval()
     plain = copy.deepcopy(model)
     plain.use_reentrant = None
     background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
@@ -266,32 +253,31 @@ def test_checkpoint_is_attributed_as_the_plain_function(use_reentrant: bool) -> 
     assert np.all(values[:, 3] == 0.0)
 
 
-class Bounded(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
-        self.register_buffer("floor", torch.linspace(-0.5, 0.5, 4))
+def bound(m: nn.Module, x: Tensor) -> Tensor:
+    x = x[..., :3]
+    a, b = m.a(x), m.b(x)
+    y = {
+        "min-tracked": lambda: torch.clamp(a, min=b),
+        "min-tracked-ref": lambda: torch.maximum(a, b),
+        "max-tracked": lambda: a.clamp(max=b),
+        "max-tracked-ref": lambda: torch.minimum(a, b),
+        "min-constant": lambda: a.clip(min=m.floor),
+        "min-constant-ref": lambda: torch.maximum(a, m.floor),
+        "both": lambda: torch.clamp(a, min=b - 0.3, max=b + 0.3),
+    }[m.how]()
+    return m.head(torch.tanh(y))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x[..., :3]
-        a, b = self.a(x), self.b(x)
-        y = {
-            "min-tracked": lambda: torch.clamp(a, min=b),
-            "min-tracked-ref": lambda: torch.maximum(a, b),
-            "max-tracked": lambda: a.clamp(max=b),
-            "max-tracked-ref": lambda: torch.minimum(a, b),
-            "min-constant": lambda: a.clip(min=self.floor),
-            "min-constant-ref": lambda: torch.maximum(a, self.floor),
-            "both": lambda: torch.clamp(a, min=b - 0.3, max=b + 0.3),
-        }[self.how]()
-        return self.head(torch.tanh(y))
+
+def bounded(how: str) -> nn.Module:
+    """clamp with tensor bounds (another output, a buffer), or (``-ref``) the same as maximum / minimum."""
+    return Composite(bound, how=how, a=nn.Linear(3, 4), b=nn.Linear(3, 4), head=nn.Linear(4, 2),
+                     floor=nn.Buffer(torch.linspace(-0.5, 0.5, 4)))  # fmt: skip
 
 
 @pytest.mark.parametrize("how", ["min-tracked", "max-tracked", "min-constant", "both"])
 def test_clamp_with_tensor_bounds_is_exact(how: str) -> None:
     torch.manual_seed(4)
-    model = Bounded(how).to(D).eval()
+    model = bounded(how).to(D).eval()
     background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, D)
@@ -334,30 +320,28 @@ def test_einsum_of_too_many_operands_is_refused_at_construction() -> None:
         rnnshap.DeepExplainer(Function(five), torch.randn(3, 4, dtype=D))
 
 
-class Selecting(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.a, self.b, self.head = nn.Linear(5, 4), nn.Linear(5, 4), nn.Linear(4, 2)
+def select(m: nn.Module, x: Tensor) -> Tensor:
+    a, b = m.a(x), m.b(x)
+    y = {
+        "gather-argmax": lambda: a.gather(1, a.argmax(1, keepdim=True)).expand(-1, 4),
+        "gather-max-indices": lambda: b.gather(1, a.max(1, keepdim=True).indices).expand(-1, 4),
+        "index-min-indices": lambda: b[torch.arange(b.shape[0]), torch.min(a, dim=1).indices].unsqueeze(1) * a,
+        "sort": lambda: torch.sort(a, dim=1).values,
+        "topk": lambda: torch.topk(a, 2, dim=1).values.repeat(1, 2),
+        "gather-topk-indices": lambda: b.gather(1, a.topk(2, dim=1).indices).repeat(1, 2),
+        "msort": lambda: torch.msort(a),
+        "max-values": lambda: a.max(1, keepdim=True).values * b,  # exact: routed like max-pool
+    }[m.how]()
+    return m.head(y)
 
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.a(x), self.b(x)
-        y = {
-            "gather-argmax": lambda: a.gather(1, a.argmax(1, keepdim=True)).expand(-1, 4),
-            "gather-max-indices": lambda: b.gather(1, a.max(1, keepdim=True).indices).expand(-1, 4),
-            "index-min-indices": lambda: b[torch.arange(b.shape[0]), torch.min(a, dim=1).indices].unsqueeze(1) * a,
-            "sort": lambda: torch.sort(a, dim=1).values,
-            "topk": lambda: torch.topk(a, 2, dim=1).values.repeat(1, 2),
-            "gather-topk-indices": lambda: b.gather(1, a.topk(2, dim=1).indices).repeat(1, 2),
-            "msort": lambda: torch.msort(a),
-            "max-values": lambda: a.max(1, keepdim=True).values * b,  # exact: routed like max-pool
-        }[self.how]()
-        return self.head(y)
+
+def selecting(how: str) -> nn.Module:
+    return Composite(select, how=how, a=nn.Linear(5, 4), b=nn.Linear(5, 4), head=nn.Linear(4, 2))
 
 
 def test_a_sort_over_the_batch_is_refused_by_name() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(Selecting("msort").eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(selecting("msort").eval(), torch.randn(4, 5))
     message = str(info.value)
     assert "torch.msort" in message
     assert "sort, argsort, topk (sorted), kthvalue, median and quantile" in message  # the advice that fits
@@ -369,13 +353,13 @@ def test_a_sort_over_the_batch_is_refused_by_name() -> None:
 )
 def test_picked_indices_used_downstream_are_exact(how: str) -> None:
     """(tests/engines/pytorch/test_picked.py holds their closed-form and written-two-ways checks.)"""
-    model = Selecting(how).to(D).eval()
+    model = selecting(how).to(D).eval()
     background, X = torch.randn(5, 5, dtype=D), torch.randn(3, 5, dtype=D)
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 
 def test_max_values_with_unused_indices_stay_exact() -> None:
-    model = Selecting("max-values").to(D).eval()
+    model = selecting("max-values").to(D).eval()
     background, X = torch.randn(5, 5, dtype=D), torch.randn(3, 5, dtype=D)
     assert_additive(_explain(model, background, X), model, X, background, D)
 
@@ -578,61 +562,54 @@ def test_batch_norm_without_running_statistics_gets_a_true_message() -> None:
 
 
 # -- branches on a condition that holds for every row ---------------------------------------------------------
-class Normalizer(nn.Module):
+def normalized(model: nn.Module, x: Tensor) -> Tensor:
+    n = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+    m = torch.zeros_like(n)
+    for t in range(x.shape[1]):
+        u = model.proj(x[:, t])
+        if model.branch and torch.all(n == 0.0):
+            m_new = u
+        elif model.branch:
+            m_new = torch.maximum(u, m)
+        else:
+            m_new = u if t == 0 else torch.maximum(u, m)
+        n = n * torch.exp(m - m_new) + torch.exp(u - m_new)
+        m = m_new
+    return (m + torch.log(n)).sum(1, keepdim=True)
+
+
+def normalizer(branch: bool) -> nn.Module:
     """A recurrence that branches as xlstm's sLSTM does: ``if torch.all(n == 0)`` (true for the initial
-    state only), and the same function written without the branch."""
-
-    def __init__(self, branch: bool) -> None:
-        super().__init__()
-        self.branch, self.proj = branch, nn.Linear(3, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = torch.zeros(x.shape[0], 4, dtype=x.dtype)
-        m = torch.zeros_like(n)
-        for t in range(x.shape[1]):
-            u = self.proj(x[:, t])
-            if self.branch and torch.all(n == 0.0):
-                m_new = u
-            elif self.branch:
-                m_new = torch.maximum(u, m)
-            else:
-                m_new = u if t == 0 else torch.maximum(u, m)
-            n = n * torch.exp(m - m_new) + torch.exp(u - m_new)
-            m = m_new
-        return (m + torch.log(n)).sum(1, keepdim=True)
+    state only), and (``branch=False``) the same function written without the branch."""
+    return Composite(normalized, branch=branch, proj=nn.Linear(3, 4))
 
 
 def test_a_branch_that_every_row_takes_alike_is_followed() -> None:
     background, X = torch.randn(5, 4, 3, dtype=D), torch.randn(3, 4, 3, dtype=D)
-    branched, plain = Normalizer(True).to(D).eval(), Normalizer(False).to(D).eval()
+    branched, plain = normalizer(True).to(D).eval(), normalizer(False).to(D).eval()
     plain.load_state_dict(branched.state_dict())
     values = _explain(branched, background, X)
     assert_additive(values, branched, X, background, D)
     np.testing.assert_array_equal(values, _explain(plain, background, X))
 
 
-class RowBranch(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(3, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        u = self.proj(x)
-        if torch.all(u > 0):  # true for some rows and not others: the branch depends on the batch
-            return u * 2
-        return u
+def row_branch(m: nn.Module, x: Tensor) -> Tensor:
+    u = m.proj(x)
+    if torch.all(u > 0):  # true for some rows and not others: the branch depends on the batch
+        return u * 2
+    return u
 
 
 def test_a_branch_that_rows_take_differently_is_refused_by_name() -> None:
     background = torch.randn(8, 3, dtype=D)
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(RowBranch().to(D).eval(), background)
+        rnnshap.DeepExplainer(Composite(row_branch, proj=nn.Linear(3, 1)).to(D).eval(), background)
     message = str(info.value)
     assert "torch.all" in message and "differ" in message
 
 
 def test_a_branch_that_goes_one_way_on_the_references_and_another_on_the_inputs_is_an_error() -> None:
-    model = RowBranch().to(D).eval()
+    model = Composite(row_branch, proj=nn.Linear(3, 1)).to(D).eval()
     with torch.no_grad():
         model.proj.weight.fill_(1.0)
         model.proj.bias.zero_()
@@ -643,7 +620,7 @@ def test_a_branch_that_goes_one_way_on_the_references_and_another_on_the_inputs_
 
 
 def test_a_branch_that_rows_of_the_explained_inputs_take_differently_is_refused_by_name() -> None:
-    model = RowBranch().to(D).eval()
+    model = Composite(row_branch, proj=nn.Linear(3, 1)).to(D).eval()
     with torch.no_grad():
         model.proj.weight.fill_(1.0)
         model.proj.bias.zero_()

@@ -24,6 +24,7 @@ from rnnshap.rules.elementwise import (
 )
 
 from ...conftest import ADDITIVITY_TOL
+from ...models.torch import Composite
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -129,28 +130,21 @@ def test_tensor_map_holds_tensors_weakly_by_identity() -> None:
     assert len(seen) == 0
 
 
-class _WritesIntoItsActivations(nn.Module):
+def _writes_into_its_activations(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A loop whose sigmoid outputs are written into in place after use, and a tanh with ``out=``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.step = nn.Linear(6, 8)
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.new_zeros(x.shape[0], 8)
-        for t in range(x.shape[1]):
-            z = self.step(x[:, t]) + h
-            gate = torch.sigmoid(z)
-            gate.mul_(0.5)  # the reference pass's output of sigmoid, kept for the input pass, changes
-            h = torch.tanh(z).sigmoid_() * gate + 0.5 * h
-            h = torch.tanh(h, out=torch.empty_like(h)) + 0.1 * h
-        return self.head(h)
+    h = x.new_zeros(x.shape[0], 8)
+    for t in range(x.shape[1]):
+        z = m.step(x[:, t]) + h
+        gate = torch.sigmoid(z)
+        gate.mul_(0.5)  # the reference pass's output of sigmoid, kept for the input pass, changes
+        h = torch.tanh(z).sigmoid_() * gate + 0.5 * h
+        h = torch.tanh(h, out=torch.empty_like(h)) + 0.1 * h
+    return m.head(h)
 
 
 def test_kept_reference_outputs_written_into_are_not_used() -> None:
     torch.manual_seed(0)
-    model = _WritesIntoItsActivations().eval()
+    model = Composite(_writes_into_its_activations, step=nn.Linear(6, 8), head=nn.Linear(8, 1)).eval()
     x, background = torch.randn(3, 5, 6), torch.randn(4, 5, 6)
     explainer = rnnshap.DeepExplainer(model, background)
     phi = explainer.shap_values(x, check_additivity=True)

@@ -23,7 +23,7 @@ from torch import nn
 import rnnshap
 
 from ...conftest import assert_additive
-from ...models.torch import Function
+from ...models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -146,24 +146,18 @@ def test_a_function_of_two_comparisons_gets_their_shapley_values(name: str) -> N
     np.testing.assert_allclose(values[:, 2], (X[:, 2] - background[:, 2].mean()).numpy(), rtol=1e-12, atol=1e-12)
 
 
-class Validated(nn.Module):
+def validated(m: nn.Module, x: Tensor) -> Tensor:
     """A categorical distribution built with argument validation (torch.distributions checks its probabilities:
     ``(p >= 0).all(-1) & ((p.sum(-1) - 1).abs() < 1e-6)``, then ``if not valid.all(): raise``): the masks only
     feed the check."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        probs = torch.softmax(self.lin(x), -1)
-        categorical = torch.distributions.Categorical(probs=probs, validate_args=True)
-        return (categorical.probs * torch.arange(3, dtype=x.dtype)).sum(-1, keepdim=True)
+    probs = torch.softmax(m.lin(x), -1)
+    categorical = torch.distributions.Categorical(probs=probs, validate_args=True)
+    return (categorical.probs * torch.arange(3, dtype=x.dtype)).sum(-1, keepdim=True)
 
 
 def test_masks_that_only_feed_a_check_are_context() -> None:
     torch.manual_seed(2)
-    model = Validated().to(F64).eval()
+    model = Composite(validated, lin=nn.Linear(4, 3)).to(F64).eval()
     g = torch.Generator().manual_seed(6)
     background, X = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
     values = _explain(model, background, X)

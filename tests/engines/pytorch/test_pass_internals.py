@@ -19,6 +19,8 @@ from torch import nn
 import rnnshap
 from rnnshap.engines.pytorch.functions import enclosing_function, original_apply
 
+from ...models.torch import Composite
+
 
 class _Double(torch.autograd.Function):
     seen: list[Any] = []
@@ -40,31 +42,30 @@ def test_enclosing_function_names_the_function_torch_runs() -> None:
     assert enclosing_function() is None  # (none running: no frame looked at)
 
 
-class _Head(nn.Module):
-    def __init__(self, no_grad: bool) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = nn.Linear(5, 8)
-        self.out = nn.Linear(8, 2)
-        self.no_grad = no_grad
+def _scaled(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    scale = x.abs().mean(-1, keepdim=True) + 1.0  # (a statistic, as the forecasters' scaling computes)
+    return m.out(torch.tanh(m.layer(x / scale))) * scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.no_grad:
-            with torch.no_grad():
-                return self._body(x)
-        return self._body(x)
 
-    def _body(self, x: torch.Tensor) -> torch.Tensor:
-        scale = x.abs().mean(-1, keepdim=True) + 1.0  # (a statistic, as the forecasters' scaling computes)
-        return self.out(torch.tanh(self.layer(x / scale))) * scale
+def _under_its_own_no_grad(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if m.no_grad:
+        with torch.no_grad():
+            return _scaled(m, x)
+    return _scaled(m, x)
+
+
+def _head(no_grad: bool) -> nn.Module:
+    """The same weights at every build (seeded here); ``no_grad``: its forward runs under its own ``torch.no_grad()``."""
+    torch.manual_seed(0)
+    return Composite(_under_its_own_no_grad, layer=nn.Linear(5, 8), out=nn.Linear(8, 2), no_grad=no_grad)
 
 
 def test_a_model_under_its_own_no_grad_gets_the_values_of_the_same_model_without() -> None:
     x, background = torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), torch.randn(6, 5)
-    model = _Head(no_grad=True).eval()
+    model = _head(no_grad=True).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     under = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    plain = np.asarray(rnnshap.DeepExplainer(_Head(no_grad=False).eval(), background).shap_values(x))
+    plain = np.asarray(rnnshap.DeepExplainer(_head(no_grad=False).eval(), background).shap_values(x))
     assert np.array_equal(under, plain)
     with torch.no_grad():
         gap = model(x) - model(background).mean(0)
@@ -79,7 +80,7 @@ def test_run_pass_takes_its_options_as_pass_settings() -> None:
     from rnnshap.engines.pytorch.tape import Tape
     from rnnshap.rules.registry import DEFAULT_REGISTRY
 
-    model, rows = _Head(no_grad=False).eval(), torch.randn(3, 5)
+    model, rows = _head(no_grad=False).eval(), torch.randn(3, 5)
     tape = Tape()
     with torch.no_grad():
         out, _ = run_pass(model, [rows.clone()], DEFAULT_REGISTRY, tape, PassSettings(replay=False))

@@ -36,40 +36,38 @@ def _explain(model: nn.Module, background: Tensor, X: Tensor) -> np.ndarray:
     return np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
 
 
-class Routed(nn.Module):
-    """Top-1 routing: the expert with the largest router logit gives the output."""
-
-    def __init__(self, how: str = "gather", largest: bool = True, d: int = 5, n: int = 4) -> None:
-        super().__init__()
-        self.how, self.largest = how, largest
-        self.router, self.experts = nn.Linear(d, n), nn.Linear(d, n)
-        self.table = nn.Parameter(torch.randn(n, 1))
-
-    def pick(self, u: Tensor) -> Tensor:
-        """The index of the largest (smallest) router logit, shape (B,)."""
-        if self.how == "max-indices":
-            return (u.max(1) if self.largest else u.min(1)).indices
-        if self.how == "topk-1":
-            return u.topk(1, dim=1, largest=self.largest).indices[:, 0]
-        return u.argmax(1) if self.largest else u.argmin(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        u, h = self.router(x), self.experts(x)
-        idx = self.pick(u)
-        how = self.how
-        if how in ("gather", "max-indices", "topk-1"):
-            return h.gather(1, idx.unsqueeze(1))
-        if how == "index":
-            return h[torch.arange(h.shape[0]), idx].unsqueeze(1)
-        if how == "take-along":
-            return torch.take_along_dim(h, idx[:, None], dim=1)
-        if how == "one-hot":
-            return (F.one_hot(idx, h.shape[1]).to(h.dtype) * h).sum(1, keepdim=True)
-        raise ValueError(how)
+def pick(m: nn.Module, u: Tensor) -> Tensor:
+    """The index of the largest (smallest) router logit, shape (B,)."""
+    if m.how == "max-indices":
+        return (u.max(1) if m.largest else u.min(1)).indices
+    if m.how == "topk-1":
+        return u.topk(1, dim=1, largest=m.largest).indices[:, 0]
+    return u.argmax(1) if m.largest else u.argmin(1)
 
 
-def _routed_reference(model: Routed, X: Tensor, background: Tensor) -> np.ndarray:
-    """The rule's values for ``Routed`` from its equations, float64 numpy: (n, d)."""
+def route(m: nn.Module, x: Tensor) -> Tensor:
+    u, h = m.router(x), m.experts(x)
+    idx = pick(m, u)
+    how = m.how
+    if how in ("gather", "max-indices", "topk-1"):
+        return h.gather(1, idx.unsqueeze(1))
+    if how == "index":
+        return h[torch.arange(h.shape[0]), idx].unsqueeze(1)
+    if how == "take-along":
+        return torch.take_along_dim(h, idx[:, None], dim=1)
+    if how == "one-hot":
+        return (F.one_hot(idx, h.shape[1]).to(h.dtype) * h).sum(1, keepdim=True)
+    raise ValueError(how)
+
+
+def routed(how: str = "gather", largest: bool = True, d: int = 5, n: int = 4) -> nn.Module:
+    """Top-1 routing: the expert with the largest router logit gives the output (picked and used as ``how`` says)."""
+    return Composite(route, how=how, largest=largest, router=nn.Linear(d, n), experts=nn.Linear(d, n),
+                     table=nn.Parameter(torch.randn(n, 1)))  # fmt: skip
+
+
+def _routed_reference(model: nn.Module, X: Tensor, background: Tensor) -> np.ndarray:
+    """The rule's values for ``routed`` from its equations, float64 numpy: (n, d)."""
     A, a = model.router.weight.detach().numpy(), model.router.bias.detach().numpy()
     B, b = model.experts.weight.detach().numpy(), model.experts.bias.detach().numpy()
     pick = np.argmax if model.largest else np.argmin
@@ -92,7 +90,7 @@ def _routed_reference(model: Routed, X: Tensor, background: Tensor) -> np.ndarra
 
 @pytest.mark.parametrize("largest", [True, False])
 def test_argmax_routing_matches_the_rule_written_from_its_equations(largest: bool) -> None:
-    model = Routed("gather", largest).to(D).eval()
+    model = routed("gather", largest).to(D).eval()
     background, X = torch.randn(7, 5, dtype=D), torch.randn(6, 5, dtype=D)
     values = _explain(model, background, X)[..., 0]
     expected = _routed_reference(model, X, background)
@@ -104,34 +102,31 @@ def test_argmax_routing_matches_the_rule_written_from_its_equations(largest: boo
 
 @pytest.mark.parametrize("how", ["max-indices", "topk-1", "index", "take-along", "one-hot"])
 def test_the_same_routing_written_another_way_gets_the_same_values(how: str) -> None:
-    reference_model = Routed("gather").to(D).eval()
-    model = Routed(how).to(D).eval()
+    reference_model = routed("gather").to(D).eval()
+    model = routed(how).to(D).eval()
     model.load_state_dict(reference_model.state_dict())
     background, X = torch.randn(6, 5, dtype=D), torch.randn(5, 5, dtype=D)
     np.testing.assert_allclose(_explain(model, background, X), _explain(reference_model, background, X), rtol=1e-11, atol=1e-13)
 
 
-class Lookup(nn.Module):
+def look_up(m: nn.Module, x: Tensor) -> Tensor:
+    idx = m.score(x).argmax(-1)
+    rows = {
+        "embedding": lambda: F.embedding(idx, m.table),
+        "index": lambda: m.table[idx],
+        "one-hot": lambda: F.one_hot(idx, 6).to(x.dtype) @ m.table,
+    }[m.how]()
+    return m.head(torch.tanh(rows) + x[:, :3])
+
+
+def lookup(how: str) -> nn.Module:
     """A picked index looks up a row of a fixed table, written three ways."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.score, self.table, self.head = nn.Linear(4, 6), nn.Parameter(torch.randn(6, 3)), nn.Linear(3, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        idx = self.score(x).argmax(-1)
-        rows = {
-            "embedding": lambda: F.embedding(idx, self.table),
-            "index": lambda: self.table[idx],
-            "one-hot": lambda: F.one_hot(idx, 6).to(x.dtype) @ self.table,
-        }[self.how]()
-        return self.head(torch.tanh(rows) + x[:, :3])
+    return Composite(look_up, how=how, score=nn.Linear(4, 6), table=nn.Parameter(torch.randn(6, 3)), head=nn.Linear(3, 1))
 
 
 def test_a_table_lookup_by_a_picked_index_is_the_same_however_written() -> None:
     background, X = torch.randn(8, 4, dtype=D), torch.randn(5, 4, dtype=D)
-    models = {how: Lookup(how).to(D).eval() for how in ("embedding", "index", "one-hot")}
+    models = {how: lookup(how).to(D).eval() for how in ("embedding", "index", "one-hot")}
     for model in models.values():
         model.load_state_dict(models["embedding"].state_dict())
     values = {how: _explain(model, background, X) for how, model in models.items()}
@@ -140,44 +135,37 @@ def test_a_table_lookup_by_a_picked_index_is_the_same_however_written() -> None:
         np.testing.assert_allclose(values[how], values["embedding"], rtol=1e-11, atol=1e-13)
 
 
-class Greedy(nn.Module):
+def decode(m: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The logits of every step, flattened, and the tokens fed back."""
+    _, (h, c) = m.encoder(x[..., :2])  # the third feature is never read
+    h, c = h[0], c[0]
+    token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # start token
+    outputs, tokens = [], []
+    for _ in range(m.steps):
+        h, c = m.cell(m.embedding(token), (h, c))
+        logits = m.out(h)
+        outputs.append(logits)
+        token = logits.argmax(-1)
+        tokens.append(token)
+    return torch.stack(outputs, 1).flatten(1), torch.stack(tokens, 1)
+
+
+def greedy(vocab: int = 6, hidden: int = 8, steps: int = 3) -> nn.Module:
     """An LSTM encoder and a greedy LSTMCell decoder that feeds back the embedding of its argmax token."""
-
-    def __init__(self, vocab: int = 6, hidden: int = 8, steps: int = 3) -> None:
-        super().__init__()
-        self.encoder = nn.LSTM(2, hidden, batch_first=True)
-        self.embedding = nn.Embedding(vocab, 4)
-        self.cell = nn.LSTMCell(4, hidden)
-        self.out = nn.Linear(hidden, vocab)
-        self.steps = steps
-
-    def decode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The logits of every step, flattened, and the tokens fed back."""
-        _, (h, c) = self.encoder(x[..., :2])  # the third feature is never read
-        h, c = h[0], c[0]
-        token = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # start token
-        outputs, tokens = [], []
-        for _ in range(self.steps):
-            h, c = self.cell(self.embedding(token), (h, c))
-            logits = self.out(h)
-            outputs.append(logits)
-            token = logits.argmax(-1)
-            tokens.append(token)
-        return torch.stack(outputs, 1).flatten(1), torch.stack(tokens, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode(x)[0]
+    return Composite(lambda m, x: decode(m, x)[0], encoder=nn.LSTM(2, hidden, batch_first=True),
+                     embedding=nn.Embedding(vocab, 4), cell=nn.LSTMCell(4, hidden), out=nn.Linear(hidden, vocab),
+                     steps=steps)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_greedy_decoding_is_exact_and_ignores_an_unread_feature(dtype: torch.dtype) -> None:
     torch.manual_seed(1)
-    model = Greedy().to(dtype).eval()
+    model = greedy().to(dtype).eval()
     for name, parameter in model.named_parameters():  # weights large enough that the tokens vary
         nn.init.zeros_(parameter) if "bias" in name else nn.init.normal_(parameter, std=1.0)
     background, X = torch.randn(6, 5, 3, dtype=dtype), torch.randn(4, 5, 3, dtype=dtype)
     with torch.no_grad():
-        tokens = model.decode(torch.cat([X, background]))[1]
+        tokens = decode(model, torch.cat([X, background]))[1]
     assert all(len(set(step.tolist())) > 1 for step in tokens.T)  # the fed-back tokens differ between rows
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, dtype)
@@ -208,16 +196,11 @@ def test_a_step_of_a_picked_index_is_refused_by_name() -> None:
 def test_a_tie_takes_the_index_the_operation_itself_picks() -> None:
     """topk breaks a tie as it does (not as torch.max would): the pass computes the model's function."""
 
-    class TopRoute(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.router, self.experts = nn.Linear(3, 4), nn.Linear(3, 4)
+    def top_route(m: nn.Module, x: Tensor) -> Tensor:
+        u = torch.relu(m.router(x))  # rows where every logit is <= 0 tie at 0
+        return m.experts(x).gather(1, u.topk(1, dim=1).indices)
 
-        def forward(self, x: Tensor) -> Tensor:
-            u = torch.relu(self.router(x))  # rows where every logit is <= 0 tie at 0
-            return self.experts(x).gather(1, u.topk(1, dim=1).indices)
-
-    model = TopRoute().to(D).eval()
+    model = Composite(top_route, router=nn.Linear(3, 4), experts=nn.Linear(3, 4)).to(D).eval()
     with torch.no_grad():
         model.router.weight.copy_(torch.eye(4, 3, dtype=D))
         model.router.bias.zero_()
@@ -226,31 +209,26 @@ def test_a_tie_takes_the_index_the_operation_itself_picks() -> None:
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 
-class Cast(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how, self.score, self.h = how, nn.Linear(4, 5), nn.Linear(4, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        u, h = self.score(x), self.h(x)
-        idx = u.argmax(1)
-        if self.how == "one-hot-float":
-            return (F.one_hot(idx, 5).to(x.dtype) * h).sum(1, keepdim=True)
-        if self.how == "index-float":
-            return idx.unsqueeze(1).to(x.dtype) * x[:, :1]
-        if self.how == "long":
-            return h.gather(1, idx.long().unsqueeze(1))
-        if self.how == "no-grad":
-            with torch.no_grad():
-                idx = u.argmax(1)
-            return h.gather(1, idx.unsqueeze(1))
-        raise ValueError(self.how)
+def cast(m: nn.Module, x: Tensor) -> Tensor:
+    u, h = m.score(x), m.h(x)
+    idx = u.argmax(1)
+    if m.how == "one-hot-float":
+        return (F.one_hot(idx, 5).to(x.dtype) * h).sum(1, keepdim=True)
+    if m.how == "index-float":
+        return idx.unsqueeze(1).to(x.dtype) * x[:, :1]
+    if m.how == "long":
+        return h.gather(1, idx.long().unsqueeze(1))
+    if m.how == "no-grad":
+        with torch.no_grad():
+            idx = u.argmax(1)
+        return h.gather(1, idx.unsqueeze(1))
+    raise ValueError(m.how)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("how", ["one-hot-float", "index-float", "long", "no-grad"])
 def test_casts_of_picked_indices_and_a_pick_under_no_grad_stay_exact(how: str, dtype: torch.dtype) -> None:
-    model = Cast(how).to(dtype).eval()
+    model = Composite(cast, how=how, score=nn.Linear(4, 5), h=nn.Linear(4, 5)).to(dtype).eval()
     background, X = torch.randn(6, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, dtype)

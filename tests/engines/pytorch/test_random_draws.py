@@ -27,37 +27,34 @@ Tensor = torch.Tensor
 D = torch.float64
 
 
-class StochasticDepth(nn.Module):
+def runs(m: nn.Module) -> bool:
+    if m.source == "python":
+        return m.keep > random.random() or not m.training
+    if m.source == "numpy":
+        return m.keep > np.random.rand() or not m.training
+    if m.source == "torch":
+        return bool(torch.rand(()) < m.keep) or not m.training
+    return True
+
+
+def residual_blocks(m: nn.Module, x: Tensor) -> Tensor:
+    for block in m.blocks:
+        if runs(m):
+            x = x + block(x)
+    return m.head(x)
+
+
+def stochastic_depth(source: str, keep: float = 0.5) -> nn.Module:
     """Residual blocks each run with probability ``keep`` in training mode, always in eval mode, as tsai's
     InceptionBlockPlus decides it: the draw comes first, so it is made in eval mode too. ``source`` picks the
     generator drawn from; ``"none"`` is the twin that draws nothing."""
-
-    def __init__(self, source: str, keep: float = 0.5) -> None:
-        super().__init__()
-        self.source = source
-        self.keep = keep
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3))
-        self.head = nn.Linear(4, 2)
-
-    def runs(self) -> bool:
-        if self.source == "python":
-            return self.keep > random.random() or not self.training
-        if self.source == "numpy":
-            return self.keep > np.random.rand() or not self.training
-        if self.source == "torch":
-            return bool(torch.rand(()) < self.keep) or not self.training
-        return True
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks:
-            if self.runs():
-                x = x + block(x)
-        return self.head(x)
+    blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3))
+    return Composite(residual_blocks, source=source, keep=keep, blocks=blocks, head=nn.Linear(4, 2))
 
 
 def _twins(source: str) -> tuple[nn.Module, nn.Module]:
-    model = StochasticDepth(source).to(D).eval()
-    twin = StochasticDepth("none").to(D).eval()
+    model = stochastic_depth(source).to(D).eval()
+    twin = stochastic_depth("none").to(D).eval()
     twin.load_state_dict(model.state_dict())
     return model, twin
 
@@ -83,31 +80,28 @@ def test_a_model_in_training_mode_whose_draws_matter_there_is_explained_in_eval_
     assert_rounding_close(values, expected, D, what="values against the twin without draws")
 
 
-class DrawDecides(nn.Module):
+def doubled_by_a_draw(m: nn.Module, x: Tensor) -> Tensor:
+    out = m.linear(x)
+    if m.source == "noise":
+        return out + 1e-3 * torch.randn_like(out)
+    if m.source == "python":
+        doubled = random.random() < 0.5
+    elif m.source == "numpy":
+        doubled = bool(np.random.rand() < 0.5)
+    else:
+        doubled = bool(torch.rand(()) < 0.5)
+    return 2 * out if doubled else out
+
+
+def draw_decides(source: str) -> nn.Module:
     """The output doubled when a draw says so: from Python's ``random``, numpy's, or torch's ``rand`` read into a
     Python bool; or noise from ``torch.randn`` added (a draw the pass follows into the output)."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__()
-        self.source = source
-        self.linear = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.linear(x)
-        if self.source == "noise":
-            return out + 1e-3 * torch.randn_like(out)
-        if self.source == "python":
-            doubled = random.random() < 0.5
-        elif self.source == "numpy":
-            doubled = bool(np.random.rand() < 0.5)
-        else:
-            doubled = bool(torch.rand(()) < 0.5)
-        return 2 * out if doubled else out
+    return Composite(doubled_by_a_draw, source=source, linear=nn.Linear(4, 2))
 
 
 @pytest.mark.parametrize("source", ["python", "numpy", "torch"])
 def test_a_draw_that_changes_the_output_is_refused_saying_what_was_compared(source: str) -> None:
-    model = DrawDecides(source).to(D).eval()
+    model = draw_decides(source).to(D).eval()
     background = torch.randn(5, 4, dtype=D)
     python, numpy_state, torch_state = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as refused:
@@ -123,7 +117,7 @@ def test_a_draw_that_changes_the_output_is_refused_saying_what_was_compared(sour
 
 
 def test_noise_added_to_the_output_is_refused_as_followed_and_compared() -> None:
-    model = DrawDecides("noise").to(D).eval()
+    model = draw_decides("noise").to(D).eval()
     with pytest.raises(rnnshap.ModelStateError, match="draws random numbers") as refused:
         rnnshap.DeepExplainer(model, torch.randn(5, 4, dtype=D))
     message = str(refused.value)
@@ -131,35 +125,32 @@ def test_noise_added_to_the_output_is_refused_as_followed_and_compared() -> None
     assert "they matter" in message and "differ by up to" in message, message  # (compared: it says how)
 
 
-class SampledKeys(nn.Module):
+def prob_sparse(m: nn.Module, x: Tensor) -> Tensor:
+    q, k, v = m.q(x[..., None]), m.k(x[..., None]), m.v(x[..., None])
+    if m.keep is None:
+        return (torch.softmax(q @ k.transpose(1, 2), -1) @ v).sum(-1)
+    scores = x * x[:, torch.randint(0, x.shape[1], (1,))]  # by one sampled key: its sign decides the order
+    top = scores.topk(m.keep, -1, sorted=False).indices
+    rows = torch.arange(x.shape[0])[:, None]
+    out = v.mean(1, keepdim=True).expand_as(v).clone()
+    out[rows, top] = torch.softmax(q[rows, top] @ k.transpose(1, 2), -1) @ v
+    return out.sum(-1)
+
+
+def sampled_keys(keep: int | None) -> nn.Module:
     """A ProbSparse attention's selection (Informer): a key sampled with torch.randint scores the queries, and the top
     ``keep`` queries attend while the others take the mean of the values. Keeping every query (``keep`` the row's
     length), ``topk(sorted=False)`` returns every position, the scores only deciding an order torch does not specify,
     and the same indices write back what they gathered: the draws cannot change the output. ``keep=None`` is the twin
     that draws nothing: every query attends, in order."""
-
-    def __init__(self, keep: int | None) -> None:
-        super().__init__()
-        self.keep = keep
-        self.q, self.k, self.v = nn.Linear(1, 3), nn.Linear(1, 3), nn.Linear(1, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.q(x[..., None]), self.k(x[..., None]), self.v(x[..., None])
-        if self.keep is None:
-            return (torch.softmax(q @ k.transpose(1, 2), -1) @ v).sum(-1)
-        scores = x * x[:, torch.randint(0, x.shape[1], (1,))]  # by one sampled key: its sign decides the order
-        top = scores.topk(self.keep, -1, sorted=False).indices
-        rows = torch.arange(x.shape[0])[:, None]
-        out = v.mean(1, keepdim=True).expand_as(v).clone()
-        out[rows, top] = torch.softmax(q[rows, top] @ k.transpose(1, 2), -1) @ v
-        return out.sum(-1)
+    return Composite(prob_sparse, keep=keep, q=nn.Linear(1, 3), k=nn.Linear(1, 3), v=nn.Linear(1, 3))
 
 
 def test_a_topk_of_every_position_keeps_the_draws_from_the_output_and_is_explained_exactly() -> None:
     """Keeping every query: rnnshap takes the topk's positions in their own order (an order torch may return), so its
     indices are a constant and the sampled key reaches nothing; the values add up to the model's own outputs and equal
     those of the twin that draws nothing (every query attending in order)."""
-    model, twin = SampledKeys(keep=6).to(D).eval(), SampledKeys(keep=None).to(D).eval()
+    model, twin = sampled_keys(keep=6).to(D).eval(), sampled_keys(keep=None).to(D).eval()
     twin.load_state_dict(model.state_dict())
     background, X = torch.randn(5, 6, dtype=D), torch.randn(3, 6, dtype=D)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -183,24 +174,18 @@ def test_draws_followed_into_the_output_that_do_not_change_it_are_not_said_to_ma
     assert "torch.randn_like" in message and "flow into its output" in message and "gave the same outputs" in message, message
     assert "they matter" not in message and "differ by up to" not in message, message
     with pytest.raises(rnnshap.ModelStateError, match="they matter") as some:
-        rnnshap.DeepExplainer(SampledKeys(keep=2).to(D).eval(), background)
+        rnnshap.DeepExplainer(sampled_keys(keep=2).to(D).eval(), background)
     assert "flow into its output" in str(some.value) and "differ by up to" in str(some.value)
 
 
-class RareBranch(nn.Module):
+def rare_branch(m: nn.Module, x: Tensor) -> Tensor:
     """A draw that changes the output with probability 1/4 per call: judged from more than two states."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.linear(x)
-        return 2 * out if random.random() < 0.25 else out
+    out = m.linear(x)
+    return 2 * out if random.random() < 0.25 else out
 
 
 def test_a_draw_that_changes_the_output_one_call_in_four_is_refused() -> None:
-    model = RareBranch().to(D).eval()
+    model = Composite(rare_branch, linear=nn.Linear(4, 2)).to(D).eval()
     background = torch.randn(5, 4, dtype=D)
     for seed in range(20):  # from whichever state the call starts in
         random.seed(seed)
@@ -208,21 +193,15 @@ def test_a_draw_that_changes_the_output_one_call_in_four_is_refused() -> None:
             rnnshap.DeepExplainer(model, background)
 
 
-class ReadsAtADraw(nn.Module):
+def reads_at_a_draw(m: nn.Module, x: Tensor) -> Tensor:
     """``x[:, drawn]`` read and left unused: a draw that indexes a tensor does not flow into that tensor (an indexing
     ``__getitem__`` was once followed as if it wrote into ``x``, as an in-place method named with a trailing ``_`` does)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.seen = x[:, torch.randint(0, x.shape[1], (2,))]  # (kept for logging, say; never in the output)
-        return self.linear(x)
+    m.seen = x[:, torch.randint(0, x.shape[1], (2,))]  # (kept for logging, say; never in the output)
+    return m.linear(x)
 
 
 def test_a_tensor_indexed_by_a_draw_does_not_carry_the_draw() -> None:
-    model = ReadsAtADraw().to(D).eval()
+    model = Composite(reads_at_a_draw, linear=nn.Linear(4, 2)).to(D).eval()
     background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, D)

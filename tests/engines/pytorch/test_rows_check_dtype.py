@@ -20,19 +20,16 @@ from ...conftest import additivity_tol, assert_additive, eps
 from ...models.torch import Composite
 
 
-class PlaceRounding(nn.Module):
-    """A linear model whose rows at odd places of the batch come out ``ulps`` eps (of ``dtype``) larger: rounding
+def odd_places_larger(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = torch.tanh(m.linear(x.flatten(1)))
+    odd = (torch.arange(x.shape[0], device=x.device) % 2).to(out.dtype)[:, None]
+    return out * (1 + m.relative * odd)
+
+
+def place_rounding(dtype: torch.dtype, ulps: float) -> nn.Module:
+    """A linear model whose rows at odd places of the batch come out ``ulps`` float32 eps larger: rounding
     that depends on the batch, of the size the check must allow in float32."""
-
-    def __init__(self, dtype: torch.dtype, ulps: float) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 3).to(dtype)
-        self.relative = ulps * torch.finfo(torch.float32).eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(self.linear(x.flatten(1)))
-        odd = (torch.arange(x.shape[0], device=x.device) % 2).to(out.dtype)[:, None]
-        return out * (1 + self.relative * odd)
+    return Composite(odd_places_larger, linear=nn.Linear(6, 3).to(dtype), relative=ulps * torch.finfo(torch.float32).eps)
 
 
 def batch_centred() -> nn.Module:
@@ -46,7 +43,7 @@ def data(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_premise_batched_and_row_wise_outputs_differ() -> None:
-    model = PlaceRounding(torch.float32, 8).eval()
+    model = place_rounding(torch.float32, 8).eval()
     _, background = data(torch.float32)
     with torch.no_grad():
         together = model(background)
@@ -56,7 +53,7 @@ def test_the_premise_batched_and_row_wise_outputs_differ() -> None:
 
 
 def test_float32_rounding_between_batches_is_accepted_and_adds_up() -> None:
-    model = PlaceRounding(torch.float32, 8).eval()
+    model = place_rounding(torch.float32, 8).eval()
     x, background = data(torch.float32)
     values = rnnshap.DeepExplainer(model, background).shap_values(x)
     assert_additive(values, model, x, background, torch.float32)
@@ -65,7 +62,7 @@ def test_float32_rounding_between_batches_is_accepted_and_adds_up() -> None:
 
 def test_the_same_gap_on_a_float64_model_is_refused() -> None:
     """8 float32 eps are 2^32 float64 eps: no float64 kernel rounds that much."""
-    model = PlaceRounding(torch.float64, 8).eval()
+    model = place_rounding(torch.float64, 8).eval()
     _, background = data(torch.float64)
     with pytest.raises(rnnshap.InputError, match="mixes the rows of axis 0"):
         rnnshap.DeepExplainer(model, background)
@@ -79,21 +76,18 @@ def test_rows_that_interact_are_refused_in_float32() -> None:
         rnnshap.DeepExplainer(model, background)
 
 
-class FoldedHeads(nn.Module):
+def gated_heads(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    batch = x.shape[0]
+    v = torch.tanh(m.values(x.flatten(1))).reshape(batch * m.heads, 4)  # batch-major
+    g = torch.sigmoid(m.gate(x.flatten(1)))  # (batch, 1), one per sample
+    return m.scale * (v * g.repeat(m.heads, 1)).reshape(batch, -1)
+
+
+def folded_heads(heads: int = 2, scale: float = 1e-4) -> nn.Module:
     """Transformers' Autoformer's coupling, small: per-sample gates repeated heads-major (``g.repeat(heads)``) along a
     batch-major (batch · heads) axis, so row ``b`` reads the gates of rows ``(b · heads + h) mod batch``; its outputs of
     scale ``scale`` move by less than the rows check's float32 tolerance floored at an output scale of 1."""
-
-    def __init__(self, heads: int = 2, scale: float = 1e-4) -> None:
-        super().__init__()
-        self.heads, self.scale = heads, scale
-        self.values, self.gate = nn.Linear(6, 4 * heads), nn.Linear(6, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        v = torch.tanh(self.values(x.flatten(1))).reshape(batch * self.heads, 4)  # batch-major
-        g = torch.sigmoid(self.gate(x.flatten(1)))  # (batch, 1), one per sample
-        return self.scale * (v * g.repeat(self.heads, 1)).reshape(batch, -1)
+    return Composite(gated_heads, heads=heads, scale=scale, values=nn.Linear(6, 4 * heads), gate=nn.Linear(6, 1))
 
 
 def test_a_coupling_below_the_tolerance_floor_is_refused_at_the_same_batch_size() -> None:
@@ -102,10 +96,10 @@ def test_a_coupling_below_the_tolerance_floor_is_refused_at_the_same_batch_size(
     and the others replaced at the same batch size, refuses it by name (it used to fail the additivity check, which
     blamed float32's rounding)."""
     torch.manual_seed(0)
-    model = FoldedHeads().eval()
+    model = folded_heads().eval()
     background, _ = data(torch.float32)
     with torch.no_grad():
-        double = FoldedHeads().double().eval()
+        double = folded_heads().double().eval()
         double.load_state_dict(model.state_dict())
         together = double(background.double())
         alone = torch.cat([double(row[None]) for row in background.double()])
@@ -114,26 +108,20 @@ def test_a_coupling_below_the_tolerance_floor_is_refused_at_the_same_batch_size(
     assert float((together - alone).abs().max()) < 1e3 * eps(torch.float32)  # (under the floored tolerance)
     with pytest.raises(rnnshap.InputError, match=r"mixes the rows of axis 0.*\(the same batch size\)"):
         rnnshap.DeepExplainer(model, background)
-    single = FoldedHeads(heads=1).eval()  # one head: no coupling, explained exactly
+    single = folded_heads(heads=1).eval()  # one head: no coupling, explained exactly
     values = rnnshap.DeepExplainer(single, background).shap_values(data(torch.float32)[1])
     assert_additive(values, single, data(torch.float32)[1], background, torch.float32)
 
 
-class SummedBySize(nn.Module):
+def summed_by_size(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """An ill-conditioned sum (terms of 1e6 that cancel to about 1) that a batch of more than 2 rows sums in another
     order, as a BLAS kernel chosen by the batch size may: each row's output is a function of that row alone, the
     orders differ by float32's rounding of 1e6 (about 0.06, far over the check's tolerance of the outputs' scale)
     and by float64's (1e-10) in float64."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("weights", torch.tensor([1e6, -1e6, 1.0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        terms = x * self.weights
-        if x.shape[0] > 2:
-            return ((terms[:, 0] + terms[:, 1]) + terms[:, 2])[:, None]
-        return (terms[:, 0] + (terms[:, 1] + terms[:, 2]))[:, None]
+    terms = x * m.weights
+    if x.shape[0] > 2:
+        return ((terms[:, 0] + terms[:, 1]) + terms[:, 2])[:, None]
+    return (terms[:, 0] + (terms[:, 1] + terms[:, 2]))[:, None]
 
 
 def test_rows_that_round_otherwise_in_another_batch_size_are_not_refused_as_mixed() -> None:
@@ -144,7 +132,7 @@ def test_rows_that_round_otherwise_in_another_batch_size_are_not_refused_as_mixe
     g = torch.Generator().manual_seed(0)
     base = 1 + torch.rand(4, 1, generator=g)
     background = torch.cat([base, base + 1e-6 * torch.randn(4, 1, generator=g), torch.rand(4, 1, generator=g)], 1)
-    model = SummedBySize().eval()
+    model = Composite(summed_by_size, weights=nn.Buffer(torch.tensor([1e6, -1e6, 1.0]))).eval()
     with torch.no_grad():
         whole, halves = model(background), torch.cat([model(background[:2]), model(background[2:])])
     assert (whole - halves).abs().max() > 1e3 * eps(torch.float32) * whole.abs().max()  # (the halves do differ)

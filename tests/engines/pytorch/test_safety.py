@@ -38,28 +38,22 @@ class ErfinvAct(nn.Module):
         return torch.special.erfinv(torch.tanh(z) * 0.9)
 
 
-class Rich(nn.Module):
-    """Parameters (one frozen), buffers (batch norm in eval), a custom activation, hooks' targets."""
+def _rich_forward(m: nn.Module, x: Tensor) -> Tensor:
+    h = m.act(m.bn(m.inp(x)))
+    h = m.relu(m.mid(h) + m.offset)
+    return m.out(m.drop(h))
 
-    def __init__(self, act: nn.Module | None = None) -> None:
-        super().__init__()
-        self.inp = nn.Linear(5, 8)
-        self.bn = nn.BatchNorm1d(8)
-        self.act = act if act is not None else nn.Tanh()
-        self.mid = nn.Linear(8, 8)
-        self.relu = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(0.5)
-        self.out = nn.Linear(8, 3)
-        self.register_buffer("offset", torch.randn(8))
-        with torch.no_grad():
-            self.bn.running_mean.uniform_(-0.5, 0.5)
-            self.bn.running_var.uniform_(0.5, 2.0)
-        self.mid.bias.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self.bn(self.inp(x)))
-        h = self.relu(self.mid(h) + self.offset)
-        return self.out(self.drop(h))
+def rich(act: nn.Module | None = None) -> nn.Module:
+    """Parameters (one frozen), buffers (batch norm in eval, an offset), a custom activation, hooks' targets."""
+    model = Composite(_rich_forward, inp=nn.Linear(5, 8), bn=nn.BatchNorm1d(8), act=act if act is not None else nn.Tanh(),
+                      mid=nn.Linear(8, 8), relu=nn.ReLU(inplace=True), drop=nn.Dropout(0.5), out=nn.Linear(8, 3),
+                      offset=nn.Buffer(torch.randn(8)))  # fmt: skip
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    model.mid.bias.requires_grad_(False)
+    return model
 
 
 def _prepare(model: nn.Module) -> nn.Module:
@@ -127,7 +121,7 @@ def _assert_unchanged(before: dict[str, Any], model: nn.Module) -> None:
 
 # -- the model is unchanged ------------------------------------------------------------------------------
 def test_explaining_leaves_the_model_unchanged() -> None:
-    model = _prepare(Rich())
+    model = _prepare(rich())
     calls: list[str] = []
     model.act.register_forward_hook(lambda m, i, o: calls.append("fwd"))
     model.mid.register_forward_pre_hook(lambda m, i: None)
@@ -143,7 +137,7 @@ def test_explaining_leaves_the_model_unchanged() -> None:
 
 @pytest.mark.parametrize("kind", ["full", "full_pre", "global_full"])
 def test_explaining_with_backward_hooks_works_and_leaves_them_in_place(kind: str) -> None:
-    model = _prepare(Rich())
+    model = _prepare(rich())
     handles = []
     if kind == "full":
         handles.append(model.out.register_full_backward_hook(lambda m, gi, go: None))
@@ -166,7 +160,7 @@ def test_explaining_with_backward_hooks_works_and_leaves_them_in_place(kind: str
 
 
 def test_module_rule_is_applied_and_removed_without_trace() -> None:
-    model = _prepare(Rich(act=ErfinvAct()))
+    model = _prepare(rich(act=ErfinvAct()))
     before = _snapshot(model)
     background, X = torch.randn(6, 5), torch.randn(4, 5)
     handle = rnnshap.register_rule(ErfinvAct, Rescale())
@@ -227,17 +221,11 @@ def test_explainer_rules_do_not_leak_into_other_explainers() -> None:
 
 
 # -- the user's data is unchanged ------------------------------------------------------------------------------
-class ModifiesInput(nn.Module):
+def modifies_its_input(m: nn.Module, x: Tensor) -> Tensor:
     """forward() modifies its input in place, as some preprocessing code does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x.mul_(2.0)
-        x += 0.5
-        return self.lin(torch.tanh(x))
+    x.mul_(2.0)
+    x += 0.5
+    return m.lin(torch.tanh(x))
 
 
 @pytest.mark.parametrize("as_numpy", [False, True], ids=["tensor", "numpy"])
@@ -246,7 +234,7 @@ def test_user_background_and_inputs_are_not_modified(as_numpy: bool) -> None:
     if as_numpy:
         background, X = background.numpy(), X.numpy()  # type: ignore[assignment]
     original = (background.copy(), X.copy()) if as_numpy else (background.clone(), X.clone())
-    explainer = rnnshap.DeepExplainer(ModifiesInput().eval(), background)
+    explainer = rnnshap.DeepExplainer(Composite(modifies_its_input, lin=nn.Linear(4, 2)).eval(), background)
     explainer.shap_values(X, check_additivity=False)
     equal = np.array_equal if as_numpy else torch.equal
     assert equal(background, original[0]), "the background was modified"
@@ -254,7 +242,7 @@ def test_user_background_and_inputs_are_not_modified(as_numpy: bool) -> None:
 
 
 def test_in_place_op_on_the_model_input_is_additive() -> None:
-    model = ModifiesInput().eval()
+    model = Composite(modifies_its_input, lin=nn.Linear(4, 2)).eval()
     background, X = torch.randn(5, 4), torch.randn(3, 4)
     values = rnnshap.DeepExplainer(model, background.clone()).shap_values(X.clone())
     assert_additive(values, model, X, background, torch.float32)
@@ -262,7 +250,7 @@ def test_in_place_op_on_the_model_input_is_additive() -> None:
 
 def test_inputs_are_not_modified_by_a_model_that_copies_first() -> None:
     """The same check for an ordinary model: rnnshap itself never writes into the user's tensors."""
-    model = Rich().eval()
+    model = rich().eval()
     background, X = torch.randn(5, 5), torch.randn(3, 5)
     original = (background.clone(), X.clone())
     rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -461,23 +449,16 @@ def test_float64_numpy_input_to_float32_model_works() -> None:
 
 
 # -- unsupported operations ------------------------------------------------------------------------------------
-class TwoUnsupported(nn.Module):
+def two_unsupported(m: nn.Module, x: Tensor) -> Tensor:
     """erfinv, then sort, then a comparison used as a mask: three ops rnnshap has no rule for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = torch.special.erfinv(torch.tanh(self.lin(x)) * 0.9)
-        z = torch.msort(z)  # sorts the batch
-        return self.head(z * (z > 0))
+    z = torch.special.erfinv(torch.tanh(m.lin(x)) * 0.9)
+    z = torch.msort(z)  # sorts the batch
+    return m.head(z * (z > 0))
 
 
 def test_every_unsupported_op_is_named_in_one_error() -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
-        rnnshap.DeepExplainer(TwoUnsupported().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(Composite(two_unsupported, lin=nn.Linear(5, 4), head=nn.Linear(4, 2)).eval(), torch.randn(4, 5))
     message = str(info.value)
     for op in ("erfinv", "msort", "gt"):
         assert op in message, f"{op} is not named in: {message}"
@@ -519,21 +500,18 @@ def test_registering_a_rule_for_an_unsupported_op_makes_it_work() -> None:
         rnnshap.DeepExplainer(model, background)
 
 
-class Detaching(nn.Module):
+def detaching_forward(m: nn.Module, x: Tensor) -> Tensor:
+    z = m.lin(x)
+    cut = (lambda t: t.detach()) if m.how == "detach" else (lambda t: t)
+    if m.straight_through:  # z + (tanh(z) - z).detach() is tanh(z)
+        return z + cut(torch.tanh(z) - z) if m.how == "detach" else torch.tanh(z)
+    mean = cut(z.mean(-1, keepdim=True))  # reversible instance norm's detached statistics
+    return torch.tanh(z - mean) * cut(z) + mean
+
+
+def detaching(how: str, straight_through: bool = False) -> nn.Module:
     """``how``: "detach" uses ``.detach()`` where "plain" does not; the two compute the same function."""
-
-    def __init__(self, how: str, straight_through: bool = False) -> None:
-        super().__init__()
-        self.lin = nn.Linear(5, 4)
-        self.how, self.straight_through = how, straight_through
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.lin(x)
-        cut = (lambda t: t.detach()) if self.how == "detach" else (lambda t: t)
-        if self.straight_through:  # z + (tanh(z) - z).detach() is tanh(z)
-            return z + cut(torch.tanh(z) - z) if self.how == "detach" else torch.tanh(z)
-        mean = cut(z.mean(-1, keepdim=True))  # reversible instance norm's detached statistics
-        return torch.tanh(z - mean) * cut(z) + mean
+    return Composite(detaching_forward, lin=nn.Linear(5, 4), how=how, straight_through=straight_through)
 
 
 @pytest.mark.parametrize("straight_through", [False, True])
@@ -541,12 +519,12 @@ def test_detach_in_forward_follows_the_function(straight_through: bool) -> None:
     """``.detach()`` changes training, not the function: the values equal those of the same model
     without it, and add up (it was refused)."""
     torch.manual_seed(0)
-    plain = Detaching("plain", straight_through).double().eval()
-    detaching = Detaching("detach", straight_through).double().eval()
-    detaching.load_state_dict(plain.state_dict())
+    plain = detaching("plain", straight_through).double().eval()
+    detached = detaching("detach", straight_through).double().eval()
+    detached.load_state_dict(plain.state_dict())
     background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
-    values = rnnshap.DeepExplainer(detaching, background).shap_values(X)
-    assert_additive(values, detaching, X, background, torch.float64)
+    values = rnnshap.DeepExplainer(detached, background).shap_values(X)
+    assert_additive(values, detached, X, background, torch.float64)
     np.testing.assert_allclose(values, rnnshap.DeepExplainer(plain, background).shap_values(X), rtol=1e-12, atol=1e-14)
 
 
@@ -633,15 +611,10 @@ def test_rounded_division_is_refused_by_name(rounding_mode: str, divisor: str) -
     """torch.div(..., rounding_mode=...) is a step function: refused (it was taken as linear by a
     constant, φ = 0)."""
 
-    class Rounded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(5, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            z = self.lin(x)
-            by = 0.5 if divisor == "constant" else z[:, 1:] + 3
-            return torch.div(z[:, :1], by, rounding_mode=rounding_mode)
+    def rounded(m: nn.Module, x: Tensor) -> Tensor:
+        z = m.lin(x)
+        by = 0.5 if divisor == "constant" else z[:, 1:] + 3
+        return torch.div(z[:, :1], by, rounding_mode=rounding_mode)
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="rounding_mode"):
-        rnnshap.DeepExplainer(Rounded().eval(), torch.randn(4, 5))
+        rnnshap.DeepExplainer(Composite(rounded, lin=nn.Linear(5, 2)).eval(), torch.randn(4, 5))

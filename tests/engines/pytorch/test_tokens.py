@@ -92,26 +92,16 @@ def test_ids_moved_before_the_embedding_are_attributed_to_their_input_positions(
         assert np.abs(moved[:, 4]).max() == 0.0  # position 4 is never selected
 
 
-class Columns(nn.Module):
+def columns_head(m: nn.Module, x0: Tensor, x1: Tensor) -> Tensor:
+    return m.out(m.lstm(torch.cat([m.embs[0](x0), m.embs[1](x1)], -1))[0][:, -1])
+
+
+def categorical_columns(separate: bool = False) -> nn.Module:
     """Categorical columns of one integer input, each through its own embedding (as
-    pytorch-forecasting does with ``x[..., i]``), or the same columns as separate inputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embs = nn.ModuleList([nn.Embedding(V, 2), nn.Embedding(5, 3)])
-        self.lstm = nn.LSTM(5, 4, batch_first=True)
-        self.out = nn.Linear(4, 2)
-
-    def head(self, e0: Tensor, e1: Tensor) -> Tensor:
-        return self.out(self.lstm(torch.cat([e0, e1], -1))[0][:, -1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.embs[0](x[..., 0]), self.embs[1](x[..., 1]))
-
-
-class SeparateColumns(Columns):
-    def forward(self, x0: Tensor, x1: Tensor) -> Tensor:  # type: ignore[override]
-        return self.head(self.embs[0](x0), self.embs[1](x1))
+    pytorch-forecasting does with ``x[..., i]``), or (``separate``) the same columns as separate inputs."""
+    return Composite(columns_head if separate else lambda m, x: columns_head(m, x[..., 0], x[..., 1]),
+                     embs=nn.ModuleList([nn.Embedding(V, 2), nn.Embedding(5, 3)]), lstm=nn.LSTM(5, 4, batch_first=True),
+                     out=nn.Linear(4, 2))  # fmt: skip
 
 
 def _categoricals(n: int) -> Tensor:
@@ -120,8 +110,8 @@ def _categoricals(n: int) -> Tensor:
 
 def test_categorical_columns_indexed_inside_the_model_equal_separate_inputs() -> None:
     torch.manual_seed(1)
-    model = Columns().double().eval()
-    separate = SeparateColumns().double().eval()
+    model = categorical_columns().double().eval()
+    separate = categorical_columns(separate=True).double().eval()
     separate.load_state_dict(model.state_dict())
     background, X = _categoricals(4), _categoricals(3)
     values = _explain(model, background, X)  # (3, T, 2 columns, 2 outputs)
@@ -136,37 +126,34 @@ def _reduce(e: Tensor, mode: str) -> Tensor:
     return {"sum": lambda: e.sum(1), "mean": lambda: e.mean(1), "max": lambda: e.amax(1)}[mode]()
 
 
-class Bag(nn.Module):
+def bags(m: nn.Module, tokens: Tensor) -> Tensor:
+    n = tokens.shape[0]
+    if m.reference:
+        e = F.embedding(tokens, m.bag.weight)
+        if m.layout == "2d":
+            return m.out(_reduce(e, m.mode))
+        empty = torch.zeros(n, D, dtype=e.dtype)
+        return m.out(torch.cat([empty, _reduce(e[:, :2], m.mode), _reduce(e[:, 2:], m.mode)], 1))
+    if m.layout == "2d":
+        return m.out(m.bag(tokens))
+    starts = torch.arange(n) * T
+    offsets = torch.stack([starts, starts, starts + 2], 1).reshape(-1)
+    return m.out(m.bag(tokens.reshape(-1), offsets).reshape(n, 3 * D))
+
+
+def bag(mode: str, layout: str, reference: bool = False) -> nn.Module:
     """``nn.EmbeddingBag`` on (N, T) ids: 2-D bags, or flattened with offsets cutting every row into
     an empty bag, a bag of 2 and a bag of T - 2; or (reference) ``nn.Embedding`` and the reduction."""
-
-    def __init__(self, mode: str, layout: str, reference: bool = False) -> None:
-        super().__init__()
-        self.mode, self.layout, self.reference = mode, layout, reference
-        self.bag = nn.EmbeddingBag(V, D, mode=mode)
-        self.out = nn.Linear(3 * D if layout == "offsets" else D, 2)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        n = tokens.shape[0]
-        if self.reference:
-            e = F.embedding(tokens, self.bag.weight)
-            if self.layout == "2d":
-                return self.out(_reduce(e, self.mode))
-            empty = torch.zeros(n, D, dtype=e.dtype)
-            return self.out(torch.cat([empty, _reduce(e[:, :2], self.mode), _reduce(e[:, 2:], self.mode)], 1))
-        if self.layout == "2d":
-            return self.out(self.bag(tokens))
-        starts = torch.arange(n) * T
-        offsets = torch.stack([starts, starts, starts + 2], 1).reshape(-1)
-        return self.out(self.bag(tokens.reshape(-1), offsets).reshape(n, 3 * D))
+    return Composite(bags, mode=mode, layout=layout, reference=reference, bag=nn.EmbeddingBag(V, D, mode=mode),
+                     out=nn.Linear(3 * D if layout == "offsets" else D, 2))  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", ["2d", "offsets"])
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_embedding_bag_attributes_every_token(mode: str, layout: str) -> None:
     torch.manual_seed(2)
-    model = Bag(mode, layout).double().eval()
-    reference = Bag(mode, layout, reference=True).double().eval()
+    model = bag(mode, layout).double().eval()
+    reference = bag(mode, layout, reference=True).double().eval()
     reference.load_state_dict(model.state_dict())
     background, X = torch.randint(0, V, (4, T)), torch.randint(0, V, (3, T))
     values = _explain(model, background, X)
@@ -199,25 +186,17 @@ def test_embedding_bag_with_per_sample_weights_that_are_inputs() -> None:
     assert_additive(values, model, X, background, torch.float64)
 
 
-class PaddedBag(nn.Module):
-    """EmbeddingBag with padding_idx=0, or the same with the padding mask given as an input."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-        self.bag = nn.EmbeddingBag(V, D, mode=mode, padding_idx=0)
-        self.out = nn.Linear(D, 2)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.out(self.bag(tokens))
+def masked_bag(m: nn.Module, tokens: Tensor, keep: Tensor) -> Tensor:
+    e = F.embedding(tokens, m.bag.weight) * keep.unsqueeze(-1)
+    if m.mode == "sum":
+        return m.out(e.sum(1))
+    return m.out(e.sum(1) / keep.sum(1, keepdim=True).clamp(min=1))
 
 
-class PaddedBagMasked(PaddedBag):
-    def forward(self, tokens: Tensor, keep: Tensor) -> Tensor:  # type: ignore[override]
-        e = F.embedding(tokens, self.bag.weight) * keep.unsqueeze(-1)
-        if self.mode == "sum":
-            return self.out(e.sum(1))
-        return self.out(e.sum(1) / keep.sum(1, keepdim=True).clamp(min=1))
+def padded_bag(mode: str, masked: bool = False) -> nn.Module:
+    """EmbeddingBag with padding_idx=0, or (``masked``) the same with the padding mask given as an input."""
+    return Composite(masked_bag if masked else lambda m, tokens: m.out(m.bag(tokens)), mode=mode,
+                     bag=nn.EmbeddingBag(V, D, mode=mode, padding_idx=0), out=nn.Linear(D, 2))  # fmt: skip
 
 
 def _padded_tokens(n: int) -> Tensor:
@@ -231,8 +210,8 @@ def _padded_tokens(n: int) -> Tensor:
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_embedding_bag_padding_is_the_explained_samples(mode: str) -> None:
     torch.manual_seed(4)
-    model = PaddedBag(mode).double().eval()
-    masked = PaddedBagMasked(mode).double().eval()
+    model = padded_bag(mode).double().eval()
+    masked = padded_bag(mode, masked=True).double().eval()
     masked.load_state_dict(model.state_dict())
     background, X = _padded_tokens(4), _padded_tokens(3)
     values = _explain(model, background, X)
@@ -245,28 +224,27 @@ def test_embedding_bag_padding_is_the_explained_samples(mode: str) -> None:
     np.testing.assert_allclose(values.sum(1), model_outputs(model, X) - base, rtol=0, atol=1e-10)
 
 
-class Lookup(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.emb = nn.Embedding(V, D)
-        self.gru = nn.GRU(D, 4, batch_first=True)
-        self.out = nn.Linear(4, 2)
+def look_up(m: nn.Module, tokens: Tensor) -> Tensor:
+    e = {
+        "module": lambda: m.emb(tokens),
+        "weight_index": lambda: m.emb.weight[tokens],
+        "functional": lambda: F.embedding(tokens, m.emb.weight),
+        "index_select": lambda: m.emb.weight.index_select(0, tokens.reshape(-1)).reshape(*tokens.shape, D),
+    }[m.how]()
+    return m.out(m.gru(e)[0][:, -1])
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        e = {
-            "module": lambda: self.emb(tokens),
-            "weight_index": lambda: self.emb.weight[tokens],
-            "functional": lambda: F.embedding(tokens, self.emb.weight),
-            "index_select": lambda: self.emb.weight.index_select(0, tokens.reshape(-1)).reshape(*tokens.shape, D),
-        }[self.how]()
-        return self.out(self.gru(e)[0][:, -1])
+
+def lookup(how: str = "module", forward: Callable[..., Tensor] = look_up, positions: bool = False) -> nn.Module:
+    """Ids → embedding (looked up as ``how`` says) → GRU → Linear; ``forward``: another forward over the same
+    parts (``look_up(m, tokens)`` the lookup's own); ``positions``: a position embedding ``pos`` after them."""
+    return Composite(forward, how=how, emb=nn.Embedding(V, D), gru=nn.GRU(D, 4, batch_first=True), out=nn.Linear(4, 2),
+                     **({"pos": nn.Embedding(T, D)} if positions else {}))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_a_token_only_model_is_checked_at_the_tolerance_of_the_dtype_it_computes_in(dtype: torch.dtype) -> None:
     """Its only input is int64: the additivity tolerance is that of the embeddings and the GRU."""
-    model = Lookup("module").to(dtype).eval()
+    model = lookup("module").to(dtype).eval()
     explainer = rnnshap.DeepExplainer(model, torch.randint(0, V, (3, T)))
     assert explainer.engine.dtype == str(dtype).replace("torch.", "")
 
@@ -296,8 +274,8 @@ def test_an_integer_input_used_as_an_index_is_context() -> None:
 @pytest.mark.parametrize("how", ["weight_index", "functional", "index_select"])
 def test_every_form_of_lookup_is_an_embedding(how: str) -> None:
     torch.manual_seed(5)
-    model = Lookup(how).double().eval()
-    reference = Lookup("module").double().eval()
+    model = lookup(how).double().eval()
+    reference = lookup("module").double().eval()
     reference.load_state_dict(model.state_dict())
     background, X = torch.randint(0, V, (4, T)), torch.randint(0, V, (3, T))
     values = _explain(model, background, X)
@@ -364,41 +342,31 @@ def test_an_input_used_as_a_number_and_as_lengths_or_tokens_is_refused() -> None
     with pytest.raises(rnnshap.InputError, match="used as a number"):
         rnnshap.DeepExplainer(number_and_lengths().eval(), [torch.randn(3, T, 2), torch.tensor([T, 2, 3])])
 
-    class Both(Lookup):
-        def forward(self, tokens: Tensor) -> Tensor:
-            return super().forward(tokens) + tokens.double().mean(1, keepdim=True)
-
+    both = lookup("module", lambda m, tokens: look_up(m, tokens) + tokens.double().mean(1, keepdim=True))
     with pytest.raises(rnnshap.InputError, match="both as token ids"):
-        rnnshap.DeepExplainer(Both("module").double().eval(), torch.randint(0, V, (3, T)))
+        rnnshap.DeepExplainer(both.double().eval(), torch.randint(0, V, (3, T)))
 
 
 # -- 4. metadata, integer casts, masks made from the ids ---------------------------------------------------
-class Inspecting(Lookup):
+def inspecting(m: nn.Module, tokens: Tensor) -> Tensor:
     """Reads the ids' metadata and casts them between integer types before the embedding."""
-
-    def __init__(self) -> None:
-        super().__init__("module")
-        self.pos = nn.Embedding(T, D)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        n, t = tokens.shape
-        assert tokens.size(0) == n == len(tokens) and tokens.dim() == tokens.ndim == 2
-        assert tokens.dtype == torch.int64 and tokens.device.type == "cpu"
-        positions = self.pos(torch.arange(tokens.size(1), device=tokens.device))
-        e = self.emb(tokens.int().long()) + positions
-        return self.out(self.gru(e.reshape(n, t, D))[0][:, -1])
+    n, t = tokens.shape
+    assert tokens.size(0) == n == len(tokens) and tokens.dim() == tokens.ndim == 2
+    assert tokens.dtype == torch.int64 and tokens.device.type == "cpu"
+    positions = m.pos(torch.arange(tokens.size(1), device=tokens.device))
+    e = m.emb(tokens.int().long()) + positions
+    return m.out(m.gru(e.reshape(n, t, D))[0][:, -1])
 
 
-class NotInspecting(Inspecting):
-    def forward(self, tokens: Tensor) -> Tensor:
-        e = self.emb(tokens) + self.pos.weight
-        return self.out(self.gru(e)[0][:, -1])
+def not_inspecting(m: nn.Module, tokens: Tensor) -> Tensor:
+    e = m.emb(tokens) + m.pos.weight
+    return m.out(m.gru(e)[0][:, -1])
 
 
 def test_reading_metadata_and_integer_casts_are_not_uses() -> None:
     torch.manual_seed(8)
-    model = Inspecting().double().eval()
-    plain = NotInspecting().double().eval()
+    model = lookup("module", inspecting, positions=True).double().eval()
+    plain = lookup("module", not_inspecting, positions=True).double().eval()
     plain.load_state_dict(model.state_dict())
     background, X = torch.randint(0, V, (4, T)), torch.randint(0, V, (3, T))
     explainer = rnnshap.DeepExplainer(model, background)
@@ -408,39 +376,34 @@ def test_reading_metadata_and_integer_casts_are_not_uses() -> None:
     assert_additive(values, model, X, background, torch.float64)
 
 
-class SelfMasked(nn.Module):
+def masked_body(m: nn.Module, ids: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
+    e = m.emb(ids)
+    if m.packed:
+        return m.out(m.gru(pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False))[1][-1])
+    states = m.gru(e)[0]
+    scores = m.score(states).squeeze(-1).masked_fill(~keep, -1e9)
+    return m.out((torch.softmax(scores, 1).unsqueeze(-1) * states).sum(1))
+
+
+def masks_from_the_ids(m: nn.Module, tokens: Tensor) -> Tensor:
+    keep = tokens != 0
+    return masked_body(m, torch.where(tokens >= V, BOS, tokens), keep, keep.sum(1))
+
+
+def masks_given(m: nn.Module, tokens: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
+    return masked_body(m, m.remap[tokens], keep, lengths)
+
+
+def self_masked(packed: bool, given: bool = False) -> nn.Module:
     """Unknown ids and padding handled from the ids themselves: ``where(ids >= V, UNK, ids)`` before
     the embedding, a padding mask ``ids != 0`` on the attention scores, and lengths
-    ``(ids != 0).sum(1)`` for packing. The reference (``GivenMasks``) maps unknown ids with an integer
-    table and takes the mask and the lengths as context inputs."""
-
-    def __init__(self, packed: bool) -> None:
-        super().__init__()
-        self.packed = packed
-        self.emb = nn.Embedding(V, D)
-        self.gru = nn.GRU(D, 4, batch_first=True)
-        self.score = nn.Linear(4, 1)
-        self.out = nn.Linear(4, 2)
-        remap = torch.arange(V + 3)
-        remap[V:] = BOS
-        self.register_buffer("remap", remap)
-
-    def body(self, ids: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:
-        e = self.emb(ids)
-        if self.packed:
-            return self.out(self.gru(pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False))[1][-1])
-        states = self.gru(e)[0]
-        scores = self.score(states).squeeze(-1).masked_fill(~keep, -1e9)
-        return self.out((torch.softmax(scores, 1).unsqueeze(-1) * states).sum(1))
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        keep = tokens != 0
-        return self.body(torch.where(tokens >= V, BOS, tokens), keep, keep.sum(1))
-
-
-class GivenMasks(SelfMasked):
-    def forward(self, tokens: Tensor, keep: Tensor, lengths: Tensor) -> Tensor:  # type: ignore[override]
-        return self.body(self.remap[tokens], keep, lengths)
+    ``(ids != 0).sum(1)`` for packing. The reference (``given``) maps unknown ids with an integer
+    table (a buffer) and takes the mask and the lengths as context inputs."""
+    remap = torch.arange(V + 3)
+    remap[V:] = BOS
+    return Composite(masks_given if given else masks_from_the_ids, packed=packed, emb=nn.Embedding(V, D),
+                     gru=nn.GRU(D, 4, batch_first=True), score=nn.Linear(4, 1), out=nn.Linear(4, 2),
+                     remap=nn.Buffer(remap))  # fmt: skip
 
 
 def _right_padded(n: int) -> Tensor:
@@ -453,8 +416,8 @@ def _right_padded(n: int) -> Tensor:
 @pytest.mark.parametrize("packed", [False, True])
 def test_masks_made_from_the_ids_are_the_explained_samples(packed: bool) -> None:
     torch.manual_seed(9)
-    model = SelfMasked(packed).double().eval()
-    given = GivenMasks(packed).double().eval()
+    model = self_masked(packed).double().eval()
+    given = self_masked(packed, given=True).double().eval()
     given.load_state_dict(model.state_dict())
     background, X = _right_padded(4), _right_padded(3)
 
@@ -471,18 +434,16 @@ def test_masks_made_from_the_ids_are_the_explained_samples(packed: bool) -> None
     np.testing.assert_allclose(values.sum(1), model_outputs(model, X) - base, rtol=0, atol=1e-9)
 
 
-class PaddedByInput(Lookup):
+def padded_by_input(m: nn.Module, tokens: Tensor, present: Tensor) -> Tensor:
     """Padding given as a second integer input (0/1), applied to the ids before the embedding; or
     (reference) given as a boolean input."""
-
-    def forward(self, tokens: Tensor, present: Tensor) -> Tensor:  # type: ignore[override]
-        pad = present == 0 if present.dtype != torch.bool else ~present
-        return super().forward(tokens.masked_fill(pad, 0))
+    pad = present == 0 if present.dtype != torch.bool else ~present
+    return look_up(m, tokens.masked_fill(pad, 0))
 
 
 def test_an_integer_mask_input_applied_to_the_ids_is_context() -> None:
     torch.manual_seed(10)
-    model = PaddedByInput("module").double().eval()
+    model = lookup("module", padded_by_input).double().eval()
     background = [torch.randint(0, V, (4, T)), torch.ones(4, T, dtype=torch.int64)]
     X = [torch.randint(0, V, (3, T)), (torch.arange(T) < torch.tensor([[6], [4], [2]])).long()]
     explainer = rnnshap.DeepExplainer(model, background)
@@ -495,23 +456,16 @@ def test_an_integer_mask_input_applied_to_the_ids_is_context() -> None:
     np.testing.assert_allclose(values[0].sum(1), model_outputs(model, X) - base, rtol=0, atol=1e-10)
 
 
-class MaskedMean(nn.Module):
-    """The mean of x over the steps an integer 0/1 mask input keeps, the mask made boolean as ``how`` says."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.head = nn.Linear(2, 1)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        keep = {
-            "!= 0": lambda: mask != 0,
-            "bool()": mask.bool,
-            "to(bool)": lambda: mask.to(torch.bool),
-            "type(bool)": lambda: mask.type(torch.bool),
-        }[self.how]()
-        w = keep[..., None].to(x.dtype)
-        return self.head((x * w).sum(1) / w.sum(1))
+def masked_mean(m: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    """The mean of x over the steps an integer 0/1 mask input keeps, the mask made boolean as ``m.how`` says."""
+    keep = {
+        "!= 0": lambda: mask != 0,
+        "bool()": mask.bool,
+        "to(bool)": lambda: mask.to(torch.bool),
+        "type(bool)": lambda: mask.type(torch.bool),
+    }[m.how]()
+    w = keep[..., None].to(x.dtype)
+    return m.head((x * w).sum(1) / w.sum(1))
 
 
 @pytest.mark.parametrize("how", ["!= 0", "bool()", "to(bool)", "type(bool)"])
@@ -520,7 +474,7 @@ def test_an_integer_mask_made_boolean_by_a_cast_is_context(how: str, dtype: torc
     """``mask.bool()`` is ``mask != 0``: a comparison, so the mask is context (found by the fuzzer:
     it was attributed as a number, φ up to 0.11, the references run with their own masks)."""
     torch.manual_seed(0)
-    model = MaskedMean(how).double().eval()
+    model = Composite(masked_mean, how=how, head=nn.Linear(2, 1)).double().eval()
     background = [torch.randn(2, 4, 2, dtype=F64), torch.ones(2, 4, dtype=dtype)]
     X = [torch.randn(2, 4, 2, dtype=F64), torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1]], dtype=dtype)]
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -529,22 +483,19 @@ def test_an_integer_mask_made_boolean_by_a_cast_is_context(how: str, dtype: torc
     np.testing.assert_allclose(values[0].sum((1, 2)), model_outputs(model, X) - base, rtol=0, atol=1e-12)
 
 
-class TokensAttention(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(5, 4)
-        self.mha = nn.MultiheadAttention(4, 1, batch_first=True)
-        self.head = nn.Linear(4, 1)
+def attend(m: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    h = m.emb(ids)
+    return m.head(m.mha(h, h, h, key_padding_mask=~mask.bool(), need_weights=False)[0][:, -1])
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        h = self.emb(ids)
-        return self.head(self.mha(h, h, h, key_padding_mask=~mask.bool(), need_weights=False)[0][:, -1])
+
+def tokens_attention() -> nn.Module:
+    return Composite(attend, emb=nn.Embedding(5, 4), mha=nn.MultiheadAttention(4, 1, batch_first=True), head=nn.Linear(4, 1))
 
 
 def test_a_key_padding_mask_cast_from_an_integer_input_is_context() -> None:
     """``key_padding_mask=~mask.bool()`` (uint8 mask): was refused as 'does not depend on the inputs'."""
     torch.manual_seed(0)
-    model = TokensAttention().double().eval()
+    model = tokens_attention().double().eval()
     background = [torch.randint(0, 5, (3, 4)), torch.ones(3, 4, dtype=torch.uint8)]
     # the last step, the query, is kept
     X = [torch.randint(0, 5, (2, 4)), torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=torch.uint8)]
@@ -563,9 +514,6 @@ def test_a_key_padding_mask_cast_from_an_integer_input_is_context() -> None:
     ],
 )
 def test_integer_operations_that_lose_the_positions_are_refused_by_name(prepare: Callable[[Tensor], Tensor], name: str) -> None:
-    class Prepared(Lookup):
-        def forward(self, tokens: Tensor) -> Tensor:
-            return super().forward(prepare(tokens))
-
+    prepared = lookup("module", lambda m, tokens: look_up(m, prepare(tokens)))
     with pytest.raises(rnnshap.InputError, match=name):
-        rnnshap.DeepExplainer(Prepared("module").eval(), torch.randint(0, V, (3, T)))
+        rnnshap.DeepExplainer(prepared.eval(), torch.randint(0, V, (3, T)))

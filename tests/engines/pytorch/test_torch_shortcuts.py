@@ -145,25 +145,21 @@ def test_a_forward_that_changes_from_call_to_call_is_not_refused_as_mixing_rows(
     assert model.calls == 6  # the reversed halves, each order, then each again
 
 
-class _Attention(nn.Module):
-    """Scores, a mask of -inf entries (some rows masked throughout when ``dead``), softmax, values: enough heads and
-    keys that the softmax's chain has work in every branch."""
+def _attend(m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
+    scores = m.q(x) @ m.k(x).transpose(1, 2) * 3.0
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()
+    if m.dead:
+        mask[2] = False
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1, dtype=m.dtype)
+    weights = torch.nan_to_num(weights) if m.dead else weights
+    return (weights.to(x.dtype) @ m.v(x)).flatten(1)[:, :6]
 
-    def __init__(self, dead: bool = False, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.q, self.k, self.v = nn.Linear(5, 16), nn.Linear(5, 16), nn.Linear(5, 16)
-        self.dead = dead
-        self.dtype = dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
-        scores = self.q(x) @ self.k(x).transpose(1, 2) * 3.0
-        mask = torch.ones(7, 7, dtype=torch.bool).tril()
-        if self.dead:
-            mask[2] = False
-        scores = scores.masked_fill(~mask, float("-inf"))
-        weights = F.softmax(scores, dim=-1, dtype=self.dtype)
-        weights = torch.nan_to_num(weights) if self.dead else weights
-        return (weights.to(x.dtype) @ self.v(x)).flatten(1)[:, :6]
+def _attention(dead: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
+    """Scores, a mask of -inf entries (some rows masked throughout when ``dead``), softmax (in ``dtype``), values:
+    enough heads and keys that the softmax's chain has work in every branch."""
+    return Composite(_attend, q=nn.Linear(5, 16), k=nn.Linear(5, 16), v=nn.Linear(5, 16), dead=dead, dtype=dtype)
 
 
 @pytest.mark.parametrize("case", ["plain", "dead_rows", "float64_softmax", "nan_masked"])
@@ -174,7 +170,7 @@ def test_softmax_as_one_node_gives_the_chains_bits(case: str, monkeypatch: pytes
     from rnnshap.rules import structured
 
     torch.manual_seed(0)
-    model: nn.Module = _Attention(dead=case == "dead_rows", dtype=torch.float64 if case == "float64_softmax" else None).eval()
+    model: nn.Module = _attention(dead=case == "dead_rows", dtype=torch.float64 if case == "float64_softmax" else None).eval()
     background, X = torch.randn(6, 7, 5), torch.randn(3, 7, 5) * 2
     if case == "nan_masked":
         model = _nan_to_num(model).eval()
@@ -196,26 +192,21 @@ def test_softmax_as_one_node_gives_the_chains_bits(case: str, monkeypatch: pytes
         np.testing.assert_array_equal(a, b)
 
 
-class _Norms(nn.Module):
+def _residual_norms(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.tanh(m.inp(x))
+    h = h + m.ln(h)
+    h = h * 0.5 + m.ln_plain(h)
+    h = h + m.rms(h)
+    h = h + m.gn(h)
+    return m.out(h)
+
+
+def _norms() -> nn.Module:
     """layer_norm (with and without its affine part), rms_norm and group_norm, each after a residual use of its
     input (a second consumer of the norm's input: the order autograd accumulates in matters)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp = nn.Linear(6, 16)
-        self.ln = nn.LayerNorm(16)
-        self.ln_plain = nn.LayerNorm(16, elementwise_affine=False)
-        self.rms = nn.RMSNorm(16, eps=1e-6)
-        self.gn = nn.GroupNorm(4, 16)
-        self.out = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh(self.inp(x))
-        h = h + self.ln(h)
-        h = h * 0.5 + self.ln_plain(h)
-        h = h + self.rms(h)
-        h = h + self.gn(h)
-        return self.out(h)
+    return Composite(_residual_norms, inp=nn.Linear(6, 16), ln=nn.LayerNorm(16),
+                     ln_plain=nn.LayerNorm(16, elementwise_affine=False), rms=nn.RMSNorm(16, eps=1e-6), gn=nn.GroupNorm(4, 16),
+                     out=nn.Linear(16, 5))  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ["plain", "nan_masked"])
@@ -226,13 +217,13 @@ def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.M
     from rnnshap.rules import structured
 
     torch.manual_seed(0)
-    model = _Norms().eval()
+    model = _norms().eval()
     with torch.no_grad():
         for norm in (model.ln, model.rms, model.gn):
             norm.weight.normal_()
     background, X = torch.randn(6, 6), torch.randn(3, 6) * 2
     if case == "nan_masked":
-        model = _nan_to_num(model).eval()  # type: ignore[assignment]
+        model = _nan_to_num(model).eval()
         X[:, 2] = background[:, 2] = float("nan")
     one_node = rnnshap.DeepExplainer(model, background).shap_values(X)
     def chain_of(x: torch.Tensor, r: torch.Tensor, dims: tuple[int, ...], eps: float, reference: bool) -> object:
@@ -243,21 +234,14 @@ def test_norms_as_one_node_give_the_chains_bits(case: str, monkeypatch: pytest.M
     np.testing.assert_array_equal(one_node, chain)
 
 
-class _Sdpa(nn.Module):
-    """scaled_dot_product_attention with a boolean mask (rows masked throughout with ``dead``)."""
-
-    def __init__(self, dead: bool = False) -> None:
-        super().__init__()
-        self.qkv = nn.Linear(5, 48)
-        self.dead = dead
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
-        q, k, v = self.qkv(x).reshape(x.shape[0], 7, 3, 2, 8).permute(2, 0, 3, 1, 4)
-        mask = torch.ones(7, 7, dtype=torch.bool).tril()
-        if self.dead:
-            mask[3] = False
-        out = F.scaled_dot_product_attention(q * 2, k, v, attn_mask=mask)
-        return out.nan_to_num().flatten(1)[:, :6]
+def _sdpa(m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 7, 5)
+    """scaled_dot_product_attention with a boolean mask (rows masked throughout with ``m.dead``)."""
+    q, k, v = m.qkv(x).reshape(x.shape[0], 7, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()
+    if m.dead:
+        mask[3] = False
+    out = F.scaled_dot_product_attention(q * 2, k, v, attn_mask=mask)
+    return out.nan_to_num().flatten(1)[:, :6]
 
 
 @pytest.mark.parametrize("dead", [False, True], ids=["plain", "dead_rows"])
@@ -266,7 +250,7 @@ def test_attention_softmax_as_one_node_gives_the_chains_bits(dead: bool, monkeyp
     from rnnshap.rules import attention
 
     torch.manual_seed(0)
-    model = _Sdpa(dead).eval()
+    model = Composite(_sdpa, qkv=nn.Linear(5, 48), dead=dead).eval()
     background, X = torch.randn(6, 7, 5), torch.randn(3, 7, 5) * 2
     fused = attention.fused_softmax
     answers: list[bool] = []

@@ -20,45 +20,43 @@ from torch import nn
 import rnnshap
 from rnnshap.engines.pytorch import traced
 
+from ...models.torch import Composite, RecurrentHead
+
 T, F = 5, 4
 
 
-class Head(nn.Module):
+def last_step(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = m.layer(x)
+    return m.head((out[0] if isinstance(out, tuple) else out)[:, -1])
+
+
+def with_head(layer: nn.Module, width: int) -> nn.Module:
     """A sequence layer (batch first) and a linear head on its last step."""
-
-    def __init__(self, layer: nn.Module, width: int) -> None:
-        super().__init__()
-        self.layer, self.head = layer, nn.Linear(width, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layer(x)
-        return self.head((out[0] if isinstance(out, tuple) else out)[:, -1])
+    return Composite(last_step, layer=layer, head=nn.Linear(width, 3))
 
 
-class Loop(nn.Module):
+def cell_loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = c = x.new_zeros(x.shape[0], 6)
+    for t in range(x.shape[1]):
+        h, c = m.cell(x[:, t], (h, c))
+    return m.head(h)
+
+
+def cell_in_a_loop() -> nn.Module:
     """An LSTMCell run over the steps in Python."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell, self.head = nn.LSTMCell(F, 6), nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = c = x.new_zeros(x.shape[0], 6)
-        for t in range(x.shape[1]):
-            h, c = self.cell(x[:, t], (h, c))
-        return self.head(h)
+    return Composite(cell_loop, cell=nn.LSTMCell(F, 6), head=nn.Linear(6, 3))
 
 
 def _encoder() -> nn.Module:
     layer = nn.TransformerEncoderLayer(F, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
-    return Head(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), F)
+    return with_head(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), F)
 
 
 FAMILIES: dict[str, Callable[[], nn.Module]] = {
-    "lstm": lambda: Head(nn.LSTM(F, 6, batch_first=True), 6),
-    "gru, two layers, bidirectional": lambda: Head(nn.GRU(F, 5, num_layers=2, bidirectional=True, batch_first=True), 10),
-    "elman": lambda: Head(nn.RNN(F, 6, batch_first=True), 6),
-    "lstm cell in a loop": Loop,
+    "lstm": lambda: with_head(nn.LSTM(F, 6, batch_first=True), 6),
+    "gru, two layers, bidirectional": lambda: with_head(nn.GRU(F, 5, num_layers=2, bidirectional=True, batch_first=True), 10),
+    "elman": lambda: with_head(nn.RNN(F, 6, batch_first=True), 6),
+    "lstm cell in a loop": cell_in_a_loop,
     "transformer encoder": _encoder,
     "convolution, relu, max-pool": lambda: nn.Sequential(
         nn.Conv1d(T, 6, 2), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(6, 3)
@@ -100,16 +98,8 @@ def test_a_check_that_answers_otherwise_runs_the_call_intercepted() -> None:
     reads, as the background has), the pass's missing-value check (a host read, kept as a guard) answers otherwise:
     the call runs intercepted, with the intercepted values; inputs like the first run the program again."""
 
-    class Trimmed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.head = nn.LSTM(F - 1, 6, batch_first=True), nn.Linear(6, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.lstm(x[..., :-1])[0][:, -1])
-
     torch.manual_seed(0)
-    model = Trimmed().eval()
+    model = RecurrentHead("lstm", F - 1, 6, 3, prepare=lambda x: x[..., :-1], names="lstm head").eval()
     background, X = _data()
     background[:, :, -1] = float("nan")
     intercepted = rnnshap.DeepExplainer(model, background)
@@ -247,17 +237,12 @@ def test_a_pass_whose_shapes_depend_on_values_is_not_traced_and_says_so() -> Non
     """``nonzero``'s output has as many rows as the values say: a program would keep the count of the values it was
     traced on. The pass runs intercepted, and the explainer names the operation."""
 
-    class Picked(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("keep", torch.tensor([True, False, True, True]))
-            self.lstm, self.head = nn.LSTM(3, 6, batch_first=True), nn.Linear(6, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.lstm(x.index_select(-1, self.keep.nonzero().squeeze(1)))[0][:, -1])
+    def picked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return m.head(m.lstm(x.index_select(-1, m.keep.nonzero().squeeze(1)))[0][:, -1])
 
     torch.manual_seed(0)
-    model = Picked().eval()
+    model = Composite(picked, keep=nn.Buffer(torch.tensor([True, False, True, True])), lstm=nn.LSTM(3, 6, batch_first=True),
+                      head=nn.Linear(6, 3)).eval()  # fmt: skip
     background, X = _data()
     intercepted = rnnshap.DeepExplainer(model, background)
     program = rnnshap.DeepExplainer(model, background, compile="trace")
@@ -271,19 +256,15 @@ def test_a_pass_on_every_pair_is_not_traced_and_says_so() -> None:
     """Samples that differ in a context input (lengths) run the reference pass on every pair, afresh at each call:
     not kept, so not a program's constant."""
 
-    class Packed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
-
-        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            return self.head(self.lstm(packed)[1][0][-1])
+    def packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        sequences = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return m.head(m.lstm(sequences)[1][0][-1])
 
     torch.manual_seed(0)
+    model = Composite(packed, lstm=nn.LSTM(F, 6, batch_first=True), head=nn.Linear(6, 3))
     background, X = _data()
     lengths, background_lengths = torch.tensor([5, 3, 4]), torch.tensor([5, 5, 5, 2, 5, 4])
-    program = rnnshap.DeepExplainer(Packed().eval(), [background, background_lengths], compile="trace")
+    program = rnnshap.DeepExplainer(model.eval(), [background, background_lengths], compile="trace")
     for _ in range(2):
         program.shap_values([X, lengths])
     assert program.pass_path.startswith("intercepted: the reference pass runs on the reference side of every pair")
@@ -293,17 +274,12 @@ def test_a_pass_that_draws_random_numbers_is_not_traced_and_leaves_the_generator
     """A draw that never reaches the output is explained (the pass puts torch's generators back after it); a program
     would draw anew at every call and move the global generator, so the pass runs intercepted, and says why."""
 
-    class Drawing(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.last_draw = float(torch.rand(()))  # (a draw the output does not read)
-            return self.head(self.lstm(x)[0][:, -1])
+    def drawing(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        m.last_draw = float(torch.rand(()))  # (a draw the output does not read)
+        return m.head(m.lstm(x)[0][:, -1])
 
     torch.manual_seed(0)
-    model = Drawing().eval()
+    model = Composite(drawing, lstm=nn.LSTM(F, 6, batch_first=True), head=nn.Linear(6, 3)).eval()
     background, X = _data()
     program = rnnshap.DeepExplainer(model, background, compile="trace")
     for _ in range(3):
