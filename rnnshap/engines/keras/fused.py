@@ -20,7 +20,7 @@ multipliers, per pair (for an LSTM; :func:`gru` does the same for a GRU with ``r
 the PyTorch engine's, written once in :mod:`rnnshap.formulas.recurrence` (each step and the loop) and run here on
 :data:`~rnnshap.formulas.keras_ops.KERAS`; this module computes its coefficients, per block of steps
 (:class:`_Blocks`), in Keras' gate order (i, f, c, o; z, r, h), and the input gradient as one product over all
-steps (:class:`_InputGradient`).
+steps (:class:`_AllStepsInputGradient`).
 Used for layers with sigmoid / tanh activations, zero initial states, a batch that is the grid of
 pairs (not inside ``TimeDistributed``), and no Keras mask anywhere before them: a mask computed on
 the input side is read on the reference side too (``Run.masked``), which makes the reference side
@@ -196,7 +196,7 @@ class _Blocks:
         return [v[:, t - start] for v in self.values]
 
 
-class _InputGradient:
+class _AllStepsInputGradient:
     """The input gradient of every step: each step's ``du`` (its parts, in reverse time) kept, then one product of
     all steps' with the kernel (F, 4H or 3H), read transposed: (pairs, T, F)."""
 
@@ -268,7 +268,7 @@ def lstm(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], 
             g_c = tf.zeros_like(c_x) if grad_c is None else grad_c
             blocks = _Blocks(steps, int(h_x.shape[0]) * 6 * units, per_pair)
             step = partial(recurrence.lstm_step, recurrent=KERAS.weight_blocks(recurrent_kernel, [3 * units, units], True))
-            dx = _InputGradient(kernel)
+            dx = _AllStepsInputGradient(kernel)
             reverse_time(KERAS, step, steps, lambda t: (grad_h[:, t], blocks.at(t)), (tf.zeros_like(g_c), g_c), dx)
             return dx.result()
 
@@ -336,7 +336,7 @@ def gru(cell: Any, seq: Dual, grid: Grid, weight: Weight) -> tuple[list[Dual], l
             blocks = _Blocks(steps, int(h_x.shape[0]) * 5 * units, per_pair)
             recurrent_blocks = KERAS.weight_blocks(recurrent_kernel, [2 * units, units], True)
             step = partial(recurrence.gru_step, recurrent=recurrent_blocks, reset_first=False)  # (Keras' gates: z, r)
-            dx = _InputGradient(kernel)
+            dx = _AllStepsInputGradient(kernel)
             reverse_time(KERAS, step, steps, lambda t: (grad_h[:, t], blocks.at(t)), (tf.zeros_like(h_x[:, 0]),), dx)
             return dx.result()
 
