@@ -41,6 +41,7 @@ from .perturbation import (
     road,
     scored_outputs,
     scoring,
+    shapley_players,
 )
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
@@ -196,7 +197,7 @@ def distance_to_exact(
     """
     one_input(values, X, background)
     explainer = ShapleyExplainer(model, background, batch_size=batch_size)
-    kind = "features" if isinstance(players, str) and players == "channels" else players
+    kind = shapley_players(players)
     plan = explainer.player_ids(kind, time_axis=time_axis, windows=windows)
     x = explainer.forward.arrays(X, "X")[0]
     chosen, columns, expected = scored_outputs(explainer, outputs)
@@ -391,7 +392,7 @@ def explain_func(
         values = np.asarray(deep.shap_values(inputs, outputs=chosen), dtype=np.float64)  # (n, *shape, k)
         return np.take_along_axis(values, np.searchsorted(chosen, wanted).reshape(n, *[1] * (values.ndim - 1)), -1)[..., 0]
     shapley = ShapleyExplainer(model, background, batch_size=batch_size)
-    named = "features" if isinstance(players, str) and players == "channels" else players
+    named = shapley_players(players)
     plan = shapley.player_ids(named, time_axis=time_axis, windows=windows)
     wanted = _targets(targets, n, int(shapley.forward.background_outputs.shape[1]))
     chosen = sorted(set(wanted.tolist()))
