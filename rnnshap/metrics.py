@@ -71,6 +71,13 @@ ENUMERATE_UP_TO = 10
 METRICS = ("cosine", "relative_l2", "spearman", "sign_agreement", "top_k_overlap")
 
 
+def check_metric(metric: str) -> str:
+    """``metric``, one of :data:`METRICS`; else an InputError naming them."""
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    return metric
+
+
 @dataclass(frozen=True)
 class Distance:
     """How far attributions are from the exact Shapley values of :attr:`game`, per sample (and output).
@@ -438,10 +445,8 @@ class DistanceToExact:
         random_state: Any = 0,
         batch_size: int = 2048,
     ) -> None:
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        self.metric = check_metric(metric)
         self.background = background
-        self.metric = metric
         self.options: dict[str, Any] = dict(
             players=players, time_axis=time_axis, windows=windows, budget=budget, top_k=top_k,
             random_state=random_state, batch_size=batch_size,

@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import InputError, RnnShapError
 from .explainer import DeepExplainer
-from .metrics import ENUMERATE_UP_TO, METRICS, distance_to_exact, spread_to_entries
+from .metrics import ENUMERATE_UP_TO, METRICS, check_metric, distance_to_exact, spread_to_entries
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
 
@@ -292,8 +292,7 @@ class DistanceToExactMetric(EvaluatorBase):
         seed: int = 0,
         batch_size: int = 2048,
     ) -> None:
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        check_metric(metric)
         if target not in ("predicted", "label"):
             raise InputError(f"target must be 'predicted' or 'label', not {target!r}")
         self.metric = metric
