@@ -397,7 +397,7 @@ def explain_func(
         wanted = _targets(targets, n, int(np.prod(deep.output_shape, dtype=np.int64)))
         chosen = sorted(set(wanted.tolist()))
         values = np.asarray(deep.shap_values(inputs, outputs=chosen), dtype=np.float64)  # (n, *shape, k)
-        return np.take_along_axis(values, np.searchsorted(chosen, wanted).reshape(n, *[1] * (values.ndim - 1)), -1)[..., 0]
+        return own_targets(values, chosen, wanted)
     shapley = ShapleyExplainer(model, background, batch_size=batch_size)
     named = shapley_players(players)
     plan = shapley.player_ids(named, time_axis=time_axis, windows=windows)
@@ -407,8 +407,14 @@ def explain_func(
         inputs, named, budget, outputs=chosen, random_state=random_state, time_axis=time_axis, windows=windows
     )
     per_player = np.asarray(estimate.values, dtype=np.float64).reshape(n, plan.count, len(chosen))
-    picked = per_player[np.arange(n), :, np.searchsorted(chosen, wanted)]  # (n, P)
-    return spread_to_entries(picked, plan)
+    return spread_to_entries(own_targets(per_player, chosen, wanted), plan)
+
+
+def own_targets(values: np.ndarray, chosen: list[int], wanted: np.ndarray) -> np.ndarray:
+    """Per sample, the values of its own target out of values for the ``chosen`` outputs (last axis): ``values``
+    (n, ..., len(chosen)) → (n, ...), sample i's at ``wanted[i]``, one of ``chosen`` (sorted)."""
+    where = np.searchsorted(chosen, wanted)
+    return np.take_along_axis(values, where.reshape(-1, *[1] * (values.ndim - 1)), -1)[..., 0]
 
 
 def spread_to_entries(per_player: np.ndarray, plan: Players) -> np.ndarray:
