@@ -41,6 +41,7 @@ from .perturbation import (
     road,
     scored_outputs,
     scoring,
+    shapley_players,
 )
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
@@ -68,6 +69,13 @@ ENUMERATE_UP_TO = 10
 
 #: the distances of :class:`Distance`, in order
 METRICS = ("cosine", "relative_l2", "spearman", "sign_agreement", "top_k_overlap")
+
+
+def check_metric(metric: str) -> str:
+    """``metric``, one of :data:`METRICS`; else an InputError naming them."""
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    return metric
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,7 @@ def distance_to_exact(
     """
     one_input(values, X, background)
     explainer = ShapleyExplainer(model, background, batch_size=batch_size)
-    kind = "features" if isinstance(players, str) and players == "channels" else players
+    kind = shapley_players(players)
     plan = explainer.player_ids(kind, time_axis=time_axis, windows=windows)
     x = explainer.forward.arrays(X, "X")[0]
     chosen, columns, expected = scored_outputs(explainer, outputs)
@@ -389,9 +397,9 @@ def explain_func(
         wanted = _targets(targets, n, int(np.prod(deep.output_shape, dtype=np.int64)))
         chosen = sorted(set(wanted.tolist()))
         values = np.asarray(deep.shap_values(inputs, outputs=chosen), dtype=np.float64)  # (n, *shape, k)
-        return np.take_along_axis(values, np.searchsorted(chosen, wanted).reshape(n, *[1] * (values.ndim - 1)), -1)[..., 0]
+        return own_targets(values, chosen, wanted)
     shapley = ShapleyExplainer(model, background, batch_size=batch_size)
-    named = "features" if isinstance(players, str) and players == "channels" else players
+    named = shapley_players(players)
     plan = shapley.player_ids(named, time_axis=time_axis, windows=windows)
     wanted = _targets(targets, n, int(shapley.forward.background_outputs.shape[1]))
     chosen = sorted(set(wanted.tolist()))
@@ -399,8 +407,14 @@ def explain_func(
         inputs, named, budget, outputs=chosen, random_state=random_state, time_axis=time_axis, windows=windows
     )
     per_player = np.asarray(estimate.values, dtype=np.float64).reshape(n, plan.count, len(chosen))
-    picked = per_player[np.arange(n), :, np.searchsorted(chosen, wanted)]  # (n, P)
-    return spread_to_entries(picked, plan)
+    return spread_to_entries(own_targets(per_player, chosen, wanted), plan)
+
+
+def own_targets(values: np.ndarray, chosen: list[int], wanted: np.ndarray) -> np.ndarray:
+    """Per sample, the values of its own target out of values for the ``chosen`` outputs (last axis): ``values``
+    (n, ..., len(chosen)) → (n, ...), sample i's at ``wanted[i]``, one of ``chosen`` (sorted)."""
+    where = np.searchsorted(chosen, wanted)
+    return np.take_along_axis(values, where.reshape(-1, *[1] * (values.ndim - 1)), -1)[..., 0]
 
 
 def spread_to_entries(per_player: np.ndarray, plan: Players) -> np.ndarray:
@@ -437,10 +451,8 @@ class DistanceToExact:
         random_state: Any = 0,
         batch_size: int = 2048,
     ) -> None:
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        self.metric = check_metric(metric)
         self.background = background
-        self.metric = metric
         self.options: dict[str, Any] = dict(
             players=players, time_axis=time_axis, windows=windows, budget=budget, top_k=top_k,
             random_state=random_state, batch_size=batch_size,

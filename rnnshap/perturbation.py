@@ -60,6 +60,12 @@ def one_input(values: Any, X: Any, other: Any) -> None:
         )
 
 
+def shapley_players(players: Any) -> Any:
+    """``players`` as :meth:`rnnshap.ShapleyExplainer.player_ids` names them: rnnshap.metrics' ``"channels"`` is its
+    ``"features"``."""
+    return "features" if isinstance(players, str) and players == "channels" else players
+
+
 def player_kind(players: Any, plan: Players) -> str:
     return "channels" if isinstance(players, str) and players == "channels" else plan.kind
 
@@ -182,8 +188,7 @@ def scoring(
     """The :class:`Scoring` of ``values`` of ``X``: ``other`` is the baseline (or X), checked to be one input too."""
     one_input(values, X, other)
     explainer = ShapleyExplainer(model, X, batch_size=batch_size)  # the model's layout, its forward checked on X
-    named = "features" if isinstance(players, str) and players == "channels" else players
-    plan = explainer.player_ids(named, time_axis=time_axis, windows=windows)
+    plan = explainer.player_ids(shapley_players(players), time_axis=time_axis, windows=windows)
     x = explainer.forward.background[0]
     _, columns, expected = scored_outputs(explainer, outputs)
     given, trailing = per_player(values, x, plan, columns.size, expected)

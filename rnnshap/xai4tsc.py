@@ -45,7 +45,7 @@ import numpy as np
 
 from .errors import InputError, RnnShapError
 from .explainer import DeepExplainer
-from .metrics import ENUMERATE_UP_TO, METRICS, distance_to_exact, spread_to_entries
+from .metrics import ENUMERATE_UP_TO, METRICS, check_metric, distance_to_exact, own_targets, spread_to_entries
 from .shapley import ShapleyExplainer
 from .shapley.estimator import enumeration_rows
 
@@ -112,12 +112,6 @@ def _targets(targets: Any, n: int, classes: int) -> np.ndarray:
     return wanted
 
 
-def _picked(values: np.ndarray, chosen: list[int], wanted: np.ndarray) -> np.ndarray:
-    """Per sample, the values of its own target out of values for the ``chosen`` outputs (last axis)."""
-    where = np.searchsorted(chosen, wanted)
-    return np.take_along_axis(values, where.reshape(-1, *[1] * (values.ndim - 1)), -1)[..., 0]
-
-
 class _RnnshapExplainer(ExplainerBase):
     explanation_type = "feature_attribution"
 
@@ -159,7 +153,7 @@ class DeepSHAPExplainer(_RnnshapExplainer):
         classes = int(np.prod(explainer.output_shape, dtype=np.int64))
         wanted = _targets(targets, len(x), classes)
         chosen = sorted(set(wanted.tolist()))
-        values = _picked(np.asarray(explainer.shap_values(_on_device(model, x), outputs=chosen)), chosen, wanted)
+        values = own_targets(np.asarray(explainer.shap_values(_on_device(model, x), outputs=chosen)), chosen, wanted)
         expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)[wanted]
         with_torch = _on_device(model, x)
         import torch
@@ -240,7 +234,7 @@ class ShapleyModeExplainer(_RnnshapExplainer):
         )  # fmt: skip
 
         def per_sample(a: Any) -> np.ndarray | None:
-            return None if a is None else _picked(np.asarray(a, dtype=np.float64).reshape(n, P, len(chosen)), chosen, wanted)
+            return None if a is None else own_targets(np.asarray(a, dtype=np.float64).reshape(n, P, len(chosen)), chosen, wanted)
 
         values = per_sample(estimate.values)
         assert values is not None
@@ -292,8 +286,7 @@ class DistanceToExactMetric(EvaluatorBase):
         seed: int = 0,
         batch_size: int = 2048,
     ) -> None:
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
+        check_metric(metric)
         if target not in ("predicted", "label"):
             raise InputError(f"target must be 'predicted' or 'label', not {target!r}")
         self.metric = metric

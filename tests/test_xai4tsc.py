@@ -160,3 +160,16 @@ def test_target_label_scores_each_sample_on_the_label_the_runner_passes() -> Non
     differ = LABELS != model.predict(TEST)[0]
     assert differ.any() and np.allclose(on_labels[~differ], on_predicted[~differ], atol=1e-7)
     assert np.all(on_labels[differ] < 0.999)
+
+
+def test_an_unknown_metric_is_refused_as_rnnshap_metrics_refuses_it() -> None:
+    """xai4tsc's metric and ``rnnshap.metrics.DistanceToExact`` refuse a metric name they do not score with the same
+    message, naming the metrics they do."""
+    from rnnshap.metrics import METRICS, DistanceToExact
+
+    messages = []
+    for make in (lambda: door.DistanceToExactMetric(metric="l1"), lambda: DistanceToExact(TRAIN, metric="l1")):
+        with pytest.raises(InputError) as refused:
+            make()
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1] == f"metric must be one of {', '.join(METRICS)}, not 'l1'"

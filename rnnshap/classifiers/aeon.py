@@ -121,6 +121,28 @@ def keras_function(members: list[Any], regressor: bool, channels: int, steps: in
     return keras.Model(inputs, out)
 
 
+
+def keras_explainer(
+    model: Any,
+    x: np.ndarray,
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    reference_outputs: np.ndarray,
+    estimator: str,
+    what: str,
+    batch_size: int,
+    progress: bool | None,
+) -> Any:
+    """DeepSHAP on ``model`` (:func:`keras_function`) against the panels ``reference``, once the model is checked to
+    give the estimator's own ``outputs`` on ``x`` and ``reference_outputs`` on ``reference`` (in the model's dtype)."""
+    import rnnshap
+
+    dtype = str(model.inputs[0].dtype)
+    x_in, reference_in = x.astype(dtype), reference.astype(dtype)
+    check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
+    check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
+    return rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
+
 def explain(
     clf: Any,
     X: Any,
@@ -183,16 +205,12 @@ def explain(
     said = background_said(reference, background)
     extra: dict[str, Any] = {"channel_names": names, "background": said}
     if deep is not None and chosen in ("auto", "deepshap", "shapley"):
-        import rnnshap
-
         model = keras_function(deep[0], deep[1], C, T)
         dtype = str(model.inputs[0].dtype)
         x_in, reference_in = x.astype(dtype), reference.astype(dtype)
         raw = None
         with deepshap_refusals(chosen, estimator, what):
-            check_equal(np.asarray(model(x_in)), outputs, estimator, what, dtype)
-            check_equal(np.asarray(model(reference_in)), reference_outputs, estimator, what, dtype)
-            explainer = rnnshap.DeepExplainer(model, reference_in, batch_size=batch_size, progress=progress)
+            explainer = keras_explainer(model, x, reference, outputs, reference_outputs, estimator, what, batch_size, progress)
             if chosen == "shapley":
                 values, stderr, base, _, exact, n_evals = explain_shapley(
                     lambda a: a, x_in, reference_in, players=players, windows=windows, budget=budget,

@@ -236,19 +236,14 @@ def _deep(
 ) -> ClassifierExplanation:
     """DeepSHAP (or the Shapley mode with DeepSHAP as control variate) on a function equal to ``predict_proba``:
     sktime's torch network (``found``) or its Keras ``model_``; ``said``: the background, as the result states it."""
-    import rnnshap
-
     n, C, T = x.shape
     estimator, what = type(clf).__name__, "predict_proba"
     if found is None:
-        from .aeon import keras_function
+        from .aeon import keras_explainer, keras_function
 
         model = keras_function([clf], False, C, T)
-        dtype = str(model.inputs[0].dtype)
-        check_equal(np.asarray(model(x.astype(dtype))), outputs, estimator, what, dtype)
-        check_equal(np.asarray(model(reference.astype(dtype))), reference_outputs, estimator, what, dtype)
-        explainer: Any = rnnshap.DeepExplainer(model, reference.astype(dtype), batch_size=options["batch_size"],
-                                               progress=options["progress"])  # fmt: skip
+        explainer: Any = keras_explainer(model, x, reference, outputs, reference_outputs, estimator, what,
+                                         options["batch_size"], options["progress"])  # fmt: skip
         kind, network = "keras", None
     else:
         explainer = _torch_explainer(found, x, reference, outputs, reference_outputs, estimator, what, options["batch_size"],

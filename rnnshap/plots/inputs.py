@@ -228,6 +228,21 @@ def axis_labels(given: Sequence[Any] | None, found: list[str] | None, size: int,
     return [f"{prefix}{i}" for i in range(size)]
 
 
+
+def steps_and_features(
+    parts: Parts,
+    count: int,
+    features: int,
+    time_labels: Sequence[Any] | None,
+    feature_names: Sequence[Any] | None,
+    steps: Steps,
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The labels of ``count`` time steps and ``features`` features (those given, else the Explanation's, else 0…
+    and f0…), and the indices of the steps to draw (:func:`step_window`)."""
+    times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
+    names = axis_labels(feature_names, parts.feature_names, features, "f", "feature names")
+    return times, names, step_window(steps, count)
+
 def step_window(steps: Steps, count: int) -> np.ndarray:
     """The indices of the time steps to draw: all, or ``steps`` as a slice or ``(start, stop)``."""
     if steps is None:

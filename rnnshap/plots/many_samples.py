@@ -13,6 +13,7 @@ from .inputs import (
     axis_labels,
     pick_batch,
     step_window,
+    steps_and_features,
     top_features,
     unpack,
     window_note,
@@ -98,9 +99,7 @@ def beeswarm_over_time(
     samples, count, features = phi.shape
     if samples == 0:
         raise ValueError("beeswarm_over_time needs at least one sample")
-    times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
-    names = axis_labels(feature_names, parts.feature_names, features, "f", "feature names")
-    window = step_window(steps, count)
+    times, names, window = steps_and_features(parts, count, features, time_labels, feature_names, steps)
     n = len(window)
 
     def feature_index(chosen: int | str) -> int:

@@ -16,6 +16,7 @@ from .inputs import (
     output_label,
     pick_sequence,
     step_window,
+    steps_and_features,
     top_features,
     unpack,
     window_note,
@@ -88,9 +89,7 @@ def heatmap(
     if phi.ndim == 1:
         phi, x = phi[:, None], None if x is None else x[:, None]
     count, features = phi.shape
-    times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
-    names = axis_labels(feature_names, parts.feature_names, features, "f", "feature names")
-    window = step_window(steps, count)
+    times, names, window = steps_and_features(parts, count, features, time_labels, feature_names, steps)
     part = phi[window]
     kept, rest = top_features(np.abs(part).mean(0), max_features)
     shown = part[:, kept]

@@ -14,6 +14,7 @@ from .inputs import (
     from_estimate,
     pick_sequence,
     step_window,
+    steps_and_features,
     top_features,
     unpack,
     window_note,
@@ -181,9 +182,7 @@ def signal(
         phi, x = phi[:, None], x[:, None]
     x = x.astype(np.float64)
     count, features = phi.shape
-    times = axis_labels(time_labels, parts.time_labels, count, "", "time labels")
-    names = axis_labels(feature_names, parts.feature_names, features, "f", "feature names")
-    window = step_window(steps, count)
+    times, names, window = steps_and_features(parts, count, features, time_labels, feature_names, steps)
     n = len(window)
     kept, rest = top_features(np.abs(phi[window]).mean(0), max_features)
     rows = len(kept)

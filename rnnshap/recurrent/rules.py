@@ -12,7 +12,7 @@ through the elementwise rules (``decomposed.py``); both give the same multiplier
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -66,6 +66,36 @@ def _reverse(sequence: Tensor, layout: _Layout) -> Tensor:
         return sequence.flip(0)
     # whole rows of C values moved (index_select), not every value looked up on its own (gather)
     return sequence.flatten(0, 1).index_select(0, layout.reverse_rows).unflatten(0, sequence.shape[:2])
+
+
+#: a layer-direction's run: its outputs (one per sequence given), h_T, and c_T (None but for an LSTM)
+_LayerRun = tuple[tuple[Tensor, ...], Tensor, Tensor | None]
+
+
+def _over_layers(
+    layers: list[list[CellWeights]],
+    layout: _Layout,
+    sequences: tuple[Tensor, ...],
+    run: Callable[[CellWeights, int, tuple[Tensor, ...]], _LayerRun],
+) -> tuple[tuple[Tensor, ...], list[Tensor], list[Tensor]]:
+    """A stack of layers of one or two directions: ``run(weights, index, sequences)`` runs layer-direction ``index``
+    (``layer * directions + d``) on ``sequences`` (padded, time first; the reverse direction's reversed in time, its
+    outputs reversed back), each layer on the previous one's outputs, the directions' concatenated. Returns the last
+    layer's outputs, and the h_T and c_T of every layer-direction in order (c_T where ``run`` returns one)."""
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    for layer, row in enumerate(layers):
+        outputs = []
+        for d, weights in enumerate(row):
+            index = layer * len(row) + d
+            given = sequences if d == 0 else tuple(_reverse(s, layout) for s in sequences)
+            out, h, c = run(weights, index, given)
+            outputs.append(out if d == 0 else tuple(_reverse(o, layout) for o in out))
+            h_n.append(h)
+            if c is not None:
+                c_n.append(c)
+        sequences = outputs[0] if len(outputs) == 1 else tuple(torch.cat(side, -1) for side in zip(*outputs, strict=True))
+    return sequences, h_n, c_n
 
 
 class RecurrentLayer(Rule):
@@ -131,24 +161,18 @@ class RecurrentLayer(Rule):
         if call.kwargs or dropping or not all(isinstance(s, Tensor) for s in states) or data.dim() != 2:
             return super().reference(call)
         layout = _packed_layout(batch_sizes, data.device)
-        assert layout.mask is not None
+        mask = layout.mask
+        assert mask is not None
         x = _to_padded(data, layout)
         h0, c0 = states[0], states[1] if self.kind == "lstm" else None
         layers = split_weights(params, has_biases, num_layers, bidirectional)
-        h_n: list[Tensor] = []
-        c_n: list[Tensor] = []
-        for layer, row in enumerate(layers):
-            outputs = []
-            for d, weights in enumerate(row):
-                index = layer * len(row) + d
-                sequence = x if d == 0 else _reverse(x, layout)
-                c0_index = None if c0 is None else c0[index]
-                out, h, c = fused.masked_layer(self.kind, self.relu, weights, layout.mask, sequence, h0[index], c0_index)
-                outputs.append(out if d == 0 else _reverse(out, layout))
-                h_n.append(h)
-                if c is not None:
-                    c_n.append(c)
-            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+
+        def run(weights: CellWeights, index: int, sequences: tuple[Tensor, ...]) -> _LayerRun:
+            c0_index = None if c0 is None else c0[index]
+            out, h, c = fused.masked_layer(self.kind, self.relu, weights, mask, sequences[0], h0[index], c0_index)
+            return (out,), h, c
+
+        (x,), h_n, c_n = _over_layers(layers, layout, (x,), run)
         output = _from_padded(x, layout)
         return (output, torch.stack(h_n), torch.stack(c_n)) if self.kind == "lstm" else (output, torch.stack(h_n))
 
@@ -164,25 +188,15 @@ class RecurrentLayer(Rule):
         c0: Tensor | None,
         c0_r: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        directions = len(layers[0])
-        h_n: list[Tensor] = []
-        c_n: list[Tensor] = []
-        for layer, row in enumerate(layers):
-            outputs, outputs_r = [], []
-            for d, weights in enumerate(row):
-                index = layer * directions + d
-                seq, seq_r = (x, x_r) if d == 0 else (_reverse(x, layout), _reverse(x_r, layout))
-                states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
-                out, out_r, h_last, c_last = self._layer(weights, layout.mask, grid, seq, seq_r, *states)
-                assert out_r is not None and h_last is not None  # (a layer's call returns them all)
-                if d == 1:
-                    out, out_r = _reverse(out, layout), _reverse(out_r, layout)
-                outputs.append(out)
-                outputs_r.append(out_r)
-                h_n.append(h_last)
-                if c_last is not None:
-                    c_n.append(c_last)
-            x, x_r = (outputs[0], outputs_r[0]) if directions == 1 else (torch.cat(outputs, -1), torch.cat(outputs_r, -1))
+
+        def run(weights: CellWeights, index: int, sequences: tuple[Tensor, ...]) -> _LayerRun:
+            seq, seq_r = sequences
+            states = (h0[index], h0_r[index], None if c0 is None else c0[index], None if c0_r is None else c0_r[index])
+            out, out_r, h_last, c_last = self._layer(weights, layout.mask, grid, seq, seq_r, *states)
+            assert out_r is not None and h_last is not None  # (a layer's call returns them all)
+            return (out, out_r), h_last, c_last
+
+        (x, _), h_n, c_n = _over_layers(layers, layout, (x, x_r), run)
         return x, torch.stack(h_n), torch.stack(c_n) if c_n else None
 
     def _layer(

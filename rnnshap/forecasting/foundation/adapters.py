@@ -150,6 +150,26 @@ class Adapter:
         return windows
 
 
+class ObservedMaskAdapter(Adapter):
+    """An adapter of a model that takes a missing value as the value 0 with a mask of the observed steps (Toto, Toto
+    2): the DeepSHAP module reads the windows with NaN as 0 and the mask as a context input (the explained window's
+    for it and its references alike), so that a missing step is no player and gets exactly 0."""
+
+    def observed_tensors(self, windows: np.ndarray, dtype: Any, device: Any) -> tuple[Any, Any]:
+        """``windows`` (NaN: missing) as torch tensors on ``device``: the values in ``dtype``, a missing one 0, and
+        the mask of the observed ones."""
+        import torch
+
+        x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=dtype, device=device)
+        return x, torch.as_tensor(~np.isnan(windows), device=device)
+
+    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
+
+    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
+        return [~np.isnan(windows)]
+
+
 def variate_columns(out: Any, columns: Sequence[Any], index: Callable[[Any], int]) -> Any:
     """The explained columns of a forecast ``out`` (m, V, H, Q_all) (numpy or torch): (m, H, C), one per column, a
     level (of the first variate: univariate windows) or a ``(variate, level)`` pair (multivariate windows);

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, net_module, variate_columns
+from .adapters import ObservedMaskAdapter, net_module, variate_columns
 
 
-class TotoAdapter(Adapter):
+class TotoAdapter(ObservedMaskAdapter):
     distribution = "toto-ts"
     label = "Toto"
     drops = "NaN (padding_mask False, the value 0)"
@@ -83,19 +83,10 @@ class TotoAdapter(Adapter):
         )
 
     def library_forecast(self, windows: np.ndarray, prediction_length: int, levels: list[Any]) -> np.ndarray:
-        import torch
-
         device = next(self.backbone.parameters()).device
-        x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=self.dtype, device=device)
-        observed = torch.as_tensor(~np.isnan(windows), device=device)
+        x, observed = self.observed_tensors(windows, self.dtype, device)
         mean = self.model.forecast(self._inputs(x, observed), prediction_length=prediction_length).mean
         return variate_columns(mean[..., None].double().cpu().numpy(), levels, lambda level: 0)
-
-    def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
-        return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
-
-    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
-        return [~np.isnan(windows)]
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, net_module, quantile_columns, variate_columns
+from .adapters import ObservedMaskAdapter, net_module, quantile_columns, variate_columns
 
 
-class Toto2Adapter(Adapter):
+class Toto2Adapter(ObservedMaskAdapter):
     distribution = "toto-2"
     label = "Toto 2"
     drops = "NaN (target_mask False, the value 0)"
@@ -73,8 +73,7 @@ class Toto2Adapter(Adapter):
 
         self._check_length(windows.shape[1] // max(1, self.variates))
         device = next(self.model.parameters()).device
-        x = torch.as_tensor(np.nan_to_num(windows, nan=0.0), dtype=torch.float32, device=device)
-        observed = torch.as_tensor(~np.isnan(windows), device=device)
+        x, observed = self.observed_tensors(windows, torch.float32, device)
         with torch.no_grad():
             quantiles = self.model.forecast(self._inputs(x, observed), prediction_length)  # (Q, n, V, H)
         out = quantiles[..., :prediction_length].permute(1, 2, 3, 0)
@@ -82,10 +81,7 @@ class Toto2Adapter(Adapter):
 
     def deepshap_windows(self, windows: np.ndarray) -> np.ndarray:
         self._check_length(windows.shape[1] // max(1, self.variates))
-        return np.nan_to_num(windows, nan=0.0)  # a missing value: 0, unobserved (the mask is a context input)
-
-    def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
-        return [~np.isnan(windows)]
+        return super().deepshap_windows(windows)
 
     def module(self, prediction_length: int, levels: list[Any]) -> Any:
         import torch
