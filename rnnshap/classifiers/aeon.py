@@ -121,7 +121,6 @@ def keras_function(members: list[Any], regressor: bool, channels: int, steps: in
     return keras.Model(inputs, out)
 
 
-
 def keras_explainer(
     model: Any,
     x: np.ndarray,
