@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,27 +230,23 @@ def test_expected_value_is_background_mean_of_outputs() -> None:
 
 
 # -- models that return several tensors ------------------------------------------------------------------
-class SeveralOutputs(nn.Module):
-    """An LSTM with a per-step head and a final head, returned as a tuple, a list or a dict."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-        self.lstm = nn.LSTM(3, 4, batch_first=True)
-        self.per_step, self.final = nn.Linear(4, 2), nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> object:
-        states = self.lstm(x)[0]
-        per_step, final = self.per_step(states), self.final(states[:, -1])
-        if self.how == "dict":
-            return {"per_step": per_step, "final": final}
-        return (per_step, final) if self.how == "tuple" else [per_step, final]
+def _several(m: nn.Module, x: torch.Tensor) -> object:
+    states = m.lstm(x)[0]
+    per_step, final = m.per_step(states), m.final(states[:, -1])
+    if m.how == "dict":
+        return {"per_step": per_step, "final": final}
+    return (per_step, final) if m.how == "tuple" else [per_step, final]
 
 
-class Concatenated(SeveralOutputs):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        states = self.lstm(x)[0]
-        return torch.cat([self.final(states[:, -1]), self.per_step(states).flatten(1)], 1)
+def _concatenated(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    states = m.lstm(x)[0]
+    return torch.cat([m.final(states[:, -1]), m.per_step(states).flatten(1)], 1)
+
+
+def several_outputs(how: str, forward: Any = _several) -> Composite:
+    """An LSTM with a per-step head and a final head, returned as a tuple, a list or a dict (``forward=_concatenated``:
+    the same parts, their outputs concatenated into one tensor)."""
+    return Composite(forward, how=how, lstm=nn.LSTM(3, 4, batch_first=True), per_step=nn.Linear(4, 2), final=nn.Linear(4, 1))
 
 
 @pytest.mark.parametrize("how", ["tuple", "list", "dict"])
@@ -257,8 +254,8 @@ def test_several_output_tensors_are_one_flat_vector_or_one_by_name(how: str) -> 
     """All of them: the values of the same model returning one concatenated tensor (a dict's in sorted
     key order: "final" first); ``output=`` picks one by name or index, with its own shape."""
     torch.manual_seed(0)
-    model = SeveralOutputs(how).double().eval()
-    concatenated = Concatenated(how).double().eval()
+    model = several_outputs(how).double().eval()
+    concatenated = several_outputs(how, _concatenated).double().eval()
     concatenated.load_state_dict(model.state_dict())
     background, X = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
@@ -279,7 +276,7 @@ def test_several_output_tensors_are_one_flat_vector_or_one_by_name(how: str) -> 
 
 def test_output_takes_numpy_integers() -> None:
     torch.manual_seed(0)
-    model = SeveralOutputs("tuple").double().eval()
+    model = several_outputs("tuple").double().eval()
     background = torch.randn(3, 5, 3, dtype=torch.float64)
     assert rnnshap.DeepExplainer(model, background, output=np.int64(1)).output_shape == (1,)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import rnnshap
 
-from .models.torch import RecurrentHead
+from .models.torch import Composite, RecurrentHead
 
 shap = pytest.importorskip("shap")
 matplotlib = pytest.importorskip("matplotlib")
@@ -23,23 +23,15 @@ T, F = 6, 3
 FEATURES, DAYS, CLASSES = ["price", "volume", "spread"], [f"day{t}" for t in range(T)], ["down", "flat", "up"]
 
 
-class Reader(nn.Module):
-    def __init__(self, outputs: int) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(F, 5, batch_first=True)
-        self.head = nn.Linear(5, outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.lstm(x)[0][:, -1])
-        return out.squeeze(-1) if out.shape[-1] == 1 and self.squeeze else out
-
-    squeeze = False
+def _read(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = m.head(m.lstm(x)[0][:, -1])
+    return out.squeeze(-1) if out.shape[-1] == 1 and m.squeeze else out
 
 
 def _explain(outputs: int, squeeze: bool = False) -> tuple[Any, nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    model = Reader(outputs).double().eval()
-    model.squeeze = squeeze
+    model = Composite(_read, lstm=nn.LSTM(F, 5, batch_first=True), head=nn.Linear(5, outputs), squeeze=squeeze)
+    model = model.double().eval()
     x = torch.randn(7, T, F, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, torch.randn(4, T, F, dtype=torch.float64))
     names = CLASSES if outputs == 3 else None

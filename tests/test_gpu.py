@@ -23,6 +23,7 @@ from torch import nn
 import rnnshap
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_adds_up_to, relative_to_max
+from .models.torch import Composite, RecurrentHead
 
 
 def accelerators() -> list[str]:
@@ -76,17 +77,10 @@ def on_device_against_cpu64(
     return np.asarray(values), np.asarray(expected), on_device
 
 
-class Recurrent(nn.Module):
-    def __init__(self, kind: str, **layer: Any) -> None:
-        super().__init__()
-        cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[kind]
-        self.rnn = cls(5, 16, batch_first=True, **layer)
-        width = 16 * (2 if layer.get("bidirectional") else 1)
-        self.head = nn.Linear(layer.get("proj_size") or width, 3) if not layer.get("bidirectional") else nn.Linear(width, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return self.head(torch.tanh(out[:, -1]))
+def recurrent(kind: str, **layer: Any) -> RecurrentHead:
+    """``nn.LSTM/GRU/RNN(5, 16, **layer)`` → tanh of the last step → Linear(·, 3)."""
+    cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[kind]
+    return RecurrentHead.over(cls(5, 16, batch_first=True, **layer), 3, read="tanh_last", head_inputs=layer.get("proj_size"))
 
 
 LAYERS = {
@@ -104,7 +98,7 @@ def test_fused_recurrent_layers_on_the_device_match_cpu_float64(device: str, lay
     kind, options = LAYERS[layer]
     generator = torch.Generator().manual_seed(1)
     background, x = torch.randn(16, 30, 5, generator=generator), torch.randn(8, 30, 5, generator=generator)
-    values, expected, model = on_device_against_cpu64(lambda: Recurrent(kind, **options), background, x, device)
+    values, expected, model = on_device_against_cpu64(lambda: recurrent(kind, **options), background, x, device)
     assert relative_to_max(values, expected) <= FLOAT32_VS_FLOAT64
     with torch.no_grad():
         outputs = model(x.to(device)).double().cpu().numpy()
@@ -112,16 +106,10 @@ def test_fused_recurrent_layers_on_the_device_match_cpu_float64(device: str, lay
     assert_adds_up_to(base + values.reshape(8, -1, 3).sum(1), outputs, "float32")
 
 
-class Packed(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.GRU(5, 12, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(24, 2)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)
-        return self.head(torch.cat([h[0], h[1]], 1))
+def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, h = m.rnn(packed)
+    return m.head(torch.cat([h[0], h[1]], 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -131,7 +119,7 @@ def test_packed_sequences_on_the_device_match_cpu_float64(device: str) -> None:
     lengths_b = torch.randint(3, 13, (10,), generator=generator)
     lengths_x = torch.randint(3, 13, (6,), generator=generator)
     torch.manual_seed(0)
-    model = Packed().eval()
+    model = Composite(_packed, rnn=nn.GRU(5, 12, batch_first=True, bidirectional=True), head=nn.Linear(24, 2)).eval()
     reference = copy.deepcopy(model).double()
     model = model.to(device)
     before = state_of(model)
@@ -150,7 +138,7 @@ def test_the_shapley_mode_on_the_device_matches_cpu_float64(device: str) -> None
     generator = torch.Generator().manual_seed(3)
     background, x = torch.randn(6, 6, 5, generator=generator), torch.randn(3, 6, 5, generator=generator)
     torch.manual_seed(0)
-    model = Recurrent("LSTM").eval()
+    model = recurrent("LSTM").eval()
     reference = copy.deepcopy(model).double()
     model = model.to(device)
     before = state_of(model)

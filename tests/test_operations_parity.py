@@ -304,7 +304,7 @@ def test_binary_entries_on_the_jax_engine() -> None:
     """The table's binary entries as JAX primitives in a Flax model (rnnshap/engines/jax): two input-dependent operands,
     and one against a constant, as on the other engines."""
     jax = pytest.importorskip("jax")
-    nnx = pytest.importorskip("flax.nnx")
+    pytest.importorskip("flax.nnx")
     names = [(entry, name) for entry in BINARY for name in entry.jax]
     x, r, slices = _layout(names)
     m = x.size // 3
@@ -312,14 +312,15 @@ def test_binary_entries_on_the_jax_engine() -> None:
     call = {op: (lambda a, b, p=p: p.bind(a, b)) for op, p in prims.items()}
     constant = jax.numpy.asarray(x[m : 2 * m])
 
-    class Model(nnx.Module):
-        def __call__(self, t: Any) -> Any:
-            parts = [call[op](t[:, s:e], t[:, m + s : m + e]) for _, op, s, e in slices]
-            parts += [call[op](t[:, 2 * m + s : 2 * m + e], jax.numpy.broadcast_to(constant[s:e], (t.shape[0], e - s)))
-                      for _, op, s, e in slices]  # fmt: skip
-            return jax.numpy.concatenate(parts, -1).sum(-1, keepdims=True)
+    from .models.flax import FlaxFunction
 
-    values = rnnshap.DeepExplainer(Model(), r[None]).shap_values(x[None], check_additivity=False)
+    def model(t: Any) -> Any:
+        parts = [call[op](t[:, s:e], t[:, m + s : m + e]) for _, op, s, e in slices]
+        parts += [call[op](t[:, 2 * m + s : 2 * m + e], jax.numpy.broadcast_to(constant[s:e], (t.shape[0], e - s)))
+                  for _, op, s, e in slices]  # fmt: skip
+        return jax.numpy.concatenate(parts, -1).sum(-1, keepdims=True)
+
+    values = rnnshap.DeepExplainer(FlaxFunction(model), r[None]).shap_values(x[None], check_additivity=False)
     corners = {}
     for n, op, s, e in slices:
         a, b, ar, br = (jax.numpy.asarray(t[s:e]) for t in (x[:m], x[m : 2 * m], r[:m], r[m : 2 * m]))

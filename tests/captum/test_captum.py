@@ -285,27 +285,20 @@ def test_additional_forward_args_are_passed_and_not_attributed(captum_attr: Any,
     np.testing.assert_allclose(ours[0].numpy(), (unscaled[0] * factor).numpy(), rtol=0, atol=1e-12)
 
 
-class Packed(nn.Module):
+def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """An LSTM over packed sequences, with lengths and token ids given as additional arguments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(10, 3)
-        self.lstm = nn.LSTM(4 + 3, 8, batch_first=True)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([x, self.embedding(tokens)], -1)
-        packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)
-        return self.head(h[-1])
+    z = torch.cat([x, m.embedding(tokens)], -1)
+    packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, (h, _) = m.lstm(packed)
+    return m.head(h[-1])
 
 
 def test_integer_additional_args_are_context_row_by_row() -> None:
     """Lengths and token ids in additional_forward_args are used as given, row by row, on both sides of
     every pair (even when they feed an embedding): the attributions of each pair add up."""
     torch.manual_seed(0)
-    model = Packed().eval()
+    model = Composite(_packed, embedding=nn.Embedding(10, 3), lstm=nn.LSTM(4 + 3, 8, batch_first=True), head=nn.Linear(8, 2))
+    model = model.eval()
     x, background = data(6, 4, n=4, baselines=3)
     lengths, tokens = torch.tensor([6, 3, 5, 2]), torch.randint(0, 10, (4, 6), generator=torch.Generator().manual_seed(2))
     extra = {"additional_forward_args": (lengths, tokens), "return_convergence_delta": True}

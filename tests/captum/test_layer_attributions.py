@@ -59,20 +59,17 @@ def cnn() -> nn.Module:
                      relu2=nn.ReLU(), fc=nn.Linear(3 * 2 * 2, 4))  # fmt: skip
 
 
-class Stacked(nn.Module):
-    """x (N, T, 3) → Linear → ReLU → LSTM → GRU → final state → Linear (2 outputs)."""
+def _stacked(m: nn.Module, x: Tensor) -> Tensor:
+    out, _ = m.lstm(torch.relu(m.pre(x)))
+    _, h = m.gru(m.tap(out) if hasattr(m, "tap") else out)
+    return m.head(h[-1])
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.pre = nn.Linear(3, 4)
-        self.lstm = nn.LSTM(4, 5, batch_first=True)
-        self.gru = nn.GRU(5, 4, batch_first=True)
-        self.head = nn.Linear(4, 2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(torch.relu(self.pre(x)))
-        _, h = self.gru(out)
-        return self.head(h[-1])
+def stacked(**tap: nn.Module) -> Composite:
+    """x (N, T, 3) → Linear → ReLU → LSTM → GRU → final state → Linear (2 outputs); ``tap=nn.Identity()``: on the
+    LSTM's hidden states, a one-tensor layer Captum can hook."""
+    return Composite(_stacked, pre=nn.Linear(3, 4), lstm=nn.LSTM(4, 5, batch_first=True), gru=nn.GRU(5, 4, batch_first=True),
+                     head=nn.Linear(4, 2), **tap)  # fmt: skip
 
 
 def _tanh_first_units(out: Tensor, state: object) -> Tensor:
@@ -203,7 +200,7 @@ def test_captum_misses_at_an_activations_input_where_rnnshap_adds_up(captum_attr
 # -- recurrent layers: exact where Captum is not --------------------------------------------------
 def test_hidden_states_of_an_lstm_and_a_gru_add_up() -> None:
     torch.manual_seed(2)
-    model = Stacked().double().eval()
+    model = stacked().double().eval()
     before = _state(model)
     x, b, bg = _randn(4, 7, 3, seed=9), _randn(4, 7, 3, seed=10), _randn(5, 7, 3, seed=11)
     with torch.no_grad():
@@ -238,24 +235,11 @@ def test_hidden_states_of_an_lstm_and_a_gru_add_up() -> None:
     _assert_unchanged(model, before)
 
 
-class Tapped(Stacked):
-    """``Stacked`` with an ``nn.Identity`` on the LSTM's hidden states: a one-tensor layer Captum can hook."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tap = nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(torch.relu(self.pre(x)))
-        _, h = self.gru(self.tap(out))
-        return self.head(h[-1])
-
-
 def test_hidden_states_where_captum_misses(captum_attr: Any) -> None:
     """The LSTM's hidden states feed a GRU: Captum's attributions to them (through an identity tap, since
     it refuses the LSTM's tuple output) miss f(x) − f(b); rnnshap's add up and equal those at ``out``."""
     torch.manual_seed(2)
-    model = Tapped().double().eval()
+    model = stacked(tap=nn.Identity()).double().eval()
     x, bg = _randn(4, 7, 3, seed=9), _randn(5, 7, 3, seed=11)
     ours, delta = LayerDeepLiftShap(model, model.tap).attribute(x, bg, target=0, return_convergence_delta=True)
     at_lstm = LayerDeepLiftShap(model, model.lstm).attribute(x, bg, target=0)
@@ -272,7 +256,7 @@ def test_hidden_states_where_captum_misses(captum_attr: Any) -> None:
 
 def test_captum_is_not_exact_before_a_recurrent_layer(captum_attr: Any) -> None:
     torch.manual_seed(2)
-    model = Stacked().double().eval()
+    model = stacked().double().eval()
     x, bg = _randn(4, 7, 3, seed=9), _randn(5, 7, 3, seed=11)
     ours, delta = LayerDeepLiftShap(model, model.pre).attribute(x, bg, target=0, return_convergence_delta=True)
     theirs, captum_delta = captum_attr.LayerDeepLiftShap(model, model.pre).attribute(
@@ -305,7 +289,7 @@ def test_zeros_where_the_output_cannot_read_a_unit_or_a_step() -> None:
 def test_a_neuron_of_a_recurrent_layer_is_causal_and_adds_up() -> None:
     """Unit 3 of the LSTM's hidden state at step 2 depends on steps 0-2 only: later steps get exactly 0."""
     torch.manual_seed(2)
-    model = Stacked().double().eval()
+    model = stacked().double().eval()
     before = _state(model)
     x, b, bg = _randn(4, 7, 3, seed=9), _randn(4, 7, 3, seed=10), _randn(5, 7, 3, seed=11)
 

@@ -30,6 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnshap
 
+from ..models.torch import Composite
 from .choosers import Chooser
 
 Tensor = torch.Tensor
@@ -500,31 +501,30 @@ def final_width(b: BlockSpec) -> int:
     return size * (2 if b.bidirectional else 1)
 
 
-class _Cell(nn.Module):
-    def __init__(self, cell: nn.Module, hidden: int, h0: bool) -> None:
-        super().__init__()
-        self.cell = cell
-        self.h0 = nn.Parameter(torch.randn(hidden) * 0.5) if h0 else None
-        self.c0 = nn.Parameter(torch.randn(hidden) * 0.5) if h0 else None
+def _held(m: nn.Module, *inputs: Any) -> Any:
+    raise TypeError("a block's parameters only: FuzzNet runs the block (_run_block)")
 
 
-class _Recurrent(nn.Module):
-    def __init__(self, layer: nn.RNNBase, h0: bool, chain: nn.GRU | None) -> None:
-        super().__init__()
-        self.layer = layer
-        self.chain = chain
-        dirs = 2 if layer.bidirectional else 1
-        hsize = layer.proj_size if getattr(layer, "proj_size", 0) else layer.hidden_size
-        self.h0 = nn.Parameter(torch.randn(layer.num_layers * dirs, 1, hsize) * 0.5) if h0 else None
-        self.c0 = nn.Parameter(torch.randn(layer.num_layers * dirs, 1, layer.hidden_size) * 0.5) if h0 else None
+def _cell(cell: nn.Module, hidden: int, h0: bool) -> Composite:
+    """A cell block's parameters: the cell, and its learned initial state (h0, c0) or None."""
+    return Composite(_held, cell=cell, h0=nn.Parameter(torch.randn(hidden) * 0.5) if h0 else None,
+                     c0=nn.Parameter(torch.randn(hidden) * 0.5) if h0 else None)  # fmt: skip
 
 
-class _Attention(nn.Module):
-    def __init__(self, d: int, out: int) -> None:
-        super().__init__()
-        a = max(2, out)
-        self.q, self.k, self.v, self.o = nn.Linear(d, a), nn.Linear(d, a), nn.Linear(d, a), nn.Linear(a, out)
-        self.scale = 1.0 / math.sqrt(a)
+def _recurrent(layer: nn.RNNBase, h0: bool, chain: nn.GRU | None) -> Composite:
+    """A recurrent block's parameters: the layer, the GRU chained after it or None, its learned initial state or None."""
+    dirs = 2 if layer.bidirectional else 1
+    hsize = layer.proj_size if getattr(layer, "proj_size", 0) else layer.hidden_size
+    groups = layer.num_layers * dirs
+    return Composite(_held, layer=layer, chain=chain, h0=nn.Parameter(torch.randn(groups, 1, hsize) * 0.5) if h0 else None,
+                     c0=nn.Parameter(torch.randn(groups, 1, layer.hidden_size) * 0.5) if h0 else None)  # fmt: skip
+
+
+def _attention(d: int, out: int) -> Composite:
+    """An attention block's parameters: q, k, v, o and the scale."""
+    a = max(2, out)
+    return Composite(_held, q=nn.Linear(d, a), k=nn.Linear(d, a), v=nn.Linear(d, a), o=nn.Linear(a, out),
+                     scale=1.0 / math.sqrt(a))  # fmt: skip
 
 
 def _make_block(b: BlockSpec, d: int) -> nn.Module:
@@ -538,11 +538,11 @@ def _make_block(b: BlockSpec, d: int) -> nn.Module:
         else:
             layer = nn.RNN(d, hidden, b.num_layers, nonlinearity=b.nonlinearity, **common)
         chain = nn.GRU((b.proj or hidden) * (2 if b.bidirectional else 1), b.out, batch_first=b.batch_first) if b.chain else None
-        return _Recurrent(layer, b.h0, chain)
+        return _recurrent(layer, b.h0, chain)
     if b.kind in CELLS:
         cell = {"lstm_cell": lambda: nn.LSTMCell(d, b.out, bias=b.bias), "gru_cell": lambda: nn.GRUCell(d, b.out, bias=b.bias),
                 "rnn_cell": lambda: nn.RNNCell(d, b.out, bias=b.bias, nonlinearity=b.nonlinearity)}[b.kind]()  # fmt: skip
-        return _Cell(cell, b.out, b.h0)
+        return _cell(cell, b.out, b.h0)
     if b.kind == "linear":
         return nn.Sequential(nn.Linear(d, b.out), nn.Dropout(0.5)) if b.dropout else nn.Linear(d, b.out)
     if b.kind == "norm":
@@ -552,7 +552,7 @@ def _make_block(b: BlockSpec, d: int) -> nn.Module:
             return nn.LayerNorm(d, eps=1e-12 if b.norm == "layer_eps12" else 1e-5, elementwise_affine=b.affine)
         return nn.RMSNorm(d, eps=1e-6 if b.norm == "rms_eps" else None, elementwise_affine=b.affine)
     if b.kind == "attention":
-        return _Attention(d, b.out)
+        return _attention(d, b.out)
     if b.kind == "mha":
         return nn.MultiheadAttention(d, b.heads, batch_first=True)
     if b.kind == "encdec":
@@ -582,7 +582,7 @@ def _run_block(
     ``initial``: (h, c), each (N, layers·dirs·size), an initial state computed from an input."""
     n = x.shape[0]
     if b.kind in RECURRENT:
-        assert isinstance(layer, _Recurrent)
+        assert isinstance(layer, Composite)
         inp: Any = x if b.batch_first else x.transpose(0, 1)
         order = None
         if b.packed and b.sort:  # the old way: sort by length, pack sorted, unsort afterwards
@@ -617,7 +617,7 @@ def _run_block(
         final = torch.cat([hn[-2], hn[-1]], -1) if b.bidirectional and layer.chain is None else hn[-1]
         return out, final
     if b.kind in CELLS:
-        assert isinstance(layer, _Cell)
+        assert isinstance(layer, Composite)
         hidden = b.out
         if initial is not None:
             h, c = initial
@@ -651,7 +651,7 @@ def _run_block(
     if b.kind == "norm":
         return _activation(b.act, layer(x)), None
     if b.kind == "attention":
-        assert isinstance(layer, _Attention)
+        assert isinstance(layer, Composite)
         q, k, v = layer.q(x), layer.k(x), layer.v(x)
         causal = _causal_mask(T, x.device)
         if b.scores == "sdpa":

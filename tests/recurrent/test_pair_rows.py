@@ -10,7 +10,7 @@ on it (the same as with the pair structure unknown, to float64 rounding).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ import rnnshap
 from rnnshap.recurrent.pairs import Side
 from rnnshap.rules import PairGrid
 
-from ..models.torch import Composite
+from ..models.torch import Composite, RecurrentHead
 
 _KERNELS = (torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu)
 
@@ -41,27 +41,19 @@ class KernelRows(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class Net(nn.Module):
-    def __init__(self, kind: str, **options: Any) -> None:
-        super().__init__()
-        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
-        self.rnn = cls(3, 5, batch_first=True, **options)
-        width = options.get("proj_size") or 5
-        self.head = nn.Linear(width * (2 if options.get("bidirectional") else 1), 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
+def net(kind: str, **options: Any) -> RecurrentHead:
+    cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+    width = (options.get("proj_size") or 5) * (2 if options.get("bidirectional") else 1)
+    return RecurrentHead.over(cls(3, 5, batch_first=True, **options), 2, head_inputs=width)
 
 
-class ScaledByContext(Net):
+def _scaled_by_context(m: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The sequence is masked by an integer context input first (steps ``t < scale + 2`` kept: a
     comparison, so the integers are context, not numbers), so the reference side seen by the
     recurrent layer differs from sample to sample."""
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        kept = torch.arange(x.shape[1]) < scale[:, None] + 2
-        return super().forward(x * kept.unsqueeze(-1).to(x.dtype))
+    kept = torch.arange(x.shape[1]) < scale[:, None] + 2
+    out, _ = m.rnn(x * kept.unsqueeze(-1).to(x.dtype))
+    return m.head(out[:, -1])
 
 
 ARCHITECTURES = [
@@ -78,7 +70,7 @@ def _problem(
     kind: str, options: dict, n: int = 4, n_refs: int = 3, steps: int = 7
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(3)
-    model = Net(kind, **options).double().eval()
+    model = net(kind, **options).double().eval()
     return model, torch.randn(n, steps, 3, dtype=torch.float64), torch.randn(n_refs, steps, 3, dtype=torch.float64)
 
 
@@ -110,7 +102,8 @@ def test_the_kernel_runs_on_the_distinct_rows_only(kind: str, options: dict) -> 
 
 def test_a_sample_specific_reference_side_keeps_its_rows_and_stays_exact() -> None:
     torch.manual_seed(5)
-    model = ScaledByContext("lstm", num_layers=2).double().eval()
+    model = Composite(_scaled_by_context, rnn=nn.LSTM(3, 5, batch_first=True, num_layers=2), head=nn.Linear(5, 2))
+    model = model.double().eval()
     x, background = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
     scale = torch.tensor([1, 2, 3, 4])
     explainer = rnnshap.DeepExplainer(model, [background, torch.ones(3, dtype=torch.long)])
@@ -127,27 +120,21 @@ def test_a_sample_specific_reference_side_keeps_its_rows_and_stays_exact() -> No
     np.testing.assert_allclose(totals, (fx - base).numpy(), rtol=0, atol=1e-10)
 
 
-class CellScaledByContext(nn.Module):
-    """An LSTMCell looped in Python over a sequence masked by an integer context input (as ``ScaledByContext``):
+def _cell_scaled_by_context(m: nn.Module, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """An LSTMCell looped in Python over a sequence masked by an integer context input (as ``_scaled_by_context``):
     each step's reference side differs from sample to sample, so the cells' deferred row checks fail."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell, self.head = nn.LSTMCell(3, 5), nn.Linear(5, 2)
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        x = x * (torch.arange(x.shape[1]) < scale[:, None] + 2).unsqueeze(-1).to(x.dtype)
-        h = c = x.new_zeros(x.shape[0], 5)
-        for t in range(x.shape[1]):
-            h, c = self.cell(x[:, t], (h, c))
-        return self.head(h)
+    x = x * (torch.arange(x.shape[1]) < scale[:, None] + 2).unsqueeze(-1).to(x.dtype)
+    h = c = x.new_zeros(x.shape[0], 5)
+    for t in range(x.shape[1]):
+        h, c = m.cell(x[:, t], (h, c))
+    return m.head(h)
 
 
 def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_values() -> None:
     """A cell's row checks are read after the passes; where one fails the passes run again with each check read
     at once (the reference side then keeps its rows): the values are those of one pair per batch, adding up."""
     torch.manual_seed(6)
-    model = CellScaledByContext().double().eval()
+    model = Composite(_cell_scaled_by_context, cell=nn.LSTMCell(3, 5), head=nn.Linear(5, 2)).double().eval()
     x, background = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
     scale, context = torch.tensor([1, 2, 3, 4]), torch.ones(3, dtype=torch.long)
     held = []
@@ -186,20 +173,17 @@ def test_side_reduces_only_rows_that_repeat() -> None:
     assert Side.of("input", PairGrid(2, 2), 6, [(inputs, 1)]).axis is None  # the grid does not fit the batch
 
 
-class PackedNet(nn.Module):
+def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, h = m.rnn(packed)
+    h = h[0] if m.kind == "lstm" else h
+    return m.head(torch.cat(list(h[-(2 if m.rnn.bidirectional else 1) :]), 1))
+
+
+def packed_net(kind: str, **options: Any) -> Composite:
     """A recurrent layer over ``pack_padded_sequence`` (unsorted lengths, a context input)."""
-
-    def __init__(self, kind: str, **options: Any) -> None:
-        super().__init__()
-        self.kind = kind
-        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](3, 5, batch_first=True, **options)
-        self.head = nn.Linear(5 * (2 if options.get("bidirectional") else 1), 2)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)
-        h = h[0] if self.kind == "lstm" else h
-        return self.head(torch.cat(list(h[-(2 if self.rnn.bidirectional else 1) :]), 1))
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](3, 5, batch_first=True, **options)
+    return Composite(_packed, kind=kind, rnn=rnn, head=nn.Linear(5 * (2 if options.get("bidirectional") else 1), 2))
 
 
 class PaddedKernelRows(KernelRows):
@@ -214,7 +198,7 @@ class PaddedKernelRows(KernelRows):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_a_packed_layer_runs_the_forward_direction_on_the_distinct_references(kind: str) -> None:
     torch.manual_seed(7)
-    model = PackedNet(kind, bidirectional=True).double().eval()
+    model = packed_net(kind, bidirectional=True).double().eval()
     x, background = torch.randn(6, 8, 3, dtype=torch.float64), torch.randn(5, 8, 3, dtype=torch.float64)
     lengths = torch.tensor([8, 3, 5, 3, 8, 1])  # 4 distinct lengths
     explainer = rnnshap.DeepExplainer(model, [background, torch.full((5,), 8)])
@@ -243,7 +227,7 @@ def test_a_packed_layer_skips_the_finished_pairs_with_the_same_values(kind: str,
 
     torch.manual_seed(8)
     options = {"nonlinearity": "relu"} if kind == "rnn-relu" else {}
-    model = PackedNet(kind.split("-")[0], bidirectional=True, num_layers=2, **options).double().eval()
+    model = packed_net(kind.split("-")[0], bidirectional=True, num_layers=2, **options).double().eval()
     x, background = torch.randn(6, 8, 3, dtype=torch.float64), torch.randn(5, 8, 3, dtype=torch.float64)
     lengths = torch.tensor([8, 3, 5, 3, 7, 1])
     context = torch.full((5,), 8)
@@ -262,9 +246,11 @@ def test_a_packed_layer_skips_the_finished_pairs_with_the_same_values(kind: str,
 class LoopCell(nn.Module):
     """A GRU-like cell written as a Python loop over time: every step runs op by op."""
 
-    def __init__(self, features: int = 3, hidden: int = 4) -> None:
+    def __init__(
+        self, features: int = 3, hidden: int = 4, output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
-        self.hidden = hidden
+        self.hidden, self.output = hidden, output  # output(y, x): a function of the head's output (and the input)
         self.x, self.h, self.head = nn.Linear(features, 2 * hidden), nn.Linear(hidden, 2 * hidden), nn.Linear(hidden, 2)
         self.batches: list[int] = []
 
@@ -275,35 +261,30 @@ class LoopCell(nn.Module):
             z, g = (self.x(x[:, t]) + self.h(h)).chunk(2, 1)
             z = torch.sigmoid(z)
             h = z * h + (1 - z) * torch.tanh(g)
-        return self.head(h)
+        y = self.head(h)
+        return y if self.output is None else self.output(y, x)
 
 
-class TimeMajorFold(nn.Module):
+def _time_major_fold(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Folds time before the batch (rows t * B + b): a reference pass on the distinct references
     would be repeated block after block along that axis, which is not this layout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.head = nn.Linear(3, 4), nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps, batch = x.shape[1], x.shape[0]
-        folded = torch.tanh(self.a(x.transpose(0, 1).reshape(steps * batch, 3)))
-        return self.head(folded.reshape(steps, batch, 4).mean(0))
+    steps, batch = x.shape[1], x.shape[0]
+    folded = torch.tanh(m.a(x.transpose(0, 1).reshape(steps * batch, 3)))
+    return m.head(folded.reshape(steps, batch, 4).mean(0))
 
 
-class Squashed(LoopCell):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(super().forward(x))
+def time_major_fold() -> Composite:
+    return Composite(_time_major_fold, a=nn.Linear(3, 4), head=nn.Linear(4, 1))
 
 
-class SizeDependent(LoopCell):
+def squashed(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(y)
+
+
+def size_dependent(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Squashed on batches of more than 16 rows only, which the check at construction (on at most
     16) does not see."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return torch.sigmoid(out) if x.shape[0] > 16 else out
+    return torch.sigmoid(y) if x.shape[0] > 16 else y
 
 
 def _loop_problem(model: nn.Module, n: int = 5, n_refs: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -349,7 +330,7 @@ def test_the_setup_runs_the_model_on_two_backgrounds_worth_of_rows() -> None:
 
 
 def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
-    model, x, background = _loop_problem(TimeMajorFold())
+    model, x, background = _loop_problem(time_major_fold())
     explainer = rnnshap.DeepExplainer(model, background)
     assert not explainer.engine.distinct_references  # found at construction, on the values
     values = np.asarray(explainer.shap_values(x))
@@ -360,7 +341,7 @@ def test_a_layout_the_repeats_would_break_keeps_every_pair() -> None:
 
 def test_equal_background_rows_do_not_hide_a_layout_the_repeats_would_break() -> None:
     """(Found in review: eight all-zero baselines first, the check ran on those only and passed.)"""
-    model, x, background = _loop_problem(TimeMajorFold(), n_refs=4)
+    model, x, background = _loop_problem(time_major_fold(), n_refs=4)
     background = torch.cat([torch.zeros(8, 6, 3, dtype=torch.float64), background])
     explainer = rnnshap.DeepExplainer(model, background)
     assert not explainer.engine.distinct_references
@@ -371,14 +352,14 @@ def test_equal_background_rows_do_not_hide_a_layout_the_repeats_would_break() ->
 
 
 def test_passes_that_diverge_with_the_batch_size_fall_back_to_every_pair() -> None:
-    model, x, background = _loop_problem(SizeDependent())
+    model, x, background = _loop_problem(LoopCell(output=size_dependent))
     explainer = rnnshap.DeepExplainer(model, background)
     assert explainer.engine.distinct_references  # 8 and 16 rows take the same path
     values = np.asarray(explainer.shap_values(x))  # 20 pairs: the input pass takes the squashed path
     assert not explainer.engine.distinct_references
-    squashed = Squashed().double().eval()
-    squashed.load_state_dict(model.state_dict())
-    np.testing.assert_allclose(values, _every_pair(squashed, background, x), rtol=0, atol=1e-13 * np.abs(values).max())
+    squashed_model = LoopCell(output=squashed).double().eval()
+    squashed_model.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(values, _every_pair(squashed_model, background, x), rtol=0, atol=1e-13 * np.abs(values).max())
 
 
 class ScaledLoopCell(LoopCell):

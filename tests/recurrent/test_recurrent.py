@@ -22,7 +22,7 @@ import rnnshap
 from rnnshap.recurrent import RecurrentCell, RecurrentLayer
 
 from ..conftest import ADDITIVITY_TOL, eps
-from ..models.torch import RecurrentHead
+from ..models.torch import Composite, RecurrentHead
 from ..reference.rnn_deeplift import rnn_deeplift
 
 
@@ -63,32 +63,26 @@ class Arch:
         )
 
 
-class Readout(nn.Module):
+def _read_out(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    seq = x if m.arch.batch_first else x.transpose(0, 1)
+    if m.arch.packed:
+        assert lengths is not None
+        packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=m.arch.batch_first, enforce_sorted=m.arch.enforce_sorted)
+        out, _ = m.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=m.arch.batch_first, total_length=x.shape[1])
+    else:
+        out, _ = m.rnn(seq)
+    out = out if m.arch.batch_first else out.transpose(0, 1)
+    return (out * m.readout).sum((1, 2))
+
+
+def readout_model(arch: Arch, steps: int) -> Composite:
     """y = Σ_{t,k} W[t,k] · out[t,k] over the layer's full output sequence (batch-first input)."""
-
-    def __init__(self, arch: Arch, steps: int) -> None:
-        super().__init__()
-        self.arch = arch
-        self.rnn = arch.layer()
-        self.readout = nn.Parameter(torch.randn(steps, arch.out_features))
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        seq = x if self.arch.batch_first else x.transpose(0, 1)
-        if self.arch.packed:
-            assert lengths is not None
-            packed = pack_padded_sequence(
-                seq, lengths.cpu(), batch_first=self.arch.batch_first, enforce_sorted=self.arch.enforce_sorted
-            )
-            out, _ = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=self.arch.batch_first, total_length=x.shape[1])
-        else:
-            out, _ = self.rnn(seq)
-        out = out if self.arch.batch_first else out.transpose(0, 1)
-        return (out * self.readout).sum((1, 2))
+    return Composite(_read_out, arch=arch, rnn=arch.layer(), readout=nn.Parameter(torch.randn(steps, arch.out_features)))
 
 
 def reference_shap(
-    model: Readout, x: np.ndarray, background: np.ndarray, lengths: list[int] | None
+    model: nn.Module, x: np.ndarray, background: np.ndarray, lengths: list[int] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean over the background of the oracle's per-pair attributions, and the per-sample Δ."""
     params = {k: v.detach().double().numpy() for k, v in model.rnn.state_dict().items()}
@@ -134,7 +128,7 @@ def architectures(draw: st.DrawFn, max_steps: int = 12) -> tuple[Arch, int]:
 
 def _case(arch: Arch, steps: int, seed: int, dtype: torch.dtype, n: int = 3, n_refs: int = 4):
     torch.manual_seed(seed)
-    model = Readout(arch, steps).eval().to(dtype)
+    model = readout_model(arch, steps).eval().to(dtype)
     scale = 2.0
     x = scale * torch.randn(n, steps, arch.input_size, dtype=dtype)
     background = scale * torch.randn(n_refs, steps, arch.input_size, dtype=dtype)
@@ -213,23 +207,17 @@ def test_fused_and_step_by_step_paths_agree(arch: Arch) -> None:
     np.testing.assert_allclose(fused, stepwise, rtol=0, atol=1e-12 * np.abs(fused).max())
 
 
-class WithInitialState(nn.Module):
-    """LSTM whose initial states are model inputs, batch first: h0, c0 of shape (N, layers·dirs, H)."""
-
-    def __init__(self, arch: Arch, steps: int) -> None:
-        super().__init__()
-        self.inner = Readout(arch, steps)
-
-    def forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
-        out, _ = self.inner.rnn(x, (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous()))
-        return (out * self.inner.readout).sum((1, 2))
+def _with_initial_state(m: nn.Module, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """The readout's LSTM, its initial states model inputs, batch first: h0, c0 of shape (N, layers·dirs, H)."""
+    out, _ = m.inner.rnn(x, (h0.transpose(0, 1).contiguous(), c0.transpose(0, 1).contiguous()))
+    return (out * m.inner.readout).sum((1, 2))
 
 
 def test_initial_states_given_as_inputs_get_their_attributions() -> None:
     arch = Arch("lstm", num_layers=2, bidirectional=True, hidden_size=3)
     torch.manual_seed(3)
     steps, groups = 6, 4
-    model = WithInitialState(arch, steps).double().eval()
+    model = Composite(_with_initial_state, inner=readout_model(arch, steps)).double().eval()
     x, background = torch.randn(2, steps, 3, dtype=torch.float64), torch.randn(3, steps, 3, dtype=torch.float64)
     h0, c0 = torch.randn(2, groups, 3, dtype=torch.float64), torch.randn(2, groups, 3, dtype=torch.float64)
     h0_b, c0_b = torch.randn(3, groups, 3, dtype=torch.float64), torch.randn(3, groups, 3, dtype=torch.float64)
@@ -258,26 +246,23 @@ def test_initial_states_given_as_inputs_get_their_attributions() -> None:
     assert np.abs(phi_h).max() > 1e-3 and np.abs(phi_c).max() > 1e-3
 
 
-class CellLoop(nn.Module):
+def _cell_loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.zeros(x.shape[0], 4, dtype=x.dtype)
+    c = torch.zeros_like(h)
+    total = 0
+    for t in range(x.shape[1]):
+        if m.kind == "lstm":
+            h, c = m.cell(x[:, t], (h, c))
+        else:
+            h = m.cell(x[:, t], h)
+        total = total + (h * m.readout[t]).sum(-1)
+    return total
+
+
+def cell_loop(kind: str, steps: int) -> Composite:
     """A Python loop over a cell, equivalent to a one-layer recurrent layer with the same weights."""
-
-    def __init__(self, kind: str, steps: int) -> None:
-        super().__init__()
-        self.kind = kind
-        self.cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[kind](3, 4)
-        self.readout = nn.Parameter(torch.randn(steps, 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.zeros(x.shape[0], 4, dtype=x.dtype)
-        c = torch.zeros_like(h)
-        total = 0
-        for t in range(x.shape[1]):
-            if self.kind == "lstm":
-                h, c = self.cell(x[:, t], (h, c))
-            else:
-                h = self.cell(x[:, t], h)
-            total = total + (h * self.readout[t]).sum(-1)
-        return total
+    cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[kind](3, 4)
+    return Composite(_cell_loop, kind=kind, cell=cell, readout=nn.Parameter(torch.randn(steps, 4)))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -285,7 +270,7 @@ class CellLoop(nn.Module):
 def test_cells_in_python_loops_match_the_reference(kind: str, fused: bool) -> None:
     torch.manual_seed(4)
     steps = 5
-    model = CellLoop(kind, steps).double().eval()
+    model = cell_loop(kind, steps).double().eval()
     x, background = 2 * torch.randn(3, steps, 3, dtype=torch.float64), 2 * torch.randn(4, steps, 3, dtype=torch.float64)
     op = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[kind]
     phi = rnnshap.DeepExplainer(model, background, rules={op: RecurrentCell(kind, fused=fused)}).shap_values(x)
@@ -377,20 +362,14 @@ def test_the_fused_layers_wait_on_the_device_only_to_check_the_pair_rows_never_p
 
 
 
-class _CellLoop(nn.Module):
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind, self.cell = kind, {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](3, 5)
-        self.head = nn.Linear(5, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = c = x.new_zeros(x.shape[0], 5)
-        for t in range(x.shape[1]):
-            if self.kind == "lstm":
-                h, c = self.cell(x[:, t], (h, c))
-            else:
-                h = self.cell(x[:, t], h)
-        return self.head(h)
+def _cell_loop_head(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = c = x.new_zeros(x.shape[0], 5)
+    for t in range(x.shape[1]):
+        if m.kind == "lstm":
+            h, c = m.cell(x[:, t], (h, c))
+        else:
+            h = m.cell(x[:, t], h)
+    return m.head(h)
 
 
 @pytest.mark.parametrize("model", ["lstm", "gru", "lstm_cell", "gru_cell"])
@@ -401,7 +380,9 @@ def test_an_explanation_waits_on_the_device_as_often_at_21_steps_as_at_7(model: 
     def syncs(steps: int) -> tuple[list[str], np.ndarray, torch.Tensor]:
         torch.manual_seed(0)
         if model.endswith("_cell"):
-            net: nn.Module = _CellLoop(model.removesuffix("_cell"))
+            kind = model.removesuffix("_cell")
+            cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](3, 5)
+            net: nn.Module = Composite(_cell_loop_head, kind=kind, cell=cell, head=nn.Linear(5, 2))
         else:
             net = RecurrentHead.over({"lstm": nn.LSTM, "gru": nn.GRU}[model](3, 5, batch_first=True), 2)
         background, X = torch.randn(3, steps, 3), torch.randn(2, steps, 3)

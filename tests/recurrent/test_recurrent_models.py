@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -9,23 +11,19 @@ from torch import nn
 
 import rnnshap
 
-from ..models.torch import RecurrentHead
+from ..models.torch import Composite, RecurrentHead
 
 
-class Attention(nn.Module):
+def _attend(m: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    states, _ = m.lstm(m.embedding(tokens))
+    weights = torch.softmax(m.score(states).squeeze(-1), dim=1)
+    return m.out((weights.unsqueeze(-1) * states).sum(1))
+
+
+def attention(forward: Callable[..., torch.Tensor] = _attend, vocabulary: int = 20) -> Composite:
     """Embedding → LSTM → softmax attention over time (weighted sum) → Linear."""
-
-    def __init__(self, vocabulary: int = 20) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(vocabulary, 5)
-        self.lstm = nn.LSTM(5, 6, batch_first=True, bidirectional=True)
-        self.score = nn.Linear(12, 1)
-        self.out = nn.Linear(12, 3)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        states, _ = self.lstm(self.embedding(tokens))
-        weights = torch.softmax(self.score(states).squeeze(-1), dim=1)
-        return self.out((weights.unsqueeze(-1) * states).sum(1))
+    return Composite(forward, embedding=nn.Embedding(vocabulary, 5), lstm=nn.LSTM(5, 6, batch_first=True, bidirectional=True),
+                     score=nn.Linear(12, 1), out=nn.Linear(12, 3))  # fmt: skip
 
 
 def pooled(pool: str) -> RecurrentHead:
@@ -42,7 +40,7 @@ def _additivity(values: np.ndarray, outputs: np.ndarray, base: np.ndarray, featu
 
 def test_embedding_lstm_attention_is_attributed_per_token_and_adds_up() -> None:
     torch.manual_seed(0)
-    model = Attention().double().eval()
+    model = attention().double().eval()
     background, tokens = torch.randint(0, 20, (6, 9)), torch.randint(0, 20, (4, 9))
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(tokens)
@@ -61,11 +59,10 @@ def test_token_mask_computed_from_the_tokens_is_the_explained_samples() -> None:
     """A mask made from the token ids is taken from the explained sample on both sides, as if it
     were a context input (see tests/engines/pytorch/test_tokens.py)."""
 
-    class Masked(Attention):
-        def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-            return super().forward(tokens) * (tokens != 0 if mask is None else mask).any(1, keepdim=True)
+    def masked(m: nn.Module, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return _attend(m, tokens) * (tokens != 0 if mask is None else mask).any(1, keepdim=True)
 
-    model = Masked().double().eval()
+    model = attention(masked).double().eval()
     background, tokens = torch.randint(0, 20, (3, 5)), torch.randint(0, 20, (2, 5))
     tokens[1] = 0
     values = rnnshap.DeepExplainer(model, background).shap_values(tokens)
@@ -119,26 +116,22 @@ def test_all_outputs_in_one_batched_backward_equal_one_output_at_a_time() -> Non
         np.testing.assert_allclose(together[..., k], alone, rtol=0, atol=1e-14)
 
 
-class StateFromInput(nn.Module):
+def _state_from_input(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    summary = x.mean(1)
+    h0 = torch.tanh(m.init_h(summary)).expand(2, -1, -1).contiguous()
+    c0 = m.init_c(summary).expand(2, -1, -1).contiguous()
+    return m.out(m.lstm(x, (h0, c0))[0][:, -1])
+
+
+def state_from_input() -> Composite:
     """The LSTM's initial states are computed from the input itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.init_h = nn.Linear(3, 4)
-        self.init_c = nn.Linear(3, 4)
-        self.lstm = nn.LSTM(3, 4, batch_first=True, num_layers=2, dropout=0.5)
-        self.out = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        summary = x.mean(1)
-        h0 = torch.tanh(self.init_h(summary)).expand(2, -1, -1).contiguous()
-        c0 = self.init_c(summary).expand(2, -1, -1).contiguous()
-        return self.out(self.lstm(x, (h0, c0))[0][:, -1])
+    return Composite(_state_from_input, init_h=nn.Linear(3, 4), init_c=nn.Linear(3, 4),
+                     lstm=nn.LSTM(3, 4, batch_first=True, num_layers=2, dropout=0.5), out=nn.Linear(4, 1))  # fmt: skip
 
 
 def test_initial_states_computed_from_the_input_and_eval_mode_dropout_add_up() -> None:
     torch.manual_seed(5)
-    model = StateFromInput().double().eval()
+    model = state_from_input().double().eval()
     background, x = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(x)

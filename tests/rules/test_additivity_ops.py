@@ -227,55 +227,44 @@ def _with_known_bugs(forms: list[Form]) -> list[Any]:
     ]
 
 
-class OpBlock(nn.Module):
+def _block(m: nn.Module, x: Tensor) -> Tensor:
+    op = m.op_module if hasattr(m, "op_module") else m.op_fn
+    a = m.a(x)
+    y = op(a) if m.b is None else op(a, m.b(x))
+    return y.reshape(y.shape[0], -1)
+
+
+def op_block(d_in: int, spec: Form) -> Composite:
     """Linear layer(s) feeding one op; the result is flattened to (n, features)."""
-
-    def __init__(self, d_in: int, spec: Form) -> None:
-        super().__init__()
-        self.spec_id = spec.id
-        self.arity = spec.arity
-        self.a = nn.Linear(d_in, spec.width)
-        self.b = nn.Linear(d_in, spec.width) if spec.arity == 2 else None
-        op = spec.make()
-        if isinstance(op, nn.Module):
-            self.op_module = op
-        else:
-            self.op_fn = op
-
-    def op(self, *args: Tensor) -> Tensor:
-        return self.op_module(*args) if hasattr(self, "op_module") else self.op_fn(*args)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.a(x)
-        y = self.op(a) if self.b is None else self.op(a, self.b(x))
-        return y.reshape(y.shape[0], -1)
+    a = nn.Linear(d_in, spec.width)
+    b = nn.Linear(d_in, spec.width) if spec.arity == 2 else None
+    op = spec.make()
+    name = "op_module" if isinstance(op, nn.Module) else "op_fn"
+    return Composite(_block, spec_id=spec.id, arity=spec.arity, a=a, b=b, **{name: op})
 
 
-class OpNet(nn.Module):
+def _blocks_then_head(m: nn.Module, x: Tensor) -> Tensor:
+    for block in m.blocks:
+        x = block(x)
+    return m.head(x)
+
+
+def op_net(d: int, specs: list[Form], k: int, dtype: torch.dtype, scale: float = 1.0) -> Composite:
     """Blocks in sequence, then a Linear head with k outputs."""
-
-    def __init__(self, d: int, specs: list[Form], k: int, dtype: torch.dtype, scale: float = 1.0) -> None:
-        super().__init__()
-        blocks = []
-        width = d
-        for spec in specs:
-            block = OpBlock(width, spec)
-            with torch.no_grad():
-                width = block(torch.zeros(1, width)).shape[1]
-            blocks.append(block)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(width, k)
-        with torch.no_grad():  # spread the pre-activations so saturation and kinks are exercised
-            for block in self.blocks:
-                block.a.weight.mul_(scale)
-                if block.b is not None:
-                    block.b.weight.mul_(scale)
-        self.to(dtype).eval()
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+    blocks = []
+    width = d
+    for spec in specs:
+        block = op_block(width, spec)
+        with torch.no_grad():
+            width = block(torch.zeros(1, width)).shape[1]
+        blocks.append(block)
+    model = Composite(_blocks_then_head, blocks=nn.ModuleList(blocks), head=nn.Linear(width, k))
+    with torch.no_grad():  # spread the pre-activations so saturation and kinks are exercised
+        for block in model.blocks:
+            block.a.weight.mul_(scale)
+            if block.b is not None:
+                block.b.weight.mul_(scale)
+    return model.to(dtype).eval()
 
 
 def _inputs(
@@ -305,7 +294,7 @@ def _explain(
     **kw: Any,
 ) -> tuple[np.ndarray, nn.Module, Tensor, Tensor]:
     torch.manual_seed(seed)
-    model = OpNet(d, specs, k, dtype, scale)
+    model = op_net(d, specs, k, dtype, scale)
     background, X = _inputs(seed, d, n_bg, n_x, dtype, spread, edge)
     values = rnnshap.DeepExplainer(model, background, **kw).shap_values(X, check_additivity=False)
     return values, model, X, background

@@ -66,59 +66,57 @@ def _causal_keep(rows: int, columns: int) -> Tensor:
     return torch.ones(rows, columns, dtype=torch.bool).tril()
 
 
-class Sdpa(nn.Module):
+def _sdpa_operands(m: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    q, k, v = (t.unflatten(-1, (2, D // 2)).transpose(1, 2) for t in m.qkv(x).chunk(3, -1))  # (n, 2, T, 2)
+    keep = _causal_keep(T, T) | (torch.arange(T) == T - 1)  # a causal mask that lets every row see the last key
+    keep[:, 1] = False  # key 1 masked for every query
+    kwargs: dict[str, Any] = {}
+    if m.form == "bool":
+        kwargs["attn_mask"] = keep
+    elif m.form == "additive":
+        kwargs["attn_mask"] = torch.zeros(T, T, dtype=x.dtype).masked_fill(~keep, INF) + 0.1 * torch.arange(T, dtype=x.dtype)
+    elif m.form == "causal":
+        kwargs["is_causal"] = True
+    elif m.form == "scale":
+        kwargs["scale"] = 0.3
+    elif m.form == "tracked_mask":
+        kwargs["attn_mask"] = torch.tanh(m.bias(x))[:, None, None, :, 0]  # (n, 1, 1, T), one bias per key
+    elif m.form == "gqa":
+        k, v = k[:, :1], v[:, :1]
+        kwargs["enable_gqa"] = True
+    elif m.form == "dead_row":
+        kwargs["attn_mask"] = keep & (torch.arange(T) != 2)[:, None]  # query 2 sees nothing: torch gives 0
+    return q, k, v, kwargs
+
+
+def _sdpa(m: nn.Module, x: Tensor) -> Tensor:
+    q, k, v, kwargs = _sdpa_operands(m, x)
+    mixed = _write_out(q, k, v, **kwargs) if m.written else F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return m.out(mixed.transpose(1, 2).flatten(1))
+
+
+def _write_out(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+              scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    if enable_gqa:
+        k, v = k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1)
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    keep = torch.ones(scores.shape[-2:], dtype=torch.bool)
+    if is_causal:
+        keep = _causal_keep(*scores.shape[-2:])
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        keep = keep & attn_mask
+    scores = scores.masked_fill(~keep, INF)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + attn_mask
+    weights = torch.softmax(scores, -1)
+    dead = ~keep.any(-1, keepdim=True)  # torch's SDPA gives 0 where a row is masked throughout
+    return torch.where(dead, 0.0, weights) @ v
+
+
+def sdpa(form: str, written: bool = False) -> Composite:
     """Linear → q, k, v (two heads) → attention → Linear; ``written=True`` writes the attention out."""
-
-    def __init__(self, form: str, written: bool = False) -> None:
-        super().__init__()
-        self.form, self.written = form, written
-        self.qkv, self.out = nn.Linear(3, 3 * D), nn.Linear(T * D, 2)
-        self.bias = nn.Linear(3, 1)  # an input-dependent additive mask ("tracked_mask")
-
-    def operands(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
-        q, k, v = (t.unflatten(-1, (2, D // 2)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))  # (n, 2, T, 2)
-        keep = _causal_keep(T, T) | (torch.arange(T) == T - 1)  # a causal mask that lets every row see the last key
-        keep[:, 1] = False  # key 1 masked for every query
-        kwargs: dict[str, Any] = {}
-        if self.form == "bool":
-            kwargs["attn_mask"] = keep
-        elif self.form == "additive":
-            kwargs["attn_mask"] = torch.zeros(T, T, dtype=x.dtype).masked_fill(~keep, INF) + 0.1 * torch.arange(T, dtype=x.dtype)
-        elif self.form == "causal":
-            kwargs["is_causal"] = True
-        elif self.form == "scale":
-            kwargs["scale"] = 0.3
-        elif self.form == "tracked_mask":
-            kwargs["attn_mask"] = torch.tanh(self.bias(x))[:, None, None, :, 0]  # (n, 1, 1, T), one bias per key
-        elif self.form == "gqa":
-            k, v = k[:, :1], v[:, :1]
-            kwargs["enable_gqa"] = True
-        elif self.form == "dead_row":
-            kwargs["attn_mask"] = keep & (torch.arange(T) != 2)[:, None]  # query 2 sees nothing: torch gives 0
-        return q, k, v, kwargs
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v, kwargs = self.operands(x)
-        mixed = self.write_out(q, k, v, **kwargs) if self.written else F.scaled_dot_product_attention(q, k, v, **kwargs)
-        return self.out(mixed.transpose(1, 2).flatten(1))
-
-    @staticmethod
-    def write_out(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
-                  scale: float | None = None, enable_gqa: bool = False) -> Tensor:
-        if enable_gqa:
-            k, v = k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1)
-        scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
-        keep = torch.ones(scores.shape[-2:], dtype=torch.bool)
-        if is_causal:
-            keep = _causal_keep(*scores.shape[-2:])
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            keep = keep & attn_mask
-        scores = scores.masked_fill(~keep, INF)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            scores = scores + attn_mask
-        weights = torch.softmax(scores, -1)
-        dead = ~keep.any(-1, keepdim=True)  # torch's SDPA gives 0 where a row is masked throughout
-        return torch.where(dead, 0.0, weights) @ v
+    return Composite(_sdpa, form=form, written=written, qkv=nn.Linear(3, 3 * D), out=nn.Linear(T * D, 2),
+                     bias=nn.Linear(3, 1))  # bias: an input-dependent additive mask ("tracked_mask")  # fmt: skip
 
 
 SDPA_FORMS = ["plain", "bool", "additive", "causal", "scale", "tracked_mask", "gqa", "dead_row"]
@@ -127,8 +125,8 @@ SDPA_FORMS = ["plain", "bool", "additive", "causal", "scale", "tracked_mask", "g
 @pytest.mark.parametrize("form", SDPA_FORMS)
 def test_sdpa_equals_the_attention_written_out(form: str) -> None:
     torch.manual_seed(1)
-    fused = Sdpa(form).double().eval()
-    written = Sdpa(form, written=True).double().eval()
+    fused = sdpa(form).double().eval()
+    written = sdpa(form, written=True).double().eval()
     written.load_state_dict(fused.state_dict())
     background, X = _data((T, 3))
     with torch.no_grad():  # the written-out attention is torch's
@@ -146,7 +144,7 @@ def test_causal_sdpa_across_input_scales(scale: float) -> None:
     to the float64 attributions there (within 1e-3)."""
     torch.manual_seed(2)
     background, X = _data((T, 3), scale, seed=3)
-    _exact_in_both_dtypes(Sdpa("causal").double(), background, X, f32=scale <= 10.0)
+    _exact_in_both_dtypes(sdpa("causal").double(), background, X, f32=scale <= 10.0)
 
 
 # -- nn.MultiheadAttention against the same attention written out ----------------------------------------
@@ -186,73 +184,71 @@ def _mha_written(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: 
     return out, weights.mean(1) if average else weights
 
 
-class Mha(nn.Module):
-    """Linear → nn.MultiheadAttention (query from x, keys and values from x or a second projection) → Linear."""
+def _mha_operands(m: nn.Module, x: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], dict[str, Any]]:
+    h = m.lin(x)
+    query = key = value = h
+    if m.form == "kdim_vdim":
+        key, value = m.kv(x)[..., :3], m.kv(x)[..., 3:]
+    elif m.form == "cross":
+        key = value = torch.tanh(m.kv(x)[..., :D])
+    keep_last = torch.zeros(x.shape[0], T, dtype=torch.bool)
+    keep_last[:, 1] = True  # key 1 is padding
+    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    kw: dict[str, Any] = {"need_weights": m.form not in ("no_weights", "causal_hint")}
+    if m.form in ("bool_masks", "kdim_vdim", "bias_kv_zero_attn", "cross", "seq_first", "no_weights", "per_head"):
+        kw.update(key_padding_mask=keep_last, attn_mask=causal)
+    elif m.form == "float_masks":
+        kw.update(key_padding_mask=torch.zeros(x.shape[0], T, dtype=x.dtype).masked_fill(keep_last, INF),
+                  attn_mask=torch.zeros(T, T, dtype=x.dtype).masked_fill(causal, INF) + 0.2)
+    elif m.form == "mask_3d":
+        per_head = (torch.rand(2, T, T, generator=torch.Generator().manual_seed(5)) < 0.3) & ~torch.eye(T, dtype=torch.bool)
+        kw.update(attn_mask=per_head.repeat(x.shape[0], 1, 1))  # (n · heads, T, T)
+    elif m.form == "causal_hint":  # torch drops the mask and hands is_causal to SDPA
+        kw.update(attn_mask=nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype), is_causal=True)
+    if m.form == "per_head":
+        kw["average_attn_weights"] = False
+    if not m.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    return (query, key, value), kw
 
-    def __init__(self, form: str, written: bool = False) -> None:
-        super().__init__()
-        self.form, self.written = form, written
-        self.batch_first = form != "seq_first"
-        kw: dict[str, Any] = {}
-        if form == "kdim_vdim":
-            kw = {"kdim": 3, "vdim": 5}
-        if form == "bias_kv_zero_attn":
-            kw = {"add_bias_kv": True, "add_zero_attn": True}
-        self.lin, self.kv = nn.Linear(3, D), nn.Linear(3, 8)
-        self.mha = nn.MultiheadAttention(D, 2, batch_first=self.batch_first, **kw)
-        if form == "bias_kv_zero_attn":
-            nn.init.normal_(self.mha.bias_k)
-            nn.init.normal_(self.mha.bias_v)
-        nn.init.normal_(self.mha.in_proj_bias)  # torch zeroes them: give them values
-        self.S = T + 2 if form == "bias_kv_zero_attn" else T  # keys, with the bias key and the zero key
-        self.out = nn.Linear(T * D + T * self.S, 2)
 
-    def call(self, x: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], dict[str, Any]]:
-        h = self.lin(x)
-        query = key = value = h
-        if self.form == "kdim_vdim":
-            key, value = self.kv(x)[..., :3], self.kv(x)[..., 3:]
-        elif self.form == "cross":
-            key = value = torch.tanh(self.kv(x)[..., :D])
-        keep_last = torch.zeros(x.shape[0], T, dtype=torch.bool)
-        keep_last[:, 1] = True  # key 1 is padding
+def _mha(m: nn.Module, x: Tensor) -> Tensor:
+    (query, key, value), kw = _mha_operands(m, x)
+    if m.written:
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value)) if m.batch_first else (query, key, value)
+        need = kw.get("need_weights", True)
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
-        kw: dict[str, Any] = {"need_weights": self.form not in ("no_weights", "causal_hint")}
-        if self.form in ("bool_masks", "kdim_vdim", "bias_kv_zero_attn", "cross", "seq_first", "no_weights", "per_head"):
-            kw.update(key_padding_mask=keep_last, attn_mask=causal)
-        elif self.form == "float_masks":
-            kw.update(key_padding_mask=torch.zeros(x.shape[0], T, dtype=x.dtype).masked_fill(keep_last, INF),
-                      attn_mask=torch.zeros(T, T, dtype=x.dtype).masked_fill(causal, INF) + 0.2)
-        elif self.form == "mask_3d":
-            per_head = (torch.rand(2, T, T, generator=torch.Generator().manual_seed(5)) < 0.3) & ~torch.eye(T, dtype=torch.bool)
-            kw.update(attn_mask=per_head.repeat(x.shape[0], 1, 1))  # (n · heads, T, T)
-        elif self.form == "causal_hint":  # torch drops the mask and hands is_causal to SDPA
-            kw.update(attn_mask=nn.Transformer.generate_square_subsequent_mask(T, dtype=x.dtype), is_causal=True)
-        if self.form == "per_head":
-            kw["average_attn_weights"] = False
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        return (query, key, value), kw
+        mask = kw.get("attn_mask") if not kw.get("is_causal") else causal
+        out, weights = _mha_written(
+            m.mha, q, k, v, kw.get("key_padding_mask"), mask, need, kw.get("average_attn_weights", True)
+        )
+        out = out.transpose(0, 1) if m.batch_first else out
+    else:
+        out, weights = m.mha(query, key, value, **kw)
+    out = out if m.batch_first else out.transpose(0, 1)
+    if weights is None:
+        weights = torch.zeros(x.shape[0], T, m.S, dtype=x.dtype)
+    elif weights.dim() == 4:
+        weights = weights[:, 0] - weights[:, 1]
+    return m.out(torch.cat([out.flatten(1), weights.flatten(1)], 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        (query, key, value), kw = self.call(x)
-        if self.written:
-            q, k, v = (t.transpose(0, 1) for t in (query, key, value)) if self.batch_first else (query, key, value)
-            need = kw.get("need_weights", True)
-            causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
-            mask = kw.get("attn_mask") if not kw.get("is_causal") else causal
-            out, weights = _mha_written(
-                self.mha, q, k, v, kw.get("key_padding_mask"), mask, need, kw.get("average_attn_weights", True)
-            )
-            out = out.transpose(0, 1) if self.batch_first else out
-        else:
-            out, weights = self.mha(query, key, value, **kw)
-        out = out if self.batch_first else out.transpose(0, 1)
-        if weights is None:
-            weights = torch.zeros(x.shape[0], T, self.S, dtype=x.dtype)
-        elif weights.dim() == 4:
-            weights = weights[:, 0] - weights[:, 1]
-        return self.out(torch.cat([out.flatten(1), weights.flatten(1)], 1))
+
+def mha(form: str, written: bool = False) -> Composite:
+    """Linear → nn.MultiheadAttention (query from x, keys and values from x or a second projection) → Linear."""
+    kw: dict[str, Any] = {}
+    if form == "kdim_vdim":
+        kw = {"kdim": 3, "vdim": 5}
+    if form == "bias_kv_zero_attn":
+        kw = {"add_bias_kv": True, "add_zero_attn": True}
+    lin, kv = nn.Linear(3, D), nn.Linear(3, 8)
+    attention = nn.MultiheadAttention(D, 2, batch_first=form != "seq_first", **kw)
+    if form == "bias_kv_zero_attn":
+        nn.init.normal_(attention.bias_k)
+        nn.init.normal_(attention.bias_v)
+    nn.init.normal_(attention.in_proj_bias)  # torch zeroes them: give them values
+    keys = T + 2 if form == "bias_kv_zero_attn" else T  # keys, with the bias key and the zero key
+    return Composite(_mha, form=form, written=written, batch_first=form != "seq_first", lin=lin, kv=kv, mha=attention, S=keys,
+                     out=nn.Linear(T * D + T * keys, 2))  # fmt: skip
 
 
 MHA_FORMS = ["plain", "bool_masks", "float_masks", "mask_3d", "seq_first", "no_weights", "per_head", "causal_hint", "kdim_vdim",
@@ -262,8 +258,8 @@ MHA_FORMS = ["plain", "bool_masks", "float_masks", "mask_3d", "seq_first", "no_w
 @pytest.mark.parametrize("form", MHA_FORMS)
 def test_multihead_attention_equals_the_attention_written_out(form: str) -> None:
     torch.manual_seed(3)
-    fused = Mha(form).double().eval()
-    written = Mha(form, written=True).double().eval()
+    fused = mha(form).double().eval()
+    written = mha(form, written=True).double().eval()
     written.load_state_dict(fused.state_dict())
     background, X = _data((T, 3), seed=4)
     with torch.no_grad():
@@ -272,34 +268,31 @@ def test_multihead_attention_equals_the_attention_written_out(form: str) -> None
     np.testing.assert_allclose(values[F64], _explain(written, background, X), rtol=1e-9, atol=1e-12)
 
 
-class StaticKeys(nn.Module):
+def _static_keys(model: nn.Module, x: Tensor) -> Tensor:
+    query = model.lin(x).transpose(0, 1)  # (T, n, D)
+    static = torch.tanh(model.keys(x)).reshape(x.shape[0], T, 2, D // 2).transpose(1, 2).reshape(x.shape[0] * 2, T, D // 2)
+    m = model.mha
+    if model.written:
+        q = F.linear(query, m.in_proj_weight[:D], m.in_proj_bias[:D]).reshape(T, -1, D // 2).transpose(0, 1)
+        mixed = torch.softmax(q @ static.transpose(1, 2) / math.sqrt(D // 2), -1) @ static.cos()
+        out = F.linear(mixed.transpose(0, 1).reshape(T, -1, D), m.out_proj.weight, m.out_proj.bias)
+    else:
+        out = F.multi_head_attention_forward(
+            query, query, query, D, 2, m.in_proj_weight, m.in_proj_bias, None, None, False, 0.0, m.out_proj.weight,
+            m.out_proj.bias, training=False, need_weights=False, static_k=static, static_v=static.cos(),
+        )[0]
+    return model.out(out.transpose(0, 1).flatten(1))
+
+
+def static_keys(written: bool = False) -> Composite:
     """F.multi_head_attention_forward with static_k / static_v computed from the input (cached keys)."""
-
-    def __init__(self, written: bool = False) -> None:
-        super().__init__()
-        self.written = written
-        self.lin, self.keys = nn.Linear(3, D), nn.Linear(3, D)
-        self.mha, self.out = nn.MultiheadAttention(D, 2), nn.Linear(T * D, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        query = self.lin(x).transpose(0, 1)  # (T, n, D)
-        static = torch.tanh(self.keys(x)).reshape(x.shape[0], T, 2, D // 2).transpose(1, 2).reshape(x.shape[0] * 2, T, D // 2)
-        m = self.mha
-        if self.written:
-            q = F.linear(query, m.in_proj_weight[:D], m.in_proj_bias[:D]).reshape(T, -1, D // 2).transpose(0, 1)
-            mixed = torch.softmax(q @ static.transpose(1, 2) / math.sqrt(D // 2), -1) @ static.cos()
-            out = F.linear(mixed.transpose(0, 1).reshape(T, -1, D), m.out_proj.weight, m.out_proj.bias)
-        else:
-            out = F.multi_head_attention_forward(
-                query, query, query, D, 2, m.in_proj_weight, m.in_proj_bias, None, None, False, 0.0, m.out_proj.weight,
-                m.out_proj.bias, training=False, need_weights=False, static_k=static, static_v=static.cos(),
-            )[0]
-        return self.out(out.transpose(0, 1).flatten(1))
+    return Composite(_static_keys, written=written, lin=nn.Linear(3, D), keys=nn.Linear(3, D), mha=nn.MultiheadAttention(D, 2),
+                     out=nn.Linear(T * D, 1))  # fmt: skip
 
 
 def test_static_keys_and_values_equal_the_attention_written_out() -> None:
     torch.manual_seed(4)
-    fused, written = StaticKeys().double().eval(), StaticKeys(written=True).double().eval()
+    fused, written = static_keys().double().eval(), static_keys(written=True).double().eval()
     written.load_state_dict(fused.state_dict())
     background, X = _data((T, 3), seed=5)
     with torch.no_grad():
@@ -320,26 +313,19 @@ def test_unbatched_multihead_attention_is_exact() -> None:
 
 
 # -- models: an LSTM, then attention -----------------------------------------------------------------------
-class LstmSelfAttention(nn.Module):
+def _lstm_self_attention(m: nn.Module, x: Tensor, padding: Tensor) -> Tensor:
     """LSTM → self-attention over its states with a key padding mask (a bool context input) → masked mean → head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 8, batch_first=True)
-        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
-        h = self.lstm(x)[0]
-        mixed = self.mha(h, h, h, key_padding_mask=padding, need_weights=False)[0]
-        kept = (~padding).to(x.dtype).unsqueeze(-1)
-        return self.head((mixed * kept).sum(1) / kept.sum(1))
+    h = m.lstm(x)[0]
+    mixed = m.mha(h, h, h, key_padding_mask=padding, need_weights=False)[0]
+    kept = (~padding).to(x.dtype).unsqueeze(-1)
+    return m.head((mixed * kept).sum(1) / kept.sum(1))
 
 
 @pytest.mark.parametrize("scale", [1e-2, 1.0, 1e2])
 def test_lstm_self_attention_with_key_padding_gives_masked_steps_exactly_zero(scale: float) -> None:
     torch.manual_seed(5)
-    model = LstmSelfAttention().eval()
+    model = Composite(_lstm_self_attention, lstm=nn.LSTM(3, 8, batch_first=True),
+                      mha=nn.MultiheadAttention(8, 2, batch_first=True), head=nn.Linear(8, 2)).eval()  # fmt: skip
     background, X = _data((T, 3), scale, seed=6, n_x=3)
     padding = torch.arange(T) >= torch.tensor([[T], [T - 2], [T - 1]])  # sample 1: two steps of padding, sample 2: one
     bg_padding = torch.zeros(3, T, dtype=torch.bool)
@@ -430,21 +416,16 @@ def test_transformer_encoder_stack_with_key_padding_in_eval_under_no_grad(monkey
     the Python path, one rule call per layer each, and add up to the fast path's outputs."""
     calls, spy = _counted_attention(monkeypatch)
 
-    class Stack(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm = nn.LSTM(3, 8, batch_first=True)
-            layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
-            self.head = nn.Linear(8, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            padding = torch.zeros(x.shape[0], T, dtype=torch.bool)
-            padding[:, -1] = True
-            return self.head(self.encoder(self.lstm(x)[0], src_key_padding_mask=padding)[:, 0])
+    def stack(m: nn.Module, x: Tensor) -> Tensor:
+        padding = torch.zeros(x.shape[0], T, dtype=torch.bool)
+        padding[:, -1] = True
+        return m.head(m.encoder(m.lstm(x)[0], src_key_padding_mask=padding)[:, 0])
 
     torch.manual_seed(8)
-    model = Stack().double().eval()
+    lstm = nn.LSTM(3, 8, batch_first=True)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+    model = Composite(stack, lstm=lstm, encoder=encoder, head=nn.Linear(8, 1)).double().eval()
     background, X = _data((T, 3), seed=9)
     with torch.no_grad():
         model(X)
@@ -508,20 +489,15 @@ def test_sdpa_dropout_is_refused_by_name() -> None:
 
 
 def test_fused_attention_kernel_called_directly_is_refused_by_name() -> None:
-    class Native(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.mha = nn.MultiheadAttention(D, 2, batch_first=True)
-
-        def forward(self, x: Tensor) -> Tensor:
-            m = self.mha
-            out = torch._native_multi_head_attention(
-                x, x, x, D, 2, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias, need_weights=False
-            )[0]
-            return out.sum((1, 2))
+    def native(m: nn.Module, x: Tensor) -> Tensor:
+        out = torch._native_multi_head_attention(
+            x, x, x, D, 2, m.mha.in_proj_weight, m.mha.in_proj_bias, m.mha.out_proj.weight, m.mha.out_proj.bias,
+            need_weights=False,
+        )[0]
+        return out.sum((1, 2))
 
     with pytest.raises(rnnshap.UnsupportedOperationError, match="_native_multi_head_attention") as info:
-        rnnshap.DeepExplainer(Native().eval(), torch.randn(3, T, D))
+        rnnshap.DeepExplainer(Composite(native, mha=nn.MultiheadAttention(D, 2, batch_first=True)).eval(), torch.randn(3, T, D))
     assert "fused attention kernel" in str(info.value)
 
 

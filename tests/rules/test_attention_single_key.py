@@ -9,6 +9,8 @@ row goes the ordinary way, still exact.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive, relative_to_max
+from ..models.torch import Composite
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -36,28 +39,21 @@ def _mask(kind: str, dtype: torch.dtype, extra: int | None = None) -> Tensor:
     return torch.zeros(T, T, dtype=dtype).masked_fill(~keep, float("-inf"))
 
 
-class GroupAttention(nn.Module):
-    """Queries and keys from ``a``, values from ``b``, masked so that each position sees itself only."""
-
-    def __init__(self, kind: str, extra: int | None = None) -> None:
-        super().__init__()
-        self.kind, self.extra = kind, extra
-        self.q, self.k, self.v = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
-        self.out = nn.Linear(T * D, 2)
-
-    def attention(self, a: Tensor, b: Tensor) -> Tensor:
-        mask = _mask(self.kind, a.dtype, self.extra)
-        return F.scaled_dot_product_attention(self.q(a), self.k(a), self.v(b), attn_mask=mask)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.out(torch.tanh(self.attention(a, b)).flatten(1))
+def _attention(m: nn.Module, a: Tensor, b: Tensor) -> Tensor:
+    mask = _mask(m.kind, a.dtype, m.extra)
+    return F.scaled_dot_product_attention(m.q(a), m.k(a), m.v(b), attn_mask=mask)
 
 
-class Selected(GroupAttention):
+def _selected(m: nn.Module, a: Tensor, b: Tensor) -> Tensor:
     """The same function written without the attention: each position's own value."""
+    return m.v(b)
 
-    def attention(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.v(b)
+
+def group_attention(kind: str, extra: int | None = None, attention: Callable[..., Tensor] = _attention) -> Composite:
+    """Queries and keys from ``a``, values from ``b``, masked so that each position sees itself only."""
+    return Composite(lambda m, a, b: m.out(torch.tanh(m.attention(m, a, b)).flatten(1)), kind=kind, extra=extra,
+                     attention=attention, q=nn.Linear(D, D), k=nn.Linear(D, D), v=nn.Linear(D, D),
+                     out=nn.Linear(T * D, 2))  # fmt: skip
 
 
 def _data(seed: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -70,12 +66,12 @@ def _data(seed: int) -> tuple[list[Tensor], list[Tensor]]:
 @pytest.mark.parametrize("kind", ["bool", "finfo_min", "minus_inf"])
 def test_one_key_per_query_gives_queries_and_keys_exactly_nothing(kind: str) -> None:
     torch.manual_seed(0)
-    model = GroupAttention(kind).to(F64).eval()
+    model = group_attention(kind).to(F64).eval()
     background, X = _data(1)
     a, b = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive([a, b], model, X, background, F64)
     assert np.all(np.asarray(a) == 0.0)  # a reaches the queries and keys only
-    plain = Selected(kind).to(F64).eval()
+    plain = group_attention(kind, attention=_selected).to(F64).eval()
     plain.load_state_dict(model.state_dict())
     expected = rnnshap.DeepExplainer(plain, background).shap_values(X)[1]
     assert relative_to_max(b, expected) <= 1e-12
@@ -85,7 +81,7 @@ def test_one_key_per_query_gives_queries_and_keys_exactly_nothing(kind: str) -> 
 @pytest.mark.parametrize("row", [0, T // 2, T - 1])  # (a middle row: the first and last rows are one-hot)
 def test_a_row_with_two_keys_goes_the_ordinary_way(kind: str, row: int) -> None:
     torch.manual_seed(0)
-    model = GroupAttention(kind, extra=row).to(F64).eval()
+    model = group_attention(kind, extra=row).to(F64).eval()
     background, X = _data(2)
     a, b = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive([a, b], model, X, background, F64)
@@ -94,7 +90,7 @@ def test_a_row_with_two_keys_goes_the_ordinary_way(kind: str, row: int) -> None:
 
 def test_float32_one_key_masks_are_additive() -> None:
     torch.manual_seed(0)
-    model = GroupAttention("finfo_min").eval()
+    model = group_attention("finfo_min").eval()
     background, X = _data(3)
     background, X = [t.float() for t in background], [t.float() for t in X]
     a, b = rnnshap.DeepExplainer(model, background).shap_values(X)

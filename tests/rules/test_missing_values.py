@@ -62,19 +62,16 @@ def moment_scale(x: Tensor, eps: float = 1e-5) -> Tensor:
 SCALERS: dict[str, Callable[[Tensor], Tensor]] = {"tirex": tirex_scale, "chronos": chronos_scale, "moment": moment_scale}
 
 
-class MaskFeature(nn.Module):
+def _mask_feature(m: nn.Module, x: Tensor) -> Tensor:
+    token = m.scale(x)
+    mask = torch.isnan(token).logical_not().to(token.dtype)
+    token = torch.nan_to_num(token, nan=0.0)
+    return m.out(torch.tanh(m.hidden(torch.cat((token, mask), dim=-1))))
+
+
+def mask_feature(scale: Callable[[Tensor], Tensor], length: int = L, hidden: int = 8) -> Composite:
     """TiRex's input: the scaled window with NaN filled, beside ``isnan(x).logical_not().to(dtype)``, into a network."""
-
-    def __init__(self, scale: Callable[[Tensor], Tensor], length: int = L, hidden: int = 8) -> None:
-        super().__init__()
-        self.scale = scale
-        self.hidden, self.out = nn.Linear(2 * length, hidden), nn.Linear(hidden, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        token = self.scale(x)
-        mask = torch.isnan(token).logical_not().to(token.dtype)
-        token = torch.nan_to_num(token, nan=0.0)
-        return self.out(torch.tanh(self.hidden(torch.cat((token, mask), dim=-1))))
+    return Composite(_mask_feature, scale=scale, hidden=nn.Linear(2 * length, hidden), out=nn.Linear(hidden, 2))
 
 
 def _windows(n: int, seed: int, gap: int = 0, dtype: torch.dtype = F64) -> Tensor:
@@ -93,7 +90,7 @@ def _explain(model: nn.Module, background: Tensor, X: Tensor) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_missing_entries_masked_by_the_model_are_exact_and_get_zero(scaler: str, dtype: torch.dtype) -> None:
     torch.manual_seed(1)
-    model = MaskFeature(SCALERS[scaler]).to(dtype).eval()
+    model = mask_feature(SCALERS[scaler]).to(dtype).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     background, X = _windows(8, 0, GAP, dtype), _windows(3, 1, GAP, dtype)
     values = _explain(model, background, X)
@@ -104,18 +101,12 @@ def test_missing_entries_masked_by_the_model_are_exact_and_get_zero(scaler: str,
     assert torch.isnan(X[:, :GAP]).all() and torch.isnan(background[:, :GAP]).all()  # the data as given
 
 
-class Observed(nn.Module):
-    """``MaskFeature`` written for the observed entries only: the missing ones are constants (mask 0, fill 0)."""
-
-    def __init__(self, model: MaskFeature, scale: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.model, self.scale_observed = model, scale
-
-    def forward(self, observed: Tensor) -> Tensor:
-        n = observed.shape[0]
-        token = torch.cat((torch.zeros(n, GAP, dtype=observed.dtype), self.scale_observed(observed)), -1)
-        mask = torch.cat((torch.zeros(n, GAP, dtype=observed.dtype), torch.ones_like(observed)), -1)
-        return self.model.out(torch.tanh(self.model.hidden(torch.cat((token, mask), dim=-1))))
+def _observed(m: nn.Module, observed: Tensor) -> Tensor:
+    """``mask_feature`` written for the observed entries only: the missing ones are constants (mask 0, fill 0)."""
+    n = observed.shape[0]
+    token = torch.cat((torch.zeros(n, GAP, dtype=observed.dtype), m.scale_observed(observed)), -1)
+    mask = torch.cat((torch.zeros(n, GAP, dtype=observed.dtype), torch.ones_like(observed)), -1)
+    return m.model.out(torch.tanh(m.model.hidden(torch.cat((token, mask), dim=-1))))
 
 
 def _plain_tirex(x: Tensor) -> Tensor:
@@ -128,10 +119,10 @@ def test_values_equal_those_of_the_model_written_on_the_observed_entries() -> No
     """The mask is a constant of the explained function and nanmean a mean over the observed entries: the
     values on the observed entries are those of the same network written without NaN (float64, 1e-12)."""
     torch.manual_seed(2)
-    model = MaskFeature(tirex_scale).to(F64).eval()
+    model = mask_feature(tirex_scale).to(F64).eval()
     background, X = _windows(8, 0, GAP), _windows(3, 1, GAP)
     values = _explain(model, background, X)
-    plain = Observed(model, _plain_tirex).eval()
+    plain = Composite(_observed, model=model, scale_observed=_plain_tirex).eval()
     expected = _explain(plain, background[:, GAP:], X[:, GAP:])
     assert relative_to_max(values[:, GAP:], expected) <= 1e-12
 
@@ -139,7 +130,7 @@ def test_values_equal_those_of_the_model_written_on_the_observed_entries() -> No
 def test_complete_windows_give_the_values_of_the_model_without_nan_handling() -> None:
     """No missing value: nanmean is mean, nan_to_num the identity, the mask all ones."""
     torch.manual_seed(3)
-    model = MaskFeature(tirex_scale).to(F64).eval()
+    model = mask_feature(tirex_scale).to(F64).eval()
     background, X = _windows(8, 0), _windows(3, 1)
 
     def _plain(x: Tensor) -> Tensor:
@@ -175,24 +166,22 @@ def test_nan_the_model_writes_itself_is_masked_exactly() -> None:
     keep = torch.arange(L) >= GAP
     head = nn.Sequential(nn.Linear(L, 6), nn.Tanh(), nn.Linear(6, 2)).to(F64).eval()
 
-    class RevIN(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            masked = torch.where(keep, x, NAN)
-            mean = torch.nanmean(masked, dim=-1, keepdim=True).detach()
-            stdev = (masked - masked.nanmean(dim=-1, keepdim=True)).square().nanmean(dim=-1, keepdim=True).sqrt().detach()
-            return head(torch.nan_to_num((x - mean) / (stdev + 1e-5), nan=0.0))
+    def revin(x: Tensor) -> Tensor:
+        masked = torch.where(keep, x, NAN)
+        mean = torch.nanmean(masked, dim=-1, keepdim=True).detach()
+        stdev = (masked - masked.nanmean(dim=-1, keepdim=True)).square().nanmean(dim=-1, keepdim=True).sqrt().detach()
+        return head(torch.nan_to_num((x - mean) / (stdev + 1e-5), nan=0.0))
 
-    class Observed(nn.Module):  # the same statistics written over the kept entries, NaN nowhere
-        def forward(self, x: Tensor) -> Tensor:
-            kept = x[:, GAP:]
-            mean = kept.mean(-1, keepdim=True)
-            stdev = (kept - mean).square().mean(-1, keepdim=True).sqrt()
-            return head((x - mean) / (stdev + 1e-5))
+    def observed(x: Tensor) -> Tensor:  # the same statistics written over the kept entries, NaN nowhere
+        kept = x[:, GAP:]
+        mean = kept.mean(-1, keepdim=True)
+        stdev = (kept - mean).square().mean(-1, keepdim=True).sqrt()
+        return head((x - mean) / (stdev + 1e-5))
 
     background, X = _windows(8, 0), _windows(3, 1)
-    values = _explain(RevIN(), background, X)
-    assert_additive(values, RevIN(), X, background, F64)
-    assert relative_to_max(values, _explain(Observed(), background, X)) <= 1e-12
+    values = _explain(Function(revin), background, X)
+    assert_additive(values, Function(revin), X, background, F64)
+    assert relative_to_max(values, _explain(Function(observed), background, X)) <= 1e-12
 
 
 def test_nan_to_num_in_place_and_out_of_place_agree() -> None:
@@ -265,23 +254,21 @@ def test_mask_uses_are_constants_where_both_sides_miss_the_same_entries(use: str
     assert relative_to_max(values[:, GAP:], filled[:, GAP:]) <= 1e-12
 
 
-class Branching(nn.Module):
+def branching() -> Composite:
     """A branch on whether any value is missing (pypots' BRITS, gluonts), then a fill and a network."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(L, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(m: nn.Module, x: Tensor) -> Tensor:
         if torch.isnan(x).any():
             x = torch.nan_to_num(x, nan=-1.0)
-        return torch.tanh(self.head(x))
+        return torch.tanh(m.head(x))
+
+    return Composite(forward, head=nn.Linear(L, 1))
 
 
 def test_a_branch_on_any_missing_value_that_every_row_takes_alike_is_followed() -> None:
     """Every window misses the same entries: each row alone takes the batch's branch (the mask differs between
     the entries of a row, not between rows)."""
-    model = Branching().to(F64).eval()
+    model = branching().to(F64).eval()
     background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
     values = _explain(model, background, X)
     assert_additive(values, model, X, background, F64)
@@ -290,7 +277,7 @@ def test_a_branch_on_any_missing_value_that_every_row_takes_alike_is_followed() 
 
 def test_a_branch_on_any_missing_value_that_rows_take_differently_is_refused() -> None:
     """Some windows miss values, others do not: the batch's branch is not each row's."""
-    model = Branching().to(F64).eval()
+    model = branching().to(F64).eval()
     background = _windows(6, 0)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="branches on a comparison"):
         rnnshap.DeepExplainer(model, torch.cat([background, _windows(2, 1, GAP)]))
@@ -310,7 +297,7 @@ def test_a_count_of_missing_values_over_the_whole_batch_is_refused() -> None:
 # -- entries missing on one side only ------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["background", "X"])
 def test_a_missing_value_on_one_side_that_the_model_reads_is_refused_by_name(where: str) -> None:
-    model = MaskFeature(tirex_scale).to(F64).eval()
+    model = mask_feature(tirex_scale).to(F64).eval()
     background, X = _windows(6, 0, GAP), _windows(3, 1, GAP)
     (background if where == "background" else X)[1, GAP + 2] = NAN
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"torch\.nanmean") as info:
@@ -380,7 +367,7 @@ def test_a_mask_on_one_side_only_is_refused_by_name() -> None:
 def test_missing_values_in_context_the_model_trims_get_exactly_zero() -> None:
     """Missing in some background rows only, where the model never reads (context beyond what it keeps)."""
     torch.manual_seed(6)
-    inner = MaskFeature(tirex_scale).to(F64).eval()
+    inner = mask_feature(tirex_scale).to(F64).eval()
 
     def trimming(x: Tensor) -> Tensor:
         return inner(x[:, -L:])

@@ -206,27 +206,24 @@ def test_the_same_ordering_written_another_way_gets_the_same_values(
     assert_additive(values, model, X, background, D)
 
 
-class KMaxPooled(nn.Module):
+def _k_max_pooled(m: nn.Module, x: Tensor) -> Tensor:
+    out, _ = m.lstm(x[..., :-1] * 1.0)  # the last feature is never read
+    pooled = out.topk(m.k, dim=1).values.flatten(1)  # (B, k, H): the k largest steps of each unit
+    top = m.router(pooled).topk(2, dim=1)
+    weights = torch.softmax(top.values, dim=1)
+    return (weights * m.experts(pooled).gather(1, top.indices)).sum(1, keepdim=True)
+
+
+def k_max_pooled(features: int = 4, hidden: int = 6, k: int = 3, experts: int = 4) -> Composite:
     """LSTM over time, k-max pooling over the time steps of each hidden unit, top-2 expert routing."""
-
-    def __init__(self, features: int = 4, hidden: int = 6, k: int = 3, experts: int = 4) -> None:
-        super().__init__()
-        self.k = k
-        self.lstm = nn.LSTM(features, hidden, batch_first=True)
-        self.router, self.experts = nn.Linear(hidden * k, experts), nn.Linear(hidden * k, experts)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(x[..., :-1] * 1.0)  # the last feature is never read
-        pooled = out.topk(self.k, dim=1).values.flatten(1)  # (B, k, H): the k largest steps of each unit
-        top = self.router(pooled).topk(2, dim=1)
-        weights = torch.softmax(top.values, dim=1)
-        return (weights * self.experts(pooled).gather(1, top.indices)).sum(1, keepdim=True)
+    return Composite(_k_max_pooled, k=k, lstm=nn.LSTM(features, hidden, batch_first=True),
+                     router=nn.Linear(hidden * k, experts), experts=nn.Linear(hidden * k, experts))  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_k_max_pooling_and_top_two_routing_after_an_lstm_are_exact(dtype: torch.dtype) -> None:
     torch.manual_seed(4)
-    model = KMaxPooled().to(dtype).eval()
+    model = k_max_pooled().to(dtype).eval()
     background, X = torch.randn(5, 9, 5, dtype=dtype), torch.randn(4, 9, 5, dtype=dtype)
     values = _explain(model, background, X)
     assert np.all(values[:, :, -1] == 0)  # the unread feature

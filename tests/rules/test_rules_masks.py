@@ -20,7 +20,7 @@ import rnnshap
 from rnnshap.rules import rescale, routed_max
 
 from ..conftest import FLOAT32_VS_FLOAT64, assert_additive, relative_to_max
-from ..models.torch import Function
+from ..models.torch import Composite, Function
 
 Tensor = torch.Tensor
 F64 = torch.float64
@@ -50,22 +50,18 @@ NORMALISERS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-class MaskedAttention(nn.Module):
+def _masked_attention(m: nn.Module, x: Tensor) -> Tensor:
+    q, k, v = m.q(x), m.k(x), m.v(x)
+    scores = m.mask(q @ k.transpose(1, 2) / 2.0)
+    weights = m.normaliser(scores)
+    mixed = weights @ v if m.weighted else weights * v
+    return m.out(mixed.flatten(1))
+
+
+def masked_attention(mask: str, normaliser: str, d: int = 3, h: int = 4) -> Composite:
     """Linear → queries, keys, values → masked scores → normaliser → weighted values → Linear."""
-
-    def __init__(self, mask: str, normaliser: str, d: int = 3, h: int = 4) -> None:
-        super().__init__()
-        self.mask, self.normaliser = MASKS[mask], NORMALISERS[normaliser]
-        self.q, self.k, self.v = nn.Linear(d, h), nn.Linear(d, h), nn.Linear(d, h)
-        self.out = nn.Linear(T * h, 2)
-        self.weighted = normaliser != "max"
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.q(x), self.k(x), self.v(x)
-        scores = self.mask(q @ k.transpose(1, 2) / 2.0)
-        weights = self.normaliser(scores)
-        mixed = weights @ v if self.weighted else weights * v
-        return self.out(mixed.flatten(1))
+    return Composite(_masked_attention, mask=MASKS[mask], normaliser=NORMALISERS[normaliser], q=nn.Linear(d, h),
+                     k=nn.Linear(d, h), v=nn.Linear(d, h), out=nn.Linear(T * h, 2), weighted=normaliser != "max")  # fmt: skip
 
 
 def _explain(model: nn.Module, dtype: torch.dtype, scale: float, seed: int = 0) -> tuple[np.ndarray, Tensor, Tensor]:
@@ -85,7 +81,7 @@ COMBINATIONS = sorted({(m, "softmax") for m in MASKS} | {(m, n) for m in ("maske
 @pytest.mark.parametrize("mask,normaliser", COMBINATIONS)
 def test_masked_scores_are_exact_and_finite(mask: str, normaliser: str) -> None:
     torch.manual_seed(1)
-    model = MaskedAttention(mask, normaliser).eval()
+    model = masked_attention(mask, normaliser).eval()
     for scale in (1e-2, 1.0):
         by_dtype = {}
         for dtype in (torch.float32, F64):
@@ -102,7 +98,7 @@ def test_causal_softmax_attention_across_input_scales(scale: float) -> None:
     float32's own softmax rounds by ~1e-4 (measured 2e-4 against the float64 copy of the model),
     so there float32 is held to the float64 attributions (within 1e-3, measured 3e-5)."""
     torch.manual_seed(2)
-    model = MaskedAttention("masked_fill", "softmax").eval()
+    model = masked_attention("masked_fill", "softmax").eval()
     values = {}
     for dtype in (torch.float32, F64):
         values[dtype], X, background = _explain(model, dtype, scale, seed=3)
@@ -139,18 +135,13 @@ def test_fully_masked_rows_give_torchs_nan_and_no_nan_attributions(normaliser: s
     mask = torch.tensor([[True] * 4, [False, True, False, True], [False] * 4, [True, True, True, False]])
     op = torch.softmax if normaliser == "softmax" else torch.log_softmax
 
-    class Rows(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.out = nn.Linear(3, 16), nn.Linear(16, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            scores = self.lin(x).reshape(-1, 4, 4).masked_fill(mask, INF)
-            weights = torch.where(dead | mask, 0.0, op(scores, -1))
-            return self.out(weights.flatten(1))
+    def rows(m: nn.Module, x: Tensor) -> Tensor:
+        scores = m.lin(x).reshape(-1, 4, 4).masked_fill(mask, INF)
+        weights = torch.where(dead | mask, 0.0, op(scores, -1))
+        return m.out(weights.flatten(1))
 
     torch.manual_seed(5)
-    model = Rows().to(dtype).eval()
+    model = Composite(rows, lin=nn.Linear(3, 16), out=nn.Linear(16, 2)).to(dtype).eval()
     g = torch.Generator().manual_seed(6)
     background, X = torch.randn(4, 3, generator=g, dtype=dtype), torch.randn(3, 3, generator=g, dtype=dtype)
     values = rnnshap.DeepExplainer(model, background).shap_values(X, check_additivity=False)

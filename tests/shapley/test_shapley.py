@@ -256,22 +256,19 @@ def test_deepshap_beside_the_estimate_is_deepshap_summed_to_the_players() -> Non
     assert ShapleyExplainer(model, bg).shapley_values(x, "features", budget=300).deepshap is None
 
 
-class TokenReader(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(11, 4)
-        self.rnn = nn.LSTM(4, 6, batch_first=True)
-        self.head = nn.Linear(6, 1)
+def _read_tokens(m: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    out, _ = m.rnn(m.embed(ids))
+    last = out[torch.arange(ids.shape[0]), lengths - 1]
+    return m.head(last)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.embed(ids))
-        last = out[torch.arange(ids.shape[0]), lengths - 1]
-        return self.head(last)
+
+def token_reader() -> Composite:
+    return Composite(_read_tokens, embed=nn.Embedding(11, 4), rnn=nn.LSTM(4, 6, batch_first=True), head=nn.Linear(6, 1))
 
 
 def test_token_positions_are_players_and_context_follows_the_sample() -> None:
     torch.manual_seed(8)
-    model = TokenReader().double().eval()
+    model = token_reader().double().eval()
     ids = torch.randint(0, 11, (2, 4))
     lengths = torch.tensor([4, 3])
     bg_ids, bg_lengths = torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])
@@ -299,7 +296,7 @@ def test_bad_input_is_refused_with_advice() -> None:
         explainer.shapley_values(x, np.zeros((4, 3)))
     with pytest.raises(InputError, match="time_axis"):  # Flatten does not say which axis is time
         ShapleyExplainer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.randn(3, 4, 3)).shapley_values(torch.randn(1, 4, 3))
-    token = rnnshap.DeepExplainer(TokenReader().eval(), [torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])])
+    token = rnnshap.DeepExplainer(token_reader().eval(), [torch.randint(0, 11, (3, 4)), torch.tensor([2, 4, 4])])
     with pytest.raises(InputError, match="context"):
         token.shapley_values([torch.randint(0, 11, (1, 4)), torch.tensor([4])], [np.arange(4), np.zeros((), dtype=int)])
     with pytest.raises(InputError, match="players="):

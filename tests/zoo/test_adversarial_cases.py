@@ -124,17 +124,11 @@ def flax_case(token: int) -> Answer:
     import jax.numpy as jnp
     from flax import nnx
 
-    class Tokens(nnx.Module):
-        def __init__(self) -> None:
-            rngs = nnx.Rngs(0)
-            self.embed = nnx.Embed(11, 3, rngs=rngs)
-            self.rnn = nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs))
-            self.head = nnx.Linear(4, 2, rngs=rngs)
+    from ..models.flax import FlaxComposite
 
-        def __call__(self, ids: Any) -> Any:
-            return self.head(self.rnn(self.embed(ids))[:, -1])
-
-    model = Tokens()
+    rngs = nnx.Rngs(0)
+    model = FlaxComposite(lambda m, ids: m.head(m.rnn(m.embed(ids))[:, -1]), embed=nnx.Embed(11, 3, rngs=rngs),
+                          rnn=nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs)), head=nnx.Linear(4, 2, rngs=rngs))  # fmt: skip
     background = np.zeros((2, 6), np.int32)
     x = np.ones((2, 6), np.int32)
     x[1, 3] = token

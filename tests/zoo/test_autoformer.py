@@ -25,6 +25,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from ..models.torch import Composite
 from .test_informer import teacher_forced_location
 
 transformers = pytest.importorskip("transformers")
@@ -34,24 +35,18 @@ Tensor = torch.Tensor
 CONTEXT, HORIZON = 8, 4
 
 
-class Location(nn.Module):
+def location(heads: int) -> Composite:
     """``(batch, context + 1) -> (batch, horizon)``: the Student-t location the model forecasts (teacher-forced)."""
-
-    def __init__(self, heads: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        config = AutoformerConfig(
-            prediction_length=HORIZON, context_length=CONTEXT, label_length=4, input_size=1, lags_sequence=[1],
-            num_time_features=1, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=heads,
-            decoder_attention_heads=heads, encoder_ffn_dim=8, decoder_ffn_dim=8, dropout=0.0, attention_dropout=0.0,
-            activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, moving_average=3,
-            autocorrelation_factor=1,
-        )
-        self.model = AutoformerForPrediction(config).eval()
-        self.length = CONTEXT + 1
-
-    def forward(self, x: Tensor) -> Tensor:
-        return teacher_forced_location(self.model, x, self.length, HORIZON)
+    torch.manual_seed(0)
+    config = AutoformerConfig(
+        prediction_length=HORIZON, context_length=CONTEXT, label_length=4, input_size=1, lags_sequence=[1],
+        num_time_features=1, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=heads,
+        decoder_attention_heads=heads, encoder_ffn_dim=8, decoder_ffn_dim=8, dropout=0.0, attention_dropout=0.0,
+        activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, moving_average=3,
+        autocorrelation_factor=1,
+    )
+    return Composite(lambda m, x: teacher_forced_location(m.model, x, m.length, HORIZON),
+                     model=AutoformerForPrediction(config).eval(), length=CONTEXT + 1)  # fmt: skip
 
 
 def _data() -> tuple[Tensor, Tensor]:
@@ -65,7 +60,7 @@ def _rows_mix(model: nn.Module, x: Tensor) -> float:
 
 
 def test_autoformer_autocorrelation_is_exact() -> None:
-    model = Location(heads=1).eval()
+    model = location(heads=1).eval()
     background, X = _data()
     assert _rows_mix(model, torch.cat([background, X])) < 1e-7  # (rounding: float32 kernels by batch size)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
@@ -83,7 +78,7 @@ def test_autoformer_heads_couple_the_rows_of_a_batch_in_float64_too(monkeypatch:
     two heads, they differ by far more than float64's rounding (and by the same amount as in float32): the rows are
     coupled by the model, not by rounding. rnnshap's explanation follows: exact, or refused by name."""
     _float64(monkeypatch)
-    model = Location(heads=heads).double().eval()
+    model = location(heads=heads).double().eval()
     background, X = (t.double() for t in _data())
     rows = torch.cat([background, X])
     gap = _rows_mix(model, rows)
@@ -100,7 +95,7 @@ def test_autoformer_heads_couple_the_rows_of_a_batch_in_float64_too(monkeypatch:
 
 
 def test_autoformer_with_heads_that_mix_the_rows_of_a_batch_is_refused_by_the_constructor() -> None:
-    model = Location(heads=2).eval()
+    model = location(heads=2).eval()
     background, X = _data()
     assert _rows_mix(model, torch.cat([background, X])) > 1e-5  # (transformers' own outputs: a sample reads the others)
     with pytest.raises(rnnshap.InputError, match="mixes the rows of axis 0") as refused:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
 pytest.importorskip("darts")
@@ -33,18 +34,11 @@ TRAINER = dict(
     random_state=0, n_epochs=1, batch_size=16,
 )  # fmt: skip
 
-class Module(nn.Module):
+def _module(m: nn.Module, *tensors: torch.Tensor) -> torch.Tensor:
     """``f(*tensors)``: the fitted module's ``forward`` on ``PLModuleInput(**tensors)`` in the predict
     stage (what darts' ``predict`` and ONNX export call), the prediction flattened to (N, k)."""
-
-    def __init__(self, module: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.module = module
-        self.names = names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        x_in = PLModuleInput(**dict(zip(self.names, tensors, strict=True)), stage=ModuleStage.PREDICT)
-        return self.module(x_in).prediction.flatten(1)
+    x_in = PLModuleInput(**dict(zip(m.names, tensors, strict=True)), stage=ModuleStage.PREDICT)
+    return m.module(x_in).prediction.flatten(1)
 
 
 def _series() -> tuple[TimeSeries, TimeSeries]:
@@ -70,7 +64,7 @@ def _build(kind: str, **kwargs: Any) -> Callable[[], Case]:
                 model = BlockRNNModel(input_chunk_length=L, output_chunk_length=H, model="GRU", hidden_dim=8, **TRAINER, **kwargs)
                 model.fit(target, past_covariates=covariates, verbose=False)
                 names, shapes = ["past_target", "past_covariates"], [(L, 1), (L, 2)]
-        wrapper = Module(model.model, names).eval()
+        wrapper = Composite(_module, module=model.model, names=names).eval()
         return Case(wrapper, [torch.randn(N_BACKGROUND, *s) for s in shapes], [torch.randn(N_EXPLAINED, *s) for s in shapes])
 
     return build

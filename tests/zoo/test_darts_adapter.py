@@ -48,6 +48,8 @@ from torch import nn  # noqa: E402
 import rnnshap  # noqa: E402
 from rnnshap.darts import ShapExplainer, forecast_module, standard_errors  # noqa: E402
 
+from ..models.torch import Composite  # noqa: E402
+
 L, H, N = 6, 2, 5  # input chunk, output chunk, auto-regressive horizon
 TRAINER = dict(
     pl_trainer_kwargs=dict(
@@ -241,16 +243,11 @@ def test_several_series_static_covariates_and_components() -> None:
 
 
 # -- the recipe path ---------------------------------------------------------------------------------------
-class Recipe(nn.Module):
-    """docs/recipes.md's darts wrapper: the fitted module's forward in the predict stage."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, past_target: torch.Tensor, past_covariates: torch.Tensor) -> torch.Tensor:
-        x_in = PLModuleInput(past_target=past_target, past_covariates=past_covariates, stage=ModuleStage.PREDICT)
-        return self.module(x_in).prediction.flatten(1)
+def _recipe(m: nn.Module, past_target: torch.Tensor, past_covariates: torch.Tensor) -> torch.Tensor:
+    """docs/recipes.md's darts wrapper (tests/zoo/test_recipes.py runs the page as written): the fitted module's
+    forward in the predict stage."""
+    x_in = PLModuleInput(past_target=past_target, past_covariates=past_covariates, stage=ModuleStage.PREDICT)
+    return m.module(x_in).prediction.flatten(1)
 
 
 def _windows_by_hand(series: TimeSeries, starts: range) -> list[torch.Tensor]:
@@ -271,7 +268,7 @@ def test_equals_the_recipe_path(fitted: Any) -> None:
     background = _windows_by_hand(BACKGROUND, range(L, len(BACKGROUND) + 1))
     assert background[0].shape[0] == ex.explainer.background_windows[0].shape[0]  # all the background's windows
     X = _windows_by_hand(FOREGROUND, range(starts[0], starts[-1] + 1))
-    recipe = rnnshap.DeepExplainer(Recipe(model.model).eval(), background)
+    recipe = rnnshap.DeepExplainer(Composite(_recipe, module=model.model).eval(), background)
     phi_target, phi_cov = recipe.shap_values(X)  # (E, L, 1, H), (E, L, 2, H)
     names = ex.explainer.feature_names
     for h in (1, H):
@@ -288,21 +285,15 @@ def test_equals_the_recipe_path(fitted: Any) -> None:
     assert names[:2] == ["y_target_lag-6", "y_target_lag-5"] and names[L] == "a_pastcov_lag-6"
 
 
-class NetworkRecipe(nn.Module):
+def _network_recipe(m: nn.Module, *tensors: torch.Tensor) -> torch.Tensor:
     """The recipe wrapper for any darts model: the network's forward in the predict stage on named window
     tensors, then what darts' ``_produce_predict_output`` does with the network's output (the likelihood's
     parameters, or the point forecast)."""
-
-    def __init__(self, module: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.module, self.names = module, names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        x_in = PLModuleInput(**dict(zip(self.names, tensors, strict=True)), stage=ModuleStage.PREDICT)
-        prediction = self.module(x_in).prediction
-        likelihood = self.module.likelihood
-        prediction = likelihood.predict_likelihood_parameters(prediction) if likelihood else prediction.squeeze(-1)
-        return prediction.flatten(1)
+    x_in = PLModuleInput(**dict(zip(m.names, tensors, strict=True)), stage=ModuleStage.PREDICT)
+    prediction = m.module(x_in).prediction
+    likelihood = m.module.likelihood
+    prediction = likelihood.predict_likelihood_parameters(prediction) if likelihood else prediction.squeeze(-1)
+    return prediction.flatten(1)
 
 
 @pytest.mark.parametrize("name", ALL + ["BlockRNNModel-quantiles", "TiDEModel-gaussian"])
@@ -319,7 +310,7 @@ def test_every_model_equals_the_recipe_path(fitted: Any, name: str) -> None:
     ],
                                                    input_type="foreground")[0])  # fmt: skip
     training = model.model.training
-    recipe = rnnshap.DeepExplainer(NetworkRecipe(model.model, names).eval(), adapter.background_windows)
+    recipe = rnnshap.DeepExplainer(Composite(_network_recipe, module=model.model, names=names).eval(), adapter.background_windows)
     values = recipe.shap_values(X, check_additivity=False)
     values = values if isinstance(values, list) else [values]
     flat = np.concatenate([v.reshape(v.shape[0], -1, v.shape[-1]) for v in values], axis=1)  # (E, F, H · params)
@@ -471,16 +462,10 @@ def test_shapley_mode_exact_on_few_players(fitted: Any) -> None:
     np.testing.assert_allclose(e.values[0], [phi0, phi1], atol=1e-6)
 
 
-class _Spectral(nn.Module):
+def _spectral(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A head with an operation rnnshap has no DeepSHAP rule for (the magnitude of an FFT of the hidden state: the
     transform is linear, its modulus is not an operation on real values)."""
-
-    def __init__(self, fc: nn.Module) -> None:
-        super().__init__()
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).abs().mean(-1, keepdim=True))
+    return m.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).abs().mean(-1, keepdim=True))
 
 
 def test_refused_by_name_with_the_shapley_fallback() -> None:
@@ -491,7 +476,7 @@ def test_refused_by_name_with_the_shapley_fallback() -> None:
     torch.manual_seed(0)
     model = BUILDERS["BlockRNNModel"][0]()
     model.fit(TARGET, past_covariates=COV, verbose=False)
-    model.model.fc = _Spectral(model.model.fc)
+    model.model.fc = Composite(_spectral, fc=model.model.fc)
     with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*abs"):
         explainer(model, "p").explain_single(FOREGROUND, foreground_past_covariates=COV)
     result = explainer(

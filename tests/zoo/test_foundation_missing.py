@@ -19,6 +19,8 @@ from torch import nn
 
 import rnnshap
 
+from ..models.torch import Composite
+
 F32 = torch.float32
 NAN = float("nan")
 L, GAP = 32, slice(10, 13)
@@ -83,25 +85,19 @@ def _scalers() -> dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]
     return {"tirex": tirex, "chronos": chronos, "moment": moment}
 
 
-class ScaledMaskNetwork(nn.Module):
+def _scaled_mask_network(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A library's scaler, then TiRex's input: the filled window beside the ``isnan`` mask, into a small network."""
-
-    def __init__(self, scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.scale = scale
-        self.net = nn.Sequential(nn.Linear(2 * L, 8), nn.Tanh(), nn.Linear(8, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        token = self.scale(x)
-        mask = torch.isnan(token).logical_not().to(token.dtype)
-        return self.net(torch.cat((torch.nan_to_num(token, nan=0.0), mask), dim=-1))
+    token = m.scale(x)
+    mask = torch.isnan(token).logical_not().to(token.dtype)
+    return m.net(torch.cat((torch.nan_to_num(token, nan=0.0), mask), dim=-1))
 
 
 @pytest.mark.parametrize("library", ["tirex", "chronos", "moment"])
 @pytest.mark.parametrize("gap", [False, True], ids=["complete", "gap"])
 def test_library_scalers_with_the_mask_as_a_feature(library: str, gap: bool, co2: Any) -> None:
     torch.manual_seed(0)
-    f = ScaledMaskNetwork(_scalers()[library]()).eval()
+    scale = _scalers()[library]()
+    f = Composite(_scaled_mask_network, scale=scale, net=nn.Sequential(nn.Linear(2 * L, 8), nn.Tanh(), nn.Linear(8, 3))).eval()
     background, X = co2
     if gap:
         background, X = _with_gap(background), _with_gap(X)
@@ -122,17 +118,8 @@ def _tirex() -> nn.Module:
         nn.init.normal_(p, std=0.2)
     model.eval()
 
-    class Forecast(nn.Module):
-        """TiRex's own forecast function (``_forecast_tensor``, what ``forecast()`` runs under inference_mode)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, context: torch.Tensor) -> torch.Tensor:
-            return self.model._forecast_tensor(context, prediction_length=8).flatten(1)
-
-    return Forecast()
+    # TiRex's own forecast function (``_forecast_tensor``, what ``forecast()`` runs under inference_mode)
+    return Composite(lambda m, context: m.model._forecast_tensor(context, prediction_length=8).flatten(1), model=model)
 
 
 def _chronos_bolt() -> nn.Module:
@@ -147,15 +134,7 @@ def _chronos_bolt() -> nn.Module:
     )
     model = bolt.ChronosBoltModelForForecasting(config).eval()
 
-    class Forecast(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, context: torch.Tensor) -> torch.Tensor:
-            return self.model(context).quantile_preds.flatten(1)
-
-    return Forecast()
+    return Composite(lambda m, context: m.model(context).quantile_preds.flatten(1), model=model)
 
 
 def _chronos2() -> nn.Module:
@@ -171,15 +150,7 @@ def _chronos2() -> nn.Module:
     config = Chronos2CoreConfig(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, dropout_rate=0.0, chronos_config=chronos)
     model = Chronos2Model(config).eval()
 
-    class Forecast(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, context: torch.Tensor) -> torch.Tensor:
-            return self.model(context, num_output_patches=2).quantile_preds.flatten(1)
-
-    return Forecast()
+    return Composite(lambda m, context: m.model(context, num_output_patches=2).quantile_preds.flatten(1), model=model)
 
 
 def _moment() -> nn.Module:
@@ -196,16 +167,11 @@ def _moment() -> nn.Module:
         model.init()
     model.eval()
 
-    class Forecast(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
+    def forecast(m: nn.Module, context: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(context.shape[0], context.shape[-1])
+        return m.model(x_enc=context[:, None, :], input_mask=mask).forecast.flatten(1)
 
-        def forward(self, context: torch.Tensor) -> torch.Tensor:
-            mask = torch.ones(context.shape[0], context.shape[-1])
-            return self.model(x_enc=context[:, None, :], input_mask=mask).forecast.flatten(1)
-
-    return Forecast()
+    return Composite(forecast, model=model)
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"tirex": _tirex, "chronos_bolt": _chronos_bolt, "chronos2": _chronos2}

@@ -23,6 +23,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive, assert_rounding_close
+from ..models.torch import Composite
 
 transformers = pytest.importorskip("transformers")
 from transformers import InformerConfig, InformerForPrediction  # noqa: E402
@@ -31,23 +32,17 @@ Tensor = torch.Tensor
 HORIZON = 4
 
 
-class Location(nn.Module):
+def location(context: int, attention: str) -> Composite:
     """``(batch, context + 1) -> (batch, horizon)``: the Student-t location the model forecasts (teacher-forced)."""
-
-    def __init__(self, context: int, attention: str) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        config = InformerConfig(
-            prediction_length=HORIZON, context_length=context, input_size=1, lags_sequence=[1], num_time_features=1,
-            d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=8, decoder_ffn_dim=8, attention_type=attention, distil=False, dropout=0.0,
-            attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0,
-        )
-        self.model = InformerForPrediction(config).eval()
-        self.length = context + 1
-
-    def forward(self, x: Tensor) -> Tensor:
-        return teacher_forced_location(self.model, x, self.length, HORIZON)
+    torch.manual_seed(0)
+    config = InformerConfig(
+        prediction_length=HORIZON, context_length=context, input_size=1, lags_sequence=[1], num_time_features=1,
+        d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=8, decoder_ffn_dim=8, attention_type=attention, distil=False, dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+    )
+    return Composite(lambda m, x: teacher_forced_location(m.model, x, m.length, HORIZON),
+                     model=InformerForPrediction(config).eval(), length=context + 1)  # fmt: skip
 
 
 def teacher_forced_location(model: nn.Module, x: Tensor, length: int, horizon: int) -> Tensor:
@@ -70,7 +65,7 @@ def _data(length: int) -> tuple[Tensor, Tensor]:
 
 def test_informer_prob_sparse_attention_that_keeps_every_query_is_exact() -> None:
     context = 8
-    model = Location(context, "prob").eval()
+    model = location(context, "prob").eval()
     attention = model.model.model.encoder.layers[0].self_attn
     length = context + 1  # (L_Q = L_K: the lagged window)
     assert min(attention.factor * int(np.ceil(np.log1p(length))), length) == length  # u = L_Q: every query kept
@@ -80,7 +75,7 @@ def test_informer_prob_sparse_attention_that_keeps_every_query_is_exact() -> Non
     torch.manual_seed(123)  # other draws, the same values
     again = rnnshap.DeepExplainer(model, background).shap_values(X)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(values))
-    full = Location(context, "full").eval()
+    full = location(context, "full").eval()
     full.load_state_dict(model.state_dict())
     with torch.no_grad():  # (the function it computes)
         assert_rounding_close(model(X), full(X), torch.float32, what="ProbSparse keeping every query against full attention")
@@ -90,7 +85,7 @@ def test_informer_prob_sparse_attention_that_keeps_every_query_is_exact() -> Non
 
 def test_informer_prob_sparse_attention_whose_draws_matter_is_refused_saying_what_was_checked() -> None:
     context = 64
-    model = Location(context, "prob").eval()
+    model = location(context, "prob").eval()
     background, _ = _data(context + 1)
     with pytest.raises(rnnshap.ModelStateError, match=r"torch\.randint") as refused:
         rnnshap.DeepExplainer(model, background)
@@ -100,7 +95,7 @@ def test_informer_prob_sparse_attention_whose_draws_matter_is_refused_saying_wha
 
 
 def test_informer_with_full_attention_is_exact() -> None:
-    model = Location(8, "full").eval()
+    model = location(8, "full").eval()
     background, X = _data(9)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
     assert_additive(values, model, X, background, torch.float32)

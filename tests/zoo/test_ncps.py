@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_causal, check, params, steps
 
 pytest.importorskip("ncps")
@@ -22,28 +23,22 @@ from ncps.wirings import AutoNCP  # noqa: E402
 T, F, UNITS = 6, 3, 8
 
 
-class Sequence(nn.Module):
+def _sequence(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The library's layer on the sequence, its readout at two steps: (N, 2).
 
-    ncps creates the zero initial state in the default dtype; the wrapper passes the same zeros in
+    ncps creates the zero initial state in the default dtype; the model passes the same zeros in
     the input's dtype (``hx``), so that a float64 copy runs in float64."""
-
-    def __init__(self, make: Callable[[], nn.Module], mixed: bool = False) -> None:
-        super().__init__()
-        self.rnn = make()
-        self.mixed = mixed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        zeros = x.new_zeros(x.shape[0], self.rnn.state_size)
-        hx = (zeros, zeros) if self.mixed else zeros
-        out, _ = self.rnn(x, hx)
-        return out[:, steps(T), 0]
+    zeros = x.new_zeros(x.shape[0], m.rnn.state_size)
+    hx = (zeros, zeros) if m.mixed else zeros
+    out, _ = m.rnn(x, hx)
+    return out[:, steps(T), 0]
 
 
 def _build(make: Callable[[], nn.Module], mixed: bool = False) -> Callable[[], Case]:
     def build() -> Case:
         torch.manual_seed(0)
-        return Case(Sequence(make, mixed).eval(), [torch.randn(N_BACKGROUND, T, F)], [torch.randn(N_EXPLAINED, T, F)])
+        model = Composite(_sequence, rnn=make(), mixed=mixed).eval()
+        return Case(model, [torch.randn(N_BACKGROUND, T, F)], [torch.randn(N_EXPLAINED, T, F)])
 
     return build
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
 pytest.importorskip("neuralforecast")
@@ -30,19 +31,13 @@ L, H = 6, 3  # input window, horizon
 QUIET = dict(enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False)
 
 
-class Window(nn.Module):
+def _window(m: nn.Module, y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     """``f(y, hist, futr, stat)``: the model's ``forward`` on one batch of windows, the forecast (N, H).
 
     y: (N, L, 1) past target; hist: (N, L, X) historic exogenous; futr: (N, L + H, F) future
     exogenous over the window and the horizon; stat: (N, S) static exogenous."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
-        batch = {"insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat}
-        return self.model(batch)[..., 0]  # (N, H, 1 output of the MAE loss) -> (N, H)
+    batch = {"insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat}
+    return m.model(batch)[..., 0]  # (N, H, 1 output of the MAE loss) -> (N, H)
 
 
 def _data(n: int) -> list[torch.Tensor]:
@@ -58,7 +53,7 @@ def _build(cls: Any, **kwargs: Any) -> Callable[[], Case]:
             h=H, input_size=L, hist_exog_list=["a", "b"], futr_exog_list=["c"], stat_exog_list=["s"],
             max_steps=1, random_seed=0, **QUIET, **kwargs,
         )  # fmt: skip
-        return Case(Window(model).eval(), _data(N_BACKGROUND), _data(N_EXPLAINED))
+        return Case(Composite(_window, model=model).eval(), _data(N_BACKGROUND), _data(N_EXPLAINED))
 
     return build
 

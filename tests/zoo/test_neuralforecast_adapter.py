@@ -28,6 +28,8 @@ import rnnshap  # noqa: E402
 from rnnshap.errors import InputError  # noqa: E402
 from rnnshap.neuralforecast import explain  # noqa: E402
 
+from ..models.torch import Function  # noqa: E402
+
 L, H = 6, 3
 QUIET = dict(
     enable_progress_bar=False, logger=False, enable_model_summary=False, enable_checkpointing=False, max_steps=2, random_seed=0
@@ -196,12 +198,11 @@ def test_recipe_path(point: dict[str, Any], data: dict[str, Any]) -> None:
         w = _windows(data, series)
         (my, sy), (mh, sh), (mf, sf) = stats(w["y"]), stats(w["hist"]), stats(w["futr"][:L])
 
-        class Window(torch.nn.Module):
-            def forward(self, y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
-                batch = {
-                    "insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat
-                }
-                return model(batch)[..., 0] * sy + my
+        def window(y: torch.Tensor, hist: torch.Tensor, futr: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+            batch = {
+                "insample_y": y, "insample_mask": torch.ones_like(y), "hist_exog": hist, "futr_exog": futr, "stat_exog": stat
+            }
+            return model(batch)[..., 0] * sy + my
 
         def t(a: Any) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, dtype=np.float32))
@@ -210,7 +211,7 @@ def test_recipe_path(point: dict[str, Any], data: dict[str, Any]) -> None:
             t((w["y"] - my) / sy)[None, :, None], t((w["hist"] - mh) / sh)[None, :, None],
             t((w["futr"] - mf) / sf)[None, :, None], t([[w["stat"]]])
         ]
-        explainer = rnnshap.DeepExplainer(Window().eval(), [torch.zeros_like(x) for x in X])
+        explainer = rnnshap.DeepExplainer(Function(window).eval(), [torch.zeros_like(x) for x in X])
         phi = explainer.shap_values(X)
         e = point["ex"]["TFT"]
         np.testing.assert_allclose(e["insample"][series, :, 0, 0, :, 0].numpy(), phi[0][0, :, 0].T, rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
 pytest.importorskip("pytorch_forecasting")
@@ -33,27 +34,20 @@ KEYS = ["encoder_cont", "decoder_cont", "encoder_cat", "decoder_cat", "target_sc
 VALUE = 1  # the target's column in encoder_cont / decoder_cont: reals are ["temp", "value"]
 
 
-class Forecast(nn.Module):
+def _forecast(
+    m: nn.Module, encoder_cont: torch.Tensor, decoder_cont: torch.Tensor, encoder_cat: torch.Tensor, decoder_cat: torch.Tensor,
+    target_scale: torch.Tensor
+) -> torch.Tensor:
     """``f(encoder_cont, decoder_cont, encoder_cat, decoder_cat, target_scale)``: the network's
     ``forward`` on a batch, ``prediction[..., outputs]`` flattened to (N, H·k)."""
-
-    def __init__(self, network: nn.Module, outputs: list[int]) -> None:
-        super().__init__()
-        self.network = network
-        self.outputs = outputs
-
-    def forward(
-        self, encoder_cont: torch.Tensor, decoder_cont: torch.Tensor, encoder_cat: torch.Tensor, decoder_cat: torch.Tensor,
-        target_scale: torch.Tensor
-    ) -> torch.Tensor:
-        n = encoder_cont.shape[0]
-        x = {
-            "encoder_cont": encoder_cont, "decoder_cont": decoder_cont, "encoder_cat": encoder_cat, "decoder_cat": decoder_cat,
-            "target_scale": target_scale,
-            "encoder_lengths": torch.full((n,), encoder_cont.shape[1], dtype=torch.long),
-            "decoder_lengths": torch.full((n,), decoder_cont.shape[1], dtype=torch.long),
-        }  # fmt: skip
-        return self.network(x)["prediction"][..., self.outputs].reshape(n, -1)
+    n = encoder_cont.shape[0]
+    x = {
+        "encoder_cont": encoder_cont, "decoder_cont": decoder_cont, "encoder_cat": encoder_cat, "decoder_cat": decoder_cat,
+        "target_scale": target_scale,
+        "encoder_lengths": torch.full((n,), encoder_cont.shape[1], dtype=torch.long),
+        "decoder_lengths": torch.full((n,), decoder_cont.shape[1], dtype=torch.long),
+    }  # fmt: skip
+    return m.network(x)["prediction"][..., m.outputs].reshape(n, -1)
 
 
 def _frame() -> pd.DataFrame:
@@ -89,7 +83,8 @@ def _build(make: Callable[[TimeSeriesDataSet], nn.Module], outputs: list[int], *
             network = make(data)
         batch, _ = next(iter(data.to_dataloader(train=False, batch_size=N_BACKGROUND + N_EXPLAINED, shuffle=False)))
         tensors = [batch[key] for key in KEYS]
-        return Case(Forecast(network, outputs).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors])
+        model = Composite(_forecast, network=network, outputs=outputs).eval()
+        return Case(model, [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors])
 
     return build
 
@@ -143,16 +138,11 @@ def test_exact(name: str) -> None:
 LENGTH_KEYS = ["encoder_cont", "decoder_cont", "encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "target_scale"]
 
 
-class ForecastWithLengths(nn.Module):
+def forecast_with_lengths(network: nn.Module) -> Composite:
     """The network's ``forward`` on the batch tensors, the encoder and decoder lengths among them
     (TFT sorts the encoder lengths and indexes with them: context, as lengths compared into masks are)."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.network(dict(zip(LENGTH_KEYS, tensors, strict=True)))["prediction"][..., 3]
+    return Composite(lambda m, *tensors: m.network(dict(zip(LENGTH_KEYS, tensors, strict=True)))["prediction"][..., 3],
+                     network=network)  # fmt: skip
 
 
 def _reals_only() -> Case:
@@ -171,9 +161,9 @@ def _reals_only() -> Case:
     tensors = [batch[key] for key in LENGTH_KEYS]
     # without categoricals TFT makes its static embedding in its LightningModule dtype, which only
     # the network's own .double() sets (not a wrapper's)
-    model64 = ForecastWithLengths(copy.deepcopy(network).double())
+    model64 = forecast_with_lengths(copy.deepcopy(network).double())
     return Case(
-        ForecastWithLengths(network).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors], model64
+        forecast_with_lengths(network).eval(), [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors], model64
     )
 
 

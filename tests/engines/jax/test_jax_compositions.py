@@ -97,22 +97,15 @@ def test_confident_logits_where_one_side_s_sum_underflows_get_the_pytorch_values
     assert np.abs(flax_values - torch_values).max() <= 1e-11 * np.abs(torch_values).max()
 
 
-
-
-class FlaxCentredOnMax(nnx.Module):
+def _centred_on_max(m: Any, x: Any) -> Any:
     """``h − stop_gradient(max h)`` read as a feature (no softmax after it): the maximum does not cancel there."""
-
-    def __init__(self) -> None:
-        self.dense = nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        h = self.dense(x)
-        centred = h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))
-        return jnp.concatenate([centred, jnp.exp(centred)], -1)
+    h = m.dense(x)
+    centred = h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))
+    return jnp.concatenate([centred, jnp.exp(centred)], -1)
 
 
 def test_a_maximum_subtracted_outside_a_softmax_is_not_taken_for_its_shift() -> None:
-    model = FlaxCentredOnMax()
+    model = FlaxComposite(_centred_on_max, dense=nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64))
     background, x = data((5,), 6, 41), data((5,), 3, 42)
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
@@ -128,19 +121,15 @@ _NOT_CANCELLED: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class FlaxShiftedExp(nnx.Module):
-    def __init__(self, read: Callable[[Any], Any]) -> None:
-        self.dense = nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64)
-        self.read = read
-
-    def __call__(self, x: Any) -> Any:
-        h = self.dense(x)
-        return self.read(jnp.exp(h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))))
+def _shifted_exp(m: Any, x: Any) -> Any:
+    h = m.dense(x)
+    return m.read(jnp.exp(h - jax.lax.stop_gradient(jnp.max(h, axis=-1, keepdims=True))))
 
 
 @pytest.mark.parametrize("name", _NOT_CANCELLED)
 def test_an_exp_of_a_shifted_value_read_as_a_feature_is_not_taken_for_a_softmax(name: str) -> None:
-    model = FlaxShiftedExp(_NOT_CANCELLED[name])
+    dense = nnx.Linear(5, 4, rngs=nnx.Rngs(9), param_dtype=F64, dtype=F64)
+    model = FlaxComposite(_shifted_exp, dense=dense, read=_NOT_CANCELLED[name])
     background, x = data((5,), 6, 43), data((5,), 3, 44)
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)

@@ -4,7 +4,7 @@ refusals by name, and the model left as it was."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -55,21 +55,20 @@ def test_a_flax_recurrent_model_gets_the_values_of_its_pytorch_twin(cell: str) -
     np.testing.assert_allclose(flax_values.sum(axis=(1, 2)), gap, rtol=0, atol=1e-12 * np.abs(gap).max())
 
 
-class Causal(nnx.Module):
+def causal() -> Any:
     """Reads only features 0 and 1, and the recurrent output at step 2: feature 2 and steps 3.. are out of its reach."""
 
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(3)
-        self.rnn = nnx.RNN(nnx.LSTMCell(2, 4, rngs=rngs, param_dtype=F64, dtype=F64))
-        self.head = nnx.Linear(4, 1, rngs=rngs, param_dtype=F64, dtype=F64)
+    def read(m: Any, x: Any) -> Any:
+        h = m.rnn(x[..., :2])
+        return m.head(jnp.tanh(h[:, 2]) * jax.nn.sigmoid(h[:, 1]))
 
-    def __call__(self, x: Any) -> Any:
-        h = self.rnn(x[..., :2])
-        return self.head(jnp.tanh(h[:, 2]) * jax.nn.sigmoid(h[:, 1]))
+    rngs = nnx.Rngs(3)
+    return FlaxComposite(read, rnn=nnx.RNN(nnx.LSTMCell(2, 4, rngs=rngs, param_dtype=F64, dtype=F64)),
+                         head=nnx.Linear(4, 1, rngs=rngs, param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_what_the_model_cannot_read_gets_exactly_zero() -> None:
-    values = np.asarray(rnnshap.DeepExplainer(Causal(), data((6, 3), 5, 4)).shap_values(data((6, 3), 4, 5)))
+    values = np.asarray(rnnshap.DeepExplainer(causal(), data((6, 3), 5, 4)).shap_values(data((6, 3), 4, 5)))
     assert np.all(values[:, :, 2] == 0)  # a feature the model ignores
     assert np.all(values[:, 3:] == 0)  # steps after the one the output reads
     assert np.abs(values[:, :3, :2]).min() > 0
@@ -92,20 +91,16 @@ def test_a_maximum_over_time_takes_the_max_pool_rule_of_the_other_engines() -> N
     assert np.abs(flax_values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
 
 
-class Classifier(nnx.Module):
+def classifier() -> Any:
     """A GRU classifier ending in softmax (its shift by the maximum included), reading features 0 and 2 only."""
-
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(11)
-        self.rnn = nnx.RNN(nnx.GRUCell(2, 5, rngs=rngs, param_dtype=F64, dtype=F64))
-        self.head = nnx.Linear(5, 3, rngs=rngs, param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        return jax.nn.softmax(self.head(self.rnn(x[..., ::2])[:, -1]), axis=-1)
+    rngs = nnx.Rngs(11)
+    return FlaxComposite(lambda m, x: jax.nn.softmax(m.head(m.rnn(x[..., ::2])[:, -1]), axis=-1),
+                         rnn=nnx.RNN(nnx.GRUCell(2, 5, rngs=rngs, param_dtype=F64, dtype=F64)),
+                         head=nnx.Linear(5, 3, rngs=rngs, param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_softmax_through_its_decomposition_adds_up_and_ignores_what_the_model_ignores() -> None:
-    model = Classifier()
+    model = classifier()
     background, x = data((7, 3), 6, 12), data((7, 3), 3, 13)
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     gap = np.asarray(model(jnp.asarray(x))) - np.asarray(model(jnp.asarray(background))).mean(0)
@@ -123,18 +118,15 @@ def test_a_primitive_without_a_rule_is_refused_by_name() -> None:
         rnnshap.DeepExplainer(sorted_dense(), data((3,), 4, 0)).shap_values(data((3,), 2, 1))
 
 
-class Dropped(nnx.Module):
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(0)
-        self.dense = nnx.Linear(3, 3, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.drop = nnx.Dropout(0.5, rngs=rngs)
-
-    def __call__(self, x: Any) -> Any:
-        return self.drop(jnp.tanh(self.dense(x)) * self.dense(x))
+def dropped() -> Any:
+    rngs = nnx.Rngs(0)
+    return FlaxComposite(lambda m, x: m.drop(jnp.tanh(m.dense(x)) * m.dense(x)),
+                         dense=nnx.Linear(3, 3, rngs=rngs, param_dtype=F64, dtype=F64),
+                         drop=nnx.Dropout(0.5, rngs=rngs))  # fmt: skip
 
 
 def test_the_model_is_explained_as_it_predicts_and_left_as_it_was() -> None:
-    model = Dropped()
+    model = dropped()
     model.train()
     before = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param))
     background, x = data((3,), 6, 0), data((3,), 2, 1)
@@ -164,21 +156,16 @@ def test_the_shapley_mode_takes_a_flax_model_through_both_doors() -> None:
     np.testing.assert_allclose(np.asarray(by_forward.values).sum(axis=1), gap, rtol=0, atol=1e-12)
 
 
-class BiGRU(nnx.Module):
+def bigru() -> Any:
     """nnx.Bidirectional over two GRUs, averaged over time."""
-
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(14)
-        cells = [nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64) for _ in range(2)]
-        self.bi = nnx.Bidirectional(nnx.RNN(cells[0]), nnx.RNN(cells[1]))
-        self.head = nnx.Linear(8, 2, rngs=rngs, param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        return self.head(self.bi(x).mean(axis=1))
+    rngs = nnx.Rngs(14)
+    cells = [nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64) for _ in range(2)]
+    return FlaxComposite(lambda m, x: m.head(m.bi(x).mean(axis=1)), bi=nnx.Bidirectional(nnx.RNN(cells[0]), nnx.RNN(cells[1])),
+                         head=nnx.Linear(8, 2, rngs=rngs, param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_a_bidirectional_flax_gru_gets_the_values_of_its_pytorch_twin() -> None:
-    model = BiGRU()
+    model = bigru()
     twin = torch.nn.GRU(3, 4, batch_first=True, bidirectional=True).double()
     head = torch.nn.Linear(8, 2).double()
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
@@ -233,22 +220,21 @@ def test_an_explainer_follows_the_model_s_new_weights() -> None:
     assert np.abs(after - 2 * before).max() <= 1e-12 * np.abs(after).max()  # the head is linear: the values double
 
 
-class Float32(nnx.Module):
+def float32() -> Any:
     """A float32 model (``dtype=float32``: Flax casts float64 inputs to it), with a cube of mixed-sign bases and
     jax.nn's GELU (its tanh form: several primitives in a jaxpr) and ELU (one named call)."""
 
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(22)
-        self.dense = nnx.Linear(4, 5, rngs=rngs, dtype=jnp.float32)
-        self.head = nnx.Linear(5, 2, rngs=rngs, dtype=jnp.float32)
+    def forward(m: Any, x: Any) -> Any:
+        h = m.dense(x)
+        return m.head(jax.nn.gelu(h) + 0.1 * h**3 + jax.nn.elu(h))
 
-    def __call__(self, x: Any) -> Any:
-        h = self.dense(x)
-        return self.head(jax.nn.gelu(h) + 0.1 * h**3 + jax.nn.elu(h))
+    rngs = nnx.Rngs(22)
+    return FlaxComposite(forward, dense=nnx.Linear(4, 5, rngs=rngs, dtype=jnp.float32),
+                         head=nnx.Linear(5, 2, rngs=rngs, dtype=jnp.float32))  # fmt: skip
 
 
 def test_a_float32_model_given_float64_inputs_is_explained_in_float32() -> None:
-    model = Float32()
+    model = float32()
     background, x = data((4,), 8, 23), data((4,), 3, 24)  # float64 arrays, x64 on
     explainer = rnnshap.DeepExplainer(model, background)
     assert explainer.engine.dtype == "float32" and "float32" in (explainer.engine.precision_note or "")
@@ -260,21 +246,17 @@ def test_a_float32_model_given_float64_inputs_is_explained_in_float32() -> None:
     np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=64 * eps * scale)  # float32 rounding of the model
 
 
-class Projected(nnx.Module):
+def projected() -> Any:
     """A Linear at every step before a time-major scan over a transposed input: time is the second axis of a sample."""
-
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(25)
-        self.project = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.rnn = nnx.RNN(nnx.GRUCell(4, 4, rngs=rngs, param_dtype=F64, dtype=F64), time_major=True)
-
-    def __call__(self, x: Any) -> Any:  # x: (N, F, T)
-        return self.rnn(jnp.tanh(self.project(jnp.swapaxes(x, 1, 2))).transpose(1, 0, 2))[-1]
+    rngs = nnx.Rngs(25)
+    return FlaxComposite(lambda m, x: m.rnn(jnp.tanh(m.project(jnp.swapaxes(x, 1, 2))).transpose(1, 0, 2))[-1],  # x: (N, F, T)
+                         project=nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64),
+                         rnn=nnx.RNN(nnx.GRUCell(4, 4, rngs=rngs, param_dtype=F64, dtype=F64), time_major=True))  # fmt: skip
 
 
 def test_the_time_axis_is_read_from_the_model_or_asked_for() -> None:
     background, x = data((3, 5), 4, 26), data((3, 5), 2, 27)
-    estimate = rnnshap.ShapleyExplainer(Projected(), background).shapley_values(x, "steps", budget=10**5)
+    estimate = rnnshap.ShapleyExplainer(projected(), background).shapley_values(x, "steps", budget=10**5)
     assert np.asarray(estimate.values).shape[1] == 5 and estimate.exact.all()  # 5 steps along the last axis
     with pytest.raises(rnnshap.InputError, match="time_axis"):  # a model with no scan or convolution says nothing
         rnnshap.ShapleyExplainer(softmaxed(), data((4, 3), 3, 0)).shapley_values(data((4, 3), 1, 1), "steps")
@@ -285,41 +267,34 @@ def softmaxed() -> Any:
                          dense=nnx.Linear(3, 2, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64))  # fmt: skip
 
 
-class TokenGRU(nnx.Module):
+def _read_tokens(m: Any, ids: Any) -> Any:
+    return m.head(m.rnn(m.embed(ids))[:, -1])
+
+
+def token_gru(forward: Callable[[Any, Any], Any] = _read_tokens) -> Any:
     """Token ids → nnx.Embed → GRU → Linear, as text classifiers are written."""
-
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(28)
-        self.embed = nnx.Embed(11, 3, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.rnn = nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64))
-        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
-
-    def __call__(self, ids: Any) -> Any:
-        return self.head(self.rnn(self.embed(ids))[:, -1])
+    rngs = nnx.Rngs(28)
+    return FlaxComposite(forward, embed=nnx.Embed(11, 3, rngs=rngs, param_dtype=F64, dtype=F64),
+                         rnn=nnx.RNN(nnx.GRUCell(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)),
+                         head=nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None:
-    model = TokenGRU()
+    model = token_gru()
     c = model.rnn.cell
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
 
-    class Twin(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = torch.nn.Embedding(11, 3).double()
-            self.rnn = torch.nn.GRU(3, 4, batch_first=True).double()
-            self.head = torch.nn.Linear(4, 2).double()
-            with torch.no_grad():
-                self.embed.weight.copy_(t(model.embed.embedding[...]))
-                self.rnn.weight_ih_l0.copy_(t(c.dense_i.kernel[...]).T)
-                self.rnn.weight_hh_l0.copy_(t(c.dense_h.kernel[...]).T)
-                self.rnn.bias_ih_l0.copy_(t(c.dense_i.bias[...]))
-                self.rnn.bias_hh_l0.zero_()
-                self.head.weight.copy_(t(model.head.kernel[...]).T)
-                self.head.bias.copy_(t(model.head.bias[...]))
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.head(self.rnn(self.embed(ids))[0][:, -1])
+    embed, rnn = torch.nn.Embedding(11, 3).double(), torch.nn.GRU(3, 4, batch_first=True).double()
+    head = torch.nn.Linear(4, 2).double()
+    with torch.no_grad():
+        embed.weight.copy_(t(model.embed.embedding[...]))
+        rnn.weight_ih_l0.copy_(t(c.dense_i.kernel[...]).T)
+        rnn.weight_hh_l0.copy_(t(c.dense_h.kernel[...]).T)
+        rnn.bias_ih_l0.copy_(t(c.dense_i.bias[...]))
+        rnn.bias_hh_l0.zero_()
+        head.weight.copy_(t(model.head.kernel[...]).T)
+        head.bias.copy_(t(model.head.bias[...]))
+    twin_model = Composite(lambda m, ids: m.head(m.rnn(m.embed(ids))[0][:, -1]), embed=embed, rnn=rnn, head=head)
 
     rng = np.random.default_rng(29)
     background = np.zeros((2, 6), np.int32)  # padding ids as the reference
@@ -329,7 +304,7 @@ def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None
     explainer = rnnshap.DeepExplainer(model, background)
     assert explainer.token_inputs == [0]
     values = np.asarray(explainer.shap_values(x))
-    twin = rnnshap.DeepExplainer(Twin(), torch.tensor(background, dtype=torch.long))
+    twin = rnnshap.DeepExplainer(twin_model, torch.tensor(background, dtype=torch.long))
     torch_values = np.asarray(twin.shap_values(torch.tensor(x, dtype=torch.long)))
     assert values.shape == torch_values.shape == (3, 6, 2)
     assert np.abs(values - torch_values).max() <= 1e-12 * np.abs(torch_values).max()
@@ -341,7 +316,7 @@ def test_token_ids_are_attributed_per_token_as_the_pytorch_engine_does() -> None
 def test_a_token_id_out_of_the_embeddings_range_is_named_as_the_cause_not_the_engine() -> None:
     """nnx.Embed gives NaN for an id past its table: the model's own output is NaN, and the refusal names the input
     (the row and the id against the table's range), on either side, never rnnshap's pass ("Please report")."""
-    model = TokenGRU()
+    model = token_gru()
     background = np.zeros((2, 6), np.int32)
     x = np.ones((2, 6), np.int32)
     x[1, 3] = 11  # the table holds ids 0..10
@@ -374,9 +349,8 @@ def test_integers_cast_to_floats_are_attributed_as_the_numbers_they_are() -> Non
     np.testing.assert_allclose(values.sum(axis=1), gap, rtol=0, atol=1e-12)
 
 
-class ReversedTokens(TokenGRU):
-    def __call__(self, ids: Any) -> Any:
-        return self.head(self.rnn(self.embed(ids[:, ::-1]))[:, -1])
+def _reversed_tokens(m: Any, ids: Any) -> Any:
+    return m.head(m.rnn(m.embed(ids[:, ::-1]))[:, -1])
 
 
 def test_ids_rearranged_before_their_lookup_are_refused_by_name() -> None:
@@ -384,25 +358,24 @@ def test_ids_rearranged_before_their_lookup_are_refused_by_name() -> None:
     put it elsewhere, so the model is refused, not explained with credits at the wrong positions."""
     background, x = np.zeros((2, 6), np.int32), np.ones((1, 6), np.int32)
     with pytest.raises(rnnshap.UnsupportedOperationError, match="(?s)'gather'.*rearranged"):
-        rnnshap.DeepExplainer(ReversedTokens(), background).shap_values(x)
+        rnnshap.DeepExplainer(token_gru(_reversed_tokens), background).shap_values(x)
 
 
-class Masked(nnx.Module):
+def masked() -> Any:
     """A softmax over a constant mask (-inf entries on both sides), and a square root meeting exact zeros."""
 
-    def __init__(self) -> None:
-        rngs = nnx.Rngs(33)
-        self.dense = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
-
-    def __call__(self, x: Any) -> Any:
-        h = self.dense(x)
+    def forward(m: Any, x: Any) -> Any:
+        h = m.dense(x)
         mask = jnp.array([True, True, False, True])
-        return self.head(jax.nn.softmax(h, where=mask) + jnp.sqrt(jax.nn.relu(h)))
+        return m.head(jax.nn.softmax(h, where=mask) + jnp.sqrt(jax.nn.relu(h)))
+
+    rngs = nnx.Rngs(33)
+    return FlaxComposite(forward, dense=nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64),
+                         head=nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64))  # fmt: skip
 
 
 def test_minus_infinity_masks_and_roots_at_zero_stay_finite_and_add_up() -> None:
-    model = Masked()
+    model = masked()
     background, x = data((3,), 5, 34), data((3,), 4, 35)
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
     assert np.isfinite(values).all()
@@ -420,24 +393,23 @@ def relu(t: Any) -> Any:  # ... and one that is not elementwise
     return jnp.maximum(t, t.mean(-1, keepdims=True))
 
 
-class Named(nnx.Module):
-    def __init__(self, jitted: bool) -> None:
-        rngs = nnx.Rngs(36)
-        self.dense = nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.head = nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64)
-        self.jitted = jitted
+def _named(m: Any, x: Any) -> Any:
+    h = jnp.exp(m.dense(x))
+    if m.jitted:
+        return m.head(log(h) + relu(h))
+    return m.head(jnp.log(h + 1e-3) + jnp.maximum(h, h.mean(-1, keepdims=True)))
 
-    def __call__(self, x: Any) -> Any:
-        h = jnp.exp(self.dense(x))
-        if self.jitted:
-            return self.head(log(h) + relu(h))
-        return self.head(jnp.log(h + 1e-3) + jnp.maximum(h, h.mean(-1, keepdims=True)))
+
+def named(jitted: bool) -> Any:
+    rngs = nnx.Rngs(36)
+    return FlaxComposite(_named, dense=nnx.Linear(3, 4, rngs=rngs, param_dtype=F64, dtype=F64),
+                         head=nnx.Linear(4, 2, rngs=rngs, param_dtype=F64, dtype=F64), jitted=jitted)  # fmt: skip
 
 
 def test_a_user_function_named_as_a_table_entry_is_taken_as_what_it_computes() -> None:
     """A named call is taken whole only where it is elementwise, and then by its own quotient, not a closed form of
     the primitive whose name it shares: the jitted functions give the values their inline writing gives."""
     background, x = data((3,), 5, 37), data((3,), 3, 38)
-    jitted = np.asarray(rnnshap.DeepExplainer(Named(True), background).shap_values(x))
-    inline = np.asarray(rnnshap.DeepExplainer(Named(False), background).shap_values(x))
+    jitted = np.asarray(rnnshap.DeepExplainer(named(True), background).shap_values(x))
+    inline = np.asarray(rnnshap.DeepExplainer(named(False), background).shap_values(x))
     np.testing.assert_allclose(jitted, inline, rtol=0, atol=1e-9 * np.abs(inline).max())
