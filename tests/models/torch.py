@@ -156,7 +156,8 @@ class Composite(nn.Module):
     """A model of the given parts whose forward is ``fn(self, *inputs)``: ``Composite(lambda m, x: m.head(m.lstm(x)[0][:, -1]),
     lstm=nn.LSTM(3, 6, batch_first=True), head=nn.Linear(6, 2))``.
 
-    The parts are attributes under the names given (modules and parameters registered, anything else kept as is), set
+    The parts are attributes under the names given (modules, parameters and ``nn.Buffer`` s registered, as torch's own
+    ``setattr`` registers them; anything else kept as is), set
     in the order given; Python builds keyword arguments in the order written, so written in the hand-written class's
     order the same seed gives its parameters, under the same names."""
 
