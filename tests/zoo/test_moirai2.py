@@ -20,6 +20,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from ..models.torch import Composite
 
 pytest.importorskip("uni2ts.model.moirai2")
 from uni2ts.model.moirai2 import Moirai2Forecast, Moirai2Module  # noqa: E402
@@ -40,26 +41,20 @@ def _forecaster(horizon: int) -> Moirai2Forecast:
     ).eval()
 
 
-class Forecast(nn.Module):
+def _forecast(m: nn.Module, x: Tensor) -> Tensor:
     """``(batch, context) -> (batch, quantiles · horizon)``: the forecaster's forward, ``padded`` first steps marked."""
-
-    def __init__(self, forecaster: Moirai2Forecast, padded: int = 0) -> None:
-        super().__init__()
-        self.forecaster, self.padded = forecaster, padded
-
-    def forward(self, x: Tensor) -> Tensor:
-        target = x.unsqueeze(-1)
-        pad = torch.zeros(x.shape, dtype=torch.bool)
-        pad[:, : self.padded] = True
-        observed = torch.ones_like(target, dtype=torch.bool)
-        return self.forecaster(past_target=target, past_observed_target=observed, past_is_pad=pad).flatten(1)
+    target = x.unsqueeze(-1)
+    pad = torch.zeros(x.shape, dtype=torch.bool)
+    pad[:, : m.padded] = True
+    observed = torch.ones_like(target, dtype=torch.bool)
+    return m.forecaster(past_target=target, past_observed_target=observed, past_is_pad=pad).flatten(1)
 
 
 @pytest.mark.parametrize("horizon", [PATCH, 2 * PATCH, 3 * PATCH + 2], ids=["one-patch", "two-patches", "rolled-out"])
 @pytest.mark.parametrize("padded", [0, PATCH], ids=["whole-context", "padded"])
 def test_moirai2_forecast_past_one_patch_is_exact(horizon: int, padded: int) -> None:
     forecaster = _forecaster(horizon)
-    model = Forecast(forecaster, padded).eval()
+    model = Composite(_forecast, forecaster=forecaster, padded=padded).eval()
     g = torch.Generator().manual_seed(1)
     background, X = torch.randn(4, CONTEXT, generator=g) * 2 + 5, torch.randn(3, CONTEXT, generator=g) * 2 + 5
     if not padded:  # the forecaster's own predict() is this forward

@@ -43,6 +43,8 @@ import rnnshap  # noqa: E402
 from rnnshap.errors import InputError, UnsupportedOperationError  # noqa: E402
 from rnnshap.pytorch_forecasting import ForecastExplanation, explain  # noqa: E402
 
+from ..models.torch import Composite  # noqa: E402
+
 L, H = 5, 3  # encoder and decoder lengths
 WINDOWS = [0, 7, 13]  # the explained windows
 N_BACKGROUND = 6
@@ -248,23 +250,19 @@ def _recipe_values(model: Any, data: TimeSeriesDataSet, result: ForecastExplanat
     wrapper), rnnshap.DeepExplainer, the same background and windows."""
     keys = ["encoder_cont", "decoder_cont", "encoder_cat", "decoder_cat", "target_scale"]
 
-    class Forecast(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.network = copy.deepcopy(model).double()
-
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            n = tensors[0].shape[0]
-            x = dict(zip(keys, tensors, strict=True))
-            x["encoder_lengths"] = torch.full((n,), L, dtype=torch.long)
-            x["decoder_lengths"] = torch.full((n,), H, dtype=torch.long)
-            return self.network(x)["prediction"].reshape(n, -1)
+    def forecast(m: nn.Module, *tensors: torch.Tensor) -> torch.Tensor:
+        n = tensors[0].shape[0]
+        x = dict(zip(keys, tensors, strict=True))
+        x["encoder_lengths"] = torch.full((n,), L, dtype=torch.long)
+        x["decoder_lengths"] = torch.full((n,), H, dtype=torch.long)
+        return m.network(x)["prediction"].reshape(n, -1)
 
     rng = np.random.default_rng(0)
     background = np.sort(rng.choice(len(data), size=N_BACKGROUND, replace=False))
     batch, _ = data._collate_fn([data[int(i)] for i in [*background, *WINDOWS]])
     tensors = [batch[k].double() if batch[k].is_floating_point() else batch[k] for k in keys]
-    explainer = rnnshap.DeepExplainer(Forecast().eval(), [t[:N_BACKGROUND] for t in tensors])
+    wrapper = Composite(forecast, network=copy.deepcopy(model).double()).eval()
+    explainer = rnnshap.DeepExplainer(wrapper, [t[:N_BACKGROUND] for t in tensors])
     return list(explainer.shap_values([t[N_BACKGROUND:] for t in tensors]))
 
 

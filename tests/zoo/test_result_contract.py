@@ -18,6 +18,8 @@ import rnnshap
 from rnnshap.backgrounds import DEFAULTS
 from rnnshap.result import ABSENT, AttributionResult, stderr_matches
 
+from ..models.torch import RecurrentHead
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,19 +73,13 @@ def test_no_class_name_is_defined_twice_in_the_package() -> None:
 
 
 # -- the front doors ---------------------------------------------------------------------------------------------
-class _Recurrent(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.rnn = torch.nn.GRU(2, 4, batch_first=True)
-        self.head = torch.nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][:, -1])
+def _recurrent() -> RecurrentHead:
+    torch.manual_seed(0)
+    return RecurrentHead("gru", 2, 4, 2)
 
 
 def test_the_shapley_mode_of_both_front_doors_returns_the_contract() -> None:
-    model = _Recurrent().double()
+    model = _recurrent().double()
     x, background = torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(4, 5, 2, dtype=torch.float64)
     for result in (
         rnnshap.ShapleyExplainer(model, background).shapley_values(x, players="steps", budget=10**4),
@@ -98,7 +94,7 @@ def test_the_shapley_mode_of_both_front_doors_returns_the_contract() -> None:
 def test_the_forecasting_doors_shared_attribute_returns_the_contract_both_ways() -> None:
     from rnnshap.forecasting import WindowAttribution, attribute
 
-    model = _Recurrent().double()
+    model = _recurrent().double()
     x, background = torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(4, 5, 2, dtype=torch.float64)
     deep = attribute(model, [background], [x], method="deepshap")
     shapley = attribute(model, [background], [x], method="shapley", budget=10**4)

@@ -20,6 +20,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from ..models.torch import Composite
 
 pytest.importorskip("timesfm3.torch")
 from timesfm3 import TimesFM3Torch  # noqa: E402
@@ -43,17 +44,15 @@ def _timesfm3() -> TimesFM3Torch:
     ).eval()
 
 
-class Decode(nn.Module):
+def _decode(m: nn.Module, x: Tensor) -> Tensor:
     """``(batch, 1, context) -> (batch, horizon · quantiles)``: ``decode`` as a user calls it."""
+    target_mask = torch.zeros_like(x, dtype=torch.bool)
+    target_mask[..., : m.hidden] = True
+    return m.model.decode(x, horizon=HORIZON, target_mask=target_mask).flatten(1)
 
-    def __init__(self, model: TimesFM3Torch, hidden: int = 0) -> None:
-        super().__init__()
-        self.model, self.hidden = model, hidden
 
-    def forward(self, x: Tensor) -> Tensor:
-        target_mask = torch.zeros_like(x, dtype=torch.bool)
-        target_mask[..., : self.hidden] = True
-        return self.model.decode(x, horizon=HORIZON, target_mask=target_mask).flatten(1)
+def decode(model: TimesFM3Torch, hidden: int = 0) -> Composite:
+    return Composite(_decode, model=model, hidden=hidden)
 
 
 def _windows() -> tuple[Tensor, Tensor]:
@@ -68,13 +67,13 @@ def _windows() -> tuple[Tensor, Tensor]:
 def test_timesfm3_decode_with_linear_detrending_is_exact(hidden: int) -> None:
     model = _timesfm3()
     assert model.use_linear_detrending  # (the default)
-    wrapper = Decode(model, hidden).eval()
+    wrapper = decode(model, hidden).eval()
     background, X = _windows()
     plain = copy.deepcopy(model)
     plain.use_linear_detrending = False
     with torch.no_grad():
         windows = torch.cat([background, X])
-        detrended = (Decode(model, hidden)(windows) != Decode(plain, hidden)(windows)).any(1)
+        detrended = (decode(model, hidden)(windows) != decode(plain, hidden)(windows)).any(1)
     assert detrended.any() and not detrended.all()  # the gate differs between windows
     values = rnnshap.DeepExplainer(wrapper, background).shap_values(X)
     assert_additive(values, wrapper, X, background, torch.float32)

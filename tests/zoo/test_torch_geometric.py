@@ -25,6 +25,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .graph import EDGE_INDEX, EXPLAINED, HIDDEN, F, T, V, batched, hops
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
@@ -32,38 +33,33 @@ pytest.importorskip("torch_geometric")
 from torch_geometric.nn import ChebConv, GCNConv  # noqa: E402
 
 
-class TGCNCell(nn.Module):
+def _tgcn_cell(m: nn.Module, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor, edge_weight: torch.Tensor | None = None
+               ) -> torch.Tensor:  # fmt: skip
+    conv_u, conv_r, conv_c = (conv(x, edge_index, edge_weight) for conv in m.convs)
+    u = torch.sigmoid(m.linears[0](torch.cat([conv_u, h], -1)))
+    r = torch.sigmoid(m.linears[1](torch.cat([conv_r, h], -1)))
+    c = torch.tanh(m.linears[2](torch.cat([conv_c, r * h], -1)))
+    return u * h + (1 - u) * c
+
+
+def tgcn_cell(features: int, hidden: int) -> Composite:
     """T-GCN: graph convolutions of the input inside the GRU's gates."""
-
-    def __init__(self, features: int, hidden: int) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(GCNConv(features, hidden) for _ in range(3))
-        self.linears = nn.ModuleList(nn.Linear(2 * hidden, hidden) for _ in range(3))
-
-    def forward(
-        self, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor, edge_weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        conv_u, conv_r, conv_c = (conv(x, edge_index, edge_weight) for conv in self.convs)
-        u = torch.sigmoid(self.linears[0](torch.cat([conv_u, h], -1)))
-        r = torch.sigmoid(self.linears[1](torch.cat([conv_r, h], -1)))
-        c = torch.tanh(self.linears[2](torch.cat([conv_c, r * h], -1)))
-        return u * h + (1 - u) * c
+    return Composite(_tgcn_cell, convs=nn.ModuleList(GCNConv(features, hidden) for _ in range(3)),
+                     linears=nn.ModuleList(nn.Linear(2 * hidden, hidden) for _ in range(3)))  # fmt: skip
 
 
-class GConvGRUCell(nn.Module):
+def _gconv_gru_cell(m: nn.Module, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    (x_z, x_r, x_h), (h_z, h_r, h_h) = m.x_convs, m.h_convs
+    z = torch.sigmoid(x_z(x, edge_index) + h_z(h, edge_index))
+    r = torch.sigmoid(x_r(x, edge_index) + h_r(h, edge_index))
+    candidate = torch.tanh(x_h(x, edge_index) + h_h(r * h, edge_index))
+    return z * h + (1 - z) * candidate
+
+
+def gconv_gru_cell(features: int, hidden: int, K: int = 2) -> Composite:  # noqa: N803 (ChebConv's K)
     """GConvGRU: Chebyshev convolutions of the input and of the hidden state."""
-
-    def __init__(self, features: int, hidden: int, K: int = 2) -> None:
-        super().__init__()
-        self.x_convs = nn.ModuleList(ChebConv(features, hidden, K) for _ in range(3))
-        self.h_convs = nn.ModuleList(ChebConv(hidden, hidden, K) for _ in range(3))
-
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        (x_z, x_r, x_h), (h_z, h_r, h_h) = self.x_convs, self.h_convs
-        z = torch.sigmoid(x_z(x, edge_index) + h_z(h, edge_index))
-        r = torch.sigmoid(x_r(x, edge_index) + h_r(h, edge_index))
-        candidate = torch.tanh(x_h(x, edge_index) + h_h(r * h, edge_index))
-        return z * h + (1 - z) * candidate
+    return Composite(_gconv_gru_cell, x_convs=nn.ModuleList(ChebConv(features, hidden, K) for _ in range(3)),
+                     h_convs=nn.ModuleList(ChebConv(hidden, hidden, K) for _ in range(3)))  # fmt: skip
 
 
 class Recurrent(nn.Module):
@@ -88,22 +84,19 @@ class Recurrent(nn.Module):
         return self.head(h).reshape(n, V)[:, EXPLAINED]
 
 
-class GCNThenGRU(nn.Module):
+def _gcn_then_gru(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    edge_index = batched(n * T)  # every (graph, step) is a graph of the batch
+    z = torch.relu(m.conv1(x.reshape(n * T * V, F), edge_index))
+    z = m.conv2(z, edge_index).reshape(n, T, V, HIDDEN)
+    out, _ = m.gru(z.transpose(1, 2).reshape(n * V, T, HIDDEN))  # (graph, node) sequences
+    return m.head(out[:, -1]).reshape(n, V)[:, EXPLAINED]
+
+
+def gcn_then_gru() -> Composite:
     """Two ``GCNConv`` layers on every step's node features, then ``nn.GRU`` along time per node."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = GCNConv(F, HIDDEN), GCNConv(HIDDEN, HIDDEN)
-        self.gru = nn.GRU(HIDDEN, HIDDEN, batch_first=True)
-        self.head = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        edge_index = batched(n * T)  # every (graph, step) is a graph of the batch
-        z = torch.relu(self.conv1(x.reshape(n * T * V, F), edge_index))
-        z = self.conv2(z, edge_index).reshape(n, T, V, HIDDEN)
-        out, _ = self.gru(z.transpose(1, 2).reshape(n * V, T, HIDDEN))  # (graph, node) sequences
-        return self.head(out[:, -1]).reshape(n, V)[:, EXPLAINED]
+    return Composite(_gcn_then_gru, conv1=GCNConv(F, HIDDEN), conv2=GCNConv(HIDDEN, HIDDEN),
+                     gru=nn.GRU(HIDDEN, HIDDEN, batch_first=True), head=nn.Linear(HIDDEN, 1))  # fmt: skip
 
 
 def _build(make: Callable[[], nn.Module]) -> Callable[[], Case]:
@@ -115,17 +108,17 @@ def _build(make: Callable[[], nn.Module]) -> Callable[[], Case]:
 
 
 def _edge_weights() -> Case:
-    case = _build(lambda: Recurrent(TGCNCell(F, HIDDEN)))()
+    case = _build(lambda: Recurrent(tgcn_cell(F, HIDDEN)))()
     E = EDGE_INDEX.shape[1]
     return Case(case.model, [*case.background, torch.rand(N_BACKGROUND, E) + 0.5], [*case.X, torch.rand(N_EXPLAINED, E) + 0.5])
 
 
 ZOO = {
-    "TGCN": Spec(_build(lambda: Recurrent(TGCNCell(F, HIDDEN)))),
+    "TGCN": Spec(_build(lambda: Recurrent(tgcn_cell(F, HIDDEN)))),
     # weighted degrees in gcn_norm, from the model's constants
-    "TGCN-fixed_edge_weight": Spec(_build(lambda: Recurrent(TGCNCell(F, HIDDEN), torch.rand(EDGE_INDEX.shape[1]) + 0.5))),
-    "GConvGRU-Cheb_K2": Spec(_build(lambda: Recurrent(GConvGRUCell(F, HIDDEN)))),
-    "GCNConv-GCNConv-GRU": Spec(_build(GCNThenGRU)),
+    "TGCN-fixed_edge_weight": Spec(_build(lambda: Recurrent(tgcn_cell(F, HIDDEN), torch.rand(EDGE_INDEX.shape[1]) + 0.5))),
+    "GConvGRU-Cheb_K2": Spec(_build(lambda: Recurrent(gconv_gru_cell(F, HIDDEN)))),
+    "GCNConv-GCNConv-GRU": Spec(_build(gcn_then_gru)),
     # the edge weights as an input: GCNConv's gcn_norm sets the inverse square root of a zero degree
     # to 0 with deg_inv_sqrt.masked_fill_(deg_inv_sqrt == inf, 0), a mask of input-dependent values
     "TGCN-edge_weight": Spec(_edge_weights, refused="torch.Tensor.__eq__", mentions="masked_fill_"),

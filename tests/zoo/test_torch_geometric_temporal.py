@@ -27,6 +27,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .graph import EXPLAINED, HIDDEN, F, T, V, batched, hops
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
@@ -58,7 +59,22 @@ def library(module: str, name: str) -> Any:
 
 
 
-class Stepped(nn.Module):
+def _stepped(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    edge_index = batched(n)
+    weight = torch.ones(edge_index.shape[1], dtype=m.weight_dtype or x.dtype)
+    h = c = x.new_zeros(n * V, HIDDEN)  # the zero state None means, in the data's dtype
+    for t in range(T):
+        step = x[:, t].reshape(n * V, F)
+        if m.state == "HC":
+            h, c = m.cell(step, edge_index, weight, H=h, C=c)
+        else:
+            h = m.cell(step, edge_index, weight, H=h)
+    assert h is not None
+    return m.head(h).reshape(n, V)[:, EXPLAINED]
+
+
+def stepped(cell: nn.Module, state: str = "H", weight_dtype: torch.dtype | None = None) -> Composite:
     """``f(x) -> (N, 2)``, x (N, T, V, F): the library's cell called once per step with its state
     (``state="H"``: ``cell(X, edge_index, edge_weight, H=H) -> H``; ``"HC"``: GConvLSTM's ``-> (H, C)``),
     then a linear readout of the last state of the nodes ``EXPLAINED``. The edge weights are ones and the
@@ -66,41 +82,16 @@ class Stepped(nn.Module):
     float32 and a float64 copy of the model fails without rnnshap. DCRNN computes its degree
     normalization with float32 ``torch.ones`` whatever the data: its weights stay float32
     (``weight_dtype``), constants of the float64 copy."""
-
-    def __init__(self, cell: nn.Module, state: str = "H", weight_dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.cell, self.state, self.weight_dtype = cell, state, weight_dtype
-        self.head = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        edge_index = batched(n)
-        weight = torch.ones(edge_index.shape[1], dtype=self.weight_dtype or x.dtype)
-        h = c = x.new_zeros(n * V, HIDDEN)  # the zero state None means, in the data's dtype
-        for t in range(T):
-            step = x[:, t].reshape(n * V, F)
-            if self.state == "HC":
-                h, c = self.cell(step, edge_index, weight, H=h, C=c)
-            else:
-                h = self.cell(step, edge_index, weight, H=h)
-        assert h is not None
-        return self.head(h).reshape(n, V)[:, EXPLAINED]
+    return Composite(_stepped, cell=cell, state=state, weight_dtype=weight_dtype, head=nn.Linear(HIDDEN, 1))
 
 
-class Periods(nn.Module):
+def _periods(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A3TGCN takes the whole window at once, X (nodes, F, periods), and attends over the periods."""
-
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
-        self.head = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        window = x.permute(0, 2, 3, 1).reshape(n * V, F, T)
-        edge_index = batched(n)
-        weight = x.new_ones(edge_index.shape[1])
-        return self.head(self.cell(window, edge_index, weight)).reshape(n, V)[:, EXPLAINED]
+    n = x.shape[0]
+    window = x.permute(0, 2, 3, 1).reshape(n * V, F, T)
+    edge_index = batched(n)
+    weight = x.new_ones(edge_index.shape[1])
+    return m.head(m.cell(window, edge_index, weight)).reshape(n, V)[:, EXPLAINED]
 
 
 def _build(make: Callable[[], nn.Module]) -> Callable[[], Case]:
@@ -112,11 +103,12 @@ def _build(make: Callable[[], nn.Module]) -> Callable[[], Case]:
 
 
 ZOO = {
-    "GConvGRU-K2": Spec(_build(lambda: Stepped(library("gconv_gru", "GConvGRU")(F, HIDDEN, 2)))),
-    "GConvLSTM-K2": Spec(_build(lambda: Stepped(library("gconv_lstm", "GConvLSTM")(F, HIDDEN, 2), state="HC"))),
-    "DCRNN-K2": Spec(_build(lambda: Stepped(library("dcrnn", "DCRNN")(F, HIDDEN, 2), weight_dtype=torch.float32))),
-    "TGCN": Spec(_build(lambda: Stepped(library("temporalgcn", "TGCN")(F, HIDDEN)))),
-    "A3TGCN": Spec(_build(lambda: Periods(library("attentiontemporalgcn", "A3TGCN")(F, HIDDEN, T)))),
+    "GConvGRU-K2": Spec(_build(lambda: stepped(library("gconv_gru", "GConvGRU")(F, HIDDEN, 2)))),
+    "GConvLSTM-K2": Spec(_build(lambda: stepped(library("gconv_lstm", "GConvLSTM")(F, HIDDEN, 2), state="HC"))),
+    "DCRNN-K2": Spec(_build(lambda: stepped(library("dcrnn", "DCRNN")(F, HIDDEN, 2), weight_dtype=torch.float32))),
+    "TGCN": Spec(_build(lambda: stepped(library("temporalgcn", "TGCN")(F, HIDDEN)))),
+    "A3TGCN": Spec(_build(lambda: Composite(_periods, cell=library("attentiontemporalgcn", "A3TGCN")(F, HIDDEN, T),
+                                            head=nn.Linear(HIDDEN, 1)))),  # fmt: skip
 }
 
 #: how many hops the readout reaches into the features of step t (0-based), from each cell's equations.

@@ -21,6 +21,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from ..models.torch import Composite
 from . import foundation_models
 
 pytest.importorskip("toto.inference.forecaster")
@@ -32,31 +33,28 @@ Tensor = torch.Tensor
 VARIATES, CONTEXT, HORIZON = 2, 16, 6
 
 
-class Forecast(nn.Module):
+def _forecast(m: nn.Module, x: Tensor) -> Tensor:
     """``(batch, variates, time) -> (batch, variates · horizon)``: TotoForecaster.forecast's mean, as a user calls it."""
+    batch = x.shape[0]
+    inputs = MaskedTimeseries(
+        series=x,
+        padding_mask=torch.ones_like(x, dtype=torch.bool),
+        id_mask=m.groups.expand(batch, VARIATES, x.shape[-1]).contiguous(),
+        timestamp_seconds=torch.zeros(x.shape, dtype=torch.int),
+        time_interval_seconds=torch.full((batch, VARIATES), 60, dtype=torch.int),
+    )
+    return m.forecaster.forecast(inputs, prediction_length=HORIZON, use_kv_cache=True).mean.flatten(1)
 
-    def __init__(self, toto: Toto, groups: Tensor) -> None:
-        super().__init__()
-        self.toto, self.groups = toto, groups
-        self.forecaster = TotoForecaster(toto.model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[0]
-        inputs = MaskedTimeseries(
-            series=x,
-            padding_mask=torch.ones_like(x, dtype=torch.bool),
-            id_mask=self.groups.expand(batch, VARIATES, x.shape[-1]).contiguous(),
-            timestamp_seconds=torch.zeros(x.shape, dtype=torch.int),
-            time_interval_seconds=torch.full((batch, VARIATES), 60, dtype=torch.int),
-        )
-        return self.forecaster.forecast(inputs, prediction_length=HORIZON, use_kv_cache=True).mean.flatten(1)
+def forecast(toto: Toto, groups: Tensor) -> Composite:
+    return Composite(_forecast, toto=toto, groups=groups, forecaster=TotoForecaster(toto.model))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("grouped", [True, False], ids=["one-group", "a-group-each"])
 def test_toto_forecast_is_exact_and_a_variate_in_its_own_group_gets_exactly_zero(dtype: torch.dtype, grouped: bool) -> None:
     groups = torch.zeros(1, VARIATES, 1, dtype=torch.int) if grouped else torch.arange(VARIATES, dtype=torch.int).view(1, -1, 1)
-    model = Forecast(foundation_models.toto(dtype), groups).eval()
+    model = forecast(foundation_models.toto(dtype), groups).eval()
     g = torch.Generator().manual_seed(1)
     background = torch.randn(3, VARIATES, CONTEXT, generator=g, dtype=dtype)
     X = torch.randn(2, VARIATES, CONTEXT, generator=g, dtype=dtype)

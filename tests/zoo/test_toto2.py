@@ -19,6 +19,7 @@ from torch import nn
 import rnnshap
 
 from ..conftest import assert_additive
+from ..models.torch import Composite
 
 pytest.importorskip("toto2.model")
 from toto2.configuration import Toto2ModelConfig  # noqa: E402
@@ -28,29 +29,26 @@ Tensor = torch.Tensor
 VARIATES, CONTEXT, PATCH, HORIZON, QUANTILES = 2, 16, 4, 6, 9
 
 
-class Forecast(nn.Module):
+def _forecast(m: nn.Module, x: Tensor) -> Tensor:
+    batch = x.shape[0]
+    ids = torch.arange(VARIATES) if m.separate else torch.zeros(VARIATES, dtype=torch.long)
+    inputs = {"target": x, "target_mask": torch.ones_like(x, dtype=torch.bool), "series_ids": ids.expand(batch, VARIATES)}
+    return m.model.forecast(inputs, HORIZON).movedim(0, -1).flatten(1)  # (quantiles first in its output)
+
+
+def forecast(separate: bool) -> Composite:
     """``(batch, variates, time) -> (batch, variates · horizon · quantiles)``: Toto2Model.forecast as a user calls it."""
-
-    def __init__(self, separate: bool) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        config = Toto2ModelConfig(
-            patch_size=PATCH, d_model=16, num_heads=2, num_layers=2, layer_group_size=2, num_variate_layers_per_group=1,
-            variate_layer_first=False, residual_attn_ratio=Toto2ModelConfig.compute_residual_attn_ratio(CONTEXT, PATCH),
-        )
-        self.model = Toto2Model(config).eval()
-        self.separate = separate
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch = x.shape[0]
-        ids = torch.arange(VARIATES) if self.separate else torch.zeros(VARIATES, dtype=torch.long)
-        inputs = {"target": x, "target_mask": torch.ones_like(x, dtype=torch.bool), "series_ids": ids.expand(batch, VARIATES)}
-        return self.model.forecast(inputs, HORIZON).movedim(0, -1).flatten(1)  # (quantiles first in its output)
+    torch.manual_seed(0)
+    config = Toto2ModelConfig(
+        patch_size=PATCH, d_model=16, num_heads=2, num_layers=2, layer_group_size=2, num_variate_layers_per_group=1,
+        variate_layer_first=False, residual_attn_ratio=Toto2ModelConfig.compute_residual_attn_ratio(CONTEXT, PATCH),
+    )
+    return Composite(_forecast, model=Toto2Model(config).eval(), separate=separate)
 
 
 @pytest.mark.parametrize("separate", [False, True], ids=["one-series", "a-series-each"])
 def test_toto2_forecast_is_exact_and_a_separate_series_gets_exactly_zero(separate: bool) -> None:
-    model = Forecast(separate).eval()
+    model = forecast(separate).eval()
     g = torch.Generator().manual_seed(1)
     background, X = torch.randn(3, VARIATES, CONTEXT, generator=g), torch.randn(2, VARIATES, CONTEXT, generator=g)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_causal, check, params, steps
 
 pytest.importorskip("xlstm")
@@ -54,45 +55,36 @@ def _stack(kind: str) -> xLSTMBlockStack:
     return xLSTMBlockStack(xLSTMBlockStackConfig(context_length=T, num_blocks=2, embedding_dim=E, **blocks))
 
 
-class Stack(nn.Module):
+def stack(kind: str) -> Composite:
     """Linear embedding of the features, the library's block stack, a linear readout at two steps: (N, 2)."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.embed = nn.Linear(F, E)
-        self.stack = _stack(kind)
-        self.head = nn.Linear(E, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stack(self.embed(x)))[:, steps(T), 0]
+    return Composite(lambda m, x: m.head(m.stack(m.embed(x)))[:, steps(T), 0], embed=nn.Linear(F, E), stack=_stack(kind),
+                     head=nn.Linear(E, 1))  # fmt: skip
 
 
-class Large(nn.Module):
+def _read_large(m: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    logits = m.lm(ids)
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits[:, steps(T), 0]
+
+
+def large(chunkwise_kernel: str, mode: str, chunk_size: int, kernel_dtype: str = "float32") -> Composite:
     """``xLSTMLarge`` on token ids, the logit of token 0 at two steps: (N, 2)."""
+    from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
 
-    def __init__(self, chunkwise_kernel: str, mode: str, chunk_size: int, kernel_dtype: str = "float32") -> None:
-        super().__init__()
-        from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
-
-        config = xLSTMLargeConfig(
-            embedding_dim=E, num_heads=2, num_blocks=2, vocab_size=11, chunk_size=chunk_size,
-            chunkwise_kernel=chunkwise_kernel, sequence_kernel="native_sequence__native", step_kernel="native",
-            mode=mode, return_last_states=mode == "train", autocast_kernel_dtype=kernel_dtype,
-            norm_reduction_force_float32=kernel_dtype == "float32",
-            ffn_round_up_to_multiple_of=8,
-        )  # fmt: skip
-        self.lm = xLSTMLarge(config)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        logits = self.lm(ids)
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return logits[:, steps(T), 0]
+    config = xLSTMLargeConfig(
+        embedding_dim=E, num_heads=2, num_blocks=2, vocab_size=11, chunk_size=chunk_size,
+        chunkwise_kernel=chunkwise_kernel, sequence_kernel="native_sequence__native", step_kernel="native",
+        mode=mode, return_last_states=mode == "train", autocast_kernel_dtype=kernel_dtype,
+        norm_reduction_force_float32=kernel_dtype == "float32",
+        ffn_round_up_to_multiple_of=8,
+    )  # fmt: skip
+    return Composite(_read_large, lm=xLSTMLarge(config))
 
 
 def _stack_case(kind: str) -> Callable[[], Case]:
     def build() -> Case:
         torch.manual_seed(0)
-        return Case(Stack(kind).eval(), [torch.randn(N_BACKGROUND, T, F)], [torch.randn(N_EXPLAINED, T, F)])
+        return Case(stack(kind).eval(), [torch.randn(N_BACKGROUND, T, F)], [torch.randn(N_EXPLAINED, T, F)])
 
     return build
 
@@ -100,13 +92,13 @@ def _stack_case(kind: str) -> Callable[[], Case]:
 def _large_case(kernel: str, mode: str, chunk_size: int) -> Callable[[], Case]:
     def build() -> Case:
         torch.manual_seed(0)
-        model = Large(kernel, mode, chunk_size).eval()
+        model = large(kernel, mode, chunk_size).eval()
         # the float64 copy computes its kernels and norms in float64 too (the library casts them to
         # its autocast_kernel_dtype and to float32 whatever the parameters' dtype); the kernel with a
         # custom backward has no float64 version, so that copy runs the same chunkwise forward with
         # autograd's backward (the float32 model is the one with the custom autograd.Function)
         kernel64 = kernel.replace("native_custbw", "native_autograd")
-        model64 = Large(kernel64, mode, chunk_size, kernel_dtype="float64")
+        model64 = large(kernel64, mode, chunk_size, kernel_dtype="float64")
         model64.load_state_dict(model.state_dict())
         return Case(model, [torch.randint(0, 11, (N_BACKGROUND, T))], [torch.randint(0, 11, (N_EXPLAINED, T))], model64)
 
@@ -139,21 +131,15 @@ def test_mlstm_backend_alone_is_exact() -> None:
 
     heads, dim = 2, 4
 
-    class Backend(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.project = nn.Linear(F, heads * (3 * dim + 2))
-            self.backend = mLSTMBackend(
-                mLSTMBackendConfig(
-                    chunkwise_kernel="chunkwise--native_autograd", mode="inference", chunk_size=4, autocast_kernel_dtype="float32"
-                )
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.project(x).reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
-            q, k, v = z[..., :dim], z[..., dim : 2 * dim], z[..., 2 * dim : 3 * dim]
-            h, _ = self.backend(q=q, k=k, v=v, i=z[..., -2], f=z[..., -1])
-            return h[:, :, -1].flatten(1)
+    def read(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z = m.project(x).reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+        q, k, v = z[..., :dim], z[..., dim : 2 * dim], z[..., 2 * dim : 3 * dim]
+        h, _ = m.backend(q=q, k=k, v=v, i=z[..., -2], f=z[..., -1])
+        return h[:, :, -1].flatten(1)
 
     torch.manual_seed(0)
-    assert_exact(Case(Backend().eval(), [torch.randn(N_BACKGROUND, T - 1, F)], [torch.randn(N_EXPLAINED, T - 1, F)]))
+    config = mLSTMBackendConfig(
+        chunkwise_kernel="chunkwise--native_autograd", mode="inference", chunk_size=4, autocast_kernel_dtype="float32"
+    )
+    backend = Composite(read, project=nn.Linear(F, heads * (3 * dim + 2)), backend=mLSTMBackend(config))
+    assert_exact(Case(backend.eval(), [torch.randn(N_BACKGROUND, T - 1, F)], [torch.randn(N_EXPLAINED, T - 1, F)]))
