@@ -26,6 +26,7 @@ from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
 from .kept import KeptPasses, kept_key, tape_bytes
 from .keras_on_torch import KerasModule
+from .memory import keep_freed_memory
 from .passes import AttributionMode
 from .runner import PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
@@ -314,6 +315,8 @@ class TorchEngine(KeptPasses):
         pair's own with ``per_pair``; the multipliers themselves with ``multipliers``)."""
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         device = inputs[0].device
+        if device.type == "cpu":
+            keep_freed_memory()  # (once a process: the rules' large tensors reuse freed memory, see memory.py)
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
         ref = torch.arange(block.r0, block.r1, device=device).repeat(s)
         # rules may compute on the distinct rows of each side, their checks of the rows read after the passes
