@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..errors import ModelStateError
 from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
-from .base import OpCall, Rule
+from .base import OpCall, PairGrid, Rule
 from .secant import secant
 from .structured import finite_total, fused_softmax, shifted_logsumexp
 
@@ -107,9 +107,10 @@ def linear(x: Sides, weight: Sides, bias: Sides | None) -> Sides:
     return add(bilinear(lambda a, w: F.linear(a, w), x, weight), bias)
 
 
-def softmax(scores: Sides, dim: int = -1) -> Sides:
+def softmax(scores: Sides, dim: int = -1, grid: PairGrid | None = None) -> Sides:
     """softmax by the decomposition of :class:`~rnnshap.rules.Softmax`; rows masked throughout
-    (``-inf`` on both sides) are 0 on both sides, with no gradient (the caller puts torch's value back)."""
+    (``-inf`` on both sides) are 0 on both sides, with no gradient (the caller puts torch's value back). With a
+    ``grid`` that defers its checks, the choice of the fused node is checked after the pass (:func:`fused_softmax`)."""
     if not scores.tracked:
         with torch.no_grad():
             value = torch.softmax(scores.x, dim)
@@ -118,7 +119,7 @@ def softmax(scores: Sides, dim: int = -1) -> Sides:
     # (the test of one key per query's first part and the fused node's test of masked rows read at once: one host
     # read where neither holds, the common case)
     ends = _one_hot_ends(scores, dim)
-    fused = fused_softmax(scores.x, scores.r, dim, unless=ends)
+    fused = fused_softmax(scores.x, scores.r, dim, unless=ends, grid=grid)
     if fused is None and ends is not None:
         single = _single_key(scores, dim, ends)
         if single is not None:
@@ -168,10 +169,12 @@ def _one_hot_ends(scores: Sides, dim: int) -> torch.Tensor | None:
         return ((ends == 1) | (ends == 0)).all()
 
 
-def attend(q: Sides, k: Sides, v: Sides, bias: Sides | None, scale: float) -> tuple[Sides, Sides]:
-    """``softmax(scale · q kᵀ + bias) @ v`` and the weights, ``(..., L, S)``."""
+def attend(
+    q: Sides, k: Sides, v: Sides, bias: Sides | None, scale: float, grid: PairGrid | None = None
+) -> tuple[Sides, Sides]:
+    """``softmax(scale · q kᵀ + bias) @ v`` and the weights, ``(..., L, S)`` (``grid``: the call's, see :func:`softmax`)."""
     scores = bilinear(lambda a, b: a @ b.transpose(-2, -1), q, k).map(lambda s: s * scale)
-    weights = softmax(add(scores, bias))
+    weights = softmax(add(scores, bias), grid=grid)
     return bilinear(torch.matmul, weights, v), weights
 
 
@@ -295,7 +298,7 @@ class ScaledDotProductAttention(_Attention):
             v = v.map(lambda t: t.repeat_interleave(groups, -3))
         scale = arguments["scale"]
         scale = 1.0 / math.sqrt(q.x.shape[-1]) if scale is None else float(scale)
-        output, _ = attend(q, k, v, bias, scale)
+        output, _ = attend(q, k, v, bias, scale, call.pairs)
         return as_torch(output, value)
 
 
@@ -327,10 +330,12 @@ class MultiHeadAttention(_Attention):
         self.check_dropout(call)
         value, weights_value = self.torch_value(call)
         arguments, sides = self.bind(call)
-        output, weights = self.decompose(arguments, sides)
+        output, weights = self.decompose(arguments, sides, call.pairs)
         return as_torch(output, value), as_torch(weights, weights_value)
 
-    def decompose(self, a: dict[str, Any], sides: Callable[[str], Sides | None]) -> tuple[Sides, Sides | None]:
+    def decompose(
+        self, a: dict[str, Any], sides: Callable[[str], Sides | None], grid: PairGrid | None = None
+    ) -> tuple[Sides, Sides | None]:
         query, key, value = sides("query"), sides("key"), sides("value")
         assert query is not None and key is not None and value is not None
         dtype = query.dtype
@@ -395,7 +400,7 @@ class MultiHeadAttention(_Attention):
             attn_mask = key_padding_mask if attn_mask is None else add(attn_mask, key_padding_mask)
         bias = fixed(_causal_bias(tgt_len, src_len, work, q.x.device)) if causal else attn_mask
 
-        mixed, weights = attend(q, k, v, bias, 1.0 / math.sqrt(head_dim))
+        mixed, weights = attend(q, k, v, bias, 1.0 / math.sqrt(head_dim), grid)
         mixed = mixed.map(lambda t: t.transpose(0, 1).reshape(tgt_len * bsz, embed_dim))
         out_weight, out_bias = parameter("out_proj_weight"), parameter("out_proj_bias")
         assert out_weight is not None

@@ -21,7 +21,7 @@ import torch
 from ..formulas import pairs
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
-from .base import OpCall, Rule
+from .base import OpCall, PairGrid, Rule
 from .elementwise import attach, product, with_multipliers
 from .maxima import MaxPool, MaxReduction, picked_index, ranked_values, routed_max
 from .secant import rsqrt_slope, secant, secant_output, secant_slope
@@ -113,20 +113,25 @@ def _softmax_chain(ctx: Any, grad: Tensor) -> list[Tensor]:
     return [g2 + g1]
 
 
-def _fused_softmax(x: Tensor, r: Tensor, dim: int) -> Tensor | None:
+def _fused_softmax(x: Tensor, r: Tensor, dim: int, grid: PairGrid | None = None) -> Tensor | None:
     """:class:`Softmax`'s output with its multipliers as one node (:func:`fused_softmax`); None where a row is masked
     throughout."""
-    fused = fused_softmax(x, r, dim, reference=False)
+    fused = fused_softmax(x, r, dim, reference=False, grid=grid)
     return None if fused is None else fused[0]
 
 
 def fused_softmax(
-    x: Tensor, r: Tensor, dim: int, reference: bool = True, unless: Tensor | None = None
+    x: Tensor, r: Tensor, dim: int, reference: bool = True, unless: Tensor | None = None, grid: PairGrid | None = None
 ) -> tuple[Tensor, Tensor | None] | None:
     """Softmax's decomposition (:class:`Softmax`) with its multipliers as one node (:func:`_softmax_chain`): the
     chain's values (and, with ``reference``, the reference side's, as the chain computes them); None where a row of
     ``x`` is masked throughout (``-inf``: the chain handles it), or where ``unless`` (a bool tensor on ``x``'s device,
-    a caller's own test) is true: read together, one host read in all."""
+    a caller's own test) is true: read together, one host read in all.
+
+    With a ``grid`` that defers its checks (:meth:`PairGrid.defer`, the explainer's pass) the test is not read here:
+    the fused node is taken, and the test that it was the right choice waits for the end of the pass with the rows'
+    checks, one host read for all (a call's every softmax and attention layer: TinyTimeMixer's eight). Where it
+    failed, the engine runs the pass again with each test read at once, which takes the other path there."""
     xd, rd = x.detach(), r.detach()
     max_x = xd.amax(dim, keepdim=True)
     top = pairs.common_shift(TORCH, max_x, rd.amax(dim, keepdim=True))
@@ -136,7 +141,11 @@ def fused_softmax(
     # would run where the fused node gives the same values with fewer operations. Read once, after the parts, which a
     # row masked throughout makes -inf or NaN but which are then not used; log S is -inf only where a row of x is)
     masked = torch.isneginf(max_x).any() | torch.isneginf(log_total).any()
-    if bool(masked if unless is None else masked | unless):
+    if unless is not None:
+        masked = masked | unless
+    if grid is not None and grid.deferred is not None:
+        grid.defer(~masked)
+    elif bool(masked):
         return None
     shifted, shifted_ref = xs - log_total, rs - log_total_ref
     output = torch.exp(shifted)
@@ -192,7 +201,7 @@ class Softmax(Rule):
 
     def attribute(self, call: OpCall) -> Any:
         x, r, dim = _softmax_parts(call)
-        fused = _fused_softmax(x, r, dim)
+        fused = _fused_softmax(x, r, dim, call.pairs)
         if fused is not None:
             return fused
         xs, rs, total, total_ref, _ = shifted_logsumexp(x, r, dim)

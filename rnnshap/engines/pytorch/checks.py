@@ -356,14 +356,21 @@ class ModelChecks(Engine):
         return message + "."
 
 
-def holds_nan(tensors: list[Tensor]) -> bool:
-    return any(t.is_floating_point() and bool(torch.isnan(t).any()) for t in tensors)
+def holds_nan(*groups: list[Tensor]) -> list[bool]:
+    """Whether each group of tensors holds a NaN: one host read for all of them."""
+    tests = [[torch.isnan(t).any() for t in tensors if t.is_floating_point()] for tensors in groups]
+    flags = [torch.stack(group).any() if group else None for group in tests]
+    present = [f for f in flags if f is not None]
+    # (the flags as the bits of one integer, read with one .item(): what a device counts as one sync)
+    bits = int((torch.stack(present).long() << torch.arange(len(present), device=present[0].device)).sum()) if present else 0
+    read = iter(range(len(present)))
+    return [f is not None and bool(bits >> next(read) & 1) for f in flags]
 
 
 def check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1, first: int = 0) -> None:
     """Refuse missing values (NaN) in ``inputs`` that the model does not handle: its output is NaN for their rows
     (every ``step``-th row of ``outputs`` is one of ``inputs``' rows, the first of them row ``first``)."""
-    if not holds_nan(inputs):
+    if not holds_nan(inputs)[0]:
         return
     finite = torch.isfinite(outputs) if isinstance(outputs, Tensor) else torch.from_numpy(np.isfinite(outputs))
     rows = (~finite.reshape(finite.shape[0], -1).all(1)).nonzero()

@@ -117,6 +117,11 @@ class TorchEngine(KeptPasses):
         #: whether the model lays out its rows so that a tape repeats for several samples (``_rows_alone``, run
         #: where a block of several samples first asks: an explanation of one window never pays for it)
         self._rows_laid_out: bool | None = None
+        #: whether the rules' checks wait for the end of a pass (:meth:`PairGrid.defer`: the rows' checks of a cell
+        #: in a loop, the softmaxes' choice of path), one host read for all; after a call where one failed, which ran
+        #: its passes again, each is read at once (a model whose softmax rows are masked throughout would otherwise
+        #: run every call twice)
+        self._defer_checks = True
         if self._distinct_allowed and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
@@ -320,7 +325,7 @@ class TorchEngine(KeptPasses):
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
         ref = torch.arange(block.r0, block.r1, device=device).repeat(s)
         # rules may compute on the distinct rows of each side, their checks of the rows read after the passes
-        grid = PairGrid(s, n_refs, deferred=[])
+        grid = PairGrid(s, n_refs, deferred=[] if self._defer_checks else None)
         # context inputs (integer inputs that are neither token ids nor numbers: lengths, masks) take
         # the explained sample's values on both sides; token ids and numbers are compared with the
         # background's, and the masks made from them are the explained sample's (their shadows)
@@ -341,8 +346,8 @@ class TorchEngine(KeptPasses):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        # (at most three times: a layout the check at construction missed runs every pair; rows a cell's deferred
-        # check assumed repeat, and did not, run the passes again with each check read at once)
+        # (at most three times: a layout the check at construction missed runs every pair; a check the pass deferred
+        # that did not hold, a cell's rows or a softmax's path, runs the passes again with each check read at once)
         program = self._traced is not None and self._traceable(distinct)
         while True:
             if grid.deferred is not None:
@@ -368,12 +373,18 @@ class TorchEngine(KeptPasses):
                 # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
                 self.distinct_references = distinct = False
                 continue
+            except RnnShapError:
+                if not grid.deferred or grid.all_held():
+                    raise
+                done = None  # (what a rule refused came of a check the pass deferred, which did not hold: again below)
             if done is not None:
                 flat, grads, mode = done
                 break
-            # a side's rows did not repeat as the grid says (something sample-specific entered the reference side):
-            # the passes again, each check read at once (a side whose rows do not repeat keeps them all)
+            # a side's rows did not repeat as the grid says (something sample-specific entered the reference side), or
+            # a softmax's rows are masked throughout: the passes again, each check read at once (a side whose rows do
+            # not repeat keeps them all; a softmax takes its other path), and so in later calls
             grid = PairGrid(s, n_refs)
+            self._defer_checks = False
 
         def per_sample(contribution: Tensor) -> np.ndarray:
             """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
@@ -415,7 +426,8 @@ class TorchEngine(KeptPasses):
         with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
             # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
             # comparison (where(x == x, f(x), 0)) rather than by a missing-value rule, which would mark the pass
-            missing.seen = holds_nan(leaves) or holds_nan(references)
+            nan_in_leaves, nan_in_references = holds_nan(leaves, references)  # (one host read)
+            missing.seen = nan_in_leaves or nan_in_references
             copies = [leaf.clone() for leaf in leaves]
             pass_masks = {t: (copies[t], value) for t, value in self.masked_inputs.items()}
             outputs, mode = run_pass(
@@ -429,7 +441,8 @@ class TorchEngine(KeptPasses):
             return None
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
-            check_missing_values_handled(leaves, flat.detach(), "X", block.references, block.s0)
+            if nan_in_leaves:
+                check_missing_values_handled(leaves, flat.detach(), "X", block.references, block.s0)
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             return flat, grads_per_output(chosen, attributed_leaves), mode

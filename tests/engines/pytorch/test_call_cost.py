@@ -3,9 +3,11 @@ per output), counted, not timed (timings are the benchmarks' job: benchmarks/ben
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -143,3 +145,65 @@ def test_a_call_on_a_device_reads_the_device_at_most_8_times_at_any_length(famil
             explainer.shap_values(X, check_additivity=False)
         counts.append(Reads.count)
     assert counts[0] == counts[1] and counts[0] <= most, counts
+
+
+def _device_reads(model: nn.Module, steps: int = 6, features: int = 4) -> int:
+    """The host reads of one steady call, counted as on a device (the formulas' value tests answering unread)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rnnshap.formulas.torch_ops import values_unread
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Reads.count += func.overloadpacket.__name__ in _SYNCS
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    explainer = rnnshap.DeepExplainer(model.eval(), torch.randn(5, steps, features))
+    X = torch.randn(3, steps, features)
+    explainer.shap_values(X, check_additivity=False)  # (the first call aside)
+    with values_unread(), Reads():
+        explainer.shap_values(X, check_additivity=False)
+    return Reads.count
+
+
+@pytest.mark.parametrize("kind", ["softmax", "attention"])
+def test_softmaxes_read_the_device_once_a_call_however_many(kind: str) -> None:
+    """The softmax rule's test of rows masked throughout (which take its longer decomposition) is read with the rows'
+    checks after the pass, not at each softmax: a model with four softmaxes, or four attention layers, reads the device
+    as often as one with one (TinyTimeMixer has eight, one read each before)."""
+    from ...models.torch import Composite
+
+    def model(layers: int) -> nn.Module:
+        if kind == "softmax":
+            return Composite(
+                lambda m, x: m.head(functools.reduce(lambda h, f: torch.softmax(f(h), -1), m.mix, x).flatten(1)),
+                mix=nn.ModuleList([nn.Linear(4, 4) for _ in range(layers)]), head=nn.Linear(24, 2),
+            )
+        layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+        encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        return Composite(lambda m, x: m.head(m.encoder(x)[:, -1]), encoder=encoder, head=nn.Linear(4, 2))
+
+    assert _device_reads(model(4)) == _device_reads(model(1))
+
+
+def test_a_softmax_whose_rows_are_masked_throughout_gets_the_values_of_reading_at_once() -> None:
+    """Where the deferred test fails (a row ``-inf`` throughout on both sides, which the fused node does not handle),
+    the call runs its passes again with each test read at once: the values are those of an explainer that never
+    deferred, bit for bit, and later calls read at once (no pass run twice a call)."""
+    from ...models.torch import Composite
+
+    def masked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        scores = m.mix(x).masked_fill(torch.arange(x.shape[1])[:, None] == 0, float("-inf"))  # (step 0's row)
+        return m.head(torch.softmax(scores, -1).nan_to_num(0.0).flatten(1))
+
+    torch.manual_seed(0)
+    model = Composite(masked, mix=nn.Linear(4, 4), head=nn.Linear(24, 2)).eval()
+    background, X = torch.randn(5, 6, 4), torch.randn(3, 6, 4)
+    deferring, at_once = rnnshap.DeepExplainer(model, background), rnnshap.DeepExplainer(model, background)
+    at_once.engine._defer_checks = False
+    first = deferring.shap_values(X)
+    assert not deferring.engine._defer_checks
+    assert np.array_equal(first, at_once.shap_values(X)) and np.array_equal(deferring.shap_values(X), first)
