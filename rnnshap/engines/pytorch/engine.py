@@ -26,9 +26,9 @@ from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
 from .kept import KeptPasses, kept_key, tape_bytes
 from .keras_on_torch import KerasModule
-from .memory import keep_freed_memory
+from .memory import kept_memory
 from .passes import AttributionMode
-from .runner import PassSettings, run_pass
+from .runner import PairPass, PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState, python_state
 from .tape import Tape, repeat_along
@@ -117,10 +117,8 @@ class TorchEngine(KeptPasses):
         #: whether the model lays out its rows so that a tape repeats for several samples (``_rows_alone``, run
         #: where a block of several samples first asks: an explanation of one window never pays for it)
         self._rows_laid_out: bool | None = None
-        #: whether the rules' checks wait for the end of a pass (:meth:`PairGrid.defer`: the rows' checks of a cell
-        #: in a loop, the softmaxes' choice of path), one host read for all; after a call where one failed, which ran
-        #: its passes again, each is read at once (a model whose softmax rows are masked throughout would otherwise
-        #: run every call twice)
+        #: whether the rules' checks wait for the end of a pass (:meth:`PairGrid.defer`: a cell's rows, a softmax's
+        #: path), one read for all; after a call where one failed and the passes ran again, each is read at once
         self._defer_checks = True
         if self._distinct_allowed and not self.context_inputs and not probe.drew and not probe.random_draws:
             # the probe ran the reference pass on every background row: the tape of the block of all references
@@ -317,11 +315,16 @@ class TorchEngine(KeptPasses):
         self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
     ) -> BlockResult:
         """Σ over the block's references of multiplier × (x − r), for each selected output (each
-        pair's own with ``per_pair``; the multipliers themselves with ``multipliers``)."""
+        pair's own with ``per_pair``; the multipliers themselves with ``multipliers``); on the CPU with freed memory
+        reused (``memory.py``: the rules' large tensors, zero-filled by the kernel page by page otherwise)."""
+        with kept_memory(inputs[0].device):
+            return self._attribute(inputs, block, columns, per_pair, multipliers)
+
+    def _attribute(
+        self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool, multipliers: bool
+    ) -> BlockResult:
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         device = inputs[0].device
-        if device.type == "cpu":
-            keep_freed_memory()  # (once a process: the rules' large tensors reuse freed memory, see memory.py)
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)
         ref = torch.arange(block.r0, block.r1, device=device).repeat(s)
         # rules may compute on the distinct rows of each side, their checks of the rows read after the passes
@@ -380,9 +383,8 @@ class TorchEngine(KeptPasses):
             if done is not None:
                 flat, grads, mode = done
                 break
-            # a side's rows did not repeat as the grid says (something sample-specific entered the reference side), or
-            # a softmax's rows are masked throughout: the passes again, each check read at once (a side whose rows do
-            # not repeat keeps them all; a softmax takes its other path), and so in later calls
+            # a deferred check failed (a side's rows do not repeat: something sample-specific entered the reference side;
+            # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
             grid = PairGrid(s, n_refs)
             self._defer_checks = False
 
@@ -570,31 +572,8 @@ class TorchEngine(KeptPasses):
         return tape, ref_outputs
 
 
-@dataclasses.dataclass(frozen=True)
-class PairPass:
-    """What one input pass over a block's pairs takes (see :meth:`TorchEngine.attribute`)."""
-
-    block: Block
-    #: the input side of every pair, per input (floating ones requiring grad: the attributed leaves)
-    leaves: list[Tensor]
-    #: the reference side of every pair, per input
-    references: list[Tensor]
-    #: the reference pass's tape, which the input pass consumes
-    tape: Tape
-    grid: PairGrid
-    #: the model's state, put back after each pass
-    state: PreservedState
-    #: the explained outputs' columns, per pair
-    chosen_columns: Tensor
-
-    def parts(self) -> tuple[Block, list[Tensor], list[Tensor], Tape, PairGrid, PreservedState, Tensor]:
-        return self.block, self.leaves, self.references, self.tape, self.grid, self.state, self.chosen_columns
-
-
-
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
-
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -16,6 +16,7 @@ from torch import nn
 from ...errors import InputError, ModelStateError, UnsupportedOperationError
 from ...rules.base import PairGrid, Rule
 from ...rules.registry import RuleRegistry
+from ..base import Block
 from .functions import routed_functions
 from .passes import AttributionMode
 from .randomness import RandomStates, draws_matter, random_forward_error
@@ -167,4 +168,25 @@ def run_pass(
     return output, mode
 
 
-__all__ = ["ModuleRules", "PassSettings", "run_pass"]
+@dataclass(frozen=True)
+class PairPass:
+    """What one input pass over a block's pairs takes (see :meth:`~.engine.TorchEngine.attribute`)."""
+
+    block: Block
+    #: the input side of every pair, per input (floating ones requiring grad: the attributed leaves)
+    leaves: list[Tensor]
+    #: the reference side of every pair, per input
+    references: list[Tensor]
+    #: the reference pass's tape, which the input pass consumes
+    tape: Tape
+    grid: PairGrid
+    #: the model's state, put back after each pass
+    state: PreservedState
+    #: the explained outputs' columns, per pair
+    chosen_columns: Tensor
+
+    def parts(self) -> tuple[Block, list[Tensor], list[Tensor], Tape, PairGrid, PreservedState, Tensor]:
+        return self.block, self.leaves, self.references, self.tape, self.grid, self.state, self.chosen_columns
+
+
+__all__ = ["ModuleRules", "PairPass", "PassSettings", "run_pass"]
