@@ -45,8 +45,12 @@ class PairGrid:
         self.deferred.extend(checks)
 
     def all_held(self) -> bool:
-        """Whether every deferred check of the pass held (one host sync for all of them)."""
-        return not self.deferred or bool(torch.stack(self.deferred).all())
+        """Whether every deferred check of the pass held (one host sync for all of them, one per device where the
+        model is split across devices)."""
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for check in self.deferred or ():
+            by_device.setdefault(check.device, []).append(check)
+        return all(bool(torch.stack(checks).all()) for checks in by_device.values())
 
 
 @dataclass

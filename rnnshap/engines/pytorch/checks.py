@@ -357,14 +357,21 @@ class ModelChecks(Engine):
 
 
 def holds_nan(*groups: list[Tensor]) -> list[bool]:
-    """Whether each group of tensors holds a NaN: one host read for all of them."""
-    tests = [[torch.isnan(t).any() for t in tensors if t.is_floating_point()] for tensors in groups]
-    flags = [torch.stack(group).any() if group else None for group in tests]
-    present = [f for f in flags if f is not None]
-    # (the flags as the bits of one integer, read with one .item(): what a device counts as one sync)
-    bits = int((torch.stack(present).long() << torch.arange(len(present), device=present[0].device)).sum()) if present else 0
-    read = iter(range(len(present)))
-    return [f is not None and bool(bits >> next(read) & 1) for f in flags]
+    """Whether each group of tensors holds a NaN: one host read for all of them (one per device where they lie on
+    several)."""
+    by_device: dict[torch.device, dict[int, list[Tensor]]] = {}
+    for g, tensors in enumerate(groups):
+        for t in tensors:
+            if t.is_floating_point():
+                by_device.setdefault(t.device, {}).setdefault(g, []).append(torch.isnan(t).any())
+    found = [False] * len(groups)
+    for device, flags in by_device.items():
+        # (each group's flag a bit of one integer, read with one .item(): what a device counts as one sync)
+        held = torch.stack([torch.stack(f).any() for f in flags.values()]).long()
+        read = int((held << torch.arange(len(flags), device=device)).sum())
+        for i, g in enumerate(flags):
+            found[g] = found[g] or bool(read >> i & 1)
+    return found
 
 
 def check_missing_values_handled(inputs: list[Tensor], outputs: Any, what: str, step: int = 1, first: int = 0) -> None:

@@ -32,7 +32,7 @@ from .runner import PairPass, PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState, python_state
 from .tape import Tape, repeat_along
-from .traced import TracedPasses, has_hooks
+from .traced import NotThisCall, TracedPasses, has_hooks
 
 Tensor = torch.Tensor
 
@@ -491,7 +491,7 @@ class TorchEngine(KeptPasses):
             given = [t.detach().requires_grad_(True) if leaf.requires_grad else t for t, leaf in pairs]
             done = self._input_side(dataclasses.replace(p, leaves=given, chosen_columns=tensors[-1]))
             if done is None:
-                raise RuntimeError("the rows' checks did not hold while the pass was traced")
+                raise NotThisCall("a check the pass deferred did not hold while it was traced")
             flat, grads, mode = done
             if mode.embedded:
                 raise RuntimeError("the pass has token inputs")

@@ -10,7 +10,9 @@ time in a 6 s call (``docs/performance.md``).
 :func:`kept_memory` runs a block of an explanation with glibc's ``mallopt`` set so that freed memory is reused:
 
 - during the block, no block is mapped apart (``M_MMAP_MAX`` 0): every tensor comes from the heap, where the freed
-  ones are; after it, large blocks of the rest of the process are mapped apart again, as glibc's default;
+  ones are; after it, large blocks of the rest of the process are mapped apart again, as glibc's default (a value
+  the process set itself is not put back). The setting is the process's: other threads' blocks meanwhile come from
+  the heap too, and a thread other than the main one (glibc's other arenas) still maps blocks over 64 MiB apart;
 - once a process (before its first explanation on the CPU): blocks up to 32 MiB (glibc's largest threshold) come from
   the heap, the heap is given back to the kernel only above 2 GiB free at its top, and grows 256 MiB at a time.
 

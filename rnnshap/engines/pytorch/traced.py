@@ -61,6 +61,11 @@ class _Untraceable(Exception):
     """The pass cannot be run as a program: the reason, for :attr:`TracedPasses.path`."""
 
 
+class NotThisCall(Exception):
+    """The pass did not trace this call, for a reason the intercepted pass settles (a check it deferred did not hold:
+    it runs again reading each at once, as later calls do): traced at the next call, not marked untraceable."""
+
+
 @dataclass
 class _Guard:
     tensor: Tensor
@@ -226,6 +231,9 @@ class TracedPasses:
         try:
             with values_unread():
                 graph = make_fx(traced, tracing_mode="real")(*inputs)
+        except NotThisCall as error:
+            self.path = f"intercepted: {error} (traced at the next call)"
+            return None
         except Exception as error:  # noqa: BLE001 (the intercepted pass runs again, and raises what it raises)
             why = str(error) if isinstance(error, _Untraceable) else _first_line(error, "the pass did not trace")
             self.untraceable[slot] = (version, why)
@@ -331,4 +339,4 @@ def has_hooks(model: torch.nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-__all__ = ["TracedPasses", "has_hooks"]
+__all__ = ["NotThisCall", "TracedPasses", "has_hooks"]

@@ -207,3 +207,18 @@ def test_a_softmax_whose_rows_are_masked_throughout_gets_the_values_of_reading_a
     first = deferring.shap_values(X)
     assert not deferring.engine._defer_checks
     assert np.array_equal(first, at_once.shap_values(X)) and np.array_equal(deferring.shap_values(X), first)
+
+
+def test_the_nan_checks_of_a_pass_say_which_group_holds_a_nan_in_one_read() -> None:
+    """``holds_nan`` answers per group (the explained rows, the references) from one host read, however many tensors
+    (70 in a group: more than the bits of one integer) and whatever their types (integer inputs hold no NaN)."""
+    from rnnshap.engines.pytorch.checks import holds_nan
+
+    clean, gappy, ids = torch.ones(3), torch.tensor([1.0, float("nan")]), torch.arange(3)
+    assert holds_nan([clean] * 70, [gappy]) == [False, True]
+    assert holds_nan([clean] * 70 + [gappy], [clean, ids]) == [True, False]
+    assert holds_nan([ids], [], [gappy, gappy]) == [False, False, True]
+    reads = _Reads()
+    with reads:
+        holds_nan([clean] * 5 + [gappy], [clean] * 5)
+    assert reads.reads == 1

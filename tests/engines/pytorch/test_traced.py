@@ -116,6 +116,33 @@ def test_a_check_that_answers_otherwise_runs_the_call_intercepted() -> None:
     assert program.pass_path.startswith("traced:")
 
 
+def test_a_softmax_with_rows_masked_throughout_is_traced_at_the_call_after_its_deferred_test_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A softmax's test of rows masked throughout waits for the end of the pass; where it fails while the pass is
+    traced (here the first call, as ``RNNSHAP_TRACE_EVERY_PASS=1`` traces it), the call runs intercepted, reading at
+    once, and the next call is traced: the slot is not marked as one that cannot be traced. The values are the
+    intercepted ones bit for bit."""
+    from rnnshap.engines.pytorch import traced
+
+    monkeypatch.setattr(traced, "EVERY_PASS", True)
+
+    def masked(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        scores = m.mix(x).masked_fill(torch.arange(x.shape[1])[:, None] == 0, float("-inf"))  # (step 0's row)
+        return m.head(torch.softmax(scores, -1).nan_to_num(0.0).flatten(1))
+
+    torch.manual_seed(0)
+    model = Composite(masked, mix=nn.Linear(F, F), head=nn.Linear(T * F, 3)).eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    paths = []
+    for _ in range(3):
+        assert _same(program.shap_values(X), intercepted.shap_values(X))
+        paths.append(program.pass_path)
+    assert paths[-1].startswith("traced:"), paths
+
+
 def test_a_model_changed_in_place_is_traced_again() -> None:
     torch.manual_seed(0)
     model = FAMILIES["lstm"]().eval()
