@@ -82,3 +82,33 @@ def test_a_cpu_explanation_reuses_freed_memory_and_the_values_do_not_move() -> N
     assert not kept["small_mapped_apart"] and kept["large_mapped_apart"] and kept["free_in_heap"]
     assert default["large_mapped_apart"]
     assert kept["values"] == default["values"] == tuned["values"]
+
+
+def test_blocks_mapped_apart_are_allowed_again_after_a_block_that_raised_and_after_nested_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kept_memory`` sets ``M_MMAP_MAX`` to 0 when the outermost block starts and puts glibc's default back when it
+    ends, whether it returned or raised (a refusal); nested blocks (an explanation inside another's) change nothing."""
+    import torch
+
+    from rnnshap.engines.pytorch import memory
+
+    class FakeLibc:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, int]] = []
+
+        def mallopt(self, parameter: int, value: int) -> int:
+            self.calls.append((parameter, value))
+            return 1
+
+    libc = FakeLibc()
+    monkeypatch.setitem(memory._state, "asked", True)
+    monkeypatch.setitem(memory._state, "libc", libc)
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError), memory.kept_memory(cpu):
+        with memory.kept_memory(cpu):
+            pass
+        raise ValueError("a refusal")
+    with memory.kept_memory(torch.device("meta")):  # (another device: nothing)
+        pass
+    assert libc.calls == [(memory._M_MMAP_MAX, 0), (memory._M_MMAP_MAX, memory._DEFAULT_MMAP_MAX)]
