@@ -4,8 +4,8 @@ An explanation's pass holds tensors a plain forward never holds: the rules' seca
 attention scores, (pairs x heads, T, T) entries each, tens or hundreds of megabytes apiece. torch's CPU allocator
 takes each from ``malloc``, and glibc's defaults map a large block apart (fresh pages from the kernel) and give it
 back when it is freed: every such tensor is zero-filled page by page on its first write. For a 2-layer
-TransformerEncoder at T = 200 (16 x 16 pairs, one thread) that was 2.1 million page faults and 3.3 s of the kernel's
-time in a 6 s call (``docs/performance.md``).
+TransformerEncoder at T = 200 (16 x 16 pairs, one thread) that was 2.1-2.2 million page faults and 3.3-4.5 s of the
+kernel's time in a 6-7 s call (``docs/performance.md``).
 
 :func:`kept_memory` runs a block of an explanation with glibc's ``mallopt`` set so that freed memory is reused:
 
