@@ -45,12 +45,18 @@ class PairGrid:
         self.deferred.extend(checks)
 
     def all_held(self) -> bool:
-        """Whether every deferred check of the pass held (one host sync for all of them, one per device where the
-        model is split across devices)."""
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for check in self.deferred or ():
-            by_device.setdefault(check.device, []).append(check)
-        return all(bool(torch.stack(checks).all()) for checks in by_device.values())
+        """Whether every deferred check of the pass held (one host sync for all of them)."""
+        return not self.deferred or bool(held_everywhere(self.deferred))
+
+
+def held_everywhere(checks: list[torch.Tensor]) -> torch.Tensor:
+    """One boolean tensor on the CPU, unread: whether every 0-d bool of ``checks`` is True, each reduced on its own
+    device (one copy to the host per device, where a model is split across devices)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for check in checks:
+        by_device.setdefault(check.device, []).append(check)
+    held = [torch.ones((), dtype=torch.bool)] + [torch.stack(c).all().cpu() for c in by_device.values()]
+    return torch.stack(held).all()
 
 
 @dataclass

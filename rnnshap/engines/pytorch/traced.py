@@ -30,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formulas.torch_ops import values_unread
+from ...rules.base import held_everywhere
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -118,13 +119,11 @@ def _boolean_index(indices: Sequence[Any]) -> bool:
 def _holds(guards: list[_Guard]) -> Tensor:
     """One boolean tensor on the CPU: whether every guard's tensor gives its value again (compared on its own device,
     one copy to the host per device)."""
-    by_device: dict[torch.device, list[Tensor]] = {}
+    held = []
     for g in guards:
         t = g.tensor.reshape(())
-        held = torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value
-        by_device.setdefault(held.device, []).append(held)
-    checks = [torch.ones((), dtype=torch.bool)] + [torch.stack(c).all().cpu() for c in by_device.values()]
-    return torch.stack(checks).all()
+        held.append(torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value)
+    return held_everywhere(held)
 
 
 @dataclass
