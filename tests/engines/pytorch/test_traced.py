@@ -93,6 +93,81 @@ def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_fo
     assert intercepted.pass_path == "intercepted (compile=False)"
 
 
+def _programs(explainer: rnnshap.DeepExplainer) -> list[object]:
+    kept = explainer.engine._traced  # type: ignore[attr-defined]
+    return [p.run for p in kept.programs.values()]
+
+
+@pytest.mark.parametrize("family", ["lstm", "lstm cell in a loop", "transformer encoder"])
+def test_a_program_calls_torchs_bindings_in_place_of_the_aten_overloads(family: str) -> None:
+    """The program that runs is the graph's code with its aten calls bound to torch's Python bindings (not the graph,
+    whose code calls each through ``OpOverload``), with the intercepted values bit for bit."""
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        assert _same(program.shap_values(X), intercepted.shap_values(X))
+    (run,) = _programs(program)
+    assert isinstance(run, functools.partial) and isinstance(run.args[0], torch.fx.GraphModule)
+
+
+class _WrongMul:
+    """Bindings where ``mul`` adds: a binding whose values are not the overload's."""
+
+    mul = staticmethod(torch.add)
+
+
+class _Refusing:
+    """Bindings where ``mul`` takes no arguments the overload takes."""
+
+    @staticmethod
+    def mul(*args: object, **kwargs: object) -> torch.Tensor:
+        raise TypeError("mul() takes other arguments")
+
+
+@pytest.mark.parametrize("bindings", [_WrongMul, _Refusing])
+def test_a_program_whose_bindings_do_not_give_the_graphs_outputs_runs_the_graph(
+    bindings: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A binding checked on the inputs traced: where one gives other values or refuses the arguments, the program
+    is the graph as traced, with the intercepted values."""
+    monkeypatch.setattr(traced, "_BINDINGS", (bindings, *traced._BINDINGS))
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        assert _same(program.shap_values(X), intercepted.shap_values(X))
+    assert program.pass_path.startswith("traced:")
+    (run,) = _programs(program)
+    assert isinstance(run, torch.fx.GraphModule)
+
+
+def test_a_trace_makes_one_fake_tensor_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_fx notes each operation's output as a fake tensor; under one ambient fake mode, not one made (and its
+    stack trace recorded) per operation."""
+    from torch._subclasses import fake_tensor
+
+    made = []
+    original = fake_tensor.FakeTensorMode.__init__
+
+    def counted(self: object, *args: object, **kwargs: object) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    torch.manual_seed(0)
+    model = FAMILIES["lstm cell in a loop"]().eval()
+    background, X = _data()
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    program.shap_values(X)
+    monkeypatch.setattr(fake_tensor.FakeTensorMode, "__init__", counted)
+    program.shap_values(X)
+    assert program.pass_path.startswith("traced:") and len(made) == 1
+
+
 def test_a_check_that_answers_otherwise_runs_the_call_intercepted() -> None:
     """The program was traced on inputs without a missing value; on inputs with one (in the feature the model never
     reads, as the background has), the pass's missing-value check (a host read, kept as a guard) answers otherwise:
