@@ -3,8 +3,8 @@
 The engine's input pass (the model through the rules, then one batched backward) is traced with ``make_fx`` into
 a graph of aten operations: the rules' operations and autograd's backward alike, as they ran. A later call with
 the same shapes runs that graph as a straight-line program (``"trace"``: the same operations, the same values bit
-for bit), or the graph compiled by ``torch.compile`` (``True``: inductor fuses the rules' elementwise work; other
-last bits, see docs/performance.md).
+for bit; its code calls torch's Python bindings of the operations, :func:`_bound`), or the graph compiled by
+``torch.compile`` (``True``: inductor fuses the rules' elementwise work; other last bits, see docs/performance.md).
 
 A program is only as good as the Python decisions baked into it, so each value the pass read on the host while it
 was traced (a check's ``bool(t)``, ``torch.equal``: the rows' checks, the missing-value checks) becomes a guard: the
@@ -284,16 +284,20 @@ def _one_fake_mode() -> Any:
 
 #: an aten operation in the code ``torch.fx`` writes for a graph: ``torch.ops.aten.<name>.<overload>(``
 _ATEN_CALL = re.compile(r"\btorch\.ops\.aten\.(\w+)\.(\w+)\(")
+#: a constant the graph's code reads from the module (``self._tensor_constant0``): bound as a global of the program,
+#: not looked up through ``nn.Module.__getattr__`` at every call
+_SELF_ATTRIBUTE = re.compile(r"\bself\.(\w+)\b")
 #: where torch's Python bindings of the aten operations live, by name: the functions, then the tensor methods
 _BINDINGS = (torch._C._VariableFunctions, torch._C.TensorBase)
 
 
 def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[Any]) -> Callable[..., Any]:
     """The graph's program with each aten operation called through torch's Python binding of the same name (as
-    ``torch.mul`` or ``Tensor.view``; else through the operation's own entry, without its Python wrapper): the same
-    kernels, a third less time a call than the graph's code, which calls each through ``OpOverload.__call__`` and
-    the dispatcher's boxed path (measured: an ``LSTMCell`` loop's program, 43 ms → 31). Used only where it gives
-    the ``traced`` outputs of the graph on ``inputs`` bit for bit; else the graph itself."""
+    ``torch.mul`` or ``Tensor.view``; else through the operation's own entry, without its Python wrapper), and its
+    constants bound as globals: the same kernels, a third less time a call than the graph's code, which calls each
+    through ``OpOverload.__call__`` and the dispatcher's boxed path (measured: an ``LSTMCell`` loop's program,
+    43 ms → 29.5). Used only where it gives the ``traced`` outputs of the graph on ``inputs`` bit for bit; else the
+    graph itself."""
     code = graph.graph.python_code(root_module="self")
     bound: dict[str, Any] = {}
 
@@ -305,9 +309,14 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
             bound[key] = binding if binding is not None else getattr(getattr(aten, name), overload)._op
         return key + "("
 
+    def constant(match: re.Match[str]) -> str:
+        key = f"_self__{match.group(1)}"
+        bound[key] = getattr(graph, match.group(1))
+        return key
+
     try:
         scope = {**code.globals}
-        source = _ATEN_CALL.sub(bind, code.src)
+        source = _SELF_ATTRIBUTE.sub(constant, _ATEN_CALL.sub(bind, code.src))
         scope.update(bound)
         exec(compile(source, "<rnnshap traced program>", "exec"), scope)  # noqa: S102 (fx's own code, its calls renamed)
         program = functools.partial(scope["forward"], graph)
