@@ -268,6 +268,10 @@ def first_call(name: str, steps: int, args: argparse.Namespace, side: str) -> di
         explainer = built[0]
         ms["first"] = clock(lambda: explainer.shap_values(X))  # type: ignore[attr-defined]
         ms["steady"] = timed(lambda: explainer.shap_values(X), args.repeats, device)  # type: ignore[attr-defined]
+        # a second explainer of the same model in the same process: what each explainer pays, apart from what the
+        # process pays once (torch's and rnnshap's lazy set-up, memory touched for the first time)
+        ms["build_again"] = clock(lambda: built.append(rnnshap.DeepExplainer(model, background)))
+        ms["first_again"] = clock(lambda: built[1].shap_values(X))  # type: ignore[attr-defined]
         return ms
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
@@ -285,10 +289,13 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
     """The first call against the steady state, each model and side in a fresh process, with Python's compiled modules
     kept as a user's machine keeps them: the modules rnnshap's first explainer imports (``imports``, once a process,
     not counted in the ratios), building the explainer, its first call, the steady call, and what the
-    first call (with the build) costs beyond the steady one, in plain forwards on the pairs; the floor's first and
+    first call (with the build) costs beyond the steady one, in plain forwards on the pairs; the same of a second
+    explainer of the model built after them in the same process (what every explainer pays, without what a process
+    pays once); the floor's first and
     steady calls beside (its first call pays torch's own one-time set-up, which rnnshap's build pays in its place)."""
     header = (
         "| model | T | imports ms | build ms | first call ms | steady ms | (build + first - steady) / forward "
+        "| a second explainer: build + first ms | its (build + first - steady) / forward "
         "| floor first ms | floor steady ms | (build + first) / floor first |"
     )
     header = "| tree " + header if trees != [""] else header
@@ -316,10 +323,12 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
             m.update(json.loads(done.stdout.strip().splitlines()[-1]))
         else:
             extra = (m["build"] + m["first"] - m["steady"]) / m["forward"]
+            again = m["build_again"] + m["first_again"]
+            again_extra = (again - m["steady"]) / m["forward"]
             print(
                 (f"| {tree} " if tree else "")
                 + f"| {name} | {steps} | {m['imports']:.1f} | {m['build']:.1f} "
-                f"| {m['first']:.1f} | {m['steady']:.1f} | {extra:.1f} | "
+                f"| {m['first']:.1f} | {m['steady']:.1f} | {extra:.1f} | {again:.1f} | {again_extra:.1f} | "
                 f"{m['floor_first']:.1f} | {m['floor_steady']:.1f} | {(m['build'] + m['first']) / m['floor_first']:.2f}x |"
             )
 

@@ -140,6 +140,8 @@ class _Program:
     compile_seconds: float | None = None
     #: why the program runs uncompiled where ``compile=True`` (torch.compile failed, or its program ran slower)
     compile_failure: str | None = None
+    #: why the program runs the graph's own code, not its calls bound to torch's bindings (:func:`_bound`)
+    unbound: str | None = None
     misses: int = 0
 
 
@@ -246,8 +248,8 @@ class TracedPasses:
         sites = [g.site for g in guarding.guards]
         with torch.no_grad():
             traced_outputs = graph(*inputs)
-        run = _bound(graph, inputs, traced_outputs)
-        program = _Program(run, version, sites, len(graph.graph.nodes), time.perf_counter() - start)
+        run, unbound = _bound(graph, inputs, traced_outputs)
+        program = _Program(run, version, sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
         if self.mode is True:
             _compile(program, graph, inputs)
         with torch.no_grad():
@@ -267,6 +269,8 @@ class TracedPasses:
             said = f"compiled: {program.nodes} traced operations compiled by torch.compile in {program.compile_seconds:.1f} s"
         if program.compile_failure is not None:
             said += f"; not compiled: {program.compile_failure}"
+        if program.unbound is not None and program.compile_seconds is None:
+            said += f"; run as torch.fx wrote it: {program.unbound}"
         return said
 
 
@@ -291,13 +295,13 @@ _SELF_ATTRIBUTE = re.compile(r"\bself\.(\w+)\b")
 _BINDINGS = (torch._C._VariableFunctions, torch._C.TensorBase)
 
 
-def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[Any]) -> Callable[..., Any]:
+def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[Any]) -> tuple[Callable[..., Any], str | None]:
     """The graph's program with each aten operation called through torch's Python binding of the same name (as
     ``torch.mul`` or ``Tensor.view``; else through the operation's own entry, without its Python wrapper), and its
     constants bound as globals: the same kernels, a third less time a call than the graph's code, which calls each
     through ``OpOverload.__call__`` and the dispatcher's boxed path (measured: an ``LSTMCell`` loop's program,
     43 ms → 29.5). Used only where it gives the ``traced`` outputs of the graph on ``inputs`` bit for bit; else the
-    graph itself."""
+    graph itself, and why in words."""
     code = graph.graph.python_code(root_module="self")
     bound: dict[str, Any] = {}
 
@@ -322,10 +326,11 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
         program = functools.partial(scope["forward"], graph)
         with torch.no_grad():
             outputs = program(*inputs)
-    except Exception:  # noqa: BLE001 (a binding that takes its arguments otherwise: the graph runs as traced)
-        return graph
-    same = len(outputs) == len(traced) and all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True))
-    return program if same else graph
+    except Exception as error:  # noqa: BLE001 (a binding that takes its arguments otherwise: the graph runs as traced)
+        return graph, _first_line(error, "a binding of torch's failed")
+    if len(outputs) != len(traced) or not all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True)):
+        return graph, "torch's bindings gave other values than the traced operations on the traced inputs"
+    return program, None
 
 
 def _same_bits(a: Any, b: Any) -> bool:
