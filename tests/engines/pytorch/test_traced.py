@@ -110,14 +110,47 @@ def test_a_program_calls_torchs_bindings_in_place_of_the_aten_overloads(family: 
     for _ in range(3):
         assert _same(program.shap_values(X), intercepted.shap_values(X))
     (run,) = _programs(program)
-    assert isinstance(run, functools.partial) and isinstance(run.args[0], torch.fx.GraphModule)
-    assert "run as torch.fx wrote it" not in program.pass_path
+    assert isinstance(run, traced._BoundProgram) and "run as torch.fx wrote it" not in program.pass_path
+    for seed in (1, 2):  # other inputs of the same shapes: the program again, the intercepted values bit for bit
+        other = _data(seed)[1]
+        assert _same(program.shap_values(other), intercepted.shap_values(other))
+        assert program.pass_path.startswith("traced:") and _programs(program) == [run]
+
+
+
+def test_a_bound_program_skips_torch_function_modes_as_the_graphs_aten_calls_do() -> None:
+    """A factory the graph calls without a device (``aten.ones``) is the graph's on the CPU under a user's
+    ``torch.device`` context (an aten call skips torch-function modes); its binding would consult the mode, so the
+    bound program runs with them off: the same tensors, on the same device."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def region(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x * torch.ops.aten.scalar_tensor.default(2.0) + torch.ops.aten.ones.default([3])]
+
+    x = torch.randn(3)
+    graph = make_fx(region)(x)
+    run, why = traced._bound(graph, [x], graph(x))
+    assert why is None and isinstance(run, traced._BoundProgram)
+    with torch.device("meta"):
+        want, got = graph(x), run(x)
+    assert got[0].device == want[0].device == torch.device("cpu") and torch.equal(got[0], want[0])
 
 
 class _WrongMul:
     """Bindings where ``mul`` adds: a binding whose values are not the overload's."""
 
     mul = staticmethod(torch.add)
+
+
+class _Deprecated:
+    """Bindings where ``mul`` warns (as a deprecated signature does), with the overload's values."""
+
+    @staticmethod
+    def mul(*args: object, **kwargs: object) -> torch.Tensor:
+        import warnings
+
+        warnings.warn("This overload of mul is deprecated", UserWarning, stacklevel=2)
+        return torch.mul(*args, **kwargs)  # type: ignore[call-overload]
 
 
 class _Refusing:
@@ -128,7 +161,7 @@ class _Refusing:
         raise TypeError("mul() takes other arguments")
 
 
-@pytest.mark.parametrize("bindings", [_WrongMul, _Refusing])
+@pytest.mark.parametrize("bindings", [_WrongMul, _Deprecated, _Refusing])
 def test_a_program_whose_bindings_do_not_give_the_graphs_outputs_runs_the_graph(
     bindings: type, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,7 +175,11 @@ def test_a_program_whose_bindings_do_not_give_the_graphs_outputs_runs_the_graph(
     program = rnnshap.DeepExplainer(model, background, compile="trace")
     for _ in range(3):
         assert _same(program.shap_values(X), intercepted.shap_values(X))
-    why = "torch's bindings gave other values" if bindings is _WrongMul else "a binding of torch's failed (TypeError"
+    why = {
+        _WrongMul: "torch's bindings gave other values",
+        _Deprecated: "a binding of torch's warned: This overload of mul is deprecated",
+        _Refusing: "a binding of torch's failed (TypeError",
+    }[bindings]
     assert program.pass_path.startswith("traced:") and f"; run as torch.fx wrote it: {why}" in program.pass_path
     (run,) = _programs(program)
     assert isinstance(run, torch.fx.GraphModule)
