@@ -70,19 +70,26 @@ class Side:
         if defer and grid is not None and grid.deferred is not None:
             grid.defer(*(torch.eq(a, b).all() for a, b in tests))
             return reduced
-        return reduced if all(torch.equal(a, b) for a, b in tests) else full
+        return reduced if all(torch.equal(a, b.expand_as(a)) for a, b in tests) else full
 
     @classmethod
     def _plan(
         cls, which: Literal["input", "reference"], grid: PairGrid | None, pairs: int, tensors: Sequence[tuple[Tensor | None, int]]
     ) -> tuple[Side, Side | None, list[tuple[Tensor, Tensor]]]:
         """(the side reduced, the side with all its rows or None where there is nothing to test, and the pairs of
-        tensors equal where the reduced side holds): :meth:`of`'s test, not yet read."""
+        tensors equal where the reduced side holds, the second broadcasting to the first): :meth:`of`'s test, not yet
+        read. Each tensor's rows on the grid (…, samples, references, …) against its first row along the axis the
+        reduced side repeats them on (a view: the cheapest form of the test, run at every step of a cell's loop)."""
         if grid is None or grid.pairs != pairs or pairs == 0:
             return cls(pairs, 1, None), None, []
         reduced = cls(grid.samples, grid.references, 0 if which == "input" else 1)
         shape = (reduced.samples, reduced.references)
-        tests = [(t.unflatten(dim, shape), reduced._repeated(reduced.take(t, dim), dim)) for t, dim in tensors if t is not None]
+        repeated_along = 1 if which == "input" else 0  # (the input side's rows repeat along the references)
+        tests = []
+        for t, dim in tensors:
+            if t is not None:
+                on_grid = t.view(*t.shape[:dim], *shape, *t.shape[dim + 1 :])
+                tests.append((on_grid, on_grid.narrow(dim + repeated_along, 0, 1)))
         return reduced, cls(grid.samples, grid.references, None), tests
 
     @classmethod
