@@ -89,6 +89,8 @@ EXTERNAL_PROTOCOL: dict[str, set[str]] = {
     "_predict": {"rnnshap.classifiers.aeon"},
     # torch.Tensor._version, the in-place version counter read to notice changed tensors
     "_version": {"rnnshap.engines.pytorch.engine", "rnnshap.engines.pytorch.tape"},
+    # torch's OpOverload._op, an aten operation's entry without its Python wrapper (a traced program's calls)
+    "_op": {"rnnshap.engines.pytorch.traced"},
 }
 
 
