@@ -23,10 +23,12 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
     python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
     python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
+    python benchmarks/bench_dispatch.py --door --against /tmp/base  # Captum's door: its first and later calls
     python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
-the zoo tests build them; a model whose library is missing is skipped.
+the zoo tests build them, and tsai's InceptionTimePlus (``inception``) from its constructor; a model whose library is
+missing is skipped (tsai pins scikit-learn < 1.8, outside the constraints file: install it apart, tests/zoo/test_tsai.py).
 """
 
 from __future__ import annotations
@@ -114,7 +116,28 @@ def forecaster(name: str, steps: int, hidden: int, features: int, outputs: int) 
     return Forecaster(TinyTimeMixerForPrediction(config), outputs)
 
 
+class ChannelsFirst(nn.Module):
+    """A model on (N, channels, T), as tsai's take, as a function of (N, T, channels)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.transpose(1, 2))
+
+
+def inception(steps: int, hidden: int, features: int, outputs: int) -> nn.Module:
+    """tsai's InceptionTimePlus (its default model: 6 Inception modules) from its own constructor, ``hidden // 4``
+    filters a branch (tsai's default of 32 at the published size)."""
+    from tsai.models.InceptionTimePlus import InceptionTimePlus
+
+    return ChannelsFirst(InceptionTimePlus(features, outputs, seq_len=steps, nf=hidden // 4))
+
+
 def build(name: str, hidden: int, features: int, outputs: int, steps: int) -> nn.Module:
+    if name == "inception":
+        return inception(steps, hidden, features, outputs)
     if name in ("patchtst", "ttm"):
         return forecaster(name, steps, hidden, features, outputs)
     if name == "lstm":
@@ -333,6 +356,81 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
             )
 
 
+def door(name: str, steps: int, args: argparse.Namespace) -> dict[str, float]:
+    """Captum's door (``rnnshap.captum.DeepLiftShap``) on one model, one output (``target=0``, Captum's call): the
+    floor (native forward + one backward on the pairs), a kept explainer's steady call of that output, a fresh door
+    object's first call (it builds an explainer) and the same object's later calls with the same baselines (median),
+    whether those gave the first call's values bit for bit."""
+    from rnnshap.captum import DeepLiftShap
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
+    background = torch.randn(args.references, steps, args.features, device=device)
+    X = torch.randn(args.samples, steps, args.features, device=device)
+    tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
+
+    def floor() -> object:
+        return torch.autograd.grad(model(tiled)[:, 0].sum(), tiled)
+
+    explainer = rnnshap.DeepExplainer(model, background)
+
+    def steady() -> object:
+        return explainer.shap_values(X, outputs=[0], check_additivity=False)
+
+    floor(), steady(), steady()
+    doors: list[DeepLiftShap] = []
+
+    def fresh() -> object:
+        doors.append(DeepLiftShap(model))
+        return doors[-1].attribute(X, baselines=background, target=0)
+
+    fresh()  # (the process's first door call aside)
+    got: list[torch.Tensor] = []
+    first = timed(lambda: got.append(fresh()), 1, device)  # type: ignore[func-returns-value]
+
+    def later() -> object:
+        got.append(doors[-1].attribute(X, baselines=background, target=0))
+        return got[-1]
+
+    times: dict[str, list[float]] = {"floor": [], "steady": [], "later": []}
+    for _ in range(args.repeats):  # (alternately: the machine's drift shared)
+        for key, call in (("floor", floor), ("steady", steady), ("later", later)):
+            times[key].append(timed(call, 1, device))
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    return {**medians, "first": first, "same": float(all(torch.equal(g, got[0]) for g in got))}
+
+
+def doors(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
+    """:func:`door` for each model, in this tree or each of ``trees`` in its own process, alternately."""
+    header = "| model | T | floor ms | explainer steady ms | door first call ms | door later call ms | later / floor "
+    header += "| later values the first's |"
+    header = "| tree " + header if trees != [""] else header
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, tree in [(name, tree) for name in args.models for tree in trees]:
+        try:
+            if tree:
+                command = [sys.executable, __file__, "--door", "--json", "--models", name, "--size", args.size]
+                command += ["--repeats", str(args.repeats), "--device", args.device, "--outputs", str(args.outputs)]
+                command += ["--threads", str(args.threads)] if args.threads else []
+                environment = {**os.environ, "RNNSHAP_TREE": tree}
+                done = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+                m = json.loads(done.stdout.strip().splitlines()[-1])
+                if "skipped" in m:
+                    raise ImportError(m["skipped"])
+            else:
+                m = door(name, steps, args)
+        except ImportError as missing:
+            print(f"| {name} | skipped: {missing} |")
+            continue
+        print(
+            (f"| {tree} " if tree else "")
+            + f"| {name} | {steps} | {m['floor']:.1f} | {m['steady']:.1f} | {m['first']:.1f} | {m['later']:.1f} | "
+            f"{m['later'] / m['floor']:.2f}x | {'yes' if m['same'] else 'no'} |"
+        )
+
+
 def paths(args: argparse.Namespace, steps: int) -> None:
     """Each model's steady call intercepted (``compile=False``), as a traced program (``"trace"``) and compiled
     (``True``, unless ``--paths trace``), against the floor, in one process: what tracing and compiling cost once (the
@@ -400,7 +498,8 @@ def grow(name: str, steps: int, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm"])
+    models = ["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm", "inception"]
+    parser.add_argument("--models", nargs="+", default=models)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
@@ -409,6 +508,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument("--door", action="store_true", help="Captum's door (DeepLiftShap): its first and later calls, one output")
     parser.add_argument("--length", type=int, default=None, help="with --paths: the sequence length (the size's first)")
     parser.add_argument(
         "--paths", choices=("trace", "compile"), help="intercepted, traced (and compiled, with 'compile') calls against the floor"
@@ -426,6 +526,12 @@ def main() -> None:
             print(json.dumps(first_call(args.models[0], lengths[0], args, args.first_side)))
         except ImportError as missing:
             raise SystemExit(f"skipped: {missing}") from missing
+        return
+    if args.json and args.door:
+        try:
+            print(json.dumps(door(args.models[0], lengths[0], args)))
+        except ImportError as missing:
+            print(json.dumps({"skipped": str(missing)}))
         return
     if args.json:
         for name in args.models:
@@ -445,6 +551,9 @@ def main() -> None:
     trees = [this, str(Path(args.against).resolve())] if args.against else [""]
     if args.first:
         first_calls(args, lengths[0], trees)
+        return
+    if args.door:
+        doors(args, lengths[0], trees)
         return
     if args.paths:
         paths(args, args.length or lengths[0])

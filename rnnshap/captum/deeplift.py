@@ -5,6 +5,7 @@ model bound to its additional arguments (:class:`Bound`). See :mod:`rnnshap.capt
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -56,6 +57,12 @@ class DeepLift:
         batch_size: the most (sample, reference) pairs run through the model at once (as for
             :class:`rnnshap.DeepExplainer`); results do not depend on it.
         rules: extra rules for this explainer, as for :class:`rnnshap.DeepExplainer`.
+        keep_explainers: how many explainers the object keeps between calls (the most recently used): a call
+            whose baselines serve every row and have the values of an earlier call's (no additional arguments)
+            reuses the explainer that call built, its reference pass kept, as a kept
+            :class:`rnnshap.DeepExplainer` answers its later calls, where a fresh one would run the model on the
+            baselines and check it first (about as long again as a call of a recurrent layer at small sizes). 0:
+            every call builds its own.
         check_additivity: False (the default), as Captum: ``attribute`` never raises on additivity,
             and ``return_convergence_delta=True`` reports it. True (or a float, the relative
             tolerance): check as :meth:`rnnshap.DeepExplainer.shap_values` does and raise
@@ -72,6 +79,7 @@ class DeepLift:
         batch_size: int = 2048,
         rules: Mapping[Any, Any] | None = None,
         check_additivity: bool | float = False,
+        keep_explainers: int = 2,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"rnnshap.captum explains a torch.nn.Module, not {type(model).__name__}")
@@ -82,6 +90,9 @@ class DeepLift:
         self.batch_size = int(batch_size)
         self.rules = rules
         self.check_additivity = check_additivity
+        self.keep_explainers = int(keep_explainers)
+        #: the explainers built by earlier calls, by their baselines' values (see ``keep_explainers``)
+        self._explainers: OrderedDict[tuple[Any, ...], DeepExplainer] = OrderedDict()
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -192,8 +203,7 @@ class DeepLift:
         samples = torch.as_tensor(sample_of, device=device)
         bound = Bound(self.model, format_extra(additional_forward_args), n, samples, shifts)
         extra = [torch.zeros(int(background[0].shape[0]), dtype=torch.long, device=device)] if bound.indexed else []
-        model = bound if bound.needed else self.model
-        explainer = DeepExplainer(model, background + extra, batch_size=self.batch_size, rules=self.rules, progress=False)
+        explainer, built = self._explainer(bound, background + extra)
         check = False if multipliers else self.check_additivity
         given = [x[samples] for x in xs]
         if shifts is not None:
@@ -208,12 +218,32 @@ class DeepLift:
             index = torch.as_tensor(rows, device=device)
             inputs = explainer.engine.inputs([g[index] for g in given], "inputs")
             output = 0 if not shape else tuple(int(i) for i in np.unravel_index(int(column), shape))
-            attribution = explainer.attribution(  # (built in this call: nothing else runs before or between these)
-                inputs, outputs=[output], check_additivity=check, progress=False, multipliers=multipliers, just_built=True
+            attribution = explainer.attribution(  # (built or vetted in this call: nothing else runs before or between these)
+                inputs, outputs=[output], check_additivity=check, progress=False, multipliers=multipliers, just_built=built
             )
+            built = True
             for total, phi in zip(values, attribution.values, strict=False):  # the index input, last, has none
                 total[rows] = phi[..., 0]
         return values
+
+    def _explainer(self, bound: Bound, background: list[Tensor]) -> tuple[DeepExplainer, bool]:
+        """The explainer of ``background`` (the model bound to the call's arguments), and whether it was built now:
+        one an earlier call built where the model needs no binding and the background has that call's values (dtype,
+        shape, device and bytes; see ``keep_explainers``), else a new one (kept where it may be reused)."""
+        key = None
+        if not bound.needed and self.keep_explainers > 0:
+            key = tuple((str(b.dtype), tuple(b.shape), str(b.device), b.detach().cpu().numpy().tobytes()) for b in background)
+            kept = self._explainers.get(key)
+            if kept is not None:
+                self._explainers.move_to_end(key)
+                return kept, False
+        model = bound if bound.needed else self.model
+        explainer = DeepExplainer(model, background, batch_size=self.batch_size, rules=self.rules, progress=False)
+        if key is not None:
+            self._explainers[key] = explainer
+            while len(self._explainers) > self.keep_explainers:
+                self._explainers.popitem(last=False)
+        return explainer, True
 
 
 class DeepLiftShap(DeepLift):

@@ -434,6 +434,42 @@ def test_what_is_refused_is_refused_clearly() -> None:
         DeepLift(model).attribute(x.long(), target=0)
 
 
+def test_later_calls_with_the_same_baselines_reuse_the_explainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DeepLift or DeepLiftShap object answers a later call whose baselines have the same values (a new tensor
+    included) from the explainer its first call built, as a kept DeepExplainer answers (its reference pass kept):
+    the values of a fresh object's call bit for bit; other baselines build another explainer; weights changed in
+    place between calls are followed (the additivity against the changed model's own outputs, and a fresh object's
+    values bit for bit)."""
+    built: list[int] = []
+    make = rnnshap.captum.deeplift.DeepExplainer
+    monkeypatch.setattr(rnnshap.captum.deeplift, "DeepExplainer", lambda *a, **k: built.append(1) or make(*a, **k))
+    model = recurrent(nn.LSTM)
+    x, background = data(7, 4, n=5, baselines=6)
+    door = DeepLiftShap(model)
+    door.attribute(x, baselines=background, target=1)
+    again = door.attribute(x[:3], baselines=background.clone(), target=2)
+    assert len(built) == 1
+    assert torch.equal(again, DeepLiftShap(model).attribute(x[:3], baselines=background, target=2))
+    assert len(built) == 2  # (the fresh object's)
+    other = door.attribute(x, baselines=background * 0.5, target=0)
+    assert len(built) == 3
+    assert torch.equal(other, DeepLiftShap(model).attribute(x, baselines=background * 0.5, target=0))
+
+    single = DeepLift(model)  # one baseline for every row (default zeros): reused the same way
+    first = single.attribute(x, target=1)
+    count = len(built)
+    assert torch.equal(single.attribute(x, target=1), first) and len(built) == count
+
+    with torch.no_grad():
+        model.head.weight.mul_(1.5)  # trained in place between calls
+    changed = door.attribute(x, baselines=background, target=1)
+    assert len(built) == count  # (the explainer the first call built, its kept reference pass dropped)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(background)[:, 1].mean()
+    assert_adds_up_to(changed.double().sum((1, 2)).numpy(), gap.double().numpy(), torch.float32)
+    assert torch.equal(changed, DeepLiftShap(model).attribute(x, baselines=background, target=1))
+
+
 def test_the_module_does_not_need_captum(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m == "captum" or m.startswith("captum.")]:
         monkeypatch.delitem(sys.modules, name)
