@@ -40,6 +40,49 @@ def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+class _MetadataReads(nn.Module):
+    """tanh(Linear) that reads its input's shape, dtype and device ``reads`` times first (``nn.LSTMCell`` reads
+    ``input.dim()`` four times a step)."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.reads, self.lin = reads, nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.reads):
+            assert x.dim() == x.ndim == 2 and x.size(1) == x.shape[1] == 4 and x.dtype == torch.float32
+            assert x.device.type == "cpu" and x.is_floating_point()
+        return torch.tanh(self.lin(x))
+
+
+def test_reading_a_shape_dtype_or_device_is_not_an_intercepted_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of a tensor's shape, dtype or device reads no value: there is nothing to follow or record, and the
+    pass hands it to torch before any of its interception (12 us a read: 2.5 ms of a tiny ``LSTMCell`` loop's call at
+    T = 50). The operations a call intercepts do not grow with such reads; the values are those without them."""
+    from rnnshap.engines.pytorch.passes import AttributionMode
+
+    seen: list[str] = []
+    intercept = AttributionMode.intercept
+
+    def counted(self: AttributionMode, func: object, *args: object, **kwargs: object) -> object:
+        seen.append(getattr(func, "__name__", str(func)))
+        return intercept(self, func, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AttributionMode, "intercept", counted)
+    generator = torch.Generator().manual_seed(1)
+    background, X = torch.randn(6, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    intercepted, values = [], []
+    for reads in (0, 25):
+        explainer = rnnshap.DeepExplainer(_MetadataReads(reads).eval(), background)
+        explainer.shap_values(X)
+        seen.clear()
+        values.append(explainer.shap_values(X))
+        intercepted.append(list(seen))
+    assert intercepted[1] == intercepted[0], intercepted[1]
+    assert np.array_equal(values[0], values[1])
+
+
 def test_one_output_and_several_take_the_same_values() -> None:
     """The one-output backward (from a scalar, the plain recurrence) and the batched one (one-hot rows under vmap,
     the recurrence's operator) give the same values bit for bit."""
