@@ -133,8 +133,8 @@ _SHAPE_READS = frozenset({"new", "new_zeros", "new_ones", "new_empty", "new_full
 #: each through the interception, 2.5 ms of a tiny cell loop's call at T = 50)
 _METADATA = frozenset({
     Tensor.dim, Tensor.ndimension, Tensor.size, Tensor.numel, Tensor.nelement, Tensor.stride, Tensor.element_size,
-    Tensor.is_floating_point, Tensor.is_complex, Tensor.is_contiguous, Tensor.shape.__get__, Tensor.ndim.__get__,
-    Tensor.dtype.__get__, Tensor.device.__get__, Tensor.is_cuda.__get__,
+    Tensor.is_floating_point, Tensor.is_complex, Tensor.is_contiguous,
+    *(getattr(Tensor, name).__get__ for name in ("shape", "ndim", "dtype", "device", "is_cuda")),  # (their getters)
 })  # fmt: skip
 
 
