@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import traceback
 import warnings
@@ -233,7 +234,7 @@ class TracedPasses:
 
         start = time.perf_counter()
         try:
-            with values_unread(), _one_fake_mode():
+            with values_unread(), _one_fake_mode(), _no_node_values():
                 graph = make_fx(traced, tracing_mode="real")(*inputs)
         except NotThisCall as error:
             self.path = f"intercepted: {error} (traced at the next call)"
@@ -284,6 +285,50 @@ def _one_fake_mode() -> Any:
 
     with tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))):
         yield
+
+
+#: whether make_fx, on this thread, notes no fake value on its graph's nodes (see :func:`_no_node_values`)
+_SKIPPING = threading.local()
+
+
+def _switchable_set_meta() -> bool:
+    """Whether make_fx's ``set_meta`` (torch.fx.experimental.proxy_tensor), which notes a node's output as a fake
+    tensor, may be switched off per thread: torch's own, wrapped once (idempotently) to skip where this thread asks,
+    else as it was. False where this torch has no such function (then traces note their values, as before)."""
+    from torch.fx.experimental import proxy_tensor
+
+    current = getattr(proxy_tensor, "set_meta", None)
+    if current is None:
+        return False
+    if getattr(current, "rnnshap_switchable", False):
+        return True
+    original = current
+
+    def set_meta(proxy: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_SKIPPING, "on", False):
+            return proxy
+        return original(proxy, *args, **kwargs)
+
+    set_meta.rnnshap_switchable = True  # type: ignore[attr-defined]
+    setattr(proxy_tensor, "set_meta", set_meta)  # noqa: B010 (a module's function replaced)
+    return True
+
+
+@contextlib.contextmanager
+def _no_node_values() -> Any:
+    """make_fx notes no fake value (``node.meta["val"]``, ``"tensor_meta"``) on its graph's nodes, on this thread,
+    inside: a program is the graph's code, which reads none of them, and making one is a fake tensor's dispatch per
+    operation, a third to half of the time of tracing a pass (measured: an ``LSTMCell`` loop at T = 50, 5.2 → 3.4 s;
+    an ``nn.LSTM`` head 0.68 → 0.35 s). A make_fx of another thread meanwhile notes them as before."""
+    if not _switchable_set_meta():
+        yield
+        return
+    before = getattr(_SKIPPING, "on", False)
+    _SKIPPING.on = True
+    try:
+        yield
+    finally:
+        _SKIPPING.on = before
 
 
 #: an aten operation in the code ``torch.fx`` writes for a graph: ``torch.ops.aten.<name>.<overload>(``
