@@ -245,13 +245,13 @@ class TracedPasses:
             self.path = f"intercepted: {why}"
             return None
         graph.graph.eliminate_dead_code()
-        graph.recompile()
         sites = [g.site for g in guarding.guards]
-        with torch.no_grad():
+        with torch.no_grad():  # (the code make_fx wrote, its dead operations too: the same outputs, made once)
             traced_outputs = graph(*inputs)
         run, unbound = _bound(graph, inputs, traced_outputs)
         program = _Program(run, version, sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
         if self.mode is True:
+            graph.recompile()
             _compile(program, graph, inputs)
         with torch.no_grad():
             *outputs, held = program.run(*inputs) if program.compile_seconds is not None else traced_outputs
@@ -373,13 +373,19 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
             warnings.simplefilter("always")
             outputs = program(*inputs)
         if warned:  # (a binding read its arguments as a deprecated signature: the same kernel, a warning at every call)
-            return graph, f"a binding of torch's warned: {str(warned[0].message).strip().splitlines()[0][:200]}"
+            return _recompiled(graph), f"a binding of torch's warned: {str(warned[0].message).strip().splitlines()[0][:200]}"
         same = len(outputs) == len(traced) and all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True))
     except Exception as error:  # noqa: BLE001 (a binding that takes its arguments otherwise: the graph runs as traced)
-        return graph, _first_line(error, "a binding of torch's failed")
+        return _recompiled(graph), _first_line(error, "a binding of torch's failed")
     if not same:
-        return graph, "torch's bindings gave other values than the traced operations on the traced inputs"
+        return _recompiled(graph), "torch's bindings gave other values than the traced operations on the traced inputs"
     return program, None
+
+
+def _recompiled(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with its code written again from its nodes (its dead operations left out since make_fx wrote it)."""
+    graph.recompile()
+    return graph
 
 
 class _BoundProgram:
