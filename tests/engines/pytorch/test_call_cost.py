@@ -14,7 +14,7 @@ from torch import nn
 
 import rnnshap
 
-from ...models.torch import RecurrentHead
+from ...models.torch import Composite, RecurrentHead
 
 
 def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
@@ -40,20 +40,13 @@ def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-class _MetadataReads(nn.Module):
-    """tanh(Linear) that reads its input's shape, dtype and device ``reads`` times first (``nn.LSTMCell`` reads
+def _metadata_reads(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """tanh(Linear) that reads its input's shape, dtype and device ``m.reads`` times first (``nn.LSTMCell`` reads
     ``input.dim()`` four times a step)."""
-
-    def __init__(self, reads: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.reads, self.lin = reads, nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.reads):
-            assert x.dim() == x.ndim == 2 and x.size(1) == x.shape[1] == 4 and x.dtype == torch.float32
-            assert x.device.type == "cpu" and x.is_floating_point()
-        return torch.tanh(self.lin(x))
+    for _ in range(m.reads):
+        assert x.dim() == x.ndim == 2 and x.size(1) == x.shape[1] == 4 and x.dtype == torch.float32
+        assert x.device.type == "cpu" and x.is_floating_point()
+    return torch.tanh(m.lin(x))
 
 
 def test_reading_a_shape_dtype_or_device_is_not_an_intercepted_operation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +67,8 @@ def test_reading_a_shape_dtype_or_device_is_not_an_intercepted_operation(monkeyp
     background, X = torch.randn(6, 4, generator=generator), torch.randn(3, 4, generator=generator)
     intercepted, values = [], []
     for reads in (0, 25):
-        explainer = rnnshap.DeepExplainer(_MetadataReads(reads).eval(), background)
+        torch.manual_seed(0)
+        explainer = rnnshap.DeepExplainer(Composite(_metadata_reads, reads=reads, lin=nn.Linear(4, 2)).eval(), background)
         explainer.shap_values(X)
         seen.clear()
         values.append(explainer.shap_values(X))
