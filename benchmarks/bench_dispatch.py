@@ -379,18 +379,18 @@ def door(name: str, steps: int, args: argparse.Namespace) -> dict[str, float]:
         return explainer.shap_values(X, outputs=[0], check_additivity=False)
 
     floor(), steady(), steady()
-    doors: list[DeepLiftShap] = []
+    made: list[DeepLiftShap] = []
 
     def fresh() -> object:
-        doors.append(DeepLiftShap(model))
-        return doors[-1].attribute(X, baselines=background, target=0)
+        made.append(DeepLiftShap(model))
+        return made[-1].attribute(X, baselines=background, target=0)
 
     fresh()  # (the process's first door call aside)
     got: list[torch.Tensor] = []
     first = timed(lambda: got.append(fresh()), 1, device)  # type: ignore[func-returns-value]
 
     def later() -> object:
-        got.append(doors[-1].attribute(X, baselines=background, target=0))
+        got.append(made[-1].attribute(X, baselines=background, target=0))
         return got[-1]
 
     times: dict[str, list[float]] = {"floor": [], "steady": [], "later": []}

@@ -92,7 +92,7 @@ class DeepLift:
         self.check_additivity = check_additivity
         self.keep_explainers = int(keep_explainers)
         #: the explainers built by earlier calls, by their baselines' values (see ``keep_explainers``)
-        self._explainers: OrderedDict[tuple[Any, ...], DeepExplainer] = OrderedDict()
+        self._explainers: OrderedDict[tuple[Any, ...], tuple[DeepExplainer, nn.Module, Any]] = OrderedDict()
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -228,22 +228,39 @@ class DeepLift:
 
     def _explainer(self, bound: Bound, background: list[Tensor]) -> tuple[DeepExplainer, bool]:
         """The explainer of ``background`` (the model bound to the call's arguments), and whether it was built now:
-        one an earlier call built where the model needs no binding and the background has that call's values (dtype,
-        shape, device and bytes; see ``keep_explainers``), else a new one (kept where it may be reused)."""
-        key = None
-        if not bound.needed and self.keep_explainers > 0:
-            key = tuple((str(b.dtype), tuple(b.shape), str(b.device), b.detach().cpu().numpy().tobytes()) for b in background)
+        one an earlier call built where the model needs no binding and the call is that one's in all the explainer is
+        built from (see :func:`_reuse_key`; ``keep_explainers``), else a new one (kept where it may be reused, built
+        on a copy of the baselines: the caller may write into theirs)."""
+        key = _reuse_key(self, background) if not bound.needed and self.keep_explainers > 0 else None
+        if key is not None:
             kept = self._explainers.get(key)
             if kept is not None:
                 self._explainers.move_to_end(key)
-                return kept, False
+                return kept[0], False
+            background = [b.clone() for b in background]
         model = bound if bound.needed else self.model
         explainer = DeepExplainer(model, background, batch_size=self.batch_size, rules=self.rules, progress=False)
         if key is not None:
-            self._explainers[key] = explainer
+            self._explainers[key] = (explainer, self.model, self.rules)  # (what the key names by identity, kept alive)
             while len(self._explainers) > self.keep_explainers:
                 self._explainers.popitem(last=False)
         return explainer, True
+
+
+def _reuse_key(door: DeepLift, background: list[Tensor]) -> tuple[Any, ...]:
+    """What a door's explainer is built from, as a key: the model (by identity, with its modules' training flags and its
+    tensors' devices and dtypes, which a ``.train()``, ``.double()`` or ``.to(device)`` changes in place), the rules (by
+    identity), ``batch_size``, and the baselines' dtypes, shapes, devices and bytes. Weights changed in place and
+    anything else the model's forward reads, a kept explainer follows (its reference pass checked against a plain
+    forward at every call)."""
+    model = door.model
+    tensors = frozenset((t.device, t.dtype) for t in [*model.parameters(), *model.buffers()])
+    state = (id(model), tuple(m.training for m in model.modules()), tensors, id(door.rules), door.batch_size)
+    def value(b: Tensor) -> tuple[Any, ...]:  # (its bytes, whatever its dtype: bfloat16 has no numpy dtype)
+        data = b.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+        return str(b.dtype), tuple(b.shape), str(b.device), data
+
+    return (*state, tuple(value(b) for b in background))
 
 
 class DeepLiftShap(DeepLift):

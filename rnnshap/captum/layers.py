@@ -47,7 +47,10 @@ class _AtLayer(DeepLift):
 
     def _settings(self) -> dict[str, Any]:
         """The options the inner model door takes from this one."""
-        return {"batch_size": self.batch_size, "rules": self.rules, "check_additivity": self.check_additivity}
+        return {
+            "batch_size": self.batch_size, "rules": self.rules, "check_additivity": self.check_additivity,
+            "keep_explainers": 0,  # (the inner door is made for one call)
+        }  # fmt: skip
 
 
 class LayerDeepLift(_AtLayer):

@@ -7,10 +7,12 @@ Shapes, dtypes, devices and the tensor/tuple form of the results follow Captum's
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -455,6 +457,12 @@ def test_later_calls_with_the_same_baselines_reuse_the_explainer(monkeypatch: py
     assert len(built) == 3
     assert torch.equal(other, DeepLiftShap(model).attribute(x, baselines=background * 0.5, target=0))
 
+    count = len(built)
+    unkept = DeepLiftShap(model, keep_explainers=0)
+    unkept.attribute(x, baselines=background, target=1)
+    unkept.attribute(x, baselines=background, target=1)
+    assert len(built) == count + 2
+
     single = DeepLift(model)  # one baseline for every row (default zeros): reused the same way
     first = single.attribute(x, target=1)
     count = len(built)
@@ -468,6 +476,53 @@ def test_later_calls_with_the_same_baselines_reuse_the_explainer(monkeypatch: py
         gap = model(x)[:, 1] - model(background)[:, 1].mean()
     assert_adds_up_to(changed.double().sum((1, 2)).numpy(), gap.double().numpy(), torch.float32)
     assert torch.equal(changed, DeepLiftShap(model).attribute(x, baselines=background, target=1))
+
+
+def test_a_kept_explainer_answers_only_what_a_fresh_object_would() -> None:
+    """What a door's kept explainer would get wrong, each answered as a fresh object's call answers it, bit for bit:
+    baselines written into after the call that built it (it keeps a copy), the door given another model, the model
+    made float64 or put in train mode in place (a new explainer), an attribute forward() reads changed (not seen by
+    the model's version: the kept reference pass is checked against a plain forward and run again), bfloat16
+    baselines (their bytes have no numpy dtype)."""
+    torch.manual_seed(0)
+    model = Composite(
+        lambda m, x: m.head(m.drop(m.rnn(x * m.scale)[0][:, -1])),
+        scale=1.0, rnn=nn.LSTM(4, 6, batch_first=True), drop=nn.Dropout(0.25), head=nn.Linear(6, 3),
+    ).eval()  # fmt: skip
+    x, background = data(7, 4, n=4, baselines=5)
+    door = DeepLiftShap(model)
+
+    def fresh(baselines: torch.Tensor, target: int = 1) -> torch.Tensor:
+        return DeepLiftShap(model).attribute(x.to(baselines.dtype), baselines=baselines, target=target)
+
+    mine = background.clone()
+    door.attribute(x, baselines=mine, target=1)
+    before = mine.clone()
+    mine.mul_(0.5)
+    assert torch.equal(door.attribute(x, baselines=mine, target=1), fresh(mine))
+    assert torch.equal(door.attribute(x, baselines=before, target=1), fresh(before))
+
+    model.scale = 1.5  # read by forward(), unseen by the parameters' versions
+    assert torch.equal(door.attribute(x, baselines=background, target=2), fresh(background, 2))
+
+    other = copy.deepcopy(model)  # (the same modules, other weights)
+    with torch.no_grad():
+        other.head.weight.mul_(-2.0)
+    swapped = DeepLiftShap(model)
+    swapped.attribute(x, baselines=background, target=0)
+    swapped.model = swapped.forward_func = other
+    assert torch.equal(swapped.attribute(x, baselines=background, target=0), DeepLiftShap(other).attribute(x, background, 0))
+
+    model.double()  # (float32 inputs and baselines, as before: the explainer casts them to the model's dtype)
+    assert torch.equal(door.attribute(x, baselines=background, target=1), fresh(background))
+    model.float().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the door puts a model in train mode into eval mode for the call, and says so)
+        got, want = door.attribute(x, baselines=background, target=1), fresh(background)
+    assert torch.equal(got, want)
+    model.eval()
+    half = background.to(torch.bfloat16)
+    assert torch.equal(door.attribute(x.to(torch.bfloat16), baselines=half, target=1), fresh(half))
 
 
 def test_the_module_does_not_need_captum(monkeypatch: pytest.MonkeyPatch) -> None:

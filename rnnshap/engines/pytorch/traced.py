@@ -277,9 +277,10 @@ class TracedPasses:
 
 @contextlib.contextmanager
 def _one_fake_mode() -> Any:
-    """One fake-tensor mode for a whole trace: ``make_fx`` notes each operation's output as a fake tensor, made under
-    the ambient fake mode, or else under one it makes anew for that operation, which records a stack trace as it is
-    made (measured: half the time of tracing an ``LSTMCell`` loop, 12.0 s → 5.9 s at T = 50)."""
+    """One fake-tensor mode for a whole trace: ``make_fx`` notes a node's output as a fake tensor (since
+    :func:`_no_node_values`, only a constant's), made under the ambient fake mode, or else under one it makes anew for
+    each, which records a stack trace as it is made (measured before that: half the time of tracing an ``LSTMCell``
+    loop, 12.0 s → 5.9 s at T = 50)."""
     from torch._guards import TracingContext, tracing
     from torch._subclasses.fake_tensor import FakeTensorMode
 
