@@ -58,11 +58,11 @@ class DeepLift:
             :class:`rnnshap.DeepExplainer`); results do not depend on it.
         rules: extra rules for this explainer, as for :class:`rnnshap.DeepExplainer`.
         keep_explainers: how many explainers the object keeps between calls (the most recently used): a call
-            whose baselines serve every row and have the values of an earlier call's (no additional arguments)
-            reuses the explainer that call built, its reference pass kept, as a kept
-            :class:`rnnshap.DeepExplainer` answers its later calls, where a fresh one would run the model on the
-            baselines and check it first (about as long again as a call of a recurrent layer at small sizes). 0:
-            every call builds its own.
+            whose baselines serve every row and have the values of an earlier call's, on the same model in the same
+            mode, dtype and device, with no additional arguments, reuses the explainer that call built (on a copy of
+            the baselines), its reference pass kept, as a kept :class:`rnnshap.DeepExplainer` answers its later
+            calls, where a fresh one would run the model on the baselines and check it first (about as long again
+            as a call of a recurrent layer at small sizes). 0: every call builds its own.
         check_additivity: False (the default), as Captum: ``attribute`` never raises on additivity,
             and ``return_convergence_delta=True`` reports it. True (or a float, the relative
             tolerance): check as :meth:`rnnshap.DeepExplainer.shap_values` does and raise
@@ -91,7 +91,7 @@ class DeepLift:
         self.rules = rules
         self.check_additivity = check_additivity
         self.keep_explainers = int(keep_explainers)
-        #: the explainers built by earlier calls, by their baselines' values (see ``keep_explainers``)
+        #: the explainers built by earlier calls, by what each is built from (see ``keep_explainers``, ``_reuse_key``)
         self._explainers: OrderedDict[tuple[Any, ...], tuple[DeepExplainer, nn.Module, Any]] = OrderedDict()
 
     def has_convergence_delta(self) -> bool:
@@ -256,6 +256,7 @@ def _reuse_key(door: DeepLift, background: list[Tensor]) -> tuple[Any, ...]:
     model = door.model
     tensors = frozenset((t.device, t.dtype) for t in [*model.parameters(), *model.buffers()])
     state = (id(model), tuple(m.training for m in model.modules()), tensors, id(door.rules), door.batch_size)
+
     def value(b: Tensor) -> tuple[Any, ...]:  # (its bytes, whatever its dtype: bfloat16 has no numpy dtype)
         data = b.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
         return str(b.dtype), tuple(b.shape), str(b.device), data
