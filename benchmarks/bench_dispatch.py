@@ -206,11 +206,16 @@ def timed(call: Callable[[], object], repeats: int, device: torch.device) -> flo
     return 1e3 * statistics.median(times)
 
 
-def measure(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def seeded(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The model ``name`` (eval mode), its background and the explained samples, from seed 0."""
     torch.manual_seed(0)
     model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
     background = torch.randn(args.references, steps, args.features, device=device)
-    X = torch.randn(args.samples, steps, args.features, device=device)
+    return model, background, torch.randn(args.samples, steps, args.features, device=device)
+
+
+def measure(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    model, background, X = seeded(name, steps, args, device)
     explainer = rnnshap.DeepExplainer(model, background)
 
     def explain() -> object:
@@ -272,10 +277,7 @@ def first_call(name: str, steps: int, args: argparse.Namespace, side: str) -> di
     """In a fresh process (``--first-side``): ``side`` "rnnshap" times building the explainer, its first call and a
     second (steady); "floor" times the floor's first call and a second, and a plain forward on the pairs (steady)."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
-    background = torch.randn(args.references, steps, args.features, device=device)
-    X = torch.randn(args.samples, steps, args.features, device=device)
+    model, background, X = seeded(name, steps, args, device)
 
     def clock(call: Callable[[], object]) -> float:
         return timed(call, 1, device)
@@ -364,10 +366,7 @@ def door(name: str, steps: int, args: argparse.Namespace) -> dict[str, float]:
     from rnnshap.captum import DeepLiftShap
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
-    background = torch.randn(args.references, steps, args.features, device=device)
-    X = torch.randn(args.samples, steps, args.features, device=device)
+    model, background, X = seeded(name, steps, args, device)
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
     def floor() -> object:

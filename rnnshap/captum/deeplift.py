@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engines.pytorch.kept import value_key
 from ..explainer import DeepExplainer
 from .arguments import (
     Target,
@@ -256,12 +257,7 @@ def _reuse_key(door: DeepLift, background: list[Tensor]) -> tuple[Any, ...]:
     model = door.model
     tensors = frozenset((t.device, t.dtype) for t in [*model.parameters(), *model.buffers()])
     state = (id(model), tuple(m.training for m in model.modules()), tensors, id(door.rules), door.batch_size)
-
-    def value(b: Tensor) -> tuple[Any, ...]:  # (its bytes, whatever its dtype: bfloat16 has no numpy dtype)
-        data = b.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
-        return str(b.dtype), tuple(b.shape), str(b.device), data
-
-    return (*state, tuple(value(b) for b in background))
+    return (*state, tuple(value_key(b) for b in background))
 
 
 class DeepLiftShap(DeepLift):

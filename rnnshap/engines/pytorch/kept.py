@@ -151,7 +151,13 @@ class KeptPasses(ModelChecks):
 
 def kept_key(block: Block, context: Any) -> tuple[Any, ...]:
     """The key of a kept reference pass: the block's references and the context inputs' values it ran with."""
-    return (block.r0, block.r1, *((str(c.dtype), tuple(c.shape), c.cpu().numpy().tobytes()) for c in context))
+    return (block.r0, block.r1, *(value_key(c) for c in context))
+
+
+def value_key(t: Tensor) -> tuple[Any, ...]:
+    """A tensor's values as a key: its dtype, shape, device and bytes (whatever its dtype: bfloat16 has no numpy one)."""
+    data = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+    return str(t.dtype), tuple(t.shape), str(t.device), data
 
 
 def tape_bytes(tape: Tape) -> int:

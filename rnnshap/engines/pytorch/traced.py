@@ -249,9 +249,10 @@ class TracedPasses:
         with torch.no_grad():  # (the code make_fx wrote, its dead operations too: the same outputs, made once)
             traced_outputs = graph(*inputs)
         run, unbound = _bound(graph, inputs, traced_outputs)
+        if unbound is not None or self.mode is True:
+            graph.recompile()  # (the graph itself runs, or is compiled: its code written again without the dead operations)
         program = _Program(run, version, sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
         if self.mode is True:
-            graph.recompile()
             _compile(program, graph, inputs)
         with torch.no_grad():
             *outputs, held = program.run(*inputs) if program.compile_seconds is not None else traced_outputs
@@ -374,19 +375,13 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
             warnings.simplefilter("always")
             outputs = program(*inputs)
         if warned:  # (a binding read its arguments as a deprecated signature: the same kernel, a warning at every call)
-            return _recompiled(graph), f"a binding of torch's warned: {str(warned[0].message).strip().splitlines()[0][:200]}"
+            return graph, f"a binding of torch's warned: {str(warned[0].message).strip().splitlines()[0][:200]}"
         same = len(outputs) == len(traced) and all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True))
     except Exception as error:  # noqa: BLE001 (a binding that takes its arguments otherwise: the graph runs as traced)
-        return _recompiled(graph), _first_line(error, "a binding of torch's failed")
+        return graph, _first_line(error, "a binding of torch's failed")
     if not same:
-        return _recompiled(graph), "torch's bindings gave other values than the traced operations on the traced inputs"
+        return graph, "torch's bindings gave other values than the traced operations on the traced inputs"
     return program, None
-
-
-def _recompiled(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``graph`` with its code written again from its nodes (its dead operations left out since make_fx wrote it)."""
-    graph.recompile()
-    return graph
 
 
 class _BoundProgram:
@@ -412,8 +407,6 @@ def _same_bits(a: Any, b: Any) -> bool:
         return type(a) is type(b) and repr(a) == repr(b)
     if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device or a.stride() != b.stride():
         return False
-    if a.dtype is torch.bool:
-        return torch.equal(a, b)
     return torch.equal(*(t.contiguous().reshape(-1).view(torch.uint8) for t in (a, b)))  # (every dtype's bytes)
 
 
