@@ -10,6 +10,8 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
 - normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
+- max-pool: 1-d overlapping windows after a convolution, 2-d windows, adaptive; tsai's InceptionTimePlus (when
+  tsai is installed);
 - binary ops of two input-dependent operands (maximum, minimum, pow, fmax, division);
 - picked indices: argmax, and its uses gather, index_select from a table, one_hot;
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
@@ -277,6 +279,40 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         x, background = torch.randn(3, 6), torch.randn(4, 6)
         return explain(Picked(), x, background)
 
+    class Pools(nn.Module):
+        """The max-pool rules: overlapping 1-d windows after a convolution (InceptionTime's), 2-d windows, adaptive."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv1d(4, 6, 3, padding=1), nn.Linear(6 * 9 + 12 + 6 * 2, 3)
+
+        def forward(self, x: Any) -> Any:
+            h = torch.relu(self.conv(x))
+            parts = [
+                nn.functional.max_pool1d(h, 3, stride=1, padding=1), nn.functional.max_pool2d(h[:, None], 2),
+                nn.functional.adaptive_max_pool1d(h, 2),
+            ]  # fmt: skip
+            return self.head(torch.cat([p.flatten(1) for p in parts], 1))
+
+    def pooling() -> tuple[Any, ...]:
+        torch.manual_seed(28)
+        return explain(Pools(), *data(4, 9))
+
+    def inception() -> tuple[Any, ...]:
+        """tsai's InceptionTimePlus, tiny (when tsai is installed)."""
+        from tsai.models.InceptionTimePlus import InceptionTimePlus
+
+        class ChannelsFirst(nn.Module):
+            def __init__(self, model: nn.Module) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: Any) -> Any:
+                return self.model(x.transpose(1, 2))
+
+        torch.manual_seed(29)
+        return explain(ChannelsFirst(InceptionTimePlus(3, 2, seq_len=12, nf=4)), *data(12, 3))
+
     def ttm() -> tuple[Any, ...]:
         model = _foundation_models().ttm()
         series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(0).normal(0, 0.1, 200)
@@ -407,6 +443,8 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "secant_ops_float64": secant_ops_float64,
         "binary_ops": binary_ops,
         "picked": picked,
+        "pooling": pooling,
+        "inception": inception,
         "ttm": ttm,
         "tirex": tirex,
         "reverse_recurrences": reverse_recurrences,

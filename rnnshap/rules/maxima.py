@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 
 from ..formulas import orderings, pairs
-from ..formulas.torch_ops import TORCH
+from ..formulas.torch_ops import TORCH, readable
+from ..recurrent.pairs import Side, pair_sides
 from .base import OpCall, Rule
 from .elementwise import attach, shapley
 
@@ -28,7 +29,13 @@ def _routed_maximum(ctx: Any, grad: Tensor) -> list[Tensor]:
     return [(routed * inverse_delta).reshape(ctx.shapes[0])]
 
 
-def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: Tensor, largest: bool = True) -> Tensor:
+def routed_max(
+    select: Callable[[Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    r: Tensor,
+    largest: bool = True,
+    sides: tuple[Side, Side] | None = None,
+) -> Tensor:
     r"""Attribute a max (or min) selection by shap's max-pool rule.
 
     ``select(t)`` returns the selected values and, for a view of ``t`` flattened over the last
@@ -37,14 +44,34 @@ def routed_max(select: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, r: 
     and :math:`y - c` to the position of r's maximum; the multiplier at a position is its credit
     divided by its :math:`\Delta x`. Exactly one part is non-zero, and then that position's
     :math:`|\Delta x|` is at least :math:`|\Delta y|`, so the division is safe.
+
+    ``sides``: the sides of a pass's pairs (:class:`~rnnshap.recurrent.pairs.Side`) along axis 0 of ``x`` and ``r``,
+    where ``select`` works on each row of axis 0 apart (a pool): it then runs on each side's distinct rows only, the
+    samples' and the references' (S + R rows in place of 2 S R), and the credits are formed on the grid of pairs.
+    A selection is exact, so the values are the same bit for bit.
     """
     with torch.no_grad():
-        y, index_x = select(x.detach())
-        y_ref, index_r = select(r)
+        xd = x.detach()
+        if sides is None:
+            (y, index_x), (y_ref, index_r), delta = select(xd), select(r), xd - r
+        else:
+            (y, index_x), (y_ref, index_r) = (_on_grid(side, select(side.take(t, 0))) for side, t in zip(sides, (xd, r)))
+            grid = (sides[0].samples, sides[0].references)
+            index_x, index_r = (i.expand(*grid, *i.shape[2:]) for i in (index_x, index_r))  # (views)
+            delta = (xd - r).view(*grid, *xd.shape[1:])
         weight_x, weight_r = pairs.max_credits(TORCH, y, y_ref, largest)  # (0 where the maximum is the same on both sides)
         weight_x, weight_r = weight_x.reshape(index_x.shape), weight_r.reshape(index_r.shape)
-        inverse_delta = pairs.inverse_delta(TORCH, _flat_last(x.detach() - r, index_x.shape))
+        inverse_delta = pairs.inverse_delta(TORCH, _flat_last(delta, index_x.shape))
+        if sides is not None:  # (the output: one row per pair)
+            y = y.expand(*grid, *y.shape[2:]).flatten(0, 1)
     return attach(y, [x], _routed_maximum, (index_x, weight_x, index_r, weight_r, inverse_delta))
+
+
+def _on_grid(side: Side, selected: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A side's selected values and indices on its distinct rows, viewed on the grid of pairs (samples | 1,
+    references | 1, ...), which broadcasts against the other side's."""
+    shape = {0: (side.samples, 1), 1: (1, side.references), None: (side.samples, side.references)}[side.axis]
+    return tuple(t.view(*shape, *t.shape[1:]) for t in selected)  # type: ignore[return-value]
 
 
 def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
@@ -138,7 +165,17 @@ class MaxPool(Rule):
             lead = values.shape[: values.dim() - self.spatial_dims]
             return values, indices.reshape(*lead, -1)
 
-        values = routed_max(select, x, r).reshape(out_shape[0])
+        # a pool works on each row of axis 0 apart (its batch, or a channel of an unbatched input): on a pass's pairs,
+        # each side's distinct rows only, where they repeat as the grid says (tested at once on the CPU, where reading
+        # costs nothing and torch.equal makes no copy; on an accelerator after the pass, where the grid defers)
+        sides = None
+        if call.pairs is not None and x.dim() > self.spatial_dims and x.shape[0] == call.pairs.pairs:
+            defer = call.pairs.deferred is not None and not readable(x)
+            sides = pair_sides(call.pairs, x.shape[0], [(x.detach(), 0)], [(r, 0)], defer=defer)
+            if sides[0].axis is None and sides[1].axis is None:
+                sides = None
+        values = routed_max(select, x, r, sides=sides)
+        values = values.reshape(x.shape[0], *out_shape[0][1:]) if sides is not None else values.reshape(out_shape[0])
         if wants_indices:
             return values, self.with_indices(x.detach(), **bound)[1]
         return values

@@ -341,6 +341,49 @@ def test_max_pool2d_model_matches_shap_rule() -> None:
     np.testing.assert_allclose(values, expected / len(R), rtol=1e-12, atol=1e-14)
 
 
+def test_max_pool_pools_the_distinct_rows_of_each_side_only() -> None:
+    """A pool works on each row apart, so on the pairs of S samples and R references it runs on S + R rows (the
+    samples' and the references'), never on the S R rows of either side of the pairs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = nn.Sequential(nn.MaxPool1d(3), nn.Flatten())
+    g = torch.Generator().manual_seed(10)
+    background, X = torch.randn(5, 1, 12, generator=g, dtype=F64), torch.randn(3, 1, 12, generator=g, dtype=F64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    pooled: list[int] = []
+
+    class Rows(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func.overloadpacket is torch.ops.aten.max_pool2d_with_indices:
+                pooled.append(args[0].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    with Rows():
+        values = explainer.shap_values(X)
+    assert pooled and 3 * 5 not in pooled and {3, 5} <= set(pooled), pooled
+    np.testing.assert_allclose(values, _pool_closed_form(X.numpy(), background.numpy(), 3), rtol=1e-12, atol=1e-14)
+
+
+def test_max_pool_on_references_the_samples_own_mask_entered_gives_each_pairs_values() -> None:
+    """Where something of the sample enters the reference side (a boolean mask, taken from the explained sample on
+    both sides of its pairs), the reference side's rows do not cycle: the pool runs on its rows of every pair, and the
+    values are shap's rule on each pair (the input side's rows still repeat)."""
+
+    class Masked(nn.Module):
+        def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+            return F.max_pool1d(torch.where(keep[:, None, :], x, 2 * x), 3).flatten(1)
+
+    g = torch.Generator().manual_seed(11)
+    background, X = torch.randn(4, 1, 12, generator=g, dtype=F64), torch.randn(3, 1, 12, generator=g, dtype=F64)
+    keep_bg, keep = torch.rand(4, 12, generator=g) < 0.5, torch.rand(3, 12, generator=g) < 0.5
+    values = rnnshap.DeepExplainer(Masked(), [background, keep_bg]).shap_values([X, keep])[0]
+    scale = torch.where(keep[:, None, :], 1.0, 2.0).to(F64)
+    expected = np.stack([
+        _pool_closed_form((X[s : s + 1] * scale[s]).numpy(), (background * scale[s]).numpy(), 3)[0] for s in range(3)
+    ])  # fmt: skip
+    np.testing.assert_allclose(values, expected, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("largest", [True, False])
 @pytest.mark.parametrize("dim", [1, 2])
 def test_max_reduction_model_matches_shap_rule(largest: bool, dim: int) -> None:
