@@ -294,9 +294,23 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
             ]  # fmt: skip
             return self.head(torch.cat([p.flatten(1) for p in parts], 1))
 
+    class MaskedPools(nn.Module):
+        """A mask of the sample's on both sides (the reference side's rows then differ per sample), and a 3-d pool
+        that returns its indices."""
+
+        def forward(self, x: Any, keep: Any) -> Any:
+            h = torch.where(keep[:, None, :], x, 2 * x)
+            pooled, _ = nn.functional.max_pool3d(h.view(h.shape[0], 1, 2, 2, -1), 2, return_indices=True)
+            return torch.cat([nn.functional.max_pool1d(h, 2).flatten(1), pooled.flatten(1)], 1)
+
     def pooling() -> tuple[Any, ...]:
         torch.manual_seed(28)
-        return explain(Pools(), *data(4, 9))
+        model, (x, background) = Pools(), data(4, 9)
+        one = rnnshap.DeepExplainer(model.eval(), background).shap_values(x[:1])  # (one sample: its own rows)
+        keep, keep_bg = torch.rand(3, 8) < 0.5, torch.rand(4, 8) < 0.5
+        masked, masked_bg = data(4, 8)
+        masked_values = rnnshap.DeepExplainer(MaskedPools(), [masked_bg, keep_bg]).shap_values([masked, keep])[0]
+        return (*explain(model, x, background), np.asarray(one), np.asarray(masked_values))
 
     def inception() -> tuple[Any, ...]:
         """tsai's InceptionTimePlus, tiny (when tsai is installed)."""

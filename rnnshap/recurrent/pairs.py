@@ -11,7 +11,8 @@ Nothing is assumed: a side is reduced only where its rows repeat exactly as the 
 otherwise it keeps all its rows and the result is the same, only slower. A cell's test (one step of a
 Python loop) runs on the device where the grid defers it (:meth:`PairGrid.defer`): the engine reads the
 tests of a whole pass at once after it, and runs the passes again with each test read at once if one
-failed; a layer reads its test at once, once per call.
+failed; a layer reads its test at once, once per call. The max-pool rule (``rnnshap/rules/maxima.py``) pools each
+side's distinct rows the same way, its test read at once on the CPU and deferred as a cell's on an accelerator.
 
 Packed sequences (a mask) are sorted by length, out of grid order, and each pair's reference is
 truncated at its sample's length; :meth:`Side.masked` groups their rows by value instead, a row
@@ -163,13 +164,13 @@ class Side:
         spread = self._repeated(t, dim).flatten(dim, dim + 1)
         return spread.clone() if spread.data_ptr() == t.data_ptr() else spread
 
-    def grid(self, t: Tensor) -> Tensor:
-        """A (T, rows, C) tensor as a (T, samples | 1, references | 1, C) view that broadcasts
-        against the other side to every pair."""
+    def grid(self, t: Tensor, dim: int = 1) -> Tensor:
+        """A (T, rows, C) tensor (the rows along ``dim``) as a (T, samples | 1, references | 1, C) view that
+        broadcasts against the other side to every pair."""
         if self.index is not None:
-            return t.index_select(1, self.index).unflatten(1, (self.samples, self.references))
+            return t.index_select(dim, self.index).unflatten(dim, (self.samples, self.references))
         shape = {0: (self.samples, 1), 1: (1, self.references), None: (self.samples, self.references)}[self.axis]
-        return t.view(t.shape[0], *shape, *t.shape[2:])  # (unflatten's view, without its Python wrapper: hot in a cell)
+        return t.view(*t.shape[:dim], *shape, *t.shape[dim + 1 :])  # (unflatten's view without its Python wrapper: hot in a cell)
 
     def row_of_pairs(self, device: torch.device) -> Tensor:
         """The distinct row of every pair, (pairs,)."""

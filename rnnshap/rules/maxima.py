@@ -55,23 +55,25 @@ def routed_max(
         if sides is None:
             (y, index_x), (y_ref, index_r), delta = select(xd), select(r), xd - r
         else:
-            (y, index_x), (y_ref, index_r) = (_on_grid(side, select(side.take(t, 0))) for side, t in zip(sides, (xd, r)))
+            on_grid = [[side.grid(s, 0) for s in select(side.take(t, 0))] for side, t in zip(sides, (xd, r), strict=True)]
+            (y, index_x), (y_ref, index_r) = on_grid
             grid = (sides[0].samples, sides[0].references)
             index_x, index_r = (i.expand(*grid, *i.shape[2:]) for i in (index_x, index_r))  # (views)
             delta = (xd - r).view(*grid, *xd.shape[1:])
         weight_x, weight_r = pairs.max_credits(TORCH, y, y_ref, largest)  # (0 where the maximum is the same on both sides)
         weight_x, weight_r = weight_x.reshape(index_x.shape), weight_r.reshape(index_r.shape)
         inverse_delta = pairs.inverse_delta(TORCH, _flat_last(delta, index_x.shape))
-        if sides is not None:  # (the output: one row per pair)
-            y = y.expand(*grid, *y.shape[2:]).flatten(0, 1)
+        if sides is not None:  # (the output: one row per pair, a tensor of its own in the layout a pool gives)
+            y = y.expand(*grid, *y.shape[2:]).flatten(0, 1).contiguous(memory_format=_pooled_layout(xd))
     return attach(y, [x], _routed_maximum, (index_x, weight_x, index_r, weight_r, inverse_delta))
 
 
-def _on_grid(side: Side, selected: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """A side's selected values and indices on its distinct rows, viewed on the grid of pairs (samples | 1,
-    references | 1, ...), which broadcasts against the other side's."""
-    shape = {0: (side.samples, 1), 1: (1, side.references), None: (side.samples, side.references)}[side.axis]
-    return tuple(t.view(*shape, *t.shape[1:]) for t in selected)  # type: ignore[return-value]
+def _pooled_layout(x: Tensor) -> torch.memory_format:
+    """The memory format torch's pool gives its output on ``x``: channels last where ``x`` is, else contiguous."""
+    for dims, layout in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.dim() == dims and not x.is_contiguous() and x.is_contiguous(memory_format=layout):
+            return layout
+    return torch.contiguous_format
 
 
 def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
@@ -174,8 +176,7 @@ class MaxPool(Rule):
             sides = pair_sides(call.pairs, x.shape[0], [(x.detach(), 0)], [(r, 0)], defer=defer)
             if sides[0].axis is None and sides[1].axis is None:
                 sides = None
-        values = routed_max(select, x, r, sides=sides)
-        values = values.reshape(x.shape[0], *out_shape[0][1:]) if sides is not None else values.reshape(out_shape[0])
+        values = routed_max(select, x, r, sides=sides).reshape(x.shape[0], *out_shape[0][1:])
         if wants_indices:
             return values, self.with_indices(x.detach(), **bound)[1]
         return values

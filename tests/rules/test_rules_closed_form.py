@@ -8,7 +8,8 @@ computed with numpy.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -341,15 +342,10 @@ def test_max_pool2d_model_matches_shap_rule() -> None:
     np.testing.assert_allclose(values, expected / len(R), rtol=1e-12, atol=1e-14)
 
 
-def test_max_pool_pools_the_distinct_rows_of_each_side_only() -> None:
-    """A pool works on each row apart, so on the pairs of S samples and R references it runs on S + R rows (the
-    samples' and the references'), never on the S R rows of either side of the pairs."""
+def _pooled_rows() -> tuple[list[int], Any]:
+    """The rows of every max-pool kernel call made under the returned mode (``with mode: ...``)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    model = nn.Sequential(nn.MaxPool1d(3), nn.Flatten())
-    g = torch.Generator().manual_seed(10)
-    background, X = torch.randn(5, 1, 12, generator=g, dtype=F64), torch.randn(3, 1, 12, generator=g, dtype=F64)
-    explainer = rnnshap.DeepExplainer(model, background)
     pooled: list[int] = []
 
     class Rows(TorchDispatchMode):
@@ -358,25 +354,47 @@ def test_max_pool_pools_the_distinct_rows_of_each_side_only() -> None:
                 pooled.append(args[0].shape[0])
             return func(*args, **(kwargs or {}))
 
-    with Rows():
+    return pooled, Rows()
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_max_pool_pools_the_distinct_rows_of_each_side_only(samples: int) -> None:
+    """A pool works on each row apart, so on the pairs of S samples and R references it runs on S + R rows (the
+    samples' and the references'), never on the S R rows of either side of the pairs; its output is a tensor of its
+    own (the model's ``view`` of it works, with one sample too)."""
+    # (the first view merges the pairs with the channels: it needs the output's own rows, not a broadcast view)
+    model = Function(lambda x: F.max_pool1d(x, 3).view(-1, 4).view(x.shape[0], -1))
+    g = torch.Generator().manual_seed(10)
+    background, X = torch.randn(5, 2, 12, generator=g, dtype=F64), torch.randn(samples, 2, 12, generator=g, dtype=F64)
+    explainer = rnnshap.DeepExplainer(model, background)
+    pooled, mode = _pooled_rows()
+    with mode:
         values = explainer.shap_values(X)
-    assert pooled and 3 * 5 not in pooled and {3, 5} <= set(pooled), pooled
-    np.testing.assert_allclose(values, _pool_closed_form(X.numpy(), background.numpy(), 3), rtol=1e-12, atol=1e-14)
+    assert {samples, 5} <= set(pooled) and (samples == 1 or samples * 5 not in pooled), pooled
+    expected = np.zeros((samples, 2, 12, 8))  # (output c · 4 + o reads channel c's window o)
+    for c in range(2):
+        channel = slice(c, c + 1)
+        expected[:, channel, :, 4 * c : 4 * c + 4] = _pool_closed_form(X[:, channel].numpy(), background[:, channel].numpy(), 3)
+    np.testing.assert_allclose(values, expected, rtol=1e-12, atol=1e-14)
 
 
-def test_max_pool_on_references_the_samples_own_mask_entered_gives_each_pairs_values() -> None:
+@pytest.mark.parametrize("deferred", [False, True])
+def test_max_pool_on_references_the_samples_own_mask_entered_gives_each_pairs_values(deferred: bool) -> None:
     """Where something of the sample enters the reference side (a boolean mask, taken from the explained sample on
-    both sides of its pairs), the reference side's rows do not cycle: the pool runs on its rows of every pair, and the
-    values are shap's rule on each pair (the input side's rows still repeat)."""
+    both sides of its pairs), the reference side's rows do not cycle: the pool runs on its rows of every pair (the
+    input side's still on the samples'), and the values are shap's rule on each pair. Tested at once (the CPU) or
+    after the pass (as on an accelerator, where the test fails and the pass runs again)."""
+    from rnnshap.formulas.torch_ops import values_unread
 
-    class Masked(nn.Module):
-        def forward(self, x: Tensor, keep: Tensor) -> Tensor:
-            return F.max_pool1d(torch.where(keep[:, None, :], x, 2 * x), 3).flatten(1)
-
+    model = Function(lambda x, keep: F.max_pool1d(torch.where(keep[:, None, :], x, 2 * x), 3).flatten(1))
     g = torch.Generator().manual_seed(11)
     background, X = torch.randn(4, 1, 12, generator=g, dtype=F64), torch.randn(3, 1, 12, generator=g, dtype=F64)
     keep_bg, keep = torch.rand(4, 12, generator=g) < 0.5, torch.rand(3, 12, generator=g) < 0.5
-    values = rnnshap.DeepExplainer(Masked(), [background, keep_bg]).shap_values([X, keep])[0]
+    explainer = rnnshap.DeepExplainer(model, [background, keep_bg])
+    pooled, mode = _pooled_rows()
+    with mode, values_unread() if deferred else contextlib.nullcontext():
+        values = explainer.shap_values([X, keep])[0]
+    assert 3 * 4 in pooled and 3 in pooled, pooled  # (the reference side every pair's, the input side the samples')
     scale = torch.where(keep[:, None, :], 1.0, 2.0).to(F64)
     expected = np.stack([
         _pool_closed_form((X[s : s + 1] * scale[s]).numpy(), (background * scale[s]).numpy(), 3)[0] for s in range(3)
