@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from ..errors import ModelStateError
 from ..formulas import pairs
-from ..formulas.torch_ops import TORCH
+from ..formulas.torch_ops import TORCH, readable
+from ..recurrent.pairs import Side
 from .base import OpCall, PairGrid, Rule
 from .secant import secant
 from .structured import finite_total, fused_softmax, shifted_logsumexp
@@ -245,8 +246,12 @@ class _Attention(Rule):
         return super().reference(call)
 
     def torch_value(self, call: OpCall) -> Any:
+        """torch's own output of the call, on the path the model's call takes: an operand passed as several (a
+        self-attention's ``query``, ``key`` and ``value``) is detached once, since torch projects them in one product
+        where they are one tensor and in three, which round otherwise, where they are not."""
+        detached: dict[int, Tensor] = {}
         with torch.no_grad():
-            return call.evaluate([x.detach() for x in call.inputs])
+            return call.evaluate([detached.setdefault(id(x), x.detach()) for x in call.inputs])
 
 
 def _sdpa_signature(
@@ -328,10 +333,48 @@ class MultiHeadAttention(_Attention):
 
     def attribute(self, call: OpCall) -> Any:
         self.check_dropout(call)
-        value, weights_value = self.torch_value(call)
+        value, weights_value = self.value_on_rows(call) or self.torch_value(call)
         arguments, sides = self.bind(call)
         output, weights = self.decompose(arguments, sides, call.pairs)
         return as_torch(output, value), as_torch(weights, weights_value)
+
+    def value_on_rows(self, call: OpCall) -> tuple[Tensor, Tensor | None] | None:
+        """:meth:`torch_value` on the samples' distinct rows, spread back to the pairs; None where the call's batch
+        does not allow it (every pair's value then: :meth:`torch_value`).
+
+        The input side of a pass's pairs repeats each sample's rows along its references, and torch's attention
+        works on each row of the batch apart: its value on the S samples' rows is its value on the S R pairs, bit for
+        bit (the projections' products and the attention kernel round each row alike whatever the batch), at 1/R of
+        the cost. The rows are tested on the values (at once on the CPU, after the pass on an accelerator); the masks
+        of a batch (``key_padding_mask``) are taken alike, a per-head ``attn_mask`` or ``static_k`` is not."""
+        grid = call.pairs
+        bound = self.signature.bind(*call.args, **call.kwargs)
+        a = bound.arguments
+        query, padding = a["query"], a.get("key_padding_mask")
+        if (
+            grid is None or not isinstance(query, Tensor) or query.dim() != 3 or query.shape[1] != grid.pairs
+            or a.get("static_k") is not None or a.get("static_v") is not None
+            or (isinstance(a.get("attn_mask"), Tensor) and a["attn_mask"].dim() != 2)
+            or (padding is not None and (padding.dim() != 2 or padding.shape[0] != grid.pairs))
+        ):  # fmt: skip
+            return None
+        detached: dict[int, Tensor] = {}  # (one tensor detached once: the model's path, see torch_value)
+        for name in ("query", "key", "value"):
+            a[name] = detached.setdefault(id(a[name]), a[name].detach())
+        batched = [(t, 1) for t in detached.values()] + ([] if padding is None else [(padding, 0)])
+        if any(t.shape[dim] != grid.pairs for t, dim in batched):
+            return None
+        side = Side.of("input", grid, grid.pairs, batched, defer=grid.deferred is not None and not readable(query))
+        if side.axis is None:
+            return None
+        rows = {id(t): side.take(t, 1) for t in detached.values()}
+        for name in ("query", "key", "value"):
+            a[name] = rows[id(a[name])]
+        if padding is not None:
+            a["key_padding_mask"] = side.take(padding, 0)
+        with torch.no_grad():
+            output, weights = call.fn(*bound.args, **bound.kwargs)
+        return side.spread(output, 1), None if weights is None else side.spread(weights, 0)
 
     def decompose(
         self, a: dict[str, Any], sides: Callable[[str], Sides | None], grid: PairGrid | None = None

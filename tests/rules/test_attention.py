@@ -511,3 +511,69 @@ def test_half_precision_attention_follows_the_float64_copy(dtype: torch.dtype, u
     expected = rnnshap.DeepExplainer(model, background).shap_values(X)
     half = rnnshap.DeepExplainer(model.to(dtype), background.to(dtype)).shap_values(X.to(dtype))
     np.testing.assert_allclose(np.asarray(half, np.float64), expected, rtol=0, atol=ulps * eps(dtype) * np.abs(expected).max())
+
+
+def _self_attention(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return Composite(lambda m, x: m.head(m.attention(x, x, x, need_weights=False)[0].flatten(1)),
+                     attention=nn.MultiheadAttention(8, 2, batch_first=True), head=nn.Linear(8 * 20, 3)).eval()  # fmt: skip
+
+
+def test_a_self_attentions_value_is_torchs_on_the_models_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch projects a self-attention's query, key and value in one product where they are one tensor (``query is
+    key is value``), in three (which round otherwise) where they are not: the value the rule gives its output is the
+    module's own on the pairs, bit for bit (float32), as the model computes it with gradients on (the pass turns the
+    fused fast path of inference off, as gradients do)."""
+    import rnnshap.rules.attention as attention
+
+    values: list[Tensor] = []
+    as_torch = attention.as_torch
+    monkeypatch.setattr(attention, "as_torch", lambda computed, value: (values.append(value), as_torch(computed, value))[1])
+    model, references = _self_attention(3), 6
+    background, X = torch.randn(references, 20, 8), torch.randn(4, 20, 8)
+    rnnshap.DeepExplainer(model, background).shap_values(X)
+    pairs = X.repeat_interleave(references, 0)
+    own = model.attention(pairs, pairs, pairs, need_weights=False)[0].detach()  # (with gradients: not the fused fast path)
+    given = [v for v in values if v is not None]  # (the weights' value: None, need_weights=False)
+    assert given and torch.equal(given[-1], own.transpose(0, 1))
+
+
+@pytest.mark.parametrize("unread", [False, True])
+def test_an_attentions_value_on_the_samples_rows_is_its_value_on_the_pairs(monkeypatch: pytest.MonkeyPatch, unread: bool) -> None:
+    """The rule takes torch's value of a self-attention on the samples' distinct rows (the input side repeats each
+    sample's rows along its references) and spreads it to the pairs: the values are those of every pair's, bit for
+    bit, tested at once (the CPU) or after the pass (as on an accelerator). A per-head ``attn_mask`` keeps every
+    pair's."""
+    import contextlib
+
+    import rnnshap.rules.attention as attention
+    from rnnshap.formulas.torch_ops import values_unread
+
+    background, X = torch.randn(6, 20, 8), torch.randn(4, 20, 8)
+    taken: list[bool] = []
+    on_rows = attention.MultiHeadAttention.value_on_rows
+
+    def spied(self: Any, call: Any) -> Any:
+        value = on_rows(self, call)
+        taken.append(value is not None)
+        return value
+
+    def explain() -> np.ndarray:
+        with values_unread() if unread else contextlib.nullcontext():
+            return rnnshap.DeepExplainer(_self_attention(4), background).shap_values(X)
+
+    monkeypatch.setattr(attention.MultiHeadAttention, "value_on_rows", spied)
+    on_the_rows = explain()
+    assert taken and all(taken)
+    monkeypatch.setattr(attention.MultiHeadAttention, "value_on_rows", lambda self, call: None)
+    assert np.array_equal(explain(), on_the_rows)
+
+    def masked_per_head(m: nn.Module, x: Tensor) -> Tensor:  # (batch x heads, L, S): a mask per head keeps every pair's
+        heads = torch.zeros(x.shape[0] * 2, 20, 20)
+        return m.head(m.attention(x, x, x, attn_mask=heads, need_weights=False)[0].flatten(1))
+
+    per_head = Composite(masked_per_head, attention=nn.MultiheadAttention(8, 2, batch_first=True), head=nn.Linear(8 * 20, 3))
+    monkeypatch.setattr(attention.MultiHeadAttention, "value_on_rows", spied)
+    taken.clear()
+    rnnshap.DeepExplainer(per_head.eval(), background).shap_values(X)
+    assert taken and not any(taken)
