@@ -214,6 +214,13 @@ def _same_prefixes(mask: Tensor, sequence: Tensor, states: Sequence[Tensor], sou
     return torch.equal(torch.where(mask, sequence, zero), torch.where(mask, sequence.index_select(1, source), zero))
 
 
+def defers(grid: PairGrid, t: Tensor) -> bool:
+    """Whether a rule's test of the rows of ``t`` waits for the end of the pass (``defer`` of :meth:`Side.of`): where
+    the grid defers its checks and reading ``t`` would wait on a device; on the CPU it is read at once (``torch.equal``,
+    no copy). The max-pool and attention rules' tests."""
+    return grid.deferred is not None and not readable(t)
+
+
 def pair_sides(
     grid: PairGrid | None,
     pairs: int,
@@ -234,4 +241,4 @@ def pair_sides(
     return input_side, reference_side
 
 
-__all__ = ["Side", "pair_sides"]
+__all__ = ["Side", "defers", "pair_sides"]

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from ..errors import ModelStateError
 from ..formulas import pairs
-from ..formulas.torch_ops import TORCH, readable
-from ..recurrent.pairs import Side
+from ..formulas.torch_ops import TORCH
+from ..recurrent.pairs import Side, defers
 from .base import OpCall, PairGrid, Rule
 from .secant import secant
 from .structured import finite_total, fused_softmax, shifted_logsumexp
@@ -358,16 +358,15 @@ class MultiHeadAttention(_Attention):
             or (padding is not None and (padding.dim() != 2 or padding.shape[0] != grid.pairs))
         ):  # fmt: skip
             return None
-        detached: dict[int, Tensor] = {}  # (one tensor detached once: the model's path, see torch_value)
-        for name in ("query", "key", "value"):
-            a[name] = detached.setdefault(id(a[name]), a[name].detach())
+        # (one tensor detached once, and taken once: the model's path, see torch_value)
+        detached = {id(a[name]): a[name].detach() for name in ("query", "key", "value")}
         batched = [(t, 1) for t in detached.values()] + ([] if padding is None else [(padding, 0)])
         if any(t.shape[dim] != grid.pairs for t, dim in batched):
             return None
-        side = Side.of("input", grid, grid.pairs, batched, defer=grid.deferred is not None and not readable(query))
+        side = Side.of("input", grid, grid.pairs, batched, defer=defers(grid, query))
         if side.axis is None:
             return None
-        rows = {id(t): side.take(t, 1) for t in detached.values()}
+        rows = {key: side.take(t, 1) for key, t in detached.items()}
         for name in ("query", "key", "value"):
             a[name] = rows[id(a[name])]
         if padding is not None:

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 
 from ..formulas import orderings, pairs
-from ..formulas.torch_ops import TORCH, readable
-from ..recurrent.pairs import Side, pair_sides
+from ..formulas.torch_ops import TORCH
+from ..recurrent.pairs import Side, defers, pair_sides
 from .base import OpCall, Rule
 from .elementwise import attach, shapley
 
@@ -172,8 +172,7 @@ class MaxPool(Rule):
         # costs nothing and torch.equal makes no copy; on an accelerator after the pass, where the grid defers)
         sides = None
         if call.pairs is not None and x.dim() > self.spatial_dims and x.shape[0] == call.pairs.pairs:
-            defer = call.pairs.deferred is not None and not readable(x)
-            sides = pair_sides(call.pairs, x.shape[0], [(x.detach(), 0)], [(r, 0)], defer=defer)
+            sides = pair_sides(call.pairs, x.shape[0], [(x.detach(), 0)], [(r, 0)], defer=defers(call.pairs, x))
             if sides[0].axis is None and sides[1].axis is None:
                 sides = None
         values = routed_max(select, x, r, sides=sides).reshape(x.shape[0], *out_shape[0][1:])
