@@ -206,6 +206,26 @@ def timed(call: Callable[[], object], repeats: int, device: torch.device) -> flo
     return 1e3 * statistics.median(times)
 
 
+def floor_of(model: nn.Module, tiled: torch.Tensor, outputs: int | None = None) -> Callable[[], object]:
+    """The floor: the model's forward on the tiled pairs and one backward per output (its first ``outputs``). On CUDA
+    its recurrent layers run in training mode, where alone cuDNN has their backward (no dropout here: the same
+    function)."""
+    recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)] if tiled.is_cuda else []
+
+    def floor() -> object:
+        for m in recurrent:
+            m.train()
+        try:
+            out = model(tiled)
+            k = out.shape[1] if outputs is None else outputs
+            return [torch.autograd.grad(out[:, i].sum(), tiled, retain_graph=True) for i in range(k)]
+        finally:
+            for m in recurrent:
+                m.eval()
+
+    return floor
+
+
 def seeded(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The model ``name`` (eval mode), its background and the explained samples, from seed 0."""
     torch.manual_seed(0)
@@ -223,9 +243,7 @@ def measure(name: str, steps: int, args: argparse.Namespace, device: torch.devic
 
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
-    def floor() -> object:
-        out = model(tiled)
-        return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
+    floor = floor_of(model, tiled)
 
     explain(), floor()  # the first call (and the explainer's kept passes) aside: the steady state
     ops, kernels, syncs = count(explain)
@@ -300,9 +318,7 @@ def first_call(name: str, steps: int, args: argparse.Namespace, side: str) -> di
         return ms
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
-    def floor() -> object:
-        out = model(tiled)
-        return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
+    floor = floor_of(model, tiled)
 
     ms = {"floor_first": clock(floor), "floor_steady": timed(floor, args.repeats, device)}
     with torch.no_grad():
@@ -369,8 +385,7 @@ def door(name: str, steps: int, args: argparse.Namespace) -> dict[str, float]:
     model, background, X = seeded(name, steps, args, device)
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
-    def floor() -> object:
-        return torch.autograd.grad(model(tiled)[:, 0].sum(), tiled)
+    floor = floor_of(model, tiled, outputs=1)
 
     explainer = rnnshap.DeepExplainer(model, background)
 
@@ -454,9 +469,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
         X = torch.randn(args.samples, steps, args.features, device=device)
         tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
 
-        def floor() -> object:
-            out = model(tiled)
-            return [torch.autograd.grad(out[:, k].sum(), tiled, retain_graph=True) for k in range(out.shape[1])]
+        floor = floor_of(model, tiled)
 
         floor()
         intercepted = rnnshap.DeepExplainer(model, background)

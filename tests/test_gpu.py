@@ -11,9 +11,10 @@ skipped, by name of what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -100,10 +101,63 @@ def test_fused_recurrent_layers_on_the_device_match_cpu_float64(device: str, lay
     background, x = torch.randn(16, 30, 5, generator=generator), torch.randn(8, 30, 5, generator=generator)
     values, expected, model = on_device_against_cpu64(lambda: recurrent(kind, **options), background, x, device)
     assert relative_to_max(values, expected) <= FLOAT32_VS_FLOAT64
-    with torch.no_grad():
+    with torch.no_grad(), float32_in_full():
         outputs = model(x.to(device)).double().cpu().numpy()
         base = model(background.to(device)).double().cpu().numpy().mean(0)
     assert_adds_up_to(base + values.reshape(8, -1, 3).sum(1), outputs, "float32")
+
+
+@contextlib.contextmanager
+def float32_in_full() -> Iterator[None]:
+    """The model's own float32 in IEEE float32 inside the block: TF32 (cuDNN's default for its recurrent layers and
+    convolutions) off, as rnnshap runs a model; written here from torch's switches, not taken from rnnshap."""
+    if hasattr(torch.backends.cudnn, "rnn"):  # torch >= 2.9: one switch per backend and operation
+        switches = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
+        saved = [s.fp32_precision for s in switches]
+        for s in switches:
+            s.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for s, p in zip(switches, saved, strict=True):
+                s.fp32_precision = p
+        return
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_on_by_default_explains_the_float32_function_in_full(device: str) -> None:
+    """cuDNN computes its recurrent layers at TF32 unless told not to: the values are those of the model in IEEE
+    float32 all the same (bit for bit), and add up to its outputs computed so; the switches are left as they were."""
+    generator = torch.Generator().manual_seed(4)
+    background, x = torch.randn(16, 40, 5, generator=generator).to(device), torch.randn(8, 40, 5, generator=generator).to(device)
+    torch.manual_seed(0)
+    model = recurrent("LSTM", num_layers=2).to(device).eval()
+    before = state_of(model)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+    assert_untouched(model, before)
+    with float32_in_full():
+        in_full = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
+        with torch.no_grad():
+            outputs = model(x).double().cpu().numpy()
+            base = model(background).double().cpu().numpy().mean(0)
+    np.testing.assert_array_equal(values, in_full)
+    assert_adds_up_to(base + values.reshape(8, -1, 3).sum(1), outputs, "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_traced_pass_runs_cudnns_kernel_with_the_intercepted_values(device: str) -> None:
+    """cuDNN's recurrent kernel, which make_fx cannot trace, is one operator of the program (recurrent/kernels.py)."""
+    generator = torch.Generator().manual_seed(5)
+    background, x = torch.randn(16, 30, 5, generator=generator).to(device), torch.randn(8, 30, 5, generator=generator).to(device)
+    torch.manual_seed(0)
+    model = recurrent("LSTM", num_layers=2, bidirectional=True).to(device).eval()
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):  # the first call intercepted, the second traced, the third the program
+        np.testing.assert_array_equal(program.shap_values(x), intercepted.shap_values(x))
+    assert program.pass_path.startswith("traced:"), program.pass_path
 
 
 def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ..formulas.secant import CLOSED_FORMS, blend_secant_into
 from ..formulas.torch_ops import scalar
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
+from .kernels import run_kernel
 from .pairs import Side, pair_sides
 from .reverse import batched, gru_recurrence, gru_reverse, lstm_recurrence, lstm_reverse, rnn_recurrence, rnn_reverse
 from .weights import CellWeights
@@ -202,8 +203,10 @@ def _native_params(w: CellWeights) -> list[Tensor]:
 
 
 def _native(op: Callable[..., Any], w: CellWeights, both: Tensor, state: Any) -> Any:
-    """One layer-direction of ``torch.lstm`` / ``gru`` / ``rnn_*`` on (T, rows, F), torch's own kernel."""
-    return op(both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
+    """One layer-direction of ``torch.lstm`` / ``gru`` / ``rnn_*`` on (T, rows, F), torch's own kernel (cuDNN's on a
+    GPU, which takes a contiguous initial state only)."""
+    state = tuple(s.contiguous() for s in state) if isinstance(state, tuple) else state.contiguous()
+    return run_kernel(op, both, state, _native_params(w), w.b_ih is not None, 1, 0.0, False, False, False)
 
 
 def _input_projection(both: Tensor, w: CellWeights) -> Tensor:

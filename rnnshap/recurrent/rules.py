@@ -19,6 +19,7 @@ import torch
 from ..errors import ModelStateError
 from ..rules.base import OpCall, PairGrid, Rule
 from . import decomposed, fused
+from .kernels import run_kernel
 from .pairs import Side
 from .weights import CellWeights, split_weights
 
@@ -268,9 +269,10 @@ def _on_distinct_references(call: OpCall, input_dim: int, state_dim: int, defer:
         return call.fn(*call.args, **kwargs)
     side = Side.of("reference", call.pairs, x.shape[input_dim], [(x, input_dim), *((s, state_dim) for s in states)], defer)
     if side.axis is None:
-        return call.fn(*call.args, **kwargs)
-    distinct = [side.take(s, state_dim) for s in states]
-    result = call.fn(side.take(x, input_dim), tuple(distinct) if isinstance(hx, (tuple, list)) else distinct[0], *rest)
+        return run_kernel(call.fn, x, hx, *rest)
+    distinct = [side.take(s, state_dim).contiguous() for s in states]  # (cuDNN takes a contiguous state only)
+    state = tuple(distinct) if isinstance(hx, (tuple, list)) else distinct[0]
+    result = run_kernel(call.fn, side.take(x, input_dim), state, *rest)
     if isinstance(result, Tensor):
         return side.spread(result, input_dim)
     output, *finals = result

@@ -800,6 +800,58 @@ def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
     assert_unchanged(model, before)
 
 
+# -- 26. float32 at a lower precision (TF32: cuDNN's default on a GPU; oneDNN's bf16): in full while explained ---------
+#: torch's switches of float32 precision per backend and operation (torch >= 2.9): "tf32" or "bf16" compute float32
+#: products with a shorter mantissa. cuDNN's convolutions and recurrent layers default to "tf32"
+PRECISION_SWITCHES = [("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"), ("mkldnn", "matmul"), ("mkldnn", "conv"),
+                      ("mkldnn", "rnn")]  # fmt: skip
+NEW_PRECISION_API = hasattr(torch.backends.cudnn, "rnn")
+
+
+def precisions() -> dict[str, str]:
+    return {f"{b}.{op}": getattr(getattr(torch.backends, b), op).fp32_precision for b, op in PRECISION_SWITCHES}
+
+
+@pytest.fixture
+def lower_precision() -> Any:
+    """The user's own switches: TF32 for cuBLAS's products (cuDNN's are on by default), bf16 for oneDNN's."""
+    before = precisions()
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    yield precisions()
+    for b, op in PRECISION_SWITCHES:
+        getattr(getattr(torch.backends, b), op).fp32_precision = before[f"{b}.{op}"]
+
+
+@pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has no per-operation float32 precision")
+def test_26_float32_is_computed_in_full_while_explained_and_the_switches_are_restored(lower_precision: Any) -> None:
+    seen: list[dict[str, str]] = []
+
+    def forward(m: nn.Module, x: Tensor) -> Tensor:
+        seen.append(precisions())
+        return m.head(m.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Composite(forward, lstm=nn.LSTM(3, 16, batch_first=True), head=nn.Linear(16, 2)).eval()
+    background, X = torch.randn(6, 5, 3), torch.randn(4, 5, 3)
+    before = snapshot(model)
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(X)
+    assert seen and all(set(p.values()) == {"ieee"} for p in seen), seen[0]
+    assert precisions() == lower_precision  # restored, after the constructor and the call
+    with pytest.raises(rnnshap.InputError):
+        explainer.shap_values(X[:, :, :2])
+    assert precisions() == lower_precision  # and after a refusal
+    seen.clear()
+    for b, op in PRECISION_SWITCHES:
+        getattr(getattr(torch.backends, b), op).fp32_precision = "ieee"
+    assert rnnshap.DeepExplainer(model, background).shap_values(X).tolist() == values.tolist()  # the same function
+    with torch.no_grad():
+        gap = (model(X) - model(background).mean(0)).double().numpy()  # the model in full float32
+    assert np.abs(phi_totals(values, 4, 2) - gap).max() <= 1e-5 * np.abs(gap).max()
+    assert_unchanged(model, before)
+
+
 def test_12_shapley_explainer_takes_the_same_path_into_a_nested_result() -> None:
     model = seq2seq_state().to(D).eval()
     background, X = torch.randn(4, 3, 3, dtype=D), torch.randn(2, 3, 3, dtype=D)

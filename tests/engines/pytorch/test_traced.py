@@ -19,6 +19,7 @@ from torch import nn
 
 import rnnshap
 from rnnshap.engines.pytorch import traced
+from rnnshap.recurrent import kernels
 
 from ...models.torch import Composite, RecurrentHead
 
@@ -96,6 +97,29 @@ def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_fo
 def _programs(explainer: rnnshap.DeepExplainer) -> list[object]:
     kept = explainer.engine._traced  # type: ignore[attr-defined]
     return [p.run for p in kept.programs.values()]
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru, two layers, bidirectional", "elman", "lstm, projected"])
+def test_cudnns_recurrent_kernel_is_one_operator_of_the_program_with_torchs_values(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuDNN's recurrent kernel finds its weights through their storage, which make_fx cannot record: on a CUDA device
+    the pass calls torch's kernel through ``rnnshap::recurrent_kernel``, one node of the program (here forced on the
+    CPU). The values are those of torch's own calls, intercepted, bit for bit."""
+    torch.manual_seed(0)
+    model = ({**FAMILIES, "lstm, projected": lambda: with_head(nn.LSTM(F, 6, proj_size=4, batch_first=True), 4)})[family]().eval()
+    background, X = _data()
+    plain = rnnshap.DeepExplainer(model, background).shap_values(X)
+    monkeypatch.setattr(kernels, "ON_CPU_TOO", True)
+    intercepted = rnnshap.DeepExplainer(model, background)
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        assert _same(program.shap_values(X), plain) and _same(intercepted.shap_values(X), plain)
+    assert program.pass_path.startswith("traced:"), program.pass_path
+    (run,) = _programs(program)
+    targets = [node.target for node in run.graph.graph.nodes if node.op == "call_function"]  # type: ignore[attr-defined]
+    assert torch.ops.rnnshap.recurrent_kernel.default in targets
+    assert not any(t in targets for t in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input, torch.ops.aten.rnn_tanh.input))
 
 
 @pytest.mark.parametrize("family", ["lstm", "lstm cell in a loop", "transformer encoder"])

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The checks of a lent accelerator in one call (issue 53, item 4; issue 40, items 17-18), each stage under a time limit
+# of its own so a stage that hangs leaves the others' figures, every log written to $OUT (or ./device-out):
+#
+#   bash benchmarks/on_device.sh            # the exactness tests (-m gpu), bench_gpu.py, bench_dispatch.py on cuda
+#   STAGES="tests gpu" bash benchmarks/on_device.sh
+#
+# Stages: env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
+# tiny, on cuda), traced (bench_gpu.py with compile="trace" too), published (bench_dispatch.py --size published),
+# paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, T = 50 and 200), compile (bench_gpu.py with
+# torch.compile, one size).
+# The device's own Python runs the tree as it is (PYTHONPATH=.): rnnshap needs only torch and numpy.
+set -u
+out="${OUT:-device-out}"
+mkdir -p "$out"
+export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+py="${PYTHON:-python3}"
+stages="${STAGES:-env tests gpu dispatch traced published compile}"
+
+stage() {  # name, seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    case " $stages " in *" $name "*) ;; *) return 0 ;; esac
+    local start=$SECONDS
+    echo "=== $name (limit ${limit} s)"
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "=== $name: rc $rc in $((SECONDS - start)) s"
+}
+
+stage env 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $py -c 'import sys, torch, numpy; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), numpy.__version__, torch.cuda.get_device_name(0))'; $py -m pip list 2>/dev/null | grep -i -E '^(transformers|captum|keras|darts|shap|triton) '"
+stage tests 100 "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs
+stage gpu 100 "$py" benchmarks/bench_gpu.py --repeats 5
+stage dispatch 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --models lstm gru rnn transformer cell patchtst
+stage traced 100 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace
+stage published 80 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --models lstm gru rnn transformer cell patchtst
+stage paths 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
+stage paths200 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer cell patchtst
+stage compile 90 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
+
+for f in "$out"/*.log; do echo; echo "##### $f"; tail -n 40 "$f"; done
