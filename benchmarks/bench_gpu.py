@@ -42,7 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rnnshap  # noqa: E402
-from rnnshap.engines.base import float32_in_full  # noqa: E402
+from rnnshap.engines.precision import float32_in_full  # noqa: E402
 
 
 class Recurrent(nn.Module):
@@ -130,7 +130,7 @@ def additivity_error(values: np.ndarray, model: nn.Module, x: torch.Tensor, back
     """Against the model's outputs in IEEE float32, the function rnnshap explains (TF32, cuDNN's default for its
     recurrent layers, rounds them to about 1e-3: rnnshap turns it off while it runs the model; docs/performance.md,
     "On a GPU")."""
-    with torch.no_grad(), float32_in_full(torch):
+    with torch.no_grad(), float32_in_full():
         gap = model(x).double().cpu().numpy() - model(background).double().cpu().numpy().mean(0)
     totals = values.reshape(len(x), -1, gap.shape[1]).sum(1)
     return float(np.abs(totals - gap).max() / max(np.abs(gap).max(), 1e-30))

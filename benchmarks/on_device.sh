@@ -5,17 +5,17 @@
 #   bash benchmarks/on_device.sh            # the exactness tests (-m gpu), bench_gpu.py, bench_dispatch.py on cuda
 #   STAGES="tests gpu" bash benchmarks/on_device.sh
 #
-# Stages: env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
+# Stages (by default all but paths and paths200; about 8 minutes on an H200): env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
 # tiny, on cuda), traced (bench_gpu.py with compile="trace" too), published (bench_dispatch.py --size published),
-# paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, T = 50 and 200), compile (bench_gpu.py with
-# torch.compile, one size).
+# paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, T = 50 and 200), precision
+# (bench_precision.py: what TF32 does, PyTorch and Flax), compile (bench_gpu.py with torch.compile, one size).
 # The device's own Python runs the tree as it is (PYTHONPATH=.): rnnshap needs only torch and numpy.
 set -u
 out="${OUT:-device-out}"
 mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 py="${PYTHON:-python3}"
-stages="${STAGES:-env tests gpu dispatch traced published compile}"
+stages="${STAGES:-env tests gpu dispatch traced published precision compile}"
 
 stage() {  # name, seconds, command...
     local name=$1 limit=$2
@@ -36,6 +36,7 @@ stage traced 100 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace
 stage published 80 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --models lstm gru rnn transformer cell patchtst
 stage paths 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
 stage paths200 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer cell patchtst
-stage compile 90 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
+stage precision 120 "$py" benchmarks/bench_precision.py
+stage compile 180 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
 
 for f in "$out"/*.log; do echo; echo "##### $f"; tail -n 40 "$f"; done

@@ -122,8 +122,13 @@ def float32_in_full() -> Iterator[None]:
             for s, p in zip(switches, saved, strict=True):
                 s.fp32_precision = p
         return
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        yield
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
+from . import precision
 from .outputs import OutputLayout
 
 #: what ``DeepExplainer(..., compile=)`` takes: intercepted passes, traced programs, compiled programs
@@ -77,64 +78,22 @@ def blocks(samples: int, references: int, pairs: int) -> list[Block]:
     return [Block(s, s + 1, r, min(r + pairs, references)) for s in range(samples) for r in range(0, references, pairs)]
 
 
-def normal_mode() -> Any:
+@contextlib.contextmanager
+def normal_mode() -> Iterator[None]:
     """The context every call into an engine runs in: how rnnshap runs a model.
 
     - Outside ``torch.inference_mode()`` where a caller is inside it: the engines take multipliers from a backward
       pass, which tensors made in inference mode cannot enter. The model runs as under ``torch.no_grad()`` all the
       same (no graph is kept, nothing is trained).
-    - float32 computed as float32 (:func:`float32_in_full`): a product at TensorFloat-32 (cuDNN's default for its
-      convolutions and recurrent layers on an NVIDIA GPU) rounds to 10 bits of mantissa, and its outputs miss the
-      multipliers' exact algebra by about 1e-3 of their scale, so no attribution could add up to them at float32's
-      precision.
+    - float32 computed as float32 (:func:`rnnshap.engines.precision.float32_in_full`): a product at TensorFloat-32
+      (cuDNN's default for its convolutions and recurrent layers on an NVIDIA GPU, XLA's and TensorFlow's for their
+      products there) rounds its operands to 10 bits of mantissa, and the model's outputs miss the multipliers' exact
+      algebra by about 1e-3 of their scale.
     """
     torch = sys.modules.get("torch")
-    if torch is None:
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    if torch.is_inference_mode_enabled():
-        stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(float32_in_full(torch))
-    return stack
-
-
-#: torch's float32 precision per backend and operation (torch >= 2.9: ``torch.backends.cudnn.rnn.fp32_precision``
-#: and the like): "tf32" (cuDNN's convolutions' and recurrent layers' default) or "bf16" round a product's operands
-FLOAT32_SWITCHES = (("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"), ("mkldnn", "matmul"), ("mkldnn", "conv"),
-                    ("mkldnn", "rnn"))  # fmt: skip
-
-
-@contextlib.contextmanager
-def float32_in_full(torch: Any) -> Iterator[None]:
-    """Every float32 product torch computes in IEEE float32 inside, its switches as they were after.
-
-    torch >= 2.9: each of :data:`FLOAT32_SWITCHES` set to "ieee", and its own value (an operation's "none" reads its
-    backend's) set back; before: the two ``allow_tf32`` flags (cuBLAS's and cuDNN's). The switches are the process's:
-    another thread running a model meanwhile computes in full too."""
-    found = [getattr(getattr(torch.backends, b, None), op, None) for b, op in FLOAT32_SWITCHES]
-    switches = [s for s in found if s is not None]
-    if len(switches) == len(found):
-        saved = [s.fp32_precision for s in switches]
-        if all(p == "ieee" for p in saved):
-            yield
-            return
-        try:
-            for s in switches:
-                s.fp32_precision = "ieee"
-            yield
-        finally:
-            for s, p in zip(switches, saved, strict=True):
-                s.fp32_precision = p
-        return
-    flags = [torch.backends.cuda.matmul, torch.backends.cudnn]
-    old = [f.allow_tf32 for f in flags]
-    try:
-        for f in flags:
-            f.allow_tf32 = False
+    outside = torch.inference_mode(False) if torch is not None and torch.is_inference_mode_enabled() else contextlib.nullcontext()
+    with outside, precision.float32_in_full():
         yield
-    finally:
-        for f, value in zip(flags, old, strict=True):
-            f.allow_tf32 = value
 
 
 @dataclass

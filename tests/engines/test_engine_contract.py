@@ -279,3 +279,20 @@ def test_the_multipliers_are_an_argument_of_the_call_and_the_engine_holds_no_swi
     delta = (x[:, None] - background[None]).numpy()  # (s, R, F)
     np.testing.assert_allclose(multipliers.sums[0] * delta[None], plain.sums[0], rtol=1e-12, atol=1e-15)
     assert not hasattr(explainer.engine, "multipliers")
+
+
+def test_every_call_runs_tensorflows_float32_products_in_full_and_leaves_its_switch_as_it_was() -> None:
+    """TensorFlow computes float32 products at TF32 on an NVIDIA GPU by default (docs/performance.md, "On a GPU"):
+    :func:`normal_mode`, the context of every call into an engine, turns that off inside and back after."""
+    tf = pytest.importorskip("tensorflow")
+    from rnnshap.engines.base import normal_mode
+
+    config = tf.config.experimental
+    for callers in (True, False):
+        config.enable_tensor_float_32_execution(callers)
+        try:
+            with normal_mode():
+                assert not config.tensor_float_32_execution_enabled()
+            assert config.tensor_float_32_execution_enabled() is callers
+        finally:
+            config.enable_tensor_float_32_execution(True)

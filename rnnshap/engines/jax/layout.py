@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 from jax.extend import core
 
-from .pairs import BINARY_PRIMITIVES, FUNCTIONS, UNARY
+from .pairs import BINARY_PRIMITIVES, FUNCTIONS, UNARY, scan_split
 
 #: operations that keep their operand's axes (elementwise, of one shape)
 _KEEPING = {"convert_element_type", "add", "sub", "mul", "div", "neg", "integer_pow", "select_n", "stop_gradient",
@@ -39,7 +39,7 @@ def _follow(jaxpr: Any, tracked: dict[Any, Axes], verdicts: list[Verdict]) -> No
         name, out = eqn.primitive.name, eqn.outvars
         shape = getattr(out[0].aval, "shape", None) if out else None
         if name == "scan":
-            first = eqn.params["num_consts"] + eqn.params["num_carry"]
+            first = sum(scan_split(eqn))
             for i, axes in held:
                 if i >= first:
                     verdicts.append((axes[0], "its first reader, a scan (nnx.RNN, lax.scan), steps over that axis"))

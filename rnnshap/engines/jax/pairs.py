@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-from ...errors import UnsupportedOperationError
+from ...errors import RnnShapError, UnsupportedOperationError
 from ...formulas import secant
 from ...formulas.jax_ops import JAX
 from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families, jax_functions
@@ -378,12 +378,27 @@ def _call(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = None)
     return run(jaxpr, consts, inputs[:count], where=f"{where} > {inner}" if where else str(inner), sites=sites)
 
 
+def scan_split(eqn: Any) -> tuple[int, int]:
+    """A ``scan`` equation's numbers of constants and carries, as JAX up to 0.10 writes them; else refused by name (JAX
+    0.11 writes its scan otherwise: seen on a GPU machine's JAX 0.11.2, ``KeyError: 'num_consts'``)."""
+    p = eqn.params
+    if "num_consts" not in p or "num_carry" not in p:
+        import jax
+
+        raise RnnShapError(
+            f"rnnshap's JAX engine reads lax.scan (nnx.RNN, linen.RNN) as JAX 0.6-0.10 writes it; JAX {jax.__version__} "
+            f"writes it with the parameters {sorted(p)}. Install jax<0.11 (pip install 'jax<0.11' 'jaxlib<0.11'), or "
+            "explain the model in the Shapley mode (rnnshap.ShapleyExplainer), which needs only its forward."
+        )
+    return int(p["num_consts"]), int(p["num_carry"])
+
+
 def _scan(eqn: Any, inputs: list[Value], where: str) -> list[Value]:
     """``lax.scan``: the body by the rules at every step, with each carry a :class:`Pair` where it depends on the
     input at some step (found by iterating the body's dependence to its fixed point)."""
     p = eqn.params
     body, body_consts = _closed(p["jaxpr"])
-    n_consts, n_carry = p["num_consts"], p["num_carry"]
+    n_consts, n_carry = scan_split(eqn)
     consts, init, xs = inputs[:n_consts], inputs[n_consts : n_consts + n_carry], inputs[n_consts + n_carry :]
     paired = [isinstance(v, Pair) for v in init]
     while True:  # which carries depend on the input at some step

@@ -413,3 +413,44 @@ def test_a_user_function_named_as_a_table_entry_is_taken_as_what_it_computes() -
     jitted = np.asarray(rnnshap.DeepExplainer(named(True), background).shap_values(x))
     inline = np.asarray(rnnshap.DeepExplainer(named(False), background).shap_values(x))
     np.testing.assert_allclose(jitted, inline, rtol=0, atol=1e-9 * np.abs(inline).max())
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_a_models_float32_products_run_in_full_while_explained(accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XLA computes a float32 product at TF32 on an NVIDIA GPU unless asked otherwise, and its outputs then miss the
+    multipliers' algebra by about 1e-3 (docs/performance.md, "On a GPU"): on an accelerator (here pretended) the model
+    is written out and run under ``jax.default_matmul_precision("float32")``, and the setting is the caller's again
+    after. On the CPU, which computes them in full, the caller's setting stays (it would compile every jitted
+    function once more)."""
+    from rnnshap.engines import precision
+
+    monkeypatch.setattr(precision, "jax_accelerated", lambda jax: accelerated)
+    seen: list[Any] = []
+
+    def forward(m: Any, x: Any) -> Any:
+        seen.append(jax.config.jax_default_matmul_precision)
+        return m.head(jnp.tanh(m.mix(x)).reshape(x.shape[0], -1))
+
+    model = FlaxComposite(forward, mix=nnx.Linear(3, 4, rngs=nnx.Rngs(0)), head=nnx.Linear(20, 2, rngs=nnx.Rngs(1)))
+    background, X = data((5, 3), 6, 0).astype(np.float32), data((5, 3), 2, 1).astype(np.float32)
+    before = jax.config.jax_default_matmul_precision
+    with jax.default_matmul_precision("tensorfloat32"):  # the caller's own
+        values = rnnshap.DeepExplainer(model, background).shap_values(X)
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+    assert seen and set(seen) == {"float32" if accelerated else "tensorfloat32"}, seen
+    assert jax.config.jax_default_matmul_precision == before
+    with jax.default_matmul_precision("float32"):
+        gap = np.asarray(model(jnp.asarray(X))) - np.asarray(model(jnp.asarray(background))).mean(0)
+    assert np.abs(np.asarray(values).reshape(2, -1, 2).sum(1) - gap).max() <= 1e-5 * np.abs(gap).max()
+
+
+def test_a_scan_written_as_a_newer_jax_writes_it_is_refused_by_name() -> None:
+    """JAX 0.11 writes lax.scan without ``num_consts`` and ``num_carry`` (a GPU machine's JAX 0.11.2 raised KeyError):
+    the engine says which JAX it reads and what to do."""
+    from rnnshap.engines.jax.pairs import scan_split
+
+    class Newer:
+        params = {"jaxpr": None, "length": 3, "reverse": False}
+
+    with pytest.raises(rnnshap.errors.RnnShapError, match=r"lax.scan .*\['jaxpr', 'length', 'reverse'\]\. Install jax<0.11"):
+        scan_split(Newer())

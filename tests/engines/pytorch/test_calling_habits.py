@@ -9,6 +9,7 @@ that explaining left the model's parameters, buffers and training flags bit-iden
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -801,34 +802,73 @@ def test_25_a_float32_computation_inside_a_float64_model_is_named() -> None:
 
 
 # -- 26. float32 at a lower precision (TF32: cuDNN's default on a GPU; oneDNN's bf16): in full while explained ---------
-#: torch's switches of float32 precision per backend and operation (torch >= 2.9): "tf32" or "bf16" compute float32
-#: products with a shorter mantissa. cuDNN's convolutions and recurrent layers default to "tf32"
-PRECISION_SWITCHES = [("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"), ("mkldnn", "matmul"), ("mkldnn", "conv"),
-                      ("mkldnn", "rnn")]  # fmt: skip
-NEW_PRECISION_API = hasattr(torch.backends.cudnn, "rnn")
+#: torch's switches of float32 precision (torch >= 2.9), as (backend, operation): an operation's "none" reads its
+#: backend's ("all"), and a backend's "none" the generic one's; "tf32" or "bf16" compute a product at a shorter mantissa
+RAW_SWITCHES = [("generic", "all"), ("cuda", "all"), ("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn"),
+                ("mkldnn", "all"), ("mkldnn", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn")]  # fmt: skip
+NEW_PRECISION_API = hasattr(torch._C, "_get_fp32_precision_getter")
 
 
-def precisions() -> dict[str, str]:
-    return {f"{b}.{op}": getattr(getattr(torch.backends, b), op).fp32_precision for b, op in PRECISION_SWITCHES}
+def switches() -> dict[str, Any]:
+    """Every raw switch, and the old ones where they still read (else the error's type)."""
+    state: dict[str, Any] = {f"{b}.{op}": torch._C._get_fp32_precision_getter(b, op) for b, op in RAW_SWITCHES}
+    for name, read in [("cudnn.allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+                       ("cuda.matmul.allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
+                       ("float32_matmul_precision", torch.get_float32_matmul_precision)]:  # fmt: skip
+        try:
+            state[name] = read()
+        except RuntimeError as error:
+            state[name] = type(error).__name__
+    return state
+
+
+def in_effect(backend: str, op: str) -> str:
+    """The precision an operation computes at: its own switch, else its backend's, else the generic one (IEEE)."""
+    for switch in ((backend, op), (backend, "all"), ("generic", "all")):
+        value = torch._C._get_fp32_precision_getter(*switch)
+        if value != "none":
+            return value
+    return "ieee"
+
+
+USER_STATES: dict[str, Callable[[], None]] = {
+    "torch's defaults (cuDNN at TF32)": lambda: None,
+    "matrix products at TF32, oneDNN's at bf16 (new switches)": lambda: (
+        setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32"),
+        setattr(torch.backends.mkldnn.matmul, "fp32_precision", "bf16"),
+    ),
+    "set_float32_matmul_precision('medium')": lambda: torch.set_float32_matmul_precision("medium"),
+    "the old and new switches mixed (conv in IEEE, rnn at TF32)": lambda: setattr(
+        torch.backends.cudnn.conv, "fp32_precision", "ieee"
+    ),
+    "every product at TF32 (torch.backends.fp32_precision)": lambda: setattr(torch.backends, "fp32_precision", "tf32"),
+}
 
 
 @pytest.fixture
-def lower_precision() -> Any:
-    """The user's own switches: TF32 for cuBLAS's products (cuDNN's are on by default), bf16 for oneDNN's."""
-    before = precisions()
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
-    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
-    yield precisions()
-    for b, op in PRECISION_SWITCHES:
-        getattr(getattr(torch.backends, b), op).fp32_precision = before[f"{b}.{op}"]
+def user_state(request: pytest.FixtureRequest) -> Any:
+    """The user's switches set as ``request.param`` names, every raw one set back after the test."""
+    before = {switch: torch._C._get_fp32_precision_getter(*switch) for switch in RAW_SWITCHES}
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()  # (torch's defaults read)
+    USER_STATES[request.param]()
+    yield switches()
+    torch.set_float32_matmul_precision(matmul)
+    torch._C._set_cudnn_allow_tf32(cudnn)
+    for switch, value in before.items():
+        torch._C._set_fp32_precision_setter(*switch, value)
+    assert switches()["cudnn.allow_tf32"] == cudnn
 
 
 @pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has no per-operation float32 precision")
-def test_26_float32_is_computed_in_full_while_explained_and_the_switches_are_restored(lower_precision: Any) -> None:
+@pytest.mark.parametrize("user_state", list(USER_STATES), indirect=True)
+def test_26_float32_is_computed_in_full_while_explained_and_the_switches_are_set_back(user_state: dict[str, Any]) -> None:
     seen: list[dict[str, str]] = []
 
     def forward(m: nn.Module, x: Tensor) -> Tensor:
-        seen.append(precisions())
+        seen.append({f"{b}.{op}": in_effect(b, op) for b, op in RAW_SWITCHES if op != "all"})
+        if user_state["cudnn.allow_tf32"] != "RuntimeError":  # the old switches still read inside: a model's own works
+            with torch.backends.cudnn.flags(enabled=False):
+                pass
         return m.head(m.lstm(x)[0][:, -1])
 
     torch.manual_seed(0)
@@ -837,19 +877,41 @@ def test_26_float32_is_computed_in_full_while_explained_and_the_switches_are_res
     before = snapshot(model)
     explainer = rnnshap.DeepExplainer(model, background)
     values = explainer.shap_values(X)
-    assert seen and all(set(p.values()) == {"ieee"} for p in seen), seen[0]
-    assert precisions() == lower_precision  # restored, after the constructor and the call
+    assert seen and all(set(s.values()) == {"ieee"} for s in seen), seen[0]
+    assert switches() == user_state  # set back, after the constructor and the call
     with pytest.raises(rnnshap.InputError):
         explainer.shap_values(X[:, :, :2])
-    assert precisions() == lower_precision  # and after a refusal
-    seen.clear()
-    for b, op in PRECISION_SWITCHES:
-        getattr(getattr(torch.backends, b), op).fp32_precision = "ieee"
+    assert switches() == user_state  # and after a refusal
+    for b, op in RAW_SWITCHES:  # everything in IEEE float32, in a state the old switches read (cuDNN's through them)
+        torch._C._set_fp32_precision_setter(b, op, "ieee" if op == "matmul" or b == "mkldnn" and op != "all" else "none")
+    torch._C._set_cudnn_allow_tf32(False)
     assert rnnshap.DeepExplainer(model, background).shap_values(X).tolist() == values.tolist()  # the same function
     with torch.no_grad():
         gap = (model(X) - model(background).mean(0)).double().numpy()  # the model in full float32
     assert np.abs(phi_totals(values, 4, 2) - gap).max() <= 1e-5 * np.abs(gap).max()
     assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(not NEW_PRECISION_API, reason="torch < 2.9 has no per-operation float32 precision")
+def test_26_concurrent_calls_keep_float32_in_full_until_the_last_one_ends() -> None:
+    """The switches are the process's: a call that ends while another thread's is inside leaves them in full."""
+    from rnnshap.engines.base import normal_mode
+
+    before, inside, leave, seen = switches(), threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with normal_mode():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    with normal_mode():
+        leave.set()
+        thread.join(10)
+        seen.append(in_effect("cuda", "rnn"))  # the first call has ended: this one is still inside
+    assert seen == ["ieee"] and switches() == before
 
 
 def test_12_shapley_explainer_takes_the_same_path_into_a_nested_result() -> None:

@@ -10,7 +10,7 @@ marked ``compile``: compiling takes a minute on two cores.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -120,6 +120,29 @@ def test_cudnns_recurrent_kernel_is_one_operator_of_the_program_with_torchs_valu
     targets = [node.target for node in run.graph.graph.nodes if node.op == "call_function"]  # type: ignore[attr-defined]
     assert torch.ops.rnnshap.recurrent_kernel.default in targets
     assert not any(t in targets for t in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input, torch.ops.aten.rnn_tanh.input))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize(
+    "layer", ["LSTM", "LSTM, 2 layers, bidirectional", "LSTM, projected", "GRU, bidirectional", "RNN relu, 2 layers"]
+)
+def test_the_recurrent_kernel_operator_passes_torchs_checks_of_an_operator(layer: str, batch_first: bool) -> None:
+    """Its schema, and its fake implementation (shapes and strides, for a compiled program) against the real one."""
+    name, *options = layer.split(", ")
+    kind, relu = name.split(" ")[0], name.endswith("relu")
+    settings: dict[str, Any] = {"num_layers": 2 if "2 layers" in options else 1, "bidirectional": "bidirectional" in options}
+    if "projected" in options:
+        settings["proj_size"] = 3
+    if kind == "RNN":
+        settings["nonlinearity"] = "relu" if relu else "tanh"
+    module = getattr(nn, kind)(F, 5, batch_first=batch_first, **settings)
+    x = torch.randn((4, 6, F) if batch_first else (6, 4, F))
+    layers = settings["num_layers"] * (2 if settings["bidirectional"] else 1)
+    states = [torch.randn(layers, 4, settings.get("proj_size", 5))] + ([torch.randn(layers, 4, 5)] if kind == "LSTM" else [])
+    op = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn_relu" if relu else "rnn_tanh"}[kind]
+    args = (op, x, states, list(module._flat_weights), True, settings["num_layers"], 0.0, False, settings["bidirectional"],
+            batch_first)  # fmt: skip
+    torch.library.opcheck(torch.ops.rnnshap.recurrent_kernel.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("family", ["lstm", "lstm cell in a loop", "transformer encoder"])
