@@ -62,7 +62,10 @@ def jax_accelerated(jax: Any) -> bool:
     """Whether JAX computes on an accelerator, where XLA's default precision rounds float32 products (TF32 on a GPU,
     bfloat16 passes on a TPU). On the CPU it computes them in full, and the setting, part of every jitted function's
     cache key, would only compile each of the model's operations once more."""
-    return bool(jax.default_backend() != "cpu")
+    try:
+        return bool(jax.default_backend() != "cpu")
+    except Exception:  # noqa: BLE001 (JAX imported in the process but without a backend that starts: it runs nothing)
+        return False
 
 
 def _nothing() -> None:
