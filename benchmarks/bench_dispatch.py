@@ -450,14 +450,17 @@ def paths(args: argparse.Namespace, steps: int) -> None:
     (``True``, unless ``--paths trace``), against the floor, in one process: what tracing and compiling cost once (the
     second call, which traces), the steady time of each, the largest difference of the compiled values from the
     intercepted ones (relative to the largest value), and the path the compiled explainer took."""
-    modes: list[object] = ["trace"] if args.paths == "trace" else ["trace", True]
-    header = "| model | T | floor ms | intercepted ms | " + " | ".join(
-        f"{'traced' if m == 'trace' else 'compiled'} ms | its second call s" for m in modes
-    )
+    device = torch.device(args.device)
+    # (label, compile=, RNNSHAP_CUDA_GRAPHS): on CUDA the traced program without and with its CUDA graph
+    modes: list[tuple[str, object, str]] = [("traced", "trace", "0" if device.type == "cuda" else "1")]
+    if device.type == "cuda":
+        modes.append(("traced as a CUDA graph", "trace", "1"))
+    if args.paths != "trace":
+        modes.append(("compiled", True, "1"))
+    header = "| model | T | floor ms | intercepted ms | " + " | ".join(f"{label} ms | its second call s" for label, _, _ in modes)
     header += " | max diff / max | path |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    device = torch.device(args.device)
     for name in args.models:
         try:
             model = build(name, args.hidden, args.features, args.outputs, steps).to(device).eval()
@@ -477,7 +480,8 @@ def paths(args: argparse.Namespace, steps: int) -> None:
         steady = timed(lambda: intercepted.shap_values(X, check_additivity=False), args.repeats, device)
         cells = [f"{timed(floor, args.repeats, device):.1f}", f"{steady:.1f}"]
         diff, path = 0.0, ""
-        for mode in modes:
+        for _, mode, graphs in modes:
+            os.environ["RNNSHAP_CUDA_GRAPHS"] = graphs
             explainer = rnnshap.DeepExplainer(model, background, compile=mode)
             explainer.shap_values(X, check_additivity=False)
             second = timed(lambda: explainer.shap_values(X, check_additivity=False), 1, device) / 1e3  # noqa: B023
@@ -486,6 +490,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
             cells += [f"{steady:.1f}", f"{second:.1f}"]
             diff = float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
             path = explainer.pass_path
+        os.environ.pop("RNNSHAP_CUDA_GRAPHS", None)
         print(f"| {name} | {steps} | " + " | ".join(cells) + f" | {diff:.1e} | {path} |")
 
 

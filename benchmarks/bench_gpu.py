@@ -26,6 +26,7 @@ model's device, parameters and cuDNN's settings are left as they were.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -172,20 +173,24 @@ def run_config(config: Config, device: str, repeats: int, compile_modes: tuple[A
     untouched = all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True)) and before[1:] == after[1:]
     if not untouched:
         rows.append(("  (!)", "the model or cuDNN's settings changed"))
-    for mode in compile_modes:  # (--compile: the pass as a traced program, and compiled; traced at the second call)
+    for mode, graphs in [(m, g) for m in compile_modes for g in (("0", "1") if m == "trace" and "cuda" in device else ("1",))]:
+        # (--compile: the pass as a traced program, on CUDA without and with its CUDA graph, and compiled; traced at the
+        # second call)
+        os.environ["RNNSHAP_CUDA_GRAPHS"] = graphs
         program = rnnshap.DeepExplainer(model, background, batch_size=max(config.pairs, 2048), compile=mode)
         program.shap_values(x)
         synchronize(device)
         start = time.perf_counter()
-        program.shap_values(x)  # (traces, and compiles)
+        program.shap_values(x)  # (traces, and compiles or captures)
         synchronize(device)
         once = time.perf_counter() - start
         reset_peak(device)
         seconds, values = timed(lambda: np.asarray(program.shap_values(x)), device, repeats)  # noqa: B023
         error = additivity_error(values, model, x, background)
-        name = f"rnnshap compile={mode!r}"
+        name = f"rnnshap compile={mode!r}" + (", no CUDA graph" if graphs == "0" else "")
         rows.append((name, f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
-        rows.append((f"  ({once:.1f} s once)", program.pass_path[:100]))
+        rows.append((f"  ({once:.1f} s once)", program.pass_path[-110:]))
+    os.environ.pop("RNNSHAP_CUDA_GRAPHS", None)
 
     try:
         from captum.attr import DeepLiftShap, IntegratedGradients

@@ -6,8 +6,9 @@
 #   STAGES="tests gpu" bash benchmarks/on_device.sh
 #
 # Stages (by default all but paths and paths200; about 8 minutes on an H200): env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
-# tiny, on cuda), traced (bench_gpu.py with compile="trace" too), published (bench_dispatch.py --size published),
-# paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, T = 50 and 200), precision
+# tiny, on cuda), traced (bench_gpu.py with compile="trace" too, without and with its CUDA graph), published (bench_dispatch.py --size published),
+# paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, without and with its CUDA graph, T = 50
+# and 200; the cell loop at T = 50 only: its T = 200 program, 41,000 operations, takes 20 s to trace), precision
 # (bench_precision.py: what TF32 does, PyTorch and Flax), compile (bench_gpu.py with torch.compile, one size).
 # The device's own Python runs the tree as it is (PYTHONPATH=.): rnnshap needs only torch and numpy.
 set -u
@@ -29,13 +30,13 @@ stage() {  # name, seconds, command...
 }
 
 stage env 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $py -c 'import sys, torch, numpy; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), numpy.__version__, torch.cuda.get_device_name(0))'; $py -m pip list 2>/dev/null | grep -i -E '^(transformers|captum|keras|darts|shap|triton) '"
-stage tests 100 "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs
+stage tests 120 "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs
 stage gpu 100 "$py" benchmarks/bench_gpu.py --repeats 5
 stage dispatch 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --models lstm gru rnn transformer cell patchtst
-stage traced 100 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace
+stage traced 170 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace
 stage published 80 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --models lstm gru rnn transformer cell patchtst
-stage paths 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
-stage paths200 90 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer cell patchtst
+stage paths 130 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
+stage paths200 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer patchtst
 stage precision 120 "$py" benchmarks/bench_precision.py
 stage compile 180 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
 

@@ -165,6 +165,47 @@ def test_the_traced_pass_runs_cudnns_kernel_with_the_intercepted_values(device: 
     assert program.pass_path.startswith("traced:"), program.pass_path
 
 
+def _transformer() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(5, 1, dim_feedforward=16, batch_first=True, dropout=0.0)
+    return nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Flatten(), nn.Linear(150, 3))
+
+
+GRAPHED = {**{name: (lambda kind=kind, layer=layer: recurrent(kind, **layer)) for name, (kind, layer) in LAYERS.items()},
+           "transformer": _transformer}  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", GRAPHED)
+def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_intercepted_values(
+    device: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The program captured once and replayed (traced.py, _Replayed): the intercepted values bit for bit, on the inputs
+    it was captured on and on others of the same shapes (its inputs copied in), and a result not overwritten by the
+    next replay; ``RNNSHAP_CUDA_GRAPHS=0`` leaves the graph out, with the same values."""
+    if not device.startswith("cuda"):
+        pytest.skip("CUDA graphs are CUDA's")
+    generator = torch.Generator().manual_seed(7)
+    background = torch.randn(16, 30, 5, generator=generator).to(device)
+    x, other = (torch.randn(8, 30, 5, generator=generator).to(device) for _ in range(2))
+    torch.manual_seed(0)
+    model = GRAPHED[name]().to(device).eval()
+    before = state_of(model)
+    intercepted = rnnshap.DeepExplainer(model, background)
+    expected, expected_other = intercepted.shap_values(x), intercepted.shap_values(other)
+    for graphs in ("1", "0"):
+        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        program = rnnshap.DeepExplainer(model, background, compile="trace")
+        for _ in range(3):  # the first call intercepted, the second traced (and captured), the third replayed
+            first = program.shap_values(x)
+            np.testing.assert_array_equal(first, expected)
+        assert ("replayed as one CUDA graph" in program.pass_path) == (graphs == "1"), program.pass_path
+        kept = np.array(first, copy=True)
+        np.testing.assert_array_equal(program.shap_values(other), expected_other)
+        np.testing.assert_array_equal(first, kept)
+        np.testing.assert_array_equal(program.shap_values(x), expected)
+    assert_untouched(model, before)
+
+
 def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     _, h = m.rnn(packed)

@@ -50,13 +50,16 @@ class PairGrid:
 
 
 def held_everywhere(checks: list[torch.Tensor]) -> torch.Tensor:
-    """One boolean tensor on the CPU, unread: whether every 0-d bool of ``checks`` is True, each reduced on its own
-    device (one copy to the host per device, where a model is split across devices)."""
+    """One boolean tensor, unread: whether every 0-d bool of ``checks`` is True, reduced on the checks' device where
+    they lie on one (read then with one host sync, and no copy: a traced pass stays a program a CUDA graph can replay),
+    else each reduced on its own device and copied to the CPU (a model split across devices)."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for check in checks:
         by_device.setdefault(check.device, []).append(check)
-    held = [torch.ones((), dtype=torch.bool)] + [torch.stack(c).all().cpu() for c in by_device.values()]
-    return torch.stack(held).all()
+    reduced = [torch.stack(c).all() for c in by_device.values()]
+    if len(reduced) == 1:
+        return reduced[0]
+    return torch.stack([torch.ones((), dtype=torch.bool)] + [r.cpu() for r in reduced]).all()
 
 
 @dataclass

@@ -14,6 +14,11 @@ before (intercepted), which decides anew. The formulas' own value tests (``surel
 gives the same values) answer unread while tracing, as on an accelerator, so no guard hangs on the data's values.
 An operation whose output's shape depends on values (``nonzero``, boolean indexing) is not traced: the pass runs
 intercepted, and :attr:`TracedPasses.path` says why.
+
+On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`_Replayed`): the same
+kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
+(a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
+faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formulas.torch_ops import values_unread
-from ...rules.base import held_everywhere
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -45,6 +49,13 @@ aten = torch.ops.aten
 #: first call of a version (not the second), where ``compile=False`` would intercept them: how the test suite runs its
 #: exactness tests on the traced path (tests/README.md)
 EVERY_PASS = os.environ.get("RNNSHAP_TRACE_EVERY_PASS") == "1"
+
+
+#: ``RNNSHAP_CUDA_GRAPHS=0``: a traced program on a CUDA device launches its operations one by one, not replayed as a
+#: CUDA graph (read when a pass is traced; a graph keeps the program's intermediate tensors' memory between calls)
+def cuda_graphs_wanted() -> bool:
+    return os.environ.get("RNNSHAP_CUDA_GRAPHS", "1") != "0"
+
 
 #: host reads whose value becomes a guard
 _READS = {aten._local_scalar_dense.default, aten.is_nonzero.default}
@@ -120,14 +131,21 @@ def _boolean_index(indices: Sequence[Any]) -> bool:
     return any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
 
 
-def _holds(guards: list[_Guard]) -> Tensor:
-    """One boolean tensor on the CPU: whether every guard's tensor gives its value again (compared on its own device,
-    one copy to the host per device)."""
-    held = []
+def _holds(guards: list[_Guard]) -> list[Tensor]:
+    """Whether every guard's tensor gives its value again: one boolean tensor per device the guards lie on, unread
+    (read after the program, :func:`_held`: nothing inside it copies between devices or waits on one, so that it can be
+    a CUDA graph)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
     for g in guards:
         t = g.tensor.reshape(())
-        held.append(torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value)
-    return held_everywhere(held)
+        held = torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value
+        by_device.setdefault(held.device, []).append(held)
+    return [torch.stack(held).all() for held in by_device.values()]
+
+
+def _held(checks: Sequence[Tensor]) -> bool:
+    """Whether each device's guards held (:func:`_holds`): one host read per device."""
+    return all(bool(c) for c in checks)
 
 
 @dataclass
@@ -135,6 +153,8 @@ class _Program:
     run: Callable[..., Any]
     #: what the program keeps as constants (see :class:`TracedPasses`)
     version: Any
+    #: how many of its last outputs are its guards' checks (:func:`_holds`), after the pass's outputs
+    checks: int
     sites: list[str]
     nodes: int
     trace_seconds: float
@@ -143,6 +163,10 @@ class _Program:
     compile_failure: str | None = None
     #: why the program runs the graph's own code, not its calls bound to torch's bindings (:func:`_bound`)
     unbound: str | None = None
+    #: seconds the program took to be captured as a CUDA graph and checked, where it is replayed as one (:class:`_Replayed`)
+    graph_seconds: float | None = None
+    #: why a program on a CUDA device is not replayed as a CUDA graph
+    graph_failure: str | None = None
     misses: int = 0
 
 
@@ -208,8 +232,9 @@ class TracedPasses:
             return self._trace(slot, version, region, inputs)
         self.programs[slot] = self.programs.pop(slot)  # (the most recently used last: see _PROGRAMS)
         with torch.no_grad():
-            *outputs, held = program.run(*inputs)
-        if bool(held):
+            ran = program.run(*inputs)
+        outputs = ran[: len(ran) - program.checks]
+        if _held(ran[len(outputs) :]):
             program.misses = 0
             self.path = self._describe(program)
             return outputs
@@ -227,10 +252,13 @@ class TracedPasses:
 
         guarding = _Guarding()
 
+        checks: list[Tensor] = []
+
         def traced(*tensors: Tensor) -> list[Tensor]:
             with guarding:
                 outputs = region(*tensors)
-            return [*outputs, _holds(guarding.guards)]
+            checks[:] = _holds(guarding.guards)
+            return [*outputs, *checks]
 
         start = time.perf_counter()
         try:
@@ -251,12 +279,15 @@ class TracedPasses:
         run, unbound = _bound(graph, inputs, traced_outputs)
         if unbound is not None or self.mode is True:
             graph.recompile()  # (the graph itself runs, or is compiled: its code written again without the dead operations)
-        program = _Program(run, version, sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
+        program = _Program(run, version, len(checks), sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
         if self.mode is True:
             _compile(program, graph, inputs)
+        elif inputs and all(t.device.type == "cuda" for t in inputs) and cuda_graphs_wanted():
+            _replay(program, inputs, traced_outputs)
         with torch.no_grad():
-            *outputs, held = program.run(*inputs) if program.compile_seconds is not None else traced_outputs
-        if not bool(held):  # (the program disagrees with the trace it came from: not used)
+            ran = program.run(*inputs) if program.compile_seconds is not None else traced_outputs
+        outputs = ran[: len(ran) - program.checks]
+        if not _held(ran[len(outputs) :]):  # (the program disagrees with the trace it came from: not used)
             self.untraceable[slot] = (version, "the traced program's checks did not hold on the inputs it was traced on")
             return None
         self.programs[slot] = program
@@ -273,6 +304,10 @@ class TracedPasses:
             said += f"; not compiled: {program.compile_failure}"
         if program.unbound is not None and program.compile_seconds is None:
             said += f"; run as torch.fx wrote it: {program.unbound}"
+        if program.graph_seconds is not None:
+            said += f", replayed as one CUDA graph (captured in {program.graph_seconds:.1f} s)"
+        elif program.graph_failure is not None:
+            said += f"; not a CUDA graph: {program.graph_failure}"
         return said
 
 
@@ -445,6 +480,58 @@ def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor
         )
         return
     program.run, program.compile_seconds = compiled, seconds
+
+
+class _Replayed:
+    """A program on a CUDA device captured once as a CUDA graph (``torch.cuda.CUDAGraph``) and replayed: each call
+    copies its inputs into the tensors the graph reads, replays every kernel of the program with one launch, and
+    returns copies of the outputs it wrote (a later replay writes them again). One call at a time (a lock: the graph's
+    tensors are one set). The graph keeps the program's intermediate tensors' memory from call to call."""
+
+    def __init__(self, run: Callable[..., Any], inputs: list[Tensor]) -> None:
+        if any(t.numel() > 1 and 0 in t.stride() for t in inputs):
+            raise ValueError("an input is a broadcast view, which a graph's own input tensor cannot be")
+        self.inputs = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t) for t in inputs]
+        self.lock = threading.Lock()
+        side = torch.cuda.Stream(device=inputs[0].device)  # (warmed up on a side stream, as torch's CUDA graphs ask)
+        side.wait_stream(torch.cuda.current_stream(inputs[0].device))
+        with torch.cuda.stream(side), torch.no_grad():
+            run(*self.inputs)
+        torch.cuda.current_stream(inputs[0].device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.outputs = run(*self.inputs)
+
+    def __call__(self, *tensors: Tensor) -> list[Any]:
+        with self.lock:
+            for mine, given in zip(self.inputs, tensors, strict=True):
+                mine.copy_(given)
+            self.graph.replay()
+            return [o.clone() if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
+
+
+def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> None:
+    """``program.run`` replayed as one CUDA graph (:class:`_Replayed`), where its replay gives the ``traced`` outputs
+    on ``inputs`` bit for bit and runs faster than the program; else the reason, in ``program.graph_failure``."""
+    start = time.perf_counter()
+    try:
+        replayed = _Replayed(program.run, inputs)
+        with torch.no_grad():
+            outputs = replayed(*inputs)
+    except Exception as error:  # noqa: BLE001 (an operation that waits on the device or copies to the host: not captured)
+        program.graph_failure = _first_line(error, "its capture failed")
+        return
+    if len(outputs) != len(traced) or not all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True)):
+        program.graph_failure = "its replay gave other values than the program's on the traced inputs"
+        return
+    seconds = time.perf_counter() - start
+    took_graph, took_program = _seconds(replayed, inputs), _seconds(program.run, inputs)
+    if took_graph > took_program:
+        program.graph_failure = (
+            f"captured but slower than the program ({1e3 * took_graph:.2f} ms against {1e3 * took_program:.2f} ms a call)"
+        )
+        return
+    program.run, program.graph_seconds = replayed, seconds
 
 
 def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
