@@ -8,7 +8,8 @@
 # Stages (by default all but paths and paths200; about 8 minutes on an H200): env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
 # tiny, on cuda), traced (bench_gpu.py with compile="trace" too, without and with its CUDA graph), published (bench_dispatch.py --size published),
 # paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, without and with its CUDA graph, T = 50
-# and 200; the cell loop at T = 50 only: its T = 200 program, 41,000 operations, takes 20 s to trace), precision
+# and 200; the cell loop at T = 50 only: its T = 200 program, 41,000 operations, takes 20 s to trace), pathspub (the
+# same at published sizes, T = 50), precision
 # (bench_precision.py: what TF32 does, PyTorch and Flax), compile (bench_gpu.py with torch.compile, one size).
 # The device's own Python runs the tree as it is (PYTHONPATH=.): rnnshap needs only torch and numpy.
 set -u
@@ -37,6 +38,7 @@ stage traced 170 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace
 stage published 80 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --models lstm gru rnn transformer cell patchtst
 stage paths 130 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
 stage paths200 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer patchtst
+stage pathspub 150 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --paths trace --models lstm gru rnn transformer cell patchtst
 stage precision 120 "$py" benchmarks/bench_precision.py
 stage compile 180 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
 
