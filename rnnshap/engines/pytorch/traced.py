@@ -486,28 +486,48 @@ class _Replayed:
     """A program on a CUDA device captured once as a CUDA graph (``torch.cuda.CUDAGraph``) and replayed: each call
     copies its inputs into the tensors the graph reads, replays every kernel of the program with one launch, and
     returns copies of the outputs it wrote (a later replay writes them again). One call at a time (a lock: the graph's
-    tensors are one set). The graph keeps the program's intermediate tensors' memory from call to call."""
+    tensors are one set), on the inputs' device and one stream of its own. The graph keeps the program's intermediate
+    tensors' memory from call to call, and the program itself (its constants, whose memory the graph reads).
+
+    An output on the CPU is returned as captured: nothing inside a captured program copies from the device (a capture
+    refuses it), so such a tensor comes from the program's constants alone, the same at every call."""
 
     def __init__(self, run: Callable[..., Any], inputs: list[Tensor]) -> None:
         if any(t.numel() > 1 and 0 in t.stride() for t in inputs):
             raise ValueError("an input is a broadcast view, which a graph's own input tensor cannot be")
-        self.inputs = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t) for t in inputs]
+        self.run, self.device = run, inputs[0].device  # (the program kept alive: the graph reads its constants' memory)
         self.lock = threading.Lock()
-        side = torch.cuda.Stream(device=inputs[0].device)  # (warmed up on a side stream, as torch's CUDA graphs ask)
-        side.wait_stream(torch.cuda.current_stream(inputs[0].device))
-        with torch.cuda.stream(side), torch.no_grad():
-            run(*self.inputs)
-        torch.cuda.current_stream(inputs[0].device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.outputs = run(*self.inputs)
+        with torch.cuda.device(self.device):
+            self.stream = torch.cuda.Stream(device=self.device)
+            caller = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(caller)
+            try:
+                with torch.cuda.stream(self.stream), torch.no_grad():
+                    self.inputs = [
+                        torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t) for t in inputs
+                    ]
+                    run(*self.inputs)  # (warmed up on the graph's stream before its capture, as torch's CUDA graphs ask)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.no_grad(), torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
+                    self.outputs = run(*self.inputs)
+            finally:  # (a capture that failed leaves the capture stream current: the caller's set back)
+                torch.cuda.set_stream(caller)
+            caller.wait_stream(self.stream)
 
     def __call__(self, *tensors: Tensor) -> list[Any]:
-        with self.lock:
-            for mine, given in zip(self.inputs, tensors, strict=True):
-                mine.copy_(given)
-            self.graph.replay()
-            return [o.clone() if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
+        with self.lock, torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(caller)  # (the inputs written on the caller's stream, the last results read)
+            with torch.cuda.stream(self.stream):
+                for mine, given in zip(self.inputs, tensors, strict=True):
+                    mine.copy_(given)
+                self.graph.replay()
+                outputs = [o.clone() if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
+            caller.wait_stream(self.stream)
+            for o in outputs:  # (made on the graph's stream, used on the caller's)
+                if isinstance(o, Tensor) and o.device.type == "cuda":
+                    o.record_stream(caller)
+            return outputs
 
 
 def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> None:
