@@ -171,6 +171,8 @@ NO_KERNEL = frozenset({
 def _computes(event: object) -> bool:
     name = event.name  # type: ignore[attr-defined]
     wrapper = name.startswith(("autograd::", "torch::autograd", "rnnshap::")) or "Backward" in name
+    if name.startswith("cu"):  # (CUDA's runtime and driver calls: a kernel's launch computes, a query does not)
+        return "LaunchKernel" in name
     return name not in NO_KERNEL and not wrapper
 
 

@@ -522,12 +522,20 @@ class _Replayed:
                 for mine, given in zip(self.inputs, tensors, strict=True):
                     mine.copy_(given)
                 self.graph.replay()
-                outputs = [o.clone() if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
+                outputs = [_copy_of(o) if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
             caller.wait_stream(self.stream)
             for o in outputs:  # (made on the graph's stream, used on the caller's)
                 if isinstance(o, Tensor) and o.device.type == "cuda":
                     o.record_stream(caller)
             return outputs
+
+
+def _copy_of(t: Tensor) -> Tensor:
+    """A copy of ``t`` with its strides (an output that is a view of a larger tensor keeps its layout, as the program
+    gives it), but for a broadcast view, copied whole."""
+    if 0 in t.stride():
+        return t.clone()
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
 
 
 def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> None:
@@ -541,8 +549,12 @@ def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> N
     except Exception as error:  # noqa: BLE001 (an operation that waits on the device or copies to the host: not captured)
         program.graph_failure = _first_line(error, "its capture failed")
         return
-    if len(outputs) != len(traced) or not all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True)):
-        program.graph_failure = "its replay gave other values than the program's on the traced inputs"
+    paired = len(outputs) == len(traced)
+    differ = [i for i, (a, b) in enumerate(zip(outputs, traced, strict=True)) if not _same_bits(a, b)] if paired else []
+    if not paired or differ:
+        program.graph_failure = "its replay gave other values than the program's on the traced inputs" + (
+            f" (output {differ[0] + 1} of {len(traced)}: {_how_far(outputs[differ[0]], traced[differ[0]])})" if differ else ""
+        )
         return
     seconds = time.perf_counter() - start
     took_graph, took_program = _seconds(replayed, inputs), _seconds(program.run, inputs)
@@ -552,6 +564,18 @@ def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> N
         )
         return
     program.run, program.graph_seconds = replayed, seconds
+
+
+def _how_far(a: Any, b: Any) -> str:
+    """How two outputs that are not the same bits differ, in words."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+        return f"{getattr(a, 'shape', type(a).__name__)} against {getattr(b, 'shape', type(b).__name__)}"
+    if a.stride() != b.stride():
+        return f"strides {a.stride()} against {b.stride()}"
+    if not a.is_floating_point():
+        return f"{int((a != b).sum())} of {a.numel()} entries of shape {tuple(a.shape)}"
+    gap = (a.double() - b.double()).abs().nan_to_num(float("inf"))
+    return f"shape {tuple(a.shape)}, {int((gap > 0).sum())} entries differ, by {float(gap.max()):.2g} at most"
 
 
 def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:

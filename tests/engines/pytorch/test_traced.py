@@ -576,3 +576,29 @@ def test_compiled_attention_is_within_a_few_ulps_of_the_intercepted_values(monke
     assert compiled.pass_path.startswith("compiled:"), compiled.pass_path
     scale = float(np.abs(want).max())
     assert float(np.abs(got - want).max()) <= 64 * np.finfo(np.float32).eps * scale
+
+
+def test_a_graphs_copy_of_an_output_keeps_the_programs_layout_and_values() -> None:
+    """A CUDA graph's results are copies of what it wrote (traced._copy_of): a view of a wider tensor keeps its strides,
+    which the bit-for-bit check of a replay compares (PatchTST's program returns one such output); a broadcast view,
+    whose strides no copy can have, is copied whole."""
+    wide = torch.randn(64, 64)
+    view = wide[:, :3]
+    copy = traced._copy_of(view)
+    assert copy.stride() == view.stride() == (64, 1) and copy.data_ptr() != view.data_ptr()
+    assert traced._same_bits(copy, view)
+    broadcast = torch.randn(3).expand(4, 3)
+    whole = traced._copy_of(broadcast)
+    assert whole.stride() == (3, 1) and torch.equal(whole, broadcast)
+    wide.zero_()
+    assert not torch.equal(copy, view), "the copy shares the program's memory"
+
+
+def test_a_replay_that_differs_says_how() -> None:
+    """Where a replay's output is not the program's bit for bit, the path names how (traced._how_far)."""
+    a = torch.zeros(4, 3)
+    b = a.clone()
+    b[1, 2] = 1e-7
+    assert traced._how_far(b, a) == "shape (4, 3), 1 entries differ, by 1e-07 at most"
+    assert traced._how_far(torch.zeros(64, 64)[:, :3], torch.zeros(64, 3)) == "strides (64, 1) against (3, 1)"
+    assert traced._how_far(torch.zeros(2), a) == "torch.Size([2]) against torch.Size([4, 3])"
