@@ -472,12 +472,9 @@ def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor
     seconds = time.perf_counter() - start
     # fusing pays where the rules' elementwise work is large (attention's pairs x heads x T x T); a recurrent layer's
     # steps are a few small kernels each, which inductor's code runs slower: the faster of the two is kept
-    took_compiled, took_traced = _seconds(compiled, inputs), _seconds(program.run, inputs)
-    if took_compiled > took_traced:
-        program.compile_failure = (
-            f"compiled in {seconds:.1f} s but slower than the traced program ({1e3 * took_compiled:.1f} ms against "
-            f"{1e3 * took_traced:.1f} ms a call), which runs"
-        )
+    slower = _slower(compiled, program.run, inputs)
+    if slower is not None:
+        program.compile_failure = f"compiled in {seconds:.1f} s but slower than the traced program ({slower}), which runs"
         return
     program.run, program.compile_seconds = compiled, seconds
 
@@ -557,11 +554,9 @@ def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> N
         )
         return
     seconds = time.perf_counter() - start
-    took_graph, took_program = _seconds(replayed, inputs), _seconds(program.run, inputs)
-    if took_graph > took_program:
-        program.graph_failure = (
-            f"captured but slower than the program ({1e3 * took_graph:.2f} ms against {1e3 * took_program:.2f} ms a call)"
-        )
+    slower = _slower(replayed, program.run, inputs)
+    if slower is not None:
+        program.graph_failure = f"captured but slower than the program ({slower})"
         return
     program.run, program.graph_seconds = replayed, seconds
 
@@ -576,6 +571,13 @@ def _how_far(a: Any, b: Any) -> str:
         return f"{int((a != b).sum())} of {a.numel()} entries of shape {tuple(a.shape)}"
     gap = (a.double() - b.double()).abs().nan_to_num(float("inf"))
     return f"shape {tuple(a.shape)}, {int((gap > 0).sum())} entries differ, by {float(gap.max()):.2g} at most"
+
+
+def _slower(candidate: Callable[..., Any], program: Callable[..., Any], inputs: list[Tensor]) -> str | None:
+    """Where ``candidate`` (the program compiled, or replayed as a CUDA graph) runs slower than ``program`` on
+    ``inputs``, the two times in words; else None (the faster of the two is kept)."""
+    took, took_program = _seconds(candidate, inputs), _seconds(program, inputs)
+    return f"{1e3 * took:.2f} ms against {1e3 * took_program:.2f} ms a call" if took > took_program else None
 
 
 def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
