@@ -39,7 +39,7 @@ model.layer.register_forward_hook(lambda *_: mapped_during.append(libc.mallinfo2
 for _ in range(2):  # (the heap takes its shape in the first calls)
     explainer.shap_values(X, check_additivity=False)
 faults = []  # (fresh pages from the kernel, per call)
-for _ in range(2):
+for _ in range(3):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     values = explainer.shap_values(X, check_additivity=False)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -72,13 +72,15 @@ def test_a_cpu_explanation_reuses_freed_memory_and_the_values_do_not_move() -> N
     """Steady calls of an explanation whose rules hold tensors of 46 MB (attention scores of 36 pairs x 2 heads x 400
     x 400) hold them in the heap, where freed tensors are, not mapped apart (fresh pages from the kernel, zero-filled
     one by one), and so take almost no fresh pages: 540,000 page faults a call with glibc's defaults here, a handful
-    kept (some thousands in a call where the heap grows or moves its free blocks). After them, a block of 30 MiB
+    kept (some thousands, up to 45,000 seen, in a call where the heap grows or moves its free blocks, which the layout
+    of the heap decides, not rnnshap: the median of three calls is compared). After them, a block of 30 MiB
     comes from the heap (kept there once freed), and one larger than the heap holds free is mapped apart, as glibc
     does (blocks are kept from the heap only during an explanation). A process that tunes its own malloc (here
     ``MALLOC_ARENA_MAX``, which keeps nothing itself) is left as it is."""
     kept, default, tuned = _run(), _run(RNNSHAP_KEEP_MEMORY="0"), _run(MALLOC_ARENA_MAX="4")
     assert kept["mapped_during"] < 40 << 20 <= min(default["mapped_during"], tuned["mapped_during"])
-    assert 20 * sum(kept["faults"]) < min(sum(default["faults"]), sum(tuned["faults"])), (kept, default, tuned)
+    median = {name: sorted(run["faults"])[1] for name, run in (("kept", kept), ("default", default), ("tuned", tuned))}
+    assert 20 * median["kept"] < min(median["default"], median["tuned"]), (kept, default, tuned)
     assert not kept["small_mapped_apart"] and kept["large_mapped_apart"] and kept["free_in_heap"]
     assert default["large_mapped_apart"]
     assert kept["values"] == default["values"] == tuned["values"]
