@@ -49,14 +49,19 @@ class PairGrid:
         return not self.deferred or bool(held_everywhere(self.deferred))
 
 
-def held_everywhere(checks: list[torch.Tensor]) -> torch.Tensor:
-    """One boolean tensor, unread: whether every 0-d bool of ``checks`` is True, reduced on the checks' device where
-    they lie on one (read then with one host sync, and no copy: a traced pass stays a program a CUDA graph can replay),
-    else each reduced on its own device and copied to the CPU (a model split across devices)."""
+def held_per_device(checks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Whether every 0-d bool of ``checks`` is True: one boolean tensor per device they lie on, reduced there, unread
+    (no copy between devices: a traced pass stays a program a CUDA graph can replay)."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for check in checks:
         by_device.setdefault(check.device, []).append(check)
-    reduced = [torch.stack(c).all() for c in by_device.values()]
+    return [torch.stack(c).all() for c in by_device.values()]
+
+
+def held_everywhere(checks: list[torch.Tensor]) -> torch.Tensor:
+    """One boolean tensor, unread: :func:`held_per_device`'s where the checks lie on one device (read then with one
+    host sync), else each device's copied to the CPU and joined (a model split across devices)."""
+    reduced = held_per_device(checks)
     if len(reduced) == 1:
         return reduced[0]
     return torch.stack([torch.ones((), dtype=torch.bool)] + [r.cpu() for r in reduced]).all()

@@ -39,6 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formulas.torch_ops import values_unread
+from ...rules.base import held_per_device
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -135,12 +136,11 @@ def _holds(guards: list[_Guard]) -> list[Tensor]:
     """Whether every guard's tensor gives its value again: one boolean tensor per device the guards lie on, unread
     (read after the program, :func:`_held`: nothing inside it copies between devices or waits on one, so that it can be
     a CUDA graph)."""
-    by_device: dict[torch.device, list[Tensor]] = {}
+    held = []
     for g in guards:
         t = g.tensor.reshape(())
-        held = torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value
-        by_device.setdefault(held.device, []).append(held)
-    return [torch.stack(held).all() for held in by_device.values()]
+        held.append(torch.isnan(t) if isinstance(g.value, float) and math.isnan(g.value) else t == g.value)
+    return held_per_device(held)
 
 
 def _held(checks: Sequence[Tensor]) -> bool:
