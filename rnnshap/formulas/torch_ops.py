@@ -91,6 +91,38 @@ def surely_none(mask: Tensor, /) -> bool:
     return not bool(mask.any())
 
 
+#: autograd's engine as ``torch.autograd.grad`` runs it after checking its arguments, and the vmap it runs it under for
+#: ``is_grads_batched`` (see :func:`gradient`)
+_ENGINE_RUN_BACKWARD = getattr(torch.autograd.graph, "_engine_run_backward", None)
+_LEGACY_VMAP = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
+
+
+def gradient(
+    output: Tensor, grad: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False, batched: bool = False
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(output, inputs, grad, retain_graph=retain_graph, allow_unused=True,
+    is_grads_batched=batched)``, ``grad`` of ``output``'s shape and dtype (with a leading batch axis where
+    ``batched``), without the check of their sizes: ``autograd.grad`` given ``grad_outputs`` imports torch's symbolic
+    shapes and sympy for it on its first use in a process (0.3-0.5 s of a first call, 30 times a tiny model's steady
+    one), which the floor's backward of a scalar does not pay. Autograd's engine runs as ``autograd.grad`` runs it
+    after that check, where this torch has those functions (torch >= 2.4); the same gradients, bit for bit."""
+    if _ENGINE_RUN_BACKWARD is not None and (_LEGACY_VMAP is not None or not batched):
+
+        def run(g: Tensor) -> Any:
+            # (torch's private function, its arguments as torch 2.4-2.13 take them: grads, keep and create graph,
+            # inputs, allow unreachable, accumulate)
+            return _ENGINE_RUN_BACKWARD((output,), (g,), retain_graph, False, tuple(inputs), True, False)
+
+        try:
+            grads = _LEGACY_VMAP(run, 0, 0, allow_none_pass_through=True)(grad) if batched else run(grad)  # type: ignore[misc]
+        except TypeError:  # (another torch that takes them otherwise: the public call)
+            pass
+        else:
+            if isinstance(grads, tuple) and len(grads) == len(inputs):
+                return grads
+    return torch.autograd.grad(output, inputs, grad, retain_graph=retain_graph, allow_unused=True, is_grads_batched=batched)
+
+
 class TorchOps:
     """The namespace on torch: see :class:`rnnshap.formulas.namespace.Ops` for each member."""
 

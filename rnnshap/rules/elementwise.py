@@ -29,7 +29,7 @@ import torch
 
 from ..formulas import bind, pairs
 from ..formulas import secant as formulas
-from ..formulas.torch_ops import TORCH, scalar
+from ..formulas.torch_ops import TORCH, gradient, scalar
 from .base import OpCall, Rule
 
 Tensor = torch.Tensor
@@ -162,7 +162,7 @@ def _derivative(g: Callable[[list[Tensor]], Tensor], players: list[Tensor], inde
         args = list(players)
         args[index] = point
         value = g(args)
-        (grad,) = torch.autograd.grad(value, point, torch.ones_like(value), allow_unused=True)
+        (grad,) = gradient(value, torch.ones_like(value), [point])  # (no sympy: see there)
     return torch.zeros(shape, dtype=point.dtype, device=point.device) if grad is None else grad
 
 

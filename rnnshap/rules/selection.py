@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formulas import orderings, pairs
-from ..formulas.torch_ops import TORCH
+from ..formulas.torch_ops import TORCH, gradient
 from .base import OpCall, Rule
 from .elementwise import attach
 from .maxima import picked_index, ranked_values
@@ -288,7 +288,7 @@ class Selection(Rule):
                 return (grad_handle,)
             with torch.enable_grad():  # h's part: the mean of the two selections (linear in h)
                 probe = h.detach().requires_grad_(True)
-                (grad_h,) = torch.autograd.grad(orderings.selected_share(TORCH, select, probe, index_x, index_r), probe, grad)
+                (grad_h,) = gradient(orderings.selected_share(TORCH, select, probe, index_x, index_r), grad, [probe])
             return grad_handle, grad_h
 
         return attach(output, [handle, *(() if h is None else (h,))], _calling(backward))

@@ -9,6 +9,7 @@ import warnings
 import torch
 
 from ...errors import UnsupportedOperationError
+from ...formulas.torch_ops import gradient
 
 Tensor = torch.Tensor
 
@@ -43,15 +44,14 @@ def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     functions included: a matrix product of K × rows). autograd's ``is_grads_batched`` uses torch's
     older vmap, which runs a matrix product or an ``addcmul`` once per output and joins the results
     (1.5–2× slower at K = 10); it is the fallback where ``torch.func`` cannot batch the backward.
-    (``torch.autograd.grad`` given ``grad_outputs`` imports torch's symbolic shapes and sympy on its first use in a
-    process, to compare their sizes: 0.3-0.4 s of a first call, which the floor's backward of a scalar does not pay.
-    One output starts from the scalar Σ chosen, whose gradient is the same ones; several give their one-hot rows
-    to autograd's engine as ``autograd.grad`` does after that check, see :func:`_backward`.)
+    (One output starts from the scalar Σ chosen, whose gradient is the same ones; several give their one-hot rows to
+    :func:`rnnshap.formulas.torch_ops.gradient`, which leaves out ``autograd.grad``'s size check and the import of
+    sympy it costs a first call.)
     """
     k = chosen.shape[1]
     if k == 1:
-        grads = torch.autograd.grad(chosen.sum(), leaves, allow_unused=True)
-        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(grads, leaves, strict=True)]
+        ones = torch.autograd.grad(chosen.sum(), leaves, allow_unused=True)
+        return [_or_zeros(g, leaf).unsqueeze(0) for g, leaf in zip(ones, leaves, strict=True)]
     eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)
     grad_outputs = eye[:, None, :].expand(k, *chosen.shape).contiguous()
     try:
@@ -61,29 +61,13 @@ def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
             )
 
             def column(v: Tensor) -> tuple[Tensor, ...]:
-                grads = _backward(chosen, v, leaves)
-                return tuple(_or_zeros(g, leaf) for g, leaf in zip(grads, leaves, strict=True))
+                each = gradient(chosen, v, leaves, retain_graph=True)
+                return tuple(_or_zeros(g, leaf) for g, leaf in zip(each, leaves, strict=True))
 
-            grads = torch.func.vmap(column)(grad_outputs)
+            grads: tuple[Tensor | None, ...] = torch.func.vmap(column)(grad_outputs)
     except RuntimeError:  # an operation of the backward that torch.func cannot batch
-        grads = torch.autograd.grad(chosen, leaves, grad_outputs, is_grads_batched=True, allow_unused=True)
+        grads = gradient(chosen, grad_outputs, leaves, batched=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
-
-
-def _backward(output: Tensor, grad: Tensor, leaves: list[Tensor]) -> tuple[Tensor | None, ...]:
-    """``torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)``, ``grad`` of ``output``'s
-    shape and dtype, without the size check that imports sympy (see :func:`grads_per_output`): autograd's engine
-    run as ``autograd.grad`` runs it, where this torch has that function (``torch.autograd.graph``, torch >= 2.4)."""
-    if _ENGINE_RUN_BACKWARD is not None:
-        try:  # (torch's private function, its arguments as torch 2.4-2.13 take them: grads, keep and create graph,
-            # inputs, allow unreachable, accumulate)
-            grads = _ENGINE_RUN_BACKWARD((output,), (grad,), True, False, tuple(leaves), True, False)
-        except TypeError:  # (another torch that takes them otherwise: the public call)
-            pass
-        else:
-            if isinstance(grads, tuple) and len(grads) == len(leaves):
-                return grads
-    return torch.autograd.grad(output, leaves, grad, retain_graph=True, allow_unused=True)
 
 
 def _or_zeros(grad: Tensor | None, leaf: Tensor, k: int | None = None) -> Tensor:

@@ -40,6 +40,57 @@ def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_a_first_call_through_a_derivative_or_a_selection_imports_nothing_its_floor_does_not() -> None:
+    """The rules that take a gradient inside the pass, an activation's derivative where a pair's two points nearly meet
+    (a ReLU here; on an accelerator, whose values the formulas do not read, wherever a pair's points might) and a
+    selection's backward (``h.gather`` by an ``argmax``), start from their own gradients too: neither may import sympy
+    (on an H100 a TransformerEncoder's first call paid 0.5 s for it in its ReLU's derivative)."""
+    script = (
+        "import sys, torch, rnnshap\n"
+        "from torch import nn\n"
+        "from rnnshap.formulas.torch_ops import values_unread\n"
+        "class Picked(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.a = nn.Linear(4, 6); self.b = nn.Linear(4, 6)\n"
+        "    def forward(self, x):\n"
+        "        u, h = torch.relu(self.a(x)), self.b(x)\n"
+        "        return torch.cat([h.gather(1, u.argmax(1, keepdim=True)), u.sum(1, keepdim=True)], 1)\n"
+        "torch.manual_seed(0)\n"
+        "model, X = Picked().eval(), torch.randn(3, 4)\n"
+        "explainer = rnnshap.DeepExplainer(model, torch.cat([X, torch.randn(3, 4)]))\n"  # pairs whose points meet
+        "with values_unread():\n"
+        "    explainer.shap_values(X)\n"
+        "explainer.shap_values(X)\n"
+        "assert 'sympy' not in sys.modules, 'sympy imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_gradient_without_the_size_check_is_autograds_bit_for_bit(batched: bool) -> None:
+    """``rnnshap.formulas.torch_ops.gradient`` runs autograd's engine as ``torch.autograd.grad`` runs it after its
+    size check: the same gradients bit for bit (with ``is_grads_batched`` too), an input the output does not reach
+    None, and the graph kept where asked."""
+    from rnnshap.formulas.torch_ops import gradient
+
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 4, generator=generator, requires_grad=True)
+    b = torch.randn(4, 3, generator=generator, requires_grad=True)
+    unused = torch.randn(2, requires_grad=True)
+    out = torch.tanh(a @ b) * torch.sigmoid(a[:, :3])
+    grad = torch.randn((7, 5, 3) if batched else (5, 3), generator=generator)
+    want = torch.autograd.grad(out, [a, b, unused], grad, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+    got = gradient(out, grad, [a, b, unused], retain_graph=True, batched=batched)
+    assert got[2] is None and want[2] is None
+    for g, w in zip(got[:2], want[:2], strict=True):
+        assert g is not None and w is not None and g.shape == w.shape and torch.equal(g, w)
+    again = gradient(out, grad, [a], batched=batched)  # the graph was kept; now it is freed
+    assert again[0] is not None and torch.equal(again[0], want[0])
+    with pytest.raises(RuntimeError):
+        gradient(out, grad, [a], batched=batched)
+
+
 def _metadata_reads(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """tanh(Linear) that reads its input's shape, dtype and device ``m.reads`` times first (``nn.LSTMCell`` reads
     ``input.dim()`` four times a step)."""
