@@ -25,6 +25,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
     python benchmarks/bench_dispatch.py --door --against /tmp/base  # Captum's door: its first and later calls
     python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
+    python benchmarks/bench_dispatch.py --device cuda --calls 80  # the default (compile="auto" there) over 80 calls
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
 the zoo tests build them, and tsai's InceptionTimePlus (``inception``) from its constructor; a model whose library is
@@ -238,7 +239,7 @@ def seeded(name: str, steps: int, args: argparse.Namespace, device: torch.device
 
 def measure(name: str, steps: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     model, background, X = seeded(name, steps, args, device)
-    explainer = rnnshap.DeepExplainer(model, background)
+    explainer = rnnshap.DeepExplainer(model, background, compile=False)
 
     def explain() -> object:
         return explainer.shap_values(X, check_additivity=False)
@@ -389,7 +390,7 @@ def door(name: str, steps: int, args: argparse.Namespace) -> dict[str, float]:
 
     floor = floor_of(model, tiled, outputs=1)
 
-    explainer = rnnshap.DeepExplainer(model, background)
+    explainer = rnnshap.DeepExplainer(model, background, compile=False)
 
     def steady() -> object:
         return explainer.shap_values(X, outputs=[0], check_additivity=False)
@@ -447,6 +448,53 @@ def doors(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
         )
 
 
+def calls(args: argparse.Namespace, steps: int) -> None:
+    """``--calls N``: one explainer of the default (``compile=None``: ``"auto"`` on a CUDA device, intercepted on the
+    CPU) and one with ``compile=False``, each called N times on the same samples, alternately, in one process, beside
+    the floor: every call's wall time summed, the median of the last ten, the call that traced (``auto``) and what it
+    took, and the values of the two explainers compared bit for bit at every call."""
+    device = torch.device(args.device)
+    print(
+        "| model | T | calls | floor ms | compile=False: all calls s | its last ten, median ms | the default: all calls s "
+        "| its last ten, median ms | traced at call | that call s | the default's path at the end | values |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        try:
+            model, background, X = seeded(name, steps, args, device)
+        except ImportError as missing:
+            print(f"| {name} | skipped: {missing} |")
+            continue
+        floor = floor_of(model, X.repeat_interleave(args.references, 0).requires_grad_(True))
+        floor_ms = timed(floor, args.repeats, device)
+        explainers = {
+            "off": rnnshap.DeepExplainer(model, background, compile=False),
+            "default": rnnshap.DeepExplainer(model, background),
+        }
+        times: dict[str, list[float]] = {key: [] for key in explainers}
+        traced_at, same = None, True
+        for call in range(args.calls):
+            values = {}
+            for key, explainer in explainers.items():
+
+                def explain(e: rnnshap.DeepExplainer = explainer, k: str = key) -> None:
+                    values[k] = e.shap_values(X, check_additivity=False)
+
+                times[key].append(timed(explain, 1, device) / 1e3)
+            same = same and all(np.array_equal(a, b) for a, b in zip(values["off"], values["default"], strict=True))
+            done = ("traced:", "compiled:", "intercepted: traced, but")
+            if traced_at is None and explainers["default"].pass_path.startswith(done):
+                traced_at = call + 1
+        last = {key: 1e3 * statistics.median(t[-10:]) for key, t in times.items()}
+        path = explainers["default"].pass_path.replace("|", "/")
+        print(
+            f"| {name} | {steps} | {args.calls} | {floor_ms:.1f} | {sum(times['off']):.2f} | {last['off']:.1f} "
+            f"| {sum(times['default']):.2f} | {last['default']:.1f} | {traced_at or '-'} "
+            f"| {times['default'][traced_at - 1] if traced_at else 0.0:.2f} | {path[:160]} "
+            f"| {'identical' if same else 'DIFFER'} |"
+        )
+
+
 def paths(args: argparse.Namespace, steps: int) -> None:
     """Each model's steady call intercepted (``compile=False``), as a traced program (``"trace"``) and compiled
     (``True``, unless ``--paths trace``), against the floor, in one process: what tracing and compiling cost once (the
@@ -477,7 +525,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
         floor = floor_of(model, tiled)
 
         floor()
-        intercepted = rnnshap.DeepExplainer(model, background)
+        intercepted = rnnshap.DeepExplainer(model, background, compile=False)
         want = intercepted.shap_values(X, check_additivity=False)
         steady = timed(lambda: intercepted.shap_values(X, check_additivity=False), args.repeats, device)
         cells = [f"{timed(floor, args.repeats, device):.1f}", f"{steady:.1f}"]
@@ -531,6 +579,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # (rows as JSON lines, for --against)
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
+    parser.add_argument("--calls", type=int, default=None, help="the default explainer over N calls against compile=False")
     parser.add_argument("--door", action="store_true", help="Captum's door (DeepLiftShap): its first and later calls, one output")
     parser.add_argument("--length", type=int, default=None, help="with --paths: the sequence length (the size's first)")
     parser.add_argument(
@@ -580,6 +629,9 @@ def main() -> None:
         return
     if args.paths:
         paths(args, args.length or lengths[0])
+        return
+    if args.calls:
+        calls(args, args.length or lengths[0])
         return
     header = (
         "| model | T | ops | floor ops | ops / floor | ops per step | kernels | floor kernels | kernels per step | syncs "

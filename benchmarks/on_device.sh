@@ -5,11 +5,12 @@
 #   bash benchmarks/on_device.sh            # the exactness tests (-m gpu), bench_gpu.py, bench_dispatch.py on cuda
 #   STAGES="tests gpu" bash benchmarks/on_device.sh
 #
-# Stages (by default all but paths and paths200; about 8 minutes on an H200): env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
+# Stages (by default env, tests, gpu, dispatch, traced, published, precision and compile; about 8 minutes on an H200): env, tests (pytest -m gpu), gpu (bench_gpu.py), dispatch (bench_dispatch.py,
 # tiny, on cuda), traced (bench_gpu.py with compile="trace" too, without and with its CUDA graph), published (bench_dispatch.py --size published),
 # paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, without and with its CUDA graph, T = 50
 # and 200; the cell loop at T = 50 only: its T = 200 program, 41,000 operations, takes 20 s to trace), pathspub (the
-# same at published sizes, T = 50), precision
+# same at published sizes, T = 50), calls (bench_dispatch.py --calls 80: the default, compile="auto" there, over 80 calls
+# against compile=False), first (bench_dispatch.py --first: the first call in fresh processes), precision
 # (bench_precision.py: what TF32 does, PyTorch and Flax), compile (bench_gpu.py with torch.compile, one size).
 # The device's own Python runs the tree as it is (PYTHONPATH=.): rnnshap needs only torch and numpy.
 set -u
@@ -39,6 +40,8 @@ stage published 80 "$py" benchmarks/bench_dispatch.py --device cuda --size publi
 stage paths 130 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --models lstm gru rnn transformer cell patchtst
 stage paths200 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --paths trace --length 200 --models lstm gru rnn transformer patchtst
 stage pathspub 150 "$py" benchmarks/bench_dispatch.py --device cuda --size published --repeats 5 --paths trace --models lstm gru rnn transformer cell patchtst
+stage calls 150 "$py" benchmarks/bench_dispatch.py --device cuda --calls 80 --models lstm gru rnn transformer cell patchtst
+stage first 150 "$py" benchmarks/bench_dispatch.py --device cuda --first --repeats 5 --models lstm transformer cell patchtst
 stage precision 120 "$py" benchmarks/bench_precision.py
 stage compile 180 "$py" benchmarks/bench_gpu.py --repeats 5 --compile compile --only lstm-128-T50
 

@@ -65,10 +65,13 @@ class DeepExplainer:
             ``data`` and ``X`` stay the model's inputs; the values add up to ``f(x) − expected_value``.
             A model whose output depends on its inputs other than through that output is refused.
 
-        compile: how a PyTorch model's pass runs (docs/performance.md, "The traced pass"). ``False`` (the default):
-            intercepted, operation by operation, at every call. ``"trace"``: traced at the second call of the same
-            input shapes into one program of torch operations and run as that program from then on, the same values
-            bit for bit. ``True``: that program compiled by ``torch.compile`` (inductor: the rules' elementwise work
+        compile: how a PyTorch model's pass runs (docs/performance.md, "The traced pass"). ``None`` (the default):
+            ``"auto"`` where the model is on a CUDA device, else ``False``. ``False``: intercepted, operation by
+            operation, at every call. ``"trace"``: traced at the second call of the same input shapes into one
+            program of torch operations and run as that program from then on (on a CUDA device replayed as one CUDA
+            graph), the same values bit for bit. ``"auto"``: the same program, traced once the calls of the same
+            shapes have taken about what tracing takes (some 50 calls) and kept only where it runs faster than the
+            intercepted pass. ``True``: that program compiled by ``torch.compile`` (inductor: the rules' elementwise work
             fused; values within a few float32 ulps; compiling takes seconds to minutes, once per shapes, and on the
             CPU needs a C++ compiler, without which the traced program runs). A pass that cannot be traced
             (an operation whose output's shape depends on the values, forward hooks) runs intercepted;
@@ -89,7 +92,7 @@ class DeepExplainer:
         progress: bool | None = None,
         output: int | str | tuple[int | str, ...] | None = None,
         layer_output: bool = False,
-        compile: bool | str = False,
+        compile: bool | str | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")

@@ -159,7 +159,7 @@ def test_the_traced_pass_runs_cudnns_kernel_with_the_intercepted_values(device: 
     background, x = torch.randn(16, 30, 5, generator=generator).to(device), torch.randn(8, 30, 5, generator=generator).to(device)
     torch.manual_seed(0)
     model = recurrent("LSTM", num_layers=2, bidirectional=True).to(device).eval()
-    intercepted = rnnshap.DeepExplainer(model, background)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
     program = rnnshap.DeepExplainer(model, background, compile="trace")
     for _ in range(3):  # the first call intercepted, the second traced, the third the program
         np.testing.assert_array_equal(program.shap_values(x), intercepted.shap_values(x))
@@ -191,7 +191,7 @@ def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_interce
     torch.manual_seed(0)
     model = GRAPHED[name]().to(device).eval()
     before = state_of(model)
-    intercepted = rnnshap.DeepExplainer(model, background)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
     expected, expected_other = intercepted.shap_values(x), intercepted.shap_values(other)
     for graphs in ("1", "0"):
         monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
@@ -208,6 +208,31 @@ def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_interce
         np.testing.assert_array_equal(first, kept)
         np.testing.assert_array_equal(program.shap_values(x), expected)
     assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_default_on_cuda_traces_once_calls_of_the_same_shapes_pay(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=None``, the default, is ``"auto"`` on a CUDA device: intercepted until the calls of the same shapes
+    have taken about what tracing takes (here 3 passes' worth, 50 by default), then the program replayed as one CUDA
+    graph where that is faster than the intercepted pass; the intercepted values bit for bit at every call."""
+    if not device.startswith("cuda"):
+        pytest.skip("the default traces on a CUDA device only")
+    from rnnshap.engines.pytorch import traced
+
+    monkeypatch.setattr(traced, "TRACE_IN_CALLS", 3)
+    generator = torch.Generator().manual_seed(9)
+    background, x = torch.randn(16, 30, 5, generator=generator).to(device), torch.randn(8, 30, 5, generator=generator).to(device)
+    torch.manual_seed(0)
+    model = recurrent("GRU").to(device).eval()
+    expected = rnnshap.DeepExplainer(model, background, compile=False).shap_values(x)
+    explainer = rnnshap.DeepExplainer(model, background)
+    paths = []
+    for _ in range(12):
+        np.testing.assert_array_equal(explainer.shap_values(x), expected)
+        paths.append(explainer.pass_path)
+    assert paths[0].startswith("intercepted: the first call of these shapes"), paths
+    assert paths[1].startswith('intercepted: 2 calls of these shapes so far; compile="auto"'), paths
+    assert paths[-1].startswith("traced:") and "replayed as one CUDA graph" in paths[-1], paths
 
 
 def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

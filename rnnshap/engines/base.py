@@ -25,14 +25,15 @@ from ..errors import InputError
 from . import precision
 from .outputs import OutputLayout
 
-#: what ``DeepExplainer(..., compile=)`` takes: intercepted passes, traced programs, compiled programs
-MODES = (False, "trace", True)
+#: what ``DeepExplainer(..., compile=)`` takes: the engine's choice (None: ``"auto"`` on a CUDA device, else intercepted),
+#: intercepted passes, programs traced once they pay, traced programs, compiled programs
+MODES = (None, False, "auto", "trace", True)
 
 
 def check_mode(compile: Any) -> Any:
     """``compile`` if it is one of :data:`MODES`, else an InputError."""
     if not any(compile is mode or (type(compile) is type(mode) and compile == mode) for mode in MODES):
-        raise InputError(f'compile= takes False, "trace" or True, got {compile!r}')
+        raise InputError(f'compile= takes None, False, "auto", "trace" or True, got {compile!r}')
     return compile
 
 #: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
@@ -158,7 +159,7 @@ class Engine(ABC):
 
     def compile_passes(self, mode: Any) -> None:
         """``DeepExplainer(..., compile=)``: the PyTorch engine's passes as traced programs; refused elsewhere."""
-        if check_mode(mode) is not False:
+        if check_mode(mode) is not None and mode is not False:
             raise InputError(
                 f"compile= traces a PyTorch model's pass into one program; the {self.name} engine already runs its "
                 "pass as one (a tf.function on TensorFlow, jax.jit on JAX): leave compile out"

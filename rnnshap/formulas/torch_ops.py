@@ -92,9 +92,30 @@ def surely_none(mask: Tensor, /) -> bool:
 
 
 #: autograd's engine as ``torch.autograd.grad`` runs it after checking its arguments, and the vmap it runs it under for
-#: ``is_grads_batched`` (see :func:`gradient`)
-_ENGINE_RUN_BACKWARD = getattr(torch.autograd.graph, "_engine_run_backward", None)
-_LEGACY_VMAP = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
+#: ``is_grads_batched`` (see :func:`gradient`), where this torch has them as torch 2.4-2.13 do: None until first asked,
+#: then the two, or False where they are missing or take their arguments otherwise (the public call then)
+_ENGINE: Any = None
+
+
+def _engine() -> Any:
+    """(autograd's engine, the legacy vmap) where they run a small backward as ``torch.autograd.grad`` does, else
+    False; decided once, on a tensor of two entries."""
+    global _ENGINE
+    if _ENGINE is None:
+        run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+        legacy = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
+        _ENGINE = False
+        if run is not None and legacy is not None:
+            with torch.enable_grad():
+                x = torch.tensor([1.0, 2.0], requires_grad=True)
+                g = torch.tensor([3.0, 5.0])
+                try:  # (arguments: grads, keep and create graph, inputs, allow unreachable, accumulate)
+                    got = run((x * x,), (g,), False, False, (x,), True, False)
+                except TypeError:
+                    got = None
+            if isinstance(got, tuple) and len(got) == 1 and torch.equal(got[0], torch.tensor([6.0, 20.0])):
+                _ENGINE = (run, legacy)
+    return _ENGINE
 
 
 def gradient(
@@ -105,22 +126,17 @@ def gradient(
     ``batched``), without the check of their sizes: ``autograd.grad`` given ``grad_outputs`` imports torch's symbolic
     shapes and sympy for it on its first use in a process (0.3-0.5 s of a first call, 30 times a tiny model's steady
     one), which the floor's backward of a scalar does not pay. Autograd's engine runs as ``autograd.grad`` runs it
-    after that check, where this torch has those functions (torch >= 2.4); the same gradients, bit for bit."""
-    if _ENGINE_RUN_BACKWARD is not None and (_LEGACY_VMAP is not None or not batched):
+    after that check, where this torch has those functions as torch 2.4-2.13 do (:func:`_engine`); the same gradients,
+    bit for bit."""
+    engine = _engine()
+    if not engine:
+        return torch.autograd.grad(output, inputs, grad, retain_graph=retain_graph, allow_unused=True, is_grads_batched=batched)
+    run, legacy = engine
 
-        def run(g: Tensor) -> Any:
-            # (torch's private function, its arguments as torch 2.4-2.13 take them: grads, keep and create graph,
-            # inputs, allow unreachable, accumulate)
-            return _ENGINE_RUN_BACKWARD((output,), (g,), retain_graph, False, tuple(inputs), True, False)
+    def backward(g: Tensor) -> Any:
+        return run((output,), (g,), retain_graph, False, tuple(inputs), True, False)
 
-        try:
-            grads = _LEGACY_VMAP(run, 0, 0, allow_none_pass_through=True)(grad) if batched else run(grad)  # type: ignore[misc]
-        except TypeError:  # (another torch that takes them otherwise: the public call)
-            pass
-        else:
-            if isinstance(grads, tuple) and len(grads) == len(inputs):
-                return grads
-    return torch.autograd.grad(output, inputs, grad, retain_graph=retain_graph, allow_unused=True, is_grads_batched=batched)
+    return tuple(legacy(backward, 0, 0, allow_none_pass_through=True)(grad) if batched else backward(grad))
 
 
 class TorchOps:

@@ -194,6 +194,20 @@ def test_one_registry_entry_adds_an_engine_that_every_door_serves(linear_entry: 
         rnnshap.ShapleyExplainer(Weights(weights), background)
 
 
+@pytest.mark.parametrize("mode", ["auto", "trace", True])
+def test_an_engine_that_runs_its_pass_as_one_takes_the_default_and_refuses_tracing_by_name(
+    linear_entry: None, mode: object
+) -> None:
+    """``compile=None`` (the default) and False leave an engine other than PyTorch's as it is; a mode that traces a
+    PyTorch pass is refused with the engine's name and advice (the Keras and JAX engines run theirs as one)."""
+    rng = np.random.default_rng(2)
+    weights, background = Weights(rng.normal(size=(3, 2))), rng.normal(size=(4, 3))
+    for given in (None, False):
+        rnnshap.DeepExplainer(weights, background, compile=given)  # type: ignore[arg-type]
+    with pytest.raises(rnnshap.InputError, match="compile= traces a PyTorch model's pass into one program; the linear"):
+        rnnshap.DeepExplainer(weights, background, compile=mode)  # type: ignore[arg-type]
+
+
 def test_the_additivity_report_carries_the_engines_precision_note(linear_entry: None, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     explainer = rnnshap.DeepExplainer(Weights(rng.normal(size=(3, 2))), rng.normal(size=(4, 3)))

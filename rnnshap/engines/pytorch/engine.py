@@ -8,6 +8,7 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -105,6 +106,7 @@ class TorchEngine(KeptPasses):
         self._init_kept()
         #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
         self._traced: TracedPasses | None = None
+        self._intercepted_path = "intercepted (compile=False)"
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
         self.context_inputs = [
@@ -274,15 +276,23 @@ class TorchEngine(KeptPasses):
 
     def compile_passes(self, mode: Any) -> None:
         """``compile=``: False, the input pass intercepted at every call; ``"trace"``, traced once per input shapes
-        into a program of aten operations and run as one (the same values bit for bit); True, that program compiled by
-        ``torch.compile`` (see :mod:`.traced`)."""
-        if check_mode(mode) is False and traced.EVERY_PASS:
+        into a program of aten operations and run as one (the same values bit for bit); ``"auto"``, traced once a
+        slot's intercepted passes have taken about what tracing it takes, and kept where it runs faster; True, that
+        program compiled by ``torch.compile`` (see :mod:`.traced`). None (the default): ``"auto"`` where the
+        background is on a CUDA device, where a program is replayed as one CUDA graph; else False (on the CPU a
+        program pays for a Python loop of cells only, docs/performance.md)."""
+        given = check_mode(mode)
+        if mode is None:
+            mode = "auto" if self.background[0].device.type == "cuda" else False
+        if mode is False and traced.EVERY_PASS:
             mode = "trace"
         self._traced = None if mode is False else TracedPasses(mode)
+        default = "intercepted (compile=None, the default: every call off a CUDA device)"
+        self._intercepted_path = "intercepted (compile=False)" if given is False else default
 
     @property
     def pass_path(self) -> str:
-        return "intercepted (compile=False)" if self._traced is None else self._traced.path
+        return self._intercepted_path if self._traced is None else self._traced.path
 
     def model_version(self) -> Any:
         """Every parameter and buffer of the model, by identity and version counter: an optimizer
@@ -351,6 +361,8 @@ class TorchEngine(KeptPasses):
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
         # (at most three times: a layout the check at construction missed runs every pair; a check the pass deferred
         # that did not hold, a cell's rows or a softmax's path, runs the passes again with each check read at once)
+        if self._traced is not None:
+            self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
         while True:
             if grid.deferred is not None:
@@ -369,10 +381,16 @@ class TorchEngine(KeptPasses):
                 if grid.deferred is not None:
                     grid.deferred.clear()
             try:
+                timed = self._traced is not None and self._traced.waiting
+                start = _waited(device) if timed else 0.0
                 done = self._input_side(PairPass(block, leaves, references, tape, grid, state, chosen_columns))
+                if timed and done is not None:
+                    self._traced.took(_waited(device) - start)  # type: ignore[union-attr]
             except TapeMismatchError:
                 if not distinct:
                     raise
+                if self._traced is not None:
+                    self._traced.pending = None  # (the pass on every pair that follows is not the one that waits)
                 # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
                 self.distinct_references = distinct = False
                 continue
@@ -497,16 +515,20 @@ class TorchEngine(KeptPasses):
                 raise RuntimeError("the pass has token inputs")
             return [*grads, flat.detach()]
 
-        ran = traced.run(slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns])
+        def differs(outputs: list[Tensor]) -> float | None:
+            # the model as it is now, on the explained samples: a program keeps what the model was when it was traced
+            # (its Python code and state, beyond what its version sees: a function or submodule swapped, a class
+            # attribute), so its outputs are checked against the model's own at every call, within the additivity
+            # check's tolerance
+            return self._outputs_differ(samples, outputs[-1].reshape(block.samples, block.references, -1)[:, 0], p.state)
+
+        ran = traced.run(slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns], differs)
         if ran is None:
             return None
         flat, grads = ran[-1], ran[:-1]
-        # the model as it is now, on the explained samples: a program keeps what the model was when it was traced (its
-        # Python code and state, beyond what its version sees: a function or submodule swapped, a class attribute), so
-        # its outputs are checked against the model's own at every call, within the additivity check's tolerance
-        differs = self._outputs_differ(samples, flat.reshape(block.samples, block.references, -1)[:, 0], p.state)
-        if differs is not None:
-            traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differs:.2g}")
+        differed = differs(ran)
+        if differed is not None:
+            traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differed:.2g}")
             return None
         return flat, grads
 
@@ -574,6 +596,14 @@ class TorchEngine(KeptPasses):
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
+
+
+def _waited(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device``'s queue has run (a CUDA device synchronized): the ends of an intercepted
+    pass timed for ``compile="auto"``, at most a read more a call, and only while its shapes wait to be traced."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def numpy(t: Tensor) -> np.ndarray:

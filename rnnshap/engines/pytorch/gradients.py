@@ -32,10 +32,6 @@ def contribution(grad: Tensor, x: Tensor, reference: Tensor) -> Tensor:
     return contribution
 
 
-#: autograd's engine as ``torch.autograd.grad`` runs it after checking its arguments (see :func:`_backward`)
-_ENGINE_RUN_BACKWARD = getattr(torch.autograd.graph, "_engine_run_backward", None)
-
-
 def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     """Gradients of every column of ``chosen`` w.r.t. ``leaves``: shape (k, *leaf.shape) each.
 

@@ -19,6 +19,11 @@ On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and re
 kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
 faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
+
+``compile="auto"`` (the default on a CUDA device) traces a slot only once its intercepted passes have taken about
+what tracing it would (:data:`TRACE_IN_CALLS` of them), as a ski rental buys once the rent paid reaches the price: a
+few calls never pay for a trace, and many calls pay at most about twice what the best choice made in advance would
+have. It keeps the program only where it runs faster than the intercepted pass did.
 """
 
 from __future__ import annotations
@@ -172,6 +177,10 @@ class _Program:
 
 #: a program whose guards missed this many calls in a row is dropped, and its slot runs intercepted
 _MISSES = 2
+#: ``compile="auto"`` traces a slot once its intercepted input passes have taken this many times the median one: about
+#: what tracing it takes (make_fx runs the pass with Python around every operation: 30-90 times an intercepted pass,
+#: measured for an LSTM, a GRU, an Elman layer, PatchTST and an ``LSTMCell`` loop, on an H100's host and on the CPU)
+TRACE_IN_CALLS = 50
 #: the most programs an engine keeps (one per slot: input shapes, outputs chosen, kept reference pass), the least
 #: recently used dropped first: calls of ever new shapes (a last batch, sequences of varying length) do not pile them up
 _PROGRAMS = 8
@@ -192,12 +201,47 @@ class TracedPasses:
     untraceable: dict[Any, tuple[Any, str]] = field(default_factory=dict)
     #: how the last call ran, in words
     path: str = "intercepted: no call yet"
+    #: ``compile="auto"``: the seconds of each intercepted input pass of a slot's version so far (see :meth:`took`)
+    spent: dict[Any, list[float]] = field(default_factory=dict)
+    #: the slot whose input pass runs intercepted this call, waiting to be traced (``compile="auto"``), else None
+    pending: Any = None
 
     def forget(self) -> None:
         """Drop every program (the model changed: its kept reference passes are dropped too)."""
         self.programs.clear()
         self.seen.clear()
         self.untraceable.clear()
+        self.spent.clear()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether this call's input pass runs intercepted while its slot waits to be traced (``compile="auto"``):
+        the engine times it (:meth:`took`)."""
+        return self.pending is not None
+
+    def took(self, seconds: float) -> None:
+        """The intercepted input pass of the waiting slot took ``seconds`` (``compile="auto"``)."""
+        if self.pending is not None:
+            self.spent.setdefault(self.pending, []).append(seconds)
+            self.pending = None
+
+    def _wait(self, slot: Any) -> bool:
+        """``compile="auto"``: whether the slot's version waits another call before it is traced (its intercepted
+        passes since its first call have not yet taken :data:`TRACE_IN_CALLS` times their median: the first, which
+        sets up what a program keeps and pays what a process pays once, is not counted), the path saying so."""
+        if self.mode != "auto" or EVERY_PASS:
+            return False
+        took = self.spent.get(slot, [])
+        price = TRACE_IN_CALLS * sorted(took)[len(took) // 2] if took else math.inf
+        if sum(took) >= price:
+            return False
+        self.pending = slot
+        self.path = (
+            f"intercepted: {len(took) + 2} calls of these shapes so far; compile=\"auto\" traces them once their passes "
+            f"have taken about what tracing takes ({TRACE_IN_CALLS} passes"
+            + (")" if not took else f", {price:.2g} s)")
+        )
+        return True
 
     def drop(self, slot: Any, why: str) -> None:
         """Drop the slot's program (its result is not used): the call runs intercepted, and the next is traced anew."""
@@ -205,12 +249,19 @@ class TracedPasses:
         self.path = f"intercepted: {why} (traced again at the next call)"
 
     def run(
-        self, slot: Any, version: Any, holds: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]
+        self,
+        slot: Any,
+        version: Any,
+        holds: Any,
+        region: Callable[..., list[Tensor]],
+        inputs: list[Tensor],
+        check: Callable[[list[Tensor]], Any] | None = None,
     ) -> list[Tensor] | None:
         """``region(*inputs)``'s outputs from the slot's program, traced now on the second call of this version; None
         where the pass runs intercepted this call (the first call of a version, a guard that did not hold, a pass
         that does not trace, or a pass that failed while traced: the caller runs it intercepted and reports what it
-        reports). ``holds``: the objects ``version`` names by identity, kept alive with it."""
+        reports). ``holds``: the objects ``version`` names by identity, kept alive with it; ``check``: what the caller
+        runs on a program's outputs at every call (timed with the program where ``"auto"`` weighs it)."""
         untraceable = self.untraceable.get(slot)
         if untraceable is not None and untraceable[0] == version:
             self.path = f"intercepted: {untraceable[1]}"
@@ -223,13 +274,17 @@ class TracedPasses:
             before = self.seen.get(slot)
             if (before is None or before[0] != version) and not EVERY_PASS:
                 self.seen[slot] = (version, holds)
+                self.spent.pop(slot, None)
+                later = "the second is traced" if self.mode != "auto" else f"traced after about {TRACE_IN_CALLS} more"
                 self.path = (
-                    "intercepted: the first call of these shapes (the second is traced)"
+                    f"intercepted: the first call of these shapes ({later})"
                     if before is None
-                    else "intercepted: the model or its kept reference pass changed since the last call (the next is traced)"
+                    else f"intercepted: the model or its kept reference pass changed since the last call ({later})"
                 )
                 return None
-            return self._trace(slot, version, region, inputs)
+            if self._wait(slot):
+                return None
+            return self._trace(slot, version, region, inputs, check)
         self.programs[slot] = self.programs.pop(slot)  # (the most recently used last: see _PROGRAMS)
         with torch.no_grad():
             ran = program.run(*inputs)
@@ -247,7 +302,14 @@ class TracedPasses:
         self.path = "intercepted: a check the traced pass made gives another answer on these inputs"
         return None
 
-    def _trace(self, slot: Any, version: Any, region: Callable[..., list[Tensor]], inputs: list[Tensor]) -> list[Tensor] | None:
+    def _trace(
+        self,
+        slot: Any,
+        version: Any,
+        region: Callable[..., list[Tensor]],
+        inputs: list[Tensor],
+        check: Callable[[list[Tensor]], Any] | None = None,
+    ) -> list[Tensor] | None:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         guarding = _Guarding()
@@ -290,9 +352,26 @@ class TracedPasses:
         if not _held(ran[len(outputs) :]):  # (the program disagrees with the trace it came from: not used)
             self.untraceable[slot] = (version, "the traced program's checks did not hold on the inputs it was traced on")
             return None
+        if self.mode == "auto" and slot in self.spent:  # (kept only where it runs faster than the intercepted pass did)
+            took = sorted(self.spent[slot])[len(self.spent[slot]) // 2]
+            def program_and_check(*tensors: Tensor) -> None:
+                ran = program.run(*tensors)
+                if check is not None:  # (the caller's check of a program's outputs, which the intercepted pass skips)
+                    check(ran[: len(ran) - program.checks])
+
+            took_program = _seconds(program_and_check, inputs)
+            if took_program >= took:
+                self.untraceable[slot] = (version, (
+                    f'traced, but its program ({1e3 * took_program:.2f} ms a call) was not faster than the intercepted '
+                    f'pass ({1e3 * took:.2f} ms), and compile="auto" keeps only a faster one'
+                ))  # fmt: skip
+                self.path = f"intercepted: {self.untraceable[slot][1]} (this call's values came from the trace)"
+                return outputs
         self.programs[slot] = program
-        while len(self.programs) > _PROGRAMS:  # (the least recently used first)
-            del self.programs[next(iter(self.programs))]
+        while len(self.programs) > _PROGRAMS:  # (the least recently used first; with "auto", to be paid for again)
+            evicted = next(iter(self.programs))
+            del self.programs[evicted]
+            self.spent.pop(evicted, None)
         self.path = self._describe(program)
         return outputs
 
@@ -582,16 +661,17 @@ def _slower(candidate: Callable[..., Any], program: Callable[..., Any], inputs: 
 
 def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
     """The wall time of a run of ``program`` on ``inputs`` (its device's queue run), the shorter of two."""
-    cuda = inputs[0].device.type == "cuda"
+    device = inputs[0].device
+    cuda = device.type == "cuda"
     times = []
     for _ in range(2):
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
             program(*inputs)
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 

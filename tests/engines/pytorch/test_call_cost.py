@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +90,44 @@ def test_gradient_without_the_size_check_is_autograds_bit_for_bit(batched: bool)
     assert again[0] is not None and torch.equal(again[0], want[0])
     with pytest.raises(RuntimeError):
         gradient(out, grad, [a], batched=batched)
+
+
+def test_gradient_takes_the_public_call_where_the_engine_is_not_torchs_of_2_4_to_2_13(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where autograd's engine is missing or takes its arguments otherwise (``_engine()`` says False), ``gradient`` is
+    ``torch.autograd.grad`` itself; the same values."""
+    from rnnshap.formulas import torch_ops
+
+    a = torch.randn(4, 3, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    grad = torch.ones(4, 3)
+    want = torch.autograd.grad(torch.exp(a), [a], grad)[0]
+    monkeypatch.setattr(torch_ops, "_ENGINE", False)
+    got = torch_ops.gradient(torch.exp(a), grad, [a])[0]
+    assert got is not None and torch.equal(got, want)
+
+
+class _RaisesTypeError(torch.autograd.Function):
+    calls = 0
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        _RaisesTypeError.calls += 1
+        raise TypeError("a rule's own fault")
+
+
+def test_a_type_error_inside_a_backward_is_raised_once_not_retried() -> None:
+    """``gradient`` decides once how to call autograd's engine; an error inside the backward (a rule's fault) is
+    raised as it is, the backward run once."""
+    from rnnshap.formulas.torch_ops import gradient
+
+    x = torch.randn(3, requires_grad=True)
+    _RaisesTypeError.calls = 0
+    with pytest.raises(TypeError, match="a rule's own fault"):
+        gradient(_RaisesTypeError.apply(x), torch.ones(3), [x])
+    assert _RaisesTypeError.calls == 1
 
 
 def _metadata_reads(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

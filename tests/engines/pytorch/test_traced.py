@@ -91,7 +91,7 @@ def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_fo
         paths.append(program.pass_path)
     assert paths[0].startswith("intercepted: the first call")
     assert paths[1].startswith("traced:") and paths[2] == paths[1], paths
-    assert intercepted.pass_path == "intercepted (compile=False)"
+    assert intercepted.pass_path == "intercepted (compile=None, the default: every call off a CUDA device)"
 
 
 def _programs(explainer: rnnshap.DeepExplainer) -> list[object]:
@@ -552,10 +552,101 @@ def test_without_a_cpp_compiler_the_traced_program_runs_and_says_why(monkeypatch
     )
 
 
-@pytest.mark.parametrize("value", ["yes", 1, "inductor"])
-def test_compile_takes_false_trace_or_true(value: object) -> None:
+def _auto_calls(monkeypatch: pytest.MonkeyPatch, program_seconds: float, calls: int = 12) -> tuple[list[str], bool]:
+    """``compile="auto"`` on the CPU, tracing once a slot's passes took 3 times their median (50 by default), its
+    program timed at ``program_seconds``: each call's path, and whether every call's values were the intercepted
+    explainer's bit for bit."""
+    monkeypatch.setattr(traced, "TRACE_IN_CALLS", 3)
+    ran: list[object] = []
+
+    def seconds(program: Callable[..., object], inputs: list[torch.Tensor]) -> float:
+        with torch.no_grad():  # (run once, as the real timer runs it: the program and the check of its outputs)
+            ran.append(program(*inputs))
+        return program_seconds
+
+    monkeypatch.setattr(traced, "_seconds", seconds)
+    torch.manual_seed(0)
+    model = FAMILIES["lstm cell in a loop"]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    auto = rnnshap.DeepExplainer(model, background, compile="auto")
+    paths, same = [], True
+    for _ in range(calls):
+        same = same and _same(auto.shap_values(X), intercepted.shap_values(X))
+        paths.append(auto.pass_path)
+    assert len(ran) == 1  # (timed once, when traced)
+    return paths, same
+
+
+def test_auto_traces_once_the_calls_of_the_same_shapes_have_taken_about_what_tracing_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ski rental: the first call sets up what a program keeps (not counted); the calls after it are timed, and
+    the shapes are traced once their passes have taken TRACE_IN_CALLS times their median (here 3: the fifth call
+    where each pass takes as long, a call or two later where they vary), then run as that program."""
+    paths, same = _auto_calls(monkeypatch, program_seconds=0.0)
+    assert same
+    assert paths[0] == "intercepted: the first call of these shapes (traced after about 3 more)"
+    assert paths[1] == (
+        'intercepted: 2 calls of these shapes so far; compile="auto" traces them once their passes have taken about '
+        "what tracing takes (3 passes)"
+    )
+    assert paths[2].startswith('intercepted: 3 calls of these shapes so far; compile="auto" traces them once')
+    first = next(i for i, path in enumerate(paths) if path.startswith("traced:"))
+    assert 4 <= first <= 9, paths
+    assert all(path == paths[first] for path in paths[first:]), paths
+
+
+def test_auto_keeps_a_program_only_where_it_runs_faster_than_the_intercepted_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that is not faster than the intercepted pass it replaces is not kept: the call that traced it takes
+    its values (the same bits), and the shapes run intercepted from then on, saying why."""
+    paths, same = _auto_calls(monkeypatch, program_seconds=1e3)
+    assert same
+    first = next(i for i, path in enumerate(paths) if "traced, but" in path)
+    assert 4 <= first <= 9, paths
+    assert paths[first].startswith(
+        "intercepted: traced, but its program (1000000.00 ms a call) was not faster than the intercepted pass ("
+    )
+    assert paths[first].endswith('and compile="auto" keeps only a faster one (this call\'s values came from the trace)')
+    assert all(path.startswith("intercepted: traced, but its program") for path in paths[first + 1 :]), paths
+
+
+def test_auto_counts_a_changed_models_calls_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a slot's calls spent is its version's: after the model changes in place, its first call is not counted and
+    the count starts again (a program of the old model is never what the new one's calls pay for)."""
+    monkeypatch.setattr(traced, "TRACE_IN_CALLS", 3)
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    auto = rnnshap.DeepExplainer(model, background, compile="auto")
+    for _ in range(3):
+        auto.shap_values(X)
+    assert auto.pass_path.startswith('intercepted: 3 calls of these shapes so far; compile="auto"'), auto.pass_path
+    with torch.no_grad():
+        model.head.bias.add_(0.5)  # (in place: the kept passes are dropped, the version changes)
+    want = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+    assert _same(auto.shap_values(X), want)
+    assert auto.pass_path == "intercepted: the first call of these shapes (traced after about 3 more)", auto.pass_path
+    assert _same(auto.shap_values(X), want)
+    assert auto.pass_path.startswith('intercepted: 2 calls of these shapes so far; compile="auto"'), auto.pass_path
+
+
+def test_the_default_traces_nothing_on_the_cpu() -> None:
+    """``compile=None``, the default, is ``"auto"`` on a CUDA device only (tests/test_gpu.py): on the CPU every call
+    is intercepted, and the engine keeps no traced passes at all."""
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    explainer = rnnshap.DeepExplainer(model, background)
+    for _ in range(3):
+        explainer.shap_values(X)
+    assert explainer.engine._traced is None  # type: ignore[attr-defined]
+    assert explainer.pass_path == "intercepted (compile=None, the default: every call off a CUDA device)"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "inductor", "Auto"])
+def test_compile_takes_none_false_auto_trace_or_true(value: object) -> None:
     model = FAMILIES["lstm"]()
-    with pytest.raises(rnnshap.InputError, match='compile= takes False, "trace" or True'):
+    with pytest.raises(rnnshap.InputError, match='compile= takes None, False, "auto", "trace" or True'):
         rnnshap.DeepExplainer(model, _data()[1], compile=value)  # type: ignore[arg-type]
 
 
