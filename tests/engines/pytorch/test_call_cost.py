@@ -18,6 +18,11 @@ import rnnshap
 from ...models.torch import Composite, RecurrentHead
 
 
+def _runs_in_a_fresh_process(script: str) -> None:
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
     """The floor's backward (``autograd.grad`` of a scalar) imports nothing; ``autograd.grad`` given ``grad_outputs``
     imports torch's symbolic shapes and sympy on its first use in a process (0.3-0.4 s, 30 times a tiny model's steady
@@ -37,8 +42,7 @@ def test_a_first_call_imports_nothing_its_floor_does_not() -> None:
         "explainer.shap_values(torch.randn(2, 6, 3), outputs=[0])\n"  # one output
         "assert 'sympy' not in sys.modules, 'sympy imported'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _runs_in_a_fresh_process(script)
 
 
 def test_a_first_call_through_a_derivative_or_a_selection_imports_nothing_its_floor_does_not() -> None:
@@ -64,8 +68,7 @@ def test_a_first_call_through_a_derivative_or_a_selection_imports_nothing_its_fl
         "explainer.shap_values(X)\n"
         "assert 'sympy' not in sys.modules, 'sympy imported'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _runs_in_a_fresh_process(script)
 
 
 @pytest.mark.parametrize("batched", [False, True])
