@@ -600,7 +600,7 @@ KEPT_TAPE_BYTES = 64 * 2**20
 
 def _waited(device: torch.device) -> float:
     """``time.perf_counter()`` once ``device``'s queue has run (a CUDA device synchronized): the ends of an intercepted
-    pass timed for ``compile="auto"``, at most a read more a call, and only while its shapes wait to be traced."""
+    pass timed for ``compile="auto"``: two waits more a call, only while its shapes wait to be traced."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()

@@ -354,6 +354,7 @@ class TracedPasses:
             return None
         if self.mode == "auto" and slot in self.spent:  # (kept only where it runs faster than the intercepted pass did)
             took = sorted(self.spent[slot])[len(self.spent[slot]) // 2]
+
             def program_and_check(*tensors: Tensor) -> None:
                 ran = program.run(*tensors)
                 if check is not None:  # (the caller's check of a program's outputs, which the intercepted pass skips)
