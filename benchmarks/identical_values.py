@@ -8,7 +8,8 @@ attribution's bytes (and of the expected value), so two trees can be compared li
 - recurrent: LSTM, GRU, RNN (float32), a bidirectional 2-layer LSTM, an LSTM in float64, LSTM/GRU cells
   looped in Python;
 - attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
-- normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``);
+- normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``), batch norm at
+  inference (1-d over a transposed input, 2-d);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
 - max-pool: 1-d overlapping windows after a convolution, 2-d windows, adaptive; tsai's InceptionTimePlus (when
   tsai is installed);
@@ -204,6 +205,25 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     def norms() -> tuple[Any, ...]:
         torch.manual_seed(8)
         return explain(Norms(), *data(4, 6))
+
+    class BatchNorms(nn.Module):
+        """Batch norm at inference over a transposed (N, L, C), as PatchTST's, and over (N, C, H, W)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn1, self.bn2, self.head = nn.BatchNorm1d(6), nn.BatchNorm2d(1), nn.Linear(6, 3)
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.normal_()
+                bn.running_var.uniform_(0.1, 3.0)
+                bn.weight.data.normal_()
+
+        def forward(self, x: Any) -> Any:
+            y = torch.tanh(self.bn1(x.transpose(1, 2))).transpose(1, 2) + self.bn2(x[:, None])[:, 0]
+            return self.head(y).sum(1)
+
+    def batch_norms() -> tuple[Any, ...]:
+        torch.manual_seed(24)
+        return explain(BatchNorms(), *data(4, 6))
 
     class Heads(nn.Module):
         def __init__(self) -> None:
@@ -452,6 +472,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "transformer": transformer,
         "attention": attention,
         "norms": norms,
+        "batch_norms": batch_norms,
         "heads": heads,
         "secant_ops": secant_ops,
         "secant_ops_float64": secant_ops_float64,

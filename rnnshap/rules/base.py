@@ -196,6 +196,11 @@ class Rule:
     which case the engine passes the ordinary gradient and records nothing.
     """
 
+    #: a linear rule whose :meth:`attribute` gives the ordinary gradient as an autograd node of its own, where torch's
+    #: backward kernel is slow (:class:`~rnnshap.rules.structured.BatchNormAtInference`): the engine calls it in the
+    #: input pass, for a call that is not in place, and runs the operation as it is elsewhere
+    attaches_gradient = False
+
     def is_linear(self, call: OpCall) -> bool:  # noqa: ARG002 - part of the interface
         """Whether the ordinary gradient is exact for this call."""
         return False

@@ -26,6 +26,7 @@ from .composite import Quotient
 from .elementwise import AddedProduct, Bilinear, Multilinear, Product, Shapley
 from .maxima import MaxPool
 from .refusals import refusal_op_rules, tensor_methods
+from .structured import BatchNormAtInference
 
 OpKey = Any  # a function object, or ("getter", attribute name) for tensor properties
 
@@ -176,7 +177,7 @@ def default_op_rules() -> dict[OpKey, Rule]:
             table[fn] = MaxPool(adaptive, dims)
     dropout = EvalOnly(_dropout_active, "dropout in training mode")
     put(("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"), dropout)
-    put(("batch_norm",), EvalOnly(_batch_norm_active, "batch norm with batch statistics (training mode)"))
+    put(("batch_norm",), BatchNormAtInference(_batch_norm_active, "batch norm with batch statistics (training mode)"))
     put(("detach",), Identity())  # the same function, the path kept (.item(), .data, detach_: refusals.py)
     for attribute in ("T", "mT", "H", "mH", "real", "imag"):
         table[("getter", attribute)] = Linear()

@@ -429,6 +429,10 @@ class AttributionMode(TapePass):
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise ModelStateError(f"The model runs {rule.what} ({name}), {_eval_only_advice(call, name)}")
         if linear if linear is not None else rule.is_linear(call):
+            if rule.attaches_gradient and self.replay and target is None:
+                result = rule.attribute(call)  # (its own node for the ordinary gradient)
+                self.track(result)
+                return result
             return self._linear(func, args, kwargs, target, rule, name)
         if self.scales and (type(rule) is Product or type(rule) is Quotient):
             rule = normalizing_rule(rule, call, self.scales)  # a normalization written by hand (handwritten_norms.py)
