@@ -28,7 +28,8 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --device cuda --calls 80  # the default (compile="auto" there) over 80 calls
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
-the zoo tests build them, and tsai's InceptionTimePlus (``inception``) from its constructor; a model whose library is
+the zoo tests build them, tsai's InceptionTimePlus (``inception``) from its constructor, and the fully convolutional
+network (``fcn``: convolutions and batch norms, as tsai's and aeon's FCN) in torch; a model whose library is
 missing is skipped (tsai pins scikit-learn < 1.8, outside the constraints file: install it apart, tests/zoo/test_tsai.py).
 """
 
@@ -128,6 +129,26 @@ class ChannelsFirst(nn.Module):
         return self.model(x.transpose(1, 2))
 
 
+class FCN(nn.Module):
+    """The fully convolutional network of Wang et al. (2017), as tsai's ``FCN`` and aeon's ``FCNClassifier`` build it:
+    three blocks of ``Conv1d`` (kernels 8, 5, 3; ``hidden``, ``2 hidden``, ``hidden`` filters: the paper's 128, 256,
+    128 at the published size), ``BatchNorm1d`` and ReLU, the mean over time, a linear head; on (N, T, channels)."""
+
+    def __init__(self, features: int, hidden: int, outputs: int) -> None:
+        super().__init__()
+        widths, blocks = (features, hidden, 2 * hidden, hidden), []
+        for i, kernel in enumerate((8, 5, 3)):
+            blocks += [nn.Conv1d(widths[i], widths[i + 1], kernel, padding="same"), nn.BatchNorm1d(widths[i + 1]), nn.ReLU()]
+        self.body, self.head = nn.Sequential(*blocks), nn.Linear(hidden, outputs)
+        generator = torch.Generator().manual_seed(0)
+        for norm in self.body[1::3]:  # (running statistics of a trained model, not the fresh 0 and 1)
+            norm.running_mean.normal_(generator=generator)
+            norm.running_var.uniform_(0.5, 2.0, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.transpose(1, 2)).mean(-1))
+
+
 def inception(steps: int, hidden: int, features: int, outputs: int) -> nn.Module:
     """tsai's InceptionTimePlus (its default model: 6 Inception modules) from its own constructor, ``hidden // 4``
     filters a branch (tsai's default of 32 at the published size)."""
@@ -152,6 +173,8 @@ def build(name: str, hidden: int, features: int, outputs: int, steps: int) -> nn
         return Head(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), features, outputs)
     if name == "cell":
         return CellLoop(features, hidden, outputs)
+    if name == "fcn":
+        return FCN(features, hidden, outputs)
     raise SystemExit(f"unknown model {name!r}")
 
 
@@ -569,7 +592,7 @@ def grow(name: str, steps: int, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = ["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm", "inception"]
+    models = ["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm", "fcn", "inception"]
     parser.add_argument("--models", nargs="+", default=models)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=7)
