@@ -79,6 +79,12 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, tuple[int, ...]]]] = {
         ),
         (6, 4),
     ),  # fmt: skip
+    "F.batch_norm with keywords": lambda: (
+        Composite(lambda m, x: m.head(torch.tanh(F.batch_norm(m.lin(x), m.mean, m.var, weight=m.w, eps=1e-3))),
+                  lin=nn.Linear(4, 6), head=nn.Linear(6, 3), w=nn.Parameter(torch.randn(6)),
+                  mean=nn.Buffer(torch.randn(6)), var=nn.Buffer(torch.rand(6) + 0.1)),
+        (4,),
+    ),  # fmt: skip
     "torch.batch_norm called directly": lambda: (
         Composite(
             lambda m, x: m.head(torch.tanh(torch.batch_norm(m.lin(x), m.w, m.b, m.mean, m.var, False, 0.1, 1e-3, False))),
@@ -134,9 +140,10 @@ def test_autograds_batched_backward_is_torch_backwards_bit_for_bit(monkeypatch: 
     _same_as_torchs_backward(_with_statistics(model), shape, torch.float32)
 
 
-def test_no_batch_norm_backward_kernel_runs() -> None:
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_batch_norm_backward_kernel_runs(name: str) -> None:
     torch.manual_seed(0)
-    model, shape = MODELS["BatchNorm1d over (N, C, L)"]()
+    model, shape = MODELS[name]()
     model = _with_statistics(model)
     explainer = rnnshap.DeepExplainer(model, torch.randn(6, *shape), compile=False)
     X = torch.randn(4, *shape)
