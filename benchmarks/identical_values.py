@@ -9,7 +9,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
   looped in Python;
 - attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
 - normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``), batch norm at
-  inference (1-d over a transposed input, 2-d);
+  inference (1-d over a transposed input, 2-d; float32, and float64 over 512 channels);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
 - max-pool: 1-d overlapping windows after a convolution, 2-d windows, adaptive; tsai's InceptionTimePlus (when
   tsai is installed);
@@ -209,21 +209,27 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     class BatchNorms(nn.Module):
         """Batch norm at inference over a transposed (N, L, C), as PatchTST's, and over (N, C, H, W)."""
 
-        def __init__(self) -> None:
+        def __init__(self, width: int = 6) -> None:
             super().__init__()
-            self.bn1, self.bn2, self.head = nn.BatchNorm1d(6), nn.BatchNorm2d(1), nn.Linear(6, 3)
+            self.wide = nn.Linear(6, width)
+            self.bn1, self.bn2, self.head = nn.BatchNorm1d(width), nn.BatchNorm2d(1), nn.Linear(width, 3)
             for bn in (self.bn1, self.bn2):
                 bn.running_mean.normal_()
                 bn.running_var.uniform_(0.1, 3.0)
                 bn.weight.data.normal_()
 
         def forward(self, x: Any) -> Any:
-            y = torch.tanh(self.bn1(x.transpose(1, 2))).transpose(1, 2) + self.bn2(x[:, None])[:, 0]
+            z = self.wide(x)
+            y = torch.tanh(self.bn1(z.transpose(1, 2))).transpose(1, 2) + self.bn2(z[:, None])[:, 0]
             return self.head(y).sum(1)
 
     def batch_norms() -> tuple[Any, ...]:
         torch.manual_seed(24)
         return explain(BatchNorms(), *data(4, 6))
+
+    def batch_norms_float64() -> tuple[Any, ...]:
+        torch.manual_seed(25)
+        return explain(BatchNorms(512).double(), *data(4, 6, dtype=torch.float64))
 
     class Heads(nn.Module):
         def __init__(self) -> None:
@@ -473,6 +479,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "attention": attention,
         "norms": norms,
         "batch_norms": batch_norms,
+        "batch_norms_float64": batch_norms_float64,
         "heads": heads,
         "secant_ops": secant_ops,
         "secant_ops_float64": secant_ops_float64,
