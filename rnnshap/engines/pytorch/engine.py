@@ -8,7 +8,6 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -33,7 +32,7 @@ from .runner import PairPass, PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
 from .state import PreservedState, python_state
 from .tape import Tape, repeat_along
-from .traced import NotThisCall, TracedPasses, has_hooks
+from .traced import NotThisCall, TracedPasses, has_hooks, waited
 
 Tensor = torch.Tensor
 
@@ -382,10 +381,10 @@ class TorchEngine(KeptPasses):
                     grid.deferred.clear()
             try:
                 timed = self._traced is not None and self._traced.waiting
-                start = _waited(device) if timed else 0.0
+                start = waited(device) if timed else 0.0
                 done = self._input_side(PairPass(block, leaves, references, tape, grid, state, chosen_columns))
                 if timed and done is not None:
-                    self._traced.took(_waited(device) - start)  # type: ignore[union-attr]
+                    self._traced.took(waited(device) - start)  # type: ignore[union-attr]
             except TapeMismatchError:
                 if not distinct:
                     raise
@@ -596,14 +595,6 @@ class TorchEngine(KeptPasses):
 
 #: the most bytes of reference tapes an engine keeps for later blocks and calls
 KEPT_TAPE_BYTES = 64 * 2**20
-
-
-def _waited(device: torch.device) -> float:
-    """``time.perf_counter()`` once ``device``'s queue has run (a CUDA device synchronized): the ends of an intercepted
-    pass timed for ``compile="auto"``: two waits more a call, only while its shapes wait to be traced."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def numpy(t: Tensor) -> np.ndarray:

@@ -232,7 +232,7 @@ class TracedPasses:
         if self.mode != "auto" or EVERY_PASS:
             return False
         took = self.spent.get(slot, [])
-        price = TRACE_IN_CALLS * sorted(took)[len(took) // 2] if took else math.inf
+        price = TRACE_IN_CALLS * _median(took) if took else math.inf
         if sum(took) >= price:
             return False
         self.pending = slot
@@ -353,7 +353,7 @@ class TracedPasses:
             self.untraceable[slot] = (version, "the traced program's checks did not hold on the inputs it was traced on")
             return None
         if self.mode == "auto" and slot in self.spent:  # (kept only where it runs faster than the intercepted pass did)
-            took = sorted(self.spent[slot])[len(self.spent[slot]) // 2]
+            took = _median(self.spent[slot])
 
             def program_and_check(*tensors: Tensor) -> None:
                 ran = program.run(*tensors)
@@ -660,20 +660,29 @@ def _slower(candidate: Callable[..., Any], program: Callable[..., Any], inputs: 
     return f"{1e3 * took:.2f} ms against {1e3 * took_program:.2f} ms a call" if took > took_program else None
 
 
+def waited(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device``'s queue has run (a CUDA device synchronized): the ends of a timed run,
+    here and of an intercepted pass timed for ``compile="auto"`` (two waits more a call, only while its shapes wait to
+    be traced)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _median(seconds: list[float]) -> float:
+    """The median of a slot's timed passes (the upper one of an even count)."""
+    return sorted(seconds)[len(seconds) // 2]
+
+
 def _seconds(program: Callable[..., Any], inputs: list[Tensor]) -> float:
     """The wall time of a run of ``program`` on ``inputs`` (its device's queue run), the shorter of two."""
     device = inputs[0].device
-    cuda = device.type == "cuda"
     times = []
     for _ in range(2):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = waited(device)
         with torch.no_grad():
             program(*inputs)
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(waited(device) - start)
     return min(times)
 
 
