@@ -28,9 +28,11 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --device cuda --calls 80  # the default (compile="auto" there) over 80 calls
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
-the zoo tests build them, tsai's InceptionTimePlus (``inception``) from its constructor, and the fully convolutional
-network (``fcn``: convolutions and batch norms, as tsai's and aeon's FCN) in torch; a model whose library is
-missing is skipped (tsai pins scikit-learn < 1.8, outside the constraints file: install it apart, tests/zoo/test_tsai.py).
+the zoo tests build them, tsai's InceptionTimePlus (``inception``) from its constructor, and in torch the fully
+convolutional network (``fcn``: convolutions and batch norms, as tsai's and aeon's FCN) and InceptionTime
+(``inceptiontime``: tsai's InceptionTimePlus module by module, for where tsai does not install); a model whose library
+is missing is skipped (tsai pins scikit-learn < 1.8, outside the constraints file: install it apart,
+tests/zoo/test_tsai.py; its torchvision needs a CUDA build of torch).
 """
 
 from __future__ import annotations
@@ -149,6 +151,53 @@ class FCN(nn.Module):
         return self.head(self.body(x.transpose(1, 2)).mean(-1))
 
 
+class InceptionModule(nn.Module):
+    """One Inception module of InceptionTime (Ismail Fawaz et al., 2020), as tsai's ``InceptionModulePlus`` builds it: a
+    1x1 bottleneck (where the input is not already ``nf`` wide), convolutions of kernels 39, 19 and 9 on it, a max-pool
+    of 3 then a 1x1 convolution on the input, the four side by side, a batch norm, and a ReLU (``act``)."""
+
+    def __init__(self, ni: int, nf: int, act: bool) -> None:
+        super().__init__()
+        self.bottleneck = nn.Conv1d(ni, nf, 1, bias=False) if ni != nf else nn.Identity()
+        self.convs = nn.ModuleList(nn.Conv1d(nf, nf, k, padding="same", bias=False) for k in (39, 19, 9))
+        self.pooled = nn.Sequential(nn.MaxPool1d(3, stride=1, padding=1), nn.Conv1d(ni, nf, 1, bias=False))
+        self.norm, self.act = nn.BatchNorm1d(4 * nf), nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        narrow = self.bottleneck(x)
+        return self.act(self.norm(torch.cat([conv(narrow) for conv in self.convs] + [self.pooled(x)], 1)))
+
+
+class InceptionTime(nn.Module):
+    """InceptionTime (tsai's default model, ``InceptionTimePlus``, written in torch where tsai does not install): six
+    Inception modules of ``nf`` filters a branch (tsai's 32 at the published size), a residual connection around each
+    three (a 1x1 convolution and a batch norm where the width changes, else a batch norm; added, then a ReLU), the mean
+    over time and a linear head; on (N, T, channels). Running statistics set away from 0 and 1, as a trained model's."""
+
+    def __init__(self, features: int, nf: int, outputs: int) -> None:
+        super().__init__()
+        width = 4 * nf
+        self.modules_ = nn.ModuleList(InceptionModule(features if d == 0 else width, nf, act=d % 3 != 2) for d in range(6))
+        self.shortcuts = nn.ModuleList([
+            nn.Sequential(nn.Conv1d(features, width, 1, bias=False), nn.BatchNorm1d(width)) if features != width
+            else nn.BatchNorm1d(width),
+            nn.BatchNorm1d(width),
+        ])  # fmt: skip
+        self.head = nn.Linear(width, outputs)
+        generator = torch.Generator().manual_seed(0)
+        for norm in (m for m in self.modules() if isinstance(m, nn.BatchNorm1d)):
+            norm.running_mean.normal_(generator=generator)
+            norm.running_var.uniform_(0.5, 2.0, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = residual = x.transpose(1, 2)
+        for d, module in enumerate(self.modules_):
+            x = module(x)
+            if d % 3 == 2:
+                x = residual = torch.relu(x + self.shortcuts[d // 3](residual))
+        return self.head(x.mean(-1))
+
+
 def inception(steps: int, hidden: int, features: int, outputs: int) -> nn.Module:
     """tsai's InceptionTimePlus (its default model: 6 Inception modules) from its own constructor, ``hidden // 4``
     filters a branch (tsai's default of 32 at the published size)."""
@@ -175,6 +224,8 @@ def build(name: str, hidden: int, features: int, outputs: int, steps: int) -> nn
         return CellLoop(features, hidden, outputs)
     if name == "fcn":
         return FCN(features, hidden, outputs)
+    if name == "inceptiontime":
+        return InceptionTime(features, hidden // 4, outputs)
     raise SystemExit(f"unknown model {name!r}")
 
 
@@ -592,7 +643,7 @@ def grow(name: str, steps: int, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = ["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm", "fcn", "inception"]
+    models = ["lstm", "gru", "rnn", "transformer", "cell", "patchtst", "ttm", "fcn", "inceptiontime", "inception"]
     parser.add_argument("--models", nargs="+", default=models)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=7)

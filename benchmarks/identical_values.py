@@ -12,7 +12,7 @@ attribution's bytes (and of the expected value), so two trees can be compared li
   inference (1-d over a transposed input, 2-d; float32, and float64 over 512 channels);
 - heads: softmax, log_softmax, logsumexp, max, topk, sort;
 - max-pool: 1-d overlapping windows after a convolution, 2-d windows, adaptive; tsai's InceptionTimePlus (when
-  tsai is installed);
+  tsai is installed), and InceptionTime written in torch (``bench_dispatch.py``'s);
 - binary ops of two input-dependent operands (maximum, minimum, pow, fmax, division);
 - picked indices: argmax, and its uses gather, index_select from a table, one_hot;
 - secant ops: exp, log, sqrt, rsqrt, reciprocal, square, expm1, log1p, exp2, log2, log10, pow (constant
@@ -353,6 +353,14 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         torch.manual_seed(29)
         return explain(ChannelsFirst(InceptionTimePlus(3, 2, seq_len=12, nf=4)), *data(12, 3))
 
+    def inception_time() -> tuple[Any, ...]:
+        """InceptionTime written in torch (``bench_dispatch.py``'s, tsai's modules): max-pools and batch norms at a
+        width where the pools' and norms' backward work on tensors of megabytes (3 outputs, and one)."""
+        from bench_dispatch import InceptionTime
+
+        torch.manual_seed(30)
+        return explain(InceptionTime(3, 16, 3), *data(40, 3))
+
     def ttm() -> tuple[Any, ...]:
         model = _foundation_models().ttm()
         series = np.sin(np.arange(200) / 5.0) + np.random.default_rng(0).normal(0, 0.1, 200)
@@ -487,6 +495,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "picked": picked,
         "pooling": pooling,
         "inception": inception,
+        "inception_time": inception_time,
         "ttm": ttm,
         "tirex": tirex,
         "reverse_recurrences": reverse_recurrences,

@@ -24,9 +24,11 @@ def _routed_maximum(ctx: Any, grad: Tensor) -> list[Tensor]:
     """Backward of a max selection: each output's change goes to the winning input position."""
     index_x, weight_x, index_r, weight_r, inverse_delta = ctx.saved_tensors
     flat_grad = grad.reshape(index_x.shape)
-    routed = torch.zeros(inverse_delta.shape, dtype=grad.dtype, device=grad.device)
-    routed = routed.scatter_add(-1, index_x, flat_grad * weight_x).scatter_add(-1, index_r, flat_grad * weight_r)
-    return [(routed * inverse_delta).reshape(ctx.shapes[0])]
+    # (in place on a tensor of its own: the values of the out-of-place chain, without a fresh tensor a step; on the CPU
+    # each fresh large one can cost its pages' first touch again, several times the arithmetic: docs/performance.md)
+    routed = flat_grad.new_zeros(inverse_delta.shape)  # (batched where the gradient is: vmap's rule for new_zeros)
+    routed.scatter_add_(-1, index_x, flat_grad * weight_x).scatter_add_(-1, index_r, flat_grad * weight_r)
+    return [routed.mul_(inverse_delta).reshape(ctx.shapes[0])]
 
 
 def routed_max(
