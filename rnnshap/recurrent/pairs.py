@@ -62,13 +62,14 @@ class Side:
         """The side for ``tensors`` (each with its batch dimension), reduced where they allow it.
 
         With ``defer`` (a cell's call, one time step of a loop) the test runs on the device and, where the grid
-        defers its checks, is read after the pass with every other (:meth:`PairGrid.defer`): read at once, it
-        would wait on the device at every step. A layer's call reads it at once (``torch.equal``, once per
-        call whatever its length): a pass run again would repeat what a stateful model did in the first."""
+        defers its checks and reading would wait on a device (:func:`defers`), is read after the pass with every other
+        (:meth:`PairGrid.defer`): read at once, it would wait on the device at every step. On the CPU, and in a
+        layer's call, it is read at once (``torch.equal``: no tensor made, no wait on the CPU; a layer's once per
+        call whatever its length: a pass run again would repeat what a stateful model did in the first)."""
         reduced, full, tests = cls._plan(which, grid, pairs, tensors)
         if full is None:
             return reduced
-        if defer and grid is not None and grid.deferred is not None:
+        if defer and grid is not None and defers(grid, tests[0][0]):
             grid.defer(*(torch.eq(a, b).all() for a, b in tests))
             return reduced
         return reduced if all(torch.equal(a, b.expand_as(a)) for a, b in tests) else full

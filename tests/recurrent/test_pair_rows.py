@@ -10,6 +10,7 @@ on it (the same as with the pair structure unknown, to float64 rounding).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import numpy as np
@@ -130,9 +131,14 @@ def _cell_scaled_by_context(m: nn.Module, x: torch.Tensor, scale: torch.Tensor) 
     return m.head(h)
 
 
-def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_values() -> None:
-    """A cell's row checks are read after the passes; where one fails the passes run again with each check read
-    at once (the reference side then keeps its rows): the values are those of one pair per batch, adding up."""
+@pytest.mark.parametrize("on_a_device", [True, False], ids=["as on a device", "on the cpu"])
+def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_values(on_a_device: bool) -> None:
+    """Where reading a cell's row checks would wait on a device (as here under ``values_unread``) they are read after
+    the passes, and where one fails the passes run again with each check read at once (the reference side then keeps
+    its rows); on the CPU each is read at once, and no pass runs again. Either way the values are those of one pair
+    per batch, adding up."""
+    from rnnshap.formulas.torch_ops import values_unread
+
     torch.manual_seed(6)
     model = Composite(_cell_scaled_by_context, cell=nn.LSTMCell(3, 5), head=nn.Linear(5, 2)).double().eval()
     x, background = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(3, 6, 3, dtype=torch.float64)
@@ -144,10 +150,10 @@ def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_val
         held.append(original(grid))
         return held[-1]
 
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, values_unread() if on_a_device else contextlib.nullcontext():
         patch.setattr(PairGrid, "all_held", spy)
         phi = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, scale])
-    assert False in held  # (the pass that assumed the rows repeat was run again)
+    assert (False in held) == on_a_device  # (the pass that assumed the rows repeat was run again)
     per_pair = rnnshap.DeepExplainer(model, [background, context], batch_size=1).shap_values([x, scale])
     np.testing.assert_allclose(phi[0], per_pair[0], rtol=0, atol=1e-12 * np.abs(phi[0]).max())
     with torch.no_grad():
