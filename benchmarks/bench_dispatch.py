@@ -172,7 +172,8 @@ class InceptionTime(nn.Module):
     """InceptionTime (tsai's default model, ``InceptionTimePlus``, written in torch where tsai does not install): six
     Inception modules of ``nf`` filters a branch (tsai's 32 at the published size), a residual connection around each
     three (a 1x1 convolution and a batch norm where the width changes, else a batch norm; added, then a ReLU), the mean
-    over time and a linear head; on (N, T, channels). Running statistics set away from 0 and 1, as a trained model's."""
+    over time and a linear head (tsai's head pools with ``AdaptiveAvgPool1d``: the same mean); on (N, T, channels).
+    Running statistics set away from 0 and 1, as a trained model's."""
 
     def __init__(self, features: int, nf: int, outputs: int) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ a fixed set of small models (seeded weights and data) and prints, per model, the
 attribution's bytes (and of the expected value), so two trees can be compared line by line:
 
 - recurrent: LSTM, GRU, RNN (float32), a bidirectional 2-layer LSTM, an LSTM in float64, LSTM/GRU cells
-  looped in Python;
+  looped in Python (and an LSTMCell loop whose rows' checks fail: a context input masks the sequence);
 - attention: ``nn.TransformerEncoderLayer`` (layer norm, softmax, GELU), ``nn.MultiheadAttention``;
 - normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, a layer norm written with torch ops (``rsqrt``), batch norm at
   inference (1-d over a transposed input, 2-d; float32, and float64 over 512 channels);
@@ -165,6 +165,29 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
     def cells() -> tuple[Any, ...]:
         torch.manual_seed(5)
         return explain(Cells(), *data(5, 4))
+
+    class MaskedCells(nn.Module):
+        """An LSTMCell loop over a sequence masked by an integer context input: each step's reference side differs
+        from sample to sample, so the cells' checks that the rows repeat fail (on the CPU read at once, else after
+        the pass, which then runs again)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell, self.head = nn.LSTMCell(3, 5), nn.Linear(5, 2)
+
+        def forward(self, x: Any, scale: Any) -> Any:
+            x = x * (torch.arange(x.shape[1]) < scale[:, None] + 2).unsqueeze(-1).to(x.dtype)
+            h = c = x.new_zeros(x.shape[0], 5)
+            for t in range(x.shape[1]):
+                h, c = self.cell(x[:, t], (h, c))
+            return self.head(h)
+
+    def masked_cells() -> tuple[Any, ...]:
+        torch.manual_seed(6)
+        x, background = data(6, 3)
+        explainer = rnnshap.DeepExplainer(MaskedCells().eval(), [background, torch.ones(4, dtype=torch.long)])
+        values = explainer.shap_values([x, torch.tensor([1, 2, 3])])
+        return np.asarray(values[0]), np.asarray(explainer.expected_value)
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
@@ -483,6 +506,7 @@ def _cases() -> dict[str, Callable[[], tuple[Any, ...]]]:
         "lstm_projection": lstm_projection,
         "wide": wide,
         "cells": cells,
+        "masked_cells": masked_cells,
         "transformer": transformer,
         "attention": attention,
         "norms": norms,

@@ -69,7 +69,7 @@ class Side:
         reduced, full, tests = cls._plan(which, grid, pairs, tensors)
         if full is None:
             return reduced
-        if defer and grid is not None and defers(grid, tests[0][0]):
+        if defer and grid is not None and tests and defers(grid, tests[0][0]):
             grid.defer(*(torch.eq(a, b).all() for a, b in tests))
             return reduced
         return reduced if all(torch.equal(a, b.expand_as(a)) for a, b in tests) else full

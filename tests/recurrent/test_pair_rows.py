@@ -132,7 +132,7 @@ def _cell_scaled_by_context(m: nn.Module, x: torch.Tensor, scale: torch.Tensor) 
 
 
 @pytest.mark.parametrize("on_a_device", [True, False], ids=["as on a device", "on the cpu"])
-def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_values(on_a_device: bool) -> None:
+def test_a_cell_whose_rows_do_not_repeat_keeps_them_with_the_same_values(on_a_device: bool) -> None:
     """Where reading a cell's row checks would wait on a device (as here under ``values_unread``) they are read after
     the passes, and where one fails the passes run again with each check read at once (the reference side then keeps
     its rows); on the CPU each is read at once, and no pass runs again. Either way the values are those of one pair
@@ -150,10 +150,21 @@ def test_a_cell_whose_rows_do_not_repeat_runs_the_passes_again_with_the_same_val
         held.append(original(grid))
         return held[-1]
 
+    sides: list[tuple[str, int | None]] = []
+    of = Side.of.__func__  # type: ignore[attr-defined]
+
+    def recorded(cls: type[Side], which: Any, *args: Any, **kwargs: Any) -> Side:
+        side = of(cls, which, *args, **kwargs)
+        sides.append((which, side.axis))
+        return side
+
     with pytest.MonkeyPatch.context() as patch, values_unread() if on_a_device else contextlib.nullcontext():
         patch.setattr(PairGrid, "all_held", spy)
-        phi = rnnshap.DeepExplainer(model, [background, context]).shap_values([x, scale])
+        explainer = rnnshap.DeepExplainer(model, [background, context])
+        patch.setattr(Side, "of", classmethod(recorded))
+        phi = explainer.shap_values([x, scale])
     assert (False in held) == on_a_device  # (the pass that assumed the rows repeat was run again)
+    assert ("reference", None) in sides  # (a reference side kept its rows: the check failed and was heeded)
     per_pair = rnnshap.DeepExplainer(model, [background, context], batch_size=1).shap_values([x, scale])
     np.testing.assert_allclose(phi[0], per_pair[0], rtol=0, atol=1e-12 * np.abs(phi[0]).max())
     with torch.no_grad():
