@@ -9,7 +9,7 @@ its formulas moved here, bit for bit (benchmarks/identical_values.py checks it).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence, cast
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 
@@ -48,6 +48,10 @@ _BYTES_FROM = 4096
 
 #: whether the ``surely_*`` tests answer unread on the CPU too (:func:`values_unread`)
 _unread = False
+
+#: functorch's own test of whether a tensor is batched by ``torch.func.vmap`` (None in a torch without it): the backward
+#: of a rule whose values depend on the path (vmap's batched backward or autograd's) asks it
+vmap_batched: Callable[[Tensor], bool] | None = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
 
 
 def readable(t: Tensor) -> bool:

@@ -30,11 +30,9 @@ import torch
 from ..formulas import recurrence
 from ..formulas.recurrence import Run, Through, reverse_time
 from ..formulas.torch_ops import TORCH
+from ..formulas.torch_ops import vmap_batched as _IS_BATCHED  # (absent: every call takes the operator)
 
 Tensor = torch.Tensor
-
-#: functorch's own test of whether a tensor is batched by ``torch.func.vmap`` (absent: every call takes the operator)
-_IS_BATCHED: Callable[[Tensor], bool] | None = getattr(torch._C._functorch, "is_batchedtensor", None)
 
 
 def _pairs(t: Tensor, n: int) -> Tensor:

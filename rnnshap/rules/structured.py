@@ -21,6 +21,7 @@ import torch
 from ..formulas import pairs
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH
+from ..formulas.torch_ops import vmap_batched as _IS_BATCHED
 from .base import EvalOnly, OpCall, PairGrid, Rule
 from .elementwise import attach, product, with_multipliers
 from .maxima import MaxPool, MaxReduction, picked_index, ranked_values, routed_max
@@ -485,9 +486,9 @@ def _batch_norm_parts(call: OpCall) -> tuple[Tensor, Tensor | None, float] | Non
 def _through_weights(call: OpCall) -> str | None:
     """Why a batch norm call is not linear in its input-dependent operands (a weight, bias or running statistic among
     them: a product with the input then), or None."""
-    if len(call.tracked) > 1 or any(position > 0 for position in call.tracked_positions()):
-        return "its weight, bias or running statistics depend on the input, where batch norm is no longer linear"
-    return None
+    if not call.tracked or _through_input_only(call) is None:
+        return None
+    return "its weight, bias or running statistics depend on the input, where batch norm is no longer linear"
 
 
 class BatchNormAtInference(EvalOnly):
@@ -544,8 +545,6 @@ def _batch_norm_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
         return [(grad * weight).mul_(inverse)]
     return [(grad * inverse).mul_(weight)]
 
-
-_IS_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
 
 
 __all__ = [
