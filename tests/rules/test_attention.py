@@ -577,3 +577,47 @@ def test_an_attentions_value_on_the_samples_rows_is_its_value_on_the_pairs(monke
     taken.clear()
     rnnshap.DeepExplainer(per_head.eval(), background).shap_values(X)
     assert taken and not any(taken)
+
+
+@pytest.mark.parametrize("batch", [(6,), (2, 3)])
+def test_the_gradient_through_fixed_attention_weights_is_each_outputs_own_in_one_product(batch: tuple[int, ...]) -> None:
+    """The values' gradient through attention's weights at the midpoints (fixed: no gradient), ``weightsᵀ @ grad``, under
+    the explainer's vmap over K outputs: each output's own product (as one backward per output gives it), the K outputs'
+    gradients taken as the columns of one product (no copy of the weights per output: vmap's rule for ``bmm`` would
+    make K); anything else batched (the weights too) is each element's own product."""
+    import torch.profiler
+
+    from rnnshap.rules.attention import fixed_left_gradient
+
+    torch.manual_seed(0)
+    weights, grads = torch.rand(*batch, 7, 5), torch.randn(3, *batch, 7, 4)
+    looped = torch.stack([torch.matmul(weights.transpose(-2, -1), g) for g in grads])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        batched = torch.func.vmap(lambda g: fixed_left_gradient(weights, g))(grads)
+    tolerance = 8 * eps(torch.float32) * float(looped.abs().max())
+    torch.testing.assert_close(batched, looped, rtol=0, atol=tolerance)
+    products = [e for e in profile.events() if e.name == "aten::bmm"]
+    assert len(products) == 1 and products[0].input_shapes[1][-1] == 3 * 4  # (the outputs' columns side by side)
+    both = torch.stack([weights, 2 * weights, weights.flip(-1)])
+    each = torch.stack([torch.matmul(w.transpose(-2, -1), g) for w, g in zip(both, grads, strict=True)])
+    torch.testing.assert_close(torch.func.vmap(fixed_left_gradient)(both, grads), each, rtol=0, atol=2 * tolerance)
+
+
+def test_a_self_attention_explained_for_several_outputs_gives_each_outputs_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outputs explained together (one backward batched over them, the weights' gradient in one product) and each
+    explained alone (one backward, torch's own product) give the same attributions, and the same as with torch's own
+    ``bmm`` backward under the batched backward (the rule's product replaced by ``torch.matmul``)."""
+    import rnnshap.rules.attention as attention
+
+    torch.manual_seed(2)
+    model, background, X = _self_attention(5), torch.randn(6, 20, 8), torch.randn(4, 20, 8)
+    together = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    for k in range(3):
+        alone = Composite(lambda m, x, k=k: m.whole(x)[:, k : k + 1], whole=model).eval()
+        one = np.asarray(rnnshap.DeepExplainer(alone, background).shap_values(X))
+        np.testing.assert_allclose(one.reshape(together[..., k].shape), together[..., k], rtol=0,
+                                   atol=8 * eps(torch.float32) * float(np.abs(together).max()))  # fmt: skip
+    monkeypatch.setattr(attention, "_fixed_left", torch.matmul)
+    torchs = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    np.testing.assert_allclose(together, torchs, rtol=0, atol=8 * eps(torch.float32) * float(np.abs(together).max()))
+    assert np.abs(together).max() > 0
