@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from ..errors import ModelStateError
 from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
-from ..formulas.torch_ops import vmap_batched as _IS_BATCHED
 from ..recurrent.pairs import Side, defers
 from .base import OpCall, PairGrid, Rule
-from .elementwise import attach
+from .elementwise import fixed_left_product
 from .secant import secant
 from .structured import finite_total, fused_softmax, shifted_logsumexp
 
@@ -101,59 +100,8 @@ def bilinear(f: Callable[[Tensor, Tensor], Tensor], a: Sides, b: Sides) -> Sides
     with torch.no_grad():
         b_mid, a_mid = pairs.midpoint_multipliers(TORCH, a.x, b.x, a.r, b.r)
         value = f(a.x, b.x)
-    surrogate = f(a.x, b_mid) + (_fixed_left(a_mid, b.x) if f is torch.matmul else f(a_mid, b.x))
+    surrogate = f(a.x, b_mid) + (fixed_left_product(a_mid, b.x, f) if f is torch.matmul else f(a_mid, b.x))
     return Sides(surrogate + (value - surrogate).detach(), r, True)
-
-
-def _fixed_left(fixed: Tensor, b: Tensor) -> Tensor:
-    """``torch.matmul(fixed, b)`` for a ``fixed`` operand (no gradient) and ``b`` of the same batch axes, (…, rows,
-    columns) each; elsewhere torch's own. The same value, and the same gradient bit for bit, ``fixedᵀ @ grad`` as
-    torch's ``bmm`` backward takes it; under the explainer's vmap over the outputs (:func:`fixed_left_gradient`) the
-    outputs' gradients are one product, where vmap's rule for ``bmm`` would copy ``fixed`` once per output (attention's
-    weights at the midpoints: (pairs × heads, T, T))."""
-    if not (fixed.dim() == b.dim() >= 3 and fixed.shape[:-2] == b.shape[:-2] and b.requires_grad):
-        return torch.matmul(fixed, b)
-    with torch.no_grad():
-        value = torch.matmul(fixed, b)
-    return attach(value, [b], _fixed_left_backward, [fixed])
-
-
-def _fixed_left_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
-    (fixed,) = ctx.saved_tensors
-    if _IS_BATCHED is not None and _IS_BATCHED(grad):
-        return [fixed_left_gradient(fixed, grad)]
-    return [torch.matmul(fixed.transpose(-2, -1), grad)]
-
-
-@torch.library.custom_op("rnnshap::fixed_left_gradient", mutates_args=())
-def fixed_left_gradient(fixed: Tensor, grad: Tensor) -> Tensor:
-    """``fixedᵀ @ grad``, (…, rows, columns) each: :func:`_fixed_left`'s gradient as an operator, called under vmap
-    only (its rule, :func:`_fixed_left_vmap`, takes the outputs' gradients as columns of one product)."""
-    return torch.matmul(fixed.transpose(-2, -1), grad)
-
-
-@fixed_left_gradient.register_fake
-def _(fixed: Tensor, grad: Tensor) -> Tensor:
-    return grad.new_empty((*grad.shape[:-2], fixed.shape[-1], grad.shape[-1]))
-
-
-def _fixed_left_vmap(info: Any, in_dims: tuple[int | None, int | None], fixed: Tensor, grad: Tensor) -> tuple[Tensor, int]:
-    """The rule of :func:`fixed_left_gradient` under vmap: where only the gradients are batched (K outputs), their K
-    column blocks side by side, (batch, rows, K · columns), in one ``bmm`` whose columns are each output's product (the
-    same products of the same operands: ``bmm`` computes each column alike); anything else batched one element at a
-    time."""
-    fixed_dim, grad_dim = in_dims
-    if fixed_dim is None and grad_dim is not None:
-        stacked = grad.movedim(grad_dim, -2)  # (…, rows, K, columns)
-        *batch, rows, outputs, columns = stacked.shape
-        flat = fixed.flatten(0, -3).transpose(1, 2).bmm(stacked.reshape(-1, rows, outputs * columns))
-        return flat.view(*batch, flat.shape[1], outputs, columns), fixed.dim() - 1
-    fixed = fixed.movedim(fixed_dim, 0) if fixed_dim is not None else fixed.expand(info.batch_size, *fixed.shape)
-    grad = grad.movedim(grad_dim, 0) if grad_dim is not None else grad.expand(info.batch_size, *grad.shape)
-    return torch.stack([torch.matmul(f.transpose(-2, -1), g) for f, g in zip(fixed, grad, strict=True)]), 0
-
-
-torch.library.register_vmap("rnnshap::fixed_left_gradient", _fixed_left_vmap)
 
 
 def linear(x: Sides, weight: Sides, bias: Sides | None) -> Sides:

@@ -30,6 +30,7 @@ import torch
 from ..formulas import bind, pairs
 from ..formulas import secant as formulas
 from ..formulas.torch_ops import TORCH, gradient, scalar
+from ..formulas.torch_ops import vmap_batched as _IS_BATCHED
 from .base import OpCall, Rule
 
 Tensor = torch.Tensor
@@ -442,10 +443,91 @@ class Bilinear(Rule):
             raise ValueError(f"{call.name}: the bilinear rule takes two input-dependent operands, got {len(call.tracked)}")
         (a, b), (a_ref, b_ref) = call.inputs, call.references
         b_mid, a_mid = (m.detach() for m in pairs.midpoint_multipliers(TORCH, a, b, a_ref, b_ref))
-        surrogate = call.evaluate([a, b_mid]) + call.evaluate([a_mid, b])
+        if call.name in _MATRIX_PRODUCTS and call.tracked == (0, 1):  # (left, right: the second term's gradient, one product)
+            second = fixed_left_product(a_mid, b, lambda left, right: call.evaluate([left, right]))
+        else:
+            second = call.evaluate([a_mid, b])
+        surrogate = call.evaluate([a, b_mid]) + second
         with torch.no_grad():
             value = call.evaluate([a.detach(), b.detach()])
         return surrogate + (value - surrogate).detach()
+
+
+#: batched matrix products whose first two arguments are the left and the right operand (:func:`fixed_left_product`)
+_MATRIX_PRODUCTS = frozenset({"torch.bmm", "torch.Tensor.bmm", "torch.matmul", "torch.Tensor.matmul", "torch.Tensor.__matmul__"})
+
+
+def fixed_left_product(fixed: Tensor, b: Tensor, product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``product(fixed, b)``, a batched matrix product (``torch.matmul``, ``bmm``) of a ``fixed`` operand (no gradient)
+    and ``b`` of the same batch axes, (…, rows, columns) each, with the gradient torch's ``bmm`` backward gives ``b``,
+    ``fixedᵀ @ grad``, the same products of the same operands (other shapes: ``product``'s own). Under the explainer's
+    vmap over the outputs (:func:`fixed_left_gradient`) the outputs' gradients are one product, where vmap's rule for
+    ``bmm`` copies ``fixed`` once per output: the midpoint rule's second term (:class:`Bilinear`, attention's weights
+    times values), whose ``fixed`` is attention's weights at the midpoints, (pairs × heads, T, T)."""
+    if not (fixed.dim() == b.dim() >= 3 and fixed.shape[:-2] == b.shape[:-2] and b.requires_grad):
+        return product(fixed, b)
+    with torch.no_grad():
+        value = product(fixed, b)
+    return attach(value, [b], _fixed_left_backward, [fixed])
+
+
+def _fixed_left_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
+    (fixed,) = ctx.saved_tensors
+    if _IS_BATCHED is not None and _IS_BATCHED(grad):
+        return [fixed_left_gradient(fixed, grad)]
+    return [_transposed_product(_as_bmm_operand(fixed).transpose(1, 2), grad)]
+
+
+def _as_bmm_operand(t: Tensor) -> Tensor:
+    """``t`` (…, rows, columns) as ``torch.matmul`` hands it to ``bmm``: (batch, rows, columns), a view where its batch
+    axes fold into one, else a copy."""
+    return t.reshape(-1, *t.shape[-2:])
+
+
+def _transposed_product(left: Tensor, grad: Tensor) -> Tensor:
+    """``left @ grad`` for ``left`` the (batch, columns of fixed, rows) operand and ``grad`` (…, rows, columns): torch's
+    ``bmm`` backward for the right operand, back in ``grad``'s batch axes."""
+    product = left.bmm(_as_bmm_operand(grad))
+    return product.view(*grad.shape[:-2], *product.shape[-2:])
+
+
+@torch.library.custom_op("rnnshap::fixed_left_gradient", mutates_args=())
+def fixed_left_gradient(fixed: Tensor, grad: Tensor) -> Tensor:
+    """``fixedᵀ @ grad``, (…, rows, columns) each: :func:`fixed_left_product`'s gradient as an operator, called under vmap
+    only (its rule, :func:`_fixed_left_vmap`, takes the outputs' gradients as columns of one product)."""
+    return _transposed_product(_as_bmm_operand(fixed).transpose(1, 2), grad)
+
+
+@fixed_left_gradient.register_fake
+def _(fixed: Tensor, grad: Tensor) -> Tensor:
+    return grad.new_empty((*grad.shape[:-2], fixed.shape[-1], grad.shape[-1]))
+
+
+def _fixed_left_vmap(info: Any, in_dims: tuple[int | None, int | None], fixed: Tensor, grad: Tensor) -> tuple[Tensor, int]:
+    """The rule of :func:`fixed_left_gradient` under vmap: where only the gradients are batched (K outputs), the products
+    vmap's rule for ``bmm`` runs, on the same operands laid out alike (``fixedᵀ`` as a copy, the gradients as one
+    (K · batch, rows, columns) tensor) with the same result (K · batch, columns of fixed, columns), the outputs first,
+    bit for bit, but ``fixedᵀ`` copied once, where that rule copies it once per output, and its product taken one output
+    at a time. (One product of the K outputs' columns side by side would read it once, but the kernels round a small
+    product's columns otherwise for another number of columns.) Anything else batched: one element at a time."""
+    fixed_dim, grad_dim = in_dims
+    if fixed_dim is None and grad_dim is not None:
+        outputs = info.batch_size
+        left = _as_bmm_operand(fixed).transpose(1, 2).contiguous()
+        moved = grad.movedim(grad_dim, 0)
+        batch, shape = left.shape[0], moved.shape[1:]
+        grads = moved.reshape(outputs * batch, *shape[-2:])
+        out = left.new_empty((outputs * batch, left.shape[1], shape[-1]))
+        for k in range(outputs):
+            rows = slice(k * batch, (k + 1) * batch)
+            torch.bmm(left, grads[rows], out=out[rows])
+        return out.view(outputs, *shape[:-2], *out.shape[-2:]), 0
+    fixed = fixed.movedim(fixed_dim, 0) if fixed_dim is not None else fixed.expand(info.batch_size, *fixed.shape)
+    grad = grad.movedim(grad_dim, 0) if grad_dim is not None else grad.expand(info.batch_size, *grad.shape)
+    return torch.stack([fixed_left_gradient(f, g) for f, g in zip(fixed, grad, strict=True)]), 0
+
+
+torch.library.register_vmap("rnnshap::fixed_left_gradient", _fixed_left_vmap)
 
 
 class AddedProduct(Bilinear):

@@ -580,44 +580,73 @@ def test_an_attentions_value_on_the_samples_rows_is_its_value_on_the_pairs(monke
 
 
 @pytest.mark.parametrize("batch", [(6,), (2, 3)])
-def test_the_gradient_through_fixed_attention_weights_is_each_outputs_own_in_one_product(batch: tuple[int, ...]) -> None:
-    """The values' gradient through attention's weights at the midpoints (fixed: no gradient), ``weightsᵀ @ grad``, under
-    the explainer's vmap over K outputs: each output's own product (as one backward per output gives it), the K outputs'
-    gradients taken as the columns of one product (no copy of the weights per output: vmap's rule for ``bmm`` would
-    make K); anything else batched (the weights too) is each element's own product."""
+def test_the_gradient_through_fixed_attention_weights_copies_them_once_for_all_outputs(batch: tuple[int, ...]) -> None:
+    """The values' gradient through attention's weights at the midpoints (fixed: no gradient), ``weightsᵀ @ grad``,
+    under the explainer's vmap over K outputs: vmap's own rule for the product's values, bit for bit (the same products
+    of the same operands), with the weights copied once, where that rule copies them once per output; anything else
+    batched (the weights too) is each element's own product."""
     import torch.profiler
 
-    from rnnshap.rules.attention import fixed_left_gradient
+    from rnnshap.rules.elementwise import fixed_left_gradient
 
     torch.manual_seed(0)
     weights, grads = torch.rand(*batch, 7, 5), torch.randn(3, *batch, 7, 4)
-    looped = torch.stack([torch.matmul(weights.transpose(-2, -1), g) for g in grads])
+    vmaps = torch.func.vmap(lambda g: torch.matmul(weights.transpose(-2, -1), g))(grads)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
         batched = torch.func.vmap(lambda g: fixed_left_gradient(weights, g))(grads)
-    tolerance = 8 * eps(torch.float32) * float(looped.abs().max())
-    torch.testing.assert_close(batched, looped, rtol=0, atol=tolerance)
-    products = [e for e in profile.events() if e.name == "aten::bmm"]
-    assert len(products) == 1 and products[0].input_shapes[1][-1] == 3 * 4  # (the outputs' columns side by side)
+    assert torch.equal(batched, vmaps)
+    looped = torch.stack([torch.matmul(weights.transpose(-2, -1), g) for g in grads])
+    torch.testing.assert_close(batched, looped, rtol=0, atol=8 * eps(torch.float32) * float(looped.abs().max()))
+    copies = [e.input_shapes[0] for e in profile.events() if e.name == "aten::copy_"]
+    of_weights = [shape for shape in copies if tuple(shape[-2:]) in ((5, 7), (7, 5))]  # (the gradients': (7, 4))
+    assert [math.prod(shape) for shape in of_weights] == [weights.numel()]
     both = torch.stack([weights, 2 * weights, weights.flip(-1)])
     each = torch.stack([torch.matmul(w.transpose(-2, -1), g) for w, g in zip(both, grads, strict=True)])
-    torch.testing.assert_close(torch.func.vmap(fixed_left_gradient)(both, grads), each, rtol=0, atol=2 * tolerance)
+    assert torch.equal(torch.func.vmap(fixed_left_gradient)(both, grads), each)
 
 
-def test_a_self_attention_explained_for_several_outputs_gives_each_outputs_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outputs explained together (one backward batched over them, the weights' gradient in one product) and each
-    explained alone (one backward, torch's own product) give the same attributions, and the same as with torch's own
-    ``bmm`` backward under the batched backward (the rule's product replaced by ``torch.matmul``)."""
+def _eager_attention(m: nn.Module, x: Tensor) -> Tensor:
+    """Attention written with ``torch.bmm`` and a softmax, as Hugging Face's eager attention (PatchTST's) writes it."""
+    q, k, v = m.qkv(x).chunk(3, -1)
+    return m.head(torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(8), -1), v).flatten(1))
+
+
+@pytest.mark.parametrize("written", ["module", "bmm"])
+def test_attention_explained_for_several_outputs_gives_each_outputs_values(monkeypatch: pytest.MonkeyPatch, written: str) -> None:
+    """The outputs explained together (one backward batched over them, the weights copied once for all: see above) and
+    each explained alone (one backward) give the same attributions, and the same as with torch's own ``bmm`` backward
+    under the batched backward (:func:`fixed_left_product` replaced by the plain product), for ``nn.MultiheadAttention``
+    (the attention rule) and for attention written with ``torch.bmm`` (the bilinear rule)."""
     import rnnshap.rules.attention as attention
+    import rnnshap.rules.elementwise as elementwise
 
+    if written == "module":
+        model = _self_attention(5)
+    else:
+        torch.manual_seed(5)
+        model = Composite(_eager_attention, qkv=nn.Linear(8, 24), head=nn.Linear(8 * 20, 3)).eval()
     torch.manual_seed(2)
-    model, background, X = _self_attention(5), torch.randn(6, 20, 8), torch.randn(4, 20, 8)
-    together = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    background, X = torch.randn(6, 20, 8), torch.randn(4, 20, 8)
+    taken: list[tuple[int, ...]] = []
+    original = elementwise.fixed_left_product
+
+    def spied(fixed: Tensor, b: Tensor, product: Any) -> Tensor:
+        taken.append(tuple(fixed.shape))
+        return original(fixed, b, product)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(attention, "fixed_left_product", spied)
+        patched.setattr(elementwise, "fixed_left_product", spied)
+        together = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    heads = 2 if written == "module" else 1
+    assert (4 * 6 * heads, 20, 20) in taken  # (the weights at the midpoints of the pairs' every head)
+    tolerance = 8 * eps(torch.float32) * float(np.abs(together).max())
     for k in range(3):
         alone = Composite(lambda m, x, k=k: m.whole(x)[:, k : k + 1], whole=model).eval()
         one = np.asarray(rnnshap.DeepExplainer(alone, background).shap_values(X))
-        np.testing.assert_allclose(one.reshape(together[..., k].shape), together[..., k], rtol=0,
-                                   atol=8 * eps(torch.float32) * float(np.abs(together).max()))  # fmt: skip
-    monkeypatch.setattr(attention, "_fixed_left", torch.matmul)
-    torchs = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
-    np.testing.assert_allclose(together, torchs, rtol=0, atol=8 * eps(torch.float32) * float(np.abs(together).max()))
+        np.testing.assert_allclose(one.reshape(together[..., k].shape), together[..., k], rtol=0, atol=tolerance)
+    plain = lambda fixed, b, product: product(fixed, b)  # noqa: E731
+    monkeypatch.setattr(attention, "fixed_left_product", plain)
+    monkeypatch.setattr(elementwise, "fixed_left_product", plain)
+    assert np.array_equal(np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X)), together)
     assert np.abs(together).max() > 0
