@@ -579,27 +579,29 @@ def test_an_attentions_value_on_the_samples_rows_is_its_value_on_the_pairs(monke
     assert taken and not any(taken)
 
 
-@pytest.mark.parametrize("batch", [(6,), (2, 3)])
-def test_the_gradient_through_fixed_attention_weights_copies_them_once_for_all_outputs(batch: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(("batch", "axis"), [((6,), 0), ((2, 3), 0), ((2, 3), 1), ((1,), 0), ((1,), 2)])
+def test_the_gradient_through_fixed_attention_weights_copies_them_once_for_all_outputs(batch: tuple[int, ...], axis: int) -> None:
     """The values' gradient through attention's weights at the midpoints (fixed: no gradient), ``weightsᵀ @ grad``,
     under the explainer's vmap over K outputs: vmap's own rule for the product's values, bit for bit (the same products
     of the same operands), with the weights copied once, where that rule copies them once per output; anything else
-    batched (the weights too) is each element's own product."""
+    batched (the weights too) is each element's own product. ``axis``: where the outputs' axis lies in the gradients (a
+    batch of one: vmap's rule views the weights K times, no copy)."""
     import torch.profiler
 
     from rnnshap.rules.elementwise import fixed_left_gradient
 
     torch.manual_seed(0)
     weights, grads = torch.rand(*batch, 7, 5), torch.randn(3, *batch, 7, 4)
-    vmaps = torch.func.vmap(lambda g: torch.matmul(weights.transpose(-2, -1), g))(grads)
+    given = grads.movedim(0, axis)
+    vmaps = torch.func.vmap(lambda g: torch.matmul(weights.transpose(-2, -1), g), in_dims=axis)(given)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
-        batched = torch.func.vmap(lambda g: fixed_left_gradient(weights, g))(grads)
+        batched = torch.func.vmap(lambda g: fixed_left_gradient(weights, g), in_dims=axis)(given)
     assert torch.equal(batched, vmaps)
     looped = torch.stack([torch.matmul(weights.transpose(-2, -1), g) for g in grads])
     torch.testing.assert_close(batched, looped, rtol=0, atol=8 * eps(torch.float32) * float(looped.abs().max()))
     copies = [e.input_shapes[0] for e in profile.events() if e.name == "aten::copy_"]
     of_weights = [shape for shape in copies if tuple(shape[-2:]) in ((5, 7), (7, 5))]  # (the gradients': (7, 4))
-    assert [math.prod(shape) for shape in of_weights] == [weights.numel()]
+    assert [math.prod(shape) for shape in of_weights] == ([] if batch == (1,) else [weights.numel()])
     both = torch.stack([weights, 2 * weights, weights.flip(-1)])
     each = torch.stack([torch.matmul(w.transpose(-2, -1), g) for w, g in zip(both, grads, strict=True)])
     assert torch.equal(torch.func.vmap(fixed_left_gradient)(both, grads), each)
@@ -620,26 +622,28 @@ def test_attention_explained_for_several_outputs_gives_each_outputs_values(monke
     import rnnshap.rules.attention as attention
     import rnnshap.rules.elementwise as elementwise
 
+    steps = 40  # (weights of 40 x 40 entries: over fixed_left_product's least size)
+    torch.manual_seed(5)
     if written == "module":
-        model = _self_attention(5)
+        attention_layer = nn.MultiheadAttention(8, 2, batch_first=True)
+        model = Composite(lambda m, x: m.head(m.attention(x, x, x, need_weights=False)[0].flatten(1)),
+                          attention=attention_layer, head=nn.Linear(8 * steps, 3)).eval()  # fmt: skip
     else:
-        torch.manual_seed(5)
-        model = Composite(_eager_attention, qkv=nn.Linear(8, 24), head=nn.Linear(8 * 20, 3)).eval()
+        model = Composite(_eager_attention, qkv=nn.Linear(8, 24), head=nn.Linear(8 * steps, 3)).eval()
     torch.manual_seed(2)
-    background, X = torch.randn(6, 20, 8), torch.randn(4, 20, 8)
-    taken: list[tuple[int, ...]] = []
-    original = elementwise.fixed_left_product
+    background, X = torch.randn(6, steps, 8), torch.randn(4, steps, 8)
+    taken: list[tuple[tuple[int, ...], bool]] = []
+    backward = elementwise._fixed_left_backward
 
-    def spied(fixed: Tensor, b: Tensor, product: Any) -> Tensor:
-        taken.append(tuple(fixed.shape))
-        return original(fixed, b, product)
+    def spied(ctx: Any, grad: Tensor) -> list[Tensor]:
+        taken.append((tuple(ctx.saved_tensors[0].shape), torch._C._functorch.is_batchedtensor(grad)))
+        return backward(ctx, grad)
 
     with monkeypatch.context() as patched:
-        patched.setattr(attention, "fixed_left_product", spied)
-        patched.setattr(elementwise, "fixed_left_product", spied)
+        patched.setattr(elementwise, "_fixed_left_backward", spied)
         together = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
     heads = 2 if written == "module" else 1
-    assert (4 * 6 * heads, 20, 20) in taken  # (the weights at the midpoints of the pairs' every head)
+    assert ((4 * 6 * heads, steps, steps), True) in taken  # (the weights at the midpoints of the pairs' every head)
     tolerance = 8 * eps(torch.float32) * float(np.abs(together).max())
     for k in range(3):
         alone = Composite(lambda m, x, k=k: m.whole(x)[:, k : k + 1], whole=model).eval()
@@ -650,3 +654,32 @@ def test_attention_explained_for_several_outputs_gives_each_outputs_values(monke
     monkeypatch.setattr(elementwise, "fixed_left_product", plain)
     assert np.array_equal(np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X)), together)
     assert np.abs(together).max() > 0
+
+
+def _keywords_reversed(m: nn.Module, x: Tensor) -> Tensor:
+    h = m.lin(x)
+    weights = torch.softmax(torch.bmm(mat2=h.transpose(1, 2), input=h), -1)
+    return m.head(torch.matmul(other=h, input=weights).flatten(1))
+
+
+def _complex_product(m: nn.Module, x: Tensor) -> Tensor:
+    spectrum = torch.fft.rfft(m.lin(x), dim=1)  # (batch, frequencies, channels), complex
+    return m.head(torch.matmul(spectrum.transpose(1, 2), spectrum).real.flatten(1))
+
+
+@pytest.mark.parametrize("form", ["keywords_reversed", "complex"])
+def test_products_of_two_input_dependent_operands_in_other_forms_are_exact(form: str) -> None:
+    """Matrix products the fixed operand's gradient does not take (found in review): operands given as keywords in the
+    other order (``torch.matmul(other=v, input=w)``), complex operands (whose gradient conjugates). The attributions add
+    up, for one output and three, and equal those of the same products written positionally or in float64."""
+    torch.manual_seed(3)
+    function = _keywords_reversed if form == "keywords_reversed" else _complex_product
+    width = 8 * 20 if form == "keywords_reversed" else 8 * 8
+    model = Composite(function, lin=nn.Linear(8, 8), head=nn.Linear(width, 3)).eval()
+    background, X = torch.randn(6, 20, 8), torch.randn(4, 20, 8)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))  # (the additivity check raises)
+    float64 = np.asarray(rnnshap.DeepExplainer(model.double(), background.double()).shap_values(X.double()))
+    np.testing.assert_allclose(values, float64, rtol=0, atol=FLOAT32_VS_FLOAT64 * np.abs(float64).max())
+    alone = Composite(lambda m, x: m.whole(x)[:, 1:2], whole=model).eval()
+    one = np.asarray(rnnshap.DeepExplainer(alone, background.double()).shap_values(X.double()))
+    np.testing.assert_allclose(one.reshape(float64[..., 1].shape), float64[..., 1], rtol=0, atol=1e-12 * np.abs(float64).max())
