@@ -453,8 +453,9 @@ class Bilinear(Rule):
         return surrogate + (value - surrogate).detach()
 
 
-#: batched matrix products whose first two arguments are the left and the right operand (:func:`fixed_left_product`)
-_MATRIX_PRODUCTS = frozenset({"torch.bmm", "torch.Tensor.bmm", "torch.matmul", "torch.Tensor.matmul", "torch.Tensor.__matmul__"})
+#: batched matrix products whose first two arguments are the left and the right operand (:func:`fixed_left_product`;
+#: the engine names ``a @ b`` ``torch.Tensor.matmul``)
+_MATRIX_PRODUCTS = frozenset({"torch.bmm", "torch.Tensor.bmm", "torch.matmul", "torch.Tensor.matmul"})
 
 
 #: the least entries of one matrix of ``fixed`` for which :func:`fixed_left_product` copies it once for all outputs
@@ -487,7 +488,7 @@ def _fixed_left_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
     (fixed,) = ctx.saved_tensors
     if _IS_BATCHED is not None and _IS_BATCHED(grad):
         return [fixed_left_gradient(fixed, grad)]
-    return [_transposed_product(_as_bmm_operand(fixed).transpose(1, 2), grad)]
+    return [_transposed_product(fixed, grad)]
 
 
 def _as_bmm_operand(t: Tensor) -> Tensor:
@@ -496,10 +497,10 @@ def _as_bmm_operand(t: Tensor) -> Tensor:
     return t.reshape(-1, *t.shape[-2:])
 
 
-def _transposed_product(left: Tensor, grad: Tensor) -> Tensor:
-    """``left @ grad`` for ``left`` the (batch, columns of fixed, rows) operand and ``grad`` (…, rows, columns): torch's
-    ``bmm`` backward for the right operand, back in ``grad``'s batch axes."""
-    product = left.bmm(_as_bmm_operand(grad))
+def _transposed_product(fixed: Tensor, grad: Tensor) -> Tensor:
+    """``fixedᵀ @ grad`` as torch's ``bmm`` backward takes it for the right operand (``fixed`` as ``matmul`` handed it
+    to ``bmm``, transposed), back in ``grad``'s batch axes."""
+    product = _as_bmm_operand(fixed).transpose(1, 2).bmm(_as_bmm_operand(grad))
     return product.view(*grad.shape[:-2], *product.shape[-2:])
 
 
@@ -507,7 +508,7 @@ def _transposed_product(left: Tensor, grad: Tensor) -> Tensor:
 def fixed_left_gradient(fixed: Tensor, grad: Tensor) -> Tensor:
     """``fixedᵀ @ grad``, (…, rows, columns) each: :func:`fixed_left_product`'s gradient as an operator, called under vmap
     only (its rule, :func:`_fixed_left_vmap`, copies ``fixedᵀ`` once for all outputs)."""
-    return _transposed_product(_as_bmm_operand(fixed).transpose(1, 2), grad)
+    return _transposed_product(fixed, grad)
 
 
 @fixed_left_gradient.register_fake

@@ -546,7 +546,6 @@ def _batch_norm_backward(ctx: Any, grad: Tensor) -> list[Tensor]:
     return [(grad * inverse).mul_(weight)]
 
 
-
 __all__ = [
     "Softmax", "LogSoftmax", "LogSumExp", "shifted_logsumexp", "fused_softmax", "MaxPool", "MaxReduction", "LayerNorm",
     "RMSNorm", "GroupNorm", "BatchNormAtInference",
