@@ -7,7 +7,8 @@ the median of ``--repeats`` runs after a warm-up (``torch.cuda.synchronize`` aro
 1. ``native``: one forward + backward of the model on the tiled pairs, ``model(tiled).sum().backward()``
    with respect to the input: the floor for any method that needs a gradient per pair. cuDNN's RNN backward
    runs in training mode only, so the floor runs the same model with ``train()`` (it has no dropout: the
-   same function);
+   same function). On CUDA also ``native, IEEE float32``: the same at the precision rnnshap runs the model in
+   (TF32 off, which exact values need), its ratio to the first;
 2. ``rnnshap``: ``DeepExplainer(model, background, batch_size >= pairs).shap_values(X)`` with the
    additivity check on, the model in eval mode (the explainer built outside the timed region);
 3. ``captum DeepLiftShap`` and ``captum IG-50`` (Integrated Gradients, 50 steps, one call per background
@@ -21,6 +22,7 @@ model's device, parameters and cuDNN's settings are left as they were.
     python benchmarks/bench_gpu.py --quick         # small sizes: a smoke test
     python benchmarks/bench_gpu.py --device cpu --quick   # the script itself, without an accelerator
     python benchmarks/bench_gpu.py --compile compile     # rnnshap's pass traced (compile="trace") and compiled too
+    python benchmarks/bench_gpu.py --profile --only lstm-256-T200   # where one call's device time goes, by kernel kind
 """
 
 from __future__ import annotations
@@ -142,7 +144,52 @@ def cudnn_settings() -> tuple[Any, ...]:
     return (c.enabled, c.benchmark, c.deterministic)
 
 
-def run_config(config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+def _in_full(run: Callable[[], Any]) -> Any:
+    with float32_in_full():
+        return run()
+
+
+#: the kinds of device kernel ``--profile`` sums, by a part of their names (the first that matches)
+KERNEL_KINDS = (
+    ("matrix products", ("gemm", "cutlass", "xmma", "gemv", "splitk", "cublas")),
+    ("cuDNN's recurrent kernels", ("rnn", "lstm", "gru", "persist")),
+    ("copies and joins", ("copy", "cat", "memcpy", "memset", "fill")),
+    ("reductions", ("reduce",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "pointwise", "index")),
+)
+
+
+def profiled(run: Callable[[], Any], device: str) -> list[tuple[str, str]]:
+    """Where one call's device time goes (``--profile``): its kernels summed by kind, each kind's share, count and
+    mean, and the call's wall time against the kernels' total (the rest: launches, Python, waits)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        run()
+        synchronize(device)
+    wall = time.perf_counter() - start
+    kinds: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = event.name.lower()
+        kind = next((k for k, parts in KERNEL_KINDS if any(p in name for p in parts)), "other")
+        kinds.setdefault(kind, []).append(event.device_time_total / 1e6)
+    total = sum(sum(times) for times in kinds.values())
+    launches = sum(map(len, kinds.values()))
+    rows = [("  profiled", f"{wall:9.4f} s wall (profiler on); device kernels {total:.4f} s, {launches} launches")]
+    for kind, times in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
+        share, mean = (sum(times) / total if total else 0.0), 1e6 * sum(times) / len(times)
+        rows.append((f"    {kind}", f"{sum(times):9.4f} s {share:6.1%}   {len(times):6d} kernels, {mean:6.1f} us each"))
+    return rows
+
+
+def run_config(
+    config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = (), profile: bool = False
+) -> list[tuple[str, str]]:
     torch.manual_seed(0)
     model = Recurrent(config.kind, config.features, config.hidden, config.layers).to(device).eval()
     x = torch.randn(config.inputs, config.steps, config.features, device=device)
@@ -162,6 +209,9 @@ def run_config(config: Config, device: str, repeats: int, compile_modes: tuple[A
     reset_peak(device)
     floor, _ = timed(native, device, repeats)
     rows.append(("native fwd+bwd", f"{floor:9.4f} s   1.00x   {'':>9}   {_memory(device)}"))
+    if device.startswith("cuda"):  # the floor at the precision rnnshap runs the model in (TF32 off: its values exact)
+        full, _ = timed(lambda: _in_full(native), device, repeats)
+        rows.append(("native, IEEE float32", f"{full:9.4f} s {full / floor:6.2f}x   {'':>9}   {_memory(device)}"))
 
     before = ([p.detach().clone() for p in model.parameters()], str(next(model.parameters()).device), cudnn_settings())
     explainer = rnnshap.DeepExplainer(model, background, batch_size=max(config.pairs, 2048), compile=False)  # intercepted
@@ -169,6 +219,8 @@ def run_config(config: Config, device: str, repeats: int, compile_modes: tuple[A
     seconds, values = timed(lambda: np.asarray(explainer.shap_values(x)), device, repeats)
     error = additivity_error(values, model, x, background)
     rows.append(("rnnshap", f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
+    if profile:
+        rows += profiled(lambda: explainer.shap_values(x), device)
     after = ([p.detach() for p in model.parameters()], str(next(model.parameters()).device), cudnn_settings())
     untouched = all(torch.equal(a, b) for a, b in zip(before[0], after[0], strict=True)) and before[1:] == after[1:]
     if not untouched:
@@ -241,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", choices=("trace", "compile"), help="rnnshap's pass as a traced program too (and compiled, with 'compile')"
     )
+    parser.add_argument("--profile", action="store_true", help="where one intercepted call's device time goes, by kernel kind")
     args = parser.parse_args(argv)
     device = args.device or default_device()
     if device is None:
@@ -257,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         print(f"\n{config.name}: {config.describe()}")
         modes: tuple[Any, ...] = () if not args.compile else ("trace",) if args.compile == "trace" else ("trace", True)
-        for method, line in run_config(config, device, args.repeats, modes):
+        for method, line in run_config(config, device, args.repeats, modes, args.profile):
             print(f"  {method:<20}{line}")
     return 0
 

@@ -540,3 +540,54 @@ def test_the_fused_layers_run_the_shared_reverse_step(layer: str, monkeypatch: p
     assert calls and len(calls) % steps == 0
     gap = (model(x) - model(background).mean(0)).detach().numpy()
     np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=0, atol=1e-5)
+
+
+#: operations a step of each layer's reverse recurrence may run (issue 53: at most 8 a step for the whole pass; an
+#: LSTM's forward runs one more a step, its cell states' multiply-add): what a device launches, views aside
+REVERSE_OPERATIONS_PER_STEP = {"lstm": 8, "gru": 10, "rnn": 3}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("outputs", [None, 3])
+def test_a_step_of_the_reverse_recurrence_runs_few_operations(kind: str, outputs: int | None) -> None:
+    """Each step of a reverse recurrence is a handful of kernels on a device, so its count bounds the pass's launches:
+    the operations that compute (no views, no allocations), counted below autograd and vmap at two lengths, grow by
+    at most REVERSE_OPERATIONS_PER_STEP a step, with one output and with several (the operator under vmap)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rnnshap.recurrent import reverse
+
+    aten = torch.ops.aten
+    free = {aten.empty.memory_format, aten.empty_strided.default, aten.detach.default, aten._unsafe_view.default}
+
+    class Computing(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.count += not (func.is_view or func in free)
+            return func(*args, **(kwargs or {}))
+
+    gates, width = {"lstm": (4, 6), "gru": (3, 5), "rnn": (1, 1)}[kind]
+    # (one output: the layers' backward runs the plain recurrence; several: the operator, whose vmap rule runs it)
+    op = getattr(reverse, f"{kind}_recurrence" if outputs is None else f"{kind}_reverse")
+    pairs, hidden, features = 6, 5, 2
+
+    def operations(steps: int) -> int:
+        torch.manual_seed(0)
+        coefficients = torch.randn(steps, pairs, width * hidden)
+        w_ih, w_hh = torch.randn(gates * hidden, features), torch.randn(gates * hidden, hidden)
+        lead = () if outputs is None else (outputs,)
+        d_out = torch.randn(*lead, steps, pairs, hidden)
+        d_h, d_c = torch.randn(*lead, pairs, hidden), torch.randn(*lead, pairs, hidden)
+
+        def call(d_out: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor) -> Any:
+            states = (d_h, d_c, w_ih, w_hh, None) if kind == "lstm" else (d_h, w_ih, w_hh)
+            return op(coefficients, None, None, d_out, *states)
+
+        with Computing() as mode:
+            call(d_out, d_h, d_c) if outputs is None else torch.func.vmap(call)(d_out, d_h, d_c)
+        return mode.count
+
+    assert (operations(12) - operations(6)) / 6 <= REVERSE_OPERATIONS_PER_STEP[kind]
