@@ -180,7 +180,7 @@ GRAPHED = {**{name: (lambda kind=kind, layer=layer: recurrent(kind, **layer)) fo
 def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_intercepted_values(
     device: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The program captured once and replayed (traced.py, _Replayed): the intercepted values bit for bit, on the inputs
+    """The program captured once and replayed (cuda_graphs.Replayed): the intercepted values bit for bit, on the inputs
     it was captured on and on others of the same shapes (its inputs copied in), and a result not overwritten by the
     next replay; ``RNNSHAP_CUDA_GRAPHS=0`` leaves the graph out, with the same values."""
     if not device.startswith("cuda"):
@@ -239,6 +239,67 @@ def _packed(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     _, h = m.rnn(packed)
     return m.head(torch.cat([h[0], h[1]], 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", [*LAYERS, "gru-packed"])
+def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_graphs_with_the_same_values(
+    device: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fused layer's reverse recurrence of 8 steps or more on a CUDA device (recurrent/reverse.py, ``_replayed``): its
+    layout's first call runs as it is, the second captures a CUDA graph, kept only where its replay gives the
+    recurrence's values bit for bit, and later calls replay it. Each call's values are those without graphs
+    (``RNNSHAP_CUDA_GRAPHS=0``) bit for bit: on other inputs of the same shapes, one output or three, and after the
+    model's weights change in place (the graph reads its copies of them, made at each call)."""
+    if not device.startswith("cuda"):
+        pytest.skip("CUDA graphs are CUDA's")
+    from rnnshap.recurrent import reverse
+
+    generator = torch.Generator().manual_seed(11)
+    background = torch.randn(10, 30, 5, generator=generator).to(device)
+    x, other = (torch.randn(6, 30, 5, generator=generator).to(device) for _ in range(2))
+    torch.manual_seed(0)
+    if name == "gru-packed":
+        model = Composite(_packed, rnn=nn.GRU(5, 12, batch_first=True, bidirectional=True), head=nn.Linear(24, 2))
+        lengths_b, lengths_x = torch.randint(8, 31, (10,), generator=generator), torch.randint(8, 31, (6,), generator=generator)
+        background = [background, lengths_b.to(device)]
+        x, other = [x, lengths_x.to(device)], [other, lengths_x.to(device)]
+    else:
+        model = GRAPHED[name]()
+    model = model.to(device).eval()
+    before = state_of(model)
+
+    def explained(graphs: str, inputs: Any, **options: Any) -> list[np.ndarray]:
+        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        explainer = rnnshap.DeepExplainer(model, background, compile=False)
+        return [np.asarray(explainer.shap_values(a, **options)) for a in inputs]
+
+    reverse.forget_graphs()
+    calls = [x, other, x, other]
+    for options in ({}, {"ranked_outputs": 1}):
+        np.testing.assert_array_equal(explained("1", calls, **options), explained("0", calls, **options))
+    assert reverse.GRAPHS.kept and not reverse.GRAPHS.refused, reverse.GRAPHS.refused
+    replays = []
+    for replayed in reverse.GRAPHS.kept.values():
+        monkeypatch.setattr(replayed, "graph", _Counted(replayed.graph, replays))
+    with torch.no_grad():
+        for weight in [p for n, p in model.named_parameters() if "weight_hh" in n]:
+            weight.mul_(0.5)
+    np.testing.assert_array_equal(explained("1", calls[:3]), explained("0", calls[:3]))
+    assert replays, "no recurrence was replayed"
+    assert_untouched(model, {**before, "values": {k: v for k, v in before["values"].items() if "weight_hh" not in k}})
+    reverse.forget_graphs()
+
+
+class _Counted:
+    """A CUDA graph whose replays are counted."""
+
+    def __init__(self, graph: Any, replays: list[int]) -> None:
+        self.graph, self.replays = graph, replays
+
+    def replay(self) -> None:
+        self.replays.append(1)
+        self.graph.replay()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,6 +22,9 @@ masked (packed) batch's rows past their length get an input gradient of exactly 
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -135,6 +138,133 @@ def _run(
     return dx.result(mask), *states
 
 
+# -- a long recurrence on a CUDA device, replayed as one CUDA graph ---------------------------------------
+#: a recurrence of at least this many steps on a CUDA device is replayed as a CUDA graph from its second call with the
+#: same layout (a step launches about 8 kernels, each about 10-15 us of Python and dispatch on the host: a graph
+#: launches them all at once; fewer steps pay less launching than a graph's copies in and out)
+GRAPH_STEPS = 8
+#: the most recurrences kept as CUDA graphs (one per layout), the least recently used dropped first
+GRAPHS_KEPT = 8
+#: a recurrence whose arguments take more than this share of its device's memory is not kept as a graph (a graph keeps
+#: a copy of its arguments and its intermediate tensors, about as much again, from call to call)
+GRAPH_SHARE = 1 / 32
+
+
+class _Graphs:
+    """The reverse recurrences replayed as CUDA graphs, by layout (:func:`_replayed`): those kept, those seen once (the
+    first call of a layout runs as it is), and those refused, with why."""
+
+    def __init__(self) -> None:
+        self.kept: OrderedDict[Any, Any] = OrderedDict()
+        self.seen: set[Any] = set()
+        self.refused: dict[Any, str] = {}
+        self.lock = threading.Lock()
+
+    def forget(self) -> None:
+        with self.lock:
+            self.kept.clear()
+            self.seen.clear()
+            self.refused.clear()
+
+
+GRAPHS = _Graphs()
+
+
+def forget_graphs() -> None:
+    """Drop every reverse recurrence kept as a CUDA graph, and the memory each keeps."""
+    GRAPHS.forget()
+
+
+def _layout(a: Any) -> Any:
+    if isinstance(a, Tensor):
+        return (tuple(a.shape), a.stride(), a.dtype, a.device)
+    return tuple(a) if isinstance(a, list) else a
+
+
+def _graphable(steps: int, tensors: list[Tensor]) -> bool:
+    """Whether a recurrence of ``steps`` on ``tensors`` may run as a CUDA graph: on one CUDA device, nothing capturing,
+    tracing or differentiating it, its arguments within their share of the device's memory."""
+    if steps < GRAPH_STEPS or not tensors or any(not t.is_cuda or t.device != tensors[0].device for t in tensors):
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    from ..engines.pytorch.cuda_graphs import cuda_graphs_wanted
+
+    if not cuda_graphs_wanted() or torch.cuda.is_current_stream_capturing() or get_proxy_mode() is not None:
+        return False
+    if torch.compiler.is_compiling() or any(is_fake(t) for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return size <= GRAPH_SHARE * torch.cuda.get_device_properties(tensors[0].device).total_memory
+
+
+def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) -> tuple[Tensor, ...] | None:
+    """``impl(*args)`` from a CUDA graph of it, where it may run as one (:func:`_graphable`) and is kept; else None: the
+    caller runs it as it is. A layout's first call runs as it is; its second captures the graph, checks that its replay
+    gives what ``impl`` gives on the same arguments bit for bit (the call returns the latter), and keeps it only then;
+    later calls copy their arguments into the graph's and replay it. The graph reads its weights from those copies too,
+    so a model changed in place is seen."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if not _graphable(args[0].shape[0], tensors):
+        return None
+    from ..engines.pytorch.cuda_graphs import Replayed, same_bits
+
+    key = (impl.__name__, tuple(_layout(a) for a in args))
+    with GRAPHS.lock:
+        replayed = GRAPHS.kept.get(key)
+        if replayed is not None:
+            GRAPHS.kept.move_to_end(key)
+        elif key in GRAPHS.refused:
+            return None
+        elif key not in GRAPHS.seen:
+            GRAPHS.seen.add(key)
+            return None
+    # (a broadcast view, as vmap's rule makes of a gradient not batched, is copied whole: a graph's input cannot be one)
+    given = [t.contiguous() if t.numel() > 1 and 0 in t.stride() else t for t in tensors]
+    if replayed is not None:
+        return tuple(replayed(*given))
+    at = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+
+    def run(*tensors: Tensor) -> list[Tensor]:
+        whole = list(args)
+        for i, t in zip(at, tensors, strict=True):
+            whole[i] = t
+        return list(impl(*whole))
+
+    expected = impl(*args)
+    try:
+        replayed = Replayed(run, given)
+        got = replayed(*given)
+    except Exception as error:  # noqa: BLE001 (an operation a capture refuses: the recurrence runs as it is)
+        why = f"its capture failed ({type(error).__name__}: {str(error).strip()[:200]})"
+    else:
+        same = len(got) == len(expected) and all(same_bits(a, b) for a, b in zip(got, expected, strict=True))
+        why = "" if same else "its replay gave other values than the recurrence"
+    with GRAPHS.lock:
+        if why:
+            GRAPHS.refused[key] = why
+        else:
+            GRAPHS.kept[key] = replayed
+            while len(GRAPHS.kept) > GRAPHS_KEPT:
+                GRAPHS.kept.popitem(last=False)
+    return expected
+
+
+def _on_cuda_graphs(impl: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
+    """``impl``, a recurrence, replayed as a CUDA graph where :func:`_replayed` does so."""
+
+    @functools.wraps(impl)
+    def recurrence(*args: Any) -> tuple[Tensor, ...]:
+        replayed = _replayed(impl, args)
+        return impl(*args) if replayed is None else replayed
+
+    return recurrence
+
+
+@_on_cuda_graphs
 def lstm_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
@@ -164,6 +294,7 @@ def lstm_recurrence(
     return dx, dh, dc
 
 
+@_on_cuda_graphs
 def gru_recurrence(
     coefficients: Tensor,
     mask: Tensor | None,
@@ -185,6 +316,7 @@ def gru_recurrence(
     return dx, dh
 
 
+@_on_cuda_graphs
 def rnn_recurrence(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor]:

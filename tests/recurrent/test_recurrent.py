@@ -591,3 +591,60 @@ def test_a_step_of_the_reverse_recurrence_runs_few_operations(kind: str, outputs
         return mode.count
 
     assert (operations(12) - operations(6)) / 6 <= REVERSE_OPERATIONS_PER_STEP[kind]
+
+
+def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_graph_then_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The policy by which recurrent/reverse.py replays a long reverse recurrence on a CUDA device as a CUDA graph, on
+    the CPU with a stand-in for the graph (tests/test_gpu.py runs the real one): a layout's first call runs as it is,
+    its second captures the graph and returns the recurrence's own values, later calls of the layout replay it (on
+    their own arguments); a graph whose replay differs from the recurrence is refused, for good; the least recently
+    used graph goes first past GRAPHS_KEPT; forget_graphs drops them all."""
+    from rnnshap.engines.pytorch import cuda_graphs
+    from rnnshap.recurrent import reverse
+
+    made: list[Any] = []
+
+    class StandIn:
+        def __init__(self, run: Any, inputs: list[torch.Tensor], off: float = 0.0) -> None:
+            self.run, self.calls, self.off = run, 0, off
+            made.append(self)
+
+        def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+            self.calls += 1
+            return [t.clone() + self.off for t in self.run(*tensors)]
+
+    monkeypatch.setattr(reverse, "_graphable", lambda steps, tensors: True)
+    monkeypatch.setattr(cuda_graphs, "Replayed", StandIn)
+    plain = reverse.rnn_recurrence.__wrapped__  # type: ignore[attr-defined]
+
+    def arguments(seed: int, pairs: int = 4) -> tuple[Any, ...]:
+        torch.manual_seed(seed)
+        d_out, d_h = torch.randn(3, 10, pairs, 5), torch.randn(3, pairs, 5)
+        return torch.randn(10, pairs, 5), None, None, d_out, d_h, torch.randn(5, 2), torch.randn(5, 5)
+
+    def same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    reverse.forget_graphs()
+    first, second, third = arguments(0), arguments(1), arguments(2)
+    assert same(reverse.rnn_recurrence(*first), plain(*first)) and not made and len(reverse.GRAPHS.seen) == 1
+    assert same(reverse.rnn_recurrence(*second), plain(*second)) and len(made) == 1 and made[0].calls == 1
+    assert same(reverse.rnn_recurrence(*third), plain(*third)) and made[0].calls == 2 and len(reverse.GRAPHS.kept) == 1
+
+    monkeypatch.setattr(cuda_graphs, "Replayed", lambda run, inputs: StandIn(run, inputs, off=1e-3))
+    other = [arguments(seed, pairs=6) for seed in range(3)]  # (another layout)
+    for arg in other:
+        assert same(reverse.rnn_recurrence(*arg), plain(*arg))
+    assert made[-1].calls == 1 and len(reverse.GRAPHS.refused) == 1, "a replay that differs is not used"
+    assert "other values" in next(iter(reverse.GRAPHS.refused.values()))
+
+    monkeypatch.setattr(cuda_graphs, "Replayed", StandIn)
+    monkeypatch.setattr(reverse, "GRAPHS_KEPT", 2)
+    for pairs in (7, 8, 7, 9, 9):  # (7 and 8 kept; 7 replayed; 9 seen, then kept in place of 8)
+        for seed in range(2 if pairs in (7, 8) else 1):
+            reverse.rnn_recurrence(*arguments(seed, pairs))
+    assert [key[1][0][0][1] for key in reverse.GRAPHS.kept] == [7, 9], "the least recently used goes first"
+    reverse.forget_graphs()
+    assert not reverse.GRAPHS.kept and not reverse.GRAPHS.seen and not reverse.GRAPHS.refused

@@ -15,7 +15,7 @@ gives the same values) answer unread while tracing, as on an accelerator, so no 
 An operation whose output's shape depends on values (``nonzero``, boolean indexing) is not traced: the pass runs
 intercepted, and :attr:`TracedPasses.path` says why.
 
-On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`_Replayed`): the same
+On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`.cuda_graphs.Replayed`): the same
 kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
 faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
@@ -45,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
+from .cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -55,12 +56,6 @@ aten = torch.ops.aten
 #: first call of a version (not the second), where ``compile=False`` would intercept them: how the test suite runs its
 #: exactness tests on the traced path (tests/README.md)
 EVERY_PASS = os.environ.get("RNNSHAP_TRACE_EVERY_PASS") == "1"
-
-
-#: ``RNNSHAP_CUDA_GRAPHS=0``: a traced program on a CUDA device launches its operations one by one, not replayed as a
-#: CUDA graph (read when a pass is traced; a graph keeps the program's intermediate tensors' memory between calls)
-def cuda_graphs_wanted() -> bool:
-    return os.environ.get("RNNSHAP_CUDA_GRAPHS", "1") != "0"
 
 
 #: host reads whose value becomes a guard
@@ -168,7 +163,7 @@ class _Program:
     compile_failure: str | None = None
     #: why the program runs the graph's own code, not its calls bound to torch's bindings (:func:`_bound`)
     unbound: str | None = None
-    #: seconds the program took to be captured as a CUDA graph and checked, where it is replayed as one (:class:`_Replayed`)
+    #: seconds the program took to be captured as a CUDA graph and checked, where it is replayed as one (``Replayed``)
     graph_seconds: float | None = None
     #: why a program on a CUDA device is not replayed as a CUDA graph
     graph_failure: str | None = None
@@ -491,7 +486,7 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
             outputs = program(*inputs)
         if warned:  # (a binding read its arguments as a deprecated signature: the same kernel, a warning at every call)
             return graph, f"a binding of torch's warned: {str(warned[0].message).strip().splitlines()[0][:200]}"
-        same = len(outputs) == len(traced) and all(_same_bits(a, b) for a, b in zip(outputs, traced, strict=True))
+        same = len(outputs) == len(traced) and all(same_bits(a, b) for a, b in zip(outputs, traced, strict=True))
     except Exception as error:  # noqa: BLE001 (a binding that takes its arguments otherwise: the graph runs as traced)
         return graph, _first_line(error, "a binding of torch's failed")
     if not same:
@@ -514,15 +509,6 @@ class _BoundProgram:
 
 #: torch's function overrides (modes and subclasses) off for a block
 _NO_TORCH_FUNCTION: Callable[[], Any] = getattr(torch._C, "DisableTorchFunction", contextlib.nullcontext)
-
-
-def _same_bits(a: Any, b: Any) -> bool:
-    """Whether two outputs of a program are the same bit for bit (NaN and -0.0 included), strides too."""
-    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
-        return type(a) is type(b) and repr(a) == repr(b)
-    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device or a.stride() != b.stride():
-        return False
-    return torch.equal(*(t.contiguous().reshape(-1).view(torch.uint8) for t in (a, b)))  # (every dtype's bytes)
 
 
 def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor]) -> None:
@@ -559,75 +545,19 @@ def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor
     program.run, program.compile_seconds = compiled, seconds
 
 
-class _Replayed:
-    """A program on a CUDA device captured once as a CUDA graph (``torch.cuda.CUDAGraph``) and replayed: each call
-    copies its inputs into the tensors the graph reads, replays every kernel of the program with one launch, and
-    returns copies of the outputs it wrote (a later replay writes them again). One call at a time (a lock: the graph's
-    tensors are one set), on the inputs' device and one stream of its own. The graph keeps the program's intermediate
-    tensors' memory from call to call, and the program itself (its constants, whose memory the graph reads).
-
-    An output on the CPU is returned as captured: nothing inside a captured program copies from the device (a capture
-    refuses it), so such a tensor comes from the program's constants alone, the same at every call."""
-
-    def __init__(self, run: Callable[..., Any], inputs: list[Tensor]) -> None:
-        if any(t.numel() > 1 and 0 in t.stride() for t in inputs):
-            raise ValueError("an input is a broadcast view, which a graph's own input tensor cannot be")
-        self.run, self.device = run, inputs[0].device  # (the program kept alive: the graph reads its constants' memory)
-        self.lock = threading.Lock()
-        with torch.cuda.device(self.device):
-            self.stream = torch.cuda.Stream(device=self.device)
-            caller = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(caller)
-            try:
-                with torch.cuda.stream(self.stream), torch.no_grad():
-                    self.inputs = [
-                        torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t) for t in inputs
-                    ]
-                    run(*self.inputs)  # (warmed up on the graph's stream before its capture, as torch's CUDA graphs ask)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.no_grad(), torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
-                    self.outputs = run(*self.inputs)
-            finally:  # (a capture that failed leaves the capture stream current: the caller's set back)
-                torch.cuda.set_stream(caller)
-            caller.wait_stream(self.stream)
-
-    def __call__(self, *tensors: Tensor) -> list[Any]:
-        with self.lock, torch.cuda.device(self.device):
-            caller = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(caller)  # (the inputs written on the caller's stream, the last results read)
-            with torch.cuda.stream(self.stream):
-                for mine, given in zip(self.inputs, tensors, strict=True):
-                    mine.copy_(given)
-                self.graph.replay()
-                outputs = [_copy_of(o) if isinstance(o, Tensor) and o.device.type == "cuda" else o for o in self.outputs]
-            caller.wait_stream(self.stream)
-            for o in outputs:  # (made on the graph's stream, used on the caller's)
-                if isinstance(o, Tensor) and o.device.type == "cuda":
-                    o.record_stream(caller)
-            return outputs
-
-
-def _copy_of(t: Tensor) -> Tensor:
-    """A copy of ``t`` with its strides (an output that is a view of a larger tensor keeps its layout, as the program
-    gives it), but for a broadcast view, copied whole."""
-    if 0 in t.stride():
-        return t.clone()
-    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
-
-
 def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> None:
-    """``program.run`` replayed as one CUDA graph (:class:`_Replayed`), where its replay gives the ``traced`` outputs
+    """``program.run`` replayed as one CUDA graph (:class:`.cuda_graphs.Replayed`), where its replay gives the ``traced`` outputs
     on ``inputs`` bit for bit and runs faster than the program; else the reason, in ``program.graph_failure``."""
     start = time.perf_counter()
     try:
-        replayed = _Replayed(program.run, inputs)
+        replayed = Replayed(program.run, inputs)
         with torch.no_grad():
             outputs = replayed(*inputs)
     except Exception as error:  # noqa: BLE001 (an operation that waits on the device or copies to the host: not captured)
         program.graph_failure = _first_line(error, "its capture failed")
         return
     paired = len(outputs) == len(traced)
-    differ = [i for i, (a, b) in enumerate(zip(outputs, traced, strict=True)) if not _same_bits(a, b)] if paired else []
+    differ = [i for i, (a, b) in enumerate(zip(outputs, traced, strict=True)) if not same_bits(a, b)] if paired else []
     if not paired or differ:
         program.graph_failure = "its replay gave other values than the program's on the traced inputs" + (
             f" (output {differ[0] + 1} of {len(traced)}: {_how_far(outputs[differ[0]], traced[differ[0]])})" if differ else ""

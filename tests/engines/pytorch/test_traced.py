@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import rnnshap
-from rnnshap.engines.pytorch import traced
+from rnnshap.engines.pytorch import cuda_graphs, traced
 from rnnshap.recurrent import kernels
 
 from ...models.torch import Composite, RecurrentHead
@@ -670,16 +670,16 @@ def test_compiled_attention_is_within_a_few_ulps_of_the_intercepted_values(monke
 
 
 def test_a_graphs_copy_of_an_output_keeps_the_programs_layout_and_values() -> None:
-    """A CUDA graph's results are copies of what it wrote (traced._copy_of): a view of a wider tensor keeps its strides,
+    """A CUDA graph's results are copies of what it wrote (cuda_graphs.copy_of): a view of a wider tensor keeps its strides,
     which the bit-for-bit check of a replay compares (PatchTST's program returns one such output); a broadcast view,
     whose strides no copy can have, is copied whole."""
     wide = torch.randn(64, 64)
     view = wide[:, :3]
-    copy = traced._copy_of(view)
+    copy = cuda_graphs.copy_of(view)
     assert copy.stride() == view.stride() == (64, 1) and copy.data_ptr() != view.data_ptr()
-    assert traced._same_bits(copy, view)
+    assert cuda_graphs.same_bits(copy, view)
     broadcast = torch.randn(3).expand(4, 3)
-    whole = traced._copy_of(broadcast)
+    whole = cuda_graphs.copy_of(broadcast)
     assert whole.stride() == (3, 1) and torch.equal(whole, broadcast)
     wide.zero_()
     assert not torch.equal(copy, view), "the copy shares the program's memory"
