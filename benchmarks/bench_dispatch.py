@@ -324,6 +324,7 @@ def measure(name: str, steps: int, args: argparse.Namespace, device: torch.devic
     floor = floor_of(model, tiled)
 
     explain(), floor()  # the first call (and the explainer's kept passes) aside: the steady state
+    explain()  # (and the second, which on a CUDA device captures a long reverse recurrence as a CUDA graph)
     ops, kernels, syncs = count(explain)
     # the host reads an accelerator would make: on the CPU the formulas' surely_* tests read values to skip work (a
     # read costs nothing there); on a device they answer False unread (formulas/torch_ops.readable), as set here

@@ -28,6 +28,7 @@ model's device, parameters and cuDNN's settings are left as they were.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -190,6 +191,7 @@ def profiled(run: Callable[[], Any], device: str) -> list[tuple[str, str]]:
 def run_config(
     config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = (), profile: bool = False
 ) -> list[tuple[str, str]]:
+    gc.collect()  # (what the last configuration left in reference cycles freed: each peak of memory is its own)
     torch.manual_seed(0)
     model = Recurrent(config.kind, config.features, config.hidden, config.layers).to(device).eval()
     x = torch.randn(config.inputs, config.steps, config.features, device=device)

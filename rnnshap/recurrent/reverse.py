@@ -145,6 +145,8 @@ def _run(
 GRAPH_STEPS = 8
 #: the most recurrences kept as CUDA graphs (one per layout), the least recently used dropped first
 GRAPHS_KEPT = 8
+#: the most layouts noted as seen once or refused (each a few shapes), the oldest dropped first
+GRAPHS_NOTED = 64
 #: a recurrence whose arguments take more than this share of its device's memory is not kept as a graph (a graph keeps
 #: a copy of its arguments and its intermediate tensors, about as much again, from call to call)
 GRAPH_SHARE = 1 / 32
@@ -156,9 +158,15 @@ class _Graphs:
 
     def __init__(self) -> None:
         self.kept: OrderedDict[Any, Any] = OrderedDict()
-        self.seen: set[Any] = set()
-        self.refused: dict[Any, str] = {}
+        self.seen: OrderedDict[Any, None] = OrderedDict()
+        self.refused: OrderedDict[Any, str] = OrderedDict()
         self.lock = threading.Lock()
+
+    def note(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        """``table[key] = value``, the oldest entries dropped past :data:`GRAPHS_NOTED` (layouts seen or refused)."""
+        table[key] = value
+        while len(table) > GRAPHS_NOTED:
+            table.popitem(last=False)
 
     def forget(self) -> None:
         with self.lock:
@@ -206,10 +214,10 @@ def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) ->
     caller runs it as it is. A layout's first call runs as it is; its second captures the graph, checks that its replay
     gives what ``impl`` gives on the same arguments bit for bit (the call returns the latter), and keeps it only then;
     later calls copy their arguments into the graph's and replay it. The graph reads its weights from those copies too,
-    so a model changed in place is seen."""
+    so a model changed in place is seen. A packed or masked batch's recurrence runs as it is."""
     tensors = [a for a in args if isinstance(a, Tensor)]
-    if not _graphable(args[0].shape[0], tensors):
-        return None
+    if args[1] is not None or args[2] is not None or not _graphable(args[0].shape[0], tensors):
+        return None  # (a packed or masked batch runs as it is: its layout is its lengths', which batches seldom repeat)
     from ..engines.pytorch.cuda_graphs import Replayed, same_bits
 
     key = (impl.__name__, tuple(_layout(a) for a in args))
@@ -220,7 +228,7 @@ def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) ->
         elif key in GRAPHS.refused:
             return None
         elif key not in GRAPHS.seen:
-            GRAPHS.seen.add(key)
+            GRAPHS.note(GRAPHS.seen, key, None)
             return None
     # (a broadcast view, as vmap's rule makes of a gradient not batched, is copied whole: a graph's input cannot be one)
     given = [t.contiguous() if t.numel() > 1 and 0 in t.stride() else t for t in tensors]
@@ -245,7 +253,7 @@ def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) ->
         why = "" if same else "its replay gave other values than the recurrence"
     with GRAPHS.lock:
         if why:
-            GRAPHS.refused[key] = why
+            GRAPHS.note(GRAPHS.refused, key, why)
         else:
             GRAPHS.kept[key] = replayed
             while len(GRAPHS.kept) > GRAPHS_KEPT:

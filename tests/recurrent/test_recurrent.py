@@ -648,3 +648,15 @@ def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_grap
     assert [key[1][0][0][1] for key in reverse.GRAPHS.kept] == [7, 9], "the least recently used goes first"
     reverse.forget_graphs()
     assert not reverse.GRAPHS.kept and not reverse.GRAPHS.seen and not reverse.GRAPHS.refused
+
+    masked = list(arguments(0))
+    masked[1] = torch.ones(10, 4, 1, dtype=torch.bool)  # (a packed or masked batch's recurrence runs as it is)
+    for _ in range(3):
+        assert same(reverse.rnn_recurrence(*masked), plain(*masked))
+    assert not reverse.GRAPHS.seen and not reverse.GRAPHS.kept
+
+    monkeypatch.setattr(reverse, "GRAPHS_NOTED", 3)  # (layouts noted as seen: the oldest dropped)
+    for pairs in range(10, 15):
+        reverse.rnn_recurrence(*arguments(0, pairs))
+    assert [key[1][0][0][1] for key in reverse.GRAPHS.seen] == [12, 13, 14]
+    reverse.forget_graphs()
