@@ -175,6 +175,18 @@ GRAPHED = {**{name: (lambda kind=kind, layer=layer: recurrent(kind, **layer)) fo
            "transformer": _transformer}  # fmt: skip
 
 
+def _on_cuda(device: str, seed: int, references: int, samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A background and two batches of samples (T = 30, 5 features) on ``device``, a CUDA device (else the test is
+    skipped: CUDA graphs are CUDA's), the global seed set for the model built next."""
+    if not device.startswith("cuda"):
+        pytest.skip("CUDA graphs are CUDA's")
+    generator = torch.Generator().manual_seed(seed)
+    background = torch.randn(references, 30, 5, generator=generator).to(device)
+    x, other = (torch.randn(samples, 30, 5, generator=generator).to(device) for _ in range(2))
+    torch.manual_seed(0)
+    return background, x, other
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", GRAPHED)
 def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_intercepted_values(
@@ -183,12 +195,7 @@ def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_interce
     """The program captured once and replayed (cuda_graphs.Replayed): the intercepted values bit for bit, on the inputs
     it was captured on and on others of the same shapes (its inputs copied in), and a result not overwritten by the
     next replay; ``RNNSHAP_CUDA_GRAPHS=0`` leaves the graph out, with the same values."""
-    if not device.startswith("cuda"):
-        pytest.skip("CUDA graphs are CUDA's")
-    generator = torch.Generator().manual_seed(7)
-    background = torch.randn(16, 30, 5, generator=generator).to(device)
-    x, other = (torch.randn(8, 30, 5, generator=generator).to(device) for _ in range(2))
-    torch.manual_seed(0)
+    background, x, other = _on_cuda(device, seed=7, references=16, samples=8)
     model = GRAPHED[name]().to(device).eval()
     before = state_of(model)
     intercepted = rnnshap.DeepExplainer(model, background, compile=False)
@@ -252,16 +259,12 @@ def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_g
     (``RNNSHAP_CUDA_GRAPHS=0``) bit for bit: on other inputs of the same shapes, one output or three, and after the
     model's weights change in place (the graph reads its copies of them, made at each call). A packed batch's
     recurrence runs as it is."""
-    if not device.startswith("cuda"):
-        pytest.skip("CUDA graphs are CUDA's")
     from rnnshap.recurrent import reverse
 
-    generator = torch.Generator().manual_seed(11)
-    background = torch.randn(10, 30, 5, generator=generator).to(device)
-    x, other = (torch.randn(6, 30, 5, generator=generator).to(device) for _ in range(2))
-    torch.manual_seed(0)
+    background, x, other = _on_cuda(device, seed=11, references=10, samples=6)
     if name == "gru-packed":
         model = Composite(_packed, rnn=nn.GRU(5, 12, batch_first=True, bidirectional=True), head=nn.Linear(24, 2))
+        generator = torch.Generator().manual_seed(12)
         lengths_b, lengths_x = torch.randint(8, 31, (10,), generator=generator), torch.randint(8, 31, (6,), generator=generator)
         background = [background, lengths_b.to(device)]
         x, other = [x, lengths_x.to(device)], [other, lengths_x.to(device)]
