@@ -295,7 +295,7 @@ def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_g
         return
     assert reverse.GRAPHS.kept and not reverse.GRAPHS.refused, reverse.GRAPHS.refused
     replays = []
-    for replayed in reverse.GRAPHS.kept.values():
+    for replayed, _ in reverse.GRAPHS.kept.values():
         monkeypatch.setattr(replayed, "graph", _Counted(replayed.graph, replays))
     with torch.no_grad():
         for weight in [p for n, p in model.named_parameters() if "weight_hh" in n]:

@@ -147,17 +147,22 @@ GRAPH_STEPS = 8
 GRAPHS_KEPT = 8
 #: the most layouts noted as seen once or refused (each a few shapes), the oldest dropped first
 GRAPHS_NOTED = 64
-#: a recurrence whose arguments take more than this share of its device's memory is not kept as a graph (a graph keeps
-#: a copy of its arguments and its intermediate tensors, about as much again, from call to call)
-GRAPH_SHARE = 1 / 32
+#: the share of a device's memory the graphs kept may hold together; a layout that does not fit beside those kept is
+#: refused (not captured at every call in place of another: a loop of layouts that do not all fit would pay a capture
+#: each call)
+GRAPHS_SHARE = 1 / 8
+#: what a graph holds between calls, in its arguments' bytes: a copy of them, its intermediate tensors (each step's
+#: input gradients, kept for one product after the loop: about 2.3 times the arguments, measured on the CPU for an
+#: LSTM with 3 and 10 outputs) and its results
+GRAPH_HOLDS = 4
 
 
 class _Graphs:
-    """The reverse recurrences replayed as CUDA graphs, by layout (:func:`_replayed`): those kept, those seen once (the
-    first call of a layout runs as it is), and those refused, with why."""
+    """The reverse recurrences replayed as CUDA graphs, by layout (:func:`_replayed`): those kept (with the bytes each
+    holds), those seen once (the first call of a layout runs as it is), and those refused, with why."""
 
     def __init__(self) -> None:
-        self.kept: OrderedDict[Any, Any] = OrderedDict()
+        self.kept: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self.seen: OrderedDict[Any, None] = OrderedDict()
         self.refused: OrderedDict[Any, str] = OrderedDict()
         self.lock = threading.Lock()
@@ -167,6 +172,9 @@ class _Graphs:
         table[key] = value
         while len(table) > GRAPHS_NOTED:
             table.popitem(last=False)
+
+    def held(self) -> int:
+        return sum(size for _, size in self.kept.values())
 
     def forget(self) -> None:
         with self.lock:
@@ -179,61 +187,92 @@ GRAPHS = _Graphs()
 
 
 def forget_graphs() -> None:
-    """Drop every reverse recurrence kept as a CUDA graph, and the memory each keeps."""
+    """Drop every reverse recurrence kept as a CUDA graph, and the memory each holds."""
     GRAPHS.forget()
 
 
 def _layout(a: Any) -> Any:
+    """What of an argument decides the kernels a recurrence launches: a tensor's shape, strides, dtype, device and
+    alignment to 64 bytes (cuBLAS chooses its kernels by alignment: a graph's copies are aligned, a weight's view may
+    not be; an allocation is aligned to 64 bytes on the CPU, 512 on CUDA), a list's items, else the value."""
     if isinstance(a, Tensor):
-        return (tuple(a.shape), a.stride(), a.dtype, a.device)
+        return (tuple(a.shape), a.stride(), a.dtype, a.device, a.data_ptr() % 64)
     return tuple(a) if isinstance(a, list) else a
 
 
-def _graphable(steps: int, tensors: list[Tensor]) -> bool:
-    """Whether a recurrence of ``steps`` on ``tensors`` may run as a CUDA graph: on one CUDA device, nothing capturing,
-    tracing or differentiating it, its arguments within their share of the device's memory."""
-    if steps < GRAPH_STEPS or not tensors or any(not t.is_cuda or t.device != tensors[0].device for t in tensors):
-        return False
+def _settings(device: torch.device) -> tuple[Any, ...]:
+    """The process's settings that decide how the recurrence's matrix products round (TF32, autocast)."""
+    return (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.is_autocast_enabled(device.type),
+    )
+
+
+def _may_capture(steps: int, tensors: list[Tensor], memory: int) -> bool:
+    """Whether a recurrence of ``steps`` on ``tensors`` (on one CUDA device of ``memory`` bytes) may be captured: long
+    enough, graphs wanted, nothing tracing, compiling or differentiating it, and what it would hold within
+    :data:`GRAPHS_SHARE` of the device beside the graphs kept."""
     from torch._subclasses.fake_tensor import is_fake
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
     from ..engines.pytorch.cuda_graphs import cuda_graphs_wanted
 
-    if not cuda_graphs_wanted() or torch.cuda.is_current_stream_capturing() or get_proxy_mode() is not None:
+    if steps < GRAPH_STEPS or not cuda_graphs_wanted() or get_proxy_mode() is not None or torch.compiler.is_compiling():
         return False
-    if torch.compiler.is_compiling() or any(is_fake(t) for t in tensors):
+    if any(is_fake(t) for t in tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    return _holds(tensors) <= GRAPHS_SHARE * memory
+
+
+def _holds(tensors: list[Tensor]) -> int:
+    return GRAPH_HOLDS * sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _graphable(steps: int, tensors: list[Tensor]) -> bool:
+    """Whether a recurrence may run as a CUDA graph: on one CUDA device, no graph being captured, and
+    :func:`_may_capture`."""
+    if not tensors or any(not t.is_cuda or t.device != tensors[0].device for t in tensors):
         return False
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    return size <= GRAPH_SHARE * torch.cuda.get_device_properties(tensors[0].device).total_memory
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    return _may_capture(steps, tensors, torch.cuda.get_device_properties(tensors[0].device).total_memory)
+
+
+def _memory(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
 
 
 def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) -> tuple[Tensor, ...] | None:
     """``impl(*args)`` from a CUDA graph of it, where it may run as one (:func:`_graphable`) and is kept; else None: the
     caller runs it as it is. A layout's first call runs as it is; its second captures the graph, checks that its replay
-    gives what ``impl`` gives on the same arguments bit for bit (the call returns the latter), and keeps it only then;
-    later calls copy their arguments into the graph's and replay it. The graph reads its weights from those copies too,
-    so a model changed in place is seen. A packed or masked batch's recurrence runs as it is."""
+    gives what ``impl`` gives on the same arguments bit for bit (the call returns the latter), and keeps it only then
+    (else the layout is refused for good, as one that does not fit beside the graphs kept); later calls copy their
+    arguments into the graph's and replay it. The graph reads its weights from those copies too, so a model changed in
+    place is seen. A packed or masked batch's recurrence runs as it is."""
     tensors = [a for a in args if isinstance(a, Tensor)]
     if args[1] is not None or args[2] is not None or not _graphable(args[0].shape[0], tensors):
         return None  # (a packed or masked batch runs as it is: its layout is its lengths', which batches seldom repeat)
     from ..engines.pytorch.cuda_graphs import Replayed, same_bits
 
-    key = (impl.__name__, tuple(_layout(a) for a in args))
+    key = (impl.__name__, tuple(_layout(a) for a in args), _settings(tensors[0].device))
+    holds = _holds(tensors)
     with GRAPHS.lock:
-        replayed = GRAPHS.kept.get(key)
-        if replayed is not None:
+        kept = GRAPHS.kept.get(key)
+        if kept is not None:
             GRAPHS.kept.move_to_end(key)
         elif key in GRAPHS.refused:
             return None
         elif key not in GRAPHS.seen:
             GRAPHS.note(GRAPHS.seen, key, None)
             return None
+        elif GRAPHS.held() + holds > GRAPHS_SHARE * _memory(tensors[0].device):
+            GRAPHS.note(GRAPHS.refused, key, "the graphs kept already hold their share of the device's memory")
+            return None
     # (a broadcast view, as vmap's rule makes of a gradient not batched, is copied whole: a graph's input cannot be one)
     given = [t.contiguous() if t.numel() > 1 and 0 in t.stride() else t for t in tensors]
-    if replayed is not None:
-        return tuple(replayed(*given))
+    if kept is not None:
+        return tuple(kept[0](*given))
     at = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
 
     def run(*tensors: Tensor) -> list[Tensor]:
@@ -255,7 +294,7 @@ def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) ->
         if why:
             GRAPHS.note(GRAPHS.refused, key, why)
         else:
-            GRAPHS.kept[key] = replayed
+            GRAPHS.kept[key] = (replayed, holds)
             while len(GRAPHS.kept) > GRAPHS_KEPT:
                 GRAPHS.kept.popitem(last=False)
     return expected

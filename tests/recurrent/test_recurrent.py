@@ -593,31 +593,58 @@ def test_a_step_of_the_reverse_recurrence_runs_few_operations(kind: str, outputs
     assert (operations(12) - operations(6)) / 6 <= REVERSE_OPERATIONS_PER_STEP[kind]
 
 
-def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_graph_then_replayed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The policy by which recurrent/reverse.py replays a long reverse recurrence on a CUDA device as a CUDA graph, on
-    the CPU with a stand-in for the graph (tests/test_gpu.py runs the real one): a layout's first call runs as it is,
-    its second captures the graph and returns the recurrence's own values, later calls of the layout replay it (on
-    their own arguments); a graph whose replay differs from the recurrence is refused, for good; the least recently
-    used graph goes first past GRAPHS_KEPT; forget_graphs drops them all."""
+class StandInGraph:
+    """A stand-in, on the CPU, for ``cuda_graphs.Replayed`` (a CUDA graph needs CUDA: tests/test_gpu.py runs the real
+    one), with its contract: made from a run and its inputs (refused where one is a broadcast view), each call copies
+    its arguments into the tensors it was made with, runs, and returns copies of the results; ``off`` shifts them, as
+    a replay that differs would."""
+
+    made: list[StandInGraph] = []
+    off = 0.0
+
+    def __init__(self, run: Any, inputs: list[torch.Tensor]) -> None:
+        if any(t.numel() > 1 and 0 in t.stride() for t in inputs):
+            raise ValueError("an input is a broadcast view, which a graph's own input tensor cannot be")
+        self.run, self.calls = run, 0
+        self.inputs = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).copy_(t) for t in inputs]
+        StandInGraph.made.append(self)
+
+    def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        self.calls += 1
+        for mine, argument in zip(self.inputs, tensors, strict=True):
+            mine.copy_(argument)
+        return [t.clone() + self.off for t in self.run(*self.inputs)]
+
+
+@pytest.fixture
+def stand_in_graphs(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The recurrences' CUDA graphs on the CPU: every gate of reverse._may_capture but the device's (a CPU of 1 TB),
+    and StandInGraph for the graph."""
     from rnnshap.engines.pytorch import cuda_graphs
     from rnnshap.recurrent import reverse
 
-    made: list[Any] = []
+    memory = 1 << 40
+    monkeypatch.setattr(reverse, "_graphable", lambda steps, tensors: reverse._may_capture(steps, tensors, memory))
+    monkeypatch.setattr(reverse, "_memory", lambda device: memory)
+    monkeypatch.setattr(cuda_graphs, "Replayed", StandInGraph)
+    monkeypatch.setattr(StandInGraph, "made", [])
+    reverse.forget_graphs()
+    yield reverse
+    reverse.forget_graphs()
 
-    class StandIn:
-        def __init__(self, run: Any, inputs: list[torch.Tensor], off: float = 0.0) -> None:
-            self.run, self.calls, self.off = run, 0, off
-            made.append(self)
 
-        def __call__(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-            self.calls += 1
-            return [t.clone() + self.off for t in self.run(*tensors)]
-
-    monkeypatch.setattr(reverse, "_graphable", lambda steps, tensors: True)
-    monkeypatch.setattr(cuda_graphs, "Replayed", StandIn)
-    plain = reverse.rnn_recurrence.__wrapped__  # type: ignore[attr-defined]
+def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_graph_then_replayed(
+    stand_in_graphs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy by which recurrent/reverse.py replays a long reverse recurrence on a CUDA device as a CUDA graph (on
+    the CPU with StandInGraph): a layout's first call runs as it is, its second captures the graph and returns the
+    recurrence's own values, later calls of the layout replay it on their own arguments; a graph whose replay differs
+    from the recurrence is refused, for good; a layout that does not fit beside the graphs kept is refused; the least
+    recently used graph goes first past GRAPHS_KEPT; a packed or masked batch runs as it is; forget_graphs drops them
+    all."""
+    reverse = stand_in_graphs
+    made = StandInGraph.made
+    plain = reverse.rnn_recurrence.__wrapped__
 
     def arguments(seed: int, pairs: int = 4) -> tuple[Any, ...]:
         torch.manual_seed(seed)
@@ -627,36 +654,135 @@ def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_grap
     def same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
         return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
-    reverse.forget_graphs()
     first, second, third = arguments(0), arguments(1), arguments(2)
     assert same(reverse.rnn_recurrence(*first), plain(*first)) and not made and len(reverse.GRAPHS.seen) == 1
     assert same(reverse.rnn_recurrence(*second), plain(*second)) and len(made) == 1 and made[0].calls == 1
     assert same(reverse.rnn_recurrence(*third), plain(*third)) and made[0].calls == 2 and len(reverse.GRAPHS.kept) == 1
+    strided = list(third)
+    strided[3] = third[3].transpose(0, 1).contiguous().transpose(0, 1)  # (the same shape, other strides: another layout)
+    assert same(reverse.rnn_recurrence(*strided), plain(*strided)) and made[0].calls == 2 and len(reverse.GRAPHS.seen) == 2
 
-    monkeypatch.setattr(cuda_graphs, "Replayed", lambda run, inputs: StandIn(run, inputs, off=1e-3))
-    other = [arguments(seed, pairs=6) for seed in range(3)]  # (another layout)
+    monkeypatch.setattr(StandInGraph, "off", 1e-3)  # (another layout, whose replay differs)
+    other = [arguments(seed, pairs=6) for seed in range(3)]
     for arg in other:
         assert same(reverse.rnn_recurrence(*arg), plain(*arg))
     assert made[-1].calls == 1 and len(reverse.GRAPHS.refused) == 1, "a replay that differs is not used"
     assert "other values" in next(iter(reverse.GRAPHS.refused.values()))
+    monkeypatch.setattr(StandInGraph, "off", 0.0)
+    reverse.GRAPHS.seen.clear()
+    for arg in other:
+        reverse.rnn_recurrence(*arg)
+    assert len(made) == 2, "a refused layout is refused for good"
 
-    monkeypatch.setattr(cuda_graphs, "Replayed", StandIn)
+    short = list(arguments(0))
+    short[0], short[3] = short[0][:7], short[3][:, :7]  # (7 steps: fewer than GRAPH_STEPS)
+    masked = list(arguments(0))
+    masked[1] = torch.ones(10, 4, 1, dtype=torch.bool)  # (a packed or masked batch)
+    for arg in (short, masked):
+        for _ in range(3):
+            assert same(reverse.rnn_recurrence(*arg), plain(*arg))
+    assert len(made) == 2 and not reverse.GRAPHS.seen, "neither is noted, nor captured"
+
+    held = reverse.GRAPHS.held()
+    monkeypatch.setattr(reverse, "GRAPHS_SHARE", 1.5 * held / (1 << 40))  # (room for the one kept, not for another)
+    for seed in range(3):
+        reverse.rnn_recurrence(*arguments(seed, pairs=5))
+    assert len(made) == 2 and "share of the device's memory" in list(reverse.GRAPHS.refused.values())[-1]
+    monkeypatch.setattr(reverse, "GRAPHS_SHARE", 1 / 8)
+
     monkeypatch.setattr(reverse, "GRAPHS_KEPT", 2)
+    reverse.forget_graphs()
     for pairs in (7, 8, 7, 9, 9):  # (7 and 8 kept; 7 replayed; 9 seen, then kept in place of 8)
         for seed in range(2 if pairs in (7, 8) else 1):
             reverse.rnn_recurrence(*arguments(seed, pairs))
     assert [key[1][0][0][1] for key in reverse.GRAPHS.kept] == [7, 9], "the least recently used goes first"
-    reverse.forget_graphs()
-    assert not reverse.GRAPHS.kept and not reverse.GRAPHS.seen and not reverse.GRAPHS.refused
-
-    masked = list(arguments(0))
-    masked[1] = torch.ones(10, 4, 1, dtype=torch.bool)  # (a packed or masked batch's recurrence runs as it is)
-    for _ in range(3):
-        assert same(reverse.rnn_recurrence(*masked), plain(*masked))
-    assert not reverse.GRAPHS.seen and not reverse.GRAPHS.kept
 
     monkeypatch.setattr(reverse, "GRAPHS_NOTED", 3)  # (layouts noted as seen: the oldest dropped)
     for pairs in range(10, 15):
         reverse.rnn_recurrence(*arguments(0, pairs))
-    assert [key[1][0][0][1] for key in reverse.GRAPHS.seen] == [12, 13, 14]
+    assert [key[1][0][0][1] for key in reverse.GRAPHS.seen][-3:] == [12, 13, 14] and len(reverse.GRAPHS.seen) == 3
     reverse.forget_graphs()
+    assert not reverse.GRAPHS.kept and not reverse.GRAPHS.seen and not reverse.GRAPHS.refused
+
+
+def test_a_recurrence_may_be_captured_only_where_nothing_traces_or_differentiates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """reverse._may_capture, the gates of a capture but the device's: 8 steps or more, RNNSHAP_CUDA_GRAPHS not 0, no
+    trace (make_fx) and no gradient taken through it, and what it would hold within GRAPHS_SHARE of the device."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from rnnshap.recurrent import reverse
+
+    tensors = [torch.randn(10, 4, 5), torch.randn(5, 5)]
+    memory = 1 << 40
+    assert reverse._may_capture(10, tensors, memory)
+    assert not reverse._may_capture(7, tensors, memory)
+    assert not reverse._may_capture(10, tensors, reverse._holds(tensors) * 7)  # (1/8 of the device: too little)
+    with torch.enable_grad():
+        assert not reverse._may_capture(10, [tensors[0].requires_grad_(True), tensors[1]], memory)
+    tensors[0].requires_grad_(False)
+    monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", "0")
+    assert not reverse._may_capture(10, tensors, memory)
+    monkeypatch.delenv("RNNSHAP_CUDA_GRAPHS")
+    seen = []
+
+    def traced(x: torch.Tensor) -> torch.Tensor:
+        seen.append(reverse._may_capture(10, [tensors[0], x], memory))
+        return x + 1
+
+    make_fx(traced)(torch.randn(5, 5))
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("case", ["lstm", "lstm-one-output", "gru-stacked-bidirectional", "rnn-packed"])
+def test_an_explainer_with_its_recurrences_replayed_gives_the_values_it_gives_without(
+    case: str, stand_in_graphs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explainer's recurrences through the graphs' path (on the CPU with StandInGraph; tests/test_gpu.py runs the
+    real CUDA graphs): the fused layers' backward with one output and under vmap with three (whose gradients not
+    batched come as broadcast views, copied whole), stacked and bidirectional layers, other inputs of the same shapes,
+    the weights changed in place between calls: each call's values those of the recurrences run as they are, bit for
+    bit, and replays made; a packed batch's recurrences run as they are."""
+    reverse = stand_in_graphs
+    torch.manual_seed(0)
+    kind, *rest = case.split("-")
+    layer = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](
+        3, 6, batch_first=True, **({"num_layers": 2, "bidirectional": True} if "stacked" in case else {})
+    )
+    background, x, other = torch.randn(5, 12, 3), torch.randn(3, 12, 3), torch.randn(3, 12, 3)
+    if case == "rnn-packed":
+        model = Composite(_packed_head, rnn=layer, head=nn.Linear(6, 2)).eval()
+        lengths = torch.tensor([12, 9, 10])
+        background, x, other = [background, torch.tensor([12, 8, 9, 11, 10])], [x, lengths], [other, lengths]
+    else:
+        model = RecurrentHead.over(layer, 3).eval()
+    options = {"ranked_outputs": 1} if "one-output" in case else {}
+
+    def values(graphs: str) -> list[np.ndarray]:
+        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        explainer = rnnshap.DeepExplainer(model, background, compile=False)
+        results = [explainer.shap_values(a, **options) for a in (x, other, x, other)]
+        return [np.asarray(a) for r in results for a in (r if isinstance(r, (list, tuple)) else [r])]
+
+    def assert_same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    assert_same(values("1"), values("0"))
+    replays = sum(graph.calls for graph in StandInGraph.made)
+    if case == "rnn-packed":
+        assert not StandInGraph.made and not reverse.GRAPHS.seen
+        return
+    assert reverse.GRAPHS.kept and not reverse.GRAPHS.refused and replays > len(StandInGraph.made), reverse.GRAPHS.refused
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "weight_hh" in name:
+                weight.mul_(0.5)
+    assert_same(values("1"), values("0"))
+    assert sum(graph.calls for graph in StandInGraph.made) > replays
+
+
+def _packed_head(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    _, h = m.rnn(packed)
+    return m.head(h[-1])
