@@ -216,7 +216,7 @@ def _may_capture(steps: int, tensors: list[Tensor], memory: int) -> bool:
     from torch._subclasses.fake_tensor import is_fake
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-    from ..engines.pytorch.cuda_graphs import cuda_graphs_wanted
+    from ..engines.cuda_graphs import cuda_graphs_wanted
 
     if steps < GRAPH_STEPS or not cuda_graphs_wanted() or get_proxy_mode() is not None or torch.compiler.is_compiling():
         return False
@@ -253,7 +253,7 @@ def _replayed(impl: Callable[..., tuple[Tensor, ...]], args: tuple[Any, ...]) ->
     tensors = [a for a in args if isinstance(a, Tensor)]
     if args[1] is not None or args[2] is not None or not _graphable(args[0].shape[0], tensors):
         return None  # (a packed or masked batch runs as it is: its layout is its lengths', which batches seldom repeat)
-    from ..engines.pytorch.cuda_graphs import Replayed, same_bits
+    from ..engines.cuda_graphs import Replayed, same_bits
 
     key = (impl.__name__, tuple(_layout(a) for a in args), _settings(tensors[0].device))
     holds = _holds(tensors)

@@ -620,7 +620,7 @@ class StandInGraph:
 def stand_in_graphs(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The recurrences' CUDA graphs on the CPU: every gate of reverse._may_capture but the device's (a CPU of 1 TB),
     and StandInGraph for the graph."""
-    from rnnshap.engines.pytorch import cuda_graphs
+    from rnnshap.engines import cuda_graphs
     from rnnshap.recurrent import reverse
 
     memory = 1 << 40

@@ -15,7 +15,7 @@ gives the same values) answer unread while tracing, as on an accelerator, so no 
 An operation whose output's shape depends on values (``nonzero``, boolean indexing) is not traced: the pass runs
 intercepted, and :attr:`TracedPasses.path` says why.
 
-On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`.cuda_graphs.Replayed`): the same
+On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`..cuda_graphs.Replayed`): the same
 kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
 faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
@@ -45,7 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
-from .cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
+from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -546,7 +546,7 @@ def _compile(program: _Program, graph: torch.fx.GraphModule, inputs: list[Tensor
 
 
 def _replay(program: _Program, inputs: list[Tensor], traced: Sequence[Any]) -> None:
-    """``program.run`` replayed as one CUDA graph (:class:`.cuda_graphs.Replayed`), where its replay gives the ``traced`` outputs
+    """``program.run`` replayed as one CUDA graph (:class:`..cuda_graphs.Replayed`), where its replay gives the ``traced`` outputs
     on ``inputs`` bit for bit and runs faster than the program; else the reason, in ``program.graph_failure``."""
     start = time.perf_counter()
     try:

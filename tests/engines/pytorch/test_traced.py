@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 import rnnshap
-from rnnshap.engines.pytorch import cuda_graphs, traced
+from rnnshap.engines import cuda_graphs
+from rnnshap.engines.pytorch import traced
 from rnnshap.recurrent import kernels
 
 from ...models.torch import Composite, RecurrentHead

@@ -1,5 +1,5 @@
 """A program on a CUDA device captured once as a CUDA graph and replayed: every kernel it launches, launched again by one
-call in place of one each from Python. The traced pass's programs (:mod:`.traced`) and the fused recurrent layers'
+call in place of one each from Python. The traced pass's programs (:mod:`.pytorch.traced`) and the fused recurrent layers'
 reverse recurrences (:mod:`rnnshap.recurrent.reverse`) are replayed so; ``RNNSHAP_CUDA_GRAPHS=0`` leaves both out."""
 
 from __future__ import annotations
