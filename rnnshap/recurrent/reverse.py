@@ -211,8 +211,8 @@ def _settings(device: torch.device) -> tuple[Any, ...]:
 
 def _may_capture(steps: int, tensors: list[Tensor], memory: int) -> bool:
     """Whether a recurrence of ``steps`` on ``tensors`` (on one CUDA device of ``memory`` bytes) may be captured: long
-    enough, graphs wanted, nothing tracing, compiling or differentiating it, and what it would hold within
-    :data:`GRAPHS_SHARE` of the device beside the graphs kept."""
+    enough, graphs wanted, nothing tracing, compiling or differentiating it, and what it would hold, alone, within
+    :data:`GRAPHS_SHARE` of the device (beside the graphs kept: :func:`_replayed`)."""
     from torch._subclasses.fake_tensor import is_fake
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
@@ -236,10 +236,11 @@ def _graphable(steps: int, tensors: list[Tensor]) -> bool:
         return False
     if torch.cuda.is_current_stream_capturing():
         return False
-    return _may_capture(steps, tensors, torch.cuda.get_device_properties(tensors[0].device).total_memory)
+    return _may_capture(steps, tensors, _memory(tensors[0].device))
 
 
 def _memory(device: torch.device) -> int:
+    """The device's memory in bytes (none off CUDA)."""
     return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
 
 
