@@ -46,6 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
 from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
+from .simplify import layouts, simplified
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -158,6 +159,11 @@ class _Program:
     sites: list[str]
     nodes: int
     trace_seconds: float
+    #: how its inputs lay when traced (strides and offsets): it runs only on inputs that lie so (its views are joined
+    #: on that layout: ``simplify.py``)
+    layouts: Any
+    #: how many of the traced operations it leaves out (``simplify.py``: constants folded, views joined)
+    left_out: int
     compile_seconds: float | None = None
     #: why the program runs uncompiled where ``compile=True`` (torch.compile failed, or its program ran slower)
     compile_failure: str | None = None
@@ -262,8 +268,8 @@ class TracedPasses:
             self.path = f"intercepted: {untraceable[1]}"
             return None
         program = self.programs.get(slot)
-        if program is not None and program.version != version:
-            del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more)
+        if program is not None and (program.version != version or program.layouts != layouts(inputs)):
+            del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more, or its inputs lie otherwise)
             program = None
         if program is None:
             before = self.seen.get(slot)
@@ -333,10 +339,21 @@ class TracedPasses:
         sites = [g.site for g in guarding.guards]
         with torch.no_grad():  # (the code make_fx wrote, its dead operations too: the same outputs, made once)
             traced_outputs = graph(*inputs)
-        run, unbound = _bound(graph, inputs, traced_outputs)
+        # shorter where that gives the same outputs (inductor folds and fuses on its own); its program is checked by
+        # _bound as a program of the graph's is
+        shorter, left_out = simplified(graph, inputs) if self.mode is not True else (graph, 0)
+        run, unbound = _bound(shorter, inputs, traced_outputs)
+        if shorter is not graph and unbound is not None:
+            left_out = 0
+            run, unbound = _bound(graph, inputs, traced_outputs)
+        elif left_out:
+            graph = shorter
         if unbound is not None or self.mode is True:
             graph.recompile()  # (the graph itself runs, or is compiled: its code written again without the dead operations)
-        program = _Program(run, version, len(checks), sites, len(graph.graph.nodes), time.perf_counter() - start, unbound=unbound)
+        program = _Program(
+            run, version, len(checks), sites, len(graph.graph.nodes), time.perf_counter() - start, layouts(inputs),
+            left_out, unbound=unbound,
+        )  # fmt: skip
         if self.mode is True:
             _compile(program, graph, inputs)
         elif inputs and all(t.device.type == "cuda" for t in inputs) and cuda_graphs_wanted():
@@ -372,7 +389,8 @@ class TracedPasses:
         return outputs
 
     def _describe(self, program: _Program) -> str:
-        said = f"traced: {program.nodes} operations as one program (traced in {program.trace_seconds:.1f} s)"
+        fewer = f", {program.left_out} fewer than traced" if program.left_out else ""
+        said = f"traced: {program.nodes} operations as one program (traced in {program.trace_seconds:.1f} s{fewer})"
         if program.compile_seconds is not None:
             said = f"compiled: {program.nodes} traced operations compiled by torch.compile in {program.compile_seconds:.1f} s"
         if program.compile_failure is not None:

@@ -1,0 +1,206 @@
+"""A traced program made shorter before it runs (``traced.py``): the same values, fewer operations a call.
+
+A traced program runs each operation ``make_fx`` recorded, with a few microseconds of Python and dispatch around
+each: at tiny sizes that, not the arithmetic, is its cost (an ``LSTMCell`` loop's program at T = 50 has about 11,000
+operations, half of them views). Two passes over its graph leave out operations whose results they can give
+otherwise, every value the program computes the same bit for bit:
+
+- **constants folded** (:func:`fold_constants`): an operation whose operands are all the program's constants (the
+  model's weights, the kept reference pass's tensors: what a program keeps for its version, ``TracedPasses``) gives the
+  same value at every call, so it runs once, here, and the program reads that value (a weight transposed or split at
+  every step of a cell's loop, a check of the reference side's rows). Not folded: an operation that writes into an
+  operand or draws random numbers, a value something later writes into (or into a view of it) or the program
+  returns, and values past :data:`FOLDED_BYTES` of new memory;
+- **views joined** (:func:`join_views`): a chain of view operations (a select of a view of a slice...) becomes one
+  ``as_strided`` of the chain's first tensor, with the sizes, strides and offset the chain gave when traced. A view
+  computes nothing, so it gives the same tensor wherever the chain's first tensor lies as it did when traced: the
+  program's inputs are checked to be laid out as they were (:func:`layouts`, ``traced.py``), and every other tensor is
+  made by the program's operations from them, or is one of its constants.
+
+:func:`simplified` applies both to a copy of the graph, which ``traced.py`` keeps only where its program gives the traced
+graph's outputs bit for bit on the inputs it was traced on.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+from torch.fx.node import map_arg
+
+Tensor = torch.Tensor
+Node = torch.fx.Node
+
+#: the most bytes of new memory a program's folded constants may take (a folded view of a constant takes none)
+FOLDED_BYTES = 64 << 20
+
+
+def layouts(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
+    """How ``tensors`` lie in memory (strides and offset): a program whose views are joined runs only on inputs that
+    lie as the ones it was traced on did."""
+    return tuple((tuple(t.stride()), t.storage_offset()) for t in tensors)
+
+
+def simplified(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> tuple[torch.fx.GraphModule, int]:
+    """A copy of ``graph`` with its constants folded and its chains of views joined, and how many operations that left
+    out; ``graph`` itself and 0 where an operation would not run on its constants alone. The caller keeps the copy only
+    where it gives the graph's outputs on ``inputs`` bit for bit (``traced.py``, which checks the program it runs)."""
+    copied = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
+    before = len(copied.graph.nodes)
+    try:
+        fold_constants(copied)
+        join_views(copied, inputs)
+    except Exception:  # noqa: BLE001 (the graph as traced runs)
+        return graph, 0
+    return copied, before - len(copied.graph.nodes)
+
+
+def _view_source(node: Node) -> Node | None:
+    """The node whose tensor ``node``'s output is a view of: the operand of an operation whose output aliases its first
+    argument (``view``, ``select``, ``t``, ``unbind``...), or the list of views an item is taken from; else None."""
+    if node.op != "call_function":
+        return None
+    target = node.target
+    if target is operator.getitem:
+        source = node.args[0]
+        return source if isinstance(source, Node) and _view_source(source) is not None else None
+    if not isinstance(target, torch._ops.OpOverload):
+        return None
+    returns = target._schema.returns
+    if len(returns) != 1 or returns[0].alias_info is None or returns[0].alias_info.is_write:
+        return None
+    source = node.args[0] if node.args else None
+    return source if isinstance(source, Node) else None
+
+
+def _root(node: Node) -> Node:
+    """The first tensor of ``node``'s chain of views (``node`` itself where it is no view)."""
+    source = _view_source(node)
+    while source is not None:
+        node, source = source, _view_source(source)
+    return node
+
+
+def _written(node: Node) -> list[Node]:
+    """The operands ``node`` writes into (an in-place operation's, an ``out=``)."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return []
+    written: list[Node] = []
+    for i, argument in enumerate(target._schema.arguments):
+        if argument.alias_info is not None and argument.alias_info.is_write:
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
+            written += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, Node)]
+    return written
+
+
+def _constant(graph: torch.fx.GraphModule, node: Node) -> Any:
+    value: Any = graph
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def fold_constants(graph: torch.fx.GraphModule) -> int:
+    """Each operation whose operands are all constants run once, and its value made a constant of ``graph`` where the
+    program reads it (see the module's docstring); returns how many were folded."""
+    nodes = list(graph.graph.nodes)
+    # what must stay computed at every call: the first tensor of anything written into, and of anything returned
+    kept = {_root(w) for node in nodes for w in _written(node)}
+    kept |= {_root(n) for node in nodes if node.op == "output" for n in node.all_input_nodes}
+    values: dict[Node, Any] = {node: _constant(graph, node) for node in nodes if node.op == "get_attr"}
+    storages = {v.untyped_storage().data_ptr() for v in values.values() if isinstance(v, Tensor)}
+    folded, spent = [], 0
+    for node in nodes:
+        target = node.target
+        if node.op != "call_function" or _root(node) in kept or not all(n in values for n in node.all_input_nodes):
+            continue
+        if isinstance(target, torch._ops.OpOverload) and (
+            target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
+        ):
+            continue
+        try:
+            with torch.no_grad():
+                value = target(*map_arg(node.args, values.__getitem__), **map_arg(node.kwargs, values.__getitem__))  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 (an operation that needs more than its operands: it stays)
+            continue
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(p, Tensor) for p in parts):
+            continue
+        fresh = sum(p.nbytes for p in parts if p.untyped_storage().data_ptr() not in storages)
+        if spent + fresh > FOLDED_BYTES:
+            continue
+        spent += fresh
+        storages.update(p.untyped_storage().data_ptr() for p in parts)
+        values[node] = value
+        folded.append(node)
+    done = set(folded)
+    for i, node in enumerate(n for n in folded if isinstance(values[n], Tensor) and any(u not in done for u in n.users)):
+        name = f"_rnnshap_folded_{i}"
+        graph.register_buffer(name, values[node], persistent=False)
+        with graph.graph.inserting_before(node):
+            constant = graph.graph.get_attr(name)
+        node.replace_all_uses_with(constant, delete_user_cb=lambda user: user not in done)
+    graph.graph.eliminate_dead_code()
+    return len(folded)
+
+
+#: how a view lies: its dtype, sizes, strides, offset and storage (the storage's address when the tensor was made),
+#: None for a tensor ``as_strided`` cannot give (a conjugate or negative bit, another layout)
+Layout = tuple[torch.dtype, tuple[int, ...], tuple[int, ...], int, int]
+
+
+def _laid_out(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> dict[Node, Layout | None]:
+    """How the tensor of each view, and of each chain of views' first tensor, lay when the graph ran on ``inputs``."""
+    wanted = {n for n in graph.graph.nodes if _view_source(n) is not None}
+    wanted |= {_root(n) for n in wanted}
+    seen: dict[Node, Layout | None] = {}
+
+    class Recording(torch.fx.Interpreter):
+        def run_node(self, n: Node) -> Any:
+            value = super().run_node(n)
+            if n in wanted and isinstance(value, Tensor):
+                seen[n] = _layout(value)
+            return value
+
+    with torch.no_grad():
+        Recording(graph).run(*inputs)
+    return seen
+
+
+def _layout(t: Tensor) -> Layout | None:
+    if t.layout != torch.strided or t.is_conj() or t.is_neg() or t.is_quantized or t.is_nested:
+        return None
+    return (t.dtype, tuple(t.shape), tuple(t.stride()), int(t.storage_offset()), t.untyped_storage().data_ptr())
+
+
+def join_views(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> int:
+    """Each view whose operand is a view used by it alone made one ``as_strided`` of its chain's first tensor (see the
+    module's docstring); returns how many were joined."""
+    laid = _laid_out(graph, inputs)
+    joined = 0
+    for node in list(graph.graph.nodes):
+        source = _view_source(node)
+        if source is None or operator.getitem in (node.target, source.target):
+            continue
+        if _view_source(source) is None or len(source.users) != 1:
+            continue  # (a view of a view used by it alone: joined, that view is left out)
+        root = _root(source)
+        view, first = laid.get(node), laid.get(root)
+        # (the same dtype and storage: a chain whose first tensor's storage was swapped on the way stays as it is)
+        if view is None or first is None or view[0] != first[0] or view[4] != first[4]:
+            continue
+        with graph.graph.inserting_before(node):
+            strided = graph.graph.call_function(torch.ops.aten.as_strided.default, (root, *view[1:4]))
+        laid[strided] = view
+        node.replace_all_uses_with(strided)
+        graph.graph.erase_node(node)
+        joined += 1
+    graph.graph.eliminate_dead_code()
+    return joined
+
+
+__all__ = ["FOLDED_BYTES", "fold_constants", "join_views", "layouts", "simplified"]
