@@ -44,18 +44,39 @@ def layouts(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
     return tuple((tuple(t.stride()), t.storage_offset()) for t in tensors)
 
 
-def simplified(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> tuple[torch.fx.GraphModule, int]:
-    """A copy of ``graph`` with its constants folded and its chains of views joined, and how many operations that left
-    out; ``graph`` itself and 0 where an operation would not run on its constants alone. The caller keeps the copy only
-    where it gives the graph's outputs on ``inputs`` bit for bit (``traced.py``, which checks the program it runs)."""
+def placements(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
+    """Where ``tensors`` lie (their storages, strides and offsets): a program that took views of a model's tensors once,
+    or joined views on how they lay, runs only where they still lie so."""
+    return tuple((t.untyped_storage().data_ptr(), tuple(t.stride()), t.storage_offset()) for t in tensors)
+
+
+def simplified(
+    graph: torch.fx.GraphModule, inputs: Sequence[Tensor], owned: set[int], join: bool = True
+) -> tuple[torch.fx.GraphModule, int, int]:
+    """A copy of ``graph`` with its constants folded (those of ``owned``, the storages of the tensors the engine keeps
+    for the program's version: the kept reference pass's; and, with ``join``, views of the others) and, with
+    ``join``, its chains of views joined; with how many operations were folded and how many views joined. ``graph``
+    itself and nothing left out where either pass fails, or where a folded value shares its memory with a tensor the
+    program writes into or returns (seen on a run on ``inputs``). The caller keeps the copy only where it gives the
+    graph's outputs on ``inputs`` bit for bit (``traced.py``, which checks the program it runs)."""
     copied = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
-    before = len(copied.graph.nodes)
     try:
-        fold_constants(copied)
-        join_views(copied, inputs)
+        folded = fold_constants(copied, owned, views=join)
+        ran = _Run(copied, inputs)
+        if ran.shares_folded_memory(copied):
+            return graph, 0, 0
+        joined = join_views(copied, ran) if join else 0
     except Exception:  # noqa: BLE001 (the graph as traced runs)
-        return graph, 0
-    return copied, before - len(copied.graph.nodes)
+        return graph, 0, 0
+    return copied, folded, joined
+
+
+#: views whose schema does not say so (``_unsafe_view``: the view a matrix product's output is reshaped by;
+#: ``unsafe_split``: an LSTM cell's gates), which autograd does not track as views
+_UNMARKED_VIEWS = frozenset({
+    torch.ops.aten._unsafe_view.default, torch.ops.aten.unsafe_split.Tensor, torch.ops.aten.unsafe_split_with_sizes.default,
+    torch.ops.aten.unsafe_chunk.default,
+})  # fmt: skip
 
 
 def _view_source(node: Node) -> Node | None:
@@ -70,7 +91,8 @@ def _view_source(node: Node) -> Node | None:
     if not isinstance(target, torch._ops.OpOverload):
         return None
     returns = target._schema.returns
-    if len(returns) != 1 or returns[0].alias_info is None or returns[0].alias_info.is_write:
+    unmarked = target in _UNMARKED_VIEWS
+    if not unmarked and (len(returns) != 1 or returns[0].alias_info is None or returns[0].alias_info.is_write):
         return None
     source = node.args[0] if node.args else None
     return source if isinstance(source, Node) else None
@@ -104,22 +126,51 @@ def _constant(graph: torch.fx.GraphModule, node: Node) -> Any:
     return value
 
 
-def fold_constants(graph: torch.fx.GraphModule) -> int:
-    """Each operation whose operands are all constants run once, and its value made a constant of ``graph`` where the
-    program reads it (see the module's docstring); returns how many were folded."""
+#: operations never folded: those whose values follow global settings a later call may change (a matrix product's or a
+#: convolution's precision and algorithms: TF32, ``set_float32_matmul_precision``, cuDNN's flags)
+_UNFOLDED = frozenset({
+    "mm", "bmm", "addmm", "addbmm", "baddbmm", "matmul", "linear", "mv", "addmv", "dot", "vdot", "einsum", "convolution",
+    "_convolution", "conv1d", "conv2d", "conv3d", "cudnn_convolution", "mkldnn_convolution",
+})  # fmt: skip
+
+
+def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = True) -> int:
+    """Each operation whose operands are all constants the engine keeps (``owned``: their storages) run once, and its
+    value made a constant of ``graph`` where the program reads it (see the module's docstring); returns how many were
+    folded. The other constants (the model's parameters and buffers) can change between calls unseen by a program's
+    version (``p.data`` written into or replaced), so only views of them are taken once, with ``views``: a view reads
+    what is written into its tensor's memory, and the caller checks that each such constant still lies where it did
+    (:func:`placements`)."""
     nodes = list(graph.graph.nodes)
     # what must stay computed at every call: the first tensor of anything written into, and of anything returned
-    kept = {_root(w) for node in nodes for w in _written(node)}
-    kept |= {_root(n) for node in nodes if node.op == "output" for n in node.all_input_nodes}
-    values: dict[Node, Any] = {node: _constant(graph, node) for node in nodes if node.op == "get_attr"}
-    storages = {v.untyped_storage().data_ptr() for v in values.values() if isinstance(v, Tensor)}
+    written = {_root(w) for node in nodes for w in _written(node)}
+    kept = written | {_root(n) for node in nodes if node.op == "output" for n in node.all_input_nodes}
+    values: dict[Node, Any] = {}
+    others: set[Node] = set()  # (values that are, or are views of, a constant the engine does not own)
+    for node in nodes:
+        if node.op == "get_attr" and node not in written:
+            value = _constant(graph, node)
+            if isinstance(value, Tensor) and (views or value.untyped_storage().data_ptr() in owned):
+                values[node] = value
+                if value.untyped_storage().data_ptr() not in owned:
+                    others.add(node)
+    storages = {v.untyped_storage().data_ptr() for v in values.values()}
     folded, spent = [], 0
     for node in nodes:
         target = node.target
-        if node.op != "call_function" or _root(node) in kept or not all(n in values for n in node.all_input_nodes):
+        operands = node.all_input_nodes
+        if node.op != "call_function" or not operands or _root(node) in kept:
+            continue  # (an operation of no tensor, a factory, is not folded: its dtype may be the default one, a setting)
+        if not all(n in values and _root(n) not in written for n in operands):
             continue
+        if any(n in others for n in operands):
+            if _view_source(node) is None:
+                continue  # (a model's tensor is read at every call: only views of it are taken once, ``views``)
+            others.add(node)
         if isinstance(target, torch._ops.OpOverload) and (
-            target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
+            target._schema.is_mutable
+            or torch.Tag.nondeterministic_seeded in target.tags
+            or target._schema.name.split("::")[-1] in _UNFOLDED
         ):
             continue
         try:
@@ -139,7 +190,7 @@ def fold_constants(graph: torch.fx.GraphModule) -> int:
         folded.append(node)
     done = set(folded)
     for i, node in enumerate(n for n in folded if isinstance(values[n], Tensor) and any(u not in done for u in n.users)):
-        name = f"_rnnshap_folded_{i}"
+        name = f"{FOLDED}{i}"
         graph.register_buffer(name, values[node], persistent=False)
         with graph.graph.inserting_before(node):
             constant = graph.graph.get_attr(name)
@@ -148,27 +199,52 @@ def fold_constants(graph: torch.fx.GraphModule) -> int:
     return len(folded)
 
 
+#: the names of the folded constants
+FOLDED = "_rnnshap_folded_"
+
+
 #: how a view lies: its dtype, sizes, strides, offset and storage (the storage's address when the tensor was made),
 #: None for a tensor ``as_strided`` cannot give (a conjugate or negative bit, another layout)
 Layout = tuple[torch.dtype, tuple[int, ...], tuple[int, ...], int, int]
 
 
-def _laid_out(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> dict[Node, Layout | None]:
-    """How the tensor of each view, and of each chain of views' first tensor, lay when the graph ran on ``inputs``."""
-    wanted = {n for n in graph.graph.nodes if _view_source(n) is not None}
-    wanted |= {_root(n) for n in wanted}
-    seen: dict[Node, Layout | None] = {}
+class _Run:
+    """One run of a graph on its inputs, noting how the tensor of each view, and of each chain of views' first tensor,
+    lay, and the memory of every tensor the graph writes into or returns."""
 
-    class Recording(torch.fx.Interpreter):
-        def run_node(self, n: Node) -> Any:
-            value = super().run_node(n)
-            if n in wanted and isinstance(value, Tensor):
-                seen[n] = _layout(value)
-            return value
+    def __init__(self, graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> None:
+        wanted = {n for n in graph.graph.nodes if _view_source(n) is not None}
+        wanted |= {_root(n) for n in wanted}
+        self.layouts: dict[Node, Layout | None] = {}
+        self.touched: set[int] = set()  # (storages written into or returned)
+        run = self
 
-    with torch.no_grad():
-        Recording(graph).run(*inputs)
-    return seen
+        class Recording(torch.fx.Interpreter):
+            def run_node(self, n: Node) -> Any:
+                for w in _written(n):
+                    run.touched.update(_storages(self.env.get(w)))
+                value = super().run_node(n)
+                if n in wanted and isinstance(value, Tensor):
+                    run.layouts[n] = _layout(value)
+                if n.op == "output":
+                    run.touched.update(_storages(value))
+                return value
+
+        with torch.no_grad():
+            Recording(graph).run(*inputs)
+
+    def shares_folded_memory(self, graph: torch.fx.GraphModule) -> bool:
+        """Whether a folded constant of ``graph`` lies in memory the run wrote into or returned (an alias the graph's
+        operations do not declare)."""
+        return any(name.startswith(FOLDED) and bool(_storages(t) & self.touched) for name, t in graph.named_buffers())
+
+
+def _storages(value: Any) -> set[int]:
+    if isinstance(value, Tensor):
+        return {value.untyped_storage().data_ptr()}
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_storages(v) for v in value))
+    return set()
 
 
 def _layout(t: Tensor) -> Layout | None:
@@ -177,10 +253,21 @@ def _layout(t: Tensor) -> Layout | None:
     return (t.dtype, tuple(t.shape), tuple(t.stride()), int(t.storage_offset()), t.untyped_storage().data_ptr())
 
 
-def join_views(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> int:
+#: in-place operations that change where a tensor lies (its storage, sizes or strides): a graph with one has no chain
+#: of views joined (a chain's first tensor may lie elsewhere by the time the chain's last view is taken)
+_RELAID = frozenset({
+    "set_", "resize_", "resize_as_", "as_strided_", "t_", "transpose_", "swapdims_", "swapaxes_", "squeeze_", "unsqueeze_",
+    "_resize_output_",
+})  # fmt: skip
+
+
+def join_views(graph: torch.fx.GraphModule, ran: _Run) -> int:
     """Each view whose operand is a view used by it alone made one ``as_strided`` of its chain's first tensor (see the
-    module's docstring); returns how many were joined."""
-    laid = _laid_out(graph, inputs)
+    module's docstring), laid out as in the run ``ran``; returns how many were joined."""
+    names = [n.target._schema.name for n in graph.graph.nodes if isinstance(n.target, torch._ops.OpOverload)]
+    if any(name.split("::")[-1] in _RELAID for name in names):
+        return 0
+    laid = ran.layouts
     joined = 0
     for node in list(graph.graph.nodes):
         source = _view_source(node)
@@ -203,4 +290,4 @@ def join_views(graph: torch.fx.GraphModule, inputs: Sequence[Tensor]) -> int:
     return joined
 
 
-__all__ = ["FOLDED_BYTES", "fold_constants", "join_views", "layouts", "simplified"]
+__all__ = ["FOLDED", "FOLDED_BYTES", "fold_constants", "join_views", "layouts", "placements", "simplified"]

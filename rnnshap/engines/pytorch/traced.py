@@ -46,7 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
 from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
-from .simplify import layouts, simplified
+from .simplify import FOLDED, layouts, placements, simplified
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -159,9 +159,11 @@ class _Program:
     sites: list[str]
     nodes: int
     trace_seconds: float
-    #: how its inputs lay when traced (strides and offsets): it runs only on inputs that lie so (its views are joined
-    #: on that layout: ``simplify.py``)
+    #: how its inputs lay when traced (strides and offsets: make_fx writes a reshape as a view where they allowed one,
+    #: and ``simplify.py`` joins views on them) and, where it was made shorter, where the model's tensors of ``laid``
+    #: lay (storages too: views of them are taken once); it runs only where they lie so
     layouts: Any
+    laid: list[Tensor]
     #: how many of the traced operations it leaves out (``simplify.py``: constants folded, views joined)
     left_out: int
     compile_seconds: float | None = None
@@ -268,9 +270,18 @@ class TracedPasses:
             self.path = f"intercepted: {untraceable[1]}"
             return None
         program = self.programs.get(slot)
-        if program is not None and (program.version != version or program.layouts != layouts(inputs)):
-            del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more, or its inputs lie otherwise)
+        if program is not None and program.version != version:
+            del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more)
             program = None
+        if program is not None and program.layouts != _where(inputs, program.laid):
+            # a program is made for how its inputs lay (make_fx writes a reshape as a view where they allowed one; views
+            # joined) and where the model's tensors it took views of lay: not run on others; where they lie otherwise
+            # two calls in a row, traced again at the next
+            program.misses += 1
+            if program.misses >= _MISSES:
+                del self.programs[slot]
+            self.path = "intercepted: its inputs or the model's tensors lie otherwise than when it was traced"
+            return None
         if program is None:
             before = self.seen.get(slot)
             if (before is None or before[0] != version) and not EVERY_PASS:
@@ -285,7 +296,7 @@ class TracedPasses:
                 return None
             if self._wait(slot):
                 return None
-            return self._trace(slot, version, region, inputs, check)
+            return self._trace(slot, version, holds, region, inputs, check)
         self.programs[slot] = self.programs.pop(slot)  # (the most recently used last: see _PROGRAMS)
         with torch.no_grad():
             ran = program.run(*inputs)
@@ -307,6 +318,7 @@ class TracedPasses:
         self,
         slot: Any,
         version: Any,
+        holds: Any,
         region: Callable[..., list[Tensor]],
         inputs: list[Tensor],
         check: Callable[[list[Tensor]], Any] | None = None,
@@ -339,20 +351,25 @@ class TracedPasses:
         sites = [g.site for g in guarding.guards]
         with torch.no_grad():  # (the code make_fx wrote, its dead operations too: the same outputs, made once)
             traced_outputs = graph(*inputs)
-        # shorter where that gives the same outputs (inductor folds and fuses on its own); its program is checked by
-        # _bound as a program of the graph's is
-        shorter, left_out = simplified(graph, inputs) if self.mode is not True else (graph, 0)
+        # shorter where that gives the same outputs (inductor folds and fuses on its own): the constants the engine
+        # keeps for the version folded, chains of views joined where the slot's inputs have not lain otherwise; its
+        # program is checked by _bound as the graph's is
+        shorter, owned = graph, set()
+        if self.mode is not True:
+            owned = {t.untyped_storage().data_ptr() for t in _tensors_in(holds)}
+            shorter, _, _ = simplified(graph, inputs, owned)
         run, unbound = _bound(shorter, inputs, traced_outputs)
         if shorter is not graph and unbound is not None:
-            left_out = 0
+            shorter = graph
             run, unbound = _bound(graph, inputs, traced_outputs)
-        elif left_out:
-            graph = shorter
+        # (the model's tensors the traced graph reads, those the shorter one took views of once among them)
+        laid = _laid_constants(graph, owned) if shorter is not graph else []
+        left_out, graph = len(graph.graph.nodes) - len(shorter.graph.nodes), shorter
         if unbound is not None or self.mode is True:
             graph.recompile()  # (the graph itself runs, or is compiled: its code written again without the dead operations)
         program = _Program(
-            run, version, len(checks), sites, len(graph.graph.nodes), time.perf_counter() - start, layouts(inputs),
-            left_out, unbound=unbound,
+            run, version, len(checks), sites, len(graph.graph.nodes), time.perf_counter() - start, _where(inputs, laid),
+            laid, left_out, unbound=unbound,
         )  # fmt: skip
         if self.mode is True:
             _compile(program, graph, inputs)
@@ -402,6 +419,41 @@ class TracedPasses:
         elif program.graph_failure is not None:
             said += f"; not a CUDA graph: {program.graph_failure}"
         return said
+
+
+def _tensors_in(held: Any, depth: int = 0) -> list[Tensor]:
+    """The tensors ``held`` (what a version names: the kept reference pass's tape) holds, in its lists, tuples, dicts
+    and objects' fields, a few levels deep."""
+    if isinstance(held, Tensor):
+        return [held]
+    if depth > 4:
+        return []
+    if isinstance(held, dict):
+        held = list(held.values())
+    elif not isinstance(held, (list, tuple, set, frozenset)):
+        held = list(vars(held).values()) if hasattr(held, "__dict__") else []
+    return [t for item in held for t in _tensors_in(item, depth + 1)]
+
+
+def _laid_constants(graph: torch.fx.GraphModule, owned: set[int]) -> list[Tensor]:
+    """The program's constants the engine does not own (the model's tensors), where a program that took views of them
+    once, or joined views on how they lay, needs them to lie still (a weight's memory format decides a convolution's
+    output's)."""
+    names = [str(n.target) for n in graph.graph.nodes if n.op == "get_attr" and not str(n.target).startswith(FOLDED)]
+    found = {id(t): t for t in (_attribute(graph, name) for name in names) if isinstance(t, Tensor)}  # (each once)
+    return [t for t in found.values() if t.untyped_storage().data_ptr() not in owned]
+
+
+def _where(inputs: Sequence[Tensor], laid: Sequence[Tensor]) -> tuple[Any, Any]:
+    """How a program's inputs lie, and where the model's tensors it depends on lie (:data:`_Program.layouts`)."""
+    return layouts(inputs), placements(laid)
+
+
+def _attribute(graph: torch.fx.GraphModule, name: str) -> Any:
+    value: Any = graph
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """A traced program made shorter before it runs (rnnshap/engines/pytorch/simplify.py): constants folded and chains of
 views joined, the values of the graph as traced bit for bit, on its own inputs and on others of the same layout; what
-must stay computed at every call (a value written into or returned) stays; inputs laid out otherwise are traced anew."""
+must stay computed at every call (a value written into or returned, anything computed from a model's own tensors)
+stays; inputs or weights that lie otherwise are traced anew, with nothing that depends on where they lie."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import rnnshap
 from rnnshap.engines.cuda_graphs import same_bits
 from rnnshap.engines.pytorch import simplify, traced
 
-from .test_traced import FAMILIES, _data, _same
+from ...models.torch import Composite
+from .test_traced import FAMILIES, F, T, _data, _same
 
 aten = torch.ops.aten
 
@@ -29,11 +31,18 @@ def _targets(graph: torch.fx.GraphModule) -> list[Any]:
     return [n.target for n in graph.graph.nodes if n.op == "call_function"]
 
 
-def _simplified(f: Callable[..., Any], *inputs: torch.Tensor) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
+def _owned(*tensors: torch.Tensor) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def _simplified(
+    f: Callable[..., Any], *inputs: torch.Tensor, owned: set[int] | None = None
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
+    """``f`` traced, and made shorter as if the engine owned ``owned`` (by default ``WEIGHT``: a kept pass's tensor)."""
     graph = _traced(f, *inputs)
-    shorter, left_out = simplify.simplified(graph, inputs)
+    shorter, _, _ = simplify.simplified(graph, inputs, _owned(WEIGHT) if owned is None else owned)
     shorter.recompile()
-    return graph, shorter, left_out
+    return graph, shorter, len(graph.graph.nodes) - len(shorter.graph.nodes)
 
 
 def _agree(graph: torch.fx.GraphModule, shorter: torch.fx.GraphModule, *inputs: torch.Tensor) -> None:
@@ -89,6 +98,21 @@ def test_a_constant_value_written_into_or_returned_is_made_at_every_call(f: Call
     assert all(a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr() for a, b in zip(first, second, strict=True))
 
 
+def test_a_models_own_tensors_are_read_at_every_call_only_views_of_them_taken_once() -> None:
+    """A constant the engine does not own (a model's parameter, which ``p.data`` may change unseen by a program's
+    version) is folded through views alone: computed from, it is computed at every call, and a view of it reads what
+    is written into it."""
+    x = torch.randn(3, 4)
+    graph, shorter, _ = _simplified(_weights_at_every_step, x, owned=set())
+    assert aten.t.default not in _targets(shorter) and aten.sum.dim_IntList in _targets(shorter)
+    saved = WEIGHT.clone()
+    try:
+        WEIGHT.mul_(-0.5)  # (as a parameter written through .data: no version a program sees)
+        _agree(graph, shorter, x)
+    finally:
+        WEIGHT.copy_(saved)
+
+
 def test_folded_constants_take_no_more_new_memory_than_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(simplify, "FOLDED_BYTES", 0)
     x = torch.randn(3, 4)
@@ -112,9 +136,16 @@ def test_a_chain_of_views_is_one_view_of_its_first_tensor() -> None:
         _agree(graph, shorter, torch.randn(6, 4, generator=torch.Generator().manual_seed(seed)))
 
 
-def test_a_program_whose_inputs_lie_otherwise_is_traced_anew_with_their_values() -> None:
-    """A program's views are joined on its inputs' layout: inputs of the same shapes laid out otherwise (here
-    transposed) do not run it; the slot is traced again on them, and gives their values."""
+def _run(passes: traced.TracedPasses, region: Callable[..., Any], x: torch.Tensor) -> None:
+    got = passes.run("slot", "version", None, region, [x])
+    assert got is not None and all(same_bits(a, b) for a, b in zip(got, region(x), strict=True))
+
+
+def test_inputs_that_lie_otherwise_run_intercepted_and_twice_in_a_row_are_traced_anew() -> None:
+    """A program is made for how its inputs lie (``make_fx`` writes a reshape as a view where they allowed one; its
+    views are joined on them): inputs of the same shapes laid out otherwise (here transposed) run the call
+    intercepted; two calls in a row so drop the program, and the next is traced on them. Layouts that alternate keep
+    the program (no trace at every call)."""
     passes = traced.TracedPasses("trace")
     contiguous = torch.randn(4, 6)
     transposed = torch.randn(6, 4).t()  # (the same shape, other strides)
@@ -122,14 +153,87 @@ def test_a_program_whose_inputs_lie_otherwise_is_traced_anew_with_their_values()
     def region(x: torch.Tensor) -> list[torch.Tensor]:
         return _views(x.t().contiguous().t())
 
-    for _ in range(2):
-        passes.run("slot", "version", None, region, [contiguous])
+    passes.run("slot", "version", None, region, [contiguous])
+    _run(passes, region, contiguous)
     (program,) = passes.programs.values()
-    assert program.left_out > 0 and passes.path.startswith("traced:"), passes.path
-    got = passes.run("slot", "version", None, region, [transposed])
-    assert got is not None and all(same_bits(a, b) for a, b in zip(got, region(transposed), strict=True))
-    (again,) = passes.programs.values()
-    assert again is not program and again.layouts == simplify.layouts([transposed])
+    assert program.left_out > 0, passes.path
+    for _ in range(2):
+        assert passes.run("slot", "version", None, region, [transposed]) is None
+        assert passes.path == "intercepted: its inputs or the model's tensors lie otherwise than when it was traced"
+    assert "slot" not in passes.programs
+    _run(passes, region, transposed)
+    again = passes.programs["slot"]
+    for x in [contiguous, transposed] * 3:
+        got = passes.run("slot", "version", None, region, [x])
+        assert (got is None) == (x is contiguous) and passes.programs["slot"] is again
+        assert got is None or all(same_bits(a, b) for a, b in zip(got, region(x), strict=True))
+
+
+def test_a_weight_that_lies_otherwise_is_traced_anew() -> None:
+    """Where a model's tensor lies decides its views and what it computes into (a convolution's output takes its
+    weight's memory format): a weight moved or laid out otherwise (``p.data`` replaced, as ``model.to`` and a
+    channels-last layout do) runs the call intercepted, and the slot is traced anew, with that weight's values."""
+    passes = traced.TracedPasses("trace")
+    weight = torch.randn(4, 3, 3, 3)
+    x = torch.randn(2, 3, 8, 8)
+
+    def region(x: torch.Tensor) -> list[torch.Tensor]:
+        out = torch.nn.functional.conv2d(x, weight)
+        return [out.permute(0, 2, 3, 1)[:, 1:].reshape(2, -1)[:, ::2] + 1.0, weight.flatten(1).t()[0] * 2.0]
+
+    passes.run("slot", "version", None, region, [x])
+    _run(passes, region, x)
+    (program,) = passes.programs.values()
+    assert program.laid and program.left_out > 0
+    weight.data = weight.data.contiguous(memory_format=torch.channels_last) * -1.0
+    for _ in range(2):
+        assert passes.run("slot", "version", None, region, [x]) is None
+    _run(passes, region, x)
+    assert passes.programs["slot"] is not program
+
+
+def test_an_alias_the_operations_do_not_declare_keeps_a_constant_from_being_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folded value the program writes into through an alias its operations do not declare (``_unsafe_view``,
+    taken for one here) would carry each call's writes into the next: the shorter program is given up, seen on the
+    traced run, as a declared one keeps that value computed at every call."""
+
+    def written(x: torch.Tensor) -> list[torch.Tensor]:
+        y = aten._unsafe_view(WEIGHT * 2.0, [4, 5])
+        y.masked_fill_(x > 0.5, 0.0)
+        return [y + 1.0]
+
+    x = torch.rand(4, 5)
+    graph, shorter, _ = _simplified(written, x)
+    assert aten.mul.Tensor in _targets(shorter)
+    for seed in range(3):
+        _agree(graph, shorter, torch.rand(4, 5, generator=torch.Generator().manual_seed(seed)))
+    monkeypatch.setattr(simplify, "_UNMARKED_VIEWS", frozenset())
+    graph = _traced(written, x)
+    assert simplify.simplified(graph, [x], _owned(WEIGHT)) == (graph, 0, 0)
+
+
+def test_a_parameter_changed_through_data_between_calls_gives_its_values() -> None:
+    """``p.data`` written into or replaced changes neither a parameter's identity nor its version: a program reads the
+    parameter at every call (views of it taken once read its memory; a replaced one lies elsewhere, and the slot is
+    traced anew). The samples are alike in every feature, so the change (the weights' order reversed) moves neither
+    the model's outputs nor the references', and nothing else would see it: the values move."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: (x * m.scale.weight[0].exp()).sum(-1), scale=torch.nn.Linear(F, 1)).eval()
+    background, X = torch.zeros(3, T, F), _data()[1][..., :1].expand(-1, -1, F).contiguous()
+    program = rnnshap.DeepExplainer(model, background, compile="trace")
+    for _ in range(3):
+        before = program.shap_values(X)
+    assert program.pass_path.startswith("traced:"), program.pass_path
+    for change in ("written", "replaced"):
+        flipped = model.scale.weight.data.flip(1)
+        if change == "written":
+            model.scale.weight.data.copy_(flipped)
+        else:
+            model.scale.weight.data = flipped.clone()
+        fresh = rnnshap.DeepExplainer(model, background, compile=False)
+        got = program.shap_values(X)
+        assert _same(got, fresh.shap_values(X)) and not _same(got, before), change
+        before = got
 
 
 def test_a_cell_in_a_loops_program_leaves_out_a_fifth_of_its_operations_with_the_intercepted_values() -> None:
@@ -154,14 +258,14 @@ def test_a_shorter_program_that_gives_other_values_is_not_kept(monkeypatch: pyte
     the traced graph's bit for bit (here: one negated), the traced graph's program runs, and the path says nothing
     was left out."""
 
-    def negated(graph: torch.fx.GraphModule, inputs: Any) -> tuple[torch.fx.GraphModule, int]:
-        shorter, _ = simplify.simplified(graph, inputs)
+    def negated(graph: torch.fx.GraphModule, inputs: Any, owned: set[int]) -> tuple[torch.fx.GraphModule, int, int]:
+        shorter, _, _ = simplify.simplified(graph, inputs, owned)
         (output,) = [n for n in shorter.graph.nodes if n.op == "output"]
         first = output.args[0][0]
         with shorter.graph.inserting_before(output):
             flipped = shorter.graph.call_function(aten.neg.default, (first,))
         output.args = ([flipped, *output.args[0][1:]],)
-        return shorter, 1
+        return shorter, 1, 0
 
     monkeypatch.setattr(traced, "simplified", negated)
     torch.manual_seed(0)
