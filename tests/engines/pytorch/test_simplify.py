@@ -239,6 +239,16 @@ def test_a_parameter_changed_through_data_between_calls_gives_its_values() -> No
 def test_a_cell_in_a_loops_program_leaves_out_a_fifth_of_its_operations_with_the_intercepted_values() -> None:
     """Each step of an ``LSTMCell`` loop splits and transposes the cell's weights and views its states: those steps'
     constants are folded and their chains of views joined, the intercepted values bit for bit."""
+    program, kept, intercepted = _loop_of_cells_traced()
+    assert kept.left_out >= 0.2 * (kept.nodes + kept.left_out), (kept.nodes, kept.left_out)
+    assert f"{kept.left_out} fewer than traced" in program.pass_path
+    other = _data(1)[1]
+    assert np.array_equal(program.shap_values(other), intercepted.shap_values(other))
+
+
+def _loop_of_cells_traced() -> tuple[rnnshap.DeepExplainer, Any, rnnshap.DeepExplainer]:
+    """An ``LSTMCell`` loop's explainer with ``compile="trace"`` after three calls, each the intercepted values bit for
+    bit; its program, and the intercepted explainer."""
     torch.manual_seed(0)
     model = FAMILIES["lstm cell in a loop"]().eval()
     background, X = _data()
@@ -247,10 +257,7 @@ def test_a_cell_in_a_loops_program_leaves_out_a_fifth_of_its_operations_with_the
     for _ in range(3):
         assert _same(program.shap_values(X), intercepted.shap_values(X))
     (kept,) = program.engine._traced.programs.values()  # type: ignore[attr-defined]
-    assert kept.left_out >= 0.2 * (kept.nodes + kept.left_out), (kept.nodes, kept.left_out)
-    assert f"{kept.left_out} fewer than traced" in program.pass_path
-    other = _data(1)[1]
-    assert np.array_equal(program.shap_values(other), intercepted.shap_values(other))
+    return program, kept, intercepted
 
 
 def test_a_shorter_program_that_gives_other_values_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -268,12 +275,5 @@ def test_a_shorter_program_that_gives_other_values_is_not_kept(monkeypatch: pyte
         return shorter, 1, 0
 
     monkeypatch.setattr(traced, "simplified", negated)
-    torch.manual_seed(0)
-    model = FAMILIES["lstm cell in a loop"]().eval()
-    background, X = _data()
-    intercepted = rnnshap.DeepExplainer(model, background)
-    program = rnnshap.DeepExplainer(model, background, compile="trace")
-    for _ in range(3):
-        assert _same(program.shap_values(X), intercepted.shap_values(X))
-    (kept,) = program.engine._traced.programs.values()  # type: ignore[attr-defined]
+    program, kept, _ = _loop_of_cells_traced()
     assert kept.left_out == 0 and "fewer than traced" not in program.pass_path, program.pass_path
