@@ -119,9 +119,10 @@ def _written(node: Node) -> list[Node]:
     return written
 
 
-def _constant(graph: torch.fx.GraphModule, node: Node) -> Any:
+def constant(graph: torch.fx.GraphModule, name: str) -> Any:
+    """The constant ``graph`` keeps under ``name`` (a ``get_attr`` node's target, dotted)."""
     value: Any = graph
-    for part in str(node.target).split("."):
+    for part in name.split("."):
         value = getattr(value, part)
     return value
 
@@ -149,7 +150,7 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
     others: set[Node] = set()  # (values that are, or are views of, a constant the engine does not own)
     for node in nodes:
         if node.op == "get_attr" and node not in written:
-            value = _constant(graph, node)
+            value = constant(graph, str(node.target))
             if isinstance(value, Tensor) and (views or value.untyped_storage().data_ptr() in owned):
                 values[node] = value
                 if value.untyped_storage().data_ptr() not in owned:
@@ -193,8 +194,8 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
         name = f"{FOLDED}{i}"
         graph.register_buffer(name, values[node], persistent=False)
         with graph.graph.inserting_before(node):
-            constant = graph.graph.get_attr(name)
-        node.replace_all_uses_with(constant, delete_user_cb=lambda user: user not in done)
+            read = graph.graph.get_attr(name)
+        node.replace_all_uses_with(read, delete_user_cb=lambda user: user not in done)
     graph.graph.eliminate_dead_code()
     return len(folded)
 
@@ -290,4 +291,4 @@ def join_views(graph: torch.fx.GraphModule, ran: _Run) -> int:
     return joined
 
 
-__all__ = ["FOLDED", "FOLDED_BYTES", "fold_constants", "join_views", "layouts", "placements", "simplified"]
+__all__ = ["FOLDED", "FOLDED_BYTES", "constant", "fold_constants", "join_views", "layouts", "placements", "simplified"]

@@ -46,7 +46,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
 from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
-from .simplify import FOLDED, layouts, placements, simplified
+from .simplify import FOLDED, constant, layouts, placements, simplified
+from .tape import TapeEntry
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -351,9 +352,9 @@ class TracedPasses:
         sites = [g.site for g in guarding.guards]
         with torch.no_grad():  # (the code make_fx wrote, its dead operations too: the same outputs, made once)
             traced_outputs = graph(*inputs)
-        # shorter where that gives the same outputs (inductor folds and fuses on its own): the constants the engine
-        # keeps for the version folded, chains of views joined where the slot's inputs have not lain otherwise; its
-        # program is checked by _bound as the graph's is
+        # shorter where that gives the same outputs (inductor folds and fuses on its own): computations on the kept
+        # reference pass's tensors and views of the model's run once, chains of views joined; its program is checked by
+        # _bound as the graph's is
         shorter, owned = graph, set()
         if self.mode is not True:
             owned = {t.untyped_storage().data_ptr() for t in _tensors_in(holds)}
@@ -421,18 +422,15 @@ class TracedPasses:
         return said
 
 
-def _tensors_in(held: Any, depth: int = 0) -> list[Tensor]:
-    """The tensors ``held`` (what a version names: the kept reference pass's tape) holds, in its lists, tuples, dicts
-    and objects' fields, a few levels deep."""
-    if isinstance(held, Tensor):
-        return [held]
-    if depth > 4:
-        return []
-    if isinstance(held, dict):
-        held = list(held.values())
-    elif not isinstance(held, (list, tuple, set, frozenset)):
-        held = list(vars(held).values()) if hasattr(held, "__dict__") else []
-    return [t for item in held for t in _tensors_in(item, depth + 1)]
+def _tensors_in(held: Any) -> list[Tensor]:
+    """The tensors of the kept reference pass ``held`` (what a version names: its tape's entries): each entry's
+    references and kept output, and those of the entry it repeats."""
+    if isinstance(held, TapeEntry):
+        repeated = [] if held.repeated is None else _tensors_in(held.repeated[1])
+        return [*(held.references or ()), *([] if held.output is None else [held.output]), *repeated]
+    if isinstance(held, (list, tuple)):
+        return [t for item in held for t in _tensors_in(item)]
+    return []
 
 
 def _laid_constants(graph: torch.fx.GraphModule, owned: set[int]) -> list[Tensor]:
@@ -440,20 +438,13 @@ def _laid_constants(graph: torch.fx.GraphModule, owned: set[int]) -> list[Tensor
     once, or joined views on how they lay, needs them to lie still (a weight's memory format decides a convolution's
     output's)."""
     names = [str(n.target) for n in graph.graph.nodes if n.op == "get_attr" and not str(n.target).startswith(FOLDED)]
-    found = {id(t): t for t in (_attribute(graph, name) for name in names) if isinstance(t, Tensor)}  # (each once)
+    found = {id(t): t for t in (constant(graph, name) for name in names) if isinstance(t, Tensor)}  # (each once)
     return [t for t in found.values() if t.untyped_storage().data_ptr() not in owned]
 
 
 def _where(inputs: Sequence[Tensor], laid: Sequence[Tensor]) -> tuple[Any, Any]:
     """How a program's inputs lie, and where the model's tensors it depends on lie (:data:`_Program.layouts`)."""
     return layouts(inputs), placements(laid)
-
-
-def _attribute(graph: torch.fx.GraphModule, name: str) -> Any:
-    value: Any = graph
-    for part in name.split("."):
-        value = getattr(value, part)
-    return value
 
 
 @contextlib.contextmanager
