@@ -45,9 +45,9 @@ def layouts(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
 
 
 def placements(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
-    """Where ``tensors`` lie (their storages, strides and offsets): a program that took views of a model's tensors once,
-    or joined views on how they lay, runs only where they still lie so."""
-    return tuple((t.untyped_storage().data_ptr(), tuple(t.stride()), t.storage_offset()) for t in tensors)
+    """Where ``tensors`` lie (their storages, sizes, strides, offsets and dtypes): a program that took views of a model's
+    tensors once, or joined views on how they lay (or replays a CUDA graph of them), runs only where they still lie so."""
+    return tuple((t.untyped_storage().data_ptr(), t.shape, t.stride(), t.storage_offset(), t.dtype) for t in tensors)
 
 
 def simplified(
@@ -128,10 +128,13 @@ def constant(graph: torch.fx.GraphModule, name: str) -> Any:
 
 
 #: operations never folded: those whose values follow global settings a later call may change (a matrix product's or a
-#: convolution's precision and algorithms: TF32, ``set_float32_matmul_precision``, cuDNN's flags)
+#: convolution's precision and algorithms: TF32, ``set_float32_matmul_precision``, cuDNN's flags; a sum's order of
+#: additions: the number of threads)
 _UNFOLDED = frozenset({
     "mm", "bmm", "addmm", "addbmm", "baddbmm", "matmul", "linear", "mv", "addmv", "dot", "vdot", "einsum", "convolution",
-    "_convolution", "conv1d", "conv2d", "conv3d", "cudnn_convolution", "mkldnn_convolution",
+    "_convolution", "conv1d", "conv2d", "conv3d", "cudnn_convolution", "mkldnn_convolution", "sum", "nansum", "mean",
+    "nanmean", "prod", "var", "std", "var_mean", "std_mean", "norm", "linalg_vector_norm", "logsumexp", "cumsum", "cumprod",
+    "_softmax", "_log_softmax", "softmax", "log_softmax", "_native_batch_norm_legit_no_training", "native_layer_norm",
 })  # fmt: skip
 
 
@@ -143,9 +146,10 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
     what is written into its tensor's memory, and the caller checks that each such constant still lies where it did
     (:func:`placements`)."""
     nodes = list(graph.graph.nodes)
-    # what must stay computed at every call: the first tensor of anything written into, and of anything returned
-    written = {_root(w) for node in nodes for w in _written(node)}
-    kept = written | {_root(n) for node in nodes if node.op == "output" for n in node.all_input_nodes}
+    # what must stay computed at every call: the first tensor of anything written into, and of anything returned (a
+    # constant by its name: make_fx reads one constant through a node at each use)
+    written = _with_namesakes({_root(w) for node in nodes for w in _written(node)}, nodes)
+    kept = written | _with_namesakes({_root(n) for node in nodes if node.op == "output" for n in node.all_input_nodes}, nodes)
     values: dict[Node, Any] = {}
     others: set[Node] = set()  # (values that are, or are views of, a constant the engine does not own)
     for node in nodes:
@@ -204,6 +208,12 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
 FOLDED = "_rnnshap_folded_"
 
 
+def _with_namesakes(found: set[Node], nodes: Sequence[Node]) -> set[Node]:
+    """``found`` and every node that reads a constant one of them reads (the same ``get_attr`` target)."""
+    names = {n.target for n in found if n.op == "get_attr"}
+    return found | {n for n in nodes if n.op == "get_attr" and n.target in names}
+
+
 #: how a view lies: its dtype, sizes, strides, offset and storage (the storage's address when the tensor was made),
 #: None for a tensor ``as_strided`` cannot give (a conjugate or negative bit, another layout)
 Layout = tuple[torch.dtype, tuple[int, ...], tuple[int, ...], int, int]
@@ -242,7 +252,7 @@ class _Run:
 
 def _storages(value: Any) -> set[int]:
     if isinstance(value, Tensor):
-        return {value.untyped_storage().data_ptr()}
+        return {value.untyped_storage().data_ptr()} - {0}  # (an empty tensor's is 0: no memory to share)
     if isinstance(value, (list, tuple)):
         return set().union(*(_storages(v) for v in value))
     return set()

@@ -177,6 +177,8 @@ class _Program:
     #: why a program on a CUDA device is not replayed as a CUDA graph
     graph_failure: str | None = None
     misses: int = 0
+    #: calls in a row whose inputs or model tensors lay otherwise than traced
+    relaid: int = 0
 
 
 #: a program whose guards missed this many calls in a row is dropped, and its slot runs intercepted
@@ -274,15 +276,18 @@ class TracedPasses:
         if program is not None and program.version != version:
             del self.programs[slot]  # (what it keeps is not the model's or the kept pass's any more)
             program = None
-        if program is not None and program.layouts != _where(inputs, program.laid):
-            # a program is made for how its inputs lay (make_fx writes a reshape as a view where they allowed one; views
-            # joined) and where the model's tensors it took views of lay: not run on others; where they lie otherwise
-            # two calls in a row, traced again at the next
-            program.misses += 1
-            if program.misses >= _MISSES:
-                del self.programs[slot]
-            self.path = "intercepted: its inputs or the model's tensors lie otherwise than when it was traced"
-            return None
+        if program is not None:
+            if program.layouts != _where(inputs, program.laid):
+                # a program is made for how its inputs lay (make_fx writes a reshape as a view where they allowed one;
+                # views joined) and where the model's tensors lay (views of them taken once; a CUDA graph reads their
+                # memory): not run on others; where they lie otherwise two calls in a row, traced again at the next
+                program.relaid += 1
+                later = " (traced again at the next call)" if program.relaid >= _MISSES else ""
+                if later:
+                    del self.programs[slot]
+                self.path = f"intercepted: its inputs or the model's tensors lie otherwise than when it was traced{later}"
+                return None
+            program.relaid = 0
         if program is None:
             before = self.seen.get(slot)
             if (before is None or before[0] != version) and not EVERY_PASS:
@@ -355,16 +360,14 @@ class TracedPasses:
         # shorter where that gives the same outputs (inductor folds and fuses on its own): computations on the kept
         # reference pass's tensors and views of the model's run once, chains of views joined; its program is checked by
         # _bound as the graph's is
-        shorter, owned = graph, set()
-        if self.mode is not True:
-            owned = {t.untyped_storage().data_ptr() for t in _tensors_in(holds)}
-            shorter, _, _ = simplified(graph, inputs, owned)
+        owned = {t.untyped_storage().data_ptr() for t in _tensors_in(holds)} - {0}  # (0: an empty tensor's)
+        shorter = simplified(graph, inputs, owned)[0] if self.mode is not True else graph
         run, unbound = _bound(shorter, inputs, traced_outputs)
         if shorter is not graph and unbound is not None:
             shorter = graph
             run, unbound = _bound(graph, inputs, traced_outputs)
-        # (the model's tensors the traced graph reads, those the shorter one took views of once among them)
-        laid = _laid_constants(graph, owned) if shorter is not graph else []
+        # (the model's tensors the traced graph reads: those the shorter one took views of once among them)
+        laid = _laid_constants(graph, owned)
         left_out, graph = len(graph.graph.nodes) - len(shorter.graph.nodes), shorter
         if unbound is not None or self.mode is True:
             graph.recompile()  # (the graph itself runs, or is compiled: its code written again without the dead operations)
@@ -435,8 +438,8 @@ def _tensors_in(held: Any) -> list[Tensor]:
 
 def _laid_constants(graph: torch.fx.GraphModule, owned: set[int]) -> list[Tensor]:
     """The program's constants the engine does not own (the model's tensors), where a program that took views of them
-    once, or joined views on how they lay, needs them to lie still (a weight's memory format decides a convolution's
-    output's)."""
+    once, joined views on how they lay (a weight's memory format decides a convolution's output's) or replays a CUDA
+    graph that reads their memory, needs them to lie still."""
     names = [str(n.target) for n in graph.graph.nodes if n.op == "get_attr" and not str(n.target).startswith(FOLDED)]
     found = {id(t): t for t in (constant(graph, name) for name in names) if isinstance(t, Tensor)}  # (each once)
     return [t for t in found.values() if t.untyped_storage().data_ptr() not in owned]
