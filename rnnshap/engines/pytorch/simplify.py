@@ -5,17 +5,21 @@ each: at tiny sizes that, not the arithmetic, is its cost (an ``LSTMCell`` loop'
 operations, half of them views). Two passes over its graph leave out operations whose results they can give
 otherwise, every value the program computes the same bit for bit:
 
-- **constants folded** (:func:`fold_constants`): an operation whose operands are all the program's constants (the
-  model's weights, the kept reference pass's tensors: what a program keeps for its version, ``TracedPasses``) gives the
-  same value at every call, so it runs once, here, and the program reads that value (a weight transposed or split at
-  every step of a cell's loop, a check of the reference side's rows). Not folded: an operation that writes into an
-  operand or draws random numbers, a value something later writes into (or into a view of it) or the program
+- **constants folded** (:func:`fold_constants`): an operation whose operands are all tensors of the kept reference
+  pass (what a program keeps for its version, ``TracedPasses``) gives the same value at every call, so it runs once,
+  here, and the program reads that value (a check of the reference side's rows at every step of a cell's loop). The
+  model's own tensors can change unseen by a version (``p.data``), so of them only views are taken once (a weight
+  transposed or split at every step), and the program runs only where they still lie where they lay
+  (:func:`placements`, ``traced.py``). Not folded: an operation that writes into an operand or draws random numbers,
+  one whose value follows a setting (a matrix product's precision, a sum's order of additions: :data:`_UNFOLDED`), a
+  factory, a value something later writes into (or into a view of it; a constant wherever it is read) or the program
   returns, and values past :data:`FOLDED_BYTES` of new memory;
 - **views joined** (:func:`join_views`): a chain of view operations (a select of a view of a slice...) becomes one
   ``as_strided`` of the chain's first tensor, with the sizes, strides and offset the chain gave when traced. A view
   computes nothing, so it gives the same tensor wherever the chain's first tensor lies as it did when traced: the
   program's inputs are checked to be laid out as they were (:func:`layouts`, ``traced.py``), and every other tensor is
-  made by the program's operations from them, or is one of its constants.
+  made by the program's operations from them, or is one of its constants (placed as they were). A graph that relays a
+  tensor in place (``set_``, ``t_``...) has none joined.
 
 :func:`simplified` applies both to a copy of the graph, which ``traced.py`` keeps only where its program gives the traced
 graph's outputs bit for bit on the inputs it was traced on.
