@@ -54,22 +54,20 @@ def placements(tensors: Sequence[Tensor]) -> tuple[Any, ...]:
     return tuple((t.untyped_storage().data_ptr(), t.shape, t.stride(), t.storage_offset(), t.dtype) for t in tensors)
 
 
-def simplified(
-    graph: torch.fx.GraphModule, inputs: Sequence[Tensor], owned: set[int], join: bool = True
-) -> tuple[torch.fx.GraphModule, int, int]:
+def simplified(graph: torch.fx.GraphModule, inputs: Sequence[Tensor], owned: set[int]) -> tuple[torch.fx.GraphModule, int, int]:
     """A copy of ``graph`` with its constants folded (those of ``owned``, the storages of the tensors the engine keeps
-    for the program's version: the kept reference pass's; and, with ``join``, views of the others) and, with
-    ``join``, its chains of views joined; with how many operations were folded and how many views joined. ``graph``
-    itself and nothing left out where either pass fails, or where a folded value shares its memory with a tensor the
-    program writes into or returns (seen on a run on ``inputs``). The caller keeps the copy only where it gives the
-    graph's outputs on ``inputs`` bit for bit (``traced.py``, which checks the program it runs)."""
+    for the program's version: the kept reference pass's; and views of the others) and its chains of views joined;
+    with how many operations were folded and how many views joined. ``graph`` itself and nothing left out where either
+    pass fails, or where a folded value shares its memory with a tensor the program writes into or returns (seen on a
+    run on ``inputs``). The caller keeps the copy only where it gives the graph's outputs on ``inputs`` bit for bit
+    (``traced.py``, which checks the program it runs)."""
     copied = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
     try:
-        folded = fold_constants(copied, owned, views=join)
+        folded = fold_constants(copied, owned)
         ran = _Run(copied, inputs)
         if ran.shares_folded_memory(copied):
             return graph, 0, 0
-        joined = join_views(copied, ran) if join else 0
+        joined = join_views(copied, ran)
     except Exception:  # noqa: BLE001 (the graph as traced runs)
         return graph, 0, 0
     return copied, folded, joined
@@ -142,11 +140,11 @@ _UNFOLDED = frozenset({
 })  # fmt: skip
 
 
-def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = True) -> int:
+def fold_constants(graph: torch.fx.GraphModule, owned: set[int]) -> int:
     """Each operation whose operands are all constants the engine keeps (``owned``: their storages) run once, and its
     value made a constant of ``graph`` where the program reads it (see the module's docstring); returns how many were
     folded. The other constants (the model's parameters and buffers) can change between calls unseen by a program's
-    version (``p.data`` written into or replaced), so only views of them are taken once, with ``views``: a view reads
+    version (``p.data`` written into or replaced), so only views of them are taken once: a view reads
     what is written into its tensor's memory, and the caller checks that each such constant still lies where it did
     (:func:`placements`)."""
     nodes = list(graph.graph.nodes)
@@ -159,7 +157,7 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
     for node in nodes:
         if node.op == "get_attr" and node not in written:
             value = constant(graph, str(node.target))
-            if isinstance(value, Tensor) and (views or value.untyped_storage().data_ptr() in owned):
+            if isinstance(value, Tensor):
                 values[node] = value
                 if value.untyped_storage().data_ptr() not in owned:
                     others.add(node)
@@ -174,7 +172,7 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int], views: bool = T
             continue
         if any(n in others for n in operands):
             if _view_source(node) is None:
-                continue  # (a model's tensor is read at every call: only views of it are taken once, ``views``)
+                continue  # (a model's tensor is read at every call: only views of it are taken once)
             others.add(node)
         if isinstance(target, torch._ops.OpOverload) and (
             target._schema.is_mutable
