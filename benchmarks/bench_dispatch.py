@@ -26,6 +26,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --door --against /tmp/base  # Captum's door: its first and later calls
     python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
     python benchmarks/bench_dispatch.py --device cuda --calls 80  # the default (compile="auto" there) over 80 calls
+    python benchmarks/bench_dispatch.py --calls 90 --mode auto    # compile="auto" on the CPU, every model, over 90 calls
 
 PatchTST (transformers) and TinyTimeMixer (granite-tsfm) are built tiny from their libraries' config classes, as
 the zoo tests build them, tsai's InceptionTimePlus (``inception``) from its constructor, and in torch the fully
@@ -525,10 +526,11 @@ def doors(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
 
 
 def calls(args: argparse.Namespace, steps: int) -> None:
-    """``--calls N``: one explainer of the default (``compile=None``: ``"auto"`` on a CUDA device, intercepted on the
-    CPU) and one with ``compile=False``, each called N times on the same samples, alternately, in one process, beside
-    the floor: every call's wall time summed, the median of the last ten, the call that traced (``auto``) and what it
-    took, and the values of the two explainers compared bit for bit at every call."""
+    """``--calls N``: one explainer of the default (``compile=None``: ``"auto"`` on a CUDA device and, on the CPU, for a
+    Python loop of recurrent cells; intercepted otherwise) and one with ``compile=False``, each called N times on the
+    same samples, alternately, in one process, beside the floor: every call's wall time summed, the median of the last
+    ten, the call that traced (``auto``) and what it took, and the values of the two explainers compared bit for bit at
+    every call. ``--mode auto``: ``compile="auto"`` in the default's place (what the default would do on any model)."""
     device = torch.device(args.device)
     print(
         "| model | T | calls | floor ms | compile=False: all calls s | its last ten, median ms | the default: all calls s "
@@ -545,7 +547,7 @@ def calls(args: argparse.Namespace, steps: int) -> None:
         floor_ms = timed(floor, args.repeats, device)
         explainers = {
             "off": rnnshap.DeepExplainer(model, background, compile=False),
-            "default": rnnshap.DeepExplainer(model, background),
+            "default": rnnshap.DeepExplainer(model, background, **({"compile": "auto"} if args.mode == "auto" else {})),
         }
         times: dict[str, list[float]] = {key: [] for key in explainers}
         traced_at, same = None, True
@@ -656,8 +658,11 @@ def main() -> None:
     parser.add_argument("--grow", action="store_true", help="the first model with samples, references, outputs doubled in turn")
     parser.add_argument("--first", action="store_true", help="the first call against the steady one, in fresh processes")
     parser.add_argument("--calls", type=int, default=None, help="the default explainer over N calls against compile=False")
+    parser.add_argument(
+        "--mode", choices=("default", "auto"), default="default", help='with --calls: compile="auto" in the default\'s place'
+    )
     parser.add_argument("--door", action="store_true", help="Captum's door (DeepLiftShap): its first and later calls, one output")
-    parser.add_argument("--length", type=int, default=None, help="with --paths: the sequence length (the size's first)")
+    parser.add_argument("--length", type=int, default=None, help="with --paths or --calls: the length (the size's first)")
     parser.add_argument(
         "--paths", choices=("trace", "compile"), help="intercepted, traced (and compiled, with 'compile') calls against the floor"
     )

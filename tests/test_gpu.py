@@ -223,7 +223,7 @@ def test_the_default_on_cuda_traces_once_calls_of_the_same_shapes_pay(device: st
     have taken about what tracing takes (here 3 passes' worth, 50 by default), then the program replayed as one CUDA
     graph where that is faster than the intercepted pass; the intercepted values bit for bit at every call."""
     if not device.startswith("cuda"):
-        pytest.skip("the default traces on a CUDA device only")
+        pytest.skip("off a CUDA device the default traces a Python loop of cells only (tests/engines/pytorch/test_traced.py)")
     from rnnshap.engines.pytorch import traced
 
     monkeypatch.setattr(traced, "TRACE_IN_CALLS", 3)

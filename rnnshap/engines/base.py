@@ -25,7 +25,8 @@ from ..errors import InputError
 from . import precision
 from .outputs import OutputLayout
 
-#: what ``DeepExplainer(..., compile=)`` takes: the engine's choice (None: ``"auto"`` on a CUDA device, else intercepted),
+#: what ``DeepExplainer(..., compile=)`` takes: the engine's choice (None: ``"auto"`` on a CUDA device and for a Python
+#: loop of recurrent cells on the CPU, else intercepted),
 #: intercepted passes, programs traced once they pay, traced programs, compiled programs
 MODES = (None, False, "auto", "trace", True)
 

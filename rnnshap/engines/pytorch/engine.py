@@ -71,6 +71,8 @@ class TorchEngine(KeptPasses):
         #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras_on_torch.py)
         self.masked_inputs: dict[int, frozenset[float]] = model.masked_inputs if isinstance(model, KerasModule) else {}
         outputs, probe = self._probe_roles()
+        #: calls of recurrent cells in one reference pass: a Python loop of cells where many (see compile_passes)
+        self._cell_calls = sum(e.key in traced.CELLS for e in probe.tape.entries)
         if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
             raise InputError(
                 "No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to"
@@ -278,16 +280,18 @@ class TorchEngine(KeptPasses):
         into a program of aten operations and run as one (the same values bit for bit); ``"auto"``, traced once a
         slot's intercepted passes have taken about what tracing it takes, and kept where it runs faster; True, that
         program compiled by ``torch.compile`` (see :mod:`.traced`). None (the default): ``"auto"`` where the
-        background is on a CUDA device, where a program is replayed as one CUDA graph; else False (on the CPU a
-        program pays for a Python loop of cells only, docs/performance.md)."""
+        background is on a CUDA device, where a program is replayed as one CUDA graph, and on the CPU for a model
+        that calls recurrent cells in a Python loop (:data:`.traced.CELL_LOOP` calls a pass or more); else False
+        (on the CPU a program pays for a Python loop of cells only, docs/performance.md; on another device nothing
+        has measured it)."""
         given = check_mode(mode)
         if mode is None:
-            mode = "auto" if self.background[0].device.type == "cuda" else False
+            device = self.background[0].device.type
+            mode = "auto" if device == "cuda" or (device == "cpu" and self._cell_calls >= traced.CELL_LOOP) else False
         if mode is False and traced.EVERY_PASS:
             mode = "trace"
         self._traced = None if mode is False else TracedPasses(mode)
-        default = "intercepted (compile=None, the default: every call off a CUDA device)"
-        self._intercepted_path = "intercepted (compile=False)" if given is False else default
+        self._intercepted_path = "intercepted (compile=False)" if given is False else traced.DEFAULT_INTERCEPTED
 
     @property
     def pass_path(self) -> str:

@@ -20,7 +20,8 @@ kernels, launched by one call in place of one each from Python, which is what bo
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
 faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
 
-``compile="auto"`` (the default on a CUDA device) traces a slot only once its intercepted passes have taken about
+``compile="auto"`` (the default on a CUDA device, and on the CPU for a Python loop of recurrent cells: :data:`CELL_LOOP`)
+traces a slot only once its intercepted passes have taken about
 what tracing it would (:data:`TRACE_IN_CALLS` of them), as a ski rental buys once the rent paid reaches the price: a
 few calls never pay for a trace, and many calls pay at most about twice what the best choice made in advance would
 have. It keeps the program only where it runs faster than the intercepted pass did.
@@ -187,6 +188,19 @@ _MISSES = 2
 #: what tracing it takes (make_fx runs the pass with Python around every operation: 30-90 times an intercepted pass,
 #: measured for an LSTM, a GRU, an Elman layer, PatchTST and an ``LSTMCell`` loop, on an H100's host and on the CPU)
 TRACE_IN_CALLS = 50
+#: the fewest calls of recurrent cells (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``: ``torch.lstm_cell`` and the others)
+#: in a reference pass that make ``compile=None``, the default, ``"auto"`` on the CPU too: a Python loop of cells,
+#: whose intercepted steps are mostly rnnshap's Python around a few small operations, which a program leaves out (a
+#: call 0.5-0.6x the intercepted one at tiny sizes, 0.7x at published ones, docs/performance.md); any other model's
+#: program runs within 0-15 % of its intercepted pass on the CPU, which the seconds of tracing it seldom pay back
+CELL_LOOP = 8
+#: the recurrent cells' operations, which ``nn.LSTMCell``, ``nn.GRUCell`` and ``nn.RNNCell`` call (see :data:`CELL_LOOP`)
+CELLS = frozenset({torch.lstm_cell, torch.gru_cell, torch.rnn_tanh_cell, torch.rnn_relu_cell})
+#: ``pass_path`` where the default intercepts every call (off a CUDA device, but for a Python loop of cells on the CPU)
+DEFAULT_INTERCEPTED = (
+    'intercepted (compile=None: off a CUDA device the default traces only a Python loop of recurrent cells; '
+    'compile="auto" or "trace" traces this model)'
+)
 #: the most programs an engine keeps (one per slot: input shapes, outputs chosen, kept reference pass), the least
 #: recently used dropped first: calls of ever new shapes (a last batch, sequences of varying length) do not pile them up
 _PROGRAMS = 8

@@ -84,7 +84,7 @@ def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_fo
     torch.manual_seed(0)
     model = FAMILIES[family]().eval()
     background, X = _data()
-    intercepted = rnnshap.DeepExplainer(model, background)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
     program = rnnshap.DeepExplainer(model, background, compile="trace")
     paths = []
     for _ in range(3):  # the first call intercepted, the second traced, the third the program
@@ -92,7 +92,7 @@ def test_each_family_runs_as_a_traced_program_with_the_intercepted_values_bit_fo
         paths.append(program.pass_path)
     assert paths[0].startswith("intercepted: the first call")
     assert paths[1].startswith("traced:") and paths[2] == paths[1], paths
-    assert intercepted.pass_path == "intercepted (compile=None, the default: every call off a CUDA device)"
+    assert intercepted.pass_path == "intercepted (compile=False)"
 
 
 def _programs(explainer: rnnshap.DeepExplainer) -> list[object]:
@@ -632,16 +632,67 @@ def test_auto_counts_a_changed_models_calls_afresh(monkeypatch: pytest.MonkeyPat
     assert auto.pass_path.startswith('intercepted: 2 calls of these shapes so far; compile="auto"'), auto.pass_path
 
 
-def test_the_default_traces_nothing_on_the_cpu() -> None:
-    """``compile=None``, the default, is ``"auto"`` on a CUDA device only (tests/test_gpu.py): on the CPU every call
-    is intercepted, and the engine keeps no traced passes at all."""
-    model = FAMILIES["lstm"]().eval()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_default_traces_nothing_on_the_cpu_but_a_loop_of_cells(family: str) -> None:
+    """``compile=None``, the default, is ``"auto"`` on a CUDA device (tests/test_gpu.py); on the CPU only for a model
+    that calls recurrent cells in a Python loop (``traced.CELL_LOOP`` calls a pass or more), where a program takes
+    Python's share of every step away: every other model (here the loop of cells too, 5 steps, fewer than
+    ``CELL_LOOP``) is intercepted at every call, and its engine keeps no traced passes at all."""
+    model = FAMILIES[family]().eval()
     background, X = _data()
     explainer = rnnshap.DeepExplainer(model, background)
     for _ in range(3):
         explainer.shap_values(X)
     assert explainer.engine._traced is None  # type: ignore[attr-defined]
-    assert explainer.pass_path == "intercepted (compile=None, the default: every call off a CUDA device)"
+    assert explainer.pass_path == traced.DEFAULT_INTERCEPTED
+    assert explainer.pass_path.startswith("intercepted (compile=None: off a CUDA device the default traces only")
+
+
+def _cells(kind: str) -> nn.Module:
+    """A recurrent cell of ``kind`` (torch's LSTMCell, GRUCell, RNNCell with tanh or relu) run over the input's steps
+    in Python."""
+    cells = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+    cell = nn.RNNCell(F, 6, nonlinearity="relu") if kind == "rnn, relu" else cells[kind](F, 6)
+
+    def loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 6)
+        for t in range(x.shape[1]):
+            h, c = m.cell(x[:, t], (h, c)) if kind == "lstm" else (m.cell(x[:, t], h), None)
+        return m.head(h)
+
+    return Composite(loop, cell=cell, head=nn.Linear(6, 3))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "rnn, relu"])
+def test_the_default_on_the_cpu_traces_a_loop_of_cells_once_the_calls_pay_for_it(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """On the CPU the default does for a Python loop of cells what ``compile="auto"`` does (a ski rental: traced once
+    the calls of the same shapes have taken about what tracing takes, TRACE_IN_CALLS times their median, here 3), and
+    its values are the intercepted explainer's bit for bit at every call; a loop of fewer cells than
+    ``traced.CELL_LOOP`` stays intercepted."""
+    monkeypatch.setattr(traced, "TRACE_IN_CALLS", 3)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    steps = traced.CELL_LOOP
+    background, X = torch.randn(6, steps, F, generator=g), torch.randn(3, steps, F, generator=g)
+    model = _cells(kind).eval()
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    default = rnnshap.DeepExplainer(model, background)
+    paths = []
+    for _ in range(12):
+        assert _same(default.shap_values(X), intercepted.shap_values(X))
+        paths.append(default.pass_path)
+    assert paths[0] == "intercepted: the first call of these shapes (traced after about 3 more)", paths
+    assert paths[1].startswith('intercepted: 2 calls of these shapes so far; compile="auto" traces them once'), paths
+    first = next((i for i, path in enumerate(paths) if path.startswith("traced:")), None)
+    assert first is not None and 4 <= first <= 9, paths
+    assert all(path == paths[first] for path in paths[first:]), paths
+
+    explainer = rnnshap.DeepExplainer(model, background[:, 1:])  # (one step fewer)
+    for _ in range(6):
+        explainer.shap_values(X[:, 1:])
+    assert explainer.engine._traced is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("value", ["yes", 1, "inductor", "Auto"])
