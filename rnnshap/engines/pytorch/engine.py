@@ -290,7 +290,7 @@ class TorchEngine(KeptPasses):
             mode = "auto" if device == "cuda" or (device == "cpu" and self._cell_calls >= traced.CELL_LOOP) else False
         if mode is False and traced.EVERY_PASS:
             mode = "trace"
-        self._traced = None if mode is False else TracedPasses(mode)
+        self._traced = None if mode is False else TracedPasses(mode, by_default=given is None)
         self._intercepted_path = "intercepted (compile=False)" if given is False else traced.DEFAULT_INTERCEPTED
 
     @property

@@ -213,6 +213,8 @@ class TracedPasses:
     state: :func:`python_state`); a new version replaces the slot's program."""
 
     mode: Any
+    #: whether ``mode`` is the default's choice (``compile=None``), as the path says
+    by_default: bool = False
     programs: dict[Any, _Program] = field(default_factory=dict)
     #: each slot's version when last seen (a slot is traced at the second call of the same version: the first sets
     #: up what the program keeps, see the engine), with the objects it names by identity, kept alive
@@ -257,7 +259,9 @@ class TracedPasses:
             return False
         self.pending = slot
         self.path = (
-            f"intercepted: {len(took) + 2} calls of these shapes so far; compile=\"auto\" traces them once their passes "
+            f"intercepted: {len(took) + 2} calls of these shapes so far; compile=\"auto\""
+            + (" (the default for this model)" if self.by_default else "")
+            + " traces them once their passes "
             f"have taken about what tracing takes ({TRACE_IN_CALLS} passes"
             + (")" if not took else f", {price:.2g} s)")
         )
