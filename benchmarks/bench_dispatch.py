@@ -18,7 +18,7 @@ and the same of the floor, native forward + one backward per output on the same 
 inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap / floor.
 
     python benchmarks/bench_dispatch.py                   # the models of the issue, tiny sizes
-    python benchmarks/bench_dispatch.py --size published  # hidden 128-256, 32 x 32 pairs
+    python benchmarks/bench_dispatch.py --size published  # hidden 128, 16 x 16 pairs
     python benchmarks/bench_dispatch.py --models lstm gru --device cuda
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
     python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
@@ -532,9 +532,10 @@ def calls(args: argparse.Namespace, steps: int) -> None:
     ten, the call that traced (``auto``) and what it took, and the values of the two explainers compared bit for bit at
     every call. ``--mode auto``: ``compile="auto"`` in the default's place (what the default would do on any model)."""
     device = torch.device(args.device)
+    other = 'compile="auto"' if args.mode == "auto" else "the default"
     print(
-        "| model | T | calls | floor ms | compile=False: all calls s | its last ten, median ms | the default: all calls s "
-        "| its last ten, median ms | traced at call | that call s | the default's path at the end | values |"
+        f"| model | T | calls | floor ms | compile=False: all calls s | its last ten, median ms | {other}: all calls s "
+        f"| its last ten, median ms | traced at call | that call s | {other}'s path at the end | values |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:

@@ -67,16 +67,16 @@ class DeepExplainer:
 
         compile: how a PyTorch model's pass runs (docs/performance.md, "The traced pass"). ``None`` (the default):
             ``"auto"`` where the model is on a CUDA device, and on the CPU for a model that calls recurrent cells
-            (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``) in a Python loop; else ``False``. ``False``:
-            intercepted, operation by operation, at every call. ``"trace"``: traced at the second call of the same
-            input shapes into one program of torch operations and run as that program from then on (on a CUDA device
-            replayed as one CUDA graph), the same values bit for bit. ``"auto"``: the same program, traced once the
-            calls of the same shapes have taken about what tracing takes (some 50 calls) and kept only where it runs
-            faster than the intercepted pass. ``True``: that program compiled by ``torch.compile`` (inductor: the
-            rules' elementwise work fused; values within a few float32 ulps; compiling takes seconds to minutes, once
-            per shapes, and on the CPU needs a C++ compiler, without which the traced program runs). A pass that
-            cannot be traced (an operation whose output's shape depends on the values, forward hooks) runs
-            intercepted; ``explainer.pass_path`` says how the last call ran and why.
+            (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``) in a Python loop, 8 calls a pass or more; else
+            ``False``. ``False``: intercepted, operation by operation, at every call. ``"trace"``: traced at the
+            second call of the same input shapes into one program of torch operations and run as that program from
+            then on (on a CUDA device replayed as one CUDA graph), the same values bit for bit. ``"auto"``: the same
+            program, traced once the calls of the same shapes have taken about what tracing takes (some 50 calls) and
+            kept only where it runs faster than the intercepted pass. ``True``: that program compiled by
+            ``torch.compile`` (inductor: the rules' elementwise work fused; values within a few float32 ulps;
+            compiling takes seconds to minutes, once per shapes, and on the CPU needs a C++ compiler, without which
+            the traced program runs). A pass that cannot be traced (an operation whose output's shape depends on the
+            values, forward hooks) runs intercepted; ``explainer.pass_path`` says how the last call ran and why.
 
     Example:
         >>> explainer = DeepExplainer((model, model.lstm), background, layer_output=True)   # doctest: +SKIP

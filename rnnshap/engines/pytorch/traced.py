@@ -198,8 +198,8 @@ CELL_LOOP = 8
 CELLS = frozenset({torch.lstm_cell, torch.gru_cell, torch.rnn_tanh_cell, torch.rnn_relu_cell})
 #: ``pass_path`` where the default intercepts every call (off a CUDA device, but for a Python loop of cells on the CPU)
 DEFAULT_INTERCEPTED = (
-    'intercepted (compile=None: off a CUDA device the default traces only a Python loop of recurrent cells; '
-    'compile="auto" or "trace" traces this model)'
+    'intercepted (compile=None: on the CPU the default traces only a Python loop of recurrent cells, 8 cell calls a pass '
+    'or more; compile="auto" or "trace" traces this model)'
 )
 #: the most programs an engine keeps (one per slot: input shapes, outputs chosen, kept reference pass), the least
 #: recently used dropped first: calls of ever new shapes (a last batch, sequences of varying length) do not pile them up
@@ -260,7 +260,7 @@ class TracedPasses:
         self.pending = slot
         self.path = (
             f"intercepted: {len(took) + 2} calls of these shapes so far; compile=\"auto\""
-            + (" (the default for this model)" if self.by_default else "")
+            + (" (the default here)" if self.by_default else "")
             + " traces them once their passes "
             f"have taken about what tracing takes ({TRACE_IN_CALLS} passes"
             + (")" if not took else f", {price:.2g} s)")

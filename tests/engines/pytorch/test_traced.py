@@ -645,7 +645,7 @@ def test_the_default_traces_nothing_on_the_cpu_but_a_loop_of_cells(family: str) 
         explainer.shap_values(X)
     assert explainer.engine._traced is None  # type: ignore[attr-defined]
     assert explainer.pass_path == traced.DEFAULT_INTERCEPTED
-    assert explainer.pass_path.startswith("intercepted (compile=None: off a CUDA device the default traces only")
+    assert explainer.pass_path.startswith("intercepted (compile=None: on the CPU the default traces only a Python loop")
 
 
 def _cells(kind: str) -> nn.Module:
@@ -685,8 +685,8 @@ def test_the_default_on_the_cpu_traces_a_loop_of_cells_once_the_calls_pay_for_it
         paths.append(default.pass_path)
     assert paths[0] == "intercepted: the first call of these shapes (traced after about 3 more)", paths
     assert paths[1] == (
-        'intercepted: 2 calls of these shapes so far; compile="auto" (the default for this model) traces them once their '
-        "passes have taken about what tracing takes (3 passes)"
+        'intercepted: 2 calls of these shapes so far; compile="auto" (the default here) traces them once their passes '
+        "have taken about what tracing takes (3 passes)"
     ), paths
     first = next((i for i, path in enumerate(paths) if path.startswith("traced:")), None)
     assert first is not None and 4 <= first <= 9, paths
