@@ -21,10 +21,10 @@ kernels, launched by one call in place of one each from Python, which is what bo
 faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
 
 ``compile="auto"`` (the default on a CUDA device, and on the CPU for a Python loop of recurrent cells: :data:`CELL_LOOP`)
-traces a slot only once its intercepted passes have taken about
-what tracing it would (:data:`TRACE_IN_CALLS` of them), as a ski rental buys once the rent paid reaches the price: a
-few calls never pay for a trace, and many calls pay at most about twice what the best choice made in advance would
-have. It keeps the program only where it runs faster than the intercepted pass did.
+traces a slot only once its intercepted passes have taken about what tracing it would (:data:`TRACE_IN_CALLS` of
+them), as a ski rental buys once the rent paid reaches the price: a few calls never pay for a trace, and many calls
+pay at most about twice what the best choice made in advance would have. It keeps the program only where it runs
+faster than the intercepted pass did.
 """
 
 from __future__ import annotations
@@ -198,8 +198,8 @@ CELL_LOOP = 8
 CELLS = frozenset({torch.lstm_cell, torch.gru_cell, torch.rnn_tanh_cell, torch.rnn_relu_cell})
 #: ``pass_path`` where the default intercepts every call (off a CUDA device, but for a Python loop of cells on the CPU)
 DEFAULT_INTERCEPTED = (
-    'intercepted (compile=None: on the CPU the default traces only a Python loop of recurrent cells, 8 cell calls a pass '
-    'or more; compile="auto" or "trace" traces this model)'
+    f"intercepted (compile=None: on the CPU the default traces only a Python loop of recurrent cells, {CELL_LOOP} cell "
+    'calls a pass or more; compile="auto" or "trace" traces this model)'
 )
 #: the most programs an engine keeps (one per slot: input shapes, outputs chosen, kept reference pass), the least
 #: recently used dropped first: calls of ever new shapes (a last batch, sequences of varying length) do not pile them up
