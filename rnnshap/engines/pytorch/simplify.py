@@ -161,7 +161,7 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int]) -> int:
                 values[node] = value
                 if value.untyped_storage().data_ptr() not in owned:
                     others.add(node)
-    storages = {v.untyped_storage().data_ptr() for v in values.values()}
+    held = {v.untyped_storage().data_ptr() for v in values.values()}
     folded, spent = [], 0
     for node in nodes:
         target = node.target
@@ -188,11 +188,11 @@ def fold_constants(graph: torch.fx.GraphModule, owned: set[int]) -> int:
         parts = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(p, Tensor) for p in parts):
             continue
-        fresh = sum(p.nbytes for p in parts if p.untyped_storage().data_ptr() not in storages)
+        fresh = sum(p.nbytes for p in parts if p.untyped_storage().data_ptr() not in held)
         if spent + fresh > FOLDED_BYTES:
             continue
         spent += fresh
-        storages.update(p.untyped_storage().data_ptr() for p in parts)
+        held.update(p.untyped_storage().data_ptr() for p in parts)
         values[node] = value
         folded.append(node)
     done = set(folded)
@@ -235,12 +235,12 @@ class _Run:
         class Recording(torch.fx.Interpreter):
             def run_node(self, n: Node) -> Any:
                 for w in _written(n):
-                    run.touched.update(_storages(self.env.get(w)))
+                    run.touched.update(storages(self.env.get(w)))
                 value = super().run_node(n)
                 if n in wanted and isinstance(value, Tensor):
                     run.layouts[n] = _layout(value)
                 if n.op == "output":
-                    run.touched.update(_storages(value))
+                    run.touched.update(storages(value))
                 return value
 
         with torch.no_grad():
@@ -249,14 +249,15 @@ class _Run:
     def shares_folded_memory(self, graph: torch.fx.GraphModule) -> bool:
         """Whether a folded constant of ``graph`` lies in memory the run wrote into or returned (an alias the graph's
         operations do not declare)."""
-        return any(name.startswith(FOLDED) and bool(_storages(t) & self.touched) for name, t in graph.named_buffers())
+        return any(name.startswith(FOLDED) and bool(storages(t) & self.touched) for name, t in graph.named_buffers())
 
 
-def _storages(value: Any) -> set[int]:
+def storages(value: Any) -> set[int]:
+    """The storages (addresses) of the tensors in ``value`` (a tensor, or a list or tuple of them, nested)."""
     if isinstance(value, Tensor):
         return {value.untyped_storage().data_ptr()} - {0}  # (an empty tensor's is 0: no memory to share)
     if isinstance(value, (list, tuple)):
-        return set().union(*(_storages(v) for v in value))
+        return set().union(*(storages(v) for v in value))
     return set()
 
 
@@ -303,4 +304,6 @@ def join_views(graph: torch.fx.GraphModule, ran: _Run) -> int:
     return joined
 
 
-__all__ = ["FOLDED", "FOLDED_BYTES", "constant", "fold_constants", "join_views", "layouts", "placements", "simplified"]
+__all__ = [
+    "FOLDED", "FOLDED_BYTES", "constant", "fold_constants", "join_views", "layouts", "placements", "simplified", "storages",
+]  # fmt: skip

@@ -47,7 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ...formulas.torch_ops import values_unread
 from ...rules.base import held_per_device
 from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
-from .simplify import FOLDED, constant, layouts, placements, simplified
+from .simplify import constant, layouts, placements, simplified, storages
 from .tape import TapeEntry
 
 Tensor = torch.Tensor
@@ -378,7 +378,7 @@ class TracedPasses:
         # shorter where that gives the same outputs (inductor folds and fuses on its own): computations on the kept
         # reference pass's tensors and views of the model's run once, chains of views joined; its program is checked by
         # _bound as the graph's is
-        owned = {t.untyped_storage().data_ptr() for t in _tensors_in(holds)} - {0}  # (0: an empty tensor's)
+        owned = storages(_tensors_in(holds))
         shorter = simplified(graph, inputs, owned)[0] if self.mode is not True else graph
         run, unbound = _bound(shorter, inputs, traced_outputs)
         if shorter is not graph and unbound is not None:
@@ -458,7 +458,7 @@ def _laid_constants(graph: torch.fx.GraphModule, owned: set[int]) -> list[Tensor
     """The program's constants the engine does not own (the model's tensors), where a program that took views of them
     once, joined views on how they lay (a weight's memory format decides a convolution's output's) or replays a CUDA
     graph that reads their memory, needs them to lie still."""
-    names = [str(n.target) for n in graph.graph.nodes if n.op == "get_attr" and not str(n.target).startswith(FOLDED)]
+    names = [str(n.target) for n in graph.graph.nodes if n.op == "get_attr"]
     found = {id(t): t for t in (constant(graph, name) for name in names) if isinstance(t, Tensor)}  # (each once)
     return [t for t in found.values() if t.untyped_storage().data_ptr() not in owned]
 

@@ -37,16 +37,19 @@ def with_head(layer: nn.Module, width: int) -> nn.Module:
     return Composite(last_step, layer=layer, head=nn.Linear(width, 3))
 
 
-def cell_loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    h = c = x.new_zeros(x.shape[0], 6)
-    for t in range(x.shape[1]):
-        h, c = m.cell(x[:, t], (h, c))
-    return m.head(h)
+def _cells(kind: str) -> nn.Module:
+    """A recurrent cell of ``kind`` (torch's LSTMCell, GRUCell, RNNCell with tanh or relu) run over the input's steps
+    in Python."""
+    cells = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+    cell = nn.RNNCell(F, 6, nonlinearity="relu") if kind == "rnn, relu" else cells[kind](F, 6)
 
+    def loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 6)
+        for t in range(x.shape[1]):
+            h, c = m.cell(x[:, t], (h, c)) if kind == "lstm" else (m.cell(x[:, t], h), None)
+        return m.head(h)
 
-def cell_in_a_loop() -> nn.Module:
-    """An LSTMCell run over the steps in Python."""
-    return Composite(cell_loop, cell=nn.LSTMCell(F, 6), head=nn.Linear(6, 3))
+    return Composite(loop, cell=cell, head=nn.Linear(6, 3))
 
 
 def _encoder() -> nn.Module:
@@ -58,7 +61,7 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "lstm": lambda: with_head(nn.LSTM(F, 6, batch_first=True), 6),
     "gru, two layers, bidirectional": lambda: with_head(nn.GRU(F, 5, num_layers=2, bidirectional=True, batch_first=True), 10),
     "elman": lambda: with_head(nn.RNN(F, 6, batch_first=True), 6),
-    "lstm cell in a loop": cell_in_a_loop,
+    "lstm cell in a loop": lambda: _cells("lstm"),
     "transformer encoder": _encoder,
     "convolution, relu, max-pool": lambda: nn.Sequential(
         nn.Conv1d(T, 6, 2), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(6, 3)
@@ -647,20 +650,6 @@ def test_the_default_traces_nothing_on_the_cpu_but_a_loop_of_cells(family: str) 
     assert explainer.pass_path == traced.DEFAULT_INTERCEPTED
     assert explainer.pass_path.startswith("intercepted (compile=None: on the CPU the default traces only a Python loop")
 
-
-def _cells(kind: str) -> nn.Module:
-    """A recurrent cell of ``kind`` (torch's LSTMCell, GRUCell, RNNCell with tanh or relu) run over the input's steps
-    in Python."""
-    cells = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
-    cell = nn.RNNCell(F, 6, nonlinearity="relu") if kind == "rnn, relu" else cells[kind](F, 6)
-
-    def loop(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        h = c = x.new_zeros(x.shape[0], 6)
-        for t in range(x.shape[1]):
-            h, c = m.cell(x[:, t], (h, c)) if kind == "lstm" else (m.cell(x[:, t], h), None)
-        return m.head(h)
-
-    return Composite(loop, cell=cell, head=nn.Linear(6, 3))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "rnn, relu"])
