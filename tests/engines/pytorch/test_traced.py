@@ -651,7 +651,6 @@ def test_the_default_traces_nothing_on_the_cpu_but_a_loop_of_cells(family: str) 
     assert explainer.pass_path.startswith("intercepted (compile=None: on the CPU the default traces only a Python loop")
 
 
-
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "rnn, relu"])
 def test_the_default_on_the_cpu_traces_a_loop_of_cells_once_the_calls_pay_for_it(
     monkeypatch: pytest.MonkeyPatch, kind: str
