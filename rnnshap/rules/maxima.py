@@ -25,7 +25,7 @@ def _routed_maximum(ctx: Any, grad: Tensor) -> list[Tensor]:
     index_x, weight_x, index_r, weight_r, inverse_delta = ctx.saved_tensors
     flat_grad = grad.reshape(index_x.shape)
     # (in place on a tensor of its own: the out-of-place chain's values, one fresh tensor of the input's size in place of
-    # four; with batch norm's in-place product, InceptionTime at the published size 3 % less a call: docs/performance.md)
+    # four)
     routed = flat_grad.new_zeros(inverse_delta.shape)  # (batched where the gradient is: vmap's rule for new_zeros)
     routed.scatter_add_(-1, index_x, flat_grad * weight_x).scatter_add_(-1, index_r, flat_grad * weight_r)
     return [routed.mul_(inverse_delta).reshape(ctx.shapes[0])]
