@@ -1,4 +1,4 @@
-"""rnnshap.darts.ShapExplainer on a long series (issue 38, item 11): the default background against the old one.
+"""rnnshap.darts.ShapExplainer on a long series: the default background against the old one.
 
 Data: a synthetic monthly series of ``--length`` steps (default 1253: with ``input_chunk_length=24``,
 1230 windows, the size of the CO2 / El Niño case of the issue; no download). Model: a darts

@@ -1,4 +1,4 @@
-"""What one explanation costs in dispatched operations, host syncs and time, against its floor (issue 53, item 4).
+"""What one explanation costs in dispatched operations, host syncs and time, against its floor.
 
 For each model, ``S`` samples against ``R`` references, the explainer built and called once before (the steady
 state: a kept explainer, the same shapes), with ``check_additivity=False``:

@@ -1,4 +1,4 @@
-"""rnnshap on an accelerator against native forward+backward and Captum, at realistic sizes (issue 40, item 18).
+"""rnnshap on an accelerator against native forward+backward and Captum, at realistic sizes.
 
 For each configuration (``CONFIGS``: batches of 256-4096 (input, reference) pairs, T = 50-500, hidden
 128-512, LSTM and GRU) on one device, cuDNN on, the model in eval mode as users explain it, this times as

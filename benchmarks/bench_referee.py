@@ -1,4 +1,4 @@
-"""The referee's table (issue 52): how far each explainer is from the exact Shapley values, what the perturbation
+"""The referee's table: how far each explainer is from the exact Shapley values, what the perturbation
 metrics say of it, and what it costs, all in one run.
 
 Models (trained here, seconds): an LSTM classifier (bidirectional, hidden 16, mean over time) on series shaped like

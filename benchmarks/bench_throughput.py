@@ -1,4 +1,4 @@
-"""The fixed cost per operation: rnnshap against its native floor at small batches (issue 20's table).
+"""The fixed cost per operation: rnnshap against its native floor at small batches.
 
 Four cases, T = 50 steps, 10 references, float32, timed round-robin in one run (one warm-up round,
 then ``--repeats`` timed rounds; medians), each against its floor on the same N × B (sample,

@@ -1,6 +1,6 @@
 """Are the attributions of a fixed set of PyTorch models bit-identical in two source trees?
 
-A refactor that moves a formula (issue 39: every rule written once) must leave the values of every
+A refactor that moves a formula must leave the values of every
 PyTorch model unchanged bit for bit: the same float operations in the same order. This script explains
 a fixed set of small models (seeded weights and data) and prints, per model, the sha256 of the
 attribution's bytes (and of the expected value), so two trees can be compared line by line:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks of a lent accelerator in one call (issue 53, item 4; issue 40, items 17-18), each stage under a time limit
+# The checks of an accelerator in one call, each stage under a time limit
 # of its own so a stage that hangs leaves the others' figures, every log written to $OUT (or ./device-out):
 #
 #   bash benchmarks/on_device.sh            # the exactness tests (-m gpu), bench_gpu.py, bench_dispatch.py on cuda

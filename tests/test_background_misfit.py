@@ -1,4 +1,4 @@
-"""A background that does not fit the model (issue 22, items 8-10): an InputError from the constructor
+"""A background that does not fit the model: an InputError from the constructor
 that says what reached the model and carries the model's own message, not a torch error from deep
 inside a pass."""
 
@@ -58,7 +58,7 @@ def with_state() -> nn.Module:
 
 
 def test_an_initial_state_in_torchs_layout_is_told_to_put_its_batch_axis_first() -> None:
-    """torch's h0 is (num_layers, batch, hidden); every input of rnnshap's has its batch axis first (issue 49)."""
+    """torch's h0 is (num_layers, batch, hidden); every input of rnnshap's has its batch axis first."""
     with pytest.raises(InputError, match=r"background.*input 0 has 20.*input 1 has 1.*batch axis first.*h0.transpose\(0, 1\)"):
         rnnshap.DeepExplainer(with_state().eval(), [torch.randn(20, 8, 3), torch.zeros(1, 20, 4)])
 

@@ -46,7 +46,7 @@ def _selu_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_keras_selu_model_straddling_zero_adds_up_as_the_torch_one_does() -> None:
-    """Issue 28: selu has a kink at 0 (slopes 1.05 and 1.76 there); the midpoint derivative of a
+    """selu has a kink at 0 (slopes 1.05 and 1.76 there); the midpoint derivative of a
     smooth rule is off by a fraction of Δ where x and r straddle it. Both engines must add up."""
     w1, b1, w2, b2 = _selu_weights()
     x = np.array([[1e-3, 2e-3], [-2e-3, 1.5e-3]], np.float32)

@@ -89,7 +89,7 @@ def test_the_readme_names_every_option_of_the_demo() -> None:
 
 
 def test_the_readme_interactions_line_runs_on_the_quickstart_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's shapley_interactions line, as written, on the quickstart's model (issue 40, item 13): with the
+    """The README's shapley_interactions line, as written, on the quickstart's model: with the
     default budget it runs the rows its comment says."""
     pytest.importorskip("shapiq")
     monkeypatch.chdir(tmp_path)

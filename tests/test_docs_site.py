@@ -1,4 +1,4 @@
-"""The documentation site says one thing once (issue 40, item 15): page titles in the sidebar are distinct,
+"""The documentation site says one thing once: page titles in the sidebar are distinct,
 the front page installs as the README does, and one measurement is quoted with one figure."""
 
 from __future__ import annotations

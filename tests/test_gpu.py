@@ -1,4 +1,4 @@
-"""The core exactness checks rerun on every accelerator there is (issue 40, item 17): ``pytest -m gpu``.
+"""The core exactness checks rerun on every accelerator there is: ``pytest -m gpu``.
 
 For each device (every CUDA device, and Apple's MPS where torch has it): the recurrent layers on torch's
 fused kernels (LSTM, GRU, RNN; stacked, bidirectional, projected; cuDNN on, the model in eval mode),

@@ -56,7 +56,7 @@ def test_the_library_doors_are_reached_from_the_package_and_imported_only_when_u
 def test_each_door_extra_installs_what_its_readme_line_needs() -> None:
     """``pip install -e '.[darts]'`` alone must run darts' torch models (BlockRNNModel needs darts' torch extra:
     pytorch-lightning), ``'.[aeon]'`` alone aeon's deep learners (Keras models on TensorFlow); the test environment
-    hid both, the zoo extra bringing them (issue 49)."""
+    hid both, the zoo extra bringing them."""
     from packaging.requirements import Requirement
 
     extras = _pyproject()["project"]["optional-dependencies"]

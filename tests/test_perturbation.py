@@ -1,4 +1,4 @@
-"""ROAD and infidelity written for time series (issue 52; Quantus 0.6's own fail on (N, 1, T) inputs): each against its
+"""ROAD and infidelity written for time series (Quantus 0.6's own fail on (N, 1, T) inputs): each against its
 closed form on a linear model, on both layouts (N, T, F) and (N, C, T), with steps and windows."""
 
 from __future__ import annotations

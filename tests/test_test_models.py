@@ -1,5 +1,5 @@
 """The shared test models (tests/models) stay shared: a bound on the model classes the test files still define
-themselves (issue 51). A class that expresses one case (a forward that writes in place, a hook, a draw) stays in its
+themselves. A class that expresses one case (a forward that writes in place, a hook, a draw) stays in its
 file; a recurrent head, a dense net, a one-function model or one forward over a few layers (Composite) comes from
 tests/models. The bound is the count when it was set: lower it as files move to the zoo, never raise it."""
 

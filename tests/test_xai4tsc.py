@@ -1,4 +1,4 @@
-"""rnnshap's explainers and the distance-to-exact metric through xai4tsc's own doors (issue 52): the classes its
+"""rnnshap's explainers and the distance-to-exact metric through xai4tsc's own doors: the classes its
 configuration loads from ``class_path`` (the call its runner makes, ``load_class_from_path``, then
 ``register_explainer`` / ``register_metric``), run by its ``generate_explanation`` and ``evaluate`` on its own
 models, with no code of the user's around them. Skips where xai4tsc is not installed (it declares Python >= 3.12;

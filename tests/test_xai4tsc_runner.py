@@ -1,5 +1,5 @@
 """xai4tsc's own experiment runner runs rnnshap's explainers and metric from a configuration file, with no code of the
-user's (issue 52): the dataset and the configuration of docs/metrics.md ("In xai4tsc's runner"), as written there (only
+user's: the dataset and the configuration of docs/metrics.md ("In xai4tsc's runner"), as written there (only
 ``class_path`` is this install's), run by the runner's ``main`` in this process, and what it saved checked against the
 model it trained: the exact Shapley values of the windows computed here from the definition in float64, the model's own
 outputs for additivity, the distances recomputed from the saved values.

@@ -1,4 +1,4 @@
-"""Attributions to hidden states and layers (issue 29, part 2).
+"""Attributions to hidden states and layers.
 
 ``rnnshap.captum``'s ``LayerDeepLift``, ``LayerDeepLiftShap``, ``NeuronDeepLift`` and ``NeuronDeepLiftShap``,
 and ``DeepExplainer((model, layer), data, layer_output=True)``.

@@ -1,4 +1,4 @@
-"""Every engine says what to do where inputs disagree on their batch axis (issue 49): a state in torch's
+"""Every engine says what to do where inputs disagree on their batch axis: a state in torch's
 (num_layers, batch, hidden) layout, sequences of different lengths read as several inputs, one sample without its
 batch axis. The PyTorch engine said so; the Keras and JAX engines stated the mismatch alone (and JAX crashed with a
 raw ``TypeError`` where two inputs to explain had different numbers of rows)."""

@@ -241,7 +241,7 @@ def test_each_kind_of_model_finds_its_entry_and_a_function_is_refused_by_deepsha
 
 def test_a_model_of_a_kind_deepshap_does_not_take_is_refused_as_rnnshaps_error_and_still_a_type_error() -> None:
     """A function (a jitted JAX one too), a number, a tuple that is neither of shap's forms: code catching rnnshap's
-    errors catches the refusal (an InputError), and code catching TypeError as before still does (issue 49)."""
+    errors catches the refusal (an InputError), and code catching TypeError as before still does."""
     refused: list[Any] = [lambda x: x.sum(1), 3, (1, 2)]
     jax = pytest.importorskip("jax")
     refused.append(jax.jit(lambda x: x.sum(1)))

@@ -243,7 +243,7 @@ def _defined_functions(path: Path) -> set[str]:
 
 
 def test_no_formula_of_the_package_is_defined_again_elsewhere() -> None:
-    # `grep` finds no rule formula written twice (issue 39): the package's formulas by name
+    # `grep` finds no rule formula written twice: the package's formulas by name
     names: set[str] = set()
     for module in (secant, pairs, orderings, marks):
         names |= {n for n in module.__all__ if inspect.isfunction(getattr(module, n))}
@@ -542,7 +542,7 @@ def test_the_closed_form_constants_are_the_near_secants(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
 def test_the_fused_steps_where_form_is_nearer_the_float64_secant_than_the_blend(kind: str) -> None:
-    # Why the fused recurrent step keeps two forms (issue 39): the PyTorch engine's branch-free blend
+    # Why the fused recurrent step keeps two forms: the PyTorch engine's branch-free blend
     # (rnnshap.recurrent.fused.smooth_secant; its values must stay bit for bit) and the Keras engine's
     # where-form (the closed form below the threshold, the quotient above: near_rescale_multiplier, as
     # engines/keras/fused.py computes it). Against the exact secant of the same float32 inputs (float64, by

@@ -1,4 +1,4 @@
-"""One home per formula (issue 51): the rules' formulas that the engines once wrote again each (the σ/tanh secant's
+"""One home per formula: the rules' formulas that the engines once wrote again each (the σ/tanh secant's
 where-form and blend, the picked-index selection's two parts, the normalisations' marks) live in
 ``rnnshap/formulas/`` only; the engines under ``rnnshap/engines/`` (and the recurrent layers) call them.
 

@@ -542,7 +542,7 @@ def test_the_fused_layers_run_the_shared_reverse_step(layer: str, monkeypatch: p
     np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=0, atol=1e-5)
 
 
-#: operations a step of each layer's reverse recurrence may run (issue 53: at most 8 a step for the whole pass; an
+#: operations a step of each layer's reverse recurrence may run (at most 8 a step for the whole pass; an
 #: LSTM's forward runs one more a step, its cell states' multiply-add): what a device launches, views aside
 REVERSE_OPERATIONS_PER_STEP = {"lstm": 8, "gru": 10, "rnn": 3}
 

@@ -1,4 +1,4 @@
-"""``addmm``, ``baddbmm``, ``addbmm``, ``addmv`` and ``addr`` (issue 22, item 11): the same values as the
+"""``addmm``, ``baddbmm``, ``addbmm``, ``addmv`` and ``addr``: the same values as the
 same function written out as ``beta * input + alpha * (a @ b)``, in float64 within 1e-10, and additive."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attention where every query attends to one key only (issue 36, item 3: Chronos-2's group attention across the
+"""Attention where every query attends to one key only (Chronos-2's group attention across the
 batch with one series per group): the weights are constants of the function, exactly one-hot on both sides of
 every pair, so the queries and keys cannot change the output.
 

@@ -1,4 +1,4 @@
-"""(issue 50, item 3) The FFT family and the complex views as linear maps on the PyTorch engine.
+"""The FFT family and the complex views as linear maps on the PyTorch engine.
 
 ``torch.fft``'s transforms (rfft, irfft, fft, ifft, their 2-D and n-D forms, hfft, ihfft, the shifts), ``conj``,
 ``real``, ``imag``, ``view_as_real`` and ``view_as_complex`` are linear over the reals, so their DeepLIFT

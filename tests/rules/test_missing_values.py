@@ -1,5 +1,5 @@
-"""Missing values (NaN) handled by the model (issue 36, item 1): ``nanmean``, ``nansum``, ``nan_to_num``,
-``isnan`` / ``isfinite`` masks as features and as conditions, masked assignment; and issue 38's
+"""Missing values (NaN) handled by the model: ``nanmean``, ``nansum``, ``nan_to_num``,
+``isnan`` / ``isfinite`` masks as features and as conditions, masked assignment; and darts'
 ``gamma[gamma < MIN] = MIN`` (a clamp written as a masked assignment).
 
 The forecasters' own patterns, written as the libraries write them (read in the installed packages):
@@ -390,7 +390,7 @@ def test_missing_values_the_model_does_not_handle_are_an_input_error() -> None:
         rnnshap.DeepExplainer(model, _windows(6, 0, GAP))
 
 
-# -- issue 38: a clamp written as a masked assignment ----------------------------------------------------------------
+# -- a clamp written as a masked assignment ----------------------------------------------------------------
 MIN_GAMMA = 0.3
 
 

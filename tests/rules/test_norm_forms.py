@@ -1,6 +1,6 @@
 """One function, one set of values: a normalization written by hand gets the values of the built-in one.
 
-Issue 22, item 7. ``nn.LayerNorm`` and the same layer norm written with ``mean``, ``var``, ``rsqrt``,
+``nn.LayerNorm`` and the same layer norm written with ``mean``, ``var``, ``rsqrt``,
 a scale and a shift differed by 4 % after an LSTM with a residual: the built-in rule weights the
 product of the centred value and the inverse scale by the scales (``rules.structured.scaled``),
 while the hand-written form's product took the Shapley rule. Both now reach the scale-weighted

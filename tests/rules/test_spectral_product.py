@@ -1,4 +1,4 @@
-"""(issue 50) A product of two input-dependent spectra: Autoformer's autocorrelation ``irfft(rfft(a) * conj(rfft(b)))``.
+"""A product of two input-dependent spectra: Autoformer's autocorrelation ``irfft(rfft(a) * conj(rfft(b)))``.
 
 The product of two complex values is bilinear, so the real rule's split holds as it is (rnnshap/rules/spectral.py).
 The truth: the same circular cross-correlation written as a real bilinear form (an einsum with a shift tensor, by

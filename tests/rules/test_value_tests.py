@@ -1,4 +1,4 @@
-"""``isnan`` / ``isinf`` / ``isfinite`` of an input-dependent tensor (issue 22, item 13): comparisons, as an
+"""``isnan`` / ``isinf`` / ``isfinite`` of an input-dependent tensor: comparisons, as an
 imputation model writes them. On data without missing values they change nothing: the values are those
 of the same model written without them, and a branch on them that every row takes alike is followed."""
 

@@ -1,4 +1,4 @@
-"""Shapley interactions between time steps (issue 29, part 1), against brute-force enumeration of
+"""Shapley interactions between time steps, against brute-force enumeration of
 each index's definition, written here from the papers' formulas in float64."""
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ def test_a_torchscript_model_deepexplainer_refuses_is_played_by_its_forward() ->
     assert np.allclose(estimate.values[0], oracle(model, [x[0]], [bg], [_steps(3, 2)]), atol=1e-12)
 
 
-# -- the empirical-Bayes blend of DeepSHAP and the estimate (issue 29, part 4) --------------------------
+# -- the empirical-Bayes blend of DeepSHAP and the estimate --------------------------
 def test_shrunk_values_add_up_and_follow_their_definition() -> None:
     torch.manual_seed(3)
     gru = _shrink_reader().double().eval()
@@ -435,7 +435,7 @@ def _shrink_reader() -> RecurrentHead:
     return RecurrentHead("gru", 2, 5, 2, names="gru head")
 
 
-# -- temporal pruning (issue 29, part 3) ------------------------------------------------------------------
+# -- temporal pruning ------------------------------------------------------------------
 def _recent(window: int) -> RecurrentHead:
     """An LSTM that reads only the last ``window`` steps: the older ones are null players."""
     return RecurrentHead("lstm", 2, 5, 2, prepare=lambda x: x[:, -window:], names="lstm head")
@@ -477,7 +477,7 @@ def test_pruning_keeps_every_step_a_model_reads_and_checks_its_arguments() -> No
         explainer.shapley_values(X, players="steps", prune=-1.0)
 
 
-# -- a random forward is refused by the forward-only door too (issue 31, item 1) ---------------------------
+# -- a random forward is refused by the forward-only door too ---------------------------
 def _noisy() -> nn.Module:
     return Composite(lambda m, x: m.head(x) + 0.1 * torch.randn(x.shape[0], 1), head=nn.Linear(3, 1))
 
@@ -507,7 +507,7 @@ def test_shapley_explainer_refuses_a_forward_that_draws_random_numbers() -> None
 
 def test_printing_an_estimate_gives_a_short_summary_not_every_array() -> None:
     """print(estimate) says what it holds in a few lines (shapes, exactness, the largest standard error and gap), as
-    numpy and shap's Explanation summarize, instead of dumping every array (over 100 lines before, issue 49)."""
+    numpy and shap's Explanation summarize, instead of dumping every array (over 100 lines)."""
     torch.manual_seed(0)
     model = reader().double().eval()
     X, background = _data(torch.float64, T=20, N=4)

@@ -1,4 +1,4 @@
-"""Issue 49's adversarial cases, re-run as one harness: each case either adds up to the library's own call (exact) or
+"""Adversarial cases, run as one harness: each case either adds up to the library's own call (exact) or
 is refused with an rnnshap error; a silent wrong answer, or a foreign exception escaping, fails it. Each case also
 states which of the two it gives today, so that a case that was exact and becomes refused (or the reverse) is seen.
 

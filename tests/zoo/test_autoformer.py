@@ -1,5 +1,5 @@
 """Autoformer (transformers 4.56), built tiny from ``AutoformerConfig``: the autocorrelation ``irfft(rfft(q) *
-conj(rfft(k)))``, a product of two spectra (rnnshap/rules/spectral.py, issue 50), then the top-k delays and the
+conj(rfft(k)))``, a product of two spectra (rnnshap/rules/spectral.py), then the top-k delays and the
 values rolled by them (picked indices and a gather).
 
 Truth: the model's own forward (additivity, float32: the model builds float32 tensors of its own, ``delays_agg =

@@ -304,7 +304,7 @@ def test_panels_unlike_those_fitted_on_are_refused_naming_the_panels(motions, kn
 
 def test_an_unfitted_estimator_and_panels_with_missing_values_are_refused_as_rnnshaps_errors(italy) -> None:
     """aeon's own refusals (NotFittedError; a KNN's ValueError on NaN) come as rnnshap's errors, naming the estimator
-    or the panels and what to do, with aeon's error as the cause (issue 49)."""
+    or the panels and what to do, with aeon's error as the cause."""
     from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
 
     X, y = italy

@@ -1,4 +1,4 @@
-"""darts' ``CauchyLikelihood`` (issue 38): its parameters are computed with ``gamma[gamma < MIN] = MIN``, a masked
+"""darts' ``CauchyLikelihood``: its parameters are computed with ``gamma[gamma < MIN] = MIN``, a masked
 assignment from a comparison of the tensor with a constant (a clamp), now attributed exactly.
 
 Truth: darts' own ``predict(..., predict_likelihood_parameters=True)`` (x0 and gamma), which the values of

@@ -1,4 +1,4 @@
-"""rnnshap.darts.ShapExplainer as a drop-in for darts' own (issue 38).
+"""rnnshap.darts.ShapExplainer as a drop-in for darts' own.
 
 Code that names one of darts' shap methods (``shap_method=``) or passes a model rnnshap's door does not
 take (darts' regression models) keeps working: darts' own explainer answers, and the result says so
@@ -152,7 +152,7 @@ def test_rnnshap_arguments_with_darts_own_explainer_are_refused(dlinear: Any) ->
         ShapExplainer(LinearRegressionModel(lags=3).fit(TARGET), n=2)
 
 
-# -- item 1: a shifted model whose covariates end too soon ------------------------------------------------
+# -- a shifted model whose covariates end too soon ------------------------------------------------
 def test_shifted_model_with_covariates_ending_too_soon_raises_as_predict_does() -> None:
     """output_chunk_shift=2: darts' predict raises when the past covariates end one step too early; explain_single
     raises too (it used to explain an earlier forecast, silently), and with covariates long enough it adds up
@@ -175,7 +175,7 @@ def test_shifted_model_with_covariates_ending_too_soon_raises_as_predict_does() 
     _assert_adds_up(e.values.sum(1) + e.base_values, forecast.values()[:, 0], "shifted DLinear, explain_single")
 
 
-# -- items 6 and 7: TFT's cached attention mask and relative index ------------------------------------------
+# -- TFT's cached attention mask and relative index ------------------------------------------
 def _tft(**kwargs: Any) -> Any:
     _quiet()
     torch.manual_seed(0)
@@ -208,7 +208,7 @@ def test_tft_relative_index_explain_single_after_explain() -> None:
     _assert_adds_up(e.values.sum(1) + e.base_values, forecast.values()[:, 0], "TFT relative index, explain_single")
 
 
-# -- item 3: static covariates given per target component --------------------------------------------------
+# -- static covariates given per target component --------------------------------------------------
 def test_static_covariates_per_component_are_labelled_by_their_values() -> None:
     """Static covariates with one row per target component: darts names them variable-major
     (``size_statcov_target_y1``, ``size_statcov_target_y2``, ``flag_...``) while each window holds them component-major;
@@ -250,7 +250,7 @@ def test_static_covariates_per_component_are_labelled_by_their_values() -> None:
         _assert_adds_up(e.values.sum(1) + e.base_values, truth[component].values()[:, 0], f"TiDE {component}")
 
 
-# -- item 5: position encoders --------------------------------------------------------------------------
+# -- position encoders --------------------------------------------------------------------------
 def test_position_encoders_add_up_to_historical_forecasts() -> None:
     """A relative position encoder (darts indexes it from the end of the series it is given): every forecast of explain()
     adds up to darts' historical_forecasts (retrain=False) at its window, which reads the encoder as positioned in the
@@ -285,7 +285,7 @@ def test_stationarity_check_is_darts_default_where_darts_answers(caplog: pytest.
     assert theirs and ours == theirs
 
 
-# -- item 9: a foreground of one or two windows -------------------------------------------------------------
+# -- a foreground of one or two windows -------------------------------------------------------------
 @pytest.mark.parametrize("extra", [0, 1])
 @pytest.mark.parametrize("index", ["dates", "integers"])
 def test_explain_a_foreground_of_one_or_two_windows(dlinear: Any, extra: int, index: str) -> None:

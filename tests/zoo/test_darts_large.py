@@ -1,4 +1,4 @@
-"""rnnshap.darts.ShapExplainer on a long series (issue 38, item 11): a default background a user would not
+"""rnnshap.darts.ShapExplainer on a long series: a default background a user would not
 regret (a seeded sample of windows, its size said in the result), progress on long work, and a
 ``summary_plot`` whose cost and points do not grow with the number of forecasts.
 

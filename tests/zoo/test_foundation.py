@@ -886,7 +886,7 @@ def test_forecast_explainer_keeps_the_most_recently_used_setups(ttm: Any, monkey
     assert setups == []
 
 
-# -- issue 49: refusals that name their cause and say what to do ------------------------------------------------------
+# -- refusals that name their cause and say what to do ------------------------------------------------------
 def test_a_bfloat16_bolt_is_named_as_the_cause_of_the_gap_and_its_shapley_mode_adds_up_to_its_forecast() -> None:
     """Chronos-Bolt cast to bfloat16: the module's forecast moves off the library's by bfloat16 rounding, which the
     refusal names (not a change of the library's forecast path); the Shapley mode runs the library's own call."""

@@ -29,7 +29,7 @@ def test_the_examples_of_the_foundation_page_run(tmp_path: Path, monkeypatch: py
 
 def test_the_readmes_foundation_lines_run_as_printed() -> None:
     """README.md's foundation block, as printed, on a tiny Chronos-Bolt that forecasts 12 steps: it hands chronos a
-    tensor (predict_quantiles asserts one), and its check holds to float32 rounding, not ``==`` (issue 49)."""
+    tensor (predict_quantiles asserts one), and its check holds to float32 rounding, not ``==``."""
     pytest.importorskip("chronos")
     import numpy as np
 

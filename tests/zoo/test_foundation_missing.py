@@ -1,4 +1,4 @@
-"""The foundation forecasters' own missing-value code through ``rnnshap.DeepExplainer`` (issue 36, item 1).
+"""The foundation forecasters' own missing-value code through ``rnnshap.DeepExplainer``.
 
 The libraries' own classes (TiRex's ``StandardScaler``, Chronos-Bolt's ``InstanceNorm``, MOMENT's ``RevIN``) and
 tiny models built from each library's own config classes with random weights (the code path the pretrained

@@ -8,7 +8,7 @@ written back by the same indices, so the draws cannot reach the output. rnnshap 
 own order (one of the orders torch may return: its indices then a constant), and the model is explained exactly: the
 values add up to the model's own forward, do not depend on the draws (the same under other seeds), and equal those of
 the same weights with ``attention_type="full"`` (the function it then computes). At longer contexts the draws change
-the output, and the refusal says what it checked (issue 50): the draws followed into the output, and the outputs under
+the output, and the refusal says what it checked: the draws followed into the output, and the outputs under
 other seeds different. With ``attention_type="full"`` (the refusal's advice) the model is explained exactly. Truth: the
 model's own forward (additivity, float32).
 """

@@ -2,7 +2,7 @@
 
 Past its first predicted patch Moirai 2 rolls out: it feeds every quantile back, forecasts the next patch from each,
 and takes ``torch.quantile`` over the quantiles of those forecasts, two ranks of a sort interpolated with fixed
-weights (rnnshap/rules/quantile.py, issue 50). Truth: ``Moirai2Forecast.forward`` itself, which its ``predict``
+weights (rnnshap/rules/quantile.py). Truth: ``Moirai2Forecast.forward`` itself, which its ``predict``
 calls (checked equal here), additivity in float32 (the model's only dtype: its quantile levels are float32), and
 exact zeros on the context steps ``past_is_pad`` marks.
 

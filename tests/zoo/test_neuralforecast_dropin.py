@@ -1,4 +1,4 @@
-"""rnnshap.neuralforecast.explain as a drop-in for ``NeuralForecast.explain`` (issue 38).
+"""rnnshap.neuralforecast.explain as a drop-in for ``NeuralForecast.explain``.
 
 Code that names one of neuralforecast's Captum explainers keeps working (neuralforecast's own answers, the
 result says so); multivariate models are explained exactly; a model rnnshap does not take inside a
@@ -116,7 +116,7 @@ def test_a_wrapper_without_wraps_routing_explain_to_rnnshap_keeps_neuralforecast
 ) -> None:
     """``NeuralForecast.explain`` replaced by a plain function calling rnnshap's (no functools.wraps): a Captum name
     is still answered by neuralforecast's own explain, kept when rnnshap.neuralforecast was imported, not by the
-    wrapper again and again until RecursionError (issue 49)."""
+    wrapper again and again until RecursionError."""
     import rnnshap.neuralforecast
 
     _quiet()
@@ -240,7 +240,7 @@ def test_deepshap_refusal_of_one_model_skips_it_with_a_warning(data: dict[str, A
     _assert_adds_up(_total(ex["MLP"], False)[:, :, 0, 0], fcsts["MLP"].to_numpy().reshape(S, H), "MLP beside Rounded")
 
 
-# -- item 2: IQLoss's reported quantile --------------------------------------------------------------------
+# -- IQLoss's reported quantile --------------------------------------------------------------------
 def test_iqloss_explains_the_forecast_predict_reports(data: dict[str, Any]) -> None:
     """IQLoss: without quantiles=, the values add up to the column nf.predict reports (the network's median,
     MLP_ql0.5)."""

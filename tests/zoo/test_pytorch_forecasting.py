@@ -134,7 +134,7 @@ def test_exact(name: str) -> None:
     assert np.abs(encoder_cont).max() > 0
 
 
-# -- TFT with real covariates only, its lengths passed as inputs (issue 22, item 5) ---------------------------
+# -- TFT with real covariates only, its lengths passed as inputs ---------------------------
 LENGTH_KEYS = ["encoder_cont", "decoder_cont", "encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "target_scale"]
 
 

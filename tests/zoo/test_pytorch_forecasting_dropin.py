@@ -1,4 +1,4 @@
-"""rnnshap.pytorch_forecasting.explain on cases found by running realistic forecasts (issue 38, items 4 and 8).
+"""rnnshap.pytorch_forecasting.explain on cases found by running realistic forecasts.
 
 Truths: pytorch-forecasting's own ``predict`` (values + base add up to it) and the model's own
 ``static_variables`` (the variables it reads once per window).

@@ -1,4 +1,4 @@
-"""README.md's blocks for the doors into other libraries run as printed (issue 49), on tiny models of each library:
+"""README.md's blocks for the doors into other libraries run as printed, on tiny models of each library:
 the forecasting block (darts and neuralforecast), the time-series classifier block (aeon). The reader's own objects
 (``model``, ``series``, ``nf``, ``clf``, ``X_test``, ``X_train``) are given; nothing else is."""
 

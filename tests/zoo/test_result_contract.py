@@ -1,4 +1,4 @@
-"""One result contract for every door (issue 51 item 1): each door's result is a ``rnnshap.result.AttributionResult``,
+"""One result contract for every door: each door's result is a ``rnnshap.result.AttributionResult``,
 its standard errors in ``stderr`` shaped like ``values`` (None for DeepSHAP), the game and the background stated, and
 the names a door used before (``forecast``, ``prediction``, ``game``, pytorch-forecasting's parts) equal to the
 contract's."""

@@ -3,7 +3,7 @@
 
 The detrending decides per window whether to subtract a fitted line (``apply_detrend = std_det < 0.5 · std_orig``)
 and reuses that mask sliced (``apply_detrend[:, :, 0, None]``) where it adds the trend back to the forecast: a
-slice of a gate is a gate (rnnshap/engines/pytorch/gate_masks.py, issue 50). Truth: ``decode`` itself
+slice of a gate is a gate (rnnshap/engines/pytorch/gate_masks.py). Truth: ``decode`` itself
 (additivity; the model runs in float32 only, its attention casts to float32), windows detrended and not on both
 sides of the pairs, and exact zeros on the context steps ``target_mask`` hides.
 """

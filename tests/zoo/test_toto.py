@@ -4,7 +4,7 @@ Toto's decoding runs under ``torch.no_grad()``, detaches its output, drops extre
 ``where(isinf(t) | isnan(t) | (t.abs() >= finfo.max / 2), 0, t)`` and builds its mixture of Student-t
 distributions with torch.distributions' argument validation on (masks that only feed
 ``if not valid.all(): raise``). The combined mask is a gate of its own and the validation's masks are context
-(rnnshap/engines/pytorch/gate_masks.py, issue 50). Truth: the forecast call itself (additivity in float64 and
+(rnnshap/engines/pytorch/gate_masks.py). Truth: the forecast call itself (additivity in float64 and
 float32), and exact zeros where the model cannot look: a variate in a group of its own (``id_mask``) is never
 read by another's forecast.
 

@@ -1,7 +1,7 @@
 """tsai 1.0.1: InceptionTimePlus (tsai's default model) and mWDN, built tiny from tsai's own constructors.
 
 Their forward draws ``random.random()`` for stochastic depth (``keep_prob[i] > random.random() or not
-self.training``) in eval mode too; the draw never reaches the output, so they are explained (issue 50).
+self.training``) in eval mode too; the draw never reaches the output, so they are explained.
 Truth: the model's own outputs (additivity in float64 and float32).
 
 tsai 1.0.1 pins scikit-learn < 1.8, which the constraints file does not allow (scikit-learn 1.9.1): it is not

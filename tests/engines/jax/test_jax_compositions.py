@@ -1,4 +1,4 @@
-"""The JAX engine's softmax and normalizations take the PyTorch engine's rules (issue 51): a Flax model and its
+"""The JAX engine's softmax and normalizations take the PyTorch engine's rules: a Flax model and its
 PyTorch twin (the same function, the same weights) get the same values to float64 rounding, with a softmax head
 (log Σ exp with a common shift, Rescale on exp and log), a layer norm and a normalization written by hand
 (``c * rsqrt(v + eps)``, ``c / sqrt(v + eps)``: the scale-weighted rule, as the built-in norms)."""

@@ -1,4 +1,4 @@
-"""The JAX engine (Flax NNX models, issue 39's stretch): exact against the PyTorch engine on the same weights (the same
+"""The JAX engine (Flax NNX models): exact against the PyTorch engine on the same weights (the same
 function written in two frameworks), additive to the model's own outputs, exact zeros where the model cannot read,
 refusals by name, and the model left as it was."""
 

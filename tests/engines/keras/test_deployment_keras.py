@@ -1,4 +1,4 @@
-"""Keras models as they are deployed (issue 40): Monte Carlo dropout refused by name on both backends,
+"""Keras models as they are deployed: Monte Carlo dropout refused by name on both backends,
 dropout in inference explained exactly on the torch backend, a tf.data.Dataset as background.
 
 The torch backend runs in the session's other process (tests/keras_process.py); every script checks
@@ -176,7 +176,7 @@ print(json.dumps({
 def test_dropout_at_inference_is_explained_exactly_on_torch(
     keras_process: Callable[[str], KerasProcess], seeded: str, kind: str
 ) -> None:
-    """keras-io's LSTM models (issue 40, item 4): Keras draws dropout masks it does not use at inference."""
+    """keras-io's LSTM models: Keras draws dropout masks it does not use at inference."""
     import json
 
     result = json.loads(keras_process("torch").run(_TORCH_DROPOUT_AT_INFERENCE, seeded, kind).strip().splitlines()[-1])

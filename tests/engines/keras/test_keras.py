@@ -554,7 +554,7 @@ def test_masked_steps_read_references_with_the_inputs_mask(name: str) -> None:
 
 def test_a_masked_samples_values_add_up_from_its_own_base_value_which_the_explanation_carries() -> None:
     """With a mask, a sample's values add up from the mean output over references read with its mask: the
-    Explanation's per-sample base_values, as the README says, not expected_value (0.027 off here; issue 49)."""
+    Explanation's per-sample base_values, as the README says, not expected_value (0.027 off here)."""
     pytest.importorskip("shap")
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((T, F), dtype="float64"), L.Masking(0.0, dtype="float64"), *MASKED["gru-backwards"]()])

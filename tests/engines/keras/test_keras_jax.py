@@ -1,10 +1,10 @@
 """Keras 3 on JAX: the Keras engine on the JAX backend gives the values it gives on TensorFlow, and the
-PyTorch engine gives on the torch backend, for the same saved model (issue 39 item 4).
+PyTorch engine gives on the torch backend, for the same saved model.
 
 Keras fixes its backend at import, so each backend runs in its own process (tests/keras_process.py):
 this process (TensorFlow) builds and saves each model, the JAX and torch workers load and explain it.
 The three computations of the same exact attributions differ by rounding only: JAX and TensorFlow within
-1e-12 of the largest value for a float64 model both compute in float64, as issue 39 asks; within float32
+1e-12 of the largest value for a float64 model both compute in float64; within float32
 rounding (:data:`TOLERANCE`) where either computes in float32: float32 models, and float64 models whose
 ``tanh`` Keras computes in float32 on JAX (``ops.tanh`` of a float64 tensor is float32 there: the recurrent
 layers' activations), and every model against torch (Keras on torch runs ``matmul`` in float32).
@@ -29,7 +29,7 @@ from ...keras_process import KerasProcess  # noqa: E402
 
 L = keras.layers
 T, F = 6, 3
-#: the largest gap between two backends, relative to the largest value: issue 39's 1e-12 where both compute in
+#: the largest gap between two backends, relative to the largest value: 1e-12 where both compute in
 #: float64; where one computes in float32, 64 eps of float32 (ROUNDING_ULPS of tests/conftest.py: two float32
 #: computations of the same quantity, here by different kernels, whose secant quotients amplify the roundings)
 TOLERANCE = {"float32": 64 * float(np.finfo(np.float32).eps), "float64": 1e-12}

@@ -1,4 +1,4 @@
-"""Keras on JAX needs no TensorFlow (issue 39 item 4; the ``jax`` extra installs keras and jax only).
+"""Keras on JAX needs no TensorFlow (the ``jax`` extra installs keras and jax only).
 
 A fresh process hides TensorFlow (a meta-path finder refuses it, as if it were not installed), selects
 the JAX backend, and explains a small LSTM model with rnnshap: the Keras engine imports and runs without

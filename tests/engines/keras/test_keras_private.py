@@ -1,5 +1,5 @@
 """The Keras engine's reliance on private Keras is in one module (rnnshap/engines/keras/private.py), and the
-engine refuses a Keras release outside the ones it was verified on, naming them (issue 39 item 5)."""
+engine refuses a Keras release outside the ones it was verified on, naming them."""
 
 from __future__ import annotations
 
