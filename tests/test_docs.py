@@ -65,17 +65,42 @@ def _bash_blocks(text: str) -> list[list[str]]:
     return [[line for line in block.splitlines() if line.strip()] for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
 
 
-def test_the_readme_installs_in_a_venv_and_tests_with_the_command_ci_runs() -> None:
+def _recipe(makefile: str, target: str) -> list[str]:
+    """The recipe lines of ``target`` in a Makefile (the tab-indented lines after its rule)."""
+    lines = makefile.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_the_readme_makes_the_demo_and_runs_every_stage_ci_runs() -> None:
+    """From a fresh clone, two commands on the README's first screen: ``make demo`` makes a virtual environment with
+    the CPU build of torch installed first and runs the demo; ``make test`` runs ``.ci/run``, CI's own script, which
+    makes a fresh virtual environment the same way and ends with the default stage."""
     readme = (ROOT / "README.md").read_text()
-    install, tests = _bash_blocks(readme)[:2]
-    for block in (install, tests):
-        assert "venv" in block[0], block  # a fresh virtual environment first
-        assert any(line.startswith("pip install torch==") and "/whl/cpu" in line for line in block), block  # the CPU build
+    first = _bash_blocks(readme)[0]
+    assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
+    assert readme.index("make demo") < 1500  # on the first screen
+    makefile = (ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"^([A-Z_]+) \?= (.*)$", makefile, flags=re.M))
+    assert variables["TORCH_INDEX"].endswith("/whl/cpu")  # the CPU build
+    environment = _recipe(makefile, "$(VENV)/.installed-demo")
+    assert "-m venv" in environment[0], environment  # a fresh virtual environment first
+    torch_line = next(i for i, line in enumerate(environment) if "$(TORCH) --index-url $(TORCH_INDEX)" in line)
+    package_line = next(i for i, line in enumerate(environment) if "-e '.[plot]' -c $(CONSTRAINTS)" in line)
+    assert torch_line < package_line  # torch first, then rnnshap held to it by the constraints
+    assert _recipe(makefile, "demo") == ["$(VENV)/bin/python -m rnnshap demo"]
+    assert _recipe(makefile, "test") == ["bash .ci/run"]  # every stage CI runs, no more, no fewer
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     ci = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    assert tests[-1].split("#")[0].strip() == ci[-1] == "python -m pytest -q -n 2"
-    runs = [line.split("#")[0].strip() for line in tests if "pytest" in line]
-    assert runs == [line for line in ci if "pytest" in line]  # CI runs the README's test commands, no more, no fewer
+    assert any(line.startswith("python3 -m venv") for line in ci[:3])
+    pin = next(line for line in ci if "pip install" in line and "torch==" in line)
+    assert variables["TORCH"] in pin  # the Makefile's torch is CI's
+    assert ci[-1] == "python -m pytest -q -n 2"  # the default stage last
 
 
 def test_the_readme_names_every_option_of_the_demo() -> None:

@@ -36,13 +36,13 @@ def test_the_sidebar_names_every_page_once() -> None:
     assert not repeated, f"sidebar entries with the same name: {repeated}"
 
 
-def _pip_lines(text: str) -> list[str]:
+def _first_commands(text: str) -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    return [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip().startswith("pip install")]
+    return [line.split("#")[0].strip() for line in blocks[0].splitlines() if line.strip()]
 
 
 def test_the_front_page_installs_as_the_readme_does() -> None:
-    assert _pip_lines((DOCS / "index.md").read_text()) == _pip_lines((ROOT / "README.md").read_text())
+    assert _first_commands((DOCS / "index.md").read_text()) == _first_commands((ROOT / "README.md").read_text())
 
 
 def test_one_figure_for_the_darts_speedup() -> None:
@@ -56,3 +56,31 @@ def test_one_figure_for_the_darts_speedup() -> None:
                 quoted |= set(re.findall(r"it is (\d+[-–]\d+)x faster", line))
     normalized = {q.replace("–", "-") for q in quoted}
     assert len(normalized) == 1, f"the darts speed-up is quoted as {sorted(quoted)}"
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_the_faq_contents_list_every_section() -> None:
+    text = (DOCS / "faq.md").read_text()
+    sections = re.findall(r"^## (.+)$", text, flags=re.M)
+    listed = re.findall(r"^- \[(.+?)\]\(#(.+?)\)$", text, flags=re.M)
+    assert [title for title, _ in listed] == sections
+    assert [anchor for _, anchor in listed] == [_slug(title) for title in sections]
+
+
+def test_the_pages_read_as_documentation_not_as_a_journal() -> None:
+    """The pages say what the library does and how to use it: no dated headings or lines, no words of how the work
+    was done, no tracker numbers; the performance page, the README and the changelog's next release stay short."""
+    pages = {path.name: path.read_text() for path in DOCS.glob("*.md")}
+    pages["README.md"] = (ROOT / "README.md").read_text()
+    journal = re.compile(r"\b20\d\d-\d\d-\d\d\b|this session|device time|\blent\b|this round|[Ii]ssues? #?\d+")
+    found = {name: sorted(set(journal.findall(text))) for name, text in pages.items() if journal.search(text)}
+    assert not found, found
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert not re.search(r"[Ii]ssues? #?\d+", changelog)
+    unreleased = changelog.split("## [Unreleased]")[1].split("\n## [")[0]
+    assert len(unreleased.strip().splitlines()) <= 60
+    assert len(pages["performance.md"].splitlines()) <= 250
+    assert len(pages["README.md"].splitlines()) <= 200
