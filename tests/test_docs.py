@@ -45,6 +45,34 @@ def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: py
 
 
 
+def _free_names(block: str) -> set[str]:
+    """Names a block reads that it neither assigns, imports nor finds among the builtins."""
+    import ast
+    import builtins
+
+    tree = ast.parse(block)
+    bound = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    read = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    return read - bound
+
+
+def test_the_sktime_example_of_the_classifiers_page_stands_alone() -> None:
+    """A reader who uses sktime alone runs its example without aeon's before it: it loads its own data."""
+    blocks = [block for block in python_blocks(DOCS / "classifiers.md") if "from sktime" in block]
+    assert len(blocks) == 1
+    assert not _free_names(blocks[0])
+    assert _free_names("y = f(X)") == {"f", "X"}  # the check sees a name read from elsewhere
+
+
 def test_the_tsai_example_of_the_classifiers_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/classifiers.md's tsai block as written (its own additivity assert included), where tsai imports: tsai
     1.0.1 pins scikit-learn < 1.8 against the constraints' 1.9.1, so it is in no extra and installed by hand."""
