@@ -73,6 +73,37 @@ def test_the_sktime_example_of_the_classifiers_page_stands_alone() -> None:
     assert _free_names("y = f(X)") == {"f", "X"}  # the check sees a name read from elsewhere
 
 
+#: the distribution that installs each module docs/foundation.md's examples import
+DISTRIBUTIONS = {
+    "chronos": "chronos-forecasting", "momentfm": "momentfm", "statsmodels": "statsmodels", "timesfm": "timesfm",
+    "timesfm3": "timesfm", "tirex": "tirex-ts", "transformers": "transformers", "tsfm_public": "granite-tsfm",
+}  # fmt: skip
+
+
+def test_the_foundation_extra_installs_what_the_foundation_page_imports() -> None:
+    """Each library docs/foundation.md's examples import comes with the ``foundation`` extra, or the page says how to
+    install it (MOMENT's momentfm, whose pins the extra cannot hold)."""
+    import ast
+    import sys
+
+    import tomllib
+
+    page = (DOCS / "foundation.md").read_text()
+    imported = set()
+    for block in python_blocks(DOCS / "foundation.md"):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"numpy", "torch", "rnnshap"}
+    assert third_party <= DISTRIBUTIONS.keys(), third_party - DISTRIBUTIONS.keys()
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["foundation"]
+    installed = {re.split(r"[<>=!~\[ ]", requirement)[0] for requirement in extra}
+    missing = {DISTRIBUTIONS[m] for m in third_party} - installed
+    assert all(f"pip install {name}" in page for name in missing), missing
+
+
 def test_the_tsai_example_of_the_classifiers_page_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/classifiers.md's tsai block as written (its own additivity assert included), where tsai imports: tsai
     1.0.1 pins scikit-learn < 1.8 against the constraints' 1.9.1, so it is in no extra and installed by hand."""
