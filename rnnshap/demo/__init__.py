@@ -1,4 +1,4 @@
-"""The main job: train a small recurrent model on bundled data and explain it exactly.
+"""Train a small recurrent model on bundled data and explain it exactly.
 
 Each 8×8 handwritten digit is read row by row (8 time steps of 8 pixels). A small LSTM (or GRU,
 or bidirectional LSTM) learns to classify it in about a second on a CPU; rnnshap then explains

@@ -86,8 +86,9 @@ class DemoResult:
     @property
     def model_description(self) -> str:
         """One sentence on the model."""
+        width = f"8 → {HIDDEN} per direction" if self.layer == "bidirectional" else f"8 → {HIDDEN}"
         return (
-            f"{self.kind} (8 → {HIDDEN} per direction) over the image's rows, then a linear read-out of its last output "
+            f"{self.kind} ({width}) over the image's rows, then a linear read-out of its last output "
             f"to 10 classes; {self.n_parameters:,} parameters"
         )
 

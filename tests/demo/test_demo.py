@@ -154,6 +154,7 @@ def test_other_layers_add_up(layer: str) -> None:
     assert result.shap_values.shape == (2, 8, 8, 10)
     gap = result.outputs - np.asarray(result.expected_value)[None]
     assert result.additivity_error <= ADDITIVITY_TOL[torch.float32] * max(1.0, float(np.abs(gap).max()))
+    assert ("per direction" in result.model_description) == (layer == "bidirectional")  # one direction has no "per"
 
 
 def test_without_matplotlib_the_report_has_no_images_and_says_how_to_get_them(
@@ -176,7 +177,9 @@ def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_.value.code == 2 and "usage: rnnshap demo" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         cli(["demo", "--help"])
-    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--out" in help_text
+    assert help_text.split("\n\n")[1].startswith("Train a small recurrent model")  # what the demo does, first
     with pytest.raises(SystemExit):
         cli(["demo", "--layer", "transformer"])
 
