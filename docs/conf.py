@@ -36,6 +36,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
     "sphinx_gallery.gen_gallery",
+    "refusals",  # docs/sphinxext/refusals.py: the refusals page, read from rnnshap's errors
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -84,3 +86,25 @@ def test_the_pages_read_as_documentation_not_as_a_journal() -> None:
     assert len(unreleased.strip().splitlines()) <= 60
     assert len(pages["performance.md"].splitlines()) <= 250
     assert len(pages["README.md"].splitlines()) <= 200
+
+
+def test_the_refusals_page_names_every_error_and_every_advice_from_the_code() -> None:
+    """docs/refusals.md is generated from rnnshap's error classes and advice when the site is built, so it cannot
+    drift from the messages: every subclass of RnnShapError and every kind of advice is on it."""
+    import importlib
+    import sys
+
+    pytest.importorskip("sphinx")
+    from rnnshap import errors
+
+    assert "```{rnnshap-refusals}" in (DOCS / "refusals.md").read_text()
+    sys.path.insert(0, str(DOCS / "sphinxext"))
+    try:
+        refusals = importlib.import_module("refusals")
+    finally:
+        sys.path.remove(str(DOCS / "sphinxext"))
+    text = "\n".join(refusals.refusals_text())
+    classes, _ = refusals.error_classes()
+    assert {errors.UnsupportedOperationError, errors.AdditivityError, errors.InputError} <= set(classes)
+    assert all(f".{cls.__name__}`" in text for cls in classes)
+    assert all(f"### `{kind}`" in text and advice.splitlines()[0] in text for kind, advice in errors.ADVICE.items())
