@@ -98,6 +98,11 @@ class DeepExplainer:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         check_mode(compile)
+        #: what the explainer was built from: what it pickles as (see :meth:`__getstate__`)
+        self._arguments = dict(
+            model=model, data=data, batch_size=batch_size, rules=rules, progress=progress, output=output,
+            layer_output=layer_output, compile=compile,
+        )  # fmt: skip
         self.model = model
         self.batch_size = int(batch_size)
         self.progress = progress
@@ -117,6 +122,16 @@ class DeepExplainer:
         self._model_version = self.engine.model_version()
         self._expected_value = _mean_output(self.engine.background_outputs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """An explainer pickles (and copies) as what it was built from: the model (by its own pickling), the
+        background and the settings; unpickled, it is built again from them (its kept passes and traced programs,
+        which hold what pickle cannot, are made again as they were at first)."""
+        return {"arguments": self._arguments}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        arguments = dict(state["arguments"])
+        self.__init__(arguments.pop("model"), arguments.pop("data"), **arguments)  # type: ignore[misc]
+
     @property
     def pass_path(self) -> str:
         """How the last call's pass ran, in words: intercepted, traced or compiled (``compile=``), and why."""
@@ -125,9 +140,14 @@ class DeepExplainer:
     @property
     def expected_value(self) -> float | np.ndarray:
         """The mean model output over the background, shaped like one sample's output: of the model as
-        it is now (recomputed where it was changed in place since, as fine-tuning the same object does)."""
+        it is now (its outputs on the background computed again at each read, and whatever the explainer keeps
+        for the model recomputed where they moved: fine-tuning the same object, a write through ``.data``, Python
+        state its forward reads)."""
         with normal_mode():
             self._follow_model()
+            if self.engine.background_moved():
+                self._model_version = self.engine.model_version()
+                self._expected_value = _mean_output(self.engine.background_outputs)
         return self._expected_value
 
     @expected_value.setter

@@ -37,6 +37,7 @@ def check_mode(compile: Any) -> Any:
         raise InputError(f'compile= takes None, False, "auto", "trace" or True, got {compile!r}')
     return compile
 
+
 #: relative tolerance per dtype, written once for every check rnnshap makes of float results: the
 #: additivity check (against max(|f(x)|, |E[f]|)) in the front door, and an engine's check that its
 #: pass reproduces the model's outputs (against the largest |output|). Rounding stays far below it; a
@@ -204,6 +205,20 @@ class Engine(ABC):
     def refresh_background_outputs(self) -> None:
         """Recompute ``background_outputs`` with the model as it is now."""
         self.background_outputs = self.predict(self.background).reshape(self.references, *self.output_shape)
+
+    def background_moved(self) -> bool:
+        """Whether the model's outputs on the background moved from ``background_outputs`` (the model changed where
+        :meth:`model_version` does not see: a write through ``.data``, Python state its forward reads); where they
+        did, :meth:`refresh_background_outputs` has run."""
+        now = self.predict(self.background_rows()).reshape(np.shape(self.background_outputs))
+        if np.array_equal(now, np.asarray(self.background_outputs, dtype=np.float64), equal_nan=True):
+            return False
+        self.refresh_background_outputs()
+        return True
+
+    def background_rows(self) -> list[Any]:
+        """The background as :meth:`predict` may take it (copies, where a forward may write into its inputs)."""
+        return list(self.background)
 
     @contextlib.contextmanager
     def call(self, just_built: bool = False) -> Iterator[None]:

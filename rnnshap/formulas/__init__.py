@@ -43,15 +43,27 @@ from .namespace import Ops
 def bind(formula: Callable[..., Any], xp: Ops, name: str | None = None) -> Callable[..., Any]:
     """``formula`` with its namespace fixed: ``bind(exp_slope, TORCH)(x, r)`` is ``exp_slope(TORCH, x, r)``.
 
-    The bound function keeps the formula's name (``name`` overrides it) and docstring."""
+    The bound function keeps the formula's name (``name`` overrides it) and docstring, and pickles as the formula
+    and namespace it binds."""
+    return Bound(formula, xp, name or formula.__name__)
 
-    def bound(*args: Any) -> Any:
-        return formula(xp, *args)
 
-    bound.__name__ = bound.__qualname__ = name or formula.__name__
-    bound.__doc__ = formula.__doc__
-    bound.formula = formula  # type: ignore[attr-defined]
-    return bound
+class Bound:
+    """A formula with its namespace fixed (:func:`bind`)."""
+
+    def __init__(self, formula: Callable[..., Any], xp: Ops, name: str) -> None:
+        self.formula, self.xp = formula, xp
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = formula.__doc__
+
+    def __call__(self, *args: Any) -> Any:
+        return self.formula(self.xp, *args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return bind, (self.formula, self.xp, self.__name__)
+
+    def __repr__(self) -> str:
+        return f"<formula {self.__name__}>"
 
 
 __all__ = ["Ops", "bind"]

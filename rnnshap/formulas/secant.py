@@ -103,12 +103,21 @@ def log1p_slope(xp: Ops, x: Array, r: Array) -> Array:
 
 def rescaled(slope: Slope, inner: float, outer: float, name: str) -> Slope:
     """The slope of ``outer · f(inner · t)`` from the slope of ``f``: log2, log10, exp2."""
+    return _Rescaled(slope, inner, outer, name)
 
-    def scaled_slope(xp: Ops, x: Array, r: Array) -> Array:
-        return slope(xp, x * inner, r * inner) * (inner * outer)
 
-    scaled_slope.__name__ = scaled_slope.__qualname__ = name
-    return scaled_slope
+class _Rescaled:
+    """``rescaled(slope, inner, outer, name)``: a slope that pickles as what it is made of."""
+
+    def __init__(self, slope: Slope, inner: float, outer: float, name: str) -> None:
+        self.slope, self.inner, self.outer = slope, inner, outer
+        self.__name__ = self.__qualname__ = name
+
+    def __call__(self, xp: Ops, x: Array, r: Array) -> Array:
+        return self.slope(xp, x * self.inner, r * self.inner) * (self.inner * self.outer)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return rescaled, (self.slope, self.inner, self.outer, self.__name__)
 
 
 def power_slope(xp: Ops, x: Array, r: Array, p: float) -> Array:

@@ -220,6 +220,9 @@ class RuleRegistry:
     def __init__(self, ops: dict[OpKey, Rule] | None = None, modules: dict[type, Rule] | None = None) -> None:
         self.ops: dict[OpKey, Rule] = dict(ops or {})
         self.modules: dict[type, Rule] = dict(modules or {})
+        #: how many times a rule was registered or removed: what an engine kept with the rules (reference passes,
+        #: traced programs) is kept only while it stays the same
+        self.changes = 0
 
     def register(self, target: Any, rule: Rule) -> RuleHandle:
         """Use ``rule`` for ``target`` (an nn.Module subclass or a torch function)."""
@@ -230,7 +233,8 @@ class RuleRegistry:
         key = target if table is self.modules else op_key(target)
         previous = table.get(key)
         table[key] = rule
-        return RuleHandle(table, key, previous, rule)
+        self.changes += 1
+        return RuleHandle(self, table, key, previous, rule)
 
     def op_rule(self, func: Any) -> Rule | None:
         rule = self.ops.get(func)  # (asked on every operation of a pass: a getter's key is looked up only for getters)
@@ -256,8 +260,8 @@ class RuleRegistry:
 class RuleHandle:
     """Undoes one registration; also a context manager (``with register_rule(...):``)."""
 
-    def __init__(self, table: dict[Any, Rule], key: Any, previous: Rule | None, rule: Rule) -> None:
-        self._table, self._key, self._previous, self._rule = table, key, previous, rule
+    def __init__(self, registry: RuleRegistry, table: dict[Any, Rule], key: Any, previous: Rule | None, rule: Rule) -> None:
+        self._registry, self._table, self._key, self._previous, self._rule = registry, table, key, previous, rule
 
     def remove(self) -> None:
         if self._table.get(self._key) is not self._rule:
@@ -266,6 +270,7 @@ class RuleHandle:
             del self._table[self._key]
         else:
             self._table[self._key] = self._previous
+        self._registry.changes += 1
 
     def __enter__(self) -> RuleHandle:
         return self

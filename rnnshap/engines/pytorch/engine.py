@@ -18,7 +18,7 @@ from ...errors import InputError, RnnShapError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
-from ..base import RTOL, Block, BlockResult, check_mode
+from ..base import RTOL, TINY, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
 from .checks import check_integer_uses, check_missing_values_handled, holds_nan
@@ -28,9 +28,10 @@ from .kept import KeptPasses, kept_key, tape_bytes
 from .keras_on_torch import KerasModule
 from .memory import kept_memory
 from .passes import AttributionMode
+from .reads import ForwardReads
 from .runner import PairPass, PassSettings, run_pass
 from .safety import as_tensors, check_matching, check_meta, check_model, model_device_and_dtype
-from .state import PreservedState, python_state
+from .state import PreservedState, python_state, tensor_version
 from .tape import Tape, repeat_along
 from .traced import NotThisCall, TracedPasses, has_hooks, waited
 
@@ -262,9 +263,22 @@ class TorchEngine(KeptPasses):
                     "give the same inputs"
                 )
             X = [X[k] for k in self.input_names]
+        device, dtype = model_device_and_dtype(self.model)
+        if dtype is not None and self.model_dtype is not None and (dtype, device) != (self.model_dtype, self.device):
+            now = f"{str(dtype).replace('torch.', '')} on {device}"
+            then = f"{str(self.model_dtype).replace('torch.', '')} on {self.device}"
+            raise InputError(
+                f"The model's parameters are {now} now, but this explainer was built for the model in {then} (its "
+                f"background, kept reference passes and checks are): build a new explainer for the model as it is, "
+                f"with the background in the same dtype and on the same device, rnnshap.DeepExplainer(model, "
+                f"background.to(device, dtype))"
+            )
         tensors = as_tensors(X, what, self.multi_input, self.device, self.model_dtype)
         check_matching(tensors, self.background, what)
         return tensors
+
+    def background_rows(self) -> list[Tensor]:
+        return [b.clone() for b in self.background]  # (a forward() that works in place must not rewrite the background)
 
     def predict(self, inputs: list[Tensor]) -> np.ndarray:
         state = PreservedState(self.model)  # explaining never changes the model, ranking outputs included
@@ -298,23 +312,19 @@ class TorchEngine(KeptPasses):
         return self._intercepted_path if self._traced is None else self._traced.path
 
     def model_version(self) -> Any:
-        """Every parameter and buffer of the model, by identity and version counter: an optimizer
-        step, ``load_state_dict`` or a write under ``no_grad()`` bumps a version, replacing one
-        changes an identity (see :meth:`Engine.model_version`)."""
-        version = []
+        """Every parameter and buffer of the model, by identity and version counter (an optimizer step,
+        ``load_state_dict`` or a write under ``no_grad()`` bumps a version, replacing one changes an identity), and how
+        many times the rules were registered or removed (see :meth:`Engine.model_version`)."""
+        version: list[Any] = [self.registry.changes]
         for t in [*self.model.parameters(), *self.model.buffers()]:
-            try:
-                version.append((id(t), t._version))
-            except RuntimeError:  # an inference tensor has no version counter: its identity only
-                version.append((id(t), -1))
+            version.append((id(t), tensor_version(t)))
         return tuple(version)
 
     def refresh_background_outputs(self) -> None:
         # the model changed (trained, loaded, replaced): kept reference passes were recorded on another model, even
         # where the references' outputs, which vet them, happen not to move
         self.forget_reference_passes()
-        # copies: a forward() that works in place must not rewrite the background
-        self.background_outputs = self.predict([b.clone() for b in self.background]).reshape(self.references, *self.output_shape)
+        self.background_outputs = self.predict(self.background_rows()).reshape(self.references, *self.output_shape)
         check_missing_values_handled(self.background, self.background_outputs.reshape(self.references, -1), "background")
 
     def to_numpy(self, inputs: list[Tensor]) -> list[np.ndarray]:
@@ -504,8 +514,9 @@ class TorchEngine(KeptPasses):
             return None
         entries = kept[0]
         slot = (kept_key(block, context), *((x.dtype, tuple(x.shape)) for x in leaves), tuple(chosen_columns.shape))
-        # (what the program keeps: the kept pass's tape, the model's Python state, autocast)
-        version = (id(entries), python_state(self.model), torch.is_autocast_enabled(chosen_columns.device.type))
+        # (what the program keeps: the kept pass's tape, the model's Python state, autocast, the default dtype)
+        device = chosen_columns.device.type
+        version = (id(entries), python_state(self.model), torch.is_autocast_enabled(device), torch.get_default_dtype())
 
         def region(*tensors: Tensor) -> list[Tensor]:
             pairs = zip(tensors[:-1], leaves, strict=True)
@@ -518,36 +529,43 @@ class TorchEngine(KeptPasses):
                 raise RuntimeError("the pass has token inputs")
             return [*grads, flat.detach()]
 
-        def differs(outputs: list[Tensor]) -> float | None:
-            # the model as it is now, on the explained samples: a program keeps what the model was when it was traced
-            # (its Python code and state, beyond what its version sees: a function or submodule swapped, a class
-            # attribute), so its outputs are checked against the model's own at every call, within the additivity
-            # check's tolerance
-            return self._outputs_differ(samples, outputs[-1].reshape(block.samples, block.references, -1)[:, 0], p.state)
+        def rows(outputs: list[Tensor]) -> Tensor:
+            return outputs[-1].reshape(block.samples, block.references, -1)[:, 0]
 
-        ran = traced.run(slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns], differs)
+        ran = traced.run(
+            slot, version, entries, region, [*(leaf.detach() for leaf in leaves), chosen_columns],
+            lambda outputs: self._forward_now(samples, rows(outputs), p.state),
+        )  # fmt: skip
         if ran is None:
             return None
-        flat, grads = ran[-1], ran[:-1]
-        differed = differs(ran)
+        # a program keeps the model as it was traced: it is used only where the model's forward, run now on the
+        # explained samples, reads what it read then (reads.py) and gives the program's outputs within the additivity
+        # check's tolerance, output by output
+        differed, reads = self._forward_now(samples, rows(ran), p.state)
+        if not traced.reads_hold(slot, reads):
+            return None
         if differed is not None:
             traced.drop(slot, f"the model's outputs on these inputs moved from the traced program's by {differed:.2g}")
             return None
-        return flat, grads
+        return ran[-1], ran[:-1]
 
-    def _outputs_differ(self, samples: list[Tensor], outputs: Tensor, state: PreservedState) -> float | None:
-        """How far a plain forward of ``samples`` lies from ``outputs`` (one row per sample) relative to their scale,
-        where that is beyond the additivity check's tolerance for the model's dtype; else None. The model's state is
-        put back to ``state`` after it."""
+    def _forward_now(self, samples: list[Tensor], outputs: Tensor, state: PreservedState) -> tuple[float | None, Any]:
+        """A plain forward of ``samples`` as the model is now: how far it lies from ``outputs`` (one row per sample)
+        relative to each output's scale, where that is beyond the additivity check's tolerance for the model's dtype
+        for some output (else None), and what the forward read (:class:`.reads.ForwardReads`). The model's state is put
+        back to ``state`` after it."""
+        copies = [x.clone() for x in samples]
         try:
-            with torch.no_grad():
-                now = self._take(self.model(*[x.clone() for x in samples]))
+            with torch.no_grad(), ForwardReads(copies) as reads:
+                now = self._take(self.model(*copies))
         finally:
             state.restore()
         now = now.reshape(outputs.shape).to(torch.float64)
-        scale = max(float(now.abs().max()), float(torch.finfo(torch.float64).tiny)) if now.numel() else 1.0
-        gap = float((now - outputs.to(torch.float64)).abs().max()) / scale if now.numel() else 0.0
-        return None if gap <= RTOL.get(self.dtype, 1e-4) else gap
+        if not now.numel():
+            return None, reads
+        scale = now.abs().amax(0).clamp_min(TINY.get(self.dtype, torch.finfo(torch.float64).tiny))
+        gap = float(((now - outputs.to(torch.float64)).abs().amax(0) / scale).max())
+        return (None if gap <= RTOL.get(self.dtype, 1e-4) else gap), reads
 
     def _reference_side(
         self,

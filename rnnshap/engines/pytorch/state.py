@@ -108,12 +108,12 @@ class PreservedState:
 
 
 def python_state(model: nn.Module) -> tuple[Any, ...]:
-    """What of the model's Python state a traced program keeps (``engines/pytorch/traced.py``): each module's flags,
-    numbers and strings (``training`` among them), tuples and lists of them, and its tensors that are neither
-    parameters nor buffers, by identity and version counter (a write into one bumps it). A change of any of them makes
-    another version. What this does not see (a function, a submodule or a class attribute swapped, a value inside a
-    config object) a program keeps as it was traced; the engine checks a program's outputs against the model's own on
-    the explained samples at every call, which sees such a change wherever it moves them."""
+    """What of the model's Python state a traced program's version names (``engines/pytorch/traced.py``): each
+    module's flags, numbers and strings (``training`` among them), tuples and lists of them, and its tensors that are
+    neither parameters nor buffers, by identity and version counter (a write into one bumps it). A change of any of
+    them makes another version, traced anew. Everything else a forward reads (a function, a submodule or a class
+    attribute swapped, a value inside a config object, a global) is guarded at every call by what the forward reads
+    (``reads.py``)."""
     state: list[Any] = []
     for module in model.modules():
         for key, value in vars(module).items():
@@ -124,11 +124,12 @@ def python_state(model: nn.Module) -> tuple[Any, ...]:
                 if all(type(v) in _SCALARS for v in value):
                     state.append((key, tuple(value)))
             elif kind not in PLAIN_TYPES and isinstance(value, Tensor):
-                state.append((key, id(value), _version(value)))
+                state.append((key, id(value), tensor_version(value)))
     return tuple(state)
 
 
-def _version(t: Tensor) -> int:
+def tensor_version(t: Tensor) -> int:
+    """``t``'s version counter (a write into it bumps it), -1 for an inference tensor, which has none."""
     try:
         return t._version
     except RuntimeError:  # (an inference tensor has no version counter)

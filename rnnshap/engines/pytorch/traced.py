@@ -180,8 +180,12 @@ class _Program:
     misses: int = 0
     #: calls in a row whose inputs or model tensors lay otherwise than traced
     relaid: int = 0
+    #: what the model's forward read at the call it was traced at (``reads.py``): it runs only where a forward reads the same
+    reads: Any = None
 
 
+#: held while a pass is traced: torch's make_fx patches torch.fx for the duration of a trace, one at a time in a process
+_TRACING = threading.Lock()
 #: a program whose guards missed this many calls in a row is dropped, and its slot runs intercepted
 _MISSES = 2
 #: ``compile="auto"`` traces a slot once its intercepted input passes have taken this many times the median one: about
@@ -227,6 +231,8 @@ class TracedPasses:
     spent: dict[Any, list[float]] = field(default_factory=dict)
     #: the slot whose input pass runs intercepted this call, waiting to be traced (``compile="auto"``), else None
     pending: Any = None
+    #: slots whose programs were dropped in a row because the forward read otherwise than when it was traced
+    reread: dict[Any, int] = field(default_factory=dict)
 
     def forget(self) -> None:
         """Drop every program (the model changed: its kept reference passes are dropped too)."""
@@ -234,6 +240,7 @@ class TracedPasses:
         self.seen.clear()
         self.untraceable.clear()
         self.spent.clear()
+        self.reread.clear()
 
     @property
     def waiting(self) -> bool:
@@ -266,6 +273,26 @@ class TracedPasses:
             + (")" if not took else f", {price:.2g} s)")
         )
         return True
+
+    def reads_hold(self, slot: Any, reads: Any) -> bool:
+        """Whether the slot's program may be used this call: the model's forward read now what it read at the call
+        the program was traced at (``reads.calls``, see ``reads.py``; that call notes it). Where not, the program is
+        dropped (traced again at the next call), and where that happened :data:`_MISSES` calls in a row (the forward
+        reads something that changes from call to call), the slot runs intercepted for this version."""
+        program = self.programs.get(slot)
+        if program is None:  # (the values came from the trace made this call, the model as it is now)
+            return True
+        if program.reads is None:
+            program.reads = reads
+        if program.reads.calls == reads.calls:
+            self.reread.pop(slot, None)
+            return True
+        why = f"the model's forward reads other state than when it was traced ({_first_difference(program.reads, reads)})"
+        self.drop(slot, why)
+        self.reread[slot] = self.reread.get(slot, 0) + 1
+        if self.reread[slot] >= _MISSES:
+            self.untraceable[slot] = (program.version, f"{why}, {_MISSES} calls in a row")
+        return False
 
     def drop(self, slot: Any, why: str) -> None:
         """Drop the slot's program (its result is not used): the call runs intercepted, and the next is traced anew."""
@@ -320,10 +347,21 @@ class TracedPasses:
                 return None
             if self._wait(slot):
                 return None
-            return self._trace(slot, version, holds, region, inputs, check)
+            if not _TRACING.acquire(blocking=False):  # (make_fx traces one function at a time in a process)
+                self.path = "intercepted: another thread is tracing a pass (traced at a later call)"
+                return None
+            try:
+                return self._trace(slot, version, holds, region, inputs, check)
+            finally:
+                _TRACING.release()
         self.programs[slot] = self.programs.pop(slot)  # (the most recently used last: see _PROGRAMS)
-        with torch.no_grad():
-            ran = program.run(*inputs)
+        try:
+            with torch.no_grad():
+                ran = program.run(*inputs)
+        except Exception as error:  # noqa: BLE001 (a program that no longer runs on what it reads: intercepted)
+            self.untraceable[slot] = (version, _first_line(error, "its program failed"))
+            self.drop(slot, self.untraceable[slot][1])
+            return None
         outputs = ran[: len(ran) - program.checks]
         if _held(ran[len(outputs) :]):
             program.misses = 0
@@ -441,6 +479,17 @@ class TracedPasses:
         elif program.graph_failure is not None:
             said += f"; not a CUDA graph: {program.graph_failure}"
         return said
+
+
+def _first_difference(then: Any, now: Any) -> str:
+    """Where two readings of a forward (``reads.ForwardReads``) part, in words."""
+    for i, (a, b) in enumerate(zip(then.calls, now.calls, strict=False)):
+        if a != b:
+            name = getattr(a[0], "__name__", None) or repr(a[0])
+            other = getattr(b[0], "__name__", None) or repr(b[0])
+            what = f"{name} with other arguments" if a[0] is b[0] or name == other else f"{other} in place of {name}"
+            return f"torch call {i + 1}: {what}"
+    return f"{len(now.calls)} torch calls in place of {len(then.calls)}"
 
 
 def _tensors_in(held: Any) -> list[Tensor]:
