@@ -49,9 +49,15 @@ class ForwardReads(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        read = (func, self._key(args), self._key(kwargs) if kwargs else None)  # (before the call: it may write in place)
+        try:  # (before the call: it may write in place)
+            read: tuple[Any, ...] = (func, self._key(args), self._key(kwargs) if kwargs else None)
+        except Exception:  # noqa: BLE001 (an argument that cannot be described: a reading equal to no other)
+            read = (object(),)
         out = func(*args, **kwargs)
-        self.calls.append((*read, self._made_by(out)))
+        try:
+            self.calls.append((*read, self._made_by(out)))
+        except Exception:  # noqa: BLE001
+            self.calls.append((object(),))
         return out
 
     def _key(self, value: Any) -> Any:

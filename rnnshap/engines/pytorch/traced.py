@@ -18,7 +18,7 @@ intercepted, and :attr:`TracedPasses.path` says why.
 On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`..cuda_graphs.Replayed`): the same
 kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
-faster; else the program runs as before, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
+faster; else the program runs itself, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
 
 ``compile="auto"`` (the default on a CUDA device, and on the CPU for a Python loop of recurrent cells: :data:`CELL_LOOP`)
 traces a slot only once its intercepted passes have taken about what tracing it would (:data:`TRACE_IN_CALLS` of
@@ -521,8 +521,7 @@ def _where(inputs: Sequence[Tensor], laid: Sequence[Tensor]) -> tuple[Any, Any]:
 def _one_fake_mode() -> Any:
     """One fake-tensor mode for a whole trace: ``make_fx`` notes a node's output as a fake tensor (since
     :func:`_no_node_values`, only a constant's), made under the ambient fake mode, or else under one it makes anew for
-    each, which records a stack trace as it is made (measured before that: half the time of tracing an ``LSTMCell``
-    loop, 12.0 s → 5.9 s at T = 50)."""
+    each, which records a stack trace as it is made (about half the time of tracing an ``LSTMCell`` loop)."""
     from torch._guards import TracingContext, tracing
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -537,7 +536,7 @@ _SKIPPING = threading.local()
 def _switchable_set_meta() -> bool:
     """Whether make_fx's ``set_meta`` (torch.fx.experimental.proxy_tensor), which notes a node's output as a fake
     tensor, may be switched off per thread: torch's own, wrapped once (idempotently) to skip where this thread asks,
-    else as it was. False where this torch has no such function (then traces note their values, as before)."""
+    else as it was. False where this torch has no such function (then traces note their values)."""
     from torch.fx.experimental import proxy_tensor
 
     current = getattr(proxy_tensor, "set_meta", None)
@@ -561,8 +560,7 @@ def _switchable_set_meta() -> bool:
 def _no_node_values() -> Any:
     """make_fx notes no fake value (``node.meta["val"]``, ``"tensor_meta"``) on its graph's nodes, on this thread,
     inside: a program is the graph's code, which reads none of them, and making one is a fake tensor's dispatch per
-    operation, a third to half of the time of tracing a pass (measured: an ``LSTMCell`` loop at T = 50, 5.2 → 3.4 s;
-    an ``nn.LSTM`` head 0.68 → 0.35 s). A make_fx of another thread meanwhile notes them as before."""
+    operation, a third to half of the time of tracing a pass. A make_fx of another thread meanwhile notes them."""
     if not _switchable_set_meta():
         yield
         return
@@ -587,9 +585,8 @@ def _bound(graph: torch.fx.GraphModule, inputs: list[Tensor], traced: Sequence[A
     """The graph's program with each aten operation called through torch's Python binding of the same name (as
     ``torch.mul`` or ``Tensor.view``; else through the operation's own entry, without its Python wrapper), and its
     constants bound as globals: the same kernels, a third less time a call than the graph's code, which calls each
-    through ``OpOverload.__call__`` and the dispatcher's boxed path (measured: an ``LSTMCell`` loop's program,
-    43 ms → 29.5). Used only where it gives the ``traced`` outputs of the graph on ``inputs`` bit for bit; else the
-    graph itself, and why in words."""
+    through ``OpOverload.__call__`` and the dispatcher's boxed path. Used only where it gives the ``traced`` outputs of
+    the graph on ``inputs`` bit for bit; else the graph itself, and why in words."""
     code = graph.graph.python_code(root_module="self")
     bound: dict[str, Any] = {}
 

@@ -1,5 +1,5 @@
 """What an explanation costs, structurally: the work a call does beyond its floor (native forward + one backward
-per output), counted, not timed (timings are the benchmarks' job: benchmarks/bench_dispatch.py, issue 53)."""
+per output), counted, not timed (timings are the benchmarks' job: benchmarks/bench_dispatch.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Integer inputs read by comparisons (issue 22, items 6 and 14).
+"""Integer inputs read by comparisons.
 
 - An integer input that a comparison reads into a mask, other than token ids, is metadata: context
   wherever it is used, a cast to float included (masked mean pooling divides by the lengths). The

@@ -1,4 +1,4 @@
-"""PyTorch models as they are deployed and served (issue 40): hooks left from training, dynamic
+"""PyTorch models as they are deployed and served: hooks left from training, dynamic
 quantization, random draws that never reach the output, TorchScript freezing, the meta device,
 torch.compile, dataclass outputs, NaN, data containers, and outputs beside the explained one.
 
@@ -140,8 +140,8 @@ def test_backward_hooks_left_from_training_do_not_run_in_the_passes(hook: str) -
 @pytest.mark.parametrize("kind", ["register_hook", "register_post_accumulate_grad_hook"])
 def test_a_tensor_hook_a_forward_hook_registers_is_set_aside_in_the_passes(kind: str) -> None:
     """A gradient-norm monitor registered as a tensor hook from a forward hook (``out.register_hook(lambda g:
-    norms.append(g.norm().item()))``) crashed the batched backward ("Batching rule not implemented for aten::item",
-    issue 49): tensor hooks added during rnnshap's passes belong to training and are set aside, as backward hooks
+    norms.append(g.norm().item()))``) crashed the batched backward ("Batching rule not implemented for aten::item"):
+    tensor hooks added during rnnshap's passes belong to training and are set aside, as backward hooks
     are; the values are the model's without them, and the user's own backward still runs the monitor."""
     model = Recurrent().double().eval()
     twin = Recurrent().double().eval()

@@ -1,4 +1,4 @@
-"""(issue 50, item 2) A forward that draws random numbers is refused only where the draws were seen to matter.
+"""A forward that draws random numbers is refused only where the draws were seen to matter.
 
 tsai's InceptionTimePlus decides stochastic depth by ``keep_prob[i] > random.random() or not self.training``: in
 eval mode the draw is made and never reaches the output. The check runs the forward again from other random

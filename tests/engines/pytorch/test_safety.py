@@ -481,7 +481,7 @@ def test_unsupported_op_raises_unsupported_operation_error(forward: Any) -> None
 
 
 def test_noise_drawn_in_forward_is_refused_as_randomness_not_as_a_missing_rule() -> None:
-    """(issue 31, items 1 and 17) a random draw is not a function with a rule: refused by name, at construction."""
+    """A random draw is not a function with a rule: refused by name, at construction."""
 
     model = Composite(lambda m, x: (z := m.lin(x)) + torch.randn_like(z), lin=nn.Linear(5, 4))
 
