@@ -88,7 +88,7 @@ EXTERNAL_PROTOCOL: dict[str, set[str]] = {
     # aeon's BaseDeepClassifier._predict_proba / BaseDeepRegressor._predict: the code rnnshap.aeon rebuilds
     "_predict": {"rnnshap.classifiers.aeon"},
     # torch.Tensor._version, the in-place version counter read to notice changed tensors
-    "_version": {"rnnshap.engines.pytorch.engine", "rnnshap.engines.pytorch.tape"},
+    "_version": {"rnnshap.engines.pytorch.state", "rnnshap.engines.pytorch.tape"},
     # torch's OpOverload._op, an aten operation's entry without its Python wrapper (a traced program's calls)
     "_op": {"rnnshap.engines.pytorch.traced"},
 }
