@@ -45,10 +45,10 @@ def bind(formula: Callable[..., Any], xp: Ops, name: str | None = None) -> Calla
 
     The bound function keeps the formula's name (``name`` overrides it) and docstring, and pickles as the formula
     and namespace it binds."""
-    return Bound(formula, xp, name or formula.__name__)
+    return BoundFormula(formula, xp, name or formula.__name__)
 
 
-class Bound:
+class BoundFormula:
     """A formula with its namespace fixed (:func:`bind`)."""
 
     def __init__(self, formula: Callable[..., Any], xp: Ops, name: str) -> None:

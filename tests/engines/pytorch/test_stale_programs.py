@@ -24,6 +24,8 @@ from torch import nn
 import rnnshap
 from rnnshap.rules import Shapley
 
+from ...models.torch import Composite, Function
+
 T, F = 5, 4
 
 #: module-level state a forward reads
@@ -39,13 +41,8 @@ class Activation(nn.Module):
         return torch.tanh(a + b) * b
 
 
-class Clamp(nn.Module):
-    def __init__(self, bound: float) -> None:
-        super().__init__()
-        self.bound = bound
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(-self.bound, self.bound)
+def _clamp(bound: float) -> Function:
+    return Function(functools.partial(torch.clamp, min=-bound, max=bound))
 
 
 class Reader(nn.Module):
@@ -65,7 +62,7 @@ class Reader(nn.Module):
         self.config = {"bound": 10.0, "table": torch.tensor([10.0])}
         self.tensors = [torch.tensor(10.0)]
         self.fn = functools.partial(torch.nn.functional.hardtanh, min_val=-10.0, max_val=10.0)
-        object.__setattr__(self, "hidden", Clamp(10.0))  # (a submodule the module does not register)
+        object.__setattr__(self, "hidden", _clamp(10.0))  # (a submodule the module does not register)
         object.__setattr__(self, "out", nn.Linear(3, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +90,7 @@ CHANGES: dict[str, Callable[[Reader], Any]] = {
     "a function attribute swapped": lambda m: setattr(m, "fn", torch.nn.functional.hardtanh),
     "a submodule's forward swapped": lambda m: setattr(m.hidden, "forward", lambda x: x.clamp(-1.0, 1.0)),
     "an item of a list of tensors replaced": lambda m: m.tensors.__setitem__(0, torch.tensor(1.0)),
-    "an unregistered submodule replaced": lambda m: object.__setattr__(m, "hidden", Clamp(1.0)),
+    "an unregistered submodule replaced": lambda m: object.__setattr__(m, "hidden", _clamp(1.0)),
     "an unregistered submodule hooked": lambda m: m.hidden.register_forward_hook(lambda mod, i, o: o.clamp(-1.0, 1.0)),
     "a tensor read through numpy() and tolist() replaced": lambda m: m.config.__setitem__("table", torch.tensor([1.0])),
     "a rule registered": lambda m: rnnshap.register_rule(Activation, Shapley()),
@@ -195,21 +192,15 @@ def test_the_expected_value_follows_a_write_through_data() -> None:
         np.testing.assert_allclose(values.sum((1, 2)), gap, rtol=1e-4, atol=1e-4)
 
 
-class Made(nn.Module):
+def _made(m: Composite, x: torch.Tensor) -> torch.Tensor:
     """A forward that makes a tensor without a dtype (the process's default dtype)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.tensor(2.0)
-        return self.head(self.lstm(x)[0][:, -1]) * scale.to(x.dtype)
+    scale = torch.tensor(2.0)
+    return m.head(m.lstm(x)[0][:, -1]) * scale.to(x.dtype)
 
 
 def test_a_default_dtype_changed_after_tracing_gives_values_or_a_clear_error() -> None:
     torch.manual_seed(0)
-    model = Made().eval()
+    model = Composite(_made, lstm=nn.LSTM(F, 6, batch_first=True), head=nn.Linear(6, 2)).eval()
     background, X = _data()
     program = _traced(model, background, X)
     before = torch.get_default_dtype()

@@ -369,21 +369,19 @@ def test_a_model_changed_in_place_is_traced_again() -> None:
     assert program.pass_path.startswith("intercepted: the first call")
 
 
-class Configured(nn.Module):
+def _configured_forward(m: Composite, x: torch.Tensor) -> torch.Tensor:
     """An LSTM head whose forward() reads Python state: a float attribute, the training flag, a plain tensor attribute
     read on the host (none of them seen by the references' outputs, which the kept reference pass is vetted by)."""
+    if m.training:
+        x = x.clamp(-1.0, 1.0)
+    bound = m.bound.tolist()[0]
+    x = x.clamp(-m.clip, m.clip).clamp(-bound, bound)
+    return m.head(m.lstm(x)[0][:, -1])
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm, self.head = nn.LSTM(F, 6, batch_first=True), nn.Linear(6, 3)
-        self.clip, self.bound = 10.0, torch.tensor([10.0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            x = x.clamp(-1.0, 1.0)
-        bound = self.bound.tolist()[0]
-        x = x.clamp(-self.clip, self.clip).clamp(-bound, bound)
-        return self.head(self.lstm(x)[0][:, -1])
+def configured() -> Composite:
+    return Composite(_configured_forward, lstm=nn.LSTM(F, 6, batch_first=True), head=nn.Linear(6, 3), clip=10.0,
+                     bound=torch.tensor([10.0]))  # fmt: skip
 
 
 @pytest.mark.parametrize("change", ["a float attribute", "the training flag", "a tensor attribute read on the host"])
@@ -393,7 +391,7 @@ def test_python_state_changed_between_calls_is_not_kept_by_a_program(change: str
     traced, so a change makes another version: the call runs intercepted with the values of a fresh explainer, and
     the next is traced again; one program is kept per slot, however many versions there were."""
     torch.manual_seed(0)
-    model = Configured().eval()
+    model = configured().eval()
     background, X = _data()
     background, X = background.abs().clamp(max=0.5), 3 * X
     program = rnnshap.DeepExplainer(model, background, compile="trace")
@@ -415,15 +413,10 @@ def test_python_state_changed_between_calls_is_not_kept_by_a_program(change: str
     assert len(program.engine._traced.programs) == (change != "the training flag")
 
 
-class Swappable(nn.Module):
+def swappable() -> Composite:
     """A network whose forward() calls a function attribute: Python state a program's version does not see."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear, self.act, self.head = nn.Linear(F, 6), torch.relu, nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.act(self.linear(x)).mean(1))
+    return Composite(lambda m, x: m.head(m.act(m.linear(x)).mean(1)), linear=nn.Linear(F, 6), act=torch.relu,
+                     head=nn.Linear(6, 3))  # fmt: skip
 
 
 def test_a_program_whose_model_changed_unseen_is_dropped_by_the_models_own_outputs() -> None:
@@ -432,7 +425,7 @@ def test_a_program_whose_model_changed_unseen_is_dropped_by_the_models_own_outpu
     reads. The program's outputs are checked against the model's own forward on the explained samples at every
     call: they differ, so the call runs intercepted, with the new model's values, and the next is traced again."""
     torch.manual_seed(0)
-    model = Swappable().eval()
+    model = swappable().eval()
     background, X = 0.01 * _data()[0], 20 * _data()[1]
     program = rnnshap.DeepExplainer(model, background, compile="trace")
     for _ in range(3):
