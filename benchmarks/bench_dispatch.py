@@ -25,6 +25,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
     python benchmarks/bench_dispatch.py --door --against /tmp/base  # Captum's door: its first and later calls
     python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
+    python benchmarks/bench_dispatch.py --paths capture        # intercepted and captured calls (compile="capture")
     python benchmarks/bench_dispatch.py --device cuda --calls 80  # the default (compile="auto" there) over 80 calls
     python benchmarks/bench_dispatch.py --calls 90 --mode auto    # compile="auto" on the CPU, every model, over 90 calls
 
@@ -582,9 +583,11 @@ def paths(args: argparse.Namespace, steps: int) -> None:
     device = torch.device(args.device)
     # (label, compile=, RNNSHAP_CUDA_GRAPHS): on CUDA the traced program without and with its CUDA graph
     modes: list[tuple[str, object, str]] = [("traced", "trace", "0" if device.type == "cuda" else "1")]
-    if device.type == "cuda":
+    if args.paths == "capture":  # the forward captured once and run on pairs (engines/pytorch/captured.py)
+        modes = [("captured", "capture", "1")]
+    if device.type == "cuda" and args.paths != "capture":
         modes.append(("traced as a CUDA graph", "trace", "1"))
-    if args.paths != "trace":
+    if args.paths == "compile":
         modes.append(("compiled", True, "1"))
     header = "| model | T | floor ms | intercepted ms | " + " | ".join(f"{label} ms | its second call s" for label, _, _ in modes)
     header += " | max diff / max | path |"
@@ -665,7 +668,8 @@ def main() -> None:
     parser.add_argument("--door", action="store_true", help="Captum's door (DeepLiftShap): its first and later calls, one output")
     parser.add_argument("--length", type=int, default=None, help="with --paths or --calls: the length (the size's first)")
     parser.add_argument(
-        "--paths", choices=("trace", "compile"), help="intercepted, traced (and compiled, with 'compile') calls against the floor"
+        "--paths", choices=("trace", "compile", "capture"),
+        help="intercepted, traced (and compiled, with 'compile'), or captured calls against the floor",
     )
     parser.add_argument("--outputs", type=int, default=None, help="the outputs explained (the size's own: 3)")
     parser.add_argument("--first-side", choices=("rnnshap", "floor"), help=argparse.SUPPRESS)  # (one side of --first)

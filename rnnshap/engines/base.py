@@ -28,13 +28,13 @@ from .outputs import OutputLayout
 #: what ``DeepExplainer(..., compile=)`` takes: the engine's choice (None: ``"auto"`` on a CUDA device and for a Python
 #: loop of recurrent cells on the CPU, else intercepted),
 #: intercepted passes, programs traced once they pay, traced programs, compiled programs
-MODES = (None, False, "auto", "trace", True)
+MODES = (None, False, "auto", "trace", True, "capture")
 
 
 def check_mode(compile: Any) -> Any:
     """``compile`` if it is one of :data:`MODES`, else an InputError."""
     if not any(compile is mode or (type(compile) is type(mode) and compile == mode) for mode in MODES):
-        raise InputError(f'compile= takes None, False, "auto", "trace" or True, got {compile!r}')
+        raise InputError(f'compile= takes None, False, "auto", "trace", True or "capture", got {compile!r}')
     return compile
 
 

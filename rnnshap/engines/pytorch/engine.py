@@ -21,6 +21,7 @@ from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import RTOL, TINY, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
+from .captured import CapturedPasses
 from .checks import check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
@@ -108,6 +109,8 @@ class TorchEngine(KeptPasses):
         self._init_kept()
         #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
         self._traced: TracedPasses | None = None
+        #: ``compile="capture"``: the forward captured once per input signature and run on pairs (captured.py)
+        self._captured: CapturedPasses | None = None
         self._intercepted_path = "intercepted (compile=False)"
         #: context inputs (not floating point, not followed: masks, lengths), taken from the explained sample on both
         #: sides of its pairs
@@ -299,6 +302,9 @@ class TorchEngine(KeptPasses):
         (on the CPU a program pays for a Python loop of cells only, docs/performance.md; on another device nothing
         has measured it)."""
         given = check_mode(mode)
+        if mode == "capture":
+            self._captured, self._traced = CapturedPasses(self.model, self.registry), None
+            return
         if mode is None:
             device = self.background[0].device.type
             mode = "auto" if device == "cuda" or (device == "cpu" and self._cell_calls >= traced.CELL_LOOP) else False
@@ -309,6 +315,8 @@ class TorchEngine(KeptPasses):
 
     @property
     def pass_path(self) -> str:
+        if self._captured is not None:
+            return self._captured.path
         return self._intercepted_path if self._traced is None else self._traced.path
 
     def model_version(self) -> Any:
@@ -377,7 +385,8 @@ class TorchEngine(KeptPasses):
         if self._traced is not None:
             self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
-        while True:
+        captured = self._run_captured(leaves, references, grid, chosen_columns)
+        while captured is None:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
             tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
@@ -418,6 +427,10 @@ class TorchEngine(KeptPasses):
             # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
             grid = PairGrid(s, n_refs)
             self._defer_checks = False
+
+        if captured is not None:
+            flat, grads, ref_outputs = captured
+            mode = None
 
         def per_sample(contribution: Tensor) -> np.ndarray:
             """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
@@ -479,6 +492,37 @@ class TorchEngine(KeptPasses):
             chosen = flat.gather(1, chosen_columns)
             attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
             return flat, grads_per_output(chosen, attributed_leaves), mode
+
+    def _run_captured(
+        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, chosen_columns: Tensor
+    ) -> tuple[Tensor, list[Tensor], Tensor] | None:
+        """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
+        and the outputs on the pairs' reference side, from the captured graph (captured.py); None where the call runs the
+        intercepted pass."""
+        captured = self._captured
+        if captured is None:
+            return None
+        if self.followed_inputs or self.masked_inputs:
+            captured.path = "intercepted: token inputs or a Keras Masking layer's input, which the pass follows as it runs"
+            return None
+        if any(bool(torch.isnan(t).any()) for t in [*leaves, *references] if t.is_floating_point()):
+            captured.path = "intercepted: missing values (NaN) among the pairs, which the pass follows as it runs"
+            return None
+        state = PreservedState(self.model)
+        try:
+            ran = captured.run(leaves, references, grid, self._take)
+            if ran is not None and not grid.all_held():  # (a check the rules deferred did not hold: each read at once)
+                ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take)
+        finally:
+            state.restore()
+        if ran is None:
+            return None
+        outputs, reference = ran
+        with torch.enable_grad():
+            flat = outputs.reshape(outputs.shape[0], -1)
+            chosen = flat.gather(1, chosen_columns)
+            grads = grads_per_output(chosen, [leaf for leaf in leaves if leaf.requires_grad])
+        return flat, grads, reference.detach()
 
     def _traceable(self, distinct: bool) -> bool:
         """Whether a call's input pass may run as a program (``compile=``); where not, the traced passes say why."""

@@ -1,0 +1,346 @@
+"""The pass captured once per input signature and interpreted on (input, reference) pairs (``compile="capture"``).
+
+torch.compile's graph capture (dynamo) writes the model's forward as a graph of the torch functions, tensor methods
+and Python operators the rule table is keyed by, once per input signature. It keeps guards on the Python state the
+forward read (attributes, globals, submodules, the training flag, the rules' own state is the registry's count of
+changes): where one no longer holds, the model is captured again at that call, never run stale, and its weights are
+read at every call. On each graph a :class:`Plan` decides once what the intercepted pass decides per operation at
+every call: which values depend on the explained inputs, and each such operation's rule. The plan then runs on
+(input, reference) pairs: every value that depends on the inputs is a :class:`Pair` of sides, every operation on one
+runs through its rule, as in the intercepted pass, and everything else runs once.
+
+What the plan does not take yet (listed in :meth:`Plan.unsupported` terms, by operation) runs the intercepted pass
+instead, and ``pass_path`` names it: a forward the capture cannot write as one graph (a value read on the host),
+operations written in place on input-dependent values, integer or boolean results of them (comparisons, picks),
+hand-written normalizations, token inputs, rules registered for module classes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import operator
+import re
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import fx
+from torch.utils._pytree import tree_flatten
+
+from ...rules.base import Constant, EvalOnly, Identity, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.refusals import misfit
+from ...rules.registry import RuleRegistry, op_key, op_name
+from .calls import flatten_call
+from .handwritten_norms import canonical
+
+Tensor = torch.Tensor
+
+#: Python operators in a captured graph, by the tensor method the rule table keys them by, and the reflected method
+#: where a number stands first (``2.0 - x``: ``x.__rsub__(2.0)``)
+_OPERATORS: dict[Any, tuple[str, str | None]] = {
+    operator.add: ("__add__", "__radd__"),
+    operator.sub: ("__sub__", "__rsub__"),
+    operator.mul: ("__mul__", "__rmul__"),
+    operator.truediv: ("__truediv__", "__rtruediv__"),
+    operator.matmul: ("__matmul__", "__rmatmul__"),
+    operator.pow: ("__pow__", "__rpow__"),
+    operator.neg: ("__neg__", None),
+    operator.pos: ("__pos__", None),
+    operator.getitem: ("__getitem__", None),
+}
+
+#: where a hand-written normalization starts (a root, a power, a reciprocal): the intercepted pass marks these and
+#: gives the product or quotient that divides by them its own rule (handwritten_norms.py), which no plan does yet
+_SCALES = {"sqrt", "rsqrt", "std", "std_mean", "norm", "linalg_vector_norm", "pow", "__pow__", "float_power", "reciprocal",
+           "__rtruediv__", "__rdiv__", "__rpow__"}  # fmt: skip
+
+#: calls that only switch the grad mode: the model's own ``no_grad()`` is followed as ``detach()`` is (the function
+#: the model computes does not change), so they are not run
+_GRAD_MODE = {torch._C._set_grad_enabled}
+
+
+class NotCaptured(Exception):
+    """What the captured pass does not take (yet), in words: the call runs the intercepted pass."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A value that depends on the explained inputs: its input side (with the rules' multipliers as its gradient) and
+    its reference side."""
+
+    x: Any
+    r: Any
+
+
+@dataclass
+class _Step:
+    """One node of the graph as the plan runs it: ``kind`` is "input" (an explained input, a pair), "value" (run once:
+    it depends on no explained input), "linear" (run on each side, the ordinary gradient exact), "rule" (the rule's
+    input and reference sides) or "output"."""
+
+    node: fx.Node
+    kind: str
+    fn: Callable[..., Any] | None = None
+    rule: Rule | None = None
+    name: str = ""
+    position: int = -1
+    swap: bool = False
+    #: the positions of the input-dependent operands among the call's flattened arguments (set at its first run)
+    tracked: tuple[int, ...] | None = None
+
+
+class _Call:
+    """One call of the captured forward on pairs: the reference side of each explained input (by position among the
+    model's inputs), the pairs' grid, and what the plan leaves for the caller (the reference side of the outputs)."""
+
+    def __init__(self, references: dict[int, Tensor], grid: PairGrid) -> None:
+        self.references, self.grid = references, grid
+        self.outputs: dict[int, Any] | None = None  # id of an input-side output tensor → its reference side
+        self.planned = False
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rnnshap_captured_call", default=None)
+
+
+def _input_position(node: fx.Node) -> int:
+    """The position among the model's inputs of a placeholder that is one of them, else -1. torch.compile names a
+    graph's inputs after where they came from: ``L_inputs_0_`` is ``inputs[0]`` of :func:`_forward`, the model's
+    parameters are ``L_model_…``."""
+    match = re.fullmatch(r"L_inputs_(\d+)_", str(node.target))
+    return int(match.group(1)) if match else -1
+
+
+def _floating(value: Any) -> bool:
+    leaves = [t for t in tree_flatten(value)[0] if isinstance(t, Tensor)]
+    return bool(leaves) and all(t.is_floating_point() for t in leaves)
+
+
+class Plan:
+    """The decisions on one captured graph for the rules as they are (``registry``): :meth:`run` interprets it on
+    pairs. Raises :class:`NotCaptured` where the graph holds what it does not take yet."""
+
+    def __init__(self, graph: fx.Graph, registry: RuleRegistry, explained: set[int]) -> None:
+        self.changes = registry.changes
+        self.steps: list[_Step] = []
+        tracked: set[fx.Node] = set()
+        for node in graph.nodes:
+            step = self._decide(node, registry, explained, tracked)
+            if step.kind in ("input", "linear", "rule"):
+                tracked.add(node)
+            self.steps.append(step)
+
+    @staticmethod
+    def _decide(node: fx.Node, registry: RuleRegistry, explained: set[int], tracked: set[fx.Node]) -> _Step:
+        if node.op == "placeholder":
+            position = _input_position(node)
+            kind = "input" if position in explained else "value"
+            return _Step(node, kind, position=position)
+        if node.op == "output":
+            return _Step(node, "output")
+        if node.op == "get_attr" or not any(n in tracked for n in node.all_input_nodes):
+            return _Step(node, "value")
+        fn, swap = _function(node)
+        if fn in _GRAD_MODE:
+            return _Step(node, "value")
+        name = op_name(fn) if fn is not None else str(node.target)
+        if fn is None:
+            raise NotCaptured(f"{node.target} on an input-dependent value (no rule of the table names it)")
+        if canonical(getattr(fn, "__name__", "")) != getattr(fn, "__name__", "") or node.target is operator.setitem:
+            raise NotCaptured(f"{name}: written in place on an input-dependent value")
+        if not _floating(node.meta.get("example_value")):
+            raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
+        if getattr(fn, "__name__", "") in _SCALES:
+            raise NotCaptured(f"{name}: a root, power or reciprocal (a hand-written normalization's scale)")
+        if node.target is operator.getitem and not isinstance(node.args[0].meta.get("example_value"), Tensor):
+            return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)
+        rule = registry.op_rule(op_key(fn))
+        if rule is None or isinstance(rule, Refuse):
+            raise NotCaptured(f"{name}: no attribution rule (the intercepted pass refuses it by name)")
+        if type(rule) in (Linear, Constant, Identity):
+            return _Step(node, "linear" if type(rule) is not Identity else "rule", fn=fn, rule=rule, name=name, swap=swap)
+        return _Step(node, "rule", fn=fn, rule=rule, name=name, swap=swap)
+
+    def run(self, args: tuple[Any, ...], call: _Call) -> Any:
+        """The graph on the pairs: the input side of its outputs (the reference side kept in ``call.outputs``)."""
+        env: dict[fx.Node, Any] = {}
+        placeholders = iter(args)
+        for step in self.steps:
+            node = step.node
+            if node.op == "placeholder":
+                value = next(placeholders)
+                env[node] = Pair(value, call.references[step.position]) if step.kind == "input" else value
+            elif step.kind == "value":
+                env[node] = _value(node, env)
+            elif step.kind == "output":
+                pairs: list[Pair] = []
+                out = _resolve(node.args[0], env, 0, pairs)
+                call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
+                return out
+            else:
+                env[node] = self._pair(step, env, call.grid)
+        raise NotCaptured("a graph without an output")
+
+    @staticmethod
+    def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> Pair:
+        """A step on input-dependent operands: each side, the input side through the step's rule where it has one."""
+        node, fn = step.node, step.fn
+        assert fn is not None
+        args, kwargs = (node.args[1], node.args[0], *node.args[2:]) if step.swap else node.args, node.kwargs
+        x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
+        r_args, r_kwargs = _resolve(args, env, 1), _resolve(kwargs, env, 1)
+        if step.kind == "linear":
+            with torch.no_grad():
+                r = fn(*r_args, **r_kwargs)
+            return Pair(fn(*x_args, **x_kwargs), r)
+        rule = step.rule
+        assert rule is not None
+        leaves, spec, layout = flatten_call(x_args, x_kwargs)
+        ref_leaves = flatten_call(r_args, r_kwargs)[0]
+        if step.tracked is None:  # (the same positions at every call: the graph's structure gives them)
+            marked = flatten_call(_resolve(args, env, 2), _resolve(kwargs, env, 2))[0]
+            step.tracked = tuple(i for i, v in enumerate(marked) if v is _TRACKED)
+        reference_call = OpCall.flat(fn, step.name, ref_leaves, spec, step.tracked, grid, layout)
+        why = misfit(rule, reference_call)
+        if why is not None:
+            raise NotCaptured(f"{step.name}: {why}")
+        with torch.no_grad():
+            r = rule.reference(reference_call)
+        call = OpCall(fn, step.name, leaves, ref_leaves, spec, step.tracked, grid, layout, r)
+        if isinstance(rule, EvalOnly) and rule.is_active(call):
+            raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
+        if rule.is_linear(call):
+            return Pair(fn(*x_args, **x_kwargs), r)
+        return Pair(rule.attribute(call), r)
+
+
+#: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)
+_TRACKED = object()
+
+
+def _resolve(a: Any, env: dict[fx.Node, Any], side: int, pairs: list[Pair] | None = None) -> Any:
+    """``a`` (a node's arguments) with each node's value: a pair's input side (``side`` 0), its reference side (1) or
+    :data:`_TRACKED` (2); the pairs met are added to ``pairs``."""
+    if isinstance(a, fx.Node):
+        v = env[a]
+        if isinstance(v, Pair):
+            if pairs is not None:
+                pairs.append(v)
+            return v.x if side == 0 else v.r if side == 1 else _TRACKED
+        return v
+    if isinstance(a, (tuple, list)):
+        values = [_resolve(v, env, side, pairs) for v in a]
+        return tuple(values) if isinstance(a, tuple) else values
+    if isinstance(a, dict):
+        return {k: _resolve(v, env, side, pairs) for k, v in a.items()}
+    return a
+
+
+def _value(node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+    """A node that depends on no explained input, run once."""
+    if node.op == "get_attr":
+        raise NotCaptured("a graph that reads its module's attributes itself")
+    if node.op == "call_function" and node.target in _GRAD_MODE:
+        return None
+    args, kwargs = _resolve(node.args, env, 0), _resolve(node.kwargs, env, 0)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
+
+
+def _function(node: fx.Node) -> tuple[Any, bool]:
+    """The function object the rule table keys a node by (None where it has none), and whether a Python operator's
+    operands are swapped to reach it (``2.0 - x``: ``x.__rsub__(2.0)``)."""
+    if node.op == "call_method":
+        return getattr(torch.Tensor, str(node.target), None), False
+    if node.op != "call_function":
+        return None, False
+    named = _OPERATORS.get(node.target)
+    if named is None:
+        return node.target, False
+    method, reflected = named
+    first = node.args[0].meta.get("example_value") if isinstance(node.args[0], fx.Node) else node.args[0]
+    if isinstance(first, Tensor) or reflected is None:
+        return getattr(torch.Tensor, method), False
+    return getattr(torch.Tensor, reflected), True
+
+
+class CapturedPasses:
+    """The model's forward captured by torch.compile's graph capture, once per input signature (and again where a
+    guard on what it read fails), and run on pairs by a :class:`Plan` per graph."""
+
+    def __init__(self, model: torch.nn.Module, registry: RuleRegistry) -> None:
+        self.model, self.registry = model, registry
+        self.path = "captured: not run yet"
+        self._plans: dict[int, Plan | NotCaptured] = {}
+        # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
+        # graphs and guards stay with the explainer (and go with it)
+        forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
+        self._compiled = torch.compile(forward, backend=self._backend, fullgraph=True, dynamic=False)
+
+    def _backend(self, graph_module: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            call = _CALL.get()
+            if call is None:
+                return graph_module(*args)
+            plan = self._plan(graph_module, call)
+            call.planned = True
+            return plan.run(args, call)
+
+        return run
+
+    def _plan(self, graph_module: fx.GraphModule, call: _Call) -> Plan:
+        plan = self._plans.get(id(graph_module))
+        if isinstance(plan, Plan) and plan.changes != self.registry.changes:
+            plan = None  # (rules registered or removed since: decided again)
+        if plan is None:
+            try:
+                plan = Plan(graph_module.graph, self.registry, set(call.references))
+            except NotCaptured as error:
+                plan = error
+            self._plans[id(graph_module)] = plan
+            self._graphs = getattr(self, "_graphs", []) + [graph_module]  # (their ids stay theirs)
+        if isinstance(plan, NotCaptured):
+            raise plan
+        return plan
+
+    def run(
+        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, take: Callable[[Any], Any]
+    ) -> tuple[Tensor, Tensor] | None:
+        """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
+        side, or None where this call runs the intercepted pass (``path`` says why)."""
+        if self.model.training:
+            self.path = "intercepted: the model is in training mode"
+            return None
+        explained = {i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad}
+        call = _Call(explained, grid)
+        token = _CALL.set(call)
+        try:
+            with torch._dynamo.config.patch(allow_rnn=True), torch.enable_grad():
+                out = self._compiled(self.model, *leaves)
+        except NotCaptured as error:
+            self.path = f"intercepted: the captured pass does not take {error} yet"
+            return None
+        except torch._dynamo.exc.TorchDynamoException as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.path = f"intercepted: torch.compile cannot capture the forward as one graph ({reason})"
+            return None
+        finally:
+            _CALL.reset(token)
+        if not call.planned or call.outputs is None:
+            self.path = "intercepted: torch.compile ran the forward without its graph (a limit on recompiles)"
+            return None
+        flat = take(out)
+        reference = call.outputs.get(id(flat)) if isinstance(flat, Tensor) else None
+        if reference is None:
+            self.path = "intercepted: the explained output is not one of the captured graph's outputs"
+            return None
+        self.path = "captured: the forward's graph run on the pairs"
+        return flat, reference
+
+
+def _forward(model: Any, *inputs: Any) -> Any:
+    return model(*inputs)
+
+
+__all__ = ["CapturedPasses", "NotCaptured", "Pair", "Plan"]

@@ -1,0 +1,136 @@
+"""The pass captured once per input signature and run on pairs (``compile="capture"``, engines/pytorch/captured.py).
+
+Its values are the intercepted pass's bit for bit (the same rules on the same operands, in the same order), call by
+call; a model changed after capture, in any way its forward can read, is captured again or read anew, never run
+stale; what the captured pass does not take yet runs the intercepted pass, names what it met, and gives its values;
+and the process is left as it was found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnshap
+from rnnshap.rules import Shapley
+
+from ...models.torch import Function
+from . import test_stale_programs as stale
+from .test_traced import FAMILIES, _data, _same
+
+CAPTURED = "captured:"
+
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_gives_the_intercepted_values_bit_for_bit(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    background, X = _data()
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    for seed in (1, 1, 2):  # (a new input of the same signature runs the same graph)
+        X = _data(seed)[1]
+        assert _same(captured.shap_values(X), intercepted.shap_values(X)), (family, captured.pass_path)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_a_new_input_signature_is_captured_anew() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, _ = _data()
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    for n in (1, 3, 2, 3):
+        x = torch.randn(n, *background.shape[1:])
+        assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
+        assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+@pytest.mark.parametrize("change", stale.CHANGES)
+def test_a_change_to_what_the_forward_reads_is_seen_by_the_next_call(change: str) -> None:
+    """The changes a traced program must not miss (test_stale_programs.py), after the forward was captured: each call
+    gives a fresh intercepted explainer's values on the model as it is now."""
+    torch.manual_seed(0)
+    model = stale.Reader().eval()
+    background, X = stale._data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    for _ in range(2):
+        captured.shap_values(X)
+    handle = stale.CHANGES[change](model)
+    try:
+        fresh = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+        for call in range(2):
+            assert stale._close(captured.shap_values(X), fresh), (change, call, captured.pass_path)
+    finally:
+        if isinstance(handle, rnnshap.rules.registry.RuleHandle):
+            handle.remove()
+
+
+def test_weights_written_in_place_are_read_at_the_next_call() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    captured.shap_values(X)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_a_rule_registered_after_capture_is_the_one_applied() -> None:
+    torch.manual_seed(0)
+    model = stale.Reader().eval()
+    background, X = stale._data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    before = captured.shap_values(X)
+    with rnnshap.register_rule(torch.tanh, Shapley()):
+        fresh = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+        assert stale._close(captured.shap_values(X), fresh), captured.pass_path
+    assert _same(captured.shap_values(X), before)
+
+
+def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), Function(lambda x: x.pow(2))).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith("intercepted: the captured pass does not take torch.Tensor.pow"), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def test_a_model_in_training_mode_runs_the_intercepted_pass() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def test_explaining_leaves_the_model_and_torchs_settings_as_they_were() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm cell in a loop"]().eval()
+    background, X = _data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = (torch._dynamo.config.allow_rnn, torch.is_grad_enabled(), torch.get_default_dtype())
+    rnnshap.DeepExplainer(model, background, compile="capture").shap_values(X)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert (torch._dynamo.config.allow_rnn, torch.is_grad_enabled(), torch.get_default_dtype()) == settings
+
+
+def test_values_add_up_to_the_models_outputs() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["gru, two layers, bidirectional"]().eval()
+    background, X = _data()
+    explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = explainer.shap_values(X, check_additivity=False)
+    with torch.no_grad():
+        gap = (model(X) - model(background).mean(0)).double().numpy()
+    total: Any = np.asarray(values).sum((1, 2))
+    np.testing.assert_allclose(total, gap, rtol=0, atol=64 * float(np.finfo(np.float32).eps) * float(np.abs(gap).max() + 1))
