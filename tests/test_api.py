@@ -187,6 +187,29 @@ def test_an_ill_conditioned_sum_is_refused_with_its_conditioning_not_accepted_be
     explainer64.shap_values(X.double())  # float64 carries it: the same check passes
 
 
+def test_a_sum_the_dtype_cannot_carry_is_refused_even_where_its_rounding_happens_to_land_within_the_tolerance() -> None:
+    """Values of 1e4 that cancel to an output of 1 on inputs float32 holds exactly: their sum lands on f(x) − E[f]
+    (the rounding happens to cancel), but float32 carries each value to about 1e-7 of itself, so the sum could miss
+    by 2e4 · 1e-7 = 2e-3 of the output (a conditioning of about 2.5e4), far beyond the tolerance: that it lands is chance (another CPU, another
+    order of the sum, may not). The check refuses it as ill-conditioned; the float64 copy it advises passes."""
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1e4, -1e4]]))
+        model.bias.zero_()
+    background = torch.tensor([[0.0, 0.0], [0.5, 0.5]])
+    X = torch.tensor([[1.0, 1.0 - 2.0**-14]])
+    explainer = rnnshap.DeepExplainer(model, background)
+    values = explainer.shap_values(X, check_additivity=False)
+    gap = model(X).detach().numpy() - explainer.expected_value
+    assert np.abs(values.sum(1) - gap).max() <= 1e-4 * np.abs(model(X).detach().numpy()).max()  # (it lands)
+    with pytest.raises(rnnshap.AdditivityError, match=r"ill-conditioned") as info:
+        explainer.shap_values(X)
+    assert re.search(r"\d+ times the output's scale", str(info.value)) and "model.double()" in str(info.value)
+    model64 = nn.Linear(2, 1).double()
+    model64.load_state_dict(model.state_dict())
+    rnnshap.DeepExplainer(model64, background.double()).shap_values(X.double())
+
+
 def test_additivity_error_when_the_output_is_multidimensional_names_a_valid_output() -> None:
     grid = Composite(lambda m, x: torch.tanh(m.lin(x) * 3).reshape(-1, 2, 3), lin=nn.Linear(5, 6))
     background, X = torch.randn(6, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
