@@ -12,7 +12,7 @@ runs through its rule, as in the intercepted pass, and everything else runs once
 What the plan does not take yet (listed in :meth:`Plan.unsupported` terms, by operation) runs the intercepted pass
 instead, and ``pass_path`` names it: a forward the capture cannot write as one graph (a value read on the host),
 operations written in place on input-dependent values, integer or boolean results of them (comparisons, picks),
-hand-written normalizations, token inputs, rules registered for module classes.
+token inputs, rules registered for module classes.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from torch import fx
 from torch.utils._pytree import tree_flatten
 
 from ...rules.base import Constant, EvalOnly, Identity, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.composite import Quotient
+from ...rules.elementwise import Product
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call
-from .handwritten_norms import canonical
+from .handwritten_norms import canonical, mark_of, normalizing_rule
 
 Tensor = torch.Tensor
 
@@ -49,11 +51,6 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
     operator.pos: ("__pos__", None),
     operator.getitem: ("__getitem__", None),
 }
-
-#: where a hand-written normalization starts (a root, a power, a reciprocal): the intercepted pass marks these and
-#: gives the product or quotient that divides by them its own rule (handwritten_norms.py), which no plan does yet
-_SCALES = {"sqrt", "rsqrt", "std", "std_mean", "norm", "linalg_vector_norm", "pow", "__pow__", "float_power", "reciprocal",
-           "__rtruediv__", "__rdiv__", "__rpow__"}  # fmt: skip
 
 #: calls that only switch the grad mode: the model's own ``no_grad()`` is followed as ``detach()`` is (the function
 #: the model computes does not change), so they are not run
@@ -111,6 +108,12 @@ def _input_position(node: fx.Node) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _example(argument: Any) -> Any:
+    """What an argument of a node was when the graph was captured: a node's example value (fake tensors), else the
+    argument itself."""
+    return argument.meta.get("example_value") if isinstance(argument, fx.Node) else argument
+
+
 def _floating(value: Any) -> bool:
     leaves = [t for t in tree_flatten(value)[0] if isinstance(t, Tensor)]
     return bool(leaves) and all(t.is_floating_point() for t in leaves)
@@ -124,11 +127,38 @@ class Plan:
         self.changes = registry.changes
         self.steps: list[_Step] = []
         tracked: set[fx.Node] = set()
+        #: roots and inverse roots of input-dependent values, and what keeps them (handwritten_norms.py), by node
+        self.marks: dict[fx.Node, int] = {}
+        self._first_only: set[fx.Node] = set()  # (std_mean's results: its std is a root, its mean is not)
         for node in graph.nodes:
             step = self._decide(node, registry, explained, tracked)
             if step.kind in ("input", "linear", "rule"):
                 tracked.add(node)
+                self._mark(step, tracked)
             self.steps.append(step)
+
+    def _mark(self, step: _Step, tracked: set[fx.Node]) -> None:
+        """Mark a step's node as a root or inverse root where its operation makes or keeps one (its one input-dependent
+        operand marked), and give a product or quotient of a marked operand the normalization's rule, as the
+        intercepted pass does operation by operation."""
+        node = step.node
+        if step.fn is None or node.op == "placeholder":
+            return
+        args = (node.args[1], node.args[0], *node.args[2:]) if step.swap else tuple(node.args)
+        operands = [a for a in tree_flatten((args, dict(node.kwargs)))[0] if isinstance(a, fx.Node) and a in tracked]
+        if len(operands) == 1:
+            source = operands[0]
+            marks = self.marks
+            if source.target is operator.getitem and source in self._first_only and source.args[1] != 0:
+                marks = {}  # (std_mean's mean: not a root)
+            mark = mark_of(step.fn, args, dict(node.kwargs), source, marks)
+            if mark is not None:
+                self.marks[node] = mark
+                if canonical(getattr(step.fn, "__name__", "")) == "std_mean":
+                    self._first_only.add(node)
+        if self.marks and (type(step.rule) is Product or type(step.rule) is Quotient):
+            call = types.SimpleNamespace(fn=step.fn, args=args, kwargs=dict(node.kwargs), inputs=operands)
+            step.rule = normalizing_rule(step.rule, call, self.marks)
 
     @staticmethod
     def _decide(node: fx.Node, registry: RuleRegistry, explained: set[int], tracked: set[fx.Node]) -> _Step:
@@ -150,9 +180,7 @@ class Plan:
             raise NotCaptured(f"{name}: written in place on an input-dependent value")
         if not _floating(node.meta.get("example_value")):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
-        if getattr(fn, "__name__", "") in _SCALES:
-            raise NotCaptured(f"{name}: a root, power or reciprocal (a hand-written normalization's scale)")
-        if node.target is operator.getitem and not isinstance(node.args[0].meta.get("example_value"), Tensor):
+        if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)
         rule = registry.op_rule(op_key(fn))
         if rule is None or isinstance(rule, Refuse):
@@ -259,7 +287,7 @@ def _function(node: fx.Node) -> tuple[Any, bool]:
     if named is None:
         return node.target, False
     method, reflected = named
-    first = node.args[0].meta.get("example_value") if isinstance(node.args[0], fx.Node) else node.args[0]
+    first = _example(node.args[0])
     if isinstance(first, Tensor) or reflected is None:
         return getattr(torch.Tensor, method), False
     return getattr(torch.Tensor, reflected), True
@@ -311,6 +339,10 @@ class CapturedPasses:
         side, or None where this call runs the intercepted pass (``path`` says why)."""
         if self.model.training:
             self.path = "intercepted: the model is in training mode"
+            return None
+        ruled = next((m for m in self.model.modules() if self.registry.module_rule(m) is not None), None)
+        if ruled is not None:
+            self.path = f"intercepted: a rule registered for the module class {type(ruled).__qualname__}"
             return None
         explained = {i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad}
         call = _Call(explained, grid)

@@ -67,7 +67,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def mark_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], operand: Tensor, marks: Any) -> int | None:
+def mark_of(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], operand: Any, marks: Any) -> int | None:
     """The mark of the result of ``func`` whose only input-dependent operand is ``operand`` (marked
     ``marks.get(operand)``), or None."""
     name = canonical(getattr(func, "__name__", ""))

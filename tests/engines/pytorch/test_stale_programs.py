@@ -64,6 +64,7 @@ class Reader(nn.Module):
         self.fn = functools.partial(torch.nn.functional.hardtanh, min_val=-10.0, max_val=10.0)
         object.__setattr__(self, "hidden", _clamp(10.0))  # (a submodule the module does not register)
         object.__setattr__(self, "out", nn.Linear(3, 1))
+        self.host_reads = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         big = 1000.0 + 100.0 * self.head(self.lstm(x)[0][:, -1])
@@ -71,7 +72,8 @@ class Reader(nn.Module):
         z = z.clamp(-SETTINGS["bound"], SETTINGS["bound"]).clamp(-BOUND, BOUND)
         z = z.clamp(-type(self).factor, type(self).factor)
         z = torch.minimum(torch.maximum(z, -self.tensors[0]), self.tensors[0])
-        z = z.clamp(-float(self.config["table"].numpy()[0]), self.config["table"].tolist()[0])
+        if self.host_reads:  # (which torch.compile's capture cannot write into a graph)
+            z = z.clamp(-float(self.config["table"].numpy()[0]), self.config["table"].tolist()[0])
         h = self.small(z)[0][:, -1]
         small = 0.1 * self.out(self.act(h[:, :3], h[:, 3:]))
         return torch.cat([big, small], 1)
