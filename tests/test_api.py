@@ -188,10 +188,11 @@ def test_an_ill_conditioned_sum_is_refused_with_its_conditioning_not_accepted_be
 
 
 def test_a_sum_the_dtype_cannot_carry_is_refused_even_where_its_rounding_happens_to_land_within_the_tolerance() -> None:
-    """Values of 1e4 that cancel to an output of 1 on inputs float32 holds exactly: their sum lands on f(x) − E[f]
-    (the rounding happens to cancel), but float32 carries each value to about 1e-7 of itself, so the sum could miss
-    by 2e4 · 1e-7 = 2e-3 of the output (a conditioning of about 2.5e4), far beyond the tolerance: that it lands is chance (another CPU, another
-    order of the sum, may not). The check refuses it as ill-conditioned; the float64 copy it advises passes."""
+    """Values of 7500 that cancel to an output of 0.6 on inputs float32 holds exactly: their sum lands on
+    f(x) − E[f] (the rounding happens to cancel), but float32 carries each value to about 1e-7 of itself, and their
+    magnitudes sum to 2.5e4 times the output: the sum could miss by 3e-3 of it, far beyond the tolerance, and that it
+    lands is chance (another CPU, another order of the sum, need not). The check refuses it as ill-conditioned; the
+    float64 copy it advises passes."""
     model = nn.Linear(2, 1)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1e4, -1e4]]))

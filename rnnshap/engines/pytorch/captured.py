@@ -12,7 +12,7 @@ runs through its rule, as in the intercepted pass, and everything else runs once
 What the plan does not take yet (listed in :meth:`Plan.unsupported` terms, by operation) runs the intercepted pass
 instead, and ``pass_path`` names it: a forward the capture cannot write as one graph (a value read on the host),
 operations written in place on input-dependent values, integer or boolean results of them (comparisons, picks),
-token inputs, rules registered for module classes.
+random draws, token inputs, rules registered for module classes.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call
 from .handwritten_norms import canonical, mark_of, normalizing_rule
+from .randomness import random_call
 
 Tensor = torch.Tensor
 
@@ -168,9 +169,11 @@ class Plan:
             return _Step(node, kind, position=position)
         if node.op == "output":
             return _Step(node, "output")
+        fn, swap = _function(node)
+        if fn is not None and random_call(fn, tuple(node.args), dict(node.kwargs)):
+            raise NotCaptured(f"{op_name(fn)}: a random draw (the intercepted pass refuses it where it reaches the output)")
         if node.op == "get_attr" or not any(n in tracked for n in node.all_input_nodes):
             return _Step(node, "value")
-        fn, swap = _function(node)
         if fn in _GRAD_MODE:
             return _Step(node, "value")
         name = op_name(fn) if fn is not None else str(node.target)
@@ -337,9 +340,6 @@ class CapturedPasses:
     ) -> tuple[Tensor, Tensor] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
         side, or None where this call runs the intercepted pass (``path`` says why)."""
-        if self.model.training:
-            self.path = "intercepted: the model is in training mode"
-            return None
         ruled = next((m for m in self.model.modules() if self.registry.module_rule(m) is not None), None)
         if ruled is not None:
             self.path = f"intercepted: a rule registered for the module class {type(ruled).__qualname__}"

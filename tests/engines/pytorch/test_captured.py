@@ -113,12 +113,17 @@ def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
 
 
-def test_a_model_in_training_mode_runs_the_intercepted_pass() -> None:
+def test_a_model_in_training_mode_is_captured_as_it_runs_and_again_in_eval_mode() -> None:
+    """The training flag is Python state the forward may read (``if self.training``): captured as it is, and again
+    where it changes."""
     torch.manual_seed(0)
     model = FAMILIES["lstm"]()
     background, X = _data()
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    for mode in (True, False, True):
+        model.train(mode)
+        assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+        assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
 def test_explaining_leaves_the_model_and_torchs_settings_as_they_were() -> None:
@@ -142,3 +147,20 @@ def test_values_add_up_to_the_models_outputs() -> None:
         gap = (model(X) - model(background).mean(0)).double().numpy()
     total: Any = np.asarray(values).sum((1, 2))
     np.testing.assert_allclose(total, gap, rtol=0, atol=64 * float(np.finfo(np.float32).eps) * float(np.abs(gap).max() + 1))
+
+
+def test_a_random_draw_in_the_forward_is_not_captured() -> None:
+    """A draw that reaches the output makes the forward no function of its inputs: the intercepted pass refuses it by
+    name, so the captured pass hands it over rather than attribute one draw. (The draw starts after the explainer was
+    built and captured once, past the constructor's own probe for draws.)"""
+    flags = {"noisy": False}
+    noise = Function(lambda x: x + 0.1 * torch.randn_like(x) if flags["noisy"] else x)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 3), noise).eval()
+    background, X = _data()
+    explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+    explainer.shap_values(X)
+    assert explainer.pass_path.startswith(CAPTURED), explainer.pass_path
+    flags["noisy"] = True
+    with pytest.raises(rnnshap.errors.RnnShapError, match="randn_like"):
+        explainer.shap_values(X)
+    assert explainer.pass_path.startswith("intercepted: the captured pass does not take torch.randn_like: a random draw")
