@@ -18,6 +18,7 @@ random draws, token inputs, rules registered for module classes.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import operator
 import re
 import types
@@ -33,9 +34,10 @@ from ...rules.composite import Quotient
 from ...rules.elementwise import Product
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
-from .calls import flatten_call
+from .calls import flatten_call, in_place_target
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .randomness import random_call
+from .state import python_state
 
 Tensor = torch.Tensor
 
@@ -109,6 +111,15 @@ def _input_position(node: fx.Node) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _inplace_flag(fn: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a functional form's ``inplace`` flag is given True by position (``F.leaky_relu(x, 0.01, True)``)."""
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # (a builtin without a signature)
+        return False
+    return "inplace" in names and len(args) > names.index("inplace") and args[names.index("inplace")] is True
+
+
 def _example(argument: Any) -> Any:
     """What an argument of a node was when the graph was captured: a node's example value (fake tensors), else the
     argument itself."""
@@ -179,7 +190,8 @@ class Plan:
         name = op_name(fn) if fn is not None else str(node.target)
         if fn is None:
             raise NotCaptured(f"{node.target} on an input-dependent value (no rule of the table names it)")
-        if canonical(getattr(fn, "__name__", "")) != getattr(fn, "__name__", "") or node.target is operator.setitem:
+        examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
+        if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
             raise NotCaptured(f"{name}: written in place on an input-dependent value")
         if not _floating(node.meta.get("example_value")):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
@@ -209,7 +221,12 @@ class Plan:
                 call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
                 return out
             else:
-                env[node] = self._pair(step, env, call.grid)
+                try:
+                    env[node] = self._pair(step, env, call.grid)
+                except NotCaptured:
+                    raise
+                except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
+                    raise NotCaptured(f"{step.name} ({type(error).__name__} in its rule)") from error
         raise NotCaptured("a graph without an output")
 
     @staticmethod
@@ -237,7 +254,12 @@ class Plan:
             raise NotCaptured(f"{step.name}: {why}")
         with torch.no_grad():
             r = rule.reference(reference_call)
-        call = OpCall(fn, step.name, leaves, ref_leaves, spec, step.tracked, grid, layout, r)
+        # the reference side's output is handed to the rule where it is the operation's own on the operands alone (a
+        # rule with its own reference computation, or tensors beside the operands, may want it computed otherwise)
+        own = type(rule).reference is Rule.reference and not any(
+            isinstance(leaf, Tensor) for i, leaf in enumerate(leaves) if i not in step.tracked
+        )
+        call = OpCall(fn, step.name, leaves, ref_leaves, spec, step.tracked, grid, layout, r if own else None)
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
         if rule.is_linear(call):
@@ -346,10 +368,12 @@ class CapturedPasses:
             return None
         explained = {i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad}
         call = _Call(explained, grid)
+        before = python_state(self.model)
         token = _CALL.set(call)
         try:
-            with torch._dynamo.config.patch(allow_rnn=True), torch.enable_grad():
-                out = self._compiled(self.model, *leaves)
+            with _capture_settings(), torch.enable_grad():
+                copies = [leaf.clone() for leaf in leaves]  # (a forward may write into its inputs)
+                out = self._compiled(self.model, *copies)
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
@@ -359,6 +383,9 @@ class CapturedPasses:
             return None
         finally:
             _CALL.reset(token)
+        if python_state(self.model) != before:
+            self.path = "intercepted: the forward changes the model's Python state, so it is another function at each call"
+            return None
         if not call.planned or call.outputs is None:
             self.path = "intercepted: torch.compile ran the forward without its graph (a limit on recompiles)"
             return None
@@ -369,6 +396,15 @@ class CapturedPasses:
             return None
         self.path = "captured: the forward's graph run on the pairs"
         return flat, reference
+
+
+def _capture_settings() -> Any:
+    """torch.compile's settings for a capture, for its duration: recurrent layers captured as the torch functions their
+    rules are keyed by, and guards on what torch leaves unguarded by default (hooks added to a module after capture,
+    a function's default arguments), so that a model changed in those ways is captured again."""
+    return torch._dynamo.config.patch(
+        allow_rnn=True, skip_nnmodule_hook_guards=False, skip_guards_on_constant_func_defaults=False
+    )
 
 
 def _forward(model: Any, *inputs: Any) -> Any:

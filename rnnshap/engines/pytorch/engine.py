@@ -508,11 +508,20 @@ class TorchEngine(KeptPasses):
         if any(bool(torch.isnan(t).any()) for t in [*leaves, *references] if t.is_floating_point()):
             captured.path = "intercepted: missing values (NaN) among the pairs, which the pass follows as it runs"
             return None
+        if has_hooks(self.model):
+            captured.path = "intercepted: the model has forward hooks, which the pass runs as they ask"
+            return None
         state = PreservedState(self.model)
         try:
-            ran = captured.run(leaves, references, grid, self._take)
-            if ran is not None and not grid.all_held():  # (a check the rules deferred did not hold: each read at once)
-                ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take)
+            with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
+                try:
+                    ran = captured.run(leaves, references, grid, self._take)
+                except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
+                    if not grid.deferred or grid.all_held():
+                        raise
+                    ran = None
+                if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
+                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take)
         finally:
             state.restore()
         if ran is None:

@@ -164,3 +164,13 @@ def test_a_random_draw_in_the_forward_is_not_captured() -> None:
     with pytest.raises(rnnshap.errors.RnnShapError, match="randn_like"):
         explainer.shap_values(X)
     assert explainer.pass_path.startswith("intercepted: the captured pass does not take torch.randn_like: a random draw")
+
+
+def test_under_the_callers_no_grad_the_values_are_the_intercepted_ones() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["transformer encoder"]().eval()
+    background, X = _data()
+    with torch.no_grad():
+        captured = rnnshap.DeepExplainer(model, background, compile="capture")
+        assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
