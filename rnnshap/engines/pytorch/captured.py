@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 from torch import fx
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils._pytree import tree_flatten
 
 from ...rules.base import Constant, EvalOnly, Identity, Linear, OpCall, PairGrid, Refuse, Rule
@@ -208,13 +209,17 @@ class Plan:
         """The graph on the pairs: the input side of its outputs (the reference side kept in ``call.outputs``)."""
         env: dict[fx.Node, Any] = {}
         placeholders = iter(args)
+        grad = True  # (the model's own no_grad(): what depends on no input runs as it asks, the rest is followed)
         for step in self.steps:
             node = step.node
             if node.op == "placeholder":
                 value = next(placeholders)
                 env[node] = Pair(value, call.references[step.position]) if step.kind == "input" else value
+            elif node.op == "call_function" and node.target in _GRAD_MODE:
+                grad = bool(node.args[0])
             elif step.kind == "value":
-                env[node] = _value(node, env)
+                with torch.set_grad_enabled(grad):
+                    env[node] = _value(node, env)
             elif step.kind == "output":
                 pairs: list[Pair] = []
                 out = _resolve(node.args[0], env, 0, pairs)
@@ -293,8 +298,6 @@ def _value(node: fx.Node, env: dict[fx.Node, Any]) -> Any:
     """A node that depends on no explained input, run once."""
     if node.op == "get_attr":
         raise NotCaptured("a graph that reads its module's attributes itself")
-    if node.op == "call_function" and node.target in _GRAD_MODE:
-        return None
     args, kwargs = _resolve(node.args, env, 0), _resolve(node.kwargs, env, 0)
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
@@ -325,6 +328,8 @@ class CapturedPasses:
     def __init__(self, model: torch.nn.Module, registry: RuleRegistry) -> None:
         self.model, self.registry = model, registry
         self.path = "captured: not run yet"
+        #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
+        self.off: str | None = None
         self._plans: dict[int, Plan | NotCaptured] = {}
         # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
         # graphs and guards stay with the explainer (and go with it)
@@ -362,6 +367,12 @@ class CapturedPasses:
     ) -> tuple[Tensor, Tensor] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
         side, or None where this call runs the intercepted pass (``path`` says why)."""
+        if self.off is not None:
+            self.path = f"intercepted: {self.off}"
+            return None
+        if is_in_torch_dispatch_mode():
+            self.path = "intercepted: a TorchDispatchMode is active, which torch.compile's capture does not run under"
+            return None
         ruled = next((m for m in self.model.modules() if self.registry.module_rule(m) is not None), None)
         if ruled is not None:
             self.path = f"intercepted: a rule registered for the module class {type(ruled).__qualname__}"
@@ -377,14 +388,15 @@ class CapturedPasses:
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             self.path = f"intercepted: torch.compile cannot capture the forward as one graph ({reason})"
             return None
         finally:
             _CALL.reset(token)
-        if python_state(self.model) != before:
-            self.path = "intercepted: the forward changes the model's Python state, so it is another function at each call"
+        if python_state(self.model) != before:  # (captured anew at every call: this explainer captures no more)
+            self.off = "the forward changes the model's Python state, so it is captured anew at every call"
+            self.path = f"intercepted: {self.off}"
             return None
         if not call.planned or call.outputs is None:
             self.path = "intercepted: torch.compile ran the forward without its graph (a limit on recompiles)"

@@ -18,7 +18,7 @@ from torch import nn
 import rnnshap
 from rnnshap.rules import Shapley
 
-from ...models.torch import Function
+from ...models.torch import Composite, Function
 from . import test_stale_programs as stale
 from .test_traced import FAMILIES, _data, _same
 
@@ -174,3 +174,22 @@ def test_under_the_callers_no_grad_the_values_are_the_intercepted_ones() -> None
         captured = rnnshap.DeepExplainer(model, background, compile="capture")
         assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_a_forward_that_changes_the_models_python_state_runs_the_intercepted_pass_at_every_call() -> None:
+    """A forward that appends to a list of its module (a log of batch sizes) would be captured anew at every call (its
+    guards read the list), past torch.compile's limit on captures: the explainer stops capturing, and its calls run the
+    intercepted pass with its values."""
+
+    def logged(m: Any, x: torch.Tensor) -> torch.Tensor:
+        m.batches.append(x.shape[0])
+        return torch.tanh(m.lin(x.flatten(1)))
+
+    torch.manual_seed(0)
+    model = Composite(logged, lin=nn.Linear(20, 3), batches=[]).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    for _ in range(10):
+        assert _same(captured.shap_values(X), intercepted.shap_values(X))
+    assert captured.pass_path.startswith("intercepted: the forward changes the model's Python state"), captured.pass_path
