@@ -267,7 +267,7 @@ class Plan:
         call = OpCall(fn, step.name, leaves, ref_leaves, spec, step.tracked, grid, layout, r if own else None)
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
-        if rule.is_linear(call):
+        if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
             return Pair(fn(*x_args, **x_kwargs), r)
         return Pair(rule.attribute(call), r)
 

@@ -522,6 +522,7 @@ class TorchEngine(KeptPasses):
                     ran = None
                 if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
                     ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take)
+                    self._defer_checks = False  # (as in later calls)
         finally:
             state.restore()
         if ran is None:
