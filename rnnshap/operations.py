@@ -259,6 +259,7 @@ STRUCTURED: tuple[Structured, ...] = (
     Structured("layer_norm", "structured", "layer_norm", ("layer_norm",), ("layer_normalization",), keras_classes=("LayerNorm",)),
     Structured("rms_norm", "structured", "rms_norm", ("rms_norm",), ("rms_normalization",), keras_classes=("RMSNorm",)),
     Structured("group_norm", "structured", "group_norm", ("group_norm",)),
+    Structured("instance_norm", "structured", "instance_norm", ("instance_norm",)),
     Structured("glu", "structured", "glu", ("glu",), keras_refused=("glu",)),
     Structured("lerp", "structured", "lerp", ("lerp",)),
     Structured("normalize", "structured", "normalize", ("normalize",), keras_refused=("normalize",)),

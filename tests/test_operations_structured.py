@@ -248,6 +248,7 @@ REFERENCES: dict[str, Callable[[np.ndarray, np.ndarray], Phi]] = {
     "layer_norm": _NORMS["layer_norm"],
     "rms_norm": _NORMS["rms_norm"],
     "group_norm": _NORMS["layer_norm"],
+    "instance_norm": _NORMS["layer_norm"],
     "glu": _glu,
     "lerp": _lerp,
     "normalize": _NORMS["normalize"],
@@ -291,6 +292,10 @@ TORCH_CALLS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
     "layer_norm": lambda fn, t: fn(t, (N,), eps=EPS),
     "rms_norm": lambda fn, t: fn(t, (N,), eps=EPS),
     "group_norm": lambda fn, t: fn(t.reshape(-1, 1, N), 1, eps=EPS).reshape(-1, N),
+    "instance_norm": lambda fn, t: (
+        fn(t.reshape(-1, 1, N), None, None, None, None, True, 0.1, EPS, False)  # (torch.instance_norm takes every one)
+        if fn is torch.instance_norm else fn(t.reshape(-1, 1, N), eps=EPS)
+    ).reshape(-1, N),
     "glu": lambda fn, t: fn(t, -1),
     "lerp": lambda fn, t: fn(t[:, : N // 2], t[:, N // 2 :], 0.3),
     "normalize": lambda fn, t: fn(t, dim=-1),

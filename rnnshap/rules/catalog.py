@@ -29,7 +29,7 @@ from .missing import missing_value_rules
 from .quantile import Quantile
 from .secant import SLOPES_BY_NAME, Power, Secant
 from .selection import ArgExtremum, Ordering
-from .structured import GroupNorm, LayerNorm, LogSoftmax, LogSumExp, RMSNorm, Softmax
+from .structured import GroupNorm, InstanceNorm, LayerNorm, LogSoftmax, LogSumExp, RMSNorm, Softmax
 
 
 def catalog_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
@@ -91,6 +91,7 @@ STRUCTURED_RULES: dict[str, Callable[[Structured, Callable[..., list[Any]]], dic
     "layer_norm": _one(LayerNorm),
     "rms_norm": _one(RMSNorm),
     "group_norm": _one(GroupNorm),
+    "instance_norm": _one(InstanceNorm),
     "glu": _one(Glu),
     "lerp": _one(Lerp),
     "normalize": _one(Normalize),

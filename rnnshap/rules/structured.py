@@ -461,6 +461,62 @@ class GroupNorm(Rule):
         return normalized
 
 
+def _instance_norm_signature(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> None: ...
+
+
+def _torch_instance_norm_signature(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+    cudnn_enabled: bool,
+) -> None: ...
+
+
+_INSTANCE_NORM = inspect.signature(_instance_norm_signature)
+_TORCH_INSTANCE_NORM = inspect.signature(_torch_instance_norm_signature)
+
+
+class InstanceNorm(Rule):
+    r"""instance_norm (``nn.InstanceNorm1d/2d/3d``): each (sample, channel) standardized over its own steps, as
+    :func:`standardize` over the axes after the channels (group_norm with a group per channel), then the per-channel
+    affine part (linear). With the running statistics (``track_running_stats`` in eval mode) it is affine: linear."""
+
+    def refusal(self, call: OpCall) -> str | None:
+        return _through_input_only(call)
+
+    @staticmethod
+    def _bound(call: OpCall) -> dict[str, Any]:
+        return _bind(_TORCH_INSTANCE_NORM if call.fn is torch.instance_norm else _INSTANCE_NORM, call)
+
+    def is_linear(self, call: OpCall) -> bool:
+        return not self._bound(call)["use_input_stats"]
+
+    def attribute(self, call: OpCall) -> Any:
+        x, r = _input_only(call, "instance_norm")
+        bound = self._bound(call)
+        normalized, _ = standardize(x, r, tuple(range(2, x.dim())), bound["eps"], reference=False)
+        affine = (1, -1) + (1,) * (x.dim() - 2)
+        if bound["weight"] is not None:
+            normalized = normalized * bound["weight"].reshape(affine)
+        if bound["bias"] is not None:
+            normalized = normalized + bound["bias"].reshape(affine)
+        return normalized
+
+
 def _batch_norm_parts(call: OpCall) -> tuple[Tensor, Tensor | None, float] | None:
     """``(running_var, weight, eps)`` of a batch norm at inference (``F.batch_norm`` or ``torch.batch_norm``) through
     its input alone; None for any other call."""
