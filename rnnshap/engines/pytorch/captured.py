@@ -2,17 +2,17 @@
 
 torch.compile's graph capture (dynamo) writes the model's forward as a graph of the torch functions, tensor methods
 and Python operators the rule table is keyed by, once per input signature. It keeps guards on the Python state the
-forward read (attributes, globals, submodules, the training flag, the rules' own state is the registry's count of
-changes): where one no longer holds, the model is captured again at that call, never run stale, and its weights are
-read at every call. On each graph a :class:`Plan` decides once what the intercepted pass decides per operation at
-every call: which values depend on the explained inputs, and each such operation's rule. The plan then runs on
-(input, reference) pairs: every value that depends on the inputs is a :class:`Pair` of sides, every operation on one
-runs through its rule, as in the intercepted pass, and everything else runs once.
+forward read (attributes, globals, submodules, hooks, the training flag): where one no longer holds, the model is
+captured again at that call, never run stale; its weights are read at every call, and rules registered or removed
+make the plan anew. On each graph a :class:`GraphPlan` decides once what the intercepted pass decides per operation
+at every call: which values depend on the explained inputs, and each such operation's rule. The plan then runs on
+(input, reference) pairs: every value that depends on the inputs is a :class:`PairValue` of sides, every operation on
+one runs through its rule, as in the intercepted pass, and everything else runs once.
 
-What the plan does not take yet (listed in :meth:`Plan.unsupported` terms, by operation) runs the intercepted pass
-instead, and ``pass_path`` names it: a forward the capture cannot write as one graph (a value read on the host),
-operations written in place on input-dependent values, integer or boolean results of them (comparisons, picks),
-random draws, token inputs, rules registered for module classes.
+What the plan does not take yet runs the intercepted pass instead, and ``pass_path`` names it: a forward the capture
+cannot write as one graph (a value read on the host), operations written in place on input-dependent values, integer
+or boolean results of them (comparisons, picks), random draws, token inputs, rules registered for module classes,
+forward hooks, a forward that changes the model's Python state.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class NotCaptured(Exception):
 
 
 @dataclass(frozen=True)
-class Pair:
+class PairValue:
     """A value that depends on the explained inputs: its input side (with the rules' multipliers as its gradient) and
     its reference side."""
 
@@ -132,7 +132,7 @@ def _floating(value: Any) -> bool:
     return bool(leaves) and all(t.is_floating_point() for t in leaves)
 
 
-class Plan:
+class GraphPlan:
     """The decisions on one captured graph for the rules as they are (``registry``): :meth:`run` interprets it on
     pairs. Raises :class:`NotCaptured` where the graph holds what it does not take yet."""
 
@@ -214,14 +214,14 @@ class Plan:
             node = step.node
             if node.op == "placeholder":
                 value = next(placeholders)
-                env[node] = Pair(value, call.references[step.position]) if step.kind == "input" else value
+                env[node] = PairValue(value, call.references[step.position]) if step.kind == "input" else value
             elif node.op == "call_function" and node.target in _GRAD_MODE:
                 grad = bool(node.args[0])
             elif step.kind == "value":
                 with torch.set_grad_enabled(grad):
                     env[node] = _value(node, env)
             elif step.kind == "output":
-                pairs: list[Pair] = []
+                pairs: list[PairValue] = []
                 out = _resolve(node.args[0], env, 0, pairs)
                 call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
                 return out
@@ -235,7 +235,7 @@ class Plan:
         raise NotCaptured("a graph without an output")
 
     @staticmethod
-    def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> Pair:
+    def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> PairValue:
         """A step on input-dependent operands: each side, the input side through the step's rule where it has one."""
         node, fn = step.node, step.fn
         assert fn is not None
@@ -245,7 +245,7 @@ class Plan:
         if step.kind == "linear":
             with torch.no_grad():
                 r = fn(*r_args, **r_kwargs)
-            return Pair(fn(*x_args, **x_kwargs), r)
+            return PairValue(fn(*x_args, **x_kwargs), r)
         rule = step.rule
         assert rule is not None
         leaves, spec, layout = flatten_call(x_args, x_kwargs)
@@ -268,20 +268,20 @@ class Plan:
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
         if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
-            return Pair(fn(*x_args, **x_kwargs), r)
-        return Pair(rule.attribute(call), r)
+            return PairValue(fn(*x_args, **x_kwargs), r)
+        return PairValue(rule.attribute(call), r)
 
 
 #: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)
 _TRACKED = object()
 
 
-def _resolve(a: Any, env: dict[fx.Node, Any], side: int, pairs: list[Pair] | None = None) -> Any:
+def _resolve(a: Any, env: dict[fx.Node, Any], side: int, pairs: list[PairValue] | None = None) -> Any:
     """``a`` (a node's arguments) with each node's value: a pair's input side (``side`` 0), its reference side (1) or
     :data:`_TRACKED` (2); the pairs met are added to ``pairs``."""
     if isinstance(a, fx.Node):
         v = env[a]
-        if isinstance(v, Pair):
+        if isinstance(v, PairValue):
             if pairs is not None:
                 pairs.append(v)
             return v.x if side == 0 else v.r if side == 1 else _TRACKED
@@ -323,14 +323,14 @@ def _function(node: fx.Node) -> tuple[Any, bool]:
 
 class CapturedPasses:
     """The model's forward captured by torch.compile's graph capture, once per input signature (and again where a
-    guard on what it read fails), and run on pairs by a :class:`Plan` per graph."""
+    guard on what it read fails), and run on pairs by a :class:`GraphPlan` per graph."""
 
     def __init__(self, model: torch.nn.Module, registry: RuleRegistry) -> None:
         self.model, self.registry = model, registry
         self.path = "captured: not run yet"
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
-        self._plans: dict[int, Plan | NotCaptured] = {}
+        self._plans: dict[int, GraphPlan | NotCaptured] = {}
         # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
         # graphs and guards stay with the explainer (and go with it)
         forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
@@ -347,13 +347,13 @@ class CapturedPasses:
 
         return run
 
-    def _plan(self, graph_module: fx.GraphModule, call: _Call) -> Plan:
+    def _plan(self, graph_module: fx.GraphModule, call: _Call) -> GraphPlan:
         plan = self._plans.get(id(graph_module))
-        if isinstance(plan, Plan) and plan.changes != self.registry.changes:
+        if isinstance(plan, GraphPlan) and plan.changes != self.registry.changes:
             plan = None  # (rules registered or removed since: decided again)
         if plan is None:
             try:
-                plan = Plan(graph_module.graph, self.registry, set(call.references))
+                plan = GraphPlan(graph_module.graph, self.registry, set(call.references))
             except NotCaptured as error:
                 plan = error
             self._plans[id(graph_module)] = plan
@@ -423,4 +423,4 @@ def _forward(model: Any, *inputs: Any) -> Any:
     return model(*inputs)
 
 
-__all__ = ["CapturedPasses", "NotCaptured", "Pair", "Plan"]
+__all__ = ["CapturedPasses", "NotCaptured", "PairValue", "GraphPlan"]

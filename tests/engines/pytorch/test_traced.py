@@ -683,9 +683,9 @@ def test_the_default_on_the_cpu_traces_a_loop_of_cells_once_the_calls_pay_for_it
 
 
 @pytest.mark.parametrize("value", ["yes", 1, "inductor", "Auto"])
-def test_compile_takes_none_false_auto_trace_or_true(value: object) -> None:
+def test_compile_takes_none_false_auto_trace_true_or_capture(value: object) -> None:
     model = FAMILIES["lstm"]()
-    with pytest.raises(rnnshap.InputError, match='compile= takes None, False, "auto", "trace" or True'):
+    with pytest.raises(rnnshap.InputError, match='compile= takes None, False, "auto", "trace", True or "capture"'):
         rnnshap.DeepExplainer(model, _data()[1], compile=value)  # type: ignore[arg-type]
 
 
