@@ -56,8 +56,8 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
     operator.getitem: ("__getitem__", None),
 }
 
-#: calls that only switch the grad mode: the model's own ``no_grad()`` is followed as ``detach()`` is (the function
-#: the model computes does not change), so they are not run
+#: calls that only switch the grad mode: the model's own ``no_grad()`` holds for what depends on no input; what does is
+#: followed as ``detach()`` is (the function the model computes does not change)
 _GRAD_MODE = {torch._C._set_grad_enabled}
 
 
@@ -330,7 +330,10 @@ class CapturedPasses:
         self.path = "captured: not run yet"
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
+        #: each captured graph's plan (or why it has none), by the graph's id; the graphs kept beside, so that an id
+        #: stays its graph's
         self._plans: dict[int, GraphPlan | NotCaptured] = {}
+        self._graphs: list[fx.GraphModule] = []
         # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
         # graphs and guards stay with the explainer (and go with it)
         forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
@@ -357,7 +360,7 @@ class CapturedPasses:
             except NotCaptured as error:
                 plan = error
             self._plans[id(graph_module)] = plan
-            self._graphs = getattr(self, "_graphs", []) + [graph_module]  # (their ids stay theirs)
+            self._graphs.append(graph_module)
         if isinstance(plan, NotCaptured):
             raise plan
         return plan
