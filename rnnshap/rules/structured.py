@@ -452,13 +452,17 @@ class GroupNorm(Rule):
         groups = int(bound["num_groups"])
         grouped, grouped_ref = x.reshape(x.shape[0], groups, -1), r.reshape(r.shape[0], groups, -1)
         normalized, _ = standardize(grouped, grouped_ref, (-1,), bound["eps"], reference=False)
-        normalized = normalized.reshape(x.shape)
-        affine = (1, -1) + (1,) * (x.dim() - 2)
-        if bound["weight"] is not None:
-            normalized = normalized * bound["weight"].reshape(affine)
-        if bound["bias"] is not None:
-            normalized = normalized + bound["bias"].reshape(affine)
-        return normalized
+        return _per_channel_affine(normalized.reshape(x.shape), bound["weight"], bound["bias"])
+
+
+def _per_channel_affine(normalized: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """A channel norm's affine part (linear): ``weight`` and ``bias`` per channel, the axis after the batch."""
+    affine = (1, -1) + (1,) * (normalized.dim() - 2)
+    if weight is not None:
+        normalized = normalized * weight.reshape(affine)
+    if bias is not None:
+        normalized = normalized + bias.reshape(affine)
+    return normalized
 
 
 def _instance_norm_signature(
@@ -509,12 +513,7 @@ class InstanceNorm(Rule):
         x, r = _input_only(call, "instance_norm")
         bound = self._bound(call)
         normalized, _ = standardize(x, r, tuple(range(2, x.dim())), bound["eps"], reference=False)
-        affine = (1, -1) + (1,) * (x.dim() - 2)
-        if bound["weight"] is not None:
-            normalized = normalized * bound["weight"].reshape(affine)
-        if bound["bias"] is not None:
-            normalized = normalized + bound["bias"].reshape(affine)
-        return normalized
+        return _per_channel_affine(normalized, bound["weight"], bound["bias"])
 
 
 def _batch_norm_parts(call: OpCall) -> tuple[Tensor, Tensor | None, float] | None:

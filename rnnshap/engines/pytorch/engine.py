@@ -385,7 +385,7 @@ class TorchEngine(KeptPasses):
         if self._traced is not None:
             self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
-        captured = self._run_captured(leaves, references, grid, chosen_columns)
+        captured = self._run_captured(leaves, references, grid, chosen_columns, state)
         while captured is None:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
@@ -494,24 +494,23 @@ class TorchEngine(KeptPasses):
             return flat, grads_per_output(chosen, attributed_leaves), mode
 
     def _run_captured(
-        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, chosen_columns: Tensor
+        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, chosen_columns: Tensor, state: PreservedState
     ) -> tuple[Tensor, list[Tensor], Tensor] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
         and the outputs on the pairs' reference side, from the captured graph (captured.py); None where the call runs the
-        intercepted pass."""
+        intercepted pass. The model's state is put back to ``state`` after it."""
         captured = self._captured
         if captured is None:
             return None
         if self.followed_inputs or self.masked_inputs:
             captured.path = "intercepted: token inputs or a Keras Masking layer's input, which the pass follows as it runs"
             return None
-        if any(bool(torch.isnan(t).any()) for t in [*leaves, *references] if t.is_floating_point()):
+        if any(holds_nan(leaves, references)):  # (one host read)
             captured.path = "intercepted: missing values (NaN) among the pairs, which the pass follows as it runs"
             return None
         if has_hooks(self.model):
             captured.path = "intercepted: the model has forward hooks, which the pass runs as they ask"
             return None
-        state = PreservedState(self.model)
         try:
             with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
                 try:
