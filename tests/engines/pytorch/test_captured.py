@@ -193,3 +193,32 @@ def test_a_forward_that_changes_the_models_python_state_runs_the_intercepted_pas
     for _ in range(10):
         assert _same(captured.shap_values(X), intercepted.shap_values(X))
     assert captured.pass_path.startswith("intercepted: the forward changes the model's Python state"), captured.pass_path
+
+
+def test_a_default_dtype_changed_after_capture_gives_a_fresh_explainers_values() -> None:
+    torch.manual_seed(0)
+    model = Composite(stale._made, lstm=nn.LSTM(4, 6, batch_first=True), head=nn.Linear(6, 2)).eval()
+    background, X = stale._data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fresh = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+        assert stale._close(captured.shap_values(X), fresh), captured.pass_path
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_a_model_moved_to_float64_after_capture_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model = stale.Reader().eval()
+    model.host_reads = False
+    background, X = stale._data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    model.double()
+    with pytest.raises(rnnshap.errors.InputError, match="float64"):
+        captured.shap_values(X.double())
