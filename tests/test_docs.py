@@ -16,7 +16,11 @@ def python_blocks(page: Path) -> list[str]:
 
 # large_datasets.md starts Ray
 @pytest.mark.parametrize(
-    "page", [pytest.param("large_datasets.md", marks=pytest.mark.cluster), "shapley.md", "metrics.md", "jax.md", "../README.md"]
+    "page",
+    [
+        pytest.param("large_datasets.md", marks=pytest.mark.cluster),
+        "tutorial.md", "shapley.md", "metrics.md", "jax.md", "../README.md",
+    ],  # fmt: skip
 )
 def test_the_examples_of_the_page_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples may write files
