@@ -58,6 +58,7 @@ from torch import nn
 sys.path.insert(0, os.environ.get("RNNSHAP_TREE") or str(Path(__file__).resolve().parents[1]))
 
 import rnnshap  # noqa: E402
+from rnnshap.engines import cuda_graphs  # noqa: E402
 
 SYNCS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero")
 
@@ -581,7 +582,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
     second call, which traces), the steady time of each, the largest difference of the compiled values from the
     intercepted ones (relative to the largest value), and the path the compiled explainer took."""
     device = torch.device(args.device)
-    # (label, compile=, RNNSHAP_CUDA_GRAPHS): on CUDA the traced program without and with its CUDA graph
+    # (label, compile=, whether CUDA graphs are replayed): on CUDA the traced program without and with its CUDA graph
     modes: list[tuple[str, object, str]] = [("traced", "trace", "0" if device.type == "cuda" else "1")]
     if args.paths == "capture":  # the forward captured once and run on pairs (engines/pytorch/captured.py)
         modes = [("captured", "capture", "1")]
@@ -613,7 +614,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
         cells = [f"{timed(floor, args.repeats, device):.1f}", f"{steady:.1f}"]
         diff, path = 0.0, ""
         for _, mode, graphs in modes:
-            os.environ["RNNSHAP_CUDA_GRAPHS"] = graphs
+            cuda_graphs.REPLAY = graphs == "1"
             explainer = rnnshap.DeepExplainer(model, background, compile=mode)
             explainer.shap_values(X, check_additivity=False)
             second = timed(lambda: explainer.shap_values(X, check_additivity=False), 1, device) / 1e3  # noqa: B023
@@ -626,7 +627,7 @@ def paths(args: argparse.Namespace, steps: int) -> None:
             cells += [f"{steady:.1f}", f"{second:.1f}"]
             diff = float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(np.asarray(want)).max())
             path = explainer.pass_path
-        os.environ.pop("RNNSHAP_CUDA_GRAPHS", None)
+        cuda_graphs.REPLAY = True
         print(f"| {name} | {steps} | " + " | ".join(cells) + f" | {diff:.1e} | {path} |")
 
 

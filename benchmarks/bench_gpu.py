@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import platform
 import statistics
 import sys
@@ -46,6 +45,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rnnshap  # noqa: E402
+from rnnshap.engines import cuda_graphs  # noqa: E402
 from rnnshap.engines.precision import float32_in_full  # noqa: E402
 
 
@@ -230,7 +230,7 @@ def run_config(
     for mode, graphs in [(m, g) for m in compile_modes for g in (("0", "1") if m == "trace" and "cuda" in device else ("1",))]:
         # (--compile: the pass as a traced program, on CUDA without and with its CUDA graph, and compiled; traced at the
         # second call)
-        os.environ["RNNSHAP_CUDA_GRAPHS"] = graphs
+        cuda_graphs.REPLAY = graphs == "1"
         program = rnnshap.DeepExplainer(model, background, batch_size=max(config.pairs, 2048), compile=mode)
         program.shap_values(x)
         synchronize(device)
@@ -246,7 +246,7 @@ def run_config(
         pool = " + its graph's pool" if "CUDA graph" in program.pass_path and "not a CUDA graph" not in program.pass_path else ""
         rows.append((name, f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}{pool}"))
         rows.append((f"  ({once:.1f} s once)", program.pass_path[-110:]))
-    os.environ.pop("RNNSHAP_CUDA_GRAPHS", None)
+    cuda_graphs.REPLAY = True
 
     try:
         from captum.attr import DeepLiftShap, IntegratedGradients

@@ -58,6 +58,20 @@ torch.set_num_threads(TEST_THREADS)
 os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(TEST_THREADS))  # read when TensorFlow starts (a test module imports it later)
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--trace-every-pass", action="store_true",
+        help="run every PyTorch explainer's input passes as traced programs, traced at the first call (CI's traced stage)",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--trace-every-pass"):
+        from rnnshap.engines.pytorch import traced
+
+        traced.EVERY_PASS = True
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``@pytest.mark.tensorflow_only(reason=...)`` (pyproject.toml): skipped where Keras runs another backend
     (KERAS_BACKEND=jax), with its reason; a use without a reason is an error on every backend."""

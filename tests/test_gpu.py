@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import rnnshap
+from rnnshap.engines import cuda_graphs
 
 from .conftest import FLOAT32_VS_FLOAT64, assert_adds_up_to, relative_to_max
 from .models.torch import Composite, RecurrentHead
@@ -194,14 +195,14 @@ def test_a_traced_program_on_cuda_is_replayed_as_one_cuda_graph_with_the_interce
 ) -> None:
     """The program captured once and replayed (cuda_graphs.Replayed): the intercepted values bit for bit, on the inputs
     it was captured on and on others of the same shapes (its inputs copied in), and a result not overwritten by the
-    next replay; ``RNNSHAP_CUDA_GRAPHS=0`` leaves the graph out, with the same values."""
+    next replay; ``cuda_graphs.REPLAY = False`` leaves the graph out, with the same values."""
     background, x, other = _on_cuda(device, seed=7, references=16, samples=8)
     model = GRAPHED[name]().to(device).eval()
     before = state_of(model)
     intercepted = rnnshap.DeepExplainer(model, background, compile=False)
     expected, expected_other = intercepted.shap_values(x), intercepted.shap_values(other)
     for graphs in ("1", "0"):
-        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        monkeypatch.setattr(cuda_graphs, "REPLAY", graphs == "1")
         program = rnnshap.DeepExplainer(model, background, compile="trace")
         for _ in range(3):  # the first call intercepted, the second traced (and captured), the third replayed
             first = program.shap_values(x)
@@ -256,7 +257,7 @@ def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_g
     """A fused layer's reverse recurrence of 8 steps or more on a CUDA device (recurrent/reverse.py, ``_replayed``): its
     layout's first call runs as it is, the second captures a CUDA graph, kept only where its replay gives the
     recurrence's values bit for bit, and later calls replay it. Each call's values are those without graphs
-    (``RNNSHAP_CUDA_GRAPHS=0``) bit for bit: on other inputs of the same shapes, one output or three, and after the
+    (``cuda_graphs.REPLAY = False``) bit for bit: on other inputs of the same shapes, one output or three, and after the
     model's weights change in place (the graph reads its copies of them, made at each call). A packed batch's
     recurrence runs as it is."""
     from rnnshap.recurrent import reverse
@@ -277,7 +278,7 @@ def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_g
         return [a for part in result for a in arrays(part)] if isinstance(result, (list, tuple)) else [np.asarray(result)]
 
     def explained(graphs: str, inputs: Any, **options: Any) -> list[np.ndarray]:
-        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        monkeypatch.setattr(cuda_graphs, "REPLAY", graphs == "1")
         explainer = rnnshap.DeepExplainer(model, background, compile=False)
         return [a for inputs_ in inputs for a in arrays(explainer.shap_values(inputs_, **options))]
 

@@ -1,10 +1,9 @@
 """A program on a CUDA device captured once as a CUDA graph and replayed: every kernel it launches, launched again by one
 call in place of one each from Python. The traced pass's programs (:mod:`.pytorch.traced`) and the fused recurrent layers'
-reverse recurrences (:mod:`rnnshap.recurrent.reverse`) are replayed so; ``RNNSHAP_CUDA_GRAPHS=0`` leaves both out."""
+reverse recurrences (:mod:`rnnshap.recurrent.reverse`) are replayed so; ``REPLAY = False`` here leaves both out."""
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Callable
 
@@ -13,11 +12,14 @@ import torch
 Tensor = torch.Tensor
 
 
-#: ``RNNSHAP_CUDA_GRAPHS=0``: a traced program, or a recurrent layer's reverse recurrence, on a CUDA device launches its
-#: operations one by one, not replayed as a CUDA graph (read when one would be captured; a graph keeps its intermediate
-#: tensors' memory between calls)
+#: False: a traced program, or a recurrent layer's reverse recurrence, on a CUDA device launches its operations one by
+#: one, not replayed as a CUDA graph (read when one would be captured; a graph keeps its intermediate tensors' memory
+#: between calls). Set it in your own code: ``rnnshap.engines.cuda_graphs.REPLAY = False``.
+REPLAY = True
+
+
 def cuda_graphs_wanted() -> bool:
-    return os.environ.get("RNNSHAP_CUDA_GRAPHS", "1") != "0"
+    return REPLAY
 
 
 class Replayed:

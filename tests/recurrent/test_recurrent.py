@@ -706,10 +706,11 @@ def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_grap
 
 
 def test_a_recurrence_may_be_captured_only_where_nothing_traces_or_differentiates_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """reverse._may_capture, the gates of a capture but the device's: 8 steps or more, RNNSHAP_CUDA_GRAPHS not 0, no
+    """reverse._may_capture, the gates of a capture but the device's: 8 steps or more, cuda_graphs.REPLAY, no
     trace (make_fx) and no gradient taken through it, and what it would hold within GRAPHS_SHARE of the device."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from rnnshap.engines import cuda_graphs
     from rnnshap.recurrent import reverse
 
     tensors = [torch.randn(10, 4, 5), torch.randn(5, 5)]
@@ -720,9 +721,9 @@ def test_a_recurrence_may_be_captured_only_where_nothing_traces_or_differentiate
     with torch.enable_grad():
         assert not reverse._may_capture(10, [tensors[0].requires_grad_(True), tensors[1]], memory)
     tensors[0].requires_grad_(False)
-    monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", "0")
+    monkeypatch.setattr(cuda_graphs, "REPLAY", False)
     assert not reverse._may_capture(10, tensors, memory)
-    monkeypatch.delenv("RNNSHAP_CUDA_GRAPHS")
+    monkeypatch.setattr(cuda_graphs, "REPLAY", True)
     seen = []
 
     def traced(x: torch.Tensor) -> torch.Tensor:
@@ -742,10 +743,11 @@ def test_an_explainer_with_its_recurrences_replayed_gives_the_values_it_gives_wi
     batched come as broadcast views, copied whole), stacked and bidirectional layers, other inputs of the same shapes,
     the weights changed in place between calls: each call's values those of the recurrences run as they are, bit for
     bit, and replays made; a packed batch's recurrences run as they are."""
+    from rnnshap.engines import cuda_graphs
     from rnnshap.engines.pytorch import traced
 
     if traced.EVERY_PASS:
-        pytest.skip("every pass traced (RNNSHAP_TRACE_EVERY_PASS=1): a traced program runs the recurrence's operations")
+        pytest.skip("every pass traced (--trace-every-pass): a traced program runs the recurrence's operations")
     reverse = stand_in_graphs
     torch.manual_seed(0)
     kind, *rest = case.split("-")
@@ -762,7 +764,7 @@ def test_an_explainer_with_its_recurrences_replayed_gives_the_values_it_gives_wi
     options = {"ranked_outputs": 1} if "one-output" in case else {}
 
     def values(graphs: str) -> list[np.ndarray]:
-        monkeypatch.setenv("RNNSHAP_CUDA_GRAPHS", graphs)
+        monkeypatch.setattr(cuda_graphs, "REPLAY", graphs == "1")
         explainer = rnnshap.DeepExplainer(model, background, compile=False)
         results = [explainer.shap_values(a, **options) for a in (x, other, x, other)]
         return [np.asarray(a) for r in results for a in (r if isinstance(r, (list, tuple)) else [r])]

@@ -27,7 +27,6 @@ from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
 from .kept import KeptPasses, kept_key, tape_bytes
 from .keras_on_torch import KerasModule
-from .memory import kept_memory
 from .passes import AttributionMode
 from .reads import ForwardReads
 from .runner import PairPass, PassSettings, run_pass
@@ -346,14 +345,7 @@ class TorchEngine(KeptPasses):
         self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool = False, multipliers: bool = False
     ) -> BlockResult:
         """Σ over the block's references of multiplier × (x − r), for each selected output (each
-        pair's own with ``per_pair``; the multipliers themselves with ``multipliers``); on the CPU with freed memory
-        reused (``memory.py``: the rules' large tensors, zero-filled by the kernel page by page otherwise)."""
-        with kept_memory(inputs[0].device):
-            return self._attribute(inputs, block, columns, per_pair, multipliers)
-
-    def _attribute(
-        self, inputs: list[Tensor], block: Block, columns: np.ndarray, per_pair: bool, multipliers: bool
-    ) -> BlockResult:
+        pair's own with ``per_pair``; the multipliers themselves with ``multipliers``)."""
         s, n_refs, k = block.samples, block.references, columns.shape[1]
         device = inputs[0].device
         sample = torch.arange(block.s0, block.s1, device=device).repeat_interleave(n_refs)

@@ -18,7 +18,7 @@ intercepted, and :attr:`TracedPasses.path` says why.
 On a CUDA device a ``"trace"`` program is then captured as one CUDA graph and replayed (:class:`..cuda_graphs.Replayed`): the same
 kernels, launched by one call in place of one each from Python, which is what bounds a recurrent layer's steps there
 (a few small kernels a step). It is kept only where its replay gives the program's outputs bit for bit and runs
-faster; else the program runs itself, and the path says why. ``RNNSHAP_CUDA_GRAPHS=0`` leaves it out.
+faster; else the program runs itself, and the path says why. ``rnnshap.engines.cuda_graphs.REPLAY = False`` leaves it out.
 
 ``compile="auto"`` (the default on a CUDA device, and on the CPU for a Python loop of recurrent cells: :data:`CELL_LOOP`)
 traces a slot only once its intercepted passes have taken about what tracing it would (:data:`TRACE_IN_CALLS` of
@@ -55,10 +55,10 @@ aten = torch.ops.aten
 
 #: the values ``compile=`` takes
 
-#: ``RNNSHAP_TRACE_EVERY_PASS=1``: every PyTorch explainer runs its input passes as traced programs, traced at the
-#: first call of a version (not the second), where ``compile=False`` would intercept them: how the test suite runs its
-#: exactness tests on the traced path (tests/README.md)
-EVERY_PASS = os.environ.get("RNNSHAP_TRACE_EVERY_PASS") == "1"
+#: every PyTorch explainer runs its input passes as traced programs, traced at the first call of a version (not the
+#: second), where ``compile=False`` would intercept them: how the test suite runs its exactness tests on the traced
+#: path (``pytest --trace-every-pass``, tests/conftest.py)
+EVERY_PASS = False
 
 
 #: host reads whose value becomes a guard
@@ -399,7 +399,7 @@ class TracedPasses:
 
         start = time.perf_counter()
         try:
-            with values_unread(), _one_fake_mode(), _no_node_values():
+            with values_unread(), _one_fake_mode():
                 graph = make_fx(traced, tracing_mode="real")(*inputs)
         except NotThisCall as error:
             self.path = f"intercepted: {error} (traced at the next call)"
@@ -519,57 +519,14 @@ def _where(inputs: Sequence[Tensor], laid: Sequence[Tensor]) -> tuple[Any, Any]:
 
 @contextlib.contextmanager
 def _one_fake_mode() -> Any:
-    """One fake-tensor mode for a whole trace: ``make_fx`` notes a node's output as a fake tensor (since
-    :func:`_no_node_values`, only a constant's), made under the ambient fake mode, or else under one it makes anew for
+    """One fake-tensor mode for a whole trace: ``make_fx`` notes a node's output as a fake tensor, made under the
+    ambient fake mode, or else under one it makes anew for
     each, which records a stack trace as it is made (about half the time of tracing an ``LSTMCell`` loop)."""
     from torch._guards import TracingContext, tracing
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))):
         yield
-
-
-#: whether make_fx, on this thread, notes no fake value on its graph's nodes (see :func:`_no_node_values`)
-_SKIPPING = threading.local()
-
-
-def _switchable_set_meta() -> bool:
-    """Whether make_fx's ``set_meta`` (torch.fx.experimental.proxy_tensor), which notes a node's output as a fake
-    tensor, may be switched off per thread: torch's own, wrapped once (idempotently) to skip where this thread asks,
-    else as it was. False where this torch has no such function (then traces note their values)."""
-    from torch.fx.experimental import proxy_tensor
-
-    current = getattr(proxy_tensor, "set_meta", None)
-    if current is None:
-        return False
-    if getattr(current, "rnnshap_switchable", False):
-        return True
-    original = current
-
-    def set_meta(proxy: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_SKIPPING, "on", False):
-            return proxy
-        return original(proxy, *args, **kwargs)
-
-    set_meta.rnnshap_switchable = True  # type: ignore[attr-defined]
-    setattr(proxy_tensor, "set_meta", set_meta)  # noqa: B010 (a module's function replaced)
-    return True
-
-
-@contextlib.contextmanager
-def _no_node_values() -> Any:
-    """make_fx notes no fake value (``node.meta["val"]``, ``"tensor_meta"``) on its graph's nodes, on this thread,
-    inside: a program is the graph's code, which reads none of them, and making one is a fake tensor's dispatch per
-    operation, a third to half of the time of tracing a pass. A make_fx of another thread meanwhile notes them."""
-    if not _switchable_set_meta():
-        yield
-        return
-    before = getattr(_SKIPPING, "on", False)
-    _SKIPPING.on = True
-    try:
-        yield
-    finally:
-        _SKIPPING.on = before
 
 
 #: an aten operation in the code ``torch.fx`` writes for a graph: ``torch.ops.aten.<name>.<overload>(``

@@ -258,53 +258,6 @@ def test_a_trace_makes_one_fake_tensor_mode(monkeypatch: pytest.MonkeyPatch) -> 
     assert program.pass_path.startswith("traced:") and len(made) == 1
 
 
-def test_a_trace_notes_no_fake_value_on_its_nodes_and_other_traces_on_other_threads_still_do() -> None:
-    """make_fx notes each node's output as a fake tensor (``node.meta["val"]``), a third to half of the time it takes
-    to trace a pass; a program is the graph's code, which reads none of them, so rnnshap's trace notes none. Only on
-    the thread that traces, while it does: a make_fx on another thread meanwhile, or after it, notes them as before."""
-    import threading
-
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(x) * 2
-
-    def noted(graph: torch.fx.GraphModule) -> list[bool]:
-        return ["val" in node.meta for node in graph.graph.nodes if node.op == "call_function"]
-
-    other: list[torch.fx.GraphModule] = []
-    with traced._no_node_values():
-        inside = make_fx(f)(torch.randn(3))
-        thread = threading.Thread(target=lambda: other.append(make_fx(f)(torch.randn(3))))
-        thread.start()
-        thread.join()
-    outside = make_fx(f)(torch.randn(3))
-    assert noted(inside) and not any(noted(inside))
-    assert all(noted(other[0])) and all(noted(outside)) and noted(outside)
-
-
-def test_the_pass_is_traced_without_fake_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine's trace runs inside :func:`traced._no_node_values` (its values: the intercepted ones, bit for bit,
-    as the first test of this file checks for every family)."""
-    entered: list[int] = []
-    switch = traced._no_node_values
-
-    def counted() -> object:
-        entered.append(1)
-        return switch()
-
-    monkeypatch.setattr(traced, "_no_node_values", counted)
-    torch.manual_seed(0)
-    model = FAMILIES["lstm"]().eval()
-    background, X = _data()
-    program = rnnshap.DeepExplainer(model, background, compile="trace")
-    want = rnnshap.DeepExplainer(model, background).shap_values(X)
-    program.shap_values(X)
-    got = program.shap_values(X)
-    assert program.pass_path.startswith("traced:") and entered == [1]
-    assert _same(got, want)
-
-
 def test_a_check_that_answers_otherwise_runs_the_call_intercepted() -> None:
     """The program was traced on inputs without a missing value; on inputs with one (in the feature the model never
     reads, as the background has), the pass's missing-value check (a host read, kept as a guard) answers otherwise:
