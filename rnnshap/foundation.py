@@ -8,7 +8,8 @@ Moirai 2, Toto, Toto 2) explained in the objects their libraries return, exactly
     result.plot()
 
 See :mod:`rnnshap.forecasting.foundation` and docs/foundation.md. Each library is imported only when its model
-is explained (``pip install 'rnnshap[foundation]'``).
+is explained (``pip install 'rnnshap[foundation]'``; TinyTimeMixer's granite-tsfm, which pins transformers 4.56
+beside torch 2.13, with ``pip install 'rnnshap[foundation-ttm]'``).
 """
 
 from .forecasting.foundation import ForecastExplainer, ForecastExplanation, explain

@@ -67,3 +67,7 @@ def test_each_door_extra_installs_what_its_readme_line_needs() -> None:
     assert "torch" in named("darts")["darts"].extras
     assert {"tensorflow-cpu", "keras"} <= named("aeon").keys()
     assert named("aeon")["tensorflow-cpu"].specifier == named("tf")["tensorflow-cpu"].specifier
+    # the foundation extra installs beside transformers 5: granite-tsfm (whose release for torch 2.13 pins transformers
+    # 4.56) is an extra of its own, foundation-ttm
+    assert "granite-tsfm" not in named("foundation") and "granite-tsfm" in named("foundation-ttm")
+    assert named("foundation")["transformers"].specifier.contains("5.0.0")

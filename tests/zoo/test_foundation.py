@@ -592,6 +592,34 @@ def test_an_unverified_library_version_is_refused_by_name(ttm: Any, monkeypatch:
         rnnshap.foundation.explain(ttm, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
 
 
+@pytest.mark.parametrize("metadata", [True, False], ids=["installed-but-broken", "not-installed"])
+def test_a_tinytimemixer_without_granite_tsfm_names_the_extra_that_installs_it(
+    metadata: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """granite-tsfm is in the foundation-ttm extra, not the foundation one (it pins transformers 4.56): a model of
+    tsfm_public's whose library does not import, or is not installed at all, is refused naming that extra."""
+    import importlib.metadata
+    import sys
+
+    version = importlib.metadata.version
+
+    def granite_missing(name: str) -> str:
+        if name == "granite-tsfm":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version(name)
+
+    if metadata:
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.3.2" if name == "granite-tsfm" else version(name))
+    else:
+        monkeypatch.setattr(importlib.metadata, "version", granite_missing)
+    monkeypatch.setitem(sys.modules, "tsfm_public", None)  # importing it raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tsfm_public.models", None)
+    monkeypatch.setitem(sys.modules, "tsfm_public.models.tinytimemixer", None)
+    model = type("TinyTimeMixerForPrediction", (torch.nn.Module,), {"__module__": "tsfm_public.models.tinytimemixer"})()
+    with pytest.raises(ImportError, match=r"TinyTimeMixer through granite-tsfm.*pip install 'rnnshap\[foundation-ttm\]'"):
+        rnnshap.foundation.explain(model, windows(16, [300]), prediction_length=2, background=windows(16, [0, 60]))
+
+
 def test_sampled_shapley_values_add_up_and_their_errors_cover_the_enumerated_ones(ttm: Any) -> None:
     """Below the enumeration's cost: antithetic walks, values that still add up to the forecast, standard errors
     that cover the distance to the values enumerated through granite-tsfm's own call."""

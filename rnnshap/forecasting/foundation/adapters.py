@@ -36,6 +36,8 @@ class Adapter:
     distribution = ""
     #: the model's name in messages
     label = ""
+    #: the rnnshap extra that installs the library, named where it is missing or does not import ("": none names it)
+    extra = ""
     #: how the library takes a missing value (said in the docs and the result)
     drops = "NaN"
     #: the precision the forecast is computed in (its rounding is the Shapley mode's tolerance for a model whose
@@ -168,6 +170,15 @@ class ObservedMaskAdapter(Adapter):
 
     def context_inputs(self, windows: np.ndarray) -> list[np.ndarray]:
         return [~np.isnan(windows)]
+
+
+def library_missing(adapter: type[Adapter] | Adapter, error: ImportError) -> ImportError:
+    """The ImportError for ``adapter``'s library missing or failing to import (``error``), naming the rnnshap extra that
+    installs it (:attr:`Adapter.extra`)."""
+    return ImportError(
+        f"rnnshap.foundation explains {adapter.label} through {adapter.distribution} and needs it: pip install "
+        f"'rnnshap[{adapter.extra}]' ({type(error).__name__}: {error})"
+    )
 
 
 def variate_columns(out: Any, columns: Sequence[Any], index: Callable[[Any], int]) -> Any:

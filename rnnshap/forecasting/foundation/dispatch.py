@@ -7,7 +7,7 @@ from typing import Any
 
 from ...errors import InputError
 from .. import check_version
-from .adapters import Adapter
+from .adapters import Adapter, library_missing
 
 
 def adapter_class(model: Any) -> type[Adapter] | None:
@@ -70,5 +70,10 @@ def adapter_for(model: Any) -> Adapter:
             "For another torch forecaster use rnnshap.DeepExplainer on a module from context windows to its forecast "
             "(docs/recipes.md)"
         )
-    check_version(cls.distribution)
+    try:
+        check_version(cls.distribution)
+    except ModuleNotFoundError as error:  # no package metadata, and no module of the distribution's name
+        if not cls.extra:
+            raise
+        raise library_missing(cls, error) from error
     return cls(model)

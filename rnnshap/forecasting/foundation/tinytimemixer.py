@@ -14,16 +14,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .adapters import Adapter, point_levels
+from .adapters import Adapter, library_missing, point_levels
 
 
 class TinyTimeMixerAdapter(Adapter):
     distribution = "granite-tsfm"
     label = "TinyTimeMixer"
     drops = "past_observed_mask=False (the value set to 0)"
+    # not the foundation extra: granite-tsfm 0.3.2, the release that installs beside torch 2.13, pins transformers 4.56
+    extra = "foundation-ttm"
 
     def __init__(self, model: Any) -> None:
-        from tsfm_public.models.tinytimemixer import TinyTimeMixerForPrediction
+        try:
+            from tsfm_public.models.tinytimemixer import TinyTimeMixerForPrediction
+        except ImportError as error:
+            raise library_missing(self, error) from error
 
         if not isinstance(model, TinyTimeMixerForPrediction):
             raise InputError(f"rnnshap.foundation takes granite-tsfm's TinyTimeMixerForPrediction; got {type(model).__name__}")
