@@ -30,6 +30,7 @@ from torch import fx
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils._pytree import tree_flatten
 
+from ...errors import RnnShapError
 from ...rules.base import Constant, EvalOnly, Identity, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Product
@@ -391,8 +392,12 @@ class CapturedPasses:
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
-        except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        except RnnShapError:
+            raise
+        except Exception as error:  # (torch.compile's own refusals, and what it raises where it fails to trace: a
+            # forward that fails by itself fails the intercepted pass alike, which raises it as it is)
+            lines = str(error).strip().splitlines()
+            reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
             self.path = f"intercepted: torch.compile cannot capture the forward as one graph ({reason})"
             return None
         finally:

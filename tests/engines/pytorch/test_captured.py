@@ -26,6 +26,13 @@ CAPTURED = "captured:"
 
 
 
+#: families whose reference side rounds by the number of rows it runs on: the intercepted pass runs it on the distinct
+#: references (6 rows), the captured one on every pair's (18), and torch's CPU matrix product picks its kernel by the
+#: number of rows (Linear(8, 3) on 6 rows and on the same rows among 18 differs in the last bit on some CPUs): the same
+#: values within float32's rounding there, a few ulps of the largest value; bit for bit elsewhere
+ROWS_VECTORIZED = {"layer norm, gelu, softmax"}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_gives_the_intercepted_values_bit_for_bit(family: str) -> None:
     torch.manual_seed(0)
@@ -35,7 +42,12 @@ def test_each_family_gives_the_intercepted_values_bit_for_bit(family: str) -> No
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     for seed in (1, 1, 2):  # (a new input of the same signature runs the same graph)
         X = _data(seed)[1]
-        assert _same(captured.shap_values(X), intercepted.shap_values(X)), (family, captured.pass_path)
+        got, want = captured.shap_values(X), intercepted.shap_values(X)
+        if family in ROWS_VECTORIZED:
+            bound = 4 * torch.finfo(torch.float32).eps * np.abs(want).max()
+            assert np.abs(got - want).max() <= bound, (family, np.abs(got - want).max() / np.abs(want).max())
+        else:
+            assert _same(got, want), (family, captured.pass_path)
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
@@ -110,6 +122,22 @@ def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     values = captured.shap_values(X)
     assert captured.pass_path.startswith("intercepted: the captured pass does not take torch.Tensor.relu_"), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def _marked_static(x: torch.Tensor) -> torch.Tensor:
+    state = torch.zeros(3)
+    torch._dynamo.mark_static_address(state)  # (transformers' Mamba cache does this; torch.compile refuses to trace it)
+    return torch.tanh(x.flatten(1)[:, :3]) + state
+
+
+def test_a_forward_torch_compile_refuses_to_trace_runs_the_intercepted_pass_and_says_why() -> None:
+    model = Function(_marked_static).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith("intercepted: torch.compile cannot capture the forward"), captured.pass_path
+    assert "mark_static_address" in captured.pass_path
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
 
 
