@@ -37,6 +37,7 @@ from ...rules.elementwise import Product
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target
+from .captured_tokens import Lookup, TokenValue, lookup, move, token_use
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .randomness import random_call
 from .state import python_state
@@ -96,10 +97,12 @@ class _Call:
     """One call of the captured forward on pairs: the reference side of each explained input (by position among the
     model's inputs), the pairs' grid, and what the plan leaves for the caller (the reference side of the outputs)."""
 
-    def __init__(self, references: dict[int, Tensor], grid: PairGrid) -> None:
-        self.references, self.grid = references, grid
+    def __init__(self, references: dict[int, Tensor], grid: PairGrid, tokens: frozenset[int] = frozenset()) -> None:
+        self.references, self.grid, self.tokens = references, grid, tokens
         self.outputs: dict[int, Any] | None = None  # id of an input-side output tensor → its reference side
         self.planned = False
+        #: the token inputs' embedding lookups, in the order the graph made them (captured_tokens.py)
+        self.lookups: list[Lookup] = []
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rnnshap_captured_call", default=None)
@@ -137,16 +140,24 @@ class GraphPlan:
     """The decisions on one captured graph for the rules as they are (``registry``): :meth:`run` interprets it on
     pairs. Raises :class:`NotCaptured` where the graph holds what it does not take yet."""
 
-    def __init__(self, graph: fx.Graph, registry: RuleRegistry, explained: set[int]) -> None:
+    def __init__(self, graph: fx.Graph, registry: RuleRegistry, explained: set[int], tokens: frozenset[int]) -> None:
         self.changes = registry.changes
         self.steps: list[_Step] = []
         tracked: set[fx.Node] = set()
+        ids: set[fx.Node] = set()  # (nodes of token ids: captured_tokens.py)
         #: roots and inverse roots of input-dependent values, and what keeps them (handwritten_norms.py), by node
         self.marks: dict[fx.Node, int] = {}
         self._first_only: set[fx.Node] = set()  # (std_mean's results: its std is a root, its mean is not)
         for node in graph.nodes:
-            step = self._decide(node, registry, explained, tracked)
-            if step.kind in ("input", "linear", "rule"):
+            step = self._decide_ids(node, tokens, ids, tracked) if self._uses_ids(node, ids) else None
+            if step is None:
+                step = self._decide(node, registry, explained, tracked)
+            if step.kind in ("tokens", "move", "cast", "meta"):
+                if step.kind != "meta":
+                    ids.add(node)
+                self.steps.append(step)
+                continue
+            if step.kind in ("input", "linear", "rule", "lookup"):
                 tracked.add(node)
                 self._mark(step, tracked)
             self.steps.append(step)
@@ -173,6 +184,23 @@ class GraphPlan:
         if self.marks and (type(step.rule) is Product or type(step.rule) is Quotient):
             call = types.SimpleNamespace(fn=step.fn, args=args, kwargs=dict(node.kwargs), inputs=operands)
             step.rule = normalizing_rule(step.rule, call, self.marks)
+
+    @staticmethod
+    def _uses_ids(node: fx.Node, ids: set[fx.Node]) -> bool:
+        return node.op == "placeholder" or any(n in ids for n in node.all_input_nodes)
+
+    @staticmethod
+    def _decide_ids(node: fx.Node, tokens: frozenset[int], ids: set[fx.Node], tracked: set[fx.Node]) -> _Step | None:
+        """A placeholder of a token input, or a node on token ids (captured_tokens.py); None for another placeholder."""
+        if node.op == "placeholder":
+            position = _input_position(node)
+            return _Step(node, "tokens", position=position) if position in tokens else None
+        fn, _ = _function(node)
+        use = token_use(fn, node, ids, tracked) if fn is not None else None
+        if use is None:
+            name = op_name(fn) if fn is not None else str(node.target)
+            raise NotCaptured(f"{name} on token ids (only their moves and embedding lookups are taken)")
+        return _Step(node, use, fn=fn, name=op_name(fn))
 
     @staticmethod
     def _decide(node: fx.Node, registry: RuleRegistry, explained: set[int], tracked: set[fx.Node]) -> _Step:
@@ -215,12 +243,18 @@ class GraphPlan:
             node = step.node
             if node.op == "placeholder":
                 value = next(placeholders)
-                env[node] = PairValue(value, call.references[step.position]) if step.kind == "input" else value
+                if step.kind == "tokens":
+                    positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
+                    env[node] = TokenValue(value, call.references[step.position], positions, step.position)
+                else:
+                    env[node] = PairValue(value, call.references[step.position]) if step.kind == "input" else value
             elif node.op == "call_function" and node.target in _GRAD_MODE:
                 grad = bool(node.args[0])
             elif step.kind == "value":
                 with torch.set_grad_enabled(grad):
                     env[node] = _value(node, env)
+            elif step.kind in ("move", "cast", "lookup", "meta"):
+                env[node] = self._on_ids(step, env, call)
             elif step.kind == "output":
                 pairs: list[PairValue] = []
                 out = _resolve(node.args[0], env, 0, pairs)
@@ -234,6 +268,21 @@ class GraphPlan:
                 except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
                     raise NotCaptured(f"{step.name} ({type(error).__name__} in its rule)") from error
         raise NotCaptured("a graph without an output")
+
+    @staticmethod
+    def _on_ids(step: _Step, env: dict[fx.Node, Any], call: _Call) -> Any:
+        """A move or cast of token ids, or an embedding lookup of them (captured_tokens.py)."""
+        node, fn = step.node, step.fn
+        assert fn is not None
+        args, kwargs = _resolve(node.args, env, 0), _resolve(node.kwargs, env, 0)
+        value = next(v for v in tree_flatten((args, kwargs))[0] if isinstance(v, TokenValue))
+        if step.kind == "meta":
+            return fn(*(value.x if a is value else a for a in args), **kwargs)
+        if step.kind != "lookup":
+            return move(fn, args, kwargs, value, step.kind)
+        leaf, reference, made = lookup(fn, args, kwargs, value)
+        call.lookups.append(made)
+        return PairValue(leaf, reference)
 
     @staticmethod
     def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> PairValue:
@@ -357,7 +406,7 @@ class CapturedPasses:
             plan = None  # (rules registered or removed since: decided again)
         if plan is None:
             try:
-                plan = GraphPlan(graph_module.graph, self.registry, set(call.references))
+                plan = GraphPlan(graph_module.graph, self.registry, set(call.references) - call.tokens, call.tokens)
             except NotCaptured as error:
                 plan = error
             self._plans[id(graph_module)] = plan
@@ -367,10 +416,16 @@ class CapturedPasses:
         return plan
 
     def run(
-        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, take: Callable[[Any], Any]
-    ) -> tuple[Tensor, Tensor] | None:
+        self,
+        leaves: list[Tensor],
+        references: list[Tensor],
+        grid: PairGrid,
+        take: Callable[[Any], Any],
+        tokens: frozenset[int] = frozenset(),
+    ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
-        side, or None where this call runs the intercepted pass (``path`` says why)."""
+        side, and the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), or None where
+        this call runs the intercepted pass (``path`` says why)."""
         if self.off is not None:
             self.path = f"intercepted: {self.off}"
             return None
@@ -381,8 +436,10 @@ class CapturedPasses:
         if ruled is not None:
             self.path = f"intercepted: a rule registered for the module class {type(ruled).__qualname__}"
             return None
-        explained = {i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad}
-        call = _Call(explained, grid)
+        explained = {
+            i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
+        }
+        call = _Call(explained, grid, tokens)
         before = python_state(self.model)
         token = _CALL.set(call)
         try:
@@ -398,7 +455,9 @@ class CapturedPasses:
             # forward that fails by itself fails the intercepted pass alike, which raises it as it is)
             lines = str(error).strip().splitlines()
             reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-            self.path = f"intercepted: torch.compile cannot capture the forward as one graph ({reason})"
+            # (tried again at every call, it would fail again at a capture's cost: this explainer captures no more)
+            self.off = f"torch.compile cannot capture the forward as one graph ({reason})"
+            self.path = f"intercepted: {self.off}"
             return None
         finally:
             _CALL.reset(token)
@@ -415,7 +474,7 @@ class CapturedPasses:
             self.path = "intercepted: the explained output is not one of the captured graph's outputs"
             return None
         self.path = "captured: the forward's graph run on the pairs"
-        return flat, reference
+        return flat, reference, call.lookups
 
 
 def _capture_settings() -> Any:

@@ -22,6 +22,7 @@ from ..base import RTOL, TINY, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
 from .captured import CapturedPasses
+from .captured_tokens import token_contributions
 from .checks import check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
@@ -420,8 +421,9 @@ class TorchEngine(KeptPasses):
             grid = PairGrid(s, n_refs)
             self._defer_checks = False
 
+        tokens: dict[int, Tensor] = {}
         if captured is not None:
-            flat, grads, ref_outputs = captured
+            flat, grads, ref_outputs, tokens = captured
             mode = None
 
         def per_sample(contribution: Tensor) -> np.ndarray:
@@ -437,6 +439,8 @@ class TorchEngine(KeptPasses):
                 grad = next(attributed)
                 term = contribution(grad, leaf.detach(), reference)  # (the multipliers alone are refused alike)
                 sums[t] += per_sample(grad if multipliers else term)
+        for t, per_position in tokens.items():  # (the captured pass's token inputs: each position's contribution)
+            sums[t] += per_sample(per_position.reshape(k, *leaves[t].shape))
         if mode is not None and mode.embedded:
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
@@ -487,16 +491,21 @@ class TorchEngine(KeptPasses):
 
     def _run_captured(
         self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, chosen_columns: Tensor, state: PreservedState
-    ) -> tuple[Tensor, list[Tensor], Tensor] | None:
+    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
-        and the outputs on the pairs' reference side, from the captured graph (captured.py); None where the call runs the
-        intercepted pass. The model's state is put back to ``state`` after it."""
+        the outputs on the pairs' reference side, and each token input's contributions per position (``(k, pairs ×
+        its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
+        pass. The model's state is put back to ``state`` after it."""
         captured = self._captured
         if captured is None:
             return None
-        if self.followed_inputs or self.masked_inputs:
-            captured.path = "intercepted: token inputs or a Keras Masking layer's input, which the pass follows as it runs"
+        if self.number_inputs or self.masked_inputs:
+            captured.path = (
+                "intercepted: integer inputs used as numbers, or a Keras Masking layer's input, which the pass follows as "
+                "it runs"
+            )
             return None
+        tokens = frozenset(self.token_inputs)
         if any(holds_nan(leaves, references)):  # (one host read)
             captured.path = "intercepted: missing values (NaN) among the pairs, which the pass follows as it runs"
             return None
@@ -506,24 +515,26 @@ class TorchEngine(KeptPasses):
         try:
             with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
                 try:
-                    ran = captured.run(leaves, references, grid, self._take)
+                    ran = captured.run(leaves, references, grid, self._take, tokens)
                 except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
                     if not grid.deferred or grid.all_held():
                         raise
                     ran = None
                 if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
-                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take)
+                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens)
                     self._defer_checks = False  # (as in later calls)
         finally:
             state.restore()
         if ran is None:
             return None
-        outputs, reference = ran
+        outputs, reference, lookups = ran
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
-            grads = grads_per_output(chosen, [leaf for leaf in leaves if leaf.requires_grad])
-        return flat, grads, reference.detach()
+            attributed = [leaf for leaf in leaves if leaf.requires_grad]
+            grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
+        sizes = {t: leaves[t].numel() for t in tokens}
+        return flat, grads[: len(attributed)], reference.detach(), token_contributions(lookups, grads[len(attributed) :], sizes)
 
     def _traceable(self, distinct: bool) -> bool:
         """Whether a call's input pass may run as a program (``compile=``); where not, the traced passes say why."""

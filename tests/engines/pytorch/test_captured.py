@@ -139,6 +139,12 @@ def test_a_forward_torch_compile_refuses_to_trace_runs_the_intercepted_pass_and_
     assert captured.pass_path.startswith("intercepted: torch.compile cannot capture the forward"), captured.pass_path
     assert "mark_static_address" in captured.pass_path
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    passes = captured.engine._captured  # (not tried again: each try would cost a capture)
+    tries: list[int] = []
+    compiled = passes._compiled
+    passes._compiled = lambda *args: tries.append(1) or compiled(*args)
+    assert _same(captured.shap_values(X), values) and not tries
+    assert captured.pass_path.startswith("intercepted: torch.compile cannot capture the forward"), captured.pass_path
 
 
 def test_a_model_in_training_mode_is_captured_as_it_runs_and_again_in_eval_mode() -> None:
@@ -250,3 +256,60 @@ def test_a_model_moved_to_float64_after_capture_is_refused_by_name() -> None:
     model.double()
     with pytest.raises(rnnshap.errors.InputError, match="float64"):
         captured.shap_values(X.double())
+
+
+#: token ids moved before their embedding (tests/engines/pytorch/test_tokens.py checks the same moves against the
+#: embedding's output moved instead)
+TOKEN_MOVES = ["flip", "shift_right_with_bos", "transpose", "roll", "index_select", "gather", "masked_fill_then_cast"]
+
+
+@pytest.mark.parametrize("move", TOKEN_MOVES)
+def test_token_ids_are_followed_to_their_embedding_with_the_intercepted_values_bit_for_bit(move: str) -> None:
+    from .test_tokens import MOVES, V, moved
+
+    torch.manual_seed(0)
+    model = moved(MOVES[move][0]).eval()
+    g = torch.Generator().manual_seed(1)
+    background, X = torch.randint(0, V, (3, 6), generator=g), torch.randint(0, V, (2, 6), generator=g)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    for _ in range(2):
+        got, want = captured.shap_values(X), intercepted.shap_values(X)
+        assert _same(got, want), (move, np.abs(got - want).max(), captured.pass_path)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_token_ids_compared_with_a_value_run_the_intercepted_pass_and_say_so() -> None:
+    """A mask made from the ids (``ids != pad``) is context the intercepted pass follows: not taken yet."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, ids: m.out(m.gru(m.emb(ids) * (ids != 0).unsqueeze(-1))[0][:, -1]),
+                      emb=nn.Embedding(9, 3), gru=nn.GRU(3, 4, batch_first=True), out=nn.Linear(4, 2)).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    background, X = torch.randint(0, 9, (3, 6), generator=g), torch.randint(0, 9, (2, 6), generator=g)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert "on token ids" in captured.pass_path, captured.pass_path
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def test_a_token_input_beside_a_float_input_and_a_mask_is_captured() -> None:
+    """Token ids into an embedding, a float feature beside them and a boolean mask (context): the float input and the
+    tokens attributed, the mask taken from the explained sample on both sides; a padded step gets exactly 0."""
+    torch.manual_seed(0)
+
+    def forward(m: nn.Module, ids: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        steps = torch.cat([m.emb(ids), feature.unsqueeze(-1)], -1) * mask.unsqueeze(-1)
+        return m.out(m.gru(steps)[0][:, -1])
+
+    model = Composite(forward, emb=nn.Embedding(9, 3), gru=nn.GRU(4, 5, batch_first=True), out=nn.Linear(5, 2)).eval()
+    g = torch.Generator().manual_seed(2)
+    background = [torch.randint(0, 9, (4, 6), generator=g), torch.randn(4, 6, generator=g), torch.ones(4, 6, dtype=torch.bool)]
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[:, 2] = False
+    X = [torch.randint(0, 9, (3, 6), generator=g), torch.randn(3, 6, generator=g), mask]
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    want = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+    assert _same(got, want)
+    assert np.abs(got[0][:, 2]).max() == 0.0 and np.abs(got[1][:, 2]).max() == 0.0
