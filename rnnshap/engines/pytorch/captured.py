@@ -31,12 +31,12 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils._pytree import tree_flatten
 
 from ...errors import RnnShapError
-from ...rules.base import Constant, EvalOnly, Identity, Linear, OpCall, PairGrid, Refuse, Rule
+from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Product
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
-from .calls import flatten_call, in_place_target
+from .calls import flatten_call, in_place_target, out_of_place
 from .captured_tokens import Lookup, TokenValue, lookup, move, token_use
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .randomness import random_call
@@ -61,6 +61,10 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
 #: calls that only switch the grad mode: the model's own ``no_grad()`` holds for what depends on no input; what does is
 #: followed as ``detach()`` is (the function the model computes does not change)
 _GRAD_MODE = {torch._C._set_grad_enabled}
+
+
+class PlanFault(RuntimeError):
+    """A fault of the captured pass's own plan (not of torch.compile, nor of the model): raised as it is."""
 
 
 class NotCaptured(Exception):
@@ -91,6 +95,18 @@ class _Step:
     swap: bool = False
     #: the positions of the input-dependent operands among the call's flattened arguments (set at its first run)
     tracked: tuple[int, ...] | None = None
+    #: the arguments the step calls ``fn`` with, where they are not the node's (an in-place call run out of place)
+    call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    #: the node an in-place call wrote into, and the results of earlier in-place calls on it (the same tensor): they take
+    #: the step's value from then on
+    writes: tuple[fx.Node, ...] = ()
+
+    def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments ``fn`` takes, nodes among them (a Python operator's operands swapped where ``swap``)."""
+        if self.call is not None:
+            return self.call
+        node = self.node
+        return ((node.args[1], node.args[0], *node.args[2:]) if self.swap else tuple(node.args)), dict(node.kwargs)
 
 
 class _Call:
@@ -125,6 +141,56 @@ def _inplace_flag(fn: Any, args: tuple[Any, ...]) -> bool:
     return "inplace" in names and len(args) > names.index("inplace") and args[names.index("inplace")] is True
 
 
+#: operations whose result may share its memory with their first operand: a write into one is a write into the other
+_ALIASING = frozenset({
+    "view", "view_as", "reshape", "reshape_as", "transpose", "t", "permute", "__getitem__", "getitem", "unsqueeze",
+    "squeeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "as_strided", "split", "chunk",
+    "unbind", "tensor_split", "diagonal", "contiguous", "detach", "movedim", "moveaxis", "swapaxes", "swapdims",
+    "unfold", "real", "imag", "alias", "split_with_sizes", "view_as_real", "view_as_complex", "getattr",
+})  # fmt: skip
+
+
+def _aliases(node: fx.Node) -> bool:
+    """Whether a node's value may share memory with another value of the graph (a view), or is an input's."""
+    if node.op == "placeholder":
+        return True
+    if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
+        return False  # (an item of a tuple of results)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return canonical(str(name)) in _ALIASING
+
+
+def _out_of_place(
+    node: fx.Node,
+    fn: Any,
+    name: str,
+    tracked: set[fx.Node],
+    order: dict[fx.Node, int],
+    written_as: dict[fx.Node, tuple[fx.Node, ...]],
+) -> tuple[Any, tuple[tuple[Any, ...], dict[str, Any]], fx.Node]:
+    """An in-place call on an input-dependent value run out of place (``x.relu_()`` as ``x.relu()``, ``F.relu(x,
+    inplace=True)`` as ``F.relu(x)``), its value taken by the node it wrote into from then on: the function, its
+    arguments (nodes among them) and that node. Raises :class:`NotCaptured` where the write could reach another value
+    (the target a view or an input, or a view of it taken before and read after) or writes into a value that does not
+    depend on the inputs (``buffer[t] = h``)."""
+    if node.target is operator.setitem:
+        raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
+    examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
+    base, args, kwargs, target = out_of_place(fn, *examples)
+    by_example = {id(_example(n)): n for n in node.all_input_nodes}
+    written = by_example.get(id(target)) if target is not None else None
+    if written is None or base is fn and kwargs == examples[1] and args == examples[0]:
+        raise NotCaptured(f"{name}: written in place, with no out-of-place form known")
+    if written not in tracked:
+        raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
+    same = written_as.get(written, (written,))
+    earlier_views = [u for n in same for u in n.users if u is not node and order[u] < order[node] and _aliases(u)]
+    if _aliases(same[0]) or earlier_views:
+        raise NotCaptured(f"{name}: written in place into a view of an input-dependent value, or one with views")
+    back = lambda a: by_example.get(id(a), a) if isinstance(a, Tensor) else a  # noqa: E731
+    return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
+
+
 def _example(argument: Any) -> Any:
     """What an argument of a node was when the graph was captured: a node's example value (fake tensors), else the
     argument itself."""
@@ -148,15 +214,22 @@ class GraphPlan:
         #: roots and inverse roots of input-dependent values, and what keeps them (handwritten_norms.py), by node
         self.marks: dict[fx.Node, int] = {}
         self._first_only: set[fx.Node] = set()  # (std_mean's results: its std is a root, its mean is not)
+        order = {node: i for i, node in enumerate(graph.nodes)}
+        written_as: dict[fx.Node, tuple[fx.Node, ...]] = {}  # (each in-place result: the nodes of the same tensor)
         for node in graph.nodes:
             step = self._decide_ids(node, tokens, ids, tracked) if self._uses_ids(node, ids) else None
             if step is None:
-                step = self._decide(node, registry, explained, tracked)
+                step = self._decide(node, registry, explained, tracked, (order, written_as))
             if step.kind in ("tokens", "move", "cast", "meta"):
                 if step.kind != "meta":
                     ids.add(node)
                 self.steps.append(step)
                 continue
+            if step.writes:  # (an in-place call's result is the tensor it wrote into, as are earlier ones' on it)
+                same = written_as.get(step.writes[0], step.writes)
+                step.writes = same
+                for member in (*same, node):
+                    written_as[member] = (*same, node)
             if step.kind in ("input", "linear", "rule", "lookup"):
                 tracked.add(node)
                 self._mark(step, tracked)
@@ -169,20 +242,20 @@ class GraphPlan:
         node = step.node
         if step.fn is None or node.op == "placeholder":
             return
-        args = (node.args[1], node.args[0], *node.args[2:]) if step.swap else tuple(node.args)
-        operands = [a for a in tree_flatten((args, dict(node.kwargs)))[0] if isinstance(a, fx.Node) and a in tracked]
+        args, kwargs = step.arguments()
+        operands = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, fx.Node) and a in tracked]
         if len(operands) == 1:
             source = operands[0]
             marks = self.marks
             if source.target is operator.getitem and source in self._first_only and source.args[1] != 0:
                 marks = {}  # (std_mean's mean: not a root)
-            mark = mark_of(step.fn, args, dict(node.kwargs), source, marks)
+            mark = mark_of(step.fn, args, kwargs, source, marks)
             if mark is not None:
                 self.marks[node] = mark
                 if canonical(getattr(step.fn, "__name__", "")) == "std_mean":
                     self._first_only.add(node)
         if self.marks and (type(step.rule) is Product or type(step.rule) is Quotient):
-            call = types.SimpleNamespace(fn=step.fn, args=args, kwargs=dict(node.kwargs), inputs=operands)
+            call = types.SimpleNamespace(fn=step.fn, args=args, kwargs=kwargs, inputs=operands)
             step.rule = normalizing_rule(step.rule, call, self.marks)
 
     @staticmethod
@@ -203,7 +276,14 @@ class GraphPlan:
         return _Step(node, use, fn=fn, name=op_name(fn))
 
     @staticmethod
-    def _decide(node: fx.Node, registry: RuleRegistry, explained: set[int], tracked: set[fx.Node]) -> _Step:
+    def _decide(
+        node: fx.Node,
+        registry: RuleRegistry,
+        explained: set[int],
+        tracked: set[fx.Node],
+        writes: tuple[dict[fx.Node, int], dict[fx.Node, tuple[fx.Node, ...]]],
+    ) -> _Step:
+        """One node's step (``writes``: the graph's order, and each in-place result's nodes of the same tensor)."""
         if node.op == "placeholder":
             position = _input_position(node)
             kind = "input" if position in explained else "value"
@@ -221,8 +301,9 @@ class GraphPlan:
         if fn is None:
             raise NotCaptured(f"{node.target} on an input-dependent value (no rule of the table names it)")
         examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
+        written, call = None, None
         if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
-            raise NotCaptured(f"{name}: written in place on an input-dependent value")
+            fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
         if not _floating(node.meta.get("example_value")):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
@@ -230,9 +311,9 @@ class GraphPlan:
         rule = registry.op_rule(op_key(fn))
         if rule is None or isinstance(rule, Refuse):
             raise NotCaptured(f"{name}: no attribution rule (the intercepted pass refuses it by name)")
-        if type(rule) in (Linear, Constant, Identity):
-            return _Step(node, "linear" if type(rule) is not Identity else "rule", fn=fn, rule=rule, name=name, swap=swap)
-        return _Step(node, "rule", fn=fn, rule=rule, name=name, swap=swap)
+        kind = "linear" if type(rule) in (Linear, Constant) else "rule"
+        return _Step(node, kind, fn=fn, rule=rule, name=name, swap=swap and written is None, call=call,
+                     writes=() if written is None else (written,))  # fmt: skip
 
     def run(self, args: tuple[Any, ...], call: _Call) -> Any:
         """The graph on the pairs: the input side of its outputs (the reference side kept in ``call.outputs``)."""
@@ -263,6 +344,8 @@ class GraphPlan:
             else:
                 try:
                     env[node] = self._pair(step, env, call.grid)
+                    for written in step.writes:  # (the value written into in place is the step's from now on)
+                        env[written] = env[node]
                 except NotCaptured:
                     raise
                 except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
@@ -287,9 +370,9 @@ class GraphPlan:
     @staticmethod
     def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> PairValue:
         """A step on input-dependent operands: each side, the input side through the step's rule where it has one."""
-        node, fn = step.node, step.fn
+        fn = step.fn
         assert fn is not None
-        args, kwargs = (node.args[1], node.args[0], *node.args[2:]) if step.swap else node.args, node.kwargs
+        args, kwargs = step.arguments()
         x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
         r_args, r_kwargs = _resolve(args, env, 1), _resolve(kwargs, env, 1)
         if step.kind == "linear":
@@ -394,7 +477,12 @@ class CapturedPasses:
             call = _CALL.get()
             if call is None:
                 return graph_module(*args)
-            plan = self._plan(graph_module, call)
+            try:
+                plan = self._plan(graph_module, call)
+            except NotCaptured:
+                raise
+            except Exception as error:  # (a fault of the plan's own, not torch.compile's: raised, never handed back)
+                raise PlanFault(f"rnnshap's captured pass failed to plan the graph ({type(error).__name__}: {error})") from error
             call.planned = True
             return plan.run(args, call)
 
@@ -449,7 +537,7 @@ class CapturedPasses:
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
-        except RnnShapError:
+        except (RnnShapError, PlanFault):
             raise
         except Exception as error:  # (torch.compile's own refusals, and what it raises where it fails to trace: a
             # forward that fails by itself fails the intercepted pass alike, which raises it as it is)

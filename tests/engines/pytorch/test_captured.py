@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import rnnshap
@@ -117,11 +118,63 @@ def test_a_rule_registered_after_capture_is_the_one_applied() -> None:
 
 
 def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), Function(lambda x: x.relu_())).eval()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), Function(lambda x: x[:, :2].relu_())).eval()
     background, X = _data()
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     values = captured.shap_values(X)
     assert captured.pass_path.startswith("intercepted: the captured pass does not take torch.Tensor.relu_"), captured.pass_path
+    assert "written in place into a view" in captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def _written(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = m.a(x.flatten(1))
+    h.relu_()
+    h.mul_(2.0).add_(0.5)
+    g = F.leaky_relu(m.b(h), 0.1, True)
+    g = torch.tanh_(g) + h  # (h read after its in-place writes: their value)
+    return m.c(m.act(g))
+
+
+#: in-place forms on input-dependent values, run out of place by their rules, the value written into taking the result
+IN_PLACE = {
+    "relu module": lambda: nn.Sequential(nn.Flatten(), nn.Linear(20, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)),
+    "methods and functions": lambda: Composite(
+        _written, a=nn.Linear(20, 6), b=nn.Linear(6, 6), act=nn.ELU(inplace=True), c=nn.Linear(6, 3)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IN_PLACE))
+def test_in_place_forms_on_input_dependent_values_give_the_intercepted_values_bit_for_bit(case: str) -> None:
+    torch.manual_seed(0)
+    model = IN_PLACE[case]().eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    for seed in (1, 2):
+        X = _data(seed)[1]
+        assert _same(captured.shap_values(X), intercepted.shap_values(X)), captured.pass_path
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda h: (h[:, :2].relu_(), h)[1],  # into a view of an input-dependent value
+        lambda h: (h.view(-1).relu_(), h)[1],  # a view taken, then written into
+        lambda h: (v := h.view(-1), h.relu_().mul_(2.0), v.reshape(h.shape))[2],  # a view read after a write into h
+        lambda h: (torch.zeros_like(h).copy_(h) * 1.0),  # an input-dependent value written into a constant tensor
+    ],
+    ids=["into a view", "through a view", "a view read after", "into a constant"],
+)
+def test_writes_that_could_reach_another_value_run_the_intercepted_pass(write: Any) -> None:
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: m.b(write(torch.tanh(m.a(x.flatten(1))))), a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith("intercepted: the captured pass does not take"), captured.pass_path
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
 
 
