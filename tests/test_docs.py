@@ -91,7 +91,6 @@ def test_the_foundation_extra_installs_what_the_foundation_page_imports() -> Non
     can hold)."""
     import ast
     import sys
-
     import tomllib
 
     page = (DOCS / "foundation.md").read_text()
