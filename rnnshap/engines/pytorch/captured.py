@@ -191,6 +191,25 @@ def _out_of_place(
     return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
 
 
+#: what reads a tensor's layout only: the same on both sides of a pair (unlike ``requires_grad``, ``grad_fn`` or
+#: ``is_leaf``, which tell the sides apart)
+_METADATA = frozenset({
+    "shape", "dtype", "device", "ndim", "layout", "is_cuda", "is_meta", "is_sparse", "is_quantized", "is_mkldnn",
+    "is_nested", "size", "dim", "numel", "ndimension", "nelement", "element_size", "is_floating_point", "is_complex",
+    "is_contiguous", "get_device", "stride", "is_signed",
+})  # fmt: skip
+
+
+def _reads_metadata(fn: Any, node: fx.Node) -> bool:
+    """Whether a node reads its operand's layout only (``x.shape``, ``x.is_meta``, ``x.size(1)``): no tensor comes
+    of it."""
+    if isinstance(node.meta.get("example_value"), Tensor):
+        return False
+    if fn is getattr:
+        return len(node.args) == 2 and node.args[1] in _METADATA
+    return node.op == "call_method" and str(node.target) in _METADATA
+
+
 def _example(argument: Any) -> Any:
     """What an argument of a node was when the graph was captured: a node's example value (fake tensors), else the
     argument itself."""
@@ -304,6 +323,8 @@ class GraphPlan:
         written, call = None, None
         if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
+        if _reads_metadata(fn, node):
+            return _Step(node, "value")  # (the same on both sides of every pair: read on the input side)
         if not _floating(node.meta.get("example_value")):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):

@@ -366,3 +366,20 @@ def test_a_token_input_beside_a_float_input_and_a_mask_is_captured() -> None:
     want = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
     assert _same(got, want)
     assert np.abs(got[0][:, 2]).max() == 0.0 and np.abs(got[1][:, 2]).max() == 0.0
+
+
+def _reads_layout(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.tanh(m.a(x.flatten(1)))
+    if h.is_meta or not h.is_floating_point():  # (read on the input side: the same on both sides of a pair)
+        raise AssertionError("not reached")
+    return m.b(h * float(h.size(-1)) / h.shape[-1])
+
+
+def test_reads_of_an_input_dependent_values_layout_are_captured() -> None:
+    torch.manual_seed(0)
+    model = Composite(_reads_layout, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
