@@ -200,6 +200,17 @@ _METADATA = frozenset({
 })  # fmt: skip
 
 
+def _values_only(node: fx.Node) -> bool:
+    """Whether a node gives values and integer indices (``torch.max(x, 1)``, ``topk``, ``sort``) of which only the
+    values are read (``[0]``, ``.values``): its rule's values are the node's."""
+    example = node.meta.get("example_value")
+    if not isinstance(example, tuple) or not example or not isinstance(example[0], Tensor) or not example[0].is_floating_point():
+        return False
+    return all(
+        (u.target is operator.getitem and u.args[1] == 0) or (u.target is getattr and u.args[1] == "values") for u in node.users
+    )
+
+
 def _reads_metadata(fn: Any, node: fx.Node) -> bool:
     """Whether a node reads its operand's layout only (``x.shape``, ``x.is_meta``, ``x.size(1)``): no tensor comes
     of it."""
@@ -325,10 +336,12 @@ class GraphPlan:
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
         if _reads_metadata(fn, node):
             return _Step(node, "value")  # (the same on both sides of every pair: read on the input side)
-        if not _floating(node.meta.get("example_value")):
+        if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)
+        if fn is getattr and node.args[1] == "values" and not isinstance(_example(node.args[0]), Tensor):
+            return _Step(node, "linear", fn=getattr, name="values")  # (a named tuple's values)
         rule = registry.op_rule(op_key(fn))
         if rule is None or isinstance(rule, Refuse):
             raise NotCaptured(f"{name}: no attribution rule (the intercepted pass refuses it by name)")

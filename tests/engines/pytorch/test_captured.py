@@ -383,3 +383,26 @@ def test_reads_of_an_input_dependent_values_layout_are_captured() -> None:
     values = captured.shap_values(X)
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+#: values of orderings whose indices the forward never reads
+ORDER_VALUES = {
+    "max over a dimension": lambda h: torch.max(h, 1)[0],
+    "min's values": lambda h: h.min(dim=1).values,
+    "topk": lambda h: h.topk(2, dim=1).values,
+    "sort": lambda h: torch.sort(h, 1, descending=True)[0],
+    "kthvalue": lambda h: h.kthvalue(2, dim=1)[0],
+    "median over a dimension": lambda h: h.median(1).values,
+}
+
+
+@pytest.mark.parametrize("order", list(ORDER_VALUES))
+def test_the_values_of_an_ordering_whose_indices_are_not_read_are_captured(order: str) -> None:
+    torch.manual_seed(0)
+    pick = ORDER_VALUES[order]
+    model = Composite(lambda m, x: m.b(pick(torch.tanh(m.a(x)))).flatten(1), a=nn.Linear(4, 6), b=nn.Linear(6, 2))
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model.eval(), background, compile="capture")
+    got = captured.shap_values(X)
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)), captured.pass_path
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
