@@ -56,6 +56,10 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
     operator.neg: ("__neg__", None),
     operator.pos: ("__pos__", None),
     operator.getitem: ("__getitem__", None),
+    operator.iadd: ("__iadd__", None),
+    operator.isub: ("__isub__", None),
+    operator.imul: ("__imul__", None),
+    operator.itruediv: ("__itruediv__", None),
 }
 
 #: calls that only switch the grad mode: the model's own ``no_grad()`` holds for what depends on no input; what does is

@@ -131,6 +131,8 @@ def _written(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h = m.a(x.flatten(1))
     h.relu_()
     h.mul_(2.0).add_(0.5)
+    h *= 1.5
+    h += 0.25
     g = F.leaky_relu(m.b(h), 0.1, True)
     g = torch.tanh_(g) + h  # (h read after its in-place writes: their value)
     return m.c(m.act(g))
