@@ -151,6 +151,9 @@ _ALIASING = frozenset({
     "squeeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "as_strided", "split", "chunk",
     "unbind", "tensor_split", "diagonal", "contiguous", "detach", "movedim", "moveaxis", "swapaxes", "swapdims",
     "unfold", "real", "imag", "alias", "split_with_sizes", "view_as_real", "view_as_complex", "getattr",
+    # (operations that may return their operand itself: dropout in eval mode, casts to what it is already)
+    "dropout", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d", "to", "type", "type_as",
+    "float", "double", "half", "bfloat16", "cpu", "cuda", "identity",
 })  # fmt: skip
 
 

@@ -7,6 +7,7 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Mapping
 
@@ -378,7 +379,7 @@ class TorchEngine(KeptPasses):
         if self._traced is not None:
             self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
-        captured = self._run_captured(leaves, references, grid, chosen_columns, state)
+        captured = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs))
         while captured is None:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
@@ -490,12 +491,19 @@ class TorchEngine(KeptPasses):
             return flat, grads_per_output(chosen, attributed_leaves), mode
 
     def _run_captured(
-        self, leaves: list[Tensor], references: list[Tensor], grid: PairGrid, chosen_columns: Tensor, state: PreservedState
+        self,
+        leaves: list[Tensor],
+        references: list[Tensor],
+        grid: PairGrid,
+        chosen_columns: Tensor,
+        state: PreservedState,
+        rows: tuple[Block, list[Tensor]],
     ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
         the outputs on the pairs' reference side, and each token input's contributions per position (``(k, pairs ×
         its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
-        pass. The model's state is put back to ``state`` after it."""
+        pass. The model's state is put back to ``state`` after it. ``rows``: the block and the call's inputs, whose
+        samples and references the model's own forward runs to check the graph's outputs on both sides."""
         captured = self._captured
         if captured is None:
             return None
@@ -528,6 +536,11 @@ class TorchEngine(KeptPasses):
         if ran is None:
             return None
         outputs, reference, lookups = ran
+        moved = self._captured_outputs_moved(outputs.detach(), reference.detach(), grid, rows, state)
+        if moved is not None:  # (the graph's interpretation is not the model's function: never answered from it)
+            captured.off = f"the captured graph's outputs are not the model's own ({moved})"
+            captured.path = f"intercepted: {captured.off}"
+            return None
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
@@ -535,6 +548,26 @@ class TorchEngine(KeptPasses):
             grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
         sizes = {t: leaves[t].numel() for t in tokens}
         return flat, grads[: len(attributed)], reference.detach(), token_contributions(lookups, grads[len(attributed) :], sizes)
+
+    def _captured_outputs_moved(
+        self, outputs: Tensor, reference: Tensor, grid: PairGrid, rows: tuple[Block, list[Tensor]], state: PreservedState
+    ) -> str | None:
+        """Where the captured graph's outputs on the pairs are not the model's own, in words (else None): its input side
+        against a plain forward of the block's samples, and, where no context input makes the reference side depend on
+        the sample, its reference side against a plain forward of the block's references, each output within the
+        additivity check's tolerance (:meth:`_forward_now`). A plain forward of the samples and references costs
+        (samples + references) rows, where the pass costs samples x references."""
+        block, inputs = rows
+        n = grid.references
+        samples = [x[block.s0 : block.s1] for x in inputs]
+        gap, _ = self._forward_now(samples, outputs.reshape(block.samples, n, -1)[:, 0], state, read=False)
+        if gap is not None:
+            return f"on the samples, by {gap:.2g} of an output's scale"
+        if self.context_inputs:
+            return None
+        backgrounds = [b[block.r0 : block.r1] for b in self.background]
+        gap, _ = self._forward_now(backgrounds, reference.reshape(block.samples, n, -1)[0], state, read=False)
+        return None if gap is None else f"on the references, by {gap:.2g} of an output's scale"
 
     def _traceable(self, distinct: bool) -> bool:
         """Whether a call's input pass may run as a program (``compile=``); where not, the traced passes say why."""
@@ -605,14 +638,16 @@ class TorchEngine(KeptPasses):
             return None
         return ran[-1], ran[:-1]
 
-    def _forward_now(self, samples: list[Tensor], outputs: Tensor, state: PreservedState) -> tuple[float | None, Any]:
+    def _forward_now(
+        self, samples: list[Tensor], outputs: Tensor, state: PreservedState, read: bool = True
+    ) -> tuple[float | None, Any]:
         """A plain forward of ``samples`` as the model is now: how far it lies from ``outputs`` (one row per sample)
         relative to each output's scale, where that is beyond the additivity check's tolerance for the model's dtype
-        for some output (else None), and what the forward read (:class:`.reads.ForwardReads`). The model's state is put
-        back to ``state`` after it."""
+        for some output (else None), and what the forward read (:class:`.reads.ForwardReads`; None without ``read``). The
+        model's state is put back to ``state`` after it."""
         copies = [x.clone() for x in samples]
         try:
-            with torch.no_grad(), ForwardReads(copies) as reads:
+            with torch.no_grad(), (ForwardReads(copies) if read else contextlib.nullcontext()) as reads:
                 now = self._take(self.model(*copies))
         finally:
             state.restore()

@@ -167,8 +167,9 @@ def test_in_place_forms_on_input_dependent_values_give_the_intercepted_values_bi
         lambda h: (h.view(-1).relu_(), h)[1],  # a view taken, then written into
         lambda h: (v := h.view(-1), h.relu_().mul_(2.0), v.reshape(h.shape))[2],  # a view read after a write into h
         lambda h: (torch.zeros_like(h).copy_(h) * 1.0),  # an input-dependent value written into a constant tensor
+        lambda h: F.relu(F.dropout(h, 0.5, training=False), inplace=True) + h,  # (dropout in eval mode returns h itself)
     ],
-    ids=["into a view", "through a view", "a view read after", "into a constant"],
+    ids=["into a view", "through a view", "a view read after", "into a constant", "through dropout's identity"],
 )
 def test_writes_that_could_reach_another_value_run_the_intercepted_pass(write: Any) -> None:
     torch.manual_seed(0)
@@ -408,3 +409,25 @@ def test_the_values_of_an_ordering_whose_indices_are_not_read_are_captured(order
     got = captured.shap_values(X)
     assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)), captured.pass_path
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph's outputs on both sides are checked against the model's own forward of the samples and references: a
+    plan that ran the graph otherwise than eager torch runs it (here made to miss that dropout in eval mode returns its
+    operand itself, so that a write into its result is a write into the operand) runs the intercepted pass from then
+    on, with its values, and says why."""
+    from rnnshap.engines.pytorch import captured as module
+
+    monkeypatch.setattr(module, "_ALIASING", module._ALIASING - {"dropout"})
+    torch.manual_seed(0)
+
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(m.a(x.flatten(1)))
+        return m.b(F.relu(F.dropout(h, 0.5, training=False), inplace=True) + h)
+
+    model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith("intercepted: the captured graph's outputs are not the model's own"), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
