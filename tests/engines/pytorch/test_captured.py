@@ -117,14 +117,21 @@ def test_a_rule_registered_after_capture_is_the_one_applied() -> None:
     assert _same(captured.shap_values(X), before)
 
 
-def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), Function(lambda x: x[:, :2].relu_())).eval()
-    background, X = _data()
+def _handed_back(model: nn.Module, why: str, data: tuple[Any, Any] | None = None) -> Any:
+    """An explainer of ``model`` whose call the captured pass handed to the intercepted pass, saying ``why`` (the start
+    of its path), with the intercepted values bit for bit."""
+    background, X = data if data is not None else _data()
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     values = captured.shap_values(X)
-    assert captured.pass_path.startswith("intercepted: the captured pass does not take torch.Tensor.relu_"), captured.pass_path
-    assert "written in place into a view" in captured.pass_path
+    assert captured.pass_path.startswith(why), captured.pass_path
     assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    return captured
+
+
+def test_an_operation_not_taken_yet_runs_the_intercepted_pass_and_says_which() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 4), Function(lambda x: x[:, :2].relu_())).eval()
+    captured = _handed_back(model, "intercepted: the captured pass does not take torch.Tensor.relu_")
+    assert "written in place into a view" in captured.pass_path
 
 
 def _written(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -174,11 +181,7 @@ def test_in_place_forms_on_input_dependent_values_give_the_intercepted_values_bi
 def test_writes_that_could_reach_another_value_run_the_intercepted_pass(write: Any) -> None:
     torch.manual_seed(0)
     model = Composite(lambda m, x: m.b(write(torch.tanh(m.a(x.flatten(1))))), a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
-    background, X = _data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    values = captured.shap_values(X)
-    assert captured.pass_path.startswith("intercepted: the captured pass does not take"), captured.pass_path
-    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    _handed_back(model, "intercepted: the captured pass does not take")
 
 
 def _marked_static(x: torch.Tensor) -> torch.Tensor:
@@ -189,12 +192,10 @@ def _marked_static(x: torch.Tensor) -> torch.Tensor:
 
 def test_a_forward_torch_compile_refuses_to_trace_runs_the_intercepted_pass_and_says_why() -> None:
     model = Function(_marked_static).eval()
-    background, X = _data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    values = captured.shap_values(X)
-    assert captured.pass_path.startswith("intercepted: torch.compile cannot capture the forward"), captured.pass_path
+    X = _data()[1]
+    captured = _handed_back(model, "intercepted: torch.compile cannot capture the forward")
     assert "mark_static_address" in captured.pass_path
-    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    values = captured.shap_values(X)
     passes = captured.engine._captured  # (not tried again: each try would cost a capture)
     tries: list[int] = []
     compiled = passes._compiled
@@ -341,11 +342,9 @@ def test_token_ids_compared_with_a_value_run_the_intercepted_pass_and_say_so() -
     model = Composite(lambda m, ids: m.out(m.gru(m.emb(ids) * (ids != 0).unsqueeze(-1))[0][:, -1]),
                       emb=nn.Embedding(9, 3), gru=nn.GRU(3, 4, batch_first=True), out=nn.Linear(4, 2)).eval()  # fmt: skip
     g = torch.Generator().manual_seed(1)
-    background, X = torch.randint(0, 9, (3, 6), generator=g), torch.randint(0, 9, (2, 6), generator=g)
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    got = captured.shap_values(X)
+    data = torch.randint(0, 9, (3, 6), generator=g), torch.randint(0, 9, (2, 6), generator=g)
+    captured = _handed_back(model, "intercepted: the captured pass does not take", data)
     assert "on token ids" in captured.pass_path, captured.pass_path
-    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
 
 
 def test_a_token_input_beside_a_float_input_and_a_mask_is_captured() -> None:
@@ -426,8 +425,4 @@ def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkey
         return m.b(F.relu(F.dropout(h, 0.5, training=False), inplace=True) + h)
 
     model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
-    background, X = _data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    values = captured.shap_values(X)
-    assert captured.pass_path.startswith("intercepted: the captured graph's outputs are not the model's own"), captured.pass_path
-    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    _handed_back(model, "intercepted: the captured graph's outputs are not the model's own")
