@@ -29,6 +29,7 @@ encoder length) in ``pytorch_forecasting_variables.py``.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -262,6 +263,24 @@ def _float64_copy(model: Any) -> Any:
     return copy.deepcopy(model, memo).double()
 
 
+def _fails_in_float64(model: Any, items: list[Any], dataset: Any) -> str | None:
+    """Why a float64 copy of a model cannot run a batch of ``items`` (a module that makes its own float32 state, as
+    xLSTMTime's sLSTM does, meets the float64 weights), in words; None where it runs, or fails otherwise (the
+    explanation then meets that failure itself)."""
+    import torch
+
+    x, _ = dataset._collate_fn(items)
+    x = {k: _cast(v, torch.float64, torch.device("cpu")) for k, v in x.items()}
+    with preserved(model), torch.no_grad():
+        model.eval()
+        try:
+            model(x)
+        except RuntimeError as error:
+            line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return line if "dtype" in line.lower() or "scalar type" in line.lower() else None
+    return None
+
+
 def _cast(value: Any, dtype: Any, device: Any) -> Any:
     """Floating-point tensors in the model's dtype, every tensor on its device."""
     if isinstance(value, (list, tuple)):
@@ -482,7 +501,16 @@ def explain(
     if dtype not in (None, "float64"):
         raise InputError(f"dtype={dtype!r}: choose 'float64' (a float64 copy of the model) or None (the model's own dtype)")
     if dtype == "float64" and any(p.dtype != torch.float64 for p in model.parameters() if p.is_floating_point()):
-        model = _float64_copy(model)
+        double = _float64_copy(model)
+        failure = _fails_in_float64(double, _windows(reference, chosen[:1]) + _windows(dataset, explained[:1]), dataset)
+        if failure is None:
+            model = double
+        else:  # (the model's own dtype: its values add up to that dtype's precision, and its own refusals are met)
+            warnings.warn(
+                f"{type(model).__name__}'s float64 copy does not run ({failure}): it is explained in its own dtype; "
+                "its values add up to that dtype's precision",
+                stacklevel=2,
+            )
     items = _windows(reference, chosen) + _windows(dataset, explained)
     x, _ = dataset._collate_fn(items)  # the library's own batch: one padding for both sides
     first = next((p for p in model.parameters() if p.is_floating_point()), None)

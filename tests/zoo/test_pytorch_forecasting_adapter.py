@@ -539,3 +539,22 @@ def test_bad_arguments(zoo: Any) -> None:
 def test_importing_rnnshap_does_not_import_pytorch_forecasting() -> None:
     code = "import sys, rnnshap, rnnshap.pytorch_forecasting; assert 'pytorch_forecasting' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_model_whose_float64_copy_does_not_run_is_explained_in_its_own_dtype_and_meets_its_own_refusal() -> None:
+    """xLSTMTime with an sLSTM makes its state in float32, which the float64 copy's weights meet (torch's raw
+    "mat1 and mat2 must have the same dtype" before): the copy is left, said in a warning, and the model in its own
+    dtype meets what rnnshap refuses of it by name."""
+    from pytorch_forecasting.models import xLSTMTime
+
+    _quiet()
+    torch.manual_seed(0)
+    data = _dataset(categoricals=False)
+    model = xLSTMTime.from_dataset(data, input_size=2, output_size=1, hidden_size=8, xlstm_type="slstm", num_layers=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="mixes the rows"):
+            explain(model, data, windows=WINDOWS, n_background=N_BACKGROUND)
+    said = [str(w.message) for w in caught if "float64 copy does not run" in str(w.message)]
+    assert said and "same dtype" in said[0], [str(w.message) for w in caught][:5]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # (the model itself untouched)
