@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -165,7 +166,24 @@ class TorchEngine(KeptPasses):
         #: integer inputs cast to floating point: attributed as numbers at the cast
         self.number_inputs = sorted(i for i in uses if NUMBER in uses[i])
         self.followed_inputs = sorted(self.token_inputs + self.number_inputs)
+        self._say_masks_taken_as_numbers()
         return outputs, probe
+
+    def _say_masks_taken_as_numbers(self) -> None:
+        """A warning for each integer input attributed as a number whose background holds only 0 and 1: an attention or
+        padding mask given as int64 (as tokenizers give it) and multiplied into the model's values is a number to
+        rnnshap, its 0/1 entries attributed like any feature; as ``torch.bool`` it is context, taken from the explained
+        sample on both sides of its pairs (padded steps then get exactly 0)."""
+        for i in self.number_inputs:
+            values = self.background[i]
+            if values.numel() and bool(((values == 0) | (values == 1)).all()):
+                warnings.warn(
+                    f"Input {i} is an integer tensor of 0s and 1s that the model uses as a number (cast to floating point), "
+                    "so rnnshap attributes it as a number. If it is a mask (padding, attention), pass it as torch.bool "
+                    "(mask.bool()) in the background and the explained inputs: a boolean input is context, taken from the "
+                    "explained sample on both sides of its pairs.",
+                    stacklevel=4,
+                )
 
     def _distinct_reference_pass(self, block: Block, context: list[Tensor], state: PreservedState) -> tuple[Tape, Tensor]:
         """The reference pass on the block's distinct references: its tape (to be consumed by one

@@ -517,3 +517,23 @@ def test_integer_operations_that_lose_the_positions_are_refused_by_name(prepare:
     prepared = lookup("module", lambda m, tokens: look_up(m, prepare(tokens)))
     with pytest.raises(rnnshap.InputError, match=name):
         rnnshap.DeepExplainer(prepared.eval(), torch.randint(0, V, (3, T)))
+
+
+def _masked_steps(m: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    return m.out(m.gru(m.emb(ids) * mask.unsqueeze(-1))[0][:, -1])
+
+
+def test_an_integer_mask_used_as_a_number_is_said_and_as_bool_it_is_context() -> None:
+    """An int64 0/1 mask multiplied into the activations (Mamba's attention_mask) is a number to rnnshap, which says
+    so and how to make it context; given as torch.bool it is context, and a masked step's token gets exactly 0."""
+    torch.manual_seed(0)
+    model = Composite(_masked_steps, emb=nn.Embedding(V, D), gru=nn.GRU(D, 4, batch_first=True), out=nn.Linear(4, 2)).eval()
+    ids_b, ids_x = torch.randint(0, V, (4, T)), torch.randint(0, V, (2, T))
+    mask_b, mask_x = torch.ones(4, T, dtype=torch.long), torch.ones(2, T, dtype=torch.long)
+    mask_x[:, :2] = 0
+    with pytest.warns(UserWarning, match="Input 1 is an integer tensor of 0s and 1s"):
+        rnnshap.DeepExplainer(model, [ids_b, mask_b])
+    explainer = rnnshap.DeepExplainer(model, [ids_b, mask_b.bool()])
+    values = explainer.shap_values([ids_x, mask_x.bool()])  # (its additivity checked against each sample's own base)
+    assert np.abs(values[0][:, :2]).max() == 0.0 and np.abs(values[1]).max() == 0.0
+    assert np.abs(values[0][:, 2:]).max() > 0.0
