@@ -218,6 +218,25 @@ def _values_only(node: fx.Node) -> bool:
     )
 
 
+#: operations whose first operand gives a shape, dtype and device only (``torch.zeros_like(x)``, ``x.new_zeros(n)``)
+_SHAPE_OF_FIRST = frozenset(
+    {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
+)
+#: operations whose second operand gives a shape or a dtype only (``mask.expand_as(x)``)
+_SHAPE_OF_SECOND = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})
+
+
+def _shape_only(fn: Any, node: fx.Node, tracked: set[fx.Node], registry: RuleRegistry) -> bool:
+    """Whether a node reads only the shape of its input-dependent operands: a tensor made like one of them
+    (``zeros_like(x)``, its rule :class:`Constant`), or an operation whose input-dependent operand gives a shape only
+    (``mask.expand_as(x)``)."""
+    name = canonical(str(node.target) if isinstance(node.target, str) else getattr(node.target, "__name__", ""))
+    operands = [n for n in node.all_input_nodes if n in tracked]
+    if name in _SHAPE_OF_FIRST and type(registry.op_rule(op_key(fn))) is Constant:
+        return operands == [node.args[0]] and list(node.args).count(node.args[0]) == 1
+    return name in _SHAPE_OF_SECOND and len(node.args) == 2 and operands == [node.args[1]]
+
+
 def _reads_metadata(fn: Any, node: fx.Node) -> bool:
     """Whether a node reads its operand's layout only (``x.shape``, ``x.is_meta``, ``x.size(1)``): no tensor comes
     of it."""
@@ -341,8 +360,8 @@ class GraphPlan:
         written, call = None, None
         if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
-        if _reads_metadata(fn, node):
-            return _Step(node, "value")  # (the same on both sides of every pair: read on the input side)
+        if _reads_metadata(fn, node) or _shape_only(fn, node, tracked, registry):
+            return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):

@@ -426,3 +426,21 @@ def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkey
 
     model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
     _handed_back(model, "intercepted: the captured graph's outputs are not the model's own")
+
+
+def _shapes_of_values(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.tanh(m.a(x.flatten(1)))
+    keep = torch.zeros_like(h, dtype=torch.bool)  # (a value of h's shape: constant)
+    keep[:, 1:] = True
+    gate = (torch.arange(4) % 2 == 0).expand_as(h)  # (h gives its shape only)
+    return m.b(torch.where(keep & gate, h, torch.zeros_like(h)))
+
+
+def test_operations_that_read_only_the_shape_of_an_input_dependent_value_are_captured() -> None:
+    torch.manual_seed(0)
+    model = Composite(_shapes_of_values, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    values = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
