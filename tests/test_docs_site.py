@@ -73,10 +73,12 @@ def test_the_faq_contents_list_every_section() -> None:
 
 
 def test_the_pages_read_as_documentation_not_as_a_journal() -> None:
-    """The pages say what the library does and how to use it: no dated headings or lines, no words of how the work
-    was done, no tracker numbers; the performance page, the README and the changelog's next release stay short."""
+    """The pages (and benchmarks/README.md) say what the library does and how to use it: no dated headings or lines,
+    no words of how the work was done, no tracker numbers; the performance page, the README and the changelog's next
+    release stay short."""
     pages = {path.name: path.read_text() for path in DOCS.glob("*.md")}
     pages["README.md"] = (ROOT / "README.md").read_text()
+    pages["benchmarks/README.md"] = (ROOT / "benchmarks" / "README.md").read_text()
     journal = re.compile(r"\b20\d\d-\d\d-\d\d\b|this session|device time|\blent\b|this round|[Ii]ssues? #?\d+")
     found = {name: sorted(set(journal.findall(text))) for name, text in pages.items() if journal.search(text)}
     assert not found, found
