@@ -377,9 +377,20 @@ def _reads_layout(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.b(h * float(h.size(-1)) / h.shape[-1])
 
 
-def test_reads_of_an_input_dependent_values_layout_are_captured() -> None:
+def _shapes_of_values(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.tanh(m.a(x.flatten(1)))
+    keep = torch.zeros_like(h, dtype=torch.bool)  # (a value of h's shape: constant)
+    keep[:, 1:] = True
+    gate = (torch.arange(4) % 2 == 0).expand_as(h)  # (h gives its shape only)
+    return m.b(torch.where(keep & gate, h, torch.zeros_like(h)))
+
+
+@pytest.mark.parametrize("forward", [_reads_layout, _shapes_of_values], ids=["layout read", "shape only"])
+def test_what_reads_only_the_layout_of_an_input_dependent_value_is_captured(forward: Any) -> None:
+    """Reads of an input-dependent value's layout (``x.shape``, ``x.is_meta``, ``x.size(1)``), tensors made like it
+    (``zeros_like``) and shapes taken from it (``mask.expand_as(x)``): the same on both sides of a pair."""
     torch.manual_seed(0)
-    model = Composite(_reads_layout, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
+    model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
     background, X = _data()
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     values = captured.shap_values(X)
@@ -426,21 +437,3 @@ def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkey
 
     model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
     _handed_back(model, "intercepted: the captured graph's outputs are not the model's own")
-
-
-def _shapes_of_values(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    h = torch.tanh(m.a(x.flatten(1)))
-    keep = torch.zeros_like(h, dtype=torch.bool)  # (a value of h's shape: constant)
-    keep[:, 1:] = True
-    gate = (torch.arange(4) % 2 == 0).expand_as(h)  # (h gives its shape only)
-    return m.b(torch.where(keep & gate, h, torch.zeros_like(h)))
-
-
-def test_operations_that_read_only_the_shape_of_an_input_dependent_value_are_captured() -> None:
-    torch.manual_seed(0)
-    model = Composite(_shapes_of_values, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
-    background, X = _data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
-    values = captured.shap_values(X)
-    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
-    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
