@@ -64,15 +64,21 @@ def test_a_new_input_signature_is_captured_anew() -> None:
         assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
+def _captured_reader(host_reads: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
+    """test_stale_programs' model of every read a forward makes (its host reads off: capturable), its data, and an
+    explainer of it on the captured pass."""
+    torch.manual_seed(0)
+    model = stale.Reader().eval()
+    model.host_reads = host_reads
+    background, X = stale._data()
+    return model, background, X, rnnshap.DeepExplainer(model, background, compile="capture")
+
+
 @pytest.mark.parametrize("change", stale.CHANGES)
 def test_a_change_to_what_the_forward_reads_is_seen_by_the_next_call(change: str) -> None:
     """The changes a traced program must not miss (test_stale_programs.py), after the forward was captured: each call
     gives a fresh intercepted explainer's values on the model as it is now."""
-    torch.manual_seed(0)
-    model = stale.Reader().eval()
-    model.host_reads = change == "a tensor read through numpy() and tolist() replaced"
-    background, X = stale._data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    model, background, X, captured = _captured_reader(host_reads=change == "a tensor read through numpy() and tolist() replaced")
     for _ in range(2):
         captured.shap_values(X)
     assert captured.pass_path.startswith(CAPTURED if not model.host_reads else "intercepted: torch.compile cannot")
@@ -104,11 +110,7 @@ def test_weights_written_in_place_are_read_at_the_next_call() -> None:
 
 
 def test_a_rule_registered_after_capture_is_the_one_applied() -> None:
-    torch.manual_seed(0)
-    model = stale.Reader().eval()
-    model.host_reads = False
-    background, X = stale._data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    model, background, X, captured = _captured_reader()
     before = captured.shap_values(X)
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
     with rnnshap.register_rule(torch.tanh, Shapley()):
@@ -303,11 +305,7 @@ def test_a_default_dtype_changed_after_capture_gives_a_fresh_explainers_values()
 
 
 def test_a_model_moved_to_float64_after_capture_is_refused_by_name() -> None:
-    torch.manual_seed(0)
-    model = stale.Reader().eval()
-    model.host_reads = False
-    background, X = stale._data()
-    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    model, background, X, captured = _captured_reader()
     captured.shap_values(X)
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
     model.double()
