@@ -37,8 +37,9 @@ from ...rules.elementwise import Product
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
-from .captured_tokens import Lookup, TokenValue, lookup, move, token_use
+from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_use
 from .handwritten_norms import canonical, mark_of, normalizing_rule
+from .integer_ops import CONSTANT, SHAPE_OF_OTHER
 from .randomness import random_call
 from .state import python_state
 
@@ -198,15 +199,6 @@ def _out_of_place(
     return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
 
 
-#: what reads a tensor's layout only: the same on both sides of a pair (unlike ``requires_grad``, ``grad_fn`` or
-#: ``is_leaf``, which tell the sides apart)
-_METADATA = frozenset({
-    "shape", "dtype", "device", "ndim", "layout", "is_cuda", "is_meta", "is_sparse", "is_quantized", "is_mkldnn",
-    "is_nested", "size", "dim", "numel", "ndimension", "nelement", "element_size", "is_floating_point", "is_complex",
-    "is_contiguous", "get_device", "stride", "is_signed",
-})  # fmt: skip
-
-
 def _values_only(node: fx.Node) -> bool:
     """Whether a node gives values and integer indices (``torch.max(x, 1)``, ``topk``, ``sort``) of which only the
     values are read (``[0]``, ``.values``): its rule's values are the node's."""
@@ -218,33 +210,15 @@ def _values_only(node: fx.Node) -> bool:
     )
 
 
-#: operations whose first operand gives a shape, dtype and device only (``torch.zeros_like(x)``, ``x.new_zeros(n)``)
-_SHAPE_OF_FIRST = frozenset(
-    {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
-)
-#: operations whose second operand gives a shape or a dtype only (``mask.expand_as(x)``)
-_SHAPE_OF_SECOND = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})
-
-
-def _shape_only(fn: Any, node: fx.Node, tracked: set[fx.Node], registry: RuleRegistry) -> bool:
+def _shape_only(fn: Any, node: fx.Node, tracked: set[fx.Node]) -> bool:
     """Whether a node reads only the shape of its input-dependent operands: a tensor made like one of them
-    (``zeros_like(x)``, its rule :class:`Constant`), or an operation whose input-dependent operand gives a shape only
+    (``zeros_like(x)``, ``x.new_zeros(n)``), or an operation whose input-dependent operand gives a shape only
     (``mask.expand_as(x)``)."""
-    name = canonical(str(node.target) if isinstance(node.target, str) else getattr(node.target, "__name__", ""))
+    key = op_key(fn)
     operands = [n for n in node.all_input_nodes if n in tracked]
-    if name in _SHAPE_OF_FIRST and type(registry.op_rule(op_key(fn))) is Constant:
+    if key in CONSTANT:
         return operands == [node.args[0]] and list(node.args).count(node.args[0]) == 1
-    return name in _SHAPE_OF_SECOND and len(node.args) == 2 and operands == [node.args[1]]
-
-
-def _reads_metadata(fn: Any, node: fx.Node) -> bool:
-    """Whether a node reads its operand's layout only (``x.shape``, ``x.is_meta``, ``x.size(1)``): no tensor comes
-    of it."""
-    if isinstance(node.meta.get("example_value"), Tensor):
-        return False
-    if fn is getattr:
-        return len(node.args) == 2 and node.args[1] in _METADATA
-    return node.op == "call_method" and str(node.target) in _METADATA
+    return key in SHAPE_OF_OTHER and len(node.args) == 2 and operands == [node.args[1]]
 
 
 def _example(argument: Any) -> Any:
@@ -360,7 +334,7 @@ class GraphPlan:
         written, call = None, None
         if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
-        if _reads_metadata(fn, node) or _shape_only(fn, node, tracked, registry):
+        if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ...rules.registry import op_key
+from .integer_ops import SAME_ON_BOTH_SIDES, SHAPE_OF_OTHER
 
 Tensor = torch.Tensor
 
@@ -64,11 +65,6 @@ _MOVES = frozenset(
 _CASTS = frozenset(op_key(fn) for fn in (torch.Tensor.long, torch.Tensor.int, torch.Tensor.to, torch.Tensor.type))
 #: moves whose fill value puts an id from no position: the positions take 0 there
 _FILLS = {op_key(torch.Tensor.masked_fill): 2, op_key(torch.masked_fill): 2, op_key(F.pad): 3, op_key(torch._C._nn.pad): 3}
-#: operations that read the shape of an operand other than their first (``index.expand_as(ids)``)
-_SHAPE_OF = frozenset(op_key(fn) for fn in (torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as))
-#: what reads the ids' shape, dtype or device only
-_META_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda"})
-_META_METHODS = frozenset(op_key(fn) for fn in (torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.ndimension))
 #: lookups, and where their indices and table are among the arguments
 _LOOKUPS = {op_key(F.embedding): (0, 1), op_key(torch.embedding): (1, 0), op_key(torch.Tensor.__getitem__): (1, 0)}
 
@@ -77,11 +73,9 @@ def token_use(fn: Any, node: fx.Node, tokens: set[fx.Node], tracked: set[fx.Node
     """How a node uses token ids: "lookup", "move", "cast", "meta" (their shape, dtype or device), or None where the
     captured pass does not take it."""
     key = op_key(fn)
-    if fn is getattr and len(node.args) == 2 and node.args[1] in _META_ATTRIBUTES:
+    if reads_layout(fn, node):
         return "meta"
-    if key in _META_METHODS:
-        return "meta"
-    if key in _SHAPE_OF and len(node.args) == 2 and node.args[1] in tokens and node.args[0] not in tokens:
+    if key in SHAPE_OF_OTHER and len(node.args) == 2 and node.args[1] in tokens and node.args[0] not in tokens:
         return "meta" if not any(n in tracked for n in node.all_input_nodes) else None
     operands = [n for n in node.all_input_nodes if n in tokens or n in tracked]
     if any(n in tracked for n in operands):
@@ -99,6 +93,15 @@ def token_use(fn: Any, node: fx.Node, tokens: set[fx.Node], tracked: set[fx.Node
     if key in _MOVES and isinstance(node.args[0] if node.args else None, fx.Node) and node.args[0] in tokens:
         return "move" if len(operands) == 1 else None
     return None
+
+
+def reads_layout(fn: Any, node: fx.Node) -> bool:
+    """Whether a node reads its operand's layout only (``x.shape``, ``x.is_meta``, ``x.size(1)``), the same on both
+    sides of a pair (:data:`.integer_ops.SAME_ON_BOTH_SIDES`): no tensor comes of it."""
+    if isinstance(node.meta.get("example_value"), Tensor):
+        return False
+    key = ("getter", node.args[1]) if fn is getattr and len(node.args) == 2 else op_key(fn)
+    return key in SAME_ON_BOTH_SIDES
 
 
 def _argument(node: fx.Node, position: int, name: str) -> Any:
@@ -163,4 +166,4 @@ def token_contributions(lookups: list[Lookup], grads: list[Tensor], sizes: dict[
     return {position: total[:, 1:] for position, total in sums.items()}
 
 
-__all__ = ["Lookup", "TokenValue", "lookup", "move", "token_contributions", "token_use"]
+__all__ = ["Lookup", "TokenValue", "lookup", "move", "reads_layout", "token_contributions", "token_use"]

@@ -59,6 +59,11 @@ META = _keys(
     "is_leaf", "names", "is_sparse", "is_quantized", "is_meta", "is_nested", "itemsize", "nbytes",
     "grad_fn", "grad", "output_nr", "_version",
 )
+#: of those, the reads that give the same on both sides of a pair (not the ones that tell an input side from a reference
+#: side, nor addresses or printed values): the captured pass reads them once, on the input side
+SAME_ON_BOTH_SIDES = META - _getters("requires_grad", "is_leaf", "grad_fn", "grad", "output_nr", "_version") - _keys(
+    "data_ptr", "storage_offset", "__format__", "__repr__", "__str__", "__hash__"
+)
 #: the result depends on the shape, dtype or device of the followed operand only
 CONSTANT = _keys(*CONSTANT_OPS, "rand_like", "randn_like", "randint_like")
 #: ops whose second tensor operand only lends its shape or dtype
