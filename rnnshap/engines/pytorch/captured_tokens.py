@@ -40,12 +40,13 @@ class TokenValue:
 @dataclass(frozen=True)
 class Lookup:
     """One embedding lookup of token ids: the input it attributes to, the input side's vectors (a leaf), the reference
-    side's, and the input position of each looked-up vector."""
+    side's, the input position of each looked-up vector, and how many trailing dimensions make one vector."""
 
     position: int
     leaf: Tensor
     reference: Tensor
     positions: Tensor
+    vector_dims: int
 
 
 #: operations that move ids without making new values, run on the positions alike
@@ -145,7 +146,7 @@ def lookup(
     with torch.no_grad():
         vectors, reference = on(value.x), on(value.r)
     leaf = vectors.detach().requires_grad_(True)
-    return leaf, reference, Lookup(value.input, leaf, reference, value.positions)
+    return leaf, reference, Lookup(value.input, leaf, reference, value.positions, leaf.dim() - value.positions.dim())
 
 
 def token_contributions(lookups: list[Lookup], grads: list[Tensor], sizes: dict[int, int]) -> dict[int, Tensor]:
@@ -156,9 +157,8 @@ def token_contributions(lookups: list[Lookup], grads: list[Tensor], sizes: dict[
     for lookup_, grad in zip(lookups, grads, strict=True):
         k = grad.shape[0]
         part = grad * (lookup_.leaf.detach() - lookup_.reference)
-        vector_dims = lookup_.leaf.dim() - lookup_.positions.dim()
-        if vector_dims:
-            part = part.sum(tuple(range(-vector_dims, 0)))
+        if lookup_.vector_dims:
+            part = part.sum(tuple(range(-lookup_.vector_dims, 0)))
         total = sums.get(lookup_.position)
         if total is None:
             total = sums[lookup_.position] = torch.zeros(k, sizes[lookup_.position] + 1, dtype=torch.float64, device=grad.device)

@@ -24,7 +24,7 @@ from ..base import RTOL, TINY, Block, BlockResult, check_mode
 from ..outputs import OutputChoice, OutputLayout
 from . import traced
 from .captured import CapturedPasses
-from .captured_tokens import token_contributions
+from .captured_tokens import Lookup, token_contributions
 from .checks import check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
@@ -464,14 +464,10 @@ class TorchEngine(KeptPasses):
             # every embedding output and cast of an integer input: its contribution per input position
             # (summed over the embedding's vector) is added to the position its ids name (0: none)
             integers = mode.discrete
-            per_position = torch.zeros(k, integers.size + 1, dtype=torch.float64, device=device)
-            for entry, grad in zip(mode.embedded, attributed, strict=True):
-                part = grad * (entry.leaf.detach() - entry.reference)
-                if entry.feature_dims:
-                    part = part.sum(tuple(range(-entry.feature_dims, 0)))
-                per_position.index_add_(1, entry.ids.reshape(-1), part.reshape(k, -1).to(torch.float64))
+            lookups = [Lookup(0, e.leaf, e.reference, e.ids, e.feature_dims) for e in mode.embedded]
+            per_position = token_contributions(lookups, list(attributed), {0: integers.size})[0]
             for t in followed:
-                start = 1 + integers.offsets[t]
+                start = integers.offsets[t]
                 x = inputs[t]
                 rows = per_position[:, start : start + sample.numel() * (x.numel() // x.shape[0])]
                 sums[t] += per_sample(rows.reshape(k, sample.numel(), *x.shape[1:]))
