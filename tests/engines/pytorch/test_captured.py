@@ -8,7 +8,7 @@ and the process is left as it was found.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -435,3 +435,57 @@ def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkey
 
     model = Composite(forward, a=nn.Linear(20, 4), b=nn.Linear(4, 2)).eval()
     _handed_back(model, "intercepted: the captured graph's outputs are not the model's own")
+
+
+#: what a forward with token ids and in-place forms reads, changed after capture, each moving the values (module-level
+#: state is put back; rules registered after capture: test_a_rule_registered_after_capture_is_the_one_applied)
+TOKEN_SETTINGS = {"scale": 1.0}
+
+
+def _tokens_in_place(m: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    h = m.emb(ids.flip(1)) * m.config["gain"] * TOKEN_SETTINGS["scale"]
+    h = m.act(m.lin(m.gru(h)[0][:, -1]))  # (in place into a new tensor, not into the view [:, -1])
+    h.mul_(m.factor)
+    return m.out(h)
+
+
+TOKEN_CHANGES: dict[str, Callable[[nn.Module], Any]] = {
+    "weights written in place": lambda m: m.emb.weight.data.mul_(-2.0),
+    "an embedding replaced": lambda m: setattr(m, "emb", nn.Embedding(9, 3)),
+    "a value in a config dict": lambda m: m.config.__setitem__("gain", -3.0),
+    "a module-level dict": lambda m: TOKEN_SETTINGS.__setitem__("scale", 0.25),
+    "a number attribute": lambda m: setattr(m, "factor", -1.5),
+    "an in-place activation swapped for another": lambda m: setattr(m, "act", nn.LeakyReLU(0.3, inplace=True)),
+    "an activation swapped": lambda m: setattr(m, "act", nn.Tanh()),
+    "a hook added": lambda m: m.gru.register_forward_hook(lambda mod, i, o: (o[0] * 0.5, o[1])),
+    "moved to float64": lambda m: m.double(),
+}
+
+
+@pytest.mark.parametrize("change", TOKEN_CHANGES)
+def test_tokens_and_in_place_forms_follow_every_change_the_forward_can_read(change: str) -> None:
+    torch.manual_seed(0)
+    model = Composite(_tokens_in_place, emb=nn.Embedding(9, 3), gru=nn.GRU(3, 4, batch_first=True), lin=nn.Linear(4, 4),
+                      act=nn.ReLU(inplace=True), out=nn.Linear(4, 2), config={"gain": 2.0}, factor=0.5).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    background, X = torch.randint(0, 9, (4, 6), generator=g), torch.randint(0, 9, (2, 6), generator=g)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    handle = TOKEN_CHANGES[change](model)
+    try:
+        if change == "moved to float64":
+            with pytest.raises(rnnshap.errors.InputError, match="build a new explainer"):
+                captured.shap_values(X)
+            return
+        fresh = rnnshap.DeepExplainer(model, background, compile=False)
+        for _ in range(2):
+            assert stale._close(captured.shap_values(X), fresh.shap_values(X)), (change, captured.pass_path)
+        with torch.no_grad():
+            assert np.allclose(captured.expected_value, model(background).mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        TOKEN_SETTINGS["scale"] = 1.0
+        if hasattr(handle, "remove"):
+            handle.remove()
+        elif hasattr(handle, "__exit__"):
+            handle.__exit__(None, None, None)
