@@ -10,7 +10,9 @@ the median of ``--repeats`` runs after a warm-up (``torch.cuda.synchronize`` aro
    same function). On CUDA also ``native, IEEE float32``: the same at the precision rnnshap runs the model in
    (TF32 off, which exact values need), its ratio to the first;
 2. ``rnnshap``: ``DeepExplainer(model, background, batch_size >= pairs).shap_values(X)`` with the
-   additivity check on, the model in eval mode (the explainer built outside the timed region);
+   additivity check on, the model in eval mode (the explainer built outside the timed region); on CUDA where Triton
+   imports also ``step by step``: the same with the recurrences' Triton kernels off
+   (``rnnshap.recurrent.persistent.MODE = None``);
 3. ``captum DeepLiftShap`` and ``captum IG-50`` (Integrated Gradients, 50 steps, one call per background
    row): where they run. In eval mode both need cuDNN's RNN backward and fail; the error is printed.
 
@@ -23,6 +25,7 @@ model's device, parameters and cuDNN's settings are left as they were.
     python benchmarks/bench_gpu.py --device cpu --quick   # the script itself, without an accelerator
     python benchmarks/bench_gpu.py --compile compile     # rnnshap's pass traced (compile="trace") and compiled too
     python benchmarks/bench_gpu.py --profile --only lstm-256-T200   # where one call's device time goes, by kernel kind
+    python benchmarks/bench_gpu.py --tiles --only lstm-256-T200     # the recurrence's kernel alone, by its tile sizes
 """
 
 from __future__ import annotations
@@ -47,14 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rnnshap  # noqa: E402
 from rnnshap.engines import cuda_graphs  # noqa: E402
 from rnnshap.engines.precision import float32_in_full  # noqa: E402
+from rnnshap.recurrent import persistent  # noqa: E402
 
 
 class Recurrent(nn.Module):
-    """``LSTM``/``GRU`` (batch_first) → ``Linear(hidden → 2)`` on the last step's output."""
+    """``LSTM``/``GRU``/``RNN`` (batch_first) → ``Linear(hidden → 2)`` on the last step's output."""
 
     def __init__(self, kind: str, features: int, hidden: int, layers: int) -> None:
         super().__init__()
-        self.rnn = {"LSTM": nn.LSTM, "GRU": nn.GRU}[kind](features, hidden, num_layers=layers, batch_first=True)
+        self.rnn = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[kind](features, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +92,7 @@ CONFIGS = [
     Config("lstm-128-T50", "LSTM", 32, 128, 1, 50, 64, 64),  # 4096 pairs
     Config("lstm-256-T200", "LSTM", 32, 256, 2, 200, 32, 32),  # 1024 pairs
     Config("gru-256-T200", "GRU", 32, 256, 2, 200, 32, 32),
+    Config("rnn-256-T200", "RNN", 32, 256, 2, 200, 32, 32),
     Config("lstm-512-T500", "LSTM", 16, 512, 1, 500, 16, 16),  # 256 pairs
 ]
 QUICK = [Config("lstm-16-T10", "LSTM", 4, 16, 1, 10, 8, 4), Config("gru-16-T10", "GRU", 4, 16, 2, 10, 8, 4)]
@@ -189,7 +194,7 @@ def profiled(run: Callable[[], Any], device: str) -> list[tuple[str, str]]:
 
 
 def run_config(
-    config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = (), profile: bool = False
+    config: Config, device: str, repeats: int, compile_modes: tuple[Any, ...] = (), profile: bool = False, peers: bool = True
 ) -> list[tuple[str, str]]:
     gc.collect()  # (what the last configuration left in reference cycles freed: each peak of memory is its own)
     torch.manual_seed(0)
@@ -221,6 +226,16 @@ def run_config(
     seconds, values = timed(lambda: np.asarray(explainer.shap_values(x)), device, repeats)
     error = additivity_error(values, model, x, background)
     rows.append(("rnnshap", f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
+    if persistent.MODE is not None and persistent.available() and device.startswith("cuda"):
+        # (the same without the recurrences' Triton kernels: step by step, each replayed as a CUDA graph)
+        persistent.MODE = None
+        try:
+            reset_peak(device)
+            steps, values = timed(lambda: np.asarray(explainer.shap_values(x)), device, repeats)
+        finally:
+            persistent.MODE = "cuda"
+        error = additivity_error(values, model, x, background)
+        rows.append(("  step by step", f"{steps:9.4f} s {steps / floor:6.2f}x   {error:9.1e}   {_memory(device)}"))
     if profile:
         rows += profiled(lambda: explainer.shap_values(x), device)
     after = ([p.detach() for p in model.parameters()], str(next(model.parameters()).device), cudnn_settings())
@@ -247,6 +262,8 @@ def run_config(
         rows.append((name, f"{seconds:9.4f} s {seconds / floor:6.2f}x   {error:9.1e}   {_memory(device)}{pool}"))
         rows.append((f"  ({once:.1f} s once)", program.pass_path[-110:]))
     cuda_graphs.REPLAY = True
+    if not peers:
+        return rows
 
     try:
         from captum.attr import DeepLiftShap, IntegratedGradients
@@ -281,6 +298,48 @@ def run_config(
     return rows
 
 
+def tile_sweep(config: Config, device: str, repeats: int) -> list[tuple[str, str]]:
+    """One layer's reverse recurrence alone, for the config's sizes and the head's 2 outputs: the Triton kernel with each
+    of a few tile sizes, and the step-by-step recurrence (replayed as a CUDA graph) in the same run."""
+    from rnnshap.recurrent import reverse
+
+    kind = config.kind.lower()
+    blocks, coefficient_blocks = {"lstm": (4, 6), "gru": (3, 5), "rnn": (1, 1)}[kind]
+    hidden, steps, pairs = config.hidden, config.steps, config.pairs
+    torch.manual_seed(0)
+    coefficients = 0.5 * torch.randn(steps, pairs, coefficient_blocks * hidden, device=device)
+    d_out = torch.randn(2, steps, pairs, hidden, device=device)
+    states = tuple(torch.randn(2, pairs, hidden, device=device) for _ in range(2 if kind == "lstm" else 1))
+    w_ih = torch.randn(blocks * hidden, config.features, device=device) / hidden**0.5
+    w_hh = torch.randn(blocks * hidden, hidden, device=device) / hidden**0.5
+    step_by_step = getattr(reverse, f"{kind}_recurrence")
+    extra = (None,) if kind == "lstm" else ()
+    persistent.MODE = None
+    try:
+        with float32_in_full():
+            args = (coefficients, None, None, d_out, *states, w_ih, w_hh, *extra)
+            base, expected = timed(lambda: step_by_step(*args), device, repeats)
+    finally:
+        persistent.MODE = "cuda"
+    rows = [(f"{kind} step by step", f"{base * 1e3:9.2f} ms   1.00x")]
+    chosen = (persistent.TILE, persistent.INNER, persistent.WARPS, persistent._rows_per_program)
+    for tile, inner, warps, size in [(64, 32, 4, None), (32, 32, 4, None), (64, 16, 4, None), (128, 32, 4, None),
+                                     (128, 32, 8, None), (64, 32, 8, None), (64, 64, 4, None), (64, 32, 4, 32)]:  # fmt: skip
+        persistent.TILE, persistent.INNER, persistent.WARPS = tile, inner, warps
+        if size is not None:
+            persistent._rows_per_program = lambda rows, dev, size=size: size
+        try:
+            seconds, got = timed(lambda: persistent.recurrence(kind, coefficients, d_out, states, w_ih, w_hh), device, repeats)
+            off = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, expected, strict=True))
+            rows.append((f"  tile {tile}, inner {inner}, {warps} warps, rows {size or 'auto'}",
+                         f"{seconds * 1e3:9.2f} ms {seconds / base:6.2f}x   max rel. difference {off:.1e}"))  # fmt: skip
+        except Exception as error:  # noqa: BLE001 (a tile size the compiler refuses is a result)
+            rows.append((f"  tile {tile}, inner {inner}, {warps} warps", f"fails: {type(error).__name__}: {str(error)[:80]}"))
+        finally:
+            persistent.TILE, persistent.INNER, persistent.WARPS, persistent._rows_per_program = chosen
+    return rows
+
+
 def _memory(device: str) -> str:
     peak = peak_memory(device)
     return f"{peak:8.0f} MiB" if peak is not None else ""
@@ -296,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", choices=("trace", "compile"), help="rnnshap's pass as a traced program too (and compiled, with 'compile')"
     )
     parser.add_argument("--profile", action="store_true", help="where one intercepted call's device time goes, by kernel kind")
+    parser.add_argument("--tiles", action="store_true", help="the recurrence's Triton kernel alone, by its tile sizes")
+    parser.add_argument("--no-peers", action="store_true", help="without Captum's rows")
     args = parser.parse_args(argv)
     device = args.device or default_device()
     if device is None:
@@ -312,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         print(f"\n{config.name}: {config.describe()}")
         modes: tuple[Any, ...] = () if not args.compile else ("trace",) if args.compile == "trace" else ("trace", True)
-        for method, line in run_config(config, device, args.repeats, modes, args.profile):
+        if args.tiles:
+            rows = tile_sweep(config, device, args.repeats)
+        else:
+            rows = run_config(config, device, args.repeats, modes, args.profile, not args.no_peers)
+        for method, line in rows:
             print(f"  {method:<20}{line}")
     return 0
 

@@ -259,9 +259,10 @@ def test_an_intercepted_calls_reverse_recurrences_on_cuda_are_replayed_as_cuda_g
     recurrence's values bit for bit, and later calls replay it. Each call's values are those without graphs
     (``cuda_graphs.REPLAY = False``) bit for bit: on other inputs of the same shapes, one output or three, and after the
     model's weights change in place (the graph reads its copies of them, made at each call). A packed batch's
-    recurrence runs as it is."""
-    from rnnshap.recurrent import reverse
+    recurrence runs as it is. (The step by step recurrence's graphs: the Triton kernels, which launch once, are off.)"""
+    from rnnshap.recurrent import persistent, reverse
 
+    monkeypatch.setattr(persistent, "MODE", None)
     background, x, other = _on_cuda(device, seed=11, references=10, samples=6)
     if name == "gru-packed":
         model = Composite(_packed, rnn=nn.GRU(5, 12, batch_first=True, bidirectional=True), head=nn.Linear(24, 2))

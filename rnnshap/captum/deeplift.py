@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engines.precision import float32_in_full
 from ..engines.pytorch.kept import value_key
 from ..explainer import DeepExplainer
 from .arguments import (
@@ -167,13 +168,15 @@ class DeepLift:
         target: Target = None,
         additional_forward_args: Any = None,
     ) -> Tensor:
-        """Σ attributions − (f(end_point) − f(start_point)) per row at the target, as Captum's."""
+        """Σ attributions − (f(end_point) − f(start_point)) per row at the target, as Captum's, the model run in float32
+        in full as the attributions were (:func:`~rnnshap.engines.precision.float32_in_full`: cuDNN's recurrent layers
+        default to TensorFloat-32 on a GPU, whose rounding would stand in the delta as a gap that is not there)."""
         _, ends = format_inputs(end_point)
         starts = [s.expand_as(e) for s, e in zip(deeplift_baselines(start_point, ends), ends, strict=True)]
         _, attrs = format_inputs(attributions)
         n = int(ends[0].shape[0])
         extra = format_extra(additional_forward_args)
-        with torch.no_grad():
+        with torch.no_grad(), float32_in_full():
             f_end = self.model(*ends, *extra)
             f_start = self.model(*starts, *extra)
         columns = torch.as_tensor(flat_targets(target, n, tuple(f_end.shape[1:])), device=f_end.device)

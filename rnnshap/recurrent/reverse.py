@@ -34,6 +34,7 @@ from ..formulas import recurrence
 from ..formulas.recurrence import Run, Through, reverse_time
 from ..formulas.torch_ops import TORCH
 from ..formulas.torch_ops import vmap_batched as _IS_BATCHED  # (absent: every call takes the operator)
+from . import persistent
 
 Tensor = torch.Tensor
 
@@ -312,6 +313,38 @@ def _on_cuda_graphs(impl: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tu
     return recurrence
 
 
+#: the gradients of the states each kind's recurrence receives and returns
+_STATES = {"lstm": 2, "gru": 1, "rnn": 1}
+
+
+def _on_kernel(kind: str) -> Callable[[Callable[..., tuple[Tensor, ...]]], Callable[..., tuple[Tensor, ...]]]:
+    """A recurrence run as one Triton kernel (:mod:`.persistent`) where :func:`.persistent.taken` says so, else as
+    it is (step by step, on a CUDA device replayed as a CUDA graph: :func:`_on_cuda_graphs`)."""
+
+    def wrap(impl: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
+        count = _STATES[kind]
+
+        @functools.wraps(impl)
+        def recurrence(
+            coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, *rest: Any
+        ) -> tuple[Tensor, ...]:
+            states, (w_ih, w_hh, *projection) = rest[:count], rest[count:]
+            masked, projected = mask is not None or active is not None, any(w is not None for w in projection)
+            if persistent.taken(kind, coefficients, d_out, states, (w_ih, w_hh), masked=masked, projected=projected):
+                if persistent.tracing([coefficients, d_out, *states, w_ih, w_hh]):
+                    # (one operator in the program, which runs the kernel when the program runs: not the steps traced)
+                    return _OPERATORS[kind](coefficients, mask, active, d_out, *rest)
+                ran = persistent.guarded(kind, coefficients, d_out, states, w_ih, w_hh)  # type: ignore[arg-type]
+                if ran is not None:
+                    return ran
+            return impl(coefficients, mask, active, d_out, *rest)
+
+        return recurrence
+
+    return wrap
+
+
+@_on_kernel("lstm")
 @_on_cuda_graphs
 def lstm_recurrence(
     coefficients: Tensor,
@@ -342,6 +375,7 @@ def lstm_recurrence(
     return dx, dh, dc
 
 
+@_on_kernel("gru")
 @_on_cuda_graphs
 def gru_recurrence(
     coefficients: Tensor,
@@ -364,6 +398,7 @@ def gru_recurrence(
     return dx, dh
 
 
+@_on_kernel("rnn")
 @_on_cuda_graphs
 def rnn_recurrence(
     coefficients: Tensor, mask: Tensor | None, active: list[int] | None, d_out: Tensor, d_h: Tensor, w_ih: Tensor, w_hh: Tensor
@@ -436,6 +471,10 @@ def rnn_reverse(
     """:func:`rnn_recurrence` as an operator."""
     dx, dh = rnn_recurrence(coefficients, mask, active, d_out, d_h, w_ih, w_hh)
     return dx, _fresh(dh, d_h)
+
+
+#: each kind's operator, by which a traced program calls its recurrence
+_OPERATORS = {"lstm": lstm_reverse, "gru": gru_reverse, "rnn": rnn_reverse}
 
 
 def batched(*gradients: Tensor | None) -> bool:

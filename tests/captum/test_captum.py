@@ -243,6 +243,7 @@ def test_tensor_in_tensor_out_tuple_in_tuple_out(captum_attr: Any, method: str, 
         assert tensor.device == given.device and not tensor.requires_grad
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_results_come_back_on_the_inputs_device() -> None:
     model = recurrent().cuda()

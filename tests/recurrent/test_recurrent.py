@@ -7,6 +7,7 @@ is its mean over the background.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -644,7 +645,7 @@ def test_a_long_recurrence_on_cuda_runs_first_as_it_is_then_is_checked_as_a_grap
     all."""
     reverse = stand_in_graphs
     made = StandInGraph.made
-    plain = reverse.rnn_recurrence.__wrapped__
+    plain = inspect.unwrap(reverse.rnn_recurrence)  # (the recurrence itself, under its kernel and graph wrappers)
 
     def arguments(seed: int, pairs: int = 4) -> tuple[Any, ...]:
         torch.manual_seed(seed)
