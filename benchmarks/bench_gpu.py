@@ -26,6 +26,7 @@ model's device, parameters and cuDNN's settings are left as they were.
     python benchmarks/bench_gpu.py --compile compile     # rnnshap's pass traced (compile="trace") and compiled too
     python benchmarks/bench_gpu.py --profile --only lstm-256-T200   # where one call's device time goes, by kernel kind
     python benchmarks/bench_gpu.py --tiles --only lstm-256-T200     # the recurrence's kernel alone, by its tile sizes
+    python benchmarks/bench_gpu.py --throughput 4000 --repeats 2    # sequences a second: batch_size fixed and "auto"
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -340,6 +341,30 @@ def tile_sweep(config: Config, device: str, repeats: int) -> list[tuple[str, str
     return rows
 
 
+def throughput(device: str, samples: int, repeats: int) -> Iterator[tuple[str, str]]:
+    """An LSTM(32→128) classifier at T = 100 against 100 references: sequences explained a second at fixed blocks and
+    at ``batch_size="auto"`` (blocks sized from the device's memory, halved where one runs out of it)."""
+    torch.manual_seed(0)
+    model = Recurrent("LSTM", 32, 128, 1).to(device).eval()
+    background = torch.randn(100, 100, 32, device=device)
+    x = torch.randn(samples, 100, 32, device=device)
+    for size in (8192, "auto", 65536):  # (each row as it is measured)
+        explainer = rnnshap.DeepExplainer(model, background, batch_size=size)
+        gc.collect()
+        reset_peak(device)
+        try:
+            seconds, values = timed(lambda: np.asarray(explainer.shap_values(x)), device, repeats)  # noqa: B023
+        except torch.cuda.OutOfMemoryError as error:
+            yield f"batch_size={size!r}", f"out of memory: {str(error).splitlines()[0][:80]}"
+            continue
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        error = additivity_error(values, model, x, background)
+        rate = f"{samples / seconds:8.0f} sequences/s"
+        yield f"batch_size={size!r}", f"{seconds:9.3f} s   {rate}   {error:9.1e}   {_memory(device)}"
+
+
 def _memory(device: str) -> str:
     peak = peak_memory(device)
     return f"{peak:8.0f} MiB" if peak is not None else ""
@@ -357,11 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="where one intercepted call's device time goes, by kernel kind")
     parser.add_argument("--tiles", action="store_true", help="the recurrence's Triton kernel alone, by its tile sizes")
     parser.add_argument("--no-peers", action="store_true", help="without Captum's rows")
+    parser.add_argument("--throughput", type=int, metavar="SAMPLES", help="sequences a second, fixed blocks against 'auto'")
     args = parser.parse_args(argv)
     device = args.device or default_device()
     if device is None:
         print("No CUDA or MPS device here: nothing to measure (give --device cpu to run the script on the CPU).")
         return 2
+    if args.throughput:
+        print(f"LSTM(32→128) classifier, T = 100, 100 references, {args.throughput} samples; median of {args.repeats}")
+        for method, line in throughput(device, args.throughput, args.repeats):
+            print(f"  {method:<22}{line}", flush=True)
+        return 0
     configs = QUICK if args.quick else CONFIGS
     if args.only:
         configs = [c for c in configs if c.name in args.only]

@@ -7,7 +7,7 @@
 #
 # Stages (by default env, tests, gpu, dispatch, traced, published, precision and compile; about 8 minutes on an H200): env, tests (pytest -m gpu: every
 # test that needs a GPU), gpu (bench_gpu.py: each layer with the recurrences' Triton kernels and step by step), tiles (bench_gpu.py --tiles: the
-# recurrence's kernel alone by its tile sizes), dispatch (bench_dispatch.py,
+# recurrence's kernel alone by its tile sizes), auto (bench_gpu.py --throughput: batch_size fixed and "auto"), dispatch (bench_dispatch.py,
 # tiny, on cuda), traced (bench_gpu.py with compile="trace" too, without and with its CUDA graph), published (bench_dispatch.py --size published),
 # paths and paths200 (bench_dispatch.py --paths trace: intercepted and traced, without and with its CUDA graph, T = 50
 # and 200; the cell loop at T = 50 only: its T = 200 program, 41,000 operations, takes 20 s to trace), pathspub (the
@@ -34,8 +34,9 @@ stage() {  # name, seconds, command...
 }
 
 stage env 30 bash -c "nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $py -c 'import sys, torch, numpy; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), numpy.__version__, torch.cuda.get_device_name(0))'; $py -m pip list 2>/dev/null | grep -i -E '^(transformers|captum|keras|darts|shap|triton) '"
-stage tests 180 "$py" -m pytest -m gpu tests/test_gpu.py tests/recurrent/test_persistent.py tests/captum/test_captum.py -q -p no:cacheprovider -rs
+stage tests 180 "$py" -m pytest -m gpu tests/test_gpu.py tests/recurrent/test_persistent.py tests/captum/test_captum.py tests/test_auto_blocks.py -q -p no:cacheprovider -rs
 stage gpu 200 "$py" benchmarks/bench_gpu.py --repeats 5 --no-peers
+stage auto 150 "$py" benchmarks/bench_gpu.py --throughput 1000 --repeats 2
 stage tiles 120 "$py" benchmarks/bench_gpu.py --tiles --repeats 5 --only lstm-256-T200 gru-256-T200 rnn-256-T200 lstm-512-T500
 stage dispatch 110 "$py" benchmarks/bench_dispatch.py --device cuda --repeats 7 --models lstm gru rnn transformer cell patchtst
 stage traced 170 "$py" benchmarks/bench_gpu.py --repeats 5 --compile trace

@@ -11,12 +11,12 @@ sums of multiplier × (x − r). This class holds the model's state and the publ
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Literal, Mapping, Sequence, Union
 
 import numpy as np
 
 from . import additivity
-from .attribution import Attribution, attribute
+from .attribution import AUTO_ROWS, Attribution, attribute
 from .engines import Engine, engine_for
 from .engines.base import check_mode, named_inputs_advice, normal_mode
 from .engines.outputs import selected_outputs
@@ -47,7 +47,9 @@ class DeepExplainer:
         batch_size: the largest number of (sample, reference) pairs run through the model at once.
             Pairs run in blocks of whole samples (all references) when ``batch_size`` is at least
             the background size, which lets recurrent layers run on the distinct rows of each side.
-            Memory grows with it; results do not depend on it.
+            Memory grows with it; results do not depend on it. ``"auto"``: on a CUDA device, blocks sized
+            from the device's available memory, each measured, and a block that runs out of memory run
+            again at half its pairs (:class:`rnnshap.attribution.MemorySizedBlocks`); elsewhere 2048.
         rules: rules for this explainer only, ``{torch_function_or_module_class: rule}``, on top of
             the ones registered with :func:`rnnshap.register_rule` (PyTorch models).
         progress: show a tqdm progress bar over the blocks of pairs. ``None`` (the default): only
@@ -88,15 +90,14 @@ class DeepExplainer:
         model: Any,
         data: Inputs,
         *,
-        batch_size: int = 2048,
+        batch_size: int | Literal["auto"] = 2048,
         rules: Mapping[Any, Any] | None = None,
         progress: bool | None = None,
         output: int | str | tuple[int | str, ...] | None = None,
         layer_output: bool = False,
         compile: bool | str | None = None,
     ) -> None:
-        if int(batch_size) < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         check_mode(compile)
         #: what the explainer was built from: what it pickles as (see :meth:`__getstate__`)
         self._arguments = dict(
@@ -104,7 +105,8 @@ class DeepExplainer:
             layer_output=layer_output, compile=compile,
         )  # fmt: skip
         self.model = model
-        self.batch_size = int(batch_size)
+        #: pairs per block, or "auto" (:func:`rnnshap.attribution.attribute`)
+        self.batch_size: int | Literal["auto"] = batch_size if batch_size == "auto" else int(batch_size)
         self.progress = progress
         #: the engine for the model's framework (:mod:`rnnshap.engines`)
         with normal_mode():
@@ -338,7 +340,7 @@ class DeepExplainer:
         with normal_mode(), self.engine.call():
             return shapley_values(
                 view, X, players, budget, tol=tol, outputs=outputs, random_state=random_state,
-                batch_size=batch_size or self.batch_size, progress=self.progress if progress is None else progress,
+                batch_size=batch_size or self.fixed_batch_size, progress=self.progress if progress is None else progress,
                 prune=prune, time_axis=time_axis, windows=windows,
             )  # fmt: skip
 
@@ -404,7 +406,7 @@ class DeepExplainer:
         with normal_mode(), self.engine.call():
             return shapley_interactions(
                 view, X, players, index=index, order=order, budget=budget, approximator=approximator, outputs=outputs,
-                random_state=random_state, batch_size=batch_size or self.batch_size, player_names=player_names,
+                random_state=random_state, batch_size=batch_size or self.fixed_batch_size, player_names=player_names,
                 time_axis=time_axis, windows=windows, progress=self.progress if progress is None else progress,
             )  # fmt: skip
 
@@ -453,6 +455,12 @@ class DeepExplainer:
             inputs = self.engine.inputs(X, "X")
             return self.attribution(inputs, check_additivity=check_additivity, progress=progress, just_built=True)
 
+    @property
+    def fixed_batch_size(self) -> int:
+        """``batch_size`` as a number of rows: the blocks of ``batch_size="auto"`` start at
+        :data:`rnnshap.attribution.AUTO_ROWS`, which the Shapley mode's forwards and :meth:`summarize`'s batches take."""
+        return AUTO_ROWS if self.batch_size == "auto" else self.batch_size
+
     # -- the steps every engine shares -------------------------------------------------------------
     def attribution(
         self,
@@ -490,10 +498,20 @@ class DeepExplainer:
                 raise InputError(f"the multipliers themselves are given for PyTorch models, not for {engine.name}")
             check = False  # multipliers do not add up to f(x) - E[f]; only multiplier x (x - r) does
         with engine.call(just_built):
+            if batch_size is not None:
+                check_batch_size(batch_size)
             result = attribute(engine, inputs, selected, batch_size or self.batch_size, show, multipliers=bool(multipliers))
         if check is not False:
             additivity.check_additivity(result, engine, None if check is True else float(check))
         return result
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """A clear error for a ``batch_size`` that is neither a positive number of pairs nor ``"auto"``."""
+    if batch_size == "auto":
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f'batch_size must be a number of pairs of at least 1, or "auto"; got {batch_size!r}')
 
 
 def _dataframe_advice(data: Any, error: InputError) -> str | None:

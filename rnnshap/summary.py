@@ -236,7 +236,9 @@ class Explains(Protocol):
     """What :func:`summarize` needs of the explainer (:class:`rnnshap.DeepExplainer`)."""
 
     engine: Engine
-    batch_size: int
+
+    @property
+    def fixed_batch_size(self) -> int: ...
 
     @property
     def multi_input(self) -> bool: ...
@@ -312,7 +314,7 @@ def _batches(explainer: Explains, data: Any, batch_size: int | None) -> Iterator
     if named or _is_array(data) or (multi_input and isinstance(data, (list, tuple)) and data and all(map(_is_array, data))):
         inputs = engine.inputs(data, "data")
         n = engine.rows(inputs)
-        step = int(batch_size) if batch_size else max(1, explainer.batch_size // engine.references)
+        step = int(batch_size) if batch_size else max(1, explainer.fixed_batch_size // engine.references)
         for begin in range(0, n, step):
             part = engine.take(inputs, begin, begin + step)
             yield part if multi_input else part[0]
