@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any, Literal
 
 import torch
@@ -48,9 +49,19 @@ _KIND = {"lstm": 0, "gru": 1, "rnn": 2}
 TILE, INNER, WARPS = 128, 32, 4
 
 
-@functools.cache
 def available() -> bool:
-    """Whether Triton imports here (the kernels' only requirement beside a CUDA device, or :data:`MODE` "interpret")."""
+    """Whether Triton imports here (the kernels' only requirement beside a CUDA device, or :data:`MODE` "interpret").
+    Not beside TensorFlow: Triton's LLVM, loaded after TensorFlow's, aborts the process (a Keras and PyTorch process
+    then runs the recurrences step by step)."""
+    if "triton" in sys.modules:
+        return _imports()
+    if "tensorflow" in sys.modules:
+        return False
+    return _imports()
+
+
+@functools.cache
+def _imports() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
