@@ -9,7 +9,6 @@ result is checked by :func:`rnnshap.additivity.check_additivity`.
 from __future__ import annotations
 
 import gc
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -88,7 +87,7 @@ def attribute(
         model_outputs[block.s0 : block.s1] = result.outputs
         reference_outputs[block.s0 : block.s1] += result.reference_outputs
 
-    device = _cuda_device(engine) if batch_size == "auto" else None
+    device = engine.cuda_device() if batch_size == "auto" else None
     if device is None:
         pairs = max(1, (AUTO_ROWS if batch_size == "auto" else int(batch_size)) // rows)
         for block in progress_bar(blocks(n, n_refs, pairs), progress):
@@ -97,13 +96,6 @@ def attribute(
         MemorySizedBlocks(n, n_refs, rows, device).run(run, progress)
     values = [np.moveaxis(total / n_refs, 0, -1) for total in sums]
     return Attribution(values, selected, model_outputs, reference_outputs / n_refs)
-
-
-def _cuda_device(engine: Engine) -> Any:
-    """The engine's CUDA device, where it computes on one (a PyTorch model's), else None."""
-    device = getattr(engine, "device", None)
-    torch = sys.modules.get("torch")
-    return device if torch is not None and isinstance(device, torch.device) and device.type == "cuda" else None
 
 
 class MemorySizedBlocks:

@@ -13,6 +13,8 @@ from torch import nn
 import rnnshap
 from rnnshap import attribution
 
+from .models.torch import RecurrentHead
+
 PER_PAIR = 1000
 
 
@@ -26,7 +28,7 @@ class StandInDevice:
         self.failed: list[int] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch, explainer: rnnshap.DeepExplainer) -> None:
-        monkeypatch.setattr(attribution, "_cuda_device", lambda engine: "stand-in")
+        monkeypatch.setattr(explainer.engine, "cuda_device", lambda: "stand-in")
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
         monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: self.held)
@@ -48,16 +50,8 @@ class StandInDevice:
 
 def _lstm(outputs: int = 2) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-
-    class Head(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn, self.head = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, outputs)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.rnn(x)[0][:, -1])
-
-    return Head().double().eval(), torch.randn(40, 6, 3, dtype=torch.float64), torch.randn(10, 6, 3, dtype=torch.float64)
+    model = RecurrentHead("lstm", 3, 8, outputs).double().eval()
+    return model, torch.randn(40, 6, 3, dtype=torch.float64), torch.randn(10, 6, 3, dtype=torch.float64)
 
 
 def test_blocks_grow_to_the_share_of_memory_each_measured_block_says(monkeypatch) -> None:

@@ -228,6 +228,11 @@ class Engine(ABC):
         (a door's one-shot call): the work its setup kept needs no vetting."""
         yield
 
+    def cuda_device(self) -> Any:
+        """The CUDA device the engine computes on, or None (``batch_size="auto"`` sizes its blocks of pairs from that
+        device's memory: :class:`rnnshap.attribution.MemorySizedBlocks`)."""
+        return None
+
     def rows_per_pair(self, outputs: int) -> int:
         """How many rows of the model's batch one pair takes when ``outputs`` outputs are attributed
         (the front door sizes blocks with it so that ``batch_size`` bounds memory)."""

@@ -19,6 +19,8 @@ from torch import nn
 import rnnshap
 from rnnshap.recurrent import persistent, reverse
 
+from ..models.torch import RecurrentHead
+
 pytest.importorskip("triton", reason="the kernels are Triton's")
 
 Tensor = torch.Tensor
@@ -134,15 +136,6 @@ def test_output_gradients_broadcast_over_the_outputs_as_vmap_rule_gives_them(kin
     _check(kind, (coefficients, d_out, states, w_ih, w_hh), torch.float64, "cpu", interpret=True)
 
 
-class Head(nn.Module):
-    def __init__(self, layer: nn.Module, outputs: int) -> None:
-        super().__init__()
-        self.layer, self.head = layer, nn.Linear(layer.hidden_size * (2 if layer.bidirectional else 1), outputs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.layer(x)[0][:, -1])
-
-
 LAYERS = {
     "lstm": lambda: nn.LSTM(3, 20, num_layers=2, batch_first=True),
     "gru": lambda: nn.GRU(3, 20, batch_first=True, bidirectional=True),
@@ -157,7 +150,7 @@ def test_explainer_takes_the_kernel_and_gives_the_step_by_step_values(kind, outp
     Triton's interpreter on the CPU: the kernel ran, once per layer and direction, and the values are the step-by-step
     path's within the rounding bound of the layer's recurrence (float64: nothing else differs), and add up."""
     torch.manual_seed(0)
-    model = Head(LAYERS[kind](), outputs).double().eval()
+    model = RecurrentHead.over(LAYERS[kind](), outputs).double().eval()
     x, background = torch.randn(4, 9, 3, dtype=torch.float64), torch.randn(5, 9, 3, dtype=torch.float64)
     monkeypatch.setattr(persistent, "MODE", None)
     today = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
@@ -166,7 +159,7 @@ def test_explainer_takes_the_kernel_and_gives_the_step_by_step_values(kind, outp
     monkeypatch.setattr(persistent, "recurrence", lambda *a, **k: calls.append(a[0]) or kernel(*a, **k))
     monkeypatch.setattr(persistent, "MODE", "interpret")
     got = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))
-    layer = model.layer
+    layer = model.rnn_layer
     assert len(calls) == layer.num_layers * (2 if layer.bidirectional else 1) and set(calls) == {kind}
     assert got.shape == today.shape == (*x.shape, outputs)
     np.testing.assert_allclose(got, today, rtol=0, atol=1e-12 * np.abs(today).max())  # (float64: the sums' order alone)
@@ -181,7 +174,7 @@ def test_a_traced_program_runs_the_kernel_as_one_operator_with_the_intercepted_v
     """A traced pass (compile="trace") records the recurrence as one operator, not its steps: the program's run takes
     the kernel, and its values are the intercepted pass's bit for bit."""
     torch.manual_seed(0)
-    model = Head(LAYERS[kind](), outputs).eval()
+    model = RecurrentHead.over(LAYERS[kind](), outputs).eval()
     x, background = torch.randn(3, 7, 3), torch.randn(4, 7, 3)
     monkeypatch.setattr(persistent, "MODE", "interpret")
     calls = []
@@ -198,7 +191,7 @@ def test_a_traced_program_runs_the_kernel_as_one_operator_with_the_intercepted_v
 
 def test_a_kernel_that_fails_warns_once_and_the_step_by_step_recurrence_answers(monkeypatch) -> None:
     torch.manual_seed(0)
-    model = Head(LAYERS["lstm"](), 2).eval()
+    model = RecurrentHead.over(LAYERS["lstm"](), 2).eval()
     x, background = torch.randn(3, 6, 3), torch.randn(4, 6, 3)
     monkeypatch.setattr(persistent, "MODE", None)
     today = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(x))

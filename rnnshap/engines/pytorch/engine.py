@@ -354,6 +354,9 @@ class TorchEngine(KeptPasses):
         self.background_outputs = self.predict(self.background_rows()).reshape(self.references, *self.output_shape)
         check_missing_values_handled(self.background, self.background_outputs.reshape(self.references, -1), "background")
 
+    def cuda_device(self) -> torch.device | None:
+        return self.device if self.device is not None and self.device.type == "cuda" else None
+
     def to_numpy(self, inputs: list[Tensor]) -> list[np.ndarray]:
         return [numpy(x) for x in inputs]
 
