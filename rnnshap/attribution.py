@@ -105,7 +105,8 @@ class MemorySizedBlocks:
     (a user's to read): the allocator's peak after it less what was allocated before it, an upper bound (the peak may
     be an earlier one's). The next block gets as many pairs as :data:`AUTO_SHARE` of the memory then
     available (free on the device, and held by torch's allocator unused) takes at that cost per pair. A block that runs
-    out of device memory is run again at half its pairs (down to one pair; then the error is raised). Blocks hold whole
+    out of device memory is run again at half its pairs (down to one pair; then the error is raised), and no later block
+is larger. Blocks hold whole
     samples where they hold all references, else one sample's references a part at a time, as fixed blocks do; the
     values do not depend on the blocks.
     """
@@ -116,6 +117,8 @@ class MemorySizedBlocks:
         #: (pairs, bytes at their peak) of each block run, and the pairs of each block that ran out of memory
         self.measured: list[tuple[int, int]] = []
         self.halved: list[int] = []
+        #: the most pairs a block may hold: half of the last block that ran out of memory
+        self.ceiling = samples * references
 
     def _next(self, s: int, r: int) -> Block:
         if r == 0 and self.pairs >= self.references:
@@ -147,12 +150,12 @@ class MemorySizedBlocks:
             if pairs <= 1:
                 raise
             self.halved.append(pairs)
-            self.pairs = max(1, pairs // 2)
+            self.pairs = self.ceiling = max(1, pairs // 2)
             gc.collect()  # (what the failed block made, held in reference cycles)
             return False
         used = max(1, torch.cuda.max_memory_allocated(self.device) - allocated)  # (the peak never falls: an upper bound)
         self.measured.append((pairs, used))
         free, _ = torch.cuda.mem_get_info(self.device)
         unused = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        self.pairs = max(1, int(AUTO_SHARE * (free + unused) * pairs / used))
+        self.pairs = max(1, min(self.ceiling, int(AUTO_SHARE * (free + unused) * pairs / used)))
         return True
