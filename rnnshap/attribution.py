@@ -103,12 +103,11 @@ class MemorySizedBlocks:
 
     The first block holds :data:`AUTO_ROWS` rows. Each block's memory is measured without resetting torch's counters
     (a user's to read): the allocator's peak after it less what was allocated before it, an upper bound (the peak may
-    be an earlier one's). The next block gets as many pairs as :data:`AUTO_SHARE` of the memory then
-    available (free on the device, and held by torch's allocator unused) takes at that cost per pair. A block that runs
-    out of device memory is run again at half its pairs (down to one pair; then the error is raised), and no later block
-is larger. Blocks hold whole
-    samples where they hold all references, else one sample's references a part at a time, as fixed blocks do; the
-    values do not depend on the blocks.
+    be an earlier one's). The next block gets as many pairs as :data:`AUTO_SHARE` of the memory then available (free
+    on the device, and held by torch's allocator unused) takes at that cost per pair. A block that runs out of device
+    memory is run again at half its pairs (down to one pair; then the error is raised), and no later block is larger.
+    Blocks hold whole samples where they hold all references, else one sample's references a part at a time, as fixed
+    blocks do; the values do not depend on the blocks.
     """
 
     def __init__(self, samples: int, references: int, rows_per_pair: int, device: Any) -> None:
@@ -141,7 +140,7 @@ is larger. Blocks hold whole
             counter.close()
 
     def _ran(self, run: Callable[[Block], None], block: Block, torch: Any) -> bool:
-        """Whether ``block`` ran (else it ran out of memory, and the next block is half its size); the next size."""
+        """Whether ``block`` ran (else it ran out of memory, and the next block is half its size); sizes the next."""
         pairs = block.samples * block.references
         allocated = torch.cuda.memory_allocated(self.device)
         try:
