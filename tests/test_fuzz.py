@@ -100,7 +100,21 @@ def test_random_keras_models_are_refused_by_name_or_exact(data: st.DataObject) -
 FOUND_TORCH = [
     # token ids into an LSTM of one hidden unit, two outputs: its reverse step's flatten had no batching rule under
     # vmap there (a raw RuntimeError)
-    "ModelSpec(seed=0, T=2, input='tokens', width=1, vocab=4, emb=1, embed_form='module', entry=False, entry_width=1, dummy='none', move='none', roll=1, context='ids', holes=True, entry_mask='none', blocks=[BlockSpec(kind='linear', out=1, hidden=0, act='none', num_layers=1, bidirectional=False, batch_first=True, proj=0, nonlinearity='tanh', packed=False, h0=False, residual=False, norm='layer', affine=True, causal='none', key_padding=False, heads=1, carry_mask=False, state='h', bias=True, dropout=False, sort=False, chain=False, twice=False, reverse=False, key_padding_form='', scores='matmul', loop_read='index', loop_write='stack', padding_value=0.0, kernel=1, sub='gru'), BlockSpec(kind='lstm', out=1, hidden=1, act='none', num_layers=1, bidirectional=False, batch_first=True, proj=0, nonlinearity='tanh', packed=False, h0=False, residual=False, norm='layer', affine=True, causal='none', key_padding=False, heads=1, carry_mask=False, state='h', bias=True, dropout=False, sort=False, chain=False, twice=False, reverse=False, key_padding_form='', scores='matmul', loop_read='index', loop_write='stack', padding_value=0.0, kernel=1, sub='gru')], pool='hard_attn', k=2, head_act='none', squeeze=False, n_bg=1, n_x=1, spread=0.3, edge=False, perm=[0, 1], static=0, batch_size=0, dups=False, tiny=False, select='all', unk=False, number=False, context_dtype='default', head='plain')",
+    (
+        "ModelSpec(seed=0, T=2, input='tokens', width=1, vocab=4, emb=1, embed_form='module', entry=False, entry_width="
+        "1, dummy='none', move='none', roll=1, context='ids', holes=True, entry_mask='none', blocks=[BlockSpec(kind='li"
+        "near', out=1, hidden=0, act='none', num_layers=1, bidirectional=False, batch_first=True, proj=0, nonlinearity="
+        "'tanh', packed=False, h0=False, residual=False, norm='layer', affine=True, causal='none', key_padding=False, h"
+        "eads=1, carry_mask=False, state='h', bias=True, dropout=False, sort=False, chain=False, twice=False, reverse=F"
+        "alse, key_padding_form='', scores='matmul', loop_read='index', loop_write='stack', padding_value=0.0, kernel=1"
+        ", sub='gru'), BlockSpec(kind='lstm', out=1, hidden=1, act='none', num_layers=1, bidirectional=False, batch_fir"
+        "st=True, proj=0, nonlinearity='tanh', packed=False, h0=False, residual=False, norm='layer', affine=True, causa"
+        "l='none', key_padding=False, heads=1, carry_mask=False, state='h', bias=True, dropout=False, sort=False, chain"
+        "=False, twice=False, reverse=False, key_padding_form='', scores='matmul', loop_read='index', loop_write='stack"
+        "', padding_value=0.0, kernel=1, sub='gru')], pool='hard_attn', k=2, head_act='none', squeeze=False, n_bg=1, n_"
+        "x=1, spread=0.3, edge=False, perm=[0, 1], static=0, batch_size=0, dups=False, tiny=False, select='all', unk=Fa"
+        "lse, number=False, context_dtype='default', head='plain')"
+    ),
 ]
 
 

@@ -198,7 +198,7 @@ class TorchOps:
 
     @staticmethod
     def merge_last(x: Tensor, /) -> Tensor:
-        return x.reshape(*x.shape[:-2], -1)  # (not flatten: vmap has no batching rule for it where this runs in a layer's backward)
+        return x.reshape(*x.shape[:-2], -1)  # (not flatten: vmap has no batching rule for it in a layer's backward)
 
     @staticmethod
     def weight_blocks(weight: Tensor, widths: Sequence[int], /, transposed: bool = False) -> list[Tensor]:
