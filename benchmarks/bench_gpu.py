@@ -305,7 +305,7 @@ def tile_sweep(config: Config, device: str, repeats: int) -> list[tuple[str, str
     from rnnshap.recurrent import reverse
 
     kind = config.kind.lower()
-    blocks, coefficient_blocks = {"lstm": (4, 6), "gru": (3, 5), "rnn": (1, 1)}[kind]
+    blocks, coefficient_blocks = persistent._BLOCKS[kind]
     hidden, steps, pairs = config.hidden, config.steps, config.pairs
     torch.manual_seed(0)
     coefficients = 0.5 * torch.randn(steps, pairs, coefficient_blocks * hidden, device=device)

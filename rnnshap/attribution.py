@@ -113,9 +113,6 @@ class MemorySizedBlocks:
     def __init__(self, samples: int, references: int, rows_per_pair: int, device: Any) -> None:
         self.samples, self.references, self.device = samples, references, device
         self.pairs = max(1, AUTO_ROWS // rows_per_pair)
-        #: (pairs, bytes at their peak) of each block run, and the pairs of each block that ran out of memory
-        self.measured: list[tuple[int, int]] = []
-        self.halved: list[int] = []
         #: the most pairs a block may hold: half of the last block that ran out of memory
         self.ceiling = samples * references
 
@@ -148,12 +145,10 @@ class MemorySizedBlocks:
         except torch.cuda.OutOfMemoryError:
             if pairs <= 1:
                 raise
-            self.halved.append(pairs)
             self.pairs = self.ceiling = max(1, pairs // 2)
             gc.collect()  # (what the failed block made, held in reference cycles)
             return False
         used = max(1, torch.cuda.max_memory_allocated(self.device) - allocated)  # (the peak never falls: an upper bound)
-        self.measured.append((pairs, used))
         free, _ = torch.cuda.mem_get_info(self.device)
         unused = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         self.pairs = max(1, min(self.ceiling, int(AUTO_SHARE * (free + unused) * pairs / used)))
