@@ -22,7 +22,7 @@ import inspect
 import operator
 import re
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -42,6 +42,7 @@ from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .integer_ops import CONSTANT, SHAPE_OF_OTHER
 from .randomness import random_call
 from .state import python_state
+from .tape import batch_axis, repeat_along
 
 Tensor = torch.Tensor
 
@@ -66,6 +67,10 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
 #: calls that only switch the grad mode: the model's own ``no_grad()`` holds for what depends on no input; what does is
 #: followed as ``detach()`` is (the function the model computes does not change)
 _GRAD_MODE = {torch._C._set_grad_enabled}
+
+
+#: the most bytes of reference sides an explainer's captured pass keeps between calls
+KEPT_BYTES = 64 * 2**20
 
 
 class PlanFault(RuntimeError):
@@ -114,16 +119,49 @@ class _Step:
         return ((node.args[1], node.args[0], *node.args[2:]) if self.swap else tuple(node.args)), dict(node.kwargs)
 
 
+@dataclass
+class _Sides:
+    """The reference side of a call whose pairs hold the block's distinct references, each repeated for the block's
+    ``repeats`` samples: recorded by a run of the forward on those references alone (``recorded`` None while it
+    runs), then taken, repeated, by the run on the pairs. ``names``: the input-dependent steps in the order the
+    reference run met them, which the run on the pairs must meet alike."""
+
+    repeats: int
+    recorded: list[Any] | None = None
+    names: list[str] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    #: where the reference side was kept from an earlier call, how many graphs had been captured when it was kept: a
+    #: graph captured since (a guard that failed, another signature) may run otherwise, so it is recorded again
+    captures: int | None = None
+
+
+class _Stale(Exception):
+    """A kept reference side met a graph captured after it was kept: the call records it again."""
+
+
+class _NotDistinct(Exception):
+    """The run on the pairs does not take the reference run's values (another graph, a value whose rows are not the
+    references' repeated): the call runs its reference side on every pair."""
+
+
 class _Call:
     """One call of the captured forward on pairs: the reference side of each explained input (by position among the
-    model's inputs), the pairs' grid, and what the plan leaves for the caller (the reference side of the outputs)."""
+    model's inputs), the pairs' grid, and what the plan leaves for the caller (the reference side of the outputs).
+    ``sides``: where the reference side is run on the distinct references (see :class:`_Sides`)."""
 
-    def __init__(self, references: dict[int, Tensor], grid: PairGrid, tokens: frozenset[int] = frozenset()) -> None:
-        self.references, self.grid, self.tokens = references, grid, tokens
+    def __init__(
+        self, references: dict[int, Tensor], grid: PairGrid, tokens: frozenset[int] = frozenset(), sides: _Sides | None = None
+    ) -> None:
+        self.references, self.grid, self.tokens, self.sides = references, grid, tokens, sides
         self.outputs: dict[int, Any] | None = None  # id of an input-side output tensor → its reference side
         self.planned = False
         #: the token inputs' embedding lookups, in the order the graph made them (captured_tokens.py)
         self.lookups: list[Lookup] = []
+
+    @property
+    def recording(self) -> bool:
+        """Whether this is the reference run of :class:`_Sides`: each input-dependent step's reference side alone."""
+        return self.sides is not None and self.sides.recorded is None
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rnnshap_captured_call", default=None)
@@ -361,8 +399,10 @@ class GraphPlan:
                 if step.kind == "tokens":
                     positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
                     env[node] = TokenValue(value, call.references[step.position], positions, step.position)
+                elif step.kind == "input":
+                    env[node] = PairValue(value, value if call.recording else call.references[step.position])
                 else:
-                    env[node] = PairValue(value, call.references[step.position]) if step.kind == "input" else value
+                    env[node] = value
             elif node.op == "call_function" and node.target in _GRAD_MODE:
                 grad = bool(node.args[0])
             elif step.kind == "value":
@@ -371,13 +411,18 @@ class GraphPlan:
             elif step.kind in ("move", "cast", "lookup", "meta"):
                 env[node] = self._on_ids(step, env, call)
             elif step.kind == "output":
+                sides = call.sides
+                if sides is not None and sides.recorded is not None and len(sides.values) != len(sides.recorded):
+                    raise _NotDistinct("the pairs' graph stopped before the references' did")
                 pairs: list[PairValue] = []
                 out = _resolve(node.args[0], env, 0, pairs)
                 call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
                 return out
             else:
                 try:
-                    env[node] = self._pair(step, env, call.grid)
+                    env[node] = self._pair(step, env, call.grid, self._side(step, call))
+                    if call.recording:
+                        call.sides.values.append(env[node].r)  # type: ignore[union-attr]
                     for written in step.writes:  # (the value written into in place is the step's from now on)
                         env[written] = env[node]
                 except NotCaptured:
@@ -402,21 +447,40 @@ class GraphPlan:
         return PairValue(leaf, reference)
 
     @staticmethod
-    def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid) -> PairValue:
-        """A step on input-dependent operands: each side, the input side through the step's rule where it has one."""
+    def _side(step: _Step, call: _Call) -> tuple[bool, Any]:
+        """Where the call's reference side is :class:`_Sides`': whether this is its reference run (the step's reference
+        side alone), and in the run on the pairs the step's reference side, the reference run's repeated (None
+        otherwise)."""
+        sides = call.sides
+        if sides is None:
+            return False, None
+        if sides.recorded is None:
+            sides.names.append(step.name)
+            return True, None
+        k = len(sides.values)
+        if k >= len(sides.recorded) or sides.names[k] != step.name:
+            raise _NotDistinct(f"{step.name}: not the step the references' graph ran there")
+        value = _repeated(sides.recorded[k], step.node.meta.get("example_value"), sides.repeats)
+        sides.values.append(value)
+        return False, value
+
+    @staticmethod
+    def _pair(step: _Step, env: dict[fx.Node, Any], grid: PairGrid, side: tuple[bool, Any] = (False, None)) -> PairValue:
+        """A step on input-dependent operands: each side, the input side through the step's rule where it has one.
+        ``side``: (reference side alone, the reference side given) (see :meth:`_side`)."""
         fn = step.fn
         assert fn is not None
+        alone, given = side
         args, kwargs = step.arguments()
-        x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
-        r_args, r_kwargs = _resolve(args, env, 1), _resolve(kwargs, env, 1)
         if step.kind == "linear":
-            with torch.no_grad():
-                r = fn(*r_args, **r_kwargs)
-            return PairValue(fn(*x_args, **x_kwargs), r)
+            r = given
+            if r is None:
+                with torch.no_grad():
+                    r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+            return PairValue(r, r) if alone else PairValue(fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0)), r)
         rule = step.rule
         assert rule is not None
-        leaves, spec, layout = flatten_call(x_args, x_kwargs)
-        ref_leaves = flatten_call(r_args, r_kwargs)[0]
+        ref_leaves, spec, layout = flatten_call(_resolve(args, env, 1), _resolve(kwargs, env, 1))
         if step.tracked is None:  # (the same positions at every call: the graph's structure gives them)
             marked = flatten_call(_resolve(args, env, 2), _resolve(kwargs, env, 2))[0]
             step.tracked = tuple(i for i, v in enumerate(marked) if v is _TRACKED)
@@ -424,8 +488,14 @@ class GraphPlan:
         why = misfit(rule, reference_call)
         if why is not None:
             raise NotCaptured(f"{step.name}: {why}")
-        with torch.no_grad():
-            r = rule.reference(reference_call)
+        r = given
+        if r is None:
+            with torch.no_grad():
+                r = rule.reference(reference_call)
+            if alone:
+                return PairValue(r, r)
+        x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
+        leaves = flatten_call(x_args, x_kwargs)[0]
         # the reference side's output is handed to the rule where it is the operation's own on the operands alone (a
         # rule with its own reference computation, or tensors beside the operands, may want it computed otherwise)
         own = type(rule).reference is Rule.reference and not any(
@@ -441,6 +511,27 @@ class GraphPlan:
 
 #: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)
 _TRACKED = object()
+
+
+def _repeated(value: Any, example: Any, repeats: int) -> Any:
+    """``value``, a step's reference side on the block's distinct references, repeated for the pairs (each tensor
+    along the one axis where the pairs' graph holds ``repeats`` times its rows: ``example``, that graph's value).
+    Raises :class:`_NotDistinct` where the pairs' value is not so made of the references' (a value that mixes rows)."""
+    if isinstance(value, Tensor):
+        if not isinstance(example, Tensor):
+            raise _NotDistinct("a value the pairs' graph does not hold as a tensor")
+        if repeats == 1 and value.shape == example.shape:
+            return value
+        axis = batch_axis(tuple(value.shape), tuple(example.shape), repeats)
+        if axis < 0:
+            raise _NotDistinct(f"a value of shape {tuple(example.shape)} on the pairs, {tuple(value.shape)} on the references")
+        return repeat_along(value, axis, repeats)
+    if isinstance(value, (tuple, list)) and isinstance(example, (tuple, list)) and len(value) == len(example):
+        items = [_repeated(v, e, repeats) for v, e in zip(value, example, strict=True)]
+        return items if isinstance(value, list) else type(value)(items) if type(value) is not tuple else tuple(items)
+    if isinstance(value, (Tensor, tuple, list)) or value != example:
+        raise _NotDistinct("a value the pairs' graph holds otherwise")
+    return value
 
 
 def _resolve(a: Any, env: dict[fx.Node, Any], side: int, pairs: list[PairValue] | None = None) -> Any:
@@ -497,6 +588,12 @@ class CapturedPasses:
         self.path = "captured: not run yet"
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
+        #: why this explainer's calls run their reference side on every pair from now on (None: on a block's distinct
+        #: references where the engine finds them so laid out)
+        self.distinct_off: str | None = None
+        #: reference sides kept between calls, by the block's references: the sides, the model's outputs on those
+        #: references when kept, and their bytes (see :meth:`_distinct_sides`)
+        self._kept: dict[Any, tuple[_Sides, Tensor, int]] = {}
         #: each captured graph's plan (or why it has none), by the graph's id; the graphs kept beside, so that an id
         #: stays its graph's
         self._plans: dict[int, GraphPlan | NotCaptured] = {}
@@ -518,6 +615,8 @@ class CapturedPasses:
             except Exception as error:  # (a fault of the plan's own, not torch.compile's: raised, never handed back)
                 raise PlanFault(f"rnnshap's captured pass failed to plan the graph ({type(error).__name__}: {error})") from error
             call.planned = True
+            if call.sides is not None and call.sides.captures not in (None, len(self._graphs)):
+                raise _Stale
             return plan.run(args, call)
 
         return run
@@ -544,10 +643,14 @@ class CapturedPasses:
         grid: PairGrid,
         take: Callable[[Any], Any],
         tokens: frozenset[int] = frozenset(),
+        distinct: tuple[Any, list[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
         side, and the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), or None where
-        this call runs the intercepted pass (``path`` says why)."""
+        this call runs the intercepted pass (``path`` says why). ``distinct``: where the pairs hold the block's
+        distinct references once per sample and nothing else enters their reference side, a key of those references,
+        their rows, and the model's own outputs on them: that side is then run on them alone and repeated for the
+        pairs, and kept for later calls (see :meth:`_distinct_sides`)."""
         if self.off is not None:
             self.path = f"intercepted: {self.off}"
             return None
@@ -561,13 +664,9 @@ class CapturedPasses:
         explained = {
             i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
         }
-        call = _Call(explained, grid, tokens)
         before = python_state(self.model)
-        token = _CALL.set(call)
         try:
-            with _capture_settings(), torch.enable_grad():
-                copies = [leaf.clone() for leaf in leaves]  # (a forward may write into its inputs)
-                out = self._compiled(self.model, *copies)
+            call, out = self._pairs_run(leaves, explained, grid, tokens, distinct)
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
@@ -581,8 +680,6 @@ class CapturedPasses:
             self.off = f"torch.compile cannot capture the forward as one graph ({reason})"
             self.path = f"intercepted: {self.off}"
             return None
-        finally:
-            _CALL.reset(token)
         if python_state(self.model) != before:  # (captured anew at every call: this explainer captures no more)
             self.off = "the forward changes the model's Python state, so it is captured anew at every call"
             self.path = f"intercepted: {self.off}"
@@ -595,8 +692,94 @@ class CapturedPasses:
         if reference is None:
             self.path = "intercepted: the explained output is not one of the captured graph's outputs"
             return None
-        self.path = "captured: the forward's graph run on the pairs"
+        sides = call.sides
+        self.path = "captured: the forward's graph run on the pairs" + (
+            "" if sides is None else ", its reference side on the block's distinct references"
+            + ("" if sides.captures is None else ", kept from an earlier call")
+        )
         return flat, reference, call.lookups
+
+    def _pairs_run(
+        self,
+        leaves: list[Tensor],
+        explained: dict[int, Tensor],
+        grid: PairGrid,
+        tokens: frozenset[int],
+        distinct: tuple[Any, list[Tensor], Tensor] | None,
+    ) -> tuple[_Call, Any]:
+        """The captured forward on the pairs (see :meth:`run`): its call and output."""
+        sides = None
+        if distinct is not None and self.distinct_off is None and grid.samples > 1:
+            sides = self._distinct_sides(distinct, list(explained), grid)
+        try:
+            call = _Call(explained, grid, tokens, sides)
+            out = self._invoke(call, leaves)
+        except (_Stale, _NotDistinct) as error:
+            if grid.deferred is not None:
+                grid.deferred.clear()  # (the checks of a run stopped midway do not count)
+            if isinstance(error, _Stale):  # (a kept reference side met a graph captured since: recorded again)
+                sides = self._distinct_sides(distinct, list(explained), grid, kept=False)  # type: ignore[arg-type]
+            else:  # (this explainer runs the reference side on every pair from now on)
+                self.distinct_off, sides = str(error), None
+                self._kept.clear()
+            call = _Call(explained, grid, tokens, sides)
+            out = self._invoke(call, leaves)
+        if sides is not None and call.planned:
+            self._keep(distinct[0], sides, distinct[2])  # type: ignore[index]
+        return call, out
+
+    def _distinct_sides(
+        self, distinct: tuple[Any, list[Tensor], Tensor], positions: list[int], grid: PairGrid, kept: bool = True
+    ) -> _Sides | None:
+        """The reference side on the block's distinct references: kept from an earlier call where the model's own
+        outputs on them are those it was kept with, bit for bit (a change of the model its parameters' versions do not
+        show, such as a tensor attribute written into, moves them), and no graph was captured since (a guard of the
+        capture that failed); else recorded by a run on them (:meth:`_reference_run`)."""
+        key, rows, plain = distinct
+        held = self._kept.get(key) if kept else None
+        if held is not None:
+            sides, outputs, _ = held
+            if outputs.shape == plain.shape and outputs.dtype == plain.dtype and bool(torch.equal(outputs, plain)):
+                return _Sides(grid.samples, sides.recorded, sides.names, captures=sides.captures)
+            del self._kept[key]
+        return self._reference_run(rows, positions, grid)
+
+    def _keep(self, key: Any, sides: _Sides, outputs: Tensor) -> None:
+        """Keep a reference side for later calls, within :data:`KEPT_BYTES` in all."""
+        self._kept.pop(key, None)
+        size = sum(t.numel() * t.element_size() for t in tree_flatten(sides.recorded)[0] if isinstance(t, Tensor))
+        if size + sum(held[2] for held in self._kept.values()) <= KEPT_BYTES:
+            kept = _Sides(sides.repeats, sides.recorded, sides.names, captures=len(self._graphs))
+            self._kept[key] = (kept, outputs, size)
+
+    def forget(self) -> None:
+        """Drop the reference sides kept between calls (the model changed)."""
+        self._kept.clear()
+
+    def _invoke(self, call: _Call, tensors: list[Tensor]) -> Any:
+        """The captured forward on copies of ``tensors`` (a forward may write into its inputs), run by the plan of its
+        graph for ``call``."""
+        token = _CALL.set(call)
+        try:
+            with _capture_settings(), torch.enable_grad():
+                return self._compiled(self.model, *[t.clone() for t in tensors])
+        finally:
+            _CALL.reset(token)
+
+    def _reference_run(self, rows: list[Tensor], positions: list[int], grid: PairGrid) -> _Sides | None:
+        """The forward on the block's distinct references ``rows`` (one per model input; ``positions``: the explained
+        ones), each input-dependent step's reference side recorded for the run on the pairs (:class:`_Sides`); None
+        where it does not run as one graph (the run on the pairs then meets what stopped it)."""
+        sides = _Sides(grid.samples)
+        call = _Call({i: rows[i] for i in positions}, PairGrid(1, grid.references), sides=sides)
+        try:
+            self._invoke(call, rows)
+        except Exception:  # noqa: BLE001 (the run on the pairs meets it, and says or raises it)
+            return None
+        if not call.planned:
+            return None
+        sides.recorded, sides.values = sides.values, []
+        return sides
 
 
 def _capture_settings() -> Any:

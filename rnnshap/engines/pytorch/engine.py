@@ -400,7 +400,7 @@ class TorchEngine(KeptPasses):
         if self._traced is not None:
             self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
-        captured = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs))
+        captured = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
         while captured is None:
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
@@ -515,12 +515,15 @@ class TorchEngine(KeptPasses):
         chosen_columns: Tensor,
         state: PreservedState,
         rows: tuple[Block, list[Tensor]],
+        distinct: bool = False,
     ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
         the outputs on the pairs' reference side, and each token input's contributions per position (``(k, pairs ×
         its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
         pass. The model's state is put back to ``state`` after it. ``rows``: the block and the call's inputs, whose
-        samples and references the model's own forward runs to check the graph's outputs on both sides."""
+        samples and references the model's own forward runs to check the graph's outputs on both sides. ``distinct``:
+        whether the block's pairs hold its distinct references alike for every sample (see :meth:`attribute`), whose
+        reference side is then run on them alone (where no context input enters it)."""
         captured = self._captured
         if captured is None:
             return None
@@ -537,23 +540,29 @@ class TorchEngine(KeptPasses):
         if has_hooks(self.model):
             captured.path = "intercepted: the model has forward hooks, which the pass runs as they ask"
             return None
+        block = rows[0]
+        backgrounds = [b[block.r0 : block.r1] for b in self.background]
+        # the model's own outputs on the block's references (where no context input makes the reference side depend on
+        # the sample): they check the graph's reference side, and vet a reference side kept from an earlier call
+        plain = None if self.context_inputs else self._plain_forward(backgrounds, state)
+        alone = (kept_key(block, []), backgrounds, plain) if distinct and plain is not None else None
         try:
             with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
                 try:
-                    ran = captured.run(leaves, references, grid, self._take, tokens)
+                    ran = captured.run(leaves, references, grid, self._take, tokens, alone)
                 except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
                     if not grid.deferred or grid.all_held():
                         raise
                     ran = None
                 if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
-                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens)
+                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens, alone)
                     self._defer_checks = False  # (as in later calls)
         finally:
             state.restore()
         if ran is None:
             return None
         outputs, reference, lookups = ran
-        moved = self._captured_outputs_moved(outputs.detach(), reference.detach(), grid, rows, state)
+        moved = self._captured_outputs_moved(outputs.detach(), reference.detach(), grid, rows, state, plain)
         if moved is not None:  # (the graph's interpretation is not the model's function: never answered from it)
             captured.off = f"the captured graph's outputs are not the model's own ({moved})"
             captured.path = f"intercepted: {captured.off}"
@@ -567,24 +576,36 @@ class TorchEngine(KeptPasses):
         return flat, grads[: len(attributed)], reference.detach(), token_contributions(lookups, grads[len(attributed) :], sizes)
 
     def _captured_outputs_moved(
-        self, outputs: Tensor, reference: Tensor, grid: PairGrid, rows: tuple[Block, list[Tensor]], state: PreservedState
+        self,
+        outputs: Tensor,
+        reference: Tensor,
+        grid: PairGrid,
+        rows: tuple[Block, list[Tensor]],
+        state: PreservedState,
+        plain: Tensor | None,
     ) -> str | None:
         """Where the captured graph's outputs on the pairs are not the model's own, in words (else None): its input side
-        against a plain forward of the block's samples, and, where no context input makes the reference side depend on
-        the sample, its reference side against a plain forward of the block's references, each output within the
-        additivity check's tolerance (:meth:`_forward_now`). A plain forward of the samples and references costs
-        (samples + references) rows, where the pass costs samples x references."""
+        against a plain forward of the block's samples, and its reference side against ``plain``, the model's outputs
+        on the block's references (None where a context input makes the reference side depend on the sample), each
+        output within the additivity check's tolerance (:meth:`_gap`). A plain forward of the samples and references
+        costs (samples + references) rows, where the pass costs samples x references."""
         block, inputs = rows
         n = grid.references
         samples = [x[block.s0 : block.s1] for x in inputs]
-        gap, _ = self._forward_now(samples, outputs.reshape(block.samples, n, -1)[:, 0], state, read=False)
+        gap = self._gap(self._plain_forward(samples, state), outputs.reshape(block.samples, n, -1)[:, 0])
         if gap is not None:
             return f"on the samples, by {gap:.2g} of an output's scale"
-        if self.context_inputs:
-            return None
-        backgrounds = [b[block.r0 : block.r1] for b in self.background]
-        gap, _ = self._forward_now(backgrounds, reference.reshape(block.samples, n, -1)[0], state, read=False)
+        gap = None if plain is None else self._gap(plain, reference.reshape(block.samples, n, -1)[0])
         return None if gap is None else f"on the references, by {gap:.2g} of an output's scale"
+
+    def _plain_forward(self, rows: list[Tensor], state: PreservedState) -> Tensor:
+        """The model's outputs on copies of ``rows``, without autograd; its state put back to ``state`` after."""
+        copies = [x.clone() for x in rows]
+        try:
+            with torch.no_grad():
+                return self._take(self.model(*copies))
+        finally:
+            state.restore()
 
     def _traceable(self, distinct: bool) -> bool:
         """Whether a call's input pass may run as a program (``compile=``); where not, the traced passes say why."""
@@ -668,12 +689,17 @@ class TorchEngine(KeptPasses):
                 now = self._take(self.model(*copies))
         finally:
             state.restore()
+        return self._gap(now, outputs), reads
+
+    def _gap(self, now: Tensor, outputs: Tensor) -> float | None:
+        """How far ``outputs`` lie from ``now`` (a plain forward's, one row per sample) relative to each output's scale,
+        where that is beyond the additivity check's tolerance for the model's dtype for some output (else None)."""
         now = now.reshape(outputs.shape).to(torch.float64)
         if not now.numel():
-            return None, reads
+            return None
         scale = now.abs().amax(0).clamp_min(TINY.get(self.dtype, torch.finfo(torch.float64).tiny))
         gap = float(((now - outputs.to(torch.float64)).abs().amax(0) / scale).max())
-        return (None if gap <= RTOL.get(self.dtype, 1e-4) else gap), reads
+        return None if gap <= RTOL.get(self.dtype, 1e-4) else gap
 
     def _reference_side(
         self,

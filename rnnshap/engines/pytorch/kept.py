@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from ..base import Block
+from .captured import CapturedPasses
 from .checks import ModelChecks
 from .state import PreservedState
 from .tape import Tape, TapeEntry
@@ -28,6 +29,7 @@ class KeptPasses(ModelChecks):
     #: context inputs (set by the engine: see its constructor)
     context_inputs: list[int]
     _traced: TracedPasses | None
+    _captured: CapturedPasses | None
     _distinct_allowed: bool
     _rows_laid_out: bool | None
 
@@ -93,6 +95,8 @@ class KeptPasses(ModelChecks):
             self._vetted.clear()
         if self._traced is not None:
             self._traced.forget()  # (their constants are the kept passes' tensors)
+        if self._captured is not None:
+            self._captured.forget()
 
     def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
