@@ -8,7 +8,7 @@ entries into the PyTorch engine's rules: :func:`catalog_op_rules` (unary), :func
 against float64 references.
 
 :func:`extra_op_rules` holds the registrations of the rules defined outside the table (vector norms,
-attention, comparisons as gates, missing values).
+attention, comparisons as gates, missing values, the triangular solve).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .quantile import Quantile
 from .secant import SLOPES_BY_NAME, Power, Secant
 from .selection import ArgExtremum, Ordering
 from .structured import GroupNorm, InstanceNorm, LayerNorm, LogSoftmax, LogSumExp, RMSNorm, Softmax
+from .triangular import TriangularSolve
 
 
 def catalog_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
@@ -127,6 +128,7 @@ def extra_op_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
     table.update(attention_op_rules(forms))  # scaled_dot_product_attention, multi_head_attention_forward
     table.update(gate_rules(forms))  # comparisons as gates of where(x >= 0, f(x), g(x))
     table.update(missing_value_rules(forms))  # nanmean, nansum, nan_to_num (rnnshap/rules/missing.py)
+    table.update({fn: TriangularSolve() for fn in forms("solve_triangular")})  # (rnnshap/rules/triangular.py)
     return table
 
 
