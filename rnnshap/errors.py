@@ -152,6 +152,15 @@ SHAPLEY_DOOR = (
     "otherwise; docs/shapley.md)."
 )
 
+#: Said where torch's backward finds a tensor it saved written into by the forward after it was read
+WRITTEN_AFTER_READ = (
+    "The model's forward writes in place into a tensor after an operation read it for its gradient (torch: "
+    "{torch}), so torch.autograd cannot differentiate this forward, nor can DeepSHAP. A cache or a recurrent state "
+    "updated in place does this (transformers' RWKV with use_cache=True, whose plain backward fails alike): run the "
+    "model without its cache (use_cache=False in its call, or model.config.use_cache = False), or write the state out "
+    "of place (state = torch.cat(...) or torch.stack(...) instead of state[..., i] = value). " + SHAPLEY_DOOR
+)
+
 #: Said where a model's own calls on the same rows differ (both doors' checks find it)
 RANDOM_MODEL = (
     "The model is random at inference: two calls on the same rows give outputs {gap:.3g} apart. A Dropout or noise "
@@ -224,7 +233,8 @@ class TapeMismatchError(RnnShapError, RuntimeError):
 
 
 class ModelStateError(RnnShapError, ValueError):
-    """The model is in a state that cannot be explained exactly (train-mode dropout, TorchScript)."""
+    """The model is in a state that cannot be explained exactly (train-mode dropout, TorchScript, random at inference,
+    a forward that writes into a tensor after its gradient read it: a cache updated in place)."""
 
 
 class InputError(RnnShapError, ValueError):

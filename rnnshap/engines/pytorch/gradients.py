@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from ...errors import UnsupportedOperationError
+from ...errors import WRITTEN_AFTER_READ, ModelStateError, UnsupportedOperationError
 from ...formulas.torch_ops import gradient
 
 Tensor = torch.Tensor
@@ -44,6 +44,20 @@ def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     :func:`rnnshap.formulas.torch_ops.gradient`, which leaves out ``autograd.grad``'s size check and the import of
     sympy it costs a first call.)
     """
+    try:
+        return _grads_per_output(chosen, leaves)
+    except RuntimeError as error:
+        if _WRITTEN not in str(error):
+            raise
+        first = next((line for line in str(error).splitlines() if _WRITTEN in line), _WRITTEN)
+        raise ModelStateError(WRITTEN_AFTER_READ.format(torch=first.split(" Hint:")[0].strip())) from error
+
+
+#: what torch's backward says where a tensor it saved was written into after it was read
+_WRITTEN = "modified by an inplace operation"
+
+
+def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     k = chosen.shape[1]
     if k == 1:
         ones = torch.autograd.grad(chosen.sum(), leaves, allow_unused=True)
@@ -61,7 +75,9 @@ def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
                 return tuple(_or_zeros(g, leaf) for g, leaf in zip(each, leaves, strict=True))
 
             grads: tuple[Tensor | None, ...] = torch.func.vmap(column)(grad_outputs)
-    except RuntimeError:  # an operation of the backward that torch.func cannot batch
+    except RuntimeError as error:  # an operation of the backward that torch.func cannot batch
+        if _WRITTEN in str(error):
+            raise
         grads = gradient(chosen, grad_outputs, leaves, batched=True)
     return [_or_zeros(g, leaf, k) for g, leaf in zip(grads, leaves, strict=True)]
 

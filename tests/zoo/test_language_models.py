@@ -1,0 +1,108 @@
+"""Recurrent, state-space and transformer language models of transformers, built tiny from their config classes (no
+weights download): DeepSHAP of next-token logits over the input token ids adds up to the model's own logits, and the
+tokens after the explained position get exactly 0 (a causal model does not read them: a property additivity cannot
+see). A model whose own backward fails (a state written in place after it was read) is refused by name, with advice
+that, followed, gives exact values. A family missing from the installed transformers skips (Qwen3-Next needs 5.x: CI
+runs this file against the newest release too, .ci/newest.sh)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+import rnnshap
+from rnnshap.errors import ModelStateError
+
+from ..models.torch import Function
+
+transformers = pytest.importorskip("transformers")
+
+V, T, POSITION = 64, 8, 4
+
+
+def _config(name: str, **settings: Any) -> Any:
+    config = getattr(transformers, f"{name}Config", None)
+    if config is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {name}Config")
+    return config(**settings)
+
+
+#: each family: (its model class's name, its config's settings)
+FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "GPT2": ("GPT2LMHeadModel", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=2, n_positions=32)),
+    "Llama": ("LlamaForCausalLM", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=1, intermediate_size=64)),
+    "Mamba": ("MambaForCausalLM", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2)),
+    "Mamba2": ("Mamba2ForCausalLM", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, state_size=4, expand=2,
+                                         num_heads=4, head_dim=16, n_groups=1, chunk_size=4)),
+    "RecurrentGemma": ("RecurrentGemmaForCausalLM", dict(vocab_size=V, hidden_size=32, num_hidden_layers=3,
+                                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                                                         lru_width=32, attention_window_size=8, head_dim=16)),
+    "Rwkv": ("RwkvForCausalLM", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                                     intermediate_size=64, context_length=32, use_cache=False)),
+    # Gated DeltaNet's chunked form solves a triangular system (rules/triangular.py); dense MLPs (mlp_only_layers)
+    "Qwen3Next": ("Qwen3NextForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                               linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=8,
+                                               linear_value_head_dim=8, moe_intermediate_size=16,
+                                               shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                                               layer_types=["linear_attention", "full_attention"], mlp_only_layers=[0, 1])),
+}  # fmt: skip
+
+
+def _language_model(family: str) -> torch.nn.Module:
+    model_class, settings = FAMILIES[family]
+    config = _config(family, **settings)
+    torch.manual_seed(0)
+    return getattr(transformers, model_class)(config).eval()
+
+
+def _next_token_logits(model: torch.nn.Module, **call: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits of the first three tokens of the vocabulary after the token at :data:`POSITION`."""
+    return lambda ids: model(input_ids=ids, **call).logits[:, POSITION, :3]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str) -> None:
+    head = Function(_next_token_logits(_language_model(family)))
+    g = torch.Generator().manual_seed(1)
+    background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
+    values = rnnshap.DeepExplainer(head, background).shap_values(X)  # (2, T, 3)
+    with torch.no_grad():
+        f_x, f_r = head(X).double().numpy(), head(background).double().numpy()
+    scale = np.abs(np.concatenate([f_x, f_r])).max()
+    bound = 64 * torch.finfo(torch.float32).eps * scale  # (float32 sums over a few dozen operations per logit)
+    np.testing.assert_allclose(values.sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
+    assert np.all(values[:, POSITION + 1 :] == 0.0), family  # (a causal model does not read later tokens)
+    assert np.abs(values[:, : POSITION + 1]).max() > 0
+
+
+def test_a_state_written_in_place_after_it_was_read_is_refused_with_advice_that_works() -> None:
+    """transformers' RWKV with its cache writes each layer's state into one tensor in place, after the step read it:
+    torch's own backward fails on it, and rnnshap says why and what to do (run it without the cache), where torch's
+    raw RuntimeError came out; followed, the values add up."""
+    if getattr(transformers, "RwkvConfig", None) is None:
+        pytest.skip("no RWKV in this transformers")
+    model = _language_model("Rwkv")
+    background, X = torch.randint(0, V, (3, T)), torch.randint(0, V, (2, T))
+    with pytest.raises(ModelStateError, match=r"writes in place into a tensor after .*use_cache=False"):
+        rnnshap.DeepExplainer(Function(_next_token_logits(model, use_cache=True)), background).shap_values(X)
+    values = rnnshap.DeepExplainer(Function(_next_token_logits(model, use_cache=False)), background).shap_values(X)
+    assert np.all(values[:, POSITION + 1 :] == 0.0)
+
+
+def test_a_plain_state_written_after_a_product_read_it_is_refused_by_name() -> None:
+    """The same refusal for a model of torch alone: a product reads a view of a state, then the forward writes into
+    that state."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        state = torch.ones(x.shape[0], 4, dtype=x.dtype)
+        y = torch.tanh(x) * state[:, :]
+        state[:, 0] = 2.0
+        return y.sum(1, keepdim=True)
+
+    with pytest.raises(ModelStateError, match="torch.autograd cannot differentiate this forward"):
+        rnnshap.DeepExplainer(Function(forward), torch.randn(3, 4)).shap_values(torch.randn(2, 4))
