@@ -194,7 +194,13 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+#: cases of half a minute on two cores, run by the slow run (-m slow)
+SLOW = {"aeon KNN, ordinary panels"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.name in SLOW else []) for c in CASES]
+)
 def test_each_case_is_exact_or_refused_by_an_rnnshap_error(case: Case) -> None:
     pytest.importorskip(case.library)
     try:

@@ -212,12 +212,19 @@ def saved_for_the_other_sides(
     return built
 
 
+#: the default run's models (every model: the slow run)
+QUICK = ("lstm", "bidirectional", "two-outputs-final", "masking-two-inputs")
+
+
+@pytest.mark.parametrize(
+    "names", [pytest.param(QUICK, id="quick"), pytest.param(tuple(MODELS), id="every", marks=pytest.mark.slow)]
+)
 def test_the_same_model_gets_the_same_values_on_tensorflow_and_torch(
-    tmp_path: Path, keras_process: Callable[[str], KerasProcess]
+    names: tuple[str, ...], tmp_path: Path, keras_process: Callable[[str], KerasProcess]
 ) -> None:
     """The same saved models on this process's backend and on the others (TensorFlow: torch; JAX: TensorFlow and torch)."""
     pytest.importorskip("torch")
-    built = saved_for_the_other_sides(tmp_path, MODELS, _data, OPTIONS)
+    built = saved_for_the_other_sides(tmp_path, {name: MODELS[name] for name in names}, _data, OPTIONS)
     # one job for all models in each other backend's session process (Keras fixes its backend at import), running
     # while this process explains them on its own backend
     others = {backend: keras_process(backend).submit(OTHER_SIDE, str(tmp_path)) for backend in other_backends()}

@@ -76,6 +76,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # (a process of its own that imports JAX and Keras: half a minute on two cores)
 def test_keras_engine_explains_on_jax_without_tensorflow() -> None:
     import numpy as np
 

@@ -107,10 +107,19 @@ def _explain_here(model: Any, x: Any, background: Any) -> np.ndarray:
     return np.asarray(explainer.shap_values(x))  # the additivity check of shap_values holds too
 
 
-def test_the_same_values_on_tensorflow_and_torch(tmp_path: Path, keras_process: Callable[[str], KerasProcess]) -> None:
+#: the default run's models (every model: the slow run)
+QUICK = ("maxpool1d-overlapping-same", "maxpool3d", "embedding-without-int-input", "sort-over-units", "top-k-values")
+
+
+@pytest.mark.parametrize(
+    "names", [pytest.param(QUICK, id="quick"), pytest.param(tuple(MODELS), id="every", marks=pytest.mark.slow)]
+)
+def test_the_same_values_on_tensorflow_and_torch(
+    names: tuple[str, ...], tmp_path: Path, keras_process: Callable[[str], KerasProcess]
+) -> None:
     """The same saved models on this process's backend and on the others (TensorFlow: torch; JAX: TensorFlow and torch)."""
     pytest.importorskip("torch")
-    built = saved_for_the_other_sides(tmp_path, MODELS, _data)
+    built = saved_for_the_other_sides(tmp_path, {name: MODELS[name] for name in names}, _data)
     # the other sides run in the session's processes for their backends while this one explains on its own
     script = "import tests.keras_orderings  # registers Ordered\n" + OTHER_SIDE
     others = {backend: keras_process(backend).submit(script, str(tmp_path)) for backend in other_backends()}
