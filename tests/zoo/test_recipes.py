@@ -23,6 +23,7 @@ LIBRARIES = {
     "mingru-pytorch": "minGRU_pytorch",
     "sb3-contrib": "sb3_contrib",
     "torch_geometric": "torch_geometric",
+    "transformers": "transformers",
 }
 
 
