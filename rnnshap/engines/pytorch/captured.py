@@ -9,10 +9,15 @@ at every call: which values depend on the explained inputs, and each such operat
 (input, reference) pairs: every value that depends on the inputs is a :class:`PairValue` of sides, every operation on
 one runs through its rule, as in the intercepted pass, and everything else runs once.
 
+Where a block's pairs hold its distinct references alike for every sample, the reference side runs on those
+references alone, is repeated for the pairs, and is kept for later calls (:class:`_Sides`). A comparison of
+input-dependent values that only gates a ``where`` or ``masked_fill`` is a :class:`MaskValue`, attributed by the
+gates' rules (rules/gates.py).
+
 What the plan does not take yet runs the intercepted pass instead, and ``pass_path`` names it: a forward the capture
-cannot write as one graph (a value read on the host), operations written in place on input-dependent values, integer
-or boolean results of them (comparisons, picks), random draws, token inputs, rules registered for module classes,
-forward hooks, a forward that changes the model's Python state.
+cannot write as one graph (a value read on the host), writes into views or into values that depend on no input,
+picked indices, a comparison's mask used otherwise, random draws, rules registered for module classes, forward hooks,
+integer inputs used as numbers, missing values, a forward that changes the model's Python state.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ...errors import RnnShapError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Product
+from ...rules.gates import Comparison, Predicate
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
@@ -58,6 +64,12 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
     operator.neg: ("__neg__", None),
     operator.pos: ("__pos__", None),
     operator.getitem: ("__getitem__", None),
+    operator.ge: ("__ge__", "__le__"),
+    operator.gt: ("__gt__", "__lt__"),
+    operator.le: ("__le__", "__ge__"),
+    operator.lt: ("__lt__", "__gt__"),
+    operator.eq: ("__eq__", "__eq__"),
+    operator.ne: ("__ne__", "__ne__"),
     operator.iadd: ("__iadd__", None),
     operator.isub: ("__isub__", None),
     operator.imul: ("__imul__", None),
@@ -90,11 +102,35 @@ class PairValue:
     r: Any
 
 
+class MaskValue(PairValue):
+    """A comparison's mask of input-dependent values on both sides, its gate beside the input side's (rules/gates.py):
+    the condition of a ``where``, not an operand of its own."""
+
+
+#: the functions whose condition a :class:`MaskValue` may be, by the position of the condition among their arguments
+_CONDITIONS = {"where": (0, 1), "masked_fill": (1,), "masked_fill_": (1,)}
+
+
+def _condition_only(node: fx.Node) -> bool:
+    """Whether every use of ``node`` is as the condition of a ``where`` or a ``masked_fill``."""
+    for user in node.users:
+        fn, _ = _function(user)
+        name = getattr(fn, "__name__", "")
+        # (torch.where(condition, a, b) takes it first; Tensor.where(self, condition, other) and masked_fill second)
+        at = _CONDITIONS.get(name, ())
+        position = 0 if name == "where" and user.op == "call_function" and fn is torch.where else 1
+        if position not in at or len(user.args) <= position or user.args[position] is not node:
+            return False
+        if any(a is node for i, a in enumerate(user.args) if i != position) or node in user.kwargs.values():
+            return False
+    return True
+
+
 @dataclass
 class _Step:
     """One node of the graph as the plan runs it: ``kind`` is "input" (an explained input, a pair), "value" (run once:
     it depends on no explained input), "linear" (run on each side, the ordinary gradient exact), "rule" (the rule's
-    input and reference sides) or "output"."""
+    input and reference sides), "mask" (a comparison's, a :class:`MaskValue`) or "output"."""
 
     node: fx.Node
     kind: str
@@ -298,7 +334,7 @@ class GraphPlan:
                 step.writes = same
                 for member in (*same, node):
                     written_as[member] = (*same, node)
-            if step.kind in ("input", "linear", "rule", "lookup"):
+            if step.kind in ("input", "linear", "rule", "lookup", "mask"):
                 tracked.add(node)
                 self._mark(step, tracked)
             self.steps.append(step)
@@ -374,13 +410,17 @@ class GraphPlan:
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
         if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
+        rule = registry.op_rule(op_key(fn))
+        if isinstance(rule, (Comparison, Predicate)) and written is None:
+            if not _condition_only(node):
+                raise NotCaptured(f"{name}: a comparison's mask used other than as the condition of a where")
+            return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)
         if fn is getattr and node.args[1] == "values" and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=getattr, name="values")  # (a named tuple's values)
-        rule = registry.op_rule(op_key(fn))
         if rule is None or isinstance(rule, Refuse):
             raise NotCaptured(f"{name}: no attribution rule (the intercepted pass refuses it by name)")
         kind = "linear" if type(rule) in (Linear, Constant) else "rule"
@@ -421,6 +461,8 @@ class GraphPlan:
             else:
                 try:
                     env[node] = self._pair(step, env, call.grid, self._side(step, call))
+                    if step.kind == "mask":
+                        env[node] = MaskValue(env[node].x, env[node].r)
                     if call.recording:
                         call.sides.values.append(env[node].r)  # type: ignore[union-attr]
                     for written in step.writes:  # (the value written into in place is the step's from now on)
@@ -542,7 +584,7 @@ def _resolve(a: Any, env: dict[fx.Node, Any], side: int, pairs: list[PairValue] 
         if isinstance(v, PairValue):
             if pairs is not None:
                 pairs.append(v)
-            return v.x if side == 0 else v.r if side == 1 else _TRACKED
+            return v.x if side == 0 or (side == 2 and isinstance(v, MaskValue)) else v.r if side == 1 else _TRACKED
         return v
     if isinstance(a, (tuple, list)):
         values = [_resolve(v, env, side, pairs) for v in a]
@@ -795,4 +837,4 @@ def _forward(model: Any, *inputs: Any) -> Any:
     return model(*inputs)
 
 
-__all__ = ["CapturedPasses", "NotCaptured", "PairValue", "GraphPlan"]
+__all__ = ["CapturedPasses", "GraphPlan", "MaskValue", "NotCaptured", "PairValue"]

@@ -104,6 +104,34 @@ def test_the_reference_side_is_kept_between_calls_and_recorded_again_where_the_m
     assert captured.pass_path.endswith(DISTINCT), captured.pass_path
 
 
+#: comparisons of input-dependent values as the conditions of a where: gates (rules/gates.py), as the intercepted pass
+#: runs them
+GATED: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    "torch.where": lambda m, x: m.head(torch.where(m.l(x) >= 0, m.l(x), 0.1 * m.l(x))),
+    "masked_fill": lambda m, x: m.head(m.l(x).masked_fill(m.l(x) < 0, 0.0)),
+    "Tensor.where": lambda m, x: m.head(m.l(x).where(m.l(x) >= 0, -m.l(x))),
+    "a number first": lambda m, x: m.head(torch.where(0.1 <= m.l(x), m.l(x), torch.tanh(m.l(x)))),
+}
+
+
+@pytest.mark.parametrize("form", GATED)
+def test_a_comparison_gating_a_where_is_captured_with_the_intercepted_values(form: str) -> None:
+    torch.manual_seed(0)
+    model = Composite(GATED[form], l=nn.Linear(4, 6), head=nn.Linear(6, 2))
+    background, X = torch.randn(5, 4), torch.randn(3, 4)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    want = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+    for _ in range(2):  # (the second call on the reference side kept from the first)
+        assert _same(captured.shap_values(X), want), captured.pass_path
+        assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_a_comparisons_mask_used_as_a_number_is_refused_as_the_intercepted_pass_refuses_it() -> None:
+    model = Composite(lambda m, x: m.head((m.l(x) >= 0).float() * m.l(x)), l=nn.Linear(4, 6), head=nn.Linear(6, 2))
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="uses the mask outside a where"):
+        rnnshap.DeepExplainer(model, torch.randn(5, 4), compile="capture").shap_values(torch.randn(3, 4))
+
+
 def test_weights_written_in_place_are_read_at_the_next_call() -> None:
     torch.manual_seed(0)
     model = FAMILIES["lstm"]().eval()
