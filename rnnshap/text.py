@@ -10,13 +10,15 @@ scored. The reference replaces a token by a reference token (the tokenizer's pad
 "nothing said here"), so each value is a token's part of the score's move from the reference text's score to the
 prompt's. DeepSHAP (the default) adds up to that move exactly and gives every token after the scored position exactly
 0 (a causal model does not read it); ``method="shapley"`` gives Shapley values of the same game, exact where the
-``budget`` covers every coalition, with standard errors otherwise (docs/shapley.md). Any ``*ForCausalLM`` of
-transformers (and any module called as ``model(input_ids=ids)`` returning ``.logits``) is taken; the model runs
-without its cache.
+``budget`` covers every coalition, estimates otherwise (a warning says so; docs/shapley.md). Any ``*ForCausalLM``
+of transformers is taken (any module called as ``model(input_ids=ids, use_cache=False)`` returning ``.logits``); the
+model runs without its cache. The prompt and the continuation are tokenized apart, without special tokens: the ids
+scored are the continuation's own tokens.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,6 +52,8 @@ def _token_id(tokenizer: Any, reference: str | int) -> int:
     if isinstance(reference, (int, np.integer)):
         return int(reference)
     token = getattr(tokenizer, f"{reference}_token_id", None)
+    if token is None and reference == "pad":  # (GPT-2's and Llama's tokenizers have none: their end of text instead)
+        token = getattr(tokenizer, "eos_token_id", None)
     if token is None:
         raise InputError(
             f"reference={reference!r}: the tokenizer has no {reference} token. Give a token id (reference=0), or the "
@@ -98,14 +102,16 @@ def explain_text(
             Without one, the next token's logit after the prompt (``target``: a token's text or id; default the
             model's most likely next token).
         reference: the token a player takes when it is absent: an id, or a special token's name ("pad", the
-            default, else "eos", "bos", "unk", "mask"); or reference rows of token ids, as many as the explained
-            tokens each (several references: the mean over them, as DeepSHAP's background).
+            default, the end-of-text token where the tokenizer has no pad token; else "eos", "bos", "unk", "mask");
+            or reference rows of token ids, as many as the explained tokens each (several references: the mean over
+            them, as DeepSHAP's background).
         method: "deepshap" (exact decomposition, additivity at float precision) or "shapley" (the Shapley mode, exact
             where ``budget`` covers every coalition).
         budget: the Shapley mode's rows per sample (see :meth:`rnnshap.DeepExplainer.shapley_values`).
 
     Returns:
-        ``shap.Explanation`` with ``values`` (tokens,) for one output, (tokens, outputs) for a continuation;
+        ``shap.Explanation`` with ``values`` (tokens,) for one output, (tokens, outputs) for a continuation of two
+        tokens or more;
         ``data`` the tokens' text; ``base_values`` the reference's scores.
     """
     try:
@@ -121,12 +127,15 @@ def explain_text(
     cont_ids, cont_pieces = _tokens(tokenizer, continuation) if continuation else ([], [])
     if not prompt_ids or (continuation is not None and not cont_ids):
         raise InputError("explain_text needs a prompt and a continuation of one token or more")
+    if cont_ids and target is not None:
+        raise InputError("target= names the next token without a continuation; with one, its tokens are the targets")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     ids = prompt_ids + cont_ids[:-1]  # (the players; the last continuation token is scored, never read)
     if cont_ids:
         positions, targets = list(range(len(prompt_ids) - 1, len(ids))), cont_ids
         names = cont_pieces
     else:
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=device)
         with torch.no_grad():
             last = model(input_ids=x, use_cache=False).logits[0, -1]
         if target is None:
@@ -141,19 +150,25 @@ def explain_text(
         positions, targets, names = [len(ids) - 1], [chosen], [tokenizer.decode([chosen])]
     scores = TokenScores(model, positions, targets, log_probabilities=bool(cont_ids))
     if isinstance(reference, (str, int, np.integer)):
-        background = torch.full((1, len(ids)), _token_id(tokenizer, reference), dtype=torch.long)
+        background = torch.full((1, len(ids)), _token_id(tokenizer, reference), dtype=torch.long, device=device)
     else:
-        background = torch.as_tensor(np.asarray(reference), dtype=torch.long)
+        background = torch.as_tensor(np.asarray(reference), dtype=torch.long, device=device)
         if background.ndim != 2 or background.shape[1] != len(ids):
             raise InputError(f"reference rows of token ids must be (references, {len(ids)}); got {tuple(background.shape)}")
-    X = torch.tensor([ids])
+    X = torch.tensor([ids], device=device)
     explainer = DeepExplainer(scores, background)
     tokens = (prompt_pieces + cont_pieces)[: len(ids)]
     if method == "deepshap":
         values = np.asarray(explainer.shap_values(X))[0]  # (tokens, outputs)
         base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
     else:
-        estimate = explainer.shapley_values(X, "steps", budget)
+        estimate = explainer.shapley_values(X, "steps", budget, random_state=0)
+        if not np.all(estimate.exact):
+            warnings.warn(
+                f"explain_text: the budget does not cover every coalition of {len(ids)} tokens: the values are estimates "
+                f"(largest standard error {float(np.max(estimate.stderr)):.3g}); a larger budget= makes them exact",
+                stacklevel=2,
+            )
         values = np.asarray(estimate.values)[0].reshape(len(ids), -1)
         base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
     values = values.reshape(len(ids), len(targets))

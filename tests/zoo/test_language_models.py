@@ -82,8 +82,8 @@ def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str)
 
 def test_a_state_written_in_place_after_it_was_read_is_refused_with_advice_that_works() -> None:
     """transformers' RWKV with its cache writes each layer's state into one tensor in place, after the step read it:
-    torch's own backward fails on it, and rnnshap says why and what to do (run it without the cache), where torch's
-    raw RuntimeError came out; followed, the values add up."""
+    torch's own backward fails on it, and rnnshap says why and what to do (run it without the cache); followed, the
+    values add up."""
     if getattr(transformers, "RwkvConfig", None) is None:
         pytest.skip("no RWKV in this transformers")
     model = _language_model("Rwkv")

@@ -169,6 +169,9 @@ class _Sides:
     #: where the reference side was kept from an earlier call, how many graphs had been captured when it was kept: a
     #: graph captured since (a guard that failed, another signature) may run otherwise, so it is recorded again
     captures: int | None = None
+    #: the first run of a graph with given sides: each step's reference side also computed from its operands' on the
+    #: pairs, and compared with the given one (a layout the repeat would misplace: every pair from then on)
+    verifying: bool = False
 
 
 class _Stale(Exception):
@@ -266,11 +269,51 @@ def _out_of_place(
     if written not in tracked:
         raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
     same = written_as.get(written, (written,))
-    earlier_views = [u for n in same for u in n.users if u is not node and order[u] < order[node] and _aliases(u)]
-    if _aliases(same[0]) or earlier_views:
+    if _aliases(same[0]) or _views_read_after(same, node, order):
         raise NotCaptured(f"{name}: written in place into a view of an input-dependent value, or one with views")
     back = lambda a: by_example.get(id(a), a) if isinstance(a, Tensor) else a  # noqa: E731
     return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
+
+
+def _views_read_after(same: tuple[fx.Node, ...], node: fx.Node, order: dict[fx.Node, int]) -> bool:
+    """Whether a view of the tensor ``node`` writes into (``same``: its nodes), taken before the write, is used after
+    it (directly or through further views): a write into a copy would not reach it."""
+    views = [u for n in same for u in n.users if u is not node and order[u] < order[node] and _aliases(u)]
+    while views:
+        view = views.pop()
+        for user in view.users:
+            if order[user] > order[node]:
+                return True
+            if _aliases(user):
+                views.append(user)
+    return False
+
+
+def _set_item(
+    node: fx.Node, tracked: set[fx.Node], order: dict[fx.Node, int], written_as: dict[fx.Node, tuple[fx.Node, ...]]
+) -> _Step:
+    """``target[index] = value`` with an input-dependent value or target, as a linear step that writes into a copy of
+    the target (on each side), which takes the target's place from then on. Raises :class:`NotCaptured` where the
+    positions depend on the input, or the target is an input, a view, the model's own tensor, or has views taken
+    before and read after."""
+    target, index, _ = node.args
+    if not isinstance(target, fx.Node) or not isinstance(_example(target), Tensor):
+        raise NotCaptured("setitem: a write into what is not a tensor")
+    positions: list[fx.Node] = []
+    fx.node.map_arg(index, positions.append)
+    if any(n in tracked for n in positions):
+        raise NotCaptured("setitem: a write at positions that depend on the input")
+    same = written_as.get(target, (target,))
+    if _aliases(same[0]) or same[0].op == "get_attr" or _views_read_after(same, node, order):
+        raise NotCaptured("setitem: a write into an input, a view, the model's own tensor, or a tensor with views")
+    return _Step(node, "linear", fn=_written, name="setitem", call=(tuple(node.args), {}), writes=(target,))
+
+
+def _written(target: Tensor, index: Any, value: Any) -> Tensor:
+    """``target`` with ``value`` written at ``index``, in a copy (the target may be shared by both sides)."""
+    out = target.clone()
+    out[index] = value
+    return out
 
 
 def _values_only(node: fx.Node) -> bool:
@@ -312,6 +355,8 @@ class GraphPlan:
 
     def __init__(self, graph: fx.Graph, registry: RuleRegistry, explained: set[int], tokens: frozenset[int]) -> None:
         self.changes = registry.changes
+        #: whether a run of this graph with given reference sides found them its own (see :class:`_Sides`)
+        self.sides_verified = False
         self.steps: list[_Step] = []
         tracked: set[fx.Node] = set()
         ids: set[fx.Node] = set()  # (nodes of token ids: captured_tokens.py)
@@ -334,6 +379,7 @@ class GraphPlan:
                 step.writes = same
                 for member in (*same, node):
                     written_as[member] = (*same, node)
+                tracked.update(same)  # (a value written into by an input-dependent one depends on the input from then on)
             if step.kind in ("input", "linear", "rule", "lookup", "mask"):
                 tracked.add(node)
                 self._mark(step, tracked)
@@ -404,9 +450,11 @@ class GraphPlan:
         name = op_name(fn) if fn is not None else str(node.target)
         if fn is None:
             raise NotCaptured(f"{node.target} on an input-dependent value (no rule of the table names it)")
+        if node.target is operator.setitem:
+            return _set_item(node, tracked, *writes)
         examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
         written, call = None, None
-        if node.target is operator.setitem or in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
+        if in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
             fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
         if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
@@ -431,6 +479,9 @@ class GraphPlan:
         """The graph on the pairs: the input side of its outputs (the reference side kept in ``call.outputs``)."""
         env: dict[fx.Node, Any] = {}
         placeholders = iter(args)
+        sides = call.sides
+        if sides is not None and sides.recorded is not None and not self.sides_verified:
+            sides.verifying = True  # (this graph's first run with given sides)
         grad = True  # (the model's own no_grad(): what depends on no input runs as it asks, the rest is followed)
         for step in self.steps:
             node = step.node
@@ -451,23 +502,30 @@ class GraphPlan:
             elif step.kind in ("move", "cast", "lookup", "meta"):
                 env[node] = self._on_ids(step, env, call)
             elif step.kind == "output":
-                sides = call.sides
                 if sides is not None and sides.recorded is not None and len(sides.values) != len(sides.recorded):
                     raise _NotDistinct("the pairs' graph stopped before the references' did")
+                if sides is not None and sides.verifying:
+                    self.sides_verified = True
                 pairs: list[PairValue] = []
                 out = _resolve(node.args[0], env, 0, pairs)
                 call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
                 return out
             else:
                 try:
-                    env[node] = self._pair(step, env, call.grid, self._side(step, call))
+                    side = self._side(step, call)
+                    # (a graph's first run with given sides: each step's reference side also computed from its
+                    # operands' on the pairs, and compared with the given one)
+                    live = self._pair(step, env, call.grid, (True, None)).r if sides is not None and sides.verifying else None
+                    env[node] = self._pair(step, env, call.grid, side)
+                    if live is not None:
+                        self._verify(step, live, side[1])
                     if step.kind == "mask":
                         env[node] = MaskValue(env[node].x, env[node].r)
                     if call.recording:
                         call.sides.values.append(env[node].r)  # type: ignore[union-attr]
                     for written in step.writes:  # (the value written into in place is the step's from now on)
                         env[written] = env[node]
-                except NotCaptured:
+                except (NotCaptured, _NotDistinct, _Stale):
                     raise
                 except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
                     raise NotCaptured(f"{step.name} ({type(error).__name__} in its rule)") from error
@@ -489,6 +547,15 @@ class GraphPlan:
         return PairValue(leaf, reference)
 
     @staticmethod
+    def _verify(step: _Step, live: Any, given: Any) -> None:
+        """The reference side ``live`` a step computed from its operands' on the pairs, against the ``given`` one (the
+        references' repeated), within the rounding of kernels that order sums by the number of rows:
+        :class:`_NotDistinct` where they differ (a layout the repeat misplaces)."""
+        for a, b in zip(tree_flatten(live)[0], tree_flatten(given)[0], strict=True):
+            if isinstance(a, Tensor) and (a.shape != b.shape or not _close(a, b)):
+                raise _NotDistinct(f"{step.name}: its reference side on the pairs is not the references' repeated")
+
+    @staticmethod
     def _side(step: _Step, call: _Call) -> tuple[bool, Any]:
         """Where the call's reference side is :class:`_Sides`': whether this is its reference run (the step's reference
         side alone), and in the run on the pairs the step's reference side, the reference run's repeated (None
@@ -502,7 +569,8 @@ class GraphPlan:
         k = len(sides.values)
         if k >= len(sides.recorded) or sides.names[k] != step.name:
             raise _NotDistinct(f"{step.name}: not the step the references' graph ran there")
-        value = _repeated(sides.recorded[k], step.node.meta.get("example_value"), sides.repeats)
+        example = step.node.meta.get("example_value") if not step.writes else _example(step.writes[0])
+        value = _repeated(sides.recorded[k], example, sides.repeats)
         sides.values.append(value)
         return False, value
 
@@ -553,6 +621,15 @@ class GraphPlan:
 
 #: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)
 _TRACKED = object()
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal, or within a few hundred ulps of the largest magnitude (floating point; NaN where both are NaN)."""
+    if not a.is_floating_point() or a.dtype != b.dtype:
+        return bool(torch.equal(a, b))
+    scale = float(torch.nan_to_num(b.abs(), posinf=0.0).max()) if b.numel() else 0.0
+    bound = 256 * torch.finfo(a.dtype).eps * max(scale, torch.finfo(a.dtype).tiny)
+    return bool(torch.allclose(a, b, rtol=0.0, atol=bound, equal_nan=True))
 
 
 def _repeated(value: Any, example: Any, repeats: int) -> Any:
@@ -686,13 +763,15 @@ class CapturedPasses:
         take: Callable[[Any], Any],
         tokens: frozenset[int] = frozenset(),
         distinct: tuple[Any, list[Tensor], Tensor] | None = None,
+        restore: Callable[[], None] = lambda: None,
     ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
         side, and the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), or None where
         this call runs the intercepted pass (``path`` says why). ``distinct``: where the pairs hold the block's
         distinct references once per sample and nothing else enters their reference side, a key of those references,
         their rows, and the model's own outputs on them: that side is then run on them alone and repeated for the
-        pairs, and kept for later calls (see :meth:`_distinct_sides`)."""
+        pairs, and kept for later calls (see :meth:`_distinct_sides`). ``restore`` puts the model back to the call's
+        state between the runs a call makes."""
         if self.off is not None:
             self.path = f"intercepted: {self.off}"
             return None
@@ -708,7 +787,7 @@ class CapturedPasses:
         }
         before = python_state(self.model)
         try:
-            call, out = self._pairs_run(leaves, explained, grid, tokens, distinct)
+            call, out = self._pairs_run(leaves, explained, grid, tokens, distinct, restore)
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
@@ -748,30 +827,41 @@ class CapturedPasses:
         grid: PairGrid,
         tokens: frozenset[int],
         distinct: tuple[Any, list[Tensor], Tensor] | None,
+        restore: Callable[[], None],
     ) -> tuple[_Call, Any]:
-        """The captured forward on the pairs (see :meth:`run`): its call and output."""
-        sides = None
-        if distinct is not None and self.distinct_off is None and grid.samples > 1:
-            sides = self._distinct_sides(distinct, list(explained), grid)
-        try:
-            call = _Call(explained, grid, tokens, sides)
-            out = self._invoke(call, leaves)
-        except (_Stale, _NotDistinct) as error:
-            if grid.deferred is not None:
-                grid.deferred.clear()  # (the checks of a run stopped midway do not count)
-            if isinstance(error, _Stale):  # (a kept reference side met a graph captured since: recorded again)
-                sides = self._distinct_sides(distinct, list(explained), grid, kept=False)  # type: ignore[arg-type]
-            else:  # (this explainer runs the reference side on every pair from now on)
-                self.distinct_off, sides = str(error), None
-                self._kept.clear()
-            call = _Call(explained, grid, tokens, sides)
-            out = self._invoke(call, leaves)
-        if sides is not None and call.planned:
-            self._keep(distinct[0], sides, distinct[2])  # type: ignore[index]
+        """The captured forward on the pairs (see :meth:`run`): its call and output. ``restore`` puts the model back to
+        the call's state before each run after the first (a forward may write into its own buffers)."""
+        sides, kept = None, True
+        for _ in range(3):  # (a kept side met a graph captured since; the sides do not fit the pairs: every pair)
+            if distinct is not None and self.distinct_off is None and grid.samples > 1:
+                sides = self._distinct_sides(distinct, list(explained), grid, tokens, kept)
+                restore()
+            try:
+                call = _Call(explained, grid, tokens, sides)
+                out = self._invoke(call, leaves)
+                break
+            except (_Stale, _NotDistinct) as error:
+                restore()
+                if grid.deferred is not None:
+                    grid.deferred.clear()  # (the checks of a run stopped midway do not count)
+                if isinstance(error, _Stale):  # (recorded again)
+                    kept = False
+                else:  # (this explainer runs the reference side on every pair from now on)
+                    self.distinct_off, sides = str(error), None
+                    self._kept.clear()
+        else:
+            raise PlanFault("rnnshap's captured pass found no reference side its graph takes")
+        if sides is not None and call.planned and distinct is not None:
+            self._keep(distinct[0], sides, distinct[2])
         return call, out
 
     def _distinct_sides(
-        self, distinct: tuple[Any, list[Tensor], Tensor], positions: list[int], grid: PairGrid, kept: bool = True
+        self,
+        distinct: tuple[Any, list[Tensor], Tensor],
+        positions: list[int],
+        grid: PairGrid,
+        tokens: frozenset[int],
+        kept: bool = True,
     ) -> _Sides | None:
         """The reference side on the block's distinct references: kept from an earlier call where the model's own
         outputs on them are those it was kept with, bit for bit (a change of the model its parameters' versions do not
@@ -784,7 +874,7 @@ class CapturedPasses:
             if outputs.shape == plain.shape and outputs.dtype == plain.dtype and bool(torch.equal(outputs, plain)):
                 return _Sides(grid.samples, sides.recorded, sides.names, captures=sides.captures)
             del self._kept[key]
-        return self._reference_run(rows, positions, grid)
+        return self._reference_run(rows, positions, grid, tokens)
 
     def _keep(self, key: Any, sides: _Sides, outputs: Tensor) -> None:
         """Keep a reference side for later calls, within :data:`KEPT_BYTES` in all."""
@@ -808,12 +898,12 @@ class CapturedPasses:
         finally:
             _CALL.reset(token)
 
-    def _reference_run(self, rows: list[Tensor], positions: list[int], grid: PairGrid) -> _Sides | None:
+    def _reference_run(self, rows: list[Tensor], positions: list[int], grid: PairGrid, tokens: frozenset[int]) -> _Sides | None:
         """The forward on the block's distinct references ``rows`` (one per model input; ``positions``: the explained
         ones), each input-dependent step's reference side recorded for the run on the pairs (:class:`_Sides`); None
         where it does not run as one graph (the run on the pairs then meets what stopped it)."""
         sides = _Sides(grid.samples)
-        call = _Call({i: rows[i] for i in positions}, PairGrid(1, grid.references), sides=sides)
+        call = _Call({i: rows[i] for i in positions}, PairGrid(1, grid.references), tokens, sides)
         try:
             self._invoke(call, rows)
         except Exception:  # noqa: BLE001 (the run on the pairs meets it, and says or raises it)

@@ -544,18 +544,20 @@ class TorchEngine(KeptPasses):
         backgrounds = [b[block.r0 : block.r1] for b in self.background]
         # the model's own outputs on the block's references (where no context input makes the reference side depend on
         # the sample): they check the graph's reference side, and vet a reference side kept from an earlier call
-        plain = None if self.context_inputs else self._plain_forward(backgrounds, state)
+        plain = None if self.context_inputs or captured.off is not None else self._plain_forward(backgrounds, state)
         alone = (kept_key(block, []), backgrounds, plain) if distinct and plain is not None else None
         try:
             with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
                 try:
-                    ran = captured.run(leaves, references, grid, self._take, tokens, alone)
+                    ran = captured.run(leaves, references, grid, self._take, tokens, alone, state.restore)
                 except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
                     if not grid.deferred or grid.all_held():
                         raise
                     ran = None
                 if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
-                    ran = captured.run(leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens, alone)
+                    ran = captured.run(
+                        leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens, alone, state.restore
+                    )
                     self._defer_checks = False  # (as in later calls)
         finally:
             state.restore()
