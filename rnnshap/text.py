@@ -93,8 +93,8 @@ def explain_text(
     ``continuation`` before each scored token), which ``shap.plots.text`` and ``shap.plots.bar`` draw.
 
     Args:
-        model: a ``*ForCausalLM`` of transformers (any module called as ``model(input_ids=ids)`` with ``.logits``),
-            in eval mode.
+        model: a ``*ForCausalLM`` of transformers (any module called as ``model(input_ids=ids, use_cache=False)``
+            with ``.logits``), in eval mode.
         tokenizer: its tokenizer (called on text, without special tokens added).
         prompt: the text before the scored tokens.
         continuation: with a continuation, each of its tokens' log-probability given everything before it is an
@@ -158,9 +158,9 @@ def explain_text(
     X = torch.tensor([ids], device=device)
     explainer = DeepExplainer(scores, background)
     tokens = (prompt_pieces + cont_pieces)[: len(ids)]
+    base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
     if method == "deepshap":
         values = np.asarray(explainer.shap_values(X))[0]  # (tokens, outputs)
-        base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
     else:
         estimate = explainer.shapley_values(X, "steps", budget, random_state=0)
         if not np.all(estimate.exact):
@@ -170,7 +170,6 @@ def explain_text(
                 stacklevel=2,
             )
         values = np.asarray(estimate.values)[0].reshape(len(ids), -1)
-        base = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
     values = values.reshape(len(ids), len(targets))
     if len(targets) == 1:
         return shap.Explanation(values[:, 0], base_values=float(base[0]), data=np.array(tokens, dtype=object),
