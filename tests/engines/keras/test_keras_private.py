@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -93,7 +94,44 @@ def test_pyprojects_keras_bounds_are_the_verified_range() -> None:
     assert set(found) == {f">={low},<{high}"}
 
 
-def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(monkeypatch: pytest.MonkeyPatch) -> None:
+_ENGINE = "rnnshap.engines.keras."
+
+
+@pytest.fixture
+def engine_modules_put_back(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After the test, the Keras engine's modules as they were before it: in ``sys.modules`` (those the test imported
+    anew dropped) and as their packages' attributes, which an import run again replaces. Left so, later tests in the
+    process would meet two of each class (a Dual made by one module, tested against the other's)."""
+    import sys
+
+    before = {name: module for name, module in sys.modules.items() if name.startswith(_ENGINE)}
+    missing = object()
+    attributes = {}
+    for name in before:
+        package, _, child = name.rpartition(".")
+        attributes[name] = getattr(sys.modules.get(package), child, missing)
+    yield
+    for name in [n for n in sys.modules if n.startswith(_ENGINE) and n not in before]:
+        del sys.modules[name]
+    sys.modules.update(before)
+    for name, value in attributes.items():
+        package, _, child = name.rpartition(".")
+        if value is not missing and package in sys.modules:
+            setattr(sys.modules[package], child, value)
+
+
+def _forget_the_engines_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Keras engine's modules out of ``sys.modules`` for this test, so that an import runs them again (put back
+    by :func:`engine_modules_put_back`)."""
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith(_ENGINE) and m != "rnnshap.engines.keras.datasets"]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(
+    monkeypatch: pytest.MonkeyPatch, engine_modules_put_back: None
+) -> None:
     """A Keras whose private layout moved (here: keras.src cannot be imported at all) is refused by the version check,
     not by an ImportError from keras.src."""
     import sys
@@ -102,8 +140,7 @@ def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(m
     from rnnshap.engines.keras import private
 
     low, high = private.VERIFIED
-    for name in [m for m in sys.modules if m.startswith("rnnshap.engines.keras.") and m != "rnnshap.engines.keras.datasets"]:
-        monkeypatch.delitem(sys.modules, name)
+    _forget_the_engines_modules(monkeypatch)
     for name in [m for m in sys.modules if m == "keras.src" or m.startswith("keras.src.")]:
         monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
     monkeypatch.setitem(sys.modules, "keras.src", None)
@@ -116,17 +153,17 @@ def test_an_unverified_keras_gets_rnnshaps_message_before_any_keras_src_import(m
     assert f"keras>={'.'.join(map(str, low))},<{'.'.join(map(str, high))}" in str(caught.value)
 
 
-def test_an_unverified_keras_whose_layout_holds_is_refused_by_the_keras_engine_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unverified_keras_whose_layout_holds_is_refused_by_the_keras_engine_only(
+    monkeypatch: pytest.MonkeyPatch, engine_modules_put_back: None
+) -> None:
     """The refusal's advice is the torch backend (and the Shapley mode): their calls read a layer's nodes through
     private.py, whose import must not refuse a Keras whose private layout still imports."""
-    import sys
 
     keras = pytest.importorskip("keras")
     from rnnshap.engines.keras import private
 
     high = private.VERIFIED[1]
-    for name in [m for m in sys.modules if m.startswith("rnnshap.engines.keras.") and m != "rnnshap.engines.keras.datasets"]:
-        monkeypatch.delitem(sys.modules, name)
+    _forget_the_engines_modules(monkeypatch)
     monkeypatch.setattr(keras, "__version__", ".".join(map(str, high)) + ".0")
     import importlib
 
