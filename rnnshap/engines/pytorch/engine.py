@@ -7,7 +7,6 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 from typing import Any, Mapping
@@ -678,16 +677,14 @@ class TorchEngine(KeptPasses):
             return None
         return ran[-1], ran[:-1]
 
-    def _forward_now(
-        self, samples: list[Tensor], outputs: Tensor, state: PreservedState, read: bool = True
-    ) -> tuple[float | None, Any]:
+    def _forward_now(self, samples: list[Tensor], outputs: Tensor, state: PreservedState) -> tuple[float | None, Any]:
         """A plain forward of ``samples`` as the model is now: how far it lies from ``outputs`` (one row per sample)
         relative to each output's scale, where that is beyond the additivity check's tolerance for the model's dtype
-        for some output (else None), and what the forward read (:class:`.reads.ForwardReads`; None without ``read``). The
-        model's state is put back to ``state`` after it."""
+        for some output (else None), and what the forward read (:class:`.reads.ForwardReads`). The model's state is put
+        back to ``state`` after it."""
         copies = [x.clone() for x in samples]
         try:
-            with torch.no_grad(), (ForwardReads(copies) if read else contextlib.nullcontext()) as reads:
+            with torch.no_grad(), ForwardReads(copies) as reads:
                 now = self._take(self.model(*copies))
         finally:
             state.restore()
