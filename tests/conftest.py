@@ -21,6 +21,7 @@ os.environ.setdefault("USE_TF", "0")
 if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault("JAX_ENABLE_X64", "1")
 
+from pathlib import Path  # noqa: E402
 from typing import Callable, Iterator, Sequence, Union  # noqa: E402
 
 import numpy as np
@@ -72,11 +73,19 @@ def pytest_configure(config: pytest.Config) -> None:
         traced.EVERY_PASS = True
 
 
+#: the Keras engine's suite: marked ``keras`` (selected with -m keras, a CI stage of its own on each Keras backend)
+KERAS_SUITE = Path(__file__).parent / "engines" / "keras"
+
+
+@pytest.hookimpl(tryfirst=True)  # (before -m selects by the markers)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.tensorflow_only(reason=...)`` (pyproject.toml): skipped where Keras runs another backend
-    (KERAS_BACKEND=jax), with its reason; a use without a reason is an error on every backend."""
+    """The Keras engine's suite (:data:`KERAS_SUITE`) marked ``keras``; ``@pytest.mark.tensorflow_only(reason=...)``
+    (pyproject.toml): skipped where Keras runs another backend (KERAS_BACKEND=jax), with its reason; a use without a
+    reason is an error on every backend."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     for item in items:
+        if KERAS_SUITE in item.path.parents:
+            item.add_marker(pytest.mark.keras)
         marker = item.get_closest_marker("tensorflow_only")
         if marker is None:
             continue
@@ -85,6 +94,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.tensorflow_only needs reason=... (why it is TensorFlow's)")
         if backend != "tensorflow":
             item.add_marker(pytest.mark.skip(reason=f"TensorFlow only: {reason}"))
+
+
+def in_turn(cases: Sequence[object]) -> list[object]:
+    """``cases`` for ``pytest.mark.parametrize`` with every other one marked slow: the default run takes half of an
+    exhaustive grid (arrange ``cases`` so that each value of each axis falls in that half), the slow run the rest."""
+    return [
+        pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=[pytest.mark.slow] if i % 2 else [])
+        for i, case in enumerate(cases)
+    ]
 
 
 def eps(dtype: object) -> float:

@@ -69,6 +69,8 @@ class Spec:
     refused: str | None = None
     mentions: str | None = None
     bug: str | None = None
+    #: an entry whose operations another entry of its zoo also runs: in the slow run only
+    slow: bool = False
 
 
 @dataclass
@@ -85,6 +87,7 @@ def params(zoo: dict[str, Spec]) -> list[Any]:
     out = []
     for name, spec in zoo.items():
         marks = [] if spec.bug is None else [pytest.mark.xfail(strict=True, raises=AdditivityFailure, reason=spec.bug)]
+        marks += [pytest.mark.slow] if spec.slow else []
         out.append(pytest.param(name, id=name, marks=marks))
     return out
 

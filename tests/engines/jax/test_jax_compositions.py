@@ -18,6 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import rnnshap  # noqa: E402
 
+from ...conftest import in_turn  # noqa: E402
 from ...models.flax import FlaxComposite, FlaxRecurrent, torch_twin  # noqa: E402
 from ...models.torch import Function  # noqa: E402
 from .test_jax_engine import F64, data, x64  # noqa: E402, F401 (x64: the fixture)
@@ -62,8 +63,10 @@ def _both_engines(model: Any, twin: torch.nn.Module, background: np.ndarray, x: 
     return flax_values, torch_values
 
 
-@pytest.mark.parametrize("head", list(HEADS))
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+# each head after one cell in the default run (GRU and LSTM in turn), after the other in the slow one
+@pytest.mark.parametrize(
+    ("cell", "head"), in_turn([(cell, head) for i, head in enumerate(HEADS) for cell in ("gru", "lstm")[:: 1 - 2 * (i % 2)]])
+)
 def test_softmax_and_norms_get_the_values_of_the_pytorch_twin(cell: str, head: str) -> None:
     model = FlaxRecurrent(cell, outputs=4, output=HEADS[head][0])
     twin = torch_twin(model, cell, output=HEADS[head][1])
