@@ -181,6 +181,7 @@ def door_phases(names: list[str], size: str, repeats: int, windows: int) -> None
         bench.PUBLISHED_RUN, bench.L = True, 512
     series = bench.co2() if bench.PUBLISHED_RUN else bench.sunspots()
     engine_class = engine_module.TorchEngine
+    checks_class = engine_module.ModelChecks
     spent: collections.Counter[str] = collections.Counter()
     inner: list[float] = []
 
@@ -203,8 +204,8 @@ def door_phases(names: list[str], size: str, repeats: int, windows: int) -> None
     phases = [
         timed(engine_module, "run_pass", lambda a: "input pass" if a[4].replay else "reference passes"),
         timed(engine_module, "grads_per_output", lambda a: "backward"),
-        timed(engine_class, "_check_rows_independent", lambda a: "rows checks"),
-        timed(engine_class, "_rows_alone", lambda a: "rows checks"),
+        timed(checks_class, "rows_independent", lambda a: "rows checks"),
+        timed(checks_class, "rows_alone", lambda a: "rows checks"),
         timed(engine_class, "_computes", lambda a: "vetting forward"),
     ]
     print(f"torch {torch.__version__}, one thread, CPU time, minimum of {repeats} runs; {size} sizes, {windows} windows x 16")

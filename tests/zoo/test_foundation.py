@@ -810,16 +810,16 @@ def test_a_background_window_with_nothing_observed_is_refused_as_missing_not_as_
 # -- ForecastExplainer: the setup kept between calls ----------------------------------------------------------------
 def _setups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts DeepSHAP's setups (the check that the model computes each row alone, run by every explainer built)."""
-    from rnnshap.engines.pytorch.engine import TorchEngine
+    from rnnshap.engines.pytorch.checks import ModelChecks
 
     calls: list[int] = []
-    check = TorchEngine._check_rows_independent
+    check = ModelChecks.rows_independent
 
     def counted(self: Any, eps: float, probed: Any) -> None:
         calls.append(1)
         check(self, eps, probed)
 
-    monkeypatch.setattr(TorchEngine, "_check_rows_independent", counted)
+    monkeypatch.setattr(ModelChecks, "rows_independent", counted)
     return calls
 
 

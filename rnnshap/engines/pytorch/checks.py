@@ -1,8 +1,7 @@
-"""The PyTorch engine's checks of the model, run as it is built (:class:`ModelChecks`, the base of
-:class:`~rnnshap.engines.pytorch.engine.TorchEngine`): that it computes every row of the batch alone (the rows check), that
-its output does not read the order of an unsorted ``topk``, that its rows are laid out so that a tape on distinct
-references repeats for several samples, the integer inputs' uses and the missing values it does not handle; the
-explained output of its result, and what to say where the background does not fit it."""
+"""The PyTorch engine's checks of the model, run as it is built (:class:`ModelChecks`): that it computes every row of
+the batch alone (the rows check), that its output does not read the order of an unsorted ``topk``, that its rows are
+laid out so that a tape on distinct references repeats for several samples, the integer inputs' uses and the missing
+values it does not handle, and what to say where the background does not fit it."""
 
 from __future__ import annotations
 
@@ -18,8 +17,6 @@ from ...errors import InputError, UnsupportedOperationError
 from ...rules.base import PairGrid
 from ...rules.registry import RuleRegistry
 from ...rules.selection import topk_of_every_position
-from ..base import Engine
-from ..outputs import OutputLayout, output_parts
 from .discrete import CONTEXT, MASK, NUMBER, TOKEN
 from .randomness import RandomStates
 from .runner import PassSettings, run_pass
@@ -32,36 +29,29 @@ Tensor = torch.Tensor
 FLOAT64_COPY_BYTES = 1 << 30
 
 
-class ModelChecks(Engine):
-    """A PyTorch engine's checks of its model on the background. The engine sets the state they read (the model,
-    its background and dtype, the output chosen) as it is built."""
+class ModelChecks:
+    """A PyTorch model's checks on its background, run as its engine is built. ``take``: the explained output tensor of
+    the model's result (the engine's); ``nested_list``: whether the background was given as a Python list of lists
+    (said where it does not fit the model)."""
 
-    model: nn.Module
-    background: list[Tensor]
-    references: int
-    model_dtype: torch.dtype | None
-    outputs: OutputLayout
-    registry: RuleRegistry
-    _nested_list: bool
+    def __init__(
+        self,
+        model: nn.Module,
+        background: list[Tensor],
+        registry: RuleRegistry,
+        take: Callable[[Any], Any],
+        model_dtype: torch.dtype | None,
+        nested_list: bool,
+    ) -> None:
+        self.model = model
+        self.background = background
+        self.registry = registry
+        self.take = take
+        self.model_dtype = model_dtype
+        self.nested_list = nested_list
+        self.references = int(background[0].shape[0])
 
-    def _take(self, out: Any) -> Any:
-        """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
-        if isinstance(out, Tensor) and self.outputs.choice is None:
-            return out
-        leaf = self.outputs.leaf(out, lambda t: isinstance(t, Tensor))
-        if leaf is not None:
-            return leaf
-        flat, names = output_parts(out)
-        if not flat or not all(isinstance(t, Tensor) for t in flat):
-            return out  # run_pass says what the model returned
-        return self.outputs.take(
-            flat,
-            names or getattr(self.model, "output_names", None),
-            lambda t: t.shape,
-            lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
-        )
-
-    def _rows_alone(self) -> bool:
+    def rows_alone(self) -> bool:
         """Whether the reference pass may run on a block's distinct references, its tape then repeated
         along each operand's batch axis for the input pass (``Tape.repeats``): the model must compute
         every row alone, and lay each operand out with the batch's rows as whole blocks along one axis
@@ -88,12 +78,12 @@ class ModelChecks(Engine):
             with torch.no_grad():
                 once, twice = Tape(), Tape()
                 copies = [r.clone() for r in rows]
-                out_once, _ = run_pass(self.model, copies, self.registry, once, PassSettings(replay=False, take=self._take))
+                out_once, _ = run_pass(self.model, copies, self.registry, once, PassSettings(replay=False, take=self.take))
                 doubled = [r.repeat(2, *[1] * (r.dim() - 1)) for r in rows]
                 grid = PairGrid(2, m)
                 out_twice, _ = run_pass(
                     self.model, doubled, self.registry, twice,
-                    PassSettings(replay=False, pairs=grid, take=self._take),
+                    PassSettings(replay=False, pairs=grid, take=self.take),
                 )
         except Exception:  # noqa: BLE001 (then every pair runs as before; the probe has vetted the model)
             return False
@@ -116,7 +106,7 @@ class ModelChecks(Engine):
                 return False
         return True
 
-    def _check_unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
+    def unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
         """Refuse a model whose output depends on the order of a ``topk`` of every position unsorted (``names``).
         rnnshap's passes take its positions in their own order (rules/selection.py), one of the orders torch may
         return: ``probed``, the probe's outputs on the background, are the model's in that order. The model's own
@@ -127,7 +117,7 @@ class ModelChecks(Engine):
         def run(reverse: bool | None) -> Any:
             try:
                 with torch.no_grad(), (contextlib.nullcontext() if reverse is None else _UnorderedTopk(reverse)):
-                    return self._take(self.model(*[b.clone() for b in self.background]))
+                    return self.take(self.model(*[b.clone() for b in self.background]))
             finally:
                 state.restore()
 
@@ -150,7 +140,7 @@ class ModelChecks(Engine):
         finally:
             randoms.drawn()  # (the generators put back: a forward that draws, checked not to matter before)
 
-    def _check_rows_independent(self, eps: float, probed: Tensor) -> None:
+    def rows_independent(self, eps: float, probed: Tensor) -> None:
         """Refuse a model whose output for one row depends on the other rows of the batch: run on (up
         to 64 of) the background's rows in reverse order, its outputs must be the reversed outputs, and
         run in two halves, the outputs of the whole, up to rounding (1e3 ``eps`` of the least precise dtype the
@@ -183,7 +173,7 @@ class ModelChecks(Engine):
             try:
                 with torch.no_grad():
                     picked = [r if index is None else r[index] for r in rows]
-                    return self._take(self.model(*[(p if part is None else p[part]).clone() for p in picked]))
+                    return self.take(self.model(*[(p if part is None else p[part]).clone() for p in picked]))
             finally:
                 state.restore()
 
@@ -250,7 +240,7 @@ class ModelChecks(Engine):
 
     def _halves_agree_in_float64(self, m: int, moved: float) -> bool:
         """Whether what moved the outputs of the model's first ``m`` background rows by up to ``moved`` between running
-        them whole and in two halves (the test of :meth:`_check_rows_independent` they failed) is rounding: a float64
+        them whole and in two halves (the test of :meth:`rows_independent` they failed) is rounding: a float64
         copy of a model that computes in a less precise dtype moves them by a millionth of that or less (rounding
         shrinks with the dtype's ε, by 2e-9 from float32; a row that reads another does not). Kernels sum in another
         order for another batch size, and in a sum whose terms are far larger than the outputs (weights of 1e6 that
@@ -266,8 +256,8 @@ class ModelChecks(Engine):
             model = copy.deepcopy(self.model).double()
             rows = [b[:m].double() if b.is_floating_point() else b[:m] for b in self.background]
             with torch.no_grad():
-                whole = self._take(model(*[r.clone() for r in rows]))
-                parts = [self._take(model(*[r[part].clone() for r in rows])) for part in (slice(0, m // 2), slice(m // 2, m))]
+                whole = self.take(model(*[r.clone() for r in rows]))
+                parts = [self.take(model(*[r[part].clone() for r in rows])) for part in (slice(0, m // 2), slice(m // 2, m))]
         except Exception:  # noqa: BLE001 (not shown to be rounding: refused as the halves say)
             return False
         if not all(isinstance(t, Tensor) for t in (whole, *parts)):
@@ -277,7 +267,7 @@ class ModelChecks(Engine):
 
     @staticmethod
     def _coupled_at_the_same_size(run: Callable[..., Any], m: int, eps: float) -> tuple[int, str] | None:
-        """The third test of :meth:`_check_rows_independent`: ``run(index)`` (the model on the background rows picked by
+        """The third test of :meth:`rows_independent`: ``run(index)`` (the model on the background rows picked by
         ``index``) with the first half of ``m`` rows kept and the others replaced by the first ones, the batch size the
         same. (the row whose output changed, how the rows were run) where the kept rows' outputs move by more than 1e3
         ``eps`` of the outputs' scale and the model gives its outputs again run twice; else None."""
@@ -324,7 +314,7 @@ class ModelChecks(Engine):
             + advice
         )
 
-    def _plain_failure(self) -> BaseException | None:
+    def plain_failure(self) -> BaseException | None:
         """The model's own error on the background, run as it is (without rnnshap), or None."""
         try:
             with torch.no_grad():
@@ -333,7 +323,7 @@ class ModelChecks(Engine):
             return error
         return None
 
-    def _misfit(self, error: BaseException) -> str:
+    def misfit(self, error: BaseException) -> str:
         """What to say when the background does not fit the model: what reached it, and the model's message."""
         shapes = ", ".join(f"{tuple(b.shape)} {str(b.dtype).replace('torch.', '')}" for b in self.background)
         count = len(self.background)
@@ -342,7 +332,7 @@ class ModelChecks(Engine):
             f"of shape{'s' if count > 1 else ''} {shapes}, "
             f"and the model failed: {type(error).__name__}: {error}"
         )
-        if self._nested_list:
+        if self.nested_list:
             message += (
                 f". The background is a Python list of Python lists, read as a list of {count} inputs (one per model "
                 "input, as for a model with several inputs). For a model with one input, pass one array: "
@@ -446,7 +436,7 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
 
 class _UnorderedTopk(torch.overrides.TorchFunctionMode):
     """``topk`` of every position unsorted returns the positions in their own order, or reversed (``reverse``): two of
-    the orders torch may return (see ``Engine._check_unordered_topk``)."""
+    the orders torch may return (see ``ModelChecks.unordered_topk``)."""
 
     def __init__(self, reverse: bool) -> None:
         super().__init__()

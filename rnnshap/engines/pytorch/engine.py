@@ -20,11 +20,11 @@ from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
 from ..base import RTOL, TINY, Block, BlockResult, check_mode
-from ..outputs import OutputChoice, OutputLayout
+from ..outputs import OutputChoice, OutputLayout, output_parts
 from . import traced
 from .captured import CapturedPasses
 from .captured_tokens import Lookup, token_contributions
-from .checks import check_integer_uses, check_missing_values_handled, holds_nan
+from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
 from .kept import KeptPasses, kept_key, tape_bytes
@@ -70,6 +70,8 @@ class TorchEngine(KeptPasses):
         check_matching(self.background, self.background, "background")
         check_meta(model, lambda: model(*[b[:2].clone() for b in self.background]))
         self.references = int(self.background[0].shape[0])
+        #: the checks of the model on the background (rows alone, unordered topk, what to say where it does not fit)
+        self.checks = ModelChecks(model, self.background, self.registry, self._take, self.model_dtype, self._nested_list)
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
         #: of its pairs (index → the value: a Keras Masking on the torch backend, see keras_on_torch.py)
         self.masked_inputs: dict[int, frozenset[float]] = model.masked_inputs if isinstance(model, KerasModule) else {}
@@ -91,8 +93,8 @@ class TorchEngine(KeptPasses):
         computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
         least = max(computed, key=lambda d: torch.finfo(d).eps)
         if probe.unordered_topks:
-            self._check_unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
-        self._check_rows_independent(torch.finfo(least).eps, outputs)
+            self.checks.unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
+        self.checks.rows_independent(torch.finfo(least).eps, outputs)
         self.background_outputs = numpy(outputs).astype(np.float64)
         check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
         self.dtype = str(least).replace("torch.", "")
@@ -122,7 +124,7 @@ class TorchEngine(KeptPasses):
         #: (where its samples share their context inputs' values): for a block of one sample that pass is the
         #: pairs' own; for several, see :attr:`distinct_references`
         self._distinct_allowed = not self.followed_inputs and not self.masked_inputs
-        #: whether the model lays out its rows so that a tape repeats for several samples (``_rows_alone``, run
+        #: whether the model lays out its rows so that a tape repeats for several samples (``checks.rows_alone``, run
         #: where a block of several samples first asks: an explanation of one window never pays for it)
         self._rows_laid_out: bool | None = None
         #: whether the rules' checks wait for the end of a pass (:meth:`PairGrid.defer`: a cell's rows, a softmax's
@@ -133,6 +135,23 @@ class TorchEngine(KeptPasses):
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
             # built the explainer just before; over the bytes kept between calls, held for the first call only)
             self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
+
+    def _take(self, out: Any) -> Any:
+        """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
+        if isinstance(out, Tensor) and self.outputs.choice is None:
+            return out
+        leaf = self.outputs.leaf(out, lambda t: isinstance(t, Tensor))
+        if leaf is not None:
+            return leaf
+        flat, names = output_parts(out)
+        if not flat or not all(isinstance(t, Tensor) for t in flat):
+            return out  # run_pass says what the model returned
+        return self.outputs.take(
+            flat,
+            names or getattr(self.model, "output_names", None),
+            lambda t: t.shape,
+            lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
+        )
 
     def _probe_roles(self) -> tuple[Tensor, AttributionMode]:
         """Run the background as a reference pass (see :meth:`_probe`), which also finds unsupported operations now, and
@@ -264,9 +283,9 @@ class TorchEngine(KeptPasses):
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             if isinstance(error, RnnShapError):
                 raise
-            failure = self._plain_failure()
+            failure = self.checks.plain_failure()
             if failure is not None:  # the model fails on the background without rnnshap too
-                raise InputError(self._misfit(failure)) from error
+                raise InputError(self.checks.misfit(failure)) from error
             if not follow:
                 raise
             raise InputError(

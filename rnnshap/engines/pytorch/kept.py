@@ -8,11 +8,11 @@ What runs a reference pass and decides to keep it (``_distinct_reference_pass``,
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from ..base import Block
+from ..base import Block, Engine
 from .captured import CapturedPasses
 from .checks import ModelChecks
 from .state import PreservedState
@@ -22,12 +22,17 @@ from .traced import TracedPasses
 Tensor = torch.Tensor
 
 
-class KeptPasses(ModelChecks):
+class KeptPasses(Engine):
     """The kept reference passes of a :class:`~rnnshap.engines.pytorch.engine.TorchEngine` (see
     ``_distinct_reference_pass`` there)."""
 
     #: context inputs (set by the engine: see its constructor)
     context_inputs: list[int]
+    model: torch.nn.Module
+    background: list[Tensor]
+    checks: ModelChecks
+    #: the explained output tensor of the model's result (the engine's)
+    _take: Callable[[Any], Any]
     _traced: TracedPasses | None
     _captured: CapturedPasses | None
     _distinct_allowed: bool
@@ -54,10 +59,10 @@ class KeptPasses(ModelChecks):
     @property
     def distinct_references(self) -> bool:
         """Whether a block of several samples runs its reference pass on its distinct references only, the tape then
-        repeated for its samples (see ``_rows_alone``, checked on first use); set to False, every block runs its
+        repeated for its samples (see ``ModelChecks.rows_alone``, checked on first use); set to False, every block runs its
         reference pass on its pairs."""
         if self._distinct_allowed and self._rows_laid_out is None:
-            self._rows_laid_out = self._rows_alone()
+            self._rows_laid_out = self.checks.rows_alone()
         return self._distinct_allowed and bool(self._rows_laid_out)
 
     @distinct_references.setter

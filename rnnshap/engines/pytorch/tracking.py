@@ -44,7 +44,7 @@ class TrackingPass(TorchFunctionMode):
         #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
         self.picked_indices = TensorMap()
         #: the topk calls of every position unsorted, taken in the positions' own order (rules/selection.py): the
-        #: constructor checks that the output does not depend on that order (``Engine._check_unordered_topk``)
+        #: constructor checks that the output does not depend on that order (``ModelChecks.unordered_topk``)
         self.unordered_topks: set[str] = set()
         #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
         self._decisions = TensorMap()

@@ -131,7 +131,7 @@ def test_rows_check_runs_one_forwards_worth_of_rows_where_the_rows_pass() -> Non
     torch.manual_seed(0)
     model, background = _Counted().eval(), torch.randn(8, 4)
     engine = rnnshap.DeepExplainer(model, background).engine
-    engine._check_rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
+    engine.checks.rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
     assert model.calls == 2
 
 
@@ -141,7 +141,7 @@ def test_a_forward_that_changes_from_call_to_call_is_not_refused_as_mixing_rows(
     torch.manual_seed(0)
     model, background = _Counted(drift=1e-2).eval(), torch.randn(8, 4)
     engine = rnnshap.DeepExplainer(model, background).engine
-    engine._check_rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
+    engine.checks.rows_independent(torch.finfo(torch.float32).eps, _probed(model, background))  # type: ignore[attr-defined]
     assert model.calls == 6  # the reversed halves, each order, then each again
 
 
