@@ -454,15 +454,15 @@ def test_a_model_changed_between_calls_runs_the_reference_pass_again(change: str
 
 
 def test_a_reference_pass_over_the_bytes_kept_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rnnshap.engines.pytorch import engine
+    from rnnshap.engines.pytorch import kept
 
-    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", 1024)
+    monkeypatch.setattr(kept, "KEPT_TAPE_BYTES", 1024)
     model, x, background = _loop_problem(LoopCell())
     explainer = rnnshap.DeepExplainer(model, background)
     first, passes = _reference_passes(explainer, x, monkeypatch)
     model.batches.clear()
     again, passes = _reference_passes(explainer, x, monkeypatch)
-    assert passes == 1 and not explainer.engine._kept_tapes
+    assert passes == 1 and not explainer.engine.kept.tapes
     assert model.batches == [4, 5 * 4]  # no plain forward to check a kept pass against
     np.testing.assert_array_equal(again, first)
 
@@ -547,31 +547,31 @@ def test_an_explainer_built_for_one_call_takes_its_setups_pass_unvetted() -> Non
 def test_the_setups_pass_over_the_bytes_kept_serves_the_first_call_only(samples: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The constructor's reference pass, over the bytes kept between calls, is held for the first call (which would
     run the same pass again), then dropped."""
-    from rnnshap.engines.pytorch import engine
+    from rnnshap.engines.pytorch import kept
 
-    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", 1024)
+    monkeypatch.setattr(kept, "KEPT_TAPE_BYTES", 1024)
     model, x, background = _loop_problem(LoopCell())
     explainer = rnnshap.DeepExplainer(model, background)
     assert explainer.engine.distinct_references  # (its check's passes, run where a block of several samples asks)
     first, passes = _reference_passes(explainer, x[:samples], monkeypatch)
     assert passes == 0  # the constructor's pass, vetted by a plain forward
     again, passes = _reference_passes(explainer, x[:samples], monkeypatch)
-    assert passes == 1 and not explainer.engine._kept_tapes
+    assert passes == 1 and not explainer.engine.kept.tapes
     np.testing.assert_array_equal(again, first)
 
 
 def test_a_held_setup_pass_neither_crowds_out_nor_outlives_blocks_that_do_not_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """(Found in review.) Blocks of part of the references do not take the constructor's pass on all of them: it is
     dropped at the first such block, and its bytes never count against the passes kept between calls."""
-    from rnnshap.engines.pytorch import engine
+    from rnnshap.engines.pytorch import kept
 
     model, x, background = _loop_problem(LoopCell(), n=3, n_refs=8)
-    full = rnnshap.DeepExplainer(model, background).engine._kept_bytes()
-    monkeypatch.setattr(engine, "KEPT_TAPE_BYTES", int(full * 0.75))  # all 8 references' pass over, 4's within
+    full = rnnshap.DeepExplainer(model, background).engine.kept.bytes()
+    monkeypatch.setattr(kept, "KEPT_TAPE_BYTES", int(full * 0.75))  # all 8 references' pass over, 4's within
     explainer = rnnshap.DeepExplainer(model, background, batch_size=4)  # blocks of one sample x 4 references
-    assert (0, 8) in {key[:2] for key in explainer.engine._kept_tapes}  # held for the first call
+    assert (0, 8) in {key[:2] for key in explainer.engine.kept.tapes}  # held for the first call
     first, passes = _reference_passes(explainer, x, monkeypatch)
-    kept = {key[:2] for key in explainer.engine._kept_tapes}
+    kept = {key[:2] for key in explainer.engine.kept.tapes}
     assert kept == {(0, 4)}, kept  # a block of references 0-4 kept; the pass on all 8 dropped, not taken
     again, passes = _reference_passes(explainer, x, monkeypatch)
     assert passes == 3  # each sample's second block (references 4-8): over the bytes kept beside the first's

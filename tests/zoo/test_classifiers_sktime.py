@@ -76,19 +76,19 @@ def test_the_door_takes_its_setups_reference_pass_without_a_vetting_forward(moti
     plain forward that vets a kept pass at a user's first call, and the values are those of a vetted call, bit for bit."""
     from sktime.classification.deep_learning import GRUClassifier
 
-    from rnnshap.engines.pytorch.engine import TorchEngine
+    from rnnshap.engines.pytorch.kept import KeptReferencePasses
     from rnnshap.explainer import DeepExplainer
 
     X, y = motions
     clf = _fit(GRUClassifier(num_epochs=1, hidden_dim=4, batch_first=True, batch_size=16), X, y)
     vettings: list[int] = []
-    computes = TorchEngine._computes
+    computes = KeptReferencePasses.computes
 
     def counted(self, *args):
         vettings.append(1)
         return computes(self, *args)
 
-    monkeypatch.setattr(TorchEngine, "_computes", counted)
+    monkeypatch.setattr(KeptReferencePasses, "computes", counted)
     once = rnnshap.sktime.explain(clf, X[:3], background=X[10:20])
     assert vettings == []
 

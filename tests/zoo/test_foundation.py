@@ -854,16 +854,16 @@ def test_forecast_explainer_gives_explains_values_bit_for_bit_and_sets_up_once(
 def test_a_setup_used_at_once_runs_no_vetting_forward(ttm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """explain() and a ForecastExplainer's first call build DeepSHAP's explainer and use it at once: the reference pass
     its setup kept is taken without the plain forward that vets a kept pass; a later call vets it, once."""
-    from rnnshap.engines.pytorch.engine import TorchEngine
+    from rnnshap.engines.pytorch.kept import KeptReferencePasses
 
     vettings: list[int] = []
-    computes = TorchEngine._computes
+    computes = KeptReferencePasses.computes
 
     def counted(self: Any, *args: Any) -> bool:
         vettings.append(1)
         return computes(self, *args)
 
-    monkeypatch.setattr(TorchEngine, "_computes", counted)
+    monkeypatch.setattr(KeptReferencePasses, "computes", counted)
     background, context = windows(16, [0, 40, 80, 120]), windows(16, [300])
     once = rnnshap.foundation.explain(ttm, context, prediction_length=3, background=background)
     assert vettings == []

@@ -7,9 +7,10 @@ rules, and one backward pass per selected output (batched) gives the multipliers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from ...errors import InputError, RnnShapError, TapeMismatchError
 from ...rules.base import PairGrid, Rule
 from ...rules.missing import tracking_missing_values
 from ...rules.registry import DEFAULT_REGISTRY, RuleRegistry
-from ..base import RTOL, TINY, Block, BlockResult, check_mode
+from ..base import RTOL, TINY, Block, BlockResult, Engine, check_mode
 from ..outputs import OutputChoice, OutputLayout, output_parts
 from . import traced
 from .captured import CapturedPasses
@@ -27,7 +28,7 @@ from .captured_tokens import Lookup, token_contributions
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
-from .kept import KeptPasses, kept_key, tape_bytes
+from .kept import KeptReferencePasses, kept_key
 from .keras_on_torch import KerasModule
 from .passes import AttributionMode
 from .reads import ForwardReads
@@ -40,7 +41,7 @@ from .traced import NotThisCall, TracedPasses, has_hooks, waited
 Tensor = torch.Tensor
 
 
-class TorchEngine(KeptPasses):
+class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
     name = "pytorch"
@@ -109,7 +110,6 @@ class TorchEngine(KeptPasses):
                 f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
                 f"precision, and the check uses {self.dtype}'s tolerance."
             )
-        self._init_kept()
         #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
         self._traced: TracedPasses | None = None
         #: ``compile="capture"``: the forward captured once per input signature and run on pairs (captured.py)
@@ -120,6 +120,8 @@ class TorchEngine(KeptPasses):
         self.context_inputs = [
             i for i, b in enumerate(self.background) if not b.is_floating_point() and i not in self.followed_inputs
         ]
+        #: the reference passes on distinct references kept for later blocks and calls
+        self.kept = KeptReferencePasses(self.model, self.background, self.context_inputs, self._take)
         #: whether a block's reference pass may run on its references alone and be kept for later blocks and calls
         #: (where its samples share their context inputs' values): for a block of one sample that pass is the
         #: pairs' own; for several, see :attr:`distinct_references`
@@ -134,7 +136,7 @@ class TorchEngine(KeptPasses):
             # the probe ran the reference pass on every background row: the tape of the block of all references
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
             # built the explainer just before; over the bytes kept between calls, held for the first call only)
-            self._keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
+            self.kept.keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
 
     def _take(self, out: Any) -> Any:
         """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
@@ -209,7 +211,7 @@ class TorchEngine(KeptPasses):
         one row each, shared by the block's samples, which every reference takes.
 
         With distinct references it depends on the model, those background rows and the context only, so it is
-        kept (up to :data:`KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
+        kept (up to :data:`.kept.KEPT_TAPE_BYTES` in all) and reused by later blocks and calls with the
         same rows and context. Reused only while the model's parameters and buffers are the ones it was recorded on
         (the front door, seeing :meth:`model_version` change, calls :meth:`refresh_background_outputs`, which drops
         every kept tape) and a plain forward of those rows (a fraction of a pass's cost: no operation is intercepted)
@@ -218,57 +220,20 @@ class TorchEngine(KeptPasses):
         not one bit of the references' outputs is not seen (the additivity check then fails): call
         ``explainer.engine.forget_reference_passes()`` after such a change. ``state``: the model's state, taken
         before (each pass and plain forward here restores it)."""
-        key = kept_key(block, context)
-        vetted = self._vetted
-        if key not in self._unkept:
-            kept = self._kept_tapes.get(key)
-            if kept is not None:
-                entries, outputs, _ = kept
-                if vetted is not None and key in vetted:
-                    return Tape(list(entries)), outputs
-                if self._computes(block, context, outputs, state):
-                    self._unchecked.discard(key)
-                    if vetted is not None:
-                        vetted.add(key)
-                    return Tape(list(entries)), outputs
-                del self._kept_tapes[key]
-                if key in self._unchecked:  # the constructor's pass, never vetted: a plain forward does not give
-                    self._unkept.add(key)  # a pass's outputs (a fast path: torch's fused transformer layers)
+        kept = self.kept.reuse(block, context, state)
+        if kept is not None:
+            return kept
         # (copies: forward() may work in place on its inputs)
         outputs, _ = run_pass(
-            self.model, self._distinct_rows(block, context), self.registry, tape := Tape(),
+            self.model, self.kept.distinct_rows(block, context), self.registry, tape := Tape(),
             PassSettings(replay=False, take=self._take, state=state),
         )  # fmt: skip
         # kept unchecked: its first reuse in a later call runs the plain forward that vets a kept tape (a call that
         # never reuses it, explain() on one block, pays no plain forward)
-        self._keep(block, context, tape, outputs, None)
-        if vetted is not None:
-            vetted.add(key)
+        self.kept.keep(block, context, tape, outputs, None)
+        if self.kept.vetted is not None:
+            self.kept.vetted.add(kept_key(block, context))
         return tape, outputs
-
-    def _keep(
-        self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None, first_call: bool = False
-    ) -> None:
-        """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
-        and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
-        ``state``, the model's state taken before; with None, unchecked until its first reuse). ``context``: the
-        context inputs' values the pass ran with (see ``_distinct_reference_pass``). ``first_call``: over the bytes
-        kept, held until the end of the first call all the same (the memory it takes is taken now, and that call
-        would take it again to run the same pass)."""
-        key = kept_key(block, context)
-        if key in self._unkept:
-            return
-        size = tape_bytes(tape) + outputs.numel() * outputs.element_size()
-        over = size + self._kept_bytes() > KEPT_TAPE_BYTES
-        if (over and not first_call) or (state is not None and not self._computes(block, context, outputs, state)):
-            self._unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
-        else:
-            if over:
-                self._first_call_only.add(key)
-            # (the input pass replaces the entries it takes in tape's own list)
-            self._kept_tapes[key] = (list(tape.entries), outputs, size)
-            if state is None:
-                self._unchecked.add(key)
 
     def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
         """Run the model on the background as a reference pass, following the integer inputs ``follow``."""
@@ -365,6 +330,35 @@ class TorchEngine(KeptPasses):
             version.append((id(t), tensor_version(t)))
         return tuple(version)
 
+    @property
+    def distinct_references(self) -> bool:
+        """Whether a block of several samples runs its reference pass on its distinct references only, the tape then
+        repeated for its samples (see :meth:`ModelChecks.rows_alone`, checked on first use); set to False, every block
+        runs its reference pass on its pairs."""
+        if self._distinct_allowed and self._rows_laid_out is None:
+            self._rows_laid_out = self.checks.rows_alone()
+        return self._distinct_allowed and bool(self._rows_laid_out)
+
+    @distinct_references.setter
+    def distinct_references(self, value: bool) -> None:
+        self._distinct_allowed = self._distinct_allowed and value
+
+    @contextlib.contextmanager
+    def call(self, just_built: bool = False) -> Iterator[None]:
+        # the kept reference passes are vetted once a call (see KeptReferencePasses.reuse); a just-built explainer's
+        # are its constructor's, recorded on the model as it is
+        with self.kept.call(just_built):
+            yield
+
+    def forget_reference_passes(self) -> None:
+        """Drop every kept reference pass: the next call runs its reference passes afresh (see
+        ``_distinct_reference_pass``)."""
+        self.kept.forget()
+        if self._traced is not None:
+            self._traced.forget()  # (their constants are the kept passes' tensors)
+        if self._captured is not None:
+            self._captured.forget()
+
     def refresh_background_outputs(self) -> None:
         # the model changed (trained, loaded, replaced): kept reference passes were recorded on another model, even
         # where the references' outputs, which vet them, happen not to move
@@ -405,11 +399,11 @@ class TorchEngine(KeptPasses):
         leaves = [x[sample].requires_grad_(True) if x.is_floating_point() else x[sample] for x in inputs]
         chosen_columns = torch.from_numpy(columns).to(device).repeat_interleave(n_refs, dim=0)
         # the context inputs' values where the block's samples share them (their references all take them), else None
-        context = self._shared_context(inputs, block)
+        context = self.kept.shared_context(inputs, block)
         # (one sample: the pass on the references is the pairs' own, kept across calls; several: see distinct_references)
         distinct = n_refs > 1 and context is not None and (self._distinct_allowed if s == 1 else self.distinct_references)
-        if self._first_call_only and not (distinct and kept_key(block, context) in self._first_call_only):
-            self._release_held()  # (a block that does not take the tape held for the first call: it is not taken)
+        if self.kept.first_call_only and not (distinct and kept_key(block, context) in self.kept.first_call_only):
+            self.kept.release_held()  # (a block that does not take the tape held for the first call: it is not taken)
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
@@ -652,8 +646,8 @@ class TorchEngine(KeptPasses):
         traced = self._traced
         assert traced is not None
         block, leaves, chosen_columns = p.block, p.leaves, p.chosen_columns
-        kept = self._kept_tapes.get(kept_key(block, context))
-        if kept is None or kept_key(block, context) in self._first_call_only:
+        kept = self.kept.held(block, context)
+        if kept is None:
             traced.path = "intercepted: the reference pass is not kept between calls (its tape is a program's constant)"
             return None
         if has_hooks(self.model):
@@ -759,16 +753,11 @@ class TorchEngine(KeptPasses):
         if distinct:
             tape.repeats = s
             # a kept tape keeps its entries repeated for s samples too, where that fits the bytes kept
-            key = kept_key(block, context)
-            tape.keeps_repeats = (
-                key in self._kept_tapes and key not in self._first_call_only and (s + 1) * self._kept_bytes() <= KEPT_TAPE_BYTES
-            )
+            tape.keeps_repeats = self.kept.fit_repeated(block, context, s)
             ref_outputs = repeat_along(ref_outputs, 0, s)
         return tape, ref_outputs
 
 
-#: the most bytes of reference tapes an engine keeps for later blocks and calls
-KEPT_TAPE_BYTES = 64 * 2**20
 
 
 def numpy(t: Tensor) -> np.ndarray:

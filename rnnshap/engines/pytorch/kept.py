@@ -1,8 +1,7 @@
-"""The reference passes the PyTorch engine keeps for later blocks and calls (:class:`KeptPasses`, a base of
-:class:`~rnnshap.engines.pytorch.engine.TorchEngine`): which are kept (by a block's references and the context
-inputs' values), how a kept pass is vetted by a plain forward before it is reused, and when they are dropped.
-What runs a reference pass and decides to keep it (``_distinct_reference_pass``, ``_keep``, within
-``KEPT_TAPE_BYTES``) is the engine's, in engine.py.
+"""The reference passes the PyTorch engine keeps for later blocks and calls (:class:`KeptReferencePasses`): which
+are kept (by a block's references and the context inputs' values, within :data:`KEPT_TAPE_BYTES`), how a kept pass is
+vetted by a plain forward before it is reused, and when they are dropped. What runs a reference pass is the
+engine's (``TorchEngine._distinct_reference_pass``).
 """
 
 from __future__ import annotations
@@ -12,98 +11,133 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..base import Block, Engine
-from .captured import CapturedPasses
-from .checks import ModelChecks
+from ..base import Block
 from .state import PreservedState
 from .tape import Tape, TapeEntry
-from .traced import TracedPasses
 
 Tensor = torch.Tensor
 
+#: the most bytes of reference tapes an engine keeps for later blocks and calls
+KEPT_TAPE_BYTES = 64 * 2**20
 
-class KeptPasses(Engine):
-    """The kept reference passes of a :class:`~rnnshap.engines.pytorch.engine.TorchEngine` (see
-    ``_distinct_reference_pass`` there)."""
 
-    #: context inputs (set by the engine: see its constructor)
-    context_inputs: list[int]
-    model: torch.nn.Module
-    background: list[Tensor]
-    checks: ModelChecks
-    #: the explained output tensor of the model's result (the engine's)
-    _take: Callable[[Any], Any]
-    _traced: TracedPasses | None
-    _captured: CapturedPasses | None
-    _distinct_allowed: bool
-    _rows_laid_out: bool | None
+class KeptReferencePasses:
+    """The reference passes on distinct references of one PyTorch engine, kept for later blocks and calls.
 
-    def _init_kept(self) -> None:
-        """No pass kept yet."""
-        #: the tapes and outputs of reference passes on distinct references, by (r0, r1, the context's bytes) (see
-        #: _distinct_reference_pass)
-        self._kept_tapes: dict[Any, tuple[list[TapeEntry], Tensor, int]] = {}
+    ``model``, ``background``: the engine's; ``context_inputs``: the indices of its context inputs (masks, lengths:
+    each kept pass ran with their values, part of its key); ``take``: the explained output tensor of the model's
+    result."""
+
+    def __init__(
+        self, model: torch.nn.Module, background: list[Tensor], context_inputs: list[int], take: Callable[[Any], Any]
+    ) -> None:
+        self.model = model
+        self.background = background
+        self.context_inputs = context_inputs
+        self.take = take
+        #: the tapes and outputs of reference passes on distinct references, by (r0, r1, the context's bytes)
+        self.tapes: dict[Any, tuple[list[TapeEntry], Tensor, int]] = {}
         #: blocks whose reference pass is not kept (over the bytes allowed, or no plain forward gives its outputs)
-        self._unkept: set[Any] = set()
-        #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see ``_keep``)
-        self._unchecked: set[Any] = set()
+        self.unkept: set[Any] = set()
+        #: kept tapes not yet vetted by a plain forward (the constructor's reference pass, see :meth:`keep`)
+        self.unchecked: set[Any] = set()
         #: during a call of the front door (:meth:`call`), the kept tapes vetted (or recorded) in it; None outside one,
         #: where every block vets what it reuses
-        self._vetted: set[Any] | None = None
+        self.vetted: set[Any] | None = None
         #: kept tapes over the bytes kept between calls, held for the first call only (the constructor's reference
-        #: pass, which that call would run again: see ``_keep``)
-        self._first_call_only: set[Any] = set()
-        #: kept tapes whose plain forward gives the pass's outputs with autograd recording (see ``_computes``)
-        self._vetted_with_grad: set[Any] = set()
-
-    @property
-    def distinct_references(self) -> bool:
-        """Whether a block of several samples runs its reference pass on its distinct references only, the tape then
-        repeated for its samples (see ``ModelChecks.rows_alone``, checked on first use); set to False, every block runs its
-        reference pass on its pairs."""
-        if self._distinct_allowed and self._rows_laid_out is None:
-            self._rows_laid_out = self.checks.rows_alone()
-        return self._distinct_allowed and bool(self._rows_laid_out)
-
-    @distinct_references.setter
-    def distinct_references(self, value: bool) -> None:
-        self._distinct_allowed = self._distinct_allowed and value
+        #: pass, which that call would run again: see :meth:`keep`)
+        self.first_call_only: set[Any] = set()
+        #: kept tapes whose plain forward gives the pass's outputs with autograd recording (see :meth:`computes`)
+        self.vetted_with_grad: set[Any] = set()
 
     @contextlib.contextmanager
     def call(self, just_built: bool = False) -> Iterator[None]:
-        # the kept reference passes are vetted once a call (see _distinct_reference_pass); a just-built explainer's
-        # are its constructor's, recorded on the model as it is
-        self._vetted = set(self._kept_tapes) if just_built else set()
+        """One call of the front door: the kept reference passes are vetted once in it (see :meth:`reuse`); a
+        just-built explainer's are its constructor's, recorded on the model as it is."""
+        self.vetted = set(self.tapes) if just_built else set()
         try:
             yield
         finally:
-            self._vetted = None
-            self._release_held()
+            self.vetted = None
+            self.release_held()
 
-    def _release_held(self) -> None:
-        """Drop the tapes held for the first call only (over the bytes kept between calls: see ``_keep``)."""
-        for key in self._first_call_only:
-            self._kept_tapes.pop(key, None)
-            self._unchecked.discard(key)
-            self._unkept.add(key)
-        self._first_call_only.clear()
+    def release_held(self) -> None:
+        """Drop the tapes held for the first call only (over the bytes kept between calls: see :meth:`keep`)."""
+        for key in self.first_call_only:
+            self.tapes.pop(key, None)
+            self.unchecked.discard(key)
+            self.unkept.add(key)
+        self.first_call_only.clear()
 
-    def forget_reference_passes(self) -> None:
-        """Drop every kept reference pass: the next call runs its reference passes afresh (see
-        ``_distinct_reference_pass``)."""
-        self._kept_tapes.clear()
-        self._unkept.clear()
-        self._unchecked.clear()
-        self._first_call_only.clear()
-        self._vetted_with_grad.clear()
-        if self._vetted is not None:
-            self._vetted.clear()
-        if self._traced is not None:
-            self._traced.forget()  # (their constants are the kept passes' tensors)
-        if self._captured is not None:
-            self._captured.forget()
+    def forget(self) -> None:
+        """Drop every kept reference pass: the next call runs its reference passes afresh."""
+        self.tapes.clear()
+        self.unkept.clear()
+        self.unchecked.clear()
+        self.first_call_only.clear()
+        self.vetted_with_grad.clear()
+        if self.vetted is not None:
+            self.vetted.clear()
 
-    def _distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
+    def reuse(self, block: Block, context: list[Tensor], state: PreservedState) -> tuple[Tape, Tensor] | None:
+        """The kept reference pass of the block's distinct references with ``context`` (a tape to be consumed by one
+        input pass, and its outputs), where one is kept and, once a call, a plain forward of those rows still gives
+        its outputs bit for bit (else it is dropped); None where none is. ``state``: the model's state, taken before
+        (each plain forward restores it)."""
+        key = kept_key(block, context)
+        vetted = self.vetted
+        kept = self.tapes.get(key) if key not in self.unkept else None
+        if kept is None:
+            return None
+        entries, outputs, _ = kept
+        if vetted is not None and key in vetted:
+            return Tape(list(entries)), outputs
+        if self.computes(block, context, outputs, state):
+            self.unchecked.discard(key)
+            if vetted is not None:
+                vetted.add(key)
+            return Tape(list(entries)), outputs
+        del self.tapes[key]
+        if key in self.unchecked:  # the constructor's pass, never vetted: a plain forward does not give
+            self.unkept.add(key)  # a pass's outputs (a fast path: torch's fused transformer layers)
+        return None
+
+    def keep(
+        self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None, first_call: bool = False
+    ) -> None:
+        """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
+        and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
+        ``state``, the model's state taken before; with None, unchecked until its first reuse). ``context``: the
+        context inputs' values the pass ran with. ``first_call``: over the bytes kept, held until the end of the
+        first call all the same (the memory it takes is taken now, and that call would take it again to run the same
+        pass)."""
+        key = kept_key(block, context)
+        if key in self.unkept:
+            return
+        size = tape_bytes(tape) + outputs.numel() * outputs.element_size()
+        over = size + self.bytes() > KEPT_TAPE_BYTES
+        if (over and not first_call) or (state is not None and not self.computes(block, context, outputs, state)):
+            self.unkept.add(key)  # (over the bytes kept, or a plain forward does not give the pass's outputs)
+        else:
+            if over:
+                self.first_call_only.add(key)
+            # (the input pass replaces the entries it takes in tape's own list)
+            self.tapes[key] = (list(tape.entries), outputs, size)
+            if state is None:
+                self.unchecked.add(key)
+
+    def held(self, block: Block, context: Any) -> tuple[list[TapeEntry], Tensor, int] | None:
+        """The kept pass of the block's references with ``context`` that later calls may take (not one held for the
+        first call only), or None."""
+        key = kept_key(block, context)
+        return None if key in self.first_call_only else self.tapes.get(key)
+
+    def fit_repeated(self, block: Block, context: Any, samples: int) -> bool:
+        """Whether the kept pass of the block's references with ``context`` may keep its entries repeated for
+        ``samples`` samples too: it is kept between calls, and that fits the bytes kept."""
+        return self.held(block, context) is not None and (samples + 1) * self.bytes() <= KEPT_TAPE_BYTES
+
+    def distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
         """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
         given = dict(zip(self.context_inputs, context, strict=True))
         n = block.r1 - block.r0
@@ -112,7 +146,7 @@ class KeptPasses(Engine):
             for t, b in enumerate(self.background)
         ]
 
-    def _shared_context(self, inputs: list[Tensor], block: Block) -> list[Tensor] | None:
+    def shared_context(self, inputs: list[Tensor], block: Block) -> list[Tensor] | None:
         """The context inputs' values of the block's first sample (one row each), where every sample of the block
         has the same (then their pairs' references all take them), else None."""
         shared = []
@@ -124,13 +158,13 @@ class KeptPasses(Engine):
             shared.append(first)
         return shared
 
-    def _kept_bytes(self) -> int:
+    def bytes(self) -> int:
         """The bytes of the tapes kept between calls (a tape held for the first call only is not counted)."""
-        return sum(size for key, (_, _, size) in self._kept_tapes.items() if key not in self._first_call_only)
+        return sum(size for key, (_, _, size) in self.tapes.items() if key not in self.first_call_only)
 
-    def _computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
+    def computes(self, block: Block, context: list[Tensor], outputs: Tensor, state: PreservedState) -> bool:
         """Whether a plain forward of the block's references (with ``context``) gives ``outputs`` bit for bit (see
-        ``_distinct_reference_pass``); the model's state is restored to ``state`` (taken before).
+        :meth:`reuse`); the model's state is restored to ``state`` (taken before).
 
         The forward runs without autograd first and, where that misses, once with it: torch's transformer layers take
         a fused fast path when nothing is recorded for autograd (``nn.TransformerEncoderLayer``,
@@ -139,13 +173,13 @@ class KeptPasses(Engine):
         pass's tracked inputs do, frozen parameters or not) they run those. Which one gave the outputs is remembered
         for the block, so that a later vet runs one forward."""
         key = kept_key(block, context)
-        for grad in (False, True) if key not in self._vetted_with_grad else (True,):
-            rows = self._distinct_rows(block, context)  # (copies: their own leaves)
+        for grad in (False, True) if key not in self.vetted_with_grad else (True,):
+            rows = self.distinct_rows(block, context)  # (copies: their own leaves)
             if grad:
                 rows = [r.requires_grad_() if r.is_floating_point() else r for r in rows]
             try:
                 with torch.set_grad_enabled(grad):
-                    now = self._take(self.model(*rows))
+                    now = self.take(self.model(*rows))
             except Exception:  # noqa: BLE001 (the pass runs and reports what fails)
                 return False
             finally:
@@ -153,7 +187,7 @@ class KeptPasses(Engine):
             same = isinstance(now, Tensor) and now.shape == outputs.shape and now.dtype == outputs.dtype
             if same and bool(torch.equal(now, outputs)):
                 if grad:
-                    self._vetted_with_grad.add(key)
+                    self.vetted_with_grad.add(key)
                 return True
         return False
 

@@ -1,5 +1,5 @@
 """DeepExplainer's check that a row's output does not depend on the other rows of its batch
-(rnnshap/engines/pytorch/checks.py, ``_check_rows_independent``) allows the rounding of the model's own dtype.
+(rnnshap/engines/pytorch/checks.py, ``ModelChecks.rows_independent``) allows the rounding of the model's own dtype.
 
 Truths: a float32 model whose output for a row changes with its place in the batch by a few float32 eps
 (what kernels that sum in another order for another batch do, as sktime's MVTS transformer's) is accepted and
