@@ -98,7 +98,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def in_turn(cases: Sequence[object]) -> list[object]:
     """``cases`` for ``pytest.mark.parametrize`` with every other one marked slow: the default run takes half of an
-    exhaustive grid (arrange ``cases`` so that each value of each axis falls in that half), the slow run the rest."""
+    exhaustive grid (arrange ``cases`` so that each value of each axis falls in that half), the slow run the rest. A
+    case is a tuple of the values of several argnames (the value of a single argname must not be a tuple)."""
     return [
         pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=[pytest.mark.slow] if i % 2 else [])
         for i, case in enumerate(cases)

@@ -571,8 +571,8 @@ def test_a_held_setup_pass_neither_crowds_out_nor_outlives_blocks_that_do_not_ta
     explainer = rnnshap.DeepExplainer(model, background, batch_size=4)  # blocks of one sample x 4 references
     assert (0, 8) in {key[:2] for key in explainer.engine.kept.tapes}  # held for the first call
     first, passes = _reference_passes(explainer, x, monkeypatch)
-    kept = {key[:2] for key in explainer.engine.kept.tapes}
-    assert kept == {(0, 4)}, kept  # a block of references 0-4 kept; the pass on all 8 dropped, not taken
+    held = {key[:2] for key in explainer.engine.kept.tapes}
+    assert held == {(0, 4)}, held  # a block of references 0-4 kept; the pass on all 8 dropped, not taken
     again, passes = _reference_passes(explainer, x, monkeypatch)
     assert passes == 3  # each sample's second block (references 4-8): over the bytes kept beside the first's
     np.testing.assert_array_equal(again, first)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from typing import Any, Iterator, Mapping
 
@@ -71,6 +72,9 @@ class TorchEngine(Engine):
         check_matching(self.background, self.background, "background")
         check_meta(model, lambda: model(*[b[:2].clone() for b in self.background]))
         self.references = int(self.background[0].shape[0])
+        #: the explained output tensor of the model's result (a function of the model and the output chosen alone: the
+        #: engine's collaborators hold it without holding the engine)
+        self._take = functools.partial(take_output, self.outputs, model)
         #: the checks of the model on the background (rows alone, unordered topk, what to say where it does not fit)
         self.checks = ModelChecks(model, self.background, self.registry, self._take, self.model_dtype, self._nested_list)
         #: float inputs whose comparison with a value is a mask taken from the explained sample on both sides
@@ -137,23 +141,6 @@ class TorchEngine(Engine):
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
             # built the explainer just before; over the bytes kept between calls, held for the first call only)
             self.kept.keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
-
-    def _take(self, out: Any) -> Any:
-        """The explained output tensor of the model's result (see :mod:`rnnshap.engines.outputs`)."""
-        if isinstance(out, Tensor) and self.outputs.choice is None:
-            return out
-        leaf = self.outputs.leaf(out, lambda t: isinstance(t, Tensor))
-        if leaf is not None:
-            return leaf
-        flat, names = output_parts(out)
-        if not flat or not all(isinstance(t, Tensor) for t in flat):
-            return out  # run_pass says what the model returned
-        return self.outputs.take(
-            flat,
-            names or getattr(self.model, "output_names", None),
-            lambda t: t.shape,
-            lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
-        )
 
     def _probe_roles(self) -> tuple[Tensor, AttributionMode]:
         """Run the background as a reference pass (see :meth:`_probe`), which also finds unsupported operations now, and
@@ -230,9 +217,7 @@ class TorchEngine(Engine):
         )  # fmt: skip
         # kept unchecked: its first reuse in a later call runs the plain forward that vets a kept tape (a call that
         # never reuses it, explain() on one block, pays no plain forward)
-        self.kept.keep(block, context, tape, outputs, None)
-        if self.kept.vetted is not None:
-            self.kept.vetted.add(kept_key(block, context))
+        self.kept.keep(block, context, tape, outputs, None, recorded_now=True)
         return tape, outputs
 
     def _probe(self, follow: list[int]) -> tuple[Tensor, AttributionMode]:
@@ -758,6 +743,23 @@ class TorchEngine(Engine):
         return tape, ref_outputs
 
 
+def take_output(outputs: OutputLayout, model: nn.Module, out: Any) -> Any:
+    """The explained output tensor (``outputs``: the output chosen) of ``model``'s result ``out`` (see
+    :mod:`rnnshap.engines.outputs`)."""
+    if isinstance(out, Tensor) and outputs.choice is None:
+        return out
+    leaf = outputs.leaf(out, lambda t: isinstance(t, Tensor))
+    if leaf is not None:
+        return leaf
+    flat, names = output_parts(out)
+    if not flat or not all(isinstance(t, Tensor) for t in flat):
+        return out  # run_pass says what the model returned
+    return outputs.take(
+        flat,
+        names or getattr(model, "output_names", None),
+        lambda t: t.shape,
+        lambda parts: torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1),
+    )
 
 
 def numpy(t: Tensor) -> np.ndarray:

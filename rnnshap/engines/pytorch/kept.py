@@ -103,15 +103,24 @@ class KeptReferencePasses:
         return None
 
     def keep(
-        self, block: Block, context: Any, tape: Tape, outputs: Tensor, state: PreservedState | None, first_call: bool = False
+        self,
+        block: Block,
+        context: Any,
+        tape: Tape,
+        outputs: Tensor,
+        state: PreservedState | None,
+        first_call: bool = False,
+        recorded_now: bool = False,
     ) -> None:
         """Keep the reference pass ``tape`` on the block's distinct references (and its ``outputs``) for later blocks
         and calls, where it fits the bytes kept and a plain forward gives its outputs bit for bit (checked here with
         ``state``, the model's state taken before; with None, unchecked until its first reuse). ``context``: the
         context inputs' values the pass ran with. ``first_call``: over the bytes kept, held until the end of the
         first call all the same (the memory it takes is taken now, and that call would take it again to run the same
-        pass)."""
+        pass). ``recorded_now``: the pass ran in this call of the front door, which then counts it as vetted."""
         key = kept_key(block, context)
+        if recorded_now and self.vetted is not None:
+            self.vetted.add(key)
         if key in self.unkept:
             return
         size = tape_bytes(tape) + outputs.numel() * outputs.element_size()

@@ -14,7 +14,7 @@ from .adapters import Adapter, low_precision
 from .inputs import player_ids
 
 #: the most DeepSHAP explainers a :class:`ForecastExplainer` keeps per precision (one per prediction length, quantile
-#: levels and pattern of missing steps; each keeps up to its engine's ``KEPT_TAPE_BYTES`` of reference tapes)
+#: levels and pattern of missing steps; each keeps up to ``rnnshap.engines.pytorch.kept.KEPT_TAPE_BYTES`` of reference tapes)
 KEPT_EXPLAINERS = 8
 
 

@@ -21,7 +21,7 @@ keras = pytest.importorskip("keras")
 
 import rnnshap  # noqa: E402
 
-from ...conftest import additivity_tol, assert_rounding_close, in_turn  # noqa: E402
+from ...conftest import additivity_tol, assert_rounding_close  # noqa: E402
 from ...models.torch import RecurrentHead  # noqa: E402
 
 L = keras.layers
@@ -142,11 +142,8 @@ ARCHITECTURES: dict[str, Callable[[str], Any]] = {
 }
 
 
-# each architecture in one dtype in the default run (float32 and float64 in turn), in the other in the slow one
-@pytest.mark.parametrize(
-    ("name", "dtype"),
-    in_turn([(name, dtype) for i, name in enumerate(ARCHITECTURES) for dtype in ("float32", "float64")[:: 1 - 2 * (i % 2)]]),
-)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_attributions_add_up(name: str, dtype: str) -> None:
     model = ARCHITECTURES[name](dtype)
     rng = np.random.default_rng(1)
@@ -166,7 +163,7 @@ def test_attributions_add_up(name: str, dtype: str) -> None:
 ROUNDS_A_MEAN = {"bidirectional-ave"}
 
 
-@pytest.mark.parametrize("name", in_turn(list(ARCHITECTURES)))  # (half of them in the default run)
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_the_compiled_pass_gives_the_eager_values(name: str) -> None:
     """The dual pass runs as one compiled graph (tf.function, or jax.jit on JAX): the same operations, so
     the same values as the eager pass (which runs where tracing fails)."""

@@ -67,18 +67,15 @@ def _values(
 @pytest.mark.parametrize(
     ("kind", "dtype", "xla"),
     [
-        # each kind, each dtype and both forms of the coefficients in the default run; every pairing in the slow one
         ("states", "float64", False),
+        ("states", "float32", False),
+        ("gru", "float64", False),
         ("gru", "float32", False),
         ("bidirectional", "float64", False),
         # the per-pair coefficients compiled by XLA, as for blocks of at least fused.XLA_ELEMENTS
+        ("states", "float64", True),
         ("states", "float32", True),
-        *(
-            pytest.param(*case, marks=pytest.mark.slow)
-            for case in [
-                ("states", "float32", False), ("gru", "float64", False), ("states", "float64", True), ("gru", "float32", True),
-            ]
-        ),  # fmt: skip
+        ("gru", "float32", True),
     ],
 )
 def test_the_fast_path_gives_the_step_by_step_values(kind: str, dtype: str, xla: bool, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,3 +84,24 @@ def test_the_package_reads_no_switch_of_its_own_from_the_environment_and_tunes_n
         for pattern in (r"RNNSHAP_\w+", r"\bmallopt\b", r"\bmalloc_trim\b"):
             found += [f"{path.relative_to(PACKAGE)}: {m}" for m in re.findall(pattern, text)]
     assert not found, found
+
+
+def test_an_explainer_let_go_frees_its_engine_at_once() -> None:
+    """No reference cycle through the engine: an explainer let go frees its engine (which holds the model, the
+    background and the reference passes kept between calls) when its last reference goes, not at Python's next
+    garbage collection."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    explainer = rnnshap.DeepExplainer(RecurrentHead("lstm", 3, 4, 2).eval(), torch.randn(4, 5, 3))
+    explainer.shap_values(torch.randn(2, 5, 3))
+    engine = weakref.ref(explainer.engine)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del explainer
+        assert engine() is None
+    finally:
+        if collecting:
+            gc.enable()
