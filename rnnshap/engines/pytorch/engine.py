@@ -392,58 +392,14 @@ class TorchEngine(Engine):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        # (at most three times: a layout the check at construction missed runs every pair; a check the pass deferred
-        # that did not hold, a cell's rows or a softmax's path, runs the passes again with each check read at once)
-        if self._traced is not None:
-            self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
-        program = self._traced is not None and self._traceable(distinct)
         captured = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
-        while captured is None:
-            if grid.deferred is not None:
-                grid.deferred.clear()  # (the checks of a pass run again do not count)
-            tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
-            if program:  # (once a call: the pass as one program, else intercepted below)
-                program = False
-                cursor = tape.cursor
-                samples = [x[block.s0 : block.s1] for x in inputs]
-                ran = self._run_traced(context, samples, PairPass(block, leaves, references, tape, grid, state, chosen_columns))
-                if ran is not None:
-                    (flat, grads), mode = ran, None  # (no embedding: a pass with token inputs is not traced)
-                    break
-                if tape.cursor != cursor:
-                    continue  # (a trace that failed took entries of the tape: the reference side again)
-                if grid.deferred is not None:
-                    grid.deferred.clear()
-            try:
-                timed = self._traced is not None and self._traced.waiting
-                start = waited(device) if timed else 0.0
-                done = self._input_side(PairPass(block, leaves, references, tape, grid, state, chosen_columns))
-                if timed and done is not None:
-                    self._traced.took(waited(device) - start)  # type: ignore[union-attr]
-            except TapeMismatchError:
-                if not distinct:
-                    raise
-                if self._traced is not None:
-                    self._traced.pending = None  # (the pass on every pair that follows is not the one that waits)
-                # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
-                self.distinct_references = distinct = False
-                continue
-            except RnnShapError:
-                if not grid.deferred or grid.all_held():
-                    raise
-                done = None  # (what a rule refused came of a check the pass deferred, which did not hold: again below)
-            if done is not None:
-                flat, grads, mode = done
-                break
-            # a deferred check failed (a side's rows do not repeat: something sample-specific entered the reference side;
-            # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
-            grid = PairGrid(s, n_refs)
-            self._defer_checks = False
-
         tokens: dict[int, Tensor] = {}
+        mode: AttributionMode | None = None
         if captured is not None:
             flat, grads, ref_outputs, tokens = captured
-            mode = None
+        else:
+            p = PairPass(block, leaves, references, Tape(), grid, state, chosen_columns)
+            flat, grads, mode, ref_outputs = self._intercepted(p, inputs, context, distinct, shadows, masks)
 
         def per_sample(contribution: Tensor) -> np.ndarray:
             """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
@@ -474,6 +430,69 @@ class TorchEngine(Engine):
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
+
+    def _intercepted(
+        self,
+        p: PairPass,
+        inputs: list[Tensor],
+        context: list[Tensor] | None,
+        distinct: bool,
+        shadows: dict[int, Tensor],
+        masks: dict[int, tuple[Tensor, frozenset[float]]],
+    ) -> tuple[Tensor, list[Tensor], AttributionMode | None, Tensor]:
+        """The block's passes where the captured one did not run (see :meth:`attribute`): the reference side, then the
+        input pass as a traced program or intercepted, and its backward. The outputs on the pairs, the gradients of the
+        chosen outputs w.r.t. the attributed leaves, the intercepted pass (None for a program) and the outputs on the
+        pairs' reference side. ``p``: the block's pairs (its tape is made here); ``context``, ``distinct``,
+        ``shadows``, ``masks``: as :meth:`attribute` made them.
+
+        The passes run at most three times: a layout the check at construction missed runs every pair; a check the
+        pass deferred that did not hold, a cell's rows or a softmax's path, runs them again with each check read at
+        once."""
+        block, leaves, references, _, grid, state, chosen_columns = p.parts()
+        device = chosen_columns.device
+        if self._traced is not None:
+            self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
+        program = self._traced is not None and self._traceable(distinct)
+        while True:
+            if grid.deferred is not None:
+                grid.deferred.clear()  # (the checks of a pass run again do not count)
+            tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
+            if program:  # (once a call: the pass as one program, else intercepted below)
+                program = False
+                cursor = tape.cursor
+                samples = [x[block.s0 : block.s1] for x in inputs]
+                ran = self._run_traced(context, samples, PairPass(block, leaves, references, tape, grid, state, chosen_columns))
+                if ran is not None:
+                    return *ran, None, ref_outputs  # (no embedding: a pass with token inputs is not traced)
+                if tape.cursor != cursor:
+                    continue  # (a trace that failed took entries of the tape: the reference side again)
+                if grid.deferred is not None:
+                    grid.deferred.clear()
+            try:
+                timed = self._traced is not None and self._traced.waiting
+                start = waited(device) if timed else 0.0
+                done = self._input_side(PairPass(block, leaves, references, tape, grid, state, chosen_columns))
+                if timed and done is not None:
+                    self._traced.took(waited(device) - start)  # type: ignore[union-attr]
+            except TapeMismatchError:
+                if not distinct:
+                    raise
+                if self._traced is not None:
+                    self._traced.pending = None  # (the pass on every pair that follows is not the one that waits)
+                # the layout check missed a layout (or a pass takes another path on the pairs): every pair, from now on
+                self.distinct_references = distinct = False
+                continue
+            except RnnShapError:
+                if not grid.deferred or grid.all_held():
+                    raise
+                done = None  # (what a rule refused came of a check the pass deferred, which did not hold: again below)
+            if done is not None:
+                return *done, ref_outputs
+            # a deferred check failed (a side's rows do not repeat: something sample-specific entered the reference side;
+            # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
+            grid = PairGrid(grid.samples, grid.references)
+            self._defer_checks = False
 
     def _input_side(self, p: PairPass) -> tuple[Tensor, list[Tensor], AttributionMode] | None:
         """The input pass through ``p.tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
