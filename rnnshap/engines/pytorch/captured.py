@@ -17,7 +17,8 @@ gates' rules (rules/gates.py).
 What the plan does not take yet runs the intercepted pass instead, and ``pass_path`` names it: a forward the capture
 cannot write as one graph (a value read on the host), writes into views or into values that depend on no input,
 picked indices, a comparison's mask used otherwise, random draws, rules registered for module classes, forward hooks,
-integer inputs used as numbers, missing values, a forward that changes the model's Python state.
+integer inputs that meet floating-point values without a cast (type promotion), a forward that changes the model's
+Python state.
 """
 
 from __future__ import annotations
@@ -353,25 +354,29 @@ class GraphPlan:
     """The decisions on one captured graph for the rules as they are (``registry``): :meth:`run` interprets it on
     pairs. Raises :class:`NotCaptured` where the graph holds what it does not take yet."""
 
-    def __init__(self, graph: fx.Graph, registry: RuleRegistry, explained: set[int], tokens: frozenset[int]) -> None:
+    def __init__(
+        self, graph: fx.Graph, registry: RuleRegistry, explained: set[int], tokens: frozenset[int],
+        numbers: frozenset[int] = frozenset(),
+    ) -> None:  # fmt: skip
         self.changes = registry.changes
         #: whether a run of this graph with given reference sides found them its own (see :class:`_Sides`)
         self.sides_verified = False
         self.steps: list[_Step] = []
         tracked: set[fx.Node] = set()
-        ids: set[fx.Node] = set()  # (nodes of token ids: captured_tokens.py)
+        #: nodes of followed integers (token ids, integers used as numbers: captured_tokens.py), by the input they came from
+        ids: dict[fx.Node, int] = {}
         #: roots and inverse roots of input-dependent values, and what keeps them (handwritten_norms.py), by node
         self.marks: dict[fx.Node, int] = {}
         self._first_only: set[fx.Node] = set()  # (std_mean's results: its std is a root, its mean is not)
         order = {node: i for i, node in enumerate(graph.nodes)}
         written_as: dict[fx.Node, tuple[fx.Node, ...]] = {}  # (each in-place result: the nodes of the same tensor)
         for node in graph.nodes:
-            step = self._decide_ids(node, tokens, ids, tracked) if self._uses_ids(node, ids) else None
+            step = self._decide_ids(node, tokens, ids, tracked, numbers) if self._uses_ids(node, ids) else None
             if step is None:
                 step = self._decide(node, registry, explained, tracked, (order, written_as))
             if step.kind in ("tokens", "move", "cast", "meta"):
                 if step.kind != "meta":
-                    ids.add(node)
+                    ids[node] = step.position
                 self.steps.append(step)
                 continue
             if step.writes:  # (an in-place call's result is the tensor it wrote into, as are earlier ones' on it)
@@ -409,21 +414,29 @@ class GraphPlan:
             step.rule = normalizing_rule(step.rule, call, self.marks)
 
     @staticmethod
-    def _uses_ids(node: fx.Node, ids: set[fx.Node]) -> bool:
+    def _uses_ids(node: fx.Node, ids: dict[fx.Node, int]) -> bool:
         return node.op == "placeholder" or any(n in ids for n in node.all_input_nodes)
 
     @staticmethod
-    def _decide_ids(node: fx.Node, tokens: frozenset[int], ids: set[fx.Node], tracked: set[fx.Node]) -> _Step | None:
-        """A placeholder of a token input, or a node on token ids (captured_tokens.py); None for another placeholder."""
+    def _decide_ids(
+        node: fx.Node, tokens: frozenset[int], ids: dict[fx.Node, int], tracked: set[fx.Node], numbers: frozenset[int]
+    ) -> _Step | None:
+        """A placeholder of a followed integer input, or a node on its integers (captured_tokens.py); None for another
+        placeholder. A cast to floating point of an input used as a number (``numbers``) is where it is attributed: a
+        lookup of the integers' values, each position its own."""
         if node.op == "placeholder":
             position = _input_position(node)
             return _Step(node, "tokens", position=position) if position in tokens else None
         fn, _ = _function(node)
-        use = token_use(fn, node, ids, tracked) if fn is not None else None
+        use = token_use(fn, node, set(ids), tracked) if fn is not None else None
+        source = next(ids[n] for n in node.all_input_nodes if n in ids)
+        if use == "cast" and _floating(node.meta.get("example_value")) and source in numbers:
+            use = "lookup"
         if use is None:
             name = op_name(fn) if fn is not None else str(node.target)
-            raise NotCaptured(f"{name} on token ids (only their moves and embedding lookups are taken)")
-        return _Step(node, use, fn=fn, name=op_name(fn))
+            what = "an integer input used as a number" if source in numbers else "token ids"
+            raise NotCaptured(f"{name} on {what} (only their moves, casts to floating point and embedding lookups are taken)")
+        return _Step(node, use, fn=fn, name=op_name(fn), position=source)
 
     @staticmethod
     def _decide(
@@ -702,8 +715,11 @@ class CapturedPasses:
     """The model's forward captured by torch.compile's graph capture, once per input signature (and again where a
     guard on what it read fails), and run on pairs by a :class:`GraphPlan` per graph."""
 
-    def __init__(self, model: torch.nn.Module, registry: RuleRegistry) -> None:
+    def __init__(self, model: torch.nn.Module, registry: RuleRegistry, numbers: frozenset[int] = frozenset()) -> None:
         self.model, self.registry = model, registry
+        #: the integer inputs used as numbers, attributed at their casts to floating point (among the followed inputs a
+        #: call names, the others token ids)
+        self.numbers = numbers
         self.path = "captured: not run yet"
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
@@ -746,7 +762,9 @@ class CapturedPasses:
             plan = None  # (rules registered or removed since: decided again)
         if plan is None:
             try:
-                plan = GraphPlan(graph_module.graph, self.registry, set(call.references) - call.tokens, call.tokens)
+                plan = GraphPlan(
+                    graph_module.graph, self.registry, set(call.references) - call.tokens, call.tokens, self.numbers
+                )
             except NotCaptured as error:
                 plan = error
             self._plans[id(graph_module)] = plan

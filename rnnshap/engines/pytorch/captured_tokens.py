@@ -1,5 +1,5 @@
 """Token ids in the captured pass: followed from the model's input to the embedding lookups they feed, and attributed
-per input position there.
+per input position there; integer inputs used as numbers alike, to their casts to floating point.
 
 A token input enters the graph as a :class:`TokenValue`: the ids of each side of the pairs and, beside them, the
 position in the input each id came from (``1 + flat index``; 0 for an id that came from no position, a fill value). An
@@ -7,8 +7,9 @@ operation that only moves ids (a view, a transpose, a flip, a slice, an ``index_
 indices, a pad or ``masked_fill`` by a constant, a cast to other integers) runs on the three alike, a fill putting 0
 among the positions. A lookup (``F.embedding``, ``torch.embedding``, ``weight[ids]``) makes the input side's vectors a
 leaf whose gradient, times the difference of the two sides' vectors and summed over each vector, is added to the
-positions the ids came from (:func:`token_contributions`), as the intercepted pass does. Any other use of the ids (a
-comparison, arithmetic) is not taken: the call runs the intercepted pass, which follows them further.
+positions the ids came from (:func:`token_contributions`), as the intercepted pass does. A cast of an integer input
+used as a number to floating point is such a lookup of the integers' own values (one per position). Any other use of
+the ids (a comparison, arithmetic) is not taken: the call runs the intercepted pass, which follows them further.
 """
 
 from __future__ import annotations
@@ -62,8 +63,15 @@ _MOVES = frozenset(
         torch.Tensor.masked_fill, torch.masked_fill, F.pad, torch._C._nn.pad,
     )
 )  # fmt: skip
-#: casts to other integers: the ids' values kept, the positions as they are
-_CASTS = frozenset(op_key(fn) for fn in (torch.Tensor.long, torch.Tensor.int, torch.Tensor.to, torch.Tensor.type))
+#: casts: to other integers, the ids' values kept and the positions as they are; to floating point, where an integer
+#: input used as a number is attributed (captured.py makes that cast a lookup of its values)
+_CASTS = frozenset(
+    op_key(fn)
+    for fn in (
+        torch.Tensor.long, torch.Tensor.int, torch.Tensor.to, torch.Tensor.type, torch.Tensor.float, torch.Tensor.double,
+        torch.Tensor.half, torch.Tensor.bfloat16,
+    )
+)  # fmt: skip
 #: moves whose fill value puts an id from no position: the positions take 0 there
 _FILLS = {op_key(torch.Tensor.masked_fill): 2, op_key(torch.masked_fill): 2, op_key(F.pad): 3, op_key(torch._C._nn.pad): 3}
 #: lookups, and where their indices and table are among the arguments

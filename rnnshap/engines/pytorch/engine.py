@@ -290,7 +290,7 @@ class TorchEngine(Engine):
         has measured it)."""
         given = check_mode(mode)
         if mode == "capture":
-            self._captured, self._traced = CapturedPasses(self.model, self.registry), None
+            self._captured, self._traced = CapturedPasses(self.model, self.registry, frozenset(self.number_inputs)), None
             return
         if mode is None:
             device = self.background[0].device.type
@@ -543,15 +543,8 @@ class TorchEngine(Engine):
         captured = self._captured
         if captured is None:
             return None
-        if self.number_inputs or self.masked_inputs:
-            captured.path = (
-                "intercepted: integer inputs used as numbers, or a Keras Masking layer's input, which the pass follows as "
-                "it runs"
-            )
-            return None
-        tokens = frozenset(self.token_inputs)
-        if any(holds_nan(leaves, references)):  # (one host read)
-            captured.path = "intercepted: missing values (NaN) among the pairs, which the pass follows as it runs"
+        if self.masked_inputs:
+            captured.path = "intercepted: a Keras Masking layer's input, whose mask the pass takes from each sample"
             return None
         if has_hooks(self.model):
             captured.path = "intercepted: the model has forward hooks, which the pass runs as they ask"
@@ -562,35 +555,50 @@ class TorchEngine(Engine):
         # the sample): they check the graph's reference side, and vet a reference side kept from an earlier call
         plain = None if self.context_inputs or captured.off is not None else self._plain_forward(backgrounds, state)
         alone = (kept_key(block, []), backgrounds, plain) if distinct and plain is not None else None
+        numbers = frozenset(self.followed_inputs)  # (token ids and integers cast to floating point)
+        nan_in_leaves, nan_in_references = holds_nan(leaves, references)  # (one host read)
         try:
-            with tracking_missing_values():  # (rules/missing.py: NaN a mask makes inside the model, -inf before softmax)
+            with tracking_missing_values() as missing:  # (rules/missing.py: NaN a mask makes inside the model, -inf too)
+                # NaN in the pairs: every multiplier rule's backward stops 0 · NaN (as in the intercepted pass)
+                missing.seen = nan_in_leaves or nan_in_references
                 try:
-                    ran = captured.run(leaves, references, grid, self._take, tokens, alone, state.restore)
+                    ran = captured.run(leaves, references, grid, self._take, numbers, alone, state.restore)
                 except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
                     if not grid.deferred or grid.all_held():
                         raise
                     ran = None
                 if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
                     ran = captured.run(
-                        leaves, references, PairGrid(grid.samples, grid.references), self._take, tokens, alone, state.restore
+                        leaves, references, PairGrid(grid.samples, grid.references), self._take, numbers, alone, state.restore
                     )
                     self._defer_checks = False  # (as in later calls)
         finally:
             state.restore()
         if ran is None:
             return None
-        outputs, reference, lookups = ran
-        moved = self._captured_outputs_moved(outputs.detach(), reference.detach(), grid, rows, state, plain)
+        if nan_in_leaves:
+            check_missing_values_handled(leaves, ran[0].detach().reshape(ran[0].shape[0], -1), "X", block.references, block.s0)
+        moved = self._captured_outputs_moved(ran[0].detach(), ran[1].detach(), grid, rows, state, plain)
         if moved is not None:  # (the graph's interpretation is not the model's function: never answered from it)
             captured.off = f"the captured graph's outputs are not the model's own ({moved})"
             captured.path = f"intercepted: {captured.off}"
             return None
+        return self._captured_gradients(ran, leaves, chosen_columns, numbers)
+
+    @staticmethod
+    def _captured_gradients(
+        ran: tuple[Tensor, Tensor, list[Lookup]], leaves: list[Tensor], chosen_columns: Tensor, followed: frozenset[int]
+    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]]:
+        """From a captured run's outputs on the pairs, their reference side and its lookups of followed integers: the
+        outputs, the gradients of the chosen ones w.r.t. the attributed leaves, the reference side, and each followed
+        input's contributions per position (see :meth:`_run_captured`)."""
+        outputs, reference, lookups = ran
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)
             attributed = [leaf for leaf in leaves if leaf.requires_grad]
             grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
-        sizes = {t: leaves[t].numel() for t in tokens}
+        sizes = {t: leaves[t].numel() for t in followed}
         return flat, grads[: len(attributed)], reference.detach(), token_contributions(lookups, grads[len(attributed) :], sizes)
 
     def _captured_outputs_moved(

@@ -20,6 +20,7 @@ import rnnshap
 from rnnshap.rules import Shapley
 
 from ...models.torch import Composite, Function
+from ...rules import test_missing_values as missing
 from . import test_stale_programs as stale
 from .test_traced import FAMILIES, _data, _same
 
@@ -587,3 +588,84 @@ def test_tokens_and_in_place_forms_follow_every_change_the_forward_can_read(chan
             handle.remove()
         elif hasattr(handle, "__exit__"):
             handle.__exit__(None, None, None)
+
+
+#: models that mask missing values themselves (tests/rules/test_missing_values.py): the scalers of TiRex, Chronos and
+#: MOMENT into a network, and a nansum over the observed entries
+MISSING = {
+    "tirex": missing.tirex_scale,
+    "chronos": missing.chronos_scale,
+    "moment": missing.moment_scale,
+    "nansum": lambda x: torch.nansum(x, -1, keepdim=True) - x,
+}
+
+
+def _masked(scale: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """The window scaled, its missing entries filled with 0, into a network."""
+    return Composite(lambda m, x: m.out(torch.tanh(m.hidden(torch.nan_to_num(scale(x), nan=0.0)))),
+                     hidden=nn.Linear(missing.L, 6), out=nn.Linear(6, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MISSING))
+def test_missing_values_the_model_masks_are_captured_with_the_intercepted_values(case: str) -> None:
+    """Windows whose first steps are missing (NaN) on both sides of every pair: the multiplier rules' backward stops
+    0 · NaN in the captured pass as in the intercepted one, and the missing steps get exactly 0."""
+    torch.manual_seed(0)
+    model = _masked(MISSING[case]).double().eval()
+    background, X = missing._windows(4, 0, gap=missing.GAP), missing._windows(3, 1, gap=missing.GAP)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    values = np.asarray(got)  # (samples, steps, outputs)
+    assert np.all(values[:, : missing.GAP] == 0.0) and np.isfinite(values).all() and np.abs(values).max() > 0
+
+
+def test_missing_values_the_model_does_not_handle_are_an_input_error_on_the_captured_pass() -> None:
+    model = nn.Sequential(nn.Linear(missing.L, 3), nn.Tanh()).double().eval()
+    captured = rnnshap.DeepExplainer(model, missing._windows(4, 0), compile="capture")
+    with pytest.raises(rnnshap.InputError, match="does not handle: its output is NaN for row 1"):
+        captured.shap_values(torch.cat([missing._windows(1, 1), missing._windows(1, 2, gap=2)]))
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (said by the captured pass itself)
+
+
+def _calendar(m: nn.Module, x: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+    """A float sequence and an integer calendar index per step, cast to float and joined inside the model."""
+    return m.out(m.lstm(torch.cat([x, day.unsqueeze(-1).float()], -1))[0][:, -1])
+
+
+@pytest.mark.parametrize("use", ["double", "to", "calendar"])
+def test_integer_inputs_cast_to_floating_point_are_captured_as_numbers(use: str) -> None:
+    """An integer input cast to floating point inside the model (a count, a calendar index) is attributed as a number at
+    its cast, each position its own, with the intercepted values bit for bit; the same model given floats agrees."""
+    from .test_tokens import NUMBER_USES, counts
+
+    torch.manual_seed(6)
+    g = torch.Generator().manual_seed(3)
+    if use == "calendar":
+        model: nn.Module = Composite(_calendar, lstm=nn.LSTM(3, 4, batch_first=True), out=nn.Linear(4, 1)).eval()
+        background = [torch.randn(4, 5, 2, generator=g), torch.randint(0, 7, (4, 5), generator=g)]
+        X = [torch.randn(3, 5, 2, generator=g), torch.randint(0, 7, (3, 5), generator=g)]
+    else:
+        model = counts(NUMBER_USES[use]).double().eval()
+        background, X = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)  # type: ignore[assignment]
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    for _ in range(2):
+        got = captured.shap_values(X)
+        assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+        assert _same(got, intercepted.shap_values(X))
+    numbers = got[1] if use == "calendar" else got
+    assert np.abs(np.asarray(numbers)).max() > 0
+
+
+def test_integers_that_meet_floats_without_a_cast_run_the_intercepted_pass_and_say_so() -> None:
+    """Type promotion (``ids * 0.5``) makes an integer input a number where it meets floats: not taken yet."""
+    from .test_tokens import NUMBER_USES, counts
+
+    torch.manual_seed(6)
+    model = counts(NUMBER_USES["arithmetic"]).double().eval()
+    g = torch.Generator().manual_seed(3)
+    data = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)
+    captured = _handed_back(model, "intercepted: the captured pass does not take", data)
+    assert "on token ids" not in captured.pass_path and "integer" in captured.pass_path, captured.pass_path
