@@ -93,27 +93,17 @@ class TorchEngine(Engine):
                 f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
             )
         self.output_shape = tuple(outputs.shape[1:])
-        # the least precise dtype the model computes input-dependent values in (a float64 model that
-        # casts to float32 inside, as Keras' matmul on torch does, adds up to float32 precision only)
-        computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
-        least = max(computed, key=lambda d: torch.finfo(d).eps)
+        least = self._computed_dtype(probe, outputs)
         if probe.unordered_topks:
             self.checks.unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
         self.checks.rows_independent(torch.finfo(least).eps, outputs)
         self.background_outputs = numpy(outputs).astype(np.float64)
         check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
-        self.dtype = str(least).replace("torch.", "")
-        given = [d for d in [self.model_dtype, *(b.dtype for b in self.background)] if d is not None and d.is_floating_point]
-        #: where the model computes in a less precise dtype than its parameters and inputs (Keras' matmul on
-        #: torch casts float64 to float32): said by the additivity check's report
-        self.precision_note: str | None = None
-        if given and torch.finfo(least).eps > min(torch.finfo(d).eps for d in given):
-            most = min(given, key=lambda d: torch.finfo(d).eps)
-            self.precision_note = (
-                f"The model's parameters and inputs are {str(most).replace('torch.', '')}, but it computes in {self.dtype} "
-                f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
-                f"precision, and the check uses {self.dtype}'s tolerance."
-            )
+        self._passes(probe, outputs)
+
+    def _passes(self, probe: AttributionMode, outputs: Tensor) -> None:
+        """The state of the passes a call runs: intercepted until :meth:`compile_passes` says otherwise, the reference
+        passes kept between calls (the probe's, on every background row, kept for the first call)."""
         #: the input passes as programs (``compile=``, see :meth:`compile_passes`), or None: intercepted
         self._traced: TracedPasses | None = None
         #: ``compile="capture"``: the forward captured once per input signature and run on pairs (captured.py)
@@ -141,6 +131,26 @@ class TorchEngine(Engine):
             # (kept unchecked: its first reuse runs the plain forward that vets a kept tape, but in a call of a door that
             # built the explainer just before; over the bytes kept between calls, held for the first call only)
             self.kept.keep(Block(0, 0, 0, self.references), (), probe.tape, outputs, None, first_call=True)
+
+    def _computed_dtype(self, probe: AttributionMode, outputs: Tensor) -> torch.dtype:
+        """The least precise dtype the model computes input-dependent values in (a float64 model that casts to float32
+        inside, as Keras' matmul on torch does, adds up to float32 precision only): set as :attr:`dtype`, with
+        :attr:`precision_note` where it is less precise than the model's parameters and inputs."""
+        computed = [d for d in probe.dtypes if d.is_floating_point] or [self.model_dtype or outputs.dtype]
+        least = max(computed, key=lambda d: torch.finfo(d).eps)
+        self.dtype = str(least).replace("torch.", "")
+        given = [d for d in [self.model_dtype, *(b.dtype for b in self.background)] if d is not None and d.is_floating_point]
+        #: where the model computes in a less precise dtype than its parameters and inputs: said by the additivity
+        #: check's report
+        self.precision_note: str | None = None
+        if given and torch.finfo(least).eps > min(torch.finfo(d).eps for d in given):
+            most = min(given, key=lambda d: torch.finfo(d).eps)
+            self.precision_note = (
+                f"The model's parameters and inputs are {str(most).replace('torch.', '')}, but it computes in {self.dtype} "
+                f"inside (first at {probe.dtype_origins.get(least, 'an operation')}): its attributions add up to {self.dtype} "
+                f"precision, and the check uses {self.dtype}'s tolerance."
+            )
+        return least
 
     def _probe_roles(self) -> tuple[Tensor, AttributionMode]:
         """Run the background as a reference pass (see :meth:`_probe`), which also finds unsupported operations now, and
@@ -392,14 +402,26 @@ class TorchEngine(Engine):
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        captured = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
-        tokens: dict[int, Tensor] = {}
-        mode: AttributionMode | None = None
-        if captured is not None:
-            flat, grads, ref_outputs, tokens = captured
-        else:
+        ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
+        if ran is None:
             p = PairPass(block, leaves, references, Tape(), grid, state, chosen_columns)
-            flat, grads, mode, ref_outputs = self._intercepted(p, inputs, context, distinct, shadows, masks)
+            ran = self._intercepted(p, inputs, context, distinct, shadows, masks)
+        return self._block_result(block, leaves, references, ran, (k, per_pair, multipliers))
+
+    @staticmethod
+    def _block_result(
+        block: Block,
+        leaves: list[Tensor],
+        references: list[Tensor],
+        ran: tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]],
+        asked: tuple[int, bool, bool],
+    ) -> BlockResult:
+        """The block's sums from its passes' outputs on the pairs, the gradients of the chosen ones w.r.t. the
+        attributed leaves, the outputs on the reference side and each followed integer input's contributions per
+        position (``ran``); ``asked``: the number of chosen outputs, ``per_pair`` and ``multipliers``."""
+        s, n_refs = block.samples, block.references
+        k, per_pair, multipliers = asked
+        flat, grads, ref_outputs, per_position = ran
 
         def per_sample(contribution: Tensor) -> np.ndarray:
             """(k, pairs, *shape) → Σ over each sample's references, (k, s, *shape) in float64
@@ -407,26 +429,15 @@ class TorchEngine(Engine):
             pairs = contribution.to(torch.float64).reshape(k, s, n_refs, *contribution.shape[2:])
             return (pairs if per_pair else pairs.sum(2)).detach().cpu().numpy()
 
-        sums = [np.zeros((k, s, *((n_refs,) if per_pair else ()), *x.shape[1:])) for x in inputs]
+        sums = [np.zeros((k, s, *((n_refs,) if per_pair else ()), *x.shape[1:])) for x in leaves]
         attributed = iter(grads)
         for t, (leaf, reference) in enumerate(zip(leaves, references, strict=True)):
             if leaf.requires_grad:
                 grad = next(attributed)
                 term = contribution(grad, leaf.detach(), reference)  # (the multipliers alone are refused alike)
                 sums[t] += per_sample(grad if multipliers else term)
-        for t, per_position in tokens.items():  # (the captured pass's token inputs: each position's contribution)
-            sums[t] += per_sample(per_position.reshape(k, *leaves[t].shape))
-        if mode is not None and mode.embedded:
-            # every embedding output and cast of an integer input: its contribution per input position
-            # (summed over the embedding's vector) is added to the position its ids name (0: none)
-            integers = mode.discrete
-            lookups = [Lookup(0, e.leaf, e.reference, e.ids, e.feature_dims) for e in mode.embedded]
-            per_position = token_contributions(lookups, list(attributed), {0: integers.size})[0]
-            for t in followed:
-                start = integers.offsets[t]
-                x = inputs[t]
-                rows = per_position[:, start : start + sample.numel() * (x.numel() // x.shape[0])]
-                sums[t] += per_sample(rows.reshape(k, sample.numel(), *x.shape[1:]))
+        for t, contributions in per_position.items():  # (token ids and integers used as numbers: each position's)
+            sums[t] += per_sample(contributions.reshape(k, *leaves[t].shape))
         model_outputs = numpy(flat.detach()).astype(np.float64).reshape(s, n_refs, -1)[:, 0]
         ref_sums = numpy(ref_outputs.reshape(flat.shape)).astype(np.float64).reshape(s, n_refs, -1).sum(1)
         return BlockResult(sums, model_outputs, ref_sums)
@@ -439,12 +450,12 @@ class TorchEngine(Engine):
         distinct: bool,
         shadows: dict[int, Tensor],
         masks: dict[int, tuple[Tensor, frozenset[float]]],
-    ) -> tuple[Tensor, list[Tensor], AttributionMode | None, Tensor]:
+    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]]:
         """The block's passes where the captured one did not run (see :meth:`attribute`): the reference side, then the
         input pass as a traced program or intercepted, and its backward. The outputs on the pairs, the gradients of the
-        chosen outputs w.r.t. the attributed leaves, the intercepted pass (None for a program) and the outputs on the
-        pairs' reference side. ``p``: the block's pairs (its tape is made here); ``context``, ``distinct``,
-        ``shadows``, ``masks``: as :meth:`attribute` made them.
+        chosen outputs w.r.t. the attributed leaves, the outputs on the pairs' reference side, and each followed integer
+        input's contributions per position (``(k, its elements on the pairs)``). ``p``: the block's pairs (its tape is
+        made here); ``context``, ``distinct``, ``shadows``, ``masks``: as :meth:`attribute` made them.
 
         The passes run at most three times: a layout the check at construction missed runs every pair; a check the
         pass deferred that did not hold, a cell's rows or a softmax's path, runs them again with each check read at
@@ -464,7 +475,7 @@ class TorchEngine(Engine):
                 samples = [x[block.s0 : block.s1] for x in inputs]
                 ran = self._run_traced(context, samples, PairPass(block, leaves, references, tape, grid, state, chosen_columns))
                 if ran is not None:
-                    return *ran, None, ref_outputs  # (no embedding: a pass with token inputs is not traced)
+                    return *ran, ref_outputs, {}  # (no embedding: a pass with token inputs is not traced)
                 if tape.cursor != cursor:
                     continue  # (a trace that failed took entries of the tape: the reference side again)
                 if grid.deferred is not None:
@@ -488,16 +499,16 @@ class TorchEngine(Engine):
                     raise
                 done = None  # (what a rule refused came of a check the pass deferred, which did not hold: again below)
             if done is not None:
-                return *done, ref_outputs
+                return done[0], done[1], ref_outputs, done[2]
             # a deferred check failed (a side's rows do not repeat: something sample-specific entered the reference side;
             # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
             grid = PairGrid(grid.samples, grid.references)
             self._defer_checks = False
 
-    def _input_side(self, p: PairPass) -> tuple[Tensor, list[Tensor], AttributionMode] | None:
+    def _input_side(self, p: PairPass) -> tuple[Tensor, list[Tensor], dict[int, Tensor]] | None:
         """The input pass through ``p.tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
-        the gradients of the chosen outputs w.r.t. the attributed leaves, and the pass; None where the grid's checks
-        of the rows do not hold (the passes run again)."""
+        the gradients of the chosen outputs w.r.t. the attributed leaves, and each followed integer input's
+        contributions per position; None where the grid's checks of the rows do not hold (the passes run again)."""
         block, leaves, references, tape, grid, state, chosen_columns = p.parts()
         with torch.enable_grad(), tracking_missing_values() as missing:  # (rules/missing.py: masked-out NaN entries)
             # NaN in the pairs: every multiplier rule's backward stops 0 · NaN, also where the model masks them by a
@@ -520,8 +531,20 @@ class TorchEngine(Engine):
             if nan_in_leaves:
                 check_missing_values_handled(leaves, flat.detach(), "X", block.references, block.s0)
             chosen = flat.gather(1, chosen_columns)
-            attributed_leaves = [leaf for leaf in leaves if leaf.requires_grad] + [e.leaf for e in mode.embedded]
-            return flat, grads_per_output(chosen, attributed_leaves), mode
+            attributed = [leaf for leaf in leaves if leaf.requires_grad]
+            grads = grads_per_output(chosen, attributed + [e.leaf for e in mode.embedded])
+        return flat, grads[: len(attributed)], self._per_position(mode, grads[len(attributed) :], leaves)
+
+    def _per_position(self, mode: AttributionMode, grads: list[Tensor], leaves: list[Tensor]) -> dict[int, Tensor]:
+        """Every embedding output and cast of an integer input of an intercepted pass (``grads``: their gradients): its
+        contribution per input position (summed over the embedding's vector), added to the position its ids name, for
+        each followed input (``(k, its elements on the pairs)``)."""
+        if not mode.embedded:
+            return {}
+        integers = mode.discrete
+        lookups = [Lookup(0, e.leaf, e.reference, e.ids, e.feature_dims) for e in mode.embedded]
+        per_position = token_contributions(lookups, grads, {0: integers.size})[0]
+        return {t: per_position[:, integers.offsets[t] : integers.offsets[t] + leaves[t].numel()] for t in self.followed_inputs}
 
     def _run_captured(
         self,
@@ -677,8 +700,8 @@ class TorchEngine(Engine):
             done = self._input_side(dataclasses.replace(p, leaves=given, chosen_columns=tensors[-1]))
             if done is None:
                 raise NotThisCall("a check the pass deferred did not hold while it was traced")
-            flat, grads, mode = done
-            if mode.embedded:
+            flat, grads, per_position = done
+            if per_position:
                 raise RuntimeError("the pass has token inputs")
             return [*grads, flat.detach()]
 
