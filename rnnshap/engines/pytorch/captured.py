@@ -790,15 +790,9 @@ class CapturedPasses:
         their rows, and the model's own outputs on them: that side is then run on them alone and repeated for the
         pairs, and kept for later calls (see :meth:`_distinct_sides`). ``restore`` puts the model back to the call's
         state between the runs a call makes."""
-        if self.off is not None:
-            self.path = f"intercepted: {self.off}"
-            return None
-        if is_in_torch_dispatch_mode():
-            self.path = "intercepted: a TorchDispatchMode is active, which torch.compile's capture does not run under"
-            return None
-        ruled = next((m for m in self.model.modules() if self.registry.module_rule(m) is not None), None)
-        if ruled is not None:
-            self.path = f"intercepted: a rule registered for the module class {type(ruled).__qualname__}"
+        why = self._not_now()
+        if why is not None:
+            self.path = f"intercepted: {why}"
             return None
         explained = {
             i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
@@ -837,6 +831,17 @@ class CapturedPasses:
             + ("" if sides.captures is None else ", kept from an earlier call")
         )
         return flat, reference, call.lookups
+
+    def _not_now(self) -> str | None:
+        """Why this call runs the intercepted pass before any capture, or None."""
+        if self.off is not None:
+            return self.off
+        if is_in_torch_dispatch_mode():
+            return "a TorchDispatchMode is active, which torch.compile's capture does not run under"
+        ruled = next((m for m in self.model.modules() if self.registry.module_rule(m) is not None), None)
+        if ruled is not None:
+            return f"a rule registered for the module class {type(ruled).__qualname__}"
+        return None
 
     def _pairs_run(
         self,

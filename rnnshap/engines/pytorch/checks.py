@@ -165,8 +165,18 @@ class ModelChecks:
         m = min(self.references, 64)
         if m < 2:
             return
+        run = self._runs_on_rows(m)
+        order = torch.arange(m - 1, -1, -1, device=self.background[0].device)
+        if m == self.references and probed.shape[:1] == (m,) and self._rows_pass_at_once(run, order, probed, eps):
+            return
+        mixed = self._mixed_row(run, order, eps)
+        if mixed is not None:
+            self._refuse_mixed_rows(m, *mixed)
+
+    def _runs_on_rows(self, m: int) -> Callable[..., Any]:
+        """The model's explained output on the background's first ``m`` rows, picked by an index and cut to a part, its
+        state put back after each run (see :meth:`rows_independent`)."""
         rows = [b[:m] for b in self.background]
-        order = torch.arange(m - 1, -1, -1, device=rows[0].device)
         state = PreservedState(self.model)
 
         def run(index: Tensor | None, part: slice | None = None) -> Any:
@@ -177,26 +187,37 @@ class ModelChecks:
             finally:
                 state.restore()
 
-        if m == self.references and probed.shape[:1] == (m,):
-            try:
-                apart = torch.cat([run(order, part) for part in (slice(0, m // 2), slice(m // 2, m))])
-            except Exception:  # noqa: BLE001 (the tests apart say whether the model runs on fewer rows)
-                apart = None
-            if isinstance(apart, Tensor) and apart.shape == probed.shape and _repeats_close(probed[order], apart, eps):
-                if _close_to_scale(probed[order], apart, eps):
-                    return
-                coupled = self._coupled_at_the_same_size(run, m, eps)
-                if coupled is None:
-                    return
+        return run
+
+    def _rows_pass_at_once(self, run: Callable[..., Any], order: Tensor, probed: Tensor, eps: float) -> bool:
+        """Both tests of :meth:`rows_independent` in one forward's worth of rows: the reversed rows in two halves against
+        ``probed``; True where the rows pass, False where the tests must run apart (refused here where the third test
+        finds the rows coupled)."""
+        m = int(order.shape[0])
+        try:
+            apart = torch.cat([run(order, part) for part in (slice(0, m // 2), slice(m // 2, m))])
+        except Exception:  # noqa: BLE001 (the tests apart say whether the model runs on fewer rows)
+            return False
+        if not (isinstance(apart, Tensor) and apart.shape == probed.shape and _repeats_close(probed[order], apart, eps)):
+            return False
+        if not _close_to_scale(probed[order], apart, eps):
+            coupled = self._coupled_at_the_same_size(run, m, eps)
+            if coupled is not None:
                 self._refuse_mixed_rows(m, *coupled)
+        return True
+
+    def _mixed_row(self, run: Callable[..., Any], order: Tensor, eps: float) -> tuple[int, str] | None:
+        """The tests of :meth:`rows_independent` apart: a row whose output moved and how it was run, or None where the
+        rows pass (or the model cannot be judged: it fails on fewer rows, or its outputs change from call to call)."""
+        m = int(order.shape[0])
         try:
             ahead, reversed_ = run(None), run(order)
         except Exception:  # noqa: BLE001 (a model that fails on fewer rows: the passes report what fails)
-            return
+            return None
         if not all(isinstance(o, Tensor) and o.shape == ahead.shape for o in (ahead, reversed_)):
-            return
+            return None
         if ahead.dim() == 0 or ahead.shape[0] != m:
-            return
+            return None
 
         def deterministic() -> bool:
             """Whether each order gives its outputs again (asked only before refusing: a forward that changes from
@@ -210,33 +231,28 @@ class ModelChecks:
 
         if not _repeats_close(ahead[order], reversed_, eps):
             if not deterministic():
-                return
+                return None
             differ = (ahead[order] - reversed_).reshape(m, -1).abs().amax(1)
-            row, how = int(order[int(differ.argmax())]), "in reverse order"
-        else:
-            try:  # (a model that cannot run fewer rows: the order is checked alone)
-                halves = [run(None, part) for part in (slice(0, m // 2), slice(m // 2, m))]
-            except Exception:  # noqa: BLE001
-                return
-            if not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
-                return
-            apart = torch.cat(halves)
-            if apart.shape != ahead.shape:
-                return
-            if _repeats_close(apart, ahead, eps):
-                if _close_to_scale(apart, ahead, eps) and _close_to_scale(ahead[order], reversed_, eps):
-                    return
-                coupled = self._coupled_at_the_same_size(run, m, eps)
-                if coupled is None:
-                    return
-                self._refuse_mixed_rows(m, *coupled)
-            # the halves differ: a sum whose terms are far larger than the outputs (an ill-conditioned model) rounds
-            # otherwise in the kernels of another batch size; not refused where a float64 copy runs the halves alike
-            moved = float((apart - ahead).abs().nan_to_num(0.0).max())
-            if not deterministic() or self._halves_agree_in_float64(m, moved):
-                return
-            row, how = int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
-        self._refuse_mixed_rows(m, row, how)
+            return int(order[int(differ.argmax())]), "in reverse order"
+        try:  # (a model that cannot run fewer rows: the order is checked alone)
+            halves = [run(None, part) for part in (slice(0, m // 2), slice(m // 2, m))]
+        except Exception:  # noqa: BLE001
+            return None
+        if not all(isinstance(h, Tensor) and h.shape[1:] == ahead.shape[1:] for h in halves):
+            return None
+        apart = torch.cat(halves)
+        if apart.shape != ahead.shape:
+            return None
+        if _repeats_close(apart, ahead, eps):
+            if _close_to_scale(apart, ahead, eps) and _close_to_scale(ahead[order], reversed_, eps):
+                return None
+            return self._coupled_at_the_same_size(run, m, eps)
+        # the halves differ: a sum whose terms are far larger than the outputs (an ill-conditioned model) rounds
+        # otherwise in the kernels of another batch size; not refused where a float64 copy runs the halves alike
+        moved = float((apart - ahead).abs().nan_to_num(0.0).max())
+        if not deterministic() or self._halves_agree_in_float64(m, moved):
+            return None
+        return int((apart - ahead).reshape(m, -1).abs().amax(1).argmax()), f"in two halves of {m // 2} and {m - m // 2}"
 
     def _halves_agree_in_float64(self, m: int, moved: float) -> bool:
         """Whether what moved the outputs of the model's first ``m`` background rows by up to ``moved`` between running

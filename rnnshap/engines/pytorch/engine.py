@@ -557,8 +557,8 @@ class TorchEngine(Engine):
         distinct: bool = False,
     ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
-        the outputs on the pairs' reference side, and each token input's contributions per position (``(k, pairs ×
-        its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
+        the outputs on the pairs' reference side, and each followed integer input's contributions per position (``(k,
+        pairs × its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
         pass. The model's state is put back to ``state`` after it. ``rows``: the block and the call's inputs, whose
         samples and references the model's own forward runs to check the graph's outputs on both sides. ``distinct``:
         whether the block's pairs hold its distinct references alike for every sample (see :meth:`attribute`), whose
@@ -578,23 +578,11 @@ class TorchEngine(Engine):
         # the sample): they check the graph's reference side, and vet a reference side kept from an earlier call
         plain = None if self.context_inputs or captured.off is not None else self._plain_forward(backgrounds, state)
         alone = (kept_key(block, []), backgrounds, plain) if distinct and plain is not None else None
-        numbers = frozenset(self.followed_inputs)  # (token ids and integers cast to floating point)
+        followed = frozenset(self.followed_inputs)  # (token ids and integers cast to floating point)
         nan_in_leaves, nan_in_references = holds_nan(leaves, references)  # (one host read)
         try:
-            with tracking_missing_values() as missing:  # (rules/missing.py: NaN a mask makes inside the model, -inf too)
-                # NaN in the pairs: every multiplier rule's backward stops 0 · NaN (as in the intercepted pass)
-                missing.seen = nan_in_leaves or nan_in_references
-                try:
-                    ran = captured.run(leaves, references, grid, self._take, numbers, alone, state.restore)
-                except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
-                    if not grid.deferred or grid.all_held():
-                        raise
-                    ran = None
-                if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
-                    ran = captured.run(
-                        leaves, references, PairGrid(grid.samples, grid.references), self._take, numbers, alone, state.restore
-                    )
-                    self._defer_checks = False  # (as in later calls)
+            nan = nan_in_leaves or nan_in_references
+            ran = self._captured_runs(captured, (leaves, references), grid, followed, alone, state, nan)
         finally:
             state.restore()
         if ran is None:
@@ -606,7 +594,35 @@ class TorchEngine(Engine):
             captured.off = f"the captured graph's outputs are not the model's own ({moved})"
             captured.path = f"intercepted: {captured.off}"
             return None
-        return self._captured_gradients(ran, leaves, chosen_columns, numbers)
+        return self._captured_gradients(ran, leaves, chosen_columns, followed)
+
+    def _captured_runs(
+        self,
+        captured: CapturedPasses,
+        pairs: tuple[list[Tensor], list[Tensor]],
+        grid: PairGrid,
+        followed: frozenset[int],
+        alone: tuple[Any, list[Tensor], Tensor] | None,
+        state: PreservedState,
+        nan: bool,
+    ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
+        """The captured pass on the pairs (the leaves and their references), run again with each check read at once
+        where a check it deferred did not hold (see :meth:`_run_captured`); ``nan``: whether the pairs hold NaN."""
+        leaves, references = pairs
+        with tracking_missing_values() as missing:  # (rules/missing.py: NaN a mask makes inside the model, -inf too)
+            missing.seen = nan  # (NaN in the pairs: every multiplier rule's backward stops 0 · NaN, as intercepted)
+            try:
+                ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore)
+            except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
+                if not grid.deferred or grid.all_held():
+                    raise
+                ran = None
+            if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
+                ran = captured.run(
+                    leaves, references, PairGrid(grid.samples, grid.references), self._take, followed, alone, state.restore
+                )
+                self._defer_checks = False  # (as in later calls)
+        return ran
 
     @staticmethod
     def _captured_gradients(
