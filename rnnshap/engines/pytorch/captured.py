@@ -17,8 +17,8 @@ gates' rules (rules/gates.py).
 What the plan does not take yet runs the intercepted pass instead, and ``pass_path`` names it: a forward the capture
 cannot write as one graph (a value read on the host), writes into views or into values that depend on no input,
 picked indices, a comparison's mask used otherwise, random draws, rules registered for module classes, forward hooks,
-integer inputs that meet floating-point values without a cast (type promotion), a forward that changes the model's
-Python state.
+integer arithmetic on integer inputs used as numbers (before their cast or promotion to floating point), a forward
+that changes the model's Python state.
 """
 
 from __future__ import annotations
@@ -147,6 +147,9 @@ class _Step:
     #: the node an in-place call wrote into, and the results of earlier in-place calls on it (the same tensor): they take
     #: the step's value from then on
     writes: tuple[fx.Node, ...] = ()
+    #: operands of integers used as numbers that this floating-point step meets without a cast (``day * 0.5``, a ``cat``
+    #: with floats): each cast to the step's dtype first, as torch's type promotion does, and attributed there
+    promoted: tuple[fx.Node, ...] = ()
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments ``fn`` takes, nodes among them (a Python operator's operands swapped where ``swap``)."""
@@ -372,6 +375,8 @@ class GraphPlan:
         written_as: dict[fx.Node, tuple[fx.Node, ...]] = {}  # (each in-place result: the nodes of the same tensor)
         for node in graph.nodes:
             step = self._decide_ids(node, tokens, ids, tracked, numbers) if self._uses_ids(node, ids) else None
+            if step is not None and step.kind == "promote":
+                step = self._promoted(node, registry, explained, tracked, ids, (order, written_as))
             if step is None:
                 step = self._decide(node, registry, explained, tracked, (order, written_as))
             if step.kind in ("tokens", "move", "cast", "meta"):
@@ -430,13 +435,37 @@ class GraphPlan:
         fn, _ = _function(node)
         use = token_use(fn, node, set(ids), tracked) if fn is not None else None
         source = next(ids[n] for n in node.all_input_nodes if n in ids)
-        if use == "cast" and _floating(node.meta.get("example_value")) and source in numbers:
+        floating = _floating(node.meta.get("example_value"))
+        if use == "cast" and floating and source in numbers:
             use = "lookup"
+        if use is None and floating and all(ids[n] in numbers for n in node.all_input_nodes if n in ids):
+            return _Step(node, "promote", position=source)  # (decided as a floating-point step: see __init__)
         if use is None:
             name = op_name(fn) if fn is not None else str(node.target)
             what = "an integer input used as a number" if source in numbers else "token ids"
             raise NotCaptured(f"{name} on {what} (only their moves, casts to floating point and embedding lookups are taken)")
         return _Step(node, use, fn=fn, name=op_name(fn), position=source)
+
+    @classmethod
+    def _promoted(
+        cls,
+        node: fx.Node,
+        registry: RuleRegistry,
+        explained: set[int],
+        tracked: set[fx.Node],
+        ids: dict[fx.Node, int],
+        writes: tuple[dict[fx.Node, int], dict[fx.Node, tuple[fx.Node, ...]]],
+    ) -> _Step:
+        """A floating-point step on integers used as numbers without a cast (type promotion): its rule's step, each of
+        those operands cast to its dtype first (:attr:`_Step.promoted`)."""
+        promoted = tuple(n for n in node.all_input_nodes if n in ids)
+        step = cls._decide(node, registry, explained, tracked | set(promoted), writes)
+        if step.kind not in ("linear", "rule") or step.writes:
+            fn, _ = _function(node)
+            name = op_name(fn) if fn is not None else str(node.target)
+            raise NotCaptured(f"{name} on an integer input used as a number, written in place or not a rule's operation")
+        step.promoted = promoted
+        return step
 
     @staticmethod
     def _decide(
@@ -526,10 +555,12 @@ class GraphPlan:
             else:
                 try:
                     side = self._side(step, call)
+                    operands = self._promote(step, env, call) if step.promoted else env
                     # (a graph's first run with given sides: each step's reference side also computed from its
                     # operands' on the pairs, and compared with the given one)
-                    live = self._pair(step, env, call.grid, (True, None)).r if sides is not None and sides.verifying else None
-                    env[node] = self._pair(step, env, call.grid, side)
+                    verifying = sides is not None and sides.verifying
+                    live = self._pair(step, operands, call.grid, (True, None)).r if verifying else None
+                    env[node] = self._pair(step, operands, call.grid, side)
                     if live is not None:
                         self._verify(step, live, side[1])
                     if step.kind == "mask":
@@ -543,6 +574,19 @@ class GraphPlan:
                 except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
                     raise NotCaptured(f"{step.name} ({type(error).__name__} in its rule)") from error
         raise NotCaptured("a graph without an output")
+
+    @staticmethod
+    def _promote(step: _Step, env: dict[fx.Node, Any], call: _Call) -> dict[fx.Node, Any]:
+        """``env`` with each of the step's operands of integers used as numbers cast to the step's dtype: a lookup of
+        the integers' values (captured_tokens.py), attributed to their positions."""
+        dtype = _example(step.node).dtype
+        operands = dict(env)
+        for node in step.promoted:
+            value = env[node]
+            leaf, reference, made = lookup(torch.Tensor.to, (value, dtype), {}, value)
+            call.lookups.append(made)
+            operands[node] = PairValue(leaf, reference)
+        return operands
 
     @staticmethod
     def _on_ids(step: _Step, env: dict[fx.Node, Any], call: _Call) -> Any:

@@ -8,7 +8,8 @@ indices, a pad or ``masked_fill`` by a constant, a cast to other integers) runs 
 among the positions. A lookup (``F.embedding``, ``torch.embedding``, ``weight[ids]``) makes the input side's vectors a
 leaf whose gradient, times the difference of the two sides' vectors and summed over each vector, is added to the
 positions the ids came from (:func:`token_contributions`), as the intercepted pass does. A cast of an integer input
-used as a number to floating point is such a lookup of the integers' own values (one per position). Any other use of
+used as a number to floating point (explicit, or torch's type promotion where it meets floats) is such a lookup of the
+integers' own values (one per position). Any other use of
 the ids (a comparison, arithmetic) is not taken: the call runs the intercepted pass, which follows them further.
 """
 

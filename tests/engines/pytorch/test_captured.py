@@ -659,13 +659,35 @@ def test_integer_inputs_cast_to_floating_point_are_captured_as_numbers(use: str)
     assert np.abs(np.asarray(numbers)).max() > 0
 
 
-def test_integers_that_meet_floats_without_a_cast_run_the_intercepted_pass_and_say_so() -> None:
-    """Type promotion (``ids * 0.5``) makes an integer input a number where it meets floats: not taken yet."""
-    from .test_tokens import NUMBER_USES, counts
+@pytest.mark.parametrize("use", ["arithmetic", "true_division", "joined_to_floats", "calendar"])
+def test_integers_that_meet_floats_without_a_cast_are_cast_as_torch_promotes_them(use: str) -> None:
+    """Type promotion (``ids * 0.5``, a ``cat`` of integers with floats) makes an integer input a number where it meets
+    floats: cast to the operation's dtype there and attributed at that cast, the intercepted values bit for bit."""
+    from .test_tokens import NUMBER_USES, calendar, counts
 
     torch.manual_seed(6)
-    model = counts(NUMBER_USES["arithmetic"]).double().eval()
+    g = torch.Generator().manual_seed(3)
+    if use == "calendar":  # (a float32 sequence joined with int64 days: the days are cast to float32)
+        model: nn.Module = calendar().eval()
+        background = [torch.randn(4, 5, 2, generator=g), torch.randint(0, 7, (4, 5), generator=g)]
+        X = [torch.randn(3, 5, 2, generator=g), torch.randint(0, 7, (3, 5), generator=g)]
+    else:
+        model = counts(NUMBER_USES[use]).double().eval()
+        background, X = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)  # type: ignore[assignment]
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    assert np.abs(np.asarray(got[1] if use == "calendar" else got)).max() > 0
+
+
+def test_integer_arithmetic_before_the_cast_runs_the_intercepted_pass_and_says_so() -> None:
+    """Integer arithmetic on an integer input before its cast to floating point is not taken yet."""
+    from .test_tokens import counts
+
+    torch.manual_seed(6)
+    model = counts(lambda x: (x * 2 + 1).double()).double().eval()
     g = torch.Generator().manual_seed(3)
     data = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)
     captured = _handed_back(model, "intercepted: the captured pass does not take", data)
-    assert "on token ids" not in captured.pass_path and "integer" in captured.pass_path, captured.pass_path
+    assert "an integer input used as a number" in captured.pass_path, captured.pass_path
