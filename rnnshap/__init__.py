@@ -16,6 +16,7 @@ except _PackageNotFoundError:  # pragma: no cover - run from a source tree that 
 from . import metrics, plots, recurrent, rules
 from .errors import (
     AdditivityError,
+    AdditivityWarning,
     InputError,
     ModelStateError,
     RnnShapError,
@@ -41,6 +42,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AdditivityError",
+    "AdditivityWarning",
     "DeepExplainer",
     "InputError",
     "ModelStateError",

@@ -216,6 +216,13 @@ class Engine(ABC):
         self.refresh_background_outputs()
         return True
 
+    def outputs_together(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The model's outputs on the samples ``inputs`` and on the background, run as one batch (another composition
+        than the passes' and the constructor's, for the additivity check to measure how far the model's own outputs
+        move with it), float64 ``(n, n_outputs)`` and ``(references, n_outputs)``; None where the engine does not
+        run them so."""
+        return None
+
     def background_rows(self) -> list[Any]:
         """The background as :meth:`predict` may take it (copies, where a forward may write into its inputs)."""
         return list(self.background)

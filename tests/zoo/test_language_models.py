@@ -7,6 +7,7 @@ runs this file against the newest release too, .ci/newest.sh)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -106,3 +107,29 @@ def test_a_plain_state_written_after_a_product_read_it_is_refused_by_name() -> N
 
     with pytest.raises(ModelStateError, match="torch.autograd cannot differentiate this forward"):
         rnnshap.DeepExplainer(Function(forward), torch.randn(3, 4)).shap_values(torch.randn(2, 4))
+
+
+@pytest.mark.slow
+def test_mamba_at_130m_size_in_float32_gives_values_that_add_up_within_its_own_rounding() -> None:
+    """Mamba-130m's configuration (24 layers of width 768, sequential scan), random weights, 128 tokens, float32: its own
+    logit at token 100 moves by about 5e-4 of its scale with the batch the prompt runs in (1e-4 is float32's
+    tolerance). The default check gives the values (within the tolerance, or within twice that spread with a warning
+    that names it: tests/test_additivity.py), and the tokens after the explained one get exactly 0."""
+    if getattr(transformers, "MambaConfig", None) is None:
+        pytest.skip("no Mamba in this transformers")
+    torch.manual_seed(0)
+    config = transformers.MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16, expand=2,
+                                      conv_kernel=4, use_mambapy=False)  # fmt: skip
+    model = transformers.MambaForCausalLM(config).eval()
+    length, position = 128, 100
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings()(torch.randint(0, config.vocab_size, (2, length), generator=g))
+    head = Function(lambda e: model(inputs_embeds=e, use_cache=False).logits[:, position, :1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rnnshap.AdditivityWarning)
+        values = rnnshap.DeepExplainer(head, embeddings[:1]).shap_values(embeddings[1:])  # (1, length, 768, 1)
+    assert np.all(values[:, position + 1 :] == 0.0) and np.abs(values[:, : position + 1]).max() > 0
+    with torch.no_grad():
+        spread = float((head(embeddings) - torch.cat([head(embeddings[:1]), head(embeddings[1:])])).abs().max())
+    assert spread > 1e-4 * float(head(embeddings).abs().max())  # (the case this test is for: beyond float32's tolerance)

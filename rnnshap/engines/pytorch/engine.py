@@ -289,6 +289,11 @@ class TorchEngine(Engine):
             state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
 
+    def outputs_together(self, inputs: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        n = int(inputs[0].shape[0])
+        together = self.predict([torch.cat([x, b]) for x, b in zip(inputs, self.background, strict=True)])
+        return together[:n], together[n:]
+
     def compile_passes(self, mode: Any) -> None:
         """``compile=``: False, the input pass intercepted at every call; ``"trace"``, traced once per input shapes
         into a program of aten operations and run as one (the same values bit for bit); ``"auto"``, traced once a

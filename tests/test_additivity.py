@@ -1,0 +1,80 @@
+"""The additivity check where the model's own outputs are not reproducible to the tolerance of its dtype.
+
+A float32 model whose outputs for the same rows move with the batch they run in (a deep stack of long recurrences) cannot
+be checked tighter than that: a sum that misses the tolerance passes within twice the spread the check measures, with a
+warning that says so; a larger miss, a model whose outputs do not move, and float64 are refused or checked as before.
+The check is called here on attributions made by hand, so that the miss and the spread are known exactly.
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from rnnshap import AdditivityError, AdditivityWarning
+from rnnshap.additivity import SPREAD_FACTOR, check_additivity
+from rnnshap.attribution import Attribution
+
+F_X, E_F = 1.0, 0.25  # the model's output on the sample, and its mean over the background
+
+
+def _attribution(miss: float) -> Attribution:
+    """One sample, one output, two input features whose values sum to f(x) − E[f] + ``miss``."""
+    gap = F_X - E_F + miss
+    return Attribution(
+        values=[np.array([[[0.75 * gap], [0.25 * gap]]])],
+        selected=np.array([[0]]),
+        outputs=np.array([[F_X]]),
+        base_values=np.array([[E_F]]),
+    )
+
+
+def _engine(dtype: str = "float32") -> object:
+    return types.SimpleNamespace(dtype=dtype, precision_note=None)
+
+
+def _moved(sample: float, background: float, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
+    """The model's outputs run again as one batch: the sample's moved by ``sample``, the background's mean by
+    ``background`` (two rows that move alike)."""
+
+    def together() -> tuple[np.ndarray, np.ndarray]:
+        if calls is not None:
+            calls.append(1)
+        return np.array([[F_X + sample]]), np.array([[E_F - background], [E_F - background]])
+
+    return together
+
+
+def test_a_miss_within_twice_the_models_own_spread_passes_and_says_so() -> None:
+    """A miss of 5e-4 of the scale (five float32 tolerances) where the model's own outputs move by 3e-4 in another
+    batch (2e-4 on the sample, 1e-4 on the background's mean): within 1e-4 + 2 × 3e-4."""
+    with pytest.warns(AdditivityWarning, match=r"model's own float32 rounding") as caught:
+        check_additivity(_attribution(5e-4), _engine(), None, _moved(2e-4, 1e-4))
+    message = str(caught[0].message)
+    assert "move by up to 0.0003" in message and "model.double()" in message and f"{SPREAD_FACTOR} times" in message
+
+
+def test_a_model_whose_outputs_do_not_move_is_refused_as_before() -> None:
+    with pytest.raises(AdditivityError, match="do not add up") as caught:
+        check_additivity(_attribution(5e-4), _engine(), None, _moved(0.0, 0.0))
+    assert "move by up to" not in str(caught.value)  # (nothing moved: not a cause)
+
+
+def test_a_miss_beyond_twice_the_spread_is_refused_with_the_spread_measured() -> None:
+    with pytest.raises(AdditivityError, match=r"move by up to 0.0003 when they run in another batch") as caught:
+        check_additivity(_attribution(5e-3), _engine(), None, _moved(2e-4, 1e-4))
+    assert "this error is larger" in str(caught.value)
+
+
+def test_a_sum_within_the_tolerance_runs_nothing_again_and_float64_is_not_widened() -> None:
+    calls: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no warning either)
+        check_additivity(_attribution(5e-5), _engine(), None, _moved(2e-4, 1e-4, calls))
+    assert calls == []
+    with pytest.raises(AdditivityError):  # (float64 carries a model's outputs to 1e-9: no spread is asked)
+        check_additivity(_attribution(5e-4), _engine("float64"), None, _moved(2e-4, 1e-4, calls))
+    assert calls == []
