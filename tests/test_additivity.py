@@ -78,3 +78,11 @@ def test_a_sum_within_the_tolerance_runs_nothing_again_and_float64_is_not_widene
     with pytest.raises(AdditivityError):  # (float64 carries a model's outputs to 1e-9: no spread is asked)
         check_additivity(_attribution(5e-4), _engine("float64"), None, _moved(2e-4, 1e-4, calls))
     assert calls == []
+
+
+def test_a_model_that_cannot_run_the_batch_again_is_refused_as_before() -> None:
+    def fails() -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(AdditivityError, match="do not add up"):
+        check_additivity(_attribution(5e-4), _engine(), None, fails)

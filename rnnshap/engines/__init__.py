@@ -40,7 +40,7 @@ def engine_for(
     dropout or batch statistics is explained in eval mode, as shap does, and left as given.
 
     ``layer_output``: with ``(module, layer)``, attributions to the output of ``layer`` instead of its
-    input (``InterimEngine`` with ``side="output"``)."""
+    input (a ``LayerForm`` with ``side="output"``)."""
     if layer_output and not registry.is_layer_pair(model):
         from ..errors import InputError
 

@@ -81,13 +81,17 @@ def is_function(value: Any) -> bool:
 
 # -- the builders ----------------------------------------------------------------------------------------------------------
 def _interim_engine(model: Any, data: Any, setup: Setup) -> Engine:
-    from .pytorch.model_forms import InterimEngine, in_eval_mode
+    from .pytorch.engine import TorchEngine
+    from .pytorch.model_forms import LayerForm, in_eval_mode
 
     whole, layer = model
     side = "output" if setup.layer_output else "input"
-    return in_eval_mode(  # type: ignore[no-any-return]
-        whole, lambda m: InterimEngine(m, layer, data, rules=setup.rules, output=setup.output, side=side)
-    )
+
+    def build(m: Any) -> TorchEngine:
+        form = LayerForm(m, layer, data, side)
+        return TorchEngine(form.split, form.background, rules=setup.rules, output=setup.output, layer=form)
+
+    return in_eval_mode(whole, build)  # type: ignore[no-any-return]
 
 
 def _torch_engine(model: Any, data: Any, setup: Setup) -> Engine:

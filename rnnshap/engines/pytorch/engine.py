@@ -31,6 +31,7 @@ from .discrete import MASK, NUMBER, TOKEN
 from .gradients import contribution, grads_per_output
 from .kept import KeptReferencePasses, kept_key
 from .keras_on_torch import KerasModule
+from .model_forms import LayerForm
 from .passes import AttributionMode
 from .reads import ForwardReads
 from .runner import PairPass, PassSettings, run_pass
@@ -56,9 +57,15 @@ class TorchEngine(Engine):
         rules: Mapping[Any, Rule] | None = None,
         output: OutputChoice = None,
         input_names: list[Any] | None = None,
+        layer: LayerForm | None = None,
     ) -> None:
         check_model(model)
         self.model = model
+        #: ``(model, layer)``: the model split at the layer (``model`` is then ``layer.split``), whose inputs are the
+        #: layer's tensors made from the model's own inputs (model_forms.py); else None
+        self.layer_form = layer
+        if layer is not None:
+            self.attributes_model_inputs, self.side = False, layer.side
         #: the keys of a model called with a dict of inputs (``model`` is then ``DictInputs``), else None
         self.input_names = input_names
         #: which output tensor is explained (``output=``), and where each sits in the output vector
@@ -100,6 +107,8 @@ class TorchEngine(Engine):
         self.background_outputs = numpy(outputs).astype(np.float64)
         check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
         self._passes(probe, outputs)
+        if layer is not None:
+            layer.check_cut(*layer.background_cut, self._take)
 
     def _passes(self, probe: AttributionMode, outputs: Tensor) -> None:
         """The state of the passes a call runs: intercepted until :meth:`compile_passes` says otherwise, the reference
@@ -256,6 +265,22 @@ class TorchEngine(Engine):
 
     # -- inputs -----------------------------------------------------------------------------------
     def inputs(self, X: Any, what: str) -> list[Tensor]:
+        form = self.layer_form
+        converted = None if form is None else form.layer_inputs(X, what, self._take)
+        if form is None or converted is None:
+            return self._inputs(X, what)
+        result = self._inputs(converted, what)
+        form.remember(result)
+        return result
+
+    def take(self, inputs: list[Any], start: int, stop: int) -> list[Any]:  # type: ignore[override]
+        part = [x[start:stop] for x in inputs]
+        if self.layer_form is not None:
+            self.layer_form.remember(part)  # (a block of layer tensors: taken as they are by inputs)
+        return part
+
+    def _inputs(self, X: Any, what: str) -> list[Tensor]:
+        """``X`` as the model's inputs: tensors of the background's dtype and device, matching it."""
         if isinstance(X, dict) and self.input_names is not None:
             if set(X) != set(self.input_names):
                 raise InputError(
@@ -360,6 +385,8 @@ class TorchEngine(Engine):
             self._captured.forget()
 
     def refresh_background_outputs(self) -> None:
+        if self.layer_form is not None:
+            self.layer_form.refuse_refresh()
         # the model changed (trained, loaded, replaced): kept reference passes were recorded on another model, even
         # where the references' outputs, which vet them, happen not to move
         self.forget_reference_passes()

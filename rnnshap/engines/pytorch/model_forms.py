@@ -4,9 +4,9 @@
   (it calls ``model.eval()``): :class:`EvalMode` switches every module to eval for each pass and puts
   every training flag back after it, so the model is left as given.
 - ``(model, layer)``, shap's "interim layer" form: the values are attributions to the input of
-  ``layer``, for samples and background given as the model's own inputs. :class:`InterimEngine`
-  explains :class:`FromLayer`, the model split at ``layer`` (the layer's input is the function's
-  input), on the layer's inputs computed from the model's. With ``layer_output=True`` the split is
+  ``layer``, for samples and background given as the model's own inputs. The engine explains
+  :class:`FromLayer`, the model split at ``layer`` (the layer's input is the function's input), on the
+  layer's inputs computed from the model's by a :class:`LayerForm` it holds. With ``layer_output=True`` the split is
   after ``layer``: the values are attributions to its output (every floating-point tensor of it: an
   ``nn.LSTM``'s ``out``, ``h_n`` and ``c_n``), the hidden states over time of a recurrent layer.
 """
@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...errors import InputError, ModelStateError
-from ...rules.base import Rule
-from ..outputs import OutputChoice
-from .engine import TorchEngine
 from .safety import as_tensors, check_matching, has_active_randomness, model_device_and_dtype, refuse_scripted
 from .state import AsFunction, PreservedState, compiled_anywhere
 
@@ -151,7 +148,7 @@ class FromLayer(nn.Module):
     replaced by ``z``; ``args`` follow the model's inputs unchanged.
 
     What the model computes before the cut runs on a constant (``anchor``: one row of the model's
-    inputs, repeated to the batch) and is discarded where it reaches the cut; :class:`InterimEngine`
+    inputs, repeated to the batch) and is discarded where it reaches the cut; :class:`LayerForm`
     (and :mod:`rnnshap.captum`'s layer classes) check that nothing of it reaches the output another way."""
 
     def __init__(
@@ -277,29 +274,18 @@ def probe_positions(
     return batch_axes(leaves, batch, other, other_batch, _name_of(model, layer), side)
 
 
-class InterimEngine(TorchEngine):
+class LayerForm:
     """``DeepExplainer((model, layer), data)``: attributions to the input of ``layer`` (shap's form), or
     with ``side="output"`` (``DeepExplainer(..., layer_output=True)``) to its output.
 
-    ``data`` and every ``X`` are the model's inputs; :meth:`inputs` turns them into the layer's inputs
-    (or outputs: one forward pass), which the engine then explains as the inputs of :class:`FromLayer`.
-    The base value is the mean model output over the background, as in shap. A model whose output
-    depends on its inputs other than through the cut (a skip connection around it) is refused: no
-    attribution to the layer's tensors alone adds up then.
+    ``data`` and every ``X`` are the model's inputs; :meth:`layer_inputs` turns them into the layer's inputs
+    (or outputs: one forward pass), which the engine (``TorchEngine(form.split, form.background, layer=form)``)
+    then explains as the inputs of :class:`FromLayer`. The base value is the mean model output over the background, as
+    in shap. A model whose output depends on its inputs other than through the cut (a skip connection around it) is
+    refused: no attribution to the layer's tensors alone adds up then.
     """
 
-    attributes_model_inputs = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: nn.Module,
-        data: Any,
-        *,
-        rules: Mapping[Any, Rule] | None = None,
-        output: OutputChoice = None,
-        side: str = "input",
-    ) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Module, data: Any, side: str = "input") -> None:
         if not any(module is layer for module in model.modules()):
             raise InputError(
                 f"(model, layer): the layer ({type(layer).__name__}) is not a submodule of the model; give one of "
@@ -316,16 +302,17 @@ class InterimEngine(TorchEngine):
         self.layer_name = _name_of(model, layer)
         self.layer = layer
         self.positions = probe_positions(model, layer, self.model_background, (), side)
-        z, direct = self._layer_inputs(self.model_background)
+        z, direct = self._layer_tensors(self.model_background)
         anchor = [b[:1].clone() for b in self.model_background]
+        #: the model split at the layer: the function the engine explains
         self.split = FromLayer(model, layer, anchor, self.positions, side)
-        #: the layer tensors this engine made, by id (a weak reference tells that it is the same tensor)
+        #: the layer's tensors on the background (as the engine's background), and the model's own output on it
+        self.background: Any = z if len(z) > 1 or self.model_multi_input else z[0]
+        self.background_cut = (z, direct)
+        #: the layer tensors this form made, by id (a weak reference tells that it is the same tensor)
         self._converted: dict[int, weakref.ref[Tensor]] = {}
-        layered: Any = z if len(z) > 1 or self.model_multi_input else z[0]
-        super().__init__(self.split, layered, rules=rules, output=output)
-        self._check_cut(z, direct)
 
-    def refresh_background_outputs(self) -> None:
+    def refuse_refresh(self) -> None:
         """The layer's tensors on the background were computed by the model as it was: refuse."""
         raise ModelStateError(
             f"The model was changed (its parameters or buffers written or replaced) after this (model, layer) explainer "
@@ -333,7 +320,7 @@ class InterimEngine(TorchEngine):
             "it was. Build a new explainer for the model as it is now."
         )
 
-    def _layer_inputs(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any]:
+    def _layer_tensors(self, inputs: list[Tensor]) -> tuple[list[Tensor], Any]:
         """The layer's floating-point tensors (its positional inputs, nested ones too, or its output's)
         when the model runs on ``inputs``, each with its batch axis first, and the model's output."""
         leaves, out = layer_tensors(self.whole, self.layer, inputs, (), self.side)
@@ -349,15 +336,16 @@ class InterimEngine(TorchEngine):
             z.append(a.detach().movedim(axis, 0).clone())
         return z, out
 
-    def _check_cut(self, z: list[Tensor], direct: Any) -> None:
-        """Refuse a model whose output on ``z`` from a constant upstream differs from its own output."""
+    def check_cut(self, z: list[Tensor], direct: Any, take: Any) -> None:
+        """Refuse a model whose output on the layer's tensors ``z`` from a constant upstream differs from its own output
+        ``direct`` (``take``: the explained output of a model's result)."""
         state = PreservedState(self.whole)
         try:
             with torch.no_grad():
-                split = self._take(self.model(*z))
+                split = take(self.split(*z))
         finally:
             state.restore()
-        whole = self._take(direct)
+        whole = take(direct)
         scale = float(whole.detach().abs().max()) if whole.numel() else 0.0
         tolerance = 64 * torch.finfo(whole.dtype).eps * max(scale, 1.0) if whole.is_floating_point() else 0.0
         if split.shape != whole.shape or float((split - whole).abs().max()) > tolerance:
@@ -368,25 +356,20 @@ class InterimEngine(TorchEngine):
                 f"silently drop that path). Pick a layer whose {self.side} every path to the output goes through."
             )
 
-    def inputs(self, X: Any, what: str) -> list[Tensor]:
-        """``X``, the model's inputs, as the layer's tensors (already converted ones pass)."""
+    def layer_inputs(self, X: Any, what: str, take: Any) -> Any | None:
+        """``X``, the model's inputs, as the layer's tensors (in the form of the engine's background), the cut checked
+        on them; None where ``X`` is layer tensors this form made already."""
         items = X if isinstance(X, (list, tuple)) else [X]
         if items and all(isinstance(x, Tensor) and self._made(x) for x in items):
-            return super().inputs(X, what)
+            return None
         tensors = as_tensors(X, what, self.model_multi_input, *model_device_and_dtype(self.whole))
         check_matching(tensors, self.model_background, what)
-        z, direct = self._layer_inputs(tensors)
-        self._check_cut(z, direct)
-        result = super().inputs(z if len(z) > 1 or self.model_multi_input else z[0], what)
-        self._remember(result)
-        return result
+        z, direct = self._layer_tensors(tensors)
+        self.check_cut(z, direct, take)
+        return z if len(z) > 1 or self.model_multi_input else z[0]
 
-    def take(self, inputs: list[Any], start: int, stop: int) -> list[Any]:  # type: ignore[override]
-        part = [x[start:stop] for x in inputs]
-        self._remember(part)
-        return part
-
-    def _remember(self, tensors: list[Tensor]) -> None:
+    def remember(self, tensors: list[Tensor]) -> None:
+        """Mark ``tensors`` as layer tensors made here (the engine's inputs, and the blocks it takes of them)."""
         self._converted = {key: ref for key, ref in self._converted.items() if ref() is not None}
         self._converted.update((id(t), weakref.ref(t)) for t in tensors)
 
