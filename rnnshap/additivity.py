@@ -12,11 +12,13 @@ normalisation's scale near zero, is the usual cause): the check refuses it, with
 ``Σ|φ| / scale`` measured, rather than accept a miss that grows with the values.
 
 A model whose own outputs are not reproducible to the tolerance (a deep stack of long recurrences in float32, whose
-outputs for the same rows move with the batch they run in) cannot be checked tighter than that: where a sum misses in a
-dtype coarser than float64, the check runs the samples and the background again as one batch and measures how far the
-model's own outputs moved. A miss within the tolerance plus twice that (:data:`SPREAD_FACTOR`: the sum and the model's
-outputs each carry the model's rounding once) passes with an :class:`~rnnshap.errors.AdditivityWarning` that says so;
-a larger one is refused, the spread measured in the message.
+outputs for the same rows move with the batch they run in) cannot be checked tighter than that: where a sum misses the
+default tolerance in a dtype coarser than float64, the check asks the engine how far the model's own outputs on the
+samples and the background move between running alone and as one batch (:meth:`Engine.outputs_moved`; the PyTorch
+engine measures it where no context input enters the pairs). A miss within the tolerance plus twice that spread
+(:data:`SPREAD_FACTOR`: the sum and the model's outputs each carry the model's rounding once) passes with an
+:class:`~rnnshap.errors.AdditivityWarning` that says so; a larger one is refused, the spread in the message. A
+tolerance given (``check_additivity=1e-6``) is kept as given.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ UNCHECKABLE = 10
 #: outputs moved between two batch compositions of the same rows
 SPREAD_FACTOR = 2
 
-#: the model's outputs on the samples and on the background run as one batch, or None (Engine.outputs_together)
-Together = Callable[[], "tuple[np.ndarray, np.ndarray] | None"]
+#: how far the model's own outputs on the samples and on each background row move between running alone and as one
+#: batch, or None (Engine.outputs_moved)
+Moved = Callable[[], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 def additivity_option(check: Any) -> bool | float:
@@ -51,10 +54,10 @@ def additivity_option(check: Any) -> bool | float:
     raise InputError(f"check_additivity must be True, False or a positive relative tolerance (such as 1e-6), got {check!r}")
 
 
-def check_additivity(attribution: Attribution, engine: Engine, rtol: float | None, together: Together | None = None) -> None:
+def check_additivity(attribution: Attribution, engine: Engine, rtol: float | None, moved: Moved | None = None) -> None:
     """Raise :class:`AdditivityError` where Σφ misses f(x) − E[f] by more than the tolerance (``rtol``,
-    or the one of ``engine``'s dtype); ``together`` runs the samples and the background as one batch, where a sum in a
-    dtype coarser than float64 misses (see the module's docstring)."""
+    or the one of ``engine``'s dtype); ``moved`` measures how far the model's own outputs move with the batch, asked
+    where a sum in a dtype coarser than float64 misses the default tolerance (see the module's docstring)."""
     selected = attribution.selected
     n, k = selected.shape
     rows = np.arange(n)[:, None]
@@ -65,6 +68,7 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     # below the dtype's least normal number its relative precision is gone: that is the scale's floor
     scale = np.maximum(np.maximum(np.abs(fx), np.abs(expected)), TINY.get(engine.dtype, 0.0))
     dtype = engine.dtype
+    widened = moved if rtol is None else None  # (a tolerance given is kept as given)
     rtol = rtol if rtol is not None else RTOL.get(dtype, 1e-4)
     failing = ~(error <= rtol * scale)  # NaN fails too
     eps = EPS.get(dtype, 0.0)
@@ -74,8 +78,8 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     # it does so by chance (another CPU or order of summation need not), and the check cannot vouch for the values
     uncheckable = np.isfinite(totals) & (np.nan_to_num(conditionings) * eps > UNCHECKABLE * rtol)
     spread = None
-    if failing.any() and not uncheckable.any() and together is not None and eps > EPS["float64"] and np.isfinite(totals).all():
-        spread = _spread(together, attribution)
+    if failing.any() and not uncheckable.any() and widened is not None and eps > EPS["float64"] and np.isfinite(totals).all():
+        spread = _spread(widened, attribution)
         if spread is not None and bool((error <= rtol * scale + SPREAD_FACTOR * spread).all()):
             _say_within_the_models_rounding(error, scale, spread, selected, dtype)
             return
@@ -134,21 +138,19 @@ def check_additivity(attribution: Attribution, engine: Engine, rtol: float | Non
     )
 
 
-def _spread(together: Together, attribution: Attribution) -> np.ndarray | None:
-    """``(n, k)``: how far the model's own outputs for the explained samples and (on average) for the background
-    moved when run again as one batch, added, for each attributed output; None where the engine cannot run them so."""
+def _spread(moved: Moved, attribution: Attribution) -> np.ndarray | None:
+    """``(n, k)``: how far the model's own outputs move with the batch they run in, for each explained sample and
+    attributed output: its own move, and the mean move of the background rows; None where the engine does not say."""
     try:
-        again = together()
+        measured = moved()
     except Exception:  # noqa: BLE001 (a model that cannot run that batch: the check refuses as it would without it)
         return None
-    if again is None:
+    if measured is None:
         return None
-    samples, background = again
-    n, k = attribution.selected.shape
+    samples, background = measured
+    n = attribution.selected.shape[0]
     rows = np.arange(n)[:, None]
-    moved_x = np.abs(samples[rows, attribution.selected] - attribution.outputs[rows, attribution.selected])
-    moved_r = np.abs(background.mean(0)[attribution.selected] - attribution.base_values[rows, attribution.selected])
-    spread = moved_x + moved_r
+    spread = samples[rows, attribution.selected] + background.mean(0)[attribution.selected]
     return spread if np.isfinite(spread).all() else None
 
 
@@ -167,5 +169,5 @@ def _say_within_the_models_rounding(
         f"{SPREAD_FACTOR} times that. Explain a float64 copy of the model (model.double()) for values that add up to "
         "1e-9 of the output's scale.",
         AdditivityWarning,
-        stacklevel=4,
+        stacklevel=5,  # (the user's call: shap_values → attribution → check_additivity → here)
     )

@@ -224,11 +224,11 @@ class AdditivityError(RnnShapError, AssertionError):
         self.sample, self.ill_conditioned = sample, ill_conditioned
 
 
-
 class AdditivityWarning(UserWarning):
     """The attributions add up within the model's own rounding but not within the tolerance of its dtype: its
     outputs for the same rows move with the batch they run in by more than that tolerance (see
     :mod:`rnnshap.additivity`)."""
+
 
 class TapeMismatchError(RnnShapError, RuntimeError):
     """The reference pass and the input pass of the model ran different operations.

@@ -502,8 +502,8 @@ class DeepExplainer:
                 check_batch_size(batch_size)
             result = attribute(engine, inputs, selected, batch_size or self.batch_size, show, multipliers=bool(multipliers))
         if check is not False:
-            together = lambda: engine.outputs_together(inputs)  # noqa: E731 (run only where a sum in float32 misses)
-            additivity.check_additivity(result, engine, None if check is True else float(check), together)
+            moved = lambda: engine.outputs_moved(inputs)  # noqa: E731 (run only where a sum in float32 misses)
+            additivity.check_additivity(result, engine, None if check is True else float(check), moved)
         return result
 
 

@@ -12,7 +12,8 @@ prompt's. DeepSHAP (the default) adds up to that move exactly and gives every to
 0 (a causal model does not read it); ``method="shapley"`` gives Shapley values of the same game, exact where the
 ``budget`` covers every coalition, estimates otherwise (a warning says so; docs/shapley.md). Any ``*ForCausalLM``
 of transformers is taken (any module called as ``model(input_ids=ids, use_cache=False)`` returning ``.logits``); the
-model runs without its cache. The prompt and the continuation are tokenized apart, without special tokens: the ids
+model runs without its cache, or with its own default where it cannot run without (RecurrentGemma of transformers
+4.x). The prompt and the continuation are tokenized apart, without special tokens: the ids
 scored are the continuation's own tokens.
 """
 
@@ -33,17 +34,40 @@ class TokenScores(torch.nn.Module):
     """The scores a :func:`explain_text` explains, as a function of the token ids ``(N, L)``: at each scored position
     ``p`` the log-probability of the token ``targets[j]`` (``log_probabilities``), or its logit."""
 
-    def __init__(self, model: torch.nn.Module, positions: Sequence[int], targets: Sequence[int], log_probabilities: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        positions: Sequence[int],
+        targets: Sequence[int],
+        log_probabilities: bool,
+        call: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.log_probabilities = model, log_probabilities
         self.positions, self.targets = list(positions), list(targets)
+        #: the keyword arguments of the model's call beside the ids (``use_cache=False`` by default: :func:`_call`)
+        self.call = {"use_cache": False} if call is None else call
 
     def forward(self, ids: Tensor) -> Tensor:
-        logits = self.model(input_ids=ids, use_cache=False).logits[:, self.positions]  # (N, K, vocabulary)
+        logits = self.model(input_ids=ids, **self.call).logits[:, self.positions]  # (N, K, vocabulary)
         if self.log_probabilities:
             logits = torch.log_softmax(logits, dim=-1)
         index = torch.tensor(self.targets, device=logits.device).expand(logits.shape[0], -1).unsqueeze(-1)
         return logits.gather(-1, index).squeeze(-1)
+
+
+def _call(model: torch.nn.Module, ids: Tensor) -> tuple[dict[str, Any], Tensor]:
+    """How the model is called beside the ids: without its cache (``use_cache=False``), or with its own default where it
+    cannot run without (RecurrentGemma of transformers 4.x sets up its recurrent state only with the cache); and its
+    logits on ``ids`` so called."""
+    with torch.no_grad():
+        try:
+            return {"use_cache": False}, model(input_ids=ids, use_cache=False).logits
+        except Exception as error:  # noqa: BLE001 (tried with the model's own default; its failure, if any, is the first)
+            try:
+                return {}, model(input_ids=ids).logits
+            except Exception:  # noqa: BLE001
+                raise error from None
 
 
 def _token_id(tokenizer: Any, reference: str | int) -> int:
@@ -131,13 +155,12 @@ def explain_text(
         raise InputError("target= names the next token without a continuation; with one, its tokens are the targets")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     ids = prompt_ids + cont_ids[:-1]  # (the players; the last continuation token is scored, never read)
+    call, logits = _call(model, torch.tensor([ids], device=device))
     if cont_ids:
         positions, targets = list(range(len(prompt_ids) - 1, len(ids))), cont_ids
         names = cont_pieces
     else:
-        x = torch.tensor([ids], device=device)
-        with torch.no_grad():
-            last = model(input_ids=x, use_cache=False).logits[0, -1]
+        last = logits[0, -1]
         if target is None:
             chosen = int(last.argmax())
         elif isinstance(target, str):
@@ -148,7 +171,7 @@ def explain_text(
         else:
             chosen = int(target)
         positions, targets, names = [len(ids) - 1], [chosen], [tokenizer.decode([chosen])]
-    scores = TokenScores(model, positions, targets, log_probabilities=bool(cont_ids))
+    scores = TokenScores(model, positions, targets, log_probabilities=bool(cont_ids), call=call)
     if isinstance(reference, (str, int, np.integer)):
         background = torch.full((1, len(ids)), _token_id(tokenizer, reference), dtype=torch.long, device=device)
     else:

@@ -1,7 +1,8 @@
-"""rnnshap.text: a causal language model's scores explained over its tokens. A tiny GPT-2 of transformers and a
-word-level tokenizer, both built here (no download): DeepSHAP adds up to the scores the model's own forward gives,
-later tokens get exactly 0, and the Shapley mode equals Shapley values enumerated over every coalition of tokens
-through the model's own forward; shap.plots.text draws the result."""
+"""rnnshap.text: a causal language model's scores explained over its tokens. Tiny language models of transformers
+(GPT-2, Llama and the recurrent and state-space families of tests/zoo/test_language_models.py, built from their config
+classes) and a word-level tokenizer, all built here (no download): DeepSHAP adds up to the scores the model's own
+forward gives, later tokens get exactly 0, and the Shapley mode equals Shapley values enumerated over every coalition of
+tokens through the model's own forward; shap.plots.text draws the result."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ from rnnshap.text import explain_text  # noqa: E402
 WORDS = ["[PAD]", "[UNK]", "[EOS]", *"the a cat dog sat ran on under mat rug and slept".split()]
 
 
-@pytest.fixture(scope="module")
-def lm() -> tuple[torch.nn.Module, object]:
+#: the language models the door is tried on: GPT-2 first (the module's own), then the families of the zoo's test
+TEXT_FAMILIES = ["GPT2", "Llama", "Mamba", "Mamba2", "RecurrentGemma", "Rwkv"]
+
+
+@pytest.fixture(scope="module", params=TEXT_FAMILIES)
+def lm(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, object]:
     vocabulary = {w: i for i, w in enumerate(WORDS)}
     word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
     word_level.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
@@ -32,9 +37,12 @@ def lm() -> tuple[torch.nn.Module, object]:
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]"
     )
+    from .zoo.test_language_models import FAMILIES, _config
+
+    model_class, settings = FAMILIES[request.param]
+    config = _config(request.param, **{**settings, "vocab_size": len(WORDS)})
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=2, n_positions=16)
-    return transformers.GPT2LMHeadModel(config).eval(), tokenizer
+    return getattr(transformers, model_class)(config).eval(), tokenizer
 
 
 def _log_probabilities(model: torch.nn.Module, ids: list[int], scored: list[int], first: int) -> np.ndarray:

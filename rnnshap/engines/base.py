@@ -216,11 +216,11 @@ class Engine(ABC):
         self.refresh_background_outputs()
         return True
 
-    def outputs_together(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-        """The model's outputs on the samples ``inputs`` and on the background, run as one batch (another composition
-        than the passes' and the constructor's, for the additivity check to measure how far the model's own outputs
-        move with it), float64 ``(n, n_outputs)`` and ``(references, n_outputs)``; None where the engine does not
-        run them so."""
+    def outputs_moved(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """How far the model's own outputs move with the batch they run in (for the additivity check, where a sum in a
+        dtype coarser than float64 misses): ``|f(x)|`` of the samples ``inputs`` and of each background row, each run
+        alone against both run as one batch, float64 ``(n, n_outputs)`` and ``(references, n_outputs)``; None where the
+        engine does not measure it."""
         return None
 
     def background_rows(self) -> list[Any]:

@@ -392,7 +392,7 @@ class GraphPlan:
                 tracked.update(same)  # (a value written into by an input-dependent one depends on the input from then on)
             if step.kind in ("input", "linear", "rule", "lookup", "mask"):
                 tracked.add(node)
-                self._mark(step, tracked)
+                self._mark(step, tracked | set(step.promoted))  # (promoted integers: input-dependent operands)
             self.steps.append(step)
 
     def _mark(self, step: _Step, tracked: set[fx.Node]) -> None:

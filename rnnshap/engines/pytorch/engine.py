@@ -314,10 +314,13 @@ class TorchEngine(Engine):
             state.restore()
         return numpy(out.reshape(inputs[0].shape[0], -1)).astype(np.float64)
 
-    def outputs_together(self, inputs: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    def outputs_moved(self, inputs: list[Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.context_inputs or self.masked_inputs:
+            return None  # (a pair's reference side takes the sample's context: the background alone is another function)
         n = int(inputs[0].shape[0])
+        alone = self.predict(inputs), self.predict(self.background_rows())
         together = self.predict([torch.cat([x, b]) for x, b in zip(inputs, self.background, strict=True)])
-        return together[:n], together[n:]
+        return np.abs(together[:n] - alone[0]), np.abs(together[n:] - alone[1])
 
     def compile_passes(self, mode: Any) -> None:
         """``compile=``: False, the input pass intercepted at every call; ``"trace"``, traced once per input shapes
@@ -619,8 +622,10 @@ class TorchEngine(Engine):
             state.restore()
         if ran is None:
             return None
-        if nan_in_leaves:
-            check_missing_values_handled(leaves, ran[0].detach().reshape(ran[0].shape[0], -1), "X", block.references, block.s0)
+        if nan_in_leaves and not bool(torch.isfinite(ran[0].detach()).all()):
+            # (NaN among the outputs: the intercepted pass says whether the model leaves them unhandled, by name)
+            captured.path = "intercepted: missing values (NaN) reached the outputs of the captured graph"
+            return None
         moved = self._captured_outputs_moved(ran[0].detach(), ran[1].detach(), grid, rows, state, plain)
         if moved is not None:  # (the graph's interpretation is not the model's function: never answered from it)
             captured.off = f"the captured graph's outputs are not the model's own ({moved})"

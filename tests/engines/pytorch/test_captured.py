@@ -626,7 +626,10 @@ def test_missing_values_the_model_does_not_handle_are_an_input_error_on_the_capt
     captured = rnnshap.DeepExplainer(model, missing._windows(4, 0), compile="capture")
     with pytest.raises(rnnshap.InputError, match="does not handle: its output is NaN for row 1"):
         captured.shap_values(torch.cat([missing._windows(1, 1), missing._windows(1, 2, gap=2)]))
-    assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (said by the captured pass itself)
+    assert captured.pass_path.startswith("intercepted: missing values (NaN) reached"), captured.pass_path
+    X = missing._windows(2, 1)
+    assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, missing._windows(4, 0), compile=False).shap_values(X))
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (captured again: the error was the input's)
 
 
 def _calendar(m: nn.Module, x: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
@@ -637,7 +640,7 @@ def _calendar(m: nn.Module, x: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("use", ["double", "to", "calendar"])
 def test_integer_inputs_cast_to_floating_point_are_captured_as_numbers(use: str) -> None:
     """An integer input cast to floating point inside the model (a count, a calendar index) is attributed as a number at
-    its cast, each position its own, with the intercepted values bit for bit; the same model given floats agrees."""
+    its cast, each position its own, with the intercepted values bit for bit."""
     from .test_tokens import NUMBER_USES, counts
 
     torch.manual_seed(6)
@@ -659,7 +662,14 @@ def test_integer_inputs_cast_to_floating_point_are_captured_as_numbers(use: str)
     assert np.abs(np.asarray(numbers)).max() > 0
 
 
-@pytest.mark.parametrize("use", ["arithmetic", "true_division", "joined_to_floats", "calendar"])
+def _scaled_by_days(m: nn.Module, x: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+    """An inverse root mark (rsqrt of a mean square) met by integers without a cast: the product with the days is no
+    longer the normalization's, and x times it is a product of two input-dependent operands."""
+    scale = torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5)
+    return m.lin(torch.tanh(x * (scale * day)))
+
+
+@pytest.mark.parametrize("use", ["arithmetic", "true_division", "joined_to_floats", "calendar", "scaled by days"])
 def test_integers_that_meet_floats_without_a_cast_are_cast_as_torch_promotes_them(use: str) -> None:
     """Type promotion (``ids * 0.5``, a ``cat`` of integers with floats) makes an integer input a number where it meets
     floats: cast to the operation's dtype there and attributed at that cast, the intercepted values bit for bit."""
@@ -671,6 +681,10 @@ def test_integers_that_meet_floats_without_a_cast_are_cast_as_torch_promotes_the
         model: nn.Module = calendar().eval()
         background = [torch.randn(4, 5, 2, generator=g), torch.randint(0, 7, (4, 5), generator=g)]
         X = [torch.randn(3, 5, 2, generator=g), torch.randint(0, 7, (3, 5), generator=g)]
+    elif use == "scaled by days":
+        model = Composite(_scaled_by_days, lin=nn.Linear(5, 1)).double().eval()
+        background = [torch.randn(4, 5, generator=g, dtype=torch.float64), torch.randint(1, 7, (4, 1), generator=g)]
+        X = [torch.randn(2, 5, generator=g, dtype=torch.float64), torch.randint(1, 7, (2, 1), generator=g)]
     else:
         model = counts(NUMBER_USES[use]).double().eval()
         background, X = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)  # type: ignore[assignment]
@@ -678,7 +692,7 @@ def test_integers_that_meet_floats_without_a_cast_are_cast_as_torch_promotes_the
     got = captured.shap_values(X)
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
     assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
-    assert np.abs(np.asarray(got[1] if use == "calendar" else got)).max() > 0
+    assert np.abs(np.asarray(got[1] if use in ("calendar", "scaled by days") else got)).max() > 0
 
 
 def test_integer_arithmetic_before_the_cast_runs_the_intercepted_pass_and_says_so() -> None:
