@@ -25,7 +25,7 @@ WORDS = ["[PAD]", "[UNK]", "[EOS]", *"the a cat dog sat ran on under mat rug and
 
 
 #: the language models the door is tried on: GPT-2 first (the module's own), then the families of the zoo's test
-TEXT_FAMILIES = ["GPT2", "Llama", "Mamba", "Mamba2", "RecurrentGemma", "Rwkv"]
+TEXT_FAMILIES = ["GPT2", "Llama", "Mamba", "Mamba2", "RecurrentGemma", "Rwkv", "Jamba", "Bamba", "Lfm2", "xLSTM"]
 
 
 @pytest.fixture(scope="module", params=TEXT_FAMILIES)
