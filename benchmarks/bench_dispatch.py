@@ -585,7 +585,8 @@ def paths(args: argparse.Namespace, steps: int) -> None:
     # (label, compile=, whether CUDA graphs are replayed): on CUDA the traced program without and with its CUDA graph
     modes: list[tuple[str, object, str]] = [("traced", "trace", "0" if device.type == "cuda" else "1")]
     if args.paths == "capture":  # the forward captured once and run on pairs (engines/pytorch/captured.py)
-        modes = [("captured", "capture", "1")]
+        # (and written with its backward as one program at the second call: engines/pytorch/captured_program.py)
+        modes = [("captured", "capture", "1"), ("captured as one program", "capture", "1")]
     if device.type == "cuda" and args.paths != "capture":
         modes.append(("traced as a CUDA graph", "trace", "1"))
     if args.paths == "compile":
@@ -613,9 +614,11 @@ def paths(args: argparse.Namespace, steps: int) -> None:
         steady = timed(lambda: intercepted.shap_values(X, check_additivity=False), args.repeats, device)
         cells = [f"{timed(floor, args.repeats, device):.1f}", f"{steady:.1f}"]
         diff, path = 0.0, ""
-        for _, mode, graphs in modes:
+        for label, mode, graphs in modes:
             cuda_graphs.REPLAY = graphs == "1"
             explainer = rnnshap.DeepExplainer(model, background, compile=mode)
+            if label == "captured as one program":
+                explainer.engine._captured.write_after = 1  # type: ignore[attr-defined]
             explainer.shap_values(X, check_additivity=False)
             second = timed(lambda: explainer.shap_values(X, check_additivity=False), 1, device) / 1e3  # noqa: B023
             try:

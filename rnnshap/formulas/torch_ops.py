@@ -12,6 +12,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from .namespace import Ops
 
@@ -26,7 +27,8 @@ def scalar(value: float, like: Tensor) -> Tensor:
     Python number wraps it in a new tensor on every call (a fill and a copy, about as long as the
     operation itself on the small tensors of a step), with a 0-d tensor it reads the value as the
     number, with the same results."""
-    if torch.is_inference_mode_enabled():  # (an inference tensor, kept, could not be saved for a later backward)
+    # (an inference tensor, kept, could not be saved for a later backward; a program being written makes its own)
+    if torch.is_inference_mode_enabled() or valueless(like):
         return torch.tensor(value, dtype=like.dtype, device=like.device)
     key = (value, like.dtype, like.device)
     constant = _SCALARS.get(key)
@@ -58,8 +60,14 @@ def readable(t: Tensor) -> bool:
     """Whether ``t``'s values can be read on the host without waiting: on the CPU (where the operations have run
     when they return). On an accelerator a read stalls the host until the device's queue has run (a host sync), so
     the ``surely_*`` tests, which only let a formula skip work that would give the same values, say False there
-    without reading, as they do on Keras and JAX; so they do on the CPU under :func:`values_unread`."""
-    return t.device.type == "cpu" and not _unread
+    without reading, as they do on Keras and JAX; so they do on the CPU under :func:`values_unread`, and on a tensor
+    that holds no values (a fake tensor of a pass being written as a program)."""
+    return t.device.type == "cpu" and not _unread and not valueless(t)
+
+
+def valueless(t: Tensor) -> bool:
+    """Whether ``t`` is a fake tensor (shapes without values: a pass being written as a program by ``make_fx``)."""
+    return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and is_fake(t)
 
 
 @contextlib.contextmanager
@@ -232,7 +240,7 @@ class TorchOps:
     def extremes(x: Tensor, /) -> tuple[float, float] | None:
         # (read on every device: the PyTorch engine's sigmoid and tanh rule did so before it moved here; not while a
         # pass is traced, whose program must not hang on these values: None, the formula's general form)
-        if not x.numel() or _unread:
+        if not x.numel() or _unread or valueless(x):
             return None
         least, greatest = torch.aminmax(x)
         return float(least), float(greatest)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ..formulas.secant import CLOSED_FORMS, blend_secant_into
 from ..formulas.torch_ops import scalar
@@ -402,14 +403,14 @@ def _secant_constants(blocks: Sequence[tuple[tuple[float, float], int]], like: T
     """(μ, κ) of the secant per column of activations side by side, ``blocks`` of (SIGMOID or TANH, width) in order
     (an LSTM's gates [i, f, g, o] and tanh(c): σ, σ, tanh, σ, tanh), so that one blend computes every multiplier of
     a step (made once per layout, dtype and device: a cell in a loop asks at every step; not kept under inference
-    mode, whose tensors a later backward could not save)."""
+    mode, whose tensors a later backward could not save, nor from fake tensors, whose program makes its own)."""
     key = (tuple(blocks), like.dtype, like.device)
-    constants = _SECANT_CONSTANTS.get(key)
+    constants = None if is_fake(like) else _SECANT_CONSTANTS.get(key)
     if constants is None:
         mu = [m for (m, _), width in blocks for _ in range(width)]
         kappa = [k for (_, k), width in blocks for _ in range(width)]
         constants = like.new_tensor(mu), like.new_tensor(kappa)
-        if not torch.is_inference_mode_enabled():
+        if not torch.is_inference_mode_enabled() and not is_fake(like):
             _SECANT_CONSTANTS[key] = constants
     return constants
 

@@ -26,7 +26,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from ..formulas.torch_ops import readable
+from ..formulas.torch_ops import readable, valueless
 from ..rules.base import PairGrid
 
 Tensor = torch.Tensor
@@ -163,7 +163,7 @@ class Side:
         if self.axis is None:
             return t
         spread = self._repeated(t, dim).flatten(dim, dim + 1)
-        return spread.clone() if spread.data_ptr() == t.data_ptr() else spread
+        return spread.clone() if spread._is_view() else spread  # (flatten copies where it cannot view)
 
     def grid(self, t: Tensor, dim: int = 1) -> Tensor:
         """A (T, rows, C) tensor (the rows along ``dim``) as a (T, samples | 1, references | 1, C) view that
@@ -230,8 +230,11 @@ def pair_sides(
     defer: bool = False,
 ) -> tuple[Side, Side]:
     """The input side and the reference side of one call (``defer``: see :meth:`Side.of`). On an accelerator a
-    layer's tests of both sides are read at once, one host read (on the CPU ``torch.equal`` reads as it goes)."""
+    layer's tests of both sides are read at once, one host read (on the CPU ``torch.equal`` reads as it goes); on
+    tensors without values (a pass being written as a program) they wait for the end of the pass where the grid
+    defers its checks."""
     given = next((t for t, _ in inputs if t is not None), None)
+    defer = defer or (grid is not None and grid.deferred is not None and given is not None and valueless(given))
     if defer or given is None or readable(given):
         return Side.of("input", grid, pairs, inputs, defer), Side.of("reference", grid, pairs, references, defer)
     plans = [Side._plan("input", grid, pairs, inputs), Side._plan("reference", grid, pairs, references)]

@@ -44,6 +44,7 @@ from ...rules.gates import Comparison, Predicate
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
+from .captured_program import WRITE_AFTER, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_use
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .integer_ops import CONSTANT, SHAPE_OF_OTHER
@@ -198,6 +199,12 @@ class _Call:
         self.references, self.grid, self.tokens, self.sides = references, grid, tokens, sides
         self.outputs: dict[int, Any] | None = None  # id of an input-side output tensor → its reference side
         self.planned = False
+        #: the explained outputs' columns on the pairs (None: a run that takes no backward), and where a program ran
+        #: the call (captured_program.py), the gradients of those outputs w.r.t. the explained inputs
+        self.columns: Tensor | None = None
+        self.grads: list[Tensor] | None = None
+        #: where the plan ran the call: its plan, signature and the graph's outputs (a program is written at the next)
+        self.ran: tuple[GraphPlan, tuple[Any, ...], Any] | None = None
         #: the token inputs' embedding lookups, in the order the graph made them (captured_tokens.py)
         self.lookups: list[Lookup] = []
 
@@ -362,6 +369,8 @@ class GraphPlan:
         numbers: frozenset[int] = frozenset(),
     ) -> None:  # fmt: skip
         self.changes = registry.changes
+        #: the plan's run and backward as programs, by call signature (captured_program.py)
+        self.programs = Programs()
         #: whether a run of this graph with given reference sides found them its own (see :class:`_Sides`)
         self.sides_verified = False
         self.steps: list[_Step] = []
@@ -433,7 +442,7 @@ class GraphPlan:
             position = _input_position(node)
             return _Step(node, "tokens", position=position) if position in tokens else None
         fn, _ = _function(node)
-        use = token_use(fn, node, set(ids), tracked) if fn is not None else None
+        use = token_use(fn, node, ids.keys(), tracked) if fn is not None else None
         source = next(ids[n] for n in node.all_input_nodes if n in ids)
         floating = _floating(node.meta.get("example_value"))
         if use == "cast" and floating and source in numbers:
@@ -441,7 +450,7 @@ class GraphPlan:
         if use is None and floating and all(ids[n] in numbers for n in node.all_input_nodes if n in ids):
             return _Step(node, "promote", position=source)  # (decided as a floating-point step: see __init__)
         if use is None:
-            name = op_name(fn) if fn is not None else str(node.target)
+            name = _node_name(node, fn)
             what = "an integer input used as a number" if source in numbers else "token ids"
             raise NotCaptured(f"{name} on {what} (only their moves, casts to floating point and embedding lookups are taken)")
         return _Step(node, use, fn=fn, name=op_name(fn), position=source)
@@ -462,7 +471,7 @@ class GraphPlan:
         step = cls._decide(node, registry, explained, tracked | set(promoted), writes)
         if step.kind not in ("linear", "rule") or step.writes:
             fn, _ = _function(node)
-            name = op_name(fn) if fn is not None else str(node.target)
+            name = _node_name(node, fn)
             raise NotCaptured(f"{name} on an integer input used as a number, written in place or not a rule's operation")
         step.promoted = promoted
         return step
@@ -489,7 +498,7 @@ class GraphPlan:
             return _Step(node, "value")
         if fn in _GRAD_MODE:
             return _Step(node, "value")
-        name = op_name(fn) if fn is not None else str(node.target)
+        name = _node_name(node, fn)
         if fn is None:
             raise NotCaptured(f"{node.target} on an input-dependent value (no rule of the table names it)")
         if node.target is operator.setitem:
@@ -738,6 +747,11 @@ def _value(node: fx.Node, env: dict[fx.Node, Any]) -> Any:
     return node.target(*args, **kwargs)  # type: ignore[operator]
 
 
+def _node_name(node: fx.Node, fn: Any) -> str:
+    """How a refusal names a node: its function's name in the rule table, else its target."""
+    return op_name(fn) if fn is not None else str(node.target)
+
+
 def _function(node: fx.Node) -> tuple[Any, bool]:
     """The function object the rule table keys a node by (None where it has none), and whether a Python operator's
     operands are swapped to reach it (``2.0 - x``: ``x.__rsub__(2.0)``)."""
@@ -765,6 +779,9 @@ class CapturedPasses:
         #: call names, the others token ids)
         self.numbers = numbers
         self.path = "captured: not run yet"
+        #: how many runs of a call signature through a graph's plan before it is written as a program
+        #: (captured_program.py)
+        self.write_after = WRITE_AFTER
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
         #: why this explainer's calls run their reference side on every pair from now on (None: on a block's distinct
@@ -796,7 +813,13 @@ class CapturedPasses:
             call.planned = True
             if call.sides is not None and call.sides.captures not in (None, len(self._graphs)):
                 raise _Stale
-            return plan.run(args, call)
+            key = Programs.signature(args, call)
+            out = plan.programs.run(plan, args, call, key)
+            if out is None:
+                out = plan.run(args, call)
+                if key is not None:
+                    call.ran = (plan, key, out)
+            return out
 
         return run
 
@@ -811,6 +834,8 @@ class CapturedPasses:
                 )
             except NotCaptured as error:
                 plan = error
+            else:
+                plan.programs.write_after = self.write_after
             self._plans[id(graph_module)] = plan
             self._graphs.append(graph_module)
         if isinstance(plan, NotCaptured):
@@ -826,14 +851,16 @@ class CapturedPasses:
         tokens: frozenset[int] = frozenset(),
         distinct: tuple[Any, list[Tensor], Tensor] | None = None,
         restore: Callable[[], None] = lambda: None,
-    ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
+        columns: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None] | None:
         """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
-        side, and the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), or None where
-        this call runs the intercepted pass (``path`` says why). ``distinct``: where the pairs hold the block's
-        distinct references once per sample and nothing else enters their reference side, a key of those references,
-        their rows, and the model's own outputs on them: that side is then run on them alone and repeated for the
-        pairs, and kept for later calls (see :meth:`_distinct_sides`). ``restore`` puts the model back to the call's
-        state between the runs a call makes."""
+        side, the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), and where the call
+        ran as a program (captured_program.py), the gradients of the outputs at ``columns`` (each pair's explained
+        ones) w.r.t. the explained inputs; or None where this call runs the intercepted pass (``path`` says why).
+        ``distinct``: where the pairs hold the block's distinct references once per sample and nothing else enters
+        their reference side, a key of those references, their rows, and the model's own outputs on them: that side is
+        then run on them alone and repeated for the pairs, and kept for later calls (see :meth:`_distinct_sides`).
+        ``restore`` puts the model back to the call's state between the runs a call makes."""
         why = self._not_now()
         if why is not None:
             self.path = f"intercepted: {why}"
@@ -843,7 +870,7 @@ class CapturedPasses:
         }
         before = python_state(self.model)
         try:
-            call, out = self._pairs_run(leaves, explained, grid, tokens, distinct, restore)
+            call, out = self._pairs_run(leaves, explained, grid, (tokens, columns), distinct, restore)
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
@@ -869,12 +896,17 @@ class CapturedPasses:
         if reference is None:
             self.path = "intercepted: the explained output is not one of the captured graph's outputs"
             return None
+        if call.ran is not None and not call.lookups:  # (a signature the plan ran: a program at its next call)
+            plan, key, graph_out = call.ran
+            plan.programs.seen(key, next(i for i, t in enumerate(tree_flatten(graph_out)[0]) if t is flat))
         sides = call.sides
         self.path = "captured: the forward's graph run on the pairs" + (
+            " as one program with its backward" if call.grads is not None else ""
+        ) + (
             "" if sides is None else ", its reference side on the block's distinct references"
             + ("" if sides.captures is None else ", kept from an earlier call")
         )
-        return flat, reference, call.lookups
+        return flat, reference, call.lookups, call.grads
 
     def _not_now(self) -> str | None:
         """Why this call runs the intercepted pass before any capture, or None."""
@@ -892,12 +924,14 @@ class CapturedPasses:
         leaves: list[Tensor],
         explained: dict[int, Tensor],
         grid: PairGrid,
-        tokens: frozenset[int],
+        asked: tuple[frozenset[int], Tensor | None],
         distinct: tuple[Any, list[Tensor], Tensor] | None,
         restore: Callable[[], None],
     ) -> tuple[_Call, Any]:
-        """The captured forward on the pairs (see :meth:`run`): its call and output. ``restore`` puts the model back to
-        the call's state before each run after the first (a forward may write into its own buffers)."""
+        """The captured forward on the pairs (see :meth:`run`; ``asked``: its token inputs and columns): its call and
+        output. ``restore`` puts the model back to the call's state before each run after the first (a forward may
+        write into its own buffers)."""
+        tokens, columns = asked
         sides, kept = None, True
         for _ in range(3):  # (a kept side met a graph captured since; the sides do not fit the pairs: every pair)
             if distinct is not None and self.distinct_off is None and grid.samples > 1:
@@ -905,6 +939,7 @@ class CapturedPasses:
                 restore()
             try:
                 call = _Call(explained, grid, tokens, sides)
+                call.columns = columns
                 out = self._invoke(call, leaves)
                 break
             except (_Stale, _NotDistinct) as error:

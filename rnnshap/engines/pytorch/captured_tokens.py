@@ -16,7 +16,7 @@ the ids (a comparison, arithmetic) is not taken: the call runs the intercepted p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ _FILLS = {op_key(torch.Tensor.masked_fill): 2, op_key(torch.masked_fill): 2, op_
 _LOOKUPS = {op_key(F.embedding): (0, 1), op_key(torch.embedding): (1, 0), op_key(torch.Tensor.__getitem__): (1, 0)}
 
 
-def token_use(fn: Any, node: fx.Node, tokens: set[fx.Node], tracked: set[fx.Node]) -> str | None:
+def token_use(fn: Any, node: fx.Node, tokens: Collection[fx.Node], tracked: set[fx.Node]) -> str | None:
     """How a node uses token ids: "lookup", "move", "cast", "meta" (their shape, dtype or device), or None where the
     captured pass does not take it."""
     key = op_key(fn)

@@ -617,7 +617,7 @@ class TorchEngine(Engine):
         nan_in_leaves, nan_in_references = holds_nan(leaves, references)  # (one host read)
         try:
             nan = nan_in_leaves or nan_in_references
-            ran = self._captured_runs(captured, (leaves, references), grid, followed, alone, state, nan)
+            ran = self._captured_runs(captured, (leaves, references, chosen_columns), grid, followed, alone, state, nan)
         finally:
             state.restore()
         if ran is None:
@@ -636,39 +636,44 @@ class TorchEngine(Engine):
     def _captured_runs(
         self,
         captured: CapturedPasses,
-        pairs: tuple[list[Tensor], list[Tensor]],
+        pairs: tuple[list[Tensor], list[Tensor], Tensor],
         grid: PairGrid,
         followed: frozenset[int],
         alone: tuple[Any, list[Tensor], Tensor] | None,
         state: PreservedState,
         nan: bool,
-    ) -> tuple[Tensor, Tensor, list[Lookup]] | None:
-        """The captured pass on the pairs (the leaves and their references), run again with each check read at once
-        where a check it deferred did not hold (see :meth:`_run_captured`); ``nan``: whether the pairs hold NaN."""
-        leaves, references = pairs
+    ) -> tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None] | None:
+        """The captured pass on the pairs (the leaves, their references and each pair's explained columns), run again
+        with each check read at once where a check it deferred did not hold (see :meth:`_run_captured`); ``nan``:
+        whether the pairs hold NaN."""
+        leaves, references, columns = pairs
         with tracking_missing_values() as missing:  # (rules/missing.py: NaN a mask makes inside the model, -inf too)
             missing.seen = nan  # (NaN in the pairs: every multiplier rule's backward stops 0 · NaN, as intercepted)
             try:
-                ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore)
+                ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore, columns)
             except RnnShapError:  # (what a rule refused may come of a check it deferred, which did not hold)
                 if not grid.deferred or grid.all_held():
                     raise
                 ran = None
             if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
-                ran = captured.run(
-                    leaves, references, PairGrid(grid.samples, grid.references), self._take, followed, alone, state.restore
-                )
+                grid = PairGrid(grid.samples, grid.references)
+                ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore, columns)
                 self._defer_checks = False  # (as in later calls)
         return ran
 
     @staticmethod
     def _captured_gradients(
-        ran: tuple[Tensor, Tensor, list[Lookup]], leaves: list[Tensor], chosen_columns: Tensor, followed: frozenset[int]
+        ran: tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None],
+        leaves: list[Tensor],
+        chosen_columns: Tensor,
+        followed: frozenset[int],
     ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]]:
-        """From a captured run's outputs on the pairs, their reference side and its lookups of followed integers: the
-        outputs, the gradients of the chosen ones w.r.t. the attributed leaves, the reference side, and each followed
-        input's contributions per position (see :meth:`_run_captured`)."""
-        outputs, reference, lookups = ran
+        """From a captured run's outputs on the pairs, their reference side, its lookups of followed integers and the
+        gradients where a program took them: the outputs, the gradients of the chosen ones w.r.t. the attributed
+        leaves, the reference side, and each followed input's contributions per position (see :meth:`_run_captured`)."""
+        outputs, reference, lookups, taken = ran
+        if taken is not None:  # (a program's: no followed integers)
+            return outputs.reshape(outputs.shape[0], -1), taken, reference.detach(), {}
         with torch.enable_grad():
             flat = outputs.reshape(outputs.shape[0], -1)
             chosen = flat.gather(1, chosen_columns)

@@ -1,0 +1,188 @@
+"""A captured graph's run on pairs and its backward as one program, written once per call signature.
+
+The plan of a captured graph (captured.py) decides in Python, node by node, what each operation's rule does; run on
+the pairs it calls those rules again at every call. Once a call signature (the shapes, dtypes and devices of the
+graph's inputs and of the references, the pairs' grid, the outputs explained) has run through the plan and given an
+answer often enough to pay for writing it (:data:`WRITE_AFTER`), its next call writes the plan's run together with
+the backward of the explained outputs as one graph of aten operations (``torch.fx.experimental.proxy_tensor.make_fx``
+on fake tensors) and runs that graph from then on, without the plan's Python: the same values bit for bit where
+make_fx writes each operation as the plan runs it, else within the rounding of the operations it writes instead (an
+attention's products folded otherwise by the fake tensors' strides: about one ulp of an output's scale).
+
+A program holds no value it was written on: it is written on fake tensors, which have shapes but no values, so a rule
+that reads a value on the host (a check of the rows, a missing value's test) cannot be written into one, and its
+signature keeps running through the plan. Everything it reads comes in as an input at every call: the model's
+parameters and buffers (the captured graph's own inputs, read as they are now), the pairs, the references and the
+reference sides kept from an earlier call. The Python state the forward read is guarded by the capture (a guard that
+fails captures a new graph, with a plan and programs of its own); rules registered or removed make the plan anew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ...rules.base import PairGrid
+from ...rules.elementwise import missing_values_state
+from .gradients import grads_per_output
+
+if TYPE_CHECKING:
+    from .captured import GraphPlan, _Call
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Written:
+    """A signature's program: the graph, and where its outputs' parts lie."""
+
+    program: fx.GraphModule
+    explained: int  # (the explained output's place among the graph's)
+    spec: Any  # (the captured graph's output structure)
+    outputs: int  # (how many tensors the captured graph gives)
+    grads: int  # (how many gradients follow the explained output's reference side)
+
+
+@dataclass
+class _Seen:
+    """A signature that ran through the plan and gave an answer: the explained output's place among the graph's, and
+    how many times it ran so."""
+
+    explained: int
+    runs: int = 0
+
+
+#: a signature's program is written once the plan has run it this many times: about what writing it takes (make_fx on
+#: fake tensors runs the plan with Python around every operation: 100-150 times a run through the plan, measured for
+#: an ``LSTMCell`` loop on the CPU), as a ski rental buys once the rent paid reaches the price
+WRITE_AFTER = 100
+
+
+class Programs:
+    """One graph plan's programs, by call signature: a signature the plan ran ``write_after`` times is written at its
+    next call."""
+
+    def __init__(self, write_after: int = WRITE_AFTER) -> None:
+        self.write_after = write_after
+        self._held: dict[tuple[Any, ...], _Seen | _Written | str] = {}
+
+    @staticmethod
+    def signature(args: tuple[Any, ...], call: _Call) -> tuple[Any, ...] | None:
+        """What a program is written for; None where the call is not one a program takes (token inputs, a reference
+        side being recorded or verified)."""
+        sides = call.sides
+        if call.tokens or call.columns is None or (sides is not None and (sides.recorded is None or sides.verifying)):
+            return None
+        missing = missing_values_state()
+        recorded = None if sides is None else _layout(sides.recorded) + (sides.repeats, tuple(sides.names))
+        return (
+            _layout(list(args)),
+            _layout(sorted(call.references.items())),
+            call.grid.samples, call.grid.references, call.grid.deferred is None,
+            tuple(call.columns.shape), recorded, missing is not None and missing.seen,
+        )  # fmt: skip
+
+    def seen(self, key: tuple[Any, ...], explained: int) -> None:
+        """A signature ran through the plan and gave an answer, its explained output the graph's ``explained``-th."""
+        held = self._held.setdefault(key, _Seen(explained))
+        if isinstance(held, _Seen):
+            held.runs += 1
+
+    def run(self, plan: GraphPlan, args: tuple[Any, ...], call: _Call, key: tuple[Any, ...] | None) -> Any | None:
+        """The graph's outputs on the pairs from the signature's program (its gradients and reference side set on
+        ``call``), written now where the signature was seen once; None where it runs through the plan."""
+        held = self._held.get(key) if key is not None else None
+        if isinstance(held, _Seen) and held.runs >= self.write_after:
+            try:
+                held = self._held[key] = _write(plan, args, call, held.explained)  # type: ignore[index]
+            except Exception as error:  # noqa: BLE001 (a value read on the host, an operation make_fx cannot write: the plan)
+                self._held[key] = f"{type(error).__name__}: {str(error).strip()[:200]}"  # type: ignore[index]
+                return None
+        if not isinstance(held, _Written):
+            return None
+        with torch.no_grad():
+            results = held.program(*_program_inputs(args, call))
+        outputs = results[: held.outputs]
+        reference = results[held.outputs]
+        call.grads = list(results[held.outputs + 1 : held.outputs + 1 + held.grads])
+        if call.grid.deferred is not None:
+            call.grid.deferred.extend(results[held.outputs + 1 + held.grads :])
+        call.outputs = {id(outputs[held.explained]): reference}
+        return tree_unflatten(list(outputs), held.spec)
+
+    def why_not(self, key: tuple[Any, ...] | None) -> str | None:
+        """Why the signature ``key`` runs through the plan rather than as a program (None where it is one, or waits)."""
+        held = self._held.get(key) if key is not None else None
+        return held if isinstance(held, str) else None
+
+
+def _layout(values: Any) -> tuple[Any, ...]:
+    """The shapes, dtypes and devices of the tensors in ``values``, and the other leaves themselves."""
+    leaves, spec = tree_flatten(values)
+    return (
+        str(spec),
+        *((tuple(v.shape), v.dtype, v.device, v.requires_grad) if isinstance(v, Tensor) else (type(v), v) for v in leaves),
+    )
+
+
+def _program_inputs(args: tuple[Any, ...], call: _Call) -> list[Tensor]:
+    """The tensors a program reads: the graph's inputs, the references, the kept reference sides, the columns."""
+    references = [r for _, r in sorted(call.references.items())]
+    recorded = [] if call.sides is None else [t for t in tree_flatten(call.sides.recorded)[0] if isinstance(t, Tensor)]
+    assert call.columns is not None
+    return [a.detach() for a in args] + references + recorded + [call.columns]
+
+
+def _write(plan: GraphPlan, args: tuple[Any, ...], call: _Call, explained: int) -> _Written:
+    """The plan's run on the pairs of ``call`` and the backward of its explained output, as one program."""
+    from .captured import _Call, _Sides  # (the plan's module imports this one)
+
+    positions = sorted(call.references)
+    attributed = [i for i, step in enumerate(s for s in plan.steps if s.node.op == "placeholder") if step.kind == "input"]
+    sides = call.sides
+    recorded_leaves, recorded_spec = tree_flatten(sides.recorded) if sides is not None else ([], None)
+    tensor_at = [i for i, v in enumerate(recorded_leaves) if isinstance(v, Tensor)]
+    deferred = call.grid.deferred is not None
+    shape: dict[str, Any] = {}
+
+    def pass_and_backward(*tensors: Tensor) -> list[Tensor]:
+        graph_args = list(tensors[: len(args)])
+        for i in attributed:
+            graph_args[i] = graph_args[i].detach().requires_grad_(True)
+        at = len(args)
+        references = dict(zip(positions, tensors[at : at + len(positions)], strict=True))
+        at += len(positions)
+        given = None
+        if sides is not None:
+            leaves = list(recorded_leaves)
+            for i, t in zip(tensor_at, tensors[at : at + len(tensor_at)], strict=True):
+                leaves[i] = t
+            at += len(tensor_at)
+            assert recorded_spec is not None
+            given = _Sides(sides.repeats, tree_unflatten(leaves, recorded_spec), list(sides.names))
+        columns = tensors[at]
+        grid = PairGrid(call.grid.samples, call.grid.references, deferred=[] if deferred else None)
+        inner = _Call(references, grid, call.tokens, given)
+        with torch.enable_grad():
+            out = plan.run(tuple(graph_args), inner)
+            outputs, shape["spec"] = tree_flatten(out)
+            if not all(isinstance(o, Tensor) for o in outputs):
+                raise TypeError("a captured graph that gives more than tensors")
+            chosen = outputs[explained]
+            assert inner.outputs is not None
+            reference = inner.outputs[id(chosen)]
+            flat = chosen.reshape(chosen.shape[0], -1)
+            grads = grads_per_output(flat.gather(1, columns), [graph_args[i] for i in attributed])
+        shape["outputs"], shape["grads"] = len(outputs), len(grads)
+        return [o.detach() for o in outputs] + [reference.detach()] + grads + (grid.deferred or [])
+
+    # (a tensor made before the program that it would hold is refused by the fake tensors; those it holds are
+    # constants its rules made from Python numbers while it was written)
+    program = make_fx(pass_and_backward, tracing_mode="fake")(*_program_inputs(args, call))
+    return _Written(program, explained, shape["spec"], shape["outputs"], shape["grads"])
+
