@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .namespace import Ops
 
@@ -111,23 +112,30 @@ _ENGINE: Any = None
 
 def _engine() -> Any:
     """(autograd's engine, the legacy vmap) where they run a small backward as ``torch.autograd.grad`` does, else
-    False; decided once, on a tensor of two entries."""
+    False; decided once, on a tensor of two entries (real ones, also where the first call comes while a program is
+    being written on fake tensors)."""
     global _ENGINE
     if _ENGINE is None:
-        run = getattr(torch.autograd.graph, "_engine_run_backward", None)
-        legacy = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
-        _ENGINE = False
-        if run is not None and legacy is not None:
-            with torch.enable_grad():
-                x = torch.tensor([1.0, 2.0], requires_grad=True)
-                g = torch.tensor([3.0, 5.0])
-                try:  # (arguments: grads, keep and create graph, inputs, allow unreachable, accumulate)
-                    got = run((x * x,), (g,), False, False, (x,), True, False)
-                except TypeError:
-                    got = None
-            if isinstance(got, tuple) and len(got) == 1 and torch.equal(got[0], torch.tensor([6.0, 20.0])):
-                _ENGINE = (run, legacy)
+        with _disable_current_modes():
+            _ENGINE = _probe_engine()
     return _ENGINE
+
+
+def _probe_engine() -> Any:
+    """:func:`_engine`'s probe."""
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    legacy = getattr(getattr(torch, "_vmap_internals", None), "_vmap", None)
+    if run is None or legacy is None:
+        return False
+    with torch.enable_grad():
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        g = torch.tensor([3.0, 5.0])
+        try:  # (arguments: grads, keep and create graph, inputs, allow unreachable, accumulate)
+            got = run((x * x,), (g,), False, False, (x,), True, False)
+        except TypeError:
+            got = None
+    ok = isinstance(got, tuple) and len(got) == 1 and torch.equal(got[0], torch.tensor([6.0, 20.0]))
+    return (run, legacy) if ok else False
 
 
 def gradient(

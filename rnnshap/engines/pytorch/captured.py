@@ -27,6 +27,7 @@ import contextvars
 import inspect
 import operator
 import re
+import time
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -45,7 +46,8 @@ from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
 from .captured_program import WRITE_AFTER, Programs
-from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_use
+from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
+from .gradients import grads_per_output
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .integer_ops import CONSTANT, SHAPE_OF_OTHER
 from .randomness import random_call
@@ -817,8 +819,8 @@ class CapturedPasses:
             out = plan.programs.run(plan, args, call, key)
             if out is None:
                 out = plan.run(args, call)
-                if key is not None:
-                    call.ran = (plan, key, out)
+            if key is not None and not call.lookups:
+                call.ran = (plan, key, out)
             return out
 
         return run
@@ -852,11 +854,12 @@ class CapturedPasses:
         distinct: tuple[Any, list[Tensor], Tensor] | None = None,
         restore: Callable[[], None] = lambda: None,
         columns: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None] | None:
-        """The explained output on the pairs' input side (its gradient the rules' multipliers) and on their reference
-        side, the embedding lookups of the token inputs ``tokens`` (whose gradients attribute them), and where the call
-        ran as a program (captured_program.py), the gradients of the outputs at ``columns`` (each pair's explained
-        ones) w.r.t. the explained inputs; or None where this call runs the intercepted pass (``path`` says why).
+    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
+        """The explained outputs on the pairs' input side (pairs, outputs), the gradients of those at ``columns`` (each
+        pair's explained ones: the rules' multipliers) w.r.t. the explained inputs, the outputs on the pairs' reference
+        side, and each token input's contributions per position (``tokens``: those attributed at their embedding
+        lookups, ``(k, pairs × its elements per sample)``); or None where this call runs the intercepted pass (``path``
+        says why).
         ``distinct``: where the pairs hold the block's distinct references once per sample and nothing else enters
         their reference side, a key of those references, their rows, and the model's own outputs on them: that side is
         then run on them alone and repeated for the pairs, and kept for later calls (see :meth:`_distinct_sides`).
@@ -869,6 +872,7 @@ class CapturedPasses:
             i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
         }
         before = python_state(self.model)
+        start = _waited(leaves[0].device)
         try:
             call, out = self._pairs_run(leaves, explained, grid, (tokens, columns), distinct, restore)
         except NotCaptured as error:
@@ -896,17 +900,25 @@ class CapturedPasses:
         if reference is None:
             self.path = "intercepted: the explained output is not one of the captured graph's outputs"
             return None
-        if call.ran is not None and not call.lookups:  # (a signature the plan ran: a program at its next call)
+        grads, per_position = call.grads, dict[int, Tensor]()
+        if grads is None:  # (the plan's run: its backward here)
+            assert columns is not None
+            grads, per_position = _gradients(flat, leaves, columns, call.lookups, tokens)
+        unwritten = None
+        if call.ran is not None:  # (a signature the plan or its program ran: timed, for writing and keeping programs)
             plan, key, graph_out = call.ran
-            plan.programs.seen(key, next(i for i, t in enumerate(tree_flatten(graph_out)[0]) if t is flat))
+            explained_at = next(i for i, t in enumerate(tree_flatten(graph_out)[0]) if t is flat)
+            plan.programs.took(key, explained_at, _waited(leaves[0].device) - start, call.grads is not None)
+            unwritten = plan.programs.why_not(key)
         sides = call.sides
         self.path = "captured: the forward's graph run on the pairs" + (
-            " as one program with its backward" if call.grads is not None else ""
+            " as one program with its backward" if call.grads is not None
+            else "" if unwritten is None else f" (not as one program: {unwritten})"
         ) + (
             "" if sides is None else ", its reference side on the block's distinct references"
             + ("" if sides.captures is None else ", kept from an earlier call")
         )
-        return flat, reference, call.lookups, call.grads
+        return flat.reshape(flat.shape[0], -1), grads, reference.detach(), per_position
 
     def _not_now(self) -> str | None:
         """Why this call runs the intercepted pass before any capture, or None."""
@@ -1014,6 +1026,26 @@ class CapturedPasses:
             return None
         sides.recorded, sides.values = sides.values, []
         return sides
+
+
+def _gradients(
+    flat: Tensor, leaves: list[Tensor], columns: Tensor, lookups: list[Lookup], tokens: frozenset[int]
+) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """The gradients of the explained outputs ``flat`` at ``columns`` w.r.t. the attributed ``leaves``, and each token
+    input's contributions per position from its embedding lookups' gradients (captured_tokens.py)."""
+    with torch.enable_grad():
+        chosen = flat.reshape(flat.shape[0], -1).gather(1, columns)
+        attributed = [leaf for leaf in leaves if leaf.requires_grad]
+        grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
+    sizes = {t: leaves[t].numel() for t in tokens}
+    return grads[: len(attributed)], token_contributions(lookups, grads[len(attributed) :], sizes)
+
+
+def _waited(device: torch.device) -> float:
+    """The clock, once the device has run what it was given (a CUDA device's queue waited for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _capture_settings() -> Any:

@@ -39,22 +39,26 @@ Tensor = torch.Tensor
 
 @dataclass
 class _Written:
-    """A signature's program: the graph, and where its outputs' parts lie."""
+    """A signature's program: the graph, where its outputs' parts lie, and how its runs compare with the plan's."""
 
     program: fx.GraphModule
     explained: int  # (the explained output's place among the graph's)
     spec: Any  # (the captured graph's output structure)
     outputs: int  # (how many tensors the captured graph gives)
     grads: int  # (how many gradients follow the explained output's reference side)
+    planned: float = float("inf")  # (the plan's fastest call of the signature, in seconds)
+    best: float = float("inf")  # (the program's fastest, its first aside: it warms what it runs)
+    runs: int = 0
 
 
 @dataclass
 class _Seen:
-    """A signature that ran through the plan and gave an answer: the explained output's place among the graph's, and
-    how many times it ran so."""
+    """A signature that ran through the plan and gave an answer: the explained output's place among the graph's, how
+    many times it ran so, and its fastest call in seconds."""
 
     explained: int
     runs: int = 0
+    best: float = float("inf")
 
 
 #: a signature's program is written once the plan has run it this many times: about what writing it takes (make_fx on
@@ -62,10 +66,14 @@ class _Seen:
 #: an ``LSTMCell`` loop on the CPU), as a ski rental buys once the rent paid reaches the price
 WRITE_AFTER = 100
 
+#: a program is kept once it has run this many times (its first aside) no slower than the plan's fastest call of its
+#: signature; else the signature runs through the plan from then on
+TRIED_IN = 3
+
 
 class Programs:
     """One graph plan's programs, by call signature: a signature the plan ran ``write_after`` times is written at its
-    next call."""
+    next call, and kept where it runs faster than the plan."""
 
     def __init__(self, write_after: int = WRITE_AFTER) -> None:
         self.write_after = write_after
@@ -87,26 +95,41 @@ class Programs:
             tuple(call.columns.shape), recorded, missing is not None and missing.seen,
         )  # fmt: skip
 
-    def seen(self, key: tuple[Any, ...], explained: int) -> None:
-        """A signature ran through the plan and gave an answer, its explained output the graph's ``explained``-th."""
+    def took(self, key: tuple[Any, ...], explained: int, seconds: float, program: bool) -> None:
+        """A call of the signature ``key`` gave an answer in ``seconds`` (its explained output the graph's
+        ``explained``-th), through its ``program`` or the plan: a program slower than the plan is dropped."""
         held = self._held.setdefault(key, _Seen(explained))
-        if isinstance(held, _Seen):
+        if isinstance(held, _Seen) and not program:
+            held.runs, held.best = held.runs + 1, min(held.best, seconds)
+        elif isinstance(held, _Written) and program:
             held.runs += 1
+            if held.runs > 1:  # (the first run warms the program's operations)
+                held.best = min(held.best, seconds)
+            if held.runs > TRIED_IN and held.best > held.planned:
+                self._held[key] = (
+                    f"its program ran slower than the plan ({1e3 * held.best:.3g} ms against {1e3 * held.planned:.3g} ms)"
+                )
 
     def run(self, plan: GraphPlan, args: tuple[Any, ...], call: _Call, key: tuple[Any, ...] | None) -> Any | None:
         """The graph's outputs on the pairs from the signature's program (its gradients and reference side set on
         ``call``), written now where the signature was seen once; None where it runs through the plan."""
         held = self._held.get(key) if key is not None else None
         if isinstance(held, _Seen) and held.runs >= self.write_after:
+            planned = held.best
             try:
                 held = self._held[key] = _write(plan, args, call, held.explained)  # type: ignore[index]
             except Exception as error:  # noqa: BLE001 (a value read on the host, an operation make_fx cannot write: the plan)
-                self._held[key] = f"{type(error).__name__}: {str(error).strip()[:200]}"  # type: ignore[index]
+                self._held[key] = f"it cannot be written as a program ({_said(error)})"  # type: ignore[index]
                 return None
+            held.planned = planned
         if not isinstance(held, _Written):
             return None
-        with torch.no_grad():
-            results = held.program(*_program_inputs(args, call))
+        try:
+            with torch.no_grad():
+                results = held.program(*_program_inputs(args, call))
+        except Exception as error:  # noqa: BLE001 (a view the fake tensors' strides allowed and the real ones do not)
+            self._held[key] = f"its program fails on the pairs ({_said(error)})"  # type: ignore[index]
+            return None
         outputs = results[: held.outputs]
         reference = results[held.outputs]
         call.grads = list(results[held.outputs + 1 : held.outputs + 1 + held.grads])
@@ -119,6 +142,11 @@ class Programs:
         """Why the signature ``key`` runs through the plan rather than as a program (None where it is one, or waits)."""
         held = self._held.get(key) if key is not None else None
         return held if isinstance(held, str) else None
+
+
+def _said(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def _layout(values: Any) -> tuple[Any, ...]:

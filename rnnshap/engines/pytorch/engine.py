@@ -626,12 +626,12 @@ class TorchEngine(Engine):
             # (NaN among the outputs: the intercepted pass says whether the model leaves them unhandled, by name)
             captured.path = "intercepted: missing values (NaN) reached the outputs of the captured graph"
             return None
-        moved = self._captured_outputs_moved(ran[0].detach(), ran[1].detach(), grid, rows, state, plain)
+        moved = self._captured_outputs_moved(ran[0].detach(), ran[2], grid, rows, state, plain)
         if moved is not None:  # (the graph's interpretation is not the model's function: never answered from it)
             captured.off = f"the captured graph's outputs are not the model's own ({moved})"
             captured.path = f"intercepted: {captured.off}"
             return None
-        return self._captured_gradients(ran, leaves, chosen_columns, followed)
+        return ran
 
     def _captured_runs(
         self,
@@ -642,7 +642,7 @@ class TorchEngine(Engine):
         alone: tuple[Any, list[Tensor], Tensor] | None,
         state: PreservedState,
         nan: bool,
-    ) -> tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None] | None:
+    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """The captured pass on the pairs (the leaves, their references and each pair's explained columns), run again
         with each check read at once where a check it deferred did not hold (see :meth:`_run_captured`); ``nan``:
         whether the pairs hold NaN."""
@@ -660,27 +660,6 @@ class TorchEngine(Engine):
                 ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore, columns)
                 self._defer_checks = False  # (as in later calls)
         return ran
-
-    @staticmethod
-    def _captured_gradients(
-        ran: tuple[Tensor, Tensor, list[Lookup], list[Tensor] | None],
-        leaves: list[Tensor],
-        chosen_columns: Tensor,
-        followed: frozenset[int],
-    ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]]:
-        """From a captured run's outputs on the pairs, their reference side, its lookups of followed integers and the
-        gradients where a program took them: the outputs, the gradients of the chosen ones w.r.t. the attributed
-        leaves, the reference side, and each followed input's contributions per position (see :meth:`_run_captured`)."""
-        outputs, reference, lookups, taken = ran
-        if taken is not None:  # (a program's: no followed integers)
-            return outputs.reshape(outputs.shape[0], -1), taken, reference.detach(), {}
-        with torch.enable_grad():
-            flat = outputs.reshape(outputs.shape[0], -1)
-            chosen = flat.gather(1, chosen_columns)
-            attributed = [leaf for leaf in leaves if leaf.requires_grad]
-            grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
-        sizes = {t: leaves[t].numel() for t in followed}
-        return flat, grads[: len(attributed)], reference.detach(), token_contributions(lookups, grads[len(attributed) :], sizes)
 
     def _captured_outputs_moved(
         self,

@@ -139,3 +139,70 @@ def test_writing_a_program_leaves_torchs_settings_and_the_model_as_they_were() -
     assert PROGRAM in explainer.pass_path
     assert torch.is_grad_enabled() == grad and torch.get_default_dtype() == default and not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_program_written_before_anything_else_asked_for_autograds_engine_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The formulas' gradient probes autograd's engine once a process, on real tensors, also when that first happens
+    while a program is written on fake ones."""
+    from rnnshap.formulas import torch_ops
+
+    torch.manual_seed(0)
+    model = FAMILIES["convolution, relu, max-pool"]().eval()
+    background, X = _data()
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    explainer.shap_values(X)
+    monkeypatch.setattr(torch_ops, "_ENGINE", None)
+    planned = explainer.shap_values(X)
+    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    assert _same(explainer.shap_values(X), planned)
+
+
+def _held(explainer: Any) -> list[Any]:
+    """What each graph plan of ``explainer``'s captured pass holds for its call signatures."""
+    return [h for plan in explainer.engine._captured._plans.values() for h in plan.programs._held.values()]
+
+
+def test_a_program_slower_than_the_plan_hands_its_signature_back_to_the_plan_and_says_so() -> None:
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    planned = explainer.shap_values(X)
+    explainer.shap_values(X)
+    (written,) = _held(explainer)
+    written.planned = 0.0  # (as if the plan had answered at once: no program beats it)
+    paths = []
+    for _ in range(6):
+        assert _same(explainer.shap_values(X), planned)
+        paths.append(PROGRAM in explainer.pass_path)
+    assert paths[0] and not paths[-1], paths
+    assert "not as one program: its program ran slower than the plan" in explainer.pass_path, explainer.pass_path
+
+
+def test_a_program_that_fails_on_the_pairs_hands_its_signature_back_to_the_plan_with_its_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(A view the fake tensors' strides allowed, which the real ones do not, fails so.)"""
+    from rnnshap.engines.pytorch import captured_program
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
+
+    torch.manual_seed(0)
+    model = FAMILIES["gru, two layers, bidirectional"]().eval()
+    background, X = _data()
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    planned = explainer.shap_values(X)
+    written = captured_program._write
+    monkeypatch.setattr(captured_program, "_write", lambda *a: _with_program(written(*a), failing))
+    for _ in range(2):
+        assert _same(explainer.shap_values(X), planned)
+        assert explainer.pass_path.startswith("captured:"), explainer.pass_path
+    assert "not as one program: its program fails on the pairs (RuntimeError: view size" in explainer.pass_path
+
+
+def _with_program(written: Any, program: Any) -> Any:
+    written.program = program
+    return written
