@@ -21,10 +21,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
 from ..formulas.secant import CLOSED_FORMS, blend_secant_into
-from ..formulas.torch_ops import scalar
+from ..formulas.torch_ops import scalar, valueless
 from ..rules.base import PairGrid
 from ..rules.elementwise import small_delta_threshold
 from .kernels import run_kernel
@@ -405,12 +404,12 @@ def _secant_constants(blocks: Sequence[tuple[tuple[float, float], int]], like: T
     a step (made once per layout, dtype and device: a cell in a loop asks at every step; not kept under inference
     mode, whose tensors a later backward could not save, nor from fake tensors, whose program makes its own)."""
     key = (tuple(blocks), like.dtype, like.device)
-    constants = None if is_fake(like) else _SECANT_CONSTANTS.get(key)
+    constants = None if valueless(like) else _SECANT_CONSTANTS.get(key)
     if constants is None:
         mu = [m for (m, _), width in blocks for _ in range(width)]
         kappa = [k for (_, k), width in blocks for _ in range(width)]
         constants = like.new_tensor(mu), like.new_tensor(kappa)
-        if not torch.is_inference_mode_enabled() and not is_fake(like):
+        if not torch.is_inference_mode_enabled() and not valueless(like):
             _SECANT_CONSTANTS[key] = constants
     return constants
 

@@ -207,8 +207,17 @@ class _Call:
         self.grads: list[Tensor] | None = None
         #: where the plan ran the call: its plan, signature and the graph's outputs (a program is written at the next)
         self.ran: tuple[GraphPlan, tuple[Any, ...], Any] | None = None
+        #: puts the model back to the call's state (where a program failed midway: the plan runs it again)
+        self.restore: Callable[[], None] = lambda: None
         #: the token inputs' embedding lookups, in the order the graph made them (captured_tokens.py)
         self.lookups: list[Lookup] = []
+
+    def like(self, references: dict[int, Tensor], grid: PairGrid, recorded: list[Any] | None) -> _Call:
+        """A call like this one on other tensors (a program's, being written): its references, grid and given
+        reference sides (``recorded``, where this call's are given)."""
+        sides = self.sides
+        given = None if sides is None or recorded is None else _Sides(sides.repeats, recorded, list(sides.names))
+        return _Call(references, grid, self.tokens, given)
 
     @property
     def recording(self) -> bool:
@@ -905,7 +914,8 @@ class CapturedPasses:
             assert columns is not None
             grads, per_position = _gradients(flat, leaves, columns, call.lookups, tokens)
         unwritten = None
-        if call.ran is not None:  # (a signature the plan or its program ran: timed, for writing and keeping programs)
+        if call.ran is not None and grid.all_held():  # (a signature the plan or its program ran, and answered: timed,
+            # for writing and keeping programs)
             plan, key, graph_out = call.ran
             explained_at = next(i for i, t in enumerate(tree_flatten(graph_out)[0]) if t is flat)
             plan.programs.took(key, explained_at, _waited(leaves[0].device) - start, call.grads is not None)
@@ -951,7 +961,7 @@ class CapturedPasses:
                 restore()
             try:
                 call = _Call(explained, grid, tokens, sides)
-                call.columns = columns
+                call.columns, call.restore = columns, restore
                 out = self._invoke(call, leaves)
                 break
             except (_Stale, _NotDistinct) as error:

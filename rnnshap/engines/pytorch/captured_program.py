@@ -1,26 +1,30 @@
 """A captured graph's run on pairs and its backward as one program, written once per call signature.
 
 The plan of a captured graph (captured.py) decides in Python, node by node, what each operation's rule does; run on
-the pairs it calls those rules again at every call. Once a call signature (the shapes, dtypes and devices of the
-graph's inputs and of the references, the pairs' grid, the outputs explained) has run through the plan and given an
-answer often enough to pay for writing it (:data:`WRITE_AFTER`), its next call writes the plan's run together with
-the backward of the explained outputs as one graph of aten operations (``torch.fx.experimental.proxy_tensor.make_fx``
-on fake tensors) and runs that graph from then on, without the plan's Python: the same values bit for bit where
-make_fx writes each operation as the plan runs it, else within the rounding of the operations it writes instead (an
-attention's products folded otherwise by the fake tensors' strides: about one ulp of an output's scale).
+the pairs it calls those rules again at every call. Once a call signature (the shapes, strides, dtypes and devices of
+the graph's inputs and of the references, the pairs' grid, the outputs explained, the settings the rules read) has run
+through the plan and given an answer often enough to pay for writing it (:data:`WRITE_AFTER`), its next call writes the
+plan's run together with the backward of the explained outputs as one graph of aten operations
+(``torch.fx.experimental.proxy_tensor.make_fx`` on fake tensors) and runs that graph from then on, without the plan's
+Python, as long as it runs no slower than the plan: the same values bit for bit where make_fx writes each operation as
+the plan runs it, else within the rounding of the operations it writes instead (an attention's products folded
+otherwise by the fake tensors' strides: about one ulp of an output's scale).
 
 A program holds no value it was written on: it is written on fake tensors, which have shapes but no values, so a rule
 that reads a value on the host (a check of the rows, a missing value's test) cannot be written into one, and its
-signature keeps running through the plan. Everything it reads comes in as an input at every call: the model's
+signature keeps running through the plan. Every tensor it reads comes in as an input at every call: the model's
 parameters and buffers (the captured graph's own inputs, read as they are now), the pairs, the references and the
 reference sides kept from an earlier call. The Python state the forward read is guarded by the capture (a guard that
-fails captures a new graph, with a plan and programs of its own); rules registered or removed make the plan anew.
+fails captures a new graph, with a plan and programs of its own); rules registered or removed make the plan anew; the
+settings the rules read (how matrix products round, the recurrences' CUDA graphs and kernels) are part of the
+signature. A program that fails on the pairs (a view the fake tensors' strides allowed) hands its signature back to
+the plan, the model's state put back first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx
@@ -31,10 +35,10 @@ from ...rules.base import PairGrid
 from ...rules.elementwise import missing_values_state
 from .gradients import grads_per_output
 
-if TYPE_CHECKING:
-    from .captured import GraphPlan, _Call
-
 Tensor = torch.Tensor
+
+# (below, ``plan`` is a captured graph's ``GraphPlan`` and ``call`` its ``_Call`` on pairs, both of captured.py, which
+# imports this module)
 
 
 @dataclass
@@ -73,14 +77,14 @@ TRIED_IN = 3
 
 class Programs:
     """One graph plan's programs, by call signature: a signature the plan ran ``write_after`` times is written at its
-    next call, and kept where it runs faster than the plan."""
+    next call, and kept unless it runs slower than the plan."""
 
     def __init__(self, write_after: int = WRITE_AFTER) -> None:
         self.write_after = write_after
         self._held: dict[tuple[Any, ...], _Seen | _Written | str] = {}
 
     @staticmethod
-    def signature(args: tuple[Any, ...], call: _Call) -> tuple[Any, ...] | None:
+    def signature(args: tuple[Any, ...], call: Any) -> tuple[Any, ...] | None:
         """What a program is written for; None where the call is not one a program takes (token inputs, a reference
         side being recorded or verified)."""
         sides = call.sides
@@ -92,7 +96,7 @@ class Programs:
             _layout(list(args)),
             _layout(sorted(call.references.items())),
             call.grid.samples, call.grid.references, call.grid.deferred is None,
-            tuple(call.columns.shape), recorded, missing is not None and missing.seen,
+            tuple(call.columns.shape), recorded, missing is not None and missing.seen, _settings(),
         )  # fmt: skip
 
     def took(self, key: tuple[Any, ...], explained: int, seconds: float, program: bool) -> None:
@@ -110,7 +114,7 @@ class Programs:
                     f"its program ran slower than the plan ({1e3 * held.best:.3g} ms against {1e3 * held.planned:.3g} ms)"
                 )
 
-    def run(self, plan: GraphPlan, args: tuple[Any, ...], call: _Call, key: tuple[Any, ...] | None) -> Any | None:
+    def run(self, plan: Any, args: tuple[Any, ...], call: Any, key: tuple[Any, ...] | None) -> Any | None:
         """The graph's outputs on the pairs from the signature's program (its gradients and reference side set on
         ``call``), written now where the signature was seen once; None where it runs through the plan."""
         held = self._held.get(key) if key is not None else None
@@ -129,6 +133,7 @@ class Programs:
                 results = held.program(*_program_inputs(args, call))
         except Exception as error:  # noqa: BLE001 (a view the fake tensors' strides allowed and the real ones do not)
             self._held[key] = f"its program fails on the pairs ({_said(error)})"  # type: ignore[index]
+            call.restore()  # (what it wrote into the model's buffers before it failed)
             return None
         outputs = results[: held.outputs]
         reference = results[held.outputs]
@@ -144,21 +149,37 @@ class Programs:
         return held if isinstance(held, str) else None
 
 
+def _settings() -> tuple[Any, ...]:
+    """The process's settings the rules read as they run (how matrix products round; the recurrences' CUDA graphs and
+    kernels): a program keeps what they were when it was written."""
+    from ...engines import cuda_graphs
+    from ...recurrent import persistent
+
+    return (
+        torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.is_autocast_enabled("cpu"),
+        torch.is_autocast_enabled("cuda"), cuda_graphs.REPLAY, persistent.MODE,
+    )  # fmt: skip
+
+
 def _said(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def _layout(values: Any) -> tuple[Any, ...]:
-    """The shapes, dtypes and devices of the tensors in ``values``, and the other leaves themselves."""
+    """The shapes, strides, dtypes and devices of the tensors in ``values`` (what a rule or make_fx may decide by: a
+    reshape written as a view or a copy), and the other leaves as they read."""
     leaves, spec = tree_flatten(values)
     return (
-        str(spec),
-        *((tuple(v.shape), v.dtype, v.device, v.requires_grad) if isinstance(v, Tensor) else (type(v), v) for v in leaves),
+        spec,
+        *(
+            (tuple(v.shape), v.stride(), v.dtype, v.device, v.requires_grad) if isinstance(v, Tensor) else (type(v), repr(v))
+            for v in leaves
+        ),
     )
 
 
-def _program_inputs(args: tuple[Any, ...], call: _Call) -> list[Tensor]:
+def _program_inputs(args: tuple[Any, ...], call: Any) -> list[Tensor]:
     """The tensors a program reads: the graph's inputs, the references, the kept reference sides, the columns."""
     references = [r for _, r in sorted(call.references.items())]
     recorded = [] if call.sides is None else [t for t in tree_flatten(call.sides.recorded)[0] if isinstance(t, Tensor)]
@@ -166,12 +187,17 @@ def _program_inputs(args: tuple[Any, ...], call: _Call) -> list[Tensor]:
     return [a.detach() for a in args] + references + recorded + [call.columns]
 
 
-def _write(plan: GraphPlan, args: tuple[Any, ...], call: _Call, explained: int) -> _Written:
+def _write(plan: Any, args: tuple[Any, ...], call: Any, output: int) -> _Written:
     """The plan's run on the pairs of ``call`` and the backward of its explained output, as one program."""
-    from .captured import _Call, _Sides  # (the plan's module imports this one)
-
     positions = sorted(call.references)
-    attributed = [i for i, step in enumerate(s for s in plan.steps if s.node.op == "placeholder") if step.kind == "input"]
+    # the explained inputs' places among the graph's (dynamo orders them by first use, and leaves out one not read),
+    # in the order of the model's inputs, as the engine takes their gradients
+    placeholders = [step for step in plan.steps if step.node.op == "placeholder"]
+    placed = {step.position: i for i, step in enumerate(placeholders) if step.kind == "input"}
+    explained = sorted(set(positions) - set(call.tokens))
+    if sorted(placed) != explained:
+        raise TypeError("an explained input the captured graph does not read")
+    attributed = [placed[position] for position in explained]
     sides = call.sides
     recorded_leaves, recorded_spec = tree_flatten(sides.recorded) if sides is not None else ([], None)
     tensor_at = [i for i, v in enumerate(recorded_leaves) if isinstance(v, Tensor)]
@@ -185,23 +211,23 @@ def _write(plan: GraphPlan, args: tuple[Any, ...], call: _Call, explained: int) 
         at = len(args)
         references = dict(zip(positions, tensors[at : at + len(positions)], strict=True))
         at += len(positions)
-        given = None
+        recorded = None
         if sides is not None:
             leaves = list(recorded_leaves)
             for i, t in zip(tensor_at, tensors[at : at + len(tensor_at)], strict=True):
                 leaves[i] = t
             at += len(tensor_at)
             assert recorded_spec is not None
-            given = _Sides(sides.repeats, tree_unflatten(leaves, recorded_spec), list(sides.names))
+            recorded = tree_unflatten(leaves, recorded_spec)
         columns = tensors[at]
         grid = PairGrid(call.grid.samples, call.grid.references, deferred=[] if deferred else None)
-        inner = _Call(references, grid, call.tokens, given)
+        inner = call.like(references, grid, recorded)
         with torch.enable_grad():
             out = plan.run(tuple(graph_args), inner)
             outputs, shape["spec"] = tree_flatten(out)
             if not all(isinstance(o, Tensor) for o in outputs):
                 raise TypeError("a captured graph that gives more than tensors")
-            chosen = outputs[explained]
+            chosen = outputs[output]
             assert inner.outputs is not None
             reference = inner.outputs[id(chosen)]
             flat = chosen.reshape(chosen.shape[0], -1)
@@ -212,5 +238,5 @@ def _write(plan: GraphPlan, args: tuple[Any, ...], call: _Call, explained: int) 
     # (a tensor made before the program that it would hold is refused by the fake tensors; those it holds are
     # constants its rules made from Python numbers while it was written)
     program = make_fx(pass_and_backward, tracing_mode="fake")(*_program_inputs(args, call))
-    return _Written(program, explained, shape["spec"], shape["outputs"], shape["grads"])
+    return _Written(program, output, shape["spec"], shape["outputs"], shape["grads"])
 

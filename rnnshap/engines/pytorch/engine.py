@@ -656,6 +656,7 @@ class TorchEngine(Engine):
                     raise
                 ran = None
             if grid.deferred and not grid.all_held():  # (a side's rows, a softmax's path): each check read at once
+                state.restore()  # (what the run wrote into the model's buffers)
                 grid = PairGrid(grid.samples, grid.references)
                 ran = captured.run(leaves, references, grid, self._take, followed, alone, state.restore, columns)
                 self._defer_checks = False  # (as in later calls)

@@ -206,3 +206,28 @@ def test_a_program_that_fails_on_the_pairs_hands_its_signature_back_to_the_plan_
 def _with_program(written: Any, program: Any) -> Any:
     written.program = program
     return written
+
+
+def _second_first(m: nn.Module, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    # (the graph meets b before a; c only where asked)
+    return m.head(torch.tanh(b.flatten(1)) * 2.0 + a.flatten(1) + m.weight * c.flatten(1))
+
+
+@pytest.mark.parametrize("reads_c", [True, False])
+def test_a_programs_gradients_go_to_the_inputs_they_belong_to_in_the_models_order(reads_c: bool) -> None:
+    """Dynamo orders a graph's inputs by first use and leaves out one it does not read: the program's gradients are
+    still each input's, and an input the graph does not read keeps its signature on the plan (exactly 0)."""
+    torch.manual_seed(0)
+    model = Composite(_second_first, head=nn.Linear(12, 2), weight=nn.Parameter(torch.tensor(1.0 if reads_c else 0.0)))
+    if not reads_c:
+        model.fn = lambda m, a, b, c: m.head(torch.tanh(b.flatten(1)) * 2.0 + a.flatten(1))
+    background = [torch.randn(5, 3, 4) for _ in range(3)]
+    X = [torch.randn(2, 3, 4) for _ in range(3)]
+    explainer = _writing(rnnshap.DeepExplainer(model.eval(), background, compile="capture"))
+    planned = explainer.shap_values(X)
+    for _ in range(2):
+        got = explainer.shap_values(X)
+        assert all(np.array_equal(g, p) for g, p in zip(got, planned, strict=True))
+    assert (PROGRAM in explainer.pass_path) == reads_c, explainer.pass_path
+    if not reads_c:
+        assert np.all(got[2] == 0.0) and "an explained input the captured graph does not read" in explainer.pass_path
