@@ -45,7 +45,7 @@ from ...rules.gates import Comparison, Predicate
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
-from .captured_program import WRITE_AFTER, Programs
+from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
 from .gradients import grads_per_output
 from .handwritten_norms import canonical, mark_of, normalizing_rule
@@ -791,8 +791,8 @@ class CapturedPasses:
         self.numbers = numbers
         self.path = "captured: not run yet"
         #: how many runs of a call signature through a graph's plan before it is written as a program
-        #: (captured_program.py)
-        self.write_after = WRITE_AFTER
+        #: (captured_program.py); None: WRITE_AFTER on the devices of WRITTEN_ON, else never
+        self.write_after: int | None = None
         #: why this explainer's calls run the intercepted pass from now on (None: they are captured)
         self.off: str | None = None
         #: why this explainer's calls run their reference side on every pair from now on (None: on a block's distinct
@@ -846,7 +846,9 @@ class CapturedPasses:
             except NotCaptured as error:
                 plan = error
             else:
-                plan.programs.write_after = self.write_after
+                device = next(iter(call.references.values())).device
+                written = device.type in WRITTEN_ON
+                plan.programs.write_after = self.write_after or (WRITE_AFTER if written else None)
             self._plans[id(graph_module)] = plan
             self._graphs.append(graph_module)
         if isinstance(plan, NotCaptured):

@@ -47,6 +47,7 @@ class _Written:
 
     program: fx.GraphModule
     explained: int  # (the explained output's place among the graph's)
+    replayed: Any  # (on a CUDA device: the program as a CUDA graph, where it replays the program's values bit for bit)
     spec: Any  # (the captured graph's output structure)
     outputs: int  # (how many tensors the captured graph gives)
     grads: int  # (how many gradients follow the explained output's reference side)
@@ -70,6 +71,11 @@ class _Seen:
 #: an ``LSTMCell`` loop on the CPU), as a ski rental buys once the rent paid reaches the price
 WRITE_AFTER = 100
 
+#: the devices whose calls write programs by default: on a CUDA device a program is replayed as one CUDA graph (every
+#: kernel launched by one call); on the CPU a program's operations, each called through torch's dispatcher, cost what
+#: the plan's Python costs (measured: 0.8-1.2x the plan's call on nine models of benchmarks/bench_dispatch.py)
+WRITTEN_ON = frozenset({"cuda"})
+
 #: a program is kept once it has run this many times (its first aside) no slower than the plan's fastest call of its
 #: signature; else the signature runs through the plan from then on
 TRIED_IN = 3
@@ -79,7 +85,8 @@ class Programs:
     """One graph plan's programs, by call signature: a signature the plan ran ``write_after`` times is written at its
     next call, and kept unless it runs slower than the plan."""
 
-    def __init__(self, write_after: int = WRITE_AFTER) -> None:
+    def __init__(self, write_after: int | None = WRITE_AFTER) -> None:
+        #: None: none written
         self.write_after = write_after
         self._held: dict[tuple[Any, ...], _Seen | _Written | str] = {}
 
@@ -118,7 +125,7 @@ class Programs:
         """The graph's outputs on the pairs from the signature's program (its gradients and reference side set on
         ``call``), written now where the signature was seen once; None where it runs through the plan."""
         held = self._held.get(key) if key is not None else None
-        if isinstance(held, _Seen) and held.runs >= self.write_after:
+        if isinstance(held, _Seen) and self.write_after is not None and held.runs >= self.write_after:
             planned = held.best
             try:
                 held = self._held[key] = _write(plan, args, call, held.explained)  # type: ignore[index]
@@ -130,7 +137,7 @@ class Programs:
             return None
         try:
             with torch.no_grad():
-                results = held.program(*_program_inputs(args, call))
+                results = (held.replayed or held.program)(*_program_inputs(args, call))
         except Exception as error:  # noqa: BLE001 (a view the fake tensors' strides allowed and the real ones do not)
             self._held[key] = f"its program fails on the pairs ({_said(error)})"  # type: ignore[index]
             call.restore()  # (what it wrote into the model's buffers before it failed)
@@ -237,6 +244,23 @@ def _write(plan: Any, args: tuple[Any, ...], call: Any, output: int) -> _Written
 
     # (a tensor made before the program that it would hold is refused by the fake tensors; those it holds are
     # constants its rules made from Python numbers while it was written)
-    program = make_fx(pass_and_backward, tracing_mode="fake")(*_program_inputs(args, call))
-    return _Written(program, output, shape["spec"], shape["outputs"], shape["grads"])
+    inputs = _program_inputs(args, call)
+    program = make_fx(pass_and_backward, tracing_mode="fake")(*inputs)
+    return _Written(program, output, _replayed(program, inputs), shape["spec"], shape["outputs"], shape["grads"])
+
+
+def _replayed(program: fx.GraphModule, inputs: list[Tensor]) -> Any:
+    """On a CUDA device, ``program`` captured as a CUDA graph (engines/cuda_graphs.py), where its replay gives the
+    program's own outputs bit for bit; else None (the program runs itself)."""
+    from ..cuda_graphs import Replayed, cuda_graphs_wanted, same_bits
+
+    if inputs[0].device.type != "cuda" or not cuda_graphs_wanted():
+        return None
+    try:
+        replayed = Replayed(program, inputs)
+        with torch.no_grad():
+            got, want = replayed(*inputs), program(*inputs)
+    except Exception:  # noqa: BLE001 (an operation that waits on the device or copies to the host: not captured)
+        return None
+    return replayed if len(got) == len(want) and all(same_bits(a, b) for a, b in zip(got, want, strict=True)) else None
 

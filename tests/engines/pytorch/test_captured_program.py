@@ -231,3 +231,38 @@ def test_a_programs_gradients_go_to_the_inputs_they_belong_to_in_the_models_orde
     assert (PROGRAM in explainer.pass_path) == reads_c, explainer.pass_path
     if not reads_c:
         assert np.all(got[2] == 0.0) and "an explained input the captured graph does not read" in explainer.pass_path
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_programs_are_written_by_default_on_the_devices_where_they_pay(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU a program's operations cost what the plan's Python costs (benchmarks/bench_dispatch.py): none is
+    written by default; on a CUDA device one is, once its signature ran WRITE_AFTER times through the plan."""
+    from rnnshap.engines.pytorch import captured
+
+    if device == "cuda" and not torch.cuda.is_available():
+        monkeypatch.setattr(captured, "WRITTEN_ON", frozenset({"cpu"}))  # (the CPU in the device's place)
+        device = "cpu"
+    monkeypatch.setattr(captured, "WRITE_AFTER", 2)
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval().to(device)
+    background, X = (t.to(device) for t in _data())
+    explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+    written = [PROGRAM in (explainer.shap_values(X), explainer.pass_path)[1] for _ in range(4)]
+    assert written == ([False, False, True, True] if device in captured.WRITTEN_ON else [False] * 4), written
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_on_a_cuda_device_a_program_is_replayed_as_one_cuda_graph_with_the_plans_values(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval().cuda()
+    background, _ = (t.cuda() for t in _data())
+    planned = _writing(rnnshap.DeepExplainer(model, background, compile="capture"), after=10**9)
+    written = _writing(rnnshap.DeepExplainer(model, background, compile="capture"), after=2)
+    for seed in (1, 2, 3, 4):
+        X = _data(seed)[1].cuda()
+        got, want = written.shap_values(X), planned.shap_values(X)
+        assert _within_ulps(got, want, ROUNDED.get(family, 0)), (family, seed, written.pass_path)
+    assert PROGRAM in written.pass_path, written.pass_path
+    assert any(getattr(h, "replayed", None) is not None for h in _held(written)), _held(written)
