@@ -134,7 +134,8 @@ def _condition_only(node: fx.Node) -> bool:
 class _Step:
     """One node of the graph as the plan runs it: ``kind`` is "input" (an explained input, a pair), "value" (run once:
     it depends on no explained input), "linear" (run on each side, the ordinary gradient exact), "rule" (the rule's
-    input and reference sides), "mask" (a comparison's, a :class:`MaskValue`) or "output"."""
+    input and reference sides), "mask" (a comparison's, a :class:`MaskValue`), "same" (a missing-value test that
+    answers alike on both sides: a constant) or "output"."""
 
     node: fx.Node
     kind: str
@@ -522,9 +523,11 @@ class GraphPlan:
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         rule = registry.op_rule(op_key(fn))
         if isinstance(rule, (Comparison, Predicate)) and written is None:
-            if not _condition_only(node):
-                raise NotCaptured(f"{name}: a comparison's mask used other than as the condition of a where")
-            return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
+            if _condition_only(node):
+                return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
+            if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
+                return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
+            raise NotCaptured(f"{name}: a comparison's mask used other than as the condition of a where")
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
@@ -563,6 +566,8 @@ class GraphPlan:
                     env[node] = _value(node, env)
             elif step.kind in ("move", "cast", "lookup", "meta"):
                 env[node] = self._on_ids(step, env, call)
+            elif step.kind == "same":
+                env[node] = self._same(step, env)
             elif step.kind == "output":
                 if sides is not None and sides.recorded is not None and len(sides.values) != len(sides.recorded):
                     raise _NotDistinct("the pairs' graph stopped before the references' did")
@@ -607,6 +612,20 @@ class GraphPlan:
             call.lookups.append(made)
             operands[node] = PairValue(leaf, reference)
         return operands
+
+    @staticmethod
+    def _same(step: _Step, env: dict[fx.Node, Any]) -> Tensor:
+        """A missing-value test (``isnan``) of input-dependent values whose mask is used other than as a condition: its
+        mask where it answers alike on both sides of every pair (a constant of the explained function); else
+        :class:`NotCaptured` (the intercepted pass refuses it by name)."""
+        assert step.fn is not None
+        args, kwargs = step.arguments()
+        with torch.no_grad():
+            x = step.fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0))
+            r = step.fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+        if x.shape != r.shape or not torch.equal(x, r):
+            raise NotCaptured(f"{step.name}: an answer that differs between an input and its reference")
+        return x
 
     @staticmethod
     def _on_ids(step: _Step, env: dict[fx.Node, Any], call: _Call) -> Any:

@@ -632,6 +632,32 @@ def test_missing_values_the_model_does_not_handle_are_an_input_error_on_the_capt
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (captured again: the error was the input's)
 
 
+def _missing_as_a_feature(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The window filled, and where it is missing as a feature of its own (``isnan`` cast to float, negated, joined)."""
+    seen = torch.isnan(x).logical_not().float()
+    return m.out(torch.tanh(m.hidden(torch.cat([torch.nan_to_num(x, nan=0.0), seen], -1))))
+
+
+def test_a_missing_value_mask_used_as_a_feature_is_captured_where_both_sides_miss_alike() -> None:
+    """``isnan(x)`` answers alike on both sides of every pair where the gaps are alike: a constant of the explained
+    function, however the model uses it; where they differ the intercepted pass refuses it by name."""
+    torch.manual_seed(0)
+    model = Composite(_missing_as_a_feature, hidden=nn.Linear(2 * missing.L, 6), out=nn.Linear(6, 2)).double().eval()
+    background, X = missing._windows(4, 0, gap=missing.GAP), missing._windows(3, 1, gap=missing.GAP)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    assert _same(got, intercepted.shap_values(X))
+    assert np.all(np.asarray(got)[:, : missing.GAP] == 0.0)
+    other = missing._windows(2, 2, gap=missing.GAP + 1)  # (a gap one step longer than the background's)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="isnan") as refused:
+        captured.shap_values(other)
+    with pytest.raises(type(refused.value)) as intercepted_refusal:
+        intercepted.shap_values(other)
+    assert str(refused.value) == str(intercepted_refusal.value)
+
+
 def _calendar(m: nn.Module, x: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
     """A float sequence and an integer calendar index per step, cast to float and joined inside the model."""
     return m.out(m.lstm(torch.cat([x, day.unsqueeze(-1).float()], -1))[0][:, -1])
