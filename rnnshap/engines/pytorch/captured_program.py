@@ -123,7 +123,8 @@ class Programs:
 
     def run(self, plan: Any, args: tuple[Any, ...], call: Any, key: tuple[Any, ...] | None) -> Any | None:
         """The graph's outputs on the pairs from the signature's program (its gradients and reference side set on
-        ``call``), written now where the signature was seen once; None where it runs through the plan."""
+        ``call``), written now where the plan has run the signature ``write_after`` times; None where it runs through
+        the plan."""
         held = self._held.get(key) if key is not None else None
         if isinstance(held, _Seen) and self.write_after is not None and held.runs >= self.write_after:
             planned = held.best
