@@ -403,13 +403,13 @@ def _secant_constants(blocks: Sequence[tuple[tuple[float, float], int]], like: T
     (an LSTM's gates [i, f, g, o] and tanh(c): σ, σ, tanh, σ, tanh), so that one blend computes every multiplier of
     a step (made once per layout, dtype and device: a cell in a loop asks at every step; not kept under inference
     mode, whose tensors a later backward could not save, nor from fake tensors, whose program makes its own)."""
-    key = (tuple(blocks), like.dtype, like.device)
-    constants = None if valueless(like) else _SECANT_CONSTANTS.get(key)
+    key, fake = (tuple(blocks), like.dtype, like.device), valueless(like)
+    constants = None if fake else _SECANT_CONSTANTS.get(key)
     if constants is None:
         mu = [m for (m, _), width in blocks for _ in range(width)]
         kappa = [k for (_, k), width in blocks for _ in range(width)]
         constants = like.new_tensor(mu), like.new_tensor(kappa)
-        if not torch.is_inference_mode_enabled() and not valueless(like):
+        if not torch.is_inference_mode_enabled() and not fake:
             _SECANT_CONSTANTS[key] = constants
     return constants
 

@@ -27,7 +27,6 @@ import contextvars
 import inspect
 import operator
 import re
-import time
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -47,12 +46,13 @@ from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
-from .gradients import grads_per_output
+from .gradients import chosen_gradients
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .integer_ops import CONSTANT, SHAPE_OF_OTHER
 from .randomness import random_call
 from .state import python_state
 from .tape import batch_axis, repeat_along
+from .traced import waited
 
 Tensor = torch.Tensor
 
@@ -206,7 +206,7 @@ class _Call:
         #: the call (captured_program.py), the gradients of those outputs w.r.t. the explained inputs
         self.columns: Tensor | None = None
         self.grads: list[Tensor] | None = None
-        #: where the plan ran the call: its plan, signature and the graph's outputs (a program is written at the next)
+        #: where the plan or a program ran the call: its plan, signature and the graph's outputs (captured_program.py)
         self.ran: tuple[GraphPlan, tuple[Any, ...], Any] | None = None
         #: puts the model back to the call's state (where a program failed midway: the plan runs it again)
         self.restore: Callable[[], None] = lambda: None
@@ -866,8 +866,7 @@ class CapturedPasses:
                 plan = error
             else:
                 device = next(iter(call.references.values())).device
-                written = device.type in WRITTEN_ON
-                plan.programs.write_after = self.write_after or (WRITE_AFTER if written else None)
+                plan.programs.write_after = self.write_after or (WRITE_AFTER if device.type in WRITTEN_ON else None)
             self._plans[id(graph_module)] = plan
             self._graphs.append(graph_module)
         if isinstance(plan, NotCaptured):
@@ -902,7 +901,7 @@ class CapturedPasses:
             i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
         }
         before = python_state(self.model)
-        start = _waited(leaves[0].device)
+        start = waited(leaves[0].device)
         try:
             call, out = self._pairs_run(leaves, explained, grid, (tokens, columns), distinct, restore)
         except NotCaptured as error:
@@ -939,7 +938,7 @@ class CapturedPasses:
             # for writing and keeping programs)
             plan, key, graph_out = call.ran
             explained_at = next(i for i, t in enumerate(tree_flatten(graph_out)[0]) if t is flat)
-            plan.programs.took(key, explained_at, _waited(leaves[0].device) - start, call.grads is not None)
+            plan.programs.took(key, explained_at, waited(leaves[0].device) - start, call.grads is not None)
             unwritten = plan.programs.why_not(key)
         sides = call.sides
         self.path = "captured: the forward's graph run on the pairs" + (
@@ -1065,18 +1064,8 @@ def _gradients(
     """The gradients of the explained outputs ``flat`` at ``columns`` w.r.t. the attributed ``leaves``, and each token
     input's contributions per position from its embedding lookups' gradients (captured_tokens.py)."""
     with torch.enable_grad():
-        chosen = flat.reshape(flat.shape[0], -1).gather(1, columns)
-        attributed = [leaf for leaf in leaves if leaf.requires_grad]
-        grads = grads_per_output(chosen, attributed + [lookup.leaf for lookup in lookups])
-    sizes = {t: leaves[t].numel() for t in tokens}
-    return grads[: len(attributed)], token_contributions(lookups, grads[len(attributed) :], sizes)
-
-
-def _waited(device: torch.device) -> float:
-    """The clock, once the device has run what it was given (a CUDA device's queue waited for)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+        grads, looked_up = chosen_gradients(flat, columns, leaves, [lookup.leaf for lookup in lookups])
+    return grads, token_contributions(lookups, looked_up, {t: leaves[t].numel() for t in tokens})
 
 
 def _capture_settings() -> Any:

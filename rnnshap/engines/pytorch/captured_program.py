@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...rules.base import PairGrid
 from ...rules.elementwise import missing_values_state
-from .gradients import grads_per_output
+from .gradients import chosen_gradients
 
 Tensor = torch.Tensor
 
@@ -85,8 +85,8 @@ class Programs:
     """One graph plan's programs, by call signature: a signature the plan ran ``write_after`` times is written at its
     next call, and kept unless it runs slower than the plan."""
 
-    def __init__(self, write_after: int | None = WRITE_AFTER) -> None:
-        #: None: none written
+    def __init__(self, write_after: int | None = None) -> None:
+        #: None: none written (the captured pass sets it by the device: WRITE_AFTER on those of WRITTEN_ON)
         self.write_after = write_after
         self._held: dict[tuple[Any, ...], _Seen | _Written | str] = {}
 
@@ -238,8 +238,7 @@ def _write(plan: Any, args: tuple[Any, ...], call: Any, output: int) -> _Written
             chosen = outputs[output]
             assert inner.outputs is not None
             reference = inner.outputs[id(chosen)]
-            flat = chosen.reshape(chosen.shape[0], -1)
-            grads = grads_per_output(flat.gather(1, columns), [graph_args[i] for i in attributed])
+            grads, _ = chosen_gradients(chosen, columns, [graph_args[i] for i in attributed], [])
         shape["outputs"], shape["grads"] = len(outputs), len(grads)
         return [o.detach() for o in outputs] + [reference.detach()] + grads + (grid.deferred or [])
 

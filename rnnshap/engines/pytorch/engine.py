@@ -28,7 +28,7 @@ from .captured import CapturedPasses
 from .captured_tokens import Lookup, token_contributions
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
-from .gradients import contribution, grads_per_output
+from .gradients import chosen_gradients, contribution
 from .kept import KeptReferencePasses, kept_key
 from .keras_on_torch import KerasModule
 from .model_forms import LayerForm
@@ -565,10 +565,8 @@ class TorchEngine(Engine):
             flat = outputs.reshape(outputs.shape[0], -1)
             if nan_in_leaves:
                 check_missing_values_handled(leaves, flat.detach(), "X", block.references, block.s0)
-            chosen = flat.gather(1, chosen_columns)
-            attributed = [leaf for leaf in leaves if leaf.requires_grad]
-            grads = grads_per_output(chosen, attributed + [e.leaf for e in mode.embedded])
-        return flat, grads[: len(attributed)], self._per_position(mode, grads[len(attributed) :], leaves)
+            grads, embedded = chosen_gradients(flat, chosen_columns, leaves, [e.leaf for e in mode.embedded])
+        return flat, grads, self._per_position(mode, embedded, leaves)
 
     def _per_position(self, mode: AttributionMode, grads: list[Tensor], leaves: list[Tensor]) -> dict[int, Tensor]:
         """Every embedding output and cast of an integer input of an intercepted pass (``grads``: their gradients): its

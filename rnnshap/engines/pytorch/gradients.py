@@ -32,6 +32,16 @@ def contribution(grad: Tensor, x: Tensor, reference: Tensor) -> Tensor:
     return contribution
 
 
+def chosen_gradients(
+    outputs: Tensor, columns: Tensor, leaves: list[Tensor], beside: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The gradients of each pair's explained outputs (``columns`` of ``outputs`` flattened per pair) w.r.t. the
+    ``leaves`` that require grad, and w.r.t. ``beside`` (embedding lookups): :func:`grads_per_output`, split so."""
+    attributed = [leaf for leaf in leaves if leaf.requires_grad]
+    grads = grads_per_output(outputs.reshape(outputs.shape[0], -1).gather(1, columns), attributed + beside)
+    return grads[: len(attributed)], grads[len(attributed) :]
+
+
 def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
     """Gradients of every column of ``chosen`` w.r.t. ``leaves``: shape (k, *leaf.shape) each.
 
