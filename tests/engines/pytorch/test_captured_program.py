@@ -266,3 +266,47 @@ def test_on_a_cuda_device_a_program_is_replayed_as_one_cuda_graph_with_the_plans
         assert _within_ulps(got, want, ROUNDED.get(family, 0)), (family, seed, written.pass_path)
     assert PROGRAM in written.pass_path, written.pass_path
     assert any(getattr(h, "replayed", None) is not None for h in _held(written)), _held(written)
+
+
+def _written_lstm() -> tuple[nn.Module, torch.Tensor, torch.Tensor, Any]:
+    """An LSTM head, its data, and an explainer whose captured pass has written the call's program."""
+    torch.manual_seed(0)
+    model = FAMILIES["lstm"]().eval()
+    background, X = _data()
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    for _ in range(3):
+        explainer.shap_values(X)
+    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    return model, background, X, explainer
+
+
+def test_the_training_flag_changed_after_the_program_is_written_is_seen() -> None:
+    model, background, X, explainer = _written_lstm()
+    for mode in (True, False, True, False):
+        model.train(mode)
+        assert _same(explainer.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+
+
+def test_a_default_dtype_changed_after_the_program_is_written_gives_a_fresh_explainers_values() -> None:
+    torch.manual_seed(0)
+    model = Composite(stale._made, lstm=nn.LSTM(4, 6, batch_first=True), head=nn.Linear(6, 2)).eval()
+    background, X = stale._data()
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    for _ in range(3):
+        explainer.shap_values(X)
+    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fresh = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
+        for _ in range(2):
+            assert stale._close(explainer.shap_values(X), fresh), explainer.pass_path
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_a_model_moved_to_float64_after_the_program_is_written_is_refused_by_name() -> None:
+    model, _, X, explainer = _written_lstm()
+    model.double()
+    with pytest.raises(rnnshap.errors.InputError, match="float64"):
+        explainer.shap_values(X.double())
