@@ -31,11 +31,13 @@ ADVICE: dict[str, str] = {
         "the input, torch.maximum, relu, clamp)."
     ),
     "comparison": (
-        "{op} turns input values into a bool (or integer) mask: a step function, whose change has no "
-        "multiplier. If the mask is a feature of its own, compute it outside the model and pass it as a "
+        "{op} turns input values into a bool mask: a step of the compared values' difference, attributed "
+        "where the mask gates a torch.where(mask, f(x), g(x)) or is cast to floating point first. Write "
+        "x * mask as x * mask.to(x.dtype) (the same values). Used otherwise (an index, a count), a mask has "
+        "no multiplier: if it is a feature of its own, compute it outside the model and pass it as a "
         "separate bool or integer input (context: used as given, not attributed). To gate values by "
-        "their sign or size use torch.where(x >= 0, f(x), g(x)) (a piecewise function of x, attributed "
-        "exactly), relu, torch.maximum/minimum or clamp, which have exact rules."
+        "their sign or size, torch.where(x >= 0, f(x), g(x)), relu, torch.maximum/minimum and clamp have "
+        "exact rules."
     ),
     "step": (
         "{op} is piecewise constant in its input (rounding, floor division, remainder): it jumps, "

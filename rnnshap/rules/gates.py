@@ -12,8 +12,11 @@ multiplier is the Rescale multiplier of the piecewise function :math:`h` itself,
 
 The comparison returns the bool mask the model asks for; the step (a float tensor carrying the
 multiplier) and the reference side's mask are kept beside it, in :data:`GATES`, for the ``where``
-that consumes it. Any other use of the mask (``mask.float()``, ``x * mask``, ``~mask``) has no
-rule here and must stay refused by the engine.
+that consumes it, and for a cast of the mask to floating point (``mask.to(x.dtype)``, ``mask.float()``:
+an indicator, as KAN layers build their spline bases), whose value is the step itself, as it is where
+arithmetic promotes the mask (``x * mask``). Logical combinations of masks are the multilinear
+polynomials of their steps (:func:`combined`). Any other use of the mask (an index, a count) has no rule
+here and stays refused by the engine.
 
 These rules need the engine's cooperation (the mask is a bool result of a rule on an
 input-dependent tensor, whose uses the engine refuses): :func:`gate_rules` returns the table to
@@ -57,6 +60,63 @@ class Gate:
 
 #: bool masks made by :class:`Comparison` → their :class:`Gate` (weakly keyed: dropped with the mask)
 GATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+#: the logical operations on bool masks → what they compute. Out of place only: an in-place one (``m &= c``) writes
+#: into every view of the mask and every mask it is a view of, whose gates would keep their old steps
+LOGICAL = {
+    **dict.fromkeys(("logical_and", "__and__", "__rand__", "bitwise_and", "mul", "__mul__", "__rmul__"), "and"),
+    **dict.fromkeys(("logical_or", "__or__", "__ror__", "bitwise_or"), "or"),
+    **dict.fromkeys(("logical_xor", "__xor__", "__rxor__", "bitwise_xor"), "xor"),
+    **dict.fromkeys(("logical_not", "__invert__", "bitwise_not"), "not"),
+}
+#: the out-of-place operation of each kind of :data:`LOGICAL`, run on the reference side's masks
+ON_MASKS = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}
+#: the tensor methods that cast a mask to another dtype: to floating point, the mask's step (its value is the step's)
+CASTS = frozenset({"float", "double", "half", "bfloat16", "to", "type", "type_as"})
+#: operations that give a bool mask back unchanged (``torch.nan_to_num(mask)``, as pykan writes its bases): the same gate
+SAME_ON_MASKS = frozenset({"nan_to_num", "clone"})
+#: arithmetic that promotes a mask to its floating-point result's dtype (``x * mask``): the same operation on the step
+PROMOTING = frozenset({"mul", "__mul__", "__rmul__", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__"})
+
+#: a side of an operand of a logical combination: its mask, the reference side's mask, and its step (None: an operand
+#: that does not depend on the input, a constant of the combination)
+Side = tuple[Any, Any, "Tensor | None"]
+
+
+def combined(kind: str, sides: list[Side]) -> tuple[Tensor, list[Tensor], list[Tensor], torch.dtype]:
+    r"""A logical combination of masks as the multilinear polynomial of their steps,
+
+    .. math:: a \wedge b = ab, \quad a \vee b = a + b - ab, \quad a \oplus b = a + b - 2ab, \quad \neg a = 1 - a,
+
+    whose exact two-player Shapley split gives each step the multiplier of the other's midpoint
+    (:math:`\Delta(ab) = \bar b\,\Delta a + \bar a\,\Delta b`, :math:`\bar a = (a + a_r)/2`): :math:`\bar b`,
+    :math:`1 - \bar b` and :math:`1 - 2\bar b` for and, or and xor, and :math:`-1` for not. Returns the reference side's
+    mask of the combination, its players (the steps of the operands that have one) with their multipliers, and the
+    steps' dtype. ``kind``: a value of :data:`LOGICAL`; ``sides``: one per operand (see :data:`Side`)."""
+    dtype = next(step.dtype for _, _, step in sides if step is not None)
+    device = next(step.device for _, _, step in sides if step is not None)
+
+    def mean(side: Side) -> Tensor:
+        mask, reference, _ = side
+        return (torch.as_tensor(mask, device=device).to(dtype) + torch.as_tensor(reference, device=device).to(dtype)) * 0.5
+
+    if kind == "not":
+        _, reference, step = sides[0]
+        assert step is not None
+        return torch.logical_not(reference), [step], [torch.full_like(step, -1.0)], dtype
+    refs = [torch.as_tensor(reference, device=device) for _, reference, _ in sides]
+    ref_out = ON_MASKS[kind](refs[0], refs[1])
+    shape = torch.broadcast_shapes(*(torch.as_tensor(mask).shape for mask, _, _ in sides))
+    players, multipliers = [], []
+    for i, (_, _, step) in enumerate(sides):
+        if step is None:
+            continue
+        other = mean(sides[1 - i])
+        m = other if kind == "and" else 1 - other if kind == "or" else 1 - 2 * other
+        players.append(step)
+        multipliers.append(m.expand(shape))
+    return ref_out, players, multipliers, dtype
 
 
 def gate_of(value: Any) -> Gate | None:

@@ -1,4 +1,4 @@
-"""neuralforecast: LSTM, GRU, RNN, DilatedRNN, xLSTM and TFT, each with historic, future and static
+"""neuralforecast: LSTM, GRU, RNN, DilatedRNN, xLSTM, TFT and KAN, each with historic, future and static
 exogenous inputs, explained through the model's own ``forward(windows_batch)``.
 
 neuralforecast scales the windows before ``forward`` (``scaler_type``) and maps the network's
@@ -20,7 +20,7 @@ from ..models.torch import Composite
 from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, params
 
 pytest.importorskip("neuralforecast")
-from neuralforecast.models import GRU, LSTM, RNN, TFT, DilatedRNN  # noqa: E402
+from neuralforecast.models import GRU, KAN, LSTM, RNN, TFT, DilatedRNN  # noqa: E402
 
 try:
     from neuralforecast.models import xLSTM
@@ -65,6 +65,8 @@ ZOO = {
     "RNN": Spec(_build(RNN, **SMALL_RNN)),
     "DilatedRNN": Spec(_build(DilatedRNN, encoder_hidden_size=8, decoder_hidden_size=8, dilations=[[1, 2]])),
     "TFT": Spec(_build(TFT, hidden_size=8, n_head=2)),
+    # spline bases built from comparisons cast to floating point: steps of the input (rules/gates.py)
+    "KAN": Spec(_build(KAN, hidden_size=8)),
 }
 if xLSTM is not None:
     ZOO["xLSTM"] = Spec(_build(xLSTM, encoder_hidden_size=8, decoder_hidden_size=8, encoder_n_blocks=1))
@@ -79,13 +81,14 @@ CAUSAL = {"LSTM", "GRU", "RNN"}
 def test_exact(name: str) -> None:
     """Exact, and what the forecast for horizon step j must not see gets exactly 0.
 
-    Every model reads the future exogenous of horizon step j' only in the forecast for j'. The causal
+    Every model but KAN reads the future exogenous of horizon step j' only in the forecast for j'. The causal
     encoders also give the past target exactly 0 after position L − H + j. TFT's decoder attends to
-    the past and the horizon up to j only (a causal mask).
+    the past and the horizon up to j only (a causal mask). KAN maps the window and the whole horizon's
+    exogenous through one stack of KAN layers to every step: exact, with no step it must not see.
     """
     values = check(ZOO[name]).values
     y, futr = values[0], values[2]  # (N, L, 1, H), (N, L + H, 1, H)
-    for j in range(H):
+    for j in range(H if name != "KAN" else 0):
         later = [L + k for k in range(H) if k > j] if name == "TFT" else [L + k for k in range(H) if k != j]
         assert_zero(futr[:, later, :, j], f"{name}: future exogenous of other horizon steps for step {j}")
         if name in CAUSAL:

@@ -1,7 +1,7 @@
-"""pytorch-forecasting: DeepAR, RecurrentNetwork and the Temporal Fusion Transformer, built with
+"""pytorch-forecasting: DeepAR, RecurrentNetwork, the Temporal Fusion Transformer and NBeatsKAN, built with
 ``from_dataset`` on a small ``TimeSeriesDataSet`` with a known real, the target, a time-varying known
-categorical and a static categorical, and explained through the network's own ``forward(x)`` on
-the dataloader's batch tensors.
+categorical and a static categorical (NBeatsKAN's on the target alone), and explained through the
+network's own ``forward(x)`` on the dataloader's batch tensors.
 
 Categoricals are token ids, attributed at their embeddings. The encoder and decoder lengths are the
 full window (context, made by the wrapper). ``target_scale`` is an input like the others: the
@@ -26,7 +26,7 @@ from .harness import N_BACKGROUND, N_EXPLAINED, Case, Spec, assert_zero, check, 
 
 pytest.importorskip("pytorch_forecasting")
 import pandas as pd  # noqa: E402
-from pytorch_forecasting import DeepAR, RecurrentNetwork, TemporalFusionTransformer, TimeSeriesDataSet  # noqa: E402
+from pytorch_forecasting import DeepAR, NBeatsKAN, RecurrentNetwork, TemporalFusionTransformer, TimeSeriesDataSet  # noqa: E402
 from pytorch_forecasting.data import GroupNormalizer  # noqa: E402
 
 L, H = 6, 3  # encoder and decoder lengths
@@ -173,4 +173,35 @@ def test_tft_without_categoricals_takes_its_lengths_as_context() -> None:
     assert_zero(values[4], "TFT: the encoder lengths")
     assert_zero(values[5], "TFT: the decoder lengths")
     assert_zero(values[1][:, :, VALUE], "TFT: the target in the decoder")
+    assert np.abs(values[0]).max() > 0
+
+
+# -- NBeatsKAN: N-BEATS with KAN layers, on the target alone --------------------------------
+def _nbeats_kan() -> Case:
+    """NBeatsKAN's spline bases are pykan's: comparisons with the grid multiplied into masks, then promoted by
+    arithmetic (``(x - g) * mask``): steps of the input (rules/gates.py)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = TimeSeriesDataSet(
+            _frame(), time_idx="time_idx", target="value", group_ids=["series"], max_encoder_length=L, min_encoder_length=L,
+            max_prediction_length=H, min_prediction_length=H, time_varying_unknown_reals=["value"],
+        )  # fmt: skip
+        network = NBeatsKAN.from_dataset(
+            data, widths=[8, 8], num_blocks=[1, 1], num_block_layers=[1, 1], expansion_coefficient_lengths=[3, 3]
+        )
+    batch, _ = next(iter(data.to_dataloader(train=False, batch_size=N_BACKGROUND + N_EXPLAINED, shuffle=False)))
+    tensors = [batch["encoder_cont"], batch["target_scale"]]
+
+    def forecast(m: nn.Module, encoder_cont: torch.Tensor, target_scale: torch.Tensor) -> torch.Tensor:
+        prediction = m.network({"encoder_cont": encoder_cont, "target_scale": target_scale})["prediction"]
+        return prediction.reshape(len(encoder_cont), -1)
+
+    model = Composite(forecast, network=network).eval()
+    return Case(model, [t[:N_BACKGROUND] for t in tensors], [t[N_BACKGROUND:] for t in tensors])
+
+
+def test_nbeats_kan_is_exact() -> None:
+    values = check(Spec(_nbeats_kan)).values
     assert np.abs(values[0]).max() > 0

@@ -11,8 +11,9 @@ one runs through its rule, as in the intercepted pass, and everything else runs 
 
 Where a block's pairs hold its distinct references alike for every sample, the reference side runs on those
 references alone, is repeated for the pairs, and is kept for later calls (:class:`_Sides`). A comparison of
-input-dependent values that only gates a ``where`` or ``masked_fill`` is a :class:`MaskValue`, attributed by the
-gates' rules (rules/gates.py).
+input-dependent values is a :class:`MaskValue` with its gate beside it (rules/gates.py) where its mask gates a
+``where`` or ``masked_fill``, is cast to floating point (the gate's step as a value), or is combined or moved for
+those uses.
 
 What the plan does not take yet runs the intercepted pass instead, and ``pass_path`` names it: a forward the capture
 cannot write as one graph (a value read on the host), writes into views or into values that depend on no input,
@@ -34,13 +35,13 @@ from typing import Any, Callable
 import torch
 from torch import fx
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ...errors import RnnShapError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
-from ...rules.elementwise import Product
-from ...rules.gates import Comparison, Predicate
+from ...rules.elementwise import Product, with_multipliers
+from ...rules.gates import CASTS, GATES, LOGICAL, PROMOTING, SAME_ON_MASKS, Comparison, Gate, Predicate, Side, combined, gate_of
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
@@ -74,6 +75,10 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
     operator.lt: ("__lt__", "__gt__"),
     operator.eq: ("__eq__", "__eq__"),
     operator.ne: ("__ne__", "__ne__"),
+    operator.and_: ("__and__", "__rand__"),
+    operator.or_: ("__or__", "__ror__"),
+    operator.xor: ("__xor__", "__rxor__"),
+    operator.invert: ("__invert__", None),
     operator.iadd: ("__iadd__", None),
     operator.isub: ("__isub__", None),
     operator.imul: ("__imul__", None),
@@ -115,17 +120,58 @@ class MaskValue(PairValue):
 _CONDITIONS = {"where": (0, 1), "masked_fill": (1,), "masked_fill_": (1,)}
 
 
-def _condition_only(node: fx.Node) -> bool:
-    """Whether every use of ``node`` is as the condition of a ``where`` or a ``masked_fill``."""
+def _is_condition(user: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` takes ``node`` as the condition of a ``where`` or a ``masked_fill``, and nowhere else."""
+    fn, _ = _function(user)
+    name = getattr(fn, "__name__", "")
+    # (torch.where(condition, a, b) takes it first; Tensor.where(self, condition, other) and masked_fill second)
+    at = _CONDITIONS.get(name, ())
+    position = 0 if name == "where" and user.op == "call_function" and fn is torch.where else 1
+    if position not in at or len(user.args) <= position or user.args[position] is not node:
+        return False
+    return not any(a is node for i, a in enumerate(user.args) if i != position) and node not in user.kwargs.values()
+
+
+#: operations that only move a mask's elements (a slice, a reshape, a concatenation): the result is a mask of the same
+#: steps, rearranged (the rule table's Linear rule says so where the plan meets one)
+_MOVES = frozenset({
+    "getitem", "__getitem__", "reshape", "view", "unsqueeze", "squeeze", "expand", "expand_as", "transpose", "permute",
+    "flatten", "unflatten", "movedim", "cat", "stack", "repeat", "contiguous", "narrow", "select", "to", "bool",
+})  # fmt: skip
+
+
+def _mask_use(user: fx.Node, node: fx.Node) -> str | None:
+    """How ``user`` uses the mask ``node``, where the plan attributes it: "cast" (to floating point: its step as a
+    value), "promote" (arithmetic that promotes it to floating point: on its step), "logic" (a logical combination: a
+    mask of its own) or "move" (its elements moved: a mask of its own); None for any other use."""
+    fn, _ = _function(user)
+    name = getattr(fn, "__name__", "")
+    example = user.meta.get("example_value")
+    if not isinstance(example, Tensor) or user.kwargs and name not in ("to", "type"):
+        return None
+    first = tree_flatten(user.args[0])[0] if user.args else []
+    others = tree_flatten((user.args[1:], user.kwargs))[0]
+    if name in CASTS and example.is_floating_point() and user.args[0] is node and node not in others:
+        return "cast"
+    if name in PROMOTING and example.is_floating_point() and len(user.args) == 2 and not user.kwargs:
+        return "promote"
+    if example.dtype != torch.bool:
+        return None
+    if name in LOGICAL and all(isinstance(a, (fx.Node, bool)) for a in user.args) and len(user.args) <= 2:
+        return "logic"
+    if (name in _MOVES or name in SAME_ON_MASKS) and node in first and node not in others:
+        return "move"
+    return None
+
+
+def _mask_uses_only(node: fx.Node) -> bool:
+    """Whether every use of the mask ``node`` is one the plan attributes: the condition of a ``where`` or a
+    ``masked_fill``, a cast to floating point, or a logical combination or rearrangement whose uses are as well."""
     for user in node.users:
-        fn, _ = _function(user)
-        name = getattr(fn, "__name__", "")
-        # (torch.where(condition, a, b) takes it first; Tensor.where(self, condition, other) and masked_fill second)
-        at = _CONDITIONS.get(name, ())
-        position = 0 if name == "where" and user.op == "call_function" and fn is torch.where else 1
-        if position not in at or len(user.args) <= position or user.args[position] is not node:
-            return False
-        if any(a is node for i, a in enumerate(user.args) if i != position) or node in user.kwargs.values():
+        if _is_condition(user, node):
+            continue
+        use = _mask_use(user, node)
+        if use is None or (use not in ("cast", "promote") and not _mask_uses_only(user)):
             return False
     return True
 
@@ -134,8 +180,9 @@ def _condition_only(node: fx.Node) -> bool:
 class _Step:
     """One node of the graph as the plan runs it: ``kind`` is "input" (an explained input, a pair), "value" (run once:
     it depends on no explained input), "linear" (run on each side, the ordinary gradient exact), "rule" (the rule's
-    input and reference sides), "mask" (a comparison's, a :class:`MaskValue`), "same" (a missing-value test that
-    answers alike on both sides: a constant) or "output"."""
+    input and reference sides), "mask" (a comparison's, a :class:`MaskValue`), "logic" and "move_mask" (a mask
+    combined or moved: a :class:`MaskValue`), "unmask" (a mask cast to floating point: its step), "same" (a
+    missing-value test that answers alike on both sides: a constant) or "output"."""
 
     node: fx.Node
     kind: str
@@ -154,6 +201,8 @@ class _Step:
     #: operands of integers used as numbers that this floating-point step meets without a cast (``day * 0.5``, a ``cat``
     #: with floats): each cast to the step's dtype first, as torch's type promotion does, and attributed there
     promoted: tuple[fx.Node, ...] = ()
+    #: masks of comparisons that this floating-point step's arithmetic promotes (``x * mask``): each its step, cast
+    unmasked: tuple[fx.Node, ...] = ()
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments ``fn`` takes, nodes among them (a Python operator's operands swapped where ``swap``)."""
@@ -394,8 +443,14 @@ class GraphPlan:
         self._first_only: set[fx.Node] = set()  # (std_mean's results: its std is a root, its mean is not)
         order = {node: i for i, node in enumerate(graph.nodes)}
         written_as: dict[fx.Node, tuple[fx.Node, ...]] = {}  # (each in-place result: the nodes of the same tensor)
+        masks: set[fx.Node] = set()  # (the nodes of comparisons' masks, their combinations and rearrangements)
         for node in graph.nodes:
             step = self._decide_ids(node, tokens, ids, tracked, numbers) if self._uses_ids(node, ids) else None
+            if step is None and any(n in masks for n in node.all_input_nodes):
+                step = self._on_masks(node, masks, registry)
+                if step is not None and step.kind == "promote":  # (arithmetic on the masks' steps, through its rule)
+                    step = self._decide(node, registry, explained, tracked, (order, written_as))
+                    step.unmasked = tuple(n for n in node.all_input_nodes if n in masks)
             if step is not None and step.kind == "promote":
                 step = self._promoted(node, registry, explained, tracked, ids, (order, written_as))
             if step is None:
@@ -411,9 +466,13 @@ class GraphPlan:
                 for member in (*same, node):
                     written_as[member] = (*same, node)
                 tracked.update(same)  # (a value written into by an input-dependent one depends on the input from then on)
+            if step.kind in ("mask", "logic", "move_mask"):
+                masks.add(node)
             if step.kind in ("input", "linear", "rule", "lookup", "mask"):
                 tracked.add(node)
                 self._mark(step, tracked | set(step.promoted))  # (promoted integers: input-dependent operands)
+            elif step.kind in ("logic", "move_mask", "unmask"):
+                tracked.add(node)
             self.steps.append(step)
 
     def _mark(self, step: _Step, tracked: set[fx.Node]) -> None:
@@ -438,6 +497,21 @@ class GraphPlan:
         if self.marks and (type(step.rule) is Product or type(step.rule) is Quotient):
             call = types.SimpleNamespace(fn=step.fn, args=args, kwargs=kwargs, inputs=operands)
             step.rule = normalizing_rule(step.rule, call, self.marks)
+
+    @staticmethod
+    def _on_masks(node: fx.Node, masks: set[fx.Node], registry: RuleRegistry) -> _Step | None:
+        """A step on masks of comparisons (rules/gates.py): "unmask" (a cast to floating point: the step as a value),
+        "logic" (a logical combination) or "move_mask" (a slice, a reshape); None where the node takes a mask as a
+        condition (its own rule reads the gate)."""
+        mask = next(n for n in node.all_input_nodes if n in masks)
+        use = _mask_use(node, mask)
+        if use is None:
+            return None
+        fn, _ = _function(node)
+        name = _node_name(node, fn)
+        if use == "move" and name.rsplit(".", 1)[-1] not in SAME_ON_MASKS and type(registry.op_rule(op_key(fn))) is not Linear:
+            raise NotCaptured(f"{name}: a comparison's mask moved by an operation whose rule is not linear")
+        return _Step(node, {"cast": "unmask", "logic": "logic", "move": "move_mask"}.get(use, use), fn=fn, name=name)
 
     @staticmethod
     def _uses_ids(node: fx.Node, ids: dict[fx.Node, int]) -> bool:
@@ -523,11 +597,11 @@ class GraphPlan:
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         rule = registry.op_rule(op_key(fn))
         if isinstance(rule, (Comparison, Predicate)) and written is None:
-            if _condition_only(node):
+            if _mask_uses_only(node):
                 return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
             if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
                 return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
-            raise NotCaptured(f"{name}: a comparison's mask used other than as the condition of a where")
+            raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
@@ -581,6 +655,7 @@ class GraphPlan:
                 try:
                     side = self._side(step, call)
                     operands = self._promote(step, env, call) if step.promoted else env
+                    operands = self._unmask(step, operands) if step.unmasked else operands
                     # (a graph's first run with given sides: each step's reference side also computed from its
                     # operands' on the pairs, and compared with the given one)
                     verifying = sides is not None and sides.verifying
@@ -611,6 +686,19 @@ class GraphPlan:
             leaf, reference, made = lookup(torch.Tensor.to, (value, dtype), {}, value)
             call.lookups.append(made)
             operands[node] = PairValue(leaf, reference)
+        return operands
+
+    @staticmethod
+    def _unmask(step: _Step, env: dict[fx.Node, Any]) -> dict[fx.Node, Any]:
+        """``env`` with each mask the step's arithmetic promotes (``x * mask``) as its step cast to the step's dtype
+        on the input side, the reference side's mask so cast on the other: the same values, attributed."""
+        dtype = _example(step.node).dtype
+        operands = dict(env)
+        for node in step.unmasked:
+            value = env[node]
+            gate = gate_of(value.x)
+            x = gate.step if gate is not None and gate.step is not None else value.x
+            operands[node] = PairValue(x.to(dtype), value.r.to(dtype))
         return operands
 
     @staticmethod
@@ -678,6 +766,8 @@ class GraphPlan:
         assert fn is not None
         alone, given = side
         args, kwargs = step.arguments()
+        if step.kind in ("logic", "move_mask", "unmask"):
+            return GraphPlan._on_mask_pair(step, env, side)
         if step.kind == "linear":
             r = given
             if r is None:
@@ -713,6 +803,52 @@ class GraphPlan:
         if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
             return PairValue(fn(*x_args, **x_kwargs), r)
         return PairValue(rule.attribute(call), r)
+
+    @staticmethod
+    def _on_mask_pair(step: _Step, env: dict[fx.Node, Any], side: tuple[bool, Any]) -> PairValue:
+        """A step on masks (see :meth:`_on_masks`) on both sides: the reference side's masks as the model computes
+        them, the input side's with its gate beside it (a cast: the gate's step)."""
+        fn = step.fn
+        assert fn is not None
+        alone, given = side
+        args, kwargs = step.arguments()
+        r = given
+        if r is None:
+            with torch.no_grad():
+                r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+        if alone:
+            return PairValue(r, r) if step.kind == "unmask" else MaskValue(r, r)
+        x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
+        gates: dict[int, tuple[Tensor, Tensor, bool]] = {}  # (each gated mask's reference side, step, and combined)
+        for value in tree_flatten((x_args, x_kwargs))[0]:
+            gate = gate_of(value)
+            if gate is not None:
+                if gate.step is None or gate.reference is None:
+                    raise NotCaptured(f"{step.name}: a mask whose comparison left no step")
+                gates[id(value)] = (gate.reference, gate.step, gate.combined)
+        if step.kind == "unmask":
+            return PairValue(gates[id(x_args[0])][1].to(r.dtype), r)
+        with torch.no_grad():
+            x = fn(*x_args, **x_kwargs)
+        if step.kind == "logic":
+            kind = LOGICAL[step.name.rsplit(".", 1)[-1]]
+            operands = [a for a in x_args if isinstance(a, (Tensor, bool))]
+            sides: list[Side] = [(a, *gates[id(a)][:2]) if id(a) in gates else (a, a, None) for a in operands]
+            _, players, multipliers, dtype = combined(kind, sides)
+            GATES[x] = Gate(step.name, r, with_multipliers(x.to(dtype), players, multipliers), combined=True)
+            return MaskValue(x, r)
+        first = next(iter(gates.values()))[1]
+
+        def as_step(a: Any) -> Any:
+            if not isinstance(a, Tensor):
+                return a
+            return gates[id(a)][1] if id(a) in gates else a.to(first.dtype) if a.dtype == torch.bool else a
+
+        steps = fn(*tree_map(as_step, x_args[:1]), *x_args[1:], **x_kwargs)
+        if not steps.is_floating_point():  # (a cast that keeps the mask a mask: mask.bool(), mask.to(device))
+            steps = first
+        GATES[x] = Gate(step.name, r, steps, combined=any(c for _, _, c in gates.values()))
+        return MaskValue(x, r)
 
 
 #: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)

@@ -19,6 +19,9 @@ hand that mask to one ``where`` as it is:
   An operand that does not depend on the input (a padding mask, a Python bool, the mask of ``isnan`` /
   ``isinf``, the same on both sides of every pair wherever a pass goes on: rules/gates.py, ``Predicate``) is
   a constant of the polynomial.
+* **a cast to floating point** (``mask.to(x.dtype)``, ``mask.float()``: an indicator feature, a KAN layer's spline
+  bases): the step itself, an input-dependent value whose multipliers pass its change back to the comparison's
+  operands; so too where arithmetic promotes the mask (``x * mask``, ``mask * 1.0``).
 
 A combination with a comparison mask that has no gate (one reduced along a dimension first, as
 torch.distributions' argument validation writes ``(p >= 0).all(-1) & ((p.sum(-1) - 1).abs() < 1e-6)``) is
@@ -33,24 +36,14 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ...rules import gates
 from ...rules.base import Linear
 from ...rules.elementwise import with_multipliers
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, GATES, PREDICATES, Gate, gate_of
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, GATES, LOGICAL, PREDICATES, Gate, combined, gate_of
 from .calls import PassMode, Picked, flatten_call, in_place_target
 
 Tensor = torch.Tensor
 
-#: the logical operations on bool masks → what they compute. Out of place only: an in-place one (``m &= c``) writes
-#: into every view of the mask and every mask it is a view of, whose gates would keep their old steps; it is refused
-#: by name as any other use of a mask outside a where
-_LOGICAL = {
-    **dict.fromkeys(("logical_and", "__and__", "__rand__", "bitwise_and"), "and"),
-    **dict.fromkeys(("logical_or", "__or__", "__ror__", "bitwise_or"), "or"),
-    **dict.fromkeys(("logical_xor", "__xor__", "__rxor__", "bitwise_xor"), "xor"),
-    **dict.fromkeys(("logical_not", "__invert__", "bitwise_not"), "not"),
-}
-#: the out-of-place operation of each kind, run on the reference side's masks
-_ON_MASKS = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}
 _COMPARED = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
 _SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as})
 
@@ -68,12 +61,63 @@ class GateMasks:
     def use(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
         """``(True, result)`` where ``func`` slices, reshapes or combines masks of comparisons as the module
         docstring says; ``(False, None)`` for anything else (the caller's own handling)."""
-        kind = _LOGICAL.get(getattr(func, "__name__", ""))
+        kind = LOGICAL.get(getattr(func, "__name__", ""))
         if kind is not None:
             return self._logical(func, kind, args, kwargs, leaves)
+        if getattr(func, "__name__", "") in gates.SAME_ON_MASKS and args and isinstance(args[0], Tensor):
+            gate, alone = gate_of(args[0]), all(leaf is args[0] for leaf in leaves if isinstance(leaf, Tensor))
+            if gate is not None and args[0].dtype == torch.bool and alone:
+                result = func(*args, **kwargs)
+                self._follow(result, self._origin(args[0]), gate)
+                return True, result
         if any(isinstance(leaf, Tensor) and gate_of(leaf) is not None for leaf in leaves):
             return self._rearranged(func, args, kwargs, leaves)
         return False, None
+
+    def cast(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
+        """``(True, result)`` where ``func`` casts a gated mask to floating point (``mask.to(x.dtype)``,
+        ``mask.float()``, ``mask.type_as(x)``): an input-dependent value, in the input pass the gate's step, whose
+        multipliers pass its change back to the comparison's operands (rules/gates.py); ``(False, None)`` otherwise."""
+        name = getattr(func, "__name__", "")
+        mask = args[0] if args else None
+        if name not in gates.CASTS or not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            return False, None
+        gate = gate_of(mask)
+        given = args[1] if name == "type_as" and len(args) > 1 else None
+        if gate is None or any(isinstance(leaf, Tensor) and leaf is not mask and leaf is not given for leaf in leaves):
+            return False, None
+        with torch.no_grad():
+            result = func(*args, **kwargs)
+        if not isinstance(result, Tensor) or not result.is_floating_point() or result.device != mask.device:
+            return False, None
+        if self.mode.replay:
+            if gate.step is None:
+                return False, None
+            result = gate.step.to(result.dtype)
+        self.mode.track(result)
+        return True, result
+
+    def promote(
+        self, func: Any, types: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], user_grad: bool
+    ) -> tuple[bool, Any]:
+        """``(True, result)`` where arithmetic promotes gated masks to its floating-point result's dtype (``x * mask``,
+        pykan's ``(x - g) * mask``): the operation through the pass with each such mask cast first (:meth:`cast`), the
+        same values; ``(False, None)`` otherwise."""
+        if getattr(func, "__name__", "") not in gates.PROMOTING or kwargs or len(args) != 2:
+            return False, None
+        gated = [isinstance(a, Tensor) and a.dtype == torch.bool and gate_of(a) is not None for a in args]
+        if not any(gated) or not all(isinstance(a, (Tensor, int, float, bool)) for a in args):
+            return False, None
+        dtype = torch.result_type(*args)
+        if not dtype.is_floating_point:
+            return False, None  # (masks multiplied: a combination of them, see :meth:`use`)
+        cast = list(args)
+        for i, is_gated in enumerate(gated):
+            if is_gated:
+                cast[i] = self.cast(torch.Tensor.to, (args[i], dtype), {}, [args[i]])[1]
+        if any(c is None for c in cast):
+            return False, None
+        return True, self.mode.intercept(func, types, tuple(cast), {}, user_grad)
 
     # -- what an operand is --------------------------------------------------------------------------------
     def _compared(self, leaf: Tensor) -> str | None:
@@ -145,36 +189,15 @@ class GateMasks:
         self._follow(result, origin, Gate(origin, reference, step, combined=True))
         return True, result
 
-    def _combined(self, kind: str, operands: list[Any]) -> tuple[Tensor, list[Tensor], list[Tensor], torch.dtype]:
+    @staticmethod
+    def _combined(kind: str, operands: list[Any]) -> tuple[Tensor, list[Tensor], list[Tensor], torch.dtype]:
         """The reference side's mask of the combination, its players (the gated operands' steps) with their
-        multipliers (see the module docstring), and the steps' dtype."""
-        sides: list[tuple[Any, Any, Tensor | None]] = []  # (mask, reference side's mask, step or None)
+        multipliers (rules/gates.py, :func:`~rnnshap.rules.gates.combined`), and the steps' dtype."""
+        sides = []
         for operand in operands:
             gate = gate_of(operand)
             sides.append((operand, operand, None) if gate is None else (operand, gate.reference, gate.step))
-        dtype = next(step.dtype for _, _, step in sides if step is not None)
-        device = next(step.device for _, _, step in sides if step is not None)
-
-        def mean(side: tuple[Any, Any, Tensor | None]) -> Tensor:
-            mask, reference, _ = side
-            return (torch.as_tensor(mask, device=device).to(dtype) + torch.as_tensor(reference, device=device).to(dtype)) * 0.5
-
-        if kind == "not":
-            mask, reference, step = sides[0]
-            assert step is not None
-            return torch.logical_not(reference), [step], [torch.full_like(step, -1.0)], dtype
-        refs = [torch.as_tensor(reference, device=device) for _, reference, _ in sides]
-        ref_out = _ON_MASKS[kind](refs[0], refs[1])
-        shape = torch.broadcast_shapes(*(torch.as_tensor(mask).shape for mask, _, _ in sides))
-        players, multipliers = [], []
-        for i, (_, _, step) in enumerate(sides):
-            if step is None:
-                continue
-            other = mean(sides[1 - i])
-            m = other if kind == "and" else 1 - other if kind == "or" else 1 - 2 * other
-            players.append(step)
-            multipliers.append(m.expand(shape))
-        return ref_out, players, multipliers, dtype
+        return combined(kind, sides)
 
     # -- slices and reshapes -------------------------------------------------------------------------------
     def _rearranged(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:

@@ -270,6 +270,11 @@ class PickedUses:
         if not picked:
             return False, None
         origin = picked[0].origin
+        done, result = self.gate_masks.cast(func, args, kwargs, leaves)  # a gate's step as a value
+        if not done:
+            done, result = self.gate_masks.promote(func, types, args, kwargs, leaves, user_grad)
+        if done:
+            return True, result
         if not any(mode.is_tracked(leaf) for leaf in leaves) or getattr(func, "__name__", "") in _GIVEN_SHAPE:
             done, result = self.gate_masks.use(func, args, kwargs, leaves)  # a gate sliced or combined
             if done:

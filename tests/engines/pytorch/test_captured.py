@@ -128,14 +128,22 @@ def test_a_comparison_gating_a_where_is_captured_with_the_intercepted_values(for
 
 
 def test_a_comparisons_mask_used_otherwise_runs_the_intercepted_pass_and_says_so() -> None:
-    """Masks combined before their where (the intercepted pass's gate_masks.py takes them) are not taken yet."""
+    """A mask used other than as a where's condition, cast to floating point, combined or moved (a masked assignment,
+    which the intercepted pass takes as a masked_fill) is not taken yet (tests/rules/test_comparison_steps.py: those
+    it takes)."""
+
+    def clamped(m: Any, x: torch.Tensor) -> torch.Tensor:
+        y = m.l(x)
+        y[y < 0.1] = 0.1
+        return m.head(y)
+
     torch.manual_seed(0)
-    model = Composite(lambda m, x: m.head(torch.where((m.l(x) >= 0) & (m.l(x) < 1), m.l(x), 0.0)),
-                      l=nn.Linear(4, 6), head=nn.Linear(6, 2))  # fmt: skip
+    model = Composite(clamped, l=nn.Linear(4, 6), head=nn.Linear(6, 2))
     background, X = torch.randn(5, 4), torch.randn(3, 4)
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
-    assert "a comparison's mask used other than as the condition of a where" in captured.pass_path, captured.pass_path
+    why = "a comparison's mask used other than as a where's condition or cast to floating point"
+    assert why in captured.pass_path, captured.pass_path
 
 
 def _steps_written(m: Any, x: torch.Tensor) -> torch.Tensor:

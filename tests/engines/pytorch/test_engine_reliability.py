@@ -393,7 +393,8 @@ REFUSED: dict[str, tuple[Callable[[Tensor], Tensor], str, str]] = {
     "equal": (lambda z: torch.tanh(z) if torch.equal(z, z * 0) else z, "equal", "control flow independent"),
     "bool-branch": (lambda z: torch.tanh(z) if bool(z.sum() > 0) else torch.sigmoid(z), "__bool__", "control flow independent"),
     "python-if": (lambda z: torch.tanh(z) if z.mean() > 0 else torch.sigmoid(z), "__bool__", "control flow independent"),
-    "bool-feature": (lambda z: (z > 0).float() + z, "gt", "separate bool or integer input"),
+    # (a mask cast or promoted is a step: tests/rules/test_comparison_steps.py; a count of one has no multiplier)
+    "bool-count": (lambda z: (z > 0).sum(-1, keepdim=True).to(z.dtype) + z, "gt", "separate bool or integer input"),
 }
 
 
@@ -458,7 +459,7 @@ def test_every_refusal_of_a_forward_is_listed_together() -> None:
     def many(z: Tensor) -> Tensor:
         w = _inference_mode(z)
         w = torch.round(w) + w
-        return torch.tanh(w) if torch.allclose(w, z) else (w > 0).float() * w
+        return torch.tanh(w) if torch.allclose(w, z) else (w > 0).sum(-1, keepdim=True) * w
 
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(refused(many).eval(), torch.randn(4, 5))
