@@ -92,6 +92,9 @@ _GRAD_MODE = {torch._C._set_grad_enabled}
 
 #: the most bytes of reference sides an explainer's captured pass keeps between calls
 KEPT_BYTES = 64 * 2**20
+#: the most graphs an explainer captures (one per input signature, as the number of samples a block explains, and again
+#: after a change to the model): a new signature beyond them runs intercepted, while those captured still run
+CAPTURES = 64
 
 
 class PlanFault(RuntimeError):
@@ -945,6 +948,8 @@ class CapturedPasses:
         #: call names, the others token ids)
         self.numbers = numbers
         self.path = "captured: not run yet"
+        #: the most graphs this explainer captures (:data:`CAPTURES`)
+        self.captures = CAPTURES
         #: how many runs of a call signature through a graph's plan before it is written as a program
         #: (captured_program.py); None: WRITE_AFTER on the devices of WRITTEN_ON, else never
         self.write_after: int | None = None
@@ -1045,6 +1050,9 @@ class CapturedPasses:
             return None
         except (RnnShapError, PlanFault):
             raise
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            self.path = f"intercepted: a new input signature, beyond the {self.captures} graphs an explainer captures"
+            return None
         except Exception as error:  # (torch.compile's own refusals, and what it raises where it fails to trace: a
             # forward that fails by itself fails the intercepted pass alike, which raises it as it is)
             lines = str(error).strip().splitlines()
@@ -1173,7 +1181,7 @@ class CapturedPasses:
         graph for ``call``."""
         token = _CALL.set(call)
         try:
-            with _capture_settings(), torch.enable_grad():
+            with _capture_settings(self.captures), torch.enable_grad():
                 return self._compiled(self.model, *[t.clone() for t in tensors])
         finally:
             _CALL.reset(token)
@@ -1204,13 +1212,16 @@ def _gradients(
     return grads, token_contributions(lookups, looked_up, {t: leaves[t].numel() for t in tokens})
 
 
-def _capture_settings() -> Any:
+def _capture_settings(captures: int) -> Any:
     """torch.compile's settings for a capture, for its duration: recurrent layers captured as the torch functions their
-    rules are keyed by, and guards on what torch leaves unguarded by default (hooks added to a module after capture,
-    a function's default arguments), so that a model changed in those ways is captured again."""
+    rules are keyed by, guards on what torch leaves unguarded by default (hooks added to a module after capture, a
+    function's default arguments), so that a model changed in those ways is captured again, and ``captures`` graphs
+    for the forward (torch's limit of eight would be met by calls of five sizes)."""
+    accumulated = max(captures, torch._dynamo.config.accumulated_recompile_limit)
     return torch._dynamo.config.patch(
-        allow_rnn=True, skip_nnmodule_hook_guards=False, skip_guards_on_constant_func_defaults=False
-    )
+        allow_rnn=True, skip_nnmodule_hook_guards=False, skip_guards_on_constant_func_defaults=False,
+        recompile_limit=captures, accumulated_recompile_limit=accumulated,
+    )  # fmt: skip
 
 
 def _forward(model: Any, *inputs: Any) -> Any:

@@ -55,6 +55,37 @@ def test_a_new_input_signature_is_captured_anew() -> None:
         assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
+def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() -> None:
+    """Each number of samples explained is an input signature of its own (the pairs' batch): torch.compile's limit of
+    eight graphs per function would send every call after the fourth size to the intercepted pass, with its warning."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+    background = torch.randn(5, 4)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    for n in range(1, 14):
+        x = torch.randn(n, 4)
+        assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
+        assert captured.pass_path.startswith(CAPTURED), (n, captured.pass_path)
+
+
+def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+    background = torch.randn(5, 4)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    captured.engine._captured.captures = 3
+    first = torch.randn(1, 4)
+    for n in (1, 2, 3, 4):
+        x = first if n == 1 else torch.randn(n, 4)
+        assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
+    assert captured.pass_path.startswith("intercepted: a new input signature"), captured.pass_path
+    assert "3 graphs" in captured.pass_path, captured.pass_path
+    assert _same(captured.shap_values(first), intercepted.shap_values(first))
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (what was captured still runs)
+
+
 def _captured_reader(host_reads: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
     """test_stale_programs' model of every read a forward makes (its host reads off: capturable), its data, and an
     explainer of it on the captured pass."""
