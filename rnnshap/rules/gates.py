@@ -74,6 +74,16 @@ LOGICAL = {
 ON_MASKS = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}
 #: the tensor methods that cast a mask to another dtype: to floating point, the mask's step (its value is the step's)
 CASTS = frozenset({"float", "double", "half", "bfloat16", "to", "type", "type_as"})
+#: operations that only move a mask's elements (a slice, a reshape, a concatenation, a move to a device; padding and
+#: ``tril`` add constant False): a mask of the same steps, rearranged. Not every operation whose rule is linear:
+#: ``mask + True`` and ``diff(mask)`` compute new bools
+MOVES = frozenset({
+    "getitem", "__getitem__", "reshape", "view", "unsqueeze", "squeeze", "expand", "expand_as", "view_as", "reshape_as",
+    "transpose", "permute", "flatten", "unflatten", "movedim", "cat", "concat", "concatenate", "stack", "repeat",
+    "contiguous", "narrow", "select", "to", "bool", "t", "T", "mT", "swapaxes", "swapdims", "broadcast_to", "tile",
+    "flip", "fliplr", "flipud", "roll", "rot90", "diagonal", "tril", "triu", "pad", "repeat_interleave", "index_select",
+    "gather", "take_along_dim", "split", "chunk", "unbind", "tensor_split", "hsplit", "vsplit",
+})  # fmt: skip
 #: operations that give a bool mask back unchanged (``torch.nan_to_num(mask)``, as pykan writes its bases): the same gate
 SAME_ON_MASKS = frozenset({"nan_to_num", "clone"})
 #: arithmetic that promotes a mask to its floating-point result's dtype (``x * mask``): the same operation on the step
@@ -117,6 +127,14 @@ def combined(kind: str, sides: list[Side]) -> tuple[Tensor, list[Tensor], list[T
         players.append(step)
         multipliers.append(m.expand(shape))
     return ref_out, players, multipliers, dtype
+
+
+def forget_gates(written: Tensor) -> None:
+    """Drop the gates of every mask that shares its memory with ``written``, a tensor written into in place (through
+    itself or a view): those masks are no longer their comparisons' steps."""
+    storage = written.untyped_storage().data_ptr()
+    for mask in [m for m in GATES.keys() if m.device == written.device and m.untyped_storage().data_ptr() == storage]:
+        del GATES[mask]
 
 
 def gate_of(value: Any) -> Gate | None:

@@ -28,12 +28,21 @@ D = torch.float64
 PATHS = [False, "capture"]
 
 
-def _explain(model: nn.Module, background: Tensor, X: Tensor, compile: Any) -> np.ndarray:
+#: forms the captured pass hands to the intercepted one (a write into a value that may share memory with another)
+INTERCEPTED = {"written_after_cast"}
+
+
+def _explain(model: nn.Module, background: Tensor, X: Tensor, compile: Any, captured: bool = True) -> np.ndarray:
     explainer = rnnshap.DeepExplainer(model, background, compile=compile)
     values = explainer.shap_values(X, check_additivity=False)
     if compile == "capture":
-        assert explainer.pass_path.startswith("captured"), explainer.pass_path
+        assert explainer.pass_path.startswith("captured" if captured else "intercepted"), explainer.pass_path
     return np.asarray(values)
+
+
+def _doubled(step: Tensor) -> Tensor:
+    step.mul_(2.0)  # (in place: into the cast, not into the comparison's step)
+    return step
 
 
 def _elementwise_reference(h: Callable[[np.ndarray], np.ndarray], X: Tensor, background: Tensor) -> np.ndarray:
@@ -50,6 +59,7 @@ INDICATORS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[np.ndarray], n
     "type_as": (lambda x: (x < x * 0.5 + 0.1).type_as(x) * x, lambda x: (x < x * 0.5 + 0.1) * x),
     "sliced": (lambda x: (x > 0)[:, :].reshape(x.shape).to(x.dtype) - x, lambda x: (x > 0) * 1.0 - x),
     # pykan's (and pytorch-forecasting's NBeatsKAN's) basis: masks multiplied, then promoted by arithmetic
+    "written_after_cast": (lambda x: _doubled((x > 0.3).to(x.dtype)) + (x > 0.3).to(x.dtype), lambda x: (x > 0.3) * 3.0),
     "promoted": (
         lambda x: torch.nan_to_num((x >= -0.5) * (x < 0.5))[:, :] * (x - 0.5) + 1.0 * (x > 1),
         lambda x: ((x >= -0.5) & (x < 0.5)) * (x - 0.5) + (x > 1),
@@ -64,7 +74,7 @@ def test_an_elementwise_indicator_gets_each_input_its_own_change(case: str, comp
     model = Function(lambda x: form(x).sum(-1, keepdim=True)).eval()
     torch.manual_seed(0)
     background, X = torch.randn(7, 6, dtype=D), torch.randn(4, 6, dtype=D)
-    values = _explain(model, background, X, compile)
+    values = _explain(model, background, X, compile, captured=case not in INTERCEPTED)
     expected = _elementwise_reference(written, X, background)
     assert np.abs(values[..., 0] - expected).max() <= 1e-12
     assert_additive(values, model, X, background, D)
@@ -178,3 +188,36 @@ def test_a_mask_counted_is_refused_by_name(compile: Any) -> None:
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X)
     assert "gt" in str(info.value) and "separate bool or integer input" in str(info.value)
+
+
+def _stale_mask(x: Tensor) -> Tensor:
+    m = x > 0.3
+    m[:, 0] = False  # (the mask written into: no longer the comparison's)
+    return m
+
+
+def _stale(x: Tensor) -> Tensor:
+    return _stale_mask(x).to(x.dtype) * x
+
+
+#: uses of a mask that are neither casts nor moves nor logic: each refused by name on both paths, never the values of
+#: a step they do not compute
+NOT_STEPS: dict[str, Callable[[Tensor], Tensor]] = {
+    "plus_true": lambda x: ((x > 0.3) + True).to(x.dtype) * x,
+    "diff": lambda x: torch.diff(x > 0.3).to(x.dtype),
+    "times_int": lambda x: ((x > 0.3) * 2).to(torch.bool).to(x.dtype) * x,
+    "and_int": lambda x: ((x > 0.3) & 2).to(x.dtype) * x,
+    "written_into": _stale,
+    "plus_true_as_a_gate": lambda x: torch.where((x > 0.3) + True, x * x, -x),
+    "written_into_as_a_gate": lambda x: torch.where(_stale_mask(x), x, -x),
+}
+
+
+@pytest.mark.parametrize("compile", PATHS)
+@pytest.mark.parametrize("case", list(NOT_STEPS))
+def test_uses_that_are_not_steps_are_refused(case: str, compile: Any) -> None:
+    model = Function(lambda x: NOT_STEPS[case](x).sum(-1, keepdim=True)).eval()
+    torch.manual_seed(4)
+    background, X = torch.randn(4, 3, dtype=D), torch.randn(2, 3, dtype=D)
+    with pytest.raises(rnnshap.UnsupportedOperationError):
+        rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X, check_additivity=False)

@@ -41,7 +41,20 @@ from ...errors import RnnShapError
 from ...rules.base import Constant, EvalOnly, Linear, OpCall, PairGrid, Refuse, Rule
 from ...rules.composite import Quotient
 from ...rules.elementwise import Product, with_multipliers
-from ...rules.gates import CASTS, GATES, LOGICAL, PROMOTING, SAME_ON_MASKS, Comparison, Gate, Predicate, Side, combined, gate_of
+from ...rules.gates import (
+    CASTS,
+    GATES,
+    LOGICAL,
+    MOVES,
+    PROMOTING,
+    SAME_ON_MASKS,
+    Comparison,
+    Gate,
+    Predicate,
+    Side,
+    combined,
+    gate_of,
+)
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
@@ -135,14 +148,6 @@ def _is_condition(user: fx.Node, node: fx.Node) -> bool:
     return not any(a is node for i, a in enumerate(user.args) if i != position) and node not in user.kwargs.values()
 
 
-#: operations that only move a mask's elements (a slice, a reshape, a concatenation): the result is a mask of the same
-#: steps, rearranged (the rule table's Linear rule says so where the plan meets one)
-_MOVES = frozenset({
-    "getitem", "__getitem__", "reshape", "view", "unsqueeze", "squeeze", "expand", "expand_as", "transpose", "permute",
-    "flatten", "unflatten", "movedim", "cat", "stack", "repeat", "contiguous", "narrow", "select", "to", "bool",
-})  # fmt: skip
-
-
 def _mask_use(user: fx.Node, node: fx.Node) -> str | None:
     """How ``user`` uses the mask ``node``, where the plan attributes it: "cast" (to floating point: its step as a
     value), "promote" (arithmetic that promotes it to floating point: on its step), "logic" (a logical combination: a
@@ -162,7 +167,7 @@ def _mask_use(user: fx.Node, node: fx.Node) -> str | None:
         return None
     if name in LOGICAL and all(isinstance(a, (fx.Node, bool)) for a in user.args) and len(user.args) <= 2:
         return "logic"
-    if (name in _MOVES or name in SAME_ON_MASKS) and node in first and node not in others:
+    if (name in MOVES or name in SAME_ON_MASKS) and node in first and node not in others:
         return "move"
     return None
 
@@ -830,7 +835,7 @@ class GraphPlan:
                     raise NotCaptured(f"{step.name}: a mask whose comparison left no step")
                 gates[id(value)] = (gate.reference, gate.step, gate.combined)
         if step.kind == "unmask":
-            return PairValue(gates[id(x_args[0])][1].to(r.dtype), r)
+            return PairValue(gates[id(x_args[0])][1].to(r.dtype, copy=True), r)  # (a copy: a write into it stays in it)
         with torch.no_grad():
             x = fn(*x_args, **x_kwargs)
         if step.kind == "logic":

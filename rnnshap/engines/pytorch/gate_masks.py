@@ -36,10 +36,22 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ...rules import gates
 from ...rules.base import Linear
 from ...rules.elementwise import with_multipliers
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, GATES, LOGICAL, PREDICATES, Gate, combined, gate_of
+from ...rules.gates import (
+    CASTS,
+    COMPARISON_DUNDERS,
+    COMPARISONS,
+    GATES,
+    LOGICAL,
+    MOVES,
+    PREDICATES,
+    PROMOTING,
+    SAME_ON_MASKS,
+    Gate,
+    combined,
+    gate_of,
+)
 from .calls import PassMode, Picked, flatten_call, in_place_target
 
 Tensor = torch.Tensor
@@ -64,7 +76,7 @@ class GateMasks:
         kind = LOGICAL.get(getattr(func, "__name__", ""))
         if kind is not None:
             return self._logical(func, kind, args, kwargs, leaves)
-        if getattr(func, "__name__", "") in gates.SAME_ON_MASKS and args and isinstance(args[0], Tensor):
+        if getattr(func, "__name__", "") in SAME_ON_MASKS and args and isinstance(args[0], Tensor):
             gate, alone = gate_of(args[0]), all(leaf is args[0] for leaf in leaves if isinstance(leaf, Tensor))
             if gate is not None and args[0].dtype == torch.bool and alone:
                 result = func(*args, **kwargs)
@@ -80,7 +92,7 @@ class GateMasks:
         multipliers pass its change back to the comparison's operands (rules/gates.py); ``(False, None)`` otherwise."""
         name = getattr(func, "__name__", "")
         mask = args[0] if args else None
-        if name not in gates.CASTS or not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        if name not in CASTS or not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             return False, None
         gate = gate_of(mask)
         given = args[1] if name == "type_as" and len(args) > 1 else None
@@ -93,7 +105,7 @@ class GateMasks:
         if self.mode.replay:
             if gate.step is None:
                 return False, None
-            result = gate.step.to(result.dtype)
+            result = gate.step.to(result.dtype, copy=True)  # (a copy: a write into the value stays in it)
         self.mode.track(result)
         return True, result
 
@@ -103,7 +115,7 @@ class GateMasks:
         """``(True, result)`` where arithmetic promotes gated masks to its floating-point result's dtype (``x * mask``,
         pykan's ``(x - g) * mask``): the operation through the pass with each such mask cast first (:meth:`cast`), the
         same values; ``(False, None)`` otherwise."""
-        if getattr(func, "__name__", "") not in gates.PROMOTING or kwargs or len(args) != 2:
+        if getattr(func, "__name__", "") not in PROMOTING or kwargs or len(args) != 2:
             return False, None
         gated = [isinstance(a, Tensor) and a.dtype == torch.bool and gate_of(a) is not None for a in args]
         if not any(gated) or not all(isinstance(a, (Tensor, int, float, bool)) for a in args):
@@ -162,8 +174,8 @@ class GateMasks:
             operands.append(kwargs["other"])
         if len(operands) != (1 if kind == "not" else 2) or len(kwargs) > ("other" in kwargs):
             return False, None  # (an out= or a form not written here: the caller's handling)
-        if any(isinstance(t, Tensor) and t.dtype != torch.bool for t in operands):
-            return False, None  # (bitwise arithmetic on integers: not a combination of masks)
+        if any(not isinstance(t, (Tensor, bool)) or isinstance(t, Tensor) and t.dtype != torch.bool for t in operands):
+            return False, None  # (bitwise arithmetic on integers, a mask times a number: not a combination of masks)
         masks = [t for t in operands if isinstance(t, Tensor) and not self._constant(t)]
         found = [self._compared(t) for t in masks]
         origins = [o for o in found if o is not None]
@@ -204,7 +216,9 @@ class GateMasks:
         """An operation that only moves the elements of gated masks (a slice, a reshape, a concatenation): the
         same operation on the reference side's masks and on the steps gives the result's gate."""
         mode = self.mode
-        if type(mode.registry.op_rule(func)) is not Linear or in_place_target(func, args, kwargs) is not None or not args:
+        if getattr(func, "__name__", "") not in MOVES or in_place_target(func, args, kwargs) is not None or not args:
+            return False, None
+        if type(mode.registry.op_rule(func)) is not Linear:
             return False, None
         moved = {id(t) for t in tree_flatten(args[0])[0] if isinstance(t, Tensor)}
         gated = [leaf for leaf in leaves if isinstance(leaf, Tensor) and gate_of(leaf) is not None]

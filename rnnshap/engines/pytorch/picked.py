@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...errors import UnsupportedOperationError
 from ...rules.base import Constant, Linear, OpCall, Refuse
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES, gate_of
+from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES, forget_gates, gate_of
 from ...rules.registry import op_key, op_name
 from ...rules.selection import Selection, selection_of
 from .calls import PassMode, Picked, cached_op_name, flatten_call, in_place_target
@@ -317,6 +317,7 @@ class PickedUses:
             target = in_place_target(func, args, kwargs) if type(rule) is Linear else None
             if target is not None:  # written into a buffer (picked[:, t] = idx): the buffer holds them now
                 mode.picked_indices[target] = Picked(origin, None)
+                forget_gates(target)  # (a comparison's mask written into is no longer the comparison's)
                 return True, result
             if not outputs or type(rule) is Constant:
                 return True, result  # a query (idx.shape) or a constant (zeros_like)
