@@ -221,3 +221,26 @@ def test_uses_that_are_not_steps_are_refused(case: str, compile: Any) -> None:
     background, X = torch.randn(4, 3, dtype=D), torch.randn(2, 3, dtype=D)
     with pytest.raises(rnnshap.UnsupportedOperationError):
         rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X, check_additivity=False)
+
+
+def test_a_missing_value_tests_mask_used_as_a_feature_stays_a_constant() -> None:
+    """``isnan`` answers alike on both sides of every pair (windows padded alike), so its mask cast to floating point
+    is a constant of the function, as are the masks and attention biases made from it (Chronos-Bolt's padding): no
+    step through the NaN, the same values on both paths, and the padding gets exactly 0."""
+
+    def padded(x: Tensor) -> Tensor:
+        seen = torch.isnan(x).logical_not().to(x.dtype)
+        filled = torch.where(seen > 0.0, x, 0.0)
+        bias = (1.0 - (seen.cumsum(-1) > 0).to(x.dtype)) * torch.finfo(x.dtype).min
+        weights = torch.softmax(filled + bias, -1)
+        return (weights * filled).sum(-1, keepdim=True) + (torch.tanh(filled) * seen).sum(-1, keepdim=True)
+
+    torch.manual_seed(5)
+    background, X = torch.randn(4, 6, dtype=D), torch.randn(2, 6, dtype=D)
+    background[:, :2], X[:, :2] = float("nan"), float("nan")
+    model = Function(padded).eval()
+    intercepted = _explain(model, background, X, False)
+    captured = _explain(model, background, X, "capture")
+    assert np.array_equal(intercepted, captured)
+    assert np.all(captured[:, :2] == 0.0)
+    assert_additive(captured, model, X, background, D)

@@ -50,11 +50,13 @@ def _outputs(f: nn.Module, x: torch.Tensor) -> np.ndarray:
         return f(x.clone()).reshape(x.shape[0], -1).double().numpy()
 
 
-def _assert_explained(f: nn.Module, background: torch.Tensor, X: torch.Tensor, rtol: float) -> np.ndarray:
+def _assert_explained(
+    f: nn.Module, background: torch.Tensor, X: torch.Tensor, rtol: float, compile: Any = None
+) -> np.ndarray:
     """Values of ``f`` (the explainer's own additivity check on), Σφ against f's own output within ``rtol`` of the
     largest |f|, exact zeros where the windows miss values, the model's weights unchanged."""
     before = {k: v.clone() for k, v in f.state_dict().items()}
-    values = np.asarray(rnnshap.DeepExplainer(f, background).shap_values(X))
+    values = np.asarray(rnnshap.DeepExplainer(f, background, compile=compile).shap_values(X))
     gap = _outputs(f, X) - _outputs(f, background).mean(0)
     scale = max(1.0, float(np.abs(_outputs(f, X)).max()))
     assert np.abs(values.sum(1) - gap).max() <= rtol * scale
@@ -203,6 +205,14 @@ def test_context_shorter_than_the_model_takes_is_padded_with_nan_inside_and_exac
     f = MODELS[name]()
     background, X = co2
     _assert_explained(f, background[:, 6:], X[:, 6:], RTOL[name])
+
+
+def test_chronos_bolts_padding_on_the_captured_pass(co2: Any) -> None:
+    """Chronos-Bolt's mask of observed entries (``isnan``) becomes patches, a comparison and an attention mask: the same
+    on both sides of every pair, a constant of the function on the captured pass too."""
+    f = MODELS["chronos_bolt"]()
+    background, X = co2
+    _assert_explained(f, background[:, 6:], X[:, 6:], RTOL["chronos_bolt"], compile="capture")
 
 
 def test_a_window_missing_values_its_reference_has_is_refused_by_name(co2: Any) -> None:

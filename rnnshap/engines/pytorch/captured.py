@@ -105,8 +105,9 @@ _GRAD_MODE = {torch._C._set_grad_enabled}
 
 #: the most bytes of reference sides an explainer's captured pass keeps between calls
 KEPT_BYTES = 64 * 2**20
-#: the most graphs an explainer captures (one per input signature, as the number of samples a block explains, and again
-#: after a change to the model): a new signature beyond them runs intercepted, while those captured still run
+#: the most graphs an explainer captures (one per input signature, where the batch is a size of the graph: other shapes,
+#: dtypes, and again after a change to the model): a new signature beyond them runs intercepted, while those captured
+#: still run
 CAPTURES = 64
 
 
@@ -257,6 +258,8 @@ class _Call:
         self, references: dict[int, Tensor], grid: PairGrid, tokens: frozenset[int] = frozenset(), sides: _Sides | None = None
     ) -> None:
         self.references, self.grid, self.tokens, self.sides = references, grid, tokens, sides
+        #: the sizes of this call, by the symbols of a graph captured for any batch (see :func:`_concrete`)
+        self.sizes: dict[Any, int] = {}
         self.outputs: dict[int, Any] | None = None  # id of an input-side output tensor → its reference side
         self.planned = False
         #: the explained outputs' columns on the pairs (None: a run that takes no backward), and where a program ran
@@ -605,7 +608,9 @@ class GraphPlan:
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         rule = registry.op_rule(op_key(fn))
         if isinstance(rule, (Comparison, Predicate)) and written is None:
-            if _mask_uses_only(node):
+            # (a missing-value test is a gate's condition only; used otherwise, the same on both sides: a constant)
+            conditions = all(_is_condition(user, node) for user in node.users)
+            if conditions or isinstance(rule, Comparison) and _mask_uses_only(node):
                 return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
             if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
                 return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
@@ -634,6 +639,7 @@ class GraphPlan:
             node = step.node
             if node.op == "placeholder":
                 value = next(placeholders)
+                _bind(node.meta.get("example_value"), value, call.sizes)
                 if step.kind == "tokens":
                     positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
                     env[node] = TokenValue(value, call.references[step.position], positions, step.position)
@@ -762,7 +768,7 @@ class GraphPlan:
         if k >= len(sides.recorded) or sides.names[k] != step.name:
             raise _NotDistinct(f"{step.name}: not the step the references' graph ran there")
         example = step.node.meta.get("example_value") if not step.writes else _example(step.writes[0])
-        value = _repeated(sides.recorded[k], example, sides.repeats)
+        value = _repeated(sides.recorded[k], example, sides.repeats, call.sizes)
         sides.values.append(value)
         return False, value
 
@@ -872,21 +878,38 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=0.0, atol=bound, equal_nan=True))
 
 
-def _repeated(value: Any, example: Any, repeats: int) -> Any:
+def _bind(example: Any, value: Any, sizes: dict[Any, int]) -> None:
+    """Bind the symbols of a graph's input captured for any batch (a size, or a tensor's symbolic dimensions) to this
+    call's ``value``."""
+    if isinstance(example, torch.SymInt) and example.node.expr.is_Symbol:
+        sizes[example.node.expr] = int(value)
+    elif isinstance(example, Tensor) and isinstance(value, Tensor):
+        for symbolic, size in zip(example.shape, value.shape, strict=False):
+            if isinstance(symbolic, torch.SymInt) and symbolic.node.expr.is_Symbol:
+                sizes[symbolic.node.expr] = int(size)
+
+
+def _concrete(shape: Any, sizes: dict[Any, int]) -> tuple[int, ...]:
+    """A captured value's shape at this call: each symbolic size with the call's sizes put in (see :func:`_bind`)."""
+    return tuple(int(d.node.expr.xreplace(sizes)) if isinstance(d, torch.SymInt) else int(d) for d in shape)
+
+
+def _repeated(value: Any, example: Any, repeats: int, sizes: dict[Any, int]) -> Any:
     """``value``, a step's reference side on the block's distinct references, repeated for the pairs (each tensor
     along the one axis where the pairs' graph holds ``repeats`` times its rows: ``example``, that graph's value).
     Raises :class:`_NotDistinct` where the pairs' value is not so made of the references' (a value that mixes rows)."""
     if isinstance(value, Tensor):
         if not isinstance(example, Tensor):
             raise _NotDistinct("a value the pairs' graph does not hold as a tensor")
-        if repeats == 1 and value.shape == example.shape:
+        shape = _concrete(example.shape, sizes)
+        if repeats == 1 and tuple(value.shape) == shape:
             return value
-        axis = batch_axis(tuple(value.shape), tuple(example.shape), repeats)
+        axis = batch_axis(tuple(value.shape), shape, repeats)
         if axis < 0:
-            raise _NotDistinct(f"a value of shape {tuple(example.shape)} on the pairs, {tuple(value.shape)} on the references")
+            raise _NotDistinct(f"a value of shape {shape} on the pairs, {tuple(value.shape)} on the references")
         return repeat_along(value, axis, repeats)
     if isinstance(value, (tuple, list)) and isinstance(example, (tuple, list)) and len(value) == len(example):
-        items = [_repeated(v, e, repeats) for v, e in zip(value, example, strict=True)]
+        items = [_repeated(v, e, repeats, sizes) for v, e in zip(value, example, strict=True)]
         return items if isinstance(value, list) else type(value)(items) if type(value) is not tuple else tuple(items)
     if isinstance(value, (Tensor, tuple, list)) or value != example:
         raise _NotDistinct("a value the pairs' graph holds otherwise")
@@ -973,7 +996,7 @@ class CapturedPasses:
         # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
         # graphs and guards stay with the explainer (and go with it)
         forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
-        self._compiled = torch.compile(forward, backend=self._backend, fullgraph=True, dynamic=False)
+        self._compiled = torch.compile(forward, backend=self._backend, fullgraph=True, dynamic=None)
 
     def _backend(self, graph_module: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
@@ -1183,11 +1206,16 @@ class CapturedPasses:
 
     def _invoke(self, call: _Call, tensors: list[Tensor]) -> Any:
         """The captured forward on copies of ``tensors`` (a forward may write into its inputs), run by the plan of its
-        graph for ``call``."""
+        graph for ``call``. The batch (each input's first axis) is a size of the graph, so that one graph serves every
+        number of pairs, each run binding it (:func:`_bind`)."""
         token = _CALL.set(call)
         try:
             with _capture_settings(self.captures), torch.enable_grad():
-                return self._compiled(self.model, *[t.clone() for t in tensors])
+                copies = [t.clone() for t in tensors]
+                for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
+                    if copy.dim() > 0:
+                        torch._dynamo.maybe_mark_dynamic(copy, 0)
+                return self._compiled(self.model, *copies)
         finally:
             _CALL.reset(token)
 
@@ -1221,11 +1249,13 @@ def _capture_settings(captures: int) -> Any:
     """torch.compile's settings for a capture, for its duration: recurrent layers captured as the torch functions their
     rules are keyed by, guards on what torch leaves unguarded by default (hooks added to a module after capture, a
     function's default arguments), so that a model changed in those ways is captured again, and ``captures`` graphs
-    for the forward (torch's limit of eight would be met by calls of five sizes)."""
+    for the forward (torch's limit is eight); sizes other than the batch marked for one graph by the caller (see
+    :meth:`CapturedPasses._invoke`) stay those of the capture (no automatic dynamic shapes, which torch decides from
+    what earlier explainers' forwards met)."""
     accumulated = max(captures, torch._dynamo.config.accumulated_recompile_limit)
     return torch._dynamo.config.patch(
         allow_rnn=True, skip_nnmodule_hook_guards=False, skip_guards_on_constant_func_defaults=False,
-        recompile_limit=captures, accumulated_recompile_limit=accumulated,
+        recompile_limit=captures, accumulated_recompile_limit=accumulated, automatic_dynamic_shapes=False,
     )  # fmt: skip
 
 

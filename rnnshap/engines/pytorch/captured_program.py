@@ -188,11 +188,12 @@ def _layout(values: Any) -> tuple[Any, ...]:
 
 
 def _program_inputs(args: tuple[Any, ...], call: Any) -> list[Tensor]:
-    """The tensors a program reads: the graph's inputs, the references, the kept reference sides, the columns."""
+    """The tensors a program reads: the graph's tensor inputs, the references, the kept reference sides, the columns (a
+    graph's other inputs, the sizes of a graph captured for any batch, are the signature's: the program's constants)."""
     references = [r for _, r in sorted(call.references.items())]
     recorded = [] if call.sides is None else [t for t in tree_flatten(call.sides.recorded)[0] if isinstance(t, Tensor)]
     assert call.columns is not None
-    return [a.detach() for a in args] + references + recorded + [call.columns]
+    return [a.detach() for a in args if isinstance(a, Tensor)] + references + recorded + [call.columns]
 
 
 def _write(plan: Any, args: tuple[Any, ...], call: Any, output: int) -> _Written:
@@ -213,10 +214,11 @@ def _write(plan: Any, args: tuple[Any, ...], call: Any, output: int) -> _Written
     shape: dict[str, Any] = {}
 
     def pass_and_backward(*tensors: Tensor) -> list[Tensor]:
-        graph_args = list(tensors[: len(args)])
+        given = iter(tensors)
+        graph_args = [next(given) if isinstance(a, Tensor) else a for a in args]
         for i in attributed:
             graph_args[i] = graph_args[i].detach().requires_grad_(True)
-        at = len(args)
+        at = sum(isinstance(a, Tensor) for a in args)
         references = dict(zip(positions, tensors[at : at + len(positions)], strict=True))
         at += len(positions)
         recorded = None

@@ -56,8 +56,8 @@ def test_a_new_input_signature_is_captured_anew() -> None:
 
 
 def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() -> None:
-    """Each number of samples explained is an input signature of its own (the pairs' batch): torch.compile's limit of
-    eight graphs per function would send every call after the fourth size to the intercepted pass, with its warning."""
+    """The batch is a size of the captured graph: one graph for every number of samples and references (a graph per
+    number would meet torch.compile's limit of eight graphs per function after the fourth size)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
     background = torch.randn(5, 4)
@@ -67,22 +67,24 @@ def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() ->
         x = torch.randn(n, 4)
         assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
         assert captured.pass_path.startswith(CAPTURED), (n, captured.pass_path)
+    assert len(captured.engine._captured._graphs) == 2  # (the pairs' run, and the references' alone: no gradient)
 
 
 def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -> None:
+    """Each activation the forward picks by a Python attribute is a graph of its own (a guard on the attribute)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
-    background = torch.randn(5, 4)
-    intercepted = rnnshap.DeepExplainer(model, background, compile=False)
+    acts = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "gelu": F.gelu}
+    model = Composite(lambda m, x: m.out(acts[m.act](m.lin(x))), lin=nn.Linear(4, 8), out=nn.Linear(8, 2), act="tanh").eval()
+    background, x = torch.randn(5, 4), torch.randn(3, 4)
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     captured.engine._captured.captures = 3
-    first = torch.randn(1, 4)
-    for n in (1, 2, 3, 4):
-        x = first if n == 1 else torch.randn(n, 4)
-        assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
+    for act in acts:
+        model.act = act
+        assert _same(captured.shap_values(x), rnnshap.DeepExplainer(model, background, compile=False).shap_values(x)), act
     assert captured.pass_path.startswith("intercepted: a new input signature"), captured.pass_path
     assert "3 graphs" in captured.pass_path, captured.pass_path
-    assert _same(captured.shap_values(first), intercepted.shap_values(first))
+    model.act = "tanh"
+    assert _same(captured.shap_values(x), rnnshap.DeepExplainer(model, background, compile=False).shap_values(x))
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (what was captured still runs)
 
 
@@ -217,7 +219,7 @@ def test_input_dependent_values_written_into_a_buffer_give_the_intercepted_value
 def test_reference_sides_the_graph_does_not_take_run_every_pair_with_the_same_values() -> None:
     """Kept reference sides that no longer fit the graph (their steps renamed here, as a graph that runs other steps
     would meet them) are dropped: the call and later ones run the reference side on every pair, the values unchanged;
-    a new number of samples per block captures another graph, which the kept sides are recorded again for."""
+    a new number of samples per block runs the same graph, with the sides kept."""
     torch.manual_seed(0)
     model = FAMILIES["elman"]().eval()
     background, X = _data()
@@ -225,7 +227,7 @@ def test_reference_sides_the_graph_does_not_take_run_every_pair_with_the_same_va
     want = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
     assert _same(captured.shap_values(X), want)
     assert _same(captured.shap_values(X[:2]), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X[:2]))
-    assert captured.pass_path.endswith(DISTINCT), captured.pass_path  # (another graph: recorded again, not kept)
+    assert captured.pass_path.endswith(f"{DISTINCT}, kept from an earlier call"), captured.pass_path  # (the same graph)
     passes = captured.engine._captured  # type: ignore[attr-defined]
     for sides, _, _ in passes._kept.values():
         sides.names[:] = ["another step"] * len(sides.names)
