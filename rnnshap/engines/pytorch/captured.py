@@ -354,7 +354,8 @@ def _out_of_place(
     same = written_as.get(written, (written,))
     if _aliases(same[0]) or _views_read_after(same, node, order):
         raise NotCaptured(f"{name}: written in place into a view of an input-dependent value, or one with views")
-    back = lambda a: by_example.get(id(a), a) if isinstance(a, Tensor) else a  # noqa: E731
+    # (each value that came of a node back to its node: tensors, and sizes of a graph captured for any batch)
+    back = lambda a: by_example.get(id(a), a) if isinstance(a, (Tensor, torch.SymInt, torch.SymFloat, torch.SymBool)) else a  # noqa: E731
     return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
 
 

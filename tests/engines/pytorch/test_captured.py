@@ -287,8 +287,15 @@ def _written(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.c(m.act(g))
 
 
+def _batch_scaled(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = torch.tanh(m.a(x.flatten(1)))
+    h.mul_(x.shape[0])  # (a size of the graph: the batch, which the out-of-place form reads at each call)
+    return m.c(h / x.shape[0])
+
+
 #: in-place forms on input-dependent values, run out of place by their rules, the value written into taking the result
 IN_PLACE = {
+    "scaled by the batch size": lambda: Composite(_batch_scaled, a=nn.Linear(20, 6), c=nn.Linear(6, 3)),
     "relu module": lambda: nn.Sequential(nn.Flatten(), nn.Linear(20, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)),
     "methods and functions": lambda: Composite(
         _written, a=nn.Linear(20, 6), b=nn.Linear(6, 6), act=nn.ELU(inplace=True), c=nn.Linear(6, 3)

@@ -630,3 +630,14 @@ def test_a_branch_that_rows_of_the_explained_inputs_take_differently_is_refused_
     positive = torch.rand(2, 3, dtype=D) + 0.5
     with pytest.raises(rnnshap.UnsupportedOperationError, match="differ between the rows"):
         explainer.shap_values(torch.cat([positive, -positive]))
+
+
+def test_a_model_that_squeezes_its_output_is_explained_from_two_background_rows() -> None:
+    """``out.squeeze()`` drops the batch of one row: the rows check, which runs the background in halves, skips the
+    halves it cannot join (it raised torch's own RuntimeError from torch.cat)."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: torch.sigmoid(m.o(m.lstm(x)[0][:, -1])).squeeze(),
+                      lstm=nn.LSTM(3, 4, batch_first=True), o=nn.Linear(4, 1)).eval()  # fmt: skip
+    background, X = torch.randn(2, 5, 3, dtype=D), torch.randn(3, 5, 3, dtype=D)
+    values = rnnshap.DeepExplainer(model.to(D), background).shap_values(X, check_additivity=False)
+    assert_additive(values, model, X, background, D)
