@@ -98,6 +98,8 @@ class GateMasks:
         given = args[1] if name == "type_as" and len(args) > 1 else None
         if gate is None or any(isinstance(leaf, Tensor) and leaf is not mask and leaf is not given for leaf in leaves):
             return False, None
+        if not self._steps_of_comparison(mask):
+            return False, None  # (a missing-value test's mask: the same on both sides, a constant (picked.py))
         with torch.no_grad():
             result = func(*args, **kwargs)
         if not isinstance(result, Tensor) or not result.is_floating_point() or result.device != mask.device:
@@ -117,7 +119,7 @@ class GateMasks:
         same values; ``(False, None)`` otherwise."""
         if getattr(func, "__name__", "") not in PROMOTING or kwargs or len(args) != 2:
             return False, None
-        gated = [isinstance(a, Tensor) and a.dtype == torch.bool and gate_of(a) is not None for a in args]
+        gated = [self._steps_of_comparison(a) for a in args]
         if not any(gated) or not all(isinstance(a, (Tensor, int, float, bool)) for a in args):
             return False, None
         dtype = torch.result_type(*args)
@@ -130,6 +132,13 @@ class GateMasks:
         if any(c is None for c in cast):
             return False, None
         return True, self.mode.intercept(func, types, tuple(cast), {}, user_grad)
+
+    def _steps_of_comparison(self, value: Any) -> bool:
+        """Whether ``value`` is a gated mask of a comparison, or of a combination with one (not of missing-value tests
+        alone: their masks are the same on both sides of every pair, constants)."""
+        if not isinstance(value, Tensor) or value.dtype != torch.bool or gate_of(value) is None:
+            return False
+        return _last(self._origin(value)) not in PREDICATES
 
     # -- what an operand is --------------------------------------------------------------------------------
     def _compared(self, leaf: Tensor) -> str | None:
