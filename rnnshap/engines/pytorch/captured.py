@@ -166,11 +166,16 @@ def _mask_use(user: fx.Node, node: fx.Node) -> str | None:
         return "promote"
     if example.dtype != torch.bool:
         return None
-    if name in LOGICAL and all(isinstance(a, (fx.Node, bool)) for a in user.args) and len(user.args) <= 2:
+    operands = [_example(a) for a in user.args]
+    if name in LOGICAL and len(operands) <= 2 and all(_is_bool(a) for a in operands):  # (bool masks and Python bools)
         return "logic"
     if (name in MOVES or name in SAME_ON_MASKS) and node in first and node not in others:
         return "move"
     return None
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool or isinstance(value, Tensor) and value.dtype == torch.bool
 
 
 def _mask_uses_only(node: fx.Node) -> bool:
