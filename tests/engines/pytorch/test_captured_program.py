@@ -76,10 +76,7 @@ def test_weights_written_in_place_after_the_program_is_written_are_read_at_the_n
     torch.manual_seed(0)
     model = FAMILIES["lstm cell in a loop"]().eval()
     background, X = _data()
-    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
-    for _ in range(3):
-        explainer.shap_values(X)
-    assert PROGRAM in explainer.pass_path
+    explainer = _program_written(model, background, X)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(-1.5)
@@ -93,10 +90,7 @@ def test_a_change_to_what_the_forward_reads_after_the_program_is_written_is_seen
     model = stale.Reader().eval()
     model.host_reads = False
     background, X = stale._data()
-    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
-    for _ in range(3):
-        explainer.shap_values(X)
-    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    explainer = _program_written(model, background, X)
     handle = stale.CHANGES[change](model)
     try:
         fresh = rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)
@@ -133,10 +127,7 @@ def test_writing_a_program_leaves_torchs_settings_and_the_model_as_they_were() -
     background, X = _data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grad, default = torch.is_grad_enabled(), torch.get_default_dtype()
-    explainer: Any = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
-    for _ in range(3):
-        explainer.shap_values(X)
-    assert PROGRAM in explainer.pass_path
+    _program_written(model, background, X)
     assert torch.is_grad_enabled() == grad and torch.get_default_dtype() == default and not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -268,16 +259,21 @@ def test_on_a_cuda_device_a_program_is_replayed_as_one_cuda_graph_with_the_plans
     assert any(getattr(h, "replayed", None) is not None for h in _held(written)), _held(written)
 
 
+def _program_written(model: nn.Module, background: torch.Tensor, X: torch.Tensor) -> Any:
+    """An explainer of ``model`` whose captured pass has written the program of the call on ``X``."""
+    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
+    for _ in range(3):
+        explainer.shap_values(X)
+    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    return explainer
+
+
 def _written_lstm() -> tuple[nn.Module, torch.Tensor, torch.Tensor, Any]:
     """An LSTM head, its data, and an explainer whose captured pass has written the call's program."""
     torch.manual_seed(0)
     model = FAMILIES["lstm"]().eval()
     background, X = _data()
-    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
-    for _ in range(3):
-        explainer.shap_values(X)
-    assert PROGRAM in explainer.pass_path, explainer.pass_path
-    return model, background, X, explainer
+    return model, background, X, _program_written(model, background, X)
 
 
 def test_the_training_flag_changed_after_the_program_is_written_is_seen() -> None:
@@ -291,10 +287,7 @@ def test_a_default_dtype_changed_after_the_program_is_written_gives_a_fresh_expl
     torch.manual_seed(0)
     model = Composite(stale._made, lstm=nn.LSTM(4, 6, batch_first=True), head=nn.Linear(6, 2)).eval()
     background, X = stale._data()
-    explainer = _writing(rnnshap.DeepExplainer(model, background, compile="capture"))
-    for _ in range(3):
-        explainer.shap_values(X)
-    assert PROGRAM in explainer.pass_path, explainer.pass_path
+    explainer = _program_written(model, background, X)
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
