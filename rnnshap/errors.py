@@ -30,6 +30,13 @@ ADVICE: dict[str, str] = {
         "as arithmetic that computes both sides (torch.where with a mask that is not computed from "
         "the input, torch.maximum, relu, clamp)."
     ),
+    "experts": (
+        "{op} runs the experts of a mixture of experts grouped by the experts its router picked (transformers' "
+        "grouped_mm form). rnnshap runs transformers' experts in their batched_mm form, the same function written "
+        "with exact rules, where it finds them among the modules of the model it is given: give the explainer a "
+        "module that holds the language model as an attribute (a closure hides it), or call "
+        'model.set_experts_implementation("batched_mm") before explaining.'
+    ),
     "comparison": (
         "{op} turns input values into a bool mask: a step of the compared values' difference, attributed "
         "where the mask gates a torch.where(mask, f(x), g(x)) or is cast to floating point first. Write "
@@ -175,9 +182,16 @@ RANDOM_MODEL = (
 Op = Union[tuple[str, str], tuple[str, str, str]]
 
 
+#: the grouped products that transformers' mixtures of experts run their experts with in their grouped form
+_GROUPED = frozenset({"_grouped_mm", "grouped_mm", "grouped_mm_fallback"})
+
+
 def _advice_kind(name: str, kind: str) -> str:
-    """A quantized kernel gets quantization's advice, whatever shape of rule its call would have asked for."""
+    """A quantized kernel gets quantization's advice, whatever shape of rule its call would have asked for; a grouped
+    product, the advice for transformers' experts."""
     parts = name.split(".")  # torch._ops.quantized.linear_dynamic, torch._ops.aten.quantized_lstm
+    if parts[-1] in _GROUPED:
+        return "experts"
     if kind in ("rule", "rule_operands", "reduction") and (parts[-1].startswith("quantized") or "quantized" in parts[:-1]):
         return "quantized"
     return kind

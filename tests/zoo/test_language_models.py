@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import rnnshap
-from rnnshap.errors import ModelStateError
+from rnnshap.errors import ModelStateError, UnsupportedOperationError
 
-from ..models.torch import Function
+from ..models.torch import Composite, Function
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,13 +61,13 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                        qk_dim_factor=0.5, v_dim_factor=1.0, chunk_size=2, mode="train",
                                        chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
                                        step_kernel="native", use_cache=False)),
-    # Gated DeltaNet's chunked form solves a triangular system (rules/triangular.py); dense MLPs (mlp_only_layers)
+    # Gated DeltaNet's chunked form solves a triangular system (rules/triangular.py); its mixture of experts in the batched form
     "Qwen3Next": ("Qwen3NextForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                                                linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=8,
                                                linear_value_head_dim=8, moe_intermediate_size=16,
                                                shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
-                                               layer_types=["linear_attention", "full_attention"], mlp_only_layers=[0, 1])),
+                                               layer_types=["linear_attention", "full_attention"])),
 }  # fmt: skip
 
 
@@ -83,9 +83,14 @@ def _next_token_logits(model: torch.nn.Module, **call: Any) -> Callable[[torch.T
     return lambda ids: model(input_ids=ids, **call).logits[:, POSITION, :3]
 
 
+def _held(model: torch.nn.Module) -> torch.nn.Module:
+    """The next-token logits of :func:`_next_token_logits` from a module that holds ``model`` (as a user's head does)."""
+    return Composite(lambda m, ids: m.lm(input_ids=ids).logits[:, POSITION, :3], lm=model)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str) -> None:
-    head = Function(_next_token_logits(_language_model(family)))
+    head = _held(_language_model(family))
     g = torch.Generator().manual_seed(1)
     background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
     values = rnnshap.DeepExplainer(head, background).shap_values(X)  # (2, T, 3)
@@ -150,3 +155,76 @@ def test_mamba_at_130m_size_in_float32_gives_values_that_add_up_within_its_own_r
         warnings.simplefilter("ignore", rnnshap.AdditivityWarning)  # (where the sum misses within the spread)
         values = rnnshap.DeepExplainer(head, embeddings[:1]).shap_values(embeddings[1:])  # (1, length, 768, 1)
     assert np.all(values[:, position + 1 :] == 0.0) and np.abs(values[:, : position + 1]).max() > 0
+
+
+#: mixture-of-experts families of transformers 5, whose experts run in one of several forms (``experts_implementation``)
+MIXTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "Mixtral": ("MixtralForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                                           num_experts_per_tok=2)),
+    "Qwen2Moe": ("Qwen2MoeForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                                             shared_expert_intermediate_size=16, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1, num_experts=4,
+                                             num_experts_per_tok=2)),
+    "Olmoe": ("OlmoeForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["grouped_mm", "eager", "batched_mm"])
+@pytest.mark.parametrize("family", MIXTURES)
+def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_tokens_get_exactly_zero(
+    family: str, form: str
+) -> None:
+    """The router's top-k picks send each token to some experts (the input's and the reference's picks differ); the
+    experts' forms compute the same function: sorted by expert with grouped products ("grouped_mm", transformers' default
+    on the CPU), a loop over the experts hit ("eager"), or each token's experts' weights gathered ("batched_mm"). The
+    values add up in each, the tokens after the explained one get exactly 0, every form gives the batched form's values,
+    and the model's own form is as given afterwards."""
+    model_class, settings = MIXTURES[family]
+    config = _config(family, **settings)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    g = torch.Generator().manual_seed(1)
+    background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
+    head = _held(model)
+    values = {}
+    for each in (form, "batched_mm"):
+        model.set_experts_implementation(each)
+        values[each] = rnnshap.DeepExplainer(head, background).shap_values(X)
+        assert set(model.get_experts_implementation().values()) == {each}  # (the model's own form, as given)
+    with torch.no_grad():
+        f_x, f_r = head(X).double().numpy(), head(background).double().numpy()
+    scale = np.abs(np.concatenate([f_x, f_r])).max()
+    bound = 64 * torch.finfo(torch.float32).eps * scale
+    np.testing.assert_allclose(values[form].sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
+    assert np.all(values[form][:, POSITION + 1 :] == 0.0)
+    assert np.abs(values[form][:, : POSITION + 1]).max() > 0
+    np.testing.assert_array_equal(values[form], values["batched_mm"])
+
+
+def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> None:
+    """A model the explainer cannot see into (a function closing over it) keeps its experts' grouped form: refused by
+    name with the advice to give the model as a module, or to switch the form; followed, the values add up."""
+    model_class, settings = MIXTURES["Mixtral"]
+    config = _config("Mixtral", **settings)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    model.set_experts_implementation("grouped_mm")
+    background, X = torch.randint(0, V, (3, T)), torch.randint(0, V, (2, T))
+    hidden = Function(_next_token_logits(model))
+    with pytest.raises(UnsupportedOperationError, match=r'grouped_mm form(.|\n)*set_experts_implementation\("batched_mm"\)'):
+        rnnshap.DeepExplainer(hidden, background).shap_values(X)
+    given = rnnshap.DeepExplainer(_held(model), background).shap_values(X)
+    model.set_experts_implementation("batched_mm")
+    switched = rnnshap.DeepExplainer(hidden, background).shap_values(X)
+    with torch.no_grad():
+        f_x, f_r = hidden(X).double().numpy(), hidden(background).double().numpy()
+    bound = 64 * torch.finfo(torch.float32).eps * np.abs(np.concatenate([f_x, f_r])).max()
+    for values in (given, switched):
+        np.testing.assert_allclose(values.sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
+    np.testing.assert_array_equal(given, switched)

@@ -9,6 +9,9 @@
   layer's inputs computed from the model's by a :class:`LayerForm` it holds. With ``layer_output=True`` the split is
   after ``layer``: the values are attributions to its output (every floating-point tensor of it: an
   ``nn.LSTM``'s ``out``, ``h_n`` and ``c_n``), the hidden states over time of a recurrent layer.
+- A model whose mixture-of-experts layers come from transformers runs their experts in its "batched_mm" form while
+  explaining (:class:`BatchedExperts`): every form computes the same function, and the batched one is written with
+  operations that have exact rules.
 """
 
 from __future__ import annotations
@@ -96,13 +99,73 @@ class DictInputs(nn.Module):
         return self.module(dict(zip(self.names, inputs, strict=True)))
 
 
+class _Batched:
+    """``with _Batched(configs):`` transformers' experts modules reading these configs run in their "batched_mm" form,
+    each config's own form put back after."""
+
+    def __init__(self, configs: list[Any]) -> None:
+        self.configs = configs
+        self.forms: list[Any] = []
+
+    def __enter__(self) -> None:
+        self.forms = [vars(config).get(_FORM) for config in self.configs]
+        for config in self.configs:
+            setattr(config, _FORM, BATCHED)
+
+    def __exit__(self, *exc: Any) -> None:
+        for config, form in zip(self.configs, self.forms, strict=True):
+            setattr(config, _FORM, form)
+
+
+#: transformers' name of the experts' form on a model's config, and the form rnnshap explains them in
+_FORM, BATCHED = "_experts_implementation_internal", "batched_mm"
+
+
+def experts_configs(model: nn.Module) -> list[Any]:
+    """The configs of ``model``'s mixture-of-experts modules of transformers (each class decorated by its
+    ``use_experts_implementation``) that run their experts in a form other than "batched_mm", each once.
+
+    The router of such a module picks each token's top-k experts; their form decides only how the picked experts'
+    products are written: "grouped_mm" (transformers' default on the CPU) sorts the picks by expert, runs one grouped
+    product, and puts the rows back by the inverse permutation (integer floor divisions, counts and cumulative sums of
+    the picks); "eager" loops over the experts hit (a value read on the host per expert); "batched_mm" gathers each
+    token's experts' weights by the picks and multiplies them, which the rules of picked indices and products
+    attribute exactly. The forms give the same values up to the order of their sums."""
+    configs: dict[int, Any] = {}
+    for module in model.modules():
+        config = vars(module).get("config")
+        if "_is_expert_parallel" in vars(module) and isinstance(vars(config).get(_FORM) if config is not None else None, str):
+            if vars(config)[_FORM] != BATCHED:
+                configs[id(config)] = config
+    return list(configs.values())
+
+
+class BatchedExperts(nn.Module):
+    """``model`` with its transformers mixture-of-experts layers in their "batched_mm" form (:func:`experts_configs`):
+    each call switches them to it and puts each config's own form back afterwards, so the model is left as given."""
+
+    def __init__(self, model: nn.Module, configs: list[Any]) -> None:
+        super().__init__()
+        self.module = model
+        self.configs = configs
+        self.training = model.training  # (its own flag only)
+
+    def forward(self, *inputs: Any) -> Any:
+        with _Batched(self.configs):
+            return self.module(*inputs)
+
+
 def in_eval_mode(model: nn.Module, build: Any) -> Any:
     """``build(model)``, for a model in training mode with randomness ``build(EvalMode(model))`` built
     with the model in eval mode (the engine checks and probes it then), with one warning that names
-    the modules switched. A model holding compiled modules is explained as its original modules (:class:`Eager`)."""
+    the modules switched. A model holding compiled modules is explained as its original modules (:class:`Eager`), one with
+    transformers' mixtures of experts with its experts in their batched form (:class:`BatchedExperts`)."""
     refuse_scripted(model)  # (before any flag is read: a frozen TorchScript module has no `training`)
     if compiled_anywhere(model) and not isinstance(model, Eager):
         model = Eager(model)
+    configs = experts_configs(model)
+    if configs:
+        model = BatchedExperts(model, configs)
     switched = training_randomness(model)
     if not switched:
         try:
