@@ -1213,12 +1213,15 @@ class CapturedPasses:
     def _invoke(self, call: _Call, tensors: list[Tensor]) -> Any:
         """The captured forward on copies of ``tensors`` (a forward may write into its inputs), run by the plan of its
         graph for ``call``. The batch (each input's first axis) is a size of the graph, so that one graph serves every
-        number of pairs, each run binding it (:func:`_bind`)."""
+        number of pairs, each run binding it (:func:`_bind`); the explained inputs' copies require a gradient in every
+        run (torch.compile guards on it), so that the run on a block's distinct references takes the pairs' graph."""
         token = _CALL.set(call)
         try:
             with _capture_settings(self.captures), torch.enable_grad():
                 copies = [t.clone() for t in tensors]
-                for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
+                for i, copy in enumerate(copies):  # (one graph for every number of rows: the batch a size of the graph)
+                    if i in call.references and copy.is_floating_point() and not copy.requires_grad:
+                        copy.requires_grad_()
                     if copy.dim() > 0:
                         torch._dynamo.maybe_mark_dynamic(copy, 0)
                 return self._compiled(self.model, *copies)
