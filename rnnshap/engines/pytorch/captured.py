@@ -1240,7 +1240,8 @@ class CapturedPasses:
             return None
         if not call.planned:
             return None
-        sides.recorded, sides.values = sides.values, []
+        # (detached: the run took the pairs' graph, its explained inputs requiring a gradient; a kept side holds values)
+        sides.recorded, sides.values = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, sides.values), []
         return sides
 
 

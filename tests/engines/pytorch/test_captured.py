@@ -8,6 +8,7 @@ and the process is left as it was found.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 import rnnshap
 from rnnshap.rules import Shapley
@@ -69,6 +71,24 @@ def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() ->
         assert _same(captured.shap_values(x), intercepted.shap_values(x)), n
         assert captured.pass_path.startswith(CAPTURED), (n, captured.pass_path)
     assert len(captured.engine._captured._graphs) == 1  # (the pairs' run and the references' alone: one graph)
+
+
+def test_reference_sides_are_recorded_as_values_without_a_graph_or_a_warning() -> None:
+    """The run on the distinct references takes the pairs' graph, its explained inputs requiring a gradient: what it
+    records is kept as values (no autograd graph held between calls), and compared with the pairs' sides without
+    torch's warning about a tensor that requires a gradient read as a number."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 1), nn.Flatten(), nn.Linear(16 * 5, 2)).eval()
+    background, x = torch.randn(4, 5, 16), torch.randn(3, 5, 16)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = captured.shap_values(x)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(x))
+    kept = [t for sides, _, _ in captured.engine._captured._kept.values() for t in tree_flatten(sides.recorded)[0]]
+    assert kept and not any(isinstance(t, torch.Tensor) and t.requires_grad for t in kept)
 
 
 def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -> None:
