@@ -145,11 +145,6 @@ class Ordering(Rule):
                 "without a dimension it takes the median of the whole batch, so every row's value depends on the other rows: "
                 "give it the dimension"
             )
-        if self.kind == "topk" and not self._sorted(call) and not self._every_position(call):
-            return (
-                "with sorted=False it returns its k picks in an order torch does not specify, so the input's picks cannot "
-                "be paired with the reference's by rank: use sorted=True"
-            )
         if call.inputs[0].dim() == 0:
             return "it orders a single number; take the value itself"
         return None
@@ -161,11 +156,20 @@ class Ordering(Rule):
         """``topk(k, sorted=False)`` with ``k`` the dimension's size (:func:`topk_of_every_position`)."""
         return self.kind == "topk" and topk_of_every_position(tuple(call.args), dict(call.kwargs))
 
+    def unordered(self, call: OpCall) -> bool:
+        """Whether the call is a ``topk(sorted=False)``, whose picks come in an order torch does not specify: taken in
+        one of those orders (see :meth:`_run`), where the model's output does not read it (the engine checks)."""
+        return self.kind == "topk" and not self._sorted(call)
+
     def _run(self, call: OpCall, operand: Tensor) -> Any:
-        """The operation on ``operand``; a ``topk`` of every position unsorted in the positions' own order, one of the
-        orders torch may return (see :meth:`_every_position`): its values the operand, its indices a constant
-        ``arange`` on both sides of every pair, so that nothing is credited to the scores that ordered them (a model
-        whose output depends on that order is not a function of its input: torch may return any)."""
+        """The operation on ``operand``. A ``topk(sorted=False)`` in one of the orders torch may return: of every
+        position, in the positions' own order (see :meth:`_every_position`), its values the operand and its indices a
+        constant ``arange`` on both sides of every pair, so that nothing is credited to the scores that ordered them;
+        of fewer, in the ranks' order, its picks paired by rank as a sorted ``topk``'s (a model whose output depends on
+        the order is not a function of its input: torch may return any)."""
+        if self.unordered(call) and not self._every_position(call):
+            k, dim, largest = call.args[1] if len(call.args) > 1 else call.kwargs["k"], *self._bound(call)[:2]
+            return torch.topk(operand, int(k), int(dim or 0), largest, sorted=True)
         if not self._every_position(call):
             return call.evaluate([operand])
         dim = int(self._bound(call)[0] or 0)
@@ -176,7 +180,7 @@ class Ordering(Rule):
         return torch.return_types.topk((operand.clone(), indices))
 
     def reference(self, call: OpCall) -> Any:
-        return self._run(call, call.inputs[0]) if self._every_position(call) else super().reference(call)
+        return self._run(call, call.inputs[0]) if self.unordered(call) else super().reference(call)
 
     def constant_indices(self, call: OpCall) -> bool:
         """Whether the indices this call returns are a constant, not picked by the values (see :meth:`_run`)."""

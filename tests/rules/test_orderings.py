@@ -278,6 +278,32 @@ def test_top_k_of_relu_ties_adds_up(seed: int) -> None:
     assert_additive(_explain(model, background, X), model, X, background, D)
 
 
+def routed(in_order: bool) -> nn.Module:
+    """A router's picks, as a mixture of experts routes each token: the top 2 of 6 scores, softmax-weighted, each
+    weighting the value ``h`` holds at its position, summed over the picks (the order of the picks does not matter)."""
+
+    def route(m: nn.Module, x: Tensor) -> Tensor:
+        top = m.u(x).topk(2, 1, sorted=in_order)
+        return (torch.softmax(top.values, 1) * m.h(x).gather(1, top.indices)).sum(1, keepdim=True)
+
+    return Composite(route, u=nn.Linear(5, 6), h=nn.Linear(5, 6))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_unsorted_topk_the_output_does_not_read_the_order_of_gets_the_sorted_topks_values(seed: int) -> None:
+    """``topk(k, sorted=False)`` returns its picks in an order torch does not specify: one of those orders is the
+    ranks' own, which rnnshap takes (the picks paired by rank, as ``sorted=True``), once the model's own forward and one
+    with the ranks reversed give the same outputs (the output does not read the order)."""
+    torch.manual_seed(seed)
+    unsorted = routed(False).to(D).eval()
+    torch.manual_seed(seed)
+    in_order = routed(True).to(D).eval()
+    background, X = torch.randn(4, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    values = _explain(unsorted, background, X)
+    assert_additive(values, unsorted, X, background, D)
+    np.testing.assert_array_equal(values, _explain(in_order, background, X))
+
+
 @pytest.mark.parametrize(
     ("how", "named", "says"),
     [

@@ -168,6 +168,16 @@ MIXTURES: dict[str, tuple[str, dict[str, Any]]] = {
                                              num_experts_per_tok=2)),
     "Olmoe": ("OlmoeForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2)),
+    # routers that pick their experts by topk(sorted=False): taken in the ranks' order (rules/selection.py)
+    "DeepseekV2": ("DeepseekV2ForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=32, moe_intermediate_size=16,
+                                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                                 n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                                                 first_k_dense_replace=0, kv_lora_rank=16, q_lora_rank=16,
+                                                 qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)),
+    "Glm4Moe": ("Glm4MoeForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=32, moe_intermediate_size=16,
+                                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                                           first_k_dense_replace=0, n_group=1, topk_group=1)),
 }  # fmt: skip
 
 

@@ -107,11 +107,12 @@ class ModelChecks:
         return True
 
     def unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
-        """Refuse a model whose output depends on the order of a ``topk`` of every position unsorted (``names``).
-        rnnshap's passes take its positions in their own order (rules/selection.py), one of the orders torch may
-        return: ``probed``, the probe's outputs on the background, are the model's in that order. The model's own
-        forward (torch's order) and one with the positions reversed must give them again, up to the rounding of 1e3
-        ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is the model's."""
+        """Refuse a model whose output depends on the order of an unsorted ``topk`` (``names``). rnnshap's passes take
+        its picks in one of the orders torch may return (rules/selection.py: every position in the positions' own
+        order, fewer in the ranks' order): ``probed``, the probe's outputs on the background, are the model's in that
+        order. The model's own forward (torch's order) and one with that order reversed must give them again, up to
+        the rounding of 1e3 ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is
+        the model's."""
         state, randoms = PreservedState(self.model), RandomStates(self.model)
 
         def run(reverse: bool | None) -> Any:
@@ -132,9 +133,9 @@ class ModelChecks:
                 gap = float((out - probed).abs().max()) if isinstance(out, Tensor) and out.shape == probed.shape else None
                 how = f"differ by up to {gap:.3g}" if gap is not None else "differ"
                 why = (
-                    "with sorted=False it returns every position in an order torch does not specify, and the model's output "
+                    "with sorted=False it returns its picks in an order torch does not specify, and the model's output "
                     f"depends on that order (the outputs of the {self.references} background rows in {order} order and in "
-                    f"the positions' own {how}): use sorted=True, or make the output independent of the order"
+                    f"rnnshap's {how}): use sorted=True, or make the output independent of the order"
                 )
                 raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
         finally:
@@ -451,8 +452,8 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
 
 
 class _UnorderedTopk(torch.overrides.TorchFunctionMode):
-    """``topk`` of every position unsorted returns the positions in their own order, or reversed (``reverse``): two of
-    the orders torch may return (see ``ModelChecks.unordered_topk``)."""
+    """An unsorted ``topk`` returns its picks in rnnshap's order (every position in the positions' own order, fewer in
+    the ranks'), or reversed (``reverse``): two of the orders torch may return (see ``ModelChecks.unordered_topk``)."""
 
     def __init__(self, reverse: bool) -> None:
         super().__init__()
@@ -460,10 +461,13 @@ class _UnorderedTopk(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
-        if func not in (torch.topk, Tensor.topk) or not topk_of_every_position(args, kwargs):
+        if func not in (torch.topk, Tensor.topk) or bool(args[4] if len(args) > 4 else kwargs.get("sorted", True)):
             return func(*args, **kwargs)
         operand = args[0]
         dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1)) % operand.dim()
+        if not topk_of_every_position(args, kwargs):
+            ranked = func(*args[:4], **{key: v for key, v in kwargs.items() if key != "sorted"}, sorted=True)
+            return ranked if not self.reverse else torch.return_types.topk(tuple(t.flip(dim) for t in ranked))
         n = operand.shape[dim]
         order = torch.arange(n, device=operand.device)
         if self.reverse:

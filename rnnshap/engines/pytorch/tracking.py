@@ -43,8 +43,8 @@ class TrackingPass(TorchFunctionMode):
         self._written = TensorMap()
         #: integer results of rules on tracked tensors (the indices of torch.max) → the op that chose them
         self.picked_indices = TensorMap()
-        #: the topk calls of every position unsorted, taken in the positions' own order (rules/selection.py): the
-        #: constructor checks that the output does not depend on that order (``ModelChecks.unordered_topk``)
+        #: the topk calls unsorted, taken in one of the orders torch may return (rules/selection.py): the constructor
+        #: checks that the output does not depend on that order (``ModelChecks.unordered_topk``)
         self.unordered_topks: set[str] = set()
         #: bool or integer results of refused operations on tracked tensors (x > 0) → the op: a branch on them is named
         self._decisions = TensorMap()
@@ -177,9 +177,11 @@ class TrackingPass(TorchFunctionMode):
         the input pass (see rnnshap/rules/selection.py)."""
         if isinstance(result, Tensor) and (result.is_floating_point() or result.is_complex()):
             return
+        unordered = getattr(rule, "unordered", None) if rule is not None else None
+        if unordered is not None and call is not None and unordered(call):
+            self.unordered_topks.add(name)  # (taken in one of the orders torch may return: checked at construction)
         constant = getattr(rule, "constant_indices", None) if rule is not None else None
         if constant is not None and call is not None and constant(call):
-            self.unordered_topks.add(name)
             return  # (indices that do not depend on the values: a topk of every position, taken in order)
         handle_of = getattr(rule, "index_handle", None) if rule is not None else None
         for leaf in tree_flatten(result)[0]:
