@@ -233,7 +233,7 @@ class Predicate(Rule):
         return mask
 
 
-def _where_parts(call: OpCall) -> tuple[Any, Any, Any]:
+def where_parts(call: OpCall) -> tuple[Any, Any, Any]:
     """(condition, input, other) of ``torch.where(condition, input, other)``, ``input.where(condition, other)``
     or ``other.masked_fill(condition, input)``."""
     args, kwargs = call.args, call.kwargs
@@ -258,14 +258,14 @@ class Where(Rule):
 
     def takes_gate(self, call: OpCall) -> bool:
         """Whether this call uses a gate's mask as its condition, and only there (asked by the engine)."""
-        condition, input_, other = _where_parts(call)
+        condition, input_, other = where_parts(call)
         return gate_of(condition) is not None and gate_of(input_) is None and gate_of(other) is None
 
     def is_linear(self, call: OpCall) -> bool:
-        return gate_of(_where_parts(call)[0]) is None
+        return gate_of(where_parts(call)[0]) is None
 
     def refusal(self, call: OpCall) -> str | None:
-        condition, input_, other = _where_parts(call)
+        condition, input_, other = where_parts(call)
         if gate_of(input_) is not None or gate_of(other) is not None:
             return "it uses a comparison's mask as a value, not as the condition"
         if call.is_tracked_value(condition):
@@ -273,11 +273,11 @@ class Where(Rule):
         return None
 
     def reference(self, call: OpCall) -> Any:
-        condition, input_, other = _where_parts(call)
+        condition, input_, other = where_parts(call)
         return torch.where(condition, input_, other)
 
     def attribute(self, call: OpCall) -> Any:
-        condition, input_, other = _where_parts(call)
+        condition, input_, other = where_parts(call)
         gate = gate_of(condition)
         if gate is None or gate.step is None or gate.reference is None:
             raise ValueError(f"{call.name}: the condition's comparison was not attributed in this pass")
@@ -331,5 +331,5 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 __all__ = [
     "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "Predicate", "Where", "gate_of",
-    "gate_rules",
+    "gate_rules", "where_parts",
 ]

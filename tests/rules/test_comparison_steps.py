@@ -64,6 +64,15 @@ INDICATORS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[np.ndarray], n
         lambda x: torch.nan_to_num((x >= -0.5) * (x < 0.5))[:, :] * (x - 0.5) + 1.0 * (x > 1),
         lambda x: ((x >= -0.5) & (x < 0.5)) * (x - 0.5) + (x > 1),
     ),
+    # a where whose branches are both constants: the same function as the mask cast, scaled and shifted (Python
+    # numbers give torch's default dtype, float32: its rounding would reach the multipliers passed through it here)
+    "where_numbers": (lambda x: torch.where(x > 0.1, x.new_ones(()), x.new_zeros(())) * x, lambda x: (x > 0.1) * x),
+    "where_levels": (lambda x: torch.where(x > 0.1, 0.7, -0.3) + x, lambda x: np.where(x > 0.1, 0.7, -0.3) + x),
+    "where_tensors": (
+        lambda x: torch.where((x < 0.5) & (x > -1.0), torch.full_like(x, 2.5), torch.zeros_like(x)) * x,
+        lambda x: ((x < 0.5) & (x > -1.0)) * 2.5 * x,
+    ),
+    "masked_fill": (lambda x: torch.ones_like(x).masked_fill(x >= 0.0, -2.0) - x, lambda x: np.where(x >= 0.0, -2.0, 1.0) - x),
 }
 
 

@@ -21,7 +21,9 @@ hand that mask to one ``where`` as it is:
   a constant of the polynomial.
 * **a cast to floating point** (``mask.to(x.dtype)``, ``mask.float()``: an indicator feature, a KAN layer's spline
   bases): the step itself, an input-dependent value whose multipliers pass its change back to the comparison's
-  operands; so too where arithmetic promotes the mask (``x * mask``, ``mask * 1.0``).
+  operands; so too where arithmetic promotes the mask (``x * mask``, ``mask * 1.0``), and where a ``where`` (or
+  ``masked_fill``) selects between constants by it (``torch.where(x > 0, 1.0, 0.0)``: :math:`b + c\,(a - b)`, the
+  ``where``'s own rule with the step its one player).
 
 A combination with a comparison mask that has no gate (one reduced along a dimension first, as
 torch.distributions' argument validation writes ``(p >= 0).all(-1) & ((p.sum(-1) - 1).abs() < 1e-6)``) is
@@ -49,9 +51,12 @@ from ...rules.gates import (
     PROMOTING,
     SAME_ON_MASKS,
     Gate,
+    Where,
     combined,
     gate_of,
+    where_parts,
 )
+from ...rules.registry import op_name
 from .calls import PassMode, Picked, flatten_call, in_place_target
 
 Tensor = torch.Tensor
@@ -132,6 +137,34 @@ class GateMasks:
         if any(c is None for c in cast):
             return False, None
         return True, self.mode.intercept(func, types, tuple(cast), {}, user_grad)
+
+    def select(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> tuple[bool, Any]:
+        """``(True, result)`` where a ``where`` or ``masked_fill`` selects between values that do not depend on the input
+        by a gated mask of a comparison (``torch.where(x > 0, 1.0, 0.0)``, ``ones.masked_fill(x >= 0, -2.0)``): its
+        values as torch gives them, an input-dependent value whose change in the input pass is the step's times the
+        branches' difference (the ``where``'s rule, rules/gates.py); ``(False, None)`` otherwise."""
+        mode = self.mode
+        rule = mode.registry.op_rule(func)
+        if getattr(func, "__name__", "") not in ("where", "masked_fill") or not isinstance(rule, Where) or "out" in kwargs:
+            return False, None
+        call = mode.op_call(func, args, kwargs, op_name(func))
+        condition = where_parts(call)[0]
+        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        if not self._steps_of_comparison(condition) or any(mode.is_tracked(leaf) for leaf in tensors):
+            return False, None
+        if any(gate_of(leaf) is not None for leaf in tensors if leaf is not condition):
+            return False, None  # (a mask as a branch: a value, not a condition)
+        with torch.no_grad():
+            result = func(*args, **kwargs)
+        if not isinstance(result, Tensor) or not result.is_floating_point():
+            return False, None
+        if mode.replay:
+            gate = gate_of(condition)
+            if gate is None or gate.step is None or gate.reference is None:
+                return False, None
+            result = rule.attribute(call)
+        mode.track(result)
+        return True, result
 
     def _steps_of_comparison(self, value: Any) -> bool:
         """Whether ``value`` is a gated mask of a comparison, or of a combination with one (not of missing-value tests

@@ -273,6 +273,8 @@ class PickedUses:
         done, result = self.gate_masks.cast(func, args, kwargs, leaves)  # a gate's step as a value
         if not done:
             done, result = self.gate_masks.promote(func, types, args, kwargs, leaves, user_grad)
+        if not done:
+            done, result = self.gate_masks.select(func, args, kwargs, leaves)  # where(mask, 1.0, 0.0)
         if done:
             return True, result
         if not any(mode.is_tracked(leaf) for leaf in leaves) or getattr(func, "__name__", "") in _GIVEN_SHAPE:
