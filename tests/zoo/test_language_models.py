@@ -213,6 +213,12 @@ def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_toke
     assert np.all(values[form][:, POSITION + 1 :] == 0.0)
     assert np.abs(values[form][:, : POSITION + 1]).max() > 0
     np.testing.assert_array_equal(values[form], values["batched_mm"])
+    model.set_experts_implementation(form)
+    captured = rnnshap.DeepExplainer(head, background, compile="capture")  # (the router's picks on the captured pass)
+    ulps = 4 * torch.finfo(torch.float32).eps * np.abs(values[form]).max()  # (the graph's kernels may sum otherwise)
+    np.testing.assert_allclose(captured.shap_values(X), values[form], rtol=0, atol=ulps)
+    if family not in ("DeepseekV2", "Glm4Moe"):  # (their rotary embeddings' complex views, a group's picks scattered)
+        assert captured.pass_path.startswith("captured"), captured.pass_path
 
 
 def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> None:

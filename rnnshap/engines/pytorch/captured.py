@@ -58,6 +58,7 @@ from ...rules.gates import (
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
+from .captured_picks import moved_alike, pick_use, picked_handle, selected, selection_rule
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
 from .gradients import chosen_gradients
@@ -133,6 +134,16 @@ class MaskValue(PairValue):
     the condition of a ``where``, not an operand of its own."""
 
 
+@dataclass(frozen=True)
+class PickedValue(PairValue):
+    """Indices an ordering picked from input-dependent values (``topk``, ``argmax``, ``max`` over a dimension), or the
+    result that holds them, on both sides, with their ``handle`` on the input side: the indices as float64 values
+    with the pick's multipliers (rules/selection.py), which a selection by them takes in their place (None in the
+    reference run, and where the indices are a constant)."""
+
+    handle: Any = None
+
+
 #: the functions whose condition a :class:`MaskValue` may be, by the position of the condition among their arguments
 _CONDITIONS = {"where": (0, 1), "masked_fill": (1,), "masked_fill_": (1,)}
 
@@ -196,7 +207,10 @@ class _Step:
     it depends on no explained input), "linear" (run on each side, the ordinary gradient exact), "rule" (the rule's
     input and reference sides), "mask" (a comparison's, a :class:`MaskValue`), "logic" and "move_mask" (a mask
     combined or moved: a :class:`MaskValue`), "unmask" (a mask cast to floating point: its step), "same" (a
-    missing-value test that answers alike on both sides: a constant) or "output"."""
+    missing-value test that answers alike on both sides: a constant), "pick" (an ordering whose indices are read: a
+    :class:`PickedValue`), "indices" (those indices taken from its result) and "move_picked" (indices moved or cast to
+    integers: their handle with them), or "output". A "rule" step that selects by picked indices names them in
+    ``picked``."""
 
     node: fx.Node
     kind: str
@@ -217,6 +231,9 @@ class _Step:
     promoted: tuple[fx.Node, ...] = ()
     #: masks of comparisons that this floating-point step's arithmetic promotes (``x * mask``): each its step, cast
     unmasked: tuple[fx.Node, ...] = ()
+    #: the picked indices a selection reads (its rule :class:`~rnnshap.rules.selection.Selection`), or that a move
+    #: moves: a :class:`PickedValue`
+    picked: fx.Node | None = None
 
     def arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments ``fn`` takes, nodes among them (a Python operator's operands swapped where ``swap``)."""
@@ -461,8 +478,11 @@ class GraphPlan:
         order = {node: i for i, node in enumerate(graph.nodes)}
         written_as: dict[fx.Node, tuple[fx.Node, ...]] = {}  # (each in-place result: the nodes of the same tensor)
         masks: set[fx.Node] = set()  # (the nodes of comparisons' masks, their combinations and rearrangements)
+        picks: dict[fx.Node, bool] = {}  # (nodes of picked indices, or of results holding them: whether a result)
         for node in graph.nodes:
             step = self._decide_ids(node, tokens, ids, tracked, numbers) if self._uses_ids(node, ids) else None
+            if step is None and any(n in picks for n in node.all_input_nodes):
+                step = self._on_picks(node, picks)  # (None: the values of a pick's result, an ordinary step)
             if step is None and any(n in masks for n in node.all_input_nodes):
                 step = self._on_masks(node, masks, registry)
                 if step is not None and step.kind == "promote":  # (arithmetic on the masks' steps, through its rule)
@@ -485,6 +505,9 @@ class GraphPlan:
                 tracked.update(same)  # (a value written into by an input-dependent one depends on the input from then on)
             if step.kind in ("mask", "logic", "move_mask"):
                 masks.add(node)
+            if step.kind in ("pick", "indices", "move_picked"):
+                picks[node] = step.kind == "pick" and isinstance(node.meta.get("example_value"), tuple)
+                tracked.add(node)
             if step.kind in ("input", "linear", "rule", "lookup", "mask"):
                 tracked.add(node)
                 self._mark(step, tracked | set(step.promoted))  # (promoted integers: input-dependent operands)
@@ -529,6 +552,27 @@ class GraphPlan:
         if use == "move" and name.rsplit(".", 1)[-1] not in SAME_ON_MASKS and type(registry.op_rule(op_key(fn))) is not Linear:
             raise NotCaptured(f"{name}: a comparison's mask moved by an operation whose rule is not linear")
         return _Step(node, {"cast": "unmask", "logic": "logic", "move": "move_mask"}.get(use, use), fn=fn, name=name)
+
+    @staticmethod
+    def _on_picks(node: fx.Node, picks: dict[fx.Node, bool]) -> _Step | None:
+        """A step on picked indices (captured_picks.py): "indices", "move_picked", or a "rule" step of a selection by
+        them; None for the values of an ordering's result (an ordinary step). Raises :class:`NotCaptured` for any
+        other use (the intercepted pass attributes or refuses it by name)."""
+        fn, _ = _function(node)
+        name = _node_name(node, fn)
+        use = pick_use(fn, node, picks)
+        if use is None:
+            raise NotCaptured(f"{name}: a use of picked indices other than a selection by them, a move or a cast")
+        kind, source = use
+        if kind == "values":
+            return None
+        if kind == "select":
+            rule = selection_rule(fn, node, source)
+            return _Step(node, "rule", fn=fn, rule=rule, name=name, picked=source)
+        if kind == "indices":  # (an item of the ordering's result: a tuple's, not a tensor's)
+            item = operator.getitem if node.target is operator.getitem else getattr
+            return _Step(node, "indices", fn=item, name="indices", picked=source)
+        return _Step(node, "move_picked", fn=fn, name=name, picked=source)
 
     @staticmethod
     def _uses_ids(node: fx.Node, ids: dict[fx.Node, int]) -> bool:
@@ -621,6 +665,8 @@ class GraphPlan:
             if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
                 return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
             raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
+        if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node):
+            return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
         if not _floating(node.meta.get("example_value")) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
@@ -788,6 +834,8 @@ class GraphPlan:
         args, kwargs = step.arguments()
         if step.kind in ("logic", "move_mask", "unmask"):
             return GraphPlan._on_mask_pair(step, env, side)
+        if step.kind in ("indices", "move_picked"):
+            return GraphPlan._on_picked_pair(step, env, side)
         if step.kind == "linear":
             r = given
             if r is None:
@@ -809,9 +857,11 @@ class GraphPlan:
             with torch.no_grad():
                 r = rule.reference(reference_call)
             if alone:
-                return PairValue(r, r)
+                return PickedValue(r, r) if step.kind == "pick" else PairValue(r, r)
         x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
         leaves = flatten_call(x_args, x_kwargs)[0]
+        if step.picked is not None:  # (a selection by picked indices: their handle in the index's place)
+            rule = selected(fn, step.name, x_args, x_kwargs, leaves, env[step.picked])
         # the reference side's output is handed to the rule where it is the operation's own on the operands alone (a
         # rule with its own reference computation, or tensors beside the operands, may want it computed otherwise)
         own = type(rule).reference is Rule.reference and not any(
@@ -822,7 +872,31 @@ class GraphPlan:
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
         if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
             return PairValue(fn(*x_args, **x_kwargs), r)
-        return PairValue(rule.attribute(call), r)
+        out = rule.attribute(call)
+        if step.kind == "pick":
+            return PickedValue(out, r, picked_handle(rule, call, out))
+        return PairValue(out, r)
+
+    @staticmethod
+    def _on_picked_pair(step: _Step, env: dict[fx.Node, Any], side: tuple[bool, Any]) -> PairValue:
+        """Picked indices taken from a pick's result ("indices"), or moved or cast to integers ("move_picked"), on both
+        sides, their handle with them (moved alike; kept by a cast)."""
+        fn, source = step.fn, step.picked
+        assert fn is not None and source is not None
+        alone, given = side
+        args, kwargs = step.arguments()
+        r = given
+        if r is None:
+            with torch.no_grad():
+                r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+        if alone:
+            return PickedValue(r, r)
+        picked = env[source]
+        x = fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0))
+        if picked.handle is None or step.kind == "indices" or not moved_alike(fn):
+            return PickedValue(x, r, picked.handle)  # (a result's handle is its indices'; a cast keeps the values)
+        handled = {**env, source: PairValue(picked.handle, picked.handle)}
+        return PickedValue(x, r, fn(*_resolve(args, handled, 0), **_resolve(kwargs, handled, 0)))
 
     @staticmethod
     def _on_mask_pair(step: _Step, env: dict[fx.Node, Any], side: tuple[bool, Any]) -> PairValue:
@@ -1273,4 +1347,4 @@ def _forward(model: Any, *inputs: Any) -> Any:
     return model(*inputs)
 
 
-__all__ = ["CapturedPasses", "GraphPlan", "MaskValue", "NotCaptured", "PairValue"]
+__all__ = ["CapturedPasses", "GraphPlan", "MaskValue", "NotCaptured", "PairValue", "PickedValue"]

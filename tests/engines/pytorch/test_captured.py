@@ -587,6 +587,49 @@ def test_the_values_of_an_ordering_whose_indices_are_not_read_are_captured(order
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
+#: selections by picked indices (each as ``f(m, u, h)``: ``u`` ordered, ``h`` selected from), and moves of them between
+PICKS: dict[str, Callable[..., torch.Tensor]] = {
+    "topk gathered": lambda m, u, h: h.gather(1, u.topk(2, 1).indices),
+    "argmax gathered": lambda m, u, h: h.gather(1, u.argmax(1, keepdim=True)),
+    "max's indices reshaped": lambda m, u, h: h.gather(1, u.max(1).indices.reshape(-1, 1)),
+    "sorted and sliced": lambda m, u, h: h.gather(1, torch.sort(u, 1, descending=True).indices[:, :2]),
+    "a table indexed": lambda m, u, h: m.table[u.argmax(1)] * h[:, :1],
+    "an embedding": lambda m, u, h: F.embedding(u.argmin(1), m.table) + h[:, :3],
+    "index_select": lambda m, u, h: torch.index_select(m.table, 0, u.argmax(1).long()),
+    "routed": lambda m, u, h: (torch.softmax((top := u.topk(2, 1)).values, 1) * h.gather(1, top.indices)).sum(1, keepdim=True),
+}
+
+
+@pytest.mark.parametrize("pick", list(PICKS))
+def test_selections_by_picked_indices_are_captured_with_the_intercepted_values_bit_for_bit(pick: str) -> None:
+    """The indices a pick returns carry its handle (rules/selection.py) on the captured pass as on the intercepted one:
+    a selection by them takes the Selection rule with the handle in the index's place, a move or an integer cast
+    keeps it."""
+    torch.manual_seed(0)
+    how = PICKS[pick]
+    model = Composite(lambda m, x: how(m, torch.tanh(m.a(x)), m.b(x)).flatten(1), a=nn.Linear(4, 6), b=nn.Linear(4, 6),
+                      table=nn.Parameter(torch.randn(6, 3)))  # fmt: skip
+    background, X = torch.randn(6, 4), torch.randn(3, 4)
+    captured = rnnshap.DeepExplainer(model.eval(), background, compile="capture")
+    for _ in range(2):  # (the second call takes the reference side kept from the first)
+        got = captured.shap_values(X)
+        assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)), captured.pass_path
+        assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+
+
+def test_picked_indices_used_as_numbers_run_the_intercepted_pass_and_say_so() -> None:
+    """Arithmetic on picked indices (their handles' values, on the intercepted pass) is not taken by the captured pass
+    yet: the call runs intercepted, with its values, and ``pass_path`` names the operation."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: m.a(x).argmax(1, keepdim=True).to(x.dtype) * x[:, :1], a=nn.Linear(4, 6))
+    background, X = torch.randn(6, 4), torch.randn(3, 4)
+    captured = rnnshap.DeepExplainer(model.eval(), background, compile="capture")
+    got = captured.shap_values(X)
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    assert captured.pass_path.startswith("intercepted: the captured pass does not take"), captured.pass_path
+    assert "argmax" in captured.pass_path or ".to" in captured.pass_path, captured.pass_path
+
+
 def test_a_graph_run_otherwise_than_the_model_runs_is_never_answered_from(monkeypatch: pytest.MonkeyPatch) -> None:
     """The graph's outputs on both sides are checked against the model's own forward of the samples and references: a
     plan that ran the graph otherwise than eager torch runs it (here made to miss that dropout in eval mode returns its
