@@ -304,6 +304,57 @@ def test_an_unsorted_topk_the_output_does_not_read_the_order_of_gets_the_sorted_
     np.testing.assert_array_equal(values, _explain(in_order, background, X))
 
 
+def _split_by_order(scores: Callable[[Tensor], Tensor], k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Rows where torch's own order of ``topk(k, sorted=False)`` is the ranks' and rows where it is not."""
+    pool = torch.randn(400, 5, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    with torch.no_grad():
+        u = scores(pool)
+        same = (u.topk(k, 1, sorted=False).indices == u.topk(k, 1).indices).all(1)
+    assert same.any() and not same.all()  # (the premise: torch's CPU kernel returns both)
+    return pool[same], pool[~same]
+
+
+@pytest.mark.parametrize("read", ["middle", "weighted"])
+def test_an_unsorted_topk_whose_order_is_read_only_where_explained_is_refused(read: str) -> None:
+    """The order check runs on the explained samples too, in orders that reach every permutation of the picks (two
+    swapped, all rotated): the middle pick of three stays in place where the order is only reversed, and the
+    background may sit where every order gives the same outputs (scores that tie, or torch's order the ranks' there)."""
+    torch.manual_seed(0)
+    u = nn.Linear(5, 6).to(D)
+
+    def forward(m: nn.Module, x: Tensor) -> Tensor:
+        values = m.u(x).topk(3, 1, sorted=False).values
+        return values[:, 1:2] if read == "middle" else 2.0 * values[:, :1] + values[:, 1:2]
+
+    model = Composite(forward, u=u).eval()
+    agree, differ = _split_by_order(u, 3, D)
+    background = agree[:4] if read == "middle" else torch.zeros(2, 5, dtype=D)
+    if read == "weighted":
+        u.bias.data.zero_()  # (every score 0 on the background: every order gives its outputs)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)topk.*order torch does not specify.*sorted=True"):
+        rnnshap.DeepExplainer(model, background).shap_values(differ[:3])
+
+
+def test_an_unsorted_topk_in_a_model_that_rounds_to_16_bits_is_refused_with_advice_that_works() -> None:
+    """At 16-bit precision the check cannot tell an order read from rounding: refused, advising float32 or
+    sorted=True; the model explained in float32 (its 16-bit step left out) gets its values."""
+    torch.manual_seed(0)
+
+    def forward(m: nn.Module, x: Tensor) -> Tensor:
+        u = m.u(x)
+        rounded = u.to(torch.bfloat16).to(u.dtype) if m.rounds else u
+        top = rounded.topk(2, 1, sorted=False)
+        return (torch.softmax(top.values, 1) * u.gather(1, top.indices)).sum(1, keepdim=True)
+
+    model = Composite(forward, u=nn.Linear(5, 6), rounds=True).eval()
+    background, X = torch.randn(4, 5), torch.randn(3, 5)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)16-bit.*float32.*sorted=True"):
+        rnnshap.DeepExplainer(model, background).shap_values(X)
+    model.rounds = False
+    values = rnnshap.DeepExplainer(model, background).shap_values(X)
+    assert_additive(values, model, X, background, torch.float32)
+
+
 @pytest.mark.parametrize(
     ("how", "named", "says"),
     [

@@ -64,6 +64,7 @@ from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, tok
 from .gradients import chosen_gradients
 from .handwritten_norms import canonical, mark_of, normalizing_rule
 from .integer_ops import CONSTANT, SHAPE_OF_OTHER
+from .model_forms import BatchedExperts
 from .randomness import random_call
 from .state import python_state
 from .tape import batch_axis, repeat_along
@@ -1291,7 +1292,7 @@ class CapturedPasses:
         run (torch.compile guards on it), so that the run on a block's distinct references takes the pairs' graph."""
         token = _CALL.set(call)
         try:
-            with _capture_settings(self.captures), torch.enable_grad():
+            with _capture_settings(self.captures), torch.enable_grad(), BatchedExperts.switched(self.model):
                 copies = [t.clone() for t in tensors]
                 for i, copy in enumerate(copies):  # (one graph for every number of rows: the batch a size of the graph)
                     if i in call.references and copy.is_floating_point() and not copy.requires_grad:

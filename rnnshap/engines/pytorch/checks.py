@@ -106,36 +106,51 @@ class ModelChecks:
                 return False
         return True
 
-    def unordered_topk(self, probed: Tensor, names: set[str], eps: float) -> None:
-        """Refuse a model whose output depends on the order of an unsorted ``topk`` (``names``). rnnshap's passes take
-        its picks in one of the orders torch may return (rules/selection.py: every position in the positions' own
-        order, fewer in the ranks' order): ``probed``, the probe's outputs on the background, are the model's in that
-        order. The model's own forward (torch's order) and one with that order reversed must give them again, up to
-        the rounding of 1e3 ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is
-        the model's."""
+    def unordered_topk(self, names: set[str], eps: float, rows: list[Tensor] | None = None) -> None:
+        """Refuse a model whose output depends on the order of an unsorted ``topk`` (``names``), on ``rows`` (the model's
+        inputs: the background where None). rnnshap's passes take its picks in one of the orders torch may return
+        (rules/selection.py: every position in the positions' own order, fewer in the ranks' order). The model's own
+        forward (torch's order), and ones with two picks of rnnshap's order swapped and with all of them rotated (which
+        together reach every permutation), must give the outputs of rnnshap's order again, up to the rounding of 1e3
+        ``eps`` (as the rows check allows); otherwise the output reads the order, and no order is the model's. At
+        16-bit precision (``eps``) that rounding hides an order read: refused alike, with the advice to explain the
+        model in float32."""
+        if eps > torch.finfo(torch.float32).eps:
+            why = (
+                "with sorted=False it returns its picks in an order torch does not specify, and at the model's 16-bit "
+                "precision rnnshap cannot tell whether its output reads that order (the rounding hides it): explain the "
+                "model in float32 (model.float() and float32 inputs), or use sorted=True"
+            )
+            raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
         state, randoms = PreservedState(self.model), RandomStates(self.model)
+        given = self.background if rows is None else rows
+        what = f"the {self.references} background rows" if rows is None else f"the {given[0].shape[0]} samples explained"
 
-        def run(reverse: bool | None) -> Any:
+        def run(order: str | None) -> Any:
             try:
-                with torch.no_grad(), (contextlib.nullcontext() if reverse is None else _UnorderedTopk(reverse)):
-                    return self.take(self.model(*[b.clone() for b in self.background]))
+                with torch.no_grad(), (contextlib.nullcontext() if order is None else _UnorderedTopk(order)):
+                    return self.take(self.model(*[b.clone() for b in given]))
             finally:
                 state.restore()
 
         try:
-            for reverse, order in ((None, "torch's"), (True, "the reversed")):
+            try:
+                ours = run("rnnshap")
+            except Exception:  # noqa: BLE001 (a model that fails here: the passes report what fails)
+                return
+            for order, said in ((None, "torch's"), ("swap", "two of rnnshap's swapped"), ("rotate", "rnnshap's rotated")):
                 try:
-                    out = run(reverse)
-                except Exception:  # noqa: BLE001 (a model that fails here: the passes report what fails)
+                    out = run(order)
+                except Exception:  # noqa: BLE001
                     return
-                if isinstance(out, Tensor) and out.shape == probed.shape and _repeats_close(out, probed, eps):
+                if isinstance(out, Tensor) and out.shape == ours.shape and _repeats_close(out, ours, eps):
                     continue
-                gap = float((out - probed).abs().max()) if isinstance(out, Tensor) and out.shape == probed.shape else None
+                gap = float((out - ours).abs().max()) if isinstance(out, Tensor) and out.shape == ours.shape else None
                 how = f"differ by up to {gap:.3g}" if gap is not None else "differ"
                 why = (
                     "with sorted=False it returns its picks in an order torch does not specify, and the model's output "
-                    f"depends on that order (the outputs of the {self.references} background rows in {order} order and in "
-                    f"rnnshap's {how}): use sorted=True, or make the output independent of the order"
+                    f"depends on that order (the outputs of {what} in {said} order and in rnnshap's {how}): use "
+                    "sorted=True, or make the output independent of the order"
                 )
                 raise UnsupportedOperationError([(name, why, "selection") for name in sorted(names)])
         finally:
@@ -452,12 +467,13 @@ def _repeats(once: Tensor, twice: Tensor, axis: int) -> bool:
 
 
 class _UnorderedTopk(torch.overrides.TorchFunctionMode):
-    """An unsorted ``topk`` returns its picks in rnnshap's order (every position in the positions' own order, fewer in
-    the ranks'), or reversed (``reverse``): two of the orders torch may return (see ``ModelChecks.unordered_topk``)."""
+    """An unsorted ``topk`` returns its picks in rnnshap's order (``order`` "rnnshap": every position in the positions'
+    own order, fewer in the ranks'), with its first two swapped ("swap"), or rotated by one ("rotate"): orders torch
+    may return (see ``ModelChecks.unordered_topk``)."""
 
-    def __init__(self, reverse: bool) -> None:
+    def __init__(self, order: str) -> None:
         super().__init__()
-        self.reverse = reverse
+        self.order = order
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
@@ -465,17 +481,22 @@ class _UnorderedTopk(torch.overrides.TorchFunctionMode):
             return func(*args, **kwargs)
         operand = args[0]
         dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1)) % operand.dim()
-        if not topk_of_every_position(args, kwargs):
-            ranked = func(*args[:4], **{key: v for key, v in kwargs.items() if key != "sorted"}, sorted=True)
-            return ranked if not self.reverse else torch.return_types.topk(tuple(t.flip(dim) for t in ranked))
-        n = operand.shape[dim]
-        order = torch.arange(n, device=operand.device)
-        if self.reverse:
-            order = order.flip(0)
-        shape = [1] * operand.dim()
-        shape[dim] = n
-        indices = order.reshape(shape).expand(operand.shape).contiguous()
-        return torch.return_types.topk((operand.gather(dim, indices), indices))
+        if topk_of_every_position(args, kwargs):
+            n = operand.shape[dim]
+            shape = [1] * operand.dim()
+            shape[dim] = n
+            indices = torch.arange(n, device=operand.device).reshape(shape).expand(operand.shape).contiguous()
+            values = operand.gather(dim, indices)
+        else:
+            values, indices = func(*args[:4], **{key: v for key, v in kwargs.items() if key != "sorted"}, sorted=True)
+        k = values.shape[dim]
+        if self.order == "swap" and k > 1:
+            order = torch.arange(k, device=values.device)
+            order[:2] = order[:2].flip(0)
+            values, indices = values.index_select(dim, order), indices.index_select(dim, order)
+        elif self.order == "rotate":
+            values, indices = values.roll(1, dim), indices.roll(1, dim)
+        return torch.return_types.topk((values, indices))
 
 
 def _close_to_scale(a: Tensor, b: Tensor, eps: float = 0.0) -> bool:

@@ -101,8 +101,11 @@ class TorchEngine(Engine):
             )
         self.output_shape = tuple(outputs.shape[1:])
         least = self._computed_dtype(probe, outputs)
+        #: the unsorted topk calls the passes take in rnnshap's order, and the eps of the least precise dtype the model
+        #: computes in: the order check runs on the background here, and on each block's samples (:meth:`attribute`)
+        self._unordered = (frozenset(probe.unordered_topks), torch.finfo(least).eps)
         if probe.unordered_topks:
-            self.checks.unordered_topk(outputs, probe.unordered_topks, torch.finfo(least).eps)
+            self.checks.unordered_topk(set(probe.unordered_topks), torch.finfo(least).eps)
         self.checks.rows_independent(torch.finfo(least).eps, outputs)
         self.background_outputs = numpy(outputs).astype(np.float64)
         check_missing_values_handled(self.background, outputs.reshape(self.references, -1), "background")
@@ -436,6 +439,8 @@ class TorchEngine(Engine):
             self.kept.release_held()  # (a block that does not take the tape held for the first call: it is not taken)
         # both sides of a pair compare the explained sample's values where the model masks by them
         masks = {t: (inputs[t][sample], value) for t, value in self.masked_inputs.items()}
+        if self._unordered[0]:  # (the samples may sit where the background does not show an order read)
+            self.checks.unordered_topk(set(self._unordered[0]), self._unordered[1], [x[block.s0 : block.s1] for x in inputs])
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
         ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
         if ran is None:

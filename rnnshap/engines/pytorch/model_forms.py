@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from typing import Any
@@ -101,24 +102,44 @@ class DictInputs(nn.Module):
 
 class _Batched:
     """``with _Batched(configs):`` transformers' experts modules reading these configs run in their "batched_mm" form,
-    each config's own form put back after."""
+    each config's own form put back once no pass holds it (passes in other threads, or nested, may overlap: the first
+    switches a config, the last puts its form back)."""
 
     def __init__(self, configs: list[Any]) -> None:
         self.configs = configs
-        self.forms: list[Any] = []
 
     def __enter__(self) -> None:
-        self.forms = [vars(config).get(_FORM) for config in self.configs]
-        for config in self.configs:
-            setattr(config, _FORM, BATCHED)
+        with _SWITCHING:
+            for config in self.configs:
+                own, holders = _SWITCHED.get(id(config), (None, 0))
+                if not holders:
+                    own = vars(config).get(_FORM)
+                    setattr(config, _FORM, BATCHED)
+                _SWITCHED[id(config)] = (own, holders + 1)
 
     def __exit__(self, *exc: Any) -> None:
-        for config, form in zip(self.configs, self.forms, strict=True):
-            setattr(config, _FORM, form)
+        with _SWITCHING:
+            for config in self.configs:
+                own, holders = _SWITCHED.pop(id(config))
+                if holders > 1:
+                    _SWITCHED[id(config)] = (own, holders - 1)
+                else:
+                    setattr(config, _FORM, own)
 
 
 #: transformers' name of the experts' form on a model's config, and the form rnnshap explains them in
 _FORM, BATCHED = "_experts_implementation_internal", "batched_mm"
+#: the configs switched to the batched form by passes running now (by id: each one's own form and how many passes hold
+#: it), and the lock of their switching
+_SWITCHED: dict[int, tuple[Any, int]] = {}
+_SWITCHING = threading.Lock()
+
+
+def _own_form(config: Any) -> Any:
+    """A config's own form of experts: as it names it, or as it was before passes running now switched it."""
+    with _SWITCHING:
+        held = _SWITCHED.get(id(config))
+    return vars(config).get(_FORM) if held is None else held[0]
 
 
 def experts_configs(model: nn.Module) -> list[Any]:
@@ -134,8 +155,8 @@ def experts_configs(model: nn.Module) -> list[Any]:
     configs: dict[int, Any] = {}
     for module in model.modules():
         config = vars(module).get("config")
-        if "_is_expert_parallel" in vars(module) and isinstance(vars(config).get(_FORM) if config is not None else None, str):
-            if vars(config)[_FORM] != BATCHED:
+        if "_is_expert_parallel" in vars(module) and config is not None and isinstance(vars(config).get(_FORM), str):
+            if _own_form(config) != BATCHED:
                 configs[id(config)] = config
     return list(configs.values())
 
@@ -151,8 +172,17 @@ class BatchedExperts(nn.Module):
         self.training = model.training  # (its own flag only)
 
     def forward(self, *inputs: Any) -> Any:
+        if torch.compiler.is_compiling():  # (the captured pass switches them around its compiled call: :meth:`switched`)
+            return self.module(*inputs)
         with _Batched(self.configs):
             return self.module(*inputs)
+
+    @staticmethod
+    def switched(model: nn.Module) -> Any:
+        """``with BatchedExperts.switched(model):`` the experts of every :class:`BatchedExperts` in ``model`` in their
+        batched form, around a call torch.compile captures (which cannot trace the switch's lock)."""
+        configs = [c for m in model.modules() if isinstance(m, BatchedExperts) for c in m.configs]
+        return _Batched(configs)
 
 
 def in_eval_mode(model: nn.Module, build: Any) -> Any:

@@ -105,3 +105,61 @@ def test_an_explainer_let_go_frees_its_engine_at_once() -> None:
     finally:
         if collecting:
             gc.enable()
+
+
+class _Config:
+    """A stand-in for a transformers config: the experts' form it names (``_experts_implementation_internal``)."""
+
+    def __init__(self, form: str) -> None:
+        self._experts_implementation_internal = form
+
+
+class _Experts(nn.Module):
+    """A stand-in for transformers' experts module (``use_experts_implementation``): the form its config names at
+    each call, recorded; the same function in every form."""
+
+    def __init__(self, config: _Config, seen: list[str], pause: Any) -> None:
+        super().__init__()
+        self.config, self._is_expert_parallel, self.seen, self.pause = config, False, seen, pause
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.config._experts_implementation_internal)
+        self.pause()
+        return self.linear(x)
+
+
+def test_experts_switched_to_their_batched_form_by_passes_that_overlap_are_put_back_once_all_are_done() -> None:
+    """Two explainers of one model in two threads: every pass of each runs the experts in the batched form, whatever
+    the other is doing, and the config's own form is back once both are done (not the batched form one of them saw)."""
+    import threading
+    import time
+
+    from rnnshap.engines.pytorch.model_forms import BatchedExperts, experts_configs
+
+    config, seen = _Config("grouped_mm"), []
+    both = threading.Barrier(2, timeout=10)
+    model = _Experts(config, seen, lambda: time.sleep(0.001)).eval()  # (each pass lets the other thread run)
+    configs = experts_configs(model)
+    assert configs == [config]
+    errors: list[BaseException] = []
+
+    def explain() -> None:
+        try:
+            wrapped = BatchedExperts(model, configs)
+            for _ in range(20):
+                wrapped(torch.randn(3, 4))
+            both.wait()  # (one is done with its passes while the other still runs some)
+            wrapped(torch.randn(3, 4))
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=explain) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert set(seen) == {"batched_mm"} and len(seen) == 42
+    assert config._experts_implementation_internal == "grouped_mm"
+    assert experts_configs(model) == [config]  # (found again: its own form is not the batched one)
