@@ -196,14 +196,14 @@ def in_eval_mode(model: nn.Module, build: Any) -> Any:
     configs = experts_configs(model)
     if configs:
         model = BatchedExperts(model, configs)
-    switched = training_randomness(model)
+    switched = training_randomness(_given(model))
     if not switched:
         try:
             return build(model)
         except ModelStateError as error:
             # forward() draws random numbers or updates running statistics: where it does so in training mode
             # only (a GaussianNoise, a running normalization), the model forgot .eval(): explained in eval mode
-            training = [name or "the model" for name, module in model.named_modules() if module.training]
+            training = [name or "the model" for name, module in _given(model).named_modules() if module.training]
             if not getattr(error, "eval_may_help", False) or not training:
                 raise
             first = error
@@ -472,7 +472,15 @@ class LayerForm:
 
 
 def _name_of(model: nn.Module, layer: nn.Module) -> str:
-    return next((name or "the model" for name, module in model.named_modules() if module is layer), type(layer).__name__)
+    """The layer's name in the model as the user gave it (inside the forms rnnshap wraps it in)."""
+    return next((name or "the model" for name, module in _given(model).named_modules() if module is layer), type(layer).__name__)
+
+
+def _given(model: nn.Module) -> nn.Module:
+    """The model as the user gave it, inside the forms rnnshap wraps it in (its modules' names are the user's)."""
+    while isinstance(model, (EvalMode, Eager, BatchedExperts)):
+        model = model.module
+    return model
 
 
 def _reused(name: str) -> str:

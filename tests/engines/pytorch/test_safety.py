@@ -471,7 +471,6 @@ def test_every_unsupported_op_is_named_in_one_error() -> None:
         pytest.param(lambda z: torch.special.erfinv(torch.tanh(z) * 0.9), id="erfinv"),
         pytest.param(lambda z: torch.msort(z), id="msort"),
         pytest.param(lambda z: z * (z > 0).sum(-1, keepdim=True), id="comparison-mask-counted"),
-        pytest.param(lambda z: torch.where(z > 0, 1.0, 0.0), id="comparison-as-a-feature"),
     ],
 )
 def test_unsupported_op_raises_unsupported_operation_error(forward: Any) -> None:
