@@ -114,19 +114,16 @@ class _Config:
         self._experts_implementation_internal = form
 
 
-class _Experts(nn.Module):
+def _experts(config: _Config, seen: list[str], pause: Any) -> nn.Module:
     """A stand-in for transformers' experts module (``use_experts_implementation``): the form its config names at
     each call, recorded; the same function in every form."""
 
-    def __init__(self, config: _Config, seen: list[str], pause: Any) -> None:
-        super().__init__()
-        self.config, self._is_expert_parallel, self.seen, self.pause = config, False, seen, pause
-        self.linear = nn.Linear(4, 2)
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        m.seen.append(m.config._experts_implementation_internal)
+        m.pause()
+        return m.linear(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(self.config._experts_implementation_internal)
-        self.pause()
-        return self.linear(x)
+    return Composite(forward, config=config, _is_expert_parallel=False, seen=seen, pause=pause, linear=nn.Linear(4, 2))
 
 
 def test_experts_switched_to_their_batched_form_by_passes_that_overlap_are_put_back_once_all_are_done() -> None:
@@ -139,7 +136,7 @@ def test_experts_switched_to_their_batched_form_by_passes_that_overlap_are_put_b
 
     config, seen = _Config("grouped_mm"), []
     both = threading.Barrier(2, timeout=10)
-    model = _Experts(config, seen, lambda: time.sleep(0.001)).eval()  # (each pass lets the other thread run)
+    model = _experts(config, seen, lambda: time.sleep(0.001)).eval()  # (each pass lets the other thread run)
     configs = experts_configs(model)
     assert configs == [config]
     errors: list[BaseException] = []
