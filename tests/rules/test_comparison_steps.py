@@ -253,3 +253,16 @@ def test_a_missing_value_tests_mask_used_as_a_feature_stays_a_constant() -> None
     assert np.array_equal(intercepted, captured)
     assert np.all(captured[:, :2] == 0.0)
     assert_additive(captured, model, X, background, D)
+
+
+@pytest.mark.parametrize("compile", PATHS)
+def test_a_where_between_constants_one_of_them_infinite_is_refused_by_name(compile: Any) -> None:
+    """``softmax(s + torch.where(x > 0, 0.0, -inf))``: the step's change times an infinite difference of its branches
+    has no finite multiplier; refused by name (the where of input-dependent values, ``masked_fill(-inf)``, says how to
+    mask instead)."""
+    model = Function(lambda x: torch.softmax(x + torch.where(x > 0, 0.0, float("-inf")), -1)[:, :1]).eval()
+    background, X = torch.randn(5, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    X[:, 0] = background[:, 0].abs().max() + 1.0  # (every row keeps one finite score)
+    background[:, 0] = X[0, 0]
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="outside a where"):
+        rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X)

@@ -29,6 +29,8 @@ Tensor = torch.Tensor
 
 #: casts that keep integer values as they are (``idx.long()``): the handle goes with them unchanged
 _INTEGER_CASTS = frozenset({"long", "int", "short", "to", "type"})
+#: the integer types a cast of picked indices keeps them in (a narrower one wraps an index beyond its range)
+WIDE_INTEGERS = frozenset({torch.int32, torch.int64})
 
 
 def _integers(value: Any) -> bool:
@@ -55,14 +57,15 @@ def pick_use(fn: Any, node: fx.Node, picks: dict[fx.Node, bool]) -> tuple[str, f
     examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), lambda n: n.meta.get("example_value"))
     index = source.meta.get("example_value")
     selection = selection_of(fn, examples[0], examples[1], lambda v: v is index) if fn is not None else None
-    if selection is not None:
-        return ("select", source) if not selection[2] else None  # (one_hot's integers: not taken yet)
+    if selection is not None:  # (one_hot's integers, a table of integers indexed: indices again, not taken yet)
+        floating = isinstance(example, Tensor) and example.is_floating_point()
+        return ("select", source) if floating and not selection[2] else None
     others = [n for n in node.all_input_nodes if n is not source]
     name = getattr(fn, "__name__", "")
     if others or not node.args or node.args[0] is not source or not _integers(example):
         return None
-    if name in _INTEGER_CASTS:
-        return "cast", source
+    if name in _INTEGER_CASTS:  # (to 32 or 64 bits: the same values; a narrower type may wrap them)
+        return ("cast", source) if isinstance(example, Tensor) and example.dtype in WIDE_INTEGERS else None
     return ("move", source) if name in MOVES else None
 
 
@@ -108,4 +111,4 @@ def moved_alike(fn: Any) -> bool:
     return getattr(fn, "__name__", "") not in _INTEGER_CASTS
 
 
-__all__ = ["moved_alike", "pick_use", "picked_handle", "selected", "selection_rule"]
+__all__ = ["WIDE_INTEGERS", "moved_alike", "pick_use", "picked_handle", "selected", "selection_rule"]

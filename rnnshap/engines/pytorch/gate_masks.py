@@ -33,6 +33,7 @@ followed as a mask without a gate: a branch on it (``if not valid.all(): raise``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -67,6 +68,13 @@ _SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.T
 
 def _last(origin: str) -> str:
     return origin.rsplit(".", 1)[-1]
+
+
+def _finite(value: Any) -> bool:
+    """Whether a branch of a ``where`` is finite everywhere (a number, or a tensor: one host read)."""
+    if isinstance(value, Tensor):
+        return not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
+    return not isinstance(value, (int, float)) or math.isfinite(value)
 
 
 class GateMasks:
@@ -154,6 +162,9 @@ class GateMasks:
             return False, None
         if any(gate_of(leaf) is not None for leaf in tensors if leaf is not condition):
             return False, None  # (a mask as a branch: a value, not a condition)
+        branches = where_parts(call)[1:]
+        if not all(_finite(branch) for branch in branches):
+            return False, None  # (the step's change times an infinite difference: no finite multiplier, refused by name)
         with torch.no_grad():
             result = func(*args, **kwargs)
         if not isinstance(result, Tensor) or not result.is_floating_point():

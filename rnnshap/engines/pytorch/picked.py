@@ -214,7 +214,7 @@ class PickedUses:
             reason = f"it turns the indices that {origin} picked from an input-dependent tensor into Python values"
             mode.refuse(name, reason, "control")
             return real
-        one_integer = len(outputs) == 1 and not _is_floating(outputs[0]) and outputs[0].dtype != torch.bool
+        one_integer = len(outputs) == 1 and outputs[0].dtype in (torch.int32, torch.int64)  # (narrower ones may wrap)
         if op_key(func) in _INTEGER_CASTS and len(handles) == 1 and one_integer:
             mode.picked_indices[outputs[0]] = Picked(origin, next(iter(handles.values())).handle)  # idx.long(): the same values
             return real

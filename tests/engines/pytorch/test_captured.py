@@ -617,6 +617,26 @@ def test_selections_by_picked_indices_are_captured_with_the_intercepted_values_b
         assert captured.pass_path.startswith(CAPTURED), captured.pass_path
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        lambda m, u, h: m.table[m.group[u.argmax(1)]],  # (an expert's group, then the group's row)
+        lambda m, u, h: m.group[u.topk(4, 1).indices].to(u.dtype) * h[:, :4],
+    ],
+    ids=["a table indexed by an integer table's picks", "an integer table's picks as numbers"],
+)
+def test_a_selection_of_integers_by_picked_indices_runs_the_intercepted_pass(how: Callable[..., torch.Tensor]) -> None:
+    """Integers selected by picked indices (a buffer of each position's group) are indices again, without a handle of
+    their own on the captured pass: the call runs the intercepted pass, with its values."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: how(m, m.a(x), m.b(x)).flatten(1), a=nn.Linear(4, 6), b=nn.Linear(4, 6),
+                      table=nn.Parameter(torch.randn(3, 3)), group=nn.Buffer(torch.tensor([2, 0, 1, 1, 0, 2])))  # fmt: skip
+    background, X = torch.randn(6, 4), torch.randn(3, 4)
+    captured = rnnshap.DeepExplainer(model.eval(), background, compile="capture")
+    assert _same(captured.shap_values(X), rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    assert captured.pass_path.startswith("intercepted"), captured.pass_path
+
+
 def test_picked_indices_used_as_numbers_run_the_intercepted_pass_and_say_so() -> None:
     """Arithmetic on picked indices (their handles' values, on the intercepted pass) is not taken by the captured pass
     yet: the call runs intercepted, with its values, and ``pass_path`` names the operation."""

@@ -253,3 +253,20 @@ def test_unattributed_uses_of_picked_indices_are_refused_by_name(use: Callable[[
     with pytest.raises(rnnshap.UnsupportedOperationError) as info:
         rnnshap.DeepExplainer(use_model.to(D).eval(), torch.randn(6, 4, dtype=D))
     assert "argmax" in str(info.value) or "picked" in str(info.value)
+
+
+@pytest.mark.parametrize("compile", [False, "capture"])
+def test_picked_indices_cast_to_a_narrower_integer_type_are_refused_by_name(compile: object) -> None:
+    """``argmax(...).to(torch.int8)`` of 300 positions wraps (150 becomes -106): the cast's values are not the picks',
+    so its handle does not go with it, and a selection by it is refused by name; a cast to 32 or 64 bits keeps it."""
+    torch.manual_seed(0)
+    model = Composite(lambda m, x: m.table[m.a(x).argmax(1).to(m.dtype).long()], a=nn.Linear(4, 300),
+                      table=nn.Parameter(torch.randn(300, 3)), dtype=torch.int8)  # fmt: skip
+    background, X = torch.randn(8, 4), torch.randn(5, 4)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="picked"):
+        rnnshap.DeepExplainer(model.eval(), background, compile=compile).shap_values(X)
+    model.dtype = torch.int32
+    values = rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X)
+    with torch.no_grad():
+        moved = (model(X) - model(background).mean(0)).numpy()
+    np.testing.assert_allclose(np.asarray(values).sum(1), moved, rtol=0, atol=1e-5)
