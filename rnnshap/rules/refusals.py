@@ -43,6 +43,8 @@ def misfit(rule: Rule, call: OpCall) -> str | None:
     Rescale rule given two input-dependent operands) is refused by name when the explainer is
     built. A rule may answer for itself with a method ``refusal(call) -> str | None``.
     """
+    if isinstance(call.kwargs.get("out"), (tuple, list)):  # (a tensor out= runs out of place: engines/pytorch/calls.py)
+        return "it writes its results into the tensors of out=, which its rule does not: call it without out="
     own = getattr(rule, "refusal", None)
     if callable(own):
         answer = own(call)

@@ -360,6 +360,10 @@ def test_an_unsorted_topk_in_a_model_that_rounds_to_16_bits_is_refused_with_advi
     [
         (lambda u, h: u.topk(2, 1, sorted=False).values, "topk", "sorted=True"),
         (lambda u, h: torch.msort(u), "msort", "depends on the input"),
+        (lambda u, h: torch.topk(u, 2, 1, out=(u.new_empty(u.shape[0], 2), u.new_empty(u.shape[0], 2).long()))[0], "topk",
+         "without out="),
+        (lambda u, h: torch.max(u, 1, True, out=(u.new_empty(u.shape[0], 1), u.new_empty(u.shape[0], 1).long()))[0], "max",
+         "without out="),
         (lambda u, h: u - u.median(), "median", "give it the dimension"),
     ],
 )
