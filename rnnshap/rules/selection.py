@@ -252,6 +252,14 @@ class Selection(Rule):
     def __init__(self, index: int, reduce: Reduce, integer: bool = False) -> None:
         self.index, self.reduce, self.integer = index, reduce, integer
 
+    def refusal(self, call: OpCall) -> str | None:
+        if call.fn is F.embedding and (call.args[3] if len(call.args) > 3 else call.kwargs.get("max_norm")) is not None:
+            return (
+                "max_norm renormalises rows of the embedding table in place, chosen by the indices looked up, which "
+                "differ between the reference and input passes; renormalise the table once and drop max_norm"
+            )
+        return None
+
     def _run(self, call: OpCall, index: Tensor, values: Tensor | None) -> Any:
         """The selection by ``index`` (integers) from ``values`` (None: the input side's operand)."""
         players = [index if i == self.index else (call.leaves[i] if values is None else values) for i in call.tracked]

@@ -364,6 +364,7 @@ def test_an_unsorted_topk_in_a_model_that_rounds_to_16_bits_is_refused_with_advi
          "without out="),
         (lambda u, h: torch.max(u, 1, True, out=(u.new_empty(u.shape[0], 1), u.new_empty(u.shape[0], 1).long()))[0], "max",
          "without out="),
+        (lambda u, h: F.embedding(u.argmax(1), h.detach().new_ones(6, 6) * 3.0, max_norm=1.0), "embedding", "max_norm"),
         (lambda u, h: u - u.median(), "median", "give it the dimension"),
     ],
 )

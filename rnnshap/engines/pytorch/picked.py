@@ -190,6 +190,10 @@ class PickedUses:
         call = OpCall.flat(func, name, flat, spec, tracked, mode.pairs, layout)
         new_args, new_kwargs = call.args, call.kwargs
         rule = Selection(position, reduce, integer)
+        why = rule.refusal(call)
+        if why is not None:  # (refused before it runs on the handle: torch's own call on the indices instead)
+            mode.refuse(name, why, "selection")
+            return self.unattributed(func, args, kwargs, origin)
         return mode.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, rule, name, call, False)
 
     def _mirror(
