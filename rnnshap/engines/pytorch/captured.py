@@ -838,10 +838,7 @@ class GraphPlan:
         if step.kind in ("indices", "move_picked"):
             return GraphPlan._on_picked_pair(step, env, side)
         if step.kind == "linear":
-            r = given
-            if r is None:
-                with torch.no_grad():
-                    r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+            r = _reference_side(fn, args, kwargs, env) if given is None else given
             return PairValue(r, r) if alone else PairValue(fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0)), r)
         rule = step.rule
         assert rule is not None
@@ -886,10 +883,7 @@ class GraphPlan:
         assert fn is not None and source is not None
         alone, given = side
         args, kwargs = step.arguments()
-        r = given
-        if r is None:
-            with torch.no_grad():
-                r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+        r = _reference_side(fn, args, kwargs, env) if given is None else given
         if alone:
             return PickedValue(r, r)
         picked = env[source]
@@ -907,10 +901,7 @@ class GraphPlan:
         assert fn is not None
         alone, given = side
         args, kwargs = step.arguments()
-        r = given
-        if r is None:
-            with torch.no_grad():
-                r = fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
+        r = _reference_side(fn, args, kwargs, env) if given is None else given
         if alone:
             return PairValue(r, r) if step.kind == "unmask" else MaskValue(r, r)
         x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
@@ -944,6 +935,12 @@ class GraphPlan:
             steps = first
         GATES[x] = Gate(step.name, r, steps, combined=any(c for _, _, c in gates.values()))
         return MaskValue(x, r)
+
+
+def _reference_side(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], env: dict[fx.Node, Any]) -> Any:
+    """A step's function on its operands' reference sides, as the model computes it."""
+    with torch.no_grad():
+        return fn(*_resolve(args, env, 1), **_resolve(kwargs, env, 1))
 
 
 #: the mark of an input-dependent operand among a call's arguments (:func:`_resolve` with ``side`` 2)
