@@ -244,3 +244,22 @@ def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> Non
     for values in (given, switched):
         np.testing.assert_allclose(values.sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
     np.testing.assert_array_equal(given, switched)
+
+
+def test_experts_whose_form_changes_after_the_explainer_was_made_are_still_explained_in_the_batched_form() -> None:
+    """The explainer keeps the experts' configs, not their form: a form set later (grouped_mm, eager) is switched at
+    each pass, and put back after it."""
+    model_class, settings = MIXTURES["Mixtral"]
+    config = _config("Mixtral", **settings)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    background, X = torch.randint(0, V, (3, T)), torch.randint(0, V, (2, T))
+    model.set_experts_implementation("batched_mm")
+    explainer = rnnshap.DeepExplainer(_held(model), background)
+    batched = explainer.shap_values(X)
+    for form in ("grouped_mm", "eager"):
+        model.set_experts_implementation(form)
+        np.testing.assert_array_equal(explainer.shap_values(X), batched)
+        assert set(model.get_experts_implementation().values()) == {form}

@@ -58,7 +58,7 @@ from ...rules.gates import (
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from .calls import flatten_call, in_place_target, out_of_place
-from .captured_picks import moved_alike, pick_use, picked_handle, selected, selection_rule
+from .captured_picks import pick_use, picked_handle, selected, selection_rule
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
 from .gradients import chosen_gradients
@@ -209,8 +209,8 @@ class _Step:
     input and reference sides), "mask" (a comparison's, a :class:`MaskValue`), "logic" and "move_mask" (a mask
     combined or moved: a :class:`MaskValue`), "unmask" (a mask cast to floating point: its step), "same" (a
     missing-value test that answers alike on both sides: a constant), "pick" (an ordering whose indices are read: a
-    :class:`PickedValue`), "indices" (those indices taken from its result) and "move_picked" (indices moved or cast to
-    integers: their handle with them), or "output". A "rule" step that selects by picked indices names them in
+    :class:`PickedValue`), "indices" (those indices taken from its result), "move_picked" and "cast_picked" (indices
+    moved or cast to integers: their handle with them), or "output". A "rule" step that selects by picked indices names them in
     ``picked``."""
 
     node: fx.Node
@@ -506,7 +506,7 @@ class GraphPlan:
                 tracked.update(same)  # (a value written into by an input-dependent one depends on the input from then on)
             if step.kind in ("mask", "logic", "move_mask"):
                 masks.add(node)
-            if step.kind in ("pick", "indices", "move_picked"):
+            if step.kind in ("pick", "indices", "move_picked", "cast_picked"):
                 picks[node] = step.kind == "pick" and isinstance(node.meta.get("example_value"), tuple)
                 tracked.add(node)
             if step.kind in ("input", "linear", "rule", "lookup", "mask"):
@@ -573,7 +573,7 @@ class GraphPlan:
         if kind == "indices":  # (an item of the ordering's result: a tuple's, not a tensor's)
             item = operator.getitem if node.target is operator.getitem else getattr
             return _Step(node, "indices", fn=item, name="indices", picked=source)
-        return _Step(node, "move_picked", fn=fn, name=name, picked=source)
+        return _Step(node, "move_picked" if kind == "move" else "cast_picked", fn=fn, name=name, picked=source)
 
     @staticmethod
     def _uses_ids(node: fx.Node, ids: dict[fx.Node, int]) -> bool:
@@ -835,7 +835,7 @@ class GraphPlan:
         args, kwargs = step.arguments()
         if step.kind in ("logic", "move_mask", "unmask"):
             return GraphPlan._on_mask_pair(step, env, side)
-        if step.kind in ("indices", "move_picked"):
+        if step.kind in ("indices", "move_picked", "cast_picked"):
             return GraphPlan._on_picked_pair(step, env, side)
         if step.kind == "linear":
             r = _reference_side(fn, args, kwargs, env) if given is None else given
@@ -877,8 +877,8 @@ class GraphPlan:
 
     @staticmethod
     def _on_picked_pair(step: _Step, env: dict[fx.Node, Any], side: tuple[bool, Any]) -> PairValue:
-        """Picked indices taken from a pick's result ("indices"), or moved or cast to integers ("move_picked"), on both
-        sides, their handle with them (moved alike; kept by a cast)."""
+        """Picked indices taken from a pick's result ("indices"), moved ("move_picked") or cast to integers
+        ("cast_picked"), on both sides, their handle with them (moved alike; kept by a cast)."""
         fn, source = step.fn, step.picked
         assert fn is not None and source is not None
         alone, given = side
@@ -888,7 +888,7 @@ class GraphPlan:
             return PickedValue(r, r)
         picked = env[source]
         x = fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0))
-        if picked.handle is None or step.kind == "indices" or not moved_alike(fn):
+        if picked.handle is None or step.kind != "move_picked":
             return PickedValue(x, r, picked.handle)  # (a result's handle is its indices'; a cast keeps the values)
         handled = {**env, source: PairValue(picked.handle, picked.handle)}
         return PickedValue(x, r, fn(*_resolve(args, handled, 0), **_resolve(kwargs, handled, 0)))

@@ -106,9 +106,4 @@ def picked_handle(rule: Any, call: OpCall, out: Any) -> Tensor | None:
     return handle
 
 
-def moved_alike(fn: Any) -> bool:
-    """Whether a use of picked indices moves them (their handle moved alike), rather than casts them (kept)."""
-    return getattr(fn, "__name__", "") not in _INTEGER_CASTS
-
-
-__all__ = ["WIDE_INTEGERS", "moved_alike", "pick_use", "picked_handle", "selected", "selection_rule"]
+__all__ = ["WIDE_INTEGERS", "pick_use", "picked_handle", "selected", "selection_rule"]

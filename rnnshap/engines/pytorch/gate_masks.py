@@ -156,13 +156,12 @@ class GateMasks:
         if getattr(func, "__name__", "") not in ("where", "masked_fill") or not isinstance(rule, Where) or "out" in kwargs:
             return False, None
         call = mode.op_call(func, args, kwargs, op_name(func))
-        condition = where_parts(call)[0]
+        condition, *branches = where_parts(call)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         if not self._steps_of_comparison(condition) or any(mode.is_tracked(leaf) for leaf in tensors):
             return False, None
         if any(gate_of(leaf) is not None for leaf in tensors if leaf is not condition):
             return False, None  # (a mask as a branch: a value, not a condition)
-        branches = where_parts(call)[1:]
         if not all(_finite(branch) for branch in branches):
             return False, None  # (the step's change times an infinite difference: no finite multiplier, refused by name)
         with torch.no_grad():

@@ -135,16 +135,10 @@ _SWITCHED: dict[int, tuple[Any, int]] = {}
 _SWITCHING = threading.Lock()
 
 
-def _own_form(config: Any) -> Any:
-    """A config's own form of experts: as it names it, or as it was before passes running now switched it."""
-    with _SWITCHING:
-        held = _SWITCHED.get(id(config))
-    return vars(config).get(_FORM) if held is None else held[0]
-
-
 def experts_configs(model: nn.Module) -> list[Any]:
     """The configs of ``model``'s mixture-of-experts modules of transformers (each class decorated by its
-    ``use_experts_implementation``) that run their experts in a form other than "batched_mm", each once.
+    ``use_experts_implementation``), each once: every pass switches them to "batched_mm", whatever form they name
+    then (a form set after the explainer was made included; one already batched stays so).
 
     The router of such a module picks each token's top-k experts; their form decides only how the picked experts'
     products are written: "grouped_mm" (transformers' default on the CPU) sorts the picks by expert, runs one grouped
@@ -156,8 +150,7 @@ def experts_configs(model: nn.Module) -> list[Any]:
     for module in model.modules():
         config = vars(module).get("config")
         if "_is_expert_parallel" in vars(module) and config is not None and isinstance(vars(config).get(_FORM), str):
-            if _own_form(config) != BATCHED:
-                configs[id(config)] = config
+            configs[id(config)] = config
     return list(configs.values())
 
 
