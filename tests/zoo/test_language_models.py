@@ -181,6 +181,17 @@ MIXTURES: dict[str, tuple[str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
+def _mixture(family: str) -> torch.nn.Module:
+    """A mixture-of-experts family of :data:`MIXTURES`, built tiny; skipped where transformers has one form of experts."""
+    model_class, settings = MIXTURES[family]
+    config = _config(family, **settings)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    return model
+
+
 @pytest.mark.parametrize("form", ["grouped_mm", "eager", "batched_mm"])
 @pytest.mark.parametrize("family", MIXTURES)
 def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_tokens_get_exactly_zero(
@@ -191,12 +202,7 @@ def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_toke
     on the CPU), a loop over the experts hit ("eager"), or each token's experts' weights gathered ("batched_mm"). The
     values add up in each, the tokens after the explained one get exactly 0, every form gives the batched form's values,
     and the model's own form is as given afterwards."""
-    model_class, settings = MIXTURES[family]
-    config = _config(family, **settings)
-    torch.manual_seed(0)
-    model = getattr(transformers, model_class)(config).eval()
-    if not hasattr(model, "set_experts_implementation"):
-        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    model = _mixture(family)
     g = torch.Generator().manual_seed(1)
     background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
     head = _held(model)
@@ -224,12 +230,7 @@ def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_toke
 def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> None:
     """A model the explainer cannot see into (a function closing over it) keeps its experts' grouped form: refused by
     name with the advice to give the model as a module, or to switch the form; followed, the values add up."""
-    model_class, settings = MIXTURES["Mixtral"]
-    config = _config("Mixtral", **settings)
-    torch.manual_seed(0)
-    model = getattr(transformers, model_class)(config).eval()
-    if not hasattr(model, "set_experts_implementation"):
-        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    model = _mixture("Mixtral")
     model.set_experts_implementation("grouped_mm")
     background, X = torch.randint(0, V, (3, T)), torch.randint(0, V, (2, T))
     hidden = Function(_next_token_logits(model))
@@ -249,12 +250,7 @@ def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> Non
 def test_experts_whose_form_changes_after_the_explainer_was_made_are_still_explained_in_the_batched_form() -> None:
     """The explainer keeps the experts' configs, not their form: a form set later (grouped_mm, eager) is switched at
     each pass, and put back after it."""
-    model_class, settings = MIXTURES["Mixtral"]
-    config = _config("Mixtral", **settings)
-    torch.manual_seed(0)
-    model = getattr(transformers, model_class)(config).eval()
-    if not hasattr(model, "set_experts_implementation"):
-        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    model = _mixture("Mixtral")
     background, X = torch.randint(0, V, (3, T)), torch.randint(0, V, (2, T))
     model.set_experts_implementation("batched_mm")
     explainer = rnnshap.DeepExplainer(_held(model), background)
