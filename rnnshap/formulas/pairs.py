@@ -5,6 +5,8 @@ r"""The two-player rules and the multipliers of the structured operations, writt
 - :func:`midpoint_multipliers`: the exact two-player Shapley rule of a product :math:`a \odot b`,
   :math:`m_a = (b + b_r)/2`, :math:`m_b = (a + a_r)/2`;
 - :func:`scaled_multipliers`: the normalizations' scale-weighted rule for :math:`c \odot s`;
+- :func:`modulus_multipliers`: the exact two-player Shapley rule of a complex magnitude :math:`\sqrt{a^2 + b^2}`
+  over the real and imaginary parts, in closed form;
 - :func:`quotient_multipliers`: the exact two-player Shapley rule of a quotient :math:`a / b` in closed form;
   :func:`scaled_quotient_multipliers`: the scale-weighted rule of :math:`a / b` for a root ``b``;
 - :func:`log_sum_multiplier`: the Rescale multiplier of :math:`\log S` for a sum of exponentials
@@ -109,6 +111,29 @@ def scaled_multipliers(xp: Ops, c: Array, s: Array, c_r: Array, s_r: Array) -> t
     return m_c, m_s
 
 
+def modulus_multipliers(
+    xp: Ops, a: Array, b: Array, a_r: Array, b_r: Array, h: Array, h_r: Array
+) -> tuple[Array, Array]:
+    r"""The exact two-player Shapley multipliers of a complex magnitude :math:`h(a, b) = \sqrt{a^2 + b^2}` over
+    its real part ``a`` and imaginary part ``b`` (``h``, ``h_r``: the magnitudes of the two sides).
+
+    Each player's value averages its two orders, :math:`\phi_a = \tfrac12[(h(a, b_r) - h(a_r, b_r)) + (h(a, b) -
+    h(a_r, b))]`, and each difference is a secant of :math:`t \mapsto \sqrt{t^2 + c^2}`, which has the closed form
+    :math:`(t + t_r)/(\sqrt{t^2 + c^2} + \sqrt{t_r^2 + c^2})`: no difference quotient, so no cancellation however
+    small :math:`\Delta a`. So :math:`m_a = \tfrac12 (a + a_r)[1/(h(a, b_r) + h_r) + 1/(h + h(a_r, b))]`, and
+    :math:`m_b` alike, with :math:`m_a \Delta a + m_b \Delta b = h - h_r`. A sum of magnitudes that is 0 (both
+    sides at the kink, :math:`z = z_r = 0` along that secant) gives 0."""
+    cross_b = xp.sqrt(a_r * a_r + b * b)  # h(a_r, b)
+    cross_a = xp.sqrt(a * a + b_r * b_r)  # h(a, b_r)
+
+    def inverse(total: Array) -> Array:
+        return xp.where(total == 0, xp.zeros_like(total), 1 / xp.where(total == 0, xp.ones_like(total), total))
+
+    m_a = (a + a_r) * (inverse(cross_a + h_r) + inverse(h + cross_b)) / 2
+    m_b = (b + b_r) * (inverse(cross_b + h_r) + inverse(h + cross_a)) / 2
+    return m_a, m_b
+
+
 def quotient_multipliers(xp: Ops, a: Any, b: Array, a_ref: Any, b_ref: Array) -> tuple[Any, Array]:
     r"""The exact two-player Shapley multipliers of ``a / b`` in closed form:
     :math:`m_a = \tfrac12(1/b + 1/b_r)`, :math:`m_b = -\tfrac{a + a_r}{2\,b\,b_r}` (0 where ``b``
@@ -198,6 +223,7 @@ __all__ = [
     "inverse_delta",
     "log_sum_multiplier",
     "max_credits",
+    "modulus_multipliers",
     "midpoint",
     "midpoint_multipliers",
     "quotient_multipliers",

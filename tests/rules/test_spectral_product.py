@@ -2,21 +2,18 @@
 
 The product of two complex values is bilinear, so the real rule's split holds as it is (rnnshap/rules/spectral.py).
 The truth: the same circular cross-correlation written as a real bilinear form (an einsum with a shift tensor, by
-the bilinear rule on real values) gets the same values, and the values add up to the model's own outputs. Any
-other nonlinear operation on a complex value stays refused by name.
+the bilinear rule on real values) gets the same values, and the values add up to the model's own outputs.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 import rnnshap
 
 from ..conftest import assert_additive
-from ..models.torch import Function
 
 Tensor = torch.Tensor
 D = torch.float64
@@ -61,11 +58,3 @@ def test_a_product_of_two_spectra_gets_the_values_of_the_real_bilinear_form() ->
     expected = rnnshap.DeepExplainer(real, background).shap_values(X)
     assert np.abs(expected).max() > 1e-2
     np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-13)
-
-
-def test_a_magnitude_of_a_spectrum_is_still_refused_by_name() -> None:
-    def magnitude(x: Tensor) -> Tensor:
-        return torch.fft.rfft(x, dim=-1).abs()
-
-    with pytest.raises(rnnshap.UnsupportedOperationError, match="complex"):
-        rnnshap.DeepExplainer(Function(magnitude), torch.randn(4, N, dtype=D))

@@ -41,7 +41,7 @@ from ...formulas import secant
 from ...formulas.jax_ops import JAX
 from ...operations import ELEMENTWISE, Elementwise, jax_binary, jax_families, jax_functions
 from . import softmaxes
-from .rules import Pair, Value, attach, bilinear, mark_of, max_over, normalizing, quotient, rescale, rescaled, shapley2
+from .rules import Pair, Value, attach, bilinear, mark_of, max_over, modulus, normalizing, quotient, rescale, rescaled, shapley2
 
 Array = Any
 
@@ -192,8 +192,8 @@ def _refuse(eqn: Any, where: str, why: str) -> UnsupportedOperationError:
 
 def _linear_here(name: str, found: list[int], operands: int) -> bool:
     """Whether the primitive ``name`` is linear in its input-dependent operands at ``found`` (of ``operands``): the
-    only operations a complex input-dependent value is followed through (a complex multiplier would need its
-    conjugate in the backward; a magnitude is no function of one complex variable)."""
+    only operations a complex input-dependent value is followed through, with the magnitude (a complex multiplier
+    would need its conjugate in the backward)."""
     if name in BILINEAR and len(found) == 2 or name == "div" and 1 in found:
         return False
     if name in ("convert_element_type", "stop_gradient"):
@@ -231,6 +231,8 @@ def _by_rule(eqn: Any, inputs: list[Value], where: str, sites: Sites | None = No
         return _scan(eqn, inputs, where)
     if name == "stop_gradient":  # changes training, not the function: the identity (its change is attributed)
         return [inputs[0]]
+    if name == "abs" and found == [0] and jnp.iscomplexobj(inputs[0].x):
+        return [modulus(inputs[0])]  # a spectrum's magnitude: the two parts' exact Shapley split
     if any(jnp.iscomplexobj(inputs[i].x) for i in found) and not _linear_here(name, found, len(inputs)):
         raise _refuse(eqn, where, "it takes a complex input-dependent operand, and its rule is written for real values")
     if name == "convert_element_type":

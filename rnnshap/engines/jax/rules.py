@@ -140,6 +140,15 @@ def max_over(eqn: Any, u: Pair, largest: bool) -> Pair:
     return Pair(out, y_r)
 
 
+def modulus(z: Pair) -> Pair:
+    """``|z|`` of an input-dependent complex ``z``: the exact two-player Shapley rule over its real and imaginary parts
+    (:func:`rnnshap.formulas.pairs.modulus_multipliers`), each part's multiplier attached to that real part."""
+    zx = lax.stop_gradient(z.x)
+    h, h_r = jnp.abs(zx), jnp.abs(z.r)
+    m_a, m_b = pair_rules.modulus_multipliers(JAX, jnp.real(zx), jnp.imag(zx), jnp.real(z.r), jnp.imag(z.r), h, h_r)
+    return Pair(attach(h, [(jnp.real(z.x), m_a), (jnp.imag(z.x), m_b)]), h_r)
+
+
 def quotient(a: Value, b: Pair, scaled: bool = False) -> Pair:
     """``a / b`` with ``b`` input-dependent: the two-player Shapley multipliers in closed form
     (:func:`rnnshap.formulas.pairs.quotient_multipliers`; a constant ``a`` is its own reference), or with ``scaled``

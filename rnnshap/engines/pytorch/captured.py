@@ -668,7 +668,10 @@ class GraphPlan:
             raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
         if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node):
             return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
-        if not _floating(node.meta.get("example_value")) and not _values_only(node):
+        example = node.meta.get("example_value")
+        if any(isinstance(t, Tensor) and t.is_complex() for t in tree_flatten(example)[0]):
+            raise NotCaptured(f"{name}: a complex result")
+        if not _floating(example) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)

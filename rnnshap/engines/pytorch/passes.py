@@ -326,7 +326,8 @@ class AttributionMode(TapePass):
         base, base_args, base_kwargs, target = func, args, kwargs, None
         linear = rule is not None and rule.is_linear(call)
         if not linear and any(leaves[i].is_complex() for i in tracked):
-            rule = complex_rule(rule, in_place_target(func, args, kwargs) is None)  # a product of two spectra (spectral.py)
+            # a product of two spectra, a spectrum's magnitude (rules/spectral.py)
+            rule = complex_rule(func, rule, len(tracked), in_place_target(func, args, kwargs) is None)
             if rule is None:
                 return self._complex_refused(func, args, kwargs, name)
         if not linear:
@@ -347,10 +348,9 @@ class AttributionMode(TapePass):
         return result
 
     def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
-        """A nonlinear operation on a complex input-dependent value other than a product (a magnitude): refused,
-        since the rules are written for real values (a complex multiplier would need its conjugate in the backward,
-        and a magnitude is no function of one complex variable); run as torch does, its results tracked, so that the
-        pass goes on to name every refusal."""
+        """A nonlinear operation on a complex input-dependent value other than a product or a magnitude: refused,
+        since the rules are written for real values (a complex multiplier would need its conjugate in the backward);
+        run as torch does, its results tracked, so that the pass goes on to name every refusal."""
         self.refuse(name, "it takes a complex input-dependent operand here, and its rule is written for real values", "complex")
         result = func(*args, **kwargs)
         self.track(result)

@@ -454,3 +454,22 @@ def test_a_scan_written_as_a_newer_jax_writes_it_is_refused_by_name() -> None:
 
     with pytest.raises(rnnshap.errors.RnnShapError, match=r"lax.scan .*\['jaxpr', 'length', 'reverse'\]\. Install jax<0.11"):
         scan_split(Newer())
+
+
+def _amplitudes(m: Any, x: Any) -> Any:
+    return m.head(jnp.abs(jnp.fft.rfft(x, axis=-1)))
+
+
+def test_a_spectrum_s_amplitudes_get_the_values_of_the_pytorch_twin() -> None:
+    """``|rfft(x)|``: the magnitude's exact two-player split over each amplitude's real and imaginary parts, the
+    formula both engines share (tests/rules/test_complex_modulus.py proves the PyTorch side against enumeration)."""
+    model = FlaxComposite(_amplitudes, head=nnx.Linear(5, 2, rngs=nnx.Rngs(0), param_dtype=F64, dtype=F64))
+    twin = Composite(lambda m, x: m.head(torch.fft.rfft(x, dim=-1).abs()), head=torch.nn.Linear(5, 2).double())
+    with torch.no_grad():
+        twin.head.weight.copy_(torch.from_numpy(np.array(model.head.kernel.value).T))
+        twin.head.bias.copy_(torch.from_numpy(np.array(model.head.bias.value)))
+    background, X = data((8,), 4, 1), data((8,), 3, 2)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))
+    expected = np.asarray(rnnshap.DeepExplainer(twin, torch.from_numpy(background)).shap_values(torch.from_numpy(X)))
+    assert np.abs(expected).max() > 1e-2
+    np.testing.assert_allclose(values, expected.reshape(values.shape), rtol=1e-10, atol=1e-12)
