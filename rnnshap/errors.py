@@ -143,9 +143,9 @@ ADVICE: dict[str, str] = {
     "complex": (
         "rnnshap follows complex values through linear maps (the Fourier transforms of torch.fft, conj, real, "
         "imag, view_as_real and view_as_complex, sums, indexing, products and matrix products with a constant), "
-        "products of two of them (bilinear) and magnitudes (abs) only. Write {op} in real arithmetic on the real and "
-        "imaginary parts (x.real, x.imag or torch.view_as_real(x), each a real tensor with exact rules), e.g. the "
-        "angle as torch.atan2(z.imag, z.real)."
+        "products of two of them (bilinear), magnitudes (abs) and the elementwise functions of its table (tanh, exp) "
+        "only. Write {op} in real arithmetic on the real and imaginary parts (x.real, x.imag or torch.view_as_real(x), "
+        "each a real tensor with exact rules), e.g. the angle as torch.atan2(z.imag, z.real)."
     ),
     "operands": (
         "The rule registered for {op} does not apply to this call (see the reason above): register a "

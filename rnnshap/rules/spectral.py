@@ -17,8 +17,14 @@ real part :math:`a` and the imaginary part :math:`b`: :class:`Modulus` splits :m
 exact two-player Shapley rule, in closed form (:func:`rnnshap.formulas.pairs.modulus_multipliers`), and hands back
 :math:`m_a + i\,m_b` as the complex operand's gradient, which torch's convention for a real result (the gradient
 :math:`\partial L/\partial a + i\,\partial L/\partial b`) carries through the linear maps before it
-(tests/rules/test_complex_modulus.py). Any other nonlinear operation on a complex value (``angle``, ``exp``) stays
-refused by the engine.
+(tests/rules/test_complex_modulus.py).
+
+Any other elementwise function :math:`w = g(z)` of one complex value (``tanh``, ``exp``, ``1/z``: FEDformer's
+frequency attention) is a pair of real functions of the same two players, :math:`u = \operatorname{Re} w` and
+:math:`v = \operatorname{Im} w`: :class:`ComplexElementwise` splits each between :math:`a` and :math:`b` by the exact
+two-player Shapley rule from its values on the four coalitions (the midpoint derivative where a part barely moves,
+as for real operands), and its backward carries the incoming gradient through that real 2 × 2 map. An operation
+without a rule for real values (``angle``) stays refused by the engine.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from ..formulas import pairs
 from ..formulas.torch_ops import TORCH
 from .base import OpCall, Rule
-from .elementwise import Bilinear, Product, with_multipliers
+from .elementwise import Bilinear, Multilinear, Product, Shapley, attach, coalition_multipliers, with_multipliers
 from .registry import op_key
 
 
@@ -47,23 +53,61 @@ class Modulus(Rule):
         return with_multipliers(output, [z], [torch.complex(m_a, m_b)])
 
 
+class ComplexElementwise(Rule):
+    """An elementwise ``w = g(z)`` of one input-dependent complex ``z``: each of ``w``'s real and imaginary parts split
+    between ``z``'s by the exact two-player Shapley rule (see the module's docstring)."""
+
+    def attribute(self, call: OpCall) -> Any:
+        (z,), (z_r,) = call.inputs, call.references
+        z_in, z_r = z.detach(), z_r.detach()
+        output = call.evaluate([z_in])
+        players, references = [z_in.real, z_in.imag], [z_r.real, z_r.imag]
+        parts = [torch.real, torch.imag] if output.is_complex() else [lambda w: w]
+        multipliers: list[torch.Tensor] = []
+        for part in parts:
+
+            def g(p: list[torch.Tensor], part: Any = part) -> torch.Tensor:
+                return part(call.evaluate([torch.complex(p[0], p[1])]))
+
+            multipliers += coalition_multipliers(g, players, references)[2]
+        return attach(output, [z], _through_parts, multipliers)
+
+
+def _through_parts(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor]:
+    """The backward of :class:`ComplexElementwise`: the gradient of each part of ``w`` (torch's ``∂L/∂u + i ∂L/∂v`` for
+    a complex ``w``) through the parts' multipliers, as ``∂L/∂a + i ∂L/∂b``."""
+    if len(ctx.saved_tensors) == 4:
+        m_ua, m_ub, m_va, m_vb = ctx.saved_tensors
+        g_u, g_v = grad.real, grad.imag
+        d_a, d_b = g_u * m_ua + g_v * m_va, g_u * m_ub + g_v * m_vb
+    else:
+        m_ua, m_ub = ctx.saved_tensors
+        d_a, d_b = grad * m_ua, grad * m_ub
+    d_z = torch.complex(d_a, d_b)
+    return [d_z if d_z.shape == ctx.shapes[0] else d_z.sum_to_size(ctx.shapes[0])]
+
+
 _BILINEAR = Bilinear()
 _MODULUS = Modulus()
+_ELEMENTWISE = ComplexElementwise()
 #: the magnitude's functions, by the rule table's key
 MAGNITUDES = frozenset(op_key(f) for f in (torch.abs, torch.Tensor.abs, torch.absolute, torch.Tensor.absolute))
 
 
 def complex_rule(func: Any, rule: Rule | None, tracked: int, out_of_place: bool) -> Rule | None:
     """The rule for ``func`` (its table's rule ``rule``) on ``tracked`` input-dependent operands of which one is
-    complex: the bilinear rule for a product or a matrix product of two (out of place), the magnitude's rule for the
-    magnitude of one, None for anything else (refused)."""
-    if not out_of_place:
+    complex, out of place: the bilinear rule for a product or a matrix product of two, the magnitude's rule for the
+    magnitude of one, the parts' rule for another elementwise function of one (a rule of the Shapley family: Rescale
+    and its closed forms); None for anything else (refused)."""
+    if not out_of_place or rule is None:
         return None
     if tracked == 1 and op_key(func) in MAGNITUDES:
         return _MODULUS
-    if tracked > 1 and rule is not None and type(rule) in (Product, Bilinear):
+    if tracked == 1 and isinstance(rule, Shapley):
+        return _ELEMENTWISE
+    if tracked == 2 and type(rule) in (Product, Bilinear, Multilinear):
         return _BILINEAR
     return None
 
 
-__all__ = ["MAGNITUDES", "Modulus", "complex_rule"]
+__all__ = ["MAGNITUDES", "ComplexElementwise", "Modulus", "complex_rule"]

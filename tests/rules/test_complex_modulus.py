@@ -144,3 +144,28 @@ def test_another_nonlinear_operation_on_a_complex_value_is_refused_by_name_with_
     model = Function(angle)
     torch.testing.assert_close(model(X), torch.fft.rfft(X, dim=-1).angle()[:, 1:3], rtol=0, atol=1e-15)
     assert_additive(rnnshap.DeepExplainer(model, background).shap_values(X), model, X, background, D)
+
+
+@pytest.mark.parametrize("name", ["tanh", "exp", "sigmoid", "reciprocal"])
+def test_an_elementwise_function_of_a_complex_value_gets_each_part_s_shapley_values(name: str) -> None:
+    """``w = g(a + ib)`` of two features: each of ``w``'s real and imaginary parts gets the two players' Shapley
+    values, enumerated over the four coalitions through the model's own forward, per reference, averaged."""
+    g = {"tanh": torch.tanh, "exp": torch.exp, "sigmoid": torch.sigmoid, "reciprocal": lambda z: 1 / z}[name]
+    model = Function(lambda x: torch.view_as_real(g(torch.complex(x[:, 0], x[:, 1]) * 0.5)))
+    gen = torch.Generator().manual_seed(11)
+    background, X = torch.randn(4, 2, generator=gen, dtype=D), torch.randn(3, 2, generator=gen, dtype=D)
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))  # (outputs) x (3, 2)
+    values = values.reshape(3, 2, 2)  # (sample, player, output)
+
+    def f(a: Tensor, b: Tensor) -> np.ndarray:
+        return model(torch.stack([a, b])[None])[0].numpy()
+
+    expected = np.zeros((3, 2, 2))
+    for s, x in enumerate(X):
+        for r in background:
+            for i in range(2):
+                for with_other in (False, True):
+                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
+                    without = [r[j] if j == i else p for j, p in enumerate(players)]
+                    expected[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)

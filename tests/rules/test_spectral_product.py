@@ -8,6 +8,7 @@ the bilinear rule on real values) gets the same values, and the values add up to
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -32,7 +33,7 @@ def _shift() -> Tensor:
 class Correlation(nn.Module):
     """The circular cross-correlation of two linear maps of the input, through the spectra or as a real form."""
 
-    def __init__(self, spectral: bool) -> None:
+    def __init__(self, spectral: str | None) -> None:
         super().__init__()
         self.spectral = spectral
         self.a, self.b = nn.Linear(N, N), nn.Linear(N, N)
@@ -40,14 +41,17 @@ class Correlation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = torch.tanh(self.a(x)), self.b(x)
-        if self.spectral:
-            return torch.fft.irfft(torch.fft.rfft(a, dim=-1) * torch.conj(torch.fft.rfft(b, dim=-1)), n=N, dim=-1)
+        if self.spectral is not None:
+            p, q = torch.fft.rfft(a, dim=-1), torch.conj(torch.fft.rfft(b, dim=-1))
+            product = p * q if self.spectral == "product" else torch.einsum("bk,bk->bk", p, q)
+            return torch.fft.irfft(product, n=N, dim=-1)
         return torch.einsum("tij,bi,bj->bt", self.shift, a, b)
 
 
-def test_a_product_of_two_spectra_gets_the_values_of_the_real_bilinear_form() -> None:
+@pytest.mark.parametrize("form", ["product", "einsum"])
+def test_a_product_of_two_spectra_gets_the_values_of_the_real_bilinear_form(form: str) -> None:
     torch.manual_seed(4)
-    spectral, real = Correlation(True).to(D).eval(), Correlation(False).to(D).eval()
+    spectral, real = Correlation(form).to(D).eval(), Correlation(None).to(D).eval()
     real.load_state_dict(spectral.state_dict())
     g = torch.Generator().manual_seed(2)
     background, X = torch.randn(4, N, generator=g, dtype=D), torch.randn(3, N, generator=g, dtype=D)

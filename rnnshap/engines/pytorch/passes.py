@@ -348,9 +348,9 @@ class AttributionMode(TapePass):
         return result
 
     def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
-        """A nonlinear operation on a complex input-dependent value other than a product or a magnitude: refused,
-        since the rules are written for real values (a complex multiplier would need its conjugate in the backward);
-        run as torch does, its results tracked, so that the pass goes on to name every refusal."""
+        """A nonlinear operation on a complex input-dependent value without a rule for complex values (rules/spectral.py:
+        products, magnitudes, elementwise functions): refused; run as torch does, its results tracked, so that the pass
+        goes on to name every refusal."""
         self.refuse(name, "it takes a complex input-dependent operand here, and its rule is written for real values", "complex")
         result = func(*args, **kwargs)
         self.track(result)
