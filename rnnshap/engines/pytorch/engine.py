@@ -43,6 +43,11 @@ from .traced import NotThisCall, TracedPasses, has_hooks, waited
 Tensor = torch.Tensor
 
 
+#: the most runs of a block's intercepted passes (:meth:`TorchEngine._intercepted`): the first, and one again for each
+#: reason to (a traced program that failed, a layout missed, a deferred check that did not hold)
+_RUNS = 4
+
+
 class TorchEngine(Engine):
     """DeepSHAP for an ``nn.Module`` (see :mod:`rnnshap.engines.pytorch.passes`)."""
 
@@ -497,15 +502,16 @@ class TorchEngine(Engine):
         input's contributions per position (``(k, its elements on the pairs)``). ``p``: the block's pairs (its tape is
         made here); ``context``, ``distinct``, ``shadows``, ``masks``: as :meth:`attribute` made them.
 
-        The passes run at most three times: a layout the check at construction missed runs every pair; a check the
-        pass deferred that did not hold, a cell's rows or a softmax's path, runs them again with each check read at
+        The passes run again once for each of three reasons at most (each holds once, then no more): a traced program
+        that failed midway runs them intercepted; a layout the check at construction missed runs every pair; a check
+        the pass deferred that did not hold, a cell's rows or a softmax's path, runs them with each check read at
         once."""
         block, leaves, references, _, grid, state, chosen_columns = p.parts()
         device = chosen_columns.device
         if self._traced is not None:
             self._traced.pending = None  # (a pass waiting to be traced is this call's only: see TracedPasses.took)
         program = self._traced is not None and self._traceable(distinct)
-        while True:
+        for _ in range(_RUNS):
             if grid.deferred is not None:
                 grid.deferred.clear()  # (the checks of a pass run again do not count)
             tape, ref_outputs = self._reference_side(block, context, distinct, references, grid, shadows, masks, state)
@@ -544,6 +550,7 @@ class TorchEngine(Engine):
             # a softmax's rows are masked throughout): the passes again, each check read at once, as in later calls
             grid = PairGrid(grid.samples, grid.references)
             self._defer_checks = False
+        raise AssertionError("rnnshap's intercepted pass ran again for a reason it had already met")
 
     def _input_side(self, p: PairPass) -> tuple[Tensor, list[Tensor], dict[int, Tensor]] | None:
         """The input pass through ``p.tape`` and its backward (see :meth:`attribute`): the outputs (pairs, n_outputs),
