@@ -27,6 +27,7 @@ class JaxOps:
     log = staticmethod(jnp.log)
     log1p = staticmethod(jnp.log1p)
     sqrt = staticmethod(jnp.sqrt)
+    hypot = staticmethod(jnp.hypot)
     sinh = staticmethod(jnp.sinh)
     atanh = staticmethod(jnp.arctanh)
     isfinite = staticmethod(jnp.isfinite)

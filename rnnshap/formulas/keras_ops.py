@@ -46,6 +46,7 @@ class KerasOps:
     log = staticmethod(ops.log)
     log1p = staticmethod(ops.log1p)
     sqrt = staticmethod(ops.sqrt)
+    hypot = staticmethod(ops.hypot)
     rsqrt = staticmethod(ops.rsqrt)
 
     @staticmethod

@@ -123,8 +123,8 @@ def modulus_multipliers(
     small :math:`\Delta a`. So :math:`m_a = \tfrac12 (a + a_r)[1/(h(a, b_r) + h_r) + 1/(h + h(a_r, b))]`, and
     :math:`m_b` alike, with :math:`m_a \Delta a + m_b \Delta b = h - h_r`. A sum of magnitudes that is 0 (both
     sides at the kink, :math:`z = z_r = 0` along that secant) gives 0."""
-    cross_b = xp.sqrt(a_r * a_r + b * b)  # h(a_r, b)
-    cross_a = xp.sqrt(a * a + b_r * b_r)  # h(a, b_r)
+    cross_b = xp.hypot(a_r, b)  # h(a_r, b)
+    cross_a = xp.hypot(a, b_r)  # h(a, b_r)
 
     def inverse(total: Array) -> Array:
         return xp.where(total == 0, xp.zeros_like(total), 1 / xp.where(total == 0, xp.ones_like(total), total))

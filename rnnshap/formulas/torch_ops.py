@@ -169,6 +169,7 @@ class TorchOps:
     log = staticmethod(torch.log)
     log1p = staticmethod(torch.log1p)
     sqrt = staticmethod(torch.sqrt)
+    hypot = staticmethod(torch.hypot)
     rsqrt = staticmethod(torch.rsqrt)
     sinh = staticmethod(torch.sinh)
     atanh = staticmethod(torch.atanh)

@@ -169,3 +169,72 @@ def test_an_elementwise_function_of_a_complex_value_gets_each_part_s_shapley_val
                     without = [r[j] if j == i else p for j, p in enumerate(players)]
                     expected[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
     np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
+
+
+def _enumerated(model: torch.nn.Module, X: Tensor, background: Tensor) -> np.ndarray:
+    """The two features' Shapley values of ``model`` (its outputs last), over the four coalitions, per reference,
+    averaged, in float64 from the model's own forward."""
+
+    def f(a: Tensor, b: Tensor) -> np.ndarray:
+        return model(torch.stack([a, b])[None].to(X.dtype))[0].double().numpy()
+
+    want = np.zeros((len(X), 2, model(X[:1]).shape[-1]))
+    for s, x in enumerate(X.double()):
+        for r in background.double():
+            for i in range(2):
+                for with_other in (False, True):
+                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
+                    without = [r[j] if j == i else p for j, p in enumerate(players)]
+                    want[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
+    return want
+
+
+def test_a_reciprocal_near_its_pole_in_float32_gets_the_enumerated_values_to_float32_rounding() -> None:
+    """1/z at |z| ≈ 0.03, the two sides' parts 2e-3 apart: the multipliers come from the coalitions' values in
+    float64, not from a derivative at the midpoint (which misses by 1e-3 of the values here, within the sum's
+    tolerance: silently)."""
+    model = Function(lambda x: torch.view_as_real(1 / torch.complex(x[:, 0], x[:, 1])))
+    X = torch.tensor([[-0.01035277359187603, 0.02620837092399597]] * 2)
+    background = torch.tensor([[-0.008430007845163345, 0.026950573548674583]])
+    values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X)).reshape(2, 2, 2)
+    want = _enumerated(model, X, background)
+    assert np.abs(values - want).max() <= 16 * np.finfo(np.float32).eps * np.abs(want).max()
+
+
+def test_a_complex_function_without_a_rule_for_complex_values_is_refused_by_name() -> None:
+    """silu has no complex derivative in torch, log and sqrt a branch cut: refused by name, never a raw error."""
+    for fn, name in [(torch.nn.functional.silu, "silu"), (torch.log, "log"), (torch.sqrt, "sqrt")]:
+        model = Function(lambda x, fn=fn: torch.view_as_real(fn(torch.fft.rfft(x, dim=-1))).flatten(1))
+        with pytest.raises(rnnshap.UnsupportedOperationError, match=rf"{name}(.|\n)*complex"):
+            rnnshap.DeepExplainer(model, torch.randn(4, T, dtype=D)).shap_values(torch.randn(2, T, dtype=D))
+
+
+def test_a_real_value_with_a_complex_constant_through_a_nonlinear_operation_is_refused_by_name() -> None:
+    weight = torch.randn(T, dtype=torch.complex128)
+    model = Function(lambda x: torch.view_as_real(torch.pow(x, weight)).flatten(1))
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="complex"):
+        rnnshap.DeepExplainer(model, torch.rand(4, T, dtype=D) + 0.5).shap_values(torch.rand(2, T, dtype=D) + 0.5)
+
+
+def test_a_missing_part_masked_after_a_complex_function_gets_what_its_real_twin_gets() -> None:
+    """b missing (NaN) on both sides of every pair, masked by nan_to_num after the function: a gets its values, b 0."""
+
+    def complex_form(x: Tensor) -> Tensor:
+        w = torch.tanh(torch.complex(x[:, 0], x[:, 1]))
+        return (torch.nan_to_num(w.real) + torch.nan_to_num(w.imag) + x[:, 0])[:, None]
+
+    background = torch.tensor([[0.3, float("nan")], [-0.2, float("nan")]], dtype=D)
+    X = torch.tensor([[1.0, float("nan")], [0.5, float("nan")]], dtype=D)
+    values = np.asarray(rnnshap.DeepExplainer(Function(complex_form), background).shap_values(X)).reshape(2, 2)
+    assert np.all(values[:, 1] == 0.0)
+    np.testing.assert_allclose(values[:, 0], X[:, 0].numpy() - background[:, 0].numpy().mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_magnitude_at_the_ends_of_the_dtype_s_range_gets_its_shapley_values(dtype: torch.dtype) -> None:
+    big = 2e19 if dtype == torch.float32 else 1e160
+    X = torch.tensor([[big, 1.0]], dtype=dtype)
+    background = torch.tensor([[1.0, big]], dtype=dtype)
+    values = np.asarray(rnnshap.DeepExplainer(Function(_magnitude_of_two), background).shap_values(X)).reshape(1, 2)
+    want = np.array([[big * np.sqrt(2) / 2, -big * np.sqrt(2) / 2]])  # (|z| − |z_r| = 0, split alike by symmetry)
+    np.testing.assert_allclose(values, want, rtol=1e-6)

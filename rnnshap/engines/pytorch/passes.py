@@ -326,10 +326,12 @@ class AttributionMode(TapePass):
         base, base_args, base_kwargs, target = func, args, kwargs, None
         linear = rule is not None and rule.is_linear(call)
         if not linear and any(leaves[i].is_complex() for i in tracked):
-            # a product of two spectra, a spectrum's magnitude (rules/spectral.py)
+            # a product of two spectra, a spectrum's magnitude, an analytic function of one (rules/spectral.py)
             rule = complex_rule(func, rule, len(tracked), in_place_target(func, args, kwargs) is None)
             if rule is None:
-                return self._complex_refused(func, args, kwargs, name)
+                return self._complex_refused(func, args, kwargs, name, "it takes a complex input-dependent operand here")
+        elif not linear and any(isinstance(leaf, Tensor) and leaf.is_complex() for leaf in leaves):
+            return self._complex_refused(func, args, kwargs, name, "it takes a real input-dependent operand with a complex one")
         if not linear:
             # in place and not linear (x.relu_(), F.relu(x, inplace=True)): run out of place, copy back
             base, base_args, base_kwargs, target = out_of_place(func, args, kwargs)
@@ -347,11 +349,11 @@ class AttributionMode(TapePass):
             del self.scales[target]  # (written into in place with an unmarked value)
         return result
 
-    def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
+    def _complex_refused(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str, why: str) -> Any:
         """A nonlinear operation on a complex input-dependent value without a rule for complex values (rules/spectral.py:
         products, magnitudes, elementwise functions): refused; run as torch does, its results tracked, so that the pass
         goes on to name every refusal."""
-        self.refuse(name, "it takes a complex input-dependent operand here, and its rule is written for real values", "complex")
+        self.refuse(name, f"{why}, and its rule is written for real values", "complex")
         result = func(*args, **kwargs)
         self.track(result)
         return result
