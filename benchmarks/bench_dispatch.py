@@ -23,6 +23,7 @@ inputs, ``torch.autograd.grad`` of each output column), with the ratios rnnshap 
     python benchmarks/bench_dispatch.py --against /tmp/base    # each model in this tree and in another, alternately
     python benchmarks/bench_dispatch.py --models lstm --grow   # samples, references, outputs doubled in turn
     python benchmarks/bench_dispatch.py --first                # the first call (fresh processes) against the steady one
+    python benchmarks/bench_dispatch.py --first --paths capture  # the same of compile="capture" (its capture included)
     python benchmarks/bench_dispatch.py --door --against /tmp/base  # Captum's door: its first and later calls
     python benchmarks/bench_dispatch.py --paths compile        # intercepted, traced and compiled calls (compile=)
     python benchmarks/bench_dispatch.py --paths capture        # intercepted and captured calls (compile="capture")
@@ -389,13 +390,14 @@ def first_call(name: str, steps: int, args: argparse.Namespace, side: str) -> di
         # the modules the first explainer of a process imports (the engine's, which rnnshap imports lazily, and numpy's
         # random generator, which its determinism check draws from): once a process, apart from the build
         ms = {"imports": clock(lambda: [importlib.import_module(m) for m in ("rnnshap.engines.pytorch.engine", "numpy.random")])}
-        ms["build"] = clock(lambda: built.append(rnnshap.DeepExplainer(model, background)))
+        given = {"compile": "capture"} if args.paths == "capture" else {}
+        ms["build"] = clock(lambda: built.append(rnnshap.DeepExplainer(model, background, **given)))
         explainer = built[0]
         ms["first"] = clock(lambda: explainer.shap_values(X))  # type: ignore[attr-defined]
         ms["steady"] = timed(lambda: explainer.shap_values(X), args.repeats, device)  # type: ignore[attr-defined]
         # a second explainer of the same model in the same process: what each explainer pays, apart from what the
         # process pays once (torch's and rnnshap's lazy set-up, memory touched for the first time)
-        ms["build_again"] = clock(lambda: built.append(rnnshap.DeepExplainer(model, background)))
+        ms["build_again"] = clock(lambda: built.append(rnnshap.DeepExplainer(model, background, **given)))
         ms["first_again"] = clock(lambda: built[1].shap_values(X))  # type: ignore[attr-defined]
         return ms
     tiled = X.repeat_interleave(args.references, 0).requires_grad_(True)
@@ -439,6 +441,7 @@ def first_calls(args: argparse.Namespace, steps: int, trees: list[str]) -> None:
         for side in ("rnnshap", "floor"):
             command = [sys.executable, __file__, "--first-side", side, "--models", name, "--size", args.size]
             command += ["--repeats", str(args.repeats), "--device", args.device, "--outputs", str(args.outputs)]
+            command += ["--paths", args.paths] if args.paths == "capture" and side == "rnnshap" else []
             done = subprocess.run(command, capture_output=True, text=True, check=False, env=env(tree))
             if done.returncode:
                 print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} |")

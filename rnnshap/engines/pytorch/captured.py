@@ -295,6 +295,9 @@ class _Call:
         self.restore: Callable[[], None] = lambda: None
         #: the token inputs' embedding lookups, in the order the graph made them (captured_tokens.py)
         self.lookups: list[Lookup] = []
+        #: the explained inputs' copies that carry their gradient, by position among the model's inputs, while the
+        #: captured forward runs (the capture itself sees copies that require none: see CapturedPasses._invoke)
+        self.attached: dict[int, Tensor] = {}
 
     def like(self, references: dict[int, Tensor], grid: PairGrid, recorded: list[Any] | None) -> _Call:
         """A call like this one on other tensors (a program's, being written): its references, grid and given
@@ -700,6 +703,7 @@ class GraphPlan:
                     positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
                     env[node] = TokenValue(value, call.references[step.position], positions, step.position)
                 elif step.kind == "input":
+                    value = call.attached.get(step.position, value)  # (the copy that carries the gradient)
                     env[node] = PairValue(value, value if call.recording else call.references[step.position])
                 else:
                     env[node] = value
@@ -1288,19 +1292,22 @@ class CapturedPasses:
     def _invoke(self, call: _Call, tensors: list[Tensor]) -> Any:
         """The captured forward on copies of ``tensors`` (a forward may write into its inputs), run by the plan of its
         graph for ``call``. The batch (each input's first axis) is a size of the graph, so that one graph serves every
-        number of pairs, each run binding it (:func:`_bind`); the explained inputs' copies require a gradient in every
-        run (torch.compile guards on it), so that the run on a block's distinct references takes the pairs' graph."""
+        number of pairs, each run binding it (:func:`_bind`). The capture sees copies that require no gradient, in
+        every run (torch.compile guards on it): the run on a block's distinct references takes the pairs' graph, and
+        the capture's fake evaluation does not record autograd through each operation (a recurrent layer's steps
+        under a symbolic batch: seconds). The plan takes the explained inputs' copies that carry their gradient
+        (``call.attached``)."""
         token = _CALL.set(call)
         try:
             with _capture_settings(self.captures), torch.enable_grad(), BatchedExperts.switched(self.model):
-                copies = [t.clone() for t in tensors]
-                for i, copy in enumerate(copies):  # (one graph for every number of rows: the batch a size of the graph)
-                    if i in call.references and copy.is_floating_point() and not copy.requires_grad:
-                        copy.requires_grad_()
+                copies = [t.detach().clone() for t in tensors]
+                call.attached = {i: t.clone() for i, t in enumerate(tensors) if i in call.references and t.requires_grad}
+                for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
                     if copy.dim() > 0:
                         torch._dynamo.maybe_mark_dynamic(copy, 0)
                 return self._compiled(self.model, *copies)
         finally:
+            call.attached = {}
             _CALL.reset(token)
 
     def _reference_run(self, rows: list[Tensor], positions: list[int], grid: PairGrid, tokens: frozenset[int]) -> _Sides | None:
