@@ -1,4 +1,4 @@
-r"""Complex values: a product of two spectra, and a spectrum's magnitude.
+r"""Complex values: a product of two spectra, a spectrum's magnitude, and analytic functions of one.
 
 Autoformer's autocorrelation is ``irfft(rfft(q) * conj(rfft(k)))``, the circular cross-correlation of ``q`` and ``k``
 computed in the frequency domain. The Fourier transforms and ``conj`` are linear over the reals (rules/registry.py);

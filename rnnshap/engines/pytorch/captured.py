@@ -105,6 +105,10 @@ _OPERATORS: dict[Any, tuple[str, str | None]] = {
 _GRAD_MODE = {torch._C._set_grad_enabled}
 
 
+#: torch's modules with a fused inference path, taken where no argument requires a gradient (``torch._native_multi_head_
+#: attention``, ``torch._transformer_encoder_layer_fwd``: no graph of the operations the rules are keyed by)
+_FAST_PATHS = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+
 #: the most bytes of reference sides an explainer's captured pass keeps between calls
 KEPT_BYTES = 64 * 2**20
 #: the most graphs an explainer captures (one per input signature, where the batch is a size of the graph: other shapes,
@@ -1295,12 +1299,17 @@ class CapturedPasses:
         number of pairs, each run binding it (:func:`_bind`). The capture sees copies that require no gradient, in
         every run (torch.compile guards on it): the run on a block's distinct references takes the pairs' graph, and
         the capture's fake evaluation does not record autograd through each operation (a recurrent layer's steps
-        under a symbolic batch: seconds). The plan takes the explained inputs' copies that carry their gradient
-        (``call.attached``)."""
+        under a symbolic batch: seconds); but where the model holds a module with a fused inference path, which torch
+        takes where no argument requires a gradient (a transformer layer), the explained inputs' copies require one in
+        every run. The plan takes the explained inputs' copies that carry their gradient (``call.attached``)."""
         token = _CALL.set(call)
         try:
             with _capture_settings(self.captures), torch.enable_grad(), BatchedExperts.switched(self.model):
                 copies = [t.detach().clone() for t in tensors]
+                if any(isinstance(m, _FAST_PATHS) for m in self.model.modules()):
+                    for i, copy in enumerate(copies):
+                        if i in call.references and copy.is_floating_point():
+                            copy.requires_grad_()
                 call.attached = {i: t.clone() for i, t in enumerate(tensors) if i in call.references and t.requires_grad}
                 for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
                     if copy.dim() > 0:
@@ -1322,7 +1331,8 @@ class CapturedPasses:
             return None
         if not call.planned:
             return None
-        # (detached: the run took the pairs' graph, its explained inputs requiring a gradient; a kept side holds values)
+        # (detached: the run took the pairs' graph, its explained inputs requiring a gradient where the capture's copies
+        # do; a kept side holds values)
         sides.recorded, sides.values = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, sides.values), []
         return sides
 

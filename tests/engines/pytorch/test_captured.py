@@ -60,7 +60,8 @@ def test_a_new_input_signature_is_captured_anew() -> None:
 def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() -> None:
     """The batch is a size of the captured graph: one graph for every number of samples and references (a graph per
     number would meet torch.compile's limit of eight graphs per function after the fourth size), the run on the
-    distinct references alone included (their copies require a gradient as the pairs' do: torch.compile guards on it)."""
+    distinct references alone included (the capture sees copies that require no gradient in both: torch.compile
+    guards on it)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
     background = torch.randn(5, 4)
@@ -73,13 +74,16 @@ def test_calls_of_many_sizes_stay_captured_each_with_the_intercepted_values() ->
     assert len(captured.engine._captured._graphs) == 1  # (the pairs' run and the references' alone: one graph)
 
 
-def test_reference_sides_are_recorded_as_values_without_a_graph_or_a_warning() -> None:
-    """The run on the distinct references takes the pairs' graph, its explained inputs requiring a gradient: what it
-    records is kept as values (no autograd graph held between calls), and compared with the pairs' sides without
-    torch's warning about a tensor that requires a gradient read as a number."""
+@pytest.mark.parametrize("frozen", [False, True])
+def test_reference_sides_are_recorded_as_values_without_a_graph_or_a_warning(frozen: bool) -> None:
+    """The run on the distinct references takes the pairs' graph, its explained inputs requiring a gradient (a
+    transformer layer's: torch's fused inference path, taken where nothing requires one, is no graph of rules): what
+    it records is kept as values (no autograd graph held between calls), and compared with the pairs' sides without
+    torch's warning about a tensor that requires a gradient read as a number. A frozen model is captured alike."""
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
     model = nn.Sequential(nn.TransformerEncoder(layer, 1), nn.Flatten(), nn.Linear(16 * 5, 2)).eval()
+    model.requires_grad_(not frozen)
     background, x = torch.randn(4, 5, 16), torch.randn(3, 5, 16)
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
     with warnings.catch_warnings():
