@@ -54,7 +54,7 @@ torch.manual_seed(0)
 config = transformers.MambaConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2, state_size=8)
 model = transformers.MambaForCausalLM(config)
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-for step in range(150):
+for _ in range(150):
     optimizer.zero_grad()
     loss = model(input_ids=batch, labels=labels).loss
     loss.backward()
@@ -70,7 +70,7 @@ print(f"training loss {loss.item():.3f} (a word among {len(vocabulary)}: {np.log
 prompt, continuation = "errors should never pass", " silently ."
 ex = explain_text(model, tokenizer, prompt, continuation)
 print(ex.output_names, ex.values.shape)
-print({word: round(float(v), 3) for word, v in zip(ex.data, ex.values[:, 0])})
+print({word: round(float(v), 3) for word, v in zip(ex.data, ex.values[:, 0], strict=True)})
 
 # the values add up to the log-probabilities' move from the padded prompt, from the model's own forward
 prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
