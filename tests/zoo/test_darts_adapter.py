@@ -463,9 +463,9 @@ def test_shapley_mode_exact_on_few_players(fitted: Any) -> None:
 
 
 def _spectral(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A head with an operation rnnshap has no DeepSHAP rule for (the magnitude of an FFT of the hidden state: the
-    transform is linear, its modulus is not an operation on real values)."""
-    return m.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).abs().mean(-1, keepdim=True))
+    """A head with an operation rnnshap has no DeepSHAP rule for (the phase of an FFT of the hidden state: the
+    transform is linear, its angle has no rule)."""
+    return m.fc(x + 0.1 * torch.fft.rfft(x, dim=-1).angle().mean(-1, keepdim=True))
 
 
 def test_refused_by_name_with_the_shapley_fallback() -> None:
@@ -477,7 +477,7 @@ def test_refused_by_name_with_the_shapley_fallback() -> None:
     model = BUILDERS["BlockRNNModel"][0]()
     model.fit(TARGET, past_covariates=COV, verbose=False)
     model.model.fc = Composite(_spectral, fc=model.model.fc)
-    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*abs"):
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)darts BlockRNNModel.*method='shapley'.*angle"):
         explainer(model, "p").explain_single(FOREGROUND, foreground_past_covariates=COV)
     result = explainer(
         model, "p", method="shapley", budget=200, random_state=0
