@@ -30,6 +30,24 @@ def _magnitude_of_two(x: Tensor) -> Tensor:
     return torch.complex(x[:, 0], x[:, 1]).abs()[:, None]
 
 
+def _enumerated(model: torch.nn.Module, X: Tensor, background: Tensor) -> np.ndarray:
+    """The two features' Shapley values of ``model`` (a function without parameters; its outputs last), over the four
+    coalitions, per reference, averaged: its own forward on the inputs' values in float64."""
+
+    def f(a: Tensor, b: Tensor) -> np.ndarray:
+        return model(torch.stack([a, b])[None])[0].double().numpy()
+
+    want = np.zeros((len(X), 2, model(X[:1]).shape[-1]))
+    for s, x in enumerate(X.double()):
+        for r in background.double():
+            for i in range(2):
+                for with_other in (False, True):
+                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
+                    without = [r[j] if j == i else p for j, p in enumerate(players)]
+                    want[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
+    return want
+
+
 @pytest.mark.parametrize("form", ["abs", "torch.abs", "absolute"])
 def test_the_magnitude_of_two_features_gets_their_shapley_values(form: str) -> None:
     magnitude = {
@@ -39,19 +57,8 @@ def test_the_magnitude_of_two_features_gets_their_shapley_values(form: str) -> N
     g = torch.Generator().manual_seed(3)
     background, X = torch.randn(5, 2, generator=g, dtype=D), torch.randn(4, 2, generator=g, dtype=D)
     values = rnnshap.DeepExplainer(model, background).shap_values(X)
-
-    def f(a: Tensor, b: Tensor) -> float:
-        return float(model(torch.stack([a, b])[None])[0, 0])
-
-    expected = np.zeros((4, 2))
-    for s, x in enumerate(X):
-        for r in background:  # (the two players' coalitions through the model's forward, per reference)
-            for i in range(2):
-                for with_other in (False, True):
-                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
-                    without = [r[j] if j == i else p for j, p in enumerate(players)]
-                    expected[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
-    np.testing.assert_allclose(np.asarray(values).reshape(4, 2), expected, rtol=1e-12, atol=1e-14)
+    want = _enumerated(model, X, background)[..., 0]
+    np.testing.assert_allclose(np.asarray(values).reshape(4, 2), want, rtol=1e-12, atol=1e-14)
 
 
 def _amplitudes(weight: np.ndarray, x: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -156,37 +163,7 @@ def test_an_elementwise_function_of_a_complex_value_gets_each_part_s_shapley_val
     background, X = torch.randn(4, 2, generator=gen, dtype=D), torch.randn(3, 2, generator=gen, dtype=D)
     values = np.asarray(rnnshap.DeepExplainer(model, background).shap_values(X))  # (outputs) x (3, 2)
     values = values.reshape(3, 2, 2)  # (sample, player, output)
-
-    def f(a: Tensor, b: Tensor) -> np.ndarray:
-        return model(torch.stack([a, b])[None])[0].numpy()
-
-    expected = np.zeros((3, 2, 2))
-    for s, x in enumerate(X):
-        for r in background:
-            for i in range(2):
-                for with_other in (False, True):
-                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
-                    without = [r[j] if j == i else p for j, p in enumerate(players)]
-                    expected[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
-    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
-
-
-def _enumerated(model: torch.nn.Module, X: Tensor, background: Tensor) -> np.ndarray:
-    """The two features' Shapley values of ``model`` (its outputs last), over the four coalitions, per reference,
-    averaged, in float64 from the model's own forward."""
-
-    def f(a: Tensor, b: Tensor) -> np.ndarray:
-        return model(torch.stack([a, b])[None].to(X.dtype))[0].double().numpy()
-
-    want = np.zeros((len(X), 2, model(X[:1]).shape[-1]))
-    for s, x in enumerate(X.double()):
-        for r in background.double():
-            for i in range(2):
-                for with_other in (False, True):
-                    players = [x[j] if j == i or with_other else r[j] for j in range(2)]
-                    without = [r[j] if j == i else p for j, p in enumerate(players)]
-                    want[s, i] += 0.5 * (f(*players) - f(*without)) / len(background)
-    return want
+    np.testing.assert_allclose(values, _enumerated(model, X, background), rtol=1e-10, atol=1e-12)
 
 
 def test_a_reciprocal_near_its_pole_in_float32_gets_the_enumerated_values_to_float32_rounding() -> None:
