@@ -715,11 +715,14 @@ TOKEN_CHANGES: dict[str, Callable[[nn.Module], Any]] = {
 }
 
 
+@pytest.mark.parametrize("recurrent", [True, False], ids=["gru: a graph per number of pairs", "one graph for every batch"])
 @pytest.mark.parametrize("change", TOKEN_CHANGES)
-def test_tokens_and_in_place_forms_follow_every_change_the_forward_can_read(change: str) -> None:
+def test_tokens_and_in_place_forms_follow_every_change_the_forward_can_read(change: str, recurrent: bool) -> None:
     torch.manual_seed(0)
-    model = Composite(_tokens_in_place, emb=nn.Embedding(9, 3), gru=nn.GRU(3, 4, batch_first=True), lin=nn.Linear(4, 4),
-                      act=nn.ReLU(inplace=True), out=nn.Linear(4, 2), config={"gain": 2.0}, factor=0.5).eval()  # fmt: skip
+    plain = Composite(lambda m, h: (torch.tanh(m.lin(h)), None), lin=nn.Linear(3, 4))
+    mixer = nn.GRU(3, 4, batch_first=True) if recurrent else plain
+    model = Composite(_tokens_in_place, emb=nn.Embedding(9, 3), gru=mixer, lin=nn.Linear(4, 4), act=nn.ReLU(inplace=True),
+                      out=nn.Linear(4, 2), config={"gain": 2.0}, factor=0.5).eval()  # fmt: skip
     g = torch.Generator().manual_seed(3)
     background, X = torch.randint(0, 9, (4, 6), generator=g), torch.randint(0, 9, (2, 6), generator=g)
     captured = rnnshap.DeepExplainer(model, background, compile="capture")
