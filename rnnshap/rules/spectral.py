@@ -66,9 +66,8 @@ class ComplexElementwise(Rule):
         output = call.evaluate([z_in])
         wide = z_in.to(torch.complex128), z_r.detach().to(torch.complex128)  # (the coalitions in float64)
         players, references = [wide[0].real, wide[0].imag], [wide[1].real, wide[1].imag]
-        parts = [torch.real, torch.imag] if output.is_complex() else [lambda w: w]
         multipliers: list[torch.Tensor] = []
-        for part in parts:
+        for part in (torch.real, torch.imag):  # (every function of ANALYTIC gives a complex value of a complex one)
 
             def g(p: list[torch.Tensor], part: Any = part) -> torch.Tensor:
                 return part(call.evaluate([torch.complex(p[0], p[1])]))
@@ -86,14 +85,9 @@ def _through_parts(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor]:
     def times(g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return (g * m).masked_fill(g == 0, 0.0) if unread else g * m
 
-    if len(ctx.saved_tensors) == 4:
-        m_ua, m_ub, m_va, m_vb = ctx.saved_tensors
-        g_u, g_v = grad.real, grad.imag
-        d_a, d_b = times(g_u, m_ua) + times(g_v, m_va), times(g_u, m_ub) + times(g_v, m_vb)
-    else:
-        m_ua, m_ub = ctx.saved_tensors
-        d_a, d_b = times(grad, m_ua), times(grad, m_ub)
-    d_z = torch.complex(d_a, d_b)
+    m_ua, m_ub, m_va, m_vb = ctx.saved_tensors
+    g_u, g_v = grad.real, grad.imag
+    d_z = torch.complex(times(g_u, m_ua) + times(g_v, m_va), times(g_u, m_ub) + times(g_v, m_vb))
     return [d_z if d_z.shape == ctx.shapes[0] else d_z.sum_to_size(ctx.shapes[0])]
 
 

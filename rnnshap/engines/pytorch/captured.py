@@ -1312,12 +1312,13 @@ class CapturedPasses:
         try:
             with _capture_settings(self.captures), torch.enable_grad(), BatchedExperts.switched(self.model):
                 copies = [t.detach().clone() for t in tensors]
-                if any(isinstance(m, _FAST_PATHS) for m in self.model.modules()):
+                held = {type(m) for m in self.model.modules()}
+                if any(issubclass(kind, _FAST_PATHS) for kind in held):
                     for i, copy in enumerate(copies):
                         if i in call.references and copy.is_floating_point():
                             copy.requires_grad_()
                 call.attached = {i: t.clone() for i, t in enumerate(tensors) if i in call.references and t.requires_grad}
-                if not any(isinstance(m, torch.nn.RNNBase) for m in self.model.modules()):
+                if not any(issubclass(kind, torch.nn.RNNBase) for kind in held):
                     for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
                         if copy.dim() > 0:
                             torch._dynamo.maybe_mark_dynamic(copy, 0)
