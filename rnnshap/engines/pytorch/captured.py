@@ -29,6 +29,7 @@ import inspect
 import operator
 import re
 import types
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -302,6 +303,8 @@ class _Call:
         #: the explained inputs' copies that carry their gradient, by position among the model's inputs, while the
         #: captured forward runs (the capture itself sees copies that require none: see CapturedPasses._invoke)
         self.attached: dict[int, Tensor] = {}
+        #: the captured pass this call runs for (its plans)
+        self.owner: CapturedPasses | None = None
 
     def like(self, references: dict[int, Tensor], grid: PairGrid, recorded: list[Any] | None) -> _Call:
         """A call like this one on other tensors (a program's, being written): its references, grid and given
@@ -1082,34 +1085,25 @@ class CapturedPasses:
         #: stays its graph's
         self._plans: dict[int, GraphPlan | NotCaptured] = {}
         self._graphs: list[fx.GraphModule] = []
-        # a code object of its own: torch.compile keeps what it captured on the code it compiles, so each explainer's
-        # graphs and guards stay with the explainer (and go with it)
-        forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
-        self._compiled = torch.compile(forward, backend=self._backend, fullgraph=True, dynamic=None)
 
-    def _backend(self, graph_module: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            call = _CALL.get()
-            if call is None:
-                return graph_module(*args)
-            try:
-                plan = self._plan(graph_module, call)
-            except NotCaptured:
-                raise
-            except Exception as error:  # (a fault of the plan's own, not torch.compile's: raised, never handed back)
-                raise PlanFault(f"rnnshap's captured pass failed to plan the graph ({type(error).__name__}: {error})") from error
-            call.planned = True
-            if call.sides is not None and call.sides.captures not in (None, len(self._graphs)):
-                raise _Stale
-            key = Programs.signature(args, call)
-            out = plan.programs.run(plan, args, call, key)
-            if out is None:
-                out = plan.run(args, call)
-            if key is not None and not call.lookups:
-                call.ran = (plan, key, out)
-            return out
-
-        return run
+    def on_graph(self, graph_module: fx.GraphModule, args: tuple[Any, ...], call: _Call) -> Any:
+        """A captured graph run for ``call`` by its plan (or its plan's program)."""
+        try:
+            plan = self._plan(graph_module, call)
+        except NotCaptured:
+            raise
+        except Exception as error:  # (a fault of the plan's own, not torch.compile's: raised, never handed back)
+            raise PlanFault(f"rnnshap's captured pass failed to plan the graph ({type(error).__name__}: {error})") from error
+        call.planned = True
+        if call.sides is not None and call.sides.captures not in (None, len(self._graphs)):
+            raise _Stale
+        key = Programs.signature(args, call)
+        out = plan.programs.run(plan, args, call, key)
+        if out is None:
+            out = plan.run(args, call)
+        if key is not None and not call.lookups:
+            call.ran = (plan, key, out)
+        return out
 
     def _plan(self, graph_module: fx.GraphModule, call: _Call) -> GraphPlan:
         plan = self._plans.get(id(graph_module))
@@ -1309,6 +1303,7 @@ class CapturedPasses:
         inputs' copies require one in every run. The plan takes the explained inputs' copies that carry their gradient
         (``call.attached``)."""
         token = _CALL.set(call)
+        call.owner = self
         try:
             with _capture_settings(self.captures), torch.enable_grad(), BatchedExperts.switched(self.model):
                 copies = [t.detach().clone() for t in tensors]
@@ -1322,7 +1317,13 @@ class CapturedPasses:
                     for copy in copies:  # (one graph for every number of rows: the batch a size of the graph)
                         if copy.dim() > 0:
                             torch._dynamo.maybe_mark_dynamic(copy, 0)
-                return self._compiled(self.model, *copies)
+                try:
+                    return _compiled_forward(type(self.model))(self.model, *copies)
+                except torch._dynamo.exc.FailOnRecompileLimitHit:
+                    if len(self._graphs) >= self.captures:
+                        raise
+                    # (the class's graphs are other explainers': this one starts a cache of its own for the class)
+                    return _compiled_forward(type(self.model), fresh=True)(self.model, *copies)
         finally:
             call.attached = {}
             _CALL.reset(token)
@@ -1371,6 +1372,35 @@ def _capture_settings(captures: int) -> Any:
 
 def _forward(model: Any, *inputs: Any) -> Any:
     return model(*inputs)
+
+
+#: the forward compiled for each model class: torch.compile keeps what it captured (graphs, and guards on what the
+#: forward read) on the code it compiles, so that every explainer of a model of that class, of that model or of another
+#: instance alike, runs the graphs captured where their guards hold (captures cost far more than a small model's pass)
+_COMPILED: weakref.WeakKeyDictionary[type, Callable[..., Any]] = weakref.WeakKeyDictionary()
+
+
+def _compiled_forward(kind: type, fresh: bool = False) -> Callable[..., Any]:
+    """The forward compiled for models of class ``kind`` (a code object of its own: ``fresh``, a new one, where the
+    class's holds as many graphs as torch.compile keeps for one code object)."""
+    compiled = None if fresh else _COMPILED.get(kind)
+    if compiled is None:
+        forward = types.FunctionType(_forward.__code__.replace(), {"__builtins__": __builtins__}, "rnnshap_forward")
+        compiled = _COMPILED[kind] = torch.compile(forward, backend=_backend, fullgraph=True, dynamic=None)
+    return compiled
+
+
+def _backend(graph_module: fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+    """torch.compile's backend: each captured graph run by the plan of the explainer whose call it is (a call outside
+    an explainer's, as the graph is)."""
+
+    def run(*args: Any) -> Any:
+        call = _CALL.get()
+        if call is None or call.owner is None:
+            return graph_module(*args)
+        return call.owner.on_graph(graph_module, args, call)
+
+    return run
 
 
 __all__ = ["CapturedPasses", "GraphPlan", "MaskValue", "NotCaptured", "PairValue", "PickedValue"]

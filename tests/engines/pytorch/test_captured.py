@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import rnnshap
+from rnnshap.engines.pytorch import captured as captured_module
 from rnnshap.rules import Shapley
 
 from ...models.torch import Composite, Function
@@ -111,6 +112,63 @@ def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -
     model.act = "tanh"
     assert _same(captured.shap_values(x), rnnshap.DeepExplainer(model, background, compile=False).shap_values(x))
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (what was captured still runs)
+
+
+class _Activated(nn.Module):
+    """A linear layer, the activation its ``act`` attribute names, and a linear head."""
+
+    ACTS = {"tanh": torch.tanh, "relu": torch.relu}
+
+    def __init__(self, act: str = "tanh") -> None:
+        super().__init__()
+        self.lin, self.out, self.act = nn.Linear(20, 8), nn.Linear(8, 2), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.ACTS[self.act](self.lin(x.flatten(1))))
+
+
+def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_a_capture() -> None:
+    """torch.compile keeps what it captured on the code it compiles, one for each model class: a second explainer, of
+    the same model or of another instance of its class, runs the graphs captured for the first where their guards hold
+    (a capture costs a hundred times a small model's pass), with its own values; an instance whose forward reads
+    otherwise (another activation by its attribute) is captured for itself."""
+    torch.manual_seed(0)
+    background, X = _data()
+
+    def captures(model: nn.Module) -> tuple[int, Any, str]:
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+        values = explainer.shap_values(X)
+        assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"] - before, values, explainer.pass_path
+
+    first = _Activated().eval()
+    made, values, path = captures(first)
+    assert made > 0 and path.startswith(CAPTURED), path
+    again, same, path = captures(first)
+    assert again == 0 and _same(same, values) and path.startswith(CAPTURED), path
+    other, values_other, path = captures(_Activated().eval())  # (other weights: the graph's inputs)
+    assert other == 0 and not _same(values_other, values) and path.startswith(CAPTURED), path
+    relu, _, path = captures(_Activated("relu").eval())
+    assert relu > 0 and path.startswith(CAPTURED), path
+
+
+def test_the_graphs_kept_for_a_class_hold_no_model_and_no_explainer() -> None:
+    """What torch.compile keeps for a model class (graphs, guards) holds neither the model nor the explainer: both
+    are freed when let go."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    background, X = _data()
+    model = _Activated().eval()
+    explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+    explainer.shap_values(X)
+    assert explainer.pass_path.startswith(CAPTURED), explainer.pass_path
+    held = weakref.ref(model), weakref.ref(explainer)
+    del model, explainer
+    gc.collect()
+    assert all(ref() is None for ref in held)
 
 
 def _captured_reader(host_reads: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
@@ -382,16 +440,15 @@ def _marked_static(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x.flatten(1)[:, :3]) + state
 
 
-def test_a_forward_torch_compile_refuses_to_trace_runs_the_intercepted_pass_and_says_why() -> None:
+def test_a_forward_torch_compile_refuses_to_trace_runs_the_intercepted_pass_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     model = Function(_marked_static).eval()
     X = _data()[1]
     captured = _handed_back(model, "intercepted: torch.compile cannot capture the forward")
     assert "mark_static_address" in captured.pass_path
     values = captured.shap_values(X)
-    passes = captured.engine._captured  # (not tried again: each try would cost a capture)
-    tries: list[int] = []
-    compiled = passes._compiled
-    passes._compiled = lambda *args: tries.append(1) or compiled(*args)
+    tries: list[int] = []  # (not tried again: each try would cost a capture)
+    compiled = captured_module._compiled_forward
+    monkeypatch.setattr(captured_module, "_compiled_forward", lambda *args, **kw: tries.append(1) or compiled(*args, **kw))
     assert _same(captured.shap_values(X), values) and not tries
     assert captured.pass_path.startswith("intercepted: torch.compile cannot capture the forward"), captured.pass_path
 
