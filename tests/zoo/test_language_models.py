@@ -105,8 +105,8 @@ def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str)
 
 def test_a_state_written_in_place_after_it_was_read_is_refused_with_advice_that_works() -> None:
     """transformers' RWKV with its cache writes each layer's state into one tensor in place, after the step read it:
-    torch's own backward fails on it, and rnnshap says why and what to do (run it without the cache); followed, the
-    values add up."""
+    torch's own backward fails on it in the intercepted pass, and rnnshap says why and what to do (run it without the
+    cache); followed, the values add up. The captured pass takes it as it is."""
     if getattr(transformers, "RwkvConfig", None) is None:
         pytest.skip("no RWKV in this transformers")
     model = _language_model("Rwkv")
@@ -115,6 +115,11 @@ def test_a_state_written_in_place_after_it_was_read_is_refused_with_advice_that_
         rnnshap.DeepExplainer(Function(_next_token_logits(model, use_cache=True)), background).shap_values(X)
     values = rnnshap.DeepExplainer(Function(_next_token_logits(model, use_cache=False)), background).shap_values(X)
     assert np.all(values[:, POSITION + 1 :] == 0.0)
+    # the captured pass writes into a copy that takes the state's place from the write on (the reads before it keep
+    # theirs): exact with the cache, the values of the forward without it bit for bit
+    cached = rnnshap.DeepExplainer(Function(_next_token_logits(model, use_cache=True)), background, compile="capture")
+    np.testing.assert_array_equal(cached.shap_values(X), values)
+    assert cached.pass_path.startswith("captured"), cached.pass_path
 
 
 def test_a_plain_state_written_after_a_product_read_it_is_refused_by_name() -> None:
