@@ -447,7 +447,7 @@ class TorchEngine(Engine):
         if self._unordered[0]:  # (the samples may sit where the background does not show an order read)
             self.checks.unordered_topk(set(self._unordered[0]), self._unordered[1], [x[block.s0 : block.s1] for x in inputs])
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), distinct)
+        ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), context if distinct else None)
         if ran is None:
             p = PairPass(block, leaves, references, Tape(), grid, state, chosen_columns)
             ran = self._intercepted(p, inputs, context, distinct, shadows, masks)
@@ -599,15 +599,16 @@ class TorchEngine(Engine):
         chosen_columns: Tensor,
         state: PreservedState,
         rows: tuple[Block, list[Tensor]],
-        distinct: bool = False,
+        context: list[Tensor] | None = None,
     ) -> tuple[Tensor, list[Tensor], Tensor, dict[int, Tensor]] | None:
         """``compile="capture"``: the outputs on the pairs, the gradients of the chosen ones w.r.t. the explained leaves,
         the outputs on the pairs' reference side, and each followed integer input's contributions per position (``(k,
         pairs × its elements per sample)``), from the captured graph (captured.py); None where the call runs the intercepted
         pass. The model's state is put back to ``state`` after it. ``rows``: the block and the call's inputs, whose
-        samples and references the model's own forward runs to check the graph's outputs on both sides. ``distinct``:
-        whether the block's pairs hold its distinct references alike for every sample (see :meth:`attribute`), whose
-        reference side is then run on them alone (where no context input enters it)."""
+        samples and references the model's own forward runs to check the graph's outputs on both sides. ``context``:
+        where the block's pairs hold its distinct references alike for every sample (see :meth:`attribute`), the
+        context inputs' values its samples share (one row each), with which the reference side is then run on those
+        references alone; else None."""
         captured = self._captured
         if captured is None:
             return None
@@ -618,11 +619,15 @@ class TorchEngine(Engine):
             captured.path = "intercepted: the model has forward hooks, which the pass runs as they ask"
             return None
         block = rows[0]
-        backgrounds = [b[block.r0 : block.r1] for b in self.background]
-        # the model's own outputs on the block's references (where no context input makes the reference side depend on
-        # the sample): they check the graph's reference side, and vet a reference side kept from an earlier call
-        plain = None if self.context_inputs or captured.off is not None else self._plain_forward(backgrounds, state)
-        alone = (kept_key(block, []), backgrounds, plain) if distinct and plain is not None else None
+        # the model's own outputs on the block's references (with the context its samples share, where they share it:
+        # else the reference side depends on the sample): they check the graph's reference side, and vet a reference
+        # side kept from an earlier call
+        shared = [] if not self.context_inputs else context
+        plain = None
+        if shared is not None and captured.off is None:
+            backgrounds = self.kept.distinct_rows(block, shared)
+            plain = self._plain_forward(backgrounds, state)
+        alone = (kept_key(block, shared), backgrounds, plain) if context is not None and plain is not None else None
         followed = frozenset(self.followed_inputs)  # (token ids and integers cast to floating point)
         nan_in_leaves, nan_in_references = holds_nan(leaves, references)  # (one host read)
         try:

@@ -101,3 +101,27 @@ def test_a_later_call_with_the_same_mask_reuses_the_pass_another_mask_runs_its_o
     assert rows == [5]
     every = _every_pair(model, background, other)
     np.testing.assert_allclose(values, every, rtol=0, atol=1e-12 * np.abs(every).max())
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_captured_pass_runs_the_reference_side_on_the_distinct_references_where_the_samples_share_a_mask(
+    shared: bool,
+) -> None:
+    """The captured pass alike: where the block's samples share their mask, the reference side runs on the 5
+    references with it (kept between calls, for that mask only), else on every pair; the values of every pair run to
+    float64 rounding."""
+    model, x, background = _problem(shared)
+    explainer = rnnshap.DeepExplainer(model, background, compile="capture")
+    every = _every_pair(model, background, x)
+    for _ in range(2):
+        values = np.asarray(explainer.shap_values(x)[0])
+        np.testing.assert_allclose(values, every, rtol=0, atol=1e-12 * np.abs(every).max())
+        path = explainer.pass_path
+        assert path.startswith("captured:"), path
+        assert ("its reference side on the block's distinct references" in path) == shared, path
+    assert ("kept from an earlier call" in path) == shared, path
+    other = [x[0], torch.zeros_like(x[1])]  # another mask shared by the samples: its own reference side, not the kept one
+    values = np.asarray(explainer.shap_values(other)[0])
+    every = _every_pair(model, background, other)
+    np.testing.assert_allclose(values, every, rtol=0, atol=1e-12 * np.abs(every).max())
+    assert "distinct references" in explainer.pass_path and "kept" not in explainer.pass_path, explainer.pass_path
