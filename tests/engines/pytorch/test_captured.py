@@ -114,17 +114,16 @@ def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (what was captured still runs)
 
 
-class _Activated(nn.Module):
-    """A linear layer, the activation its ``act`` attribute names, and a linear head."""
+_ACTS = {"tanh": torch.tanh, "relu": torch.relu}
 
-    ACTS = {"tanh": torch.tanh, "relu": torch.relu}
 
-    def __init__(self, act: str = "tanh") -> None:
-        super().__init__()
-        self.lin, self.out, self.act = nn.Linear(20, 8), nn.Linear(8, 2), act
+def _activated(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer, the activation the model's ``act`` attribute names, and a linear head."""
+    return m.out(_ACTS[m.act](m.lin(x.flatten(1))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.ACTS[self.act](self.lin(x.flatten(1))))
+
+def _activated_model(act: str = "tanh") -> nn.Module:
+    return Composite(_activated, lin=nn.Linear(20, 8), out=nn.Linear(8, 2), act=act).eval()
 
 
 def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_a_capture() -> None:
@@ -142,14 +141,14 @@ def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_
         assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
         return torch._dynamo.utils.counters["stats"]["unique_graphs"] - before, values, explainer.pass_path
 
-    first = _Activated().eval()
+    first = _activated_model()
     made, values, path = captures(first)
     assert made > 0 and path.startswith(CAPTURED), path
     again, same, path = captures(first)
     assert again == 0 and _same(same, values) and path.startswith(CAPTURED), path
-    other, values_other, path = captures(_Activated().eval())  # (other weights: the graph's inputs)
+    other, values_other, path = captures(_activated_model())  # (other weights: the graph's inputs)
     assert other == 0 and not _same(values_other, values) and path.startswith(CAPTURED), path
-    relu, _, path = captures(_Activated("relu").eval())
+    relu, _, path = captures(_activated_model("relu"))
     assert relu > 0 and path.startswith(CAPTURED), path
 
 
@@ -161,7 +160,7 @@ def test_the_graphs_kept_for_a_class_hold_no_model_and_no_explainer() -> None:
 
     torch.manual_seed(0)
     background, X = _data()
-    model = _Activated().eval()
+    model = _activated_model()
     explainer = rnnshap.DeepExplainer(model, background, compile="capture")
     explainer.shap_values(X)
     assert explainer.pass_path.startswith(CAPTURED), explainer.pass_path
