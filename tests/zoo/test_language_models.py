@@ -54,6 +54,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                        num_attention_heads=2, num_key_value_heads=1, attn_layer_indices=[1],
                                        mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=4, mamba_d_conv=4,
                                        mamba_expand=2, mamba_chunk_size=4)),
+    "Zamba2": ("Zamba2ForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         layers_block_type=["mamba", "hybrid"], num_attention_heads=2, num_key_value_heads=2,
+                                         n_mamba_heads=4, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, chunk_size=4,
+                                         adapter_rank=8, use_mamba_kernels=False)),
     "Lfm2": ("Lfm2ForCausalLM", dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=2, num_key_value_heads=1, layer_types=["conv", "full_attention"],
                                      conv_L_cache=3, block_auto_adjust_ff_dim=False)),
@@ -99,8 +103,27 @@ def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str)
     scale = np.abs(np.concatenate([f_x, f_r])).max()
     bound = 64 * torch.finfo(torch.float32).eps * scale  # (float32 sums over a few dozen operations per logit)
     np.testing.assert_allclose(values.sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
-    assert np.all(values[:, POSITION + 1 :] == 0.0), family  # (a causal model does not read later tokens)
+    later = np.abs(values[:, POSITION + 1 :]).max()
+    read = _reads_later_tokens(head, X, background)
+    if read == 0.0:  # (a causal model does not read later tokens)
+        assert later == 0.0, family
+    else:  # (a chunked scan may move the logit with them by its float32 rounding, Zamba2's in transformers 4, Qwen3-Next's
+        # in 5): they get at most that rounding
+        assert later <= torch.finfo(torch.float32).eps * scale, (family, later, read)
     assert np.abs(values[:, : POSITION + 1]).max() > 0
+
+
+def _reads_later_tokens(head: torch.nn.Module, X: torch.Tensor, background: torch.Tensor) -> float:
+    """How far the model's own logits move when each sample's tokens after :data:`POSITION` are each reference's: 0
+    where the model does not read them."""
+    with torch.no_grad():
+        moved = 0.0
+        for x in X:
+            given = x.repeat(len(background), 1)  # (a batch of the same size: the same kernels)
+            swapped = given.clone()
+            swapped[:, POSITION + 1 :] = background[:, POSITION + 1 :]
+            moved = max(moved, float((head(swapped) - head(given)).abs().max()))
+    return moved
 
 
 def test_a_state_written_in_place_after_it_was_read_is_refused_with_advice_that_works() -> None:
