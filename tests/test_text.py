@@ -68,11 +68,11 @@ def test_a_continuation_adds_up_to_its_log_probabilities_and_later_tokens_get_ex
     bound = 64 * np.finfo(np.float32).eps * max(1.0, np.abs(moved).max())
     np.testing.assert_allclose(ex.values.sum(0), moved, rtol=0, atol=bound)
     # "mat" is read after "mat"'s own log-probability: exactly 0, or where the model's own log-probability moves with it
-    # (transformers 4's Zamba2: its chunked scan by 1e-8 of the logits' scale, in float64 too) at most float32's rounding
+    # (transformers 4's Zamba2: its chunked scan, by 1e-8 of the logits' scale, in float64 too) no more than it moves
     first, given = len(prompt) - 1, _log_probabilities(model, ids, scored, len(prompt) - 1)[0]
     read = max(abs(_log_probabilities(model, [*ids[:-1], word], scored, first)[0] - given) for word in range(len(WORDS)))
     later = np.abs(ex.values[len(prompt) :, 0]).max()
-    assert later == 0.0 if read == 0.0 else later <= np.finfo(np.float32).eps * max(1.0, np.abs(moved).max()), (later, read)
+    assert later <= read, (later, read)  # (0 where the model does not read it)
     html = shap.plots.text(ex[:, 0], display=False)
     assert all(word in html for word in ("cat", "sat"))
     assert ex.output_names == [" mat", " and"]  # (each piece with the space before it: the text joins back)

@@ -107,9 +107,9 @@ def test_next_token_logits_add_up_and_later_tokens_get_exactly_zero(family: str)
     read = _reads_later_tokens(head, X, background)
     if read == 0.0:  # (a causal model does not read later tokens)
         assert later == 0.0, family
-    else:  # (a chunked scan may move the logit with them by its float32 rounding, Zamba2's in transformers 4, Qwen3-Next's
-        # in 5): they get at most that rounding
-        assert later <= torch.finfo(torch.float32).eps * scale, (family, later, read)
+    else:  # (a chunked scan may move the logit with them, Zamba2's in transformers 4 by 1e-8 of its scale, in float64 too,
+        # Qwen3-Next's in 5 by its float32 rounding): they get no more than it moves
+        assert later <= read, (family, later, read)
     assert np.abs(values[:, : POSITION + 1]).max() > 0
 
 

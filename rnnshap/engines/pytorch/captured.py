@@ -1068,8 +1068,8 @@ class CapturedPasses:
         #: call names, the others token ids)
         self.numbers = numbers
         self.path = "captured: not run yet"
-        #: the most graphs this explainer captures (:data:`CAPTURES`)
-        self.captures = CAPTURES
+        #: the most graphs this explainer captures (:data:`CAPTURES`), and how many it has captured
+        self.captures, self.captured = CAPTURES, 0
         #: how many runs of a call signature through a graph's plan before it is written as a program
         #: (captured_program.py); None: WRITE_AFTER on the devices of WRITTEN_ON, else never
         self.write_after: int | None = None
@@ -1320,9 +1320,10 @@ class CapturedPasses:
                 try:
                     return _compiled_forward(type(self.model))(self.model, *copies)
                 except torch._dynamo.exc.FailOnRecompileLimitHit:
-                    if len(self._graphs) >= self.captures:
+                    if self.captured >= self.captures:
                         raise
-                    # (the class's graphs are other explainers': this one starts a cache of its own for the class)
+                    # (the class's graphs are other explainers': a new cache for the class, where they capture theirs
+                    # again as they need them)
                     return _compiled_forward(type(self.model), fresh=True)(self.model, *copies)
         finally:
             call.attached = {}
@@ -1376,7 +1377,8 @@ def _forward(model: Any, *inputs: Any) -> Any:
 
 #: the forward compiled for each model class: torch.compile keeps what it captured (graphs, and guards on what the
 #: forward read) on the code it compiles, so that every explainer of a model of that class, of that model or of another
-#: instance alike, runs the graphs captured where their guards hold (captures cost far more than a small model's pass)
+#: instance alike, runs the graphs captured where their guards hold (captures cost far more than a small model's pass);
+#: kept for the process, as torch.compile keeps what it compiles (the guards hold the class; a graph holds no model)
 _COMPILED: weakref.WeakKeyDictionary[type, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
@@ -1400,6 +1402,9 @@ def _backend(graph_module: fx.GraphModule, example_inputs: list[Any]) -> Callabl
             return graph_module(*args)
         return call.owner.on_graph(graph_module, args, call)
 
+    capturing = _CALL.get()
+    if capturing is not None and capturing.owner is not None:
+        capturing.owner.captured += 1
     return run
 
 

@@ -114,7 +114,7 @@ def test_signatures_beyond_an_explainers_captures_run_intercepted_and_say_so() -
     assert captured.pass_path.startswith(CAPTURED), captured.pass_path  # (what was captured still runs)
 
 
-_ACTS = {"tanh": torch.tanh, "relu": torch.relu}
+_ACTS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "gelu": F.gelu}
 
 
 def _activated(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +122,10 @@ def _activated(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.out(_ACTS[m.act](m.lin(x.flatten(1))))
 
 
-def _activated_model(act: str = "tanh") -> nn.Module:
-    return Composite(_activated, lin=nn.Linear(20, 8), out=nn.Linear(8, 2), act=act).eval()
+def _activated_class() -> Callable[..., nn.Module]:
+    """A class of its own (no graph captured for it yet in this process) of models of :func:`_activated`."""
+    kind = type("Activated", (Composite,), {})
+    return lambda act="tanh": kind(_activated, lin=nn.Linear(20, 8), out=nn.Linear(8, 2), act=act).eval()
 
 
 def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_a_capture() -> None:
@@ -141,6 +143,7 @@ def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_
         assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
         return torch._dynamo.utils.counters["stats"]["unique_graphs"] - before, values, explainer.pass_path
 
+    _activated_model = _activated_class()
     first = _activated_model()
     made, values, path = captures(first)
     assert made > 0 and path.startswith(CAPTURED), path
@@ -152,6 +155,27 @@ def test_another_explainer_of_a_model_of_the_same_class_runs_its_graphs_without_
     assert relu > 0 and path.startswith(CAPTURED), path
 
 
+def test_an_explainer_whose_class_holds_as_many_graphs_as_its_limit_captures_its_own() -> None:
+    """Where the graphs kept for a model's class are as many as an explainer captures (three here: other explainers'),
+    its first call starts a new cache for the class and captures its graph; an explainer whose graph went with the old
+    cache captures it again. Every call gives the intercepted values bit for bit."""
+    torch.manual_seed(0)
+    background, X = _data()
+    made = _activated_class()
+    explainers = {}
+    for act in _ACTS:  # (tanh, relu, sigmoid fill the class's cache; gelu finds it full)
+        model = made(act)
+        explainers[act] = rnnshap.DeepExplainer(model, background, compile="capture")
+        explainers[act].engine._captured.captures = 3
+        values = explainers[act].shap_values(X)
+        assert _same(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X)), act
+        assert explainers[act].pass_path.startswith(CAPTURED), (act, explainers[act].pass_path)
+    tanh = explainers["tanh"]
+    values = tanh.shap_values(X)
+    assert tanh.engine._captured.captured == 2 and tanh.pass_path.startswith(CAPTURED), tanh.pass_path
+    assert _same(values, rnnshap.DeepExplainer(tanh.engine.model, background, compile=False).shap_values(X))
+
+
 def test_the_graphs_kept_for_a_class_hold_no_model_and_no_explainer() -> None:
     """What torch.compile keeps for a model class (graphs, guards) holds neither the model nor the explainer: both
     are freed when let go."""
@@ -160,7 +184,7 @@ def test_the_graphs_kept_for_a_class_hold_no_model_and_no_explainer() -> None:
 
     torch.manual_seed(0)
     background, X = _data()
-    model = _activated_model()
+    model = _activated_class()()
     explainer = rnnshap.DeepExplainer(model, background, compile="capture")
     explainer.shap_values(X)
     assert explainer.pass_path.startswith(CAPTURED), explainer.pass_path

@@ -113,9 +113,11 @@ def test_the_captured_pass_runs_the_reference_side_on_the_distinct_references_wh
     model, x, background = _problem(shared)
     explainer = rnnshap.DeepExplainer(model, background, compile="capture")
     every = _every_pair(model, background, x)
+    intercepted = rnnshap.DeepExplainer(model, background, compile=False).shap_values(x)
     for _ in range(2):
         values = np.asarray(explainer.shap_values(x)[0])
         np.testing.assert_allclose(values, every, rtol=0, atol=1e-12 * np.abs(every).max())
+        np.testing.assert_array_equal(values, intercepted[0])  # (the intercepted pass's, bit for bit)
         path = explainer.pass_path
         assert path.startswith("captured:"), path
         assert ("its reference side on the block's distinct references" in path) == shared, path
@@ -124,4 +126,5 @@ def test_the_captured_pass_runs_the_reference_side_on_the_distinct_references_wh
     values = np.asarray(explainer.shap_values(other)[0])
     every = _every_pair(model, background, other)
     np.testing.assert_allclose(values, every, rtol=0, atol=1e-12 * np.abs(every).max())
+    np.testing.assert_array_equal(values, rnnshap.DeepExplainer(model, background, compile=False).shap_values(other)[0])
     assert "distinct references" in explainer.pass_path and "kept" not in explainer.pass_path, explainer.pass_path
