@@ -625,7 +625,7 @@ class TorchEngine(Engine):
         shared = [] if not self.context_inputs else context
         plain = None
         if shared is not None and captured.off is None:
-            backgrounds = self.kept.distinct_rows(block, shared)
+            backgrounds = self.kept.distinct_rows(block, shared, copies=False)  # (each run below copies them)
             plain = self._plain_forward(backgrounds, state)
         alone = (kept_key(block, shared), backgrounds, plain) if context is not None and plain is not None else None
         followed = frozenset(self.followed_inputs)  # (token ids and integers cast to floating point)

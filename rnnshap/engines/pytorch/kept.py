@@ -146,14 +146,13 @@ class KeptReferencePasses:
         ``samples`` samples too: it is kept between calls, and that fits the bytes kept."""
         return self.held(block, context) is not None and (samples + 1) * self.bytes() <= KEPT_TAPE_BYTES
 
-    def distinct_rows(self, block: Block, context: list[Tensor]) -> list[Tensor]:
-        """Copies of the block's distinct references, the context inputs at ``context``'s values (one row, repeated)."""
+    def distinct_rows(self, block: Block, context: list[Tensor], copies: bool = True) -> list[Tensor]:
+        """The block's distinct references, the context inputs at ``context``'s values (one row, repeated): copies, or
+        views of the background where a caller copies them itself (``copies=False``)."""
         given = dict(zip(self.context_inputs, context, strict=True))
-        n = block.r1 - block.r0
-        return [
-            given[t].expand(n, *given[t].shape[1:]).clone() if t in given else b[block.r0 : block.r1].clone()
-            for t, b in enumerate(self.background)
-        ]
+        r0, r1 = block.r0, block.r1
+        rows = [given[t].expand(r1 - r0, *given[t].shape[1:]) if t in given else b[r0:r1] for t, b in enumerate(self.background)]
+        return [row.clone() for row in rows] if copies else rows
 
     def shared_context(self, inputs: list[Tensor], block: Block) -> list[Tensor] | None:
         """The context inputs' values of the block's first sample (one row each), where every sample of the block
