@@ -61,6 +61,12 @@ ADVICE: dict[str, str] = {
         "max-pool, rank by rank, and their indices may select with gather, indexing, embedding or "
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
+    "infinite_pick": (
+        "{op} picks among values masked to -inf on one side of a pair and not the other. Where the picks are all "
+        "that is read (a router's top-k indices), masking with a finite value below every score gives the same "
+        "picks, and those are attributed exactly (masked_fill(~mask, 0.0) where the scores are positive, as "
+        "sigmoid scores are)."
+    ),
     "no_grad": (
         "forward() computes on input-dependent tensors in inference mode ({op}): rnnshap "
         "takes its multipliers from a backward pass, and tensors made in inference mode cannot "
@@ -209,6 +215,12 @@ class UnsupportedOperationError(RnnShapError, TypeError):
     with the kind of advice that fits it (a key of :data:`ADVICE`; ``"rule"`` by default), in
     ``advice``.
     """
+
+    @classmethod
+    def misfit(cls, name: str, error: ValueError) -> UnsupportedOperationError:
+        """The refusal of ``name`` whose rule found, as it ran, that it does not fit the call (``error``, with the kind
+        of advice that fits in its ``advice`` attribute; ``"operands"`` by default)."""
+        return cls([(name, str(error), getattr(error, "advice", "operands"))])
 
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops: list[tuple[str, str]] = [(op[0], op[1]) for op in ops]

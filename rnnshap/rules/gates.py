@@ -42,6 +42,8 @@ COMPARISONS = ("ge", "gt", "le", "lt", "eq", "ne", "greater_equal", "greater", "
 COMPARISON_DUNDERS = ("__ge__", "__gt__", "__le__", "__lt__", "__eq__", "__ne__")
 #: tests of one operand's values (an imputation model's check of its input), comparisons too
 PREDICATES = ("isnan", "isinf", "isfinite", "isposinf", "isneginf")
+#: casts of a floating-point value to bool (:class:`NonZero`: ``x != 0``), comparisons too
+CASTS_TO_BOOL = ("bool",)
 
 
 @dataclass
@@ -181,14 +183,34 @@ class Comparison(Rule):
             mask = call.fn(*call.args)
             mask_ref = call.fn(*call.ref_args)
         dtype = _float_dtype(call)
-        difference = _as(u, dtype) - _as(v, dtype)
-        difference_ref = _as(u_ref, dtype) - _as(v_ref, dtype)
-        step, step_ref = mask.to(dtype), mask_ref.to(dtype)
-        moved = step != step_ref
-        gap = difference.detach() - difference_ref
-        multiplier = torch.where(moved, (step - step_ref) / torch.where(moved, gap, torch.ones_like(gap)), torch.zeros_like(gap))
-        GATES[mask] = Gate(call.name, mask_ref, with_multipliers(step, [difference], [multiplier.expand(step.shape)]))
-        return mask
+        return _gated(call.name, mask, mask_ref, _as(u, dtype) - _as(v, dtype), _as(u_ref, dtype) - _as(v_ref, dtype))
+
+
+class NonZero(Comparison):
+    r"""A floating-point value cast to bool (``x.bool()``): the comparison ``x != 0``, a step of :math:`d = x` (a mask
+    of 0s and 1s written from picked indices is cast so: rules/selection.py, :class:`~rnnshap.rules.selection.Scattered`)."""
+
+    def refusal(self, call: OpCall) -> str | None:
+        if len(call.args) != 1 or call.kwargs or not call.inputs[0].is_floating_point():
+            return "a cast to bool is attributed as x != 0 for one floating-point input-dependent tensor, given alone"
+        return None
+
+    def attribute(self, call: OpCall) -> Any:
+        with torch.no_grad():
+            mask, mask_ref = call.fn(*call.args), call.fn(*call.ref_args)
+        return _gated(call.name, mask, mask_ref, call.args[0], call.ref_args[0])
+
+
+def _gated(name: str, mask: Tensor, mask_ref: Tensor, difference: Tensor, difference_ref: Tensor) -> Tensor:
+    """``mask`` (the comparison's on the input side) with its :class:`Gate` recorded: the step of the ``difference``
+    of its operands, whose exact Rescale multiplier is :math:`(c - c_r)/(d - d_r)`."""
+    dtype = difference.dtype
+    step, step_ref = mask.to(dtype), mask_ref.to(dtype)
+    moved = step != step_ref
+    gap = difference.detach() - difference_ref
+    multiplier = torch.where(moved, (step - step_ref) / torch.where(moved, gap, torch.ones_like(gap)), torch.zeros_like(gap))
+    GATES[mask] = Gate(name, mask_ref, with_multipliers(step, [difference], [multiplier.expand(step.shape)]))
+    return mask
 
 
 class Predicate(Rule):
@@ -322,6 +344,7 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
         table[fn] = comparison
     for name in COMPARISON_DUNDERS:
         table[getattr(torch.Tensor, name)] = comparison
+    table[torch.Tensor.bool] = NonZero()
     for fn in forms("where", "masked_fill"):
         table[fn] = where
     for fn in forms(*PREDICATES):
@@ -330,6 +353,6 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 
 __all__ = [
-    "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "Predicate", "Where", "gate_of",
-    "gate_rules", "where_parts",
+    "CASTS_TO_BOOL", "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "NonZero", "Predicate",
+    "Where", "gate_of", "gate_rules", "where_parts",
 ]

@@ -133,8 +133,21 @@ def picked_index(
         if order_x is not None:  # only the last rank is the index's
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
+        if bool((torch.isinf(delta) & (moved != 0)).any()):
+            raise InfinitePick(
+                "a position that decided a pick moved to or from an infinite value between an input and its reference "
+                "(a mask that differs between them, as a group-limited router's masked_fill(~mask, -inf)), and that "
+                "change has no finite multiplier"
+            )
         deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
     return attach(index_x.to(torch.float64), [x], _routed, (deciding, factor), x.dtype)
+
+
+class InfinitePick(ValueError):
+    """A pick decided by a position whose value is infinite on one side of a pair only (refused with the advice
+    ``"infinite_pick"``)."""
+
+    advice = "infinite_pick"
 
 
 def _flat_last(t: Tensor, index_shape: torch.Size) -> Tensor:

@@ -317,6 +317,87 @@ class Selection(Rule):
         return attach(result.to(torch.float64), [handle], _calling(backward))
 
 
+class _Repeated(ValueError):
+    """Picked indices repeated along the dimension a scatter writes into (refused with the advice ``"selection"``)."""
+
+    advice = "selection"
+
+
+#: the names of the scatters :class:`Scattered` takes (``t.scatter_(dim, idx, v)``, ``torch.scatter(t, dim, idx, v)``)
+SCATTERS = frozenset({"scatter", "scatter_"})
+
+
+class Scattered(Selection):
+    r"""``t.scatter(dim, idx, v)`` (``scatter_``, ``torch.scatter``) by picked indices: constant values ``v`` (a
+    number, or a tensor read at the index's positions) written into a constant tensor ``t``, at positions distinct
+    along ``dim`` on each side of a pair (a group-limited router's mask of the groups it picked:
+    ``zeros.scatter_(1, group_idx, 1)``). With each index element :math:`e` writing :math:`v_e` at position
+    :math:`p(e)`, the result is :math:`t + \sum_e (v_e - t_{p(e)})\,\mathbf 1_{p(e)}`, a sum of one-hot vectors
+    of the picks: element :math:`e`'s move from :math:`p_r` to :math:`p_x` changes it by
+    :math:`(v_e - t_{p_x})\,\mathbf 1_{p_x} - (v_e - t_{p_r})\,\mathbf 1_{p_r}`, which goes to its handle divided
+    by :math:`p_x - p_r`, as ``one_hot``'s change does (:class:`Selection`)."""
+
+    refusal_advice = "selection"
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index, _same_shape)
+
+    @staticmethod
+    def _parts(call: OpCall) -> tuple[Tensor, int, Any]:
+        """(the tensor written into, the dimension, the value or values written) on the input side."""
+        args, kwargs = call.args, call.kwargs
+        written = args[3] if len(args) > 3 else kwargs.get("value", kwargs.get("src"))
+        return args[0], int(args[1] if len(args) > 1 else kwargs["dim"]), written
+
+    def refusal(self, call: OpCall) -> str | None:
+        if "reduce" in call.kwargs or len(call.args) > 4:
+            return "it writes picked indices with a reduction (reduce=); only plain writes of constant values are taken"
+        if any(i != self.index for i in call.tracked):
+            return (
+                "its values (or the tensor it writes into) are written from the input; only constant values written "
+                "into a constant tensor at picked positions are taken"
+            )
+        return None
+
+    def reference(self, call: OpCall) -> Any:
+        target, dim, written = self._parts(call)
+        return target.scatter(dim, call.ref_leaves[self.index].long(), written)
+
+    def attribute(self, call: OpCall) -> Any:
+        handle, index_x, index_r, _, _ = self._sides(call)
+        target, dim, written = self._parts(call)
+        for side, index in (("an input", index_x), ("its reference", index_r)):
+            count = torch.zeros(target.shape, dtype=torch.int32, device=target.device)
+            if bool((count.scatter_add_(dim, index, torch.ones_like(index, dtype=torch.int32)) > 1).any()):
+                raise _Repeated(
+                    f"the indices it writes at repeat along dimension {dim} on {side}'s side, where a scatter writes one "
+                    "of the repeated values and leaves the others out: write with one_hot(idx).sum() or scatter_add"
+                )
+        if isinstance(written, Tensor):
+            values = written[tuple(slice(0, n) for n in index_x.shape)].to(target.dtype)
+        else:
+            values = torch.full(index_x.shape, written, dtype=target.dtype, device=target.device)
+        inverse = self._inverse_moves(call)
+        with torch.no_grad():
+            output = target.scatter(dim, index_x, values)
+            # (what each pick writes over, read now: an in-place scatter's target is written with the output next)
+            written_x, written_r = values - target.gather(dim, index_x), values - target.gather(dim, index_r)
+
+        def backward(grad: Tensor) -> tuple[Tensor]:
+            moved = grad.gather(dim, index_x) * written_x - grad.gather(dim, index_r) * written_r
+            return (moved.to(torch.float64) * inverse,)
+
+        return attach(output, [handle], _calling(backward))
+
+
+def selection_rule(func: Any, index: int, reduce: Reduce, integer: bool) -> Selection:
+    """The rule of a selection by picked indices that :func:`selection_of` found (``index``: the position of the
+    indices' handle among the call's flattened arguments)."""
+    if getattr(func, "__name__", "") in SCATTERS:
+        return Scattered(index)
+    return Selection(index, reduce, integer)
+
+
 def _calling(backward: Callable[[Tensor], tuple[Tensor | None, ...]]) -> Any:
     """An :func:`~rnnshap.rules.elementwise.attach` backward that calls ``backward(grad)``."""
     return lambda ctx, grad: backward(grad)
@@ -364,6 +445,8 @@ def selection_of(
         index, reduce = args[1], _trailing
     elif name == "one_hot":
         index, reduce, integer = (args[0] if args else kwargs.get("tensor")), _trailing, True
+    elif name in SCATTERS:
+        index, reduce = (args[2] if len(args) > 2 else kwargs.get("index")), _same_shape
     elif name == "index_select":
         dim: Any = args[1] if len(args) > 1 else kwargs.get("dim")
         index = args[2] if len(args) > 2 else kwargs.get("index")
@@ -382,4 +465,4 @@ def selection_of(
     return index, reduce, integer
 
 
-__all__ = ["ArgExtremum", "Ordering", "Selection", "selection_of"]
+__all__ = ["ArgExtremum", "Ordering", "SCATTERS", "Scattered", "Selection", "selection_of", "selection_rule"]

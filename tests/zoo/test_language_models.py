@@ -252,6 +252,24 @@ def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_toke
         assert captured.pass_path.startswith("captured"), captured.pass_path
 
 
+def test_a_router_that_masks_the_groups_it_leaves_out_with_minus_infinity_is_refused_by_name() -> None:
+    """GLM-4.5's (and DeepSeek-V3's) router with groups of experts (``n_group > 1``) scatters the groups it picks into a
+    mask and, in transformers 5, fills the others' scores with -inf before its top-k: where the groups differ between an
+    input and its reference, that top-k is refused by name, not answered with NaN (the same router filling with a
+    finite value is exact: tests/rules/test_scattered_picks.py)."""
+    model_class, settings = MIXTURES["Glm4Moe"]
+    config = _config("Glm4Moe", **{**settings, "n_routed_experts": 8, "n_group": 4, "topk_group": 2})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    if not hasattr(model, "set_experts_implementation"):
+        pytest.skip(f"transformers {transformers.__version__} has one form of experts")
+    model.set_experts_implementation("batched_mm")
+    g = torch.Generator().manual_seed(1)
+    background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
+    with pytest.raises(UnsupportedOperationError, match=r"(?s)topk: .*infinite value"):
+        rnnshap.DeepExplainer(_held(model), background).shap_values(X)
+
+
 def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> None:
     """A model the explainer cannot see into (a function closing over it) keeps its experts' grouped form: refused by
     name with the advice to give the model as a module, or to switch the form; followed, the values add up."""

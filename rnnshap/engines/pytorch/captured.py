@@ -365,7 +365,7 @@ def _out_of_place(
     node: fx.Node,
     fn: Any,
     name: str,
-    tracked: set[fx.Node],
+    tracked: set[fx.Node] | None,
     order: dict[fx.Node, int],
     written_as: dict[fx.Node, tuple[fx.Node, ...]],
 ) -> tuple[Any, tuple[tuple[Any, ...], dict[str, Any]], fx.Node]:
@@ -373,7 +373,8 @@ def _out_of_place(
     inplace=True)`` as ``F.relu(x)``), its value taken by the node it wrote into from then on: the function, its
     arguments (nodes among them) and that node. Raises :class:`NotCaptured` where the write could reach another value
     (the target a view or an input, or a view of it taken before and read after) or writes into a value that does not
-    depend on the inputs (``buffer[t] = h``)."""
+    depend on the inputs (``buffer[t] = h``), unless ``tracked`` is None: a constant made in the forward written at
+    picked indices (not the model's own tensor)."""
     if node.target is operator.setitem:
         raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
     examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
@@ -382,7 +383,7 @@ def _out_of_place(
     written = by_example.get(id(target)) if target is not None else None
     if written is None or base is fn and kwargs == examples[1] and args == examples[0]:
         raise NotCaptured(f"{name}: written in place, with no out-of-place form known")
-    if written not in tracked:
+    if (written.op == "get_attr") if tracked is None else (written not in tracked):
         raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
     same = written_as.get(written, (written,))
     if _aliases(same[0]) or _views_read_after(same, node, order):
@@ -493,7 +494,7 @@ class GraphPlan:
         for node in graph.nodes:
             step = self._decide_ids(node, tokens, ids, tracked, numbers) if self._uses_ids(node, ids) else None
             if step is None and any(n in picks for n in node.all_input_nodes):
-                step = self._on_picks(node, picks)  # (None: the values of a pick's result, an ordinary step)
+                step = self._on_picks(node, picks, (order, written_as))  # (None: the values of a pick's result)
             if step is None and any(n in masks for n in node.all_input_nodes):
                 step = self._on_masks(node, masks, registry)
                 if step is not None and step.kind == "promote":  # (arithmetic on the masks' steps, through its rule)
@@ -565,10 +566,12 @@ class GraphPlan:
         return _Step(node, {"cast": "unmask", "logic": "logic", "move": "move_mask"}.get(use, use), fn=fn, name=name)
 
     @staticmethod
-    def _on_picks(node: fx.Node, picks: dict[fx.Node, bool]) -> _Step | None:
+    def _on_picks(
+        node: fx.Node, picks: dict[fx.Node, bool], writes: tuple[dict[fx.Node, int], dict[fx.Node, tuple[fx.Node, ...]]]
+    ) -> _Step | None:
         """A step on picked indices (captured_picks.py): "indices", "move_picked", or a "rule" step of a selection by
-        them; None for the values of an ordering's result (an ordinary step). Raises :class:`NotCaptured` for any
-        other use (the intercepted pass attributes or refuses it by name)."""
+        them (``writes``: see :meth:`_decide`); None for the values of an ordering's result (an ordinary step). Raises
+        :class:`NotCaptured` for any other use (the intercepted pass attributes or refuses it by name)."""
         fn, _ = _function(node)
         name = _node_name(node, fn)
         use = pick_use(fn, node, picks)
@@ -579,7 +582,12 @@ class GraphPlan:
             return None
         if kind == "select":
             rule = selection_rule(fn, node, source)
-            return _Step(node, "rule", fn=fn, rule=rule, name=name, picked=source)
+            examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
+            if in_place_target(fn, *examples) is None:
+                return _Step(node, "rule", fn=fn, rule=rule, name=name, picked=source)
+            # (a constant written at the picks in place, zeros.scatter_(1, idx, 1): into a copy that takes its place)
+            fn, call, written = _out_of_place(node, fn, name, None, *writes)
+            return _Step(node, "rule", fn=fn, rule=rule, name=name, picked=source, call=call, writes=(written,))
         if kind == "indices":  # (an item of the ordering's result: a tuple's, not a tensor's)
             item = operator.getitem if node.target is operator.getitem else getattr
             return _Step(node, "indices", fn=item, name="indices", picked=source)

@@ -7,9 +7,10 @@ a step's, crediting a pick's change to the positions that decided it. In the cap
 indices from the ordering's node: taken from its result (``[1]``, ``.indices``), moved (a view, a reshape, a slice)
 with their handle moved alike, or cast to other integers with their handle as it is; a selection by them (``gather``,
 ``take_along_dim``, ``index_select``, ``F.embedding`` or ``weight[idx]`` from a table, ``h[torch.arange(B), idx]``)
-takes the rule :class:`~rnnshap.rules.selection.Selection` with the handle in the index's place. Any other use
-(arithmetic on the indices, a comparison, ``one_hot``, ``scatter``) is not taken: the call runs the intercepted pass,
-which attributes or refuses it by name.
+takes the rule :class:`~rnnshap.rules.selection.Selection` with the handle in the index's place, and a scatter of
+constant values at them (``zeros.scatter_(1, idx, 1)``) :class:`~rnnshap.rules.selection.Scattered`. Any other
+use (arithmetic on the indices, a comparison, ``one_hot``, a scatter of input-dependent values) is not taken: the call
+runs the intercepted pass, which attributes or refuses it by name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 from ...rules.base import OpCall, Rule
 from ...rules.gates import MOVES
 from ...rules.selection import Selection, selection_of
+from ...rules.selection import selection_rule as rule_of_selection
 
 Tensor = torch.Tensor
 
@@ -78,7 +80,7 @@ def selection_rule(fn: Any, node: fx.Node, source: fx.Node) -> Selection:
     found = selection_of(fn, examples[0], examples[1], lambda v: v is index)
     assert found is not None
     leaves = tree_flatten(examples)[0]
-    return Selection(next(i for i, leaf in enumerate(leaves) if leaf is index), found[1], found[2])
+    return rule_of_selection(fn, next(i for i, leaf in enumerate(leaves) if leaf is index), found[1], found[2])
 
 
 def selected(fn: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any], picked: Any) -> Rule:
@@ -92,7 +94,7 @@ def selected(fn: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], 
     if found is None or position is None:
         raise LookupError(f"{name}: not a selection by the picked indices on this run")
     leaves[position] = picked.handle
-    return Selection(position, found[1], found[2])
+    return rule_of_selection(fn, position, found[1], found[2])
 
 
 def picked_handle(rule: Any, call: OpCall, out: Any) -> Tensor | None:

@@ -43,6 +43,7 @@ from ...rules.base import Linear
 from ...rules.elementwise import with_multipliers
 from ...rules.gates import (
     CASTS,
+    CASTS_TO_BOOL,
     COMPARISON_DUNDERS,
     COMPARISONS,
     GATES,
@@ -62,7 +63,7 @@ from .calls import PassMode, Picked, flatten_call, in_place_target
 
 Tensor = torch.Tensor
 
-_COMPARED = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
+_COMPARED = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES + CASTS_TO_BOOL)
 _SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as})
 
 

@@ -446,7 +446,7 @@ class AttributionMode(TapePass):
             self._defer_or_refuse(name, why, advice, result, plain and floating)  # (a DeCov loss beside the logits: deferred)
             self.track(result)
             if target is not None:
-                self._written_into(target)
+                self.written_into(target)
             return result
         if not self.replay:
             return self._record(func, args, kwargs, rule, call, name, target, plain)

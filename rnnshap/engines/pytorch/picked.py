@@ -28,10 +28,10 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ...errors import UnsupportedOperationError
 from ...rules.base import Constant, Linear, OpCall, Refuse
-from ...rules.gates import COMPARISON_DUNDERS, COMPARISONS, PREDICATES, forget_gates, gate_of
+from ...rules.gates import CASTS_TO_BOOL, COMPARISON_DUNDERS, COMPARISONS, PREDICATES, forget_gates, gate_of
 from ...rules.registry import op_key, op_name
-from ...rules.selection import Selection, selection_of
-from .calls import PassMode, Picked, cached_op_name, flatten_call, in_place_target
+from ...rules.selection import selection_of, selection_rule
+from .calls import PassMode, Picked, cached_op_name, flatten_call, in_place_target, out_of_place
 from .gate_masks import GateMasks
 from .tape import TapeEntry
 
@@ -55,7 +55,7 @@ _INDEXING = frozenset(
 )
 
 #: the names of comparisons: their masks are followed like picked indices (see ``PickedUses.index_use``)
-_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES)
+_COMPARISON_NAMES = frozenset(COMPARISONS + COMPARISON_DUNDERS + PREDICATES + CASTS_TO_BOOL)
 #: operations whose second operand gives a shape only (``mask.expand_as(x)``)
 _GIVEN_SHAPE = frozenset({"expand_as", "view_as", "reshape_as"})
 #: operations that read a tensor's metadata only
@@ -187,14 +187,20 @@ class PickedUses:
         if others or len(tracked) > 2 or (getattr(func, "__name__", "") == "index_select" and len(tracked) > 1):
             mode.refuse(name, unattributed, "selection")
             return self.unattributed(func, args, kwargs, origin)
-        call = OpCall.flat(func, name, flat, spec, tracked, mode.pairs, layout)
-        new_args, new_kwargs = call.args, call.kwargs
-        rule = Selection(position, reduce, integer)
+        new_args, new_kwargs = tree_unflatten(flat, spec)
+        base, base_args, base_kwargs, target = out_of_place(func, tuple(new_args), new_kwargs)  # (zeros.scatter_(1, idx, 1))
+        call = OpCall.flat(base, name, flat, spec, tracked, mode.pairs, layout)
+        rule = selection_rule(func, position, reduce, integer)
         why = rule.refusal(call)
         if why is not None:  # (refused before it runs on the handle: torch's own call on the indices instead)
             mode.refuse(name, why, "selection")
             return self.unattributed(func, args, kwargs, origin)
-        return mode.dispatch(func, new_args, new_kwargs, func, new_args, new_kwargs, None, rule, name, call, False)
+        result = mode.dispatch(base, base_args, base_kwargs, base, base_args, base_kwargs, None, rule, name, call, False)
+        if target is None:
+            return result
+        target.copy_(result)  # (the rule's value, with its multipliers, written where the model wrote it)
+        mode.written_into(target)
+        return target
 
     def _mirror(
         self,

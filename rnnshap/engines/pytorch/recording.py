@@ -54,7 +54,7 @@ class TapePass(TrackingPass):
         self.track(result)
         self._mark_indices(result, name, rule, call)
         if target is not None:
-            self._written_into(target)
+            self.written_into(target)
         return result
 
     def _replay(
@@ -79,11 +79,11 @@ class TapePass(TrackingPass):
                 with torch.autocast(autocast[0], enabled=False):
                     result = rule.attribute(call)
         except ValueError as error:  # a rule that does not fit this call and did not say so in time
-            raise UnsupportedOperationError([(name, str(error), getattr(error, "advice", "operands"))]) from error
+            raise UnsupportedOperationError.misfit(name, error) from error
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]
-            self._written_into(target)
+            self.written_into(target)
         self.track(result)
         self._mark_indices(result, name, rule, call)
         return result
@@ -102,7 +102,7 @@ class TapePass(TrackingPass):
         if isinstance(result, Tensor) and result.is_floating_point():
             self.track(result)
             if target is not None:
-                self._written_into(target)
+                self.written_into(target)
             return result
         outputs = [leaf for leaf in tensors_of(result) if isinstance(leaf, Tensor)]
         if outputs and not any(t.is_floating_point() or t.is_complex() for t in outputs):
@@ -110,7 +110,7 @@ class TapePass(TrackingPass):
             self.mark_decisions(result, name)
         self.track(result)
         if target is not None:
-            self._written_into(target)
+            self.written_into(target)
         return result
 
     @staticmethod

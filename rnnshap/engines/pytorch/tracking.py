@@ -118,7 +118,7 @@ class TrackingPass(TorchFunctionMode):
                 found.append(i)
         return tuple(found)
 
-    def _written_into(self, target: Tensor) -> None:
+    def written_into(self, target: Tensor) -> None:
         """``target`` (and the tensor it is a view of) received a tracked value in place."""
         self.track(target)
         root = target._base if target._base is not None else target
@@ -190,7 +190,10 @@ class TrackingPass(TorchFunctionMode):
                 if handle_of is not None and leaf.dtype != torch.bool:
                     if self.replay:
                         with torch.enable_grad():  # (an argmax under no_grad() picks all the same)
-                            handle = handle_of(call, leaf)
+                            try:
+                                handle = handle_of(call, leaf)
+                            except ValueError as error:  # (a pick the rule finds it cannot credit)
+                                raise UnsupportedOperationError.misfit(name, error) from error
                     else:
                         handle = leaf.to(torch.float64)
                     if handle is not None:

@@ -239,7 +239,7 @@ def test_casts_of_picked_indices_and_a_pick_under_no_grad_stay_exact(how: str, d
     [
         lambda h, u: h[..., u.argmax(1)],  # an Ellipsis before the index
         lambda h, u: h[:, u.argmax(1)],  # mixes the rows: h[:, idx] is (B, B)
-        lambda h, u: torch.zeros_like(h).scatter(1, u.argmax(1, keepdim=True), 1.0) * h,
+        lambda h, u: torch.zeros_like(h).scatter(1, u.argmax(1, keepdim=True), h) * h,  # input-dependent values written
         # picked by picked
         lambda h, u: h.gather(1, u.argmax(1, keepdim=True).expand(-1, 5).gather(1, u.argmin(1, keepdim=True))),
         lambda h, u: h * u.argmax(),  # over the whole batch
