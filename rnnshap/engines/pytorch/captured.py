@@ -58,6 +58,7 @@ from ...rules.gates import (
 )
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
+from ...rules.spectral import complex_rule
 from .calls import flatten_call, in_place_target, out_of_place
 from .captured_picks import pick_use, picked_handle, selected, selection_rule
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
@@ -462,9 +463,37 @@ def _example(argument: Any) -> Any:
     return argument.meta.get("example_value") if isinstance(argument, fx.Node) else argument
 
 
-def _floating(value: Any) -> bool:
+def _floating(value: Any, complex_too: bool = False) -> bool:
     leaves = [t for t in tree_flatten(value)[0] if isinstance(t, Tensor)]
-    return bool(leaves) and all(t.is_floating_point() for t in leaves)
+    return bool(leaves) and all(t.is_floating_point() or complex_too and t.is_complex() for t in leaves)
+
+
+def _complex_call(node: fx.Node, example: Any) -> bool:
+    """Whether a node computes on complex values: a complex operand or a complex result."""
+    values = [*tree_flatten(example)[0], *(_example(n) for n in node.all_input_nodes)]
+    return any(isinstance(v, Tensor) and v.is_complex() for v in values) or any(
+        isinstance(a, complex) for a in tree_flatten((node.args, node.kwargs))[0]
+    )
+
+
+def _on_complex(node: fx.Node, fn: Any, rule: Rule, name: str, tracked: set[fx.Node], out_of_place: bool) -> Rule:
+    """The rule of a call on complex values, as the intercepted pass decides it: the table's rule where it is linear in
+    the call's input-dependent operands (a Fourier transform, a view, a product with a constant spectrum), else the rule
+    for complex values (rules/spectral.py: a product of two spectra, a magnitude, an analytic function of one). Raises
+    :class:`NotCaptured` for any other (the intercepted pass refuses it by name)."""
+    arguments = (tuple(node.args), dict(node.kwargs))
+    leaves, spec, layout = flatten_call(*fx.node.map_arg(arguments, _example))
+    marked = flatten_call(*fx.node.map_arg(arguments, lambda n: _TRACKED if n in tracked else None))[0]
+    positions = tuple(i for i, leaf in enumerate(marked) if leaf is _TRACKED)
+    operands = [n for n in node.all_input_nodes if n in tracked]
+    if type(rule) in (Linear, Constant) or rule.is_linear(OpCall.flat(fn, name, leaves, spec, positions, None, layout)):
+        return rule
+    if any(isinstance(_example(n), Tensor) and _example(n).is_complex() for n in operands):
+        complex_rule_ = complex_rule(fn, rule, len(positions), out_of_place)
+        if complex_rule_ is not None:
+            return complex_rule_
+        raise NotCaptured(f"{name}: a nonlinear operation on a complex value without a rule for complex values")
+    raise NotCaptured(f"{name}: a real input-dependent value with a complex one through a nonlinear operation")
 
 
 class GraphPlan:
@@ -676,6 +705,8 @@ class GraphPlan:
         if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         rule = registry.op_rule(op_key(fn))
+        if fn is getattr and isinstance(examples[0][0], Tensor) and isinstance(node.args[1], str):
+            rule, name = registry.op_rule(("getter", node.args[1])), f"torch.Tensor.{node.args[1]}"  # (x.real, x.mT)
         if isinstance(rule, (Comparison, Predicate)) and written is None:
             # (a missing-value test is a gate's condition only; used otherwise, the same on both sides: a constant)
             conditions = all(_is_condition(user, node) for user in node.users)
@@ -687,9 +718,9 @@ class GraphPlan:
         if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node):
             return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
         example = node.meta.get("example_value")
-        if any(isinstance(t, Tensor) and t.is_complex() for t in tree_flatten(example)[0]):
-            raise NotCaptured(f"{name}: a complex result")
-        if not _floating(example) and not _values_only(node):
+        if rule is not None and not isinstance(rule, Refuse) and _complex_call(node, example):
+            rule = _on_complex(node, fn, rule, name, tracked, written is None)
+        if not _floating(example, complex_too=True) and not _values_only(node):
             raise NotCaptured(f"{name}: an integer or boolean result of input-dependent values (a comparison or a pick)")
         if node.target is operator.getitem and not isinstance(_example(node.args[0]), Tensor):
             return _Step(node, "linear", fn=operator.getitem, name="getitem")  # (an item of a tuple of results)

@@ -968,3 +968,27 @@ def test_integer_arithmetic_before_the_cast_runs_the_intercepted_pass_and_says_s
     data = torch.randint(0, 9, (5, 5), generator=g), torch.randint(0, 9, (3, 5), generator=g)
     captured = _handed_back(model, "intercepted: the captured pass does not take", data)
     assert "an integer input used as a number" in captured.pass_path, captured.pass_path
+
+
+def _spectral(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    spectrum = torch.fft.rfft(m.a(x.flatten(1)), dim=-1)  # (a Fourier transform and complex views: linear)
+    product = spectrum * torch.conj(torch.fft.rfft(torch.tanh(m.b(x.flatten(1))), dim=-1))  # (two spectra: bilinear)
+    parts = [torch.fft.irfft(product, n=6, dim=-1), spectrum.abs(), spectrum.imag,
+             torch.view_as_real(torch.tanh(spectrum * 0.3)).flatten(1)]  # fmt: skip
+    return m.c(torch.cat(parts, -1))
+
+
+def test_complex_values_are_captured_with_the_intercepted_values_bit_for_bit() -> None:
+    """A spectrum, its parts (``.imag``), a product of two spectra, a magnitude and an analytic function of complex values
+    (rules/spectral.py) on the captured pass: the intercepted pass's values bit for bit; a nonlinear operation without a rule for complex
+    values (``angle``) is refused by name as the intercepted pass refuses it."""
+    torch.manual_seed(0)
+    model = Composite(_spectral, a=nn.Linear(20, 6), b=nn.Linear(20, 6), c=nn.Linear(6 + 4 + 4 + 8, 2)).double().eval()
+    background, X = torch.randn(4, 20, dtype=torch.float64), torch.randn(3, 20, dtype=torch.float64)
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
+    angle = Function(lambda x: torch.fft.rfft(x.flatten(1), dim=-1).angle())
+    with pytest.raises(rnnshap.UnsupportedOperationError, match="angle"):
+        rnnshap.DeepExplainer(angle, background, compile="capture").shap_values(X)
