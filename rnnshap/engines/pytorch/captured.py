@@ -468,6 +468,12 @@ def _floating(value: Any, complex_too: bool = False) -> bool:
     return bool(leaves) and all(t.is_floating_point() or complex_too and t.is_complex() for t in leaves)
 
 
+def _indices_in(example: Any) -> bool:
+    """Whether an ordering's result holds indices (``torch.max(u, 1)``), not its values alone (``torch.max(a, b)``,
+    ``amax``)."""
+    return any(isinstance(t, Tensor) and t.dtype in (torch.int32, torch.int64) for t in tree_flatten(example)[0])
+
+
 def _complex_call(node: fx.Node, example: Any) -> bool:
     """Whether a node computes on complex values: a complex operand or a complex result."""
     values = [*tree_flatten(example)[0], *(_example(n) for n in node.all_input_nodes)]
@@ -715,9 +721,9 @@ class GraphPlan:
             if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
                 return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
             raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
-        if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node):
-            return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
         example = node.meta.get("example_value")
+        if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node) and _indices_in(example):
+            return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
         if rule is not None and not isinstance(rule, Refuse) and _complex_call(node, example):
             rule = _on_complex(node, fn, rule, name, tracked, written is None)
         if not _floating(example, complex_too=True) and not _values_only(node):
