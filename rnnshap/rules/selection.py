@@ -357,6 +357,8 @@ class Scattered(Selection):
                 "its values (or the tensor it writes into) are written from the input; only constant values written "
                 "into a constant tensor at picked positions are taken"
             )
+        if not call.args[0].is_floating_point():
+            return "it writes picked indices into an integer tensor; write into a floating-point one (torch.zeros_like(scores))"
         return None
 
     def reference(self, call: OpCall) -> Any:

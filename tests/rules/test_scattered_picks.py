@@ -166,8 +166,9 @@ def test_a_constant_written_at_picked_positions_adds_up(write: Callable[[Tensor,
     ("write", "says"),
     [(lambda t, idx, u: t.scatter(1, idx, u[:, :2]), "written from the input"),
      (lambda t, idx, u: t.scatter(1, torch.cat([idx, idx[:, :1]], 1), 1.0), "repeat"),
-     (lambda t, idx, u: t.scatter(1, idx, 1.0, reduce="add"), "reduce")],
-    ids=["a value from the input", "a pick written twice", "a reduction"],
+     (lambda t, idx, u: t.scatter(1, idx, 1.0, reduce="add"), "reduce"),
+     (lambda t, idx, u: t.long().scatter(1, idx, 1).to(u.dtype), "integer tensor")],
+    ids=["a value from the input", "a pick written twice", "a reduction", "into integers"],
 )  # fmt: skip
 def test_what_the_scatter_of_picks_cannot_take_is_refused_by_name(write: Callable[..., Tensor], says: str) -> None:
     torch.manual_seed(4)
