@@ -722,7 +722,8 @@ class GraphPlan:
                 return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
             raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
         example = node.meta.get("example_value")
-        if getattr(rule, "index_handle", None) is not None and written is None and not _values_only(node) and _indices_in(example):
+        picks = getattr(rule, "index_handle", None) is not None and _indices_in(example)
+        if picks and written is None and not _values_only(node):
             return _Step(node, "pick", fn=fn, rule=rule, name=name, swap=swap)  # (its indices' uses: on_picks)
         if rule is not None and not isinstance(rule, Refuse) and _complex_call(node, example):
             rule = _on_complex(node, fn, rule, name, tracked, written is None)

@@ -982,8 +982,8 @@ def _spectral(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_complex_values_are_captured_with_the_intercepted_values_bit_for_bit() -> None:
     """A spectrum, its parts (``.imag``), a product of two spectra, a magnitude and an analytic function of complex values
-    (rules/spectral.py) on the captured pass: the intercepted pass's values bit for bit; a nonlinear operation without a rule for complex
-    values (``angle``) is refused by name as the intercepted pass refuses it."""
+    (rules/spectral.py) on the captured pass: the intercepted pass's values bit for bit; a nonlinear operation without a
+    rule for complex values (``angle``) is refused by name as the intercepted pass refuses it."""
     torch.manual_seed(0)
     model = Composite(_spectral, a=nn.Linear(20, 6), b=nn.Linear(20, 6), c=nn.Linear(6 + 4 + 4 + 8, 2)).double().eval()
     background, X = torch.randn(4, 20, dtype=torch.float64), torch.randn(3, 20, dtype=torch.float64)
