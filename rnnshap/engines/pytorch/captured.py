@@ -487,10 +487,9 @@ def _on_complex(node: fx.Node, fn: Any, rule: Rule, name: str, tracked: set[fx.N
     the call's input-dependent operands (a Fourier transform, a view, a product with a constant spectrum), else the rule
     for complex values (rules/spectral.py: a product of two spectra, a magnitude, an analytic function of one). Raises
     :class:`NotCaptured` for any other (the intercepted pass refuses it by name)."""
-    arguments = (tuple(node.args), dict(node.kwargs))
-    leaves, spec, layout = flatten_call(*fx.node.map_arg(arguments, _example))
-    marked = flatten_call(*fx.node.map_arg(arguments, lambda n: _TRACKED if n in tracked else None))[0]
-    positions = tuple(i for i, leaf in enumerate(marked) if leaf is _TRACKED)
+    nodes, spec, layout = flatten_call(tuple(node.args), dict(node.kwargs))  # (a node is a leaf of the arguments)
+    positions = tuple(i for i, leaf in enumerate(nodes) if isinstance(leaf, fx.Node) and leaf in tracked)
+    leaves = [_example(leaf) for leaf in nodes]
     operands = [n for n in node.all_input_nodes if n in tracked]
     if type(rule) in (Linear, Constant) or rule.is_linear(OpCall.flat(fn, name, leaves, spec, positions, None, layout)):
         return rule
