@@ -374,8 +374,8 @@ def _out_of_place(
     inplace=True)`` as ``F.relu(x)``), its value taken by the node it wrote into from then on: the function, its
     arguments (nodes among them) and that node. Raises :class:`NotCaptured` where the write could reach another value
     (the target a view or an input, or a view of it taken before and read after) or writes into a value that does not
-    depend on the inputs (``buffer[t] = h``), unless ``tracked`` is None: a constant made in the forward written at
-    picked indices (not the model's own tensor)."""
+    depend on the inputs (``buffer[t] = h``), unless ``tracked`` is None: a tensor the forward made (not the model's
+    own), written by a call linear in what it writes (``out.scatter_add_(0, idx, msg)``) or at picked indices."""
     if node.target is operator.setitem:
         raise NotCaptured(f"{name}: an input-dependent value written into a tensor in place")
     examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
@@ -391,7 +391,7 @@ def _out_of_place(
         raise NotCaptured(f"{name}: written in place into a view of an input-dependent value, or one with views")
     # (each value that came of a node back to its node: tensors, and sizes of a graph captured for any batch)
     back = lambda a: by_example.get(id(a), a) if isinstance(a, (Tensor, torch.SymInt, torch.SymFloat, torch.SymBool)) else a  # noqa: E731
-    return base, (tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()}), written
+    return base, (tree_map(back, tuple(args)), tree_map(back, dict(kwargs))), written  # (in tuples too: index_put_'s)
 
 
 def _views_read_after(same: tuple[fx.Node, ...], node: fx.Node, order: dict[fx.Node, int]) -> bool:
@@ -706,7 +706,9 @@ class GraphPlan:
         examples = fx.node.map_arg((tuple(node.args), dict(node.kwargs)), _example)
         written, call = None, None
         if in_place_target(fn, *examples) is not None or _inplace_flag(fn, node.args):
-            fn, call, written = _out_of_place(node, fn, name, tracked, *writes)
+            # (linear in what it writes, into a buffer the forward made: out.scatter_add_(0, idx, msg), as setitem)
+            into = None if type(registry.op_rule(op_key(out_of_place(fn, *examples)[0]))) is Linear else tracked
+            fn, call, written = _out_of_place(node, fn, name, into, *writes)
         if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
         rule = registry.op_rule(op_key(fn))

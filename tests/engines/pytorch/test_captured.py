@@ -309,7 +309,19 @@ def _a_view_read_after_the_write(m: Any, x: torch.Tensor) -> torch.Tensor:
     return m.head(out * view.sum(1, keepdim=True))
 
 
-@pytest.mark.parametrize("forward", [_steps_written, _steps_reading_the_last, _a_view_read_after_the_write])
+def _messages_summed(m: Any, x: torch.Tensor) -> torch.Tensor:
+    """Each step's message summed into its destination step, as a graph network's message passing sums them: by
+    ``scatter_add_``, ``index_add_`` and ``index_put_`` with ``accumulate``, into buffers the forward made."""
+    messages = torch.tanh(m.l(x))  # (batch, steps, 6)
+    to = torch.tensor([1, 0, 1, 4, 2])
+    by_scatter = torch.zeros_like(messages).scatter_add_(1, to.view(1, -1, 1).expand_as(messages), messages)
+    by_index = messages.new_zeros(messages.shape).index_add_(1, to, messages)
+    rows = torch.arange(x.shape[0])[:, None]
+    by_put = torch.zeros(messages.shape).index_put_((rows, to[None, :]), messages, accumulate=True)
+    return m.head((by_scatter + 2.0 * by_index - by_put * 0.5).mean(1))
+
+
+@pytest.mark.parametrize("forward", [_steps_written, _steps_reading_the_last, _a_view_read_after_the_write, _messages_summed])
 def test_input_dependent_values_written_into_a_buffer_give_the_intercepted_values(forward: Callable[..., Any]) -> None:
     torch.manual_seed(0)
     model = Composite(forward, l=nn.Linear(3, 6), r=nn.Linear(6, 6), head=nn.Linear(6, 2))
