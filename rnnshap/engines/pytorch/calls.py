@@ -109,6 +109,12 @@ class PassMode(Tracking, Intercepting, Protocol):
     def dispatch(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+#: ``torch.broadcast_tensors``: each result is its own operand broadcast, linear in it alone
+BROADCASTS = frozenset(
+    f for f in (torch.broadcast_tensors, getattr(torch.functional, "broadcast_tensors", None)) if f is not None
+)
+
+
 #: types that torch's pytree treats as leaves (a Tensor, of any subclass, is a leaf too)
 _LEAF_TYPES = frozenset(
     {

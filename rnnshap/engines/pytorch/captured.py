@@ -59,7 +59,7 @@ from ...rules.gates import (
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from ...rules.spectral import complex_rule
-from .calls import flatten_call, in_place_target, out_of_place
+from .calls import BROADCASTS, flatten_call, in_place_target, out_of_place
 from .captured_picks import pick_use, picked_handle, selected, selection_rule
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
@@ -350,6 +350,10 @@ _ALIASING = frozenset({
     "dropout", "alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d", "to", "type", "type_as",
     "float", "double", "half", "bfloat16", "cpu", "cuda", "identity",
 })  # fmt: skip
+
+
+#: the rule of ``torch.broadcast_tensors`` (:data:`.calls.BROADCASTS`): each result linear in its own operand
+_EACH_ITS_OWN = Linear()
 
 
 def _aliases(node: fx.Node) -> bool:
@@ -711,7 +715,7 @@ class GraphPlan:
             fn, call, written = _out_of_place(node, fn, name, into, *writes)
         if reads_layout(fn, node) or _shape_only(fn, node, tracked):
             return _Step(node, "value")  # (the same on both sides of every pair: run on the input side)
-        rule = registry.op_rule(op_key(fn))
+        rule = registry.op_rule(op_key(fn)) if fn not in BROADCASTS else _EACH_ITS_OWN
         if fn is getattr and isinstance(examples[0][0], Tensor) and isinstance(node.args[1], str):
             rule, name = registry.op_rule(("getter", node.args[1])), f"torch.Tensor.{node.args[1]}"  # (x.real, x.mT)
         if isinstance(rule, (Comparison, Predicate)) and written is None:

@@ -53,7 +53,7 @@ from ...rules.refusals import is_reduction, misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from ...rules.selection import topk_of_every_position
 from ...rules.spectral import complex_rule
-from .calls import cached_op_name, flatten_call, in_place_target, out_of_place
+from .calls import BROADCASTS, cached_op_name, flatten_call, in_place_target, out_of_place
 from .deferred import NEVER_DEFERRED
 from .functions import enclosing_function
 from .handwritten_norms import mark_of, mark_result, normalizing_rule
@@ -119,9 +119,6 @@ def _is_data_getter(func: Any) -> bool:
 #: writes it. With only that operand input-dependent, the result is a constant.
 _SHAPE_GIVERS = frozenset({torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.type_as})
 #: ``torch.broadcast_tensors``: each result is its operand broadcast (linear in it alone)
-_BROADCASTS = frozenset(
-    f for f in (torch.broadcast_tensors, getattr(torch.functional, "broadcast_tensors", None)) if f is not None
-)
 #: operations that read only the shape, dtype or device of a tensor: all a ``.data`` view may be used for
 _SHAPE_READS = frozenset({"new", "new_zeros", "new_ones", "new_empty", "new_full", "size", "dim", "numel", "__len__", "stride",
                           "is_contiguous", "nelement", "ndimension", "element_size", "zeros_like", "ones_like", "empty_like",
@@ -304,7 +301,7 @@ class AttributionMode(TapePass):
         out of place, and the rest through :meth:`dispatch`."""
         if tracked[0] != 0 and len(tracked) == 1 and func in _SHAPE_GIVERS:
             return func(*args, **kwargs)  # idx.expand_as(src): src gives the shape only
-        if func in _BROADCASTS:
+        if func in BROADCASTS:
             return self._broadcast(func, args, kwargs, leaves, tracked)
         rule = self.registry.op_rule(func)
         if isinstance(rule, Refuse) and _is_data_getter(func):

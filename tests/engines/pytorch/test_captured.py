@@ -1006,3 +1006,18 @@ def test_complex_values_are_captured_with_the_intercepted_values_bit_for_bit() -
     angle = Function(lambda x: torch.fft.rfft(x.flatten(1), dim=-1).angle())
     with pytest.raises(rnnshap.UnsupportedOperationError, match="angle"):
         rnnshap.DeepExplainer(angle, background, compile="capture").shap_values(X)
+
+
+def _broadcast(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    a, b = torch.broadcast_tensors(torch.tanh(m.a(x.flatten(1)))[:, None, :], m.b)  # (batch, 3, 6): each its own operand
+    return m.c((a * b).sum(1))
+
+
+def test_tensors_broadcast_together_are_captured_with_the_intercepted_values_bit_for_bit() -> None:
+    torch.manual_seed(0)
+    model = Composite(_broadcast, a=nn.Linear(20, 6), b=nn.Parameter(torch.randn(3, 1)), c=nn.Linear(6, 2)).eval()
+    background, X = _data()
+    captured = rnnshap.DeepExplainer(model, background, compile="capture")
+    got = captured.shap_values(X)
+    assert captured.pass_path.startswith(CAPTURED), captured.pass_path
+    assert _same(got, rnnshap.DeepExplainer(model, background, compile=False).shap_values(X))
