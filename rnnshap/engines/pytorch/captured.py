@@ -478,6 +478,18 @@ def _indices_in(example: Any) -> bool:
     return any(isinstance(t, Tensor) and t.dtype in (torch.int32, torch.int64) for t in tree_flatten(example)[0])
 
 
+def _compared(node: fx.Node, fn: Any, rule: Rule, name: str, swap: bool) -> _Step:
+    """A comparison's (or a missing-value test's) step: a "mask" used as a gate's condition (or, a comparison's, cast
+    to floating point, combined or moved for those uses); a missing-value test used otherwise is "same" (the same on
+    both sides: a constant). Raises :class:`NotCaptured` for a comparison's mask used otherwise."""
+    conditions = all(_is_condition(user, node) for user in node.users)
+    if conditions or isinstance(rule, Comparison) and _mask_uses_only(node):
+        return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
+    if isinstance(rule, Predicate):
+        return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
+    raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
+
+
 def _complex_call(node: fx.Node, example: Any) -> bool:
     """Whether a node computes on complex values: a complex operand or a complex result."""
     values = [*tree_flatten(example)[0], *(_example(n) for n in node.all_input_nodes)]
@@ -719,13 +731,7 @@ class GraphPlan:
         if fn is getattr and isinstance(examples[0][0], Tensor) and isinstance(node.args[1], str):
             rule, name = registry.op_rule(("getter", node.args[1])), f"torch.Tensor.{node.args[1]}"  # (x.real, x.mT)
         if isinstance(rule, (Comparison, Predicate)) and written is None:
-            # (a missing-value test is a gate's condition only; used otherwise, the same on both sides: a constant)
-            conditions = all(_is_condition(user, node) for user in node.users)
-            if conditions or isinstance(rule, Comparison) and _mask_uses_only(node):
-                return _Step(node, "mask", fn=fn, rule=rule, name=name, swap=swap)
-            if isinstance(rule, Predicate):  # (a missing-value test used otherwise: the same on both sides, a constant)
-                return _Step(node, "same", fn=fn, rule=rule, name=name, swap=swap)
-            raise NotCaptured(f"{name}: a comparison's mask used other than as a where's condition or cast to floating point")
+            return _compared(node, fn, rule, name, swap)
         example = node.meta.get("example_value")
         picks = getattr(rule, "index_handle", None) is not None and _indices_in(example)
         if picks and written is None and not _values_only(node):
