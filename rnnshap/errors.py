@@ -62,10 +62,10 @@ ADVICE: dict[str, str] = {
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
     "infinite_pick": (
-        "{op} picks among values masked to -inf on one side of a pair and not the other. Where the picks are all "
-        "that is read (a router's top-k indices), masking with a finite value below every score gives the same "
-        "picks, and those are attributed exactly (masked_fill(~mask, 0.0) where the scores are positive, as "
-        "sigmoid scores are)."
+        "{op} reads values that are infinite on one side of a pair only. An ordering's picks read directly from a "
+        "moving mask's -inf fill (a router's topk over masked_fill(~mask, -inf)) are attributed, as the limit of "
+        "finite fills; anything else has no finite multiplier there. Fill with a finite value where the model allows "
+        "it (below every score, the picks are the same), or read the picks straight from the masked_fill."
     ),
     "no_grad": (
         "forward() computes on input-dependent tensors in inference mode ({op}): rnnshap "

@@ -18,6 +18,14 @@ arithmetic promotes the mask (``x * mask``). Logical combinations of masks are t
 polynomials of their steps (:func:`combined`). Any other use of the mask (an index, a count) has no rule
 here and stays refused by the engine.
 
+A ``where`` whose moving step fills entries with an infinity on one side of a pair only
+(``scores.masked_fill(~mask, -inf)``, a router leaving out the groups it did not pick) has no finite
+multiplier there. As the limit of finite fills, though, the change of such an entry is the step's
+alone, and an ordering's picks among the entries (``topk``) change by a finite amount: the entry's
+multiplier is given per unit of the step, the output is recorded in :data:`FILLS`, and an ordering
+read directly from it (``takes_fills``) hands the pick's change itself; any other operation reading
+it is refused by name (:func:`check_fills`).
+
 These rules need the engine's cooperation (the mask is a bool result of a rule on an
 input-dependent tensor, whose uses the engine refuses): :func:`gate_rules` returns the table to
 register once the engine lets a rule with ``takes_gate`` claim such a use; see
@@ -26,6 +34,7 @@ register once the engine lets a rule with ``takes_gate`` claim such a use; see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +71,37 @@ class Gate:
 
 #: bool masks made by :class:`Comparison` → their :class:`Gate` (weakly keyed: dropped with the mask)
 GATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+#: outputs of a gated :class:`Where` infinite on one side of a pair only where its step moved (a ``-inf`` fill of the
+#: entries a moving mask leaves out) → those entries (bool, the output's shape). Their multipliers are per unit of the
+#: step (see :meth:`Where.attribute`): only a rule that reads them so (``takes_fills``: an ordering's picks) may take
+#: the output; any other is refused there (weakly keyed: dropped with the output)
+FILLS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+class FilledOperand(ValueError):
+    """A rule that does not read fills (:data:`FILLS`) met one (refused with the advice ``"infinite_pick"``)."""
+
+    advice = "infinite_pick"
+
+
+#: why an operation that is not a reader of fills (:data:`FILLS`) is refused where it takes one
+FILLED = (
+    "it reads values filled with an infinity where the mask that fills them differs between an input and its reference "
+    "(masked_fill(~mask, -inf)), which have no finite multiplier (only an ordering's picks among them, read directly, do)"
+)
+
+
+def check_fills(rule: Any, operands: list[Any]) -> None:
+    """Raise :class:`FilledOperand` where ``rule`` (not a reader of fills: ``takes_fills``) takes an operand a moving
+    mask filled with an infinity on one side of a pair (:data:`FILLS`)."""
+    if FILLS and not getattr(rule, "takes_fills", False) and fills_of(operands) is not None:
+        raise FilledOperand(FILLED)
+
+
+def fills_of(tensors: list[Any]) -> Tensor | None:
+    """The entries of the first of ``tensors`` that a moving mask filled with an infinity on one side only
+    (:data:`FILLS`), or None."""
+    return next((FILLS[t] for t in tensors if isinstance(t, Tensor) and t in FILLS), None)
 
 
 #: the logical operations on bool masks → what they compute. Out of place only: an in-place one (``m &= c``) writes
@@ -326,14 +366,28 @@ class Where(Rule):
         chosen = input_.detach() if isinstance(input_, Tensor) else input_
         otherwise = other.detach() if isinstance(other, Tensor) else other
         output = torch.where(condition, chosen, otherwise)
+        m_a, m_b = mean_step, 1 - mean_step
+        fills = None
+        if any(isinstance(v, (int, float)) and math.isinf(v) for v in (input_, other)):
+            # entries the moving step fills with the infinity on one side only: as the fill's limit of finite values,
+            # the whole change is the step's, its multiplier per unit of the step (a reader of FILLS hands the change)
+            fills = moved & (torch.isinf(output) ^ torch.isinf(torch.where(step_ref.bool(), a_r, b_r)))
+            if bool(fills.any()):
+                m_step = torch.where(fills, step - step_ref, m_step.expand(fills.shape))
+                m_a, m_b = (torch.where(fills, zero, m.expand(fills.shape)) for m in (m_a, m_b))
+            else:
+                fills = None
         players, multipliers = [gate.step], [m_step]
         if a_ref is not None:
             players.append(input_)
-            multipliers.append(mean_step)
+            multipliers.append(m_a)
         if b_ref is not None:
             players.append(other)
-            multipliers.append(1 - mean_step)
-        return with_multipliers(output, players, [m.expand(output.shape) for m in multipliers])
+            multipliers.append(m_b)
+        result = with_multipliers(output, players, [m.expand(output.shape) for m in multipliers])
+        if fills is not None:
+            FILLS[result] = fills.expand(output.shape)
+        return result
 
 
 def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
@@ -354,5 +408,5 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 __all__ = [
     "CASTS_TO_BOOL", "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "NonZero", "Predicate",
-    "Where", "gate_of", "gate_rules", "where_parts",
+    "FILLED", "FILLS", "FilledOperand", "Where", "check_fills", "fills_of", "gate_of", "gate_rules", "where_parts",
 ]

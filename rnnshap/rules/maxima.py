@@ -89,17 +89,48 @@ def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
     return [routed.scatter_add(-1, deciding, credit).reshape(shape)]
 
 
-def ranked_values(x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True) -> Tensor:
+def _decided(
+    x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool, fills: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`rnnshap.formulas.orderings.deciding` on ``x`` and ``r``. ``fills`` (None, or bool like ``x``): entries a
+    moving mask filled with an infinity on one side of the pair (:data:`rnnshap.rules.gates.FILLS`), decided as the
+    limit of finite fills: each side's infinity a finite value past every other value of its row, and its change one
+    unit of the mask's step (the fill's :class:`~rnnshap.rules.gates.Where` passes the change itself to the step).
+    Raises :class:`InfinitePick` where a change still decided by an infinite move is not such a fill's."""
+    xd, rd = x.detach(), r
+    if fills is not None:
+        finite = torch.cat([xd, rd], -1).masked_fill(~torch.isfinite(torch.cat([xd, rd], -1)), 0.0)
+        past = finite.abs().amax(-1, keepdim=True) * 2 + 1  # (past every finite value of the row, on either side)
+        xd, rd = (torch.where(fills & torch.isinf(t), torch.sign(t) * past, t) for t in (xd, rd))
+    deciding, delta, y, y_ref = orderings.deciding(TORCH, xd, rd, order_x, order_r, largest)
+    if fills is not None:  # (the values at the ranks the sides' own, infinities included)
+        delta = torch.where(fills.gather(-1, deciding), torch.ones_like(delta), delta)
+        y, y_ref = x.detach().gather(-1, order_x), r.gather(-1, order_r)
+    return deciding, delta, y, y_ref
+
+
+def _refuse_infinite(delta: Tensor, moved: Tensor) -> None:
+    if bool((torch.isinf(delta) & (moved != 0)).any()):
+        raise InfinitePick(
+            "a position that decided a pick moved to or from an infinite value between an input and its reference "
+            "that no moving mask filled it with, and that change has no finite multiplier"
+        )
+
+
+def ranked_values(
+    x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool = True, fills: Tensor | None = None
+) -> Tensor:
     r"""The values of ``x`` at the ranks ``order_x`` lists along its last axis (``order_r`` for the
     reference ``r``; see :func:`rnnshap.formulas.orderings.deciding`), each with its change :math:`y_j - y_{r,j}` credited to
     the position that decided rank ``j``: sorted values, top-k values, k-th values and medians.
 
     At rank 0 this is shap's max-pool rule (:func:`routed_max`). Where the ordering does not
     change, the multipliers are the permutation that sorts ``x``. Values that are the same infinity
-    on both sides (masked entries) get multiplier 0.
+    on both sides (masked entries) get multiplier 0; ``fills``: see :func:`_decided`.
     """
     with torch.no_grad():
-        deciding, delta, y, y_ref = orderings.deciding(TORCH, x.detach(), r, order_x, order_r, largest)
+        deciding, delta, y, y_ref = _decided(x, r, order_x, order_r, largest, fills)
+        _refuse_infinite(delta, torch.where(y == y_ref, 0.0, 1.0))
         factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
     return attach(y, [x], _routed, (deciding, factor), x.dtype)
 
@@ -112,6 +143,7 @@ def picked_index(
     largest: bool = True,
     order_x: Tensor | None = None,
     order_r: Tensor | None = None,
+    fills: Tensor | None = None,
 ) -> Tensor:
     r"""The indices ``index_x`` that the operation picked from ``x`` over its last axis (``(..., k)``:
     the positions at ranks 0..k−1, those it picks from the reference ``r`` being ``index_r``: the
@@ -124,21 +156,17 @@ def picked_index(
     that change (its multiplier times :math:`j_x - j_r`) is credited, as :func:`ranked_values`
     credits a value's change, to the position that decided the rank (see :func:`rnnshap.formulas.orderings.deciding`; for the
     maximum, :math:`j_x` where the input's maximum is at least the reference's, else :math:`j_r`),
-    with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited.
+    with multiplier credit / :math:`\Delta x` there. Where :math:`j_x = j_r` nothing is credited. ``fills``: see
+    :func:`_decided`.
     """
     with torch.no_grad():
         rank_x = index_x if order_x is None else order_x
         rank_r = index_r if order_r is None else order_r
-        deciding, delta, _, _ = orderings.deciding(TORCH, x.detach(), r, rank_x, rank_r, largest)
+        deciding, delta, _, _ = _decided(x, r, rank_x, rank_r, largest, fills)
         if order_x is not None:  # only the last rank is the index's
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
-        if bool((torch.isinf(delta) & (moved != 0)).any()):
-            raise InfinitePick(
-                "a position that decided a pick moved to or from an infinite value between an input and its reference "
-                "(a mask that differs between them, as a group-limited router's masked_fill(~mask, -inf)), and that "
-                "change has no finite multiplier"
-            )
+        _refuse_infinite(delta, moved)
         deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
     return attach(index_x.to(torch.float64), [x], _routed, (deciding, factor), x.dtype)
 

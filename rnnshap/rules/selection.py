@@ -43,6 +43,7 @@ from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH, gradient
 from .base import OpCall, Rule
 from .elementwise import attach
+from .gates import fills_of
 from .maxima import picked_index, ranked_values
 
 Tensor = torch.Tensor
@@ -197,6 +198,14 @@ class Ordering(Rule):
         ordered = [torch.sort(t.movedim(dim, -1), dim=-1, descending=largest, stable=True).indices[..., :rank] for t in sides]
         return ordered[0], ordered[1]
 
+    #: it reads entries a moving mask filled with an infinity as their fill's limit (rules/gates.py: FILLS)
+    takes_fills = True
+
+    @staticmethod
+    def _fills(call: OpCall, dim: int) -> Tensor | None:
+        fills = fills_of(call.inputs[:1])
+        return None if fills is None else fills.movedim(dim, -1)
+
     def attribute(self, call: OpCall) -> Any:
         dim, largest, rank, keepdim = self._bound(call)
         assert dim is not None
@@ -205,7 +214,7 @@ class Ordering(Rule):
             return result
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
         order_x, order_r = self._orders(call, dim, largest, rank, result.indices)
-        values = ranked_values(x, r, order_x, order_r, largest)
+        values = ranked_values(x, r, order_x, order_r, largest, self._fills(call, dim))
         if rank is not None:  # kthvalue, median: the last rank
             values = values[..., -1:] if keepdim else values[..., -1]
             return type(result)((values if not keepdim else values.movedim(-1, dim), result.indices))
@@ -217,11 +226,13 @@ class Ordering(Rule):
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
         index_r = self._run(call, call.references[0])
         index_r = index_r if isinstance(index_r, Tensor) else index_r.indices
+        fills = self._fills(call, dim)
         if rank is None:
-            return picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest).movedim(-1, dim)
+            picked = picked_index(x, r, indices.movedim(dim, -1), index_r.movedim(dim, -1), largest, fills=fills)
+            return picked.movedim(-1, dim)
         order_x, order_r = self._orders(call, dim, largest, rank, indices)
         index_x, index_r = (t.unsqueeze(-1) if not keepdim else t.movedim(dim, -1) for t in (indices, index_r))
-        handle = picked_index(x, r, index_x, index_r, largest, order_x, order_r)
+        handle = picked_index(x, r, index_x, index_r, largest, order_x, order_r, fills)
         return handle.movedim(-1, dim) if keepdim else handle.squeeze(-1)
 
 

@@ -6,6 +6,9 @@ picks its experts among the rest. Written with a constant value into a constant 
 scatter is a sum of one-hot vectors of the picks, so each pick's change is credited through its handle as
 ``F.one_hot``'s is (tests/rules/test_orderings.py); a float cast to bool is the step ``x != 0`` (rules/gates.py).
 
+Filled with ``-inf`` (transformers 5's router), the groups left out on one side of a pair only move by an infinite
+amount: the values are the limit of finite fills, checked against fills of -1e3 and -1e6.
+
 Each check compares with an independent form of the same function (the scatter written as a sum of ``one_hot``s or
 with ``index_put``, the cast as a comparison), the model's own outputs (additivity), and a feature the model ignores
 (exactly 0); what the rule cannot take (a value written from the input, picks repeated along the scattered dimension,
@@ -195,21 +198,49 @@ def test_a_float_cast_to_bool_is_the_step_of_its_difference_from_zero() -> None:
     np.testing.assert_array_equal(values, _explain(by_comparison, background, X))
 
 
-def test_a_router_that_masks_its_groups_with_minus_infinity_is_refused_with_advice_that_works() -> None:
-    """Masked with ``-inf`` (transformers 5's form of the router), a group left out between an input and its reference
-    moves its experts' scores by an infinite amount: the top-k that ranks them is refused by name. Masked with 0 (the
-    advice; the scores are sigmoids, positive), the picks are the same and the values add up."""
+def test_a_router_that_fills_the_groups_it_leaves_out_with_minus_infinity_gets_the_limit_of_finite_fills() -> None:
+    """Filled with ``-inf`` (transformers 5's form of the router), an expert of a group left out on one side of a pair
+    only moves by an infinite amount. Filled with a finite value ``F`` below every score, the picks are the same and
+    the values exact; as ``F`` falls, the share of such an expert's own score vanishes and its group's step takes the
+    pick's whole change: ``-inf`` gets that limit. The values add up, the feature no one reads gets exactly 0, and the
+    captured pass gives the intercepted values."""
     torch.manual_seed(0)
     infinite = group_router(fill=-torch.inf).to(D).eval()
     background, X = _data(0)
-    assert len(_group_picks(infinite, torch.cat([X, background]))) > 1
-    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)topk: .*infinite value.*masking with a finite value"):
-        _explain(infinite, background, X)
-    finite = group_router().to(D).eval()
-    finite.load_state_dict(infinite.state_dict())
     with torch.no_grad():
-        assert torch.equal(finite(X), infinite(X))  # (the same picks: the same outputs)
-    assert_additive(_explain(finite, background, X), finite, X, background, D)
+        infinite.router.weight[:, -1] = 0.0
+        infinite.value.weight[:, -1] = 0.0
+    assert len(_group_picks(infinite, torch.cat([X, background]))) > 1
+    values = _explain(infinite, background, X)
+    assert_additive(values, infinite, X, background, D)
+    assert np.all(values[:, -1] == 0.0) and np.abs(values).max() > 0
+    gaps = []
+    for fill in (-1e3, -1e6):
+        finite = group_router(fill=fill).to(D).eval()
+        finite.load_state_dict(infinite.state_dict())
+        with torch.no_grad():
+            assert torch.equal(finite(X), infinite(X))  # (the same picks: the same outputs)
+        gaps.append(np.abs(_explain(finite, background, X) - values).max())
+    assert gaps[1] < 2e-3 * gaps[0] and gaps[1] < 1e-5 * np.abs(values).max()  # (the gap falls as 1/|F|)
+    captured = rnnshap.DeepExplainer(infinite, background, compile="capture")
+    np.testing.assert_allclose(captured.shap_values(X), values, rtol=1e-12, atol=1e-14)
+    assert captured.pass_path.startswith("captured"), captured.pass_path
+
+
+def test_values_filled_with_minus_infinity_by_a_moving_mask_are_refused_by_name_where_not_picked_from() -> None:
+    """Scores filled with -inf where a comparison's mask differs between an input and its reference have no finite
+    multiplier there: their concatenation before a softmax is refused by name (an ordering's picks among them, read
+    directly, are taken: the test above)."""
+    def forward(m: nn.Module, x: Tensor) -> Tensor:
+        scores = torch.where(m.u(x) > 0, m.u(x), -torch.inf)
+        return torch.softmax(torch.cat([torch.zeros_like(scores[:, :1]), scores], 1), -1) @ m.w  # (a key always kept)
+
+    model = Composite(forward, u=nn.Linear(5, 6), w=nn.Parameter(torch.randn(7, 1)))
+    torch.manual_seed(7)
+    model = model.to(D).eval()
+    background, X = torch.randn(4, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    with pytest.raises(rnnshap.UnsupportedOperationError, match=r"(?s)cat: it reads values filled with an infinity"):
+        _explain(model, background, X)
 
 
 def test_a_one_hot_written_by_scatter_at_an_argmax_gets_one_hots_values() -> None:

@@ -252,11 +252,12 @@ def test_a_mixture_of_experts_in_each_form_of_its_experts_adds_up_and_later_toke
         assert captured.pass_path.startswith("captured"), captured.pass_path
 
 
-def test_a_router_that_masks_the_groups_it_leaves_out_with_minus_infinity_is_refused_by_name() -> None:
+def test_a_router_that_fills_the_groups_it_leaves_out_with_minus_infinity_adds_up_and_later_tokens_get_exactly_zero() -> None:
     """GLM-4.5's (and DeepSeek-V3's) router with groups of experts (``n_group > 1``) scatters the groups it picks into a
     mask and, in transformers 5, fills the others' scores with -inf before its top-k: where the groups differ between an
-    input and its reference, that top-k is refused by name, not answered with NaN (the same router filling with a
-    finite value is exact: tests/rules/test_scattered_picks.py)."""
+    input and its reference, the pick's change goes to the groups' step (the limit of finite fills:
+    tests/rules/test_scattered_picks.py). The values add up, later tokens get exactly 0, and the captured pass gives
+    the same values."""
     model_class, settings = MIXTURES["Glm4Moe"]
     config = _config("Glm4Moe", **{**settings, "n_routed_experts": 8, "n_group": 4, "topk_group": 2})
     torch.manual_seed(0)
@@ -266,8 +267,16 @@ def test_a_router_that_masks_the_groups_it_leaves_out_with_minus_infinity_is_ref
     model.set_experts_implementation("batched_mm")
     g = torch.Generator().manual_seed(1)
     background, X = torch.randint(0, V, (3, T), generator=g), torch.randint(0, V, (2, T), generator=g)
-    with pytest.raises(UnsupportedOperationError, match=r"(?s)topk: .*infinite value"):
-        rnnshap.DeepExplainer(_held(model), background).shap_values(X)
+    head = _held(model)
+    values = rnnshap.DeepExplainer(head, background).shap_values(X)
+    with torch.no_grad():
+        f_x, f_r = head(X).double().numpy(), head(background).double().numpy()
+    bound = 64 * torch.finfo(torch.float32).eps * np.abs(np.concatenate([f_x, f_r])).max()
+    np.testing.assert_allclose(values.sum(1), f_x - f_r.mean(0), rtol=0, atol=bound)
+    assert np.all(values[:, POSITION + 1 :] == 0.0) and np.abs(values[:, : POSITION + 1]).max() > 0
+    captured = rnnshap.DeepExplainer(head, background, compile="capture")
+    ulps = 4 * torch.finfo(torch.float32).eps * np.abs(values).max()
+    np.testing.assert_allclose(captured.shap_values(X), values, rtol=0, atol=ulps)
 
 
 def test_experts_hidden_in_a_closure_are_refused_with_advice_that_works() -> None:

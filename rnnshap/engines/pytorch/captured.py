@@ -44,16 +44,21 @@ from ...rules.composite import Quotient
 from ...rules.elementwise import Product, with_multipliers
 from ...rules.gates import (
     CASTS,
+    FILLED,
+    FILLS,
     GATES,
     LOGICAL,
     MOVES,
     PROMOTING,
     SAME_ON_MASKS,
     Comparison,
+    FilledOperand,
     Gate,
     Predicate,
     Side,
+    check_fills,
     combined,
+    fills_of,
     gate_of,
 )
 from ...rules.refusals import misfit
@@ -910,7 +915,12 @@ class GraphPlan:
             return GraphPlan._on_picked_pair(step, env, side)
         if step.kind == "linear":
             r = _reference_side(fn, args, kwargs, env) if given is None else given
-            return PairValue(r, r) if alone else PairValue(fn(*_resolve(args, env, 0), **_resolve(kwargs, env, 0)), r)
+            if alone:
+                return PairValue(r, r)
+            x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
+            if FILLS and fills_of(tree_flatten((x_args, x_kwargs))[0]) is not None:
+                raise NotCaptured(f"{step.name}: {FILLED}")
+            return PairValue(fn(*x_args, **x_kwargs), r)
         rule = step.rule
         assert rule is not None
         ref_leaves, spec, layout = flatten_call(_resolve(args, env, 1), _resolve(kwargs, env, 1))
@@ -941,6 +951,10 @@ class GraphPlan:
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
         if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
             return PairValue(fn(*x_args, **x_kwargs), r)
+        try:
+            check_fills(rule, [leaves[i] for i in step.tracked])
+        except FilledOperand as error:
+            raise NotCaptured(f"{step.name}: {error}") from error
         out = rule.attribute(call)
         if step.kind == "pick":
             return PickedValue(out, r, picked_handle(rule, call, out))

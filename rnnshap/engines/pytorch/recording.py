@@ -13,6 +13,7 @@ import torch
 
 from ...errors import UnsupportedOperationError
 from ...rules.base import Constant, OpCall, Rule
+from ...rules.gates import FILLED, FILLS, check_fills, fills_of
 from ...rules.registry import op_key
 from .tape import TapeEntry
 from .tensor_map import tensors_of
@@ -73,6 +74,7 @@ class TapePass(TrackingPass):
         if autocast is not None:
             call = _cast_call(call, autocast[1])
         try:
+            check_fills(rule, [call.leaves[i] for i in call.tracked])
             if autocast is None:
                 result = rule.attribute(call)
             else:  # (the rule computes in the dtype autocast gives the op; inside it nothing is cast again)
@@ -99,6 +101,8 @@ class TapePass(TrackingPass):
         result = func(*args, **kwargs)
         if isinstance(rule, Constant):
             return result
+        if FILLS and self.replay and fills_of(tensors_of((args, kwargs))) is not None:
+            self.refuse(name, FILLED, "infinite_pick")  # (a fill moved or summed: its multipliers are per unit of its step)
         if isinstance(result, Tensor) and result.is_floating_point():
             self.track(result)
             if target is not None:
