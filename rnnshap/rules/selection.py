@@ -355,10 +355,15 @@ class Scattered(Selection):
 
     @staticmethod
     def _parts(call: OpCall) -> tuple[Tensor, int, Any]:
-        """(the tensor written into, the dimension, the value or values written) on the input side."""
+        """(the tensor written into, the dimension, the number or the tensor of values written) on the input side,
+        given by position or by name (a 0-dim tensor ``value=`` as its number)."""
         args, kwargs = call.args, call.kwargs
+        target: Tensor = args[0] if args else kwargs["input"] if "input" in kwargs else kwargs["self"]
+        dim = args[1] if len(args) > 1 else kwargs["dim"]
         written = args[3] if len(args) > 3 else kwargs.get("value", kwargs.get("src"))
-        return args[0], int(args[1] if len(args) > 1 else kwargs["dim"]), written
+        if isinstance(written, Tensor) and "value" in kwargs:
+            written = written.item()
+        return target, int(dim), written
 
     def refusal(self, call: OpCall) -> str | None:
         if "reduce" in call.kwargs or len(call.args) > 4:
@@ -368,13 +373,14 @@ class Scattered(Selection):
                 "its values (or the tensor it writes into) are written from the input; only constant values written "
                 "into a constant tensor at picked positions are taken"
             )
-        if not call.args[0].is_floating_point():
+        if not self._parts(call)[0].is_floating_point():
             return "it writes picked indices into an integer tensor; write into a floating-point one (torch.zeros_like(scores))"
         return None
 
     def reference(self, call: OpCall) -> Any:
         target, dim, written = self._parts(call)
-        return target.scatter(dim, call.ref_leaves[self.index].long(), written)
+        index = call.ref_leaves[self.index].long()
+        return target.scatter(dim, index, written) if isinstance(written, Tensor) else target.scatter(dim, index, value=written)
 
     def attribute(self, call: OpCall) -> Any:
         handle, index_x, index_r, _, _ = self._sides(call)
@@ -384,7 +390,7 @@ class Scattered(Selection):
             if bool((count.scatter_add_(dim, index, torch.ones_like(index, dtype=torch.int32)) > 1).any()):
                 raise _Repeated(
                     f"the indices it writes at repeat along dimension {dim} on {side}'s side, where a scatter writes one "
-                    "of the repeated values and leaves the others out: write with one_hot(idx).sum() or scatter_add"
+                    "of the repeated values and leaves the others out: write F.one_hot(idx, n).sum(dim) for counts"
                 )
         if isinstance(written, Tensor):
             values = written[tuple(slice(0, n) for n in index_x.shape)].to(target.dtype)

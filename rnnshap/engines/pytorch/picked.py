@@ -151,7 +151,7 @@ class PickedUses:
         unattributed = (
             f"it uses the indices that {origin} picked from an input-dependent tensor in a form rnnshap does not attribute "
             "(it attributes gather, take_along_dim, h[torch.arange(B), idx], index_select or embedding from a table, "
-            "one_hot, and arithmetic, shape operations and casts on the indices)"
+            "one_hot, a constant scattered at them, and arithmetic, shape operations and casts on the indices)"
         )
         if selection is not None:
             return self._select(func, args, kwargs, selection, handles, name, unattributed)
