@@ -176,6 +176,14 @@ WRITTEN_AFTER_READ = (
     "of place (state = torch.cat(...) or torch.stack(...) instead of state[..., i] = value). " + SHAPLEY_DOOR
 )
 
+#: Said where the model's own forward, with gradients, reads a view that its base's in-place write invalidated
+VIEW_WRITTEN_AFTER = (
+    "The model's forward writes in place into a tensor after taking views of it with a function that returns several "
+    "(split, chunk, unbind), then reads such a view (torch: {torch}), so torch.autograd cannot run this forward with "
+    "gradients, nor can DeepSHAP. Take the views after the write (buffer.index_add_(...), then buffer.split(...)), or "
+    "write out of place (buffer = buffer.index_add(...)). " + SHAPLEY_DOOR
+)
+
 #: Said where a model's own calls on the same rows differ (both doors' checks find it)
 RANDOM_MODEL = (
     "The model is random at inference: two calls on the same rows give outputs {gap:.3g} apart. A Dropout or noise "

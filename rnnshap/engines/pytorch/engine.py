@@ -28,7 +28,7 @@ from .captured import CapturedPasses
 from .captured_tokens import Lookup, token_contributions
 from .checks import ModelChecks, check_integer_uses, check_missing_values_handled, holds_nan
 from .discrete import MASK, NUMBER, TOKEN
-from .gradients import chosen_gradients, contribution
+from .gradients import chosen_gradients, contribution, differentiable_forward
 from .kept import KeptReferencePasses, kept_key
 from .keras_on_torch import KerasModule
 from .model_forms import LayerForm
@@ -447,10 +447,12 @@ class TorchEngine(Engine):
         if self._unordered[0]:  # (the samples may sit where the background does not show an order read)
             self.checks.unordered_topk(set(self._unordered[0]), self._unordered[1], [x[block.s0 : block.s1] for x in inputs])
         state = PreservedState(self.model)  # taken once: every pass and plain forward below restores it
-        ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), context if distinct else None)
-        if ran is None:
-            p = PairPass(block, leaves, references, Tape(), grid, state, chosen_columns)
-            ran = self._intercepted(p, inputs, context, distinct, shadows, masks)
+        with differentiable_forward():
+            shared = context if distinct else None
+            ran = self._run_captured(leaves, references, grid, chosen_columns, state, (block, inputs), shared)
+            if ran is None:
+                p = PairPass(block, leaves, references, Tape(), grid, state, chosen_columns)
+                ran = self._intercepted(p, inputs, context, distinct, shadows, masks)
         return self._block_result(block, leaves, references, ran, (k, per_pair, multipliers))
 
     @staticmethod

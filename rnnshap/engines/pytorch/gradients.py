@@ -4,11 +4,13 @@ batched backward (:func:`grads_per_output`), and each input's contribution, mult
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 
-from ...errors import WRITTEN_AFTER_READ, ModelStateError, UnsupportedOperationError
+from ...errors import VIEW_WRITTEN_AFTER, WRITTEN_AFTER_READ, ModelStateError, UnsupportedOperationError
 from ...formulas.torch_ops import gradient
 
 Tensor = torch.Tensor
@@ -65,6 +67,20 @@ def grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:
 
 #: what torch's backward says where a tensor it saved was written into after it was read
 _WRITTEN = "modified by an inplace operation"
+#: what torch says where a forward with gradients reads a view of several that a write into its base invalidated
+_VIEWS = "output of a function that returns multiple views"
+
+
+@contextlib.contextmanager
+def differentiable_forward() -> Iterator[None]:
+    """Turn torch's refusal to run a forward with gradients (a view of several, ``split``'s, read after a write into
+    its base: :data:`_VIEWS`) into the :class:`~rnnshap.errors.ModelStateError` that says why and what to do."""
+    try:
+        yield
+    except RuntimeError as error:
+        if _VIEWS not in str(error):
+            raise
+        raise ModelStateError(VIEW_WRITTEN_AFTER.format(torch=str(error).split(". ")[0])) from error
 
 
 def _grads_per_output(chosen: Tensor, leaves: list[Tensor]) -> list[Tensor]:

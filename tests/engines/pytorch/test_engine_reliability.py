@@ -228,6 +228,38 @@ def test_writes_into_a_preallocated_buffer_are_attributed(kind: str) -> None:
     assert np.all(values[:, :, 3] == 0.0)
 
 
+def _views_then_written(m: nn.Module, x: Tensor) -> Tensor:
+    """Views taken of a buffer by a function that returns several (``split``), then the buffer written in place with
+    input-dependent values: torch refuses to differentiate a read of such a view, in the model's own forward too."""
+    buffer = torch.zeros(x.shape[0], 6, dtype=x.dtype)
+    first, _ = buffer.split(3, 1)
+    buffer.index_add_(1, torch.tensor([1, 0, 1, 4, 2, 5]), torch.tanh(m.l(x)))
+    return m.head(first)
+
+
+def test_a_view_written_through_its_base_that_autograd_refuses_is_refused_by_name_with_advice_that_works() -> None:
+    model = Composite(_views_then_written, l=nn.Linear(5, 6), head=nn.Linear(3, 1)).to(D).eval()
+    background, X = torch.randn(4, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    x = X.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="returns multiple views"):  # (the model's own forward, with gradients)
+        model(x).sum().backward()
+    for compile in (False, "capture"):
+        with pytest.raises(rnnshap.errors.ModelStateError, match=r"(?s)returns several.*Take the views after the write"):
+            rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X)
+    after = Composite(lambda m, x: m.head(_written_then_viewed(m, x)), l=nn.Linear(5, 6), head=nn.Linear(3, 1))
+    after = after.to(D).eval()
+    after.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(after(X), model(X))  # (the advice followed: the same function)
+    assert_additive(_explain(after, background, X), after, X, background, D)
+
+
+def _written_then_viewed(m: nn.Module, x: Tensor) -> Tensor:
+    buffer = torch.zeros(x.shape[0], 6, dtype=x.dtype)
+    buffer.index_add_(1, torch.tensor([1, 0, 1, 4, 2, 5]), torch.tanh(m.l(x)))
+    return buffer.split(3, 1)[0]
+
+
 # -- 3. checkpoint, clamp with tensor bounds, einsum of three operands, selections --------------------------
 def checkpointed(m: nn.Module, x: Tensor) -> Tensor:
     def block(z: Tensor) -> Tensor:
