@@ -766,16 +766,7 @@ class GraphPlan:
         for step in self.steps:
             node = step.node
             if node.op == "placeholder":
-                value = next(placeholders)
-                _bind(node.meta.get("example_value"), value, call.sizes)
-                if step.kind == "tokens":
-                    positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
-                    env[node] = TokenValue(value, call.references[step.position], positions, step.position)
-                elif step.kind == "input":
-                    value = call.attached.get(step.position, value)  # (the copy that carries the gradient)
-                    env[node] = PairValue(value, value if call.recording else call.references[step.position])
-                else:
-                    env[node] = value
+                env[node] = self._placeholder(step, next(placeholders), call)
             elif node.op == "call_function" and node.target in _GRAD_MODE:
                 grad = bool(node.args[0])
             elif step.kind == "value":
@@ -786,37 +777,59 @@ class GraphPlan:
             elif step.kind == "same":
                 env[node] = self._same(step, env)
             elif step.kind == "output":
-                if sides is not None and sides.recorded is not None and len(sides.values) != len(sides.recorded):
-                    raise _NotDistinct("the pairs' graph stopped before the references' did")
-                if sides is not None and sides.verifying:
-                    self.sides_verified = True
-                pairs: list[PairValue] = []
-                out = _resolve(node.args[0], env, 0, pairs)
-                call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
-                return out
+                return self._output(node, env, call)
             else:
                 try:
-                    side = self._side(step, call)
-                    operands = self._promote(step, env, call) if step.promoted else env
-                    operands = self._unmask(step, operands) if step.unmasked else operands
-                    # (a graph's first run with given sides: each step's reference side also computed from its
-                    # operands' on the pairs, and compared with the given one)
-                    verifying = sides is not None and sides.verifying
-                    live = self._pair(step, operands, call.grid, (True, None)).r if verifying else None
-                    env[node] = self._pair(step, operands, call.grid, side)
-                    if live is not None:
-                        self._verify(step, live, side[1])
-                    if step.kind == "mask":
-                        env[node] = MaskValue(env[node].x, env[node].r)
-                    if call.recording:
-                        call.sides.values.append(env[node].r)  # type: ignore[union-attr]
-                    for written in step.writes:  # (the value written into in place is the step's from now on)
-                        env[written] = env[node]
+                    self._on_pairs(step, env, call)
                 except (NotCaptured, _NotDistinct, _Stale):
                     raise
                 except Exception as error:  # (the intercepted pass runs it again, and refuses it by name where it must)
                     raise NotCaptured(f"{step.name} ({type(error).__name__} in its rule)") from error
         raise NotCaptured("a graph without an output")
+
+    @staticmethod
+    def _placeholder(step: _Step, value: Any, call: _Call) -> Any:
+        """An input of the graph on the pairs: token ids with their positions, an explained input as a pair (the copy
+        that carries the gradient on the input side), or the value given."""
+        _bind(step.node.meta.get("example_value"), value, call.sizes)
+        if step.kind == "tokens":
+            positions = torch.arange(1, value.numel() + 1, device=value.device).reshape(value.shape)
+            return TokenValue(value, call.references[step.position], positions, step.position)
+        if step.kind == "input":
+            value = call.attached.get(step.position, value)
+            return PairValue(value, value if call.recording else call.references[step.position])
+        return value
+
+    def _output(self, node: fx.Node, env: dict[fx.Node, Any], call: _Call) -> Any:
+        """The input side of the graph's outputs, their reference sides kept in ``call.outputs``."""
+        sides = call.sides
+        if sides is not None and sides.recorded is not None and len(sides.values) != len(sides.recorded):
+            raise _NotDistinct("the pairs' graph stopped before the references' did")
+        if sides is not None and sides.verifying:
+            self.sides_verified = True
+        pairs: list[PairValue] = []
+        out = _resolve(node.args[0], env, 0, pairs)
+        call.outputs = {id(p.x): p.r for p in pairs if isinstance(p.x, Tensor)}
+        return out
+
+    def _on_pairs(self, step: _Step, env: dict[fx.Node, Any], call: _Call) -> None:
+        """A step on input-dependent operands, into ``env``: its pair (its reference side given where the call has
+        it, and checked against the one its operands give on a graph's first run with given sides)."""
+        node, sides = step.node, call.sides
+        side = self._side(step, call)
+        operands = self._promote(step, env, call) if step.promoted else env
+        operands = self._unmask(step, operands) if step.unmasked else operands
+        verifying = sides is not None and sides.verifying
+        live = self._pair(step, operands, call.grid, (True, None)).r if verifying else None
+        env[node] = self._pair(step, operands, call.grid, side)
+        if live is not None:
+            self._verify(step, live, side[1])
+        if step.kind == "mask":
+            env[node] = MaskValue(env[node].x, env[node].r)
+        if call.recording:
+            call.sides.values.append(env[node].r)  # type: ignore[union-attr]
+        for written in step.writes:  # (the value written into in place is the step's from now on)
+            env[written] = env[node]
 
     @staticmethod
     def _promote(step: _Step, env: dict[fx.Node, Any], call: _Call) -> dict[fx.Node, Any]:
@@ -1223,30 +1236,11 @@ class CapturedPasses:
         explained = {
             i: r for i, (x, r) in enumerate(zip(leaves, references, strict=True)) if x.requires_grad or i in tokens
         }
-        before = python_state(self.model)
         start = waited(leaves[0].device)
-        try:
-            call, out = self._pairs_run(leaves, explained, grid, (tokens, columns), distinct, restore)
-        except NotCaptured as error:
-            self.path = f"intercepted: the captured pass does not take {error} yet"
+        ran = self._attempt(leaves, explained, grid, (tokens, columns), distinct, restore)
+        if ran is None:
             return None
-        except (RnnShapError, PlanFault):
-            raise
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            self.path = f"intercepted: a new input signature, beyond the {self.captures} graphs an explainer captures"
-            return None
-        except Exception as error:  # (torch.compile's own refusals, and what it raises where it fails to trace: a
-            # forward that fails by itself fails the intercepted pass alike, which raises it as it is)
-            lines = str(error).strip().splitlines()
-            reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-            # (tried again at every call, it would fail again at a capture's cost: this explainer captures no more)
-            self.off = f"torch.compile cannot capture the forward as one graph ({reason})"
-            self.path = f"intercepted: {self.off}"
-            return None
-        if python_state(self.model) != before:  # (captured anew at every call: this explainer captures no more)
-            self.off = "the forward changes the model's Python state, so it is captured anew at every call"
-            self.path = f"intercepted: {self.off}"
-            return None
+        call, out = ran
         if not call.planned or call.outputs is None:
             self.path = "intercepted: torch.compile ran the forward without its graph (a limit on recompiles)"
             return None
@@ -1275,6 +1269,42 @@ class CapturedPasses:
             + ("" if sides.captures is None else ", kept from an earlier call")
         )
         return flat.reshape(flat.shape[0], -1), grads, reference.detach(), per_position
+
+    def _attempt(
+        self,
+        leaves: list[Tensor],
+        explained: dict[int, Tensor],
+        grid: PairGrid,
+        asked: tuple[frozenset[int], Tensor | None],
+        distinct: tuple[Any, list[Tensor], Tensor] | None,
+        restore: Callable[[], None],
+    ) -> tuple[_Call, Any] | None:
+        """:meth:`_pairs_run`, or None where the call runs the intercepted pass (``path`` says why; ``off`` where this
+        explainer captures no more)."""
+        before = python_state(self.model)
+        try:
+            ran = self._pairs_run(leaves, explained, grid, asked, distinct, restore)
+        except NotCaptured as error:
+            self.path = f"intercepted: the captured pass does not take {error} yet"
+            return None
+        except (RnnShapError, PlanFault):
+            raise
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            self.path = f"intercepted: a new input signature, beyond the {self.captures} graphs an explainer captures"
+            return None
+        except Exception as error:  # (torch.compile's own refusals, and what it raises where it fails to trace: a
+            # forward that fails by itself fails the intercepted pass alike, which raises it as it is)
+            lines = str(error).strip().splitlines()
+            reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+            # (tried again at every call, it would fail again at a capture's cost: this explainer captures no more)
+            self.off = f"torch.compile cannot capture the forward as one graph ({reason})"
+            self.path = f"intercepted: {self.off}"
+            return None
+        if python_state(self.model) != before:  # (captured anew at every call: this explainer captures no more)
+            self.off = "the forward changes the model's Python state, so it is captured anew at every call"
+            self.path = f"intercepted: {self.off}"
+            return None
+        return ran
 
     def _not_now(self) -> str | None:
         """Why this call runs the intercepted pass before any capture, or None."""
