@@ -95,15 +95,7 @@ class TorchEngine(Engine):
         outputs, probe = self._probe_roles()
         #: calls of recurrent cells in one reference pass: a Python loop of cells where many (see compile_passes)
         self._cell_calls = sum(e.key in traced.CELLS for e in probe.tape.entries)
-        if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
-            raise InputError(
-                "No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to"
-            )
-        if outputs.dim() == 0 or outputs.shape[0] != self.references:
-            raise InputError(
-                f"The model maps {self.references} background rows to an output of shape "
-                f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
-            )
+        self._check_explainable(outputs)
         self.output_shape = tuple(outputs.shape[1:])
         least = self._computed_dtype(probe, outputs)
         #: the unsorted topk calls the passes take in rnnshap's order, and the eps of the least precise dtype the model
@@ -117,6 +109,18 @@ class TorchEngine(Engine):
         self._passes(probe, outputs)
         if layer is not None:
             layer.check_cut(*layer.background_cut, self._take)
+
+    def _check_explainable(self, outputs: Tensor) -> None:
+        """Refuse a model with no input to attribute to, or whose output's first dimension is not the batch."""
+        if not self.followed_inputs and not any(b.is_floating_point() for b in self.background):
+            raise InputError(
+                "No input is floating point, feeds an embedding or is cast to floating point, so there is nothing to attribute to"
+            )
+        if outputs.dim() == 0 or outputs.shape[0] != self.references:
+            raise InputError(
+                f"The model maps {self.references} background rows to an output of shape "
+                f"{tuple(outputs.shape)}; rnnshap needs the output's first dimension to be the batch."
+            )
 
     def _passes(self, probe: AttributionMode, outputs: Tensor) -> None:
         """The state of the passes a call runs: intercepted until :meth:`compile_passes` says otherwise, the reference
