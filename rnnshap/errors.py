@@ -61,6 +61,11 @@ ADVICE: dict[str, str] = {
         "max-pool, rank by rank, and their indices may select with gather, indexing, embedding or "
         "one_hot). Write the selection with one of those, along a dimension other than the batch's."
     ),
+    "repeated_write": (
+        "{op} writes values at positions of which some repeat, without accumulating: torch keeps one of the values "
+        "written there (which one, unspecified) while its gradient reaches every one, so no gradient method explains "
+        "it. Write each position once, or accumulate (index_put_(..., accumulate=True), index_add_, scatter_add_)."
+    ),
     "infinite_pick": (
         "{op} reads values that are infinite on one side of a pair only. An ordering's picks read directly from a "
         "moving mask's -inf fill (a router's topk over masked_fill(~mask, -inf)) are attributed, as the limit of "

@@ -12,6 +12,7 @@ takes torch's own path.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -107,6 +108,41 @@ class PassMode(Tracking, Intercepting, Protocol):
     def mark_decisions(self, result: Any, name: str) -> None: ...
     def op_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any: ...
     def dispatch(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+#: why a write of input-dependent values at repeated positions is refused (advice ``"repeated_write"``)
+REPEATED_WRITE = "it writes input-dependent values at positions of which some repeat, without accumulating"
+
+
+#: indexed writes that keep one value a position (not accumulating, unless index_put's ``accumulate``)
+_INDEXED_WRITES = frozenset({torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put, torch.index_put,
+                             torch.index_put_})  # fmt: skip
+
+
+def repeats_positions(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an indexed write (``t[key] = v``, ``t.index_put_(indices, v)`` without ``accumulate``) writes at a
+    position more than once: torch keeps one of the values written there, which one unspecified, and its gradient
+    reaches every one. Read on the host, and only where the key indexes with integers (a tensor or a list)."""
+    if func not in _INDEXED_WRITES:
+        return False
+    if func is torch.Tensor.__setitem__ and len(args) > 1:
+        target, key = args[0], args[1]
+    elif args:
+        if bool(args[3] if len(args) > 3 else kwargs.get("accumulate", False)):
+            return False
+        target, key = args[0], tuple(args[1] if len(args) > 1 else kwargs["indices"])
+    else:
+        return False
+    entries = key if isinstance(key, tuple) else (key,)
+    integers = [e for e in entries if isinstance(e, list) or isinstance(e, Tensor) and e.dtype != torch.bool]
+    if not integers or not isinstance(target, Tensor):
+        return False
+    with torch.no_grad():
+        shape = target[key].shape
+        ids = torch.arange(math.prod(shape), device=target.device).reshape(shape)
+        probe = torch.full(target.shape, -1, dtype=ids.dtype, device=target.device)
+        probe[key] = ids
+        return int((probe >= 0).sum()) < ids.numel()
 
 
 #: ``torch.broadcast_tensors``: each result is its own operand broadcast, linear in it alone

@@ -64,7 +64,7 @@ from ...rules.gates import (
 from ...rules.refusals import misfit
 from ...rules.registry import RuleRegistry, op_key, op_name
 from ...rules.spectral import complex_rule
-from .calls import BROADCASTS, flatten_call, in_place_target, out_of_place
+from .calls import BROADCASTS, REPEATED_WRITE, flatten_call, in_place_target, out_of_place, repeats_positions
 from .captured_picks import pick_use, picked_handle, selected, selection_rule
 from .captured_program import WRITE_AFTER, WRITTEN_ON, Programs
 from .captured_tokens import Lookup, TokenValue, lookup, move, reads_layout, token_contributions, token_use
@@ -933,6 +933,8 @@ class GraphPlan:
             x_args, x_kwargs = _resolve(args, env, 0), _resolve(kwargs, env, 0)
             if FILLS and fills_of(tree_flatten((x_args, x_kwargs))[0]) is not None:
                 raise NotCaptured(f"{step.name}: {FILLED}")
+            if repeats_positions(torch.Tensor.__setitem__ if fn is _written else fn, x_args, x_kwargs):
+                raise NotCaptured(f"{step.name}: {REPEATED_WRITE}")
             return PairValue(fn(*x_args, **x_kwargs), r)
         rule = step.rule
         assert rule is not None

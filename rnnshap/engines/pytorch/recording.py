@@ -15,6 +15,7 @@ from ...errors import UnsupportedOperationError
 from ...rules.base import Constant, OpCall, Rule
 from ...rules.gates import FILLED, FILLS, check_fills, fills_of
 from ...rules.registry import op_key
+from .calls import REPEATED_WRITE, repeats_positions
 from .tape import TapeEntry
 from .tensor_map import tensors_of
 from .tracking import TrackingPass
@@ -98,6 +99,8 @@ class TapePass(TrackingPass):
         Linear operations need nothing from the reference pass and stay off the tape: the input
         pass may run extra ones (autograd's backward hooks wrap inputs in views).
         """
+        if self.replay and repeats_positions(func, args, kwargs):
+            self.refuse(name, REPEATED_WRITE, "repeated_write")
         result = func(*args, **kwargs)
         if isinstance(rule, Constant):
             return result

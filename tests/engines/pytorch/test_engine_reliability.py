@@ -228,6 +228,35 @@ def test_writes_into_a_preallocated_buffer_are_attributed(kind: str) -> None:
     assert np.all(values[:, :, 3] == 0.0)
 
 
+def _set_at_repeated_columns(buffer: Tensor, h: Tensor) -> Tensor:
+    buffer[:, [0, 0, 3]] = h
+    return buffer
+
+
+#: input-dependent values written at positions of which some repeat, without accumulating: torch writes one of them,
+#: which one unspecified, and its gradient reaches every one
+REPEATED_WRITES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "setitem": _set_at_repeated_columns,
+    "index_put_": lambda buffer, h: buffer.index_put_((torch.arange(h.shape[0])[:, None], torch.tensor([[0, 0, 3]])), h),
+    "index_put": lambda buffer, h: buffer.index_put((torch.arange(h.shape[0])[:, None], torch.tensor([[0, 0, 3]])), h),
+}
+
+
+@pytest.mark.parametrize("form", list(REPEATED_WRITES))
+def test_values_written_at_repeated_positions_are_refused_by_name_where_they_would_be_wrong(form: str) -> None:
+    write = REPEATED_WRITES[form]
+    model = Composite(lambda m, x: m.c(write(torch.zeros(x.shape[0], 4, dtype=x.dtype), m.a(x))),
+                      a=nn.Linear(5, 3), c=nn.Linear(4, 1)).to(D).eval()  # fmt: skip
+    background, X = torch.randn(4, 5, dtype=D), torch.randn(3, 5, dtype=D)
+    for compile in (False, "capture"):
+        with pytest.raises(rnnshap.UnsupportedOperationError, match=r"repeat"):
+            rnnshap.DeepExplainer(model, background, compile=compile).shap_values(X, check_additivity=False)
+    once = Composite(lambda m, x: m.c(torch.zeros(x.shape[0], 4, dtype=x.dtype).index_put_(
+                         (torch.arange(x.shape[0])[:, None], torch.tensor([[0, 2, 3]])), m.a(x))),
+                     a=nn.Linear(5, 3), c=nn.Linear(4, 1)).to(D).eval()  # fmt: skip
+    assert_additive(_explain(once, background, X), once, X, background, D)  # (distinct positions: exact)
+
+
 def _views_then_written(m: nn.Module, x: Tensor) -> Tensor:
     """Views taken of a buffer by a function that returns several (``split``), then the buffer written in place with
     input-dependent values: torch refuses to differentiate a read of such a view, in the model's own forward too."""
