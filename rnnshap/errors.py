@@ -229,12 +229,6 @@ class UnsupportedOperationError(RnnShapError, TypeError):
     ``advice``.
     """
 
-    @classmethod
-    def misfit(cls, name: str, error: ValueError) -> UnsupportedOperationError:
-        """The refusal of ``name`` whose rule found, as it ran, that it does not fit the call (``error``, with the kind
-        of advice that fits in its ``advice`` attribute; ``"operands"`` by default)."""
-        return cls([(name, str(error), getattr(error, "advice", "operands"))])
-
     def __init__(self, ops: Sequence[Op]) -> None:
         self.ops: list[tuple[str, str]] = [(op[0], op[1]) for op in ops]
         self.advice: dict[str, str] = {op[0]: _advice_kind(op[0], op[2] if len(op) > 2 else "rule") for op in ops}  # type: ignore[misc]

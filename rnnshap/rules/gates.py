@@ -78,6 +78,16 @@ GATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 FILLS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+@dataclass(frozen=True)
+class Fill:
+    """The entries of a :class:`Where`'s output that its moving step fills with an infinity on one side only
+    (:data:`FILLS`), and whether they have the limit of finite fills (a step, or a step negated; a combination of
+    steps has none: its steps may move and cancel where it stays put, and its multipliers stay the branches')."""
+
+    entries: Tensor
+    limit: bool
+
+
 class FilledOperand(ValueError):
     """A rule that does not read fills (:data:`FILLS`) met one (refused with the advice ``"infinite_pick"``)."""
 
@@ -98,8 +108,8 @@ def check_fills(rule: Any, operands: list[Any]) -> None:
         raise FilledOperand(FILLED)
 
 
-def fills_of(tensors: list[Any]) -> Tensor | None:
-    """The entries of the first of ``tensors`` that a moving mask filled with an infinity on one side only
+def fills_of(tensors: list[Any]) -> Fill | None:
+    """The :class:`Fill` of the first of ``tensors`` that a moving mask filled with an infinity on one side only
     (:data:`FILLS`), or None."""
     return next((FILLS[t] for t in tensors if isinstance(t, Tensor) and t in FILLS), None)
 
@@ -370,13 +380,14 @@ class Where(Rule):
         fills = None
         if any(isinstance(v, (int, float)) and math.isinf(v) for v in (input_, other)):
             # entries the moving step fills with the infinity on one side only: as the fill's limit of finite values,
-            # the whole change is the step's, its multiplier per unit of the step (a reader of FILLS hands the change)
+            # the whole change is the step's, its multiplier per unit of the step (a reader of FILLS hands the change;
+            # a combination of steps has no such limit: its entries are recorded for their readers' refusal alone)
             fills = moved & (torch.isinf(output) ^ torch.isinf(torch.where(step_ref.bool(), a_r, b_r)))
-            if bool(fills.any()):
+            if not bool(fills.any()):
+                fills = None
+            elif not gate.combined:
                 m_step = torch.where(fills, step - step_ref, m_step.expand(fills.shape))
                 m_a, m_b = (torch.where(fills, zero, m.expand(fills.shape)) for m in (m_a, m_b))
-            else:
-                fills = None
         players, multipliers = [gate.step], [m_step]
         if a_ref is not None:
             players.append(input_)
@@ -386,7 +397,7 @@ class Where(Rule):
             multipliers.append(m_b)
         result = with_multipliers(output, players, [m.expand(output.shape) for m in multipliers])
         if fills is not None:
-            FILLS[result] = fills.expand(output.shape)
+            FILLS[result] = Fill(fills.expand(output.shape), not gate.combined)
         return result
 
 
@@ -408,5 +419,5 @@ def gate_rules(forms: Callable[..., list[Any]]) -> dict[Any, Rule]:
 
 __all__ = [
     "CASTS_TO_BOOL", "COMPARISONS", "COMPARISON_DUNDERS", "GATES", "PREDICATES", "Comparison", "Gate", "NonZero", "Predicate",
-    "FILLED", "FILLS", "FilledOperand", "Where", "check_fills", "fills_of", "gate_of", "gate_rules", "where_parts",
+    "FILLED", "FILLS", "Fill", "FilledOperand", "Where", "check_fills", "fills_of", "gate_of", "gate_rules", "where_parts",
 ]

@@ -16,6 +16,7 @@ from ..formulas.torch_ops import TORCH
 from ..recurrent.pairs import Side, defers, pair_sides
 from .base import OpCall, Rule
 from .elementwise import attach, shapley
+from .gates import FILLS, Fill
 
 Tensor = torch.Tensor
 
@@ -91,22 +92,25 @@ def _routed(ctx: Any, grad: Tensor) -> list[Tensor]:
 
 def _decided(
     x: Tensor, r: Tensor, order_x: Tensor, order_r: Tensor, largest: bool, fills: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`rnnshap.formulas.orderings.deciding` on ``x`` and ``r``. ``fills`` (None, or bool like ``x``): entries a
-    moving mask filled with an infinity on one side of the pair (:data:`rnnshap.rules.gates.FILLS`), decided as the
-    limit of finite fills: each side's infinity a finite value past every other value of its row, and its change one
-    unit of the mask's step (the fill's :class:`~rnnshap.rules.gates.Where` passes the change itself to the step).
-    Raises :class:`InfinitePick` where a change still decided by an infinite move is not such a fill's."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`rnnshap.formulas.orderings.deciding` on ``x`` and ``r``, and the sides it decided on. ``fills`` (None,
+    or bool like ``x``): entries a moving mask filled with an infinity on one side of the pair
+    (:data:`rnnshap.rules.gates.FILLS`), decided as the limit of finite fills: each such infinity, and each entry
+    that is the same infinity on both sides (masked on both: tied with the fills, as finite fills tie), a finite value
+    past every other value of its row, and a fill's change one unit of the mask's step (the fill's
+    :class:`~rnnshap.rules.gates.Where` passes the change itself to the step). Returns (deciding positions, their
+    changes, the values at the ranks on each side, the two sides decided on)."""
     xd, rd = x.detach(), r
     if fills is not None:
-        finite = torch.cat([xd, rd], -1).masked_fill(~torch.isfinite(torch.cat([xd, rd], -1)), 0.0)
-        past = finite.abs().amax(-1, keepdim=True) * 2 + 1  # (past every finite value of the row, on either side)
-        xd, rd = (torch.where(fills & torch.isinf(t), torch.sign(t) * past, t) for t in (xd, rd))
+        both = torch.cat([xd, rd], -1)
+        past = both.masked_fill(~torch.isfinite(both), 0.0).abs().amax(-1, keepdim=True) * 2 + 1
+        tied = torch.isinf(xd) & (xd == rd)
+        xd, rd = (torch.where((fills | tied) & torch.isinf(t), torch.sign(t) * past, t) for t in (xd, rd))
     deciding, delta, y, y_ref = orderings.deciding(TORCH, xd, rd, order_x, order_r, largest)
     if fills is not None:  # (the values at the ranks the sides' own, infinities included)
         delta = torch.where(fills.gather(-1, deciding), torch.ones_like(delta), delta)
         y, y_ref = x.detach().gather(-1, order_x), r.gather(-1, order_r)
-    return deciding, delta, y, y_ref
+    return deciding, delta, y, y_ref, xd, rd
 
 
 def _refuse_infinite(delta: Tensor, moved: Tensor) -> None:
@@ -129,10 +133,15 @@ def ranked_values(
     on both sides (masked entries) get multiplier 0; ``fills``: see :func:`_decided`.
     """
     with torch.no_grad():
-        deciding, delta, y, y_ref = _decided(x, r, order_x, order_r, largest, fills)
+        deciding, delta, y, y_ref, _, _ = _decided(x, r, order_x, order_r, largest, fills)
         _refuse_infinite(delta, torch.where(y == y_ref, 0.0, 1.0))
         factor = torch.where(y == y_ref, torch.zeros_like(y), pairs.usable_quotient(TORCH, y - y_ref, delta))
-    return attach(y, [x], _routed, (deciding, factor), x.dtype)
+    values = attach(y, [x], _routed, (deciding, factor), x.dtype)
+    if fills is not None:  # (a rank past the values left unmasked on one side: a fill of its own, which nothing may read)
+        reached = torch.isinf(y) ^ torch.isinf(y_ref)
+        if bool(reached.any()):
+            FILLS[values] = Fill(reached, limit=False)
+    return values
 
 
 def picked_index(
@@ -162,12 +171,14 @@ def picked_index(
     with torch.no_grad():
         rank_x = index_x if order_x is None else order_x
         rank_r = index_r if order_r is None else order_r
-        deciding, delta, _, _ = _decided(x, r, rank_x, rank_r, largest, fills)
+        deciding, delta, _, _, xd, rd = _decided(x, r, rank_x, rank_r, largest, fills)
         if order_x is not None:  # only the last rank is the index's
             deciding, delta = deciding[..., -1:].expand(index_x.shape), delta[..., -1:].expand(index_x.shape)
         moved = (index_x - index_r).to(torch.float64)
         _refuse_infinite(delta, moved)
-        deciding, factor = orderings.index_credit(TORCH, x.detach(), r, deciding, delta, moved)
+        deciding, factor = orderings.index_credit(TORCH, xd, rd, deciding, delta, moved)
+        if fills is not None:  # (a fill taking the credit, also where the index moved past no rank: one unit)
+            factor = torch.where(fills.gather(-1, deciding), moved, factor)
     return attach(index_x.to(torch.float64), [x], _routed, (deciding, factor), x.dtype)
 
 

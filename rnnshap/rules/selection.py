@@ -43,8 +43,8 @@ from ..formulas import orderings, pairs
 from ..formulas.torch_ops import TORCH, gradient
 from .base import OpCall, Rule
 from .elementwise import attach
-from .gates import fills_of
-from .maxima import picked_index, ranked_values
+from .gates import FILLS, Fill, fills_of
+from .maxima import InfinitePick, picked_index, ranked_values
 
 Tensor = torch.Tensor
 
@@ -204,7 +204,12 @@ class Ordering(Rule):
     @staticmethod
     def _fills(call: OpCall, dim: int) -> Tensor | None:
         fills = fills_of(call.inputs[:1])
-        return None if fills is None else fills.movedim(dim, -1)
+        if fills is not None and not fills.limit:
+            raise InfinitePick(
+                "it orders values that a combination of masks fills with an infinity on one side of a pair only, whose "
+                "steps may move where it stays put: there is no limit of finite fills to give"
+            )
+        return None if fills is None else fills.entries.movedim(dim, -1)
 
     def attribute(self, call: OpCall) -> Any:
         dim, largest, rank, keepdim = self._bound(call)
@@ -214,11 +219,13 @@ class Ordering(Rule):
             return result
         x, r = call.inputs[0].movedim(dim, -1), call.references[0].movedim(dim, -1)
         order_x, order_r = self._orders(call, dim, largest, rank, result.indices)
-        values = ranked_values(x, r, order_x, order_r, largest, self._fills(call, dim))
+        ranked = ranked_values(x, r, order_x, order_r, largest, self._fills(call, dim))
+        values = ranked.movedim(-1, dim)
         if rank is not None:  # kthvalue, median: the last rank
-            values = values[..., -1:] if keepdim else values[..., -1]
-            return type(result)((values if not keepdim else values.movedim(-1, dim), result.indices))
-        return type(result)((values.movedim(-1, dim), result.indices))
+            values = ranked[..., -1:].movedim(-1, dim) if keepdim else ranked[..., -1]
+        if ranked in FILLS:  # (a rank past the values left unmasked on one side: nothing may read these values)
+            FILLS[values] = Fill(torch.ones_like(values, dtype=torch.bool), limit=False)
+        return type(result)((values, result.indices))
 
     def index_handle(self, call: OpCall, indices: Tensor) -> Tensor:
         dim, largest, rank, keepdim = self._bound(call)

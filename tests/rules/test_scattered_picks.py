@@ -261,3 +261,48 @@ def test_a_one_hot_written_by_scatter_at_an_argmax_gets_one_hots_values() -> Non
     values = _explain(scattered, background, X)
     assert_additive(values, scattered, X, background, D)
     np.testing.assert_allclose(values, _explain(one_hot, background, X), rtol=1e-12, atol=1e-14)
+
+
+_PAYOFF = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], dtype=D)
+
+
+def _filled_pick(fill: float, k: int) -> nn.Module:
+    """``c[topk(scores.masked_fill(~(logits > 0), fill), k).indices].sum()`` of an input of 6 scores, then 6 logits."""
+    return Composite(lambda m, x: _PAYOFF[x[:, :6].masked_fill(~(x[:, 6:] > 0), fill).topk(k, -1).indices].sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    ("x", "r", "k"),
+    [([0, 0, 0, 0, 0, 0, 1, -1, 1, 1, -1, -1], [0, 0, 0, 0, 0, 0, 1, -1, 1, 1, -1, 1], 2),
+     ([0.2, -0.1, 0.5, -0.1, -0.8, -0.3, 1, 1, -1, -1, -1, -1], [-1.5, 0.8, -1.4, -0.6, 0, -1.8, 1, -1, -1, 1, -1, 1], 4)],
+    ids=["the scores tied: the pick moves past no rank", "more picks than scores left unmasked: among tied fills"],
+)  # fmt: skip
+def test_picks_among_ties_and_fills_get_the_limit_of_finite_fills(x: list[float], r: list[float], k: int) -> None:
+    X, background = torch.tensor([x], dtype=D), torch.tensor([r], dtype=D)
+    values = _explain(_filled_pick(-torch.inf, k), background, X)
+    assert_additive(values, _filled_pick(-torch.inf, k), X, background, D)
+    finite = _explain(_filled_pick(-1e6, k), background, X)
+    np.testing.assert_allclose(values, finite, rtol=0, atol=1e-4 * np.abs(finite).max())
+
+
+def test_what_reads_a_fill_otherwise_than_an_orderings_picks_is_refused_by_name_on_both_passes() -> None:
+    """A fill compared (inside an operator: ``s > 0``), scaled (``s * 2.0``), its ordering's values past the scores
+    left unmasked read (the ranks' values), or a fill of a combination of masks ordered (whose finite fills have no
+    limit): refused by name, on the captured pass as on the intercepted one."""
+    def scores(m: nn.Module, x: Tensor) -> Tensor:
+        return m.u(x).masked_fill(~(m.g(x) > 0), float("-inf"))
+
+    reads = {
+        "compared": lambda m, x: torch.where(scores(m, x) > 0, m.u(x), 0.0) @ m.w,
+        "scaled": lambda m, x: torch.softmax(torch.cat([torch.zeros_like(x[:, :1]), scores(m, x) * 2.0], 1), -1)[:, :6] @ m.w,
+        "ranks' values": lambda m, x: torch.softmax(scores(m, x).topk(6, -1).values, -1) @ m.w,
+        "a combination's fill": lambda m, x: m.w[m.u(x).masked_fill(~((m.g(x) > 0) | (m.u(x) > 1)), float("-inf"))
+                                                 .topk(2, -1).indices].sum(1),
+    }  # fmt: skip
+    background, X = torch.randn(5, 5, dtype=D), torch.randn(4, 5, dtype=D)
+    for read in reads.values():
+        torch.manual_seed(0)
+        model = Composite(read, u=nn.Linear(5, 6), g=nn.Linear(5, 6), w=nn.Parameter(torch.randn(6, 1))).to(D).eval()
+        for compile in (False, "capture"):
+            with pytest.raises(rnnshap.UnsupportedOperationError, match=r"infinit"):
+                _explain(model, background, X, compile=compile)

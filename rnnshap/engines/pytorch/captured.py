@@ -964,12 +964,12 @@ class GraphPlan:
         call = OpCall(fn, step.name, leaves, ref_leaves, spec, step.tracked, grid, layout, r if own else None)
         if isinstance(rule, EvalOnly) and rule.is_active(call):
             raise NotCaptured(f"{step.name}: {rule.what}, which the intercepted pass refuses by name")
-        if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
-            return PairValue(fn(*x_args, **x_kwargs), r)
         try:
-            check_fills(rule, [leaves[i] for i in step.tracked])
+            check_fills(rule, [leaves[i] for i in step.tracked])  # (linear or not: x * 2.0 passes a fill on too)
         except FilledOperand as error:
             raise NotCaptured(f"{step.name}: {error}") from error
+        if rule.is_linear(call) and not rule.attaches_gradient:  # (a linear rule's own node for the ordinary gradient)
+            return PairValue(fn(*x_args, **x_kwargs), r)
         out = rule.attribute(call)
         if step.kind == "pick":
             return PickedValue(out, r, picked_handle(rule, call, out))
@@ -1021,7 +1021,8 @@ class GraphPlan:
             operands = [a for a in x_args if isinstance(a, (Tensor, bool))]
             sides: list[Side] = [(a, *gates[id(a)][:2]) if id(a) in gates else (a, a, None) for a in operands]
             _, players, multipliers, dtype = combined(kind, sides)
-            GATES[x] = Gate(step.name, r, with_multipliers(x.to(dtype), players, multipliers), combined=True)
+            joined = kind != "not" or any(gates[id(a)][2] for a in operands if id(a) in gates)  # (~c: one step)
+            GATES[x] = Gate(step.name, r, with_multipliers(x.to(dtype), players, multipliers), combined=joined)
             return MaskValue(x, r)
         first = next(iter(gates.values()))[1]
 

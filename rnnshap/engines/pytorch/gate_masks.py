@@ -251,7 +251,8 @@ class GateMasks:
         reference, players, multipliers, dtype = self._combined(kind, operands)
         result = func(*args, **kwargs)
         step = with_multipliers(result.to(dtype), players, multipliers)
-        self._follow(result, origin, Gate(origin, reference, step, combined=True))
+        combined = kind != "not" or any(g.combined for g in gates)  # (~c moves where c does: one step, not combined)
+        self._follow(result, origin, Gate(origin, reference, step, combined=combined))
         return True, result
 
     @staticmethod

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from ...errors import UnsupportedOperationError
 from ...rules.base import Constant, OpCall, Rule
 from ...rules.gates import FILLED, FILLS, check_fills, fills_of
 from ...rules.registry import op_key
@@ -82,7 +81,7 @@ class TapePass(TrackingPass):
                 with torch.autocast(autocast[0], enabled=False):
                     result = rule.attribute(call)
         except ValueError as error:  # a rule that does not fit this call and did not say so in time
-            raise UnsupportedOperationError.misfit(name, error) from error
+            self.refuse_now(name, error)
         if target is not None:
             target.copy_(result)
             result = target if func is not base or "out" not in kwargs else kwargs["out"]

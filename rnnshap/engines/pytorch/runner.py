@@ -22,6 +22,7 @@ from .passes import AttributionMode
 from .randomness import RandomStates, draws_matter, random_forward_error
 from .state import AsFunction, PreservedState
 from .tape import Tape
+from .tracking import RefusedNow
 
 Tensor = torch.Tensor
 
@@ -106,6 +107,7 @@ def run_pass(
         randoms = RandomStates(model)
         given = [x.clone() for x in inputs]  # (to run again with other draws, see draws_matter)
     module_rules.install(mode)
+    stopped = False
     try:
         with torch.enable_grad(), routed_functions(mode), AsFunction(model), mode:
             mode.track(inputs)
@@ -118,11 +120,15 @@ def run_pass(
             if settings.take is not None:
                 output = settings.take(output)
         written = [name for name, buffer in model.named_buffers() if mode.is_tracked(buffer)] if settings.watch_random else []
+    except RefusedNow:
+        stopped = True  # (raised below with the pass's other refusals)
     finally:
         drawn = randoms.drawn() if randoms is not None else []  # (before the state is restored: it resets held generators)
         mode.drew = bool(drawn)
         module_rules.remove()
         state.restore()
+    if stopped:
+        mode.raise_if_unsupported()
     evidence = draws_matter(model, given, settings.take, output, mode.deferred, drawn) if drawn else None
     if evidence is not None:  # (named with the random functions)
         error = random_forward_error(sorted(set(mode.random_draws or ())) + drawn, evidence)

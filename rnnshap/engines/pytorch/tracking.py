@@ -25,6 +25,10 @@ from .tensor_map import TensorMap, tensors_of
 Tensor = torch.Tensor
 
 
+class RefusedNow(Exception):
+    """A pass stopped at a refusal (see :meth:`TrackingPass.refuse_now`); not a ``TypeError``."""
+
+
 class TrackingPass(TorchFunctionMode):
     """One pass's state, and the tracking of input-dependent tensors, refusals, picked indices and decisions it
     keeps (see the module docstring)."""
@@ -126,6 +130,14 @@ class TrackingPass(TorchFunctionMode):
             self._tracked[root] = True
             self._written[root] = True
 
+    def refuse_now(self, name: str, error: ValueError) -> None:
+        """Refuse ``name``, whose rule found as it ran that it does not fit the call (``error``, its advice in
+        ``error.advice``; ``"operands"`` by default), and stop the pass: :func:`.runner.run_pass` raises the pass's
+        refusals. (An :class:`~rnnshap.errors.UnsupportedOperationError` raised here, a ``TypeError``, would become
+        Python's own inside an operator such as ``x > 0``, which torch answers NotImplemented for.)"""
+        self.refuse(name, str(error), getattr(error, "advice", "operands"))
+        raise RefusedNow(name) from error
+
     def refuse(self, name: str, reason: str, advice: str = "rule") -> None:
         """Refuse ``name``; ``advice`` is the kind of advice that fits (a key of rnnshap.errors.ADVICE)."""
         if name not in self.unsupported:
@@ -193,7 +205,7 @@ class TrackingPass(TorchFunctionMode):
                             try:
                                 handle = handle_of(call, leaf)
                             except ValueError as error:  # (a pick the rule finds it cannot credit)
-                                raise UnsupportedOperationError.misfit(name, error) from error
+                                self.refuse_now(name, error)
                     else:
                         handle = leaf.to(torch.float64)
                     if handle is not None:
