@@ -72,9 +72,9 @@ class Gate:
 #: bool masks made by :class:`Comparison` → their :class:`Gate` (weakly keyed: dropped with the mask)
 GATES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 #: outputs of a gated :class:`Where` infinite on one side of a pair only where its step moved (a ``-inf`` fill of the
-#: entries a moving mask leaves out) → those entries (bool, the output's shape). Their multipliers are per unit of the
-#: step (see :meth:`Where.attribute`): only a rule that reads them so (``takes_fills``: an ordering's picks) may take
-#: the output; any other is refused there (weakly keyed: dropped with the output)
+#: entries a moving mask leaves out) → their :class:`Fill`. Their multipliers are per unit of the step (see
+#: :meth:`Where.attribute`): only a rule that reads them so (``takes_fills``: an ordering's picks) may take the output;
+#: any other is refused there (weakly keyed: dropped with the output)
 FILLS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
