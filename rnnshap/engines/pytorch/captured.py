@@ -1273,20 +1273,12 @@ class CapturedPasses:
         )
         return flat.reshape(flat.shape[0], -1), grads, reference.detach(), per_position
 
-    def _attempt(
-        self,
-        leaves: list[Tensor],
-        explained: dict[int, Tensor],
-        grid: PairGrid,
-        asked: tuple[frozenset[int], Tensor | None],
-        distinct: tuple[Any, list[Tensor], Tensor] | None,
-        restore: Callable[[], None],
-    ) -> tuple[_Call, Any] | None:
-        """:meth:`_pairs_run`, or None where the call runs the intercepted pass (``path`` says why; ``off`` where this
-        explainer captures no more)."""
+    def _attempt(self, *run: Any) -> tuple[_Call, Any] | None:
+        """:meth:`_pairs_run` of ``run``, or None where the call runs the intercepted pass (``path`` says why; ``off``
+        where this explainer captures no more)."""
         before = python_state(self.model)
         try:
-            ran = self._pairs_run(leaves, explained, grid, asked, distinct, restore)
+            ran = self._pairs_run(*run)
         except NotCaptured as error:
             self.path = f"intercepted: the captured pass does not take {error} yet"
             return None
